@@ -1,0 +1,39 @@
+"""Stable addresses for supervised actors.
+
+A supervisor replaces an actor's ActorRef when it restarts it; an Address resolves the current
+one at every ``tell``. A message sent while its target is down is not lost silently: its reply
+future fails with Unavailable, and the sender reports that (HTTP 503).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import pykka
+
+from edge_sync.errors import Unavailable
+
+
+class Address:
+    def __init__(self, name: str, resolve: Callable[[], pykka.ActorRef[Any] | None]) -> None:
+        self.name = name
+        self._resolve = resolve
+
+    def tell(self, message: Any) -> None:
+        """Any thread. Deliver, or fail the message's reply with Unavailable."""
+        ref = self._resolve()
+        if ref is not None:
+            try:
+                ref.tell(message)
+                return
+            except pykka.ActorDeadError:
+                pass
+        reply: Future[Any] | None = getattr(message, "reply", None)
+        if reply is not None and not reply.done():
+            reply.set_exception(Unavailable(f"{self.name} is restarting; try again"))
+
+    def alive(self) -> bool:
+        ref = self._resolve()
+        return ref is not None and ref.is_alive()

@@ -1,0 +1,171 @@
+"""The admin HTTP API (default 127.0.0.1:8090): status, cloud events, device provisioning,
+Prometheus metrics and the Cloud Events page. Read views use LMDB read transactions only."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import uuid
+from collections.abc import Callable
+from itertools import islice
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from edge_sync.actors.device_service import DeviceService
+from edge_sync.actors.http_errors import error_response, status_of
+from edge_sync.actors.payloads import parse_json
+from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.errors import BadRequest
+from edge_sync.metrics import Metrics
+from edge_sync.status import collect_status
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.records import Status, StoredEvent
+
+_log = logger.bind(component="admin-http")
+
+MAX_LIMIT = 10_000
+
+
+def parse_event_query(query: Any) -> tuple[Status | None, uuid.UUID | None, int, int]:
+    """(status filter, entity filter, after_seq, limit) from query parameters; BadRequest."""
+    raw_status = str(query.get("status", "all")).upper()
+    status = None if raw_status == "ALL" else _enum(Status, raw_status, "status")
+    entity = None
+    if query.get("entity"):
+        try:
+            entity = uuid.UUID(str(query["entity"]))
+        except ValueError as exc:
+            raise BadRequest(f"entity: {query['entity']!r} is not a UUID") from exc
+    after = _int(query.get("after_seq", 0), "after_seq", 0)
+    limit = _int(query.get("limit", 100), "limit", 1, MAX_LIMIT)
+    return status, entity, after, limit
+
+
+def _enum(kind: type[Status], raw: str, name: str) -> Status:
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name}: {raw!r} is not one of pending, deployed, dead, all") from exc
+
+
+def _int(raw: Any, name: str, low: int, high: int | None = None) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"{name}: {raw!r} is not an integer") from exc
+    if value < low or (high is not None and value > high):
+        raise BadRequest(f"{name}: {value} is out of range {low}..{high or 'inf'}")
+    return value
+
+
+def list_events(store: LmdbStore, status: Status | None, entity: uuid.UUID | None,
+                after: int, limit: int) -> list[StoredEvent]:
+    log = EventLog(store)
+    with store.read() as txn:
+        return list(islice(log.iter_events(txn, status=status, entity_id=entity, after_seq=after),
+                           limit))
+
+
+class AdminHttpApi:
+    def __init__(
+        self,
+        store: LmdbStore,
+        service: DeviceService,
+        metrics: Metrics,
+        *,
+        link_status: Callable[[], dict[str, Any]] | None = None,
+        request_timeout_s: float = 10.0,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._store = store
+        self._service = service
+        self._metrics = metrics
+        self._link_status = link_status
+        self._timeout = request_timeout_s
+        self._clock = clock
+
+    def make_app(self) -> web.Application:
+        """Runs on the host's loop thread."""
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/api/status", self._status)
+        app.router.add_get("/api/cloud-events", self._events)
+        app.router.add_post("/api/devices", self._create_device)
+        app.router.add_get("/metrics", self._prometheus)
+        app.router.add_get("/", self._page)
+        return app
+
+    def status(self) -> dict[str, Any]:
+        link = self._link_status() if self._link_status else {
+            "state": "DISCONNECTED", "note": "cloud link not configured"}
+        out = collect_status(self._store, now_ms=self._clock.now_ms(), link=link)
+        out["metrics"] = self._metrics.snapshot()
+        return out
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.status())
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        try:
+            status, entity, after, limit = parse_event_query(request.query)
+        except BadRequest as exc:
+            return error_response(400, str(exc))
+        events = list_events(self._store, status, entity, after, limit)
+        return web.json_response([e.as_json() for e in events])
+
+    async def _create_device(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = parse_json(await request.read())
+            if not isinstance(body, dict):
+                raise BadRequest("expected a JSON object with name, type, token, label")
+            unknown = set(body) - {"name", "type", "token", "label"}
+            if unknown:
+                raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+            device, future = self._service.create_device(
+                body.get("name", ""), type_=body.get("type", "default"),
+                token=body.get("token"), label=body.get("label", ""),
+            )
+            seqs = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(413, "body too large")
+        except Exception as exc:
+            status = status_of(exc)
+            _log.bind(status=status).warning("device create refused: {}", exc)
+            return error_response(status, str(exc) or type(exc).__name__)
+        _log.bind(entity=str(device.id), name=device.name, seq=f"{seqs.start}..{seqs.stop - 1}").info(
+            "device created on the edge"
+        )
+        out = device.as_json(with_token=True)
+        out["seqs"] = [seqs.start, seqs.stop - 1]
+        return web.json_response(out, status=201)
+
+    async def _prometheus(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=self._metrics.render_prometheus(), content_type="text/plain")
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        try:
+            status, entity, after, limit = parse_event_query(request.query)
+        except BadRequest as exc:
+            return error_response(400, str(exc))
+        events = list_events(self._store, status, entity, after, limit)
+        st = self.status()
+        rows = "\n".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+                e.seq, e.type, e.action, e.entity_type, e.entity_id, e.status.value,
+                e.lane.name, e.ts, e.error or "")) + "</tr>"
+            for e in events
+        )
+        q = st["queue"]
+        page = f"""<!doctype html><html><head><meta charset="utf-8"><title>edge-sync: Cloud Events</title>
+<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}</style></head>
+<body><h1>Cloud Events</h1>
+<p>Link: <b>{html.escape(str(st["link"].get("state")))}</b> &middot; health: {st["health"]} &middot;
+pending {q["pending"]} (high {q["pending_high"]}, normal {q["pending_normal"]}) &middot;
+deployed {q["deployed"]} &middot; dead {q["dead"]}</p>
+<table><tr><th>seq</th><th>type</th><th>action</th><th>entity type</th><th>entity</th>
+<th>status</th><th>lane</th><th>ts</th><th>error</th></tr>
+{rows}
+</table></body></html>"""
+        return web.Response(text=page, content_type="text/html")

@@ -1,0 +1,128 @@
+"""The device HTTP API (ThingsBoard's): telemetry and client attributes in, attributes out.
+
+200 only once the data is on disk; 400 malformed body, 401 unknown token, 413 body too large,
+503 restarting or not confirmed in time, 507 storage full; errors carry a JSON body. Every
+refusal is logged once with the device (never the token) and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from edge_sync.actors.device_service import DeviceService
+from edge_sync.actors.http_errors import error_response, status_of
+from edge_sync.actors.payloads import parse_json, parse_keys
+from edge_sync.errors import Unauthorized
+from edge_sync.metrics import Metrics
+
+_log = logger.bind(component="device-http")
+
+
+class DeviceHttpApi:
+    def __init__(
+        self,
+        service: DeviceService,
+        *,
+        max_body_bytes: int,
+        request_timeout_s: float,
+        metrics: Metrics,
+    ) -> None:
+        self._service = service
+        self._max_body = max_body_bytes
+        self._timeout = request_timeout_s
+        self._accepted = metrics.counter("edge_http_requests_accepted_total", "device requests answered 200")
+        self._refused = {
+            code: metrics.counter(f"edge_http_requests_{code}_total", f"device requests answered {code}")
+            for code in (400, 401, 413, 500, 503, 507)
+        }
+
+    def make_app(self) -> web.Application:
+        """Runs on the host's loop thread."""
+        app = web.Application(client_max_size=self._max_body + 1)
+        app.router.add_post("/api/v1/{token}/telemetry", self._telemetry)
+        app.router.add_post("/api/v1/{token}/attributes", self._post_attributes)
+        app.router.add_get("/api/v1/{token}/attributes", self._get_attributes)
+        return app
+
+    async def _read_json(self, request: web.Request) -> Any:
+        if request.content_length is not None and request.content_length > self._max_body:
+            raise _TooLarge(request.content_length)
+        raw = await request.content.read(self._max_body + 1)
+        if len(raw) > self._max_body:
+            raise _TooLarge(None)
+        return parse_json(raw)
+
+    async def _telemetry(self, request: web.Request) -> web.StreamResponse:
+        return await self._write(request, "telemetry", self._service.post_telemetry)
+
+    async def _post_attributes(self, request: web.Request) -> web.StreamResponse:
+        return await self._write(request, "attributes", self._service.post_attributes)
+
+    async def _write(
+        self,
+        request: web.Request,
+        what: str,
+        submit: Callable[[str, Any], Future[range]],
+    ) -> web.StreamResponse:
+        token = request.match_info["token"]
+        try:
+            body = await self._read_json(request)
+            future = submit(token, body)
+            await _wait(asyncio.wrap_future(future), self._timeout)
+        except _TooLarge as exc:
+            return self._refuse(413, str(exc), what, token)
+        except Exception as exc:
+            return self._refuse(status_of(exc), _message(exc), what, token)
+        self._accepted.inc()
+        return web.Response(status=200)
+
+    async def _get_attributes(self, request: web.Request) -> web.StreamResponse:
+        token = request.match_info["token"]
+        try:
+            result = self._service.get_attributes(
+                token,
+                client_keys=parse_keys(request.query.get("clientKeys")),
+                shared_keys=parse_keys(request.query.get("sharedKeys")),
+            )
+        except Exception as exc:
+            return self._refuse(status_of(exc), _message(exc), "attributes read", token)
+        return web.json_response(result)
+
+    def _refuse(self, status: int, message: str, what: str, token: str) -> web.Response:
+        counter = self._refused.get(status)
+        if counter is not None:
+            counter.inc()
+        device = "unknown"
+        if status != 401:
+            try:
+                device = str(self._service.authenticate(token).id)
+            except Unauthorized:
+                device = "unknown"
+            except Exception:
+                device = "unavailable"
+        level = "ERROR" if status >= 500 and status != 503 else "WARNING"
+        _log.bind(status=status, device=device, what=what).log(
+            level, "{} refused with {}: {}", what, status, message
+        )
+        return error_response(status, message)
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int | None) -> None:
+        super().__init__(f"body of {size} bytes is too large" if size else "body is too large")
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "not confirmed in time; it may or may not have been stored, retry"
+    return str(exc) or type(exc).__name__
+
+
+async def _wait(awaitable: Awaitable[Any], timeout: float) -> Any:
+    return await asyncio.wait_for(awaitable, timeout)

@@ -1,0 +1,111 @@
+"""The in-process device API: what the HTTP device API does, without HTTP.
+
+Authenticates tokens against the entity store, validates bodies, routes commands to the entity
+actors and hands back futures that resolve once the result is on disk. The HTTP layer, the admin
+API, embedding applications and the benchmark all go through here.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from concurrent.futures import Future
+from typing import Any
+
+from loguru import logger
+
+from edge_sync.actors.messages import PostClientAttributes, PostTelemetry, ProvisionDevice
+from edge_sync.actors.payloads import Entry, parse_attributes, parse_telemetry
+from edge_sync.actors.shard import EntityRouter
+from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.errors import BadRequest, Unauthorized
+from edge_sync.storage.entity_store import EntityStore
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.records import Device, Scope
+
+_log = logger.bind(component="device-api")
+
+MAX_NAME = 255
+
+
+class DeviceService:
+    """Any thread. Every method that changes state returns a future resolved after commit."""
+
+    def __init__(self, store: LmdbStore, router: EntityRouter, *, clock: Clock = SYSTEM_CLOCK):
+        self._store = store
+        self._entities = EntityStore(store)
+        self._router = router
+        self._clock = clock
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def authenticate(self, token: str) -> Device:
+        with self._store.read() as txn:
+            device = self._entities.device_by_token(txn, token)
+        if device is None:
+            raise Unauthorized("unknown device access token")
+        return device
+
+    def device(self, device_id: uuid.UUID) -> Device | None:
+        with self._store.read() as txn:
+            return self._entities.device(txn, device_id)
+
+    def get_attributes(
+        self,
+        token: str,
+        *,
+        client_keys: tuple[str, ...] | None,
+        shared_keys: tuple[str, ...] | None,
+    ) -> dict[str, dict[str, Any]]:
+        """ThingsBoard's reply shape: {"client": {...}, "shared": {...}}."""
+        device = self.authenticate(token)
+        with self._store.read() as txn:
+            out: dict[str, dict[str, Any]] = {}
+            if client_keys is not None or shared_keys is None:
+                out["client"] = self._entities.attributes(txn, device.id, Scope.CLIENT, client_keys)
+            if shared_keys is not None or client_keys is None:
+                out["shared"] = self._entities.attributes(txn, device.id, Scope.SHARED, shared_keys)
+        return out
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def post_telemetry(self, token: str, body: Any) -> Future[range]:
+        device = self.authenticate(token)
+        entries = parse_telemetry(body, now_ms=self._clock.now_ms())
+        return self.post_entries(device.id, entries)
+
+    def post_entries(self, device_id: uuid.UUID, entries: tuple[Entry, ...]) -> Future[range]:
+        """Pre-validated telemetry for a known device (embedding, benchmark)."""
+        reply: Future[range] = Future()
+        self._router.tell(PostTelemetry(device_id, entries, reply))
+        return reply
+
+    def post_attributes(self, token: str, body: Any) -> Future[range]:
+        device = self.authenticate(token)
+        values = parse_attributes(body)
+        reply: Future[range] = Future()
+        self._router.tell(PostClientAttributes(device.id, values, self._clock.now_ms(), reply))
+        return reply
+
+    def create_device(
+        self, name: str, *, type_: str = "default", token: str | None = None, label: str = ""
+    ) -> tuple[Device, Future[range]]:
+        """Provision a device on the edge. The future fails with Conflict on a taken name/token."""
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+            raise BadRequest(f"device name must be 1 to {MAX_NAME} characters")
+        if not isinstance(type_, str) or not type_ or len(type_) > MAX_NAME:
+            raise BadRequest(f"device type must be 1 to {MAX_NAME} characters")
+        if token is not None and (not isinstance(token, str) or not 1 <= len(token) <= 255
+                                  or "/" in token):
+            raise BadRequest("access token must be 1 to 255 characters without '/'")
+        device = Device(
+            id=uuid.uuid4(),
+            name=name,
+            type=type_,
+            token=token or secrets.token_urlsafe(15),
+            created_time=self._clock.now_ms(),
+            label=label,
+        )
+        reply: Future[range] = Future()
+        self._router.tell(ProvisionDevice(device, reply))
+        return device, reply

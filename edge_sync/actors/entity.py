@@ -1,0 +1,80 @@
+"""Per-entity actors: a lightweight object per device, hosted on a shard actor.
+
+One entity lives on one shard and a shard handles its mailbox in order, so an entity's commands
+are handled one at a time in arrival order. Here each command becomes the cloud events (and
+entity-store changes) of one atomic Append to the QueueActor.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from edge_sync.actors.address import Address
+from edge_sync.actors.messages import (
+    Append,
+    CreateDevice,
+    EntityCommand,
+    PostClientAttributes,
+    PostTelemetry,
+    ProvisionDevice,
+    PutAttributes,
+    PutLatestTelemetry,
+)
+from edge_sync.storage.records import Action, Lane, NewEvent, Scope
+
+
+class EntityActor:
+    """State and behaviour of one entity. Runs on its shard's thread only."""
+
+    __slots__ = ("entity_id", "handled", "last_used", "queue")
+
+    def __init__(self, entity_id: uuid.UUID, queue: Address, now: float) -> None:
+        self.entity_id = entity_id
+        self.queue = queue
+        self.last_used = now
+        self.handled = 0
+
+    def handle(self, command: EntityCommand, now: float) -> None:
+        self.last_used = now
+        self.handled += 1
+        match command:
+            case PostTelemetry():
+                self._telemetry(command)
+            case PostClientAttributes():
+                self._attributes(command)
+            case ProvisionDevice():
+                self._provision(command)
+
+    def _telemetry(self, cmd: PostTelemetry) -> None:
+        eid = self.entity_id
+        events = tuple(
+            NewEvent("DEVICE", "DEVICE", eid, Action.TIMESERIES_UPDATED,
+                     {"ts": ts, "values": dict(values)}, ts, Lane.NORMAL)
+            for ts, values in cmd.entries
+        )
+        latest: dict[str, tuple[int, object]] = {}
+        for ts, values in cmd.entries:
+            for key, value in values:
+                seen = latest.get(key)
+                if seen is None or seen[0] <= ts:
+                    latest[key] = (ts, value)
+        mutation = PutLatestTelemetry(eid, tuple((k, ts, v) for k, (ts, v) in latest.items()))
+        self.queue.tell(Append(eid, events, cmd.reply, (mutation,)))
+
+    def _attributes(self, cmd: PostClientAttributes) -> None:
+        eid = self.entity_id
+        event = NewEvent("DEVICE", "DEVICE", eid, Action.ATTRIBUTES_UPDATED,
+                         {"scope": Scope.CLIENT.value, "kv": dict(cmd.values)}, cmd.ts, Lane.NORMAL)
+        mutation = PutAttributes(eid, Scope.CLIENT, cmd.values, cmd.ts)
+        self.queue.tell(Append(eid, (event,), cmd.reply, (mutation,)))
+
+    def _provision(self, cmd: ProvisionDevice) -> None:
+        d = cmd.device
+        added = NewEvent("DEVICE", "DEVICE", d.id, Action.ADDED, d.as_json(), d.created_time,
+                         Lane.HIGH)
+        credentials = NewEvent(
+            "DEVICE", "DEVICE", d.id, Action.CREDENTIALS_UPDATED,
+            {"deviceId": str(d.id), "credentialsType": "ACCESS_TOKEN", "credentialsId": d.token},
+            d.created_time, Lane.HIGH,
+        )
+        self.queue.tell(Append(d.id, (added, credentials), cmd.reply, (CreateDevice(d),)))

@@ -1,0 +1,102 @@
+"""Hosts an aiohttp application on its own thread and event loop, as a supervised child.
+
+start() returns once the socket is bound (so port 0 gives a real port) or raises why it could
+not bind; an unexpected end of the loop is reported to the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+from aiohttp import web
+from loguru import logger
+
+from edge_sync.errors import EdgeSyncError
+from edge_sync.supervisor import ExitReporter
+
+
+class HttpHost:
+    def __init__(
+        self,
+        name: str,
+        make_app: Callable[[], web.Application],
+        *,
+        host: str,
+        port: int,
+        report_exit: ExitReporter | None = None,
+    ) -> None:
+        self.name = name
+        self._make_app = make_app
+        self._host = host
+        self._requested_port = port
+        self._report_exit = report_exit
+        self.port = 0
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"http-{name}", daemon=True)
+        self._log = logger.bind(component=name)
+
+    def start(self, *, timeout: float = 10.0) -> HttpHost:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise EdgeSyncError(f"{self.name}: did not start within {timeout}s")
+        if self._startup_error is not None:
+            raise EdgeSyncError(
+                f"{self.name}: cannot listen on {self._host}:{self._requested_port}: "
+                f"{self._startup_error}"
+            ) from self._startup_error
+        return self
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        """Any thread: stop accepting, let in-flight requests finish, wait for the thread."""
+        self._stopping = True
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:  # loop already closed
+                pass
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        """The host's own thread."""
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:
+            if not self._ready.is_set():
+                self._startup_error = exc
+                self._ready.set()
+                return
+            self._log.opt(exception=exc).error("{} stopped unexpectedly", self.name)
+            if self._report_exit and not self._stopping:
+                self._report_exit(exc)
+            return
+        if self._report_exit and not self._stopping:
+            self._report_exit(None)
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(
+            self._make_app(), access_log=None, handle_signals=False, shutdown_timeout=5.0
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._requested_port, reuse_address=True,
+                               backlog=1024)
+            await site.start()
+            server = site._server
+            sockets = getattr(server, "sockets", None) or []
+            self.port = sockets[0].getsockname()[1] if sockets else self._requested_port
+            self._log.bind(host=self._host, port=self.port).info("{} listening", self.name)
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+            self._log.info("{} stopped", self.name)

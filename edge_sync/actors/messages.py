@@ -1,0 +1,129 @@
+"""Messages between the edge's actors: frozen dataclasses, imperative names for commands and
+past-tense names for events.
+
+A message may carry a ``reply`` future: the sender waits on it (with a timeout); the receiver
+resolves it once the work is durable, or fails it with an EdgeSyncError. Bodies (JSON-like
+values) are handed over with the message: the sender never touches them again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_sync.storage.records import Device, NewEvent, Scope
+
+Reply = Future  # resolved with the command's result (e.g. the seqs appended)
+
+# -- entity store changes committed together with the events of the same Append ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateDevice:
+    device: Device
+
+
+@dataclass(frozen=True, slots=True)
+class PutAttributes:
+    entity_id: uuid.UUID
+    scope: Scope
+    values: tuple[tuple[str, Any], ...]
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutLatestTelemetry:
+    entity_id: uuid.UUID
+    values: tuple[tuple[str, int, Any], ...]  # (key, ts, value)
+
+
+Mutation = CreateDevice | PutAttributes | PutLatestTelemetry
+
+# -- to the QueueActor -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """Append events (and apply mutations) atomically; reply gets the list of seqs."""
+
+    entity_id: uuid.UUID
+    events: tuple[NewEvent, ...]
+    reply: Reply | None = field(default=None, compare=False)
+    mutations: tuple[Mutation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MarkDeployed:
+    seqs: tuple[int, ...]
+    reply: Reply | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    seq: int
+    error: str
+    reply: Reply | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SetIdentity:
+    tenant_id: uuid.UUID
+    edge_id: uuid.UUID
+    reply: Reply | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeDeployed:
+    """Periodic: drop DEPLOYED events older than the retention period."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlushGroup:
+    """Internal to the QueueActor: commit what has been gathered so far."""
+
+
+WriteCommand = Append | MarkDeployed | DeadLetter | SetIdentity
+
+# -- to the shard actors (per-entity work) -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PostTelemetry:
+    device_id: uuid.UUID
+    entries: tuple[tuple[int, tuple[tuple[str, Any], ...]], ...]  # (ts, ((key, value), ...))
+    reply: Reply | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PostClientAttributes:
+    device_id: uuid.UUID
+    values: tuple[tuple[str, Any], ...]
+    ts: int
+    reply: Reply | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionDevice:
+    """Create a device on the edge: its ADDED and CREDENTIALS_UPDATED events go first."""
+
+    device: Device
+    reply: Reply | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PassivateIdle:
+    """Periodic: drop entity actors idle for longer than the configured time."""
+
+
+EntityCommand = PostTelemetry | PostClientAttributes | ProvisionDevice
+
+# -- events published by the QueueActor --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventsCommitted:
+    """New events are durable; next_seq is the seq the next append will get."""
+
+    next_seq: int

@@ -1,0 +1,310 @@
+"""The QueueActor: the only writer of the LMDB store.
+
+It assigns sequence numbers and commits in groups: every write command that reaches its mailbox
+while a group is open joins that group, and one transaction (one fsync) commits them all. Only
+after the commit does it resolve the commands' reply futures, so "replied" means "on disk".
+When the store is full it first purges delivered events, then applies the configured policy
+(refuse, or evict the oldest normal-lane events), counting and logging every refusal/eviction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+from loguru import logger
+
+from edge_sync.actors.messages import (
+    Append,
+    CreateDevice,
+    DeadLetter,
+    EventsCommitted,
+    FlushGroup,
+    MarkDeployed,
+    PurgeDeployed,
+    PutAttributes,
+    PutLatestTelemetry,
+    SetIdentity,
+    WriteCommand,
+)
+from edge_sync.actors.ticker import Ticker
+from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.errors import EdgeSyncError, QueueFull, StorageError
+from edge_sync.metrics import Metrics
+from edge_sync.storage.entity_store import EntityStore
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.event_log import EventLog
+from edge_sync.supervisor import ExitReporter, SupervisedActor
+
+_log = logger.bind(component="queue")
+
+_PURGE_BATCH = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    group_max_events: int = 5000
+    full_policy: str = "refuse"  # or "evict_oldest_normal"
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    purge_interval_s: float = 300.0
+
+
+class _Outcome:
+    """Result of one command inside a group: a value or an error (set after the commit)."""
+
+    __slots__ = ("error", "value")
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.error: EdgeSyncError | None = None
+
+
+class QueueActor(SupervisedActor):
+    def __init__(
+        self,
+        report_exit: ExitReporter,
+        store: LmdbStore,
+        *,
+        policy: QueuePolicy,
+        metrics: Metrics,
+        clock: Clock = SYSTEM_CLOCK,
+        on_committed: Callable[[EventsCommitted], None] | None = None,
+    ) -> None:
+        super().__init__(report_exit)
+        self._store = store
+        self._log = EventLog(store)
+        self._entities = EntityStore(store)
+        self._policy = policy
+        self._clock = clock
+        self._on_committed = on_committed
+        self._group: list[WriteCommand] = []
+        self._group_events = 0
+        self._ticker: Ticker | None = None
+        self._appended = metrics.counter("edge_events_appended_total", "events made durable")
+        self._refused = metrics.counter(
+            "edge_events_refused_total", "events refused because storage was full"
+        )
+        self._evicted = metrics.counter(
+            "edge_events_evicted_total", "pending events evicted by the evict_oldest_normal policy"
+        )
+        self._commits = metrics.counter("edge_queue_commits_total", "group commits (fsyncs)")
+        self._purged = metrics.counter("edge_events_purged_total", "deployed events purged")
+        self._dead = metrics.counter("edge_events_dead_lettered_total", "events dead-lettered")
+        with store.read() as txn:
+            self._next_seq = self._log.next_seq(txn)
+            tenant, edge = self._log.identity(txn)
+        self._tenant = tenant.bytes
+        self._edge = edge.bytes
+
+    # -- lifecycle (actor thread) ------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Actor thread: start the purge timer."""
+        ref = self.actor_ref
+        self._ticker = Ticker("purge", self._policy.purge_interval_s, lambda: ref.tell(PurgeDeployed()))
+        self._ticker.start()
+        _log.bind(next_seq=self._next_seq).info("queue actor started")
+
+    def on_stop(self) -> None:
+        """Actor thread: commit what is gathered (a clean stop loses nothing), stop the timer."""
+        if self._ticker:
+            self._ticker.stop()
+        if self._group:
+            self._flush()
+
+    def fail_pending_messages(self, exc: BaseException) -> None:
+        """Actor thread, on failure: fail the open group as well as the queued messages."""
+        self._fail_all(self._group, exc)
+        self._group = []
+        super().fail_pending_messages(exc)
+
+    # -- messages (actor thread) -------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Append() | MarkDeployed() | DeadLetter() | SetIdentity():
+                self._group.append(message)
+                if isinstance(message, Append):
+                    self._group_events += len(message.events)
+                if len(self._group) == 1:
+                    self.actor_ref.tell(FlushGroup())
+                if self._group_events >= self._policy.group_max_events:
+                    self._flush()
+            case FlushGroup():
+                if self._group:
+                    self._flush()
+            case PurgeDeployed():
+                self._purge(older_than_ms=self._clock.now_ms() - self._policy.retention_ms)
+            case _:
+                _log.warning("queue actor: unknown message {!r}", type(message).__name__)
+        return None
+
+    # -- the group commit --------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        group, self._group, self._group_events = self._group, [], 0
+        try:
+            outcomes = self._commit(group)
+        except QueueFull as exc:
+            outcomes = self._commit_when_full(group, exc)
+        except StorageError as exc:
+            self._fail_all(group, exc)
+            raise  # the supervisor restarts us (or gives up: exit 3)
+        self._commits.inc()
+        self._resolve(group, outcomes)
+
+    def _commit(self, group: Sequence[WriteCommand]) -> list[_Outcome]:
+        now = self._clock.now_ms()
+        base_seq = self._next_seq
+        outcomes: list[_Outcome] = []
+
+        def apply(txn: lmdb.Transaction) -> int:
+            outcomes.clear()
+            seq = base_seq
+            for command in group:
+                outcome = _Outcome()
+                outcomes.append(outcome)
+                seq = self._apply(txn, command, outcome, seq, now)
+            return seq
+
+        self._next_seq = self._store.write(apply)
+        return outcomes
+
+    def _apply(
+        self, txn: lmdb.Transaction, command: WriteCommand, outcome: _Outcome, seq: int, now: int
+    ) -> int:
+        match command:
+            case Append(events=events, mutations=mutations):
+                try:
+                    for mutation in mutations:
+                        self._check(txn, mutation)
+                except EdgeSyncError as exc:  # nothing of this command was written
+                    outcome.error = exc
+                    return seq
+                for mutation in mutations:
+                    self._mutate(txn, mutation)
+                first = seq
+                seq = self._log.append(
+                    txn, events, first_seq=seq, created_time=now,
+                    tenant_id=self._tenant, edge_id=self._edge,
+                )
+                outcome.value = range(first, seq)
+            case MarkDeployed(seqs=seqs):
+                outcome.value = self._log.mark_deployed(txn, seqs, now_ms=now)
+            case DeadLetter(seq=dead_seq, error=error):
+                outcome.value = self._log.dead_letter(txn, dead_seq, error, now_ms=now)
+            case SetIdentity(tenant_id=tenant, edge_id=edge):
+                self._log.set_identity(txn, tenant, edge)
+                outcome.value = True
+        return seq
+
+    def _check(self, txn: lmdb.Transaction, mutation: object) -> None:
+        if isinstance(mutation, CreateDevice):
+            self._entities.check_new_device(txn, mutation.device)
+
+    def _mutate(self, txn: lmdb.Transaction, mutation: object) -> None:
+        match mutation:
+            case CreateDevice(device=device):
+                self._entities.put_device(txn, device)
+            case PutAttributes(entity_id=eid, scope=scope, values=values, ts=ts):
+                self._entities.put_attributes(txn, eid, scope, dict(values), ts=ts)
+            case PutLatestTelemetry(entity_id=eid, values=values):
+                self._entities.put_latest(txn, eid, {k: (ts, v) for k, ts, v in values})
+
+    def _commit_when_full(self, group: list[WriteCommand], exc: QueueFull) -> list[_Outcome]:
+        """Storage is full: purge delivered events, apply the policy, then commit each command on
+        its own so the ones that still fit get in and only the rest are refused."""
+        _log.bind(reason=str(exc)).warning("storage full; purging delivered events")
+        self._purge(older_than_ms=2**63 - 1)
+        outcomes: list[_Outcome] = []
+        for command in group:
+            outcomes.append(self._commit_one_when_full(command))
+        return outcomes
+
+    def _commit_one_when_full(self, command: WriteCommand) -> _Outcome:
+        attempts = 3 if self._policy.full_policy == "evict_oldest_normal" else 1
+        last: QueueFull | None = None
+        for _ in range(attempts):
+            try:
+                return self._commit([command])[0]
+            except QueueFull as exc:
+                last = exc
+                if attempts > 1 and not self._evict(len(getattr(command, "events", ())) * 4 + 256):
+                    break
+        outcome = _Outcome()
+        outcome.error = QueueFull(f"storage full, new data refused: {last}")
+        return outcome
+
+    def _evict(self, count: int) -> bool:
+        eviction = self._store.write(lambda txn: self._log.evict_oldest_normal(txn, count=count))
+        if eviction is None:
+            return False
+        self._evicted.inc(eviction.count)
+        _log.bind(count=eviction.count, first_seq=eviction.first_seq, last_seq=eviction.last_seq).warning(
+            "storage full: evicted the oldest pending normal-lane events (policy evict_oldest_normal)"
+        )
+        return True
+
+    def _purge(self, *, older_than_ms: int) -> None:
+        total = 0
+        while True:
+            n = self._store.write(
+                lambda txn: self._log.purge_deployed(txn, older_than_ms=older_than_ms, limit=_PURGE_BATCH)
+            )
+            total += n
+            if n < _PURGE_BATCH:
+                break
+        if total:
+            self._purged.inc(total)
+            _log.bind(count=total).info("purged deployed events")
+
+    def _resolve(self, group: Sequence[WriteCommand], outcomes: Sequence[_Outcome]) -> None:
+        appended = 0
+        for command, outcome in zip(group, outcomes, strict=True):
+            if isinstance(command, Append):
+                if outcome.error is None:
+                    appended += len(command.events)
+                else:
+                    self._log_refusal(command, outcome.error)
+            elif isinstance(command, DeadLetter) and outcome.value:
+                self._dead.inc()
+                _log.bind(seq=command.seq, error=command.error).warning("event dead-lettered")
+            elif isinstance(command, SetIdentity):
+                self._tenant, self._edge = command.tenant_id.bytes, command.edge_id.bytes
+            reply = command.reply
+            if reply is None or reply.done():
+                continue
+            if outcome.error is not None:
+                reply.set_exception(outcome.error)
+            else:
+                reply.set_result(outcome.value)
+        if appended:
+            self._appended.inc(appended)
+            _log.bind(next_seq=self._next_seq, events=appended, commands=len(group)).trace(
+                "group committed"
+            )
+            if self._on_committed is not None:
+                self._on_committed(EventsCommitted(self._next_seq))
+
+    def _log_refusal(self, command: Append, error: EdgeSyncError) -> None:
+        if isinstance(error, QueueFull):
+            self._refused.inc(len(command.events))
+        _log.bind(entity=str(command.entity_id), events=len(command.events)).warning(
+            "append refused: {}", error
+        )
+
+    @staticmethod
+    def _fail_all(group: Sequence[WriteCommand], exc: BaseException) -> None:
+        error = exc if isinstance(exc, EdgeSyncError) else StorageError(str(exc))
+        for command in group:
+            reply: Future[Any] | None = command.reply
+            if reply is not None and not reply.done():
+                reply.set_exception(error)
+
+
+def new_entity_uuid() -> uuid.UUID:
+    return uuid.uuid4()

@@ -1,0 +1,175 @@
+"""The edge agent assembled: opens the store, builds the supervision tree (queue, shards, device
+HTTP API, admin API) and exposes the in-process device API. ``edge-sync run`` and the tests and
+benchmarks all start the agent through EdgeApp.
+
+Tree (one_for_one at each level; actors are reached through Addresses, so a restarted actor
+does not force its neighbours to restart):
+    edge
+    ├── queue          QueueActor: the single writer, group commit
+    ├── shards         Supervisor(one_for_one) of ShardActor shard-0..N-1 (entity actors)
+    ├── device-http    the device HTTP API
+    └── admin-http     status, events, devices, metrics
+Children stop in reverse order, so in-flight requests finish before the queue commits its last
+group and stops.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pykka
+from loguru import logger
+
+from edge_sync.actors.address import Address
+from edge_sync.actors.admin_http import AdminHttpApi
+from edge_sync.actors.device_http import DeviceHttpApi
+from edge_sync.actors.device_service import DeviceService
+from edge_sync.actors.http_host import HttpHost
+from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
+from edge_sync.actors.shard import EntityRouter, ShardActor
+from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.config import EdgeConfig
+from edge_sync.metrics import Metrics
+from edge_sync.storage.env import LmdbStore
+from edge_sync.supervisor import (
+    ChildSpec,
+    ExitReporter,
+    Intensity,
+    Restart,
+    Strategy,
+    Supervisor,
+    actor_child,
+)
+
+_log = logger.bind(component="app")
+
+
+def open_store(cfg: EdgeConfig, *, readonly: bool = False) -> LmdbStore:
+    """Open the configured store (StorageError / StorageCorrupt / QueueFull on failure)."""
+    return LmdbStore(
+        cfg.storage.data_dir,
+        initial_map_mb=cfg.storage.map_size_initial_mb,
+        max_size_mb=cfg.storage.max_size_mb,
+        readonly=readonly,
+    )
+
+
+class EdgeApp:
+    def __init__(self, cfg: EdgeConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.metrics = Metrics()
+        self.store = open_store(cfg)
+        self.ports: dict[str, int] = {}
+        intensity = Intensity(cfg.supervisor.max_restarts, cfg.supervisor.within_s)
+        self.queue = Address("queue", lambda: self._actor_ref("queue"))
+        shard_names = [f"shard-{i}" for i in range(cfg.actors.shards)]
+        self.router = EntityRouter(
+            [Address(n, lambda n=n: self._actor_ref("shards", n)) for n in shard_names]
+        )
+        self.service = DeviceService(self.store, self.router, clock=clock)
+        policy = QueuePolicy(
+            group_max_events=cfg.queue.group_commit_max_events,
+            full_policy=str(cfg.storage.full_policy),
+            retention_ms=int(cfg.storage.retention_hours * 3600 * 1000),
+            purge_interval_s=cfg.storage.purge_interval_s,
+        )
+        shards = [
+            ChildSpec(
+                name,
+                actor_child(ShardActor, i, self.queue,
+                            passivate_after_s=cfg.actors.passivate_after_s),
+            )
+            for i, name in enumerate(shard_names)
+        ]
+        self.device_api = DeviceHttpApi(
+            self.service,
+            max_body_bytes=cfg.http.max_body_bytes,
+            request_timeout_s=cfg.http.request_timeout_s,
+            metrics=self.metrics,
+        )
+        self.admin_api = AdminHttpApi(
+            self.store, self.service, self.metrics,
+            request_timeout_s=cfg.http.request_timeout_s, clock=clock,
+        )
+        self.supervisor = Supervisor(
+            "edge",
+            [
+                ChildSpec("queue", actor_child(QueueActor, self.store, policy=policy,
+                                               metrics=self.metrics, clock=clock)),
+                ChildSpec("shards", lambda report: Supervisor(
+                    "shards", shards, strategy=Strategy.ONE_FOR_ONE, intensity=intensity,
+                ).start(report), restart=Restart.PERMANENT, shutdown_timeout=30.0),
+                ChildSpec("device-http", self._http_starter(
+                    "device-http", self.device_api.make_app, cfg.http.host, cfg.http.port),
+                    shutdown_timeout=15.0),
+                ChildSpec("admin-http", self._http_starter(
+                    "admin-http", self.admin_api.make_app, cfg.admin.host, cfg.admin.port)),
+            ],
+            strategy=Strategy.ONE_FOR_ONE,
+            intensity=intensity,
+        )
+        self._register_gauges()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> EdgeApp:
+        self.supervisor.start()
+        _log.bind(
+            data_dir=str(self.cfg.storage.data_dir),
+            http_port=self.ports.get("device-http"),
+            admin_port=self.ports.get("admin-http"),
+        ).info("edge-sync started")
+        return self
+
+    def stop(self, *, timeout: float = 60.0) -> None:
+        """Stop the tree in reverse order (everything accepted is on disk), close the store."""
+        self.supervisor.stop(timeout=timeout)
+        self.store.close()
+        _log.info("edge-sync stopped")
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the tree stops: 0 after stop(), 3 when the supervisor gave up."""
+        return self.supervisor.wait(timeout)
+
+    @property
+    def http_port(self) -> int:
+        return self.ports["device-http"]
+
+    @property
+    def admin_port(self) -> int:
+        return self.ports["admin-http"]
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def _actor_ref(self, *path: str) -> pykka.ActorRef[Any] | None:
+        node: Any = self.supervisor
+        for part in path:
+            node = node.child(part) if node is not None else None
+        return cast("pykka.ActorRef[Any] | None", getattr(node, "ref", None))
+
+    def _http_starter(self, name: str, make_app: Any, host: str, port: int) -> Any:
+        def start(report: ExitReporter) -> HttpHost:
+            # A restarted server binds the port its first incarnation got (matters for port 0).
+            host_ = HttpHost(name, make_app, host=host, port=self.ports.get(name, port),
+                             report_exit=report).start()
+            self.ports[name] = host_.port
+            return host_
+
+        return start
+
+    def _register_gauges(self) -> None:
+        from edge_sync.storage.event_log import EventLog
+
+        log = EventLog(self.store)
+
+        def depth(lane_attr: str) -> float:
+            with self.store.read() as txn:
+                return float(getattr(log.counts(txn), lane_attr))
+
+        self.metrics.gauge("edge_queue_pending_high", "pending events, high lane",
+                           lambda: depth("pending_high"))
+        self.metrics.gauge("edge_queue_pending_normal", "pending events, normal lane",
+                           lambda: depth("pending_normal"))
+        self.metrics.gauge("edge_queue_dead", "dead-lettered events", lambda: depth("dead"))
+        self.metrics.gauge("edge_storage_map_bytes", "LMDB map size", lambda: float(self.store.map_size()))

@@ -1,0 +1,208 @@
+"""The ``edge-sync`` command: run the agent, show its status and events, provision devices.
+
+Read-only commands (status, events) work with the agent stopped: they open the store with LMDB
+read transactions. Exit codes: 0 ok; 1 bad configuration; 2 usage; 3 the supervisor gave up;
+4 storage unusable; 5 the running agent could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import uuid
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from edge_sync.cli.common import (
+    EXIT_CONFIG,
+    EXIT_GAVE_UP,
+    EXIT_OK,
+    EXIT_STORAGE,
+    EXIT_UNREACHABLE,
+    AdminUnreachable,
+    admin_call,
+    fail,
+    print_json,
+)
+from edge_sync.clock import SYSTEM_CLOCK
+from edge_sync.config import EdgeConfig, load_edge_config
+from edge_sync.errors import ConfigError, EdgeSyncError, StorageError
+from edge_sync.logsetup import configure_logging
+from edge_sync.status import collect_status
+from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.records import Status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_edge_config(args.config)
+    except ConfigError as exc:
+        return fail(f"configuration: {exc}", EXIT_CONFIG)
+    handler = {"run": _run, "status": _status, "events": _events, "device": _device}[args.command]
+    return int(handler(cfg, args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-sync", description="edge-to-cloud sync agent")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML configuration (default: $EDGE_CONFIG or the packaged conf/edge.yml)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the agent in the foreground (SIGTERM/SIGINT stop it)")
+    st = sub.add_parser("status", help="connection, queue depth, dead letters")
+    st.add_argument("--json", action="store_true")
+    ev = sub.add_parser("events", help="the cloud event log, oldest first")
+    ev.add_argument("--status", choices=["pending", "deployed", "dead", "all"], default="all")
+    ev.add_argument("--entity", type=uuid.UUID, default=None)
+    ev.add_argument("--after-seq", type=int, default=0)
+    ev.add_argument("--limit", type=int, default=100)
+    ev.add_argument("--json", action="store_true")
+    dev = sub.add_parser("device", help="devices on the edge")
+    dsub = dev.add_subparsers(dest="device_command", required=True)
+    create = dsub.add_parser("create", help="provision a device through the running agent")
+    create.add_argument("--name", required=True)
+    create.add_argument("--type", default="default")
+    create.add_argument("--token", default=None)
+    create.add_argument("--label", default="")
+    create.add_argument("--json", action="store_true")
+    for sp in (st, ev, dev, create):
+        sp.add_argument("--config", type=Path, default=argparse.SUPPRESS)
+    return p
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def _run(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    from edge_sync.app import EdgeApp
+
+    configure_logging(cfg.log, component="edge")
+    try:
+        app = EdgeApp(cfg)
+    except StorageError as exc:
+        logger.bind(data_dir=str(cfg.storage.data_dir)).error("storage unusable: {}", exc)
+        return fail(f"storage unusable: {exc}", EXIT_STORAGE)
+    try:
+        app.start()
+    except EdgeSyncError as exc:
+        logger.error("start-up failed: {}", exc)
+        app.store.close()
+        return fail(f"start-up failed: {exc}", EXIT_CONFIG)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.bind(signal=signal.Signals(signum).name).info("stop requested")
+        threading.Thread(target=app.supervisor.stop, name="stopper", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = app.wait()
+    app.stop()
+    if code == EXIT_GAVE_UP:
+        logger.error("supervisor gave up (restart intensity exceeded); exiting with code 3")
+        return EXIT_GAVE_UP
+    return EXIT_OK
+
+
+# -- read-only views ---------------------------------------------------------------------------
+
+
+def _open_readonly(cfg: EdgeConfig) -> Any:
+    from edge_sync.app import open_store
+
+    return open_store(cfg, readonly=True)
+
+
+def _status(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    try:
+        code, status = admin_call(cfg.admin.host, cfg.admin.port, "GET", "/api/status", timeout=3)
+        running = code == 200
+    except AdminUnreachable:
+        running = False
+    if not running:
+        try:
+            store = _open_readonly(cfg)
+        except StorageError as exc:
+            return fail(str(exc), EXIT_STORAGE)
+        try:
+            status = collect_status(store, now_ms=SYSTEM_CLOCK.now_ms())
+        finally:
+            store.close()
+        status["agent"] = "not running"
+    else:
+        status["agent"] = "running"
+    if args.json:
+        print_json(status)
+        return EXIT_OK
+    q = status["queue"]
+    link = status["link"]
+    lines = [
+        f"agent:        {status['agent']}",
+        f"link:         {link.get('state')}"
+        + (f" (circuit breaker {link['breaker']})" if link.get("breaker") else "")
+        + (f" - {link['note']}" if link.get("note") else ""),
+        f"health:       {status['health']}",
+        f"pending:      {q['pending']} (high {q['pending_high']}, normal {q['pending_normal']})",
+        f"deployed:     {q['deployed']}",
+        f"dead letters: {q['dead']}",
+        f"evicted:      {q['evicted']}",
+        f"next seq:     {q['next_seq']}",
+        f"oldest pending: seq {q['oldest_pending_seq']}, age {q['oldest_pending_age_ms']} ms",
+        f"last ack:     {status['last_ack_ms']}",
+        f"devices:      {status['devices']}",
+        f"storage:      {status['storage']['used_mb']} MiB used of {status['storage']['cap_mb']} MiB",
+    ]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _events(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    status = None if args.status == "all" else Status(args.status.upper())
+    try:
+        store = _open_readonly(cfg)
+    except StorageError as exc:
+        return fail(str(exc), EXIT_STORAGE)
+    try:
+        log = EventLog(store)
+        with store.read() as txn:
+            events = list(islice(
+                log.iter_events(txn, status=status, entity_id=args.entity,
+                                after_seq=args.after_seq),
+                max(0, args.limit),
+            ))
+    finally:
+        store.close()
+    for e in events:
+        if args.json:
+            print_json(e.as_json())
+        else:
+            err = f"  error={e.error}" if e.error else ""
+            print(f"{e.seq:>10}  {e.status.value:<8} {e.lane.name:<6} {e.type:<8} {e.action:<22} "
+                  f"{e.entity_id}  ts={e.ts}{err}")
+    return EXIT_OK
+
+
+def _device(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    body = {"name": args.name, "type": args.type, "label": args.label}
+    if args.token:
+        body["token"] = args.token
+    try:
+        code, out = admin_call(cfg.admin.host, cfg.admin.port, "POST", "/api/devices", body)
+    except AdminUnreachable as exc:
+        return fail(f"{exc}; is `edge-sync run` running?", EXIT_UNREACHABLE)
+    if code != 201:
+        return fail(f"device not created ({code}): {out.get('message', out)}", EXIT_CONFIG)
+    if args.json:
+        print_json(out)
+    else:
+        print(f"id:    {out['id']}\nname:  {out['name']}\ntoken: {out['token']}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

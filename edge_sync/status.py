@@ -1,0 +1,58 @@
+"""The agent's status as one JSON-able dict: queue depth per lane and status, oldest pending
+event's age, last acknowledgement, dead letters, storage use and the cloud link's state.
+
+Read-only: one LMDB read transaction. Used by the admin API and, with the agent stopped, by
+``edge-sync status``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge_sync.storage.entity_store import EntityStore
+from edge_sync.storage.env import MiB, LmdbStore
+from edge_sync.storage.event_log import EventLog
+
+
+def collect_status(
+    store: LmdbStore, *, now_ms: int, link: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    log = EventLog(store)
+    entities = EntityStore(store)
+    with store.read() as txn:
+        counts = log.counts(txn)
+        oldest = log.oldest_pending(txn)
+        last_ack = log.last_ack_ms(txn)
+        tenant, edge = log.identity(txn)
+        devices = entities.device_count(txn)
+    oldest_age_ms = None if oldest is None else max(0, now_ms - oldest.created_time)
+    health = "healthy"
+    if counts.pending > 5000 or (oldest_age_ms or 0) > 30_000:
+        health = "warning"
+    return {
+        "link": link or {"state": "UNKNOWN", "note": "agent not running"},
+        "health": health,
+        "queue": {
+            "pending_high": counts.pending_high,
+            "pending_normal": counts.pending_normal,
+            "pending": counts.pending,
+            "deployed": counts.deployed,
+            "dead": counts.dead,
+            "total": counts.total,
+            "next_seq": counts.next_seq,
+            "evicted": counts.evicted,
+            "oldest_pending_seq": None if oldest is None else oldest.seq,
+            "oldest_pending_age_ms": oldest_age_ms,
+        },
+        "last_ack_ms": last_ack,
+        "sync_latency_ms": oldest_age_ms or 0,
+        "storage": {
+            "path": str(store.path),
+            "used_mb": round(store.used_bytes() / MiB, 2),
+            "map_mb": round(store.map_size() / MiB, 2),
+            "cap_mb": round(store.max_size / MiB, 2),
+        },
+        "devices": devices,
+        "tenant_id": str(tenant),
+        "edge_id": str(edge),
+    }

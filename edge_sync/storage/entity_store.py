@@ -1,0 +1,173 @@
+"""The entity store: devices (with access tokens and unique names), attributes by scope, latest
+telemetry per key, and the ids of downlinks already applied.
+
+Layout:
+  devices        device_id(16) -> encoded Device
+  device_tokens  token (utf-8) -> device_id
+  device_names   name (utf-8) -> device_id
+  attributes     entity_id(16) + scope(1) + key (utf-8) -> msgpack (value, last_update_ts)
+  latest_ts      entity_id(16) + key (utf-8) -> msgpack (ts, value)
+  downlinks      downlink key -> applied time (u64)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import lmdb
+
+from edge_sync.errors import BadRequest
+from edge_sync.storage import codec
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.records import Device, Scope
+
+_SCOPE_BYTE = {Scope.CLIENT: b"C", Scope.SERVER: b"S", Scope.SHARED: b"H"}
+
+
+class Conflict(BadRequest):
+    """A unique name or token is already taken."""
+
+
+class EntityStore:
+    """Synchronous access to the entity store inside LmdbStore transactions."""
+
+    def __init__(self, store: LmdbStore) -> None:
+        self.store = store
+        self._db = store.dbs
+
+    # -- devices ---------------------------------------------------------------------------------
+
+    def device_by_token(self, txn: lmdb.Transaction, token: str) -> Device | None:
+        raw_id = txn.get(token.encode(), db=self._db["device_tokens"])
+        return None if raw_id is None else self.device(txn, uuid.UUID(bytes=bytes(raw_id)))
+
+    def device(self, txn: lmdb.Transaction, device_id: uuid.UUID) -> Device | None:
+        raw = txn.get(device_id.bytes, db=self._db["devices"])
+        return None if raw is None else codec.decode_device(device_id.bytes, raw)
+
+    def device_by_name(self, txn: lmdb.Transaction, name: str) -> Device | None:
+        raw_id = txn.get(name.encode(), db=self._db["device_names"])
+        return None if raw_id is None else self.device(txn, uuid.UUID(bytes=bytes(raw_id)))
+
+    def devices(self, txn: lmdb.Transaction) -> list[Device]:
+        with txn.cursor(db=self._db["devices"]) as cur:
+            return [codec.decode_device(bytes(k), v) for k, v in cur.iternext()]
+
+    def device_count(self, txn: lmdb.Transaction) -> int:
+        return self.store.entries(txn, "devices")
+
+    def check_new_device(self, txn: lmdb.Transaction, device: Device) -> None:
+        """Raise Conflict when the id, name or token is taken. Writes nothing."""
+        if txn.get(device.id.bytes, db=self._db["devices"]) is not None:
+            raise Conflict(f"device id {device.id} already exists")
+        if txn.get(device.name.encode(), db=self._db["device_names"]) is not None:
+            raise Conflict(f"a device named {device.name!r} already exists")
+        if txn.get(device.token.encode(), db=self._db["device_tokens"]) is not None:
+            raise Conflict("that access token is already used by another device")
+
+    def put_device(self, txn: lmdb.Transaction, device: Device) -> None:
+        """Insert or replace a device, keeping the name and token indexes in step."""
+        old = self.device(txn, device.id)
+        if old is not None:
+            if old.token != device.token:
+                txn.delete(old.token.encode(), db=self._db["device_tokens"])
+            if old.name != device.name:
+                txn.delete(old.name.encode(), db=self._db["device_names"])
+        txn.put(device.id.bytes, codec.encode_device(device), db=self._db["devices"])
+        txn.put(device.token.encode(), device.id.bytes, db=self._db["device_tokens"])
+        txn.put(device.name.encode(), device.id.bytes, db=self._db["device_names"])
+
+    def delete_device(self, txn: lmdb.Transaction, device_id: uuid.UUID) -> bool:
+        old = self.device(txn, device_id)
+        if old is None:
+            return False
+        txn.delete(device_id.bytes, db=self._db["devices"])
+        txn.delete(old.token.encode(), db=self._db["device_tokens"])
+        txn.delete(old.name.encode(), db=self._db["device_names"])
+        return True
+
+    # -- attributes ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _attr_prefix(entity_id: uuid.UUID, scope: Scope) -> bytes:
+        return entity_id.bytes + _SCOPE_BYTE[scope]
+
+    def put_attributes(
+        self, txn: lmdb.Transaction, entity_id: uuid.UUID, scope: Scope, values: Mapping[str, Any],
+        *, ts: int,
+    ) -> None:
+        prefix = self._attr_prefix(entity_id, scope)
+        db = self._db["attributes"]
+        for key, value in values.items():
+            txn.put(prefix + key.encode(), codec.pack((value, ts)), db=db)
+
+    def delete_attributes(
+        self, txn: lmdb.Transaction, entity_id: uuid.UUID, scope: Scope, keys: Iterable[str]
+    ) -> int:
+        prefix = self._attr_prefix(entity_id, scope)
+        return sum(
+            1 for key in keys if txn.delete(prefix + key.encode(), db=self._db["attributes"])
+        )
+
+    def attributes(
+        self,
+        txn: lmdb.Transaction,
+        entity_id: uuid.UUID,
+        scope: Scope,
+        keys: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        """Attribute values of one scope; all of them when keys is None."""
+        prefix = self._attr_prefix(entity_id, scope)
+        db = self._db["attributes"]
+        if keys is not None:
+            out: dict[str, Any] = {}
+            for key in keys:
+                raw = txn.get(prefix + key.encode(), db=db)
+                if raw is not None:
+                    out[key] = codec.unpack(raw)[0]
+            return out
+        found: dict[str, Any] = {}
+        with txn.cursor(db=db) as cur:
+            if cur.set_range(prefix):
+                for k, v in cur.iternext():
+                    if not bytes(k).startswith(prefix):
+                        break
+                    found[bytes(k)[len(prefix):].decode()] = codec.unpack(v)[0]
+        return found
+
+    # -- latest telemetry ------------------------------------------------------------------------
+
+    def put_latest(
+        self, txn: lmdb.Transaction, entity_id: uuid.UUID, values: Mapping[str, tuple[int, Any]]
+    ) -> None:
+        """Keep, per key, the value with the highest ts (an older ts never overwrites)."""
+        db = self._db["latest_ts"]
+        prefix = entity_id.bytes
+        for key, (ts, value) in values.items():
+            k = prefix + key.encode()
+            old = txn.get(k, db=db)
+            if old is not None and codec.unpack(old)[0] > ts:
+                continue
+            txn.put(k, codec.pack((ts, value)), db=db)
+
+    def latest(self, txn: lmdb.Transaction, entity_id: uuid.UUID) -> dict[str, tuple[int, Any]]:
+        prefix = entity_id.bytes
+        out: dict[str, tuple[int, Any]] = {}
+        with txn.cursor(db=self._db["latest_ts"]) as cur:
+            if cur.set_range(prefix):
+                for k, v in cur.iternext():
+                    if not bytes(k).startswith(prefix):
+                        break
+                    ts, value = codec.unpack(v)
+                    out[bytes(k)[len(prefix):].decode()] = (ts, value)
+        return out
+
+    # -- downlinks -------------------------------------------------------------------------------
+
+    def downlink_applied(self, txn: lmdb.Transaction, key: bytes) -> bool:
+        return txn.get(key, db=self._db["downlinks"]) is not None
+
+    def record_downlink(self, txn: lmdb.Transaction, key: bytes, *, now_ms: int) -> None:
+        txn.put(key, codec.u64(now_ms), db=self._db["downlinks"])

@@ -1,0 +1,277 @@
+"""The LMDB environment: opening (with clear errors for missing, corrupt or unwritable stores),
+named databases, read and write transactions, and map growth up to the configured cap.
+
+All transactions go through LmdbStore.read() / LmdbStore.write(). Growing the map needs no other
+transaction open in this process, so both take a shared gate that growth takes exclusively.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+from loguru import logger
+
+from edge_sync.errors import QueueFull, StorageCorrupt, StorageError
+from edge_sync.storage import codec
+
+T = TypeVar("T")
+
+MiB = 1024 * 1024
+STORE_FORMAT = b"edge-sync/1"
+
+DB_NAMES = (
+    "meta",
+    "events",
+    "pending_high",
+    "pending_normal",
+    "dead",
+    "deployed_by_time",
+    "devices",
+    "device_tokens",
+    "device_names",
+    "attributes",
+    "latest_ts",
+    "downlinks",
+)
+
+_log = logger.bind(component="storage")
+
+
+class _Gate:
+    """Shared/exclusive gate: many transactions at once, or one map resize alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive_waiting = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._exclusive_waiting:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if self._shared == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._exclusive_waiting += 1
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._exclusive_waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, lmdb.Error) and (
+        getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
+    )
+
+
+class LmdbStore:
+    """One LMDB environment holding the event log and the entity store."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        initial_map_mb: int = 64,
+        max_size_mb: int = 10240,
+        readonly: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self.max_size = max_size_mb * MiB
+        self._gate = _Gate()
+        self._grow_lock = threading.Lock()
+        self.env = self._open(initial_map_mb * MiB)
+        self.dbs: dict[str, lmdb._Database] = {}
+        try:
+            if readonly:
+                for name in DB_NAMES:
+                    self.dbs[name] = self.env.open_db(name.encode(), create=False)
+            else:
+                with self.env.begin(write=True) as txn:
+                    for name in DB_NAMES:
+                        self.dbs[name] = self.env.open_db(name.encode(), txn=txn)
+                    self._check_or_stamp_format(txn)
+        except lmdb.NotFoundError as exc:
+            self.env.close()
+            raise StorageCorrupt(
+                f"{self.path}: LMDB file has no edge-sync databases ({exc}); "
+                "it was not written by edge-sync or is damaged"
+            ) from exc
+        except lmdb.Error as exc:
+            self.env.close()
+            raise StorageCorrupt(f"{self.path}: cannot read the store: {exc}") from exc
+        if readonly:
+            with self.env.begin() as txn:
+                self._check_or_stamp_format(txn)
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _open(self, map_size: int) -> lmdb.Environment:
+        data_file = self.path / "data.mdb"
+        if self.readonly:
+            if not data_file.exists():
+                raise StorageError(
+                    f"no edge-sync store at {self.path} (no data.mdb); "
+                    "check EDGE_DATA_DIR / storage.data_dir"
+                )
+        else:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(
+                    f"storage path {self.path} cannot be created: {exc.strerror or exc}; "
+                    "set storage.data_dir (EDGE_DATA_DIR) to a writable folder"
+                ) from exc
+            if not os.access(self.path, os.W_OK):
+                raise StorageError(f"storage path {self.path} is not writable")
+        if data_file.exists():
+            size = data_file.stat().st_size
+            if 0 < size < 2 * 4096:
+                raise StorageCorrupt(
+                    f"{data_file} is truncated ({size} bytes); restore it from a backup or move "
+                    "it away to start with an empty queue (events in it would be lost)"
+                )
+            map_size = max(map_size, size)
+        try:
+            return lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=len(DB_NAMES) + 2,
+                max_readers=1024,
+                readonly=self.readonly,
+                lock=True,
+                sync=True,
+                metasync=True,
+                readahead=False,
+                create=not self.readonly,
+            )
+        except lmdb.InvalidError as exc:
+            raise StorageCorrupt(
+                f"{data_file} is not a valid LMDB file ({exc}); restore it from a backup or move "
+                "it away to start with an empty queue (events in it would be lost)"
+            ) from exc
+        except lmdb.VersionMismatchError as exc:
+            raise StorageCorrupt(f"{data_file}: LMDB version mismatch ({exc})") from exc
+        except lmdb.Error as exc:
+            if _is_disk_full(exc):
+                raise QueueFull(f"{self.path}: disk full while opening the store") from exc
+            raise StorageError(f"cannot open store at {self.path}: {exc}") from exc
+
+    def _check_or_stamp_format(self, txn: lmdb.Transaction) -> None:
+        meta = self.dbs["meta"]
+        found = txn.get(b"format", db=meta)
+        if found is None:
+            if self.readonly:
+                raise StorageCorrupt(f"{self.path}: store has no format stamp")
+            txn.put(b"format", STORE_FORMAT, db=meta)
+        elif bytes(found) != STORE_FORMAT:
+            raise StorageCorrupt(
+                f"{self.path}: store format {bytes(found)!r}, this edge-sync reads {STORE_FORMAT!r}"
+            )
+
+    # -- transactions ------------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A read-only transaction (a consistent snapshot). Any thread."""
+        with self._gate.shared():
+            try:
+                txn = self.env.begin(buffers=False)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)  # another process grew the map: adopt its size
+                txn = self.env.begin(buffers=False)
+            try:
+                yield txn
+            finally:
+                txn.abort()
+
+    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run fn in one write transaction and commit it (one fsync).
+
+        fn may run more than once: when the map is full it is grown (up to the cap) and fn runs
+        again from scratch, so fn must derive everything from its inputs and the transaction.
+        Raises QueueFull at the cap or when the disk is full; other LMDB errors as StorageError.
+        """
+        if self.readonly:
+            raise StorageError("store opened read-only")
+        while True:
+            try:
+                with self._gate.shared():
+                    txn = self.env.begin(write=True)
+                    try:
+                        result = fn(txn)
+                    except BaseException:
+                        txn.abort()
+                        raise
+                    txn.commit()
+                    return result
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                if _is_disk_full(exc):
+                    raise QueueFull(f"disk full under {self.path}: {exc}") from exc
+                raise StorageError(f"write failed in {self.path}: {exc}") from exc
+
+    def _grow(self) -> None:
+        with self._grow_lock, self._gate.exclusive():
+            current = self.env.info()["map_size"]
+            if current >= self.max_size:
+                raise QueueFull(
+                    f"store at its size cap ({self.max_size // MiB} MiB, storage.max_size_mb)"
+                )
+            new = min(self.max_size, current * 2)
+            try:
+                self.env.set_mapsize(new)
+            except lmdb.Error as exc:
+                raise StorageError(f"cannot grow the map to {new // MiB} MiB: {exc}") from exc
+            _log.bind(old_mb=current // MiB, new_mb=new // MiB).info("storage map grown")
+
+    # -- small helpers -----------------------------------------------------------------------
+
+    def entries(self, txn: lmdb.Transaction, name: str) -> int:
+        """Entry count of a named database, O(1)."""
+        return int(txn.stat(self.dbs[name])["entries"])
+
+    def meta_int(self, txn: lmdb.Transaction, key: bytes, default: int = 0) -> int:
+        raw = txn.get(key, db=self.dbs["meta"])
+        return default if raw is None else codec.from_u64(raw)
+
+    def put_meta_int(self, txn: lmdb.Transaction, key: bytes, value: int) -> None:
+        txn.put(key, codec.u64(value), db=self.dbs["meta"])
+
+    def map_size(self) -> int:
+        return int(self.env.info()["map_size"])
+
+    def used_bytes(self) -> int:
+        info = self.env.info()
+        stat = self.env.stat()
+        return int((info["last_pgno"] + 1) * stat["psize"])
+
+    def close(self) -> None:
+        with self._gate.exclusive():
+            self.env.close()

@@ -1,0 +1,169 @@
+"""The event log's and entity store's record types: lanes, statuses, events and devices.
+
+These frozen dataclasses are what the rest of the code speaks; only storage/codec.py knows how
+they are laid out on disk.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+NIL_UUID = uuid.UUID(int=0)
+
+
+class Lane(enum.IntEnum):
+    """Priority lane. HIGH is read before NORMAL; order within a lane is seq order."""
+
+    HIGH = 0
+    NORMAL = 1
+
+
+class Status(enum.StrEnum):
+    PENDING = "PENDING"
+    DEPLOYED = "DEPLOYED"
+    DEAD = "DEAD"
+
+
+class Scope(enum.StrEnum):
+    """Attribute scopes, ThingsBoard's names."""
+
+    CLIENT = "CLIENT_SCOPE"
+    SERVER = "SERVER_SCOPE"
+    SHARED = "SHARED_SCOPE"
+
+
+class Action(enum.StrEnum):
+    """Cloud event actions, the spec's names."""
+
+    ADDED = "ADDED"
+    UPDATED = "UPDATED"
+    DELETED = "DELETED"
+    TIMESERIES_UPDATED = "TIMESERIES_UPDATED"
+    ATTRIBUTES_UPDATED = "ATTRIBUTES_UPDATED"
+    ATTRIBUTES_DELETED = "ATTRIBUTES_DELETED"
+    TIMESERIES_DELETED = "TIMESERIES_DELETED"
+    ALARM_ACK = "ALARM_ACK"
+    ALARM_CLEAR = "ALARM_CLEAR"
+    RELATION_ADD_OR_UPDATE = "RELATION_ADD_OR_UPDATE"
+    RELATION_DELETED = "RELATION_DELETED"
+    RELATIONS_DELETED = "RELATIONS_DELETED"
+    RPC_CALL = "RPC_CALL"
+    CREDENTIALS_UPDATED = "CREDENTIALS_UPDATED"
+
+
+# Actions that go in the high lane whatever the entity: lifecycle, credentials, alarms, RPC.
+_HIGH_ACTIONS = frozenset(
+    {
+        Action.ADDED,
+        Action.UPDATED,
+        Action.DELETED,
+        Action.ALARM_ACK,
+        Action.ALARM_CLEAR,
+        Action.RPC_CALL,
+        Action.CREDENTIALS_UPDATED,
+        Action.RELATION_ADD_OR_UPDATE,
+        Action.RELATION_DELETED,
+        Action.RELATIONS_DELETED,
+    }
+)
+
+
+def lane_for(event_type: str, action: str) -> Lane:
+    """The default lane: alarms, RPC responses, lifecycle and credentials are HIGH; data NORMAL."""
+    if event_type == "ALARM" or action in _HIGH_ACTIONS:
+        return Lane.HIGH
+    return Lane.NORMAL
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event as a producer hands it to the queue; seq, id and created_time come on append."""
+
+    type: str  # cloud event type: DEVICE, ASSET, ALARM, RELATION, ...
+    entity_type: str
+    entity_id: uuid.UUID
+    action: str
+    body: Any  # msgpack-able (JSON-like) value
+    ts: int  # the event's own time, ms since epoch (never used for ordering)
+    lane: Lane = Lane.NORMAL
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as the log holds it."""
+
+    seq: int
+    id: uuid.UUID
+    created_time: int
+    tenant_id: uuid.UUID
+    edge_id: uuid.UUID
+    type: str
+    entity_type: str
+    entity_id: uuid.UUID
+    action: str
+    body: Any
+    ts: int
+    lane: Lane
+    size: int = 0  # encoded size in bytes
+    status: Status = Status.PENDING
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The shape `edge-sync events --json` and the admin API print."""
+        return {
+            "seq": self.seq,
+            "id": str(self.id),
+            "created_time": self.created_time,
+            "ts": self.ts,
+            "type": self.type,
+            "entity_type": self.entity_type,
+            "entity_id": str(self.entity_id),
+            "action": self.action,
+            "status": self.status.value,
+            "priority": self.lane.name,
+            "body": self.body,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: uuid.UUID
+    name: str
+    type: str
+    token: str = field(repr=False)
+    created_time: int
+    label: str = ""
+    version: int = 1
+
+    def as_json(self, *, with_token: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": str(self.id),
+            "name": self.name,
+            "type": self.type,
+            "label": self.label,
+            "created_time": self.created_time,
+        }
+        if with_token:
+            out["token"] = self.token
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Queue depth by lane and status, read in O(1) from LMDB's entry counts."""
+
+    pending_high: int
+    pending_normal: int
+    deployed: int
+    dead: int
+    total: int
+    next_seq: int
+    evicted: int
+
+    @property
+    def pending(self) -> int:
+        return self.pending_high + self.pending_normal
