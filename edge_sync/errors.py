@@ -45,3 +45,7 @@ class Unauthorized(EdgeSyncError):
 
 class NotFound(EdgeSyncError):
     """An entity the request names does not exist."""
+
+
+class InjectedFault(EdgeSyncError):
+    """Raised by an actor told to crash through the admin API's fault injection (tests only)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge_sync.storage.entity_store import EntityStore
-from edge_sync.storage.env import MiB, LmdbStore
+from edge_sync.storage.env import LmdbStore, MiB
 from edge_sync.storage.event_log import EventLog
 
 

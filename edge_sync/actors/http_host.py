@@ -7,6 +7,7 @@ not bind; an unexpected end of the loop is reported to the supervisor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -57,10 +58,8 @@ class HttpHost:
         self._stopping = True
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(stop.set)
-            except RuntimeError:  # loop already closed
-                pass
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 

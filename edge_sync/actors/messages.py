@@ -127,3 +127,10 @@ class EventsCommitted:
     """New events are durable; next_seq is the seq the next append will get."""
 
     next_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """Fault injection (admin API, only with admin.fault_injection on): the receiver raises."""
+
+    reason: str = "injected fault"

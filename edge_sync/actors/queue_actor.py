@@ -20,6 +20,7 @@ from loguru import logger
 
 from edge_sync.actors.messages import (
     Append,
+    Crash,
     CreateDevice,
     DeadLetter,
     EventsCommitted,
@@ -33,7 +34,7 @@ from edge_sync.actors.messages import (
 )
 from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.errors import EdgeSyncError, QueueFull, StorageError
+from edge_sync.errors import EdgeSyncError, InjectedFault, QueueFull, StorageError
 from edge_sync.metrics import Metrics
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
@@ -139,6 +140,8 @@ class QueueActor(SupervisedActor):
                     self._flush()
             case PurgeDeployed():
                 self._purge(older_than_ms=self._clock.now_ms() - self._policy.retention_ms)
+            case Crash(reason=reason):
+                raise InjectedFault(f"queue: {reason}")
             case _:
                 _log.warning("queue actor: unknown message {!r}", type(message).__name__)
         return None

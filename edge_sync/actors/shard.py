@@ -18,6 +18,7 @@ from loguru import logger
 from edge_sync.actors.address import Address
 from edge_sync.actors.entity import EntityActor
 from edge_sync.actors.messages import (
+    Crash,
     EntityCommand,
     PassivateIdle,
     PostClientAttributes,
@@ -25,6 +26,7 @@ from edge_sync.actors.messages import (
     ProvisionDevice,
 )
 from edge_sync.actors.ticker import Ticker
+from edge_sync.errors import InjectedFault
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 
 
@@ -84,6 +86,8 @@ class ShardActor(SupervisedActor):
                 self._log.bind(entity=str(entity_id)).trace("entity activated")
             entity.handle(message, now)
             return None
+        if isinstance(message, Crash):
+            raise InjectedFault(f"shard-{self.index}: {message.reason}")
         if message == "active_entities":
             return len(self._entities)
         self._log.warning("shard: unknown message {!r}", type(message).__name__)
