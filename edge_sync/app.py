@@ -25,12 +25,14 @@ from edge_sync.actors.admin_http import AdminHttpApi
 from edge_sync.actors.device_http import DeviceHttpApi
 from edge_sync.actors.device_service import DeviceService
 from edge_sync.actors.http_host import HttpHost
+from edge_sync.actors.messages import Crash
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
 from edge_sync.actors.shard import EntityRouter, ShardActor
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.config import EdgeConfig
 from edge_sync.metrics import Metrics
 from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.event_log import EventLog
 from edge_sync.supervisor import (
     ChildSpec,
     ExitReporter,
@@ -91,6 +93,7 @@ class EdgeApp:
         self.admin_api = AdminHttpApi(
             self.store, self.service, self.metrics,
             request_timeout_s=cfg.http.request_timeout_s, clock=clock,
+            crash=self._crash if cfg.admin.fault_injection else None,
         )
         self.supervisor = Supervisor(
             "edge",
@@ -148,6 +151,15 @@ class EdgeApp:
             node = node.child(part) if node is not None else None
         return cast("pykka.ActorRef[Any] | None", getattr(node, "ref", None))
 
+    def _crash(self, target: str) -> bool:
+        """Fault injection: tell the named actor (queue, shard-N) to raise."""
+        path = ("queue",) if target == "queue" else ("shards", target)
+        ref = self._actor_ref(*path)
+        if ref is None or not ref.is_alive():
+            return False
+        ref.tell(Crash(f"injected through the admin API into {target}"))
+        return True
+
     def _http_starter(self, name: str, make_app: Any, host: str, port: int) -> Any:
         def start(report: ExitReporter) -> HttpHost:
             # A restarted server binds the port its first incarnation got (matters for port 0).
@@ -159,8 +171,6 @@ class EdgeApp:
         return start
 
     def _register_gauges(self) -> None:
-        from edge_sync.storage.event_log import EventLog
-
         log = EventLog(self.store)
 
         def depth(lane_attr: str) -> float:

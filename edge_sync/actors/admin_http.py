@@ -79,6 +79,7 @@ class AdminHttpApi:
         link_status: Callable[[], dict[str, Any]] | None = None,
         request_timeout_s: float = 10.0,
         clock: Clock = SYSTEM_CLOCK,
+        crash: Callable[[str], bool] | None = None,
     ) -> None:
         self._store = store
         self._service = service
@@ -86,6 +87,7 @@ class AdminHttpApi:
         self._link_status = link_status
         self._timeout = request_timeout_s
         self._clock = clock
+        self._crash = crash
 
     def make_app(self) -> web.Application:
         """Runs on the host's loop thread."""
@@ -95,6 +97,8 @@ class AdminHttpApi:
         app.router.add_post("/api/devices", self._create_device)
         app.router.add_get("/metrics", self._prometheus)
         app.router.add_get("/", self._page)
+        if self._crash is not None:
+            app.router.add_post("/api/debug/crash", self._inject_crash)
         return app
 
     def status(self) -> dict[str, Any]:
@@ -140,6 +144,21 @@ class AdminHttpApi:
         out = device.as_json(with_token=True)
         out["seqs"] = [seqs.start, seqs.stop - 1]
         return web.json_response(out, status=201)
+
+    async def _inject_crash(self, request: web.Request) -> web.StreamResponse:
+        """Fault injection (admin.fault_injection): tell an actor to raise."""
+        try:
+            body = parse_json(await request.read())
+            target = body.get("target") if isinstance(body, dict) else None
+            if not isinstance(target, str):
+                raise BadRequest('expected {"target": "queue" | "shard-N"}')
+        except BadRequest as exc:
+            return error_response(400, str(exc))
+        assert self._crash is not None
+        if not self._crash(target):
+            return error_response(404, f"no running actor {target!r}")
+        _log.bind(target=target).warning("fault injected: {} told to crash", target)
+        return web.json_response({"crashed": target})
 
     async def _prometheus(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text=self._metrics.render_prometheus(), content_type="text/plain")
