@@ -181,7 +181,7 @@ class SyncCompletedMsg(_message.Message):
     def __init__(self) -> None: ...
 
 class UplinkMsg(_message.Message):
-    __slots__ = ("uplinkMsgId", "entityData", "deviceUpdateMsg", "deviceCredentialsUpdateMsg", "alarmUpdateMsg", "relationUpdateMsg", "ruleChainMetadataRequestMsg", "attributesRequestMsg", "relationRequestMsg", "deviceRpcCallMsg", "assetUpdateMsg", "dashboardUpdateMsg", "assetProfileUpdateMsg", "deviceProfileUpdateMsg", "ruleChainUpdateMsg", "ruleChainMetadataUpdateMsg", "userUpdateMsg", "firstEdgeSeqId")
+    __slots__ = ("uplinkMsgId", "entityData", "deviceUpdateMsg", "deviceCredentialsUpdateMsg", "alarmUpdateMsg", "relationUpdateMsg", "ruleChainMetadataRequestMsg", "attributesRequestMsg", "relationRequestMsg", "deviceRpcCallMsg", "assetUpdateMsg", "dashboardUpdateMsg", "assetProfileUpdateMsg", "deviceProfileUpdateMsg", "ruleChainUpdateMsg", "ruleChainMetadataUpdateMsg", "userUpdateMsg", "firstEdgeSeqId", "uplinkEpoch")
     UPLINKMSGID_FIELD_NUMBER: _ClassVar[int]
     ENTITYDATA_FIELD_NUMBER: _ClassVar[int]
     DEVICEUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,7 @@ class UplinkMsg(_message.Message):
     RULECHAINMETADATAUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
     USERUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
     FIRSTEDGESEQID_FIELD_NUMBER: _ClassVar[int]
+    UPLINKEPOCH_FIELD_NUMBER: _ClassVar[int]
     uplinkMsgId: int
     entityData: _containers.RepeatedCompositeFieldContainer[EntityDataProto]
     deviceUpdateMsg: _containers.RepeatedCompositeFieldContainer[DeviceUpdateMsg]
@@ -218,7 +219,8 @@ class UplinkMsg(_message.Message):
     ruleChainMetadataUpdateMsg: _containers.RepeatedCompositeFieldContainer[RuleChainMetadataUpdateMsg]
     userUpdateMsg: _containers.RepeatedCompositeFieldContainer[UserUpdateMsg]
     firstEdgeSeqId: int
-    def __init__(self, uplinkMsgId: _Optional[int] = ..., entityData: _Optional[_Iterable[_Union[EntityDataProto, _Mapping]]] = ..., deviceUpdateMsg: _Optional[_Iterable[_Union[DeviceUpdateMsg, _Mapping]]] = ..., deviceCredentialsUpdateMsg: _Optional[_Iterable[_Union[DeviceCredentialsUpdateMsg, _Mapping]]] = ..., alarmUpdateMsg: _Optional[_Iterable[_Union[AlarmUpdateMsg, _Mapping]]] = ..., relationUpdateMsg: _Optional[_Iterable[_Union[RelationUpdateMsg, _Mapping]]] = ..., ruleChainMetadataRequestMsg: _Optional[_Iterable[_Union[RuleChainMetadataRequestMsg, _Mapping]]] = ..., attributesRequestMsg: _Optional[_Iterable[_Union[AttributesRequestMsg, _Mapping]]] = ..., relationRequestMsg: _Optional[_Iterable[_Union[RelationRequestMsg, _Mapping]]] = ..., deviceRpcCallMsg: _Optional[_Iterable[_Union[DeviceRpcCallMsg, _Mapping]]] = ..., assetUpdateMsg: _Optional[_Iterable[_Union[AssetUpdateMsg, _Mapping]]] = ..., dashboardUpdateMsg: _Optional[_Iterable[_Union[DashboardUpdateMsg, _Mapping]]] = ..., assetProfileUpdateMsg: _Optional[_Iterable[_Union[AssetProfileUpdateMsg, _Mapping]]] = ..., deviceProfileUpdateMsg: _Optional[_Iterable[_Union[DeviceProfileUpdateMsg, _Mapping]]] = ..., ruleChainUpdateMsg: _Optional[_Iterable[_Union[RuleChainUpdateMsg, _Mapping]]] = ..., ruleChainMetadataUpdateMsg: _Optional[_Iterable[_Union[RuleChainMetadataUpdateMsg, _Mapping]]] = ..., userUpdateMsg: _Optional[_Iterable[_Union[UserUpdateMsg, _Mapping]]] = ..., firstEdgeSeqId: _Optional[int] = ...) -> None: ...
+    uplinkEpoch: int
+    def __init__(self, uplinkMsgId: _Optional[int] = ..., entityData: _Optional[_Iterable[_Union[EntityDataProto, _Mapping]]] = ..., deviceUpdateMsg: _Optional[_Iterable[_Union[DeviceUpdateMsg, _Mapping]]] = ..., deviceCredentialsUpdateMsg: _Optional[_Iterable[_Union[DeviceCredentialsUpdateMsg, _Mapping]]] = ..., alarmUpdateMsg: _Optional[_Iterable[_Union[AlarmUpdateMsg, _Mapping]]] = ..., relationUpdateMsg: _Optional[_Iterable[_Union[RelationUpdateMsg, _Mapping]]] = ..., ruleChainMetadataRequestMsg: _Optional[_Iterable[_Union[RuleChainMetadataRequestMsg, _Mapping]]] = ..., attributesRequestMsg: _Optional[_Iterable[_Union[AttributesRequestMsg, _Mapping]]] = ..., relationRequestMsg: _Optional[_Iterable[_Union[RelationRequestMsg, _Mapping]]] = ..., deviceRpcCallMsg: _Optional[_Iterable[_Union[DeviceRpcCallMsg, _Mapping]]] = ..., assetUpdateMsg: _Optional[_Iterable[_Union[AssetUpdateMsg, _Mapping]]] = ..., dashboardUpdateMsg: _Optional[_Iterable[_Union[DashboardUpdateMsg, _Mapping]]] = ..., assetProfileUpdateMsg: _Optional[_Iterable[_Union[AssetProfileUpdateMsg, _Mapping]]] = ..., deviceProfileUpdateMsg: _Optional[_Iterable[_Union[DeviceProfileUpdateMsg, _Mapping]]] = ..., ruleChainUpdateMsg: _Optional[_Iterable[_Union[RuleChainUpdateMsg, _Mapping]]] = ..., ruleChainMetadataUpdateMsg: _Optional[_Iterable[_Union[RuleChainMetadataUpdateMsg, _Mapping]]] = ..., userUpdateMsg: _Optional[_Iterable[_Union[UserUpdateMsg, _Mapping]]] = ..., firstEdgeSeqId: _Optional[int] = ..., uplinkEpoch: _Optional[int] = ...) -> None: ...
 
 class UplinkResponseMsg(_message.Message):
     __slots__ = ("success", "errorMsg", "uplinkMsgId", "rejectedEdgeSeqId", "retryable")
