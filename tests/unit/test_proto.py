@@ -257,7 +257,7 @@ def test_device_credentials_update_has_no_msg_type_or_id() -> None:
 
 def test_uplink_lists_are_repeated() -> None:
     for field in _message("UplinkMsg").fields:
-        if field.number not in (1, EXTENSION_MIN):
+        if field.number < EXTENSION_MIN and field.number != 1:
             assert field.is_repeated, field.name
 
 
