@@ -5,8 +5,10 @@ benchmarks all start the agent through EdgeApp.
 Tree (one_for_one at each level; actors are reached through Addresses, so a restarted actor
 does not force its neighbours to restart):
     edge
-    ├── queue          QueueActor: the single writer, group commit
+    ├── queue          QueueActor: the single writer of the event log, group commit
     ├── shards         Supervisor(one_for_one) of ShardActor shard-0..N-1 (entity actors)
+    ├── downlink       DownlinkActor: applies what the cloud sends   } only with a routing key
+    ├── connection     ConnectionActor: the gRPC stream to the cloud }
     ├── device-http    the device HTTP API
     └── admin-http     status, events, devices, metrics
 Children stop in reverse order, so in-flight requests finish before the queue commits its last
@@ -30,6 +32,9 @@ from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
 from edge_sync.actors.shard import EntityRouter, ShardActor
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.config import EdgeConfig
+from edge_sync.link.connection import ConnectionActor
+from edge_sync.link.downlink_actor import DownlinkActor
+from edge_sync.link.state import StatusBoard
 from edge_sync.metrics import Metrics
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
@@ -65,6 +70,10 @@ class EdgeApp:
         self.ports: dict[str, int] = {}
         intensity = Intensity(cfg.supervisor.max_restarts, cfg.supervisor.within_s)
         self.queue = Address("queue", lambda: self._actor_ref("queue"))
+        self.connection = Address("connection", lambda: self._actor_ref("connection"))
+        self.downlinks = Address("downlink", lambda: self._actor_ref("downlink"))
+        self.link_board = StatusBoard()
+        link_enabled = bool(cfg.cloud.routing_key)
         shard_names = [f"shard-{i}" for i in range(cfg.actors.shards)]
         self.router = EntityRouter(
             [Address(n, lambda n=n: self._actor_ref("shards", n)) for n in shard_names]
@@ -92,17 +101,27 @@ class EdgeApp:
         )
         self.admin_api = AdminHttpApi(
             self.store, self.service, self.metrics,
+            link_status=(lambda: dict(self.link_board.value)) if link_enabled else None,
             request_timeout_s=cfg.http.request_timeout_s, clock=clock,
             crash=self._crash if cfg.admin.fault_injection else None,
         )
         self.supervisor = Supervisor(
             "edge",
             [
-                ChildSpec("queue", actor_child(QueueActor, self.store, policy=policy,
-                                               metrics=self.metrics, clock=clock)),
+                ChildSpec("queue", actor_child(
+                    QueueActor, self.store, policy=policy, metrics=self.metrics, clock=clock,
+                    on_committed=self.connection.tell if link_enabled else None)),
                 ChildSpec("shards", lambda report: Supervisor(
                     "shards", shards, strategy=Strategy.ONE_FOR_ONE, intensity=intensity,
                 ).start(report), restart=Restart.PERMANENT, shutdown_timeout=30.0),
+                *([
+                    ChildSpec("downlink", actor_child(
+                        DownlinkActor, self.store, self.connection, metrics=self.metrics,
+                        clock=clock)),
+                    ChildSpec("connection", actor_child(
+                        ConnectionActor, cfg.cloud, self.store, self.queue, self.downlinks,
+                        metrics=self.metrics, board=self.link_board, clock=clock)),
+                ] if link_enabled else []),
                 ChildSpec("device-http", self._http_starter(
                     "device-http", self.device_api.make_app, cfg.http.host, cfg.http.port),
                     shutdown_timeout=15.0),

@@ -20,7 +20,7 @@ from edge_sync.actors.messages import (
     PutAttributes,
     PutLatestTelemetry,
 )
-from edge_sync.storage.records import Action, Lane, NewEvent, Scope
+from edge_sync.storage.records import Action, Lane, NewEvent, Scope, lane_for
 
 
 class EntityActor:
@@ -71,10 +71,10 @@ class EntityActor:
     def _provision(self, cmd: ProvisionDevice) -> None:
         d = cmd.device
         added = NewEvent("DEVICE", "DEVICE", d.id, Action.ADDED, d.as_json(), d.created_time,
-                         Lane.HIGH)
+                         lane_for("DEVICE", Action.ADDED))
         credentials = NewEvent(
             "DEVICE", "DEVICE", d.id, Action.CREDENTIALS_UPDATED,
             {"deviceId": str(d.id), "credentialsType": "ACCESS_TOKEN", "credentialsId": d.token},
-            d.created_time, Lane.HIGH,
+            d.created_time, lane_for("DEVICE", Action.CREDENTIALS_UPDATED),
         )
         self.queue.tell(Append(d.id, (added, credentials), cmd.reply, (CreateDevice(d),)))

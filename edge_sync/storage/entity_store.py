@@ -71,12 +71,13 @@ class EntityStore:
         """Insert or replace a device, keeping the name and token indexes in step."""
         old = self.device(txn, device.id)
         if old is not None:
-            if old.token != device.token:
+            if old.token and old.token != device.token:
                 txn.delete(old.token.encode(), db=self._db["device_tokens"])
             if old.name != device.name:
                 txn.delete(old.name.encode(), db=self._db["device_names"])
         txn.put(device.id.bytes, codec.encode_device(device), db=self._db["devices"])
-        txn.put(device.token.encode(), device.id.bytes, db=self._db["device_tokens"])
+        if device.token:  # a device provisioned by the cloud gets its token with its credentials
+            txn.put(device.token.encode(), device.id.bytes, db=self._db["device_tokens"])
         txn.put(device.name.encode(), device.id.bytes, db=self._db["device_names"])
 
     def delete_device(self, txn: lmdb.Transaction, device_id: uuid.UUID) -> bool:
@@ -84,7 +85,8 @@ class EntityStore:
         if old is None:
             return False
         txn.delete(device_id.bytes, db=self._db["devices"])
-        txn.delete(old.token.encode(), db=self._db["device_tokens"])
+        if old.token:
+            txn.delete(old.token.encode(), db=self._db["device_tokens"])
         txn.delete(old.name.encode(), db=self._db["device_names"])
         return True
 

@@ -54,25 +54,43 @@ class Action(enum.StrEnum):
     CREDENTIALS_UPDATED = "CREDENTIALS_UPDATED"
 
 
-# Actions that go in the high lane whatever the entity: lifecycle, credentials, alarms, RPC.
+# Actions that go in the high lane: creation, updates, credentials, alarms and RPC responses.
+# They may overtake the normal lane's backlog, the entity's own data included, which is harmless
+# for these (an entity is created before it has data). Deletes and relation changes stay in the
+# normal lane so they follow the entity's data, as the delivery contract requires.
 _HIGH_ACTIONS = frozenset(
+    {
+        Action.ADDED,
+        Action.UPDATED,
+        Action.ALARM_ACK,
+        Action.ALARM_CLEAR,
+        Action.RPC_CALL,
+        Action.CREDENTIALS_UPDATED,
+    }
+)
+
+# Events whose order relative to the same entity's other events matters even to a peer that
+# orders telemetry by ts (ThingsBoard): lifecycle, alarm state changes, relations, deletes.
+ORDER_SENSITIVE_ACTIONS = frozenset(
     {
         Action.ADDED,
         Action.UPDATED,
         Action.DELETED,
         Action.ALARM_ACK,
         Action.ALARM_CLEAR,
-        Action.RPC_CALL,
-        Action.CREDENTIALS_UPDATED,
         Action.RELATION_ADD_OR_UPDATE,
         Action.RELATION_DELETED,
         Action.RELATIONS_DELETED,
+        Action.CREDENTIALS_UPDATED,
+        Action.ATTRIBUTES_DELETED,
+        Action.TIMESERIES_DELETED,
     }
 )
 
 
 def lane_for(event_type: str, action: str) -> Lane:
-    """The default lane: alarms, RPC responses, lifecycle and credentials are HIGH; data NORMAL."""
+    """The default lane: alarms, RPC responses, creation/updates and credentials are HIGH;
+    data, deletes and relations NORMAL."""
     if event_type == "ALARM" or action in _HIGH_ACTIONS:
         return Lane.HIGH
     return Lane.NORMAL

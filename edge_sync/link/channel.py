@@ -1,0 +1,105 @@
+"""The gRPC side of the link: the channel (keepalive, TLS, message sizes) and one bidi stream,
+whose responses a dedicated reader thread hands to a callback. Nothing here decides anything:
+the ConnectionActor does.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from edge_sync.config import CloudLinkConfig
+from edge_sync.errors import ConfigError
+from edge_sync.proto import edge_pb2, edge_pb2_grpc
+
+_CLOSE = object()
+
+
+def make_channel(cfg: CloudLinkConfig) -> grpc.Channel:
+    target = f"{cfg.rpc.host}:{cfg.rpc.port}"
+    ka = cfg.keepalive
+    options = [
+        ("grpc.keepalive_time_ms", int(ka.time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(ka.timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1 if ka.permit_without_calls else 0),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", cfg.rpc.max_inbound_message_size),
+        ("grpc.max_send_message_length", -1),
+        # Reconnection pacing is the ConnectionActor's job; keep gRPC's own short.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.enable_retries", 0),
+    ]
+    if cfg.rpc.ssl_enabled:
+        root = None
+        if cfg.rpc.ssl_cert is not None:
+            try:
+                root = cfg.rpc.ssl_cert.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"cloud.rpc.ssl_cert: cannot read {cfg.rpc.ssl_cert}: {exc}") from exc
+        return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root),
+                                   options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
+class Stream:
+    """One handleMsgs call. send() from the actor's thread; responses and the end of the stream
+    are delivered by the reader thread to on_response / on_end (which only tell the actor)."""
+
+    def __init__(
+        self,
+        stream_id: int,
+        channel: grpc.Channel,
+        *,
+        on_response: Callable[[int, Any], None],
+        on_end: Callable[[int, str, str], None],
+    ) -> None:
+        self.id = stream_id
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._on_response = on_response
+        self._on_end = on_end
+        stub = edge_pb2_grpc.EdgeRpcServiceStub(channel)
+        self._call = stub.handleMsgs(self._requests())
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, name=f"link-reader-{stream_id}",
+                                        daemon=True)
+        self._reader.start()
+
+    def _requests(self) -> Iterator[edge_pb2.RequestMsg]:
+        """gRPC's sending thread pulls from here."""
+        while True:
+            item = self._outbox.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    def send(self, msg: edge_pb2.RequestMsg) -> None:
+        if not self._closed:
+            self._outbox.put(msg)
+
+    def close(self) -> None:
+        """End the stream from our side (cancels the call; the reader reports the end)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._outbox.put(_CLOSE)
+        self._call.cancel()
+
+    def _read(self) -> None:
+        """The reader thread: iterate responses, report each, then report the end."""
+        code, detail = "OK", "stream ended by the cloud"
+        try:
+            for response in self._call:
+                self._on_response(self.id, response)
+        except grpc.RpcError as exc:
+            status = exc.code() if hasattr(exc, "code") else None
+            code = status.name if status is not None else "UNKNOWN"
+            detail = (exc.details() if hasattr(exc, "details") else str(exc)) or code
+        except Exception as exc:  # a bug must still end the stream visibly
+            code, detail = "INTERNAL", repr(exc)
+        self._on_end(self.id, code, detail)

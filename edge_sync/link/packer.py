@@ -1,0 +1,109 @@
+"""Packing events into one UplinkMsg: in read order, under the peer's maxInboundMessageSize,
+and, for a peer that may apply one message's payloads concurrently (ThingsBoard), without two
+order-sensitive events of one entity in concurrent flight. Pure logic, no I/O.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_sync.errors import BadRequest
+from edge_sync.link.wire import event_payload
+from edge_sync.proto import edge_pb2
+from edge_sync.storage.records import ORDER_SENSITIVE_ACTIONS, Lane, StoredEvent
+
+# Room for the UplinkMsg's own fields (id, firstEdgeSeqId, epoch) and a safety margin.
+ENVELOPE_BYTES = 64
+_FIELD_OVERHEAD = 6  # tag + length prefix of one repeated payload
+
+
+@dataclass
+class Packed:
+    """One message's worth of events, and what could not be sent at all."""
+
+    msg: edge_pb2.UplinkMsg
+    seqs: list[int] = field(default_factory=list)
+    entities: set[uuid.UUID] = field(default_factory=set)
+    sensitive_entities: set[uuid.UUID] = field(default_factory=set)
+    last_seq: dict[Lane, int] = field(default_factory=dict)  # highest seq consumed per lane
+    too_large: list[tuple[StoredEvent, int]] = field(default_factory=list)
+    unmappable: list[tuple[StoredEvent, str]] = field(default_factory=list)
+    size: int = ENVELOPE_BYTES
+
+    @property
+    def consumed(self) -> int:
+        return len(self.seqs) + len(self.too_large) + len(self.unmappable)
+
+
+def pack(
+    events: Sequence[StoredEvent],
+    *,
+    max_bytes: int,
+    max_events: int,
+    ordered_peer: bool,
+    busy: set[uuid.UUID] | None = None,
+    busy_sensitive: set[uuid.UUID] | None = None,
+    skip: set[int] | None = None,
+) -> Packed:
+    """Take events from the front of ``events`` while they fit.
+
+    busy: entities with events in flight; busy_sensitive: entities with order-sensitive events
+    in flight (both only matter when not ordered_peer). skip: seqs to pass over (dead-lettered,
+    not yet committed). An event that is larger than max_bytes on its own is returned in
+    too_large; one with no uplink mapping in unmappable: both are consumed, never sent.
+    """
+    out = Packed(edge_pb2.UplinkMsg())
+    busy = busy or set()
+    busy_sensitive = busy_sensitive or set()
+    for event in events:
+        if len(out.seqs) >= max_events:
+            break
+        if skip and event.seq in skip:
+            out.last_seq[event.lane] = event.seq
+            continue
+        sensitive = event.action in ORDER_SENSITIVE_ACTIONS
+        eid = event.entity_id
+        if not ordered_peer and _must_wait(eid, sensitive, out, busy, busy_sensitive):
+            break
+        try:
+            list_name, payload = event_payload(event)
+        except (BadRequest, KeyError, TypeError, ValueError) as exc:
+            out.unmappable.append((event, str(exc)))
+            out.last_seq[event.lane] = event.seq
+            continue
+        size = payload.ByteSize() + _FIELD_OVERHEAD
+        if size + ENVELOPE_BYTES > max_bytes:
+            out.too_large.append((event, size))
+            out.last_seq[event.lane] = event.seq
+            continue
+        if out.size + size > max_bytes:
+            break
+        _append(out.msg, list_name, payload)
+        out.size += size
+        out.seqs.append(event.seq)
+        out.entities.add(eid)
+        if sensitive:
+            out.sensitive_entities.add(eid)
+        out.last_seq[event.lane] = event.seq
+    if out.seqs:
+        out.msg.firstEdgeSeqId = min(out.seqs)
+    return out
+
+
+def _must_wait(
+    eid: uuid.UUID,
+    sensitive: bool,
+    out: Packed,
+    busy: set[uuid.UUID],
+    busy_sensitive: set[uuid.UUID],
+) -> bool:
+    if sensitive:
+        return eid in busy or eid in out.entities
+    return eid in busy_sensitive or eid in out.sensitive_entities
+
+
+def _append(msg: edge_pb2.UplinkMsg, list_name: str, payload: Any) -> None:
+    getattr(msg, list_name).append(payload)

@@ -1,0 +1,65 @@
+"""The link's states and the transitions allowed between them (the spec's offline state machine:
+connected / processing / draining map onto CONNECTED; disconnected / queuing onto BACKOFF).
+Every transition is checked and logged once by LinkStateMachine."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+from loguru import logger
+
+
+class LinkState(enum.StrEnum):
+    DISCONNECTED = "DISCONNECTED"  # not started yet, or stopped
+    CONNECTING = "CONNECTING"  # stream open, ConnectRequestMsg sent, waiting for the answer
+    SYNCING = "SYNCING"  # accepted; SyncRequestMsg sent, waiting for SyncCompletedMsg
+    CONNECTED = "CONNECTED"  # uplink flowing (processing, or draining a backlog)
+    BACKOFF = "BACKOFF"  # the link failed; waiting before the next attempt
+    AUTH_FAILED = "AUTH_FAILED"  # bad credentials; retrying only at the maximum backoff
+
+
+_ALLOWED: dict[LinkState, frozenset[LinkState]] = {
+    LinkState.DISCONNECTED: frozenset({LinkState.CONNECTING}),
+    LinkState.CONNECTING: frozenset(
+        {LinkState.SYNCING, LinkState.BACKOFF, LinkState.AUTH_FAILED, LinkState.DISCONNECTED}),
+    LinkState.SYNCING: frozenset(
+        {LinkState.CONNECTED, LinkState.BACKOFF, LinkState.DISCONNECTED}),
+    LinkState.CONNECTED: frozenset({LinkState.BACKOFF, LinkState.DISCONNECTED}),
+    LinkState.BACKOFF: frozenset({LinkState.CONNECTING, LinkState.DISCONNECTED}),
+    LinkState.AUTH_FAILED: frozenset({LinkState.CONNECTING, LinkState.DISCONNECTED}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class LinkStateMachine:
+    def __init__(self, on_change: Callable[[LinkState, LinkState, str], None] | None = None):
+        self.state = LinkState.DISCONNECTED
+        self._on_change = on_change
+        self.transitions = 0
+
+    def to(self, new: LinkState, reason: str) -> None:
+        old = self.state
+        if new is old:
+            return
+        if new not in _ALLOWED[old]:
+            raise IllegalTransition(f"link: {old} -> {new} is not allowed ({reason})")
+        self.state = new
+        self.transitions += 1
+        level = "WARNING" if new in (LinkState.BACKOFF,) else (
+            "ERROR" if new is LinkState.AUTH_FAILED else "INFO")
+        logger.bind(component="link", old=old.value, new=new.value).log(
+            level, "link {} -> {}: {}", old.value, new.value, reason)
+        if self._on_change:
+            self._on_change(old, new, reason)
+
+
+class StatusBoard:
+    """The link's latest status snapshot: replaced whole by the ConnectionActor (one writer),
+    read by status views on any thread."""
+
+    def __init__(self) -> None:
+        self.value: dict[str, object] = {"state": LinkState.DISCONNECTED.value}
