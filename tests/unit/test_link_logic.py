@@ -1,0 +1,158 @@
+"""Pure link logic: backoff with jitter and stable reset, the circuit breaker, the link state
+machine's guarded transitions, and packing events into UplinkMsgs."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+
+from edge_sync.link.backoff import Backoff, BackoffPolicy
+from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from edge_sync.link.packer import ENVELOPE_BYTES, pack
+from edge_sync.link.state import IllegalTransition, LinkState, LinkStateMachine
+from edge_sync.link.wire import uplink_events, uuid_halves, uuid_of
+from edge_sync.proto import edge_pb2
+from edge_sync.storage.records import NIL_UUID, Action, Lane, StoredEvent
+
+
+def test_backoff_grows_exponentially_to_the_cap_without_jitter() -> None:
+    b = Backoff(BackoffPolicy(initial_s=3, max_s=60, multiplier=2, jitter=0))
+    assert [b.next_delay() for _ in range(7)] == [3, 6, 12, 24, 48, 60, 60]
+
+
+def test_backoff_jitter_stays_within_its_fraction() -> None:
+    b = Backoff(BackoffPolicy(initial_s=10, max_s=10, multiplier=2, jitter=0.2),
+                rng=random.Random(7))
+    delays = [b.next_delay() for _ in range(500)]
+    assert min(delays) >= 8 and max(delays) <= 12
+    assert max(delays) - min(delays) > 2  # it really spreads
+
+
+def test_backoff_resets_only_after_a_stable_connection() -> None:
+    b = Backoff(BackoffPolicy(initial_s=1, max_s=100, multiplier=2, jitter=0, stable_after_s=30))
+    for _ in range(3):
+        b.next_delay()
+    b.connected(now=100.0)
+    b.disconnected(now=110.0)  # up 10 s: a flap, keep backing off
+    assert b.next_delay() == 8
+    b.connected(now=200.0)
+    b.disconnected(now=240.0)  # up 40 s: stable, start again
+    assert b.next_delay() == 1
+    assert b.max_delay() == 100
+
+
+def test_breaker_opens_after_threshold_and_closes_after_a_good_probe() -> None:
+    br = CircuitBreaker(BreakerPolicy(failure_threshold=3, open_s=60))
+    assert br.allows(0)
+    assert [br.record_failure(t) for t in (1, 2)] == [BreakerState.CLOSED] * 2
+    assert br.record_failure(3) is BreakerState.OPEN
+    assert not br.allows(62.9)
+    assert br.reopens_at() == 63
+    assert br.allows(63) and br.state is BreakerState.HALF_OPEN
+    assert br.record_failure(64) is BreakerState.OPEN  # failed probe: open again at once
+    assert not br.allows(100) and br.allows(124)
+    assert br.record_success() is BreakerState.CLOSED
+    assert br.failures == 0 and br.times_opened == 2
+
+
+def test_link_state_machine_refuses_illegal_transitions() -> None:
+    seen: list[tuple[str, str]] = []
+    sm = LinkStateMachine(on_change=lambda a, b, _r: seen.append((a.value, b.value)))
+    sm.to(LinkState.CONNECTING, "start")
+    sm.to(LinkState.SYNCING, "accepted")
+    sm.to(LinkState.CONNECTED, "synced")
+    sm.to(LinkState.CONNECTED, "again")  # no-op, not logged twice
+    with pytest.raises(IllegalTransition):
+        sm.to(LinkState.SYNCING, "not from CONNECTED")
+    sm.to(LinkState.BACKOFF, "broken")
+    assert seen == [("DISCONNECTED", "CONNECTING"), ("CONNECTING", "SYNCING"),
+                    ("SYNCING", "CONNECTED"), ("CONNECTED", "BACKOFF")]
+    assert sm.transitions == 4
+
+
+def test_uuid_halves_round_trip_and_sign() -> None:
+    for u in [uuid.uuid4() for _ in range(200)] + [uuid.UUID(int=2**128 - 1), NIL_UUID]:
+        assert uuid_of(*uuid_halves(u)) == u
+    assert uuid_halves(uuid.UUID(int=2**128 - 1)) == (-1, -1)
+
+
+def _event(seq: int, entity: uuid.UUID, action: str = Action.TIMESERIES_UPDATED,
+           size: int = 1, lane: Lane = Lane.NORMAL) -> StoredEvent:
+    if action == Action.TIMESERIES_UPDATED:
+        body: object = {"ts": 1000 + seq, "values": {"v": "x" * size}}
+    elif action == Action.CREDENTIALS_UPDATED:
+        body = {"deviceId": str(entity), "credentialsId": "tok"}
+    else:
+        body = {"id": str(entity), "name": f"d-{entity}", "type": "default"}
+    return StoredEvent(seq=seq, id=uuid.uuid4(), created_time=1, tenant_id=NIL_UUID,
+                       edge_id=NIL_UUID, type="DEVICE", entity_type="DEVICE", entity_id=entity,
+                       action=action, body=body, ts=1000 + seq, lane=lane)
+
+
+def test_pack_keeps_read_order_and_sets_seqs() -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    events = [_event(1, a, Action.ADDED, lane=Lane.HIGH), _event(2, a), _event(3, b)]
+    p = pack(events, max_bytes=4 << 20, max_events=100, ordered_peer=True)
+    assert p.seqs == [1, 2, 3]
+    assert p.msg.firstEdgeSeqId == 1
+    assert p.last_seq == {Lane.HIGH: 1, Lane.NORMAL: 3}
+    applied = uplink_events(p.msg)
+    assert sorted((e.seq, e.action) for e in applied) == [
+        (1, "ADDED"), (2, "TIMESERIES_UPDATED"), (3, "TIMESERIES_UPDATED")]
+
+
+def test_pack_respects_size_and_count_limits() -> None:
+    a = uuid.uuid4()
+    events = [_event(i, a, size=1000) for i in range(1, 11)]
+    p = pack(events, max_bytes=ENVELOPE_BYTES + 3 * 1100, max_events=100, ordered_peer=True)
+    assert p.seqs == [1, 2, 3]
+    assert p.msg.ByteSize() <= ENVELOPE_BYTES + 3 * 1100
+    p = pack(events, max_bytes=4 << 20, max_events=4, ordered_peer=True)
+    assert p.seqs == [1, 2, 3, 4]
+
+
+def test_an_event_larger_than_any_message_is_set_aside_not_stuck() -> None:
+    a = uuid.uuid4()
+    events = [_event(1, a, size=10), _event(2, a, size=50_000), _event(3, a, size=10)]
+    p = pack(events, max_bytes=10_000, max_events=100, ordered_peer=True)
+    assert p.seqs == [1, 3]
+    assert [(e.seq, s > 10_000) for e, s in p.too_large] == [(2, True)]
+    assert p.last_seq[Lane.NORMAL] == 3
+
+
+def test_thingsboard_peer_never_has_two_order_sensitive_events_of_an_entity_in_flight() -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    events = [_event(1, a, Action.ADDED, lane=Lane.HIGH),
+              _event(2, a, Action.CREDENTIALS_UPDATED, lane=Lane.HIGH),
+              _event(3, b, Action.ADDED, lane=Lane.HIGH)]
+    p = pack(events, max_bytes=4 << 20, max_events=100, ordered_peer=False)
+    assert p.seqs == [1]  # a's second lifecycle event waits for the first to be acknowledged
+    # with a's creation in flight, a's telemetry waits too; b is free
+    p2 = pack([_event(4, a), _event(5, b)], max_bytes=4 << 20, max_events=100,
+              ordered_peer=False, busy={a}, busy_sensitive={a})
+    assert p2.seqs == []
+    p3 = pack([_event(5, b), _event(6, b)], max_bytes=4 << 20, max_events=100,
+              ordered_peer=False, busy={a}, busy_sensitive={a})
+    assert p3.seqs == [5, 6]  # telemetry of one entity may be pipelined
+    # the ordered reference cloud needs none of that
+    assert pack(events, max_bytes=4 << 20, max_events=100, ordered_peer=True).seqs == [1, 2, 3]
+
+
+def test_pack_skips_dead_lettered_seqs() -> None:
+    a = uuid.uuid4()
+    p = pack([_event(1, a), _event(2, a), _event(3, a)], max_bytes=4 << 20, max_events=100,
+             ordered_peer=True, skip={2})
+    assert p.seqs == [1, 3]
+    assert p.last_seq[Lane.NORMAL] == 3
+
+
+def test_uplink_events_rejects_bad_payloads_naming_the_seq() -> None:
+    msg = edge_pb2.UplinkMsg()
+    d = msg.entityData.add(entityIdMSB=1, entityIdLSB=2, entityType="DEVICE", edgeSeqId=9)
+    d.postTelemetryMsg.tsKvList.add(ts=5)  # no kv
+    with pytest.raises(Exception) as info:
+        uplink_events(msg)
+    assert getattr(info.value, "seq", None) == 9
+    assert "no key/value" in str(info.value)
