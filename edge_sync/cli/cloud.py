@@ -1,13 +1,368 @@
-"""The ``edge-cloud`` command: the reference cloud. Not built yet (issue 3)."""
+"""The ``edge-cloud`` command: the reference cloud (serve) and its operator commands.
+
+Writes (edge create, device create, attr set) go through the running server's admin API, so
+the downlinks they queue are sent at once; with the server stopped they write the LMDB store
+directly (the server sends what is queued when the edge connects). Reads (events, edge list)
+work either way. Exit codes: 0 ok; 1 bad configuration or a refused request; 2 usage;
+4 storage unusable.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import signal
 import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from edge_sync.cli.common import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_STORAGE,
+    AdminUnreachable,
+    admin_call,
+    fail,
+    print_json,
+)
+from edge_sync.config import CloudConfig, LogLevel, load_cloud_config
+from edge_sync.errors import BadRequest, ConfigError, EdgeSyncError, StorageError
+from edge_sync.logsetup import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("edge-cloud: the reference cloud is not built yet (see issue 3)", file=sys.stderr)
-    return 2
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_cloud_config(args.config)
+    except ConfigError as exc:
+        return fail(f"configuration: {exc}", EXIT_CONFIG)
+    if args.command == "serve":
+        return _serve(cfg)
+    _quiet_logging(cfg)
+    handler: Callable[[CloudConfig, argparse.Namespace], int] = {
+        ("edge", "create"): _edge_create,
+        ("edge", "list"): _edge_list,
+        ("device", "create"): _device_create,
+        ("device", "list"): _device_list,
+        ("attr", "set"): _attr_set,
+        ("events", None): _events,
+        ("status", None): _status,
+    }[(args.command, getattr(args, "sub", None))]
+    try:
+        return handler(cfg, args)
+    except StorageError as exc:
+        return fail(f"storage unusable: {exc}", EXIT_STORAGE)
+    except EdgeSyncError as exc:
+        return fail(str(exc), EXIT_CONFIG)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-cloud", description="edge-sync's reference cloud")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML configuration (default: $CLOUD_CONFIG or the packaged conf/cloud.yml)")
+    sub = p.add_subparsers(dest="command", required=True)
+    parsers = [sub.add_parser("serve", help="run the cloud in the foreground (SIGTERM/SIGINT stop it)")]
+
+    edge = sub.add_parser("edge", help="edges registered with the cloud")
+    esub = edge.add_subparsers(dest="sub", required=True)
+    ec = esub.add_parser("create", help="register an edge; prints its routing key and secret")
+    ec.add_argument("--name", required=True)
+    ec.add_argument("--routing-key", default=None, help="default: a new UUID")
+    ec.add_argument("--secret", default=None, help="default: a new random secret")
+    ec.add_argument("--type", default="default")
+    ec.add_argument("--json", action="store_true")
+    el = esub.add_parser("list", help="registered edges")
+    el.add_argument("--json", action="store_true")
+    parsers += [edge, ec, el]
+
+    dev = sub.add_parser("device", help="devices assigned to edges")
+    dsub = dev.add_subparsers(dest="sub", required=True)
+    dc = dsub.add_parser("create", help="create a device on an edge (sent to it as downlinks)")
+    dc.add_argument("--edge", required=True, help="routing key of the edge")
+    dc.add_argument("--name", required=True)
+    dc.add_argument("--type", default="default")
+    dc.add_argument("--label", default="")
+    dc.add_argument("--token", default=None, help="access token (default: generated)")
+    dc.add_argument("--json", action="store_true")
+    dl = dsub.add_parser("list", help="devices of an edge")
+    dl.add_argument("--edge", required=True, help="routing key of the edge")
+    dl.add_argument("--json", action="store_true")
+    parsers += [dev, dc, dl]
+
+    attr = sub.add_parser("attr", help="shared attributes of devices")
+    asub = attr.add_subparsers(dest="sub", required=True)
+    aset = asub.add_parser("set", help="set shared attributes of a device (sent as a downlink)")
+    aset.add_argument("--device", required=True, help="device id or name")
+    aset.add_argument("--edge", default=None, help="routing key, when several edges have the name")
+    aset.add_argument("--key", default=None)
+    aset.add_argument("--value", default=None, help="JSON value, or text when it is not JSON")
+    aset.add_argument("pairs", nargs="*", metavar="KEY=VALUE",
+                      help="attributes; VALUE is JSON (42, true, \"x\", {...}) or else text")
+    aset.add_argument("--json", action="store_true")
+    parsers += [attr, aset]
+
+    ev = sub.add_parser("events", help="what the cloud applied from an edge, in apply order")
+    ev.add_argument("--edge", required=True, help="routing key of the edge")
+    ev.add_argument("--after", type=int, default=0, help="only after this apply index")
+    ev.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    ev.add_argument("--json", action="store_true")
+    st = sub.add_parser("status", help="is the server running, edges and their queues")
+    st.add_argument("--json", action="store_true")
+    parsers += [ev, st]
+    for sp in parsers:
+        sp.add_argument("--config", type=Path, default=argparse.SUPPRESS)
+    return p
+
+
+def _quiet_logging(cfg: CloudConfig) -> None:
+    """Operator commands log warnings and errors only (to stderr)."""
+    levels = list(LogLevel)
+    level = max(cfg.log.level, LogLevel.WARNING, key=levels.index)
+    configure_logging(dataclasses.replace(cfg.log, level=level, file=None), component="edge-cloud")
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+def _serve(cfg: CloudConfig) -> int:
+    from edge_sync.cloud.server import CloudServer
+
+    try:
+        configure_logging(cfg.log, component="cloud")
+    except ConfigError as exc:
+        return fail(f"configuration: {exc}", EXIT_CONFIG)
+    try:
+        server = CloudServer(cfg)
+    except StorageError as exc:
+        logger.bind(data_dir=str(cfg.storage.data_dir)).error("storage unusable: {}", exc)
+        return fail(f"storage unusable: {exc}", EXIT_STORAGE)
+    try:
+        server.start()
+    except EdgeSyncError as exc:
+        logger.error("start-up failed: {}", exc)
+        return fail(f"start-up failed: {exc}", EXIT_CONFIG)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.bind(signal=signal.Signals(signum).name).info("stop requested")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(1.0):
+        pass
+    server.stop()
+    return EXIT_OK
+
+
+# -- the running server, or the store directly -------------------------------------------------
+
+
+def _running(cfg: CloudConfig) -> bool:
+    """True when a cloud answers on cfg.admin (then writes go through it)."""
+    try:
+        code, status = admin_call(cfg.admin.host, cfg.admin.port, "GET", "/api/status", timeout=3)
+    except AdminUnreachable:
+        return False
+    if code != 200 or not isinstance(status, dict) or status.get("server") != "running":
+        return False
+    if status.get("data_dir") != str(Path(cfg.storage.data_dir).resolve()):
+        print(f"warning: the cloud at {cfg.admin.host}:{cfg.admin.port} serves the store in "
+              f"{status.get('data_dir')}, not {cfg.storage.data_dir}; using the running cloud",
+              file=sys.stderr)
+    return True
+
+
+def _api(cfg: CloudConfig, method: str, path: str, body: Any = None) -> Any:
+    """Call the running server; EdgeSyncError / StorageError with its message when refused."""
+    code, out = admin_call(cfg.admin.host, cfg.admin.port, method, path, body)
+    if code >= 400:
+        message = out.get("message", out) if isinstance(out, dict) else out
+        if code in (500, 507):
+            raise StorageError(f"the server refused ({code}): {message}")
+        raise BadRequest(f"refused ({code}): {message}")
+    return out
+
+
+def _with_service(cfg: CloudConfig, fn: Callable[[Any], Any], *, readonly: bool = False) -> Any:
+    from edge_sync.cloud.server import open_cloud_store
+    from edge_sync.cloud.service import CloudService
+
+    store = open_cloud_store(cfg, readonly=readonly)
+    try:
+        return fn(CloudService(store))
+    finally:
+        store.close()
+
+
+# -- edges -------------------------------------------------------------------------------------
+
+
+def _edge_create(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    body = {"name": args.name, "routing_key": args.routing_key, "secret": args.secret,
+            "type": args.type}
+    if _running(cfg):
+        out = _api(cfg, "POST", "/api/edges", {k: v for k, v in body.items() if v is not None})
+    else:
+        def create(service: Any) -> dict[str, Any]:
+            edge, secret, created = service.create_edge(
+                args.name, routing_key=args.routing_key, secret=args.secret, type_=args.type)
+            return {**edge.as_json(), "secret": secret, "created": created}
+
+        out = _with_service(cfg, create)
+    if args.json:
+        print_json(out)
+    else:
+        note = "" if out.get("created", True) else "  (already registered)"
+        print(f"id:          {out['id']}{note}\nname:        {out['name']}\n"
+              f"routing key: {out['routing_key']}\nsecret:      {out['secret']}")
+    return EXIT_OK
+
+
+def _edge_list(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    if _running(cfg):
+        rows = _api(cfg, "GET", "/api/edges")
+    else:
+        rows = _with_service(cfg, lambda s: s.edges(), readonly=True)
+    for row in rows:
+        if args.json:
+            print_json(row)
+        else:
+            state = {True: "connected", False: "disconnected"}.get(row.get("connected"), "-")
+            print(f"{row['routing_key']}  {row['name']:<20} {row['id']}  {state:<12} "
+                  f"applied={row['applied_events']} queued={row['queued_downlinks']} "
+                  f"devices={row['devices']}")
+    return EXIT_OK
+
+
+def _status(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    if _running(cfg):
+        out = _api(cfg, "GET", "/api/status")
+    else:
+        out = {"server": "not running", "data_dir": str(Path(cfg.storage.data_dir).resolve()),
+               "edges": _with_service(cfg, lambda s: s.edges(), readonly=True)}
+    if args.json:
+        print_json(out)
+        return EXIT_OK
+    print(f"server:   {out['server']}\ndata dir: {out['data_dir']}")
+    if "rpc" in out:
+        print(f"rpc port: {out['rpc']['port']} (streams {out['rpc']['streams']})")
+    for row in out["edges"]:
+        state = {True: "connected", False: "disconnected"}.get(row.get("connected"), "-")
+        print(f"edge {row['name']} ({row['routing_key']}): {state}, applied "
+              f"{row['applied_events']}, queued downlinks {row['queued_downlinks']}")
+    return EXIT_OK
+
+
+# -- devices and attributes --------------------------------------------------------------------
+
+
+def _device_create(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    body = {"edge": args.edge, "name": args.name, "type": args.type, "label": args.label}
+    if args.token is not None:
+        body["token"] = args.token
+    if _running(cfg):
+        out = _api(cfg, "POST", "/api/devices", body)
+    else:
+        def create(service: Any) -> dict[str, Any]:
+            device, numbers = service.create_device(
+                args.edge, args.name, type_=args.type, label=args.label, token=args.token)
+            return {**device.as_json(with_token=True), "downlinks": numbers}
+
+        out = _with_service(cfg, create)
+    if args.json:
+        print_json(out)
+    else:
+        print(f"id:    {out['id']}\nname:  {out['name']}\ntoken: {out['token']}")
+    return EXIT_OK
+
+
+def _device_list(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    def devices(service: Any) -> list[dict[str, Any]]:
+        edge = service.edge(args.edge)
+        return [d.as_json() for d in service.store.devices_of_edge(edge.edge_id)]
+
+    for row in _with_service(cfg, devices, readonly=True):
+        if args.json:
+            print_json(row)
+        else:
+            print(f"{row['id']}  {row['name']:<24} {row['type']:<12} {row['origin']}")
+    return EXIT_OK
+
+
+def _json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def attribute_values(pairs: list[str], key: str | None, value: str | None) -> dict[str, Any]:
+    """{key: value} from KEY=VALUE arguments and/or --key/--value; BadRequest."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise BadRequest(f"{pair!r}: expected KEY=VALUE")
+        values[k] = _json_or_text(v)
+    if key is not None or value is not None:
+        if key is None or value is None:
+            raise BadRequest("--key and --value go together")
+        values[key] = _json_or_text(value)
+    if not values:
+        raise BadRequest("no attribute given: KEY=VALUE or --key K --value V")
+    return values
+
+
+def _attr_set(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    values = attribute_values(args.pairs, args.key, args.value)
+    if _running(cfg):
+        body: dict[str, Any] = {"device": args.device, "values": values}
+        if args.edge:
+            body["edge"] = args.edge
+        out = _api(cfg, "POST", "/api/attributes", body)
+    else:
+        def set_values(service: Any) -> dict[str, Any]:
+            device, number = service.set_attributes(args.device, values, edge_ref=args.edge)
+            return {"device": str(device.id), "name": device.name,
+                    "edge_id": str(device.edge_id), "values": values, "downlink": number}
+
+        out = _with_service(cfg, set_values)
+    if args.json:
+        print_json(out)
+    else:
+        print(f"device {out['name']} ({out['device']}): set {', '.join(sorted(values))} "
+              f"(downlink {out['downlink']})")
+    return EXIT_OK
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+def _events(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    from edge_sync.cloud.server import open_cloud_store
+    from edge_sync.cloud.service import CloudService
+
+    if args.after < 0 or args.limit < 0:
+        raise BadRequest("--after and --limit must not be negative")
+    store = open_cloud_store(cfg, readonly=True)
+    try:
+        edge = CloudService(store).edge(args.edge)
+        for e in store.iter_events(edge.edge_id, after=args.after, limit=args.limit):
+            if args.json:
+                print_json(e.as_json())
+            else:
+                body = json.dumps(e.body, separators=(",", ":"), default=str)
+                print(f"{e.apply_index:>10}  seq={e.seq}  {e.entity_type:<8} {e.entity_id}  "
+                      f"{e.action:<20} ts={e.ts}  {body}")
+    finally:
+        store.close()
+    return EXIT_OK
 
 
 if __name__ == "__main__":

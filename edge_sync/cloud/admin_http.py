@@ -1,0 +1,156 @@
+"""The reference cloud's admin HTTP API (default 127.0.0.1:8091), used by the `edge-cloud` CLI
+while the server runs, so that downlinks it queues are sent at once.
+
+  GET  /api/status                      server, store and every edge (connected or not)
+  GET  /api/edges                       registered edges
+  POST /api/edges        {name, routing_key?, secret?, type?}          -> 201 (200: existed)
+  GET  /api/devices?edge=RK             devices assigned to an edge
+  POST /api/devices      {edge, name, type?, label?, token?}           -> 201
+  POST /api/attributes   {device, edge?, values: {k: v}} or {device, edge?, key, value}
+  GET  /api/events?edge=RK&after=N&limit=N   what the cloud applied from the edge
+Errors: {"status", "error", "message"} with 400/404/409/500/507.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from edge_sync.actors.http_errors import error_response, status_of
+from edge_sync.actors.payloads import parse_json
+from edge_sync.cloud.registry import StreamRegistry
+from edge_sync.cloud.service import CloudService
+from edge_sync.errors import BadRequest
+
+_log = logger.bind(component="cloud-admin")
+
+MAX_EVENTS = 100_000
+DEFAULT_EVENTS = 1000
+
+
+def int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name, default)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"{name}: {raw!r} is not an integer") from exc
+    if not low <= value <= high:
+        raise BadRequest(f"{name}: {value} is out of range {low}..{high}")
+    return value
+
+
+def _fields(body: Any, allowed: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest(f"expected a JSON object with {what}")
+    unknown = set(body) - allowed
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+    return body
+
+
+class CloudAdminApi:
+    def __init__(self, service: CloudService, registry: StreamRegistry,
+                 status_extra: Callable[[], dict[str, Any]] | None = None) -> None:
+        self._service = service
+        self._registry = registry
+        self._status_extra = status_extra
+
+    def make_app(self) -> web.Application:
+        """Runs on the host's loop thread."""
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_get("/api/status", self._handler(self._status))
+        app.router.add_get("/api/edges", self._handler(self._edges))
+        app.router.add_post("/api/edges", self._handler(self._create_edge))
+        app.router.add_get("/api/devices", self._handler(self._devices))
+        app.router.add_post("/api/devices", self._handler(self._create_device))
+        app.router.add_post("/api/attributes", self._handler(self._set_attributes))
+        app.router.add_get("/api/events", self._handler(self._events))
+        return app
+
+    def _handler(
+        self, fn: Callable[[web.Request, Any], tuple[int, Any]]
+    ) -> Callable[[web.Request], Any]:
+        """Read the body on the loop, run fn (blocking: LMDB, hashing) on a worker thread."""
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                body = parse_json(await request.read()) if request.method == "POST" else None
+                status, out = await asyncio.to_thread(fn, request, body)
+            except web.HTTPRequestEntityTooLarge:
+                return error_response(413, "body too large")
+            except Exception as exc:
+                status = status_of(exc)
+                log = _log.bind(path=request.path, status=status)
+                if status >= 500:
+                    log.opt(exception=exc).error("admin request failed: {}", exc)
+                else:
+                    log.info("admin request refused: {}", exc)
+                return error_response(status, str(exc) or type(exc).__name__)
+            return web.json_response(out, status=status)
+
+        return handle
+
+    # -- views (worker thread) -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        connected = self._registry.snapshot()
+        edges = []
+        for row in self._service.edges():
+            stream = next((v for k, v in connected.items() if str(k) == row["id"]), None)
+            row["connected"] = stream is not None
+            row["stream"] = stream
+            edges.append(row)
+        out: dict[str, Any] = {"server": "running",
+                               "data_dir": str(self._service.store.path.resolve()),
+                               "edges": edges}
+        if self._status_extra is not None:
+            out.update(self._status_extra())
+        return out
+
+    def _status(self, request: web.Request, body: Any) -> tuple[int, Any]:
+        return 200, self.status()
+
+    def _edges(self, request: web.Request, body: Any) -> tuple[int, Any]:
+        return 200, self.status()["edges"]
+
+    def _create_edge(self, request: web.Request, body: Any) -> tuple[int, Any]:
+        b = _fields(body, {"name", "routing_key", "secret", "type"}, "name, routing_key, secret")
+        edge, secret, created = self._service.create_edge(
+            b.get("name"), routing_key=b.get("routing_key"), secret=b.get("secret"),
+            type_=b.get("type") or "default")
+        return (201 if created else 200), {**edge.as_json(), "secret": secret, "created": created}
+
+    def _devices(self, request: web.Request, body: Any) -> tuple[int, Any]:
+        edge = self._service.edge(request.query.get("edge", ""))
+        return 200, [d.as_json() for d in self._service.store.devices_of_edge(edge.edge_id)]
+
+    def _create_device(self, request: web.Request, body: Any) -> tuple[int, Any]:
+        b = _fields(body, {"edge", "name", "type", "label", "token"}, "edge, name, type, token")
+        device, numbers = self._service.create_device(
+            b.get("edge"), b.get("name"), type_=b.get("type"), label=b.get("label"),
+            token=b.get("token"))
+        return 201, {**device.as_json(with_token=True), "downlinks": numbers}
+
+    def _set_attributes(self, request: web.Request, body: Any) -> tuple[int, Any]:
+        b = _fields(body, {"device", "edge", "values", "key", "value"}, "device, edge, values")
+        values = b.get("values")
+        if "key" in b:
+            if values is not None:
+                raise BadRequest("give either values or key/value, not both")
+            if "value" not in b:
+                raise BadRequest("key given without value")
+            values = {b["key"]: b["value"]}
+        device, number = self._service.set_attributes(b.get("device"), values, edge_ref=b.get("edge"))
+        return 200, {"device": str(device.id), "name": device.name, "edge_id": str(device.edge_id),
+                     "values": values, "downlink": number}
+
+    def _events(self, request: web.Request, body: Any) -> tuple[int, Any]:
+        q = request.query
+        after = int_param(q, "after", 0, 0, 2**63 - 1)
+        limit = int_param(q, "limit", DEFAULT_EVENTS, 1, MAX_EVENTS)
+        events = self._service.events(q.get("edge", ""), after=after, limit=limit)
+        return 200, [e.as_json() for e in events]

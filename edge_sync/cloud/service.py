@@ -1,0 +1,216 @@
+"""The reference cloud's operations, shared by the admin HTTP API (server running) and the CLI
+(server stopped): register edges, provision devices, set shared attributes, list what an edge
+sent. Writes that produce downlinks queue them durably, then call ``notify(edge_id)`` so a
+connected stream sends them at once.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from loguru import logger
+
+from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.cloud import credentials, downlinks
+from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord
+from edge_sync.cloud.store import CloudStore
+from edge_sync.errors import BadRequest, NotFound
+from edge_sync.storage.entity_store import Conflict
+
+MAX_NAME = 255
+MAX_KEY = 255
+
+_log = logger.bind(component="cloud")
+
+
+def _text(value: Any, what: str, *, required: bool = True, max_len: int = MAX_NAME) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadRequest(f"{what}: expected a non-empty string")
+    if len(value) > max_len:
+        raise BadRequest(f"{what}: longer than {max_len} characters")
+    return value
+
+
+def _token_text(value: Any, what: str) -> str:
+    text = _text(value, what)
+    if any(c.isspace() for c in text):
+        raise BadRequest(f"{what}: must not contain whitespace")
+    return text
+
+
+def check_attribute_values(values: Any) -> dict[str, Any]:
+    """Validate {key: value} for shared attributes (values: bool, int64, finite float, str,
+    JSON object or array); BadRequest names the problem."""
+    if not isinstance(values, dict) or not values:
+        raise BadRequest("values: expected a non-empty JSON object of key/value pairs")
+    for key, value in values.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_KEY:
+            raise BadRequest(f"attribute key {key!r}: expected 1..{MAX_KEY} characters")
+        if isinstance(value, bool | str | dict | list):
+            continue
+        if isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise BadRequest(f"attribute {key!r}: integer does not fit in 64 bits")
+            continue
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise BadRequest(f"attribute {key!r}: not a finite number")
+            continue
+        raise BadRequest(f"attribute {key!r}: unsupported value {value!r}")
+    return dict(values)
+
+
+class CloudService:
+    def __init__(
+        self,
+        store: CloudStore,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        notify: Callable[[uuid.UUID], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self._notify = notify
+
+    # -- edges -----------------------------------------------------------------------------------
+
+    def create_edge(
+        self,
+        name: str,
+        *,
+        routing_key: str | None = None,
+        secret: str | None = None,
+        type_: str = "default",
+    ) -> tuple[EdgeRecord, str, bool]:
+        """(edge, secret, created). Given an existing routing key with the same name and secret,
+        returns that edge (created False) so set-up scripts can run twice; Conflict otherwise."""
+        name = _text(name, "name")
+        type_ = _text(type_ or "default", "type")
+        routing_key = credentials.new_routing_key() if routing_key is None else _token_text(
+            routing_key, "routing_key")
+        secret = credentials.new_secret() if secret is None else _token_text(secret, "secret")
+        existing = self.store.edge(routing_key)
+        if existing is not None:
+            if existing.name == name and self._secret_ok(existing, secret):
+                return existing, secret, False
+            raise Conflict(f"an edge with routing key {routing_key!r} already exists")
+        salt, digest = credentials.hash_secret(secret)
+        edge = EdgeRecord(
+            edge_id=uuid.uuid4(), tenant_id=self.store.tenant_id(), routing_key=routing_key,
+            name=name, type=type_, created_time=self.clock.now_ms(), salt=salt,
+            secret_hash=digest, kdf=credentials.DEFAULT_KDF,
+        )
+        self.store.add_edge(edge)
+        _log.bind(routing_key=routing_key, edge_id=str(edge.edge_id), name=name).info("edge created")
+        return edge, secret, True
+
+    def authenticate(self, routing_key: str, secret: str) -> EdgeRecord | None:
+        """The edge when the routing key and secret match, else None (same cost either way)."""
+        edge = self.store.edge(routing_key) if routing_key else None
+        if edge is None:
+            credentials.burn_time(secret)
+            return None
+        return edge if self._secret_ok(edge, secret) else None
+
+    @staticmethod
+    def _secret_ok(edge: EdgeRecord, secret: str) -> bool:
+        return credentials.verify_secret(secret, edge.salt, edge.secret_hash, edge.kdf)
+
+    def edge(self, ref: str) -> EdgeRecord:
+        """An edge by routing key (or by edge id); NotFound."""
+        if not isinstance(ref, str) or not ref:
+            raise BadRequest("edge: expected a routing key")
+        edge = self.store.edge(ref)
+        if edge is None:
+            try:
+                edge = self.store.edge_by_id(uuid.UUID(ref))
+            except ValueError:
+                edge = None
+        if edge is None:
+            raise NotFound(f"no edge with routing key {ref!r}")
+        return edge
+
+    def edges(self) -> list[dict[str, Any]]:
+        out = []
+        for edge in self.store.edges():
+            row = edge.as_json()
+            row["applied_events"] = self.store.applied_count(edge.edge_id)
+            row["queued_downlinks"] = self.store.queued_downlinks(edge.edge_id)
+            row["devices"] = len(self.store.devices_of_edge(edge.edge_id))
+            out.append(row)
+        return out
+
+    # -- devices and attributes ------------------------------------------------------------------
+
+    def create_device(
+        self,
+        edge_ref: str,
+        name: str,
+        *,
+        type_: str | None = None,
+        label: str | None = None,
+        token: str | None = None,
+    ) -> tuple[CloudDevice, list[int]]:
+        """Create a device assigned to the edge and queue its downlinks (deviceUpdateMsg
+        ENTITY_CREATED, then deviceCredentialsUpdateMsg). (device, downlink numbers)."""
+        edge = self.edge(edge_ref)
+        device = CloudDevice(
+            id=uuid.uuid4(), edge_id=edge.edge_id, name=_text(name, "name"),
+            type=_text(type_ or "default", "type"), label=_text(label, "label", required=False),
+            token=credentials.new_access_token() if token is None else _token_text(token, "token"),
+            created_time=self.clock.now_ms(), origin="cloud",
+        )
+        numbers = self.store.add_device(device, downlinks.device_created(device))
+        _log.bind(device_id=str(device.id), name=device.name, routing_key=edge.routing_key,
+                  downlinks=numbers).info("device created")
+        self._wake(edge.edge_id)
+        return device, numbers
+
+    def device(self, ref: str, edge_ref: str | None = None) -> CloudDevice:
+        """A device by id or by name (names are unique per edge: give the edge when several
+        edges have one of that name); NotFound / BadRequest."""
+        if not isinstance(ref, str) or not ref:
+            raise BadRequest("device: expected a device id or name")
+        edge = self.edge(edge_ref) if edge_ref else None
+        try:
+            device = self.store.device(uuid.UUID(ref))
+        except ValueError:
+            device = None
+        if device is not None and (edge is None or device.edge_id == edge.edge_id):
+            return device
+        found = self.store.devices_named(ref, edge.edge_id if edge else None)
+        if not found:
+            where = f" on edge {edge.routing_key!r}" if edge else ""
+            raise NotFound(f"no device {ref!r}{where}")
+        if len(found) > 1:
+            raise BadRequest(f"several edges have a device named {ref!r}: name the edge")
+        return found[0]
+
+    def set_attributes(
+        self, device_ref: str, values: Mapping[str, Any], *, edge_ref: str | None = None
+    ) -> tuple[CloudDevice, int]:
+        """Set shared attributes of a device and queue their downlink; (device, number)."""
+        checked = check_attribute_values(values)
+        device = self.device(device_ref, edge_ref)
+        ts = self.clock.now_ms()
+        number = self.store.set_shared_attributes(
+            device, checked, ts, downlinks.shared_attributes(device, checked, ts))
+        _log.bind(device_id=str(device.id), keys=sorted(checked), downlink=number).info(
+            "shared attributes set")
+        self._wake(device.edge_id)
+        return device, number
+
+    # -- views -----------------------------------------------------------------------------------
+
+    def events(self, edge_ref: str, *, after: int = 0, limit: int = 0) -> list[AppliedRecord]:
+        edge = self.edge(edge_ref)
+        return self.store.events(edge.edge_id, after=after, limit=limit)
+
+    def _wake(self, edge_id: uuid.UUID) -> None:
+        if self._notify is not None:
+            self._notify(edge_id)

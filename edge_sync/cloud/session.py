@@ -1,0 +1,376 @@
+"""One edge's gRPC stream on the reference cloud: connect, sync, uplinks, downlinks
+(docs/link-protocol.md, cloud side).
+
+Threads: gRPC's handler thread runs `StreamSession.run` (a generator of ResponseMsgs) and owns
+all of the stream's state; a reader thread only moves each RequestMsg from the request iterator
+into the session's inbox. Other threads (a replacing stream, the admin API, server stop) only
+put wake/end items into the inbox and cancel the RPC. So every decision is taken on one thread,
+in the order things arrived.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from loguru import logger
+
+from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.cloud import downlinks
+from edge_sync.cloud.records import EdgeRecord, QueuedDownlink, downlink_msg_id
+from edge_sync.cloud.registry import StreamRegistry
+from edge_sync.cloud.service import CloudService
+from edge_sync.cloud.uplink import GoBackN, epoch_of, events_to_apply
+from edge_sync.errors import StorageError
+from edge_sync.link.wire import PayloadRejected, uuid_halves
+from edge_sync.proto import edge_pb2
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    max_inbound_message_size: int = 4 * 1024 * 1024
+    resend_timeout_s: float = 10.0
+    poll_interval_s: float = 1.0
+    """How often an idle stream looks at its durable queue (catches writes by another process)."""
+    connect_timeout_s: float = 30.0
+    """A stream that sends no connect request within this time is closed."""
+
+
+class _Kind(enum.Enum):
+    REQUEST = "request"
+    EOF = "eof"  # the edge half-closed its side, or the request iterator broke
+    WAKE = "wake"  # new downlinks were queued
+    END = "end"  # replaced, RPC terminated, server stopping
+
+
+class StreamSession:
+    def __init__(
+        self,
+        service: CloudService,
+        registry: StreamRegistry,
+        settings: LinkSettings,
+        context: grpc.ServicerContext,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        on_finish: Callable[[StreamSession], None] | None = None,
+    ) -> None:
+        self.number = next(_ids)
+        self.edge_id: uuid.UUID | None = None
+        self.edge: EdgeRecord | None = None
+        self.done = threading.Event()
+        self._service = service
+        self._store = service.store
+        self._registry = registry
+        self._settings = settings
+        self._context = context
+        self._clock = clock
+        self._on_finish = on_finish
+        self._inbox: queue.SimpleQueue[tuple[_Kind, Any]] = queue.SimpleQueue()
+        self._finish_lock = threading.Lock()
+        self._finished = False
+        self._end_reason: str | None = None
+        self._peer = context.peer()
+        self._log = logger.bind(component="cloud-link", stream=self.number, peer=self._peer)
+        self._gate = GoBackN()
+        self._edge_max_inbound: int | None = None
+        self._sync: deque[QueuedDownlink] = deque()
+        self._started = False  # downlinks flow once the edge asked for a sync (or sent uplinks)
+        self._inflight: QueuedDownlink | None = None
+        self._deadline = 0.0
+        self._look = False  # look at the durable queue at the next chance
+        self._next_poll = 0.0
+        self._connected_at = 0.0
+        self._connect_deadline = time.monotonic() + settings.connect_timeout_s
+        self._stats = {"uplinks": 0, "events_applied": 0, "duplicates": 0, "rejected": 0,
+                       "downlinks_sent": 0, "downlinks_acked": 0, "downlinks_resent": 0}
+
+    # -- any thread ------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._inbox.put((_Kind.WAKE, None))
+
+    def end(self, reason: str) -> None:
+        """End the stream from another thread: the handler stops, the RPC is cancelled."""
+        self._context.cancel()  # first, so the edge sees CANCELLED rather than a clean end
+        self._inbox.put((_Kind.END, reason))
+
+    def summary(self) -> dict[str, object]:
+        return {"stream": self.number, "peer": self._peer,
+                "connected_for_s": round(time.monotonic() - self._connected_at, 3),
+                "downlink_in_flight": self._inflight.msg_id if self._inflight else None,
+                **self._stats}
+
+    # -- the handler thread ----------------------------------------------------------------------
+
+    def run(self, request_iterator: Iterator[edge_pb2.RequestMsg]) -> Iterator[edge_pb2.ResponseMsg]:
+        """The response stream. Returns (status OK) when the stream ends."""
+        reader = threading.Thread(target=self._read, args=(request_iterator,),
+                                  name=f"cloud-stream-{self.number}-reader", daemon=True)
+        reader.start()
+        self._context.add_callback(self._rpc_terminated)
+        try:
+            while self._end_reason is None:
+                try:
+                    kind, item = self._inbox.get(timeout=self._wait_s())
+                except queue.Empty:  # time to resend or poll, or no connect request in time
+                    kind, item = _Kind.WAKE, None
+                    if self.edge is None:
+                        self._log.warning("no connect request within {} s; stream closed",
+                                          self._settings.connect_timeout_s)
+                        return
+                yield from self._handle(kind, item)
+                if self._end_reason is None and self._started:
+                    out = self._pump()
+                    if out is not None:
+                        yield out
+        except StorageError as exc:
+            self._log.bind(routing_key=self._rk()).error("storage failure, ending the stream: {}", exc)
+            self._finish("storage failure")
+            self._context.abort(grpc.StatusCode.UNAVAILABLE, "cloud storage failure")
+        except Exception:
+            self._log.bind(routing_key=self._rk()).exception("stream failed")
+            raise
+        finally:
+            self._finish(self._end_reason or "handler closed")
+
+    def _rpc_terminated(self) -> None:
+        """gRPC's thread, once the RPC is over (also when the handler is stuck sending)."""
+        self._inbox.put((_Kind.END, "rpc terminated"))
+        self._finish(self._end_reason or "rpc terminated")
+
+    def _read(self, request_iterator: Iterator[edge_pb2.RequestMsg]) -> None:
+        """The reader thread: requests into the inbox, then EOF."""
+        try:
+            for request in request_iterator:
+                self._inbox.put((_Kind.REQUEST, request))
+        except Exception:  # grpc.RpcError on cancellation, or any iterator failure
+            pass
+        finally:
+            self._inbox.put((_Kind.EOF, None))
+
+    def _wait_s(self) -> float | None:
+        now = time.monotonic()
+        if self.edge is None:
+            return max(0.0, self._connect_deadline - now)
+        if not self._started:
+            return None
+        wait = self._deadline - now if self._inflight is not None else self._next_poll - now
+        return max(0.0, wait)
+
+    def _handle(self, kind: _Kind, item: Any) -> Iterator[edge_pb2.ResponseMsg]:
+        if kind is _Kind.END:
+            self._end_reason = str(item)
+        elif kind is _Kind.EOF:
+            self._end_reason = "edge closed the stream"
+        elif kind is _Kind.WAKE:
+            self._look = True
+        elif self.edge is None:
+            if item.HasField("connectRequestMsg"):
+                yield self._connect(item.connectRequestMsg)
+            # anything before a connect request is ignored
+        else:
+            yield from self._request(item)
+
+    def _request(self, req: edge_pb2.RequestMsg) -> Iterator[edge_pb2.ResponseMsg]:
+        # The fields present decide, not msgType (a DownlinkResponseMsg travels as UPLINK).
+        if req.HasField("syncRequestMsg"):
+            self._start_sync(req.syncRequestMsg.fullSync)
+        if req.HasField("downlinkResponseMsg"):
+            self._acknowledged(req.downlinkResponseMsg)
+        if req.HasField("uplinkMsg"):
+            if not self._started:
+                self._started, self._look = True, True
+            yield self._uplink(req.uplinkMsg)
+        if req.HasField("connectRequestMsg"):
+            self._log.bind(routing_key=self._rk()).warning("second connect request on a stream ignored")
+
+    # -- connect ---------------------------------------------------------------------------------
+
+    def _connect(self, req: edge_pb2.ConnectRequestMsg) -> edge_pb2.ResponseMsg:
+        log = self._log.bind(routing_key=req.edgeRoutingKey)
+        try:
+            edge = self._service.authenticate(req.edgeRoutingKey, req.edgeSecret)
+        except StorageError as exc:
+            log.error("connect refused, storage failure: {}", exc)
+            self._end_reason = "storage failure"
+            return edge_pb2.ResponseMsg(connectResponseMsg=edge_pb2.ConnectResponseMsg(
+                responseCode=edge_pb2.SERVER_UNAVAILABLE, errorMsg="cloud storage unavailable"))
+        if edge is None:
+            log.warning("bad credentials: unknown routing key or wrong secret")
+            self._end_reason = "bad credentials"
+            return edge_pb2.ResponseMsg(connectResponseMsg=edge_pb2.ConnectResponseMsg(
+                responseCode=edge_pb2.BAD_CREDENTIALS,
+                errorMsg="unknown routing key or wrong secret"))
+        self.edge, self.edge_id = edge, edge.edge_id
+        if req.HasField("maxInboundMessageSize") and req.maxInboundMessageSize > 0:
+            self._edge_max_inbound = req.maxInboundMessageSize
+        self._log = self._log.bind(routing_key=edge.routing_key, edge_id=str(edge.edge_id))
+        self._connected_at = time.monotonic()
+        old = self._registry.claim(self)
+        if old is not None:
+            self._log.bind(old_stream=getattr(old, "number", None)).info(
+                "edge stream replaced by a new connection")
+            old.end("replaced by a new stream")
+        skew = ""
+        if req.HasField("edgeTimeMillis"):
+            skew = f"{(self._clock.now_ms() - req.edgeTimeMillis) / 1000:.1f}"
+        self._log.bind(edge_version=req.edgeVersion, clock_skew_s=skew).info("edge connected")
+        e_msb, e_lsb = uuid_halves(edge.edge_id)
+        t_msb, t_lsb = uuid_halves(edge.tenant_id)
+        return edge_pb2.ResponseMsg(connectResponseMsg=edge_pb2.ConnectResponseMsg(
+            responseCode=edge_pb2.ACCEPTED,
+            configuration=edge_pb2.EdgeConfiguration(
+                edgeIdMSB=e_msb, edgeIdLSB=e_lsb, tenantIdMSB=t_msb, tenantIdLSB=t_lsb,
+                name=edge.name, type=edge.type, routingKey=edge.routing_key, secret="",
+                cloudType="CE"),
+            maxInboundMessageSize=self._settings.max_inbound_message_size,
+            cloudCapabilities=edge_pb2.CloudCapabilities(
+                orderedApply=True, dedupBySeq=True, serverTimeMillis=self._clock.now_ms()),
+        ))
+
+    # -- uplink ----------------------------------------------------------------------------------
+
+    def _uplink(self, up: edge_pb2.UplinkMsg) -> edge_pb2.ResponseMsg:
+        assert self.edge_id is not None
+        self._stats["uplinks"] += 1
+        epoch = epoch_of(up)
+        if self._gate.refuses(epoch):
+            self._log.bind(uplink_msg_id=up.uplinkMsgId, epoch=epoch).debug("uplink refused (go-back-N)")
+            return _uplink_response(up.uplinkMsgId, False, self._gate.refusal(), retryable=True)
+        try:
+            events = events_to_apply(up)
+            applied, dups = self._store.apply_uplink(self.edge_id, events, self._clock.now_ms())
+        except PayloadRejected as exc:
+            self._gate.failed(epoch)
+            self._stats["rejected"] += 1
+            self._log.bind(seq=exc.seq, uplink_msg_id=up.uplinkMsgId, epoch=epoch).warning(
+                "uplink rejected: {}", exc)
+            return _uplink_response(up.uplinkMsgId, False, str(exc), retryable=False,
+                                    rejected_seq=exc.seq)
+        except StorageError as exc:
+            self._gate.failed(epoch)
+            self._log.bind(uplink_msg_id=up.uplinkMsgId, epoch=epoch).error(
+                "uplink not applied, storage failure: {}", exc)
+            return _uplink_response(up.uplinkMsgId, False, f"cloud storage failure: {exc}",
+                                    retryable=True)
+        self._stats["events_applied"] += applied
+        self._stats["duplicates"] += dups
+        if dups:
+            self._log.bind(uplink_msg_id=up.uplinkMsgId, duplicates=dups).debug(
+                "uplink events already applied were skipped")
+        return _uplink_response(up.uplinkMsgId, True, "")
+
+    # -- downlink --------------------------------------------------------------------------------
+
+    def _start_sync(self, full: bool) -> None:
+        assert self.edge_id is not None
+        payloads: list[bytes] = []
+        if full:
+            snapshot = self._store.sync_snapshot(self.edge_id)
+            now = self._clock.now_ms()
+            for device, _ in snapshot:
+                payloads.extend(downlinks.device_created(device))
+            for device, attrs in snapshot:
+                if attrs:
+                    payloads.append(downlinks.shared_attributes(device, attrs, now))
+        payloads.append(downlinks.sync_completed())
+        numbers = self._store.reserve_downlink_numbers(self.edge_id, len(payloads))
+        self._sync = deque(QueuedDownlink(None, downlink_msg_id(n), p)
+                           for n, p in zip(numbers, payloads, strict=True))
+        if self._inflight is not None and self._inflight.number is None:
+            self._inflight = None  # a previous sync's downlink: superseded
+        self._started, self._look = True, True
+        self._log.bind(full_sync=full, downlinks=len(payloads)).info("sync requested")
+
+    def _pump(self) -> edge_pb2.ResponseMsg | None:
+        """Send the next downlink, or resend the one in flight when its time is up."""
+        assert self.edge_id is not None
+        now = time.monotonic()
+        timeout = self._settings.resend_timeout_s
+        if self._inflight is not None:
+            if now < self._deadline:
+                return None
+            self._deadline = now + timeout
+            self._stats["downlinks_resent"] += 1
+            self._log.bind(downlink_id=self._inflight.msg_id).info("downlink resent (no acknowledgement)")
+            return self._send(self._inflight)
+        nxt = self._sync[0] if self._sync else None
+        if nxt is None:
+            if not self._look and now < self._next_poll:
+                return None
+            self._look = False
+            self._next_poll = now + self._settings.poll_interval_s
+            nxt = self._store.first_downlink(self.edge_id)
+            if nxt is None:
+                return None
+        self._inflight, self._deadline = nxt, now + timeout
+        self._stats["downlinks_sent"] += 1
+        self._log.bind(downlink_id=nxt.msg_id, content=downlinks.describe(nxt.payload)).info("downlink sent")
+        return self._send(nxt)
+
+    def _send(self, item: QueuedDownlink) -> edge_pb2.ResponseMsg:
+        out = downlinks.stamp(item.payload, item.msg_id, self._clock.now_ms())
+        limit = self._edge_max_inbound
+        if limit is not None and out.ByteSize() > limit:
+            self._log.bind(downlink_id=item.msg_id, size=out.ByteSize(), edge_limit=limit).error(
+                "downlink is larger than the edge accepts; it stays queued")
+        return out
+
+    def _acknowledged(self, resp: edge_pb2.DownlinkResponseMsg) -> None:
+        assert self.edge_id is not None
+        item = self._inflight
+        log = self._log.bind(downlink_id=resp.downlinkMsgId)
+        if item is None or resp.downlinkMsgId != item.msg_id:
+            log.debug("acknowledgement for a downlink not in flight ignored")
+            return
+        if not resp.success:
+            log.bind(error=resp.errorMsg).warning("downlink failed on the edge; resent after the timeout")
+            return
+        if item.number is None:
+            if self._sync and self._sync[0] is item:
+                self._sync.popleft()
+        else:
+            self._store.remove_downlink(self.edge_id, item.number)
+        self._inflight, self._look = None, True
+        self._stats["downlinks_acked"] += 1
+        log.info("downlink acknowledged")
+        if item.number is None and not self._sync:
+            self._log.info("sync completed")
+
+    # -- end -------------------------------------------------------------------------------------
+
+    def _finish(self, reason: str) -> None:
+        with self._finish_lock:
+            if self._finished:
+                return
+            self._finished = True
+        self._registry.release(self)
+        if self.edge is not None:
+            self._log.bind(reason=reason).info("edge disconnected")
+        self.done.set()
+        if self._on_finish is not None:
+            self._on_finish(self)
+
+    def _rk(self) -> str:
+        return self.edge.routing_key if self.edge else ""
+
+
+def _uplink_response(msg_id: int, success: bool, error: str, *, retryable: bool | None = None,
+                     rejected_seq: int | None = None) -> edge_pb2.ResponseMsg:
+    r = edge_pb2.UplinkResponseMsg(success=success, errorMsg=error, uplinkMsgId=msg_id)
+    if retryable is not None:
+        r.retryable = retryable
+    if rejected_seq is not None:
+        r.rejectedEdgeSeqId = rejected_seq
+    return edge_pb2.ResponseMsg(uplinkResponseMsg=r)

@@ -1,0 +1,519 @@
+"""The reference cloud's LMDB store: edges, what they sent (deduplicated by (edge, seq), in
+apply order), devices, shared attributes and the durable downlink queue of each edge.
+
+It reuses LmdbStore's opening, map growth and transaction machinery (``CloudLmdb`` only swaps
+the names of the databases and the format stamp). Several processes may open it at once: the
+server and the CLI (LMDB serialises writers; readers see consistent snapshots).
+
+Layout (edge_id, device_id: 16 raw UUID bytes; numbers: u64 big-endian):
+  meta          b"format" -> b"edge-cloud/1"; b"tenant" -> tenant_id;
+                b"apply:" + edge_id -> last apply index; b"dl:" + edge_id -> last downlink number
+  edges         routing_key (utf-8) -> edge record
+  edge_ids      edge_id -> routing_key
+  applied       edge_id + seq -> apply index                (the dedup set)
+  apply_log     edge_id + apply index -> applied event      (the apply order)
+  devices       device_id -> device record
+  device_names  name (utf-8) + b"\\0" + edge_id -> device_id
+  edge_devices  edge_id + device_id -> b""
+  tokens        access token (utf-8) -> device_id
+  attributes    device_id + key (utf-8) -> (value, ts)      (SHARED_SCOPE, set by the cloud)
+  downlinks     edge_id + downlink number -> serialized DownlinkMsg (no id, no time)
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord, QueuedDownlink, downlink_msg_id
+from edge_sync.errors import BadRequest, StorageCorrupt, StorageError
+from edge_sync.link.wire import AppliedEvent, PayloadRejected
+from edge_sync.storage import codec
+from edge_sync.storage.entity_store import Conflict
+from edge_sync.storage.env import LmdbStore, MiB, _Gate
+from edge_sync.storage.records import Action
+
+CLOUD_FORMAT = b"edge-cloud/1"
+SCHEMA = 1
+CLOUD_DB_NAMES = (
+    "meta",
+    "edges",
+    "edge_ids",
+    "applied",
+    "apply_log",
+    "devices",
+    "device_names",
+    "edge_devices",
+    "tokens",
+    "attributes",
+    "downlinks",
+)
+INITIAL_MAP_MB = 64
+MAX_INDEXED_KEY = 400  # LMDB keys are at most 511 bytes; longer names/tokens are not indexed
+
+
+class CloudLmdb(LmdbStore):
+    """LmdbStore with the cloud's databases and format stamp.
+
+    LmdbStore takes its database names and format from module constants; until it accepts them
+    as parameters, this subclass repeats the few lines of __init__ that use them.
+    """
+
+    def __init__(self, path: Path, *, max_size_mb: int = 10240, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly and not (self.path / "data.mdb").exists():
+            raise StorageError(
+                f"no edge-cloud store at {self.path} (no data.mdb); "
+                "check CLOUD_DATA_DIR / storage.data_dir"
+            )
+        # LmdbStore.__init__ without its edge-specific database names and format stamp.
+        self.readonly = readonly
+        self.max_size = max_size_mb * MiB
+        self._gate = _Gate()
+        self._grow_lock = threading.Lock()
+        self.env = self._open(INITIAL_MAP_MB * MiB)
+        self.dbs = {}
+        try:
+            if readonly:
+                self.dbs["meta"] = self.env.open_db(b"meta", create=False)
+                with self.env.begin() as txn:
+                    self._check_or_stamp_format(txn)
+                for name in CLOUD_DB_NAMES[1:]:
+                    self.dbs[name] = self.env.open_db(name.encode(), create=False)
+            else:
+                with self.env.begin(write=True) as txn:
+                    self.dbs["meta"] = self.env.open_db(b"meta", txn=txn)
+                    self._check_or_stamp_format(txn)
+                    for name in CLOUD_DB_NAMES[1:]:
+                        self.dbs[name] = self.env.open_db(name.encode(), txn=txn)
+        except lmdb.NotFoundError as exc:
+            self.env.close()
+            raise StorageCorrupt(
+                f"{self.path}: LMDB file has no edge-cloud databases ({exc}); "
+                "it was not written by edge-cloud or is damaged"
+            ) from exc
+        except StorageError:
+            self.env.close()
+            raise
+        except lmdb.Error as exc:
+            self.env.close()
+            raise StorageCorrupt(f"{self.path}: cannot read the store: {exc}") from exc
+
+    def _check_or_stamp_format(self, txn: lmdb.Transaction) -> None:
+        found = txn.get(b"format", db=self.dbs["meta"])
+        if found is None:
+            if self.readonly:
+                raise StorageCorrupt(f"{self.path}: store has no format stamp")
+            txn.put(b"format", CLOUD_FORMAT, db=self.dbs["meta"])
+        elif bytes(found) != CLOUD_FORMAT:
+            raise StorageCorrupt(
+                f"{self.path}: store format {bytes(found)!r}, edge-cloud reads {CLOUD_FORMAT!r} "
+                "(is this an edge's store?)"
+            )
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _unpack(raw: bytes, what: str) -> Any:
+    try:
+        value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise StorageCorrupt(f"{what}: undecodable record ({exc})") from exc
+    if not isinstance(value, list | tuple) or not value or value[0] != SCHEMA:
+        raise StorageCorrupt(f"{what}: unknown record schema")
+    return value
+
+
+def _name_key(name: str, edge_id: uuid.UUID) -> bytes | None:
+    key = name.encode() + b"\0" + edge_id.bytes
+    return key if len(key) <= MAX_INDEXED_KEY else None
+
+
+def _token_key(token: str | None) -> bytes | None:
+    if not token:
+        return None
+    key = token.encode()
+    return key if len(key) <= MAX_INDEXED_KEY else None
+
+
+class CloudStore:
+    """Synchronous access to the cloud's data. Every method is one transaction; any thread."""
+
+    def __init__(self, path: Path, *, max_size_mb: int = 10240, readonly: bool = False) -> None:
+        self.lmdb = CloudLmdb(path, max_size_mb=max_size_mb, readonly=readonly)
+        self.path = self.lmdb.path
+        self._db = self.lmdb.dbs
+        if not readonly:
+            self.lmdb.write(self._ensure_tenant)
+
+    def close(self) -> None:
+        self.lmdb.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[lmdb.Transaction]:
+        try:
+            with self.lmdb.read() as txn:
+                yield txn
+        except lmdb.Error as exc:
+            raise StorageError(f"read failed in {self.path}: {exc}") from exc
+
+    def _ensure_tenant(self, txn: lmdb.Transaction) -> None:
+        if txn.get(b"tenant", db=self._db["meta"]) is None:
+            txn.put(b"tenant", uuid.uuid4().bytes, db=self._db["meta"])
+
+    def tenant_id(self) -> uuid.UUID:
+        with self._read() as txn:
+            raw = txn.get(b"tenant", db=self._db["meta"])
+        if raw is None:
+            raise StorageCorrupt(f"{self.path}: store has no tenant id")
+        return uuid.UUID(bytes=raw)
+
+    def _counter(self, txn: lmdb.Transaction, key: bytes) -> int:
+        raw = txn.get(key, db=self._db["meta"])
+        return 0 if raw is None else codec.from_u64(raw)
+
+    # -- edges -----------------------------------------------------------------------------------
+
+    def add_edge(self, edge: EdgeRecord) -> None:
+        """Register an edge; Conflict when its routing key is taken."""
+        value = _pack((SCHEMA, edge.edge_id.bytes, edge.name, edge.type, edge.created_time,
+                       edge.salt, edge.secret_hash, list(edge.kdf)))
+
+        def fn(txn: lmdb.Transaction) -> None:
+            key = edge.routing_key.encode()
+            if txn.get(key, db=self._db["edges"]) is not None:
+                raise Conflict(f"an edge with routing key {edge.routing_key!r} already exists")
+            txn.put(key, value, db=self._db["edges"])
+            txn.put(edge.edge_id.bytes, key, db=self._db["edge_ids"])
+
+        self.lmdb.write(fn)
+
+    def edge(self, routing_key: str) -> EdgeRecord | None:
+        with self._read() as txn:
+            return self._edge(txn, routing_key)
+
+    def edge_by_id(self, edge_id: uuid.UUID) -> EdgeRecord | None:
+        with self._read() as txn:
+            rk = txn.get(edge_id.bytes, db=self._db["edge_ids"])
+            return None if rk is None else self._edge(txn, rk.decode())
+
+    def edges(self) -> list[EdgeRecord]:
+        with self._read() as txn, txn.cursor(db=self._db["edges"]) as cur:
+            tenant = uuid.UUID(bytes=txn.get(b"tenant", db=self._db["meta"]) or bytes(16))
+            return [self._decode_edge(k.decode(), v, tenant) for k, v in cur.iternext()]
+
+    def _edge(self, txn: lmdb.Transaction, routing_key: str) -> EdgeRecord | None:
+        if not routing_key or len(routing_key.encode()) > MAX_INDEXED_KEY:
+            return None
+        raw = txn.get(routing_key.encode(), db=self._db["edges"])
+        if raw is None:
+            return None
+        tenant = uuid.UUID(bytes=txn.get(b"tenant", db=self._db["meta"]) or bytes(16))
+        return self._decode_edge(routing_key, raw, tenant)
+
+    @staticmethod
+    def _decode_edge(routing_key: str, raw: bytes, tenant: uuid.UUID) -> EdgeRecord:
+        _, eid, name, etype, created, salt, digest, kdf = _unpack(raw, f"edge {routing_key!r}")
+        return EdgeRecord(
+            edge_id=uuid.UUID(bytes=eid), tenant_id=tenant, routing_key=routing_key, name=name,
+            type=etype, created_time=created, salt=salt, secret_hash=digest,
+            kdf=(kdf[0], int(kdf[1]), int(kdf[2]), int(kdf[3])),
+        )
+
+    # -- applied events --------------------------------------------------------------------------
+
+    def apply_uplink(
+        self, edge_id: uuid.UUID, events: Sequence[AppliedEvent], now_ms: int
+    ) -> tuple[int, int]:
+        """Apply one UplinkMsg's events in one durable transaction, in order, skipping every
+        (edge, seq) already applied. (applied, duplicates). PayloadRejected when an event cannot
+        be stored (e.g. an integer too large for msgpack); StorageError / QueueFull."""
+        edge = edge_id.bytes
+        packed: list[tuple[AppliedEvent, bytes]] = []
+        for ev in events:
+            try:
+                packed.append((ev, _pack((SCHEMA, ev.seq, ev.entity_type, ev.entity_id.bytes,
+                                          str(ev.action), ev.body, ev.ts, now_ms))))
+            except (OverflowError, TypeError, ValueError) as exc:
+                where = f"payload with edgeSeqId {ev.seq}" if ev.seq is not None else "payload"
+                raise PayloadRejected(f"{where}: value cannot be stored ({exc})", ev.seq) from exc
+        counter_key = b"apply:" + edge
+        applied_db, log_db = self._db["applied"], self._db["apply_log"]
+
+        def fn(txn: lmdb.Transaction) -> tuple[int, int]:
+            index = self._counter(txn, counter_key)
+            start = index
+            dups = 0
+            for ev, value in packed:
+                if ev.seq is not None:
+                    seq_key = edge + codec.u64(ev.seq)
+                    if txn.get(seq_key, db=applied_db) is not None:
+                        dups += 1
+                        continue
+                    index += 1
+                    txn.put(seq_key, codec.u64(index), db=applied_db)
+                else:
+                    index += 1
+                txn.put(edge + codec.u64(index), value, db=log_db)
+                if ev.entity_type == "DEVICE":
+                    self._device_side_effect(txn, edge_id, ev, now_ms)
+            if index != start:
+                txn.put(counter_key, codec.u64(index), db=self._db["meta"])
+            return index - start, dups
+
+        return self.lmdb.write(fn)
+
+    def _device_side_effect(self, txn: lmdb.Transaction, edge_id: uuid.UUID, ev: AppliedEvent,
+                            now_ms: int) -> None:
+        """Keep the device table in step with the devices an edge creates, changes or deletes."""
+        body = ev.body if isinstance(ev.body, dict) else {}
+        old = self._device(txn, ev.entity_id)
+        if ev.action in (Action.ADDED, Action.UPDATED):
+            self._put_device(txn, CloudDevice(
+                id=ev.entity_id, edge_id=edge_id, name=str(body.get("name", "")),
+                type=str(body.get("type") or "default"), label=str(body.get("label") or ""),
+                token=old.token if old else None,
+                created_time=int(body.get("createdTime") or (old.created_time if old else now_ms)),
+                origin=old.origin if old else "edge",
+            ), old)
+        elif ev.action == Action.DELETED and old is not None:
+            self._delete_device(txn, old)
+        elif ev.action == Action.CREDENTIALS_UPDATED and old is not None:
+            token = body.get("credentialsId")
+            if isinstance(token, str) and token:
+                self._put_device(txn, CloudDevice(
+                    id=old.id, edge_id=old.edge_id, name=old.name, type=old.type,
+                    label=old.label, token=token, created_time=old.created_time,
+                    origin=old.origin), old)
+
+    def events(self, edge_id: uuid.UUID, *, after: int = 0, limit: int = 0) -> list[AppliedRecord]:
+        """What the cloud applied from the edge, in apply order, after apply index ``after``
+        (``limit`` 0: all)."""
+        return list(self.iter_events(edge_id, after=after, limit=limit))
+
+    def iter_events(self, edge_id: uuid.UUID, *, after: int = 0, limit: int = 0) -> Iterator[AppliedRecord]:
+        """Like events(), streaming from one read transaction (held while iterating)."""
+        edge = edge_id.bytes
+        count = 0
+        with self._read() as txn, txn.cursor(db=self._db["apply_log"]) as cur:
+            if not cur.set_range(edge + codec.u64(after + 1)):
+                return
+            for key, raw in cur.iternext():
+                if key[:16] != edge or (limit and count >= limit):
+                    return
+                index = codec.from_u64(key[16:])
+                _, seq, etype, eid, action, body, ts, applied_at = _unpack(raw, f"event {index}")
+                count += 1
+                yield AppliedRecord(index, seq, etype, uuid.UUID(bytes=eid), action, body, ts,
+                                    applied_at)
+
+    def applied_count(self, edge_id: uuid.UUID) -> int:
+        with self._read() as txn:
+            return self._counter(txn, b"apply:" + edge_id.bytes)
+
+    # -- devices ---------------------------------------------------------------------------------
+
+    def add_device(self, device: CloudDevice, downlinks: Sequence[bytes]) -> list[int]:
+        """Create a device and queue its downlinks in one transaction; the downlink numbers.
+        Conflict when the id, the name (on that edge) or the token is taken."""
+
+        def fn(txn: lmdb.Transaction) -> list[int]:
+            if self._device(txn, device.id) is not None:
+                raise Conflict(f"device id {device.id} already exists")
+            if self._ids_named(txn, device.name, device.edge_id):
+                raise Conflict(f"a device named {device.name!r} already exists on that edge")
+            tkey = _token_key(device.token)
+            if tkey is not None and txn.get(tkey, db=self._db["tokens"]) is not None:
+                raise Conflict("that access token is already used by another device")
+            self._put_device(txn, device, None)
+            return self._enqueue(txn, device.edge_id, downlinks)
+
+        return self.lmdb.write(fn)
+
+    def device(self, device_id: uuid.UUID) -> CloudDevice | None:
+        with self._read() as txn:
+            return self._device(txn, device_id)
+
+    def devices_named(self, name: str, edge_id: uuid.UUID | None = None) -> list[CloudDevice]:
+        with self._read() as txn:
+            found = [self._device(txn, i) for i in self._ids_named(txn, name, edge_id)]
+        return [d for d in found if d is not None]
+
+    def devices_of_edge(self, edge_id: uuid.UUID) -> list[CloudDevice]:
+        with self._read() as txn:
+            return self._devices_of_edge(txn, edge_id)
+
+    def sync_snapshot(self, edge_id: uuid.UUID) -> list[tuple[CloudDevice, dict[str, Any]]]:
+        """Every device of the edge with its shared attributes, from one snapshot."""
+        with self._read() as txn:
+            return [(d, self._attributes(txn, d.id)) for d in self._devices_of_edge(txn, edge_id)]
+
+    def _devices_of_edge(self, txn: lmdb.Transaction, edge_id: uuid.UUID) -> list[CloudDevice]:
+        out: list[CloudDevice] = []
+        with txn.cursor(db=self._db["edge_devices"]) as cur:
+            if not cur.set_range(edge_id.bytes):
+                return out
+            for key in cur.iternext(values=False):
+                if key[:16] != edge_id.bytes:
+                    break
+                dev = self._device(txn, uuid.UUID(bytes=key[16:]))
+                if dev is not None:
+                    out.append(dev)
+        return out
+
+    def _ids_named(self, txn: lmdb.Transaction, name: str, edge_id: uuid.UUID | None) -> list[uuid.UUID]:
+        if edge_id is not None:
+            key = _name_key(name, edge_id)
+            raw = None if key is None else txn.get(key, db=self._db["device_names"])
+            return [] if raw is None else [uuid.UUID(bytes=raw)]
+        prefix = name.encode() + b"\0"
+        out: list[uuid.UUID] = []
+        with txn.cursor(db=self._db["device_names"]) as cur:
+            if not cur.set_range(prefix):
+                return out
+            for key, raw in cur.iternext():
+                if not key.startswith(prefix):
+                    break
+                if len(key) == len(prefix) + 16:
+                    out.append(uuid.UUID(bytes=raw))
+        return out
+
+    def _device(self, txn: lmdb.Transaction, device_id: uuid.UUID) -> CloudDevice | None:
+        raw = txn.get(device_id.bytes, db=self._db["devices"])
+        if raw is None:
+            return None
+        _, edge, name, dtype, label, token, created, origin = _unpack(raw, f"device {device_id}")
+        return CloudDevice(device_id, uuid.UUID(bytes=edge), name, dtype, label, token, created, origin)
+
+    def _put_device(self, txn: lmdb.Transaction, dev: CloudDevice, old: CloudDevice | None) -> None:
+        if old is not None:
+            self._unindex(txn, old, keep=dev)
+        txn.put(dev.id.bytes, _pack((SCHEMA, dev.edge_id.bytes, dev.name, dev.type, dev.label,
+                                     dev.token, dev.created_time, dev.origin)),
+                db=self._db["devices"])
+        txn.put(dev.edge_id.bytes + dev.id.bytes, b"", db=self._db["edge_devices"])
+        nkey = _name_key(dev.name, dev.edge_id)
+        if nkey is not None and dev.name:
+            txn.put(nkey, dev.id.bytes, db=self._db["device_names"])
+        tkey = _token_key(dev.token)
+        if tkey is not None:
+            txn.put(tkey, dev.id.bytes, db=self._db["tokens"])
+
+    def _unindex(self, txn: lmdb.Transaction, old: CloudDevice, keep: CloudDevice | None) -> None:
+        """Drop the index entries of ``old`` that still point at it and ``keep`` does not reuse."""
+        if keep is None or keep.edge_id != old.edge_id:
+            txn.delete(old.edge_id.bytes + old.id.bytes, db=self._db["edge_devices"])
+        for key, db in ((_name_key(old.name, old.edge_id), "device_names"),
+                        (_token_key(old.token), "tokens")):
+            if key is not None and txn.get(key, db=self._db[db]) == old.id.bytes:
+                txn.delete(key, db=self._db[db])
+
+    def _delete_device(self, txn: lmdb.Transaction, old: CloudDevice) -> None:
+        self._unindex(txn, old, keep=None)
+        txn.delete(old.id.bytes, db=self._db["devices"])
+        for key in list(self._attributes(txn, old.id)):
+            txn.delete(old.id.bytes + key.encode(), db=self._db["attributes"])
+
+    # -- shared attributes -----------------------------------------------------------------------
+
+    def set_shared_attributes(self, device: CloudDevice, values: Mapping[str, Any], ts: int,
+                              downlink: bytes) -> int:
+        """Store the values and queue their downlink in one transaction; the downlink number."""
+        packed = []
+        for key, value in values.items():
+            try:
+                packed.append((device.id.bytes + key.encode(), _pack((SCHEMA, value, ts))))
+            except (OverflowError, TypeError, ValueError) as exc:
+                raise BadRequest(f"attribute {key!r}: value cannot be stored ({exc})") from exc
+
+        def fn(txn: lmdb.Transaction) -> int:
+            if self._device(txn, device.id) is None:
+                raise BadRequest(f"device {device.id} no longer exists")
+            for key, value in packed:
+                txn.put(key, value, db=self._db["attributes"])
+            return self._enqueue(txn, device.edge_id, [downlink])[0]
+
+        return self.lmdb.write(fn)
+
+    def shared_attributes(self, device_id: uuid.UUID) -> dict[str, Any]:
+        with self._read() as txn:
+            return self._attributes(txn, device_id)
+
+    def _attributes(self, txn: lmdb.Transaction, device_id: uuid.UUID) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        prefix = device_id.bytes
+        with txn.cursor(db=self._db["attributes"]) as cur:
+            if not cur.set_range(prefix):
+                return out
+            for key, raw in cur.iternext():
+                if key[:16] != prefix:
+                    break
+                out[key[16:].decode()] = _unpack(raw, f"attribute of {device_id}")[1]
+        return out
+
+    # -- downlink queue --------------------------------------------------------------------------
+
+    def enqueue_downlinks(self, edge_id: uuid.UUID, payloads: Sequence[bytes]) -> list[int]:
+        """Append serialized DownlinkMsgs (without id) to the edge's queue; their numbers."""
+        return self.lmdb.write(lambda txn: self._enqueue(txn, edge_id, payloads))
+
+    def reserve_downlink_numbers(self, edge_id: uuid.UUID, count: int) -> list[int]:
+        """Numbers for stream-local downlinks (a full sync), unique among the edge's downlinks."""
+
+        def fn(txn: lmdb.Transaction) -> list[int]:
+            key = b"dl:" + edge_id.bytes
+            last = self._counter(txn, key)
+            txn.put(key, codec.u64(last + count), db=self._db["meta"])
+            return list(range(last + 1, last + count + 1))
+
+        return self.lmdb.write(fn) if count else []
+
+    def _enqueue(self, txn: lmdb.Transaction, edge_id: uuid.UUID, payloads: Sequence[bytes]) -> list[int]:
+        key = b"dl:" + edge_id.bytes
+        last = self._counter(txn, key)
+        numbers = []
+        for payload in payloads:
+            last += 1
+            txn.put(edge_id.bytes + codec.u64(last), _pack((SCHEMA, payload)), db=self._db["downlinks"])
+            numbers.append(last)
+        txn.put(key, codec.u64(last), db=self._db["meta"])
+        return numbers
+
+    def first_downlink(self, edge_id: uuid.UUID) -> QueuedDownlink | None:
+        """The oldest downlink still queued for the edge."""
+        with self._read() as txn, txn.cursor(db=self._db["downlinks"]) as cur:
+            if not cur.set_range(edge_id.bytes):
+                return None
+            key, raw = cur.item()
+            if key[:16] != edge_id.bytes:
+                return None
+            number = codec.from_u64(key[16:])
+            return QueuedDownlink(number, downlink_msg_id(number), _unpack(raw, f"downlink {number}")[1])
+
+    def remove_downlink(self, edge_id: uuid.UUID, number: int) -> bool:
+        """Remove an acknowledged downlink (durably); False when it was already gone."""
+        key = edge_id.bytes + codec.u64(number)
+        return bool(self.lmdb.write(lambda txn: txn.delete(key, db=self._db["downlinks"])))
+
+    def queued_downlinks(self, edge_id: uuid.UUID) -> int:
+        count = 0
+        with self._read() as txn, txn.cursor(db=self._db["downlinks"]) as cur:
+            if not cur.set_range(edge_id.bytes):
+                return 0
+            for key in cur.iternext(values=False):
+                if key[:16] != edge_id.bytes:
+                    break
+                count += 1
+        return count
+
+
+__all__ = ["CLOUD_FORMAT", "CloudLmdb", "CloudStore", "Conflict"]

@@ -1,0 +1,194 @@
+"""CloudStore on a real LMDB in tmp_path: dedup by (edge, seq), apply order, devices, shared
+attributes, the downlink queue, read-only opening, and secrets."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_sync.cloud import credentials
+from edge_sync.cloud.records import CloudDevice, downlink_msg_id
+from edge_sync.cloud.service import CloudService
+from edge_sync.cloud.store import CloudStore
+from edge_sync.errors import BadRequest, NotFound, StorageCorrupt, StorageError
+from edge_sync.link.wire import AppliedEvent, PayloadRejected
+from edge_sync.storage.entity_store import Conflict
+from edge_sync.storage.env import LmdbStore
+
+
+def ev(seq: int | None, entity: uuid.UUID | None = None, action: str = "TIMESERIES_UPDATED",
+       body: object = None, entity_type: str = "DEVICE") -> AppliedEvent:
+    return AppliedEvent(seq, entity_type, entity or uuid.UUID(int=1), action,
+                        body if body is not None else {"ts": 1, "values": {"s": seq}}, 1)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = CloudStore(tmp_path / "cloud")
+    yield s
+    s.close()
+
+
+def test_apply_deduplicates_by_edge_and_seq_and_keeps_apply_order(store):
+    a, b = uuid.uuid4(), uuid.uuid4()
+    assert store.apply_uplink(a, [ev(1), ev(2), ev(2)], 10) == (2, 1)
+    assert store.apply_uplink(a, [ev(2), ev(3)], 11) == (1, 1)
+    assert store.apply_uplink(b, [ev(1)], 12) == (1, 0)  # another edge: its own seqs
+    assert store.apply_uplink(a, [ev(None), ev(None)], 13) == (2, 0)  # no seq: no dedup
+    events = store.events(a)
+    assert [(e.apply_index, e.seq) for e in events] == [(1, 1), (2, 2), (3, 3), (4, None), (5, None)]
+    assert events[2].applied_at == 11 and events[0].body == {"ts": 1, "values": {"s": 1}}
+    assert [e.seq for e in store.events(a, after=1, limit=2)] == [2, 3]
+    assert store.events(a, after=5) == []
+    assert store.applied_count(a) == 5 and store.applied_count(b) == 1
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(st.integers(0, 40), max_size=12), max_size=8))
+def test_any_sequence_of_retries_applies_each_seq_once(tmp_path_factory, batches):
+    s = CloudStore(tmp_path_factory.mktemp("prop"))
+    try:
+        edge = uuid.uuid4()
+        expected: list[int] = []
+        for batch in batches:
+            s.apply_uplink(edge, [ev(q) for q in batch], 1)
+            for q in batch:
+                if q not in expected:
+                    expected.append(q)
+        assert [e.seq for e in s.events(edge)] == expected
+    finally:
+        s.close()
+
+
+def test_a_value_msgpack_cannot_store_is_rejected_with_its_seq(store):
+    with pytest.raises(PayloadRejected) as info:
+        store.apply_uplink(uuid.uuid4(), [ev(1), ev(7, body={"values": {"x": 2**70}})], 1)
+    assert info.value.seq == 7
+
+
+def test_devices_follow_what_the_edge_sends(store):
+    edge, dev = uuid.uuid4(), uuid.uuid4()
+    added = {"id": {"entityType": "DEVICE", "id": str(dev)}, "name": "m1", "type": "t", "createdTime": 3}
+    store.apply_uplink(edge, [ev(1, dev, "ADDED", added),
+                              ev(2, dev, "CREDENTIALS_UPDATED", {"credentialsId": "tok"})], 5)
+    d = store.device(dev)
+    assert d is not None
+    assert (d.name, d.type, d.token, d.origin, d.edge_id) == ("m1", "t", "tok", "edge", edge)
+    store.apply_uplink(edge, [ev(3, dev, "UPDATED", {**added, "name": "m2"})], 6)
+    assert [x.id for x in store.devices_named("m2")] == [dev] and store.devices_named("m1") == []
+    assert store.device(dev).token == "tok"
+    store.apply_uplink(edge, [ev(4, dev, "DELETED", {})], 7)
+    assert store.device(dev) is None and store.devices_of_edge(edge) == []
+
+
+def test_downlink_queue_is_ordered_durable_and_per_edge(tmp_path):
+    path = tmp_path / "c"
+    s = CloudStore(path)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    assert s.enqueue_downlinks(a, [b"x", b"y"]) == [1, 2]
+    assert s.enqueue_downlinks(b, [b"z"]) == [1]
+    assert s.reserve_downlink_numbers(a, 2) == [3, 4]
+    assert s.enqueue_downlinks(a, [b"w"]) == [5]
+    s.close()
+    s = CloudStore(path)
+    head = s.first_downlink(a)
+    assert head is not None and (head.number, head.msg_id, head.payload) == (1, 1, b"x")
+    assert s.remove_downlink(a, 1) and not s.remove_downlink(a, 1)
+    assert s.first_downlink(a).payload == b"y"
+    assert s.queued_downlinks(a) == 2 and s.queued_downlinks(b) == 1
+    s.remove_downlink(a, 2)
+    s.remove_downlink(a, 5)
+    assert s.first_downlink(a) is None and s.first_downlink(b).payload == b"z"
+    s.close()
+
+
+def test_downlink_ids_are_positive_int32():
+    assert downlink_msg_id(1) == 1
+    assert downlink_msg_id(2**31 - 1) == 2**31 - 1
+    assert downlink_msg_id(2**31) == 1
+
+
+def test_service_devices_names_tokens_and_attributes(store):
+    service = CloudService(store)
+    e1, _, _ = service.create_edge("e1", routing_key="rk1", secret="s1")
+    e2, _, _ = service.create_edge("e2", routing_key="rk2", secret="s2")
+    assert e2.edge_id != e1.edge_id
+    d1, numbers = service.create_device("rk1", "pump", token="tok")
+    assert numbers == [1, 2] and d1.edge_id == e1.edge_id
+    with pytest.raises(Conflict):
+        service.create_device("rk1", "pump")
+    with pytest.raises(Conflict):
+        service.create_device("rk2", "other", token="tok")
+    d2, _ = service.create_device("rk2", "pump")
+    assert len(d2.token or "") == 20
+    with pytest.raises(BadRequest, match="name the edge"):
+        service.set_attributes("pump", {"a": 1})
+    device, number = service.set_attributes("pump", {"a": 1, "b": [1, "x"]}, edge_ref="rk2")
+    assert device.id == d2.id and number == 3
+    assert service.set_attributes(str(d1.id), {"a": 2})[0].id == d1.id
+    assert store.shared_attributes(d2.id) == {"a": 1, "b": [1, "x"]}
+    assert store.sync_snapshot(e1.edge_id) == [(d1, {"a": 2})]
+    with pytest.raises(NotFound):
+        service.set_attributes("nope", {"a": 1})
+    with pytest.raises(NotFound):
+        service.create_device("rk-unknown", "x")
+    for bad in ({}, {"a": None}, {"a": float("nan")}, {"": 1}, {"a": 2**64}):
+        with pytest.raises(BadRequest):
+            service.set_attributes("pump", bad, edge_ref="rk1")
+
+
+def test_edges_secrets_are_hashed_and_checked(store):
+    service = CloudService(store)
+    edge, secret, created = service.create_edge("e1")
+    assert created and len(secret) >= 32
+    assert service.authenticate(edge.routing_key, secret) == edge
+    assert service.authenticate(edge.routing_key, secret + "x") is None
+    assert service.authenticate("unknown", secret) is None
+    assert service.authenticate("", "") is None
+    stored = store.edge(edge.routing_key)
+    assert stored is not None and secret.encode() not in stored.secret_hash
+    assert secret not in repr(stored)
+    again = service.create_edge("e1", routing_key=edge.routing_key, secret=secret)
+    assert again == (edge, secret, False)
+    with pytest.raises(Conflict):
+        service.create_edge("e1", routing_key=edge.routing_key, secret="different")
+    with pytest.raises(BadRequest):
+        service.create_edge("")
+    with pytest.raises(BadRequest):
+        service.create_edge("e", routing_key="has space")
+
+
+def test_credentials_helpers():
+    salt, digest = credentials.hash_secret("abc")
+    assert credentials.verify_secret("abc", salt, digest, credentials.DEFAULT_KDF)
+    assert not credentials.verify_secret("abd", salt, digest, credentials.DEFAULT_KDF)
+    assert credentials.hash_secret("abc")[1] != digest  # a fresh salt each time
+    uuid.UUID(credentials.new_routing_key())
+
+
+def test_readonly_open_needs_an_existing_cloud_store(tmp_path):
+    with pytest.raises(StorageError, match="no edge-cloud store"):
+        CloudStore(tmp_path / "missing", readonly=True)
+    edge_store = LmdbStore(tmp_path / "edge")
+    edge_store.close()
+    with pytest.raises(StorageCorrupt, match="edge-cloud"):
+        CloudStore(tmp_path / "edge")
+    s = CloudStore(tmp_path / "cloud")
+    s.apply_uplink(uuid.UUID(int=5), [ev(1)], 1)
+    s.close()  # (one process opens an LMDB environment once; other processes may write meanwhile)
+    ro = CloudStore(tmp_path / "cloud", readonly=True)
+    try:
+        assert [e.seq for e in ro.events(uuid.UUID(int=5))] == [1]
+        with pytest.raises(StorageError):
+            ro.enqueue_downlinks(uuid.UUID(int=5), [b"x"])
+    finally:
+        ro.close()
+
+
+def test_device_record_hides_its_token():
+    d = CloudDevice(uuid.uuid4(), uuid.uuid4(), "n", "t", "", "secret-token", 1, "cloud")
+    assert "secret-token" not in repr(d) and "token" not in d.as_json()

@@ -1,0 +1,93 @@
+"""Pure rules of the reference cloud: uplink validation and ordering, go-back-N, downlink
+builders, the CLI's attribute parsing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from edge_sync.cli.cloud import attribute_values
+from edge_sync.cloud import downlinks
+from edge_sync.cloud.records import CloudDevice
+from edge_sync.cloud.uplink import GoBackN, epoch_of, events_to_apply
+from edge_sync.errors import BadRequest
+from edge_sync.link.wire import PayloadRejected, to_kv, uuid_halves, uuid_of
+from edge_sync.proto import edge_pb2, transport_pb2
+
+
+def data(seq: int | None, entity_type: str = "DEVICE") -> edge_pb2.EntityDataProto:
+    msb, lsb = uuid_halves(uuid.UUID(int=7))
+    d = edge_pb2.EntityDataProto(
+        entityIdMSB=msb, entityIdLSB=lsb, entityType=entity_type,
+        postTelemetryMsg=transport_pb2.PostTelemetryMsg(
+            tsKvList=[transport_pb2.TsKvListProto(ts=5, kv=[to_kv("a", 1)])]))
+    if seq is not None:
+        d.edgeSeqId = seq
+    return d
+
+
+def test_events_are_applied_in_seq_order_across_payload_lists():
+    dev = uuid.UUID(int=7)
+    msb, lsb = uuid_halves(dev)
+    entity = json.dumps({"id": {"entityType": "DEVICE", "id": str(dev)}, "name": "n"})
+    up = edge_pb2.UplinkMsg(entityData=[data(3), data(1)], deviceUpdateMsg=[edge_pb2.DeviceUpdateMsg(
+        msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb, entity=entity, edgeSeqId=0)])
+    assert [e.seq for e in events_to_apply(up)] == [0, 1, 3]
+
+
+def test_without_seqs_the_message_order_is_kept():
+    up = edge_pb2.UplinkMsg(entityData=[data(None), data(None, "ASSET")])
+    assert [e.entity_type for e in events_to_apply(up)] == ["DEVICE", "ASSET"]
+
+
+@pytest.mark.parametrize("payload,needle", [
+    (data(-1), "negative"),
+    (data(4, "GADGET"), "unknown entityType"),
+])
+def test_extra_validation(payload, needle):
+    with pytest.raises(PayloadRejected, match=needle) as info:
+        events_to_apply(edge_pb2.UplinkMsg(entityData=[data(1), payload]))
+    assert info.value.seq == payload.edgeSeqId
+
+
+def test_go_back_n_gate():
+    gate = GoBackN()
+    assert not gate.refuses(0) and not gate.refuses(None)
+    gate.failed(2)
+    assert gate.refuses(2) and gate.refuses(1) and not gate.refuses(3)
+    assert not gate.refuses(None)  # a peer without epochs is never refused
+    assert "epoch 2" in gate.refusal() and "go-back-N" in gate.refusal()
+    gate.failed(1)  # never lowers the failed epoch
+    assert gate.refuses(2)
+    gate.failed(None)
+    assert gate.failed_epoch == 2
+    assert epoch_of(edge_pb2.UplinkMsg()) is None and epoch_of(edge_pb2.UplinkMsg(uplinkEpoch=0)) == 0
+
+
+def test_downlink_builders():
+    dev = CloudDevice(uuid.uuid4(), uuid.uuid4(), "pump", "t", "L", "tok", 9, "cloud")
+    created, creds = (edge_pb2.DownlinkMsg.FromString(p) for p in downlinks.device_created(dev))
+    msg = created.deviceUpdateMsg[0]
+    assert uuid_of(msg.idMSB, msg.idLSB) == dev.id and msg.msgType == edge_pb2.ENTITY_CREATED_RPC_MESSAGE
+    assert json.loads(msg.entity) == {"id": {"entityType": "DEVICE", "id": str(dev.id)}, "name": "pump",
+                                      "type": "t", "label": "L", "createdTime": 9}
+    assert json.loads(creds.deviceCredentialsUpdateMsg[0].entity)["credentialsId"] == "tok"
+    attrs = edge_pb2.DownlinkMsg.FromString(downlinks.shared_attributes(dev, {"x": {"a": 1}}, 5))
+    kv = attrs.entityData[0].attributesUpdatedMsg.kv[0]
+    assert kv.type == transport_pb2.JSON_V and json.loads(kv.json_v) == {"a": 1}
+    out = downlinks.stamp(downlinks.sync_completed(), 12, 34)
+    assert out.downlinkMsg.downlinkMsgId == 12 and out.downlinkMsg.cloudTimeMillis == 34
+    assert out.downlinkMsg.HasField("syncCompletedMsg")
+    assert "tok" not in downlinks.describe(downlinks.device_created(dev)[1])
+
+
+def test_cli_attribute_values():
+    assert attribute_values(["a=1", "b=true", 'c="x"', "d=text", "e={\"k\":[1]}", "f="], None, None) == {
+        "a": 1, "b": True, "c": "x", "d": "text", "e": {"k": [1]}, "f": ""}
+    assert attribute_values([], "k", "2.5") == {"k": 2.5}
+    bad = ((["novalue"], None, None), ([], None, None), ([], "k", None), (["=1"], None, None))
+    for pairs, key, value in bad:
+        with pytest.raises(BadRequest):
+            attribute_values(pairs, key, value)
