@@ -214,6 +214,7 @@ class ConnectionActor(SupervisedActor):
                 edgeVersion=EDGE_VERSION,
                 maxInboundMessageSize=self._cfg.rpc.max_inbound_message_size,
                 edgeTimeMillis=self._clock.now_ms(),
+                edgeStoreId=str(self._store.store_id),
             ),
         ))
 

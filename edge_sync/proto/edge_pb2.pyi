@@ -105,18 +105,20 @@ class EdgeUpdateMsg(_message.Message):
     def __init__(self, configuration: _Optional[_Union[EdgeConfiguration, _Mapping]] = ...) -> None: ...
 
 class ConnectRequestMsg(_message.Message):
-    __slots__ = ("edgeRoutingKey", "edgeSecret", "edgeVersion", "maxInboundMessageSize", "edgeTimeMillis")
+    __slots__ = ("edgeRoutingKey", "edgeSecret", "edgeVersion", "maxInboundMessageSize", "edgeTimeMillis", "edgeStoreId")
     EDGEROUTINGKEY_FIELD_NUMBER: _ClassVar[int]
     EDGESECRET_FIELD_NUMBER: _ClassVar[int]
     EDGEVERSION_FIELD_NUMBER: _ClassVar[int]
     MAXINBOUNDMESSAGESIZE_FIELD_NUMBER: _ClassVar[int]
     EDGETIMEMILLIS_FIELD_NUMBER: _ClassVar[int]
+    EDGESTOREID_FIELD_NUMBER: _ClassVar[int]
     edgeRoutingKey: str
     edgeSecret: str
     edgeVersion: EdgeVersion
     maxInboundMessageSize: int
     edgeTimeMillis: int
-    def __init__(self, edgeRoutingKey: _Optional[str] = ..., edgeSecret: _Optional[str] = ..., edgeVersion: _Optional[_Union[EdgeVersion, str]] = ..., maxInboundMessageSize: _Optional[int] = ..., edgeTimeMillis: _Optional[int] = ...) -> None: ...
+    edgeStoreId: str
+    def __init__(self, edgeRoutingKey: _Optional[str] = ..., edgeSecret: _Optional[str] = ..., edgeVersion: _Optional[_Union[EdgeVersion, str]] = ..., maxInboundMessageSize: _Optional[int] = ..., edgeTimeMillis: _Optional[int] = ..., edgeStoreId: _Optional[str] = ...) -> None: ...
 
 class ConnectResponseMsg(_message.Message):
     __slots__ = ("responseCode", "errorMsg", "configuration", "maxInboundMessageSize", "cloudCapabilities")

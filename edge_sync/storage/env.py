@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ T = TypeVar("T")
 
 MiB = 1024 * 1024
 STORE_FORMAT = b"edge-sync/1"
+NIL_STORE_ID = uuid.UUID(int=0)
 
 DB_NAMES = (
     "meta",
@@ -99,45 +101,61 @@ class LmdbStore:
         initial_map_mb: int = 64,
         max_size_mb: int = 10240,
         readonly: bool = False,
+        db_names: tuple[str, ...] = DB_NAMES,
+        store_format: bytes = STORE_FORMAT,
+        program: str = "edge-sync",
+        path_hint: str = "EDGE_DATA_DIR / storage.data_dir",
     ) -> None:
+        if db_names[0] != "meta":
+            raise ValueError("the first database must be 'meta'")
         self.path = Path(path)
         self.readonly = readonly
         self.max_size = max_size_mb * MiB
+        self._format = store_format
+        self._program = program
+        self._path_hint = path_hint
         self._gate = _Gate()
         self._grow_lock = threading.Lock()
-        self.env = self._open(initial_map_mb * MiB)
+        self.env = self._open(initial_map_mb * MiB, max_dbs=len(db_names) + 2)
         self.dbs: dict[str, lmdb._Database] = {}
         try:
             if readonly:
-                for name in DB_NAMES:
+                self.dbs["meta"] = self.env.open_db(b"meta", create=False)
+                with self.env.begin() as txn:
+                    self._check_or_stamp_format(txn)
+                for name in db_names[1:]:
                     self.dbs[name] = self.env.open_db(name.encode(), create=False)
             else:
                 with self.env.begin(write=True) as txn:
-                    for name in DB_NAMES:
-                        self.dbs[name] = self.env.open_db(name.encode(), txn=txn)
+                    self.dbs["meta"] = self.env.open_db(b"meta", txn=txn)
                     self._check_or_stamp_format(txn)
+                    for name in db_names[1:]:
+                        self.dbs[name] = self.env.open_db(name.encode(), txn=txn)
+            with self.env.begin() as txn:
+                raw = txn.get(b"store_id", db=self.dbs["meta"])
+            self.store_id = uuid.UUID(bytes=bytes(raw)) if raw else NIL_STORE_ID
         except lmdb.NotFoundError as exc:
             self.env.close()
             raise StorageCorrupt(
-                f"{self.path}: LMDB file has no edge-sync databases ({exc}); "
-                "it was not written by edge-sync or is damaged"
+                f"{self.path}: LMDB file has no {program} databases ({exc}); "
+                f"it was not written by {program} or is damaged"
             ) from exc
+        except StorageError:
+            self.env.close()
+            raise
         except lmdb.Error as exc:
             self.env.close()
             raise StorageCorrupt(f"{self.path}: cannot read the store: {exc}") from exc
-        if readonly:
-            with self.env.begin() as txn:
-                self._check_or_stamp_format(txn)
 
     # -- opening -----------------------------------------------------------------------------
 
-    def _open(self, map_size: int) -> lmdb.Environment:
+    def _open(self, map_size: int, *, max_dbs: int) -> lmdb.Environment:
         data_file = self.path / "data.mdb"
         if self.readonly:
             if not data_file.exists():
                 raise StorageError(
-                    f"no edge-sync store at {self.path} (no data.mdb); "
-                    "check EDGE_DATA_DIR / storage.data_dir"
+                    f"no {self._program} store at {self.path} (no data.mdb); "
+                    f"check {self._path_hint}"
                 )
         else:
             try:
@@ -145,7 +163,7 @@ class LmdbStore:
             except OSError as exc:
                 raise StorageError(
                     f"storage path {self.path} cannot be created: {exc.strerror or exc}; "
-                    "set storage.data_dir (EDGE_DATA_DIR) to a writable folder"
+                    f"set {self._path_hint} to a writable folder"
                 ) from exc
             if not os.access(self.path, os.W_OK):
                 raise StorageError(f"storage path {self.path} is not writable")
@@ -161,7 +179,7 @@ class LmdbStore:
             return lmdb.open(
                 str(self.path),
                 map_size=map_size,
-                max_dbs=len(DB_NAMES) + 2,
+                max_dbs=max_dbs,
                 max_readers=1024,
                 readonly=self.readonly,
                 lock=True,
@@ -183,15 +201,19 @@ class LmdbStore:
             raise StorageError(f"cannot open store at {self.path}: {exc}") from exc
 
     def _check_or_stamp_format(self, txn: lmdb.Transaction) -> None:
+        """A new store gets the format stamp and a random store id (its incarnation: a store
+        created anew, e.g. after a lost disk, restarts seqs at 1 under a new id)."""
         meta = self.dbs["meta"]
         found = txn.get(b"format", db=meta)
         if found is None:
             if self.readonly:
                 raise StorageCorrupt(f"{self.path}: store has no format stamp")
-            txn.put(b"format", STORE_FORMAT, db=meta)
-        elif bytes(found) != STORE_FORMAT:
+            txn.put(b"format", self._format, db=meta)
+            txn.put(b"store_id", uuid.uuid4().bytes, db=meta)
+        elif bytes(found) != self._format:
             raise StorageCorrupt(
-                f"{self.path}: store format {bytes(found)!r}, this edge-sync reads {STORE_FORMAT!r}"
+                f"{self.path}: store format {bytes(found)!r}, this {self._program} reads "
+                f"{self._format!r}; was the folder written by another program?"
             )
 
     # -- transactions ------------------------------------------------------------------------
