@@ -36,6 +36,7 @@ from edge_sync.link.connection import ConnectionActor
 from edge_sync.link.downlink_actor import DownlinkActor
 from edge_sync.link.state import StatusBoard
 from edge_sync.metrics import Metrics
+from edge_sync.storage.entity_store import TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.supervisor import (
@@ -78,7 +79,8 @@ class EdgeApp:
         self.router = EntityRouter(
             [Address(n, lambda n=n: self._actor_ref("shards", n)) for n in shard_names]
         )
-        self.service = DeviceService(self.store, self.router, clock=clock)
+        self.tokens = TokenCache()
+        self.service = DeviceService(self.store, self.router, tokens=self.tokens, clock=clock)
         policy = QueuePolicy(
             group_max_events=cfg.queue.group_commit_max_events,
             full_policy=str(cfg.storage.full_policy),
@@ -110,14 +112,15 @@ class EdgeApp:
             [
                 ChildSpec("queue", actor_child(
                     QueueActor, self.store, policy=policy, metrics=self.metrics, clock=clock,
-                    on_committed=self.connection.tell if link_enabled else None)),
+                    on_committed=self.connection.tell if link_enabled else None,
+                    tokens=self.tokens)),
                 ChildSpec("shards", lambda report: Supervisor(
                     "shards", shards, strategy=Strategy.ONE_FOR_ONE, intensity=intensity,
                 ).start(report), restart=Restart.PERMANENT, shutdown_timeout=30.0),
                 *([
                     ChildSpec("downlink", actor_child(
                         DownlinkActor, self.store, self.connection, metrics=self.metrics,
-                        clock=clock)),
+                        tokens=self.tokens, clock=clock)),
                     ChildSpec("connection", actor_child(
                         ConnectionActor, cfg.cloud, self.store, self.queue, self.downlinks,
                         metrics=self.metrics, board=self.link_board, clock=clock)),

@@ -298,7 +298,6 @@ class QueueConfig(_Section):
     """``queue``: group commit of appended events."""
 
     group_commit_max_events: int = field(default=5000, metadata=_meta(lo=1))
-    group_commit_max_delay_ms: int = field(default=2, metadata=_meta(lo=0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from edge_sync.actors.payloads import Entry, parse_attributes, parse_telemetry
 from edge_sync.actors.shard import EntityRouter
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.errors import BadRequest, Unauthorized
-from edge_sync.storage.entity_store import EntityStore
+from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Device, Scope
 
@@ -31,19 +31,32 @@ MAX_NAME = 255
 class DeviceService:
     """Any thread. Every method that changes state returns a future resolved after commit."""
 
-    def __init__(self, store: LmdbStore, router: EntityRouter, *, clock: Clock = SYSTEM_CLOCK):
+    def __init__(
+        self,
+        store: LmdbStore,
+        router: EntityRouter,
+        *,
+        tokens: TokenCache | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self._store = store
         self._entities = EntityStore(store)
+        self._tokens = tokens or TokenCache()
         self._router = router
         self._clock = clock
 
     # -- reads -------------------------------------------------------------------------------
 
     def authenticate(self, token: str) -> Device:
+        device = self._tokens.get(token)
+        if device is not None:
+            return device
+        generation = self._tokens.generation
         with self._store.read() as txn:
             device = self._entities.device_by_token(txn, token)
         if device is None:
             raise Unauthorized("unknown device access token")
+        self._tokens.put(token, device, generation=generation)
         return device
 
     def device(self, device_id: uuid.UUID) -> Device | None:

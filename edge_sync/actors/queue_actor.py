@@ -36,7 +36,7 @@ from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.errors import EdgeSyncError, InjectedFault, QueueFull, StorageError
 from edge_sync.metrics import Metrics
-from edge_sync.storage.entity_store import EntityStore
+from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.supervisor import ExitReporter, SupervisedActor
@@ -74,8 +74,10 @@ class QueueActor(SupervisedActor):
         metrics: Metrics,
         clock: Clock = SYSTEM_CLOCK,
         on_committed: Callable[[EventsCommitted], None] | None = None,
+        tokens: TokenCache | None = None,
     ) -> None:
         super().__init__(report_exit)
+        self._tokens = tokens
         self._store = store
         self._log = EventLog(store)
         self._entities = EntityStore(store)
@@ -271,6 +273,9 @@ class QueueActor(SupervisedActor):
             if isinstance(command, Append):
                 if outcome.error is None:
                     appended += len(command.events)
+                    if self._tokens is not None and any(
+                            isinstance(m, CreateDevice) for m in command.mutations):
+                        self._tokens.invalidate()
                 else:
                     self._log_refusal(command, outcome.error)
             elif isinstance(command, DeadLetter) and outcome.value:

@@ -29,7 +29,7 @@ from edge_sync.link.wire import (
 )
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
-from edge_sync.storage.entity_store import EntityStore
+from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Action, Device, Scope
 from edge_sync.supervisor import ExitReporter, SupervisedActor
@@ -72,9 +72,11 @@ class DownlinkActor(SupervisedActor):
         connection: Address,
         *,
         metrics: Metrics,
+        tokens: TokenCache | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__(report_exit)
+        self._tokens = tokens
         self._store = store
         self._entities = EntityStore(store)
         self._connection = connection
@@ -105,6 +107,8 @@ class DownlinkActor(SupervisedActor):
             self._failed.inc()
             _log.bind(downlink_id=dl_id, error=str(exc)).error("downlink {} not applied: {}", dl_id, exc)
             return DownlinkApplied(cmd.stream_id, dl_id, False, str(exc))
+        if fresh and self._tokens is not None and (msg.deviceUpdateMsg or msg.deviceCredentialsUpdateMsg):
+            self._tokens.invalidate()
         if fresh:
             self._applied.inc()
             _log.bind(downlink_id=dl_id, applied=what).info("downlink {} applied: {}", dl_id, what)

@@ -12,6 +12,7 @@ Layout:
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -173,3 +174,34 @@ class EntityStore:
 
     def record_downlink(self, txn: lmdb.Transaction, key: bytes, *, now_ms: int) -> None:
         txn.put(key, codec.u64(now_ms), db=self._db["downlinks"])
+
+
+class TokenCache:
+    """Access token -> Device, so authenticating a request needs no LMDB read.
+
+    Every writer that changes devices calls invalidate() after its commit. A reader that missed
+    stores what it read only if no invalidation happened since it started looking (the
+    generation check), so a stale device never enters the cache. Unknown tokens are not cached.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._map: dict[str, Device] = {}
+        self._lock = threading.Lock()
+        self.generation = 0
+
+    def get(self, token: str) -> Device | None:
+        return self._map.get(token)
+
+    def put(self, token: str, device: Device, *, generation: int) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return
+            if len(self._map) >= self._capacity:
+                self._map.clear()
+            self._map[token] = device
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._map.clear()
