@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     aset.add_argument("--json", action="store_true")
     parsers += [attr, aset]
 
-    ev = sub.add_parser("events", help="what the cloud applied from an edge, in apply order")
+    ev = sub.add_parser("events", help="what the cloud applied from an edge, in apply order "
+                                       "(across its stores; seqs restart at 1 in each store)")
     ev.add_argument("--edge", required=True, help="routing key of the edge")
     ev.add_argument("--after", type=int, default=0, help="only after this apply index")
     ev.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
@@ -358,8 +359,8 @@ def _events(cfg: CloudConfig, args: argparse.Namespace) -> int:
                 print_json(e.as_json())
             else:
                 body = json.dumps(e.body, separators=(",", ":"), default=str)
-                print(f"{e.apply_index:>10}  seq={e.seq}  {e.entity_type:<8} {e.entity_id}  "
-                      f"{e.action:<20} ts={e.ts}  {body}")
+                print(f"{e.apply_index:>10}  store={e.store_id or '-'}  seq={e.seq}  "
+                      f"{e.entity_type:<8} {e.entity_id}  {e.action:<20} ts={e.ts}  {body}")
     finally:
         store.close()
     return EXIT_OK

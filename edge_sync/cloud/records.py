@@ -67,7 +67,9 @@ class CloudDevice:
 
 @dataclass(frozen=True, slots=True)
 class AppliedRecord:
-    """One uplink payload the cloud applied, in the order it applied them (per edge)."""
+    """One uplink payload the cloud applied, in the order it applied them (per edge, across the
+    edge's stores). ``incarnation``/``store_id``: the edge store that sent it (0/None: an edge
+    that sends no store id); its seqs count from 1 in each store."""
 
     apply_index: int
     seq: int | None
@@ -77,6 +79,8 @@ class AppliedRecord:
     body: Any
     ts: int
     applied_at: int
+    incarnation: int = 0
+    store_id: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The shape of `edge-cloud events --json` and GET /api/events."""
@@ -89,6 +93,7 @@ class AppliedRecord:
             "body": self.body,
             "ts": self.ts,
             "applied_at": self.applied_at,
+            "store_id": self.store_id,
         }
 
 

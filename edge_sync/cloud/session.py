@@ -29,6 +29,7 @@ from edge_sync.cloud import downlinks
 from edge_sync.cloud.records import EdgeRecord, QueuedDownlink, downlink_msg_id
 from edge_sync.cloud.registry import StreamRegistry
 from edge_sync.cloud.service import CloudService
+from edge_sync.cloud.store import normalized_store_id
 from edge_sync.cloud.uplink import GoBackN, epoch_of, events_to_apply
 from edge_sync.errors import StorageError
 from edge_sync.link.wire import PayloadRejected, uuid_halves
@@ -68,6 +69,8 @@ class StreamSession:
         self.number = next(_ids)
         self.edge_id: uuid.UUID | None = None
         self.edge: EdgeRecord | None = None
+        self.incarnation = 0
+        """The number of the edge's store on this stream (its edgeStoreId; 0: none sent)."""
         self.done = threading.Event()
         self._service = service
         self._store = service.store
@@ -106,7 +109,7 @@ class StreamSession:
         self._inbox.put((_Kind.END, reason))
 
     def summary(self) -> dict[str, object]:
-        return {"stream": self.number, "peer": self._peer,
+        return {"stream": self.number, "peer": self._peer, "incarnation": self.incarnation,
                 "connected_for_s": round(time.monotonic() - self._connected_at, 3),
                 "downlink_in_flight": self._inflight.msg_id if self._inflight else None,
                 **self._stats}
@@ -212,10 +215,20 @@ class StreamSession:
             return edge_pb2.ResponseMsg(connectResponseMsg=edge_pb2.ConnectResponseMsg(
                 responseCode=edge_pb2.BAD_CREDENTIALS,
                 errorMsg="unknown routing key or wrong secret"))
+        store_id = normalized_store_id(req.edgeStoreId if req.HasField("edgeStoreId") else None)
+        try:
+            self.incarnation, new_store = self._store.incarnation(edge.edge_id, store_id,
+                                                                   self._clock.now_ms())
+        except StorageError as exc:
+            log.error("connect refused, storage failure: {}", exc)
+            self._end_reason = "storage failure"
+            return edge_pb2.ResponseMsg(connectResponseMsg=edge_pb2.ConnectResponseMsg(
+                responseCode=edge_pb2.SERVER_UNAVAILABLE, errorMsg="cloud storage unavailable"))
         self.edge, self.edge_id = edge, edge.edge_id
         if req.HasField("maxInboundMessageSize") and req.maxInboundMessageSize > 0:
             self._edge_max_inbound = req.maxInboundMessageSize
-        self._log = self._log.bind(routing_key=edge.routing_key, edge_id=str(edge.edge_id))
+        self._log = self._log.bind(routing_key=edge.routing_key, edge_id=str(edge.edge_id),
+                                   store_id=store_id or "", incarnation=self.incarnation)
         self._connected_at = time.monotonic()
         old = self._registry.claim(self)
         if old is not None:
@@ -226,6 +239,9 @@ class StreamSession:
         if req.HasField("edgeTimeMillis"):
             skew = f"{(self._clock.now_ms() - req.edgeTimeMillis) / 1000:.1f}"
         self._log.bind(edge_version=req.edgeVersion, clock_skew_s=skew).info("edge connected")
+        if new_store:
+            self._log.info("edge {} connected with a new store {} (incarnation {}); seqs restart",
+                           edge.name, store_id, self.incarnation)
         e_msb, e_lsb = uuid_halves(edge.edge_id)
         t_msb, t_lsb = uuid_halves(edge.tenant_id)
         return edge_pb2.ResponseMsg(connectResponseMsg=edge_pb2.ConnectResponseMsg(
@@ -250,7 +266,8 @@ class StreamSession:
             return _uplink_response(up.uplinkMsgId, False, self._gate.refusal(), retryable=True)
         try:
             events = events_to_apply(up)
-            applied, dups = self._store.apply_uplink(self.edge_id, events, self._clock.now_ms())
+            applied, dups = self._store.apply_uplink(self.edge_id, events, self._clock.now_ms(),
+                                                      incarnation=self.incarnation)
         except PayloadRejected as exc:
             self._gate.failed(epoch)
             self._stats["rejected"] += 1

@@ -1,16 +1,25 @@
-"""The reference cloud's LMDB store: edges, what they sent (deduplicated by (edge, seq), in
-apply order), devices, shared attributes and the durable downlink queue of each edge.
+"""The reference cloud's LMDB store: edges, what they sent (deduplicated by (edge, edge store,
+seq), in apply order), devices, shared attributes and the durable downlink queue of each edge.
 
-It reuses LmdbStore's opening, map growth and transaction machinery (``CloudLmdb`` only swaps
-the names of the databases and the format stamp). Several processes may open it at once: the
-server and the CLI (LMDB serialises writers; readers see consistent snapshots).
+It reuses LmdbStore's opening, map growth and transaction machinery (``CloudLmdb`` gives it the
+cloud's database names and format stamp). Several processes may open it at once: the server and
+the CLI (LMDB serialises writers; readers see consistent snapshots).
+
+An edge's local store gets a random id when it is created; a store created anew (lost disk,
+operator reset) restarts seqs at 1 under a new id. The cloud numbers the store ids it sees per
+edge (its incarnations, from 1; 0 is the edge that sends no store id: ThingsBoard, or older) and
+deduplicates by (edge, incarnation, seq). The apply order stays one per edge, across
+incarnations.
 
 Layout (edge_id, device_id: 16 raw UUID bytes; numbers: u64 big-endian):
-  meta          b"format" -> b"edge-cloud/1"; b"tenant" -> tenant_id;
-                b"apply:" + edge_id -> last apply index; b"dl:" + edge_id -> last downlink number
+  meta          b"format" -> b"edge-cloud/2"; b"tenant" -> tenant_id;
+                b"apply:" + edge_id -> last apply index; b"dl:" + edge_id -> last downlink number;
+                b"inc:" + edge_id -> last incarnation
   edges         routing_key (utf-8) -> edge record
   edge_ids      edge_id -> routing_key
-  applied       edge_id + seq -> apply index                (the dedup set)
+  store_ids     edge_id + sha256(edge store id) -> incarnation
+  incarnations  edge_id + incarnation -> (edge store id, first seen ms)
+  applied       edge_id + incarnation + seq -> apply index  (the dedup set)
   apply_log     edge_id + apply index -> applied event      (the apply order)
   devices       device_id -> device record
   device_names  name (utf-8) + b"\\0" + edge_id -> device_id
@@ -22,7 +31,7 @@ Layout (edge_id, device_id: 16 raw UUID bytes; numbers: u64 big-endian):
 
 from __future__ import annotations
 
-import threading
+import hashlib
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,15 +46,17 @@ from edge_sync.errors import BadRequest, StorageCorrupt, StorageError
 from edge_sync.link.wire import AppliedEvent, PayloadRejected
 from edge_sync.storage import codec
 from edge_sync.storage.entity_store import Conflict
-from edge_sync.storage.env import LmdbStore, MiB, _Gate
+from edge_sync.storage.env import NIL_STORE_ID, LmdbStore
 from edge_sync.storage.records import Action
 
-CLOUD_FORMAT = b"edge-cloud/1"
+CLOUD_FORMAT = b"edge-cloud/2"  # /2: dedup by (edge, edge store incarnation, seq)
 SCHEMA = 1
 CLOUD_DB_NAMES = (
     "meta",
     "edges",
     "edge_ids",
+    "store_ids",
+    "incarnations",
     "applied",
     "apply_log",
     "devices",
@@ -60,63 +71,19 @@ MAX_INDEXED_KEY = 400  # LMDB keys are at most 511 bytes; longer names/tokens ar
 
 
 class CloudLmdb(LmdbStore):
-    """LmdbStore with the cloud's databases and format stamp.
-
-    LmdbStore takes its database names and format from module constants; until it accepts them
-    as parameters, this subclass repeats the few lines of __init__ that use them.
-    """
+    """LmdbStore with the cloud's databases and format stamp."""
 
     def __init__(self, path: Path, *, max_size_mb: int = 10240, readonly: bool = False) -> None:
-        self.path = Path(path)
-        if readonly and not (self.path / "data.mdb").exists():
-            raise StorageError(
-                f"no edge-cloud store at {self.path} (no data.mdb); "
-                "check CLOUD_DATA_DIR / storage.data_dir"
-            )
-        # LmdbStore.__init__ without its edge-specific database names and format stamp.
-        self.readonly = readonly
-        self.max_size = max_size_mb * MiB
-        self._gate = _Gate()
-        self._grow_lock = threading.Lock()
-        self.env = self._open(INITIAL_MAP_MB * MiB)
-        self.dbs = {}
-        try:
-            if readonly:
-                self.dbs["meta"] = self.env.open_db(b"meta", create=False)
-                with self.env.begin() as txn:
-                    self._check_or_stamp_format(txn)
-                for name in CLOUD_DB_NAMES[1:]:
-                    self.dbs[name] = self.env.open_db(name.encode(), create=False)
-            else:
-                with self.env.begin(write=True) as txn:
-                    self.dbs["meta"] = self.env.open_db(b"meta", txn=txn)
-                    self._check_or_stamp_format(txn)
-                    for name in CLOUD_DB_NAMES[1:]:
-                        self.dbs[name] = self.env.open_db(name.encode(), txn=txn)
-        except lmdb.NotFoundError as exc:
-            self.env.close()
-            raise StorageCorrupt(
-                f"{self.path}: LMDB file has no edge-cloud databases ({exc}); "
-                "it was not written by edge-cloud or is damaged"
-            ) from exc
-        except StorageError:
-            self.env.close()
-            raise
-        except lmdb.Error as exc:
-            self.env.close()
-            raise StorageCorrupt(f"{self.path}: cannot read the store: {exc}") from exc
-
-    def _check_or_stamp_format(self, txn: lmdb.Transaction) -> None:
-        found = txn.get(b"format", db=self.dbs["meta"])
-        if found is None:
-            if self.readonly:
-                raise StorageCorrupt(f"{self.path}: store has no format stamp")
-            txn.put(b"format", CLOUD_FORMAT, db=self.dbs["meta"])
-        elif bytes(found) != CLOUD_FORMAT:
-            raise StorageCorrupt(
-                f"{self.path}: store format {bytes(found)!r}, edge-cloud reads {CLOUD_FORMAT!r} "
-                "(is this an edge's store?)"
-            )
+        super().__init__(
+            path,
+            initial_map_mb=INITIAL_MAP_MB,
+            max_size_mb=max_size_mb,
+            readonly=readonly,
+            db_names=CLOUD_DB_NAMES,
+            store_format=CLOUD_FORMAT,
+            program="edge-cloud",
+            path_hint="CLOUD_DATA_DIR / storage.data_dir",
+        )
 
 
 def _pack(value: Any) -> bytes:
@@ -131,6 +98,19 @@ def _unpack(raw: bytes, what: str) -> Any:
     if not isinstance(value, list | tuple) or not value or value[0] != SCHEMA:
         raise StorageCorrupt(f"{what}: unknown record schema")
     return value
+
+
+def normalized_store_id(store_id: str | None) -> str | None:
+    """An edgeStoreId as the cloud keys it: None for none (absent, empty, or the nil UUID an
+    edge store from before store ids reports)."""
+    if not store_id or store_id == str(NIL_STORE_ID):
+        return None
+    return store_id
+
+
+def _store_digest(store_id: str) -> bytes:
+    """Fixed-size key part for a store id (the peer's string may be any length)."""
+    return hashlib.sha256(store_id.encode()).digest()
 
 
 def _name_key(name: str, edge_id: uuid.UUID) -> bytes | None:
@@ -229,20 +209,73 @@ class CloudStore:
             kdf=(kdf[0], int(kdf[1]), int(kdf[2]), int(kdf[3])),
         )
 
+    # -- edge stores (incarnations) --------------------------------------------------------------
+
+    def incarnation(self, edge_id: uuid.UUID, store_id: str | None, now_ms: int) -> tuple[int, bool]:
+        """The number of the edge's store ``store_id`` (its edgeStoreId), given one durably the
+        first time it is seen: (incarnation, new). No store id (a ThingsBoard edge, an older
+        edge, or an edge store from before store ids: the nil UUID) is incarnation 0."""
+        store_id = normalized_store_id(store_id)
+        if store_id is None:
+            return 0, False
+        key = edge_id.bytes + _store_digest(store_id)
+        counter_key = b"inc:" + edge_id.bytes
+        record = _pack((SCHEMA, store_id, now_ms))
+
+        def fn(txn: lmdb.Transaction) -> tuple[int, bool]:
+            raw = txn.get(key, db=self._db["store_ids"])
+            if raw is not None:
+                return codec.from_u64(raw), False
+            number = self._counter(txn, counter_key) + 1
+            txn.put(key, codec.u64(number), db=self._db["store_ids"])
+            txn.put(edge_id.bytes + codec.u64(number), record, db=self._db["incarnations"])
+            txn.put(counter_key, codec.u64(number), db=self._db["meta"])
+            return number, True
+
+        with self._read() as txn:  # the common case, a store seen before: no write
+            raw = txn.get(key, db=self._db["store_ids"])
+        if raw is not None:
+            return codec.from_u64(raw), False
+        return self.lmdb.write(fn)
+
+    def edge_stores(self, edge_id: uuid.UUID) -> list[tuple[int, str, int]]:
+        """The edge's stores seen so far: (incarnation, store id, first seen ms), oldest first."""
+        out: list[tuple[int, str, int]] = []
+        with self._read() as txn, txn.cursor(db=self._db["incarnations"]) as cur:
+            if not cur.set_range(edge_id.bytes):
+                return out
+            for key, raw in cur.iternext():
+                if key[:16] != edge_id.bytes:
+                    break
+                number = codec.from_u64(key[16:])
+                _, store_id, seen = _unpack(raw, f"edge store {number}")
+                out.append((number, store_id, seen))
+        return out
+
+    def _store_id_of(self, txn: lmdb.Transaction, edge: bytes, incarnation: int) -> str | None:
+        if incarnation == 0:
+            return None
+        raw = txn.get(edge + codec.u64(incarnation), db=self._db["incarnations"])
+        if raw is None:
+            raise StorageCorrupt(f"{self.path}: edge store incarnation {incarnation} is not recorded")
+        return str(_unpack(raw, f"edge store {incarnation}")[1])
+
     # -- applied events --------------------------------------------------------------------------
 
     def apply_uplink(
-        self, edge_id: uuid.UUID, events: Sequence[AppliedEvent], now_ms: int
+        self, edge_id: uuid.UUID, events: Sequence[AppliedEvent], now_ms: int, *, incarnation: int = 0
     ) -> tuple[int, int]:
         """Apply one UplinkMsg's events in one durable transaction, in order, skipping every
-        (edge, seq) already applied. (applied, duplicates). PayloadRejected when an event cannot
-        be stored (e.g. an integer too large for msgpack); StorageError / QueueFull."""
+        (edge, incarnation, seq) already applied. ``incarnation``: the sending edge store's, from
+        incarnation(). (applied, duplicates). PayloadRejected when an event cannot be stored
+        (e.g. an integer too large for msgpack); StorageError / QueueFull."""
         edge = edge_id.bytes
+        dedup_prefix = edge + codec.u64(incarnation)
         packed: list[tuple[AppliedEvent, bytes]] = []
         for ev in events:
             try:
                 packed.append((ev, _pack((SCHEMA, ev.seq, ev.entity_type, ev.entity_id.bytes,
-                                          str(ev.action), ev.body, ev.ts, now_ms))))
+                                          str(ev.action), ev.body, ev.ts, now_ms, incarnation))))
             except (OverflowError, TypeError, ValueError) as exc:
                 where = f"payload with edgeSeqId {ev.seq}" if ev.seq is not None else "payload"
                 raise PayloadRejected(f"{where}: value cannot be stored ({exc})", ev.seq) from exc
@@ -255,7 +288,7 @@ class CloudStore:
             dups = 0
             for ev, value in packed:
                 if ev.seq is not None:
-                    seq_key = edge + codec.u64(ev.seq)
+                    seq_key = dedup_prefix + codec.u64(ev.seq)
                     if txn.get(seq_key, db=applied_db) is not None:
                         dups += 1
                         continue
@@ -296,14 +329,15 @@ class CloudStore:
                     origin=old.origin), old)
 
     def events(self, edge_id: uuid.UUID, *, after: int = 0, limit: int = 0) -> list[AppliedRecord]:
-        """What the cloud applied from the edge, in apply order, after apply index ``after``
-        (``limit`` 0: all)."""
+        """What the cloud applied from the edge, in apply order (across its stores), after apply
+        index ``after`` (``limit`` 0: all)."""
         return list(self.iter_events(edge_id, after=after, limit=limit))
 
     def iter_events(self, edge_id: uuid.UUID, *, after: int = 0, limit: int = 0) -> Iterator[AppliedRecord]:
         """Like events(), streaming from one read transaction (held while iterating)."""
         edge = edge_id.bytes
         count = 0
+        store_ids: dict[int, str | None] = {}
         with self._read() as txn, txn.cursor(db=self._db["apply_log"]) as cur:
             if not cur.set_range(edge + codec.u64(after + 1)):
                 return
@@ -311,10 +345,12 @@ class CloudStore:
                 if key[:16] != edge or (limit and count >= limit):
                     return
                 index = codec.from_u64(key[16:])
-                _, seq, etype, eid, action, body, ts, applied_at = _unpack(raw, f"event {index}")
+                _, seq, etype, eid, action, body, ts, applied_at, inc = _unpack(raw, f"event {index}")
+                if inc not in store_ids:
+                    store_ids[inc] = self._store_id_of(txn, edge, inc)
                 count += 1
                 yield AppliedRecord(index, seq, etype, uuid.UUID(bytes=eid), action, body, ts,
-                                    applied_at)
+                                    applied_at, inc, store_ids[inc])
 
     def applied_count(self, edge_id: uuid.UUID) -> int:
         with self._read() as txn:
@@ -516,4 +552,4 @@ class CloudStore:
         return count
 
 
-__all__ = ["CLOUD_FORMAT", "CloudLmdb", "CloudStore", "Conflict"]
+__all__ = ["CLOUD_FORMAT", "CloudLmdb", "CloudStore", "Conflict", "normalized_store_id"]

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cloud_link import LinkClient, telemetry  # this folder is on sys.path (rootdir import)
 
 from edge_sync.cloud import CloudServer
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, EdgesRpcConfig
 from edge_sync.proto import edge_pb2
+from tests.helpers.link_client import LinkClient, telemetry
 
 CLI = [sys.executable, "-m", "edge_sync.cli.cloud"]
 
@@ -97,7 +97,8 @@ def test_cli_with_the_server_stopped_then_running_then_stopped(tmp_path):
         events = json_lines(ok(live, "events", "--edge", "rk-2", "--json"))  # read-only, server up
         assert [e["seq"] for e in events] == [1, 2, 3]
         assert set(events[0]) == {"apply_index", "seq", "entity_type", "entity_id", "action", "body",
-                                  "ts", "applied_at"}
+                                  "ts", "applied_at", "store_id"}
+        assert {e["store_id"] for e in events} == {None}  # connected without edgeStoreId
         made_live = json.loads(ok(live, "device", "create", "--edge", "rk-2", "--name", "d2", "--json"))
         d = client.downlink(timeout=0.9)  # sent at once (before the 1 s fallback poll)
         assert json.loads(d.deviceUpdateMsg[0].entity)["id"]["id"] == made_live["id"]
@@ -110,7 +111,7 @@ def test_cli_with_the_server_stopped_then_running_then_stopped(tmp_path):
         server.stop()
 
     text = ok(env, "events", "--edge", "rk-2")
-    assert len(text.splitlines()) == 3 and "TIMESERIES_UPDATED" in text
+    assert len(text.splitlines()) == 3 and "TIMESERIES_UPDATED" in text and "store=-" in text
     assert [e["seq"] for e in json_lines(ok(env, "events", "--edge", "rk-2", "--after", "1",
                                             "--limit", "1", "--json"))] == [2]
     assert run(env, "events", "--edge", "unknown").returncode == 1

@@ -8,7 +8,6 @@ import json
 import queue
 import shutil
 import subprocess
-import threading
 import time
 import urllib.request
 import uuid
@@ -18,14 +17,14 @@ from typing import Any
 
 import grpc
 import pytest
+from loguru import logger
 
 from edge_sync.cloud import CloudServer
 from edge_sync.cloud.session import LinkSettings
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, DownlinkConfig, EdgesRpcConfig
 from edge_sync.link.wire import to_kv, uuid_halves, uuid_of
 from edge_sync.proto import edge_pb2, edge_pb2_grpc, transport_pb2
-
-DEADLINE_S = 5.0
+from tests.helpers.link_client import DEADLINE_S, LinkClient, credentials, device_added, telemetry
 
 
 def cloud_config(data_dir: Path, *, resend_ms: int = 10_000) -> CloudConfig:
@@ -35,139 +34,6 @@ def cloud_config(data_dir: Path, *, resend_ms: int = 10_000) -> CloudConfig:
         downlink=DownlinkConfig(resend_timeout_ms=resend_ms),
         admin=AdminConfig(host="127.0.0.1", port=0),
     )
-
-
-class StreamEnded(Exception):
-    def __init__(self, code: grpc.StatusCode | None) -> None:
-        super().__init__(f"stream ended ({code})")
-        self.code = code
-
-
-class LinkClient:
-    """A bare edge: one handleMsgs stream fed from a queue; responses read on a thread."""
-
-    def __init__(self, port: int, *, gzip: bool = False) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self._out: queue.Queue[edge_pb2.RequestMsg | None] = queue.Queue()
-        self._in: queue.Queue[edge_pb2.ResponseMsg | StreamEnded] = queue.Queue()
-        stub = edge_pb2_grpc.EdgeRpcServiceStub(self.channel)
-        self.call = stub.handleMsgs(self._requests(),
-                                    compression=grpc.Compression.Gzip if gzip else None)
-        self._next_uplink_id = 0
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _requests(self) -> Iterator[edge_pb2.RequestMsg]:
-        while (msg := self._out.get()) is not None:
-            yield msg
-
-    def _read(self) -> None:
-        try:
-            for r in self.call:
-                self._in.put(r)
-            self._in.put(StreamEnded(grpc.StatusCode.OK))
-        except grpc.RpcError as exc:
-            self._in.put(StreamEnded(exc.code()))
-
-    def send(self, msg: edge_pb2.RequestMsg) -> None:
-        self._out.put(msg)
-
-    def recv(self, timeout: float = DEADLINE_S) -> edge_pb2.ResponseMsg:
-        item = self._in.get(timeout=timeout)
-        if isinstance(item, StreamEnded):
-            self._in.put(item)
-            raise item
-        return item
-
-    def nothing_within(self, seconds: float) -> bool:
-        try:
-            item = self._in.get(timeout=seconds)
-        except queue.Empty:
-            return True
-        self._in.put(item)
-        return False
-
-    def ended(self, timeout: float = DEADLINE_S) -> grpc.StatusCode | None:
-        deadline = time.monotonic() + timeout
-        while True:
-            item = self._in.get(timeout=max(0.01, deadline - time.monotonic()))
-            if isinstance(item, StreamEnded):
-                return item.code
-
-    # -- protocol steps --------------------------------------------------------------------------
-
-    def connect(self, routing_key: str, secret: str) -> edge_pb2.ConnectResponseMsg:
-        self.send(edge_pb2.RequestMsg(
-            msgType=edge_pb2.CONNECT_RPC_MESSAGE,
-            connectRequestMsg=edge_pb2.ConnectRequestMsg(
-                edgeRoutingKey=routing_key, edgeSecret=secret, edgeVersion=edge_pb2.V_4_3_0,
-                maxInboundMessageSize=4 * 1024 * 1024, edgeTimeMillis=int(time.time() * 1000))))
-        return self.recv().connectResponseMsg
-
-    def sync(self, full: bool) -> list[edge_pb2.DownlinkMsg]:
-        """Request a sync; acknowledge every downlink up to syncCompletedMsg; return them."""
-        self.send(edge_pb2.RequestMsg(msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
-                                      syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=full)))
-        got = []
-        while True:
-            d = self.downlink()
-            got.append(d)
-            self.ack(d.downlinkMsgId)
-            if d.HasField("syncCompletedMsg"):
-                return got
-
-    def downlink(self, timeout: float = DEADLINE_S) -> edge_pb2.DownlinkMsg:
-        r = self.recv(timeout)
-        assert r.HasField("downlinkMsg"), r
-        return r.downlinkMsg
-
-    def ack(self, downlink_id: int, success: bool = True, error: str = "") -> None:
-        self.send(edge_pb2.RequestMsg(
-            msgType=edge_pb2.UPLINK_RPC_MESSAGE,
-            downlinkResponseMsg=edge_pb2.DownlinkResponseMsg(
-                success=success, errorMsg=error, downlinkMsgId=downlink_id)))
-
-    def uplink(self, *, epoch: int | None = 0, **payloads: Any) -> edge_pb2.UplinkResponseMsg:
-        self._next_uplink_id += 1
-        msg = edge_pb2.UplinkMsg(uplinkMsgId=self._next_uplink_id, **payloads)
-        if epoch is not None:
-            msg.uplinkEpoch = epoch
-        self.send(edge_pb2.RequestMsg(msgType=edge_pb2.UPLINK_RPC_MESSAGE, uplinkMsg=msg))
-        r = self.recv()
-        assert r.HasField("uplinkResponseMsg"), r
-        assert r.uplinkResponseMsg.uplinkMsgId == self._next_uplink_id
-        return r.uplinkResponseMsg
-
-    def close(self) -> None:
-        self._out.put(None)
-        self.channel.close()
-
-
-def telemetry(device: uuid.UUID, seq: int | None, values: dict[str, Any] | None = None,
-              ts: int = 1_700_000_000_000) -> edge_pb2.EntityDataProto:
-    msb, lsb = uuid_halves(device)
-    kvs = [to_kv(k, v) for k, v in (values if values is not None else {"t": seq}).items()]
-    d = edge_pb2.EntityDataProto(
-        entityIdMSB=msb, entityIdLSB=lsb, entityType="DEVICE",
-        postTelemetryMsg=transport_pb2.PostTelemetryMsg(
-            tsKvList=[transport_pb2.TsKvListProto(ts=ts, kv=kvs)]))
-    if seq is not None:
-        d.edgeSeqId = seq
-    return d
-
-
-def device_added(device: uuid.UUID, name: str, seq: int, *, json_id: uuid.UUID | None = None
-                 ) -> edge_pb2.DeviceUpdateMsg:
-    msb, lsb = uuid_halves(device)
-    entity = json.dumps({"id": {"entityType": "DEVICE", "id": str(json_id or device)},
-                         "name": name, "type": "default", "label": "", "createdTime": 5})
-    return edge_pb2.DeviceUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb,
-                                    idLSB=lsb, entity=entity, edgeSeqId=seq)
-
-
-def credentials(device: uuid.UUID, token: str, seq: int) -> edge_pb2.DeviceCredentialsUpdateMsg:
-    entity = json.dumps({"deviceId": {"entityType": "DEVICE", "id": str(device)},
-                         "credentialsType": "ACCESS_TOKEN", "credentialsId": token})
-    return edge_pb2.DeviceCredentialsUpdateMsg(entity=entity, edgeSeqId=seq)
 
 
 def http(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -337,6 +203,44 @@ def test_uplink_applied_once_even_when_resent_or_replayed(cloud, edge, clients):
     assert events[1].action == "TIMESERIES_UPDATED" and events[1].entity_id == dev
     assert events[1].body == {"ts": 1_700_000_000_000, "values": {"t": 2, "ok": True, "doc": {"a": [1, 2]}}}
     assert events[0].action == "ADDED" and events[0].body["name"] == "sensor-1"
+
+
+def test_dedup_is_per_edge_store_a_new_store_restarts_seqs(cloud, edge, clients):
+    """A store created anew (new edgeStoreId) restarts seqs at 1: its events are applied, not
+    taken for old ones; a resend under a store id already seen is still deduplicated."""
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="INFO")
+    dev = uuid.uuid4()
+    try:
+        for store_id in ("store-a", "store-b", "store-a"):
+            client = LinkClient(cloud.port)
+            clients.append(client)
+            assert client.connect(edge[0], edge[1], store_id=store_id).responseCode == edge_pb2.ACCEPTED
+            client.sync(False)
+            assert client.uplink(entityData=[telemetry(dev, s, {"store": store_id}) for s in (1, 2, 3)]
+                                 ).success
+            assert client.uplink(epoch=1, entityData=[telemetry(dev, 3)]).success  # a resend
+            client.close()
+    finally:
+        logger.remove(sink)
+    events = cloud.service.events(edge[0])
+    assert [(e.apply_index, e.store_id, e.seq) for e in events] == [
+        (1, "store-a", 1), (2, "store-a", 2), (3, "store-a", 3),
+        (4, "store-b", 1), (5, "store-b", 2), (6, "store-b", 3)]
+    assert [e.body["values"]["store"] for e in events] == ["store-a"] * 3 + ["store-b"] * 3
+    assert [(n, sid) for n, sid, _ in cloud.store.edge_stores(edge[2])] == [(1, "store-a"), (2, "store-b")]
+    new_store = [m for m in messages if "connected with a new store" in m]
+    assert len(new_store) == 2 and "store-b" in new_store[1] and "seqs restart" in new_store[1]
+    # a connect without edgeStoreId (a ThingsBoard or older edge) is a store of its own
+    plain = LinkClient(cloud.port)
+    clients.append(plain)
+    assert plain.connect(edge[0], edge[1]).responseCode == edge_pb2.ACCEPTED
+    plain.sync(False)
+    assert plain.uplink(entityData=[telemetry(dev, 1)]).success
+    assert plain.uplink(entityData=[telemetry(dev, 1)]).success
+    status, listed = http(cloud.admin_port, "GET", f"/api/events?edge={edge[0]}&after=5")
+    assert status == 200
+    assert [(e["apply_index"], e["store_id"], e["seq"]) for e in listed] == [(6, "store-b", 3), (7, None, 1)]
 
 
 def test_payloads_without_seq_are_applied_without_dedup(cloud, edge, clients):
@@ -596,7 +500,7 @@ def test_admin_api_creates_devices_sets_attributes_and_lists_events(cloud, edge,
     status, events = http(port, "GET", "/api/events?edge=rk-1&after=2&limit=2")
     assert status == 200 and [e["seq"] for e in events] == [3, 4]
     assert set(events[0]) == {"apply_index", "seq", "entity_type", "entity_id", "action", "body",
-                              "ts", "applied_at"}
+                              "ts", "applied_at", "store_id"}
     assert http(port, "GET", "/api/events?edge=nope")[0] == 404
     assert http(port, "GET", "/api/events?edge=rk-1&limit=0")[0] == 400
 

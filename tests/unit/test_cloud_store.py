@@ -1,4 +1,4 @@
-"""CloudStore on a real LMDB in tmp_path: dedup by (edge, seq), apply order, devices, shared
+"""CloudStore on a real LMDB in tmp_path: dedup by (edge, edge store, seq), apply order, devices, shared
 attributes, the downlink queue, read-only opening, and secrets."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from edge_sync.cloud.store import CloudStore
 from edge_sync.errors import BadRequest, NotFound, StorageCorrupt, StorageError
 from edge_sync.link.wire import AppliedEvent, PayloadRejected
 from edge_sync.storage.entity_store import Conflict
-from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.env import NIL_STORE_ID, LmdbStore
 
 
 def ev(seq: int | None, entity: uuid.UUID | None = None, action: str = "TIMESERIES_UPDATED",
@@ -45,6 +45,40 @@ def test_apply_deduplicates_by_edge_and_seq_and_keeps_apply_order(store):
     assert [e.seq for e in store.events(a, after=1, limit=2)] == [2, 3]
     assert store.events(a, after=5) == []
     assert store.applied_count(a) == 5 and store.applied_count(b) == 1
+
+
+def test_each_edge_store_has_its_own_seqs_and_the_apply_order_spans_them(tmp_path):
+    path = tmp_path / "c"
+    s = CloudStore(path)
+    edge, other = uuid.uuid4(), uuid.uuid4()
+    assert s.incarnation(edge, None, 1) == (0, False)
+    assert s.incarnation(edge, "", 1) == (0, False)
+    assert s.incarnation(edge, str(NIL_STORE_ID), 1) == (0, False)  # an edge store without an id
+    assert s.incarnation(edge, "store-a", 2) == (1, True)
+    assert s.incarnation(edge, "store-a", 3) == (1, False)
+    assert s.incarnation(edge, "store-b", 4) == (2, True)
+    assert s.incarnation(other, "store-a", 5) == (1, True)  # numbered per edge
+    assert s.apply_uplink(edge, [ev(1), ev(2), ev(3)], 10, incarnation=1) == (3, 0)
+    assert s.apply_uplink(edge, [ev(1), ev(2), ev(3)], 11, incarnation=2) == (3, 0)
+    assert s.apply_uplink(edge, [ev(3), ev(4)], 12, incarnation=1) == (1, 1)
+    assert s.apply_uplink(edge, [ev(1)], 13) == (1, 0)  # incarnation 0: no store id
+    s.close()
+    s = CloudStore(path)  # durable: the same numbers after a reopen
+    try:
+        assert s.incarnation(edge, "store-b", 20) == (2, False)
+        assert s.incarnation(edge, "store-c" * 100, 21) == (3, True)  # any length
+        assert s.apply_uplink(edge, [ev(2), ev(3)], 22, incarnation=2) == (0, 2)
+        events = s.events(edge)
+        assert [(e.apply_index, e.incarnation, e.store_id, e.seq) for e in events] == [
+            (1, 1, "store-a", 1), (2, 1, "store-a", 2), (3, 1, "store-a", 3),
+            (4, 2, "store-b", 1), (5, 2, "store-b", 2), (6, 2, "store-b", 3),
+            (7, 1, "store-a", 4), (8, 0, None, 1)]
+        assert events[3].as_json()["store_id"] == "store-b" and events[7].as_json()["store_id"] is None
+        assert [(n, sid, seen) for n, sid, seen in s.edge_stores(edge)] == [
+            (1, "store-a", 2), (2, "store-b", 4), (3, "store-c" * 100, 21)]
+        assert s.applied_count(edge) == 8
+    finally:
+        s.close()
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

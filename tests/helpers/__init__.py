@@ -1,0 +1,1 @@
+"""Helpers shared by the integration and chaos tests (real `edge-sync run` processes)."""
