@@ -10,12 +10,14 @@ immutable snapshot dict.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import pykka
 from loguru import logger
 
 from edge_sync.actors.address import Address
@@ -59,6 +61,12 @@ class _StreamEnded:
     stream_id: int
     code: str
     detail: str
+
+
+def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    """Reader thread: report to the actor; after the actor stopped there is no one to tell."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)
 
 
 @dataclass
@@ -198,8 +206,8 @@ class ConnectionActor(SupervisedActor):
         ref = self.actor_ref
         self._stream = Stream(
             self._stream_seq, self._channel,
-            on_response=lambda sid, msg: ref.tell(_ResponseArrived(sid, msg)),
-            on_end=lambda sid, code, detail: ref.tell(_StreamEnded(sid, code, detail)),
+            on_response=lambda sid, msg: _tell(ref, _ResponseArrived(sid, msg)),
+            on_end=lambda sid, code, detail: _tell(ref, _StreamEnded(sid, code, detail)),
         )
         self._accepted = False
         self._reset_uplink()
