@@ -182,3 +182,6 @@ def _forward_stdlib_logging() -> None:
     root = logging.getLogger()
     if not any(isinstance(h, _ToLoguru) for h in root.handlers):
         root.addHandler(_ToLoguru())
+    # pykka logs every actor failure itself; the supervisor already logs each one once, with
+    # the actor and the exception, so pykka's own copy would double every failure line.
+    logging.getLogger("pykka").setLevel(logging.CRITICAL)

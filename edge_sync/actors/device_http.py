@@ -52,11 +52,18 @@ class DeviceHttpApi:
 
     async def _read_json(self, request: web.Request) -> Any:
         if request.content_length is not None and request.content_length > self._max_body:
-            raise _TooLarge(request.content_length)
-        raw = await request.content.read(self._max_body + 1)
-        if len(raw) > self._max_body:
-            raise _TooLarge(None)
-        return parse_json(raw)
+            raise _TooLarge(request.content_length, self._max_body)
+        chunks: list[bytes] = []
+        size = 0
+        while True:  # the body may arrive in many segments: read to its end
+            chunk = await request.content.read(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > self._max_body:
+                raise _TooLarge(None, self._max_body)
+            chunks.append(chunk)
+        return parse_json(b"".join(chunks))
 
     async def _telemetry(self, request: web.Request) -> web.StreamResponse:
         return await self._write(request, "telemetry", self._service.post_telemetry)
@@ -114,8 +121,9 @@ class DeviceHttpApi:
 
 
 class _TooLarge(Exception):
-    def __init__(self, size: int | None) -> None:
-        super().__init__(f"body of {size} bytes is too large" if size else "body is too large")
+    def __init__(self, size: int | None, limit: int) -> None:
+        what = f"body of {size} bytes" if size else "body"
+        super().__init__(f"{what} is larger than the limit of {limit} bytes (http.max_body_bytes)")
 
 
 def _message(exc: BaseException) -> str:

@@ -34,7 +34,7 @@ from edge_sync.actors.messages import (
 )
 from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.errors import EdgeSyncError, InjectedFault, QueueFull, StorageError
+from edge_sync.errors import EdgeSyncError, InjectedFault, QueueFull, StorageError, Unavailable
 from edge_sync.metrics import Metrics
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
@@ -120,8 +120,9 @@ class QueueActor(SupervisedActor):
             self._flush()
 
     def fail_pending_messages(self, exc: BaseException) -> None:
-        """Actor thread, on failure: fail the open group as well as the queued messages."""
-        self._fail_all(self._group, exc)
+        """Actor thread, on failure: fail the open group (not committed: the senders may retry)
+        as well as the queued messages."""
+        self._fail_all(self._group, Unavailable(f"queue restarting after a failure: {exc}"))
         self._group = []
         super().fail_pending_messages(exc)
 

@@ -8,6 +8,7 @@ transaction open in this process, so both take a shared gate that growth takes e
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import threading
 import uuid
@@ -116,7 +117,13 @@ class LmdbStore:
         self._path_hint = path_hint
         self._gate = _Gate()
         self._grow_lock = threading.Lock()
-        self.env = self._open(initial_map_mb * MiB, max_dbs=len(db_names) + 2)
+        self._writer_lock: int | None = None
+        try:
+            self.env = self._open(initial_map_mb * MiB, max_dbs=len(db_names) + 2)
+        except BaseException:
+            self._release_writer_lock()
+            raise
+        self._check_not_truncated()
         self.dbs: dict[str, lmdb._Database] = {}
         try:
             if readonly:
@@ -135,16 +142,16 @@ class LmdbStore:
                 raw = txn.get(b"store_id", db=self.dbs["meta"])
             self.store_id = uuid.UUID(bytes=bytes(raw)) if raw else NIL_STORE_ID
         except lmdb.NotFoundError as exc:
-            self.env.close()
+            self.close()
             raise StorageCorrupt(
                 f"{self.path}: LMDB file has no {program} databases ({exc}); "
                 f"it was not written by {program} or is damaged"
             ) from exc
         except StorageError:
-            self.env.close()
+            self.close()
             raise
         except lmdb.Error as exc:
-            self.env.close()
+            self.close()
             raise StorageCorrupt(f"{self.path}: cannot read the store: {exc}") from exc
 
     # -- opening -----------------------------------------------------------------------------
@@ -167,6 +174,7 @@ class LmdbStore:
                 ) from exc
             if not os.access(self.path, os.W_OK):
                 raise StorageError(f"storage path {self.path} is not writable")
+            self._lock_writer()
         if data_file.exists():
             size = data_file.stat().st_size
             if 0 < size < 2 * 4096:
@@ -199,6 +207,45 @@ class LmdbStore:
             if _is_disk_full(exc):
                 raise QueueFull(f"{self.path}: disk full while opening the store") from exc
             raise StorageError(f"cannot open store at {self.path}: {exc}") from exc
+
+    def _lock_writer(self) -> None:
+        """One writing process per store: a second agent on the same folder would hand out
+        seqs the first already used. The lock dies with the process (kill -9 included)."""
+        lock_path = self.path / "writer.lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot create {lock_path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StorageError(
+                f"{self.path} is in use by another {self._program} process (pid {holder}); "
+                "only one may write a store: stop it or use another data folder"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._writer_lock = fd
+
+    def _check_not_truncated(self) -> None:
+        """A data file shorter than its last used page would crash the process (SIGBUS) on
+        first access: refuse it with a clear message instead."""
+        data_file = self.path / "data.mdb"
+        try:
+            needed = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+            actual = data_file.stat().st_size
+        except (OSError, lmdb.Error) as exc:
+            self.close()
+            raise StorageCorrupt(f"{data_file}: cannot check the file: {exc}") from exc
+        if actual < needed:
+            self.close()
+            raise StorageCorrupt(
+                f"{data_file} is truncated ({actual} bytes, its pages need {needed}); restore it "
+                "from a backup or move it away to start with an empty queue (events in it would "
+                "be lost)"
+            )
 
     def _check_or_stamp_format(self, txn: lmdb.Transaction) -> None:
         """A new store gets the format stamp and a random store id (its incarnation: a store
@@ -297,3 +344,9 @@ class LmdbStore:
     def close(self) -> None:
         with self._gate.exclusive():
             self.env.close()
+        self._release_writer_lock()
+
+    def _release_writer_lock(self) -> None:
+        if self._writer_lock is not None:
+            os.close(self._writer_lock)
+            self._writer_lock = None

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import lmdb
 
+from edge_sync.errors import StorageError
 from edge_sync.storage import codec
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import NIL_UUID, Counts, Lane, NewEvent, Status, StoredEvent
@@ -99,8 +100,12 @@ class EventLog:
                 tenant_id=tenant_id,
                 edge_id=edge_id,
             )
-            txn.put(key, value, db=events_db, append=True)
-            txn.put(key, b"", db=high_db if event.lane is Lane.HIGH else normal_db, append=True)
+            if not (txn.put(key, value, db=events_db, append=True)
+                    and txn.put(key, b"", db=high_db if event.lane is Lane.HIGH else normal_db,
+                                append=True)):
+                raise StorageError(
+                    f"seq {seq} is already taken in {self.store.path}: another process is "
+                    "writing this store; only one edge-sync may run on a data folder")
             seq += 1
         self.store.put_meta_int(txn, _NEXT_SEQ, seq)  # a purged-empty log never reuses a seq
         return seq

@@ -1,0 +1,53 @@
+"""Entry point of ``scripts/bench`` / ``python -m edge_sync.bench <benchmark> [options]``.
+
+Exit codes: whatever the benchmark returns (0 ok, 1 failed); 2 for usage errors, unknown
+benchmarks and benchmarks that are not built yet.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+USAGE = """\
+usage: scripts/bench <benchmark> [options]
+
+benchmarks:
+  ingest    events/s in process vs raw LMDB, device HTTP API throughput and latency
+  e2e       edge to cloud end to end (not built yet)
+  compare   compare two result lines (not built yet)
+
+Each benchmark prints progress on stderr and one JSON line (the last line of stdout).
+`scripts/bench <benchmark> --help` lists its options.
+"""
+
+_NOT_BUILT = ("e2e", "compare")
+
+
+def _ingest(argv: Sequence[str]) -> int:
+    from edge_sync.bench import ingest
+
+    return ingest.main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"ingest": _ingest}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stderr.write(USAGE)
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name in _NOT_BUILT:
+        sys.stderr.write(f"scripts/bench: benchmark {name!r} is not built yet\n\n{USAGE}")
+        return 2
+    bench = BENCHMARKS.get(name)
+    if bench is None:
+        sys.stderr.write(f"scripts/bench: unknown benchmark {name!r}\n\n{USAGE}")
+        return 2
+    return bench(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
