@@ -1,6 +1,8 @@
-"""``scripts/demo``: starts the edge agent on loopback with simulated devices and shows the sync
-progress (queue depth by lane and status) once a second. Everything lives in a temporary folder
-that is removed at the end, unless --keep is given."""
+"""``scripts/demo``: starts the reference cloud and the edge agent on loopback with simulated
+devices and shows the sync progress (queue depth by lane and status, what the cloud applied)
+once a second. Halfway through, the cloud is stopped for a few seconds (the edge keeps
+accepting) and started again (the backlog drains). Everything lives in a temporary folder that
+is removed at the end, unless --keep is given."""
 
 from __future__ import annotations
 
@@ -53,20 +55,53 @@ def wait_until_serving(url: str, proc: subprocess.Popen[bytes], deadline_s: floa
     raise SystemExit("the agent did not start in time")
 
 
+def drained(admin: str) -> bool:
+    _, st = http("GET", f"{admin}/api/status")
+    return bool(st["queue"]["pending"] == 0)
+
+
+def show(admin: str, accepted: int) -> None:
+    _, st = http("GET", f"{admin}/api/status")
+    q = st["queue"]
+    print(f"accepted {accepted:>6}  pending high {q['pending_high']:>4} "
+          f"normal {q['pending_normal']:>6}  deployed {q['deployed']:>6}  "
+          f"dead {q['dead']}  link {st['link']['state']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/demo")
     ap.add_argument("--devices", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--rate", type=float, default=20, help="points per second per device")
+    ap.add_argument("--outage", type=float, default=4, help="seconds the cloud is down")
     ap.add_argument("--keep", action="store_true", help="keep the data folder")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="edge-sync-demo-"))
     http_port, admin_port = free_port(), free_port()
+    rpc_port, cloud_admin_port = free_port(), free_port()
+    cloud_env = dict(os.environ, CLOUD_DATA_DIR=str(work / "cloud"), EDGES_RPC_PORT=str(rpc_port),
+                     CLOUD_ADMIN_PORT=str(cloud_admin_port), CLOUD_LOG_FILE=str(work / "cloud.log"))
+    cloud_cmd = [sys.executable, "-m", "edge_sync.cli.cloud"]
+    created = subprocess.run([*cloud_cmd, "edge", "create", "--name", "demo-edge", "--routing-key",
+                              "demo-edge", "--secret", "demo-secret"], env=cloud_env,
+                             capture_output=True, check=True)
+    del created
     env = dict(os.environ, EDGE_DATA_DIR=str(work / "edge"), EDGE_HTTP_PORT=str(http_port),
                EDGE_HTTP_HOST="127.0.0.1", EDGE_ADMIN_PORT=str(admin_port),
-               EDGE_LOG_FILE=str(work / "edge.log"), EDGE_LOG_LEVEL="INFO")
+               EDGE_LOG_FILE=str(work / "edge.log"), EDGE_LOG_LEVEL="INFO",
+               CLOUD_ROUTING_KEY="demo-edge", CLOUD_ROUTING_SECRET="demo-secret",
+               CLOUD_RPC_HOST="127.0.0.1", CLOUD_RPC_PORT=str(rpc_port),
+               EDGE_CLOUD_RECONNECT_INTERVAL_MS="500", EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS="2000")
     print(f"data and logs in {work}")
+
+    def start_cloud() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([*cloud_cmd, "serve"], env=cloud_env, stderr=subprocess.DEVNULL)
+        wait_until_serving(f"http://127.0.0.1:{cloud_admin_port}/api/status", proc)
+        return proc
+
+    cloud = start_cloud()
+    print(f"reference cloud up: gRPC on :{rpc_port}, admin on :{cloud_admin_port}")
     edge = subprocess.Popen([sys.executable, "-m", "edge_sync.cli.edge", "run"], env=env,
                             stderr=subprocess.DEVNULL)
     admin = f"http://127.0.0.1:{admin_port}"
@@ -97,21 +132,39 @@ def main(argv: list[str] | None = None) -> int:
                    for i, t in enumerate(tokens)]
         for t in threads:
             t.start()
-        end = time.monotonic() + args.seconds
-        while time.monotonic() < end:
+        start = time.monotonic()
+        end = start + args.seconds
+        outage = (start + args.seconds / 3, start + args.seconds / 3 + args.outage)
+        while time.monotonic() < end or not drained(admin):
             time.sleep(1)  # the demo's display interval
-            _, st = http("GET", f"{admin}/api/status")
-            q = st["queue"]
-            print(f"accepted {sum(accepted):>6}  pending high {q['pending_high']:>4} "
-                  f"normal {q['pending_normal']:>6}  deployed {q['deployed']:>6}  "
-                  f"dead {q['dead']}  link {st['link']['state']}")
+            now = time.monotonic()
+            if cloud is not None and outage[0] <= now < outage[1]:
+                cloud.send_signal(signal.SIGTERM)
+                cloud.wait(30)
+                cloud = None
+                print("--- cloud stopped: the edge keeps accepting and queues ---")
+            elif cloud is None and now >= outage[1]:
+                cloud = start_cloud()
+                print("--- cloud back: the backlog drains ---")
+            if now >= end:
+                stop.set()
+            show(admin, sum(accepted))
+            if now > end + 60:
+                print("not drained after 60 s; see the logs")
+                break
         stop.set()
         for t in threads:
             t.join()
+        show(admin, sum(accepted))
+        print(f"the cloud applied: `edge-cloud events --edge demo-edge` "
+              f"(CLOUD_DATA_DIR={work / 'cloud'})" if args.keep else "")
     finally:
         edge.send_signal(signal.SIGTERM)
         code = edge.wait(30)
         print(f"edge agent stopped (exit code {code})")
+        if cloud is not None:
+            cloud.send_signal(signal.SIGTERM)
+            print(f"cloud stopped (exit code {cloud.wait(30)})")
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -25,6 +25,7 @@ def collect_status(
         last_ack = log.last_ack_ms(txn)
         tenant, edge = log.identity(txn)
         devices = entities.device_count(txn)
+        live = store.live_bytes(txn)
     oldest_age_ms = None if oldest is None else max(0, now_ms - oldest.created_time)
     health = "healthy"
     if counts.pending > 5000 or (oldest_age_ms or 0) > 30_000:
@@ -48,7 +49,8 @@ def collect_status(
         "sync_latency_ms": oldest_age_ms or 0,
         "storage": {
             "path": str(store.path),
-            "used_mb": round(store.used_bytes() / MiB, 2),
+            "used_mb": round(live / MiB, 2),
+            "file_mb": round(store.used_bytes() / MiB, 2),
             "map_mb": round(store.map_size() / MiB, 2),
             "cap_mb": round(store.max_size / MiB, 2),
         },

@@ -25,7 +25,16 @@ from edge_sync.storage.records import Device, Scope
 
 _log = logger.bind(component="device-api")
 
-MAX_NAME = 255
+MAX_NAME_BYTES = 255  # names and tokens become LMDB keys (511 bytes at most)
+
+
+def _text_ok(value: object, *, max_bytes: int = MAX_NAME_BYTES) -> bool:
+    if not isinstance(value, str) or not value.strip():
+        return False
+    try:
+        return len(value.encode("utf-8")) <= max_bytes
+    except UnicodeEncodeError:
+        return False
 
 
 class DeviceService:
@@ -104,13 +113,15 @@ class DeviceService:
         self, name: str, *, type_: str = "default", token: str | None = None, label: str = ""
     ) -> tuple[Device, Future[range]]:
         """Provision a device on the edge. The future fails with Conflict on a taken name/token."""
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-            raise BadRequest(f"device name must be 1 to {MAX_NAME} characters")
-        if not isinstance(type_, str) or not type_ or len(type_) > MAX_NAME:
-            raise BadRequest(f"device type must be 1 to {MAX_NAME} characters")
-        if token is not None and (not isinstance(token, str) or not 1 <= len(token) <= 255
-                                  or "/" in token):
-            raise BadRequest("access token must be 1 to 255 characters without '/'")
+        if not _text_ok(name):
+            raise BadRequest(f"device name must be 1 to {MAX_NAME_BYTES} bytes of UTF-8")
+        if not _text_ok(type_):
+            raise BadRequest(f"device type must be 1 to {MAX_NAME_BYTES} bytes of UTF-8")
+        if not isinstance(label, str) or not (label == "" or _text_ok(label, max_bytes=1024)):
+            raise BadRequest("device label must be text of at most 1024 bytes")
+        if token is not None and (not _text_ok(token) or "/" in token or token != token.strip()):
+            raise BadRequest(f"access token must be 1 to {MAX_NAME_BYTES} bytes without '/' "
+                             "or surrounding spaces")
         device = Device(
             id=uuid.uuid4(),
             name=name,

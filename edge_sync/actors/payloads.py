@@ -16,9 +16,10 @@ from edge_sync.errors import BadRequest
 Values = tuple[tuple[str, Any], ...]
 Entry = tuple[int, Values]
 
-MAX_KEY_LENGTH = 255
+MAX_KEY_BYTES = 255  # UTF-8 bytes: keys end up inside LMDB keys (511 bytes at most)
 MAX_ENTRIES = 10_000
 _MAX_TS = 2**63 - 1
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what msgpack can hold
 
 
 def parse_json(raw: bytes) -> Any:
@@ -26,9 +27,11 @@ def parse_json(raw: bytes) -> Any:
     if not raw:
         raise BadRequest("empty body: expected a JSON object or array")
     try:
-        return json.loads(raw)
+        text = raw.decode("utf-8-sig")  # strict (no encoded surrogates); a BOM is allowed
     except UnicodeDecodeError as exc:
         raise BadRequest(f"body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -37,9 +40,44 @@ def parse_json(raw: bytes) -> Any:
         raise BadRequest("malformed JSON: nested too deeply") from exc
 
 
+def _check_text(where: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"{where}: text with a lone surrogate ({exc.reason})") from exc
+
+
+def _check_nested(where: str, value: Any) -> None:
+    """Everything inside a JSON value must be storable: finite numbers, 64-bit integers,
+    valid text. Iterative, so depth costs no recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                _check_text(where, k)
+                stack.append(v)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            _check_text(where, item)
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not _INT_MIN <= item <= _INT_MAX:
+                raise BadRequest(f"{where}: a number inside the JSON value does not fit in 64 bits")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise BadRequest(f"{where}: a number inside the JSON value is not finite")
+
+
 def _check_value(where: str, key: str, value: Any) -> Any:
-    if isinstance(value, bool | str | int):
-        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        _check_text(f"{where}: value of {key!r}", value)
+        return value
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
             raise BadRequest(f"{where}: value of {key!r} does not fit in a 64-bit integer")
         return value
     if isinstance(value, float):
@@ -47,6 +85,7 @@ def _check_value(where: str, key: str, value: Any) -> Any:
             raise BadRequest(f"{where}: value of {key!r} is not a finite number")
         return value
     if isinstance(value, dict | list):
+        _check_nested(f"{where}: value of {key!r}", value)
         return value  # a JSON value (ThingsBoard's JSON_V)
     if value is None:
         raise BadRequest(f"{where}: value of {key!r} is null")
@@ -60,8 +99,9 @@ def _values(where: str, obj: Any) -> Values:
         raise BadRequest(f"{where}: no key/value pairs")
     out = []
     for key, value in obj.items():
-        if not key or len(key) > MAX_KEY_LENGTH:
-            raise BadRequest(f"{where}: keys must be 1 to {MAX_KEY_LENGTH} characters")
+        _check_text(f"{where}: a key", key)
+        if not key or len(key.encode("utf-8")) > MAX_KEY_BYTES:
+            raise BadRequest(f"{where}: keys must be 1 to {MAX_KEY_BYTES} bytes of UTF-8")
         out.append((key, _check_value(where, key, value)))
     return tuple(out)
 

@@ -34,7 +34,14 @@ from edge_sync.actors.messages import (
 )
 from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.errors import EdgeSyncError, InjectedFault, QueueFull, StorageError, Unavailable
+from edge_sync.errors import (
+    BadRequest,
+    EdgeSyncError,
+    InjectedFault,
+    QueueFull,
+    StorageError,
+    Unavailable,
+)
 from edge_sync.metrics import Metrics
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
@@ -160,6 +167,8 @@ class QueueActor(SupervisedActor):
         except StorageError as exc:
             self._fail_all(group, exc)
             raise  # the supervisor restarts us (or gives up: exit 3)
+        except Exception:  # one command the store cannot take: find it, commit the others
+            outcomes = self._commit_each(group)
         self._commits.inc()
         self._resolve(group, outcomes)
 
@@ -177,7 +186,10 @@ class QueueActor(SupervisedActor):
                 seq = self._apply(txn, command, outcome, seq, now)
             return seq
 
-        self._next_seq = self._store.write(apply)
+        # A group that appends nothing only acknowledges, dead-letters or records identity: it
+        # may use the reserve above the cap, so a full store can still drain.
+        maintenance = not any(isinstance(c, Append) for c in group)
+        self._next_seq = self._store.write(apply, maintenance=maintenance)
         return outcomes
 
     def _apply(
@@ -221,6 +233,23 @@ class QueueActor(SupervisedActor):
             case PutLatestTelemetry(entity_id=eid, values=values):
                 self._entities.put_latest(txn, eid, {k: (ts, v) for k, ts, v in values})
 
+    def _commit_each(self, group: list[WriteCommand]) -> list[_Outcome]:
+        """Commit the commands one by one, so a bad one fails alone."""
+        outcomes: list[_Outcome] = []
+        for i, command in enumerate(group):
+            try:
+                outcomes.append(self._commit([command])[0])
+            except QueueFull as exc:
+                outcomes += self._commit_when_full(group[i:i + 1], exc)
+            except StorageError as exc:
+                self._fail_all(group[i:], exc)
+                raise
+            except Exception as exc:
+                outcome = _Outcome()
+                outcome.error = BadRequest(f"cannot be stored: {type(exc).__name__}: {exc}")
+                outcomes.append(outcome)
+        return outcomes
+
     def _commit_when_full(self, group: list[WriteCommand], exc: QueueFull) -> list[_Outcome]:
         """Storage is full: purge delivered events, apply the policy, then commit each command on
         its own so the ones that still fit get in and only the rest are refused."""
@@ -246,7 +275,8 @@ class QueueActor(SupervisedActor):
         return outcome
 
     def _evict(self, count: int) -> bool:
-        eviction = self._store.write(lambda txn: self._log.evict_oldest_normal(txn, count=count))
+        eviction = self._store.write(lambda txn: self._log.evict_oldest_normal(txn, count=count),
+                                     maintenance=True)
         if eviction is None:
             return False
         self._evicted.inc(eviction.count)
@@ -259,7 +289,9 @@ class QueueActor(SupervisedActor):
         total = 0
         while True:
             n = self._store.write(
-                lambda txn: self._log.purge_deployed(txn, older_than_ms=older_than_ms, limit=_PURGE_BATCH)
+                lambda txn: self._log.purge_deployed(txn, older_than_ms=older_than_ms,
+                                                     limit=_PURGE_BATCH),
+                maintenance=True,
             )
             total += n
             if n < _PURGE_BATCH:

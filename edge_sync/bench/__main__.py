@@ -14,14 +14,14 @@ usage: scripts/bench <benchmark> [options]
 
 benchmarks:
   ingest    events/s in process vs raw LMDB, device HTTP API throughput and latency
-  e2e       edge to cloud end to end (not built yet)
+  e2e       edge to cloud end to end: sustained and drain vs a raw ceiling, latency, RSS
   compare   compare two result lines (not built yet)
 
 Each benchmark prints progress on stderr and one JSON line (the last line of stdout).
 `scripts/bench <benchmark> --help` lists its options.
 """
 
-_NOT_BUILT = ("e2e", "compare")
+_NOT_BUILT = ("compare",)
 
 
 def _ingest(argv: Sequence[str]) -> int:
@@ -30,7 +30,13 @@ def _ingest(argv: Sequence[str]) -> int:
     return ingest.main(argv)
 
 
-BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"ingest": _ingest}
+def _e2e(argv: Sequence[str]) -> int:
+    from edge_sync.bench import e2e
+
+    return e2e.main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"ingest": _ingest, "e2e": _e2e}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

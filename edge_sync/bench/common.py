@@ -85,3 +85,38 @@ class CpuMeter:
         agent = (cpu_seconds(self._pid) - self._start[1]) / wall * 100
         client = (cpu_seconds() - self._start[2]) / wall * 100
         return f"agent cpu {agent:.0f}%, client cpu {client:.0f}%"
+
+
+def set_progress_origin(t0: float) -> None:
+    """Count progress() times from ``t0`` (a time.monotonic() value): a benchmark's worker
+    subprocess passes its parent's origin so every progress line shares one time axis."""
+    global _T0
+    _T0 = t0
+
+
+def progress_origin() -> float:
+    """The time.monotonic() value progress() counts from."""
+    return _T0
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0: ``5`` into clear_refs), so a
+    later peak_rss_mb(os.getpid()) covers only what follows. False when the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def rss_parts_mb(pid: int) -> dict[str, float]:
+    """Current RSS of a live process and its parts, in MiB: ``rss`` (VmRSS), ``anon`` (RssAnon:
+    heap, stacks), ``file`` (RssFile: mapped files, e.g. an LMDB map's resident pages),
+    ``shmem`` (RssShmem)."""
+    names = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(None, 1)[0] if line else ""
+        if key in names:
+            out[names[key]] = int(line.split()[1]) / 1024.0
+    return out

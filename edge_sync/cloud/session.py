@@ -322,27 +322,46 @@ class StreamSession:
             self._stats["downlinks_resent"] += 1
             self._log.bind(downlink_id=self._inflight.msg_id).info("downlink resent (no acknowledgement)")
             return self._send(self._inflight)
-        nxt = self._sync[0] if self._sync else None
-        if nxt is None:
-            if not self._look and now < self._next_poll:
-                return None
-            self._look = False
-            self._next_poll = now + self._settings.poll_interval_s
-            nxt = self._store.first_downlink(self.edge_id)
+        while True:
+            nxt = self._sync[0] if self._sync else None
             if nxt is None:
-                return None
+                if not self._look and now < self._next_poll:
+                    return None
+                self._look = False
+                self._next_poll = now + self._settings.poll_interval_s
+                nxt = self._store.first_downlink(self.edge_id)
+                if nxt is None:
+                    return None
+            if not self._too_large(nxt):
+                break
         self._inflight, self._deadline = nxt, now + timeout
         self._stats["downlinks_sent"] += 1
         self._log.bind(downlink_id=nxt.msg_id, content=downlinks.describe(nxt.payload)).info("downlink sent")
         return self._send(nxt)
 
-    def _send(self, item: QueuedDownlink) -> edge_pb2.ResponseMsg:
-        out = downlinks.stamp(item.payload, item.msg_id, self._clock.now_ms())
+    def _too_large(self, item: QueuedDownlink) -> bool:
+        """A downlink larger than the edge accepts would break the stream on every try: it is
+        dead-lettered (kept with its reason) and the queue moves on."""
         limit = self._edge_max_inbound
-        if limit is not None and out.ByteSize() > limit:
-            self._log.bind(downlink_id=item.msg_id, size=out.ByteSize(), edge_limit=limit).error(
-                "downlink is larger than the edge accepts; it stays queued")
-        return out
+        size = downlinks.stamp(item.payload, item.msg_id, self._clock.now_ms()).ByteSize()
+        if limit is None or size <= limit:
+            return False
+        assert self.edge_id is not None
+        reason = f"{size} bytes, more than the edge's maxInboundMessageSize ({limit})"
+        if item.number is None:
+            if self._sync and self._sync[0] is item:
+                self._sync.popleft()
+        else:
+            self._store.dead_letter_downlink(self.edge_id, item.number, reason,
+                                             now_ms=self._clock.now_ms())
+        self._look = True
+        self._stats["downlinks_dead"] = self._stats.get("downlinks_dead", 0) + 1
+        self._log.bind(downlink_id=item.msg_id, size=size, edge_limit=limit).error(
+            "downlink dead-lettered: {}", reason)
+        return True
+
+    def _send(self, item: QueuedDownlink) -> edge_pb2.ResponseMsg:
+        return downlinks.stamp(item.payload, item.msg_id, self._clock.now_ms())
 
     def _acknowledged(self, resp: edge_pb2.DownlinkResponseMsg) -> None:
         assert self.edge_id is not None

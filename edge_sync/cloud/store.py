@@ -65,6 +65,7 @@ CLOUD_DB_NAMES = (
     "tokens",
     "attributes",
     "downlinks",
+    "dead_downlinks",
 )
 INITIAL_MAP_MB = 64
 MAX_INDEXED_KEY = 400  # LMDB keys are at most 511 bytes; longer names/tokens are not indexed
@@ -539,6 +540,27 @@ class CloudStore:
         """Remove an acknowledged downlink (durably); False when it was already gone."""
         key = edge_id.bytes + codec.u64(number)
         return bool(self.lmdb.write(lambda txn: txn.delete(key, db=self._db["downlinks"])))
+
+    def dead_letter_downlink(self, edge_id: uuid.UUID, number: int, reason: str, *,
+                             now_ms: int) -> bool:
+        """Move a downlink that can never be delivered out of the queue, keeping it with the
+        reason (so the queue behind it moves on and nothing is thrown away)."""
+        key = edge_id.bytes + codec.u64(number)
+
+        def move(txn: lmdb.Transaction) -> bool:
+            raw = txn.get(key, db=self._db["downlinks"])
+            if raw is None:
+                return False
+            txn.put(key, codec.pack((bytes(raw), reason, now_ms)), db=self._db["dead_downlinks"])
+            return bool(txn.delete(key, db=self._db["downlinks"]))
+
+        return bool(self.lmdb.write(move, maintenance=True))
+
+    def dead_downlinks(self, edge_id: uuid.UUID) -> int:
+        with self._read() as txn, txn.cursor(db=self._db["dead_downlinks"]) as cur:
+            if not cur.set_range(edge_id.bytes):
+                return 0
+            return sum(1 for key in cur.iternext(values=False) if key[:16] == edge_id.bytes)
 
     def queued_downlinks(self, edge_id: uuid.UUID) -> int:
         count = 0

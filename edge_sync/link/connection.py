@@ -119,6 +119,7 @@ class ConnectionActor(SupervisedActor):
         self._stream: Stream | None = None
         self._stream_seq = 0
         self._accepted = False
+        self._attempt = 0  # attempts since the last accepted connection
         self._deadline = 0.0  # connect / sync deadline
         self._next_attempt = 0.0
         self._peer = _Peer()
@@ -200,6 +201,7 @@ class ConnectionActor(SupervisedActor):
         if self._breaker.state is BreakerState.HALF_OPEN:
             _log.bind(breaker="HALF_OPEN").info("circuit breaker half-open: one probe connection")
         self._m_connects.inc()
+        self._attempt += 1
         if self._channel is None:
             self._channel = make_channel(self._cfg)
         self._stream_seq += 1
@@ -212,7 +214,7 @@ class ConnectionActor(SupervisedActor):
         self._accepted = False
         self._reset_uplink()
         self._deadline = now + self._cfg.rpc.timeout_ms / 1000
-        self._sm.to(LinkState.CONNECTING, f"attempt {self._backoff.attempt + 1} to "
+        self._sm.to(LinkState.CONNECTING, f"attempt {self._attempt} to "
                                           f"{self._cfg.rpc.host}:{self._cfg.rpc.port}")
         self._stream.send(edge_pb2.RequestMsg(
             msgType=edge_pb2.CONNECT_RPC_MESSAGE,
@@ -244,6 +246,7 @@ class ConnectionActor(SupervisedActor):
                        f"{resp.errorMsg}")
             return
         self._accepted = True
+        self._attempt = 0
         self._m_accepted.inc()
         if self._breaker.state is not BreakerState.CLOSED:
             _log.bind(breaker="CLOSED").info("circuit breaker closed: probe connection accepted")
@@ -408,11 +411,12 @@ class ConnectionActor(SupervisedActor):
         if flight is None:
             return  # an answer to a message given up by a go-back-N resend
         if resp.success:
+            was_oldest = next(iter(self._inflight)) == resp.uplinkMsgId
             del self._inflight[resp.uplinkMsgId]
             self._queue.tell(MarkDeployed(tuple(flight.seqs)))
             self._m_acked.inc(len(flight.seqs))
             self._last_ack_ms = self._clock.now_ms()
-            if not self._inflight or next(iter(self._inflight)) != resp.uplinkMsgId:
+            if was_oldest:  # the retry count belongs to the oldest unacknowledged message
                 self._oldest_attempts = 0
             self._pump()
             return

@@ -2,8 +2,9 @@
 also records the downlink's key, then tells the ConnectionActor to acknowledge it. A downlink
 whose key is already recorded (a redelivery) is only acknowledged.
 
-The key is the downlinkMsgId plus a hash of the serialized message, so a peer that picks ids at
-random (ThingsBoard) works: a redelivery is byte-identical, two different downlinks are not.
+The key is the downlinkMsgId plus a hash of the serialized message without its send time
+(cloudTimeMillis, stamped anew on every resend), so a peer that picks ids at random
+(ThingsBoard) works: a redelivery hashes the same, two different downlinks do not.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ class DownlinkApplied:
 
 
 def downlink_key(msg: edge_pb2.DownlinkMsg) -> bytes:
-    digest = hashlib.blake2b(msg.SerializeToString(deterministic=True), digest_size=16).digest()
+    content = edge_pb2.DownlinkMsg()
+    content.CopyFrom(msg)
+    content.ClearField("cloudTimeMillis")
+    digest = hashlib.blake2b(content.SerializeToString(deterministic=True), digest_size=16).digest()
     return struct.pack(">i", msg.downlinkMsgId) + digest
 
 
@@ -103,7 +107,7 @@ class DownlinkActor(SupervisedActor):
         now = self._clock.now_ms()
         try:
             fresh, what = self._store.write(lambda txn: self._apply_in(txn, msg, key, now))
-        except EdgeSyncError as exc:
+        except (EdgeSyncError, ValueError, KeyError, TypeError) as exc:  # refuse, never crash
             self._failed.inc()
             _log.bind(downlink_id=dl_id, error=str(exc)).error("downlink {} not applied: {}", dl_id, exc)
             return DownlinkApplied(cmd.stream_id, dl_id, False, str(exc))

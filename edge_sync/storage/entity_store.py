@@ -41,6 +41,8 @@ class EntityStore:
     # -- devices ---------------------------------------------------------------------------------
 
     def device_by_token(self, txn: lmdb.Transaction, token: str) -> Device | None:
+        if not token:
+            return None
         raw_id = txn.get(token.encode(), db=self._db["device_tokens"])
         return None if raw_id is None else self.device(txn, uuid.UUID(bytes=bytes(raw_id)))
 
@@ -49,6 +51,8 @@ class EntityStore:
         return None if raw is None else codec.decode_device(device_id.bytes, raw)
 
     def device_by_name(self, txn: lmdb.Transaction, name: str) -> Device | None:
+        if not name:
+            return None
         raw_id = txn.get(name.encode(), db=self._db["device_names"])
         return None if raw_id is None else self.device(txn, uuid.UUID(bytes=bytes(raw_id)))
 

@@ -112,6 +112,11 @@ class LmdbStore:
         self.path = Path(path)
         self.readonly = readonly
         self.max_size = max_size_mb * MiB
+        # The cap bounds live data (see live_bytes); the map may grow past it by this reserve, so
+        # that deletes and acknowledgements (which need fresh pages too) still work when the
+        # data has reached the cap, and pages freed by a purge can be waited for.
+        self.reserve = max(4 * MiB, self.max_size // 8)
+        self.hard_max = self.max_size + self.reserve
         self._format = store_format
         self._program = program
         self._path_hint = path_hint
@@ -279,12 +284,14 @@ class LmdbStore:
             finally:
                 txn.abort()
 
-    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+    def write(self, fn: Callable[[lmdb.Transaction], T], *, maintenance: bool = False) -> T:
         """Run fn in one write transaction and commit it (one fsync).
 
-        fn may run more than once: when the map is full it is grown (up to the cap) and fn runs
-        again from scratch, so fn must derive everything from its inputs and the transaction.
-        Raises QueueFull at the cap or when the disk is full; other LMDB errors as StorageError.
+        fn may run more than once: when the map is full it is grown and fn runs again from
+        scratch, so fn must derive everything from its inputs and the transaction. A data write
+        that would leave more than the cap of live data is refused with QueueFull; a maintenance
+        write (deletes, acknowledgements) may use the reserve above the cap. QueueFull also when
+        the disk is full; other LMDB errors as StorageError.
         """
         if self.readonly:
             raise StorageError("store opened read-only")
@@ -294,6 +301,10 @@ class LmdbStore:
                     txn = self.env.begin(write=True)
                     try:
                         result = fn(txn)
+                        if not maintenance and self.live_bytes(txn) > self.max_size:
+                            raise QueueFull(
+                                f"stored data would exceed the size cap of {self.max_size // MiB} "
+                                "MiB (storage.max_size_mb)")
                     except BaseException:
                         txn.abort()
                         raise
@@ -309,11 +320,12 @@ class LmdbStore:
     def _grow(self) -> None:
         with self._grow_lock, self._gate.exclusive():
             current = self.env.info()["map_size"]
-            if current >= self.max_size:
+            if current >= self.hard_max:
                 raise QueueFull(
-                    f"store at its size cap ({self.max_size // MiB} MiB, storage.max_size_mb)"
+                    f"store at its size cap ({self.max_size // MiB} MiB, storage.max_size_mb, "
+                    f"plus its {self.reserve // MiB} MiB reserve)"
                 )
-            new = min(self.max_size, current * 2)
+            new = min(self.hard_max, current * 2)
             try:
                 self.env.set_mapsize(new)
             except lmdb.Error as exc:
@@ -332,6 +344,17 @@ class LmdbStore:
 
     def put_meta_int(self, txn: lmdb.Transaction, key: bytes, value: int) -> None:
         txn.put(key, codec.u64(value), db=self.dbs["meta"])
+
+    def live_bytes(self, txn: lmdb.Transaction) -> int:
+        """Bytes in pages that hold data, as seen by txn (a write txn sees its own changes).
+        Pages on LMDB's free list are not counted, so a purge lowers it at once."""
+        pages = 2  # the meta pages
+        psize = 4096
+        for db in self.dbs.values():
+            st = txn.stat(db)
+            psize = st["psize"]
+            pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return pages * psize
 
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])

@@ -1,0 +1,498 @@
+"""The edge's ConnectionActor against scripted peers (tests/helpers/fake_peer.py): a whole EdgeApp
+on tmp_path whose cloud link points at a fake cloud over real gRPC on loopback.
+
+Peers: ThingsBoard-like (no capabilities, random ids, out-of-order acks), one that redelivers
+downlinks, one that rejects an event (go-back-N), one that never answers, one that refuses the
+credentials, one whose clock is 120 s behind, one with a small maxInboundMessageSize.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from loguru import logger
+
+from edge_sync.actors.messages import Append
+from edge_sync.app import EdgeApp
+from edge_sync.config import load_edge_config
+from edge_sync.proto import edge_pb2, transport_pb2
+from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.records import Action, Device, Lane, NewEvent, Status, StoredEvent, lane_for
+from tests.helpers.fake_peer import FakeCloud, Payload, Uplink, payloads
+
+DEADLINE_S = 10.0
+ROUTING_KEY, SECRET = "rk-fake", "secret-fake"
+
+
+# -- harness ---------------------------------------------------------------------------------------
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.fakes: list[FakeCloud] = []
+        self.apps: list[EdgeApp] = []
+
+    def fake(self, **kwargs: Any) -> FakeCloud:
+        fake = FakeCloud(**kwargs).start()
+        self.fakes.append(fake)
+        return fake
+
+    def edge(self, fake: FakeCloud, **env: str) -> EdgeApp:
+        base = {
+            "EDGE_DATA_DIR": str(self.tmp_path / "edge"), "EDGE_HTTP_HOST": "127.0.0.1",
+            "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0", "EDGE_ACTORS_SHARDS": "2",
+            "CLOUD_ROUTING_KEY": ROUTING_KEY, "CLOUD_ROUTING_SECRET": SECRET,
+            "CLOUD_RPC_HOST": "127.0.0.1", "CLOUD_RPC_PORT": str(fake.port),
+            "EDGE_CLOUD_RECONNECT_INTERVAL_MS": "200", "EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS": "1000",
+            "EDGE_CLOUD_RECONNECT_JITTER": "0", "EDGE_CLOUD_RETRY_INTERVAL_MS": "10000",
+            "EDGE_CLOUD_BATCH_TIMEOUT_MS": "50",
+        }
+        app = EdgeApp(load_edge_config(env={**base, **env})).start()
+        self.apps.append(app)
+        return app
+
+    def close(self) -> None:
+        for app in self.apps:
+            app.stop(timeout=30)
+        for fake in self.fakes:
+            fake.stop()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def log_records() -> Iterator[list[dict[str, Any]]]:
+    """Every loguru record (DEBUG and up) logged during the test."""
+    records: list[dict[str, Any]] = []
+    sink = logger.add(lambda m: records.append(m.record), level="DEBUG", format="{message}")
+    yield records
+    logger.remove(sink)
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def link_state(app: EdgeApp) -> str:
+    return str(app.link_board.value["state"])
+
+
+def metric(app: EdgeApp, name: str) -> float:
+    return app.metrics.snapshot()[name]
+
+
+def edge_events(app: EdgeApp) -> list[StoredEvent]:
+    with app.store.read() as txn:
+        return list(EventLog(app.store).iter_events(txn))
+
+
+def settled(app: EdgeApp, total: int) -> bool:
+    """Every one of `total` events is no longer PENDING."""
+    events = edge_events(app)
+    return len(events) == total and all(e.status is not Status.PENDING for e in events)
+
+
+def make_device(app: EdgeApp, name: str) -> Device:
+    device, fut = app.service.create_device(name, token=f"tok-{name}")
+    assert len(fut.result(DEADLINE_S)) == 2
+    return device
+
+
+def post(app: EdgeApp, device: Device, values: list[dict[str, Any]], ts0: int = 1_700_000_000_000
+         ) -> range:
+    entries = tuple((ts0 + i, tuple(v.items())) for i, v in enumerate(values))
+    seqs: Future[range] = app.service.post_entries(device.id, entries)
+    return seqs.result(DEADLINE_S)
+
+
+def post_then_delete(app: EdgeApp, device: Device, values: list[dict[str, Any]]) -> range:
+    """The device's telemetry then its DELETED (order-sensitive, normal lane), committed together
+    through the queue (the device API has no delete): the link sees them in one read."""
+    ts0 = 1_700_000_000_000
+    events = tuple(NewEvent("DEVICE", "DEVICE", device.id, Action.TIMESERIES_UPDATED,
+                            {"ts": ts0 + i, "values": v}, ts0 + i, Lane.NORMAL)
+                   for i, v in enumerate(values))
+    deleted = NewEvent("DEVICE", "DEVICE", device.id, Action.DELETED, device.as_json(),
+                       ts0 + len(values), lane_for("DEVICE", Action.DELETED))
+    assert deleted.lane is Lane.NORMAL
+    reply: Future[range] = Future()
+    app.queue.tell(Append(device.id, (*events, deleted), reply))
+    return reply.result(DEADLINE_S)
+
+
+def sync_done(fake: FakeCloud) -> bool:
+    return bool(fake.sync_completed_ids) and all(
+        any(a.success for a in fake.acks_for(i)) for i in fake.sync_completed_ids)
+
+
+# -- a. a ThingsBoard-like peer ---------------------------------------------------------------------
+
+
+def _order_violations(uplinks: list[Uplink]) -> list[str]:
+    """Pairs of concurrently unacknowledged messages (or payloads of one message, which
+    ThingsBoard may apply concurrently) sharing an entity where one side is order-sensitive."""
+    out: list[str] = []
+    for u in uplinks:
+        mine = payloads(u.msg)
+        by_entity: dict[uuid.UUID, list[Payload]] = {}
+        for p in mine:
+            by_entity.setdefault(p.entity_id, []).append(p)
+        for eid, ps in by_entity.items():
+            if len(ps) > 1 and any(p.sensitive for p in ps):
+                out.append(f"message {u.msg.uplinkMsgId} holds {[p.action for p in ps]} of {eid}")
+        for other in u.in_flight:
+            theirs = payloads(other)
+            for eid, ps in by_entity.items():
+                also = [p for p in theirs if p.entity_id == eid]
+                if also and (any(p.sensitive for p in ps) or any(p.sensitive for p in also)):
+                    out.append(f"message {u.msg.uplinkMsgId} ({[p.action for p in ps]}) sent while "
+                               f"{other.uplinkMsgId} ({[p.action for p in also]}) of {eid} was "
+                               f"unacknowledged")
+    return out
+
+
+def test_thingsboard_like_peer_sync_then_upload_without_concurrent_order_sensitive_events(
+        harness: Harness) -> None:
+    fake = harness.fake(uplinks="random", capabilities=None, random_ids=True, hold_sync=True,
+                        min_ack_delay_s=0.005, max_ack_delay_s=0.04, seed=11)
+    app = harness.edge(fake, EDGE_CLOUD_BATCH_SIZE="4", EDGE_CLOUD_WINDOW="8")
+
+    fake.wait_for(lambda: fake.sync_requests, what="a sync request")
+    wait_until(lambda: link_state(app) == "SYNCING", "SYNCING")
+    # A backlog before the sync completes: nothing may be sent before syncCompletedMsg.
+    early = [make_device(app, f"tb-early-{i}") for i in range(6)]
+    for i, d in enumerate(early):
+        post(app, d, [{"n": i * 10 + k} for k in range(3)])
+    assert fake.uplinks == []
+    fake.release_sync()
+    wait_until(lambda: link_state(app) == "CONNECTED", "CONNECTED")
+    wait_until(lambda: settled(app, len(early) * 5), "the backlog acknowledged")
+    # Then devices one by one on a live link: each one's telemetry and deletion are committed
+    # while its ADDED is in flight.
+    late: list[Device] = []
+    for i in range(6, 12):
+        d = make_device(app, f"tb-late-{i}")
+        late.append(d)
+        post_then_delete(app, d, [{"n": i * 10 + k} for k in range(3)])
+        wait_until(lambda: settled(app, len(early) * 5 + len(late) * 6), f"{d.name} acknowledged")
+    devices = early + late
+    total = len(early) * 5 + len(late) * 6
+    wait_until(lambda: settled(app, total), "every event acknowledged", timeout=20)
+
+    # connect and sync as ThingsBoard sees them
+    [connect] = fake.connects
+    req = connect.request
+    assert (req.edgeRoutingKey, req.edgeSecret, req.edgeVersion) == (ROUTING_KEY, SECRET,
+                                                                      edge_pb2.V_4_3_0)
+    assert req.maxInboundMessageSize == 4 * 1024 * 1024
+    assert fake.sync_requests == [(1, True)]  # first connect: full sync
+    [sync_id] = fake.sync_completed_ids
+    assert [a.success for a in fake.acks_for(sync_id)] == [True]
+    assert app.link_board.value["peer"] == "ThingsBoard"
+
+    events = edge_events(app)
+    assert all(e.status is Status.DEPLOYED for e in events), [
+        (e.seq, e.status) for e in events if e.status is not Status.DEPLOYED]
+    # each event delivered exactly once (no resend was due: retry interval 10 s)
+    got = fake.applied_seqs()
+    assert sorted(got) == [e.seq for e in events]
+    assert len(got) == len(set(got))
+
+    assert _order_violations(fake.uplinks) == []
+    assert any(u.in_flight for u in fake.uplinks), "the window never had two messages in flight"
+
+    # per device, in arrival order: ADDED, CREDENTIALS_UPDATED, its telemetry in order, DELETED
+    by_device: dict[uuid.UUID, list[Payload]] = {}
+    for p in fake.applied:
+        by_device.setdefault(p.entity_id, []).append(p)
+    for i, d in enumerate(devices):
+        got_d = by_device[d.id]
+        assert [p.action for p in got_d] == [
+            "ADDED", "CREDENTIALS_UPDATED", "TIMESERIES_UPDATED", "TIMESERIES_UPDATED",
+            "TIMESERIES_UPDATED", *(["DELETED"] if d in late else [])], d.name
+        assert got_d[0].value["name"] == d.name
+        assert got_d[1].value["credentialsId"] == d.token
+        assert [p.value for p in got_d[2:5]] == [{"n": i * 10 + k} for k in range(3)]
+    # the uplink ids are opaque to the peer but unique per stream
+    ids = [u.msg.uplinkMsgId for u in fake.uplinks]
+    assert len(ids) == len(set(ids))
+
+
+# -- b. downlinks redelivered ------------------------------------------------------------------------
+
+
+def shared_attr_downlink(downlink_id: int, device: Device, values: dict[str, int]
+                         ) -> edge_pb2.DownlinkMsg:
+    b = device.id.bytes
+    return edge_pb2.DownlinkMsg(downlinkMsgId=downlink_id, entityData=[edge_pb2.EntityDataProto(
+        entityIdMSB=int.from_bytes(b[:8], "big", signed=True),
+        entityIdLSB=int.from_bytes(b[8:], "big", signed=True), entityType="DEVICE",
+        attributesUpdatedMsg=transport_pb2.PostAttributeMsg(kv=[
+            transport_pb2.KeyValueProto(key=k, type=transport_pb2.LONG_V, long_v=v)
+            for k, v in values.items()]),
+        postAttributeScope="SHARED_SCOPE")])
+
+
+def deliver(fake: FakeCloud, msg: edge_pb2.DownlinkMsg, acks: int) -> list[bool]:
+    """Send; wait until downlinkMsgId has `acks` acknowledgements; their success flags."""
+    fake.send_downlink(msg)
+    fake.wait_for(lambda: len(fake.acks_for(msg.downlinkMsgId)) >= acks,
+                  what=f"ack {acks} of downlink {msg.downlinkMsgId}")
+    return [a.success for a in fake.acks_for(msg.downlinkMsgId)]
+
+
+def test_redelivered_downlink_is_applied_once_and_a_reused_id_with_new_content_is_applied(
+        harness: Harness) -> None:
+    fake = harness.fake(uplinks="ack", random_ids=True, seed=5)
+    app = harness.edge(fake)
+    device = make_device(app, "dl-dev")
+    wait_until(lambda: link_state(app) == "CONNECTED", "CONNECTED")
+    fake.wait_for(lambda: sync_done(fake), what="sync acknowledged")
+
+    def shared() -> dict[str, Any]:
+        return app.service.get_attributes(device.token, client_keys=None, shared_keys=None)["shared"]
+
+    applied0 = metric(app, "edge_downlinks_applied_total")
+    x, y = fake.new_downlink_id(), fake.new_downlink_id()
+    assert x != y
+    first = shared_attr_downlink(x, device, {"target": 21})
+    assert deliver(fake, first, 1) == [True]
+    assert shared() == {"target": 21}
+    assert deliver(fake, shared_attr_downlink(y, device, {"target": 22}), 1) == [True]
+    assert shared() == {"target": 22}
+    # the first one again, late and byte-identical: acknowledged, not applied again
+    assert deliver(fake, first, 2) == [True, True]
+    assert shared() == {"target": 22}
+    assert metric(app, "edge_downlinks_duplicate_total") == 1
+    assert metric(app, "edge_downlinks_applied_total") == applied0 + 2
+
+    # ThingsBoard picks ids at random: two different downlinks may share one
+    z = fake.new_downlink_id()
+    assert deliver(fake, shared_attr_downlink(z, device, {"a": 1}), 1) == [True]
+    assert deliver(fake, shared_attr_downlink(z, device, {"b": 2}), 2) == [True, True]
+    assert shared() == {"target": 22, "a": 1, "b": 2}
+    assert metric(app, "edge_downlinks_duplicate_total") == 1
+    assert metric(app, "edge_downlinks_applied_total") == applied0 + 4
+    assert metric(app, "edge_downlinks_failed_total") == 0
+
+
+# -- c. one event rejected ---------------------------------------------------------------------------
+
+
+def test_rejected_event_is_dead_lettered_and_the_rest_delivered_once_in_order(
+        harness: Harness) -> None:
+    ordered = edge_pb2.CloudCapabilities(orderedApply=True, dedupBySeq=False)
+    fake = harness.fake(uplinks="ordered", capabilities=ordered, hold_sync=True,
+                        reject_error="value of 'n' out of range")
+    app = harness.edge(fake, EDGE_CLOUD_BATCH_SIZE="3", EDGE_CLOUD_WINDOW="8")
+    fake.wait_for(lambda: fake.sync_requests, what="a sync request")
+    device = make_device(app, "rej-dev")
+    seqs = post(app, device, [{"n": k} for k in range(20)])
+    rejected = seqs[5]  # n == 5
+    fake.reject_seqs = {rejected}
+    fake.release_sync()
+    total = 22
+    wait_until(lambda: settled(app, total), "every event acknowledged or dead", timeout=15)
+
+    events = {e.seq: e for e in edge_events(app)}
+    dead = [e for e in events.values() if e.status is Status.DEAD]
+    assert [(e.seq, e.error) for e in dead] == [
+        (rejected, "rejected by the cloud: value of 'n' out of range")]
+    assert fake.rejected == [rejected]
+    assert fake.refused >= 1, "no later message of the failed epoch was in flight: rule untested"
+    # everything else exactly once, in seq order (device events first: they have the lower seqs)
+    expected = [s for s in sorted(events) if s != rejected]
+    assert fake.applied_seqs() == expected
+    assert [p.value["n"] for p in fake.applied if p.action == "TIMESERIES_UPDATED"] == [
+        k for k in range(20) if k != 5]
+    # after the rejection: only higher epochs, never the dead event again
+    reject_at = next(i for i, u in enumerate(fake.uplinks) if rejected in u.seqs
+                     and u.answer is not None and not u.answer.success and u.answer.HasField(
+                         "rejectedEdgeSeqId"))
+    failed_epoch = fake.uplinks[reject_at].epoch
+    assert failed_epoch is not None
+    resent = [u for u in fake.uplinks[reject_at + 1:] if u.answer is not None and u.answer.success]
+    assert resent and all((u.epoch or 0) > failed_epoch for u in resent)
+    assert all(rejected not in u.seqs for u in fake.uplinks[reject_at + 1:])
+    assert metric(app, "edge_uplink_dead_letters_total") == 1
+    assert link_state(app) == "CONNECTED"
+
+
+# -- d. a peer that never answers uplinks ----------------------------------------------------------------
+
+
+def test_unanswered_uplink_is_resent_under_higher_epochs_then_the_edge_reconnects(
+        harness: Harness, log_records: list[dict[str, Any]]) -> None:
+    fake = harness.fake(uplinks="silent")
+    app = harness.edge(fake, EDGE_CLOUD_RETRY_INTERVAL_MS="300", EDGE_CLOUD_RETRY_MAX_RETRIES="2")
+    make_device(app, "silent-dev")
+    fake.wait_for(lambda: len(fake.connects) >= 2 and any(u.stream == 2 for u in fake.uplinks),
+                  what="a second stream carrying uplinks", timeout=10)
+
+    first = [u for u in fake.uplinks if u.stream == 1]
+    # 1 send + max_retries resends of the oldest message, each under a higher epoch, new ids
+    assert len(first) == 3, [(u.msg.uplinkMsgId, u.epoch, u.seqs) for u in first]
+    assert [u.seqs for u in first] == [[1]] * 3  # the device's ADDED (ThingsBoard-like peer: alone)
+    epochs = [u.epoch for u in first]
+    assert all(e is not None for e in epochs) and epochs == sorted(set(epochs))  # type: ignore[type-var]
+    assert [u.msg.uplinkMsgId for u in first] == [1, 2, 3]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(first)]
+    assert all(g >= 0.25 for g in gaps), gaps  # resent after retry.interval (300 ms), not sooner
+
+    second = [u for u in fake.uplinks if u.stream == 2]
+    assert second[0].seqs == [1] and second[0].msg.uplinkMsgId == 1  # ids restart per stream
+    assert fake.sync_requests[:2] == [(1, True), (2, False)]  # identity known after the first
+
+    transitions = [(r["extra"].get("old"), r["extra"].get("new")) for r in log_records
+                   if r["extra"].get("component") == "link" and "new" in r["extra"]]
+    assert transitions[:5] == [("DISCONNECTED", "CONNECTING"), ("CONNECTING", "SYNCING"),
+                               ("SYNCING", "CONNECTED"), ("CONNECTED", "BACKOFF"),
+                               ("BACKOFF", "CONNECTING")]
+    assert metric(app, "edge_link_connect_attempts_total") >= 2
+    assert metric(app, "edge_uplink_go_back_n_total") >= 2
+    assert all(e.status is Status.PENDING for e in edge_events(app))
+
+
+# -- e. bad credentials --------------------------------------------------------------------------------
+
+
+def test_bad_credentials_retry_only_at_the_maximum_interval(harness: Harness) -> None:
+    fake = harness.fake(response_code=edge_pb2.BAD_CREDENTIALS)
+    app = harness.edge(fake, EDGE_CLOUD_RECONNECT_INTERVAL_MS="100",
+                       EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS="1000")
+    make_device(app, "auth-dev")
+    fake.wait_for(lambda: len(fake.connects) >= 3, what="three connect attempts", timeout=8)
+    wait_until(lambda: link_state(app) == "AUTH_FAILED", "AUTH_FAILED")
+
+    times = fake.connect_times()[:3]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # reconnect.interval is 100 ms: a retry at that pace would show gaps near 0.1 s
+    assert all(0.95 <= g <= 2.0 for g in gaps), gaps
+    assert fake.sync_requests == [] and fake.uplinks == []
+    assert metric(app, "edge_link_bad_credentials_total") >= 3
+    assert metric(app, "edge_link_connect_attempts_total") >= 3
+    assert all(e.status is Status.PENDING for e in edge_events(app))
+
+
+# -- f. clock skew --------------------------------------------------------------------------------------
+
+
+def test_cloud_clock_120s_behind_warns_once_and_delivery_is_unaffected(
+        harness: Harness, log_records: list[dict[str, Any]]) -> None:
+    caps = edge_pb2.CloudCapabilities(orderedApply=True, dedupBySeq=True)
+    fake = harness.fake(uplinks="ordered", capabilities=caps, dedup=True, clock_offset_ms=-120_000)
+    app = harness.edge(fake, EDGE_CLOUD_BATCH_SIZE="5")
+    device = make_device(app, "skew-dev")
+    seqs = post(app, device, [{"n": k} for k in range(12)])
+    wait_until(lambda: settled(app, 14), "every event acknowledged")
+    # more cloud timestamps: each downlink carries cloudTimeMillis
+    for v in (1, 2):
+        assert deliver(fake, shared_attr_downlink(fake.new_downlink_id(), device, {"v": v}), 1) == [True]
+
+    events = edge_events(app)
+    assert all(e.status is Status.DEPLOYED for e in events)
+    assert fake.applied_seqs() == [e.seq for e in events] == [1, 2, *seqs]
+    assert [p.value["n"] for p in fake.applied if p.action == "TIMESERIES_UPDATED"] == list(range(12))
+    skew_warnings = [r for r in log_records if r["level"].name == "WARNING"
+                     and "clocks differ" in r["message"]]
+    assert len(skew_warnings) == 1, [r["message"] for r in skew_warnings]
+    assert re.match(r"edge and cloud clocks differ by 1[12]\d\.\ds", skew_warnings[0]["message"])
+    assert 119_000 <= skew_warnings[0]["extra"]["skew_ms"] <= 130_000
+    skew = app.link_board.value["clock_skew_ms"]
+    assert isinstance(skew, int) and 119_000 <= skew <= 130_000
+    assert [r["message"] for r in log_records if r["level"].name == "ERROR"] == []
+
+
+# -- g. the peer's maxInboundMessageSize -----------------------------------------------------------------
+
+
+def test_no_uplink_exceeds_the_peers_max_inbound_message_size(harness: Harness) -> None:
+    caps = edge_pb2.CloudCapabilities(orderedApply=True, dedupBySeq=True)
+    fake = harness.fake(uplinks="ordered", capabilities=caps, dedup=True, max_inbound=2048)
+    app = harness.edge(fake)
+    device = make_device(app, "big-dev")
+    # Many small key/values: protobuf spends more bytes on each than the edge's own encoding,
+    # so a batch read under 2048 stored bytes does not fit in 2048 wire bytes as it is.
+    small = post(app, device, [{f"k{j:02d}": k * 100 + j for j in range(40)} for k in range(30)])
+    # One event whose payload alone leaves no room for the message around it (seq 33 < 128: a
+    # one-byte edgeSeqId, as in the probe), and one far too large.
+    ts = 1_800_000_000_000
+    probe_len = next(n for n in range(1900, 2100) if _telemetry_payload_size(device, ts, n) == 2040)
+    [tight] = post(app, device, [{"s": "t" * probe_len}], ts0=ts)
+    [huge] = post(app, device, [{"s": "y" * 3000}], ts0=ts)
+    assert tight == 33
+    wait_until(lambda: settled(app, 34), "every event acknowledged or dead")
+
+    assert fake.uplinks, "nothing sent"
+    sizes = [u.size for u in fake.uplinks]
+    assert max(sizes) <= 2048, sizes
+    # the gRPC message is the RequestMsg around it; the fake's server enforces the limit on it
+    assert max(u.request_size for u in fake.uplinks) <= 2048
+    assert len(fake.connects) == 1  # the stream was never broken by an oversize message
+    assert max(len(u.seqs) for u in fake.uplinks) >= 2, "the limit was never tested by packing"
+    assert fake.applied_seqs() == [1, 2, *small]
+    assert [p.value["k00"] for p in fake.applied if p.action == "TIMESERIES_UPDATED"] == [
+        k * 100 for k in range(30)]
+    dead = [e for e in edge_events(app) if e.status is Status.DEAD]
+    assert [e.seq for e in dead] == [tight, huge]
+    for e in dead:
+        assert e.error is not None
+        assert "exceeds the cloud's maxInboundMessageSize (2048 bytes)" in e.error, e.error
+
+
+def _telemetry_payload_size(device: Device, ts: int, str_len: int) -> int:
+    """The byte size of the entityData payload of telemetry {"s": "t" * str_len} (edgeSeqId 33)."""
+    b = device.id.bytes
+    return edge_pb2.EntityDataProto(
+        entityIdMSB=int.from_bytes(b[:8], "big", signed=True),
+        entityIdLSB=int.from_bytes(b[8:], "big", signed=True), entityType="DEVICE",
+        postTelemetryMsg=transport_pb2.PostTelemetryMsg(tsKvList=[transport_pb2.TsKvListProto(
+            ts=ts, kv=[transport_pb2.KeyValueProto(key="s", type=transport_pb2.STRING_V,
+                                                   string_v="t" * str_len)])]),
+        edgeSeqId=33).ByteSize()
+
+
+# -- d'. a failing oldest message, later ones answered first ----------------------------------------
+
+
+def test_oldest_message_failing_while_later_ones_succeed_reconnects_after_max_retries(
+        harness: Harness) -> None:
+    bad: list[int] = []
+    # Answers take 20 ms, the failing message's 60 ms: its successors are answered first.
+    fake = harness.fake(uplinks="ack", capabilities=None,
+                        answer_delay=lambda items: 0.06 if any(p.seq in bad for p in items) else 0.02)
+    app = harness.edge(fake, EDGE_CLOUD_BATCH_SIZE="1", EDGE_CLOUD_WINDOW="4",
+                       EDGE_CLOUD_RETRY_INTERVAL_MS="150", EDGE_CLOUD_RETRY_MAX_RETRIES="2")
+    fake.wait_for(lambda: sync_done(fake), what="sync acknowledged")
+    device = make_device(app, "flaky-dev")
+    wait_until(lambda: settled(app, 2), "the device's events acknowledged")
+    bad.append(3)  # the first telemetry event (1 and 2: the device's), failed from its first send
+    fake.fail_seqs = {3}
+    seqs = post(app, device, [{"n": k} for k in range(40)])
+    assert seqs[0] == 3
+    fake.wait_for(lambda: len(fake.connects) >= 2 or fake.failed.count(seqs[0]) > 3,
+                  what="a reconnect or a 4th send of the failing message", timeout=15)
+    sends = [u for u in fake.uplinks if u.stream == 1 and seqs[0] in u.seqs]
+    assert len(sends) == 3, f"sent {len(sends)} times on the first stream (1 + max_retries = 3)"
+    assert len(fake.connects) >= 2

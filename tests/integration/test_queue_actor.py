@@ -1,0 +1,540 @@
+"""The QueueActor for real (alone under actor_child, or inside a whole EdgeApp on tmp_path):
+group commit, replies only after commit, the full-storage policies, and atomic conflicts.
+
+Tests wait on futures with deadlines, never sleep.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import select
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_sync.actors.messages import Append, EventsCommitted, MarkDeployed
+from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
+from edge_sync.app import EdgeApp
+from edge_sync.config import load_edge_config
+from edge_sync.errors import BadRequest, EdgeSyncError, QueueFull
+from edge_sync.metrics import Metrics
+from edge_sync.storage.entity_store import Conflict, EntityStore
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.records import Action, Lane, NewEvent, Status, StoredEvent
+from edge_sync.supervisor import actor_child
+
+DEADLINE = 10.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+AppFactory = Callable[..., EdgeApp]
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[AppFactory]:
+    """Start an EdgeApp on tmp_path (ports 0) with extra env settings; stopped after the test."""
+    apps: list[EdgeApp] = []
+
+    def make(name: str = "edge", **env: str) -> EdgeApp:
+        cfg = load_edge_config(env={
+            "EDGE_DATA_DIR": str(tmp_path / name), "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0",
+            "EDGE_HTTP_HOST": "127.0.0.1", **env,
+        })
+        app = EdgeApp(cfg).start()
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.stop(timeout=30)
+
+
+def all_events(store: LmdbStore, **filters: Any) -> list[StoredEvent]:
+    with store.read() as txn:
+        return list(EventLog(store).iter_events(txn, **filters))
+
+
+def wait_all(futures: list[Future[Any]], deadline: float = DEADLINE) -> None:
+    """Wait until every future is done; fail the test if one is still open at the deadline."""
+    _done, not_done = concurrent.futures.wait(futures, timeout=deadline)
+    assert not not_done, f"{len(not_done)} of {len(futures)} replies still open after {deadline}s"
+
+
+class QueueUnderTest:
+    """A QueueActor alone under actor_child, on its own store, recording exits and commits."""
+
+    def __init__(self, path: Path, policy: QueuePolicy | None = None, *, initial_mb: int = 16,
+                 max_mb: int = 64) -> None:
+        self.store = LmdbStore(path, initial_map_mb=initial_mb, max_size_mb=max_mb)
+        self.metrics = Metrics()
+        self.exits: list[BaseException | None] = []
+        self.committed: list[EventsCommitted] = []
+        self.child: Any = actor_child(
+            QueueActor, self.store, policy=policy or QueuePolicy(), metrics=self.metrics,
+            on_committed=self.committed.append,
+        )(self.exits.append)
+        self.ref = self.child.ref
+
+    def stop(self) -> None:
+        self.child.stop(timeout=DEADLINE)
+        self.store.close()
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Iterator[QueueUnderTest]:
+    q = QueueUnderTest(tmp_path / "queue")
+    yield q
+    q.stop()
+
+
+def telemetry(entity: uuid.UUID, tag: Any, n: int = 1) -> tuple[NewEvent, ...]:
+    return tuple(NewEvent("DEVICE", "DEVICE", entity, Action.TIMESERIES_UPDATED,
+                          {"tag": tag, "k": k}, 1, Lane.NORMAL) for k in range(n))
+
+
+_READER = r"""
+import json, sys
+from pathlib import Path
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.event_log import EventLog
+
+store = LmdbStore(Path(sys.argv[1]), readonly=True)
+log = EventLog(store)
+print(json.dumps("ready"), flush=True)
+for line in sys.stdin:
+    seq = int(line)
+    with store.read() as txn:
+        event = log.get(txn, seq)
+    print(json.dumps(None if event is None else event.as_json()), flush=True)
+store.close()
+"""
+
+
+class ReaderProcess:
+    """A read-only LmdbStore in another process: one JSON line (the event or null) per seq."""
+
+    def __init__(self, path: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _READER, str(path)], cwd=ROOT, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        assert self._line() == "ready"
+
+    def _line(self) -> Any:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 20.0)
+        assert ready, "reader process silent for 20s"
+        line = self.proc.stdout.readline()
+        assert line, f"reader process exited: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        return json.loads(line)
+
+    def get(self, seq: int) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{seq}\n")
+        self.proc.stdin.flush()
+        return self._line()
+
+    def close(self) -> int:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream:
+                    stream.close()
+
+
+# -- group commit ---------------------------------------------------------------------------------
+
+
+def test_group_commit_many_appends_per_fsync(queue: QueueUnderTest) -> None:
+    threads_n, per_thread = 8, 250
+    appends = threads_n * per_thread
+    entities = [uuid.UUID(int=1000 + t) for t in range(threads_n)]
+    sent: list[list[tuple[Future[range], int]]] = [[] for _ in range(threads_n)]
+    start = threading.Barrier(threads_n)
+
+    def fire(t: int) -> None:
+        start.wait(timeout=DEADLINE)
+        for i in range(per_thread):
+            n = 1 + (i % 3)  # 1, 2 or 3 events per Append
+            reply: Future[range] = Future()
+            queue.ref.tell(Append(entities[t], telemetry(entities[t], (t, i), n), reply))
+            sent[t].append((reply, n))
+
+    workers = [threading.Thread(target=fire, args=(t,)) for t in range(threads_n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(DEADLINE)
+        assert not w.is_alive()
+    futures = [f for per in sent for f, _ in per]
+    assert len(futures) == appends
+    wait_all(futures)
+
+    ranges = [f.result() for f in futures]
+    total = sum(n for per in sent for _, n in per)
+    assert all(len(r) == n for r, (_, n) in zip(ranges, [x for per in sent for x in per],
+                                                strict=True))
+    seqs = sorted(s for r in ranges for s in r)
+    assert seqs == list(range(1, total + 1))  # every seq exactly once, no gaps
+    # Each thread's Appends got increasing seqs in the order it sent them (FIFO mailbox).
+    for per in sent:
+        firsts = [f.result().start for f, _ in per]
+        assert firsts == sorted(firsts)
+    # Each range holds exactly the events of its Append.
+    by_seq = {e.seq: e for e in all_events(queue.store)}
+    assert len(by_seq) == total
+    for t, per in enumerate(sent):
+        for i, (f, n) in enumerate(per):
+            got = [(by_seq[s].entity_id, by_seq[s].body["tag"], by_seq[s].body["k"])
+                   for s in f.result()]
+            assert got == [(entities[t], [t, i], k) for k in range(n)]
+    snap = queue.metrics.snapshot()
+    assert snap["edge_events_appended_total"] == total
+    commits = snap["edge_queue_commits_total"]
+    assert 1 <= commits < appends / 2, f"{commits} commits for {appends} appends"
+    assert queue.committed[-1] == EventsCommitted(next_seq=total + 1)
+    assert queue.exits == []
+
+
+def test_group_is_committed_when_group_max_events_is_reached(tmp_path: Path) -> None:
+    q = QueueUnderTest(tmp_path / "queue", QueuePolicy(group_max_events=10))
+    try:
+        entity = uuid.uuid4()
+        replies: list[Future[range]] = []
+        for i in range(200):
+            reply: Future[range] = Future()
+            q.ref.tell(Append(entity, telemetry(entity, i, 5), reply))
+            replies.append(reply)
+        wait_all(replies)
+        assert [r.result() for r in replies] == [range(1 + 5 * i, 6 + 5 * i) for i in range(200)]
+        # At most 10 events (two Appends) per commit.
+        assert q.metrics.snapshot()["edge_queue_commits_total"] >= 100
+    finally:
+        q.stop()
+
+
+def test_reply_resolves_only_after_commit(make_app: AppFactory, tmp_path: Path) -> None:
+    app = make_app()
+    device, created = app.service.create_device("meter")
+    assert created.result(DEADLINE) == range(1, 3)
+    reader = ReaderProcess(tmp_path / "edge")
+    try:
+        for i in range(20):
+            fut = app.service.post_telemetry(device.token, {"i": i})
+            seqs = fut.result(DEADLINE)
+            assert seqs == range(3 + i, 4 + i)
+            # Visible to another process the moment the reply resolved: committed, not buffered.
+            seen = reader.get(seqs.start)
+            assert seen is not None
+            assert (seen["entity_id"], seen["action"], seen["body"]["values"]) == (
+                str(device.id), "TIMESERIES_UPDATED", {"i": i})
+            assert seen["status"] == "PENDING"
+            assert reader.get(seqs.start + 1) is None
+    finally:
+        assert reader.close() == 0
+    # And the latest value went into the entity store in the same commit.
+    with app.store.read() as txn:
+        latest = EntityStore(app.store).latest(txn, device.id)
+    assert latest["i"][1] == 19
+
+
+# -- full storage ---------------------------------------------------------------------------------
+
+
+SMALL = {"EDGE_STORAGE_MAP_SIZE_INITIAL_MB": "1", "EDGE_STORAGE_MAX_MB": "2"}
+PAD = "x" * 1000
+
+
+def _post_burst(app: EdgeApp, token: str, first: int, n: int) -> list[tuple[int, Future[range]]]:
+    return [(c, app.service.post_telemetry(token, {"c": c, "pad": PAD}))
+            for c in range(first, first + n)]
+
+
+def _counters(app: EdgeApp, device_id: uuid.UUID) -> list[int]:
+    return [e.body["values"]["c"] for e in all_events(app.store, entity_id=device_id)
+            if e.action == Action.TIMESERIES_UPDATED]
+
+
+def _http_post(port: int, token: str, body: bytes) -> tuple[int, dict[str, str], Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/{token}/telemetry", data=body,
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=DEADLINE) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers), json.loads(exc.read())
+
+
+def test_refuse_policy_queue_full_keeps_everything_accepted(make_app: AppFactory,
+                                                            tmp_path: Path) -> None:
+    app = make_app(**SMALL)
+    device, created = app.service.create_device("filler")
+    created.result(DEADLINE)
+    ok: list[int] = []
+    refused: list[int] = []
+    c = 0
+    while not refused:
+        assert c < 20_000, "storage never filled up"
+        burst = _post_burst(app, device.token, c, 25)
+        c += 25
+        wait_all([f for _, f in burst])
+        for counter, fut in burst:
+            exc = fut.exception()
+            if exc is None:
+                ok.append(counter)
+            else:
+                assert isinstance(exc, QueueFull), repr(exc)
+                refused.append(counter)
+    assert len(ok) > 500  # the map grew from 1 to 2 MiB before refusing
+
+    # HTTP: a body that cannot fit (60 KB: 15 contiguous pages in a full map) gets 507.
+    status, headers, body = _http_post(app.http_port, device.token,
+                                       json.dumps({"big": "y" * 60_000}).encode())
+    assert status == 507
+    assert headers.get("Retry-After") == "1"
+    assert body["error"] == "insufficient storage"
+
+    counters = _counters(app, device.id)
+    assert sorted(counters) == sorted(ok)  # every accepted post once, no refused one
+    assert len(counters) == len(set(counters))
+    assert counters == sorted(counters)  # one device: log order is post order
+    events = all_events(app.store)
+    assert len(events) == len(ok) + 2
+    assert [e.action for e in events[:2]] == [Action.ADDED, Action.CREDENTIALS_UPDATED]
+    snap = app.metrics.snapshot()
+    assert snap["edge_events_appended_total"] == len(ok) + 2
+    assert snap["edge_events_refused_total"] == len(refused) + 1  # + the HTTP one
+    assert snap["edge_events_evicted_total"] == 0
+    assert app.supervisor.restarts("queue") == 0
+
+    app.stop()
+    store = LmdbStore(tmp_path / "edge", readonly=True)
+    try:
+        assert [e.body["values"]["c"] for e in all_events(store)[2:]] == counters
+    finally:
+        store.close()
+
+
+class Filler:
+    """Fills a QueueActor's small store with 1 KB events, 25 Appends at a time."""
+
+    def __init__(self, q: QueueUnderTest) -> None:
+        self.q = q
+        self.entity = uuid.uuid4()
+        self.accepted: list[int] = []  # tags, in seq order (seq = index + 1)
+        self.tag = 0
+
+    def one(self, tag: int) -> Future[range]:
+        reply: Future[range] = Future()
+        events = (NewEvent("DEVICE", "DEVICE", self.entity, Action.TIMESERIES_UPDATED,
+                           {"tag": tag, "pad": PAD}, 1, Lane.NORMAL),)
+        self.q.ref.tell(Append(self.entity, events, reply))
+        return reply
+
+    def fill(self, *, max_bursts: int = 1000) -> int:
+        """Append bursts until one is refused (QueueFull); return how many were accepted."""
+        before = len(self.accepted)
+        for _ in range(max_bursts):
+            burst = [(t, self.one(t)) for t in range(self.tag, self.tag + 25)]
+            self.tag += 25
+            wait_all([f for _, f in burst], deadline=3.0)
+            full = False
+            for t, f in burst:
+                if f.exception() is None:
+                    n = len(self.accepted)
+                    assert f.result() == range(n + 1, n + 2)
+                    self.accepted.append(t)
+                else:
+                    assert isinstance(f.exception(), QueueFull), repr(f.exception())
+                    full = True
+            if full:
+                return len(self.accepted) - before
+        raise AssertionError("storage never filled up")
+
+    def ack(self, seqs: range) -> int:
+        reply: Future[int] = Future()
+        self.q.ref.tell(MarkDeployed(tuple(seqs), reply))
+        return reply.result(3.0)
+
+
+@pytest.fixture
+def small_queue(tmp_path: Path) -> Iterator[Filler]:
+    q = QueueUnderTest(tmp_path / "queue", initial_mb=1, max_mb=2)
+    yield Filler(q)
+    q.stop()
+
+
+def test_full_store_accepts_a_batch_ack(small_queue: Filler) -> None:
+    filler = small_queue
+    assert filler.fill() > 500
+    assert filler.q.metrics.snapshot()["edge_events_purged_total"] == 0
+    assert filler.ack(range(1, 101)) == 100
+    events = all_events(filler.q.store)
+    assert len(events) == len(filler.accepted)
+    assert [e.status for e in events[:101]] == [Status.DEPLOYED] * 100 + [Status.PENDING]
+    assert filler.q.exits == []
+
+
+def test_full_store_records_every_ack_of_the_backlog(small_queue: Filler) -> None:
+    filler = small_queue
+    total = filler.fill()
+    for first in range(1, total + 1, 100):
+        batch = range(first, min(first + 100, total + 1))
+        assert filler.ack(batch) == len(batch)
+    events = all_events(filler.q.store)
+    assert {e.status for e in events} == {Status.DEPLOYED}
+    assert filler.q.exits == []
+
+
+def test_when_full_delivered_events_are_purged_to_make_room(small_queue: Filler) -> None:
+    filler = small_queue
+    assert filler.fill() > 500
+    assert filler.ack(range(1, 101)) == 100
+    # Storage full again: the 100 delivered events are purged and make room for about as many.
+    refill = filler.fill(max_bursts=20)
+    assert filler.q.metrics.snapshot()["edge_events_purged_total"] == 100
+    assert refill >= 50, refill
+    events = all_events(filler.q.store)
+    assert [e.body["tag"] for e in events] == filler.accepted[100:]
+    assert [e.seq for e in events] == list(range(101, len(filler.accepted) + 1))
+
+
+def test_evict_policy_keeps_accepting_and_keeps_the_high_lane(make_app: AppFactory) -> None:
+    app = make_app(**SMALL, EDGE_STORAGE_FULL_POLICY="evict_oldest_normal")
+    devices = []
+    for i in range(5):
+        device, created = app.service.create_device(f"dev-{i}")
+        created.result(DEADLINE)
+        devices.append(device)
+    posts = 4000  # about three times what 2 MiB holds
+    c = 0
+    while c < posts:
+        burst = _post_burst(app, devices[0].token, c, 50)
+        c += 50
+        wait_all([f for _, f in burst], deadline=3.0)
+        for _, fut in burst:
+            assert fut.exception() is None, repr(fut.exception())
+    snap = app.metrics.snapshot()
+    evicted = snap["edge_events_evicted_total"]
+    assert evicted > 0
+    with app.store.read() as txn:
+        counts = EventLog(app.store).counts(txn)
+    assert counts.evicted == evicted
+    remaining = _counters(app, devices[0].id)
+    assert len(remaining) + evicted == posts
+    assert remaining == list(range(posts - len(remaining), posts))  # the oldest went first
+    high = [(e.entity_id, e.action) for e in all_events(app.store) if e.lane is Lane.HIGH]
+    assert high == [(d.id, a) for d in devices for a in (Action.ADDED, Action.CREDENTIALS_UPDATED)]
+    assert counts.pending_high == 10
+    assert app.supervisor.restarts("queue") == 0
+
+
+# -- conflicts ------------------------------------------------------------------------------------
+
+
+def test_second_device_with_same_name_fails_with_conflict_and_writes_nothing(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()
+    first, f1 = app.service.create_device("boiler", token="tok-a")
+    assert f1.result(DEADLINE) == range(1, 3)
+    second, f2 = app.service.create_device("boiler", token="tok-b")
+    with pytest.raises(Conflict, match="named 'boiler'"):
+        f2.result(DEADLINE)
+    third, f3 = app.service.create_device("other", token="tok-a")
+    with pytest.raises(Conflict, match="access token"):
+        f3.result(DEADLINE)
+    # Appends after the refused ones still get the next seqs: nothing was consumed.
+    assert app.service.post_telemetry("tok-a", {"v": 1}).result(DEADLINE) == range(3, 4)
+    assert all_events(app.store, entity_id=second.id) == []
+    assert all_events(app.store, entity_id=third.id) == []
+    assert [(e.seq, e.action) for e in all_events(app.store)] == [
+        (1, Action.ADDED), (2, Action.CREDENTIALS_UPDATED), (3, Action.TIMESERIES_UPDATED)]
+    with app.store.read() as txn:
+        ents = EntityStore(app.store)
+        assert ents.device_by_name(txn, "boiler") == first
+        assert ents.device_by_token(txn, "tok-b") is None
+        assert ents.device(txn, second.id) is None
+        assert ents.device(txn, third.id) is None
+        assert ents.device_count(txn) == 1
+
+
+def test_concurrent_creations_with_same_name_exactly_one_wins(make_app: AppFactory) -> None:
+    app = make_app()
+    attempts = [app.service.create_device("twin") for _ in range(10)]
+    wait_all([f for _, f in attempts])
+    winners = [d for d, f in attempts if f.exception() is None]
+    losers = [(d, f.exception()) for d, f in attempts if f.exception() is not None]
+    assert len(winners) == 1
+    assert len(losers) == 9
+    assert all(isinstance(exc, Conflict) for _, exc in losers)
+    events = all_events(app.store)
+    assert [(e.entity_id, e.action) for e in events] == [
+        (winners[0].id, Action.ADDED), (winners[0].id, Action.CREDENTIALS_UPDATED)]
+    assert {e.status for e in events} == {Status.PENDING}
+
+
+# -- bodies the store cannot take -------------------------------------------------------------------
+
+
+def test_unencodable_body_fails_alone_and_others_are_committed(make_app: AppFactory) -> None:
+    app = make_app()
+    bad, f1 = app.service.create_device("bad")
+    good, f2 = app.service.create_device("good")
+    wait_all([f1, f2])
+    with pytest.raises(BadRequest):  # the device API refuses it up front
+        app.service.post_telemetry(bad.token, {"k": "\ud800"})
+    # the pre-validated in-process path does not check: the queue must isolate it
+    poison = app.service.post_entries(bad.id, ((1, (("k", "\ud800"),)),))
+    fine = [app.service.post_telemetry(good.token, {"k": i}) for i in range(20)]
+    wait_all([poison, *fine], deadline=3.0)
+    assert isinstance(poison.exception(), EdgeSyncError)
+    assert [f.exception() for f in fine] == [None] * 20
+    assert [e.body["values"]["k"] for e in all_events(app.store, entity_id=good.id)[2:]] == list(
+        range(20))
+
+
+def test_longest_allowed_key_of_multibyte_characters_is_stored(make_app: AppFactory) -> None:
+    app = make_app()
+    device, created = app.service.create_device("d")
+    created.result(DEADLINE)
+    key = "é" * 127  # 254 bytes: the longest key of 2-byte characters that is allowed
+    with pytest.raises(BadRequest):
+        app.service.post_telemetry(device.token, {"é" * 128: 1})  # 256 bytes: refused up front
+    fut = app.service.post_telemetry(device.token, {key: 1})
+    fut.result(DEADLINE)
+    with app.store.read() as txn:
+        assert EntityStore(app.store).latest(txn, device.id)[key][1] == 1
+
+
+def test_longest_allowed_device_name_of_multibyte_characters(make_app: AppFactory) -> None:
+    app = make_app()
+    try:
+        _device, created = app.service.create_device("名" * 255)
+    except BadRequest:
+        return
+    try:
+        created.result(DEADLINE)
+    except BadRequest:
+        return

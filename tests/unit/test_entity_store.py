@@ -1,0 +1,256 @@
+"""EntityStore on a real LMDB store in tmp_path: devices and their token / name indexes,
+uniqueness checks that write nothing, attributes by scope, latest telemetry by ts, downlink ids.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_sync.storage.entity_store import Conflict, EntityStore
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.records import Device, Scope
+
+D1 = Device(id=uuid.UUID(int=1), name="pump-1", type="pump", token="tok-1", created_time=10,
+            label="Pump one")
+D2 = Device(id=uuid.UUID(int=2), name="pump-2", type="pump", token="tok-2", created_time=20)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LmdbStore]:
+    s = LmdbStore(tmp_path / "store", initial_map_mb=4, max_size_mb=16)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def ents(store: LmdbStore) -> EntityStore:
+    return EntityStore(store)
+
+
+def write(store: LmdbStore, fn: Any) -> Any:
+    return store.write(fn)
+
+
+def read(store: LmdbStore, fn: Any) -> Any:
+    with store.read() as txn:
+        return fn(txn)
+
+
+def index_sizes(store: LmdbStore) -> tuple[int, int, int]:
+    with store.read() as txn:
+        return (store.entries(txn, "devices"), store.entries(txn, "device_tokens"),
+                store.entries(txn, "device_names"))
+
+
+# -- devices --------------------------------------------------------------------------------------
+
+
+def test_put_and_get_device_by_id_token_and_name(store: LmdbStore, ents: EntityStore) -> None:
+    write(store, lambda txn: ents.put_device(txn, D1))
+    write(store, lambda txn: ents.put_device(txn, D2))
+    assert read(store, lambda txn: ents.device(txn, D1.id)) == D1
+    assert read(store, lambda txn: ents.device_by_token(txn, "tok-1")) == D1
+    assert read(store, lambda txn: ents.device_by_name(txn, "pump-1")) == D1
+    assert read(store, lambda txn: ents.device_by_token(txn, "tok-2")) == D2
+    assert read(store, lambda txn: ents.device_by_name(txn, "pump-2")) == D2
+    assert read(store, lambda txn: ents.device(txn, uuid.UUID(int=3))) is None
+    assert read(store, lambda txn: ents.device_by_token(txn, "tok-3")) is None
+    assert read(store, lambda txn: ents.device_by_name(txn, "pump-3")) is None
+    assert read(store, lambda txn: ents.device_by_token(txn, "x" * 600)) is None
+    assert sorted(read(store, ents.devices), key=lambda d: d.name) == [D1, D2]
+    assert read(store, ents.device_count) == 2
+    assert index_sizes(store) == (2, 2, 2)
+
+
+@pytest.mark.parametrize("lookup", ["token", "name"])
+def test_empty_token_or_name_lookup_finds_nothing(
+    store: LmdbStore, ents: EntityStore, lookup: str
+) -> None:
+    write(store, lambda txn: ents.put_device(txn, D1))
+    find = ents.device_by_token if lookup == "token" else ents.device_by_name
+    assert read(store, lambda txn: find(txn, "")) is None
+
+
+def test_device_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    s = LmdbStore(path, initial_map_mb=4)
+    s.write(lambda txn: EntityStore(s).put_device(txn, D1))
+    s.close()
+    s = LmdbStore(path, initial_map_mb=4)
+    try:
+        with s.read() as txn:
+            assert EntityStore(s).device_by_token(txn, "tok-1") == D1
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    ("clash", "message"),
+    [
+        (replace(D2, id=D1.id), "already exists"),
+        (replace(D2, name=D1.name), "named 'pump-1'"),
+        (replace(D2, token=D1.token), "access token"),
+    ],
+    ids=["id", "name", "token"],
+)
+def test_check_new_device_raises_conflict_and_writes_nothing(
+    store: LmdbStore, ents: EntityStore, clash: Device, message: str
+) -> None:
+    write(store, lambda txn: ents.put_device(txn, D1))
+    with pytest.raises(Conflict, match=message):
+        write(store, lambda txn: ents.check_new_device(txn, clash))
+    assert index_sizes(store) == (1, 1, 1)
+    assert read(store, lambda txn: ents.device(txn, D1.id)) == D1
+    assert read(store, lambda txn: ents.device(txn, D2.id)) is None
+    assert read(store, lambda txn: ents.device_by_name(txn, D2.name)) is None
+    assert read(store, lambda txn: ents.device_by_token(txn, D2.token)) is None
+    # The check alone, in a transaction that is then committed, wrote nothing either.
+    write(store, lambda txn: ents.check_new_device(txn, D2))
+    assert index_sizes(store) == (1, 1, 1)
+
+
+def test_put_device_with_changed_token_and_name_updates_indexes(
+    store: LmdbStore, ents: EntityStore
+) -> None:
+    write(store, lambda txn: ents.put_device(txn, D1))
+    write(store, lambda txn: ents.put_device(txn, D2))
+    moved = replace(D1, token="tok-1b", name="pump-1b", version=2)
+    write(store, lambda txn: ents.put_device(txn, moved))
+    assert read(store, lambda txn: ents.device_by_token(txn, "tok-1")) is None
+    assert read(store, lambda txn: ents.device_by_name(txn, "pump-1")) is None
+    assert read(store, lambda txn: ents.device_by_token(txn, "tok-1b")) == moved
+    assert read(store, lambda txn: ents.device_by_name(txn, "pump-1b")) == moved
+    assert read(store, lambda txn: ents.device(txn, D1.id)) == moved
+    assert read(store, lambda txn: ents.device_by_token(txn, "tok-2")) == D2
+    assert index_sizes(store) == (2, 2, 2)
+    # The freed name and token can be taken by a new device.
+    d3 = Device(id=uuid.UUID(int=3), name="pump-1", type="pump", token="tok-1", created_time=30)
+    write(store, lambda txn: ents.check_new_device(txn, d3))
+    write(store, lambda txn: ents.put_device(txn, d3))
+    assert read(store, lambda txn: ents.device_by_token(txn, "tok-1")) == d3
+    assert index_sizes(store) == (3, 3, 3)
+
+
+def test_put_device_only_token_changed_keeps_name(store: LmdbStore, ents: EntityStore) -> None:
+    write(store, lambda txn: ents.put_device(txn, D1))
+    new = replace(D1, token="rotated")
+    write(store, lambda txn: ents.put_device(txn, new))
+    assert read(store, lambda txn: ents.device_by_token(txn, "tok-1")) is None
+    assert read(store, lambda txn: ents.device_by_token(txn, "rotated")) == new
+    assert read(store, lambda txn: ents.device_by_name(txn, "pump-1")) == new
+    assert index_sizes(store) == (1, 1, 1)
+
+
+def test_delete_device_removes_indexes(store: LmdbStore, ents: EntityStore) -> None:
+    write(store, lambda txn: ents.put_device(txn, D1))
+    write(store, lambda txn: ents.put_device(txn, D2))
+    assert write(store, lambda txn: ents.delete_device(txn, D1.id)) is True
+    assert write(store, lambda txn: ents.delete_device(txn, D1.id)) is False
+    assert read(store, lambda txn: ents.device_by_token(txn, "tok-1")) is None
+    assert read(store, lambda txn: ents.device_by_name(txn, "pump-1")) is None
+    assert read(store, lambda txn: ents.device_by_token(txn, "tok-2")) == D2
+    assert index_sizes(store) == (1, 1, 1)
+
+
+# -- attributes -----------------------------------------------------------------------------------
+
+
+def test_attributes_scopes_are_isolated(store: LmdbStore, ents: EntityStore) -> None:
+    e = D1.id
+    write(store, lambda txn: ents.put_attributes(txn, e, Scope.CLIENT, {"fw": "1.0", "n": 3}, ts=5))
+    write(store, lambda txn: ents.put_attributes(txn, e, Scope.SHARED, {"fw": "2.0", "mode": "eco"},
+                                                 ts=6))
+    write(store, lambda txn: ents.put_attributes(txn, D2.id, Scope.CLIENT, {"other": True}, ts=7))
+    assert read(store, lambda txn: ents.attributes(txn, e, Scope.CLIENT)) == {"fw": "1.0", "n": 3}
+    assert read(store, lambda txn: ents.attributes(txn, e, Scope.SHARED)) == {"fw": "2.0",
+                                                                            "mode": "eco"}
+    assert read(store, lambda txn: ents.attributes(txn, e, Scope.SERVER)) == {}
+    assert read(store, lambda txn: ents.attributes(txn, D2.id, Scope.CLIENT)) == {"other": True}
+    assert read(store, lambda txn: ents.attributes(txn, D2.id, Scope.SHARED)) == {}
+    assert read(store, lambda txn: ents.attributes(txn, uuid.UUID(int=9), Scope.CLIENT)) == {}
+
+
+def test_attributes_subset_of_keys_and_overwrite(store: LmdbStore, ents: EntityStore) -> None:
+    e = D1.id
+    values = {"a": 1, "ab": [1, 2], "b": {"x": 1.5}, "c": "s"}
+    write(store, lambda txn: ents.put_attributes(txn, e, Scope.CLIENT, values, ts=1))
+    assert read(store, lambda txn: ents.attributes(txn, e, Scope.CLIENT, ["a", "b", "zz"])) == {
+        "a": 1, "b": {"x": 1.5}}
+    assert read(store, lambda txn: ents.attributes(txn, e, Scope.CLIENT, [])) == {}
+    assert read(store, lambda txn: ents.attributes(txn, e, Scope.SHARED, ["a"])) == {}
+    write(store, lambda txn: ents.put_attributes(txn, e, Scope.CLIENT, {"a": 2}, ts=2))
+    assert read(store, lambda txn: ents.attributes(txn, e, Scope.CLIENT)) == {
+        "a": 2, "ab": [1, 2], "b": {"x": 1.5}, "c": "s"}
+
+
+def test_delete_attributes(store: LmdbStore, ents: EntityStore) -> None:
+    e = D1.id
+    write(store, lambda txn: ents.put_attributes(txn, e, Scope.CLIENT, {"a": 1, "b": 2, "c": 3}, ts=1))
+    write(store, lambda txn: ents.put_attributes(txn, e, Scope.SHARED, {"a": 10}, ts=1))
+    assert write(store, lambda txn: ents.delete_attributes(txn, e, Scope.CLIENT, ["a", "c", "x"])) == 2
+    assert read(store, lambda txn: ents.attributes(txn, e, Scope.CLIENT)) == {"b": 2}
+    assert read(store, lambda txn: ents.attributes(txn, e, Scope.SHARED)) == {"a": 10}
+    assert write(store, lambda txn: ents.delete_attributes(txn, e, Scope.CLIENT, ["a"])) == 0
+
+
+# -- latest telemetry -----------------------------------------------------------------------------
+
+
+def test_put_latest_keeps_highest_ts_per_key(store: LmdbStore, ents: EntityStore) -> None:
+    e = D1.id
+    write(store, lambda txn: ents.put_latest(txn, e, {"t": (100, 20.5), "h": (100, 40)}))
+    write(store, lambda txn: ents.put_latest(txn, e, {"t": (90, 99.0), "h": (110, 41)}))
+    assert read(store, lambda txn: ents.latest(txn, e)) == {"t": (100, 20.5), "h": (110, 41)}
+    write(store, lambda txn: ents.put_latest(txn, e, {"t": (101, 21.0), "p": (5, "on")}))
+    assert read(store, lambda txn: ents.latest(txn, e)) == {
+        "t": (101, 21.0), "h": (110, 41), "p": (5, "on")}
+    write(store, lambda txn: ents.put_latest(txn, e, {"t": (0, -1.0)}))
+    assert read(store, lambda txn: ents.latest(txn, e))["t"] == (101, 21.0)
+    # Another entity's latest values are separate.
+    write(store, lambda txn: ents.put_latest(txn, D2.id, {"t": (1, 1)}))
+    assert read(store, lambda txn: ents.latest(txn, D2.id)) == {"t": (1, 1)}
+    assert read(store, lambda txn: ents.latest(txn, e))["t"] == (101, 21.0)
+    assert read(store, lambda txn: ents.latest(txn, uuid.UUID(int=77))) == {}
+
+
+# -- downlinks ------------------------------------------------------------------------------------
+
+
+def test_downlink_ids_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    s = LmdbStore(path, initial_map_mb=4)
+    ents = EntityStore(s)
+    assert read(s, lambda txn: ents.downlink_applied(txn, b"dl-1")) is False
+    s.write(lambda txn: ents.record_downlink(txn, b"dl-1", now_ms=123))
+    assert read(s, lambda txn: ents.downlink_applied(txn, b"dl-1")) is True
+    assert read(s, lambda txn: ents.downlink_applied(txn, b"dl-2")) is False
+    assert read(s, lambda txn: ents.downlink_applied(txn, b"dl-")) is False
+    s.close()
+    s = LmdbStore(path, initial_map_mb=4)
+    try:
+        ents = EntityStore(s)
+        assert read(s, lambda txn: ents.downlink_applied(txn, b"dl-1")) is True
+        with s.read() as txn:
+            assert s.entries(txn, "downlinks") == 1
+    finally:
+        s.close()
+
+
+def test_aborted_transaction_writes_nothing(store: LmdbStore, ents: EntityStore) -> None:
+    """A failure after put_device in the same transaction leaves no trace (all or nothing)."""
+
+    def fn(txn: Any) -> None:
+        ents.put_device(txn, D1)
+        ents.record_downlink(txn, b"dl-9", now_ms=1)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        store.write(fn)
+    assert index_sizes(store) == (0, 0, 0)
+    assert read(store, lambda txn: ents.downlink_applied(txn, b"dl-9")) is False
