@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             t.join()
         show(admin, sum(accepted))
-        print(f"the cloud applied: `edge-cloud events --edge demo-edge` "
-              f"(CLOUD_DATA_DIR={work / 'cloud'})" if args.keep else "")
+        if args.keep:
+            print(f"what the cloud applied: CLOUD_DATA_DIR={work / 'cloud'} "
+                  "edge-cloud events --edge demo-edge")
     finally:
         edge.send_signal(signal.SIGTERM)
         code = edge.wait(30)
