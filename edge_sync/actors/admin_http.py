@@ -44,6 +44,13 @@ def parse_event_query(query: Any) -> tuple[Status | None, uuid.UUID | None, int,
     return status, entity, after, limit
 
 
+def _uuid(raw: Any, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError as exc:
+        raise BadRequest(f"{name}: {str(raw)[:64]!r} is not a UUID") from exc
+
+
 def _enum(kind: type[Status], raw: str, name: str) -> Status:
     try:
         return kind(raw)
@@ -95,6 +102,7 @@ class AdminHttpApi:
         app.router.add_get("/api/status", self._status)
         app.router.add_get("/api/cloud-events", self._events)
         app.router.add_post("/api/devices", self._create_device)
+        app.router.add_post("/api/alarms", self._alarm)
         app.router.add_get("/metrics", self._prometheus)
         app.router.add_get("/", self._page)
         if self._crash is not None:
@@ -159,6 +167,31 @@ class AdminHttpApi:
             return error_response(404, f"no running actor {target!r}")
         _log.bind(target=target).warning("fault injected: {} told to crash", target)
         return web.json_response({"crashed": target})
+
+    async def _alarm(self, request: web.Request) -> web.StreamResponse:
+        """Raise, acknowledge or clear an alarm on a device (the rule engine's job in
+        ThingsBoard; here an integrator's or operator's)."""
+        try:
+            body = parse_json(await request.read())
+            if not isinstance(body, dict):
+                raise BadRequest("expected a JSON object with device, type, severity, ...")
+            unknown = set(body) - {"device", "type", "severity", "details", "action", "alarm_id"}
+            if unknown:
+                raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+            device_id = _uuid(body.get("device"), "device")
+            alarm_id = _uuid(body["alarm_id"], "alarm_id") if body.get("alarm_id") else None
+            alarm_id, future = self._service.raise_alarm(
+                device_id, body.get("type", ""), severity=body.get("severity", "CRITICAL"),
+                details=body.get("details"), alarm_id=alarm_id,
+                action=body.get("action", "ADDED"))
+            seqs = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
+        except Exception as exc:
+            status = status_of(exc)
+            _log.bind(status=status).warning("alarm refused: {}", exc)
+            return error_response(status, str(exc) or type(exc).__name__)
+        _log.bind(entity=str(alarm_id), device=str(device_id), seq=seqs.start).info(
+            "alarm {} queued", body.get("action", "ADDED"))
+        return web.json_response({"alarm_id": str(alarm_id), "seq": seqs.start}, status=201)
 
     async def _prometheus(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text=self._metrics.render_prometheus(), content_type="text/plain")

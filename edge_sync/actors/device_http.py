@@ -18,7 +18,7 @@ from loguru import logger
 from edge_sync.actors.device_service import DeviceService
 from edge_sync.actors.http_errors import error_response, status_of
 from edge_sync.actors.payloads import parse_json, parse_keys
-from edge_sync.errors import Unauthorized
+from edge_sync.errors import BadRequest, Unauthorized
 from edge_sync.metrics import Metrics
 
 _log = logger.bind(component="device-http")
@@ -48,6 +48,7 @@ class DeviceHttpApi:
         app.router.add_post("/api/v1/{token}/telemetry", self._telemetry)
         app.router.add_post("/api/v1/{token}/attributes", self._post_attributes)
         app.router.add_get("/api/v1/{token}/attributes", self._get_attributes)
+        app.router.add_post("/api/v1/{token}/rpc/{request_id}", self._rpc_response)
         return app
 
     async def _read_json(self, request: web.Request) -> Any:
@@ -70,6 +71,16 @@ class DeviceHttpApi:
 
     async def _post_attributes(self, request: web.Request) -> web.StreamResponse:
         return await self._write(request, "attributes", self._service.post_attributes)
+
+    async def _rpc_response(self, request: web.Request) -> web.StreamResponse:
+        raw_id = request.match_info["request_id"]
+
+        def submit(token: str, body: Any) -> Future[range]:
+            if not raw_id.isdigit():
+                raise BadRequest(f"RPC request id {raw_id[:32]!r} is not a number")
+            return self._service.post_rpc_response(token, int(raw_id), body)
+
+        return await self._write(request, "rpc response", submit)
 
     async def _write(
         self,

@@ -14,14 +14,22 @@ from typing import Any
 
 from loguru import logger
 
-from edge_sync.actors.messages import PostClientAttributes, PostTelemetry, ProvisionDevice
-from edge_sync.actors.payloads import Entry, parse_attributes, parse_telemetry
+from edge_sync.actors.messages import (
+    PostClientAttributes,
+    PostRpcResponse,
+    PostTelemetry,
+    ProvisionDevice,
+    RaiseAlarm,
+)
+from edge_sync.actors.payloads import Entry, check_json_value, parse_attributes, parse_telemetry
 from edge_sync.actors.shard import EntityRouter
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.errors import BadRequest, Unauthorized
+from edge_sync.errors import BadRequest, NotFound, Unauthorized
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
-from edge_sync.storage.records import Device, Scope
+from edge_sync.storage.records import Action, Device, Scope
+
+SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE")
 
 _log = logger.bind(component="device-api")
 
@@ -108,6 +116,51 @@ class DeviceService:
         reply: Future[range] = Future()
         self._router.tell(PostClientAttributes(device.id, values, self._clock.now_ms(), reply))
         return reply
+
+    def post_rpc_response(self, token: str, request_id: int, body: Any) -> Future[range]:
+        """A device's answer to RPC request ``request_id`` (high lane: it overtakes telemetry)."""
+        device = self.authenticate(token)
+        if isinstance(request_id, bool) or not isinstance(request_id, int) \
+                or not 0 <= request_id < 2**31:
+            raise BadRequest("RPC request id must be an integer 0..2147483647")
+        check_json_value("rpc response", body)
+        reply: Future[range] = Future()
+        self._router.tell(PostRpcResponse(device.id, request_id, body, self._clock.now_ms(), reply))
+        return reply
+
+    def raise_alarm(
+        self,
+        device_id: uuid.UUID,
+        alarm_type: str,
+        *,
+        severity: str = "CRITICAL",
+        details: Any = None,
+        alarm_id: uuid.UUID | None = None,
+        action: str = Action.ADDED,
+    ) -> tuple[uuid.UUID, Future[range]]:
+        """Raise (ADDED), acknowledge (ALARM_ACK) or clear (ALARM_CLEAR) an alarm on a device.
+        Alarms go in the high lane and are never dropped, however long the cloud is away."""
+        if self.device(device_id) is None:
+            raise NotFound(f"no device {device_id}")
+        if not _text_ok(alarm_type):
+            raise BadRequest(f"alarm type must be 1 to {MAX_NAME_BYTES} bytes of UTF-8")
+        if severity not in SEVERITIES:
+            raise BadRequest(f"alarm severity must be one of {', '.join(SEVERITIES)}")
+        if action not in (Action.ADDED, Action.ALARM_ACK, Action.ALARM_CLEAR):
+            raise BadRequest("alarm action must be ADDED, ALARM_ACK or ALARM_CLEAR")
+        if action != Action.ADDED and alarm_id is None:
+            raise BadRequest("acknowledging or clearing an alarm needs its id")
+        if details is not None:
+            check_json_value("alarm details", details)
+        alarm_id = alarm_id or uuid.uuid4()
+        status = {Action.ADDED: "ACTIVE_UNACK", Action.ALARM_ACK: "ACTIVE_ACK",
+                  Action.ALARM_CLEAR: "CLEARED_UNACK"}[Action(action)]
+        now = self._clock.now_ms()
+        alarm = (("type", alarm_type), ("severity", severity), ("status", status),
+                 ("startTs", now), ("details", details))
+        reply: Future[range] = Future()
+        self._router.tell(RaiseAlarm(device_id, alarm_id, str(action), alarm, now, reply))
+        return alarm_id, reply
 
     def create_device(
         self, name: str, *, type_: str = "default", token: str | None = None, label: str = ""

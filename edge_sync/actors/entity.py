@@ -15,10 +15,12 @@ from edge_sync.actors.messages import (
     CreateDevice,
     EntityCommand,
     PostClientAttributes,
+    PostRpcResponse,
     PostTelemetry,
     ProvisionDevice,
     PutAttributes,
     PutLatestTelemetry,
+    RaiseAlarm,
 )
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope, lane_for
 
@@ -44,6 +46,10 @@ class EntityActor:
                 self._attributes(command)
             case ProvisionDevice():
                 self._provision(command)
+            case RaiseAlarm():
+                self._alarm(command)
+            case PostRpcResponse():
+                self._rpc_response(command)
 
     def _telemetry(self, cmd: PostTelemetry) -> None:
         eid = self.entity_id
@@ -67,6 +73,21 @@ class EntityActor:
                          {"scope": Scope.CLIENT.value, "kv": dict(cmd.values)}, cmd.ts, Lane.NORMAL)
         mutation = PutAttributes(eid, Scope.CLIENT, cmd.values, cmd.ts)
         self.queue.tell(Append(eid, (event,), cmd.reply, (mutation,)))
+
+    def _alarm(self, cmd: RaiseAlarm) -> None:
+        """Alarm events belong to the alarm entity but are handled by the originator's actor,
+        so a device's alarms keep their order with the device's other events."""
+        body = dict(cmd.alarm)
+        body.update({"id": str(cmd.alarm_id), "originator": str(cmd.device_id)})
+        event = NewEvent("ALARM", "ALARM", cmd.alarm_id, cmd.action, body, cmd.ts,
+                         lane_for("ALARM", cmd.action))
+        self.queue.tell(Append(cmd.device_id, (event,), cmd.reply))
+
+    def _rpc_response(self, cmd: PostRpcResponse) -> None:
+        body = {"requestId": cmd.request_id, "response": cmd.response}
+        event = NewEvent("DEVICE", "DEVICE", cmd.device_id, Action.RPC_CALL, body, cmd.ts,
+                         lane_for("DEVICE", Action.RPC_CALL))
+        self.queue.tell(Append(cmd.device_id, (event,), cmd.reply))
 
     def _provision(self, cmd: ProvisionDevice) -> None:
         d = cmd.device

@@ -113,11 +113,36 @@ class ProvisionDevice:
 
 
 @dataclass(frozen=True, slots=True)
+class RaiseAlarm:
+    """An alarm on a device (ADDED), or a change of one (ALARM_ACK, ALARM_CLEAR)."""
+
+    device_id: uuid.UUID
+    alarm_id: uuid.UUID
+    action: str
+    alarm: tuple[tuple[str, Any], ...]  # type, severity, status, details, ...
+    ts: int
+    reply: Reply | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PostRpcResponse:
+    """A device's answer to a server-side RPC request."""
+
+    device_id: uuid.UUID
+    request_id: int
+    response: Any
+    ts: int
+    reply: Reply | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class PassivateIdle:
     """Periodic: drop entity actors idle for longer than the configured time."""
 
 
-EntityCommand = PostTelemetry | PostClientAttributes | ProvisionDevice
+EntityCommand = (
+    PostTelemetry | PostClientAttributes | ProvisionDevice | RaiseAlarm | PostRpcResponse
+)
 
 # -- events published by the QueueActor --------------------------------------------------------
 

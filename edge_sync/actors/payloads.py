@@ -70,6 +70,11 @@ def _check_nested(where: str, value: Any) -> None:
             raise BadRequest(f"{where}: a number inside the JSON value is not finite")
 
 
+def check_json_value(where: str, value: Any) -> None:
+    """Any JSON value (object, list or scalar) that the store can hold; BadRequest otherwise."""
+    _check_nested(where, value)
+
+
 def _check_value(where: str, key: str, value: Any) -> Any:
     if isinstance(value, bool):
         return value

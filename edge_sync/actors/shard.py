@@ -22,8 +22,10 @@ from edge_sync.actors.messages import (
     EntityCommand,
     PassivateIdle,
     PostClientAttributes,
+    PostRpcResponse,
     PostTelemetry,
     ProvisionDevice,
+    RaiseAlarm,
 )
 from edge_sync.actors.ticker import Ticker
 from edge_sync.errors import InjectedFault
@@ -39,7 +41,8 @@ def entity_of(command: EntityCommand) -> uuid.UUID:
     match command:
         case ProvisionDevice(device=device):
             return device.id
-        case PostTelemetry(device_id=device_id) | PostClientAttributes(device_id=device_id):
+        case (PostTelemetry(device_id=device_id) | PostClientAttributes(device_id=device_id)
+              | RaiseAlarm(device_id=device_id) | PostRpcResponse(device_id=device_id)):
             return device_id
     raise TypeError(f"not an entity command: {command!r}")
 
@@ -77,7 +80,8 @@ class ShardActor(SupervisedActor):
         if isinstance(message, PassivateIdle):
             self._passivate(time.monotonic())
             return None
-        if isinstance(message, PostTelemetry | PostClientAttributes | ProvisionDevice):
+        if isinstance(message, PostTelemetry | PostClientAttributes | ProvisionDevice | RaiseAlarm
+                      | PostRpcResponse):
             now = time.monotonic()
             entity_id = entity_of(message)
             entity = self._entities.get(entity_id)

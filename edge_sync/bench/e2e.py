@@ -25,10 +25,11 @@ times, default once, as ``drain_runs`` says):
   untimed) are read with ``EventLog.read_batch`` (100 at a time, one read transaction each),
   packed with ``edge_sync.link.packer.pack`` and sent on one ``handleMsgs`` bidi stream
   (``edge_sync.link.channel``, the edge's own channel and stream code) with a window of 8
-  UplinkMsgs in flight, by one thread, to the *real* reference cloud (so the cloud's validation
-  and durable apply cost is in the ceiling exactly as in the edge figures). Counted: events
-  acknowledged (success) per second after a 0.5 s warm-up, for ``--duration`` s or until the log
-  is exhausted. Not included: marking events DEPLOYED (the edge's extra fsync per ack).
+  UplinkMsgs in flight (the edge's ``cloud.window``), by one thread, to the *real* reference
+  cloud (so the cloud's validation and durable apply cost is in the ceiling exactly as in the
+  edge figures). Counted: events acknowledged (success) per second after a 0.5 s warm-up, for
+  ``--duration`` s or until the log is exhausted. Not included: marking events DEPLOYED (the
+  edge's extra group commits, one fsync each).
 - ``sustained_eps``: cloud up, then a closed-loop producer in the edge posts batches of 100
   (round-robin over ``--devices`` devices, at most ``--post-window`` posts outstanding) but only
   while the edge holds fewer than ``--max-pending`` events that are not yet DEPLOYED. So the
@@ -62,6 +63,14 @@ times, default once, as ``drain_runs`` says):
   raw_ceiling_eps (medians; ``samples`` has the per-run figures, the drain ratios against the
   median ceiling). ``meets_targets`` compares with ``targets`` (ratios at least, p99 and RSS
   below); a figure not measured (``--only``) is null and so is its verdict.
+
+Other keys: ``drain_s``, ``drain_connect_s``, ``fill_eps`` (how fast the backlog was posted),
+``rss_before_drain_mb``, ``edge_store_mb`` (the edge's LMDB file in use after the drain),
+``pending_max`` (highest pending count seen in the sustained windows), ``post_lateness_p99_ms``
+(how late the open-loop producer posted: it shares the edge's GIL), ``cpu_pct`` (per phase and
+run, % of one core used by the edge or raw client and by the cloud during the measurement) and
+``machine`` (load average and PSI at the start and the end): the machine is shared, and a
+ceiling measured while the client got well under 100% of a core was measured on a busy machine.
 
 Where the time goes: ``--phase NAME`` runs one measurement in the foreground (the same worker
 code, the cloud still a subprocess), e.g. ``py-spy record --threads --gil -o edge.svg -- python
@@ -867,9 +876,9 @@ def machine_load() -> dict[str, float]:
     return out
 
 
-def run_worker(phase: str, opts: Options, *, timeout: float) -> dict[str, Any] | None:
-    """One phase in a fresh worker subprocess; its result dict, or None (error recorded by the
-    caller from the returned dict's 'error')."""
+def run_worker(phase: str, opts: Options, *, timeout: float) -> dict[str, Any]:
+    """One phase in a fresh worker subprocess (its own session, so that it and the cloud it
+    started can be ended together): its result dict, with an 'error' when it failed."""
     payload = json.dumps(dataclasses.asdict(opts))
     cmd = [sys.executable, "-m", "edge_sync.bench", "e2e", "--phase", phase,
            "--phase-options", payload, "--progress-origin", repr(progress_origin())]
@@ -877,10 +886,12 @@ def run_worker(phase: str, opts: Options, *, timeout: float) -> dict[str, Any] |
                             stderr=sys.stderr, start_new_session=True)
     try:
         stdout, _ = proc.communicate(timeout=timeout)
-    except BaseException:  # timeout or Ctrl-C: end the worker and the cloud it started
+    except BaseException as exc:  # timeout or Ctrl-C: end the worker and the cloud it started
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            return {"error": f"{phase}: no result within {timeout:.0f}s; worker killed"}
         raise
     lines = stdout.decode(errors="replace").strip().splitlines()
     try:
@@ -1015,6 +1026,8 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--max-pending", type=int, default=10_000,
                    help="closed loop: most posted events not yet DEPLOYED (default 10,000)")
     p.add_argument("--devices", type=int, default=16, help="devices the load is spread over")
+    p.add_argument("--post-window", type=int, default=32,
+                   help="closed loop and fill: most uncommitted posts (default 32)")
     p.add_argument("--only", default="all",
                    help="comma-separated phases to run: raw, sustained, latency, drain (default all)")
     p.add_argument("--quick", action="store_true",
@@ -1044,13 +1057,15 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, argparse.Namespace]:
         drain_runs=args.drain_runs,
         raw_events=args.raw_events if args.raw_events is not None else (150_000 if q else 400_000),
         max_pending=args.max_pending,
+        post_window=args.post_window,
         devices=args.devices,
         only=only,
     )
-    if min(opts.runs, opts.backlog, opts.raw_events, opts.max_pending, opts.devices) < 1 or min(
+    if min(opts.runs, opts.backlog, opts.raw_events, opts.max_pending, opts.devices,
+           opts.post_window) < 1 or min(
             opts.duration, opts.latency_duration, opts.rate) <= 0 or opts.drain_runs < 0:
-        p.error("--runs, --backlog, --raw-events, --max-pending, --devices, --duration, "
-                "--latency-duration and --rate must be positive (--drain-runs >= 0)")
+        p.error("--runs, --backlog, --raw-events, --max-pending, --devices, --post-window, "
+                "--duration, --latency-duration and --rate must be positive (--drain-runs >= 0)")
     return opts, args
 
 
@@ -1070,15 +1085,11 @@ def main(argv: Sequence[str]) -> int:
         for phase in plan:
             progress(f"run {run}/{opts.runs}: {phase}")
             timeout = 300 + opts.duration + opts.latency_duration + opts.raw_events / 1000
-            result = run_worker(phase, opts, timeout=timeout)
-            assert result is not None
-            _absorb(phase, result, got)
+            _absorb(phase, run_worker(phase, opts, timeout=timeout), got)
     if drain:
         for run in range(1, opts.drain_runs + 1):
             progress(f"drain {run}/{opts.drain_runs}: {opts.backlog:,} events")
-            result = run_worker("drain", opts, timeout=900 + opts.backlog / 250)
-            assert result is not None
-            _absorb("drain", result, got)
+            _absorb("drain", run_worker("drain", opts, timeout=900 + opts.backlog / 250), got)
     got.machine.append(machine_load())
     line = result_line(opts, got)
     emit(line)

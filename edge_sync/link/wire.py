@@ -23,6 +23,12 @@ UPDATE_TYPE = {
     Action.DELETED: edge_pb2.ENTITY_DELETED_RPC_MESSAGE,
 }
 ACTION_OF_UPDATE = {v: k for k, v in UPDATE_TYPE.items()}
+ALARM_UPDATE_TYPE = {
+    **UPDATE_TYPE,
+    Action.ALARM_ACK: edge_pb2.ALARM_ACK_RPC_MESSAGE,
+    Action.ALARM_CLEAR: edge_pb2.ALARM_CLEAR_RPC_MESSAGE,
+}
+ACTION_OF_ALARM_UPDATE = {v: k for k, v in ALARM_UPDATE_TYPE.items()}
 
 
 # -- UUIDs -------------------------------------------------------------------------------------
@@ -97,6 +103,19 @@ def device_json(body: dict[str, Any]) -> str:
     }, separators=(",", ":"))
 
 
+def alarm_json(body: dict[str, Any]) -> str:
+    """The edge's alarm body -> ThingsBoard's alarm JSON text."""
+    return json.dumps({
+        "id": {"entityType": "ALARM", "id": body["id"]},
+        "originator": {"entityType": "DEVICE", "id": body["originator"]},
+        "type": body.get("type", ""),
+        "severity": body.get("severity", "CRITICAL"),
+        "status": body.get("status", "ACTIVE_UNACK"),
+        "startTs": body.get("startTs", 0),
+        "details": body.get("details"),
+    }, separators=(",", ":"))
+
+
 def credentials_json(body: dict[str, Any]) -> str:
     return json.dumps({
         "deviceId": {"entityType": "DEVICE", "id": body["deviceId"]},
@@ -149,6 +168,18 @@ def event_payload(event: StoredEvent) -> tuple[PayloadField, Any]:
                 kv=[to_kv(k, v) for k, v in body["kv"].items()]),
             postAttributeScope=body.get("scope", "CLIENT_SCOPE"), edgeSeqId=event.seq)
         return "entityData", msg
+    if event.type == "ALARM" and action in ALARM_UPDATE_TYPE:
+        msg = edge_pb2.AlarmUpdateMsg(
+            msgType=ALARM_UPDATE_TYPE[Action(action)], idMSB=msb, idLSB=lsb,
+            entity=alarm_json(body), edgeSeqId=event.seq)
+        return "alarmUpdateMsg", msg
+    if action == Action.RPC_CALL:
+        msg = edge_pb2.DeviceRpcCallMsg(
+            deviceIdMSB=msb, deviceIdLSB=lsb, requestId=int(body["requestId"]),
+            responseMsg=edge_pb2.RpcResponseMsg(
+                response=json.dumps(body.get("response"), separators=(",", ":"))),
+            edgeSeqId=event.seq)
+        return "deviceRpcCallMsg", msg
     if event.type == "DEVICE" and action in UPDATE_TYPE:
         msg = edge_pb2.DeviceUpdateMsg(
             msgType=UPDATE_TYPE[Action(action)], idMSB=msb, idLSB=lsb,
@@ -189,7 +220,11 @@ def uplink_events(uplink: edge_pb2.UplinkMsg) -> list[AppliedEvent]:
         out.append(_guard(dev, _device_update))
     for cred in uplink.deviceCredentialsUpdateMsg:
         out.append(_guard(cred, _credentials_update))
-    for name in ("alarmUpdateMsg", "relationUpdateMsg", "deviceRpcCallMsg", "assetUpdateMsg"):
+    for alarm in uplink.alarmUpdateMsg:
+        out.append(_guard(alarm, _alarm_update))
+    for rpc in uplink.deviceRpcCallMsg:
+        out.append(_guard(rpc, _rpc_call))
+    for name in ("relationUpdateMsg", "assetUpdateMsg"):
         for msg in getattr(uplink, name):
             out.append(_guard(msg, lambda m, n=name: _opaque(m, n)))
     return out
@@ -274,6 +309,36 @@ def _credentials_update(m: edge_pb2.DeviceCredentialsUpdateMsg) -> AppliedEvent:
     if not body.get("credentialsId"):
         raise BadRequest("deviceCredentialsUpdateMsg: no credentialsId")
     return AppliedEvent(_seq(m), "DEVICE", eid, Action.CREDENTIALS_UPDATED, body, 0)
+
+
+def _alarm_update(m: edge_pb2.AlarmUpdateMsg) -> AppliedEvent:
+    action = ACTION_OF_ALARM_UPDATE.get(m.msgType)
+    if action is None:
+        raise BadRequest(f"alarmUpdateMsg type {m.msgType} unknown")
+    eid = uuid_of(m.idMSB, m.idLSB)
+    body = parse_entity_json(m.entity, "alarmUpdateMsg") if m.entity else {}
+    if action != Action.DELETED:
+        if entity_id_in(body, "id", "alarmUpdateMsg") != eid:
+            raise BadRequest("alarmUpdateMsg: entity id differs from idMSB/idLSB")
+        if not body.get("type"):
+            raise BadRequest("alarmUpdateMsg: alarm has no type")
+    return AppliedEvent(_seq(m), "ALARM", eid, action, body, int(body.get("startTs") or 0))
+
+
+def _rpc_call(m: edge_pb2.DeviceRpcCallMsg) -> AppliedEvent:
+    eid = uuid_of(m.deviceIdMSB, m.deviceIdLSB)
+    if eid.int == 0:
+        raise BadRequest("deviceRpcCallMsg: device id is nil")
+    if m.HasField("responseMsg"):
+        try:
+            response = json.loads(m.responseMsg.response) if m.responseMsg.response else None
+        except ValueError:
+            response = m.responseMsg.response
+        body = {"requestId": m.requestId, "response": response, "error": m.responseMsg.error}
+    else:
+        body = {"requestId": m.requestId, "method": m.requestMsg.method,
+                "params": m.requestMsg.params}
+    return AppliedEvent(_seq(m), "DEVICE", eid, Action.RPC_CALL, body, 0)
 
 
 def _opaque(m: Any, name: str) -> AppliedEvent:
