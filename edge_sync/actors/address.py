@@ -20,10 +20,13 @@ class Address:
     def __init__(self, name: str, resolve: Callable[[], pykka.ActorRef[Any] | None]) -> None:
         self.name = name
         self._resolve = resolve
+        self._cached: pykka.ActorRef[Any] | None = None
 
     def tell(self, message: Any) -> None:
         """Any thread. Deliver, or fail the message's reply with Unavailable."""
-        ref = self._resolve()
+        ref = self._cached  # resolved again only once that incarnation has stopped
+        if ref is None or not ref.is_alive():
+            ref = self._cached = self._resolve()
         if ref is not None:
             try:
                 ref.tell(message)

@@ -43,6 +43,7 @@ _log = logger.bind(component="link")
 
 EDGE_VERSION = edge_pb2.V_4_3_0
 TICK_S = 0.05
+_RELEASE_EVERY_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,7 @@ class ConnectionActor(SupervisedActor):
         self._partial_since: float | None = None
         self._resend_at: float | None = None
         self._oldest_attempts = 0
+        self._read_bytes = 0
         self._skew_warned = False
         self._skew_ms: int | None = None
         self._last_ack_ms: int | None = None
@@ -365,6 +367,10 @@ class ConnectionActor(SupervisedActor):
             with self._store.read() as txn:
                 events = self._log_db.read_batch(
                     txn, max_events=cfg.batch.size, max_bytes=max_bytes, after=self._cursor)
+            self._read_bytes += sum(e.size for e in events)
+            if self._read_bytes >= _RELEASE_EVERY_BYTES:  # a long drain: keep RSS flat
+                self._read_bytes = 0
+                self._store.release_pages()
             if not events:
                 self._partial_since = None
                 return

@@ -7,6 +7,7 @@ transaction open in this process, so both take a shared gate that growth takes e
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -84,6 +85,21 @@ class _Gate:
             with self._cond:
                 self._exclusive = False
                 self._cond.notify_all()
+
+
+_MADV_DONTNEED = 4
+_libc: ctypes.CDLL | None = None
+
+
+def _madvise(start: int, length: int) -> bool:
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            return False
+        _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return bool(_libc.madvise(start, length, _MADV_DONTNEED) == 0)
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -355,6 +371,26 @@ class LmdbStore:
             psize = st["psize"]
             pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
         return pages * psize
+
+    def release_pages(self) -> int:
+        """Drop this process's resident pages of the data file; returns the bytes advised.
+
+        Reading a large backlog through the memory map would otherwise leave every page read
+        counted in the process's resident set, so RSS would grow with the backlog. LMDB maps
+        the file shared and read-only (it writes with pwrite), so the pages stay in the OS page
+        cache and the next access maps them again, with the same content. Linux only."""
+        target = str((self.path / "data.mdb").resolve())
+        released = 0
+        try:
+            with open("/proc/self/maps") as maps:
+                ranges = [line.split()[0] for line in maps if line.rstrip().endswith(target)]
+        except OSError:
+            return 0
+        for rng in ranges:
+            start, end = (int(x, 16) for x in rng.split("-"))
+            if _madvise(start, end - start):
+                released += end - start
+        return released
 
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])
