@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,10 +59,23 @@ class _ResponseArrived:
 
 
 @dataclass(frozen=True, slots=True)
+class _WriteFailed:
+    """The QueueActor could not record a MarkDeployed / DeadLetter (it was restarting)."""
+
+    command: Any = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class _StreamEnded:
     stream_id: int
     code: str
     detail: str
+
+
+def _fields_without_reply(command: MarkDeployed | DeadLetter) -> tuple[Any, ...]:
+    if isinstance(command, MarkDeployed):
+        return (command.seqs,)
+    return (command.seq, command.error)
 
 
 def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
@@ -134,6 +148,7 @@ class ConnectionActor(SupervisedActor):
         self._partial_since: float | None = None
         self._resend_at: float | None = None
         self._oldest_attempts = 0
+        self._unrecorded: list[MarkDeployed | DeadLetter] = []
         self._read_bytes = 0
         self._skew_warned = False
         self._skew_ms: int | None = None
@@ -191,6 +206,8 @@ class ConnectionActor(SupervisedActor):
                 self._pump()
             case DownlinkApplied():
                 self._on_downlink_applied(message)
+            case _WriteFailed(command=command):
+                self._unrecorded.append(command)
         return None
 
     # -- connecting ----------------------------------------------------------------------------
@@ -419,7 +436,7 @@ class ConnectionActor(SupervisedActor):
         if resp.success:
             was_oldest = next(iter(self._inflight)) == resp.uplinkMsgId
             del self._inflight[resp.uplinkMsgId]
-            self._queue.tell(MarkDeployed(tuple(flight.seqs)))
+            self._record(MarkDeployed(tuple(flight.seqs), Future()))
             self._m_acked.inc(len(flight.seqs))
             self._last_ack_ms = self._clock.now_ms()
             if was_oldest:  # the retry count belongs to the oldest unacknowledged message
@@ -462,12 +479,26 @@ class ConnectionActor(SupervisedActor):
     def _dead_letter(self, seq: int, error: str) -> None:
         self._skip.add(seq)
         self._m_dead.inc()
-        self._queue.tell(DeadLetter(seq, error))
+        self._record(DeadLetter(seq, error, Future()))
+
+    def _record(self, command: MarkDeployed | DeadLetter) -> None:
+        """Send a state change to the QueueActor; if it cannot take it (restarting), keep it
+        and send it again on the next tick, so no acknowledgement is forgotten."""
+        ref = self.actor_ref
+        reply = command.reply
+        assert reply is not None
+        reply.add_done_callback(
+            lambda f: f.exception() is not None and _tell(ref, _WriteFailed(command)))
+        self._queue.tell(command)
 
     # -- time ----------------------------------------------------------------------------------
 
     def _tick(self) -> None:
         now = self._clock.monotonic()
+        if self._unrecorded:
+            retry, self._unrecorded = self._unrecorded, []
+            for command in retry:
+                self._record(type(command)(*_fields_without_reply(command), Future()))
         state = self._sm.state
         if state in (LinkState.BACKOFF, LinkState.AUTH_FAILED, LinkState.DISCONNECTED):
             if now >= self._next_attempt:
