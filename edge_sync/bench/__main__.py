@@ -15,13 +15,13 @@ usage: scripts/bench <benchmark> [options]
 benchmarks:
   ingest    events/s in process vs raw LMDB, device HTTP API throughput and latency
   e2e       edge to cloud end to end: sustained and drain vs a raw ceiling, latency, RSS
-  compare   compare two result lines (not built yet)
+  compare   edge-sync vs a Mosquitto QoS 1 bridge through an outage and kill -9 (installs mosquitto)
 
 Each benchmark prints progress on stderr and one JSON line (the last line of stdout).
 `scripts/bench <benchmark> --help` lists its options.
 """
 
-_NOT_BUILT = ("compare",)
+_NOT_BUILT: tuple[str, ...] = ()
 
 
 def _ingest(argv: Sequence[str]) -> int:
@@ -36,7 +36,13 @@ def _e2e(argv: Sequence[str]) -> int:
     return e2e.main(argv)
 
 
-BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"ingest": _ingest, "e2e": _e2e}
+def _compare(argv: Sequence[str]) -> int:
+    from edge_sync.bench import compare
+
+    return compare.main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"ingest": _ingest, "e2e": _e2e, "compare": _compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
