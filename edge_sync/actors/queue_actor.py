@@ -51,6 +51,7 @@ from edge_sync.supervisor import ExitReporter, SupervisedActor
 _log = logger.bind(component="queue")
 
 _PURGE_BATCH = 10_000
+_RELEASE_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +172,7 @@ class QueueActor(SupervisedActor):
             outcomes = self._commit_each(group)
         self._commits.inc()
         self._resolve(group, outcomes)
+        self._store.release_pages_every(_RELEASE_INTERVAL_S)  # a long outage: RSS stays flat
 
     def _commit(self, group: Sequence[WriteCommand]) -> list[_Outcome]:
         now = self._clock.now_ms()

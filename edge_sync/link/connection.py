@@ -44,7 +44,8 @@ _log = logger.bind(component="link")
 
 EDGE_VERSION = edge_pb2.V_4_3_0
 TICK_S = 0.05
-_RELEASE_EVERY_BYTES = 16 * 1024 * 1024
+_RELEASE_INTERVAL_S = 0.25
+_RELEASE_EVERY_EVENTS = 2048  # at most a page each: 8 MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +150,7 @@ class ConnectionActor(SupervisedActor):
         self._resend_at: float | None = None
         self._oldest_attempts = 0
         self._unrecorded: list[MarkDeployed | DeadLetter] = []
-        self._read_bytes = 0
+        self._read_since_release = 0
         self._skew_warned = False
         self._skew_ms: int | None = None
         self._last_ack_ms: int | None = None
@@ -384,10 +385,15 @@ class ConnectionActor(SupervisedActor):
             with self._store.read() as txn:
                 events = self._log_db.read_batch(
                     txn, max_events=cfg.batch.size, max_bytes=max_bytes, after=self._cursor)
-            self._read_bytes += sum(e.size for e in events)
-            if self._read_bytes >= _RELEASE_EVERY_BYTES:  # a long drain: keep RSS flat
-                self._read_bytes = 0
+            # A long drain must not leave the store resident: release a few times a second, and
+            # after every few thousand events read, since scattered high-lane events can each
+            # sit on their own page.
+            self._read_since_release += len(events)
+            if self._read_since_release >= _RELEASE_EVERY_EVENTS:
+                self._read_since_release = 0
                 self._store.release_pages()
+            else:
+                self._store.release_pages_every(_RELEASE_INTERVAL_S)
             if not events:
                 self._partial_since = None
                 return

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -139,6 +140,7 @@ class LmdbStore:
         self._gate = _Gate()
         self._grow_lock = threading.Lock()
         self._writer_lock: int | None = None
+        self._released_at = 0.0
         try:
             self.env = self._open(initial_map_mb * MiB, max_dbs=len(db_names) + 2)
         except BaseException:
@@ -391,6 +393,14 @@ class LmdbStore:
             if _madvise(start, end - start):
                 released += end - start
         return released
+
+    def release_pages_every(self, interval_s: float) -> None:
+        """release_pages(), at most once per interval (called after reads and commits, so the
+        resident set stays flat however large the backlog grows or drains). Any thread."""
+        now = time.monotonic()
+        if now - self._released_at >= interval_s:
+            self._released_at = now
+            self.release_pages()
 
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])
