@@ -25,6 +25,9 @@ def make_channel(cfg: CloudLinkConfig) -> grpc.Channel:
     options = [
         ("grpc.keepalive_time_ms", int(ka.time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(ka.timeout_s * 1000)),
+        # grpcio waits for a ping's answer ping_timeout_ms (60 s by default), whatever the
+        # keepalive timeout says: without this a half-open link is noticed after a minute.
+        ("grpc.http2.ping_timeout_ms", int(ka.timeout_s * 1000)),
         ("grpc.keepalive_permit_without_calls", 1 if ka.permit_without_calls else 0),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", cfg.rpc.max_inbound_message_size),

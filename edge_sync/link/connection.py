@@ -186,9 +186,7 @@ class ConnectionActor(SupervisedActor):
         self._close_stream()
         if self._sm.state is not LinkState.DISCONNECTED:
             self._sm.to(LinkState.DISCONNECTED, "agent stopping")
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        self._close_channel()
         self._publish()
 
     # -- messages (actor thread) ---------------------------------------------------------------
@@ -255,6 +253,7 @@ class ConnectionActor(SupervisedActor):
         if resp.responseCode == edge_pb2.BAD_CREDENTIALS:
             self._m_auth.inc()
             self._close_stream()
+            self._close_channel()
             self._next_attempt = now + self._backoff.max_delay()
             self._sm.to(LinkState.AUTH_FAILED,
                         f"cloud refused routing key {self._cfg.routing_key!r}: bad credentials "
@@ -307,6 +306,7 @@ class ConnectionActor(SupervisedActor):
         """The link failed: close the stream, count the failure, back off."""
         now = self._clock.monotonic()
         self._close_stream()
+        self._close_channel()  # the next attempt dials anew: gRPC must not reconnect on its own
         if not self._accepted:
             before = self._breaker.state
             after = self._breaker.record_failure(now)
@@ -325,6 +325,11 @@ class ConnectionActor(SupervisedActor):
         if self._sm.state in (LinkState.CONNECTING, LinkState.SYNCING, LinkState.CONNECTED):
             self._sm.to(LinkState.BACKOFF,
                         f"{reason}; next attempt in {self._next_attempt - now:.1f}s")
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     def _close_stream(self) -> None:
         if self._stream is not None:
