@@ -277,11 +277,16 @@ class QueueActor(SupervisedActor):
         return outcome
 
     def _evict(self, count: int) -> bool:
-        eviction = self._store.write(lambda txn: self._log.evict_oldest_normal(txn, count=count),
-                                     maintenance=True)
+        try:
+            eviction = self._store.write(
+                lambda txn: self._log.evict_oldest_normal(txn, count=count), maintenance=True)
+        except QueueFull as exc:
+            _log.bind(reason=str(exc)).warning("eviction impossible: {}", exc)
+            return False
         if eviction is None:
             return False
         self._evicted.inc(eviction.count)
+        self._store.room_made()
         _log.bind(count=eviction.count, first_seq=eviction.first_seq, last_seq=eviction.last_seq).warning(
             "storage full: evicted the oldest pending normal-lane events (policy evict_oldest_normal)"
         )
@@ -290,17 +295,25 @@ class QueueActor(SupervisedActor):
     def _purge(self, *, older_than_ms: int) -> None:
         total = 0
         while True:
-            n = self._store.write(
-                lambda txn: self._log.purge_deployed(txn, older_than_ms=older_than_ms,
-                                                     limit=_PURGE_BATCH),
-                maintenance=True,
-            )
+            try:
+                n = self._purge_batch(older_than_ms)
+            except QueueFull as exc:  # even deleting needs pages; try again on the next tick
+                _log.bind(reason=str(exc)).warning("purge postponed: {}", exc)
+                break
             total += n
             if n < _PURGE_BATCH:
                 break
         if total:
             self._purged.inc(total)
             _log.bind(count=total).info("purged deployed events")
+            self._store.room_made()
+
+    def _purge_batch(self, older_than_ms: int) -> int:
+        return int(self._store.write(
+            lambda txn: self._log.purge_deployed(txn, older_than_ms=older_than_ms,
+                                                 limit=_PURGE_BATCH),
+            maintenance=True,
+        ))
 
     def _resolve(self, group: Sequence[WriteCommand], outcomes: Sequence[_Outcome]) -> None:
         appended = 0

@@ -84,6 +84,9 @@ class CloudLmdb(LmdbStore):
             store_format=CLOUD_FORMAT,
             program="edge-cloud",
             path_hint="CLOUD_DATA_DIR / storage.data_dir",
+            # the CLI may write while the server runs (every write is one transaction that
+            # reads what it changes): LMDB serialises them, no process lock is needed
+            exclusive_writer=False,
         )
 
 

@@ -106,7 +106,10 @@ class DownlinkActor(SupervisedActor):
             identity = (uuid_of(c.tenantIdMSB, c.tenantIdLSB), uuid_of(c.edgeIdMSB, c.edgeIdLSB))
         now = self._clock.now_ms()
         try:
-            fresh, what = self._store.write(lambda txn: self._apply_in(txn, msg, key, now))
+            # maintenance: a full store must still take what the cloud sends (sync completion
+            # above all), or the link could never sync again and drain the backlog
+            fresh, what = self._store.write(lambda txn: self._apply_in(txn, msg, key, now),
+                                            maintenance=True)
         except (EdgeSyncError, ValueError, KeyError, TypeError) as exc:  # refuse, never crash
             self._failed.inc()
             _log.bind(downlink_id=dl_id, error=str(exc)).error("downlink {} not applied: {}", dl_id, exc)

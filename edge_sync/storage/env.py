@@ -29,6 +29,11 @@ T = TypeVar("T")
 
 MiB = 1024 * 1024
 STORE_FORMAT = b"edge-sync/1"
+_LOW_SPACE_BYTES = 1024 * 1024
+_BALLAST = "space.reserve"  # disk space held back so maintenance writes work on a full disk
+_BALLAST_BYTES = 4 * 1024 * 1024
+_BALLAST_MIN_BYTES = 256 * 1024
+_CREATED_MARKER = "store.created"
 NIL_STORE_ID = uuid.UUID(int=0)
 
 DB_NAMES = (
@@ -103,10 +108,24 @@ def _madvise(start: int, length: int) -> bool:
     return bool(_libc.madvise(start, length, _MADV_DONTNEED) == 0)
 
 
-def _is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, lmdb.Error) and (
-        getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
-    )
+def _free_bytes(path: Path) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
+
+
+def _is_disk_full(exc: BaseException, path: Path | None = None) -> bool:
+    """ENOSPC, or EIO on a filesystem with next to no free space (LMDB reports a write that
+    ran out of space part-way as an I/O error)."""
+    if not isinstance(exc, lmdb.Error):
+        return False
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or "No space left" in str(exc):
+        return True
+    io_error = code == errno.EIO or "Input/output error" in str(exc)
+    return io_error and path is not None and _free_bytes(path) < _LOW_SPACE_BYTES
 
 
 class LmdbStore:
@@ -123,6 +142,7 @@ class LmdbStore:
         store_format: bytes = STORE_FORMAT,
         program: str = "edge-sync",
         path_hint: str = "EDGE_DATA_DIR / storage.data_dir",
+        exclusive_writer: bool = True,
     ) -> None:
         if db_names[0] != "meta":
             raise ValueError("the first database must be 'meta'")
@@ -135,18 +155,22 @@ class LmdbStore:
         self.reserve = max(4 * MiB, self.max_size // 8)
         self.hard_max = self.max_size + self.reserve
         self._format = store_format
+        self._exclusive_writer = exclusive_writer
         self._program = program
         self._path_hint = path_hint
         self._gate = _Gate()
         self._grow_lock = threading.Lock()
         self._writer_lock: int | None = None
         self._released_at = 0.0
+        self._disk_full = False  # a data write hit a full disk: refuse data until room is back
+        self._disk_full_reason = ""
         try:
             self.env = self._open(initial_map_mb * MiB, max_dbs=len(db_names) + 2)
         except BaseException:
             self._release_writer_lock()
             raise
         self._check_not_truncated()
+        self.ensure_ballast()
         self.dbs: dict[str, lmdb._Database] = {}
         try:
             if readonly:
@@ -197,10 +221,14 @@ class LmdbStore:
                 ) from exc
             if not os.access(self.path, os.W_OK):
                 raise StorageError(f"storage path {self.path} is not writable")
-            self._lock_writer()
+            if self._exclusive_writer:
+                self._lock_writer()
         if data_file.exists():
             size = data_file.stat().st_size
-            if 0 < size < 2 * 4096:
+            created = (self.path / _CREATED_MARKER).exists()
+            if size < 2 * 4096 and (size > 0 or created or self.readonly):
+                # (an empty data.mdb without the marker is a creation killed before it wrote
+                # anything: no events can be in it, so it is simply created again)
                 raise StorageCorrupt(
                     f"{data_file} is truncated ({size} bytes); restore it from a backup or move "
                     "it away to start with an empty queue (events in it would be lost)"
@@ -272,7 +300,8 @@ class LmdbStore:
 
     def _check_or_stamp_format(self, txn: lmdb.Transaction) -> None:
         """A new store gets the format stamp and a random store id (its incarnation: a store
-        created anew, e.g. after a lost disk, restarts seqs at 1 under a new id)."""
+        created anew, e.g. after a lost disk, restarts seqs at 1 under a new id), and a marker
+        file beside it: from then on an empty or truncated data.mdb is damage, not a new store."""
         meta = self.dbs["meta"]
         found = txn.get(b"format", db=meta)
         if found is None:
@@ -280,6 +309,8 @@ class LmdbStore:
                 raise StorageCorrupt(f"{self.path}: store has no format stamp")
             txn.put(b"format", self._format, db=meta)
             txn.put(b"store_id", uuid.uuid4().bytes, db=meta)
+            (self.path / _CREATED_MARKER).write_text(
+                f"{self._program} store created; data.mdb holds the queue: never delete it alone\n")
         elif bytes(found) != self._format:
             raise StorageCorrupt(
                 f"{self.path}: store format {bytes(found)!r}, this {self._program} reads "
@@ -313,6 +344,9 @@ class LmdbStore:
         """
         if self.readonly:
             raise StorageError("store opened read-only")
+        if self._disk_full and not maintenance:
+            raise QueueFull(f"disk full under {self.path} ({self._disk_full_reason}): new "
+                                "data refused until the backlog drains and room is made")
         while True:
             try:
                 with self._gate.shared():
@@ -331,9 +365,56 @@ class LmdbStore:
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.Error as exc:
-                if _is_disk_full(exc):
-                    raise QueueFull(f"disk full under {self.path}: {exc}") from exc
-                raise StorageError(f"write failed in {self.path}: {exc}") from exc
+                if not _is_disk_full(exc, self.path):
+                    raise StorageError(f"write failed in {self.path}: {exc}") from exc
+                if maintenance and self._release_ballast():
+                    continue  # the disk space held back for this: try again
+                if not maintenance and not self._disk_full:
+                    self._disk_full = True
+                    self._disk_full_reason = str(exc)
+                    _log.bind(path=str(self.path), free_bytes=_free_bytes(self.path)).warning(
+                        "disk full: new data is refused until room is made")
+                raise QueueFull(f"disk full under {self.path}: {exc}") from exc
+
+    def ensure_ballast(self) -> None:
+        """Hold back a little disk space (a file of zeros) that a maintenance write may use when
+        the disk is full, so a full edge can still record acknowledgements and purge. Created
+        at open and again after purges, when the disk has room."""
+        if self.readonly or not self._exclusive_writer:
+            return
+        ballast = self.path / _BALLAST
+        try:
+            if ballast.exists():
+                return
+            size = min(_BALLAST_BYTES, _free_bytes(self.path) // 4)
+            if size < _BALLAST_MIN_BYTES:
+                return
+            fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            ballast.unlink(missing_ok=True)
+            _log.bind(path=str(ballast)).warning("cannot hold back disk space: {}", exc)
+
+    def room_made(self) -> None:
+        """Delivered events were purged (or evicted): their pages are free inside the file, so
+        new data may be tried again after a full disk, and space is held back anew."""
+        if self._disk_full:
+            self._disk_full = False
+            _log.bind(path=str(self.path)).info("room made in the store: new data accepted again")
+        self.ensure_ballast()
+
+    def _release_ballast(self) -> bool:
+        ballast = self.path / _BALLAST
+        if not ballast.exists():
+            return False
+        size = ballast.stat().st_size
+        ballast.unlink()
+        _log.bind(path=str(self.path), freed_bytes=size).warning(
+            "disk full: released the held-back space so acknowledgements and purges can proceed")
+        return True
 
     def _grow(self) -> None:
         with self._grow_lock, self._gate.exclusive():
