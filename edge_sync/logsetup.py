@@ -171,6 +171,14 @@ class _ToLoguru(logging.Handler):
     """Forwards stdlib ``logging`` records (grpc, aiohttp, ...) to loguru's sinks."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("aiohttp.server"):
+            # aiohttp refusing a malformed request (too long a line, a body that is not what its
+            # Content-Encoding says): the client's error, one WARNING line, not a traceback
+            # anyone could use to fill the log
+            exc = record.exc_info[1] if record.exc_info else None
+            detail = f": {type(exc).__name__}: {str(exc)[:200]}" if exc else ""
+            logger.bind(logger=record.name).warning("HTTP request refused by the parser{}", detail)
+            return
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:

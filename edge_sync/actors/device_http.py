@@ -45,10 +45,11 @@ class DeviceHttpApi:
     def make_app(self) -> web.Application:
         """Runs on the host's loop thread."""
         app = web.Application(client_max_size=self._max_body + 1)
-        app.router.add_post("/api/v1/{token}/telemetry", self._telemetry)
-        app.router.add_post("/api/v1/{token}/attributes", self._post_attributes)
-        app.router.add_get("/api/v1/{token}/attributes", self._get_attributes)
-        app.router.add_post("/api/v1/{token}/rpc/{request_id}", self._rpc_response)
+        # a token may hold any character but '/' (aiohttp's default pattern also refuses '{}')
+        app.router.add_post("/api/v1/{token:[^/]+}/telemetry", self._telemetry)
+        app.router.add_post("/api/v1/{token:[^/]+}/attributes", self._post_attributes)
+        app.router.add_get("/api/v1/{token:[^/]+}/attributes", self._get_attributes)
+        app.router.add_post("/api/v1/{token:[^/]+}/rpc/{request_id}", self._rpc_response)
         return app
 
     async def _read_json(self, request: web.Request) -> Any:
@@ -57,7 +58,12 @@ class DeviceHttpApi:
         chunks: list[bytes] = []
         size = 0
         while True:  # the body may arrive in many segments: read to its end
-            chunk = await request.content.read(65536)
+            try:
+                chunk = await request.content.read(65536)
+            except Exception as exc:  # e.g. a gzip Content-Encoding over a plain body
+                if isinstance(exc, asyncio.CancelledError | ConnectionError):
+                    raise
+                raise BadRequest(f"body cannot be decoded: {exc}") from exc
             if not chunk:
                 break
             size += len(chunk)

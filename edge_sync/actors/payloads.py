@@ -38,6 +38,8 @@ def parse_json(raw: bytes) -> Any:
         ) from exc
     except RecursionError as exc:
         raise BadRequest("malformed JSON: nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer literal of more than 4,300 digits
+        raise BadRequest(f"malformed JSON: {str(exc)[:120]}") from exc
 
 
 def _check_text(where: str, text: str) -> None:

@@ -261,8 +261,10 @@ class ConnectionActor(SupervisedActor):
                         f"CLOUD_ROUTING_SECRET; next attempt in {self._backoff.max_delay():.0f}s")
             return
         if resp.responseCode != edge_pb2.ACCEPTED:
-            self._fail(f"cloud answered {edge_pb2.ConnectResponseCode.Name(resp.responseCode)}: "
-                       f"{resp.errorMsg}")
+            code = resp.responseCode
+            name = (edge_pb2.ConnectResponseCode.Name(code)
+                    if code in edge_pb2.ConnectResponseCode.values() else f"unknown code {code}")
+            self._fail(f"cloud answered {name}: {resp.errorMsg}")
             return
         self._accepted = True
         self._attempt = 0

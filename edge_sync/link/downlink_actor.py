@@ -110,10 +110,14 @@ class DownlinkActor(SupervisedActor):
             # above all), or the link could never sync again and drain the backlog
             fresh, what = self._store.write(lambda txn: self._apply_in(txn, msg, key, now),
                                             maintenance=True)
-        except (EdgeSyncError, ValueError, KeyError, TypeError) as exc:  # refuse, never crash
+        except Exception as exc:  # a store failure (resent later) or a malformed downlink:
+            # answer success=false, never crash on it (a crash would block the downlink queue)
+            reason = (str(exc) if isinstance(exc, EdgeSyncError)
+                      else f"{type(exc).__name__}: {str(exc)[:200]}")
             self._failed.inc()
-            _log.bind(downlink_id=dl_id, error=str(exc)).error("downlink {} not applied: {}", dl_id, exc)
-            return DownlinkApplied(cmd.stream_id, dl_id, False, str(exc))
+            _log.bind(downlink_id=dl_id, error=reason).error("downlink {} not applied: {}", dl_id,
+                                                             reason)
+            return DownlinkApplied(cmd.stream_id, dl_id, False, reason)
         if fresh and self._tokens is not None and (msg.deviceUpdateMsg or msg.deviceCredentialsUpdateMsg):
             self._tokens.invalidate()
         if fresh:

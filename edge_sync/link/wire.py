@@ -245,8 +245,9 @@ def _guard(msg: Any, parse: Any) -> AppliedEvent:
         seq = _seq(msg)
         where = f"payload with edgeSeqId {seq}" if seq is not None else "payload"
         raise PayloadRejected(f"{where}: {exc}", seq) from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PayloadRejected(f"payload: malformed ({exc})", _seq(msg)) from exc
+    except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise PayloadRejected(f"payload: malformed ({type(exc).__name__}: {str(exc)[:200]})",
+                              _seq(msg)) from exc
 
 
 def _entity_data(d: edge_pb2.EntityDataProto) -> AppliedEvent:
