@@ -152,12 +152,18 @@ def check_paced(agent: Agent, *, steady_from: int, gaps: int) -> None:
     failure to the next attempt is the backoff's; from failure `steady_from` on, that is the
     maximum delay (+/- its jitter; BAD_CREDENTIALS: exactly the maximum)."""
     wanted = steady_from + gaps
-    wait_until(f"{wanted} connection attempts", lambda: attempts(agent) >= wanted,
+
+    def link_log() -> tuple[list[float], list[float]]:
+        link = [r for r in agent.log_records() if r.get("component") == "link" and "new" in r]
+        return ([_seconds(r) for r in link if r["new"] == "CONNECTING"],
+                [_seconds(r) for r in link
+                 if r["old"] == "CONNECTING" and r["new"] in ("BACKOFF", "AUTH_FAILED")])
+
+    # the counter is bumped just before the attempt's log line: wait for the failures logged
+    wait_until(f"{wanted} connection attempts", lambda: attempts(agent) >= wanted
+               and len(link_log()[1]) >= wanted - 1,
                timeout=DEADLINE_S + wanted * MAX_INTERVAL_S * (1 + JITTER))
-    link = [r for r in agent.log_records() if r.get("component") == "link" and "new" in r]
-    starts = [_seconds(r) for r in link if r["new"] == "CONNECTING"]
-    failures = [_seconds(r) for r in link
-                if r["old"] == "CONNECTING" and r["new"] in ("BACKOFF", "AUTH_FAILED")]
+    starts, failures = link_log()
     counted = attempts(agent)
     assert counted - 1 <= len(starts) <= counted, (counted, len(starts))  # counted, then logged
     delays = [round(start - failed, 3) for failed, start in zip(failures, starts[1:], strict=False)]
