@@ -1,8 +1,10 @@
-"""Shared pytest fixtures: the --soak flag, and a guard that stops every pykka actor after a test."""
+"""Shared pytest fixtures: the --soak flag, a guard that stops every pykka actor after a test,
+and `procs`, which closes every process helper (Agent, CloudProc) a test started."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pykka
 import pytest
@@ -27,3 +29,18 @@ def soak(request: pytest.FixtureRequest) -> bool:
 def _stop_all_actors() -> Iterator[None]:
     yield
     pykka.ActorRegistry.stop_all(timeout=10)
+
+
+@pytest.fixture
+def procs() -> Iterator[Callable[[Any], Any]]:
+    """Register a process helper (anything with close()); every one still running is killed
+    at teardown, the last started first."""
+    started: list[Any] = []
+
+    def add(p: Any) -> Any:
+        started.append(p)
+        return p
+
+    yield add
+    for p in reversed(started):
+        p.close()

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,19 +60,6 @@ SECRET = "sec-crash-anywhere-61f0c2"
 SEED = int(os.environ.get("CHAOS_SEED", "20241127"))
 DEADLINE_S = 60.0
 CHECKPOINT_EVERY = 10  # kills between two checks that data still flows both ways
-
-
-@pytest.fixture
-def procs() -> Iterator[Callable[[Any], Any]]:
-    started: list[Agent | CloudProc] = []
-
-    def add(p: Any) -> Any:
-        started.append(p)
-        return p
-
-    yield add
-    for p in reversed(started):
-        p.close()
 
 
 # -- the operator: shared attributes set in the cloud ------------------------------------------------

@@ -18,7 +18,6 @@ log file each). For every fault:
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,19 +48,6 @@ DEADLINE_S = 30.0
 MAX_INTERVAL_S = 2.0  # EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS
 JITTER = 0.2
 POINTS = 5  # per device, posted while the link is broken
-
-
-@pytest.fixture
-def procs() -> Iterator[Callable[[Any], Any]]:
-    started: list[Agent | CloudProc] = []
-
-    def add(p: Any) -> Any:
-        started.append(p)
-        return p
-
-    yield add
-    for p in reversed(started):
-        p.close()
 
 
 # -- processes -------------------------------------------------------------------------------------

@@ -40,19 +40,6 @@ DEADLINE_S = 60.0
 REFUSALS = 6  # posts refused in a row before the cloud comes back
 
 
-@pytest.fixture
-def procs() -> Iterator[Callable[[Any], Any]]:
-    started: list[Agent | CloudProc] = []
-
-    def add(p: Any) -> Any:
-        started.append(p)
-        return p
-
-    yield add
-    for p in reversed(started):
-        p.close()
-
-
 # -- the devices' side ------------------------------------------------------------------------------
 
 

@@ -12,9 +12,9 @@ import contextlib
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -38,21 +38,6 @@ RK = "rk-e2e-faults"
 SECRET = "sec-e2e-faults-a8d2e4"
 DEADLINE_S = 30.0
 
-T = TypeVar("T", Agent, CloudProc)
-
-
-@pytest.fixture
-def procs() -> Iterator[Callable[[T], T]]:
-    """Register a process helper; every one is killed (if still running) at teardown."""
-    started: list[Agent | CloudProc] = []
-
-    def add(p: T) -> T:
-        started.append(p)
-        return p
-
-    yield add
-    for p in reversed(started):
-        p.close()
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -35,21 +34,6 @@ RK = "rk-e2e-link"
 SECRET = "sec-e2e-link-5b1f0c"
 DEADLINE_S = 30.0
 
-T = TypeVar("T", Agent, CloudProc)
-
-
-@pytest.fixture
-def procs() -> Iterator[Callable[[T], T]]:
-    """Register a process helper; every one is killed (if still running) at teardown."""
-    started: list[Agent | CloudProc] = []
-
-    def add(p: T) -> T:
-        started.append(p)
-        return p
-
-    yield add
-    for p in reversed(started):
-        p.close()
 
 
 # -- helpers -----------------------------------------------------------------------------------
