@@ -30,6 +30,8 @@ class StreamRegistry:
         """Make ``stream`` the edge's stream; the one it replaces (the caller ends it)."""
         assert stream.edge_id is not None
         with self._lock:
+            if getattr(stream, "finished", False):
+                return None  # its RPC already ended: registering it would leave a dead stream
             old = self._by_edge.get(stream.edge_id)
             self._by_edge[stream.edge_id] = stream
         return old if old is not stream else None

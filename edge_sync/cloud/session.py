@@ -123,7 +123,8 @@ class StreamSession:
         reader.start()
         self._context.add_callback(self._rpc_terminated)
         try:
-            while self._end_reason is None:
+            while self._end_reason is None and not self._finished:
+                # (a finished session, its RPC terminated, handles nothing more from its inbox)
                 try:
                     kind, item = self._inbox.get(timeout=self._wait_s())
                 except queue.Empty:  # time to resend or poll, or no connect request in time
@@ -230,7 +231,7 @@ class StreamSession:
         self._log = self._log.bind(routing_key=edge.routing_key, edge_id=str(edge.edge_id),
                                    store_id=store_id or "", incarnation=self.incarnation)
         self._connected_at = time.monotonic()
-        old = self._registry.claim(self)
+        old = self._registry.claim(self)  # a finished session (RPC ended) is not registered
         if old is not None:
             self._log.bind(old_stream=getattr(old, "number", None)).info(
                 "edge stream replaced by a new connection")
@@ -397,6 +398,11 @@ class StreamSession:
         self.done.set()
         if self._on_finish is not None:
             self._on_finish(self)
+
+    @property
+    def finished(self) -> bool:
+        """The RPC is over; set before the session releases its registry entry."""
+        return self._finished
 
     def _rk(self) -> str:
         return self.edge.routing_key if self.edge else ""

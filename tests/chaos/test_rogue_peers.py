@@ -1081,14 +1081,6 @@ def test_cloud_rejects_uplink_payloads_that_make_python_raise(
     assert rogue.cloud.service.events(ROGUE_RK) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG-8: StreamSession (edge_sync/cloud/session.py) keeps handling the requests already in "
-    "its inbox after its RPC terminated: _rpc_terminated runs _finish (registry released, "
-    "session forgotten) but queues END behind them, so a connect read just before the abort is "
-    "still authenticated and _connect claims the registry for a dead stream. _finish then runs "
-    "only once, so the edge stays 'connected' in the registry and the admin status for good, "
-    "downlink wake-ups go to the dead session, and if the edge reconnected meanwhile its new "
-    "live stream is cancelled as 'replaced by a new stream'"))
 def test_a_stream_aborted_before_its_connect_was_handled_leaves_no_connected_edge(
         rogue: Rogue) -> None:
     edge = rogue.cloud.service.edge(ROGUE_RK)
