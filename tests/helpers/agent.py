@@ -15,10 +15,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -26,12 +23,12 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Counts, StoredEvent
+from tests.helpers.process import ServiceProcess
 
 __all__ = [
     "Agent",
@@ -50,7 +47,6 @@ __all__ = [
 ]
 
 START_DEADLINE_S = 20.0
-STOP_DEADLINE_S = 30.0
 POLL_S = 0.02
 
 _AGENT_CMD = [sys.executable, "-m", "edge_sync.cli.edge", "run"]
@@ -187,8 +183,12 @@ def read_counts(data_dir: Path) -> Counts:
 # -- the agent process ---------------------------------------------------------------------------
 
 
-class Agent:
+class Agent(ServiceProcess):
     """A real `edge-sync run` subprocess; restartable on the same ports and data directory."""
+
+    label = "edge-sync run"
+    command = _AGENT_CMD
+    stderr_prefix = "agent"
 
     def __init__(
         self,
@@ -197,44 +197,18 @@ class Agent:
         data_dir: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.data_dir = Path(data_dir) if data_dir is not None else self.workdir / "data"
+        super().__init__(workdir, data_dir=data_dir, env=env)
         self.http_port, self.admin_port = free_ports(2)
-        self.env_overrides: dict[str, str] = dict(env or {})
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.stderr_paths: list[Path] = []
 
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def environment(self, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("EDGE_", "CLOUD_", "EDGES_"))}
-        env.update({
+    def own_env(self) -> dict[str, str]:
+        return {
             "EDGE_DATA_DIR": str(self.data_dir),
             "EDGE_HTTP_HOST": "127.0.0.1",
             "EDGE_HTTP_PORT": str(self.http_port),
             "EDGE_ADMIN_HOST": "127.0.0.1",
             "EDGE_ADMIN_PORT": str(self.admin_port),
             "EDGE_LOG_FORMAT": "json",
-            "PYTHONUNBUFFERED": "1",
-        })
-        env.update(self.env_overrides)
-        env.update(overrides or {})
-        return env
-
-    def spawn(self, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start the process without waiting for it to serve."""
-        if self.running:
-            raise RuntimeError("agent already running")
-        path = self.workdir / f"agent-{len(self.stderr_paths) + 1}.stderr"
-        self.stderr_paths.append(path)
-        with path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                _AGENT_CMD, env=self.environment(env), cwd=self.workdir,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-            )
-        return self.proc
+        }
 
     def start(self, env: Mapping[str, str] | None = None, *,
               timeout: float = START_DEADLINE_S) -> Agent:
@@ -265,78 +239,6 @@ class Agent:
                 raise AgentStartError(
                     f"edge-sync run did not serve within {timeout}s:\n{self.stderr_text()}")
             time.sleep(POLL_S)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def kill9(self) -> int:
-        """SIGKILL the process and reap it; returns its exit status (-9)."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        return self.proc.wait(timeout=STOP_DEADLINE_S)
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
-
-    def terminate(self, *, timeout: float = STOP_DEADLINE_S) -> int:
-        """SIGTERM the process and wait for it to exit; returns the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.wait_exit(timeout=timeout)
-
-    def wait_exit(self, *, timeout: float = STOP_DEADLINE_S) -> int:
-        """Wait for the process to exit on its own; returns the exit code (kills it on timeout)."""
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill9()
-            raise AssertionError(
-                f"edge-sync run did not exit within {timeout}s:\n{self.stderr_text()[-4000:]}"
-            ) from None
-
-    def run_to_exit(self, env: Mapping[str, str] | None = None, *,
-                    timeout: float = STOP_DEADLINE_S) -> tuple[int, str]:
-        """Run a process that is expected to exit by itself: (exit code, stderr)."""
-        self.spawn(env)
-        return self.wait_exit(timeout=timeout), self.stderr_text()
-
-    def close(self) -> None:
-        """Kill the process if it still runs (fixture teardown)."""
-        if self.running:
-            self.kill9()
-
-    def __enter__(self) -> Agent:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    # -- logs --------------------------------------------------------------------------------
-
-    def stderr_text(self, *, all_runs: bool = False) -> str:
-        """The current (or every) run's stderr."""
-        paths = self.stderr_paths if all_runs else self.stderr_paths[-1:]
-        return "".join(p.read_text(encoding="utf-8", errors="replace") for p in paths)
-
-    def log_records(self, *, all_runs: bool = False) -> list[dict[str, Any]]:
-        """The JSON log lines of the current (or every) run, parsed; other lines are skipped."""
-        out = []
-        for line in self.stderr_text(all_runs=all_runs).splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    out.append(json.loads(line))
-        return out
 
     # -- HTTP --------------------------------------------------------------------------------
 

@@ -19,21 +19,18 @@ are sent at once) or, with the server stopped, the store directly.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from edge_sync.storage.records import Status, StoredEvent
 from tests.helpers.agent import Agent, NoAnswer, _once, free_ports
+from tests.helpers.process import ServiceProcess
 
 __all__ = [
     "CloudCliError",
@@ -50,7 +47,6 @@ __all__ = [
 ]
 
 START_DEADLINE_S = 20.0
-STOP_DEADLINE_S = 30.0
 CLI_TIMEOUT_S = 60.0
 POLL_S = 0.05
 
@@ -81,8 +77,12 @@ def wait_until(what: str, condition: Callable[[], Any], *, timeout: float,
         time.sleep(poll)
 
 
-class CloudProc:
+class CloudProc(ServiceProcess):
     """A real `edge-cloud serve` subprocess; restartable on the same ports and data directory."""
+
+    label = "edge-cloud serve"
+    command = _SERVE_CMD
+    stderr_prefix = "cloud"
 
     def __init__(
         self,
@@ -91,44 +91,18 @@ class CloudProc:
         data_dir: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.data_dir = Path(data_dir) if data_dir is not None else self.workdir / "data"
+        super().__init__(workdir, data_dir=data_dir, env=env)
         self.rpc_port, self.admin_port = free_ports(2)
-        self.env_overrides: dict[str, str] = dict(env or {})
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.stderr_paths: list[Path] = []
 
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def environment(self, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("EDGE_", "CLOUD_", "EDGES_"))}
-        env.update({
+    def own_env(self) -> dict[str, str]:
+        return {
             "CLOUD_DATA_DIR": str(self.data_dir),
             "EDGES_RPC_HOST": "127.0.0.1",
             "EDGES_RPC_PORT": str(self.rpc_port),
             "CLOUD_ADMIN_HOST": "127.0.0.1",
             "CLOUD_ADMIN_PORT": str(self.admin_port),
             "CLOUD_LOG_FORMAT": "json",
-            "PYTHONUNBUFFERED": "1",
-        })
-        env.update(self.env_overrides)
-        env.update(overrides or {})
-        return env
-
-    def spawn(self, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start the server without waiting for it to serve."""
-        if self.running:
-            raise RuntimeError("cloud already running")
-        path = self.workdir / f"cloud-{len(self.stderr_paths) + 1}.stderr"
-        self.stderr_paths.append(path)
-        with path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                _SERVE_CMD, env=self.environment(env), cwd=self.workdir,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-            )
-        return self.proc
+        }
 
     def start(self, env: Mapping[str, str] | None = None, *,
               timeout: float = START_DEADLINE_S) -> CloudProc:
@@ -172,55 +146,6 @@ class CloudProc:
         if self.running:
             self.terminate()
         return self.start(env, timeout=timeout)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill9(self) -> int:
-        """SIGKILL the server and reap it; its exit status (-9)."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        return self.proc.wait(timeout=STOP_DEADLINE_S)
-
-    def terminate(self, *, timeout: float = STOP_DEADLINE_S) -> int:
-        """SIGTERM the server and wait for it to exit; its exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill9()
-            raise AssertionError(
-                f"edge-cloud serve did not exit within {timeout}s:\n{self.stderr_text()[-4000:]}"
-            ) from None
-
-    def close(self) -> None:
-        if self.running:
-            self.kill9()
-
-    def __enter__(self) -> CloudProc:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    # -- logs --------------------------------------------------------------------------------
-
-    def stderr_text(self, *, all_runs: bool = False) -> str:
-        paths = self.stderr_paths if all_runs else self.stderr_paths[-1:]
-        return "".join(p.read_text(encoding="utf-8", errors="replace") for p in paths if p.exists())
-
-    def log_records(self, *, all_runs: bool = False) -> list[dict[str, Any]]:
-        out = []
-        for line in self.stderr_text(all_runs=all_runs).splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    out.append(json.loads(line))
-        return out
 
     # -- the admin API and the CLI -------------------------------------------------------------
 
