@@ -23,14 +23,14 @@ import pykka
 from loguru import logger
 
 from edge_sync.actors.address import Address
-from edge_sync.actors.admin_http import AdminHttpApi
-from edge_sync.actors.device_http import DeviceHttpApi
-from edge_sync.actors.device_service import DeviceService
-from edge_sync.actors.http_host import HttpHost
 from edge_sync.actors.messages import Crash
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
 from edge_sync.actors.shard import EntityRouter, ShardActor
+from edge_sync.api.admin_http import AdminHttpApi
+from edge_sync.api.device_http import DeviceHttpApi
+from edge_sync.api.device_service import DeviceService
 from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.common.http_host import HttpHost
 from edge_sync.config import EdgeConfig
 from edge_sync.link.connection import ConnectionActor
 from edge_sync.link.downlink_actor import DownlinkActor

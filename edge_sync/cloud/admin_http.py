@@ -20,10 +20,10 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
-from edge_sync.actors.http_errors import error_response, status_of
-from edge_sync.actors.payloads import parse_json
 from edge_sync.cloud.registry import StreamRegistry
 from edge_sync.cloud.service import CloudService
+from edge_sync.common.http_errors import error_response, status_of
+from edge_sync.common.json_body import parse_json
 from edge_sync.errors import BadRequest
 
 _log = logger.bind(component="cloud-admin")

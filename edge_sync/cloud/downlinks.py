@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge_sync.cloud.records import CloudDevice
-from edge_sync.link.wire import credentials_json, device_json, to_kv, uuid_halves
+from edge_sync.common.wire import credentials_json, device_json, to_kv, uuid_halves
 from edge_sync.proto import edge_pb2, transport_pb2
 
 

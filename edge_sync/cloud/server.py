@@ -18,7 +18,6 @@ from typing import Any
 import grpc
 from loguru import logger
 
-from edge_sync.actors.http_host import HttpHost
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.cloud.admin_http import CloudAdminApi
 from edge_sync.cloud.registry import StreamRegistry
@@ -26,6 +25,7 @@ from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.servicer import EdgeRpcServicer
 from edge_sync.cloud.session import LinkSettings
 from edge_sync.cloud.store import CloudStore
+from edge_sync.common.http_host import HttpHost
 from edge_sync.config import CloudConfig, EdgesRpcConfig
 from edge_sync.errors import ConfigError, EdgeSyncError
 from edge_sync.proto import edge_pb2_grpc

@@ -42,8 +42,8 @@ import lmdb
 import msgpack
 
 from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord, QueuedDownlink, downlink_msg_id
+from edge_sync.cloud.uplink_payloads import AppliedEvent, PayloadRejected
 from edge_sync.errors import BadRequest, StorageCorrupt, StorageError
-from edge_sync.link.wire import AppliedEvent, PayloadRejected
 from edge_sync.storage import codec
 from edge_sync.storage.entity_store import Conflict
 from edge_sync.storage.env import NIL_STORE_ID, LmdbStore

@@ -25,6 +25,7 @@ from edge_sync.actors.address import Address
 from edge_sync.actors.messages import DeadLetter, EventsCommitted, MarkDeployed, SetIdentity
 from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.common.wire import uuid_of
 from edge_sync.config import CloudLinkConfig
 from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
@@ -32,7 +33,6 @@ from edge_sync.link.channel import Stream, make_channel
 from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkApplied
 from edge_sync.link.packer import pack
 from edge_sync.link.state import LinkState, LinkStateMachine, StatusBoard
-from edge_sync.link.wire import uuid_of
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.env import LmdbStore

@@ -20,14 +20,8 @@ from loguru import logger
 
 from edge_sync.actors.address import Address
 from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.common.wire import ACTION_OF_UPDATE, entity_id_in, kv_dict, parse_entity_json, uuid_of
 from edge_sync.errors import BadRequest, EdgeSyncError
-from edge_sync.link.wire import (
-    ACTION_OF_UPDATE,
-    entity_id_in,
-    kv_dict,
-    parse_entity_json,
-    uuid_of,
-)
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore, TokenCache

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_sync.errors import BadRequest
-from edge_sync.link.wire import event_payload
+from edge_sync.link.event_payloads import event_payload
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import ORDER_SENSITIVE_ACTIONS, Lane, StoredEvent
 

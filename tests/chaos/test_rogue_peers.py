@@ -52,8 +52,8 @@ from loguru import logger
 from edge_sync.app import EdgeApp
 from edge_sync.cloud import CloudServer
 from edge_sync.cloud.session import LinkSettings
+from edge_sync.common.wire import to_kv, uuid_halves
 from edge_sync.config import load_cloud_config, load_edge_config
-from edge_sync.link.wire import to_kv, uuid_halves
 from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Status

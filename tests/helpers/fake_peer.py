@@ -35,7 +35,7 @@ from typing import Any
 
 import grpc
 
-from edge_sync.link.wire import uuid_of
+from edge_sync.common.wire import uuid_of
 from edge_sync.proto import edge_pb2, edge_pb2_grpc
 
 DEADLINE_S = 10.0

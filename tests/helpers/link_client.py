@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from edge_sync.link.wire import to_kv, uuid_halves
+from edge_sync.common.wire import to_kv, uuid_halves
 from edge_sync.proto import edge_pb2, edge_pb2_grpc, transport_pb2
 
 __all__ = ["DEADLINE_S", "LinkClient", "StreamEnded", "credentials", "device_added", "telemetry"]

@@ -21,8 +21,8 @@ from loguru import logger
 
 from edge_sync.cloud import CloudServer
 from edge_sync.cloud.session import LinkSettings
+from edge_sync.common.wire import to_kv, uuid_halves, uuid_of
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, DownlinkConfig, EdgesRpcConfig
-from edge_sync.link.wire import to_kv, uuid_halves, uuid_of
 from edge_sync.proto import edge_pb2, edge_pb2_grpc, transport_pb2
 from tests.helpers.link_client import DEADLINE_S, LinkClient, credentials, device_added, telemetry
 

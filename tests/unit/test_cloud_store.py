@@ -14,8 +14,8 @@ from edge_sync.cloud import credentials
 from edge_sync.cloud.records import CloudDevice, downlink_msg_id
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.store import CloudStore
+from edge_sync.cloud.uplink_payloads import AppliedEvent, PayloadRejected
 from edge_sync.errors import BadRequest, NotFound, StorageCorrupt, StorageError
-from edge_sync.link.wire import AppliedEvent, PayloadRejected
 from edge_sync.storage.entity_store import Conflict
 from edge_sync.storage.env import NIL_STORE_ID, LmdbStore
 

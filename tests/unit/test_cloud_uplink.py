@@ -12,8 +12,9 @@ from edge_sync.cli.cloud import attribute_values
 from edge_sync.cloud import downlinks
 from edge_sync.cloud.records import CloudDevice
 from edge_sync.cloud.uplink import GoBackN, epoch_of, events_to_apply
+from edge_sync.cloud.uplink_payloads import PayloadRejected
+from edge_sync.common.wire import to_kv, uuid_halves, uuid_of
 from edge_sync.errors import BadRequest
-from edge_sync.link.wire import PayloadRejected, to_kv, uuid_halves, uuid_of
 from edge_sync.proto import edge_pb2, transport_pb2
 
 

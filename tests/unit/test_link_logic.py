@@ -8,11 +8,12 @@ import uuid
 
 import pytest
 
+from edge_sync.cloud.uplink_payloads import uplink_events
+from edge_sync.common.wire import uuid_halves, uuid_of
 from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.packer import ENVELOPE_BYTES, pack
 from edge_sync.link.state import IllegalTransition, LinkState, LinkStateMachine
-from edge_sync.link.wire import uplink_events, uuid_halves, uuid_of
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import NIL_UUID, Action, Lane, StoredEvent
 

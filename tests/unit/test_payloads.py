@@ -13,14 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_sync.actors.payloads import (
+from edge_sync.api.payloads import (
     MAX_ENTRIES,
     MAX_KEY_BYTES,
     parse_attributes,
-    parse_json,
     parse_keys,
     parse_telemetry,
 )
+from edge_sync.common.json_body import parse_json
 from edge_sync.errors import BadRequest
 
 NOW = 1_700_000_000_000

@@ -54,11 +54,7 @@ from typing import Any, cast
 import aiohttp
 import lmdb
 
-from edge_sync.actors.address import Address
-from edge_sync.actors.entity import EntityActor
-from edge_sync.actors.messages import Append, PostTelemetry
-from edge_sync.actors.payloads import Entry
-from edge_sync.bench.common import (
+from bench.common import (
     CpuMeter,
     emit,
     free_port,
@@ -68,6 +64,10 @@ from edge_sync.bench.common import (
     progress,
     rounded,
 )
+from edge_sync.actors.address import Address
+from edge_sync.actors.entity import EntityActor
+from edge_sync.actors.messages import Append, PostTelemetry
+from edge_sync.api.payloads import Entry
 from edge_sync.config import EdgeConfig, load_edge_config
 from edge_sync.storage import codec
 from edge_sync.storage.records import NIL_UUID, NewEvent

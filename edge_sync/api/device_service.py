@@ -21,8 +21,8 @@ from edge_sync.actors.messages import (
     ProvisionDevice,
     RaiseAlarm,
 )
-from edge_sync.actors.payloads import Entry, check_json_value, parse_attributes, parse_telemetry
 from edge_sync.actors.shard import EntityRouter
+from edge_sync.api.payloads import Entry, check_json_value, parse_attributes, parse_telemetry
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.errors import BadRequest, NotFound, Unauthorized
 from edge_sync.storage.entity_store import EntityStore, TokenCache

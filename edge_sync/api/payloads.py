@@ -7,7 +7,6 @@ BadRequest whose message says what is wrong and where.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -20,26 +19,6 @@ MAX_KEY_BYTES = 255  # UTF-8 bytes: keys end up inside LMDB keys (511 bytes at m
 MAX_ENTRIES = 10_000
 _MAX_TS = 2**63 - 1
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what msgpack can hold
-
-
-def parse_json(raw: bytes) -> Any:
-    """Decode a JSON body; BadRequest (never a crash) for invalid, non-UTF-8 or too deep bodies."""
-    if not raw:
-        raise BadRequest("empty body: expected a JSON object or array")
-    try:
-        text = raw.decode("utf-8-sig")  # strict (no encoded surrogates); a BOM is allowed
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(
-            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
-    except RecursionError as exc:
-        raise BadRequest("malformed JSON: nested too deeply") from exc
-    except ValueError as exc:  # e.g. an integer literal of more than 4,300 digits
-        raise BadRequest(f"malformed JSON: {str(exc)[:120]}") from exc
 
 
 def _check_text(where: str, text: str) -> None:

@@ -1,4 +1,4 @@
-"""Benchmarks of the edge agent, run with ``scripts/bench <name>`` (``python -m edge_sync.bench``).
+"""Benchmarks of the edge agent, run with ``scripts/bench <name>`` (``python -m bench``).
 
 Each benchmark prints progress on stderr and exactly one JSON object as the last line of
 stdout. ``ingest`` measures how fast events are made durable: in process, against a raw LMDB

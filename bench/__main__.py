@@ -1,4 +1,4 @@
-"""Entry point of ``scripts/bench`` / ``python -m edge_sync.bench <benchmark> [options]``.
+"""Entry point of ``scripts/bench`` / ``python -m bench <benchmark> [options]``.
 
 Exit codes: whatever the benchmark returns (0 ok, 1 failed); 2 for usage errors, unknown
 benchmarks and benchmarks that are not built yet.
@@ -25,19 +25,19 @@ _NOT_BUILT: tuple[str, ...] = ()
 
 
 def _ingest(argv: Sequence[str]) -> int:
-    from edge_sync.bench import ingest
+    from bench import ingest
 
     return ingest.main(argv)
 
 
 def _e2e(argv: Sequence[str]) -> int:
-    from edge_sync.bench import e2e
+    from bench import e2e
 
     return e2e.main(argv)
 
 
 def _compare(argv: Sequence[str]) -> int:
-    from edge_sync.bench import compare
+    from bench import compare
 
     return compare.main(argv)
 

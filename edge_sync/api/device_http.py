@@ -15,9 +15,10 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
-from edge_sync.actors.device_service import DeviceService
-from edge_sync.actors.http_errors import error_response, status_of
-from edge_sync.actors.payloads import parse_json, parse_keys
+from edge_sync.api.device_service import DeviceService
+from edge_sync.api.payloads import parse_keys
+from edge_sync.common.http_errors import error_response, status_of
+from edge_sync.common.json_body import parse_json
 from edge_sync.errors import BadRequest, Unauthorized
 from edge_sync.metrics import Metrics
 

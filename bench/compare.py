@@ -90,7 +90,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_sync.bench.common import emit, free_port, peak_rss_mb, progress
+from bench.common import emit, free_port, peak_rss_mb, progress
 
 PAHO_REQUIREMENT = "paho-mqtt==2.2.0"
 KEYS = ("accepted", "delivered", "lost", "duplicated", "misordered", "drain_s", "peak_rss_mb")

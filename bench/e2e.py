@@ -2,7 +2,7 @@
 
 Processes. The machine this runs on has 2 cores, so every measurement runs exactly two busy
 processes: the edge and the reference cloud. Each measurement is a fresh *worker* subprocess of
-the benchmark (``python -m edge_sync.bench e2e --phase ...``) that hosts the edge in process
+the benchmark (``python -m bench e2e --phase ...``) that hosts the edge in process
 (``EdgeApp(cfg).start()``, load offered through the in-process API ``app.service.post_entries``)
 and starts the cloud as an ``edge-cloud serve`` subprocess on a fresh store with one edge
 registered. The benchmark's own process only waits for its workers. Why the edge in the worker
@@ -74,7 +74,7 @@ ceiling measured while the client got well under 100% of a core was measured on 
 
 Where the time goes: ``--phase NAME`` runs one measurement in the foreground (the same worker
 code, the cloud still a subprocess), e.g. ``py-spy record --threads --gil -o edge.svg -- python
--m edge_sync.bench e2e --phase drain --backlog 300000``; attach a second py-spy to the
+-m bench e2e --phase drain --backlog 300000``; attach a second py-spy to the
 ``edge_sync.cli.cloud serve`` child with ``--pid`` to see the cloud's side.
 
 Exit 1 (after the JSON line) when a worker failed, an acknowledgement was an error, an event
@@ -104,7 +104,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_sync.bench.common import (
+from bench.common import (
     emit,
     free_port,
     median,
@@ -117,7 +117,7 @@ from edge_sync.bench.common import (
     rss_parts_mb,
     set_progress_origin,
 )
-from edge_sync.bench.ingest import edge_env, make_entries, new_events
+from bench.ingest import edge_env, make_entries, new_events
 
 TARGETS: dict[str, float] = {
     "sustained_ratio": 0.4,  # at least
@@ -880,7 +880,7 @@ def run_worker(phase: str, opts: Options, *, timeout: float) -> dict[str, Any]:
     """One phase in a fresh worker subprocess (its own session, so that it and the cloud it
     started can be ended together): its result dict, with an 'error' when it failed."""
     payload = json.dumps(dataclasses.asdict(opts))
-    cmd = [sys.executable, "-m", "edge_sync.bench", "e2e", "--phase", phase,
+    cmd = [sys.executable, "-m", "bench", "e2e", "--phase", phase,
            "--phase-options", payload, "--progress-origin", repr(progress_origin())]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=sys.stderr, start_new_session=True)

@@ -1,0 +1,176 @@
+"""The reference cloud's side of the uplink mapping: every payload of an UplinkMsg validated
+into an AppliedEvent, or refused with PayloadRejected naming the payload and its edgeSeqId."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from edge_sync.common.wire import (
+    ACTION_OF_ALARM_UPDATE,
+    ACTION_OF_UPDATE,
+    entity_id_in,
+    kv_dict,
+    parse_entity_json,
+    uuid_of,
+)
+from edge_sync.errors import BadRequest
+from edge_sync.proto import edge_pb2
+from edge_sync.storage.records import Action
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedEvent:
+    """An uplink payload as the reference cloud records it."""
+
+    seq: int | None  # edgeSeqId, None from a peer without the extension
+    entity_type: str
+    entity_id: uuid.UUID
+    action: str
+    body: Any
+    ts: int
+
+
+def _seq(msg: Any) -> int | None:
+    return msg.edgeSeqId if msg.HasField("edgeSeqId") else None
+
+
+def uplink_events(uplink: edge_pb2.UplinkMsg) -> list[AppliedEvent]:
+    """Every payload of an UplinkMsg as AppliedEvents, validated; BadRequest names the first bad
+    one (with its edgeSeqId in the exception's ``seq`` attribute when it has one)."""
+    out: list[AppliedEvent] = []
+    for data in uplink.entityData:
+        out.append(_guard(data, _entity_data))
+    for dev in uplink.deviceUpdateMsg:
+        out.append(_guard(dev, _device_update))
+    for cred in uplink.deviceCredentialsUpdateMsg:
+        out.append(_guard(cred, _credentials_update))
+    for alarm in uplink.alarmUpdateMsg:
+        out.append(_guard(alarm, _alarm_update))
+    for rpc in uplink.deviceRpcCallMsg:
+        out.append(_guard(rpc, _rpc_call))
+    for name in ("relationUpdateMsg", "assetUpdateMsg"):
+        for msg in getattr(uplink, name):
+            out.append(_guard(msg, lambda m, n=name: _opaque(m, n)))
+    return out
+
+
+class PayloadRejected(BadRequest):
+    def __init__(self, message: str, seq: int | None) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
+def _guard(msg: Any, parse: Any) -> AppliedEvent:
+    try:
+        return parse(msg)
+    except PayloadRejected:
+        raise
+    except BadRequest as exc:
+        seq = _seq(msg)
+        where = f"payload with edgeSeqId {seq}" if seq is not None else "payload"
+        raise PayloadRejected(f"{where}: {exc}", seq) from exc
+    except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise PayloadRejected(f"payload: malformed ({type(exc).__name__}: {str(exc)[:200]})",
+                              _seq(msg)) from exc
+
+
+def _entity_data(d: edge_pb2.EntityDataProto) -> AppliedEvent:
+    if not d.entityType:
+        raise BadRequest("entityType is empty")
+    eid = uuid_of(d.entityIdMSB, d.entityIdLSB)
+    if eid.int == 0:
+        raise BadRequest("entity id is nil")
+    if d.HasField("postTelemetryMsg"):
+        lists = d.postTelemetryMsg.tsKvList
+        if not lists:
+            raise BadRequest("postTelemetryMsg has no tsKvList")
+        values: dict[str, Any] = {}
+        ts = lists[0].ts
+        for entry in lists:
+            if entry.ts <= 0:
+                raise BadRequest(f"telemetry ts {entry.ts} is not positive")
+            if not entry.kv:
+                raise BadRequest("telemetry entry has no key/value pairs")
+            values.update(kv_dict(entry.kv))
+        body = ({"ts": ts, "values": values} if len(lists) == 1 else
+                [{"ts": e.ts, "values": kv_dict(e.kv)} for e in lists])
+        return AppliedEvent(_seq(d), d.entityType, eid, Action.TIMESERIES_UPDATED, body, ts)
+    for field, action in (("postAttributesMsg", Action.ATTRIBUTES_UPDATED),
+                          ("attributesUpdatedMsg", Action.ATTRIBUTES_UPDATED)):
+        if d.HasField(field):
+            kvs = getattr(d, field).kv
+            if not kvs:
+                raise BadRequest(f"{field} has no key/value pairs")
+            scope = d.postAttributeScope or "CLIENT_SCOPE"
+            if scope not in ("CLIENT_SCOPE", "SERVER_SCOPE", "SHARED_SCOPE"):
+                raise BadRequest(f"unknown attribute scope {scope!r}")
+            ts = d.attributeTs if d.HasField("attributeTs") else 0
+            return AppliedEvent(_seq(d), d.entityType, eid, action,
+                                {"scope": scope, "kv": kv_dict(kvs)}, ts)
+    if d.HasField("attributeDeleteMsg"):
+        names = list(d.attributeDeleteMsg.attributeNames)
+        return AppliedEvent(_seq(d), d.entityType, eid, Action.ATTRIBUTES_DELETED,
+                            {"scope": d.attributeDeleteMsg.scope, "keys": names}, 0)
+    raise BadRequest("entityData carries no telemetry, attributes or attribute delete")
+
+
+def _device_update(m: edge_pb2.DeviceUpdateMsg) -> AppliedEvent:
+    action = ACTION_OF_UPDATE.get(m.msgType)
+    if action is None:
+        raise BadRequest(f"deviceUpdateMsg type {m.msgType} is not create/update/delete")
+    eid = uuid_of(m.idMSB, m.idLSB)
+    body = parse_entity_json(m.entity, "deviceUpdateMsg") if m.entity else {}
+    if action != Action.DELETED:
+        if entity_id_in(body, "id", "deviceUpdateMsg") != eid:
+            raise BadRequest("deviceUpdateMsg: entity id differs from idMSB/idLSB")
+        if not body.get("name"):
+            raise BadRequest("deviceUpdateMsg: device has no name")
+    return AppliedEvent(_seq(m), "DEVICE", eid, action, body, int(body.get("createdTime", 0)))
+
+
+def _credentials_update(m: edge_pb2.DeviceCredentialsUpdateMsg) -> AppliedEvent:
+    body = parse_entity_json(m.entity, "deviceCredentialsUpdateMsg")
+    eid = entity_id_in(body, "deviceId", "deviceCredentialsUpdateMsg")
+    if not body.get("credentialsId"):
+        raise BadRequest("deviceCredentialsUpdateMsg: no credentialsId")
+    return AppliedEvent(_seq(m), "DEVICE", eid, Action.CREDENTIALS_UPDATED, body, 0)
+
+
+def _alarm_update(m: edge_pb2.AlarmUpdateMsg) -> AppliedEvent:
+    action = ACTION_OF_ALARM_UPDATE.get(m.msgType)
+    if action is None:
+        raise BadRequest(f"alarmUpdateMsg type {m.msgType} unknown")
+    eid = uuid_of(m.idMSB, m.idLSB)
+    body = parse_entity_json(m.entity, "alarmUpdateMsg") if m.entity else {}
+    if action != Action.DELETED:
+        if entity_id_in(body, "id", "alarmUpdateMsg") != eid:
+            raise BadRequest("alarmUpdateMsg: entity id differs from idMSB/idLSB")
+        if not body.get("type"):
+            raise BadRequest("alarmUpdateMsg: alarm has no type")
+    return AppliedEvent(_seq(m), "ALARM", eid, action, body, int(body.get("startTs") or 0))
+
+
+def _rpc_call(m: edge_pb2.DeviceRpcCallMsg) -> AppliedEvent:
+    eid = uuid_of(m.deviceIdMSB, m.deviceIdLSB)
+    if eid.int == 0:
+        raise BadRequest("deviceRpcCallMsg: device id is nil")
+    if m.HasField("responseMsg"):
+        try:
+            response = json.loads(m.responseMsg.response) if m.responseMsg.response else None
+        except ValueError:
+            response = m.responseMsg.response
+        body = {"requestId": m.requestId, "response": response, "error": m.responseMsg.error}
+    else:
+        body = {"requestId": m.requestId, "method": m.requestMsg.method,
+                "params": m.requestMsg.params}
+    return AppliedEvent(_seq(m), "DEVICE", eid, Action.RPC_CALL, body, 0)
+
+
+def _opaque(m: Any, name: str) -> AppliedEvent:
+    body = parse_entity_json(m.entity, name) if getattr(m, "entity", "") else {}
+    msb = getattr(m, "idMSB", 0) or getattr(m, "deviceIdMSB", 0)
+    lsb = getattr(m, "idLSB", 0) or getattr(m, "deviceIdLSB", 0)
+    return AppliedEvent(_seq(m), name.removesuffix("Msg").upper(), uuid_of(msb, lsb), name, body, 0)
