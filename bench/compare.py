@@ -398,8 +398,9 @@ class _HttpDevice(DeviceClient):
 
 def _admin(port: int, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
     from edge_sync.cli.common import admin_call
+    from edge_sync.config import AdminConfig
 
-    return admin_call("127.0.0.1", port, method, path, body, timeout=timeout)
+    return admin_call(AdminConfig(port=port), method, path, body, timeout=timeout)
 
 
 class EdgeSyncSystem(System):

@@ -199,6 +199,7 @@ class Cloud:
     def start(self, *, timeout: float = 60.0) -> float:
         """Spawn the server; return the time.monotonic() at which it answered as running."""
         from edge_sync.cli.common import AdminUnreachable, admin_call
+        from edge_sync.config import AdminConfig
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_sync.cli.cloud", "serve"],
@@ -210,7 +211,7 @@ class Cloud:
             if self.proc.poll() is not None:
                 raise PhaseError(f"cloud exited with code {self.proc.returncode} during start-up")
             try:
-                code, status = admin_call("127.0.0.1", self.admin_port, "GET", "/api/status",
+                code, status = admin_call(AdminConfig(port=self.admin_port), "GET", "/api/status",
                                           timeout=2.0)
                 if code == 200 and isinstance(status, dict) and status.get("server") == "running":
                     return time.monotonic()

@@ -335,6 +335,9 @@ class AdminConfig(_Section):
     port: int = field(default=8090, metadata=_meta(lo=0, hi=65535))
     fault_injection: bool = field(default=False)
     """Enables POST /api/debug/crash (tests only: makes an actor raise)."""
+    token: str = field(default="", repr=False, metadata=_meta(secret=True))
+    """Bearer token every admin route but /healthz and /readyz requires; empty = none (then the
+    API must listen on a loopback address)."""
 
 
 @dataclass(frozen=True, slots=True)

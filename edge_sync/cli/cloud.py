@@ -167,7 +167,7 @@ def _serve(cfg: CloudConfig) -> int:
 def _running(cfg: CloudConfig) -> bool:
     """True when a cloud answers on cfg.admin (then writes go through it)."""
     try:
-        code, status = admin_call(cfg.admin.host, cfg.admin.port, "GET", "/api/status", timeout=3)
+        code, status = admin_call(cfg.admin, "GET", "/api/status", timeout=3)
     except AdminUnreachable:
         return False
     if code != 200 or not isinstance(status, dict) or status.get("server") != "running":
@@ -181,7 +181,7 @@ def _running(cfg: CloudConfig) -> bool:
 
 def _api(cfg: CloudConfig, method: str, path: str, body: Any = None) -> Any:
     """Call the running server; EdgeSyncError / StorageError with its message when refused."""
-    code, out = admin_call(cfg.admin.host, cfg.admin.port, method, path, body)
+    code, out = admin_call(cfg.admin, method, path, body)
     if code >= 400:
         message = out.get("message", out) if isinstance(out, dict) else out
         if code in (500, 507):

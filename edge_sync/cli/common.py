@@ -8,6 +8,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from edge_sync.config import AdminConfig
+
 EXIT_OK = 0
 EXIT_CONFIG = 1
 EXIT_USAGE = 2
@@ -30,14 +32,18 @@ class AdminUnreachable(Exception):
 
 
 def admin_call(
-    host: str, port: int, method: str, path: str, body: Any = None, *, timeout: float = 10.0
+    admin: AdminConfig, method: str, path: str, body: Any = None, *, timeout: float = 10.0
 ) -> tuple[int, Any]:
-    """Call the running agent's admin API; (status, decoded JSON body)."""
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    """Call the running process's admin API (the agent's or the cloud's, as ``admin`` says);
+    (status, decoded JSON body). Sends the configured ``admin.token`` when there is one."""
+    host = "127.0.0.1" if admin.host in ("0.0.0.0", "::", "") else admin.host
+    port = admin.port
     data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if admin.token:
+        headers["Authorization"] = f"Bearer {admin.token}"
     req = urllib.request.Request(
-        f"http://{host}:{port}{path}", data=data, method=method,
-        headers={"Content-Type": "application/json"},
+        f"http://{host}:{port}{path}", data=data, method=method, headers=headers,
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:

@@ -120,7 +120,7 @@ def _open_readonly(cfg: EdgeConfig) -> Any:
 
 def _status(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     try:
-        code, status = admin_call(cfg.admin.host, cfg.admin.port, "GET", "/api/status", timeout=3)
+        code, status = admin_call(cfg.admin, "GET", "/api/status", timeout=3)
         running = code == 200
     except AdminUnreachable:
         running = False
@@ -192,7 +192,7 @@ def _device(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     if args.token:
         body["token"] = args.token
     try:
-        code, out = admin_call(cfg.admin.host, cfg.admin.port, "POST", "/api/devices", body)
+        code, out = admin_call(cfg.admin, "POST", "/api/devices", body)
     except AdminUnreachable as exc:
         return fail(f"{exc}; is `edge-sync run` running?", EXIT_UNREACHABLE)
     if code != 201:
