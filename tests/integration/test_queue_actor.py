@@ -24,6 +24,7 @@ import pytest
 
 from edge_sync.actors.messages import Append, EventsCommitted, MarkDeployed
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
+from edge_sync.api.device_service import MAX_NAME_BYTES
 from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
 from edge_sync.errors import BadRequest, EdgeSyncError, QueueFull
@@ -529,12 +530,20 @@ def test_longest_allowed_key_of_multibyte_characters_is_stored(make_app: AppFact
 
 
 def test_longest_allowed_device_name_of_multibyte_characters(make_app: AppFactory) -> None:
+    """Names are limited to 255 bytes of UTF-8 (MAX_NAME_BYTES), not 255 characters."""
     app = make_app()
-    try:
-        _device, created = app.service.create_device("名" * 255)
-    except BadRequest:
-        return
-    try:
-        created.result(DEADLINE)
-    except BadRequest:
-        return
+    longest = "名" * 85  # 3-byte characters: 255 bytes, the longest name allowed
+    assert len(longest.encode()) == MAX_NAME_BYTES
+    for too_long in (longest + "x", "名" * 86):  # 256 and 258 bytes: refused up front
+        with pytest.raises(BadRequest, match="device name must be 1 to 255 bytes"):
+            app.service.create_device(too_long)
+    device, created = app.service.create_device(longest, token="tok-longest")
+    assert created.result(DEADLINE) == range(1, 3)  # nothing consumed a seq before it
+    assert [(e.seq, e.action, e.entity_id) for e in all_events(app.store)] == [
+        (1, Action.ADDED, device.id), (2, Action.CREDENTIALS_UPDATED, device.id)]
+    with app.store.read() as txn:
+        ents = EntityStore(app.store)
+        assert ents.device_by_name(txn, longest) == device
+        assert ents.device(txn, device.id) == device
+        assert ents.device(txn, device.id).name == longest
+        assert ents.device_count(txn) == 1
