@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 from edge_sync.errors import ConfigError
 
 __all__ = [
@@ -194,7 +195,7 @@ class CloudRpcConfig(_Section):
     ssl_enabled: bool = False
     ssl_cert: Path | None = None
     """CA certificate (PEM) to trust; None with ssl_enabled means the system roots."""
-    max_inbound_message_size: int = field(default=4194304, metadata=_meta(lo=1))
+    max_inbound_message_size: int = field(default=DEFAULT_MAX_MESSAGE_BYTES, metadata=_meta(lo=1))
 
     def _check(self) -> None:
         if self.ssl_enabled and self.ssl_cert is not None and not self.ssl_cert.is_file():
@@ -383,7 +384,7 @@ class EdgesRpcConfig(_Section):
     """Server certificate chain (PEM)."""
     ssl_key: Path | None = None
     """Server private key (PEM)."""
-    max_inbound_message_size: int = field(default=4194304, metadata=_meta(lo=1))
+    max_inbound_message_size: int = field(default=DEFAULT_MAX_MESSAGE_BYTES, metadata=_meta(lo=1))
     keepalive_permit_time_s: float = field(default=1.0, metadata=_meta(lo=0))
     """The shortest ping interval the server tolerates from a client."""
     permit_without_calls: bool = True

@@ -32,6 +32,7 @@ from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.store import normalized_store_id
 from edge_sync.cloud.uplink import GoBackN, epoch_of, events_to_apply
 from edge_sync.cloud.uplink_payloads import PayloadRejected
+from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 from edge_sync.common.wire import uuid_halves
 from edge_sync.errors import StorageError
 from edge_sync.proto import edge_pb2
@@ -41,7 +42,7 @@ _ids = itertools.count(1)
 
 @dataclass(frozen=True, slots=True)
 class LinkSettings:
-    max_inbound_message_size: int = 4 * 1024 * 1024
+    max_inbound_message_size: int = DEFAULT_MAX_MESSAGE_BYTES
     resend_timeout_s: float = 10.0
     poll_interval_s: float = 1.0
     """How often an idle stream looks at its durable queue (catches writes by another process)."""

@@ -11,6 +11,7 @@ immutable snapshot dict.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
@@ -25,6 +26,7 @@ from edge_sync.actors.address import Address
 from edge_sync.actors.messages import DeadLetter, EventsCommitted, MarkDeployed, SetIdentity
 from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 from edge_sync.common.wire import uuid_of
 from edge_sync.config import CloudLinkConfig
 from edge_sync.link.backoff import Backoff, BackoffPolicy
@@ -43,6 +45,9 @@ from edge_sync.supervisor import ExitReporter, SupervisedActor
 _log = logger.bind(component="link")
 
 EDGE_VERSION = edge_pb2.V_4_3_0
+SYNC_TIMEOUT_S = 30.0
+"""The longest wait for SyncCompletedMsg after a sync request (cloud.rpc.timeout_ms if longer):
+a full sync sends every device first."""
 TICK_S = 0.05
 _RELEASE_INTERVAL_S = 0.25
 _RELEASE_EVERY_EVENTS = 2048  # at most a page each: 8 MiB
@@ -73,10 +78,9 @@ class _StreamEnded:
     detail: str
 
 
-def _fields_without_reply(command: MarkDeployed | DeadLetter) -> tuple[Any, ...]:
-    if isinstance(command, MarkDeployed):
-        return (command.seqs,)
-    return (command.seq, command.error)
+def _with_new_reply(command: MarkDeployed | DeadLetter) -> MarkDeployed | DeadLetter:
+    """The same state change with a fresh reply future (a failed one cannot be reused)."""
+    return dataclasses.replace(command, reply=Future())
 
 
 def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
@@ -97,7 +101,7 @@ class _InFlight:
 
 @dataclass
 class _Peer:
-    max_inbound: int = 4 * 1024 * 1024
+    max_inbound: int = DEFAULT_MAX_MESSAGE_BYTES
     ordered: bool = False
     dedup: bool = False
 
@@ -275,7 +279,7 @@ class ConnectionActor(SupervisedActor):
         self._backoff.connected(now)
         self._peer = _Peer(
             max_inbound=resp.maxInboundMessageSize if resp.HasField("maxInboundMessageSize")
-            else 4 * 1024 * 1024,
+            else DEFAULT_MAX_MESSAGE_BYTES,
             ordered=resp.HasField("cloudCapabilities") and resp.cloudCapabilities.orderedApply,
             dedup=resp.HasField("cloudCapabilities") and resp.cloudCapabilities.dedupBySeq,
         )
@@ -291,7 +295,7 @@ class ConnectionActor(SupervisedActor):
         self._stream.send(edge_pb2.RequestMsg(
             msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
             syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=full)))
-        self._deadline = now + max(30.0, self._cfg.rpc.timeout_ms / 1000)
+        self._deadline = now + self._deadline_len(LinkState.SYNCING)
         peer = "ordered, dedup" if self._peer.ordered else "ThingsBoard peer"
         sync = "full" if full else "incremental"
         self._sm.to(LinkState.SYNCING,
@@ -500,8 +504,12 @@ class ConnectionActor(SupervisedActor):
         ref = self.actor_ref
         reply = command.reply
         assert reply is not None
-        reply.add_done_callback(
-            lambda f: f.exception() is not None and _tell(ref, _WriteFailed(command)))
+
+        def failed(f: Future[Any]) -> None:
+            if f.exception() is not None:
+                _tell(ref, _WriteFailed(command))
+
+        reply.add_done_callback(failed)
         self._queue.tell(command)
 
     # -- time ----------------------------------------------------------------------------------
@@ -511,7 +519,7 @@ class ConnectionActor(SupervisedActor):
         if self._unrecorded:
             retry, self._unrecorded = self._unrecorded, []
             for command in retry:
-                self._record(type(command)(*_fields_without_reply(command), Future()))
+                self._record(_with_new_reply(command))
         state = self._sm.state
         if state in (LinkState.BACKOFF, LinkState.AUTH_FAILED, LinkState.DISCONNECTED):
             if now >= self._next_attempt:
@@ -536,7 +544,8 @@ class ConnectionActor(SupervisedActor):
         self._publish()
 
     def _deadline_len(self, state: LinkState) -> float:
-        return self._cfg.rpc.timeout_ms / 1000 if state is LinkState.CONNECTING else 30.0
+        timeout_s = self._cfg.rpc.timeout_ms / 1000
+        return timeout_s if state is LinkState.CONNECTING else max(SYNC_TIMEOUT_S, timeout_s)
 
     def _check_skew(self, cloud_ms: int) -> None:
         skew = self._clock.now_ms() - cloud_ms
