@@ -3,8 +3,9 @@
 Writes (edge create, device create, attr set) go through the running server's admin API, so
 the downlinks they queue are sent at once; with the server stopped they write the LMDB store
 directly (the server sends what is queued when the edge connects). Reads (events, edge list)
-work either way. Exit codes: 0 ok; 1 bad configuration or a refused request; 2 usage;
-4 storage unusable.
+work either way. Exit codes (edge_sync.cli.common): 0 ok; 1 bad configuration or a refused
+request (an unknown edge or device, a bad value); 2 usage; 4 storage unusable; 6 conflict (the
+routing key, device name or token is taken).
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,20 +22,24 @@ from loguru import logger
 
 from edge_sync.cli.common import (
     EXIT_CONFIG,
+    EXIT_CONFLICT,
     EXIT_OK,
     EXIT_STORAGE,
     AdminUnreachable,
     admin_call,
+    config_option,
     fail,
     print_json,
+    run_until_signal,
 )
 from edge_sync.config import CloudConfig, LogLevel, load_cloud_config
 from edge_sync.errors import BadRequest, ConfigError, EdgeSyncError, StorageError
 from edge_sync.logsetup import configure_logging
+from edge_sync.storage.entity_store import Conflict
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         cfg = load_cloud_config(args.config)
     except ConfigError as exc:
@@ -55,48 +58,55 @@ def main(argv: list[str] | None = None) -> int:
     }[(args.command, getattr(args, "sub", None))]
     try:
         return handler(cfg, args)
+    except Conflict as exc:
+        return fail(str(exc), EXIT_CONFLICT)
     except StorageError as exc:
         return fail(f"storage unusable: {exc}", EXIT_STORAGE)
     except EdgeSyncError as exc:
         return fail(str(exc), EXIT_CONFIG)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edge-cloud`` command line. ``--config`` is accepted before and after the subcommand
+    (``edge-cloud serve --config F`` and ``edge-cloud --config F serve``); after it wins."""
     p = argparse.ArgumentParser(prog="edge-cloud", description="edge-sync's reference cloud")
-    p.add_argument("--config", type=Path, default=None,
-                   help="YAML configuration (default: $CLOUD_CONFIG or the packaged conf/cloud.yml)")
+    config = config_option(p, "$CLOUD_CONFIG or the packaged conf/cloud.yml")
     sub = p.add_subparsers(dest="command", required=True)
-    parsers = [sub.add_parser("serve", help="run the cloud in the foreground (SIGTERM/SIGINT stop it)")]
 
-    edge = sub.add_parser("edge", help="edges registered with the cloud")
+    def add(group: Any, name: str, text: str) -> argparse.ArgumentParser:
+        """A subcommand that takes --config like every other."""
+        parser: argparse.ArgumentParser = group.add_parser(name, parents=[config], help=text)
+        return parser
+
+    add(sub, "serve", "run the cloud in the foreground (SIGTERM/SIGINT stop it)")
+
+    edge = add(sub, "edge", "edges registered with the cloud")
     esub = edge.add_subparsers(dest="sub", required=True)
-    ec = esub.add_parser("create", help="register an edge; prints its routing key and secret")
+    ec = add(esub, "create", "register an edge; prints its routing key and secret")
     ec.add_argument("--name", required=True)
     ec.add_argument("--routing-key", default=None, help="default: a new UUID")
     ec.add_argument("--secret", default=None, help="default: a new random secret")
     ec.add_argument("--type", default="default")
     ec.add_argument("--json", action="store_true")
-    el = esub.add_parser("list", help="registered edges")
+    el = add(esub, "list", "registered edges")
     el.add_argument("--json", action="store_true")
-    parsers += [edge, ec, el]
 
-    dev = sub.add_parser("device", help="devices assigned to edges")
+    dev = add(sub, "device", "devices assigned to edges")
     dsub = dev.add_subparsers(dest="sub", required=True)
-    dc = dsub.add_parser("create", help="create a device on an edge (sent to it as downlinks)")
+    dc = add(dsub, "create", "create a device on an edge (sent to it as downlinks)")
     dc.add_argument("--edge", required=True, help="routing key of the edge")
     dc.add_argument("--name", required=True)
     dc.add_argument("--type", default="default")
     dc.add_argument("--label", default="")
     dc.add_argument("--token", default=None, help="access token (default: generated)")
     dc.add_argument("--json", action="store_true")
-    dl = dsub.add_parser("list", help="devices of an edge")
+    dl = add(dsub, "list", "devices of an edge")
     dl.add_argument("--edge", required=True, help="routing key of the edge")
     dl.add_argument("--json", action="store_true")
-    parsers += [dev, dc, dl]
 
-    attr = sub.add_parser("attr", help="shared attributes of devices")
+    attr = add(sub, "attr", "shared attributes of devices")
     asub = attr.add_subparsers(dest="sub", required=True)
-    aset = asub.add_parser("set", help="set shared attributes of a device (sent as a downlink)")
+    aset = add(asub, "set", "set shared attributes of a device (sent as a downlink)")
     aset.add_argument("--device", required=True, help="device id or name")
     aset.add_argument("--edge", default=None, help="routing key, when several edges have the name")
     aset.add_argument("--key", default=None)
@@ -104,19 +114,15 @@ def _parser() -> argparse.ArgumentParser:
     aset.add_argument("pairs", nargs="*", metavar="KEY=VALUE",
                       help="attributes; VALUE is JSON (42, true, \"x\", {...}) or else text")
     aset.add_argument("--json", action="store_true")
-    parsers += [attr, aset]
 
-    ev = sub.add_parser("events", help="what the cloud applied from an edge, in apply order "
-                                       "(across its stores; seqs restart at 1 in each store)")
+    ev = add(sub, "events", "what the cloud applied from an edge, in apply order "
+                            "(across its stores; seqs restart at 1 in each store)")
     ev.add_argument("--edge", required=True, help="routing key of the edge")
     ev.add_argument("--after", type=int, default=0, help="only after this apply index")
     ev.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
     ev.add_argument("--json", action="store_true")
-    st = sub.add_parser("status", help="is the server running, edges and their queues")
+    st = add(sub, "status", "is the server running, edges and their queues")
     st.add_argument("--json", action="store_true")
-    parsers += [ev, st]
-    for sp in parsers:
-        sp.add_argument("--config", type=Path, default=argparse.SUPPRESS)
     return p
 
 
@@ -139,6 +145,9 @@ def _serve(cfg: CloudConfig) -> int:
         return fail(f"configuration: {exc}", EXIT_CONFIG)
     try:
         server = CloudServer(cfg)
+    except ConfigError as exc:
+        logger.error("refusing to start: {}", exc)
+        return fail(f"configuration: {exc}", EXIT_CONFIG)
     except StorageError as exc:
         logger.bind(data_dir=str(cfg.storage.data_dir)).error("storage unusable: {}", exc)
         return fail(f"storage unusable: {exc}", EXIT_STORAGE)
@@ -147,17 +156,7 @@ def _serve(cfg: CloudConfig) -> int:
     except EdgeSyncError as exc:
         logger.error("start-up failed: {}", exc)
         return fail(f"start-up failed: {exc}", EXIT_CONFIG)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        logger.bind(signal=signal.Signals(signum).name).info("stop requested")
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop.wait(1.0):
-        pass
-    server.stop()
+    run_until_signal(server.wait, server.stop)
     return EXIT_OK
 
 
@@ -186,6 +185,8 @@ def _api(cfg: CloudConfig, method: str, path: str, body: Any = None) -> Any:
         message = out.get("message", out) if isinstance(out, dict) else out
         if code in (500, 507):
             raise StorageError(f"the server refused ({code}): {message}")
+        if code == 409:
+            raise Conflict(f"refused ({code}): {message}")
         raise BadRequest(f"refused ({code}): {message}")
     return out
 

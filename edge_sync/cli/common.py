@@ -1,21 +1,84 @@
-"""Helpers shared by the command-line entry points: exit codes, printing, admin API calls."""
+"""Helpers shared by the command-line entry points (``edge-sync`` and ``edge-cloud``): exit
+codes, the ``--config`` option, the foreground loop that a signal stops, printing and admin API
+calls."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import signal
 import sys
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from loguru import logger
 
 from edge_sync.config import AdminConfig
 
 EXIT_OK = 0
-EXIT_CONFIG = 1
-EXIT_USAGE = 2
-EXIT_GAVE_UP = 3
-EXIT_STORAGE = 4
-EXIT_UNREACHABLE = 5
+EXIT_CONFIG = 1  # bad configuration (or a port that cannot be bound), or a refused request
+EXIT_USAGE = 2  # argparse's own code for a bad command line
+EXIT_GAVE_UP = 3  # the supervisor gave up: restart intensity exceeded
+EXIT_STORAGE = 4  # storage unusable
+EXIT_UNREACHABLE = 5  # the running process could not be reached, or is restarting (HTTP 503)
+EXIT_CONFLICT = 6  # the name, token or routing key is already taken (HTTP 409)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def exit_code_for_refusal(status: int) -> int:
+    """The exit code of a command whose admin API call was answered with an error status."""
+    if status == 409:
+        return EXIT_CONFLICT
+    if status == 507:
+        return EXIT_STORAGE
+    if status == 503:
+        return EXIT_UNREACHABLE
+    return EXIT_CONFIG
+
+
+def config_option(parser: argparse.ArgumentParser, default: str) -> argparse.ArgumentParser:
+    """Adds ``--config FILE`` to a program's parser and returns the parent parser that gives every
+    subcommand the same option, so it is accepted before and after the subcommand. On the
+    subcommands its default is SUPPRESS: a value given before the subcommand is kept (one given
+    after it wins)."""
+    text = f"YAML configuration laid over the packaged one (default: {default})"
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE", help=text)
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                        help=text)
+    return parent
+
+
+def run_until_signal(
+    ended: Callable[[float], bool], stop: Callable[[], None], *, poll_s: float = 0.2
+) -> bool:
+    """The foreground loop of ``edge-sync run`` and ``edge-cloud serve``.
+
+    SIGTERM and SIGINT request a stop (each logged as "stop requested" with the signal's name).
+    Waits until one does, or until ``ended(timeout)`` reports that the process ended on its own
+    (the edge's supervisor gave up), then calls ``stop()`` on this thread. The handlers stay
+    installed while stopping, so a second Ctrl-C does not interrupt the clean stop. Returns True
+    when a signal asked for the stop. Call it from the main thread (Python's rule for signals).
+    """
+    requested = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.bind(signal=signal.Signals(signum).name).info("stop requested")
+        requested.set()
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
+    try:
+        while not requested.is_set() and not ended(poll_s):
+            pass
+    finally:
+        stop()
+    return requested.is_set()
 
 
 def fail(message: str, code: int) -> int:

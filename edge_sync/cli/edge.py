@@ -1,19 +1,17 @@
 """The ``edge-sync`` command: run the agent, show its status and events, provision devices.
 
 Read-only commands (status, events) work with the agent stopped: they open the store with LMDB
-read transactions. Exit codes: 0 ok; 1 bad configuration; 2 usage; 3 the supervisor gave up;
-4 storage unusable; 5 the running agent could not be reached.
+read transactions. Exit codes (edge_sync.cli.common): 0 ok; 1 bad configuration or a refused
+request; 2 usage; 3 the supervisor gave up; 4 storage unusable; 5 the running agent could not be
+reached; 6 conflict (the device name or token is taken).
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 import uuid
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -26,8 +24,11 @@ from edge_sync.cli.common import (
     EXIT_UNREACHABLE,
     AdminUnreachable,
     admin_call,
+    config_option,
+    exit_code_for_refusal,
     fail,
     print_json,
+    run_until_signal,
 )
 from edge_sync.clock import SYSTEM_CLOCK
 from edge_sync.config import EdgeConfig, load_edge_config
@@ -39,8 +40,7 @@ from edge_sync.storage.records import Status
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         cfg = load_edge_config(args.config)
     except ConfigError as exc:
@@ -49,30 +49,33 @@ def main(argv: list[str] | None = None) -> int:
     return int(handler(cfg, args))
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edge-sync`` command line. ``--config`` is accepted before and after the subcommand
+    (``edge-sync run --config F`` and ``edge-sync --config F run``); after it wins."""
     p = argparse.ArgumentParser(prog="edge-sync", description="edge-to-cloud sync agent")
-    p.add_argument("--config", type=Path, default=None,
-                   help="YAML configuration (default: $EDGE_CONFIG or the packaged conf/edge.yml)")
+    config = config_option(p, "$EDGE_CONFIG or the packaged conf/edge.yml")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the agent in the foreground (SIGTERM/SIGINT stop it)")
-    st = sub.add_parser("status", help="connection, queue depth, dead letters")
+    sub.add_parser("run", parents=[config],
+                   help="run the agent in the foreground (SIGTERM/SIGINT stop it)")
+    st = sub.add_parser("status", parents=[config],
+                        help="connection, queue depth, dead letters")
     st.add_argument("--json", action="store_true")
-    ev = sub.add_parser("events", help="the cloud event log, oldest first")
+    ev = sub.add_parser("events", parents=[config],
+                        help="the cloud event log, oldest first")
     ev.add_argument("--status", choices=["pending", "deployed", "dead", "all"], default="all")
     ev.add_argument("--entity", type=uuid.UUID, default=None)
     ev.add_argument("--after-seq", type=int, default=0)
     ev.add_argument("--limit", type=int, default=100)
     ev.add_argument("--json", action="store_true")
-    dev = sub.add_parser("device", help="devices on the edge")
+    dev = sub.add_parser("device", parents=[config], help="devices on the edge")
     dsub = dev.add_subparsers(dest="device_command", required=True)
-    create = dsub.add_parser("create", help="provision a device through the running agent")
+    create = dsub.add_parser("create", parents=[config],
+                             help="provision a device through the running agent")
     create.add_argument("--name", required=True)
     create.add_argument("--type", default="default")
     create.add_argument("--token", default=None)
     create.add_argument("--label", default="")
     create.add_argument("--json", action="store_true")
-    for sp in (st, ev, dev, create):
-        sp.add_argument("--config", type=Path, default=argparse.SUPPRESS)
     return p
 
 
@@ -85,6 +88,9 @@ def _run(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     configure_logging(cfg.log, component="edge")
     try:
         app = EdgeApp(cfg)
+    except ConfigError as exc:
+        logger.error("refusing to start: {}", exc)
+        return fail(f"configuration: {exc}", EXIT_CONFIG)
     except StorageError as exc:
         logger.bind(data_dir=str(cfg.storage.data_dir)).error("storage unusable: {}", exc)
         return fail(f"storage unusable: {exc}", EXIT_STORAGE)
@@ -95,14 +101,8 @@ def _run(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         app.store.close()
         return fail(f"start-up failed: {exc}", EXIT_CONFIG)
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        logger.bind(signal=signal.Signals(signum).name).info("stop requested")
-        threading.Thread(target=app.supervisor.stop, name="stopper", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    code = app.wait()
-    app.stop()
+    run_until_signal(lambda timeout: app.wait(timeout) is not None, app.stop)
+    code = app.wait(0)
     if code == EXIT_GAVE_UP:
         logger.error("supervisor gave up (restart intensity exceeded); exiting with code 3")
         return EXIT_GAVE_UP
@@ -196,7 +196,8 @@ def _device(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     except AdminUnreachable as exc:
         return fail(f"{exc}; is `edge-sync run` running?", EXIT_UNREACHABLE)
     if code != 201:
-        return fail(f"device not created ({code}): {out.get('message', out)}", EXIT_CONFIG)
+        message = out.get("message", out) if isinstance(out, dict) else out
+        return fail(f"device not created ({code}): {message}", exit_code_for_refusal(code))
     if args.json:
         print_json(out)
     else:
