@@ -1,7 +1,9 @@
-"""The project's one error family, rooted in EdgeSyncError.
+"""The project's one error family, rooted in EdgeSyncError: every error edge-sync raises on
+purpose, for the edge and the reference cloud alike.
 
 Library errors (lmdb.Error, grpc.RpcError, yaml.YAMLError) are converted to these at the module
-boundary with ``raise ... from``, so callers only ever catch the project's own types.
+boundary with ``raise ... from``, so callers only ever catch the project's own types. The HTTP
+status each one maps to is in common/http_errors.py.
 """
 
 from __future__ import annotations
@@ -27,16 +29,29 @@ class QueueFull(StorageError):
     """The store reached its configured size cap (or the disk is full): new data is refused."""
 
 
-class TransportError(EdgeSyncError):
-    """The cloud link failed (converted from grpc.RpcError)."""
-
-
 class Unavailable(EdgeSyncError):
     """A component is restarting or stopping; the request was not accepted and may be retried."""
 
 
+class InternalError(EdgeSyncError):
+    """Something failed that should not have (a bug): the request was not carried out, the
+    component that failed is restarted. HTTP 500."""
+
+
 class BadRequest(EdgeSyncError):
     """Input from a device or an operator is malformed; the message says what is wrong."""
+
+
+class Conflict(BadRequest):
+    """A unique name, token, id or routing key is already taken."""
+
+
+class PayloadRejected(BadRequest):
+    """The cloud refused one uplink payload; ``seq`` is its edgeSeqId when it had one."""
+
+    def __init__(self, message: str, seq: int | None) -> None:
+        super().__init__(message)
+        self.seq = seq
 
 
 class Unauthorized(EdgeSyncError):
@@ -45,6 +60,14 @@ class Unauthorized(EdgeSyncError):
 
 class NotFound(EdgeSyncError):
     """An entity the request names does not exist."""
+
+
+class IllegalTransition(EdgeSyncError):
+    """The link's state machine was asked for a transition it does not allow (a bug)."""
+
+
+class SupervisorGaveUp(EdgeSyncError):
+    """A supervisor exceeded its restart intensity, stopped its children and exited (code 3)."""
 
 
 class InjectedFault(EdgeSyncError):

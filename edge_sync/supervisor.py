@@ -40,7 +40,7 @@ import pykka
 from loguru import logger
 from pykka.messages import _ActorStop
 
-from edge_sync.errors import EdgeSyncError, Unavailable
+from edge_sync.errors import SupervisorGaveUp, Unavailable
 
 __all__ = [
     "Child",
@@ -60,10 +60,6 @@ _EXIT_GAVE_UP = 3
 
 ExitReporter: TypeAlias = Callable[[BaseException | None], None]
 """How a child says it exited on its own: the exception, or None for a normal exit."""
-
-
-class SupervisorGaveUp(EdgeSyncError):
-    """A supervisor exceeded its restart intensity, stopped its children and exited (code 3)."""
 
 
 class Restart(enum.Enum):

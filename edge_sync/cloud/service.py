@@ -17,8 +17,7 @@ from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.cloud import credentials, downlinks
 from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord
 from edge_sync.cloud.store import CloudStore
-from edge_sync.errors import BadRequest, NotFound
-from edge_sync.storage.entity_store import Conflict
+from edge_sync.errors import BadRequest, Conflict, NotFound
 
 MAX_NAME = 255
 MAX_KEY = 255

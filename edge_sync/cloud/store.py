@@ -27,6 +27,8 @@ Layout (edge_id, device_id: 16 raw UUID bytes; numbers: u64 big-endian):
   tokens        access token (utf-8) -> device_id
   attributes    device_id + key (utf-8) -> (value, ts)      (SHARED_SCOPE, set by the cloud)
   downlinks     edge_id + downlink number -> serialized DownlinkMsg (no id, no time)
+  dead_downlinks edge_id + downlink number -> (serialized DownlinkMsg, reason, time ms)
+Record values are in the checksummed envelope of storage/codec.py (shared with the edge).
 """
 
 from __future__ import annotations
@@ -39,18 +41,16 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
-import msgpack
 
 from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord, QueuedDownlink, downlink_msg_id
-from edge_sync.cloud.uplink_payloads import AppliedEvent, PayloadRejected
-from edge_sync.errors import BadRequest, StorageCorrupt, StorageError
+from edge_sync.cloud.uplink_payloads import AppliedEvent
+from edge_sync.errors import BadRequest, Conflict, PayloadRejected, StorageCorrupt, StorageError
 from edge_sync.storage import codec
-from edge_sync.storage.entity_store import Conflict
 from edge_sync.storage.env import NIL_STORE_ID, LmdbStore
 from edge_sync.storage.records import Action
 
-CLOUD_FORMAT = b"edge-cloud/2"  # /2: dedup by (edge, edge store incarnation, seq)
-SCHEMA = 1
+# /2: dedup by (edge, edge store incarnation, seq); /3: values in codec's checksummed envelope
+CLOUD_FORMAT = b"edge-cloud/3"
 CLOUD_DB_NAMES = (
     "meta",
     "edges",
@@ -88,20 +88,6 @@ class CloudLmdb(LmdbStore):
             # reads what it changes): LMDB serialises them, no process lock is needed
             exclusive_writer=False,
         )
-
-
-def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
-
-
-def _unpack(raw: bytes, what: str) -> Any:
-    try:
-        value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise StorageCorrupt(f"{what}: undecodable record ({exc})") from exc
-    if not isinstance(value, list | tuple) or not value or value[0] != SCHEMA:
-        raise StorageCorrupt(f"{what}: unknown record schema")
-    return value
 
 
 def normalized_store_id(store_id: str | None) -> str | None:
@@ -163,14 +149,14 @@ class CloudStore:
 
     def _counter(self, txn: lmdb.Transaction, key: bytes) -> int:
         raw = txn.get(key, db=self._db["meta"])
-        return 0 if raw is None else codec.from_u64(raw)
+        return 0 if raw is None else codec.from_u64(raw, f"meta: counter {bytes(key[:8])!r}")
 
     # -- edges -----------------------------------------------------------------------------------
 
     def add_edge(self, edge: EdgeRecord) -> None:
         """Register an edge; Conflict when its routing key is taken."""
-        value = _pack((SCHEMA, edge.edge_id.bytes, edge.name, edge.type, edge.created_time,
-                       edge.salt, edge.secret_hash, list(edge.kdf)))
+        value = codec.pack((edge.edge_id.bytes, edge.name, edge.type, edge.created_time,
+                            edge.salt, edge.secret_hash, list(edge.kdf)))
 
         def fn(txn: lmdb.Transaction) -> None:
             key = edge.routing_key.encode()
@@ -188,12 +174,12 @@ class CloudStore:
     def edge_by_id(self, edge_id: uuid.UUID) -> EdgeRecord | None:
         with self._read() as txn:
             rk = txn.get(edge_id.bytes, db=self._db["edge_ids"])
-            return None if rk is None else self._edge(txn, rk.decode())
+            return None if rk is None else self._edge(txn, bytes(rk).decode())
 
     def edges(self) -> list[EdgeRecord]:
         with self._read() as txn, txn.cursor(db=self._db["edges"]) as cur:
-            tenant = uuid.UUID(bytes=txn.get(b"tenant", db=self._db["meta"]) or bytes(16))
-            return [self._decode_edge(k.decode(), v, tenant) for k, v in cur.iternext()]
+            tenant = self._tenant(txn)
+            return [self._decode_edge(bytes(k).decode(), v, tenant) for k, v in cur.iternext()]
 
     def _edge(self, txn: lmdb.Transaction, routing_key: str) -> EdgeRecord | None:
         if not routing_key or len(routing_key.encode()) > MAX_INDEXED_KEY:
@@ -201,12 +187,15 @@ class CloudStore:
         raw = txn.get(routing_key.encode(), db=self._db["edges"])
         if raw is None:
             return None
-        tenant = uuid.UUID(bytes=txn.get(b"tenant", db=self._db["meta"]) or bytes(16))
-        return self._decode_edge(routing_key, raw, tenant)
+        return self._decode_edge(routing_key, raw, self._tenant(txn))
+
+    def _tenant(self, txn: lmdb.Transaction) -> uuid.UUID:
+        return uuid.UUID(bytes=bytes(txn.get(b"tenant", db=self._db["meta"]) or bytes(16)))
 
     @staticmethod
-    def _decode_edge(routing_key: str, raw: bytes, tenant: uuid.UUID) -> EdgeRecord:
-        _, eid, name, etype, created, salt, digest, kdf = _unpack(raw, f"edge {routing_key!r}")
+    def _decode_edge(routing_key: str, raw: codec.Raw, tenant: uuid.UUID) -> EdgeRecord:
+        eid, name, etype, created, salt, digest, kdf = codec.unpack_fields(
+            raw, f"edges: {routing_key!r}", 7)
         return EdgeRecord(
             edge_id=uuid.UUID(bytes=eid), tenant_id=tenant, routing_key=routing_key, name=name,
             type=etype, created_time=created, salt=salt, secret_hash=digest,
@@ -224,12 +213,12 @@ class CloudStore:
             return 0, False
         key = edge_id.bytes + _store_digest(store_id)
         counter_key = b"inc:" + edge_id.bytes
-        record = _pack((SCHEMA, store_id, now_ms))
+        record = codec.pack((store_id, now_ms))
 
         def fn(txn: lmdb.Transaction) -> tuple[int, bool]:
             raw = txn.get(key, db=self._db["store_ids"])
             if raw is not None:
-                return codec.from_u64(raw), False
+                return codec.from_u64(raw, "store_ids: incarnation"), False
             number = self._counter(txn, counter_key) + 1
             txn.put(key, codec.u64(number), db=self._db["store_ids"])
             txn.put(edge_id.bytes + codec.u64(number), record, db=self._db["incarnations"])
@@ -239,7 +228,7 @@ class CloudStore:
         with self._read() as txn:  # the common case, a store seen before: no write
             raw = txn.get(key, db=self._db["store_ids"])
         if raw is not None:
-            return codec.from_u64(raw), False
+            return codec.from_u64(raw, "store_ids: incarnation"), False
         return self.lmdb.write(fn)
 
     def edge_stores(self, edge_id: uuid.UUID) -> list[tuple[int, str, int]]:
@@ -251,8 +240,8 @@ class CloudStore:
             for key, raw in cur.iternext():
                 if key[:16] != edge_id.bytes:
                     break
-                number = codec.from_u64(key[16:])
-                _, store_id, seen = _unpack(raw, f"edge store {number}")
+                number = codec.from_u64(key[16:], "incarnations: key")
+                store_id, seen = codec.unpack_fields(raw, f"incarnations: {edge_id} {number}", 2)
                 out.append((number, store_id, seen))
         return out
 
@@ -262,7 +251,7 @@ class CloudStore:
         raw = txn.get(edge + codec.u64(incarnation), db=self._db["incarnations"])
         if raw is None:
             raise StorageCorrupt(f"{self.path}: edge store incarnation {incarnation} is not recorded")
-        return str(_unpack(raw, f"edge store {incarnation}")[1])
+        return str(codec.unpack_fields(raw, f"incarnations: {incarnation}", 2)[0])
 
     # -- applied events --------------------------------------------------------------------------
 
@@ -278,8 +267,8 @@ class CloudStore:
         packed: list[tuple[AppliedEvent, bytes]] = []
         for ev in events:
             try:
-                packed.append((ev, _pack((SCHEMA, ev.seq, ev.entity_type, ev.entity_id.bytes,
-                                          str(ev.action), ev.body, ev.ts, now_ms, incarnation))))
+                packed.append((ev, codec.pack((ev.seq, ev.entity_type, ev.entity_id.bytes,
+                                               str(ev.action), ev.body, ev.ts, now_ms, incarnation))))
             except (OverflowError, TypeError, ValueError) as exc:
                 where = f"payload with edgeSeqId {ev.seq}" if ev.seq is not None else "payload"
                 raise PayloadRejected(f"{where}: value cannot be stored ({exc})", ev.seq) from exc
@@ -348,8 +337,9 @@ class CloudStore:
             for key, raw in cur.iternext():
                 if key[:16] != edge or (limit and count >= limit):
                     return
-                index = codec.from_u64(key[16:])
-                _, seq, etype, eid, action, body, ts, applied_at, inc = _unpack(raw, f"event {index}")
+                index = codec.from_u64(key[16:], "apply_log: key")
+                seq, etype, eid, action, body, ts, applied_at, inc = codec.unpack_fields(
+                    raw, f"apply_log: {edge_id} {index}", 8)
                 if inc not in store_ids:
                     store_ids[inc] = self._store_id_of(txn, edge, inc)
                 count += 1
@@ -414,7 +404,7 @@ class CloudStore:
         if edge_id is not None:
             key = _name_key(name, edge_id)
             raw = None if key is None else txn.get(key, db=self._db["device_names"])
-            return [] if raw is None else [uuid.UUID(bytes=raw)]
+            return [] if raw is None else [uuid.UUID(bytes=bytes(raw))]
         prefix = name.encode() + b"\0"
         out: list[uuid.UUID] = []
         with txn.cursor(db=self._db["device_names"]) as cur:
@@ -424,21 +414,22 @@ class CloudStore:
                 if not key.startswith(prefix):
                     break
                 if len(key) == len(prefix) + 16:
-                    out.append(uuid.UUID(bytes=raw))
+                    out.append(uuid.UUID(bytes=bytes(raw)))
         return out
 
     def _device(self, txn: lmdb.Transaction, device_id: uuid.UUID) -> CloudDevice | None:
         raw = txn.get(device_id.bytes, db=self._db["devices"])
         if raw is None:
             return None
-        _, edge, name, dtype, label, token, created, origin = _unpack(raw, f"device {device_id}")
+        edge, name, dtype, label, token, created, origin = codec.unpack_fields(
+            raw, f"devices: {device_id}", 7)
         return CloudDevice(device_id, uuid.UUID(bytes=edge), name, dtype, label, token, created, origin)
 
     def _put_device(self, txn: lmdb.Transaction, dev: CloudDevice, old: CloudDevice | None) -> None:
         if old is not None:
             self._unindex(txn, old, keep=dev)
-        txn.put(dev.id.bytes, _pack((SCHEMA, dev.edge_id.bytes, dev.name, dev.type, dev.label,
-                                     dev.token, dev.created_time, dev.origin)),
+        txn.put(dev.id.bytes, codec.pack((dev.edge_id.bytes, dev.name, dev.type, dev.label,
+                                          dev.token, dev.created_time, dev.origin)),
                 db=self._db["devices"])
         txn.put(dev.edge_id.bytes + dev.id.bytes, b"", db=self._db["edge_devices"])
         nkey = _name_key(dev.name, dev.edge_id)
@@ -471,7 +462,7 @@ class CloudStore:
         packed = []
         for key, value in values.items():
             try:
-                packed.append((device.id.bytes + key.encode(), _pack((SCHEMA, value, ts))))
+                packed.append((device.id.bytes + key.encode(), codec.pack((value, ts))))
             except (OverflowError, TypeError, ValueError) as exc:
                 raise BadRequest(f"attribute {key!r}: value cannot be stored ({exc})") from exc
 
@@ -497,7 +488,8 @@ class CloudStore:
             for key, raw in cur.iternext():
                 if key[:16] != prefix:
                     break
-                out[key[16:].decode()] = _unpack(raw, f"attribute of {device_id}")[1]
+                name = bytes(key[16:]).decode()
+                out[name] = codec.unpack_fields(raw, f"attributes: {device_id} {name!r}", 2)[0]
         return out
 
     # -- downlink queue --------------------------------------------------------------------------
@@ -523,7 +515,7 @@ class CloudStore:
         numbers = []
         for payload in payloads:
             last += 1
-            txn.put(edge_id.bytes + codec.u64(last), _pack((SCHEMA, payload)), db=self._db["downlinks"])
+            txn.put(edge_id.bytes + codec.u64(last), codec.pack(payload), db=self._db["downlinks"])
             numbers.append(last)
         txn.put(key, codec.u64(last), db=self._db["meta"])
         return numbers
@@ -536,8 +528,11 @@ class CloudStore:
             key, raw = cur.item()
             if key[:16] != edge_id.bytes:
                 return None
-            number = codec.from_u64(key[16:])
-            return QueuedDownlink(number, downlink_msg_id(number), _unpack(raw, f"downlink {number}")[1])
+            number = codec.from_u64(key[16:], "downlinks: key")
+            payload = codec.unpack(raw, f"downlinks: {edge_id} {number}")
+            if not isinstance(payload, bytes):
+                raise StorageCorrupt(f"downlinks: {edge_id} {number}: record of an unexpected shape")
+            return QueuedDownlink(number, downlink_msg_id(number), payload)
 
     def remove_downlink(self, edge_id: uuid.UUID, number: int) -> bool:
         """Remove an acknowledged downlink (durably); False when it was already gone."""
@@ -554,7 +549,8 @@ class CloudStore:
             raw = txn.get(key, db=self._db["downlinks"])
             if raw is None:
                 return False
-            txn.put(key, codec.pack((bytes(raw), reason, now_ms)), db=self._db["dead_downlinks"])
+            payload = codec.unpack(raw, f"downlinks: {edge_id} {number}")
+            txn.put(key, codec.pack((payload, reason, now_ms)), db=self._db["dead_downlinks"])
             return bool(txn.delete(key, db=self._db["downlinks"]))
 
         return bool(self.lmdb.write(move, maintenance=True))
@@ -577,4 +573,4 @@ class CloudStore:
         return count
 
 
-__all__ = ["CLOUD_FORMAT", "CloudLmdb", "CloudStore", "Conflict", "normalized_store_id"]
+__all__ = ["CLOUD_FORMAT", "CloudLmdb", "CloudStore", "normalized_store_id"]

@@ -16,7 +16,7 @@ from edge_sync.common.wire import (
     parse_entity_json,
     uuid_of,
 )
-from edge_sync.errors import BadRequest
+from edge_sync.errors import BadRequest, PayloadRejected
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import Action
 
@@ -55,12 +55,6 @@ def uplink_events(uplink: edge_pb2.UplinkMsg) -> list[AppliedEvent]:
         for msg in getattr(uplink, name):
             out.append(_guard(msg, lambda m, n=name: _opaque(m, n)))
     return out
-
-
-class PayloadRejected(BadRequest):
-    def __init__(self, message: str, seq: int | None) -> None:
-        super().__init__(message)
-        self.seq = seq
 
 
 def _guard(msg: Any, parse: Any) -> AppliedEvent:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from edge_sync.errors import (
     BadRequest,
+    Conflict,
     EdgeSyncError,
     NotFound,
     QueueFull,
@@ -13,7 +14,6 @@ from edge_sync.errors import (
     Unauthorized,
     Unavailable,
 )
-from edge_sync.storage.entity_store import Conflict
 
 
 def status_of(exc: BaseException) -> int:
@@ -35,9 +35,9 @@ def status_of(exc: BaseException) -> int:
     return 500
 
 
-_REASONS = {400: "bad request", 401: "unauthorized", 404: "not found", 409: "conflict",
-            413: "payload too large", 500: "internal error", 503: "unavailable",
-            507: "insufficient storage"}
+_REASONS = {400: "bad request", 401: "unauthorized", 403: "forbidden", 404: "not found",
+            409: "conflict", 413: "payload too large", 415: "unsupported media type",
+            500: "internal error", 503: "unavailable", 507: "insufficient storage"}
 
 
 def error_response(status: int, message: str) -> web.Response:

@@ -5,9 +5,10 @@ Layout:
   devices        device_id(16) -> encoded Device
   device_tokens  token (utf-8) -> device_id
   device_names   name (utf-8) -> device_id
-  attributes     entity_id(16) + scope(1) + key (utf-8) -> msgpack (value, last_update_ts)
-  latest_ts      entity_id(16) + key (utf-8) -> msgpack (ts, value)
+  attributes     entity_id(16) + scope(1) + key (utf-8) -> (value, last_update_ts)
+  latest_ts      entity_id(16) + key (utf-8) -> (ts, value)
   downlinks      downlink key -> applied time (u64)
+Record values are in the checksummed envelope of codec.py.
 """
 
 from __future__ import annotations
@@ -19,16 +20,12 @@ from typing import Any
 
 import lmdb
 
-from edge_sync.errors import BadRequest
+from edge_sync.errors import Conflict
 from edge_sync.storage import codec
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Device, Scope
 
 _SCOPE_BYTE = {Scope.CLIENT: b"C", Scope.SERVER: b"S", Scope.SHARED: b"H"}
-
-
-class Conflict(BadRequest):
-    """A unique name or token is already taken."""
 
 
 class EntityStore:
@@ -58,7 +55,7 @@ class EntityStore:
 
     def devices(self, txn: lmdb.Transaction) -> list[Device]:
         with txn.cursor(db=self._db["devices"]) as cur:
-            return [codec.decode_device(bytes(k), v) for k, v in cur.iternext()]
+            return [codec.decode_device(k, v) for k, v in cur.iternext()]
 
     def device_count(self, txn: lmdb.Transaction) -> int:
         return self.store.entries(txn, "devices")
@@ -133,7 +130,7 @@ class EntityStore:
             for key in keys:
                 raw = txn.get(prefix + key.encode(), db=db)
                 if raw is not None:
-                    out[key] = codec.unpack(raw)[0]
+                    out[key] = codec.unpack_fields(raw, f"attributes: {entity_id} {key!r}", 2)[0]
             return out
         found: dict[str, Any] = {}
         with txn.cursor(db=db) as cur:
@@ -141,7 +138,8 @@ class EntityStore:
                 for k, v in cur.iternext():
                     if not bytes(k).startswith(prefix):
                         break
-                    found[bytes(k)[len(prefix):].decode()] = codec.unpack(v)[0]
+                    key = bytes(k)[len(prefix):].decode()
+                    found[key] = codec.unpack_fields(v, f"attributes: {entity_id} {key!r}", 2)[0]
         return found
 
     # -- latest telemetry ------------------------------------------------------------------------
@@ -155,7 +153,7 @@ class EntityStore:
         for key, (ts, value) in values.items():
             k = prefix + key.encode()
             old = txn.get(k, db=db)
-            if old is not None and codec.unpack(old)[0] > ts:
+            if old is not None and codec.unpack_fields(old, f"latest_ts: {entity_id} {key!r}", 2)[0] > ts:
                 continue
             txn.put(k, codec.pack((ts, value)), db=db)
 
@@ -167,8 +165,9 @@ class EntityStore:
                 for k, v in cur.iternext():
                     if not bytes(k).startswith(prefix):
                         break
-                    ts, value = codec.unpack(v)
-                    out[bytes(k)[len(prefix):].decode()] = (ts, value)
+                    key = bytes(k)[len(prefix):].decode()
+                    ts, value = codec.unpack_fields(v, f"latest_ts: {entity_id} {key!r}", 2)
+                    out[key] = (ts, value)
         return out
 
     # -- downlinks -------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from edge_sync.storage import codec
 T = TypeVar("T")
 
 MiB = 1024 * 1024
-STORE_FORMAT = b"edge-sync/1"
+STORE_FORMAT = b"edge-sync/2"  # /2: values in the checksummed envelope of codec.py
 _LOW_SPACE_BYTES = 1024 * 1024
 _BALLAST = "space.reserve"  # disk space held back so maintenance writes work on a full disk
 _BALLAST_BYTES = 4 * 1024 * 1024
@@ -314,7 +314,7 @@ class LmdbStore:
         elif bytes(found) != self._format:
             raise StorageCorrupt(
                 f"{self.path}: store format {bytes(found)!r}, this {self._program} reads "
-                f"{self._format!r}; was the folder written by another program?"
+                f"{self._format!r}; was the folder written by another program or version?"
             )
 
     # -- transactions ------------------------------------------------------------------------
@@ -439,7 +439,7 @@ class LmdbStore:
 
     def meta_int(self, txn: lmdb.Transaction, key: bytes, default: int = 0) -> int:
         raw = txn.get(key, db=self.dbs["meta"])
-        return default if raw is None else codec.from_u64(raw)
+        return default if raw is None else codec.from_u64(raw, f"meta: {key.decode()}")
 
     def put_meta_int(self, txn: lmdb.Transaction, key: bytes, value: int) -> None:
         txn.put(key, codec.u64(value), db=self.dbs["meta"])

@@ -3,9 +3,10 @@ deployed, dead-letter, purge, evict under the full-storage policy, count and lis
 
 Layout (all keys fixed-width big-endian, so byte order is numeric order):
   events            seq -> encoded event (immutable once written)
+Values are in the checksummed envelope of codec.py.
   pending_high      seq -> b""   (PENDING events of the high lane)
   pending_normal    seq -> b""   (PENDING events of the normal lane)
-  dead              seq -> msgpack (error, time)
+  dead              seq -> (error, time)
   deployed_by_time  deployed_ms + seq -> b""  (for purging by age)
 An event in `events` that is neither pending nor dead is DEPLOYED. Counts come from LMDB's entry
 counts and the next seq from the last key, so opening never scans the log.
@@ -72,7 +73,7 @@ class EventLog:
         stored = self.store.meta_int(txn, _NEXT_SEQ, 1)
         with txn.cursor(db=self._db["events"]) as cur:
             if cur.last():
-                stored = max(stored, codec.from_u64(cur.key()) + 1)
+                stored = max(stored, codec.from_u64(cur.key(), "events: key") + 1)
         return stored
 
     def append(
@@ -139,7 +140,7 @@ class EventLog:
                         continue
                     if out and total + len(raw) > max_bytes:
                         return out
-                    out.append(codec.decode_event(codec.from_u64(key), raw))
+                    out.append(codec.decode_event(codec.from_u64(key, "pending: key"), raw))
                     total += len(raw)
         return out
 
@@ -156,7 +157,7 @@ class EventLog:
             return event
         dead = txn.get(key, db=self._db["dead"])
         if dead is not None:
-            error, _when = codec.unpack(dead)
+            error, _when = codec.unpack_fields(dead, f"dead: seq {event.seq}", 2)
             return _replace_status(event, Status.DEAD, error)
         return _replace_status(event, Status.DEPLOYED, None)
 
@@ -174,7 +175,7 @@ class EventLog:
             if not cur.set_range(codec.u64(after_seq + 1)):
                 return
             for key, raw in cur.iternext():
-                event = codec.decode_event(codec.from_u64(key), raw)
+                event = codec.decode_event(codec.from_u64(key, "events: key"), raw)
                 if entity_id is not None and event.entity_id != entity_id:
                     continue
                 event = self._with_status(txn, event)
@@ -204,7 +205,7 @@ class EventLog:
         for lane in (Lane.HIGH, Lane.NORMAL):
             with txn.cursor(db=self._db[_PENDING_DB[lane]]) as cur:
                 if cur.first():
-                    seq = codec.from_u64(cur.key())
+                    seq = codec.from_u64(cur.key(), "pending: key")
                     best = seq if best is None else min(best, seq)
         return None if best is None else self.get(txn, best)
 
@@ -280,7 +281,7 @@ class EventLog:
                 key = cur.key()
                 if not key:
                     break
-                seq = codec.from_u64(key)
+                seq = codec.from_u64(key, "pending_normal: key")
                 first = seq if first is None else first
                 last = seq
                 txn.delete(key, db=self._db["events"])

@@ -1,0 +1,107 @@
+"""storage/codec.py: the versioned, checksummed value envelope shared by the edge and the cloud
+stores, and what a damaged value raises (StorageCorrupt naming the record)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_sync.cloud.records import CloudDevice
+from edge_sync.cloud.store import CloudStore
+from edge_sync.errors import StorageCorrupt
+from edge_sync.storage import codec
+from edge_sync.storage.entity_store import EntityStore
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.records import Device, Lane, NewEvent
+
+EVENT = NewEvent(type="TELEMETRY", entity_type="DEVICE", entity_id=uuid.UUID(int=7),
+                 action="TIMESERIES_UPDATED", body={"k": [1, 2.5, "x"]}, ts=123, lane=Lane.NORMAL)
+
+
+def _encoded_event() -> bytes:
+    return codec.encode_event(EVENT, event_id=bytes(16), created_time=5, tenant_id=bytes(16),
+                              edge_id=bytes(16))
+
+
+def test_values_round_trip() -> None:
+    for value in (1, "text", {"a": [1, None, True]}, (b"\x00raw", 2**64 - 1), -(2**63)):
+        expected = list(value) if isinstance(value, tuple) else value
+        assert codec.unpack(codec.pack(value), "v") == expected
+
+
+def test_a_value_starts_with_its_version_byte() -> None:
+    assert codec.pack("x")[0] == codec.VALUE_VERSION == 2
+
+
+def test_event_round_trip_reports_its_encoded_size() -> None:
+    raw = _encoded_event()
+    ev = codec.decode_event(9, raw)
+    assert (ev.seq, ev.entity_id, ev.body, ev.ts, ev.lane, ev.size) == (
+        9, EVENT.entity_id, EVENT.body, 123, Lane.NORMAL, len(raw))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda raw: raw[:-1],                                   # truncated
+    lambda raw: raw[:-1] + bytes([raw[-1] ^ 0x01]),         # one bit flipped in the body
+    lambda raw: raw[:1] + bytes([raw[1] ^ 0x80]) + raw[2:],  # checksum damaged
+    lambda raw: b"\x01" + raw[1:],                          # another format version
+    lambda raw: raw[:3],                                    # shorter than the header
+])
+def test_a_damaged_event_raises_storage_corrupt_naming_it(damage) -> None:
+    with pytest.raises(StorageCorrupt, match="events: seq 9"):
+        codec.decode_event(9, damage(_encoded_event()))
+
+
+def test_a_record_of_the_wrong_shape_is_corrupt() -> None:
+    with pytest.raises(StorageCorrupt, match="unexpected shape"):
+        codec.unpack_fields(codec.pack((1, 2)), "thing", 3)
+    with pytest.raises(StorageCorrupt, match="unexpected shape"):
+        codec.decode_event(1, codec.pack("not a tuple"))
+
+
+def test_a_value_msgpack_cannot_hold_is_refused_when_packed() -> None:
+    with pytest.raises(OverflowError):
+        codec.pack(2**64)
+
+
+def test_u64_of_the_wrong_length_is_corrupt() -> None:
+    assert codec.from_u64(codec.u64(42)) == 42
+    with pytest.raises(StorageCorrupt, match="meta: next_seq"):
+        codec.from_u64(b"\x00" * 7, "meta: next_seq")
+
+
+@pytest.fixture
+def edge_store(tmp_path: Path) -> Iterator[LmdbStore]:
+    s = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=16)
+    yield s
+    s.close()
+
+
+def test_edge_store_reports_a_damaged_device_record(edge_store: LmdbStore) -> None:
+    ents = EntityStore(edge_store)
+    dev = Device(id=uuid.UUID(int=1), name="d", type="t", token="tok", created_time=1)
+    edge_store.write(lambda txn: ents.put_device(txn, dev))
+    raw = edge_store.write(lambda txn: txn.get(dev.id.bytes, db=edge_store.dbs["devices"]))
+    edge_store.write(lambda txn: txn.put(dev.id.bytes, raw[:-2] + b"\xff\xff",
+                                         db=edge_store.dbs["devices"]))
+    with edge_store.read() as txn, pytest.raises(StorageCorrupt, match=f"devices: {dev.id}"):
+        ents.device(txn, dev.id)
+
+
+def test_cloud_store_uses_the_same_envelope(tmp_path: Path) -> None:
+    store = CloudStore(tmp_path / "cloud", max_size_mb=64)
+    try:
+        dev = CloudDevice(uuid.UUID(int=3), uuid.UUID(int=4), "n", "t", "", "tok", 1, "cloud")
+        store.add_device(dev, [])
+        with store.lmdb.read() as txn:
+            raw = txn.get(dev.id.bytes, db=store.lmdb.dbs["devices"])
+        assert raw[0] == codec.VALUE_VERSION
+        store.lmdb.write(lambda txn: txn.put(dev.id.bytes, raw[:-1] + bytes([raw[-1] ^ 1]),
+                                             db=store.lmdb.dbs["devices"]))
+        with pytest.raises(StorageCorrupt, match=f"devices: {dev.id}: damaged record"):
+            store.device(dev.id)
+    finally:
+        store.close()
