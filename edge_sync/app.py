@@ -30,8 +30,10 @@ from edge_sync.api.admin_http import AdminHttpApi
 from edge_sync.api.device_http import DeviceHttpApi
 from edge_sync.api.device_service import DeviceService
 from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.common.admin_guard import check_bind
 from edge_sync.common.http_host import HttpHost
 from edge_sync.config import EdgeConfig
+from edge_sync.errors import ConfigError
 from edge_sync.link.connection import ConnectionActor
 from edge_sync.link.downlink_actor import DownlinkActor
 from edge_sync.link.state import StatusBoard
@@ -64,6 +66,9 @@ def open_store(cfg: EdgeConfig, *, readonly: bool = False) -> LmdbStore:
 
 class EdgeApp:
     def __init__(self, cfg: EdgeConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        refusal = check_bind("admin", cfg.admin.host, cfg.admin.token)
+        if refusal is not None:
+            raise ConfigError(refusal)
         self.cfg = cfg
         self.clock = clock
         self.metrics = Metrics()
@@ -106,6 +111,7 @@ class EdgeApp:
             link_status=(lambda: dict(self.link_board.value)) if link_enabled else None,
             request_timeout_s=cfg.http.request_timeout_s, clock=clock,
             crash=self._crash if cfg.admin.fault_injection else None,
+            token=cfg.admin.token, readiness=self.readiness,
         )
         self.supervisor = Supervisor(
             "edge",
@@ -172,6 +178,17 @@ class EdgeApp:
         for part in path:
             node = node.child(part) if node is not None else None
         return cast("pykka.ActorRef[Any] | None", getattr(node, "ref", None))
+
+    def readiness(self) -> dict[str, bool]:
+        """Whether each supervised actor runs now (the admin API's /readyz)."""
+        paths = [("queue",), *(("shards", f"shard-{i}") for i in range(self.cfg.actors.shards))]
+        if self.cfg.cloud.routing_key:
+            paths += [("downlink",), ("connection",)]
+        out = {}
+        for path in paths:
+            ref = self._actor_ref(*path)
+            out[path[-1]] = ref is not None and ref.is_alive()
+        return out
 
     def _crash(self, target: str) -> bool:
         """Fault injection: tell the named actor (queue, shard-N) to raise."""

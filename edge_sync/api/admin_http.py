@@ -1,5 +1,7 @@
 """The admin HTTP API (default 127.0.0.1:8090): status, cloud events, device provisioning,
-Prometheus metrics and the Cloud Events page. Read views use LMDB read transactions only."""
+alarms, Prometheus metrics, the Cloud Events page and the health probes. Read views use LMDB read
+transactions only. Every request passes the admin guard first (edge_sync.common.admin_guard):
+no cross-site writes, a bearer token when ``admin.token`` is set, no caching."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from loguru import logger
 
 from edge_sync.api.device_service import DeviceService
 from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.common.admin_guard import AdminGuard
+from edge_sync.common.health import healthz, readyz_response
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.json_body import parse_json
 from edge_sync.errors import BadRequest
@@ -87,6 +91,8 @@ class AdminHttpApi:
         request_timeout_s: float = 10.0,
         clock: Clock = SYSTEM_CLOCK,
         crash: Callable[[str], bool] | None = None,
+        token: str = "",
+        readiness: Callable[[], dict[str, bool]] | None = None,
     ) -> None:
         self._store = store
         self._service = service
@@ -95,10 +101,14 @@ class AdminHttpApi:
         self._timeout = request_timeout_s
         self._clock = clock
         self._crash = crash
+        self._guard = AdminGuard("admin-http", token=token)
+        self._readiness = readiness
 
     def make_app(self) -> web.Application:
         """Runs on the host's loop thread."""
-        app = web.Application(client_max_size=64 * 1024)
+        app = self._guard.install(web.Application(client_max_size=64 * 1024))
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/api/status", self._status)
         app.router.add_get("/api/cloud-events", self._events)
         app.router.add_post("/api/devices", self._create_device)
@@ -115,6 +125,9 @@ class AdminHttpApi:
         out = collect_status(self._store, now_ms=self._clock.now_ms(), link=link)
         out["metrics"] = self._metrics.snapshot()
         return out
+
+    async def _readyz(self, request: web.Request) -> web.StreamResponse:
+        return readyz_response(self._readiness() if self._readiness else {})
 
     async def _status(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.status())

@@ -1,6 +1,7 @@
 """The reference cloud's admin HTTP API (default 127.0.0.1:8091), used by the `edge-cloud` CLI
 while the server runs, so that downlinks it queues are sent at once.
 
+  GET  /healthz, /readyz                the health probes (no token needed)
   GET  /api/status                      server, store and every edge (connected or not)
   GET  /api/edges                       registered edges
   POST /api/edges        {name, routing_key?, secret?, type?}          -> 201 (200: existed)
@@ -8,7 +9,9 @@ while the server runs, so that downlinks it queues are sent at once.
   POST /api/devices      {edge, name, type?, label?, token?}           -> 201
   POST /api/attributes   {device, edge?, values: {k: v}} or {device, edge?, key, value}
   GET  /api/events?edge=RK&after=N&limit=N   what the cloud applied from the edge
-Errors: {"status", "error", "message"} with 400/404/409/500/507.
+Errors: {"status", "error", "message"} with 400/401/403/404/409/415/500/507.
+Every request passes the admin guard first (edge_sync.common.admin_guard): no cross-site writes,
+a bearer token when ``admin.token`` is set, no caching (answers carry edge secrets and tokens).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from loguru import logger
 
 from edge_sync.cloud.registry import StreamRegistry
 from edge_sync.cloud.service import CloudService
+from edge_sync.common.admin_guard import AdminGuard
+from edge_sync.common.health import healthz, readyz_response
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.json_body import parse_json
 from edge_sync.errors import BadRequest
@@ -54,14 +59,19 @@ def _fields(body: Any, allowed: set[str], what: str) -> dict[str, Any]:
 
 class CloudAdminApi:
     def __init__(self, service: CloudService, registry: StreamRegistry,
-                 status_extra: Callable[[], dict[str, Any]] | None = None) -> None:
+                 status_extra: Callable[[], dict[str, Any]] | None = None, *,
+                 token: str = "", readiness: Callable[[], dict[str, bool]] | None = None) -> None:
+        self._guard = AdminGuard("cloud-admin", token=token)
+        self._readiness = readiness
         self._service = service
         self._registry = registry
         self._status_extra = status_extra
 
     def make_app(self) -> web.Application:
         """Runs on the host's loop thread."""
-        app = web.Application(client_max_size=1024 * 1024)
+        app = self._guard.install(web.Application(client_max_size=1024 * 1024))
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/api/status", self._handler(self._status))
         app.router.add_get("/api/edges", self._handler(self._edges))
         app.router.add_post("/api/edges", self._handler(self._create_edge))
@@ -70,6 +80,9 @@ class CloudAdminApi:
         app.router.add_post("/api/attributes", self._handler(self._set_attributes))
         app.router.add_get("/api/events", self._handler(self._events))
         return app
+
+    async def _readyz(self, request: web.Request) -> web.StreamResponse:
+        return readyz_response(self._readiness() if self._readiness else {})
 
     def _handler(
         self, fn: Callable[[web.Request, Any], tuple[int, Any]]

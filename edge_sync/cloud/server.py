@@ -25,6 +25,7 @@ from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.servicer import EdgeRpcServicer
 from edge_sync.cloud.session import LinkSettings
 from edge_sync.cloud.store import CloudStore
+from edge_sync.common.admin_guard import check_bind
 from edge_sync.common.http_host import HttpHost
 from edge_sync.config import CloudConfig, EdgesRpcConfig
 from edge_sync.errors import ConfigError, EdgeSyncError
@@ -57,6 +58,9 @@ class CloudServer:
     def __init__(self, cfg: CloudConfig, *, clock: Clock = SYSTEM_CLOCK,
                  store: CloudStore | None = None, link: LinkSettings | None = None) -> None:
         """``link`` overrides the stream settings derived from cfg (tests: shorter timeouts)."""
+        refusal = check_bind("admin", cfg.admin.host, cfg.admin.token)
+        if refusal is not None:
+            raise ConfigError(refusal)
         self.cfg = cfg
         self.clock = clock
         self.store = store if store is not None else open_cloud_store(cfg)
@@ -67,7 +71,8 @@ class CloudServer:
             resend_timeout_s=cfg.downlink.resend_timeout_ms / 1000,
         )
         self.servicer = EdgeRpcServicer(self.service, self.registry, self.settings, clock=clock)
-        self.admin = CloudAdminApi(self.service, self.registry, status_extra=self._status_extra)
+        self.admin = CloudAdminApi(self.service, self.registry, status_extra=self._status_extra,
+                                   token=cfg.admin.token, readiness=self._readiness)
         self.port = 0
         self.admin_port = 0
         self._grpc: grpc.Server | None = None
@@ -145,6 +150,10 @@ class CloudServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+    def _readiness(self) -> dict[str, bool]:
+        return {"rpc": self._grpc is not None and not self._stopped.is_set(),
+                "store": not self._stopped.is_set()}
 
     def _status_extra(self) -> dict[str, Any]:
         return {"rpc": {"host": self.cfg.rpc.host, "port": self.port, "tls": self.cfg.rpc.ssl_enabled,
