@@ -116,6 +116,15 @@ def test_edge_refuses_cross_site_writes_and_changes_nothing(
     assert len(refused) == len(attacks(body))
 
 
+def test_edge_answers_no_preflight_with_an_allow(agent: Agent) -> None:
+    """The browser asks before a cross-site JSON POST; the answer must not let it through."""
+    status, headers, _ = raw(agent.admin_port, "OPTIONS", "/api/devices", headers={
+        "Origin": EVIL, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert status == 405
+    assert not [h for h in headers if h.startswith("access-control-")]
+
+
 def test_edge_accepts_json_without_origin_or_with_its_own(agent: Agent) -> None:
     own = f"http://127.0.0.1:{agent.admin_port}"
     for name, headers in (("no Origin", {}), ("own Origin", {"Origin": own})):
