@@ -46,6 +46,11 @@ class Conflict(BadRequest):
     """A unique name, token, id or routing key is already taken."""
 
 
+class Unstorable(BadRequest):
+    """A value the store's encoding cannot hold (an integer beyond 64 bits, text with a lone
+    surrogate, a type msgpack does not know): refused, nothing of it is written."""
+
+
 class PayloadRejected(BadRequest):
     """The cloud refused one uplink payload; ``seq`` is its edgeSeqId when it had one."""
 

@@ -1,15 +1,21 @@
-"""The QueueActor: the only writer of the LMDB store.
+"""The QueueActor: the only writer of the event log. With the events it also writes the entity
+store changes they carry (new devices, client attributes, latest telemetry); the DownlinkActor
+writes the entity store too, for what the cloud sends, and LMDB serialises the two writers.
 
 It assigns sequence numbers and commits in groups: every write command that reaches its mailbox
 while a group is open joins that group, and one transaction (one fsync) commits them all. Only
 after the commit does it resolve the commands' reply futures, so "replied" means "on disk".
 When the store is full it first purges delivered events, then applies the configured policy
 (refuse, or evict the oldest normal-lane events), counting and logging every refusal/eviction.
+
+A command whose values the store cannot encode (Unstorable: only the in-process path that skips
+validation can send one) fails alone with that BadRequest and the rest of its group commits. Any
+other unexpected failure of a commit fails the commands not yet committed with InternalError
+(HTTP 500) and raises, so the supervisor logs it at ERROR and restarts the actor.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -34,19 +40,22 @@ from edge_sync.actors.messages import (
 )
 from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.config import FullPolicy
 from edge_sync.errors import (
-    BadRequest,
     EdgeSyncError,
     InjectedFault,
+    InternalError,
     QueueFull,
     StorageError,
     Unavailable,
+    Unstorable,
 )
 from edge_sync.metrics import Metrics
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.supervisor import ExitReporter, SupervisedActor
+from edge_sync.validators import INT64_MAX
 
 _log = logger.bind(component="queue")
 
@@ -57,7 +66,7 @@ _RELEASE_INTERVAL_S = 0.5
 @dataclass(frozen=True, slots=True)
 class QueuePolicy:
     group_max_events: int = 5000
-    full_policy: str = "refuse"  # or "evict_oldest_normal"
+    full_policy: FullPolicy = FullPolicy.REFUSE
     retention_ms: int = 7 * 24 * 3600 * 1000
     purge_interval_s: float = 300.0
 
@@ -70,6 +79,12 @@ class _Outcome:
     def __init__(self) -> None:
         self.value: Any = None
         self.error: EdgeSyncError | None = None
+
+    @classmethod
+    def failed(cls, error: EdgeSyncError) -> _Outcome:
+        outcome = cls()
+        outcome.error = error
+        return outcome
 
 
 class QueueActor(SupervisedActor):
@@ -162,14 +177,18 @@ class QueueActor(SupervisedActor):
     def _flush(self) -> None:
         group, self._group, self._group_events = self._group, [], 0
         try:
-            outcomes = self._commit(group)
-        except QueueFull as exc:
-            outcomes = self._commit_when_full(group, exc)
+            try:
+                outcomes = self._commit(group)
+            except QueueFull as exc:
+                outcomes = self._commit_when_full(group, exc)
+            except Unstorable:  # one command the store cannot take: find it, commit the others
+                outcomes = self._commit_each(group)
         except StorageError as exc:
             self._fail_all(group, exc)
             raise  # the supervisor restarts us (or gives up: exit 3)
-        except Exception:  # one command the store cannot take: find it, commit the others
-            outcomes = self._commit_each(group)
+        except Exception as exc:  # a bug
+            self._fail_all(group, InternalError(f"queue commit failed: {type(exc).__name__}: {exc}"))
+            raise  # the supervisor logs it at ERROR and restarts us
         self._commits.inc()
         self._resolve(group, outcomes)
         self._store.release_pages_every(_RELEASE_INTERVAL_S)  # a long outage: RSS stays flat
@@ -236,45 +255,45 @@ class QueueActor(SupervisedActor):
                 self._entities.put_latest(txn, eid, {k: (ts, v) for k, ts, v in values})
 
     def _commit_each(self, group: list[WriteCommand]) -> list[_Outcome]:
-        """Commit the commands one by one, so a bad one fails alone."""
+        """Commit the commands one by one, so a command the store cannot take fails alone. When
+        anything else fails, the commands already committed are answered before it is raised."""
         outcomes: list[_Outcome] = []
         for i, command in enumerate(group):
             try:
-                outcomes.append(self._commit([command])[0])
-            except QueueFull as exc:
-                outcomes += self._commit_when_full(group[i:i + 1], exc)
-            except StorageError as exc:
-                self._fail_all(group[i:], exc)
+                try:
+                    outcomes.append(self._commit([command])[0])
+                except QueueFull as exc:
+                    outcomes += self._commit_when_full(group[i:i + 1], exc)
+            except Unstorable as exc:
+                outcomes.append(_Outcome.failed(exc))
+            except BaseException:
+                self._resolve(group[:i], outcomes)
                 raise
-            except Exception as exc:
-                outcome = _Outcome()
-                outcome.error = BadRequest(f"cannot be stored: {type(exc).__name__}: {exc}")
-                outcomes.append(outcome)
         return outcomes
 
     def _commit_when_full(self, group: list[WriteCommand], exc: QueueFull) -> list[_Outcome]:
         """Storage is full: purge delivered events, apply the policy, then commit each command on
         its own so the ones that still fit get in and only the rest are refused."""
         _log.bind(reason=str(exc)).warning("storage full; purging delivered events")
-        self._purge(older_than_ms=2**63 - 1)
+        self._purge(older_than_ms=INT64_MAX)
         outcomes: list[_Outcome] = []
         for command in group:
             outcomes.append(self._commit_one_when_full(command))
         return outcomes
 
     def _commit_one_when_full(self, command: WriteCommand) -> _Outcome:
-        attempts = 3 if self._policy.full_policy == "evict_oldest_normal" else 1
+        attempts = 3 if self._policy.full_policy == FullPolicy.EVICT_OLDEST_NORMAL else 1
         last: QueueFull | None = None
         for _ in range(attempts):
             try:
                 return self._commit([command])[0]
+            except Unstorable as exc:
+                return _Outcome.failed(exc)
             except QueueFull as exc:
                 last = exc
                 if attempts > 1 and not self._evict(len(getattr(command, "events", ())) * 4 + 256):
                     break
-        outcome = _Outcome()
-        outcome.error = QueueFull(f"storage full, new data refused: {last}")
-        return outcome
+        return _Outcome.failed(QueueFull(f"storage full, new data refused: {last}"))
 
     def _evict(self, count: int) -> bool:
         try:
@@ -361,6 +380,3 @@ class QueueActor(SupervisedActor):
             if reply is not None and not reply.done():
                 reply.set_exception(error)
 
-
-def new_entity_uuid() -> uuid.UUID:
-    return uuid.uuid4()

@@ -28,21 +28,12 @@ from edge_sync.errors import BadRequest, NotFound, Unauthorized
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Action, Device, Scope
+from edge_sync.validators import MAX_LABEL_BYTES, MAX_NAME_BYTES, text_fits
 
 SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE")
 
 _log = logger.bind(component="device-api")
 
-MAX_NAME_BYTES = 255  # names and tokens become LMDB keys (511 bytes at most)
-
-
-def _text_ok(value: object, *, max_bytes: int = MAX_NAME_BYTES) -> bool:
-    if not isinstance(value, str) or not value.strip():
-        return False
-    try:
-        return len(value.encode("utf-8")) <= max_bytes
-    except UnicodeEncodeError:
-        return False
 
 
 class DeviceService:
@@ -142,7 +133,7 @@ class DeviceService:
         Alarms go in the high lane and are never dropped, however long the cloud is away."""
         if self.device(device_id) is None:
             raise NotFound(f"no device {device_id}")
-        if not _text_ok(alarm_type):
+        if not text_fits(alarm_type, MAX_NAME_BYTES):
             raise BadRequest(f"alarm type must be 1 to {MAX_NAME_BYTES} bytes of UTF-8")
         if severity not in SEVERITIES:
             raise BadRequest(f"alarm severity must be one of {', '.join(SEVERITIES)}")
@@ -166,13 +157,14 @@ class DeviceService:
         self, name: str, *, type_: str = "default", token: str | None = None, label: str = ""
     ) -> tuple[Device, Future[range]]:
         """Provision a device on the edge. The future fails with Conflict on a taken name/token."""
-        if not _text_ok(name):
+        if not text_fits(name, MAX_NAME_BYTES):
             raise BadRequest(f"device name must be 1 to {MAX_NAME_BYTES} bytes of UTF-8")
-        if not _text_ok(type_):
+        if not text_fits(type_, MAX_NAME_BYTES):
             raise BadRequest(f"device type must be 1 to {MAX_NAME_BYTES} bytes of UTF-8")
-        if not isinstance(label, str) or not (label == "" or _text_ok(label, max_bytes=1024)):
-            raise BadRequest("device label must be text of at most 1024 bytes")
-        if token is not None and (not _text_ok(token) or "/" in token or token != token.strip()):
+        if not text_fits(label, MAX_LABEL_BYTES, allow_empty=True):
+            raise BadRequest(f"device label must be text of at most {MAX_LABEL_BYTES} bytes")
+        if token is not None and (not text_fits(token, MAX_NAME_BYTES) or "/" in token
+                                  or token != token.strip()):
             raise BadRequest(f"access token must be 1 to {MAX_NAME_BYTES} bytes without '/' "
                              "or surrounding spaces")
         device = Device(

@@ -11,14 +11,15 @@ import math
 from typing import Any
 
 from edge_sync.errors import BadRequest
+from edge_sync.validators import INT64_MAX, MAX_KEY_BYTES, is_int64, is_storable_int, key_fits
 
 Values = tuple[tuple[str, Any], ...]
 Entry = tuple[int, Values]
 
-MAX_KEY_BYTES = 255  # UTF-8 bytes: keys end up inside LMDB keys (511 bytes at most)
 MAX_ENTRIES = 10_000
-_MAX_TS = 2**63 - 1
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what msgpack can hold
+
+__all__ = ["MAX_ENTRIES", "MAX_KEY_BYTES", "check_json_value", "parse_attributes", "parse_keys",
+           "parse_telemetry"]
 
 
 def _check_text(where: str, text: str) -> None:
@@ -45,7 +46,7 @@ def _check_nested(where: str, value: Any) -> None:
         elif isinstance(item, bool) or item is None:
             continue
         elif isinstance(item, int):
-            if not _INT_MIN <= item <= _INT_MAX:
+            if not is_storable_int(item):
                 raise BadRequest(f"{where}: a number inside the JSON value does not fit in 64 bits")
         elif isinstance(item, float) and not math.isfinite(item):
             raise BadRequest(f"{where}: a number inside the JSON value is not finite")
@@ -63,7 +64,7 @@ def _check_value(where: str, key: str, value: Any) -> Any:
         _check_text(f"{where}: value of {key!r}", value)
         return value
     if isinstance(value, int):
-        if not -(2**63) <= value < 2**63:
+        if not is_int64(value):
             raise BadRequest(f"{where}: value of {key!r} does not fit in a 64-bit integer")
         return value
     if isinstance(value, float):
@@ -86,7 +87,7 @@ def _values(where: str, obj: Any) -> Values:
     out = []
     for key, value in obj.items():
         _check_text(f"{where}: a key", key)
-        if not key or len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        if not key_fits(key):
             raise BadRequest(f"{where}: keys must be 1 to {MAX_KEY_BYTES} bytes of UTF-8")
         out.append((key, _check_value(where, key, value)))
     return tuple(out)
@@ -97,7 +98,7 @@ def _entry(where: str, obj: Any, now_ms: int) -> Entry:
         raise BadRequest(f"{where}: expected a JSON object")
     if "ts" in obj and "values" in obj and len(obj) == 2:
         ts = obj["ts"]
-        if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= _MAX_TS:
+        if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= INT64_MAX:
             raise BadRequest(f"{where}: 'ts' must be a non-negative integer (ms since the epoch)")
         return ts, _values(f"{where}.values", obj["values"])
     return now_ms, _values(where, obj)

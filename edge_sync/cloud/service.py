@@ -18,20 +18,22 @@ from edge_sync.cloud import credentials, downlinks
 from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord
 from edge_sync.cloud.store import CloudStore
 from edge_sync.errors import BadRequest, Conflict, NotFound
-
-MAX_NAME = 255
-MAX_KEY = 255
+from edge_sync.validators import MAX_KEY_BYTES, MAX_LABEL_BYTES, MAX_NAME_BYTES, is_int64, key_fits, text_fits
 
 _log = logger.bind(component="cloud")
 
 
-def _text(value: Any, what: str, *, required: bool = True, max_len: int = MAX_NAME) -> str:
-    if value is None and not required:
+def _text(value: Any, what: str, *, max_bytes: int = MAX_NAME_BYTES) -> str:
+    if not text_fits(value, max_bytes):
+        raise BadRequest(f"{what}: expected text of 1 to {max_bytes} bytes of UTF-8")
+    return value
+
+
+def _label(value: Any) -> str:
+    if value is None:
         return ""
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise BadRequest(f"{what}: expected a non-empty string")
-    if len(value) > max_len:
-        raise BadRequest(f"{what}: longer than {max_len} characters")
+    if not text_fits(value, MAX_LABEL_BYTES, allow_empty=True):
+        raise BadRequest(f"label: expected text of at most {MAX_LABEL_BYTES} bytes of UTF-8")
     return value
 
 
@@ -48,12 +50,12 @@ def check_attribute_values(values: Any) -> dict[str, Any]:
     if not isinstance(values, dict) or not values:
         raise BadRequest("values: expected a non-empty JSON object of key/value pairs")
     for key, value in values.items():
-        if not isinstance(key, str) or not key or len(key) > MAX_KEY:
-            raise BadRequest(f"attribute key {key!r}: expected 1..{MAX_KEY} characters")
+        if not key_fits(key):
+            raise BadRequest(f"attribute key {key!r}: expected 1 to {MAX_KEY_BYTES} bytes of UTF-8")
         if isinstance(value, bool | str | dict | list):
             continue
         if isinstance(value, int):
-            if not -(2**63) <= value < 2**63:
+            if not is_int64(value):
                 raise BadRequest(f"attribute {key!r}: integer does not fit in 64 bits")
             continue
         if isinstance(value, float):
@@ -160,7 +162,7 @@ class CloudService:
         edge = self.edge(edge_ref)
         device = CloudDevice(
             id=uuid.uuid4(), edge_id=edge.edge_id, name=_text(name, "name"),
-            type=_text(type_ or "default", "type"), label=_text(label, "label", required=False),
+            type=_text(type_ or "default", "type"), label=_label(label),
             token=credentials.new_access_token() if token is None else _token_text(token, "token"),
             created_time=self.clock.now_ms(), origin="cloud",
         )

@@ -44,7 +44,14 @@ import lmdb
 
 from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord, QueuedDownlink, downlink_msg_id
 from edge_sync.cloud.uplink_payloads import AppliedEvent
-from edge_sync.errors import BadRequest, Conflict, PayloadRejected, StorageCorrupt, StorageError
+from edge_sync.errors import (
+    BadRequest,
+    Conflict,
+    PayloadRejected,
+    StorageCorrupt,
+    StorageError,
+    Unstorable,
+)
 from edge_sync.storage import codec
 from edge_sync.storage.env import NIL_STORE_ID, LmdbStore
 from edge_sync.storage.records import Action
@@ -269,9 +276,9 @@ class CloudStore:
             try:
                 packed.append((ev, codec.pack((ev.seq, ev.entity_type, ev.entity_id.bytes,
                                                str(ev.action), ev.body, ev.ts, now_ms, incarnation))))
-            except (OverflowError, TypeError, ValueError) as exc:
+            except Unstorable as exc:
                 where = f"payload with edgeSeqId {ev.seq}" if ev.seq is not None else "payload"
-                raise PayloadRejected(f"{where}: value cannot be stored ({exc})", ev.seq) from exc
+                raise PayloadRejected(f"{where}: {exc}", ev.seq) from exc
         counter_key = b"apply:" + edge
         applied_db, log_db = self._db["applied"], self._db["apply_log"]
 
@@ -463,8 +470,8 @@ class CloudStore:
         for key, value in values.items():
             try:
                 packed.append((device.id.bytes + key.encode(), codec.pack((value, ts))))
-            except (OverflowError, TypeError, ValueError) as exc:
-                raise BadRequest(f"attribute {key!r}: value cannot be stored ({exc})") from exc
+            except Unstorable as exc:
+                raise BadRequest(f"attribute {key!r}: {exc}") from exc
 
         def fn(txn: lmdb.Transaction) -> int:
             if self._device(txn, device.id) is None:

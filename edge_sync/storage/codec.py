@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-from edge_sync.errors import StorageCorrupt
+from edge_sync.errors import StorageCorrupt, Unstorable
 from edge_sync.storage.records import Device, Lane, NewEvent, StoredEvent
 
 # 1: a msgpack array whose first element was a per-record schema number, no checksum (and some
@@ -59,11 +59,21 @@ def from_time_seq_key(raw: Raw) -> tuple[int, int]:
 
 
 def pack(value: Any) -> bytes:
-    """Encode a record value. A value msgpack cannot hold (an integer beyond 64 bits, an
-    unsupported type) raises OverflowError, TypeError or ValueError: callers that store
-    untrusted values turn these into a refusal."""
-    body: bytes = msgpack.packb(value, use_bin_type=True)
+    """Encode a record value; Unstorable when msgpack cannot hold it (an integer beyond 64 bits,
+    text with a lone surrogate, an unsupported type)."""
+    try:
+        body: bytes = msgpack.packb(value, use_bin_type=True)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise Unstorable(f"value cannot be stored ({exc})") from exc
     return _HEADER.pack(VALUE_VERSION, zlib.crc32(body)) + body
+
+
+def text_key(text: str) -> bytes:
+    """A name or key as it goes into an LMDB key (UTF-8); Unstorable for a lone surrogate."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise Unstorable(f"text cannot be stored ({exc.reason})") from exc
 
 
 def unpack(raw: Raw, what: str) -> Any:

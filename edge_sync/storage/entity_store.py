@@ -105,7 +105,7 @@ class EntityStore:
         prefix = self._attr_prefix(entity_id, scope)
         db = self._db["attributes"]
         for key, value in values.items():
-            txn.put(prefix + key.encode(), codec.pack((value, ts)), db=db)
+            txn.put(prefix + codec.text_key(key), codec.pack((value, ts)), db=db)
 
     def delete_attributes(
         self, txn: lmdb.Transaction, entity_id: uuid.UUID, scope: Scope, keys: Iterable[str]
@@ -151,7 +151,7 @@ class EntityStore:
         db = self._db["latest_ts"]
         prefix = entity_id.bytes
         for key, (ts, value) in values.items():
-            k = prefix + key.encode()
+            k = prefix + codec.text_key(key)
             old = txn.get(k, db=db)
             if old is not None and codec.unpack_fields(old, f"latest_ts: {entity_id} {key!r}", 2)[0] > ts:
                 continue

@@ -36,7 +36,7 @@ class Scope(enum.StrEnum):
 
 
 class Action(enum.StrEnum):
-    """Cloud event actions, the spec's names."""
+    """Cloud event actions, ThingsBoard's names."""
 
     ADDED = "ADDED"
     UPDATED = "UPDATED"

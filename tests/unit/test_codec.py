@@ -11,7 +11,7 @@ import pytest
 
 from edge_sync.cloud.records import CloudDevice
 from edge_sync.cloud.store import CloudStore
-from edge_sync.errors import StorageCorrupt
+from edge_sync.errors import StorageCorrupt, Unstorable
 from edge_sync.storage import codec
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
@@ -62,9 +62,12 @@ def test_a_record_of_the_wrong_shape_is_corrupt() -> None:
         codec.decode_event(1, codec.pack("not a tuple"))
 
 
-def test_a_value_msgpack_cannot_hold_is_refused_when_packed() -> None:
-    with pytest.raises(OverflowError):
-        codec.pack(2**64)
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, "\ud800", object()])
+def test_a_value_msgpack_cannot_hold_is_refused_when_packed(value: object) -> None:
+    with pytest.raises(Unstorable, match="value cannot be stored"):
+        codec.pack(value)
+    with pytest.raises(Unstorable, match="text cannot be stored"):
+        codec.text_key("k\udfff")
 
 
 def test_u64_of_the_wrong_length_is_corrupt() -> None:
