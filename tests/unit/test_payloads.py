@@ -8,7 +8,6 @@ import json
 import math
 from typing import Any
 
-import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,6 +21,7 @@ from edge_sync.api.payloads import (
 )
 from edge_sync.common.json_body import parse_json
 from edge_sync.errors import BadRequest
+from edge_sync.storage import codec
 
 NOW = 1_700_000_000_000
 
@@ -83,8 +83,10 @@ def test_boundaries_accepted() -> None:
 
 def test_attributes_and_keys() -> None:
     assert parse_attributes({"fw": "1.2", "n": 3}) == (("fw", "1.2"), ("n", 3))
-    for bad in ([], {}, {"a": None}, "x", {"": 1}):
-        with pytest.raises(BadRequest):
+    for bad, message in (([], "expected a JSON object"), ({}, "no key/value pairs"),
+                         ({"a": None}, "value of 'a' is null"), ("x", "expected a JSON object"),
+                         ({"": 1}, "keys must be 1 to 255 bytes")):
+        with pytest.raises(BadRequest, match=f"^attributes: {message}"):
             parse_attributes(bad)
     assert parse_keys(None) is None
     assert parse_keys("a, b,,c ,") == ("a", "b", "c")
@@ -172,28 +174,41 @@ def test_json_nan_and_infinity_get_through_parse_json_but_not_parse_telemetry(ra
         parse_telemetry(body, now_ms=NOW)
 
 
-# -- bodies that are accepted but cannot be stored -------------------------------------------------
+# -- valid JSON the store cannot hold ---------------------------------------------------------------
 
 
 def test_parse_json_rejects_utf8_encoded_surrogates() -> None:
-    with pytest.raises(BadRequest):
+    with pytest.raises(BadRequest, match="body is not UTF-8"):
         parse_json(b'{"a": "\xed\xa0\x80"}')
 
 
-@pytest.mark.parametrize("raw", [b'{"a": "\\ud800"}', b'{"\\udfff": 1}'])
-def test_lone_surrogate_escapes_are_rejected(raw: bytes) -> None:
-    with pytest.raises(BadRequest):
+@pytest.mark.parametrize(("raw", "message"), [
+    (b'{"a": "\\ud800"}', "telemetry: value of 'a': text with a lone surrogate"),
+    (b'{"\\udfff": 1}', "telemetry: a key: text with a lone surrogate"),
+], ids=["in-a-value", "in-a-key"])
+def test_lone_surrogate_escapes_are_rejected(raw: bytes, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
         parse_telemetry(parse_json(raw), now_ms=NOW)
 
 
-@pytest.mark.parametrize("body", [{"a": [2**64]}, {"a": {"b": -(2**63) - 1}}])
+@pytest.mark.parametrize("body", [{"a": [2**64]}, {"a": {"b": -(2**63) - 1}},
+                                  {"a": [[{"c": 10**30}]]}, {"a": [1, {"b": [-(10**30)]}]}],
+                         ids=["list-2**64", "object-under-int64", "deep-huge", "deep-negative-huge"])
 def test_nested_out_of_range_int_is_rejected(body: dict[str, Any]) -> None:
-    # Whatever parse_telemetry accepts must be storable (msgpack is the store's encoding).
-    try:
-        entries = parse_telemetry(body, now_ms=NOW)
-    except BadRequest:
-        return
-    msgpack.packb(entries, use_bin_type=True)
+    with pytest.raises(BadRequest, match="value of 'a': a number inside the JSON value does not "
+                                         "fit in 64 bits"):
+        parse_telemetry(body, now_ms=NOW)
+
+
+@pytest.mark.parametrize("body", [{"a": [2**64 - 1]}, {"a": {"b": -(2**63)}},
+                                  {"a": [[{"c": 2**63}]]}],
+                         ids=["uint64-max", "int64-min", "deep-over-int64"])
+def test_nested_int_within_what_the_store_holds_is_accepted_and_stored(body: dict[str, Any]) -> None:
+    # Inside a JSON value an integer may be anything msgpack (the store's encoding) holds: int64
+    # or uint64. It is kept as it is and comes back from the store's encoding unchanged.
+    entries = parse_telemetry(body, now_ms=NOW)
+    assert entries == ((NOW, (("a", body["a"]),)),)
+    assert codec.unpack(codec.pack(entries), "telemetry") == [[NOW, [["a", body["a"]]]]]
 
 
 # -- round-trip property ----------------------------------------------------------------------------
