@@ -1,7 +1,7 @@
 """Entry point of ``scripts/bench`` / ``python -m bench <benchmark> [options]``.
 
-Exit codes: whatever the benchmark returns (0 ok, 1 failed); 2 for usage errors, unknown
-benchmarks and benchmarks that are not built yet.
+Exit codes: whatever the benchmark returns (0 ok, 1 failed); 2 for usage errors and unknown
+benchmarks.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ benchmarks:
 Each benchmark prints progress on stderr and one JSON line (the last line of stdout).
 `scripts/bench <benchmark> --help` lists its options.
 """
-
-_NOT_BUILT: tuple[str, ...] = ()
-
 
 def _ingest(argv: Sequence[str]) -> int:
     from bench import ingest
@@ -51,9 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(USAGE)
         return 0 if args else 2
     name, rest = args[0], args[1:]
-    if name in _NOT_BUILT:
-        sys.stderr.write(f"scripts/bench: benchmark {name!r} is not built yet\n\n{USAGE}")
-        return 2
     bench = BENCHMARKS.get(name)
     if bench is None:
         sys.stderr.write(f"scripts/bench: unknown benchmark {name!r}\n\n{USAGE}")

@@ -38,7 +38,7 @@ from typing import Any, Protocol, TypeAlias
 
 import pykka
 from loguru import logger
-from pykka.messages import _ActorStop
+from pykka.messages import _ActorStop  # private, no public equivalent: see _is_stop_request
 
 from edge_sync.errors import SupervisorGaveUp, Unavailable
 
@@ -436,7 +436,7 @@ class SupervisedActor(pykka.ThreadingActor):
         stops = []
         while not self.actor_inbox.empty():
             envelope = self.actor_inbox.get()
-            if isinstance(envelope.message, _ActorStop):
+            if _is_stop_request(envelope.message):
                 stops.append(envelope)  # pykka answers these itself as the actor dies
                 continue
             _fail_future(getattr(envelope.message, "reply", None), message)
@@ -501,6 +501,15 @@ _HOOK_GUARDS: dict[str, Callable[[Any], Callable[..., None]]] = {
     "on_stop": _guard_on_stop,
     "on_failure": _guard_on_failure,
 }
+
+
+def _is_stop_request(message: object) -> bool:
+    """Whether an inbox message is pykka's own stop request (ActorRef.stop()).
+
+    pykka has no public way to tell: its stop message is the private ``_ActorStop``. This is the
+    one place that uses it, so a pykka upgrade that renames it breaks here, visibly.
+    """
+    return isinstance(message, _ActorStop)
 
 
 def _fail_future(future: object, message: str) -> None:

@@ -36,7 +36,3 @@ class Address:
         reply: Future[Any] | None = getattr(message, "reply", None)
         if reply is not None and not reply.done():
             reply.set_exception(Unavailable(f"{self.name} is restarting; try again"))
-
-    def alive(self) -> bool:
-        ref = self._resolve()
-        return ref is not None and ref.is_alive()

@@ -28,17 +28,15 @@ from edge_sync.storage.records import Action, Lane, NewEvent, Scope, lane_for
 class EntityActor:
     """State and behaviour of one entity. Runs on its shard's thread only."""
 
-    __slots__ = ("entity_id", "handled", "last_used", "queue")
+    __slots__ = ("entity_id", "last_used", "queue")
 
     def __init__(self, entity_id: uuid.UUID, queue: Address, now: float) -> None:
         self.entity_id = entity_id
         self.queue = queue
         self.last_used = now
-        self.handled = 0
 
     def handle(self, command: EntityCommand, now: float) -> None:
         self.last_used = now
-        self.handled += 1
         match command:
             case PostTelemetry():
                 self._telemetry(command)

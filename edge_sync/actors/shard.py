@@ -92,8 +92,6 @@ class ShardActor(SupervisedActor):
             return None
         if isinstance(message, Crash):
             raise InjectedFault(f"shard-{self.index}: {message.reason}")
-        if message == "active_entities":
-            return len(self._entities)
         self._log.warning("shard: unknown message {!r}", type(message).__name__)
         return None
 

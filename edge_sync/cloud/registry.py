@@ -24,7 +24,6 @@ class StreamRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_edge: dict[uuid.UUID, Stream] = {}
-        self._closed = False
 
     def claim(self, stream: Stream) -> Stream | None:
         """Make ``stream`` the edge's stream; the one it replaces (the caller ends it)."""

@@ -24,7 +24,7 @@ class Backoff:
     def __init__(self, policy: BackoffPolicy, *, rng: random.Random | None = None) -> None:
         self.policy = policy
         self._rng = rng or random.Random()
-        self.attempt = 0  # failures since the last reset
+        self.attempt = 0  # failures since the link was last up long enough (stable_after_s)
         self._up_since: float | None = None
 
     def next_delay(self) -> float:
@@ -46,6 +46,3 @@ class Backoff:
         if self._up_since is not None and now - self._up_since >= self.policy.stable_after_s:
             self.attempt = 0
         self._up_since = None
-
-    def reset(self) -> None:
-        self.attempt = 0

@@ -33,10 +33,6 @@ class Packed:
     unmappable: list[tuple[StoredEvent, str]] = field(default_factory=list)
     size: int = ENVELOPE_BYTES
 
-    @property
-    def consumed(self) -> int:
-        return len(self.seqs) + len(self.too_large) + len(self.unmappable)
-
 
 def pack(
     events: Sequence[StoredEvent],
