@@ -1,0 +1,242 @@
+"""Every `edge-sync ...` and `edge-cloud ...` command line the documents show parses as written.
+
+The command lines are extracted from README.md and docs/*.md (shell code blocks, inline code in
+prose and tables) and from the service files in scripts/ (ExecStart=, command=), then run
+through the real argparse parser of the matching program (``build_parser()``), which must
+accept them (no SystemExit) and reach the subcommand they name.
+
+Synopsis rows such as ``edge-sync events [--status pending|deployed|dead|all] [--limit N]`` are
+expanded into concrete command lines: without any optional group, with all of them, and with
+each one alone (once per alternative of an ``a|b`` choice); placeholders (FILE, NAME, N, UUID,
+KEY=VALUE, ``...``) get concrete values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_sync.cli import cloud, edge
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SERVICE_FILES = [ROOT / "scripts" / "edge-sync.service",
+                 ROOT / "scripts" / "supervisord-edge-sync.conf"]
+PROGRAMS: dict[str, Callable[[], argparse.ArgumentParser]] = {
+    "edge-sync": edge.build_parser,
+    "edge-cloud": cloud.build_parser,
+}
+_ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+_PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]*$")
+_SUBCOMMAND = re.compile(r"^[a-z]+$")
+_SHELL_OPERATORS = {"|", "||", "&", "&&", ";", "(", ")"}
+
+# Written out next to the extraction: --config on either side of the subcommand, and nested.
+EXTRA_EXAMPLES = [
+    "edge-sync --config site.yml run",
+    "edge-sync run --config site.yml",
+    "edge-sync --config a.yml status --config b.yml --json",
+    "edge-sync device --config site.yml create --name pump-1",
+    "edge-sync device create --name pump-1 --config site.yml",
+    "edge-cloud --config cloud.yml serve",
+    "edge-cloud serve --config cloud.yml",
+    "edge-cloud edge --config cloud.yml list",
+    "edge-cloud attr set --device pump-1 --config cloud.yml --key a --value 1",
+]
+
+
+# -- extraction --------------------------------------------------------------------------------
+
+
+def _program_command(words: list[str]) -> list[str] | None:
+    """``words`` from the program's name on (leading VAR=value dropped), or None."""
+    while words and _ENV_ASSIGNMENT.match(words[0]):
+        words = words[1:]
+    if len(words) < 2 or Path(words[0]).name not in PROGRAMS:
+        return None
+    return [Path(words[0]).name, *words[1:]]
+
+
+def _shell_commands(line: str) -> Iterator[list[str]]:
+    """The simple commands of one shell line (comments dropped, split at | & && ;)."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    current: list[str] = []
+    for token in lexer:
+        if token in _SHELL_OPERATORS:
+            yield current
+            current = []
+        else:
+            current.append(token)
+    yield current
+
+
+def _code_block_lines(text: str) -> Iterator[str]:
+    """Lines of the fenced code blocks, backslash continuations joined."""
+    for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, re.S | re.M):
+        yield from block.replace("\\\n", " ").splitlines()
+
+
+def _inline_spans(text: str) -> Iterator[str]:
+    """Inline code outside the fenced blocks; a table's escaped pipe is a pipe."""
+    prose = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.S | re.M)
+    for span in re.findall(r"`([^`\n]+)`", prose):
+        yield span.replace("\\|", "|")
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(where, command line) for every command line of the documents and service files."""
+    found: list[tuple[str, str]] = []
+    for path in DOCUMENTS:
+        text = path.read_text()
+        for line in _code_block_lines(text):
+            for words in _shell_commands(line):
+                command = _program_command(words)
+                if command:
+                    found.append((path.name, shlex.join(command)))
+        for span in _inline_spans(text):
+            command = _program_command(span.rstrip(" &").split())
+            if command:  # a synopsis: keep its brackets and alternatives for expansion
+                found.append((path.name, " ".join(command)))
+    for path in SERVICE_FILES:
+        for line in path.read_text().splitlines():
+            m = re.match(r"^(?:ExecStart|command)=(.*)$", line)
+            if m:
+                command = _program_command(shlex.split(m.group(1)))
+                assert command, f"{path.name}: {line!r} does not run a program of the project"
+                found.append((path.name, shlex.join(command)))
+    return found
+
+
+# -- synopsis expansion ------------------------------------------------------------------------
+
+
+def _concrete(word: str, previous: str) -> str:
+    """A concrete value for a placeholder word; other words as they are."""
+    if word == "...":
+        return previous.replace("1", "2") if "=" in previous else previous
+    if word == "KEY=VALUE":
+        return "key=1"
+    if not _PLACEHOLDER.match(word):
+        return word
+    return {"FILE": "site.yml", "N": "5", "UUID": "0b9a4e36-1f0e-4f60-9a55-6f2a4f0b1c2d",
+            "ID": "0b9a4e36-1f0e-4f60-9a55-6f2a4f0b1c2d"}.get(word, f"x-{word.lower()}")
+
+
+def _alternatives(word: str) -> list[str]:
+    return word.split("|") if "|" in word and not word.startswith("-") else [word]
+
+
+def expand(synopsis: str) -> list[list[str]]:
+    """Concrete argument lists for one synopsis (see the module docstring)."""
+    items: list[tuple[bool, list[str]]] = []  # (optional, words)
+    for required, optional in re.findall(r"([^\[\]]+)|\[([^\[\]]*)\]", synopsis):
+        if required.strip():
+            items += [(False, [word]) for word in required.split()]
+        if optional.strip():
+            items.append((True, optional.split()))
+    groups = [i for i, (opt, _) in enumerate(items) if opt]
+    selections = [set(), set(groups)] + [{g} for g in groups]
+    variants: list[list[str]] = []
+    for chosen in selections:
+        words = [w for i, (opt, ws) in enumerate(items) if not opt or i in chosen for w in ws]
+        choices = [_alternatives(w) for w in words]
+        # every alternative of every choice, one at a time (the others at their first)
+        picks = [[c[0] for c in choices]]
+        for n, c in enumerate(choices):
+            picks += [[*(x[0] for x in choices[:n]), alt, *(x[0] for x in choices[n + 1:])]
+                      for alt in c[1:]]
+        for pick in picks:
+            out: list[str] = []
+            for word in pick:
+                out.append(_concrete(word, out[-1] if out else ""))
+            if out not in variants:
+                variants.append(out)
+    return variants
+
+
+def _command_path(program: str, args: argparse.Namespace) -> list[str]:
+    nested = "device_command" if program == "edge-sync" else "sub"
+    return [args.command] + ([getattr(args, nested)] if getattr(args, nested, None) else [])
+
+
+def _leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return {prefix}
+    return set(itertools.chain.from_iterable(
+        _leaf_commands(p, (*prefix, name)) for name, p in subs[0].choices.items()))
+
+
+def _parse(program: str, argv: list[str]) -> argparse.Namespace:
+    try:
+        return PROGRAMS[program]().parse_args(argv)
+    except SystemExit as exc:
+        raise AssertionError(f"`{program} {shlex.join(argv)}` is refused (exit {exc.code})") from None
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+COMMANDS = documented_commands()
+
+
+def test_the_documents_show_commands_of_both_programs() -> None:
+    programs = {line.split()[0] for _where, line in COMMANDS}
+    assert programs == set(PROGRAMS), COMMANDS
+    assert len(COMMANDS) >= 20
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_every_subcommand_is_documented(program: str) -> None:
+    shown = set()
+    for _where, line in COMMANDS:
+        words = line.split()
+        if words[0] == program:
+            shown.add(tuple(itertools.takewhile(_SUBCOMMAND.match, words[1:])))
+    missing = _leaf_commands(PROGRAMS[program]()) - shown
+    assert not missing, f"{program}: not shown in README.md or docs/: {sorted(missing)}"
+
+
+@pytest.mark.parametrize(("where", "line"), COMMANDS, ids=[f"{w}: {c}" for w, c in COMMANDS])
+def test_documented_command_parses(where: str, line: str) -> None:
+    program, _, synopsis = line.partition(" ")
+    intended = list(itertools.takewhile(_SUBCOMMAND.match, synopsis.split()))
+    for argv in expand(synopsis):
+        args = _parse(program, argv)
+        assert _command_path(program, args) == intended, (where, argv)
+
+
+@pytest.mark.parametrize("line", EXTRA_EXAMPLES)
+def test_config_before_or_after_the_subcommand(line: str) -> None:
+    program, *argv = shlex.split(line)
+    args = _parse(program, argv)
+    assert args.config is not None and args.config.suffix == ".yml"
+    if "b.yml" in line:
+        assert args.config.name == "b.yml"  # given after the subcommand, it wins
+
+
+def test_config_defaults_to_none() -> None:
+    assert _parse("edge-sync", ["run"]).config is None
+    assert _parse("edge-cloud", ["serve"]).config is None
+
+
+def test_expansion_of_a_synopsis() -> None:
+    variants = expand("events [--status pending|deployed] [--limit N] [--json]")
+    assert ["events"] in variants
+    assert ["events", "--status", "pending", "--limit", "5", "--json"] in variants
+    assert ["events", "--status", "deployed"] in variants
+    assert ["events", "--json"] in variants
+    assert expand("attr set --device ID|NAME KEY=VALUE ...")[0][-2:] == ["key=1", "key=2"]
+
+
+def test_extraction_of_shell_lines() -> None:
+    line = "FOO=1 BAR=x edge-cloud serve &   # comment"
+    assert [c for c in map(_program_command, _shell_commands(line)) if c] == [["edge-cloud", "serve"]]
+    piped = list(_shell_commands("edge-cloud events --edge e --json | tail"))
+    assert _program_command(piped[0]) == ["edge-cloud", "events", "--edge", "e", "--json"]
