@@ -33,9 +33,8 @@ from edge_sync.cli.common import (
     run_until_signal,
 )
 from edge_sync.config import CloudConfig, LogLevel, load_cloud_config
-from edge_sync.errors import BadRequest, ConfigError, EdgeSyncError, StorageError
+from edge_sync.errors import BadRequest, ConfigError, Conflict, EdgeSyncError, StorageError
 from edge_sync.logsetup import configure_logging
-from edge_sync.storage.entity_store import Conflict
 
 
 def main(argv: list[str] | None = None) -> int:
