@@ -1,8 +1,14 @@
 """The ConnectionActor: owns the gRPC channel and the one handleMsgs stream, and nothing else
-does. It connects, syncs, pumps the uplink queue in seq order with a window of messages in
-flight, handles acknowledgements (DEPLOYED), go-back-N resends and dead letters, passes
-downlinks to the DownlinkActor and acknowledges them, and reconnects with backoff behind a
-circuit breaker. A reader thread per stream only tells it what arrived.
+does. It connects, syncs, sends the uplink queue through an UplinkWindow (which decides what is
+in flight, acknowledged, resent or dead), passes downlinks to the DownlinkActor and acknowledges
+them, and reconnects with backoff behind a circuit breaker. A reader thread per stream only
+tells it what arrived.
+
+Nothing polls. The queue is read when the QueueActor says new events are durable
+(EventsCommitted), when an acknowledgement frees a window slot, and when a deadline passes; one
+timer is armed for the next deadline (connect or sync timeout, next attempt, go-back-N resend,
+unanswered message, partial batch, retry of a queue write, page release). An idle link reads
+nothing and wakes for nothing; gRPC keepalive pings run on their own.
 
 All state lives on the actor's thread. The link's state for status views is published as an
 immutable snapshot dict.
@@ -12,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
+import time
 import uuid
-from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +32,6 @@ from loguru import logger
 
 from edge_sync.actors.address import Address
 from edge_sync.actors.messages import DeadLetter, EventsCommitted, MarkDeployed, SetIdentity
-from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 from edge_sync.common.wire import uuid_of
@@ -33,13 +40,13 @@ from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.channel import Stream, make_channel
 from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkApplied
-from edge_sync.link.packer import pack
 from edge_sync.link.state import LinkState, LinkStateMachine, StatusBoard
+from edge_sync.link.uplink_window import GiveUp, GoBack, UplinkWindow, WindowPolicy
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
-from edge_sync.storage.records import NIL_UUID, Lane
+from edge_sync.storage.records import NIL_UUID
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 
 _log = logger.bind(component="link")
@@ -48,14 +55,15 @@ EDGE_VERSION = edge_pb2.V_4_3_0
 SYNC_TIMEOUT_S = 30.0
 """The longest wait for SyncCompletedMsg after a sync request (cloud.rpc.timeout_ms if longer):
 a full sync sends every device first."""
-TICK_S = 0.05
 _RELEASE_INTERVAL_S = 0.25
 _RELEASE_EVERY_EVENTS = 2048  # at most a page each: 8 MiB
+_REWRITE_RETRY_S = 0.05  # a queue write refused while the QueueActor restarts: try again after
+_MIN_WAKE_S = 0.005  # never spin on a deadline that is due but not yet handled
 
 
 @dataclass(frozen=True, slots=True)
-class _Tick:
-    pass
+class _Wake:
+    """The deadline timer: some deadline may have passed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,20 +98,52 @@ def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
 
 
 @dataclass
-class _InFlight:
-    msg_id: int
-    seqs: list[int]
-    entities: set[uuid.UUID]
-    sensitive: set[uuid.UUID]
-    cursor_before: dict[Lane, int]
-    sent_at: float
-
-
-@dataclass
 class _Peer:
     max_inbound: int = DEFAULT_MAX_MESSAGE_BYTES
     ordered: bool = False
     dedup: bool = False
+
+
+class _DeadlineTimer:
+    """One pending wake-up on a thread of its own: ``arm(delay)`` replaces the previous one,
+    ``arm(None)`` cancels it; when it is due the thread calls ``fire`` once. While nothing is
+    armed the thread sleeps without waking."""
+
+    def __init__(self, name: str, fire: Callable[[], None]) -> None:
+        self._fire = fire
+        self._cond = threading.Condition()
+        self._due: float | None = None  # time.monotonic()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=f"timer-{name}", daemon=True)
+        self._thread.start()
+
+    def arm(self, delay_s: float | None) -> None:
+        with self._cond:
+            self._due = None if delay_s is None else time.monotonic() + max(_MIN_WAKE_S, delay_s)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    if self._due is None:
+                        self._cond.wait()
+                        continue
+                    remaining = self._due - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._stopped:
+                    return
+                self._due = None
+            self._fire()
 
 
 class ConnectionActor(SupervisedActor):
@@ -144,21 +184,19 @@ class ConnectionActor(SupervisedActor):
         self._next_attempt = 0.0
         self._peer = _Peer()
         self._identity: tuple[uuid.UUID, uuid.UUID] = (NIL_UUID, NIL_UUID)
-        # uplink
-        self._next_msg_id = 1
-        self._epoch = 0
-        self._inflight: OrderedDict[int, _InFlight] = OrderedDict()
-        self._cursor: dict[Lane, int] = {Lane.HIGH: 0, Lane.NORMAL: 0}
-        self._skip: set[int] = set()
-        self._partial_since: float | None = None
-        self._resend_at: float | None = None
-        self._oldest_attempts = 0
+        self._window = UplinkWindow(WindowPolicy(
+            window=cfg.window, batch_size=cfg.batch.size,
+            batch_timeout_s=cfg.batch.timeout_ms / 1000,
+            retry_interval_s=cfg.retry.interval_ms / 1000, max_retries=cfg.retry.max_retries))
         self._unrecorded: list[MarkDeployed | DeadLetter] = []
+        self._rewrite_at = 0.0
         self._read_since_release = 0
+        self._released_at = clock.monotonic()
+        self._pages_read = False  # read since the last release
         self._skew_warned = False
         self._skew_ms: int | None = None
         self._last_ack_ms: int | None = None
-        self._ticker: Ticker | None = None
+        self._timer: _DeadlineTimer | None = None
         self._state_since_ms = clock.now_ms()
         m = metrics
         self._m_connects = m.counter("edge_link_connect_attempts_total", "connection attempts")
@@ -175,18 +213,19 @@ class ConnectionActor(SupervisedActor):
     # -- lifecycle (actor thread) --------------------------------------------------------------
 
     def on_start(self) -> None:
-        """Actor thread: start ticking and connect at once."""
+        """Actor thread: start the deadline timer and connect at once."""
         with self._store.read() as txn:
             self._identity = self._log_db.identity(txn)
         ref = self.actor_ref
-        self._ticker = Ticker("link", TICK_S, lambda: ref.tell(_Tick()))
-        self._ticker.start()
+        self._timer = _DeadlineTimer("link", lambda: _tell(ref, _Wake()))
         self._connect()
+        self._arm()
+        self._publish()
 
     def on_stop(self) -> None:
         """Actor thread: close the stream and the channel."""
-        if self._ticker:
-            self._ticker.stop()
+        if self._timer:
+            self._timer.stop()
         self._close_stream()
         if self._sm.state is not LinkState.DISCONNECTED:
             self._sm.to(LinkState.DISCONNECTED, "agent stopping")
@@ -197,8 +236,8 @@ class ConnectionActor(SupervisedActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case _Tick():
-                self._tick()
+            case _Wake():
+                self._on_time()
             case _ResponseArrived(stream_id=sid, msg=msg):
                 if self._stream is not None and sid == self._stream.id:
                     self._on_response(msg)
@@ -210,7 +249,11 @@ class ConnectionActor(SupervisedActor):
             case DownlinkApplied():
                 self._on_downlink_applied(message)
             case _WriteFailed(command=command):
+                if not self._unrecorded:
+                    self._rewrite_at = self._clock.monotonic() + _REWRITE_RETRY_S
                 self._unrecorded.append(command)
+        self._arm()
+        self._publish()
         return None
 
     # -- connecting ----------------------------------------------------------------------------
@@ -234,7 +277,7 @@ class ConnectionActor(SupervisedActor):
             on_end=lambda sid, code, detail: _tell(ref, _StreamEnded(sid, code, detail)),
         )
         self._accepted = False
-        self._reset_uplink()
+        self._window.reset()
         self._deadline = now + self._cfg.rpc.timeout_ms / 1000
         self._sm.to(LinkState.CONNECTING, f"attempt {self._attempt} to "
                                           f"{self._cfg.rpc.host}:{self._cfg.rpc.port}")
@@ -327,7 +370,7 @@ class ConnectionActor(SupervisedActor):
         if self._breaker.state is BreakerState.OPEN:
             self._next_attempt = max(self._next_attempt, self._breaker.reopens_at())
         self._accepted = False
-        self._reset_uplink()
+        self._window.reset()
         if self._sm.state in (LinkState.CONNECTING, LinkState.SYNCING, LinkState.CONNECTED):
             self._sm.to(LinkState.BACKOFF,
                         f"{reason}; next attempt in {self._next_attempt - now:.1f}s")
@@ -374,133 +417,93 @@ class ConnectionActor(SupervisedActor):
 
     # -- uplink --------------------------------------------------------------------------------
 
-    def _reset_uplink(self) -> None:
-        self._next_msg_id = 1
-        self._epoch += 1
-        self._inflight.clear()
-        self._cursor = {Lane.HIGH: 0, Lane.NORMAL: 0}
-        self._skip.clear()
-        self._partial_since = None
-        self._resend_at = None
-        self._oldest_attempts = 0
-
     def _pump(self) -> None:
-        """Send while the window has room. Actor thread."""
+        """Read and send while the window wants events. Actor thread."""
         if self._sm.state is not LinkState.CONNECTED or self._stream is None:
-            return
-        if self._resend_at is not None:
             return
         cfg = self._cfg
         max_bytes = self._peer.max_inbound
-        while len(self._inflight) < cfg.window:
+        now = self._clock.monotonic()
+        while self._window.wants_events(now):
             with self._store.read() as txn:
                 events = self._log_db.read_batch(
-                    txn, max_events=cfg.batch.size, max_bytes=max_bytes, after=self._cursor)
-            # A long drain must not leave the store resident: release a few times a second, and
-            # after every few thousand events read, since scattered high-lane events can each
-            # sit on their own page.
-            self._read_since_release += len(events)
-            if self._read_since_release >= _RELEASE_EVERY_EVENTS:
-                self._read_since_release = 0
-                self._store.release_pages()
-            else:
-                self._store.release_pages_every(_RELEASE_INTERVAL_S)
-            if not events:
-                self._partial_since = None
+                    txn, max_events=cfg.batch.size, max_bytes=max_bytes,
+                    after=self._window.cursor)
+            self._pages_after_read(len(events), now)
+            took = self._window.take(events, now, max_bytes=max_bytes,
+                                     ordered_peer=self._peer.ordered)
+            for seq, reason in took.dead:
+                self._m_dead.inc()
+                self._record(DeadLetter(seq, reason, Future()))
+            if took.msg is not None:
+                self._stream.send(edge_pb2.RequestMsg(msgType=edge_pb2.UPLINK_RPC_MESSAGE,
+                                                      uplinkMsg=took.msg))
+                self._m_sent.inc()
+                self._m_events_sent.inc(len(took.seqs))
+            if not took.more:
                 return
-            now = self._clock.monotonic()
-            if len(events) < cfg.batch.size and self._inflight:
-                if self._partial_since is None:
-                    self._partial_since = now
-                if now - self._partial_since < cfg.batch.timeout_ms / 1000:
-                    return  # wait for the batch to fill (or for the window to drain)
-            busy: set[uuid.UUID] = set()
-            busy_sensitive: set[uuid.UUID] = set()
-            if not self._peer.ordered:
-                for f in self._inflight.values():
-                    busy |= f.entities
-                    busy_sensitive |= f.sensitive
-            packed = pack(events, max_bytes=max_bytes, max_events=cfg.batch.size,
-                          ordered_peer=self._peer.ordered, busy=busy,
-                          busy_sensitive=busy_sensitive, skip=self._skip)
-            for event, size in packed.too_large:
-                self._dead_letter(event.seq, f"event of {size} bytes exceeds the cloud's "
-                                             f"maxInboundMessageSize ({max_bytes} bytes)")
-            for event, why in packed.unmappable:
-                self._dead_letter(event.seq, f"cannot be sent: {why}")
-            if not packed.seqs and not packed.last_seq:
-                return  # blocked by an entity in flight (ThingsBoard peer): wait for acks
-            cursor_before = dict(self._cursor)
-            self._cursor.update(packed.last_seq)
-            if not packed.seqs:
-                continue
-            msg_id = self._next_msg_id
-            self._next_msg_id = msg_id + 1 if msg_id < 2**31 - 1 else 1
-            packed.msg.uplinkMsgId = msg_id
-            packed.msg.uplinkEpoch = self._epoch
-            self._inflight[msg_id] = _InFlight(msg_id, packed.seqs, packed.entities,
-                                               packed.sensitive_entities, cursor_before, now)
-            self._stream.send(edge_pb2.RequestMsg(msgType=edge_pb2.UPLINK_RPC_MESSAGE,
-                                                  uplinkMsg=packed.msg))
-            self._m_sent.inc()
-            self._m_events_sent.inc(len(packed.seqs))
-            self._partial_since = None
+
+    def _pages_after_read(self, events: int, now: float) -> None:
+        """A long drain must not leave the store resident: release a few times a second, and
+        after every few thousand events read, since scattered high-lane events can each sit on
+        their own page. The last release after a drain is a deadline of its own."""
+        self._read_since_release += events
+        self._pages_read = True
+        if (self._read_since_release >= _RELEASE_EVERY_EVENTS
+                or now - self._released_at >= _RELEASE_INTERVAL_S):
+            self._release_pages(now)
+
+    def _release_pages(self, now: float) -> None:
+        self._store.release_pages()
+        self._released_at = now
+        self._read_since_release = 0
+        self._pages_read = False
 
     def _on_uplink_response(self, resp: edge_pb2.UplinkResponseMsg) -> None:
-        flight = self._inflight.get(resp.uplinkMsgId)
-        if flight is None:
-            return  # an answer to a message given up by a go-back-N resend
+        now = self._clock.monotonic()
         if resp.success:
-            was_oldest = next(iter(self._inflight)) == resp.uplinkMsgId
-            del self._inflight[resp.uplinkMsgId]
-            self._record(MarkDeployed(tuple(flight.seqs), Future()))
-            self._m_acked.inc(len(flight.seqs))
+            seqs = self._window.on_ack(resp.uplinkMsgId)
+            if seqs is None:
+                return  # an answer to a message given up by a go-back-N resend
+            self._record(MarkDeployed(seqs, Future()))
+            self._m_acked.inc(len(seqs))
             self._last_ack_ms = self._clock.now_ms()
-            if was_oldest:  # the retry count belongs to the oldest unacknowledged message
-                self._oldest_attempts = 0
             self._pump()
             return
         rejected = resp.rejectedEdgeSeqId if resp.HasField("rejectedEdgeSeqId") else None
         permanent = resp.HasField("retryable") and not resp.retryable
-        if rejected is not None and permanent and rejected in flight.seqs:
-            self._dead_letter(rejected, f"rejected by the cloud: {resp.errorMsg}")
-            self._go_back(f"message {resp.uplinkMsgId} rejected event seq {rejected}", delay=0.0)
+        flight = self._window.flight(resp.uplinkMsgId)
+        verdict = self._window.on_failure(resp.uplinkMsgId, now, rejected_seq=rejected,
+                                          permanent=permanent)
+        if verdict is None:
             return
-        _log.bind(uplink_id=resp.uplinkMsgId, first_seq=flight.seqs[0]).warning(
-            "uplink {} failed: {}", resp.uplinkMsgId, resp.errorMsg or "no detail")
-        self._go_back(f"message {resp.uplinkMsgId} failed", delay=self._cfg.retry.interval_ms / 1000)
+        if verdict.dead_seq is not None:
+            reason = f"message {resp.uplinkMsgId} rejected event seq {verdict.dead_seq}"
+            self._m_dead.inc()
+            self._record(DeadLetter(verdict.dead_seq, f"rejected by the cloud: {resp.errorMsg}",
+                                    Future()))
+        else:
+            reason = f"message {resp.uplinkMsgId} failed"
+            _log.bind(uplink_id=resp.uplinkMsgId,
+                      first_seq=flight.seqs[0] if flight else None).warning(
+                "uplink {} failed: {}", resp.uplinkMsgId, resp.errorMsg or "no detail")
+        self._went_back(verdict, reason)
 
-    def _go_back(self, reason: str, *, delay: float) -> None:
-        """Resend everything unacknowledged, in seq order, under a new epoch."""
-        if not self._inflight:
-            return
-        oldest = next(iter(self._inflight.values()))
-        self._oldest_attempts += 1
-        if self._oldest_attempts > self._cfg.retry.max_retries:
-            self._fail(f"uplink seq {oldest.seqs[0]} unacknowledged after "
-                       f"{self._cfg.retry.max_retries} resends")
+    def _went_back(self, verdict: GoBack | GiveUp, reason: str) -> None:
+        """Act on the window's go-back-N verdict: resend (now or at its time), or reconnect."""
+        if isinstance(verdict, GiveUp):
+            self._fail(f"uplink seq {verdict.seq} unacknowledged after {verdict.retries} resends")
             return
         self._m_resends.inc()
-        _log.bind(epoch=self._epoch + 1, from_seq=oldest.seqs[0], attempt=self._oldest_attempts).info(
-            "go-back-N: {}; resending from seq {} (attempt {})", reason, oldest.seqs[0],
-            self._oldest_attempts)
-        self._cursor = dict(oldest.cursor_before)
-        self._inflight.clear()
-        self._epoch += 1
-        self._partial_since = None
-        if delay > 0:
-            self._resend_at = self._clock.monotonic() + delay
-        else:
+        _log.bind(epoch=verdict.epoch, from_seq=verdict.from_seq, attempt=verdict.attempt).info(
+            "go-back-N: {}; resending from seq {} (attempt {})", reason, verdict.from_seq,
+            verdict.attempt)
+        if verdict.resend_at is None:
             self._pump()
-
-    def _dead_letter(self, seq: int, error: str) -> None:
-        self._skip.add(seq)
-        self._m_dead.inc()
-        self._record(DeadLetter(seq, error, Future()))
 
     def _record(self, command: MarkDeployed | DeadLetter) -> None:
         """Send a state change to the QueueActor; if it cannot take it (restarting), keep it
-        and send it again on the next tick, so no acknowledgement is forgotten."""
+        and send it again shortly, so no acknowledgement is forgotten."""
         ref = self.actor_ref
         reply = command.reply
         assert reply is not None
@@ -514,12 +517,15 @@ class ConnectionActor(SupervisedActor):
 
     # -- time ----------------------------------------------------------------------------------
 
-    def _tick(self) -> None:
+    def _on_time(self) -> None:
+        """The timer fired: act on every deadline that has passed."""
         now = self._clock.monotonic()
-        if self._unrecorded:
+        if self._unrecorded and now >= self._rewrite_at:
             retry, self._unrecorded = self._unrecorded, []
             for command in retry:
                 self._record(_with_new_reply(command))
+        if self._pages_read and now - self._released_at >= _RELEASE_INTERVAL_S:
+            self._release_pages(now)
         state = self._sm.state
         if state in (LinkState.BACKOFF, LinkState.AUTH_FAILED, LinkState.DISCONNECTED):
             if now >= self._next_attempt:
@@ -529,19 +535,38 @@ class ConnectionActor(SupervisedActor):
                 what = "connect response" if state is LinkState.CONNECTING else "sync completion"
                 self._fail(f"no {what} within {self._deadline_len(state):.1f}s")
         elif state is LinkState.CONNECTED:
-            if self._resend_at is not None and now >= self._resend_at:
-                self._resend_at = None
-                self._pump()
-            elif self._inflight:
-                oldest = next(iter(self._inflight.values()))
-                if now - oldest.sent_at >= self._cfg.retry.interval_ms / 1000:
-                    self._go_back(f"no answer to message {oldest.msg_id} within "
-                                  f"{self._cfg.retry.interval_ms} ms", delay=0.0)
-                else:
-                    self._pump()
+            oldest = self._window.oldest()
+            verdict = self._window.expire(now)
+            if verdict is not None and oldest is not None:
+                self._went_back(verdict, f"no answer to message {oldest.msg_id} within "
+                                         f"{self._cfg.retry.interval_ms} ms")
             else:
                 self._pump()
-        self._publish()
+
+    def _next_wake(self) -> float | None:
+        """The earliest deadline, on the clock's monotonic time; None: nothing to wait for."""
+        due: list[float] = []
+        if self._unrecorded:
+            due.append(self._rewrite_at)
+        if self._pages_read:
+            due.append(self._released_at + _RELEASE_INTERVAL_S)
+        state = self._sm.state
+        if state in (LinkState.BACKOFF, LinkState.AUTH_FAILED, LinkState.DISCONNECTED):
+            due.append(self._next_attempt)
+        elif state in (LinkState.CONNECTING, LinkState.SYNCING):
+            due.append(self._deadline)
+        elif state is LinkState.CONNECTED:
+            window_due = self._window.next_deadline()
+            if window_due is not None:
+                due.append(window_due)
+        return min(due) if due else None
+
+    def _arm(self) -> None:
+        """Arm the timer for the next deadline (or disarm it). Actor thread."""
+        if self._timer is None:
+            return
+        at = self._next_wake()
+        self._timer.arm(None if at is None else at - self._clock.monotonic())
 
     def _deadline_len(self, state: LinkState) -> float:
         timeout_s = self._cfg.rpc.timeout_ms / 1000
@@ -568,20 +593,20 @@ class ConnectionActor(SupervisedActor):
         self._publish()
 
     def _publish(self) -> None:
-        self._board.value = {
+        waiting = self._sm.state in (LinkState.BACKOFF, LinkState.AUTH_FAILED)
+        self._board.publish({
             "state": self._sm.state.value,
             "breaker": self._breaker.state.value,
             "cloud": f"{self._cfg.rpc.host}:{self._cfg.rpc.port}",
             "routing_key": self._cfg.routing_key,
             "peer": ("reference cloud (ordered, dedup)" if self._peer.ordered
                      else "ThingsBoard") if self._accepted else None,
-            "in_flight_messages": len(self._inflight),
-            "epoch": self._epoch,
+            "in_flight_messages": len(self._window.in_flight),
+            "epoch": self._window.epoch,
             "backoff_attempt": self._backoff.attempt,
-            "next_attempt_in_s": (round(max(0.0, self._next_attempt - self._clock.monotonic()), 1)
-                                  if self._sm.state in (LinkState.BACKOFF, LinkState.AUTH_FAILED)
-                                  else None),
+            "next_attempt_in_s": None,  # counted down by the board while waiting
             "clock_skew_ms": self._skew_ms,
             "last_ack_ms": self._last_ack_ms,
             "state_since_ms": self._state_since_ms,
-        }
+        }, next_attempt_at=self._next_attempt if waiting else None,
+            monotonic=self._clock.monotonic)

@@ -5,6 +5,7 @@ Every transition is checked and logged once by LinkStateMachine."""
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 
 from loguru import logger
@@ -59,7 +60,28 @@ class LinkStateMachine:
 
 class StatusBoard:
     """The link's latest status snapshot: replaced whole by the ConnectionActor (one writer),
-    read by status views on any thread."""
+    read by status views on any thread. The actor publishes only when something changes (it
+    does not tick), so the countdown to the next connection attempt is computed at each read
+    from the deadline published with the snapshot."""
 
     def __init__(self) -> None:
-        self.value: dict[str, object] = {"state": LinkState.DISCONNECTED.value}
+        self._published: tuple[dict[str, object], float | None, Callable[[], float]] = (
+            {"state": LinkState.DISCONNECTED.value}, None, time.monotonic)
+
+    def publish(self, snapshot: dict[str, object], *, next_attempt_at: float | None = None,
+                monotonic: Callable[[], float] = time.monotonic) -> None:
+        """Replace the snapshot; next_attempt_at (on ``monotonic``'s clock) fills
+        ``next_attempt_in_s`` at every read."""
+        self._published = (snapshot, next_attempt_at, monotonic)
+
+    @property
+    def value(self) -> dict[str, object]:
+        snapshot, next_attempt_at, monotonic = self._published
+        if next_attempt_at is None:
+            return snapshot
+        return {**snapshot,
+                "next_attempt_in_s": round(max(0.0, next_attempt_at - monotonic()), 1)}
+
+    @value.setter
+    def value(self, snapshot: dict[str, object]) -> None:
+        self.publish(snapshot)

@@ -1,0 +1,230 @@
+"""The uplink window on its own: every transition driven by plain calls and an explicit time,
+against a list standing in for the pending queue (read as EventLog.read_batch reads it: high
+lane first, each lane in seq order, after the window's cursor)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from edge_sync.cloud.uplink_payloads import uplink_events
+from edge_sync.link.uplink_window import GiveUp, GoBack, UplinkWindow, WindowPolicy
+from edge_sync.storage.records import NIL_UUID, Action, Lane, StoredEvent
+
+MAX_BYTES = 4 << 20
+A, B = uuid.UUID(int=1), uuid.UUID(int=2)
+
+
+def event(seq: int, entity: uuid.UUID = A, *, lane: Lane = Lane.NORMAL, size: int = 1,
+          action: str = Action.TIMESERIES_UPDATED) -> StoredEvent:
+    body: object = ({"ts": 1000 + seq, "values": {"v": "x" * size}}
+                    if action == Action.TIMESERIES_UPDATED
+                    else {"id": str(entity), "name": f"d-{entity}", "type": "default"})
+    return StoredEvent(seq=seq, id=uuid.UUID(int=1000 + seq), created_time=1, tenant_id=NIL_UUID,
+                       edge_id=NIL_UUID, type="DEVICE", entity_type="DEVICE", entity_id=entity,
+                       action=action, body=body, ts=1000 + seq, lane=lane)
+
+
+@dataclass
+class Queue:
+    """The pending events; committing a state change removes them, as the QueueActor does."""
+
+    events: list[StoredEvent]
+    batch: int = 3
+    reads: int = 0
+    deployed: list[int] = field(default_factory=list)
+    dead: list[int] = field(default_factory=list)
+
+    def read(self, cursor: dict[Lane, int]) -> list[StoredEvent]:
+        self.reads += 1
+        out = [e for lane in (Lane.HIGH, Lane.NORMAL) for e in self.events
+               if e.lane is lane and e.seq > cursor[lane]]
+        return out[:self.batch]
+
+    def commit_deployed(self, seqs: tuple[int, ...]) -> None:
+        self.deployed += seqs
+        self.events = [e for e in self.events if e.seq not in seqs]
+
+    def commit_dead(self, seq: int) -> None:
+        self.dead.append(seq)
+        self.events = [e for e in self.events if e.seq != seq]
+
+
+Sent = tuple[int, int, tuple[int, ...]]  # (uplinkMsgId, uplinkEpoch, seqs)
+
+
+def pump(w: UplinkWindow, q: Queue, now: float, *, ordered: bool = True) -> list[Sent]:
+    """What the ConnectionActor does when told of new events or a free slot."""
+    sent: list[Sent] = []
+    while w.wants_events(now):
+        took = w.take(q.read(w.cursor), now, max_bytes=MAX_BYTES, ordered_peer=ordered)
+        for seq, _reason in took.dead:
+            q.commit_dead(seq)
+        if took.msg is not None:
+            assert sorted(e.seq or 0 for e in uplink_events(took.msg)) == sorted(took.seqs)
+            sent.append((took.msg.uplinkMsgId, took.msg.uplinkEpoch, took.seqs))
+        if not took.more:
+            break
+    return sent
+
+
+def window(*, window: int = 2, batch_size: int = 3) -> UplinkWindow:
+    return UplinkWindow(WindowPolicy(window=window, batch_size=batch_size, batch_timeout_s=1.0,
+                                     retry_interval_s=5.0, max_retries=2))
+
+
+def test_in_order_acks_deploy_and_free_the_window() -> None:
+    q = Queue([event(s) for s in range(1, 10)])
+    w = window()
+    assert w.epoch == 1
+    assert pump(w, q, 0.0) == [(1, 1, (1, 2, 3)), (2, 1, (4, 5, 6))]
+    assert not w.wants_events(0.0)  # two messages in flight: the window is full
+    assert w.next_deadline() == 5.0  # the oldest message's answer is due
+    assert w.on_ack(1) == (1, 2, 3)
+    assert pump(w, q, 0.1) == [(3, 1, (7, 8, 9))]
+    assert w.on_ack(2) == (4, 5, 6)
+    assert w.on_ack(3) == (7, 8, 9)
+    assert w.on_ack(3) is None  # answered twice: only once deployed
+    assert pump(w, q, 0.2) == []
+    assert w.in_flight == [] and w.next_deadline() is None  # idle: nothing to wake up for
+
+
+def test_high_lane_first_then_normal_in_seq_order() -> None:
+    q = Queue([event(1), event(2, lane=Lane.HIGH, action=Action.ADDED), event(3),
+               event(4, B, lane=Lane.HIGH, action=Action.ADDED)])
+    w = window(batch_size=10)
+    q.batch = 10
+    assert pump(w, q, 0.0) == [(1, 1, (2, 4, 1, 3))]
+    assert w.cursor == {Lane.HIGH: 4, Lane.NORMAL: 3}
+
+
+def test_out_of_order_acks_keep_the_oldest_retry_count_and_are_never_resent() -> None:
+    q = Queue([event(s) for s in range(1, 10)])
+    w = window(window=3)
+    assert pump(w, q, 0.0) == [(1, 1, (1, 2, 3)), (2, 1, (4, 5, 6)), (3, 1, (7, 8, 9))]
+    assert w.on_ack(2) == (4, 5, 6)  # acknowledged before message 1, not yet committed
+    assert [f.msg_id for f in w.in_flight] == [1, 3]
+    assert w.passed == {4, 5, 6}
+    verdict = w.on_failure(1, 1.0)  # retryable failure of the oldest
+    assert verdict == GoBack(epoch=2, from_seq=1, attempt=1, resend_at=6.0)
+    assert pump(w, q, 5.9) == []  # the resend waits for retry_interval_s
+    assert w.next_deadline() == 6.0
+    # everything unacknowledged again, in seq order, under the new epoch; 4..6 passed over
+    assert pump(w, q, 6.0) == [(4, 2, (1, 2, 3)), (5, 2, (7, 8, 9))]
+    assert w.on_ack(3) is None  # an answer to a message given up by the resend
+    assert w.on_ack(4) == (1, 2, 3) and w.on_ack(5) == (7, 8, 9)
+    assert w.passed == frozenset()  # nothing left a resend could reach
+
+
+def test_a_failed_message_goes_back_n_under_a_new_epoch_until_max_retries() -> None:
+    q = Queue([event(s) for s in range(1, 7)])
+    w = window()
+    assert pump(w, q, 0.0) == [(1, 1, (1, 2, 3)), (2, 1, (4, 5, 6))]
+    assert w.on_failure(2, 0.5) == GoBack(epoch=2, from_seq=1, attempt=1, resend_at=5.5)
+    assert w.on_failure(1, 0.6) is None  # given up already: no second go-back
+    assert pump(w, q, 5.5) == [(3, 2, (1, 2, 3)), (4, 2, (4, 5, 6))]
+    assert w.on_failure(3, 6.0) == GoBack(epoch=3, from_seq=1, attempt=2, resend_at=11.0)
+    assert pump(w, q, 11.0) == [(5, 3, (1, 2, 3)), (6, 3, (4, 5, 6))]
+    assert w.on_failure(5, 12.0) == GiveUp(seq=1, retries=2)  # third failure: reconnect
+
+
+def test_an_ack_of_the_oldest_resets_its_retry_count() -> None:
+    q = Queue([event(s) for s in range(1, 7)])
+    w = window(window=1)
+    assert pump(w, q, 0.0) == [(1, 1, (1, 2, 3))]
+    assert w.on_failure(1, 0.0) == GoBack(epoch=2, from_seq=1, attempt=1, resend_at=5.0)
+    assert pump(w, q, 5.0) == [(2, 2, (1, 2, 3))]
+    assert w.on_ack(2) == (1, 2, 3)
+    assert pump(w, q, 5.0) == [(3, 2, (4, 5, 6))]
+    assert w.on_failure(3, 6.0) == GoBack(epoch=3, from_seq=4, attempt=1, resend_at=11.0)
+
+
+def test_an_unanswered_message_is_resent_at_once_when_its_deadline_passes() -> None:
+    q = Queue([event(s) for s in range(1, 6)])
+    w = window()
+    assert pump(w, q, 0.0) == [(1, 1, (1, 2, 3))]  # 4, 5: a partial batch waits while
+    assert w.next_deadline() == 1.0  # message 1 is in flight, for batch_timeout_s
+    assert pump(w, q, 0.5) == []
+    assert pump(w, q, 1.0) == [(2, 1, (4, 5))]
+    assert w.next_deadline() == 5.0
+    assert w.expire(4.9) is None
+    assert w.expire(5.0) == GoBack(epoch=2, from_seq=1, attempt=1, resend_at=None)
+    assert pump(w, q, 5.0) == [(3, 2, (1, 2, 3))]
+    assert pump(w, q, 6.0) == [(4, 2, (4, 5))]  # a partial batch waits, as on the first send
+    assert w.next_deadline() == 10.0
+
+
+def test_a_rejected_event_is_dead_lettered_and_the_rest_resent_at_once() -> None:
+    q = Queue([event(s) for s in range(1, 7)])
+    w = window()
+    assert pump(w, q, 0.0) == [(1, 1, (1, 2, 3)), (2, 1, (4, 5, 6))]
+    verdict = w.on_failure(1, 1.0, rejected_seq=2, permanent=True)
+    assert verdict == GoBack(epoch=2, from_seq=1, attempt=1, resend_at=None, dead_seq=2)
+    # the DeadLetter is not committed yet: the resend passes over seq 2 all the same
+    assert pump(w, q, 1.0) == [(3, 2, (1, 3)), (4, 2, (4, 5, 6))]
+    assert w.on_ack(3) == (1, 3) and w.on_ack(4) == (4, 5, 6)
+    # a retryable failure naming a seq, or a seq of another message, dead-letters nothing
+    q2 = Queue([event(s) for s in range(1, 4)])
+    w2 = window()
+    pump(w2, q2, 0.0)
+    assert w2.on_failure(1, 0.0, rejected_seq=2, permanent=False) == GoBack(2, 1, 1, 5.0)
+    pump(w2, q2, 5.0)
+    assert w2.on_failure(2, 5.0, rejected_seq=9, permanent=True) == GoBack(3, 1, 2, 10.0)
+
+
+def test_events_no_message_can_carry_are_dead_letters_and_the_queue_moves_on() -> None:
+    q = Queue([event(1), event(2, size=5000), event(3)])
+    w = window()
+    took = w.take(q.read(w.cursor), 0.0, max_bytes=4000, ordered_peer=True)
+    assert took.seqs == (1, 3) and took.more
+    assert [(seq, "exceeds the cloud's maxInboundMessageSize" in why) for seq, why in took.dead] \
+        == [(2, True)]
+    assert w.passed == {2}
+    assert w.on_failure(1, 0.0) == GoBack(epoch=2, from_seq=1, attempt=1, resend_at=5.0)
+    resend = w.take(q.read(w.cursor), 5.0, max_bytes=4000, ordered_peer=True)
+    assert resend.seqs == (1, 3) and resend.dead == []  # not dead-lettered twice
+
+
+def test_thingsboard_peer_waits_for_the_ack_of_an_entity_in_flight() -> None:
+    q = Queue([event(1, action=Action.ADDED, lane=Lane.HIGH), event(2), event(3, B)])
+    w = window(batch_size=3)
+    # A's telemetry waits for A's creation to be acknowledged, and holds B's back (seq order)
+    assert pump(w, q, 0.0, ordered=False) == [(1, 1, (1,))]
+    assert w.next_deadline() == 1.0  # the partial batch's timeout
+    assert pump(w, q, 1.0, ordered=False) == []
+    assert w.next_deadline() == 5.0  # blocked: only the ack matters, no deadline to spin on
+    assert w.on_ack(1) == (1,)
+    q.commit_deployed((1,))
+    assert pump(w, q, 0.1, ordered=False) == [(2, 1, (2, 3))]
+
+
+def test_a_reconnect_with_events_in_flight_starts_over_under_a_new_epoch() -> None:
+    q = Queue([event(s) for s in range(1, 8)])
+    w = window()
+    assert pump(w, q, 0.0) == [(1, 1, (1, 2, 3)), (2, 1, (4, 5, 6))]
+    assert w.on_ack(1) == (1, 2, 3)
+    q.commit_deployed((1, 2, 3))
+    assert w.on_failure(2, 1.0) == GoBack(epoch=2, from_seq=4, attempt=1, resend_at=6.0)
+    w.reset()  # the stream broke: a new one
+    assert w.epoch == 3 and w.in_flight == [] and w.next_deadline() is None
+    assert w.on_ack(2) is None  # an answer from the old stream changes nothing
+    # uplinkMsgIds start at 1 again; everything still pending is read from the start
+    assert pump(w, q, 7.0) == [(1, 3, (4, 5, 6))]
+    assert pump(w, q, 8.0) == [(2, 3, (7,))]  # the partial batch after batch_timeout_s
+
+
+def test_idle_reads_nothing_until_told() -> None:
+    q = Queue([])
+    w = window()
+    assert pump(w, q, 0.0) == [] and q.reads == 1
+    assert w.next_deadline() is None
+    q.events.append(event(1))
+    assert pump(w, q, 9.0) == [(1, 1, (1,))]  # the first message never waits to fill
+
+
+def test_msg_ids_wrap_to_one() -> None:
+    q = Queue([event(s) for s in range(1, 4)])
+    q.batch = 1
+    w = window(batch_size=1, window=3)
+    w._next_msg_id = 2**31 - 1
+    assert [m for m, _e, _s in pump(w, q, 0.0)] == [2**31 - 1, 1, 2]
