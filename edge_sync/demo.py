@@ -1,8 +1,9 @@
 """``scripts/demo``: starts the reference cloud and the edge agent on loopback with simulated
-devices and shows the sync progress (queue depth by lane and status, what the cloud applied)
-once a second. Halfway through, the cloud is stopped for a few seconds (the edge keeps
-accepting) and started again (the backlog drains). Everything lives in a temporary folder that
-is removed at the end, unless --keep is given."""
+devices and shows the sync progress (queue depth by lane and status, the link state) once a
+second. A third of the way through, the cloud is stopped for ``--outage`` seconds (the edge
+keeps accepting) and started again (the backlog drains). Everything lives in a temporary folder
+that is removed at the end, unless --keep is given. Both admin APIs listen on loopback without an
+``admin.token`` (whatever the environment says), so a browser can open the Cloud Events page."""
 
 from __future__ import annotations
 
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     http_port, admin_port = free_port(), free_port()
     rpc_port, cloud_admin_port = free_port(), free_port()
     cloud_env = dict(os.environ, CLOUD_DATA_DIR=str(work / "cloud"), EDGES_RPC_PORT=str(rpc_port),
-                     CLOUD_ADMIN_PORT=str(cloud_admin_port), CLOUD_LOG_FILE=str(work / "cloud.log"))
+                     CLOUD_ADMIN_PORT=str(cloud_admin_port), CLOUD_ADMIN_HOST="127.0.0.1",
+                     CLOUD_ADMIN_TOKEN="", EDGES_RPC_HOST="127.0.0.1",
+                     CLOUD_LOG_FILE=str(work / "cloud.log"))
     cloud_cmd = [sys.executable, "-m", "edge_sync.cli.cloud"]
     created = subprocess.run([*cloud_cmd, "edge", "create", "--name", "demo-edge", "--routing-key",
                               "demo-edge", "--secret", "demo-secret"], env=cloud_env,
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     del created
     env = dict(os.environ, EDGE_DATA_DIR=str(work / "edge"), EDGE_HTTP_PORT=str(http_port),
                EDGE_HTTP_HOST="127.0.0.1", EDGE_ADMIN_PORT=str(admin_port),
+               EDGE_ADMIN_HOST="127.0.0.1", EDGE_ADMIN_TOKEN="",
                EDGE_LOG_FILE=str(work / "edge.log"), EDGE_LOG_LEVEL="INFO",
                CLOUD_ROUTING_KEY="demo-edge", CLOUD_ROUTING_SECRET="demo-secret",
                CLOUD_RPC_HOST="127.0.0.1", CLOUD_RPC_PORT=str(rpc_port),
