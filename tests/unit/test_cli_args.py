@@ -1,4 +1,5 @@
-"""Every `edge-sync ...` and `edge-cloud ...` command line the documents show parses as written.
+"""Every `edge-sync ...` and `edge-cloud ...` command line the documents show parses as written;
+the exit codes the README promises for refused requests; the stop loop both programs share.
 
 The command lines are extracted from README.md and docs/*.md (shell code blocks, inline code in
 prose and tables) and from the service files in scripts/ (ExecStart=, command=), then run
@@ -15,14 +16,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
 import shlex
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from edge_sync.cli import cloud, edge
+from edge_sync.cli import cloud, common, edge
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -240,3 +245,84 @@ def test_extraction_of_shell_lines() -> None:
     assert [c for c in map(_program_command, _shell_commands(line)) if c] == [["edge-cloud", "serve"]]
     piped = list(_shell_commands("edge-cloud events --edge e --json | tail"))
     assert _program_command(piped[0]) == ["edge-cloud", "events", "--edge", "e", "--json"]
+
+
+# -- exit codes and the stop loop --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    (409, common.EXIT_CONFLICT), (507, common.EXIT_STORAGE), (503, common.EXIT_UNREACHABLE),
+    (400, common.EXIT_CONFIG), (401, common.EXIT_CONFIG), (403, common.EXIT_CONFIG),
+])
+def test_edge_device_create_exit_code_follows_the_answer(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], status: int, code: int
+) -> None:
+    answer = {"status": status, "message": "a device named 'pump-1' already exists"}
+    monkeypatch.setattr(edge, "admin_call", lambda *_a, **_k: (status, answer))
+    assert edge.main(["device", "create", "--name", "pump-1"]) == code
+    assert f"device not created ({status})" in capsys.readouterr().err
+
+
+def test_edge_device_create_without_a_running_agent_exits_5(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreachable(*_a: object, **_k: object) -> None:
+        raise common.AdminUnreachable("admin API at 127.0.0.1:8090 is unreachable")
+
+    monkeypatch.setattr(edge, "admin_call", unreachable)
+    assert edge.main(["device", "create", "--name", "pump-1"]) == common.EXIT_UNREACHABLE
+
+
+@pytest.fixture
+def quiet_cloud_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator commands would replace loguru's sinks for the whole test process."""
+    monkeypatch.setattr(cloud, "_quiet_logging", lambda _cfg: None)
+
+
+@pytest.mark.usefixtures("quiet_cloud_cli")
+def test_edge_cloud_conflict_exits_6_through_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cloud, "_running", lambda _cfg: True)
+    monkeypatch.setattr(cloud, "admin_call", lambda *_a, **_k: (409, {"message": "taken"}))
+    argv = ["device", "create", "--edge", "rk", "--name", "d1"]
+    assert cloud.main(argv) == common.EXIT_CONFLICT
+    monkeypatch.setattr(cloud, "admin_call", lambda *_a, **_k: (404, {"message": "no edge rk"}))
+    assert cloud.main(argv) == common.EXIT_CONFIG
+
+
+@pytest.mark.usefixtures("quiet_cloud_cli")
+def test_edge_cloud_conflict_exits_6_on_the_store(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cloud, "_running", lambda _cfg: False)
+    monkeypatch.setenv("CLOUD_DATA_DIR", str(tmp_path / "cloud"))
+    create = ["edge", "create", "--name", "e1", "--routing-key", "rk-1", "--secret", "s-1"]
+    assert cloud.main(create) == common.EXIT_OK
+    assert cloud.main([*create[:-1], "another"]) == common.EXIT_CONFLICT
+    assert "already exists" in capsys.readouterr().err
+
+
+def _restoring_stop_signals() -> dict[int, object]:
+    return {s: signal.getsignal(s) for s in common.STOP_SIGNALS}
+
+
+@pytest.mark.parametrize("signum", common.STOP_SIGNALS)
+def test_a_stop_signal_stops_the_app_once(signum: int) -> None:
+    previous = _restoring_stop_signals()
+    stopped: list[bool] = []
+    try:
+        threading.Timer(0.1, os.kill, (os.getpid(), signum)).start()
+        asked = common.run_until_signal(lambda t: time.sleep(t) or False,
+                                        lambda: stopped.append(True), poll_s=0.02)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)  # type: ignore[arg-type]
+    assert asked is True and stopped == [True]
+
+
+def test_an_app_that_ends_by_itself_is_stopped_without_a_signal() -> None:
+    previous = _restoring_stop_signals()
+    stopped: list[bool] = []
+    try:
+        asked = common.run_until_signal(lambda _t: True, lambda: stopped.append(True))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)  # type: ignore[arg-type]
+    assert asked is False and stopped == [True]
