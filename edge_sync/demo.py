@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_until_serving(f"http://127.0.0.1:{cloud_admin_port}/api/status", proc)
         return proc
 
-    cloud = start_cloud()
+    cloud: subprocess.Popen[bytes] | None = start_cloud()
     print(f"reference cloud up: gRPC on :{rpc_port}, admin on :{cloud_admin_port}")
     edge = subprocess.Popen([sys.executable, "-m", "edge_sync.cli.edge", "run"], env=env,
                             stderr=subprocess.DEVNULL)

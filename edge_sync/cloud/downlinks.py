@@ -12,6 +12,11 @@ from edge_sync.common.wire import credentials_json, device_json, to_kv, uuid_hal
 from edge_sync.proto import edge_pb2, transport_pb2
 
 
+def _serialized(msg: edge_pb2.DownlinkMsg) -> bytes:
+    data: bytes = msg.SerializeToString()  # typed Any: protobuf has no stubs installed
+    return data
+
+
 def device_created(device: CloudDevice) -> list[bytes]:
     """deviceUpdateMsg ENTITY_CREATED, then deviceCredentialsUpdateMsg (when it has a token)."""
     msb, lsb = uuid_halves(device.id)
@@ -35,11 +40,11 @@ def shared_attributes(device: CloudDevice, values: Mapping[str, Any], ts: int) -
         attributesUpdatedMsg=transport_pb2.PostAttributeMsg(
             kv=[to_kv(k, v) for k, v in values.items()], shared=True),
         postAttributeScope="SHARED_SCOPE", attributeTs=ts)
-    return edge_pb2.DownlinkMsg(entityData=[data]).SerializeToString()
+    return _serialized(edge_pb2.DownlinkMsg(entityData=[data]))
 
 
 def sync_completed() -> bytes:
-    return edge_pb2.DownlinkMsg(syncCompletedMsg=edge_pb2.SyncCompletedMsg()).SerializeToString()
+    return _serialized(edge_pb2.DownlinkMsg(syncCompletedMsg=edge_pb2.SyncCompletedMsg()))
 
 
 def stamp(payload: bytes, msg_id: int, now_ms: int) -> edge_pb2.ResponseMsg:

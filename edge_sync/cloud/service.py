@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -67,6 +67,9 @@ def check_attribute_values(values: Any) -> dict[str, Any]:
 
 
 class CloudService:
+    """The cloud's operations. Their arguments are untrusted (the admin API passes JSON fields as
+    they come, of any type): each is checked here and a bad one raises BadRequest."""
+
     def __init__(
         self,
         store: CloudStore,
@@ -82,11 +85,11 @@ class CloudService:
 
     def create_edge(
         self,
-        name: str,
+        name: object,
         *,
-        routing_key: str | None = None,
-        secret: str | None = None,
-        type_: str = "default",
+        routing_key: object = None,
+        secret: object = None,
+        type_: object = "default",
     ) -> tuple[EdgeRecord, str, bool]:
         """(edge, secret, created). Given an existing routing key with the same name and secret,
         returns that edge (created False) so set-up scripts can run twice; Conflict otherwise."""
@@ -122,7 +125,7 @@ class CloudService:
     def _secret_ok(edge: EdgeRecord, secret: str) -> bool:
         return credentials.verify_secret(secret, edge.salt, edge.secret_hash, edge.kdf)
 
-    def edge(self, ref: str) -> EdgeRecord:
+    def edge(self, ref: object) -> EdgeRecord:
         """An edge by routing key (or by edge id); NotFound."""
         if not isinstance(ref, str) or not ref:
             raise BadRequest("edge: expected a routing key")
@@ -150,12 +153,12 @@ class CloudService:
 
     def create_device(
         self,
-        edge_ref: str,
-        name: str,
+        edge_ref: object,
+        name: object,
         *,
-        type_: str | None = None,
-        label: str | None = None,
-        token: str | None = None,
+        type_: object = None,
+        label: object = None,
+        token: object = None,
     ) -> tuple[CloudDevice, list[int]]:
         """Create a device assigned to the edge and queue its downlinks (deviceUpdateMsg
         ENTITY_CREATED, then deviceCredentialsUpdateMsg). (device, downlink numbers)."""
@@ -172,7 +175,7 @@ class CloudService:
         self._wake(edge.edge_id)
         return device, numbers
 
-    def device(self, ref: str, edge_ref: str | None = None) -> CloudDevice:
+    def device(self, ref: object, edge_ref: object = None) -> CloudDevice:
         """A device by id or by name (names are unique per edge: give the edge when several
         edges have one of that name); NotFound / BadRequest."""
         if not isinstance(ref, str) or not ref:
@@ -193,7 +196,7 @@ class CloudService:
         return found[0]
 
     def set_attributes(
-        self, device_ref: str, values: Mapping[str, Any], *, edge_ref: str | None = None
+        self, device_ref: object, values: object, *, edge_ref: object = None
     ) -> tuple[CloudDevice, int]:
         """Set shared attributes of a device and queue their downlink; (device, number)."""
         checked = check_attribute_values(values)

@@ -152,7 +152,7 @@ class CloudStore:
             raw = txn.get(b"tenant", db=self._db["meta"])
         if raw is None:
             raise StorageCorrupt(f"{self.path}: store has no tenant id")
-        return uuid.UUID(bytes=raw)
+        return codec.to_uuid(raw, "meta: tenant")
 
     def _counter(self, txn: lmdb.Transaction, key: bytes) -> int:
         raw = txn.get(key, db=self._db["meta"])
@@ -402,7 +402,7 @@ class CloudStore:
             for key in cur.iternext(values=False):
                 if key[:16] != edge_id.bytes:
                     break
-                dev = self._device(txn, uuid.UUID(bytes=key[16:]))
+                dev = self._device(txn, codec.to_uuid(key[16:], "edge_devices: key"))
                 if dev is not None:
                     out.append(dev)
         return out
@@ -411,17 +411,18 @@ class CloudStore:
         if edge_id is not None:
             key = _name_key(name, edge_id)
             raw = None if key is None else txn.get(key, db=self._db["device_names"])
-            return [] if raw is None else [uuid.UUID(bytes=bytes(raw))]
+            return [] if raw is None else [codec.to_uuid(raw, f"device_names: {name!r}")]
         prefix = name.encode() + b"\0"
         out: list[uuid.UUID] = []
         with txn.cursor(db=self._db["device_names"]) as cur:
             if not cur.set_range(prefix):
                 return out
-            for key, raw in cur.iternext():
+            for found, raw in cur.iternext():
+                key = bytes(found)
                 if not key.startswith(prefix):
                     break
                 if len(key) == len(prefix) + 16:
-                    out.append(uuid.UUID(bytes=bytes(raw)))
+                    out.append(codec.to_uuid(raw, f"device_names: {name!r}"))
         return out
 
     def _device(self, txn: lmdb.Transaction, device_id: uuid.UUID) -> CloudDevice | None:

@@ -3,8 +3,10 @@ into an AppliedEvent, or refused with PayloadRejected naming the payload and its
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +55,11 @@ def uplink_events(uplink: edge_pb2.UplinkMsg) -> list[AppliedEvent]:
         out.append(_guard(rpc, _rpc_call))
     for name in ("relationUpdateMsg", "assetUpdateMsg"):
         for msg in getattr(uplink, name):
-            out.append(_guard(msg, lambda m, n=name: _opaque(m, n)))
+            out.append(_guard(msg, functools.partial(_opaque, name=name)))
     return out
 
 
-def _guard(msg: Any, parse: Any) -> AppliedEvent:
+def _guard(msg: Any, parse: Callable[[Any], AppliedEvent]) -> AppliedEvent:
     try:
         return parse(msg)
     except PayloadRejected:

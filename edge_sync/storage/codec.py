@@ -46,6 +46,13 @@ def from_u64(raw: Raw, what: str = "number") -> int:
     return value
 
 
+def to_uuid(raw: Raw, what: str) -> uuid.UUID:
+    """A 16-byte id stored as a key part or an index value."""
+    if len(raw) != 16:
+        raise StorageCorrupt(f"{what}: {len(raw)} bytes where a 16-byte id is stored")
+    return uuid.UUID(bytes=bytes(raw))
+
+
 def time_seq_key(time_ms: int, seq: int) -> bytes:
     """Key of the deployed-by-time index: deployment time first, then seq."""
     return _U64X2.pack(time_ms, seq)
