@@ -39,8 +39,14 @@ def events_to_apply(uplink: edge_pb2.UplinkMsg) -> list[AppliedEvent]:
 
 
 class GoBackN:
-    """One stream's go-back-N gate: after a failed uplink of epoch E, every later uplink of an
-    epoch <= E is refused (retryable) until the edge resends under a higher epoch.
+    """The cloud's half of go-back-N, for one stream: after a failed uplink of epoch E (the
+    failed epoch), every later uplink of an epoch <= E is refused (retryable) and nothing of it
+    applied, until the edge resends under a higher epoch.
+
+    The edge's half is edge_sync.link.uplink_window.UplinkWindow: on a failure it forgets what
+    is in flight and resends everything unacknowledged, in seq order, under epoch + 1. So
+    messages the edge sent before it learnt of the failure cannot be applied ahead of the
+    resend, and the stream applies events in seq order.
 
     A message without uplinkEpoch (a ThingsBoard edge) is never refused and never fails an
     epoch: such a peer does not resend in epochs."""
@@ -49,13 +55,16 @@ class GoBackN:
         self.failed_epoch: int | None = None
 
     def refuses(self, epoch: int | None) -> bool:
+        """Is this uplink from before the edge's resend (epoch <= the failed epoch)?"""
         return epoch is not None and self.failed_epoch is not None and epoch <= self.failed_epoch
 
     def failed(self, epoch: int | None) -> None:
+        """An uplink of this epoch failed: refuse the rest of the epoch (never lowered)."""
         if epoch is not None:
             self.failed_epoch = epoch if self.failed_epoch is None else max(self.failed_epoch, epoch)
 
     def refusal(self) -> str:
+        """The errorMsg of a refusal (the edge resends under a higher epoch in any case)."""
         return f"refused: an earlier uplink of epoch {self.failed_epoch} failed (go-back-N)"
 
 

@@ -17,8 +17,9 @@ How the ConnectionActor drives it:
 Go-back-N: a failed or unanswered message makes the edge forget every message in flight,
 move the cursor back to where the oldest one started and resend from there, in seq order, under
 epoch + 1 (the events acknowledged meanwhile, and the dead-lettered ones, are passed over).
-The reference cloud's half is edge_sync.cloud.uplink.GoBackN: after a failed uplink it refuses
-every uplink of that epoch or an older one until the edge resends under a higher epoch.
+The reference cloud's half is edge_sync.cloud.uplink.GoBackN: the epoch of the failed uplink
+becomes its failed epoch, and it refuses every uplink of that epoch or an older one until the
+resend arrives under a higher epoch.
 """
 
 from __future__ import annotations
