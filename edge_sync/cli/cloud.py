@@ -30,6 +30,7 @@ from edge_sync.cli.common import (
     config_option,
     fail,
     print_json,
+    reader_gone,
     run_until_signal,
 )
 from edge_sync.config import CloudConfig, LogLevel, load_cloud_config
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     }[(args.command, getattr(args, "sub", None))]
     try:
         return handler(cfg, args)
+    except BrokenPipeError:
+        return reader_gone()
     except Conflict as exc:
         return fail(str(exc), EXIT_CONFLICT)
     except StorageError as exc:

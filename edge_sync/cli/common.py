@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -79,6 +80,14 @@ def run_until_signal(
     finally:
         stop()
     return requested.is_set()
+
+
+def reader_gone() -> int:
+    """stdout's reader stopped reading (``edge-sync events | head``): not an error of ours.
+    Points stdout at /dev/null so the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK
 
 
 def fail(message: str, code: int) -> int:

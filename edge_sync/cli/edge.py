@@ -28,6 +28,7 @@ from edge_sync.cli.common import (
     exit_code_for_refusal,
     fail,
     print_json,
+    reader_gone,
     run_until_signal,
 )
 from edge_sync.clock import SYSTEM_CLOCK
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return fail(f"configuration: {exc}", EXIT_CONFIG)
     handler = {"run": _run, "status": _status, "events": _events, "device": _device}[args.command]
-    return int(handler(cfg, args))
+    try:
+        return int(handler(cfg, args))
+    except BrokenPipeError:
+        return reader_gone()
 
 
 def build_parser() -> argparse.ArgumentParser:
