@@ -30,6 +30,7 @@ from edge_sync.config import load_cloud_config, load_edge_config
 from edge_sync.status import collect_status
 from edge_sync.storage.records import Action, Status
 from tests.helpers.agent import HttpClient, read_log
+from tests.helpers.wait import wait_until
 
 RK = "rk-clock"
 SECRET = "sec-clock-7d21f0"
@@ -63,17 +64,6 @@ class JumpingClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
-
-
-def wait_for(what: str, check: Any, timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(0.02)  # poll interval of a condition with a deadline
 
 
 @dataclass
@@ -168,7 +158,8 @@ class Run:
         which carries the cloud's time."""
         self.phase += 1
         self.cloud.service.set_attributes(self.device_id, {"phase": self.phase})
-        wait_for(f"phase {self.phase} applied on the edge", lambda: self.shared() == self.phase)
+        wait_until(lambda: self.shared() == self.phase, timeout=DEADLINE_S,
+                   what=f"phase {self.phase} applied on the edge")
 
     def shared(self) -> Any:
         out = self.app.service.get_attributes(self.token, client_keys=None, shared_keys=("phase",))
@@ -180,7 +171,8 @@ class Run:
 
     def wait_skew(self, target_ms: int) -> None:
         """The status shows the skew (published on the link's next tick)."""
-        wait_for(f"a skew of {target_ms} ms in the link status", lambda: near(self.skew_ms(), target_ms))
+        wait_until(lambda: near(self.skew_ms(), target_ms), timeout=DEADLINE_S,
+                   what=f"a skew of {target_ms} ms in the link status")
 
     def jump(self, offset_ms: int) -> None:
         self.clock.jump_to(offset_ms)
@@ -195,11 +187,12 @@ def test_clock_jumps_keep_seq_order_warn_once_and_reject_nothing(tmp_path, cloud
     app = start_edge(tmp_path, cloud, clock)
     http = HttpClient(app.http_port)
     try:
-        wait_for("the link CONNECTED", lambda: app.link_board.value["state"] == "CONNECTED")
+        wait_until(lambda: app.link_board.value["state"] == "CONNECTED", timeout=DEADLINE_S,
+                   what="the link CONNECTED")
         device, created = app.service.create_device("clock-dev")
         created.result(10)
-        wait_for("the cloud to know the device",
-                 lambda: len(cloud.service.events(RK)) >= 2)
+        wait_until(lambda: len(cloud.service.events(RK)) >= 2, timeout=DEADLINE_S,
+                   what="the cloud to know the device")
         run = Run(app, cloud, clock, str(device.id), device.token, http)
 
         # 10 minutes slow from the start: the connect reported it (one WARNING); the sync's
@@ -243,8 +236,9 @@ def test_clock_jumps_keep_seq_order_warn_once_and_reject_nothing(tmp_path, cloud
 
         def drained() -> bool:
             return collect_status(app.store, now_ms=0)["queue"]["pending"] == 0
-        wait_for("the edge's queue drained", drained)
-        wait_for("no uplink in flight", lambda: app.link_board.value["in_flight_messages"] == 0)
+        wait_until(drained, timeout=DEADLINE_S, what="the edge's queue drained")
+        wait_until(lambda: app.link_board.value["in_flight_messages"] == 0, timeout=DEADLINE_S,
+                   what="no uplink in flight")
         metrics = app.metrics.snapshot()
     finally:
         http.close()

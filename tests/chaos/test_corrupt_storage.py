@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +24,10 @@ from edge_sync.cloud.store import CloudStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Lane, NewEvent
-from tests.helpers.agent import Agent, NoAnswer, _once, free_ports, read_log
+from tests.helpers.agent import Agent, NoAnswer, _once, read_log
 from tests.helpers.cloud_proc import CloudProc
+from tests.helpers.ports import free_ports
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -252,19 +253,25 @@ def _cloud_serve_to_exit(cloud: CloudProc) -> tuple[int | None, str]:
     """Spawn `edge-cloud serve`; (exit code, stderr) when it exits, or (None, stderr) when its
     admin API answers instead (it was then killed)."""
     proc = cloud.spawn()
-    deadline = time.monotonic() + SERVE_DEADLINE_S
-    while True:
+
+    def outcome() -> tuple[int | None] | None:
         code = proc.poll()
         if code is not None:
-            return code, cloud.stderr_text()
+            return (code,)
         try:
-            serving = _once(cloud.admin_port, "GET", "/api/status", timeout=2.0).status == 200
+            if _once(cloud.admin_port, "GET", "/api/status", timeout=2.0).status == 200:
+                return (None,)
         except NoAnswer:
-            serving = False
-        if serving or time.monotonic() > deadline:
+            pass
+        return None
+
+    try:
+        (code,) = wait_until(outcome, timeout=SERVE_DEADLINE_S,
+                             what="edge-cloud serve to exit or serve")
+    finally:
+        if proc.poll() is None:  # it served (or neither happened): stop it
             cloud.kill9()
-            return None, cloud.stderr_text()
-        time.sleep(0.05)  # poll interval of the wait for one of the two outcomes
+    return code, cloud.stderr_text()
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES), ids=list(DAMAGES))

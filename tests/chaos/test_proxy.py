@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.chaos.proxy import FaultProxy
-from tests.helpers.cloud_proc import wait_until
+from tests.helpers.ports import free_ports
+from tests.helpers.wait import wait_until
 
 DEADLINE_S = 10.0
 QUIET_S = 0.5  # how long "nothing arrives" is observed
@@ -171,14 +172,12 @@ def test_pass_through_forwards_both_ways_and_counts(proxy, echo, connect):
     assert (s["mode"], s["accepted"], s["refused"], s["resets"], s["active"]) == ("pass", 2, 0, 0, 2)
     assert s["bytes_up"] == s["bytes_down"] == 130_001
     a.close()
-    wait_until("the closed connection forgotten", lambda: proxy.active == 1, timeout=DEADLINE_S)
-    wait_until("the echo server saw a FIN", lambda: echo.endings == ["eof"], timeout=DEADLINE_S)
+    wait_until(lambda: proxy.active == 1, timeout=DEADLINE_S, what="the closed connection forgotten")
+    wait_until(lambda: echo.endings == ["eof"], timeout=DEADLINE_S, what="the echo server saw a FIN")
 
 
 def test_target_down_resets_the_client(echo):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
+    (closed_port,) = free_ports()
     with FaultProxy(target=("127.0.0.1", closed_port)) as px:
         assert refused_at_once(px.port)
         assert px.accepted == 1
@@ -208,7 +207,7 @@ def test_refuse_ends_existing_connections(proxy, echo, connect, existing):
         assert roundtrip(c, b"hi") == b"hi"
     proxy.refuse(existing=existing)
     assert [ending(c) for c in conns] == ["eof" if existing == "close" else "reset"] * 3
-    wait_until("the target side ended", lambda: len(echo.endings) == 3, timeout=DEADLINE_S)
+    wait_until(lambda: len(echo.endings) == 3, timeout=DEADLINE_S, what="the target side ended")
     assert echo.endings == ["eof" if existing == "close" else "reset"] * 3
     assert proxy.resets == (3 if existing == "reset" else 0)
     assert proxy.active == 0
@@ -248,7 +247,7 @@ def test_reset_all(proxy, echo, connect):
         assert roundtrip(c, b"x") == b"x"
     assert proxy.reset_all() == 3
     assert [ending(c) for c in conns] == ["reset"] * 3
-    wait_until("the target side reset", lambda: len(echo.endings) == 3, timeout=DEADLINE_S)
+    wait_until(lambda: len(echo.endings) == 3, timeout=DEADLINE_S, what="the target side reset")
     assert echo.endings == ["reset"] * 3
     assert (proxy.resets, proxy.active) == (3, 0)
     assert proxy.reset_all() == 0
@@ -263,7 +262,7 @@ def test_reset_after_bytes_upstream_cuts_mid_message(proxy, echo, connect):
     assert proxy.reset_pending
     c.sendall(os.urandom(10_000))  # one message; 4000 of its bytes get through
     assert ending(c) == "reset"
-    wait_until("the target side reset", lambda: echo.endings == ["reset"], timeout=DEADLINE_S)
+    wait_until(lambda: echo.endings == ["reset"], timeout=DEADLINE_S, what="the target side reset")
     assert echo.received == [5 + 4000]
     assert proxy.bytes_up == 5 + 4000
     assert (proxy.resets, proxy.reset_pending) == (1, False)
@@ -372,7 +371,7 @@ def test_flap_refusing(proxy, echo, connect, mode):
         time.sleep(0.05)  # the client's own pace, not a wait for a condition
         return proxy.flaps >= 3 and {"ok", "refused"} <= set(outcomes)
 
-    wait_until("3 down phases with both outcomes seen", client_round, timeout=DEADLINE_S, poll=0)
+    wait_until(client_round, timeout=DEADLINE_S, what="3 down phases with both outcomes seen", poll=0)
     assert proxy.refused >= 1
     proxy.pass_through()
     assert not proxy.flapping and proxy.mode == "pass"
@@ -380,7 +379,9 @@ def test_flap_refusing(proxy, echo, connect, mode):
     assert [w for w, _ in phases] == ["up", "down"] * (len(phases) // 2) + ["up"] * (len(phases) % 2)
     assert all(d >= (up_s if w == "up" else down_s) - 0.01 for w, d in phases), phases
     flaps = proxy.flaps
-    time.sleep(up_s + down_s + 0.2)  # observing that the schedule has stopped
+    # The behaviour under test: no flap for a whole up+down period after pass_through(), which
+    # only a fixed observation window can show.
+    time.sleep(up_s + down_s + 0.2)
     assert proxy.flaps == flaps
     c = connect()
     assert roundtrip(c, b"steady") == b"steady"
@@ -392,16 +393,22 @@ def test_flap_blackhole_keeps_the_connection(proxy, echo, connect):
     sent = bytearray()
     received = bytearray()
     i = 0
-    deadline = time.monotonic() + DEADLINE_S
-    while proxy.flaps < 3:
-        assert time.monotonic() < deadline, "the schedule did not run"
+
+    def send_a_line_until_three_flaps() -> bool:
+        nonlocal i, received
+        if proxy.flaps >= 3:
+            return True
         line = f"line {i}\n".encode()
         i += 1
         c.sendall(line)
-        sent += line
-        c.settimeout(0.05)
+        sent.extend(line)
+        c.settimeout(0.05)  # the client's own pace: read what came back within 50 ms
         with contextlib.suppress(TimeoutError):
             received += c.recv(65536)
+        return False
+
+    wait_until(send_a_line_until_three_flaps, timeout=DEADLINE_S, poll=0,
+               what="three flaps of the schedule", show=lambda: f"{proxy.flaps} flaps")
     proxy.pass_through()
     c.settimeout(DEADLINE_S)
     received += recv_exactly(c, len(sent) - len(received))

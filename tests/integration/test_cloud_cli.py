@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -21,14 +19,10 @@ from edge_sync.cloud import CloudServer
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, EdgesRpcConfig
 from edge_sync.proto import edge_pb2
 from tests.helpers.link_client import LinkClient, telemetry
+from tests.helpers.ports import free_ports
+from tests.helpers.wait import wait_until
 
 CLI = [sys.executable, "-m", "edge_sync.cli.cloud"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def env_for(data_dir: Path, admin_port: int, **extra: str) -> dict[str, str]:
@@ -36,7 +30,7 @@ def env_for(data_dir: Path, admin_port: int, **extra: str) -> dict[str, str]:
            if not k.startswith(("CLOUD_", "EDGES_"))}
     env.update(CLOUD_DATA_DIR=str(data_dir), CLOUD_ADMIN_PORT=str(admin_port),
                CLOUD_ADMIN_HOST="127.0.0.1", EDGES_RPC_HOST="127.0.0.1",
-               EDGES_RPC_PORT=str(free_port()))
+               EDGES_RPC_PORT=str(free_ports()[0]))
     env.update(extra)
     return env
 
@@ -57,7 +51,7 @@ def json_lines(text: str) -> list[Any]:
 
 def test_cli_with_the_server_stopped_then_running_then_stopped(tmp_path):
     data = tmp_path / "cloud"
-    env = env_for(data, free_port())  # nothing listens on the admin port: direct LMDB
+    env = env_for(data, free_ports()[0])  # nothing listens on the admin port: direct LMDB
     made = json.loads(ok(env, "edge", "create", "--name", "e1", "--json"))
     assert made["routing_key"] and made["secret"] and made["created"] is True
     out = ok(env, "edge", "create", "--name", "e2", "--routing-key", "rk-2", "--secret", "sec-2")
@@ -119,21 +113,21 @@ def test_cli_with_the_server_stopped_then_running_then_stopped(tmp_path):
 
 
 def test_serve_stops_cleanly_on_sigterm(tmp_path):
-    admin = free_port()
+    admin = free_ports()[0]
     env = env_for(tmp_path / "cloud", admin, CLOUD_LOG_FORMAT="json")
     proc = subprocess.Popen([*CLI, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        deadline = time.monotonic() + 20
-        while True:
+        def serving() -> bool:
             assert proc.poll() is None, proc.communicate()[1]
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{admin}/api/status", timeout=1) as r:
                     assert json.loads(r.read())["server"] == "running"
-                    break
+                    return True
             except OSError:
-                assert time.monotonic() < deadline, "edge-cloud serve did not start"
-                time.sleep(0.05)
+                return False
+
+        wait_until(serving, timeout=20, what="edge-cloud serve to answer on its admin port")
         secret_out = json.loads(ok(env, "edge", "create", "--name", "e", "--secret", "top-secret-1",
                                    "--json"))
         assert secret_out["created"] is True
@@ -157,13 +151,13 @@ def test_serve_exit_codes(tmp_path, extra, setup, code):
     data = tmp_path / "cloud"
     if setup == "file":
         data.write_text("not a folder")
-    proc = subprocess.run([*CLI, "serve"], env=env_for(data, free_port(), **extra),
+    proc = subprocess.run([*CLI, "serve"], env=env_for(data, free_ports()[0], **extra),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == code, proc.stderr
     assert "error:" in proc.stderr
 
 
 def test_read_commands_on_a_missing_store_exit_4(tmp_path):
-    env = env_for(tmp_path / "nothing", free_port())
+    env = env_for(tmp_path / "nothing", free_ports()[0])
     proc = run(env, "events", "--edge", "x")
     assert proc.returncode == 4 and "no edge-cloud store" in proc.stderr

@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import queue
-import shutil
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -25,6 +23,8 @@ from edge_sync.common.wire import to_kv, uuid_halves, uuid_of
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, DownlinkConfig, EdgesRpcConfig
 from edge_sync.proto import edge_pb2, edge_pb2_grpc, transport_pb2
 from tests.helpers.link_client import DEADLINE_S, LinkClient, credentials, device_added, telemetry
+from tests.helpers.tls import make_pki
+from tests.helpers.wait import wait_until
 
 
 def cloud_config(data_dir: Path, *, resend_ms: int = 10_000) -> CloudConfig:
@@ -386,13 +386,14 @@ def test_a_new_stream_for_the_edge_replaces_the_old_one(cloud, edge, clients):
     assert old.ended() == grpc.StatusCode.CANCELLED
     new.sync(False)
     assert new.uplink(entityData=[telemetry(uuid.uuid4(), 1)]).success
-    deadline = time.monotonic() + DEADLINE_S
-    while True:  # the old stream's handler finishes on gRPC's thread, maybe a moment later
+    def one_stream() -> dict[str, Any] | None:
         status, out = http(cloud.admin_port, "GET", "/api/status")
-        if out["rpc"]["streams"] == 1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    assert status == 200 and out["rpc"]["streams"] == 1
+        assert status == 200, out
+        return out if out["rpc"]["streams"] == 1 else None
+
+    # the old stream's handler finishes on gRPC's thread, maybe a moment later
+    out = wait_until(one_stream, timeout=DEADLINE_S, what="one stream left in the cloud's status",
+                     show=lambda: http(cloud.admin_port, "GET", "/api/status")[1]["rpc"])
     assert [e["connected"] for e in out["edges"]] == [True]
     assert out["edges"][0]["stream"]["events_applied"] == 1
 
@@ -419,7 +420,9 @@ def test_keepalive_pings_of_an_idle_edge_are_admitted(cloud, edge):
         out.put(edge_pb2.RequestMsg(connectRequestMsg=edge_pb2.ConnectRequestMsg(
             edgeRoutingKey=edge[0], edgeSecret=edge[1])))
         assert next(call).connectResponseMsg.responseCode == edge_pb2.ACCEPTED
-        time.sleep(4.0)  # idle: only pings cross the connection
+        # The behaviour under test: the stream stays idle for 4 s (three pings at 1.2 s), and
+        # a fixed wait is what "idle" means; then the stream must still carry an uplink.
+        time.sleep(4.0)
         out.put(edge_pb2.RequestMsg(msgType=edge_pb2.UPLINK_RPC_MESSAGE, uplinkMsg=edge_pb2.UplinkMsg(
             uplinkMsgId=1, entityData=[telemetry(uuid.uuid4(), 1)])))
         assert next(call).uplinkResponseMsg.success
@@ -428,18 +431,14 @@ def test_keepalive_pings_of_an_idle_edge_are_admitted(cloud, edge):
         channel.close()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_tls(tmp_path):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    pki = make_pki(tmp_path / "pki")
     base = cloud_config(tmp_path / "c")
     cfg = dataclasses.replace(base, rpc=dataclasses.replace(
-        base.rpc, ssl_enabled=True, ssl_cert=cert, ssl_key=key))
+        base.rpc, ssl_enabled=True, ssl_cert=pki.server_cert, ssl_key=pki.server_key))
     with CloudServer(cfg) as server:
         edge, secret, _ = server.service.create_edge("e")
-        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        creds = grpc.ssl_channel_credentials(root_certificates=pki.ca_cert.read_bytes())
         channel = grpc.secure_channel(f"localhost:{server.port}", creds)
         stub = edge_pb2_grpc.EdgeRpcServiceStub(channel)
         request = edge_pb2.RequestMsg(

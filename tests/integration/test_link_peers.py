@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device, Lane, NewEvent, Status, StoredEvent, lane_for
 from tests.helpers.fake_peer import FakeCloud, Payload, Uplink, payloads
+from tests.helpers.wait import wait_until
 
 DEADLINE_S = 10.0
 ROUTING_KEY, SECRET = "rk-fake", "secret-fake"
@@ -81,17 +81,6 @@ def log_records() -> Iterator[list[dict[str, Any]]]:
     sink = logger.add(lambda m: records.append(m.record), level="DEBUG", format="{message}")
     yield records
     logger.remove(sink)
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def link_state(app: EdgeApp) -> str:
@@ -179,15 +168,15 @@ def test_thingsboard_like_peer_sync_then_upload_without_concurrent_order_sensiti
     app = harness.edge(fake, EDGE_CLOUD_BATCH_SIZE="4", EDGE_CLOUD_WINDOW="8")
 
     fake.wait_for(lambda: fake.sync_requests, what="a sync request")
-    wait_until(lambda: link_state(app) == "SYNCING", "SYNCING")
+    wait_until(lambda: link_state(app) == "SYNCING", timeout=DEADLINE_S, what="SYNCING")
     # A backlog before the sync completes: nothing may be sent before syncCompletedMsg.
     early = [make_device(app, f"tb-early-{i}") for i in range(6)]
     for i, d in enumerate(early):
         post(app, d, [{"n": i * 10 + k} for k in range(3)])
     assert fake.uplinks == []
     fake.release_sync()
-    wait_until(lambda: link_state(app) == "CONNECTED", "CONNECTED")
-    wait_until(lambda: settled(app, len(early) * 5), "the backlog acknowledged")
+    wait_until(lambda: link_state(app) == "CONNECTED", timeout=DEADLINE_S, what="CONNECTED")
+    wait_until(lambda: settled(app, len(early) * 5), timeout=DEADLINE_S, what="the backlog acknowledged")
     # Then devices one by one on a live link: each one's telemetry and deletion are committed
     # while its ADDED is in flight.
     late: list[Device] = []
@@ -195,10 +184,11 @@ def test_thingsboard_like_peer_sync_then_upload_without_concurrent_order_sensiti
         d = make_device(app, f"tb-late-{i}")
         late.append(d)
         post_then_delete(app, d, [{"n": i * 10 + k} for k in range(3)])
-        wait_until(lambda: settled(app, len(early) * 5 + len(late) * 6), f"{d.name} acknowledged")
+        wait_until(lambda: settled(app, len(early) * 5 + len(late) * 6), timeout=DEADLINE_S,
+                   what=f"{d.name} acknowledged")
     devices = early + late
     total = len(early) * 5 + len(late) * 6
-    wait_until(lambda: settled(app, total), "every event acknowledged", timeout=20)
+    wait_until(lambda: settled(app, total), timeout=20, what="every event acknowledged")
 
     # connect and sync as ThingsBoard sees them
     [connect] = fake.connects
@@ -267,7 +257,7 @@ def test_redelivered_downlink_is_applied_once_and_a_reused_id_with_new_content_i
     fake = harness.fake(uplinks="ack", random_ids=True, seed=5)
     app = harness.edge(fake)
     device = make_device(app, "dl-dev")
-    wait_until(lambda: link_state(app) == "CONNECTED", "CONNECTED")
+    wait_until(lambda: link_state(app) == "CONNECTED", timeout=DEADLINE_S, what="CONNECTED")
     fake.wait_for(lambda: sync_done(fake), what="sync acknowledged")
 
     def shared() -> dict[str, Any]:
@@ -313,7 +303,7 @@ def test_rejected_event_is_dead_lettered_and_the_rest_delivered_once_in_order(
     fake.reject_seqs = {rejected}
     fake.release_sync()
     total = 22
-    wait_until(lambda: settled(app, total), "every event acknowledged or dead", timeout=15)
+    wait_until(lambda: settled(app, total), timeout=15, what="every event acknowledged or dead")
 
     events = {e.seq: e for e in edge_events(app)}
     dead = [e for e in events.values() if e.status is Status.DEAD]
@@ -383,7 +373,7 @@ def test_bad_credentials_retry_only_at_the_maximum_interval(harness: Harness) ->
                        EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS="1000")
     make_device(app, "auth-dev")
     fake.wait_for(lambda: len(fake.connects) >= 3, what="three connect attempts", timeout=8)
-    wait_until(lambda: link_state(app) == "AUTH_FAILED", "AUTH_FAILED")
+    wait_until(lambda: link_state(app) == "AUTH_FAILED", timeout=DEADLINE_S, what="AUTH_FAILED")
 
     times = fake.connect_times()[:3]
     gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -405,7 +395,7 @@ def test_cloud_clock_120s_behind_warns_once_and_delivery_is_unaffected(
     app = harness.edge(fake, EDGE_CLOUD_BATCH_SIZE="5")
     device = make_device(app, "skew-dev")
     seqs = post(app, device, [{"n": k} for k in range(12)])
-    wait_until(lambda: settled(app, 14), "every event acknowledged")
+    wait_until(lambda: settled(app, 14), timeout=DEADLINE_S, what="every event acknowledged")
     # more cloud timestamps: each downlink carries cloudTimeMillis
     for v in (1, 2):
         assert deliver(fake, shared_attr_downlink(fake.new_downlink_id(), device, {"v": v}), 1) == [True]
@@ -442,7 +432,7 @@ def test_no_uplink_exceeds_the_peers_max_inbound_message_size(harness: Harness) 
     [tight] = post(app, device, [{"s": "t" * probe_len}], ts0=ts)
     [huge] = post(app, device, [{"s": "y" * 3000}], ts0=ts)
     assert tight == 33
-    wait_until(lambda: settled(app, 34), "every event acknowledged or dead")
+    wait_until(lambda: settled(app, 34), timeout=DEADLINE_S, what="every event acknowledged or dead")
 
     assert fake.uplinks, "nothing sent"
     sizes = [u.size for u in fake.uplinks]
@@ -486,7 +476,7 @@ def test_oldest_message_failing_while_later_ones_succeed_reconnects_after_max_re
                        EDGE_CLOUD_RETRY_INTERVAL_MS="150", EDGE_CLOUD_RETRY_MAX_RETRIES="2")
     fake.wait_for(lambda: sync_done(fake), what="sync acknowledged")
     device = make_device(app, "flaky-dev")
-    wait_until(lambda: settled(app, 2), "the device's events acknowledged")
+    wait_until(lambda: settled(app, 2), timeout=DEADLINE_S, what="the device's events acknowledged")
     bad.append(3)  # the first telemetry event (1 and 2: the device's), failed from its first send
     fake.fail_seqs = {3}
     seqs = post(app, device, [{"n": k} for k in range(40)])

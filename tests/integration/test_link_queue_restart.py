@@ -4,7 +4,6 @@ already has (and nothing is applied twice)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from edge_sync.actors.messages import Crash
@@ -12,6 +11,7 @@ from edge_sync.app import EdgeApp
 from edge_sync.cloud import CloudServer
 from edge_sync.config import load_cloud_config, load_edge_config
 from edge_sync.status import collect_status
+from tests.helpers.wait import wait_until
 
 
 def test_acks_during_a_queue_restart_are_recorded(tmp_path: Path) -> None:
@@ -34,18 +34,25 @@ def test_acks_during_a_queue_restart_are_recorded(tmp_path: Path) -> None:
         for f in futures:
             f.result(30)
         crashes = 0
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            pending = collect_status(app.store, now_ms=0)["queue"]["pending"]
-            if pending == 0:
-                break
+
+        def drained_crashing_the_queue_on_the_way() -> bool:
+            """True once nothing is pending; until then, crash the QueueActor after every
+            1000 acknowledged events (three times)."""
+            nonlocal crashes
+            if collect_status(app.store, now_ms=0)["queue"]["pending"] == 0:
+                return True
             if crashes < 3 and app.metrics.snapshot().get("edge_uplink_events_acked_total", 0) \
                     > (crashes + 1) * 1000:
                 ref = app._actor_ref("queue")
                 assert ref is not None
                 ref.tell(Crash("test: restart while acks arrive"))
                 crashes += 1
-            time.sleep(0.01)  # polling a condition with a deadline
+            return False
+
+        wait_until(drained_crashing_the_queue_on_the_way, timeout=60, poll=0.01,
+                   what="the queue drained while the QueueActor is crashed three times",
+                   show=lambda: f"{crashes} crashes, "
+                                f"{collect_status(app.store, now_ms=0)['queue']['pending']} pending")
         assert crashes == 3
         assert collect_status(app.store, now_ms=0)["queue"]["pending"] == 0
         assert app.supervisor.restarts("queue") == 3

@@ -4,7 +4,6 @@ and delivers everything once the right root is configured."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,17 +14,9 @@ from edge_sync.cloud import CloudServer
 from edge_sync.config import load_cloud_config, load_edge_config
 from edge_sync.status import collect_status
 from tests.helpers.tls import Pki, make_pki
+from tests.helpers.wait import wait_until
 
 DEADLINE = 30.0
-
-
-def wait_for(check: object, what: str, deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.05)  # polling a condition with a deadline
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -69,7 +60,7 @@ def test_events_reach_the_cloud_over_tls(tmp_path: Path, cloud: CloudServer, pki
         created.result(10)
         for i in range(50):
             app.service.post_telemetry(device.token, {"i": i}).result(10)
-        wait_for(lambda: pending(app) == 0, "the queue to drain over TLS")
+        wait_until(lambda: pending(app) == 0, timeout=DEADLINE, what="the queue to drain over TLS")
         applied = cloud.service.events("tls-edge", after=0, limit=0)
         values = [e.body["values"]["i"] for e in applied if e.action == "TIMESERIES_UPDATED"]
         assert values == list(range(50))
@@ -86,8 +77,8 @@ def test_wrong_root_never_connects_and_recovers_with_the_right_one(
         device, created = app.service.create_device("tls-dev")
         created.result(10)
         app.service.post_telemetry(device.token, {"i": 1}).result(10)
-        wait_for(lambda: app.metrics.snapshot().get("edge_link_connect_attempts_total", 0) >= 2,
-                 "two failed attempts")
+        wait_until(lambda: app.metrics.snapshot().get("edge_link_connect_attempts_total", 0) >= 2,
+                   timeout=DEADLINE, what="two failed attempts")
         assert app.link_board.value["state"] in ("BACKOFF", "CONNECTING")
         assert app.metrics.snapshot().get("edge_link_connects_accepted_total", 0) == 0
         assert pending(app) == 3  # ADDED, CREDENTIALS_UPDATED and the point: kept, not sent
@@ -96,7 +87,7 @@ def test_wrong_root_never_connects_and_recovers_with_the_right_one(
         app.stop()
     fixed = edge(tmp_path, cloud, pki.ca_cert)  # same store, right root
     try:
-        wait_for(lambda: pending(fixed) == 0, "the queue to drain after the fix")
+        wait_until(lambda: pending(fixed) == 0, timeout=DEADLINE, what="the queue to drain after the fix")
         assert len(cloud.service.events("tls-edge", after=0, limit=0)) == 3
     finally:
         fixed.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import queue
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Device, Scope
 from edge_sync.supervisor import actor_child
+from tests.helpers.wait import wait_until
 
 DEADLINE_S = 5.0
 
@@ -55,16 +55,15 @@ class Rig:
     def apply(self, msg: edge_pb2.DownlinkMsg, stream_id: int = 1) -> DownlinkApplied:
         """Hand the actor one downlink; its DownlinkApplied (fails fast if the actor died)."""
         self.child.ref.tell(ApplyDownlink(stream_id, msg))
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
+
+        def replied() -> list[Any]:
             try:
-                reply = self.replies.get(timeout=0.02)
-                break
+                return [self.replies.get_nowait()]
             except queue.Empty:
-                if self.exits:
-                    raise AssertionError(f"the DownlinkActor exited: {self.exits[0]!r}") from None
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"no DownlinkApplied within {DEADLINE_S}s") from None
+                assert not self.exits, f"the DownlinkActor exited: {self.exits[0]!r}"
+                return []
+
+        (reply,) = wait_until(replied, timeout=DEADLINE_S, what="the DownlinkActor's DownlinkApplied")
         assert isinstance(reply, DownlinkApplied), reply
         return reply
 

@@ -31,6 +31,7 @@ from edge_sync.supervisor import (
     SupervisorGaveUp,
     actor_child,
 )
+from tests.helpers.wait import wait_until
 
 DEADLINE = 5.0
 
@@ -58,9 +59,8 @@ class Journal:
             return list(self._entries)
 
     def wait_for(self, predicate: Callable[[list[Entry]], bool], what: str) -> None:
-        with self._condition:
-            ok = self._condition.wait_for(lambda: predicate(self._entries), timeout=DEADLINE)
-            assert ok, f"timed out waiting for {what}: {self._entries}"
+        wait_until(lambda: predicate(self._entries), timeout=DEADLINE, what=what,
+                   condition=self._condition, show=self.entries)
 
     def lifecycle(self) -> list[Entry]:
         return [e for e in self.entries() if e[0] in ("start", "stop")]
