@@ -17,6 +17,7 @@ group and stops.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, cast
 
 import pykka
@@ -82,13 +83,13 @@ class EdgeApp:
         link_enabled = bool(cfg.cloud.routing_key)
         shard_names = [f"shard-{i}" for i in range(cfg.actors.shards)]
         self.router = EntityRouter(
-            [Address(n, lambda n=n: self._actor_ref("shards", n)) for n in shard_names]
+            [Address(n, functools.partial(self._actor_ref, "shards", n)) for n in shard_names]
         )
         self.tokens = TokenCache()
         self.service = DeviceService(self.store, self.router, tokens=self.tokens, clock=clock)
         policy = QueuePolicy(
             group_max_events=cfg.queue.group_commit_max_events,
-            full_policy=str(cfg.storage.full_policy),
+            full_policy=cfg.storage.full_policy,
             retention_ms=int(cfg.storage.retention_hours * 3600 * 1000),
             purge_interval_s=cfg.storage.purge_interval_s,
         )
@@ -184,7 +185,7 @@ class EdgeApp:
         paths = [("queue",), *(("shards", f"shard-{i}") for i in range(self.cfg.actors.shards))]
         if self.cfg.cloud.routing_key:
             paths += [("downlink",), ("connection",)]
-        out = {}
+        out: dict[str, bool] = {}
         for path in paths:
             ref = self._actor_ref(*path)
             out[path[-1]] = ref is not None and ref.is_alive()

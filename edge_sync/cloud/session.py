@@ -31,10 +31,9 @@ from edge_sync.cloud.registry import StreamRegistry
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.store import normalized_store_id
 from edge_sync.cloud.uplink import GoBackN, epoch_of, events_to_apply
-from edge_sync.cloud.uplink_payloads import PayloadRejected
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 from edge_sync.common.wire import uuid_halves
-from edge_sync.errors import StorageError
+from edge_sync.errors import PayloadRejected, StorageError
 from edge_sync.proto import edge_pb2
 
 _ids = itertools.count(1)

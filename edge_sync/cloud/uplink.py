@@ -3,7 +3,8 @@ UplinkMsg into the events to apply, and the go-back-N gate of one stream."""
 
 from __future__ import annotations
 
-from edge_sync.cloud.uplink_payloads import AppliedEvent, PayloadRejected, uplink_events
+from edge_sync.cloud.uplink_payloads import AppliedEvent, uplink_events
+from edge_sync.errors import PayloadRejected
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import Action
 

@@ -4,6 +4,8 @@ every component the API names is running and 503 (with the ones that are not) ot
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 
@@ -13,7 +15,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 def readyz_response(components: dict[str, bool]) -> web.StreamResponse:
     down = sorted(name for name, up in components.items() if not up)
-    body = {"status": "ready" if not down else "not ready", "components": components}
+    body: dict[str, Any] = {"status": "ready" if not down else "not ready", "components": components}
     if down:
         body["down"] = down
     return web.json_response(body, status=200 if not down else 503)

@@ -90,9 +90,8 @@ class HttpHost:
             site = web.TCPSite(runner, self._host, self._requested_port, reuse_address=True,
                                backlog=1024)
             await site.start()
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1] if sockets else self._requested_port
+            addresses = runner.addresses  # the bound (host, port, ...) tuples: port 0 resolved
+            self.port = addresses[0][1] if addresses else self._requested_port
             self._log.bind(host=self._host, port=self.port).info("{} listening", self.name)
             self._ready.set()
             await self._stop.wait()
