@@ -59,7 +59,7 @@ def test_cli_with_the_server_stopped_then_running_then_stopped(tmp_path):
     assert "already registered" in ok(env, "edge", "create", "--name", "e2", "--routing-key", "rk-2",
                                       "--secret", "sec-2")
     refused = run(env, "edge", "create", "--name", "e2", "--routing-key", "rk-2", "--secret", "x")
-    assert refused.returncode == 1 and "already exists" in refused.stderr
+    assert refused.returncode == 6 and "already exists" in refused.stderr
     assert sorted(e["name"] for e in json_lines(ok(env, "edge", "list", "--json"))) == ["e1", "e2"]
     dev = json.loads(ok(env, "device", "create", "--edge", "rk-2", "--name", "d1", "--token", "t-1",
                         "--json"))
