@@ -535,13 +535,16 @@ class ConnectionActor(SupervisedActor):
                 what = "connect response" if state is LinkState.CONNECTING else "sync completion"
                 self._fail(f"no {what} within {self._deadline_len(state):.1f}s")
         elif state is LinkState.CONNECTED:
+            due = self._window.next_deadline()
+            if due is None or now < due:
+                return  # another deadline woke us (a page release, a queue write): no read
             oldest = self._window.oldest()
             verdict = self._window.expire(now)
             if verdict is not None and oldest is not None:
                 self._went_back(verdict, f"no answer to message {oldest.msg_id} within "
                                          f"{self._cfg.retry.interval_ms} ms")
             else:
-                self._pump()
+                self._pump()  # a go-back-N resend's time, or a partial batch's
 
     def _next_wake(self) -> float | None:
         """The earliest deadline, on the clock's monotonic time; None: nothing to wait for."""
