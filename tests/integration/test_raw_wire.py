@@ -1,5 +1,5 @@
 """The reference cloud spoken to byte by byte: a raw client that knows only the field numbers of
-shared/protocol.md (no generated module of the project), a tiny protobuf wire codec written here,
+ThingsBoard's edge.proto (no generated module of the project), a tiny protobuf wire codec written here,
 and grpc's generic stream API on `/edge.EdgeRpcService/handleMsgs`.
 
 If the project's .proto drifted from protocol.md (a renumbered field, a wrong type), the

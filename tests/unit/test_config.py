@@ -301,7 +301,7 @@ def test_override_tables_cover_every_env_var(
 
 
 def test_spec_and_design_variable_names() -> None:
-    """The names design.md section 5 and the spec promise, in one place."""
+    """The environment variables the README and the scripts name, in one place."""
     env = {
         "CLOUD_ROUTING_KEY": "k",
         "CLOUD_ROUTING_SECRET": "s",
