@@ -28,7 +28,10 @@ Layout (edge_id, device_id: 16 raw UUID bytes; numbers: u64 big-endian):
   attributes    device_id + key (utf-8) -> (value, ts)      (SHARED_SCOPE, set by the cloud)
   downlinks     edge_id + downlink number -> serialized DownlinkMsg (no id, no time)
   dead_downlinks edge_id + downlink number -> (serialized DownlinkMsg, reason, time ms)
-Record values are in the checksummed envelope of storage/codec.py (shared with the edge).
+Record values are in the checksummed envelope of storage/codec.py (shared with the edge). A store
+upgraded from the previous format (edge-cloud/2) may still hold values of that format, each an
+array led by the schema number 1, which are read as they are; its dead_downlinks hold the whole
+previous downlink record where the payload is now (they are only counted).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from edge_sync.storage.records import Action
 
 # /2: dedup by (edge, edge store incarnation, seq); /3: values in codec's checksummed envelope
 CLOUD_FORMAT = b"edge-cloud/3"
+PREVIOUS_CLOUD_FORMAT = b"edge-cloud/2"  # plain msgpack values, read as they are (see codec.py)
 CLOUD_DB_NAMES = (
     "meta",
     "edges",
@@ -89,6 +93,7 @@ class CloudLmdb(LmdbStore):
             readonly=readonly,
             db_names=CLOUD_DB_NAMES,
             store_format=CLOUD_FORMAT,
+            previous_format=PREVIOUS_CLOUD_FORMAT,
             program="edge-cloud",
             path_hint="CLOUD_DATA_DIR / storage.data_dir",
             # the CLI may write while the server runs (every write is one transaction that
@@ -199,9 +204,23 @@ class CloudStore:
     def _tenant(self, txn: lmdb.Transaction) -> uuid.UUID:
         return uuid.UUID(bytes=bytes(txn.get(b"tenant", db=self._db["meta"]) or bytes(16)))
 
-    @staticmethod
-    def _decode_edge(routing_key: str, raw: codec.Raw, tenant: uuid.UUID) -> EdgeRecord:
-        eid, name, etype, created, salt, digest, kdf = codec.unpack_fields(
+    def _fields(self, raw: codec.Raw, what: str, count: int) -> list[Any]:
+        """A record of ``count`` fields, in the envelope or (in an upgraded store) in the
+        previous format, led by the schema number 1."""
+        return codec.unpack_fields(raw, what, count, previous=self.lmdb.previous_values,
+                                   schema=True)
+
+    def _downlink_payload(self, raw: codec.Raw, what: str) -> bytes:
+        if self.lmdb.previous_values and codec.is_previous_format(raw):
+            payload = codec.unpack_fields(raw, what, 1, previous=True, schema=True)[0]
+        else:
+            payload = codec.unpack(raw, what)
+        if not isinstance(payload, bytes):
+            raise StorageCorrupt(f"{what}: record of an unexpected shape")
+        return payload
+
+    def _decode_edge(self, routing_key: str, raw: codec.Raw, tenant: uuid.UUID) -> EdgeRecord:
+        eid, name, etype, created, salt, digest, kdf = self._fields(
             raw, f"edges: {routing_key!r}", 7)
         return EdgeRecord(
             edge_id=uuid.UUID(bytes=eid), tenant_id=tenant, routing_key=routing_key, name=name,
@@ -248,7 +267,7 @@ class CloudStore:
                 if key[:16] != edge_id.bytes:
                     break
                 number = codec.from_u64(key[16:], "incarnations: key")
-                store_id, seen = codec.unpack_fields(raw, f"incarnations: {edge_id} {number}", 2)
+                store_id, seen = self._fields(raw, f"incarnations: {edge_id} {number}", 2)
                 out.append((number, store_id, seen))
         return out
 
@@ -258,7 +277,7 @@ class CloudStore:
         raw = txn.get(edge + codec.u64(incarnation), db=self._db["incarnations"])
         if raw is None:
             raise StorageCorrupt(f"{self.path}: edge store incarnation {incarnation} is not recorded")
-        return str(codec.unpack_fields(raw, f"incarnations: {incarnation}", 2)[0])
+        return str(self._fields(raw, f"incarnations: {incarnation}", 2)[0])
 
     # -- applied events --------------------------------------------------------------------------
 
@@ -345,7 +364,7 @@ class CloudStore:
                 if key[:16] != edge or (limit and count >= limit):
                     return
                 index = codec.from_u64(key[16:], "apply_log: key")
-                seq, etype, eid, action, body, ts, applied_at, inc = codec.unpack_fields(
+                seq, etype, eid, action, body, ts, applied_at, inc = self._fields(
                     raw, f"apply_log: {edge_id} {index}", 8)
                 if inc not in store_ids:
                     store_ids[inc] = self._store_id_of(txn, edge, inc)
@@ -429,7 +448,7 @@ class CloudStore:
         raw = txn.get(device_id.bytes, db=self._db["devices"])
         if raw is None:
             return None
-        edge, name, dtype, label, token, created, origin = codec.unpack_fields(
+        edge, name, dtype, label, token, created, origin = self._fields(
             raw, f"devices: {device_id}", 7)
         return CloudDevice(device_id, uuid.UUID(bytes=edge), name, dtype, label, token, created, origin)
 
@@ -497,7 +516,7 @@ class CloudStore:
                 if key[:16] != prefix:
                     break
                 name = bytes(key[16:]).decode()
-                out[name] = codec.unpack_fields(raw, f"attributes: {device_id} {name!r}", 2)[0]
+                out[name] = self._fields(raw, f"attributes: {device_id} {name!r}", 2)[0]
         return out
 
     # -- downlink queue --------------------------------------------------------------------------
@@ -537,9 +556,7 @@ class CloudStore:
             if key[:16] != edge_id.bytes:
                 return None
             number = codec.from_u64(key[16:], "downlinks: key")
-            payload = codec.unpack(raw, f"downlinks: {edge_id} {number}")
-            if not isinstance(payload, bytes):
-                raise StorageCorrupt(f"downlinks: {edge_id} {number}: record of an unexpected shape")
+            payload = self._downlink_payload(raw, f"downlinks: {edge_id} {number}")
             return QueuedDownlink(number, downlink_msg_id(number), payload)
 
     def remove_downlink(self, edge_id: uuid.UUID, number: int) -> bool:
@@ -557,7 +574,7 @@ class CloudStore:
             raw = txn.get(key, db=self._db["downlinks"])
             if raw is None:
                 return False
-            payload = codec.unpack(raw, f"downlinks: {edge_id} {number}")
+            payload = self._downlink_payload(raw, f"downlinks: {edge_id} {number}")
             txn.put(key, codec.pack((payload, reason, now_ms)), db=self._db["dead_downlinks"])
             return bool(txn.delete(key, db=self._db["downlinks"]))
 

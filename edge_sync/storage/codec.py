@@ -7,6 +7,15 @@ StorageCorrupt naming the record when any of them is wrong, so damaged or foreig
 reported where it is read instead of surfacing as a TypeError somewhere else. Fixed-width
 numbers (counters, seqs, times) are stored as 8-byte big-endian values and checked for length.
 
+Values of the previous release (store stamps edge-sync/1 and edge-cloud/2) were plain msgpack
+arrays, without version byte or checksum: some record types with a leading schema number 1
+(``schema=True`` below), others without one. Each of them begins with a msgpack array header
+(0x90-0x9f, 0xdc, 0xdd), never with the version byte 2, so a value says itself which format it
+is in. A store that was upgraded from the previous format (LmdbStore.previous_values) mixes both
+until the old values are purged or rewritten; decoders accept a previous-format value only when
+told the store may hold one (``previous=True``), so in a store created at the new format any
+value without the envelope is damage. Previous-format values have no checksum to verify.
+
 Nothing else in the project knows the byte layout of a value.
 """
 
@@ -25,6 +34,9 @@ from edge_sync.storage.records import Device, Lane, NewEvent, StoredEvent
 # 1: a msgpack array whose first element was a per-record schema number, no checksum (and some
 #    records unversioned). 2: the envelope above. The stores' format stamps changed with it.
 VALUE_VERSION = 2
+PREVIOUS_SCHEMA = 1  # the leading schema number of the previous format's versioned records
+# first bytes of a msgpack array (fixarray, array 16, array 32): how every previous value began
+_ARRAY_HEADS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
 
 Raw = bytes | memoryview
 """What LMDB returns for a key or value (bytes when the transaction is opened buffers=False)."""
@@ -83,8 +95,19 @@ def text_key(text: str) -> bytes:
         raise Unstorable(f"text cannot be stored ({exc.reason})") from exc
 
 
-def unpack(raw: Raw, what: str) -> Any:
-    """Decode a value written by pack(); StorageCorrupt names ``what`` when it is damaged."""
+def is_previous_format(raw: Raw) -> bool:
+    """Whether a value is in the previous release's layout (a bare msgpack array)."""
+    return len(raw) > 0 and raw[0] in _ARRAY_HEADS
+
+
+def unpack(raw: Raw, what: str, *, previous: bool = False, schema: bool = False) -> Any:
+    """Decode a value written by pack(); StorageCorrupt names ``what`` when it is damaged.
+
+    With ``previous`` a value of the previous format is accepted too (see the module doc): it is
+    returned as decoded, without its leading schema number when the record type had one
+    (``schema``), so as the list of the record's fields."""
+    if previous and is_previous_format(raw):
+        return _unpack_previous(raw, what, schema)
     if len(raw) < _HEADER.size:
         raise StorageCorrupt(f"{what}: damaged record ({len(raw)} bytes, shorter than its header)")
     version, crc = _HEADER.unpack_from(raw)
@@ -100,9 +123,28 @@ def unpack(raw: Raw, what: str) -> Any:
         raise StorageCorrupt(f"{what}: undecodable record ({exc})") from exc
 
 
-def unpack_fields(raw: Raw, what: str, count: int) -> list[Any]:
-    """Decode a record written as a tuple of ``count`` fields."""
-    value = unpack(raw, what)
+def _unpack_previous(raw: Raw, what: str, schema: bool) -> list[Any]:
+    try:
+        value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise StorageCorrupt(f"{what}: undecodable record of the previous format ({exc})") from exc
+    if not isinstance(value, list):  # (cannot happen: it began with an array header)
+        raise StorageCorrupt(f"{what}: record of the previous format of an unexpected shape")
+    if schema:
+        if not value or value[0] != PREVIOUS_SCHEMA:
+            found = value[0] if value else None
+            raise StorageCorrupt(f"{what}: record of the previous format with schema number "
+                                 f"{found!r}, this program reads {PREVIOUS_SCHEMA}")
+        value = value[1:]
+    return value
+
+
+def unpack_fields(
+    raw: Raw, what: str, count: int, *, previous: bool = False, schema: bool = False
+) -> list[Any]:
+    """Decode a record written as a tuple of ``count`` fields (``previous``, ``schema``: see
+    unpack())."""
+    value = unpack(raw, what, previous=previous, schema=schema)
     if not isinstance(value, list) or len(value) != count:
         raise StorageCorrupt(f"{what}: record of an unexpected shape")
     return value
@@ -128,10 +170,12 @@ def encode_event(
     )
 
 
-def decode_event(seq: int, raw: Raw) -> StoredEvent:
+def decode_event(seq: int, raw: Raw, *, previous: bool = False) -> StoredEvent:
+    """An event record; with ``previous`` also one of the previous format (an array led by the
+    schema number 1)."""
     what = f"events: seq {seq}"
     eid, created, tenant, edge, etype, ent_type, ent_id, action, body, ts, lane = unpack_fields(
-        raw, what, 11)
+        raw, what, 11, previous=previous, schema=True)
     try:
         return StoredEvent(
             seq=seq,
@@ -165,9 +209,12 @@ def encode_device(device: Device) -> bytes:
     )
 
 
-def decode_device(device_id: Raw, raw: Raw) -> Device:
-    did = uuid.UUID(bytes=bytes(device_id))
-    name, dtype, token, created, label, version = unpack_fields(raw, f"devices: {did}", 6)
+def decode_device(device_id: Raw, raw: Raw, *, previous: bool = False) -> Device:
+    """A device record; with ``previous`` also one of the previous format (led by the schema
+    number 1)."""
+    did = to_uuid(device_id, "devices: key")
+    name, dtype, token, created, label, version = unpack_fields(
+        raw, f"devices: {did}", 6, previous=previous, schema=True)
     return Device(
         id=did,
         name=name,

@@ -8,7 +8,9 @@ Layout:
   attributes     entity_id(16) + scope(1) + key (utf-8) -> (value, last_update_ts)
   latest_ts      entity_id(16) + key (utf-8) -> (ts, value)
   downlinks      downlink key -> applied time (u64)
-Record values are in the checksummed envelope of codec.py.
+Record values are in the checksummed envelope of codec.py; a store upgraded from the previous
+format may still hold values of that format (devices led by a schema number, attributes and
+latest_ts without one), which are read as they are.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ class EntityStore:
         self.store = store
         self._db = store.dbs
 
+    @property
+    def _previous(self) -> bool:
+        """Whether values of the previous format may be in the store (see codec.py)."""
+        return self.store.previous_values
+
     # -- devices ---------------------------------------------------------------------------------
 
     def device_by_token(self, txn: lmdb.Transaction, token: str) -> Device | None:
@@ -45,7 +52,7 @@ class EntityStore:
 
     def device(self, txn: lmdb.Transaction, device_id: uuid.UUID) -> Device | None:
         raw = txn.get(device_id.bytes, db=self._db["devices"])
-        return None if raw is None else codec.decode_device(device_id.bytes, raw)
+        return None if raw is None else codec.decode_device(device_id.bytes, raw, previous=self._previous)
 
     def device_by_name(self, txn: lmdb.Transaction, name: str) -> Device | None:
         if not name:
@@ -55,7 +62,7 @@ class EntityStore:
 
     def devices(self, txn: lmdb.Transaction) -> list[Device]:
         with txn.cursor(db=self._db["devices"]) as cur:
-            return [codec.decode_device(k, v) for k, v in cur.iternext()]
+            return [codec.decode_device(k, v, previous=self._previous) for k, v in cur.iternext()]
 
     def device_count(self, txn: lmdb.Transaction) -> int:
         return self.store.entries(txn, "devices")
@@ -130,7 +137,8 @@ class EntityStore:
             for key in keys:
                 raw = txn.get(prefix + key.encode(), db=db)
                 if raw is not None:
-                    out[key] = codec.unpack_fields(raw, f"attributes: {entity_id} {key!r}", 2)[0]
+                    out[key] = codec.unpack_fields(raw, f"attributes: {entity_id} {key!r}", 2,
+                                                   previous=self._previous)[0]
             return out
         found: dict[str, Any] = {}
         with txn.cursor(db=db) as cur:
@@ -139,7 +147,8 @@ class EntityStore:
                     if not bytes(k).startswith(prefix):
                         break
                     key = bytes(k)[len(prefix):].decode()
-                    found[key] = codec.unpack_fields(v, f"attributes: {entity_id} {key!r}", 2)[0]
+                    found[key] = codec.unpack_fields(
+                        v, f"attributes: {entity_id} {key!r}", 2, previous=self._previous)[0]
         return found
 
     # -- latest telemetry ------------------------------------------------------------------------
@@ -153,7 +162,8 @@ class EntityStore:
         for key, (ts, value) in values.items():
             k = prefix + codec.text_key(key)
             old = txn.get(k, db=db)
-            if old is not None and codec.unpack_fields(old, f"latest_ts: {entity_id} {key!r}", 2)[0] > ts:
+            if old is not None and codec.unpack_fields(
+                    old, f"latest_ts: {entity_id} {key!r}", 2, previous=self._previous)[0] > ts:
                 continue
             txn.put(k, codec.pack((ts, value)), db=db)
 
@@ -166,7 +176,8 @@ class EntityStore:
                     if not bytes(k).startswith(prefix):
                         break
                     key = bytes(k)[len(prefix):].decode()
-                    ts, value = codec.unpack_fields(v, f"latest_ts: {entity_id} {key!r}", 2)
+                    ts, value = codec.unpack_fields(
+                        v, f"latest_ts: {entity_id} {key!r}", 2, previous=self._previous)
                     out[key] = (ts, value)
         return out
 

@@ -29,6 +29,8 @@ T = TypeVar("T")
 
 MiB = 1024 * 1024
 STORE_FORMAT = b"edge-sync/2"  # /2: values in the checksummed envelope of codec.py
+PREVIOUS_STORE_FORMAT = b"edge-sync/1"  # plain msgpack values: read as they are, see codec.py
+_UPGRADED_FROM = b"upgraded_from"  # meta: the stamp a store had before it was upgraded
 _LOW_SPACE_BYTES = 1024 * 1024
 _BALLAST = "space.reserve"  # disk space held back so maintenance writes work on a full disk
 _BALLAST_BYTES = 4 * 1024 * 1024
@@ -140,6 +142,7 @@ class LmdbStore:
         readonly: bool = False,
         db_names: tuple[str, ...] = DB_NAMES,
         store_format: bytes = STORE_FORMAT,
+        previous_format: bytes | None = PREVIOUS_STORE_FORMAT,
         program: str = "edge-sync",
         path_hint: str = "EDGE_DATA_DIR / storage.data_dir",
         exclusive_writer: bool = True,
@@ -155,6 +158,11 @@ class LmdbStore:
         self.reserve = max(4 * MiB, self.max_size // 8)
         self.hard_max = self.max_size + self.reserve
         self._format = store_format
+        self._previous_format = previous_format
+        # whether values of the previous format may be in the store (it was written, or is still
+        # stamped, by the previous release): decoders accept them only then (see codec.py)
+        self.previous_values = False
+        self._upgraded = False
         self._exclusive_writer = exclusive_writer
         self._program = program
         self._path_hint = path_hint
@@ -185,6 +193,11 @@ class LmdbStore:
                     self._check_or_stamp_format(txn)
                     for name in db_names[1:]:
                         self.dbs[name] = self.env.open_db(name.encode(), txn=txn)
+                if self._upgraded and self._previous_format is not None:
+                    _log.bind(path=str(self.path)).info(
+                        "store format {} upgraded to {}: old records are read as they are, new "
+                        "ones are checksummed", self._previous_format.decode(),
+                        self._format.decode())
             with self.env.begin() as txn:
                 raw = txn.get(b"store_id", db=self.dbs["meta"])
             self.store_id = uuid.UUID(bytes=bytes(raw)) if raw else NIL_STORE_ID
@@ -311,11 +324,21 @@ class LmdbStore:
             txn.put(b"store_id", uuid.uuid4().bytes, db=meta)
             (self.path / _CREATED_MARKER).write_text(
                 f"{self._program} store created; data.mdb holds the queue: never delete it alone\n")
+        elif self._previous_format is not None and bytes(found) == self._previous_format:
+            self.previous_values = True
+            if not self.readonly:
+                # no scan and no rewrite: old values are read as they are (codec.py), so the
+                # upgrade is the new stamp, and a note that old values may still be there
+                txn.put(_UPGRADED_FROM, self._previous_format, db=meta)
+                txn.put(b"format", self._format, db=meta)
+                self._upgraded = True  # logged once the transaction is committed
         elif bytes(found) != self._format:
             raise StorageCorrupt(
                 f"{self.path}: store format {bytes(found)!r}, this {self._program} reads "
                 f"{self._format!r}; was the folder written by another program or version?"
             )
+        else:
+            self.previous_values = txn.get(_UPGRADED_FROM, db=meta) is not None
 
     # -- transactions ------------------------------------------------------------------------
 

@@ -3,13 +3,14 @@ deployed, dead-letter, purge, evict under the full-storage policy, count and lis
 
 Layout (all keys fixed-width big-endian, so byte order is numeric order):
   events            seq -> encoded event (immutable once written)
-Values are in the checksummed envelope of codec.py.
   pending_high      seq -> b""   (PENDING events of the high lane)
   pending_normal    seq -> b""   (PENDING events of the normal lane)
   dead              seq -> (error, time)
   deployed_by_time  deployed_ms + seq -> b""  (for purging by age)
 An event in `events` that is neither pending nor dead is DEPLOYED. Counts come from LMDB's entry
 counts and the next seq from the last key, so opening never scans the log.
+Values are in the checksummed envelope of codec.py; a store upgraded from the previous format
+may still hold values of that format, which are read as they are (LmdbStore.previous_values).
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ class EventLog:
                         continue
                     if out and total + len(raw) > max_bytes:
                         return out
-                    out.append(codec.decode_event(codec.from_u64(key, "pending: key"), raw))
+                    out.append(codec.decode_event(codec.from_u64(key, "pending: key"), raw,
+                                                   previous=self.store.previous_values))
                     total += len(raw)
         return out
 
@@ -149,7 +151,8 @@ class EventLog:
         raw = txn.get(key, db=self._db["events"])
         if raw is None:
             return None
-        return self._with_status(txn, codec.decode_event(seq, raw))
+        return self._with_status(
+            txn, codec.decode_event(seq, raw, previous=self.store.previous_values))
 
     def _with_status(self, txn: lmdb.Transaction, event: StoredEvent) -> StoredEvent:
         key = codec.u64(event.seq)
@@ -157,7 +160,8 @@ class EventLog:
             return event
         dead = txn.get(key, db=self._db["dead"])
         if dead is not None:
-            error, _when = codec.unpack_fields(dead, f"dead: seq {event.seq}", 2)
+            error, _when = codec.unpack_fields(dead, f"dead: seq {event.seq}", 2,
+                                               previous=self.store.previous_values)
             return _replace_status(event, Status.DEAD, error)
         return _replace_status(event, Status.DEPLOYED, None)
 
@@ -175,7 +179,8 @@ class EventLog:
             if not cur.set_range(codec.u64(after_seq + 1)):
                 return
             for key, raw in cur.iternext():
-                event = codec.decode_event(codec.from_u64(key, "events: key"), raw)
+                event = codec.decode_event(codec.from_u64(key, "events: key"), raw,
+                                           previous=self.store.previous_values)
                 if entity_id is not None and event.entity_id != entity_id:
                     continue
                 event = self._with_status(txn, event)
@@ -247,7 +252,7 @@ class EventLog:
         raw = txn.get(key, db=self._db["events"])
         if raw is None or not txn.delete(key, db=self._db["dead"]):
             return False
-        lane = codec.decode_event(seq, raw).lane
+        lane = codec.decode_event(seq, raw, previous=self.store.previous_values).lane
         txn.put(key, b"", db=self._db[_PENDING_DB[lane]])
         return True
 
