@@ -1,5 +1,6 @@
-"""The link's states and the transitions allowed between them (the offline state machine of a store-and-forward link:
-connected / processing / draining map onto CONNECTED; disconnected / queuing onto BACKOFF).
+"""The link's states and the transitions allowed between them (the offline state machine of a
+store-and-forward link: connected / processing / draining map onto CONNECTED; disconnected /
+queuing onto BACKOFF).
 Every transition is checked and logged once by LinkStateMachine."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Tests of the wire protocol definitions in edge_sync/proto/.
 
 * The committed generated modules are exactly what the .proto files give (scripts/gen-proto).
-* Names, field numbers and types match ThingsBoard 4.x edge.proto and transport.proto (its edge API), read back
-  from the message descriptors of the generated modules.
+* Names, field numbers and types match ThingsBoard 4.x edge.proto and transport.proto (its edge
+  API), read back from the message descriptors of the generated modules.
 * edge-sync's extensions live at field numbers >= 1000, have presence, and survive a round trip
   through a peer that does not know them (as a ThingsBoard server would).
 """
