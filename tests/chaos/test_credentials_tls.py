@@ -33,9 +33,9 @@ from tests.helpers.cloud_proc import (
     link_env,
     wait_connected,
     wait_drained,
-    wait_until,
 )
 from tests.helpers.tls import Pki, make_pki
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -145,14 +145,24 @@ def check_paced(agent: Agent, *, steady_from: int, gaps: int) -> None:
                 [_seconds(r) for r in link
                  if r["old"] == "CONNECTING" and r["new"] in ("BACKOFF", "AUTH_FAILED")])
 
-    # the counter is bumped just before the attempt's log line: wait for the failures logged
-    wait_until(f"{wanted} connection attempts", lambda: attempts(agent) >= wanted
-               and len(link_log()[1]) >= wanted - 1,
-               timeout=DEADLINE_S + wanted * MAX_INTERVAL_S * (1 + JITTER))
-    starts, failures = link_log()
-    counted = attempts(agent)
-    assert counted - 1 <= len(starts) <= counted, (counted, len(starts))  # counted, then logged
+    # What the delays are computed from: the failure lines 1..wanted-1 and the CONNECTING lines
+    # 2..wanted. The attempt counter is bumped just before an attempt's CONNECTING line, so it
+    # cannot stand for that line: wait for the lines themselves.
+    def logged() -> tuple[list[float], list[float]] | None:
+        starts, failures = link_log()
+        return (starts, failures) if len(starts) >= wanted and len(failures) >= wanted - 1 else None
+
+    counted_before = attempts(agent)
+    starts, failures = wait_until(
+        logged, timeout=DEADLINE_S + wanted * MAX_INTERVAL_S * (1 + JITTER),
+        what=f"{wanted} connection attempts and {wanted - 1} failures logged",
+        show=lambda: tuple(len(x) for x in link_log()))
+    counted_after = attempts(agent)
+    # every attempt is counted, then logged: at most one counted attempt not logged yet
+    assert counted_before - 1 <= len(starts) <= counted_after, (counted_before, len(starts),
+                                                                counted_after)
     delays = [round(start - failed, 3) for failed, start in zip(failures, starts[1:], strict=False)]
+    assert len(delays) >= wanted - 1, (len(starts), len(failures))
     assert all(d >= 0.05 for d in delays), f"an attempt right after a failure: {delays}"
     steady = delays[steady_from - 1:]
     assert len(steady) >= gaps, delays
@@ -192,14 +202,14 @@ def check_everything_delivered_once(cloud: CloudProc, agent: Agent) -> None:
     check_delivered(cloud.events(RK), read_log(agent.data_dir))
 
     cloud.create_device(RK, "dev-cloud", token=CLOUD_TOKEN)
-    wait_until("the cloud's device usable on the edge",
-               lambda: agent.post_telemetry(CLOUD_TOKEN, {"v": 0}) == 200, timeout=DEADLINE_S)
+    wait_until(lambda: agent.post_telemetry(CLOUD_TOKEN, {"v": 0}) == 200, timeout=DEADLINE_S,
+               what="the cloud's device usable on the edge")
     wait_drained(agent, timeout=DEADLINE_S)
     total = edge_status(agent)["queue"]["total"]
     cloud.wait_applied(RK, total, timeout=DEADLINE_S)
     check_delivered(cloud.events(RK), read_log(agent.data_dir))
-    wait_until("the cloud's downlink queue empty",
-               lambda: cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=DEADLINE_S)
+    wait_until(lambda: cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=DEADLINE_S,
+               what="the cloud's downlink queue empty")
 
 
 def check_no_secret_logged(tmp_path: Path, agent: Agent, cloud: CloudProc,
@@ -229,18 +239,29 @@ ALL_SECRETS = (SECRET, WRONG_SECRET, *TOKENS, CLOUD_TOKEN)
 def check_bad_credentials_reported(agent: Agent, cloud: CloudProc, routing_key: str) -> None:
     st = edge_status(agent)
     assert st["link"]["state"] in ("AUTH_FAILED", "CONNECTING")  # CONNECTING: the next attempt
-    lines = failure_lines(agent)
     answered = int(st["metrics"]["edge_link_bad_credentials_total"])
     assert answered >= 2
-    # counted, then logged: a line may still be on its way
-    assert len([r for r in lines if r["new"] == "AUTH_FAILED"]) in (answered - 1, answered)
+    # Each answer is counted, then logged: wait for the line of every answer counted so far
+    # (more attempts may be answered meanwhile, so bound the count by the counter read after).
+    lines = wait_until(lambda: ls if len(ls := failure_lines(agent)) >= answered else None,
+                       timeout=DEADLINE_S, what=f"{answered} failed connects logged",
+                       show=lambda: len(failure_lines(agent)))
+    answered_after = int(edge_status(agent)["metrics"]["edge_link_bad_credentials_total"])
+    assert [r["new"] for r in lines] == ["AUTH_FAILED"] * len(lines)
+    assert answered <= len(lines) <= answered_after, (answered, len(lines), answered_after)
     for r in lines:
         assert r["level"] == "ERROR", r
         assert f"cloud refused routing key {routing_key!r}: bad credentials" in r["message"], r
         assert "check CLOUD_ROUTING_KEY and CLOUD_ROUTING_SECRET" in r["message"], r
-    refused = [r for r in cloud.log_records() if r["level"] == "WARNING"
-               and r["message"].startswith("bad credentials")]
-    assert len(refused) >= answered - 1
+    def cloud_refusals() -> list[dict[str, Any]]:
+        return [r for r in cloud.log_records() if r["level"] == "WARNING"
+                and r["message"].startswith("bad credentials")]
+
+    # the cloud logs each refusal it answered; one more may be under way
+    refused = wait_until(lambda: rs if len(rs := cloud_refusals()) >= answered else None,
+                         timeout=DEADLINE_S, what=f"{answered} refusals logged by the cloud",
+                         show=lambda: len(cloud_refusals()))
+    assert len(refused) <= attempts(agent), (len(refused), attempts(agent))
 
 
 def test_wrong_secret_then_fixed_by_restarting_with_the_right_one(tmp_path, procs):
