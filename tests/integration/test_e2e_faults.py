@@ -29,8 +29,8 @@ from tests.helpers.cloud_proc import (
     link_state,
     wait_connected,
     wait_drained,
-    wait_until,
 )
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +177,7 @@ def test_cloud_killed_mid_batch(tmp_path, soak, procs):
         cloud.kill9()
         # The devices keep posting, the edge keeps accepting.
         load.wait_acked(load.acked_total() + step, timeout=60)
-        wait_until("the link down", lambda: link_state(agent) != "CONNECTED", timeout=DEADLINE_S)
+        wait_until(lambda: link_state(agent) != "CONNECTED", timeout=DEADLINE_S, what="the link down")
         seen = cloud.events(RK)  # read from the store with the cloud down
         assert seen and len(seen) < load.acked_total()
         cloud.restart()
@@ -271,19 +271,19 @@ def _shared(agent: Agent, token: str, keys: str) -> dict[str, Any]:
 def test_downlink_queued_while_edge_down_is_applied_on_reconnect(tmp_path, procs):
     cloud, agent, device_id, token = _edge_with_device(tmp_path, procs)
     assert agent.terminate() == 0
-    wait_until("the cloud sees the edge gone",
-               lambda: cloud.edge_row(RK)["connected"] is False, timeout=DEADLINE_S)
+    wait_until(lambda: cloud.edge_row(RK)["connected"] is False, timeout=DEADLINE_S,
+               what="the cloud sees the edge gone")
 
     out = cloud.set_attr("valve", {"setpoint": 42, "mode": "auto"}, routing_key=RK)
     assert out["device"] == device_id
     assert cloud.edge_row(RK)["queued_downlinks"] == 1
 
     agent.start()
-    got = wait_until("the attribute on the edge",
-                     lambda: _shared(agent, token, "setpoint,mode") or None, timeout=DEADLINE_S)
+    got = wait_until(lambda: _shared(agent, token, "setpoint,mode") or None, timeout=DEADLINE_S,
+                     what="the attribute on the edge")
     assert got == {"setpoint": 42, "mode": "auto"}
-    wait_until("the cloud's downlink queue empty",
-               lambda: cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=DEADLINE_S)
+    wait_until(lambda: cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=DEADLINE_S,
+               what="the cloud's downlink queue empty")
     m = edge_status(agent)["metrics"]
     # This run: the (incremental) sync's syncCompletedMsg, then the queued attribute update.
     assert (m["edge_downlinks_applied_total"], m["edge_downlinks_duplicate_total"]) == (2, 0)
@@ -316,21 +316,34 @@ def _kill_edge_before_ack(tmp_path: Any, procs: Callable[[Any], Any],
     proxy.hold()
     out = cloud.set_attr("valve", {"setpoint": 7}, routing_key=RK)
     dl_id = int(out["downlink"])
-    wait_until("the attribute applied on the edge",
-               lambda: _shared(agent, token, "setpoint") == {"setpoint": 7}, timeout=DEADLINE_S)
+    # The attribute is readable as soon as its transaction commits; the "applied" line and the
+    # acknowledgement follow it. Kill the edge only once both happened (the acknowledgement
+    # being the last thing the edge sends, swallowed by the proxy).
+    wait_until(lambda: _shared(agent, token, "setpoint") == {"setpoint": 7}, timeout=DEADLINE_S,
+               what="the attribute applied on the edge")
+
+    def first_run() -> list[str]:
+        return [r["message"].split(":")[0] for r in agent.log_records()
+                if r.get("component") == "downlink" and r.get("downlink_id") == dl_id]
+
+    assert wait_until(first_run, timeout=DEADLINE_S, what=f"downlink {dl_id} logged as applied") \
+        == [f"downlink {dl_id} applied"]
+    wait_until(lambda: proxy.dropped > 0, timeout=DEADLINE_S,
+               what="the edge's acknowledgement swallowed by the proxy")
     agent.kill9()
-    assert proxy.dropped > 0
     proxy.sever()
-    wait_until("the cloud sees the edge gone",
-               lambda: cloud.edge_row(RK)["connected"] is False, timeout=DEADLINE_S)
+    wait_until(lambda: cloud.edge_row(RK)["connected"] is False, timeout=DEADLINE_S,
+               what="the cloud sees the edge gone")
     assert cloud.edge_row(RK)["queued_downlinks"] == 1  # applied, but never acknowledged
-    first_run = [r for r in agent.log_records()
-                 if r.get("component") == "downlink" and r.get("downlink_id") == dl_id]
-    assert [r["message"].split(":")[0] for r in first_run] == [f"downlink {dl_id} applied"]
+    assert first_run() == [f"downlink {dl_id} applied"]  # (the killed run's log)
 
     agent.start()
-    wait_until("the redelivered downlink acknowledged",
-               lambda: cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=DEADLINE_S)
+    wait_until(lambda: cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=DEADLINE_S,
+               what="the redelivered downlink acknowledged")
+    # The cloud removes the downlink from its queue, then logs the acknowledgement.
+    wait_until(lambda: [r for r in cloud.log_records(all_runs=True)
+                        if r["message"] == "downlink acknowledged" and r["downlink_id"] == dl_id],
+               timeout=DEADLINE_S, what=f"the cloud's log line for downlink {dl_id} acknowledged")
     return AckLost(cloud, agent, token, dl_id)
 
 

@@ -25,8 +25,8 @@ from tests.helpers.cloud_proc import (
     link_state,
     wait_connected,
     wait_drained,
-    wait_until,
 )
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -129,9 +129,8 @@ def test_cloud_down_then_back(tmp_path, procs):
     assert post_points(agent, devices, per_device, threads=n_devices) == []
 
     # The edge has tried (and failed) to reach the cloud a few times, and queues everything.
-    wait_until("3 failed connection attempts",
-               lambda: edge_status(agent)["metrics"]["edge_link_connect_attempts_total"] >= 3,
-               timeout=DEADLINE_S)
+    wait_until(lambda: edge_status(agent)["metrics"]["edge_link_connect_attempts_total"] >= 3,
+               timeout=DEADLINE_S, what="3 failed connection attempts")
     st = edge_status(agent)
     total = n_devices * (per_device + 2)
     assert st["link"]["state"] != "CONNECTED"
@@ -173,14 +172,14 @@ def test_bad_credentials_no_retry_storm(tmp_path, procs):
     for n in range(5):
         assert agent.post_telemetry(token, {"n": n}) == 200
 
-    wait_until("AUTH_FAILED", lambda: link_state(agent) == "AUTH_FAILED", timeout=DEADLINE_S)
+    wait_until(lambda: link_state(agent) == "AUTH_FAILED", timeout=DEADLINE_S, what="AUTH_FAILED")
     first = edge_status(agent)["metrics"]["edge_link_connect_attempts_total"]
     states: set[str] = set()
     end = time.monotonic() + window_s
-    while time.monotonic() < end:  # observe the link over the window
+    while time.monotonic() < end:  # the behaviour under test: the link over a fixed window
         st = edge_status(agent)
         states.add(st["link"]["state"])
-        time.sleep(0.05)
+        time.sleep(0.05)  # the sampling pace, not a wait for a condition
     st = edge_status(agent)
     m = st["metrics"]
     during = m["edge_link_connect_attempts_total"] - first
@@ -204,8 +203,8 @@ def test_bad_credentials_no_retry_storm(tmp_path, procs):
     # the queue drains.
     cloud.create_edge("edge-late", rk, secret)
     registered = time.monotonic()
-    wait_until("CONNECTED after the edge was registered",
-               lambda: link_state(agent) == "CONNECTED", timeout=max_interval_s * 1.2 + 3.0)
+    wait_until(lambda: link_state(agent) == "CONNECTED", timeout=max_interval_s * 1.2 + 3.0,
+               what="CONNECTED after the edge was registered")
     assert time.monotonic() - registered <= max_interval_s * 1.2 + 3.0
     cloud.wait_applied(rk, 7, timeout=DEADLINE_S)
     wait_drained(agent)
@@ -248,7 +247,9 @@ def test_oversized_event_dead_lettered(tmp_path, procs):
     grouped = check_delivered(cloud_events, edge_log)
     assert_device_stream(grouped[device_id], token, [0, 1, 2, 3, 4, 6, 7, 8, 9, 10])
     assert len(cloud_events) == 12
-    dl = [r for r in agent.log_records() if r["message"] == "event dead-lettered"]
+    # The dead letter is committed (and counted in the status) before the queue logs it.
+    dl = wait_until(lambda: [r for r in agent.log_records() if r["message"] == "event dead-lettered"],
+                    timeout=DEADLINE_S, what="the dead letter logged")
     assert [r["seq"] for r in dl] == [dead[0].seq]
 
 
@@ -272,10 +273,10 @@ def test_shared_attribute_reaches_device(tmp_path, procs):
         got = resp.json().get("shared")
         return got if got else None
 
-    got = wait_until("the shared attributes on the edge", shared, timeout=DEADLINE_S)
+    got = wait_until(shared, timeout=DEADLINE_S, what="the shared attributes on the edge")
     assert got == {"setpoint": 21.5, "mode": "eco", "limits": {"hi": 30}}
-    wait_until("the cloud's downlink queue empty",
-               lambda: cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=DEADLINE_S)
+    wait_until(lambda: cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=DEADLINE_S,
+               what="the cloud's downlink queue empty")
 
     # A device created in the cloud (sent down to the edge) can post with its token, and its
     # telemetry goes up.
@@ -285,7 +286,7 @@ def test_shared_attribute_reaches_device(tmp_path, procs):
     def accepted() -> bool:
         return agent.post_telemetry("tok-cloud-made-1", {"temp": 19}) == 200
 
-    wait_until("the cloud-made device accepted on the edge", accepted, timeout=DEADLINE_S)
+    wait_until(accepted, timeout=DEADLINE_S, what="the cloud-made device accepted on the edge")
     st = wait_drained(agent)
     edge_log = read_log(agent.data_dir)
     cloud_events = cloud.events(RK)
