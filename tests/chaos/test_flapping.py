@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from tests.helpers.agent import Agent, Load
-from tests.helpers.cloud_proc import edge_status, wait_connected, wait_until
+from tests.helpers.cloud_proc import edge_status, wait_connected
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -111,8 +112,8 @@ def test_flapping_link_sync_completes_exactly_once(linked, soak, mode):
         load.go()
         load.wait_acked(100, timeout=DEADLINE_S)
         proxy.flap(up_s, down_s, mode=mode)
-        wait_until(f"{cycles} flaps", lambda: proxy.flaps >= cycles and proxy.mode == "pass",
-                   timeout=cycles * (up_s + down_s) + DEADLINE_S)
+        wait_until(lambda: proxy.flaps >= cycles and proxy.mode == "pass",
+                   timeout=cycles * (up_s + down_s) + DEADLINE_S, what=f"{cycles} flaps")
         proxy.pass_through()  # ends the schedule in an up phase
         assert proxy.flaps == cycles
         wait_connected(agent, timeout=DEADLINE_S)
@@ -152,11 +153,10 @@ def test_breaker_opens_under_a_failure_storm_and_closes_after_a_probe(linked):
         refused_at = time.time()
         proxy.refuse(existing="reset")
         # The storm opens the breaker; its half-open probe fails and opens it again.
-        wait_until("the breaker opened twice", lambda: len(breaker_records(agent, OPEN)) >= 2,
-                   timeout=DEADLINE_S)
+        wait_until(lambda: len(breaker_records(agent, OPEN)) >= 2, timeout=DEADLINE_S,
+                   what="the breaker opened twice")
         proxy.pass_through()
-        wait_until("the breaker closed", lambda: breaker_records(agent, CLOSED),
-                   timeout=DEADLINE_S)
+        wait_until(lambda: breaker_records(agent, CLOSED), timeout=DEADLINE_S, what="the breaker closed")
         wait_connected(agent, timeout=DEADLINE_S)
         load.wait_acked(load.acked_total() + 100, timeout=DEADLINE_S)
         load.pause_and_park()
@@ -196,8 +196,8 @@ def test_no_tcp_connection_reaches_the_cloud_while_the_breaker_is_open(linked):
     agent, proxy = link.agent, link.proxy
     refused_at = time.time()
     proxy.refuse(existing="reset")
-    wait_until("the breaker's first half-open probe",
-               lambda: breaker_records(agent, HALF_OPEN), timeout=DEADLINE_S)
+    wait_until(lambda: breaker_records(agent, HALF_OPEN), timeout=DEADLINE_S,
+               what="the breaker's first half-open probe")
     opened_at = log_time(breaker_records(agent, OPEN)[0])
     probe_at = log_time(breaker_records(agent, HALF_OPEN)[0])
     during_open = [round(t - opened_at, 2) for t in proxy.accept_times

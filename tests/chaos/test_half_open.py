@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.helpers.agent import Agent, Load
-from tests.helpers.cloud_proc import edge_status, link_state, wait_connected, wait_drained, wait_until
+from tests.helpers.cloud_proc import edge_status, link_state, wait_connected, wait_drained
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -51,10 +52,9 @@ def test_half_open_idle_link_detected_within_keepalive(linked):
 
     started = time.time()
     proxy.blackhole()
-    wait_until(f"the half-open link detected (keepalive {KEEPALIVE_TIME_S:.0f}s + "
-               f"{KEEPALIVE_TIMEOUT_S:.0f}s)",
-               lambda: len(transitions(agent, "CONNECTED", "BACKOFF")) > seen,
-               timeout=bound + 5.0)
+    wait_until(lambda: len(transitions(agent, "CONNECTED", "BACKOFF")) > seen, timeout=bound + 5.0,
+               what=f"the half-open link detected (keepalive {KEEPALIVE_TIME_S:.0f}s + "
+               f"{KEEPALIVE_TIMEOUT_S:.0f}s)")
     record = transitions(agent, "CONNECTED", "BACKOFF")[seen]
     detected_after = log_time(record) - started
     assert detected_after <= bound, (detected_after, record["message"])
@@ -79,16 +79,14 @@ def test_half_open_with_data_flowing_recovers_exactly_once(linked, soak):
             downs = len(transitions(agent, "CONNECTED", "BACKOFF"))
             accepted = metric(agent, "edge_link_connects_accepted_total")
             proxy.blackhole()
-            wait_until("the half-open link detected",
-                       lambda downs=downs: len(transitions(agent, "CONNECTED", "BACKOFF")) > downs,
-                       timeout=DEADLINE_S)
+            wait_until(lambda downs=downs: len(transitions(agent, "CONNECTED", "BACKOFF")) > downs,
+                       timeout=DEADLINE_S, what="the half-open link detected")
             # Accepted means durable: the devices are still answered while the link is down.
             load.wait_acked(load.acked_total() + 100, timeout=DEADLINE_S)
             assert link_state(agent) != "CONNECTED"
             proxy.pass_through()
-            wait_until("a new stream accepted",
-                       lambda n=accepted: metric(agent, "edge_link_connects_accepted_total") > n,
-                       timeout=DEADLINE_S)
+            wait_until(lambda n=accepted: metric(agent, "edge_link_connects_accepted_total") > n,
+                       timeout=DEADLINE_S, what="a new stream accepted")
         wait_connected(agent, timeout=DEADLINE_S)
         load.wait_acked(load.acked_total() + 200, timeout=DEADLINE_S)
         load.pause_and_park()
@@ -121,11 +119,10 @@ def test_resets_mid_message_lose_and_duplicate_nothing(linked, soak):
             cloud.wait_applied(link.routing_key, applied + 100, timeout=DEADLINE_S)  # flowing
             accepted = metric(agent, "edge_link_connects_accepted_total")
             proxy.reset_after(n_bytes, direction)
-            wait_until(f"reset {i + 1} after {n_bytes} bytes {direction}",
-                       lambda n=i + 1: proxy.resets == n, timeout=DEADLINE_S)
-            wait_until("the edge reconnected",
-                       lambda n=accepted: metric(agent, "edge_link_connects_accepted_total") > n,
-                       timeout=DEADLINE_S)
+            wait_until(lambda n=i + 1: proxy.resets == n, timeout=DEADLINE_S,
+                       what=f"reset {i + 1} after {n_bytes} bytes {direction}")
+            wait_until(lambda n=accepted: metric(agent, "edge_link_connects_accepted_total") > n,
+                       timeout=DEADLINE_S, what="the edge reconnected")
         load.wait_acked(load.acked_total() + 200, timeout=DEADLINE_S)
         load.pause_and_park()
     finally:
