@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
-import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +28,7 @@ import pykka
 from loguru import logger
 
 from edge_sync.actors.address import Address
+from edge_sync.actors.deadline_timer import DeadlineTimer
 from edge_sync.actors.messages import DeadLetter, EventsCommitted, MarkDeployed, SetIdentity
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
@@ -58,7 +56,6 @@ a full sync sends every device first."""
 _RELEASE_INTERVAL_S = 0.25
 _RELEASE_EVERY_EVENTS = 2048  # at most a page each: 8 MiB
 _REWRITE_RETRY_S = 0.05  # a queue write refused while the QueueActor restarts: try again after
-_MIN_WAKE_S = 0.005  # never spin on a deadline that is due but not yet handled
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,48 +99,6 @@ class _Peer:
     max_inbound: int = DEFAULT_MAX_MESSAGE_BYTES
     ordered: bool = False
     dedup: bool = False
-
-
-class _DeadlineTimer:
-    """One pending wake-up on a thread of its own: ``arm(delay)`` replaces the previous one,
-    ``arm(None)`` cancels it; when it is due the thread calls ``fire`` once. While nothing is
-    armed the thread sleeps without waking."""
-
-    def __init__(self, name: str, fire: Callable[[], None]) -> None:
-        self._fire = fire
-        self._cond = threading.Condition()
-        self._due: float | None = None  # time.monotonic()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=f"timer-{name}", daemon=True)
-        self._thread.start()
-
-    def arm(self, delay_s: float | None) -> None:
-        with self._cond:
-            self._due = None if delay_s is None else time.monotonic() + max(_MIN_WAKE_S, delay_s)
-            self._cond.notify()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopped:
-                    if self._due is None:
-                        self._cond.wait()
-                        continue
-                    remaining = self._due - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-                if self._stopped:
-                    return
-                self._due = None
-            self._fire()
 
 
 class ConnectionActor(SupervisedActor):
@@ -196,7 +151,7 @@ class ConnectionActor(SupervisedActor):
         self._skew_warned = False
         self._skew_ms: int | None = None
         self._last_ack_ms: int | None = None
-        self._timer: _DeadlineTimer | None = None
+        self._timer: DeadlineTimer | None = None
         self._state_since_ms = clock.now_ms()
         m = metrics
         self._m_connects = m.counter("edge_link_connect_attempts_total", "connection attempts")
@@ -217,7 +172,7 @@ class ConnectionActor(SupervisedActor):
         with self._store.read() as txn:
             self._identity = self._log_db.identity(txn)
         ref = self.actor_ref
-        self._timer = _DeadlineTimer("link", lambda: _tell(ref, _Wake()))
+        self._timer = DeadlineTimer("link", lambda: _tell(ref, _Wake()))
         self._connect()
         self._arm()
         self._publish()
