@@ -15,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import socket
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +26,9 @@ from typing import Any
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Counts, StoredEvent
+from tests.helpers.ports import free_ports
 from tests.helpers.process import ServiceProcess
+from tests.helpers.wait import wait_until
 
 __all__ = [
     "Agent",
@@ -41,13 +41,11 @@ __all__ = [
     "Response",
     "Track",
     "check_log",
-    "free_ports",
     "read_counts",
     "read_log",
 ]
 
 START_DEADLINE_S = 20.0
-POLL_S = 0.02
 
 _AGENT_CMD = [sys.executable, "-m", "edge_sync.cli.edge", "run"]
 
@@ -58,20 +56,6 @@ class NoAnswer(Exception):
 
 class AgentStartError(RuntimeError):
     """`edge-sync run` exited (or never served) while we waited for it to start."""
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1 (bound to port 0 together, then released)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
@@ -223,22 +207,26 @@ class Agent(ServiceProcess):
     def wait_ready_or_exit(self, *, timeout: float = START_DEADLINE_S) -> int | None:
         """Wait until GET /api/status answers 200 (None) or the process exits (its exit code).
         AgentStartError (after killing it) when neither happens within timeout."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self.proc.poll()
+        proc = self.proc
+        assert proc is not None
+
+        def outcome() -> tuple[int | None] | None:
+            code = proc.poll()
             if code is not None:
-                return code
+                return (code,)
             try:
                 if _once(self.admin_port, "GET", "/api/status", timeout=2.0).status == 200:
-                    return None
+                    return (None,)
             except NoAnswer:
                 pass
-            if time.monotonic() > deadline:
-                self.kill9()
-                raise AgentStartError(
-                    f"edge-sync run did not serve within {timeout}s:\n{self.stderr_text()}")
-            time.sleep(POLL_S)
+            return None
+
+        try:
+            (code,) = wait_until(outcome, timeout=timeout, what="edge-sync run to serve or exit")
+        except AssertionError as exc:
+            self.kill9()
+            raise AgentStartError(f"{exc}:\n{self.stderr_text()}") from None
+        return code
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -339,9 +327,8 @@ class Gate:
             self._cond.notify_all()
 
     def wait_parked(self, timeout: float = PARK_DEADLINE_S) -> None:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._parked == self._parties, timeout):
-                raise AssertionError(f"only {self._parked}/{self._parties} clients parked")
+        wait_until(lambda: self._parked == self._parties, timeout=timeout, condition=self._cond,
+                   what=f"all {self._parties} clients parked", show=lambda: f"{self._parked} parked")
 
 
 class _Client(threading.Thread):
@@ -429,10 +416,8 @@ class Load:
 
     def wait_acked(self, at_least: int, timeout: float = PROGRESS_DEADLINE_S) -> None:
         """Wait until at least this many posts were acknowledged in total."""
-        deadline = time.monotonic() + timeout
-        while self.acked_total() < at_least:
-            assert time.monotonic() < deadline, f"only {self.acked_total()} posts acknowledged"
-            time.sleep(POLL_S)
+        wait_until(lambda: self.acked_total() >= at_least, timeout=timeout,
+                   what=f"{at_least} acknowledged posts", show=self.acked_total)
 
 
 @dataclass

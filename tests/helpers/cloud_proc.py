@@ -24,13 +24,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from edge_sync.storage.records import Status, StoredEvent
-from tests.helpers.agent import Agent, NoAnswer, _once, free_ports
+from tests.helpers.agent import Agent, NoAnswer, _once
+from tests.helpers.ports import free_ports
 from tests.helpers.process import ServiceProcess
+from tests.helpers.wait import wait_until
 
 __all__ = [
     "CloudCliError",
@@ -43,12 +45,10 @@ __all__ = [
     "link_state",
     "wait_connected",
     "wait_drained",
-    "wait_until",
 ]
 
 START_DEADLINE_S = 20.0
 CLI_TIMEOUT_S = 60.0
-POLL_S = 0.05
 
 _SERVE_CMD = [sys.executable, "-m", "edge_sync.cli.cloud", "serve"]
 _CLI_CMD = [sys.executable, "-m", "edge_sync.cli.cloud"]
@@ -60,21 +60,6 @@ class CloudStartError(RuntimeError):
 
 class CloudCliError(AssertionError):
     """An `edge-cloud` operator command failed."""
-
-
-def wait_until(what: str, condition: Callable[[], Any], *, timeout: float,
-               poll: float = POLL_S) -> Any:
-    """Poll condition() until it returns something truthy (returned); AssertionError naming
-    `what` (and the last value seen) when the deadline passes."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = condition()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        time.sleep(poll)
 
 
 class CloudProc(ServiceProcess):
@@ -114,31 +99,37 @@ class CloudProc(ServiceProcess):
         deadline = time.monotonic() + timeout
         while True:
             self.spawn(env)
-            code = self._wait_ready_or_exit(deadline)
+            code = self._wait_ready_or_exit(max(0.0, deadline - time.monotonic()))
             if code is None:
                 return self
             text = self.stderr_text()
             if "cannot listen" in text and time.monotonic() < deadline:
-                time.sleep(0.2)
-                continue
+                continue  # the port is still held by the killed one: start again at once
             raise CloudStartError(f"edge-cloud serve exited with {code} while starting:\n{text}")
 
-    def _wait_ready_or_exit(self, deadline: float) -> int | None:
-        assert self.proc is not None
-        while True:
-            code = self.proc.poll()
+    def _wait_ready_or_exit(self, timeout: float) -> int | None:
+        """None once GET /api/status says the server runs; its exit code if it exits first."""
+        proc = self.proc
+        assert proc is not None
+
+        def outcome() -> tuple[int | None] | None:
+            code = proc.poll()
             if code is not None:
-                return code
+                return (code,)
             try:
                 resp = _once(self.admin_port, "GET", "/api/status", timeout=2.0)
                 if resp.status == 200 and resp.json().get("server") == "running":
-                    return None
+                    return (None,)
             except (NoAnswer, ValueError):
                 pass
-            if time.monotonic() > deadline:
-                self.kill9()
-                raise CloudStartError(f"edge-cloud serve did not serve in time:\n{self.stderr_text()}")
-            time.sleep(POLL_S)
+            return None
+
+        try:
+            (code,) = wait_until(outcome, timeout=timeout, what="edge-cloud serve to serve or exit")
+        except AssertionError as exc:
+            self.kill9()
+            raise CloudStartError(f"{exc}:\n{self.stderr_text()}") from None
+        return code
 
     def restart(self, env: Mapping[str, str] | None = None, *,
                 timeout: float = START_DEADLINE_S) -> CloudProc:
@@ -236,8 +227,9 @@ class CloudProc(ServiceProcess):
 
     def wait_applied(self, routing_key: str, count: int, *, timeout: float) -> None:
         """Wait until the running cloud applied at least `count` events from the edge."""
-        wait_until(f"{count} events applied from {routing_key}",
-                   lambda: self.applied_count(routing_key) >= count, timeout=timeout)
+        wait_until(lambda: self.applied_count(routing_key) >= count, timeout=timeout,
+                   what=f"{count} events applied from {routing_key}",
+                   show=lambda: self.applied_count(routing_key))
 
 
 # -- the edge's side of the link -----------------------------------------------------------------
@@ -274,7 +266,8 @@ def link_state(agent: Agent) -> str:
 
 
 def wait_connected(agent: Agent, *, timeout: float = 30.0) -> None:
-    wait_until("the link CONNECTED", lambda: link_state(agent) == "CONNECTED", timeout=timeout)
+    wait_until(lambda: link_state(agent) == "CONNECTED", timeout=timeout, what="the link CONNECTED",
+               show=lambda: edge_status(agent)["link"])
 
 
 def wait_drained(agent: Agent, *, timeout: float = 60.0) -> dict[str, Any]:
@@ -285,7 +278,7 @@ def wait_drained(agent: Agent, *, timeout: float = 60.0) -> dict[str, Any]:
             return st
         return None
 
-    return dict(wait_until("the edge's queue drained", drained, timeout=timeout))
+    return dict(wait_until(drained, timeout=timeout, what="the edge's queue drained"))
 
 
 # -- checking what the cloud applied against the edge's log ---------------------------------------

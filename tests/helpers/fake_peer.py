@@ -37,6 +37,7 @@ import grpc
 
 from edge_sync.common.wire import uuid_of
 from edge_sync.proto import edge_pb2, edge_pb2_grpc
+from tests.helpers.wait import wait_until
 
 DEADLINE_S = 10.0
 FAKE_EDGE_ID = uuid.UUID("0f1e2d3c-4b5a-4697-8877-665544332211")
@@ -241,16 +242,8 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
     def wait_for(self, predicate: Callable[[], Any], timeout: float = DEADLINE_S,
                  what: str = "condition") -> Any:
         """Wait until predicate() (evaluated under the fake's lock) is truthy; return it."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"fake cloud: timed out after {timeout}s waiting for {what}")
-                self.cond.wait(min(left, 0.05))
+        return wait_until(predicate, timeout=timeout, what=f"the fake cloud: {what}",
+                          condition=self.cond)
 
     def release_sync(self) -> None:
         """hold_sync: send the held syncCompletedMsg downlinks now."""

@@ -15,7 +15,10 @@ class Pki:
 
 
 def _run(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+    try:
+        subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+    except FileNotFoundError:
+        raise AssertionError("the TLS tests need the openssl command on PATH") from None
 
 
 def make_pki(folder: Path, *, host: str = "localhost", days: int = 30,

@@ -58,5 +58,10 @@ def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, poll: f
                 if left <= 0:
                     break
                 condition.wait(min(poll, left))
-    seen = show() if show is not None else last
+    seen: object = last
+    if show is not None:
+        try:
+            seen = show()
+        except Exception as exc:  # e.g. the process it asks is gone: keep the timeout's message
+            seen = f"(show() failed: {exc!r})"
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last seen: {_shown(seen)})")

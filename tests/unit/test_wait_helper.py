@@ -4,6 +4,7 @@ its deadline saying what it waited for and what it saw last, and wakes on a noti
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 
@@ -31,6 +32,15 @@ def test_fails_at_the_deadline_naming_what_and_the_last_value() -> None:
 def test_show_replaces_a_falsy_value_that_tells_nothing() -> None:
     with pytest.raises(AssertionError, match=r"waiting for 3 parked \(last seen: '2 parked'\)$"):
         wait_until(lambda: False, timeout=0.05, what="3 parked", show=lambda: "2 parked")
+
+
+def test_a_failing_show_keeps_the_timeout_message() -> None:
+    def show() -> str:
+        raise ConnectionError("gone")
+
+    expected = "waiting for x (last seen: " + repr("(show() failed: ConnectionError('gone'))") + ")"
+    with pytest.raises(AssertionError, match=re.escape(expected) + "$"):
+        wait_until(lambda: False, timeout=0.05, what="x", show=show)
 
 
 def test_an_exception_from_the_predicate_fails_at_once() -> None:
