@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from edge_sync.cloud.records import CloudDevice
@@ -108,3 +109,51 @@ def test_cloud_store_uses_the_same_envelope(tmp_path: Path) -> None:
             store.device(dev.id)
     finally:
         store.close()
+
+
+# -- values of the previous format (plain msgpack arrays, no version byte, no checksum) ----------
+
+def _previous_event() -> bytes:
+    """An event exactly as the previous release packed it: the schema number 1, then the fields."""
+    packed: bytes = msgpack.packb(
+        [1, b"\x01" * 16, 5, b"\x02" * 16, b"\x03" * 16, "TELEMETRY", "DEVICE", EVENT.entity_id.bytes,
+         "TIMESERIES_UPDATED", EVENT.body, 123, 1], use_bin_type=True)
+    return packed
+
+
+def test_a_previous_format_value_never_starts_with_the_version_byte() -> None:
+    # every record of the previous release was an array; the smallest and largest headers
+    for value in ([], [2], [1] * 15, [1] * 16, [2] * 70000):
+        raw = msgpack.packb(value, use_bin_type=True)
+        assert raw[0] != codec.VALUE_VERSION and codec.is_previous_format(raw)
+    assert not codec.is_previous_format(codec.pack([1, 2]))
+
+
+def test_a_previous_format_event_is_read_when_the_store_may_hold_one() -> None:
+    raw = _previous_event()
+    ev = codec.decode_event(9, raw, previous=True)
+    assert (ev.seq, ev.id, ev.created_time, ev.tenant_id, ev.edge_id, ev.type, ev.entity_type,
+            ev.entity_id, ev.action, ev.body, ev.ts, ev.lane, ev.size) == (
+        9, uuid.UUID(bytes=b"\x01" * 16), 5, uuid.UUID(bytes=b"\x02" * 16),
+        uuid.UUID(bytes=b"\x03" * 16), "TELEMETRY", "DEVICE", EVENT.entity_id,
+        "TIMESERIES_UPDATED", EVENT.body, 123, Lane.NORMAL, len(raw))
+    # a new-format value still reads the same with previous=True
+    assert codec.decode_event(9, _encoded_event(), previous=True).body == EVENT.body
+    with pytest.raises(StorageCorrupt, match="events: seq 9: record format version 156"):
+        codec.decode_event(9, raw)
+
+
+def test_previous_format_records_with_and_without_a_schema_number() -> None:
+    device = msgpack.packb([1, "d", "t", "tok", 7, "label", 2], use_bin_type=True)
+    assert codec.decode_device(uuid.UUID(int=1).bytes, device, previous=True) == Device(
+        id=uuid.UUID(int=1), name="d", type="t", token="tok", created_time=7, label="label",
+        version=2)
+    pair = msgpack.packb([2, 9], use_bin_type=True)  # e.g. an attribute whose value is 2
+    assert codec.unpack_fields(pair, "attributes: x", 2, previous=True) == [2, 9]
+    with pytest.raises(StorageCorrupt, match="attributes: x: record of the previous format with "
+                                             "schema number 2"):
+        codec.unpack_fields(pair, "attributes: x", 1, previous=True, schema=True)
+    with pytest.raises(StorageCorrupt, match="events: seq 3: undecodable record of the previous"):
+        codec.decode_event(3, _previous_event()[:-3], previous=True)
+    with pytest.raises(StorageCorrupt, match="events: seq 3: record of an unexpected shape"):
+        codec.decode_event(3, msgpack.packb([1, "short"]), previous=True)
