@@ -50,8 +50,8 @@ from tests.helpers.cloud_proc import (
     link_env,
     wait_connected,
     wait_drained,
-    wait_until,
 )
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -209,8 +209,8 @@ class Storm:
             assert code is None, f"edge-sync run exited with {code}:\n{self.agent.stderr_text()}"
         wait_connected(self.agent, timeout=DEADLINE_S)
         self.cloud.wait_applied(RK, applied_before + 1, timeout=DEADLINE_S)
-        wait_until("an attribute set acknowledged",
-                   lambda: self.operator.acked() > sets_before, timeout=DEADLINE_S)
+        wait_until(lambda: self.operator.acked() > sets_before, timeout=DEADLINE_S,
+                   what="an attribute set acknowledged")
         return self.cloud.applied_count(RK), self.operator.acked()
 
 
@@ -280,9 +280,9 @@ def check_downlinks(agent: Agent, cloud: CloudProc, sets: list[AttrSet],
                     tokens: dict[str, str]) -> None:
     devices = sorted(tokens)
     in_cloud = cloud_shared(cloud.data_dir, devices)
-    on_edge = wait_until("the edge's shared attributes equal to the cloud's",
-                         lambda: (lambda e: e if e == in_cloud else None)(edge_shared(agent, tokens)),
-                         timeout=DEADLINE_S)
+    on_edge = wait_until(lambda: (lambda e: e if e == in_cloud else None)(edge_shared(agent, tokens)),
+                         timeout=DEADLINE_S,
+                         what="the edge's shared attributes equal to the cloud's")
     assert on_edge == in_cloud
     by_device: dict[str, list[AttrSet]] = {}
     for s in sets:
@@ -313,8 +313,8 @@ def check_downlinks(agent: Agent, cloud: CloudProc, sets: list[AttrSet],
     failed = [r["message"] for r in agent.log_records(all_runs=True)
               if r.get("component") == "downlink" and "not applied" in r["message"]]
     assert failed == [], failed[:5]
-    wait_until("the cloud's downlink queue empty",
-               lambda: cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=DEADLINE_S)
+    wait_until(lambda: cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=DEADLINE_S,
+               what="the cloud's downlink queue empty")
 
 
 # -- the test -------------------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ def test_cloud_restart_while_an_operator_command_writes_its_store(tmp_path, proc
             except Exception:  # not answering yet
                 return None
 
-        result = wait_until("edge-cloud serve to serve or exit", outcome, timeout=DEADLINE_S)
+        result = wait_until(outcome, timeout=DEADLINE_S, what="edge-cloud serve to serve or exit")
     finally:
         released.join()
     assert result == "serving", (f"edge-cloud serve exited with {proc.poll()}:\n"
