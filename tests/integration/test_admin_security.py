@@ -21,6 +21,7 @@ import pytest
 
 from tests.helpers.agent import Agent, read_log
 from tests.helpers.cloud_proc import CloudProc
+from tests.helpers.wait import wait_until
 
 EVIL = "http://evil.example"
 TOKEN = "s3cret-admin-token-for-tests-0123456789"
@@ -249,16 +250,15 @@ def test_cloud_refuses_to_start_beyond_loopback_without_token(tmp_path: Path, pr
 
 
 def wait_health(port: int, proc: Any, *, timeout: float = 20.0) -> None:
-    """Wait until /healthz answers (the process's own readiness polls need no token there)."""
-    import time
+    """Wait until /healthz answers: the helpers' own start-up waits poll /api/status, which a
+    token now guards."""
 
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.running, f"{proc.label} exited:\n{proc.stderr_text()[-3000:]}"
+    def healthy() -> bool:
+        if not proc.running:
+            raise AssertionError(f"{proc.label} exited:\n{proc.stderr_text()[-3000:]}")
         try:
-            if raw(port, "GET", "/healthz")[0] == 200:
-                return
+            return raw(port, "GET", "/healthz")[0] == 200
         except OSError:
-            pass
-        assert time.monotonic() < deadline, f"{proc.label}: /healthz never answered"
-        time.sleep(0.05)
+            return False
+
+    wait_until(healthy, timeout=timeout, what=f"{proc.label}: /healthz answering 200")
