@@ -100,6 +100,26 @@ def is_previous_format(raw: Raw) -> bool:
     return len(raw) > 0 and raw[0] in _ARRAY_HEADS
 
 
+class _Damaged(Exception):
+    """Why a value is not what pack() wrote; unpack() names the record (built only then)."""
+
+
+def _checked(raw: Raw) -> Any:
+    """The hot path of every read: check the envelope and decode the body (_Damaged if not)."""
+    if len(raw) < _HEADER.size:
+        raise _Damaged(f"damaged record ({len(raw)} bytes, shorter than its header)")
+    version, crc = _HEADER.unpack_from(raw)
+    if version != VALUE_VERSION:
+        raise _Damaged(f"record format version {version}, this program reads {VALUE_VERSION}")
+    body = memoryview(raw)[_HEADER.size:]
+    if zlib.crc32(body) != crc:
+        raise _Damaged("damaged record (checksum mismatch)")
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise _Damaged(f"undecodable record ({exc})") from exc
+
+
 def unpack(raw: Raw, what: str, *, previous: bool = False, schema: bool = False) -> Any:
     """Decode a value written by pack(); StorageCorrupt names ``what`` when it is damaged.
 
@@ -108,19 +128,10 @@ def unpack(raw: Raw, what: str, *, previous: bool = False, schema: bool = False)
     (``schema``), so as the list of the record's fields."""
     if previous and is_previous_format(raw):
         return _unpack_previous(raw, what, schema)
-    if len(raw) < _HEADER.size:
-        raise StorageCorrupt(f"{what}: damaged record ({len(raw)} bytes, shorter than its header)")
-    version, crc = _HEADER.unpack_from(raw)
-    if version != VALUE_VERSION:
-        raise StorageCorrupt(
-            f"{what}: record format version {version}, this program reads {VALUE_VERSION}")
-    body = memoryview(raw)[_HEADER.size:]
-    if zlib.crc32(body) != crc:
-        raise StorageCorrupt(f"{what}: damaged record (checksum mismatch)")
     try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise StorageCorrupt(f"{what}: undecodable record ({exc})") from exc
+        return _checked(raw)
+    except _Damaged as exc:
+        raise StorageCorrupt(f"{what}: {exc}") from exc.__cause__
 
 
 def _unpack_previous(raw: Raw, what: str, schema: bool) -> list[Any]:
@@ -173,9 +184,15 @@ def encode_event(
 def decode_event(seq: int, raw: Raw, *, previous: bool = False) -> StoredEvent:
     """An event record; with ``previous`` also one of the previous format (an array led by the
     schema number 1)."""
-    what = f"events: seq {seq}"
-    eid, created, tenant, edge, etype, ent_type, ent_id, action, body, ts, lane = unpack_fields(
-        raw, what, 11, previous=previous, schema=True)
+    fields: Any = None
+    if not (previous and is_previous_format(raw)):
+        try:  # the hot path (a drain decodes every event): no message built unless damaged
+            fields = _checked(raw)
+        except _Damaged:
+            fields = None
+    if not isinstance(fields, list) or len(fields) != 11:
+        fields = unpack_fields(raw, f"events: seq {seq}", 11, previous=previous, schema=True)
+    eid, created, tenant, edge, etype, ent_type, ent_id, action, body, ts, lane = fields
     try:
         return StoredEvent(
             seq=seq,
@@ -193,7 +210,7 @@ def decode_event(seq: int, raw: Raw, *, previous: bool = False) -> StoredEvent:
             size=len(raw),
         )
     except (TypeError, ValueError) as exc:
-        raise StorageCorrupt(f"{what}: record with a malformed field ({exc})") from exc
+        raise StorageCorrupt(f"events: seq {seq}: record with a malformed field ({exc})") from exc
 
 
 def encode_device(device: Device) -> bytes:
