@@ -152,6 +152,8 @@ class ConnectionActor(SupervisedActor):
         self._skew_ms: int | None = None
         self._last_ack_ms: int | None = None
         self._timer: DeadlineTimer | None = None
+        self._committed_next = 0  # next_seq of the latest EventsCommitted
+        self._read_next = 0  # ... as it was at the latest read
         self._state_since_ms = clock.now_ms()
         m = metrics
         self._m_connects = m.counter("edge_link_connect_attempts_total", "connection attempts")
@@ -199,8 +201,11 @@ class ConnectionActor(SupervisedActor):
             case _StreamEnded(stream_id=sid, code=code, detail=detail):
                 if self._stream is not None and sid == self._stream.id:
                     self._on_stream_ended(code, detail)
-            case EventsCommitted():
-                self._pump()
+            case EventsCommitted(next_seq=next_seq):
+                self._committed_next = next_seq
+                if not (self._window.waiting_for_batch
+                        and next_seq - self._read_next < self._cfg.batch.size):
+                    self._pump()  # else: not a batch's worth yet; the batch deadline reads
             case DownlinkApplied():
                 self._on_downlink_applied(message)
             case _WriteFailed(command=command):
@@ -380,6 +385,7 @@ class ConnectionActor(SupervisedActor):
         max_bytes = self._peer.max_inbound
         now = self._clock.monotonic()
         while self._window.wants_events(now):
+            self._read_next = self._committed_next
             with self._store.read() as txn:
                 events = self._log_db.read_batch(
                     txn, max_events=cfg.batch.size, max_bytes=max_bytes,

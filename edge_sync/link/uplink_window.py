@@ -123,6 +123,11 @@ class UplinkWindow:
         """Seqs a resend passes over (acknowledged or dead-lettered, above the rewind point)."""
         return frozenset(self._passed)
 
+    @property
+    def waiting_for_batch(self) -> bool:
+        """A partial batch was read and set aside to fill while messages are in flight."""
+        return self._partial_since is not None
+
     def next_deadline(self) -> float | None:
         """The earliest time at which ``wants_events`` or ``expire`` may answer differently
         without anything arriving; None when only an arrival can change anything."""

@@ -228,3 +228,17 @@ def test_msg_ids_wrap_to_one() -> None:
     w = window(batch_size=1, window=3)
     w._next_msg_id = 2**31 - 1
     assert [m for m, _e, _s in pump(w, q, 0.0)] == [2**31 - 1, 1, 2]
+
+
+def test_a_partial_batch_waits_to_fill_while_messages_are_in_flight() -> None:
+    """The actor reads on a commit only when a batch may be full or the batch deadline passed:
+    ``waiting_for_batch`` says a partial batch was read and set aside."""
+    q = Queue([event(s) for s in range(1, 5)])
+    w = window(window=3)
+    assert pump(w, q, 0.0) == [(1, 1, (1, 2, 3))]  # then seq 4 alone: partial, one in flight
+    assert w.waiting_for_batch
+    assert w.next_deadline() == 1.0  # the batch timeout, before the retry interval
+    assert pump(w, q, 0.5) == []
+    assert w.waiting_for_batch
+    assert pump(w, q, 1.0) == [(2, 1, (4,))]  # the deadline: sent as it is
+    assert not w.waiting_for_batch
