@@ -2,6 +2,9 @@
 (server stopped): register edges, provision devices, set shared attributes, list what an edge
 sent. Writes that produce downlinks queue them durably, then call ``notify(edge_id)`` so a
 connected stream sends them at once.
+
+New edges and devices get time-based ids made at their creation time (cloud/ids.py), as
+ThingsBoard's entities do.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.cloud import credentials, downlinks
+from edge_sync.cloud import credentials, downlinks, ids
 from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord
 from edge_sync.cloud.store import CloudStore
 from edge_sync.errors import BadRequest, Conflict, NotFound
@@ -76,9 +79,11 @@ class CloudService:
         *,
         clock: Clock = SYSTEM_CLOCK,
         notify: Callable[[uuid.UUID], None] | None = None,
+        id_source: ids.TimeBasedIds = ids.PROCESS_IDS,
     ) -> None:
         self.store = store
         self.clock = clock
+        self._ids = id_source
         self._notify = notify
 
     # -- edges -----------------------------------------------------------------------------------
@@ -104,9 +109,10 @@ class CloudService:
                 return existing, secret, False
             raise Conflict(f"an edge with routing key {routing_key!r} already exists")
         salt, digest = credentials.hash_secret(secret)
+        now = self.clock.now_ms()
         edge = EdgeRecord(
-            edge_id=uuid.uuid4(), tenant_id=self.store.tenant_id(), routing_key=routing_key,
-            name=name, type=type_, created_time=self.clock.now_ms(), salt=salt,
+            edge_id=self._ids.new(now), tenant_id=self.store.tenant_id(), routing_key=routing_key,
+            name=name, type=type_, created_time=now, salt=salt,
             secret_hash=digest, kdf=credentials.DEFAULT_KDF,
         )
         self.store.add_edge(edge)
@@ -163,11 +169,12 @@ class CloudService:
         """Create a device assigned to the edge and queue its downlinks (deviceUpdateMsg
         ENTITY_CREATED, then deviceCredentialsUpdateMsg). (device, downlink numbers)."""
         edge = self.edge(edge_ref)
+        now = self.clock.now_ms()
         device = CloudDevice(
-            id=uuid.uuid4(), edge_id=edge.edge_id, name=_text(name, "name"),
+            id=self._ids.new(now), edge_id=edge.edge_id, name=_text(name, "name"),
             type=_text(type_ or "default", "type"), label=_label(label),
             token=credentials.new_access_token() if token is None else _token_text(token, "token"),
-            created_time=self.clock.now_ms(), origin="cloud",
+            created_time=now, origin="cloud",
         )
         numbers = self.store.add_device(device, downlinks.device_created(device))
         _log.bind(device_id=str(device.id), name=device.name, routing_key=edge.routing_key,

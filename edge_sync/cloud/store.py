@@ -12,7 +12,8 @@ deduplicates by (edge, incarnation, seq). The apply order stays one per edge, ac
 incarnations.
 
 Layout (edge_id, device_id: 16 raw UUID bytes; numbers: u64 big-endian):
-  meta          b"format" -> b"edge-cloud/2"; b"tenant" -> tenant_id;
+  meta          b"format" -> b"edge-cloud/3"; b"tenant" -> tenant_id (time-based when the
+                store was made by this release, random in a store made before);
                 b"apply:" + edge_id -> last apply index; b"dl:" + edge_id -> last downlink number;
                 b"inc:" + edge_id -> last incarnation
   edges         routing_key (utf-8) -> edge record
@@ -45,6 +46,7 @@ from typing import Any
 
 import lmdb
 
+from edge_sync.cloud import ids
 from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord, QueuedDownlink, downlink_msg_id
 from edge_sync.cloud.uplink_payloads import AppliedEvent
 from edge_sync.errors import (
@@ -150,7 +152,7 @@ class CloudStore:
 
     def _ensure_tenant(self, txn: lmdb.Transaction) -> None:
         if txn.get(b"tenant", db=self._db["meta"]) is None:
-            txn.put(b"tenant", uuid.uuid4().bytes, db=self._db["meta"])
+            txn.put(b"tenant", ids.time_based().bytes, db=self._db["meta"])
 
     def tenant_id(self) -> uuid.UUID:
         with self._read() as txn:
