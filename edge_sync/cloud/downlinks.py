@@ -4,11 +4,12 @@ cloudTimeMillis; the stream sets both when it sends (`stamp`)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from edge_sync.cloud.records import CloudDevice
-from edge_sync.common.wire import credentials_json, device_json, to_kv, uuid_halves
+from edge_sync.common.wire import Owner, credentials_json, device_json, to_kv, uuid_halves
 from edge_sync.proto import edge_pb2, transport_pb2
 
 
@@ -17,14 +18,17 @@ def _serialized(msg: edge_pb2.DownlinkMsg) -> bytes:
     return data
 
 
-def device_created(device: CloudDevice) -> list[bytes]:
-    """deviceUpdateMsg ENTITY_CREATED, then deviceCredentialsUpdateMsg (when it has a token)."""
+def device_created(device: CloudDevice, tenant_id: uuid.UUID | None = None) -> list[bytes]:
+    """deviceUpdateMsg ENTITY_CREATED, then deviceCredentialsUpdateMsg (when it has a token).
+    The device JSON is ThingsBoard's; with the edge's ``tenant_id`` it names the tenant and the
+    NULL_UUID customer, as ThingsBoard's does (the edge reads neither)."""
     msb, lsb = uuid_halves(device.id)
     body = {"id": str(device.id), "name": device.name, "type": device.type,
             "label": device.label, "created_time": device.created_time}
+    owner = Owner.of(tenant_id, None) if tenant_id is not None else None
     out = [edge_pb2.DownlinkMsg(deviceUpdateMsg=[edge_pb2.DeviceUpdateMsg(
         msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb,
-        entity=device_json(body))]).SerializeToString()]
+        entity=device_json(body, owner))]).SerializeToString()]
     if device.token:
         cred = credentials_json({"deviceId": str(device.id), "credentialsId": device.token})
         out.append(edge_pb2.DownlinkMsg(deviceCredentialsUpdateMsg=[

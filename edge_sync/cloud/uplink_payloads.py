@@ -1,5 +1,8 @@
 """The reference cloud's side of the uplink mapping: every payload of an UplinkMsg validated
-into an AppliedEvent, or refused with PayloadRejected naming the payload and its edgeSeqId."""
+into an AppliedEvent, or refused with PayloadRejected naming the payload and its edgeSeqId.
+
+Entity JSON is accepted in ThingsBoard 4.x form (typed ids, tenantId and customerId, as the edge
+sends it) and in the earlier form without them; a typed id must name the right entityType."""
 
 from __future__ import annotations
 
@@ -120,16 +123,17 @@ def _device_update(m: edge_pb2.DeviceUpdateMsg) -> AppliedEvent:
     eid = uuid_of(m.idMSB, m.idLSB)
     body = parse_entity_json(m.entity, "deviceUpdateMsg") if m.entity else {}
     if action != Action.DELETED:
-        if entity_id_in(body, "id", "deviceUpdateMsg") != eid:
+        if entity_id_in(body, "id", "deviceUpdateMsg", "DEVICE") != eid:
             raise BadRequest("deviceUpdateMsg: entity id differs from idMSB/idLSB")
         if not body.get("name"):
             raise BadRequest("deviceUpdateMsg: device has no name")
+        _owner_ids(body, "deviceUpdateMsg")
     return AppliedEvent(_seq(m), "DEVICE", eid, action, body, int(body.get("createdTime", 0)))
 
 
 def _credentials_update(m: edge_pb2.DeviceCredentialsUpdateMsg) -> AppliedEvent:
     body = parse_entity_json(m.entity, "deviceCredentialsUpdateMsg")
-    eid = entity_id_in(body, "deviceId", "deviceCredentialsUpdateMsg")
+    eid = entity_id_in(body, "deviceId", "deviceCredentialsUpdateMsg", "DEVICE")
     if not body.get("credentialsId"):
         raise BadRequest("deviceCredentialsUpdateMsg: no credentialsId")
     return AppliedEvent(_seq(m), "DEVICE", eid, Action.CREDENTIALS_UPDATED, body, 0)
@@ -142,10 +146,11 @@ def _alarm_update(m: edge_pb2.AlarmUpdateMsg) -> AppliedEvent:
     eid = uuid_of(m.idMSB, m.idLSB)
     body = parse_entity_json(m.entity, "alarmUpdateMsg") if m.entity else {}
     if action != Action.DELETED:
-        if entity_id_in(body, "id", "alarmUpdateMsg") != eid:
+        if entity_id_in(body, "id", "alarmUpdateMsg", "ALARM") != eid:
             raise BadRequest("alarmUpdateMsg: entity id differs from idMSB/idLSB")
         if not body.get("type"):
             raise BadRequest("alarmUpdateMsg: alarm has no type")
+        _owner_ids(body, "alarmUpdateMsg")
     return AppliedEvent(_seq(m), "ALARM", eid, action, body, int(body.get("startTs") or 0))
 
 
@@ -159,10 +164,20 @@ def _rpc_call(m: edge_pb2.DeviceRpcCallMsg) -> AppliedEvent:
         except ValueError:
             response = m.responseMsg.response
         body = {"requestId": m.requestId, "response": response, "error": m.responseMsg.error}
+        if m.requestUuidMSB or m.requestUuidLSB:  # the answer to a request of the cloud
+            body.update(requestUuid=str(uuid_of(m.requestUuidMSB, m.requestUuidLSB)),
+                        oneway=m.oneway, expirationTime=m.expirationTime)
     else:
         body = {"requestId": m.requestId, "method": m.requestMsg.method,
                 "params": m.requestMsg.params}
     return AppliedEvent(_seq(m), "DEVICE", eid, Action.RPC_CALL, body, 0)
+
+
+def _owner_ids(body: dict[str, Any], what: str) -> None:
+    """tenantId and customerId, when present, are typed TENANT / CUSTOMER ids."""
+    for field, entity_type in (("tenantId", "TENANT"), ("customerId", "CUSTOMER")):
+        if body.get(field) is not None:
+            entity_id_in(body, field, what, entity_type)
 
 
 def _opaque(m: Any, name: str) -> AppliedEvent:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from edge_sync.errors import BadRequest
@@ -91,38 +92,107 @@ def kv_dict(kvs: Any) -> dict[str, Any]:
 
 
 # -- ThingsBoard entity JSON -------------------------------------------------------------------
+#
+# ThingsBoard 4.x carries an entity only as JSON (Jackson on its entity classes); every id in it
+# is typed, {"entityType": "DEVICE", "id": "<uuid>"}. docs/link-protocol.md, "Entity JSON".
+
+NULL_UUID = uuid.UUID("13814000-1dd2-11b2-8080-808080808080")
+"""ThingsBoard's EntityId.NULL_UUID: the customer id of an entity assigned to no customer."""
+
+SCOPES = ("CLIENT_SCOPE", "SERVER_SCOPE", "SHARED_SCOPE")
+_ACKED = ("ACTIVE_ACK", "CLEARED_ACK")
+_CLEARED = ("CLEARED_UNACK", "CLEARED_ACK")
 
 
-def device_json(body: dict[str, Any]) -> str:
-    """The edge's device body -> ThingsBoard's device JSON text."""
-    return json.dumps({
-        "id": {"entityType": "DEVICE", "id": body["id"]},
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The tenant and customer the edge's entities belong to: those of the edge, from the
+    EdgeConfiguration of the connect response. ThingsBoard refuses a device or an alarm without
+    a tenant."""
+
+    tenant_id: uuid.UUID
+    customer_id: uuid.UUID = NULL_UUID
+
+    @classmethod
+    def of(cls, tenant_id: uuid.UUID, customer_id: uuid.UUID | None) -> Owner:
+        """The owner of an EdgeConfiguration: no customer (nil or absent) is NULL_UUID."""
+        if customer_id is None or customer_id.int == 0:
+            customer_id = NULL_UUID
+        return cls(tenant_id, customer_id)
+
+
+def typed_id(entity_type: str, value: uuid.UUID | str) -> dict[str, str]:
+    """A ThingsBoard EntityId as JSON: {"entityType": ..., "id": "<uuid>"}."""
+    return {"entityType": entity_type, "id": str(value)}
+
+
+def _owned(owner: Owner | None) -> dict[str, Any]:
+    if owner is None:
+        return {}
+    return {"tenantId": typed_id("TENANT", owner.tenant_id),
+            "customerId": typed_id("CUSTOMER", owner.customer_id)}
+
+
+def _compact(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def device_json(body: dict[str, Any], owner: Owner | None) -> str:
+    """The edge's device body -> ThingsBoard's Device JSON text. Without an owner (the reference
+    cloud, whose edge ignores them) tenantId and customerId are left out. deviceProfileId is left
+    out until profiles are synced: ThingsBoard finds or creates the profile named by ``type``.
+    additionalInfo null leaves the cloud's own additionalInfo as it is on an update."""
+    return _compact({
+        "id": typed_id("DEVICE", body["id"]),
+        "createdTime": body.get("created_time", 0),
+        **_owned(owner),
         "name": body.get("name", ""),
         "type": body.get("type", "default"),
         "label": body.get("label", ""),
-        "createdTime": body.get("created_time", 0),
-    }, separators=(",", ":"))
+        "additionalInfo": body.get("additionalInfo"),
+    })
 
 
-def alarm_json(body: dict[str, Any]) -> str:
-    """The edge's alarm body -> ThingsBoard's alarm JSON text."""
-    return json.dumps({
-        "id": {"entityType": "ALARM", "id": body["id"]},
-        "originator": {"entityType": "DEVICE", "id": body["originator"]},
+def alarm_json(body: dict[str, Any], action: str, ts: int, owner: Owner) -> str:
+    """The edge's alarm body (id, originator, type, severity, status, startTs, details) of an
+    ADDED / ALARM_ACK / ALARM_CLEAR event at ``ts`` -> ThingsBoard's Alarm JSON text.
+    ThingsBoard acknowledges with the JSON's ackTs and clears with its clearTs and details, so
+    an ALARM_ACK carries ackTs = ts and an ALARM_CLEAR clearTs = ts."""
+    status = body.get("status", "")
+    acknowledged = action == Action.ALARM_ACK or status in _ACKED
+    cleared = action == Action.ALARM_CLEAR or status in _CLEARED
+    start = int(body.get("startTs") or ts)
+    ack_ts = int(body.get("ackTs") or (ts if action == Action.ALARM_ACK else 0))
+    clear_ts = int(body.get("clearTs") or (ts if action == Action.ALARM_CLEAR else 0))
+    return _compact({
+        "id": typed_id("ALARM", body["id"]),
+        **_owned(owner),
         "type": body.get("type", ""),
+        "originator": typed_id("DEVICE", body["originator"]),
         "severity": body.get("severity", "CRITICAL"),
-        "status": body.get("status", "ACTIVE_UNACK"),
-        "startTs": body.get("startTs", 0),
+        "acknowledged": acknowledged,
+        "cleared": cleared,
+        "startTs": start,
+        "endTs": int(body.get("endTs") or start),
+        "ackTs": ack_ts,
+        "clearTs": clear_ts,
         "details": body.get("details"),
-    }, separators=(",", ":"))
+        "propagate": False,
+        "propagateToOwner": False,
+        "propagateToTenant": False,
+        "propagateRelationTypes": [],
+    })
 
 
 def credentials_json(body: dict[str, Any]) -> str:
-    return json.dumps({
-        "deviceId": {"entityType": "DEVICE", "id": body["deviceId"]},
+    """The edge's credentials body -> ThingsBoard's DeviceCredentials JSON text. ThingsBoard
+    updates the device's existing credentials (found by deviceId) with credentialsType,
+    credentialsId and credentialsValue, so no credentials id travels."""
+    return _compact({
+        "deviceId": typed_id("DEVICE", body["deviceId"]),
         "credentialsType": body.get("credentialsType", "ACCESS_TOKEN"),
         "credentialsId": body["credentialsId"],
-    }, separators=(",", ":"))
+    })
 
 
 def parse_entity_json(text: str, what: str) -> dict[str, Any]:
@@ -135,9 +205,16 @@ def parse_entity_json(text: str, what: str) -> dict[str, Any]:
     return value
 
 
-def entity_id_in(obj: dict[str, Any], field: str, what: str) -> uuid.UUID:
+def entity_id_in(obj: dict[str, Any], field: str, what: str,
+                 entity_type: str | None = None) -> uuid.UUID:
+    """The UUID of ``field``: a typed id (ThingsBoard 4.x) or a bare UUID string. A typed id
+    naming another entityType than ``entity_type`` (when given) is refused."""
     ref = obj.get(field)
     raw = ref.get("id") if isinstance(ref, dict) else ref
+    if entity_type is not None and isinstance(ref, dict) and "entityType" in ref \
+            and ref["entityType"] != entity_type:
+        raise BadRequest(f"{what}: {field} is a {str(ref['entityType'])[:40]!r} id, "
+                         f"not {entity_type}")
     try:
         return uuid.UUID(str(raw))
     except ValueError as exc:

@@ -32,7 +32,7 @@ from edge_sync.actors.deadline_timer import DeadlineTimer
 from edge_sync.actors.messages import DeadLetter, EventsCommitted, MarkDeployed, SetIdentity
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
-from edge_sync.common.wire import uuid_of
+from edge_sync.common.wire import Owner, uuid_of
 from edge_sync.config import CloudLinkConfig
 from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
@@ -139,6 +139,7 @@ class ConnectionActor(SupervisedActor):
         self._next_attempt = 0.0
         self._peer = _Peer()
         self._identity: tuple[uuid.UUID, uuid.UUID] = (NIL_UUID, NIL_UUID)
+        self._customer = NIL_UUID  # the edge's customer, from the latest EdgeConfiguration
         self._window = UplinkWindow(WindowPolicy(
             window=cfg.window, batch_size=cfg.batch.size,
             batch_timeout_s=cfg.batch.timeout_ms / 1000,
@@ -294,6 +295,7 @@ class ConnectionActor(SupervisedActor):
         if identity != self._identity and identity[1] != NIL_UUID:
             self._queue.tell(SetIdentity(identity[0], identity[1]))
             self._identity = identity
+        self._customer = uuid_of(c.customerIdMSB, c.customerIdLSB)
         assert self._stream is not None
         self._stream.send(edge_pb2.RequestMsg(
             msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
@@ -367,10 +369,11 @@ class ConnectionActor(SupervisedActor):
             msgType=edge_pb2.UPLINK_RPC_MESSAGE,
             downlinkResponseMsg=edge_pb2.DownlinkResponseMsg(
                 success=done.success, errorMsg=done.error, downlinkMsgId=done.downlink_id)))
-        if done.identity is not None and done.identity[1] != NIL_UUID \
-                and done.identity != self._identity:
-            self._identity = done.identity
-            self._queue.tell(SetIdentity(*done.identity))
+        if done.identity is not None and done.identity[1] != NIL_UUID:
+            self._customer = done.customer_id or NIL_UUID
+            if done.identity != self._identity:
+                self._identity = done.identity
+                self._queue.tell(SetIdentity(*done.identity))
         if done.sync_completed and self._sm.state is LinkState.SYNCING:
             self._sm.to(LinkState.CONNECTED, "sync completed; uplink starts")
             self._pump()
@@ -384,6 +387,8 @@ class ConnectionActor(SupervisedActor):
         cfg = self._cfg
         max_bytes = self._peer.max_inbound
         now = self._clock.monotonic()
+        # the tenant at send time: events recorded before the first connect get it too
+        owner = Owner.of(self._identity[0], self._customer)
         while self._window.wants_events(now):
             self._read_next = self._committed_next
             with self._store.read() as txn:
@@ -392,7 +397,7 @@ class ConnectionActor(SupervisedActor):
                     after=self._window.cursor)
             self._pages_after_read(len(events), now)
             took = self._window.take(events, now, max_bytes=max_bytes,
-                                     ordered_peer=self._peer.ordered)
+                                     ordered_peer=self._peer.ordered, owner=owner)
             for seq, reason in took.dead:
                 self._m_dead.inc()
                 self._record(DeadLetter(seq, reason, Future()))

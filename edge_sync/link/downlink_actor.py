@@ -52,6 +52,7 @@ class DownlinkApplied:
     duplicate: bool = False
     sync_completed: bool = False
     identity: tuple[uuid.UUID, uuid.UUID] | None = None  # (tenant, edge) from edgeConfiguration
+    customer_id: uuid.UUID | None = None  # ... and its customer (nil: none)
 
 
 def downlink_key(msg: edge_pb2.DownlinkMsg) -> bytes:
@@ -94,10 +95,11 @@ class DownlinkActor(SupervisedActor):
         key = downlink_key(msg)
         dl_id = msg.downlinkMsgId
         sync_completed = msg.HasField("syncCompletedMsg")
-        identity = None
+        identity = customer = None
         if msg.HasField("edgeConfiguration"):
             c = msg.edgeConfiguration
             identity = (uuid_of(c.tenantIdMSB, c.tenantIdLSB), uuid_of(c.edgeIdMSB, c.edgeIdLSB))
+            customer = uuid_of(c.customerIdMSB, c.customerIdLSB)
         now = self._clock.now_ms()
         try:
             # maintenance: a full store must still take what the cloud sends (sync completion
@@ -121,7 +123,8 @@ class DownlinkActor(SupervisedActor):
             self._duplicates.inc()
             _log.bind(downlink_id=dl_id).info("downlink {} redelivered: acknowledged only", dl_id)
         return DownlinkApplied(cmd.stream_id, dl_id, True, duplicate=not fresh,
-                               sync_completed=sync_completed, identity=identity)
+                               sync_completed=sync_completed, identity=identity,
+                               customer_id=customer)
 
     def _apply_in(
         self, txn: lmdb.Transaction, msg: edge_pb2.DownlinkMsg, key: bytes, now: int

@@ -1,14 +1,21 @@
 """The edge's side of the uplink mapping: one stored event -> the ThingsBoard uplink payload
-that carries it, with the edge seq in its ``edgeSeqId`` extension (docs/link-protocol.md)."""
+that carries it, with the edge seq in its ``edgeSeqId`` extension (docs/link-protocol.md).
+
+Entity JSON names the edge's tenant and customer (``Owner``): they are taken when the event is
+sent, from the identity of the connection, so an event recorded before the edge ever connected
+carries them too."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from edge_sync.common.wire import (
     ALARM_UPDATE_TYPE,
+    SCOPES,
     UPDATE_TYPE,
+    Owner,
     alarm_json,
     credentials_json,
     device_json,
@@ -17,13 +24,15 @@ from edge_sync.common.wire import (
 )
 from edge_sync.errors import BadRequest
 from edge_sync.proto import edge_pb2, transport_pb2
-from edge_sync.storage.records import Action, StoredEvent
+from edge_sync.storage.records import NIL_UUID, Action, StoredEvent
 
 PayloadField = str  # the UplinkMsg list the payload goes into, e.g. "entityData"
 
 
-def event_payload(event: StoredEvent) -> tuple[PayloadField, Any]:
-    """The uplink payload for one event (edgeSeqId set). BadRequest when it has no mapping."""
+def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
+    """The uplink payload for one event (edgeSeqId set), its entity JSON owned by ``owner``.
+    BadRequest when it has no mapping."""
+    assert owner.tenant_id != NIL_UUID, "an edge sends only once connected: it has a tenant"
     msb, lsb = uuid_halves(event.entity_id)
     body = event.body
     action = event.action
@@ -36,30 +45,47 @@ def event_payload(event: StoredEvent) -> tuple[PayloadField, Any]:
             edgeSeqId=event.seq)
         return "entityData", msg
     if action == Action.ATTRIBUTES_UPDATED:
+        scope = body.get("scope") or "CLIENT_SCOPE"
+        if scope not in SCOPES:
+            raise BadRequest(f"attribute scope {str(scope)[:40]!r} is not one of {', '.join(SCOPES)}")
         msg = edge_pb2.EntityDataProto(
             entityIdMSB=msb, entityIdLSB=lsb, entityType=event.entity_type,
             postAttributesMsg=transport_pb2.PostAttributeMsg(
                 kv=[to_kv(k, v) for k, v in body["kv"].items()]),
-            postAttributeScope=body.get("scope", "CLIENT_SCOPE"), edgeSeqId=event.seq)
+            postAttributeScope=scope, attributeTs=int(body.get("ts") or event.ts),
+            edgeSeqId=event.seq)
         return "entityData", msg
     if event.type == "ALARM" and action in ALARM_UPDATE_TYPE:
         msg = edge_pb2.AlarmUpdateMsg(
             msgType=ALARM_UPDATE_TYPE[Action(action)], idMSB=msb, idLSB=lsb,
-            entity=alarm_json(body), edgeSeqId=event.seq)
+            entity=alarm_json(body, action, event.ts, owner), edgeSeqId=event.seq)
         return "alarmUpdateMsg", msg
     if action == Action.RPC_CALL:
-        msg = edge_pb2.DeviceRpcCallMsg(
-            deviceIdMSB=msb, deviceIdLSB=lsb, requestId=int(body["requestId"]),
-            responseMsg=edge_pb2.RpcResponseMsg(
-                response=json.dumps(body.get("response"), separators=(",", ":"))),
-            edgeSeqId=event.seq)
-        return "deviceRpcCallMsg", msg
+        return "deviceRpcCallMsg", _rpc_response(event, msb, lsb)
     if event.type == "DEVICE" and action in UPDATE_TYPE:
         msg = edge_pb2.DeviceUpdateMsg(
             msgType=UPDATE_TYPE[Action(action)], idMSB=msb, idLSB=lsb,
-            entity=device_json(body), edgeSeqId=event.seq)
+            entity=device_json(body, owner), edgeSeqId=event.seq)
         return "deviceUpdateMsg", msg
     if action == Action.CREDENTIALS_UPDATED:
         msg = edge_pb2.DeviceCredentialsUpdateMsg(entity=credentials_json(body), edgeSeqId=event.seq)
         return "deviceCredentialsUpdateMsg", msg
     raise BadRequest(f"no uplink mapping for {event.type} {action}")
+
+
+def _rpc_response(event: StoredEvent, msb: int, lsb: int) -> edge_pb2.DeviceRpcCallMsg:
+    """A device's RPC answer. ThingsBoard finds the waiting request by requestUuid, so the
+    request's uuid, oneway and expirationTime are echoed when the event body has them."""
+    body = event.body
+    msg = edge_pb2.DeviceRpcCallMsg(
+        deviceIdMSB=msb, deviceIdLSB=lsb, requestId=int(body["requestId"]),
+        responseMsg=edge_pb2.RpcResponseMsg(
+            response=json.dumps(body.get("response"), separators=(",", ":"))),
+        edgeSeqId=event.seq)
+    if body.get("requestUuid") is not None:
+        msg.requestUuidMSB, msg.requestUuidLSB = uuid_halves(uuid.UUID(str(body["requestUuid"])))
+    if body.get("oneway") is not None:
+        msg.oneway = bool(body["oneway"])
+    if body.get("expirationTime") is not None:
+        msg.expirationTime = int(body["expirationTime"])
+    return msg

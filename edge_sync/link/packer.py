@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_sync.common.wire import Owner
 from edge_sync.errors import BadRequest
 from edge_sync.link.event_payloads import event_payload
 from edge_sync.proto import edge_pb2
@@ -40,12 +41,14 @@ def pack(
     max_bytes: int,
     max_events: int,
     ordered_peer: bool,
+    owner: Owner,
     busy: set[uuid.UUID] | None = None,
     busy_sensitive: set[uuid.UUID] | None = None,
     skip: set[int] | None = None,
 ) -> Packed:
     """Take events from the front of ``events`` while they fit.
 
+    owner: the tenant and customer the entity JSON names (the connection's, at send time).
     busy: entities with events in flight; busy_sensitive: entities with order-sensitive events
     in flight (both only matter when not ordered_peer). skip: seqs to pass over (dead-lettered,
     not yet committed). An event that is larger than max_bytes on its own is returned in
@@ -65,7 +68,7 @@ def pack(
         if not ordered_peer and _must_wait(eid, sensitive, out, busy, busy_sensitive):
             break
         try:
-            list_name, payload = event_payload(event)
+            list_name, payload = event_payload(event, owner)
         except (BadRequest, KeyError, TypeError, ValueError) as exc:
             out.unmappable.append((event, str(exc)))
             out.last_seq[event.lane] = event.seq

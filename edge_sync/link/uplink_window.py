@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from edge_sync.common.wire import Owner
 from edge_sync.link.packer import pack
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import Lane, StoredEvent
@@ -167,10 +168,11 @@ class UplinkWindow:
         return len(self._in_flight) < self.policy.window
 
     def take(self, events: Sequence[StoredEvent], now: float, *, max_bytes: int,
-             ordered_peer: bool) -> Take:
+             ordered_peer: bool, owner: Owner) -> Take:
         """Pack the front of ``events`` (pending events after ``cursor``, as read) into at most
-        one message. A partial batch waits up to batch_timeout_s while messages are in flight;
-        for a peer without ordered apply (ThingsBoard) an event waits while its entity has an
+        one message, its entity JSON owned by ``owner`` (the connection's tenant and customer).
+        A partial batch waits up to batch_timeout_s while messages are in flight; for a peer
+        without ordered apply (ThingsBoard) an event waits while its entity has an
         order-conflicting event in flight."""
         if not events:
             self._partial_since = None
@@ -188,7 +190,8 @@ class UplinkWindow:
                 busy |= f.entities
                 busy_sensitive |= f.sensitive
         packed = pack(events, max_bytes=max_bytes, max_events=p.batch_size,
-                      ordered_peer=ordered_peer, busy=busy, busy_sensitive=busy_sensitive,
+                      ordered_peer=ordered_peer, owner=owner, busy=busy,
+                      busy_sensitive=busy_sensitive,
                       skip=set(self._passed))
         out = Take()
         for event, size in packed.too_large:

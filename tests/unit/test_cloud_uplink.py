@@ -53,6 +53,38 @@ def test_extra_validation(payload, needle):
     assert info.value.seq == payload.edgeSeqId
 
 
+def device_update(entity: dict) -> edge_pb2.UplinkMsg:
+    msb, lsb = uuid_halves(uuid.UUID(int=7))
+    return edge_pb2.UplinkMsg(deviceUpdateMsg=[edge_pb2.DeviceUpdateMsg(
+        msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb,
+        entity=json.dumps(entity), edgeSeqId=4)])
+
+
+def test_device_json_with_or_without_its_owner_is_accepted():
+    typed = {"entityType": "DEVICE", "id": str(uuid.UUID(int=7))}
+    tenant = {"entityType": "TENANT", "id": str(uuid.UUID(int=9))}
+    customer = {"entityType": "CUSTOMER", "id": "13814000-1dd2-11b2-8080-808080808080"}
+    owned = {"id": typed, "tenantId": tenant, "customerId": customer, "name": "n"}
+    for entity in (owned, {"id": typed, "name": "n"}, {"id": str(uuid.UUID(int=7)), "name": "n"}):
+        [applied] = events_to_apply(device_update(entity))
+        assert (applied.seq, applied.entity_id, applied.body) == (4, uuid.UUID(int=7), entity)
+
+
+@pytest.mark.parametrize("entity,needle", [
+    ({"id": {"entityType": "ASSET", "id": str(uuid.UUID(int=7))}, "name": "n"},
+     "id is a 'ASSET' id, not DEVICE"),
+    ({"id": str(uuid.UUID(int=7)), "name": "n",
+      "tenantId": {"entityType": "CUSTOMER", "id": str(uuid.UUID(int=9))}},
+     "tenantId is a 'CUSTOMER' id, not TENANT"),
+    ({"id": str(uuid.UUID(int=7)), "name": "n", "customerId": {"entityType": "CUSTOMER", "id": "x"}},
+     "customerId is not a UUID"),
+])
+def test_device_json_with_a_wrong_typed_id_is_rejected(entity, needle):
+    with pytest.raises(PayloadRejected, match=needle) as info:
+        events_to_apply(device_update(entity))
+    assert info.value.seq == 4
+
+
 def test_go_back_n_gate():
     gate = GoBackN()
     assert not gate.refuses(0) and not gate.refuses(None)
@@ -69,12 +101,22 @@ def test_go_back_n_gate():
 
 def test_downlink_builders():
     dev = CloudDevice(uuid.uuid4(), uuid.uuid4(), "pump", "t", "L", "tok", 9, "cloud")
-    created, creds = (edge_pb2.DownlinkMsg.FromString(p) for p in downlinks.device_created(dev))
+    tenant = uuid.uuid4()
+    created, creds = (edge_pb2.DownlinkMsg.FromString(p)
+                      for p in downlinks.device_created(dev, tenant))
     msg = created.deviceUpdateMsg[0]
     assert uuid_of(msg.idMSB, msg.idLSB) == dev.id and msg.msgType == edge_pb2.ENTITY_CREATED_RPC_MESSAGE
-    assert json.loads(msg.entity) == {"id": {"entityType": "DEVICE", "id": str(dev.id)}, "name": "pump",
-                                      "type": "t", "label": "L", "createdTime": 9}
-    assert json.loads(creds.deviceCredentialsUpdateMsg[0].entity)["credentialsId"] == "tok"
+    assert json.loads(msg.entity) == {
+        "id": {"entityType": "DEVICE", "id": str(dev.id)}, "createdTime": 9,
+        "tenantId": {"entityType": "TENANT", "id": str(tenant)},
+        "customerId": {"entityType": "CUSTOMER", "id": "13814000-1dd2-11b2-8080-808080808080"},
+        "name": "pump", "type": "t", "label": "L", "additionalInfo": None}
+    assert json.loads(creds.deviceCredentialsUpdateMsg[0].entity) == {
+        "deviceId": {"entityType": "DEVICE", "id": str(dev.id)}, "credentialsType": "ACCESS_TOKEN",
+        "credentialsId": "tok"}
+    # without the tenant (a caller that does not pass it yet) the owner ids are left out
+    untenanted = edge_pb2.DownlinkMsg.FromString(downlinks.device_created(dev)[0])
+    assert "tenantId" not in json.loads(untenanted.deviceUpdateMsg[0].entity)
     attrs = edge_pb2.DownlinkMsg.FromString(downlinks.shared_attributes(dev, {"x": {"a": 1}}, 5))
     kv = attrs.entityData[0].attributesUpdatedMsg.kv[0]
     assert kv.type == transport_pb2.JSON_V and json.loads(kv.json_v) == {"a": 1}

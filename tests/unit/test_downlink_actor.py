@@ -15,7 +15,9 @@ import pykka
 import pytest
 
 from edge_sync.actors.address import Address
+from edge_sync.cloud import downlinks
 from edge_sync.cloud.downlinks import stamp
+from edge_sync.cloud.records import CloudDevice
 from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkActor, DownlinkApplied
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2, transport_pb2
@@ -168,6 +170,21 @@ def test_device_created_then_credentials_gives_a_device_with_its_token(rig: Rig)
     assert (updated.name, updated.token, updated.version) == ("pump-1b", "tok-pump-1", 2)
 
 
+def test_thingsboard_4x_device_json_from_the_reference_cloud_is_applied(rig: Rig) -> None:
+    """The reference cloud's device downlink in ThingsBoard 4.x form (typed tenant and customer
+    ids, additionalInfo null) and its credentials give the device with its token."""
+    cloud_device = CloudDevice(uuid.uuid4(), uuid.uuid4(), "valve-4", "valve", "east", "tok-v4",
+                               1_700_000_000_456, "cloud")
+    created, creds = (edge_pb2.DownlinkMsg.FromString(p)
+                      for p in downlinks.device_created(cloud_device, uuid.uuid4()))
+    created.downlinkMsgId, creds.downlinkMsgId = 61, 62
+    assert json.loads(created.deviceUpdateMsg[0].entity)["tenantId"]["entityType"] == "TENANT"
+    assert rig.apply(created).success and rig.apply(creds).success
+    assert rig.device(cloud_device.id) == Device(
+        id=cloud_device.id, name="valve-4", type="valve", token="tok-v4",
+        created_time=1_700_000_000_456, label="east", version=1)
+
+
 def test_the_same_downlink_twice_is_applied_once_and_acknowledged_twice(rig: Rig) -> None:
     dev = uuid.uuid4()
     provision(rig, dev, "fan", "tok-fan")
@@ -257,7 +274,7 @@ def test_unsupported_lists_and_sync_completed_are_acknowledged(rig: Rig) -> None
     t_msb, t_lsb = halves(tenant := uuid.uuid4())
     conf = rig.apply(edge_pb2.DownlinkMsg(downlinkMsgId=52, edgeConfiguration=edge_pb2.EdgeConfiguration(
         edgeIdMSB=e_msb, edgeIdLSB=e_lsb, tenantIdMSB=t_msb, tenantIdLSB=t_lsb)))
-    assert (conf.success, conf.identity) == (True, (tenant, edge))
+    assert (conf.success, conf.identity, conf.customer_id) == (True, (tenant, edge), uuid.UUID(int=0))
     assert rig.count("edge_downlinks_failed_total") == 0
 
 

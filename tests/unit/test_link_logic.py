@@ -9,13 +9,15 @@ import uuid
 import pytest
 
 from edge_sync.cloud.uplink_payloads import uplink_events
-from edge_sync.common.wire import uuid_halves, uuid_of
+from edge_sync.common.wire import Owner, uuid_halves, uuid_of
 from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.packer import ENVELOPE_BYTES, pack
 from edge_sync.link.state import IllegalTransition, LinkState, LinkStateMachine
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import NIL_UUID, Action, Lane, StoredEvent
+
+OWNER = Owner(uuid.UUID(int=7))
 
 
 def test_backoff_grows_exponentially_to_the_cap_without_jitter() -> None:
@@ -95,7 +97,7 @@ def _event(seq: int, entity: uuid.UUID, action: str = Action.TIMESERIES_UPDATED,
 def test_pack_keeps_read_order_and_sets_seqs() -> None:
     a, b = uuid.uuid4(), uuid.uuid4()
     events = [_event(1, a, Action.ADDED, lane=Lane.HIGH), _event(2, a), _event(3, b)]
-    p = pack(events, max_bytes=4 << 20, max_events=100, ordered_peer=True)
+    p = pack(events, max_bytes=4 << 20, max_events=100, owner=OWNER, ordered_peer=True)
     assert p.seqs == [1, 2, 3]
     assert p.msg.firstEdgeSeqId == 1
     assert p.last_seq == {Lane.HIGH: 1, Lane.NORMAL: 3}
@@ -107,17 +109,18 @@ def test_pack_keeps_read_order_and_sets_seqs() -> None:
 def test_pack_respects_size_and_count_limits() -> None:
     a = uuid.uuid4()
     events = [_event(i, a, size=1000) for i in range(1, 11)]
-    p = pack(events, max_bytes=ENVELOPE_BYTES + 3 * 1100, max_events=100, ordered_peer=True)
+    p = pack(events, max_bytes=ENVELOPE_BYTES + 3 * 1100, max_events=100, owner=OWNER,
+             ordered_peer=True)
     assert p.seqs == [1, 2, 3]
     assert p.msg.ByteSize() <= ENVELOPE_BYTES + 3 * 1100
-    p = pack(events, max_bytes=4 << 20, max_events=4, ordered_peer=True)
+    p = pack(events, max_bytes=4 << 20, max_events=4, owner=OWNER, ordered_peer=True)
     assert p.seqs == [1, 2, 3, 4]
 
 
 def test_an_event_larger_than_any_message_is_set_aside_not_stuck() -> None:
     a = uuid.uuid4()
     events = [_event(1, a, size=10), _event(2, a, size=50_000), _event(3, a, size=10)]
-    p = pack(events, max_bytes=10_000, max_events=100, ordered_peer=True)
+    p = pack(events, max_bytes=10_000, max_events=100, owner=OWNER, ordered_peer=True)
     assert p.seqs == [1, 3]
     assert [(e.seq, s > 10_000) for e, s in p.too_large] == [(2, True)]
     assert p.last_seq[Lane.NORMAL] == 3
@@ -128,23 +131,24 @@ def test_thingsboard_peer_never_has_two_order_sensitive_events_of_an_entity_in_f
     events = [_event(1, a, Action.ADDED, lane=Lane.HIGH),
               _event(2, a, Action.CREDENTIALS_UPDATED, lane=Lane.HIGH),
               _event(3, b, Action.ADDED, lane=Lane.HIGH)]
-    p = pack(events, max_bytes=4 << 20, max_events=100, ordered_peer=False)
+    p = pack(events, max_bytes=4 << 20, max_events=100, owner=OWNER, ordered_peer=False)
     assert p.seqs == [1]  # a's second lifecycle event waits for the first to be acknowledged
     # with a's creation in flight, a's telemetry waits too; b is free
     p2 = pack([_event(4, a), _event(5, b)], max_bytes=4 << 20, max_events=100,
-              ordered_peer=False, busy={a}, busy_sensitive={a})
+              owner=OWNER, ordered_peer=False, busy={a}, busy_sensitive={a})
     assert p2.seqs == []
     p3 = pack([_event(5, b), _event(6, b)], max_bytes=4 << 20, max_events=100,
-              ordered_peer=False, busy={a}, busy_sensitive={a})
+              owner=OWNER, ordered_peer=False, busy={a}, busy_sensitive={a})
     assert p3.seqs == [5, 6]  # telemetry of one entity may be pipelined
     # the ordered reference cloud needs none of that
-    assert pack(events, max_bytes=4 << 20, max_events=100, ordered_peer=True).seqs == [1, 2, 3]
+    assert pack(events, max_bytes=4 << 20, max_events=100, owner=OWNER,
+                ordered_peer=True).seqs == [1, 2, 3]
 
 
 def test_pack_skips_dead_lettered_seqs() -> None:
     a = uuid.uuid4()
     p = pack([_event(1, a), _event(2, a), _event(3, a)], max_bytes=4 << 20, max_events=100,
-             ordered_peer=True, skip={2})
+             owner=OWNER, ordered_peer=True, skip={2})
     assert p.seqs == [1, 3]
     assert p.last_seq[Lane.NORMAL] == 3
 

@@ -8,11 +8,13 @@ import uuid
 from dataclasses import dataclass, field
 
 from edge_sync.cloud.uplink_payloads import uplink_events
+from edge_sync.common.wire import Owner
 from edge_sync.link.uplink_window import GiveUp, GoBack, UplinkWindow, WindowPolicy
 from edge_sync.storage.records import NIL_UUID, Action, Lane, StoredEvent
 
 MAX_BYTES = 4 << 20
 A, B = uuid.UUID(int=1), uuid.UUID(int=2)
+OWNER = Owner(uuid.UUID(int=7))
 
 
 def event(seq: int, entity: uuid.UUID = A, *, lane: Lane = Lane.NORMAL, size: int = 1,
@@ -57,7 +59,8 @@ def pump(w: UplinkWindow, q: Queue, now: float, *, ordered: bool = True) -> list
     """What the ConnectionActor does when told of new events or a free slot."""
     sent: list[Sent] = []
     while w.wants_events(now):
-        took = w.take(q.read(w.cursor), now, max_bytes=MAX_BYTES, ordered_peer=ordered)
+        took = w.take(q.read(w.cursor), now, max_bytes=MAX_BYTES, owner=OWNER,
+                      ordered_peer=ordered)
         for seq, _reason in took.dead:
             q.commit_dead(seq)
         if took.msg is not None:
@@ -175,13 +178,13 @@ def test_a_rejected_event_is_dead_lettered_and_the_rest_resent_at_once() -> None
 def test_events_no_message_can_carry_are_dead_letters_and_the_queue_moves_on() -> None:
     q = Queue([event(1), event(2, size=5000), event(3)])
     w = window()
-    took = w.take(q.read(w.cursor), 0.0, max_bytes=4000, ordered_peer=True)
+    took = w.take(q.read(w.cursor), 0.0, max_bytes=4000, owner=OWNER, ordered_peer=True)
     assert took.seqs == (1, 3) and took.more
     assert [(seq, "exceeds the cloud's maxInboundMessageSize" in why) for seq, why in took.dead] \
         == [(2, True)]
     assert w.passed == {2}
     assert w.on_failure(1, 0.0) == GoBack(epoch=2, from_seq=1, attempt=1, resend_at=5.0)
-    resend = w.take(q.read(w.cursor), 5.0, max_bytes=4000, ordered_peer=True)
+    resend = w.take(q.read(w.cursor), 5.0, max_bytes=4000, owner=OWNER, ordered_peer=True)
     assert resend.seqs == (1, 3) and resend.dead == []  # not dead-lettered twice
 
 
