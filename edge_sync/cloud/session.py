@@ -25,7 +25,7 @@ import grpc
 from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.cloud import downlinks
+from edge_sync.cloud import downlinks, ids
 from edge_sync.cloud.records import EdgeRecord, QueuedDownlink, downlink_msg_id
 from edge_sync.cloud.registry import StreamRegistry
 from edge_sync.cloud.service import CloudService
@@ -244,18 +244,27 @@ class StreamSession:
         if new_store:
             self._log.info("edge {} connected with a new store {} (incarnation {}); seqs restart",
                            edge.name, store_id, self.incarnation)
-        e_msb, e_lsb = uuid_halves(edge.edge_id)
-        t_msb, t_lsb = uuid_halves(edge.tenant_id)
+        if not req.HasField("edgeStoreId"):
+            self._warn_ids_not_time_based(edge)
         return edge_pb2.ResponseMsg(connectResponseMsg=edge_pb2.ConnectResponseMsg(
             responseCode=edge_pb2.ACCEPTED,
-            configuration=edge_pb2.EdgeConfiguration(
-                edgeIdMSB=e_msb, edgeIdLSB=e_lsb, tenantIdMSB=t_msb, tenantIdLSB=t_lsb,
-                name=edge.name, type=edge.type, routingKey=edge.routing_key, secret="",
-                cloudType="CE"),
+            configuration=edge_configuration(edge, req.edgeSecret),
             maxInboundMessageSize=self._settings.max_inbound_message_size,
             cloudCapabilities=edge_pb2.CloudCapabilities(
                 orderedApply=True, dedupBySeq=True, serverTimeMillis=self._clock.now_ms()),
         ))
+
+    def _warn_ids_not_time_based(self, edge: EdgeRecord) -> None:
+        """An edge that sends no store id may be a ThingsBoard Edge, which cannot initialise with
+        ids that are not time-based (ids made before the cloud made time-based ones)."""
+        old = [what for what, value in (("tenant", edge.tenant_id), ("edge", edge.edge_id))
+               if not ids.is_time_based(value)]
+        if old:
+            self._log.bind(tenant_id=str(edge.tenant_id)).warning(
+                "the {} id is not time-based (made before the cloud made time-based ids): a "
+                "ThingsBoard Edge cannot initialise with it, only with a cloud store (data_dir) "
+                "made anew",
+                " and ".join(old))
 
     # -- uplink ----------------------------------------------------------------------------------
 
@@ -407,6 +416,22 @@ class StreamSession:
 
     def _rk(self) -> str:
         return self.edge.routing_key if self.edge else ""
+
+
+def edge_configuration(edge: EdgeRecord, secret: str) -> edge_pb2.EdgeConfiguration:
+    """The EdgeConfiguration of an accepted connect, filled as a ThingsBoard CE server fills it:
+    the edge's, its tenant's and its customer's ids (ThingsBoard's NULL_UUID customer: the
+    reference cloud assigns edges to no customer), name, type, routing key, the secret the edge
+    connected with (a ThingsBoard Edge stores it with its edge and refuses an empty one),
+    additionalInfo (none here) and cloudType "CE" (any other makes a ThingsBoard CE Edge
+    exit)."""
+    e_msb, e_lsb = uuid_halves(edge.edge_id)
+    t_msb, t_lsb = uuid_halves(edge.tenant_id)
+    c_msb, c_lsb = uuid_halves(ids.NULL_UUID)
+    return edge_pb2.EdgeConfiguration(
+        edgeIdMSB=e_msb, edgeIdLSB=e_lsb, tenantIdMSB=t_msb, tenantIdLSB=t_lsb,
+        customerIdMSB=c_msb, customerIdLSB=c_lsb, name=edge.name, type=edge.type,
+        routingKey=edge.routing_key, secret=secret, cloudType="CE")
 
 
 def _uplink_response(msg_id: int, success: bool, error: str, *, retryable: bool | None = None,

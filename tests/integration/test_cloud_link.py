@@ -127,8 +127,10 @@ def test_connect_returns_configuration_and_capabilities(cloud, edge, clients):
     conf = resp.configuration
     assert uuid_of(conf.edgeIdMSB, conf.edgeIdLSB) == edge[2]
     assert uuid_of(conf.tenantIdMSB, conf.tenantIdLSB) == cloud.store.tenant_id()
-    assert (conf.customerIdMSB, conf.customerIdLSB) == (0, 0)
-    assert (conf.name, conf.routingKey, conf.secret, conf.cloudType) == ("edge-1", "rk-1", "", "CE")
+    assert (edge[2].version, cloud.store.tenant_id().version) == (1, 1)
+    assert str(uuid_of(conf.customerIdMSB, conf.customerIdLSB)) == "13814000-1dd2-11b2-8080-808080808080"
+    assert (conf.name, conf.type, conf.routingKey, conf.secret, conf.cloudType) == (
+        "edge-1", "default", "rk-1", "s3cret-1", "CE")
     assert resp.maxInboundMessageSize == 4 * 1024 * 1024
     caps = resp.cloudCapabilities
     assert caps.orderedApply and caps.dedupBySeq

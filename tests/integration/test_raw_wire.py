@@ -304,9 +304,16 @@ def test_connect_sync_uplink_with_protocol_md_field_numbers_only(
     conf = sub(connect, 3)
     assert conf is not None, "ACCEPTED without EdgeConfiguration"
     assert (int64(one(conf, 1)), int64(one(conf, 2))) == halves(edge)
+    assert edge.version == 1  # time-based, like ThingsBoard's ids
+    tenant = uuid.UUID(bytes=b"".join(int64(one(conf, f)).to_bytes(8, "big", signed=True)
+                                      for f in (3, 4)))
+    assert tenant.version == 1  # a ThingsBoard Edge reads its time (tenantIdMSB/LSB)
+    # customerIdMSB/LSB: ThingsBoard's NULL_UUID, the customer of an edge assigned to none
+    assert (int64(one(conf, 5)), int64(one(conf, 6))) == halves(
+        uuid.UUID("13814000-1dd2-11b2-8080-808080808080"))
     assert one(conf, 7) == b"raw-edge"  # name
     assert one(conf, 9) == b"rk-raw"  # routingKey
-    assert one(conf, 10, b"") == b""  # secret: never echoed
+    assert one(conf, 10) == b"s3cret-raw"  # secret: echoed, as ThingsBoard does
     assert one(conf, 12) == b"CE"  # cloudType
     assert int32(one(connect, 4)) == 4 * 1024 * 1024  # the cloud's maxInboundMessageSize
 
