@@ -25,14 +25,17 @@ import threading
 import time
 import uuid
 
+from edge_sync.common.wire import NULL_UUID
+
+__all__ = ["NULL_UUID", "PROCESS_IDS", "TimeBasedIds", "from_ticks", "is_time_based",
+           "random_clock_seq_and_node", "time_based", "unix_ms"]
+# NULL_UUID (ThingsBoard's EntityId.NULL_UUID, the customer of an entity assigned to none) is
+# itself time-based, at unix time 0; it is defined once, with the entity JSON.
+
 GREGORIAN_OFFSET = 0x01B21DD213814000
 """100 ns intervals from 1582-10-15 00:00 (UUID time zero) to 1970-01-01 00:00 UTC."""
 
 TICKS_PER_MS = 10_000
-
-NULL_UUID = uuid.UUID("13814000-1dd2-11b2-8080-808080808080")
-"""ThingsBoard's ``EntityId.NULL_UUID``: a version 1 UUID at unix time 0; the customer id of an
-entity that is assigned to no customer."""
 
 _NODE_MULTICAST = 1 << 40
 _VARIANT_RFC4122 = 0x8000_0000_0000_0000
