@@ -176,7 +176,7 @@ class CloudService:
             token=credentials.new_access_token() if token is None else _token_text(token, "token"),
             created_time=now, origin="cloud",
         )
-        numbers = self.store.add_device(device, downlinks.device_created(device))
+        numbers = self.store.add_device(device, downlinks.device_created(device, edge.tenant_id))
         _log.bind(device_id=str(device.id), name=device.name, routing_key=edge.routing_key,
                   downlinks=numbers).info("device created")
         self._wake(edge.edge_id)

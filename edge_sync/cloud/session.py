@@ -302,13 +302,13 @@ class StreamSession:
     # -- downlink --------------------------------------------------------------------------------
 
     def _start_sync(self, full: bool) -> None:
-        assert self.edge_id is not None
+        assert self.edge_id is not None and self.edge is not None
         payloads: list[bytes] = []
         if full:
             snapshot = self._store.sync_snapshot(self.edge_id)
             now = self._clock.now_ms()
             for device, _ in snapshot:
-                payloads.extend(downlinks.device_created(device))
+                payloads.extend(downlinks.device_created(device, self.edge.tenant_id))
             for device, attrs in snapshot:
                 if attrs:
                     payloads.append(downlinks.shared_attributes(device, attrs, now))

@@ -4,6 +4,7 @@ cloudType "CE". Built directly, then through a stream's connect (no gRPC server)
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +120,30 @@ def test_a_thingsboard_edge_on_ids_made_before_is_warned_about(
     assert warnings == [
         "the tenant id is not time-based (made before the cloud made time-based ids): a "
         "ThingsBoard Edge cannot initialise with it, only with a cloud store (data_dir) made anew"]
+
+
+def test_downlinked_devices_name_the_edges_time_based_tenant_and_the_null_customer(
+        service: CloudService) -> None:
+    """Created (queued at once) and in a full sync: ThingsBoard's device JSON with the tenant
+    of the EdgeConfiguration and no customer."""
+    edge, _, _ = service.create_edge("plant-1", routing_key="rk-1", secret="s3cret")
+    device, numbers = service.create_device("rk-1", "pump", token="tok-1")
+    tenant = {"entityType": "TENANT", "id": str(edge.tenant_id)}
+    customer = {"entityType": "CUSTOMER", "id": "13814000-1dd2-11b2-8080-808080808080"}
+    first = service.store.first_downlink(edge.edge_id)
+    assert first is not None
+    queued = edge_pb2.DownlinkMsg.FromString(first.payload)
+    sent = json.loads(queued.deviceUpdateMsg[0].entity)
+    assert (sent["id"], sent["tenantId"], sent["customerId"]) == (
+        {"entityType": "DEVICE", "id": str(device.id)}, tenant, customer)
+    assert uuid.UUID(sent["id"]["id"]).version == 1 and numbers == [1, 2]
+
+    session = StreamSession(service, StreamRegistry(), LinkSettings(), FakeContext())  # type: ignore[arg-type]
+    session._connect(edge_pb2.ConnectRequestMsg(edgeRoutingKey="rk-1", edgeSecret="s3cret"))
+    session._start_sync(True)
+    synced = [edge_pb2.DownlinkMsg.FromString(d.payload) for d in session._sync]
+    entity = json.loads(synced[0].deviceUpdateMsg[0].entity)
+    assert (entity["id"]["id"], entity["tenantId"], entity["customerId"]) == (
+        str(device.id), tenant, customer)
+    assert json.loads(synced[1].deviceCredentialsUpdateMsg[0].entity)["credentialsId"] == "tok-1"
+    assert synced[2].HasField("syncCompletedMsg") and len(synced) == 3
