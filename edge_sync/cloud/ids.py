@@ -13,9 +13,11 @@ The ids are made the way ThingsBoard makes them:
 - within one process the timestamps strictly increase: an id made in the same ms as the last
   one, or while the clock stands behind it, takes the last timestamp + 1 (100 ns), so ids made
   in sequence are distinct and time-ordered, even under a frozen or stepped-back clock;
-- clock sequence (14 bits) and node (48 bits) are random once per process, the node with its
-  multicast bit set as RFC 4122 asks of a node that is not a MAC address. Processes that share
-  a store (the server and the CLI) thus never make the same id, even in the same 100 ns.
+- the clock sequence (14 bits) is random once per process, and the node (48 bits) has its
+  multicast bit set, as RFC 4122 asks of a node that is not a MAC address. The driver hashes
+  the host's addresses and the process id into its node; here the node is random once per
+  process, which gives the same property: processes that share a store (the server and the
+  CLI) never make the same id, even in the same 100 ns.
 """
 
 from __future__ import annotations
