@@ -153,7 +153,7 @@ def device_json(body: dict[str, Any], owner: Owner | None) -> str:
     })
 
 
-def alarm_json(body: dict[str, Any], action: str, ts: int, owner: Owner) -> str:
+def alarm_json(body: dict[str, Any], action: str, ts: int, owner: Owner | None) -> str:
     """The edge's alarm body (id, originator, type, severity, status, startTs, details) of an
     ADDED / ALARM_ACK / ALARM_CLEAR event at ``ts`` -> ThingsBoard's Alarm JSON text.
     ThingsBoard acknowledges with the JSON's ackTs and clears with its clearTs and details, so

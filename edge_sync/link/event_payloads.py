@@ -31,8 +31,9 @@ PayloadField = str  # the UplinkMsg list the payload goes into, e.g. "entityData
 
 def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
     """The uplink payload for one event (edgeSeqId set), its entity JSON owned by ``owner``.
-    BadRequest when it has no mapping."""
-    assert owner.tenant_id != NIL_UUID, "an edge sends only once connected: it has a tenant"
+    A peer that announced no tenant (nil: not ThingsBoard, which always does) gets the JSON
+    without tenantId and customerId. BadRequest when the event has no mapping."""
+    owned: Owner | None = owner if owner.tenant_id != NIL_UUID else None
     msb, lsb = uuid_halves(event.entity_id)
     body = event.body
     action = event.action
@@ -58,14 +59,14 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
     if event.type == "ALARM" and action in ALARM_UPDATE_TYPE:
         msg = edge_pb2.AlarmUpdateMsg(
             msgType=ALARM_UPDATE_TYPE[Action(action)], idMSB=msb, idLSB=lsb,
-            entity=alarm_json(body, action, event.ts, owner), edgeSeqId=event.seq)
+            entity=alarm_json(body, action, event.ts, owned), edgeSeqId=event.seq)
         return "alarmUpdateMsg", msg
     if action == Action.RPC_CALL:
         return "deviceRpcCallMsg", _rpc_response(event, msb, lsb)
     if event.type == "DEVICE" and action in UPDATE_TYPE:
         msg = edge_pb2.DeviceUpdateMsg(
             msgType=UPDATE_TYPE[Action(action)], idMSB=msb, idLSB=lsb,
-            entity=device_json(body, owner), edgeSeqId=event.seq)
+            entity=device_json(body, owned), edgeSeqId=event.seq)
         return "deviceUpdateMsg", msg
     if action == Action.CREDENTIALS_UPDATED:
         msg = edge_pb2.DeviceCredentialsUpdateMsg(entity=credentials_json(body), edgeSeqId=event.seq)

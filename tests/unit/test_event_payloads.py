@@ -89,9 +89,14 @@ def test_credentials_json_has_a_typed_device_id() -> None:
                                       "credentialsType": "ACCESS_TOKEN", "credentialsId": "tok-1"}
 
 
-def test_sending_needs_a_tenant() -> None:
-    with pytest.raises(AssertionError):
-        event_payload(device_added(), Owner(NIL_UUID))
+def test_a_peer_without_a_tenant_gets_json_without_owner() -> None:
+    """A hostile or minimal peer that accepts the edge with a nil tenant must not crash the
+    link: the JSON simply names no tenant (ThingsBoard always sends one)."""
+    field, msg = event_payload(device_added(), Owner(NIL_UUID))
+    body = json.loads(msg.entity)
+    assert field == "deviceUpdateMsg"
+    assert "tenantId" not in body and "customerId" not in body
+    assert body["id"] == {"entityType": "DEVICE", "id": str(DEVICE)}
 
 
 # -- alarms -------------------------------------------------------------------------------------
