@@ -9,6 +9,7 @@ credentials, one whose clock is 120 s behind, one with a small maxInboundMessage
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from edge_sync.config import load_edge_config
 from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device, Lane, NewEvent, Status, StoredEvent, lane_for
-from tests.helpers.fake_peer import FakeCloud, Payload, Uplink, payloads
+from tests.helpers.fake_peer import FAKE_TENANT_ID, FakeCloud, Payload, Uplink, payloads
 from tests.helpers.wait import wait_until
 
 DEADLINE_S = 10.0
@@ -227,6 +228,35 @@ def test_thingsboard_like_peer_sync_then_upload_without_concurrent_order_sensiti
     # the uplink ids are opaque to the peer but unique per stream
     ids = [u.msg.uplinkMsgId for u in fake.uplinks]
     assert len(ids) == len(set(ids))
+
+
+def test_events_recorded_before_the_first_connect_name_the_tenant_when_sent(
+        harness: Harness) -> None:
+    """A device and an alarm recorded while the edge has never been accepted (no tenant known)
+    reach ThingsBoard with the tenant of the connect response's EdgeConfiguration."""
+    fake = harness.fake(response_code=edge_pb2.SERVER_UNAVAILABLE)
+    app = harness.edge(fake, EDGE_CLOUD_CIRCUIT_BREAKER_FAILURE_THRESHOLD="100")
+    fake.wait_for(lambda: fake.connects, what="a refused connect")
+    device = make_device(app, "before-connect")
+    alarm_id, fut = app.service.raise_alarm(device.id, "overheat", severity="MAJOR")
+    fut.result(DEADLINE_S)
+    assert {e.tenant_id for e in edge_events(app)} == {uuid.UUID(int=0)}
+    fake.response_code = edge_pb2.ACCEPTED
+    wait_until(lambda: settled(app, 3), timeout=DEADLINE_S, what="every event acknowledged")
+
+    tenant = {"entityType": "TENANT", "id": str(FAKE_TENANT_ID)}
+    null_customer = {"entityType": "CUSTOMER", "id": "13814000-1dd2-11b2-8080-808080808080"}
+    [added] = [p for p in fake.applied if p.action == "ADDED"]
+    assert added.value == {
+        "id": {"entityType": "DEVICE", "id": str(device.id)}, "createdTime": device.created_time,
+        "tenantId": tenant, "customerId": null_customer, "name": "before-connect",
+        "type": "default", "label": "", "additionalInfo": None}
+    [alarm] = [m for u in fake.uplinks for m in u.msg.alarmUpdateMsg]
+    sent = json.loads(alarm.entity)
+    assert (sent["id"], sent["tenantId"], sent["customerId"], sent["originator"]) == (
+        {"entityType": "ALARM", "id": str(alarm_id)}, tenant, null_customer,
+        {"entityType": "DEVICE", "id": str(device.id)})
+    assert (sent["severity"], sent["acknowledged"], sent["cleared"]) == ("MAJOR", False, False)
 
 
 # -- b. downlinks redelivered ------------------------------------------------------------------------
