@@ -24,6 +24,7 @@ from edge_sync.actors.messages import (
 from edge_sync.actors.shard import EntityRouter
 from edge_sync.api.payloads import Entry, check_json_value, parse_attributes, parse_telemetry
 from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.common import ids
 from edge_sync.errors import BadRequest, NotFound, Unauthorized
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
@@ -143,7 +144,7 @@ class DeviceService:
             raise BadRequest("acknowledging or clearing an alarm needs its id")
         if details is not None:
             check_json_value("alarm details", details)
-        alarm_id = alarm_id or uuid.uuid4()
+        alarm_id = alarm_id or ids.time_based(self._clock.now_ms())
         status = {Action.ADDED: "ACTIVE_UNACK", Action.ALARM_ACK: "ACTIVE_ACK",
                   Action.ALARM_CLEAR: "CLEARED_UNACK"}[Action(action)]
         now = self._clock.now_ms()
@@ -167,12 +168,13 @@ class DeviceService:
                                   or token != token.strip()):
             raise BadRequest(f"access token must be 1 to {MAX_NAME_BYTES} bytes without '/' "
                              "or surrounding spaces")
+        now = self._clock.now_ms()
         device = Device(
-            id=uuid.uuid4(),
+            id=ids.time_based(now),
             name=name,
             type=type_,
             token=token or secrets.token_urlsafe(15),
-            created_time=self._clock.now_ms(),
+            created_time=now,
             label=label,
         )
         reply: Future[range] = Future()

@@ -3,7 +3,7 @@
 sent. Writes that produce downlinks queue them durably, then call ``notify(edge_id)`` so a
 connected stream sends them at once.
 
-New edges and devices get time-based ids made at their creation time (cloud/ids.py), as
+New edges and devices get time-based ids made at their creation time (common/ids.py), as
 ThingsBoard's entities do.
 """
 
@@ -17,9 +17,10 @@ from typing import Any
 from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.cloud import credentials, downlinks, ids
+from edge_sync.cloud import credentials, downlinks
 from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord
 from edge_sync.cloud.store import CloudStore
+from edge_sync.common import ids
 from edge_sync.errors import BadRequest, Conflict, NotFound
 from edge_sync.validators import MAX_KEY_BYTES, MAX_LABEL_BYTES, MAX_NAME_BYTES, is_int64, key_fits, text_fits
 

@@ -25,12 +25,13 @@ import grpc
 from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.cloud import downlinks, ids
+from edge_sync.cloud import downlinks
 from edge_sync.cloud.records import EdgeRecord, QueuedDownlink, downlink_msg_id
 from edge_sync.cloud.registry import StreamRegistry
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.store import normalized_store_id
 from edge_sync.cloud.uplink import GoBackN, epoch_of, events_to_apply
+from edge_sync.common import ids
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 from edge_sync.common.wire import uuid_halves
 from edge_sync.errors import PayloadRejected, StorageError

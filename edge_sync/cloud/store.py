@@ -46,9 +46,9 @@ from typing import Any
 
 import lmdb
 
-from edge_sync.cloud import ids
 from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord, QueuedDownlink, downlink_msg_id
 from edge_sync.cloud.uplink_payloads import AppliedEvent
+from edge_sync.common import ids
 from edge_sync.errors import (
     BadRequest,
     Conflict,

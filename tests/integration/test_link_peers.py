@@ -22,6 +22,7 @@ from loguru import logger
 
 from edge_sync.actors.messages import Append
 from edge_sync.app import EdgeApp
+from edge_sync.common import ids
 from edge_sync.config import load_edge_config
 from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.storage.event_log import EventLog
@@ -240,6 +241,10 @@ def test_events_recorded_before_the_first_connect_name_the_tenant_when_sent(
     device = make_device(app, "before-connect")
     alarm_id, fut = app.service.raise_alarm(device.id, "overheat", severity="MAJOR")
     fut.result(DEADLINE_S)
+    # Time-based ids, as ThingsBoard makes them (its device processors read createdTime back
+    # from the id): made at the device's creation time.
+    assert device.id.version == 1 and alarm_id.version == 1
+    assert ids.unix_ms(device.id) == device.created_time
     assert {e.tenant_id for e in edge_events(app)} == {uuid.UUID(int=0)}
     fake.response_code = edge_pb2.ACCEPTED
     wait_until(lambda: settled(app, 3), timeout=DEADLINE_S, what="every event acknowledged")

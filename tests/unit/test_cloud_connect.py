@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from edge_sync.cloud import ids
 from edge_sync.cloud.records import EdgeRecord
 from edge_sync.cloud.registry import StreamRegistry
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.session import LinkSettings, StreamSession, edge_configuration
 from edge_sync.cloud.store import CloudStore
+from edge_sync.common import ids
 from edge_sync.common.wire import uuid_halves, uuid_of
 from edge_sync.proto import edge_pb2
 

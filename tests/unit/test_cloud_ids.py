@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_sync.cloud import ids
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.store import CloudStore
+from edge_sync.common import ids
 
 LOW = 0x8000_0000_0000_0000 | (0x1234 << 48) | (1 << 40) | 0xABCDEF
 

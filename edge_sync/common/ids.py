@@ -1,11 +1,12 @@
-"""Time-based (version 1) UUIDs for every id the reference cloud creates: its tenant, edges and
-devices.
+"""Time-based (version 1) UUIDs for the entity ids edge-sync creates: the reference cloud's
+tenant, edges and devices, and the edge's own devices and alarms.
 
 ThingsBoard gives its entities time-based ids (the Cassandra driver's ``Uuids.timeBased()``)
 and reads time back from them: a ThingsBoard Edge takes the tenant's creation time from the
 tenant id of the EdgeConfiguration (``Uuids.unixTimestamp``), which refuses any UUID that is not
 version 1, so an edge given a random (version 4) tenant id never initialises. Ids stored before
-the cloud made time-based ones keep their values.
+time-based ones were made keep their values. (Some ThingsBoard server versions also take
+a device's createdTime from the id an edge gives it, with the same call.)
 
 The ids are made the way ThingsBoard makes them:
 - the timestamp is the unix time in ms, as 100 ns intervals since 1582-10-15 (RFC 4122), so an
