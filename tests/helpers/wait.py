@@ -11,6 +11,7 @@ under its lock and the wait wakes on each notify instead of polling alone.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +40,8 @@ def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, poll: f
     once, not at the deadline).
     """
     deadline = time.monotonic() + timeout
-    if condition is None:
+    pause = time.sleep if condition is None else condition.wait
+    with condition if condition is not None else contextlib.nullcontext():
         while True:
             last = predicate()
             if last:
@@ -47,17 +49,7 @@ def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, poll: f
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            time.sleep(min(poll, left))
-    else:
-        with condition:
-            while True:
-                last = predicate()
-                if last:
-                    return last
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                condition.wait(min(poll, left))
+            pause(min(poll, left))
     seen: object = last
     if show is not None:
         try:
