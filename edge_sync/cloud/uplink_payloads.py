@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,19 +116,30 @@ def _entity_data(d: edge_pb2.EntityDataProto) -> AppliedEvent:
     raise BadRequest("entityData carries no telemetry, attributes or attribute delete")
 
 
-def _device_update(m: edge_pb2.DeviceUpdateMsg) -> AppliedEvent:
-    action = ACTION_OF_UPDATE.get(m.msgType)
+def _entity_update(m: Any, name: str, entity_type: str, actions: Mapping[Any, Action],
+                   required: str, ts_field: str) -> AppliedEvent:
+    """A create/update/delete of one entity: its typed id must match idMSB/LSB, the field
+    ``required`` must be set and its owner ids (when present) well formed."""
+    action = actions.get(m.msgType)
     if action is None:
-        raise BadRequest(f"deviceUpdateMsg type {m.msgType} is not create/update/delete")
+        raise BadRequest(f"{name} type {m.msgType} is not one of {sorted(actions.values())}")
     eid = uuid_of(m.idMSB, m.idLSB)
-    body = parse_entity_json(m.entity, "deviceUpdateMsg") if m.entity else {}
+    body = parse_entity_json(m.entity, name) if m.entity else {}
     if action != Action.DELETED:
-        if entity_id_in(body, "id", "deviceUpdateMsg", "DEVICE") != eid:
-            raise BadRequest("deviceUpdateMsg: entity id differs from idMSB/idLSB")
-        if not body.get("name"):
-            raise BadRequest("deviceUpdateMsg: device has no name")
-        _owner_ids(body, "deviceUpdateMsg")
-    return AppliedEvent(_seq(m), "DEVICE", eid, action, body, int(body.get("createdTime", 0)))
+        if entity_id_in(body, "id", name, entity_type) != eid:
+            raise BadRequest(f"{name}: entity id differs from idMSB/idLSB")
+        if not body.get(required):
+            raise BadRequest(f"{name}: {entity_type.lower()} has no {required}")
+        _owner_ids(body, name)
+    return AppliedEvent(_seq(m), entity_type, eid, action, body, int(body.get(ts_field) or 0))
+
+
+def _device_update(m: edge_pb2.DeviceUpdateMsg) -> AppliedEvent:
+    return _entity_update(m, "deviceUpdateMsg", "DEVICE", ACTION_OF_UPDATE, "name", "createdTime")
+
+
+def _alarm_update(m: edge_pb2.AlarmUpdateMsg) -> AppliedEvent:
+    return _entity_update(m, "alarmUpdateMsg", "ALARM", ACTION_OF_ALARM_UPDATE, "type", "startTs")
 
 
 def _credentials_update(m: edge_pb2.DeviceCredentialsUpdateMsg) -> AppliedEvent:
@@ -137,21 +148,6 @@ def _credentials_update(m: edge_pb2.DeviceCredentialsUpdateMsg) -> AppliedEvent:
     if not body.get("credentialsId"):
         raise BadRequest("deviceCredentialsUpdateMsg: no credentialsId")
     return AppliedEvent(_seq(m), "DEVICE", eid, Action.CREDENTIALS_UPDATED, body, 0)
-
-
-def _alarm_update(m: edge_pb2.AlarmUpdateMsg) -> AppliedEvent:
-    action = ACTION_OF_ALARM_UPDATE.get(m.msgType)
-    if action is None:
-        raise BadRequest(f"alarmUpdateMsg type {m.msgType} unknown")
-    eid = uuid_of(m.idMSB, m.idLSB)
-    body = parse_entity_json(m.entity, "alarmUpdateMsg") if m.entity else {}
-    if action != Action.DELETED:
-        if entity_id_in(body, "id", "alarmUpdateMsg", "ALARM") != eid:
-            raise BadRequest("alarmUpdateMsg: entity id differs from idMSB/idLSB")
-        if not body.get("type"):
-            raise BadRequest("alarmUpdateMsg: alarm has no type")
-        _owner_ids(body, "alarmUpdateMsg")
-    return AppliedEvent(_seq(m), "ALARM", eid, action, body, int(body.get("startTs") or 0))
 
 
 def _rpc_call(m: edge_pb2.DeviceRpcCallMsg) -> AppliedEvent:
