@@ -30,6 +30,21 @@ class EdgeVersion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     V_4_1_0: _ClassVar[EdgeVersion]
     V_4_2_0: _ClassVar[EdgeVersion]
     V_4_3_0: _ClassVar[EdgeVersion]
+    V_4_2_1_2: _ClassVar[EdgeVersion]
+    V_4_3_0_1: _ClassVar[EdgeVersion]
+    V_4_2_2: _ClassVar[EdgeVersion]
+    V_4_2_2_1: _ClassVar[EdgeVersion]
+    V_4_2_2_2: _ClassVar[EdgeVersion]
+    V_4_2_2_3: _ClassVar[EdgeVersion]
+    V_4_2_2_4: _ClassVar[EdgeVersion]
+    V_4_2_2_5: _ClassVar[EdgeVersion]
+    V_4_3_1: _ClassVar[EdgeVersion]
+    V_4_3_1_1: _ClassVar[EdgeVersion]
+    V_4_3_1_2: _ClassVar[EdgeVersion]
+    V_4_3_1_3: _ClassVar[EdgeVersion]
+    V_4_3_1_4: _ClassVar[EdgeVersion]
+    V_4_3_1_5: _ClassVar[EdgeVersion]
+    V_4_4_0: _ClassVar[EdgeVersion]
     V_LATEST: _ClassVar[EdgeVersion]
 
 class ConnectResponseCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
@@ -62,6 +77,21 @@ V_4_0_0: EdgeVersion
 V_4_1_0: EdgeVersion
 V_4_2_0: EdgeVersion
 V_4_3_0: EdgeVersion
+V_4_2_1_2: EdgeVersion
+V_4_3_0_1: EdgeVersion
+V_4_2_2: EdgeVersion
+V_4_2_2_1: EdgeVersion
+V_4_2_2_2: EdgeVersion
+V_4_2_2_3: EdgeVersion
+V_4_2_2_4: EdgeVersion
+V_4_2_2_5: EdgeVersion
+V_4_3_1: EdgeVersion
+V_4_3_1_1: EdgeVersion
+V_4_3_1_2: EdgeVersion
+V_4_3_1_3: EdgeVersion
+V_4_3_1_4: EdgeVersion
+V_4_3_1_5: EdgeVersion
+V_4_4_0: EdgeVersion
 V_LATEST: EdgeVersion
 ACCEPTED: ConnectResponseCode
 BAD_CREDENTIALS: ConnectResponseCode
@@ -239,7 +269,7 @@ class UplinkResponseMsg(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., errorMsg: _Optional[str] = ..., uplinkMsgId: _Optional[int] = ..., rejectedEdgeSeqId: _Optional[int] = ..., retryable: _Optional[bool] = ...) -> None: ...
 
 class DownlinkMsg(_message.Message):
-    __slots__ = ("downlinkMsgId", "syncCompletedMsg", "entityData", "deviceUpdateMsg", "deviceProfileUpdateMsg", "deviceCredentialsUpdateMsg", "ruleChainUpdateMsg", "ruleChainMetadataUpdateMsg", "dashboardUpdateMsg", "assetUpdateMsg", "alarmUpdateMsg", "userUpdateMsg", "customerUpdateMsg", "relationUpdateMsg", "widgetsBundleUpdateMsg", "widgetTypeUpdateMsg", "deviceRpcCallMsg", "assetProfileUpdateMsg", "edgeConfiguration", "cloudTimeMillis")
+    __slots__ = ("downlinkMsgId", "syncCompletedMsg", "entityData", "deviceUpdateMsg", "deviceProfileUpdateMsg", "deviceCredentialsUpdateMsg", "ruleChainUpdateMsg", "ruleChainMetadataUpdateMsg", "dashboardUpdateMsg", "assetUpdateMsg", "alarmUpdateMsg", "userUpdateMsg", "customerUpdateMsg", "relationUpdateMsg", "widgetsBundleUpdateMsg", "widgetTypeUpdateMsg", "entityViewUpdateMsg", "userCredentialsUpdateMsg", "adminSettingsUpdateMsg", "deviceRpcCallMsg", "otaPackageUpdateMsg", "queueUpdateMsg", "assetProfileUpdateMsg", "edgeConfiguration", "tenantUpdateMsg", "tenantProfileUpdateMsg", "resourceUpdateMsg", "alarmCommentUpdateMsg", "oAuth2ClientUpdateMsg", "notificationRuleUpdateMsg", "notificationTargetUpdateMsg", "notificationTemplateUpdateMsg", "oAuth2DomainUpdateMsg", "calculatedFieldUpdateMsg", "aiModelUpdateMsg", "apiKeyUpdateMsg", "cloudTimeMillis")
     DOWNLINKMSGID_FIELD_NUMBER: _ClassVar[int]
     SYNCCOMPLETEDMSG_FIELD_NUMBER: _ClassVar[int]
     ENTITYDATA_FIELD_NUMBER: _ClassVar[int]
@@ -256,9 +286,26 @@ class DownlinkMsg(_message.Message):
     RELATIONUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
     WIDGETSBUNDLEUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
     WIDGETTYPEUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    ENTITYVIEWUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    USERCREDENTIALSUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    ADMINSETTINGSUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
     DEVICERPCCALLMSG_FIELD_NUMBER: _ClassVar[int]
+    OTAPACKAGEUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    QUEUEUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
     ASSETPROFILEUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
     EDGECONFIGURATION_FIELD_NUMBER: _ClassVar[int]
+    TENANTUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    TENANTPROFILEUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    RESOURCEUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    ALARMCOMMENTUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    OAUTH2CLIENTUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    NOTIFICATIONRULEUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    NOTIFICATIONTARGETUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    NOTIFICATIONTEMPLATEUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    OAUTH2DOMAINUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    CALCULATEDFIELDUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    AIMODELUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
+    APIKEYUPDATEMSG_FIELD_NUMBER: _ClassVar[int]
     CLOUDTIMEMILLIS_FIELD_NUMBER: _ClassVar[int]
     downlinkMsgId: int
     syncCompletedMsg: SyncCompletedMsg
@@ -276,11 +323,28 @@ class DownlinkMsg(_message.Message):
     relationUpdateMsg: _containers.RepeatedCompositeFieldContainer[RelationUpdateMsg]
     widgetsBundleUpdateMsg: _containers.RepeatedCompositeFieldContainer[WidgetsBundleUpdateMsg]
     widgetTypeUpdateMsg: _containers.RepeatedCompositeFieldContainer[WidgetTypeUpdateMsg]
+    entityViewUpdateMsg: _containers.RepeatedCompositeFieldContainer[EntityViewUpdateMsg]
+    userCredentialsUpdateMsg: _containers.RepeatedCompositeFieldContainer[UserCredentialsUpdateMsg]
+    adminSettingsUpdateMsg: _containers.RepeatedCompositeFieldContainer[AdminSettingsUpdateMsg]
     deviceRpcCallMsg: _containers.RepeatedCompositeFieldContainer[DeviceRpcCallMsg]
+    otaPackageUpdateMsg: _containers.RepeatedCompositeFieldContainer[OtaPackageUpdateMsg]
+    queueUpdateMsg: _containers.RepeatedCompositeFieldContainer[QueueUpdateMsg]
     assetProfileUpdateMsg: _containers.RepeatedCompositeFieldContainer[AssetProfileUpdateMsg]
     edgeConfiguration: EdgeConfiguration
+    tenantUpdateMsg: _containers.RepeatedCompositeFieldContainer[TenantUpdateMsg]
+    tenantProfileUpdateMsg: _containers.RepeatedCompositeFieldContainer[TenantProfileUpdateMsg]
+    resourceUpdateMsg: _containers.RepeatedCompositeFieldContainer[ResourceUpdateMsg]
+    alarmCommentUpdateMsg: _containers.RepeatedCompositeFieldContainer[AlarmCommentUpdateMsg]
+    oAuth2ClientUpdateMsg: _containers.RepeatedCompositeFieldContainer[OAuth2ClientUpdateMsg]
+    notificationRuleUpdateMsg: _containers.RepeatedCompositeFieldContainer[NotificationRuleUpdateMsg]
+    notificationTargetUpdateMsg: _containers.RepeatedCompositeFieldContainer[NotificationTargetUpdateMsg]
+    notificationTemplateUpdateMsg: _containers.RepeatedCompositeFieldContainer[NotificationTemplateUpdateMsg]
+    oAuth2DomainUpdateMsg: _containers.RepeatedCompositeFieldContainer[OAuth2DomainUpdateMsg]
+    calculatedFieldUpdateMsg: _containers.RepeatedCompositeFieldContainer[CalculatedFieldUpdateMsg]
+    aiModelUpdateMsg: _containers.RepeatedCompositeFieldContainer[AiModelUpdateMsg]
+    apiKeyUpdateMsg: _containers.RepeatedCompositeFieldContainer[ApiKeyUpdateMsg]
     cloudTimeMillis: int
-    def __init__(self, downlinkMsgId: _Optional[int] = ..., syncCompletedMsg: _Optional[_Union[SyncCompletedMsg, _Mapping]] = ..., entityData: _Optional[_Iterable[_Union[EntityDataProto, _Mapping]]] = ..., deviceUpdateMsg: _Optional[_Iterable[_Union[DeviceUpdateMsg, _Mapping]]] = ..., deviceProfileUpdateMsg: _Optional[_Iterable[_Union[DeviceProfileUpdateMsg, _Mapping]]] = ..., deviceCredentialsUpdateMsg: _Optional[_Iterable[_Union[DeviceCredentialsUpdateMsg, _Mapping]]] = ..., ruleChainUpdateMsg: _Optional[_Iterable[_Union[RuleChainUpdateMsg, _Mapping]]] = ..., ruleChainMetadataUpdateMsg: _Optional[_Iterable[_Union[RuleChainMetadataUpdateMsg, _Mapping]]] = ..., dashboardUpdateMsg: _Optional[_Iterable[_Union[DashboardUpdateMsg, _Mapping]]] = ..., assetUpdateMsg: _Optional[_Iterable[_Union[AssetUpdateMsg, _Mapping]]] = ..., alarmUpdateMsg: _Optional[_Iterable[_Union[AlarmUpdateMsg, _Mapping]]] = ..., userUpdateMsg: _Optional[_Iterable[_Union[UserUpdateMsg, _Mapping]]] = ..., customerUpdateMsg: _Optional[_Iterable[_Union[CustomerUpdateMsg, _Mapping]]] = ..., relationUpdateMsg: _Optional[_Iterable[_Union[RelationUpdateMsg, _Mapping]]] = ..., widgetsBundleUpdateMsg: _Optional[_Iterable[_Union[WidgetsBundleUpdateMsg, _Mapping]]] = ..., widgetTypeUpdateMsg: _Optional[_Iterable[_Union[WidgetTypeUpdateMsg, _Mapping]]] = ..., deviceRpcCallMsg: _Optional[_Iterable[_Union[DeviceRpcCallMsg, _Mapping]]] = ..., assetProfileUpdateMsg: _Optional[_Iterable[_Union[AssetProfileUpdateMsg, _Mapping]]] = ..., edgeConfiguration: _Optional[_Union[EdgeConfiguration, _Mapping]] = ..., cloudTimeMillis: _Optional[int] = ...) -> None: ...
+    def __init__(self, downlinkMsgId: _Optional[int] = ..., syncCompletedMsg: _Optional[_Union[SyncCompletedMsg, _Mapping]] = ..., entityData: _Optional[_Iterable[_Union[EntityDataProto, _Mapping]]] = ..., deviceUpdateMsg: _Optional[_Iterable[_Union[DeviceUpdateMsg, _Mapping]]] = ..., deviceProfileUpdateMsg: _Optional[_Iterable[_Union[DeviceProfileUpdateMsg, _Mapping]]] = ..., deviceCredentialsUpdateMsg: _Optional[_Iterable[_Union[DeviceCredentialsUpdateMsg, _Mapping]]] = ..., ruleChainUpdateMsg: _Optional[_Iterable[_Union[RuleChainUpdateMsg, _Mapping]]] = ..., ruleChainMetadataUpdateMsg: _Optional[_Iterable[_Union[RuleChainMetadataUpdateMsg, _Mapping]]] = ..., dashboardUpdateMsg: _Optional[_Iterable[_Union[DashboardUpdateMsg, _Mapping]]] = ..., assetUpdateMsg: _Optional[_Iterable[_Union[AssetUpdateMsg, _Mapping]]] = ..., alarmUpdateMsg: _Optional[_Iterable[_Union[AlarmUpdateMsg, _Mapping]]] = ..., userUpdateMsg: _Optional[_Iterable[_Union[UserUpdateMsg, _Mapping]]] = ..., customerUpdateMsg: _Optional[_Iterable[_Union[CustomerUpdateMsg, _Mapping]]] = ..., relationUpdateMsg: _Optional[_Iterable[_Union[RelationUpdateMsg, _Mapping]]] = ..., widgetsBundleUpdateMsg: _Optional[_Iterable[_Union[WidgetsBundleUpdateMsg, _Mapping]]] = ..., widgetTypeUpdateMsg: _Optional[_Iterable[_Union[WidgetTypeUpdateMsg, _Mapping]]] = ..., entityViewUpdateMsg: _Optional[_Iterable[_Union[EntityViewUpdateMsg, _Mapping]]] = ..., userCredentialsUpdateMsg: _Optional[_Iterable[_Union[UserCredentialsUpdateMsg, _Mapping]]] = ..., adminSettingsUpdateMsg: _Optional[_Iterable[_Union[AdminSettingsUpdateMsg, _Mapping]]] = ..., deviceRpcCallMsg: _Optional[_Iterable[_Union[DeviceRpcCallMsg, _Mapping]]] = ..., otaPackageUpdateMsg: _Optional[_Iterable[_Union[OtaPackageUpdateMsg, _Mapping]]] = ..., queueUpdateMsg: _Optional[_Iterable[_Union[QueueUpdateMsg, _Mapping]]] = ..., assetProfileUpdateMsg: _Optional[_Iterable[_Union[AssetProfileUpdateMsg, _Mapping]]] = ..., edgeConfiguration: _Optional[_Union[EdgeConfiguration, _Mapping]] = ..., tenantUpdateMsg: _Optional[_Iterable[_Union[TenantUpdateMsg, _Mapping]]] = ..., tenantProfileUpdateMsg: _Optional[_Iterable[_Union[TenantProfileUpdateMsg, _Mapping]]] = ..., resourceUpdateMsg: _Optional[_Iterable[_Union[ResourceUpdateMsg, _Mapping]]] = ..., alarmCommentUpdateMsg: _Optional[_Iterable[_Union[AlarmCommentUpdateMsg, _Mapping]]] = ..., oAuth2ClientUpdateMsg: _Optional[_Iterable[_Union[OAuth2ClientUpdateMsg, _Mapping]]] = ..., notificationRuleUpdateMsg: _Optional[_Iterable[_Union[NotificationRuleUpdateMsg, _Mapping]]] = ..., notificationTargetUpdateMsg: _Optional[_Iterable[_Union[NotificationTargetUpdateMsg, _Mapping]]] = ..., notificationTemplateUpdateMsg: _Optional[_Iterable[_Union[NotificationTemplateUpdateMsg, _Mapping]]] = ..., oAuth2DomainUpdateMsg: _Optional[_Iterable[_Union[OAuth2DomainUpdateMsg, _Mapping]]] = ..., calculatedFieldUpdateMsg: _Optional[_Iterable[_Union[CalculatedFieldUpdateMsg, _Mapping]]] = ..., aiModelUpdateMsg: _Optional[_Iterable[_Union[AiModelUpdateMsg, _Mapping]]] = ..., apiKeyUpdateMsg: _Optional[_Iterable[_Union[ApiKeyUpdateMsg, _Mapping]]] = ..., cloudTimeMillis: _Optional[int] = ...) -> None: ...
 
 class DownlinkResponseMsg(_message.Message):
     __slots__ = ("success", "errorMsg", "downlinkMsgId")
@@ -577,6 +641,186 @@ class WidgetsBundleUpdateMsg(_message.Message):
     def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., widgets: _Optional[str] = ..., entity: _Optional[str] = ...) -> None: ...
 
 class WidgetTypeUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "idMSB", "idLSB", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    IDMSB_FIELD_NUMBER: _ClassVar[int]
+    IDLSB_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    idMSB: int
+    idLSB: int
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class TenantUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class TenantProfileUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class EntityViewUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "idMSB", "idLSB", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    IDMSB_FIELD_NUMBER: _ClassVar[int]
+    IDLSB_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    idMSB: int
+    idLSB: int
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class OtaPackageUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "idMSB", "idLSB", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    IDMSB_FIELD_NUMBER: _ClassVar[int]
+    IDLSB_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    idMSB: int
+    idLSB: int
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class QueueUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "idMSB", "idLSB", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    IDMSB_FIELD_NUMBER: _ClassVar[int]
+    IDLSB_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    idMSB: int
+    idLSB: int
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class ResourceUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "idMSB", "idLSB", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    IDMSB_FIELD_NUMBER: _ClassVar[int]
+    IDLSB_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    idMSB: int
+    idLSB: int
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class CalculatedFieldUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "idMSB", "idLSB", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    IDMSB_FIELD_NUMBER: _ClassVar[int]
+    IDLSB_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    idMSB: int
+    idLSB: int
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class AiModelUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "idMSB", "idLSB", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    IDMSB_FIELD_NUMBER: _ClassVar[int]
+    IDLSB_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    idMSB: int
+    idLSB: int
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class ApiKeyUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "idMSB", "idLSB", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    IDMSB_FIELD_NUMBER: _ClassVar[int]
+    IDLSB_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    idMSB: int
+    idLSB: int
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class AlarmCommentUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class AdminSettingsUpdateMsg(_message.Message):
+    __slots__ = ("entity",)
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    def __init__(self, entity: _Optional[str] = ...) -> None: ...
+
+class UserCredentialsUpdateMsg(_message.Message):
+    __slots__ = ("entity",)
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    def __init__(self, entity: _Optional[str] = ...) -> None: ...
+
+class OAuth2ClientUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "idMSB", "idLSB", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    IDMSB_FIELD_NUMBER: _ClassVar[int]
+    IDLSB_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    idMSB: int
+    idLSB: int
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class OAuth2DomainUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "idMSB", "idLSB", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    IDMSB_FIELD_NUMBER: _ClassVar[int]
+    IDLSB_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    idMSB: int
+    idLSB: int
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class NotificationRuleUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "idMSB", "idLSB", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    IDMSB_FIELD_NUMBER: _ClassVar[int]
+    IDLSB_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    idMSB: int
+    idLSB: int
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class NotificationTargetUpdateMsg(_message.Message):
+    __slots__ = ("msgType", "idMSB", "idLSB", "entity")
+    MSGTYPE_FIELD_NUMBER: _ClassVar[int]
+    IDMSB_FIELD_NUMBER: _ClassVar[int]
+    IDLSB_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    msgType: UpdateMsgType
+    idMSB: int
+    idLSB: int
+    entity: str
+    def __init__(self, msgType: _Optional[_Union[UpdateMsgType, str]] = ..., idMSB: _Optional[int] = ..., idLSB: _Optional[int] = ..., entity: _Optional[str] = ...) -> None: ...
+
+class NotificationTemplateUpdateMsg(_message.Message):
     __slots__ = ("msgType", "idMSB", "idLSB", "entity")
     MSGTYPE_FIELD_NUMBER: _ClassVar[int]
     IDMSB_FIELD_NUMBER: _ClassVar[int]

@@ -152,6 +152,36 @@ def test_service() -> None:
         ("DownlinkMsg", "deviceRpcCallMsg", 21),
         ("DownlinkMsg", "assetProfileUpdateMsg", 24),
         ("DownlinkMsg", "edgeConfiguration", 25),
+        ("DownlinkMsg", "entityViewUpdateMsg", 12),
+        ("DownlinkMsg", "userCredentialsUpdateMsg", 15),
+        ("DownlinkMsg", "adminSettingsUpdateMsg", 20),
+        ("DownlinkMsg", "otaPackageUpdateMsg", 22),
+        ("DownlinkMsg", "queueUpdateMsg", 23),
+        ("DownlinkMsg", "tenantUpdateMsg", 26),
+        ("DownlinkMsg", "tenantProfileUpdateMsg", 27),
+        ("DownlinkMsg", "resourceUpdateMsg", 28),
+        ("DownlinkMsg", "alarmCommentUpdateMsg", 29),
+        ("DownlinkMsg", "oAuth2ClientUpdateMsg", 30),
+        ("DownlinkMsg", "notificationRuleUpdateMsg", 31),
+        ("DownlinkMsg", "notificationTargetUpdateMsg", 32),
+        ("DownlinkMsg", "notificationTemplateUpdateMsg", 33),
+        ("DownlinkMsg", "oAuth2DomainUpdateMsg", 34),
+        ("DownlinkMsg", "calculatedFieldUpdateMsg", 35),
+        ("DownlinkMsg", "aiModelUpdateMsg", 36),
+        ("DownlinkMsg", "apiKeyUpdateMsg", 37),
+        ("TenantUpdateMsg", "entity", 17),
+        ("TenantProfileUpdateMsg", "entity", 9),
+        ("EntityViewUpdateMsg", "entity", 12),
+        ("OtaPackageUpdateMsg", "entity", 18),
+        ("QueueUpdateMsg", "entity", 14),
+        ("ResourceUpdateMsg", "entity", 11),
+        ("AlarmCommentUpdateMsg", "entity", 2),
+        ("AdminSettingsUpdateMsg", "entity", 4),
+        ("UserCredentialsUpdateMsg", "entity", 5),
+        ("NotificationRuleUpdateMsg", "entity", 4),
+        ("OAuth2DomainUpdateMsg", "idLSB", 3),
+        ("CalculatedFieldUpdateMsg", "entity", 4),
+        ("ApiKeyUpdateMsg", "entity", 4),
         ("DownlinkResponseMsg", "downlinkMsgId", 3),
         ("EntityDataProto", "postTelemetryMsg", 4),
         ("EntityDataProto", "attributeDeleteMsg", 8),
@@ -300,8 +330,13 @@ def test_edge_versions() -> None:
     assert versions["V_4_2_0"] == 12
     assert versions["V_4_3_0"] == 13
     assert versions["V_LATEST"] == 99999
-    numbered = sorted(v for name, v in versions.items() if name != "V_LATEST")
-    assert numbered == list(range(14)), "versions 0..13 are contiguous"
+    assert versions["V_4_2_1_2"] == 14
+    assert versions["V_4_3_0_1"] == 15
+    assert versions["V_4_2_2_3"] == 4223
+    assert versions["V_4_3_1_3"] == 4313
+    assert versions["V_4_4_0"] == 4400
+    numbered = sorted(v for name, v in versions.items() if v < 100)
+    assert numbered == list(range(16)), "versions 0..15 are contiguous"
 
 
 # --- edge-sync extensions ----------------------------------------------------------------------
