@@ -214,7 +214,15 @@ class RetryConfig(_Section):
     """``cloud.retry``: resending an unacknowledged uplink message."""
 
     interval_ms: int = field(default=3000, metadata=_meta(lo=0))
+    """The wait before resending a message the cloud answered with a failure."""
     max_retries: int = field(default=10, metadata=_meta(lo=0))
+    ack_timeout_ms: int = field(default=60000, metadata=_meta(lo=1))
+    """How long a sent message may stay unanswered before it is resent (ThingsBoard Edge: 60 s);
+    a slow answer within it causes no resend."""
+    permanent_after: int = field(default=3, metadata=_meta(lo=1))
+    """Against a cloud that does not say whether a failure is retryable (ThingsBoard): failures
+    of one message before its events are resent one per message, and failures of one event
+    alone before it is dead-lettered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +420,9 @@ class DownlinkConfig(_Section):
     """``downlink``: messages from the cloud to an edge."""
 
     resend_timeout_ms: int = field(default=10000, metadata=_meta(lo=1))
+    max_attempts: int = field(default=3, metadata=_meta(lo=1))
+    """Refusals (success=false) of one downlink before it is parked as failed and the edge's
+    queue moves on (ThingsBoard gives up after 3 attempts)."""
 
 
 def _cloud_admin() -> AdminConfig:
