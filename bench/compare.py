@@ -441,6 +441,7 @@ class EdgeSyncSystem(System):
             "EDGE_CLOUD_RECONNECT_JITTER": "0",
             "EDGE_CLOUD_CIRCUIT_BREAKER_OPEN_S": "1",
             "EDGE_CLOUD_RETRY_INTERVAL_MS": "1000",
+            "EDGE_CLOUD_RETRY_ACK_TIMEOUT_MS": "1000",
             "EDGE_CLOUD_BATCH_TIMEOUT_MS": "100",
         }
         self.cloud = Proc("edge-cloud serve", [sys.executable, "-m", "edge_sync.cli.cloud", "serve"],

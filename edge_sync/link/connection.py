@@ -94,6 +94,14 @@ def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
         ref.tell(message)
 
 
+def window_policy(cfg: CloudLinkConfig) -> WindowPolicy:
+    """The uplink window's policy from ``cloud.*`` (window, batch, retry)."""
+    return WindowPolicy(
+        window=cfg.window, batch_size=cfg.batch.size, batch_timeout_s=cfg.batch.timeout_ms / 1000,
+        retry_interval_s=cfg.retry.interval_ms / 1000, max_retries=cfg.retry.max_retries,
+        ack_timeout_s=cfg.retry.ack_timeout_ms / 1000)
+
+
 @dataclass
 class _Peer:
     max_inbound: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -140,10 +148,7 @@ class ConnectionActor(SupervisedActor):
         self._peer = _Peer()
         self._identity: tuple[uuid.UUID, uuid.UUID] = (NIL_UUID, NIL_UUID)
         self._customer = NIL_UUID  # the edge's customer, from the latest EdgeConfiguration
-        self._window = UplinkWindow(WindowPolicy(
-            window=cfg.window, batch_size=cfg.batch.size,
-            batch_timeout_s=cfg.batch.timeout_ms / 1000,
-            retry_interval_s=cfg.retry.interval_ms / 1000, max_retries=cfg.retry.max_retries))
+        self._window = UplinkWindow(window_policy(cfg))
         self._unrecorded: list[MarkDeployed | DeadLetter] = []
         self._rewrite_at = 0.0
         self._read_since_release = 0
@@ -508,7 +513,7 @@ class ConnectionActor(SupervisedActor):
             verdict = self._window.expire(now)
             if verdict is not None and oldest is not None:
                 self._went_back(verdict, f"no answer to message {oldest.msg_id} within "
-                                         f"{self._cfg.retry.interval_ms} ms")
+                                         f"{self._cfg.retry.ack_timeout_ms} ms")
             else:
                 self._pump()  # a go-back-N resend's time, or a partial batch's
 

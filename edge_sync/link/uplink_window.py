@@ -9,7 +9,7 @@ How the ConnectionActor drives it:
   message (uplinkMsgId and uplinkEpoch set) and says which events to dead-letter and whether
   to read again.
 - ``on_ack`` / ``on_failure``: the cloud's UplinkResponseMsg, matched by uplinkMsgId.
-- ``expire(now)``: the oldest message got no answer within the retry interval.
+- ``expire(now)``: the oldest message got no answer within the ack timeout.
 - ``next_deadline()``: when time next matters (a resend, an unanswered message, a partial
   batch); nothing to wait for is None.
 - ``reset()``: a new stream (msg ids from 1, a new epoch, the cursor back to the start).
@@ -46,9 +46,13 @@ class WindowPolicy:
     batch_timeout_s: float = 0.1
     """How long a partial batch waits to fill while other messages are in flight."""
     retry_interval_s: float = 5.0
-    """The wait before resending after a failure, and for an answer (cloud.retry.interval_ms)."""
+    """The wait before resending a message the cloud answered with a failure
+    (cloud.retry.interval_ms)."""
     max_retries: int = 5
     """Resends of the same oldest message before the link reconnects (cloud.retry.max_retries)."""
+    ack_timeout_s: float = 60.0
+    """How long a sent message may stay unanswered before it is resent
+    (cloud.retry.ack_timeout_ms); a slower answer within it causes no resend."""
 
 
 @dataclass(slots=True)
@@ -137,7 +141,7 @@ class UplinkWindow:
         deadlines: list[float] = []
         if self._in_flight:
             oldest = next(iter(self._in_flight.values()))
-            deadlines.append(oldest.sent_at + self.policy.retry_interval_s)
+            deadlines.append(oldest.sent_at + self.policy.ack_timeout_s)
             if (self._partial_since is not None and not self._blocked
                     and len(self._in_flight) < self.policy.window):
                 deadlines.append(self._partial_since + self.policy.batch_timeout_s)
@@ -253,11 +257,11 @@ class UplinkWindow:
         return self._go_back(now, delay=self.policy.retry_interval_s)
 
     def expire(self, now: float) -> GoBack | GiveUp | None:
-        """The oldest message unanswered for retry_interval_s: resend at once."""
+        """The oldest message unanswered for ack_timeout_s: resend at once."""
         if not self._in_flight:
             return None
         oldest = next(iter(self._in_flight.values()))
-        if now - oldest.sent_at < self.policy.retry_interval_s:
+        if now - oldest.sent_at < self.policy.ack_timeout_s:
             return None
         return self._go_back(now, delay=0.0)
 

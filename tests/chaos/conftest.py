@@ -30,6 +30,7 @@ FAST_LINK = {
     "EDGE_CLOUD_CIRCUIT_BREAKER_FAILURE_THRESHOLD": "3",
     "EDGE_CLOUD_CIRCUIT_BREAKER_OPEN_S": "2",
     "EDGE_CLOUD_RETRY_INTERVAL_MS": "1000",
+    "EDGE_CLOUD_RETRY_ACK_TIMEOUT_MS": "1000",  # an unanswered uplink is resent after 1 s
 }
 # The edge pings every second: let the cloud accept pings twice as often (no ping strikes).
 CLOUD_ENV = {"EDGES_RPC_KEEPALIVE_PERMIT_TIME_S": "0.5"}

@@ -332,7 +332,8 @@ def test_kill9_anywhere_while_data_flows_both_ways(tmp_path, soak, procs):
         cloud, RK, SECRET,
         EDGE_CLOUD_RECONNECT_INTERVAL_MS="50", EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS="300",
         EDGE_CLOUD_CIRCUIT_BREAKER_FAILURE_THRESHOLD="50", EDGE_CLOUD_CIRCUIT_BREAKER_OPEN_S="1",
-        EDGE_CLOUD_RETRY_INTERVAL_MS="500", EDGE_CLOUD_BATCH_TIMEOUT_MS="50")))
+        EDGE_CLOUD_RETRY_INTERVAL_MS="500", EDGE_CLOUD_RETRY_ACK_TIMEOUT_MS="500",
+        EDGE_CLOUD_BATCH_TIMEOUT_MS="50")))
     agent.start()
     wait_connected(agent)
     load = Load(agent, clients=2, devices_per_client=3)

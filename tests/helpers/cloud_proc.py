@@ -237,8 +237,9 @@ class CloudProc(ServiceProcess):
 
 def link_env(cloud: CloudProc, routing_key: str, secret: str, **extra: str) -> dict[str, str]:
     """Environment for an `edge-sync run` (tests.helpers.agent.Agent) linked to this cloud, with
-    short reconnect delays (100 ms .. 1 s), a circuit breaker that reopens after 1 s and a 1 s
-    uplink resend interval, so faults heal quickly. ``extra`` overrides any of them."""
+    short reconnect delays (100 ms .. 1 s), a circuit breaker that reopens after 1 s and an
+    uplink resent 1 s after a failure or 1 s without an answer, so faults heal quickly.
+    ``extra`` overrides any of them."""
     env = {
         "CLOUD_ROUTING_KEY": routing_key,
         "CLOUD_ROUTING_SECRET": secret,
@@ -248,6 +249,7 @@ def link_env(cloud: CloudProc, routing_key: str, secret: str, **extra: str) -> d
         "EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS": "1000",
         "EDGE_CLOUD_CIRCUIT_BREAKER_OPEN_S": "1",
         "EDGE_CLOUD_RETRY_INTERVAL_MS": "1000",
+        "EDGE_CLOUD_RETRY_ACK_TIMEOUT_MS": "1000",
         "EDGE_CLOUD_BATCH_TIMEOUT_MS": "100",
     }
     env.update(extra)

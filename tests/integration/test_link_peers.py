@@ -370,7 +370,8 @@ def test_rejected_event_is_dead_lettered_and_the_rest_delivered_once_in_order(
 def test_unanswered_uplink_is_resent_under_higher_epochs_then_the_edge_reconnects(
         harness: Harness, log_records: list[dict[str, Any]]) -> None:
     fake = harness.fake(uplinks="silent")
-    app = harness.edge(fake, EDGE_CLOUD_RETRY_INTERVAL_MS="300", EDGE_CLOUD_RETRY_MAX_RETRIES="2")
+    app = harness.edge(fake, EDGE_CLOUD_RETRY_ACK_TIMEOUT_MS="300",
+                       EDGE_CLOUD_RETRY_MAX_RETRIES="2")
     make_device(app, "silent-dev")
     fake.wait_for(lambda: len(fake.connects) >= 2 and any(u.stream == 2 for u in fake.uplinks),
                   what="a second stream carrying uplinks", timeout=10)
@@ -383,7 +384,7 @@ def test_unanswered_uplink_is_resent_under_higher_epochs_then_the_edge_reconnect
     assert all(e is not None for e in epochs) and epochs == sorted(set(epochs))  # type: ignore[type-var]
     assert [u.msg.uplinkMsgId for u in first] == [1, 2, 3]
     gaps = [b.at - a.at for a, b in itertools.pairwise(first)]
-    assert all(g >= 0.25 for g in gaps), gaps  # resent after retry.interval (300 ms), not sooner
+    assert all(g >= 0.25 for g in gaps), gaps  # resent after retry.ack_timeout (300 ms), not sooner
 
     second = [u for u in fake.uplinks if u.stream == 2]
     assert second[0].seqs == [1] and second[0].msg.uplinkMsgId == 1  # ids restart per stream

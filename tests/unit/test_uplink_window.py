@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from edge_sync.cloud.uplink_payloads import uplink_events
 from edge_sync.common.wire import Owner
+from edge_sync.config import load_edge_config
+from edge_sync.link.connection import window_policy
 from edge_sync.link.uplink_window import GiveUp, GoBack, UplinkWindow, WindowPolicy
 from edge_sync.storage.records import NIL_UUID, Action, Lane, StoredEvent
 
@@ -73,7 +75,7 @@ def pump(w: UplinkWindow, q: Queue, now: float, *, ordered: bool = True) -> list
 
 def window(*, window: int = 2, batch_size: int = 3) -> UplinkWindow:
     return UplinkWindow(WindowPolicy(window=window, batch_size=batch_size, batch_timeout_s=1.0,
-                                     retry_interval_s=5.0, max_retries=2))
+                                     retry_interval_s=5.0, max_retries=2, ack_timeout_s=5.0))
 
 
 def test_in_order_acks_deploy_and_free_the_window() -> None:
@@ -245,3 +247,25 @@ def test_a_partial_batch_waits_to_fill_while_messages_are_in_flight() -> None:
     assert w.waiting_for_batch
     assert pump(w, q, 1.0) == [(2, 1, (4,))]  # the deadline: sent as it is
     assert not w.waiting_for_batch
+
+
+def test_a_slow_answer_within_the_ack_timeout_is_not_resent_a_failure_waits_the_retry_interval(
+        ) -> None:
+    """Default settings: an answer 5 s late causes no resend (ack timeout 60 s); a failure
+    answer is resent after cloud.retry.interval_ms (3 s), not after the ack timeout."""
+    policy = window_policy(load_edge_config(env={}).cloud)
+    assert (policy.ack_timeout_s, policy.retry_interval_s) == (60.0, 3.0)
+    q = Queue([event(s) for s in range(1, 4)])
+    w = UplinkWindow(policy)
+    assert pump(w, q, 0.0) == [(1, 1, (1, 2, 3))]
+    assert w.next_deadline() == 60.0
+    assert w.expire(5.0) is None and pump(w, q, 5.0) == []  # slow, not lost: nothing resent
+    assert w.on_ack(1) == (1, 2, 3)
+    q.commit_deployed((1, 2, 3))
+    q.events += [event(4)]
+    assert pump(w, q, 6.0) == [(2, 1, (4,))]
+    assert w.expire(65.9) is None
+    assert w.expire(66.0) == GoBack(epoch=2, from_seq=4, attempt=1, resend_at=None)
+    assert pump(w, q, 66.0) == [(3, 2, (4,))]
+    assert w.on_failure(3, 70.0) == GoBack(epoch=3, from_seq=4, attempt=2, resend_at=73.0)
+    assert w.next_deadline() == 73.0
