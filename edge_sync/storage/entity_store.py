@@ -1,5 +1,6 @@
 """The entity store: devices (with access tokens and unique names), attributes by scope, latest
-telemetry per key, and the ids of downlinks already applied.
+telemetry per key, the tenant and device profiles the cloud synced, and the ids of downlinks
+already applied.
 
 Layout:
   devices        device_id(16) -> encoded Device
@@ -8,9 +9,16 @@ Layout:
   attributes     entity_id(16) + scope(1) + key (utf-8) -> (value, last_update_ts)
   latest_ts      entity_id(16) + key (utf-8) -> (ts, value)
   downlinks      downlink key -> applied time (u64)
+  meta           keys under "synced/" (added without a format change: a store of an earlier
+                 release simply has none, and an earlier release ignores them):
+    synced/tenant                            -> (tenant_id(16), title, Tenant JSON)
+    synced/device_profile/ + id(16)          -> (name, DeviceProfile JSON)
+    synced/device_profile_name/ + name       -> profile id(16)
+    synced/device_profile_of/ + device_id(16) -> profile id(16): the deviceProfileId the
+                                                cloud sent with the device (Device.profile_id)
 Record values are in the checksummed envelope of codec.py; a store upgraded from the previous
 format may still hold values of that format (devices led by a schema number, attributes and
-latest_ts without one), which are read as they are.
+latest_ts without one), which are read as they are. The synced/ keys only exist in the new one.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import lmdb
@@ -25,9 +34,13 @@ import lmdb
 from edge_sync.errors import Conflict
 from edge_sync.storage import codec
 from edge_sync.storage.env import LmdbStore
-from edge_sync.storage.records import Device, Scope
+from edge_sync.storage.records import Device, DeviceProfile, Scope, Tenant
 
 _SCOPE_BYTE = {Scope.CLIENT: b"C", Scope.SERVER: b"S", Scope.SHARED: b"H"}
+_TENANT = b"synced/tenant"
+_PROFILE = b"synced/device_profile/"
+_PROFILE_NAME = b"synced/device_profile_name/"
+_PROFILE_OF = b"synced/device_profile_of/"
 
 
 class EntityStore:
@@ -52,7 +65,16 @@ class EntityStore:
 
     def device(self, txn: lmdb.Transaction, device_id: uuid.UUID) -> Device | None:
         raw = txn.get(device_id.bytes, db=self._db["devices"])
-        return None if raw is None else codec.decode_device(device_id.bytes, raw, previous=self._previous)
+        if raw is None:
+            return None
+        return self._with_profile(
+            txn, codec.decode_device(device_id.bytes, raw, previous=self._previous))
+
+    def _with_profile(self, txn: lmdb.Transaction, device: Device) -> Device:
+        raw = txn.get(_PROFILE_OF + device.id.bytes, db=self._db["meta"])
+        if raw is None:
+            return device
+        return replace(device, profile_id=codec.to_uuid(raw, f"meta: profile of device {device.id}"))
 
     def device_by_name(self, txn: lmdb.Transaction, name: str) -> Device | None:
         if not name:
@@ -62,7 +84,8 @@ class EntityStore:
 
     def devices(self, txn: lmdb.Transaction) -> list[Device]:
         with txn.cursor(db=self._db["devices"]) as cur:
-            return [codec.decode_device(k, v, previous=self._previous) for k, v in cur.iternext()]
+            return [self._with_profile(txn, codec.decode_device(k, v, previous=self._previous))
+                    for k, v in cur.iternext()]
 
     def device_count(self, txn: lmdb.Transaction) -> int:
         return self.store.entries(txn, "devices")
@@ -77,7 +100,8 @@ class EntityStore:
             raise Conflict("that access token is already used by another device")
 
     def put_device(self, txn: lmdb.Transaction, device: Device) -> None:
-        """Insert or replace a device, keeping the name and token indexes in step."""
+        """Insert or replace a device, keeping the name and token indexes (and its profile id)
+        in step."""
         old = self.device(txn, device.id)
         if old is not None:
             if old.token and old.token != device.token:
@@ -88,6 +112,10 @@ class EntityStore:
         if device.token:  # a device provisioned by the cloud gets its token with its credentials
             txn.put(device.token.encode(), device.id.bytes, db=self._db["device_tokens"])
         txn.put(device.name.encode(), device.id.bytes, db=self._db["device_names"])
+        if device.profile_id is not None:
+            txn.put(_PROFILE_OF + device.id.bytes, device.profile_id.bytes, db=self._db["meta"])
+        elif old is not None and old.profile_id is not None:
+            txn.delete(_PROFILE_OF + device.id.bytes, db=self._db["meta"])
 
     def delete_device(self, txn: lmdb.Transaction, device_id: uuid.UUID) -> bool:
         old = self.device(txn, device_id)
@@ -97,7 +125,98 @@ class EntityStore:
         if old.token:
             txn.delete(old.token.encode(), db=self._db["device_tokens"])
         txn.delete(old.name.encode(), db=self._db["device_names"])
+        if old.profile_id is not None:
+            txn.delete(_PROFILE_OF + device_id.bytes, db=self._db["meta"])
         return True
+
+    # -- what the cloud syncs: the tenant and device profiles -------------------------------------
+
+    def tenant(self, txn: lmdb.Transaction) -> Tenant | None:
+        raw = txn.get(_TENANT, db=self._db["meta"])
+        if raw is None:
+            return None
+        tid, title, entity = codec.unpack_fields(raw, "meta: synced tenant", 3)
+        return Tenant(codec.to_uuid(tid, "meta: synced tenant id"), title, entity)
+
+    def put_tenant(self, txn: lmdb.Transaction, tenant: Tenant) -> None:
+        txn.put(_TENANT, codec.pack((tenant.id.bytes, tenant.title, tenant.entity)),
+                db=self._db["meta"])
+
+    def delete_tenant(self, txn: lmdb.Transaction) -> bool:
+        return bool(txn.delete(_TENANT, db=self._db["meta"]))
+
+    def device_profile(self, txn: lmdb.Transaction, profile_id: uuid.UUID) -> DeviceProfile | None:
+        raw = txn.get(_PROFILE + profile_id.bytes, db=self._db["meta"])
+        if raw is None:
+            return None
+        name, entity = codec.unpack_fields(raw, f"meta: device profile {profile_id}", 2)
+        return DeviceProfile(profile_id, name, entity)
+
+    def device_profile_by_name(self, txn: lmdb.Transaction, name: str) -> DeviceProfile | None:
+        raw_id = txn.get(_PROFILE_NAME + codec.text_key(name), db=self._db["meta"])
+        if raw_id is None:
+            return None
+        return self.device_profile(txn, codec.to_uuid(raw_id, f"meta: device profile {name!r}"))
+
+    def device_profiles(self, txn: lmdb.Transaction) -> list[DeviceProfile]:
+        out: list[DeviceProfile] = []
+        with txn.cursor(db=self._db["meta"]) as cur:
+            if cur.set_range(_PROFILE):
+                for k, v in cur.iternext():
+                    key = bytes(k)
+                    if not key.startswith(_PROFILE):
+                        break
+                    pid = codec.to_uuid(key[len(_PROFILE):], "meta: device profile key")
+                    name, entity = codec.unpack_fields(v, f"meta: device profile {pid}", 2)
+                    out.append(DeviceProfile(pid, name, entity))
+        return out
+
+    def device_profile_ids(self, txn: lmdb.Transaction) -> dict[str, uuid.UUID]:
+        """Profile name -> id of every synced device profile (a device's ``type`` names its
+        profile): what the uplink's Device JSON needs for deviceProfileId. One range read of
+        the name index, no profile JSON decoded."""
+        out: dict[str, uuid.UUID] = {}
+        with txn.cursor(db=self._db["meta"]) as cur:
+            if cur.set_range(_PROFILE_NAME):
+                for k, v in cur.iternext():
+                    key = bytes(k)
+                    if not key.startswith(_PROFILE_NAME):
+                        break
+                    name = key[len(_PROFILE_NAME):].decode()
+                    out[name] = codec.to_uuid(v, f"meta: device profile {name!r}")
+        return out
+
+    def put_device_profile(self, txn: lmdb.Transaction, profile: DeviceProfile) -> uuid.UUID | None:
+        """Insert or replace a profile and index it by name. Names are unique in a ThingsBoard
+        tenant; should another synced profile still hold the name (a rename not yet synced),
+        the name goes to this one and the other's id is returned."""
+        meta = self._db["meta"]
+        old = self.device_profile(txn, profile.id)
+        if old is not None and old.name != profile.name:
+            self._drop_profile_name(txn, old)
+        name_key = _PROFILE_NAME + codec.text_key(profile.name)
+        holder = txn.get(name_key, db=meta)
+        displaced = None
+        if holder is not None and bytes(holder) != profile.id.bytes:
+            displaced = codec.to_uuid(holder, f"meta: device profile {profile.name!r}")
+        txn.put(_PROFILE + profile.id.bytes, codec.pack((profile.name, profile.entity)), db=meta)
+        txn.put(name_key, profile.id.bytes, db=meta)
+        return displaced
+
+    def delete_device_profile(self, txn: lmdb.Transaction, profile_id: uuid.UUID) -> bool:
+        old = self.device_profile(txn, profile_id)
+        if old is None:
+            return False
+        txn.delete(_PROFILE + profile_id.bytes, db=self._db["meta"])
+        self._drop_profile_name(txn, old)
+        return True
+
+    def _drop_profile_name(self, txn: lmdb.Transaction, profile: DeviceProfile) -> None:
+        """Remove the name index entry of ``profile``, unless another profile holds it now."""
+        name_key = _PROFILE_NAME + codec.text_key(profile.name)
+        holder = txn.get(name_key, db=self._db["meta"])
+        if holder is not None and bytes(holder) == profile.id.bytes:
+            txn.delete(name_key, db=self._db["meta"])
 
     # -- attributes ------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The event log's and entity store's record types: lanes, statuses, events and devices.
+"""The event log's and entity store's record types: lanes, statuses, events, devices, and the
+tenant and device profiles the cloud syncs.
 
 These frozen dataclasses are what the rest of the code speaks; only storage/codec.py knows how
 they are laid out on disk.
@@ -156,6 +157,7 @@ class Device:
     created_time: int
     label: str = ""
     version: int = 1
+    profile_id: uuid.UUID | None = None  # the cloud's deviceProfileId, when it sent one
 
     def as_json(self, *, with_token: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -165,9 +167,30 @@ class Device:
             "label": self.label,
             "created_time": self.created_time,
         }
+        if self.profile_id is not None:
+            out["device_profile_id"] = str(self.profile_id)
         if with_token:
             out["token"] = self.token
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """The edge's tenant as the cloud synced it: its id, title and ThingsBoard JSON as sent."""
+
+    id: uuid.UUID
+    title: str
+    entity: str  # the Tenant JSON text of the TenantUpdateMsg
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceProfile:
+    """A device profile the cloud synced. A ThingsBoard device's ``type`` is the name of its
+    profile, so the edge finds a device's profile by name."""
+
+    id: uuid.UUID
+    name: str
+    entity: str  # the DeviceProfile JSON text of the DeviceProfileUpdateMsg
 
 
 @dataclass(frozen=True, slots=True)

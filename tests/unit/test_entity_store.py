@@ -1,5 +1,6 @@
 """EntityStore on a real LMDB store in tmp_path: devices and their token / name indexes,
-uniqueness checks that write nothing, attributes by scope, latest telemetry by ts, downlink ids.
+uniqueness checks that write nothing, attributes by scope, latest telemetry by ts, the synced
+tenant and device profiles (indexed by name) and a device's profile id, downlink ids.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 from edge_sync.storage.entity_store import Conflict, EntityStore
 from edge_sync.storage.env import LmdbStore
-from edge_sync.storage.records import Device, Scope
+from edge_sync.storage.records import Device, DeviceProfile, Scope, Tenant
 
 D1 = Device(id=uuid.UUID(int=1), name="pump-1", type="pump", token="tok-1", created_time=10,
             label="Pump one")
@@ -217,6 +218,98 @@ def test_put_latest_keeps_highest_ts_per_key(store: LmdbStore, ents: EntityStore
     assert read(store, lambda txn: ents.latest(txn, D2.id)) == {"t": (1, 1)}
     assert read(store, lambda txn: ents.latest(txn, e))["t"] == (101, 21.0)
     assert read(store, lambda txn: ents.latest(txn, uuid.UUID(int=77))) == {}
+
+
+# -- the synced tenant and device profiles --------------------------------------------------------
+
+P1 = DeviceProfile(uuid.UUID(int=0xA1), "default", '{"name":"default","default":true}')
+P2 = DeviceProfile(uuid.UUID(int=0xA2), "thermostat", '{"name":"thermostat"}')
+
+
+def test_tenant_put_replace_delete(store: LmdbStore, ents: EntityStore) -> None:
+    assert read(store, ents.tenant) is None
+    t = Tenant(uuid.UUID(int=0x7E), "Acme", '{"title":"Acme"}')
+    write(store, lambda txn: ents.put_tenant(txn, t))
+    assert read(store, ents.tenant) == t
+    t2 = replace(t, title="Acme Corp", entity='{"title":"Acme Corp"}')
+    write(store, lambda txn: ents.put_tenant(txn, t2))
+    assert read(store, ents.tenant) == t2
+    assert write(store, ents.delete_tenant) is True
+    assert write(store, ents.delete_tenant) is False
+    assert read(store, ents.tenant) is None
+
+
+def test_device_profiles_by_id_and_name(store: LmdbStore, ents: EntityStore) -> None:
+    assert read(store, ents.device_profile_ids) == {}
+    assert write(store, lambda txn: ents.put_device_profile(txn, P1)) is None
+    assert write(store, lambda txn: ents.put_device_profile(txn, P2)) is None
+    assert read(store, lambda txn: ents.device_profile(txn, P2.id)) == P2
+    assert read(store, lambda txn: ents.device_profile_by_name(txn, "default")) == P1
+    assert read(store, lambda txn: ents.device_profile_by_name(txn, "nope")) is None
+    assert read(store, ents.device_profiles) == [P1, P2]
+    assert read(store, ents.device_profile_ids) == {"default": P1.id, "thermostat": P2.id}
+    # a rename moves the name index
+    write(store, lambda txn: ents.put_device_profile(txn, replace(P2, name="thermo-2")))
+    assert read(store, ents.device_profile_ids) == {"default": P1.id, "thermo-2": P2.id}
+    assert read(store, lambda txn: ents.device_profile_by_name(txn, "thermostat")) is None
+    assert write(store, lambda txn: ents.delete_device_profile(txn, P2.id)) is True
+    assert write(store, lambda txn: ents.delete_device_profile(txn, P2.id)) is False
+    assert read(store, ents.device_profile_ids) == {"default": P1.id}
+    assert read(store, ents.device_profiles) == [P1]
+
+
+def test_a_name_taken_by_another_profile_moves_to_the_newest(
+        store: LmdbStore, ents: EntityStore) -> None:
+    """Names are unique in a ThingsBoard tenant; until the other's rename is synced, the name
+    finds the profile written last, and deleting the older one leaves the name in place."""
+    write(store, lambda txn: ents.put_device_profile(txn, P2))
+    newer = DeviceProfile(uuid.UUID(int=0xA3), "thermostat", "{}")
+    assert write(store, lambda txn: ents.put_device_profile(txn, newer)) == P2.id
+    assert read(store, ents.device_profile_ids) == {"thermostat": newer.id}
+    assert write(store, lambda txn: ents.delete_device_profile(txn, P2.id)) is True
+    assert read(store, ents.device_profile_ids) == {"thermostat": newer.id}
+
+
+def test_profiles_tenant_and_a_device_profile_id_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    s = LmdbStore(path, initial_map_mb=4)
+    ents = EntityStore(s)
+    tenant = Tenant(uuid.UUID(int=0x7E), "Acme", "{}")
+    dev = replace(D1, profile_id=P1.id)
+
+    def fill(txn: Any) -> None:
+        ents.put_tenant(txn, tenant)
+        ents.put_device_profile(txn, P1)
+        ents.put_device(txn, dev)
+        ents.put_device(txn, D2)
+
+    s.write(fill)
+    s.close()
+    s = LmdbStore(path, initial_map_mb=4, readonly=True)
+    try:
+        ents = EntityStore(s)
+        with s.read() as txn:
+            assert (ents.tenant(txn), ents.device_profile_ids(txn)) == (tenant, {"default": P1.id})
+            assert ents.device(txn, D1.id) == dev
+            assert ents.device_by_token(txn, "tok-1") == dev
+            assert ents.devices(txn) == [dev, D2]
+            assert ents.device(txn, D2.id) == D2  # no profile id: None
+    finally:
+        s.close()
+
+
+def test_a_device_profile_id_follows_the_device(store: LmdbStore, ents: EntityStore) -> None:
+    with_profile = replace(D1, profile_id=P2.id)
+    write(store, lambda txn: ents.put_device(txn, with_profile))
+    assert read(store, lambda txn: ents.device(txn, D1.id)) == with_profile
+    write(store, lambda txn: ents.put_device(txn, D1))  # written without one: dropped
+    assert read(store, lambda txn: ents.device(txn, D1.id)) == D1
+    write(store, lambda txn: ents.put_device(txn, with_profile))
+    assert write(store, lambda txn: ents.delete_device(txn, D1.id)) is True
+    write(store, lambda txn: ents.put_device(txn, D1))  # the same id again: no stale profile
+    assert read(store, lambda txn: ents.device(txn, D1.id)) == D1
+    # the profile ids live beside the devices, not in them: the device indexes are unchanged
+    assert index_sizes(store) == (1, 1, 1)
 
 
 # -- downlinks ------------------------------------------------------------------------------------
