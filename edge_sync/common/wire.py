@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge_sync.errors import BadRequest
@@ -108,17 +109,20 @@ _CLEARED = ("CLEARED_UNACK", "CLEARED_ACK")
 class Owner:
     """The tenant and customer the edge's entities belong to: those of the edge, from the
     EdgeConfiguration of the connect response. ThingsBoard refuses a device or an alarm without
-    a tenant."""
+    a tenant. ``device_profiles`` (profile name -> id) are the device profiles the cloud synced:
+    a device's ``type`` names its profile, whose id its Device JSON then carries."""
 
     tenant_id: uuid.UUID
     customer_id: uuid.UUID = NULL_UUID
+    device_profiles: Mapping[str, uuid.UUID] = field(default_factory=dict, hash=False)
 
     @classmethod
-    def of(cls, tenant_id: uuid.UUID, customer_id: uuid.UUID | None) -> Owner:
+    def of(cls, tenant_id: uuid.UUID, customer_id: uuid.UUID | None,
+           device_profiles: Mapping[str, uuid.UUID] | None = None) -> Owner:
         """The owner of an EdgeConfiguration: no customer (nil or absent) is NULL_UUID."""
         if customer_id is None or customer_id.int == 0:
             customer_id = NULL_UUID
-        return cls(tenant_id, customer_id)
+        return cls(tenant_id, customer_id, device_profiles or {})
 
 
 def typed_id(entity_type: str, value: uuid.UUID | str) -> dict[str, str]:
@@ -139,16 +143,23 @@ def _compact(value: dict[str, Any]) -> str:
 
 def device_json(body: dict[str, Any], owner: Owner | None) -> str:
     """The edge's device body -> ThingsBoard's Device JSON text. Without an owner (the reference
-    cloud, whose edge ignores them) tenantId and customerId are left out. deviceProfileId is left
-    out until profiles are synced: ThingsBoard finds or creates the profile named by ``type``.
-    additionalInfo null leaves the cloud's own additionalInfo as it is on an update."""
+    cloud, whose edge ignores them) tenantId and customerId are left out. deviceProfileId is the
+    body's ``device_profile_id`` (the profile the cloud gave the device), else the id of the
+    owner's synced profile named by ``type``; with neither it is left out, and ThingsBoard finds
+    or creates the profile named by ``type``. additionalInfo null leaves the cloud's own
+    additionalInfo as it is on an update."""
+    dtype = body.get("type", "default")
+    profile = body.get("device_profile_id")
+    if profile is None and owner is not None:
+        profile = owner.device_profiles.get(dtype)
     return _compact({
         "id": typed_id("DEVICE", body["id"]),
         "createdTime": body.get("created_time", 0),
         **_owned(owner),
         "name": body.get("name", ""),
-        "type": body.get("type", "default"),
+        "type": dtype,
         "label": body.get("label", ""),
+        **({"deviceProfileId": typed_id("DEVICE_PROFILE", profile)} if profile is not None else {}),
         "additionalInfo": body.get("additionalInfo"),
     })
 

@@ -3,7 +3,8 @@ that carries it, with the edge seq in its ``edgeSeqId`` extension (docs/link-pro
 
 Entity JSON names the edge's tenant and customer (``Owner``): they are taken when the event is
 sent, from the identity of the connection, so an event recorded before the edge ever connected
-carries them too."""
+carries them too. Likewise a device's deviceProfileId: the synced profile named by its type, as
+the Owner knows them when the event is sent."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ PayloadField = str  # the UplinkMsg list the payload goes into, e.g. "entityData
 def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
     """The uplink payload for one event (edgeSeqId set), its entity JSON owned by ``owner``.
     A peer that announced no tenant (nil: not ThingsBoard, which always does) gets the JSON
-    without tenantId and customerId. BadRequest when the event has no mapping."""
+    without tenantId and customerId, and no deviceProfileId from the owner's synced profiles.
+    BadRequest when the event has no mapping."""
     owned: Owner | None = owner if owner.tenant_id != NIL_UUID else None
     msb, lsb = uuid_halves(event.entity_id)
     body = event.body

@@ -69,6 +69,33 @@ def test_device_json_is_thingsboard_4x_with_the_edge_tenant_and_the_null_custome
     }
 
 
+def test_device_json_names_the_synced_profile_of_its_type() -> None:
+    """deviceProfileId is the id of the synced profile whose name is the device's type; without
+    such a profile it is left out (ThingsBoard then finds or creates one by type)."""
+    pump, other = uuid.UUID(int=0xB1), uuid.UUID(int=0xB2)
+    synced = Owner.of(TENANT, None, {"pump": pump, "valve": other})
+    body = entity_of(device_added(), synced)
+    assert body["deviceProfileId"] == {"entityType": "DEVICE_PROFILE", "id": str(pump)}
+    assert list(body) == ["id", "createdTime", "tenantId", "customerId", "name", "type", "label",
+                          "deviceProfileId", "additionalInfo"]
+    assert "deviceProfileId" not in entity_of(device_added(), Owner.of(TENANT, None, {"valve": other}))
+    assert "deviceProfileId" not in entity_of(device_added(), OWNER)
+
+
+def test_device_json_keeps_the_profile_the_cloud_gave_the_device() -> None:
+    given = uuid.UUID(int=0xB3)
+    event = stored(Action.ADDED, {"id": str(DEVICE), "name": "pump-1", "type": "pump",
+                                  "created_time": 1, "device_profile_id": str(given)})
+    assert entity_of(event, Owner.of(TENANT, None, {"pump": uuid.UUID(int=0xB1)}))[
+        "deviceProfileId"] == {"entityType": "DEVICE_PROFILE", "id": str(given)}
+
+
+def test_owners_with_and_without_profiles() -> None:
+    assert Owner.of(TENANT, None).device_profiles == {}
+    assert Owner.of(TENANT, None, {"a": DEVICE}) == Owner(TENANT, NULL_UUID, {"a": DEVICE})
+    assert hash(Owner.of(TENANT, None, {"a": DEVICE})) == hash(Owner(TENANT))
+
+
 def test_an_edge_assigned_to_a_customer_names_it() -> None:
     assert entity_of(device_added(), Owner.of(TENANT, CUSTOMER))["customerId"] == {
         "entityType": "CUSTOMER", "id": str(CUSTOMER)}
