@@ -5,6 +5,14 @@ whose key is already recorded (a redelivery) is only acknowledged.
 The key is the downlinkMsgId plus a hash of the serialized message without its send time
 (cloudTimeMillis, stamped anew on every resend), so a peer that picks ids at random
 (ThingsBoard) works: a redelivery hashes the same, two different downlinks do not.
+
+What the edge applies, in this order whatever the order of the lists (ThingsBoard sends a device
+with its credentials and its profile in one DownlinkMsg): the tenant, device profiles, devices,
+device credentials, entity data (attributes), then sync completion and the edge configuration.
+Every other kind ThingsBoard sends (rule chains, dashboards, widgets, queues, users, RPC
+requests, ...) is set aside: acknowledged with success, counted by kind in
+``edge_downlinks_set_aside_total{kind=...}`` and logged at INFO the first time a kind comes.
+A redelivery is counted as a duplicate only, not again by kind.
 """
 
 from __future__ import annotations
@@ -12,10 +20,13 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import lmdb
+from google.protobuf import unknown_fields
+from google.protobuf.descriptor import FieldDescriptor
 from loguru import logger
 
 from edge_sync.actors.address import Address
@@ -26,7 +37,7 @@ from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
-from edge_sync.storage.records import Action, Device, Scope
+from edge_sync.storage.records import Action, Device, DeviceProfile, Scope, Tenant
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 
 _log = logger.bind(component="downlink")
@@ -53,6 +64,42 @@ class DownlinkApplied:
     sync_completed: bool = False
     identity: tuple[uuid.UUID, uuid.UUID] | None = None  # (tenant, edge) from edgeConfiguration
     customer_id: uuid.UUID | None = None  # ... and its customer (nil: none)
+    # the synced device profiles (name -> id) after this downlink, when it changed them
+    device_profiles: Mapping[str, uuid.UUID] | None = field(default=None, hash=False)
+
+
+# The DownlinkMsg fields the edge applies (see the module docstring for the order), and those
+# that are no payload at all. Every other field present is a kind set aside.
+APPLIED_KINDS = frozenset({"tenantUpdateMsg", "deviceProfileUpdateMsg", "deviceUpdateMsg",
+                           "deviceCredentialsUpdateMsg", "entityData", "syncCompletedMsg",
+                           "edgeConfiguration"})
+_NOT_PAYLOADS = frozenset({"downlinkMsgId", "cloudTimeMillis"})
+
+
+def set_aside_kinds(msg: edge_pb2.DownlinkMsg) -> dict[str, int]:
+    """Kind -> count of the payloads in ``msg`` that the edge does not apply: the lists it does
+    not handle, and fields of a newer peer that this edge's schema does not know ("field N").
+    (entityData the edge does not apply is counted where it is applied, by its content.)"""
+    out: dict[str, int] = {}
+    for fd, value in msg.ListFields():
+        if fd.name in APPLIED_KINDS or fd.name in _NOT_PAYLOADS:
+            continue
+        out[fd.name] = len(value) if fd.is_repeated else 1
+    for unknown in unknown_fields.UnknownFieldSet(msg):
+        kind = f"field {unknown.field_number}"
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one downlink's transaction did."""
+
+    fresh: bool
+    what: str = ""
+    set_aside: dict[str, int] = field(default_factory=dict)
+    device_profiles: dict[str, uuid.UUID] | None = None
+    warnings: list[str] = field(default_factory=list)  # logged once the transaction commits
 
 
 def downlink_key(msg: edge_pb2.DownlinkMsg) -> bytes:
@@ -84,6 +131,10 @@ class DownlinkActor(SupervisedActor):
         self._duplicates = metrics.counter(
             "edge_downlinks_duplicate_total", "redelivered downlinks only acknowledged")
         self._failed = metrics.counter("edge_downlinks_failed_total", "downlinks that failed")
+        self._set_aside = metrics.counter_family(
+            "edge_downlinks_set_aside_total",
+            "downlink payloads of a kind the edge does not apply, acknowledged and counted",
+            "kind")
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ApplyDownlink):
@@ -104,8 +155,8 @@ class DownlinkActor(SupervisedActor):
         try:
             # maintenance: a full store must still take what the cloud sends (sync completion
             # above all), or the link could never sync again and drain the backlog
-            fresh, what = self._store.write(lambda txn: self._apply_in(txn, msg, key, now),
-                                            maintenance=True)
+            out = self._store.write(lambda txn: self._apply_in(txn, msg, key, now),
+                                    maintenance=True)
         except Exception as exc:  # a store failure (resent later) or a malformed downlink:
             # answer success=false, never crash on it (a crash would block the downlink queue)
             reason = (str(exc) if isinstance(exc, EdgeSyncError)
@@ -114,43 +165,98 @@ class DownlinkActor(SupervisedActor):
             _log.bind(downlink_id=dl_id, error=reason).error("downlink {} not applied: {}", dl_id,
                                                              reason)
             return DownlinkApplied(cmd.stream_id, dl_id, False, reason)
-        if fresh and self._tokens is not None and (msg.deviceUpdateMsg or msg.deviceCredentialsUpdateMsg):
+        if out.fresh and self._tokens is not None and (msg.deviceUpdateMsg or msg.deviceCredentialsUpdateMsg):
             self._tokens.invalidate()
-        if fresh:
+        if out.fresh:
             self._applied.inc()
-            _log.bind(downlink_id=dl_id, applied=what).info("downlink {} applied: {}", dl_id, what)
+            self._count_set_aside(dl_id, out.set_aside)
+            for warning in out.warnings:
+                _log.bind(downlink_id=dl_id).warning("downlink {}: {}", dl_id, warning)
+            _log.bind(downlink_id=dl_id, applied=out.what).info("downlink {} applied: {}", dl_id,
+                                                                out.what)
         else:
             self._duplicates.inc()
             _log.bind(downlink_id=dl_id).info("downlink {} redelivered: acknowledged only", dl_id)
-        return DownlinkApplied(cmd.stream_id, dl_id, True, duplicate=not fresh,
+        return DownlinkApplied(cmd.stream_id, dl_id, True, duplicate=not out.fresh,
                                sync_completed=sync_completed, identity=identity,
-                               customer_id=customer)
+                               customer_id=customer, device_profiles=out.device_profiles)
+
+    def _count_set_aside(self, dl_id: int, set_aside: dict[str, int]) -> None:
+        """Count the kinds set aside; the first of a kind in this process is logged."""
+        for kind, n in set_aside.items():
+            first = self._set_aside.get(kind) == 0
+            self._set_aside.inc(kind, n)
+            if first:
+                _log.bind(downlink_id=dl_id, kind=kind).info(
+                    "cloud sent {}; not applied on this edge, acknowledged and counted; further "
+                    "ones are only counted", kind)
 
     def _apply_in(
         self, txn: lmdb.Transaction, msg: edge_pb2.DownlinkMsg, key: bytes, now: int
-    ) -> tuple[bool, str]:
+    ) -> _Outcome:
         if self._entities.downlink_applied(txn, key):
-            return False, "duplicate"
+            return _Outcome(False, "duplicate")
+        out = _Outcome(True, set_aside=set_aside_kinds(msg))
         done: list[str] = []
+        # dependencies first: a device names its profile, credentials and attributes a device
+        for tenant in msg.tenantUpdateMsg:
+            done.append(self._tenant(txn, tenant))
+        for profile in msg.deviceProfileUpdateMsg:
+            done.append(self._device_profile(txn, profile, out))
         for dev in msg.deviceUpdateMsg:
             done.append(self._device(txn, dev, now))
         for cred in msg.deviceCredentialsUpdateMsg:
             done.append(self._credentials(txn, cred))
         for data in msg.entityData:
-            done.append(self._entity_data(txn, data, now))
+            applied = self._entity_data(txn, data, now)
+            if isinstance(applied, str):
+                done.append(applied)
+            else:
+                out.set_aside[applied.kind] = out.set_aside.get(applied.kind, 0) + 1
         if msg.HasField("syncCompletedMsg"):
             done.append("sync completed")
         if msg.HasField("edgeConfiguration"):
             done.append("edge configuration")
-        for name in ("deviceProfileUpdateMsg", "ruleChainUpdateMsg", "ruleChainMetadataUpdateMsg",
-                     "dashboardUpdateMsg", "assetUpdateMsg", "alarmUpdateMsg", "userUpdateMsg",
-                     "customerUpdateMsg", "relationUpdateMsg", "widgetsBundleUpdateMsg",
-                     "widgetTypeUpdateMsg", "deviceRpcCallMsg", "assetProfileUpdateMsg"):
-            n = len(getattr(msg, name))
-            if n:
-                done.append(f"{n} {name} not applied on this edge yet")
+        for kind, n in out.set_aside.items():
+            done.append(f"{n} {kind} set aside")
+        if msg.deviceProfileUpdateMsg:
+            out.device_profiles = self._entities.device_profile_ids(txn)
         self._entities.record_downlink(txn, key, now_ms=now)
-        return True, "; ".join(done) or "empty"
+        out.what = "; ".join(done) or "empty"
+        return out
+
+    def _tenant(self, txn: lmdb.Transaction, m: edge_pb2.TenantUpdateMsg) -> str:
+        action = ACTION_OF_UPDATE.get(m.msgType)
+        if action is None:
+            raise BadRequest(f"tenantUpdateMsg type {m.msgType} unknown")
+        if action == Action.DELETED:
+            return "tenant deleted" if self._entities.delete_tenant(txn) else "tenant (none) deleted"
+        body = parse_entity_json(m.entity, "tenantUpdateMsg")
+        tenant_id = entity_id_in(body, "id", "tenantUpdateMsg", "TENANT")
+        self._entities.put_tenant(txn, Tenant(tenant_id, str(body.get("title") or ""), m.entity))
+        return f"tenant {tenant_id} {'created' if action == Action.ADDED else 'updated'}"
+
+    def _device_profile(self, txn: lmdb.Transaction, m: edge_pb2.DeviceProfileUpdateMsg,
+                        out: _Outcome) -> str:
+        action = ACTION_OF_UPDATE.get(m.msgType)
+        if action is None:
+            raise BadRequest(f"deviceProfileUpdateMsg type {m.msgType} unknown")
+        profile_id = uuid_of(m.idMSB, m.idLSB)
+        if action == Action.DELETED:
+            self._entities.delete_device_profile(txn, profile_id)
+            return f"device profile {profile_id} deleted"
+        body = parse_entity_json(m.entity, "deviceProfileUpdateMsg")
+        if profile_id.int == 0:  # no id halves: the JSON's id
+            profile_id = entity_id_in(body, "id", "deviceProfileUpdateMsg", "DEVICE_PROFILE")
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"deviceProfileUpdateMsg: device profile {profile_id} has no name")
+        old = self._entities.device_profile(txn, profile_id)
+        displaced = self._entities.put_device_profile(txn, DeviceProfile(profile_id, name, m.entity))
+        if displaced is not None:  # names are unique in a tenant: a rename not synced yet
+            out.warnings.append(f"device profile name {name!r} moves from {displaced} to "
+                                f"{profile_id}")
+        return f"device profile {profile_id} ({name}) {'updated' if old else 'created'}"
 
     def _device(self, txn: lmdb.Transaction, m: edge_pb2.DeviceUpdateMsg, now: int) -> str:
         action = ACTION_OF_UPDATE.get(m.msgType)
@@ -168,11 +274,14 @@ class DownlinkActor(SupervisedActor):
         other = self._entities.device_by_name(txn, name)
         if other is not None and other.id != device_id:
             raise BadRequest(f"device name {name!r} is taken on the edge by {other.id}")
+        profile_id = old.profile_id if old else None  # kept when a downlink names none
+        if body.get("deviceProfileId") is not None:
+            profile_id = entity_id_in(body, "deviceProfileId", "deviceUpdateMsg", "DEVICE_PROFILE")
         device = Device(
             id=device_id, name=name, type=str(body.get("type") or "default"),
             token=old.token if old else "",
             created_time=int(body.get("createdTime") or now), label=str(body.get("label") or ""),
-            version=(old.version + 1) if old else 1,
+            version=(old.version + 1) if old else 1, profile_id=profile_id,
         )
         self._entities.put_device(txn, device)
         return f"device {device_id} {'updated' if old else 'created'}"
@@ -194,7 +303,10 @@ class DownlinkActor(SupervisedActor):
         self._entities.put_device(txn, replace(device, token=token))
         return f"device {device_id} credentials updated"
 
-    def _entity_data(self, txn: lmdb.Transaction, d: edge_pb2.EntityDataProto, now: int) -> str:
+    def _entity_data(self, txn: lmdb.Transaction, d: edge_pb2.EntityDataProto,
+                     now: int) -> str | _SetAside:
+        """Attributes and attribute deletes are applied (what was done); any other entity data
+        (telemetry, say) is set aside under its kind."""
         eid = uuid_of(d.entityIdMSB, d.entityIdLSB)
         for field_name in ("attributesUpdatedMsg", "postAttributesMsg"):
             if d.HasField(field_name):
@@ -212,4 +324,11 @@ class DownlinkActor(SupervisedActor):
             scope = Scope(d.attributeDeleteMsg.scope or "SHARED_SCOPE")
             n = self._entities.delete_attributes(txn, eid, scope, d.attributeDeleteMsg.attributeNames)
             return f"{n} {scope.value} attributes of {eid} deleted"
-        return f"entity data for {eid} not applied on this edge yet"
+        content = next((fd.name for fd, _ in d.ListFields() if fd.type == FieldDescriptor.TYPE_MESSAGE),
+                       "empty")
+        return _SetAside(f"entityData.{content}")
+
+
+@dataclass(frozen=True, slots=True)
+class _SetAside:
+    kind: str

@@ -1,9 +1,12 @@
 """The DownlinkActor alone (under actor_child, real LMDB in tmp_path): what each downlink does to
 the edge's entity store, its redelivery key, and the DownlinkApplied answer it sends to the
-ConnectionActor (captured here by a tiny pykka actor behind an Address)."""
+ConnectionActor (captured here by a tiny pykka actor behind an Address); the tenant and device
+profiles it keeps, a device with its credentials and profile in one DownlinkMsg, and the kinds it
+sets aside (counted by kind, logged once per kind)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import queue
 import uuid
@@ -13,17 +16,21 @@ from typing import Any
 
 import pykka
 import pytest
+from loguru import logger
 
 from edge_sync.actors.address import Address
-from edge_sync.cloud import downlinks
 from edge_sync.cloud.downlinks import stamp
-from edge_sync.cloud.records import CloudDevice
-from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkActor, DownlinkApplied
+from edge_sync.link.downlink_actor import (
+    APPLIED_KINDS,
+    ApplyDownlink,
+    DownlinkActor,
+    DownlinkApplied,
+)
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
-from edge_sync.storage.records import Device, Scope
+from edge_sync.storage.records import Device, DeviceProfile, Scope, Tenant
 from edge_sync.supervisor import actor_child
 from tests.helpers.wait import wait_until
 
@@ -170,19 +177,20 @@ def test_device_created_then_credentials_gives_a_device_with_its_token(rig: Rig)
     assert (updated.name, updated.token, updated.version) == ("pump-1b", "tok-pump-1", 2)
 
 
-def test_thingsboard_4x_device_json_from_the_reference_cloud_is_applied(rig: Rig) -> None:
-    """The reference cloud's device downlink in ThingsBoard 4.x form (typed tenant and customer
-    ids, additionalInfo null) and its credentials give the device with its token."""
-    cloud_device = CloudDevice(uuid.uuid4(), uuid.uuid4(), "valve-4", "valve", "east", "tok-v4",
-                               1_700_000_000_456, "cloud")
-    created, creds = (edge_pb2.DownlinkMsg.FromString(p)
-                      for p in downlinks.device_created(cloud_device, uuid.uuid4()))
-    created.downlinkMsgId, creds.downlinkMsgId = 61, 62
-    assert json.loads(created.deviceUpdateMsg[0].entity)["tenantId"]["entityType"] == "TENANT"
-    assert rig.apply(created).success and rig.apply(creds).success
-    assert rig.device(cloud_device.id) == Device(
-        id=cloud_device.id, name="valve-4", type="valve", token="tok-v4",
-        created_time=1_700_000_000_456, label="east", version=1)
+def test_thingsboard_4x_device_json_is_applied(rig: Rig) -> None:
+    """A device in ThingsBoard 4.x form (typed tenant, customer and profile ids, additionalInfo
+    null, label null) and its credentials give the device with its token and profile id."""
+    dev, profile = uuid.uuid4(), uuid.uuid4()
+    created = device_msg(61, dev, "valve-4", type="valve", label=None, additionalInfo=None,
+                         tenantId={"entityType": "TENANT", "id": str(uuid.uuid4())},
+                         customerId={"entityType": "CUSTOMER",
+                                     "id": "13814000-1dd2-11b2-8080-808080808080"},
+                         deviceProfileId={"entityType": "DEVICE_PROFILE", "id": str(profile)},
+                         createdTime=1_700_000_000_456)
+    assert rig.apply(created).success and rig.apply(credentials_msg(62, dev, "tok-v4")).success
+    assert rig.device(dev) == Device(
+        id=dev, name="valve-4", type="valve", token="tok-v4", created_time=1_700_000_000_456,
+        label="", version=1, profile_id=profile)
 
 
 def test_the_same_downlink_twice_is_applied_once_and_acknowledged_twice(rig: Rig) -> None:
@@ -295,3 +303,291 @@ def test_device_with_a_non_numeric_created_time_fails_without_crashing(rig: Rig)
     assert (reply.success, reply.downlink_id) == (False, 70)
     assert reply.error
     assert rig.exits == []
+
+
+# -- the tenant and device profiles ---------------------------------------------------------------
+
+TENANT = uuid.UUID("6a1b0e40-0000-1000-8000-000000000001")
+NULL_CUSTOMER = {"entityType": "CUSTOMER", "id": "13814000-1dd2-11b2-8080-808080808080"}
+
+
+def tenant_update(kind: int = edge_pb2.ENTITY_UPDATED_RPC_MESSAGE, title: str = "Acme"
+                  ) -> edge_pb2.TenantUpdateMsg:
+    entity = {"id": {"entityType": "TENANT", "id": str(TENANT)}, "createdTime": 1_700_000_000_000,
+              "title": title, "region": "Global",
+              "tenantProfileId": {"entityType": "TENANT_PROFILE", "id": str(uuid.uuid4())}}
+    deleted = kind == edge_pb2.ENTITY_DELETED_RPC_MESSAGE  # ThingsBoard sends it without entity
+    return edge_pb2.TenantUpdateMsg(msgType=kind, entity="" if deleted else json.dumps(entity))
+
+
+def profile_update(profile_id: uuid.UUID, name: str, *,
+                   kind: int = edge_pb2.ENTITY_CREATED_RPC_MESSAGE) -> edge_pb2.DeviceProfileUpdateMsg:
+    msb, lsb = halves(profile_id)
+    if kind == edge_pb2.ENTITY_DELETED_RPC_MESSAGE:  # ThingsBoard sends a delete without entity
+        return edge_pb2.DeviceProfileUpdateMsg(msgType=kind, idMSB=msb, idLSB=lsb)
+    entity = {"id": {"entityType": "DEVICE_PROFILE", "id": str(profile_id)},
+              "createdTime": 1_700_000_000_000,
+              "tenantId": {"entityType": "TENANT", "id": str(TENANT)}, "name": name,
+              "description": None, "image": None, "type": "DEFAULT", "transportType": "DEFAULT",
+              "provisionType": "DISABLED", "default": name == "default",
+              "profileData": {"configuration": {"type": "DEFAULT"}, "alarms": None}}
+    return edge_pb2.DeviceProfileUpdateMsg(msgType=kind, idMSB=msb, idLSB=lsb,
+                                           entity=json.dumps(entity))
+
+
+def profiles_msg(dl_id: int, *updates: edge_pb2.DeviceProfileUpdateMsg) -> edge_pb2.DownlinkMsg:
+    return edge_pb2.DownlinkMsg(downlinkMsgId=dl_id, deviceProfileUpdateMsg=list(updates))
+
+
+def test_the_tenant_is_kept_updated_and_removed(rig: Rig) -> None:
+    created = tenant_update()
+    assert rig.apply(edge_pb2.DownlinkMsg(downlinkMsgId=1_803_114_411,
+                                          tenantUpdateMsg=[created])).success
+    with rig.store.read() as txn:
+        assert rig.entities.tenant(txn) == Tenant(TENANT, "Acme", created.entity)
+    renamed = tenant_update(title="Acme Corp")
+    assert rig.apply(edge_pb2.DownlinkMsg(downlinkMsgId=5, tenantUpdateMsg=[renamed])).success
+    with rig.store.read() as txn:
+        assert rig.entities.tenant(txn) == Tenant(TENANT, "Acme Corp", renamed.entity)
+    deleted = rig.apply(edge_pb2.DownlinkMsg(downlinkMsgId=6, tenantUpdateMsg=[
+        tenant_update(edge_pb2.ENTITY_DELETED_RPC_MESSAGE)]))
+    assert (deleted.success, deleted.device_profiles) == (True, None)
+    with rig.store.read() as txn:
+        assert rig.entities.tenant(txn) is None
+    assert rig.metrics.snapshot().keys().isdisjoint(
+        {'edge_downlinks_set_aside_total{kind="tenantUpdateMsg"}'})
+
+
+def test_a_tenant_json_naming_another_entity_type_fails(rig: Rig) -> None:
+    bad = edge_pb2.TenantUpdateMsg(msgType=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE, entity=json.dumps(
+        {"id": {"entityType": "CUSTOMER", "id": str(TENANT)}, "title": "x"}))
+    reply = rig.apply(edge_pb2.DownlinkMsg(downlinkMsgId=7, tenantUpdateMsg=[bad]))
+    assert (reply.success, reply.error) == (
+        False, "tenantUpdateMsg: id is a 'CUSTOMER' id, not TENANT")
+
+
+def test_device_profiles_are_kept_updated_deleted_and_indexed_by_name(rig: Rig) -> None:
+    default, thermo = uuid.uuid4(), uuid.uuid4()
+    first = rig.apply(profiles_msg(10, profile_update(default, "default"),
+                                   profile_update(thermo, "thermostat")))
+    assert (first.success, first.device_profiles) == (
+        True, {"default": default, "thermostat": thermo})
+    with rig.store.read() as txn:
+        found = rig.entities.device_profile_by_name(txn, "thermostat")
+        assert found is not None
+        assert (found.id, found.name, json.loads(found.entity)["transportType"]) == (
+            thermo, "thermostat", "DEFAULT")
+    # renamed on the cloud: the old name no longer finds it
+    renamed = rig.apply(profiles_msg(11, profile_update(
+        thermo, "thermostat-v2", kind=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE)))
+    assert renamed.device_profiles == {"default": default, "thermostat-v2": thermo}
+    with rig.store.read() as txn:
+        assert rig.entities.device_profile_by_name(txn, "thermostat") is None
+        assert rig.entities.device_profile(txn, thermo) == DeviceProfile(
+            thermo, "thermostat-v2", profile_update(
+                thermo, "thermostat-v2", kind=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE).entity)
+    deleted = rig.apply(profiles_msg(12, profile_update(
+        thermo, "", kind=edge_pb2.ENTITY_DELETED_RPC_MESSAGE)))
+    assert (deleted.success, deleted.device_profiles) == (True, {"default": default})
+    with rig.store.read() as txn:
+        assert rig.entities.device_profile(txn, thermo) is None
+        assert [p.id for p in rig.entities.device_profiles(txn)] == [default]
+    # deleting one the edge never had is harmless
+    gone = rig.apply(profiles_msg(13, profile_update(
+        uuid.uuid4(), "", kind=edge_pb2.ENTITY_DELETED_RPC_MESSAGE)))
+    assert (gone.success, gone.device_profiles) == (True, {"default": default})
+
+
+def test_a_device_profile_without_a_name_fails_and_stores_nothing(rig: Rig) -> None:
+    pid = uuid.uuid4()
+    nameless = profile_update(pid, "")
+    reply = rig.apply(profiles_msg(14, profile_update(uuid.uuid4(), "ok"), nameless))
+    assert (reply.success, reply.error) == (
+        False, f"deviceProfileUpdateMsg: device profile {pid} has no name")
+    with rig.store.read() as txn:
+        assert rig.entities.device_profiles(txn) == []
+
+
+def test_a_device_keeps_the_profile_id_the_cloud_sent(rig: Rig) -> None:
+    dev, profile, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    typed = {"entityType": "DEVICE_PROFILE", "id": str(profile)}
+    assert rig.apply(device_msg(20, dev, "meter", deviceProfileId=typed)).success
+    device = rig.device(dev)
+    assert device is not None and device.profile_id == profile
+    assert device.as_json()["device_profile_id"] == str(profile)
+    # an update that names no profile keeps it; one that names another replaces it
+    assert rig.apply(device_msg(21, dev, "meter", kind=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE)).success
+    assert (d := rig.device(dev)) is not None and d.profile_id == profile
+    assert rig.apply(credentials_msg(22, dev, "tok-meter")).success  # credentials keep it too
+    assert (d := rig.device(dev)) is not None and (d.profile_id, d.token) == (profile, "tok-meter")
+    assert rig.apply(device_msg(23, dev, "meter", kind=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE,
+                                deviceProfileId={"entityType": "DEVICE_PROFILE",
+                                                 "id": str(other)})).success
+    assert (d := rig.device(dev)) is not None and d.profile_id == other
+    # a wrongly typed profile id is refused
+    bad = rig.apply(device_msg(24, dev, "meter", kind=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE,
+                               deviceProfileId={"entityType": "ASSET_PROFILE", "id": str(other)}))
+    assert (bad.success, bad.error) == (
+        False, "deviceUpdateMsg: deviceProfileId is a 'ASSET_PROFILE' id, not DEVICE_PROFILE")
+    assert rig.apply(device_msg(25, dev, "meter", kind=edge_pb2.ENTITY_DELETED_RPC_MESSAGE)).success
+    with rig.store.read() as txn:
+        assert rig.entities.device(txn, dev) is None
+        assert rig.entities.device_by_name(txn, "meter") is None
+
+
+# -- a device with its credentials and profile in one DownlinkMsg -----------------------------------
+
+PARTS = ("profile", "device", "credentials", "attributes")
+
+
+def sync_pack(dl_id: int, dev: uuid.UUID, profile: uuid.UUID, token: str,
+              order: tuple[str, ...]) -> edge_pb2.DownlinkMsg:
+    """ThingsBoard's device in a sync: profile, device and credentials (here with the device's
+    shared attributes too) in one DownlinkMsg, its lists serialized in ``order``."""
+    parts = {
+        "profile": edge_pb2.DownlinkMsg(deviceProfileUpdateMsg=[profile_update(profile, "meter")]),
+        "device": device_msg(0, dev, f"meter-{dl_id}", type="meter", tenantId={
+            "entityType": "TENANT", "id": str(TENANT)}, customerId=NULL_CUSTOMER,
+            deviceProfileId={"entityType": "DEVICE_PROFILE", "id": str(profile)}),
+        "credentials": credentials_msg(0, dev, token),
+        "attributes": shared_msg(0, dev, {"interval": 30}),
+    }
+    raw = edge_pb2.DownlinkMsg(downlinkMsgId=dl_id).SerializeToString() + b"".join(
+        parts[name].SerializeToString() for name in order)
+    return edge_pb2.DownlinkMsg.FromString(raw)
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(PARTS)),
+                         ids=lambda o: "-".join(o))
+def test_device_credentials_and_profile_in_one_downlink_in_any_order(
+        rig: Rig, order: tuple[str, ...]) -> None:
+    dev, profile = uuid.uuid4(), uuid.uuid4()
+    reply = rig.apply(sync_pack(1_294_117_723, dev, profile, "tok-meter", order))
+    assert (reply.success, reply.error, reply.device_profiles) == (True, "", {"meter": profile})
+    assert rig.device(dev) == Device(id=dev, name="meter-1294117723", type="meter",
+                                     token="tok-meter", created_time=1_700_000_000_123,
+                                     label="north", version=1, profile_id=profile)
+    assert rig.by_token("tok-meter") == rig.device(dev)
+    assert rig.attributes(dev, Scope.SHARED) == {"interval": 30}
+    with rig.store.read() as txn:
+        assert rig.entities.device_profile_ids(txn) == {"meter": profile}
+    assert (rig.count("edge_downlinks_applied_total"), rig.count("edge_downlinks_failed_total")) \
+        == (1, 0)
+
+
+def test_a_failing_part_leaves_nothing_of_the_downlink(rig: Rig) -> None:
+    """One transaction: credentials whose token another device holds fail the whole message,
+    so neither the profile, the device nor its attributes are kept; the resend applies it."""
+    holder, dev, profile = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    provision(rig, holder, "holder", "tok-taken")
+    reply = rig.apply(sync_pack(30, dev, profile, "tok-taken", PARTS))
+    assert (reply.success, reply.error) == (
+        False, f"access token of device {dev} is used by another device")
+    assert rig.device(dev) is None
+    assert rig.attributes(dev, Scope.SHARED) == {}
+    with rig.store.read() as txn:
+        assert rig.entities.device_profile_ids(txn) == {}
+    assert rig.apply(device_msg(31, holder, "holder", kind=edge_pb2.ENTITY_DELETED_RPC_MESSAGE)
+                     ).success
+    again = rig.apply(sync_pack(30, dev, profile, "tok-taken", PARTS))
+    assert (again.success, again.duplicate) == (True, False)
+    assert (d := rig.device(dev)) is not None and (d.token, d.profile_id) == ("tok-taken", profile)
+
+
+# -- kinds set aside ------------------------------------------------------------------------------
+
+SET_ASIDE = "edge_downlinks_set_aside_total"
+
+
+def set_aside_count(rig: Rig, kind: str) -> float:
+    return rig.metrics.snapshot().get(f'{SET_ASIDE}{{kind="{kind}"}}', 0)
+
+
+def every_set_aside_kind() -> list[str]:
+    """Every DownlinkMsg list the edge does not apply (the proto has all ThingsBoard 4.3 sends)."""
+    return [fd.name for fd in edge_pb2.DownlinkMsg.DESCRIPTOR.fields
+            if fd.is_repeated and fd.name not in APPLIED_KINDS]
+
+
+def with_every_kind(dl_id: int, n: int) -> edge_pb2.DownlinkMsg:
+    msg = edge_pb2.DownlinkMsg(downlinkMsgId=dl_id)
+    for kind in every_set_aside_kind():
+        for i in range(n):
+            item = getattr(msg, kind).add()
+            if "msgType" in item.DESCRIPTOR.fields_by_name:
+                item.msgType = edge_pb2.ENTITY_CREATED_RPC_MESSAGE
+            if "entity" in item.DESCRIPTOR.fields_by_name:
+                item.entity = json.dumps({"name": f"{kind}-{dl_id}-{i}"})
+    return msg
+
+
+@pytest.fixture
+def info_logs() -> Iterator[list[str]]:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO",
+                      filter=lambda r: r["extra"].get("component") == "downlink")
+    yield lines
+    logger.remove(sink)
+
+
+def test_the_kinds_set_aside_are_those_thingsboard_sends_and_the_edge_does_not_apply() -> None:
+    assert set(every_set_aside_kind()) == {
+        "ruleChainUpdateMsg", "ruleChainMetadataUpdateMsg", "dashboardUpdateMsg", "assetUpdateMsg",
+        "entityViewUpdateMsg", "alarmUpdateMsg", "userUpdateMsg", "userCredentialsUpdateMsg",
+        "customerUpdateMsg", "relationUpdateMsg", "widgetsBundleUpdateMsg", "widgetTypeUpdateMsg",
+        "adminSettingsUpdateMsg", "deviceRpcCallMsg", "otaPackageUpdateMsg", "queueUpdateMsg",
+        "assetProfileUpdateMsg", "tenantProfileUpdateMsg", "resourceUpdateMsg",
+        "alarmCommentUpdateMsg", "oAuth2ClientUpdateMsg", "notificationRuleUpdateMsg",
+        "notificationTargetUpdateMsg", "notificationTemplateUpdateMsg", "oAuth2DomainUpdateMsg",
+        "calculatedFieldUpdateMsg", "aiModelUpdateMsg", "apiKeyUpdateMsg"}
+
+
+def test_each_kind_set_aside_is_acknowledged_counted_exactly_and_logged_once(
+        rig: Rig, info_logs: list[str]) -> None:
+    kinds = every_set_aside_kind()
+    first = rig.apply(with_every_kind(2_017_335_090, 2))  # ThingsBoard's ids are random
+    second = rig.apply(with_every_kind(4_391, 3))
+    assert (first.success, first.error, second.success, second.duplicate) == (True, "", True, False)
+    assert {kind: set_aside_count(rig, kind) for kind in kinds} == {kind: 5 for kind in kinds}
+    for kind in kinds:
+        assert info_logs.count(
+            f"cloud sent {kind}; not applied on this edge, acknowledged and counted; further "
+            "ones are only counted") == 1, kind
+    assert (rig.count("edge_downlinks_applied_total"), rig.count("edge_downlinks_failed_total")) \
+        == (2, 0)
+    page = rig.metrics.render_prometheus()
+    assert f'{SET_ASIDE}{{kind="queueUpdateMsg"}} 5\n' in page
+    assert page.count(f"# TYPE {SET_ASIDE} counter\n") == 1
+
+
+def test_a_redelivered_downlink_is_not_counted_again(rig: Rig, info_logs: list[str]) -> None:
+    msg = edge_pb2.DownlinkMsg(downlinkMsgId=977_113, widgetTypeUpdateMsg=[
+        edge_pb2.WidgetTypeUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, entity="{}")
+        for _ in range(4)])
+    assert rig.apply(msg).duplicate is False
+    again = rig.apply(msg)
+    assert (again.success, again.duplicate) == (True, True)
+    assert set_aside_count(rig, "widgetTypeUpdateMsg") == 4
+    assert rig.count("edge_downlinks_duplicate_total") == 1
+    assert sum("cloud sent widgetTypeUpdateMsg" in line for line in info_logs) == 1
+
+
+def test_a_mixed_downlink_applies_what_it_can_and_counts_the_rest(rig: Rig) -> None:
+    dev, profile = uuid.uuid4(), uuid.uuid4()
+    msg = sync_pack(40, dev, profile, "tok-mixed", PARTS)
+    msg.relationUpdateMsg.add(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, entity="{}")
+    msg.deviceRpcCallMsg.add(requestId=1, requestMsg=edge_pb2.RpcRequestMsg(method="reboot"))
+    msg.entityData.add(entityType="DEVICE", postTelemetryMsg=transport_pb2.PostTelemetryMsg())
+    reply = rig.apply(msg)
+    assert (reply.success, reply.device_profiles) == (True, {"meter": profile})
+    assert (d := rig.device(dev)) is not None and d.token == "tok-mixed"
+    assert (set_aside_count(rig, "relationUpdateMsg"), set_aside_count(rig, "deviceRpcCallMsg"),
+            set_aside_count(rig, "entityData.postTelemetryMsg")) == (1, 1, 1)
+    assert set_aside_count(rig, "deviceUpdateMsg") == 0
+
+
+def test_a_kind_newer_than_this_edge_is_counted_by_field_number(rig: Rig) -> None:
+    """A later ThingsBoard may add a list (field 38, say): it is acknowledged and counted."""
+    raw = edge_pb2.DownlinkMsg(downlinkMsgId=50).SerializeToString() + bytes([0xB2, 0x02, 0x00])
+    reply = rig.apply(edge_pb2.DownlinkMsg.FromString(raw))
+    assert (reply.success, set_aside_count(rig, "field 38")) == (True, 1)
