@@ -51,8 +51,9 @@ _log = logger.bind(component="link")
 
 EDGE_VERSION = edge_pb2.V_4_3_0
 SYNC_TIMEOUT_S = 30.0
-"""The longest wait for SyncCompletedMsg after a sync request (cloud.rpc.timeout_ms if longer):
-a full sync sends every device first."""
+"""The longest silence while waiting for SyncCompletedMsg (cloud.rpc.timeout_ms if longer): the
+wait restarts on every downlink received or applied during the sync, so a long full sync that
+keeps sending is never cut; only a silent one times out."""
 _RELEASE_INTERVAL_S = 0.25
 _RELEASE_EVERY_EVENTS = 2048  # at most a page each: 8 MiB
 _REWRITE_RETRY_S = 0.05  # a queue write refused while the QueueActor restarts: try again after
@@ -144,6 +145,8 @@ class ConnectionActor(SupervisedActor):
         self._accepted = False
         self._attempt = 0  # attempts since the last accepted connection
         self._deadline = 0.0  # connect / sync deadline
+        self._sync_started = 0.0
+        self._sync_downlinks = 0  # downlinks received during the current sync
         self._next_attempt = 0.0
         self._peer = _Peer()
         self._identity: tuple[uuid.UUID, uuid.UUID] = (NIL_UUID, NIL_UUID)
@@ -306,6 +309,8 @@ class ConnectionActor(SupervisedActor):
             msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
             syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=full)))
         self._deadline = now + self._deadline_len(LinkState.SYNCING)
+        self._sync_started = now
+        self._sync_downlinks = 0
         peer = "ordered, dedup" if self._peer.ordered else "ThingsBoard peer"
         sync = "full" if full else "incremental"
         self._sm.to(LinkState.SYNCING,
@@ -361,6 +366,8 @@ class ConnectionActor(SupervisedActor):
             self._on_uplink_response(msg.uplinkResponseMsg)
         elif msg.HasField("downlinkMsg"):
             if self._accepted and self._stream is not None:
+                if self._sm.state is LinkState.SYNCING:
+                    self._sync_progress(received=True)
                 if msg.downlinkMsg.HasField("cloudTimeMillis"):
                     self._check_skew(msg.downlinkMsg.cloudTimeMillis)
                 self._downlinks.tell(ApplyDownlink(self._stream.id, msg.downlinkMsg))
@@ -379,9 +386,30 @@ class ConnectionActor(SupervisedActor):
             if done.identity != self._identity:
                 self._identity = done.identity
                 self._queue.tell(SetIdentity(*done.identity))
-        if done.sync_completed and self._sm.state is LinkState.SYNCING:
-            self._sm.to(LinkState.CONNECTED, "sync completed; uplink starts")
+        if self._sm.state is not LinkState.SYNCING:
+            return
+        if done.sync_completed:
+            took = self._clock.monotonic() - self._sync_started
+            self._sm.to(LinkState.CONNECTED, f"sync completed ({self._sync_downlinks} downlinks in "
+                                             f"{took:.1f}s); uplink starts")
             self._pump()
+        else:
+            self._sync_progress(received=False)
+
+    def _sync_progress(self, *, received: bool) -> None:
+        """A downlink arrived (or was applied) during the sync: the sync is making progress, so
+        the wait for SyncCompletedMsg starts again."""
+        wait = self._deadline_len(LinkState.SYNCING)
+        self._deadline = self._clock.monotonic() + wait
+        if not received:
+            return
+        self._sync_downlinks += 1
+        if self._sync_downlinks == 1:
+            _log.info("sync in progress: downlinks arriving; the wait for its completion restarts "
+                      "on each ({:.0f}s of silence ends it)", wait)
+        else:
+            _log.bind(downlinks=self._sync_downlinks).debug(
+                "sync downlink {} received: the sync deadline restarts", self._sync_downlinks)
 
     # -- uplink --------------------------------------------------------------------------------
 
@@ -503,8 +531,12 @@ class ConnectionActor(SupervisedActor):
                 self._connect()
         elif state in (LinkState.CONNECTING, LinkState.SYNCING):
             if now >= self._deadline:
-                what = "connect response" if state is LinkState.CONNECTING else "sync completion"
-                self._fail(f"no {what} within {self._deadline_len(state):.1f}s")
+                if state is LinkState.CONNECTING:
+                    self._fail(f"no connect response within {self._deadline_len(state):.1f}s")
+                else:
+                    self._fail(f"no sync completion: nothing from the cloud for "
+                               f"{self._deadline_len(state):.1f}s ({self._sync_downlinks} "
+                               f"downlinks received during the sync)")
         elif state is LinkState.CONNECTED:
             due = self._window.next_deadline()
             if due is None or now < due:

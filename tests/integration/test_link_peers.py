@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -24,6 +25,7 @@ from edge_sync.actors.messages import Append
 from edge_sync.app import EdgeApp
 from edge_sync.common import ids
 from edge_sync.config import load_edge_config
+from edge_sync.link import connection
 from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device, Lane, NewEvent, Status, StoredEvent, lane_for
@@ -522,3 +524,40 @@ def test_oldest_message_failing_while_later_ones_succeed_reconnects_after_max_re
     sends = [u for u in fake.uplinks if u.stream == 1 and seqs[0] in u.seqs]
     assert len(sends) == 3, f"sent {len(sends)} times on the first stream (1 + max_retries = 3)"
     assert len(fake.connects) >= 2
+
+
+# -- h. a long sync ------------------------------------------------------------------------------------
+
+
+def test_a_silent_sync_times_out_and_a_sync_that_keeps_sending_is_not_cut(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch,
+        log_records: list[dict[str, Any]]) -> None:
+    """The wait for SyncCompletedMsg (1 s here) restarts on every downlink of the sync: a sync
+    that sends nothing is cut after 1 s; a sync of 3 s sending every 0.3 s completes."""
+    monkeypatch.setattr(connection, "SYNC_TIMEOUT_S", 1.0)
+    fake = harness.fake(uplinks="ack", hold_sync=True)
+    app = harness.edge(fake, CLOUD_RPC_TIMEOUT="500")
+    fake.wait_for(lambda: fake.sync_requests, what="a sync request")
+    asked = time.monotonic()
+    fake.wait_for(lambda: len(fake.connects) >= 2, what="a reconnect after a silent sync")
+    assert fake.connects[1].at - asked >= 0.9
+    [cut] = [r["message"] for r in log_records if "no sync completion" in r["message"]]
+    assert "nothing from the cloud for 1.0s (0 downlinks received during the sync)" in cut, cut
+
+    fake.wait_for(lambda: len(fake.sync_requests) >= 2, what="the second stream's sync request")
+    started = time.monotonic()
+    sent = 0
+    while time.monotonic() - started < 3.0:
+        msg = fake.send_downlink(edge_pb2.DownlinkMsg(downlinkMsgId=fake.new_downlink_id()))
+        sent += 1
+        fake.wait_for(lambda m=msg: fake.acks_for(m.downlinkMsgId), what="a sync downlink acked")
+        time.sleep(0.3)  # the pace of a slow cloud, not a wait for anything
+    assert link_state(app) == "SYNCING" and len(fake.connects) == 2
+    fake.release_sync()
+    wait_until(lambda: link_state(app) == "CONNECTED", timeout=DEADLINE_S, what="CONNECTED")
+    assert len(fake.connects) == 2
+    [done] = [r["message"] for r in log_records
+              if r["message"].startswith("link SYNCING -> CONNECTED")]
+    assert done.startswith(f"link SYNCING -> CONNECTED: sync completed ({sent + 1} downlinks in "), \
+        done  # and the syncCompletedMsg
+    assert len([r for r in log_records if r["message"].startswith("sync in progress")]) == 1
