@@ -245,11 +245,23 @@ def _edge_list(cfg: CloudConfig, args: argparse.Namespace) -> int:
 
 
 def _status(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    """The server, every edge and its queues; each edge's parked downlinks (refused as many
+    times as downlink.max_attempts allows, or too large) listed with the edge's error."""
     if _running(cfg):
         out = _api(cfg, "GET", "/api/status")
+        for row in out["edges"]:
+            row["parked"] = (_api(cfg, "GET", f"/api/edges/{row['id']}/downlinks/parked")
+                             if row.get("parked_downlinks") else [])
     else:
+        def rows(service: Any) -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = service.edges()
+            for row in found:
+                row["parked"] = ([p.as_json() for p in service.parked_downlinks(row["id"])]
+                                 if row.get("parked_downlinks") else [])
+            return found
+
         out = {"server": "not running", "data_dir": str(Path(cfg.storage.data_dir).resolve()),
-               "edges": _with_service(cfg, lambda s: s.edges(), readonly=True)}
+               "edges": _with_service(cfg, rows, readonly=True)}
     if args.json:
         print_json(out)
         return EXIT_OK
@@ -259,7 +271,12 @@ def _status(cfg: CloudConfig, args: argparse.Namespace) -> int:
     for row in out["edges"]:
         state = {True: "connected", False: "disconnected"}.get(row.get("connected"), "-")
         print(f"edge {row['name']} ({row['routing_key']}): {state}, applied "
-              f"{row['applied_events']}, queued downlinks {row['queued_downlinks']}")
+              f"{row['applied_events']}, queued downlinks {row['queued_downlinks']}, "
+              f"parked downlinks {row.get('parked_downlinks', 0)}")
+        for p in row.get("parked", []):
+            tries = f", {p['attempts']} attempts" if p["attempts"] else ""
+            print(f"  parked downlink {p['downlink_id']} ({p['kinds']}): {p['cause']}{tries}: "
+                  f"{p['error']}")
     return EXIT_OK
 
 

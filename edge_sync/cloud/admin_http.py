@@ -9,6 +9,8 @@ while the server runs, so that downlinks it queues are sent at once.
   POST /api/devices      {edge, name, type?, label?, token?}           -> 201
   POST /api/attributes   {device, edge?, values: {k: v}} or {device, edge?, key, value}
   GET  /api/events?edge=RK&after=N&limit=N   what the cloud applied from the edge
+  GET  /api/edges/{edge}/downlinks/parked  the edge's parked downlinks (routing key or edge id)
+  GET  /metrics                         Prometheus text: the cloud's counters
 Errors: {"status", "error", "message"} with 400/401/403/404/409/415/500/507.
 Every request passes the admin guard first (edge_sync.common.admin_guard): no cross-site writes,
 a bearer token when ``admin.token`` is set, no caching (answers carry edge secrets and tokens).
@@ -30,6 +32,7 @@ from edge_sync.common.health import healthz, readyz_response
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.json_body import parse_json
 from edge_sync.errors import BadRequest
+from edge_sync.metrics import Metrics
 
 _log = logger.bind(component="cloud-admin")
 
@@ -60,12 +63,14 @@ def _fields(body: Any, allowed: set[str], what: str) -> dict[str, Any]:
 class CloudAdminApi:
     def __init__(self, service: CloudService, registry: StreamRegistry,
                  status_extra: Callable[[], dict[str, Any]] | None = None, *,
-                 token: str = "", readiness: Callable[[], dict[str, bool]] | None = None) -> None:
+                 token: str = "", readiness: Callable[[], dict[str, bool]] | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._guard = AdminGuard("cloud-admin", token=token)
         self._readiness = readiness
         self._service = service
         self._registry = registry
         self._status_extra = status_extra
+        self._metrics = metrics if metrics is not None else Metrics()
 
     def make_app(self) -> web.Application:
         """Runs on the host's loop thread."""
@@ -79,7 +84,12 @@ class CloudAdminApi:
         app.router.add_post("/api/devices", self._handler(self._create_device))
         app.router.add_post("/api/attributes", self._handler(self._set_attributes))
         app.router.add_get("/api/events", self._handler(self._events))
+        app.router.add_get("/api/edges/{edge}/downlinks/parked", self._handler(self._parked))
+        app.router.add_get("/metrics", self._prometheus)
         return app
+
+    async def _prometheus(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=self._metrics.render_prometheus(), content_type="text/plain")
 
     async def _readyz(self, request: web.Request) -> web.StreamResponse:
         return readyz_response(self._readiness() if self._readiness else {})
@@ -160,6 +170,11 @@ class CloudAdminApi:
         device, number = self._service.set_attributes(b.get("device"), values, edge_ref=b.get("edge"))
         return 200, {"device": str(device.id), "name": device.name, "edge_id": str(device.edge_id),
                      "values": values, "downlink": number}
+
+    def _parked(self, request: web.Request, body: Any) -> tuple[int, Any]:
+        limit = int_param(request.query, "limit", 0, 0, MAX_EVENTS)
+        parked = self._service.parked_downlinks(request.match_info["edge"], limit=limit)
+        return 200, [p.as_json() for p in parked]
 
     def _events(self, request: web.Request, body: Any) -> tuple[int, Any]:
         q = request.query

@@ -1,6 +1,8 @@
-"""DownlinkMsgs the reference cloud sends: a device and its credentials, shared attributes, the
-end of a sync. Each builder returns the serialized message without downlinkMsgId and
-cloudTimeMillis; the stream sets both when it sends (`stamp`)."""
+"""DownlinkMsgs the reference cloud sends: the tenant, profiles and root rule chain of a full
+sync, a device (alone, or with its credentials and profile as ThingsBoard sends one in a sync),
+attributes, the end of a sync. Each builder returns the serialized message without
+downlinkMsgId and cloudTimeMillis; the stream sets both when it sends (`stamp`). The entity
+JSON comes from tb_entities.py."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from edge_sync.cloud import tb_entities
 from edge_sync.cloud.records import CloudDevice
-from edge_sync.common.wire import Owner, credentials_json, device_json, to_kv, uuid_halves
+from edge_sync.common.wire import credentials_json, to_kv, uuid_halves
 from edge_sync.proto import edge_pb2, transport_pb2
 
 
@@ -18,33 +21,102 @@ def _serialized(msg: edge_pb2.DownlinkMsg) -> bytes:
     return data
 
 
-def device_created(device: CloudDevice, tenant_id: uuid.UUID | None = None) -> list[bytes]:
-    """deviceUpdateMsg ENTITY_CREATED, then deviceCredentialsUpdateMsg (when it has a token).
-    The device JSON is ThingsBoard's; with the edge's ``tenant_id`` it names the tenant and the
-    NULL_UUID customer, as ThingsBoard's does (the edge reads neither)."""
+def _device_update(device: CloudDevice, tenant_id: uuid.UUID, profile_id: uuid.UUID
+                   ) -> edge_pb2.DeviceUpdateMsg:
     msb, lsb = uuid_halves(device.id)
-    body = {"id": str(device.id), "name": device.name, "type": device.type,
-            "label": device.label, "created_time": device.created_time}
-    owner = Owner.of(tenant_id, None) if tenant_id is not None else None
-    out = [edge_pb2.DownlinkMsg(deviceUpdateMsg=[edge_pb2.DeviceUpdateMsg(
+    return edge_pb2.DeviceUpdateMsg(
         msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb,
-        entity=device_json(body, owner))]).SerializeToString()]
+        entity=tb_entities.device_json(device.id, tenant_id, profile_id, name=device.name,
+                                       type_=device.type, label=device.label,
+                                       created=device.created_time))
+
+
+def _credentials_update(device: CloudDevice) -> edge_pb2.DeviceCredentialsUpdateMsg:
+    assert device.token
+    return edge_pb2.DeviceCredentialsUpdateMsg(entity=credentials_json(
+        {"deviceId": str(device.id), "credentialsId": device.token}))
+
+
+def _device_profile_update(profile_id: uuid.UUID, tenant_id: uuid.UUID, name: str
+                           ) -> edge_pb2.DeviceProfileUpdateMsg:
+    msb, lsb = uuid_halves(profile_id)
+    return edge_pb2.DeviceProfileUpdateMsg(
+        msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb,
+        entity=tb_entities.device_profile_json(profile_id, tenant_id, name))
+
+
+def device_created(device: CloudDevice, tenant_id: uuid.UUID, profile_id: uuid.UUID) -> list[bytes]:
+    """A device created on the cloud after the edge's sync: deviceUpdateMsg ENTITY_CREATED,
+    then deviceCredentialsUpdateMsg (when it has a token), two downlinks. The Device JSON names
+    the edge's tenant, the NULL_UUID customer and the profile of its type."""
+    out = [_serialized(edge_pb2.DownlinkMsg(
+        deviceUpdateMsg=[_device_update(device, tenant_id, profile_id)]))]
     if device.token:
-        cred = credentials_json({"deviceId": str(device.id), "credentialsId": device.token})
-        out.append(edge_pb2.DownlinkMsg(deviceCredentialsUpdateMsg=[
-            edge_pb2.DeviceCredentialsUpdateMsg(entity=cred)]).SerializeToString())
+        out.append(_serialized(edge_pb2.DownlinkMsg(
+            deviceCredentialsUpdateMsg=[_credentials_update(device)])))
     return out
+
+
+def device_synced(device: CloudDevice, tenant_id: uuid.UUID, profile_id: uuid.UUID) -> bytes:
+    """A device in a full sync, as ThingsBoard sends one: one DownlinkMsg carrying the device,
+    its credentials (when it has a token) and its device profile."""
+    msg = edge_pb2.DownlinkMsg(
+        deviceUpdateMsg=[_device_update(device, tenant_id, profile_id)],
+        deviceProfileUpdateMsg=[_device_profile_update(profile_id, tenant_id, device.type)])
+    if device.token:
+        msg.deviceCredentialsUpdateMsg.append(_credentials_update(device))
+    return _serialized(msg)
+
+
+def device_profile(profile_id: uuid.UUID, tenant_id: uuid.UUID, name: str) -> bytes:
+    return _serialized(edge_pb2.DownlinkMsg(
+        deviceProfileUpdateMsg=[_device_profile_update(profile_id, tenant_id, name)]))
+
+
+def asset_profile(profile_id: uuid.UUID, tenant_id: uuid.UUID) -> bytes:
+    msb, lsb = uuid_halves(profile_id)
+    return _serialized(edge_pb2.DownlinkMsg(assetProfileUpdateMsg=[edge_pb2.AssetProfileUpdateMsg(
+        msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb,
+        entity=tb_entities.asset_profile_json(profile_id, tenant_id))]))
+
+
+def tenant(tenant_id: uuid.UUID) -> bytes:
+    """TenantUpdateMsg ENTITY_UPDATED (a ThingsBoard Edge made its tenant from the
+    EdgeConfiguration already; this updates it, as ThingsBoard's sync does)."""
+    return _serialized(edge_pb2.DownlinkMsg(tenantUpdateMsg=[edge_pb2.TenantUpdateMsg(
+        msgType=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE, entity=tb_entities.tenant_json(tenant_id))]))
+
+
+def root_rule_chain(chain_id: uuid.UUID, tenant_id: uuid.UUID, first_node_id: uuid.UUID) -> bytes:
+    msb, lsb = uuid_halves(chain_id)
+    return _serialized(edge_pb2.DownlinkMsg(ruleChainUpdateMsg=[edge_pb2.RuleChainUpdateMsg(
+        msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb,
+        entity=tb_entities.rule_chain_json(chain_id, tenant_id, first_node_id))]))
+
+
+def root_rule_chain_metadata(chain_id: uuid.UUID, node_ids: list[uuid.UUID]) -> bytes:
+    return _serialized(edge_pb2.DownlinkMsg(
+        ruleChainMetadataUpdateMsg=[edge_pb2.RuleChainMetadataUpdateMsg(
+            msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE,
+            entity=tb_entities.rule_chain_metadata_json(chain_id, node_ids))]))
+
+
+def attributes(entity_type: str, entity_id: uuid.UUID, scope: str, values: Mapping[str, Any],
+               ts: int) -> bytes:
+    """entityData.attributesUpdatedMsg with postAttributeScope ``scope`` and attributeTs, as
+    ThingsBoard answers an attributes request (shared=true for SHARED_SCOPE)."""
+    msb, lsb = uuid_halves(entity_id)
+    data = edge_pb2.EntityDataProto(
+        entityIdMSB=msb, entityIdLSB=lsb, entityType=entity_type,
+        attributesUpdatedMsg=transport_pb2.PostAttributeMsg(
+            kv=[to_kv(k, v) for k, v in values.items()], shared=scope == "SHARED_SCOPE"),
+        postAttributeScope=scope, attributeTs=ts)
+    return _serialized(edge_pb2.DownlinkMsg(entityData=[data]))
 
 
 def shared_attributes(device: CloudDevice, values: Mapping[str, Any], ts: int) -> bytes:
     """entityData.attributesUpdatedMsg with postAttributeScope SHARED_SCOPE (shared=true)."""
-    msb, lsb = uuid_halves(device.id)
-    data = edge_pb2.EntityDataProto(
-        entityIdMSB=msb, entityIdLSB=lsb, entityType="DEVICE",
-        attributesUpdatedMsg=transport_pb2.PostAttributeMsg(
-            kv=[to_kv(k, v) for k, v in values.items()], shared=True),
-        postAttributeScope="SHARED_SCOPE", attributeTs=ts)
-    return _serialized(edge_pb2.DownlinkMsg(entityData=[data]))
+    return attributes("DEVICE", device.id, "SHARED_SCOPE", values, ts)
 
 
 def sync_completed() -> bytes:

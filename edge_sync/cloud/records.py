@@ -99,12 +99,37 @@ class AppliedRecord:
 
 @dataclass(frozen=True, slots=True)
 class QueuedDownlink:
-    """A downlink waiting in an edge's durable queue (or a stream-local sync downlink when
-    ``number`` is None). ``payload`` is a serialized DownlinkMsg without id and time."""
+    """A downlink waiting in an edge's durable queue, or (``durable`` False) a stream-local
+    downlink of a sync, numbered among the edge's downlinks all the same. ``payload`` is a
+    serialized DownlinkMsg without id and time."""
 
-    number: int | None
+    number: int
     msg_id: int
     payload: bytes = field(repr=False)
+    durable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedDownlink:
+    """A downlink set aside for good, kept with why: refused by the edge (success=false) as
+    many times as ``downlink.max_attempts`` allows, or larger than the edge accepts. ``kinds``:
+    the DownlinkMsg's fields (deviceUpdateMsg, ...); ``attempts`` 0 when not known (a record
+    of an earlier release)."""
+
+    number: int
+    msg_id: int
+    kinds: str
+    cause: str  # "refused", "too_large", or "unknown" (a record of an earlier release)
+    error: str
+    attempts: int
+    parked_at: int
+    in_sync: bool
+
+    def as_json(self) -> dict[str, Any]:
+        """The shape of GET /api/edges/{edge}/downlinks/parked and `edge-cloud status --json`."""
+        return {"number": self.number, "downlink_id": self.msg_id, "kinds": self.kinds,
+                "cause": self.cause, "error": self.error, "attempts": self.attempts,
+                "parked_at": self.parked_at, "in_sync": self.in_sync}
 
 
 def downlink_msg_id(number: int) -> int:

@@ -20,6 +20,7 @@ from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.cloud.admin_http import CloudAdminApi
+from edge_sync.cloud.counters import CloudCounters
 from edge_sync.cloud.registry import StreamRegistry
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.servicer import EdgeRpcServicer
@@ -69,10 +70,14 @@ class CloudServer:
         self.settings = link or LinkSettings(
             max_inbound_message_size=cfg.rpc.max_inbound_message_size,
             resend_timeout_s=cfg.downlink.resend_timeout_ms / 1000,
+            max_attempts=cfg.downlink.max_attempts,
         )
-        self.servicer = EdgeRpcServicer(self.service, self.registry, self.settings, clock=clock)
+        self.counters = CloudCounters()
+        self.servicer = EdgeRpcServicer(self.service, self.registry, self.settings, clock=clock,
+                                        counters=self.counters)
         self.admin = CloudAdminApi(self.service, self.registry, status_extra=self._status_extra,
-                                   token=cfg.admin.token, readiness=self._readiness)
+                                   token=cfg.admin.token, readiness=self._readiness,
+                                   metrics=self.counters.metrics)
         self.port = 0
         self.admin_port = 0
         self._grpc: grpc.Server | None = None

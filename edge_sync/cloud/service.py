@@ -17,8 +17,8 @@ from typing import Any
 from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.cloud import credentials, downlinks
-from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord
+from edge_sync.cloud import credentials, downlinks, full_sync, tb_entities
+from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord, ParkedDownlink
 from edge_sync.cloud.store import CloudStore
 from edge_sync.common import ids
 from edge_sync.errors import BadRequest, Conflict, NotFound
@@ -152,6 +152,7 @@ class CloudService:
             row = edge.as_json()
             row["applied_events"] = self.store.applied_count(edge.edge_id)
             row["queued_downlinks"] = self.store.queued_downlinks(edge.edge_id)
+            row["parked_downlinks"] = self.store.dead_downlinks(edge.edge_id)
             row["devices"] = len(self.store.devices_of_edge(edge.edge_id))
             out.append(row)
         return out
@@ -167,8 +168,10 @@ class CloudService:
         label: object = None,
         token: object = None,
     ) -> tuple[CloudDevice, list[int]]:
-        """Create a device assigned to the edge and queue its downlinks (deviceUpdateMsg
-        ENTITY_CREATED, then deviceCredentialsUpdateMsg). (device, downlink numbers)."""
+        """Create a device assigned to the edge and queue its downlinks (the device profile of
+        its type first when no other device of the edge has that type and it is not "default",
+        then deviceUpdateMsg ENTITY_CREATED, then deviceCredentialsUpdateMsg). (device,
+        downlink numbers)."""
         edge = self.edge(edge_ref)
         now = self.clock.now_ms()
         device = CloudDevice(
@@ -177,7 +180,14 @@ class CloudService:
             token=credentials.new_access_token() if token is None else _token_text(token, "token"),
             created_time=now, origin="cloud",
         )
-        numbers = self.store.add_device(device, downlinks.device_created(device, edge.tenant_id))
+        profile_id = full_sync.device_profile_id(self.store, device.type,
+                                                 lambda: self._ids.new(now))
+        payloads = downlinks.device_created(device, edge.tenant_id, profile_id)
+        if device.type != tb_entities.DEFAULT_PROFILE and not any(
+                d.type == device.type for d in self.store.devices_of_edge(edge.edge_id)):
+            # the edge may not have this type's profile yet (a ThingsBoard Edge needs it)
+            payloads.insert(0, downlinks.device_profile(profile_id, edge.tenant_id, device.type))
+        numbers = self.store.add_device(device, payloads)
         _log.bind(device_id=str(device.id), name=device.name, routing_key=edge.routing_key,
                   downlinks=numbers).info("device created")
         self._wake(edge.edge_id)
@@ -222,6 +232,11 @@ class CloudService:
     def events(self, edge_ref: str, *, after: int = 0, limit: int = 0) -> list[AppliedRecord]:
         edge = self.edge(edge_ref)
         return self.store.events(edge.edge_id, after=after, limit=limit)
+
+    def parked_downlinks(self, edge_ref: object, *, limit: int = 0) -> list[ParkedDownlink]:
+        """The edge's parked downlinks (refused max_attempts times, or too large), oldest first."""
+        edge = self.edge(edge_ref)
+        return self.store.parked_downlinks(edge.edge_id, limit=limit)
 
     def _wake(self, edge_id: uuid.UUID) -> None:
         if self._notify is not None:

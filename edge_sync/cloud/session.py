@@ -25,11 +25,12 @@ import grpc
 from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.cloud import downlinks
+from edge_sync.cloud import downlinks, full_sync, requests, uplink_kinds
+from edge_sync.cloud.counters import CloudCounters
 from edge_sync.cloud.records import EdgeRecord, QueuedDownlink, downlink_msg_id
 from edge_sync.cloud.registry import StreamRegistry
 from edge_sync.cloud.service import CloudService
-from edge_sync.cloud.store import normalized_store_id
+from edge_sync.cloud.store import CAUSE_REFUSED, CAUSE_TOO_LARGE, normalized_store_id
 from edge_sync.cloud.uplink import GoBackN, epoch_of, events_to_apply
 from edge_sync.common import ids
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
@@ -48,6 +49,9 @@ class LinkSettings:
     """How often an idle stream looks at its durable queue (catches writes by another process)."""
     connect_timeout_s: float = 30.0
     """A stream that sends no connect request within this time is closed."""
+    max_attempts: int = 3
+    """Refusals (success=false) of one downlink before it is parked and the queue moves on. A
+    downlink that gets no answer at all is resent for ever (never parked)."""
 
 
 class _Kind(enum.Enum):
@@ -67,6 +71,7 @@ class StreamSession:
         *,
         clock: Clock = SYSTEM_CLOCK,
         on_finish: Callable[[StreamSession], None] | None = None,
+        counters: CloudCounters | None = None,
     ) -> None:
         self.number = next(_ids)
         self.edge_id: uuid.UUID | None = None
@@ -92,13 +97,16 @@ class StreamSession:
         self._sync: deque[QueuedDownlink] = deque()
         self._started = False  # downlinks flow once the edge asked for a sync (or sent uplinks)
         self._inflight: QueuedDownlink | None = None
+        self._refusals = 0  # success=false answers to the downlink in flight, on this stream
+        self._counters = counters if counters is not None else CloudCounters()
         self._deadline = 0.0
         self._look = False  # look at the durable queue at the next chance
         self._next_poll = 0.0
         self._connected_at = 0.0
         self._connect_deadline = time.monotonic() + settings.connect_timeout_s
         self._stats = {"uplinks": 0, "events_applied": 0, "duplicates": 0, "rejected": 0,
-                       "downlinks_sent": 0, "downlinks_acked": 0, "downlinks_resent": 0}
+                       "downlinks_sent": 0, "downlinks_acked": 0, "downlinks_resent": 0,
+                       "downlinks_refused": 0, "downlinks_parked": 0, "requests_answered": 0}
 
     # -- any thread ------------------------------------------------------------------------------
 
@@ -298,26 +306,45 @@ class StreamSession:
         if dups:
             self._log.bind(uplink_msg_id=up.uplinkMsgId, duplicates=dups).debug(
                 "uplink events already applied were skipped")
+        for kind, count in uplink_kinds.not_applied(up).items():
+            self._counters.not_applied(kind, count, edge=self._rk())
+        try:
+            self._answer_requests(up)
+        except StorageError as exc:
+            self._log.bind(uplink_msg_id=up.uplinkMsgId).error(
+                "requests not answered, storage failure: {}", exc)
+            return _uplink_response(up.uplinkMsgId, False, f"cloud storage failure: {exc}",
+                                    retryable=True)
         return _uplink_response(up.uplinkMsgId, True, "")
+
+    def _answer_requests(self, up: edge_pb2.UplinkMsg) -> None:
+        """Queue the downlinks answering the message's requests (none when there is nothing to
+        send, as ThingsBoard does)."""
+        assert self.edge is not None
+        answers = requests.answer(self._store, self.edge, up, self._clock.now_ms())
+        if not answers.requests:
+            return
+        numbers = (self._store.enqueue_downlinks(self.edge.edge_id, answers.payloads)
+                   if answers.payloads else [])
+        self._stats["requests_answered"] += answers.requests
+        self._counters.inc(self._counters.requests_answered, answers.requests)
+        self._counters.inc(self._counters.request_downlinks, len(numbers))
+        self._look = self._look or bool(numbers)
+        self._log.bind(uplink_msg_id=up.uplinkMsgId, requests=answers.requests,
+                       downlinks=numbers).info("requests answered")
 
     # -- downlink --------------------------------------------------------------------------------
 
     def _start_sync(self, full: bool) -> None:
         assert self.edge_id is not None and self.edge is not None
-        payloads: list[bytes] = []
         if full:
-            snapshot = self._store.sync_snapshot(self.edge_id)
-            now = self._clock.now_ms()
-            for device, _ in snapshot:
-                payloads.extend(downlinks.device_created(device, self.edge.tenant_id))
-            for device, attrs in snapshot:
-                if attrs:
-                    payloads.append(downlinks.shared_attributes(device, attrs, now))
-        payloads.append(downlinks.sync_completed())
+            payloads = full_sync.full_sync(self._store, self.edge, self._clock.now_ms())
+        else:
+            payloads = [downlinks.sync_completed()]
         numbers = self._store.reserve_downlink_numbers(self.edge_id, len(payloads))
-        self._sync = deque(QueuedDownlink(None, downlink_msg_id(n), p)
+        self._sync = deque(QueuedDownlink(n, downlink_msg_id(n), p, durable=False)
                            for n, p in zip(numbers, payloads, strict=True))
-        if self._inflight is not None and self._inflight.number is None:
+        if self._inflight is not None and not self._inflight.durable:
             self._inflight = None  # a previous sync's downlink: superseded
         self._started, self._look = True, True
         self._log.bind(full_sync=full, downlinks=len(payloads)).info("sync requested")
@@ -346,7 +373,7 @@ class StreamSession:
                     return None
             if not self._too_large(nxt):
                 break
-        self._inflight, self._deadline = nxt, now + timeout
+        self._inflight, self._deadline, self._refusals = nxt, now + timeout, 0
         self._stats["downlinks_sent"] += 1
         self._log.bind(downlink_id=nxt.msg_id, content=downlinks.describe(nxt.payload)).info("downlink sent")
         return self._send(nxt)
@@ -358,19 +385,25 @@ class StreamSession:
         size = downlinks.stamp(item.payload, item.msg_id, self._clock.now_ms()).ByteSize()
         if limit is None or size <= limit:
             return False
-        assert self.edge_id is not None
         reason = f"{size} bytes, more than the edge's maxInboundMessageSize ({limit})"
-        if item.number is None:
-            if self._sync and self._sync[0] is item:
-                self._sync.popleft()
-        else:
-            self._store.dead_letter_downlink(self.edge_id, item.number, reason,
-                                             now_ms=self._clock.now_ms())
-        self._look = True
-        self._stats["downlinks_dead"] = self._stats.get("downlinks_dead", 0) + 1
-        self._log.bind(downlink_id=item.msg_id, size=size, edge_limit=limit).error(
-            "downlink dead-lettered: {}", reason)
+        self._park(item, CAUSE_TOO_LARGE, reason, 0)
         return True
+
+    def _park(self, item: QueuedDownlink, cause: str, error: str, attempts: int) -> None:
+        """Set the downlink aside durably with its error, and move on to the next."""
+        assert self.edge_id is not None
+        if not item.durable and self._sync and self._sync[0] is item:
+            self._sync.popleft()
+        self._store.park_downlink(self.edge_id, item, cause=cause, error=error,
+                                  attempts=attempts, now_ms=self._clock.now_ms())
+        if self._inflight is item:
+            self._inflight = None
+        self._look = True
+        self._stats["downlinks_parked"] += 1
+        self._counters.inc(self._counters.downlinks_parked)
+        self._log.bind(downlink_id=item.msg_id, number=item.number, kind=downlinks.describe(item.payload),
+                       cause=cause, attempts=attempts, in_sync=not item.durable, error=error).error(
+            "downlink parked for edge {}: {}", self._rk(), error)
 
     def _send(self, item: QueuedDownlink) -> edge_pb2.ResponseMsg:
         return downlinks.stamp(item.payload, item.msg_id, self._clock.now_ms())
@@ -383,9 +416,20 @@ class StreamSession:
             log.debug("acknowledgement for a downlink not in flight ignored")
             return
         if not resp.success:
-            log.bind(error=resp.errorMsg).warning("downlink failed on the edge; resent after the timeout")
+            self._refusals += 1
+            self._stats["downlinks_refused"] += 1
+            self._counters.inc(self._counters.downlinks_refused)
+            if self._refusals >= self._settings.max_attempts:
+                self._park(item, CAUSE_REFUSED, resp.errorMsg or "(no error message)",
+                           self._refusals)
+                if not item.durable and not self._sync:
+                    self._log.info("sync completed")
+                return
+            log.bind(error=resp.errorMsg, attempt=self._refusals,
+                     max_attempts=self._settings.max_attempts).warning(
+                "downlink refused by the edge; resent after the timeout")
             return
-        if item.number is None:
+        if not item.durable:
             if self._sync and self._sync[0] is item:
                 self._sync.popleft()
         else:
@@ -393,7 +437,7 @@ class StreamSession:
         self._inflight, self._look = None, True
         self._stats["downlinks_acked"] += 1
         log.info("downlink acknowledged")
-        if item.number is None and not self._sync:
+        if not item.durable and not self._sync:
             self._log.info("sync completed")
 
     # -- end -------------------------------------------------------------------------------------

@@ -15,7 +15,10 @@ Layout (edge_id, device_id: 16 raw UUID bytes; numbers: u64 big-endian):
   meta          b"format" -> b"edge-cloud/3"; b"tenant" -> tenant_id (time-based when the
                 store was made by this release, random in a store made before);
                 b"apply:" + edge_id -> last apply index; b"dl:" + edge_id -> last downlink number;
-                b"inc:" + edge_id -> last incarnation
+                b"inc:" + edge_id -> last incarnation;
+                b"id:" + name -> a time-based id the cloud made once for one of its own
+                entities (the edge root rule chain and its nodes, device and asset profiles:
+                see named_ids), so they stay the same across restarts
   edges         routing_key (utf-8) -> edge record
   edge_ids      edge_id -> routing_key
   store_ids     edge_id + sha256(edge store id) -> incarnation
@@ -28,7 +31,9 @@ Layout (edge_id, device_id: 16 raw UUID bytes; numbers: u64 big-endian):
   tokens        access token (utf-8) -> device_id
   attributes    device_id + key (utf-8) -> (value, ts)      (SHARED_SCOPE, set by the cloud)
   downlinks     edge_id + downlink number -> serialized DownlinkMsg (no id, no time)
-  dead_downlinks edge_id + downlink number -> (serialized DownlinkMsg, reason, time ms)
+  dead_downlinks edge_id + downlink number -> (serialized DownlinkMsg, error, time ms, cause,
+                attempts, in sync)   (parked: refused max_attempts times, or too large; records
+                of the previous release hold only the first three)
 Record values are in the checksummed envelope of storage/codec.py (shared with the edge). A store
 upgraded from the previous format (edge-cloud/2) may still hold values of that format, each an
 array led by the schema number 1, which are read as they are; its dead_downlinks hold the whole
@@ -39,14 +44,22 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lmdb
 
-from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord, QueuedDownlink, downlink_msg_id
+from edge_sync.cloud import downlinks as downlink_msgs
+from edge_sync.cloud.records import (
+    AppliedRecord,
+    CloudDevice,
+    EdgeRecord,
+    ParkedDownlink,
+    QueuedDownlink,
+    downlink_msg_id,
+)
 from edge_sync.cloud.uplink_payloads import AppliedEvent
 from edge_sync.common import ids
 from edge_sync.errors import (
@@ -81,6 +94,8 @@ CLOUD_DB_NAMES = (
     "dead_downlinks",
 )
 INITIAL_MAP_MB = 64
+CAUSE_REFUSED = "refused"
+CAUSE_TOO_LARGE = "too_large"
 MAX_INDEXED_KEY = 400  # LMDB keys are at most 511 bytes; longer names/tokens are not indexed
 
 
@@ -120,6 +135,12 @@ def _store_digest(store_id: str) -> bytes:
 def _name_key(name: str, edge_id: uuid.UUID) -> bytes | None:
     key = name.encode() + b"\0" + edge_id.bytes
     return key if len(key) <= MAX_INDEXED_KEY else None
+
+
+def _id_name(name: str) -> bytes:
+    """A meta key part for a named id (a long name, e.g. a device type, by its digest)."""
+    raw = name.encode()
+    return raw if len(raw) <= MAX_INDEXED_KEY - 8 else hashlib.sha256(raw).digest()
 
 
 def _token_key(token: str | None) -> bytes | None:
@@ -164,6 +185,37 @@ class CloudStore:
     def _counter(self, txn: lmdb.Transaction, key: bytes) -> int:
         raw = txn.get(key, db=self._db["meta"])
         return 0 if raw is None else codec.from_u64(raw, f"meta: counter {bytes(key[:8])!r}")
+
+    # -- the cloud's own entities ----------------------------------------------------------------
+
+    def named_ids(self, names: Sequence[str], make: Callable[[], uuid.UUID]) -> dict[str, uuid.UUID]:
+        """The stable id of each of the cloud's own entities named in ``names`` (e.g.
+        "device_profile:default"): made with ``make`` (a time-based id) and stored the first
+        time a name is asked for, the stored one after (across restarts)."""
+        keys = {name: b"id:" + _id_name(name) for name in names}
+
+        def found(txn: lmdb.Transaction) -> dict[str, uuid.UUID]:
+            out = {}
+            for name, key in keys.items():
+                raw = txn.get(key, db=self._db["meta"])
+                if raw is not None:
+                    out[name] = codec.to_uuid(raw, f"meta: id of {name!r}")
+            return out
+
+        with self._read() as txn:
+            known = found(txn)
+        if len(known) == len(keys):
+            return known
+
+        def fn(txn: lmdb.Transaction) -> dict[str, uuid.UUID]:
+            out = found(txn)
+            for name, key in keys.items():
+                if name not in out:
+                    out[name] = make()
+                    txn.put(key, out[name].bytes, db=self._db["meta"])
+            return out
+
+        return self.lmdb.write(fn)
 
     # -- edges -----------------------------------------------------------------------------------
 
@@ -566,27 +618,82 @@ class CloudStore:
         key = edge_id.bytes + codec.u64(number)
         return bool(self.lmdb.write(lambda txn: txn.delete(key, db=self._db["downlinks"])))
 
-    def dead_letter_downlink(self, edge_id: uuid.UUID, number: int, reason: str, *,
-                             now_ms: int) -> bool:
-        """Move a downlink that can never be delivered out of the queue, keeping it with the
-        reason (so the queue behind it moves on and nothing is thrown away)."""
-        key = edge_id.bytes + codec.u64(number)
+    def park_downlink(self, edge_id: uuid.UUID, item: QueuedDownlink, *, cause: str, error: str,
+                      attempts: int, now_ms: int) -> bool:
+        """Set a downlink aside for good, kept with the cause and the edge's error, so the queue
+        behind it moves on and nothing is thrown away: a queued one is moved out of the queue, a
+        sync's (stream-local) one is recorded under its number. False when a queued one was
+        already gone (acknowledged or parked by another stream)."""
+        key = edge_id.bytes + codec.u64(item.number)
+        record = codec.pack((item.payload, error, now_ms, cause, attempts, not item.durable))
 
         def move(txn: lmdb.Transaction) -> bool:
-            raw = txn.get(key, db=self._db["downlinks"])
-            if raw is None:
+            if item.durable and not txn.delete(key, db=self._db["downlinks"]):
                 return False
-            payload = self._downlink_payload(raw, f"downlinks: {edge_id} {number}")
-            txn.put(key, codec.pack((payload, reason, now_ms)), db=self._db["dead_downlinks"])
-            return bool(txn.delete(key, db=self._db["downlinks"]))
+            txn.put(key, record, db=self._db["dead_downlinks"])
+            return True
 
         return bool(self.lmdb.write(move, maintenance=True))
 
+    def dead_letter_downlink(self, edge_id: uuid.UUID, number: int, reason: str, *,
+                             now_ms: int) -> bool:
+        """Park a queued downlink that can never be delivered (too large for the edge)."""
+        item = self._queued(edge_id, number)
+        if item is None:
+            return False
+        return self.park_downlink(edge_id, item, cause=CAUSE_TOO_LARGE, error=reason,
+                                  attempts=0, now_ms=now_ms)
+
+    def _queued(self, edge_id: uuid.UUID, number: int) -> QueuedDownlink | None:
+        with self._read() as txn:
+            raw = txn.get(edge_id.bytes + codec.u64(number), db=self._db["downlinks"])
+            if raw is None:
+                return None
+            payload = self._downlink_payload(raw, f"downlinks: {edge_id} {number}")
+        return QueuedDownlink(number, downlink_msg_id(number), payload)
+
     def dead_downlinks(self, edge_id: uuid.UUID) -> int:
+        """How many downlinks of the edge are parked."""
         with self._read() as txn, txn.cursor(db=self._db["dead_downlinks"]) as cur:
             if not cur.set_range(edge_id.bytes):
                 return 0
-            return sum(1 for key in cur.iternext(values=False) if key[:16] == edge_id.bytes)
+            count = 0
+            for key in cur.iternext(values=False):
+                if key[:16] != edge_id.bytes:
+                    break
+                count += 1
+            return count
+
+    def parked_downlinks(self, edge_id: uuid.UUID, *, limit: int = 0) -> list[ParkedDownlink]:
+        """The edge's parked downlinks, oldest first (``limit`` 0: all)."""
+        out: list[ParkedDownlink] = []
+        with self._read() as txn, txn.cursor(db=self._db["dead_downlinks"]) as cur:
+            if not cur.set_range(edge_id.bytes):
+                return out
+            for key, raw in cur.iternext():
+                if key[:16] != edge_id.bytes or (limit and len(out) >= limit):
+                    break
+                number = codec.from_u64(key[16:], "dead_downlinks: key")
+                out.append(self._parked(number, raw, f"dead_downlinks: {edge_id} {number}"))
+        return out
+
+    def _parked(self, number: int, raw: codec.Raw, what: str) -> ParkedDownlink:
+        msg_id = downlink_msg_id(number)
+        if self.lmdb.previous_values and codec.is_previous_format(raw):
+            return ParkedDownlink(number, msg_id, "", "unknown", "(a record of an earlier release)",
+                                  0, 0, False)
+        fields = codec.unpack(raw, what)
+        if not isinstance(fields, list | tuple) or len(fields) < 3 or not isinstance(fields[0], bytes):
+            raise StorageCorrupt(f"{what}: record of an unexpected shape")
+        payload, error, at = fields[0], str(fields[1]), int(fields[2])
+        cause = str(fields[3]) if len(fields) > 3 else CAUSE_TOO_LARGE
+        attempts = int(fields[4]) if len(fields) > 4 else 0
+        in_sync = bool(fields[5]) if len(fields) > 5 else False
+        try:
+            kinds = downlink_msgs.describe(payload)
+        except Exception:  # a payload that no longer parses is still listed
+            kinds = "unparseable"
+        return ParkedDownlink(number, msg_id, kinds, cause, error, attempts, at, in_sync)
 
     def queued_downlinks(self, edge_id: uuid.UUID) -> int:
         count = 0

@@ -140,6 +140,15 @@ def test_connect_returns_configuration_and_capabilities(cloud, edge, clients):
 # -- sync ------------------------------------------------------------------------------------------
 
 
+def kinds(d: edge_pb2.DownlinkMsg) -> list[str]:
+    """The payload fields of a downlink, in field-number order."""
+    return [f.name for f, _ in d.ListFields() if f.name not in ("downlinkMsgId", "cloudTimeMillis")]
+
+
+SYNC_HEAD = [["ruleChainUpdateMsg"], ["ruleChainMetadataUpdateMsg"], ["deviceProfileUpdateMsg"],
+             ["assetProfileUpdateMsg"]]
+
+
 def test_full_sync_sends_devices_credentials_attributes_then_sync_completed(cloud, edge, clients):
     dev, _ = cloud.service.create_device(edge[0], "pump-1", token="tok-pump-1")
     cloud.service.set_attributes("pump-1", {"target": 42, "mode": "auto"})
@@ -148,14 +157,17 @@ def test_full_sync_sends_devices_credentials_attributes_then_sync_completed(clou
     clients.append(client)
     assert client.connect(edge[0], edge[1]).responseCode == edge_pb2.ACCEPTED
     got = client.sync(True)
-    assert [d.HasField("syncCompletedMsg") for d in got] == [False, False, False, True]
-    created, creds, attrs, done = got
-    upd = created.deviceUpdateMsg[0]
+    assert [kinds(d) for d in got] == [["tenantUpdateMsg"], *SYNC_HEAD,
+                                       ["deviceUpdateMsg", "deviceProfileUpdateMsg",
+                                        "deviceCredentialsUpdateMsg"],
+                                       ["entityData"], ["syncCompletedMsg"]]
+    device_msg, attrs, done = got[-3:]
+    upd = device_msg.deviceUpdateMsg[0]
     assert upd.msgType == edge_pb2.ENTITY_CREATED_RPC_MESSAGE
     assert uuid_of(upd.idMSB, upd.idLSB) == dev.id
     body = json.loads(upd.entity)
     assert body["id"] == {"entityType": "DEVICE", "id": str(dev.id)} and body["name"] == "pump-1"
-    cred = json.loads(creds.deviceCredentialsUpdateMsg[0].entity)
+    cred = json.loads(device_msg.deviceCredentialsUpdateMsg[0].entity)
     assert cred == {"deviceId": {"entityType": "DEVICE", "id": str(dev.id)},
                     "credentialsType": "ACCESS_TOKEN", "credentialsId": "tok-pump-1"}
     data = attrs.entityData[0]
@@ -163,7 +175,7 @@ def test_full_sync_sends_devices_credentials_attributes_then_sync_completed(clou
     assert {kv.key: kv for kv in data.attributesUpdatedMsg.kv}["target"].long_v == 42
     assert done.HasField("syncCompletedMsg")
     ids = [d.downlinkMsgId for d in got]
-    assert ids == sorted(ids) and len(set(ids)) == 4 and min(ids) > 0
+    assert ids == sorted(ids) and len(set(ids)) == len(got) and min(ids) > 0
     assert all(d.cloudTimeMillis > 0 for d in got)
     # then the durable queue: the device's two downlinks and the attributes, in order
     queued = []
@@ -171,7 +183,8 @@ def test_full_sync_sends_devices_credentials_attributes_then_sync_completed(clou
         d = client.downlink()
         queued.append(d)
         client.ack(d.downlinkMsgId)
-    assert queued[0].deviceUpdateMsg and queued[1].deviceCredentialsUpdateMsg and queued[2].entityData
+    assert [kinds(d) for d in queued] == [["deviceUpdateMsg"], ["deviceCredentialsUpdateMsg"],
+                                          ["entityData"]]
     assert client.nothing_within(0.3)
     assert cloud.store.queued_downlinks(edge[2]) == 0
 
@@ -318,9 +331,9 @@ def test_devices_created_by_the_edge_are_recorded_and_targetable(cloud, edge, cl
     later = LinkClient(cloud.port)
     clients.append(later)
     assert later.connect(edge[0], edge[1]).responseCode == edge_pb2.ACCEPTED
-    created, creds, attrs, done = later.sync(True)
+    *_, created, attrs, done = later.sync(True)
     assert json.loads(created.deviceUpdateMsg[0].entity)["name"] == "edge-made"
-    assert json.loads(creds.deviceCredentialsUpdateMsg[0].entity)["credentialsId"] == "tok-edge"
+    assert json.loads(created.deviceCredentialsUpdateMsg[0].entity)["credentialsId"] == "tok-edge"
     assert attrs.entityData[0].attributesUpdatedMsg.kv[0].key == "setpoint"
     assert done.HasField("syncCompletedMsg")
     assert later.nothing_within(0.3)  # the attribute downlink was acknowledged before

@@ -101,29 +101,36 @@ def test_go_back_n_gate():
 
 def test_downlink_builders():
     dev = CloudDevice(uuid.uuid4(), uuid.uuid4(), "pump", "t", "L", "tok", 9, "cloud")
-    tenant = uuid.uuid4()
+    tenant, profile = uuid.uuid4(), uuid.uuid4()
     created, creds = (edge_pb2.DownlinkMsg.FromString(p)
-                      for p in downlinks.device_created(dev, tenant))
+                      for p in downlinks.device_created(dev, tenant, profile))
     msg = created.deviceUpdateMsg[0]
     assert uuid_of(msg.idMSB, msg.idLSB) == dev.id and msg.msgType == edge_pb2.ENTITY_CREATED_RPC_MESSAGE
     assert json.loads(msg.entity) == {
         "id": {"entityType": "DEVICE", "id": str(dev.id)}, "createdTime": 9,
         "tenantId": {"entityType": "TENANT", "id": str(tenant)},
         "customerId": {"entityType": "CUSTOMER", "id": "13814000-1dd2-11b2-8080-808080808080"},
-        "name": "pump", "type": "t", "label": "L", "additionalInfo": None}
+        "name": "pump", "type": "t", "label": "L",
+        "deviceProfileId": {"entityType": "DEVICE_PROFILE", "id": str(profile)},
+        "deviceData": {"configuration": {"type": "DEFAULT"},
+                       "transportConfiguration": {"type": "DEFAULT"}},
+        "firmwareId": None, "softwareId": None, "externalId": None, "version": None,
+        "additionalInfo": None}
     assert json.loads(creds.deviceCredentialsUpdateMsg[0].entity) == {
         "deviceId": {"entityType": "DEVICE", "id": str(dev.id)}, "credentialsType": "ACCESS_TOKEN",
         "credentialsId": "tok"}
-    # without the tenant (a caller that does not pass it yet) the owner ids are left out
-    untenanted = edge_pb2.DownlinkMsg.FromString(downlinks.device_created(dev)[0])
-    assert "tenantId" not in json.loads(untenanted.deviceUpdateMsg[0].entity)
+    # in a sync: one message with the device, its credentials and its profile
+    synced = edge_pb2.DownlinkMsg.FromString(downlinks.device_synced(dev, tenant, profile))
+    assert (synced.deviceUpdateMsg[0], synced.deviceCredentialsUpdateMsg[0]) == (msg, creds.deviceCredentialsUpdateMsg[0])
+    assert json.loads(synced.deviceProfileUpdateMsg[0].entity)["name"] == "t"
+    assert uuid_of(synced.deviceProfileUpdateMsg[0].idMSB, synced.deviceProfileUpdateMsg[0].idLSB) == profile
     attrs = edge_pb2.DownlinkMsg.FromString(downlinks.shared_attributes(dev, {"x": {"a": 1}}, 5))
     kv = attrs.entityData[0].attributesUpdatedMsg.kv[0]
     assert kv.type == transport_pb2.JSON_V and json.loads(kv.json_v) == {"a": 1}
     out = downlinks.stamp(downlinks.sync_completed(), 12, 34)
     assert out.downlinkMsg.downlinkMsgId == 12 and out.downlinkMsg.cloudTimeMillis == 34
     assert out.downlinkMsg.HasField("syncCompletedMsg")
-    assert "tok" not in downlinks.describe(downlinks.device_created(dev)[1])
+    assert "tok" not in downlinks.describe(downlinks.device_created(dev, tenant, profile)[1])
 
 
 def test_cli_attribute_values():
