@@ -1,0 +1,168 @@
+"""The ThingsBoard 4.x entity JSON the reference cloud sends a ThingsBoard Edge in a sync: its
+tenant, device and asset profiles, the edge's root rule chain and its metadata, and devices.
+
+Each builder returns compact JSON text with Jackson's property names of ThingsBoard's entity
+classes; every id is typed (``{"entityType": ..., "id": ...}``), every entity names its tenant,
+and the customer of an entity assigned to none is ThingsBoard's NULL_UUID customer. Creation
+times come from the (time-based) ids. Pure functions; the ids are the caller's
+(`CloudStore.named_ids` keeps them stable across restarts).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from edge_sync.common import ids
+from edge_sync.common.wire import typed_id
+
+DEFAULT_PROFILE = "default"
+"""The name of the default device profile and of the default asset profile (ThingsBoard's)."""
+
+TENANT_TITLE = "Tenant"
+ROOT_CHAIN_NAME = "Edge Root Rule Chain"
+PUSH_TO_CLOUD_NODE = "org.thingsboard.rule.engine.edge.TbMsgPushToCloudNode"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleNodeSpec:
+    """One node of the root rule chain: its class, name, configuration and place."""
+
+    type: str
+    name: str
+    configuration: dict[str, Any]
+    configuration_version: int
+    layout: tuple[int, int]
+
+
+# The edge's root rule chain: a message type switch routes device telemetry to "save
+# timeseries", client attributes to "save attributes"; what was saved, and attribute updates
+# and deletions made on the edge, go to "push to cloud", which queues them for the cloud (a
+# ThingsBoard Edge uplinks device data only through such a node).
+ROOT_CHAIN_NODES: tuple[RuleNodeSpec, ...] = (
+    RuleNodeSpec("org.thingsboard.rule.engine.filter.TbMsgTypeSwitchNode", "Message Type Switch",
+                 {"version": 0}, 0, (300, 150)),
+    RuleNodeSpec("org.thingsboard.rule.engine.telemetry.TbMsgTimeseriesNode", "Save Timeseries",
+                 {"defaultTTL": 0}, 0, (600, 50)),
+    RuleNodeSpec("org.thingsboard.rule.engine.telemetry.TbMsgAttributesNode", "Save Attributes",
+                 {"scope": "CLIENT_SCOPE", "notifyDevice": False,
+                  "sendAttributesUpdatedNotification": False,
+                  "updateAttributesOnlyOnValueChange": True}, 2, (600, 150)),
+    RuleNodeSpec(PUSH_TO_CLOUD_NODE, "Push to Cloud", {"scope": "SERVER_SCOPE"}, 0, (900, 150)),
+)
+ROOT_CHAIN_FIRST_NODE = 0
+ROOT_CHAIN_CONNECTIONS: tuple[tuple[int, int, str], ...] = (
+    (0, 1, "Post telemetry"),
+    (0, 2, "Post attributes"),
+    (0, 3, "Attributes Updated"),
+    (0, 3, "Attributes Deleted"),
+    (1, 3, "Success"),
+    (2, 3, "Success"),
+)
+
+
+def _compact(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def created_time(value: uuid.UUID) -> int:
+    """The creation time of an entity, from its id (0 for an id that is not time-based: ids
+    stored before the cloud made time-based ones)."""
+    return ids.unix_ms(value) if ids.is_time_based(value) else 0
+
+
+def _owned(tenant_id: uuid.UUID) -> dict[str, Any]:
+    return {"tenantId": typed_id("TENANT", tenant_id)}
+
+
+def tenant_json(tenant_id: uuid.UUID) -> str:
+    """Tenant: no tenant profile is named, so an edge keeps (or makes) its default one."""
+    return _compact({
+        "id": typed_id("TENANT", tenant_id), "createdTime": created_time(tenant_id),
+        "title": TENANT_TITLE, "name": TENANT_TITLE, "region": "Global", "tenantProfileId": None,
+        "country": None, "state": None, "city": None, "address": None, "address2": None,
+        "zip": None, "phone": None, "email": None, "additionalInfo": None, "version": None,
+    })
+
+
+def device_profile_json(profile_id: uuid.UUID, tenant_id: uuid.UUID, name: str) -> str:
+    """A device profile of type DEFAULT and transport DEFAULT (plain MQTT/HTTP/CoAP access
+    tokens), no provisioning, no alarm rules; the one named "default" is the default."""
+    default = name == DEFAULT_PROFILE
+    return _compact({
+        "id": typed_id("DEVICE_PROFILE", profile_id), "createdTime": created_time(profile_id),
+        **_owned(tenant_id), "name": name,
+        "description": "Default device profile" if default else f"Devices of type {name}",
+        "image": None, "type": "DEFAULT", "transportType": "DEFAULT", "provisionType": "DISABLED",
+        "defaultRuleChainId": None, "defaultDashboardId": None, "defaultQueueName": None,
+        "defaultEdgeRuleChainId": None,
+        "profileData": {
+            "configuration": {"type": "DEFAULT"},
+            "transportConfiguration": {"type": "DEFAULT"},
+            "provisionConfiguration": {"type": "DISABLED", "provisionDeviceSecret": None},
+            "alarms": None,
+        },
+        "provisionDeviceKey": None, "firmwareId": None, "softwareId": None, "externalId": None,
+        "version": None, "default": default,
+    })
+
+
+def asset_profile_json(profile_id: uuid.UUID, tenant_id: uuid.UUID) -> str:
+    """The default asset profile."""
+    return _compact({
+        "id": typed_id("ASSET_PROFILE", profile_id), "createdTime": created_time(profile_id),
+        **_owned(tenant_id), "name": DEFAULT_PROFILE, "description": "Default asset profile",
+        "image": None, "defaultRuleChainId": None, "defaultDashboardId": None,
+        "defaultQueueName": None, "defaultEdgeRuleChainId": None, "externalId": None,
+        "version": None, "default": True,
+    })
+
+
+def rule_chain_json(chain_id: uuid.UUID, tenant_id: uuid.UUID, first_node_id: uuid.UUID) -> str:
+    """The edge's root rule chain (type EDGE, root)."""
+    return _compact({
+        "id": typed_id("RULE_CHAIN", chain_id), "createdTime": created_time(chain_id),
+        **_owned(tenant_id), "name": ROOT_CHAIN_NAME, "type": "EDGE",
+        "firstRuleNodeId": typed_id("RULE_NODE", first_node_id), "root": True,
+        "debugMode": False, "configuration": None, "additionalInfo": None, "externalId": None,
+        "version": None,
+    })
+
+
+def rule_chain_metadata_json(chain_id: uuid.UUID, node_ids: list[uuid.UUID]) -> str:
+    """The root rule chain's nodes and connections (RuleChainMetaData)."""
+    if len(node_ids) != len(ROOT_CHAIN_NODES):
+        raise ValueError(f"{len(node_ids)} node ids for {len(ROOT_CHAIN_NODES)} nodes")
+    nodes = [{
+        "id": typed_id("RULE_NODE", node_id), "createdTime": created_time(node_id),
+        "ruleChainId": typed_id("RULE_CHAIN", chain_id), "type": spec.type, "name": spec.name,
+        "debugSettings": None, "singletonMode": False, "queueName": None,
+        "configurationVersion": spec.configuration_version, "configuration": spec.configuration,
+        "additionalInfo": {"description": "", "layoutX": spec.layout[0],
+                           "layoutY": spec.layout[1]},
+        "externalId": None,
+    } for spec, node_id in zip(ROOT_CHAIN_NODES, node_ids, strict=True)]
+    return _compact({
+        "ruleChainId": typed_id("RULE_CHAIN", chain_id), "version": None,
+        "firstNodeIndex": ROOT_CHAIN_FIRST_NODE, "nodes": nodes,
+        "connections": [{"fromIndex": a, "toIndex": b, "type": kind}
+                        for a, b, kind in ROOT_CHAIN_CONNECTIONS],
+        "ruleChainConnections": None,
+    })
+
+
+def device_json(device_id: uuid.UUID, tenant_id: uuid.UUID, profile_id: uuid.UUID, *,
+                name: str, type_: str, label: str, created: int) -> str:
+    """A device of the edge's tenant, assigned to no customer, with its profile (the profile
+    named by its type). Our edge reads name, type, label and createdTime."""
+    return _compact({
+        "id": typed_id("DEVICE", device_id), "createdTime": created, **_owned(tenant_id),
+        "customerId": typed_id("CUSTOMER", ids.NULL_UUID), "name": name, "type": type_,
+        "label": label, "deviceProfileId": typed_id("DEVICE_PROFILE", profile_id),
+        "deviceData": {"configuration": {"type": "DEFAULT"},
+                       "transportConfiguration": {"type": "DEFAULT"}},
+        "firmwareId": None, "softwareId": None, "externalId": None, "version": None,
+        "additionalInfo": None,
+    })
