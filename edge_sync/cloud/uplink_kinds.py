@@ -42,7 +42,7 @@ def not_applied(uplink: edge_pb2.UplinkMsg) -> dict[str, int]:
     for field, value in uplink.ListFields():
         if field.name in APPLIED or field.name in ANSWERED or field.name in _SCALARS:
             continue
-        out[field.name] += len(value) if field.label == field.LABEL_REPEATED else 1
+        out[field.name] += len(value) if field.is_repeated else 1
     for unknown in UnknownFieldSet(uplink):
         out[UNDECLARED.get(unknown.field_number, f"field{unknown.field_number}")] += 1
     return dict(out)

@@ -121,7 +121,8 @@ def test_downlink_builders():
         "credentialsId": "tok"}
     # in a sync: one message with the device, its credentials and its profile
     synced = edge_pb2.DownlinkMsg.FromString(downlinks.device_synced(dev, tenant, profile))
-    assert (synced.deviceUpdateMsg[0], synced.deviceCredentialsUpdateMsg[0]) == (msg, creds.deviceCredentialsUpdateMsg[0])
+    assert synced.deviceUpdateMsg[0] == msg
+    assert synced.deviceCredentialsUpdateMsg[0] == creds.deviceCredentialsUpdateMsg[0]
     assert json.loads(synced.deviceProfileUpdateMsg[0].entity)["name"] == "t"
     assert uuid_of(synced.deviceProfileUpdateMsg[0].idMSB, synced.deviceProfileUpdateMsg[0].idLSB) == profile
     attrs = edge_pb2.DownlinkMsg.FromString(downlinks.shared_attributes(dev, {"x": {"a": 1}}, 5))

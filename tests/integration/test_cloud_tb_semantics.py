@@ -1,0 +1,477 @@
+"""The reference cloud as a ThingsBoard Edge expects a cloud to behave, over real gRPC on
+loopback: the full sync's order and content, refused downlinks parked after downlink.max_attempts
+(visible in the admin API, `edge-cloud status` and /metrics) while the queue moves on, requests
+answered as ThingsBoard answers them, uplink kinds it does not apply counted by kind, and uplinks
+of a peer without the project's extensions applied (at least once)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from loguru import logger
+
+from edge_sync.cloud import CloudServer
+from edge_sync.cloud.tb_entities import PUSH_TO_CLOUD_NODE
+from edge_sync.common.wire import to_kv, uuid_halves, uuid_of
+from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, DownlinkConfig, EdgesRpcConfig
+from edge_sync.proto import edge_pb2, transport_pb2
+from tests.helpers.link_client import DEADLINE_S, LinkClient, telemetry
+from tests.integration.test_cloud_cli import env_for
+from tests.integration.test_cloud_link import http, kinds
+
+NULL_CUSTOMER = {"entityType": "CUSTOMER", "id": "13814000-1dd2-11b2-8080-808080808080"}
+REFUSAL = "Device should be assigned to tenant!"
+
+
+def config(data_dir: Path, *, resend_ms: int = 300, max_attempts: int = 3) -> CloudConfig:
+    return CloudConfig(
+        rpc=EdgesRpcConfig(host="127.0.0.1", port=0),
+        storage=CloudStorageConfig(data_dir=data_dir),
+        downlink=DownlinkConfig(resend_timeout_ms=resend_ms, max_attempts=max_attempts),
+        admin=AdminConfig(host="127.0.0.1", port=0),
+    )
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[CloudServer]:
+    server = CloudServer(config(tmp_path / "cloud")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def edge(cloud: CloudServer) -> tuple[str, str, uuid.UUID]:
+    record, secret, _ = cloud.service.create_edge("edge-1", routing_key="rk-1", secret="s3cret-1")
+    return record.routing_key, secret, record.edge_id
+
+
+@pytest.fixture
+def clients() -> Iterator[list[LinkClient]]:
+    made: list[LinkClient] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+def connect(cloud: CloudServer, clients: list[LinkClient], edge: tuple[str, str, uuid.UUID]
+            ) -> LinkClient:
+    """A ThingsBoard-like edge: no edgeStoreId."""
+    client = LinkClient(cloud.port, gzip=True)
+    clients.append(client)
+    assert client.connect(edge[0], edge[1]).responseCode == edge_pb2.ACCEPTED
+    return client
+
+
+def request_sync(client: LinkClient, full: bool) -> None:
+    client.send(edge_pb2.RequestMsg(msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
+                                    syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=full)))
+
+
+def metrics(cloud: CloudServer) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{cloud.admin_port}/metrics",
+                                timeout=DEADLINE_S) as resp:
+        text = resp.read().decode()
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def typed_ids(value: Any) -> Iterator[dict[str, str]]:
+    """Every typed id ({"entityType", "id"}) in a JSON value."""
+    if isinstance(value, dict):
+        if set(value) == {"entityType", "id"}:
+            yield value
+        for inner in value.values():
+            yield from typed_ids(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from typed_ids(inner)
+
+
+def entity_jsons(d: edge_pb2.DownlinkMsg) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(field name, the message, its entity JSON) of every entity message of a downlink."""
+    out = []
+    for field, value in d.ListFields():
+        if field.is_repeated and field.name != "entityData":
+            out += [(field.name, m, json.loads(m.entity)) for m in value]
+    return out
+
+
+# -- full sync -------------------------------------------------------------------------------------
+
+
+def test_full_sync_in_thingsboards_order_with_4x_json_and_v1_ids(cloud, edge, clients, tmp_path):
+    tenant = cloud.store.tenant_id()
+    pump, _ = cloud.service.create_device(edge[0], "pump-1", token="tok-pump")
+    meter, _ = cloud.service.create_device(edge[0], "meter-1", type_="meter", label="hall",
+                                           token="tok-meter")
+    cloud.service.set_attributes("pump-1", {"target": 42})
+    client = connect(cloud, clients, edge)
+    got = client.sync(True)
+    device_msg = ["deviceUpdateMsg", "deviceProfileUpdateMsg", "deviceCredentialsUpdateMsg"]
+    assert [kinds(d) for d in got] == [
+        ["tenantUpdateMsg"], ["ruleChainUpdateMsg"], ["ruleChainMetadataUpdateMsg"],
+        ["deviceProfileUpdateMsg"], ["assetProfileUpdateMsg"], ["deviceProfileUpdateMsg"],
+        device_msg, device_msg, ["entityData"], ["syncCompletedMsg"]]
+
+    # every entity names the tenant; every id is time-based, ThingsBoard's NULL_UUID customer too
+    tenant_ref = {"entityType": "TENANT", "id": str(tenant)}
+    for d in got:
+        for name, msg, body in entity_jsons(d):
+            if name == "tenantUpdateMsg":
+                assert body["id"] == tenant_ref and body["title"] == "Tenant"
+                assert body["createdTime"] > 0 and msg.msgType == edge_pb2.ENTITY_UPDATED_RPC_MESSAGE
+            elif name == "ruleChainMetadataUpdateMsg":
+                assert "tenantId" not in body  # RuleChainMetaData has none
+            elif name != "deviceCredentialsUpdateMsg":
+                assert body["tenantId"] == tenant_ref, name
+                assert uuid_of(msg.idMSB, msg.idLSB) == uuid.UUID(body["id"]["id"])
+                assert msg.msgType == edge_pb2.ENTITY_CREATED_RPC_MESSAGE
+            assert all(uuid.UUID(ref["id"]).version == 1 for ref in typed_ids(body)), body
+
+    # the root rule chain: type EDGE, root, its first node the message type switch, and a
+    # push-to-cloud node that everything saved reaches
+    (_, _, chain), = entity_jsons(got[1])
+    (_, _, meta), = entity_jsons(got[2])
+    assert (chain["type"], chain["root"], chain["name"]) == ("EDGE", True, "Edge Root Rule Chain")
+    assert meta["ruleChainId"] == chain["id"]
+    nodes = meta["nodes"]
+    assert chain["firstRuleNodeId"] == nodes[meta["firstNodeIndex"]]["id"]
+    types = [n["type"].rsplit(".", 1)[1] for n in nodes]
+    assert types == ["TbMsgTypeSwitchNode", "TbMsgTimeseriesNode", "TbMsgAttributesNode",
+                     "TbMsgPushToCloudNode"]
+    assert types[meta["firstNodeIndex"]] == "TbMsgTypeSwitchNode"
+    push = [i for i, n in enumerate(nodes) if n["type"] == PUSH_TO_CLOUD_NODE]
+    assert push == [3] and all(n["ruleChainId"] == chain["id"] for n in nodes)
+    links = {(c["fromIndex"], c["toIndex"], c["type"]) for c in meta["connections"]}
+    assert links == {(0, 1, "Post telemetry"), (0, 2, "Post attributes"), (1, 3, "Success"),
+                     (2, 3, "Success"), (0, 3, "Attributes Updated"), (0, 3, "Attributes Deleted")}
+
+    # profiles: the default device profile, the default asset profile, one per other type
+    (_, _, default_profile), = entity_jsons(got[3])
+    (_, _, asset_profile), = entity_jsons(got[4])
+    (_, _, meter_profile), = entity_jsons(got[5])
+    assert (default_profile["name"], default_profile["default"], default_profile["type"],
+            default_profile["transportType"]) == ("default", True, "DEFAULT", "DEFAULT")
+    assert default_profile["profileData"]["configuration"] == {"type": "DEFAULT"}
+    assert (asset_profile["name"], asset_profile["default"]) == ("default", True)
+    assert (meter_profile["name"], meter_profile["default"]) == ("meter", False)
+
+    # devices: one message each with the device, its profile and its credentials
+    by_name = {}
+    for d in got[6:8]:
+        parts = {name: body for name, _, body in entity_jsons(d)}
+        by_name[parts["deviceUpdateMsg"]["name"]] = parts
+    assert set(by_name) == {"pump-1", "meter-1"}
+    m = by_name["meter-1"]
+    assert m["deviceUpdateMsg"]["id"] == {"entityType": "DEVICE", "id": str(meter.id)}
+    assert (m["deviceUpdateMsg"]["type"], m["deviceUpdateMsg"]["label"]) == ("meter", "hall")
+    assert m["deviceUpdateMsg"]["customerId"] == NULL_CUSTOMER
+    assert m["deviceUpdateMsg"]["deviceProfileId"] == meter_profile["id"] == m["deviceProfileUpdateMsg"]["id"]
+    assert m["deviceUpdateMsg"]["createdTime"] == meter.created_time
+    assert m["deviceCredentialsUpdateMsg"]["credentialsId"] == "tok-meter"
+    assert by_name["pump-1"]["deviceUpdateMsg"]["deviceProfileId"] == default_profile["id"]
+    data = got[8].entityData[0]
+    assert uuid_of(data.entityIdMSB, data.entityIdLSB) == pump.id
+    assert data.postAttributeScope == "SHARED_SCOPE" and data.attributesUpdatedMsg.kv[0].long_v == 42
+
+    # the ids are stored: the same after a restart of the cloud
+    first_ids = [[body["id"] for _, _, body in entity_jsons(d) if "id" in body] for d in got[1:8]]
+    client.close()
+    data_dir = cloud.store.path
+    cloud.stop()
+    again = CloudServer(config(data_dir)).start()
+    try:
+        later = LinkClient(again.port)
+        clients.append(later)
+        assert later.connect(edge[0], edge[1]).responseCode == edge_pb2.ACCEPTED
+        resync = later.sync(True)
+        assert [[body["id"] for _, _, body in entity_jsons(d) if "id" in body]
+                for d in resync[1:8]] == first_ids
+        assert entity_jsons(resync[2])[0][2] == meta
+    finally:
+        again.stop()
+
+
+def test_a_device_of_a_new_type_created_later_brings_its_profile_first(cloud, edge, clients):
+    client = connect(cloud, clients, edge)
+    client.sync(False)
+    _, numbers = cloud.service.create_device(edge[0], "valve-1", type_="valve", token="tok-v")
+    assert len(numbers) == 3
+    got = []
+    for _ in numbers:
+        d = client.downlink()
+        got.append(d)
+        client.ack(d.downlinkMsgId)
+    assert [kinds(d) for d in got] == [["deviceProfileUpdateMsg"], ["deviceUpdateMsg"],
+                                       ["deviceCredentialsUpdateMsg"]]
+    profile = json.loads(got[0].deviceProfileUpdateMsg[0].entity)
+    assert json.loads(got[1].deviceUpdateMsg[0].entity)["deviceProfileId"] == profile["id"]
+    # a second device of that type: no profile again
+    _, numbers = cloud.service.create_device(edge[0], "valve-2", type_="valve")
+    assert len(numbers) == 2
+
+
+# -- refused downlinks are parked ----------------------------------------------------------------------
+
+
+def test_a_refused_downlink_is_parked_after_max_attempts_and_the_queue_moves_on(
+        cloud, edge, clients, tmp_path):
+    messages: list[dict[str, Any]] = []
+    sink = logger.add(lambda m: messages.append(
+        {"text": m.record["message"], **m.record["extra"]}), level="INFO")
+    try:
+        client = connect(cloud, clients, edge)
+        client.sync(False)
+        cloud.service.create_device(edge[0], "bad", token="tok-bad")
+        cloud.service.create_device(edge[0], "good", token="tok-good")
+        first = client.downlink()
+        sends = [first.downlinkMsgId]
+        client.ack(first.downlinkMsgId, success=False, error=REFUSAL)
+        for _ in range(2):  # resent after the timeout, refused again
+            again = client.downlink(timeout=3)
+            assert again.downlinkMsgId == first.downlinkMsgId
+            sends.append(again.downlinkMsgId)
+            client.ack(again.downlinkMsgId, success=False, error=REFUSAL)
+        assert len(sends) == 3  # exactly max_attempts
+        nxt = client.downlink()  # at once: the queue moved on
+        assert nxt.downlinkMsgId != first.downlinkMsgId and kinds(nxt) == ["deviceCredentialsUpdateMsg"]
+        client.ack(nxt.downlinkMsgId)
+        rest = []
+        for _ in range(2):
+            d = client.downlink()
+            rest.append(json.loads(d.deviceUpdateMsg[0].entity)["name"] if d.deviceUpdateMsg
+                        else "creds")
+            client.ack(d.downlinkMsgId)
+        assert rest == ["good", "creds"] and client.nothing_within(0.5)
+    finally:
+        logger.remove(sink)
+    parked_logs = [m for m in messages if m["text"].startswith("downlink parked")]
+    assert len(parked_logs) == 1
+    log = parked_logs[0]
+    assert (log["routing_key"], log["downlink_id"], log["kind"], log["error"], log["attempts"]) == (
+        "rk-1", first.downlinkMsgId, "deviceUpdateMsg", REFUSAL, 3)
+
+    status, parked = http(cloud.admin_port, "GET", "/api/edges/rk-1/downlinks/parked")
+    assert status == 200
+    assert [{k: v for k, v in p.items() if k not in ("parked_at", "number")} for p in parked] == [
+        {"downlink_id": first.downlinkMsgId, "kinds": "deviceUpdateMsg", "cause": "refused",
+         "error": REFUSAL, "attempts": 3, "in_sync": False}]
+    assert http(cloud.admin_port, "GET", f"/api/edges/{edge[2]}/downlinks/parked")[1] == parked
+    assert http(cloud.admin_port, "GET", "/api/edges/nope/downlinks/parked")[0] == 404
+    status, out = http(cloud.admin_port, "GET", "/api/status")
+    assert [(e["queued_downlinks"], e["parked_downlinks"]) for e in out["edges"]] == [(0, 1)]
+    m = metrics(cloud)
+    assert (m["cloud_downlinks_refused_total"], m["cloud_downlinks_parked_total"]) == (3, 1)
+
+    # the operator sees it in `edge-cloud status`, with the server running and stopped
+    env = env_for(cloud.store.path, cloud.admin_port)
+    line = (f"  parked downlink {first.downlinkMsgId} (deviceUpdateMsg): refused, 3 attempts: "
+            f"{REFUSAL}")
+    for _ in ("running", "stopped"):
+        proc = subprocess.run([sys.executable, "-m", "edge_sync.cli.cloud", "status"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert "parked downlinks 1" in proc.stdout and line in proc.stdout.splitlines()
+        proc = subprocess.run([sys.executable, "-m", "edge_sync.cli.cloud", "status", "--json"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        (row,) = json.loads(proc.stdout)["edges"]
+        assert [p["error"] for p in row["parked"]] == [REFUSAL]
+        for c in clients:
+            c.close()
+        cloud.stop()
+
+
+def test_a_refused_device_downlink_of_a_sync_is_parked_and_sync_completed_still_arrives(
+        cloud, edge, clients):
+    cloud.service.create_device(edge[0], "bad", token="tok-bad")
+    client = connect(cloud, clients, edge)
+    request_sync(client, True)
+    got = []
+    refused = 0
+    while True:
+        d = client.downlink(timeout=3)
+        got.append(kinds(d))
+        if d.deviceUpdateMsg:
+            refused += 1
+            client.ack(d.downlinkMsgId, success=False, error=REFUSAL)
+            continue
+        client.ack(d.downlinkMsgId)
+        if d.HasField("syncCompletedMsg"):
+            break
+    assert refused == 3
+    assert got[-1] == ["syncCompletedMsg"] and got[-2] == got[-3] == got[-4] != got[-5]
+    status, parked = http(cloud.admin_port, "GET", "/api/edges/rk-1/downlinks/parked")
+    assert status == 200
+    assert [(p["kinds"], p["cause"], p["attempts"], p["in_sync"], p["error"]) for p in parked] == [
+        ("deviceUpdateMsg,deviceProfileUpdateMsg,deviceCredentialsUpdateMsg", "refused", 3, True,
+         REFUSAL)]
+    # the queue after the sync carries on: the device's own queued downlinks
+    d = client.downlink()
+    assert kinds(d) == ["deviceUpdateMsg"]
+
+
+def test_unanswered_downlinks_are_resent_and_never_parked_and_a_new_stream_counts_anew(
+        cloud, edge, clients):
+    cloud.service.create_device(edge[0], "quiet", token="tok-q")
+    client = connect(cloud, clients, edge)
+    client.sync(False)
+    first = client.downlink()
+    for _ in range(4):  # more than max_attempts resends without any answer
+        assert client.downlink(timeout=3).downlinkMsgId == first.downlinkMsgId
+    client.ack(first.downlinkMsgId, success=False, error="busy")
+    client.ack(first.downlinkMsgId, success=False, error="busy")  # one sent, one duplicate answer
+    client.close()
+    # two refusals on the broken stream; a new stream starts counting at 0
+    again = connect(cloud, clients, edge)
+    again.sync(False)
+    for _ in range(2):
+        d = again.downlink(timeout=3)
+        assert d.downlinkMsgId == first.downlinkMsgId
+        again.ack(d.downlinkMsgId, success=False, error="busy")
+    d = again.downlink(timeout=3)
+    assert d.downlinkMsgId == first.downlinkMsgId  # still queued: 2 refusals on this stream
+    again.ack(d.downlinkMsgId)
+    assert http(cloud.admin_port, "GET", "/api/edges/rk-1/downlinks/parked")[1] == []
+
+
+# -- requests ----------------------------------------------------------------------------------------
+
+
+def test_attribute_relation_and_rule_chain_requests_are_answered_as_thingsboard_does(
+        cloud, edge, clients):
+    dev, _ = cloud.service.create_device(edge[0], "pump-1", token="tok-pump")
+    cloud.service.set_attributes("pump-1", {"target": 42, "mode": "auto", "cfg": {"a": [1]}})
+    client = connect(cloud, clients, edge)
+    synced = client.sync(True)
+    for _ in range(3):  # the device's queued downlinks
+        client.ack(client.downlink().downlinkMsgId)
+    msb, lsb = uuid_halves(dev.id)
+    before = cloud.clock.now_ms()
+
+    def attributes_request(scope: str, entity_type: str = "DEVICE", ids: tuple[int, int] = (msb, lsb)
+                           ) -> edge_pb2.AttributesRequestMsg:
+        return edge_pb2.AttributesRequestMsg(entityIdMSB=ids[0], entityIdLSB=ids[1],
+                                             entityType=entity_type, scope=scope)
+
+    resp = client.uplink(epoch=None, attributesRequestMsg=[attributes_request("SHARED_SCOPE")])
+    assert resp.success and resp.errorMsg == ""
+    d = client.downlink()
+    assert kinds(d) == ["entityData"]
+    data = d.entityData[0]
+    assert (uuid_of(data.entityIdMSB, data.entityIdLSB), data.entityType) == (dev.id, "DEVICE")
+    assert data.postAttributeScope == "SHARED_SCOPE" and data.attributesUpdatedMsg.shared
+    assert data.attributeTs >= before
+    assert {kv.key: (kv.type, kv.long_v, kv.string_v, kv.json_v) for kv in data.attributesUpdatedMsg.kv} == {
+        "target": (transport_pb2.LONG_V, 42, "", ""), "mode": (transport_pb2.STRING_V, 0, "auto", ""),
+        "cfg": (transport_pb2.JSON_V, 0, "", '{"a":[1]}')}
+    assert not data.HasField("postTelemetryMsg") and not data.HasField("postAttributesMsg")
+    client.ack(d.downlinkMsgId)
+
+    # nothing to send, nothing sent (as ThingsBoard): another scope, another entity, an unknown
+    # device, the edge itself, relations (the cloud keeps none), another rule chain
+    tenant_halves = uuid_halves(cloud.store.tenant_id())
+    edge_halves = uuid_halves(edge[2])
+    nothing = {
+        "attributesRequestMsg": [
+            attributes_request("SERVER_SCOPE"), attributes_request("CLIENT_SCOPE"),
+            attributes_request("SHARED_SCOPE", "TENANT", tenant_halves),
+            attributes_request("SERVER_SCOPE", "EDGE", edge_halves),
+            attributes_request("SHARED_SCOPE", ids=uuid_halves(uuid.uuid4()))],
+        "relationRequestMsg": [edge_pb2.RelationRequestMsg(entityIdMSB=msb, entityIdLSB=lsb,
+                                                           entityType="DEVICE")],
+        "ruleChainMetadataRequestMsg": [edge_pb2.RuleChainMetadataRequestMsg(
+            ruleChainIdMSB=1, ruleChainIdLSB=2)],
+    }
+    assert client.uplink(epoch=None, **nothing).success
+    assert client.nothing_within(0.5)
+
+    # the root rule chain's metadata, as in the sync
+    chain = synced[1].ruleChainUpdateMsg[0]
+    resp = client.uplink(epoch=None, ruleChainMetadataRequestMsg=[edge_pb2.RuleChainMetadataRequestMsg(
+        ruleChainIdMSB=chain.idMSB, ruleChainIdLSB=chain.idLSB)])
+    assert resp.success
+    d = client.downlink()
+    assert d.ruleChainMetadataUpdateMsg[0] == synced[2].ruleChainMetadataUpdateMsg[0]
+    client.ack(d.downlinkMsgId)
+    m = metrics(cloud)
+    assert (m["cloud_uplink_requests_answered_total"], m["cloud_request_downlinks_queued_total"]) == (9, 2)
+    assert not any(k.startswith("cloud_uplink_not_applied_") for k in m)
+
+
+# -- uplinks -------------------------------------------------------------------------------------------
+
+
+def _with_unknown_field(msg: edge_pb2.UplinkMsg, number: int) -> edge_pb2.UplinkMsg:
+    """The message plus an empty length-delimited field ``number`` this schema does not declare."""
+    tag = (number << 3) | 2
+    raw = msg.SerializeToString() + bytes([0x80 | (tag & 0x7F), tag >> 7, 0])
+    return edge_pb2.UplinkMsg.FromString(raw)
+
+
+def test_uplink_kinds_not_applied_are_acknowledged_counted_by_kind_and_logged_once(
+        cloud, edge, clients):
+    messages: list[dict[str, Any]] = []
+    sink = logger.add(lambda m: messages.append(
+        {"text": m.record["message"], **m.record["extra"]}), level="INFO")
+    client = connect(cloud, clients, edge)
+    client.sync(False)
+    try:
+        for uplink_id in (7_000_001, 12):  # ThingsBoard picks ids at random
+            msg = _with_unknown_field(edge_pb2.UplinkMsg(
+                uplinkMsgId=uplink_id,
+                deviceProfileUpdateMsg=[edge_pb2.DeviceProfileUpdateMsg(entity="{}")] * 2,
+                dashboardUpdateMsg=[edge_pb2.DashboardUpdateMsg(entity="{}")],
+                entityData=[telemetry(uuid.uuid4(), None)]), 22)
+            client.send(edge_pb2.RequestMsg(msgType=edge_pb2.UPLINK_RPC_MESSAGE, uplinkMsg=msg))
+            resp = client.recv().uplinkResponseMsg
+            assert (resp.uplinkMsgId, resp.success) == (uplink_id, True)
+    finally:
+        logger.remove(sink)
+    m = metrics(cloud)
+    assert {k: v for k, v in m.items() if k.startswith("cloud_uplink_not_applied_")} == {
+        "cloud_uplink_not_applied_device_profile_update_msg_total": 4,
+        "cloud_uplink_not_applied_dashboard_update_msg_total": 2,
+        "cloud_uplink_not_applied_alarm_comment_update_msg_total": 2}
+    logged = sorted(m["kind"] for m in messages if "not applied by this cloud" in m["text"])
+    assert logged == ["alarmCommentUpdateMsg", "dashboardUpdateMsg", "deviceProfileUpdateMsg"]
+    assert len(cloud.service.events(edge[0])) == 2  # the telemetry of both, applied
+
+
+def test_a_thingsboard_edges_uplinks_are_applied_at_least_once(cloud, edge, clients):
+    """No edgeSeqId, no uplinkEpoch, random uplinkMsgId, 4.x entity JSON: applied, never
+    refused for the missing extensions; a resend is applied again (no dedup possible)."""
+    client = connect(cloud, clients, edge)
+    client.sync(True)
+    dev = uuid.uuid4()
+    msb, lsb = uuid_halves(dev)
+    tenant = {"entityType": "TENANT", "id": str(cloud.store.tenant_id())}
+    device = edge_pb2.DeviceUpdateMsg(
+        msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb,
+        entity=json.dumps({"id": {"entityType": "DEVICE", "id": str(dev)}, "createdTime": 7,
+                           "tenantId": tenant, "customerId": NULL_CUSTOMER, "name": "tb-made",
+                           "type": "default", "label": None,
+                           "deviceProfileId": {"entityType": "DEVICE_PROFILE", "id": str(uuid.uuid4())},
+                           "deviceData": None, "firmwareId": None, "softwareId": None,
+                           "externalId": None, "version": 1, "additionalInfo": None}))
+    attrs = edge_pb2.EntityDataProto(
+        entityIdMSB=msb, entityIdLSB=lsb, entityType="DEVICE", postAttributeScope="CLIENT_SCOPE",
+        postAttributesMsg=transport_pb2.PostAttributeMsg(kv=[to_kv("fw", "1.2")]))
+    for uplink_id in (987_654_321, 5):
+        msg = edge_pb2.UplinkMsg(uplinkMsgId=uplink_id, deviceUpdateMsg=[device],
+                                 entityData=[telemetry(dev, None, {"t": 21.5}), attrs])
+        client.send(edge_pb2.RequestMsg(msgType=edge_pb2.UPLINK_RPC_MESSAGE, uplinkMsg=msg))
+        resp = client.recv().uplinkResponseMsg
+        assert (resp.uplinkMsgId, resp.success, resp.HasField("retryable")) == (uplink_id, True, False)
+    events = cloud.service.events(edge[0])
+    assert [(e.seq, e.action) for e in events] == [
+        (None, "TIMESERIES_UPDATED"), (None, "ATTRIBUTES_UPDATED"), (None, "ADDED")] * 2
+    stored = cloud.store.device(dev)
+    assert stored is not None and stored.name == "tb-made" and stored.origin == "edge"
