@@ -226,3 +226,54 @@ def test_readonly_open_needs_an_existing_cloud_store(tmp_path):
 def test_device_record_hides_its_token():
     d = CloudDevice(uuid.uuid4(), uuid.uuid4(), "n", "t", "", "secret-token", 1, "cloud")
     assert "secret-token" not in repr(d) and "token" not in d.as_json()
+
+
+def test_named_ids_are_made_once_and_kept_across_reopening(tmp_path):
+    made = iter([uuid.UUID(int=1), uuid.UUID(int=2), uuid.UUID(int=3)])
+    s = CloudStore(tmp_path / "c")
+    assert s.named_ids(["a", "b"], lambda: next(made)) == {"a": uuid.UUID(int=1), "b": uuid.UUID(int=2)}
+    assert s.named_ids(["b", "x" * 600], lambda: next(made)) == {"b": uuid.UUID(int=2),
+                                                                  "x" * 600: uuid.UUID(int=3)}
+    s.close()
+    s = CloudStore(tmp_path / "c")
+    try:
+        assert s.named_ids(["a", "x" * 600], lambda: uuid.uuid4()) == {
+            "a": uuid.UUID(int=1), "x" * 600: uuid.UUID(int=3)}
+    finally:
+        s.close()
+
+
+def test_parked_downlinks_leave_the_queue_and_are_listed_with_their_error(store):
+    from edge_sync.cloud import downlinks
+    from edge_sync.cloud.records import QueuedDownlink
+
+    edge, other = uuid.uuid4(), uuid.uuid4()
+    payload = downlinks.sync_completed()
+    assert store.enqueue_downlinks(edge, [payload, payload, payload]) == [1, 2, 3]
+    store.enqueue_downlinks(other, [payload])
+    first = store.first_downlink(edge)
+    assert first is not None and first.durable
+    assert store.park_downlink(edge, first, cause="refused", error="no tenant", attempts=3, now_ms=7)
+    assert not store.park_downlink(edge, first, cause="refused", error="again", attempts=3, now_ms=8)
+    assert store.dead_letter_downlink(edge, 3, "too big", now_ms=9)
+    (number,) = store.reserve_downlink_numbers(edge, 1)
+    sync_item = QueuedDownlink(number, downlink_msg_id(number), payload, durable=False)
+    assert store.park_downlink(edge, sync_item, cause="refused", error="bad", attempts=2, now_ms=10)
+    assert (store.queued_downlinks(edge), store.dead_downlinks(edge)) == (1, 3)
+    assert store.dead_downlinks(other) == 0
+    assert [p.as_json() for p in store.parked_downlinks(edge)] == [
+        {"number": 1, "downlink_id": 1, "kinds": "syncCompletedMsg", "cause": "refused",
+         "error": "no tenant", "attempts": 3, "parked_at": 7, "in_sync": False},
+        {"number": 3, "downlink_id": 3, "kinds": "syncCompletedMsg", "cause": "too_large",
+         "error": "too big", "attempts": 0, "parked_at": 9, "in_sync": False},
+        {"number": 4, "downlink_id": 4, "kinds": "syncCompletedMsg", "cause": "refused",
+         "error": "bad", "attempts": 2, "parked_at": 10, "in_sync": True}]
+    assert [p.number for p in store.parked_downlinks(edge, limit=2)] == [1, 3]
+    assert store.first_downlink(edge).number == 2
+    # a record of the previous release (payload, reason, time) is listed as too large
+    from edge_sync.storage import codec
+
+    store.lmdb.write(lambda txn: txn.put(other.bytes + codec.u64(9), codec.pack((payload, "old", 5)),
+                                         db=store.lmdb.dbs["dead_downlinks"]))
+    (old,) = store.parked_downlinks(other)
+    assert (old.cause, old.error, old.attempts, old.parked_at) == ("too_large", "old", 0, 5)
