@@ -39,7 +39,7 @@ from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.channel import Stream, make_channel
 from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkApplied
 from edge_sync.link.state import LinkState, LinkStateMachine, StatusBoard
-from edge_sync.link.uplink_window import GiveUp, GoBack, UplinkWindow, WindowPolicy
+from edge_sync.link.uplink_window import GiveUp, GoBack, Retry, UplinkWindow, WindowPolicy
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.env import LmdbStore
@@ -100,7 +100,8 @@ def window_policy(cfg: CloudLinkConfig) -> WindowPolicy:
     return WindowPolicy(
         window=cfg.window, batch_size=cfg.batch.size, batch_timeout_s=cfg.batch.timeout_ms / 1000,
         retry_interval_s=cfg.retry.interval_ms / 1000, max_retries=cfg.retry.max_retries,
-        ack_timeout_s=cfg.retry.ack_timeout_ms / 1000)
+        ack_timeout_s=cfg.retry.ack_timeout_ms / 1000,
+        permanent_after=cfg.retry.permanent_after)
 
 
 @dataclass
@@ -470,11 +471,15 @@ class ConnectionActor(SupervisedActor):
             self._pump()
             return
         rejected = resp.rejectedEdgeSeqId if resp.HasField("rejectedEdgeSeqId") else None
-        permanent = resp.HasField("retryable") and not resp.retryable
+        retryable = resp.retryable if resp.HasField("retryable") else None
         flight = self._window.flight(resp.uplinkMsgId)
         verdict = self._window.on_failure(resp.uplinkMsgId, now, rejected_seq=rejected,
-                                          permanent=permanent)
+                                          retryable=retryable, error=resp.errorMsg)
         if verdict is None:
+            return
+        if isinstance(verdict, Retry):
+            self._retry(verdict, resp.errorMsg or "no detail")
+            self._pump()
             return
         if verdict.dead_seq is not None:
             reason = f"message {resp.uplinkMsgId} rejected event seq {verdict.dead_seq}"
@@ -487,6 +492,43 @@ class ConnectionActor(SupervisedActor):
                       first_seq=flight.seqs[0] if flight else None).warning(
                 "uplink {} failed: {}", resp.uplinkMsgId, resp.errorMsg or "no detail")
         self._went_back(verdict, reason)
+
+    def _retry(self, r: Retry, error: str) -> None:
+        """Act on an unordered peer's resend of one message: dead letters first, then the log
+        line saying what happens to the rest."""
+        for d in r.dead:
+            self._m_dead.inc()
+            _log.bind(seq=d.seq, entity_type=d.entity_type, entity_id=str(d.entity_id),
+                      uplink_id=r.msg_id).warning(
+                "uplink event seq {} ({} {}) dead-lettered: {}", d.seq, d.entity_type,
+                d.entity_id, d.reason)
+            self._record(DeadLetter(d.seq, d.reason, Future()))
+        if not r.seqs:
+            return
+        self._m_resends.inc()
+        p = self._window.policy
+        first, last, n = r.seqs[0], r.seqs[-1], len(r.seqs)
+        delay = max(0.0, r.resend_at - self._clock.monotonic())
+        log = _log.bind(uplink_id=r.msg_id, first_seq=first, attempt=r.attempt, cause=r.cause)
+        if r.cause == "unanswered":
+            log.warning("no answer to uplink {} within {} ms: resending only it (seqs {}..{}, "
+                        "resend {}/{})", r.msg_id, self._cfg.retry.ack_timeout_ms, first, last,
+                        r.attempt, p.max_retries)
+        elif r.cause == "transient":
+            log.warning("uplink {} failed, transient: {}; resending its {} events (seqs {}..{}) "
+                        "in {:.1f}s (resend {}/{})", r.msg_id, error, n, first, last, delay,
+                        r.attempt, p.max_retries)
+        elif r.cause == "rejected":
+            log.warning("uplink {} rejected an event: resending its other {} events now",
+                        r.msg_id, n)
+        elif r.isolated:
+            log.warning("uplink {} failed {} times: {}; resending its {} events (seqs {}..{}) one "
+                        "per message in {:.1f}s to find the one refused", r.msg_id, r.attempt,
+                        error, n, first, last, delay)
+        else:
+            log.warning("uplink {} failed ({}/{}): {}; resending its {} events (seqs {}..{}) in "
+                        "{:.1f}s", r.msg_id, r.attempt, p.permanent_after, error, n, first, last,
+                        delay)
 
     def _went_back(self, verdict: GoBack | GiveUp, reason: str) -> None:
         """Act on the window's go-back-N verdict: resend (now or at its time), or reconnect."""
@@ -541,13 +583,17 @@ class ConnectionActor(SupervisedActor):
             due = self._window.next_deadline()
             if due is None or now < due:
                 return  # another deadline woke us (a page release, a queue write): no read
-            oldest = self._window.oldest()
-            verdict = self._window.expire(now)
-            if verdict is not None and oldest is not None:
+            while (oldest := self._window.oldest()) is not None:
+                verdict = self._window.expire(now)
+                if verdict is None:
+                    break
+                if isinstance(verdict, Retry):
+                    self._retry(verdict, "no answer")
+                    continue
                 self._went_back(verdict, f"no answer to message {oldest.msg_id} within "
                                          f"{self._cfg.retry.ack_timeout_ms} ms")
-            else:
-                self._pump()  # a go-back-N resend's time, or a partial batch's
+                return  # went back N (and pumped), or reconnecting
+            self._pump()  # a resend's time, or a partial batch's
 
     def _next_wake(self) -> float | None:
         """The earliest deadline, on the clock's monotonic time; None: nothing to wait for."""

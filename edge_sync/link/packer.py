@@ -1,6 +1,8 @@
 """Packing events into one UplinkMsg: in read order, under the peer's maxInboundMessageSize,
 and, for a peer that may apply one message's payloads concurrently (ThingsBoard), without two
-order-sensitive events of one entity in concurrent flight. Pure logic, no I/O.
+order-sensitive events of one entity in concurrent flight. For such a peer an event that must
+wait can be set aside ("held") instead of stopping the packing, so other entities' events go on;
+the entity's later events are then held too, keeping its order. Pure logic, no I/O.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Packed:
     last_seq: dict[Lane, int] = field(default_factory=dict)  # highest seq consumed per lane
     too_large: list[tuple[StoredEvent, int]] = field(default_factory=list)
     unmappable: list[tuple[StoredEvent, str]] = field(default_factory=list)
+    held: list[StoredEvent] = field(default_factory=list)  # must wait: set aside, in order
+    consumed: int = 0  # how many events from the front were packed, held, skipped or refused
     size: int = ENVELOPE_BYTES
 
 
@@ -45,6 +49,8 @@ def pack(
     busy: set[uuid.UUID] | None = None,
     busy_sensitive: set[uuid.UUID] | None = None,
     skip: set[int] | None = None,
+    hold: set[uuid.UUID] | None = None,
+    max_hold: int = 0,
 ) -> Packed:
     """Take events from the front of ``events`` while they fit.
 
@@ -53,30 +59,46 @@ def pack(
     in flight (both only matter when not ordered_peer). skip: seqs to pass over (dead-lettered,
     not yet committed). An event that is larger than max_bytes on its own is returned in
     too_large; one with no uplink mapping in unmappable: both are consumed, never sent.
+
+    Not ordered_peer only: an event that must wait, or whose entity is in ``hold`` (entities
+    whose events must not be sent now), is appended to ``held`` while fewer than ``max_hold``
+    are held, and its entity's later events are held with it; otherwise (max_hold 0: always)
+    packing stops before it.
     """
     out = Packed(edge_pb2.UplinkMsg())
     busy = busy or set()
     busy_sensitive = busy_sensitive or set()
+    holding = set(hold or ())
     for event in events:
         if len(out.seqs) >= max_events:
             break
         if skip and event.seq in skip:
             out.last_seq[event.lane] = event.seq
+            out.consumed += 1
             continue
         sensitive = event.action in ORDER_SENSITIVE_ACTIONS
         eid = event.entity_id
-        if not ordered_peer and _must_wait(eid, sensitive, out, busy, busy_sensitive):
-            break
+        if not ordered_peer and (eid in holding
+                                 or _must_wait(eid, sensitive, out, busy, busy_sensitive)):
+            if len(out.held) >= max_hold:
+                break
+            out.held.append(event)
+            holding.add(eid)
+            out.last_seq[event.lane] = event.seq
+            out.consumed += 1
+            continue
         try:
             list_name, payload = event_payload(event, owner)
         except (BadRequest, KeyError, TypeError, ValueError) as exc:
             out.unmappable.append((event, str(exc)))
             out.last_seq[event.lane] = event.seq
+            out.consumed += 1
             continue
         size = payload.ByteSize() + _FIELD_OVERHEAD
         if size + ENVELOPE_BYTES > max_bytes:
             out.too_large.append((event, size))
             out.last_seq[event.lane] = event.seq
+            out.consumed += 1
             continue
         if out.size + size > max_bytes:
             break
@@ -87,6 +109,7 @@ def pack(
         if sensitive:
             out.sensitive_entities.add(eid)
         out.last_seq[event.lane] = event.seq
+        out.consumed += 1
     if out.seqs:
         out.msg.firstEdgeSeqId = min(out.seqs)
     return out

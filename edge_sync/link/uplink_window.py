@@ -1,7 +1,8 @@
 """The uplink window of one stream (docs/link-protocol.md, "Uplink"): the read cursor, the
-messages in flight and their events, the epoch, go-back-N resends, the resend and batch
-deadlines, acknowledgement matching and the dead-letter skip. Pure logic: no I/O, no threads,
-time is passed in.
+messages in flight and their events, the epoch, resends (go-back-N for an ordered peer, one
+message at a time otherwise), the resend and batch deadlines, acknowledgement matching, the
+dead-letter skip, and the permanent-error policy for a peer without retry hints. Pure logic: no
+I/O, no threads, time is passed in.
 
 How the ConnectionActor drives it:
 - ``wants_events(now)``: is there room to send (and no resend waiting)? Then it reads pending
@@ -9,7 +10,8 @@ How the ConnectionActor drives it:
   message (uplinkMsgId and uplinkEpoch set) and says which events to dead-letter and whether
   to read again.
 - ``on_ack`` / ``on_failure``: the cloud's UplinkResponseMsg, matched by uplinkMsgId.
-- ``expire(now)``: the oldest message got no answer within the ack timeout.
+- ``expire(now)``: the oldest message got no answer within the ack timeout (call it again until
+  it answers None: against an unordered peer each call handles one message).
 - ``next_deadline()``: when time next matters (a resend, an unanswered message, a partial
   batch); nothing to wait for is None.
 - ``reset()``: a new stream (msg ids from 1, a new epoch, the cursor back to the start).
@@ -19,7 +21,25 @@ move the cursor back to where the oldest one started and resend from there, in s
 epoch + 1 (the events acknowledged meanwhile, and the dead-lettered ones, are passed over).
 The reference cloud's half is edge_sync.cloud.uplink.GoBackN: the epoch of the failed uplink
 becomes its failed epoch, and it refuses every uplink of that epoch or an older one until the
-resend arrives under a higher epoch.
+resend arrives under a higher epoch. Its answers say what a failure is (``retryable``,
+``rejectedEdgeSeqId``); that alone decides, as before.
+
+A peer without ordered apply (a ThingsBoard server) gets no go-back-N. Each message is a unit
+of its own: a failed or unanswered message is resent alone (under a new uplinkMsgId and epoch),
+the others stay in flight, and new events keep being read and sent. While a message has failed
+and is not settled (acknowledged or dead-lettered), its entities' later events are held: the
+cursor passes them, they are remembered in read order (at most ``max_held``; then reading stops
+at the next event that would be held) and sent once their entity is free. The same holding keeps
+an entity's order-sensitive events out of concurrent flight. A failure answer with neither hint
+is classified by its errorMsg (edge_sync.link.failures):
+- transient: resent after retry_interval_s, doubling per transient failure of that message up
+  to max_backoff_s; never counted against its events; max_retries of them (or of ack timeouts)
+  for one message make the link reconnect (GiveUp);
+- any other: counts against the message; after permanent_after of them a message of several
+  events is split into one message per event, and a lone event that failed permanent_after
+  times is dead-lettered with the cloud's errorMsg. Such failures never make the link reconnect.
+Held events and messages waiting for a resend live only in memory: they are still PENDING in
+the store, and a new stream (``reset``) reads them again.
 """
 
 from __future__ import annotations
@@ -28,13 +48,16 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from edge_sync.common.wire import Owner
-from edge_sync.link.packer import pack
+from edge_sync.link.failures import is_transient
+from edge_sync.link.packer import Packed, pack
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import Lane, StoredEvent
 
 MAX_UPLINK_MSG_ID = 2**31 - 1  # uplinkMsgId is an int32; it wraps to 1
+MAX_ERROR_CHARS = 2000  # a dead letter keeps at most this much of the cloud's errorMsg
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +72,36 @@ class WindowPolicy:
     """The wait before resending a message the cloud answered with a failure
     (cloud.retry.interval_ms)."""
     max_retries: int = 5
-    """Resends of the same oldest message before the link reconnects (cloud.retry.max_retries)."""
+    """Resends of the same oldest message before the link reconnects (cloud.retry.max_retries).
+    Unordered peer: resends of one message after transient failures or ack timeouts."""
     ack_timeout_s: float = 60.0
     """How long a sent message may stay unanswered before it is resent
     (cloud.retry.ack_timeout_ms); a slower answer within it causes no resend."""
+    permanent_after: int = 3
+    """Unordered peer: non-transient failures of one message before its events are resent one
+    per message, and of one event alone before it is dead-lettered
+    (cloud.retry.permanent_after)."""
+    max_backoff_s: float = 60.0
+    """Unordered peer: the longest wait before resending after a transient failure."""
+    max_held: int = 10_000
+    """Unordered peer: events held in memory at most; then reading pauses."""
+
+
+@dataclass(slots=True, eq=False)
+class Unit:
+    """Unordered peer: events sent in one message and resent together until settled, with what
+    their failures so far count."""
+
+    events: list[StoredEvent]
+    failed: bool = False  # failed or went unanswered at least once: its entities are held
+    strikes: int = 0  # non-transient failures (towards permanent_after)
+    retries: int = 0  # resends after a transient failure or an ack timeout (towards max_retries)
+    transient: int = 0  # transient failures (the backoff's exponent)
+    resend_at: float = 0.0  # while waiting for a resend
+
+    @property
+    def seqs(self) -> tuple[int, ...]:
+        return tuple(e.seq for e in self.events)
 
 
 @dataclass(slots=True)
@@ -67,6 +116,7 @@ class InFlight:
     sensitive: set[uuid.UUID]
     cursor_before: dict[Lane, int]
     sent_at: float
+    unit: Unit | None = None  # unordered peer: its events, for a resend of this message alone
 
 
 @dataclass(slots=True)
@@ -102,6 +152,41 @@ class GiveUp:
     dead_seq: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """An event the cloud refused for good: dead-letter it with ``reason``."""
+
+    seq: int
+    entity_type: str
+    entity_id: uuid.UUID
+    reason: str
+
+
+Cause = Literal["transient", "failure", "rejected", "unanswered"]
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Unordered peer: message ``msg_id`` failed (or went unanswered) and only its events are
+    resent, at ``resend_at``; the other messages in flight stay in flight.
+
+    cause: "transient" (retryable, or an errorMsg naming a transient cause), "failure" (any
+    other failure), "rejected" (the cloud named one event, dead-lettered, the rest resent at
+    once), "unanswered" (no answer within the ack timeout). attempt: for "transient" and
+    "unanswered" the message's resends so far (max_retries bounds them), for "failure" its
+    non-transient failures (permanent_after bounds them). isolated: this failure split the
+    message: its events are resent one per message from now on. dead: the events to
+    dead-letter now; seqs: the events still to be resent."""
+
+    msg_id: int
+    cause: Cause
+    seqs: tuple[int, ...]
+    attempt: int
+    resend_at: float
+    isolated: bool = False
+    dead: tuple[Dead, ...] = ()
+
+
 class UplinkWindow:
     def __init__(self, policy: WindowPolicy) -> None:
         self.policy = policy
@@ -111,9 +196,12 @@ class UplinkWindow:
         self._in_flight: OrderedDict[int, InFlight] = OrderedDict()
         self._passed: dict[int, Lane] = {}  # acknowledged or dead-lettered: never resent
         self._partial_since: float | None = None
-        self._blocked = False  # an entity in flight holds the next event back (ThingsBoard)
+        self._blocked = False  # nothing could be sent: only an answer or a resend time helps
         self._resend_at: float | None = None
         self._oldest_attempts = 0
+        self._ordered = True  # the peer of this stream applies in order (set by take)
+        self._held: list[StoredEvent] = []  # unordered peer: read, not sent yet, in read order
+        self._waiting: list[Unit] = []  # unordered peer: failed messages waiting for a resend
         self.reset()
 
     # -- views ---------------------------------------------------------------------------------
@@ -129,6 +217,16 @@ class UplinkWindow:
         return frozenset(self._passed)
 
     @property
+    def held(self) -> tuple[int, ...]:
+        """Unordered peer: the seqs read but held back, in read order."""
+        return tuple(e.seq for e in self._held)
+
+    @property
+    def waiting(self) -> tuple[tuple[int, ...], ...]:
+        """Unordered peer: the seqs of each failed message waiting for its resend."""
+        return tuple(u.seqs for u in self._waiting)
+
+    @property
     def waiting_for_batch(self) -> bool:
         """A partial batch was read and set aside to fill while messages are in flight."""
         return self._partial_since is not None
@@ -139,12 +237,14 @@ class UplinkWindow:
         if self._resend_at is not None:
             return self._resend_at
         deadlines: list[float] = []
+        room = len(self._in_flight) < self.policy.window
         if self._in_flight:
             oldest = next(iter(self._in_flight.values()))
             deadlines.append(oldest.sent_at + self.policy.ack_timeout_s)
-            if (self._partial_since is not None and not self._blocked
-                    and len(self._in_flight) < self.policy.window):
+            if self._partial_since is not None and not self._blocked and room:
                 deadlines.append(self._partial_since + self.policy.batch_timeout_s)
+        if self._waiting and room:
+            deadlines.append(min(u.resend_at for u in self._waiting))
         return min(deadlines) if deadlines else None
 
     # -- a new stream --------------------------------------------------------------------------
@@ -160,6 +260,8 @@ class UplinkWindow:
         self._blocked = False
         self._resend_at = None
         self._oldest_attempts = 0
+        self._held = []
+        self._waiting = []
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -175,9 +277,13 @@ class UplinkWindow:
              ordered_peer: bool, owner: Owner) -> Take:
         """Pack the front of ``events`` (pending events after ``cursor``, as read) into at most
         one message, its entity JSON owned by ``owner`` (the connection's tenant and customer).
-        A partial batch waits up to batch_timeout_s while messages are in flight; for a peer
-        without ordered apply (ThingsBoard) an event waits while its entity has an
-        order-conflicting event in flight."""
+        A partial batch waits up to batch_timeout_s while messages are in flight. For a peer
+        without ordered apply (ThingsBoard) a failed message due for its resend goes first;
+        otherwise held events and then ``events`` are packed, an event waiting (its entity has
+        a failed message unsettled, or an order-conflicting event in flight) being held."""
+        self._ordered = ordered_peer
+        if not ordered_peer:
+            return self._take_unordered(events, now, max_bytes=max_bytes, owner=owner)
         if not events:
             self._partial_since = None
             return Take()
@@ -187,24 +293,12 @@ class UplinkWindow:
                 self._partial_since = now
             if now - self._partial_since < p.batch_timeout_s:
                 return Take()  # wait for the batch to fill (or for the window to drain)
-        busy: set[uuid.UUID] = set()
-        busy_sensitive: set[uuid.UUID] = set()
-        if not ordered_peer:
-            for f in self._in_flight.values():
-                busy |= f.entities
-                busy_sensitive |= f.sensitive
-        packed = pack(events, max_bytes=max_bytes, max_events=p.batch_size,
-                      ordered_peer=ordered_peer, owner=owner, busy=busy,
-                      busy_sensitive=busy_sensitive,
-                      skip=set(self._passed))
+        packed = pack(events, max_bytes=max_bytes, max_events=p.batch_size, ordered_peer=True,
+                      owner=owner, skip=set(self._passed))
         out = Take()
-        for event, size in packed.too_large:
-            out.dead.append((event.seq, f"event of {size} bytes exceeds the cloud's "
-                                        f"maxInboundMessageSize ({max_bytes} bytes)"))
-            self._passed[event.seq] = event.lane
-        for event, why in packed.unmappable:
-            out.dead.append((event.seq, f"cannot be sent: {why}"))
-            self._passed[event.seq] = event.lane
+        out.dead = _refused(packed, max_bytes)
+        for seq, _why in out.dead:
+            self._passed[seq] = _lane_of(packed, seq)
         if not packed.seqs and not packed.last_seq:
             self._blocked = True  # wait for an acknowledgement
             return out
@@ -213,57 +307,71 @@ class UplinkWindow:
         out.more = True
         if not packed.seqs:
             return out  # only passed-over events: read on
-        msg_id = self._next_msg_id
-        self._next_msg_id = msg_id + 1 if msg_id < MAX_UPLINK_MSG_ID else 1
-        packed.msg.uplinkMsgId = msg_id
-        packed.msg.uplinkEpoch = self.epoch
         lanes = _lanes_of(events, packed.seqs)
-        self._in_flight[msg_id] = InFlight(
-            msg_id, self.epoch, tuple(packed.seqs), lanes, packed.entities,
-            packed.sensitive_entities, cursor_before, now)
-        self._partial_since = None
-        out.msg = packed.msg
-        out.seqs = tuple(packed.seqs)
+        self._send(packed, lanes, cursor_before, now, out)
         return out
 
     # -- answers -------------------------------------------------------------------------------
 
     def on_ack(self, msg_id: int) -> tuple[int, ...] | None:
         """UplinkResponseMsg success: the seqs now DEPLOYED, or None for a message this window
-        no longer has in flight (given up by a go-back-N resend, or of an older stream)."""
+        no longer has in flight (given up by a resend, or of an older stream)."""
         flight = self._in_flight.get(msg_id)
         if flight is None:
             return None
         was_oldest = next(iter(self._in_flight)) == msg_id
         del self._in_flight[msg_id]
+        self._blocked = False
+        if flight.unit is not None:
+            return flight.seqs  # unordered: the message's unit is settled
         self._passed.update(flight.lanes)
         if was_oldest:  # the retry count belongs to the oldest unacknowledged message
             self._oldest_attempts = 0
-        self._blocked = False
         self._prune()
         return flight.seqs
 
     def on_failure(self, msg_id: int, now: float, *, rejected_seq: int | None = None,
-                   permanent: bool = False) -> GoBack | GiveUp | None:
-        """UplinkResponseMsg without success. The event the cloud rejected for good (a
-        permanent failure naming a seq of this message) is dead-lettered and the rest resent
-        at once; any other failure resends after retry_interval_s. None: not in flight."""
+                   permanent: bool = False, retryable: bool | None = None,
+                   error: str = "") -> GoBack | GiveUp | Retry | None:
+        """UplinkResponseMsg without success. ``retryable``: the answer's hint, None when
+        absent; ``permanent`` is the same as retryable=False. None: not in flight.
+
+        Ordered peer: the event the cloud rejected for good (a permanent failure naming a seq
+        of this message) is dead-lettered and the rest resent at once; any other failure goes
+        back N after retry_interval_s. Unordered peer: see the module docstring."""
         flight = self._in_flight.get(msg_id)
         if flight is None:
             return None
-        if rejected_seq is not None and permanent and rejected_seq in flight.lanes:
+        if permanent:
+            retryable = False
+        if flight.unit is not None:
+            return self._fail_unit(flight, flight.unit, now, rejected_seq=rejected_seq,
+                                   retryable=retryable, error=error)
+        if rejected_seq is not None and retryable is False and rejected_seq in flight.lanes:
             self._passed[rejected_seq] = flight.lanes[rejected_seq]
             return self._go_back(now, delay=0.0, dead_seq=rejected_seq)
         return self._go_back(now, delay=self.policy.retry_interval_s)
 
-    def expire(self, now: float) -> GoBack | GiveUp | None:
-        """The oldest message unanswered for ack_timeout_s: resend at once."""
+    def expire(self, now: float) -> GoBack | GiveUp | Retry | None:
+        """The oldest message unanswered for ack_timeout_s: resend at once (ordered: go back N;
+        unordered: that message alone; call again for the next one)."""
         if not self._in_flight:
             return None
         oldest = next(iter(self._in_flight.values()))
         if now - oldest.sent_at < self.policy.ack_timeout_s:
             return None
-        return self._go_back(now, delay=0.0)
+        unit = oldest.unit
+        if unit is None:
+            return self._go_back(now, delay=0.0)
+        del self._in_flight[oldest.msg_id]
+        self._blocked = False
+        unit.failed = True
+        unit.retries += 1
+        if unit.retries > self.policy.max_retries:
+            return GiveUp(unit.events[0].seq, self.policy.max_retries)
+        unit.resend_at = now
+        self._waiting.append(unit)
+        return Retry(oldest.msg_id, "unanswered", unit.seqs, unit.retries, now)
 
     def oldest(self) -> InFlight | None:
         return next(iter(self._in_flight.values()), None)
@@ -271,7 +379,7 @@ class UplinkWindow:
     def flight(self, msg_id: int) -> InFlight | None:
         return self._in_flight.get(msg_id)
 
-    # -- internals -----------------------------------------------------------------------------
+    # -- internals: ordered peer ---------------------------------------------------------------
 
     def _go_back(self, now: float, *, delay: float,
                  dead_seq: int | None = None) -> GoBack | GiveUp:
@@ -294,6 +402,152 @@ class UplinkWindow:
         oldest = next(iter(self._in_flight.values()), None)
         floor = oldest.cursor_before if oldest is not None else self.cursor
         self._passed = {s: lane for s, lane in self._passed.items() if s > floor[lane]}
+
+    # -- internals: both -----------------------------------------------------------------------
+
+    def _send(self, packed: Packed, lanes: dict[int, Lane], cursor_before: dict[Lane, int],
+              now: float, out: Take, unit: Unit | None = None) -> None:
+        msg_id = self._next_msg_id
+        self._next_msg_id = msg_id + 1 if msg_id < MAX_UPLINK_MSG_ID else 1
+        packed.msg.uplinkMsgId = msg_id
+        packed.msg.uplinkEpoch = self.epoch
+        self._in_flight[msg_id] = InFlight(
+            msg_id, self.epoch, tuple(packed.seqs), lanes, packed.entities,
+            packed.sensitive_entities, cursor_before, now, unit)
+        self._partial_since = None
+        out.msg = packed.msg
+        out.seqs = tuple(packed.seqs)
+        out.more = True
+
+    # -- internals: unordered peer -------------------------------------------------------------
+
+    def _take_unordered(self, events: Sequence[StoredEvent], now: float, *, max_bytes: int,
+                        owner: Owner) -> Take:
+        p = self.policy
+        due = next((u for u in self._waiting if u.resend_at <= now), None)
+        if due is not None:
+            return self._resend(due, now, max_bytes=max_bytes, owner=owner)
+        failed = self._failed_entities()
+        ready = sum(1 for e in self._held if e.entity_id not in failed)
+        if not events and not ready:
+            self._partial_since = None
+            return Take()
+        if len(events) + ready < p.batch_size and self._in_flight:
+            if self._partial_since is None:
+                self._partial_since = now
+            if now - self._partial_since < p.batch_timeout_s:
+                return Take()  # wait for the batch to fill (or for the window to drain)
+        busy: set[uuid.UUID] = set()
+        busy_sensitive: set[uuid.UUID] = set()
+        for f in self._in_flight.values():
+            busy |= f.entities
+            busy_sensitive |= f.sensitive
+        old = self._held
+        candidates = [*old, *events]
+        packed = pack(candidates, max_bytes=max_bytes, max_events=p.batch_size,
+                      ordered_peer=False, owner=owner, busy=busy, busy_sensitive=busy_sensitive,
+                      hold=failed, max_hold=p.max_held)
+        out = Take()
+        out.dead = _refused(packed, max_bytes)
+        self._held = [*packed.held, *old[packed.consumed:]]
+        fresh = candidates[len(old):packed.consumed]
+        for e in fresh:
+            self.cursor[e.lane] = max(self.cursor[e.lane], e.seq)
+        if not packed.seqs:
+            if not fresh and not out.dead:
+                self._blocked = True  # only an answer or a resend time can change anything
+                return out
+            out.more = True  # events consumed (held or refused): read on
+            return out
+        by_seq = {e.seq: e for e in candidates[:packed.consumed]}
+        unit = Unit([by_seq[s] for s in packed.seqs])
+        self._send(packed, _lanes_of(unit.events, packed.seqs), dict(self.cursor), now, out, unit)
+        return out
+
+    def _resend(self, unit: Unit, now: float, *, max_bytes: int, owner: Owner) -> Take:
+        """Send a failed message's events again, alone, under a new uplinkMsgId and epoch."""
+        self._waiting.remove(unit)
+        packed = pack(unit.events, max_bytes=max_bytes, max_events=len(unit.events),
+                      ordered_peer=False, owner=owner)
+        out = Take()
+        out.dead = _refused(packed, max_bytes)
+        gone = {seq for seq, _why in out.dead}
+        rest = [e for e in unit.events[packed.consumed:] if e.seq not in gone]
+        if rest:  # did not all fit (the owner's JSON grew): the rest is a message of its own
+            self._waiting.insert(0, Unit(rest, unit.failed, unit.strikes, unit.retries,
+                                         unit.transient, now))
+        unit.events = [e for e in unit.events if e.seq in set(packed.seqs)]
+        out.more = True
+        if not packed.seqs:
+            return out
+        self.epoch += 1
+        self._send(packed, _lanes_of(unit.events, packed.seqs), dict(self.cursor), now, out, unit)
+        return out
+
+    def _fail_unit(self, flight: InFlight, unit: Unit, now: float, *, rejected_seq: int | None,
+                   retryable: bool | None, error: str) -> Retry | GiveUp:
+        p = self.policy
+        del self._in_flight[flight.msg_id]
+        self._blocked = False
+        unit.failed = True
+        reason = f"rejected by the cloud: {(error or 'no detail')[:MAX_ERROR_CHARS]}"
+        if rejected_seq is not None and retryable is False and rejected_seq in flight.lanes:
+            dead = tuple(_dead(e, reason) for e in unit.events if e.seq == rejected_seq)
+            unit.events = [e for e in unit.events if e.seq != rejected_seq]
+            return self._wait(flight.msg_id, unit, "rejected", unit.strikes, now, dead=dead)
+        if retryable is True or (retryable is None and is_transient(error)):
+            unit.retries += 1
+            if unit.retries > p.max_retries:
+                return GiveUp(unit.events[0].seq, p.max_retries)
+            unit.transient += 1
+            delay = min(p.max_backoff_s, p.retry_interval_s * 2 ** (unit.transient - 1))
+            return self._wait(flight.msg_id, unit, "transient", unit.retries, now + delay)
+        unit.strikes += 1
+        strikes = unit.strikes
+        at = now + p.retry_interval_s
+        if strikes < p.permanent_after:
+            return self._wait(flight.msg_id, unit, "failure", strikes, at)
+        if len(unit.events) == 1:
+            return Retry(flight.msg_id, "failure", (), strikes, at,
+                         dead=(_dead(unit.events[0], reason),))
+        for e in unit.events:  # isolate: one message per event, each with its own count
+            self._waiting.append(Unit([e], failed=True, retries=unit.retries, resend_at=at))
+        return Retry(flight.msg_id, "failure", unit.seqs, strikes, at, isolated=True)
+
+    def _wait(self, msg_id: int, unit: Unit, cause: Cause, attempt: int, at: float, *,
+              dead: tuple[Dead, ...] = ()) -> Retry:
+        """Queue a failed message's events (if any are left) for a resend at ``at``."""
+        if unit.events:
+            unit.resend_at = at
+            self._waiting.append(unit)
+        return Retry(msg_id, cause, unit.seqs, attempt, at, dead=dead)
+
+    def _failed_entities(self) -> set[uuid.UUID]:
+        """Entities with a failed message not settled: their later events are held."""
+        out = {e.entity_id for u in self._waiting for e in u.events}
+        for f in self._in_flight.values():
+            if f.unit is not None and f.unit.failed:
+                out |= f.entities
+        return out
+
+
+def _refused(packed: Packed, max_bytes: int) -> list[tuple[int, str]]:
+    """The events no message can carry, with the dead letter's reason."""
+    out = [(event.seq, f"event of {size} bytes exceeds the cloud's maxInboundMessageSize "
+                       f"({max_bytes} bytes)") for event, size in packed.too_large]
+    out += [(event.seq, f"cannot be sent: {why}") for event, why in packed.unmappable]
+    return out
+
+
+def _lane_of(packed: Packed, seq: int) -> Lane:
+    for event, _ in (*packed.too_large, *packed.unmappable):
+        if event.seq == seq:
+            return event.lane
+    raise KeyError(seq)
+
+
+def _dead(event: StoredEvent, reason: str) -> Dead:
+    return Dead(event.seq, event.entity_type, event.entity_id, reason)
 
 
 def _lanes_of(events: Sequence[StoredEvent], seqs: Sequence[int]) -> dict[int, Lane]:

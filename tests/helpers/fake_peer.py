@@ -164,13 +164,15 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
         max_ack_delay_s: float = 0.03,
         min_ack_delay_s: float = 0.0,
         fail_seqs: frozenset[int] = frozenset(),
+        fail_error: str = "internal error (fake)",
         answer_delay: Callable[[list[Payload]], float] | None = None,
         seed: int | None = None,
     ) -> None:
         """clock_offset_ms: when set, serverTimeMillis (in cloudCapabilities, created if None)
         and every DownlinkMsg's cloudTimeMillis are the fake's clock plus this offset.
         fail_seqs ("ack"/"random"): a message holding one of these seqs is answered
-        success=false with no extension field (ThingsBoard's plain failure) and nothing applied.
+        success=false, errorMsg=fail_error, with no extension field (ThingsBoard's plain failure);
+        like ThingsBoard, which is not transactional, the message's other payloads are applied.
         answer_delay ("ack"/"ordered"): seconds to hold the answer to a message, by its payloads."""
         assert uplinks in ("ack", "random", "silent", "ordered")
         self.response_code = response_code
@@ -185,6 +187,7 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
         self.max_ack_delay_s = max_ack_delay_s
         self.min_ack_delay_s = min_ack_delay_s
         self.fail_seqs = set(fail_seqs)
+        self.fail_error = fail_error
         self.answer_delay = answer_delay
         self.failed: list[int] = []  # seqs of messages answered with a plain failure
         self.rng = random.Random(seed)
@@ -409,8 +412,9 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
                 answer = self._ordered(stream, up)
             elif any(p.seq in self.fail_seqs for p in items):
                 self.failed.extend(p.seq for p in items if p.seq in self.fail_seqs)
+                self.applied.extend(p for p in items if p.seq not in self.fail_seqs)
                 answer = edge_pb2.UplinkResponseMsg(success=False, uplinkMsgId=up.uplinkMsgId,
-                                                    errorMsg="internal error (fake)")
+                                                    errorMsg=self.fail_error)
             else:
                 self.applied.extend(items)
                 answer = edge_pb2.UplinkResponseMsg(success=True, uplinkMsgId=up.uplinkMsgId)

@@ -504,11 +504,14 @@ def _telemetry_payload_size(device: Device, ts: int, str_len: int) -> int:
 # -- d'. a failing oldest message, later ones answered first ----------------------------------------
 
 
-def test_oldest_message_failing_while_later_ones_succeed_reconnects_after_max_retries(
+def test_oldest_message_failing_transiently_while_later_ones_succeed_reconnects_after_max_retries(
         harness: Harness) -> None:
+    """A failure the edge reads as transient (ThingsBoard's rate limit) is resent with backoff,
+    never dead-lettered; max_retries resends of it make the link reconnect."""
     bad: list[int] = []
     # Answers take 20 ms, the failing message's 60 ms: its successors are answered first.
     fake = harness.fake(uplinks="ack", capabilities=None,
+                        fail_error="Failed to process uplink message. Rate limit reached",
                         answer_delay=lambda items: 0.06 if any(p.seq in bad for p in items) else 0.02)
     app = harness.edge(fake, EDGE_CLOUD_BATCH_SIZE="1", EDGE_CLOUD_WINDOW="4",
                        EDGE_CLOUD_RETRY_INTERVAL_MS="150", EDGE_CLOUD_RETRY_MAX_RETRIES="2")
@@ -524,6 +527,10 @@ def test_oldest_message_failing_while_later_ones_succeed_reconnects_after_max_re
     sends = [u for u in fake.uplinks if u.stream == 1 and seqs[0] in u.seqs]
     assert len(sends) == 3, f"sent {len(sends)} times on the first stream (1 + max_retries = 3)"
     assert len(fake.connects) >= 2
+    gaps = [b.at - a.at for a, b in itertools.pairwise(sends)]
+    assert gaps[0] >= 0.14 and gaps[1] >= 0.29, gaps  # backoff: 150 ms, then 300 ms
+    assert all(len(u.seqs) == 1 for u in sends)  # resent alone, not with everything after it
+    assert [e.seq for e in edge_events(app) if e.status is Status.DEAD] == []
 
 
 # -- h. a long sync ------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from edge_sync.cloud.uplink_payloads import uplink_events
 from edge_sync.common.wire import Owner
 from edge_sync.config import load_edge_config
 from edge_sync.link.connection import window_policy
-from edge_sync.link.uplink_window import GiveUp, GoBack, UplinkWindow, WindowPolicy
+from edge_sync.link.failures import is_transient
+from edge_sync.link.uplink_window import Dead, GiveUp, GoBack, Retry, UplinkWindow, WindowPolicy
 from edge_sync.storage.records import NIL_UUID, Action, Lane, StoredEvent
 
 MAX_BYTES = 4 << 20
@@ -190,17 +191,18 @@ def test_events_no_message_can_carry_are_dead_letters_and_the_queue_moves_on() -
     assert resend.seqs == (1, 3) and resend.dead == []  # not dead-lettered twice
 
 
-def test_thingsboard_peer_waits_for_the_ack_of_an_entity_in_flight() -> None:
+def test_thingsboard_peer_holds_an_entity_in_flight_and_sends_the_others() -> None:
     q = Queue([event(1, action=Action.ADDED, lane=Lane.HIGH), event(2), event(3, B)])
     w = window(batch_size=3)
-    # A's telemetry waits for A's creation to be acknowledged, and holds B's back (seq order)
-    assert pump(w, q, 0.0, ordered=False) == [(1, 1, (1,))]
-    assert w.next_deadline() == 1.0  # the partial batch's timeout
+    # A's telemetry waits for A's creation to be acknowledged; B's goes with the creation
+    assert pump(w, q, 0.0, ordered=False) == [(1, 1, (1, 3))]
+    assert w.held == (2,) and w.cursor == {Lane.HIGH: 1, Lane.NORMAL: 3}
     assert pump(w, q, 1.0, ordered=False) == []
     assert w.next_deadline() == 5.0  # blocked: only the ack matters, no deadline to spin on
-    assert w.on_ack(1) == (1,)
-    q.commit_deployed((1,))
-    assert pump(w, q, 0.1, ordered=False) == [(2, 1, (2, 3))]
+    assert w.on_ack(1) == (1, 3)
+    q.commit_deployed((1, 3))
+    assert pump(w, q, 1.1, ordered=False) == [(2, 1, (2,))]
+    assert w.held == ()
 
 
 def test_a_reconnect_with_events_in_flight_starts_over_under_a_new_epoch() -> None:
@@ -269,3 +271,194 @@ def test_a_slow_answer_within_the_ack_timeout_is_not_resent_a_failure_waits_the_
     assert pump(w, q, 66.0) == [(3, 2, (4,))]
     assert w.on_failure(3, 70.0) == GoBack(epoch=3, from_seq=4, attempt=2, resend_at=73.0)
     assert w.next_deadline() == 73.0
+
+
+# -- a peer without ordered apply and without retry hints (ThingsBoard) -------------------------------
+
+C, D, P = uuid.UUID(int=3), uuid.UUID(int=4), uuid.UUID(int=99)  # P: the poison event's entity
+TENANT_ERROR = "Device should be assigned to tenant!"
+
+
+def tb_window(*, window: int = 4, batch_size: int = 3, max_retries: int = 10,
+              permanent_after: int = 3, max_held: int = 10_000) -> UplinkWindow:
+    return UplinkWindow(WindowPolicy(
+        window=window, batch_size=batch_size, batch_timeout_s=1.0, retry_interval_s=3.0,
+        max_retries=max_retries, ack_timeout_s=60.0, permanent_after=permanent_after,
+        max_backoff_s=60.0, max_held=max_held))
+
+
+def tb_pump(w: UplinkWindow, q: Queue, now: float) -> list[Sent]:
+    return pump(w, q, now, ordered=False)
+
+
+def test_transient_failures_are_resent_with_growing_delay_and_never_dead_lettered() -> None:
+    assert is_transient("Failed to process uplink message. Rate limit reached")
+    assert is_transient("java.util.concurrent.TimeoutException") and is_transient("timed out")
+    assert is_transient("UNAVAILABLE: io exception") and is_transient("Service Unavailable")
+    assert not is_transient(TENANT_ERROR)
+    q = Queue([event(1)])
+    w = tb_window()
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,))]
+    errors = ["Failed to process uplink message. Rate limit reached", "timed out", "UNAVAILABLE"]
+    delays: list[float] = []
+    now, msg_id = 0.0, 1
+    for i in range(10):
+        verdict = w.on_failure(msg_id, now, error=errors[i % 3])
+        assert isinstance(verdict, Retry) and verdict.cause == "transient" and verdict.dead == ()
+        assert (verdict.seqs, verdict.attempt) == ((1,), i + 1)
+        delays.append(verdict.resend_at - now)
+        assert w.next_deadline() == verdict.resend_at
+        assert tb_pump(w, q, verdict.resend_at - 0.01) == []
+        now = verdict.resend_at
+        [(msg_id, _epoch, seqs)] = tb_pump(w, q, now)
+        assert seqs == (1,)
+    assert delays == [3, 6, 12, 24, 48, 60, 60, 60, 60, 60]
+    # max_retries (10) transient resends of one message: the link reconnects, nothing dead
+    assert w.on_failure(msg_id, now, error="Rate limit reached") == GiveUp(seq=1, retries=10)
+    assert q.dead == []
+
+
+def test_a_poison_event_is_isolated_then_dead_lettered_while_other_entities_flow() -> None:
+    q = Queue([event(1, A), event(2, P), event(3, B), event(4, C), event(5, D), event(6, B)])
+    w = tb_window()
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1, 2, 3)), (2, 1, (4, 5, 6))]
+    assert w.on_failure(1, 0.1, error=TENANT_ERROR) == Retry(1, "failure", (1, 2, 3), 1, 3.1)
+    assert w.on_ack(2) == (4, 5, 6)  # the other message in flight is not given up
+    q.commit_deployed((4, 5, 6))
+    # meanwhile: C's new event goes; P's and A's wait for their failed message to settle
+    q.events += [event(7, C), event(8, P), event(9, A)]
+    assert tb_pump(w, q, 0.2) == [(3, 1, (7,))]
+    assert w.held == (8, 9) and w.waiting == ((1, 2, 3),)
+    assert w.on_ack(3) == (7,)
+    q.commit_deployed((7,))
+    assert tb_pump(w, q, 3.0) == []  # the resend waits for retry_interval_s
+    assert tb_pump(w, q, 3.1) == [(4, 2, (1, 2, 3))]  # only the failed message, new id and epoch
+    assert w.on_failure(4, 3.2, error=TENANT_ERROR) == Retry(4, "failure", (1, 2, 3), 2, 6.2)
+    assert tb_pump(w, q, 6.2) == [(5, 3, (1, 2, 3))]
+    # the third failure of the message: its events go one per message
+    assert w.on_failure(5, 6.3, error=TENANT_ERROR) == Retry(
+        5, "failure", (1, 2, 3), 3, 9.3, isolated=True)
+    assert w.waiting == ((1,), (2,), (3,))
+    assert tb_pump(w, q, 9.3) == [(6, 4, (1,)), (7, 5, (2,)), (8, 6, (3,))]
+    assert w.on_ack(6) == (1,)
+    q.commit_deployed((1,))
+    assert w.on_failure(7, 9.4, error=TENANT_ERROR) == Retry(7, "failure", (2,), 1, 12.4)
+    assert w.on_ack(8) == (3,)
+    q.commit_deployed((3,))
+    assert tb_pump(w, q, 9.5) == [(9, 6, (9,))]  # A settled: its held event goes; P's waits
+    assert w.held == (8,)
+    assert w.on_ack(9) == (9,)
+    q.commit_deployed((9,))
+    assert tb_pump(w, q, 12.4) == [(10, 7, (2,))]
+    assert w.on_failure(10, 12.5, error=TENANT_ERROR) == Retry(10, "failure", (2,), 2, 15.5)
+    assert tb_pump(w, q, 15.5) == [(11, 8, (2,))]
+    # the third failure alone: dead, with the cloud's text; 6 sends in all (3 + 3 isolated)
+    verdict = w.on_failure(11, 15.6, error=TENANT_ERROR)
+    assert verdict == Retry(11, "failure", (), 3, 18.6, dead=(
+        Dead(2, "DEVICE", P, f"rejected by the cloud: {TENANT_ERROR}"),))
+    q.commit_dead(2)
+    assert w.waiting == () and w.in_flight == []
+    assert tb_pump(w, q, 15.6) == [(12, 8, (8,))]  # P settled: its later event follows
+    assert w.on_ack(12) == (8,)
+    q.commit_deployed((8,))
+    assert q.dead == [2] and sorted(q.deployed) == [1, 3, 4, 5, 6, 7, 8, 9]
+    assert q.events == [] and w.held == () and w.next_deadline() is None
+
+
+def test_an_entitys_later_events_follow_its_failed_event_in_order_once_settled() -> None:
+    q = Queue([event(1, A, action=Action.ADDED, lane=Lane.HIGH)])
+    w = tb_window(batch_size=4)
+    q.batch = 4
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,))]
+    assert w.on_failure(1, 0.0, error="Rate limit reached") == Retry(1, "transient", (1,), 1, 3.0)
+    q.events += [event(2, A, action=Action.UPDATED, lane=Lane.HIGH), event(3, A),
+                 event(4, B), event(5, A)]
+    assert tb_pump(w, q, 1.0) == [(2, 1, (4,))]  # B's goes; A's three wait
+    assert w.held == (2, 3, 5)
+    assert tb_pump(w, q, 3.0) == [(3, 2, (1,))]
+    assert w.on_ack(2) == (4,) and w.on_ack(3) == (1,)
+    q.commit_deployed((4, 1))
+    # settled: the update alone first (order-sensitive), then the telemetry together
+    assert tb_pump(w, q, 3.1) == [(4, 2, (2,))]
+    assert tb_pump(w, q, 3.2) == []
+    assert w.on_ack(4) == (2,)
+    q.commit_deployed((2,))
+    assert tb_pump(w, q, 3.3) == [(5, 2, (3, 5))]
+    assert w.held == ()
+
+
+def test_an_unanswered_message_is_resent_alone_and_the_others_stay_in_flight() -> None:
+    q = Queue([event(1, A), event(2, B), event(3, C)])
+    q.batch = 1
+    w = tb_window(batch_size=1, max_retries=1)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,)), (2, 1, (2,)), (3, 1, (3,))]
+    assert w.on_ack(2) == (2,)
+    assert w.next_deadline() == 60.0
+    assert w.expire(59.9) is None  # slow is not lost: no resend within the ack timeout
+    assert w.expire(60.0) == Retry(1, "unanswered", (1,), 1, 60.0)
+    assert w.expire(60.0) == Retry(3, "unanswered", (3,), 1, 60.0)
+    assert w.expire(60.0) is None
+    assert tb_pump(w, q, 60.0) == [(4, 2, (1,)), (5, 3, (3,))]
+    assert w.on_ack(1) is None  # the late answer to a message resent meanwhile
+    assert w.on_ack(5) == (3,)
+    assert w.expire(120.0) == GiveUp(seq=1, retries=1)  # unanswered again: max_retries (1)
+
+
+def test_permanent_failures_never_make_the_link_reconnect() -> None:
+    """max_retries 0: a transient failure would reconnect at once; permanent ones do not."""
+    q = Queue([event(1, A), event(2, B)])
+    w = tb_window(max_retries=0, permanent_after=2)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1, 2))]
+    verdicts = [w.on_failure(1, 0.0, error="bad")]
+    for now in (3.0, 6.0, 9.0, 12.0):
+        sent = tb_pump(w, q, now)
+        verdicts += [w.on_failure(msg_id, now, error="bad") for msg_id, _e, _s in sent]
+    assert [(v.cause, v.seqs, v.isolated, [d.seq for d in v.dead]) for v in verdicts
+            if isinstance(v, Retry)] == [
+        ("failure", (1, 2), False, []), ("failure", (1, 2), True, []),
+        ("failure", (1,), False, []), ("failure", (2,), False, []),
+        ("failure", (), False, [1]), ("failure", (), False, [2])]
+    assert len(verdicts) == 6 and w.in_flight == [] and w.waiting == ()
+
+
+def test_explicit_hints_decide_over_the_error_text() -> None:
+    q = Queue([event(1, A), event(2, B), event(3, C)])
+    w = tb_window()
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1, 2, 3))]
+    # retryable=true with a text that is not transient: transient all the same
+    assert w.on_failure(1, 0.0, retryable=True, error="bad") == Retry(1, "transient", (1, 2, 3),
+                                                                       1, 3.0)
+    assert tb_pump(w, q, 3.0) == [(2, 2, (1, 2, 3))]
+    # retryable=false naming an event: dead at once, the rest resent at once
+    assert w.on_failure(2, 3.0, rejected_seq=2, retryable=False, error="no") == Retry(
+        2, "rejected", (1, 3), 0, 3.0, dead=(Dead(2, "DEVICE", B, "rejected by the cloud: no"),))
+    assert tb_pump(w, q, 3.0) == [(3, 3, (1, 3))]
+    # retryable=false without a seq, with a "transient" text: it counts against the message
+    assert w.on_failure(3, 3.0, retryable=False, error="Rate limit reached") == Retry(
+        3, "failure", (1, 3), 1, 6.0)
+
+
+def test_held_events_are_bounded_then_reading_pauses() -> None:
+    q = Queue([event(1, A)])
+    q.batch = 5
+    w = tb_window(batch_size=5, max_held=2)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,))]
+    assert w.on_failure(1, 0.0, error="bad") == Retry(1, "failure", (1,), 1, 3.0)
+    q.events += [event(2, A), event(3, B), event(4, A), event(5, A), event(6, C)]
+    # 2 and 4 held; 5 would be a third: reading stops before it (still pending in the store)
+    assert tb_pump(w, q, 1.0) == [(2, 1, (3,))]
+    assert w.held == (2, 4) and w.cursor[Lane.NORMAL] == 4
+    assert tb_pump(w, q, 3.0) == [(3, 2, (1,))]
+    assert w.on_ack(3) == (1,) and w.on_ack(2) == (3,)
+    q.commit_deployed((1, 3))
+    assert tb_pump(w, q, 3.1) == [(4, 2, (2, 4, 5, 6))]  # the held ones first, then read on
+
+
+def test_ordered_peer_ignores_the_error_text() -> None:
+    """Our own cloud: its hints decide; a rate-limit text changes nothing (go-back-N)."""
+    q = Queue([event(s) for s in range(1, 4)])
+    w = window()
+    assert pump(w, q, 0.0) == [(1, 1, (1, 2, 3))]
+    assert w.on_failure(1, 0.0, error="Rate limit reached") == GoBack(2, 1, 1, 5.0)
+    assert pump(w, q, 5.0) == [(2, 2, (1, 2, 3))]
+    assert w.on_failure(2, 5.0, error="bad") == GoBack(3, 1, 2, 10.0)
