@@ -394,11 +394,14 @@ class StreamSession:
         assert self.edge_id is not None
         if not item.durable and self._sync and self._sync[0] is item:
             self._sync.popleft()
-        self._store.park_downlink(self.edge_id, item, cause=cause, error=error,
-                                  attempts=attempts, now_ms=self._clock.now_ms())
+        parked = self._store.park_downlink(self.edge_id, item, cause=cause, error=error,
+                                           attempts=attempts, now_ms=self._clock.now_ms())
         if self._inflight is item:
             self._inflight = None
         self._look = True
+        if not parked:  # no longer queued (another stream of the edge settled it)
+            self._log.bind(downlink_id=item.msg_id).debug("downlink to park was already gone")
+            return
         self._stats["downlinks_parked"] += 1
         self._counters.inc(self._counters.downlinks_parked)
         self._log.bind(downlink_id=item.msg_id, number=item.number, kind=downlinks.describe(item.payload),
