@@ -568,3 +568,58 @@ def test_a_silent_sync_times_out_and_a_sync_that_keeps_sending_is_not_cut(
     assert done.startswith(f"link SYNCING -> CONNECTED: sync completed ({sent + 1} downlinks in "), \
         done  # and the syncCompletedMsg
     assert len([r for r in log_records if r["message"].startswith("sync in progress")]) == 1
+
+
+# -- i. a permanent error from a peer without retry hints --------------------------------------------
+
+
+def test_thingsboard_like_permanent_error_dead_letters_one_device_while_the_others_flow(
+        harness: Harness, log_records: list[dict[str, Any]]) -> None:
+    """One device's creation is refused with ThingsBoard's plain failure (no hint) every time:
+    it goes out in a message with the other devices' creations (3 failures), then alone (3
+    more), and is dead-lettered with the server's text; the other devices' events, held only
+    while they shared its failed message, are all delivered meanwhile, without a reconnect;
+    its own later events follow once it is dead-lettered."""
+    error = "Device should be assigned to tenant!"
+    fake = harness.fake(uplinks="ack", capabilities=None, hold_sync=True, fail_error=error)
+    app = harness.edge(fake, EDGE_CLOUD_BATCH_SIZE="4", EDGE_CLOUD_WINDOW="4",
+                       EDGE_CLOUD_RETRY_INTERVAL_MS="1000", EDGE_CLOUD_RETRY_MAX_RETRIES="1")
+    fake.wait_for(lambda: fake.sync_requests, what="a sync request")
+    good0, poison, good1 = (make_device(app, n) for n in ("good-0", "poison", "good-1"))
+    added = {e.entity_id: e.seq for e in edge_events(app) if e.action == Action.ADDED}
+    fake.fail_seqs = {added[poison.id]}
+    for i, d in enumerate((good0, poison, good1)):
+        post(app, d, [{"n": i * 10 + k} for k in range(3)])
+    fake.release_sync()
+    goods = {good0.id, good1.id}
+
+    def good_done() -> bool:
+        events = [e for e in edge_events(app) if e.entity_id in goods]
+        return len(events) == 10 and all(e.status is Status.DEPLOYED for e in events)
+
+    wait_until(good_done, timeout=DEADLINE_S, what="the good devices' events acknowledged")
+    bad = [e for e in edge_events(app) if e.entity_id == poison.id]
+    assert all(e.status is Status.PENDING for e in bad)  # still being isolated
+    wait_until(lambda: settled(app, 15), timeout=DEADLINE_S, what="every event settled")
+
+    dead = [(e.seq, e.error) for e in edge_events(app) if e.status is Status.DEAD]
+    assert dead == [(added[poison.id], f"rejected by the cloud: {error}")]
+    sends = [len(u.seqs) for u in fake.uplinks if added[poison.id] in u.seqs]
+    assert len(sends) == 6 and sends[3:] == [1, 1, 1], sends  # 3 with others, then 3 alone
+    assert len(fake.connects) == 1  # a permanent error never makes the link reconnect
+    # ThingsBoard applies the rest of a failed message: at least once, in per-device order
+    for i, d in enumerate((good0, poison, good1)):
+        first: dict[int | None, Payload] = {}
+        for p in fake.applied:
+            if p.entity_id == d.id:
+                first.setdefault(p.seq, p)
+        actions = [p.action for p in first.values()]
+        assert actions == ([] if d is poison else ["ADDED"]) + [
+            "CREDENTIALS_UPDATED", *["TIMESERIES_UPDATED"] * 3], d.name
+        assert [p.value for p in first.values() if p.action == "TIMESERIES_UPDATED"] == [
+            {"n": i * 10 + k} for k in range(3)]
+    [logged] = [r for r in log_records if "dead-lettered" in r["message"]
+                and r["extra"].get("component") == "link"]
+    assert logged["extra"]["seq"] == added[poison.id]
+    assert logged["extra"]["entity_id"] == str(poison.id)
+    assert metric(app, "edge_uplink_dead_letters_total") == 1
