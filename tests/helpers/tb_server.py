@@ -1,0 +1,881 @@
+"""A ThingsBoard CE 4.3 server as an edge meets it, for tests of the real `edge-sync run`: a
+real gRPC server on 127.0.0.1 (port 0) implementing EdgeRpcService.handleMsgs, which behaves
+by the rules below, read from ThingsBoard CE v4.3.1.3's Java sources (paths relative to the
+thingsboard/thingsboard repository), and records everything it receives and applies.
+
+    server = TbServer("rk-1", "secret-1", sync=SyncContent(widget_types=100)).start()
+    ... edge-sync run with CLOUD_RPC_PORT=server.port ...
+    server.wait_for(lambda: server.points(device_id), what="telemetry")
+    server.stop()
+
+Connect (application/.../service/edge/rpc/EdgeGrpcSession.java, processConnect)
+- Only a RequestMsg of type CONNECT_RPC_MESSAGE is read before the edge is connected; anything
+  else is ignored.
+- Unknown routing key: BAD_CREDENTIALS "Failed to find the edge! Routing key: <key>"; wrong
+  secret: BAD_CREDENTIALS "Failed to validate the edge! Provided request secret: <secret>".
+  Either way the stream then ends with an error (outputStream.onError: status UNKNOWN).
+- ACCEPTED carries EdgeConfiguration (EdgeMsgConstructorUtils.constructEdgeConfiguration):
+  edge, tenant and customer ids (time-based, version 1 UUIDs, Uuids.timeBased(); the customer
+  is NULL_UUID: the edge is assigned to none), name, type, routingKey, secret, additionalInfo,
+  cloudType "CE"; and maxInboundMessageSize (edges.rpc.max_inbound_message_size, 4 MiB). It
+  never carries edge-sync's cloudCapabilities extension, and no uplink answer ever carries
+  retryable or rejectedEdgeSeqId: a ThingsBoard server does not know those fields.
+- The edge's announced version is kept (processSaveEdgeVersionAsAttribute); so is the
+  client's maxInboundMessageSize, and a downlink larger than that is dropped, not sent.
+
+Sync (EdgeGrpcSession.startSyncProcess / doSync / processEdgeEvents, EdgeSyncCursor.java,
+fetch/*EdgeEventFetcher.java, thingsboard.yml section edges.storage)
+- A SyncRequestMsg starts a sync; fullSync defaults to false when the field is absent. A
+  second SyncRequestMsg while one runs is ignored ("Sync is already started").
+- The fetchers run in EdgeSyncCursor's order. Full sync: tenant (TenantUpdateMsg with its
+  TenantProfileUpdateMsg in one DownlinkMsg, TenantEdgeProcessor), queues, rule chains (the
+  RuleChainUpdateMsg and its RuleChainMetadataUpdateMsg in one DownlinkMsg,
+  RuleChainEdgeProcessor), admin settings (system, then tenant), tenant admin users, system
+  widget types, tenant widget types, system widgets bundles; then, full or not: default
+  profiles (device and asset), device profiles, asset profiles, devices (DeviceUpdateMsg,
+  DeviceCredentialsUpdateMsg and DeviceProfileUpdateMsg in one DownlinkMsg,
+  DeviceEdgeProcessor.convertEdgeEventToDownlink); full sync again: device profiles a second
+  time ("to update software and hardware fields"). Then a DownlinkMsg with SyncCompletedMsg.
+- Each fetcher is read in pages of max_read_records_count (50) events; a page is one pack of
+  DownlinkMsgs, each with a random downlinkMsgId (EdgeUtils.nextPositiveInt), all sent at
+  once (sendDownlinkMsgsPack). The next pack waits until every DownlinkMsg of this one is
+  answered. success=true removes it from the pack; success=false removes it too unless it
+  carries entityData (onDownlinkResponse). What is still unanswered is resent after
+  sleep_between_batches (60 s), at most MAX_DOWNLINK_ATTEMPTS (3) sends in all, then the pack
+  is given up ("Next messages are going to be discarded") and the sync moves on.
+
+Uplinks (EdgeGrpcSession.onUplinkMsg / processUplinkMsg, isRateLimitViolated)
+- A rate-limited message is answered at once, success=false, "Failed to process uplink
+  message. Rate limit reached", and nothing of it is processed (here: the first
+  ``rate_limited_first`` messages).
+- Otherwise the payload lists are walked in processUplinkMsg's fixed order (device profiles,
+  devices, credentials, asset profiles, assets, rule chains, ..., entityData, alarms, ...,
+  attribute and relation requests, ..., RPC calls): whatever each processor writes is written
+  when the message arrives, while the answer waits for every future of the message
+  (Futures.allAsList), so it comes later and answers come out of order (here: after
+  ``answer_delay``). The work is not transactional: a failed payload leaves the others applied.
+  A processor that throws synchronously (an entity JSON that does not parse, an attribute scope
+  that is no AttributeScope, credentials that cannot be saved) ends the walk: the payloads after
+  it in that order are not processed. A failure answer is success=false with
+  EdgeUtils.createErrorMsgFromRootCauseAndStackTrace: the root cause's message and its stack
+  frames, one per line. It never says whether a retry could help.
+- No deduplication: uplinkMsgId is opaque; a message sent twice is processed twice (the
+  records below count every application).
+- Devices (processor/device/DeviceEdgeProcessor.java, BaseDeviceProcessor.java,
+  dao/.../validator/DeviceDataValidator.java): created or updated from the JSON of
+  `entity` with the id of idMSB/idLSB; validated: a blank name -> "Device name should be
+  specified!", no tenantId -> "Device should be assigned to tenant!", another tenant than the
+  edge's -> "Device is referencing to non-existent tenant!", a customer that is neither
+  NULL_UUID nor known -> "Can't assign device to non-existent customer!". A validation failure
+  fails that payload only. A name another device already has is made unique (name + "_" + 15
+  random letters, generateUniqueNameIfDuplicateExists). ENTITY_DELETED deletes a known device.
+  A missing deviceProfileId is tolerated.
+- Credentials (BaseDeviceProcessor.updateDeviceCredentials, DeviceCredentialsDataValidator):
+  for an unknown device they are skipped (success); an empty credentialsId -> "Device
+  credentials id should be specified!"; a token another device has -> "Device credentials are
+  already assigned to another device!" (thrown synchronously).
+- entityData (processor/telemetry/BaseTelemetryProcessor.java, processTelemetryMsg): for an
+  entity the server does not know, skipped with success ("Skipping telemetry update msg
+  because entity doesn't exists"); postTelemetryMsg: every tsKvList entry is applied;
+  postAttributesMsg / attributesUpdatedMsg: postAttributeScope must name an AttributeScope
+  (CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE), else "No enum constant
+  org.thingsboard.server.common.data.AttributeScope.<scope>" (thrown synchronously);
+  attributeTs is the attributes' time, the server's clock when absent.
+- Alarms (processor/alarm/BaseAlarmProcessor.java, dao/.../validator/AlarmDataValidator.java):
+  the JSON must parse with a typed originator (an EntityId needs entityType and id) and a known
+  severity, else "cannot be converted to alarm" (thrown synchronously); no originator: skipped
+  with success; ENTITY_CREATED validates: a blank type -> "Alarm type should be specified!",
+  no tenantId -> "Alarm should be assigned to tenant!", another tenant -> "Alarm is referencing
+  to non-existent tenant!"; ALARM_ACK / ALARM_CLEAR / ENTITY_DELETED act on a known alarm only.
+- DeviceRpcCallMsg with a responseMsg (DeviceEdgeProcessor.processDeviceRpcResponseFromEdge):
+  the waiting REST call is found by requestUuid; recorded as received.
+- AttributesRequestMsg / RelationRequestMsg and the other payload kinds: recorded, answered
+  success.
+
+Faults to inject: ``rate_limited_first`` (above); ``refuse_device`` (a device for which it
+returns a message is refused every time with that message as a DataValidationException: a
+device the server will never accept); ``answer_delay`` (fixed, a random range, or per message).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import string
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from edge_sync.proto import edge_pb2, edge_pb2_grpc
+from tests.helpers.tb_common import (
+    NULL_UUID,
+    JavaError,
+    TimeBased,
+    halves,
+    java_error_text,
+    kv_values,
+    next_positive_int,
+    typed_id,
+    uuid_from,
+)
+from tests.helpers.wait import wait_until
+
+__all__ = ["RATE_LIMIT_ERROR", "Applied", "Received", "SyncContent", "SyncDevice", "TbServer"]
+
+DEADLINE_S = 10.0
+MAX_READ_RECORDS_COUNT = 50
+MAX_DOWNLINK_ATTEMPTS = 3
+MAX_INBOUND_MESSAGE_SIZE = 4 * 1024 * 1024
+RATE_LIMIT_ERROR = "Failed to process uplink message. Rate limit reached"
+SCOPES = ("CLIENT_SCOPE", "SERVER_SCOPE", "SHARED_SCOPE")
+SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE")
+_END = object()
+
+
+@dataclass(frozen=True)
+class SyncDevice:
+    """A device assigned to the edge on the server, sent in a sync."""
+
+    name: str
+    token: str
+    type: str = "default"
+
+
+@dataclass(frozen=True)
+class SyncContent:
+    """What the server has to send in a full sync (besides the tenant, its profile and the
+    default profiles, which it always has)."""
+
+    queues: tuple[str, ...] = ("Main", "HighPriority", "SequentialByOriginator")
+    rule_chain: bool = True
+    admin_settings: tuple[str, ...] = ("general", "mail")
+    tenant_admins: int = 1
+    widget_types: int = 0
+    widgets_bundles: int = 0
+    devices: tuple[SyncDevice, ...] = ()
+
+
+@dataclass
+class Received:
+    """One UplinkMsg as received, and its answer once sent."""
+
+    stream: int
+    at: float
+    msg: edge_pb2.UplinkMsg
+    answer: edge_pb2.UplinkResponseMsg | None = None
+    answered_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One application of a payload (each resend of a message applies its payloads again)."""
+
+    uplink_msg_id: int
+    kind: str  # "device_created", "credentials", "telemetry", "attributes", "alarm_created", ...
+    entity_id: uuid.UUID
+    value: Any
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Stream:
+    number: int
+    outbox: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    accepted: bool = False
+    ended: bool = False
+    client_max_inbound: int = 0
+    sync_running: bool = False
+    pending: dict[int, edge_pb2.DownlinkMsg] = field(default_factory=dict)  # the pack in flight
+
+
+class _Abort(Exception):
+    """A processor threw synchronously: processUplinkMsg's walk ends with this failure."""
+
+    def __init__(self, err: JavaError) -> None:
+        super().__init__(err.message)
+        self.err = err
+
+
+def _validation(message: str) -> JavaError:
+    return JavaError(message, "org.thingsboard.server.dao.exception.DataValidationException")
+
+
+class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
+    def __init__(
+        self,
+        routing_key: str,
+        secret: str,
+        *,
+        name: str = "tb-edge",
+        sync: SyncContent = SyncContent(),
+        answer_delay: float | tuple[float, float] | Callable[[edge_pb2.UplinkMsg], float]
+        = (0.005, 0.05),
+        refuse_device: Callable[[dict[str, Any]], str | None] | None = None,
+        rate_limited_first: int = 0,
+        sleep_between_batches_s: float = 60.0,
+        seed: int | None = None,
+    ) -> None:
+        self.routing_key = routing_key
+        self.secret = secret
+        self.name = name
+        self.sync_content = sync
+        self.answer_delay = answer_delay
+        self.refuse_device = refuse_device
+        self.rate_limited_first = rate_limited_first
+        self.sleep_between_batches_s = sleep_between_batches_s
+        self.rng = random.Random(seed)
+        self.ids = TimeBased()
+        self.tenant_id = self.ids.make()
+        self.tenant_profile_id = self.ids.make()
+        self.edge_id = self.ids.make()
+        self.customer_id = NULL_UUID
+        self.device_profile_id = self.ids.make()
+        self.asset_profile_id = self.ids.make()
+        self.rule_chain_id = self.ids.make()
+        self.cond = threading.Condition()
+        # records (under cond)
+        self.connects: list[edge_pb2.ConnectRequestMsg] = []
+        self.connect_answers: list[int] = []  # ConnectResponseCode of each connect
+        self.sync_requests: list[bool] = []
+        self.uplinks: list[Received] = []
+        self.receipts: Counter[int] = Counter()  # uplinkMsgId -> times received
+        self.applied: list[Applied] = []
+        self.devices: dict[uuid.UUID, dict[str, Any]] = {}
+        self.credentials: dict[uuid.UUID, str] = {}
+        self.alarms: dict[uuid.UUID, dict[str, Any]] = {}
+        self.downlinks_sent: list[tuple[int, edge_pb2.DownlinkMsg]] = []  # (attempt, msg)
+        self.downlink_acks: list[edge_pb2.DownlinkResponseMsg] = []
+        self.discarded: list[edge_pb2.DownlinkMsg] = []
+        self.sync_completed = 0  # syncs whose SyncCompletedMsg was acknowledged
+        self.edge_version: int | None = None
+        self._streams: list[_Stream] = []
+        self._timers: list[threading.Timer] = []
+        self._server: grpc.Server | None = None
+        self._stopping = False
+        self.port = 0
+        for d in sync.devices:
+            device_id = self.ids.make()
+            self.devices[device_id] = self._device_json(device_id, d.name, d.type)
+            self.credentials[device_id] = d.token
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> TbServer:
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=16, thread_name_prefix="tb-server"),
+            options=[("grpc.max_receive_message_length", MAX_INBOUND_MESSAGE_SIZE),
+                     ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+                     ("grpc.keepalive_permit_without_calls", 1)])
+        edge_pb2_grpc.add_EdgeRpcServiceServicer_to_server(self, server)
+        self.port = server.add_insecure_port("127.0.0.1:0")
+        assert self.port, "tb server: no port"
+        server.start()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        with self.cond:
+            self._stopping = True
+            for t in self._timers:
+                t.cancel()
+            for s in self._streams:
+                s.outbox.put(_END)
+            self.cond.notify_all()
+        if self._server is not None:
+            self._server.stop(0.5).wait(5)
+
+    def __enter__(self) -> TbServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what tests read -------------------------------------------------------------------------
+
+    def wait_for(self, predicate: Callable[[], Any], *, timeout: float = DEADLINE_S,
+                 what: str = "condition") -> Any:
+        """predicate() evaluated under the server's lock until truthy; its value."""
+        return wait_until(predicate, timeout=timeout, what=f"the ThingsBoard server: {what}",
+                          condition=self.cond)
+
+    def points(self, device_id: uuid.UUID) -> list[tuple[int, dict[str, Any]]]:
+        """Every telemetry point applied for the device, (ts, values), in application order,
+        each application counted (a duplicate shows twice)."""
+        with self.cond:
+            return [a.value for a in self.applied
+                    if a.kind == "telemetry" and a.entity_id == device_id]
+
+    def applications(self, kind: str) -> list[Applied]:
+        with self.cond:
+            return [a for a in self.applied if a.kind == kind]
+
+    def answered(self) -> list[Received]:
+        with self.cond:
+            return [r for r in self.uplinks if r.answer is not None]
+
+    def payload_receipts(self) -> Counter[bytes]:
+        """How many times each payload was received, over every UplinkMsg. A payload's bytes
+        (with the name of its list) are the same whenever the edge sends the same event again,
+        under whatever uplinkMsgId, so a count above 1 is a resend."""
+        out: Counter[bytes] = Counter()
+        with self.cond:
+            for r in self.uplinks:
+                for fd, value in r.msg.ListFields():
+                    if fd.is_repeated:
+                        for item in value:
+                            out[fd.name.encode() + b":"
+                                + item.SerializeToString(deterministic=True)] += 1
+        return out
+
+    def failures(self) -> list[tuple[int, str]]:
+        """(uplinkMsgId, errorMsg) of every failure answer sent."""
+        with self.cond:
+            return [(r.msg.uplinkMsgId, r.answer.errorMsg) for r in self.uplinks
+                    if r.answer is not None and not r.answer.success]
+
+    def device_named(self, name: str) -> tuple[uuid.UUID, dict[str, Any]] | None:
+        with self.cond:
+            for device_id, device in self.devices.items():
+                if device.get("name") == name:
+                    return device_id, device
+        return None
+
+    def first_sends(self) -> list[edge_pb2.DownlinkMsg]:
+        """Every DownlinkMsg as first sent (resends left out), in sending order."""
+        with self.cond:
+            return [m for attempt, m in self.downlinks_sent if attempt == 1]
+
+    # -- the servicer ----------------------------------------------------------------------------
+
+    def handleMsgs(self, request_iterator: Iterator[edge_pb2.RequestMsg],
+                   context: grpc.ServicerContext) -> Iterator[edge_pb2.ResponseMsg]:
+        with self.cond:
+            stream = _Stream(len(self._streams) + 1)
+            self._streams.append(stream)
+        context.add_callback(lambda: stream.outbox.put(_END))
+        threading.Thread(target=self._read, args=(stream, request_iterator), daemon=True,
+                         name=f"tb-server-reader-{stream.number}").start()
+        try:
+            while True:
+                item = stream.outbox.get()
+                if item is _END:
+                    return
+                if isinstance(item, str):  # outputStream.onError after a refused connect
+                    context.abort(grpc.StatusCode.UNKNOWN, item)
+                yield item
+        finally:
+            with self.cond:
+                stream.ended = True
+                self.cond.notify_all()
+
+    def _read(self, stream: _Stream, requests: Iterator[edge_pb2.RequestMsg]) -> None:
+        try:
+            for req in requests:
+                self._on_request(stream, req)
+        except grpc.RpcError:
+            pass
+        finally:
+            stream.outbox.put(_END)
+
+    def _on_request(self, stream: _Stream, req: edge_pb2.RequestMsg) -> None:
+        if not stream.accepted:
+            if req.msgType == edge_pb2.CONNECT_RPC_MESSAGE:
+                self._on_connect(stream, req.connectRequestMsg)
+            return
+        if req.msgType == edge_pb2.SYNC_REQUEST_RPC_MESSAGE and req.HasField("syncRequestMsg"):
+            sync = req.syncRequestMsg
+            full = sync.fullSync if sync.HasField("fullSync") else False
+            with self.cond:
+                self.sync_requests.append(full)
+                running, stream.sync_running = stream.sync_running, True
+                self.cond.notify_all()
+            if not running:
+                threading.Thread(target=self._sync, args=(stream, full), daemon=True,
+                                 name=f"tb-server-sync-{stream.number}").start()
+        if req.msgType == edge_pb2.UPLINK_RPC_MESSAGE:
+            if req.HasField("uplinkMsg"):
+                self._on_uplink(stream, req.uplinkMsg)
+            if req.HasField("downlinkResponseMsg"):
+                self._on_downlink_response(stream, req.downlinkResponseMsg)
+
+    def _on_connect(self, stream: _Stream, req: edge_pb2.ConnectRequestMsg) -> None:
+        with self.cond:
+            self.connects.append(req)
+            self.cond.notify_all()
+        if req.edgeRoutingKey != self.routing_key:
+            error = f"Failed to find the edge! Routing key: {req.edgeRoutingKey}"
+        elif req.edgeSecret != self.secret:
+            error = f"Failed to validate the edge! Provided request secret: {req.edgeSecret}"
+        else:
+            error = ""
+        with self.cond:
+            self.connect_answers.append(edge_pb2.BAD_CREDENTIALS if error else edge_pb2.ACCEPTED)
+            self.cond.notify_all()
+        if error:
+            stream.outbox.put(edge_pb2.ResponseMsg(connectResponseMsg=edge_pb2.ConnectResponseMsg(
+                responseCode=edge_pb2.BAD_CREDENTIALS, errorMsg=error,
+                configuration=edge_pb2.EdgeConfiguration())))
+            stream.outbox.put(error)
+            return
+        e_msb, e_lsb = halves(self.edge_id)
+        t_msb, t_lsb = halves(self.tenant_id)
+        c_msb, c_lsb = halves(self.customer_id)
+        with self.cond:
+            stream.accepted = True
+            stream.client_max_inbound = (req.maxInboundMessageSize
+                                         if req.HasField("maxInboundMessageSize") else 0)
+            self.edge_version = req.edgeVersion
+        stream.outbox.put(edge_pb2.ResponseMsg(connectResponseMsg=edge_pb2.ConnectResponseMsg(
+            responseCode=edge_pb2.ACCEPTED, errorMsg="",
+            configuration=edge_pb2.EdgeConfiguration(
+                edgeIdMSB=e_msb, edgeIdLSB=e_lsb, tenantIdMSB=t_msb, tenantIdLSB=t_lsb,
+                customerIdMSB=c_msb, customerIdLSB=c_lsb, name=self.name, type="default",
+                routingKey=self.routing_key, secret=self.secret, additionalInfo="null",
+                cloudType="CE"),
+            maxInboundMessageSize=MAX_INBOUND_MESSAGE_SIZE)))
+
+    # -- downlinks: the sync ---------------------------------------------------------------------
+
+    def _sync(self, stream: _Stream, full: bool) -> None:
+        try:
+            for events in self._fetchers(full):
+                for start in range(0, len(events), MAX_READ_RECORDS_COUNT):
+                    if not self._send_pack(stream, events[start:start + MAX_READ_RECORDS_COUNT]):
+                        return
+            done = edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(),
+                                        syncCompletedMsg=edge_pb2.SyncCompletedMsg())
+            if self._send_pack(stream, [done]):
+                with self.cond:
+                    if not any(a.downlinkMsgId == done.downlinkMsgId and a.success
+                               for a in self.downlink_acks):
+                        return
+                    self.sync_completed += 1
+                    self.cond.notify_all()
+        finally:
+            with self.cond:
+                stream.sync_running = False
+                self.cond.notify_all()
+
+    def _send_pack(self, stream: _Stream, pack: list[edge_pb2.DownlinkMsg]) -> bool:
+        """sendDownlinkMsgsPack + scheduleDownlinkMsgsPackSend: False if the stream ended."""
+        with self.cond:
+            stream.pending = {m.downlinkMsgId: m for m in pack}
+        for attempt in range(1, MAX_DOWNLINK_ATTEMPTS + 1):
+            with self.cond:
+                if stream.ended or self._stopping:
+                    return False
+                to_send = list(stream.pending.values())
+                for m in to_send:
+                    if stream.client_max_inbound and m.ByteSize() > stream.client_max_inbound:
+                        del stream.pending[m.downlinkMsgId]  # "exceeds client max inbound"
+                        continue
+                    self.downlinks_sent.append((attempt, m))
+                    stream.outbox.put(edge_pb2.ResponseMsg(downlinkMsg=m))
+                self.cond.notify_all()
+                deadline = time.monotonic() + self.sleep_between_batches_s
+                while stream.pending and not stream.ended and not self._stopping:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.cond.wait(left)
+                if not stream.pending:
+                    return True
+        with self.cond:
+            self.discarded.extend(stream.pending.values())
+            stream.pending = {}
+            return not stream.ended
+
+    def _on_downlink_response(self, stream: _Stream, resp: edge_pb2.DownlinkResponseMsg) -> None:
+        with self.cond:
+            self.downlink_acks.append(resp)
+            msg = stream.pending.get(resp.downlinkMsgId)
+            if msg is not None and (resp.success or not len(msg.entityData)):
+                del stream.pending[resp.downlinkMsgId]
+            self.cond.notify_all()
+
+    def _fetchers(self, full: bool) -> list[list[edge_pb2.DownlinkMsg]]:
+        c = self.sync_content
+        out: list[list[edge_pb2.DownlinkMsg]] = []
+        if full:
+            out.append([self._tenant_downlink()])
+            out.append([self._queue_downlink(name) for name in c.queues])
+            out.append([self._rule_chain_downlink()] if c.rule_chain else [])
+            out.append([self._admin_settings_downlink(NULL_UUID, key) for key in c.admin_settings])
+            out.append([self._admin_settings_downlink(self.tenant_id, key)
+                        for key in c.admin_settings])
+            out.append([self._user_downlink(i) for i in range(c.tenant_admins)])
+            out.append([self._widget_type_downlink(i) for i in range(c.widget_types)])
+            out.append([self._widgets_bundle_downlink(i) for i in range(c.widgets_bundles)])
+        out.append([self._device_profile_downlink(), self._asset_profile_downlink()])
+        out.append([self._device_profile_downlink()])
+        out.append([self._asset_profile_downlink()])
+        with self.cond:
+            synced = [(i, d) for i, d in self.devices.items()
+                      if any(s.name == d["name"] for s in c.devices)]
+        out.append([self._device_downlink(i, d) for i, d in synced])
+        if full:
+            out.append([self._device_profile_downlink()])
+        return out
+
+    # -- downlink content (EdgeMsgConstructorUtils: entities as Jackson JSON) ----------------------
+
+    def _now(self) -> int:
+        return int(time.time() * 1000)
+
+    def _tenant_downlink(self) -> edge_pb2.DownlinkMsg:
+        tenant = {"id": typed_id("TENANT", self.tenant_id), "createdTime": self._now(),
+                  "title": "Tenant", "name": "Tenant", "region": "Global",
+                  "tenantProfileId": typed_id("TENANT_PROFILE", self.tenant_profile_id),
+                  "country": None, "state": None, "city": None, "address": None,
+                  "address2": None, "zip": None, "phone": None, "email": None,
+                  "additionalInfo": None, "version": 1}
+        profile = {"id": typed_id("TENANT_PROFILE", self.tenant_profile_id),
+                   "createdTime": self._now(), "name": "Default", "description": "Default",
+                   "isolatedTbRuleEngine": False, "default": True,
+                   "profileData": {"configuration": {"type": "DEFAULT", "maxDevices": 0}}}
+        return edge_pb2.DownlinkMsg(
+            downlinkMsgId=next_positive_int(),
+            tenantUpdateMsg=[edge_pb2.TenantUpdateMsg(
+                msgType=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE, entity=json.dumps(tenant))],
+            tenantProfileUpdateMsg=[edge_pb2.TenantProfileUpdateMsg(
+                msgType=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE, entity=json.dumps(profile))])
+
+    def _queue_downlink(self, name: str) -> edge_pb2.DownlinkMsg:
+        queue_id = self.ids.make()
+        msb, lsb = halves(queue_id)
+        entity = {"id": typed_id("QUEUE", queue_id), "createdTime": self._now(),
+                  "tenantId": typed_id("TENANT", NULL_UUID), "name": name,
+                  "topic": f"tb_rule_engine.{name.lower()}", "pollInterval": 25, "partitions": 10,
+                  "consumerPerPartition": True, "packProcessingTimeout": 2000,
+                  "submitStrategy": {"type": "BURST", "batchSize": 1000},
+                  "processingStrategy": {"type": "SKIP_ALL_FAILURES", "retries": 3}}
+        return edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(), queueUpdateMsg=[
+            edge_pb2.QueueUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb,
+                                    idLSB=lsb, entity=json.dumps(entity))])
+
+    def _rule_chain_downlink(self) -> edge_pb2.DownlinkMsg:
+        msb, lsb = halves(self.rule_chain_id)
+        chain = {"id": typed_id("RULE_CHAIN", self.rule_chain_id), "createdTime": self._now(),
+                 "tenantId": typed_id("TENANT", self.tenant_id), "name": "Edge Root Rule Chain",
+                 "type": "EDGE", "firstRuleNodeId": None, "root": True, "debugMode": False,
+                 "configuration": None, "additionalInfo": None, "externalId": None}
+        nodes: list[dict[str, Any]] = [
+            {"type": t, "name": t.rsplit(".", 1)[1], "configuration": {}}
+            for t in ("org.thingsboard.rule.engine.telemetry.TbMsgTimeseriesNode",
+                      "org.thingsboard.rule.engine.telemetry.TbMsgAttributesNode",
+                      "org.thingsboard.rule.engine.filter.TbMsgTypeSwitchNode",
+                      "org.thingsboard.rule.engine.edge.TbMsgPushToCloudNode")]
+        metadata = {"ruleChainId": typed_id("RULE_CHAIN", self.rule_chain_id), "version": 1,
+                    "firstNodeIndex": 2, "nodes": nodes,
+                    "connections": [{"fromIndex": 2, "toIndex": 0, "type": "Post telemetry"},
+                                    {"fromIndex": 0, "toIndex": 3, "type": "Success"}],
+                    "ruleChainConnections": None}
+        return edge_pb2.DownlinkMsg(
+            downlinkMsgId=next_positive_int(),
+            ruleChainUpdateMsg=[edge_pb2.RuleChainUpdateMsg(
+                msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb,
+                entity=json.dumps(chain))],
+            ruleChainMetadataUpdateMsg=[edge_pb2.RuleChainMetadataUpdateMsg(
+                msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, entity=json.dumps(metadata))])
+
+    def _admin_settings_downlink(self, tenant: uuid.UUID, key: str) -> edge_pb2.DownlinkMsg:
+        entity = {"id": {"id": str(self.ids.make())}, "createdTime": self._now(),
+                  "tenantId": typed_id("TENANT", tenant), "key": key,
+                  "jsonValue": {"baseUrl": "http://localhost:8080"}}
+        return edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(), adminSettingsUpdateMsg=[
+            edge_pb2.AdminSettingsUpdateMsg(entity=json.dumps(entity))])
+
+    def _user_downlink(self, i: int) -> edge_pb2.DownlinkMsg:
+        user_id = self.ids.make()
+        msb, lsb = halves(user_id)
+        entity = {"id": typed_id("USER", user_id), "createdTime": self._now(),
+                  "tenantId": typed_id("TENANT", self.tenant_id),
+                  "customerId": typed_id("CUSTOMER", NULL_UUID),
+                  "email": f"tenant{i}@thingsboard.org", "authority": "TENANT_ADMIN",
+                  "firstName": None, "lastName": None, "additionalInfo": None}
+        return edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(), userUpdateMsg=[
+            edge_pb2.UserUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb,
+                                   idLSB=lsb, entity=json.dumps(entity))])
+
+    def _widget_type_downlink(self, i: int) -> edge_pb2.DownlinkMsg:
+        widget_id = self.ids.make()
+        msb, lsb = halves(widget_id)
+        entity = {"id": typed_id("WIDGET_TYPE", widget_id), "createdTime": self._now(),
+                  "tenantId": typed_id("TENANT", NULL_UUID), "fqn": f"system.cards.widget_{i}",
+                  "name": f"Widget {i}", "deprecated": False, "scada": False,
+                  "descriptor": {"type": "latest", "sizeX": 7.5, "sizeY": 3,
+                                 "templateHtml": "<div></div>" * 20, "controllerScript": ""}}
+        return edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(), widgetTypeUpdateMsg=[
+            edge_pb2.WidgetTypeUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb,
+                                         idLSB=lsb, entity=json.dumps(entity))])
+
+    def _widgets_bundle_downlink(self, i: int) -> edge_pb2.DownlinkMsg:
+        bundle_id = self.ids.make()
+        msb, lsb = halves(bundle_id)
+        entity = {"id": typed_id("WIDGETS_BUNDLE", bundle_id), "createdTime": self._now(),
+                  "tenantId": typed_id("TENANT", NULL_UUID), "alias": f"bundle_{i}",
+                  "title": f"Bundle {i}"}
+        widgets = [f"system.cards.widget_{k}" for k in range(self.sync_content.widget_types)]
+        return edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(), widgetsBundleUpdateMsg=[
+            edge_pb2.WidgetsBundleUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE,
+                                            idMSB=msb, idLSB=lsb, entity=json.dumps(entity),
+                                            widgets=json.dumps(widgets))])
+
+    def _device_profile_json(self) -> dict[str, Any]:
+        return {"id": typed_id("DEVICE_PROFILE", self.device_profile_id),
+                "createdTime": self._now(), "tenantId": typed_id("TENANT", self.tenant_id),
+                "name": "default", "description": "Default device profile", "type": "DEFAULT",
+                "transportType": "DEFAULT", "provisionType": "DISABLED", "default": True,
+                "defaultRuleChainId": None, "defaultQueueName": None,
+                "profileData": {"configuration": {"type": "DEFAULT"},
+                                "transportConfiguration": {"type": "DEFAULT"}},
+                "version": 1}
+
+    def _device_profile_downlink(self) -> edge_pb2.DownlinkMsg:
+        return edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(),
+                                    deviceProfileUpdateMsg=[self._device_profile_msg()])
+
+    def _device_profile_msg(self) -> edge_pb2.DeviceProfileUpdateMsg:
+        msb, lsb = halves(self.device_profile_id)
+        return edge_pb2.DeviceProfileUpdateMsg(
+            msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb,
+            entity=json.dumps(self._device_profile_json()))
+
+    def _asset_profile_downlink(self) -> edge_pb2.DownlinkMsg:
+        msb, lsb = halves(self.asset_profile_id)
+        entity = {"id": typed_id("ASSET_PROFILE", self.asset_profile_id),
+                  "createdTime": self._now(), "tenantId": typed_id("TENANT", self.tenant_id),
+                  "name": "default", "description": "Default asset profile", "default": True,
+                  "defaultRuleChainId": None, "defaultQueueName": None, "version": 1}
+        return edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(), assetProfileUpdateMsg=[
+            edge_pb2.AssetProfileUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE,
+                                           idMSB=msb, idLSB=lsb, entity=json.dumps(entity))])
+
+    def _device_json(self, device_id: uuid.UUID, name: str, type_: str) -> dict[str, Any]:
+        return {"id": typed_id("DEVICE", device_id), "createdTime": self._now(),
+                "tenantId": typed_id("TENANT", self.tenant_id),
+                "customerId": typed_id("CUSTOMER", NULL_UUID), "name": name, "type": type_,
+                "label": None, "deviceProfileId": typed_id("DEVICE_PROFILE",
+                                                           self.device_profile_id),
+                "deviceData": {"configuration": {"type": "DEFAULT"},
+                               "transportConfiguration": {"type": "DEFAULT"}},
+                "firmwareId": None, "softwareId": None, "externalId": None, "version": 1,
+                "additionalInfo": None}
+
+    def _device_downlink(self, device_id: uuid.UUID, device: dict[str, Any]) -> edge_pb2.DownlinkMsg:
+        msb, lsb = halves(device_id)
+        creds = {"id": {"id": str(self.ids.make())}, "createdTime": self._now(),
+                 "deviceId": typed_id("DEVICE", device_id), "credentialsType": "ACCESS_TOKEN",
+                 "credentialsId": self.credentials[device_id], "credentialsValue": None,
+                 "version": 1}
+        return edge_pb2.DownlinkMsg(
+            downlinkMsgId=next_positive_int(),
+            deviceUpdateMsg=[edge_pb2.DeviceUpdateMsg(
+                msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb,
+                entity=json.dumps(device))],
+            deviceCredentialsUpdateMsg=[edge_pb2.DeviceCredentialsUpdateMsg(
+                entity=json.dumps(creds))],
+            deviceProfileUpdateMsg=[self._device_profile_msg()])
+
+    # -- uplinks ---------------------------------------------------------------------------------
+
+    def _on_uplink(self, stream: _Stream, up: edge_pb2.UplinkMsg) -> None:
+        with self.cond:
+            record = Received(stream.number, time.monotonic(), up)
+            self.uplinks.append(record)
+            self.receipts[up.uplinkMsgId] += 1
+            limited = len(self.uplinks) <= self.rate_limited_first
+            self.cond.notify_all()
+        if limited:
+            self._answer(stream, record, edge_pb2.UplinkResponseMsg(
+                uplinkMsgId=up.uplinkMsgId, success=False, errorMsg=RATE_LIMIT_ERROR))
+            return
+        with self.cond:
+            error = self._process(up)
+            self.cond.notify_all()
+        answer = edge_pb2.UplinkResponseMsg(uplinkMsgId=up.uplinkMsgId, success=error is None)
+        if error is not None:
+            answer.errorMsg = java_error_text(error)
+        delay = self._delay(up)
+        if delay <= 0:
+            self._answer(stream, record, answer)
+            return
+        timer = threading.Timer(delay, self._answer, args=(stream, record, answer))
+        timer.daemon = True
+        with self.cond:
+            self._timers.append(timer)
+        timer.start()
+
+    def _delay(self, up: edge_pb2.UplinkMsg) -> float:
+        d = self.answer_delay
+        if callable(d):
+            return d(up)
+        if isinstance(d, tuple):
+            with self.cond:
+                return self.rng.uniform(*d)
+        return float(d)
+
+    def _answer(self, stream: _Stream, record: Received, answer: edge_pb2.UplinkResponseMsg) -> None:
+        with self.cond:
+            if stream.ended:
+                return  # sendDownlinkMsg: only while connected
+            record.answer, record.answered_at = answer, time.monotonic()
+            self.cond.notify_all()
+        stream.outbox.put(edge_pb2.ResponseMsg(uplinkResponseMsg=answer))
+
+    def _process(self, up: edge_pb2.UplinkMsg) -> JavaError | None:
+        """processUplinkMsg under the lock: the first failure of the message, or None."""
+        failures: list[JavaError] = []
+        mid = up.uplinkMsgId
+        try:
+            for dev in up.deviceUpdateMsg:
+                self._device(mid, dev, failures)
+            for cred in up.deviceCredentialsUpdateMsg:
+                self._credentials(mid, cred)
+            for data in up.entityData:
+                self._entity_data(mid, data)
+            for alarm in up.alarmUpdateMsg:
+                self._alarm(mid, alarm, failures)
+            for req in up.attributesRequestMsg:
+                self.applied.append(Applied(mid, "attributes_request", uuid_from(
+                    req.entityIdMSB, req.entityIdLSB), req.scope))
+            for rel in up.relationRequestMsg:
+                self.applied.append(Applied(mid, "relation_request", uuid_from(
+                    rel.entityIdMSB, rel.entityIdLSB), None))
+            for rpc in up.deviceRpcCallMsg:
+                if rpc.HasField("responseMsg"):
+                    self.applied.append(Applied(mid, "rpc", uuid_from(
+                        rpc.requestUuidMSB, rpc.requestUuidLSB), rpc))
+        except _Abort as exc:
+            return exc.err
+        return failures[0] if failures else None
+
+    def _parse(self, text: str, what: str, msg: Any) -> dict[str, Any]:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise _Abort(JavaError(f"[{{{self.tenant_id}}}] {what}UpdateMsg {{{msg}}} cannot be "
+                                   f"converted to {what}"))
+        return value
+
+    def _tenant_of(self, value: Any) -> uuid.UUID | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict) or "id" not in value:
+            raise _Abort(JavaError("Cannot deserialize value of type `TenantId`",
+                                   "com.fasterxml.jackson.databind.exc.MismatchedInputException"))
+        return uuid.UUID(str(value["id"]))
+
+    def _device(self, mid: int, m: edge_pb2.DeviceUpdateMsg, failures: list[JavaError]) -> None:
+        device_id = uuid_from(m.idMSB, m.idLSB)
+        if m.msgType == edge_pb2.ENTITY_DELETED_RPC_MESSAGE:
+            if self.devices.pop(device_id, None) is not None:
+                self.applied.append(Applied(mid, "device_deleted", device_id, None))
+            return
+        device = self._parse(m.entity, "device", m)
+        tenant = self._tenant_of(device.get("tenantId"))
+        name = device.get("name")
+        customer = device.get("customerId")
+        if not isinstance(name, str) or not name.strip():
+            failures.append(_validation("Device name should be specified!"))
+            return
+        if tenant is None:
+            failures.append(_validation("Device should be assigned to tenant!"))
+            return
+        if tenant != self.tenant_id:
+            failures.append(_validation("Device is referencing to non-existent tenant!"))
+            return
+        if isinstance(customer, dict) and uuid.UUID(str(customer.get("id"))) != NULL_UUID:
+            failures.append(_validation("Can't assign device to non-existent customer!"))
+            return
+        refusal = self.refuse_device(device) if self.refuse_device is not None else None
+        if refusal is not None:
+            failures.append(_validation(refusal))
+            return
+        if any(d.get("name") == name for i, d in self.devices.items() if i != device_id):
+            device["name"] = name + "_" + "".join(self.rng.choices(string.ascii_letters, k=15))
+        created = device_id not in self.devices
+        self.devices[device_id] = device
+        self.applied.append(Applied(mid, "device_created" if created else "device_updated",
+                                    device_id, device))
+
+    def _credentials(self, mid: int, m: edge_pb2.DeviceCredentialsUpdateMsg) -> None:
+        creds = self._parse(m.entity, "deviceCredentials", m)
+        device_ref = creds.get("deviceId")
+        device_id = uuid.UUID(str(device_ref["id"])) if isinstance(device_ref, dict) else None
+        if device_id is None or device_id not in self.devices:
+            return  # "Can't find device by id": skipped
+        token = creds.get("credentialsId")
+        if not isinstance(token, str) or not token:
+            raise _Abort(JavaError("Device credentials id should be specified!",
+                                   "org.thingsboard.server.dao.exception."
+                                   "DeviceCredentialsValidationException"))
+        if any(t == token for i, t in self.credentials.items() if i != device_id):
+            raise _Abort(JavaError("Device credentials are already assigned to another device!",
+                                   "org.thingsboard.server.dao.exception."
+                                   "DeviceCredentialsValidationException"))
+        self.credentials[device_id] = token
+        self.applied.append(Applied(mid, "credentials", device_id, token))
+
+    def _entity_data(self, mid: int, d: edge_pb2.EntityDataProto) -> None:
+        entity_id = uuid_from(d.entityIdMSB, d.entityIdLSB)
+        if d.entityType != "DEVICE" or entity_id not in self.devices:
+            self.applied.append(Applied(mid, "skipped_entity_data", entity_id, d.entityType))
+            return
+        for name in ("postAttributesMsg", "attributesUpdatedMsg"):
+            if d.HasField(name):
+                if d.postAttributeScope not in SCOPES:
+                    raise _Abort(JavaError(
+                        "No enum constant org.thingsboard.server.common.data.AttributeScope."
+                        + d.postAttributeScope, "java.lang.IllegalArgumentException"))
+                ts = d.attributeTs if d.HasField("attributeTs") else self._now()
+                self.applied.append(Applied(mid, "attributes", entity_id, (
+                    d.postAttributeScope, ts, kv_values(getattr(d, name).kv))))
+        if d.HasField("postTelemetryMsg"):
+            for entry in d.postTelemetryMsg.tsKvList:
+                self.applied.append(Applied(mid, "telemetry", entity_id,
+                                            (entry.ts, kv_values(entry.kv))))
+
+    def _alarm(self, mid: int, m: edge_pb2.AlarmUpdateMsg, failures: list[JavaError]) -> None:
+        alarm_id = uuid_from(m.idMSB, m.idLSB)
+        alarm = self._parse(m.entity, "alarm", m)
+        originator = alarm.get("originator")
+        if originator is None:
+            return  # "Originator not found for the alarm msg": skipped
+        if (not isinstance(originator, dict) or not originator.get("entityType")
+                or "id" not in originator or alarm.get("severity") not in SEVERITIES):
+            raise _Abort(JavaError(f"[{{{self.tenant_id}}}] alarmUpdateMsg {{{m}}} cannot be "
+                                   "converted to alarm"))
+        if m.msgType == edge_pb2.ENTITY_CREATED_RPC_MESSAGE:
+            tenant = self._tenant_of(alarm.get("tenantId"))
+            if not isinstance(alarm.get("type"), str) or not alarm["type"].strip():
+                failures.append(_validation("Alarm type should be specified!"))
+            elif tenant is None:
+                failures.append(_validation("Alarm should be assigned to tenant!"))
+            elif tenant != self.tenant_id:
+                failures.append(_validation("Alarm is referencing to non-existent tenant!"))
+            else:
+                self.alarms[alarm_id] = alarm
+                self.applied.append(Applied(mid, "alarm_created", alarm_id, alarm))
+            return
+        if alarm_id not in self.alarms:
+            return
+        kind = {edge_pb2.ALARM_ACK_RPC_MESSAGE: "alarm_ack",
+                edge_pb2.ALARM_CLEAR_RPC_MESSAGE: "alarm_clear",
+                edge_pb2.ENTITY_DELETED_RPC_MESSAGE: "alarm_deleted",
+                edge_pb2.ENTITY_UPDATED_RPC_MESSAGE: "alarm_updated"}.get(m.msgType, "alarm_other")
+        if kind == "alarm_deleted":
+            del self.alarms[alarm_id]
+        else:
+            self.alarms[alarm_id] = alarm
+        self.applied.append(Applied(mid, kind, alarm_id, alarm))
