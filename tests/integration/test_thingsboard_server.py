@@ -1,0 +1,311 @@
+"""The real `edge-sync run` (a subprocess, tests.helpers.agent.Agent) against a ThingsBoard CE
+4.3 server emulated from its Java sources (tests.helpers.tb_server.TbServer): no edge-sync
+extension in any answer, uplinks answered late and out of order, payloads validated as
+ThingsBoard validates them, no deduplication, sync packs with random ids.
+
+What a real ThingsBoard must see: devices and alarms owned by the EdgeConfiguration's tenant,
+telemetry applied once, a device the server refuses for ever dead-lettered in bounded time while
+every other device's data keeps flowing, rate limiting and slow answers that cause no loss and
+no duplicate, a full sync of a hundred widget types that completes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_sync.proto import edge_pb2
+from tests.helpers.agent import Agent
+from tests.helpers.cloud_proc import edge_status, wait_drained
+from tests.helpers.tb_common import NULL_UUID, JavaError, java_error_text, typed_id
+from tests.helpers.tb_server import RATE_LIMIT_ERROR, SyncContent, SyncDevice, TbServer
+from tests.helpers.wait import wait_until
+
+pytestmark = pytest.mark.slow
+
+RK, SECRET = "rk-tb-server", "secret-tb-server-7f3a"
+DEADLINE_S = 30.0
+TS0 = 1_700_000_000_000
+
+
+# -- harness -------------------------------------------------------------------------------------
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.servers: list[TbServer] = []
+        self.agents: list[Agent] = []
+
+    def server(self, **kwargs: Any) -> TbServer:
+        server = TbServer(RK, SECRET, **kwargs).start()
+        self.servers.append(server)
+        return server
+
+    def agent(self, server: TbServer, **env: str) -> Agent:
+        """`edge-sync run` linked to the server, with short reconnect delays; ``env`` adds or
+        overrides settings."""
+        base = {
+            "CLOUD_ROUTING_KEY": RK,
+            "CLOUD_ROUTING_SECRET": SECRET,
+            "CLOUD_RPC_HOST": "127.0.0.1",
+            "CLOUD_RPC_PORT": str(server.port),
+            "EDGE_CLOUD_RECONNECT_INTERVAL_MS": "100",
+            "EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS": "1000",
+            "EDGE_CLOUD_CIRCUIT_BREAKER_OPEN_S": "1",
+            "EDGE_CLOUD_BATCH_TIMEOUT_MS": "50",
+        }
+        agent = Agent(self.tmp_path / f"edge-{len(self.agents) + 1}", env={**base, **env})
+        self.agents.append(agent)
+        return agent.start()
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.close()
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    yield h
+    h.close()
+
+
+def link_state(agent: Agent) -> str:
+    return str(edge_status(agent)["link"]["state"])
+
+
+def wait_connected(agent: Agent, timeout: float = DEADLINE_S) -> None:
+    wait_until(lambda: link_state(agent) == "CONNECTED", timeout=timeout,
+               what="the edge CONNECTED to the ThingsBoard server",
+               show=lambda: edge_status(agent)["link"])
+
+
+def post_points(agent: Agent, token: str, values: range, key: str = "v") -> None:
+    with agent.client() as http:
+        for n in values:
+            status = http.post_json(f"/api/v1/{token}/telemetry",
+                                    {"ts": TS0 + n, "values": {key: n}}).status
+            assert status == 200, (token, n, status)
+
+
+def values_of(points: list[tuple[int, dict[str, Any]]], key: str = "v") -> list[Any]:
+    return [values[key] for _, values in points]
+
+
+def dead_events_cli(agent: Agent) -> list[dict[str, Any]]:
+    """`edge-sync events --status dead --json`, a real subprocess on the agent's store."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_sync.cli.edge", "events", "--status", "dead", "--json"],
+        env=agent.environment(), cwd=agent.workdir, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+
+def test_connect_with_a_wrong_secret_is_refused_and_nothing_else_is_read(harness):
+    server = harness.server()
+    agent = harness.agent(server, CLOUD_ROUTING_SECRET="not-the-secret")
+    wait_until(lambda: link_state(agent) == "AUTH_FAILED", timeout=DEADLINE_S,
+               what="the edge's link AUTH_FAILED")
+    with server.cond:
+        assert server.connect_answers[0] == edge_pb2.BAD_CREDENTIALS
+        assert server.connects[0].edgeSecret == "not-the-secret"
+        assert server.sync_requests == [] and server.uplinks == []
+
+
+def test_device_and_alarm_are_accepted_with_the_tenant_of_the_edge_configuration(harness):
+    server = harness.server()
+    agent = harness.agent(server)
+    wait_connected(agent)
+    device_id, token = agent.create_device("tb-dev-1")
+    device_uuid = uuid.UUID(device_id)
+    server.wait_for(lambda: device_uuid in server.devices and device_uuid in server.credentials,
+                    what="the device and its credentials applied")
+    with server.cond:
+        device = server.devices[device_uuid]
+        assert device["tenantId"] == typed_id("TENANT", server.tenant_id)
+        assert device["customerId"] == typed_id("CUSTOMER", NULL_UUID)
+        assert device["id"] == typed_id("DEVICE", device_uuid)
+        assert device["name"] == "tb-dev-1"
+        assert server.credentials[device_uuid] == token
+
+    resp = agent.admin("POST", "/api/alarms", {"device": device_id, "type": "High temperature",
+                                               "severity": "MAJOR"})
+    assert resp.status == 201, resp.body
+    alarm_id = uuid.UUID(resp.json()["alarm_id"])
+    server.wait_for(lambda: alarm_id in server.alarms, what="the alarm created")
+    with server.cond:
+        alarm = server.alarms[alarm_id]
+        assert alarm["tenantId"] == typed_id("TENANT", server.tenant_id)
+        assert alarm["originator"] == typed_id("DEVICE", device_uuid)
+        assert (alarm["type"], alarm["severity"]) == ("High temperature", "MAJOR")
+        assert server.failures() == []
+        [connect] = server.connects
+        assert (connect.edgeRoutingKey, connect.edgeSecret) == (RK, SECRET)
+        assert server.sync_requests == [True]
+    assert [a.entity_id for a in server.applications("device_created")] == [device_uuid]
+    assert [a.entity_id for a in server.applications("alarm_created")] == [alarm_id]
+
+
+def test_telemetry_is_applied_exactly_once_when_answers_come_late_and_out_of_order(harness):
+    # every other message is answered 0.4 s late, the rest at once: answers overtake each other
+    server = harness.server(answer_delay=lambda up: 0.4 if up.uplinkMsgId % 2 else 0.01)
+    agent = harness.agent(server, EDGE_CLOUD_BATCH_SIZE="5", EDGE_CLOUD_WINDOW="8")
+    wait_connected(agent)
+    devices = [agent.create_device(f"tb-tel-{i}") for i in range(4)]
+    for _, token in devices:
+        post_points(agent, token, range(30))
+    ids = [uuid.UUID(device_id) for device_id, _ in devices]
+    server.wait_for(lambda: all(len(server.points(d)) >= 30 for d in ids), timeout=DEADLINE_S,
+                    what="30 points of every device")
+    wait_drained(agent, timeout=DEADLINE_S)
+
+    for device_id, _ in devices:
+        assert values_of(server.points(uuid.UUID(device_id))) == list(range(30)), device_id
+    with server.cond:
+        assert len(server.connects) == 1
+        assert server.failures() == []
+        assert set(server.receipts.values()) == {1}, "an uplink message was sent twice"
+        received = [r.msg.uplinkMsgId for r in server.uplinks]
+        answered = [r.msg.uplinkMsgId for r in sorted(server.uplinks,
+                                                     key=lambda r: r.answered_at or 0)]
+    assert set(server.payload_receipts().values()) == {1}, "an event was sent twice"
+    assert answered != received  # the answers did come out of order
+    assert len(server.applications("device_created")) == 4
+
+
+def test_a_device_the_server_refuses_for_ever_is_dead_lettered_while_others_keep_flowing(harness):
+    refusal = "Device name 'bad-sensor' violates the tenant's naming policy!"
+    server = harness.server(
+        refuse_device=lambda d: refusal if str(d.get("name")).startswith("bad-") else None)
+    agent = harness.agent(server, EDGE_CLOUD_RETRY_INTERVAL_MS="300",
+                          EDGE_CLOUD_RETRY_ACK_TIMEOUT_MS="5000",
+                          EDGE_CLOUD_RETRY_PERMANENT_AFTER="3")
+    wait_connected(agent)
+    started = time.monotonic()
+    bad_id, bad_token = agent.create_device("bad-sensor")
+    good = [agent.create_device(f"good-{i}") for i in range(3)]
+    post_points(agent, bad_token, range(5))
+    for _, token in good:
+        post_points(agent, token, range(20))
+
+    def dead() -> list[dict[str, Any]] | None:
+        events = [e for e in agent.read_log() if e.status.value == "DEAD"]
+        return [e.as_json() for e in events] if events else None
+
+    wait_until(dead, timeout=40, what="the refused device's event dead-lettered")
+    dead_after_s = time.monotonic() - started
+    good_ids = [uuid.UUID(device_id) for device_id, _ in good]
+    server.wait_for(lambda: all(set(values_of(server.points(d))) == set(range(20))
+                                for d in good_ids), timeout=DEADLINE_S,
+                    what="every point of the other devices")
+    wait_drained(agent, timeout=DEADLINE_S)
+
+    # bounded: 3 failures in a message, then 3 alone, 300 ms apart, and answers within ms
+    assert dead_after_s < 20, dead_after_s
+    # the other devices' data flowed while the refused device was still being retried
+    first_good = min(a.at for a in server.applications("telemetry")
+                     if a.entity_id != uuid.UUID(bad_id))
+    with server.cond:
+        refused_at = [r.answered_at for r in server.uplinks
+                      if r.answer is not None and not r.answer.success]
+    assert refused_at and max(refused_at) > first_good
+    assert {e for _, e in server.failures()} == {java_error_text(JavaError(refusal))}
+    # what the operator sees: exactly the device's creation, with the server's error text
+    [event] = dead_events_cli(agent)
+    assert (event["entity_id"], event["action"], event["status"]) == (bad_id, "ADDED", "DEAD")
+    assert event["error"].startswith(f"rejected by the cloud: {refusal}")
+    assert uuid.UUID(bad_id) not in server.devices
+    assert server.points(uuid.UUID(bad_id)) == []  # the server skips data of a device it lacks
+    for device_id, _ in good:
+        assert uuid.UUID(device_id) in server.devices
+
+
+def test_rate_limited_messages_are_retried_and_applied_never_dead_lettered(harness):
+    server = harness.server(rate_limited_first=6, answer_delay=0.0)
+    agent = harness.agent(server, EDGE_CLOUD_RETRY_INTERVAL_MS="200",
+                          EDGE_CLOUD_RETRY_PERMANENT_AFTER="2", EDGE_CLOUD_BATCH_SIZE="2")
+    wait_connected(agent)
+    device_id, token = agent.create_device("tb-limited")
+    post_points(agent, token, range(6))
+    device = uuid.UUID(device_id)
+    server.wait_for(lambda: len(server.points(device)) >= 6, timeout=DEADLINE_S,
+                    what="every point applied")
+    st = wait_drained(agent, timeout=DEADLINE_S)
+
+    assert st["queue"]["dead"] == 0
+    assert [e for e in agent.read_log() if e.status.value != "DEPLOYED"] == []
+    failures = server.failures()
+    assert len(failures) == 6 and {e for _, e in failures} == {RATE_LIMIT_ERROR}
+    # a rate-limited message is not processed, so nothing was applied twice
+    assert values_of(server.points(device)) == list(range(6))
+    assert [a.entity_id for a in server.applications("device_created")] == [device]
+
+
+def test_an_answer_5_s_late_is_waited_for_not_resent(harness):
+    server = harness.server(answer_delay=5.0)
+    agent = harness.agent(server)  # the default ack timeout and retry interval
+    wait_connected(agent)
+    device_id, token = agent.create_device("tb-slow")
+    post_points(agent, token, range(3))
+    device = uuid.UUID(device_id)
+    server.wait_for(lambda: len(server.answered()) == len(server.uplinks) > 0
+                    and len(server.points(device)) >= 3, timeout=DEADLINE_S,
+                    what="every uplink answered")
+    wait_drained(agent, timeout=DEADLINE_S)
+
+    with server.cond:
+        assert dict(server.receipts) == {r.msg.uplinkMsgId: 1 for r in server.uplinks}
+        assert all(r.answered_at is not None and r.answered_at - r.at >= 5.0
+                   for r in server.uplinks)
+        assert len(server.connects) == 1
+    assert set(server.payload_receipts().values()) == {1}, "an event was sent twice"
+    assert values_of(server.points(device)) == [0, 1, 2]
+    assert [a.entity_id for a in server.applications("device_created")] == [device]
+
+
+def test_a_full_sync_of_a_hundred_widget_types_completes_then_uplinks_flow(harness):
+    server = harness.server(sync=SyncContent(
+        widget_types=100, widgets_bundles=1,
+        devices=(SyncDevice("synced-1", "tok-synced-1"), SyncDevice("synced-2", "tok-synced-2"))))
+    agent = harness.agent(server)
+    server.wait_for(lambda: server.sync_completed == 1, timeout=DEADLINE_S,
+                    what="the full sync completed")
+    wait_connected(agent)
+
+    with server.cond:
+        sent = server.first_sends()
+        acks = {a.downlinkMsgId: a for a in server.downlink_acks}
+        assert [m.downlinkMsgId for m in sent
+                if m.downlinkMsgId not in acks or not acks[m.downlinkMsgId].success] == []
+        assert [m for attempt, m in server.downlinks_sent if attempt > 1] == []
+        assert server.discarded == []
+        assert sum(len(m.widgetTypeUpdateMsg) for m in sent) == 100
+        assert sent[-1].HasField("syncCompletedMsg")
+    # the synced device's token works on the edge, and its data reaches the server
+    synced = server.device_named("synced-1")
+    assert synced is not None
+    post_points(agent, "tok-synced-1", range(3))
+    server.wait_for(lambda: len(server.points(synced[0])) >= 3, timeout=DEADLINE_S,
+                    what="the synced device's telemetry")
+    assert values_of(server.points(synced[0])) == [0, 1, 2]
+    # a device created on the edge names the device profile the sync brought
+    device_id, _ = agent.create_device("made-after-sync")
+    server.wait_for(lambda: uuid.UUID(device_id) in server.devices, what="the new device")
+    with server.cond:
+        made = server.devices[uuid.UUID(device_id)]
+    assert made["deviceProfileId"] == typed_id("DEVICE_PROFILE", server.device_profile_id)
+    assert made["tenantId"] == typed_id("TENANT", server.tenant_id)
