@@ -83,8 +83,9 @@ class WindowPolicy:
     (cloud.retry.permanent_after)."""
     max_backoff_s: float = 60.0
     """Unordered peer: the longest wait before resending after a transient failure."""
-    max_held: int = 10_000
-    """Unordered peer: events held in memory at most; then reading pauses."""
+    max_held: int = 2000
+    """Unordered peer: events held in memory at most; then reading stops at the next event that
+    would be held (it stays pending in the store)."""
 
 
 @dataclass(slots=True, eq=False)

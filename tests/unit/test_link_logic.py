@@ -145,6 +145,21 @@ def test_thingsboard_peer_never_has_two_order_sensitive_events_of_an_entity_in_f
                 ordered_peer=True).seqs == [1, 2, 3]
 
 
+def test_pack_holds_a_waiting_entity_and_its_later_events_and_packs_the_others() -> None:
+    """Hold mode (a peer without ordered apply): an event that must wait, or whose entity is in
+    ``hold``, is set aside with its entity's later events, up to max_hold; then packing stops."""
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    events = [_event(1, a, Action.ADDED, lane=Lane.HIGH), _event(2, a), _event(3, b),
+              _event(4, c), _event(5, a), _event(6, b)]
+    p = pack(events, max_bytes=4 << 20, max_events=100, owner=OWNER, ordered_peer=False,
+             hold={c}, max_hold=10)
+    assert (p.seqs, [e.seq for e in p.held], p.consumed) == ([1, 3, 6], [2, 4, 5], 6)
+    assert p.last_seq == {Lane.HIGH: 1, Lane.NORMAL: 6}
+    p = pack(events, max_bytes=4 << 20, max_events=100, owner=OWNER, ordered_peer=False,
+             hold={c}, max_hold=1)
+    assert (p.seqs, [e.seq for e in p.held], p.consumed) == ([1, 3], [2], 3)  # stops at 4
+
+
 def test_pack_skips_dead_lettered_seqs() -> None:
     a = uuid.uuid4()
     p = pack([_event(1, a), _event(2, a), _event(3, a)], max_bytes=4 << 20, max_events=100,
