@@ -200,7 +200,6 @@ class UplinkWindow:
         self._blocked = False  # nothing could be sent: only an answer or a resend time helps
         self._resend_at: float | None = None
         self._oldest_attempts = 0
-        self._ordered = True  # the peer of this stream applies in order (set by take)
         self._held: list[StoredEvent] = []  # unordered peer: read, not sent yet, in read order
         self._waiting: list[Unit] = []  # unordered peer: failed messages waiting for a resend
         self.reset()
@@ -282,7 +281,6 @@ class UplinkWindow:
         without ordered apply (ThingsBoard) a failed message due for its resend goes first;
         otherwise held events and then ``events`` are packed, an event waiting (its entity has
         a failed message unsettled, or an order-conflicting event in flight) being held."""
-        self._ordered = ordered_peer
         if not ordered_peer:
             return self._take_unordered(events, now, max_bytes=max_bytes, owner=owner)
         if not events:
