@@ -64,6 +64,8 @@ cloud/rpc/processor/TelemetryCloudProcessor.java, tb-edge.yml section cloud)
   extensions (no edgeSeqId, no uplinkEpoch); the pack is sent at once, then the Edge waits up
   to uplink_pack_timeout_sec (60 s) for every answer; what failed or stayed unanswered is
   resent after sleep_between_batches (1 s), for at most 3 attempts of a general pack.
+- The queued cloud events are sent when the test calls ``flush_requests`` (the real Edge's
+  uplink loop sends them on its own once the sync is over), so a test decides when.
 - An ATTRIBUTES_REQUEST becomes one UplinkMsg with an AttributesRequestMsg of SERVER_SCOPE
   and, for a device, a second one of SHARED_SCOPE; a RELATION_REQUEST one UplinkMsg with a
   RelationRequestMsg.

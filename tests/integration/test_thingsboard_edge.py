@@ -22,8 +22,10 @@ import pytest
 
 from edge_sync.proto import edge_pb2
 from tests.helpers.cloud_proc import CloudProc
+from tests.helpers.fake_peer import FakeCloud
 from tests.helpers.tb_common import NULL_UUID, TimeBased, halves, typed_id
 from tests.helpers.tb_edge import (
+    EdgeInitError,
     ReceivedDownlink,
     TbEdge,
     device_created_uplink,
@@ -245,3 +247,17 @@ def test_uplinks_without_edge_seq_ids_are_applied(setup):
     telemetry = {e["entity_id"]: e["body"] for e in events if e["action"] == "TIMESERIES_UPDATED"}
     assert telemetry == {str(made): {"ts": 1_700_000_000_000, "values": {"t": 1}},
                          str(dev1): {"ts": 1_700_000_000_001, "values": {"t": 2}}}
+
+
+def test_the_emulated_edge_does_not_initialise_from_random_ids():
+    """The emulator itself: a cloud whose tenant and edge ids are random (version 4) UUIDs
+    (tests.helpers.fake_peer's) is one a real Edge cannot initialise from, and it says so."""
+    fake = FakeCloud().start()
+    edge = TbEdge(fake.port, RK, SECRET)
+    try:
+        with pytest.raises(EdgeInitError, match=r"version 1 uuid \(provided version 4\)"):
+            edge.connect()
+        assert fake.sync_requests == []
+    finally:
+        edge.close()
+        fake.stop()

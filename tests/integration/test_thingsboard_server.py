@@ -25,7 +25,8 @@ import pytest
 from edge_sync.proto import edge_pb2
 from tests.helpers.agent import Agent
 from tests.helpers.cloud_proc import edge_status, wait_drained
-from tests.helpers.tb_common import NULL_UUID, JavaError, java_error_text, typed_id
+from tests.helpers.link_client import LinkClient, credentials, telemetry
+from tests.helpers.tb_common import NULL_UUID, JavaError, halves, java_error_text, typed_id
 from tests.helpers.tb_server import RATE_LIMIT_ERROR, SyncContent, SyncDevice, TbServer
 from tests.helpers.wait import wait_until
 
@@ -235,7 +236,7 @@ def test_a_device_the_server_refuses_for_ever_is_dead_lettered_while_others_keep
 
 
 def test_rate_limited_messages_are_retried_and_applied_never_dead_lettered(harness):
-    server = harness.server(rate_limited_first=6, answer_delay=0.0)
+    server = harness.server(rate_limited_first=4, answer_delay=0.0)
     agent = harness.agent(server, EDGE_CLOUD_RETRY_INTERVAL_MS="200",
                           EDGE_CLOUD_RETRY_PERMANENT_AFTER="2", EDGE_CLOUD_BATCH_SIZE="2")
     wait_connected(agent)
@@ -249,7 +250,8 @@ def test_rate_limited_messages_are_retried_and_applied_never_dead_lettered(harne
     assert st["queue"]["dead"] == 0
     assert [e for e in agent.read_log() if e.status.value != "DEPLOYED"] == []
     failures = server.failures()
-    assert len(failures) == 6 and {e for _, e in failures} == {RATE_LIMIT_ERROR}
+    # more failures than permanent_after, yet transient: nothing set aside
+    assert len(failures) == 4 and {e for _, e in failures} == {RATE_LIMIT_ERROR}
     # a rate-limited message is not processed, so nothing was applied twice
     assert values_of(server.points(device)) == list(range(6))
     assert [a.entity_id for a in server.applications("device_created")] == [device]
@@ -309,3 +311,57 @@ def test_a_full_sync_of_a_hundred_widget_types_completes_then_uplinks_flow(harne
         made = server.devices[uuid.UUID(device_id)]
     assert made["deviceProfileId"] == typed_id("DEVICE_PROFILE", server.device_profile_id)
     assert made["tenantId"] == typed_id("TENANT", server.tenant_id)
+
+
+def test_the_emulated_server_refuses_what_thingsboard_refuses_and_applies_resends_again():
+    """The emulator itself, through a bare edge (tests.helpers.link_client): the checks the
+    scenarios above rely on are there, so a pass means what it says."""
+    server = TbServer(RK, SECRET, answer_delay=0.0).start()
+    client = LinkClient(server.port)
+    try:
+        assert client.connect(RK, SECRET).responseCode == edge_pb2.ACCEPTED
+        client.sync(full=False)
+        tenant = typed_id("TENANT", server.tenant_id)
+        no_tenant, dev, other = uuid.uuid1(), uuid.uuid1(), uuid.uuid1()
+
+        def device(device_id: uuid.UUID, name: str, **extra: Any) -> edge_pb2.DeviceUpdateMsg:
+            msb, lsb = halves(device_id)
+            return edge_pb2.DeviceUpdateMsg(
+                msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb,
+                entity=json.dumps({"id": typed_id("DEVICE", device_id), "name": name, **extra}))
+
+        def errors(**payloads: Any) -> str:
+            answer = client.uplink(epoch=None, **payloads)
+            assert not answer.HasField("retryable") and not answer.HasField("rejectedEdgeSeqId")
+            return "" if answer.success else answer.errorMsg.splitlines()[0]
+
+        assert errors(deviceUpdateMsg=[device(no_tenant, "a")]) == \
+            "Device should be assigned to tenant!"
+        assert errors(deviceUpdateMsg=[device(dev, " ", tenantId=tenant)]) == \
+            "Device name should be specified!"
+        assert errors(deviceUpdateMsg=[device(dev, "b", tenantId=tenant)],
+                      deviceCredentialsUpdateMsg=[credentials(dev, "tok-b", 1)]) == ""
+        assert errors(deviceUpdateMsg=[device(other, "c", tenantId=tenant)],
+                      deviceCredentialsUpdateMsg=[credentials(other, "tok-b", 2)]) == \
+            "Device credentials are already assigned to another device!"
+        alarm = edge_pb2.AlarmUpdateMsg(
+            msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=1, idLSB=2,
+            entity=json.dumps({"type": "t", "severity": "MAJOR",
+                               "originator": typed_id("DEVICE", dev)}))
+        assert errors(alarmUpdateMsg=[alarm]) == "Alarm should be assigned to tenant!"
+        scope = telemetry(dev, None)
+        scope.ClearField("postTelemetryMsg")
+        scope.postAttributesMsg.kv.add(key="k", type=1, long_v=1)
+        scope.postAttributeScope = "DEVICE_SCOPE"
+        assert errors(entityData=[scope]) == \
+            "No enum constant org.thingsboard.server.common.data.AttributeScope.DEVICE_SCOPE"
+        # unknown entity: skipped with success; no dedup: the same message twice, applied twice
+        assert errors(entityData=[telemetry(uuid.uuid1(), None, {"t": 1})]) == ""
+        for _ in range(2):
+            assert errors(entityData=[telemetry(dev, None, {"t": 7})]) == ""
+        assert server.points(dev) == [(1_700_000_000_000, {"t": 7})] * 2
+        assert set(server.devices) == {dev, other}  # "c" itself was valid; its token was not
+        assert server.credentials == {dev: "tok-b"}
+    finally:
+        client.close()
+        server.stop()
