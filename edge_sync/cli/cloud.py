@@ -275,8 +275,9 @@ def _status(cfg: CloudConfig, args: argparse.Namespace) -> int:
               f"parked downlinks {row.get('parked_downlinks', 0)}")
         for p in row.get("parked", []):
             tries = f", {p['attempts']} attempts" if p["attempts"] else ""
+            first_line = (p["error"].splitlines() or [""])[0][:300]  # not the stack trace
             print(f"  parked downlink {p['downlink_id']} ({p['kinds']}): {p['cause']}{tries}: "
-                  f"{p['error']}")
+                  f"{first_line}")
     return EXIT_OK
 
 

@@ -39,6 +39,8 @@ from edge_sync.errors import PayloadRejected, StorageError
 from edge_sync.proto import edge_pb2
 
 _ids = itertools.count(1)
+MAX_PARKED_ERROR_CHARS = 4000
+MAX_LOGGED_ERROR_CHARS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,8 +392,11 @@ class StreamSession:
         return True
 
     def _park(self, item: QueuedDownlink, cause: str, error: str, attempts: int) -> None:
-        """Set the downlink aside durably with its error, and move on to the next."""
+        """Set the downlink aside durably with its error, and move on to the next. (A
+        ThingsBoard Edge's errorMsg carries the root cause and its stack trace: the start is
+        kept, the first line logged.)"""
         assert self.edge_id is not None
+        error = error[:MAX_PARKED_ERROR_CHARS]
         if not item.durable and self._sync and self._sync[0] is item:
             self._sync.popleft()
         parked = self._store.park_downlink(self.edge_id, item, cause=cause, error=error,
@@ -405,8 +410,9 @@ class StreamSession:
         self._stats["downlinks_parked"] += 1
         self._counters.inc(self._counters.downlinks_parked)
         self._log.bind(downlink_id=item.msg_id, number=item.number, kind=downlinks.describe(item.payload),
-                       cause=cause, attempts=attempts, in_sync=not item.durable, error=error).error(
-            "downlink parked for edge {}: {}", self._rk(), error)
+                       cause=cause, attempts=attempts, in_sync=not item.durable,
+                       error=error[:MAX_LOGGED_ERROR_CHARS]).error(
+            "downlink parked for edge {}: {}", self._rk(), error.splitlines()[0][:MAX_LOGGED_ERROR_CHARS])
 
     def _send(self, item: QueuedDownlink) -> edge_pb2.ResponseMsg:
         return downlinks.stamp(item.payload, item.msg_id, self._clock.now_ms())

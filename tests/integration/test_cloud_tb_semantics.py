@@ -29,6 +29,9 @@ from tests.integration.test_cloud_link import http, kinds
 
 NULL_CUSTOMER = {"entityType": "CUSTOMER", "id": "13814000-1dd2-11b2-8080-808080808080"}
 REFUSAL = "Device should be assigned to tenant!"
+# a ThingsBoard Edge's errorMsg: the root cause's message, then its stack trace
+STACK_LINE = "\tat org.thingsboard.server.dao.service.Validator.validate(Validator.java:42)\n"
+REFUSAL_WITH_STACK = REFUSAL + "\n" + STACK_LINE * 80
 
 
 def config(data_dir: Path, *, resend_ms: int = 300, max_attempts: int = 3) -> CloudConfig:
@@ -234,12 +237,12 @@ def test_a_refused_downlink_is_parked_after_max_attempts_and_the_queue_moves_on(
         cloud.service.create_device(edge[0], "good", token="tok-good")
         first = client.downlink()
         sends = [first.downlinkMsgId]
-        client.ack(first.downlinkMsgId, success=False, error=REFUSAL)
+        client.ack(first.downlinkMsgId, success=False, error=REFUSAL_WITH_STACK)
         for _ in range(2):  # resent after the timeout, refused again
             again = client.downlink(timeout=3)
             assert again.downlinkMsgId == first.downlinkMsgId
             sends.append(again.downlinkMsgId)
-            client.ack(again.downlinkMsgId, success=False, error=REFUSAL)
+            client.ack(again.downlinkMsgId, success=False, error=REFUSAL_WITH_STACK)
         assert len(sends) == 3  # exactly max_attempts
         nxt = client.downlink()  # at once: the queue moved on
         assert nxt.downlinkMsgId != first.downlinkMsgId and kinds(nxt) == ["deviceCredentialsUpdateMsg"]
@@ -256,14 +259,17 @@ def test_a_refused_downlink_is_parked_after_max_attempts_and_the_queue_moves_on(
     parked_logs = [m for m in messages if m["text"].startswith("downlink parked")]
     assert len(parked_logs) == 1
     log = parked_logs[0]
-    assert (log["routing_key"], log["downlink_id"], log["kind"], log["error"], log["attempts"]) == (
-        "rk-1", first.downlinkMsgId, "deviceUpdateMsg", REFUSAL, 3)
+    assert (log["routing_key"], log["downlink_id"], log["kind"], log["attempts"]) == (
+        "rk-1", first.downlinkMsgId, "deviceUpdateMsg", 3)
+    assert log["text"] == f"downlink parked for edge rk-1: {REFUSAL}"
+    assert log["error"] == REFUSAL_WITH_STACK[:500]
 
     status, parked = http(cloud.admin_port, "GET", "/api/edges/rk-1/downlinks/parked")
     assert status == 200
     assert [{k: v for k, v in p.items() if k not in ("parked_at", "number")} for p in parked] == [
         {"downlink_id": first.downlinkMsgId, "kinds": "deviceUpdateMsg", "cause": "refused",
-         "error": REFUSAL, "attempts": 3, "in_sync": False}]
+         "error": REFUSAL_WITH_STACK[:4000], "attempts": 3, "in_sync": False}]
+    assert len(REFUSAL_WITH_STACK) > 4000
     assert http(cloud.admin_port, "GET", f"/api/edges/{edge[2]}/downlinks/parked")[1] == parked
     assert http(cloud.admin_port, "GET", "/api/edges/nope/downlinks/parked")[0] == 404
     status, out = http(cloud.admin_port, "GET", "/api/status")
@@ -283,7 +289,7 @@ def test_a_refused_downlink_is_parked_after_max_attempts_and_the_queue_moves_on(
         proc = subprocess.run([sys.executable, "-m", "edge_sync.cli.cloud", "status", "--json"],
                               env=env, capture_output=True, text=True, timeout=60)
         (row,) = json.loads(proc.stdout)["edges"]
-        assert [p["error"] for p in row["parked"]] == [REFUSAL]
+        assert [p["error"] for p in row["parked"]] == [REFUSAL_WITH_STACK[:4000]]
         for c in clients:
             c.close()
         cloud.stop()
