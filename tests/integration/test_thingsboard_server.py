@@ -104,13 +104,13 @@ def values_of(points: list[tuple[int, dict[str, Any]]], key: str = "v") -> list[
     return [values[key] for _, values in points]
 
 
-def dead_events_cli(agent: Agent) -> list[dict[str, Any]]:
-    """`edge-sync events --status dead --json`, a real subprocess on the agent's store."""
+def dead_events_cli(agent: Agent, *args: str) -> str:
+    """`edge-sync events --status dead ARGS`, a real subprocess on the agent's store: stdout."""
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_sync.cli.edge", "events", "--status", "dead", "--json"],
+        [sys.executable, "-m", "edge_sync.cli.edge", "events", "--status", "dead", *args],
         env=agent.environment(), cwd=agent.workdir, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return proc.stdout
 
 
 # -- tests ---------------------------------------------------------------------------------------
@@ -226,9 +226,11 @@ def test_a_device_the_server_refuses_for_ever_is_dead_lettered_while_others_keep
     assert refused_at and max(refused_at) > first_good
     assert {e for _, e in server.failures()} == {java_error_text(JavaError(refusal))}
     # what the operator sees: exactly the device's creation, with the server's error text
-    [event] = dead_events_cli(agent)
+    [event] = [json.loads(line) for line in dead_events_cli(agent, "--json").splitlines()]
     assert (event["entity_id"], event["action"], event["status"]) == (bad_id, "ADDED", "DEAD")
-    assert event["error"].startswith(f"rejected by the cloud: {refusal}")
+    assert event["error"] == f"rejected by the cloud: {java_error_text(JavaError(refusal))}"
+    text = dead_events_cli(agent)
+    assert bad_id in text and f"error=rejected by the cloud: {refusal}" in text
     assert uuid.UUID(bad_id) not in server.devices
     assert server.points(uuid.UUID(bad_id)) == []  # the server skips data of a device it lacks
     for device_id, _ in good:
