@@ -432,7 +432,7 @@ class StreamSession:
                 self._park(item, CAUSE_REFUSED, resp.errorMsg or "(no error message)",
                            self._refusals)
                 if not item.durable and not self._sync:
-                    self._log.info("sync completed")
+                    self._log.warning("sync over, its last downlink parked")
                 return
             log.bind(error=resp.errorMsg, attempt=self._refusals,
                      max_attempts=self._settings.max_attempts).warning(
