@@ -1,14 +1,14 @@
 """The reference cloud's process-wide counters, shown at the admin API's GET /metrics: downlinks
 refused and parked, requests answered, and the uplink payloads it receives but does not apply,
-by kind (each kind logged once at INFO the first time it is seen, then only counted).
+by kind (``cloud_uplink_not_applied_total{kind="deviceProfileUpdateMsg"}``; each kind logged
+once at INFO the first time it is seen, then only counted).
 
-Every stream's thread writes them, so each increment takes a lock (edge_sync.metrics' counters
-expect one writer each).
+Every stream's thread writes them, so each plain counter's increment takes a lock
+(edge_sync.metrics' counters expect one writer each; its counter families lock themselves).
 """
 
 from __future__ import annotations
 
-import re
 import threading
 
 from loguru import logger
@@ -17,10 +17,7 @@ from edge_sync.metrics import Counter, Metrics
 
 _log = logger.bind(component="cloud-link")
 
-
-def snake(name: str) -> str:
-    """``attributesRequestMsg`` -> ``attributes_request_msg`` (for a metric name)."""
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+NOT_APPLIED = "cloud_uplink_not_applied_total"
 
 
 class CloudCounters:
@@ -37,7 +34,8 @@ class CloudCounters:
             "attribute, relation and rule chain metadata requests answered")
         self.request_downlinks = m.counter(
             "cloud_request_downlinks_queued_total", "downlinks queued to answer requests")
-        self._seen: set[str] = set()
+        self.not_applied_kinds = m.counter_family(
+            NOT_APPLIED, "uplink payloads received, acknowledged and not applied, by kind", "kind")
 
     def inc(self, counter: Counter, n: int = 1) -> None:
         with self._lock:
@@ -45,14 +43,8 @@ class CloudCounters:
 
     def not_applied(self, kind: str, n: int, *, edge: str) -> None:
         """``n`` uplink payloads of ``kind`` (an UplinkMsg field name) were received and not
-        applied: counted in cloud_uplink_not_applied_<kind>_total; logged the first time."""
-        name = f"cloud_uplink_not_applied_{snake(kind)}_total"
-        with self._lock:
-            counter = self.metrics.counter(name, f"uplink {kind} payloads received, not applied")
-            counter.inc(n)
-            first = kind not in self._seen
-            self._seen.add(kind)
-        if first:
+        applied: counted under that kind; logged the first time the kind comes."""
+        if self.not_applied_kinds.inc(kind, n) == n:
             _log.bind(routing_key=edge, kind=kind).info(
                 "uplink payloads of kind {} are acknowledged but not applied by this cloud "
-                "(counted in {}; logged once)", kind, name)
+                "(counted in {}{{kind=\"{}\"}}; logged once)", kind, NOT_APPLIED, kind)

@@ -443,9 +443,9 @@ def test_uplink_kinds_not_applied_are_acknowledged_counted_by_kind_and_logged_on
         logger.remove(sink)
     m = metrics(cloud)
     assert {k: v for k, v in m.items() if k.startswith("cloud_uplink_not_applied_")} == {
-        "cloud_uplink_not_applied_device_profile_update_msg_total": 4,
-        "cloud_uplink_not_applied_dashboard_update_msg_total": 2,
-        "cloud_uplink_not_applied_alarm_comment_update_msg_total": 2}
+        'cloud_uplink_not_applied_total{kind="alarmCommentUpdateMsg"}': 2,
+        'cloud_uplink_not_applied_total{kind="dashboardUpdateMsg"}': 2,
+        'cloud_uplink_not_applied_total{kind="deviceProfileUpdateMsg"}': 4}
     logged = sorted(m["kind"] for m in messages if "not applied by this cloud" in m["text"])
     assert logged == ["alarmCommentUpdateMsg", "dashboardUpdateMsg", "deviceProfileUpdateMsg"]
     assert len(cloud.service.events(edge[0])) == 2  # the telemetry of both, applied
