@@ -37,7 +37,7 @@ Layout (edge_id, device_id: 16 raw UUID bytes; numbers: u64 big-endian):
 Record values are in the checksummed envelope of storage/codec.py (shared with the edge). A store
 upgraded from the previous format (edge-cloud/2) may still hold values of that format, each an
 array led by the schema number 1, which are read as they are; its dead_downlinks hold the whole
-previous downlink record where the payload is now (they are only counted).
+previous downlink record where the payload is now (they are listed with cause "unknown").
 """
 
 from __future__ import annotations
