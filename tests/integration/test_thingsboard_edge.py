@@ -31,6 +31,7 @@ from tests.helpers.tb_edge import (
     device_created_uplink,
     telemetry_entity_data,
 )
+from tests.helpers.tb_server import SyncContent, SyncDevice, TbServer
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -261,3 +262,27 @@ def test_the_emulated_edge_does_not_initialise_from_random_ids():
     finally:
         edge.close()
         fake.stop()
+
+
+def test_the_emulated_edge_refuses_a_device_without_tenant_as_a_real_one_does():
+    """The emulators themselves: the ThingsBoard server's synced device lost its tenantId; the
+    Edge refuses it ("Device should be assigned to tenant!"), and the server drops a refused
+    downlink without entityData at once (not resent), so the sync completes without it."""
+    server = TbServer(RK, SECRET, sync=SyncContent(devices=(SyncDevice("orphan", "tok-o"),)),
+                      sleep_between_batches_s=0.2).start()
+    [(orphan_id, orphan)] = list(server.devices.items())
+    del orphan["tenantId"]
+    edge = TbEdge(server.port, RK, SECRET)
+    try:
+        edge.connect()
+        edge.wait_synced(timeout=SYNC_DEADLINE_S)
+        [refused] = edge.refused()
+        assert refused.error.splitlines()[0] == "Device should be assigned to tenant!"
+        assert [attempt for attempt, m in server.downlinks_sent
+                if m.downlinkMsgId == refused.msg.downlinkMsgId] == [1]
+        assert server.discarded == []
+        server.wait_for(lambda: server.sync_completed == 1, what="the sync completed")
+        assert orphan_id not in edge.devices
+    finally:
+        edge.close()
+        server.stop()
