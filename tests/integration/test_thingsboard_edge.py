@@ -102,7 +102,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     s.close()
 
 
-def test_the_edge_configuration_is_one_a_thingsboard_edge_initialises_from(setup):
+def test_the_edge_configuration_is_one_a_thingsboard_edge_initialises_from(setup: Setup) -> None:
     setup.start_cloud({})
     edge = setup.edge()
     before_ms = int(time.time() * 1000)
@@ -121,7 +121,7 @@ def test_the_edge_configuration_is_one_a_thingsboard_edge_initialises_from(setup
     assert edge.server_max_inbound == 4 * 1024 * 1024
 
 
-def test_a_full_sync_comes_in_thingsboard_order_with_a_push_to_cloud_root_chain(setup):
+def test_a_full_sync_comes_in_thingsboard_order_with_a_push_to_cloud_root_chain(setup: Setup) -> None:
     setup.start_cloud({"dev-1": {"target": 21, "mode": "eco"}, "dev-2": {"target": 19},
                        "dev-3": {}})
     edge = setup.edge()
@@ -144,7 +144,7 @@ def test_a_full_sync_comes_in_thingsboard_order_with_a_push_to_cloud_root_chain(
         min(device_msgs)
 
     with edge.cond:
-        assert edge.tenant is not None
+        assert edge.tenant is not None and edge.tenant_id is not None
         assert edge.tenant["id"] == typed_id("TENANT", edge.tenant_id)
         assert set(edge.devices) == {setup.device_id(n) for n in ("dev-1", "dev-2", "dev-3")}
         for device_id, device in edge.devices.items():
@@ -163,7 +163,7 @@ def test_a_full_sync_comes_in_thingsboard_order_with_a_push_to_cloud_root_chain(
     assert edge.shared_attributes(setup.device_id("dev-2")) == {"target": 19}
 
 
-def test_a_refused_device_downlink_is_parked_and_the_sync_still_completes(setup):
+def test_a_refused_device_downlink_is_parked_and_the_sync_still_completes(setup: Setup) -> None:
     refusal = "Device 'dev-refused' is not allowed on this edge!"
     cloud = setup.start_cloud({"dev-ok": {"target": 1}, "dev-refused": {}})
     edge = setup.edge(refuse_device=lambda d: refusal if d.get("name") == "dev-refused" else None)
@@ -196,7 +196,7 @@ def test_a_refused_device_downlink_is_parked_and_the_sync_still_completes(setup)
     assert f"parked downlink {parked['downlink_id']}" in text and refusal in text
 
 
-def test_attribute_and_relation_requests_are_answered(setup):
+def test_attribute_and_relation_requests_are_answered(setup: Setup) -> None:
     cloud = setup.start_cloud({"dev-1": {"target": 21, "mode": "eco"}, "dev-2": {}})
     edge = setup.edge()
     edge.connect()
@@ -221,7 +221,7 @@ def test_attribute_and_relation_requests_are_answered(setup):
     assert edge.refused() == []
 
 
-def test_uplinks_without_edge_seq_ids_are_applied(setup):
+def test_uplinks_without_edge_seq_ids_are_applied(setup: Setup) -> None:
     cloud = setup.start_cloud({"dev-1": {}})
     edge = setup.edge()
     edge.connect()
@@ -250,7 +250,7 @@ def test_uplinks_without_edge_seq_ids_are_applied(setup):
                          str(dev1): {"ts": 1_700_000_000_001, "values": {"t": 2}}}
 
 
-def test_the_emulated_edge_does_not_initialise_from_random_ids():
+def test_the_emulated_edge_does_not_initialise_from_random_ids() -> None:
     """The emulator itself: a cloud whose tenant and edge ids are random (version 4) UUIDs
     (tests.helpers.fake_peer's) is one a real Edge cannot initialise from, and it says so."""
     fake = FakeCloud().start()
@@ -264,7 +264,7 @@ def test_the_emulated_edge_does_not_initialise_from_random_ids():
         fake.stop()
 
 
-def test_the_emulated_edge_refuses_a_device_without_tenant_as_a_real_one_does():
+def test_the_emulated_edge_refuses_a_device_without_tenant_as_a_real_one_does() -> None:
     """The emulators themselves: the ThingsBoard server's synced device lost its tenantId; the
     Edge refuses it ("Device should be assigned to tenant!"), and the server drops a refused
     downlink without entityData at once (not resent), so the sync completes without it."""
