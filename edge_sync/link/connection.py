@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ from edge_sync.link.state import LinkState, LinkStateMachine, StatusBoard
 from edge_sync.link.uplink_window import GiveUp, GoBack, Retry, UplinkWindow, WindowPolicy
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
+from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import NIL_UUID
@@ -152,6 +154,8 @@ class ConnectionActor(SupervisedActor):
         self._peer = _Peer()
         self._identity: tuple[uuid.UUID, uuid.UUID] = (NIL_UUID, NIL_UUID)
         self._customer = NIL_UUID  # the edge's customer, from the latest EdgeConfiguration
+        # the device profiles the cloud synced (name -> id): Device JSON's deviceProfileId
+        self._device_profiles: Mapping[str, uuid.UUID] = {}
         self._window = UplinkWindow(window_policy(cfg))
         self._unrecorded: list[MarkDeployed | DeadLetter] = []
         self._rewrite_at = 0.0
@@ -183,6 +187,7 @@ class ConnectionActor(SupervisedActor):
         """Actor thread: start the deadline timer and connect at once."""
         with self._store.read() as txn:
             self._identity = self._log_db.identity(txn)
+            self._device_profiles = EntityStore(self._store).device_profile_ids(txn)
         ref = self.actor_ref
         self._timer = DeadlineTimer("link", lambda: _tell(ref, _Wake()))
         self._connect()
@@ -376,6 +381,8 @@ class ConnectionActor(SupervisedActor):
             _log.info("edge configuration update received")
 
     def _on_downlink_applied(self, done: DownlinkApplied) -> None:
+        if done.device_profiles is not None:  # committed, whatever became of its stream
+            self._device_profiles = done.device_profiles
         if self._stream is None or done.stream_id != self._stream.id:
             return  # the stream it came on is gone; the cloud will redeliver it
         self._stream.send(edge_pb2.RequestMsg(
@@ -422,7 +429,7 @@ class ConnectionActor(SupervisedActor):
         max_bytes = self._peer.max_inbound
         now = self._clock.monotonic()
         # the tenant at send time: events recorded before the first connect get it too
-        owner = Owner.of(self._identity[0], self._customer)
+        owner = Owner.of(self._identity[0], self._customer, self._device_profiles)
         while self._window.wants_events(now):
             self._read_next = self._committed_next
             with self._store.read() as txn:
