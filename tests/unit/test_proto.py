@@ -209,6 +209,7 @@ def test_service() -> None:
         ("UplinkMsg", "firstEdgeSeqId", 1000),
         ("UplinkResponseMsg", "rejectedEdgeSeqId", 1000),
         ("UplinkResponseMsg", "retryable", 1001),
+        ("DownlinkResponseMsg", "retryable", 1000),
         ("DownlinkMsg", "cloudTimeMillis", 1000),
         ("ConnectRequestMsg", "edgeTimeMillis", 1000),
         ("ConnectResponseMsg", "cloudCapabilities", 1000),
