@@ -13,6 +13,10 @@ Every other kind ThingsBoard sends (rule chains, dashboards, widgets, queues, us
 requests, ...) is set aside: acknowledged with success, counted by kind in
 ``edge_downlinks_set_aside_total{kind=...}`` and logged at INFO the first time a kind comes.
 A redelivery is counted as a duplicate only, not again by kind.
+
+A downlink that cannot be applied is answered success=false with the error and the project's
+``retryable`` flag: true when the edge's own store failed (StorageError: a full disk, the size
+cap), so the cloud resends it and never parks it; false when its content is refused.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from loguru import logger
 from edge_sync.actors.address import Address
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.wire import ACTION_OF_UPDATE, entity_id_in, kv_dict, parse_entity_json, uuid_of
-from edge_sync.errors import BadRequest, EdgeSyncError
+from edge_sync.errors import BadRequest, EdgeSyncError, StorageError
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore, TokenCache
@@ -66,6 +70,17 @@ class DownlinkApplied:
     customer_id: uuid.UUID | None = None  # ... and its customer (nil: none)
     # the synced device profiles (name -> id) after this downlink, when it changed them
     device_profiles: Mapping[str, uuid.UUID] | None = field(default=None, hash=False)
+    # on failure: the edge's own temporary failure (its store), worth resending (True), or
+    # content it refuses (False); None on success
+    retryable: bool | None = None
+
+    def response(self) -> edge_pb2.DownlinkResponseMsg:
+        """The DownlinkResponseMsg answering the downlink (retryable set on a failure)."""
+        msg = edge_pb2.DownlinkResponseMsg(success=self.success, errorMsg=self.error,
+                                           downlinkMsgId=self.downlink_id)
+        if self.retryable is not None:
+            msg.retryable = self.retryable
+        return msg
 
 
 # The DownlinkMsg fields the edge applies (see the module docstring for the order), and those
@@ -161,10 +176,13 @@ class DownlinkActor(SupervisedActor):
             # answer success=false, never crash on it (a crash would block the downlink queue)
             reason = (str(exc) if isinstance(exc, EdgeSyncError)
                       else f"{type(exc).__name__}: {str(exc)[:200]}")
+            # the edge's own store failing (a full disk, the map full) says nothing against the
+            # downlink: retryable, so our cloud resends it and never parks it
+            retryable = isinstance(exc, StorageError)
             self._failed.inc()
-            _log.bind(downlink_id=dl_id, error=reason).error("downlink {} not applied: {}", dl_id,
-                                                             reason)
-            return DownlinkApplied(cmd.stream_id, dl_id, False, reason)
+            _log.bind(downlink_id=dl_id, error=reason, retryable=retryable).error(
+                "downlink {} not applied: {}", dl_id, reason)
+            return DownlinkApplied(cmd.stream_id, dl_id, False, reason, retryable=retryable)
         if out.fresh and self._tokens is not None and (msg.deviceUpdateMsg or msg.deviceCredentialsUpdateMsg):
             self._tokens.invalidate()
         if out.fresh:

@@ -20,6 +20,7 @@ from loguru import logger
 
 from edge_sync.actors.address import Address
 from edge_sync.cloud.downlinks import stamp
+from edge_sync.errors import QueueFull
 from edge_sync.link.downlink_actor import (
     APPLIED_KINDS,
     ApplyDownlink,
@@ -303,6 +304,37 @@ def test_device_with_a_non_numeric_created_time_fails_without_crashing(rig: Rig)
     assert (reply.success, reply.downlink_id) == (False, 70)
     assert reply.error
     assert rig.exits == []
+
+
+def test_refused_content_is_answered_not_retryable(rig: Rig) -> None:
+    reply = rig.apply(credentials_msg(80, uuid.uuid4(), "tok-nobody"))
+    assert (reply.success, reply.retryable) == (False, False)
+    resp = reply.response()
+    assert (resp.success, resp.downlinkMsgId, resp.errorMsg) == (False, 80, reply.error)
+    assert resp.HasField("retryable") and resp.retryable is False
+
+
+def test_a_store_failure_is_answered_retryable_and_the_downlink_applies_once_resent(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edge's own store failing (a full disk) says nothing against the downlink: the answer
+    says retryable, so the cloud resends it instead of parking it."""
+    dev = uuid.uuid4()
+
+    def disk_full(*args: Any, **kwargs: Any) -> Any:
+        raise QueueFull(f"disk full under {rig.store.path}: No space left on device")
+
+    monkeypatch.setattr(rig.store, "write", disk_full)
+    reply = rig.apply(device_msg(90, dev, "pump-9"))
+    assert (reply.success, reply.downlink_id, reply.retryable) == (False, 90, True)
+    assert reply.error == f"disk full under {rig.store.path}: No space left on device"
+    resp = reply.response()
+    assert (resp.success, resp.HasField("retryable"), resp.retryable) == (False, True, True)
+    assert rig.count("edge_downlinks_failed_total") == 1 and rig.exits == []
+    monkeypatch.undo()  # room made: the resent downlink is applied, not taken for a duplicate
+    again = rig.apply(device_msg(90, dev, "pump-9"))
+    assert (again.success, again.duplicate, again.retryable) == (True, False, None)
+    assert not again.response().HasField("retryable")
+    assert rig.device(dev) is not None
 
 
 # -- the tenant and device profiles ---------------------------------------------------------------
