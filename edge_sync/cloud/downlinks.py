@@ -1,5 +1,5 @@
-"""DownlinkMsgs the reference cloud sends: the tenant, profiles and root rule chain of a full
-sync, a device (alone, or with its credentials and profile as ThingsBoard sends one in a sync),
+"""DownlinkMsgs the reference cloud sends: the tenant, queues, profiles and root rule chain of a
+full sync, a device (with its credentials and profile, as ThingsBoard sends one in a sync),
 attributes, the end of a sync. Each builder returns the serialized message without
 downlinkMsgId and cloudTimeMillis; the stream sets both when it sends (`stamp`). The entity
 JSON comes from tb_entities.py."""
@@ -45,21 +45,11 @@ def _device_profile_update(profile_id: uuid.UUID, tenant_id: uuid.UUID, name: st
         entity=tb_entities.device_profile_json(profile_id, tenant_id, name))
 
 
-def device_created(device: CloudDevice, tenant_id: uuid.UUID, profile_id: uuid.UUID) -> list[bytes]:
-    """A device created on the cloud after the edge's sync: deviceUpdateMsg ENTITY_CREATED,
-    then deviceCredentialsUpdateMsg (when it has a token), two downlinks. The Device JSON names
-    the edge's tenant, the NULL_UUID customer and the profile of its type."""
-    out = [_serialized(edge_pb2.DownlinkMsg(
-        deviceUpdateMsg=[_device_update(device, tenant_id, profile_id)]))]
-    if device.token:
-        out.append(_serialized(edge_pb2.DownlinkMsg(
-            deviceCredentialsUpdateMsg=[_credentials_update(device)])))
-    return out
-
-
 def device_synced(device: CloudDevice, tenant_id: uuid.UUID, profile_id: uuid.UUID) -> bytes:
-    """A device in a full sync, as ThingsBoard sends one: one DownlinkMsg carrying the device,
-    its credentials (when it has a token) and its device profile."""
+    """A device, as ThingsBoard sends one in a full sync: one DownlinkMsg carrying the device,
+    its credentials (when it has a token) and its device profile. Also the shape of a device
+    created after the sync, so the profile it names always comes with it (an edge applies the
+    profile first, in the same transaction)."""
     msg = edge_pb2.DownlinkMsg(
         deviceUpdateMsg=[_device_update(device, tenant_id, profile_id)],
         deviceProfileUpdateMsg=[_device_profile_update(profile_id, tenant_id, device.type)])
@@ -85,6 +75,14 @@ def tenant(tenant_id: uuid.UUID) -> bytes:
     EdgeConfiguration already; this updates it, as ThingsBoard's sync does)."""
     return _serialized(edge_pb2.DownlinkMsg(tenantUpdateMsg=[edge_pb2.TenantUpdateMsg(
         msgType=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE, entity=tb_entities.tenant_json(tenant_id))]))
+
+
+def queue(queue_id: uuid.UUID, name: str) -> bytes:
+    """QueueUpdateMsg ENTITY_CREATED of one of ThingsBoard's default queues."""
+    msb, lsb = uuid_halves(queue_id)
+    return _serialized(edge_pb2.DownlinkMsg(queueUpdateMsg=[edge_pb2.QueueUpdateMsg(
+        msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, idMSB=msb, idLSB=lsb,
+        entity=tb_entities.queue_json(queue_id, name))]))
 
 
 def root_rule_chain(chain_id: uuid.UUID, tenant_id: uuid.UUID, first_node_id: uuid.UUID) -> bytes:

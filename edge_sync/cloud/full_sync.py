@@ -1,9 +1,10 @@
 """What the reference cloud sends an edge in a full sync, in ThingsBoard's order
-(docs/reference-cloud.md): the tenant, the edge's root rule chain and its metadata, the default
+(docs/reference-cloud.md): the tenant, ThingsBoard's three default queues, the edge's root rule
+chain and its metadata, the default
 device and asset profiles, a device profile per other device type the edge's devices use, each
 device with its credentials and profile, the devices' shared attributes, then SyncCompletedMsg.
 
-Also the ids of the cloud's own entities (rule chain, rule nodes, profiles): time-based, made
+Also the ids of the cloud's own entities (queues, rule chain, rule nodes, profiles): time-based, made
 once and kept in the store, so every sync and every restart names the same ones.
 """
 
@@ -30,6 +31,7 @@ def _profile_name(device_type: str) -> str:
 
 
 ASSET_PROFILE = "asset_profile:" + tb_entities.DEFAULT_PROFILE
+QUEUES = tuple("queue:" + q[0] for q in tb_entities.DEFAULT_QUEUES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,20 +42,23 @@ class TenantEntities:
     node_ids: list[uuid.UUID]
     asset_profile_id: uuid.UUID
     device_profiles: dict[str, uuid.UUID]  # device type -> profile id ("default" always)
+    queues: dict[str, uuid.UUID]  # queue name -> id, in ThingsBoard's order
 
 
 def tenant_entities(store: CloudStore, device_types: Iterable[str],
                     make: Callable[[], uuid.UUID] = ids.time_based) -> TenantEntities:
-    """The stable ids of the root rule chain, its nodes, the default asset profile and the device
-    profiles of ``device_types`` (and the default one), made on first use with ``make``."""
+    """The stable ids of the root rule chain, its nodes, the default asset profile, the default
+    queues and the device profiles of ``device_types`` (and the default one), made on first use
+    with ``make``."""
     types = sorted({tb_entities.DEFAULT_PROFILE, *device_types})
     nodes = [_node_name(i) for i in range(len(tb_entities.ROOT_CHAIN_NODES))]
-    names = [ROOT_CHAIN, *nodes, ASSET_PROFILE, *(_profile_name(t) for t in types)]
+    names = [ROOT_CHAIN, *nodes, ASSET_PROFILE, *QUEUES, *(_profile_name(t) for t in types)]
     found = store.named_ids(names, make)
     return TenantEntities(
         rule_chain_id=found[ROOT_CHAIN], node_ids=[found[n] for n in nodes],
         asset_profile_id=found[ASSET_PROFILE],
-        device_profiles={t: found[_profile_name(t)] for t in types})
+        device_profiles={t: found[_profile_name(t)] for t in types},
+        queues={key.removeprefix("queue:"): found[key] for key in QUEUES})
 
 
 def device_profile_id(store: CloudStore, device_type: str,
@@ -76,6 +81,7 @@ def full_sync(store: CloudStore, edge: EdgeRecord, now_ms: int) -> list[bytes]:
     default = tb_entities.DEFAULT_PROFILE
     out = [
         downlinks.tenant(tenant),
+        *(downlinks.queue(qid, name) for name, qid in entities.queues.items()),
         downlinks.root_rule_chain(entities.rule_chain_id, tenant,
                                   entities.node_ids[tb_entities.ROOT_CHAIN_FIRST_NODE]),
         root_chain_metadata(entities),

@@ -17,7 +17,7 @@ from typing import Any
 from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.cloud import credentials, downlinks, full_sync, tb_entities
+from edge_sync.cloud import credentials, downlinks, full_sync
 from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord, ParkedDownlink
 from edge_sync.cloud.store import CloudStore
 from edge_sync.common import ids
@@ -168,10 +168,9 @@ class CloudService:
         label: object = None,
         token: object = None,
     ) -> tuple[CloudDevice, list[int]]:
-        """Create a device assigned to the edge and queue its downlinks (the device profile of
-        its type first when no other device of the edge has that type and it is not "default",
-        then deviceUpdateMsg ENTITY_CREATED, then deviceCredentialsUpdateMsg). (device,
-        downlink numbers)."""
+        """Create a device assigned to the edge and queue its downlink: one DownlinkMsg with
+        deviceUpdateMsg ENTITY_CREATED, the deviceProfileUpdateMsg of its type and its
+        deviceCredentialsUpdateMsg, as a full sync sends a device. (device, downlink numbers)."""
         edge = self.edge(edge_ref)
         now = self.clock.now_ms()
         device = CloudDevice(
@@ -182,11 +181,10 @@ class CloudService:
         )
         profile_id = full_sync.device_profile_id(self.store, device.type,
                                                  lambda: self._ids.new(now))
-        payloads = downlinks.device_created(device, edge.tenant_id, profile_id)
-        if device.type != tb_entities.DEFAULT_PROFILE and not any(
-                d.type == device.type for d in self.store.devices_of_edge(edge.edge_id)):
-            # the edge may not have this type's profile yet (a ThingsBoard Edge needs it)
-            payloads.insert(0, downlinks.device_profile(profile_id, edge.tenant_id, device.type))
+        # always with its profile: whether the edge has it cannot be known here (an earlier
+        # profile downlink may have been parked, or another device of the type be created at the
+        # same time), and a ThingsBoard Edge refuses a device whose profile it lacks
+        payloads = [downlinks.device_synced(device, edge.tenant_id, profile_id)]
         numbers = self.store.add_device(device, payloads)
         _log.bind(device_id=str(device.id), name=device.name, routing_key=edge.routing_key,
                   downlinks=numbers).info("device created")

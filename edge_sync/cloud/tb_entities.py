@@ -1,5 +1,6 @@
 """The ThingsBoard 4.x entity JSON the reference cloud sends a ThingsBoard Edge in a sync: its
-tenant, device and asset profiles, the edge's root rule chain and its metadata, and devices.
+tenant, ThingsBoard's default queues, device and asset profiles, the edge's root rule chain and
+its metadata, and devices.
 
 Each builder returns compact JSON text with Jackson's property names of ThingsBoard's entity
 classes; every id is typed (``{"entityType": ..., "id": ...}``), every entity names its tenant,
@@ -37,29 +38,49 @@ class RuleNodeSpec:
     layout: tuple[int, int]
 
 
-# The edge's root rule chain: a message type switch routes device telemetry to "save
-# timeseries", client attributes to "save attributes"; what was saved, and attribute updates
-# and deletions made on the edge, go to "push to cloud", which queues them for the cloud (a
-# ThingsBoard Edge uplinks device data only through such a node).
+# The edge's root rule chain, in the shape of ThingsBoard 4.3's own edge root rule chain: a
+# message type switch routes device telemetry to "save timeseries" and client attributes to
+# "save attributes"; what they saved goes to a push-to-cloud node of scope CLIENT_SCOPE, and
+# attribute updates and deletions made on the edge to one of scope SERVER_SCOPE (the push node
+# takes the scope from the message's metadata, and from its configuration when the metadata has
+# none). A ThingsBoard Edge uplinks device data only through such nodes.
+#
+# Each configuration carries exactly the fields of the node's configuration class in 4.3, its
+# @NotNull ones included, at the node class's version (@RuleNode(version=...)): the Edge
+# validates a rule node's configuration against that class (unknown fields refused) and does
+# not upgrade it.
+ON_EVERY_MESSAGE = {"type": "ON_EVERY_MESSAGE"}
 ROOT_CHAIN_NODES: tuple[RuleNodeSpec, ...] = (
     RuleNodeSpec("org.thingsboard.rule.engine.filter.TbMsgTypeSwitchNode", "Message Type Switch",
                  {"version": 0}, 0, (300, 150)),
     RuleNodeSpec("org.thingsboard.rule.engine.telemetry.TbMsgTimeseriesNode", "Save Timeseries",
-                 {"defaultTTL": 0}, 0, (600, 50)),
+                 {"defaultTTL": 0, "useServerTs": False, "processingSettings": ON_EVERY_MESSAGE},
+                 1, (600, 50)),
     RuleNodeSpec("org.thingsboard.rule.engine.telemetry.TbMsgAttributesNode", "Save Attributes",
-                 {"scope": "CLIENT_SCOPE", "notifyDevice": False,
-                  "sendAttributesUpdatedNotification": False,
-                  "updateAttributesOnlyOnValueChange": True}, 2, (600, 150)),
-    RuleNodeSpec(PUSH_TO_CLOUD_NODE, "Push to Cloud", {"scope": "SERVER_SCOPE"}, 0, (900, 150)),
+                 {"processingSettings": ON_EVERY_MESSAGE, "scope": "CLIENT_SCOPE",
+                  "notifyDevice": False, "sendAttributesUpdatedNotification": False,
+                  "updateAttributesOnlyOnValueChange": True}, 3, (600, 150)),
+    RuleNodeSpec(PUSH_TO_CLOUD_NODE, "Push to Cloud", {"scope": "CLIENT_SCOPE"}, 0, (900, 100)),
+    RuleNodeSpec(PUSH_TO_CLOUD_NODE, "Push to Cloud", {"scope": "SERVER_SCOPE"}, 0, (900, 250)),
 )
 ROOT_CHAIN_FIRST_NODE = 0
 ROOT_CHAIN_CONNECTIONS: tuple[tuple[int, int, str], ...] = (
     (0, 1, "Post telemetry"),
     (0, 2, "Post attributes"),
-    (0, 3, "Attributes Updated"),
-    (0, 3, "Attributes Deleted"),
     (1, 3, "Success"),
     (2, 3, "Success"),
+    (0, 4, "Attributes Updated"),
+    (0, 4, "Attributes Deleted"),
+)
+
+# ThingsBoard's three default rule engine queues (DefaultSystemDataLoaderService.createQueues),
+# owned by the system tenant: (name, topic, submit strategy, batch size, processing strategy,
+# retries, pause between retries in seconds).
+DEFAULT_QUEUES: tuple[tuple[str, str, str, int, str, int, int], ...] = (
+    ("Main", "tb_rule_engine.main", "BURST", 1000, "SKIP_ALL_FAILURES", 3, 3),
+    ("HighPriority", "tb_rule_engine.hp", "BURST", 100, "RETRY_FAILED_AND_TIMED_OUT", 0, 5),
+    ("SequentialByOriginator", "tb_rule_engine.sq", "SEQUENTIAL_BY_ORIGINATOR", 100,
+     "RETRY_FAILED_AND_TIMED_OUT", 3, 5),
 )
 
 
@@ -165,4 +186,21 @@ def device_json(device_id: uuid.UUID, tenant_id: uuid.UUID, profile_id: uuid.UUI
                        "transportConfiguration": {"type": "DEFAULT"}},
         "firmwareId": None, "softwareId": None, "externalId": None, "version": None,
         "additionalInfo": None,
+    })
+
+
+def queue_json(queue_id: uuid.UUID, name: str) -> str:
+    """One of ThingsBoard's default queues (a name of DEFAULT_QUEUES), as ThingsBoard sends a
+    system queue: owned by the system tenant (NULL_UUID), 10 partitions, a consumer per
+    partition, polled every 25 ms, packs processed within 2 s."""
+    _, topic, submit, batch, processing, retries, pause = next(
+        q for q in DEFAULT_QUEUES if q[0] == name)
+    return _compact({
+        "id": typed_id("QUEUE", queue_id), "createdTime": created_time(queue_id),
+        "additionalInfo": None, "tenantId": typed_id("TENANT", ids.NULL_UUID), "name": name,
+        "topic": topic, "pollInterval": 25, "partitions": 10, "consumerPerPartition": True,
+        "packProcessingTimeout": 2000,
+        "submitStrategy": {"type": submit, "batchSize": batch},
+        "processingStrategy": {"type": processing, "retries": retries, "failurePercentage": 0.0,
+                               "pauseBetweenRetries": pause, "maxPauseBetweenRetries": pause},
     })

@@ -145,8 +145,9 @@ def kinds(d: edge_pb2.DownlinkMsg) -> list[str]:
     return [f.name for f, _ in d.ListFields() if f.name not in ("downlinkMsgId", "cloudTimeMillis")]
 
 
-SYNC_HEAD = [["ruleChainUpdateMsg"], ["ruleChainMetadataUpdateMsg"], ["deviceProfileUpdateMsg"],
-             ["assetProfileUpdateMsg"]]
+SYNC_HEAD = [["queueUpdateMsg"]] * 3 + [["ruleChainUpdateMsg"], ["ruleChainMetadataUpdateMsg"],
+                                        ["deviceProfileUpdateMsg"], ["assetProfileUpdateMsg"]]
+DEVICE_MSG = ["deviceUpdateMsg", "deviceProfileUpdateMsg", "deviceCredentialsUpdateMsg"]
 
 
 def test_full_sync_sends_devices_credentials_attributes_then_sync_completed(cloud, edge, clients):
@@ -157,9 +158,7 @@ def test_full_sync_sends_devices_credentials_attributes_then_sync_completed(clou
     clients.append(client)
     assert client.connect(edge[0], edge[1]).responseCode == edge_pb2.ACCEPTED
     got = client.sync(True)
-    assert [kinds(d) for d in got] == [["tenantUpdateMsg"], *SYNC_HEAD,
-                                       ["deviceUpdateMsg", "deviceProfileUpdateMsg",
-                                        "deviceCredentialsUpdateMsg"],
+    assert [kinds(d) for d in got] == [["tenantUpdateMsg"], *SYNC_HEAD, DEVICE_MSG,
                                        ["entityData"], ["syncCompletedMsg"]]
     device_msg, attrs, done = got[-3:]
     upd = device_msg.deviceUpdateMsg[0]
@@ -177,14 +176,13 @@ def test_full_sync_sends_devices_credentials_attributes_then_sync_completed(clou
     ids = [d.downlinkMsgId for d in got]
     assert ids == sorted(ids) and len(set(ids)) == len(got) and min(ids) > 0
     assert all(d.cloudTimeMillis > 0 for d in got)
-    # then the durable queue: the device's two downlinks and the attributes, in order
+    # then the durable queue: the device's downlink and the attributes, in order
     queued = []
-    for _ in range(3):
+    for _ in range(2):
         d = client.downlink()
         queued.append(d)
         client.ack(d.downlinkMsgId)
-    assert [kinds(d) for d in queued] == [["deviceUpdateMsg"], ["deviceCredentialsUpdateMsg"],
-                                          ["entityData"]]
+    assert [kinds(d) for d in queued] == [DEVICE_MSG, ["entityData"]]
     assert client.nothing_within(0.3)
     assert cloud.store.queued_downlinks(edge[2]) == 0
 
@@ -194,7 +192,7 @@ def test_sync_without_full_sends_only_sync_completed(cloud, edge, clients):
     client = connected(cloud, clients, edge, full=False)
     first = client.downlink()
     assert first.deviceUpdateMsg  # the queue, after syncCompletedMsg
-    assert cloud.store.queued_downlinks(edge[2]) == 2
+    assert cloud.store.queued_downlinks(edge[2]) == 1
 
 
 # -- uplink ----------------------------------------------------------------------------------------
@@ -352,6 +350,7 @@ def test_devices_created_by_the_edge_are_recorded_and_targetable(cloud, edge, cl
 def test_downlinks_in_order_one_in_flight_resent_until_acknowledged(cloud, edge, clients):
     client = connected(cloud, clients, edge)
     dev, _ = cloud.service.create_device(edge[0], "pump-1", token="tok-1")
+    cloud.service.set_attributes("pump-1", {"target": 1})
     first = client.downlink()
     assert first.deviceUpdateMsg
     # not acknowledged: nothing else is sent, then the same downlink comes again
@@ -365,7 +364,7 @@ def test_downlinks_in_order_one_in_flight_resent_until_acknowledged(cloud, edge,
     client.ack(999_999)  # not the one in flight: ignored
     client.ack(first.downlinkMsgId)
     second = client.downlink()
-    assert second.deviceCredentialsUpdateMsg and second.downlinkMsgId > first.downlinkMsgId
+    assert second.entityData and second.downlinkMsgId > first.downlinkMsgId
     assert cloud.store.queued_downlinks(edge[2]) == 1
     client.ack(second.downlinkMsgId)
     assert client.nothing_within(0.6)  # no resend once acknowledged
@@ -487,13 +486,11 @@ def test_admin_api_creates_devices_sets_attributes_and_lists_events(cloud, edge,
     client = connected(cloud, clients, edge)
     port = cloud.admin_port
     status, dev = http(port, "POST", "/api/devices", {"edge": "rk-1", "name": "fan", "token": "tok-fan"})
-    assert status == 201 and dev["token"] == "tok-fan" and len(dev["downlinks"]) == 2
+    assert status == 201 and dev["token"] == "tok-fan" and len(dev["downlinks"]) == 1
     d1 = client.downlink()
     assert json.loads(d1.deviceUpdateMsg[0].entity)["name"] == "fan"
+    assert json.loads(d1.deviceCredentialsUpdateMsg[0].entity)["credentialsId"] == "tok-fan"
     client.ack(d1.downlinkMsgId)
-    d2 = client.downlink()
-    assert json.loads(d2.deviceCredentialsUpdateMsg[0].entity)["credentialsId"] == "tok-fan"
-    client.ack(d2.downlinkMsgId)
     status, out = http(port, "POST", "/api/attributes", {"device": dev["id"], "key": "on", "value": True})
     assert status == 200 and out["values"] == {"on": True}
     d3 = client.downlink()

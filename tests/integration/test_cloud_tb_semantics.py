@@ -20,6 +20,7 @@ from loguru import logger
 
 from edge_sync.cloud import CloudServer
 from edge_sync.cloud.tb_entities import PUSH_TO_CLOUD_NODE
+from edge_sync.common import ids
 from edge_sync.common.wire import to_kv, uuid_halves, uuid_of
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, DownlinkConfig, EdgesRpcConfig
 from edge_sync.proto import edge_pb2, transport_pb2
@@ -32,6 +33,7 @@ REFUSAL = "Device should be assigned to tenant!"
 # a ThingsBoard Edge's errorMsg: the root cause's message, then its stack trace
 STACK_LINE = "\tat org.thingsboard.server.dao.service.Validator.validate(Validator.java:42)\n"
 REFUSAL_WITH_STACK = REFUSAL + "\n" + STACK_LINE * 80
+DEVICE_KINDS = "deviceUpdateMsg,deviceProfileUpdateMsg,deviceCredentialsUpdateMsg"
 
 
 def config(data_dir: Path, *, resend_ms: int = 300, max_attempts: int = 3) -> CloudConfig:
@@ -120,15 +122,21 @@ def test_full_sync_in_thingsboards_order_with_4x_json_and_v1_ids(cloud, edge, cl
     got = client.sync(True)
     device_msg = ["deviceUpdateMsg", "deviceProfileUpdateMsg", "deviceCredentialsUpdateMsg"]
     assert [kinds(d) for d in got] == [
-        ["tenantUpdateMsg"], ["ruleChainUpdateMsg"], ["ruleChainMetadataUpdateMsg"],
+        ["tenantUpdateMsg"], ["queueUpdateMsg"], ["queueUpdateMsg"], ["queueUpdateMsg"],
+        ["ruleChainUpdateMsg"], ["ruleChainMetadataUpdateMsg"],
         ["deviceProfileUpdateMsg"], ["assetProfileUpdateMsg"], ["deviceProfileUpdateMsg"],
         device_msg, device_msg, ["entityData"], ["syncCompletedMsg"]]
+    queues = [json.loads(d.queueUpdateMsg[0].entity) for d in got[1:4]]
+    assert [q["name"] for q in queues] == ["Main", "HighPriority", "SequentialByOriginator"]
+    got = [got[0], *got[4:]]  # the rest as before the queues
 
     # every entity names the tenant; every id is time-based, ThingsBoard's NULL_UUID customer too
     tenant_ref = {"entityType": "TENANT", "id": str(tenant)}
     for d in got:
         for name, msg, body in entity_jsons(d):
-            if name == "tenantUpdateMsg":
+            if name == "queueUpdateMsg":  # ThingsBoard's system queues: the system tenant
+                assert body["tenantId"] == {"entityType": "TENANT", "id": str(ids.NULL_UUID)}
+            elif name == "tenantUpdateMsg":
                 assert body["id"] == tenant_ref and body["title"] == "Tenant"
                 assert body["createdTime"] > 0 and msg.msgType == edge_pb2.ENTITY_UPDATED_RPC_MESSAGE
             elif name == "ruleChainMetadataUpdateMsg":
@@ -149,13 +157,15 @@ def test_full_sync_in_thingsboards_order_with_4x_json_and_v1_ids(cloud, edge, cl
     assert chain["firstRuleNodeId"] == nodes[meta["firstNodeIndex"]]["id"]
     types = [n["type"].rsplit(".", 1)[1] for n in nodes]
     assert types == ["TbMsgTypeSwitchNode", "TbMsgTimeseriesNode", "TbMsgAttributesNode",
-                     "TbMsgPushToCloudNode"]
+                     "TbMsgPushToCloudNode", "TbMsgPushToCloudNode"]
     assert types[meta["firstNodeIndex"]] == "TbMsgTypeSwitchNode"
-    push = [i for i, n in enumerate(nodes) if n["type"] == PUSH_TO_CLOUD_NODE]
-    assert push == [3] and all(n["ruleChainId"] == chain["id"] for n in nodes)
+    push = {i: n["configuration"]["scope"] for i, n in enumerate(nodes)
+            if n["type"] == PUSH_TO_CLOUD_NODE}
+    assert push == {3: "CLIENT_SCOPE", 4: "SERVER_SCOPE"}
+    assert all(n["ruleChainId"] == chain["id"] for n in nodes)
     links = {(c["fromIndex"], c["toIndex"], c["type"]) for c in meta["connections"]}
     assert links == {(0, 1, "Post telemetry"), (0, 2, "Post attributes"), (1, 3, "Success"),
-                     (2, 3, "Success"), (0, 3, "Attributes Updated"), (0, 3, "Attributes Deleted")}
+                     (2, 3, "Success"), (0, 4, "Attributes Updated"), (0, 4, "Attributes Deleted")}
 
     # profiles: the default device profile, the default asset profile, one per other type
     (_, _, default_profile), = entity_jsons(got[3])
@@ -196,6 +206,7 @@ def test_full_sync_in_thingsboards_order_with_4x_json_and_v1_ids(cloud, edge, cl
         clients.append(later)
         assert later.connect(edge[0], edge[1]).responseCode == edge_pb2.ACCEPTED
         resync = later.sync(True)
+        resync = [resync[0], *resync[4:]]
         assert [[body["id"] for _, _, body in entity_jsons(d) if "id" in body]
                 for d in resync[1:8]] == first_ids
         assert entity_jsons(resync[2])[0][2] == meta
@@ -203,23 +214,25 @@ def test_full_sync_in_thingsboards_order_with_4x_json_and_v1_ids(cloud, edge, cl
         again.stop()
 
 
-def test_a_device_of_a_new_type_created_later_brings_its_profile_first(cloud, edge, clients):
+def test_a_device_created_later_always_comes_with_its_profile_and_credentials(cloud, edge, clients):
+    """One DownlinkMsg per device, as in a full sync, for every device of any type: whether the
+    edge has the profile cannot be known (an earlier one parked, devices of a new type created
+    at the same time), and a ThingsBoard Edge refuses a device whose profile it lacks."""
     client = connect(cloud, clients, edge)
     client.sync(False)
-    _, numbers = cloud.service.create_device(edge[0], "valve-1", type_="valve", token="tok-v")
-    assert len(numbers) == 3
-    got = []
-    for _ in numbers:
+    created = [cloud.service.create_device(edge[0], name, type_=kind, token=f"tok-{name}")
+               for name, kind in (("valve-1", "valve"), ("valve-2", "valve"), ("pump-1", None))]
+    assert [len(numbers) for _, numbers in created] == [1, 1, 1]
+    for device, _ in created:
         d = client.downlink()
-        got.append(d)
         client.ack(d.downlinkMsgId)
-    assert [kinds(d) for d in got] == [["deviceProfileUpdateMsg"], ["deviceUpdateMsg"],
-                                       ["deviceCredentialsUpdateMsg"]]
-    profile = json.loads(got[0].deviceProfileUpdateMsg[0].entity)
-    assert json.loads(got[1].deviceUpdateMsg[0].entity)["deviceProfileId"] == profile["id"]
-    # a second device of that type: no profile again
-    _, numbers = cloud.service.create_device(edge[0], "valve-2", type_="valve")
-    assert len(numbers) == 2
+        assert kinds(d) == ["deviceUpdateMsg", "deviceProfileUpdateMsg", "deviceCredentialsUpdateMsg"]
+        body = json.loads(d.deviceUpdateMsg[0].entity)
+        profile = json.loads(d.deviceProfileUpdateMsg[0].entity)
+        assert body["id"] == {"entityType": "DEVICE", "id": str(device.id)}
+        assert body["deviceProfileId"] == profile["id"] and profile["name"] == device.type
+        assert json.loads(d.deviceCredentialsUpdateMsg[0].entity)["credentialsId"] == device.token
+    assert client.nothing_within(0.3)
 
 
 # -- refused downlinks are parked ----------------------------------------------------------------------
@@ -245,29 +258,24 @@ def test_a_refused_downlink_is_parked_after_max_attempts_and_the_queue_moves_on(
             client.ack(again.downlinkMsgId, success=False, error=REFUSAL_WITH_STACK)
         assert len(sends) == 3  # exactly max_attempts
         nxt = client.downlink()  # at once: the queue moved on
-        assert nxt.downlinkMsgId != first.downlinkMsgId and kinds(nxt) == ["deviceCredentialsUpdateMsg"]
+        assert nxt.downlinkMsgId != first.downlinkMsgId
+        assert json.loads(nxt.deviceUpdateMsg[0].entity)["name"] == "good"
         client.ack(nxt.downlinkMsgId)
-        rest = []
-        for _ in range(2):
-            d = client.downlink()
-            rest.append(json.loads(d.deviceUpdateMsg[0].entity)["name"] if d.deviceUpdateMsg
-                        else "creds")
-            client.ack(d.downlinkMsgId)
-        assert rest == ["good", "creds"] and client.nothing_within(0.5)
+        assert client.nothing_within(0.5)
     finally:
         logger.remove(sink)
     parked_logs = [m for m in messages if m["text"].startswith("downlink parked")]
     assert len(parked_logs) == 1
     log = parked_logs[0]
     assert (log["routing_key"], log["downlink_id"], log["kind"], log["attempts"]) == (
-        "rk-1", first.downlinkMsgId, "deviceUpdateMsg", 3)
+        "rk-1", first.downlinkMsgId, DEVICE_KINDS, 3)
     assert log["text"] == f"downlink parked for edge rk-1: {REFUSAL}"
     assert log["error"] == REFUSAL_WITH_STACK[:500]
 
     status, parked = http(cloud.admin_port, "GET", "/api/edges/rk-1/downlinks/parked")
     assert status == 200
     assert [{k: v for k, v in p.items() if k not in ("parked_at", "number")} for p in parked] == [
-        {"downlink_id": first.downlinkMsgId, "kinds": "deviceUpdateMsg", "cause": "refused",
+        {"downlink_id": first.downlinkMsgId, "kinds": DEVICE_KINDS, "cause": "refused",
          "error": REFUSAL_WITH_STACK[:4000], "attempts": 3, "in_sync": False}]
     assert len(REFUSAL_WITH_STACK) > 4000
     assert http(cloud.admin_port, "GET", f"/api/edges/{edge[2]}/downlinks/parked")[1] == parked
@@ -279,7 +287,7 @@ def test_a_refused_downlink_is_parked_after_max_attempts_and_the_queue_moves_on(
 
     # the operator sees it in `edge-cloud status`, with the server running and stopped
     env = env_for(cloud.store.path, cloud.admin_port)
-    line = (f"  parked downlink {first.downlinkMsgId} (deviceUpdateMsg): refused, 3 attempts: "
+    line = (f"  parked downlink {first.downlinkMsgId} ({DEVICE_KINDS}): refused, 3 attempts: "
             f"{REFUSAL}")
     for _ in ("running", "stopped"):
         proc = subprocess.run([sys.executable, "-m", "edge_sync.cli.cloud", "status"], env=env,
@@ -317,11 +325,10 @@ def test_a_refused_device_downlink_of_a_sync_is_parked_and_sync_completed_still_
     status, parked = http(cloud.admin_port, "GET", "/api/edges/rk-1/downlinks/parked")
     assert status == 200
     assert [(p["kinds"], p["cause"], p["attempts"], p["in_sync"], p["error"]) for p in parked] == [
-        ("deviceUpdateMsg,deviceProfileUpdateMsg,deviceCredentialsUpdateMsg", "refused", 3, True,
-         REFUSAL)]
-    # the queue after the sync carries on: the device's own queued downlinks
+        (DEVICE_KINDS, "refused", 3, True, REFUSAL)]
+    # the queue after the sync carries on: the device's own queued downlink
     d = client.downlink()
-    assert kinds(d) == ["deviceUpdateMsg"]
+    assert kinds(d) == DEVICE_KINDS.split(",")
 
 
 def test_unanswered_downlinks_are_resent_and_never_parked_and_a_new_stream_counts_anew(
@@ -357,7 +364,7 @@ def test_attribute_relation_and_rule_chain_requests_are_answered_as_thingsboard_
     cloud.service.set_attributes("pump-1", {"target": 42, "mode": "auto", "cfg": {"a": [1]}})
     client = connect(cloud, clients, edge)
     synced = client.sync(True)
-    for _ in range(3):  # the device's queued downlinks
+    for _ in range(2):  # the device's and its attributes' queued downlinks
         client.ack(client.downlink().downlinkMsgId)
     msb, lsb = uuid_halves(dev.id)
     before = cloud.clock.now_ms()
@@ -400,12 +407,12 @@ def test_attribute_relation_and_rule_chain_requests_are_answered_as_thingsboard_
     assert client.nothing_within(0.5)
 
     # the root rule chain's metadata, as in the sync
-    chain = synced[1].ruleChainUpdateMsg[0]
+    (chain,) = [m for d in synced for m in d.ruleChainUpdateMsg]
     resp = client.uplink(epoch=None, ruleChainMetadataRequestMsg=[edge_pb2.RuleChainMetadataRequestMsg(
         ruleChainIdMSB=chain.idMSB, ruleChainIdLSB=chain.idLSB)])
     assert resp.success
     d = client.downlink()
-    assert d.ruleChainMetadataUpdateMsg[0] == synced[2].ruleChainMetadataUpdateMsg[0]
+    assert [d.ruleChainMetadataUpdateMsg[0]] == [m for d in synced for m in d.ruleChainMetadataUpdateMsg]
     client.ack(d.downlinkMsgId)
     m = metrics(cloud)
     assert (m["cloud_uplink_requests_answered_total"], m["cloud_request_downlinks_queued_total"]) == (9, 2)

@@ -102,9 +102,10 @@ def test_go_back_n_gate():
 def test_downlink_builders():
     dev = CloudDevice(uuid.uuid4(), uuid.uuid4(), "pump", "t", "L", "tok", 9, "cloud")
     tenant, profile = uuid.uuid4(), uuid.uuid4()
-    created, creds = (edge_pb2.DownlinkMsg.FromString(p)
-                      for p in downlinks.device_created(dev, tenant, profile))
-    msg = created.deviceUpdateMsg[0]
+    # one message with the device, its credentials and its profile (a sync's and a device
+    # created later alike)
+    synced = edge_pb2.DownlinkMsg.FromString(downlinks.device_synced(dev, tenant, profile))
+    msg = synced.deviceUpdateMsg[0]
     assert uuid_of(msg.idMSB, msg.idLSB) == dev.id and msg.msgType == edge_pb2.ENTITY_CREATED_RPC_MESSAGE
     assert json.loads(msg.entity) == {
         "id": {"entityType": "DEVICE", "id": str(dev.id)}, "createdTime": 9,
@@ -116,13 +117,9 @@ def test_downlink_builders():
                        "transportConfiguration": {"type": "DEFAULT"}},
         "firmwareId": None, "softwareId": None, "externalId": None, "version": None,
         "additionalInfo": None}
-    assert json.loads(creds.deviceCredentialsUpdateMsg[0].entity) == {
+    assert json.loads(synced.deviceCredentialsUpdateMsg[0].entity) == {
         "deviceId": {"entityType": "DEVICE", "id": str(dev.id)}, "credentialsType": "ACCESS_TOKEN",
         "credentialsId": "tok"}
-    # in a sync: one message with the device, its credentials and its profile
-    synced = edge_pb2.DownlinkMsg.FromString(downlinks.device_synced(dev, tenant, profile))
-    assert synced.deviceUpdateMsg[0] == msg
-    assert synced.deviceCredentialsUpdateMsg[0] == creds.deviceCredentialsUpdateMsg[0]
     assert json.loads(synced.deviceProfileUpdateMsg[0].entity)["name"] == "t"
     assert uuid_of(synced.deviceProfileUpdateMsg[0].idMSB, synced.deviceProfileUpdateMsg[0].idLSB) == profile
     attrs = edge_pb2.DownlinkMsg.FromString(downlinks.shared_attributes(dev, {"x": {"a": 1}}, 5))
@@ -131,7 +128,7 @@ def test_downlink_builders():
     out = downlinks.stamp(downlinks.sync_completed(), 12, 34)
     assert out.downlinkMsg.downlinkMsgId == 12 and out.downlinkMsg.cloudTimeMillis == 34
     assert out.downlinkMsg.HasField("syncCompletedMsg")
-    assert "tok" not in downlinks.describe(downlinks.device_created(dev, tenant, profile)[1])
+    assert "tok" not in downlinks.describe(downlinks.device_synced(dev, tenant, profile))
 
 
 def test_cli_attribute_values():
