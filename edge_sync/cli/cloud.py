@@ -2,7 +2,8 @@
 
 Writes (edge create, device create, attr set) go through the running server's admin API, so
 the downlinks they queue are sent at once; with the server stopped they write the LMDB store
-directly (the server sends what is queued when the edge connects). Reads (events, edge list)
+directly (the server sends what is queued when the edge connects). ``edge sync`` (a full sync of
+a connected edge) needs the running server. Reads (events, edge list)
 work either way. Exit codes (edge_sync.cli.common): 0 ok; 1 bad configuration or a refused
 request (an unknown edge or device, a bad value); 2 usage; 4 storage unusable; 6 conflict (the
 routing key, device name or token is taken).
@@ -14,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     handler: Callable[[CloudConfig, argparse.Namespace], int] = {
         ("edge", "create"): _edge_create,
         ("edge", "list"): _edge_list,
+        ("edge", "sync"): _edge_sync,
         ("device", "create"): _device_create,
         ("device", "list"): _device_list,
         ("attr", "set"): _attr_set,
@@ -92,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--json", action="store_true")
     el = add(esub, "list", "registered edges")
     el.add_argument("--json", action="store_true")
+    es = add(esub, "sync", "run a full sync of a connected edge now (the server must be running)")
+    es.add_argument("--edge", required=True, help="routing key (or id) of the edge")
+    es.add_argument("--json", action="store_true")
 
     dev = add(sub, "device", "devices assigned to edges")
     dsub = dev.add_subparsers(dest="sub", required=True)
@@ -241,6 +247,19 @@ def _edge_list(cfg: CloudConfig, args: argparse.Namespace) -> int:
             print(f"{row['routing_key']}  {row['name']:<20} {row['id']}  {state:<12} "
                   f"applied={row['applied_events']} queued={row['queued_downlinks']} "
                   f"devices={row['devices']}")
+    return EXIT_OK
+
+
+def _edge_sync(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    """A full sync of the edge on its stream: only the running server has the stream."""
+    if not _running(cfg):
+        raise BadRequest(f"no cloud answers on {cfg.admin.host}:{cfg.admin.port}: a sync runs "
+                         "on the edge's stream, so the server must be running")
+    out = _api(cfg, "POST", f"/api/edges/{urllib.parse.quote(args.edge, safe='')}/sync", {})
+    if args.json:
+        print_json(out)
+    else:
+        print(f"full sync of edge {out['routing_key']} ({out['edge_id']}) requested")
     return EXIT_OK
 
 

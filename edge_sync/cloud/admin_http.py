@@ -10,6 +10,8 @@ while the server runs, so that downlinks it queues are sent at once.
   POST /api/attributes   {device, edge?, values: {k: v}} or {device, edge?, key, value}
   GET  /api/events?edge=RK&after=N&limit=N   what the cloud applied from the edge
   GET  /api/edges/{edge}/downlinks/parked  the edge's parked downlinks (routing key or edge id)
+  POST /api/edges/{edge}/sync           a full sync of the connected edge now (body: none or {})
+                                        -> 202; 409 when the edge is not connected
   GET  /metrics                         Prometheus text: the cloud's counters
 Errors: {"status", "error", "message"} with 400/401/403/404/409/415/500/507.
 Every request passes the admin guard first (edge_sync.common.admin_guard): no cross-site writes,
@@ -31,7 +33,7 @@ from edge_sync.common.admin_guard import AdminGuard
 from edge_sync.common.health import healthz, readyz_response
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.json_body import parse_json
-from edge_sync.errors import BadRequest
+from edge_sync.errors import BadRequest, Conflict
 from edge_sync.metrics import Metrics
 
 _log = logger.bind(component="cloud-admin")
@@ -85,6 +87,8 @@ class CloudAdminApi:
         app.router.add_post("/api/attributes", self._handler(self._set_attributes))
         app.router.add_get("/api/events", self._handler(self._events))
         app.router.add_get("/api/edges/{edge}/downlinks/parked", self._handler(self._parked))
+        app.router.add_post("/api/edges/{edge}/sync",
+                            self._handler(self._sync, body_optional=True))
         app.router.add_get("/metrics", self._prometheus)
         return app
 
@@ -95,13 +99,17 @@ class CloudAdminApi:
         return readyz_response(self._readiness() if self._readiness else {})
 
     def _handler(
-        self, fn: Callable[[web.Request, Any], tuple[int, Any]]
+        self, fn: Callable[[web.Request, Any], tuple[int, Any]], *, body_optional: bool = False
     ) -> Callable[[web.Request], Any]:
-        """Read the body on the loop, run fn (blocking: LMDB, hashing) on a worker thread."""
+        """Read the body on the loop, run fn (blocking: LMDB, hashing) on a worker thread. A POST
+        needs a JSON body unless ``body_optional`` (then an empty one is None)."""
 
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
-                body = parse_json(await request.read()) if request.method == "POST" else None
+                body = None
+                if request.method == "POST":
+                    raw = await request.read()
+                    body = parse_json(raw) if raw or not body_optional else None
                 status, out = await asyncio.to_thread(fn, request, body)
             except web.HTTPRequestEntityTooLarge:
                 return error_response(413, "body too large")
@@ -175,6 +183,20 @@ class CloudAdminApi:
         limit = int_param(request.query, "limit", 0, 0, MAX_EVENTS)
         parked = self._service.parked_downlinks(request.match_info["edge"], limit=limit)
         return 200, [p.as_json() for p in parked]
+
+    def _sync(self, request: web.Request, body: Any) -> tuple[int, Any]:
+        """A full sync of the edge on its current stream, as ThingsBoard's "Sync edge" does:
+        what a sync sends, sent anew (content parked during an earlier sync among it)."""
+        if body is not None:
+            _fields(body, set(), "no fields")
+        edge = self._service.edge(request.match_info["edge"])
+        if not self._registry.request_sync(edge.edge_id, "operator"):
+            raise Conflict(f"edge {edge.routing_key!r} is not connected: a sync runs on the "
+                           "edge's stream (it asks for one itself when it connects)")
+        _log.bind(routing_key=edge.routing_key, edge_id=str(edge.edge_id)).info(
+            "full sync of edge {} requested by the operator", edge.routing_key)
+        return 202, {"edge_id": str(edge.edge_id), "routing_key": edge.routing_key,
+                     "sync": "requested"}
 
     def _events(self, request: web.Request, body: Any) -> tuple[int, Any]:
         q = request.query

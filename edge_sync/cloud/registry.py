@@ -16,6 +16,9 @@ class Stream(Protocol):
     def end(self, reason: str) -> None:
         """Any thread: end the stream (cancels the RPC)."""
 
+    def resync(self, reason: str) -> None:
+        """Any thread: run a full sync of the edge on this stream."""
+
     def summary(self) -> dict[str, object]:
         """Any thread: a JSON-able snapshot for the admin API."""
 
@@ -47,6 +50,15 @@ class StreamRegistry:
             stream = self._by_edge.get(edge_id)
         if stream is not None:
             stream.wake()
+
+    def request_sync(self, edge_id: uuid.UUID, reason: str) -> bool:
+        """Ask the edge's stream for a full sync; False when the edge is not connected."""
+        with self._lock:
+            stream = self._by_edge.get(edge_id)
+        if stream is None:
+            return False
+        stream.resync(reason)
+        return True
 
     def is_connected(self, edge_id: uuid.UUID) -> bool:
         with self._lock:

@@ -60,6 +60,7 @@ class _Kind(enum.Enum):
     REQUEST = "request"
     EOF = "eof"  # the edge half-closed its side, or the request iterator broke
     WAKE = "wake"  # new downlinks were queued
+    SYNC = "sync"  # the operator asked for a full sync (admin API)
     END = "end"  # replaced, RPC terminated, server stopping
 
 
@@ -99,7 +100,7 @@ class StreamSession:
         self._sync: deque[QueuedDownlink] = deque()
         self._started = False  # downlinks flow once the edge asked for a sync (or sent uplinks)
         self._inflight: QueuedDownlink | None = None
-        self._refusals = 0  # success=false answers to the downlink in flight, on this stream
+        self._refusals = 0  # success=false answers (not retryable) to the downlink in flight
         self._counters = counters if counters is not None else CloudCounters()
         self._deadline = 0.0
         self._look = False  # look at the durable queue at the next chance
@@ -108,12 +109,18 @@ class StreamSession:
         self._connect_deadline = time.monotonic() + settings.connect_timeout_s
         self._stats = {"uplinks": 0, "events_applied": 0, "duplicates": 0, "rejected": 0,
                        "downlinks_sent": 0, "downlinks_acked": 0, "downlinks_resent": 0,
-                       "downlinks_refused": 0, "downlinks_parked": 0, "requests_answered": 0}
+                       "downlinks_refused": 0, "downlinks_refused_retryable": 0,
+                       "downlinks_parked": 0, "requests_answered": 0, "requests_unanswered": 0}
 
     # -- any thread ------------------------------------------------------------------------------
 
     def wake(self) -> None:
         self._inbox.put((_Kind.WAKE, None))
+
+    def resync(self, reason: str) -> None:
+        """Run a full sync of the edge on this stream (ThingsBoard's "Sync edge"): what a sync
+        sends, anew, after the downlink in flight."""
+        self._inbox.put((_Kind.SYNC, reason))
 
     def end(self, reason: str) -> None:
         """End the stream from another thread: the handler stops, the RPC is cancelled."""
@@ -191,6 +198,9 @@ class StreamSession:
             self._end_reason = "edge closed the stream"
         elif kind is _Kind.WAKE:
             self._look = True
+        elif kind is _Kind.SYNC:
+            if self.edge is not None:
+                self._start_sync(True, requested_by=str(item))
         elif self.edge is None:
             if item.HasField("connectRequestMsg"):
                 yield self._connect(item.connectRequestMsg)
@@ -313,10 +323,14 @@ class StreamSession:
         try:
             self._answer_requests(up)
         except StorageError as exc:
-            self._log.bind(uplink_msg_id=up.uplinkMsgId).error(
-                "requests not answered, storage failure: {}", exc)
-            return _uplink_response(up.uplinkMsgId, False, f"cloud storage failure: {exc}",
-                                    retryable=True)
+            # The payloads are applied (committed): answering failure would make the edge resend
+            # the message, and a ThingsBoard Edge's payloads (no edgeSeqId) would be applied
+            # twice. Requests are best effort, as in ThingsBoard: the edge asks again on its next
+            # sync. So the uplink is acknowledged and the unanswered requests logged.
+            self._stats["requests_unanswered"] += 1
+            self._log.bind(uplink_msg_id=up.uplinkMsgId, edge=self._rk()).error(
+                "requests of an uplink not answered, storage failure (the uplink is acknowledged: "
+                "its payloads are applied): {}", exc)
         return _uplink_response(up.uplinkMsgId, True, "")
 
     def _answer_requests(self, up: edge_pb2.UplinkMsg) -> None:
@@ -337,7 +351,7 @@ class StreamSession:
 
     # -- downlink --------------------------------------------------------------------------------
 
-    def _start_sync(self, full: bool) -> None:
+    def _start_sync(self, full: bool, *, requested_by: str = "edge") -> None:
         assert self.edge_id is not None and self.edge is not None
         if full:
             payloads = full_sync.full_sync(self._store, self.edge, self._clock.now_ms())
@@ -349,7 +363,8 @@ class StreamSession:
         if self._inflight is not None and not self._inflight.durable:
             self._inflight = None  # a previous sync's downlink: superseded
         self._started, self._look = True, True
-        self._log.bind(full_sync=full, downlinks=len(payloads)).info("sync requested")
+        self._log.bind(full_sync=full, downlinks=len(payloads), requested_by=requested_by).info(
+            "sync requested by the {}", requested_by)
 
     def _pump(self) -> edge_pb2.ResponseMsg | None:
         """Send the next downlink, or resend the one in flight when its time is up."""
@@ -425,9 +440,17 @@ class StreamSession:
             log.debug("acknowledgement for a downlink not in flight ignored")
             return
         if not resp.success:
-            self._refusals += 1
             self._stats["downlinks_refused"] += 1
             self._counters.inc(self._counters.downlinks_refused)
+            if resp.HasField("retryable") and resp.retryable:
+                # our edge failed for a reason of its own (its store: a full disk, say): the
+                # downlink is fine, so it is resent for as long as it takes, never parked
+                self._stats["downlinks_refused_retryable"] += 1
+                log.bind(error=resp.errorMsg).warning(
+                    "downlink refused by the edge, retryable (a temporary failure on the edge): "
+                    "resent after the timeout, not counted towards parking")
+                return
+            self._refusals += 1
             if self._refusals >= self._settings.max_attempts:
                 self._park(item, CAUSE_REFUSED, resp.errorMsg or "(no error message)",
                            self._refusals)

@@ -151,7 +151,13 @@ def _token_key(token: str | None) -> bytes | None:
 
 
 class CloudStore:
-    """Synchronous access to the cloud's data. Every method is one transaction; any thread."""
+    """Synchronous access to the cloud's data. Every method is one transaction; any thread.
+
+    After a write hit a full disk, new data (uplinks applied, devices, attributes, queued
+    downlinks) is refused with QueueFull until room is made. The writes a stream needs to keep
+    going and to free room are maintenance writes, allowed then: a new edge store's
+    incarnation, the ids of the cloud's own entities, a sync's downlink numbers, removing an
+    acknowledged downlink, parking one."""
 
     def __init__(self, path: Path, *, max_size_mb: int = 10240, readonly: bool = False) -> None:
         self.lmdb = CloudLmdb(path, max_size_mb=max_size_mb, readonly=readonly)
@@ -215,7 +221,9 @@ class CloudStore:
                     txn.put(key, out[name].bytes, db=self._db["meta"])
             return out
 
-        return self.lmdb.write(fn)
+        # maintenance: a few bytes, once per name, and a full sync needs them; refusing them on
+        # a full disk would end every stream before acknowledgements could free room
+        return self.lmdb.write(fn, maintenance=True)
 
     # -- edges -----------------------------------------------------------------------------------
 
@@ -309,7 +317,7 @@ class CloudStore:
             raw = txn.get(key, db=self._db["store_ids"])
         if raw is not None:
             return codec.from_u64(raw, "store_ids: incarnation"), False
-        return self.lmdb.write(fn)
+        return self.lmdb.write(fn, maintenance=True)  # a few bytes: a connect on a full disk
 
     def edge_stores(self, edge_id: uuid.UUID) -> list[tuple[int, str, int]]:
         """The edge's stores seen so far: (incarnation, store id, first seen ms), oldest first."""
@@ -588,7 +596,8 @@ class CloudStore:
             txn.put(key, codec.u64(last + count), db=self._db["meta"])
             return list(range(last + 1, last + count + 1))
 
-        return self.lmdb.write(fn) if count else []
+        # maintenance: one counter (a sync must start even on a full disk, see named_ids)
+        return self.lmdb.write(fn, maintenance=True) if count else []
 
     def _enqueue(self, txn: lmdb.Transaction, edge_id: uuid.UUID, payloads: Sequence[bytes]) -> list[int]:
         key = b"dl:" + edge_id.bytes
@@ -616,7 +625,8 @@ class CloudStore:
     def remove_downlink(self, edge_id: uuid.UUID, number: int) -> bool:
         """Remove an acknowledged downlink (durably); False when it was already gone."""
         key = edge_id.bytes + codec.u64(number)
-        return bool(self.lmdb.write(lambda txn: txn.delete(key, db=self._db["downlinks"])))
+        return bool(self.lmdb.write(lambda txn: txn.delete(key, db=self._db["downlinks"]),
+                                    maintenance=True))  # frees room: allowed on a full disk
 
     def park_downlink(self, edge_id: uuid.UUID, item: QueuedDownlink, *, cause: str, error: str,
                       attempts: int, now_ms: int) -> bool:

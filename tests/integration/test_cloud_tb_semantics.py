@@ -23,8 +23,10 @@ from edge_sync.cloud.tb_entities import PUSH_TO_CLOUD_NODE
 from edge_sync.common import ids
 from edge_sync.common.wire import to_kv, uuid_halves, uuid_of
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, DownlinkConfig, EdgesRpcConfig
+from edge_sync.errors import QueueFull, StorageError
 from edge_sync.proto import edge_pb2, transport_pb2
 from tests.helpers.link_client import DEADLINE_S, LinkClient, telemetry
+from tests.helpers.wait import wait_until
 from tests.integration.test_cloud_cli import env_for
 from tests.integration.test_cloud_link import http, kinds
 
@@ -488,3 +490,155 @@ def test_a_thingsboard_edges_uplinks_are_applied_at_least_once(cloud, edge, clie
         (None, "TIMESERIES_UPDATED"), (None, "ATTRIBUTES_UPDATED"), (None, "ADDED")] * 2
     stored = cloud.store.device(dev)
     assert stored is not None and stored.name == "tb-made" and stored.origin == "edge"
+
+
+# -- our edge's temporary failures, a full disk, requests that cannot be answered, a manual sync ----
+
+
+def refuse(client: LinkClient, downlink_id: int, error: str, *, retryable: bool) -> None:
+    client.send(edge_pb2.RequestMsg(
+        msgType=edge_pb2.UPLINK_RPC_MESSAGE,
+        downlinkResponseMsg=edge_pb2.DownlinkResponseMsg(
+            success=False, errorMsg=error, downlinkMsgId=downlink_id, retryable=retryable)))
+
+
+def test_retryable_refusals_of_our_edge_are_resent_and_never_parked(cloud, edge, clients):
+    """Our edge answers retryable=true when its own store fails (a full disk): however many
+    times, the downlink is resent, never parked; a refusal without the flag (a ThingsBoard
+    Edge) or with retryable=false counts towards parking as before."""
+    messages: list[dict[str, Any]] = []
+    sink = logger.add(lambda m: messages.append(
+        {"text": m.record["message"], **m.record["extra"]}), level="INFO")
+    try:
+        client = connect(cloud, clients, edge)
+        client.sync(False)
+        cloud.service.create_device(edge[0], "pump-1", token="tok-1")
+        first = client.downlink()
+        for _ in range(3 * 2):  # twice max_attempts
+            refuse(client, first.downlinkMsgId, "disk full under /data: No space left on device",
+                   retryable=True)
+            assert client.downlink(timeout=3).downlinkMsgId == first.downlinkMsgId
+        # not retryable: counted, two refusals more still leave it queued (max_attempts 3)
+        refuse(client, first.downlinkMsgId, "bad content", retryable=False)
+        assert client.downlink(timeout=3).downlinkMsgId == first.downlinkMsgId
+        client.ack(first.downlinkMsgId, success=False, error="bad content")
+        assert client.downlink(timeout=3).downlinkMsgId == first.downlinkMsgId
+        client.ack(first.downlinkMsgId)
+        assert client.nothing_within(0.5)
+    finally:
+        logger.remove(sink)
+    assert http(cloud.admin_port, "GET", "/api/edges/rk-1/downlinks/parked")[1] == []
+    assert cloud.store.queued_downlinks(edge[2]) == 0
+    m = metrics(cloud)
+    assert (m["cloud_downlinks_refused_total"], m["cloud_downlinks_parked_total"]) == (8, 0)
+    retryable = [x for x in messages if x["text"].startswith("downlink refused by the edge, retryable")]
+    assert len(retryable) == 6 and retryable[0]["error"].startswith("disk full")
+    (stream,) = [e["stream"] for e in http(cloud.admin_port, "GET", "/api/status")[1]["edges"]]
+    assert (stream["downlinks_refused"], stream["downlinks_refused_retryable"]) == (8, 6)
+
+
+def test_with_the_disk_full_an_edge_still_connects_syncs_and_acknowledgements_free_room(
+        cloud, edge, clients):
+    """The store's disk-full state refuses new data, not what a stream needs: the incarnation
+    of a new edge store, the ids of the cloud's own entities, a sync's downlink numbers, and the
+    removal of acknowledged downlinks (which frees room)."""
+    cloud.service.create_device(edge[0], "pump-1", type_="meter", token="tok-1")
+    cloud.store.lmdb._disk_full = True  # what a write that hit ENOSPC leaves behind
+    cloud.store.lmdb._disk_full_reason = "No space left on device"
+    with pytest.raises(QueueFull):
+        cloud.service.create_device(edge[0], "pump-2")
+    client = LinkClient(cloud.port)
+    clients.append(client)
+    assert client.connect(edge[0], edge[1], store_id="store-new").responseCode == edge_pb2.ACCEPTED
+    got = client.sync(True)  # the meter profile's id made now: a maintenance write
+    assert kinds(got[-1]) == ["syncCompletedMsg"] and len(got) == 11
+    d = client.downlink()  # the durable queue after the sync, acknowledged and removed
+    assert kinds(d) == DEVICE_KINDS.split(",")
+    client.ack(d.downlinkMsgId)
+    wait_until(lambda: cloud.store.queued_downlinks(edge[2]) == 0, timeout=DEADLINE_S,
+               what="the acknowledged downlink removed on a full disk")
+    assert cloud.store.edge_stores(edge[2])[0][1] == "store-new"
+    assert client.nothing_within(0.3)  # the stream is alive: not aborted as UNAVAILABLE
+
+
+def test_an_uplink_whose_requests_cannot_be_answered_is_acknowledged_and_applied_once(
+        cloud, edge, clients, monkeypatch):
+    """Requests are best effort: when queueing their answers fails after the uplink's payloads
+    were applied, the uplink is still answered success (a failure would make a ThingsBoard Edge
+    resend it and its telemetry be applied twice), and the failure is logged."""
+    dev, _ = cloud.service.create_device(edge[0], "pump-1", token="tok-1")
+    cloud.service.set_attributes("pump-1", {"target": 42})
+    client = connect(cloud, clients, edge)
+    client.sync(False)
+    for _ in range(2):
+        client.ack(client.downlink().downlinkMsgId)
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError("write failed: disk I/O error")
+
+    monkeypatch.setattr(cloud.store, "enqueue_downlinks", failing)
+    messages: list[dict[str, Any]] = []
+    sink = logger.add(lambda m: messages.append(
+        {"text": m.record["message"], **m.record["extra"]}), level="INFO")
+    msb, lsb = uuid_halves(dev.id)
+    try:
+        resp = client.uplink(epoch=None, entityData=[telemetry(dev.id, None, {"t": 1})],
+                             attributesRequestMsg=[edge_pb2.AttributesRequestMsg(
+                                 entityIdMSB=msb, entityIdLSB=lsb, entityType="DEVICE",
+                                 scope="SHARED_SCOPE")])
+    finally:
+        logger.remove(sink)
+    assert (resp.success, resp.errorMsg) == (True, "")
+    assert [e.action for e in cloud.service.events(edge[0])] == ["TIMESERIES_UPDATED"]
+    (logged,) = [x for x in messages if x["text"].startswith("requests of an uplink not answered")]
+    assert logged["text"].endswith("write failed: disk I/O error")
+    assert client.nothing_within(0.3)
+
+
+def test_an_operator_sync_resends_the_full_sync_on_the_edges_stream(cloud, edge, clients, tmp_path):
+    """POST /api/edges/{edge}/sync (and `edge-cloud edge sync`): what a refused sync downlink
+    carried is sent again once the cause is fixed, on the connected stream; 409 when the edge
+    is not connected."""
+    cloud.service.create_device(edge[0], "pump-1", token="tok-1")
+    client = connect(cloud, clients, edge)
+    request_sync(client, True)
+    while True:  # the device refused until parked, the rest acknowledged
+        d = client.downlink(timeout=3)
+        if d.deviceUpdateMsg:
+            client.ack(d.downlinkMsgId, success=False, error=REFUSAL)
+            continue
+        client.ack(d.downlinkMsgId)
+        if d.HasField("syncCompletedMsg"):
+            break
+    assert len(http(cloud.admin_port, "GET", "/api/edges/rk-1/downlinks/parked")[1]) == 1
+    client.ack(client.downlink().downlinkMsgId)  # the device's queued downlink
+
+    status, out = http(cloud.admin_port, "POST", "/api/edges/rk-1/sync")
+    assert (status, out) == (202, {"edge_id": str(edge[2]), "routing_key": "rk-1",
+                                   "sync": "requested"})
+    again = []
+    while not again or not again[-1].HasField("syncCompletedMsg"):
+        d = client.downlink()
+        again.append(d)
+        client.ack(d.downlinkMsgId)
+    assert kinds(again[0]) == ["tenantUpdateMsg"] and len(again) == 10
+    assert [json.loads(d.deviceUpdateMsg[0].entity)["name"] for d in again if d.deviceUpdateMsg] == [
+        "pump-1"]
+
+    env = env_for(cloud.store.path, cloud.admin_port)
+    proc = subprocess.run([sys.executable, "-m", "edge_sync.cli.cloud", "edge", "sync", "--edge",
+                           str(edge[2])], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"full sync of edge rk-1 ({edge[2]}) requested\n"
+    assert kinds(client.downlink()) == ["tenantUpdateMsg"]
+
+    assert http(cloud.admin_port, "POST", "/api/edges/nope/sync")[0] == 404
+    assert http(cloud.admin_port, "POST", "/api/edges/rk-1/sync", {"full": True})[0] == 400
+    client.close()
+    wait_until(lambda: not cloud.registry.is_connected(edge[2]), timeout=DEADLINE_S,
+               what="the edge's stream gone")
+    status, out = http(cloud.admin_port, "POST", "/api/edges/rk-1/sync", {})
+    assert status == 409 and "not connected" in out["message"]
+    proc = subprocess.run([sys.executable, "-m", "edge_sync.cli.cloud", "edge", "sync", "--edge",
+                           "rk-1"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 6 and "not connected" in proc.stderr
