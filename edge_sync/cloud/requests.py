@@ -1,12 +1,15 @@
 """The reference cloud's answers to an edge's requests (UplinkMsg attributesRequestMsg,
 relationRequestMsg, ruleChainMetadataRequestMsg), as ThingsBoard's DefaultEdgeRequestsService
 answers them: downlinks queued for the edge, and nothing at all when there is nothing to send.
+Best effort: when queueing the answers fails, the session logs it and still acknowledges the
+uplink (session.py).
 
 - attributes of an entity in one scope: one entityData downlink (attributesUpdatedMsg,
   postAttributeScope = the scope, attributeTs = now). The cloud keeps only the SHARED_SCOPE
   attributes it sets on the edge's own devices; any other entity or scope has none here.
-- relations of an entity: the cloud keeps no relations, so none (ThingsBoard sends nothing
-  for an entity without relations).
+- relations of an entity: none. The relationUpdateMsg uplinks the cloud applies are recorded
+  in its apply log only, not kept as relations to answer from (ThingsBoard sends nothing for an
+  entity without relations).
 - the metadata of the edge's root rule chain: its RuleChainMetadataUpdateMsg; other chains are
   unknown here.
 """
@@ -34,7 +37,8 @@ def answer(store: CloudStore, edge: EdgeRecord, uplink: edge_pb2.UplinkMsg, now_
     payloads: list[bytes] = []
     for req in uplink.attributesRequestMsg:
         payloads += _attributes(store, edge, req, now_ms)
-    # relationRequestMsg: the cloud keeps no relations; ThingsBoard answers none with nothing
+    # relationRequestMsg: no relations kept to answer from (relation uplinks are in the apply
+    # log only); ThingsBoard answers an entity without relations with nothing
     for meta in uplink.ruleChainMetadataRequestMsg:
         payloads += _rule_chain_metadata(store, meta)
     count = (len(uplink.attributesRequestMsg) + len(uplink.relationRequestMsg)
