@@ -2,7 +2,10 @@
 and, for a peer that may apply one message's payloads concurrently (ThingsBoard), without two
 order-sensitive events of one entity in concurrent flight. For such a peer an event that must
 wait can be set aside ("held") instead of stopping the packing, so other entities' events go on;
-the entity's later events are then held too, keeping its order. Pure logic, no I/O.
+the entity's later events are then held too, keeping its order. An alarm event (its entity is
+the alarm) is held for its originator device too: it waits while the device has an
+order-sensitive event in flight (its creation, say), events held, or a failed message unsettled,
+so an alarm never overtakes its device's creation. Pure logic, no I/O.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Packed:
     too_large: list[tuple[StoredEvent, int]] = field(default_factory=list)
     unmappable: list[tuple[StoredEvent, str]] = field(default_factory=list)
     held: list[StoredEvent] = field(default_factory=list)  # must wait: set aside, in order
+    held_bytes: int = 0  # the stored size of ``held``
     consumed: int = 0  # how many events from the front were packed, held, skipped or refused
     size: int = ENVELOPE_BYTES
 
@@ -51,6 +55,7 @@ def pack(
     skip: set[int] | None = None,
     hold: set[uuid.UUID] | None = None,
     max_hold: int = 0,
+    max_hold_bytes: int | None = None,
 ) -> Packed:
     """Take events from the front of ``events`` while they fit.
 
@@ -62,8 +67,11 @@ def pack(
 
     Not ordered_peer only: an event that must wait, or whose entity is in ``hold`` (entities
     whose events must not be sent now), is appended to ``held`` while fewer than ``max_hold``
-    are held, and its entity's later events are held with it; otherwise (max_hold 0: always)
-    packing stops before it.
+    are held and their stored size (``StoredEvent.size``) stays within ``max_hold_bytes`` (None:
+    no bound), and its entity's later events are held with it; otherwise (max_hold 0: always)
+    packing stops before it. An alarm event also waits while its originator device is in
+    ``hold``, has events held, or has an order-sensitive event in ``busy_sensitive`` or in this
+    message (see ``hold_keys``).
     """
     out = Packed(edge_pb2.UplinkMsg())
     busy = busy or set()
@@ -78,11 +86,16 @@ def pack(
             continue
         sensitive = event.action in ORDER_SENSITIVE_ACTIONS
         eid = event.entity_id
-        if not ordered_peer and (eid in holding
-                                 or _must_wait(eid, sensitive, out, busy, busy_sensitive)):
-            if len(out.held) >= max_hold:
+        device = originator(event)
+        if not ordered_peer and (
+                eid in holding or _must_wait(eid, sensitive, out, busy, busy_sensitive)
+                or (device is not None and (device in holding or device in busy_sensitive
+                                            or device in out.sensitive_entities))):
+            if len(out.held) >= max_hold or (
+                    max_hold_bytes is not None and out.held_bytes + event.size > max_hold_bytes):
                 break
             out.held.append(event)
+            out.held_bytes += event.size
             holding.add(eid)
             out.last_seq[event.lane] = event.seq
             out.consumed += 1
@@ -113,6 +126,23 @@ def pack(
     if out.seqs:
         out.msg.firstEdgeSeqId = min(out.seqs)
     return out
+
+
+def originator(event: StoredEvent) -> uuid.UUID | None:
+    """The device an alarm event belongs to (its body's ``originator``); None for any other
+    event, or an alarm without a readable originator."""
+    if event.type != "ALARM" or not isinstance(event.body, dict):
+        return None
+    try:
+        return uuid.UUID(str(event.body["originator"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def hold_keys(event: StoredEvent) -> tuple[uuid.UUID, ...]:
+    """The entities whose hold holds ``event``: its own, and an alarm's originator device."""
+    device = originator(event)
+    return (event.entity_id,) if device is None else (event.entity_id, device)
 
 
 def _must_wait(

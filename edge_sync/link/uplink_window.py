@@ -5,10 +5,11 @@ dead-letter skip, and the permanent-error policy for a peer without retry hints.
 I/O, no threads, time is passed in.
 
 How the ConnectionActor drives it:
-- ``wants_events(now)``: is there room to send (and no resend waiting)? Then it reads pending
-  events after ``cursor`` and hands them to ``take(events, now)``, which packs at most one
-  message (uplinkMsgId and uplinkEpoch set) and says which events to dead-letter and whether
-  to read again.
+- ``wants_events(now)``: is there room to send (and no resend waiting)? Then
+  ``take_resend(now)`` first: a failed message due for its resend is sent again without reading
+  anything. Otherwise it reads pending events after ``cursor`` and hands them to
+  ``take(events, now)``, which packs at most one message (uplinkMsgId and uplinkEpoch set) and
+  says which events to dead-letter and whether to read again.
 - ``on_ack`` / ``on_failure``: the cloud's UplinkResponseMsg, matched by uplinkMsgId.
 - ``expire(now)``: the oldest message got no answer within the ack timeout (call it again until
   it answers None: against an unordered peer each call handles one message).
@@ -28,16 +29,21 @@ A peer without ordered apply (a ThingsBoard server) gets no go-back-N. Each mess
 of its own: a failed or unanswered message is resent alone (under a new uplinkMsgId and epoch),
 the others stay in flight, and new events keep being read and sent. While a message has failed
 and is not settled (acknowledged or dead-lettered), its entities' later events are held: the
-cursor passes them, they are remembered in read order (at most ``max_held``; then reading stops
-at the next event that would be held) and sent once their entity is free. The same holding keeps
-an entity's order-sensitive events out of concurrent flight. A failure answer with neither hint
-is classified by its errorMsg (edge_sync.link.failures):
+cursor passes them, they are remembered in read order (at most ``max_held`` events and
+``max_held_bytes`` of their stored size; then reading stops at the next event that would be
+held) and sent once their entity is free. The same holding keeps an entity's order-sensitive
+events out of concurrent flight. An alarm event is held for its originator device too (see
+edge_sync.link.packer). A message resent after an ack timeout may still be answered: a late
+success settles its events (they leave the resend queue; a resend in flight is answered for
+nothing more), so they are DEPLOYED once. A failure answer with neither hint is classified by
+its errorMsg (edge_sync.link.failures):
 - transient: resent after retry_interval_s, doubling per transient failure of that message up
   to max_backoff_s; never counted against its events; max_retries of them (or of ack timeouts)
   for one message make the link reconnect (GiveUp);
 - any other: counts against the message; after permanent_after of them a message of several
   events is split into one message per event, and a lone event that failed permanent_after
-  times is dead-lettered with the cloud's errorMsg. Such failures never make the link reconnect.
+  times is dead-lettered with the cloud's errorMsg (a message left with one event, the others
+  dead-lettered, starts that count again). Such failures never make the link reconnect.
 Held events and messages waiting for a resend live only in memory: they are still PENDING in
 the store, and a new stream (``reset``) reads them again.
 """
@@ -52,12 +58,13 @@ from typing import Literal
 
 from edge_sync.common.wire import Owner
 from edge_sync.link.failures import is_transient
-from edge_sync.link.packer import Packed, pack
+from edge_sync.link.packer import Packed, hold_keys, pack
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import Lane, StoredEvent
 
 MAX_UPLINK_MSG_ID = 2**31 - 1  # uplinkMsgId is an int32; it wraps to 1
 MAX_ERROR_CHARS = 2000  # a dead letter keeps at most this much of the cloud's errorMsg
+MAX_SUPERSEDED = 4096  # unordered peer: resent messages whose late answer is still awaited
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,8 @@ class WindowPolicy:
     max_held: int = 2000
     """Unordered peer: events held in memory at most; then reading stops at the next event that
     would be held (it stays pending in the store)."""
+    max_held_bytes: int = 8 << 20
+    """Unordered peer: the stored size of the held events at most (8 MiB), as for max_held."""
 
 
 @dataclass(slots=True, eq=False)
@@ -163,7 +172,7 @@ class Dead:
     reason: str
 
 
-Cause = Literal["transient", "failure", "rejected", "unanswered"]
+Cause = Literal["transient", "failure", "rejected", "unanswered", "settled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +182,11 @@ class Retry:
 
     cause: "transient" (retryable, or an errorMsg naming a transient cause), "failure" (any
     other failure), "rejected" (the cloud named one event, dead-lettered, the rest resent at
-    once), "unanswered" (no answer within the ack timeout). attempt: for "transient" and
-    "unanswered" the message's resends so far (max_retries bounds them), for "failure" its
-    non-transient failures (permanent_after bounds them). isolated: this failure split the
-    message: its events are resent one per message from now on. dead: the events to
+    once), "unanswered" (no answer within the ack timeout), "settled" (a resend whose events a
+    late success of an earlier send settled meanwhile: nothing to resend). attempt: for
+    "transient" and "unanswered" the message's resends so far (max_retries bounds them), for
+    "failure" its non-transient failures (permanent_after bounds them). isolated: this failure
+    split the message: its events are resent one per message from now on. dead: the events to
     dead-letter now; seqs: the events still to be resent."""
 
     msg_id: int
@@ -202,6 +212,9 @@ class UplinkWindow:
         self._oldest_attempts = 0
         self._held: list[StoredEvent] = []  # unordered peer: read, not sent yet, in read order
         self._waiting: list[Unit] = []  # unordered peer: failed messages waiting for a resend
+        # unordered peer: msg id of a message resent after its ack timeout -> its seqs; a late
+        # success settles them (oldest forgotten first beyond MAX_SUPERSEDED)
+        self._superseded: OrderedDict[int, tuple[int, ...]] = OrderedDict()
         self.reset()
 
     # -- views ---------------------------------------------------------------------------------
@@ -262,6 +275,7 @@ class UplinkWindow:
         self._oldest_attempts = 0
         self._held = []
         self._waiting = []
+        self._superseded.clear()
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -281,6 +295,7 @@ class UplinkWindow:
         without ordered apply (ThingsBoard) a failed message due for its resend goes first;
         otherwise held events and then ``events`` are packed, an event waiting (its entity has
         a failed message unsettled, or an order-conflicting event in flight) being held."""
+        self._blocked = False  # recomputed by this take
         if not ordered_peer:
             return self._take_unordered(events, now, max_bytes=max_bytes, owner=owner)
         if not events:
@@ -299,7 +314,7 @@ class UplinkWindow:
         for seq, _why in out.dead:
             self._passed[seq] = _lane_of(packed, seq)
         if not packed.seqs and not packed.last_seq:
-            self._blocked = True  # wait for an acknowledgement
+            self._block()  # wait for an acknowledgement
             return out
         cursor_before = dict(self.cursor)
         self.cursor.update(packed.last_seq)
@@ -310,19 +325,39 @@ class UplinkWindow:
         self._send(packed, lanes, cursor_before, now, out)
         return out
 
+    def take_resend(self, now: float, *, max_bytes: int, owner: Owner) -> Take | None:
+        """Unordered peer: the failed message due for its resend, packed again, without any
+        read; None when none is due or the window has no room (then read and ``take``)."""
+        if len(self._in_flight) >= self.policy.window:
+            return None
+        due = self._due(now)
+        if due is None:
+            return None
+        self._blocked = False
+        return self._resend(due, now, max_bytes=max_bytes, owner=owner)
+
     # -- answers -------------------------------------------------------------------------------
 
     def on_ack(self, msg_id: int) -> tuple[int, ...] | None:
         """UplinkResponseMsg success: the seqs now DEPLOYED, or None for a message this window
-        no longer has in flight (given up by a resend, or of an older stream)."""
+        no longer has in flight (given up by a go-back-N resend, or of an older stream).
+
+        Unordered peer: a late success of a message resent after its ack timeout settles its
+        events that are not settled yet (those answered: empty), wherever they wait; a resend of
+        them still in flight then settles nothing more when it is answered. So each seq is
+        answered here at most once."""
         flight = self._in_flight.get(msg_id)
         if flight is None:
-            return None
+            seqs = self._superseded.pop(msg_id, None)
+            if seqs is None:
+                return None
+            self._blocked = False
+            return self._settle(set(seqs))
         was_oldest = next(iter(self._in_flight)) == msg_id
         del self._in_flight[msg_id]
         self._blocked = False
         if flight.unit is not None:
-            return flight.seqs  # unordered: the message's unit is settled
+            return flight.unit.seqs  # unordered: the events of the unit not settled before
         self._passed.update(flight.lanes)
         if was_oldest:  # the retry count belongs to the oldest unacknowledged message
             self._oldest_attempts = 0
@@ -340,6 +375,7 @@ class UplinkWindow:
         back N after retry_interval_s. Unordered peer: see the module docstring."""
         flight = self._in_flight.get(msg_id)
         if flight is None:
+            self._superseded.pop(msg_id, None)  # a late failure: its resend is on its way
             return None
         if permanent:
             retryable = False
@@ -364,6 +400,9 @@ class UplinkWindow:
             return self._go_back(now, delay=0.0)
         del self._in_flight[oldest.msg_id]
         self._blocked = False
+        if not unit.events:  # settled meanwhile by a late success: nothing to resend
+            return Retry(oldest.msg_id, "settled", (), unit.retries, now)
+        self._supersede(oldest.msg_id, unit.seqs)
         unit.failed = True
         unit.retries += 1
         if unit.retries > self.policy.max_retries:
@@ -407,6 +446,8 @@ class UplinkWindow:
     def _send(self, packed: Packed, lanes: dict[int, Lane], cursor_before: dict[Lane, int],
               now: float, out: Take, unit: Unit | None = None) -> None:
         msg_id = self._next_msg_id
+        while msg_id in self._in_flight or msg_id in self._superseded:  # after a wrap
+            msg_id = msg_id + 1 if msg_id < MAX_UPLINK_MSG_ID else 1
         self._next_msg_id = msg_id + 1 if msg_id < MAX_UPLINK_MSG_ID else 1
         packed.msg.uplinkMsgId = msg_id
         packed.msg.uplinkEpoch = self.epoch
@@ -423,11 +464,11 @@ class UplinkWindow:
     def _take_unordered(self, events: Sequence[StoredEvent], now: float, *, max_bytes: int,
                         owner: Owner) -> Take:
         p = self.policy
-        due = next((u for u in self._waiting if u.resend_at <= now), None)
+        due = self._due(now)
         if due is not None:
             return self._resend(due, now, max_bytes=max_bytes, owner=owner)
         failed = self._failed_entities()
-        ready = sum(1 for e in self._held if e.entity_id not in failed)
+        ready = sum(1 for e in self._held if failed.isdisjoint(hold_keys(e)))
         if not events and not ready:
             self._partial_since = None
             return Take()
@@ -445,7 +486,7 @@ class UplinkWindow:
         candidates = [*old, *events]
         packed = pack(candidates, max_bytes=max_bytes, max_events=p.batch_size,
                       ordered_peer=False, owner=owner, busy=busy, busy_sensitive=busy_sensitive,
-                      hold=failed, max_hold=p.max_held)
+                      hold=failed, max_hold=p.max_held, max_hold_bytes=p.max_held_bytes)
         out = Take()
         out.dead = _refused(packed, max_bytes)
         self._held = [*packed.held, *old[packed.consumed:]]
@@ -454,7 +495,7 @@ class UplinkWindow:
             self.cursor[e.lane] = max(self.cursor[e.lane], e.seq)
         if not packed.seqs:
             if not fresh and not out.dead:
-                self._blocked = True  # only an answer or a resend time can change anything
+                self._block()  # only an answer or a resend time can change anything
                 return out
             out.more = True  # events consumed (held or refused): read on
             return out
@@ -473,9 +514,11 @@ class UplinkWindow:
         gone = {seq for seq, _why in out.dead}
         rest = [e for e in unit.events[packed.consumed:] if e.seq not in gone]
         if rest:  # did not all fit (the owner's JSON grew): the rest is a message of its own
-            self._waiting.insert(0, Unit(rest, unit.failed, unit.strikes, unit.retries,
-                                         unit.transient, now))
+            self._waiting.insert(0, _shrunk(Unit(rest, unit.failed, unit.strikes, unit.retries,
+                                                 unit.transient, now), len(unit.events)))
+        before = len(unit.events)
         unit.events = [e for e in unit.events if e.seq in set(packed.seqs)]
+        _shrunk(unit, before)
         out.more = True
         if not packed.seqs:
             return out
@@ -488,11 +531,15 @@ class UplinkWindow:
         p = self.policy
         del self._in_flight[flight.msg_id]
         self._blocked = False
+        if not unit.events:  # settled meanwhile by a late success: nothing to resend
+            return Retry(flight.msg_id, "settled", (), unit.strikes, now)
         unit.failed = True
         reason = f"rejected by the cloud: {(error or 'no detail')[:MAX_ERROR_CHARS]}"
         if rejected_seq is not None and retryable is False and rejected_seq in flight.lanes:
             dead = tuple(_dead(e, reason) for e in unit.events if e.seq == rejected_seq)
+            before = len(unit.events)
             unit.events = [e for e in unit.events if e.seq != rejected_seq]
+            _shrunk(unit, before)  # a lone event left gets its permanent_after failures alone
             return self._wait(flight.msg_id, unit, "rejected", unit.strikes, now, dead=dead)
         if retryable is True or (retryable is None and is_transient(error)):
             unit.retries += 1
@@ -521,6 +568,36 @@ class UplinkWindow:
             self._waiting.append(unit)
         return Retry(msg_id, cause, unit.seqs, attempt, at, dead=dead)
 
+    def _due(self, now: float) -> Unit | None:
+        return next((u for u in self._waiting if u.resend_at <= now), None)
+
+    def _block(self) -> None:
+        """Nothing can be sent until an answer or a resend time: no batch deadline to wait for,
+        so a commit of other events reads at once (``waiting_for_batch`` is False)."""
+        self._blocked = True
+        self._partial_since = None
+
+    def _supersede(self, msg_id: int, seqs: tuple[int, ...]) -> None:
+        """Remember a message resent after its ack timeout: its answer may still come."""
+        self._superseded[msg_id] = seqs
+        while len(self._superseded) > MAX_SUPERSEDED:
+            self._superseded.popitem(last=False)
+
+    def _settle(self, seqs: set[int]) -> tuple[int, ...]:
+        """A late success of a superseded message: its events still in a unit (waiting for a
+        resend, or in a resend in flight) leave it; returned in seq order. Events settled
+        otherwise already (acknowledged, dead-lettered) are in no unit and not returned."""
+        settled: list[int] = []
+        units = [*self._waiting, *(f.unit for f in self._in_flight.values() if f.unit)]
+        for unit in units:
+            keep = [e for e in unit.events if e.seq not in seqs]
+            if len(keep) == len(unit.events):
+                continue
+            settled += (e.seq for e in unit.events if e.seq in seqs)
+            unit.events = keep
+        self._waiting = [u for u in self._waiting if u.events]
+        return tuple(sorted(settled))
+
     def _failed_entities(self) -> set[uuid.UUID]:
         """Entities with a failed message not settled: their later events are held."""
         out = {e.entity_id for u in self._waiting for e in u.events}
@@ -543,6 +620,14 @@ def _lane_of(packed: Packed, seq: int) -> Lane:
         if event.seq == seq:
             return event.lane
     raise KeyError(seq)
+
+
+def _shrunk(unit: Unit, before: int) -> Unit:
+    """A unit of several events left with one: its non-transient count starts again, so the
+    event gets permanent_after failures alone before it is dead-lettered."""
+    if before > 1 and len(unit.events) == 1:
+        unit.strikes = 0
+    return unit
 
 
 def _dead(event: StoredEvent, reason: str) -> Dead:

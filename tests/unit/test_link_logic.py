@@ -3,8 +3,10 @@ machine's guarded transitions, and packing events into UplinkMsgs."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import uuid
+from typing import Any
 
 import pytest
 
@@ -12,7 +14,7 @@ from edge_sync.cloud.uplink_payloads import uplink_events
 from edge_sync.common.wire import Owner, uuid_halves, uuid_of
 from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
-from edge_sync.link.packer import ENVELOPE_BYTES, pack
+from edge_sync.link.packer import ENVELOPE_BYTES, hold_keys, pack
 from edge_sync.link.state import IllegalTransition, LinkState, LinkStateMachine
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import NIL_UUID, Action, Lane, StoredEvent
@@ -158,6 +160,51 @@ def test_pack_holds_a_waiting_entity_and_its_later_events_and_packs_the_others()
     p = pack(events, max_bytes=4 << 20, max_events=100, owner=OWNER, ordered_peer=False,
              hold={c}, max_hold=1)
     assert (p.seqs, [e.seq for e in p.held], p.consumed) == ([1, 3], [2], 3)  # stops at 4
+
+
+def _alarm(seq: int, alarm_id: uuid.UUID, device: uuid.UUID) -> StoredEvent:
+    return StoredEvent(seq=seq, id=uuid.uuid4(), created_time=1, tenant_id=NIL_UUID,
+                       edge_id=NIL_UUID, type="ALARM", entity_type="ALARM", entity_id=alarm_id,
+                       action=Action.ADDED, body={"id": str(alarm_id), "originator": str(device),
+                                                  "type": "overheat", "severity": "MAJOR"},
+                       ts=1000 + seq, lane=Lane.HIGH)
+
+
+def test_an_alarm_is_held_for_its_originator_device() -> None:
+    """A peer without ordered apply: an alarm's entity is the alarm, but it must not overtake
+    its device's creation, so it waits while its originator has an order-sensitive event in
+    flight or in this message, events held, or a failed message unsettled (``hold``)."""
+    a, b, alarm_a = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    alarm = _alarm(2, alarm_a, a)
+    assert hold_keys(alarm) == (alarm_a, a) and hold_keys(_event(1, a)) == (a,)
+
+    def packed(events: list[StoredEvent], **kw: Any) -> tuple[list[int], list[int]]:
+        p = pack(events, max_bytes=4 << 20, max_events=100, owner=OWNER, ordered_peer=False,
+                 max_hold=10, **kw)
+        return p.seqs, [e.seq for e in p.held]
+
+    assert packed([alarm, _event(3, b)], busy={a}, busy_sensitive={a}) == ([3], [2])
+    assert packed([_event(1, a, Action.ADDED, lane=Lane.HIGH), alarm]) == ([1], [2])
+    assert packed([alarm, _event(3, b)], hold={a}) == ([3], [2])
+    # the device's update held behind its telemetry in flight: the alarm stays behind it too
+    assert packed([_event(4, a, Action.UPDATED), alarm, _event(3, b)], busy={a}) == ([3], [4, 2])
+    # the device's telemetry in flight alone does not hold it
+    assert packed([alarm], busy={a}) == ([2], [])
+    # an alarm's acknowledgement waiting for its creation in flight does not hold the device
+    ack = dataclasses.replace(_alarm(5, alarm_a, a), action=Action.ALARM_ACK)
+    assert packed([ack, _event(6, a)], busy={alarm_a}, busy_sensitive={alarm_a}) == ([6], [5])
+    assert packed([alarm, ack, _event(6, b)], hold={a}) == ([6], [2, 5])
+    # the ordered reference cloud needs none of that
+    assert pack([_event(1, a, Action.ADDED, lane=Lane.HIGH), alarm], max_bytes=4 << 20,
+                max_events=100, owner=OWNER, ordered_peer=True).seqs == [1, 2]
+
+
+def test_held_events_are_bounded_by_their_stored_size() -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    events = [dataclasses.replace(_event(s, a), size=400) for s in (1, 2, 3)] + [_event(4, b)]
+    p = pack(events, max_bytes=4 << 20, max_events=100, owner=OWNER, ordered_peer=False,
+             hold={a}, max_hold=10, max_hold_bytes=800)
+    assert (p.seqs, [e.seq for e in p.held], p.held_bytes, p.consumed) == ([], [1, 2], 800, 2)
 
 
 def test_pack_skips_dead_lettered_seqs() -> None:

@@ -4,6 +4,7 @@ lane first, each lane in seq order, after the window's cursor)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 
@@ -59,11 +60,14 @@ Sent = tuple[int, int, tuple[int, ...]]  # (uplinkMsgId, uplinkEpoch, seqs)
 
 
 def pump(w: UplinkWindow, q: Queue, now: float, *, ordered: bool = True) -> list[Sent]:
-    """What the ConnectionActor does when told of new events or a free slot."""
+    """What the ConnectionActor does when told of new events or a free slot: a resend due
+    first (no read), else read and take."""
     sent: list[Sent] = []
     while w.wants_events(now):
-        took = w.take(q.read(w.cursor), now, max_bytes=MAX_BYTES, owner=OWNER,
-                      ordered_peer=ordered)
+        took = None if ordered else w.take_resend(now, max_bytes=MAX_BYTES, owner=OWNER)
+        if took is None:
+            took = w.take(q.read(w.cursor), now, max_bytes=MAX_BYTES, owner=OWNER,
+                          ordered_peer=ordered)
         for seq, _reason in took.dead:
             q.commit_dead(seq)
         if took.msg is not None:
@@ -280,11 +284,12 @@ TENANT_ERROR = "Device should be assigned to tenant!"
 
 
 def tb_window(*, window: int = 4, batch_size: int = 3, max_retries: int = 10,
-              permanent_after: int = 3, max_held: int = 10_000) -> UplinkWindow:
+              permanent_after: int = 3, max_held: int = 10_000,
+              max_held_bytes: int = 8 << 20) -> UplinkWindow:
     return UplinkWindow(WindowPolicy(
         window=window, batch_size=batch_size, batch_timeout_s=1.0, retry_interval_s=3.0,
         max_retries=max_retries, ack_timeout_s=60.0, permanent_after=permanent_after,
-        max_backoff_s=60.0, max_held=max_held))
+        max_backoff_s=60.0, max_held=max_held, max_held_bytes=max_held_bytes))
 
 
 def tb_pump(w: UplinkWindow, q: Queue, now: float) -> list[Sent]:
@@ -399,7 +404,6 @@ def test_an_unanswered_message_is_resent_alone_and_the_others_stay_in_flight() -
     assert w.expire(60.0) == Retry(3, "unanswered", (3,), 1, 60.0)
     assert w.expire(60.0) is None
     assert tb_pump(w, q, 60.0) == [(4, 2, (1,)), (5, 3, (3,))]
-    assert w.on_ack(1) is None  # the late answer to a message resent meanwhile
     assert w.on_ack(5) == (3,)
     assert w.expire(120.0) == GiveUp(seq=1, retries=1)  # unanswered again: max_retries (1)
 
@@ -462,3 +466,192 @@ def test_ordered_peer_ignores_the_error_text() -> None:
     assert w.on_failure(1, 0.0, error="Rate limit reached") == GoBack(2, 1, 1, 5.0)
     assert pump(w, q, 5.0) == [(2, 2, (1, 2, 3))]
     assert w.on_failure(2, 5.0, error="bad") == GoBack(3, 1, 2, 10.0)
+
+
+def test_held_then_another_entitys_event_committed_goes_at_its_batch_deadline() -> None:
+    """A's telemetry held behind A's creation in flight: only A's answer can change that, so the
+    window waits for no batch (the actor reads on the next commit again) and B's telemetry,
+    committed then, goes at its own batch deadline, not after A's answer."""
+    q = Queue([event(1, A, action=Action.ADDED, lane=Lane.HIGH)])
+    q.batch = 5
+    w = tb_window(batch_size=5)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,))]
+    q.events.append(event(2, A))
+    assert tb_pump(w, q, 0.5) == []  # a partial batch waits to fill
+    assert w.waiting_for_batch and w.next_deadline() == 1.5
+    assert tb_pump(w, q, 1.5) == []
+    assert w.held == (2,)
+    assert not w.waiting_for_batch  # so a commit makes the actor read
+    assert w.next_deadline() == 60.0  # A's answer is all there is to wait for
+    q.events.append(event(3, B))
+    assert tb_pump(w, q, 2.0) == []
+    assert w.next_deadline() == 3.0  # B's partial batch: its own deadline
+    assert tb_pump(w, q, 3.0) == [(2, 1, (3,))]
+    assert w.held == (2,)
+
+
+def test_a_late_success_of_a_message_resent_after_its_ack_timeout_settles_it_once() -> None:
+    q = Queue([event(1, A), event(2, B)])
+    q.batch = 1
+    w = tb_window(batch_size=1)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,)), (2, 1, (2,))]
+    assert w.expire(60.0) == Retry(1, "unanswered", (1,), 1, 60.0)
+    assert w.expire(60.0) == Retry(2, "unanswered", (2,), 1, 60.0)
+    # message 2 answered late, before its resend went: it leaves the resend queue
+    assert w.on_ack(2) == (2,)
+    q.commit_deployed((2,))
+    assert w.waiting == ((1,),)
+    assert tb_pump(w, q, 60.0) == [(3, 2, (1,))]  # message 1 alone is resent
+    # message 1 answered late while its resend is in flight: settled now, and only now
+    assert w.on_ack(1) == (1,)
+    q.commit_deployed((1,))
+    assert w.on_ack(1) is None and w.on_ack(2) is None  # each answered once
+    assert w.on_ack(3) == ()  # the resend's answer settles nothing more
+    assert q.deployed == [2, 1] and w.in_flight == [] and w.waiting == ()
+    assert w.next_deadline() is None
+
+
+def test_a_resend_of_events_settled_late_is_not_resent_again_when_it_fails_or_expires() -> None:
+    q = Queue([event(1, A), event(2, B)])
+    q.batch = 1
+    w = tb_window(batch_size=1)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,)), (2, 1, (2,))]
+    assert w.expire(60.0) == Retry(1, "unanswered", (1,), 1, 60.0)
+    assert w.expire(60.0) == Retry(2, "unanswered", (2,), 1, 60.0)
+    assert tb_pump(w, q, 60.0) == [(3, 2, (1,)), (4, 3, (2,))]
+    assert w.on_ack(1) == (1,) and w.on_ack(2) == (2,)
+    assert w.on_failure(3, 61.0, error="bad") == Retry(3, "settled", (), 0, 61.0)
+    assert w.expire(119.9) is None
+    assert w.expire(120.0) == Retry(4, "settled", (), 1, 120.0)
+    assert w.in_flight == [] and w.waiting == () and tb_pump(w, q, 120.0) == []
+    # a late failure of a resent message changes nothing: its resend is on its way
+    q.events.append(event(5, C))
+    assert tb_pump(w, q, 121.0) == [(5, 3, (5,))]
+    assert w.expire(181.0) == Retry(5, "unanswered", (5,), 1, 181.0)
+    assert tb_pump(w, q, 181.0) == [(6, 4, (5,))]
+    assert w.on_failure(5, 182.0, error="bad") is None
+    assert w.on_ack(5) is None  # its failure was its answer: no success can follow
+    assert w.on_ack(6) == (5,)
+
+
+def test_the_ordered_peer_still_ignores_an_answer_to_a_message_it_went_back_over() -> None:
+    q = Queue([event(1)])
+    w = window()
+    assert pump(w, q, 0.0) == [(1, 1, (1,))]
+    assert w.expire(5.0) == GoBack(epoch=2, from_seq=1, attempt=1, resend_at=None)
+    assert pump(w, q, 5.0) == [(2, 2, (1,))]
+    assert w.on_ack(1) is None
+    assert w.on_ack(2) == (1,)
+
+
+def sized(e: StoredEvent, size: int) -> StoredEvent:
+    """The event as the store reads it: ``size`` encoded bytes."""
+    return dataclasses.replace(e, size=size)
+
+
+def test_held_events_are_bounded_by_their_stored_size_too() -> None:
+    q = Queue([event(1, A)])
+    q.batch = 5
+    w = tb_window(batch_size=5, max_held=100, max_held_bytes=3000)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,))]
+    assert w.on_failure(1, 0.0, error="bad") == Retry(1, "failure", (1,), 1, 3.0)
+    q.events += [sized(event(2, A), 1000), sized(event(3, B), 5000), sized(event(4, A), 1500),
+                 sized(event(5, A), 1000), sized(event(6, C), 10)]
+    # 2 and 4 held (2500 bytes); 5 would make 3500: reading stops before it
+    assert tb_pump(w, q, 1.0) == [(2, 1, (3,))]
+    assert w.held == (2, 4) and w.cursor[Lane.NORMAL] == 4
+    assert tb_pump(w, q, 2.0) == []  # still stopped: C's event waits in the store
+    assert w.held == (2, 4) and w.cursor[Lane.NORMAL] == 4
+    assert tb_pump(w, q, 3.0) == [(3, 2, (1,))]
+    assert w.on_ack(3) == (1,) and w.on_ack(2) == (3,)
+    q.commit_deployed((1, 3))
+    assert tb_pump(w, q, 3.1) == [(4, 2, (2, 4, 5, 6))]
+
+
+ALARM = uuid.UUID(int=50)
+
+
+def alarm(seq: int, alarm_id: uuid.UUID, device: uuid.UUID,
+          action: str = Action.ADDED) -> StoredEvent:
+    """An alarm event as the edge records it: its entity is the alarm, its device the
+    originator in the body."""
+    return StoredEvent(seq=seq, id=uuid.UUID(int=1000 + seq), created_time=1, tenant_id=NIL_UUID,
+                       edge_id=NIL_UUID, type="ALARM", entity_type="ALARM", entity_id=alarm_id,
+                       action=action, body={"id": str(alarm_id), "originator": str(device),
+                                            "type": "overheat", "severity": "MAJOR"},
+                       ts=1000 + seq, lane=Lane.HIGH)
+
+
+def test_an_alarm_waits_for_its_devices_unsettled_creation() -> None:
+    q = Queue([event(1, A, action=Action.ADDED, lane=Lane.HIGH)])
+    q.batch = 4
+    w = tb_window(batch_size=4)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,))]
+    q.events += [alarm(2, ALARM, A), event(3, B)]
+    assert tb_pump(w, q, 1.0) == []  # a partial batch waits to fill
+    assert tb_pump(w, q, 2.0) == [(2, 1, (3,))]  # A's creation in flight: its alarm waits
+    assert w.held == (2,)
+    assert w.on_failure(1, 2.0, error=TENANT_ERROR) == Retry(1, "failure", (1,), 1, 5.0)
+    assert w.on_ack(2) == (3,)
+    q.commit_deployed((3,))
+    assert tb_pump(w, q, 4.0) == []  # A's creation failed, not settled: the alarm still waits
+    assert tb_pump(w, q, 5.0) == [(3, 2, (1,))]
+    assert w.held == (2,)
+    assert w.on_ack(3) == (1,)
+    q.commit_deployed((1,))
+    assert tb_pump(w, q, 5.1) == [(4, 2, (2,))]  # settled: the alarm follows
+    assert w.held == ()
+
+
+def test_a_resend_due_is_taken_without_reading_the_queue() -> None:
+    q = Queue([event(1, A), event(2, B)])
+    q.batch = 1
+    w = tb_window(window=2, batch_size=1)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,)), (2, 1, (2,))]
+    assert w.on_failure(1, 0.0, error="bad") == Retry(1, "failure", (1,), 1, 3.0)
+    reads = q.reads
+    assert w.take_resend(2.9, max_bytes=MAX_BYTES, owner=OWNER) is None  # not due yet
+    took = w.take_resend(3.0, max_bytes=MAX_BYTES, owner=OWNER)
+    assert took is not None and took.msg is not None
+    assert (took.msg.uplinkMsgId, took.seqs, took.more) == (3, (1,), True)
+    assert q.reads == reads  # nothing read for it
+    assert w.on_failure(3, 3.0, error="bad") == Retry(3, "failure", (1,), 2, 6.0)
+    q.events.append(event(4, C))
+    assert tb_pump(w, q, 3.0) == [(4, 2, (4,))]  # the window is full again (2 and 4)
+    assert w.take_resend(6.0, max_bytes=MAX_BYTES, owner=OWNER) is None  # due, but no room
+    assert w.on_ack(4) == (4,)
+    assert tb_pump(w, q, 6.0) == [(5, 3, (1,))]
+    assert q.reads == reads + 1  # only the read that found event 4
+
+
+def test_a_message_left_with_one_event_counts_that_events_failures_from_zero() -> None:
+    q = Queue([event(1, A), event(2, B)])
+    w = tb_window()
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1, 2))]
+    assert w.on_failure(1, 0.0, error="bad") == Retry(1, "failure", (1, 2), 1, 3.0)
+    assert tb_pump(w, q, 3.0) == [(2, 2, (1, 2))]
+    assert w.on_failure(2, 3.0, error="bad") == Retry(2, "failure", (1, 2), 2, 6.0)
+    assert tb_pump(w, q, 6.0) == [(3, 3, (1, 2))]
+    # the cloud names event 2 for good: event 1 is left alone, with permanent_after failures
+    assert w.on_failure(3, 6.0, rejected_seq=2, retryable=False, error="no") == Retry(
+        3, "rejected", (1,), 0, 6.0, dead=(Dead(2, "DEVICE", B, "rejected by the cloud: no"),))
+    q.commit_dead(2)
+    assert tb_pump(w, q, 6.0) == [(4, 4, (1,))]
+    assert w.on_failure(4, 6.0, error="bad") == Retry(4, "failure", (1,), 1, 9.0)
+    assert tb_pump(w, q, 9.0) == [(5, 5, (1,))]
+    assert w.on_failure(5, 9.0, error="bad") == Retry(5, "failure", (1,), 2, 12.0)
+    assert tb_pump(w, q, 12.0) == [(6, 6, (1,))]
+    assert w.on_failure(6, 12.0, error="bad") == Retry(6, "failure", (), 3, 15.0, dead=(
+        Dead(1, "DEVICE", A, "rejected by the cloud: bad"),))
+
+
+def test_msg_ids_wrapping_skip_ids_still_in_flight() -> None:
+    q = Queue([event(1)])
+    q.batch = 1
+    w = window(batch_size=1, window=3)
+    assert pump(w, q, 0.0) == [(1, 1, (1,))]
+    w._next_msg_id = 2**31 - 1
+    q.events += [event(2), event(3)]
+    assert pump(w, q, 1.0) == [(2**31 - 1, 1, (2,)), (2, 1, (3,))]  # 1 is still in flight
+    assert [f.msg_id for f in w.in_flight] == [1, 2**31 - 1, 2]
+    assert w.on_ack(1) == (1,) and w.on_ack(2**31 - 1) == (2,) and w.on_ack(2) == (3,)
