@@ -53,9 +53,10 @@ _log = logger.bind(component="link")
 
 EDGE_VERSION = edge_pb2.V_4_3_0
 SYNC_TIMEOUT_S = 30.0
-"""The longest silence while waiting for SyncCompletedMsg (cloud.rpc.timeout_ms if longer): the
-wait restarts on every downlink received or applied during the sync, so a long full sync that
-keeps sending is never cut; only a silent one times out."""
+"""The longest wait for progress while waiting for SyncCompletedMsg (cloud.rpc.timeout_ms if
+longer): the wait restarts on every downlink of the sync applied for the first time, so a long
+full sync that keeps sending new downlinks is never cut; a silent one, or one that only
+redelivers a downlink the edge refuses (or has applied already), times out."""
 _RELEASE_INTERVAL_S = 0.25
 _RELEASE_EVERY_EVENTS = 2048  # at most a page each: 8 MiB
 _REWRITE_RETRY_S = 0.05  # a queue write refused while the QueueActor restarts: try again after
@@ -150,6 +151,7 @@ class ConnectionActor(SupervisedActor):
         self._deadline = 0.0  # connect / sync deadline
         self._sync_started = 0.0
         self._sync_downlinks = 0  # downlinks received during the current sync
+        self._sync_applied = 0  # ... applied for the first time (the sync's progress)
         self._next_attempt = 0.0
         self._peer = _Peer()
         self._identity: tuple[uuid.UUID, uuid.UUID] = (NIL_UUID, NIL_UUID)
@@ -317,6 +319,7 @@ class ConnectionActor(SupervisedActor):
         self._deadline = now + self._deadline_len(LinkState.SYNCING)
         self._sync_started = now
         self._sync_downlinks = 0
+        self._sync_applied = 0
         peer = "ordered, dedup" if self._peer.ordered else "ThingsBoard peer"
         sync = "full" if full else "incremental"
         self._sm.to(LinkState.SYNCING,
@@ -373,7 +376,7 @@ class ConnectionActor(SupervisedActor):
         elif msg.HasField("downlinkMsg"):
             if self._accepted and self._stream is not None:
                 if self._sm.state is LinkState.SYNCING:
-                    self._sync_progress(received=True)
+                    self._sync_received()
                 if msg.downlinkMsg.HasField("cloudTimeMillis"):
                     self._check_skew(msg.downlinkMsg.cloudTimeMillis)
                 self._downlinks.tell(ApplyDownlink(self._stream.id, msg.downlinkMsg))
@@ -401,23 +404,25 @@ class ConnectionActor(SupervisedActor):
             self._sm.to(LinkState.CONNECTED, f"sync completed ({self._sync_downlinks} downlinks in "
                                              f"{took:.1f}s); uplink starts")
             self._pump()
-        else:
-            self._sync_progress(received=False)
+        elif done.success and not done.duplicate:
+            self._sync_progress(done.downlink_id)
 
-    def _sync_progress(self, *, received: bool) -> None:
-        """A downlink arrived (or was applied) during the sync: the sync is making progress, so
-        the wait for SyncCompletedMsg starts again."""
-        wait = self._deadline_len(LinkState.SYNCING)
-        self._deadline = self._clock.monotonic() + wait
-        if not received:
-            return
+    def _sync_received(self) -> None:
+        """A downlink arrived during the sync: counted; only applying it is progress."""
         self._sync_downlinks += 1
         if self._sync_downlinks == 1:
             _log.info("sync in progress: downlinks arriving; the wait for its completion restarts "
-                      "on each ({:.0f}s of silence ends it)", wait)
-        else:
-            _log.bind(downlinks=self._sync_downlinks).debug(
-                "sync downlink {} received: the sync deadline restarts", self._sync_downlinks)
+                      "on each one applied ({:.0f}s without one ends it)",
+                      self._deadline_len(LinkState.SYNCING))
+
+    def _sync_progress(self, downlink_id: int) -> None:
+        """A downlink of the sync applied for the first time (not a redelivery, not refused):
+        the sync is making progress, so the wait for SyncCompletedMsg starts again."""
+        self._sync_applied += 1
+        self._deadline = self._clock.monotonic() + self._deadline_len(LinkState.SYNCING)
+        _log.bind(downlink_id=downlink_id, applied=self._sync_applied).debug(
+            "sync downlink {} applied ({} so far): the sync deadline restarts", downlink_id,
+            self._sync_applied)
 
     # -- uplink --------------------------------------------------------------------------------
 
@@ -431,14 +436,17 @@ class ConnectionActor(SupervisedActor):
         # the tenant at send time: events recorded before the first connect get it too
         owner = Owner.of(self._identity[0], self._customer, self._device_profiles)
         while self._window.wants_events(now):
-            self._read_next = self._committed_next
-            with self._store.read() as txn:
-                events = self._log_db.read_batch(
-                    txn, max_events=cfg.batch.size, max_bytes=max_bytes,
-                    after=self._window.cursor)
-            self._pages_after_read(len(events), now)
-            took = self._window.take(events, now, max_bytes=max_bytes,
-                                     ordered_peer=self._peer.ordered, owner=owner)
+            took = None if self._peer.ordered else self._window.take_resend(
+                now, max_bytes=max_bytes, owner=owner)  # a resend reads nothing
+            if took is None:
+                self._read_next = self._committed_next
+                with self._store.read() as txn:
+                    events = self._log_db.read_batch(
+                        txn, max_events=cfg.batch.size, max_bytes=max_bytes,
+                        after=self._window.cursor)
+                self._pages_after_read(len(events), now)
+                took = self._window.take(events, now, max_bytes=max_bytes,
+                                         ordered_peer=self._peer.ordered, owner=owner)
             for seq, reason in took.dead:
                 self._m_dead.inc()
                 self._record(DeadLetter(seq, reason, Future()))
@@ -469,11 +477,17 @@ class ConnectionActor(SupervisedActor):
     def _on_uplink_response(self, resp: edge_pb2.UplinkResponseMsg) -> None:
         now = self._clock.monotonic()
         if resp.success:
+            late = self._window.flight(resp.uplinkMsgId) is None
             seqs = self._window.on_ack(resp.uplinkMsgId)
             if seqs is None:
                 return  # an answer to a message given up by a go-back-N resend
-            self._record(MarkDeployed(seqs, Future()))
-            self._m_acked.inc(len(seqs))
+            if late:  # a message resent after its ack timeout, answered after all
+                _log.bind(uplink_id=resp.uplinkMsgId, first_seq=seqs[0] if seqs else None).info(
+                    "uplink {} answered after it was resent: {} events settled, not resent again",
+                    resp.uplinkMsgId, len(seqs))
+            if seqs:  # empty: settled already by a late answer to an earlier send
+                self._record(MarkDeployed(seqs, Future()))
+                self._m_acked.inc(len(seqs))
             self._last_ack_ms = self._clock.now_ms()
             self._pump()
             return
@@ -583,9 +597,10 @@ class ConnectionActor(SupervisedActor):
                 if state is LinkState.CONNECTING:
                     self._fail(f"no connect response within {self._deadline_len(state):.1f}s")
                 else:
-                    self._fail(f"no sync completion: nothing from the cloud for "
+                    self._fail(f"no sync completion: no new downlink applied for "
                                f"{self._deadline_len(state):.1f}s ({self._sync_downlinks} "
-                               f"downlinks received during the sync)")
+                               f"downlinks received during the sync, {self._sync_applied} "
+                               f"applied)")
         elif state is LinkState.CONNECTED:
             due = self._window.next_deadline()
             if due is None or now < due:

@@ -165,7 +165,7 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
         min_ack_delay_s: float = 0.0,
         fail_seqs: frozenset[int] = frozenset(),
         fail_error: str = "internal error (fake)",
-        answer_delay: Callable[[list[Payload]], float] | None = None,
+        answer_delay: Callable[[list[Payload]], float | None] | None = None,
         seed: int | None = None,
     ) -> None:
         """clock_offset_ms: when set, serverTimeMillis (in cloudCapabilities, created if None)
@@ -173,7 +173,8 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
         fail_seqs ("ack"/"random"): a message holding one of these seqs is answered
         success=false, errorMsg=fail_error, with no extension field (ThingsBoard's plain failure);
         like ThingsBoard, which is not transactional, the message's other payloads are applied.
-        answer_delay ("ack"/"ordered"): seconds to hold the answer to a message, by its payloads."""
+        answer_delay ("ack"/"ordered"): seconds to hold the answer to a message, by its payloads;
+        None: never answer it (a ThingsBoard that lost it)."""
         assert uplinks in ("ack", "random", "silent", "ordered")
         self.response_code = response_code
         self.capabilities = capabilities
@@ -212,6 +213,7 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
             self._sync_released.set()
         self._pending_sync: list[_Stream] = []
         self._timers: list[threading.Timer] = []
+        self._stops: list[threading.Event] = []  # of redelivery loops
         self._server: grpc.Server | None = None
         self.port = 0
 
@@ -235,6 +237,8 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
         with self.cond:
             for t in self._timers:
                 t.cancel()
+            for stop in self._stops:
+                stop.set()
             for s in self._streams:
                 s.outbox.put(_END)
         if self._server is not None:
@@ -259,9 +263,34 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
     def send_downlink(self, msg: edge_pb2.DownlinkMsg) -> edge_pb2.DownlinkMsg:
         """Send a DownlinkMsg on the current accepted stream (cloudTimeMillis stamped when the
         fake has a clock offset). Returns the message as sent."""
+        return self._send_on(self._accepted_stream(), msg)
+
+    def redeliver(self, msg: edge_pb2.DownlinkMsg, every_s: float) -> threading.Event:
+        """Send ``msg`` on the current accepted stream now and the same again every ``every_s``
+        (a cloud resending a downlink the edge refuses, for ever) until that stream ends, the
+        fake stops, or the returned event is set."""
+        stream = self._accepted_stream()
+        stop = threading.Event()
+        with self.cond:
+            self._stops.append(stop)
+
+        def run() -> None:
+            while not stop.is_set() and not stream.ended:
+                self._send_on(stream, msg)
+                stop.wait(every_s)  # the cloud's pace
+
+        threading.Thread(target=run, daemon=True, name=f"fake-cloud-redeliver-{stream.number}"
+                         ).start()
+        return stop
+
+    def _accepted_stream(self) -> _Stream:
         with self.cond:
             stream = self._current
-            assert stream is not None and stream.accepted, "fake cloud: no accepted stream"
+        assert stream is not None and stream.accepted, "fake cloud: no accepted stream"
+        return stream
+
+    def _send_on(self, stream: _Stream, msg: edge_pb2.DownlinkMsg) -> edge_pb2.DownlinkMsg:
+        with self.cond:
             out = edge_pb2.DownlinkMsg()
             out.CopyFrom(msg)
             if self.clock_offset_ms is not None:
@@ -418,10 +447,13 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
             else:
                 self.applied.extend(items)
                 answer = edge_pb2.UplinkResponseMsg(success=True, uplinkMsgId=up.uplinkMsgId)
+            delay: float | None
             if self.mode == "random":
                 delay = self.rng.uniform(self.min_ack_delay_s, self.max_ack_delay_s)
             else:
                 delay = self.answer_delay(items) if self.answer_delay is not None else 0.0
+            if delay is None:
+                return  # never answered
             if delay > 0:
                 timer = threading.Timer(delay, self._answer, args=(stream, key, record, answer))
                 timer.daemon = True

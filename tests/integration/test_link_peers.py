@@ -539,8 +539,8 @@ def test_oldest_message_failing_transiently_while_later_ones_succeed_reconnects_
 def test_a_silent_sync_times_out_and_a_sync_that_keeps_sending_is_not_cut(
         harness: Harness, monkeypatch: pytest.MonkeyPatch,
         log_records: list[dict[str, Any]]) -> None:
-    """The wait for SyncCompletedMsg (1 s here) restarts on every downlink of the sync: a sync
-    that sends nothing is cut after 1 s; a sync of 3 s sending every 0.3 s completes."""
+    """The wait for SyncCompletedMsg (1 s here) restarts on every downlink of the sync applied: a
+    sync that sends nothing is cut after 1 s; a sync of 3 s sending every 0.3 s completes."""
     monkeypatch.setattr(connection, "SYNC_TIMEOUT_S", 1.0)
     fake = harness.fake(uplinks="ack", hold_sync=True)
     app = harness.edge(fake, CLOUD_RPC_TIMEOUT="500")
@@ -549,7 +549,8 @@ def test_a_silent_sync_times_out_and_a_sync_that_keeps_sending_is_not_cut(
     fake.wait_for(lambda: len(fake.connects) >= 2, what="a reconnect after a silent sync")
     assert fake.connects[1].at - asked >= 0.9
     [cut] = [r["message"] for r in log_records if "no sync completion" in r["message"]]
-    assert "nothing from the cloud for 1.0s (0 downlinks received during the sync)" in cut, cut
+    assert ("no new downlink applied for 1.0s (0 downlinks received during the sync, 0 applied)"
+            in cut), cut
 
     fake.wait_for(lambda: len(fake.sync_requests) >= 2, what="the second stream's sync request")
     started = time.monotonic()
@@ -623,3 +624,113 @@ def test_thingsboard_like_permanent_error_dead_letters_one_device_while_the_othe
     assert logged["extra"]["seq"] == added[poison.id]
     assert logged["extra"]["entity_id"] == str(poison.id)
     assert metric(app, "edge_uplink_dead_letters_total") == 1
+
+
+def refused_downlink(downlink_id: int) -> edge_pb2.DownlinkMsg:
+    """Credentials for a device the edge does not have: refused (success=false) every time."""
+    body = {"deviceId": {"entityType": "DEVICE", "id": str(uuid.UUID(int=404))},
+            "credentialsType": "ACCESS_TOKEN", "credentialsId": "tok-nobody"}
+    return edge_pb2.DownlinkMsg(downlinkMsgId=downlink_id, deviceCredentialsUpdateMsg=[
+        edge_pb2.DeviceCredentialsUpdateMsg(entity=json.dumps(body))])
+
+
+def test_a_sync_redelivering_a_refused_downlink_times_out_one_applying_new_ones_completes(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch,
+        log_records: list[dict[str, Any]]) -> None:
+    """Only a downlink applied for the first time is progress: a cloud that redelivers one
+    downlink the edge refuses, every 0.2 s for ever, gets the sync cut after 1 s; a cloud that
+    does the same but also sends a new downlink every 0.3 s for 3 s gets its sync completed."""
+    monkeypatch.setattr(connection, "SYNC_TIMEOUT_S", 1.0)
+    fake = harness.fake(uplinks="ack", hold_sync=True)
+    app = harness.edge(fake, CLOUD_RPC_TIMEOUT="500")
+    fake.wait_for(lambda: fake.sync_requests, what="a sync request")
+    refused = refused_downlink(fake.new_downlink_id())
+    asked = time.monotonic()
+    fake.redeliver(refused, every_s=0.2)
+    fake.wait_for(lambda: len(fake.connects) >= 2, what="a reconnect after a sync making no progress")
+    assert fake.connects[1].at - asked >= 0.9
+
+    def answers(stream: int, downlink_id: int) -> list[bool]:
+        return [a.success for s, a in fake.downlink_acks if s == stream
+                and a.downlinkMsgId == downlink_id]
+
+    first = answers(1, refused.downlinkMsgId)
+    assert len(first) >= 4 and not any(first), first  # refused, again and again, within the 1 s
+    [cut] = [r["message"] for r in log_records if "no sync completion" in r["message"]]
+    assert "no new downlink applied for 1.0s" in cut and ", 0 applied)" in cut, cut
+
+    fake.wait_for(lambda: len(fake.sync_requests) >= 2, what="the second stream's sync request")
+    fake.redeliver(refused, every_s=0.2)
+    started = time.monotonic()
+    sent = 0
+    while time.monotonic() - started < 3.0:
+        msg = fake.send_downlink(edge_pb2.DownlinkMsg(downlinkMsgId=fake.new_downlink_id()))
+        sent += 1
+        fake.wait_for(lambda m=msg: fake.acks_for(m.downlinkMsgId), what="a sync downlink acked")
+        time.sleep(0.3)  # the pace of a slow cloud, not a wait for anything
+    assert link_state(app) == "SYNCING" and len(fake.connects) == 2
+    fake.release_sync()
+    wait_until(lambda: link_state(app) == "CONNECTED", timeout=DEADLINE_S, what="CONNECTED")
+    assert len(fake.connects) == 2
+    assert len(answers(2, refused.downlinkMsgId)) >= 10
+    assert not any(answers(2, refused.downlinkMsgId))
+
+
+# -- j. ThingsBoard's late answers, and an event held behind a slow one ----------------------------
+
+
+def test_thingsboard_like_late_answer_to_a_resent_message_settles_it_once(
+        harness: Harness, log_records: list[dict[str, Any]]) -> None:
+    """The peer answers each message's first send after 600 ms, past the ack timeout (400 ms),
+    and never answers a resend: each late answer settles its events (DEPLOYED, counted once),
+    the unanswered resend is not resent again, and the link never reconnects."""
+    seen: set[int | None] = set()
+
+    def delay(items: list[Payload]) -> float | None:
+        seqs = {p.seq for p in items}
+        if seqs & seen:
+            return None  # a resend: never answered
+        seen.update(seqs)
+        return 0.6
+
+    fake = harness.fake(uplinks="ack", capabilities=None, answer_delay=delay)
+    app = harness.edge(fake, EDGE_CLOUD_RETRY_ACK_TIMEOUT_MS="400", EDGE_CLOUD_RETRY_MAX_RETRIES="1")
+    fake.wait_for(lambda: sync_done(fake), what="sync acknowledged")
+    device = make_device(app, "late-dev")
+    [telemetry] = post(app, device, [{"n": 1}])
+    wait_until(lambda: settled(app, 3), timeout=DEADLINE_S, what="every event acknowledged")
+
+    events = edge_events(app)
+    assert [(e.seq, e.status) for e in events] == [(s, Status.DEPLOYED) for s in (1, 2, telemetry)]
+    assert metric(app, "edge_uplink_events_acked_total") == 3  # each seq deployed once
+    # one send and one resend each (ThingsBoard applies both: at least once), then no more
+    assert [[u.seqs for u in fake.uplinks].count([s]) for s in (1, 2, telemetry)] == [2, 2, 2]
+    assert len(fake.uplinks) == 6 and len(fake.connects) == 1
+    late = [r for r in log_records if "answered after it was resent" in r["message"]]
+    assert [r["extra"]["first_seq"] for r in late] == [1, 2, telemetry]
+
+
+def test_an_event_held_behind_a_slow_creation_does_not_keep_other_devices_waiting(
+        harness: Harness) -> None:
+    """Device "slow"'s creation is answered after 3 s and its credentials wait for that answer
+    (held). Another device's telemetry committed meanwhile goes within the batch timeout, not
+    after the slow answer."""
+    def delay(items: list[Payload]) -> float:
+        return 3.0 if any(p.action == "ADDED" and p.value["name"] == "slow" for p in items) else 0.0
+
+    fake = harness.fake(uplinks="ack", capabilities=None, answer_delay=delay)
+    app = harness.edge(fake)
+    fake.wait_for(lambda: sync_done(fake), what="sync acknowledged")
+    quick = make_device(app, "quick")
+    wait_until(lambda: settled(app, 2), timeout=DEADLINE_S, what="quick's events acknowledged")
+    make_device(app, "slow")
+    fake.wait_for(lambda: len(fake.uplinks) == 3, what="slow's creation sent")
+    time.sleep(0.3)  # past the batch timeout (50 ms): only slow's answer can free its credentials
+    [seq] = post(app, quick, [{"n": 1}])
+    started = time.monotonic()
+    fake.wait_for(lambda: seq in fake.applied_seqs(), timeout=2.0,
+                  what="quick's telemetry applied before slow's answer")
+    assert time.monotonic() - started < 1.0
+    [creation] = [u for u in fake.uplinks if u.seqs == [3]]
+    assert creation.answer is None  # still unanswered
+    wait_until(lambda: settled(app, 5), timeout=DEADLINE_S, what="every event acknowledged")
