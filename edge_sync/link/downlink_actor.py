@@ -206,8 +206,8 @@ class DownlinkActor(SupervisedActor):
             self._set_aside.inc(kind, n)
             if first:
                 _log.bind(downlink_id=dl_id, kind=kind).info(
-                    "cloud sent {}; not applied on this edge, acknowledged and counted; further "
-                    "ones are only counted", kind)
+                    "cloud sent {}; set aside on this edge (acknowledged and counted; further "
+                    "ones are only counted)", kind)
 
     def _apply_in(
         self, txn: lmdb.Transaction, msg: edge_pb2.DownlinkMsg, key: bytes, now: int

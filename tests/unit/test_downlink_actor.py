@@ -583,8 +583,8 @@ def test_each_kind_set_aside_is_acknowledged_counted_exactly_and_logged_once(
     assert {kind: set_aside_count(rig, kind) for kind in kinds} == {kind: 5 for kind in kinds}
     for kind in kinds:
         assert info_logs.count(
-            f"cloud sent {kind}; not applied on this edge, acknowledged and counted; further "
-            "ones are only counted") == 1, kind
+            f"cloud sent {kind}; set aside on this edge (acknowledged and counted; further "
+            "ones are only counted)") == 1, kind
     assert (rig.count("edge_downlinks_applied_total"), rig.count("edge_downlinks_failed_total")) \
         == (2, 0)
     page = rig.metrics.render_prometheus()
