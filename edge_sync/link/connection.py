@@ -390,8 +390,7 @@ class ConnectionActor(SupervisedActor):
             return  # the stream it came on is gone; the cloud will redeliver it
         self._stream.send(edge_pb2.RequestMsg(
             msgType=edge_pb2.UPLINK_RPC_MESSAGE,
-            downlinkResponseMsg=edge_pb2.DownlinkResponseMsg(
-                success=done.success, errorMsg=done.error, downlinkMsgId=done.downlink_id)))
+            downlinkResponseMsg=done.response()))
         if done.identity is not None and done.identity[1] != NIL_UUID:
             self._customer = done.customer_id or NIL_UUID
             if done.identity != self._identity:

@@ -323,6 +323,15 @@ def test_redelivered_downlink_is_applied_once_and_a_reused_id_with_new_content_i
     assert metric(app, "edge_downlinks_applied_total") == applied0 + 4
     assert metric(app, "edge_downlinks_failed_total") == 0
 
+    # content the edge refuses: success=false, and the extension says a resend cannot help
+    bad = edge_pb2.DownlinkMsg(downlinkMsgId=fake.new_downlink_id(), deviceUpdateMsg=[
+        edge_pb2.DeviceUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, entity="not json")])
+    assert deliver(fake, bad, 1) == [False]
+    [refusal] = fake.acks_for(bad.downlinkMsgId)
+    assert (refusal.HasField("retryable"), refusal.retryable) == (True, False)
+    assert refusal.errorMsg != ""
+    assert metric(app, "edge_downlinks_failed_total") == 1
+
 
 # -- c. one event rejected ---------------------------------------------------------------------------
 
