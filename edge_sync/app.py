@@ -97,7 +97,8 @@ class EdgeApp:
             ChildSpec(
                 name,
                 actor_child(ShardActor, i, self.queue,
-                            passivate_after_s=cfg.actors.passivate_after_s),
+                            passivate_after_s=cfg.actors.passivate_after_s, store=self.store,
+                            shards=len(shard_names), clock=clock),
             )
             for i, name in enumerate(shard_names)
         ]
@@ -106,6 +107,7 @@ class EdgeApp:
             max_body_bytes=cfg.http.max_body_bytes,
             request_timeout_s=cfg.http.request_timeout_s,
             metrics=self.metrics,
+            link_connected=self._link_connected if link_enabled else None,
         )
         self.admin_api = AdminHttpApi(
             self.store, self.service, self.metrics,
@@ -127,7 +129,7 @@ class EdgeApp:
                 *([
                     ChildSpec("downlink", actor_child(
                         DownlinkActor, self.store, self.connection, metrics=self.metrics,
-                        tokens=self.tokens, clock=clock)),
+                        tokens=self.tokens, clock=clock, notify=self.router.tell)),
                     ChildSpec("connection", actor_child(
                         ConnectionActor, cfg.cloud, self.store, self.queue, self.downlinks,
                         metrics=self.metrics, board=self.link_board, clock=clock)),
@@ -179,6 +181,9 @@ class EdgeApp:
         for part in path:
             node = node.child(part) if node is not None else None
         return cast("pykka.ActorRef[Any] | None", getattr(node, "ref", None))
+
+    def _link_connected(self) -> bool:
+        return self.link_board.value.get("state") == "CONNECTED"
 
     def readiness(self) -> dict[str, bool]:
         """Whether each supervised actor runs now (the admin API's /readyz)."""

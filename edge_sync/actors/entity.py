@@ -3,37 +3,78 @@
 One entity lives on one shard and a shard handles its mailbox in order, so an entity's commands
 are handled one at a time in arrival order. Here each command becomes the cloud events (and
 entity-store changes) of one atomic Append to the QueueActor.
+
+A device's session (devices/session.py) lives here too, made on first use: its open server-side
+RPC requests and who waits for them, who waits for shared attribute updates. Every RPC state
+change is one Append (the record, and the RPC_CALL event that tells the cloud when it does), and
+a request is handed to a waiting device only once its delivery is on disk.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from loguru import logger
 
 from edge_sync.actors.address import Address
 from edge_sync.actors.messages import (
     Append,
     CreateDevice,
     EntityCommand,
+    FetchSharedAttributes,
+    PollAttributes,
+    PollRpc,
     PostClientAttributes,
     PostRpcResponse,
     PostTelemetry,
     ProvisionDevice,
     PutAttributes,
     PutLatestTelemetry,
+    PutRpc,
     RaiseAlarm,
+    RpcDeliveryFailed,
+    RpcQueued,
+    SharedAttributesApplied,
 )
+from edge_sync.devices.rpc import RpcStatus, Transition
+from edge_sync.devices.session import DeviceSession
+from edge_sync.errors import EdgeSyncError, Unavailable
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope, lane_for
+
+_log = logger.bind(component="device-session")
 
 
 class EntityActor:
     """State and behaviour of one entity. Runs on its shard's thread only."""
 
-    __slots__ = ("entity_id", "last_used", "queue")
+    __slots__ = ("entity_id", "last_used", "now_ms", "queue", "session", "tell_self")
 
-    def __init__(self, entity_id: uuid.UUID, queue: Address, now: float) -> None:
+    def __init__(self, entity_id: uuid.UUID, queue: Address, now: float, *,
+                 now_ms: Callable[[], int] | None = None,
+                 tell_self: Callable[[Any], None] | None = None) -> None:
         self.entity_id = entity_id
         self.queue = queue
         self.last_used = now
+        self.now_ms = now_ms or _no_clock
+        self.tell_self = tell_self or (lambda _msg: None)
+        self.session: DeviceSession | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Holds open RPC requests or waiting devices: not to be passivated."""
+        return self.session is not None and self.session.busy
+
+    def next_deadline(self) -> int | None:
+        """The earliest expirationTime of the device's open RPC requests (ms since the epoch)."""
+        return self.session.rpc.next_deadline() if self.session is not None else None
+
+    def _session(self) -> DeviceSession:
+        if self.session is None:
+            self.session = DeviceSession()
+        return self.session
 
     def handle(self, command: EntityCommand, now: float) -> None:
         self.last_used = now
@@ -48,6 +89,21 @@ class EntityActor:
                 self._alarm(command)
             case PostRpcResponse():
                 self._rpc_response(command)
+            case PollRpc():
+                self._poll_rpc(command)
+            case PollAttributes():
+                session = self._session()
+                session.prune()
+                session.attribute_waiters.append(command.subscriber)
+            case FetchSharedAttributes():
+                self._fetch_shared(command)
+            case RpcQueued():
+                self._rpc_queued(command)
+            case SharedAttributesApplied():
+                self._shared_applied(command)
+            case RpcDeliveryFailed():
+                self._session().rpc.undo_delivery(command.request)
+                self._deliver()
 
     def _telemetry(self, cmd: PostTelemetry) -> None:
         eid = self.entity_id
@@ -81,11 +137,121 @@ class EntityActor:
                          lane_for("ALARM", cmd.action))
         self.queue.tell(Append(cmd.device_id, (event,), cmd.reply))
 
+    # -- server-side RPC ---------------------------------------------------------------------
+
     def _rpc_response(self, cmd: PostRpcResponse) -> None:
-        body = {"requestId": cmd.request_id, "response": cmd.response}
-        event = NewEvent("DEVICE", "DEVICE", cmd.device_id, Action.RPC_CALL, body, cmd.ts,
-                         lane_for("DEVICE", Action.RPC_CALL))
-        self.queue.tell(Append(cmd.device_id, (event,), cmd.reply))
+        """The device's answer: it must match a delivered request that has not expired (else
+        the reply fails with NotFound / Conflict and nothing is queued)."""
+        try:
+            change = self._session().rpc.answer(cmd.request_id, cmd.response, cmd.ts)
+        except EdgeSyncError as exc:
+            _log.bind(device=str(cmd.device_id), rpc_id=cmd.request_id).warning(
+                "RPC answer refused: {}", exc)
+            if cmd.reply is not None:
+                cmd.reply.set_exception(exc)
+            return
+        self._record(change, cmd.reply)
+
+    def _poll_rpc(self, cmd: PollRpc) -> None:
+        session = self._session()
+        session.prune()
+        session.rpc_waiters.append(cmd.subscriber)
+        self._deliver()
+
+    def _rpc_queued(self, cmd: RpcQueued) -> None:
+        session = self._session()
+        now = self.now_ms()
+        for request in cmd.requests:
+            if not session.rpc.add(request):
+                continue
+            _log.bind(device=str(request.device_id), rpc_id=request.request_id,
+                      status=request.status.value).info(
+                "RPC {} {} ({}): {}", request.request_id, request.method,
+                "one-way" if request.oneway else "two-way", request.status.value)
+            if not request.method:
+                self._record(session.rpc.fail(request, "no method", now))
+        for change in session.rpc.expire_due(now):
+            self._record(change)
+        self._deliver()
+
+    def expire_due(self) -> None:
+        """Shard: a deadline came. Requests past their expirationTime are reported."""
+        if self.session is None:
+            return
+        for change in self.session.rpc.expire_due(self.now_ms()):
+            self._record(change)
+
+    def _deliver(self) -> None:
+        """Hand queued requests to waiting devices, one each, oldest first."""
+        session = self._session()
+        while session.rpc_waiters:
+            change = session.rpc.take_next(self.now_ms())
+            if change is None:
+                return
+            waiter = session.next_rpc_waiter()
+            if waiter is None:
+                session.rpc.undo_delivery(change.request)
+                return
+            reply: Future[range] = Future()
+            request = change.request
+            tell_self = self.tell_self
+
+            def delivered(done: Future[range], waiter: Any = waiter, request: Any = request,
+                          tell_self: Callable[[Any], None] = tell_self) -> None:
+                # on the queue's thread, after the commit
+                exc = done.exception()
+                if exc is None:
+                    waiter.resolve(request.device_json())
+                    return
+                waiter.fail(exc if isinstance(exc, EdgeSyncError)
+                            else Unavailable(f"RPC delivery not recorded: {exc}"))
+                tell_self(RpcDeliveryFailed(request.device_id, request))
+
+            reply.add_done_callback(delivered)
+            self._record(change, reply)
+
+    def _record(self, change: Transition, reply: Future[range] | None = None) -> None:
+        """Persist a request's new state, with the RPC_CALL event that reports it when any."""
+        r = change.request
+        events: tuple[NewEvent, ...] = ()
+        if change.report is not None:
+            events = (NewEvent("DEVICE", "DEVICE", r.device_id, Action.RPC_CALL, change.report,
+                               r.updated_at or self.now_ms(), lane_for("DEVICE", Action.RPC_CALL)),)
+        level = "WARNING" if r.status in (RpcStatus.EXPIRED, RpcStatus.TIMEOUT,
+                                          RpcStatus.FAILED) else "INFO"
+        _log.bind(device=str(r.device_id), rpc_id=r.request_id, status=r.status.value).log(
+            level, "RPC {} {}{}", r.request_id, r.status.value,
+            f" ({r.error})" if r.error else "")
+        self.queue.tell(Append(r.device_id, events, reply, (PutRpc(r),)))
+
+    # -- shared attributes ---------------------------------------------------------------------
+
+    def _shared_applied(self, cmd: SharedAttributesApplied) -> None:
+        session = self._session()
+        session.wake_fetchers()
+        if not cmd.changed and not cmd.deleted:
+            return
+        update: dict[str, Any] = dict(cmd.changed)
+        if cmd.deleted:
+            update["deleted"] = list(cmd.deleted)
+        taken = session.publish_attributes(update)
+        if taken:
+            _log.bind(device=str(cmd.device_id), polls=taken).debug(
+                "shared attribute update to {} waiting polls", taken)
+
+    def _fetch_shared(self, cmd: FetchSharedAttributes) -> None:
+        session = self._session()
+        session.prune()
+        if cmd.subscriber is not None:
+            session.fetch_waiters.append(cmd.subscriber)
+        now = self.now_ms()
+        if not session.fetch.should_ask(now):
+            return
+        event = NewEvent("DEVICE", "DEVICE", cmd.device_id, Action.ATTRIBUTES_REQUEST,
+                         {"scope": Scope.SHARED.value}, now,
+                         lane_for("DEVICE", Action.ATTRIBUTES_REQUEST))
+        _log.bind(device=str(cmd.device_id)).info("shared attributes requested from the cloud")
+        self.queue.tell(Append(cmd.device_id, (event,)))
 
     def _provision(self, cmd: ProvisionDevice) -> None:
         d = cmd.device
@@ -97,3 +263,7 @@ class EntityActor:
             d.created_time, lane_for("DEVICE", Action.CREDENTIALS_UPDATED),
         )
         self.queue.tell(Append(d.id, (added, credentials), cmd.reply, (CreateDevice(d),)))
+
+
+def _no_clock() -> int:
+    raise RuntimeError("this entity actor was made without a clock")

@@ -13,6 +13,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_sync.devices.rpc import RpcRequest
+from edge_sync.devices.subscribers import Subscriber
 from edge_sync.storage.records import Device, NewEvent, Scope
 
 Reply = Future  # resolved with the command's result (e.g. the seqs appended)
@@ -39,7 +41,14 @@ class PutLatestTelemetry:
     values: tuple[tuple[str, int, Any], ...]  # (key, ts, value)
 
 
-Mutation = CreateDevice | PutAttributes | PutLatestTelemetry
+@dataclass(frozen=True, slots=True)
+class PutRpc:
+    """A server-side RPC request's new state (devices/rpc.py)."""
+
+    request: RpcRequest
+
+
+Mutation = CreateDevice | PutAttributes | PutLatestTelemetry | PutRpc
 
 # -- to the QueueActor -----------------------------------------------------------------------
 
@@ -136,12 +145,77 @@ class PostRpcResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class PollRpc:
+    """A device waits for its next server-side RPC request (resolved with the request's
+    device JSON once it is recorded as delivered)."""
+
+    device_id: uuid.UUID
+    subscriber: Subscriber = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PollAttributes:
+    """A device waits for its next shared attribute update (resolved with ThingsBoard's
+    update JSON: the changed keys, and ``deleted``)."""
+
+    device_id: uuid.UUID
+    subscriber: Subscriber = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSharedAttributes:
+    """A device asked for shared attributes the edge does not hold: ask the cloud (at most
+    once per interval) and resolve ``subscriber`` (True) when shared attributes arrive."""
+
+    device_id: uuid.UUID
+    subscriber: Subscriber | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RpcQueued:
+    """Server-side RPC requests stored for a device (by the DownlinkActor, or found open in
+    the store at start)."""
+
+    device_id: uuid.UUID
+    requests: tuple[RpcRequest, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedAttributesApplied:
+    """Shared attributes of a device were applied from the cloud: ``changed`` holds only the
+    keys whose value changed, ``deleted`` the keys removed."""
+
+    device_id: uuid.UUID
+    changed: tuple[tuple[str, Any], ...]
+    deleted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RpcDeliveryFailed:
+    """Internal to an entity: recording a delivery failed; the request is queued again."""
+
+    device_id: uuid.UUID
+    request: RpcRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireRpcs:
+    """Internal to a shard: an RPC deadline has come."""
+
+
+@dataclass(frozen=True, slots=True)
 class PassivateIdle:
     """Periodic: drop entity actors idle for longer than the configured time."""
 
 
 EntityCommand = (
     PostTelemetry | PostClientAttributes | ProvisionDevice | RaiseAlarm | PostRpcResponse
+    | PollRpc | PollAttributes | FetchSharedAttributes | RpcQueued | SharedAttributesApplied
+    | RpcDeliveryFailed
+)
+ENTITY_COMMANDS = (
+    PostTelemetry, PostClientAttributes, ProvisionDevice, RaiseAlarm, PostRpcResponse, PollRpc,
+    PollAttributes, FetchSharedAttributes, RpcQueued, SharedAttributesApplied, RpcDeliveryFailed,
 )
 
 # -- events published by the QueueActor --------------------------------------------------------

@@ -1,5 +1,6 @@
 """The QueueActor: the only writer of the event log. With the events it also writes the entity
-store changes they carry (new devices, client attributes, latest telemetry); the DownlinkActor
+store changes they carry (new devices, client attributes, latest telemetry, server-side RPC
+states); the DownlinkActor
 writes the entity store too, for what the cloud sends, and LMDB serialises the two writers.
 
 It assigns sequence numbers and commits in groups: every write command that reaches its mailbox
@@ -35,6 +36,7 @@ from edge_sync.actors.messages import (
     PurgeDeployed,
     PutAttributes,
     PutLatestTelemetry,
+    PutRpc,
     SetIdentity,
     WriteCommand,
 )
@@ -54,6 +56,7 @@ from edge_sync.metrics import Metrics
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 from edge_sync.validators import INT64_MAX
 
@@ -104,6 +107,7 @@ class QueueActor(SupervisedActor):
         self._store = store
         self._log = EventLog(store)
         self._entities = EntityStore(store)
+        self._rpcs = RpcStore(store)
         self._policy = policy
         self._clock = clock
         self._on_committed = on_committed
@@ -253,6 +257,8 @@ class QueueActor(SupervisedActor):
                 self._entities.put_attributes(txn, eid, scope, dict(values), ts=ts)
             case PutLatestTelemetry(entity_id=eid, values=values):
                 self._entities.put_latest(txn, eid, {k: (ts, v) for k, ts, v in values})
+            case PutRpc(request=request):
+                self._rpcs.put(txn, request)
 
     def _commit_each(self, group: list[WriteCommand]) -> list[_Outcome]:
         """Commit the commands one by one, so a command the store cannot take fails alone. When

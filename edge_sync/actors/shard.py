@@ -3,10 +3,15 @@
 A fixed number of pykka shard actors host the entity actors: the router picks a shard by a
 stable hash of the entity id (CRC-32, the same across runs and processes), the shard activates
 the entity on first use and passivates it when idle (virtual actors, as in Orleans).
+
+An entity with open server-side RPC requests or devices waiting on it is not passivated. At
+start a shard loads the open RPC requests of its devices from the store (they survive a restart)
+and keeps one deadline timer armed for the earliest expirationTime among its entities.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 import uuid
 import zlib
@@ -16,19 +21,22 @@ from typing import Any
 from loguru import logger
 
 from edge_sync.actors.address import Address
+from edge_sync.actors.deadline_timer import DeadlineTimer
 from edge_sync.actors.entity import EntityActor
 from edge_sync.actors.messages import (
+    ENTITY_COMMANDS,
     Crash,
     EntityCommand,
+    ExpireRpcs,
     PassivateIdle,
-    PostClientAttributes,
-    PostRpcResponse,
-    PostTelemetry,
     ProvisionDevice,
-    RaiseAlarm,
+    RpcQueued,
 )
 from edge_sync.actors.ticker import Ticker
+from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.errors import InjectedFault
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 
 
@@ -38,12 +46,10 @@ def shard_of(entity_id: uuid.UUID, shards: int) -> int:
 
 
 def entity_of(command: EntityCommand) -> uuid.UUID:
-    match command:
-        case ProvisionDevice(device=device):
-            return device.id
-        case (PostTelemetry(device_id=device_id) | PostClientAttributes(device_id=device_id)
-              | RaiseAlarm(device_id=device_id) | PostRpcResponse(device_id=device_id)):
-            return device_id
+    if isinstance(command, ProvisionDevice):
+        return command.device.id
+    if isinstance(command, ENTITY_COMMANDS):
+        return command.device_id
     raise TypeError(f"not an entity command: {command!r}")
 
 
@@ -55,48 +61,106 @@ class ShardActor(SupervisedActor):
         queue: Address,
         *,
         passivate_after_s: float,
+        store: LmdbStore | None = None,
+        shards: int = 1,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__(report_exit)
         self.index = index
         self._queue = queue
         self._passivate_after = passivate_after_s
+        self._store = store
+        self._shards = shards
+        self._clock = clock
         self._entities: dict[uuid.UUID, EntityActor] = {}
         self._ticker: Ticker | None = None
+        self._timer: DeadlineTimer | None = None
+        self._deadlines: list[tuple[int, uuid.UUID]] = []  # heap of (expirationTime ms, entity)
         self._log = logger.bind(component="shard", shard=index)
 
     def on_start(self) -> None:
-        """Actor thread: start the passivation timer."""
+        """Actor thread: start the passivation timer and the RPC deadline timer, load the open
+        RPC requests of this shard's devices."""
         ref = self.actor_ref
         interval = max(1.0, self._passivate_after / 2)
         self._ticker = Ticker(f"passivate-{self.index}", interval, lambda: ref.tell(PassivateIdle()))
         self._ticker.start()
+        self._timer = DeadlineTimer(f"rpc-{self.index}", lambda: ref.tell(ExpireRpcs()))
+        if self._store is not None:
+            with self._store.read() as txn:
+                pending = RpcStore(self._store).open_requests(txn)
+            by_device: dict[uuid.UUID, list[Any]] = {}
+            for r in pending:
+                if shard_of(r.device_id, self._shards) == self.index:
+                    by_device.setdefault(r.device_id, []).append(r)
+            for device_id, requests in by_device.items():
+                self._handle(RpcQueued(device_id, tuple(requests)))
+            if by_device:
+                self._log.bind(devices=len(by_device)).info(
+                    "open RPC requests of {} devices loaded", len(by_device))
 
     def on_stop(self) -> None:
         """Actor thread."""
         if self._ticker:
             self._ticker.stop()
+        if self._timer:
+            self._timer.stop()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, PassivateIdle):
             self._passivate(time.monotonic())
             return None
-        if isinstance(message, PostTelemetry | PostClientAttributes | ProvisionDevice | RaiseAlarm
-                      | PostRpcResponse):
-            now = time.monotonic()
-            entity_id = entity_of(message)
-            entity = self._entities.get(entity_id)
-            if entity is None:
-                entity = self._entities[entity_id] = EntityActor(entity_id, self._queue, now)
-                self._log.bind(entity=str(entity_id)).trace("entity activated")
-            entity.handle(message, now)
+        if isinstance(message, ENTITY_COMMANDS):
+            self._handle(message)
+            return None
+        if isinstance(message, ExpireRpcs):
+            self._expire()
             return None
         if isinstance(message, Crash):
             raise InjectedFault(f"shard-{self.index}: {message.reason}")
         self._log.warning("shard: unknown message {!r}", type(message).__name__)
         return None
 
+    def _handle(self, message: EntityCommand) -> None:
+        now = time.monotonic()
+        entity_id = entity_of(message)
+        entity = self._entities.get(entity_id)
+        if entity is None:
+            ref = self.actor_ref
+            entity = self._entities[entity_id] = EntityActor(
+                entity_id, self._queue, now, now_ms=self._clock.now_ms, tell_self=ref.tell)
+            self._log.bind(entity=str(entity_id)).trace("entity activated")
+        before = entity.next_deadline()
+        entity.handle(message, now)
+        after = entity.next_deadline()
+        if after is not None and after != before:
+            self._schedule(after, entity_id)
+
+    def _schedule(self, deadline_ms: int, entity_id: uuid.UUID) -> None:
+        heapq.heappush(self._deadlines, (deadline_ms, entity_id))
+        if self._timer is not None and self._deadlines[0][0] == deadline_ms:
+            self._timer.arm(max(0.0, (deadline_ms - self._clock.now_ms()) / 1000))
+
+    def _expire(self) -> None:
+        """Entities whose deadline has come report their expired requests."""
+        now_ms = self._clock.now_ms()
+        due: set[uuid.UUID] = set()
+        while self._deadlines and self._deadlines[0][0] <= now_ms:
+            due.add(heapq.heappop(self._deadlines)[1])
+        for entity_id in due:
+            entity = self._entities.get(entity_id)
+            if entity is None:
+                continue
+            entity.expire_due()
+            nxt = entity.next_deadline()
+            if nxt is not None:
+                heapq.heappush(self._deadlines, (nxt, entity_id))
+        if self._timer is not None and self._deadlines:
+            self._timer.arm(max(0.0, (self._deadlines[0][0] - now_ms) / 1000))
+
     def _passivate(self, now: float) -> None:
-        idle = [eid for eid, e in self._entities.items() if now - e.last_used > self._passivate_after]
+        idle = [eid for eid, e in self._entities.items()
+                if now - e.last_used > self._passivate_after and not e.busy]
         for eid in idle:
             del self._entities[eid]
         if idle:

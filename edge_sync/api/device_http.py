@@ -1,8 +1,14 @@
-"""The device HTTP API (ThingsBoard's): telemetry and client attributes in, attributes out.
+"""The device HTTP API (ThingsBoard's): telemetry and client attributes in, attributes out,
+server-side RPC and shared attribute updates by long poll (docs/device-rpc.md).
 
-200 only once the data is on disk; 400 malformed body, 401 unknown token, 413 body too large,
-503 restarting or not confirmed in time, 507 storage full; errors carry a JSON body. Every
-refusal is logged once with the device (never the token) and counted.
+200 only once the data is on disk; 400 malformed body or timeout parameter, 401 unknown token,
+404 / 409 an RPC answer no delivered request awaits, 413 body too large, 503 restarting or not
+confirmed in time, 507 storage full; errors carry a JSON body. A long poll that times out is
+answered 408 with an empty body, as ThingsBoard does. Every refusal is logged once with the
+device (never the token) and counted.
+
+Long polls are futures of this server's loop (devices/subscribers.py), no thread each; when the
+server stops they are answered 503.
 """
 
 from __future__ import annotations
@@ -16,13 +22,19 @@ from aiohttp import web
 from loguru import logger
 
 from edge_sync.api.device_service import DeviceService
-from edge_sync.api.payloads import parse_keys
+from edge_sync.api.payloads import parse_keys, parse_timeout
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.json_body import parse_json
-from edge_sync.errors import BadRequest, Unauthorized
+from edge_sync.devices.subscribers import LongPoll
+from edge_sync.errors import BadRequest, Unauthorized, Unavailable
 from edge_sync.metrics import Metrics
 
 _log = logger.bind(component="device-http")
+
+MISSING_HEADER = "X-Edge-Sync-Missing-Shared-Keys"
+"""On GET attributes: the shared keys asked for that the edge could not serve (not held, and
+the cloud did not answer in time or is unreachable); ``*`` when all were asked for and the edge
+holds none. Absent when the answer is complete."""
 
 
 class DeviceHttpApi:
@@ -33,10 +45,14 @@ class DeviceHttpApi:
         max_body_bytes: int,
         request_timeout_s: float,
         metrics: Metrics,
+        link_connected: Callable[[], bool] | None = None,
     ) -> None:
         self._service = service
         self._max_body = max_body_bytes
         self._timeout = request_timeout_s
+        # None: no cloud link, nothing to fetch; else whether the link is up now
+        self._link_connected = link_connected
+        self._polls: set[LongPoll] = set()  # the loop's open long polls
         self._accepted = metrics.counter("edge_http_requests_accepted_total", "device requests answered 200")
         self._refused = {
             code: metrics.counter(f"edge_http_requests_{code}_total", f"device requests answered {code}")
@@ -50,8 +66,44 @@ class DeviceHttpApi:
         app.router.add_post("/api/v1/{token:[^/]+}/telemetry", self._telemetry)
         app.router.add_post("/api/v1/{token:[^/]+}/attributes", self._post_attributes)
         app.router.add_get("/api/v1/{token:[^/]+}/attributes", self._get_attributes)
+        app.router.add_get("/api/v1/{token:[^/]+}/attributes/updates", self._attribute_updates)
+        app.router.add_get("/api/v1/{token:[^/]+}/rpc", self._rpc_poll)
         app.router.add_post("/api/v1/{token:[^/]+}/rpc/{request_id}", self._rpc_response)
+        app.on_shutdown.append(self._end_polls)
         return app
+
+    async def _end_polls(self, _app: web.Application) -> None:
+        for poll in list(self._polls):
+            poll.abandon(Unavailable("the agent is stopping; poll again"))
+
+    async def _rpc_poll(self, request: web.Request) -> web.StreamResponse:
+        return await self._long_poll(request, "rpc poll", self._service.poll_rpc)
+
+    async def _attribute_updates(self, request: web.Request) -> web.StreamResponse:
+        return await self._long_poll(request, "attribute updates poll",
+                                     self._service.poll_attributes)
+
+    async def _long_poll(self, request: web.Request, what: str,
+                         subscribe: Callable[[Any, LongPoll], None]) -> web.StreamResponse:
+        """Wait for the device's next RPC request / attribute update: 200 with its JSON, or
+        408 with an empty body when ``timeout`` ms pass first (ThingsBoard's answers)."""
+        token = request.match_info["token"]
+        try:
+            timeout_ms = parse_timeout(request.query.get("timeout"))
+            device = self._service.authenticate(token)
+            poll = LongPoll(asyncio.get_running_loop())
+            self._polls.add(poll)
+            try:
+                subscribe(device.id, poll)
+                answered, value = await poll.wait(timeout_ms / 1000)
+            finally:
+                self._polls.discard(poll)
+        except Exception as exc:
+            return self._refuse(status_of(exc), _message(exc), what, token)
+        if not answered:
+            return web.Response(status=408)
+        self._accepted.inc()
+        return web.json_response(value)
 
     async def _read_json(self, request: web.Request) -> Any:
         if request.content_length is not None and request.content_length > self._max_body:
@@ -108,16 +160,37 @@ class DeviceHttpApi:
         return web.Response(status=200)
 
     async def _get_attributes(self, request: web.Request) -> web.StreamResponse:
+        """From the edge's store. Shared keys it does not hold are asked of the cloud (an
+        AttributesRequestMsg through the queue, at most once per device per interval); with the
+        link up the answer is awaited up to the request timeout, then what is known is answered
+        and the keys still missing are named in MISSING_HEADER."""
         token = request.match_info["token"]
         try:
-            result = self._service.get_attributes(
-                token,
-                client_keys=parse_keys(request.query.get("clientKeys")),
-                shared_keys=parse_keys(request.query.get("sharedKeys")),
-            )
+            device = self._service.authenticate(token)
+            keys = {"client_keys": parse_keys(request.query.get("clientKeys")),
+                    "shared_keys": parse_keys(request.query.get("sharedKeys"))}
+            result, missing = self._service.read_attributes(device.id, **keys)
+            if missing and self._link_connected is not None:
+                poll: LongPoll | None = None
+                if self._link_connected():
+                    poll = LongPoll(asyncio.get_running_loop())
+                    self._polls.add(poll)
+                try:
+                    self._service.fetch_shared(device.id, poll)
+                    if poll is not None:
+                        answered, _ = await poll.wait(self._timeout)
+                        if answered:
+                            result, missing = self._service.read_attributes(device.id, **keys)
+                finally:
+                    if poll is not None:
+                        self._polls.discard(poll)
         except Exception as exc:
             return self._refuse(status_of(exc), _message(exc), "attributes read", token)
-        return web.json_response(result)
+        headers = {MISSING_HEADER: ",".join(missing)} if missing else None
+        if missing:
+            _log.bind(device=str(device.id), missing=len(missing)).info(
+                "attributes answered without {} shared keys the edge does not hold", len(missing))
+        return web.json_response(result, headers=headers)
 
     def _refuse(self, status: int, message: str, what: str, token: str) -> web.Response:
         counter = self._refused.get(status)

@@ -15,6 +15,9 @@ from typing import Any
 from loguru import logger
 
 from edge_sync.actors.messages import (
+    FetchSharedAttributes,
+    PollAttributes,
+    PollRpc,
     PostClientAttributes,
     PostRpcResponse,
     PostTelemetry,
@@ -25,6 +28,7 @@ from edge_sync.actors.shard import EntityRouter
 from edge_sync.api.payloads import Entry, check_json_value, parse_attributes, parse_telemetry
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common import ids
+from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import BadRequest, NotFound, Unauthorized
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
@@ -89,6 +93,45 @@ class DeviceService:
                 out["shared"] = self._entities.attributes(txn, device.id, Scope.SHARED, shared_keys)
         return out
 
+    def read_attributes(
+        self,
+        device_id: uuid.UUID,
+        *,
+        client_keys: tuple[str, ...] | None,
+        shared_keys: tuple[str, ...] | None,
+    ) -> tuple[dict[str, dict[str, Any]], tuple[str, ...]]:
+        """ThingsBoard's reply shape, and the shared keys asked for that the edge does not hold
+        (when shared attributes are asked for without keys and the edge holds none: ``("*",)``,
+        all of them may be missing)."""
+        with self._store.read() as txn:
+            out: dict[str, dict[str, Any]] = {}
+            if client_keys is not None or shared_keys is None:
+                out["client"] = self._entities.attributes(txn, device_id, Scope.CLIENT, client_keys)
+            if shared_keys is not None or client_keys is None:
+                out["shared"] = self._entities.attributes(txn, device_id, Scope.SHARED, shared_keys)
+        shared = out.get("shared")
+        if shared is None:
+            return out, ()
+        if shared_keys is None:
+            return out, () if shared else ("*",)
+        return out, tuple(k for k in dict.fromkeys(shared_keys) if k not in shared)
+
+    # -- sessions: what a device waits for ---------------------------------------------------
+
+    def poll_rpc(self, device_id: uuid.UUID, subscriber: Subscriber) -> None:
+        """``subscriber`` gets the device's next server-side RPC request, once recorded as
+        delivered."""
+        self._router.tell(PollRpc(device_id, subscriber))
+
+    def poll_attributes(self, device_id: uuid.UUID, subscriber: Subscriber) -> None:
+        """``subscriber`` gets the device's next shared attribute update (changed keys only)."""
+        self._router.tell(PollAttributes(device_id, subscriber))
+
+    def fetch_shared(self, device_id: uuid.UUID, subscriber: Subscriber | None) -> None:
+        """Ask the cloud for the device's shared attributes (at most once per interval);
+        ``subscriber`` is woken when shared attributes of the device arrive."""
+        self._router.tell(FetchSharedAttributes(device_id, subscriber))
+
     # -- writes ------------------------------------------------------------------------------
 
     def post_telemetry(self, token: str, body: Any) -> Future[range]:
@@ -110,7 +153,9 @@ class DeviceService:
         return reply
 
     def post_rpc_response(self, token: str, request_id: int, body: Any) -> Future[range]:
-        """A device's answer to RPC request ``request_id`` (high lane: it overtakes telemetry)."""
+        """A device's answer to RPC request ``request_id`` (high lane: it overtakes telemetry).
+        The future fails with NotFound (no delivered request has that id) or Conflict (it has
+        expired, or was answered) and nothing is queued then."""
         device = self.authenticate(token)
         if isinstance(request_id, bool) or not isinstance(request_id, int) \
                 or not 0 <= request_id < 2**31:

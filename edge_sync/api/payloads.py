@@ -124,3 +124,24 @@ def parse_keys(raw: str | None) -> tuple[str, ...] | None:
     if raw is None:
         return None
     return tuple(k for k in (part.strip() for part in raw.split(",")) if k)
+
+
+LONG_POLL_DEFAULT_MS = 60_000
+"""A long poll without ``timeout`` (or with 0) waits this long: ThingsBoard's default
+(transport.http.request_timeout)."""
+LONG_POLL_MAX_MS = 300_000
+"""The longest long poll a device may ask for: ThingsBoard's transport.http.max_request_timeout."""
+
+
+def parse_timeout(raw: str | None) -> int:
+    """A long poll's ``timeout`` query parameter (ms) -> ms to wait. Absent or 0: the default;
+    1 to LONG_POLL_MAX_MS as asked; anything else BadRequest (ThingsBoard would cap or fail)."""
+    if raw is None or raw == "":
+        return LONG_POLL_DEFAULT_MS
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
+        raise BadRequest(f"timeout must be an integer number of ms, 0 to {LONG_POLL_MAX_MS} "
+                         f"(0: the default of {LONG_POLL_DEFAULT_MS})")
+    value = int(raw)
+    if value > LONG_POLL_MAX_MS:
+        raise BadRequest(f"timeout {value} ms is out of range: at most {LONG_POLL_MAX_MS} ms")
+    return value or LONG_POLL_DEFAULT_MS

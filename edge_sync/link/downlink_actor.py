@@ -8,10 +8,16 @@ The key is the downlinkMsgId plus a hash of the serialized message without its s
 
 What the edge applies, in this order whatever the order of the lists (ThingsBoard sends a device
 with its credentials and its profile in one DownlinkMsg): the tenant, device profiles, devices,
-device credentials, entity data (attributes), then sync completion and the edge configuration.
-Every other kind ThingsBoard sends (rule chains, dashboards, widgets, queues, users, RPC
-requests, ...) is set aside: acknowledged with success, counted by kind in
-``edge_downlinks_set_aside_total{kind=...}`` and logged at INFO the first time a kind comes.
+device credentials, entity data (attributes), server-side RPC requests (deviceRpcCallMsg with a
+requestMsg: stored QUEUED, in the same transaction as the key, so a request survives a crash
+right after the acknowledgement and a redelivery is never delivered twice; a request whose
+requestUuid the device already has is not stored again), then sync completion and the edge
+configuration. After the commit the devices' entity actors are told (``notify``): the RPC
+requests to deliver, and the shared attributes that changed (only the keys whose value changed,
+and those deleted) for the devices' long polls. Every other kind ThingsBoard sends (rule chains,
+dashboards, widgets, queues, users, answers to device-originated RPC, ...) is set aside:
+acknowledged with success, counted by kind in ``edge_downlinks_set_aside_total{kind=...}`` and
+logged at INFO the first time a kind comes.
 A redelivery is counted as a duplicate only, not again by kind.
 
 A downlink that cannot be applied is answered success=false with the error and the project's
@@ -24,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,14 +40,17 @@ from google.protobuf.descriptor import FieldDescriptor
 from loguru import logger
 
 from edge_sync.actors.address import Address
+from edge_sync.actors.messages import RpcQueued, SharedAttributesApplied
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.wire import ACTION_OF_UPDATE, entity_id_in, kv_dict, parse_entity_json, uuid_of
+from edge_sync.devices.rpc import RpcRequest, expiration_of
 from edge_sync.errors import BadRequest, EdgeSyncError, StorageError
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Action, Device, DeviceProfile, Scope, Tenant
+from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 
 _log = logger.bind(component="downlink")
@@ -86,8 +95,8 @@ class DownlinkApplied:
 # The DownlinkMsg fields the edge applies (see the module docstring for the order), and those
 # that are no payload at all. Every other field present is a kind set aside.
 APPLIED_KINDS = frozenset({"tenantUpdateMsg", "deviceProfileUpdateMsg", "deviceUpdateMsg",
-                           "deviceCredentialsUpdateMsg", "entityData", "syncCompletedMsg",
-                           "edgeConfiguration"})
+                           "deviceCredentialsUpdateMsg", "entityData", "deviceRpcCallMsg",
+                           "syncCompletedMsg", "edgeConfiguration"})
 _NOT_PAYLOADS = frozenset({"downlinkMsgId", "cloudTimeMillis"})
 
 
@@ -100,6 +109,9 @@ def set_aside_kinds(msg: edge_pb2.DownlinkMsg) -> dict[str, int]:
         if fd.name in APPLIED_KINDS or fd.name in _NOT_PAYLOADS:
             continue
         out[fd.name] = len(value) if fd.is_repeated else 1
+    answers = sum(1 for call in msg.deviceRpcCallMsg if not call.HasField("requestMsg"))
+    if answers:  # answers to device-originated (client-side) RPC: not served by this edge
+        out["deviceRpcCallMsg.responseMsg"] = answers
     for unknown in unknown_fields.UnknownFieldSet(msg):
         kind = f"field {unknown.field_number}"
         out[kind] = out.get(kind, 0) + 1
@@ -115,6 +127,9 @@ class _Outcome:
     set_aside: dict[str, int] = field(default_factory=dict)
     device_profiles: dict[str, uuid.UUID] | None = None
     warnings: list[str] = field(default_factory=list)  # logged once the transaction commits
+    # told to the entity actors once the transaction commits
+    rpc_queued: dict[uuid.UUID, list[RpcRequest]] = field(default_factory=dict)
+    shared_changed: dict[uuid.UUID, tuple[dict[str, Any], list[str]]] = field(default_factory=dict)
 
 
 def downlink_key(msg: edge_pb2.DownlinkMsg) -> bytes:
@@ -135,11 +150,14 @@ class DownlinkActor(SupervisedActor):
         metrics: Metrics,
         tokens: TokenCache | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        notify: Callable[[Any], None] | None = None,
     ) -> None:
         super().__init__(report_exit)
         self._tokens = tokens
         self._store = store
         self._entities = EntityStore(store)
+        self._rpcs = RpcStore(store)
+        self._notify = notify
         self._connection = connection
         self._clock = clock
         self._applied = metrics.counter("edge_downlinks_applied_total", "downlinks applied")
@@ -186,6 +204,7 @@ class DownlinkActor(SupervisedActor):
         if out.fresh and self._tokens is not None and (msg.deviceUpdateMsg or msg.deviceCredentialsUpdateMsg):
             self._tokens.invalidate()
         if out.fresh:
+            self._tell_sessions(out)
             self._applied.inc()
             self._count_set_aside(dl_id, out.set_aside)
             for warning in out.warnings:
@@ -198,6 +217,17 @@ class DownlinkActor(SupervisedActor):
         return DownlinkApplied(cmd.stream_id, dl_id, True, duplicate=not out.fresh,
                                sync_completed=sync_completed, identity=identity,
                                customer_id=customer, device_profiles=out.device_profiles)
+
+    def _tell_sessions(self, out: _Outcome) -> None:
+        """After the commit: the devices' entity actors deliver the new requests and wake the
+        long polls waiting for shared attributes."""
+        if self._notify is None:
+            return
+        for device_id, requests in out.rpc_queued.items():
+            self._notify(RpcQueued(device_id, tuple(requests)))
+        for device_id, (changed, deleted) in out.shared_changed.items():
+            self._notify(SharedAttributesApplied(device_id, tuple(changed.items()),
+                                                 tuple(deleted)))
 
     def _count_set_aside(self, dl_id: int, set_aside: dict[str, int]) -> None:
         """Count the kinds set aside; the first of a kind in this process is logged."""
@@ -226,11 +256,14 @@ class DownlinkActor(SupervisedActor):
         for cred in msg.deviceCredentialsUpdateMsg:
             done.append(self._credentials(txn, cred))
         for data in msg.entityData:
-            applied = self._entity_data(txn, data, now)
+            applied = self._entity_data(txn, data, now, out)
             if isinstance(applied, str):
                 done.append(applied)
             else:
                 out.set_aside[applied.kind] = out.set_aside.get(applied.kind, 0) + 1
+        for call in msg.deviceRpcCallMsg:
+            if call.HasField("requestMsg"):
+                done.append(self._rpc_request(txn, call, now, out))
         if msg.HasField("syncCompletedMsg"):
             done.append("sync completed")
         if msg.HasField("edgeConfiguration"):
@@ -321,8 +354,36 @@ class DownlinkActor(SupervisedActor):
         self._entities.put_device(txn, replace(device, token=token))
         return f"device {device_id} credentials updated"
 
+    def _rpc_request(self, txn: lmdb.Transaction, m: edge_pb2.DeviceRpcCallMsg, now: int,
+                     out: _Outcome) -> str:
+        device_id = uuid_of(m.deviceIdMSB, m.deviceIdLSB)
+        request_uuid = uuid_of(m.requestUuidMSB, m.requestUuidLSB)
+        if request_uuid.int == 0:
+            raise BadRequest(f"deviceRpcCallMsg for {device_id}: no requestUuid")
+        known = self._rpcs.find(txn, device_id, request_uuid)
+        if known is not None:
+            return f"RPC {m.requestId} to {device_id} already {known.status.value}"
+        request = RpcRequest(
+            device_id=device_id, request_uuid=request_uuid, request_id=m.requestId,
+            method=m.requestMsg.method, params=m.requestMsg.params, oneway=m.oneway,
+            expiration_time=expiration_of(m.expirationTime, now), queued_at=now, updated_at=now)
+        self._rpcs.put(txn, request)
+        out.rpc_queued.setdefault(device_id, []).append(request)
+        return f"RPC {m.requestId} ({m.requestMsg.method}) to {device_id} queued"
+
+    def _shared_change(self, txn: lmdb.Transaction, eid: uuid.UUID, values: dict[str, Any],
+                       out: _Outcome) -> None:
+        """Note the shared keys whose value changes (before they are written)."""
+        old = self._entities.attributes(txn, eid, Scope.SHARED, values.keys())
+        changed, deleted = out.shared_changed.setdefault(eid, ({}, []))
+        for key, value in values.items():
+            if key not in old or old[key] != value:
+                changed[key] = value
+                if key in deleted:
+                    deleted.remove(key)
+
     def _entity_data(self, txn: lmdb.Transaction, d: edge_pb2.EntityDataProto,
-                     now: int) -> str | _SetAside:
+                     now: int, out: _Outcome) -> str | _SetAside:
         """Attributes and attribute deletes are applied (what was done); any other entity data
         (telemetry, say) is set aside under its kind."""
         eid = uuid_of(d.entityIdMSB, d.entityIdLSB)
@@ -336,11 +397,21 @@ class DownlinkActor(SupervisedActor):
                     raise BadRequest(f"attributes for {eid}: unknown scope {scope_name!r}") from exc
                 values = kv_dict(attrs.kv)
                 ts = d.attributeTs if d.HasField("attributeTs") else now
+                if scope is Scope.SHARED:
+                    self._shared_change(txn, eid, values, out)
                 self._entities.put_attributes(txn, eid, scope, values, ts=ts)
                 return f"{len(values)} {scope.value} attributes of {eid}"
         if d.HasField("attributeDeleteMsg"):
             scope = Scope(d.attributeDeleteMsg.scope or "SHARED_SCOPE")
-            n = self._entities.delete_attributes(txn, eid, scope, d.attributeDeleteMsg.attributeNames)
+            names = list(d.attributeDeleteMsg.attributeNames)
+            if scope is Scope.SHARED:
+                held = self._entities.attributes(txn, eid, Scope.SHARED, names)
+                changed, deleted = out.shared_changed.setdefault(eid, ({}, []))
+                for key in names:
+                    changed.pop(key, None)
+                    if key in held and key not in deleted:
+                        deleted.append(key)
+            n = self._entities.delete_attributes(txn, eid, scope, names)
             return f"{n} {scope.value} attributes of {eid} deleted"
         content = next((fd.name for fd, _ in d.ListFields() if fd.type == FieldDescriptor.TYPE_MESSAGE),
                        "empty")

@@ -1,5 +1,7 @@
 """The edge's side of the uplink mapping: one stored event -> the ThingsBoard uplink payload
-that carries it, with the edge seq in its ``edgeSeqId`` extension (docs/link-protocol.md).
+that carries it, with the edge seq in its ``edgeSeqId`` extension (docs/link-protocol.md). An
+ATTRIBUTES_REQUEST event (a device asked for shared attributes the edge does not hold) becomes
+an AttributesRequestMsg; the cloud answers with an attributes downlink.
 
 Entity JSON names the edge's tenant and customer (``Owner``): they are taken when the event is
 sent, from the identity of the connection, so an event recorded before the edge ever connected
@@ -65,6 +67,14 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
         return "alarmUpdateMsg", msg
     if action == Action.RPC_CALL:
         return "deviceRpcCallMsg", _rpc_response(event, msb, lsb)
+    if action == Action.ATTRIBUTES_REQUEST:
+        scope = body.get("scope") or "SHARED_SCOPE"
+        if scope not in SCOPES:
+            raise BadRequest(f"attribute scope {str(scope)[:40]!r} is not one of {', '.join(SCOPES)}")
+        msg = edge_pb2.AttributesRequestMsg(entityIdMSB=msb, entityIdLSB=lsb,
+                                            entityType=event.entity_type, scope=scope,
+                                            edgeSeqId=event.seq)
+        return "attributesRequestMsg", msg
     if event.type == "DEVICE" and action in UPDATE_TYPE:
         msg = edge_pb2.DeviceUpdateMsg(
             msgType=UPDATE_TYPE[Action(action)], idMSB=msb, idLSB=lsb,
@@ -77,13 +87,18 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
 
 
 def _rpc_response(event: StoredEvent, msb: int, lsb: int) -> edge_pb2.DeviceRpcCallMsg:
-    """A device's RPC answer. ThingsBoard finds the waiting request by requestUuid, so the
-    request's uuid, oneway and expirationTime are echoed when the event body has them."""
+    """A device's RPC answer, or the edge's report that a request failed (``error``: TIMEOUT
+    for an expired or unanswered one, as ThingsBoard Edge reports both). ThingsBoard finds the
+    waiting request by requestUuid, so the request's uuid, oneway and expirationTime are echoed
+    when the event body has them."""
     body = event.body
+    if body.get("error"):
+        answer = edge_pb2.RpcResponseMsg(error=str(body["error"]))
+    else:
+        answer = edge_pb2.RpcResponseMsg(
+            response=json.dumps(body.get("response"), separators=(",", ":")))
     msg = edge_pb2.DeviceRpcCallMsg(
-        deviceIdMSB=msb, deviceIdLSB=lsb, requestId=int(body["requestId"]),
-        responseMsg=edge_pb2.RpcResponseMsg(
-            response=json.dumps(body.get("response"), separators=(",", ":"))),
+        deviceIdMSB=msb, deviceIdLSB=lsb, requestId=int(body["requestId"]), responseMsg=answer,
         edgeSeqId=event.seq)
     if body.get("requestUuid") is not None:
         msg.requestUuidMSB, msg.requestUuidLSB = uuid_halves(uuid.UUID(str(body["requestUuid"])))

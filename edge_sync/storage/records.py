@@ -53,9 +53,11 @@ class Action(enum.StrEnum):
     RELATIONS_DELETED = "RELATIONS_DELETED"
     RPC_CALL = "RPC_CALL"
     CREDENTIALS_UPDATED = "CREDENTIALS_UPDATED"
+    ATTRIBUTES_REQUEST = "ATTRIBUTES_REQUEST"  # the edge asks the cloud for attributes
 
 
-# Actions that go in the high lane: creation, updates, credentials, alarms and RPC responses.
+# Actions that go in the high lane: creation, updates, credentials, alarms, RPC responses and
+# attribute requests (a device waits for their answer).
 # They may overtake the normal lane's backlog, the entity's own data included, which is harmless
 # for these (an entity is created before it has data). Deletes and relation changes stay in the
 # normal lane so they follow the entity's data, as the delivery contract requires.
@@ -67,6 +69,7 @@ _HIGH_ACTIONS = frozenset(
         Action.ALARM_CLEAR,
         Action.RPC_CALL,
         Action.CREDENTIALS_UPDATED,
+        Action.ATTRIBUTES_REQUEST,
     }
 )
 

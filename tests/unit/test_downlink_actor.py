@@ -567,7 +567,7 @@ def test_the_kinds_set_aside_are_those_thingsboard_sends_and_the_edge_does_not_a
         "ruleChainUpdateMsg", "ruleChainMetadataUpdateMsg", "dashboardUpdateMsg", "assetUpdateMsg",
         "entityViewUpdateMsg", "alarmUpdateMsg", "userUpdateMsg", "userCredentialsUpdateMsg",
         "customerUpdateMsg", "relationUpdateMsg", "widgetsBundleUpdateMsg", "widgetTypeUpdateMsg",
-        "adminSettingsUpdateMsg", "deviceRpcCallMsg", "otaPackageUpdateMsg", "queueUpdateMsg",
+        "adminSettingsUpdateMsg", "otaPackageUpdateMsg", "queueUpdateMsg",
         "assetProfileUpdateMsg", "tenantProfileUpdateMsg", "resourceUpdateMsg",
         "alarmCommentUpdateMsg", "oAuth2ClientUpdateMsg", "notificationRuleUpdateMsg",
         "notificationTargetUpdateMsg", "notificationTemplateUpdateMsg", "oAuth2DomainUpdateMsg",
@@ -608,12 +608,14 @@ def test_a_mixed_downlink_applies_what_it_can_and_counts_the_rest(rig: Rig) -> N
     dev, profile = uuid.uuid4(), uuid.uuid4()
     msg = sync_pack(40, dev, profile, "tok-mixed", PARTS)
     msg.relationUpdateMsg.add(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, entity="{}")
-    msg.deviceRpcCallMsg.add(requestId=1, requestMsg=edge_pb2.RpcRequestMsg(method="reboot"))
+    # an answer to a device-originated (client-side) RPC: this edge serves none
+    msg.deviceRpcCallMsg.add(requestId=1, responseMsg=edge_pb2.RpcResponseMsg(response="{}"))
     msg.entityData.add(entityType="DEVICE", postTelemetryMsg=transport_pb2.PostTelemetryMsg())
     reply = rig.apply(msg)
     assert (reply.success, reply.device_profiles) == (True, {"meter": profile})
     assert (d := rig.device(dev)) is not None and d.token == "tok-mixed"
-    assert (set_aside_count(rig, "relationUpdateMsg"), set_aside_count(rig, "deviceRpcCallMsg"),
+    assert (set_aside_count(rig, "relationUpdateMsg"),
+            set_aside_count(rig, "deviceRpcCallMsg.responseMsg"),
             set_aside_count(rig, "entityData.postTelemetryMsg")) == (1, 1, 1)
     assert set_aside_count(rig, "deviceUpdateMsg") == 0
 

@@ -1,0 +1,200 @@
+"""The lifecycle of the server-side RPC requests of one device, as ThingsBoard's persistent RPC:
+
+    QUEUED --delivered--> DELIVERED --answered--> SUCCESSFUL
+       |                     |
+       |                     +--expirationTime passed, no answer--> TIMEOUT
+       +--expirationTime passed before delivery--> EXPIRED
+    a request the edge cannot deliver at all (no method) is FAILED at once.
+
+A one-way request is SUCCESSFUL as soon as it is delivered (nobody waits for its answer).
+Nothing here reads a clock or touches storage: time is passed in (ms since the epoch, the
+cloud's expirationTime is wall-clock), the owner persists each record it gets back.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from edge_sync.errors import Conflict, NotFound
+
+DEFAULT_RPC_TIMEOUT_MS = 10_000
+"""A request that names no expirationTime expires this long after it reached the edge
+(ThingsBoard's default RPC timeout)."""
+
+_RECENT_FINAL = 64  # finished requests remembered per device, to explain a late answer
+
+
+class RpcStatus(enum.StrEnum):
+    QUEUED = "QUEUED"
+    DELIVERED = "DELIVERED"
+    SUCCESSFUL = "SUCCESSFUL"
+    TIMEOUT = "TIMEOUT"
+    EXPIRED = "EXPIRED"
+    FAILED = "FAILED"
+
+    @property
+    def final(self) -> bool:
+        return self not in (RpcStatus.QUEUED, RpcStatus.DELIVERED)
+
+
+@dataclass(frozen=True, slots=True)
+class RpcRequest:
+    """One server-side RPC request to a device, as the edge keeps it."""
+
+    device_id: uuid.UUID
+    request_uuid: uuid.UUID
+    request_id: int  # the cloud's requestId: the id the device sees and answers
+    method: str
+    params: str  # JSON text as the cloud sent it
+    oneway: bool
+    expiration_time: int  # ms since the epoch
+    queued_at: int  # ms since the epoch, when the edge stored it
+    status: RpcStatus = RpcStatus.QUEUED
+    updated_at: int = 0
+    response: Any = None
+    error: str = ""
+
+    def device_json(self) -> dict[str, Any]:
+        """What the device gets: ThingsBoard's ``{"id", "method", "params"}`` (params parsed from
+        their JSON text; text that is not JSON is passed as a string)."""
+        try:
+            params: Any = json.loads(self.params) if self.params else None
+        except ValueError:
+            params = self.params
+        return {"id": self.request_id, "method": self.method, "params": params}
+
+    def echo(self) -> dict[str, Any]:
+        """The request's identity as every answer upstream echoes it."""
+        return {"requestUuid": str(self.request_uuid), "requestId": self.request_id,
+                "oneway": self.oneway, "expirationTime": self.expiration_time}
+
+    def as_json(self) -> dict[str, Any]:
+        """The shape `edge-sync rpc list --json` and the admin API print."""
+        return {
+            "device_id": str(self.device_id), "request_uuid": str(self.request_uuid),
+            "request_id": self.request_id, "method": self.method, "params": self.params,
+            "oneway": self.oneway, "expiration_time": self.expiration_time,
+            "queued_at": self.queued_at, "status": self.status.value,
+            "updated_at": self.updated_at, "response": self.response, "error": self.error,
+        }
+
+
+def expiration_of(expiration_time: int, now_ms: int) -> int:
+    """The expiry the edge keeps: the cloud's, or DEFAULT_RPC_TIMEOUT_MS from now when none."""
+    return expiration_time if expiration_time > 0 else now_ms + DEFAULT_RPC_TIMEOUT_MS
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A request whose status changed: persist ``request``; ``report`` is the body of the
+    RPC_CALL event that tells the cloud (None when the cloud is not told)."""
+
+    request: RpcRequest
+    report: dict[str, Any] | None
+
+
+class RpcBook:
+    """The open RPC requests of one device, in arrival order, and the last finished ones."""
+
+    __slots__ = ("_open", "_recent")
+
+    def __init__(self) -> None:
+        self._open: dict[uuid.UUID, RpcRequest] = {}
+        self._recent: dict[int, RpcRequest] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def open_requests(self) -> list[RpcRequest]:
+        return list(self._open.values())
+
+    def add(self, request: RpcRequest) -> bool:
+        """Take a stored request (new from the cloud, or loaded at start). False when it is
+        already known or already finished (it is then not delivered again)."""
+        if request.request_uuid in self._open or request.status.final:
+            return False
+        self._open[request.request_uuid] = request
+        self._open = dict(sorted(self._open.items(), key=lambda kv: kv[1].queued_at))
+        return True
+
+    def next_deadline(self) -> int | None:
+        """The earliest expirationTime of an open request (ms), None when there is none."""
+        return min((r.expiration_time for r in self._open.values()), default=None)
+
+    def take_next(self, now_ms: int) -> Transition | None:
+        """The oldest QUEUED request that has not expired, now delivered: DELIVERED (or
+        SUCCESSFUL, reported with an empty answer, when one-way). None when there is none."""
+        for request in self._open.values():
+            if request.status is RpcStatus.QUEUED and now_ms < request.expiration_time:
+                if request.oneway:
+                    done = replace(request, status=RpcStatus.SUCCESSFUL, updated_at=now_ms)
+                    self._finish(done)
+                    return Transition(done, {**done.echo(), "response": {}})
+                delivered = replace(request, status=RpcStatus.DELIVERED, updated_at=now_ms)
+                self._open[request.request_uuid] = delivered
+                return Transition(delivered, None)
+        return None
+
+    def undo_delivery(self, request: RpcRequest) -> None:
+        """Delivery could not be recorded: the request is QUEUED again (when still open)."""
+        if request.status.final:
+            self._recent.pop(request.request_id, None)
+        self._open[request.request_uuid] = replace(request, status=RpcStatus.QUEUED)
+        self._open = dict(sorted(self._open.items(), key=lambda kv: kv[1].queued_at))
+
+    def answer(self, request_id: int, response: Any, now_ms: int) -> Transition:
+        """The device's answer to ``request_id``: SUCCESSFUL, reported with the answer.
+        NotFound when no delivered request has that id; Conflict when it has finished
+        (expired, timed out, answered) or was never delivered."""
+        for request in self._open.values():
+            if request.request_id != request_id:
+                continue
+            if request.status is not RpcStatus.DELIVERED:
+                raise Conflict(f"RPC request {request_id} was not delivered yet; nothing to answer")
+            if now_ms >= request.expiration_time:
+                raise Conflict(f"RPC request {request_id} expired at {request.expiration_time}; "
+                               "the answer is too late")
+            done = replace(request, status=RpcStatus.SUCCESSFUL, updated_at=now_ms,
+                           response=response)
+            self._finish(done)
+            return Transition(done, {**done.echo(), "response": response})
+        recent = self._recent.get(request_id)
+        if recent is not None:
+            raise Conflict(f"RPC request {request_id} is {recent.status.value}; it takes no "
+                           "answer")
+        raise NotFound(f"no RPC request {request_id} awaits an answer from this device")
+
+    def expire_due(self, now_ms: int) -> list[Transition]:
+        """Requests whose expirationTime has come: EXPIRED (never delivered) or TIMEOUT
+        (delivered, not answered), each reported to the cloud with error TIMEOUT, as
+        ThingsBoard Edge reports both."""
+        out: list[Transition] = []
+        for request in list(self._open.values()):
+            if now_ms < request.expiration_time:
+                continue
+            status = RpcStatus.EXPIRED if request.status is RpcStatus.QUEUED else RpcStatus.TIMEOUT
+            done = replace(request, status=status, updated_at=now_ms, error="TIMEOUT")
+            self._finish(done)
+            out.append(Transition(done, {**done.echo(), "error": "TIMEOUT"}))
+        return out
+
+    def fail(self, request: RpcRequest, error: str, now_ms: int) -> Transition:
+        """A request the edge cannot deliver: FAILED, reported with ``error``."""
+        done = replace(request, status=RpcStatus.FAILED, updated_at=now_ms, error=error)
+        self._finish(done)
+        return Transition(done, {**done.echo(), "error": error})
+
+    def _finish(self, done: RpcRequest) -> None:
+        self._open.pop(done.request_uuid, None)
+        self._recent[done.request_id] = done
+        while len(self._recent) > _RECENT_FINAL:
+            del self._recent[next(iter(self._recent))]
+
+
+def by_status(requests: Iterable[RpcRequest], status: RpcStatus | None) -> list[RpcRequest]:
+    return [r for r in requests if status is None or r.status is status]

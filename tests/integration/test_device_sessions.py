@@ -1,0 +1,412 @@
+"""Both ways to the device, in one process: a whole EdgeApp (real LMDB, the real aiohttp device
+API on loopback) linked to the scripted gRPC peer of tests/helpers/fake_peer.py.
+
+Server-side RPC (a deviceRpcCallMsg downlink -> the device's long poll -> its answer -> an
+uplink DeviceRpcCallMsg), its expiry, the answers the device API gives to wrong answers and
+wrong timeouts, shared attribute updates to long polls, and shared attributes fetched from the
+cloud (or not, when it cannot be reached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from edge_sync.app import EdgeApp
+from edge_sync.common.wire import uuid_halves
+from edge_sync.config import load_edge_config
+from edge_sync.devices.rpc import RpcRequest, RpcStatus
+from edge_sync.proto import edge_pb2, transport_pb2
+from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.records import Device
+from edge_sync.storage.rpc_store import RpcStore
+from tests.helpers.fake_peer import FakeCloud
+from tests.helpers.ports import free_ports
+from tests.helpers.wait import wait_until
+
+DEADLINE_S = 10.0
+ROUTING_KEY, SECRET = "rk-sessions", "secret-sessions"
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.fakes: list[FakeCloud] = []
+        self.apps: list[EdgeApp] = []
+
+    def fake(self) -> FakeCloud:
+        fake = FakeCloud(uplinks="ack").start()
+        self.fakes.append(fake)
+        return fake
+
+    def edge(self, port: int, **env: str) -> EdgeApp:
+        base = {
+            "EDGE_DATA_DIR": str(self.tmp_path / "edge"), "EDGE_HTTP_HOST": "127.0.0.1",
+            "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0", "EDGE_ACTORS_SHARDS": "2",
+            "CLOUD_ROUTING_KEY": ROUTING_KEY, "CLOUD_ROUTING_SECRET": SECRET,
+            "CLOUD_RPC_HOST": "127.0.0.1", "CLOUD_RPC_PORT": str(port),
+            "EDGE_CLOUD_RECONNECT_INTERVAL_MS": "200",
+            "EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS": "1000", "EDGE_CLOUD_RECONNECT_JITTER": "0",
+            "EDGE_CLOUD_BATCH_TIMEOUT_MS": "20",
+        }
+        app = EdgeApp(load_edge_config(env={**base, **env})).start()
+        self.apps.append(app)
+        return app
+
+    def connected_edge(self, **env: str) -> tuple[FakeCloud, EdgeApp]:
+        fake = self.fake()
+        app = self.edge(fake.port, **env)
+        wait_until(lambda: app.link_board.value["state"] == "CONNECTED", timeout=DEADLINE_S,
+                   what="link CONNECTED")
+        return fake, app
+
+    def stop(self, app: EdgeApp) -> None:
+        app.stop(timeout=30)
+        self.apps.remove(app)
+
+    def close(self) -> None:
+        for app in self.apps:
+            app.stop(timeout=30)
+        for fake in self.fakes:
+            fake.stop()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    yield h
+    h.close()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def make_device(app: EdgeApp, name: str) -> Device:
+    device, fut = app.service.create_device(name, token=f"tok-{name}")
+    assert len(fut.result(DEADLINE_S)) == 2
+    return device
+
+
+def http(app: EdgeApp, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+         timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(f"http://127.0.0.1:{app.http_port}{path}", data=data,
+                                 method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Future[Any]:
+    out: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            out.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            out.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return out
+
+
+def polls_open(app: EdgeApp, n: int) -> None:
+    wait_until(lambda: len(app.device_api._polls) >= n, timeout=DEADLINE_S,
+               what=f"{n} long polls open")
+
+
+def rpc_downlink(fake: FakeCloud, device: Device, request_id: int, method: str = "setGpio",
+                 params: Any = None, *, oneway: bool = False, expires_in_ms: int = 60_000,
+                 request_uuid: uuid.UUID | None = None) -> edge_pb2.DownlinkMsg:
+    msb, lsb = uuid_halves(device.id)
+    umsb, ulsb = uuid_halves(request_uuid or uuid.uuid4())
+    return edge_pb2.DownlinkMsg(downlinkMsgId=fake.new_downlink_id(), deviceRpcCallMsg=[
+        edge_pb2.DeviceRpcCallMsg(
+            deviceIdMSB=msb, deviceIdLSB=lsb, requestUuidMSB=umsb, requestUuidLSB=ulsb,
+            requestId=request_id, oneway=oneway,
+            expirationTime=int(time.time() * 1000) + expires_in_ms,
+            requestMsg=edge_pb2.RpcRequestMsg(method=method, params=json.dumps(params)))])
+
+
+def shared_downlink(fake: FakeCloud, device: Device, values: dict[str, int] | None = None,
+                    deleted: list[str] | None = None) -> edge_pb2.DownlinkMsg:
+    msb, lsb = uuid_halves(device.id)
+    data = edge_pb2.EntityDataProto(entityIdMSB=msb, entityIdLSB=lsb, entityType="DEVICE")
+    if deleted is not None:
+        data.attributeDeleteMsg.scope = "SHARED_SCOPE"
+        data.attributeDeleteMsg.attributeNames.extend(deleted)
+    else:
+        data.attributesUpdatedMsg.kv.extend(
+            transport_pb2.KeyValueProto(key=k, type=transport_pb2.LONG_V, long_v=v)
+            for k, v in (values or {}).items())
+        data.postAttributeScope = "SHARED_SCOPE"
+    return edge_pb2.DownlinkMsg(downlinkMsgId=fake.new_downlink_id(), entityData=[data])
+
+
+def deliver(fake: FakeCloud, msg: edge_pb2.DownlinkMsg, acks: int = 1) -> None:
+    fake.send_downlink(msg)
+    fake.wait_for(lambda: len(fake.acks_for(msg.downlinkMsgId)) >= acks,
+                  what=f"ack {acks} of downlink {msg.downlinkMsgId}")
+    assert all(a.success for a in fake.acks_for(msg.downlinkMsgId))
+
+
+def rpc_uplinks(fake: FakeCloud) -> list[edge_pb2.DeviceRpcCallMsg]:
+    return [m for up in list(fake.uplinks) for m in up.msg.deviceRpcCallMsg]
+
+
+def rpcs(app: EdgeApp, device: Device) -> list[RpcRequest]:
+    with app.store.read() as txn:
+        return list(RpcStore(app.store).scan(txn, device.id))
+
+
+def event_count(app: EdgeApp) -> int:
+    with app.store.read() as txn:
+        return EventLog(app.store).counts(txn).total
+
+
+# -- server-side RPC -----------------------------------------------------------------------------
+
+
+def test_two_way_rpc_to_a_waiting_poll_and_its_answer_upstream(harness: Harness) -> None:
+    fake, app = harness.connected_edge()
+    dev = make_device(app, "rpc-wait")
+    poll = in_thread(http, app, "GET", f"/api/v1/{dev.token}/rpc?timeout=20000")
+    polls_open(app, 1)
+    msg = rpc_downlink(fake, dev, 7, "setGpio", {"pin": 1})
+    deliver(fake, msg)
+    status, _, body = poll.result(DEADLINE_S)
+    assert (status, json.loads(body)) == (200, {"id": 7, "method": "setGpio", "params": {"pin": 1}})
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED]
+
+    assert http(app, "POST", f"/api/v1/{dev.token}/rpc/7", {"pin": 1, "value": True})[0] == 200
+    up = fake.wait_for(lambda: rpc_uplinks(fake), what="the RPC answer uplinked")[0]
+    call = msg.deviceRpcCallMsg[0]
+    assert (up.requestId, up.requestUuidMSB, up.requestUuidLSB, up.oneway, up.expirationTime,
+            json.loads(up.responseMsg.response), up.responseMsg.error) == (
+        7, call.requestUuidMSB, call.requestUuidLSB, False, call.expirationTime,
+        {"pin": 1, "value": True}, "")
+    assert [(r.status, r.response) for r in rpcs(app, dev)] == [
+        (RpcStatus.SUCCESSFUL, {"pin": 1, "value": True})]
+    # answered once: a second answer is refused and nothing is queued
+    before = event_count(app)
+    status, _, body = http(app, "POST", f"/api/v1/{dev.token}/rpc/7", {"again": 1})
+    assert status == 409 and b"SUCCESSFUL" in body
+    assert event_count(app) == before
+
+
+def test_a_request_queued_before_the_poll_is_delivered_at_once_in_order(harness: Harness) -> None:
+    fake, app = harness.connected_edge()
+    dev = make_device(app, "rpc-later")
+    deliver(fake, rpc_downlink(fake, dev, 1, "first"))
+    deliver(fake, rpc_downlink(fake, dev, 2, "second", [1, 2]))
+    s1, _, b1 = http(app, "GET", f"/api/v1/{dev.token}/rpc?timeout=5000")
+    s2, _, b2 = http(app, "GET", f"/api/v1/{dev.token}/rpc")
+    assert (s1, json.loads(b1)) == (200, {"id": 1, "method": "first", "params": None})
+    assert (s2, json.loads(b2)) == (200, {"id": 2, "method": "second", "params": [1, 2]})
+
+
+def test_a_poll_with_nothing_to_deliver_times_out_with_408_and_no_body(harness: Harness) -> None:
+    _, app = harness.connected_edge()
+    dev = make_device(app, "rpc-idle")
+    started = time.monotonic()
+    status, _, body = http(app, "GET", f"/api/v1/{dev.token}/rpc?timeout=300")
+    assert (status, body) == (408, b"")
+    assert 0.29 <= time.monotonic() - started < 5
+    status, _, body = http(app, "GET", f"/api/v1/{dev.token}/attributes/updates?timeout=200")
+    assert (status, body) == (408, b"")
+
+
+@pytest.mark.parametrize("timeout", ["300001", "-1", "abc", "1.5", "99999999999999999"])
+def test_a_timeout_out_of_range_is_refused_with_400(harness: Harness, timeout: str) -> None:
+    _, app = harness.connected_edge()
+    dev = make_device(app, "rpc-range")
+    for path in ("rpc", "attributes/updates"):
+        status, _, body = http(app, "GET", f"/api/v1/{dev.token}/{path}?timeout={timeout}")
+        assert status == 400, (path, body)
+        assert "timeout" in json.loads(body)["message"]
+
+
+def test_an_expired_request_is_never_delivered_and_is_reported_upstream(harness: Harness) -> None:
+    fake, app = harness.connected_edge()
+    dev = make_device(app, "rpc-expired")
+    msg = rpc_downlink(fake, dev, 3, "late", expires_in_ms=300)
+    deliver(fake, msg)
+    up = fake.wait_for(lambda: rpc_uplinks(fake), what="the expiry reported")[0]
+    assert (up.requestId, up.responseMsg.error, up.oneway, up.expirationTime) == (
+        3, "TIMEOUT", False, msg.deviceRpcCallMsg[0].expirationTime)
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.EXPIRED]
+    assert http(app, "GET", f"/api/v1/{dev.token}/rpc?timeout=200")[:2][0] == 408
+    # already expired when it arrives: never delivered either
+    deliver(fake, rpc_downlink(fake, dev, 4, "dead", expires_in_ms=-1000))
+    fake.wait_for(lambda: len(rpc_uplinks(fake)) == 2, what="the second expiry reported")
+    assert http(app, "GET", f"/api/v1/{dev.token}/rpc?timeout=200")[0] == 408
+
+
+def test_wrong_answers_get_a_clear_4xx_and_nothing_is_queued(harness: Harness) -> None:
+    fake, app = harness.connected_edge()
+    dev = make_device(app, "rpc-wrong")
+    deliver(fake, rpc_downlink(fake, dev, 5, "soon", expires_in_ms=1500))
+    assert http(app, "GET", f"/api/v1/{dev.token}/rpc?timeout=5000")[0] == 200
+    before = event_count(app)
+    status, _, body = http(app, "POST", f"/api/v1/{dev.token}/rpc/99", {"x": 1})
+    assert (status, json.loads(body)["message"]) == (
+        404, "no RPC request 99 awaits an answer from this device")
+    assert http(app, "POST", f"/api/v1/{dev.token}/rpc/abc", {"x": 1})[0] == 400
+    assert http(app, "POST", f"/api/v1/{dev.token}/rpc/5", raw=b"{not json")[0] == 400
+    assert event_count(app) == before
+    # the request times out unanswered: reported, and a late answer is refused
+    fake.wait_for(lambda: rpc_uplinks(fake), what="the time-out reported")
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.TIMEOUT]
+    before = event_count(app)
+    status, _, body = http(app, "POST", f"/api/v1/{dev.token}/rpc/5", {"x": 1})
+    assert status == 409 and b"TIMEOUT" in body
+    assert event_count(app) == before
+
+
+def test_a_one_way_request_is_successful_on_delivery(harness: Harness) -> None:
+    fake, app = harness.connected_edge()
+    dev = make_device(app, "rpc-oneway")
+    msg = rpc_downlink(fake, dev, 9, "blink", {"n": 3}, oneway=True)
+    deliver(fake, msg)
+    status, _, body = http(app, "GET", f"/api/v1/{dev.token}/rpc?timeout=5000")
+    assert (status, json.loads(body)) == (200, {"id": 9, "method": "blink", "params": {"n": 3}})
+    up = fake.wait_for(lambda: rpc_uplinks(fake), what="the one-way success reported")[0]
+    assert (up.requestId, up.oneway, up.responseMsg.response, up.responseMsg.error) == (
+        9, True, "{}", "")
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.SUCCESSFUL]
+
+
+def test_a_redelivered_rpc_downlink_is_delivered_once(harness: Harness) -> None:
+    fake, app = harness.connected_edge()
+    dev = make_device(app, "rpc-redelivered")
+    msg = rpc_downlink(fake, dev, 11, "once")
+    deliver(fake, msg)
+    deliver(fake, msg, acks=2)  # the same downlink again: acknowledged only
+    # the same request in a new downlink (another id): known by its requestUuid
+    again = edge_pb2.DownlinkMsg(downlinkMsgId=fake.new_downlink_id(),
+                                 deviceRpcCallMsg=list(msg.deviceRpcCallMsg))
+    deliver(fake, again)
+    assert http(app, "GET", f"/api/v1/{dev.token}/rpc?timeout=5000")[0] == 200
+    assert http(app, "GET", f"/api/v1/{dev.token}/rpc?timeout=300")[0] == 408
+    assert len(rpcs(app, dev)) == 1
+
+
+def test_a_queued_request_survives_a_restart(harness: Harness) -> None:
+    fake, app = harness.connected_edge()
+    dev = make_device(app, "rpc-restart")
+    deliver(fake, rpc_downlink(fake, dev, 13, "persisted", {"a": 1}))
+    harness.stop(app)
+    app = harness.edge(fake.port)
+    status, _, body = http(app, "GET", f"/api/v1/{dev.token}/rpc?timeout=5000")
+    assert (status, json.loads(body)) == (200, {"id": 13, "method": "persisted", "params": {"a": 1}})
+
+
+def test_a_poll_waiting_when_the_agent_stops_is_answered_503(harness: Harness) -> None:
+    _, app = harness.connected_edge()
+    dev = make_device(app, "rpc-stop")
+    poll = in_thread(http, app, "GET", f"/api/v1/{dev.token}/rpc?timeout=60000")
+    polls_open(app, 1)
+    started = time.monotonic()
+    harness.stop(app)
+    assert poll.result(DEADLINE_S)[0] == 503
+    assert time.monotonic() - started < 5
+
+
+# -- shared attributes to devices ----------------------------------------------------------------
+
+
+async def _polls(port: int, tokens: list[str], timeout_ms: int) -> list[tuple[int, Any]]:
+    async with aiohttp.ClientSession() as session:
+        async def one(token: str) -> tuple[int, Any]:
+            url = f"http://127.0.0.1:{port}/api/v1/{token}/attributes/updates?timeout={timeout_ms}"
+            async with session.get(url) as resp:
+                text = await resp.text()
+                return resp.status, (json.loads(text) if text else None)
+
+        return list(await asyncio.gather(*(one(t) for t in tokens)))
+
+
+def test_a_shared_attribute_update_wakes_only_that_devices_polls_with_the_changed_keys(
+        harness: Harness) -> None:
+    fake, app = harness.connected_edge()
+    a, b = make_device(app, "attr-a"), make_device(app, "attr-b")
+    deliver(fake, shared_downlink(fake, a, {"x": 1, "y": 2}))
+    polls = in_thread(asyncio.run, _polls(app.http_port, [a.token] * 3 + [b.token], 1500))
+    polls_open(app, 4)
+    started = time.monotonic()
+    deliver(fake, shared_downlink(fake, a, {"x": 1, "y": 3, "z": 4}))  # x unchanged
+    assert polls.result(DEADLINE_S) == [(200, {"y": 3, "z": 4})] * 3 + [(408, None)]
+    assert time.monotonic() - started < 1.5
+
+    polls = in_thread(asyncio.run, _polls(app.http_port, [a.token], 5000))
+    polls_open(app, 1)
+    deliver(fake, shared_downlink(fake, a, deleted=["z", "never-held"]))
+    assert polls.result(DEADLINE_S) == [(200, {"deleted": ["z"]})]
+
+
+# -- attributes asked of the cloud ---------------------------------------------------------------
+
+
+def test_a_shared_key_the_edge_does_not_hold_is_fetched_from_the_cloud(harness: Harness) -> None:
+    fake, app = harness.connected_edge()
+    dev = make_device(app, "attr-fetch")
+
+    def requests() -> list[edge_pb2.AttributesRequestMsg]:
+        return [m for up in list(fake.uplinks) for m in up.msg.attributesRequestMsg]
+
+    answer = in_thread(http, app, "GET", f"/api/v1/{dev.token}/attributes?sharedKeys=mode,rate")
+    req = fake.wait_for(lambda: requests(), what="an AttributesRequestMsg")[0]
+    assert (uuid.UUID(int=0) != dev.id, req.scope, req.entityType) == (True, "SHARED_SCOPE", "DEVICE")
+    deliver(fake, shared_downlink(fake, dev, {"mode": 2, "rate": 5, "other": 1}))
+    status, headers, body = answer.result(DEADLINE_S)
+    assert (status, json.loads(body)) == (200, {"shared": {"mode": 2, "rate": 5}})
+    assert "X-Edge-Sync-Missing-Shared-Keys" not in headers
+    # cached now: served from the store, nothing asked again
+    status, headers, body = http(app, "GET", f"/api/v1/{dev.token}/attributes?sharedKeys=rate")
+    assert (status, json.loads(body)) == (200, {"shared": {"rate": 5}})
+    assert len(requests()) == 1
+
+
+def test_with_the_cloud_unreachable_what_is_known_is_answered_at_once(harness: Harness) -> None:
+    app = harness.edge(free_ports()[0])  # nobody listens there: the link never connects
+    dev = make_device(app, "attr-offline")
+    app.service.post_attributes(dev.token, {"fw": "1.0"}).result(DEADLINE_S)
+    started = time.monotonic()
+    status, headers, body = http(
+        app, "GET", f"/api/v1/{dev.token}/attributes?clientKeys=fw&sharedKeys=mode")
+    assert (status, json.loads(body)) == (200, {"client": {"fw": "1.0"}, "shared": {}})
+    assert headers["X-Edge-Sync-Missing-Shared-Keys"] == "mode"
+    assert time.monotonic() - started < 2
+    assert http(app, "GET", f"/api/v1/{dev.token}/attributes?sharedKeys=mode")[0] == 200
+
+    def requests() -> list[str]:
+        with app.store.read() as txn:
+            return [e.lane.name for e in EventLog(app.store).iter_events(txn)
+                    if e.action == "ATTRIBUTES_REQUEST"]
+
+    # the request waits in the queue for the link (high lane), asked once for both reads
+    assert wait_until(requests, timeout=DEADLINE_S, what="the request queued") == ["HIGH"]
+
+
+def test_a_silent_cloud_is_waited_for_up_to_the_request_timeout(harness: Harness) -> None:
+    _, app = harness.connected_edge(EDGE_HTTP_REQUEST_TIMEOUT_S="1")
+    dev = make_device(app, "attr-silent")
+    started = time.monotonic()
+    status, headers, body = http(app, "GET", f"/api/v1/{dev.token}/attributes?sharedKeys=a,b")
+    assert (status, json.loads(body)) == (200, {"shared": {}})
+    assert headers["X-Edge-Sync-Missing-Shared-Keys"] == "a,b"
+    assert 0.9 <= time.monotonic() - started < 5
