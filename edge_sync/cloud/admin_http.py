@@ -12,6 +12,9 @@ while the server runs, so that downlinks it queues are sent at once.
   GET  /api/edges/{edge}/downlinks/parked  the edge's parked downlinks (routing key or edge id)
   POST /api/edges/{edge}/sync           a full sync of the connected edge now (body: none or {})
                                         -> 202; 409 when the edge is not connected
+  POST /api/rpc/twoway/{device}, /api/rpc/oneway/{device}   server-side RPC in ThingsBoard's
+                                        shape; GET /api/rpc/{id} (and /api/rpc/persistent/{id})
+                                        its status and answer (cloud/rpc_http.py)
   GET  /metrics                         Prometheus text: the cloud's counters
 Errors: {"status", "error", "message"} with 400/401/403/404/409/415/500/507.
 Every request passes the admin guard first (edge_sync.common.admin_guard): no cross-site writes,
@@ -28,6 +31,8 @@ from aiohttp import web
 from loguru import logger
 
 from edge_sync.cloud.registry import StreamRegistry
+from edge_sync.cloud.rpc_http import RpcRoutes
+from edge_sync.cloud.rpc_service import RpcService
 from edge_sync.cloud.service import CloudService
 from edge_sync.common.admin_guard import AdminGuard
 from edge_sync.common.health import healthz, readyz_response
@@ -66,8 +71,9 @@ class CloudAdminApi:
     def __init__(self, service: CloudService, registry: StreamRegistry,
                  status_extra: Callable[[], dict[str, Any]] | None = None, *,
                  token: str = "", readiness: Callable[[], dict[str, bool]] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, rpc: RpcService | None = None) -> None:
         self._guard = AdminGuard("cloud-admin", token=token)
+        self._rpc = RpcRoutes(rpc if rpc is not None else RpcService(service))
         self._readiness = readiness
         self._service = service
         self._registry = registry
@@ -89,6 +95,7 @@ class CloudAdminApi:
         app.router.add_get("/api/edges/{edge}/downlinks/parked", self._handler(self._parked))
         app.router.add_post("/api/edges/{edge}/sync",
                             self._handler(self._sync, body_optional=True))
+        self._rpc.install(app)
         app.router.add_get("/metrics", self._prometheus)
         return app
 

@@ -1,5 +1,6 @@
 """The reference cloud's process-wide counters, shown at the admin API's GET /metrics: downlinks
-refused and parked, requests answered, and the uplink payloads it receives but does not apply,
+refused and parked, requests answered, server-side RPC requests and their answers (unknown and
+late ones apart), and the uplink payloads it receives but does not apply,
 by kind (``cloud_uplink_not_applied_total{kind="deviceProfileUpdateMsg"}``; each kind logged
 once at INFO the first time it is seen, then only counted).
 
@@ -34,6 +35,18 @@ class CloudCounters:
             "attribute, relation and rule chain metadata requests answered")
         self.request_downlinks = m.counter(
             "cloud_request_downlinks_queued_total", "downlinks queued to answer requests")
+        self.rpc_requests = m.counter(
+            "cloud_rpc_requests_total", "server-side RPC requests accepted (REST or CLI)")
+        self.rpc_answers = m.counter(
+            "cloud_rpc_answers_total", "RPC answers from edges that settled their request")
+        self.rpc_answers_unknown = m.counter(
+            "cloud_rpc_answers_unknown_total",
+            "RPC answers for no request of that edge and device (unknown requestUuid)")
+        self.rpc_answers_late = m.counter(
+            "cloud_rpc_answers_late_total",
+            "RPC answers after their request's expirationTime, or after it was settled")
+        self.rpc_expired = m.counter(
+            "cloud_rpc_expired_total", "RPC requests that expired before they were sent (not sent)")
         self.not_applied_kinds = m.counter_family(
             NOT_APPLIED, "uplink payloads received, acknowledged and not applied, by kind", "kind")
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from edge_sync.cloud import tb_entities
 from edge_sync.cloud.records import CloudDevice
-from edge_sync.common.wire import credentials_json, to_kv, uuid_halves
+from edge_sync.cloud.rpc import RpcRecord, compact
+from edge_sync.common.wire import credentials_json, to_kv, uuid_halves, uuid_of
 from edge_sync.proto import edge_pb2, transport_pb2
 
 
@@ -115,6 +116,33 @@ def attributes(entity_type: str, entity_id: uuid.UUID, scope: str, values: Mappi
 def shared_attributes(device: CloudDevice, values: Mapping[str, Any], ts: int) -> bytes:
     """entityData.attributesUpdatedMsg with postAttributeScope SHARED_SCOPE (shared=true)."""
     return attributes("DEVICE", device.id, "SHARED_SCOPE", values, ts)
+
+
+def device_rpc_request(record: RpcRecord) -> bytes:
+    """A server-side RPC request for a device of the edge, as ThingsBoard builds it from its
+    RPC_CALL edge event: deviceRpcCallMsg{deviceId, requestUuid, requestId, expirationTime,
+    oneway, persisted, retries, additionalInfo, requestMsg{method, params (JSON text)}}."""
+    d_msb, d_lsb = uuid_halves(record.device_id)
+    r_msb, r_lsb = uuid_halves(record.id)
+    msg = edge_pb2.DeviceRpcCallMsg(
+        deviceIdMSB=d_msb, deviceIdLSB=d_lsb, requestUuidMSB=r_msb, requestUuidLSB=r_lsb,
+        requestId=record.request_id, expirationTime=record.expiration_time,
+        oneway=record.oneway, persisted=record.persistent,
+        requestMsg=edge_pb2.RpcRequestMsg(method=record.method, params=compact(record.params)))
+    if record.retries is not None:
+        msg.retries = record.retries
+    if record.additional_info is not None:
+        msg.additionalInfo = compact(record.additional_info)
+    return _serialized(edge_pb2.DownlinkMsg(deviceRpcCallMsg=[msg]))
+
+
+def rpc_request_of(payload: bytes) -> tuple[uuid.UUID, int] | None:
+    """(rpc id, expirationTime) of a queued server-side RPC request downlink, else None."""
+    msg = edge_pb2.DownlinkMsg.FromString(payload)
+    for call in msg.deviceRpcCallMsg:
+        if call.HasField("requestMsg") and (call.requestUuidMSB or call.requestUuidLSB):
+            return uuid_of(call.requestUuidMSB, call.requestUuidLSB), call.expirationTime
+    return None
 
 
 def sync_completed() -> bytes:

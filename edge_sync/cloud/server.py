@@ -5,6 +5,7 @@ API. `edge-cloud serve` and the tests start it the same way:
     server = CloudServer(cfg).start()     # binds; cfg.rpc.port / cfg.admin.port 0 pick free ports
     server.port, server.admin_port        # the bound ports
     server.service.create_edge("edge-1")  # (edge, secret, created): operations in-process
+    server.rpc.submit(device, {"method": "m"}, oneway=True)  # server-side RPC in-process
     server.stop()
 """
 
@@ -22,6 +23,8 @@ from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.cloud.admin_http import CloudAdminApi
 from edge_sync.cloud.counters import CloudCounters
 from edge_sync.cloud.registry import StreamRegistry
+from edge_sync.cloud.rpc_service import RpcService
+from edge_sync.cloud.rpc_waiters import RpcWaiters
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.servicer import EdgeRpcServicer
 from edge_sync.cloud.session import LinkSettings
@@ -73,11 +76,12 @@ class CloudServer:
             max_attempts=cfg.downlink.max_attempts,
         )
         self.counters = CloudCounters()
+        self.rpc = RpcService(self.service, RpcWaiters(self.counters), clock=clock)
         self.servicer = EdgeRpcServicer(self.service, self.registry, self.settings, clock=clock,
-                                        counters=self.counters)
+                                        counters=self.counters, rpc=self.rpc)
         self.admin = CloudAdminApi(self.service, self.registry, status_extra=self._status_extra,
                                    token=cfg.admin.token, readiness=self._readiness,
-                                   metrics=self.counters.metrics)
+                                   metrics=self.counters.metrics, rpc=self.rpc)
         self.port = 0
         self.admin_port = 0
         self._grpc: grpc.Server | None = None

@@ -236,6 +236,9 @@ class CloudService:
         edge = self.edge(edge_ref)
         return self.store.parked_downlinks(edge.edge_id, limit=limit)
 
-    def _wake(self, edge_id: uuid.UUID) -> None:
+    def wake(self, edge_id: uuid.UUID) -> None:
+        """Tell the edge's stream (when connected) that downlinks were queued."""
         if self._notify is not None:
             self._notify(edge_id)
+
+    _wake = wake

@@ -10,6 +10,7 @@ import grpc
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.cloud.counters import CloudCounters
 from edge_sync.cloud.registry import StreamRegistry
+from edge_sync.cloud.rpc_service import RpcService
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.session import LinkSettings, StreamSession
 from edge_sync.proto import edge_pb2, edge_pb2_grpc
@@ -17,8 +18,10 @@ from edge_sync.proto import edge_pb2, edge_pb2_grpc
 
 class EdgeRpcServicer(edge_pb2_grpc.EdgeRpcServiceServicer):
     def __init__(self, service: CloudService, registry: StreamRegistry, settings: LinkSettings,
-                 *, clock: Clock = SYSTEM_CLOCK, counters: CloudCounters | None = None) -> None:
+                 *, clock: Clock = SYSTEM_CLOCK, counters: CloudCounters | None = None,
+                 rpc: RpcService | None = None) -> None:
         self._service = service
+        self._rpc = rpc
         self._counters = counters if counters is not None else CloudCounters()
         self._registry = registry
         self._settings = settings
@@ -32,7 +35,7 @@ class EdgeRpcServicer(edge_pb2_grpc.EdgeRpcServiceServicer):
         """gRPC's handler thread: the whole life of one stream."""
         session = StreamSession(self._service, self._registry, self._settings, context,
                                 clock=self._clock, on_finish=self._forget,
-                                counters=self._counters)
+                                counters=self._counters, rpc=self._rpc)
         with self._lock:
             self._sessions.add(session)
         yield from session.run(request_iterator)

@@ -29,6 +29,7 @@ from edge_sync.cloud import downlinks, full_sync, requests, uplink_kinds
 from edge_sync.cloud.counters import CloudCounters
 from edge_sync.cloud.records import EdgeRecord, QueuedDownlink, downlink_msg_id
 from edge_sync.cloud.registry import StreamRegistry
+from edge_sync.cloud.rpc_service import RpcService
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.store import CAUSE_REFUSED, CAUSE_TOO_LARGE, normalized_store_id
 from edge_sync.cloud.uplink import GoBackN, epoch_of, events_to_apply
@@ -75,6 +76,7 @@ class StreamSession:
         clock: Clock = SYSTEM_CLOCK,
         on_finish: Callable[[StreamSession], None] | None = None,
         counters: CloudCounters | None = None,
+        rpc: RpcService | None = None,
     ) -> None:
         self.number = next(_ids)
         self.edge_id: uuid.UUID | None = None
@@ -102,6 +104,7 @@ class StreamSession:
         self._inflight: QueuedDownlink | None = None
         self._refusals = 0  # success=false answers (not retryable) to the downlink in flight
         self._counters = counters if counters is not None else CloudCounters()
+        self._rpc = rpc if rpc is not None else RpcService(service, clock=clock)
         self._deadline = 0.0
         self._look = False  # look at the durable queue at the next chance
         self._next_poll = 0.0
@@ -298,8 +301,8 @@ class StreamSession:
             return _uplink_response(up.uplinkMsgId, False, self._gate.refusal(), retryable=True)
         try:
             events = events_to_apply(up)
-            applied, dups = self._store.apply_uplink(self.edge_id, events, self._clock.now_ms(),
-                                                      incarnation=self.incarnation)
+            applied, dups, answers = self._store.apply_uplink_answers(
+                self.edge_id, events, self._clock.now_ms(), incarnation=self.incarnation)
         except PayloadRejected as exc:
             self._gate.failed(epoch)
             self._stats["rejected"] += 1
@@ -315,6 +318,8 @@ class StreamSession:
                                     retryable=True)
         self._stats["events_applied"] += applied
         self._stats["duplicates"] += dups
+        if answers:
+            self._rpc.waiters.answered(answers, routing_key=self._rk())
         if dups:
             self._log.bind(uplink_msg_id=up.uplinkMsgId, duplicates=dups).debug(
                 "uplink events already applied were skipped")
@@ -388,12 +393,27 @@ class StreamSession:
                 nxt = self._store.first_downlink(self.edge_id)
                 if nxt is None:
                     return None
-            if not self._too_large(nxt):
+            if not self._too_large(nxt) and not self._rpc_expired(nxt):
                 break
         self._inflight, self._deadline, self._refusals = nxt, now + timeout, 0
         self._stats["downlinks_sent"] += 1
         self._log.bind(downlink_id=nxt.msg_id, content=downlinks.describe(nxt.payload)).info("downlink sent")
-        return self._send(nxt)
+        out = self._send(nxt)
+        rpc_request = downlinks.rpc_request_of(nxt.payload) if nxt.durable else None
+        if rpc_request is not None:
+            self._rpc.sent(rpc_request[0])
+        return out
+
+    def _rpc_expired(self, item: QueuedDownlink) -> bool:
+        """A server-side RPC request whose expirationTime has passed in the queue is never sent:
+        it leaves the queue, EXPIRED, and the queue moves on."""
+        rpc_request = downlinks.rpc_request_of(item.payload) if item.durable else None
+        if rpc_request is None or rpc_request[1] >= self._clock.now_ms():
+            return False
+        assert self.edge_id is not None
+        self._rpc.expired_unsent(self.edge_id, item.number, rpc_request[0])
+        self._look = True
+        return True
 
     def _too_large(self, item: QueuedDownlink) -> bool:
         """A downlink larger than the edge accepts would break the stream on every try: it is
@@ -422,6 +442,9 @@ class StreamSession:
         if not parked:  # no longer queued (another stream of the edge settled it)
             self._log.bind(downlink_id=item.msg_id).debug("downlink to park was already gone")
             return
+        rpc_request = downlinks.rpc_request_of(item.payload) if item.durable else None
+        if rpc_request is not None:
+            self._rpc.parked(rpc_request[0], error.splitlines()[0] if error else error)
         self._stats["downlinks_parked"] += 1
         self._counters.inc(self._counters.downlinks_parked)
         self._log.bind(downlink_id=item.msg_id, number=item.number, kind=downlinks.describe(item.payload),
@@ -465,7 +488,11 @@ class StreamSession:
             if self._sync and self._sync[0] is item:
                 self._sync.popleft()
         else:
-            self._store.remove_downlink(self.edge_id, item.number)
+            rpc_request = downlinks.rpc_request_of(item.payload)
+            if rpc_request is not None:  # out of the queue and DELIVERED, in one transaction
+                self._rpc.acknowledged(self.edge_id, item.number, rpc_request[0])
+            else:
+                self._store.remove_downlink(self.edge_id, item.number)
         self._inflight, self._look = None, True
         self._stats["downlinks_acked"] += 1
         log.info("downlink acknowledged")

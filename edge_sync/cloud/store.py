@@ -34,6 +34,10 @@ Layout (edge_id, device_id: 16 raw UUID bytes; numbers: u64 big-endian):
   dead_downlinks edge_id + downlink number -> (serialized DownlinkMsg, error, time ms, cause,
                 attempts, in sync)   (parked: refused max_attempts times, or too large; records
                 of the previous release hold only the first three)
+  rpcs          rpc id -> server-side RPC request (cloud/rpc_table.py; meta b"rpcseq:" +
+                device_id -> its last requestId). Added to the edge-cloud/3 format: created
+                when a store is opened for writing; absent (no requests) in a read-only store
+                of an earlier release
 Record values are in the checksummed envelope of storage/codec.py (shared with the edge). A store
 upgraded from the previous format (edge-cloud/2) may still hold values of that format, each an
 array led by the schema number 1, which are read as they are; its dead_downlinks hold the whole
@@ -42,6 +46,7 @@ previous downlink record where the payload is now (they are listed with cause "u
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -52,6 +57,7 @@ from typing import Any
 import lmdb
 
 from edge_sync.cloud import downlinks as downlink_msgs
+from edge_sync.cloud import rpc, rpc_table
 from edge_sync.cloud.records import (
     AppliedRecord,
     CloudDevice,
@@ -163,8 +169,27 @@ class CloudStore:
         self.lmdb = CloudLmdb(path, max_size_mb=max_size_mb, readonly=readonly)
         self.path = self.lmdb.path
         self._db = self.lmdb.dbs
+        self._rpc_db = self._open_rpcs(readonly)
         if not readonly:
             self.lmdb.write(self._ensure_tenant)
+
+    def _open_rpcs(self, readonly: bool) -> Any:
+        """The `rpcs` database (newer than the edge-cloud/3 stamp): created on a writable open,
+        None on a read-only open of a store that has none yet."""
+        name = rpc_table.DB_NAME.encode()
+        try:
+            if readonly:
+                db = self.lmdb.env.open_db(name, create=False)
+            else:
+                db = self.lmdb.write(lambda txn: self.lmdb.env.open_db(name, txn=txn),
+                                     maintenance=True)
+        except lmdb.NotFoundError:
+            return None
+        except lmdb.Error as exc:
+            self.close()
+            raise StorageError(f"{self.path}: cannot open the rpcs database: {exc}") from exc
+        self._db[rpc_table.DB_NAME] = db  # counted in the store's size like the others
+        return db
 
     def close(self) -> None:
         self.lmdb.close()
@@ -350,6 +375,16 @@ class CloudStore:
         (edge, incarnation, seq) already applied. ``incarnation``: the sending edge store's, from
         incarnation(). (applied, duplicates). PayloadRejected when an event cannot be stored
         (e.g. an integer too large for msgpack); StorageError / QueueFull."""
+        applied, dups, _ = self.apply_uplink_answers(edge_id, events, now_ms,
+                                                     incarnation=incarnation)
+        return applied, dups
+
+    def apply_uplink_answers(
+        self, edge_id: uuid.UUID, events: Sequence[AppliedEvent], now_ms: int, *, incarnation: int = 0
+    ) -> tuple[int, int, list[rpc.AnswerOutcome]]:
+        """apply_uplink(), which also settles the server-side RPC requests that the applied
+        events answer, in the same transaction (so an answer is applied exactly once, with its
+        event): (applied, duplicates, what each answer did)."""
         edge = edge_id.bytes
         dedup_prefix = edge + codec.u64(incarnation)
         packed: list[tuple[AppliedEvent, bytes]] = []
@@ -363,10 +398,11 @@ class CloudStore:
         counter_key = b"apply:" + edge
         applied_db, log_db = self._db["applied"], self._db["apply_log"]
 
-        def fn(txn: lmdb.Transaction) -> tuple[int, int]:
+        def fn(txn: lmdb.Transaction) -> tuple[int, int, list[rpc.AnswerOutcome]]:
             index = self._counter(txn, counter_key)
             start = index
             dups = 0
+            outcomes: list[rpc.AnswerOutcome] = []
             for ev, value in packed:
                 if ev.seq is not None:
                     seq_key = dedup_prefix + codec.u64(ev.seq)
@@ -380,9 +416,11 @@ class CloudStore:
                 txn.put(edge + codec.u64(index), value, db=log_db)
                 if ev.entity_type == "DEVICE":
                     self._device_side_effect(txn, edge_id, ev, now_ms)
+                if ev.answer is not None:
+                    outcomes.append(self._answer_rpc(txn, edge_id, ev.answer, now_ms))
             if index != start:
                 txn.put(counter_key, codec.u64(index), db=self._db["meta"])
-            return index - start, dups
+            return index - start, dups, outcomes
 
         return self.lmdb.write(fn)
 
@@ -580,6 +618,82 @@ class CloudStore:
                 name = bytes(key[16:]).decode()
                 out[name] = self._fields(raw, f"attributes: {device_id} {name!r}", 2)[0]
         return out
+
+    # -- server-side RPC -------------------------------------------------------------------------
+
+    def _rpc(self, txn: lmdb.Transaction, rpc_id: uuid.UUID) -> rpc.RpcRecord | None:
+        if self._rpc_db is None:
+            return None
+        raw = txn.get(rpc_id.bytes, db=self._rpc_db)
+        return None if raw is None else rpc_table.unpack(rpc_id, raw)
+
+    def _put_rpc(self, txn: lmdb.Transaction, record: rpc.RpcRecord) -> None:
+        if self._rpc_db is None:
+            raise StorageError("store opened read-only")
+        txn.put(record.id.bytes, rpc_table.pack(record), db=self._rpc_db)
+
+    def _answer_rpc(self, txn: lmdb.Transaction, edge_id: uuid.UUID, answer: rpc.Answer,
+                    now_ms: int) -> rpc.AnswerOutcome:
+        outcome = rpc.apply_answer(self._rpc(txn, answer.request_uuid), answer, edge_id, now_ms)
+        if outcome.changed and outcome.record is not None:
+            self._put_rpc(txn, outcome.record)
+        return outcome
+
+    def add_rpc(self, record: rpc.RpcRecord,
+                downlink: Callable[[rpc.RpcRecord], bytes] | None) -> rpc.RpcRecord:
+        """Store a new request, with the device's next requestId, and queue its downlink
+        (``downlink(record)``, the serialized DownlinkMsg) in the same transaction; a final
+        record (expired at once) or ``downlink`` None queues nothing. The stored record."""
+
+        def fn(txn: lmdb.Transaction) -> rpc.RpcRecord:
+            if txn.get(record.id.bytes, db=self._rpc_db) is not None:
+                raise Conflict(f"rpc id {record.id} already exists")
+            if self._device(txn, record.device_id) is None:
+                raise BadRequest(f"device {record.device_id} no longer exists")
+            seq_key = rpc_table.request_seq_key(record.device_id)
+            request_id = rpc.next_request_id(self._counter(txn, seq_key))
+            txn.put(seq_key, codec.u64(request_id), db=self._db["meta"])
+            stored = dataclasses.replace(record, request_id=request_id)
+            if downlink is not None and not stored.status.final:
+                number = self._enqueue(txn, stored.edge_id, [downlink(stored)])[0]
+                stored = dataclasses.replace(stored, downlink=number)
+            self._put_rpc(txn, stored)
+            return stored
+
+        if self._rpc_db is None:
+            raise StorageError("store opened read-only")
+        try:
+            return self.lmdb.write(fn)
+        except Unstorable as exc:
+            raise BadRequest(f"rpc request cannot be stored: {exc}") from exc
+
+    def rpc_record(self, rpc_id: uuid.UUID) -> rpc.RpcRecord | None:
+        with self._read() as txn:
+            return self._rpc(txn, rpc_id)
+
+    def update_rpc(self, rpc_id: uuid.UUID,
+                   change: Callable[[rpc.RpcRecord], rpc.RpcRecord | None], *,
+                   remove_downlink: tuple[uuid.UUID, int] | None = None
+                   ) -> tuple[rpc.RpcRecord | None, bool]:
+        """Apply ``change`` (a transition of cloud/rpc.py: the new record, or None for no
+        change) to the stored request in one transaction, with ``remove_downlink`` (edge id,
+        number) removed from the queue in the same one. (the record as it now is, changed)."""
+        if self._rpc_db is None:
+            return None, False
+
+        def fn(txn: lmdb.Transaction) -> tuple[rpc.RpcRecord | None, bool]:
+            if remove_downlink is not None:
+                edge_id, number = remove_downlink
+                txn.delete(edge_id.bytes + codec.u64(number), db=self._db["downlinks"])
+            record = self._rpc(txn, rpc_id)
+            new = change(record) if record is not None else None
+            if new is None:
+                return record, False
+            self._put_rpc(txn, new)
+            return new, True
+
+        # maintenance: a status change is a few bytes, and removing a downlink frees room
+        return self.lmdb.write(fn, maintenance=True)
 
     # -- downlink queue --------------------------------------------------------------------------
 

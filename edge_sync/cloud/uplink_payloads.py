@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edge_sync.cloud.rpc import Answer
 from edge_sync.common.wire import (
     ACTION_OF_ALARM_UPDATE,
     ACTION_OF_UPDATE,
@@ -36,6 +37,9 @@ class AppliedEvent:
     action: str
     body: Any
     ts: int
+    answer: Answer | None = None
+    """For the answer to a server-side RPC request of the cloud (a deviceRpcCallMsg with
+    responseMsg and requestUuid): what it answers, for cloud/rpc.apply_answer."""
 
 
 def _seq(msg: Any) -> int | None:
@@ -161,8 +165,12 @@ def _rpc_call(m: edge_pb2.DeviceRpcCallMsg) -> AppliedEvent:
             response = m.responseMsg.response
         body = {"requestId": m.requestId, "response": response, "error": m.responseMsg.error}
         if m.requestUuidMSB or m.requestUuidLSB:  # the answer to a request of the cloud
-            body.update(requestUuid=str(uuid_of(m.requestUuidMSB, m.requestUuidLSB)),
-                        oneway=m.oneway, expirationTime=m.expirationTime)
+            request_uuid = uuid_of(m.requestUuidMSB, m.requestUuidLSB)
+            body.update(requestUuid=str(request_uuid), oneway=m.oneway,
+                        expirationTime=m.expirationTime)
+            answer = Answer(request_uuid, eid, m.responseMsg.response,
+                            m.responseMsg.error or None)
+            return AppliedEvent(_seq(m), "DEVICE", eid, Action.RPC_CALL, body, 0, answer)
     else:
         body = {"requestId": m.requestId, "method": m.requestMsg.method,
                 "params": m.requestMsg.params}

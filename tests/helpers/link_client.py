@@ -1,7 +1,7 @@
 """A bare edge for tests of the reference cloud (or any peer of docs/link-protocol.md): one
 handleMsgs stream fed from a queue, responses read on a thread, and the protocol steps
 (connect, sync, uplink, acknowledge downlinks) as blocking calls. Plus builders of uplink
-payloads (telemetry, device created, credentials).
+payloads (telemetry, device created, credentials, the answer to a server-side RPC request).
 
     client = LinkClient(cloud.port)
     assert client.connect("rk-1", "secret", store_id="s-1").responseCode == edge_pb2.ACCEPTED
@@ -25,7 +25,8 @@ import grpc
 from edge_sync.common.wire import to_kv, uuid_halves
 from edge_sync.proto import edge_pb2, edge_pb2_grpc, transport_pb2
 
-__all__ = ["DEADLINE_S", "LinkClient", "StreamEnded", "credentials", "device_added", "telemetry"]
+__all__ = ["DEADLINE_S", "LinkClient", "StreamEnded", "credentials", "device_added", "rpc_answer",
+           "telemetry"]
 
 DEADLINE_S = 5.0
 
@@ -171,3 +172,19 @@ def credentials(device: uuid.UUID, token: str, seq: int) -> edge_pb2.DeviceCrede
     entity = json.dumps({"deviceId": {"entityType": "DEVICE", "id": str(device)},
                          "credentialsType": "ACCESS_TOKEN", "credentialsId": token})
     return edge_pb2.DeviceCredentialsUpdateMsg(entity=entity, edgeSeqId=seq)
+
+
+def rpc_answer(request: edge_pb2.DeviceRpcCallMsg, seq: int | None, *, response: str = "",
+               error: str = "") -> edge_pb2.DeviceRpcCallMsg:
+    """The edge's answer to a server-side RPC request it received (a downlink's
+    deviceRpcCallMsg): the device, requestUuid, requestId, oneway and expirationTime echoed,
+    responseMsg{response | error}. ``seq`` None: no edgeSeqId (a ThingsBoard edge)."""
+    msg = edge_pb2.DeviceRpcCallMsg(
+        deviceIdMSB=request.deviceIdMSB, deviceIdLSB=request.deviceIdLSB,
+        requestUuidMSB=request.requestUuidMSB, requestUuidLSB=request.requestUuidLSB,
+        requestId=request.requestId, oneway=request.oneway,
+        expirationTime=request.expirationTime,
+        responseMsg=edge_pb2.RpcResponseMsg(response=response, error=error))
+    if seq is not None:
+        msg.edgeSeqId = seq
+    return msg

@@ -1,0 +1,139 @@
+"""Server-side RPC operations of the reference cloud: accept a request for a device (stored with
+its downlink in the edge's durable queue), look one up, and the changes the edge's stream makes
+(sent, acknowledged by the edge, expired before it was sent, parked). Blocking (LMDB): the
+admin API calls it on a worker thread, a stream on its own thread. Each status change is one
+transaction and one log line; a final one wakes the REST call waiting for it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from loguru import logger
+
+from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.cloud import downlinks, rpc
+from edge_sync.cloud.rpc import RpcRecord, RpcStatus
+from edge_sync.cloud.rpc_waiters import RpcWaiters
+from edge_sync.cloud.service import CloudService
+from edge_sync.errors import BadRequest, NotFound
+
+_log = logger.bind(component="cloud-rpc")
+
+
+def parse_rpc_id(ref: object) -> uuid.UUID:
+    if not isinstance(ref, str):
+        raise BadRequest("rpc id: expected a UUID")
+    try:
+        return uuid.UUID(ref)
+    except ValueError as exc:
+        raise BadRequest(f"rpc id {ref!r}: not a UUID") from exc
+
+
+class RpcService:
+    def __init__(self, service: CloudService, waiters: RpcWaiters | None = None, *,
+                 clock: Clock | None = None) -> None:
+        self.service = service
+        self.store = service.store
+        self.waiters = waiters if waiters is not None else RpcWaiters()
+        self.clock = clock if clock is not None else (service.clock or SYSTEM_CLOCK)
+
+    # -- the admin API -------------------------------------------------------------------------
+
+    def submit(self, device_ref: object, body: Any, *, oneway: bool, edge_ref: object = None,
+               rpc_id: uuid.UUID | None = None) -> RpcRecord:
+        """Check the body, store the request and queue its downlink for the device's edge (one
+        transaction), wake the edge's stream. A request whose expirationTime has already passed
+        is stored EXPIRED and queues nothing (ThingsBoard records it so and never sends it)."""
+        now = self.clock.now_ms()
+        call = rpc.parse_call(body, oneway=oneway, now_ms=now)
+        device = self.service.device(device_ref, edge_ref)
+        status = RpcStatus.EXPIRED if call.expiration_time <= now else RpcStatus.QUEUED
+        record = RpcRecord(
+            id=rpc_id or uuid.uuid4(), edge_id=device.edge_id, device_id=device.id, request_id=0,
+            method=call.method, params=call.params, oneway=call.oneway,
+            persistent=call.persistent, expiration_time=call.expiration_time, created_time=now,
+            status=status, updated_time=now, retries=call.retries,
+            additional_info=call.additional_info)
+        stored = self.store.add_rpc(record, downlinks.device_rpc_request)
+        self.waiters.counters.inc(self.waiters.counters.rpc_requests)
+        _log.bind(rpc_id=str(stored.id), device_id=str(device.id), device=device.name,
+                  edge_id=str(device.edge_id), method=call.method, oneway=call.oneway,
+                  persistent=call.persistent, request_id=stored.request_id,
+                  expiration_time=call.expiration_time, downlink=stored.downlink,
+                  status=str(stored.status)).info(
+            "rpc {} to device {}: {}", stored.id, device.name, stored.status)
+        if stored.status.final:
+            self.waiters.counters.inc(self.waiters.counters.rpc_expired)
+        else:
+            self.service.wake(device.edge_id)
+        return stored
+
+    def get(self, rpc_ref: object) -> RpcRecord:
+        """A request by id; one whose expirationTime passed without a final status is settled
+        now (EXPIRED, or TIMEOUT: see rpc.expired). NotFound / BadRequest."""
+        rpc_id = parse_rpc_id(rpc_ref)
+        record = self.store.rpc_record(rpc_id)
+        if record is None:
+            raise NotFound(f"no rpc request {rpc_id}")
+        if rpc.expired(record, self.clock.now_ms()) is None:
+            return record
+        return self.settle_if_due(rpc_id) or record
+
+    def settle_if_due(self, rpc_id: uuid.UUID) -> RpcRecord | None:
+        """The REST wait is over, or someone looked: past its expirationTime, the request takes
+        its expiry status durably (unless an answer settled it first). The record as it is."""
+        now = self.clock.now_ms()
+
+        def change(record: RpcRecord) -> RpcRecord | None:
+            status = rpc.expired(record, now)
+            return None if status is None else record.with_status(status, now)
+
+        record, changed = self.store.update_rpc(rpc_id, change)
+        if changed and record is not None:
+            self._changed(record, "no answer by its expirationTime")
+        return record
+
+    # -- the edge's stream ---------------------------------------------------------------------
+
+    def sent(self, rpc_id: uuid.UUID) -> None:
+        now = self.clock.now_ms()
+        record, changed = self.store.update_rpc(rpc_id, lambda r: rpc.on_sent(r, now))
+        if changed and record is not None:
+            self._changed(record, "downlink sent to the edge")
+
+    def acknowledged(self, edge_id: uuid.UUID, number: int, rpc_id: uuid.UUID) -> None:
+        """The edge acknowledged the request's downlink: removed from the queue and DELIVERED,
+        in one transaction."""
+        now = self.clock.now_ms()
+        record, changed = self.store.update_rpc(rpc_id, lambda r: rpc.on_acknowledged(r, now),
+                                                remove_downlink=(edge_id, number))
+        if changed and record is not None:
+            self._changed(record, "acknowledged by the edge")
+
+    def expired_unsent(self, edge_id: uuid.UUID, number: int, rpc_id: uuid.UUID) -> None:
+        """Its expirationTime passed while it was queued: never sent. Out of the queue and
+        EXPIRED, in one transaction."""
+        now = self.clock.now_ms()
+
+        def change(record: RpcRecord) -> RpcRecord | None:
+            return None if record.status.final else record.with_status(RpcStatus.EXPIRED, now)
+
+        record, changed = self.store.update_rpc(rpc_id, change, remove_downlink=(edge_id, number))
+        self.waiters.counters.inc(self.waiters.counters.rpc_expired)
+        if changed and record is not None:
+            self._changed(record, "expired in the queue: not sent")
+
+    def parked(self, rpc_id: uuid.UUID, error: str) -> None:
+        now = self.clock.now_ms()
+        record, changed = self.store.update_rpc(rpc_id, lambda r: rpc.on_parked(r, error, now))
+        if changed and record is not None:
+            self._changed(record, "its downlink was parked")
+
+    def _changed(self, record: RpcRecord, why: str) -> None:
+        _log.bind(rpc_id=str(record.id), device_id=str(record.device_id),
+                  edge_id=str(record.edge_id), status=str(record.status)).info(
+            "rpc {} {}: {}", record.id, record.status, why)
+        if record.status.final:
+            self.waiters.settled(record)
