@@ -3,10 +3,12 @@
 Writes (edge create, device create, attr set) go through the running server's admin API, so
 the downlinks they queue are sent at once; with the server stopped they write the LMDB store
 directly (the server sends what is queued when the edge connects). ``edge sync`` (a full sync of
-a connected edge) needs the running server. Reads (events, edge list)
-work either way. Exit codes (edge_sync.cli.common): 0 ok; 1 bad configuration or a refused
-request (an unknown edge or device, a bad value); 2 usage; 4 storage unusable; 6 conflict (the
-routing key, device name or token is taken).
+a connected edge) and ``rpc`` (a server-side RPC request to a device) need the running server.
+Reads (events, edge list) work either way. Exit codes (edge_sync.cli.common): 0 ok; 1 bad
+configuration or a refused request (an unknown edge or device, a bad value); 2 usage; 4
+storage unusable; 6 conflict (the routing key, device name or token is taken). ``rpc`` exits 1
+as well when the request gets no answer (ThingsBoard's 504: it timed out, expired or the
+device answered an error), after printing its id and status.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import argparse
 import dataclasses
 import json
 import sys
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ from edge_sync.cli.common import (
     AdminUnreachable,
     admin_call,
     config_option,
+    exit_code_for_refusal,
     fail,
     print_json,
     reader_gone,
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         ("device", "list"): _device_list,
         ("attr", "set"): _attr_set,
         ("events", None): _events,
+        ("rpc", None): _rpc,
         ("status", None): _status,
     }[(args.command, getattr(args, "sub", None))]
     try:
@@ -129,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--after", type=int, default=0, help="only after this apply index")
     ev.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
     ev.add_argument("--json", action="store_true")
+    rpc = add(sub, "rpc", "send a server-side RPC request to a device (the server must be "
+                          "running); prints the answer, or the request's id and status, as JSON")
+    rpc.add_argument("--device", required=True, help="device id, or name (with --edge when "
+                                                     "several edges have one of that name)")
+    rpc.add_argument("--edge", default=None, help="routing key (or id) of the device's edge")
+    rpc.add_argument("--method", required=True)
+    rpc.add_argument("--params", default="{}", help="JSON (default {}); text when it is not JSON")
+    rpc.add_argument("--oneway", action="store_true", help="expect no answer")
+    rpc.add_argument("--timeout", type=float, default=None, metavar="S",
+                     help="seconds to wait for the answer (ThingsBoard's default: 10); with "
+                          "--persistent, how long the request may wait for the edge")
+    rpc.add_argument("--persistent", action="store_true",
+                     help="kept until the edge takes it (or it expires); prints its id at once")
     st = add(sub, "status", "is the server running, edges and their queues")
     st.add_argument("--json", action="store_true")
     return p
@@ -380,6 +399,71 @@ def _attr_set(cfg: CloudConfig, args: argparse.Namespace) -> int:
         print(f"device {out['name']} ({out['device']}): set {', '.join(sorted(values))} "
               f"(downlink {out['downlink']})")
     return EXIT_OK
+
+
+# -- server-side RPC ---------------------------------------------------------------------------
+
+
+def _rpc(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    """POST /api/rpc/{oneway|twoway}/{device} on the running server: the device's answer (a
+    two-way request), else {"rpcId", "status"}; a request without answer (504) prints its id
+    and status and exits 1."""
+    if not _running(cfg):
+        raise BadRequest(f"no cloud answers on {cfg.admin.host}:{cfg.admin.port}: an RPC "
+                         "request goes through the running server")
+    body: dict[str, Any] = {"method": args.method, "params": _json_or_text(args.params)}
+    if args.persistent:
+        body["persistent"] = True
+    wait_s = 10.0
+    if args.timeout is not None:
+        if args.timeout <= 0:
+            raise BadRequest("--timeout: expected a number of seconds above 0")
+        body["timeout"] = round(args.timeout * 1000)
+        wait_s = args.timeout
+    path = (f"/api/rpc/{'oneway' if args.oneway else 'twoway'}/"
+            f"{urllib.parse.quote(args.device, safe='')}")
+    if args.edge:
+        path += "?" + urllib.parse.urlencode({"edge": args.edge})
+    code, rpc_id, out = rpc_call(cfg, path, body, timeout=wait_s + 10)
+    if code == 200 and not args.persistent and not args.oneway:
+        print_json(out)  # the device's answer (null: it answered nothing)
+        return EXIT_OK
+    if code in (200, 406, 504) and rpc_id:
+        record = _api(cfg, "GET", f"/api/rpc/{rpc_id}")
+        shown = {"rpcId": rpc_id, "status": record["status"]}
+        if record.get("response") is not None:
+            shown["response"] = record["response"]
+        print_json(shown)
+        if code == 504:
+            return fail(f"rpc {rpc_id} got no answer: {record['status']}"
+                        + (f" ({record['error']})" if record.get("error") else ""), EXIT_CONFIG)
+        return EXIT_OK
+    message = out.get("message", out) if isinstance(out, dict) else out
+    return fail(f"refused ({code}): {message}", exit_code_for_refusal(code))
+
+
+def rpc_call(cfg: CloudConfig, path: str, body: Any, *, timeout: float) -> tuple[int, str, Any]:
+    """POST an RPC request to the admin API: (status, the X-Rpc-Id header, decoded body; None
+    when empty). Like admin_call, which does not give the header."""
+    admin = cfg.admin
+    host = "127.0.0.1" if admin.host in ("0.0.0.0", "::", "") else admin.host
+    headers = {"Content-Type": "application/json"}
+    if admin.token:
+        headers["Authorization"] = f"Bearer {admin.token}"
+    req = urllib.request.Request(f"http://{host}:{admin.port}{path}",
+                                 data=json.dumps(body).encode(), method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw, code, rpc_id = resp.read(), resp.status, resp.headers.get("X-Rpc-Id", "")
+    except urllib.error.HTTPError as exc:
+        raw, code, rpc_id = exc.read(), exc.code, exc.headers.get("X-Rpc-Id", "")
+    except (urllib.error.URLError, OSError) as exc:
+        raise AdminUnreachable(f"admin API at {host}:{admin.port} is unreachable ({exc})") from exc
+    try:
+        out = json.loads(raw) if raw else None
+    except ValueError:
+        out = raw.decode(errors="replace")
+    return code, rpc_id, out
 
 
 # -- events ------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -26,6 +29,7 @@ from edge_sync.common.wire import uuid_halves, uuid_of
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, DownlinkConfig, EdgesRpcConfig
 from edge_sync.proto import edge_pb2
 from tests.helpers.link_client import DEADLINE_S, LinkClient, rpc_answer
+from tests.helpers.ports import free_ports
 from tests.helpers.wait import wait_until
 
 
@@ -424,3 +428,58 @@ def test_malformed_json_and_unknown_devices_and_ids(cloud, device):
     assert http(port, "GET", f"/api/rpc/{uuid.uuid4()}").status == 404
     assert http(port, "GET", "/api/rpc/not-a-uuid").status == 400
     assert cloud.store.queued_downlinks(cloud.service.edge("rk-1").edge_id) == 1  # the device's
+
+
+# -- edge-cloud rpc --------------------------------------------------------------------------------
+
+CLI = [sys.executable, "-m", "edge_sync.cli.cloud"]
+
+
+def cli(cloud: CloudServer, data_dir: Path, *args: str, admin_port: int | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUD_", "EDGES_"))}
+    env.update(CLOUD_DATA_DIR=str(data_dir), CLOUD_ADMIN_HOST="127.0.0.1",
+               CLOUD_ADMIN_PORT=str(admin_port or cloud.admin_port))
+    return subprocess.run([*CLI, "rpc", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_cli_two_way_prints_the_answer(cloud, device, clients, pool, tmp_path):
+    client = connect(cloud, clients)
+    run = pool.submit(cli, cloud, tmp_path / "cloud", "--device", "pump-1", "--edge", "rk-1",
+                      "--method", "getTemp", "--params", '{"unit": "C"}', "--timeout", "5")
+    d, req = rpc_downlink(client)
+    assert (req.requestMsg.method, json.loads(req.requestMsg.params)) == ("getTemp", {"unit": "C"})
+    client.ack(d.downlinkMsgId)
+    assert client.uplink(deviceRpcCallMsg=[rpc_answer(req, 1, response='{"t":21.5}')]).success
+    proc = run.result(30)
+    assert (proc.returncode, json.loads(proc.stdout)) == (0, {"t": 21.5}), proc.stderr
+
+
+def test_cli_persistent_and_one_way_print_the_id_and_status(cloud, device, tmp_path):
+    proc = cli(cloud, tmp_path / "cloud", "--device", str(device), "--method", "m", "--persistent",
+               "--timeout", "60")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out == {"rpcId": out["rpcId"], "status": "QUEUED"}
+    proc = cli(cloud, tmp_path / "cloud", "--device", str(device), "--method", "m", "--oneway")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "QUEUED"
+
+
+def test_cli_no_answer_exits_1_with_the_status(cloud, device, clients, tmp_path):
+    connect(cloud, clients)
+    proc = cli(cloud, tmp_path / "cloud", "--device", "pump-1", "--method", "m", "--timeout", "0.3")
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["status"] == "TIMEOUT"
+    assert "got no answer: TIMEOUT" in proc.stderr
+
+
+def test_cli_refusals(cloud, device, tmp_path):
+    unknown = cli(cloud, tmp_path / "cloud", "--device", "nope", "--method", "m")
+    assert (unknown.returncode, unknown.stdout) == (1, "")
+    assert "refused (404)" in unknown.stderr
+    bad = cli(cloud, tmp_path / "cloud", "--device", "pump-1", "--method", "m", "--timeout", "0.01")
+    assert bad.returncode == 1 and "timeout: 10 ms is out of range" in bad.stderr
+    stopped = cli(cloud, tmp_path / "cloud", "--device", "pump-1", "--method", "m",
+                  admin_port=free_ports()[0])
+    assert stopped.returncode == 1 and "the running server" in stopped.stderr
