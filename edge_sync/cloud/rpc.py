@@ -151,7 +151,15 @@ class RpcRecord:
 
 
 def compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """JSON text without spaces; ValueError for NaN or Infinity (not JSON)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _json_bytes(value: Any, name: str) -> int:
+    try:
+        return len(compact(value).encode())
+    except ValueError as exc:  # NaN or Infinity (Python's JSON parser lets them in)
+        raise BadRequest(f"{name}: not valid JSON ({exc})") from exc
 
 
 def _int(body: dict[str, Any], name: str) -> int | None:
@@ -182,10 +190,7 @@ def parse_call(body: Any, *, oneway: bool, now_ms: int) -> RpcCall:
     if not text_fits(method, MAX_NAME_BYTES):
         raise BadRequest(f"method: expected text of 1 to {MAX_NAME_BYTES} bytes of UTF-8")
     params = body.get("params", {})
-    try:
-        size = len(compact(params).encode())
-    except ValueError as exc:  # NaN or Infinity in the JSON
-        raise BadRequest(f"params: not valid JSON ({exc})") from exc
+    size = _json_bytes(params, "params")
     if size > MAX_PARAMS_BYTES:
         raise BadRequest(f"params: {size} bytes of JSON, at most {MAX_PARAMS_BYTES}")
     persistent = body.get("persistent", False)
@@ -208,7 +213,7 @@ def parse_call(body: Any, *, oneway: bool, now_ms: int) -> RpcCall:
     if retries is not None and not 0 <= retries <= MAX_REQUEST_ID:
         raise BadRequest(f"retries: {retries} is out of range 0..{MAX_REQUEST_ID}")
     info = body.get("additionalInfo")
-    if info is not None and len(compact(info).encode()) > MAX_PARAMS_BYTES:
+    if info is not None and _json_bytes(info, "additionalInfo") > MAX_PARAMS_BYTES:
         raise BadRequest(f"additionalInfo: more than {MAX_PARAMS_BYTES} bytes of JSON")
     return RpcCall(method=method, params=params, oneway=oneway, persistent=persistent,
                    expiration_time=expiration, timeout_ms=timeout, retries=retries,
