@@ -105,6 +105,7 @@ class StreamSession:
         self._refusals = 0  # success=false answers (not retryable) to the downlink in flight
         self._counters = counters if counters is not None else CloudCounters()
         self._rpc = rpc if rpc is not None else RpcService(service, clock=clock)
+        self._sent_rpc: uuid.UUID | None = None  # an RPC request just sent: SENT once it is out
         self._deadline = 0.0
         self._look = False  # look at the durable queue at the next chance
         self._next_poll = 0.0
@@ -160,6 +161,7 @@ class StreamSession:
                     out = self._pump()
                     if out is not None:
                         yield out
+                        self._rpc_sent()
         except StorageError as exc:
             self._log.bind(routing_key=self._rk()).error("storage failure, ending the stream: {}", exc)
             self._finish("storage failure")
@@ -398,11 +400,17 @@ class StreamSession:
         self._inflight, self._deadline, self._refusals = nxt, now + timeout, 0
         self._stats["downlinks_sent"] += 1
         self._log.bind(downlink_id=nxt.msg_id, content=downlinks.describe(nxt.payload)).info("downlink sent")
-        out = self._send(nxt)
         rpc_request = downlinks.rpc_request_of(nxt.payload) if nxt.durable else None
-        if rpc_request is not None:
-            self._rpc.sent(rpc_request[0])
-        return out
+        self._sent_rpc = rpc_request[0] if rpc_request is not None else None
+        return self._send(nxt)
+
+    def _rpc_sent(self) -> None:
+        """After a server-side RPC request went out (first send): SENT. Written after the send,
+        so the request does not wait for the write; its acknowledgement and answer are handled
+        on this thread, after it."""
+        if self._sent_rpc is not None:
+            rpc_id, self._sent_rpc = self._sent_rpc, None
+            self._rpc.sent(rpc_id)
 
     def _rpc_expired(self, item: QueuedDownlink) -> bool:
         """A server-side RPC request whose expirationTime has passed in the queue is never sent:

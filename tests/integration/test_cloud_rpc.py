@@ -206,7 +206,7 @@ def test_one_way_answers_200_once_queued_and_is_delivered_on_the_edge_ack(cloud,
     d, req = rpc_downlink(client)
     assert req.oneway is True
     assert str(uuid_of(req.requestUuidMSB, req.requestUuidLSB)) == reply.rpc_id
-    assert status(cloud, reply.rpc_id) == "SENT"
+    wait_until(lambda: status(cloud, reply.rpc_id) == "SENT", timeout=DEADLINE_S, what="SENT")
     client.ack(d.downlinkMsgId)
     wait_until(lambda: status(cloud, reply.rpc_id) == "DELIVERED", timeout=DEADLINE_S,
                what="DELIVERED after the edge's acknowledgement")
@@ -262,7 +262,7 @@ def test_persistent_request_to_an_offline_edge_is_delivered_when_it_connects(clo
     d, req = rpc_downlink(client)
     assert str(uuid_of(req.requestUuidMSB, req.requestUuidLSB)) == rpc_id
     assert (req.persisted, req.requestMsg.params) == (True, '"eco"')
-    assert status(cloud, rpc_id) == "SENT"
+    wait_until(lambda: status(cloud, rpc_id) == "SENT", timeout=DEADLINE_S, what="SENT")
     client.ack(d.downlinkMsgId)
     wait_until(lambda: status(cloud, rpc_id) == "DELIVERED", timeout=DEADLINE_S, what="DELIVERED")
     assert client.uplink(deviceRpcCallMsg=[rpc_answer(req, 1, response='{"mode":"eco"}')]).success
@@ -368,7 +368,7 @@ def test_another_edge_cannot_answer_a_request(cloud, device, clients):
     other.sync(full=False)
     assert other.uplink(deviceRpcCallMsg=[rpc_answer(req, 1, response='"x"')]).success
     assert metric(cloud, "rpc_answers_unknown") == 1
-    assert status(cloud, rpc_id) == "SENT"
+    wait_until(lambda: status(cloud, rpc_id) == "SENT", timeout=DEADLINE_S, what="SENT")
 
 
 def test_waiting_calls_hold_no_thread_each(cloud, device, clients):
