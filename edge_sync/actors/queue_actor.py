@@ -332,6 +332,20 @@ class QueueActor(SupervisedActor):
             self._purged.inc(total)
             _log.bind(count=total).info("purged deployed events")
             self._store.room_made()
+        self._purge_rpcs(older_than_ms)
+
+    def _purge_rpcs(self, older_than_ms: int) -> None:
+        """Finished server-side RPC requests are kept as long as deployed events."""
+        try:
+            n = int(self._store.write(
+                lambda txn: self._rpcs.purge_finished(txn, older_than_ms=older_than_ms,
+                                                      limit=_PURGE_BATCH),
+                maintenance=True))
+        except QueueFull as exc:
+            _log.bind(reason=str(exc)).warning("RPC purge postponed: {}", exc)
+            return
+        if n:
+            _log.bind(count=n).info("purged finished RPC requests")
 
     def _purge_batch(self, older_than_ms: int) -> int:
         return int(self._store.write(

@@ -1,7 +1,8 @@
 """The admin HTTP API (default 127.0.0.1:8090): status, cloud events, device provisioning,
-alarms, Prometheus metrics, the Cloud Events page and the health probes. Read views use LMDB read
-transactions only. Every request passes the admin guard first (edge_sync.common.admin_guard):
-no cross-site writes, a bearer token when ``admin.token`` is set, no caching."""
+alarms, server-side RPC requests (``GET /api/rpc?device=&status=``), Prometheus metrics, the
+Cloud Events page and the health probes. Read views use LMDB read transactions only. Every
+request passes the admin guard first (edge_sync.common.admin_guard): no cross-site writes, a
+bearer token when ``admin.token`` is set, no caching."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from edge_sync.common.admin_guard import AdminGuard
 from edge_sync.common.health import healthz, readyz_response
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.json_body import parse_json
+from edge_sync.devices.rpc import RpcRequest, RpcStatus, by_status
 from edge_sync.errors import BadRequest
 from edge_sync.metrics import Metrics
 from edge_sync.status import collect_status
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Status, StoredEvent
+from edge_sync.storage.rpc_store import RpcStore
 
 _log = logger.bind(component="admin-http")
 
@@ -80,6 +83,23 @@ def list_events(store: LmdbStore, status: Status | None, entity: uuid.UUID | Non
                            limit))
 
 
+def list_rpcs(store: LmdbStore, query: Any) -> list[RpcRequest]:
+    """Server-side RPC requests, per device in arrival order, filtered by ``device`` and
+    ``status`` (QUEUED, DELIVERED, SUCCESSFUL, TIMEOUT, EXPIRED, FAILED); BadRequest."""
+    device = _uuid(query["device"], "device") if query.get("device") else None
+    status = None
+    if query.get("status"):
+        raw = str(query["status"]).upper()
+        try:
+            status = RpcStatus(raw)
+        except ValueError as exc:
+            raise BadRequest(f"status: {raw[:32]!r} is not one of "
+                             f"{', '.join(s.value for s in RpcStatus)}") from exc
+    limit = _int(query.get("limit", 1000), "limit", 1, MAX_LIMIT)
+    with store.read() as txn:
+        return by_status(RpcStore(store).scan(txn, device), status)[:limit]
+
+
 class AdminHttpApi:
     def __init__(
         self,
@@ -111,6 +131,7 @@ class AdminHttpApi:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/api/status", self._status)
         app.router.add_get("/api/cloud-events", self._events)
+        app.router.add_get("/api/rpc", self._rpcs)
         app.router.add_post("/api/devices", self._create_device)
         app.router.add_post("/api/alarms", self._alarm)
         app.router.add_get("/metrics", self._prometheus)
@@ -139,6 +160,13 @@ class AdminHttpApi:
             return error_response(400, str(exc))
         events = list_events(self._store, status, entity, after, limit)
         return web.json_response([e.as_json() for e in events])
+
+    async def _rpcs(self, request: web.Request) -> web.StreamResponse:
+        try:
+            requests = list_rpcs(self._store, request.query)
+        except BadRequest as exc:
+            return error_response(400, str(exc))
+        return web.json_response([r.as_json() for r in requests])
 
     async def _create_device(self, request: web.Request) -> web.StreamResponse:
         try:

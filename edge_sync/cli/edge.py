@@ -1,6 +1,7 @@
-"""The ``edge-sync`` command: run the agent, show its status and events, provision devices.
+"""The ``edge-sync`` command: run the agent, show its status, events and server-side RPC
+requests, provision devices.
 
-Read-only commands (status, events) work with the agent stopped: they open the store with LMDB
+Read-only commands (status, events, rpc list) work with the agent stopped: they open the store with LMDB
 read transactions. Exit codes (edge_sync.cli.common): 0 ok; 1 bad configuration or a refused
 request; 2 usage; 3 the supervisor gave up; 4 storage unusable; 5 the running agent could not be
 reached; 6 conflict (the device name or token is taken).
@@ -33,11 +34,13 @@ from edge_sync.cli.common import (
 )
 from edge_sync.clock import SYSTEM_CLOCK
 from edge_sync.config import EdgeConfig, load_edge_config
+from edge_sync.devices.rpc import RpcStatus, by_status
 from edge_sync.errors import ConfigError, EdgeSyncError, StorageError
 from edge_sync.logsetup import configure_logging
 from edge_sync.status import collect_status
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Status
+from edge_sync.storage.rpc_store import RpcStore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_edge_config(args.config)
     except ConfigError as exc:
         return fail(f"configuration: {exc}", EXIT_CONFIG)
-    handler = {"run": _run, "status": _status, "events": _events, "device": _device}[args.command]
+    handler = {"run": _run, "status": _status, "events": _events, "device": _device,
+               "rpc": _rpc}[args.command]
     try:
         return int(handler(cfg, args))
     except BrokenPipeError:
@@ -80,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--token", default=None)
     create.add_argument("--label", default="")
     create.add_argument("--json", action="store_true")
+    rpc = sub.add_parser("rpc", parents=[config], help="server-side RPC requests to devices")
+    rsub = rpc.add_subparsers(dest="rpc_command", required=True)
+    rlist = rsub.add_parser("list", parents=[config],
+                            help="the requests the edge holds, per device in arrival order")
+    rlist.add_argument("--device", type=uuid.UUID, default=None)
+    rlist.add_argument("--status", type=str.upper, default=None,
+                       choices=[s.value for s in RpcStatus])
+    rlist.add_argument("--json", action="store_true")
     return p
 
 
@@ -188,6 +200,29 @@ def _events(cfg: EdgeConfig, args: argparse.Namespace) -> int:
             err = f"  error={e.error}" if e.error else ""
             print(f"{e.seq:>10}  {e.status.value:<8} {e.lane.name:<6} {e.type:<8} {e.action:<22} "
                   f"{e.entity_id}  ts={e.ts}{err}")
+    return EXIT_OK
+
+
+def _rpc(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    """``rpc list``: read-only, with the agent running or not."""
+    try:
+        store = _open_readonly(cfg)
+    except StorageError as exc:
+        return fail(str(exc), EXIT_STORAGE)
+    try:
+        with store.read() as txn:
+            requests = by_status(RpcStore(store).scan(txn, args.device),
+                                 RpcStatus(args.status) if args.status else None)
+    finally:
+        store.close()
+    for r in requests:
+        if args.json:
+            print_json(r.as_json())
+        else:
+            way = "one-way" if r.oneway else "two-way"
+            err = f"  error={r.error}" if r.error else ""
+            print(f"{r.device_id}  {r.request_id:>10}  {r.status.value:<10} {way:<7} "
+                  f"{r.method}  expires={r.expiration_time}{err}")
     return EXIT_OK
 
 

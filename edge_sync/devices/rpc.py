@@ -151,9 +151,10 @@ class RpcBook:
         """The device's answer to ``request_id``: SUCCESSFUL, reported with the answer.
         NotFound when no delivered request has that id; Conflict when it has finished
         (expired, timed out, answered) or was never delivered."""
-        for request in self._open.values():
-            if request.request_id != request_id:
-                continue
+        matching = [r for r in self._open.values() if r.request_id == request_id]
+        # a delivered one first (a cloud may reuse an id while an older request is open)
+        matching.sort(key=lambda r: r.status is not RpcStatus.DELIVERED)
+        for request in matching[:1]:
             if request.status is not RpcStatus.DELIVERED:
                 raise Conflict(f"RPC request {request_id} was not delivered yet; nothing to answer")
             if now_ms >= request.expiration_time:

@@ -59,6 +59,22 @@ class RpcStore:
                     break
                 yield _decode(key, v)
 
+    def purge_finished(self, txn: lmdb.Transaction, *, older_than_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` finished requests last changed before ``older_than_ms``."""
+        doomed: list[bytes] = []
+        with txn.cursor(db=self._meta) as cur:
+            if cur.set_range(_RPC):
+                for k, v in cur.iternext():
+                    key = bytes(k)
+                    if not key.startswith(_RPC) or len(doomed) >= limit:
+                        break
+                    r = _decode(key, v)
+                    if r.status.final and r.updated_at < older_than_ms:
+                        doomed.append(key)
+        for key in doomed:
+            txn.delete(key, db=self._meta)
+        return len(doomed)
+
     def open_requests(self, txn: lmdb.Transaction) -> list[RpcRequest]:
         """Requests not finished yet (QUEUED, DELIVERED): what the entity actors load at start."""
         return [r for r in self.scan(txn) if not r.status.final]

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -410,3 +413,43 @@ def test_a_silent_cloud_is_waited_for_up_to_the_request_timeout(harness: Harness
     assert (status, json.loads(body)) == (200, {"shared": {}})
     assert headers["X-Edge-Sync-Missing-Shared-Keys"] == "a,b"
     assert 0.9 <= time.monotonic() - started < 5
+
+
+# -- visible: the CLI and the admin API ----------------------------------------------------------
+
+
+def test_requests_are_listed_by_the_admin_api_and_the_cli(harness: Harness, tmp_path: Path) -> None:
+    fake, app = harness.connected_edge()
+    a, b = make_device(app, "list-a"), make_device(app, "list-b")
+    deliver(fake, rpc_downlink(fake, a, 1, "first"))
+    deliver(fake, rpc_downlink(fake, b, 2, "second", expires_in_ms=-1))
+    wait_until(lambda: [r.status for r in rpcs(app, b)] == [RpcStatus.EXPIRED],
+               timeout=DEADLINE_S, what="b's request EXPIRED")
+
+    def admin(query: str) -> tuple[int, Any]:
+        url = f"http://127.0.0.1:{app.admin_port}/api/rpc{query}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    status, listed = admin(f"?device={a.id}")
+    assert status == 200
+    assert [(r["request_id"], r["method"], r["status"]) for r in listed] == [(1, "first", "QUEUED")]
+    status, listed = admin("?status=expired")
+    assert [(r["device_id"], r["request_id"], r["error"]) for r in listed] == [
+        (str(b.id), 2, "TIMEOUT")]
+    assert admin("?status=LOST")[0] == 400
+    assert admin("?device=nope")[0] == 400
+
+    env = {**os.environ, "EDGE_DATA_DIR": str(tmp_path / "edge")}
+    out = subprocess.run([sys.executable, "-m", "edge_sync.cli.edge", "rpc", "list", "--json",
+                          "--status", "queued"], env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert [(json.loads(line)["device_id"], json.loads(line)["method"])
+            for line in out.splitlines()] == [(str(a.id), "first")]
+    out = subprocess.run([sys.executable, "-m", "edge_sync.cli.edge", "rpc", "list",
+                          "--device", str(b.id)], env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.split()[:4] == [str(b.id), "2", "EXPIRED", "two-way"]

@@ -167,7 +167,7 @@ def expand(synopsis: str) -> list[list[str]]:
 
 
 def _command_path(program: str, args: argparse.Namespace) -> list[str]:
-    nested = "device_command" if program == "edge-sync" else "sub"
+    nested = f"{args.command}_command" if program == "edge-sync" else "sub"
     return [args.command] + ([getattr(args, nested)] if getattr(args, nested, None) else [])
 
 

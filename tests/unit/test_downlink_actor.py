@@ -19,7 +19,9 @@ import pytest
 from loguru import logger
 
 from edge_sync.actors.address import Address
+from edge_sync.actors.messages import RpcQueued, SharedAttributesApplied
 from edge_sync.cloud.downlinks import stamp
+from edge_sync.devices.rpc import RpcStatus
 from edge_sync.errors import QueueFull
 from edge_sync.link.downlink_actor import (
     APPLIED_KINDS,
@@ -32,6 +34,7 @@ from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Device, DeviceProfile, Scope, Tenant
+from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.supervisor import actor_child
 from tests.helpers.wait import wait_until
 
@@ -58,9 +61,11 @@ class Rig:
         self.replies: queue.Queue[Any] = queue.Queue()
         self.exits: list[BaseException | None] = []
         self.collector = Collector.start(self.replies)
+        self.notified: list[Any] = []  # what the entity actors are told, after each commit
         connection = Address("connection", lambda: self.collector)
         self.child: Any = actor_child(DownlinkActor, self.store, connection, metrics=self.metrics,
-                                      tokens=self.tokens)(self.exits.append)
+                                      tokens=self.tokens, notify=self.notified.append
+                                      )(self.exits.append)
 
     def apply(self, msg: edge_pb2.DownlinkMsg, stream_id: int = 1) -> DownlinkApplied:
         """Hand the actor one downlink; its DownlinkApplied (fails fast if the actor died)."""
@@ -625,3 +630,58 @@ def test_a_kind_newer_than_this_edge_is_counted_by_field_number(rig: Rig) -> Non
     raw = edge_pb2.DownlinkMsg(downlinkMsgId=50).SerializeToString() + bytes([0xB2, 0x02, 0x00])
     reply = rig.apply(edge_pb2.DownlinkMsg.FromString(raw))
     assert (reply.success, set_aside_count(rig, "field 38")) == (True, 1)
+
+
+# -- server-side RPC requests and shared attributes for the device sessions -----------------------
+
+
+def rpc_msg(dl_id: int, device_id: uuid.UUID, request_uuid: uuid.UUID, request_id: int, *,
+            expiration: int = 1_700_000_060_000) -> edge_pb2.DownlinkMsg:
+    msb, lsb = halves(device_id)
+    umsb, ulsb = halves(request_uuid)
+    return edge_pb2.DownlinkMsg(downlinkMsgId=dl_id, deviceRpcCallMsg=[edge_pb2.DeviceRpcCallMsg(
+        deviceIdMSB=msb, deviceIdLSB=lsb, requestUuidMSB=umsb, requestUuidLSB=ulsb,
+        requestId=request_id, expirationTime=expiration, oneway=True,
+        requestMsg=edge_pb2.RpcRequestMsg(method="reboot", params='{"delay":1}'))])
+
+
+def test_an_rpc_request_is_stored_queued_with_its_key_and_told_once(rig: Rig) -> None:
+    dev, req = uuid.uuid4(), uuid.uuid4()
+    msg = rpc_msg(70, dev, req, 12)
+    assert rig.apply(msg).success
+    with rig.store.read() as txn:
+        (stored,) = list(RpcStore(rig.store).scan(txn, dev))
+    assert (stored.request_uuid, stored.request_id, stored.method, stored.params, stored.oneway,
+            stored.expiration_time, stored.status) == (
+        req, 12, "reboot", '{"delay":1}', True, 1_700_000_060_000, RpcStatus.QUEUED)
+    assert rig.notified == [RpcQueued(dev, (stored,))]
+    assert rig.apply(msg).duplicate  # redelivered: acknowledged only, nobody told
+    assert rig.apply(rpc_msg(71, dev, req, 12)).success  # same request, another downlink
+    with rig.store.read() as txn:
+        assert len(list(RpcStore(rig.store).scan(txn, dev))) == 1
+    assert rig.notified == [RpcQueued(dev, (stored,))]
+    assert set_aside_count(rig, "deviceRpcCallMsg") == 0
+
+
+def test_an_rpc_request_without_a_uuid_is_refused(rig: Rig) -> None:
+    reply = rig.apply(rpc_msg(72, uuid.uuid4(), uuid.UUID(int=0), 1))
+    assert (reply.success, reply.retryable) == (False, False)
+    assert "no requestUuid" in reply.error and rig.notified == []
+
+
+def test_only_changed_and_deleted_shared_keys_are_told(rig: Rig) -> None:
+    dev = uuid.uuid4()
+    assert rig.apply(shared_msg(80, dev, {"a": 1, "b": "x"})).success
+    assert rig.apply(shared_msg(81, dev, {"a": 1, "b": "y", "c": True})).success
+    msb, lsb = halves(dev)
+    delete = edge_pb2.DownlinkMsg(downlinkMsgId=82, entityData=[edge_pb2.EntityDataProto(
+        entityIdMSB=msb, entityIdLSB=lsb, entityType="DEVICE",
+        attributeDeleteMsg=edge_pb2.AttributeDeleteMsg(
+            scope="SHARED_SCOPE", attributeNames=["a", "zz"]))])
+    assert rig.apply(delete).success
+    assert rig.apply(shared_msg(83, dev, {"n": 1}, scope="SERVER_SCOPE")).success
+    assert rig.notified == [
+        SharedAttributesApplied(dev, (("a", 1), ("b", "x"))),
+        SharedAttributesApplied(dev, (("b", "y"), ("c", True))),
+        SharedAttributesApplied(dev, (), ("a",)),
+    ]

@@ -214,6 +214,26 @@ def test_an_rpc_answer_without_a_request_uuid_has_none() -> None:
             msg.expirationTime) == (3, 0, 0, False, 0)
 
 
+def test_an_expired_request_is_reported_with_error_timeout_and_no_response() -> None:
+    request = uuid.UUID("5e1f0000-0000-1000-8000-0000000000ab")
+    body = {"requestId": 4, "error": "TIMEOUT", "requestUuid": str(request), "oneway": True,
+            "expirationTime": 1_700_000_010_000}
+    field, msg = event_payload(stored(Action.RPC_CALL, body), OWNER)
+    assert field == "deviceRpcCallMsg"
+    assert (msg.requestId, msg.oneway, msg.expirationTime, msg.responseMsg) == (
+        4, True, 1_700_000_010_000, edge_pb2.RpcResponseMsg(error="TIMEOUT"))
+    assert uuid_of(msg.requestUuidMSB, msg.requestUuidLSB) == request
+
+
+def test_an_attributes_request_asks_for_the_devices_shared_scope() -> None:
+    field, msg = event_payload(stored(Action.ATTRIBUTES_REQUEST, {"scope": "SHARED_SCOPE"}), OWNER)
+    msb, lsb = uuid_halves(DEVICE)
+    assert (field, msg) == ("attributesRequestMsg", edge_pb2.AttributesRequestMsg(
+        entityIdMSB=msb, entityIdLSB=lsb, entityType="DEVICE", scope="SHARED_SCOPE", edgeSeqId=5))
+    with pytest.raises(BadRequest, match="scope"):
+        event_payload(stored(Action.ATTRIBUTES_REQUEST, {"scope": "SHARED"}), OWNER)
+
+
 # -- wiring -------------------------------------------------------------------------------------
 
 

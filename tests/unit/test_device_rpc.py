@@ -1,0 +1,211 @@
+"""The thread-free parts of device sessions, with time passed in: the RPC lifecycle of one
+device (devices/rpc.py), when to ask the cloud for shared attributes (devices/fetch.py), the
+long poll's claim / give-up race (devices/subscribers.py), the long-poll timeout parameter, and
+the durable RPC records (storage/rpc_store.py, real LMDB)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from edge_sync.api.payloads import LONG_POLL_DEFAULT_MS, LONG_POLL_MAX_MS, parse_timeout
+from edge_sync.devices.fetch import FetchPolicy
+from edge_sync.devices.rpc import DEFAULT_RPC_TIMEOUT_MS, RpcBook, RpcRequest, RpcStatus, expiration_of
+from edge_sync.devices.session import DeviceSession
+from edge_sync.devices.subscribers import LongPoll
+from edge_sync.errors import BadRequest, Conflict, NotFound
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.rpc_store import RpcStore
+
+DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000d1")
+T0 = 1_700_000_000_000
+
+
+def request(n: int, *, oneway: bool = False, expires: int = T0 + 10_000, queued: int | None = None,
+            method: str = "m") -> RpcRequest:
+    return RpcRequest(DEVICE, uuid.UUID(int=n), n, method, json.dumps({"n": n}), oneway, expires,
+                      queued if queued is not None else T0 + n)
+
+
+# -- the lifecycle -------------------------------------------------------------------------------
+
+
+def test_two_way_queued_delivered_answered_reports_the_answer_with_the_echo() -> None:
+    book = RpcBook()
+    assert book.add(request(1))
+    delivered = book.take_next(T0 + 100)
+    assert delivered is not None and delivered.report is None
+    assert (delivered.request.status, delivered.request.updated_at) == (RpcStatus.DELIVERED, T0 + 100)
+    assert delivered.request.device_json() == {"id": 1, "method": "m", "params": {"n": 1}}
+    assert book.take_next(T0 + 101) is None  # nothing else queued
+    done = book.answer(1, {"ok": 1}, T0 + 200)
+    assert (done.request.status, done.request.response) == (RpcStatus.SUCCESSFUL, {"ok": 1})
+    assert done.report == {"requestUuid": str(uuid.UUID(int=1)), "requestId": 1, "oneway": False,
+                           "expirationTime": T0 + 10_000, "response": {"ok": 1}}
+    assert len(book) == 0
+    with pytest.raises(Conflict, match="SUCCESSFUL"):
+        book.answer(1, {"again": 1}, T0 + 300)
+
+
+def test_one_way_is_successful_on_delivery_and_reported_with_an_empty_answer() -> None:
+    book = RpcBook()
+    book.add(request(2, oneway=True))
+    done = book.take_next(T0)
+    assert done is not None and done.request.status is RpcStatus.SUCCESSFUL
+    assert done.report is not None and done.report["response"] == {} and done.report["oneway"]
+    with pytest.raises(Conflict):
+        book.answer(2, 1, T0 + 1)
+
+
+def test_requests_are_delivered_oldest_first_whatever_order_they_came_in() -> None:
+    book = RpcBook()
+    book.add(request(5, queued=T0 + 50))
+    book.add(request(3, queued=T0 + 10))
+    first, second = book.take_next(T0 + 60), book.take_next(T0 + 60)
+    assert first is not None and second is not None
+    assert (first.request.request_id, second.request.request_id) == (3, 5)
+
+
+def test_a_queued_request_is_never_delivered_at_or_after_its_expiration() -> None:
+    book = RpcBook()
+    book.add(request(1, expires=T0 + 1_000))
+    assert book.next_deadline() == T0 + 1_000
+    assert book.take_next(T0 + 1_000) is None
+    (expired,) = book.expire_due(T0 + 1_000)
+    assert (expired.request.status, expired.request.error) == (RpcStatus.EXPIRED, "TIMEOUT")
+    assert expired.report is not None and expired.report["error"] == "TIMEOUT"
+    assert book.next_deadline() is None and book.expire_due(T0 + 5_000) == []
+
+
+def test_a_delivered_request_not_answered_in_time_times_out_and_a_late_answer_is_refused() -> None:
+    book = RpcBook()
+    book.add(request(1, expires=T0 + 1_000))
+    assert book.take_next(T0) is not None
+    with pytest.raises(Conflict, match="too late"):
+        book.answer(1, "x", T0 + 1_000)  # expired but not yet swept: still refused
+    assert book.expire_due(T0 + 999) == []
+    (timed_out,) = book.expire_due(T0 + 1_000)
+    assert timed_out.request.status is RpcStatus.TIMEOUT
+    with pytest.raises(Conflict, match="TIMEOUT"):
+        book.answer(1, "x", T0 + 1_001)
+
+
+def test_unknown_and_undelivered_ids_are_refused() -> None:
+    book = RpcBook()
+    book.add(request(1))
+    with pytest.raises(NotFound, match="no RPC request 9"):
+        book.answer(9, None, T0)
+    with pytest.raises(Conflict, match="not delivered"):
+        book.answer(1, None, T0)
+
+
+def test_a_known_or_finished_request_is_not_taken_again() -> None:
+    book = RpcBook()
+    assert book.add(request(1)) and not book.add(request(1))
+    finished = RpcRequest(DEVICE, uuid.UUID(int=7), 7, "m", "", False, T0, T0,
+                          status=RpcStatus.EXPIRED)
+    assert not book.add(finished) and len(book) == 1
+
+
+def test_an_undone_delivery_is_queued_again() -> None:
+    book = RpcBook()
+    book.add(request(1, oneway=True))
+    done = book.take_next(T0)
+    assert done is not None
+    book.undo_delivery(done.request)
+    again = book.take_next(T0 + 1)
+    assert again is not None and again.request.request_id == 1
+
+
+def test_a_request_without_expiration_gets_the_default_timeout() -> None:
+    assert expiration_of(0, T0) == T0 + DEFAULT_RPC_TIMEOUT_MS
+    assert expiration_of(T0 + 5, T0) == T0 + 5
+
+
+def test_params_that_are_not_json_reach_the_device_as_text() -> None:
+    r = RpcRequest(DEVICE, uuid.UUID(int=1), 1, "m", "not json", False, T0, T0)
+    assert r.device_json() == {"id": 1, "method": "m", "params": "not json"}
+
+
+# -- asking the cloud ------------------------------------------------------------------------------
+
+
+def test_the_cloud_is_asked_at_most_once_per_interval() -> None:
+    policy = FetchPolicy(interval_ms=1_000)
+    assert [policy.should_ask(t) for t in (T0, T0 + 1, T0 + 999, T0 + 1_000, T0 + 1_500)] == [
+        True, False, False, True, False]
+
+
+# -- long polls ------------------------------------------------------------------------------------
+
+
+def test_a_long_poll_times_out_unless_claimed_and_a_claimed_one_gets_its_value() -> None:
+    async def scenario() -> list[object]:
+        loop = asyncio.get_running_loop()
+        idle, taken = LongPoll(loop), LongPoll(loop)
+        first = await idle.wait(0.01)
+        assert not idle.live and not idle.claim()  # timed out: no request is taken for it
+        assert taken.claim() and not taken.live
+        loop.call_later(0.05, taken.resolve, {"id": 1})
+        second = await taken.wait(0.01)  # claimed before its time-out: the value still comes
+        return [first, second]
+
+    assert asyncio.run(scenario()) == [(False, None), (True, {"id": 1})]
+
+
+def test_a_session_hands_an_update_to_live_polls_only() -> None:
+    async def scenario() -> list[object]:
+        loop = asyncio.get_running_loop()
+        session = DeviceSession()
+        gone, waiting = LongPoll(loop), LongPoll(loop)
+        assert gone.give_up()
+        session.attribute_waiters += [gone, waiting]
+        assert session.busy
+        assert session.publish_attributes({"a": 1}) == 1
+        assert not session.busy
+        return [await waiting.wait(1)]
+
+    assert asyncio.run(scenario()) == [(True, {"a": 1})]
+
+
+@pytest.mark.parametrize(("raw", "ms"), [(None, LONG_POLL_DEFAULT_MS), ("", LONG_POLL_DEFAULT_MS),
+                                         ("0", LONG_POLL_DEFAULT_MS), ("1", 1),
+                                         (str(LONG_POLL_MAX_MS), LONG_POLL_MAX_MS)])
+def test_timeout_parameter(raw: str | None, ms: int) -> None:
+    assert parse_timeout(raw) == ms
+
+
+@pytest.mark.parametrize("raw", [str(LONG_POLL_MAX_MS + 1), "-1", "1e3", "ten", "٣", " 5"])
+def test_timeout_parameter_out_of_range_or_malformed(raw: str) -> None:
+    with pytest.raises(BadRequest, match="timeout"):
+        parse_timeout(raw)
+
+
+# -- the durable records -----------------------------------------------------------------------------
+
+
+def test_records_round_trip_in_arrival_order_and_finished_ones_are_purged(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "s", initial_map_mb=8, max_size_mb=64)
+    rpcs = RpcStore(store)
+    other = uuid.UUID(int=99)
+    a, b = request(2, queued=T0 + 20), request(1, queued=T0 + 10)
+    c = RpcRequest(other, uuid.UUID(int=3), 3, "x", "", True, T0, T0, RpcStatus.EXPIRED, T0 + 5,
+                   None, "TIMEOUT")
+    store.write(lambda txn: [rpcs.put(txn, r) for r in (a, b, c)])
+    with store.read() as txn:
+        assert list(rpcs.scan(txn, DEVICE)) == [b, a]
+        assert rpcs.find(txn, other, uuid.UUID(int=3)) == c
+        assert rpcs.open_requests(txn) == [b, a]
+    assert store.write(lambda txn: rpcs.purge_finished(txn, older_than_ms=T0 + 5, limit=10)) == 0
+    assert store.write(lambda txn: rpcs.purge_finished(txn, older_than_ms=T0 + 6, limit=10)) == 1
+    with store.read() as txn:
+        assert list(rpcs.scan(txn)) == [b, a]
+    store.close()
+    readonly = LmdbStore(tmp_path / "s", readonly=True)
+    with readonly.read() as txn:
+        assert len(list(RpcStore(readonly).scan(txn))) == 2
+    readonly.close()
