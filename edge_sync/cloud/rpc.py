@@ -16,8 +16,10 @@ Statuses (ThingsBoard's names; docs/reference-cloud.md "Server-side RPC"):
               request not answered by then, or the edge answered that it expired
   DELETED     ThingsBoard's, for a deleted persistent request (no delete route here)
 A request is final in SUCCESSFUL, FAILED, TIMEOUT, EXPIRED and DELETED: nothing changes it
-after that. An answer that comes after the request's expirationTime is late: it does not
-change the request (ThingsBoard drops a stale answer the same way).
+after that. Past its expirationTime a request takes its expiry status (see `expired`): the
+edge's own report of the expiry (error TIMEOUT, as ThingsBoard Edge sends it at the deadline)
+settles it so, and a response that comes after the deadline is late: it does not make the
+request SUCCESSFUL (ThingsBoard drops a stale answer the same way).
 """
 
 from __future__ import annotations
@@ -299,7 +301,12 @@ def apply_answer(record: RpcRecord | None, answer: Answer, edge_id: uuid.UUID,
         status = expired(record, now_ms)
         if status is None:
             return AnswerOutcome(AnswerKind.LATE, answer, record)
-        return AnswerOutcome(AnswerKind.LATE, answer, record.with_status(status, now_ms), True)
+        error = (answer.error or "").strip().upper()
+        # the edge reporting the expiry itself (ThingsBoard Edge answers TIMEOUT at the
+        # deadline) settles it; a response after the deadline is late
+        kind = AnswerKind.SETTLED if error in ANSWER_ERRORS else AnswerKind.LATE
+        return AnswerOutcome(kind, answer, record.with_status(status, now_ms,
+                                                              error=answer.error or None), True)
     if answer.error:
         error = answer.error[:MAX_RESPONSE_CHARS]
         status = ANSWER_ERRORS.get(error.strip().upper(), RpcStatus.FAILED)

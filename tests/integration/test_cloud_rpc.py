@@ -198,6 +198,20 @@ def test_the_edge_reporting_timeout_or_expiry_sets_that_status(cloud, device, cl
     assert status(cloud, rpc_id) == expected
 
 
+def test_the_edges_timeout_report_at_the_deadline_expires_a_persistent_request(cloud, device, clients):
+    client = connect(cloud, clients)
+    expires = int(time.time() * 1000) + 300
+    rpc_id = http(cloud.admin_port, "POST", f"/api/rpc/twoway/{device}",
+                  {"method": "m", "persistent": True, "expirationTime": expires}).json["rpcId"]
+    d, req = rpc_downlink(client)
+    client.ack(d.downlinkMsgId)
+    wait_until(lambda: time.time() * 1000 > expires + 20, timeout=DEADLINE_S, what="the deadline")
+    assert client.uplink(deviceRpcCallMsg=[rpc_answer(req, 1, error="TIMEOUT")]).success
+    got = http(cloud.admin_port, "GET", f"/api/rpc/{rpc_id}").json
+    assert (got["status"], got["error"]) == ("EXPIRED", "TIMEOUT")
+    assert (metric(cloud, "rpc_answers"), metric(cloud, "rpc_answers_late")) == (1, 0)
+
+
 def test_one_way_answers_200_once_queued_and_is_delivered_on_the_edge_ack(cloud, device, clients):
     client = connect(cloud, clients)
     reply = http(cloud.admin_port, "POST", f"/api/rpc/oneway/{device}",

@@ -137,6 +137,24 @@ def test_answers_that_change_nothing():
     late = rpc.apply_answer(record(RpcStatus.DELIVERED, expires=NOW - 1), answer(), EDGE, NOW)
     assert (late.kind, late.changed) == (AnswerKind.LATE, True)
     assert late.record is not None and late.record.status is RpcStatus.TIMEOUT
+    assert late.record.response is None
+    one_way = rpc.apply_answer(record(RpcStatus.DELIVERED, oneway=True, expires=NOW - 1),
+                               answer("{}"), EDGE, NOW)
+    assert (one_way.kind, one_way.changed) == (AnswerKind.LATE, False)
+
+
+@pytest.mark.parametrize("persistent,status", [(True, RpcStatus.EXPIRED), (False, RpcStatus.TIMEOUT)])
+def test_the_edge_reporting_the_expiry_at_the_deadline_settles_it(persistent, status):
+    outcome = rpc.apply_answer(record(RpcStatus.DELIVERED, persistent=persistent, expires=NOW - 1),
+                               answer(None, "TIMEOUT"), EDGE, NOW)
+    assert (outcome.kind, outcome.changed) == (AnswerKind.SETTLED, True)
+    assert outcome.record is not None
+    assert (outcome.record.status, outcome.record.error) == (status, "TIMEOUT")
+
+
+def test_a_one_way_request_answered_by_the_edge_is_successful():
+    outcome = rpc.apply_answer(record(RpcStatus.DELIVERED, oneway=True), answer("{}"), EDGE, NOW)
+    assert outcome.record is not None and outcome.record.status is RpcStatus.SUCCESSFUL
 
 
 def test_parking_fails_the_request():
