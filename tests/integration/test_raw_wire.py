@@ -390,7 +390,7 @@ def test_an_unknown_edge_version_is_accepted(
 
 def test_no_downlink_exceeds_the_edges_max_inbound_message_size(
         cloud: CloudServer, edge: uuid.UUID, streams: list[RawStream]) -> None:
-    limit = 1024
+    limit = 2048
     stream = RawStream(cloud.port)
     streams.append(stream)
     stream.send(connect_request("rk-raw", "s3cret-raw", max_inbound=limit))
@@ -401,8 +401,8 @@ def test_no_downlink_exceeds_the_edges_max_inbound_message_size(
     assert done is not None and 2 in done
     stream.send(downlink_response(int32(one(done, 1))))
 
-    cloud.service.create_device("rk-raw", "big", token="tok-big")  # two small downlinks
-    cloud.service.set_attributes("big", {"blob": "x" * 2000})  # one of about 2 KiB
+    cloud.service.create_device("rk-raw", "big", token="tok-big")  # one downlink, about 1.5 KiB
+    cloud.service.set_attributes("big", {"blob": "x" * 3000})  # one of about 3 KiB
     received: list[int] = []
     while (raw := stream.recv_raw(timeout=1.5)) is not None:
         received.append(len(raw))
@@ -410,4 +410,7 @@ def test_no_downlink_exceeds_the_edges_max_inbound_message_size(
         downlink = sub(decode(raw), 3)
         assert downlink is not None
         stream.send(downlink_response(int32(one(downlink, 1))))
-    assert len(received) == 2, received  # the device and its credentials; the big one held
+    assert len(received) == 1, received  # the device with its profile and credentials
+    [parked] = cloud.service.parked_downlinks("rk-raw")  # the big one, set aside with why
+    assert (parked.cause, parked.kinds) == ("too_large", "entityData")
+    assert f"more than the edge's maxInboundMessageSize ({limit})" in parked.error
