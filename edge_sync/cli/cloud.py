@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     rpc.add_argument("--method", required=True)
     rpc.add_argument("--params", default="{}", help="JSON (default {}); text when it is not JSON")
     rpc.add_argument("--oneway", action="store_true", help="expect no answer")
-    rpc.add_argument("--timeout", type=float, default=None, metavar="S",
+    rpc.add_argument("--timeout", type=float, default=None, metavar="N",
                      help="seconds to wait for the answer (ThingsBoard's default: 10); with "
                           "--persistent, how long the request may wait for the edge")
     rpc.add_argument("--persistent", action="store_true",
