@@ -10,6 +10,7 @@ reached; 6 conflict (the device name or token is taken).
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import uuid
 from itertools import islice
@@ -102,6 +103,7 @@ def _run(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     from edge_sync.app import EdgeApp
 
     configure_logging(cfg.log, component="edge")
+    _raise_open_files_limit()
     try:
         app = EdgeApp(cfg)
     except ConfigError as exc:
@@ -123,6 +125,20 @@ def _run(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         logger.error("supervisor gave up (restart intensity exceeded); exiting with code 3")
         return EXIT_GAVE_UP
     return EXIT_OK
+
+
+def _raise_open_files_limit(wanted: int = 65536) -> None:
+    """Devices long-polling hold a connection each: raise the soft limit on open files towards
+    the hard one (a service manager's default soft limit, often 1024, would cap them)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            logger.bind(soft=soft, now=target).info(
+                "open files limit raised from {} to {} (one per waiting device)", soft, target)
+    except (ValueError, OSError) as exc:
+        logger.warning("open files limit left as it is: {}", exc)
 
 
 # -- read-only views ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Device
 from edge_sync.storage.rpc_store import RpcStore
+from tests.helpers.agent import Agent
 from tests.helpers.fake_peer import FakeCloud
 from tests.helpers.ports import free_ports
 from tests.helpers.wait import wait_until
@@ -453,3 +454,74 @@ def test_requests_are_listed_by_the_admin_api_and_the_cli(harness: Harness, tmp_
                           "--device", str(b.id)], env=env, capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert out.split()[:4] == [str(b.id), "2", "EXPIRED", "two-way"]
+
+
+# -- kill -9 between the acknowledgement and the delivery ------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_request_acknowledged_then_killed_is_delivered_once_after_restart(
+        tmp_path: Path, procs: Any) -> None:
+    fake = FakeCloud(uplinks="ack").start()
+    try:
+        agent = procs(Agent(tmp_path / "agent", env={
+            "CLOUD_ROUTING_KEY": ROUTING_KEY, "CLOUD_ROUTING_SECRET": SECRET,
+            "CLOUD_RPC_HOST": "127.0.0.1", "CLOUD_RPC_PORT": str(fake.port),
+            "EDGE_CLOUD_RECONNECT_INTERVAL_MS": "200", "EDGE_CLOUD_RECONNECT_JITTER": "0",
+            "EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS": "1000"})).start()
+        device_id, token = agent.create_device("rpc-kill9")
+        dev = Device(uuid.UUID(device_id), "rpc-kill9", "default", token, 0)
+        fake.wait_for(lambda: fake.sync_completed_ids, what="the edge synced")
+        msg = rpc_downlink(fake, dev, 21, "survive", {"k": 9})
+        deliver(fake, msg)
+        assert agent.kill9() == -9
+        agent.start()
+        answer = agent.device("GET", f"/api/v1/{token}/rpc?timeout=5000")
+        assert (answer.status, answer.json()) == (
+            200, {"id": 21, "method": "survive", "params": {"k": 9}})
+        # the cloud resends the same downlink after the restart: acknowledged, not delivered
+        fake.wait_for(lambda: len(fake.stream_numbers()) >= 2, what="the edge reconnected")
+        deliver(fake, msg, acks=2)
+        assert agent.device("GET", f"/api/v1/{token}/rpc?timeout=300").status == 408
+        assert agent.device("POST", f"/api/v1/{token}/rpc/21", {"done": True}).status == 200
+        up = fake.wait_for(lambda: rpc_uplinks(fake), what="the answer uplinked")[0]
+        assert (up.requestId, json.loads(up.responseMsg.response)) == (21, {"done": True})
+    finally:
+        fake.stop()
+
+
+# -- a long-poll storm -------------------------------------------------------------------------------
+
+
+def test_a_thousand_idle_polls_cost_no_thread_and_the_agent_keeps_serving(harness: Harness) -> None:
+    fake, app = harness.connected_edge()
+    devices = [make_device(app, f"storm-{i}") for i in range(10)]
+    threads_before = threading.active_count()
+
+    async def storm() -> tuple[list[int], int]:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async def poll(token: str, path: str) -> int:
+                url = f"http://127.0.0.1:{app.http_port}/api/v1/{token}/{path}?timeout=4000"
+                async with session.get(url) as resp:
+                    await resp.read()
+                    return resp.status
+
+            tasks = [asyncio.create_task(poll(d.token, "rpc" if i % 2 else "attributes/updates"))
+                     for i, d in enumerate(devices * 100)]
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, polls_open, app, 1000)
+            threads = threading.active_count()
+            # while they wait: telemetry is accepted and one device's update reaches its polls
+            async with session.post(f"http://127.0.0.1:{app.http_port}/api/v1/"
+                                    f"{devices[0].token}/telemetry", json={"t": 1}) as resp:
+                assert resp.status == 200
+            await loop.run_in_executor(None, deliver, fake, shared_downlink(fake, devices[0], {"s": 1}))
+            statuses = list(await asyncio.gather(*tasks))
+            return statuses, threads
+
+    statuses, threads = asyncio.run(storm())
+    # devices[0]'s 100 polls (all on attributes/updates) answered 200; the others timed out
+    assert statuses.count(200) == 100 and statuses.count(408) == 900
+    assert threads - threads_before < 10  # the test's own executor threads, not one per poll
+    assert http(app, "POST", f"/api/v1/{devices[1].token}/telemetry", {"t": 2})[0] == 200
