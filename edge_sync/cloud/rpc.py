@@ -267,6 +267,7 @@ class AnswerKind(enum.StrEnum):
     SETTLED = "settled"  # the answer set the request's final status
     LATE = "late"  # after its expirationTime: the request expired instead (or stays as it is)
     ALREADY_FINAL = "already_final"  # a second answer (a resend), or after it was settled
+    CONFIRMED = "confirmed"  # the edge reports the expiry the cloud has already recorded
     UNKNOWN = "unknown"  # no such request on this edge and device
 
 
@@ -296,6 +297,9 @@ def apply_answer(record: RpcRecord | None, answer: Answer, edge_id: uuid.UUID,
     if record is None or record.edge_id != edge_id or record.device_id != answer.device_id:
         return AnswerOutcome(AnswerKind.UNKNOWN, answer, None)
     if record.status.final:
+        expiry_report = (answer.error or "").strip().upper() in ANSWER_ERRORS
+        if expiry_report and record.status in (RpcStatus.TIMEOUT, RpcStatus.EXPIRED):
+            return AnswerOutcome(AnswerKind.CONFIRMED, answer, record)
         return AnswerOutcome(AnswerKind.ALREADY_FINAL, answer, record)
     if now_ms > record.expiration_time:
         status = expired(record, now_ms)

@@ -68,6 +68,10 @@ class RpcWaiters:
                             "device): applied as nothing", answer.request_uuid)
                 continue
             assert record is not None
+            if outcome.kind is AnswerKind.CONFIRMED:  # the edge's report of its expiry
+                log.bind(status=str(record.status)).debug(
+                    "rpc {} expiry reported by the edge, as recorded: {}", record.id, record.status)
+                continue
             if outcome.kind is AnswerKind.SETTLED:
                 self.counters.inc(self.counters.rpc_answers)
                 log.bind(status=str(record.status), method=record.method).info(

@@ -134,6 +134,10 @@ def test_answers_that_change_nothing():
     assert rpc.apply_answer(None, answer(), EDGE, NOW).kind is AnswerKind.UNKNOWN
     done = rpc.apply_answer(record(RpcStatus.SUCCESSFUL), answer(), EDGE, NOW)
     assert (done.kind, done.changed) == (AnswerKind.ALREADY_FINAL, False)
+    report = rpc.apply_answer(record(RpcStatus.TIMEOUT), answer(None, "TIMEOUT"), EDGE, NOW)
+    assert (report.kind, report.changed) == (AnswerKind.CONFIRMED, False)
+    report = rpc.apply_answer(record(RpcStatus.SUCCESSFUL), answer(None, "TIMEOUT"), EDGE, NOW)
+    assert report.kind is AnswerKind.ALREADY_FINAL
     late = rpc.apply_answer(record(RpcStatus.DELIVERED, expires=NOW - 1), answer(), EDGE, NOW)
     assert (late.kind, late.changed) == (AnswerKind.LATE, True)
     assert late.record is not None and late.record.status is RpcStatus.TIMEOUT
