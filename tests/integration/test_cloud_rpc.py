@@ -6,6 +6,7 @@ timeouts, persistent requests to an offline edge, expiry, statuses, bad bodies."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -497,3 +498,23 @@ def test_cli_refusals(cloud, device, tmp_path):
     stopped = cli(cloud, tmp_path / "cloud", "--device", "pump-1", "--method", "m",
                   admin_port=free_ports()[0])
     assert stopped.returncode == 1 and "the running server" in stopped.stderr
+
+
+def test_the_rpc_routes_pass_the_admin_guard(tmp_path):
+    cfg = cloud_config(tmp_path / "guarded")
+    cfg = dataclasses.replace(cfg, admin=dataclasses.replace(cfg.admin, token="t0ken"))
+    with CloudServer(cfg) as server:
+        path = f"http://127.0.0.1:{server.admin_port}/api/rpc/twoway/{uuid.uuid4()}"
+        body = json.dumps({"method": "m"}).encode()
+        for headers, expected in [
+            ({"Content-Type": "application/json"}, 401),
+            ({"Content-Type": "text/plain", "Authorization": "Bearer t0ken"}, 415),
+            ({"Content-Type": "application/json", "Authorization": "Bearer t0ken",
+              "Origin": "http://evil.example"}, 403),
+            ({"Content-Type": "application/json", "Authorization": "Bearer t0ken"}, 404),
+        ]:
+            req = urllib.request.Request(path, data=body, method="POST", headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=DEADLINE_S)
+            assert err.value.code == expected, headers
+        assert server.counters.rpc_requests.value == 0
