@@ -98,7 +98,7 @@ class EdgeApp:
                 name,
                 actor_child(ShardActor, i, self.queue,
                             passivate_after_s=cfg.actors.passivate_after_s, store=self.store,
-                            shards=len(shard_names), clock=clock),
+                            shards=len(shard_names), clock=clock, metrics=self.metrics),
             )
             for i, name in enumerate(shard_names)
         ]

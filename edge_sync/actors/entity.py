@@ -50,16 +50,18 @@ _log = logger.bind(component="device-session")
 class EntityActor:
     """State and behaviour of one entity. Runs on its shard's thread only."""
 
-    __slots__ = ("entity_id", "last_used", "now_ms", "queue", "session", "tell_self")
+    __slots__ = ("count_rpc", "entity_id", "last_used", "now_ms", "queue", "session", "tell_self")
 
     def __init__(self, entity_id: uuid.UUID, queue: Address, now: float, *,
                  now_ms: Callable[[], int] | None = None,
-                 tell_self: Callable[[Any], None] | None = None) -> None:
+                 tell_self: Callable[[Any], None] | None = None,
+                 count_rpc: Callable[[str], None] | None = None) -> None:
         self.entity_id = entity_id
         self.queue = queue
         self.last_used = now
         self.now_ms = now_ms or _no_clock
         self.tell_self = tell_self or (lambda _msg: None)
+        self.count_rpc = count_rpc or (lambda _status: None)
         self.session: DeviceSession | None = None
 
     @property
@@ -217,6 +219,7 @@ class EntityActor:
         if change.report is not None:
             events = (NewEvent("DEVICE", "DEVICE", r.device_id, Action.RPC_CALL, change.report,
                                r.updated_at or self.now_ms(), lane_for("DEVICE", Action.RPC_CALL)),)
+        self.count_rpc(r.status.value)
         level = "WARNING" if r.status in (RpcStatus.EXPIRED, RpcStatus.TIMEOUT,
                                           RpcStatus.FAILED) else "INFO"
         _log.bind(device=str(r.device_id), rpc_id=r.request_id, status=r.status.value).log(

@@ -35,6 +35,7 @@ from edge_sync.actors.messages import (
 from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.errors import InjectedFault
+from edge_sync.metrics import Metrics
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
@@ -64,6 +65,7 @@ class ShardActor(SupervisedActor):
         store: LmdbStore | None = None,
         shards: int = 1,
         clock: Clock = SYSTEM_CLOCK,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(report_exit)
         self.index = index
@@ -72,6 +74,9 @@ class ShardActor(SupervisedActor):
         self._store = store
         self._shards = shards
         self._clock = clock
+        self._rpc_family = metrics.counter_family(
+            "edge_rpc_requests_total", "server-side RPC requests by the status they reached",
+            "status") if metrics is not None else None
         self._entities: dict[uuid.UUID, EntityActor] = {}
         self._ticker: Ticker | None = None
         self._timer: DeadlineTimer | None = None
@@ -128,13 +133,18 @@ class ShardActor(SupervisedActor):
         if entity is None:
             ref = self.actor_ref
             entity = self._entities[entity_id] = EntityActor(
-                entity_id, self._queue, now, now_ms=self._clock.now_ms, tell_self=ref.tell)
+                entity_id, self._queue, now, now_ms=self._clock.now_ms, tell_self=ref.tell,
+                count_rpc=self._count_rpc if self._rpc_family is not None else None)
             self._log.bind(entity=str(entity_id)).trace("entity activated")
         before = entity.next_deadline()
         entity.handle(message, now)
         after = entity.next_deadline()
         if after is not None and after != before:
             self._schedule(after, entity_id)
+
+    def _count_rpc(self, status: str) -> None:
+        if self._rpc_family is not None:
+            self._rpc_family.inc(status)
 
     def _schedule(self, deadline_ms: int, entity_id: uuid.UUID) -> None:
         heapq.heappush(self._deadlines, (deadline_ms, entity_id))

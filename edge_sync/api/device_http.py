@@ -53,6 +53,8 @@ class DeviceHttpApi:
         # None: no cloud link, nothing to fetch; else whether the link is up now
         self._link_connected = link_connected
         self._polls: set[LongPoll] = set()  # the loop's open long polls
+        metrics.gauge("edge_http_long_polls", "device long polls waiting now (rpc, attribute "
+                      "updates, attribute requests)", lambda: float(len(self._polls)))
         self._accepted = metrics.counter("edge_http_requests_accepted_total", "device requests answered 200")
         self._refused = {
             code: metrics.counter(f"edge_http_requests_{code}_total", f"device requests answered {code}")

@@ -164,6 +164,9 @@ class DownlinkActor(SupervisedActor):
         self._duplicates = metrics.counter(
             "edge_downlinks_duplicate_total", "redelivered downlinks only acknowledged")
         self._failed = metrics.counter("edge_downlinks_failed_total", "downlinks that failed")
+        self._rpc_requests = metrics.counter_family(
+            "edge_rpc_requests_total", "server-side RPC requests by the status they reached",
+            "status")
         self._set_aside = metrics.counter_family(
             "edge_downlinks_set_aside_total",
             "downlink payloads of a kind the edge does not apply, acknowledged and counted",
@@ -224,6 +227,7 @@ class DownlinkActor(SupervisedActor):
         if self._notify is None:
             return
         for device_id, requests in out.rpc_queued.items():
+            self._rpc_requests.inc("QUEUED", len(requests))
             self._notify(RpcQueued(device_id, tuple(requests)))
         for device_id, (changed, deleted) in out.shared_changed.items():
             self._notify(SharedAttributesApplied(device_id, tuple(changed.items()),
