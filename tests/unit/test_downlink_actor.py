@@ -685,3 +685,27 @@ def test_only_changed_and_deleted_shared_keys_are_told(rig: Rig) -> None:
         SharedAttributesApplied(dev, (("b", "y"), ("c", True))),
         SharedAttributesApplied(dev, (), ("a",)),
     ]
+
+
+def test_a_burst_is_answered_in_order_and_a_bad_downlink_in_it_fails_alone(rig: Rig) -> None:
+    devices = [uuid.uuid4() for _ in range(20)]
+    msgs = [shared_msg(100 + i, d, {"n": i}) for i, d in enumerate(devices)]
+    msgs[7] = credentials_msg(107, uuid.uuid4(), "tok-nobody")  # an unknown device: refused
+    for msg in msgs:
+        rig.child.ref.tell(ApplyDownlink(1, msg))
+
+    def answers() -> list[DownlinkApplied] | None:
+        while len(got) < len(msgs):
+            try:
+                got.append(rig.replies.get_nowait())
+            except queue.Empty:
+                return None
+        return got
+
+    got: list[DownlinkApplied] = []
+    wait_until(answers, timeout=DEADLINE_S, what="20 answers")
+    assert [(a.downlink_id, a.success) for a in got] == [
+        (100 + i, i != 7) for i in range(20)]
+    assert [rig.attributes(d, Scope.SHARED) for d in devices] == [
+        {} if i == 7 else {"n": i} for i in range(20)]
+    assert len(rig.notified) == 19
