@@ -33,32 +33,25 @@ class DeviceSession:
                     or self.fetch_waiters)
 
     def next_rpc_waiter(self) -> Subscriber | None:
-        """The oldest waiter still waiting, claimed for one request."""
+        """The oldest waiter still waiting, claimed for one request. A subscriber that stays
+        live after a claim (a connected transport's subscription) goes to the back of the line
+        for the next request; a long poll is done with one."""
         while self.rpc_waiters:
             waiter = self.rpc_waiters.popleft()
             if waiter.claim():
+                if waiter.live:
+                    self.rpc_waiters.append(waiter)
                 return waiter
         return None
 
     def publish_attributes(self, update: dict[str, Any]) -> int:
-        """Hand a shared attribute update to every waiting long poll; how many took it."""
-        waiters, self.attribute_waiters = self.attribute_waiters, []
-        taken = 0
-        for waiter in waiters:
-            if waiter.claim():
-                waiter.resolve(update)
-                taken += 1
-        return taken
+        """Hand a shared attribute update to every waiting subscriber; how many took it. Long
+        polls are done with it; subscriptions stay."""
+        return _hand_out(self.attribute_waiters, update)
 
     def wake_fetchers(self) -> int:
         """Shared attributes came from the cloud: every waiting request reads the store again."""
-        waiters, self.fetch_waiters = self.fetch_waiters, []
-        woken = 0
-        for waiter in waiters:
-            if waiter.claim():
-                waiter.resolve(True)
-                woken += 1
-        return woken
+        return _hand_out(self.fetch_waiters, True)
 
     def prune(self) -> None:
         """Forget waiters that stopped waiting (timed out, disconnected)."""
@@ -66,3 +59,14 @@ class DeviceSession:
             self.rpc_waiters = deque(w for w in self.rpc_waiters if w.live)
         self.attribute_waiters = [w for w in self.attribute_waiters if w.live]
         self.fetch_waiters = [w for w in self.fetch_waiters if w.live]
+
+
+def _hand_out(waiters: list[Subscriber], value: Any) -> int:
+    """Resolve every subscriber of ``waiters`` that takes ``value``; keep those still live."""
+    taken = 0
+    for waiter in waiters:
+        if waiter.claim():
+            waiter.resolve(value)
+            taken += 1
+    waiters[:] = [w for w in waiters if w.live]
+    return taken

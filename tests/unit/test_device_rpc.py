@@ -172,6 +172,37 @@ def test_a_session_hands_an_update_to_live_polls_only() -> None:
     assert asyncio.run(scenario()) == [(True, {"a": 1})]
 
 
+class Subscription:
+    """A subscriber that stays (what a connected transport, MQTT, would register)."""
+
+    def __init__(self) -> None:
+        self.got: list[object] = []
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    def claim(self) -> bool:
+        return True
+
+    def resolve(self, value: object) -> None:
+        self.got.append(value)
+
+    def fail(self, exc: BaseException) -> None:
+        self.got.append(exc)
+
+
+def test_a_subscription_stays_for_every_update_and_takes_its_turn_for_requests() -> None:
+    session = DeviceSession()
+    sub = Subscription()
+    session.attribute_waiters.append(sub)
+    session.rpc_waiters.append(sub)
+    assert session.publish_attributes({"a": 1}) == 1 and session.publish_attributes({"b": 2}) == 1
+    assert sub.got == [{"a": 1}, {"b": 2}]
+    assert session.next_rpc_waiter() is sub and session.next_rpc_waiter() is sub
+    assert session.busy
+
+
 @pytest.mark.parametrize(("raw", "ms"), [(None, LONG_POLL_DEFAULT_MS), ("", LONG_POLL_DEFAULT_MS),
                                          ("0", LONG_POLL_DEFAULT_MS), ("1", 1),
                                          (str(LONG_POLL_MAX_MS), LONG_POLL_MAX_MS)])
