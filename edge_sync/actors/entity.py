@@ -146,8 +146,8 @@ class EntityActor:
         the reply fails with NotFound / Conflict and nothing is queued)."""
         try:
             change = self._session().rpc.answer(cmd.request_id, cmd.response, cmd.ts)
-        except EdgeSyncError as exc:
-            _log.bind(device=str(cmd.device_id), rpc_id=cmd.request_id).warning(
+        except EdgeSyncError as exc:  # the transport logs the refusal it answers
+            _log.bind(device=str(cmd.device_id), rpc_id=cmd.request_id).debug(
                 "RPC answer refused: {}", exc)
             if cmd.reply is not None:
                 cmd.reply.set_exception(exc)
@@ -231,6 +231,7 @@ class EntityActor:
 
     def _shared_applied(self, cmd: SharedAttributesApplied) -> None:
         session = self._session()
+        session.fetch.answered()
         session.wake_fetchers()
         if not cmd.changed and not cmd.deleted:
             return
@@ -245,10 +246,14 @@ class EntityActor:
     def _fetch_shared(self, cmd: FetchSharedAttributes) -> None:
         session = self._session()
         session.prune()
-        if cmd.subscriber is not None:
-            session.fetch_waiters.append(cmd.subscriber)
         now = self.now_ms()
-        if not session.fetch.should_ask(now):
+        decision = session.fetch.decide(now, cmd.wait_ms)
+        if cmd.subscriber is not None:
+            if decision.wait:
+                session.fetch_waiters.append(cmd.subscriber)
+            elif cmd.subscriber.claim():  # asked lately and answered (or silent): no wait
+                cmd.subscriber.resolve(False)
+        if not decision.ask:
             return
         event = NewEvent("DEVICE", "DEVICE", cmd.device_id, Action.ATTRIBUTES_REQUEST,
                          {"scope": Scope.SHARED.value}, now,

@@ -169,6 +169,7 @@ class FetchSharedAttributes:
 
     device_id: uuid.UUID
     subscriber: Subscriber | None = field(default=None, compare=False)
+    wait_ms: int = 10_000  # how long the subscriber waits at most
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,7 +178,7 @@ class DeviceHttpApi:
                     poll = LongPoll(asyncio.get_running_loop())
                     self._polls.add(poll)
                 try:
-                    self._service.fetch_shared(device.id, poll)
+                    self._service.fetch_shared(device.id, poll, int(self._timeout * 1000))
                     if poll is not None:
                         answered, _ = await poll.wait(self._timeout)
                         if answered:

@@ -127,10 +127,12 @@ class DeviceService:
         """``subscriber`` gets the device's next shared attribute update (changed keys only)."""
         self._router.tell(PollAttributes(device_id, subscriber))
 
-    def fetch_shared(self, device_id: uuid.UUID, subscriber: Subscriber | None) -> None:
+    def fetch_shared(self, device_id: uuid.UUID, subscriber: Subscriber | None,
+                     wait_ms: int = 10_000) -> None:
         """Ask the cloud for the device's shared attributes (at most once per interval);
-        ``subscriber`` is woken when shared attributes of the device arrive."""
-        self._router.tell(FetchSharedAttributes(device_id, subscriber))
+        ``subscriber`` (waiting up to ``wait_ms``) is woken when shared attributes of the device
+        arrive, or at once when no answer is to be expected."""
+        self._router.tell(FetchSharedAttributes(device_id, subscriber, wait_ms))
 
     # -- writes ------------------------------------------------------------------------------
 

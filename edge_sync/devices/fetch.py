@@ -1,27 +1,49 @@
 """When a device's entity actor asks the cloud for the device's shared attributes
-(AttributesRequestMsg, SHARED_SCOPE): a device asked for a shared key the edge does not hold.
+(AttributesRequestMsg, SHARED_SCOPE) and whether a device's read should wait for the answer.
 
-At most one request per device in ``interval_ms``: a device that keeps asking for a key the
-cloud does not have either (or keeps asking while the link is down, when the request waits in
-the queue) does not fill the queue with requests. The answer (an attributes downlink) is cached
-by the DownlinkActor like any shared attribute.
+A device asked for a shared key the edge does not hold. At most one request per device goes to
+the cloud in ``interval_ms``: a device that keeps asking for a key the cloud does not have
+either (or keeps asking while the link is down, when the request waits in the queue) does not
+fill the queue with requests. A read waits for the answer only while one may still come: after
+a request was sent, until shared attributes arrived or the wait of the read that sent it ended
+(a cloud that has no shared attributes for the device answers nothing at all, as ThingsBoard
+does). The answer (an
+attributes downlink) is cached by the DownlinkActor like any shared attribute.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 DEFAULT_REFETCH_INTERVAL_MS = 30_000
 
 
+@dataclass(frozen=True, slots=True)
+class FetchDecision:
+    ask: bool  # send an AttributesRequestMsg now
+    wait: bool  # an answer may come: the read waits for it (up to its own timeout)
+
+
 class FetchPolicy:
-    __slots__ = ("_asked_at", "interval_ms")
+    __slots__ = ("_answered", "_asked_at", "_pending_until", "interval_ms")
 
     def __init__(self, interval_ms: int = DEFAULT_REFETCH_INTERVAL_MS) -> None:
         self.interval_ms = interval_ms
         self._asked_at: int | None = None
+        self._pending_until = 0
+        self._answered = False
 
-    def should_ask(self, now_ms: int) -> bool:
-        """Whether to send a request now; if so it counts as sent."""
-        if self._asked_at is not None and 0 <= now_ms - self._asked_at < self.interval_ms:
-            return False
-        self._asked_at = now_ms
-        return True
+    def decide(self, now_ms: int, wait_ms: int) -> FetchDecision:
+        """For a read missing shared keys that may wait ``wait_ms``: ask the cloud? wait for
+        its answer?"""
+        asked = self._asked_at
+        if asked is None or not 0 <= now_ms - asked < self.interval_ms:
+            self._asked_at = now_ms
+            self._pending_until = now_ms + wait_ms
+            self._answered = False
+            return FetchDecision(ask=True, wait=True)
+        return FetchDecision(ask=False, wait=not self._answered and now_ms < self._pending_until)
+
+    def answered(self) -> None:
+        """Shared attributes of the device arrived from the cloud."""
+        self._answered = True

@@ -409,7 +409,7 @@ def test_with_the_cloud_unreachable_what_is_known_is_answered_at_once(harness: H
     assert wait_until(requests, timeout=DEADLINE_S, what="the request queued") == ["HIGH"]
 
 
-def test_a_silent_cloud_is_waited_for_up_to_the_request_timeout(harness: Harness) -> None:
+def test_a_silent_cloud_is_waited_for_up_to_the_request_timeout_once(harness: Harness) -> None:
     _, app = harness.connected_edge(EDGE_HTTP_REQUEST_TIMEOUT_S="1")
     dev = make_device(app, "attr-silent")
     started = time.monotonic()
@@ -417,6 +417,11 @@ def test_a_silent_cloud_is_waited_for_up_to_the_request_timeout(harness: Harness
     assert (status, json.loads(body)) == (200, {"shared": {}})
     assert headers["X-Edge-Sync-Missing-Shared-Keys"] == "a,b"
     assert 0.9 <= time.monotonic() - started < 5
+    # asked lately: a read now waits no more for a cloud that has nothing to say
+    started = time.monotonic()
+    status, headers, _ = http(app, "GET", f"/api/v1/{dev.token}/attributes?sharedKeys=a")
+    assert (status, headers["X-Edge-Sync-Missing-Shared-Keys"]) == (200, "a")
+    assert time.monotonic() - started < 0.5
 
 
 # -- visible: the CLI and the admin API ----------------------------------------------------------

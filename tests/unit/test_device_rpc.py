@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_sync.api.payloads import LONG_POLL_DEFAULT_MS, LONG_POLL_MAX_MS, parse_timeout
-from edge_sync.devices.fetch import FetchPolicy
+from edge_sync.devices.fetch import FetchDecision, FetchPolicy
 from edge_sync.devices.rpc import DEFAULT_RPC_TIMEOUT_MS, RpcBook, RpcRequest, RpcStatus, expiration_of
 from edge_sync.devices.session import DeviceSession
 from edge_sync.devices.subscribers import LongPoll
@@ -134,10 +134,15 @@ def test_params_that_are_not_json_reach_the_device_as_text() -> None:
 # -- asking the cloud ------------------------------------------------------------------------------
 
 
-def test_the_cloud_is_asked_at_most_once_per_interval() -> None:
+def test_the_cloud_is_asked_at_most_once_per_interval_and_waited_for_while_it_may_answer() -> None:
     policy = FetchPolicy(interval_ms=1_000)
-    assert [policy.should_ask(t) for t in (T0, T0 + 1, T0 + 999, T0 + 1_000, T0 + 1_500)] == [
-        True, False, False, True, False]
+    seen = [(d.ask, d.wait) for d in (policy.decide(t, 300) for t in (T0, T0 + 1, T0 + 299,
+                                                                        T0 + 300))]
+    assert seen == [(True, True), (False, True), (False, True), (False, False)]  # silent cloud
+    assert policy.decide(T0 + 1_000, 300) == FetchDecision(ask=True, wait=True)
+    policy.answered()
+    assert policy.decide(T0 + 1_001, 300) == FetchDecision(ask=False, wait=False)  # no more
+    assert policy.decide(T0 + 2_000, 300) == FetchDecision(ask=True, wait=True)
 
 
 # -- long polls ------------------------------------------------------------------------------------
