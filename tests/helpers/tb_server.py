@@ -88,7 +88,30 @@ Uplinks (EdgeGrpcSession.onUplinkMsg / processUplinkMsg, isRateLimitViolated)
   no tenantId -> "Alarm should be assigned to tenant!", another tenant -> "Alarm is referencing
   to non-existent tenant!"; ALARM_ACK / ALARM_CLEAR / ENTITY_DELETED act on a known alarm only.
 - DeviceRpcCallMsg with a responseMsg (DeviceEdgeProcessor.processDeviceRpcResponseFromEdge):
-  the waiting REST call is found by requestUuid; recorded as received.
+  a non-empty responseMsg.error must name an RpcError (RpcError.valueOf, else "No enum constant
+  org.thingsboard.server.common.data.rpc.RpcError.<error>", thrown: the walk ends there); the
+  answer goes to the device actor as FromDeviceRpcResponseActorMsg(requestId, ..., requestUuid),
+  which takes the pending request by the device and requestId
+  (DeviceActorMessageProcessor.processRpcResponsesFromEdge): a match settles the REST call, no
+  match (unknown id, already answered, or its expirationTime passed: the actor's timeout
+  removed it) is "stale" and dropped. Every answer is recorded (``rpc_answers``) with that fate.
+
+Server-side RPC to a device of the edge (``send_rpc``; DeviceActorMessageProcessor
+.processRpcRequest / saveRpcRequestToEdgeQueue, EdgeMsgConstructorUtils.constructDeviceRpcCallMsg)
+- requestId is the device actor's rpcSeq++: 0 for the device's first request, then 1, 2, ...
+- An expirationTime already past: not sent ("Ignoring message due to exp time reached"). The edge
+  not connected: not queued either ("The Edge is currently offline or unreachable"): ThingsBoard
+  keeps no RPC for an offline edge.
+- The edge event body {requestId, requestUUID, oneway, expirationTime, method, params (JSON
+  text), persisted, retries, additionalInfo} becomes one DeviceRpcCallMsg in a DownlinkMsg of its
+  own with a random downlinkMsgId: deviceIdMSB/LSB, requestUuidMSB/LSB, requestId, oneway,
+  expirationTime, persisted, retries (a null retries is a JSON null node: asInt() gives 0),
+  additionalInfo (JacksonUtil.toString of the node: "null" when there is none), requestMsg{method,
+  params}; no serviceId or sessionId. It is sent as a pack of one (resent after
+  sleep_between_batches while unanswered, MAX_DOWNLINK_ATTEMPTS sends in all).
+- Redeliveries as ThingsBoard makes them: the same DownlinkMsg sent again (its answer was lost;
+  ``copies``), or the same edge event read again after a reconnect, converted anew with a new
+  random downlinkMsgId (``redeliver``).
 - AttributesRequestMsg / RelationRequestMsg and the other payload kinds: recorded, answered
   success.
 
@@ -128,7 +151,8 @@ from tests.helpers.tb_common import (
 )
 from tests.helpers.wait import wait_until
 
-__all__ = ["RATE_LIMIT_ERROR", "Applied", "Received", "SyncContent", "SyncDevice", "TbServer"]
+__all__ = ["RATE_LIMIT_ERROR", "RPC_ERRORS", "Applied", "Received", "RpcAnswer", "RpcSent",
+           "SyncContent", "SyncDevice", "TbServer"]
 
 DEADLINE_S = 10.0
 MAX_READ_RECORDS_COUNT = 50
@@ -137,6 +161,8 @@ MAX_INBOUND_MESSAGE_SIZE = 4 * 1024 * 1024
 RATE_LIMIT_ERROR = "Failed to process uplink message. Rate limit reached"
 SCOPES = ("CLIENT_SCOPE", "SERVER_SCOPE", "SHARED_SCOPE")
 SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE")
+RPC_ERRORS = ("NOT_FOUND", "FORBIDDEN", "NO_ACTIVE_CONNECTION", "TIMEOUT", "INTERNAL")
+"""org.thingsboard.server.common.data.rpc.RpcError"""
 _END = object()
 
 
@@ -182,6 +208,31 @@ class Applied:
     kind: str  # "device_created", "credentials", "telemetry", "attributes", "alarm_created", ...
     entity_id: uuid.UUID
     value: Any
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class RpcSent:
+    """A server-side RPC request as the server sent it to the edge."""
+
+    device_id: uuid.UUID
+    request_uuid: uuid.UUID
+    request_id: int
+    downlink: edge_pb2.DownlinkMsg
+
+    @property
+    def msg(self) -> edge_pb2.DeviceRpcCallMsg:
+        return self.downlink.deviceRpcCallMsg[0]
+
+
+@dataclass(frozen=True)
+class RpcAnswer:
+    """A DeviceRpcCallMsg answer received from the edge, and what the device actor made of it:
+    "settled" (it matched a pending request) or "stale"."""
+
+    uplink_msg_id: int
+    msg: edge_pb2.DeviceRpcCallMsg
+    fate: str
     at: float = field(default_factory=time.monotonic)
 
 
@@ -256,6 +307,10 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         self.discarded: list[edge_pb2.DownlinkMsg] = []
         self.sync_completed = 0  # syncs whose SyncCompletedMsg was acknowledged
         self.edge_version: int | None = None
+        self.rpc_sent: list[RpcSent] = []
+        self.rpc_answers: list[RpcAnswer] = []
+        self._rpc_seq: dict[uuid.UUID, int] = {}  # the device actor's rpcSeq
+        self._rpc_pending: dict[tuple[uuid.UUID, int], tuple[uuid.UUID, int]] = {}
         self._streams: list[_Stream] = []
         self._timers: list[threading.Timer] = []
         self._server: grpc.Server | None = None
@@ -352,6 +407,129 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         """Every DownlinkMsg as first sent (resends left out), in sending order."""
         with self.cond:
             return [m for attempt, m in self.downlinks_sent if attempt == 1]
+
+    def answers_to(self, request_uuid: uuid.UUID) -> list[RpcAnswer]:
+        """Every answer received for the request, in arrival order."""
+        with self.cond:
+            return [a for a in self.rpc_answers
+                    if uuid_from(a.msg.requestUuidMSB, a.msg.requestUuidLSB) == request_uuid]
+
+    # -- server-side RPC ---------------------------------------------------------------------------
+
+    def send_rpc(self, device_id: uuid.UUID, method: str, params: Any = None, *,
+                 oneway: bool = False, persisted: bool = True, timeout_ms: int = 10_000,
+                 expiration_time: int | None = None, retries: int | None = None,
+                 additional_info: str | None = None, copies: int = 1) -> RpcSent | None:
+        """Send the device a server-side RPC request as ThingsBoard does (see the module's
+        docstring), on the edge's current stream once no sync runs; ``copies`` > 1 sends the same
+        DownlinkMsg that many times (its acknowledgement lost). None when ThingsBoard would not
+        send it (expired, or the edge not connected)."""
+        now = self._now()
+        expires = expiration_time if expiration_time is not None else now + timeout_ms
+        stream = self._rpc_stream()
+        with self.cond:
+            if expires <= now or stream is None:
+                return None
+            request_id = self._rpc_seq.get(device_id, 0)
+            self._rpc_seq[device_id] = request_id + 1
+            request_uuid = uuid.uuid4()
+            body: dict[str, Any] = {
+                "requestId": request_id, "requestUUID": str(request_uuid), "oneway": oneway,
+                "expirationTime": expires, "method": method,
+                "params": json.dumps(params if params is not None else {}),
+                "persisted": persisted, "retries": retries, "additionalInfo": additional_info}
+            sent = RpcSent(device_id, request_uuid, request_id, self._rpc_downlink(device_id, body))
+            self.rpc_sent.append(sent)
+            self._rpc_pending[(device_id, request_id)] = (request_uuid, expires)
+            self.cond.notify_all()
+        self._send_async(stream, [sent.downlink] * copies)
+        return sent
+
+    def redeliver(self, sent: RpcSent) -> edge_pb2.DownlinkMsg:
+        """The same edge event read again (after a reconnect) and converted anew: the same
+        DeviceRpcCallMsg in a DownlinkMsg with a new random downlinkMsgId."""
+        stream = self._rpc_stream()
+        assert stream is not None, "the edge is not connected"
+        again = edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(),
+                                     deviceRpcCallMsg=[sent.msg])
+        self._send_async(stream, [again])
+        return again
+
+    def _rpc_stream(self) -> _Stream | None:
+        """The edge's connected stream once no sync runs on it; None when it is not connected."""
+        def ready() -> tuple[_Stream | None] | None:
+            live = [s for s in self._streams if s.accepted and not s.ended]
+            if not live:
+                return (None,)
+            if live[-1].sync_running or not self.sync_completed:
+                return None
+            return (live[-1],)
+
+        return self.wait_for(ready, what="the sync over before an RPC request")[0]
+
+    def _send_async(self, stream: _Stream, msgs: list[edge_pb2.DownlinkMsg]) -> None:
+        threading.Thread(target=self._send_rpc_pack, args=(stream, msgs), daemon=True,
+                         name=f"tb-server-rpc-{stream.number}").start()
+
+    def _send_rpc_pack(self, stream: _Stream, msgs: list[edge_pb2.DownlinkMsg]) -> None:
+        """A pack of RPC downlinks (copies included, each sent), resent while any is
+        unanswered after sleep_between_batches, MAX_DOWNLINK_ATTEMPTS sends in all; kept apart
+        from the sync's pack."""
+        ids = {m.downlinkMsgId for m in msgs}
+        for attempt in range(1, MAX_DOWNLINK_ATTEMPTS + 1):
+            with self.cond:
+                if stream.ended or self._stopping:
+                    return
+                for m in msgs:
+                    self.downlinks_sent.append((attempt, m))
+                    stream.outbox.put(edge_pb2.ResponseMsg(downlinkMsg=m))
+                self.cond.notify_all()
+                answered = self.cond.wait_for(
+                    lambda: stream.ended or self._stopping
+                    or ids <= {a.downlinkMsgId for a in self.downlink_acks},
+                    self.sleep_between_batches_s)
+                if answered:
+                    return
+        with self.cond:
+            self.discarded.extend(msgs)
+
+    @staticmethod
+    def _rpc_downlink(device_id: uuid.UUID, body: dict[str, Any]) -> edge_pb2.DownlinkMsg:
+        """DeviceEdgeProcessor's RPC_CALL conversion: constructDeviceRpcMsg reads the JSON
+        body's nodes; a null node is still a node (retries 0, additionalInfo "null")."""
+        d_msb, d_lsb = halves(device_id)
+        r_msb, r_lsb = halves(uuid.UUID(body["requestUUID"]))
+        retries = body["retries"]
+        info = body["additionalInfo"]
+        msg = edge_pb2.DeviceRpcCallMsg(
+            deviceIdMSB=d_msb, deviceIdLSB=d_lsb, requestId=body["requestId"],
+            oneway=body["oneway"], requestUuidMSB=r_msb, requestUuidLSB=r_lsb,
+            expirationTime=body["expirationTime"], persisted=body["persisted"],
+            retries=0 if retries is None else int(retries),
+            additionalInfo="null" if info is None else json.dumps(info),
+            requestMsg=edge_pb2.RpcRequestMsg(method=body["method"], params=body["params"]))
+        return edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(), deviceRpcCallMsg=[msg])
+
+    def _rpc_answer(self, mid: int, rpc: edge_pb2.DeviceRpcCallMsg) -> None:
+        """processDeviceRpcResponseFromEdge, then the device actor (under the lock)."""
+        error = rpc.responseMsg.error
+        if error and error not in RPC_ERRORS:
+            raise _Abort(JavaError(
+                "No enum constant org.thingsboard.server.common.data.rpc.RpcError." + error,
+                "java.lang.IllegalArgumentException"))
+        device_id = uuid_from(rpc.deviceIdMSB, rpc.deviceIdLSB)
+        pending = self._rpc_pending.get((device_id, rpc.requestId))
+        fate = "stale"
+        if pending is not None:
+            del self._rpc_pending[(device_id, rpc.requestId)]
+            request_uuid, expires = pending
+            if self._now() <= expires:  # past it, the actor's timeout has removed it
+                fate = "settled"
+            if request_uuid != uuid_from(rpc.requestUuidMSB, rpc.requestUuidLSB):
+                fate = "stale"
+        self.rpc_answers.append(RpcAnswer(mid, rpc, fate))
+        self.applied.append(Applied(mid, "rpc", uuid_from(
+            rpc.requestUuidMSB, rpc.requestUuidLSB), rpc))
 
     # -- the servicer ----------------------------------------------------------------------------
 
@@ -752,8 +930,7 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
                     rel.entityIdMSB, rel.entityIdLSB), None))
             for rpc in up.deviceRpcCallMsg:
                 if rpc.HasField("responseMsg"):
-                    self.applied.append(Applied(mid, "rpc", uuid_from(
-                        rpc.requestUuidMSB, rpc.requestUuidLSB), rpc))
+                    self._rpc_answer(mid, rpc)
         except _Abort as exc:
             return exc.err
         return failures[0] if failures else None
