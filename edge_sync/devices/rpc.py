@@ -141,9 +141,14 @@ class RpcBook:
         return None
 
     def undo_delivery(self, request: RpcRequest) -> None:
-        """Delivery could not be recorded: the request is QUEUED again (when still open)."""
+        """Delivery (``request`` as take_next returned it) could not be recorded: the request
+        is QUEUED again, unless it has changed since (expired meanwhile, say)."""
         if request.status.final:
-            self._recent.pop(request.request_id, None)
+            if self._recent.get(request.request_id) is not request:
+                return
+            del self._recent[request.request_id]
+        elif self._open.get(request.request_uuid) is not request:
+            return
         self._open[request.request_uuid] = replace(request, status=RpcStatus.QUEUED)
         self._open = dict(sorted(self._open.items(), key=lambda kv: kv[1].queued_at))
 

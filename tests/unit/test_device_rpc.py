@@ -121,6 +121,16 @@ def test_an_undone_delivery_is_queued_again() -> None:
     assert again is not None and again.request.request_id == 1
 
 
+def test_a_delivery_undone_after_the_request_expired_does_not_revive_it() -> None:
+    book = RpcBook()
+    book.add(request(1, expires=T0 + 10))
+    done = book.take_next(T0)
+    assert done is not None
+    assert [c.request.status for c in book.expire_due(T0 + 10)] == [RpcStatus.TIMEOUT]
+    book.undo_delivery(done.request)
+    assert len(book) == 0 and book.take_next(T0 + 11) is None
+
+
 def test_a_request_without_expiration_gets_the_default_timeout() -> None:
     assert expiration_of(0, T0) == T0 + DEFAULT_RPC_TIMEOUT_MS
     assert expiration_of(T0 + 5, T0) == T0 + 5
