@@ -279,11 +279,11 @@ def test_downlink_queued_while_edge_down_is_applied_on_reconnect(tmp_path, procs
     assert cloud.edge_row(RK)["queued_downlinks"] == 1
 
     agent.start()
-    got = wait_until(lambda: _shared(agent, token, "setpoint,mode") or None, timeout=DEADLINE_S,
-                     what="the attribute on the edge")
-    assert got == {"setpoint": 42, "mode": "auto"}
+    # Wait on the cloud's side: a device read of a shared key the edge does not hold yet would
+    # ask the cloud for it, and that answer is one more downlink.
     wait_until(lambda: cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=DEADLINE_S,
                what="the cloud's downlink queue empty")
+    assert _shared(agent, token, "setpoint,mode") == {"setpoint": 42, "mode": "auto"}
     m = edge_status(agent)["metrics"]
     # This run: the (incremental) sync's syncCompletedMsg, then the queued attribute update.
     assert (m["edge_downlinks_applied_total"], m["edge_downlinks_duplicate_total"]) == (2, 0)
