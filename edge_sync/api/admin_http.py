@@ -22,7 +22,7 @@ from edge_sync.common.admin_guard import AdminGuard
 from edge_sync.common.health import healthz, readyz_response
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.json_body import parse_json
-from edge_sync.devices.rpc import RpcRequest, RpcStatus, by_status
+from edge_sync.devices.rpc import RpcRequest, RpcStatus
 from edge_sync.errors import BadRequest
 from edge_sync.metrics import Metrics
 from edge_sync.status import collect_status
@@ -97,7 +97,8 @@ def list_rpcs(store: LmdbStore, query: Any) -> list[RpcRequest]:
                              f"{', '.join(s.value for s in RpcStatus)}") from exc
     limit = _int(query.get("limit", 1000), "limit", 1, MAX_LIMIT)
     with store.read() as txn:
-        return by_status(RpcStore(store).scan(txn, device), status)[:limit]
+        found = RpcStore(store).scan(txn, device)
+        return list(islice((r for r in found if status is None or r.status is status), limit))
 
 
 class AdminHttpApi:

@@ -6,7 +6,13 @@ keys: a store of an earlier release simply has none and opens read-only as it di
     rpc/ + device_id(16) + queued_at(u64, ms) + request_uuid(16)
         -> (request_id, method, params, oneway, expiration_time, status, updated_at,
             response, error)
-so one device's requests are read in arrival order with one range read.
+        one device's requests in arrival order, one range read;
+    rpc_id/ + device_id(16) + request_uuid(16) -> queued_at(u64): a request the cloud sends
+        again is found with one read, however long the device's history;
+    rpc_open/ + device_id(16) + queued_at(u64) + request_uuid(16) -> empty: the requests not
+        finished (QUEUED, DELIVERED), what the agent loads at start;
+    rpc_done/ + updated_at(u64) + device_id(16) + queued_at(u64) + request_uuid(16) -> empty:
+        finished requests by the time they finished, what the purge reads from the oldest.
 """
 
 from __future__ import annotations
@@ -22,11 +28,15 @@ from edge_sync.storage import codec
 from edge_sync.storage.env import LmdbStore
 
 _RPC = b"rpc/"
+_ID = b"rpc_id/"
+_OPEN = b"rpc_open/"
+_DONE = b"rpc_done/"
 _FIELDS = 9
+_TAIL = 16 + 8 + 16  # device, queued_at, request uuid
 
 
-def _key(r: RpcRequest) -> bytes:
-    return _RPC + r.device_id.bytes + codec.u64(r.queued_at) + r.request_uuid.bytes
+def _tail(r: RpcRequest) -> bytes:
+    return r.device_id.bytes + codec.u64(r.queued_at) + r.request_uuid.bytes
 
 
 class RpcStore:
@@ -36,57 +46,80 @@ class RpcStore:
         self._meta = store.dbs["meta"]
 
     def put(self, txn: lmdb.Transaction, r: RpcRequest) -> None:
-        txn.put(_key(r), codec.pack((
+        """Insert or update a request (a finished one stays as it finished)."""
+        tail = _tail(r)
+        txn.put(_RPC + tail, codec.pack((
             r.request_id, r.method, r.params, r.oneway, r.expiration_time, r.status.value,
             r.updated_at, r.response, r.error)), db=self._meta)
+        txn.put(_ID + r.device_id.bytes + r.request_uuid.bytes, codec.u64(r.queued_at),
+                db=self._meta)
+        if r.status.final:
+            txn.delete(_OPEN + tail, db=self._meta)
+            txn.put(_DONE + codec.u64(r.updated_at) + tail, b"", db=self._meta)
+        else:
+            txn.put(_OPEN + tail, b"", db=self._meta)
 
     def find(self, txn: lmdb.Transaction, device_id: uuid.UUID, request_uuid: uuid.UUID
              ) -> RpcRequest | None:
         """The device's request with this uuid (a request the cloud sent again)."""
-        return next((r for r in self.scan(txn, device_id) if r.request_uuid == request_uuid),
-                    None)
+        queued = txn.get(_ID + device_id.bytes + request_uuid.bytes, db=self._meta)
+        if queued is None:
+            return None
+        return self._get(txn, device_id.bytes + bytes(queued) + request_uuid.bytes)
 
     def scan(self, txn: lmdb.Transaction, device_id: uuid.UUID | None = None
              ) -> Iterator[RpcRequest]:
         """Every request (of one device), in (device, arrival) order."""
         prefix = _RPC + (device_id.bytes if device_id is not None else b"")
-        with txn.cursor(db=self._meta) as cur:
-            if not cur.set_range(prefix):
-                return
-            for k, v in cur.iternext():
-                key = bytes(k)
-                if not key.startswith(prefix):
-                    break
-                yield _decode(key, v)
-
-    def purge_finished(self, txn: lmdb.Transaction, *, older_than_ms: int, limit: int) -> int:
-        """Delete up to ``limit`` finished requests last changed before ``older_than_ms``."""
-        doomed: list[bytes] = []
-        with txn.cursor(db=self._meta) as cur:
-            if cur.set_range(_RPC):
-                for k, v in cur.iternext():
-                    key = bytes(k)
-                    if not key.startswith(_RPC) or len(doomed) >= limit:
-                        break
-                    r = _decode(key, v)
-                    if r.status.final and r.updated_at < older_than_ms:
-                        doomed.append(key)
-        for key in doomed:
-            txn.delete(key, db=self._meta)
-        return len(doomed)
+        for key, value in _prefixed(txn, self._meta, prefix):
+            yield _decode(key[len(_RPC):], value)
 
     def open_requests(self, txn: lmdb.Transaction) -> list[RpcRequest]:
         """Requests not finished yet (QUEUED, DELIVERED): what the entity actors load at start."""
-        return [r for r in self.scan(txn) if not r.status.final]
+        out: list[RpcRequest] = []
+        for key, _ in _prefixed(txn, self._meta, _OPEN):
+            found = self._get(txn, key[len(_OPEN):])
+            if found is not None:
+                out.append(found)
+        return out
+
+    def purge_finished(self, txn: lmdb.Transaction, *, older_than_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` requests that finished before ``older_than_ms``, oldest first."""
+        doomed: list[bytes] = []
+        for key, _ in _prefixed(txn, self._meta, _DONE):
+            if len(doomed) >= limit or codec.from_u64(key[len(_DONE):len(_DONE) + 8]) >= older_than_ms:
+                break
+            doomed.append(key)
+        for key in doomed:
+            tail = key[len(_DONE) + 8:]
+            txn.delete(key, db=self._meta)
+            txn.delete(_RPC + tail, db=self._meta)
+            txn.delete(_ID + tail[:16] + tail[24:], db=self._meta)
+        return len(doomed)
+
+    def _get(self, txn: lmdb.Transaction, tail: bytes) -> RpcRequest | None:
+        raw = txn.get(_RPC + tail, db=self._meta)
+        return None if raw is None else _decode(tail, raw)
 
 
-def _decode(key: bytes, raw: codec.Raw) -> RpcRequest:
-    body = key[len(_RPC):]
-    if len(body) != 40:
-        raise StorageCorrupt(f"meta: RPC key of {len(key)} bytes")
-    device_id = uuid.UUID(bytes=body[:16])
-    queued_at = codec.from_u64(body[16:24], "meta: RPC queued time")
-    request_uuid = uuid.UUID(bytes=body[24:])
+def _prefixed(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes
+              ) -> Iterator[tuple[bytes, codec.Raw]]:
+    with txn.cursor(db=db) as cur:
+        if not cur.set_range(prefix):
+            return
+        for k, v in cur.iternext():
+            key = bytes(k)
+            if not key.startswith(prefix):
+                break
+            yield key, v
+
+
+def _decode(tail: bytes, raw: codec.Raw) -> RpcRequest:
+    if len(tail) != _TAIL:
+        raise StorageCorrupt(f"meta: RPC key of {len(tail)} bytes after its prefix")
+    device_id = uuid.UUID(bytes=tail[:16])
+    queued_at = codec.from_u64(tail[16:24], "meta: RPC queued time")
+    request_uuid = uuid.UUID(bytes=tail[24:])
     what = f"meta: RPC {request_uuid} of device {device_id}"
     (request_id, method, params, oneway, expiration, status, updated_at, response,
      error) = codec.unpack_fields(raw, what, _FIELDS)

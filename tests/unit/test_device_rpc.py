@@ -245,13 +245,24 @@ def test_records_round_trip_in_arrival_order_and_finished_ones_are_purged(tmp_pa
     with store.read() as txn:
         assert list(rpcs.scan(txn, DEVICE)) == [b, a]
         assert rpcs.find(txn, other, uuid.UUID(int=3)) == c
+        assert rpcs.find(txn, DEVICE, uuid.UUID(int=3)) is None
         assert rpcs.open_requests(txn) == [b, a]
-    assert store.write(lambda txn: rpcs.purge_finished(txn, older_than_ms=T0 + 5, limit=10)) == 0
-    assert store.write(lambda txn: rpcs.purge_finished(txn, older_than_ms=T0 + 6, limit=10)) == 1
+    # b finishes: no longer open, purged once old enough
+    b_done = RpcRequest(DEVICE, b.request_uuid, 1, "m", b.params, False, b.expiration_time,
+                        b.queued_at, RpcStatus.SUCCESSFUL, T0 + 50, {"ok": 1})
+    store.write(lambda txn: rpcs.put(txn, b_done))
     with store.read() as txn:
-        assert list(rpcs.scan(txn)) == [b, a]
+        assert rpcs.open_requests(txn) == [a]
+        assert rpcs.find(txn, DEVICE, b.request_uuid) == b_done
+    assert store.write(lambda txn: rpcs.purge_finished(txn, older_than_ms=T0 + 5, limit=10)) == 0
+    assert store.write(lambda txn: rpcs.purge_finished(txn, older_than_ms=T0 + 51, limit=1)) == 1
+    with store.read() as txn:
+        assert list(rpcs.scan(txn)) == [b_done, a]  # c (finished first) went first
+        assert rpcs.find(txn, other, uuid.UUID(int=3)) is None
+    assert store.write(lambda txn: rpcs.purge_finished(txn, older_than_ms=T0 + 51, limit=10)) == 1
     store.close()
     readonly = LmdbStore(tmp_path / "s", readonly=True)
     with readonly.read() as txn:
-        assert len(list(RpcStore(readonly).scan(txn))) == 2
+        assert list(RpcStore(readonly).scan(txn)) == [a]
+        assert RpcStore(readonly).open_requests(txn) == [a]
     readonly.close()
