@@ -58,7 +58,7 @@ class DeviceHttpApi:
         self._accepted = metrics.counter("edge_http_requests_accepted_total", "device requests answered 200")
         self._refused = {
             code: metrics.counter(f"edge_http_requests_{code}_total", f"device requests answered {code}")
-            for code in (400, 401, 413, 500, 503, 507)
+            for code in (400, 401, 404, 409, 413, 500, 503, 507)
         }
 
     def make_app(self) -> web.Application:
@@ -190,7 +190,7 @@ class DeviceHttpApi:
             return self._refuse(status_of(exc), _message(exc), "attributes read", token)
         headers = {MISSING_HEADER: ",".join(missing)} if missing else None
         if missing:
-            _log.bind(device=str(device.id), missing=len(missing)).info(
+            _log.bind(device=str(device.id), missing=len(missing)).debug(
                 "attributes answered without {} shared keys the edge does not hold", len(missing))
         return web.json_response(result, headers=headers)
 
