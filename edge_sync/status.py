@@ -1,5 +1,6 @@
 """The agent's status as one JSON-able dict: queue depth per lane and status, oldest pending
-event's age, last acknowledgement, dead letters, storage use and the cloud link's state.
+event's age, last acknowledgement, dead letters, storage use, the server-side RPC requests
+still open (queued or delivered, not finished) and the cloud link's state.
 
 Read-only: one LMDB read transaction. Used by the admin API and, with the agent stopped, by
 ``edge-sync status``.
@@ -12,6 +13,7 @@ from typing import Any
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore, MiB
 from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.rpc_store import RpcStore
 
 
 def collect_status(
@@ -25,6 +27,7 @@ def collect_status(
         last_ack = log.last_ack_ms(txn)
         tenant, edge = log.identity(txn)
         devices = entities.device_count(txn)
+        rpc_open = RpcStore(store).open_count(txn)
         live = store.live_bytes(txn)
     oldest_age_ms = None if oldest is None else max(0, now_ms - oldest.created_time)
     health = "healthy"
@@ -55,6 +58,7 @@ def collect_status(
             "cap_mb": round(store.max_size / MiB, 2),
         },
         "devices": devices,
+        "rpc_open": rpc_open,
         "tenant_id": str(tenant),
         "edge_id": str(edge),
     }

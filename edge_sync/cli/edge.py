@@ -187,6 +187,7 @@ def _status(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         f"oldest pending: seq {q['oldest_pending_seq']}, age {q['oldest_pending_age_ms']} ms",
         f"last ack:     {status['last_ack_ms']}",
         f"devices:      {status['devices']}",
+        f"rpc open:     {status.get('rpc_open', 0)} (queued or delivered to devices)",
         f"storage:      {status['storage']['used_mb']} MiB used of {status['storage']['cap_mb']} MiB",
     ]
     print("\n".join(lines))

@@ -83,6 +83,10 @@ class RpcStore:
                 out.append(found)
         return out
 
+    def open_count(self, txn: lmdb.Transaction) -> int:
+        """How many requests are not finished (one key read each, no record decoded)."""
+        return sum(1 for _ in _prefixed(txn, self._meta, _OPEN))
+
     def purge_finished(self, txn: lmdb.Transaction, *, older_than_ms: int, limit: int) -> int:
         """Delete up to ``limit`` requests that finished before ``older_than_ms``, oldest first."""
         doomed: list[bytes] = []

@@ -450,6 +450,8 @@ def test_requests_are_listed_by_the_admin_api_and_the_cli(harness: Harness, tmp_
     assert [(r["device_id"], r["request_id"], r["error"]) for r in listed] == [
         (str(b.id), 2, "TIMEOUT")]
     assert admin("?status=LOST")[0] == 400
+    with urllib.request.urlopen(f"http://127.0.0.1:{app.admin_port}/api/status", timeout=10) as resp:
+        assert json.loads(resp.read())["rpc_open"] == 1  # a's, queued
     assert admin("?device=nope")[0] == 400
 
     env = {**os.environ, "EDGE_DATA_DIR": str(tmp_path / "edge")}
