@@ -130,12 +130,12 @@ LONG_POLL_DEFAULT_MS = 60_000
 """A long poll without ``timeout`` (or with 0) waits this long: ThingsBoard's default
 (transport.http.request_timeout)."""
 LONG_POLL_MAX_MS = 300_000
-"""The longest long poll a device may ask for: ThingsBoard's transport.http.max_request_timeout."""
+"""The longest long poll a device may ask for (5 minutes; longer, a poll is better renewed)."""
 
 
 def parse_timeout(raw: str | None) -> int:
     """A long poll's ``timeout`` query parameter (ms) -> ms to wait. Absent or 0: the default;
-    1 to LONG_POLL_MAX_MS as asked; anything else BadRequest (ThingsBoard would cap or fail)."""
+    1 to LONG_POLL_MAX_MS as asked; anything else BadRequest (ThingsBoard does not check it)."""
     if raw is None or raw == "":
         return LONG_POLL_DEFAULT_MS
     if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
