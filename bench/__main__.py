@@ -16,6 +16,7 @@ benchmarks:
   ingest    events/s in process vs raw LMDB, device HTTP API throughput and latency
   e2e       edge to cloud end to end: sustained and drain vs a raw ceiling, latency, RSS
   compare   edge-sync vs a Mosquitto QoS 1 bridge through an outage and kill -9 (installs mosquitto)
+  rpc       server-side RPC round trip cloud -> device -> cloud at 100 and 1,000/s, shared-attribute fan-out
 
 Each benchmark prints progress on stderr and one JSON line (the last line of stdout).
 `scripts/bench <benchmark> --help` lists its options.
@@ -39,7 +40,14 @@ def _compare(argv: Sequence[str]) -> int:
     return compare.main(argv)
 
 
-BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"ingest": _ingest, "e2e": _e2e, "compare": _compare}
+def _rpc(argv: Sequence[str]) -> int:
+    from bench import rpc
+
+    return rpc.main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
+    "ingest": _ingest, "e2e": _e2e, "compare": _compare, "rpc": _rpc}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
