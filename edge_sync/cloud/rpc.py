@@ -5,7 +5,9 @@ acknowledges it, an answer comes, it expires) and the HTTP answer for a finished
 
 Statuses (ThingsBoard's names; docs/reference-cloud.md "Server-side RPC"):
   QUEUED      in the edge's durable downlink queue
-  SENT        sent to the edge on its stream, not acknowledged yet
+  SENT        sent to the edge on its stream, not acknowledged yet (kept in memory, not
+              written: the stored status stays QUEUED until the edge's acknowledgement, which is
+              what a restarted cloud resends; see `as_sent`)
   DELIVERED   the edge acknowledged it (holds it durably and delivers it to the device); a
               one-way request ends here, as in ThingsBoard, unless the edge answers it
   SUCCESSFUL  answered with the device's response
@@ -249,6 +251,11 @@ def on_sent(record: RpcRecord, now_ms: int) -> RpcRecord | None:
     return record.with_status(RpcStatus.SENT, now_ms) if record.status is RpcStatus.QUEUED else None
 
 
+def as_sent(record: RpcRecord) -> RpcRecord:
+    """The request as it is while its downlink is in flight (stored QUEUED, shown SENT)."""
+    return on_sent(record, record.updated_time) or record
+
+
 def on_acknowledged(record: RpcRecord, now_ms: int) -> RpcRecord | None:
     """The edge acknowledged its downlink: QUEUED/SENT -> DELIVERED."""
     if record.status in (RpcStatus.QUEUED, RpcStatus.SENT):
@@ -302,7 +309,7 @@ def apply_answer(record: RpcRecord | None, answer: Answer, edge_id: uuid.UUID,
             return AnswerOutcome(AnswerKind.CONFIRMED, answer, record)
         return AnswerOutcome(AnswerKind.ALREADY_FINAL, answer, record)
     if now_ms > record.expiration_time:
-        status = expired(record, now_ms)
+        status = expired(as_sent(record), now_ms)  # an answer shows it was sent
         if status is None:
             return AnswerOutcome(AnswerKind.LATE, answer, record)
         error = (answer.error or "").strip().upper()

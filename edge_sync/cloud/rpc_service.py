@@ -3,10 +3,16 @@ its downlink in the edge's durable queue), look one up, and the changes the edge
 (sent, acknowledged by the edge, expired before it was sent, parked). Blocking (LMDB): the
 admin API calls it on a worker thread, a stream on its own thread. Each status change is one
 transaction and one log line; a final one wakes the REST call waiting for it.
+
+SENT is the one status kept in memory only (the requests whose downlink is in flight on a
+stream): writing it would cost every request a durable write on the stream's thread, between
+its downlink and the next. A restarted cloud sends those requests again, so QUEUED is what it
+should read.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
@@ -38,6 +44,13 @@ class RpcService:
         self.store = service.store
         self.waiters = waiters if waiters is not None else RpcWaiters()
         self.clock = clock if clock is not None else (service.clock or SYSTEM_CLOCK)
+        self._lock = threading.Lock()
+        self._in_flight: set[uuid.UUID] = set()  # downlink sent, not acknowledged: SENT
+
+    def _view(self, record: RpcRecord) -> RpcRecord:
+        with self._lock:
+            in_flight = record.id in self._in_flight
+        return rpc.as_sent(record) if in_flight else record
 
     # -- the admin API -------------------------------------------------------------------------
 
@@ -77,9 +90,9 @@ class RpcService:
         record = self.store.rpc_record(rpc_id)
         if record is None:
             raise NotFound(f"no rpc request {rpc_id}")
-        if rpc.expired(record, self.clock.now_ms()) is None:
-            return record
-        return self.settle_if_due(rpc_id) or record
+        if rpc.expired(self._view(record), self.clock.now_ms()) is None:
+            return self._view(record)
+        return self._view(self.settle_if_due(rpc_id) or record)
 
     def settle_if_due(self, rpc_id: uuid.UUID) -> RpcRecord | None:
         """The REST wait is over, or someone looked: past its expirationTime, the request takes
@@ -87,7 +100,7 @@ class RpcService:
         now = self.clock.now_ms()
 
         def change(record: RpcRecord) -> RpcRecord | None:
-            status = rpc.expired(record, now)
+            status = rpc.expired(self._view(record), now)
             return None if status is None else record.with_status(status, now)
 
         record, changed = self.store.update_rpc(rpc_id, change)
@@ -97,20 +110,30 @@ class RpcService:
 
     # -- the edge's stream ---------------------------------------------------------------------
 
-    def sent(self, rpc_id: uuid.UUID) -> None:
-        now = self.clock.now_ms()
-        record, changed = self.store.update_rpc(rpc_id, lambda r: rpc.on_sent(r, now))
-        if changed and record is not None:
-            self._changed(record, "downlink sent to the edge")
+    def sent(self, rpc_id: uuid.UUID, *, edge_id: uuid.UUID | None = None) -> None:
+        """Its downlink went out (first send): SENT, in memory."""
+        with self._lock:
+            self._in_flight.add(rpc_id)
+        _log.bind(rpc_id=str(rpc_id), edge_id=str(edge_id or ""), status="SENT").info(
+            "rpc {} SENT: downlink sent to the edge", rpc_id)
 
-    def acknowledged(self, edge_id: uuid.UUID, number: int, rpc_id: uuid.UUID) -> None:
-        """The edge acknowledged the request's downlink: removed from the queue and DELIVERED,
-        in one transaction."""
+    def unsent(self, rpc_id: uuid.UUID) -> None:
+        """Its downlink is no longer in flight (stream ended, or it was settled): as stored."""
+        with self._lock:
+            self._in_flight.discard(rpc_id)
+
+    def acknowledged(self, edge_id: uuid.UUID, requests: list[tuple[int, uuid.UUID]]) -> None:
+        """The edge acknowledged the downlink carrying these requests ((downlink number, rpc
+        id), several when they travelled together): out of the queue and DELIVERED, in one
+        transaction."""
         now = self.clock.now_ms()
-        record, changed = self.store.update_rpc(rpc_id, lambda r: rpc.on_acknowledged(r, now),
-                                                remove_downlink=(edge_id, number))
-        if changed and record is not None:
-            self._changed(record, "acknowledged by the edge")
+        results = self.store.update_rpcs(
+            [rpc_id for _, rpc_id in requests], lambda r: rpc.on_acknowledged(r, now),
+            remove_downlinks=[(edge_id, number) for number, _ in requests])
+        for (_, rpc_id), (record, changed) in zip(requests, results, strict=True):
+            self.unsent(rpc_id)
+            if changed and record is not None:
+                self._changed(record, "acknowledged by the edge")
 
     def expired_unsent(self, edge_id: uuid.UUID, number: int, rpc_id: uuid.UUID) -> None:
         """Its expirationTime passed while it was queued: never sent. Out of the queue and
@@ -128,6 +151,7 @@ class RpcService:
     def parked(self, rpc_id: uuid.UUID, error: str) -> None:
         now = self.clock.now_ms()
         record, changed = self.store.update_rpc(rpc_id, lambda r: rpc.on_parked(r, error, now))
+        self.unsent(rpc_id)
         if changed and record is not None:
             self._changed(record, "its downlink was parked")
 

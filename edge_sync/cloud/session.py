@@ -25,7 +25,7 @@ import grpc
 from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.cloud import downlinks, full_sync, requests, uplink_kinds
+from edge_sync.cloud import downlinks, full_sync, requests, rpc_batch, uplink_kinds
 from edge_sync.cloud.counters import CloudCounters
 from edge_sync.cloud.records import EdgeRecord, QueuedDownlink, downlink_msg_id
 from edge_sync.cloud.registry import StreamRegistry
@@ -105,7 +105,10 @@ class StreamSession:
         self._refusals = 0  # success=false answers (not retryable) to the downlink in flight
         self._counters = counters if counters is not None else CloudCounters()
         self._rpc = rpc if rpc is not None else RpcService(service, clock=clock)
-        self._sent_rpc: uuid.UUID | None = None  # an RPC request just sent: SENT once it is out
+        self._batch: list[QueuedDownlink] = []
+        """The queued downlinks the one in flight carries (several RPC requests together)."""
+        self._single_until = 0  # after a refused batch, RPC requests up to it go one by one
+        self._sent_rpcs: list[uuid.UUID] = []  # RPC requests just sent: SENT once they are out
         self._deadline = 0.0
         self._look = False  # look at the durable queue at the next chance
         self._next_poll = 0.0
@@ -397,20 +400,42 @@ class StreamSession:
                     return None
             if not self._too_large(nxt) and not self._rpc_expired(nxt):
                 break
+        self._batch = self._rpc_batch(nxt) if nxt.durable else []
+        nxt = rpc_batch.combined(self._batch) if len(self._batch) > 1 else nxt
         self._inflight, self._deadline, self._refusals = nxt, now + timeout, 0
         self._stats["downlinks_sent"] += 1
-        self._log.bind(downlink_id=nxt.msg_id, content=downlinks.describe(nxt.payload)).info("downlink sent")
-        rpc_request = downlinks.rpc_request_of(nxt.payload) if nxt.durable else None
-        self._sent_rpc = rpc_request[0] if rpc_request is not None else None
+        self._log.bind(downlink_id=nxt.msg_id, content=downlinks.describe(nxt.payload),
+                       rpc_requests=len(self._batch) if len(self._batch) > 1 else None).info(
+            "downlink sent")
+        self._sent_rpcs = [rpc_id for _, rpc_id in self._rpc_requests(self._batch)]
         return self._send(nxt)
 
+    def _rpc_batch(self, head: QueuedDownlink) -> list[QueuedDownlink]:
+        """``head`` and the RPC requests queued right after it that travel with it (one by one
+        after a refused batch)."""
+        assert self.edge_id is not None
+        if head.number <= self._single_until or downlinks.rpc_request_of(head.payload) is None:
+            return [head]
+        following = self._store.queued_after(self.edge_id, head.number, rpc_batch.MAX_BATCH - 1)
+        limit = self._edge_max_inbound or self._settings.max_inbound_message_size
+        return rpc_batch.batch_of(head, following, now_ms=self._clock.now_ms(), max_bytes=limit)
+
+    @staticmethod
+    def _rpc_requests(items: list[QueuedDownlink]) -> list[tuple[int, uuid.UUID]]:
+        """(downlink number, rpc id) of the RPC requests among ``items``."""
+        out = []
+        for item in items:
+            request = downlinks.rpc_request_of(item.payload)
+            if request is not None:
+                out.append((item.number, request[0]))
+        return out
+
     def _rpc_sent(self) -> None:
-        """After a server-side RPC request went out (first send): SENT. Written after the send,
-        so the request does not wait for the write; its acknowledgement and answer are handled
-        on this thread, after it."""
-        if self._sent_rpc is not None:
-            rpc_id, self._sent_rpc = self._sent_rpc, None
-            self._rpc.sent(rpc_id)
+        """After server-side RPC requests went out (first send): SENT (in memory, after the
+        send; their acknowledgement and answers are handled on this thread, after it)."""
+        sent, self._sent_rpcs = self._sent_rpcs, []
+        for rpc_id in sent:
+            self._rpc.sent(rpc_id, edge_id=self.edge_id)
 
     def _rpc_expired(self, item: QueuedDownlink) -> bool:
         """A server-side RPC request whose expirationTime has passed in the queue is never sent:
@@ -445,7 +470,7 @@ class StreamSession:
         parked = self._store.park_downlink(self.edge_id, item, cause=cause, error=error,
                                            attempts=attempts, now_ms=self._clock.now_ms())
         if self._inflight is item:
-            self._inflight = None
+            self._inflight, self._batch = None, []
         self._look = True
         if not parked:  # no longer queued (another stream of the edge settled it)
             self._log.bind(downlink_id=item.msg_id).debug("downlink to park was already gone")
@@ -481,6 +506,15 @@ class StreamSession:
                     "downlink refused by the edge, retryable (a temporary failure on the edge): "
                     "resent after the timeout, not counted towards parking")
                 return
+            if len(self._batch) > 1:
+                # one of its requests may be the cause: they go again one by one, at once, so
+                # a bad one is refused (and parked) alone
+                self._single_until = self._batch[-1].number
+                log.bind(error=resp.errorMsg, rpc_requests=len(self._batch)).warning(
+                    "downlink of {} RPC requests refused by the edge; sent again one by one",
+                    len(self._batch))
+                self._inflight, self._batch, self._look = None, [], True
+                return
             self._refusals += 1
             if self._refusals >= self._settings.max_attempts:
                 self._park(item, CAUSE_REFUSED, resp.errorMsg or "(no error message)",
@@ -496,12 +530,12 @@ class StreamSession:
             if self._sync and self._sync[0] is item:
                 self._sync.popleft()
         else:
-            rpc_request = downlinks.rpc_request_of(item.payload)
-            if rpc_request is not None:  # out of the queue and DELIVERED, in one transaction
-                self._rpc.acknowledged(self.edge_id, item.number, rpc_request[0])
+            carried = self._rpc_requests(self._batch)
+            if carried:  # out of the queue and DELIVERED, in one transaction
+                self._rpc.acknowledged(self.edge_id, carried)
             else:
                 self._store.remove_downlink(self.edge_id, item.number)
-        self._inflight, self._look = None, True
+        self._inflight, self._batch, self._look = None, [], True
         self._stats["downlinks_acked"] += 1
         log.info("downlink acknowledged")
         if not item.durable and not self._sync:
@@ -515,6 +549,8 @@ class StreamSession:
                 return
             self._finished = True
         self._registry.release(self)
+        for _, rpc_id in self._rpc_requests(list(self._batch)):
+            self._rpc.unsent(rpc_id)  # in flight no more: QUEUED again, resent on the next stream
         if self.edge is not None:
             self._log.bind(reason=reason).info("edge disconnected")
         self.done.set()

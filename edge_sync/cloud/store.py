@@ -678,19 +678,30 @@ class CloudStore:
         """Apply ``change`` (a transition of cloud/rpc.py: the new record, or None for no
         change) to the stored request in one transaction, with ``remove_downlink`` (edge id,
         number) removed from the queue in the same one. (the record as it now is, changed)."""
-        if self._rpc_db is None:
-            return None, False
+        removed = [remove_downlink] if remove_downlink is not None else []
+        return self.update_rpcs([rpc_id], change, remove_downlinks=removed)[0]
 
-        def fn(txn: lmdb.Transaction) -> tuple[rpc.RpcRecord | None, bool]:
-            if remove_downlink is not None:
-                edge_id, number = remove_downlink
+    def update_rpcs(self, rpc_ids: Sequence[uuid.UUID],
+                    change: Callable[[rpc.RpcRecord], rpc.RpcRecord | None], *,
+                    remove_downlinks: Sequence[tuple[uuid.UUID, int]] = ()
+                    ) -> list[tuple[rpc.RpcRecord | None, bool]]:
+        """update_rpc() of several requests (and downlinks removed), in one transaction."""
+        if self._rpc_db is None:
+            return [(None, False) for _ in rpc_ids]
+
+        def fn(txn: lmdb.Transaction) -> list[tuple[rpc.RpcRecord | None, bool]]:
+            for edge_id, number in remove_downlinks:
                 txn.delete(edge_id.bytes + codec.u64(number), db=self._db["downlinks"])
-            record = self._rpc(txn, rpc_id)
-            new = change(record) if record is not None else None
-            if new is None:
-                return record, False
-            self._put_rpc(txn, new)
-            return new, True
+            out: list[tuple[rpc.RpcRecord | None, bool]] = []
+            for rpc_id in rpc_ids:
+                record = self._rpc(txn, rpc_id)
+                new = change(record) if record is not None else None
+                if new is None:
+                    out.append((record, False))
+                    continue
+                self._put_rpc(txn, new)
+                out.append((new, True))
+            return out
 
         # maintenance: a status change is a few bytes, and removing a downlink frees room
         return self.lmdb.write(fn, maintenance=True)
@@ -735,6 +746,20 @@ class CloudStore:
             number = codec.from_u64(key[16:], "downlinks: key")
             payload = self._downlink_payload(raw, f"downlinks: {edge_id} {number}")
             return QueuedDownlink(number, downlink_msg_id(number), payload)
+
+    def queued_after(self, edge_id: uuid.UUID, number: int, limit: int) -> list[QueuedDownlink]:
+        """Up to ``limit`` downlinks queued for the edge after number ``number``, in order."""
+        out: list[QueuedDownlink] = []
+        with self._read() as txn, txn.cursor(db=self._db["downlinks"]) as cur:
+            if limit <= 0 or not cur.set_range(edge_id.bytes + codec.u64(number + 1)):
+                return out
+            for key, raw in cur.iternext():
+                if key[:16] != edge_id.bytes or len(out) >= limit:
+                    break
+                n = codec.from_u64(key[16:], "downlinks: key")
+                out.append(QueuedDownlink(n, downlink_msg_id(n),
+                                          self._downlink_payload(raw, f"downlinks: {edge_id} {n}")))
+        return out
 
     def remove_downlink(self, edge_id: uuid.UUID, number: int) -> bool:
         """Remove an acknowledged downlink (durably); False when it was already gone."""

@@ -26,6 +26,7 @@ import pytest
 
 from edge_sync.cloud import CloudServer
 from edge_sync.cloud.server import open_cloud_store
+from edge_sync.cloud.session import LinkSettings
 from edge_sync.common.wire import uuid_halves, uuid_of
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, DownlinkConfig, EdgesRpcConfig
 from edge_sync.proto import edge_pb2
@@ -283,6 +284,53 @@ def test_persistent_request_to_an_offline_edge_is_delivered_when_it_connects(clo
     assert client.uplink(deviceRpcCallMsg=[rpc_answer(req, 1, response='{"mode":"eco"}')]).success
     got = http(cloud.admin_port, "GET", f"/api/rpc/persistent/{rpc_id}").json
     assert (got["status"], got["response"]) == ("SUCCESSFUL", {"mode": "eco"})
+
+
+def test_requests_queued_together_travel_in_one_downlink_in_order(cloud, device, clients):
+    ids = [http(cloud.admin_port, "POST", f"/api/rpc/twoway/{device}",
+                {"method": f"m{i}", "persistent": True, "timeout": 60_000}).json["rpcId"]
+           for i in range(5)]
+    client = connect(cloud, clients)
+    d = client.downlink()
+    assert [c.requestMsg.method for c in d.deviceRpcCallMsg] == ["m0", "m1", "m2", "m3", "m4"]
+    assert [str(uuid_of(c.requestUuidMSB, c.requestUuidLSB)) for c in d.deviceRpcCallMsg] == ids
+    assert [c.requestId for c in d.deviceRpcCallMsg] == [1, 2, 3, 4, 5]
+    client.ack(d.downlinkMsgId)
+    wait_until(lambda: [status(cloud, i) for i in ids] == ["DELIVERED"] * 5, timeout=DEADLINE_S,
+               what="all five DELIVERED")
+    assert cloud.store.queued_downlinks(cloud.service.edge("rk-1").edge_id) == 0
+    answers = [rpc_answer(c, n, response=str(n)) for n, c in enumerate(d.deviceRpcCallMsg, start=1)]
+    assert client.uplink(deviceRpcCallMsg=answers).success
+    assert [http(cloud.admin_port, "GET", f"/api/rpc/{i}").json["response"] for i in ids] == [1, 2, 3, 4, 5]
+    assert client.nothing_within(0.2)
+
+
+def test_a_refused_batch_is_sent_one_by_one_and_only_the_bad_request_fails(tmp_path, clients):
+    cfg = cloud_config(tmp_path / "c")
+    with CloudServer(cfg, link=LinkSettings(resend_timeout_s=0.2, max_attempts=2)) as server:
+        server.service.create_edge("edge-1", routing_key="rk-1", secret="s3cret-1")
+        dev, _ = server.service.create_device("rk-1", "pump-1", token="tok-1")
+        ids = [http(server.admin_port, "POST", f"/api/rpc/oneway/{dev.id}",
+                    {"method": name, "persistent": True, "timeout": 60_000}).json["rpcId"]
+               for name in ("good-1", "bad", "good-2")]
+        client = connect(server, clients)
+        batch = client.downlink()
+        assert len(batch.deviceRpcCallMsg) == 3
+        client.ack(batch.downlinkMsgId, success=False, error="Device has no method 'bad'")
+        seen = []
+        while len(seen) < 5:  # good-1, bad, bad again (parked), good-2
+            d = client.downlink()
+            (call,) = d.deviceRpcCallMsg
+            seen.append(call.requestMsg.method)
+            refused = call.requestMsg.method == "bad"
+            client.ack(d.downlinkMsgId, success=not refused, error="no such method" if refused else "")
+            if seen[-1] == "good-2":
+                break
+        assert seen == ["good-1", "bad", "bad", "good-2"]
+        wait_until(lambda: [status(server, i) for i in ids] == ["DELIVERED", "FAILED", "DELIVERED"],
+                   timeout=DEADLINE_S, what="only the bad request failed")
+        got = http(server.admin_port, "GET", f"/api/rpc/{ids[1]}").json
+        assert got["error"] == "refused by the edge: no such method"
 
 
 def test_a_request_that_expires_in_the_queue_is_never_sent(cloud, device, clients):

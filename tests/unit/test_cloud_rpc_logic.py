@@ -11,7 +11,8 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from edge_sync.cloud import downlinks, rpc
+from edge_sync.cloud import downlinks, rpc, rpc_batch
+from edge_sync.cloud.records import QueuedDownlink
 from edge_sync.cloud.rpc import Answer, AnswerKind, RestAnswer, RpcRecord, RpcStatus
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.store import CloudStore
@@ -282,3 +283,41 @@ def test_a_store_without_the_rpcs_database_opens_read_only_and_gains_it_when_wri
         assert writable.add_rpc(r, None).request_id == 1
     finally:
         writable.close()
+
+
+# -- requests travelling together ------------------------------------------------------------------
+
+
+def _queued(number: int, *, expires: int = NOW + 10_000, params: object = None) -> QueuedDownlink:
+    r = RpcRecord(id=uuid.UUID(int=100 + number), edge_id=EDGE, device_id=DEVICE,
+                  request_id=number, method="m", params=params or {}, oneway=False,
+                  persistent=True, expiration_time=expires, created_time=NOW,
+                  status=RpcStatus.QUEUED, updated_time=NOW)
+    return QueuedDownlink(number, number, downlinks.device_rpc_request(r))
+
+
+def test_a_batch_takes_the_rpc_requests_that_follow_the_head():
+    head, following = _queued(1), [_queued(2), _queued(3)]
+    got = rpc_batch.batch_of(head, following, now_ms=NOW, max_bytes=1 << 20)
+    assert [q.number for q in got] == [1, 2, 3]
+    msg = edge_pb2.DownlinkMsg.FromString(rpc_batch.combined(got).payload)
+    assert [c.requestId for c in msg.deviceRpcCallMsg] == [1, 2, 3]
+    assert rpc_batch.combined(got).number == 1
+    assert rpc_batch.combined([head]) is head
+
+
+def test_a_batch_stops_at_what_cannot_go_with_it():
+    head = _queued(1)
+    other = QueuedDownlink(2, 2, downlinks.sync_completed())
+    assert [q.number for q in rpc_batch.batch_of(head, [other, _queued(3)], now_ms=NOW,
+                                                  max_bytes=1 << 20)] == [1]
+    expired = _queued(2, expires=NOW - 1)
+    assert [q.number for q in rpc_batch.batch_of(head, [expired, _queued(3)], now_ms=NOW,
+                                                  max_bytes=1 << 20)] == [1]
+    assert [q.number for q in rpc_batch.batch_of(head, [_queued(n) for n in range(2, 10)],
+                                                  now_ms=NOW, max_bytes=1 << 20,
+                                                  max_count=3)] == [1, 2, 3]
+    big = _queued(2, params="x" * 2000)
+    assert [q.number for q in rpc_batch.batch_of(head, [big], now_ms=NOW,
+                                                  max_bytes=len(head.payload) + 1000)] == [1]
+    assert rpc_batch.batch_of(other, [head], now_ms=NOW, max_bytes=1 << 20) == [other]
