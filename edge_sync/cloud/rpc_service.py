@@ -144,8 +144,8 @@ class RpcService:
             return None if record.status.final else record.with_status(RpcStatus.EXPIRED, now)
 
         record, changed = self.store.update_rpc(rpc_id, change, remove_downlink=(edge_id, number))
-        self.waiters.counters.inc(self.waiters.counters.rpc_expired)
         if changed and record is not None:
+            self.waiters.counters.inc(self.waiters.counters.rpc_expired)
             self._changed(record, "expired in the queue: not sent")
 
     def parked(self, rpc_id: uuid.UUID, error: str) -> None:
