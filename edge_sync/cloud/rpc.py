@@ -16,7 +16,7 @@ Statuses (ThingsBoard's names; docs/reference-cloud.md "Server-side RPC"):
               or the edge answered TIMEOUT
   EXPIRED     its expirationTime passed before it was sent (it never is), a persistent two-way
               request not answered by then, or the edge answered that it expired
-  DELETED     ThingsBoard's, for a deleted persistent request (no delete route here)
+  DELETED     deleted by the operator (DELETE /api/rpc/persistent/{rpcId}) before it was final
 A request is final in SUCCESSFUL, FAILED, TIMEOUT, EXPIRED and DELETED: nothing changes it
 after that. Past its expirationTime a request takes its expiry status (see `expired`): the
 edge's own report of the expiry (error TIMEOUT, as ThingsBoard Edge sends it at the deadline)
@@ -261,6 +261,11 @@ def on_acknowledged(record: RpcRecord, now_ms: int) -> RpcRecord | None:
     if record.status in (RpcStatus.QUEUED, RpcStatus.SENT):
         return record.with_status(RpcStatus.DELIVERED, now_ms)
     return None
+
+
+def on_deleted(record: RpcRecord, now_ms: int) -> RpcRecord | None:
+    """The operator deleted it: DELETED unless it is final already (then it stays as it is)."""
+    return None if record.status.final else record.with_status(RpcStatus.DELETED, now_ms)
 
 
 def on_parked(record: RpcRecord, error: str, now_ms: int) -> RpcRecord | None:

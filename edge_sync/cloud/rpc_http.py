@@ -9,6 +9,8 @@
   POST /api/rpc/oneway/{deviceId}   the same body -> 200 (empty) once the request is in the edge's
                                     durable queue; persistent: 200 {"rpcId"}
   GET  /api/rpc/{rpcId}, /api/rpc/persistent/{rpcId}   the request, its status and answer
+  DELETE /api/rpc/persistent/{rpcId}  DELETED (out of the queue when still queued) -> 200, the
+                                      request as it now is
 Every POST answer carries the request's id in the header X-Rpc-Id. Bad bodies 400, an unknown
 device 404 (the admin API's JSON error shape).
 
@@ -44,6 +46,7 @@ class RpcRoutes:
         app.router.add_post("/api/rpc/oneway/{device}", self._oneway)
         app.router.add_get("/api/rpc/persistent/{rpc_id}", self._get)
         app.router.add_get("/api/rpc/{rpc_id}", self._get)
+        app.router.add_delete("/api/rpc/persistent/{rpc_id}", self._delete)
 
     async def _twoway(self, request: web.Request) -> web.StreamResponse:
         return await self._call(request, oneway=False)
@@ -88,9 +91,13 @@ class RpcRoutes:
                 return settled or record
             # (a timer that fired early: wait for the rest)
 
-    async def _get(self, request: web.Request) -> web.StreamResponse:
+    async def _delete(self, request: web.Request) -> web.StreamResponse:
+        return await self._get(request, delete=True)
+
+    async def _get(self, request: web.Request, *, delete: bool = False) -> web.StreamResponse:
         try:
-            record = await asyncio.to_thread(self._rpc.get, request.match_info["rpc_id"])
+            record = await asyncio.to_thread(self._rpc.delete if delete else self._rpc.get,
+                                             request.match_info["rpc_id"])
             tenant = self._tenant_id or await asyncio.to_thread(self._rpc.store.tenant_id)
         except Exception as exc:
             return _refused(request, exc)

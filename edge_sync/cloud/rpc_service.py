@@ -94,6 +94,27 @@ class RpcService:
             return self._view(record)
         return self._view(self.settle_if_due(rpc_id) or record)
 
+    def delete(self, rpc_ref: object) -> RpcRecord:
+        """DELETED, unless final already (then unchanged). A request still queued leaves the
+        queue in the same transaction; one whose downlink is on its way to the edge (SENT) or
+        that the edge holds (DELIVERED) is not called back (the edge may still deliver it; its
+        answer then changes nothing). NotFound / BadRequest."""
+        rpc_id = parse_rpc_id(rpc_ref)
+        record = self.store.rpc_record(rpc_id)
+        if record is None:
+            raise NotFound(f"no rpc request {rpc_id}")
+        with self._lock:
+            in_flight = rpc_id in self._in_flight
+        remove = ([(record.edge_id, record.downlink)]
+                  if record.status is RpcStatus.QUEUED and record.downlink and not in_flight else [])
+        now = self.clock.now_ms()
+        [(stored, changed)] = self.store.update_rpcs([rpc_id], lambda r: rpc.on_deleted(r, now),
+                                                     remove_downlinks=remove)
+        if changed and stored is not None:
+            self._changed(stored, "deleted by the operator"
+                          + (" (out of the queue)" if remove else ""))
+        return self._view(stored or record)
+
     def settle_if_due(self, rpc_id: uuid.UUID) -> RpcRecord | None:
         """The REST wait is over, or someone looked: past its expirationTime, the request takes
         its expiry status durably (unless an answer settled it first). The record as it is."""

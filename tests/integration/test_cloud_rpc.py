@@ -373,6 +373,36 @@ def test_a_persistent_request_unanswered_past_its_expiration_is_expired(cloud, d
                what="EXPIRED after the expirationTime")
 
 
+def test_deleting_a_queued_request_takes_it_out_of_the_queue(cloud, device, clients):
+    rpc_id = http(cloud.admin_port, "POST", f"/api/rpc/oneway/{device}",
+                  {"method": "m", "persistent": True, "timeout": 60_000}).json["rpcId"]
+    deleted = http(cloud.admin_port, "DELETE", f"/api/rpc/persistent/{rpc_id}")
+    assert (deleted.status, deleted.json["status"]) == (200, "DELETED")
+    assert status(cloud, rpc_id) == "DELETED"
+    client = connect(cloud, clients)  # (acknowledges the device's own downlink)
+    assert client.nothing_within(0.3)
+    assert cloud.store.queued_downlinks(cloud.service.edge("rk-1").edge_id) == 0
+
+
+def test_deleting_a_delivered_request_ignores_its_answer_and_a_final_one_stays(cloud, device,
+                                                                               clients):
+    client = connect(cloud, clients)
+    rpc_id = http(cloud.admin_port, "POST", f"/api/rpc/twoway/{device}",
+                  {"method": "m", "persistent": True}).json["rpcId"]
+    d, req = rpc_downlink(client)
+    client.ack(d.downlinkMsgId)
+    wait_until(lambda: status(cloud, rpc_id) == "DELIVERED", timeout=DEADLINE_S, what="DELIVERED")
+    assert http(cloud.admin_port, "DELETE", f"/api/rpc/persistent/{rpc_id}").json["status"] == "DELETED"
+    assert client.uplink(deviceRpcCallMsg=[rpc_answer(req, 1, response='"x"')]).success
+    assert status(cloud, rpc_id) == "DELETED"
+    assert metric(cloud, "rpc_answers_late") == 1
+
+    past = http(cloud.admin_port, "POST", f"/api/rpc/twoway/{device}",
+                {"method": "m", "persistent": True, "expirationTime": 1}).json["rpcId"]
+    assert http(cloud.admin_port, "DELETE", f"/api/rpc/persistent/{past}").json["status"] == "EXPIRED"
+    assert http(cloud.admin_port, "DELETE", f"/api/rpc/persistent/{uuid.uuid4()}").status == 404
+
+
 def test_requests_and_statuses_survive_a_restart(tmp_path, device, cloud):
     rpc_id = http(cloud.admin_port, "POST", f"/api/rpc/oneway/{device}",
                   {"method": "m", "persistent": True, "timeout": 60_000}).json["rpcId"]

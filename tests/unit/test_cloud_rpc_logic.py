@@ -162,6 +162,12 @@ def test_a_one_way_request_answered_by_the_edge_is_successful():
     assert outcome.record is not None and outcome.record.status is RpcStatus.SUCCESSFUL
 
 
+def test_deleting():
+    deleted = rpc.on_deleted(record(RpcStatus.DELIVERED), NOW + 1)
+    assert deleted is not None and (deleted.status, deleted.updated_time) == (RpcStatus.DELETED, NOW + 1)
+    assert rpc.on_deleted(record(RpcStatus.SUCCESSFUL), NOW) is None
+
+
 def test_parking_fails_the_request():
     parked = rpc.on_parked(record(RpcStatus.SENT), "Device not found", NOW)
     assert parked is not None
