@@ -585,7 +585,7 @@ def test_a_storm_of_idle_long_polls_costs_no_thread_and_the_agent_keeps_serving(
     p50_base = statistics.median(out["base"])
     p50_during = statistics.median(out["during"])
     assert p50_during < max(5 * p50_base, 0.05), (p50_base, p50_during)
-    assert max(out["during"]) < 1.0, max(out["during"])
+    assert max(out["during"]) < 2.0, max(out["during"])
     # nothing lost: every telemetry post of the quiet device is in the log, once
     wait_drained(rig.agent, timeout=DEADLINE_S)
     values = [e.body["values"]["n"] for e in rig.agent.read_log()
