@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from loguru import logger
@@ -33,7 +34,8 @@ _log = logger.bind(component="device-http")
 
 MISSING_HEADER = "X-Edge-Sync-Missing-Shared-Keys"
 """On GET attributes: the shared keys asked for that the edge could not serve (not held, and
-the cloud did not answer in time or is unreachable); ``*`` when all were asked for and the edge
+the cloud did not answer in time or is unreachable), each percent-encoded (a key may hold a
+comma or a control character), joined by commas; ``*`` when all were asked for and the edge
 holds none. Absent when the answer is complete."""
 
 
@@ -188,7 +190,7 @@ class DeviceHttpApi:
                         self._polls.discard(poll)
         except Exception as exc:
             return self._refuse(status_of(exc), _message(exc), "attributes read", token)
-        headers = {MISSING_HEADER: ",".join(missing)} if missing else None
+        headers = {MISSING_HEADER: _header_list(missing)} if missing else None
         if missing:
             _log.bind(device=str(device.id), missing=len(missing)).debug(
                 "attributes answered without {} shared keys the edge does not hold", len(missing))
@@ -227,3 +229,8 @@ def _message(exc: BaseException) -> str:
 
 async def _wait(awaitable: Awaitable[Any], timeout: float) -> Any:
     return await asyncio.wait_for(awaitable, timeout)
+
+
+def _header_list(keys: tuple[str, ...]) -> str:
+    """Keys as one header value: percent-encoded, comma-joined (``*`` stays as it is)."""
+    return ",".join(k if k == "*" else quote(k, safe="") for k in keys)

@@ -422,6 +422,9 @@ def test_a_silent_cloud_is_waited_for_up_to_the_request_timeout_once(harness: Ha
     status, headers, _ = http(app, "GET", f"/api/v1/{dev.token}/attributes?sharedKeys=a")
     assert (status, headers["X-Edge-Sync-Missing-Shared-Keys"]) == (200, "a")
     assert time.monotonic() - started < 0.5
+    # a key no header may carry as it is (a control character) is percent-encoded
+    status, headers, _ = http(app, "GET", f"/api/v1/{dev.token}/attributes?sharedKeys=%08,a%20b")
+    assert (status, headers["X-Edge-Sync-Missing-Shared-Keys"]) == (200, "%08,a%20b")
 
 
 # -- visible: the CLI and the admin API ----------------------------------------------------------
