@@ -524,30 +524,31 @@ def test_a_storm_of_idle_long_polls_costs_no_thread_and_the_agent_keeps_serving(
     busy, quiet_dev = devs[0], devs[1]
     threads_before = rig.threads()
 
-    async def post_latencies(s: aiohttp.ClientSession, dev: Dev, count: int,
-                             start: int) -> list[float]:
+    async def post_latencies(dev: Dev, count: int, start: int) -> list[float]:
+        """Sequential posts on a connection of their own (closed after)."""
         out = []
-        for n in range(start, start + count):
-            t0 = time.perf_counter()
-            answer = await request(s, "POST", rig.edge_url(dev, "telemetry"), {"n": n})
-            out.append(time.perf_counter() - t0)
-            assert answer.status == 200, answer
+        async with aiohttp.ClientSession() as own:
+            for n in range(start, start + count):
+                t0 = time.perf_counter()
+                answer = await request(own, "POST", rig.edge_url(dev, "telemetry"), {"n": n})
+                out.append(time.perf_counter() - t0)
+                assert answer.status == 200, answer
         return out
 
     async def scenario(s: aiohttp.ClientSession) -> dict[str, Any]:
-        base = await post_latencies(s, quiet_dev, 50, 0)
-        accepted = rig.accepted()
+        base = await post_latencies(quiet_dev, 50, 0)
+        await until(lambda: rig.accepted() == 0, what="no device connection left")
         rpc_polls = {d.id: [asyncio.create_task(request(s, "GET", rig.rpc_poll_url(d, 60_000)))
                             for _ in range(per_device)] for d in devs}
         attr_polls = {d.id: [asyncio.create_task(request(s, "GET", rig.attr_poll_url(d, 60_000)))
                              for _ in range(per_device)] for d in devs}
-        await until(lambda: rig.accepted() >= accepted + polls_total, timeout=60,
+        await until(lambda: rig.accepted() >= polls_total, timeout=60,
                     what=f"{polls_total} polls accepted")
         barrier = await asyncio.gather(*(request(s, "POST", rig.edge_url(d, "telemetry"),
                                                  {"barrier": 1}) for d in devs))
         assert {a.status for a in barrier} == {200}
         threads_during = rig.threads()
-        during = await post_latencies(s, quiet_dev, 200, 50)
+        during = await post_latencies(quiet_dev, 200, 50)
         # an RPC to a device with many waiting polls: exactly one of them gets it
         rest = asyncio.create_task(request(s, "POST", rig.cloud_url(f"/api/rpc/twoway/{busy.id}"),
                                            {"method": "ping", "timeout": 10_000}))
@@ -568,7 +569,7 @@ def test_a_storm_of_idle_long_polls_costs_no_thread_and_the_agent_keeps_serving(
         for t in others:
             t.cancel()
         await asyncio.gather(*others, return_exceptions=True)
-        after = await post_latencies(s, quiet_dev, 50, 250)
+        after = await post_latencies(quiet_dev, 50, 250)
         return {"base": base, "during": during, "after": after, "threads": threads_during,
                 "got": got, "answered": answered, "rest": rest_answer, "woken": woken,
                 "others": len(others), "still_waiting": still_waiting}
