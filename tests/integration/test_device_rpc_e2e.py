@@ -19,6 +19,8 @@ import json
 import resource
 import signal
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -330,6 +332,37 @@ def test_a_kill_9_between_the_downlink_ack_and_the_poll_still_delivers_the_reque
     assert rig.cloud_rpc(rpc_id)["response"] == {"rebooting": True}
     assert [(r["request_uuid"], r["status"]) for r in rig.edge_rpcs(dev)] == \
         [(rpc_id, "SUCCESSFUL")]
+    # the operator's view: `edge-sync rpc list` reads the same from the store
+    listed = subprocess.run(
+        [sys.executable, "-m", "edge_sync.cli.edge", "rpc", "list", "--device", dev.id,
+         "--status", "successful", "--json"],
+        env=rig.agent.environment(), cwd=rig.agent.workdir, capture_output=True, text=True,
+        timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line) for line in listed.stdout.splitlines()] == rig.edge_rpcs(dev)
+
+
+def test_edge_cloud_rpc_prints_the_devices_answer(rig: Rig) -> None:
+    dev = rig.device()
+    cli = [sys.executable, "-m", "edge_sync.cli.cloud", "rpc", "--device", "pump-0", "--edge", RK,
+           "--method", "getTemp", "--params", '{"unit": "C"}', "--timeout", "10"]
+
+    async def scenario(s: aiohttp.ClientSession) -> tuple[Answer, int, bytes, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            *cli, env=rig.cloud.environment(), cwd=rig.cloud.workdir,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        got = await request(s, "GET", rig.rpc_poll_url(dev))
+        answered = await request(s, "POST", rig.edge_url(dev, f"rpc/{got.json()['id']}"),
+                                 {"t": 21.5, "unit": "C"})
+        assert answered.status == 200
+        out, err = await proc.communicate()
+        assert proc.returncode is not None
+        return got, proc.returncode, out, err
+
+    got, code, out, err = run(scenario)
+    assert got.json() == {"id": 1, "method": "getTemp", "params": {"unit": "C"}}
+    assert code == 0, err
+    assert json.loads(out) == {"t": 21.5, "unit": "C"}
 
 
 def test_a_downlink_resent_while_the_edge_was_stopped_reaches_the_device_once(
