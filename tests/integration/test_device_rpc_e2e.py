@@ -9,7 +9,8 @@ the downlink's acknowledgement and the device's poll, a downlink the cloud resen
 edge is stopped (SIGSTOP) delivered once. Shared attributes set in the cloud reaching 200
 long-polling devices with exactly the changed keys, once; a shared key the edge does not hold
 asked of the cloud. Bad input: unknown ids, late and malformed answers, timeouts out of range,
-and thousands of idle long polls while the agent keeps serving.
+and thousands of idle long polls while the agent keeps serving. The operator's tools on the
+same path: `edge-cloud rpc` and `edge-sync rpc list`.
 """
 
 from __future__ import annotations
