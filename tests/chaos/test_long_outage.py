@@ -7,27 +7,35 @@ high-priority queue holds), then the telemetry backlog in order, each event appl
 
 Real processes on loopback: `edge-sync run` (tests.helpers.agent.Agent) and `edge-cloud serve`
 (tests.helpers.cloud_proc.CloudProc). The edge is linked to the cloud, 50 devices are created and
-post one point each, the edge drains; then the cloud is killed with SIGKILL and stays down for the
-whole outage. During the outage 5 client threads (10 devices each) post telemetry over the
-device HTTP API (arrays of entries; each entry is one event: a reefer's readings, ~300 bytes of
-JSON, with "v" counting up per device) and, interleaved evenly, single high-lane events: alarms
-(admin API POST /api/alarms, 201 with the alarm id and seq) and RPC responses
-(POST /api/v1/{token}/rpc/{id}). Every request must be answered 200 (201 for alarms). The edge's
-VmRSS/VmHWM (/proc/<pid>/status) is sampled at every 10% of the outage's events. Then the cloud
-is started again on the same ports and store, and the drain is sampled the same way (every 10%
-of the backlog delivered). The samples are printed (pytest -s) and are part of every RSS
-assertion message.
+post one point each, the edge drains. The cloud then sends the devices persistent two-way RPC
+requests (its admin API, POST /api/rpc/twoway/{deviceId} with "persistent": true and an
+expirationTime a week away, so none expires during the test), and the test waits until the edge
+holds every one of them QUEUED (GET /api/rpc?status=QUEUED on the edge's admin API, exactly the
+requests sent) and the cloud's downlink queue is empty; then the cloud is killed with SIGKILL and
+stays down for the whole outage. During the outage 5 client threads (10 devices each) post
+telemetry over the device HTTP API (arrays of entries; each entry is one event: a reefer's
+readings, ~300 bytes of JSON, with "v" counting up per device) and, interleaved evenly, single
+high-lane events: alarms (admin API POST /api/alarms, 201 with the alarm id and seq) and RPC
+responses (the device takes its next request with GET /api/v1/{token}/rpc?timeout=MS, which must
+be the oldest one sent to it, and answers it with POST /api/v1/{token}/rpc/{id}). Every request
+must be answered 200 (201 for alarms). The edge's VmRSS/VmHWM (/proc/<pid>/status) is sampled at
+every 10% of the outage's events. Then the cloud is started again on the same ports and store,
+and the drain is sampled the same way (every 10% of the backlog delivered). The samples are
+printed (pytest -s) and are part of every RSS assertion message.
 
 Checked exactly, streaming the cloud's events in apply order (GET /api/events, in pages, with
 O(devices + high events) state, so the 10,000,000-event soak needs no list of all events):
 - apply indexes 1..N, one edge store, every (store id, seq) applied once; N == the edge's log;
 - every alarm and RPC response raised during the outage applied (none lost, none unknown), each
-  alarm with the seq its 201 named;
+  alarm with the seq its 201 named, each RPC response as the answer to its request (device,
+  requestUuid, requestId, expirationTime) carrying the device's answer;
 - high lane first: each of them applied before every outage telemetry event with a lower seq
   (all of which were pending when the link returned), and in fact before the first outage
   telemetry event at all;
 - per device: ADDED, CREDENTIALS_UPDATED, then values 0, 1, 2, ... each once, in posting order;
-- the edge: nothing pending or in flight, nothing dead, refused, evicted or answered 5xx.
+- the edge: nothing pending or in flight, nothing dead, refused, evicted or answered 404, 409
+  or 5xx; no RPC request open, each one QUEUED, DELIVERED and SUCCESSFUL once (its metrics);
+- the cloud: every RPC request SUCCESSFUL, with the device's answer (GET /api/rpc/{id}).
 
 RSS flat: the 100% sample, and the peak since the base sample (VmHWM, reset through
 /proc/<pid>/clear_refs at the base sample), within RSS_MARGIN_MIB of the base sample's VmRSS. The
@@ -39,18 +47,23 @@ resident. Anything kept per event (heap, or
 resident pages of the map) grows with the backlog instead: the bounded backlog is ~100 MiB on
 disk, so 80% of it stands well above the margin; at the soak size any growth does.
 
-Bounded: 200,000 telemetry events + 12,000 alarms and RPC responses (slow marker, < 3 min).
-Soak (`scripts/test --soak`): 10,000,000 telemetry events (a ship three days offline at
-40 events/s) + 20,000 alarms and RPC responses; LONG_OUTAGE_SOAK_EVENTS=N runs the soak test at
+Bounded: 200,000 telemetry events + 12,000 high-lane events: 11,000 alarms and 1,000 RPC
+responses (slow marker, < 3 min). Soak (`scripts/test --soak`): 10,000,000 telemetry events (a
+ship three days offline at 40 events/s) + 20,000 high-lane events: 19,000 alarms and 1,000 RPC
+responses. The RPC responses are a fraction of the high lane: each needs its request sent by the
+cloud before the outage. LONG_OUTAGE_SOAK_EVENTS=N runs the soak test at
 N telemetry events without --soak (e.g. to prove it works at a smaller size).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,12 +90,18 @@ RSS_MARGIN_MIB = 32.0
 PAGE = 20_000  # cloud events per GET /api/events page
 SOAK_ENV = "LONG_OUTAGE_SOAK_EVENTS"
 MIB = 1024.0
+RPC_METHOD = "setDefrost"
+RPC_EXPIRES_IN_MS = 7 * 24 * 3600 * 1000  # far beyond any run, the soak's included
+RPC_TIMEOUT_MS = 600_000  # the longest the cloud takes (expirationTime overrides it)
+RPC_POLL_MS = 10_000  # a device's poll; its request is already on the edge, so it answers at once
+MAX_RPC_LISTING = 10_000  # the edge's GET /api/rpc limit
 
 
 @dataclass(frozen=True)
 class Sizes:
     telemetry: int  # telemetry events posted during the outage
-    high: int  # alarms + RPC responses raised during the outage (half each)
+    high: int  # alarms + RPC responses raised during the outage
+    rpcs: int  # of which RPC responses (requests the cloud sent before the outage)
     per_post: int  # telemetry entries per HTTP post
     devices: int = 50
     clients: int = 5  # client threads; each owns devices/clients devices
@@ -91,9 +110,13 @@ class Sizes:
     def total(self) -> int:
         return self.telemetry + self.high
 
+    @property
+    def alarms(self) -> int:
+        return self.high - self.rpcs
 
-BOUNDED = Sizes(telemetry=200_000, high=12_000, per_post=20)
-SOAK = Sizes(telemetry=10_000_000, high=20_000, per_post=100)
+
+BOUNDED = Sizes(telemetry=200_000, high=12_000, rpcs=1_000, per_post=20)
+SOAK = Sizes(telemetry=10_000_000, high=20_000, rpcs=1_000, per_post=100)
 
 
 # -- the edge's memory ---------------------------------------------------------------------------
@@ -185,13 +208,36 @@ class RssWatch:
 # -- the devices ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RpcRequest:
+    """A persistent two-way RPC request the cloud sent a device before the outage."""
+
+    rpc_id: str  # the cloud's rpcId: the requestUuid of the downlink and of the answer
+    device_id: str
+    request_id: int  # the id the device sees: the cloud counts them per device from 1
+    params: dict[str, Any]
+    expiration_time: int
+
+
 @dataclass
 class Device:
     name: str
     id: str
     token: str
     next_value: int = 0  # telemetry values 0 .. next_value-1 were posted and answered 200
-    next_rpc: int = 1
+    rpcs: deque[RpcRequest] = field(default_factory=deque)  # sent to it, not answered yet
+
+
+@dataclass(frozen=True)
+class RpcAnswer:
+    request: RpcRequest
+    response: dict[str, Any]  # what the device answered (POST /rpc/{id} answered 200)
+
+    def applied_body(self) -> dict[str, Any]:
+        """The body of the cloud's RPC_CALL apply-log event for this answer."""
+        return {"requestId": self.request.request_id, "response": self.response, "error": "",
+                "requestUuid": self.request.rpc_id, "oneway": False,
+                "expirationTime": self.request.expiration_time}
 
 
 @dataclass
@@ -199,7 +245,7 @@ class Raised:
     """The high-lane events a client raised, as their answers described them."""
 
     alarms: dict[str, int] = field(default_factory=dict)  # alarm id -> seq (from the 201)
-    rpcs: set[tuple[str, int]] = field(default_factory=set)  # (device id, request id)
+    rpcs: dict[str, RpcAnswer] = field(default_factory=dict)  # rpc id -> the device's answer
 
 
 def reading(v: int) -> dict[str, Any]:
@@ -225,18 +271,20 @@ def interleave(posts: int, highs: int) -> Iterator[bool]:
 
 class Client(threading.Thread):
     """Posts one client's share of the outage, one request at a time: telemetry arrays to its
-    devices round-robin, interleaved with alarms and RPC responses. Stops at the first request
-    that is not answered 200/201 (recorded in `refused`)."""
+    devices round-robin, interleaved with alarms and RPC responses (alarms and RPC responses
+    interleaved evenly in turn, each kind to the client's devices round-robin). Stops at the
+    first request that is not answered as it must be (recorded in `refused`)."""
 
     SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING")
 
     def __init__(self, index: int, agent: Agent, devices: list[Device], posts: list[int],
-                 highs: int, abort: threading.Event) -> None:
+                 highs: int, rpcs: int, abort: threading.Event) -> None:
         super().__init__(name=f"outage-client-{index}", daemon=True)
         self.index = index
         self.devices = devices
         self.posts = posts
         self.highs = highs
+        self.rpcs = rpcs  # of the highs, RPC responses
         self.abort = abort
         self.http = HttpClient(agent.http_port, timeout=120.0)
         self.admin = HttpClient(agent.admin_port, timeout=120.0)
@@ -245,14 +293,25 @@ class Client(threading.Thread):
         self.refused: list[str] = []
         self.error: BaseException | None = None
 
+    def rpc_devices(self) -> Iterator[Device]:
+        """The device of each RPC response this client raises, in order."""
+        for r in range(self.rpcs):
+            yield self.devices[r % len(self.devices)]
+
     def run(self) -> None:
         try:
-            post = high = 0
+            post = high = alarm = rpc = 0
+            is_rpc = interleave(self.highs - self.rpcs, self.rpcs)
             for is_high in interleave(len(self.posts), self.highs):
                 if self.abort.is_set():
                     return
                 if is_high:
-                    ok = self._high(self.devices[high % len(self.devices)], high)
+                    if next(is_rpc):
+                        ok = self._rpc(self.devices[rpc % len(self.devices)], high)
+                        rpc += 1
+                    else:
+                        ok = self._alarm(self.devices[alarm % len(self.devices)], high)
+                        alarm += 1
                     high += 1
                 else:
                     ok = self._telemetry(self.devices[post % len(self.devices)], self.posts[post])
@@ -284,29 +343,44 @@ class Client(threading.Thread):
         self.done += count
         return True
 
-    def _high(self, dev: Device, n: int) -> bool:
-        if (n + self.index) % 2 == 0:
-            body = {"device": dev.id, "type": "overheat",
-                    "severity": self.SEVERITIES[n % len(self.SEVERITIES)], "details": {"n": n}}
-            try:
-                resp = self.admin.post_json("/api/alarms", body)
-            except NoAnswer as exc:
-                return self._refuse(f"alarm on {dev.name}", f"no answer ({exc})")
-            if resp.status != 201:
-                return self._refuse(f"alarm on {dev.name}", resp.status, resp.body)
-            answer = resp.json()
-            self.raised.alarms[str(answer["alarm_id"])] = int(answer["seq"])
-        else:
-            request_id = dev.next_rpc
-            try:
-                resp = self.http.post_json(f"/api/v1/{dev.token}/rpc/{request_id}",
-                                           {"result": "done", "n": n})
-            except NoAnswer as exc:
-                return self._refuse(f"rpc {request_id} of {dev.name}", f"no answer ({exc})")
-            if resp.status != 200:
-                return self._refuse(f"rpc {request_id} of {dev.name}", resp.status, resp.body)
-            dev.next_rpc += 1
-            self.raised.rpcs.add((dev.id, request_id))
+    def _alarm(self, dev: Device, n: int) -> bool:
+        body = {"device": dev.id, "type": "overheat",
+                "severity": self.SEVERITIES[n % len(self.SEVERITIES)], "details": {"n": n}}
+        try:
+            resp = self.admin.post_json("/api/alarms", body)
+        except NoAnswer as exc:
+            return self._refuse(f"alarm on {dev.name}", f"no answer ({exc})")
+        if resp.status != 201:
+            return self._refuse(f"alarm on {dev.name}", resp.status, resp.body)
+        answer = resp.json()
+        self.raised.alarms[str(answer["alarm_id"])] = int(answer["seq"])
+        self.done += 1
+        return True
+
+    def _rpc(self, dev: Device, n: int) -> bool:
+        """The device takes its next request (the oldest the cloud sent it) and answers it."""
+        if not dev.rpcs:
+            return self._refuse(f"rpc of {dev.name}", "no request left for it")
+        request = dev.rpcs[0]
+        what = f"rpc {request.request_id} of {dev.name}"
+        try:
+            resp = self.http.request("GET", f"/api/v1/{dev.token}/rpc?timeout={RPC_POLL_MS}")
+        except NoAnswer as exc:
+            return self._refuse(f"poll for {what}", f"no answer ({exc})")
+        if resp.status != 200:
+            return self._refuse(f"poll for {what}", resp.status, resp.body)
+        expected = {"id": request.request_id, "method": RPC_METHOD, "params": request.params}
+        if resp.json() != expected:
+            return self._refuse(f"poll for {what}", "another request", resp.body)
+        answer = {"result": "done", "request": request.request_id, "n": n}
+        try:
+            resp = self.http.post_json(f"/api/v1/{dev.token}/rpc/{request.request_id}", answer)
+        except NoAnswer as exc:
+            return self._refuse(what, f"no answer ({exc})")
+        if resp.status != 200:
+            return self._refuse(what, resp.status, resp.body)
+        dev.rpcs.popleft()
+        self.raised.rpcs[request.rpc_id] = RpcAnswer(request, answer)
         self.done += 1
         return True
 
@@ -314,14 +388,51 @@ class Client(threading.Thread):
 def plan_clients(agent: Agent, devices: list[Device], sizes: Sizes,
                  abort: threading.Event) -> list[Client]:
     """Split the outage over the clients: posts of sizes.per_post entries (the last one shorter)
-    and the high-lane events round-robin; client k owns devices k, k+clients, ..."""
+    and the high-lane events (RPC responses among them) round-robin; client k owns devices k,
+    k+clients, ..."""
     posts = [min(sizes.per_post, sizes.telemetry - start)
              for start in range(0, sizes.telemetry, sizes.per_post)]
     n = sizes.clients
     return [
-        Client(k, agent, devices[k::n], posts[k::n], len(range(k, sizes.high, n)), abort)
+        Client(k, agent, devices[k::n], posts[k::n], len(range(k, sizes.high, n)),
+               len(range(k, sizes.rpcs, n)), abort)
         for k in range(n)
     ]
+
+
+def send_rpc_requests(cloud: CloudProc, agent: Agent, clients: list[Client]) -> None:
+    """Before the outage: the cloud sends every RPC request the clients will answer (persistent,
+    two-way, expiring a week away), appended to each device's `rpcs`; returns once the edge
+    holds exactly these requests QUEUED and the cloud's downlink queue is empty."""
+    expires = int(time.time() * 1000) + RPC_EXPIRES_IN_MS
+    sent: list[RpcRequest] = []
+    with HttpClient(cloud.admin_port, timeout=60.0) as admin:
+        for client in clients:
+            for dev in client.rpc_devices():
+                params = {"zone": len(dev.rpcs) % 3, "n": len(dev.rpcs)}
+                body = {"method": RPC_METHOD, "params": params, "persistent": True,
+                        "timeout": RPC_TIMEOUT_MS, "expirationTime": expires}
+                resp = admin.post_json(f"/api/rpc/twoway/{dev.id}", body)
+                assert resp.status == 200, (dev.name, resp.status, resp.body)
+                answer = resp.json()
+                assert list(answer) == ["rpcId"], answer
+                assert resp.headers["x-rpc-id"] == answer["rpcId"], resp.headers
+                request = RpcRequest(answer["rpcId"], dev.id, len(dev.rpcs) + 1, params, expires)
+                dev.rpcs.append(request)
+                sent.append(request)
+    assert len(sent) <= MAX_RPC_LISTING, len(sent)
+    wait_until(lambda: edge_status(agent)["rpc_open"] == len(sent)
+               and cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=120,
+               what=f"the edge holds the {len(sent):,} RPC requests",
+               show=lambda: (edge_status(agent)["rpc_open"], cloud.edge_row(RK)))
+    resp = agent.admin("GET", f"/api/rpc?status=QUEUED&limit={MAX_RPC_LISTING}")
+    assert resp.status == 200, resp.body
+    # the edge keeps params as the cloud's JSON text (the device's poll gets them parsed)
+    held = sorted((r["device_id"], r["request_id"], r["request_uuid"], r["method"],
+                   json.loads(r["params"]), r["oneway"], r["expiration_time"])
+                  for r in resp.json())
+    assert held == sorted((r.device_id, r.request_id, r.rpc_id, RPC_METHOD, r.params, False,
+                           r.expiration_time) for r in sent)
 
 
 # -- checking what the cloud applied, streaming --------------------------------------------------
@@ -361,7 +472,7 @@ def verify_cloud(cloud: CloudProc, exp: Expected) -> dict[str, Any]:
     last_value = {d.id: -1 for d in exp.devices}
     lifecycle: dict[str, list[str]] = {d.id: [] for d in exp.devices}
     alarms_applied: set[str] = set()
-    rpcs_applied: set[tuple[str, int]] = set()
+    rpcs_applied: set[str] = set()
     applied = 0
     min_outage_ts_seq: int | None = None  # lowest seq of outage telemetry applied so far
     first_outage_ts: int | None = None  # apply index of the first outage telemetry
@@ -408,10 +519,17 @@ def verify_cloud(cloud: CloudProc, exp: Expected) -> dict[str, Any]:
                                 f"(its 201 said {exp.raised.alarms.get(entity)})")
                     alarms_applied.add(entity)
                 else:
-                    key = (entity, e["body"].get("requestId"))
-                    if key not in exp.raised.rpcs or key in rpcs_applied:
-                        problem("rpc response not raised (or twice)", f"apply {index}: {key}")
-                    rpcs_applied.add(key)
+                    rpc_id = e["body"].get("requestUuid")
+                    answered = exp.raised.rpcs.get(rpc_id)
+                    if answered is None or rpc_id in rpcs_applied:
+                        problem("rpc response not raised (or twice)",
+                                f"apply {index}: {entity} {e['body']}")
+                    elif (entity, e["body"]) != (answered.request.device_id,
+                                                 answered.applied_body()):
+                        problem("rpc response changed on the way",
+                                f"apply {index}: {entity} {e['body']}, answered "
+                                f"{answered.request.device_id} {answered.applied_body()}")
+                    rpcs_applied.add(rpc_id)
                 last_high = index
                 if min_outage_ts_seq is not None and min_outage_ts_seq < seq:
                     problem("high lane overtaken by older telemetry",
@@ -435,7 +553,7 @@ def verify_cloud(cloud: CloudProc, exp: Expected) -> dict[str, Any]:
             problem("telemetry lost", f"{d.name}: last value v{last_value[d.id]} applied, "
                                       f"v{d.next_value - 1} posted")
     lost_alarms = set(exp.raised.alarms) - alarms_applied
-    lost_rpcs = exp.raised.rpcs - rpcs_applied
+    lost_rpcs = set(exp.raised.rpcs) - rpcs_applied
     if lost_alarms:
         problem("alarms lost", f"{len(lost_alarms)}: {sorted(lost_alarms)[:5]}")
     if lost_rpcs:
@@ -449,6 +567,26 @@ def verify_cloud(cloud: CloudProc, exp: Expected) -> dict[str, Any]:
         f"- {kind}: {len(found)}, e.g. {found[:5]}" for kind, found in problems.items())
     return {"applied": applied, "alarms": len(alarms_applied), "rpcs": len(rpcs_applied),
             "last_high_apply": last_high, "first_outage_telemetry_apply": first_outage_ts}
+
+
+def verify_cloud_rpcs(cloud: CloudProc, raised: Raised) -> list[str]:
+    """Every RPC request as the cloud now has it (GET /api/rpc/{id}): SUCCESSFUL with the
+    device's answer; what is not, one line each."""
+    wrong: list[str] = []
+    with HttpClient(cloud.admin_port, timeout=60.0) as admin:
+        for rpc_id, answered in raised.rpcs.items():
+            resp = admin.request("GET", f"/api/rpc/{rpc_id}")
+            if resp.status != 200:
+                wrong.append(f"{rpc_id}: {resp.status} {resp.body[:200]!r}")
+                continue
+            rec = resp.json()
+            got = (rec["status"], rec["deviceId"]["id"], rec["requestId"], rec["response"],
+                   rec["error"])
+            want = ("SUCCESSFUL", answered.request.device_id, answered.request.request_id,
+                    answered.response, None)
+            if got != want:
+                wrong.append(f"{rpc_id}: {got}, expected {want}")
+    return wrong
 
 
 # -- the scenario --------------------------------------------------------------------------------
@@ -476,6 +614,9 @@ class Outcome:
     drain: RssWatch
     edge_queue: dict[str, Any]  # the edge's queue status after the drain
     edge_bad_metrics: dict[str, Any]  # refusal/eviction/dead-letter/5xx counters that are not 0
+    edge_rpc_metrics: dict[str, Any]  # edge_rpc_requests_total{status=...}
+    edge_rpc_open: int  # RPC requests the edge holds open (QUEUED or DELIVERED) after the drain
+    cloud_rpcs_wrong: list[str]  # RPC requests the cloud does not hold SUCCESSFUL with the answer
     expected_next_seq: int
     verify_error: AssertionError | None
     summary: dict[str, Any]
@@ -485,6 +626,7 @@ def run_long_outage(workdir: Path, sizes: Sizes) -> Outcome:
     """The whole scenario (see the module docstring). Raises on what makes the rest meaningless
     (a refused request, a phase past its deadline); records the rest in the Outcome."""
     assert sizes.high > THINGSBOARD_HIGH_QUEUE, sizes
+    assert 0 < sizes.rpcs <= min(sizes.high, MAX_RPC_LISTING), sizes
     t_start = time.monotonic()
     cloud = CloudProc(workdir / "cloud")
     agent = Agent(workdir / "edge", env=link_env(
@@ -510,14 +652,19 @@ def _scenario(cloud: CloudProc, agent: Agent, sizes: Sizes, t_start: float) -> O
         assert agent.post_telemetry(d.token, [{"ts": TS0, "values": reading(0)}]) == 200, d.name
         d.next_value = 1
     wait_drained(agent, timeout=120)
+    # The RPC requests the devices answer during the outage: sent by the cloud, held by the edge.
+    abort = threading.Event()
+    clients = plan_clients(agent, devices, sizes, abort)
+    t_rpc = time.monotonic()
+    send_rpc_requests(cloud, agent, clients)
+    print(f"rpc: {sizes.rpcs:,} requests sent by the cloud and held by the edge in "
+          f"{time.monotonic() - t_rpc:.1f}s", flush=True)
     boundary = int(edge_status(agent)["queue"]["next_seq"]) - 1
     assert boundary == 3 * sizes.devices, boundary
 
     # The outage: the cloud dies and stays down while the devices keep posting.
     cloud.kill9()
     wait_until(lambda: link_state(agent) != "CONNECTED", timeout=60, what="the edge noticed the outage")
-    abort = threading.Event()
-    clients = plan_clients(agent, devices, sizes, abort)
     outage = RssWatch(agent.pid, "outage", sizes.total, base_pct=20)
     t_fill = time.monotonic()
     for c in clients:
@@ -538,8 +685,9 @@ def _scenario(cloud: CloudProc, agent: Agent, sizes: Sizes, t_start: float) -> O
     raised = Raised()
     for c in clients:
         raised.alarms.update(c.raised.alarms)
-        raised.rpcs |= c.raised.rpcs
-    assert len(raised.alarms) + len(raised.rpcs) == sizes.high
+        raised.rpcs.update(c.raised.rpcs)
+    assert (len(raised.alarms), len(raised.rpcs)) == (sizes.alarms, sizes.rpcs)
+    assert [d.name for d in devices if d.rpcs] == []  # every request sent was answered
     assert sum(c.done for c in clients) == sizes.total
     assert sum(d.next_value - 1 for d in devices) == sizes.telemetry
 
@@ -563,7 +711,7 @@ def _scenario(cloud: CloudProc, agent: Agent, sizes: Sizes, t_start: float) -> O
 
     def drained() -> bool:
         last.update(edge_status(agent))
-        return last["queue"]["pending"] == 0 and last["link"].get("in_flight_messages") == 0
+        return bool(last["queue"]["pending"] == 0 and last["link"].get("in_flight_messages") == 0)
 
     _watch("the drain", drain, lambda: backlog - int(last["queue"]["pending"]), drained,
            timeout=max(300.0, backlog / 1000))
@@ -577,6 +725,7 @@ def _scenario(cloud: CloudProc, agent: Agent, sizes: Sizes, t_start: float) -> O
     queue, metrics = st["queue"], st["metrics"]
     never = ("edge_events_refused_total", "edge_events_evicted_total",
              "edge_events_dead_lettered_total", "edge_uplink_dead_letters_total",
+             "edge_http_requests_404_total", "edge_http_requests_409_total",
              "edge_http_requests_500_total", "edge_http_requests_503_total",
              "edge_http_requests_507_total")
     t_verify = time.monotonic()
@@ -592,12 +741,16 @@ def _scenario(cloud: CloudProc, agent: Agent, sizes: Sizes, t_start: float) -> O
               f"{time.monotonic() - t_verify:.1f}s", flush=True)
     except AssertionError as exc:
         verify_error = exc
+    cloud_rpcs_wrong = verify_cloud_rpcs(cloud, raised)
     assert agent.terminate() == 0, agent.stderr_text()[-4000:]
     assert cloud.terminate() == 0, cloud.stderr_text()[-4000:]
     print(f"scenario: {time.monotonic() - t_start:.1f}s", flush=True)
     return Outcome(
         sizes=sizes, outage=outage, drain=drain, edge_queue=dict(queue),
         edge_bad_metrics={k: metrics.get(k) for k in never if metrics.get(k)},
+        edge_rpc_metrics={k: v for k, v in metrics.items()
+                          if k.startswith("edge_rpc_requests_total")},
+        edge_rpc_open=int(st["rpc_open"]), cloud_rpcs_wrong=cloud_rpcs_wrong,
         expected_next_seq=boundary + sizes.total + 1, verify_error=verify_error,
         summary=summary)
 
@@ -615,19 +768,26 @@ def outage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         if not soak and not override:
             pytest.skip(f"10,000,000 events: run with --soak (or {SOAK_ENV}=N for N events)")
         if override:
-            sizes = Sizes(telemetry=int(override), high=SOAK.high, per_post=SOAK.per_post)
+            sizes = dataclasses.replace(SOAK, telemetry=int(override))
     return run_long_outage(tmp_path_factory.mktemp("long-outage"), sizes)
 
 
 def test_drain_high_lane_first_exactly_once(outage: Outcome) -> None:
     """Everything drained; the cloud applied each event once, alarms and RPC responses first,
-    per-device order kept; the edge refused, evicted and dead-lettered nothing."""
+    per-device order kept; the edge refused, evicted and dead-lettered nothing; every RPC request
+    went QUEUED, DELIVERED, SUCCESSFUL on the edge and is SUCCESSFUL in the cloud."""
     if outage.verify_error is not None:
         raise outage.verify_error
     q = outage.edge_queue
     assert (q["pending"], q["dead"], q["next_seq"]) == (0, 0, outage.expected_next_seq), q
     assert outage.edge_bad_metrics == {}, outage.edge_bad_metrics
-    assert outage.summary["alarms"] + outage.summary["rpcs"] == outage.sizes.high
+    sizes = outage.sizes
+    assert (outage.summary["alarms"], outage.summary["rpcs"]) == (sizes.alarms, sizes.rpcs)
+    assert outage.edge_rpc_open == 0
+    assert outage.edge_rpc_metrics == {
+        f'edge_rpc_requests_total{{status="{s}"}}': sizes.rpcs
+        for s in ("DELIVERED", "QUEUED", "SUCCESSFUL")}, outage.edge_rpc_metrics
+    assert outage.cloud_rpcs_wrong == [], outage.cloud_rpcs_wrong[:10]
 
 
 def test_outage_rss_flat(outage: Outcome) -> None:
