@@ -476,7 +476,7 @@ def phase_raw(opts: Options, workdir: Path) -> dict[str, Any]:
         written = 0
         t_fill = time.monotonic()
         while written < opts.raw_events:
-            group = []
+            group: list[Any] = []
             while written < opts.raw_events and len(group) < 50:
                 group.append(templates[(written // opts.batch) % len(templates)])
                 written += opts.batch
@@ -505,6 +505,7 @@ def phase_raw(opts: Options, workdir: Path) -> dict[str, Any]:
 
 
 def _drive_raw(opts: Options, link: Any, store: Any, log: Any) -> dict[str, Any]:
+    from edge_sync.common.wire import Owner, uuid_of
     from edge_sync.link.channel import Stream, make_channel
     from edge_sync.link.connection import EDGE_VERSION
     from edge_sync.link.packer import pack
@@ -566,6 +567,9 @@ def _drive_raw(opts: Options, link: Any, store: Any, log: Any) -> dict[str, Any]
         if not accepted.wait(30) or not connect or connect[0].responseCode != edge_pb2.ACCEPTED:
             raise PhaseError(f"raw client not accepted by the cloud: {errors or connect}")
         max_bytes = connect[0].maxInboundMessageSize or 4 * 1024 * 1024
+        conf = connect[0].configuration  # entity JSON owned as the edge would own it
+        owner = Owner.of(uuid_of(conf.tenantIdMSB, conf.tenantIdLSB),
+                         uuid_of(conf.customerIdMSB, conf.customerIdLSB))
         stream.send(edge_pb2.RequestMsg(msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
                                         syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=True)))
         if not synced.wait(30) or errors:
@@ -586,7 +590,8 @@ def _drive_raw(opts: Options, link: Any, store: Any, log: Any) -> dict[str, Any]
                 exhausted = True
                 slots.release()
                 break
-            packed = pack(events, max_bytes=max_bytes, max_events=opts.batch, ordered_peer=True)
+            packed = pack(events, max_bytes=max_bytes, max_events=opts.batch, ordered_peer=True,
+                          owner=owner)
             cursor.update(packed.last_seq)
             msg_id += 1
             packed.msg.uplinkMsgId = msg_id
