@@ -139,9 +139,7 @@ class DeviceHttpApi:
         raw_id = request.match_info["request_id"]
 
         def submit(token: str, body: Any) -> Future[range]:
-            if not raw_id.isdigit():
-                raise BadRequest(f"RPC request id {raw_id[:32]!r} is not a number")
-            return self._service.post_rpc_response(token, int(raw_id), body)
+            return self._service.post_rpc_response(token, _request_id(raw_id), body)
 
         return await self._write(request, "rpc response", submit)
 
@@ -219,6 +217,14 @@ class _TooLarge(Exception):
     def __init__(self, size: int | None, limit: int) -> None:
         what = f"body of {size} bytes" if size else "body"
         super().__init__(f"{what} is larger than the limit of {limit} bytes (http.max_body_bytes)")
+
+
+def _request_id(raw: str) -> int:
+    """An RPC request id of the path: ASCII digits within int32 (``str.isdigit`` alone takes
+    "²" or Arabic-Indic digits, and ``int()`` of thousands of digits is refused), else 400."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or int(raw) >= 2**31:
+        raise BadRequest(f"RPC request id {raw[:32]!r} is not a number 0..2147483647")
+    return int(raw)
 
 
 def _message(exc: BaseException) -> str:

@@ -284,6 +284,20 @@ def test_wrong_answers_get_a_clear_4xx_and_nothing_is_queued(harness: Harness) -
     assert event_count(app) == before
 
 
+def test_an_rpc_id_that_is_not_an_ascii_int32_is_refused_with_400(harness: Harness) -> None:
+    _fake, app = harness.connected_edge()
+    dev = make_device(app, "rpc-bad-id")
+    before = event_count(app)
+    # "²", Arabic-Indic "١٢" (str.isdigit takes both), 5,000 digits, just past int32
+    for raw in ("%C2%B2", "%D9%A1%D9%A2", "9" * 5000, "2147483648", "99999999999"):
+        status, _, body = http(app, "POST", f"/api/v1/{dev.token}/rpc/{raw}", {"x": 1})
+        assert (status, json.loads(body)["message"].endswith("is not a number 0..2147483647")) \
+            == (400, True), raw[:16]
+    status, _, body = http(app, "POST", f"/api/v1/{dev.token}/rpc/2147483647", {"x": 1})
+    assert status == 404
+    assert event_count(app) == before
+
+
 def test_a_one_way_request_is_successful_on_delivery(harness: Harness) -> None:
     fake, app = harness.connected_edge()
     dev = make_device(app, "rpc-oneway")
