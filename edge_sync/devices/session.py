@@ -33,14 +33,15 @@ class DeviceSession:
                     or self.fetch_waiters)
 
     def next_rpc_waiter(self) -> Subscriber | None:
-        """The oldest waiter still waiting, claimed for one request. A subscriber that stays
-        live after a claim (a connected transport's subscription) goes to the back of the line
-        for the next request; a long poll is done with one."""
+        """The newest waiter still waiting, claimed for one request (an older poll of the same
+        device is the likelier to be gone unnoticed: its device has polled again since). A
+        subscriber that stays live after a claim (a connected transport's subscription) goes to
+        the back of the line for the next request; a long poll is done with one."""
         while self.rpc_waiters:
-            waiter = self.rpc_waiters.popleft()
+            waiter = self.rpc_waiters.pop()
             if waiter.claim():
                 if waiter.live:
-                    self.rpc_waiters.append(waiter)
+                    self.rpc_waiters.appendleft(waiter)
                 return waiter
         return None
 

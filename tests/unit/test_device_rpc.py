@@ -266,3 +266,16 @@ def test_records_round_trip_in_arrival_order_and_finished_ones_are_purged(tmp_pa
         assert list(RpcStore(readonly).scan(txn)) == [a]
         assert RpcStore(readonly).open_requests(txn) == [a]
     readonly.close()
+
+
+def test_a_request_goes_to_the_newest_live_poll() -> None:
+    async def scenario() -> list[object]:
+        loop = asyncio.get_running_loop()
+        session = DeviceSession()
+        older, newer = LongPoll(loop), LongPoll(loop)
+        session.rpc_waiters += [older, newer]
+        assert session.next_rpc_waiter() is newer
+        assert session.next_rpc_waiter() is older and session.next_rpc_waiter() is None
+        return [newer.live, older.live]
+
+    assert asyncio.run(scenario()) == [False, False]
