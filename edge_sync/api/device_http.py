@@ -8,7 +8,8 @@ answered 408 with an empty body, as ThingsBoard does. Every refusal is logged on
 device (never the token) and counted.
 
 Long polls are futures of this server's loop (devices/subscribers.py), no thread each; when the
-server stops they are answered 503.
+server stops they are answered 503. A handler is cancelled when its client disconnects, so a
+closed poll stops waiting at once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from loguru import logger
 from edge_sync.api.device_service import DeviceService
 from edge_sync.api.payloads import parse_keys, parse_timeout
 from edge_sync.common.http_errors import error_response, status_of
+from edge_sync.common.http_host import HANDLER_CANCELLATION
 from edge_sync.common.json_body import parse_json
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Unauthorized, Unavailable
@@ -66,6 +68,9 @@ class DeviceHttpApi:
     def make_app(self) -> web.Application:
         """Runs on the host's loop thread."""
         app = web.Application(client_max_size=self._max_body + 1)
+        # a device that closes its connection cancels its handler: its long poll gives up its
+        # place at once (it would otherwise claim the next request until its timeout)
+        app[HANDLER_CANCELLATION] = True
         # a token may hold any character but '/' (aiohttp's default pattern also refuses '{}')
         app.router.add_post("/api/v1/{token:[^/]+}/telemetry", self._telemetry)
         app.router.add_post("/api/v1/{token:[^/]+}/attributes", self._post_attributes)

@@ -17,6 +17,13 @@ from loguru import logger
 from edge_sync.errors import EdgeSyncError
 from edge_sync.supervisor import ExitReporter
 
+HANDLER_CANCELLATION = web.AppKey("edge_sync.handler_cancellation", bool)
+"""Set True on an application whose handlers are to be cancelled when their client disconnects
+(aiohttp's ``handler_cancellation``, off by default): a long poll whose connection closed then
+stops waiting at once instead of holding its place until its timeout. Only for applications
+whose every handler may be cancelled at any await (the device API: a write it cancels is still
+committed, only its answer is dropped); the admin API keeps the default."""
+
 
 class HttpHost:
     def __init__(
@@ -82,8 +89,10 @@ class HttpHost:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        app = self._make_app()
         runner = web.AppRunner(
-            self._make_app(), access_log=None, handle_signals=False, shutdown_timeout=5.0
+            app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
+            handler_cancellation=app.get(HANDLER_CANCELLATION, False),
         )
         await runner.setup()
         try:

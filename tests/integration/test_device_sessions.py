@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -282,6 +283,25 @@ def test_wrong_answers_get_a_clear_4xx_and_nothing_is_queued(harness: Harness) -
     status, _, body = http(app, "POST", f"/api/v1/{dev.token}/rpc/5", {"x": 1})
     assert status == 409 and b"TIMEOUT" in body
     assert event_count(app) == before
+
+
+def test_a_poll_whose_connection_closed_gives_up_and_the_new_poll_gets_the_request(
+        harness: Harness) -> None:
+    fake, app = harness.connected_edge()
+    dev = make_device(app, "rpc-closed-poll")
+    with socket.create_connection(("127.0.0.1", app.http_port)) as sock:
+        sock.sendall(f"GET /api/v1/{dev.token}/rpc?timeout=30000 HTTP/1.1\r\nHost: edge\r\n"
+                     "\r\n".encode())
+        polls_open(app, 1)
+    # the device went away: its handler is cancelled and the poll stops waiting at once
+    wait_until(lambda: not app.device_api._polls, timeout=DEADLINE_S,
+               what="the closed poll given up")
+    live = in_thread(http, app, "GET", f"/api/v1/{dev.token}/rpc?timeout=20000")
+    polls_open(app, 1)
+    deliver(fake, rpc_downlink(fake, dev, 5, "reboot"))
+    status, _, body = live.result(DEADLINE_S)
+    assert (status, json.loads(body)) == (200, {"id": 5, "method": "reboot", "params": None})
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED]
 
 
 def test_an_rpc_id_that_is_not_an_ascii_int32_is_refused_with_400(harness: Harness) -> None:
