@@ -24,7 +24,7 @@ a bearer token when ``admin.token`` is set, no caching (answers carry edge secre
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -90,7 +90,7 @@ class CloudAdminApi:
         app.router.add_post("/api/edges", self._handler(self._create_edge))
         app.router.add_get("/api/devices", self._handler(self._devices))
         app.router.add_post("/api/devices", self._handler(self._create_device))
-        app.router.add_post("/api/attributes", self._handler(self._set_attributes))
+        app.router.add_post("/api/attributes", self._async_handler(self._set_attributes))
         app.router.add_get("/api/events", self._handler(self._events))
         app.router.add_get("/api/edges/{edge}/downlinks/parked", self._handler(self._parked))
         app.router.add_post("/api/edges/{edge}/sync",
@@ -111,13 +111,25 @@ class CloudAdminApi:
         """Read the body on the loop, run fn (blocking: LMDB, hashing) on a worker thread. A POST
         needs a JSON body unless ``body_optional`` (then an empty one is None)."""
 
+        async def on_thread(request: web.Request, body: Any) -> tuple[int, Any]:
+            return await asyncio.to_thread(fn, request, body)
+
+        return self._async_handler(on_thread, body_optional=body_optional)
+
+    def _async_handler(
+        self, fn: Callable[[web.Request, Any], Awaitable[tuple[int, Any]]], *,
+        body_optional: bool = False,
+    ) -> Callable[[web.Request], Any]:
+        """As _handler, for a coroutine function that does its blocking work on worker threads
+        itself."""
+
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
                 body = None
                 if request.method == "POST":
                     raw = await request.read()
                     body = parse_json(raw) if raw or not body_optional else None
-                status, out = await asyncio.to_thread(fn, request, body)
+                status, out = await fn(request, body)
             except web.HTTPRequestEntityTooLarge:
                 return error_response(413, "body too large")
             except Exception as exc:
@@ -173,7 +185,10 @@ class CloudAdminApi:
             token=b.get("token"))
         return 201, {**device.as_json(with_token=True), "downlinks": numbers}
 
-    def _set_attributes(self, request: web.Request, body: Any) -> tuple[int, Any]:
+    async def _set_attributes(self, request: web.Request, body: Any) -> tuple[int, Any]:
+        """Checked and looked up on a worker thread; the write committed with the others that
+        arrive meanwhile (group commit: no thread held while the disk syncs); answered once
+        committed."""
         b = _fields(body, {"device", "edge", "values", "key", "value"}, "device, edge, values")
         values = b.get("values")
         if "key" in b:
@@ -182,7 +197,12 @@ class CloudAdminApi:
             if "value" not in b:
                 raise BadRequest("key given without value")
             values = {b["key"]: b["value"]}
-        device, number = self._service.set_attributes(b.get("device"), values, edge_ref=b.get("edge"))
+        prepared = await asyncio.to_thread(self._service.prepare_attributes, b.get("device"),
+                                           values, edge_ref=b.get("edge"))
+        number = await asyncio.wrap_future(self._service.store.submit_shared_attributes(
+            prepared.device, prepared.values, prepared.ts, prepared.downlink))
+        self._service.attributes_set(prepared, number)
+        device = prepared.device
         return 200, {"device": str(device.id), "name": device.name, "edge_id": str(device.edge_id),
                      "values": values, "downlink": number}
 

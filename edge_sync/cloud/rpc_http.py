@@ -14,7 +14,8 @@
 Every POST answer carries the request's id in the header X-Rpc-Id. Bad bodies 400, an unknown
 device 404 (the admin API's JSON error shape).
 
-A two-way call waits on an asyncio future (rpc_waiters.py), never on a thread of its own.
+A two-way call waits on an asyncio future (rpc_waiters.py), never on a thread of its own; its
+durable write is committed together with the others arriving meanwhile (group_commit.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
+from edge_sync.cloud import downlinks
 from edge_sync.cloud.rpc import RestAnswer, RpcRecord, final_answer, submitted_answer
 from edge_sync.cloud.rpc_service import RpcService
 from edge_sync.common.http_errors import error_response, status_of
@@ -61,9 +63,14 @@ class RpcRoutes:
         try:
             try:
                 body = parse_json(await request.read())
-                record = await asyncio.to_thread(
-                    self._rpc.submit, request.match_info["device"], body, oneway=oneway,
+                record, device = await asyncio.to_thread(
+                    self._rpc.prepare, request.match_info["device"], body, oneway=oneway,
                     edge_ref=request.query.get("edge") or None, rpc_id=rpc_id)
+                # committed with the requests that arrive meanwhile (group commit): no thread
+                # is held while the disk syncs
+                record = await asyncio.wrap_future(
+                    self._rpc.store.submit_rpc(record, downlinks.device_rpc_request))
+                self._rpc.submitted(record, device)
             except web.HTTPRequestEntityTooLarge:
                 return error_response(413, "body too large")
             except Exception as exc:

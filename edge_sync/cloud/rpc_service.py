@@ -20,6 +20,7 @@ from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.cloud import downlinks, rpc
+from edge_sync.cloud.records import CloudDevice
 from edge_sync.cloud.rpc import RpcRecord, RpcStatus
 from edge_sync.cloud.rpc_waiters import RpcWaiters
 from edge_sync.cloud.service import CloudService
@@ -59,6 +60,17 @@ class RpcService:
         """Check the body, store the request and queue its downlink for the device's edge (one
         transaction), wake the edge's stream. A request whose expirationTime has already passed
         is stored EXPIRED and queues nothing (ThingsBoard records it so and never sends it)."""
+        record, device = self.prepare(device_ref, body, oneway=oneway, edge_ref=edge_ref,
+                                      rpc_id=rpc_id)
+        stored = self.store.add_rpc(record, downlinks.device_rpc_request)
+        self.submitted(stored, device)
+        return stored
+
+    def prepare(self, device_ref: object, body: Any, *, oneway: bool, edge_ref: object = None,
+                rpc_id: uuid.UUID | None = None) -> tuple[RpcRecord, CloudDevice]:
+        """The first half of submit (blocking: reads): the body checked, the device found, the
+        record to store. The admin API then submits the write (store.submit_rpc, committed with
+        others) and calls ``submitted``."""
         now = self.clock.now_ms()
         call = rpc.parse_call(body, oneway=oneway, now_ms=now)
         device = self.service.device(device_ref, edge_ref)
@@ -69,19 +81,21 @@ class RpcService:
             persistent=call.persistent, expiration_time=call.expiration_time, created_time=now,
             status=status, updated_time=now, retries=call.retries,
             additional_info=call.additional_info)
-        stored = self.store.add_rpc(record, downlinks.device_rpc_request)
+        return record, device
+
+    def submitted(self, stored: RpcRecord, device: CloudDevice) -> None:
+        """After the request was committed: count and log it, wake the edge's stream."""
         self.waiters.counters.inc(self.waiters.counters.rpc_requests)
         _log.bind(rpc_id=str(stored.id), device_id=str(device.id), device=device.name,
-                  edge_id=str(device.edge_id), method=call.method, oneway=call.oneway,
-                  persistent=call.persistent, request_id=stored.request_id,
-                  expiration_time=call.expiration_time, downlink=stored.downlink,
+                  edge_id=str(device.edge_id), method=stored.method, oneway=stored.oneway,
+                  persistent=stored.persistent, request_id=stored.request_id,
+                  expiration_time=stored.expiration_time, downlink=stored.downlink,
                   status=str(stored.status)).info(
             "rpc {} to device {}: {}", stored.id, device.name, stored.status)
         if stored.status.final:
             self.waiters.counters.inc(self.waiters.counters.rpc_expired)
         else:
             self.service.wake(device.edge_id)
-        return stored
 
     def get(self, rpc_ref: object) -> RpcRecord:
         """A request by id; one whose expirationTime passed without a final status is settled

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
@@ -68,6 +69,16 @@ def check_attribute_values(values: Any) -> dict[str, Any]:
             continue
         raise BadRequest(f"attribute {key!r}: unsupported value {value!r}")
     return dict(values)
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeSet:
+    """Shared attributes checked and ready to store (prepare_attributes), with their downlink."""
+
+    device: CloudDevice
+    values: dict[str, Any]
+    ts: int
+    downlink: bytes
 
 
 class CloudService:
@@ -215,15 +226,27 @@ class CloudService:
         self, device_ref: object, values: object, *, edge_ref: object = None
     ) -> tuple[CloudDevice, int]:
         """Set shared attributes of a device and queue their downlink; (device, number)."""
+        prepared = self.prepare_attributes(device_ref, values, edge_ref=edge_ref)
+        number = self.store.set_shared_attributes(prepared.device, prepared.values, prepared.ts,
+                                                  prepared.downlink)
+        self.attributes_set(prepared, number)
+        return prepared.device, number
+
+    def prepare_attributes(self, device_ref: object, values: object, *,
+                           edge_ref: object = None) -> AttributeSet:
+        """The first half of set_attributes (blocking: reads): check the values, find the
+        device, build the downlink. The admin API then submits the write
+        (store.submit_shared_attributes, committed with others) and calls attributes_set."""
         checked = check_attribute_values(values)
         device = self.device(device_ref, edge_ref)
         ts = self.clock.now_ms()
-        number = self.store.set_shared_attributes(
-            device, checked, ts, downlinks.shared_attributes(device, checked, ts))
-        _log.bind(device_id=str(device.id), keys=sorted(checked), downlink=number).info(
-            "shared attributes set")
-        self._wake(device.edge_id)
-        return device, number
+        return AttributeSet(device, checked, ts, downlinks.shared_attributes(device, checked, ts))
+
+    def attributes_set(self, prepared: AttributeSet, number: int) -> None:
+        """After the write committed: log it and wake the edge's stream."""
+        _log.bind(device_id=str(prepared.device.id), keys=sorted(prepared.values),
+                  downlink=number).info("shared attributes set")
+        self._wake(prepared.device.edge_id)
 
     # -- views -----------------------------------------------------------------------------------
 

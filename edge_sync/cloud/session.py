@@ -25,7 +25,7 @@ import grpc
 from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.cloud import downlinks, full_sync, requests, rpc_batch, uplink_kinds
+from edge_sync.cloud import downlink_batch, downlinks, full_sync, requests, uplink_kinds
 from edge_sync.cloud.counters import CloudCounters
 from edge_sync.cloud.records import EdgeRecord, QueuedDownlink, downlink_msg_id
 from edge_sync.cloud.registry import StreamRegistry
@@ -106,8 +106,9 @@ class StreamSession:
         self._counters = counters if counters is not None else CloudCounters()
         self._rpc = rpc if rpc is not None else RpcService(service, clock=clock)
         self._batch: list[QueuedDownlink] = []
-        """The queued downlinks the one in flight carries (several RPC requests together)."""
-        self._single_until = 0  # after a refused batch, RPC requests up to it go one by one
+        """The queued downlinks the one in flight carries (several RPC requests, or several
+        attribute updates, together: downlink_batch.py)."""
+        self._single_until = 0  # after a refused batch, downlinks up to it go one by one
         self._sent_rpcs: list[uuid.UUID] = []  # RPC requests just sent: SENT once they are out
         self._deadline = 0.0
         self._look = False  # look at the durable queue at the next chance
@@ -400,25 +401,27 @@ class StreamSession:
                     return None
             if not self._too_large(nxt) and not self._rpc_expired(nxt):
                 break
-        self._batch = self._rpc_batch(nxt) if nxt.durable else []
-        nxt = rpc_batch.combined(self._batch) if len(self._batch) > 1 else nxt
+        self._batch = self._batch_for(nxt) if nxt.durable else []
+        nxt = downlink_batch.combined(self._batch) if len(self._batch) > 1 else nxt
         self._inflight, self._deadline, self._refusals = nxt, now + timeout, 0
         self._stats["downlinks_sent"] += 1
         self._log.bind(downlink_id=nxt.msg_id, content=downlinks.describe(nxt.payload),
-                       rpc_requests=len(self._batch) if len(self._batch) > 1 else None).info(
+                       batched=len(self._batch) if len(self._batch) > 1 else None).info(
             "downlink sent")
         self._sent_rpcs = [rpc_id for _, rpc_id in self._rpc_requests(self._batch)]
         return self._send(nxt)
 
-    def _rpc_batch(self, head: QueuedDownlink) -> list[QueuedDownlink]:
-        """``head`` and the RPC requests queued right after it that travel with it (one by one
-        after a refused batch)."""
+    def _batch_for(self, head: QueuedDownlink) -> list[QueuedDownlink]:
+        """``head`` and the downlinks of its kind (RPC requests, attribute updates) queued right
+        after it that travel with it (one by one after a refused batch)."""
         assert self.edge_id is not None
-        if head.number <= self._single_until or downlinks.rpc_request_of(head.payload) is None:
+        if head.number <= self._single_until or downlink_batch.kind_of(head) is None:
             return [head]
-        following = self._store.queued_after(self.edge_id, head.number, rpc_batch.MAX_BATCH - 1)
+        following = self._store.queued_after(self.edge_id, head.number,
+                                             downlink_batch.MAX_BATCH - 1)
         limit = self._edge_max_inbound or self._settings.max_inbound_message_size
-        return rpc_batch.batch_of(head, following, now_ms=self._clock.now_ms(), max_bytes=limit)
+        return downlink_batch.batch_of(head, following, now_ms=self._clock.now_ms(),
+                                       max_bytes=limit)
 
     @staticmethod
     def _rpc_requests(items: list[QueuedDownlink]) -> list[tuple[int, uuid.UUID]]:
@@ -507,11 +510,11 @@ class StreamSession:
                     "resent after the timeout, not counted towards parking")
                 return
             if len(self._batch) > 1:
-                # one of its requests may be the cause: they go again one by one, at once, so
-                # a bad one is refused (and parked) alone
+                # one of its parts may be the cause: they go again one by one, at once, so a
+                # bad one is refused (and parked) alone
                 self._single_until = self._batch[-1].number
-                log.bind(error=resp.errorMsg, rpc_requests=len(self._batch)).warning(
-                    "downlink of {} RPC requests refused by the edge; sent again one by one",
+                log.bind(error=resp.errorMsg, batched=len(self._batch)).warning(
+                    "downlink of {} batched downlinks refused by the edge; sent again one by one",
                     len(self._batch))
                 self._inflight, self._batch, self._look = None, [], True
                 return
@@ -533,6 +536,8 @@ class StreamSession:
             carried = self._rpc_requests(self._batch)
             if carried:  # out of the queue and DELIVERED, in one transaction
                 self._rpc.acknowledged(self.edge_id, carried)
+            elif len(self._batch) > 1:  # attribute updates: out of the queue together
+                self._store.remove_downlinks(self.edge_id, [b.number for b in self._batch])
             else:
                 self._store.remove_downlink(self.edge_id, item.number)
         self._inflight, self._batch, self._look = None, [], True

@@ -50,6 +50,7 @@ import dataclasses
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ import lmdb
 
 from edge_sync.cloud import downlinks as downlink_msgs
 from edge_sync.cloud import rpc, rpc_table
+from edge_sync.cloud.group_commit import GroupCommit
 from edge_sync.cloud.records import (
     AppliedRecord,
     CloudDevice,
@@ -170,6 +172,8 @@ class CloudStore:
         self.path = self.lmdb.path
         self._db = self.lmdb.dbs
         self._rpc_db = self._open_rpcs(readonly)
+        self.commits = GroupCommit(self.lmdb)
+        """The operator's writes (shared attributes, RPC requests): grouped, one fsync a group."""
         if not readonly:
             self.lmdb.write(self._ensure_tenant)
 
@@ -192,6 +196,7 @@ class CloudStore:
         return db
 
     def close(self) -> None:
+        self.commits.close()
         self.lmdb.close()
 
     @contextmanager
@@ -585,7 +590,13 @@ class CloudStore:
 
     def set_shared_attributes(self, device: CloudDevice, values: Mapping[str, Any], ts: int,
                               downlink: bytes) -> int:
-        """Store the values and queue their downlink in one transaction; the downlink number."""
+        """Store the values and queue their downlink in one transaction (shared with other
+        writes submitted meanwhile: group_commit.py); the downlink number."""
+        return self.submit_shared_attributes(device, values, ts, downlink).result()
+
+    def submit_shared_attributes(self, device: CloudDevice, values: Mapping[str, Any], ts: int,
+                                 downlink: bytes) -> Future[int]:
+        """set_shared_attributes(), its number in a future resolved once committed."""
         packed = []
         for key, value in values.items():
             try:
@@ -600,7 +611,7 @@ class CloudStore:
                 txn.put(key, value, db=self._db["attributes"])
             return self._enqueue(txn, device.edge_id, [downlink])[0]
 
-        return self.lmdb.write(fn)
+        return self.commits.submit(fn)
 
     def shared_attributes(self, device_id: uuid.UUID) -> dict[str, Any]:
         with self._read() as txn:
@@ -642,10 +653,22 @@ class CloudStore:
     def add_rpc(self, record: rpc.RpcRecord,
                 downlink: Callable[[rpc.RpcRecord], bytes] | None) -> rpc.RpcRecord:
         """Store a new request, with the device's next requestId, and queue its downlink
-        (``downlink(record)``, the serialized DownlinkMsg) in the same transaction; a final
-        record (expired at once) or ``downlink`` None queues nothing. The stored record."""
+        (``downlink(record)``, the serialized DownlinkMsg) in the same transaction (shared with
+        other writes submitted meanwhile: group_commit.py); a final record (expired at once) or
+        ``downlink`` None queues nothing. The stored record."""
+        return self.submit_rpc(record, downlink).result()
+
+    def submit_rpc(self, record: rpc.RpcRecord,
+                   downlink: Callable[[rpc.RpcRecord], bytes] | None) -> Future[rpc.RpcRecord]:
+        """add_rpc(), the stored record in a future resolved once committed."""
 
         def fn(txn: lmdb.Transaction) -> rpc.RpcRecord:
+            try:
+                return add(txn)
+            except Unstorable as exc:
+                raise BadRequest(f"rpc request cannot be stored: {exc}") from exc
+
+        def add(txn: lmdb.Transaction) -> rpc.RpcRecord:
             if txn.get(record.id.bytes, db=self._rpc_db) is not None:
                 raise Conflict(f"rpc id {record.id} already exists")
             if self._device(txn, record.device_id) is None:
@@ -662,10 +685,7 @@ class CloudStore:
 
         if self._rpc_db is None:
             raise StorageError("store opened read-only")
-        try:
-            return self.lmdb.write(fn)
-        except Unstorable as exc:
-            raise BadRequest(f"rpc request cannot be stored: {exc}") from exc
+        return self.commits.submit(fn)
 
     def rpc_record(self, rpc_id: uuid.UUID) -> rpc.RpcRecord | None:
         with self._read() as txn:
@@ -766,6 +786,16 @@ class CloudStore:
         key = edge_id.bytes + codec.u64(number)
         return bool(self.lmdb.write(lambda txn: txn.delete(key, db=self._db["downlinks"]),
                                     maintenance=True))  # frees room: allowed on a full disk
+
+    def remove_downlinks(self, edge_id: uuid.UUID, numbers: Sequence[int]) -> int:
+        """Remove acknowledged downlinks (that travelled together) in one transaction; how many
+        were still queued."""
+        keys = [edge_id.bytes + codec.u64(n) for n in numbers]
+
+        def fn(txn: lmdb.Transaction) -> int:
+            return sum(1 for key in keys if txn.delete(key, db=self._db["downlinks"]))
+
+        return int(self.lmdb.write(fn, maintenance=True)) if keys else 0
 
     def park_downlink(self, edge_id: uuid.UUID, item: QueuedDownlink, *, cause: str, error: str,
                       attempts: int, now_ms: int) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from edge_sync.cloud import downlinks, rpc, rpc_batch
+from edge_sync.cloud import downlink_batch, downlinks, rpc
 from edge_sync.cloud.records import QueuedDownlink
 from edge_sync.cloud.rpc import Answer, AnswerKind, RestAnswer, RpcRecord, RpcStatus
 from edge_sync.cloud.service import CloudService
@@ -304,26 +304,26 @@ def _queued(number: int, *, expires: int = NOW + 10_000, params: object = None) 
 
 def test_a_batch_takes_the_rpc_requests_that_follow_the_head():
     head, following = _queued(1), [_queued(2), _queued(3)]
-    got = rpc_batch.batch_of(head, following, now_ms=NOW, max_bytes=1 << 20)
+    got = downlink_batch.batch_of(head, following, now_ms=NOW, max_bytes=1 << 20)
     assert [q.number for q in got] == [1, 2, 3]
-    msg = edge_pb2.DownlinkMsg.FromString(rpc_batch.combined(got).payload)
+    msg = edge_pb2.DownlinkMsg.FromString(downlink_batch.combined(got).payload)
     assert [c.requestId for c in msg.deviceRpcCallMsg] == [1, 2, 3]
-    assert rpc_batch.combined(got).number == 1
-    assert rpc_batch.combined([head]) is head
+    assert downlink_batch.combined(got).number == 1
+    assert downlink_batch.combined([head]) is head
 
 
 def test_a_batch_stops_at_what_cannot_go_with_it():
     head = _queued(1)
     other = QueuedDownlink(2, 2, downlinks.sync_completed())
-    assert [q.number for q in rpc_batch.batch_of(head, [other, _queued(3)], now_ms=NOW,
+    assert [q.number for q in downlink_batch.batch_of(head, [other, _queued(3)], now_ms=NOW,
                                                   max_bytes=1 << 20)] == [1]
     expired = _queued(2, expires=NOW - 1)
-    assert [q.number for q in rpc_batch.batch_of(head, [expired, _queued(3)], now_ms=NOW,
+    assert [q.number for q in downlink_batch.batch_of(head, [expired, _queued(3)], now_ms=NOW,
                                                   max_bytes=1 << 20)] == [1]
-    assert [q.number for q in rpc_batch.batch_of(head, [_queued(n) for n in range(2, 10)],
+    assert [q.number for q in downlink_batch.batch_of(head, [_queued(n) for n in range(2, 10)],
                                                   now_ms=NOW, max_bytes=1 << 20,
                                                   max_count=3)] == [1, 2, 3]
     big = _queued(2, params="x" * 2000)
-    assert [q.number for q in rpc_batch.batch_of(head, [big], now_ms=NOW,
+    assert [q.number for q in downlink_batch.batch_of(head, [big], now_ms=NOW,
                                                   max_bytes=len(head.payload) + 1000)] == [1]
-    assert rpc_batch.batch_of(other, [head], now_ms=NOW, max_bytes=1 << 20) == [other]
+    assert downlink_batch.batch_of(other, [head], now_ms=NOW, max_bytes=1 << 20) == [other]

@@ -709,3 +709,24 @@ def test_a_burst_is_answered_in_order_and_a_bad_downlink_in_it_fails_alone(rig: 
     assert [rig.attributes(d, Scope.SHARED) for d in devices] == [
         {} if i == 7 else {"n": i} for i in range(20)]
     assert len(rig.notified) == 19
+
+
+def test_a_batch_of_attribute_updates_is_applied_at_once_and_each_device_told_its_keys(
+        rig: Rig) -> None:
+    """The cloud sends consecutive attribute updates as one DownlinkMsg with many entityData:
+    applied in one transaction, each device told its own changed keys (two updates of one
+    device: the last value wins, as one by one)."""
+    devices = [uuid.UUID(int=1000 + i) for i in range(50)]
+    batch = edge_pb2.DownlinkMsg(downlinkMsgId=90)
+    for i, dev in enumerate(devices):
+        batch.entityData.extend(shared_msg(0, dev, {"setpoint": i}).entityData)
+    batch.entityData.extend(shared_msg(0, devices[0], {"setpoint": -1, "mode": "eco"}).entityData)
+    reply = rig.apply(batch)
+    assert (reply.success, reply.downlink_id, reply.duplicate) == (True, 90, False)
+    assert rig.count("edge_downlinks_applied_total") == 1
+    assert [rig.attributes(dev, Scope.SHARED) for dev in devices] == (
+        [{"setpoint": -1, "mode": "eco"}] + [{"setpoint": i} for i in range(1, 50)])
+    assert rig.notified == (
+        [SharedAttributesApplied(devices[0], (("setpoint", -1), ("mode", "eco")))]
+        + [SharedAttributesApplied(dev, (("setpoint", i),)) for i, dev in enumerate(devices)
+           if i > 0])
