@@ -73,6 +73,27 @@ class EntityActor:
         """The earliest expirationTime of the device's open RPC requests (ms since the epoch)."""
         return self.session.rpc.next_deadline() if self.session is not None else None
 
+    def abandon_waiters(self, error: BaseException) -> int:
+        """The shard stops or failed: every device waiting here is told ``error`` at once (a
+        long poll answers 503, "poll again") instead of waiting for its timeout; a read waiting
+        for shared attributes from the cloud answers what the store holds. How many."""
+        session = self.session
+        if session is None:
+            return 0
+        count = 0
+        for waiter in (*session.rpc_waiters, *session.attribute_waiters):
+            if waiter.claim():
+                waiter.fail(error)
+                count += 1
+        for waiter in session.fetch_waiters:
+            if waiter.claim():
+                waiter.resolve(False)
+                count += 1
+        session.rpc_waiters.clear()
+        session.attribute_waiters.clear()
+        session.fetch_waiters.clear()
+        return count
+
     def _session(self) -> DeviceSession:
         if self.session is None:
             self.session = DeviceSession()

@@ -16,11 +16,12 @@ import time
 import uuid
 import zlib
 from collections.abc import Sequence
+from types import TracebackType
 from typing import Any
 
 from loguru import logger
 
-from edge_sync.actors.address import Address
+from edge_sync.actors.address import Address, fail_subscriber
 from edge_sync.actors.deadline_timer import DeadlineTimer
 from edge_sync.actors.entity import EntityActor
 from edge_sync.actors.messages import (
@@ -34,7 +35,7 @@ from edge_sync.actors.messages import (
 )
 from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.errors import InjectedFault
+from edge_sync.errors import InjectedFault, Unavailable
 from edge_sync.metrics import Metrics
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.rpc_store import RpcStore
@@ -106,10 +107,37 @@ class ShardActor(SupervisedActor):
 
     def on_stop(self) -> None:
         """Actor thread."""
+        self._wind_down("stopping")
+
+    def on_failure(self, exception_type: type[BaseException] | None,
+                   exception_value: BaseException | None,
+                   traceback: TracebackType | None) -> None:
+        """Actor thread, after an unhandled exception: the entities (and who waits on them) are
+        lost with this incarnation; its successor loads the open RPC requests again."""
+        self._wind_down("restarting")
+
+    def fail_pending_messages(self, exc: BaseException) -> None:
+        """A poll still in the inbox is answered too, not only the replies."""
+        error = Unavailable(f"shard-{self.index} is restarting; poll again")
+        pending = []
+        while not self.actor_inbox.empty():
+            pending.append(self.actor_inbox.get())
+        for envelope in pending:
+            fail_subscriber(getattr(envelope.message, "subscriber", None), error)
+            self.actor_inbox.put(envelope)
+        super().fail_pending_messages(exc)
+
+    def _wind_down(self, why: str) -> None:
+        """Stop the timers, and answer every device waiting on an entity of this shard at once
+        (503, "poll again"): nobody would wake them once this incarnation is gone."""
         if self._ticker:
             self._ticker.stop()
         if self._timer:
             self._timer.stop()
+        error = Unavailable(f"shard-{self.index} is {why}; poll again")
+        told = sum(entity.abandon_waiters(error) for entity in self._entities.values())
+        if told:
+            self._log.bind(polls=told).warning("{} waiting polls answered: shard {}", told, why)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, PassivateIdle):

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edge_sync.actors.shard import shard_of
 from edge_sync.app import EdgeApp
 from edge_sync.common.wire import uuid_halves
 from edge_sync.config import load_edge_config
@@ -365,6 +366,29 @@ def test_a_poll_waiting_when_the_agent_stops_is_answered_503(harness: Harness) -
     harness.stop(app)
     assert poll.result(DEADLINE_S)[0] == 503
     assert time.monotonic() - started < 5
+
+
+def test_polls_waiting_on_a_shard_that_crashes_are_answered_503_at_once(harness: Harness) -> None:
+    fake, app = harness.connected_edge()
+    dev = make_device(app, "shard-crash")
+    rpc_poll = in_thread(http, app, "GET", f"/api/v1/{dev.token}/rpc?timeout=60000")
+    updates = in_thread(http, app, "GET", f"/api/v1/{dev.token}/attributes/updates?timeout=60000")
+    polls_open(app, 2)
+    started = time.monotonic()
+    assert app._crash(f"shard-{shard_of(dev.id, 2)}")
+    for poll in (rpc_poll, updates):
+        status, _, body = poll.result(DEADLINE_S)
+        assert (status, b"poll again" in body) == (503, True)
+    assert time.monotonic() - started < 5
+    # the restarted shard serves the device's next poll
+    again = wait_until(lambda: app.readiness()[f"shard-{shard_of(dev.id, 2)}"], timeout=DEADLINE_S,
+                       what="the shard restarted")
+    assert again
+    live = in_thread(http, app, "GET", f"/api/v1/{dev.token}/rpc?timeout=20000")
+    polls_open(app, 1)
+    deliver(fake, rpc_downlink(fake, dev, 8, "reboot"))
+    status, _, body = live.result(DEADLINE_S)
+    assert (status, json.loads(body)["id"]) == (200, 8)
 
 
 # -- shared attributes to devices ----------------------------------------------------------------
