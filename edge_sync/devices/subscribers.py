@@ -36,20 +36,26 @@ class Subscriber(Protocol):
         """The claimed result could not be produced."""
         ...
 
+    def release(self) -> None:
+        """The claim brought nothing after all (the request expired on its way): wait on."""
+        ...
+
 
 _WAITING, _CLAIMED, _DONE = 0, 1, 2
+_NOTHING = object()  # what a released poll whose time ran out meanwhile is resolved with
 
 
 class LongPoll:
     """A one-shot Subscriber backed by a future of the loop that created it."""
 
-    __slots__ = ("_future", "_lock", "_loop", "_state")
+    __slots__ = ("_future", "_lock", "_loop", "_state", "_timed_out")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._future: asyncio.Future[Any] = loop.create_future()
         self._lock = threading.Lock()
         self._state = _WAITING
+        self._timed_out = False  # loop side: its time ran out while it was claimed
 
     @property
     def live(self) -> bool:
@@ -75,6 +81,19 @@ class LongPoll:
         if self.give_up() and not self._future.done():
             self._future.set_exception(exc)
 
+    def release(self) -> None:
+        """Actor side, after a claim: no result comes after all; the poll waits on (it may be
+        claimed again at once), or ends as timed out if its time ran out meanwhile."""
+        with self._lock:
+            if self._state != _CLAIMED:
+                return
+            self._state = _WAITING
+        self._call(self._after_release, None)
+
+    def _after_release(self, _value: Any) -> None:
+        if self._timed_out and self.give_up() and not self._future.done():
+            self._future.set_result(_NOTHING)
+
     def resolve(self, value: Any) -> None:
         self._call(self._set_result, value)
 
@@ -89,7 +108,9 @@ class LongPoll:
             return True, await asyncio.wait_for(asyncio.shield(self._future), timeout_s)
         except TimeoutError:
             if self._future.done() or not self.give_up():
-                return True, await self._future
+                self._timed_out = True
+                value = await self._future
+                return (False, None) if value is _NOTHING else (True, value)
             return False, None
         except asyncio.CancelledError:
             self.give_up()

@@ -206,6 +206,9 @@ class Subscription:
     def fail(self, exc: BaseException) -> None:
         self.got.append(exc)
 
+    def release(self) -> None:
+        pass
+
 
 def test_a_subscription_stays_for_every_update_and_takes_its_turn_for_requests() -> None:
     session = DeviceSession()
@@ -279,3 +282,18 @@ def test_a_request_goes_to_the_newest_live_poll() -> None:
         return [newer.live, older.live]
 
     assert asyncio.run(scenario()) == [False, False]
+
+
+def test_a_released_poll_waits_on_or_ends_as_timed_out_when_its_time_ran_out() -> None:
+    async def scenario() -> list[object]:
+        loop = asyncio.get_running_loop()
+        early, late = LongPoll(loop), LongPoll(loop)
+        assert early.claim()
+        early.release()  # before its time-out: it waits on and may be claimed again
+        assert early.live and early.claim()
+        loop.call_later(0.02, early.resolve, {"id": 2})
+        assert late.claim()
+        loop.call_later(0.05, late.release)  # claimed across its time-out, then nothing came
+        return [await early.wait(1), await late.wait(0.01), late.live]
+
+    assert asyncio.run(scenario()) == [(True, {"id": 2}), (False, None), False]
