@@ -12,9 +12,10 @@ a request is handed to a waiting device only once its delivery is on disk.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from loguru import logger
@@ -35,22 +36,30 @@ from edge_sync.actors.messages import (
     PutLatestTelemetry,
     PutRpc,
     RaiseAlarm,
-    RpcDeliveryFailed,
+    RpcDeliveredLate,
+    RpcHanded,
+    RpcNotRecorded,
     RpcQueued,
     SharedAttributesApplied,
 )
 from edge_sync.devices.rpc import RpcStatus, Transition
 from edge_sync.devices.session import DeviceSession
+from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import EdgeSyncError, Unavailable
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope, lane_for
 
 _log = logger.bind(component="device-session")
 
+RECORD_RETRY_MS = 1_000
+"""An expiry whose commit failed (storage full, say) is tried again this much later, not on every
+wake-up of the shard's timer."""
+
 
 class EntityActor:
     """State and behaviour of one entity. Runs on its shard's thread only."""
 
-    __slots__ = ("count_rpc", "entity_id", "last_used", "now_ms", "queue", "session", "tell_self")
+    __slots__ = ("_retry_at", "count_rpc", "entity_id", "last_used", "now_ms", "queue", "session",
+                 "tell_self")
 
     def __init__(self, entity_id: uuid.UUID, queue: Address, now: float, *,
                  now_ms: Callable[[], int] | None = None,
@@ -63,6 +72,7 @@ class EntityActor:
         self.tell_self = tell_self or (lambda _msg: None)
         self.count_rpc = count_rpc or (lambda _status: None)
         self.session: DeviceSession | None = None
+        self._retry_at = 0  # ms: no expiry is recorded again before (one failed to commit)
 
     @property
     def busy(self) -> bool:
@@ -70,8 +80,10 @@ class EntityActor:
         return self.session is not None and self.session.busy
 
     def next_deadline(self) -> int | None:
-        """The earliest expirationTime of the device's open RPC requests (ms since the epoch)."""
-        return self.session.rpc.next_deadline() if self.session is not None else None
+        """When an open RPC request of the device is due next (ms since the epoch): the earliest
+        expirationTime, not before the retry of an expiry whose commit failed."""
+        due = self.session.rpc.next_deadline() if self.session is not None else None
+        return None if due is None else max(due, self._retry_at)
 
     def abandon_waiters(self, error: BaseException) -> int:
         """The shard stops or failed: every device waiting here is told ``error`` at once (a
@@ -124,9 +136,13 @@ class EntityActor:
                 self._rpc_queued(command)
             case SharedAttributesApplied():
                 self._shared_applied(command)
-            case RpcDeliveryFailed():
-                self._session().rpc.undo_delivery(command.request)
-                self._deliver()
+            case RpcNotRecorded():
+                self._rpc_not_recorded(command)
+            case RpcHanded():
+                self._session().rpc.handed(command.request_uuid)
+                self._expire(self.now_ms())  # it may have expired meanwhile: TIMEOUT now
+            case RpcDeliveredLate():
+                self._rpc_delivered_late(command)
 
     def _telemetry(self, cmd: PostTelemetry) -> None:
         eid = self.entity_id
@@ -191,18 +207,46 @@ class EntityActor:
                       status=request.status.value).info(
                 "RPC {} {} ({}): {}", request.request_id, request.method,
                 "one-way" if request.oneway else "two-way", request.status.value)
-            if not request.method:
-                self._record(session.rpc.fail(request, "no method", now))
-        for change in session.rpc.expire_due(now):
-            self._record(change)
+        self._expire(now)  # expired already, or no method: reported at once
         self._deliver()
 
     def expire_due(self) -> None:
         """Shard: a deadline came. Requests past their expirationTime are reported."""
-        if self.session is None:
-            return
-        for change in self.session.rpc.expire_due(self.now_ms()):
+        now = self.now_ms()
+        if self.session is not None and now >= self._retry_at:
+            self._expire(now)
+
+    def _expire(self, now: int) -> None:
+        for change in self._session().rpc.expire_due(now):
             self._record(change)
+
+    def _rpc_not_recorded(self, cmd: RpcNotRecorded) -> None:
+        """A change of a request could not be committed: it is put back as it was, so the
+        device's retry of an answer, a later poll, or the next deadline acts on it again."""
+        session = self._session()
+        change, now = cmd.change, self.now_ms()
+        r, before = change.request, change.previous
+        if not session.rpc.restore(change) or before is None:
+            return
+        _log.bind(device=str(r.device_id), rpc_id=r.request_id, status=before.status.value).warning(
+            "RPC {} back to {}: {} not recorded", r.request_id, before.status.value, r.status.value)
+        if before.status is RpcStatus.QUEUED and r.status in (RpcStatus.DELIVERED,
+                                                              RpcStatus.SUCCESSFUL):
+            self._expire(now)  # a delivery: never handed over, so EXPIRED if its time has come
+            self._deliver()
+        elif r.status in (RpcStatus.EXPIRED, RpcStatus.TIMEOUT, RpcStatus.FAILED):
+            self._retry_at = now + RECORD_RETRY_MS
+
+    def _rpc_delivered_late(self, cmd: RpcDeliveredLate) -> None:
+        """The delivery was recorded only once the request had expired: the device did not get
+        it. EXPIRED; the poll (released) waits on for the next request."""
+        session = self._session()
+        late = session.rpc.expire_late(cmd.change, self.now_ms())
+        if late is not None:
+            self._record(late)
+        if cmd.subscriber.live:
+            session.rpc_waiters.append(cmd.subscriber)
+        self._deliver()
 
     def _deliver(self) -> None:
         """Hand queued requests to waiting devices, one each, oldest first."""
@@ -213,40 +257,67 @@ class EntityActor:
                 return
             waiter = session.next_rpc_waiter()
             if waiter is None:
-                session.rpc.undo_delivery(change.request)
+                session.rpc.restore(change)
                 return
-            reply: Future[range] = Future()
-            request = change.request
-            tell_self = self.tell_self
+            self._record(change, then=self._hand_over(change, waiter))
 
-            def delivered(done: Future[range], waiter: Any = waiter, request: Any = request,
-                          tell_self: Callable[[Any], None] = tell_self) -> None:
-                # on the queue's thread, after the commit
-                exc = done.exception()
-                if exc is None:
-                    waiter.resolve(request.device_json())
-                    return
+    def _hand_over(self, change: Transition,
+                   waiter: Subscriber) -> Callable[[BaseException | None], None]:
+        """What follows the commit of a delivery (on the queue's thread): the poll gets the
+        request, unless the commit failed (the poll fails, the request is queued again) or
+        completed at or after the request's expirationTime (the poll is released and waits on,
+        the request is EXPIRED: never delivered late)."""
+        request, tell_self, now_ms = change.request, self.tell_self, self.now_ms
+
+        def then(exc: BaseException | None) -> None:
+            if exc is not None:
                 waiter.fail(exc if isinstance(exc, EdgeSyncError)
                             else Unavailable(f"RPC delivery not recorded: {exc}"))
-                tell_self(RpcDeliveryFailed(request.device_id, request))
+                return
+            if request.oneway:  # SUCCESSFUL is committed with its report: it goes out
+                waiter.resolve(request.device_json())
+                return
+            if now_ms() >= request.expiration_time:
+                waiter.release()
+                tell_self(RpcDeliveredLate(request.device_id, change, waiter))
+                return
+            tell_self(RpcHanded(request.device_id, request.request_uuid))  # before any answer
+            waiter.resolve(request.device_json())
 
-            reply.add_done_callback(delivered)
-            self._record(change, reply)
+        return then
 
-    def _record(self, change: Transition, reply: Future[range] | None = None) -> None:
-        """Persist a request's new state, with the RPC_CALL event that reports it when any."""
+    def _record(self, change: Transition, reply: Future[range] | None = None, *,
+                then: Callable[[BaseException | None], None] | None = None) -> None:
+        """Persist a request's new state, with the RPC_CALL event that reports it when any.
+        After the commit (on the queue's thread) the status is counted, or, when the commit
+        failed, the entity is told to put the request back as it was; then ``then`` runs and
+        ``reply`` is settled."""
         r = change.request
         events: tuple[NewEvent, ...] = ()
         if change.report is not None:
             events = (NewEvent("DEVICE", "DEVICE", r.device_id, Action.RPC_CALL, change.report,
                                r.updated_at or self.now_ms(), lane_for("DEVICE", Action.RPC_CALL)),)
-        self.count_rpc(r.status.value)
         level = "WARNING" if r.status in (RpcStatus.EXPIRED, RpcStatus.TIMEOUT,
                                           RpcStatus.FAILED) else "INFO"
         _log.bind(device=str(r.device_id), rpc_id=r.request_id, status=r.status.value).log(
             level, "RPC {} {}{}", r.request_id, r.status.value,
             f" ({r.error})" if r.error else "")
-        self.queue.tell(Append(r.device_id, events, reply, (PutRpc(r),)))
+        count, tell_self = self.count_rpc, self.tell_self
+
+        def committed(done: Future[range]) -> None:
+            exc = done.exception()
+            if exc is None:
+                count(r.status.value)
+            else:  # before ``reply``: a retry of the sender finds the request put back
+                tell_self(RpcNotRecorded(r.device_id, change))
+            if then is not None:
+                then(exc)
+            if reply is not None:
+                _settle(reply, done)
+
+        recorded: Future[range] = Future()
+        recorded.add_done_callback(committed)
+        self.queue.tell(Append(r.device_id, events, recorded, (PutRpc(r),)))
 
     # -- shared attributes ---------------------------------------------------------------------
 
@@ -292,6 +363,16 @@ class EntityActor:
             d.created_time, lane_for("DEVICE", Action.CREDENTIALS_UPDATED),
         )
         self.queue.tell(Append(d.id, (added, credentials), cmd.reply, (CreateDevice(d),)))
+
+
+def _settle(reply: Future[range], done: Future[range]) -> None:
+    """Pass ``done``'s outcome on to ``reply`` (which its sender may have cancelled)."""
+    with contextlib.suppress(InvalidStateError):
+        exc = done.exception()
+        if exc is None:
+            reply.set_result(done.result())
+        else:
+            reply.set_exception(exc)
 
 
 def _no_clock() -> int:

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_sync.devices.rpc import RpcRequest
+from edge_sync.devices.rpc import RpcRequest, Transition
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.storage.records import Device, NewEvent, Scope
 
@@ -192,11 +192,30 @@ class SharedAttributesApplied:
 
 
 @dataclass(frozen=True, slots=True)
-class RpcDeliveryFailed:
-    """Internal to an entity: recording a delivery failed; the request is queued again."""
+class RpcNotRecorded:
+    """Internal to an entity: the commit of an RPC request's change failed; the request is put
+    back as it was (a delivery queued again, an answer awaited again, an expiry retried)."""
 
     device_id: uuid.UUID
-    request: RpcRequest
+    change: Transition
+
+
+@dataclass(frozen=True, slots=True)
+class RpcHanded:
+    """Internal to an entity: a delivered request was handed to the device's poll."""
+
+    device_id: uuid.UUID
+    request_uuid: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class RpcDeliveredLate:
+    """Internal to an entity: a delivery was recorded only once the request had expired; the
+    device was not given it (EXPIRED), and its poll (released) waits on."""
+
+    device_id: uuid.UUID
+    change: Transition
+    subscriber: Subscriber = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,11 +231,12 @@ class PassivateIdle:
 EntityCommand = (
     PostTelemetry | PostClientAttributes | ProvisionDevice | RaiseAlarm | PostRpcResponse
     | PollRpc | PollAttributes | FetchSharedAttributes | RpcQueued | SharedAttributesApplied
-    | RpcDeliveryFailed
+    | RpcNotRecorded | RpcHanded | RpcDeliveredLate
 )
 ENTITY_COMMANDS = (
     PostTelemetry, PostClientAttributes, ProvisionDevice, RaiseAlarm, PostRpcResponse, PollRpc,
-    PollAttributes, FetchSharedAttributes, RpcQueued, SharedAttributesApplied, RpcDeliveryFailed,
+    PollAttributes, FetchSharedAttributes, RpcQueued, SharedAttributesApplied, RpcNotRecorded,
+    RpcHanded, RpcDeliveredLate,
 )
 
 # -- events published by the QueueActor --------------------------------------------------------

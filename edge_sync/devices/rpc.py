@@ -8,7 +8,12 @@
 
 A one-way request is SUCCESSFUL as soon as it is delivered (nobody waits for its answer).
 Nothing here reads a clock or touches storage: time is passed in (ms since the epoch, the
-cloud's expirationTime is wall-clock), the owner persists each record it gets back.
+cloud's expirationTime is wall-clock), the owner persists each record it gets back. A change the
+owner could not persist is undone with ``restore`` (the request is as it was, so a retry or the
+next deadline acts again). A delivery is in flight from ``take_next`` until the owner says the
+device was handed the request (``handed``), or that it was not (``restore``: its record failed;
+``expire_late``: it was recorded only once expired): meanwhile its expiry waits, so a request
+is TIMEOUT only once a device really got it, and EXPIRED otherwise.
 """
 
 from __future__ import annotations
@@ -96,16 +101,18 @@ class Transition:
 
     request: RpcRequest
     report: dict[str, Any] | None
+    previous: RpcRequest | None = None  # the record it replaces (what ``restore`` puts back)
 
 
 class RpcBook:
     """The open RPC requests of one device, in arrival order, and the last finished ones."""
 
-    __slots__ = ("_open", "_recent")
+    __slots__ = ("_delivering", "_open", "_recent")
 
     def __init__(self) -> None:
         self._open: dict[uuid.UUID, RpcRequest] = {}
         self._recent: dict[int, RpcRequest] = {}
+        self._delivering: set[uuid.UUID] = set()  # delivered, not yet known to be handed over
 
     def __len__(self) -> int:
         return len(self._open)
@@ -123,34 +130,61 @@ class RpcBook:
         return True
 
     def next_deadline(self) -> int | None:
-        """The earliest expirationTime of an open request (ms), None when there is none."""
-        return min((r.expiration_time for r in self._open.values()), default=None)
+        """When ``expire_due`` has work next (ms): the earliest expirationTime of an open
+        request not in flight to a device (at once for one without a method, to be FAILED),
+        None when there is none."""
+        return min((r.expiration_time if r.method else r.queued_at
+                    for u, r in self._open.items() if u not in self._delivering), default=None)
 
     def take_next(self, now_ms: int) -> Transition | None:
         """The oldest QUEUED request that has not expired, now delivered: DELIVERED (or
         SUCCESSFUL, reported with an empty answer, when one-way). None when there is none."""
         for request in self._open.values():
-            if request.status is RpcStatus.QUEUED and now_ms < request.expiration_time:
+            if request.status is RpcStatus.QUEUED and request.method \
+                    and now_ms < request.expiration_time:
                 if request.oneway:
                     done = replace(request, status=RpcStatus.SUCCESSFUL, updated_at=now_ms)
                     self._finish(done)
-                    return Transition(done, {**done.echo(), "response": {}})
+                    return Transition(done, {**done.echo(), "response": {}}, request)
                 delivered = replace(request, status=RpcStatus.DELIVERED, updated_at=now_ms)
                 self._open[request.request_uuid] = delivered
-                return Transition(delivered, None)
+                self._delivering.add(request.request_uuid)
+                return Transition(delivered, None, request)
         return None
 
-    def undo_delivery(self, request: RpcRequest) -> None:
-        """Delivery (``request`` as take_next returned it) could not be recorded: the request
-        is QUEUED again, unless it has changed since (expired meanwhile, say)."""
-        if request.status.final:
-            if self._recent.get(request.request_id) is not request:
-                return
-            del self._recent[request.request_id]
-        elif self._open.get(request.request_uuid) is not request:
-            return
-        self._open[request.request_uuid] = replace(request, status=RpcStatus.QUEUED)
+    def handed(self, request_uuid: uuid.UUID) -> None:
+        """The delivered request reached the device: from now on it times out unanswered."""
+        self._delivering.discard(request_uuid)
+
+    def restore(self, change: Transition) -> bool:
+        """``change`` could not be recorded: its request is as it was before (a delivery is
+        QUEUED again, an answer DELIVERED, an expiry open), unless it has changed since. False
+        when nothing was restored."""
+        after, before = change.request, change.previous
+        if before is None:
+            return False
+        if after.status.final:
+            if self._recent.get(after.request_id) is not after:
+                return False
+            del self._recent[after.request_id]
+        elif self._open.get(after.request_uuid) is not after:
+            return False
+        self._delivering.discard(after.request_uuid)
+        self._open[before.request_uuid] = before
         self._open = dict(sorted(self._open.items(), key=lambda kv: kv[1].queued_at))
+        return True
+
+    def expire_late(self, change: Transition, now_ms: int) -> Transition | None:
+        """A delivery (``change``, as take_next returned it) was recorded only at or after the
+        request's expirationTime, so the device was not given it: EXPIRED, reported as any
+        expiry. None when the request has changed since."""
+        request = change.request
+        if self._open.get(request.request_uuid) is not request:
+            return None
+        self._delivering.discard(request.request_uuid)
+        done = replace(request, status=RpcStatus.EXPIRED, updated_at=now_ms, error="TIMEOUT")
+        self._finish(done)
+        return Transition(done, {**done.echo(), "error": "TIMEOUT"}, request)
 
     def answer(self, request_id: int, response: Any, now_ms: int) -> Transition:
         """The device's answer to ``request_id``: SUCCESSFUL, reported with the answer.
@@ -167,8 +201,9 @@ class RpcBook:
                                "the answer is too late")
             done = replace(request, status=RpcStatus.SUCCESSFUL, updated_at=now_ms,
                            response=response)
+            self._delivering.discard(request.request_uuid)
             self._finish(done)
-            return Transition(done, {**done.echo(), "response": response})
+            return Transition(done, {**done.echo(), "response": response}, request)
         recent = self._recent.get(request_id)
         if recent is not None:
             raise Conflict(f"RPC request {request_id} is {recent.status.value}; it takes no "
@@ -178,22 +213,25 @@ class RpcBook:
     def expire_due(self, now_ms: int) -> list[Transition]:
         """Requests whose expirationTime has come: EXPIRED (never delivered) or TIMEOUT
         (delivered, not answered), each reported to the cloud with error TIMEOUT, as
-        ThingsBoard Edge reports both."""
+        ThingsBoard Edge reports both; a request in flight to a device waits until it is known
+        whether the device got it. And a request the edge cannot deliver at all (no method):
+        FAILED, reported with the reason."""
         out: list[Transition] = []
         for request in list(self._open.values()):
-            if now_ms < request.expiration_time:
+            if request.request_uuid in self._delivering:
                 continue
-            status = RpcStatus.EXPIRED if request.status is RpcStatus.QUEUED else RpcStatus.TIMEOUT
-            done = replace(request, status=status, updated_at=now_ms, error="TIMEOUT")
+            if not request.method:
+                status, error = RpcStatus.FAILED, "no method"
+            elif now_ms < request.expiration_time:
+                continue
+            elif request.status is RpcStatus.QUEUED:
+                status, error = RpcStatus.EXPIRED, "TIMEOUT"
+            else:
+                status, error = RpcStatus.TIMEOUT, "TIMEOUT"
+            done = replace(request, status=status, updated_at=now_ms, error=error)
             self._finish(done)
-            out.append(Transition(done, {**done.echo(), "error": "TIMEOUT"}))
+            out.append(Transition(done, {**done.echo(), "error": error}, request))
         return out
-
-    def fail(self, request: RpcRequest, error: str, now_ms: int) -> Transition:
-        """A request the edge cannot deliver: FAILED, reported with ``error``."""
-        done = replace(request, status=RpcStatus.FAILED, updated_at=now_ms, error=error)
-        self._finish(done)
-        return Transition(done, {**done.echo(), "error": error})
 
     def _finish(self, done: RpcRequest) -> None:
         self._open.pop(done.request_uuid, None)

@@ -84,7 +84,9 @@ def test_a_queued_request_is_never_delivered_at_or_after_its_expiration() -> Non
 def test_a_delivered_request_not_answered_in_time_times_out_and_a_late_answer_is_refused() -> None:
     book = RpcBook()
     book.add(request(1, expires=T0 + 1_000))
-    assert book.take_next(T0) is not None
+    delivered = book.take_next(T0)
+    assert delivered is not None
+    book.handed(delivered.request.request_uuid)
     with pytest.raises(Conflict, match="too late"):
         book.answer(1, "x", T0 + 1_000)  # expired but not yet swept: still refused
     assert book.expire_due(T0 + 999) == []
@@ -115,20 +117,50 @@ def test_an_undone_delivery_is_queued_again() -> None:
     book = RpcBook()
     book.add(request(1, oneway=True))
     done = book.take_next(T0)
-    assert done is not None
-    book.undo_delivery(done.request)
+    assert done is not None and done.request.status is RpcStatus.SUCCESSFUL
+    assert book.restore(done)
     again = book.take_next(T0 + 1)
     assert again is not None and again.request.request_id == 1
 
 
-def test_a_delivery_undone_after_the_request_expired_does_not_revive_it() -> None:
+def test_a_delivery_in_flight_at_its_expiration_is_expired_only_once_known_not_handed_over(
+) -> None:
+    book = RpcBook()
+    book.add(request(1, expires=T0 + 10))
+    done = book.take_next(T0)
+    assert done is not None and book.next_deadline() is None
+    assert book.expire_due(T0 + 10) == []  # not yet known whether the device got it
+    assert book.restore(done)  # its record failed: never handed over
+    (expired,) = book.expire_due(T0 + 11)
+    assert (expired.request.status, expired.previous) == (RpcStatus.EXPIRED, request(1, expires=T0 + 10))
+    assert not book.restore(done)  # changed since: nothing revived
+    assert len(book) == 0 and book.take_next(T0 + 12) is None
+
+
+def test_a_delivery_recorded_after_the_expiration_is_expired_not_timed_out() -> None:
     book = RpcBook()
     book.add(request(1, expires=T0 + 10))
     done = book.take_next(T0)
     assert done is not None
-    assert [c.request.status for c in book.expire_due(T0 + 10)] == [RpcStatus.TIMEOUT]
-    book.undo_delivery(done.request)
-    assert len(book) == 0 and book.take_next(T0 + 11) is None
+    late = book.expire_late(done, T0 + 12)
+    assert late is not None and (late.request.status, late.request.error) == (RpcStatus.EXPIRED,
+                                                                              "TIMEOUT")
+    assert book.expire_late(done, T0 + 13) is None and len(book) == 0
+
+
+def test_an_answer_or_expiry_not_recorded_is_restored_so_it_can_happen_again() -> None:
+    book = RpcBook()
+    book.add(request(1, expires=T0 + 10))
+    delivered = book.take_next(T0)
+    assert delivered is not None
+    book.handed(delivered.request.request_uuid)
+    answered = book.answer(1, {"ok": 1}, T0 + 1)
+    assert book.restore(answered)
+    assert book.answer(1, {"ok": 1}, T0 + 2).request.status is RpcStatus.SUCCESSFUL
+    book.add(request(2, expires=T0 + 10))
+    (expired,) = book.expire_due(T0 + 10)
+    assert book.restore(expired) and book.next_deadline() == T0 + 10
+    assert [c.request.status for c in book.expire_due(T0 + 11)] == [RpcStatus.EXPIRED]
 
 
 def test_a_request_without_expiration_gets_the_default_timeout() -> None:
