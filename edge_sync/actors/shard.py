@@ -81,7 +81,12 @@ class ShardActor(SupervisedActor):
         self._entities: dict[uuid.UUID, EntityActor] = {}
         self._ticker: Ticker | None = None
         self._timer: DeadlineTimer | None = None
-        self._deadlines: list[tuple[int, uuid.UUID]] = []  # heap of (expirationTime ms, entity)
+        # one deadline per entity, its earliest: the heap holds (ms, entity) pairs, some stale
+        # (superseded by an earlier one of the same entity; skipped when popped, and compacted
+        # away when they outnumber the live ones), so it grows with the entities that have open
+        # requests, not with the request rate times the expiration horizon
+        self._deadlines: list[tuple[int, uuid.UUID]] = []
+        self._scheduled: dict[uuid.UUID, int] = {}  # the live entry of each entity
         self._log = logger.bind(component="shard", shard=index)
 
     def on_start(self) -> None:
@@ -164,10 +169,9 @@ class ShardActor(SupervisedActor):
                 entity_id, self._queue, now, now_ms=self._clock.now_ms, tell_self=ref.tell,
                 count_rpc=self._count_rpc if self._rpc_family is not None else None)
             self._log.bind(entity=str(entity_id)).trace("entity activated")
-        before = entity.next_deadline()
         entity.handle(message, now)
         after = entity.next_deadline()
-        if after is not None and after != before:
+        if after is not None:
             self._schedule(after, entity_id)
 
     def _count_rpc(self, status: str) -> None:
@@ -175,16 +179,28 @@ class ShardActor(SupervisedActor):
             self._rpc_family.inc(status)
 
     def _schedule(self, deadline_ms: int, entity_id: uuid.UUID) -> None:
+        """Wake the entity at ``deadline_ms``, unless it is to be woken no later already (then
+        it is woken then, and asked for its next deadline)."""
+        current = self._scheduled.get(entity_id)
+        if current is not None and current <= deadline_ms:
+            return
+        self._scheduled[entity_id] = deadline_ms
         heapq.heappush(self._deadlines, (deadline_ms, entity_id))
+        if len(self._deadlines) > 2 * len(self._scheduled) + 64:
+            self._deadlines = [(ms, eid) for eid, ms in self._scheduled.items()]
+            heapq.heapify(self._deadlines)
         if self._timer is not None and self._deadlines[0][0] == deadline_ms:
             self._timer.arm(max(0.0, (deadline_ms - self._clock.now_ms()) / 1000))
 
     def _expire(self) -> None:
         """Entities whose deadline has come report their expired requests."""
         now_ms = self._clock.now_ms()
-        due: set[uuid.UUID] = set()
+        due: list[uuid.UUID] = []
         while self._deadlines and self._deadlines[0][0] <= now_ms:
-            due.add(heapq.heappop(self._deadlines)[1])
+            deadline_ms, entity_id = heapq.heappop(self._deadlines)
+            if self._scheduled.get(entity_id) == deadline_ms:  # else superseded: stale
+                del self._scheduled[entity_id]
+                due.append(entity_id)
         for entity_id in due:
             entity = self._entities.get(entity_id)
             if entity is None:
@@ -192,7 +208,7 @@ class ShardActor(SupervisedActor):
             entity.expire_due()
             nxt = entity.next_deadline()
             if nxt is not None:
-                heapq.heappush(self._deadlines, (nxt, entity_id))
+                self._schedule(nxt, entity_id)
         if self._timer is not None and self._deadlines:
             self._timer.arm(max(0.0, (self._deadlines[0][0] - now_ms) / 1000))
 

@@ -1,6 +1,7 @@
 """What a shard owes the devices waiting on it when it goes away: a message with a
 ``subscriber`` told while its shard is down fails that subscriber (Unavailable, 503 "poll
-again") as a ``reply`` is failed, instead of leaving the poll to wait for its timeout."""
+again") as a ``reply`` is failed, instead of leaving the poll to wait for its timeout. And the
+shard's RPC deadlines: one per entity, however many requests come."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from concurrent.futures import Future
 from typing import Any
 
 from edge_sync.actors.address import Address
-from edge_sync.actors.messages import PollRpc, PostRpcResponse
+from edge_sync.actors.messages import Append, ExpireRpcs, PollRpc, PostRpcResponse, PutRpc, RpcQueued
+from edge_sync.actors.shard import ShardActor
+from edge_sync.devices.rpc import RpcRequest, RpcStatus
 from edge_sync.errors import Unavailable
 
 DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000d2")
@@ -50,3 +53,55 @@ def test_a_poll_told_to_a_shard_that_is_down_fails_at_once_with_unavailable() ->
         (Unavailable, "shard-0 is restarting; try again")]
     assert gone.got == []  # timed out already: nothing to tell it
     assert isinstance(reply.exception(), Unavailable)
+
+
+# -- the shard's RPC deadlines -------------------------------------------------------------------
+
+T0 = 1_700_000_000_000
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.ms = T0
+
+    def now_ms(self) -> int:
+        return self.ms
+
+    def monotonic(self) -> float:
+        return self.ms / 1000
+
+
+class Sink:
+    """A QueueActor that takes every Append and commits none."""
+
+    def __init__(self) -> None:
+        self.appends: list[Append] = []
+
+    def tell(self, message: Append) -> None:
+        self.appends.append(message)
+
+
+def test_the_deadline_heap_holds_one_entry_per_entity_whatever_the_request_rate() -> None:
+    clock, sink = FakeClock(), Sink()
+    shard = ShardActor(lambda _reason: None, 0, sink, passivate_after_s=60.0,  # type: ignore[arg-type]
+                       clock=clock)
+    busy, devices = uuid.UUID(int=1), [uuid.UUID(int=100 + i) for i in range(50)]
+
+    def queued(device: uuid.UUID, n: int, expires: int) -> RpcQueued:
+        return RpcQueued(device, (RpcRequest(device, uuid.UUID(int=n), n, "m", "", False,
+                                             expires, T0 + n),))
+
+    for n in range(1, 1_001):  # a steady stream, each request expiring a minute after it came
+        shard.on_receive(queued(busy, n, T0 + 60_000 + n))
+    assert len(shard._deadlines) == 1
+    for n in range(1_001, 2_001):  # each one earlier than all before it: stale entries compacted
+        shard.on_receive(queued(busy, n, T0 + 60_000 - n))
+    for i, device in enumerate(devices):
+        shard.on_receive(queued(device, 20_000 + i, T0 + 30_000))
+    assert len(shard._deadlines) <= 2 * 51 + 64 and len(shard._scheduled) == 51
+    clock.ms = T0 + 70_000
+    shard.on_receive(ExpireRpcs())
+    expired = [m.request.status for a in sink.appends for m in a.mutations
+               if isinstance(m, PutRpc)]
+    assert expired == [RpcStatus.EXPIRED] * 2_050
+    assert shard._deadlines == [] and shard._scheduled == {}
