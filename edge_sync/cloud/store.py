@@ -171,9 +171,9 @@ class CloudStore:
         self.lmdb = CloudLmdb(path, max_size_mb=max_size_mb, readonly=readonly)
         self.path = self.lmdb.path
         self._db = self.lmdb.dbs
-        self._rpc_db = self._open_rpcs(readonly)
         self.commits = GroupCommit(self.lmdb)
         """The operator's writes (shared attributes, RPC requests): grouped, one fsync a group."""
+        self._rpc_db = self._open_rpcs(readonly)
         if not readonly:
             self.lmdb.write(self._ensure_tenant)
 
