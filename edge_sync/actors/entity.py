@@ -23,6 +23,7 @@ from loguru import logger
 from edge_sync.actors.address import Address
 from edge_sync.actors.messages import (
     Append,
+    AttributesRequestQueued,
     CreateDevice,
     EntityCommand,
     FetchSharedAttributes,
@@ -58,19 +59,22 @@ wake-up of the shard's timer."""
 class EntityActor:
     """State and behaviour of one entity. Runs on its shard's thread only."""
 
-    __slots__ = ("_retry_at", "count_rpc", "entity_id", "last_used", "now_ms", "queue", "session",
-                 "tell_self")
+    __slots__ = ("_retry_at", "count_rpc", "entity_id", "event_pending", "last_used", "now_ms",
+                 "queue", "session", "tell_self")
 
     def __init__(self, entity_id: uuid.UUID, queue: Address, now: float, *,
                  now_ms: Callable[[], int] | None = None,
                  tell_self: Callable[[Any], None] | None = None,
-                 count_rpc: Callable[[str], None] | None = None) -> None:
+                 count_rpc: Callable[[str], None] | None = None,
+                 event_pending: Callable[[int], bool] | None = None) -> None:
         self.entity_id = entity_id
         self.queue = queue
         self.last_used = now
         self.now_ms = now_ms or _no_clock
         self.tell_self = tell_self or (lambda _msg: None)
         self.count_rpc = count_rpc or (lambda _status: None)
+        # whether the event of a seq still waits in the queue (not yet deployed)
+        self.event_pending = event_pending or (lambda _seq: False)
         self.session: DeviceSession | None = None
         self._retry_at = 0  # ms: no expiry is recorded again before (one failed to commit)
 
@@ -143,6 +147,8 @@ class EntityActor:
                 self._expire(self.now_ms())  # it may have expired meanwhile: TIMEOUT now
             case RpcDeliveredLate():
                 self._rpc_delivered_late(command)
+            case AttributesRequestQueued():
+                self._session().fetch.queued(command.seq)
 
     def _telemetry(self, cmd: PostTelemetry) -> None:
         eid = self.entity_id
@@ -339,7 +345,7 @@ class EntityActor:
         session = self._session()
         session.prune()
         now = self.now_ms()
-        decision = session.fetch.decide(now, cmd.wait_ms)
+        decision = session.fetch.decide(now, cmd.wait_ms, self.event_pending)
         if cmd.subscriber is not None:
             if decision.wait:
                 session.fetch_waiters.append(cmd.subscriber)
@@ -351,7 +357,15 @@ class EntityActor:
                          {"scope": Scope.SHARED.value}, now,
                          lane_for("DEVICE", Action.ATTRIBUTES_REQUEST))
         _log.bind(device=str(cmd.device_id)).info("shared attributes requested from the cloud")
-        self.queue.tell(Append(cmd.device_id, (event,)))
+        tell_self, device_id = self.tell_self, cmd.device_id
+
+        def appended(done: Future[range]) -> None:  # on the queue's thread
+            seqs = done.result() if done.exception() is None else None
+            tell_self(AttributesRequestQueued(device_id, seqs[0] if seqs else None))
+
+        reply: Future[range] = Future()
+        reply.add_done_callback(appended)
+        self.queue.tell(Append(cmd.device_id, (event,), reply))
 
     def _provision(self, cmd: ProvisionDevice) -> None:
         d = cmd.device

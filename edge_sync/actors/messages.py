@@ -219,6 +219,15 @@ class RpcDeliveredLate:
 
 
 @dataclass(frozen=True, slots=True)
+class AttributesRequestQueued:
+    """Internal to an entity: its request for shared attributes is in the queue as event
+    ``seq`` (None: it could not be appended)."""
+
+    device_id: uuid.UUID
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class ExpireRpcs:
     """Internal to a shard: an RPC deadline has come."""
 
@@ -231,12 +240,12 @@ class PassivateIdle:
 EntityCommand = (
     PostTelemetry | PostClientAttributes | ProvisionDevice | RaiseAlarm | PostRpcResponse
     | PollRpc | PollAttributes | FetchSharedAttributes | RpcQueued | SharedAttributesApplied
-    | RpcNotRecorded | RpcHanded | RpcDeliveredLate
+    | RpcNotRecorded | RpcHanded | RpcDeliveredLate | AttributesRequestQueued
 )
 ENTITY_COMMANDS = (
     PostTelemetry, PostClientAttributes, ProvisionDevice, RaiseAlarm, PostRpcResponse, PollRpc,
     PollAttributes, FetchSharedAttributes, RpcQueued, SharedAttributesApplied, RpcNotRecorded,
-    RpcHanded, RpcDeliveredLate,
+    RpcHanded, RpcDeliveredLate, AttributesRequestQueued,
 )
 
 # -- events published by the QueueActor --------------------------------------------------------

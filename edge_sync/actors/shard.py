@@ -38,6 +38,8 @@ from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.errors import InjectedFault, Unavailable
 from edge_sync.metrics import Metrics
 from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.records import Status
 from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 
@@ -73,6 +75,7 @@ class ShardActor(SupervisedActor):
         self._queue = queue
         self._passivate_after = passivate_after_s
         self._store = store
+        self._events = EventLog(store) if store is not None else None
         self._shards = shards
         self._clock = clock
         self._rpc_family = metrics.counter_family(
@@ -167,12 +170,20 @@ class ShardActor(SupervisedActor):
             ref = self.actor_ref
             entity = self._entities[entity_id] = EntityActor(
                 entity_id, self._queue, now, now_ms=self._clock.now_ms, tell_self=ref.tell,
-                count_rpc=self._count_rpc if self._rpc_family is not None else None)
+                count_rpc=self._count_rpc if self._rpc_family is not None else None,
+                event_pending=self._event_pending if self._store is not None else None)
             self._log.bind(entity=str(entity_id)).trace("entity activated")
         entity.handle(message, now)
         after = entity.next_deadline()
         if after is not None:
             self._schedule(after, entity_id)
+
+    def _event_pending(self, seq: int) -> bool:
+        """Whether event ``seq`` still waits in the queue (purged or dead-lettered: no)."""
+        assert self._store is not None and self._events is not None
+        with self._store.read() as txn:
+            event = self._events.get(txn, seq)
+        return event is not None and event.status is Status.PENDING
 
     def _count_rpc(self, status: str) -> None:
         if self._rpc_family is not None:

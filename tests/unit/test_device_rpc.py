@@ -181,7 +181,9 @@ def test_the_cloud_is_asked_at_most_once_per_interval_and_waited_for_while_it_ma
     seen = [(d.ask, d.wait) for d in (policy.decide(t, 300) for t in (T0, T0 + 1, T0 + 299,
                                                                         T0 + 300))]
     assert seen == [(True, True), (False, True), (False, True), (False, False)]  # silent cloud
+    policy.queued(1)  # its event, deployed at once (decide's default: nothing pending)
     assert policy.decide(T0 + 1_000, 300) == FetchDecision(ask=True, wait=True)
+    policy.queued(2)
     policy.answered()
     assert policy.decide(T0 + 1_001, 300) == FetchDecision(ask=False, wait=False)  # no more
     assert policy.decide(T0 + 2_000, 300) == FetchDecision(ask=True, wait=True)
@@ -329,3 +331,18 @@ def test_a_released_poll_waits_on_or_ends_as_timed_out_when_its_time_ran_out() -
         return [await early.wait(1), await late.wait(0.01), late.live]
 
     assert asyncio.run(scenario()) == [(True, {"id": 2}), (False, None), False]
+
+
+def test_no_new_request_while_the_previous_one_waits_in_the_queue() -> None:
+    policy = FetchPolicy(interval_ms=1_000)
+    in_queue = {7}
+    pending = in_queue.__contains__
+    assert policy.decide(T0, 300, pending).ask
+    assert not policy.decide(T0 + 1_000, 300, pending).ask  # still being appended
+    policy.queued(7)
+    assert policy.decide(T0 + 5_000, 300, pending) == FetchDecision(ask=False, wait=False)
+    in_queue.clear()  # deployed: the next read due asks again
+    assert policy.decide(T0 + 5_001, 300, pending) == FetchDecision(ask=True, wait=True)
+    policy.queued(None)  # that one could not be appended
+    assert not policy.decide(T0 + 5_002, 300, pending).ask  # the interval still holds
+    assert policy.decide(T0 + 6_001, 300, pending).ask
