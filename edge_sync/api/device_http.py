@@ -185,7 +185,10 @@ class DeviceHttpApi:
                 try:
                     self._service.fetch_shared(device.id, poll, int(self._timeout * 1000))
                     if poll is not None:
-                        answered, _ = await poll.wait(self._timeout)
+                        try:
+                            answered, _ = await poll.wait(self._timeout)
+                        except Unavailable:  # the device's shard restarts: what is known
+                            answered = False
                         if answered:
                             result, missing = self._service.read_attributes(device.id, **keys)
                 finally:
