@@ -9,8 +9,9 @@ waiting for its timeout.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import pykka
@@ -37,8 +38,9 @@ class Address:
                 pass
         error = Unavailable(f"{self.name} is restarting; try again")
         reply: Future[Any] | None = getattr(message, "reply", None)
-        if reply is not None and not reply.done():
-            reply.set_exception(error)
+        if reply is not None:
+            with contextlib.suppress(InvalidStateError):  # done, or cancelled by its sender
+                reply.set_exception(error)
         fail_subscriber(getattr(message, "subscriber", None), error)
 
 

@@ -192,8 +192,9 @@ class EntityActor:
         except EdgeSyncError as exc:  # the transport logs the refusal it answers
             _log.bind(device=str(cmd.device_id), rpc_id=cmd.request_id).debug(
                 "RPC answer refused: {}", exc)
-            if cmd.reply is not None:
-                cmd.reply.set_exception(exc)
+            if cmd.reply is not None:  # its sender may have cancelled it (the device left)
+                with contextlib.suppress(InvalidStateError):
+                    cmd.reply.set_exception(exc)
             return
         self._record(change, cmd.reply)
 

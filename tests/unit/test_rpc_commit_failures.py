@@ -189,3 +189,11 @@ def test_a_request_handed_over_then_past_its_expiration_times_out() -> None:
     rig.entity.expire_due()
     rig.queue.commit()
     assert rig.queue.statuses() == [(8, "DELIVERED"), (8, "TIMEOUT")]
+
+
+def test_a_refused_answer_whose_sender_left_does_not_break_the_entity() -> None:
+    rig = Rig()
+    reply: Future[range] = Future()
+    assert reply.cancel()  # the device disconnected: its handler cancelled the wait
+    rig.handle(PostRpcResponse(DEVICE, 99, {}, rig.now, reply))
+    rig.delivered(9, T0 + 60_000)  # and it keeps serving
