@@ -76,7 +76,8 @@ def test_sigkill_during_qos1_storms_loses_no_acknowledged_publish(agent: Agent) 
                 by_mid[dev.publish(TELEMETRY, {"v": v}).mid] = v
             published[device_id] = start + burst
         # kill once every client has had some acknowledged (a moment inside the storm)
-        wait_until(lambda: all(len(d.acked_ids()) >= 20 for _, d, _ in conns),
+        clients_now = [d for _, d, _ in conns]
+        wait_until(lambda: all(len(d.acked_ids()) >= 20 for d in clients_now),  # noqa: B023
                    timeout=DEADLINE_S, what="PUBACKs on every connection")
         assert agent.kill9() == -signal.SIGKILL
         for device_id, dev, by_mid in conns:
