@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -36,6 +38,7 @@ from amqtt.mqtt.packet import (
     PINGREQ,
     PUBLISH,
     SUBSCRIBE,
+    UNSUBSCRIBE,
     MQTTFixedHeader,
 )
 from amqtt.mqtt.pingresp import PingRespPacket
@@ -43,11 +46,18 @@ from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.mqtt.suback import SubackPacket
 from amqtt.mqtt.subscribe import SubscribePacket
+from amqtt.mqtt.unsuback import UnsubackPacket
+from amqtt.mqtt.unsubscribe import UnsubscribePacket
 from loguru import logger
 
+from edge_sync.api.attribute_read import read_attributes
 from edge_sync.api.device_service import DeviceService
+from edge_sync.api.payloads import parse_keys, parse_request_id
 from edge_sync.common.json_body import parse_json
-from edge_sync.errors import BadRequest, Unauthorized
+from edge_sync.devices.subscribers import LongPoll
+from edge_sync.errors import BadRequest, Conflict, NotFound, Unauthorized
+from edge_sync.mqtt import topics
+from edge_sync.mqtt.subscriptions import Subscriptions
 from edge_sync.mqtt.topics import Publish, classify
 from edge_sync.storage.records import Device
 
@@ -78,8 +88,12 @@ class MqttConnection:
         max_message_bytes: int,
         commit_timeout_s: float,
         connect_timeout_s: float,
+        link_connected: Callable[[], bool] | None = None,
+        polls: set[LongPoll] | None = None,
     ) -> None:
         self._service = service
+        self._link_connected = link_connected  # None: no cloud link (attribute requests)
+        self._polls: set[LongPoll] = polls if polls is not None else set()
         self._reader = StreamReaderAdapter(reader)
         self._writer = writer
         self._max = max_message_bytes
@@ -93,6 +107,8 @@ class MqttConnection:
         self._acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None] = asyncio.Queue()
         self._ack_task: asyncio.Task[None] | None = None
         self._other_topics: set[str] = set()
+        self._subscriptions: Subscriptions | None = None
+        self._requests: set[asyncio.Task[None]] = set()  # attribute requests being answered
 
     async def run(self) -> None:
         graceful = False
@@ -132,7 +148,10 @@ class MqttConnection:
                 return
             elif kind == SUBSCRIBE:
                 subscribe = await SubscribePacket.from_stream(self._reader, fixed_header=header)
-                self._refuse_subscribe(subscribe)
+                self._subscribe(subscribe)
+            elif kind == UNSUBSCRIBE:
+                packet = await UnsubscribePacket.from_stream(self._reader, fixed_header=header)
+                self._unsubscribe(packet)
             elif kind in packet_dict and kind != CONNECT:
                 await packet_dict[kind].from_stream(self._reader, fixed_header=header)
             else:
@@ -161,6 +180,7 @@ class MqttConnection:
             what = "unknown access token" if token else "no access token (username)"
             raise _Close(f"{what}: refused with CONNACK 5")
         self._token, self._device = token, device
+        self._subscriptions = Subscriptions(self._service, device.id, self._publish_to_device)
         self._send(ConnackPacket.build(0, CONNECTION_ACCEPTED))
         self._log.bind(device=str(device.id)).info("device {} connected over MQTT", device.name)
         return int(connect.keep_alive)
@@ -170,7 +190,7 @@ class MqttConnection:
         qos = publish.qos or 0
         if qos > 1:
             raise _Close(f"QoS {qos} on {topic} is not served", graceful=True)
-        kind = classify(topic)
+        kind, request_id = classify(topic)
         if kind is Publish.OTHER:
             if topic not in self._other_topics:
                 self._other_topics.add(topic)
@@ -181,26 +201,81 @@ class MqttConnection:
             return
         try:
             body = parse_json(publish.data or b"")
-            submit = (self._service.post_telemetry if kind is Publish.TELEMETRY
-                      else self._service.post_attributes)
-            future = submit(self._token, body)
+            if kind is Publish.ATTRIBUTES_REQUEST:
+                self._attributes_request(request_id, body)
+                committed: Future[Any] | None = None
+            elif kind is Publish.RPC_RESPONSE:
+                committed = _answered(self._service.post_rpc_response(
+                    self._token, parse_request_id(request_id), body))
+            elif kind is Publish.TELEMETRY:
+                committed = self._service.post_telemetry(self._token, body)
+            else:
+                committed = self._service.post_attributes(self._token, body)
         except BadRequest as exc:
             raise _Close(f"invalid {kind.value} on {topic}: {exc}", graceful=True) from exc
         except Exception as exc:
             raise _Close(f"{kind.value} on {topic} not accepted: {exc}", graceful=True) from exc
-        if qos == 1:
+        if committed is None:
+            if qos == 1:
+                self._ack_now(publish.packet_id)
+        elif qos == 1:
             assert publish.packet_id is not None  # the codec reads it for QoS 1
-            self._acks.put_nowait((publish.packet_id, asyncio.wrap_future(future)))
+            self._acks.put_nowait((publish.packet_id, asyncio.wrap_future(committed)))
         else:
-            future.add_done_callback(self._qos0_done(topic))
+            committed.add_done_callback(self._qos0_done(topic))
 
-    def _refuse_subscribe(self, subscribe: SubscribePacket) -> None:
-        """Subscriptions are not served yet: every topic filter gets the failure code."""
-        topics = subscribe.payload.topics if subscribe.payload is not None else []
+    def _attributes_request(self, request_id: str, body: Any) -> None:
+        """Answered on the response topic of the same id once read (through the cloud for
+        shared keys the edge does not hold, as the HTTP API's GET attributes)."""
+        if not isinstance(body, dict):
+            raise BadRequest("an attributes request is a JSON object")
+        keys = {}
+        for name, field in (("clientKeys", "client_keys"), ("sharedKeys", "shared_keys")):
+            raw = body.get(name)
+            if raw is not None and not isinstance(raw, str):
+                raise BadRequest(f"{name} must be a comma-separated string")
+            keys[field] = parse_keys(raw)
+        device = self._device
+        assert device is not None
+
+        async def answer() -> None:
+            result, missing = await read_attributes(
+                self._service, device.id, **keys, link_connected=self._link_connected,
+                timeout_s=self._commit_timeout, polls=self._polls)
+            if missing:
+                self._log.bind(device=str(device.id), missing=len(missing)).debug(
+                    "attributes answered without {} shared keys the edge does not hold",
+                    len(missing))
+            self._publish_to_device(f"{topics.ATTRIBUTES_RESPONSE_PREFIX}{request_id}",
+                                    json.dumps(result, separators=(",", ":")).encode())
+
+        task = asyncio.create_task(answer())
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    def _subscribe(self, subscribe: SubscribePacket) -> None:
+        """Granted QoS 0 for the topics the edge serves (it publishes at QoS 0), 0x80 else."""
+        topics_ = subscribe.payload.topics if subscribe.payload is not None else []
         packet_id = subscribe.variable_header.packet_id if subscribe.variable_header else 0
-        self._log.bind(device=self._device_id()).info(
-            "subscription to {} topic filters refused (not served yet)", len(topics))
-        self._send(SubackPacket.build(packet_id, [SUBSCRIBE_FAILURE] * len(topics)))
+        assert self._subscriptions is not None
+        codes = []
+        for topic_filter, _qos in topics_:
+            if self._subscriptions.subscribe(topic_filter):
+                codes.append(0)
+            else:
+                codes.append(SUBSCRIBE_FAILURE)
+                self._log.bind(device=self._device_id(), topic=str(topic_filter)[:128]).warning(
+                    "subscription to a topic the edge does not serve refused")
+        self._send(SubackPacket.build(packet_id, codes))
+
+    def _unsubscribe(self, packet: UnsubscribePacket) -> None:
+        assert self._subscriptions is not None
+        for topic_filter in packet.payload.topics if packet.payload is not None else []:
+            self._subscriptions.unsubscribe(topic_filter)
+        self._send(UnsubackPacket.build(packet.variable_header.packet_id))
+
+    def _publish_to_device(self, topic: str, payload: bytes) -> None:
+        self._send(PublishPacket.build(topic, payload, None, False, 0, False))
 
     # -- acknowledging -------------------------------------------------------------------------
 
@@ -242,6 +317,10 @@ class MqttConnection:
     # -- the end -------------------------------------------------------------------------------
 
     async def _finish(self, graceful: bool) -> None:
+        if self._subscriptions is not None:
+            await self._subscriptions.close()
+        for request in list(self._requests):
+            request.cancel()
         task = self._ack_task
         if task is not None:
             if graceful:
@@ -264,3 +343,22 @@ class MqttConnection:
 
     def _device_id(self) -> str:
         return str(self._device.id) if self._device is not None else "unknown"
+
+
+def _answered(committed: Future[range]) -> Future[Any]:
+    """An RPC answer's commit, where an answer nobody awaits (unknown id, expired, answered
+    already: nothing queued) still gets its PUBACK: a resend could not help. Logged."""
+    out: Future[Any] = Future()
+
+    def done(future: Future[range]) -> None:
+        exc = future.exception()
+        if isinstance(exc, NotFound | Conflict):
+            _log.warning("RPC answer dropped: {}", exc)
+            out.set_result(None)
+        elif exc is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(future.result())
+
+    committed.add_done_callback(done)
+    return out

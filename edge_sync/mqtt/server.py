@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 
 from loguru import logger
 
 from edge_sync.api.device_service import DeviceService
+from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import EdgeSyncError
 from edge_sync.mqtt.connection import MqttConnection
 from edge_sync.supervisor import ExitReporter
@@ -33,9 +35,11 @@ class MqttServer:
         port: int,
         max_message_bytes: int,
         commit_timeout_s: float,
+        link_connected: Callable[[], bool] | None = None,
         report_exit: ExitReporter | None = None,
     ) -> None:
         self._service = service
+        self._link_connected = link_connected
         self._host = host
         self._requested_port = port
         self._max = max_message_bytes
@@ -48,6 +52,7 @@ class MqttServer:
         self._stop: asyncio.Event | None = None
         self._stopping = False
         self._connections: set[asyncio.Task[None]] = set()
+        self._polls: set[LongPoll] = set()  # attribute requests waiting for the cloud
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._log = logger.bind(component="mqtt")
 
@@ -115,6 +120,7 @@ class MqttServer:
             await MqttConnection(
                 self._service, reader, writer, max_message_bytes=self._max,
                 commit_timeout_s=self._commit_timeout, connect_timeout_s=CONNECT_TIMEOUT_S,
+                link_connected=self._link_connected, polls=self._polls,
             ).run()
         finally:
             self._connections.discard(task)
