@@ -1,5 +1,6 @@
 """One device's MQTT 3.1.1 connection, on the MQTT server's loop: CONNECT with the access token
-as username, PUBLISH of telemetry and client attributes, PINGREQ, DISCONNECT.
+as username; PUBLISH of telemetry, client attributes, RPC answers and attribute requests;
+SUBSCRIBE / UNSUBSCRIBE (served by mqtt/subscriptions.py); PINGREQ, DISCONNECT.
 
 The delivery contract of the HTTP API holds: a QoS 1 PUBLISH is acknowledged (PUBACK) only once
 its events are committed, and PUBACKs leave in the order the PUBLISHes came (MQTT 3.1.1 §4.6),
