@@ -230,6 +230,7 @@ class EdgeApp:
             self.service, host=mqtt.host, port=self.ports.get("mqtt", mqtt.port),
             max_message_bytes=mqtt.max_message_bytes,
             commit_timeout_s=self.cfg.http.request_timeout_s,
+            connect_timeout_s=mqtt.connect_timeout_s,
             link_connected=self._link_connected if self.cfg.cloud.routing_key else None,
             report_exit=report,
         ).start()

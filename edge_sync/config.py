@@ -346,6 +346,8 @@ class MqttConfig(_Section):
     """0 picks a free port (tests)."""
     max_message_bytes: int = field(default=1048576, metadata=_meta(lo=1))
     """Largest PUBLISH accepted (its remaining length); a larger one closes the connection."""
+    connect_timeout_s: float = field(default=10.0, metadata=_meta(gt=0))
+    """A client that has not sent its CONNECT within this time is disconnected."""
 
 
 @dataclass(frozen=True, slots=True)

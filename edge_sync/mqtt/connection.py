@@ -126,12 +126,9 @@ class MqttConnection:
     # -- reading -------------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        header = await asyncio.wait_for(self._header(), self._connect_timeout)
-        if header is None:
+        connect = await asyncio.wait_for(self._read_connect(), self._connect_timeout)
+        if connect is None:
             return
-        if header.packet_type != CONNECT:
-            raise _Close(f"first packet is of type {header.packet_type}, not CONNECT")
-        connect = await ConnectPacket.from_stream(self._reader, fixed_header=header)
         keep_alive = self._connect(connect)
         self._ack_task = asyncio.create_task(self._ack_in_order())
         idle = keep_alive * 1.5 if keep_alive else None
@@ -158,6 +155,15 @@ class MqttConnection:
             else:
                 raise _Close(f"unexpected packet of type {kind}")
             await self._writer.drain()
+
+    async def _read_connect(self) -> ConnectPacket | None:
+        """The first packet, which must be CONNECT (None: closed before it)."""
+        header = await self._header()
+        if header is None:
+            return None
+        if header.packet_type != CONNECT:
+            raise _Close(f"first packet is of type {header.packet_type}, not CONNECT")
+        return await ConnectPacket.from_stream(self._reader, fixed_header=header)
 
     async def _header(self) -> MQTTFixedHeader | None:
         header = await MQTTFixedHeader.from_stream(self._reader)

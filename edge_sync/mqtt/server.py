@@ -22,9 +22,6 @@ from edge_sync.errors import EdgeSyncError
 from edge_sync.mqtt.connection import MqttConnection
 from edge_sync.supervisor import ExitReporter
 
-CONNECT_TIMEOUT_S = 10.0
-"""A client that sends no CONNECT within this time is disconnected."""
-
 
 class MqttServer:
     def __init__(
@@ -35,6 +32,7 @@ class MqttServer:
         port: int,
         max_message_bytes: int,
         commit_timeout_s: float,
+        connect_timeout_s: float,
         link_connected: Callable[[], bool] | None = None,
         report_exit: ExitReporter | None = None,
     ) -> None:
@@ -44,6 +42,7 @@ class MqttServer:
         self._requested_port = port
         self._max = max_message_bytes
         self._commit_timeout = commit_timeout_s
+        self._connect_timeout = connect_timeout_s
         self._report_exit = report_exit
         self.port = 0
         self._ready = threading.Event()
@@ -119,7 +118,7 @@ class MqttServer:
         try:
             await MqttConnection(
                 self._service, reader, writer, max_message_bytes=self._max,
-                commit_timeout_s=self._commit_timeout, connect_timeout_s=CONNECT_TIMEOUT_S,
+                commit_timeout_s=self._commit_timeout, connect_timeout_s=self._connect_timeout,
                 link_connected=self._link_connected, polls=self._polls,
             ).run()
         finally:

@@ -5,7 +5,8 @@ QoS 1 telemetry is acknowledged only once committed (each PUBACK finds its event
 exactly once and in order; QoS 0 is stored without acknowledgement; the three telemetry shapes
 and client attributes; an unknown token gets CONNACK 5; malformed JSON closes the connection
 after the PUBACKs already due, as ThingsBoard does; an oversized PUBLISH closes it unread; a
-topic outside the API is acknowledged and dropped.
+topic outside the API is acknowledged and dropped; a client that never sends CONNECT is
+disconnected.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def app(tmp_path: Path) -> Iterator[EdgeApp]:
         "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_HOST": "127.0.0.1",
         "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0", "EDGE_ACTORS_SHARDS": "2",
         "EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0",
-        "EDGE_MQTT_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
+        "EDGE_MQTT_MAX_MESSAGE_BYTES": str(MAX_MESSAGE), "EDGE_MQTT_CONNECT_TIMEOUT_S": "0.5",
     })
     edge = EdgeApp(cfg).start()
     try:
@@ -165,3 +166,18 @@ def test_topic_outside_the_api_is_acknowledged_and_dropped(
         assert dev.acked_ids() == [other.mid, after.mid]
         assert not dev.disconnected.is_set()
     assert values(app, device_id) == [2]
+
+
+def test_a_client_that_never_sends_connect_is_disconnected(app: EdgeApp) -> None:
+    with socket.create_connection(("127.0.0.1", app.mqtt_port), timeout=DEADLINE_S) as sock:
+        assert sock.recv(1) == b""  # closed by the server after mqtt.connect_timeout_s
+
+
+def test_a_second_connection_is_served_while_one_stays_silent(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    with socket.create_connection(("127.0.0.1", app.mqtt_port), timeout=DEADLINE_S), \
+            MqttDevice(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        info = dev.publish(TELEMETRY, {"n": 1})
+        wait_until(lambda: info.mid in dev.acked_ids(), timeout=DEADLINE_S, what="PUBACK")
+    assert values(app, device_id) == [1]
