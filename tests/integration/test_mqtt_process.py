@@ -2,7 +2,8 @@
 
 - QoS 1 telemetry from a device is acknowledged and in the log exactly once, in order; a
   connection with an unknown token is refused with CONNACK 5 and logged in one line that
-  names neither the token nor anything but the peer.
+  names neither the token nor anything but the peer; SIGTERM with a subscribed client
+  connected stops the agent cleanly (exit 0).
 - SIGKILL during QoS 1 publish storms from several clients, several times: after each restart
   every PUBACKed value is in the log exactly once, and per device the values are strictly
   increasing (a publish without its PUBACK is there at most once; the clients never resend).
@@ -49,7 +50,11 @@ def test_run_acknowledges_qos1_after_commit_and_refuses_unknown_tokens(agent: Ag
     with MqttDevice(agent.mqtt_port, secret) as intruder:
         reason = intruder.connect()
         assert reason is not None and reason.getName() == "Not authorized"
-    assert agent.terminate() == 0
+    with MqttDevice(agent.mqtt_port, token) as waiting:  # connected, subscribed, at SIGTERM
+        assert waiting.connect() == 0
+        assert waiting.subscribe("v1/devices/me/rpc/request/+") == [0]
+        assert agent.terminate() == 0
+        wait_until(waiting.disconnected.is_set, timeout=DEADLINE_S, what="client disconnected")
     assert telemetry_values(read_log(agent.data_dir), device_id) == list(range(100))
     refusals = [r for r in agent.log_records() if "CONNACK 5" in r.get("message", "")]
     assert len(refusals) == 1
