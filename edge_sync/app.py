@@ -10,6 +10,7 @@ does not force its neighbours to restart):
     ├── downlink       DownlinkActor: applies what the cloud sends   } only with a routing key
     ├── connection     ConnectionActor: the gRPC stream to the cloud }
     ├── device-http    the device HTTP API
+    ├── mqtt           the device MQTT API (when mqtt.enabled)
     └── admin-http     status, events, devices, metrics
 Children stop in reverse order, so in-flight requests finish before the queue commits its last
 group and stops.
@@ -39,6 +40,7 @@ from edge_sync.link.connection import ConnectionActor
 from edge_sync.link.downlink_actor import DownlinkActor
 from edge_sync.link.state import StatusBoard
 from edge_sync.metrics import Metrics
+from edge_sync.mqtt.server import MqttServer
 from edge_sync.storage.entity_store import TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
@@ -137,6 +139,8 @@ class EdgeApp:
                 ChildSpec("device-http", self._http_starter(
                     "device-http", self.device_api.make_app, cfg.http.host, cfg.http.port),
                     shutdown_timeout=15.0),
+                *([ChildSpec("mqtt", self._mqtt_starter, shutdown_timeout=15.0)]
+                  if cfg.mqtt.enabled else []),
                 ChildSpec("admin-http", self._http_starter(
                     "admin-http", self.admin_api.make_app, cfg.admin.host, cfg.admin.port)),
             ],
@@ -152,6 +156,7 @@ class EdgeApp:
         _log.bind(
             data_dir=str(self.cfg.storage.data_dir),
             http_port=self.ports.get("device-http"),
+            mqtt_port=self.ports.get("mqtt"),
             admin_port=self.ports.get("admin-http"),
         ).info("edge-sync started")
         return self
@@ -169,6 +174,10 @@ class EdgeApp:
     @property
     def http_port(self) -> int:
         return self.ports["device-http"]
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.ports["mqtt"]
 
     @property
     def admin_port(self) -> int:
@@ -214,6 +223,19 @@ class EdgeApp:
             return host_
 
         return start
+
+    def _mqtt_starter(self, report: ExitReporter) -> MqttServer:
+        mqtt = self.cfg.mqtt
+        server = MqttServer(
+            self.service, host=mqtt.host, port=self.ports.get("mqtt", mqtt.port),
+            max_message_bytes=mqtt.max_message_bytes,
+            commit_timeout_s=self.cfg.http.request_timeout_s,
+            connect_timeout_s=mqtt.connect_timeout_s,
+            link_connected=self._link_connected if self.cfg.cloud.routing_key else None,
+            report_exit=report,
+        ).start()
+        self.ports["mqtt"] = server.port
+        return server
 
     def _register_gauges(self) -> None:
         log = EventLog(self.store)

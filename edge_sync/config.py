@@ -70,6 +70,7 @@ __all__ = [
     "LogConfig",
     "LogFormat",
     "LogLevel",
+    "MqttConfig",
     "QueueConfig",
     "ReconnectConfig",
     "RetryConfig",
@@ -336,6 +337,20 @@ class HttpConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class MqttConfig(_Section):
+    """``mqtt``: the device MQTT API (ThingsBoard's topics, docs/mqtt.md)."""
+
+    enabled: bool = False
+    host: str = field(default="0.0.0.0", metadata=_meta(nonempty=True))
+    port: int = field(default=1883, metadata=_meta(lo=0, hi=65535))
+    """0 picks a free port (tests)."""
+    max_message_bytes: int = field(default=1048576, metadata=_meta(lo=1))
+    """Largest PUBLISH accepted (its remaining length); a larger one closes the connection."""
+    connect_timeout_s: float = field(default=10.0, metadata=_meta(gt=0))
+    """A client that has not sent its CONNECT within this time is disconnected."""
+
+
+@dataclass(frozen=True, slots=True)
 class AdminConfig(_Section):
     """``admin``: the local admin HTTP API (status, events page, metrics)."""
 
@@ -371,6 +386,7 @@ class EdgeConfig(_Section):
     actors: ActorsConfig = field(default_factory=ActorsConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
 

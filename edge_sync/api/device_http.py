@@ -23,8 +23,9 @@ from urllib.parse import quote
 from aiohttp import web
 from loguru import logger
 
+from edge_sync.api.attribute_read import read_attributes
 from edge_sync.api.device_service import DeviceService
-from edge_sync.api.payloads import parse_keys, parse_timeout
+from edge_sync.api.payloads import parse_keys, parse_request_id, parse_timeout
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.http_host import HANDLER_CANCELLATION
 from edge_sync.common.json_body import parse_json
@@ -144,7 +145,7 @@ class DeviceHttpApi:
         raw_id = request.match_info["request_id"]
 
         def submit(token: str, body: Any) -> Future[range]:
-            return self._service.post_rpc_response(token, _request_id(raw_id), body)
+            return self._service.post_rpc_response(token, parse_request_id(raw_id), body)
 
         return await self._write(request, "rpc response", submit)
 
@@ -167,33 +168,17 @@ class DeviceHttpApi:
         return web.Response(status=200)
 
     async def _get_attributes(self, request: web.Request) -> web.StreamResponse:
-        """From the edge's store. Shared keys it does not hold are asked of the cloud (an
-        AttributesRequestMsg through the queue, at most once per device per interval); with the
-        link up the answer is awaited up to the request timeout, then what is known is answered
-        and the keys still missing are named in MISSING_HEADER."""
+        """From the edge's store; shared keys it does not hold are asked of the cloud
+        (api/attribute_read.py), then what is known is answered and the keys still missing are
+        named in MISSING_HEADER."""
         token = request.match_info["token"]
         try:
             device = self._service.authenticate(token)
-            keys = {"client_keys": parse_keys(request.query.get("clientKeys")),
-                    "shared_keys": parse_keys(request.query.get("sharedKeys"))}
-            result, missing = self._service.read_attributes(device.id, **keys)
-            if missing and self._link_connected is not None:
-                poll: LongPoll | None = None
-                if self._link_connected():
-                    poll = LongPoll(asyncio.get_running_loop())
-                    self._polls.add(poll)
-                try:
-                    self._service.fetch_shared(device.id, poll, int(self._timeout * 1000))
-                    if poll is not None:
-                        try:
-                            answered, _ = await poll.wait(self._timeout)
-                        except Unavailable:  # the device's shard restarts: what is known
-                            answered = False
-                        if answered:
-                            result, missing = self._service.read_attributes(device.id, **keys)
-                finally:
-                    if poll is not None:
-                        self._polls.discard(poll)
+            result, missing = await read_attributes(
+                self._service, device.id,
+                client_keys=parse_keys(request.query.get("clientKeys")),
+                shared_keys=parse_keys(request.query.get("sharedKeys")),
+                link_connected=self._link_connected, timeout_s=self._timeout, polls=self._polls)
         except Exception as exc:
             return self._refuse(status_of(exc), _message(exc), "attributes read", token)
         headers = {MISSING_HEADER: _header_list(missing)} if missing else None
@@ -225,14 +210,6 @@ class _TooLarge(Exception):
     def __init__(self, size: int | None, limit: int) -> None:
         what = f"body of {size} bytes" if size else "body"
         super().__init__(f"{what} is larger than the limit of {limit} bytes (http.max_body_bytes)")
-
-
-def _request_id(raw: str) -> int:
-    """An RPC request id of the path: ASCII digits within int32 (``str.isdigit`` alone takes
-    "²" or Arabic-Indic digits, and ``int()`` of thousands of digits is refused), else 400."""
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or int(raw) >= 2**31:
-        raise BadRequest(f"RPC request id {raw[:32]!r} is not a number 0..2147483647")
-    return int(raw)
 
 
 def _message(exc: BaseException) -> str:

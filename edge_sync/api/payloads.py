@@ -119,6 +119,15 @@ def parse_attributes(body: Any) -> Values:
     return _values("attributes", body)
 
 
+def parse_request_id(raw: str) -> int:
+    """An RPC request id of a path or topic: ASCII digits within int32 (``str.isdigit`` alone
+    takes "²" or Arabic-Indic digits, and ``int()`` of thousands of digits is refused), else
+    BadRequest."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or int(raw) >= 2**31:
+        raise BadRequest(f"RPC request id {raw[:32]!r} is not a number 0..2147483647")
+    return int(raw)
+
+
 def parse_keys(raw: str | None) -> tuple[str, ...] | None:
     """``a,b,c`` query parameter -> keys; None when absent (meaning all)."""
     if raw is None:

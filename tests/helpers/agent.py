@@ -182,7 +182,7 @@ class Agent(ServiceProcess):
         env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(workdir, data_dir=data_dir, env=env)
-        self.http_port, self.admin_port = free_ports(2)
+        self.http_port, self.admin_port, self.mqtt_port = free_ports(3)
 
     def own_env(self) -> dict[str, str]:
         return {
@@ -191,6 +191,8 @@ class Agent(ServiceProcess):
             "EDGE_HTTP_PORT": str(self.http_port),
             "EDGE_ADMIN_HOST": "127.0.0.1",
             "EDGE_ADMIN_PORT": str(self.admin_port),
+            "EDGE_MQTT_HOST": "127.0.0.1",
+            "EDGE_MQTT_PORT": str(self.mqtt_port),
             "EDGE_LOG_FORMAT": "json",
         }
 

@@ -1,0 +1,97 @@
+"""A device that talks MQTT 3.1.1 to the agent through a real client (paho-mqtt): connect with
+its access token as username, publish, and see what the server answered (CONNACK code, PUBACKs,
+a connection the server closed). No automatic reconnect, so a closed connection stays closed
+and nothing is resent behind the test's back.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from tests.helpers.wait import wait_until
+
+TELEMETRY = "v1/devices/me/telemetry"
+ATTRIBUTES = "v1/devices/me/attributes"
+
+
+class MqttDevice:
+    def __init__(self, port: int, token: str, *, client_id: str = "") -> None:
+        self.port = port
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv311, reconnect_on_failure=False)
+        self.client.username_pw_set(token)
+        self.connack: Any = None
+        self.acked: list[int] = []  # message ids, in the order their PUBACKs arrived
+        self.granted: dict[int, list[int]] = {}  # SUBACK return codes by message id
+        self.messages: list[tuple[str, Any]] = []  # (topic, JSON body) the server published
+        self.disconnected = threading.Event()
+        self.on_ack: Callable[[int], None] | None = None  # called in paho's thread per PUBACK
+        self._lock = threading.Lock()
+        self.client.on_connect = self._on_connect
+        self.client.on_publish = self._on_publish
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    def connect(self, *, timeout: float = 10.0) -> Any:
+        """Connect and wait for CONNACK (or the connection's end): paho's reason code."""
+        self.client.connect("127.0.0.1", self.port, keepalive=30)
+        self.client.loop_start()
+        wait_until(lambda: self.connack is not None or self.disconnected.is_set(),
+                   timeout=timeout, what="CONNACK")
+        return self.connack
+
+    def publish(self, topic: str, body: Any, *, qos: int = 1) -> mqtt.MQTTMessageInfo:
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return self.client.publish(topic, payload, qos=qos)
+
+    def subscribe(self, topic: str, *, timeout: float = 10.0) -> list[int]:
+        """Subscribe at QoS 1 and wait for SUBACK: its return codes (0x80 = refused)."""
+        _, mid = self.client.subscribe(topic, qos=1)
+        return wait_until(lambda: self.granted.get(mid), timeout=timeout, what=f"SUBACK {topic}")
+
+    def wait_message(self, topic: str, *, timeout: float = 10.0) -> Any:
+        """The body of the first message the server published on ``topic``."""
+        def found() -> tuple[Any] | None:
+            with self._lock:
+                return next(((body,) for t, body in self.messages if t == topic), None)
+        return wait_until(found, timeout=timeout, what=f"a message on {topic}")[0]
+
+    def acked_ids(self) -> list[int]:
+        with self._lock:
+            return list(self.acked)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> MqttDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # paho's network thread
+    def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
+        self.connack = reason
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
+        if self.on_ack is not None:
+            self.on_ack(mid)
+        with self._lock:
+            self.acked.append(mid)
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: Any, _p: Any) -> None:
+        self.granted[mid] = [int(c.value) if c.value < 0x80 else 0x80 for c in codes]
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, json.loads(msg.payload)))
+
+    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, _reason: Any, _p: Any) -> None:
+        self.disconnected.set()

@@ -1,0 +1,97 @@
+"""The device MQTT API's subscriptions, in one process: a whole EdgeApp linked to the scripted
+gRPC peer, a device on a real MQTT client (paho-mqtt). They go through the device sessions
+that the HTTP long polls use: a server-side RPC request published on
+v1/devices/me/rpc/request/{id} and its answer on v1/devices/me/rpc/response/{id} uplinked;
+shared attribute updates on v1/devices/me/attributes; attribute requests answered on
+v1/devices/me/attributes/response/{id}; a topic the edge does not serve refused in SUBACK.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_sync.app import EdgeApp
+from edge_sync.devices.rpc import RpcStatus
+from edge_sync.storage.records import Device
+from tests.helpers.fake_peer import FakeCloud
+from tests.helpers.mqtt_device import ATTRIBUTES, MqttDevice
+from tests.helpers.wait import wait_until
+from tests.integration.test_device_sessions import (
+    Harness,
+    deliver,
+    make_device,
+    rpc_downlink,
+    rpc_uplinks,
+    rpcs,
+    shared_downlink,
+)
+
+DEADLINE_S = 10.0
+MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
+
+
+@pytest.fixture
+def linked(tmp_path: Path) -> Iterator[tuple[FakeCloud, EdgeApp, Device]]:
+    harness = Harness(tmp_path)
+    try:
+        fake, app = harness.connected_edge(**MQTT_ON)
+        yield fake, app, make_device(app, "mqtt-session")
+    finally:
+        harness.close()
+
+
+def test_rpc_request_published_and_its_answer_uplinked(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    fake, app, dev = linked
+    with MqttDevice(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        assert client.subscribe("v1/devices/me/rpc/request/+") == [0]
+        msg = rpc_downlink(fake, dev, 7, "setGpio", {"pin": 1})
+        deliver(fake, msg)
+        assert client.wait_message("v1/devices/me/rpc/request/7") == {
+            "method": "setGpio", "params": {"pin": 1}}
+        answer = client.publish("v1/devices/me/rpc/response/7", {"pin": 1, "value": True})
+        wait_until(lambda: answer.mid in client.acked_ids(), timeout=DEADLINE_S,
+                   what="PUBACK of the answer")
+        up = fake.wait_for(lambda: rpc_uplinks(fake), what="the RPC answer uplinked")[0]
+        assert (up.requestId, json.loads(up.responseMsg.response)) == (
+            7, {"pin": 1, "value": True})
+        assert [r.status for r in rpcs(app, dev)] == [RpcStatus.SUCCESSFUL]
+        # a second answer is acknowledged (a resend cannot help) and changes nothing
+        again = client.publish("v1/devices/me/rpc/response/7", {"again": 1})
+        wait_until(lambda: again.mid in client.acked_ids(), timeout=DEADLINE_S,
+                   what="PUBACK of the second answer")
+        assert not client.disconnected.is_set()
+    assert [(r.status, r.response) for r in rpcs(app, dev)] == [
+        (RpcStatus.SUCCESSFUL, {"pin": 1, "value": True})]
+
+
+def test_shared_attribute_updates_and_attribute_requests(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    fake, app, dev = linked
+    with MqttDevice(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        assert client.subscribe(ATTRIBUTES) == [0]
+        assert client.subscribe("v1/devices/me/attributes/response/+") == [0]
+        deliver(fake, shared_downlink(fake, dev, {"setpoint": 21}))
+        assert client.wait_message(ATTRIBUTES) == {"setpoint": 21}
+        posted = client.publish(ATTRIBUTES, {"firmware": "1.2.0"})
+        wait_until(lambda: posted.mid in client.acked_ids(), timeout=DEADLINE_S,
+                   what="PUBACK of the client attributes")
+        client.publish("v1/devices/me/attributes/request/1",
+                       {"clientKeys": "firmware", "sharedKeys": "setpoint"})
+        assert client.wait_message("v1/devices/me/attributes/response/1") == {
+            "client": {"firmware": "1.2.0"}, "shared": {"setpoint": 21}}
+
+
+def test_a_topic_the_edge_does_not_serve_is_refused_in_suback(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    _, app, dev = linked
+    with MqttDevice(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        assert client.subscribe("v1/devices/me/nothing/#") == [0x80]
+        assert not client.disconnected.is_set()
