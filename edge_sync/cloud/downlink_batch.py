@@ -78,7 +78,10 @@ def batch_of(head: QueuedDownlink, following: Iterable[QueuedDownlink], *, now_m
 
 
 def combined(items: list[QueuedDownlink]) -> QueuedDownlink:
-    """One queued downlink carrying the entries of ``items`` (numbered as the first)."""
+    """One queued downlink carrying the entries of ``items``: numbered as the first (its place
+    in the queue), sent under the last one's downlinkMsgId. A batch is always the head of the
+    queue and what follows it, so one formed again later (after a reconnect, with more queued
+    behind) ends further on and gets another id: a downlinkMsgId never names two contents."""
     if len(items) == 1:
         return items[0]
     msg = edge_pb2.DownlinkMsg()
@@ -86,6 +89,6 @@ def combined(items: list[QueuedDownlink]) -> QueuedDownlink:
         part = edge_pb2.DownlinkMsg.FromString(item.payload)
         msg.deviceRpcCallMsg.extend(part.deviceRpcCallMsg)
         msg.entityData.extend(part.entityData)
-    head = items[0]
-    return QueuedDownlink(head.number, head.msg_id, msg.SerializeToString(), durable=True)
+    return QueuedDownlink(items[0].number, items[-1].msg_id, msg.SerializeToString(),
+                          durable=True)
 

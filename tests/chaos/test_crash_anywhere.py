@@ -39,7 +39,6 @@ from typing import Any
 
 import pytest
 
-from edge_sync.cloud.records import downlink_msg_id
 from edge_sync.cloud.store import CloudStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Status
@@ -304,9 +303,9 @@ def check_downlinks(agent: Agent, cloud: CloudProc, sets: list[AttrSet],
     assert len(keys) == len(set(keys)), "a downlink key recorded twice"
     twice = sorted(i for i, n in Counter(ids).items() if n > 1)
     assert twice == [], f"downlink ids recorded with two different contents: {twice}"
-    acked_ids = {downlink_msg_id(s.downlink) for s in sets
-                 if s.outcome == "acked" and s.downlink is not None}
-    assert acked_ids <= set(ids), f"acknowledged sets never applied: {sorted(acked_ids - set(ids))}"
+    # (Every acknowledged set was applied: checked above on the values. Its own downlink id
+    # need not be a recorded key: sets queued one after another travel in one DownlinkMsg,
+    # recorded under the last one's id.)
     applied = Counter(r["downlink_id"] for r in agent.log_records(all_runs=True)
                       if r.get("component") == "downlink" and " applied: " in r["message"])
     assert [i for i, n in applied.items() if n > 1] == [], "a downlink applied twice"

@@ -310,6 +310,9 @@ def test_a_batch_takes_the_rpc_requests_that_follow_the_head():
     assert [c.requestId for c in msg.deviceRpcCallMsg] == [1, 2, 3]
     assert downlink_batch.combined(got).number == 1
     assert downlink_batch.combined([head]) is head
+    # sent under the last part's id: formed again with more behind it, it is another id
+    assert downlink_batch.combined(got).msg_id == 3
+    assert downlink_batch.combined([*got, _queued(4)]).msg_id == 4
 
 
 def test_a_batch_stops_at_what_cannot_go_with_it():
