@@ -27,6 +27,12 @@ TRANSIENT_ERROR_PATTERNS: tuple[str, ...] = (
 
 
 def is_transient(error: str) -> bool:
-    """Whether a failure answer's errorMsg names a transient cause (see the module docstring)."""
-    text = error.lower()
+    """Whether a failure answer's errorMsg names a transient cause (see the module docstring).
+
+    ThingsBoard's errorMsg is the root cause's message, then its stack frames, one per line:
+    only the message is read, since a permanent error's frames may well name a class or method
+    such as ``...withTimeout``. A cause without a message (the first line empty) is known only
+    by its frames, so then those are read."""
+    message, _, frames = error.partition("\n")
+    text = (message if message.strip() else frames).lower()
     return any(pattern in text for pattern in TRANSIENT_ERROR_PATTERNS)

@@ -301,6 +301,13 @@ def test_transient_failures_are_resent_with_growing_delay_and_never_dead_lettere
     assert is_transient("java.util.concurrent.TimeoutException") and is_transient("timed out")
     assert is_transient("UNAVAILABLE: io exception") and is_transient("Service Unavailable")
     assert not is_transient(TENANT_ERROR)
+    # ThingsBoard's text: the root cause's message, then its stack frames; the frames of a
+    # permanent error do not make it transient, a cause without a message is read from them
+    frames = "\n".join(["com.google.common.util.concurrent.TimeoutFuture.run(TimeoutFuture.java:1)",
+                        "org.thingsboard.server.dao.service.DataValidator.validate(DataValidator.java:2)"])
+    assert not is_transient("Device should be assigned to tenant!\n" + frames)
+    assert is_transient("\n" + frames)  # a TimeoutException without a message
+    assert is_transient("Rate limit reached\n" + frames)
     q = Queue([event(1)])
     w = tb_window()
     assert tb_pump(w, q, 0.0) == [(1, 1, (1,))]
