@@ -1,12 +1,15 @@
-"""Helpers shared by the benchmarks: progress output, statistics, free ports, process RSS."""
+"""Helpers shared by the benchmarks: progress output, statistics, free ports, process RSS and
+stopping the processes they start."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -120,3 +123,15 @@ def rss_parts_mb(pid: int) -> dict[str, float]:
         if key in names:
             out[names[key]] = int(line.split()[1]) / 1024.0
     return out
+
+
+def terminate(proc: subprocess.Popen[Any], *, timeout: float = 60.0) -> int:
+    """SIGTERM and wait: the exit code, or -9 when it had to be killed after ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return -9

@@ -116,6 +116,7 @@ from bench.common import (
     rounded,
     rss_parts_mb,
     set_progress_origin,
+    terminate,
 )
 from bench.ingest import edge_env, make_entries, new_events
 
@@ -225,14 +226,7 @@ class Cloud:
         """SIGTERM and wait: the exit code (None when it never started)."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return -9
+        return terminate(self.proc, timeout=timeout)
 
     def applied_at(self) -> dict[int, int]:
         """seq -> applied_at (ms) of everything the edge sent, read from the store (after stop)."""

@@ -48,7 +48,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -62,7 +61,16 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import cpu_seconds, emit, free_port, median, percentile, progress, rounded
+from bench.common import (
+    cpu_seconds,
+    emit,
+    free_port,
+    median,
+    percentile,
+    progress,
+    rounded,
+    terminate,
+)
 from bench.e2e import Cloud, PhaseError, machine_load
 from bench.ingest import edge_env
 
@@ -135,14 +143,7 @@ class Edge:
     def stop(self, *, timeout: float = 60.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return -9
+        return terminate(self.proc, timeout=timeout)
 
     def tail(self) -> str:
         try:
