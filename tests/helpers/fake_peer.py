@@ -29,7 +29,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +36,7 @@ import grpc
 
 from edge_sync.common.wire import uuid_of
 from edge_sync.proto import edge_pb2, edge_pb2_grpc
+from tests.helpers.grpc_server import serve_on_loopback
 from tests.helpers.wait import wait_until
 
 DEADLINE_S = 10.0
@@ -220,17 +220,9 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> FakeCloud:
-        options: list[tuple[str, Any]] = [("grpc.http2.min_ping_interval_without_data_ms", 1000),
-                                          ("grpc.keepalive_permit_without_calls", 1)]
-        if self.max_inbound is not None:  # like ThingsBoard: the advertised limit is enforced
-            options.append(("grpc.max_receive_message_length", self.max_inbound))
-        server = grpc.server(ThreadPoolExecutor(max_workers=16, thread_name_prefix="fake-cloud"),
-                             options=options)
-        edge_pb2_grpc.add_EdgeRpcServiceServicer_to_server(self, server)
-        self.port = server.add_insecure_port("127.0.0.1:0")
-        assert self.port, "fake cloud: no port"
-        server.start()
-        self._server = server
+        # like ThingsBoard, the advertised inbound limit is enforced when there is one
+        self._server, self.port = serve_on_loopback(self, name="fake-cloud",
+                                                    max_inbound=self.max_inbound)
         return self
 
     def stop(self) -> None:

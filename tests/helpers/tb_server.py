@@ -131,13 +131,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from edge_sync.proto import edge_pb2, edge_pb2_grpc
+from tests.helpers.grpc_server import serve_on_loopback
 from tests.helpers.tb_common import (
     NULL_UUID,
     JavaError,
@@ -324,16 +324,8 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> TbServer:
-        server = grpc.server(
-            ThreadPoolExecutor(max_workers=16, thread_name_prefix="tb-server"),
-            options=[("grpc.max_receive_message_length", MAX_INBOUND_MESSAGE_SIZE),
-                     ("grpc.http2.min_ping_interval_without_data_ms", 1000),
-                     ("grpc.keepalive_permit_without_calls", 1)])
-        edge_pb2_grpc.add_EdgeRpcServiceServicer_to_server(self, server)
-        self.port = server.add_insecure_port("127.0.0.1:0")
-        assert self.port, "tb server: no port"
-        server.start()
-        self._server = server
+        self._server, self.port = serve_on_loopback(self, name="tb-server",
+                                                    max_inbound=MAX_INBOUND_MESSAGE_SIZE)
         return self
 
     def stop(self) -> None:
