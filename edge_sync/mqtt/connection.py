@@ -58,6 +58,7 @@ from edge_sync.common.json_body import parse_json
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Conflict, NotFound, Unauthorized
 from edge_sync.mqtt import topics
+from edge_sync.mqtt.gateway import Gateway
 from edge_sync.mqtt.subscriptions import Subscriptions
 from edge_sync.mqtt.topics import Publish, classify
 from edge_sync.storage.records import Device
@@ -109,6 +110,7 @@ class MqttConnection:
         self._ack_task: asyncio.Task[None] | None = None
         self._other_topics: set[str] = set()
         self._subscriptions: Subscriptions | None = None
+        self._gateway: Gateway | None = None
         self._requests: set[asyncio.Task[None]] = set()  # attribute requests being answered
 
     async def run(self) -> None:
@@ -188,6 +190,9 @@ class MqttConnection:
             raise _Close(f"{what}: refused with CONNACK 5")
         self._token, self._device = token, device
         self._subscriptions = Subscriptions(self._service, device.id, self._publish_to_device)
+        self._gateway = Gateway(self._service, device, self._publish_to_device,
+                                link_connected=self._link_connected, polls=self._polls,
+                                commit_timeout_s=self._commit_timeout)
         self._send(ConnackPacket.build(0, CONNECTION_ACCEPTED))
         self._log.bind(device=str(device.id)).info("device {} connected over MQTT", device.name)
         return int(connect.keep_alive)
@@ -198,6 +203,9 @@ class MqttConnection:
         if qos > 1:
             raise _Close(f"QoS {qos} on {topic} is not served", graceful=True)
         kind, request_id = classify(topic)
+        if kind is Publish.GATEWAY:
+            self._gateway_publish(publish, topic, qos)
+            return
         if kind is Publish.OTHER:
             if topic not in self._other_topics:
                 self._other_topics.add(topic)
@@ -230,6 +238,26 @@ class MqttConnection:
             self._acks.put_nowait((publish.packet_id, asyncio.wrap_future(committed)))
         else:
             committed.add_done_callback(self._qos0_done(topic))
+
+    def _gateway_publish(self, publish: PublishPacket, topic: str, qos: int) -> None:
+        """A publish on ThingsBoard's gateway API (mqtt/gateway.py), acknowledged as any other:
+        after the commit of what it holds."""
+        assert self._gateway is not None
+        try:
+            committed = self._gateway.publish(topic, publish.data or b"")
+        except BadRequest as exc:
+            raise _Close(f"invalid gateway publish on {topic}: {exc}", graceful=True) from exc
+        except Exception as exc:
+            raise _Close(f"gateway publish on {topic} not accepted: {exc}",
+                         graceful=True) from exc
+        if qos == 0:
+            if committed is not None:
+                committed.add_done_callback(self._qos0_done(topic))
+        elif committed is None:
+            self._ack_now(publish.packet_id)
+        else:
+            assert publish.packet_id is not None
+            self._acks.put_nowait((publish.packet_id, asyncio.wrap_future(committed)))
 
     def _attributes_request(self, request_id: str, body: Any) -> None:
         """Answered on the response topic of the same id once read (through the cloud for
@@ -265,9 +293,14 @@ class MqttConnection:
         topics_ = subscribe.payload.topics if subscribe.payload is not None else []
         packet_id = subscribe.variable_header.packet_id if subscribe.variable_header else 0
         assert self._subscriptions is not None
+        assert self._gateway is not None
         codes = []
         for topic_filter, _qos in topics_:
-            if self._subscriptions.subscribe(topic_filter):
+            if topic_filter.startswith(topics.GATEWAY_PREFIX):
+                served = self._gateway.subscribe(topic_filter)
+            else:
+                served = self._subscriptions.subscribe(topic_filter)
+            if served:
                 codes.append(0)
             else:
                 codes.append(SUBSCRIBE_FAILURE)
@@ -277,8 +310,12 @@ class MqttConnection:
 
     def _unsubscribe(self, packet: UnsubscribePacket) -> None:
         assert self._subscriptions is not None
+        assert self._gateway is not None
         for topic_filter in packet.payload.topics if packet.payload is not None else []:
-            self._subscriptions.unsubscribe(topic_filter)
+            if topic_filter.startswith(topics.GATEWAY_PREFIX):
+                self._gateway.unsubscribe(topic_filter)
+            else:
+                self._subscriptions.unsubscribe(topic_filter)
         self._send(UnsubackPacket.build(packet.variable_header.packet_id))
 
     def _publish_to_device(self, topic: str, payload: bytes) -> None:
@@ -326,6 +363,8 @@ class MqttConnection:
     async def _finish(self, graceful: bool) -> None:
         if self._subscriptions is not None:
             await self._subscriptions.close()
+        if self._gateway is not None:
+            await self._gateway.close()
         for request in list(self._requests):
             request.cancel()
         task = self._ack_task

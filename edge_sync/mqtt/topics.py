@@ -14,6 +14,8 @@ ATTRIBUTES_RESPONSE_FILTER = ATTRIBUTES_RESPONSE_PREFIX + "+"
 RPC_REQUEST_PREFIX = "v1/devices/me/rpc/request/"
 RPC_REQUEST_FILTER = RPC_REQUEST_PREFIX + "+"
 RPC_RESPONSE_PREFIX = "v1/devices/me/rpc/response/"
+GATEWAY_PREFIX = "v1/gateway/"
+"""ThingsBoard's gateway API (mqtt/gateway.py): one connection speaking for many devices."""
 
 
 class Publish(enum.Enum):
@@ -23,6 +25,8 @@ class Publish(enum.Enum):
     ATTRIBUTES = "attributes"
     ATTRIBUTES_REQUEST = "attributes request"
     RPC_RESPONSE = "rpc response"
+    GATEWAY = "gateway"
+    """Under ``v1/gateway/``: served by mqtt/gateway.py."""
     OTHER = "other"
     """A topic outside what the edge serves: acknowledged and dropped, as ThingsBoard does."""
 
@@ -35,6 +39,8 @@ def classify(topic: str) -> tuple[Publish, str]:
         return Publish.ATTRIBUTES, ""
     if topic.startswith(RPC_RESPONSE_PREFIX):
         return Publish.RPC_RESPONSE, topic[len(RPC_RESPONSE_PREFIX):]
+    if topic.startswith(GATEWAY_PREFIX):
+        return Publish.GATEWAY, ""
     if topic.startswith(ATTRIBUTES_REQUEST_PREFIX):
         return Publish.ATTRIBUTES_REQUEST, topic[len(ATTRIBUTES_REQUEST_PREFIX):]
     return Publish.OTHER, ""
