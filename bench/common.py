@@ -1,11 +1,15 @@
-"""Helpers shared by the benchmarks: progress output, statistics, free ports, process RSS and
-stopping the processes they start."""
+"""Helpers shared by the benchmarks: progress output, statistics, free ports, process RSS, open
+file limits, stopping the processes they start, and Mosquitto (finding or installing Debian's
+package, writing a broker's config file)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import socket
 import statistics
@@ -135,3 +139,106 @@ def terminate(proc: subprocess.Popen[Any], *, timeout: float = 60.0) -> int:
         proc.kill()
         proc.wait()
         return -9
+
+
+def raise_open_files(wanted: int) -> int:
+    """Raise this process's open-file limit (RLIMIT_NOFILE) to at least ``wanted`` where it can
+    (the hard limit too when root); children started afterwards inherit it. The soft limit now."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):  # only root may raise the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+    limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    return limit
+
+
+class SetupError(RuntimeError):
+    """Something a benchmark needs could not be had: a program missing and not installable, a
+    server that did not start."""
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log file (for error messages)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_port(port: int, proc: subprocess.Popen[Any], what: str, log: Path,
+              timeout: float = 30.0) -> None:
+    """Wait until 127.0.0.1:port accepts a TCP connection (SetupError when ``proc`` exits first
+    or the time runs out; the end of ``log`` is in the message)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SetupError(f"{what} exited with code {proc.returncode} while starting:\n"
+                             f"{tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return
+        if time.monotonic() > deadline:
+            raise SetupError(f"{what} did not accept connections on port {port} within "
+                             f"{timeout:.0f}s:\n{tail(log)}")
+        time.sleep(0.01)
+
+
+# -- Mosquitto -----------------------------------------------------------------------------------
+
+
+def mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def ensure_mosquitto(*, install: bool = True) -> tuple[str, str]:
+    """The mosquitto binary and its version; installs Debian's package when it is missing (and
+    ``install``). SetupError when it is missing and cannot be installed."""
+    binary = mosquitto_binary()
+    if binary is None:
+        cmd = "apt-get update && apt-get install -y mosquitto"
+        if not install:
+            raise SetupError(f"mosquitto is not installed (`{cmd}` installs it)")
+        progress(f"mosquitto not found: {cmd}")
+        if os.geteuid() != 0:
+            raise SetupError("mosquitto is not installed and this is not root; install it with "
+                             f"`sudo sh -c '{cmd}'` and run again")
+        done = subprocess.run(["sh", "-c", cmd], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                              capture_output=True, text=True)
+        binary = mosquitto_binary()
+        if done.returncode != 0 or binary is None:
+            raise SetupError(f"could not install mosquitto (`{cmd}` exited with {done.returncode}):\n"
+                             + "\n".join((done.stdout + done.stderr).splitlines()[-15:]))
+    out = subprocess.run([binary, "-h"], capture_output=True, text=True)
+    match = re.search(r"mosquitto version (\S+)", out.stdout + out.stderr)
+    return binary, match.group(1) if match else "unknown"
+
+
+def mosquitto_config(title: str, port: int, data_dir: Path, settings: Sequence[str]) -> str:
+    """A mosquitto.conf: a ``# title`` line, ``user root`` when run as root (no privilege drop,
+    so it can write ``data_dir``), an anonymous listener on 127.0.0.1:``port``, then
+    ``settings``, then logging (errors to information) to ``data_dir``/mosquitto.log."""
+    lines = [f"# {title}"]
+    if os.geteuid() == 0:
+        lines.append("user root")
+    lines += [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        *settings,
+        f"log_dest file {data_dir}/mosquitto.log",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+    ]
+    return "\n".join(lines) + "\n"

@@ -74,11 +74,8 @@ import contextlib
 import http.client
 import json
 import os
-import re
 import secrets
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -90,7 +87,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit, free_port, peak_rss_mb, progress
+from bench.common import (
+    SetupError,
+    emit,
+    ensure_mosquitto,
+    free_port,
+    peak_rss_mb,
+    progress,
+    wait_port,
+)
+from bench.common import mosquitto_config as common_mosquitto_config
+from bench.common import tail as _tail
 
 PAHO_REQUIREMENT = "paho-mqtt==2.2.0"
 KEYS = ("accepted", "delivered", "lost", "duplicated", "misordered", "drain_s", "peak_rss_mb")
@@ -114,34 +121,11 @@ class Options:
     post_timeout: float = 600.0  # all devices must have posted everything within this
 
 
-class CompareError(RuntimeError):
+class CompareError(SetupError):
     """A run could not be completed (reported, then exit 1)."""
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path,
-               timeout: float = _START_TIMEOUT_S) -> None:
-    """Wait until 127.0.0.1:port accepts a TCP connection (CompareError if proc exits first)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise CompareError(f"{what} exited with code {proc.returncode} while starting:\n"
-                               f"{_tail(log)}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return
-        if time.monotonic() > deadline:
-            raise CompareError(f"{what} did not accept connections on port {port} within "
-                               f"{timeout:.0f}s:\n{_tail(log)}")
-        time.sleep(_POLL_S / 5)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 class Proc:
@@ -567,36 +551,6 @@ class EdgeSyncSystem(System):
 # -- Mosquitto -----------------------------------------------------------------------------------
 
 
-def mosquitto_binary() -> str | None:
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def ensure_mosquitto() -> tuple[str, str]:
-    """The mosquitto binary and its version; installs Debian's package when it is missing."""
-    binary = mosquitto_binary()
-    if binary is None:
-        progress("mosquitto not found: apt-get update && apt-get install -y mosquitto")
-        cmd = "apt-get update && apt-get install -y mosquitto"
-        if os.geteuid() != 0:
-            raise CompareError("mosquitto is not installed and this is not root; install it with "
-                               f"`sudo sh -c '{cmd}'` and run again")
-        done = subprocess.run(["sh", "-c", cmd], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-                              capture_output=True, text=True)
-        binary = mosquitto_binary()
-        if done.returncode != 0 or binary is None:
-            raise CompareError(f"could not install mosquitto (`{cmd}` exited with {done.returncode}):\n"
-                               + "\n".join((done.stdout + done.stderr).splitlines()[-15:]))
-    out = subprocess.run([binary, "-h"], capture_output=True, text=True)
-    match = re.search(r"mosquitto version (\S+)", out.stdout + out.stderr)
-    return binary, match.group(1) if match else "unknown"
-
-
 def _paho() -> Any:
     try:
         import paho.mqtt.client as mqtt
@@ -608,12 +562,7 @@ def _paho() -> Any:
 
 def mosquitto_config(role: str, port: int, data_dir: Path, cloud_port: int | None = None) -> str:
     """The config file of the "cloud" broker or of the "edge" broker (bridged to cloud_port)."""
-    lines = [f"# scripts/bench compare: the {role} broker"]
-    if os.geteuid() == 0:
-        lines.append("user root")  # keep root: no privilege drop, so it can write data_dir
-    lines += [
-        f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
+    text = common_mosquitto_config(f"scripts/bench compare: the {role} broker", port, data_dir, [
         "persistence true",
         f"persistence_location {data_dir}/",
         "autosave_on_changes true",
@@ -621,16 +570,10 @@ def mosquitto_config(role: str, port: int, data_dir: Path, cloud_port: int | Non
         "max_queued_messages 0",
         "max_inflight_messages 1",
         "set_tcp_nodelay true",
-        f"log_dest file {data_dir}/mosquitto.log",
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "log_type information",
-    ]
+    ])
     if role == "edge":
         assert cloud_port is not None
-        lines += [
-            "",
+        text += "\n" + "\n".join([
             "connection cloud",
             f"address 127.0.0.1:{cloud_port}",
             "remote_clientid bench-bridge",
@@ -640,8 +583,8 @@ def mosquitto_config(role: str, port: int, data_dir: Path, cloud_port: int | Non
             "bridge_attempt_unsubscribe false",
             "restart_timeout 1 1",  # base 1 s, cap 1 s: the fastest retry 2.0.11 does (~2 s)
             "notifications false",
-        ]
-    return "\n".join(lines) + "\n"
+        ]) + "\n"
+    return text
 
 
 class Broker:
@@ -658,7 +601,7 @@ class Broker:
 
     def start(self) -> float:
         proc = self.proc.spawn()
-        _wait_port(self.port, proc, self.proc.name, self.dir / "mosquitto.log")
+        wait_port(self.port, proc, self.proc.name, self.dir / "mosquitto.log", _START_TIMEOUT_S)
         return time.monotonic()
 
 
@@ -677,7 +620,7 @@ class _MqttDevice(DeviceClient):
         self._connected = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-dev-{device}",
                                   clean_session=True, protocol=mqtt.MQTTv311)
-        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
         self.client.on_connect = lambda *_a: self._connected.set()
         self.client.on_publish = self._on_publish
         self.client.connect("127.0.0.1", port, keepalive=30)
@@ -726,7 +669,7 @@ class Collector:
         self.subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-collector",
                                   clean_session=False, protocol=mqtt.MQTTv311)
-        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_a: self.subscribed.set()
         self.client.on_message = self._on_message
@@ -1004,7 +947,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         binary, version = ensure_mosquitto()
         _paho()
-    except CompareError as exc:
+    except SetupError as exc:
         progress(f"FAILED: {exc}")
         emit({k: dict.fromkeys(KEYS) for k in SYSTEMS})
         return 1

@@ -68,6 +68,7 @@ from bench.common import (
     median,
     percentile,
     progress,
+    raise_open_files,
     rounded,
     terminate,
 )
@@ -326,14 +327,6 @@ class Clients:
 
 
 # -- one run --------------------------------------------------------------------------------------
-
-
-def raise_open_files(wanted: int) -> None:
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
 
 def cpu_pct(pids: dict[str, int | None], before: dict[str, float], wall: float) -> dict[str, float]:
