@@ -415,6 +415,8 @@ class EdgeSyncSystem(System):
             "EDGE_HTTP_PORT": str(self.http_port),
             "EDGE_ADMIN_HOST": "127.0.0.1",
             "EDGE_ADMIN_PORT": str(self.edge_admin_port),
+            "EDGE_MQTT_ENABLED": "false",  # devices post over HTTP here; never take 1883
+            "EDGE_MQTT_TLS_ENABLED": "false",
             "EDGE_LOG_LEVEL": "INFO",
             "CLOUD_ROUTING_KEY": self.routing_key,
             "CLOUD_ROUTING_SECRET": self.secret,

@@ -126,14 +126,21 @@ def new_events(entity_id: uuid.UUID, entries: tuple[Entry, ...]) -> tuple[NewEve
     return append.events
 
 
-def edge_env(data_dir: Path, *, http_port: int = 0, admin_port: int = 0) -> dict[str, str]:
-    """The agent's environment: the caller's, with the store, ports and log level overridden."""
+def edge_env(data_dir: Path, *, http_port: int = 0, admin_port: int = 0,
+             mqtt_port: int | None = None) -> dict[str, str]:
+    """The agent's environment: the caller's, with the store, ports and log level overridden.
+    The device MQTT API is off unless ``mqtt_port`` is given (then on 127.0.0.1 there), so an
+    agent never takes 1883."""
     env = dict(os.environ)
     env.update(
         EDGE_DATA_DIR=str(data_dir),
         EDGE_HTTP_HOST="127.0.0.1",
         EDGE_HTTP_PORT=str(http_port),
         EDGE_ADMIN_PORT=str(admin_port),
+        EDGE_MQTT_ENABLED="false" if mqtt_port is None else "true",
+        EDGE_MQTT_HOST="127.0.0.1",
+        EDGE_MQTT_PORT=str(mqtt_port or 0),
+        EDGE_MQTT_TLS_ENABLED="false",
         EDGE_LOG_LEVEL="WARNING",
     )
     return env

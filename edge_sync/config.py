@@ -71,6 +71,7 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "MqttConfig",
+    "MqttTlsConfig",
     "QueueConfig",
     "ReconnectConfig",
     "RetryConfig",
@@ -337,10 +338,39 @@ class HttpConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class MqttTlsConfig(_Section):
+    """``mqtt.tls``: the device MQTT API over TLS (ThingsBoard's ``transport.mqtt.ssl``), a
+    listener of its own beside (or instead of) the plain one."""
+
+    enabled: bool = False
+    host: str = field(default="0.0.0.0", metadata=_meta(nonempty=True))
+    port: int = field(default=8883, metadata=_meta(lo=0, hi=65535))
+    """0 picks a free port (tests)."""
+    cert: Path | None = None
+    """The server's certificate chain (PEM); may hold its private key too."""
+    key: Path | None = None
+    """The server's private key (PEM); None when ``cert`` holds it."""
+    client_ca: Path | None = None
+    """CA certificates (PEM): when set, every client must present a certificate signed by one
+    of them (the access token still names the device)."""
+
+    def _check(self) -> None:
+        if not self.enabled:
+            return
+        if self.cert is None:
+            raise _Invalid("cert", "", "a file path, since enabled is true")
+        for name in ("cert", "key", "client_ca"):
+            value: Path | None = getattr(self, name)
+            if value is not None and not value.is_file():
+                raise _Invalid(name, value, "an existing file, since enabled is true")
+
+
+@dataclass(frozen=True, slots=True)
 class MqttConfig(_Section):
     """``mqtt``: the device MQTT API (ThingsBoard's topics, docs/mqtt.md)."""
 
-    enabled: bool = False
+    enabled: bool = True
+    """The plain listener (``host``:``port``); the TLS one is ``tls.enabled``."""
     host: str = field(default="0.0.0.0", metadata=_meta(nonempty=True))
     port: int = field(default=1883, metadata=_meta(lo=0, hi=65535))
     """0 picks a free port (tests)."""
@@ -348,6 +378,23 @@ class MqttConfig(_Section):
     """Largest PUBLISH accepted (its remaining length); a larger one closes the connection."""
     connect_timeout_s: float = field(default=10.0, metadata=_meta(gt=0))
     """A client that has not sent its CONNECT within this time is disconnected."""
+    max_inflight_per_client: int = field(default=1000, metadata=_meta(lo=1))
+    """Publishes of one connection accepted and not yet acknowledged (their commit pending);
+    at the cap the connection is not read until commits catch up."""
+    max_sessions: int = field(default=10000, metadata=_meta(lo=0))
+    """Sessions kept for disconnected clean-session-false clients; beyond it the longest
+    disconnected is dropped."""
+    session_expiry_s: float = field(default=3600.0, metadata=_meta(gt=0))
+    """A kept session is dropped this long after its client disconnected."""
+    max_unacked_per_session: int = field(default=1000, metadata=_meta(lo=1))
+    """QoS 1 messages the edge sent to a client and kept until its PUBACK; beyond it the oldest
+    is dropped."""
+    tls: MqttTlsConfig = field(default_factory=MqttTlsConfig)
+
+    @property
+    def serving(self) -> bool:
+        """Whether any listener is on."""
+        return self.enabled or self.tls.enabled
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="edge-sync-demo-"))
-    http_port, admin_port = free_port(), free_port()
+    http_port, admin_port, mqtt_port = free_port(), free_port(), free_port()
     rpc_port, cloud_admin_port = free_port(), free_port()
     cloud_env = dict(os.environ, CLOUD_DATA_DIR=str(work / "cloud"), EDGES_RPC_PORT=str(rpc_port),
                      CLOUD_ADMIN_PORT=str(cloud_admin_port), CLOUD_ADMIN_HOST="127.0.0.1",
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, EDGE_DATA_DIR=str(work / "edge"), EDGE_HTTP_PORT=str(http_port),
                EDGE_HTTP_HOST="127.0.0.1", EDGE_ADMIN_PORT=str(admin_port),
                EDGE_ADMIN_HOST="127.0.0.1", EDGE_ADMIN_TOKEN="",
+               EDGE_MQTT_HOST="127.0.0.1", EDGE_MQTT_PORT=str(mqtt_port), EDGE_MQTT_TLS_ENABLED="false",
                EDGE_LOG_FILE=str(work / "edge.log"), EDGE_LOG_LEVEL="INFO",
                CLOUD_ROUTING_KEY="demo-edge", CLOUD_ROUTING_SECRET="demo-secret",
                CLOUD_RPC_HOST="127.0.0.1", CLOUD_RPC_PORT=str(rpc_port),
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     admin = f"http://127.0.0.1:{admin_port}"
     try:
         wait_until_serving(f"{admin}/api/status", edge)
-        print(f"edge agent up: device API on :{http_port}, admin on :{admin_port} "
+        print(f"edge agent up: device API on :{http_port}, MQTT on :{mqtt_port}, admin on :{admin_port} "
               f"(open {admin}/ for the Cloud Events page)")
         tokens = []
         for i in range(args.devices):

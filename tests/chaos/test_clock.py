@@ -113,7 +113,7 @@ def cloud(tmp_path: Path) -> Iterator[CloudServer]:
 def start_edge(tmp_path: Path, cloud: CloudServer, clock: JumpingClock) -> EdgeApp:
     cfg = load_edge_config(env={
         "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_HOST": "127.0.0.1",
-        "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0",
+        "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0", "EDGE_MQTT_ENABLED": "false",
         "CLOUD_ROUTING_KEY": RK, "CLOUD_ROUTING_SECRET": SECRET,
         "CLOUD_RPC_HOST": "127.0.0.1", "CLOUD_RPC_PORT": str(cloud.port),
         "EDGE_CLOUD_RECONNECT_INTERVAL_MS": "100", "EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS": "1000",

@@ -956,7 +956,7 @@ class EdgeUnderTest:
 def edge_env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:
     return {
         "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_HOST": "127.0.0.1", "EDGE_HTTP_PORT": "0",
-        "EDGE_ADMIN_PORT": "0", "EDGE_ACTORS_SHARDS": "2",
+        "EDGE_ADMIN_PORT": "0", "EDGE_ACTORS_SHARDS": "2", "EDGE_MQTT_ENABLED": "false",
         "CLOUD_ROUTING_KEY": EDGE_RK, "CLOUD_ROUTING_SECRET": EDGE_SECRET,
         "CLOUD_RPC_HOST": "127.0.0.1", "CLOUD_RPC_PORT": str(port), "CLOUD_RPC_TIMEOUT": "3000",
         "CLOUD_RPC_MAX_INBOUND_MESSAGE_SIZE": str(EDGE_MAX_INBOUND),

@@ -1,6 +1,7 @@
-"""Drive a real `edge-sync run` process from a test: start it on free loopback ports with a data
-directory in tmp, wait until it serves, talk to its device and admin APIs over HTTP, kill it
-(SIGKILL) or stop it (SIGTERM), and read its LMDB event log directly, read-only.
+"""Drive a real `edge-sync run` process from a test: start it on free loopback ports (device
+HTTP, admin, MQTT, and MQTT over TLS when a test turns it on) with a data directory in tmp,
+wait until it serves, talk to its device and admin APIs over HTTP, kill it (SIGKILL) or stop it
+(SIGTERM), and read its LMDB event log directly, read-only.
 
 The process logs JSON lines (EDGE_LOG_FORMAT=json) to one stderr file per start, kept in the
 agent's work directory, so tests can assert on log lines. Every HTTP call that gets no answer
@@ -182,7 +183,7 @@ class Agent(ServiceProcess):
         env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(workdir, data_dir=data_dir, env=env)
-        self.http_port, self.admin_port, self.mqtt_port = free_ports(3)
+        self.http_port, self.admin_port, self.mqtt_port, self.mqtt_tls_port = free_ports(4)
 
     def own_env(self) -> dict[str, str]:
         return {
@@ -193,6 +194,8 @@ class Agent(ServiceProcess):
             "EDGE_ADMIN_PORT": str(self.admin_port),
             "EDGE_MQTT_HOST": "127.0.0.1",
             "EDGE_MQTT_PORT": str(self.mqtt_port),
+            "EDGE_MQTT_TLS_HOST": "127.0.0.1",
+            "EDGE_MQTT_TLS_PORT": str(self.mqtt_tls_port),
             "EDGE_LOG_FORMAT": "json",
         }
 

@@ -34,7 +34,7 @@ DEADLINE = 10.0
 def app(tmp_path: Path) -> Iterator[EdgeApp]:
     cfg = load_edge_config(env={
         "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0",
-        "EDGE_HTTP_HOST": "127.0.0.1", "EDGE_ACTORS_SHARDS": "4",
+        "EDGE_HTTP_HOST": "127.0.0.1", "EDGE_ACTORS_SHARDS": "4", "EDGE_MQTT_ENABLED": "false",
     })
     edge = EdgeApp(cfg).start()
     yield edge

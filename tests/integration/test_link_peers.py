@@ -54,6 +54,7 @@ class Harness:
         base = {
             "EDGE_DATA_DIR": str(self.tmp_path / "edge"), "EDGE_HTTP_HOST": "127.0.0.1",
             "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0", "EDGE_ACTORS_SHARDS": "2",
+            "EDGE_MQTT_ENABLED": "false",
             "CLOUD_ROUTING_KEY": ROUTING_KEY, "CLOUD_ROUTING_SECRET": SECRET,
             "CLOUD_RPC_HOST": "127.0.0.1", "CLOUD_RPC_PORT": str(fake.port),
             "EDGE_CLOUD_RECONNECT_INTERVAL_MS": "200", "EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS": "1000",

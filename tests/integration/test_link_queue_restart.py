@@ -22,7 +22,7 @@ def test_acks_during_a_queue_restart_are_recorded(tmp_path: Path) -> None:
     cfg = load_edge_config(env={
         "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0",
         "CLOUD_ROUTING_KEY": "rk", "CLOUD_ROUTING_SECRET": "s", "CLOUD_RPC_PORT": str(cloud.port),
-        "EDGE_CLOUD_BATCH_SIZE": "20", "EDGE_CLOUD_WINDOW": "2"})
+        "EDGE_CLOUD_BATCH_SIZE": "20", "EDGE_CLOUD_WINDOW": "2", "EDGE_MQTT_ENABLED": "false"})
     app = EdgeApp(cfg).start()
     try:
         device, created = app.service.create_device("d")

@@ -53,7 +53,7 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
     def make(name: str = "edge", **env: str) -> EdgeApp:
         cfg = load_edge_config(env={
             "EDGE_DATA_DIR": str(tmp_path / name), "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0",
-            "EDGE_HTTP_HOST": "127.0.0.1", **env,
+            "EDGE_HTTP_HOST": "127.0.0.1", "EDGE_MQTT_ENABLED": "false", **env,
         })
         app = EdgeApp(cfg).start()
         apps.append(app)

@@ -40,6 +40,7 @@ def cloud(tmp_path: Path, pki: Pki) -> Iterator[CloudServer]:
 def edge(tmp_path: Path, cloud: CloudServer, root: Path) -> EdgeApp:
     cfg = load_edge_config(env={
         "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0",
+        "EDGE_MQTT_ENABLED": "false",
         "CLOUD_ROUTING_KEY": "tls-edge", "CLOUD_ROUTING_SECRET": "tls-secret",
         "CLOUD_RPC_HOST": "localhost", "CLOUD_RPC_PORT": str(cloud.port),
         "CLOUD_RPC_SSL_ENABLED": "true", "CLOUD_RPC_SSL_CERT": str(root),

@@ -105,11 +105,21 @@ EDGE_DEFAULTS: dict[str, object] = {
     "http.port": 8080,
     "http.max_body_bytes": 1048576,
     "http.request_timeout_s": 10,
-    "mqtt.enabled": False,
+    "mqtt.enabled": True,
     "mqtt.host": "0.0.0.0",
     "mqtt.port": 1883,
     "mqtt.max_message_bytes": 1048576,
     "mqtt.connect_timeout_s": 10,
+    "mqtt.max_inflight_per_client": 1000,
+    "mqtt.max_sessions": 10000,
+    "mqtt.session_expiry_s": 3600,
+    "mqtt.max_unacked_per_session": 1000,
+    "mqtt.tls.enabled": False,
+    "mqtt.tls.host": "0.0.0.0",
+    "mqtt.tls.port": 8883,
+    "mqtt.tls.cert": None,
+    "mqtt.tls.key": None,
+    "mqtt.tls.client_ca": None,
     "admin.host": "127.0.0.1",
     "admin.port": 8090,
     "admin.fault_injection": False,
@@ -252,11 +262,21 @@ EDGE_OVERRIDES: dict[str, tuple[str, str, object]] = {
     "EDGE_HTTP_PORT": ("http.port", "0", 0),
     "EDGE_HTTP_MAX_BODY_BYTES": ("http.max_body_bytes", "10", 10),
     "EDGE_HTTP_REQUEST_TIMEOUT_S": ("http.request_timeout_s", "2.5", 2.5),
-    "EDGE_MQTT_ENABLED": ("mqtt.enabled", "true", True),
+    "EDGE_MQTT_ENABLED": ("mqtt.enabled", "false", False),
     "EDGE_MQTT_HOST": ("mqtt.host", "127.0.0.1", "127.0.0.1"),
     "EDGE_MQTT_PORT": ("mqtt.port", "0", 0),
     "EDGE_MQTT_MAX_MESSAGE_BYTES": ("mqtt.max_message_bytes", "10", 10),
     "EDGE_MQTT_CONNECT_TIMEOUT_S": ("mqtt.connect_timeout_s", "0.5", 0.5),
+    "EDGE_MQTT_MAX_INFLIGHT_PER_CLIENT": ("mqtt.max_inflight_per_client", "7", 7),
+    "EDGE_MQTT_MAX_SESSIONS": ("mqtt.max_sessions", "0", 0),
+    "EDGE_MQTT_SESSION_EXPIRY_S": ("mqtt.session_expiry_s", "1.5", 1.5),
+    "EDGE_MQTT_MAX_UNACKED_PER_SESSION": ("mqtt.max_unacked_per_session", "3", 3),
+    "EDGE_MQTT_TLS_ENABLED": ("mqtt.tls.enabled", "no", False),
+    "EDGE_MQTT_TLS_HOST": ("mqtt.tls.host", "127.0.0.1", "127.0.0.1"),
+    "EDGE_MQTT_TLS_PORT": ("mqtt.tls.port", "0", 0),
+    "EDGE_MQTT_TLS_CERT": ("mqtt.tls.cert", "/etc/cert.pem", Path("/etc/cert.pem")),
+    "EDGE_MQTT_TLS_KEY": ("mqtt.tls.key", "/etc/key.pem", Path("/etc/key.pem")),
+    "EDGE_MQTT_TLS_CLIENT_CA": ("mqtt.tls.client_ca", "/etc/ca.pem", Path("/etc/ca.pem")),
     "EDGE_ADMIN_HOST": ("admin.host", "0.0.0.0", "0.0.0.0"),
     "EDGE_ADMIN_PORT": ("admin.port", "18090", 18090),
     "EDGE_FAULT_INJECTION": ("admin.fault_injection", "true", True),
@@ -534,6 +554,24 @@ def test_ssl_cert_must_exist_only_when_ssl_is_enabled(tmp_path: Path) -> None:
     assert load_edge_config(env=env).cloud.rpc.ssl_cert == tmp_path / "ca.pem"
     # TLS without a CA file means the system roots
     assert load_edge_config(env={"CLOUD_RPC_SSL_ENABLED": "true"}).cloud.rpc.ssl_cert is None
+
+
+def test_mqtt_tls_needs_an_existing_cert_and_existing_optional_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^mqtt\.tls\.cert: '' is not valid"):
+        load_edge_config(env={"EDGE_MQTT_TLS_ENABLED": "true"})
+    cert = tmp_path / "cert.pem"
+    env = {"EDGE_MQTT_TLS_ENABLED": "true", "EDGE_MQTT_TLS_CERT": str(cert)}
+    with pytest.raises(ConfigError, match=r"^mqtt\.tls\.cert: .* an existing file"):
+        load_edge_config(env=env)
+    cert.write_text("pem")
+    tls = load_edge_config(env=env).mqtt.tls
+    assert (tls.enabled, tls.cert, tls.key, tls.client_ca) == (True, cert, None, None)
+    for var, key in (("EDGE_MQTT_TLS_KEY", "key"), ("EDGE_MQTT_TLS_CLIENT_CA", "client_ca")):
+        missing = str(tmp_path / f"{key}.pem")
+        with pytest.raises(ConfigError, match=rf"^mqtt\.tls\.{key}: .* an existing file"):
+            load_edge_config(env={**env, var: missing})
+    # off: the files are not looked at
+    assert load_edge_config(env={"EDGE_MQTT_TLS_CERT": "/nowhere.pem"}).mqtt.tls.enabled is False
 
 
 def test_cloud_ssl_needs_cert_and_key(tmp_path: Path) -> None:
