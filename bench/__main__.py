@@ -17,6 +17,7 @@ benchmarks:
   e2e       edge to cloud end to end: sustained and drain vs a raw ceiling, latency, RSS
   compare   edge-sync vs a Mosquitto QoS 1 bridge through an outage and kill -9 (installs mosquitto)
   rpc       server-side RPC round trip cloud -> device -> cloud at 100 and 1,000/s, shared-attribute fan-out
+  mqtt      device MQTT server vs Mosquitto: QoS 1 msgs/s, PUBACK latency, RSS of 10,000 idle clients
 
 Each benchmark prints progress on stderr and one JSON line (the last line of stdout).
 `scripts/bench <benchmark> --help` lists its options.
@@ -46,8 +47,14 @@ def _rpc(argv: Sequence[str]) -> int:
     return rpc.main(argv)
 
 
+def _mqtt(argv: Sequence[str]) -> int:
+    from bench import mqtt
+
+    return mqtt.main(argv)
+
+
 BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
-    "ingest": _ingest, "e2e": _e2e, "compare": _compare, "rpc": _rpc}
+    "ingest": _ingest, "e2e": _e2e, "compare": _compare, "rpc": _rpc, "mqtt": _mqtt}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -242,3 +242,17 @@ def mosquitto_config(title: str, port: int, data_dir: Path, settings: Sequence[s
         "log_type information",
     ]
     return "\n".join(lines) + "\n"
+
+
+def established(port: int) -> int:
+    """TCP connections to local ``port`` that a server accepted (ESTABLISHED, with a socket
+    inode: what the kernel lists in /proc/net/tcp{,6})."""
+    hex_port = f":{port:04X}"
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table, encoding="ascii") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(hex_port) and fields[3] == "01" and fields[9] != "0":
+                    count += 1
+    return count

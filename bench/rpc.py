@@ -64,6 +64,7 @@ import aiohttp
 from bench.common import (
     cpu_seconds,
     emit,
+    established,
     free_port,
     median,
     percentile,
@@ -154,15 +155,7 @@ class Edge:
 
     def accepted(self) -> int:
         """Connections accepted on the device port (ESTABLISHED with a socket inode)."""
-        port = f"{self.http_port:04X}"
-        count = 0
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with open(table, encoding="ascii") as f:
-                for line in f.readlines()[1:]:
-                    fields = line.split()
-                    if fields[1].endswith(":" + port) and fields[3] == "01" and fields[9] != "0":
-                        count += 1
-        return count
+        return established(self.http_port)
 
 
 # -- the clients ----------------------------------------------------------------------------------
