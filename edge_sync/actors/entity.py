@@ -37,6 +37,7 @@ from edge_sync.actors.messages import (
     PutLatestTelemetry,
     PutRpc,
     RaiseAlarm,
+    RequireDevice,
     RpcDeliveredLate,
     RpcHanded,
     RpcNotRecorded,
@@ -164,14 +165,16 @@ class EntityActor:
                 if seen is None or seen[0] <= ts:
                     latest[key] = (ts, value)
         mutation = PutLatestTelemetry(eid, tuple((k, ts, v) for k, (ts, v) in latest.items()))
-        self.queue.tell(Append(eid, events, cmd.reply, (mutation,)))
+        required = (RequireDevice(eid),) if cmd.requires_device else ()
+        self.queue.tell(Append(eid, events, cmd.reply, (*required, mutation)))
 
     def _attributes(self, cmd: PostClientAttributes) -> None:
         eid = self.entity_id
         event = NewEvent("DEVICE", "DEVICE", eid, Action.ATTRIBUTES_UPDATED,
                          {"scope": Scope.CLIENT.value, "kv": dict(cmd.values)}, cmd.ts, Lane.NORMAL)
         mutation = PutAttributes(eid, Scope.CLIENT, cmd.values, cmd.ts)
-        self.queue.tell(Append(eid, (event,), cmd.reply, (mutation,)))
+        required = (RequireDevice(eid),) if cmd.requires_device else ()
+        self.queue.tell(Append(eid, (event,), cmd.reply, (*required, mutation)))
 
     def _alarm(self, cmd: RaiseAlarm) -> None:
         """Alarm events belong to the alarm entity but are handled by the originator's actor,
@@ -369,8 +372,16 @@ class EntityActor:
         self.queue.tell(Append(cmd.device_id, (event,), reply))
 
     def _provision(self, cmd: ProvisionDevice) -> None:
+        """ThingsBoard's additionalInfo travels in the ADDED body: ``gateway`` for a gateway,
+        ``lastConnectedGateway`` for a device a gateway named first (none: null)."""
         d = cmd.device
-        added = NewEvent("DEVICE", "DEVICE", d.id, Action.ADDED, d.as_json(), d.created_time,
+        info: dict[str, Any] = {}
+        if d.gateway:
+            info["gateway"] = True
+        if cmd.created_by is not None:
+            info["lastConnectedGateway"] = str(cmd.created_by)
+        body = {**d.as_json(), "additionalInfo": info or None}
+        added = NewEvent("DEVICE", "DEVICE", d.id, Action.ADDED, body, d.created_time,
                          lane_for("DEVICE", Action.ADDED))
         credentials = NewEvent(
             "DEVICE", "DEVICE", d.id, Action.CREDENTIALS_UPDATED,

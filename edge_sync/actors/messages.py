@@ -48,7 +48,16 @@ class PutRpc:
     request: RpcRequest
 
 
-Mutation = CreateDevice | PutAttributes | PutLatestTelemetry | PutRpc
+@dataclass(frozen=True, slots=True)
+class RequireDevice:
+    """Writes nothing: the Append fails with NotFound (nothing of it written) unless the device
+    exists when it commits. The data of a device whose creation is still on its way carries
+    it, so a creation that fails leaves no events of a device the edge does not have."""
+
+    device_id: uuid.UUID
+
+
+Mutation = CreateDevice | PutAttributes | PutLatestTelemetry | PutRpc | RequireDevice
 
 # -- to the QueueActor -----------------------------------------------------------------------
 
@@ -103,6 +112,7 @@ class PostTelemetry:
     device_id: uuid.UUID
     entries: tuple[tuple[int, tuple[tuple[str, Any], ...]], ...]  # (ts, ((key, value), ...))
     reply: Reply | None = field(default=None, compare=False)
+    requires_device: bool = False  # its Append carries RequireDevice
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +121,17 @@ class PostClientAttributes:
     values: tuple[tuple[str, Any], ...]
     ts: int
     reply: Reply | None = field(default=None, compare=False)
+    requires_device: bool = False  # its Append carries RequireDevice
 
 
 @dataclass(frozen=True, slots=True)
 class ProvisionDevice:
-    """Create a device on the edge: its ADDED and CREDENTIALS_UPDATED events go first."""
+    """Create a device on the edge: its ADDED and CREDENTIALS_UPDATED events go first.
+    ``created_by``: the gateway that named it first (its lastConnectedGateway)."""
 
     device: Device
     reply: Reply | None = field(default=None, compare=False)
+    created_by: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)

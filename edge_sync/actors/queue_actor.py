@@ -37,6 +37,7 @@ from edge_sync.actors.messages import (
     PutAttributes,
     PutLatestTelemetry,
     PutRpc,
+    RequireDevice,
     SetIdentity,
     WriteCommand,
 )
@@ -47,6 +48,7 @@ from edge_sync.errors import (
     EdgeSyncError,
     InjectedFault,
     InternalError,
+    NotFound,
     QueueFull,
     StorageError,
     Unavailable,
@@ -248,6 +250,9 @@ class QueueActor(SupervisedActor):
     def _check(self, txn: lmdb.Transaction, mutation: object) -> None:
         if isinstance(mutation, CreateDevice):
             self._entities.check_new_device(txn, mutation.device)
+        elif isinstance(mutation, RequireDevice) and not self._entities.has_device(
+                txn, mutation.device_id):
+            raise NotFound(f"device {mutation.device_id} does not exist (its creation failed)")
 
     def _mutate(self, txn: lmdb.Transaction, mutation: object) -> None:
         match mutation:

@@ -173,13 +173,16 @@ class AdminHttpApi:
         try:
             body = parse_json(await request.read())
             if not isinstance(body, dict):
-                raise BadRequest("expected a JSON object with name, type, token, label")
-            unknown = set(body) - {"name", "type", "token", "label"}
+                raise BadRequest("expected a JSON object with name, type, token, label, gateway")
+            unknown = set(body) - {"name", "type", "token", "label", "gateway"}
             if unknown:
                 raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+            gateway = body.get("gateway", False)
+            if not isinstance(gateway, bool):
+                raise BadRequest("gateway must be true or false")
             device, future = self._service.create_device(
                 body.get("name", ""), type_=body.get("type", "default"),
-                token=body.get("token"), label=body.get("label", ""),
+                token=body.get("token"), label=body.get("label", ""), gateway=gateway,
             )
             seqs = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
         except web.HTTPRequestEntityTooLarge:

@@ -8,8 +8,10 @@ API, embedding applications and the benchmark all go through here.
 from __future__ import annotations
 
 import secrets
+import threading
 import uuid
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
@@ -25,7 +27,13 @@ from edge_sync.actors.messages import (
     RaiseAlarm,
 )
 from edge_sync.actors.shard import EntityRouter
-from edge_sync.api.payloads import Entry, check_json_value, parse_attributes, parse_telemetry
+from edge_sync.api.payloads import (
+    Entry,
+    Values,
+    check_json_value,
+    parse_attributes,
+    parse_telemetry,
+)
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common import ids
 from edge_sync.devices.subscribers import Subscriber
@@ -39,6 +47,16 @@ SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE")
 
 _log = logger.bind(component="device-api")
 
+
+@dataclass(frozen=True, slots=True)
+class NamedDevice:
+    """What ``get_or_create_device`` found: the device, and while its creation is on its way
+    the creation's commit (shared by every caller that named it meanwhile); ``new`` when this
+    call asked for the creation."""
+
+    device: Device
+    creation: Future[range] | None = None
+    new: bool = False
 
 
 class DeviceService:
@@ -57,6 +75,12 @@ class DeviceService:
         self._tokens = tokens or TokenCache()
         self._router = router
         self._clock = clock
+        self._creating: dict[str, tuple[Device, Future[range]]] = {}  # by name, until committed
+        self._creating_lock = threading.Lock()
+
+    def now_ms(self) -> int:
+        """The service's clock (the time a body without its own ``ts`` is stamped with)."""
+        return self._clock.now_ms()
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -141,17 +165,26 @@ class DeviceService:
         entries = parse_telemetry(body, now_ms=self._clock.now_ms())
         return self.post_entries(device.id, entries)
 
-    def post_entries(self, device_id: uuid.UUID, entries: tuple[Entry, ...]) -> Future[range]:
-        """Pre-validated telemetry for a known device (embedding, benchmark)."""
+    def post_entries(self, device_id: uuid.UUID, entries: tuple[Entry, ...], *,
+                     requires_device: bool = False) -> Future[range]:
+        """Pre-validated telemetry for a known device (embedding, benchmark, the MQTT gateway).
+        ``requires_device``: refused (NotFound, nothing written) unless the device exists when
+        it commits (a device whose creation is on its way)."""
         reply: Future[range] = Future()
-        self._router.tell(PostTelemetry(device_id, entries, reply))
+        self._router.tell(PostTelemetry(device_id, entries, reply, requires_device))
         return reply
 
     def post_attributes(self, token: str, body: Any) -> Future[range]:
         device = self.authenticate(token)
-        values = parse_attributes(body)
+        return self.post_client_attributes(device.id, parse_attributes(body))
+
+    def post_client_attributes(self, device_id: uuid.UUID, values: Values, *,
+                               requires_device: bool = False) -> Future[range]:
+        """Pre-validated client attributes of a known device (``requires_device``: as
+        post_entries)."""
         reply: Future[range] = Future()
-        self._router.tell(PostClientAttributes(device.id, values, self._clock.now_ms(), reply))
+        self._router.tell(PostClientAttributes(device_id, values, self._clock.now_ms(), reply,
+                                               requires_device))
         return reply
 
     def post_rpc_response(self, token: str, request_id: int, body: Any) -> Future[range]:
@@ -159,12 +192,16 @@ class DeviceService:
         The future fails with NotFound (no delivered request has that id) or Conflict (it has
         expired, or was answered) and nothing is queued then."""
         device = self.authenticate(token)
+        return self.answer_rpc(device.id, request_id, body)
+
+    def answer_rpc(self, device_id: uuid.UUID, request_id: int, body: Any) -> Future[range]:
+        """As post_rpc_response, for a device known by id (a gateway's sub-device)."""
         if isinstance(request_id, bool) or not isinstance(request_id, int) \
                 or not 0 <= request_id < 2**31:
             raise BadRequest("RPC request id must be an integer 0..2147483647")
         check_json_value("rpc response", body)
         reply: Future[range] = Future()
-        self._router.tell(PostRpcResponse(device.id, request_id, body, self._clock.now_ms(), reply))
+        self._router.tell(PostRpcResponse(device_id, request_id, body, self._clock.now_ms(), reply))
         return reply
 
     def raise_alarm(
@@ -201,10 +238,41 @@ class DeviceService:
         self._router.tell(RaiseAlarm(device_id, alarm_id, str(action), alarm, now, reply))
         return alarm_id, reply
 
+    def get_or_create_device(self, name: str, *, type_: str = "default",
+                             created_by: uuid.UUID | None = None) -> NamedDevice:
+        """The device named ``name``; when the edge has none, it is created (as create_device,
+        with ``type_``, ``created_by`` as its lastConnectedGateway), as ThingsBoard's gateway
+        API does. Any thread: callers naming the same new device while its creation is on its
+        way get the same device and creation, so it is created once. Its data told to the
+        router after the creation (same entity, same order) is appended after it; data that
+        may reach the queue before the creation is known to have committed should require the
+        device (post_entries). BadRequest for a name or type create_device refuses."""
+        with self._creating_lock:
+            pending = self._creating.get(name)
+            if pending is not None:
+                return NamedDevice(pending[0], pending[1])
+            with self._store.read() as txn:
+                found = self._entities.device_by_name(txn, name)
+            if found is not None:
+                return NamedDevice(found)
+            device, creation = self.create_device(name, type_=type_, created_by=created_by)
+            self._creating[name] = (device, creation)
+
+        def committed(_done: Future[range]) -> None:  # the queue's thread, after the commit
+            with self._creating_lock:  # committed: the store has it; failed: ask again
+                if self._creating.get(name, (None,))[0] is device:
+                    del self._creating[name]
+
+        creation.add_done_callback(committed)
+        return NamedDevice(device, creation, new=True)
+
     def create_device(
-        self, name: str, *, type_: str = "default", token: str | None = None, label: str = ""
+        self, name: str, *, type_: str = "default", token: str | None = None, label: str = "",
+        gateway: bool = False, created_by: uuid.UUID | None = None,
     ) -> tuple[Device, Future[range]]:
-        """Provision a device on the edge. The future fails with Conflict on a taken name/token."""
+        """Provision a device on the edge (``gateway``: it may speak the MQTT gateway API;
+        ``created_by``: the gateway that named it). The future fails with Conflict on a taken
+        name/token."""
         if not text_fits(name, MAX_NAME_BYTES):
             raise BadRequest(f"device name must be 1 to {MAX_NAME_BYTES} bytes of UTF-8")
         if not text_fits(type_, MAX_NAME_BYTES):
@@ -223,7 +291,8 @@ class DeviceService:
             token=token or secrets.token_urlsafe(15),
             created_time=now,
             label=label,
+            gateway=gateway,
         )
         reply: Future[range] = Future()
-        self._router.tell(ProvisionDevice(device, reply))
+        self._router.tell(ProvisionDevice(device, reply, created_by))
         return device, reply

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--type", default="default")
     create.add_argument("--token", default=None)
     create.add_argument("--label", default="")
+    create.add_argument("--gateway", action="store_true",
+                        help="the device may speak the MQTT gateway API for other devices")
     create.add_argument("--json", action="store_true")
     rpc = sub.add_parser("rpc", parents=[config], help="server-side RPC requests to devices")
     rsub = rpc.add_subparsers(dest="rpc_command", required=True)
@@ -244,7 +246,9 @@ def _rpc(cfg: EdgeConfig, args: argparse.Namespace) -> int:
 
 
 def _device(cfg: EdgeConfig, args: argparse.Namespace) -> int:
-    body = {"name": args.name, "type": args.type, "label": args.label}
+    body: dict[str, Any] = {"name": args.name, "type": args.type, "label": args.label}
+    if args.gateway:
+        body["gateway"] = True
     if args.token:
         body["token"] = args.token
     try:
@@ -258,6 +262,8 @@ def _device(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         print_json(out)
     else:
         print(f"id:    {out['id']}\nname:  {out['name']}\ntoken: {out['token']}")
+        if out.get("gateway"):
+            print("gateway: yes (may use the MQTT gateway API)")
     return EXIT_OK
 
 

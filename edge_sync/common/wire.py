@@ -206,6 +206,26 @@ def credentials_json(body: dict[str, Any]) -> str:
     })
 
 
+def gateway_flag(additional_info: Any) -> bool | None:
+    """Whether a ThingsBoard entity's additionalInfo marks a gateway (``"gateway": true``),
+    read as ThingsBoard's MQTT transport reads it (Jackson's asBoolean: true, "true", a
+    non-zero number). None when there is no additionalInfo at all (null)."""
+    if additional_info is None:
+        return None
+    info = additional_info
+    if isinstance(info, str):  # additionalInfo as JSON text
+        try:
+            info = json.loads(info)
+        except ValueError:
+            return False
+    flag = info.get("gateway") if isinstance(info, dict) else None
+    if isinstance(flag, str):
+        return flag.strip().lower() == "true"
+    if isinstance(flag, int | float):  # True included
+        return bool(flag)
+    return False
+
+
 def parse_entity_json(text: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(text)

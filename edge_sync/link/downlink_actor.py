@@ -44,7 +44,14 @@ from loguru import logger
 from edge_sync.actors.address import Address
 from edge_sync.actors.messages import RpcQueued, SharedAttributesApplied
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.common.wire import ACTION_OF_UPDATE, entity_id_in, kv_dict, parse_entity_json, uuid_of
+from edge_sync.common.wire import (
+    ACTION_OF_UPDATE,
+    entity_id_in,
+    gateway_flag,
+    kv_dict,
+    parse_entity_json,
+    uuid_of,
+)
 from edge_sync.devices.rpc import RpcRequest, expiration_of
 from edge_sync.errors import BadRequest, EdgeSyncError, StorageError
 from edge_sync.metrics import Metrics
@@ -375,11 +382,14 @@ class DownlinkActor(SupervisedActor):
         profile_id = old.profile_id if old else None  # kept when a downlink names none
         if body.get("deviceProfileId") is not None:
             profile_id = entity_id_in(body, "deviceProfileId", "deviceUpdateMsg", "DEVICE_PROFILE")
+        gateway = gateway_flag(body.get("additionalInfo"))
+        if gateway is None:  # no additionalInfo (the reference cloud sends none): kept
+            gateway = old.gateway if old else False
         device = Device(
             id=device_id, name=name, type=str(body.get("type") or "default"),
             token=old.token if old else "",
             created_time=int(body.get("createdTime") or now), label=str(body.get("label") or ""),
-            version=(old.version + 1) if old else 1, profile_id=profile_id,
+            version=(old.version + 1) if old else 1, profile_id=profile_id, gateway=gateway,
         )
         self._entities.put_device(txn, device)
         return f"device {device_id} {'updated' if old else 'created'}"

@@ -213,25 +213,30 @@ def decode_event(seq: int, raw: Raw, *, previous: bool = False) -> StoredEvent:
         raise StorageCorrupt(f"events: seq {seq}: record with a malformed field ({exc})") from exc
 
 
+_DEVICE_FIELDS = 6
+"""A device record's fields before the gateway flag; a record of a gateway has a 7th, True."""
+
+
 def encode_device(device: Device) -> bytes:
-    return pack(
-        (
-            device.name,
-            device.type,
-            device.token,
-            device.created_time,
-            device.label,
-            device.version,
-        )
-    )
+    """Six fields, and a seventh (True) for a gateway: a store without gateways keeps the
+    layout earlier releases read."""
+    fields: tuple[Any, ...] = (device.name, device.type, device.token, device.created_time,
+                               device.label, device.version)
+    return pack((*fields, True) if device.gateway else fields)
 
 
 def decode_device(device_id: Raw, raw: Raw, *, previous: bool = False) -> Device:
-    """A device record; with ``previous`` also one of the previous format (led by the schema
-    number 1)."""
+    """A device record (six fields, seven for a gateway); with ``previous`` also one of the
+    previous format (led by the schema number 1, never a gateway)."""
     did = to_uuid(device_id, "devices: key")
-    name, dtype, token, created, label, version = unpack_fields(
-        raw, f"devices: {did}", 6, previous=previous, schema=True)
+    what = f"devices: {did}"
+    fields = unpack(raw, what, previous=previous, schema=True)
+    if not isinstance(fields, list) or len(fields) not in (_DEVICE_FIELDS, _DEVICE_FIELDS + 1):
+        raise StorageCorrupt(f"{what}: record of an unexpected shape")
+    name, dtype, token, created, label, version = fields[:_DEVICE_FIELDS]
+    gateway = fields[_DEVICE_FIELDS] if len(fields) > _DEVICE_FIELDS else False
+    if not isinstance(gateway, bool):
+        raise StorageCorrupt(f"{what}: record with a malformed gateway flag")
     return Device(
         id=did,
         name=name,
@@ -240,4 +245,5 @@ def decode_device(device_id: Raw, raw: Raw, *, previous: bool = False) -> Device
         created_time=created,
         label=label,
         version=version,
+        gateway=gateway,
     )

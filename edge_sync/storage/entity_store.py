@@ -76,6 +76,10 @@ class EntityStore:
             return device
         return replace(device, profile_id=codec.to_uuid(raw, f"meta: profile of device {device.id}"))
 
+    def has_device(self, txn: lmdb.Transaction, device_id: uuid.UUID) -> bool:
+        """Whether the device exists (nothing decoded)."""
+        return txn.get(device_id.bytes, db=self._db["devices"]) is not None
+
     def device_by_name(self, txn: lmdb.Transaction, name: str) -> Device | None:
         if not name:
             return None

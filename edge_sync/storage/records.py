@@ -161,6 +161,9 @@ class Device:
     label: str = ""
     version: int = 1
     profile_id: uuid.UUID | None = None  # the cloud's deviceProfileId, when it sent one
+    gateway: bool = False
+    """May speak ThingsBoard's MQTT gateway API for other devices (ThingsBoard's
+    ``additionalInfo.gateway``)."""
 
     def as_json(self, *, with_token: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -169,6 +172,7 @@ class Device:
             "type": self.type,
             "label": self.label,
             "created_time": self.created_time,
+            "gateway": self.gateway,
         }
         if self.profile_id is not None:
             out["device_profile_id"] = str(self.profile_id)

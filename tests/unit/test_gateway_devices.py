@@ -1,0 +1,130 @@
+"""Which devices are gateways (ThingsBoard's ``additionalInfo.gateway``) and what the edge keeps
+and sends of it: the device record (a stored device of an earlier release still loads; a store
+without gateways keeps the earlier layout), the cloud's device JSON read as ThingsBoard's MQTT
+transport reads the flag, the Device JSON uplinked (additionalInfo: gateway, or the
+lastConnectedGateway of a device a gateway named first), and the admin API's and the CLI's
+``gateway``."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import msgpack
+import pytest
+
+from edge_sync.cli.edge import build_parser
+from edge_sync.common.wire import Owner, gateway_flag
+from edge_sync.errors import StorageCorrupt
+from edge_sync.link.event_payloads import event_payload
+from edge_sync.storage import codec
+from edge_sync.storage.records import NIL_UUID, Action, Device, Lane, StoredEvent
+from tests.unit.test_downlink_actor import Rig, credentials_msg, device_msg, rig
+
+__all__ = ["rig"]  # the fixture, for pytest
+
+DEVICE_ID = uuid.UUID("00000000-0000-4000-8000-0000000000d1")
+
+
+def device(**kw: Any) -> Device:
+    return Device(id=DEVICE_ID, name="gw", type="t", token="tok", created_time=7, label="l", **kw)
+
+
+# -- the record ----------------------------------------------------------------------------------
+
+
+def test_a_gateway_record_has_a_seventh_field_and_others_keep_the_six_of_before() -> None:
+    plain, gateway = device(), device(gateway=True)
+    assert codec.unpack(codec.encode_device(plain), "d") == ["gw", "t", "tok", 7, "l", 1]
+    assert codec.unpack(codec.encode_device(gateway), "d") == ["gw", "t", "tok", 7, "l", 1, True]
+    assert codec.decode_device(DEVICE_ID.bytes, codec.encode_device(plain)) == plain
+    assert codec.decode_device(DEVICE_ID.bytes, codec.encode_device(gateway)) == gateway
+
+
+def test_records_of_earlier_releases_load_as_plain_devices() -> None:
+    six = codec.pack(("gw", "t", "tok", 7, "l", 1))  # as the release before wrote it
+    assert codec.decode_device(DEVICE_ID.bytes, six) == device()
+    previous = msgpack.packb([1, "gw", "t", "tok", 7, "l", 1], use_bin_type=True)
+    assert codec.decode_device(DEVICE_ID.bytes, previous, previous=True) == device()
+
+
+@pytest.mark.parametrize("fields", [("gw", "t", "tok", 7, "l"), ("gw", "t", "tok", 7, "l", 1,
+                                                                  True, 0)])
+def test_a_record_of_another_shape_is_reported(fields: tuple[Any, ...]) -> None:
+    with pytest.raises(StorageCorrupt, match="record of an unexpected shape"):
+        codec.decode_device(DEVICE_ID.bytes, codec.pack(fields))
+    with pytest.raises(StorageCorrupt, match="malformed gateway flag"):
+        codec.decode_device(DEVICE_ID.bytes, codec.pack(("gw", "t", "tok", 7, "l", 1, "yes")))
+
+
+def test_as_json_says_whether_it_is_a_gateway() -> None:
+    assert device().as_json()["gateway"] is False
+    assert device(gateway=True).as_json()["gateway"] is True
+
+
+# -- the cloud's device JSON ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("info, flag", [
+    (None, None),
+    ({}, False),
+    ({"gateway": True}, True),
+    ({"gateway": False, "description": "x"}, False),
+    ({"gateway": "true"}, True),  # Jackson's asBoolean, as ThingsBoard reads it
+    ({"gateway": "TRUE "}, True),
+    ({"gateway": "yes"}, False),
+    ({"gateway": 1}, True),
+    ({"gateway": 0}, False),
+    ({"gateway": None}, False),
+    ('{"gateway": true}', True),  # additionalInfo as JSON text
+    ("not json", False),
+    ([True], False),
+])
+def test_gateway_flag_of_additional_info(info: Any, flag: bool | None) -> None:
+    assert gateway_flag(info) is flag
+
+
+def test_the_cloud_sets_and_clears_the_flag_and_its_absence_keeps_it(rig: Rig) -> None:
+    dev = uuid.uuid4()
+    assert rig.apply(device_msg(1, dev, "gw-1", additionalInfo={"gateway": True})).success
+    assert rig.apply(credentials_msg(2, dev, "tok-gw-1")).success
+    stored = rig.device(dev)
+    assert stored is not None and stored.gateway and stored.token == "tok-gw-1"
+    assert rig.by_token("tok-gw-1") == stored
+    assert rig.apply(device_msg(3, dev, "gw-1", additionalInfo=None)).success  # kept
+    kept = rig.device(dev)
+    assert kept is not None and kept.gateway
+    assert rig.apply(device_msg(4, dev, "gw-1", additionalInfo={"gateway": False})).success
+    cleared = rig.device(dev)
+    assert cleared is not None and not cleared.gateway
+
+
+# -- the Device JSON uplinked --------------------------------------------------------------------
+
+
+def added(body: dict[str, Any]) -> dict[str, Any]:
+    event = StoredEvent(seq=1, id=uuid.UUID(int=1), created_time=1, tenant_id=NIL_UUID,
+                        edge_id=NIL_UUID, type="DEVICE", entity_type="DEVICE",
+                        entity_id=DEVICE_ID, action=Action.ADDED, body=body, ts=1,
+                        lane=Lane.HIGH)
+    _, msg = event_payload(event, Owner(uuid.UUID(int=5)))
+    out: dict[str, Any] = json.loads(msg.entity)
+    return out
+
+
+def test_additional_info_travels_in_the_device_json() -> None:
+    gateway_body = {**device(gateway=True).as_json(), "additionalInfo": {"gateway": True}}
+    assert added(gateway_body)["additionalInfo"] == {"gateway": True}
+    child = {**device().as_json(), "additionalInfo": {"lastConnectedGateway": str(DEVICE_ID)}}
+    assert added(child)["additionalInfo"] == {"lastConnectedGateway": str(DEVICE_ID)}
+    assert added({**device().as_json(), "additionalInfo": None})["additionalInfo"] is None
+
+
+# -- provisioning --------------------------------------------------------------------------------
+
+
+def test_the_cli_asks_for_a_gateway_with_gateway() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["device", "create", "--name", "g", "--gateway"]).gateway is True
+    assert parser.parse_args(["device", "create", "--name", "d"]).gateway is False
