@@ -10,7 +10,7 @@ does not force its neighbours to restart):
     ├── downlink       DownlinkActor: applies what the cloud sends   } only with a routing key
     ├── connection     ConnectionActor: the gRPC stream to the cloud }
     ├── device-http    the device HTTP API
-    ├── mqtt           the device MQTT API (when mqtt.enabled)
+    ├── mqtt           the device MQTT API (mqtt.enabled, mqtt.tls.enabled; on by default)
     └── admin-http     status, events, devices, metrics
 Children stop in reverse order, so in-flight requests finish before the queue commits its last
 group and stops.
@@ -19,6 +19,7 @@ group and stops.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, cast
 
 import pykka
@@ -40,7 +41,9 @@ from edge_sync.link.connection import ConnectionActor
 from edge_sync.link.downlink_actor import DownlinkActor
 from edge_sync.link.state import StatusBoard
 from edge_sync.metrics import Metrics
-from edge_sync.mqtt.server import MqttServer
+from edge_sync.mqtt.connection import Limits
+from edge_sync.mqtt.server import Listener, MqttServer
+from edge_sync.mqtt.tls import server_context
 from edge_sync.storage.entity_store import TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
@@ -88,6 +91,12 @@ class EdgeApp:
             [Address(n, functools.partial(self._actor_ref, "shards", n)) for n in shard_names]
         )
         self.tokens = TokenCache()
+        # a certificate that cannot be loaded is a configuration error, found before anything runs
+        self._mqtt_tls = server_context(cfg.mqtt.tls) if cfg.mqtt.tls.enabled else None
+        self._mqtt_paused = self.metrics.counter(
+            "edge_mqtt_reads_paused_total",
+            "times an MQTT connection was not read because mqtt.max_inflight_per_client "
+            "publishes awaited their commit")
         self.service = DeviceService(self.store, self.router, tokens=self.tokens, clock=clock)
         policy = QueuePolicy(
             group_max_events=cfg.queue.group_commit_max_events,
@@ -140,7 +149,7 @@ class EdgeApp:
                     "device-http", self.device_api.make_app, cfg.http.host, cfg.http.port),
                     shutdown_timeout=15.0),
                 *([ChildSpec("mqtt", self._mqtt_starter, shutdown_timeout=15.0)]
-                  if cfg.mqtt.enabled else []),
+                  if cfg.mqtt.serving else []),
                 ChildSpec("admin-http", self._http_starter(
                     "admin-http", self.admin_api.make_app, cfg.admin.host, cfg.admin.port)),
             ],
@@ -157,6 +166,7 @@ class EdgeApp:
             data_dir=str(self.cfg.storage.data_dir),
             http_port=self.ports.get("device-http"),
             mqtt_port=self.ports.get("mqtt"),
+            mqtt_tls_port=self.ports.get("mqtt-tls"),
             admin_port=self.ports.get("admin-http"),
         ).info("edge-sync started")
         return self
@@ -178,6 +188,15 @@ class EdgeApp:
     @property
     def mqtt_port(self) -> int:
         return self.ports["mqtt"]
+
+    @property
+    def mqtt_tls_port(self) -> int:
+        return self.ports["mqtt-tls"]
+
+    @property
+    def mqtt_server(self) -> MqttServer | None:
+        """The MQTT server's current incarnation (None while it is not running)."""
+        return cast("MqttServer | None", self.supervisor.child("mqtt"))
 
     @property
     def admin_port(self) -> int:
@@ -225,16 +244,26 @@ class EdgeApp:
         return start
 
     def _mqtt_starter(self, report: ExitReporter) -> MqttServer:
+        # A restarted server binds the ports its first incarnation got; kept sessions are lost.
         mqtt = self.cfg.mqtt
+        plain = Listener(mqtt.host, self.ports.get("mqtt", mqtt.port)) if mqtt.enabled else None
+        tls = (Listener(mqtt.tls.host, self.ports.get("mqtt-tls", mqtt.tls.port), self._mqtt_tls)
+               if mqtt.tls.enabled else None)
+        limits = Limits(max_message_bytes=mqtt.max_message_bytes,
+                        commit_timeout_s=self.cfg.http.request_timeout_s,
+                        connect_timeout_s=mqtt.connect_timeout_s,
+                        max_inflight=mqtt.max_inflight_per_client)
         server = MqttServer(
-            self.service, host=mqtt.host, port=self.ports.get("mqtt", mqtt.port),
-            max_message_bytes=mqtt.max_message_bytes,
-            commit_timeout_s=self.cfg.http.request_timeout_s,
-            connect_timeout_s=mqtt.connect_timeout_s,
+            self.service, plain=plain, tls=tls, limits=limits, max_sessions=mqtt.max_sessions,
+            session_expiry_s=mqtt.session_expiry_s,
+            max_unacked_per_session=mqtt.max_unacked_per_session,
             link_connected=self._link_connected if self.cfg.cloud.routing_key else None,
-            report_exit=report,
+            on_pause=self._mqtt_paused.inc, report_exit=report,
         ).start()
-        self.ports["mqtt"] = server.port
+        if plain is not None:
+            self.ports["mqtt"] = server.port
+        if tls is not None:
+            self.ports["mqtt-tls"] = server.tls_port
         return server
 
     def _register_gauges(self) -> None:
@@ -250,3 +279,13 @@ class EdgeApp:
                            lambda: depth("pending_normal"))
         self.metrics.gauge("edge_queue_dead", "dead-lettered events", lambda: depth("dead"))
         self.metrics.gauge("edge_storage_map_bytes", "LMDB map size", lambda: float(self.store.map_size()))
+        if self.cfg.mqtt.serving:
+            self.metrics.gauge("edge_mqtt_connections", "open MQTT connections",
+                               lambda: self._mqtt_figure(lambda s: s.connections))
+            self.metrics.gauge("edge_mqtt_sessions_kept",
+                               "MQTT sessions kept for disconnected clean-session-false clients",
+                               lambda: self._mqtt_figure(lambda s: len(s.registry.store)))
+
+    def _mqtt_figure(self, read: Callable[[MqttServer], int]) -> float:
+        server = self.mqtt_server
+        return float(read(server)) if server is not None else 0.0

@@ -1,26 +1,29 @@
-"""One device's MQTT 3.1.1 connection, on the MQTT server's loop: CONNECT with the access token
-as username; PUBLISH of telemetry, client attributes, RPC answers and attribute requests;
-SUBSCRIBE / UNSUBSCRIBE (served by mqtt/subscriptions.py); PINGREQ, DISCONNECT.
+"""One client's MQTT 3.1.1 connection, on the MQTT server's loop: CONNECT with the access token
+as username and the client's session (clean or kept, mqtt/registry.py); PUBLISH at QoS 0, 1 and
+2 (what it asks for: mqtt/inbound.py); SUBSCRIBE / UNSUBSCRIBE (served by mqtt/subscriptions.py
+and the gateway); what the edge publishes, at the QoS the subscription was granted; PINGREQ,
+DISCONNECT.
 
-The delivery contract of the HTTP API holds: a QoS 1 PUBLISH is acknowledged (PUBACK) only once
-its events are committed, and PUBACKs leave in the order the PUBLISHes came (MQTT 3.1.1 §4.6),
-so one slow commit holds back the acknowledgements behind it, never the reading. A QoS 0
-PUBLISH joins the same group commit and is not waited for. What ThingsBoard does is followed:
-an unknown token gets CONNACK 5 (not authorized); a body that cannot be parsed closes the
-connection (the PUBACKs of the publishes before it are sent first); a topic outside the API is
-acknowledged and dropped; a publish whose commit fails (storage full, a restarting component,
-no confirmation within the commit timeout) closes the connection without its PUBACK. A packet
-larger than ``max_message_bytes`` closes the connection before its body is read. Packets are
-decoded and encoded by amqtt's codec; nothing here parses bytes.
+The delivery contract of the HTTP API holds: a QoS 1 PUBLISH is acknowledged (PUBACK), and a
+QoS 2 one received (PUBREC), only once its events are committed, in the order the PUBLISHes
+came (MQTT 3.1.1 §4.6, mqtt/acks.py); one slow commit holds back the acknowledgements behind
+it, never the reading, until ``max_inflight`` publishes wait: then the socket is not read until
+commits catch up (TCP backpressure on that client alone). A QoS 2 publish whose packet id
+awaits its PUBREL is a resend: acknowledged, not stored again. What ThingsBoard does is
+followed: an unknown token gets CONNACK 5; a body that cannot be parsed closes the connection
+(the acknowledgements due before it are sent first); a publish whose commit fails (storage
+full, a restarting component, no confirmation within the commit timeout) closes the connection
+without its acknowledgement; the retain flag is ignored (nothing is retained) and a will
+message is never published. A packet larger than ``max_message_bytes`` closes the connection
+before its body is read. Packets are decoded and encoded by amqtt's codec.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable
-from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from amqtt.adapters import StreamReaderAdapter
@@ -28,6 +31,7 @@ from amqtt.errors import AMQTTError
 from amqtt.mqtt import packet_dict
 from amqtt.mqtt.connack import (
     CONNECTION_ACCEPTED,
+    IDENTIFIER_REJECTED,
     NOT_AUTHORIZED,
     UNACCEPTABLE_PROTOCOL_VERSION,
     ConnackPacket,
@@ -37,7 +41,9 @@ from amqtt.mqtt.packet import (
     CONNECT,
     DISCONNECT,
     PINGREQ,
+    PUBACK,
     PUBLISH,
+    PUBREL,
     SUBSCRIBE,
     UNSUBSCRIBE,
     MQTTFixedHeader,
@@ -45,33 +51,46 @@ from amqtt.mqtt.packet import (
 from amqtt.mqtt.pingresp import PingRespPacket
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
+from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.mqtt.suback import SubackPacket
 from amqtt.mqtt.subscribe import SubscribePacket
 from amqtt.mqtt.unsuback import UnsubackPacket
 from amqtt.mqtt.unsubscribe import UnsubscribePacket
 from loguru import logger
 
-from edge_sync.api.attribute_read import read_attributes
 from edge_sync.api.device_service import DeviceService
-from edge_sync.api.payloads import parse_keys, parse_request_id
-from edge_sync.common.json_body import parse_json
 from edge_sync.devices.subscribers import LongPoll
-from edge_sync.errors import BadRequest, Conflict, NotFound, Unauthorized
+from edge_sync.errors import BadRequest, Unauthorized
 from edge_sync.mqtt import topics
+from edge_sync.mqtt.acknowledger import Acknowledger
+from edge_sync.mqtt.acks import Pending, Reply
 from edge_sync.mqtt.gateway import Gateway
+from edge_sync.mqtt.inbound import Inbound
+from edge_sync.mqtt.registry import SessionRegistry
+from edge_sync.mqtt.sessions import Key, Session
 from edge_sync.mqtt.subscriptions import Subscriptions
-from edge_sync.mqtt.topics import Publish, classify
 from edge_sync.storage.records import Device
 
 _log = logger.bind(component="mqtt")
 
 PROTOCOL_LEVELS = (3, 4)
 """MQTT 3.1 and 3.1.1; any other level is refused with CONNACK 1."""
+MAX_GRANTED_QOS = 1
+"""The edge publishes at QoS 0 or 1: a subscription asking for 2 is granted 1 (ThingsBoard's
+MAX_SUPPORTED_QOS_LVL)."""
 SUBSCRIBE_FAILURE = 0x80
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_bytes: int
+    commit_timeout_s: float
+    connect_timeout_s: float
+    max_inflight: int
+
+
 class _Close(Exception):
-    """End the connection: ``graceful`` sends the PUBACKs already due first."""
+    """End the connection: ``graceful`` sends the acknowledgements already due first."""
 
     def __init__(self, reason: str, *, graceful: bool = False) -> None:
         super().__init__(reason)
@@ -87,33 +106,43 @@ class MqttConnection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         *,
-        max_message_bytes: int,
-        commit_timeout_s: float,
-        connect_timeout_s: float,
+        limits: Limits,
+        registry: SessionRegistry,
         link_connected: Callable[[], bool] | None = None,
         polls: set[LongPoll] | None = None,
+        on_pause: Callable[[], None] | None = None,
     ) -> None:
         self._service = service
+        self._registry = registry
         self._link_connected = link_connected  # None: no cloud link (attribute requests)
         self._polls: set[LongPoll] = polls if polls is not None else set()
+        self._on_pause = on_pause
         self._reader = StreamReaderAdapter(reader)
         self._writer = writer
-        self._max = max_message_bytes
-        self._commit_timeout = commit_timeout_s
-        self._connect_timeout = connect_timeout_s
-        peer = writer.get_extra_info("peername")
-        self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._log = _log.bind(peer=self._peer)
-        self._token = ""
+        self._limits = limits
+        peername = writer.get_extra_info("peername")
+        self.peer = (f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple)
+                     else str(peername))
+        self._log = _log.bind(peer=self.peer)
+        self._loop = asyncio.get_running_loop()
         self._device: Device | None = None
-        self._acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None] = asyncio.Queue()
-        self._ack_task: asyncio.Task[None] | None = None
-        self._other_topics: set[str] = set()
+        self._key: Key | None = None
+        self._clean = True
+        self._session: Session | None = None
         self._subscriptions: Subscriptions | None = None
         self._gateway: Gateway | None = None
-        self._requests: set[asyncio.Task[None]] = set()  # attribute requests being answered
+        self._inbound: Inbound | None = None
+        self._acks = Acknowledger(self._loop, send=self._send, fail=self._fail,
+                                  warn=self._warn, commit_timeout_s=limits.commit_timeout_s,
+                                  max_inflight=limits.max_inflight)
+        self._task: asyncio.Task[Any] | None = None
+        self._taken_over = False
+        self._failed = False
+        self._ending = False
+        self._ended = asyncio.Event()
 
     async def run(self) -> None:
+        self._task = asyncio.current_task()
         graceful = False
         try:
             await self._serve()
@@ -122,41 +151,75 @@ class MqttConnection:
             self._log.bind(device=self._device_id()).warning("closing the connection: {}", close)
         except (asyncio.IncompleteReadError, ConnectionError, AMQTTError, TimeoutError) as exc:
             self._log.bind(device=self._device_id()).debug("connection ended: {!r}", exc)
+        except asyncio.CancelledError:
+            if not self._taken_over:
+                raise
+            self._log.bind(device=self._device_id()).info(
+                "connection closed: its client id connected again")
         finally:
             await self._finish(graceful)
+
+    def take_over(self) -> None:
+        """The registry: the same device and client id connected again; end this one."""
+        if not self._ending and self._task is not None:
+            self._taken_over = True
+            self._task.cancel()
+
+    async def finished(self) -> None:
+        await self._ended.wait()
 
     # -- reading -------------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        connect = await asyncio.wait_for(self._read_connect(), self._connect_timeout)
+        connect = await asyncio.wait_for(self._read_connect(), self._limits.connect_timeout_s)
         if connect is None:
             return
-        keep_alive = self._connect(connect)
-        self._ack_task = asyncio.create_task(self._ack_in_order())
+        keep_alive = await self._connect(connect)
         idle = keep_alive * 1.5 if keep_alive else None
         while True:
+            if self._acks.full:
+                await self._wait_for_room()
             header = await asyncio.wait_for(self._header(), idle)
             if header is None:
                 return
             kind = header.packet_type
             if kind == PUBLISH:
-                publish = await PublishPacket.from_stream(self._reader, fixed_header=header)
-                self._publish(publish)
+                self._publish(await PublishPacket.from_stream(self._reader, fixed_header=header))
+            elif kind == PUBACK:
+                puback = await PubackPacket.from_stream(self._reader, fixed_header=header)
+                assert self._session is not None
+                self._session.outbox.acked(puback.packet_id)
+            elif kind == PUBREL:
+                pubrel = await PubrelPacket.from_stream(self._reader, fixed_header=header)
+                assert self._session is not None
+                self._session.awaiting_release.discard(pubrel.packet_id)
+                self._acks.now(Reply.PUBCOMP, pubrel.packet_id)
             elif kind == PINGREQ:
                 self._writer.write(PingRespPacket.build().to_bytes())
             elif kind == DISCONNECT:
                 return
             elif kind == SUBSCRIBE:
-                subscribe = await SubscribePacket.from_stream(self._reader, fixed_header=header)
-                self._subscribe(subscribe)
+                self._subscribe(await SubscribePacket.from_stream(self._reader, fixed_header=header))
             elif kind == UNSUBSCRIBE:
-                packet = await UnsubscribePacket.from_stream(self._reader, fixed_header=header)
-                self._unsubscribe(packet)
+                self._unsubscribe(
+                    await UnsubscribePacket.from_stream(self._reader, fixed_header=header))
             elif kind in packet_dict and kind != CONNECT:
                 await packet_dict[kind].from_stream(self._reader, fixed_header=header)
             else:
                 raise _Close(f"unexpected packet of type {kind}")
             await self._writer.drain()
+
+    async def _wait_for_room(self) -> None:
+        """Stop reading until the commits catch up: the client's TCP window fills, and it
+        waits, not the other clients."""
+        if self._on_pause is not None:
+            self._on_pause()
+        self._log.bind(device=self._device_id(), inflight=len(self._acks)).debug(
+            "reading paused: {} publishes await their commit (mqtt.max_inflight_per_client)",
+            len(self._acks))
+        await self._acks.room()
+        if self._writer.is_closing():
+            raise ConnectionError("closed while reading was paused")
 
     async def _read_connect(self) -> ConnectPacket | None:
         """The first packet, which must be CONNECT (None: closed before it)."""
@@ -169,13 +232,14 @@ class MqttConnection:
 
     async def _header(self) -> MQTTFixedHeader | None:
         header = await MQTTFixedHeader.from_stream(self._reader)
-        if header is not None and header.remaining_length > self._max:
+        if header is not None and header.remaining_length > self._limits.max_message_bytes:
             raise _Close(f"packet of {header.remaining_length} bytes is larger than the limit "
-                         f"of {self._max} bytes (mqtt.max_message_bytes)")
+                         f"of {self._limits.max_message_bytes} bytes (mqtt.max_message_bytes)")
         return header
 
-    def _connect(self, connect: ConnectPacket) -> int:
-        """Authenticate the token of CONNECT and answer CONNACK; the keep-alive in seconds."""
+    async def _connect(self, connect: ConnectPacket) -> int:
+        """Authenticate the token of CONNECT, take the client's session and answer CONNACK;
+        the keep-alive in seconds."""
         if connect.proto_level not in PROTOCOL_LEVELS:
             self._send(ConnackPacket.build(0, UNACCEPTABLE_PROTOCOL_VERSION))
             raise _Close(f"protocol level {connect.proto_level} refused (CONNACK 1)")
@@ -188,130 +252,121 @@ class MqttConnection:
             self._send(ConnackPacket.build(0, NOT_AUTHORIZED))
             what = "unknown access token" if token else "no access token (username)"
             raise _Close(f"{what}: refused with CONNACK 5")
-        self._token, self._device = token, device
+        self._clean = bool(connect.clean_session_flag)
+        if connect.client_id_is_random and not self._clean:
+            self._send(ConnackPacket.build(0, IDENTIFIER_REJECTED))  # MQTT-3.1.3-8
+            raise _Close("an empty client id with clean session 0: refused with CONNACK 2")
+        self._device = device
+        self._key = (device.id, connect.client_id or "")
+        session, present = await self._registry.attach(self._key, self, clean=self._clean,
+                                                       now=self._loop.time())
+        self._session = session
         self._subscriptions = Subscriptions(self._service, device.id, self._publish_to_device)
         self._gateway = Gateway(self._service, device, self._publish_to_device,
                                 link_connected=self._link_connected, polls=self._polls,
-                                commit_timeout_s=self._commit_timeout)
-        self._send(ConnackPacket.build(0, CONNECTION_ACCEPTED))
-        self._log.bind(device=str(device.id)).info("device {} connected over MQTT", device.name)
+                                commit_timeout_s=self._limits.commit_timeout_s)
+        self._inbound = Inbound(self._service, device, token, self._gateway,
+                                self._publish_to_device, link_connected=self._link_connected,
+                                polls=self._polls, read_timeout_s=self._limits.commit_timeout_s)
+        self._send(ConnackPacket.build(1 if present else 0, CONNECTION_ACCEPTED))
+        self._log.bind(device=str(device.id), client_id=self._key[1][:64], clean=self._clean,
+                       session_present=present).info(
+            "device {} connected over MQTT", device.name)
+        if present:
+            self._resume(session)
         return int(connect.keep_alive)
+
+    def _resume(self, session: Session) -> None:
+        """A kept session: what awaited its PUBACK is sent again (DUP), and its subscriptions
+        serve again (RPC requests queued meanwhile in the device's session come now)."""
+        for message in session.outbox.unacked():
+            self._send(PublishPacket.build(message.topic, message.payload, message.packet_id,
+                                           True, 1, False))
+        for topic_filter in list(session.subscriptions):
+            if not self._serve_filter(topic_filter):
+                del session.subscriptions[topic_filter]
+        self._log.bind(device=self._device_id(), resent=len(session.outbox),
+                       subscriptions=len(session.subscriptions)).info("MQTT session resumed")
+
+    # -- publishes from the client -------------------------------------------------------------
 
     def _publish(self, publish: PublishPacket) -> None:
         topic = publish.topic_name or ""
         qos = publish.qos or 0
-        if qos > 1:
-            raise _Close(f"QoS {qos} on {topic} is not served", graceful=True)
-        kind, request_id = classify(topic)
-        if kind is Publish.GATEWAY:
-            self._gateway_publish(publish, topic, qos)
-            return
-        if kind is Publish.OTHER:
-            if topic not in self._other_topics:
-                self._other_topics.add(topic)
-                self._log.bind(device=self._device_id(), topic=topic[:128]).warning(
-                    "publish to a topic outside the device API acknowledged and dropped")
-            if qos == 1:
-                self._ack_now(publish.packet_id)
-            return
-        try:
-            body = parse_json(publish.data or b"")
-            if kind is Publish.ATTRIBUTES_REQUEST:
-                self._attributes_request(request_id, body)
-                committed: Future[Any] | None = None
-            elif kind is Publish.RPC_RESPONSE:
-                committed = _answered(self._service.post_rpc_response(
-                    self._token, parse_request_id(request_id), body))
-            elif kind is Publish.TELEMETRY:
-                committed = self._service.post_telemetry(self._token, body)
-            else:
-                committed = self._service.post_attributes(self._token, body)
-        except BadRequest as exc:
-            raise _Close(f"invalid {kind.value} on {topic}: {exc}", graceful=True) from exc
-        except Exception as exc:
-            raise _Close(f"{kind.value} on {topic} not accepted: {exc}", graceful=True) from exc
-        if committed is None:
-            if qos == 1:
-                self._ack_now(publish.packet_id)
-        elif qos == 1:
-            assert publish.packet_id is not None  # the codec reads it for QoS 1
-            self._acks.put_nowait((publish.packet_id, asyncio.wrap_future(committed)))
-        else:
-            committed.add_done_callback(self._qos0_done(topic))
-
-    def _gateway_publish(self, publish: PublishPacket, topic: str, qos: int) -> None:
-        """A publish on ThingsBoard's gateway API (mqtt/gateway.py), acknowledged as any other:
-        after the commit of what it holds."""
-        assert self._gateway is not None
-        try:
-            committed = self._gateway.publish(topic, publish.data or b"")
-        except BadRequest as exc:
-            raise _Close(f"invalid gateway publish on {topic}: {exc}", graceful=True) from exc
-        except Exception as exc:
-            raise _Close(f"gateway publish on {topic} not accepted: {exc}",
-                         graceful=True) from exc
+        packet_id = publish.packet_id or 0
+        session, inbound = self._session, self._inbound
+        assert session is not None and inbound is not None
         if qos == 0:
-            if committed is not None:
-                committed.add_done_callback(self._qos0_done(topic))
-        elif committed is None:
-            self._ack_now(publish.packet_id)
+            reply = Reply.NONE
+        elif qos == 1:
+            reply = Reply.PUBACK
+        elif qos == 2:
+            reply = Reply.PUBREC
+            if packet_id in session.awaiting_release:  # a resend of a stored publish
+                self._acks.now(reply, packet_id)
+                return
         else:
-            assert publish.packet_id is not None
-            self._acks.put_nowait((publish.packet_id, asyncio.wrap_future(committed)))
+            raise _Close(f"QoS {qos} on {topic[:128]} is not a QoS (malformed PUBLISH)")
+        try:
+            committed = inbound.accept(topic, publish.data or b"")
+        except BadRequest as exc:
+            raise _Close(f"invalid publish on {topic[:128]}: {exc}", graceful=True) from exc
+        except Exception as exc:
+            raise _Close(f"publish on {topic[:128]} not accepted: {exc}", graceful=True) from exc
+        if qos == 2:
+            session.awaiting_release.add(packet_id)
+        if committed is None:
+            self._acks.now(reply, packet_id)
+        else:
+            self._acks.expect(reply, packet_id, committed)
 
-    def _attributes_request(self, request_id: str, body: Any) -> None:
-        """Answered on the response topic of the same id once read (through the cloud for
-        shared keys the edge does not hold, as the HTTP API's GET attributes)."""
-        if not isinstance(body, dict):
-            raise BadRequest("an attributes request is a JSON object")
-        keys = {}
-        for name, field in (("clientKeys", "client_keys"), ("sharedKeys", "shared_keys")):
-            raw = body.get(name)
-            if raw is not None and not isinstance(raw, str):
-                raise BadRequest(f"{name} must be a comma-separated string")
-            keys[field] = parse_keys(raw)
-        device = self._device
-        assert device is not None
+    def _fail(self, entry: Pending, reason: str) -> None:
+        """Close without ``entry``'s acknowledgement (or any after it: nothing more is
+        written)."""
+        if self._session is not None and entry.reply is Reply.PUBREC:
+            self._session.awaiting_release.discard(entry.packet_id)  # its resend is stored
+        if self._failed:
+            return
+        self._failed = True
+        self._log.bind(device=self._device_id()).warning(
+            "publish {} not committed, closing without its {}: {}",
+            entry.packet_id, entry.reply.name, reason)
+        self._writer.close()
 
-        async def answer() -> None:
-            result, missing = await read_attributes(
-                self._service, device.id, **keys, link_connected=self._link_connected,
-                timeout_s=self._commit_timeout, polls=self._polls)
-            if missing:
-                self._log.bind(device=str(device.id), missing=len(missing)).debug(
-                    "attributes answered without {} shared keys the edge does not hold",
-                    len(missing))
-            self._publish_to_device(f"{topics.ATTRIBUTES_RESPONSE_PREFIX}{request_id}",
-                                    json.dumps(result, separators=(",", ":")).encode())
+    def _warn(self, message: str) -> None:
+        self._log.bind(device=self._device_id()).warning(message)
 
-        task = asyncio.create_task(answer())
-        self._requests.add(task)
-        task.add_done_callback(self._requests.discard)
+    # -- subscriptions and what the edge publishes ---------------------------------------------
 
     def _subscribe(self, subscribe: SubscribePacket) -> None:
-        """Granted QoS 0 for the topics the edge serves (it publishes at QoS 0), 0x80 else."""
-        topics_ = subscribe.payload.topics if subscribe.payload is not None else []
+        """Granted the QoS asked for, at most 1, for the topics the edge serves; 0x80 else."""
+        requested = subscribe.payload.topics if subscribe.payload is not None else []
         packet_id = subscribe.variable_header.packet_id if subscribe.variable_header else 0
-        assert self._subscriptions is not None
-        assert self._gateway is not None
+        session = self._session
+        assert session is not None
         codes = []
-        for topic_filter, _qos in topics_:
-            if topic_filter.startswith(topics.GATEWAY_PREFIX):
-                served = self._gateway.subscribe(topic_filter)
-            else:
-                served = self._subscriptions.subscribe(topic_filter)
-            if served:
-                codes.append(0)
+        for topic_filter, qos in requested:
+            if self._serve_filter(topic_filter):
+                granted = min(int(qos), MAX_GRANTED_QOS)
+                session.subscriptions[topic_filter] = granted
+                codes.append(granted)
             else:
                 codes.append(SUBSCRIBE_FAILURE)
                 self._log.bind(device=self._device_id(), topic=str(topic_filter)[:128]).warning(
                     "subscription to a topic the edge does not serve refused")
         self._send(SubackPacket.build(packet_id, codes))
 
+    def _serve_filter(self, topic_filter: str) -> bool:
+        assert self._subscriptions is not None and self._gateway is not None
+        if topic_filter.startswith(topics.GATEWAY_PREFIX):
+            return self._gateway.subscribe(topic_filter)
+        return self._subscriptions.subscribe(topic_filter)
+
     def _unsubscribe(self, packet: UnsubscribePacket) -> None:
-        assert self._subscriptions is not None
-        assert self._gateway is not None
+        assert self._subscriptions is not None and self._gateway is not None
+        assert self._session is not None
         for topic_filter in packet.payload.topics if packet.payload is not None else []:
+            self._session.subscriptions.pop(topic_filter, None)
             if topic_filter.startswith(topics.GATEWAY_PREFIX):
                 self._gateway.unsubscribe(topic_filter)
             else:
@@ -319,69 +374,54 @@ class MqttConnection:
         self._send(UnsubackPacket.build(packet.variable_header.packet_id))
 
     def _publish_to_device(self, topic: str, payload: bytes) -> None:
-        self._send(PublishPacket.build(topic, payload, None, False, 0, False))
-
-    # -- acknowledging -------------------------------------------------------------------------
-
-    def _ack_now(self, packet_id: int | None) -> None:
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        self._acks.put_nowait((packet_id or 0, done))
-
-    async def _ack_in_order(self) -> None:
-        """PUBACK each QoS 1 publish once committed, in arrival order; a failure closes the
-        connection with nothing after it acknowledged. ``None`` in the queue: all due sent."""
-        while True:
-            item = await self._acks.get()
-            if item is None:
-                return
-            packet_id, committed = item
-            try:
-                await asyncio.wait_for(committed, self._commit_timeout)
-            except Exception as exc:
-                message = ("not confirmed in time" if isinstance(exc, TimeoutError)
-                           else str(exc) or type(exc).__name__)
-                self._log.bind(device=self._device_id()).warning(
-                    "publish {} not committed, closing without its PUBACK: {}", packet_id, message)
-                self._writer.close()
-                return
-            self._send(PubackPacket.build(packet_id))
-
-    def _qos0_done(self, topic: str) -> Any:
-        device = self._device_id()
-
-        def done(future: Future[range]) -> None:  # the committing actor's thread
-            exc = future.exception()
-            if exc is not None:
-                _log.bind(device=device, topic=topic).warning(
-                    "QoS 0 publish not committed: {}", exc)
-
-        return done
+        """At the QoS granted to the subscription the topic falls under; a QoS 1 message is
+        kept in the session until its PUBACK (and sent again on a clean-session-false
+        reconnect)."""
+        session = self._session
+        if session is None or session.qos_for(topic) == 0:
+            self._send(PublishPacket.build(topic, payload, None, False, 0, False))
+            return
+        message, dropped = session.outbox.add(topic, payload)
+        if dropped is not None:
+            self._log.bind(device=self._device_id(), topic=dropped.topic[:128]).warning(
+                "message {} dropped unacknowledged: more than mqtt.max_unacked_per_session "
+                "await their PUBACK", dropped.packet_id)
+        self._send(PublishPacket.build(topic, payload, message.packet_id, False, 1, False))
 
     # -- the end -------------------------------------------------------------------------------
 
     async def _finish(self, graceful: bool) -> None:
-        if self._subscriptions is not None:
-            await self._subscriptions.close()
-        if self._gateway is not None:
-            await self._gateway.close()
-        for request in list(self._requests):
-            request.cancel()
-        task = self._ack_task
-        if task is not None:
+        self._ending = True
+        try:
+            if self._subscriptions is not None:
+                await self._subscriptions.close()
+            if self._gateway is not None:
+                await self._gateway.close()
+            if self._inbound is not None:
+                self._inbound.close()
             if graceful:
-                self._acks.put_nowait(None)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, self._commit_timeout)
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        self._writer.close()
+                await self._acks.drain(self._limits.commit_timeout_s)
+        finally:
+            self._forget_unstored()
+            self._writer.close()
+            if self._key is not None and self._session is not None:
+                self._registry.detach(self._key, self, self._session, clean=self._clean,
+                                      now=self._loop.time())
+            self._ended.set()
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
         if self._device is not None:
             self._log.bind(device=str(self._device.id)).info(
                 "device {} disconnected from MQTT", self._device.name)
+
+    def _forget_unstored(self) -> None:
+        """QoS 2 publishes not known to be stored leave the session's awaiting-PUBREL ids, so
+        the client's resend is stored (a commit that completed after all makes it a
+        duplicate, as a QoS 1 resend would be)."""
+        for entry in self._acks.close():
+            if (self._session is not None and entry.reply is Reply.PUBREC
+                    and (not entry.settled or entry.error is not None)):
+                self._session.awaiting_release.discard(entry.packet_id)
 
     def _send(self, packet: Any) -> None:
         if not self._writer.is_closing():
@@ -389,22 +429,3 @@ class MqttConnection:
 
     def _device_id(self) -> str:
         return str(self._device.id) if self._device is not None else "unknown"
-
-
-def _answered(committed: Future[range]) -> Future[Any]:
-    """An RPC answer's commit, where an answer nobody awaits (unknown id, expired, answered
-    already: nothing queued) still gets its PUBACK: a resend could not help. Logged."""
-    out: Future[Any] = Future()
-
-    def done(future: Future[range]) -> None:
-        exc = future.exception()
-        if isinstance(exc, NotFound | Conflict):
-            _log.warning("RPC answer dropped: {}", exc)
-            out.set_result(None)
-        elif exc is not None:
-            out.set_exception(exc)
-        else:
-            out.set_result(future.result())
-
-    committed.add_done_callback(done)
-    return out

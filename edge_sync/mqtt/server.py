@@ -1,22 +1,42 @@
 """The device MQTT server as a supervised child: one thread running one asyncio loop that
-accepts every connection (asyncio streams, no thread per connection), as the HTTP APIs do.
+accepts every connection (asyncio streams, no thread per connection), as the HTTP APIs do, on
+a plain listener (``mqtt.port``), a TLS one (``mqtt.tls.port``), or both, as ThingsBoard runs
+1883 and 8883 side by side. It owns the clients' sessions (mqtt/registry.py): kept in memory
+for clean-session-false clients, dropped past ``mqtt.session_expiry_s`` (checked every minute
+at most) or beyond ``mqtt.max_sessions``, and lost when the server stops or restarts.
 
 The thread's lifecycle (start once bound, stop from any thread, an unexpected end reported to
-the supervisor) is edge_sync.common.loop_thread's. Stopping closes the listener and every
-connection (PUBACKs not yet due are not sent: their publishes may still commit, and the client
-resends them).
+the supervisor) is edge_sync.common.loop_thread's. Stopping closes the listeners and every
+connection (acknowledgements not yet due are not sent: their publishes may still commit, and
+the client resends them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from edge_sync.api.device_service import DeviceService
 from edge_sync.common.loop_thread import LoopThreadServer
 from edge_sync.devices.subscribers import LongPoll
-from edge_sync.mqtt.connection import MqttConnection
+from edge_sync.mqtt.connection import Limits, MqttConnection
+from edge_sync.mqtt.registry import SessionRegistry
+from edge_sync.mqtt.sessions import SessionStore
 from edge_sync.supervisor import ExitReporter
+
+SWEEP_MAX_S = 60.0
+"""The longest pause between two checks for expired sessions."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+    context: ssl.SSLContext | None = None
+    """TLS: the server's SSL context (mqtt/tls.py)."""
 
 
 class MqttServer(LoopThreadServer):
@@ -24,38 +44,80 @@ class MqttServer(LoopThreadServer):
         self,
         service: DeviceService,
         *,
-        host: str,
-        port: int,
-        max_message_bytes: int,
-        commit_timeout_s: float,
-        connect_timeout_s: float,
+        plain: Listener | None,
+        tls: Listener | None = None,
+        limits: Limits,
+        max_sessions: int,
+        session_expiry_s: float,
+        max_unacked_per_session: int,
         link_connected: Callable[[], bool] | None = None,
+        on_pause: Callable[[], None] | None = None,
         report_exit: ExitReporter | None = None,
     ) -> None:
-        super().__init__("mqtt", host=host, port=port, thread_name="mqtt", report_exit=report_exit)
+        first = plain or tls
+        assert first is not None, "no listener"
+        super().__init__("mqtt", host=first.host, port=first.port, thread_name="mqtt",
+                         report_exit=report_exit)
         self._service = service
+        self._plain = plain
+        self._tls = tls
+        self._limits = limits
         self._link_connected = link_connected
-        self._max = max_message_bytes
-        self._commit_timeout = commit_timeout_s
-        self._connect_timeout = connect_timeout_s
+        self._on_pause = on_pause
+        self._expiry = session_expiry_s
+        self.registry = SessionRegistry(
+            SessionStore(max_kept=max_sessions, expiry_s=session_expiry_s,
+                         unacked_limit=max_unacked_per_session),
+            takeover_timeout_s=limits.commit_timeout_s + 5.0)
+        self.tls_port = 0
         self._connections: set[asyncio.Task[None]] = set()
         self._polls: set[LongPoll] = set()  # attribute requests waiting for the cloud
 
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
     async def _serve(self) -> None:
-        server = await asyncio.start_server(self._accept, self._host, self._requested_port,
-                                            reuse_address=True, backlog=1024)
+        servers: list[asyncio.Server] = []
+        sweeper: asyncio.Task[None] | None = None
         try:
-            self.port = server.sockets[0].getsockname()[1]
+            if self._plain is not None:
+                servers.append(await self._listen(self._plain))
+                self.port = servers[-1].sockets[0].getsockname()[1]
+            if self._tls is not None:
+                servers.append(await self._listen(self._tls))
+                self.tls_port = servers[-1].sockets[0].getsockname()[1]
+                self._log.bind(host=self._tls.host, port=self.tls_port).info(
+                    "mqtt listening with TLS")
+                if self._plain is None:
+                    self.port = self.tls_port
             self._listening()
+            sweeper = asyncio.create_task(self._sweep())
             await self._stop.wait()
         finally:
-            server.close()
+            if sweeper is not None:
+                sweeper.cancel()
+            for server in servers:
+                server.close()
             for task in list(self._connections):
                 task.cancel()
             if self._connections:
                 await asyncio.wait(self._connections, timeout=5.0)
-            await server.wait_closed()
+            for server in servers:
+                await server.wait_closed()
             self._log.info("mqtt stopped")
+
+    async def _listen(self, listener: Listener) -> asyncio.Server:
+        return await asyncio.start_server(
+            self._accept, listener.host, listener.port, reuse_address=True, backlog=1024,
+            ssl=listener.context,
+            ssl_handshake_timeout=self._limits.connect_timeout_s if listener.context else None)
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(self._expiry, SWEEP_MAX_S))
+            self.registry.expire(loop.time())
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -63,9 +125,10 @@ class MqttServer(LoopThreadServer):
         self._connections.add(task)
         try:
             await MqttConnection(
-                self._service, reader, writer, max_message_bytes=self._max,
-                commit_timeout_s=self._commit_timeout, connect_timeout_s=self._connect_timeout,
-                link_connected=self._link_connected, polls=self._polls,
+                self._service, reader, writer, limits=self._limits, registry=self.registry,
+                link_connected=self._link_connected, polls=self._polls, on_pause=self._on_pause,
             ).run()
         finally:
             self._connections.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()

@@ -4,9 +4,11 @@ the device's session exactly as an HTTP long poll does (a LongPoll handed to the
 devices/subscribers.py), publishes what it gets, and waits again; the RPC lifecycle and the
 attribute flows stay in the device session (docs/device-rpc.md). No thread waits.
 
-Outgoing publishes are QoS 0 (SUBACK grants 0): a request taken by a connection that closes
-before it is written is lost to the device the same way as one taken by an HTTP poll whose
-client went away; the RPC's expiry reports it to the cloud.
+What a subscription gets is handed to ``send``, which publishes it at the QoS the subscription
+was granted (mqtt/connection.py): at QoS 1 it stays in the client's session until the PUBACK.
+A subscription serves only while its connection is open: RPC requests that come meanwhile wait
+in the device's session (and expire there), and are published when a connection of the device
+subscribes again, or resumes a kept session.
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ from edge_sync.errors import Unavailable
 from edge_sync.mqtt import topics
 
 POLL_S = 300.0
-"""How long one wait on the session lasts before it is renewed (a subscription lasts as long
-as the connection)."""
+"""How long one wait on the session lasts before it is renewed."""
 RETRY_S = 1.0
 """The pause after the device's session was unavailable (its shard restarting)."""
 

@@ -1,5 +1,6 @@
 """ThingsBoard's device MQTT topics that the edge serves (names as in ThingsBoard's
-MqttTopics), and how a published topic maps onto the device API."""
+MqttTopics), how a published topic maps onto the device API, and MQTT's topic filter matching
+(which subscription an outgoing message falls under)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,18 @@ def classify(topic: str) -> tuple[Publish, str]:
     if topic.startswith(ATTRIBUTES_REQUEST_PREFIX):
         return Publish.ATTRIBUTES_REQUEST, topic[len(ATTRIBUTES_REQUEST_PREFIX):]
     return Publish.OTHER, ""
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` falls under ``topic_filter`` (MQTT 3.1.1 §4.7: ``+`` is one level,
+    a trailing ``#`` any number of levels, the parent level included)."""
+    if topic_filter == topic:
+        return True
+    levels = topic.split("/")
+    parts = topic_filter.split("/")
+    for i, part in enumerate(parts):
+        if part == "#":
+            return i == len(parts) - 1
+        if i >= len(levels) or (part != "+" and part != levels[i]):
+            return False
+    return len(parts) == len(levels)

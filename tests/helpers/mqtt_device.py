@@ -1,7 +1,9 @@
 """A device that talks MQTT 3.1.1 to the agent through a real client (paho-mqtt): connect with
-its access token as username, publish, and see what the server answered (CONNACK code, PUBACKs,
-a connection the server closed). No automatic reconnect, so a closed connection stays closed
-and nothing is resent behind the test's back.
+its access token as username (plain or TLS, clean session or not), publish, subscribe, and see
+what the server answered (CONNACK code and session-present flag, PUBACKs, what it published
+and with which QoS and DUP flag, a connection the server closed). No automatic reconnect, so a
+closed connection stays closed and nothing is resent behind the test's back; a client made with
+``manual_ack`` acknowledges the server's QoS 1 messages only when the test says so.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -19,13 +23,32 @@ TELEMETRY = "v1/devices/me/telemetry"
 ATTRIBUTES = "v1/devices/me/attributes"
 
 
+@dataclass(frozen=True)
+class Tls:
+    """paho's tls_set: the CA to trust, and the client's own certificate and key if any."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
 class MqttDevice:
-    def __init__(self, port: int, token: str, *, client_id: str = "") -> None:
+    def __init__(self, port: int, token: str, *, client_id: str = "",
+                 clean_session: bool | None = None, host: str = "127.0.0.1",
+                 tls: Tls | None = None, manual_ack: bool = False) -> None:
         self.port = port
+        self.host = host
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv311, reconnect_on_failure=False)
+                                  clean_session=clean_session, protocol=mqtt.MQTTv311,
+                                  reconnect_on_failure=False, manual_ack=manual_ack)
         self.client.username_pw_set(token)
+        if tls is not None:
+            self.client.tls_set(ca_certs=str(tls.ca),
+                                certfile=str(tls.cert) if tls.cert else None,
+                                keyfile=str(tls.key) if tls.key else None)
         self.connack: Any = None
+        self.session_present: bool | None = None
+        self.received: list[mqtt.MQTTMessage] = []  # what the server published, as paho got it
         self.acked: list[int] = []  # message ids, in the order their PUBACKs arrived
         self.granted: dict[int, list[int]] = {}  # SUBACK return codes by message id
         self.messages: list[tuple[str, Any]] = []  # (topic, JSON body) the server published
@@ -40,7 +63,7 @@ class MqttDevice:
 
     def connect(self, *, timeout: float = 10.0) -> Any:
         """Connect and wait for CONNACK (or the connection's end): paho's reason code."""
-        self.client.connect("127.0.0.1", self.port, keepalive=30)
+        self.client.connect(self.host, self.port, keepalive=30)
         self.client.loop_start()
         wait_until(lambda: self.connack is not None or self.disconnected.is_set(),
                    timeout=timeout, what="CONNACK")
@@ -50,9 +73,10 @@ class MqttDevice:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         return self.client.publish(topic, payload, qos=qos)
 
-    def subscribe(self, topic: str, *, timeout: float = 10.0) -> list[int]:
-        """Subscribe at QoS 1 and wait for SUBACK: its return codes (0x80 = refused)."""
-        _, mid = self.client.subscribe(topic, qos=1)
+    def subscribe(self, topic: str, *, qos: int = 0, timeout: float = 10.0) -> list[int]:
+        """Subscribe at ``qos`` and wait for SUBACK: its return codes (the QoS granted, or
+        0x80 = refused)."""
+        _, mid = self.client.subscribe(topic, qos=qos)
         return wait_until(lambda: self.granted.get(mid), timeout=timeout, what=f"SUBACK {topic}")
 
     def wait_message(self, topic: str, *, timeout: float = 10.0) -> Any:
@@ -61,6 +85,10 @@ class MqttDevice:
             with self._lock:
                 return next(((body,) for t, body in self.messages if t == topic), None)
         return wait_until(found, timeout=timeout, what=f"a message on {topic}")[0]
+
+    def received_on(self, topic: str) -> list[mqtt.MQTTMessage]:
+        with self._lock:
+            return [m for m in self.received if m.topic == topic]
 
     def acked_ids(self) -> list[int]:
         with self._lock:
@@ -77,7 +105,8 @@ class MqttDevice:
         self.close()
 
     # paho's network thread
-    def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        self.session_present = bool(flags.session_present)
         self.connack = reason
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
@@ -91,6 +120,7 @@ class MqttDevice:
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         with self._lock:
+            self.received.append(msg)
             self.messages.append((msg.topic, json.loads(msg.payload)))
 
     def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, _reason: Any, _p: Any) -> None:

@@ -7,6 +7,13 @@ and client attributes; an unknown token gets CONNACK 5; malformed JSON closes th
 after the PUBACKs already due, as ThingsBoard does; an oversized PUBLISH closes it unread; a
 topic outside the API is acknowledged and dropped; a client that never sends CONNECT is
 disconnected.
+
+QoS 2: PUBREC after the commit, PUBCOMP on PUBREL, a PUBLISH again with a packet id awaiting
+its PUBREL (on the same connection, or after a clean-session-false reconnect) acknowledged and
+not stored again. Retain and will as ThingsBoard treats them: a retained publish is stored as
+any other and nothing is retained; a will is never published. Client ids: an empty one with
+clean session 0 gets CONNACK 2; the same device and client id connecting again closes the
+older connection; another device with the same client id does not.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from edge_sync.config import load_edge_config
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, StoredEvent
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
+from tests.helpers.mqtt_raw import PUBACK, PUBCOMP, PUBREC, PUBREL, RawClient, id_packet, publish_packet
 from tests.helpers.wait import wait_until
 
 DEADLINE_S = 10.0
@@ -181,3 +189,133 @@ def test_a_second_connection_is_served_while_one_stays_silent(
         info = dev.publish(TELEMETRY, {"n": 1})
         wait_until(lambda: info.mid in dev.acked_ids(), timeout=DEADLINE_S, what="PUBACK")
     assert values(app, device_id) == [1]
+
+
+# -- QoS 2 -------------------------------------------------------------------------------------
+
+
+def test_qos2_with_paho_is_stored_once_and_completes(app: EdgeApp, device_id: uuid.UUID) -> None:
+    with MqttDevice(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        infos = [dev.publish(TELEMETRY, {"n": i}, qos=2) for i in range(20)]
+        wait_until(lambda: len(dev.acked_ids()) == 20, timeout=DEADLINE_S, what="20 PUBCOMPs")
+        assert dev.acked_ids() == [i.mid for i in infos]
+    assert values(app, device_id) == list(range(20))
+
+
+def test_qos2_resend_awaiting_pubrel_is_acknowledged_not_stored_again(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    with RawClient(app.mqtt_port) as raw:
+        assert raw.connect("qos2-raw", TOKEN) == (0, 0)
+        raw.send(publish_packet(TELEMETRY, b'{"n": 1}', qos=2, packet_id=9))
+        pubrec = raw.read()
+        assert (pubrec.kind, pubrec.packet_id) == (PUBREC, 9)
+        assert values(app, device_id) == [1]  # PUBREC only once committed
+        raw.send(publish_packet(TELEMETRY, b'{"n": 1}', qos=2, packet_id=9, dup=True))
+        assert (raw.read().kind, values(app, device_id)) == (PUBREC, [1])
+        raw.send(id_packet(PUBREL, 9))
+        pubcomp = raw.read()
+        assert (pubcomp.kind, pubcomp.packet_id) == (PUBCOMP, 9)
+        # released: the same id now names a new message
+        raw.send(publish_packet(TELEMETRY, b'{"n": 2}', qos=2, packet_id=9))
+        assert raw.read().kind == PUBREC
+        raw.send(id_packet(PUBREL, 9))
+        assert raw.read().kind == PUBCOMP
+        # QoS 1 and 2 acknowledgements keep the order of the publishes
+        raw.send(publish_packet(TELEMETRY, b'{"n": 3}', qos=1, packet_id=10)
+                 + publish_packet(TELEMETRY, b'{"n": 4}', qos=2, packet_id=11)
+                 + publish_packet(TELEMETRY, b'{"n": 5}', qos=1, packet_id=12))
+        assert [(p.kind, p.packet_id) for p in (raw.read(), raw.read(), raw.read())] == [
+            (PUBACK, 10), (PUBREC, 11), (PUBACK, 12)]
+    assert values(app, device_id) == [1, 2, 3, 4, 5]
+
+
+def test_qos2_awaiting_pubrel_survives_a_clean_session_false_reconnect(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    with RawClient(app.mqtt_port) as raw:
+        assert raw.connect("qos2-kept", TOKEN, clean=False) == (0, 0)
+        raw.send(publish_packet(TELEMETRY, b'{"n": 7}', qos=2, packet_id=3))
+        assert raw.read().kind == PUBREC
+    # the connection dropped before the PUBREL; the client resends the PUBLISH (DUP)
+    with RawClient(app.mqtt_port) as raw:
+        assert raw.connect("qos2-kept", TOKEN, clean=False) == (1, 0)
+        raw.send(publish_packet(TELEMETRY, b'{"n": 7}', qos=2, packet_id=3, dup=True))
+        assert (raw.read().kind, values(app, device_id)) == (PUBREC, [7])
+        raw.send(id_packet(PUBREL, 3))
+        assert raw.read().kind == PUBCOMP
+    # a clean session forgets the packet ids: the same id is a new message again
+    with RawClient(app.mqtt_port) as raw:
+        assert raw.connect("qos2-kept", TOKEN, clean=True) == (0, 0)
+        raw.send(publish_packet(TELEMETRY, b'{"n": 8}', qos=2, packet_id=3))
+        assert raw.read().kind == PUBREC
+    assert values(app, device_id) == [7, 8]
+
+
+# -- retain and will (ThingsBoard ignores both) ---------------------------------------------------
+
+
+def test_a_retained_publish_is_stored_and_nothing_is_retained(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    with MqttDevice(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        info = dev.client.publish(ATTRIBUTES, b'{"firmware": "2.0"}', qos=1, retain=True)
+        wait_until(lambda: dev.acked_ids() == [info.mid], timeout=DEADLINE_S, what="PUBACK")
+    with MqttDevice(app.mqtt_port, TOKEN) as late:
+        assert late.connect() == 0
+        assert late.subscribe(ATTRIBUTES, qos=1) == [1]
+        late.publish("v1/devices/me/attributes/request/1", {"clientKeys": "firmware"})
+        # the server writes in order: a retained message would have come before this answer
+        assert late.wait_message("v1/devices/me/attributes/response/1") == {
+            "client": {"firmware": "2.0"}}
+        assert late.received_on(ATTRIBUTES) == []
+    assert [e.body["kv"] for e in events_of(app, device_id, Action.ATTRIBUTES_UPDATED)] == [
+        {"firmware": "2.0"}]
+
+
+def test_a_will_message_is_never_published(app: EdgeApp, device_id: uuid.UUID) -> None:
+    server = app.mqtt_server
+    assert server is not None
+    with RawClient(app.mqtt_port) as raw:
+        assert raw.connect("willing", TOKEN, will=(TELEMETRY, b'{"will": 1}')) == (0, 0)
+        raw.send(publish_packet(TELEMETRY, b'{"n": 1}', qos=1, packet_id=1))
+        assert raw.read().kind == PUBACK
+    # dropped without DISCONNECT: an MQTT broker would publish the will now
+    wait_until(lambda: server.connections == 0, timeout=DEADLINE_S, what="connection gone")
+    with MqttDevice(app.mqtt_port, TOKEN) as after:  # anything queued would be in by now
+        assert after.connect() == 0
+        info = after.publish(TELEMETRY, {"n": 2})
+        wait_until(lambda: after.acked_ids() == [info.mid], timeout=DEADLINE_S, what="PUBACK")
+    assert [e.body["values"] for e in events_of(app, device_id, Action.TIMESERIES_UPDATED)] == [
+        {"n": 1}, {"n": 2}]
+
+
+# -- client ids --------------------------------------------------------------------------------
+
+
+def test_an_empty_client_id_with_clean_session_0_gets_connack_2(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    with RawClient(app.mqtt_port) as raw:
+        assert raw.connect("", TOKEN, clean=False) == (0, 2)
+        assert raw.closed_by_server()
+    with RawClient(app.mqtt_port) as raw:  # with a clean session it is served
+        assert raw.connect("", TOKEN, clean=True) == (0, 0)
+
+
+def test_the_same_client_id_again_closes_the_older_connection(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    other, created = app.service.create_device("mqtt-dev-2", token="mqtt-token-2")
+    created.result(DEADLINE_S)
+    with MqttDevice(app.mqtt_port, TOKEN, client_id="twin") as first, \
+            MqttDevice(app.mqtt_port, "mqtt-token-2", client_id="twin") as stranger:
+        assert first.connect() == 0
+        assert stranger.connect() == 0  # another device: another session, nothing closed
+        with MqttDevice(app.mqtt_port, TOKEN, client_id="twin") as second:
+            assert second.connect() == 0
+            wait_until(first.disconnected.is_set, timeout=DEADLINE_S, what="first closed")
+            assert not stranger.disconnected.is_set()
+            info = second.publish(TELEMETRY, {"n": 1})
+            wait_until(lambda: second.acked_ids() == [info.mid], timeout=DEADLINE_S,
+                       what="PUBACK on the newer connection")
+            assert not second.disconnected.is_set()
+    assert values(app, device_id) == [1]
+    assert values(app, other.id) == []

@@ -1,0 +1,157 @@
+"""The loop side of one connection's acknowledgements (mqtt/acks.py holds their order): commit
+outcomes arriving from the committing actors' threads, the acknowledgements sent as they fall
+due, the commit timeout of the oldest waiting publish, and the inflight cap that pauses the
+connection's reading.
+
+Outcomes are handed over in a deque, and the loop is woken once for all the outcomes that
+arrive together (a group commit settles many publishes at once), not once per publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from amqtt.mqtt.puback import PubackPacket
+from amqtt.mqtt.pubcomp import PubcompPacket
+from amqtt.mqtt.pubrec import PubrecPacket
+
+from edge_sync.mqtt.acks import AckQueue, Pending, Reply
+
+__all__ = ["Acknowledger"]
+
+_BUILD = {Reply.PUBACK: PubackPacket.build, Reply.PUBREC: PubrecPacket.build,
+          Reply.PUBCOMP: PubcompPacket.build}
+
+
+class Acknowledger:
+    """The server's loop thread only, but for ``_committed`` (any thread)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, send: Callable[[Any], None],
+                 fail: Callable[[Pending, str], None], warn: Callable[[str], None],
+                 commit_timeout_s: float, max_inflight: int) -> None:
+        self._loop = loop
+        self._send = send  # writes one packet
+        self._fail = fail  # a QoS 1 or 2 publish was not committed: close without its reply
+        self._warn = warn  # a QoS 0 publish was not committed: only logged
+        self._commit_timeout = commit_timeout_s
+        self._max = max_inflight
+        self._acks = AckQueue()
+        self._outcomes: collections.deque[tuple[Pending, BaseException | None]] = (
+            collections.deque())
+        self._wake_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._room = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._closed = False
+        self._failed = False
+
+    def __len__(self) -> int:
+        """Publishes accepted and not yet acknowledged."""
+        return len(self._acks)
+
+    @property
+    def full(self) -> bool:
+        return len(self._acks) >= self._max
+
+    def expect(self, reply: Reply, packet_id: int, committed: Future[Any]) -> None:
+        """``reply`` is due once ``committed`` completes (and all before it are sent)."""
+        entry = self._acks.add(reply, packet_id, self._loop.time() + self._commit_timeout)
+        committed.add_done_callback(lambda done: self._committed(entry, done))
+        if self._timer is None:
+            self._arm_timer()
+
+    def now(self, reply: Reply, packet_id: int) -> None:
+        """``reply`` is due once all before it are sent."""
+        self._acks.add_settled(reply, packet_id)
+        self.send_due()
+
+    async def room(self) -> None:
+        """Return once fewer than ``max_inflight`` publishes wait (or a commit failed, or the
+        connection ends)."""
+        self._room.clear()
+        if self.full and not (self._closed or self._failed):
+            await self._room.wait()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) until every reply owed is sent or the connection failed."""
+        if self._acks and not (self._closed or self._failed):
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout)
+
+    def close(self) -> list[Pending]:
+        """The connection ends: nothing more is sent; what was still owed."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._room.set()
+        self._drained.set()
+        return self._acks.drain()
+
+    def _committed(self, entry: Pending, done: Future[Any]) -> None:
+        """Any thread (the committing actor's)."""
+        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        self._outcomes.append((entry, error))
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
+                self._loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        self._wake_scheduled = False
+        outcomes = self._outcomes
+        while outcomes:
+            entry, error = outcomes.popleft()
+            entry.settle(error)
+        self.send_due()
+
+    def send_due(self) -> None:
+        """Send the replies now due, in order. A failed commit of a QoS 1 or 2 publish goes to
+        ``fail`` (which closes the connection: nothing is sent after it)."""
+        while (entry := self._acks.pop_due()) is not None:
+            if entry.error is not None:
+                if entry.reply is Reply.NONE:
+                    self._warn(f"QoS 0 publish not committed: {_reason(entry.error)}")
+                else:
+                    self._failure(entry, _reason(entry.error))
+            elif entry.reply is not Reply.NONE and not self._failed:
+                self._send(_BUILD[entry.reply](entry.packet_id))
+        if not self.full:
+            self._room.set()
+        if not self._acks:
+            self._drained.set()
+        if self._timer is None:
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self._acks.next_deadline()
+        if deadline is not None and not self._closed:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        entry = self._acks.pop_overdue(self._loop.time())
+        if entry is None:
+            self._arm_timer()
+        elif entry.reply is Reply.NONE:
+            self._warn("QoS 0 publish not confirmed in time; not waited for any longer")
+            self.send_due()
+        else:
+            self._failure(entry, "not confirmed in time")
+
+    def _failure(self, entry: Pending, reason: str) -> None:
+        """Nothing is sent any more; the connection is told (it closes) and stops waiting."""
+        self._failed = True
+        self._fail(entry, reason)
+        self._room.set()
+        self._drained.set()
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,128 @@
+"""What a device's PUBLISH asks for, handed to the device service: telemetry and client
+attributes (their commit is the future returned), RPC answers (an answer nobody awaits still
+counts as done: a resend could not help), attribute requests (answered on the response topic
+of the same id once read), the gateway API (mqtt/gateway.py), and topics outside the API
+(acknowledged and dropped as ThingsBoard does, one WARNING per topic and connection). The
+connection decides what the outcome means on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from loguru import logger
+
+from edge_sync.api.attribute_read import read_attributes
+from edge_sync.api.device_service import DeviceService
+from edge_sync.api.payloads import parse_keys, parse_request_id
+from edge_sync.common.json_body import parse_json
+from edge_sync.devices.subscribers import LongPoll
+from edge_sync.errors import BadRequest, Conflict, NotFound
+from edge_sync.mqtt import topics
+from edge_sync.mqtt.gateway import Gateway
+from edge_sync.mqtt.topics import Publish, classify
+from edge_sync.storage.records import Device
+
+__all__ = ["Inbound"]
+
+_log = logger.bind(component="mqtt")
+
+Send = Callable[[str, bytes], None]
+
+
+class Inbound:
+    """The publishes of one authenticated device's connection; the server's loop thread."""
+
+    def __init__(self, service: DeviceService, device: Device, token: str, gateway: Gateway,
+                 send: Send, *, link_connected: Callable[[], bool] | None,
+                 polls: set[LongPoll], read_timeout_s: float) -> None:
+        self._service = service
+        self._device = device
+        self._token = token
+        self._gateway = gateway
+        self._send = send
+        self._link_connected = link_connected
+        self._polls = polls
+        self._read_timeout = read_timeout_s
+        self._log = _log.bind(device=str(device.id))
+        self._other_topics: set[str] = set()
+        self._requests: set[asyncio.Task[None]] = set()  # attribute requests being answered
+
+    def accept(self, topic: str, data: bytes) -> Future[Any] | None:
+        """Take a publish: the future of the commit that holds it, None when there is nothing
+        to wait for. BadRequest: invalid (the connection closes); any other exception: not
+        accepted."""
+        kind, request_id = classify(topic)
+        if kind is Publish.TELEMETRY:
+            return self._service.post_telemetry(self._token, parse_json(data))
+        if kind is Publish.ATTRIBUTES:
+            return self._service.post_attributes(self._token, parse_json(data))
+        if kind is Publish.GATEWAY:
+            return self._gateway.publish(topic, data)
+        if kind is Publish.RPC_RESPONSE:
+            body = parse_json(data)
+            return _answered(self._service.post_rpc_response(
+                self._token, parse_request_id(request_id), body))
+        if kind is Publish.ATTRIBUTES_REQUEST:
+            self._attributes_request(request_id, parse_json(data))
+            return None
+        if topic not in self._other_topics:
+            self._other_topics.add(topic)
+            self._log.bind(topic=topic[:128]).warning(
+                "publish to a topic outside the device API acknowledged and dropped")
+        return None
+
+    def close(self) -> None:
+        for request in list(self._requests):
+            request.cancel()
+
+    def _attributes_request(self, request_id: str, body: Any) -> None:
+        """Answered on the response topic of the same id once read (through the cloud for
+        shared keys the edge does not hold, as the HTTP API's GET attributes)."""
+        if not isinstance(body, dict):
+            raise BadRequest("an attributes request is a JSON object")
+        keys = {}
+        for name, field in (("clientKeys", "client_keys"), ("sharedKeys", "shared_keys")):
+            raw = body.get(name)
+            if raw is not None and not isinstance(raw, str):
+                raise BadRequest(f"{name} must be a comma-separated string")
+            keys[field] = parse_keys(raw)
+        device_id = self._device.id
+
+        async def answer() -> None:
+            result, missing = await read_attributes(
+                self._service, device_id, **keys, link_connected=self._link_connected,
+                timeout_s=self._read_timeout, polls=self._polls)
+            if missing:
+                self._log.bind(missing=len(missing)).debug(
+                    "attributes answered without {} shared keys the edge does not hold",
+                    len(missing))
+            self._send(f"{topics.ATTRIBUTES_RESPONSE_PREFIX}{request_id}",
+                       json.dumps(result, separators=(",", ":")).encode())
+
+        task = asyncio.create_task(answer())
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+
+def _answered(committed: Future[range]) -> Future[Any]:
+    """An RPC answer's commit, where an answer nobody awaits (unknown id, expired, answered
+    already: nothing queued) still counts as done: a resend could not help. Logged."""
+    out: Future[Any] = Future()
+
+    def done(future: Future[range]) -> None:
+        exc = future.exception()
+        if isinstance(exc, NotFound | Conflict):
+            _log.warning("RPC answer dropped: {}", exc)
+            out.set_result(None)
+        elif exc is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(future.result())
+
+    committed.add_done_callback(done)
+    return out

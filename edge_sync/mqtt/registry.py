@@ -1,0 +1,83 @@
+"""Which connection holds which session, on the MQTT server's loop: a connecting client takes
+its session from the store (sessions.py), a leaving one gives it back (kept when its session is
+not clean), and a client id of a device that connects while an older connection of the same
+device and client id is open closes the older one first (MQTT 3.1.1 §3.1.4, step 2), which
+gives its session back before the newer one takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from loguru import logger
+
+from edge_sync.mqtt.sessions import Key, Session, SessionStore
+
+__all__ = ["Holder", "SessionRegistry"]
+
+_log = logger.bind(component="mqtt")
+
+
+class Holder(Protocol):
+    """A connection as the registry sees it."""
+
+    peer: str
+
+    def take_over(self) -> None:
+        """Close: the same client connected again."""
+        ...
+
+    async def finished(self) -> None:
+        """Return once the connection has ended and given its session back."""
+        ...
+
+
+class SessionRegistry:
+    """The server's loop thread only."""
+
+    def __init__(self, store: SessionStore, *, takeover_timeout_s: float) -> None:
+        self.store = store
+        self._takeover_timeout = takeover_timeout_s
+        self._holders: dict[Key, Holder] = {}
+
+    def __len__(self) -> int:
+        """Sessions held by open connections."""
+        return len(self._holders)
+
+    async def attach(self, key: Key, holder: Holder, *, clean: bool,
+                     now: float) -> tuple[Session, bool]:
+        """The session of ``key`` for ``holder`` and whether it was kept, once any older
+        connection of ``key`` has ended (the newest connection wins)."""
+        while (older := self._holders.get(key)) is not None and older is not holder:
+            _log.bind(device=str(key[0]), client_id=key[1][:64], peer=holder.peer).warning(
+                "client id connected again: closing its older connection from {}", older.peer)
+            older.take_over()
+            try:
+                await asyncio.wait_for(older.finished(), self._takeover_timeout)
+            except TimeoutError:
+                _log.bind(device=str(key[0])).warning(
+                    "older connection from {} did not end in time; its session is dropped",
+                    older.peer)
+            if self._holders.get(key) is older:
+                del self._holders[key]
+        self._holders[key] = holder
+        self.expire(now)
+        return self.store.open(key, clean=clean, now=now)
+
+    def detach(self, key: Key, holder: Holder, session: Session, *, clean: bool,
+               now: float) -> None:
+        """``holder`` ended: a session that is not clean is kept (when it still held it)."""
+        if self._holders.get(key) is not holder:
+            return  # taken over without waiting for it: its session is not the current one
+        del self._holders[key]
+        if clean:
+            return
+        for dropped in self.store.keep(key, session, now=now):
+            _log.bind(device=str(dropped[0]), client_id=dropped[1][:64]).warning(
+                "kept MQTT session dropped: more than mqtt.max_sessions are kept")
+
+    def expire(self, now: float) -> None:
+        for dropped in self.store.expire(now):
+            _log.bind(device=str(dropped[0]), client_id=dropped[1][:64]).info(
+                "kept MQTT session expired (mqtt.session_expiry_s)")

@@ -1,0 +1,219 @@
+"""mqtt/sessions.py, mqtt/topics.py matching and mqtt/registry.py: what a session keeps, which
+session a connecting client gets (kept or new, clean discarding), the cap and the expiry of
+kept sessions, packet ids of the outbox, the QoS an outgoing topic is published at, and the
+registry closing an older connection of the same device and client id before the newer one
+takes the session."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from edge_sync.mqtt.registry import SessionRegistry
+from edge_sync.mqtt.sessions import MAX_PACKET_ID, Outbox, Session, SessionStore
+from edge_sync.mqtt.topics import matches
+
+DEV = uuid.UUID(int=1)
+OTHER = uuid.UUID(int=2)
+
+
+def store(max_kept: int = 10, expiry_s: float = 100.0) -> SessionStore:
+    return SessionStore(max_kept=max_kept, expiry_s=expiry_s, unacked_limit=5)
+
+
+# -- topics ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("topic_filter", "topic", "expected"), [
+    ("v1/devices/me/attributes", "v1/devices/me/attributes", True),
+    ("v1/devices/me/attributes", "v1/devices/me/attributes/response/1", False),
+    ("v1/devices/me/rpc/request/+", "v1/devices/me/rpc/request/42", True),
+    ("v1/devices/me/rpc/request/+", "v1/devices/me/rpc/request/42/x", False),
+    ("v1/devices/me/rpc/request/+", "v1/devices/me/rpc/request", False),
+    ("v1/gateway/#", "v1/gateway/rpc", True),
+    ("v1/gateway/#", "v1/gateway", True),
+    ("#", "anything/at/all", True),
+    ("v1/+/me/#", "v1/devices/me/attributes/response/3", True),
+    ("v1/+/me/#", "v1/devices/you/attributes", False),
+])
+def test_topic_filter_matching(topic_filter: str, topic: str, expected: bool) -> None:
+    assert matches(topic_filter, topic) is expected
+
+
+# -- one session -------------------------------------------------------------------------------
+
+
+def test_qos_for_a_topic_is_the_highest_granted_by_a_matching_filter() -> None:
+    session = Session(unacked_limit=5)
+    assert session.qos_for("v1/devices/me/attributes") == 0  # nothing subscribed
+    session.subscriptions["v1/devices/me/attributes"] = 0
+    session.subscriptions["v1/devices/me/rpc/request/+"] = 1
+    assert session.qos_for("v1/devices/me/attributes") == 0
+    assert session.qos_for("v1/devices/me/rpc/request/9") == 1
+    session.subscriptions["#"] = 1
+    assert session.qos_for("v1/devices/me/attributes") == 1
+
+
+def test_outbox_keeps_until_puback_in_order_and_drops_the_oldest_beyond_its_limit() -> None:
+    box = Outbox(limit=3)
+    ids = []
+    for n in range(3):
+        message, dropped = box.add("t", bytes([n]))
+        assert dropped is None
+        ids.append(message.packet_id)
+    assert ids == [1, 2, 3]
+    assert box.acked(2) is True
+    assert box.acked(2) is False  # a PUBACK twice, or for an unknown id: nothing to forget
+    assert [m.packet_id for m in box.unacked()] == [1, 3]
+    box.add("t", b"x")  # 4
+    message, dropped = box.add("t", b"y")  # full: the oldest (1) goes
+    assert dropped is not None and dropped.packet_id == 1
+    assert [m.packet_id for m in box.unacked()] == [3, 4, 5]
+    assert [m.payload for m in box.unacked()] == [bytes([2]), b"x", b"y"]
+
+
+def test_outbox_packet_ids_wrap_and_skip_ids_still_unacknowledged() -> None:
+    box = Outbox(limit=10)
+    first, _ = box.add("t", b"kept")  # id 1 stays unacknowledged
+    for _ in range(MAX_PACKET_ID - 1):  # ids 2..65535, each acknowledged at once
+        message, _ = box.add("t", b"")
+        box.acked(message.packet_id)
+    assert message.packet_id == MAX_PACKET_ID
+    wrapped, _ = box.add("t", b"")
+    assert wrapped.packet_id == 2  # 0 is not a packet id, 1 is still in use
+    assert first.packet_id == 1 and len(box) == 2
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+def test_a_kept_session_comes_back_present_once() -> None:
+    s = store()
+    session, present = s.open((DEV, "c1"), clean=False, now=0.0)
+    assert present is False
+    session.subscriptions["v1/devices/me/attributes"] = 1
+    session.awaiting_release.add(7)
+    assert s.keep((DEV, "c1"), session, now=1.0) == []
+    again, present = s.open((DEV, "c1"), clean=False, now=2.0)
+    assert present is True and again is session
+    assert again.subscriptions == {"v1/devices/me/attributes": 1}
+    assert again.awaiting_release == {7}
+    assert len(s) == 0  # taken out while its client is connected
+
+
+def test_clean_session_discards_what_was_kept() -> None:
+    s = store()
+    session, _ = s.open((DEV, "c1"), clean=False, now=0.0)
+    session.subscriptions["x"] = 1
+    s.keep((DEV, "c1"), session, now=1.0)
+    fresh, present = s.open((DEV, "c1"), clean=True, now=2.0)
+    assert present is False and fresh is not session and fresh.subscriptions == {}
+    assert (DEV, "c1") not in s
+    _, present = s.open((DEV, "c1"), clean=False, now=3.0)
+    assert present is False
+
+
+def test_sessions_are_keyed_by_device_and_client_id() -> None:
+    s = store()
+    session, _ = s.open((DEV, "same"), clean=False, now=0.0)
+    s.keep((DEV, "same"), session, now=0.0)
+    _, present = s.open((OTHER, "same"), clean=False, now=1.0)
+    assert present is False  # another device's client id names another session
+    assert (DEV, "same") in s
+
+
+def test_expiry_drops_sessions_left_too_long_ago() -> None:
+    s = store(expiry_s=10.0)
+    for n, left_at in enumerate((0.0, 5.0)):
+        session, _ = s.open((DEV, f"c{n}"), clean=False, now=left_at)
+        s.keep((DEV, f"c{n}"), session, now=left_at)
+    assert s.expire(9.9) == []
+    assert s.expire(10.0) == [(DEV, "c0")]
+    _, present = s.open((DEV, "c1"), clean=False, now=15.0)  # open expires too
+    assert present is False
+    assert len(s) == 0
+
+
+def test_beyond_the_cap_the_longest_disconnected_is_dropped() -> None:
+    s = store(max_kept=2)
+    for n in range(3):
+        session, _ = s.open((DEV, f"c{n}"), clean=False, now=float(n))
+        dropped = s.keep((DEV, f"c{n}"), session, now=float(n))
+    assert dropped == [(DEV, "c0")]
+    assert (DEV, "c0") not in s and (DEV, "c1") in s and (DEV, "c2") in s
+    # leaving again makes a session the newest
+    session, _ = s.open((DEV, "c1"), clean=False, now=3.0)
+    s.keep((DEV, "c1"), session, now=3.0)
+    session, _ = s.open((DEV, "c3"), clean=False, now=4.0)
+    assert s.keep((DEV, "c3"), session, now=4.0) == [(DEV, "c2")]
+
+
+def test_a_cap_of_zero_keeps_nothing() -> None:
+    s = store(max_kept=0)
+    session, _ = s.open((DEV, "c"), clean=False, now=0.0)
+    assert s.keep((DEV, "c"), session, now=0.0) == [(DEV, "c")]
+    assert len(s) == 0
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+class FakeHolder:
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.taken_over = False
+        self.ended = asyncio.Event()
+
+    def take_over(self) -> None:
+        self.taken_over = True
+
+    async def finished(self) -> None:
+        await self.ended.wait()
+
+
+def test_registry_closes_the_older_connection_before_the_newer_takes_the_session() -> None:
+    async def scenario() -> None:
+        registry = SessionRegistry(store(), takeover_timeout_s=5.0)
+        old, new = FakeHolder("a:1"), FakeHolder("b:2")
+        session, present = await registry.attach((DEV, "c"), old, clean=False, now=0.0)
+        assert present is False
+        session.subscriptions["t"] = 1
+        attaching = asyncio.create_task(registry.attach((DEV, "c"), new, clean=False, now=1.0))
+        await asyncio.sleep(0)
+        assert old.taken_over is True and not attaching.done()
+        registry.detach((DEV, "c"), old, session, clean=False, now=1.0)  # old ends
+        old.ended.set()
+        resumed, present = await attaching
+        assert present is True and resumed is session
+        assert len(registry) == 1
+
+    asyncio.run(scenario())
+
+
+def test_registry_detach_of_a_connection_that_no_longer_holds_its_key_keeps_nothing() -> None:
+    async def scenario() -> None:
+        registry = SessionRegistry(store(), takeover_timeout_s=0.01)
+        old, new = FakeHolder("a:1"), FakeHolder("b:2")
+        stale, _ = await registry.attach((DEV, "c"), old, clean=False, now=0.0)
+        # the old one never ends in time: the new one goes ahead with a new session
+        session, present = await registry.attach((DEV, "c"), new, clean=False, now=1.0)
+        assert present is False and session is not stale
+        registry.detach((DEV, "c"), old, stale, clean=False, now=2.0)  # late: ignored
+        assert (DEV, "c") not in registry.store
+        registry.detach((DEV, "c"), new, session, clean=False, now=3.0)
+        assert (DEV, "c") in registry.store and len(registry) == 0
+
+    asyncio.run(scenario())
+
+
+def test_registry_keeps_no_clean_session() -> None:
+    async def scenario() -> None:
+        registry = SessionRegistry(store(), takeover_timeout_s=1.0)
+        holder = FakeHolder("a:1")
+        session, _ = await registry.attach((DEV, "c"), holder, clean=True, now=0.0)
+        registry.detach((DEV, "c"), holder, session, clean=True, now=1.0)
+        assert len(registry.store) == 0 and len(registry) == 0
+
+    asyncio.run(scenario())
