@@ -1,21 +1,73 @@
-"""ThingsBoard's MQTT gateway API (``v1/gateway/...``): one connection that publishes and
-subscribes for many devices. Not served yet: every gateway publish is refused as invalid and
-every gateway subscription is refused (SUBACK 0x80).
+"""ThingsBoard's MQTT gateway API (``v1/gateway/...``) on one MQTT connection: a device marked
+as a gateway (``Device.gateway``, ThingsBoard's ``additionalInfo.gateway``) publishes and
+subscribes for many devices, each named in the payload. docs/mqtt-gateway.md describes it for
+users; the wire format is mqtt/gateway_payloads.py.
+
+This module owns the gateway side of a connection: which sub-devices it has connected (by
+``v1/gateway/connect`` or by naming them in data), their data handed to the device API, their
+server-side RPC requests and shared attribute updates relayed to the gateway, and their
+attribute requests answered. What it reuses rather than repeats:
+
+- A name the edge does not know creates the device (DeviceService.get_or_create_device,
+  shared by every connection, so a new device is created once). Its data goes to the same
+  entity actor right after its creation, so the creation's events come first in the log, and
+  it carries RequireDevice while the creation is on its way (a creation that fails leaves no
+  data of a device the edge does not have).
+- Per device, its entries of one message are one command, told in message order; a QoS 1
+  publish is acknowledged once every device's events (and creations) are committed.
+- RPC requests and shared attribute updates come from the device sessions exactly as for a
+  device's own subscriptions: one mqtt/subscriptions.Subscriptions per sub-device, whose
+  device-topic publishes are re-addressed to the gateway topics. Attribute requests are read
+  as every transport reads them (api/attribute_read.py); RPC answers go through
+  DeviceService.answer_rpc.
+
+Learnt from ThingsBoard's MQTT transport (read, not copied): MqttTransportHandler (which
+devices are gateways, the topics served, errors), session/AbstractGatewaySessionHandler and
+GatewaySessionHandler (the per-device handling, get-or-create on first sight, the aggregate
+PUBACK), session/AbstractGatewayDeviceSessionContext and adaptors/JsonMqttAdaptor (what is
+published to the gateway), adaptor/JsonConverter (telemetry, attributes, the response shapes)
+and DefaultTransportApiService (GetOrCreateDeviceFromGatewayRequestMsg).
+
+The server's loop thread only, except the commit callbacks (the queue's thread), which only
+log and settle futures.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
+from loguru import logger
+
+from edge_sync.api.attribute_read import read_attributes
 from edge_sync.api.device_service import DeviceService
+from edge_sync.common.json_body import parse_json
 from edge_sync.devices.subscribers import LongPoll
-from edge_sync.errors import BadRequest
+from edge_sync.errors import BadRequest, Conflict, NotFound
+from edge_sync.mqtt import gateway_payloads as wire
+from edge_sync.mqtt import topics
+from edge_sync.mqtt.subscriptions import Subscriptions
 from edge_sync.storage.records import Device
 
 Send = Callable[[str, bytes], None]
+
+_log = logger.bind(component="mqtt-gateway")
+
+DEVICE_FILTERS = {wire.RPC: topics.RPC_REQUEST_FILTER, wire.ATTRIBUTES: topics.ATTRIBUTES}
+"""The gateway subscriptions the edge serves, and the device subscription each stands for."""
+
+
+@dataclass(slots=True)
+class _SubDevice:
+    device: Device
+    creation: Future[range] | None  # while its creation is not known to have committed
+    subscriptions: Subscriptions
 
 
 class Gateway:
@@ -37,18 +89,283 @@ class Gateway:
         self._link_connected = link_connected
         self._polls = polls
         self._commit_timeout = commit_timeout_s
-        self._children: dict[str, uuid.UUID] = {}
+        self._children: dict[str, _SubDevice] = {}
+        self._topics: set[str] = set()  # gateway subscriptions served (keys of DEVICE_FILTERS)
+        self._answers: set[asyncio.Task[None]] = set()  # attribute requests being answered
+        self._dropped_topics: set[str] = set()
+        self._log = _log.bind(gateway=str(device.id))
+        self._handlers: dict[str, Callable[[Any], Future[Any] | None]] = {
+            wire.CONNECT: self._on_connect,
+            wire.DISCONNECT: self._on_disconnect,
+            wire.TELEMETRY: self._on_telemetry,
+            wire.ATTRIBUTES: self._on_attributes,
+            wire.ATTRIBUTES_REQUEST: self._on_attribute_request,
+            wire.RPC: self._on_rpc_reply,
+        }
+
+    # -- what the connection calls ---------------------------------------------------------------
 
     def publish(self, topic: str, payload: bytes) -> Future[Any] | None:
         """Take a publish under ``v1/gateway/``: the future of its commit (None when there is
-        nothing to wait for). BadRequest: refused (the connection closes)."""
-        raise BadRequest(f"the gateway API is not served ({topic})")
+        nothing to wait for). BadRequest: refused (the connection closes, nothing of it
+        taken)."""
+        if not self._device.gateway:
+            raise BadRequest(f"device {self._device.name!r} is not a gateway (its "
+                             "additionalInfo.gateway is not true); nothing published under "
+                             "v1/gateway/ is taken")
+        handler = self._handlers.get(topic)
+        if handler is None:  # ThingsBoard acknowledges it (TOPIC_NAME_INVALID) and drops it
+            if topic not in self._dropped_topics:
+                self._dropped_topics.add(topic)
+                self._log.bind(topic=topic[:128]).warning(
+                    "gateway publish on a topic the edge does not serve acknowledged and dropped")
+            return None
+        return handler(parse_json(payload))
 
     def subscribe(self, topic_filter: str) -> bool:
-        return False
+        """Start serving ``topic_filter``; False when the edge does not serve it."""
+        if not self._device.gateway:
+            self._log.bind(topic=topic_filter[:128]).warning(
+                "device {} is not a gateway: gateway subscription refused", self._device.name)
+            return False
+        if topic_filter == wire.ATTRIBUTES_RESPONSE:  # answers are always published
+            return True
+        device_filter = DEVICE_FILTERS.get(topic_filter)
+        if device_filter is None:
+            return False
+        if topic_filter not in self._topics:
+            self._topics.add(topic_filter)
+            for sub in self._children.values():
+                sub.subscriptions.subscribe(device_filter)
+        return True
 
     def unsubscribe(self, topic_filter: str) -> None:
-        return None
+        device_filter = DEVICE_FILTERS.get(topic_filter)
+        if device_filter is None or topic_filter not in self._topics:
+            return
+        self._topics.discard(topic_filter)
+        for sub in self._children.values():
+            sub.subscriptions.unsubscribe(device_filter)
 
     async def close(self) -> None:
+        """The connection ended: every sub-device is disconnected, answers not yet sent are
+        dropped."""
+        for task in list(self._answers):
+            task.cancel()
+        children, self._children = self._children, {}
+        for name, sub in children.items():
+            await sub.subscriptions.close()
+            self._log.bind(device=str(sub.device.id)).info(
+                "device {} disconnected: its gateway {} disconnected", name, self._device.name)
+        for task in list(self._answers):
+            with contextlib.suppress(BaseException):
+                await task
+
+    # -- topics ----------------------------------------------------------------------------------
+
+    def _on_connect(self, body: Any) -> Future[Any] | None:
+        name, type_ = wire.parse_connect(body)
+        return self._sub_device(name, type_).creation
+
+    def _on_disconnect(self, body: Any) -> Future[Any] | None:
+        name = wire.parse_disconnect(body)
+        sub = self._children.pop(name, None)
+        if sub is None:  # ThingsBoard acknowledges it too
+            self._log.info("disconnect of device {!r}, which is not connected through this "
+                           "gateway: nothing to do", name[:64])
+            return None
+        self._retire(sub)
+        self._log.bind(device=str(sub.device.id)).info(
+            "device {} disconnected from gateway {}", name, self._device.name)
         return None
+
+    def _on_telemetry(self, body: Any) -> Future[Any] | None:
+        data = wire.parse_telemetry(body, now_ms=self._service.now_ms())
+        self._log_skipped(data.skipped, "telemetry", "neither a list nor an object")
+        commits: list[Future[Any] | None] = []
+        for name, entries in data.devices:
+            sub = self._sub_device(name)
+            commits.append(sub.creation)
+            if entries:
+                commits.append(self._service.post_entries(
+                    sub.device.id, entries, requires_device=sub.creation is not None))
+        return all_of(commits)
+
+    def _on_attributes(self, body: Any) -> Future[Any] | None:
+        data = wire.parse_attributes(body)
+        self._log_skipped(data.skipped, "attributes", "not an object")
+        commits: list[Future[Any] | None] = []
+        for name, values in data.devices:
+            sub = self._sub_device(name)
+            commits.append(sub.creation)
+            if values:
+                commits.append(self._service.post_client_attributes(
+                    sub.device.id, values, requires_device=sub.creation is not None))
+        return all_of(commits)
+
+    def _on_rpc_reply(self, body: Any) -> Future[Any] | None:
+        reply = wire.parse_rpc_reply(body)
+        sub = self._sub_device(reply.device)
+        answer = self._service.answer_rpc(sub.device.id, reply.request_id, reply.data)
+        log = self._log.bind(device=str(sub.device.id), rpc_id=reply.request_id)
+        return all_of([sub.creation, answered(answer, log)])
+
+    def _on_attribute_request(self, body: Any) -> Future[Any] | None:
+        request = wire.parse_attribute_request(body)
+        sub = self._sub_device(request.device)
+        task = asyncio.create_task(self._answer(request, sub.device, sub.creation))
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+        return sub.creation
+
+    async def _answer(self, request: wire.AttributeRequest, device: Device,
+                      creation: Future[range] | None) -> None:
+        """Published on v1/gateway/attributes/response once read: client attributes from the
+        store, shared ones through the cloud for keys the edge does not hold (as the device
+        API reads them)."""
+        log = self._log.bind(device=str(device.id), request_id=request.request_id)
+        if creation is not None:
+            try:
+                await asyncio.wrap_future(creation)
+            except Exception as exc:
+                log.warning("attribute request of device {} not answered: the device was not "
+                            "created ({})", device.name, exc)
+                return
+        scope = "client" if request.client else "shared"
+        result, missing = await read_attributes(
+            self._service, device.id,
+            client_keys=request.keys if request.client else None,
+            shared_keys=None if request.client else request.keys,
+            link_connected=None if request.client else self._link_connected,
+            timeout_s=self._commit_timeout, polls=self._polls)
+        if missing and not request.client:
+            log.debug("attributes answered without {} shared keys the edge does not hold",
+                      len(missing))
+        answer = wire.attribute_response(request, result.get(scope, {}))
+        self._send(wire.ATTRIBUTES_RESPONSE, _dumps(answer))
+
+    # -- sub-devices -----------------------------------------------------------------------------
+
+    def _sub_device(self, name: str, type_: str = wire.DEFAULT_TYPE) -> _SubDevice:
+        """The connected sub-device named ``name``; connected now (and created on the edge
+        when it has no device of that name) if it is not yet. BadRequest: a name or type the
+        edge refuses."""
+        sub = self._children.get(name)
+        if sub is not None and sub.creation is not None and sub.creation.done():
+            if sub.creation.exception() is None:
+                sub.creation = None
+            else:  # not created: its next data asks again
+                del self._children[name]
+                self._retire(sub)
+                sub = None
+        if sub is not None:
+            return sub
+        found = self._service.get_or_create_device(name, type_=type_, created_by=self._device.id)
+        device = found.device
+        if found.new and found.creation is not None:
+            found.creation.add_done_callback(self._created(device))
+        subscriptions = Subscriptions(self._service, device.id, self._relay(name))
+        sub = _SubDevice(device, found.creation, subscriptions)
+        self._children[name] = sub
+        for topic_filter in self._topics:
+            subscriptions.subscribe(DEVICE_FILTERS[topic_filter])
+        self._log.bind(device=str(device.id)).info(
+            "device {} connected through gateway {}{}", name, self._device.name,
+            " (being created)" if found.creation is not None else "")
+        return sub
+
+    def _created(self, device: Device) -> Callable[[Future[range]], None]:
+        log, gateway = self._log.bind(device=str(device.id)), self._device.name
+
+        def done(creation: Future[range]) -> None:  # the queue's thread
+            exc = creation.exception()
+            if exc is None:
+                log.info("device {} (type {}) created on the edge for gateway {}",
+                         device.name, device.type, gateway)
+            else:
+                log.warning("device {} not created for gateway {}: {}", device.name, gateway,
+                            exc)
+
+        return done
+
+    @staticmethod
+    def _retire(sub: _SubDevice) -> None:
+        """Its waits on the device's session end now: nothing more is taken for it."""
+        for device_filter in DEVICE_FILTERS.values():
+            sub.subscriptions.unsubscribe(device_filter)
+
+    def _relay(self, name: str) -> Send:
+        """What a sub-device's subscriptions publish on the device topics, re-addressed to
+        the gateway: ``{"device": name, "data": ...}`` on v1/gateway/rpc (the request id moves
+        from the topic into the data, as ThingsBoard sends it) or v1/gateway/attributes."""
+
+        def send(topic: str, payload: bytes) -> None:
+            body = json.loads(payload)
+            if topic.startswith(topics.RPC_REQUEST_PREFIX):
+                request_id = int(topic[len(topics.RPC_REQUEST_PREFIX):])
+                message = wire.rpc_request(name, {"id": request_id, **body})
+                self._send(wire.RPC, _dumps(message))
+            elif topic == topics.ATTRIBUTES:
+                self._send(wire.ATTRIBUTES, _dumps(wire.attribute_update(name, body)))
+
+        return send
+
+    def _log_skipped(self, names: Iterable[str], what: str, shape: str) -> None:
+        for name in names:
+            self._log.warning("{} of device {!r} skipped: {} (ThingsBoard skips it too)", what,
+                              name[:64], shape)
+
+
+def all_of(futures: Iterable[Future[Any] | None]) -> Future[Any] | None:
+    """One future for several commits: done when all are, failed with the first failure seen.
+    None when there is nothing to wait for."""
+    pending = [f for f in futures if f is not None]
+    if not pending:
+        return None
+    if len(pending) == 1:
+        return pending[0]
+    out: Future[Any] = Future()
+    lock = threading.Lock()
+    left = [len(pending)]
+
+    def done(future: Future[Any]) -> None:  # any thread
+        exc = future.exception()
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if out.done():
+            return
+        with contextlib.suppress(Exception):  # a concurrent settle won the race
+            if exc is not None:
+                out.set_exception(exc)
+            elif last:
+                out.set_result(None)
+
+    for future in pending:
+        future.add_done_callback(done)
+    return out
+
+
+def answered(committed: Future[range], log: Any) -> Future[Any]:
+    """An RPC answer's commit, where an answer nobody awaits (unknown id, expired, answered
+    already: nothing queued) still counts as taken, as a device's own: a resend could not
+    help. Logged."""
+    out: Future[Any] = Future()
+
+    def done(future: Future[range]) -> None:
+        exc = future.exception()
+        if isinstance(exc, NotFound | Conflict):
+            log.warning("RPC answer dropped: {}", exc)
+            out.set_result(None)
+        elif exc is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(future.result())
+
+    committed.add_done_callback(done)
+    return out
+
+
+def _dumps(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
