@@ -5,7 +5,8 @@ the cloud takes part), and against a real `edge-sync run` process.
 Every gateway topic: connect (the device created with its type, lastConnectedGateway in its
 additionalInfo), disconnect, telemetry in every shape, client attributes, attribute requests
 answered on v1/gateway/attributes/response in ThingsBoard's shape, server-side RPC to a
-sub-device and its answer, shared attribute updates. A gateway speaking for 100 new devices:
+sub-device and its answer (a request to a device the gateway disconnected waits until it is
+connected again), shared attribute updates. A gateway speaking for 100 new devices:
 each created once, its creation before its data, every value once in order, PUBACKs after
 the commit. Two gateways naming the same new devices at once. A device that is not a gateway,
 and bad input, as ThingsBoard treats them (docs/mqtt-gateway.md).
@@ -263,6 +264,26 @@ def test_rpc_to_sub_devices_and_their_answers(linked: tuple[FakeCloud, EdgeApp])
         (RpcStatus.SUCCESSFUL, {"pin": 1, "value": True})]
 
 
+def test_a_disconnected_device_gets_its_requests_once_connected_again(
+        linked: tuple[FakeCloud, EdgeApp]) -> None:
+    fake, app = linked
+    make_gateway(app)
+    with connected(app) as gateway:
+        assert gateway.subscribe(RPC) == [0]
+        gateway.send(CONNECT, {"device": "Sleepy"})
+        gateway.send(DISCONNECT, {"device": "Sleepy"})
+        sleepy = device_named(app, "Sleepy")
+        assert sleepy is not None
+        deliver(fake, rpc_downlink(fake, sleepy, 9, "wake", {}))
+        seen_at_connect: list[int] = []
+        gateway.on_ack = lambda _mid: seen_at_connect.append(len(gateway.bodies(RPC)))
+        gateway.send(CONNECT, {"device": "Sleepy"})
+        assert seen_at_connect == [0]  # nothing was published while it was disconnected
+        assert gateway.wait_for(RPC) == {"device": "Sleepy",
+                                         "data": {"id": 9, "method": "wake", "params": {}}}
+    assert [r.status for r in rpcs(app, sleepy)] == [RpcStatus.DELIVERED]
+
+
 def test_shared_attribute_updates_and_shared_requests(linked: tuple[FakeCloud, EdgeApp]) -> None:
     fake, app = linked
     make_gateway(app)
@@ -469,13 +490,13 @@ def test_run_serves_a_gateway_provisioned_through_the_admin_api(agent: Agent) ->
     gw = resp.json()
     assert gw["gateway"] is True
     plain_id, plain_token = agent.create_device("plain-proc")
-    names = [f"proc-{i:02}" for i in range(20)]
+    names = [f"proc-{i:03}" for i in range(100)]
     with MqttGateway(agent.mqtt_port, gw["token"]) as gateway:
         assert gateway.connect() == 0
         mids = [gateway.publish(TELEMETRY, {n: [{"v": r}] for n in names}).mid for r in range(3)]
         wait_until(lambda: len(gateway.acked_ids()) == 3, timeout=20, what="3 PUBACKs")
         assert gateway.acked_ids() == mids
-        gateway.send(DISCONNECT, {"device": "proc-00"})
+        gateway.send(DISCONNECT, {"device": "proc-000"})
     with MqttGateway(agent.mqtt_port, plain_token) as plain:
         assert plain.connect() == 0
         plain.refused(TELEMETRY, {"intruder": [{"v": 1}]})
@@ -499,7 +520,7 @@ def test_run_serves_a_gateway_provisioned_through_the_admin_api(agent: Agent) ->
     created = [r for r in records if "created on the edge for gateway" in r.get("message", "")]
     assert len(created) == len(names)
     [disconnect] = [r for r in records if "disconnected from gateway" in r.get("message", "")]
-    assert disconnect["device"] == str(added["proc-00"].entity_id)
+    assert disconnect["device"] == str(added["proc-000"].entity_id)
     [refusal] = [r for r in records if "is not a gateway" in r.get("message", "")]
     assert refusal["device"] == plain_id
     text = agent.stderr_text()
