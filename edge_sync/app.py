@@ -36,7 +36,7 @@ from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.admin_guard import check_bind
 from edge_sync.common.http_host import HttpHost
 from edge_sync.config import EdgeConfig
-from edge_sync.errors import ConfigError
+from edge_sync.errors import ConfigError, EdgeSyncError
 from edge_sync.link.connection import ConnectionActor
 from edge_sync.link.downlink_actor import DownlinkActor
 from edge_sync.link.state import StatusBoard
@@ -77,6 +77,8 @@ class EdgeApp:
             raise ConfigError(refusal)
         self.cfg = cfg
         self.clock = clock
+        # a certificate that cannot be loaded is a configuration error, found before anything runs
+        self._mqtt_tls = server_context(cfg.mqtt.tls) if cfg.mqtt.tls.enabled else None
         self.metrics = Metrics()
         self.store = open_store(cfg)
         self.ports: dict[str, int] = {}
@@ -91,8 +93,6 @@ class EdgeApp:
             [Address(n, functools.partial(self._actor_ref, "shards", n)) for n in shard_names]
         )
         self.tokens = TokenCache()
-        # a certificate that cannot be loaded is a configuration error, found before anything runs
-        self._mqtt_tls = server_context(cfg.mqtt.tls) if cfg.mqtt.tls.enabled else None
         self._mqtt_paused = self.metrics.counter(
             "edge_mqtt_reads_paused_total",
             "times an MQTT connection was not read because mqtt.max_inflight_per_client "
@@ -259,7 +259,14 @@ class EdgeApp:
             max_unacked_per_session=mqtt.max_unacked_per_session,
             link_connected=self._link_connected if self.cfg.cloud.routing_key else None,
             on_pause=self._mqtt_paused.inc, report_exit=report,
-        ).start()
+        )
+        try:
+            server.start()
+        except EdgeSyncError as exc:  # on by default: another broker may hold the port
+            raise EdgeSyncError(
+                f"{exc} (another MQTT broker on this host? mqtt.port / EDGE_MQTT_PORT and "
+                f"mqtt.tls.port / EDGE_MQTT_TLS_PORT choose the ports, EDGE_MQTT_ENABLED=false "
+                f"turns the plain listener off)") from exc
         if plain is not None:
             self.ports["mqtt"] = server.port
         if tls is not None:

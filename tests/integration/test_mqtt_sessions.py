@@ -4,6 +4,11 @@ that the HTTP long polls use: a server-side RPC request published on
 v1/devices/me/rpc/request/{id} and its answer on v1/devices/me/rpc/response/{id} uplinked;
 shared attribute updates on v1/devices/me/attributes; attribute requests answered on
 v1/devices/me/attributes/response/{id}; a topic the edge does not serve refused in SUBACK.
+
+Kept sessions (clean session 0, same client id): the reconnecting client finds session present
+1, its subscriptions serving without a new SUBSCRIBE, and the RPC requests queued meanwhile
+published to it; a QoS 1 request it never acknowledged is published again (DUP) on reconnect;
+a clean-session connect discards the kept session.
 """
 
 from __future__ import annotations
@@ -95,3 +100,85 @@ def test_a_topic_the_edge_does_not_serve_is_refused_in_suback(
         assert client.connect() == 0
         assert client.subscribe("v1/devices/me/nothing/#") == [0x80]
         assert not client.disconnected.is_set()
+
+
+# -- kept sessions -------------------------------------------------------------------------------
+
+RPC_REQUESTS = "v1/devices/me/rpc/request/+"
+
+
+def round_trip(client: MqttDevice, request_id: int) -> None:
+    """An attribute request answered: the server wrote everything due before it (one writer,
+    in order), so what has not arrived by then was not sent."""
+    client.publish(f"v1/devices/me/attributes/request/{request_id}", {"clientKeys": "none"})
+    client.wait_message(f"v1/devices/me/attributes/response/{request_id}")
+
+
+def test_a_kept_session_gets_its_subscriptions_and_the_requests_queued_meanwhile(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    fake, app, dev = linked
+    with MqttDevice(app.mqtt_port, dev.token, client_id="keeper", clean_session=False) as first:
+        assert first.connect() == 0
+        assert first.session_present is False
+        assert first.subscribe(RPC_REQUESTS, qos=1) == [1]
+    deliver(fake, rpc_downlink(fake, dev, 21, "reboot", {"delay": 1}))  # nobody connected
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.QUEUED]
+    with MqttDevice(app.mqtt_port, dev.token, client_id="keeper", clean_session=False) as again:
+        assert again.connect() == 0
+        assert again.session_present is True  # no SUBSCRIBE this time
+        assert again.wait_message("v1/devices/me/rpc/request/21") == {
+            "method": "reboot", "params": {"delay": 1}}
+        (message,) = again.received_on("v1/devices/me/rpc/request/21")
+        assert (message.qos, message.dup) == (1, False)
+        answer = again.publish("v1/devices/me/rpc/response/21", {"ok": True})
+        wait_until(lambda: answer.mid in again.acked_ids(), timeout=DEADLINE_S, what="PUBACK")
+        up = fake.wait_for(lambda: rpc_uplinks(fake), what="the RPC answer uplinked")[0]
+        assert (up.requestId, json.loads(up.responseMsg.response)) == (21, {"ok": True})
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.SUCCESSFUL]
+    wait_until(lambda: app.metrics.snapshot()["edge_mqtt_sessions_kept"] == 1,
+               timeout=DEADLINE_S, what="the session kept again after the disconnect")
+
+
+def test_an_unacknowledged_qos1_request_is_published_again_on_reconnect(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    fake, app, dev = linked
+    with MqttDevice(app.mqtt_port, dev.token, client_id="forgetful", clean_session=False,
+                    manual_ack=True) as first:
+        assert first.connect() == 0
+        assert first.subscribe(RPC_REQUESTS, qos=1) == [1]
+        deliver(fake, rpc_downlink(fake, dev, 31, "ping"))
+        assert first.wait_message("v1/devices/me/rpc/request/31") == {"method": "ping",
+                                                                      "params": None}
+        # no PUBACK: the client goes away with the message unacknowledged
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED]
+    with MqttDevice(app.mqtt_port, dev.token, client_id="forgetful",
+                    clean_session=False) as again:
+        assert again.connect() == 0
+        assert again.session_present is True
+        again.wait_message("v1/devices/me/rpc/request/31")
+        (message,) = again.received_on("v1/devices/me/rpc/request/31")
+        assert (message.qos, message.dup) == (1, True)
+        round_trip(again, 1)  # paho has acknowledged it by now
+    with MqttDevice(app.mqtt_port, dev.token, client_id="forgetful",
+                    clean_session=False) as third:
+        assert third.connect() == 0
+        round_trip(third, 2)
+        assert third.received_on("v1/devices/me/rpc/request/31") == []  # acknowledged: gone
+
+
+def test_a_clean_session_discards_the_kept_one(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    fake, app, dev = linked
+    with MqttDevice(app.mqtt_port, dev.token, client_id="fresh", clean_session=False) as first:
+        assert first.connect() == 0
+        assert first.subscribe(RPC_REQUESTS, qos=1) == [1]
+    with MqttDevice(app.mqtt_port, dev.token, client_id="fresh", clean_session=True) as clean:
+        assert clean.connect() == 0
+        assert clean.session_present is False
+    with MqttDevice(app.mqtt_port, dev.token, client_id="fresh", clean_session=False) as last:
+        assert last.connect() == 0
+        assert last.session_present is False  # nothing was kept
+        deliver(fake, rpc_downlink(fake, dev, 41, "ping"))
+        round_trip(last, 1)
+        assert last.received_on("v1/devices/me/rpc/request/41") == []  # no subscription
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.QUEUED]

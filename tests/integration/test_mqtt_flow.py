@@ -1,0 +1,130 @@
+"""The MQTT server under pressure, in one process: a whole EdgeApp (real LMDB) and real clients
+(paho-mqtt).
+
+- Flood control: a client flooding QoS 0 and QoS 1 publishes is not read while
+  mqtt.max_inflight_per_client of its publishes await their commit (the pauses are counted),
+  so another client's QoS 1 publishes are acknowledged meanwhile; every publish the flooder
+  sent is stored exactly once, in order.
+- Storage full: a QoS 1 publish the store refuses gets no PUBACK (the connection closes), and
+  every acknowledged publish is stored, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_sync.app import EdgeApp
+from edge_sync.config import load_edge_config
+from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.records import Action
+from tests.helpers.mqtt_device import TELEMETRY, MqttDevice
+from tests.helpers.wait import wait_until
+
+DEADLINE_S = 30.0
+INFLIGHT = 16
+
+AppFactory = Callable[..., EdgeApp]
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[AppFactory]:
+    apps: list[EdgeApp] = []
+
+    def make(**env: str) -> EdgeApp:
+        cfg = load_edge_config(env={
+            "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_HOST": "127.0.0.1",
+            "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0", "EDGE_ACTORS_SHARDS": "2",
+            "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0", **env,
+        })
+        app = EdgeApp(cfg).start()
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.stop()
+
+
+def device(app: EdgeApp, name: str) -> tuple[uuid.UUID, str]:
+    created, done = app.service.create_device(name, token=f"tok-{name}")
+    done.result(DEADLINE_S)
+    return created.id, created.token
+
+
+def values(app: EdgeApp, device_id: uuid.UUID) -> list[int]:
+    with app.store.read() as txn:
+        return [e.body["values"]["n"] for e in EventLog(app.store).iter_events(txn)
+                if e.entity_id == device_id and e.action == Action.TIMESERIES_UPDATED]
+
+
+def test_a_flooding_client_is_held_back_and_another_is_still_served(make_app: AppFactory) -> None:
+    app = make_app(EDGE_MQTT_MAX_INFLIGHT_PER_CLIENT=str(INFLIGHT))
+    flood_id, flood_token = device(app, "flooder")
+    calm_id, calm_token = device(app, "calm")
+    total = 6000  # every 4th at QoS 1, the rest at QoS 0
+    with MqttDevice(app.mqtt_port, flood_token) as flooder, \
+            MqttDevice(app.mqtt_port, calm_token) as calm:
+        flooder.client.max_inflight_messages_set(0)  # paho: no window of its own
+        flooder.client.max_queued_messages_set(0)
+        assert flooder.connect() == 0 and calm.connect() == 0
+        mids = [flooder.publish(TELEMETRY, {"n": n}, qos=1 if n % 4 == 0 else 0).mid
+                for n in range(total)]
+        qos1 = mids[::4]
+        wanted = set(qos1)
+
+        def flood_acked() -> list[int]:  # paho reports QoS 0 publishes as sent ones too
+            return [mid for mid in flooder.acked_ids() if mid in wanted]
+
+        wait_until(lambda: app.metrics.snapshot()["edge_mqtt_reads_paused_total"] > 0,
+                   timeout=DEADLINE_S, what="the flooder's reading paused")
+        calm_mids = [calm.publish(TELEMETRY, {"n": n}).mid for n in range(50)]
+        wait_until(lambda: len(calm.acked_ids()) == 50, timeout=DEADLINE_S,
+                   what="the calm client's 50 PUBACKs",
+                   show=lambda: (len(calm.acked_ids()), len(flood_acked())))
+        flood_acked_then = len(flood_acked())
+        assert calm.acked_ids() == calm_mids
+        wait_until(lambda: len(flood_acked()) == len(qos1), timeout=DEADLINE_S,
+                   what="the flooder's PUBACKs", show=lambda: len(flood_acked()))
+        assert flood_acked() == qos1
+        assert not flooder.disconnected.is_set() and not calm.disconnected.is_set()
+    wait_until(lambda: len(values(app, flood_id)) == total, timeout=DEADLINE_S,
+               what="every flooded publish stored", show=lambda: len(values(app, flood_id)))
+    assert values(app, flood_id) == list(range(total))  # each exactly once, in order
+    assert values(app, calm_id) == list(range(50))
+    assert flood_acked_then < len(qos1), "the flood was over before the calm client was served"
+
+
+def test_storage_full_closes_the_connection_without_the_refused_puback(
+        make_app: AppFactory) -> None:
+    app = make_app(EDGE_STORAGE_MAP_SIZE_INITIAL_MB="1", EDGE_STORAGE_MAX_MB="1")
+    device_id, token = device(app, "filler")
+    pad = "f" * 2000
+    acked: list[int] = []
+    with MqttDevice(app.mqtt_port, token) as dev:
+        assert dev.connect() == 0
+        for n in range(2000):  # 1 MiB holds a few hundred of these; one in flight at a time
+            info = dev.publish(TELEMETRY, {"n": n, "pad": pad})
+            wait_until(lambda: info.mid in dev.acked_ids() or dev.disconnected.is_set(),  # noqa: B023
+                       timeout=DEADLINE_S, what=f"PUBACK of {n} or the connection closed")
+            if info.mid not in dev.acked_ids():
+                refused = n
+                break
+            acked.append(n)
+        else:
+            raise AssertionError("the store never filled up")
+        assert dev.disconnected.is_set()
+    assert len(acked) > 100
+    assert values(app, device_id) == acked
+    assert refused not in values(app, device_id)
+    # still full: a new connection's publish is refused the same way, and nothing is stored
+    with MqttDevice(app.mqtt_port, token) as again:
+        assert again.connect() == 0
+        info = again.publish(TELEMETRY, json.dumps({"n": -1, "pad": pad}).encode())
+        wait_until(again.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+        assert info.mid not in again.acked_ids()
+    assert values(app, device_id) == acked

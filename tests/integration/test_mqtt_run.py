@@ -1,0 +1,98 @@
+"""The device MQTT API of a real `edge-sync run` process, as it starts by default, with real
+clients (paho-mqtt).
+
+- No MQTT setting at all: MQTT is served (on the free port the test gives it), beside a TLS
+  listener turned on with a test certificate; publishes over both are acknowledged and stored.
+- The same device and client id connecting again closes the older connection, in one WARNING
+  line naming the device and neither token nor password; a kept session does not survive a
+  restart of the agent (session present 0 after it).
+- A taken MQTT port stops the start with exit code 1 and a last line that says which port and
+  how to move or turn off the listener.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_sync.storage.records import Action
+from tests.helpers.agent import Agent
+from tests.helpers.mqtt_device import TELEMETRY, MqttDevice, Tls
+from tests.helpers.tls import make_pki
+from tests.helpers.wait import wait_until
+
+DEADLINE_S = 20.0
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    with Agent(tmp_path / "agent") as a:
+        yield a
+
+
+def telemetry(agent: Agent, device_id: str) -> list[object]:
+    return [e.body["values"]["n"] for e in agent.read_log()
+            if str(e.entity_id) == device_id and e.action == Action.TIMESERIES_UPDATED]
+
+
+def publish_once(dev: MqttDevice, n: int) -> None:
+    info = dev.publish(TELEMETRY, {"n": n})
+    wait_until(lambda: info.mid in dev.acked_ids(), timeout=DEADLINE_S, what=f"PUBACK of {n}")
+
+
+def test_run_serves_mqtt_by_default_and_tls_beside_it(agent: Agent, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki", host="localhost", name="server")
+    agent.start({"EDGE_MQTT_TLS_ENABLED": "true", "EDGE_MQTT_TLS_CERT": str(pki.server_cert),
+                 "EDGE_MQTT_TLS_KEY": str(pki.server_key)})
+    device_id, token = agent.create_device("run-mqtt-1")
+    with MqttDevice(agent.mqtt_port, token) as plain:
+        assert plain.connect() == 0
+        publish_once(plain, 1)
+    with MqttDevice(agent.mqtt_tls_port, token, host="localhost", tls=Tls(pki.ca_cert)) as tls:
+        assert tls.connect() == 0
+        publish_once(tls, 2)
+    assert agent.terminate() == 0
+    assert telemetry(agent, device_id) == [1, 2]
+
+
+def test_run_closes_the_older_connection_of_a_client_id_and_forgets_sessions_on_restart(
+        agent: Agent) -> None:
+    agent.start()
+    device_id, token = agent.create_device("run-mqtt-2")
+    with MqttDevice(agent.mqtt_port, token, client_id="station", clean_session=False) as first:
+        assert first.connect() == 0
+        assert first.subscribe("v1/devices/me/rpc/request/+", qos=1) == [1]
+        with MqttDevice(agent.mqtt_port, token, client_id="station",
+                        clean_session=False) as second:
+            assert second.connect() == 0
+            assert second.session_present is True  # the older one gave its session back
+            wait_until(first.disconnected.is_set, timeout=DEADLINE_S, what="older closed")
+            publish_once(second, 1)
+    takeovers = [r for r in agent.log_records() if r.get("level") == "WARNING"
+                 and "client id connected again" in r.get("message", "")]
+    assert len(takeovers) == 1
+    assert (takeovers[0]["device"], takeovers[0]["client_id"]) == (device_id, "station")
+    closed = [r for r in agent.log_records() if r.get("message", "").startswith(
+        "connection closed: its client id connected again")]
+    assert [r["device"] for r in closed] == [device_id]
+    assert token not in agent.stderr_text()
+    assert agent.terminate() == 0
+    agent.start()
+    with MqttDevice(agent.mqtt_port, token, client_id="station", clean_session=False) as after:
+        assert after.connect() == 0
+        assert after.session_present is False  # kept in memory only
+    assert telemetry(agent, device_id) == [1]
+
+
+def test_run_refuses_to_start_when_its_mqtt_port_is_taken(agent: Agent) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", agent.mqtt_port))
+        squatter.listen()
+        code, err = agent.run_to_exit()
+    assert code == 1, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert f"127.0.0.1:{agent.mqtt_port}" in last
+    assert "EDGE_MQTT_PORT" in last and "EDGE_MQTT_ENABLED=false" in last
