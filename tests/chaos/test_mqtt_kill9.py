@@ -1,13 +1,14 @@
 """Chaos: kill -9 of a real `edge-sync run` during a QoS 1 publish storm over MQTT.
 
-Twenty devices, each on its own real MQTT client (paho-mqtt), keep a window of QoS 1 telemetry
-publishes in flight (`{"v": n}`, n counting up per device). The agent is killed with SIGKILL 20
-times (150 times, 50 devices with --soak) and started again each time on the same data folder
-and ports. Each kill comes after a random number of PUBACKs, counted from the moment every client
-has reconnected (none at all, a few, or many; the seed is printed, CHAOS_SEED replays its
-thresholds). After each kill the clients reconnect and go on from where they were: they never
-publish a PUBACKed value again, nor one that was in flight when the connection dropped
-(tests/helpers/mqtt_storm.py says why).
+Twenty devices, each on its own real MQTT client (paho-mqtt, clean session), keep a window of
+QoS 1 telemetry publishes in flight (`{"v": n}`, n counting up per device). The agent is killed
+with SIGKILL 30 times (150 times, 50 devices with --soak) and started again each time on the same
+data folder and ports. The moment of each kill is drawn from a seeded generator (the seed is
+printed; CHAOS_SEED replays the draws): a fifth of the kills come while the clients reconnect,
+after a random number of CONNACKs; the others once every client is back, after a random number
+of PUBACKs (none, up to 100, or up to 3,000). After each kill the clients reconnect and go on
+from where they were: they never publish a PUBACKed value again, nor one that was in flight when
+the connection dropped (tests/helpers/mqtt_storm.py says why).
 
 Proved, after every kill (only the events that run added are read) and over the whole log at the
 end:
@@ -17,10 +18,14 @@ end:
   (publishing order); the log's counts agree with its events, exactly;
 - the events of a run only follow those of earlier runs (no seq reused, none lost);
 - on each connection the PUBACKs came in publishing order;
-- every kill hit publishes in flight, and every client reconnected after every restart (exactly
-  one connection per run and client);
+- each kill after PUBACKs hit publishes in flight, and found every client reconnected after the
+  restart before it (one connection per client and run, never two);
 - after the last restart, linked to a reference cloud (`edge-cloud serve`), the whole log drains
   to it: each event applied once, per device in order, the same values.
+
+SIGKILL ends the process, not the machine: the page cache survives, so this proves that no
+PUBACK leaves before its commit and that the store recovers from a process dying anywhere, not
+that the commit reached the disk (a power cut is beyond a process test).
 """
 
 from __future__ import annotations
