@@ -45,8 +45,13 @@ ratios edge_sync / mosquitto_save_every_change and edge_sync / mosquitto_default
 count (from the medians; ``samples`` has each run's figures and ratios), ``targets`` and
 ``met`` (null when not measured), ``machine`` (load average and pressure at the start and
 the end: the machine is shared), ``revision`` (git describe of the tree measured) and
-``errors``. ``--profile DIR`` records py-spy (collapsed stacks, every thread) on edge-sync
-during its first 10-client throughput measurement.
+``errors``. For edge-sync, ``msgs_per_commit`` is the messages per group commit (fsync) in
+each throughput measurement (its commit counter, warm-up and drain included).
+
+``--profile DIR``: after the measurements of the first run, one more 10-client throughput run
+(not in the figures) with ``py-spy record --gil --threads --format raw`` on edge-sync; the
+collapsed stacks go to DIR and their summary (bench/mqtt_profile.py: µs of GIL-held time per
+message in each step of a PUBLISH, beside the server's whole CPU per message) to ``profile``.
 
 Exit 1 (after the JSON line) when a measurement failed (a server did not start or stop
 cleanly, a connection was refused or closed, a PUBACK missing); a missed target is a figure.
@@ -57,12 +62,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -70,6 +77,7 @@ from typing import Any
 
 import aiohttp
 
+from bench import mqtt_profile
 from bench.common import (
     SetupError,
     emit,
@@ -136,6 +144,7 @@ class ServerRun:
     throughput: dict[int, dict[str, Any]] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
     idle: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -191,6 +200,12 @@ class EdgeSync:
                         raise SetupError(f"creating device {name}: HTTP {resp.status} {body[:200]}")
 
             await asyncio.gather(*(one(i) for i in range(count)))
+
+    def commits(self) -> float:
+        """Group commits (fsyncs) so far: edge_queue_commits_total of the admin API's status."""
+        url = f"http://127.0.0.1:{self.admin_port}/api/status"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return float(json.loads(resp.read())["metrics"].get("edge_queue_commits_total", 0))
 
     def stop(self) -> int | None:
         return None if self.proc is None else terminate(self.proc)
@@ -289,14 +304,23 @@ def run_idle(opts: Options, pid: int, port: int, base: Job) -> dict[str, Any]:
 
 
 def run_throughput(opts: Options, base: Job, clients: int, pid: int,
-                   on_connected: Callable[[], None] | None = None) -> dict[str, Any]:
+                   on_connected: Callable[[], None] | None = None,
+                   commits: Callable[[], float] | None = None) -> dict[str, Any]:
+    """One throughput measurement; with ``commits`` (edge-sync's commit counter) also the
+    messages per group commit over the whole job (warm-up and drain included)."""
     job = replace(base, kind="throughput", clients=clients, window=opts.window,
                   warmup_s=opts.warmup, duration_s=opts.duration)
+    before = commits() if commits is not None else 0.0
     result = run_job(job, opts.client_procs, server_pid=pid, on_connected=on_connected)
     figures = throughput_figures(result, opts.duration)
+    note = ""
+    if commits is not None:
+        done = commits() - before
+        figures["msgs_per_commit"] = result.sent / done if done else float("nan")
+        note = f"; {figures['msgs_per_commit']:.0f} msgs per commit"
     progress(f"    {clients:>3} clients: {figures['msgs_per_s']:>9,.0f} msgs/s "
              f"(per second {result.per_second}; server cpu {figures['server_cpu_pct']:.0f}%, "
-             f"clients cpu {figures['client_cpu_pct']:.0f}% over {result.workers} procs)")
+             f"clients cpu {figures['client_cpu_pct']:.0f}% over {result.workers} procs{note})")
     return figures
 
 
@@ -317,21 +341,40 @@ def py_spy() -> str | None:
     return found if os.access(found, os.X_OK) else None
 
 
-def start_profile(opts: Options, pid: int, run: int) -> subprocess.Popen[bytes] | None:
-    if opts.profile is None or run != 1:
-        return None
+def profile_edge(opts: Options, base: Job, edge: EdgeSync) -> dict[str, Any]:
+    """An extra, unmeasured 10-client throughput run with py-spy recording the thread that
+    holds the GIL (``--gil``, 250 Hz, every thread); its summary (bench/mqtt_profile.py)."""
+    assert opts.profile is not None
     spy = py_spy()
     if spy is None:
-        progress("    --profile: py-spy not found (pip install py-spy); not profiling")
-        return None
+        progress("    --profile: py-spy not found (.venv/bin/pip install py-spy); not profiling")
+        return {"error": "py-spy not found"}
     opts.profile.mkdir(parents=True, exist_ok=True)
     out = opts.profile / f"edge-sync-{HEADLINE_CLIENTS}-clients.txt"
-    seconds = max(1, int(opts.warmup + opts.duration))
-    progress(f"    py-spy on pid {pid} for {seconds}s -> {out}")
-    with (opts.profile / "py-spy.log").open("ab") as log:
-        return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(seconds),
-                                 "--rate", "100", "--format", "raw", "--threads", "--output", str(out)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    seconds, rate = max(1, int(opts.warmup + opts.duration)), 250
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        progress(f"    py-spy on pid {edge.pid} for {seconds}s -> {out}")
+        with (opts.profile or Path(".")).joinpath("py-spy.log").open("ab") as log:
+            procs.append(subprocess.Popen(
+                [spy, "record", "--pid", str(edge.pid), "--duration", str(seconds), "--rate", str(rate),
+                 "--gil", "--threads", "--format", "raw", "--output", str(out)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
+
+    progress(f"  profiling: one more {HEADLINE_CLIENTS}-client run (not in the figures)")
+    figures = run_throughput(opts, base, HEADLINE_CLIENTS, edge.pid, start)
+    if not procs or procs[0].wait(60) != 0 or not out.exists():
+        return {"error": f"py-spy failed: {tail(opts.profile / 'py-spy.log', 5)}"}
+    summary = mqtt_profile.summarise(out, msgs_per_s=figures["msgs_per_s"], seconds=seconds, rate_hz=rate)
+    summary["server_cpu_us_per_msg"] = round(
+        figures["server_cpu_pct"] / 100 / figures["msgs_per_s"] * 1e6, 1) if figures["msgs_per_s"] else None
+    summary["stacks"] = str(out)
+    progress(f"    profile: {summary['gil_us_per_msg']} us of GIL-held time per message "
+             f"(server cpu {summary['server_cpu_us_per_msg']} us), GIL held "
+             f"{summary['gil_held_share'] * 100:.0f}% of the time; top: " + ", ".join(
+                 f"{k} {v}" for k, v in list(summary["us_per_msg"].items())[:5]))
+    return summary
 
 
 def measure_edge(opts: Options, workdir: Path, run: int) -> ServerRun:
@@ -346,16 +389,10 @@ def measure_edge(opts: Options, workdir: Path, run: int) -> ServerRun:
                  f"provisioned in {took:.1f}s")
         out.idle = run_idle(opts, edge.pid, edge.mqtt_port, base)
         for clients in opts.clients:
-            spy: list[subprocess.Popen[bytes] | None] = [None]
-
-            def profile(spy: list[subprocess.Popen[bytes] | None] = spy) -> None:
-                spy[0] = start_profile(opts, edge.pid, run)
-
-            out.throughput[clients] = run_throughput(
-                opts, base, clients, edge.pid, profile if clients == HEADLINE_CLIENTS else None)
-            if spy[0] is not None:
-                spy[0].wait(60)
+            out.throughput[clients] = run_throughput(opts, base, clients, edge.pid, commits=edge.commits)
         out.latency = run_latency(opts, base, edge.pid)
+        if opts.profile is not None and run == 1:
+            out.profile = profile_edge(opts, base, edge)
     except (SetupError, LoadError, OSError, aiohttp.ClientError, TimeoutError) as exc:
         out.errors.append(f"edge-sync run {run}: {type(exc).__name__}: {exc}")
         progress(f"  FAILED: {out.errors[-1]}")
@@ -415,14 +452,18 @@ def summarise(opts: Options, runs: list[dict[str, ServerRun]]) -> dict[str, Any]
     systems = [s for s in SYSTEMS if any(s in r for r in runs)]
     throughput: dict[str, dict[str, Any]] = {}
     cpu: dict[str, dict[str, Any]] = {}
+    commits: dict[str, dict[str, Any]] = {}
     latency: dict[str, dict[str, Any]] = {}
     idle: dict[str, dict[str, Any]] = {}
     for s in systems:
         mine = [r[s] for r in runs if s in r]
         throughput[s] = {str(c): _med([m.throughput[c]["msgs_per_s"] for m in mine if c in m.throughput],
                                       "msgs_per_s") for c in opts.clients}
-        cpu[s] = {str(c): {k: _med([m.throughput[c][k] for m in mine if c in m.throughput], k)
+        cpu[s] = {str(c): {k: _med([m.throughput[c].get(k) for m in mine if c in m.throughput], k)
                            for k in ("server_cpu_pct", "client_cpu_pct")} for c in opts.clients}
+        if s == EDGE:
+            commits[s] = {str(c): _med([m.throughput[c].get("msgs_per_commit") for m in mine
+                                        if c in m.throughput], "msgs_per_commit") for c in opts.clients}
         latency[s] = {k: _med([m.latency.get(k) for m in mine], k)
                       for k in ("p50_ms", "p99_ms", "max_ms", "acked", "send_late_p99_ms",
                                 "server_cpu_pct", "client_cpu_pct")}
@@ -471,8 +512,10 @@ def summarise(opts: Options, runs: list[dict[str, ServerRun]]) -> dict[str, Any]
                               r[other].throughput.get(c, {}).get("msgs_per_s"))
                 for c in opts.clients} for other in (MOSQ_SAVE, MOSQ_DEFAULT) if other in r}
         samples.append(sample)
+    profile = next((r[EDGE].profile for r in runs if EDGE in r and r[EDGE].profile), None)
     return {"throughput_msgs_per_s": throughput, "ratios": ratios, "latency": latency, "idle": idle,
-            "cpu_pct": cpu, "figures": figures, "targets": TARGETS, "met": met, "samples": samples}
+            "cpu_pct": cpu, "msgs_per_commit": commits, "figures": figures, "targets": TARGETS,
+            "met": met, "samples": samples, "profile": profile}
 
 
 def revision() -> str:
@@ -509,7 +552,8 @@ def parse_args(argv: Sequence[str]) -> Options:
     p.add_argument("--no-install", action="store_true",
                    help="do not apt-get install mosquitto when it is missing (fail instead)")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                   help="py-spy edge-sync during its first 10-client run; collapsed stacks in DIR")
+                   help="one more 10-client run on edge-sync under py-spy (--gil); the stacks "
+                   "go to DIR, their summary to the JSON line")
     a = p.parse_args(list(argv))
     quick = a.quick
     clients = (tuple(int(x) for x in a.clients.split(",") if x.strip()) if a.clients
