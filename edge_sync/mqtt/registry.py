@@ -71,6 +71,7 @@ class SessionRegistry:
         if self._holders.get(key) is not holder:
             return  # taken over without waiting for it: its session is not the current one
         del self._holders[key]
+        self.expire(now)
         if clean:
             return
         for dropped in self.store.keep(key, session, now=now):

@@ -87,7 +87,7 @@ class Session:
 
     def qos_for(self, topic: str) -> int:
         """The QoS to publish ``topic`` at: the highest granted by a matching subscription, 0
-        when none matches (as ThingsBoard's DeviceSessionCtx.getQoSForTopic)."""
+        when none matches (as ThingsBoard's MqttDeviceAwareSessionContext.getQoSForTopic)."""
         granted = [qos for topic_filter, qos in self.subscriptions.items()
                    if matches(topic_filter, topic)]
         return max(granted, default=0)
