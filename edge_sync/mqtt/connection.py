@@ -138,6 +138,7 @@ class MqttConnection:
         self._task: asyncio.Task[Any] | None = None
         self._taken_over = False
         self._failed = False
+        self._dropped = 0  # QoS 1 messages dropped unacknowledged (mqtt.max_unacked_per_session)
         self._ending = False
         self._ended = asyncio.Event()
 
@@ -383,9 +384,12 @@ class MqttConnection:
             return
         message, dropped = session.outbox.add(topic, payload)
         if dropped is not None:
-            self._log.bind(device=self._device_id(), topic=dropped.topic[:128]).warning(
-                "message {} dropped unacknowledged: more than mqtt.max_unacked_per_session "
-                "await their PUBACK", dropped.packet_id)
+            self._dropped += 1
+            if self._dropped == 1:  # once per connection: a client that never acknowledges
+                self._log.bind(device=self._device_id(), topic=dropped.topic[:128]).warning(
+                    "message {} dropped unacknowledged: more than mqtt.max_unacked_per_session "
+                    "await their PUBACK (further drops on this connection are counted, not "
+                    "logged)", dropped.packet_id)
         self._send(PublishPacket.build(topic, payload, message.packet_id, False, 1, False))
 
     # -- the end -------------------------------------------------------------------------------
@@ -411,7 +415,7 @@ class MqttConnection:
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
         if self._device is not None:
-            self._log.bind(device=str(self._device.id)).info(
+            self._log.bind(device=str(self._device.id), dropped_unacked=self._dropped).info(
                 "device {} disconnected from MQTT", self._device.name)
 
     def _forget_unstored(self) -> None:

@@ -7,7 +7,7 @@ clients (paho-mqtt).
   line naming the device and neither token nor password; a kept session does not survive a
   restart of the agent (session present 0 after it).
 - A taken MQTT port stops the start with exit code 1 and a last line that says which port and
-  how to move or turn off the listener.
+  how to move or turn off the listener; with EDGE_MQTT_ENABLED=false the agent starts.
 """
 
 from __future__ import annotations
@@ -87,12 +87,16 @@ def test_run_closes_the_older_connection_of_a_client_id_and_forgets_sessions_on_
     assert telemetry(agent, device_id) == [1]
 
 
-def test_run_refuses_to_start_when_its_mqtt_port_is_taken(agent: Agent) -> None:
+def test_run_refuses_to_start_when_its_mqtt_port_is_taken_unless_mqtt_is_off(
+        agent: Agent) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", agent.mqtt_port))
         squatter.listen()
         code, err = agent.run_to_exit()
-    assert code == 1, err[-2000:]
-    last = err.strip().splitlines()[-1]
-    assert f"127.0.0.1:{agent.mqtt_port}" in last
-    assert "EDGE_MQTT_PORT" in last and "EDGE_MQTT_ENABLED=false" in last
+        assert code == 1, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        assert f"127.0.0.1:{agent.mqtt_port}" in last
+        assert "EDGE_MQTT_PORT" in last and "EDGE_MQTT_ENABLED=false" in last
+        agent.start({"EDGE_MQTT_ENABLED": "false"})  # off: the port is not wanted
+        assert agent.admin("GET", "/api/status").status == 200
+        assert agent.terminate() == 0
