@@ -7,12 +7,13 @@ API, embedding applications and the benchmark all go through here.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 
@@ -47,12 +48,33 @@ SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE")
 
 _log = logger.bind(component="device-api")
 
+T = TypeVar("T")
+
+
+def follower(source: Future[T]) -> Future[T]:
+    """A future of the caller's own, settled as ``source`` is. A future shared by several
+    callers is never handed out itself: one that cancels its copy (asyncio cancels the
+    concurrent future it awaits through wrap_future) must not cancel everyone's."""
+    out: Future[T] = Future()
+
+    def settle(done: Future[T]) -> None:  # the settling thread
+        with contextlib.suppress(InvalidStateError):  # its holder cancelled it: nothing to do
+            if done.cancelled():
+                out.cancel()
+            elif (exc := done.exception()) is not None:
+                out.set_exception(exc)
+            else:
+                out.set_result(done.result())
+
+    source.add_done_callback(settle)
+    return out
+
 
 @dataclass(frozen=True, slots=True)
 class NamedDevice:
     """What ``get_or_create_device`` found: the device, and while its creation is on its way
-    the creation's commit (shared by every caller that named it meanwhile); ``new`` when this
-    call asked for the creation."""
+    the creation's commit (the caller's own future: cancelling it cancels nothing else);
+    ``new`` when this call asked for the creation."""
 
     device: Device
     creation: Future[range] | None = None
@@ -246,11 +268,15 @@ class DeviceService:
         way get the same device and creation, so it is created once. Its data told to the
         router after the creation (same entity, same order) is appended after it; data that
         may reach the queue before the creation is known to have committed should require the
-        device (post_entries). BadRequest for a name or type create_device refuses."""
+        device (post_entries). BadRequest for a name or type create_device refuses.
+
+        The creation's commit stays here: each caller gets a follower of it, and the pending
+        entry leaves the map (committed: the store has the device; failed: the next caller
+        creates it again) before any follower is settled."""
         with self._creating_lock:
             pending = self._creating.get(name)
             if pending is not None:
-                return NamedDevice(pending[0], pending[1])
+                return NamedDevice(pending[0], follower(pending[1]))
             with self._store.read() as txn:
                 found = self._entities.device_by_name(txn, name)
             if found is not None:
@@ -263,8 +289,8 @@ class DeviceService:
                 if self._creating.get(name, (None,))[0] is device:
                     del self._creating[name]
 
-        creation.add_done_callback(committed)
-        return NamedDevice(device, creation, new=True)
+        creation.add_done_callback(committed)  # first: before any follower is settled
+        return NamedDevice(device, follower(creation), new=True)
 
     def create_device(
         self, name: str, *, type_: str = "default", token: str | None = None, label: str = "",

@@ -46,10 +46,10 @@ from typing import Any
 from loguru import logger
 
 from edge_sync.api.attribute_read import read_attributes
-from edge_sync.api.device_service import DeviceService
+from edge_sync.api.device_service import DeviceService, follower
 from edge_sync.common.json_body import parse_json
 from edge_sync.devices.subscribers import LongPoll
-from edge_sync.errors import BadRequest, Conflict, NotFound
+from edge_sync.errors import BadRequest, Conflict, NotFound, Unavailable
 from edge_sync.mqtt import gateway_payloads as wire
 from edge_sync.mqtt import topics
 from edge_sync.mqtt.subscriptions import Subscriptions
@@ -225,8 +225,8 @@ class Gateway:
         API reads them)."""
         log = self._log.bind(device=str(device.id), request_id=request.request_id)
         if creation is not None:
-            try:
-                await asyncio.wrap_future(creation)
+            try:  # a follower: the task's cancellation (the connection ends) cancels it alone
+                await asyncio.wrap_future(follower(creation))
             except Exception as exc:
                 log.warning("attribute request of device {} not answered: the device was not "
                             "created ({})", device.name, exc)
@@ -252,7 +252,7 @@ class Gateway:
         edge refuses."""
         sub = self._children.get(name)
         if sub is not None and sub.creation is not None and sub.creation.done():
-            if sub.creation.exception() is None:
+            if failure(sub.creation) is None:
                 sub.creation = None
             else:  # not created: its next data asks again
                 del self._children[name]
@@ -278,7 +278,7 @@ class Gateway:
         log, gateway = self._log.bind(device=str(device.id)), self._device.name
 
         def done(creation: Future[range]) -> None:  # the queue's thread
-            exc = creation.exception()
+            exc = failure(creation)
             if exc is None:
                 log.info("device {} (type {}) created on the edge for gateway {}",
                          device.name, device.type, gateway)
@@ -329,7 +329,7 @@ def all_of(futures: Iterable[Future[Any] | None]) -> Future[Any] | None:
     left = [len(pending)]
 
     def done(future: Future[Any]) -> None:  # any thread
-        exc = future.exception()
+        exc = failure(future)
         with lock:
             left[0] -= 1
             last = left[0] == 0
@@ -353,7 +353,7 @@ def answered(committed: Future[range], log: Any) -> Future[Any]:
     out: Future[Any] = Future()
 
     def done(future: Future[range]) -> None:
-        exc = future.exception()
+        exc = failure(future)
         if isinstance(exc, NotFound | Conflict):
             log.warning("RPC answer dropped: {}", exc)
             out.set_result(None)
@@ -364,6 +364,14 @@ def answered(committed: Future[range], log: Any) -> Future[Any]:
 
     committed.add_done_callback(done)
     return out
+
+
+def failure(future: Future[Any]) -> BaseException | None:
+    """Why a done future failed (None: it succeeded); a cancelled one as Unavailable, where
+    ``exception()`` would raise."""
+    if future.cancelled():
+        return Unavailable("a commit this publish waits for was cancelled")
+    return future.exception()
 
 
 def _dumps(body: Any) -> bytes:

@@ -42,7 +42,9 @@ from tests.helpers.mqtt_gateway import (
     DISCONNECT,
     RPC,
     TELEMETRY,
+    Logs,
     MqttGateway,
+    held_commits,
 )
 from tests.helpers.wait import wait_until
 from tests.integration.test_device_sessions import (
@@ -73,6 +75,15 @@ def app(tmp_path: Path) -> Iterator[EdgeApp]:
         yield edge
     finally:
         edge.stop()
+
+
+@pytest.fixture
+def logs() -> Iterator[Logs]:
+    recorded = Logs()
+    try:
+        yield recorded
+    finally:
+        recorded.close()
 
 
 @pytest.fixture
@@ -390,8 +401,9 @@ def test_get_or_create_from_many_threads_creates_once(app: EdgeApp) -> None:
         t.join()
     assert len({f.device.id for f in found}) == 1
     assert sum(f.new for f in found) == 1
-    [creation] = {id(f.creation): f.creation for f in found if f.creation is not None}.values()
-    assert len(creation.result(DEADLINE_S)) == 2
+    # each caller its own future of the one creation (one commit: the same seqs for all)
+    [seqs] = {tuple(f.creation.result(DEADLINE_S)) for f in found if f.creation is not None}
+    assert len(seqs) == 2
     again = app.service.get_or_create_device("raced")
     assert (again.device, again.creation, again.new) == (device_named(app, "raced"), None, False)
 
@@ -411,6 +423,39 @@ def test_data_of_a_device_whose_creation_failed_is_refused_and_not_stored(app: E
     events = event_log(app)
     assert actions(events, second.id) == []
     assert telemetry(events, first.id) == [1]
+
+
+def test_a_connection_closed_while_a_creation_is_pending_leaves_it_to_the_others(
+        app: EdgeApp, logs: Logs) -> None:
+    """Gateway A asks for the attributes of a new device and goes away before its creation
+    commits, while gateway B's data waits for the same creation: the creation is not
+    abandoned (created once, the name still pending for everyone), B's PUBACK comes and its
+    connection stays open."""
+    make_gateway(app, "gw-a", "tok-a")
+    make_gateway(app, "gw-b", "tok-b")
+    with connected(app, "tok-b") as b:
+        with held_commits(app.store):
+            a = connected(app, "tok-a")
+            a.publish(ATTRIBUTES_REQUEST, {"id": 1, "device": "Pending", "client": True,
+                                           "key": "k"})
+            logs.wait_for("device Pending connected through gateway gw-a")
+            mid = b.publish(TELEMETRY, {"Pending": [{"v": 1}]}).mid
+            logs.wait_for("device Pending connected through gateway gw-b")
+            a.close()
+            logs.wait_for("device gw-a disconnected from MQTT")
+            pending = app.service.get_or_create_device("Pending")
+            assert not pending.new and pending.creation is not None
+        wait_until(lambda: mid in b.acked_ids() or b.disconnected.is_set(), timeout=DEADLINE_S,
+                   what="gateway B's PUBACK")
+        assert mid in b.acked_ids() and not b.disconnected.is_set()
+        assert pending.creation.exception(DEADLINE_S) is None
+    [device] = [d for d in all_devices(app) if d.name == "Pending"]
+    assert device.id == pending.device.id
+    events = event_log(app)
+    assert actions(events, device.id) == [Action.ADDED, Action.CREDENTIALS_UPDATED,
+                                          Action.TIMESERIES_UPDATED]
+    assert logs.matching("created on the edge for gateway") != []
+    assert [r["message"] for r in logs.records if r["level"].no >= 40] == []
 
 
 # -- who may be a gateway, bad input -------------------------------------------------------------

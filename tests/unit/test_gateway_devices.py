@@ -3,28 +3,46 @@ and sends of it: the device record (a stored device of an earlier release still 
 without gateways keeps the earlier layout), the cloud's device JSON read as ThingsBoard's MQTT
 transport reads the flag, the Device JSON uplinked (additionalInfo: gateway, or the
 lastConnectedGateway of a device a gateway named first), and the admin API's and the CLI's
-``gateway``."""
+``gateway``.
+
+And the devices a gateway names: DeviceService.get_or_create_device over a real store, a real
+QueueActor and a real ShardActor (``Devices``), with the store's writer held by the test where
+a creation must stay pending (tests/helpers/mqtt_gateway.held_commits)."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
+import pykka
 import pytest
 
+from edge_sync.actors.address import Address
+from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
+from edge_sync.actors.shard import EntityRouter, ShardActor
+from edge_sync.api.device_service import DeviceService
 from edge_sync.cli.edge import build_parser
 from edge_sync.common.wire import Owner, gateway_flag
 from edge_sync.errors import StorageCorrupt
 from edge_sync.link.event_payloads import event_payload
+from edge_sync.metrics import Metrics
 from edge_sync.storage import codec
+from edge_sync.storage.entity_store import EntityStore, TokenCache
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import NIL_UUID, Action, Device, Lane, StoredEvent
+from tests.helpers.mqtt_gateway import held_commits
 from tests.unit.test_downlink_actor import Rig, credentials_msg, device_msg, rig
 
 __all__ = ["rig"]  # the fixture, for pytest
 
 DEVICE_ID = uuid.UUID("00000000-0000-4000-8000-0000000000d1")
+DEADLINE_S = 10.0
+T0 = 1_700_000_000_000
 
 
 def device(**kw: Any) -> Device:
@@ -128,3 +146,82 @@ def test_the_cli_asks_for_a_gateway_with_gateway() -> None:
     parser = build_parser()
     assert parser.parse_args(["device", "create", "--name", "g", "--gateway"]).gateway is True
     assert parser.parse_args(["device", "create", "--name", "d"]).gateway is False
+
+
+# -- the devices a gateway names: get_or_create_device ------------------------------------------
+
+
+class Clock:
+    """The service's clock, set by the test."""
+
+    def __init__(self) -> None:
+        self.ms = T0
+
+    def now_ms(self) -> int:
+        return self.ms
+
+    def monotonic(self) -> float:
+        return self.ms / 1000
+
+
+class Devices:
+    """A DeviceService as the agent wires it: a real store, QueueActor and ShardActor."""
+
+    def __init__(self, path: Path) -> None:
+        self.store = LmdbStore(path / "store", initial_map_mb=4, max_size_mb=64)
+        self.tokens = TokenCache()
+        self.clock = Clock()
+        queue_ref: pykka.ActorRef[Any] = QueueActor.start(
+            lambda _reason: None, self.store, policy=QueuePolicy(purge_interval_s=3600),
+            metrics=Metrics(), tokens=self.tokens)
+        shard_ref: pykka.ActorRef[Any] = ShardActor.start(
+            lambda _reason: None, 0, Address("queue", lambda: queue_ref), passivate_after_s=60.0,
+            store=self.store)
+        self._refs = [shard_ref, queue_ref]
+        self.service = DeviceService(
+            self.store, EntityRouter([Address("shard-0", lambda: shard_ref)]),
+            tokens=self.tokens, clock=self.clock)
+
+    def named(self, name: str) -> Device | None:
+        with self.store.read() as txn:
+            return EntityStore(self.store).device_by_name(txn, name)
+
+    def actions(self, device_id: uuid.UUID) -> list[str]:
+        with self.store.read() as txn:
+            return [e.action for e in EventLog(self.store).iter_events(txn)
+                    if e.entity_id == device_id]
+
+    def close(self) -> None:
+        for ref in self._refs:
+            ref.stop()
+        self.store.close()
+
+
+@pytest.fixture
+def devices(tmp_path: Path) -> Iterator[Devices]:
+    d = Devices(tmp_path)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def test_each_caller_gets_its_own_creation_future(devices: Devices) -> None:
+    """A caller that cancels its wait (a gateway connection that ends: asyncio cancels the
+    future it awaits) cancels nothing of the others': the creation commits, each other
+    caller is told, and the name stays pending until it has."""
+    with held_commits(devices.store):
+        first = devices.service.get_or_create_device("shared", type_="pump")
+        second = devices.service.get_or_create_device("shared")
+        assert first.new and not second.new and first.device == second.device
+        assert first.creation is not None and second.creation is not None
+        assert first.creation is not second.creation
+        assert first.creation.cancel()
+        third = devices.service.get_or_create_device("shared")
+        assert not third.new and third.device == first.device and third.creation is not None
+    assert len(second.creation.result(DEADLINE_S)) == 2
+    assert third.creation.exception(DEADLINE_S) is None
+    assert devices.named("shared") == first.device
+    assert devices.actions(first.device.id) == [Action.ADDED, Action.CREDENTIALS_UPDATED]
+    again = devices.service.get_or_create_device("shared")
+    assert (again.device, again.creation, again.new) == (first.device, None, False)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edge_sync.errors import BadRequest
+from edge_sync.errors import BadRequest, Unavailable
 from edge_sync.mqtt import gateway_payloads as wire
 from edge_sync.mqtt.gateway import all_of
 
@@ -209,3 +209,13 @@ def test_all_of_waits_for_every_commit_and_fails_with_the_first_failure() -> Non
     assert isinstance(failed.exception(0), BadRequest)
     c.set_result(range(0))  # later outcomes change nothing
     assert isinstance(failed.exception(0), BadRequest)
+
+
+def test_all_of_settles_when_a_commit_it_waits_for_was_cancelled() -> None:
+    a: Future[Any] = Future()
+    b: Future[Any] = Future()
+    both = all_of([a, b])
+    assert both is not None
+    assert a.cancel()
+    b.set_result(range(1, 2))
+    assert isinstance(both.exception(0), Unavailable)
