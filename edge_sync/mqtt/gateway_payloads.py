@@ -209,7 +209,8 @@ def parse_attribute_request(body: Any) -> AttributeRequest:
 
 
 def parse_rpc_reply(body: Any) -> RpcReply:
-    """``{"device": name, "id": n, "data": answer}``: a device's answer to RPC request n."""
+    """``{"device": name, "id": n, "data": answer}``: a device's answer to RPC request n (any
+    JSON value the store can hold, as the device API takes an answer)."""
     obj, name = _named(body, "RPC reply")
     request_id = obj.get("id")
     if isinstance(request_id, bool) or not isinstance(request_id, int) \
@@ -217,6 +218,9 @@ def parse_rpc_reply(body: Any) -> RpcReply:
         raise BadRequest("RPC reply: \"id\" must be an integer 0..2147483647")
     if "data" not in obj:
         raise BadRequest("RPC reply: no \"data\"")
+    # checked here, before the device is connected (or created): nothing of a refused answer
+    # is taken
+    device_api.check_json_value(f"RPC reply of device {name[:64]!r}", obj["data"])
     return RpcReply(name, request_id, obj["data"])
 
 

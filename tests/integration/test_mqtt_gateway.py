@@ -487,6 +487,7 @@ def test_a_device_that_is_not_a_gateway_is_refused(app: EdgeApp) -> None:
     (ATTRIBUTES_REQUEST, {"id": 1, "device": "Dev", "key": "k"}),  # no "client"
     (ATTRIBUTES_REQUEST, {"id": "1", "device": "Dev", "client": True, "key": "k"}),
     (RPC, {"device": "Dev", "id": 1}),  # no "data"
+    (RPC, {"device": "Dev", "id": 1, "data": {"n": 2**70}}),  # an answer the store refuses
 ])
 def test_bad_input_closes_the_connection_after_the_acks_due_and_stores_nothing(
         app: EdgeApp, topic: str, body: Any) -> None:

@@ -177,7 +177,11 @@ def test_rpc_replies_and_requests() -> None:
     for body, message in (({"device": "A", "id": 7}, 'no "data"'),
                           ({"device": "A", "id": -1, "data": 1}, '"id" must be an integer'),
                           ({"device": "A", "id": True, "data": 1}, '"id" must be an integer'),
-                          ({"id": 1, "data": 1}, 'no "device"')):
+                          ({"id": 1, "data": 1}, 'no "device"'),
+                          ({"device": "A", "id": 1, "data": [2**70]},
+                           "RPC reply of device 'A'.*does not fit in 64 bits"),
+                          ({"device": "A", "id": 1, "data": {"t": "\ud800"}},
+                           "RPC reply of device 'A'")):
         with pytest.raises(BadRequest, match=message):
             wire.parse_rpc_reply(body)
     assert wire.rpc_request("A", {"id": 7, "method": "m", "params": {"p": 1}}) == {
