@@ -38,7 +38,7 @@ from edge_sync.api.payloads import (
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common import ids
 from edge_sync.devices.subscribers import Subscriber
-from edge_sync.errors import BadRequest, NotFound, Unauthorized
+from edge_sync.errors import BadRequest, Conflict, NotFound, Unauthorized
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Action, Device, Scope
@@ -97,8 +97,12 @@ class DeviceService:
         self._tokens = tokens or TokenCache()
         self._router = router
         self._clock = clock
-        self._creating: dict[str, tuple[Device, Future[range]]] = {}  # by name, until committed
-        self._creating_lock = threading.Lock()
+        # every creation on its way, by name, until its commit settles (whoever asked for it:
+        # a gateway, an operator): a name is created once, and a gateway naming it meanwhile
+        # gets that device. Reentrant: a creation told to a shard that is down fails at once,
+        # in the telling thread, and its callback takes the lock again.
+        self._creating: dict[str, tuple[Device, Future[range]]] = {}
+        self._creating_lock = threading.RLock()
 
     def now_ms(self) -> int:
         """The service's clock (the time a body without its own ``ts`` is stamped with)."""
@@ -264,11 +268,12 @@ class DeviceService:
                              created_by: uuid.UUID | None = None) -> NamedDevice:
         """The device named ``name``; when the edge has none, it is created (as create_device,
         with ``type_``, ``created_by`` as its lastConnectedGateway), as ThingsBoard's gateway
-        API does. Any thread: callers naming the same new device while its creation is on its
-        way get the same device and creation, so it is created once. Its data told to the
-        router after the creation (same entity, same order) is appended after it; data that
-        may reach the queue before the creation is known to have committed should require the
-        device (post_entries). BadRequest for a name or type create_device refuses.
+        API does. Any thread: callers naming a device while its creation is on its way (asked
+        for by another caller, or by an operator through create_device) get that device and
+        a future of that creation, so it is created once. Its data told to the router after
+        the creation (same entity, same order) is appended after it; data that may reach the
+        queue before the creation is known to have committed should require the device
+        (post_entries). BadRequest for a name or type create_device refuses.
 
         The creation's commit stays here: each caller gets a follower of it, and the pending
         entry leaves the map (committed: the store has the device; failed: the next caller
@@ -281,15 +286,8 @@ class DeviceService:
                 found = self._entities.device_by_name(txn, name)
             if found is not None:
                 return NamedDevice(found)
-            device, creation = self.create_device(name, type_=type_, created_by=created_by)
-            self._creating[name] = (device, creation)
-
-        def committed(_done: Future[range]) -> None:  # the queue's thread, after the commit
-            with self._creating_lock:  # committed: the store has it; failed: ask again
-                if self._creating.get(name, (None,))[0] is device:
-                    del self._creating[name]
-
-        creation.add_done_callback(committed)  # first: before any follower is settled
+            device = self._new_device(name, type_=type_)
+            creation = self._create(device, created_by)
         return NamedDevice(device, follower(creation), new=True)
 
     def create_device(
@@ -297,8 +295,19 @@ class DeviceService:
         gateway: bool = False, created_by: uuid.UUID | None = None,
     ) -> tuple[Device, Future[range]]:
         """Provision a device on the edge (``gateway``: it may speak the MQTT gateway API;
-        ``created_by``: the gateway that named it). The future fails with Conflict on a taken
-        name/token."""
+        ``created_by``: the gateway that named it). Conflict at once when a device of that
+        name is being created (by a gateway naming it, or another operator); the future
+        fails with Conflict on a name or token taken when it commits."""
+        device = self._new_device(name, type_=type_, token=token, label=label, gateway=gateway)
+        with self._creating_lock:
+            if name in self._creating:
+                raise Conflict(f"a device named {name!r} is being created")
+            creation = self._create(device, created_by)
+        return device, follower(creation)
+
+    def _new_device(self, name: str, *, type_: str, token: str | None = None, label: str = "",
+                    gateway: bool = False) -> Device:
+        """A device to create, its fields checked (BadRequest), its id and token new."""
         if not text_fits(name, MAX_NAME_BYTES):
             raise BadRequest(f"device name must be 1 to {MAX_NAME_BYTES} bytes of UTF-8")
         if not text_fits(type_, MAX_NAME_BYTES):
@@ -310,7 +319,7 @@ class DeviceService:
             raise BadRequest(f"access token must be 1 to {MAX_NAME_BYTES} bytes without '/' "
                              "or surrounding spaces")
         now = self._clock.now_ms()
-        device = Device(
+        return Device(
             id=ids.time_based(now),
             name=name,
             type=type_,
@@ -319,6 +328,20 @@ class DeviceService:
             label=label,
             gateway=gateway,
         )
-        reply: Future[range] = Future()
-        self._router.tell(ProvisionDevice(device, reply, created_by))
-        return device, reply
+
+    def _create(self, device: Device, created_by: uuid.UUID | None) -> Future[range]:
+        """Under ``_creating_lock``: ``device``'s name is pending until its creation's commit
+        settles, and the creation is told to its entity (so whatever a caller tells the entity
+        after it comes after it). The creation's own future: never handed out."""
+        creation: Future[range] = Future()
+        name = device.name
+        self._creating[name] = (device, creation)
+
+        def committed(_done: Future[range]) -> None:  # the queue's thread, after the commit
+            with self._creating_lock:  # committed: the store has it; failed: ask again
+                if self._creating.get(name, (None,))[0] is device:
+                    del self._creating[name]
+
+        creation.add_done_callback(committed)  # first: before any follower is settled
+        self._router.tell(ProvisionDevice(device, creation, created_by))
+        return creation

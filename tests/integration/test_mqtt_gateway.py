@@ -408,6 +408,25 @@ def test_get_or_create_from_many_threads_creates_once(app: EdgeApp) -> None:
     assert (again.device, again.creation, again.new) == (device_named(app, "raced"), None, False)
 
 
+def test_a_gateway_naming_a_device_an_operator_is_creating_gets_that_device(
+        app: EdgeApp, logs: Logs) -> None:
+    make_gateway(app)
+    with connected(app) as gateway:
+        with held_commits(app.store):
+            made, created = app.service.create_device("Provisioned", type_="meter")
+            mid = gateway.publish(TELEMETRY, {"Provisioned": [{"v": 1}]}).mid
+            logs.wait_for("device Provisioned connected through gateway gateway-1")
+        wait_until(lambda: mid in gateway.acked_ids() or gateway.disconnected.is_set(),
+                   timeout=DEADLINE_S, what="the PUBACK")
+        assert mid in gateway.acked_ids()
+    assert len(created.result(DEADLINE_S)) == 2
+    assert [d for d in all_devices(app) if d.name == "Provisioned"] == [made]
+    events = event_log(app)
+    assert actions(events, made.id) == [Action.ADDED, Action.CREDENTIALS_UPDATED,
+                                        Action.TIMESERIES_UPDATED]
+    assert logs.matching("created on the edge for gateway") == []  # the operator created it
+
+
 def test_data_of_a_device_whose_creation_failed_is_refused_and_not_stored(app: EdgeApp) -> None:
     first, made = app.service.create_device("taken")
     assert len(made.result(DEADLINE_S)) == 2

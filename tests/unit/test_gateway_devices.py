@@ -27,7 +27,7 @@ from edge_sync.actors.shard import EntityRouter, ShardActor
 from edge_sync.api.device_service import DeviceService
 from edge_sync.cli.edge import build_parser
 from edge_sync.common.wire import Owner, gateway_flag
-from edge_sync.errors import StorageCorrupt
+from edge_sync.errors import Conflict, StorageCorrupt
 from edge_sync.link.event_payloads import event_payload
 from edge_sync.metrics import Metrics
 from edge_sync.storage import codec
@@ -225,3 +225,25 @@ def test_each_caller_gets_its_own_creation_future(devices: Devices) -> None:
     assert devices.actions(first.device.id) == [Action.ADDED, Action.CREDENTIALS_UPDATED]
     again = devices.service.get_or_create_device("shared")
     assert (again.device, again.creation, again.new) == (first.device, None, False)
+
+
+def test_a_name_the_admin_api_is_creating_is_that_device(devices: Devices) -> None:
+    """An operator's creation (admin API, CLI) and a gateway naming the same new device at the
+    same moment: the gateway gets the operator's device, its creation; nothing conflicts."""
+    with held_commits(devices.store):
+        made, created = devices.service.create_device("shared-name", type_="pump",
+                                                      token="operator-token")
+        named = devices.service.get_or_create_device("shared-name", type_="ignored")
+        assert not named.new and named.device == made and named.creation is not None
+    assert len(created.result(DEADLINE_S)) == 2
+    assert named.creation.exception(DEADLINE_S) is None
+    assert devices.named("shared-name") == made
+    assert devices.actions(made.id) == [Action.ADDED, Action.CREDENTIALS_UPDATED]
+
+
+def test_an_operator_creating_a_name_being_created_is_told_at_once(devices: Devices) -> None:
+    with held_commits(devices.store):
+        named = devices.service.get_or_create_device("taken-meanwhile")
+        with pytest.raises(Conflict, match="is being created"):
+            devices.service.create_device("taken-meanwhile")
+    assert named.creation is not None and named.creation.exception(DEADLINE_S) is None
