@@ -14,7 +14,10 @@ attribute requests answered. What it reuses rather than repeats:
   it carries RequireDevice while the creation is on its way (a creation that fails leaves no
   data of a device the edge does not have).
 - Per device, its entries of one message are one command, told in message order; a QoS 1
-  publish is acknowledged once every device's events (and creations) are committed.
+  publish is acknowledged once every device's events (and creations) are committed. Each
+  device's command is its own write (behind the device's creation and earlier data, in its
+  entity's order), so a publish failing for one device may have stored the others' data: the
+  client's resend stores them again (at least once; docs/mqtt-gateway.md).
 - RPC requests and shared attribute updates come from the device sessions exactly as for a
   device's own subscriptions: one mqtt/subscriptions.Subscriptions per sub-device, whose
   device-topic publishes are re-addressed to the gateway topics. Attribute requests are read

@@ -427,6 +427,46 @@ def test_a_gateway_naming_a_device_an_operator_is_creating_gets_that_device(
     assert logs.matching("created on the edge for gateway") == []  # the operator created it
 
 
+def test_a_publish_failing_for_one_device_may_store_the_others_and_the_resend_again(
+        app: EdgeApp, logs: Logs) -> None:
+    """The cloud syncs a device named "Clash" while the gateway's creation of that name waits
+    for its commit: the creation fails, so does Clash's data (nothing stored for the id that
+    was not created), the QoS 0 publish's failure is logged and the QoS 1 publish is not
+    acknowledged (the connection closes); the other device's data of that publish was stored
+    all the same, and the resend stores it again (at least once, docs/mqtt-gateway.md)."""
+    make_gateway(app)
+    stored, created = app.service.create_device("Stored")
+    created.result(DEADLINE_S)
+    clash = Device(id=uuid.uuid4(), name="Clash", type="from-cloud", token="cloud-clash",
+                   created_time=1)
+
+    def cloud_syncs_clash(txn: Any) -> None:
+        EntityStore(app.store).put_device(txn, clash)
+
+    publish = {"Stored": [{"v": 1}], "Clash": [{"v": 1}]}
+    with connected(app) as gateway:
+        with held_commits(app.store, then=cloud_syncs_clash):
+            gateway.publish(TELEMETRY, {"Clash": [{"v": 0}]}, qos=0)
+            mid = gateway.publish(TELEMETRY, publish).mid
+            attempt = logs.wait_for("device Clash connected through gateway")
+            logs.wait_for("device Stored connected through gateway")
+        wait_until(gateway.disconnected.is_set, timeout=DEADLINE_S, what="the connection closed")
+        assert mid not in gateway.acked_ids()
+    failed_id = uuid.UUID(attempt["extra"]["device"])
+    assert failed_id != clash.id
+    assert logs.matching("QoS 0 publish not committed")
+    assert logs.matching("device Clash not created for gateway")
+    events = event_log(app)
+    assert actions(events, failed_id) == []
+    assert telemetry(events, stored.id) == [1]
+    with connected(app) as gateway:
+        gateway.send(TELEMETRY, publish)
+    events = event_log(app)
+    assert telemetry(events, stored.id) == [1, 1]
+    assert telemetry(events, clash.id) == [1]
+    assert device_named(app, "Clash") == clash
+
+
 def test_data_of_a_device_whose_creation_failed_is_refused_and_not_stored(app: EdgeApp) -> None:
     first, made = app.service.create_device("taken")
     assert len(made.result(DEADLINE_S)) == 2
