@@ -10,9 +10,12 @@ attribute requests answered. What it reuses rather than repeats:
 
 - A name the edge does not know creates the device (DeviceService.get_or_create_device,
   shared by every connection, so a new device is created once). Its data goes to the same
-  entity actor right after its creation, so the creation's events come first in the log, and
-  it carries RequireDevice while the creation is on its way (a creation that fails leaves no
-  data of a device the edge does not have).
+  entity actor right after its creation, so the creation's events come first in the log.
+  Every device's data carries RequireDevice (one key lookup in the commit's transaction): a
+  creation that fails leaves no data of a device the edge does not have, and a device the
+  cloud deleted while the gateway kept it connected takes no more data; it leaves the
+  gateway, and its next data gets or creates it again (ThingsBoard forgets a deleted device's
+  gateway session too).
 - Per device, its entries of one message are one command, told in message order; a QoS 1
   publish is acknowledged once every device's events (and creations) are committed. Each
   device's command is its own write (behind the device's creation and earlier data, in its
@@ -87,6 +90,7 @@ class Gateway:
         commit_timeout_s: float,
     ) -> None:
         self._service = service
+        self._loop = asyncio.get_running_loop()
         self._device = device
         self._send = send
         self._link_connected = link_connected
@@ -190,8 +194,8 @@ class Gateway:
             sub = self._sub_device(name)
             commits.append(sub.creation)
             if entries:
-                commits.append(self._service.post_entries(
-                    sub.device.id, entries, requires_device=sub.creation is not None))
+                commits.append(self._watch(name, sub, self._service.post_entries(
+                    sub.device.id, entries, requires_device=True)))
         return all_of(commits)
 
     def _on_attributes(self, body: Any) -> Future[Any] | None:
@@ -202,8 +206,8 @@ class Gateway:
             sub = self._sub_device(name)
             commits.append(sub.creation)
             if values:
-                commits.append(self._service.post_client_attributes(
-                    sub.device.id, values, requires_device=sub.creation is not None))
+                commits.append(self._watch(name, sub, self._service.post_client_attributes(
+                    sub.device.id, values, requires_device=True)))
         return all_of(commits)
 
     def _on_rpc_reply(self, body: Any) -> Future[Any] | None:
@@ -290,6 +294,34 @@ class Gateway:
                             exc)
 
         return done
+
+    def _watch(self, name: str, sub: _SubDevice, committed: Future[range]) -> Future[range]:
+        """``committed``, a write of ``sub``'s data that requires the device: refused as not
+        found, the device is gone (deleted by the cloud, or its creation failed), and leaves
+        the gateway (the loop is told before the publish's outcome: the callback is the
+        first on ``committed``)."""
+
+        def done(future: Future[range]) -> None:  # the queue's thread
+            if isinstance(failure(future), NotFound):
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to drop
+                    self._loop.call_soon_threadsafe(self._gone, name, sub)
+
+        committed.add_done_callback(done)
+        return committed
+
+    def _gone(self, name: str, sub: _SubDevice) -> None:
+        """``sub`` no longer exists on the edge: disconnected (its next data gets or creates a
+        device of its name again)."""
+        if self._children.get(name) is not sub:
+            return  # dropped already
+        del self._children[name]
+        self._retire(sub)
+        created = sub.creation is None or (sub.creation.done() and failure(sub.creation) is None)
+        if created:  # else its creation's failure is logged
+            self._log.bind(device=str(sub.device.id)).warning(
+                "device {} no longer exists on the edge (deleted by the cloud): its data "
+                "refused, disconnected from gateway {}; its next data creates it again", name,
+                self._device.name)
 
     @staticmethod
     def _retire(sub: _SubDevice) -> None:

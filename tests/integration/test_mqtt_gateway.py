@@ -28,6 +28,7 @@ import pytest
 from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
 from edge_sync.devices.rpc import RpcStatus
+from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device, StoredEvent
@@ -55,6 +56,7 @@ from tests.integration.test_device_sessions import (
     rpcs,
     shared_downlink,
 )
+from tests.unit.test_downlink_actor import device_msg
 
 DEADLINE_S = 10.0
 MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
@@ -293,6 +295,38 @@ def test_a_disconnected_device_gets_its_requests_once_connected_again(
         assert gateway.wait_for(RPC) == {"device": "Sleepy",
                                          "data": {"id": 9, "method": "wake", "params": {}}}
     assert [r.status for r in rpcs(app, sleepy)] == [RpcStatus.DELIVERED]
+
+
+def test_a_sub_device_the_cloud_deletes_is_dropped_and_created_again_by_its_next_data(
+        linked: tuple[FakeCloud, EdgeApp], logs: Logs) -> None:
+    """Data for a device the cloud deleted while its gateway kept it connected is refused (not
+    appended for an id the edge no longer has; a QoS 0 publish's loss is logged), the device
+    leaves the gateway, and its next data creates it again, as ThingsBoard's gateway session
+    forgets a deleted device."""
+    fake, app = linked
+    make_gateway(app)
+    with connected(app) as gateway:
+        assert gateway.subscribe(RPC) == [0]
+        gateway.send(TELEMETRY, {"Doomed": [{"v": 1}]})
+        doomed = device_named(app, "Doomed")
+        assert doomed is not None
+        deliver(fake, device_msg(fake.new_downlink_id(), doomed.id, "Doomed",
+                                 kind=edge_pb2.ENTITY_DELETED_RPC_MESSAGE))
+        assert device_named(app, "Doomed") is None
+        gateway.publish(TELEMETRY, {"Doomed": [{"v": 2}]}, qos=0)
+        logs.wait_for("QoS 0 publish not committed")
+        assert logs.matching("device Doomed no longer exists on the edge")
+        gateway.send(ATTRIBUTES, {"Doomed": {"fw": "2"}})
+        gateway.send(TELEMETRY, {"Doomed": [{"v": 3}]})
+        assert not gateway.disconnected.is_set()
+    reborn = device_named(app, "Doomed")
+    assert reborn is not None and reborn.id != doomed.id
+    events = event_log(app)
+    assert actions(events, doomed.id) == [Action.ADDED, Action.CREDENTIALS_UPDATED,
+                                          Action.TIMESERIES_UPDATED]
+    assert actions(events, reborn.id) == [Action.ADDED, Action.CREDENTIALS_UPDATED,
+                                          Action.ATTRIBUTES_UPDATED, Action.TIMESERIES_UPDATED]
+    assert telemetry(events, reborn.id) == [3]
 
 
 def test_shared_attribute_updates_and_shared_requests(linked: tuple[FakeCloud, EdgeApp]) -> None:
