@@ -68,6 +68,16 @@ _log = logger.bind(component="mqtt-gateway")
 DEVICE_FILTERS = {wire.RPC: topics.RPC_REQUEST_FILTER, wire.ATTRIBUTES: topics.ATTRIBUTES}
 """The gateway subscriptions the edge serves, and the device subscription each stands for."""
 
+MAX_SUB_DEVICES = 10_000
+"""The most devices one gateway connection has connected at once (each holds its entry and,
+once the gateway subscribed, a wait on its session per subscription). A publish naming a
+device more is refused whole (the connection closes, a WARNING names the limit); a device
+the gateway disconnects (v1/gateway/disconnect) makes room. docs/mqtt-gateway.md."""
+
+MAX_DROPPED_TOPICS = 1_000
+"""Topics the edge does not serve are logged once each per connection, up to this many; the
+ones after are dropped unlogged (one line says so)."""
+
 
 @dataclass(slots=True)
 class _SubDevice:
@@ -99,7 +109,8 @@ class Gateway:
         self._children: dict[str, _SubDevice] = {}
         self._topics: set[str] = set()  # gateway subscriptions served (keys of DEVICE_FILTERS)
         self._answers: set[asyncio.Task[None]] = set()  # attribute requests being answered
-        self._dropped_topics: set[str] = set()
+        self._dropped_topics: set[str] = set()  # logged, at most MAX_DROPPED_TOPICS
+        self._dropped_unlogged = False
         self._log = _log.bind(gateway=str(device.id))
         self._handlers: dict[str, Callable[[Any], Future[Any] | None]] = {
             wire.CONNECT: self._on_connect,
@@ -122,10 +133,7 @@ class Gateway:
                              "v1/gateway/ is taken")
         handler = self._handlers.get(topic)
         if handler is None:  # ThingsBoard acknowledges it (TOPIC_NAME_INVALID) and drops it
-            if topic not in self._dropped_topics:
-                self._dropped_topics.add(topic)
-                self._log.bind(topic=topic[:128]).warning(
-                    "gateway publish on a topic the edge does not serve acknowledged and dropped")
+            self._log_dropped(topic)
             return None
         return handler(parse_json(payload))
 
@@ -172,6 +180,7 @@ class Gateway:
 
     def _on_connect(self, body: Any) -> Future[Any] | None:
         name, type_ = wire.parse_connect(body)
+        self._admit((name,))
         return self._sub_device(name, type_).creation
 
     def _on_disconnect(self, body: Any) -> Future[Any] | None:
@@ -189,6 +198,7 @@ class Gateway:
     def _on_telemetry(self, body: Any) -> Future[Any] | None:
         data = wire.parse_telemetry(body, now_ms=self._service.now_ms())
         self._log_skipped(data.skipped, "telemetry", "neither a list nor an object")
+        self._admit(name for name, _ in data.devices)
         commits: list[Future[Any] | None] = []
         for name, entries in data.devices:
             sub = self._sub_device(name)
@@ -201,6 +211,7 @@ class Gateway:
     def _on_attributes(self, body: Any) -> Future[Any] | None:
         data = wire.parse_attributes(body)
         self._log_skipped(data.skipped, "attributes", "not an object")
+        self._admit(name for name, _ in data.devices)
         commits: list[Future[Any] | None] = []
         for name, values in data.devices:
             sub = self._sub_device(name)
@@ -212,6 +223,7 @@ class Gateway:
 
     def _on_rpc_reply(self, body: Any) -> Future[Any] | None:
         reply = wire.parse_rpc_reply(body)
+        self._admit((reply.device,))
         sub = self._sub_device(reply.device)
         answer = self._service.answer_rpc(sub.device.id, reply.request_id, reply.data)
         log = self._log.bind(device=str(sub.device.id), rpc_id=reply.request_id)
@@ -219,6 +231,7 @@ class Gateway:
 
     def _on_attribute_request(self, body: Any) -> Future[Any] | None:
         request = wire.parse_attribute_request(body)
+        self._admit((request.device,))
         sub = self._sub_device(request.device)
         task = asyncio.create_task(self._answer(request, sub.device, sub.creation))
         self._answers.add(task)
@@ -252,6 +265,20 @@ class Gateway:
         self._send(wire.ATTRIBUTES_RESPONSE, _dumps(answer))
 
     # -- sub-devices -----------------------------------------------------------------------------
+
+    def _admit(self, names: Iterable[str]) -> None:
+        """BadRequest (nothing of the publish taken) when connecting the devices ``names``
+        not connected yet would pass MAX_SUB_DEVICES."""
+        new = {name for name in names if name not in self._children}
+        if not new or len(self._children) + len(new) <= MAX_SUB_DEVICES:
+            return
+        message = (f"gateway {self._device.name} has {len(self._children)} devices connected "
+                   f"through it, the most one gateway connection may have is "
+                   f"{MAX_SUB_DEVICES} (MAX_SUB_DEVICES, docs/mqtt-gateway.md): a publish "
+                   f"naming {len(new)} more is refused; disconnect the devices it no longer "
+                   "serves (v1/gateway/disconnect)")
+        self._log.warning(message)
+        raise BadRequest(message)
 
     def _sub_device(self, name: str, type_: str = wire.DEFAULT_TYPE) -> _SubDevice:
         """The connected sub-device named ``name``; connected now (and created on the edge
@@ -344,6 +371,22 @@ class Gateway:
                 self._send(wire.ATTRIBUTES, _dumps(wire.attribute_update(name, body)))
 
         return send
+
+    def _log_dropped(self, topic: str) -> None:
+        """One WARNING per topic not served (told apart by their first 128 characters, as
+        logged), up to MAX_DROPPED_TOPICS topics a connection."""
+        topic = topic[:128]
+        if topic in self._dropped_topics or self._dropped_unlogged:
+            return
+        if len(self._dropped_topics) < MAX_DROPPED_TOPICS:
+            self._dropped_topics.add(topic)
+            self._log.bind(topic=topic).warning(
+                "gateway publish on a topic the edge does not serve acknowledged and dropped")
+            return
+        self._dropped_unlogged = True
+        self._log.warning("gateway {} published on {} topics the edge does not serve: further "
+                          "topics it does not serve are dropped unlogged", self._device.name,
+                          len(self._dropped_topics))
 
     def _log_skipped(self, names: Iterable[str], what: str, shape: str) -> None:
         for name in names:

@@ -28,6 +28,7 @@ import pytest
 from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
 from edge_sync.devices.rpc import RpcStatus
+from edge_sync.mqtt import gateway as gateway_module
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.event_log import EventLog
@@ -611,6 +612,45 @@ def test_values_thingsboard_skips_and_topics_it_does_not_serve(app: EdgeApp) -> 
     assert actions(event_log(app), kept.id) == [
         Action.ADDED, Action.CREDENTIALS_UPDATED, Action.TIMESERIES_UPDATED,
         Action.ATTRIBUTES_UPDATED]
+
+
+# -- limits ----------------------------------------------------------------------------------------
+
+
+def test_a_gateway_connection_serves_at_most_max_sub_devices(
+        app: EdgeApp, logs: Logs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the limit (gateway.MAX_SUB_DEVICES, 10,000; 3 here) a publish naming a device
+    more is refused whole (nothing of it stored, the connection closed, a WARNING naming the
+    limit); a device disconnected makes room."""
+    monkeypatch.setattr(gateway_module, "MAX_SUB_DEVICES", 3)
+    make_gateway(app)
+    with connected(app) as gateway:
+        gateway.send(TELEMETRY, {"d1": [{"v": 1}], "d2": [{"v": 1}], "d3": [{"v": 1}]})
+        gateway.send(TELEMETRY, {"d1": [{"v": 2}]})  # the devices it has: served
+        gateway.send(DISCONNECT, {"device": "d3"})
+        gateway.send(CONNECT, {"device": "d4"})  # room again
+        gateway.refused(TELEMETRY, {"d1": [{"v": 3}], "d5": [{"v": 1}]})
+    [line] = logs.matching("devices connected through it, the most one gateway connection",
+                           component="mqtt-gateway")
+    assert "3 devices" in line["message"] and "MAX_SUB_DEVICES" in line["message"]
+    assert device_named(app, "d5") is None
+    d1 = device_named(app, "d1")
+    assert d1 is not None and telemetry(event_log(app), d1.id) == [1, 2]
+
+
+def test_topics_the_edge_does_not_serve_are_logged_up_to_a_limit(
+        app: EdgeApp, logs: Logs, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_module, "MAX_DROPPED_TOPICS", 2)
+    make_gateway(app)
+    with connected(app) as gateway:
+        for i in range(5):
+            gateway.send(f"v1/gateway/unknown/{i}", {"x": 1})
+            gateway.send(f"v1/gateway/unknown/{i}", {"x": 2})
+        assert not gateway.disconnected.is_set()
+    dropped = logs.matching("on a topic the edge does not serve")
+    assert [r["extra"]["topic"] for r in dropped] == ["v1/gateway/unknown/0",
+                                                      "v1/gateway/unknown/1"]
+    assert len(logs.matching("further topics it does not serve are dropped unlogged")) == 1
 
 
 # -- a real `edge-sync run` process --------------------------------------------------------------
