@@ -301,6 +301,8 @@ class Gateway:
         subscriptions = Subscriptions(self._service, device.id, self._relay(name))
         sub = _SubDevice(device, found.creation, subscriptions)
         self._children[name] = sub
+        if found.creation is not None:  # before the publish's outcome is known
+            found.creation.add_done_callback(self._leave_if_failed(name, sub))
         for topic_filter in self._topics:
             subscriptions.subscribe(DEVICE_FILTERS[topic_filter])
         self._log.bind(device=str(device.id)).info(
@@ -322,6 +324,17 @@ class Gateway:
 
         return done
 
+    def _leave_if_failed(self, name: str, sub: _SubDevice) -> Callable[[Future[range]], None]:
+        """When ``sub``'s creation fails, the loop is told to drop it (its next data asks for
+        the device again)."""
+
+        def done(creation: Future[range]) -> None:  # the queue's thread
+            if failure(creation) is not None:
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to drop
+                    self._loop.call_soon_threadsafe(self._gone, name, sub)
+
+        return done
+
     def _watch(self, name: str, sub: _SubDevice, committed: Future[range]) -> Future[range]:
         """``committed``, a write of ``sub``'s data that requires the device: refused as not
         found, the device is gone (deleted by the cloud, or its creation failed), and leaves
@@ -337,14 +350,18 @@ class Gateway:
         return committed
 
     def _gone(self, name: str, sub: _SubDevice) -> None:
-        """``sub`` no longer exists on the edge: disconnected (its next data gets or creates a
-        device of its name again)."""
+        """``sub`` is not on the edge (deleted by the cloud, or its creation failed): it leaves
+        the gateway, its waits on the session end (its next data gets or creates a device of
+        its name again)."""
         if self._children.get(name) is not sub:
             return  # dropped already
         del self._children[name]
         self._retire(sub)
         created = sub.creation is None or (sub.creation.done() and failure(sub.creation) is None)
-        if created:  # else its creation's failure is logged
+        if not created:  # its creation's failure is logged where it was asked for
+            self._log.bind(device=str(sub.device.id)).debug(
+                "device {} disconnected from gateway {}: not created", name, self._device.name)
+        else:
             self._log.bind(device=str(sub.device.id)).warning(
                 "device {} no longer exists on the edge (deleted by the cloud): its data "
                 "refused, disconnected from gateway {}; its next data creates it again", name,

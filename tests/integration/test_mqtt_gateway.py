@@ -638,6 +638,27 @@ def test_a_gateway_connection_serves_at_most_max_sub_devices(
     assert d1 is not None and telemetry(event_log(app), d1.id) == [1, 2]
 
 
+def test_a_device_whose_creation_failed_leaves_the_gateway_at_once(
+        app: EdgeApp, logs: Logs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device connected by a QoS 0 `connect` whose creation fails (its name taken by a device
+    the cloud synced meanwhile) leaves the gateway when the failure is known, not when the
+    gateway names it again: it stops waiting on a session and takes no room."""
+    monkeypatch.setattr(gateway_module, "MAX_SUB_DEVICES", 2)
+    make_gateway(app)
+    clash = Device(id=uuid.uuid4(), name="Clash", type="from-cloud", token="cloud-clash",
+                   created_time=1)
+    with connected(app) as gateway:
+        assert gateway.subscribe(RPC) == [0]
+        with held_commits(app.store, then=lambda txn: EntityStore(app.store).put_device(
+                txn, clash)):
+            gateway.publish(CONNECT, {"device": "Clash"}, qos=0)
+            logs.wait_for("device Clash connected through gateway")
+        logs.wait_for("QoS 0 publish not committed")
+        gateway.send(TELEMETRY, {"n1": [{"v": 1}], "n2": [{"v": 1}]})
+        assert not gateway.disconnected.is_set()
+    assert logs.matching("device Clash not created for gateway")
+
+
 def test_topics_the_edge_does_not_serve_are_logged_up_to_a_limit(
         app: EdgeApp, logs: Logs, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gateway_module, "MAX_DROPPED_TOPICS", 2)
