@@ -46,6 +46,12 @@ from edge_sync.validators import MAX_LABEL_BYTES, MAX_NAME_BYTES, text_fits
 
 SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE")
 
+PENDING_CREATION_MAX_MS = 300_000
+"""A creation not settled after this long no longer holds its name. Every path settles one
+(committed, refused, failed with Unavailable when an actor is down or restarts); this bounds
+what a message lost to a bug would hold. The store keeps names unique whatever happens: a
+late commit of the first makes a second creation fail with Conflict."""
+
 _log = logger.bind(component="device-api")
 
 T = TypeVar("T")
@@ -101,7 +107,7 @@ class DeviceService:
         # a gateway, an operator): a name is created once, and a gateway naming it meanwhile
         # gets that device. Reentrant: a creation told to a shard that is down fails at once,
         # in the telling thread, and its callback takes the lock again.
-        self._creating: dict[str, tuple[Device, Future[range]]] = {}
+        self._creating: dict[str, tuple[Device, Future[range], int]] = {}  # and since (ms)
         self._creating_lock = threading.RLock()
 
     def now_ms(self) -> int:
@@ -279,7 +285,7 @@ class DeviceService:
         entry leaves the map (committed: the store has the device; failed: the next caller
         creates it again) before any follower is settled."""
         with self._creating_lock:
-            pending = self._creating.get(name)
+            pending = self._pending(name)
             if pending is not None:
                 return NamedDevice(pending[0], follower(pending[1]))
             with self._store.read() as txn:
@@ -300,7 +306,7 @@ class DeviceService:
         fails with Conflict on a name or token taken when it commits."""
         device = self._new_device(name, type_=type_, token=token, label=label, gateway=gateway)
         with self._creating_lock:
-            if name in self._creating:
+            if self._pending(name) is not None:
                 raise Conflict(f"a device named {name!r} is being created")
             creation = self._create(device, created_by)
         return device, follower(creation)
@@ -329,13 +335,29 @@ class DeviceService:
             gateway=gateway,
         )
 
+    def _pending(self, name: str) -> tuple[Device, Future[range], int] | None:
+        """Under ``_creating_lock``: the creation of ``name`` on its way, if any; one pending
+        for longer than PENDING_CREATION_MAX_MS is forgotten (logged)."""
+        pending = self._creating.get(name)
+        if pending is None:
+            return None
+        device, _creation, since = pending
+        if self._clock.now_ms() - since <= PENDING_CREATION_MAX_MS:
+            return pending
+        del self._creating[name]
+        _log.bind(device=str(device.id)).warning(
+            "creation of device {!r} not settled after {} s: its name is no longer held for it "
+            "(a device of that name may be created again; the store keeps names unique)",
+            name[:64], PENDING_CREATION_MAX_MS // 1000)
+        return None
+
     def _create(self, device: Device, created_by: uuid.UUID | None) -> Future[range]:
         """Under ``_creating_lock``: ``device``'s name is pending until its creation's commit
         settles, and the creation is told to its entity (so whatever a caller tells the entity
         after it comes after it). The creation's own future: never handed out."""
         creation: Future[range] = Future()
         name = device.name
-        self._creating[name] = (device, creation)
+        self._creating[name] = (device, creation, self._clock.now_ms())
 
         def committed(_done: Future[range]) -> None:  # the queue's thread, after the commit
             with self._creating_lock:  # committed: the store has it; failed: ask again

@@ -24,6 +24,7 @@ import pytest
 from edge_sync.actors.address import Address
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
 from edge_sync.actors.shard import EntityRouter, ShardActor
+from edge_sync.api import device_service
 from edge_sync.api.device_service import DeviceService
 from edge_sync.cli.edge import build_parser
 from edge_sync.common.wire import Owner, gateway_flag
@@ -247,3 +248,22 @@ def test_an_operator_creating_a_name_being_created_is_told_at_once(devices: Devi
         with pytest.raises(Conflict, match="is being created"):
             devices.service.create_device("taken-meanwhile")
     assert named.creation is not None and named.creation.exception(DEADLINE_S) is None
+
+
+def test_a_creation_pending_past_its_limit_no_longer_holds_the_name(devices: Devices) -> None:
+    """Every path settles a creation (committed, refused, or failed with Unavailable when its
+    actor is down); one that did not within PENDING_CREATION_MAX_MS (a message lost to a
+    bug) no longer holds its name: the next caller asks the store again, which keeps names
+    unique whatever happens (here the first creation commits after all, and the second is
+    refused)."""
+    with held_commits(devices.store):
+        first = devices.service.get_or_create_device("slow")
+        devices.clock.ms += device_service.PENDING_CREATION_MAX_MS
+        assert devices.service.get_or_create_device("slow").device == first.device
+        devices.clock.ms += 1
+        second = devices.service.get_or_create_device("slow")
+        assert second.new and second.device.id != first.device.id
+    assert first.creation is not None and second.creation is not None
+    assert first.creation.exception(DEADLINE_S) is None
+    assert isinstance(second.creation.exception(DEADLINE_S), Conflict)
+    assert devices.named("slow") == first.device
