@@ -206,10 +206,17 @@ def credentials_json(body: dict[str, Any]) -> str:
     })
 
 
+_JAVA_TRIMMED = "".join(chr(c) for c in range(0x21))
+"""What Java's String.trim() takes off both ends: every character up to the space (U+0020)."""
+
+
 def gateway_flag(additional_info: Any) -> bool | None:
     """Whether a ThingsBoard entity's additionalInfo marks a gateway (``"gateway": true``),
-    read as ThingsBoard's MQTT transport reads it (Jackson's asBoolean: true, "true", a
-    non-zero number). None when there is no additionalInfo at all (null)."""
+    read as ThingsBoard's MQTT transport reads it, with Jackson's JsonNode.asBoolean(): true
+    for the boolean true, the string "true" once trimmed (Java's trim; case-sensitive), an
+    integer other than 0; false for anything else, a floating-point number included (Jackson's
+    DoubleNode keeps asBoolean's default). None when there is no additionalInfo at all
+    (null)."""
     if additional_info is None:
         return None
     info = additional_info
@@ -219,10 +226,12 @@ def gateway_flag(additional_info: Any) -> bool | None:
         except ValueError:
             return False
     flag = info.get("gateway") if isinstance(info, dict) else None
+    if isinstance(flag, bool):
+        return flag
     if isinstance(flag, str):
-        return flag.strip().lower() == "true"
-    if isinstance(flag, int | float):  # True included
-        return bool(flag)
+        return flag.strip(_JAVA_TRIMMED) == "true"
+    if isinstance(flag, int):  # IntNode, LongNode, BigIntegerNode: non-zero
+        return flag != 0
     return False
 
 

@@ -91,11 +91,18 @@ def test_as_json_says_whether_it_is_a_gateway() -> None:
     ({"gateway": True}, True),
     ({"gateway": False, "description": "x"}, False),
     ({"gateway": "true"}, True),  # Jackson's asBoolean, as ThingsBoard reads it
-    ({"gateway": "TRUE "}, True),
+    ({"gateway": " true\n"}, True),  # trimmed
+    ({"gateway": "TRUE"}, False),  # case-sensitive
+    ({"gateway": "True "}, False),
     ({"gateway": "yes"}, False),
-    ({"gateway": 1}, True),
+    ({"gateway": 1}, True),  # an integer: non-zero
+    ({"gateway": -7}, True),
+    ({"gateway": 2**70}, True),
     ({"gateway": 0}, False),
+    ({"gateway": 1.0}, False),  # a floating-point number: false whatever its value
+    ({"gateway": 0.5}, False),
     ({"gateway": None}, False),
+    ({"gateway": {"enabled": True}}, False),
     ('{"gateway": true}', True),  # additionalInfo as JSON text
     ("not json", False),
     ([True], False),
