@@ -227,11 +227,14 @@ def encode_device(device: Device) -> bytes:
 
 def decode_device(device_id: Raw, raw: Raw, *, previous: bool = False) -> Device:
     """A device record (six fields, seven for a gateway); with ``previous`` also one of the
-    previous format (led by the schema number 1, never a gateway)."""
+    previous format (led by the schema number 1, six fields: that format predates gateways,
+    so a seventh field there is damage, not a gateway)."""
     did = to_uuid(device_id, "devices: key")
     what = f"devices: {did}"
     fields = unpack(raw, what, previous=previous, schema=True)
-    if not isinstance(fields, list) or len(fields) not in (_DEVICE_FIELDS, _DEVICE_FIELDS + 1):
+    counts = ((_DEVICE_FIELDS,) if previous and is_previous_format(raw)
+              else (_DEVICE_FIELDS, _DEVICE_FIELDS + 1))
+    if not isinstance(fields, list) or len(fields) not in counts:
         raise StorageCorrupt(f"{what}: record of an unexpected shape")
     name, dtype, token, created, label, version = fields[:_DEVICE_FIELDS]
     gateway = fields[_DEVICE_FIELDS] if len(fields) > _DEVICE_FIELDS else False

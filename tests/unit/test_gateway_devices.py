@@ -77,6 +77,14 @@ def test_a_record_of_another_shape_is_reported(fields: tuple[Any, ...]) -> None:
         codec.decode_device(DEVICE_ID.bytes, codec.pack(("gw", "t", "tok", 7, "l", 1, "yes")))
 
 
+def test_a_previous_format_record_is_never_a_gateway() -> None:
+    """The previous format (a bare array led by schema number 1) predates gateways: a record
+    of it with a seventh field is damage, not a gateway."""
+    seven = msgpack.packb([1, "gw", "t", "tok", 7, "l", 1, True], use_bin_type=True)
+    with pytest.raises(StorageCorrupt, match="record of an unexpected shape"):
+        codec.decode_device(DEVICE_ID.bytes, seven, previous=True)
+
+
 def test_as_json_says_whether_it_is_a_gateway() -> None:
     assert device().as_json()["gateway"] is False
     assert device(gateway=True).as_json()["gateway"] is True
