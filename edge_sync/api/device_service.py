@@ -301,15 +301,16 @@ class DeviceService:
         gateway: bool = False, created_by: uuid.UUID | None = None,
     ) -> tuple[Device, Future[range]]:
         """Provision a device on the edge (``gateway``: it may speak the MQTT gateway API;
-        ``created_by``: the gateway that named it). Conflict at once when a device of that
-        name is being created (by a gateway naming it, or another operator); the future
-        fails with Conflict on a name or token taken when it commits."""
+        ``created_by``: the gateway that named it). The future fails with Conflict on a name
+        or token taken when it commits, and at once (nothing told) when a device of that name
+        is being created (by a gateway naming it, or another operator)."""
         device = self._new_device(name, type_=type_, token=token, label=label, gateway=gateway)
         with self._creating_lock:
-            if self._pending(name) is not None:
-                raise Conflict(f"a device named {name!r} is being created")
-            creation = self._create(device, created_by)
-        return device, follower(creation)
+            if self._pending(name) is None:
+                return device, follower(self._create(device, created_by))
+        refused: Future[range] = Future()
+        refused.set_exception(Conflict(f"a device named {name!r} is being created"))
+        return device, refused
 
     def _new_device(self, name: str, *, type_: str, token: str | None = None, label: str = "",
                     gateway: bool = False) -> Device:

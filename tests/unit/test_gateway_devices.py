@@ -260,8 +260,10 @@ def test_a_name_the_admin_api_is_creating_is_that_device(devices: Devices) -> No
 def test_an_operator_creating_a_name_being_created_is_told_at_once(devices: Devices) -> None:
     with held_commits(devices.store):
         named = devices.service.get_or_create_device("taken-meanwhile")
+        _, refused = devices.service.create_device("taken-meanwhile")
+        assert refused.done()
         with pytest.raises(Conflict, match="is being created"):
-            devices.service.create_device("taken-meanwhile")
+            refused.result(0)
     assert named.creation is not None and named.creation.exception(DEADLINE_S) is None
 
 
@@ -282,3 +284,4 @@ def test_a_creation_pending_past_its_limit_no_longer_holds_the_name(devices: Dev
     assert first.creation.exception(DEADLINE_S) is None
     assert isinstance(second.creation.exception(DEADLINE_S), Conflict)
     assert devices.named("slow") == first.device
+
