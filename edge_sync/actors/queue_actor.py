@@ -105,6 +105,11 @@ class QueueActor(SupervisedActor):
         tokens: TokenCache | None = None,
     ) -> None:
         super().__init__(report_exit)
+        # The device API's token cache. Nothing this actor commits makes an entry stale:
+        # CreateDevice only adds a device whose id, name and token are all new (checked in its
+        # transaction; an unknown token is never cached), so a creation leaves the cache alone.
+        # A mutation that changed or removed a device would clear it after its commit, as the
+        # DownlinkActor does for the cloud's device and credentials updates.
         self._tokens = tokens
         self._store = store
         self._log = EventLog(store)
@@ -365,9 +370,6 @@ class QueueActor(SupervisedActor):
             if isinstance(command, Append):
                 if outcome.error is None:
                     appended += len(command.events)
-                    if self._tokens is not None and any(
-                            isinstance(m, CreateDevice) for m in command.mutations):
-                        self._tokens.invalidate()
                 else:
                     self._log_refusal(command, outcome.error)
             elif isinstance(command, DeadLetter) and outcome.value:

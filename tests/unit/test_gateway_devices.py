@@ -285,3 +285,34 @@ def test_a_creation_pending_past_its_limit_no_longer_holds_the_name(devices: Dev
     assert isinstance(second.creation.exception(DEADLINE_S), Conflict)
     assert devices.named("slow") == first.device
 
+
+# -- the token cache -----------------------------------------------------------------------------
+
+
+def test_a_device_creation_leaves_the_cached_tokens_alone(devices: Devices) -> None:
+    """A new device's id, name and token are new (its creation commits only then), so no
+    cached entry can be stale because of it: a gateway creating devices by the thousand does
+    not make every device's next request read the store again."""
+    known, created = devices.service.create_device("known", token="known-token")
+    created.result(DEADLINE_S)
+    assert devices.service.authenticate("known-token") == known
+    assert devices.tokens.get("known-token") == known
+    generation = devices.tokens.generation
+    for i in range(3):
+        named = devices.service.get_or_create_device(f"new-{i}")
+        assert named.creation is not None and named.creation.exception(DEADLINE_S) is None
+    assert devices.tokens.get("known-token") == known
+    assert devices.tokens.generation == generation
+    newcomer = devices.named("new-0")
+    assert newcomer is not None and devices.service.authenticate(newcomer.token) == newcomer
+
+
+def test_a_token_the_cloud_changes_still_clears_the_cache(rig: Rig) -> None:
+    dev = uuid.uuid4()
+    assert rig.apply(device_msg(1, dev, "d-1")).success
+    assert rig.apply(credentials_msg(2, dev, "old-token")).success
+    stored = rig.device(dev)
+    assert stored is not None
+    rig.tokens.put("old-token", stored, generation=rig.tokens.generation)
+    assert rig.apply(credentials_msg(3, dev, "new-token")).success
+    assert rig.tokens.get("old-token") is None
