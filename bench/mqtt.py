@@ -108,6 +108,7 @@ EDGE_TOPIC = "v1/devices/me/telemetry"
 MOSQ_TOPIC = "bench/{i:05d}/telemetry"
 MOSQ_FILTER = "bench/+/telemetry"
 HEADLINE_CLIENTS = 10
+MEASUREMENTS = ("idle", "throughput", "latency")
 
 TARGETS: dict[str, dict[str, Any]] = {
     "edge_sync_msgs_per_s_10_clients": {"at_least": 20_000},
@@ -135,6 +136,8 @@ class Options:
     install: bool = True
     profile: Path | None = None
     quick: bool = False
+    only: tuple[str, ...] = ("idle", "throughput", "latency")
+    """The measurements made (``--only``): a subset of MEASUREMENTS."""
 
 
 @dataclass
@@ -383,14 +386,21 @@ def measure_edge(opts: Options, workdir: Path, run: int) -> ServerRun:
     base = Job(kind="throughput", port=edge.mqtt_port, clients=1, username=TOKEN, topic=EDGE_TOPIC)
     try:
         edge.start()
-        devices = max(opts.idle_clients, *opts.clients, opts.latency_clients)
+        devices = max(opts.idle_clients if "idle" in opts.only else 1,
+                      *(opts.clients if "throughput" in opts.only or opts.profile else (1,)),
+                      opts.latency_clients if "latency" in opts.only else 1,
+                      HEADLINE_CLIENTS if opts.profile else 1)
         took = edge.provision(devices)
         progress(f"  edge-sync pid {edge.pid} (MQTT :{edge.mqtt_port}): {devices:,} devices "
                  f"provisioned in {took:.1f}s")
-        out.idle = run_idle(opts, edge.pid, edge.mqtt_port, base)
-        for clients in opts.clients:
-            out.throughput[clients] = run_throughput(opts, base, clients, edge.pid, commits=edge.commits)
-        out.latency = run_latency(opts, base, edge.pid)
+        if "idle" in opts.only:
+            out.idle = run_idle(opts, edge.pid, edge.mqtt_port, base)
+        if "throughput" in opts.only:
+            for clients in opts.clients:
+                out.throughput[clients] = run_throughput(opts, base, clients, edge.pid,
+                                                         commits=edge.commits)
+        if "latency" in opts.only:
+            out.latency = run_latency(opts, base, edge.pid)
         if opts.profile is not None and run == 1:
             out.profile = profile_edge(opts, base, edge)
     except (SetupError, LoadError, OSError, aiohttp.ClientError, TimeoutError) as exc:
@@ -408,8 +418,9 @@ def measure_mosquitto(opts: Options, workdir: Path, run: int, binary: str, name:
     base = Job(kind="throughput", port=0, clients=1, username=TOKEN, topic=MOSQ_TOPIC)
 
     # (what, client count or 0 for idle / -1 for latency): each on a fresh broker
-    steps = ([("idle", 0)] if name == MOSQ_DEFAULT else []) + [
-        (f"throughput {c}", c) for c in opts.clients] + [("latency", -1)]
+    steps = ([("idle", 0)] if name == MOSQ_DEFAULT and "idle" in opts.only else []) + [
+        (f"throughput {c}", c) for c in opts.clients if "throughput" in opts.only] + (
+        [("latency", -1)] if "latency" in opts.only else [])
     for what, clients in steps:
         broker: Mosquitto | None = None
         try:
@@ -549,6 +560,10 @@ def parse_args(argv: Sequence[str]) -> Options:
     p.add_argument("--idle-clients", type=int, default=None, help="idle connections (10,000)")
     p.add_argument("--client-procs", type=int, default=2, help="load client processes (2)")
     p.add_argument("--no-mosquitto", action="store_true", help="edge-sync only")
+    p.add_argument("--only", default=None, metavar="WHAT",
+                   help="only these measurements, comma-separated, of " + ",".join(MEASUREMENTS)
+                   + " (default all); e.g. --only throughput --clients 10 --no-mosquitto for a "
+                   "focused throughput figure")
     p.add_argument("--no-install", action="store_true",
                    help="do not apt-get install mosquitto when it is missing (fail instead)")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
@@ -556,6 +571,9 @@ def parse_args(argv: Sequence[str]) -> Options:
                    "go to DIR, their summary to the JSON line")
     a = p.parse_args(list(argv))
     quick = a.quick
+    only = tuple(x.strip() for x in a.only.split(",") if x.strip()) if a.only else MEASUREMENTS
+    if not only or any(x not in MEASUREMENTS for x in only):
+        p.error(f"--only takes some of {','.join(MEASUREMENTS)}")
     clients = (tuple(int(x) for x in a.clients.split(",") if x.strip()) if a.clients
                else (1, 10) if quick else (1, 10, 100))
     opts = Options(
@@ -568,7 +586,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         idle_clients=a.idle_clients if a.idle_clients is not None else (200 if quick else 10_000),
         idle_hold=0.2 if quick else 1.0,
         client_procs=a.client_procs, mosquitto=not a.no_mosquitto, install=not a.no_install,
-        profile=a.profile, quick=quick,
+        profile=a.profile, quick=quick, only=only,
     )
     if (opts.runs < 1 or not clients or min(clients) < 1 or opts.window < 1 or opts.duration <= 0
             or opts.warmup < 0 or opts.rate <= 0 or opts.latency_clients < 1
@@ -579,7 +597,7 @@ def parse_args(argv: Sequence[str]) -> Options:
 
 def main(argv: Sequence[str]) -> int:
     opts = parse_args(argv)
-    limit = raise_open_files(opts.idle_clients + 1024)
+    limit = raise_open_files((opts.idle_clients if "idle" in opts.only else max(opts.clients)) + 1024)
     progress(f"mqtt: {opts.runs} run(s); clients {', '.join(map(str, opts.clients))} x window "
              f"{opts.window}, {opts.duration:g}s each; latency at {opts.rate:,.0f}/s over "
              f"{opts.latency_clients} clients; {opts.idle_clients:,} idle connections; "
@@ -615,6 +633,7 @@ def main(argv: Sequence[str]) -> int:
         "warmup_s": opts.warmup, "latency": {"rate": opts.rate, "clients": opts.latency_clients,
                                              "duration_s": opts.latency_duration},
         "idle_clients": opts.idle_clients, "client_procs": opts.client_procs,
+        "only": list(opts.only),
         "payload": '{"v": n}', "edge_sync_topic": EDGE_TOPIC, "mosquitto_topic": MOSQ_TOPIC,
         "mosquitto": version,
     }
