@@ -5,6 +5,11 @@ thread) hands it what it waits for. The actor first ``claim``s it (so a request 
 device's queue only for a poll that is still waiting), then resolves it; the loop side gives up
 on time-out with ``give_up``, which fails once the actor has claimed it (the result is then on
 its way). No thread waits: thousands of idle polls are thousands of futures.
+
+A wait cancelled after the claim (its HTTP client went away, its connection or subscription
+ended) cannot stop what is on its way: a server-side RPC request is recorded DELIVERED by the
+time it comes. That value goes to the owner's ``on_orphan`` (which may still hand it on), or
+is logged as not handed over; it is never dropped unseen.
 """
 
 from __future__ import annotations
@@ -12,7 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
+
+from loguru import logger
+
+_log = logger.bind(component="device-session")
 
 
 class Subscriber(Protocol):
@@ -48,14 +58,18 @@ _NOTHING = object()  # what a released poll whose time ran out meanwhile is reso
 class LongPoll:
     """A one-shot Subscriber backed by a future of the loop that created it."""
 
-    __slots__ = ("_future", "_lock", "_loop", "_state", "_timed_out")
+    __slots__ = ("_future", "_lock", "_loop", "_on_orphan", "_state", "_timed_out")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *,
+                 on_orphan: Callable[[Any], None] | None = None) -> None:
+        """``on_orphan``: takes, on the loop, a value claimed for this poll that came after its
+        wait was cancelled (None: such a value is logged as not handed over)."""
         self._loop = loop
         self._future: asyncio.Future[Any] = loop.create_future()
         self._lock = threading.Lock()
         self._state = _WAITING
-        self._timed_out = False  # loop side: its time ran out while it was claimed
+        self._timed_out = False  # loop side: its wait ended while it was claimed
+        self._on_orphan = on_orphan
 
     @property
     def live(self) -> bool:
@@ -103,18 +117,47 @@ class LongPoll:
     async def wait(self, timeout_s: float) -> tuple[bool, Any]:
         """Loop side: (True, value) when resolved in time, (False, None) on time-out. A poll
         claimed just before its time-out still gets its value (it is already taken from the
-        device's queue). Cancelling (the client went away) gives it up."""
+        device's queue). Cancelling (the client went away) gives it up; when it was claimed
+        already, the value on its way goes to ``on_orphan`` (or the log) when it comes."""
         try:
             return True, await asyncio.wait_for(asyncio.shield(self._future), timeout_s)
         except TimeoutError:
-            if self._future.done() or not self.give_up():
-                self._timed_out = True
-                value = await self._future
-                return (False, None) if value is _NOTHING else (True, value)
-            return False, None
+            if not self._future.done() and self.give_up():
+                return False, None
         except asyncio.CancelledError:
-            self.give_up()
+            self._abandon()
             raise
+        self._timed_out = True  # claimed: a release ends it, else its value comes
+        try:
+            value = await asyncio.shield(self._future)
+        except asyncio.CancelledError:
+            self._abandon()
+            raise
+        return (False, None) if value is _NOTHING else (True, value)
+
+    def _abandon(self) -> None:
+        """Loop side, the wait cancelled: given up; if it was claimed (or resolved and not
+        yet read), what comes goes to ``_orphaned``, and a release ends it."""
+        if not self._future.done() and self.give_up():
+            return  # nothing was claimed: nothing comes
+        self._timed_out = True
+        self._future.add_done_callback(self._orphaned)
+
+    def _orphaned(self, future: asyncio.Future[Any]) -> None:
+        """Loop side: the value of a claim whose wait was cancelled."""
+        if future.cancelled() or future.exception() is not None:
+            return  # the claim brought nothing: nothing was handed over
+        value = future.result()
+        if value is _NOTHING:
+            return
+        if self._on_orphan is not None:
+            self._on_orphan(value)
+            return
+        request_id = value.get("id") if isinstance(value, dict) else None
+        _log.bind(rpc_id=request_id).warning(
+            "a {} taken for a wait came after its wait was cancelled (its client went away): "
+            "not handed over", "server-side RPC request" if request_id is not None
+            and "method" in value else "value")
 
     def _call(self, fn: Any, value: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more

@@ -330,6 +330,28 @@ def test_a_sub_device_the_cloud_deletes_is_dropped_and_created_again_by_its_next
     assert telemetry(events, reborn.id) == [3]
 
 
+def test_a_request_claimed_as_its_device_is_disconnected_still_reaches_the_gateway(
+        linked: tuple[FakeCloud, EdgeApp], logs: Logs) -> None:
+    """The device's wait has taken the request (recorded DELIVERED, the record waiting for
+    its commit) when the gateway disconnects the device: the request, delivered as far as the
+    edge and the cloud know, is still published to the gateway, not dropped."""
+    fake, app = linked
+    make_gateway(app)
+    with connected(app) as gateway:
+        gateway.send(CONNECT, {"device": "Racer"})
+        racer = device_named(app, "Racer")
+        assert racer is not None
+        deliver(fake, rpc_downlink(fake, racer, 5, "go", {"fast": True}))
+        with held_commits(app.store):
+            assert gateway.subscribe(RPC) == [0]
+            logs.wait_for("RPC 5 DELIVERED")  # claimed; its record waits for the commit
+            gateway.send(DISCONNECT, {"device": "Racer"})  # the wait is cancelled now
+        assert gateway.wait_for(RPC) == {
+            "device": "Racer", "data": {"id": 5, "method": "go", "params": {"fast": True}}}
+        assert not gateway.disconnected.is_set()
+    assert [r.status for r in rpcs(app, racer)] == [RpcStatus.DELIVERED]
+
+
 def test_shared_attribute_updates_and_shared_requests(linked: tuple[FakeCloud, EdgeApp]) -> None:
     fake, app = linked
     make_gateway(app)
