@@ -112,6 +112,9 @@ class Gateway:
         self._dropped_topics: set[str] = set()  # logged, at most MAX_DROPPED_TOPICS
         self._dropped_unlogged = False
         self._log = _log.bind(gateway=str(device.id))
+        if device.gateway:
+            self._log.info("gateway {} connected: it serves the gateway API for up to {} "
+                           "devices", device.name, MAX_SUB_DEVICES)
         self._handlers: dict[str, Callable[[Any], Future[Any] | None]] = {
             wire.CONNECT: self._on_connect,
             wire.DISCONNECT: self._on_disconnect,
@@ -163,15 +166,19 @@ class Gateway:
             sub.subscriptions.unsubscribe(device_filter)
 
     async def close(self) -> None:
-        """The connection ended: every sub-device is disconnected, answers not yet sent are
-        dropped."""
+        """The connection ended: every sub-device is disconnected (one INFO line for all,
+        DEBUG per device), answers not yet sent are dropped."""
         for task in list(self._answers):
             task.cancel()
         children, self._children = self._children, {}
         for name, sub in children.items():
             await sub.subscriptions.close()
-            self._log.bind(device=str(sub.device.id)).info(
+            self._log.bind(device=str(sub.device.id)).debug(
                 "device {} disconnected: its gateway {} disconnected", name, self._device.name)
+        if self._device.gateway:
+            self._log.bind(devices=len(children)).info(
+                "gateway {} disconnected: the {} devices connected through it disconnected",
+                self._device.name, len(children))
         for task in list(self._answers):
             with contextlib.suppress(BaseException):
                 await task
@@ -187,11 +194,11 @@ class Gateway:
         name = wire.parse_disconnect(body)
         sub = self._children.pop(name, None)
         if sub is None:  # ThingsBoard acknowledges it too
-            self._log.info("disconnect of device {!r}, which is not connected through this "
-                           "gateway: nothing to do", name[:64])
+            self._log.debug("disconnect of device {!r}, which is not connected through this "
+                            "gateway: nothing to do", name[:64])
             return None
         self._retire(sub)
-        self._log.bind(device=str(sub.device.id)).info(
+        self._log.bind(device=str(sub.device.id)).debug(
             "device {} disconnected from gateway {}", name, self._device.name)
         return None
 
@@ -242,27 +249,33 @@ class Gateway:
                       creation: Future[range] | None) -> None:
         """Published on v1/gateway/attributes/response once read: client attributes from the
         store, shared ones through the cloud for keys the edge does not hold (as the device
-        API reads them)."""
+        API reads them). A request that cannot be answered (the device not created, a read or
+        a send that fails) is logged with the gateway's and the device's ids, and left
+        unanswered, as a device's own."""
         log = self._log.bind(device=str(device.id), request_id=request.request_id)
         if creation is not None:
             try:  # a follower: the task's cancellation (the connection ends) cancels it alone
                 await asyncio.wrap_future(follower(creation))
             except Exception as exc:
-                log.warning("attribute request of device {} not answered: the device was not "
-                            "created ({})", device.name, exc)
+                log.warning("attribute request {} of device {} not answered: the device was "
+                            "not created ({})", request.request_id, device.name, exc)
                 return
         scope = "client" if request.client else "shared"
-        result, missing = await read_attributes(
-            self._service, device.id,
-            client_keys=request.keys if request.client else None,
-            shared_keys=None if request.client else request.keys,
-            link_connected=None if request.client else self._link_connected,
-            timeout_s=self._commit_timeout, polls=self._polls)
-        if missing and not request.client:
-            log.debug("attributes answered without {} shared keys the edge does not hold",
-                      len(missing))
-        answer = wire.attribute_response(request, result.get(scope, {}))
-        self._send(wire.ATTRIBUTES_RESPONSE, _dumps(answer))
+        try:
+            result, missing = await read_attributes(
+                self._service, device.id,
+                client_keys=request.keys if request.client else None,
+                shared_keys=None if request.client else request.keys,
+                link_connected=None if request.client else self._link_connected,
+                timeout_s=self._commit_timeout, polls=self._polls)
+            if missing and not request.client:
+                log.debug("attributes answered without {} shared keys the edge does not hold",
+                          len(missing))
+            answer = wire.attribute_response(request, result.get(scope, {}))
+            self._send(wire.ATTRIBUTES_RESPONSE, _dumps(answer))
+        except Exception as exc:
+            log.warning("attribute request {} of device {} not answered: {}: {}",
+                        request.request_id, device.name, type(exc).__name__, exc)
 
     # -- sub-devices -----------------------------------------------------------------------------
 
@@ -305,7 +318,7 @@ class Gateway:
             found.creation.add_done_callback(self._leave_if_failed(name, sub))
         for topic_filter in self._topics:
             subscriptions.subscribe(DEVICE_FILTERS[topic_filter])
-        self._log.bind(device=str(device.id)).info(
+        self._log.bind(device=str(device.id)).debug(
             "device {} connected through gateway {}{}", name, self._device.name,
             " (being created)" if found.creation is not None else "")
         return sub

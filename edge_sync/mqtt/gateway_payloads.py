@@ -228,9 +228,11 @@ def parse_rpc_reply(body: Any) -> RpcReply:
 
 
 def attribute_response(request: AttributeRequest, found: dict[str, Any]) -> dict[str, Any]:
-    """ThingsBoard's answer: ``{"id", "device", "value"}`` when one key was asked and found,
-    ``{"id", "device", "values": {...}}`` when more were asked (or all), neither when nothing
-    was found."""
+    """ThingsBoard's answer: ``{"id", "device", "value"}`` when one value was found and no
+    more than one key was asked (``"key"``, a list of one key, or ``"keys": []`` for all of the
+    scope: ThingsBoard counts a request as multiple only when it names more than one key),
+    ``{"id", "device", "values": {...}}`` when more values were found or more keys asked,
+    neither when nothing was found."""
     out: dict[str, Any] = {"id": request.request_id, "device": request.device}
     if len(found) == 1 and not request.multiple:
         out["value"] = next(iter(found.values()))

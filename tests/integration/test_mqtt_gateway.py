@@ -32,7 +32,7 @@ from edge_sync.mqtt import gateway as gateway_module
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.event_log import EventLog
-from edge_sync.storage.records import Action, Device, StoredEvent
+from edge_sync.storage.records import Action, Device, Scope, StoredEvent
 from tests.helpers.agent import Agent, read_log
 from tests.helpers.fake_peer import FakeCloud
 from tests.helpers.mqtt_device import TELEMETRY as DEVICE_TELEMETRY
@@ -246,6 +246,32 @@ def test_attribute_requests_are_answered_in_thingsboards_shape(app: EdgeApp) -> 
         assert answer(5) == {"id": 5, "device": "Dev A", "values": {"fw": "1.0", "hw": 3}}
         assert answer(6) == {"id": 6, "device": "New Dev"}  # created on first sight, no cloud
     assert device_named(app, "New Dev") is not None
+
+
+def test_an_attribute_request_that_cannot_be_read_is_logged_with_its_gateway_and_device(
+        app: EdgeApp, logs: Logs, caplog: pytest.LogCaptureFixture) -> None:
+    """A read that fails (here a damaged attribute record) leaves the request unanswered, as
+    a device's own request, and says so with the gateway's and the device's ids; the
+    connection goes on."""
+    gw = make_gateway(app)
+    with connected(app) as gateway:
+        gateway.send(CONNECT, {"device": "Damaged"})
+        damaged = device_named(app, "Damaged")
+        assert damaged is not None
+        key = EntityStore._attr_prefix(damaged.id, Scope.CLIENT) + b"fw"
+        app.store.write(lambda txn: txn.put(key, b"\x02not a record",
+                                            db=app.store.dbs["attributes"]))
+        gateway.send(ATTRIBUTES_REQUEST, {"id": 3, "device": "Damaged", "client": True,
+                                          "key": "fw"})
+        line = logs.wait_for("attribute request 3 of device Damaged not answered")
+        assert line["level"].name == "WARNING"
+        assert (line["extra"]["gateway"], line["extra"]["device"]) == (str(gw.id),
+                                                                       str(damaged.id))
+        gateway.send(ATTRIBUTES_REQUEST, {"id": 4, "device": "Damaged", "client": True,
+                                          "key": "other"})
+        assert gateway.wait_for(ATTRIBUTES_RESPONSE) == {"id": 4, "device": "Damaged"}
+        assert not gateway.disconnected.is_set()
+    assert "exception was never retrieved" not in caplog.text
 
 
 def test_rpc_to_sub_devices_and_their_answers(linked: tuple[FakeCloud, EdgeApp]) -> None:
@@ -735,14 +761,19 @@ def test_run_serves_a_gateway_provisioned_through_the_admin_api(agent: Agent) ->
                                               *[Action.TIMESERIES_UPDATED] * 3]
         assert telemetry(events, device_id) == [0, 1, 2]
     records = agent.log_records()
-    connects = [r for r in records if "connected through gateway" in r.get("message", "")]
-    assert len(connects) == len(names)
-    assert {r["gateway"] for r in connects} == {gw["id"]}
-    assert {r["device"] for r in connects} == {str(added[n].entity_id) for n in names}
+    # one INFO line per device created; connecting and disconnecting devices is DEBUG, with
+    # one line for the gateway's connection and one summing up its end
     created = [r for r in records if "created on the edge for gateway" in r.get("message", "")]
     assert len(created) == len(names)
-    [disconnect] = [r for r in records if "disconnected from gateway" in r.get("message", "")]
-    assert disconnect["device"] == str(added["proc-000"].entity_id)
+    assert {r["gateway"] for r in created} == {gw["id"]}
+    assert {r["device"] for r in created} == {str(added[n].entity_id) for n in names}
+    assert [r for r in records if "connected through gateway" in r.get("message", "")
+            or "disconnected from gateway" in r.get("message", "")] == []
+    [opened] = [r for r in records if "serves the gateway API" in r.get("message", "")]
+    [ended] = [r for r in records if "devices connected through it disconnected"
+               in r.get("message", "")]
+    assert opened["gateway"] == ended["gateway"] == gw["id"]
+    assert "99 devices" in ended["message"]  # proc-000 had been disconnected
     [refusal] = [r for r in records if "is not a gateway" in r.get("message", "")]
     assert refusal["device"] == plain_id
     text = agent.stderr_text()
