@@ -245,6 +245,11 @@ def test_attribute_requests_are_answered_in_thingsboards_shape(app: EdgeApp) -> 
         assert answer(4) == {"id": 4, "device": "Dev A", "value": 3}
         assert answer(5) == {"id": 5, "device": "Dev A", "values": {"fw": "1.0", "hw": 3}}
         assert answer(6) == {"id": 6, "device": "New Dev"}  # created on first sight, no cloud
+        # every attribute of the scope when the scope holds one: "value", as ThingsBoard
+        gateway.send(ATTRIBUTES, {"Solo": {"only": [1, 2]}})
+        gateway.send(ATTRIBUTES_REQUEST, {"id": 7, "device": "Solo", "client": True,
+                                          "keys": []})
+        assert answer(7) == {"id": 7, "device": "Solo", "value": [1, 2]}
     assert device_named(app, "New Dev") is not None
 
 
@@ -315,6 +320,13 @@ def test_a_disconnected_device_gets_its_requests_once_connected_again(
         sleepy = device_named(app, "Sleepy")
         assert sleepy is not None
         deliver(fake, rpc_downlink(fake, sleepy, 9, "wake", {}))
+        # a command to the device told after the request, committed: whatever the device's
+        # session did with the request (a wait of the retired subscription taking it) is
+        # committed by now too
+        told_after = app.service.post_entries(sleepy.id, ((1, (("v", 1),)),))
+        assert len(told_after.result(DEADLINE_S)) == 1
+        assert [r.status for r in rpcs(app, sleepy)] == [RpcStatus.QUEUED]
+        assert gateway.bodies(RPC) == []
         seen_at_connect: list[int] = []
         gateway.on_ack = lambda _mid: seen_at_connect.append(len(gateway.bodies(RPC)))
         gateway.send(CONNECT, {"device": "Sleepy"})
@@ -399,6 +411,33 @@ def test_shared_attribute_updates_and_shared_requests(linked: tuple[FakeCloud, E
         gateway.send(DISCONNECT, {"device": "Valve"})
         gateway.send(DISCONNECT, {"device": "Never connected"})  # acknowledged, nothing to do
         assert not gateway.disconnected.is_set()
+
+
+def test_no_access_token_is_logged(linked: tuple[FakeCloud, EdgeApp], logs: Logs) -> None:
+    """Neither the gateway's token nor those of the devices it creates appear in any log line
+    (DEBUG included, messages and bound values)."""
+    fake, app = linked
+    make_gateway(app)
+    with connected(app) as gateway:
+        assert gateway.subscribe(RPC) == [0] and gateway.subscribe(ATTRIBUTES) == [0]
+        gateway.send(CONNECT, {"device": "Tok A", "type": "t"})
+        gateway.send(TELEMETRY, {"Tok A": [{"v": 1}], "Tok B": {"v": 2}})
+        gateway.send(ATTRIBUTES, {"Tok B": {"fw": "1"}})
+        gateway.send(ATTRIBUTES_REQUEST, {"id": 1, "device": "Tok B", "client": True,
+                                          "key": "fw"})
+        gateway.wait_for(ATTRIBUTES_RESPONSE)
+        tok_a = device_named(app, "Tok A")
+        assert tok_a is not None
+        deliver(fake, rpc_downlink(fake, tok_a, 4, "m", {}))
+        gateway.wait_for(RPC)
+        gateway.send(RPC, {"device": "Tok A", "id": 4, "data": {"ok": True}})
+        gateway.send(DISCONNECT, {"device": "Tok B"})
+        gateway.refused(TELEMETRY, b"{bad")
+    tokens = {d.token for d in all_devices(app)}
+    assert len(tokens) == 3 and GATEWAY_TOKEN in tokens
+    logged = [f"{r['message']} {r['extra']}" for r in logs.records]
+    assert any("Tok A" in line for line in logged)
+    assert [line for line in logged if any(t in line for t in tokens)] == []
 
 
 # -- many devices, several gateways ------------------------------------------------------------

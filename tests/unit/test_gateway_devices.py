@@ -243,6 +243,34 @@ def test_each_caller_gets_its_own_creation_future(devices: Devices) -> None:
     assert (again.device, again.creation, again.new) == (first.device, None, False)
 
 
+def test_a_name_the_edge_has_is_that_device_with_nothing_to_wait_for(devices: Devices) -> None:
+    made, created = devices.service.create_device("present", type_="pump", token="t-present")
+    created.result(DEADLINE_S)
+    found = devices.service.get_or_create_device("present", type_="other")
+    assert (found.device, found.creation, found.new) == (made, None, False)
+    with pytest.raises(Exception, match="device name must be 1 to 255 bytes"):
+        devices.service.get_or_create_device(" ")
+
+
+def test_after_a_creation_failed_the_next_call_creates_the_device_anew(devices: Devices) -> None:
+    """The creation fails (a device of that name came from the cloud meanwhile, deleted again
+    after): the name leaves the pending map, and the next call creates a device of its own."""
+    squatter = Device(id=uuid.uuid4(), name="flaky", type="t", token="t-squatter",
+                      created_time=1)
+    with held_commits(devices.store,
+                      then=lambda txn: EntityStore(devices.store).put_device(txn, squatter)):
+        failed = devices.service.get_or_create_device("flaky")
+        assert failed.new and failed.creation is not None
+    assert isinstance(failed.creation.exception(DEADLINE_S), Conflict)
+    assert devices.actions(failed.device.id) == []
+    devices.store.write(lambda txn: EntityStore(devices.store).delete_device(txn, squatter.id))
+    again = devices.service.get_or_create_device("flaky")
+    assert again.new and again.creation is not None
+    assert again.device.id not in (failed.device.id, squatter.id)
+    assert again.creation.exception(DEADLINE_S) is None
+    assert devices.named("flaky") == again.device
+
+
 def test_a_name_the_admin_api_is_creating_is_that_device(devices: Devices) -> None:
     """An operator's creation (admin API, CLI) and a gateway naming the same new device at the
     same moment: the gateway gets the operator's device, its creation; nothing conflicts."""
