@@ -35,7 +35,7 @@ published to the gateway), adaptor/JsonConverter (telemetry, attributes, the res
 and DefaultTransportApiService (GetOrCreateDeviceFromGatewayRequestMsg).
 
 The server's loop thread only, except the commit callbacks (the queue's thread), which only
-log and settle futures.
+log, settle futures and hand work to the loop (call_soon_threadsafe).
 """
 
 from __future__ import annotations
