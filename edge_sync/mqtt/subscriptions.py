@@ -1,20 +1,33 @@
 """A connected device's MQTT subscriptions to what the edge sends it: server-side RPC requests
-and shared attribute updates. Each subscription is one task of the server's loop that waits on
-the device's session exactly as an HTTP long poll does (a LongPoll handed to the DeviceService,
-devices/subscribers.py), publishes what it gets, and waits again; the RPC lifecycle and the
+and shared attribute updates. Each subscription is one standing subscriber
+(devices/standing.py) registered with the device's session once, when the SUBSCRIBE is taken
+(``subscribe`` tells the device's entity actor before it returns, so before the connection
+writes the SUBACK): everything the session hands out from then on comes to the server's loop,
+in order, and is published; nothing falls between two waits. The RPC lifecycle and the
 attribute flows stay in the device session (docs/device-rpc.md). No thread waits.
 
 What a subscription gets is handed to ``send``, which publishes it at the QoS the subscription
 was granted (mqtt/connection.py): at QoS 1 it stays in the client's session until the PUBACK.
 A subscription serves only while its connection is open: RPC requests that come meanwhile wait
 in the device's session (and expire there), and are published when a connection of the device
-subscribes again, or resumes a kept session.
+subscribes again, or resumes a kept session; shared attribute updates are not kept.
+
+- **Unsubscribe, connection closed**: the subscriber is closed (the session forgets it and no
+  longer counts it as a reason to keep the entity active). An RPC request the session took for
+  it before (recorded DELIVERED, its delivery commit on its way) is still handed to ``send``:
+  on close, ``close`` waits up to ``drain_s`` for such results before the connection gives its
+  session back, so at QoS 1 a kept session sends it again on reconnect; at QoS 0 it is lost
+  with the connection and its expiry is reported. One that comes later still is logged at
+  WARNING and dropped (it times out).
+- **The session fails the subscriber** (its shard restarting, or a delivery that could not be
+  recorded): a new subscriber is registered after ``retry_s``; queued RPC requests come then,
+  shared attribute updates of the gap are not kept (as for a device that was not subscribed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import enum
 import json
 import uuid
 from collections.abc import Callable
@@ -23,31 +36,44 @@ from typing import Any
 from loguru import logger
 
 from edge_sync.api.device_service import DeviceService
-from edge_sync.devices.subscribers import LongPoll, Subscriber
+from edge_sync.devices.standing import StandingSubscriber
+from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import Unavailable
 from edge_sync.mqtt import topics
 
-POLL_S = 300.0
-"""How long one wait on the session lasts before it is renewed."""
 RETRY_S = 1.0
-"""The pause after the device's session was unavailable (its shard restarting)."""
+"""The pause before registering again after the device's session failed the subscription (its
+shard restarting)."""
+DRAIN_S = 5.0
+"""How long a closing connection waits for the results its subscriptions were already given
+(RPC requests whose delivery is being recorded): commits take milliseconds; this bounds a
+stuck one."""
 
 Send = Callable[[str, bytes], None]
+Poll = Callable[[uuid.UUID, Subscriber], None]
+Shape = Callable[[Any], tuple[str, Any]]
 
 _log = logger.bind(component="mqtt")
 
 
 class Subscriptions:
-    """The server's loop thread only."""
+    """One device's subscriptions on one connection. The server's loop thread only."""
 
-    def __init__(self, service: DeviceService, device_id: uuid.UUID, send: Send) -> None:
+    def __init__(self, service: DeviceService, device_id: uuid.UUID, send: Send, *,
+                 retry_s: float = RETRY_S, drain_s: float = DRAIN_S) -> None:
         self._service = service
         self._device = device_id
         self._send = send
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._retry_s = retry_s
+        self._drain_s = drain_s
+        self._loop = asyncio.get_running_loop()
+        self._serving: dict[str, _Subscription] = {}
+        self._ended: list[_Subscription] = []  # unsubscribed, earlier results still on their way
+        self._closed = False
 
     def subscribe(self, topic_filter: str) -> bool:
-        """Start serving ``topic_filter``; False when the edge does not serve it."""
+        """Serve ``topic_filter`` (registered with the device's session before this returns);
+        False when the edge does not serve it."""
         if topic_filter == topics.RPC_REQUEST_FILTER:
             self._start(topic_filter, self._service.poll_rpc, _rpc_request)
         elif topic_filter == topics.ATTRIBUTES:
@@ -57,40 +83,157 @@ class Subscriptions:
         return True
 
     def unsubscribe(self, topic_filter: str) -> None:
-        task = self._tasks.pop(topic_filter, None)
-        if task is not None:
-            task.cancel()
+        """Stop serving ``topic_filter``: nothing more is taken for it; what was taken already
+        is still published."""
+        subscription = self._serving.pop(topic_filter, None)
+        if subscription is None:
+            return
+        subscription.end()
+        self._ended = [s for s in self._ended if s.pending]
+        if subscription.pending:
+            self._ended.append(subscription)
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        """The connection ends: nothing more is taken; what was taken already is published
+        if it comes within ``drain_s``, and logged and dropped if it comes later."""
+        self._closed = True
+        subscriptions = [*self._serving.values(), *self._ended]
+        self._serving.clear()
+        self._ended.clear()
+        for subscription in subscriptions:
+            subscription.end()
+        if not any(s.pending for s in subscriptions):  # the usual case: nothing on its way
+            for subscription in subscriptions:
+                subscription.finish()
+            return
+        _log.bind(device=str(self._device)).debug(
+            "waiting up to {:g} s for {} results taken for the subscriptions of a closing "
+            "connection", self._drain_s, sum(s.pending for s in subscriptions))
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(s.drained() for s in subscriptions)), self._drain_s)
+        except TimeoutError:
+            late = sum(s.pending for s in subscriptions)
+            _log.bind(device=str(self._device), late=late).warning(
+                "{} results taken for this connection's subscriptions did not come within "
+                "{:g} s of its end: they are not published", late, self._drain_s)
+        finally:
+            for subscription in subscriptions:
+                subscription.finish()
 
-    def _start(self, topic_filter: str, poll: Callable[[uuid.UUID, Subscriber], None],
-               publish: Callable[[Any], tuple[str, Any]]) -> None:
-        if topic_filter in self._tasks:
+    def _start(self, topic_filter: str, poll: Poll, shape: Shape) -> None:
+        if topic_filter in self._serving or self._closed:
             return  # a repeated SUBSCRIBE replaces the subscription: nothing to change
-        self._tasks[topic_filter] = asyncio.create_task(self._serve(topic_filter, poll, publish))
+        subscription = _Subscription(self._loop, self._device, topic_filter, poll, shape,
+                                     self._send, self._retry_s)
+        self._serving[topic_filter] = subscription
+        subscription.register()
 
-    async def _serve(self, topic_filter: str, poll: Callable[[uuid.UUID, Subscriber], None],
-                     publish: Callable[[Any], tuple[str, Any]]) -> None:
-        log = _log.bind(device=str(self._device), topic=topic_filter)
-        while True:
-            waiter = LongPoll(asyncio.get_running_loop())
-            try:
-                poll(self._device, waiter)
-                answered, value = await waiter.wait(POLL_S)
-            except Unavailable as exc:
-                log.debug("session unavailable, waiting again: {}", exc)
-                await asyncio.sleep(RETRY_S)
-                continue
-            if answered:
-                topic, body = publish(value)
-                self._send(topic, json.dumps(body, separators=(",", ":")).encode())
+
+class _State(enum.Enum):
+    OPEN = "open"  # registered with the session (or about to be again)
+    ENDED = "ended"  # unsubscribed or closing: takes nothing more, publishes what it took
+    FINISHED = "finished"  # its connection is gone: what still comes is logged and dropped
+
+
+class _Subscription:
+    """One topic filter's standing subscription to the device's session. The loop only."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, device: uuid.UUID, topic_filter: str,
+                 poll: Poll, shape: Shape, send: Send, retry_s: float) -> None:
+        self._loop = loop
+        self._device = device
+        self._poll = poll
+        self._shape = shape
+        self._send = send
+        self._retry_s = retry_s
+        self._rpc = topic_filter == topics.RPC_REQUEST_FILTER
+        self._state = _State.OPEN
+        self._current: StandingSubscriber | None = None
+        self._subscribers: list[StandingSubscriber] = []  # the current one, and failed ones
+        # whose earlier claims are still on their way
+        self._retry: asyncio.TimerHandle | None = None
+        self._failures = 0  # failures since the last result
+        self._log = _log.bind(device=str(device), topic=topic_filter)
+
+    @property
+    def pending(self) -> int:
+        """Results claimed by the session and not yet come."""
+        return sum(s.pending for s in self._subscribers)
+
+    def register(self) -> None:
+        """A new standing subscriber, told to the device's session now."""
+        self._retry = None
+        if self._state is not _State.OPEN:
+            return
+        subscriber: StandingSubscriber
+
+        def failed(exc: BaseException) -> None:
+            self._failed(subscriber, exc)
+
+        subscriber = StandingSubscriber(self._loop, self._published, failed)
+        self._current = subscriber
+        self._subscribers = [s for s in self._subscribers if s.pending]
+        self._subscribers.append(subscriber)
+        try:  # a session that cannot be reached fails the subscriber; this raises no more
+            self._poll(self._device, subscriber)
+        except Exception as exc:
+            subscriber.close()
+            self._failed(subscriber, exc)
+
+    def end(self) -> None:
+        """Take nothing more (unsubscribed, or the connection closes)."""
+        if self._state is _State.OPEN:
+            self._state = _State.ENDED
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._current = None
+        for subscriber in self._subscribers:
+            subscriber.close()
+
+    async def drained(self) -> None:
+        """After ``end``: every result claimed before has come."""
+        for subscriber in list(self._subscribers):
+            await subscriber.drained()
+
+    def finish(self) -> None:
+        """The connection is gone: results that still come are not published."""
+        self.end()
+        self._state = _State.FINISHED
+
+    def _failed(self, subscriber: StandingSubscriber, exc: BaseException) -> None:
+        if subscriber is not self._current or self._state is not _State.OPEN:
+            return  # replaced already, or no longer wanted
+        self._current = None
+        self._failures += 1
+        # a shard restarting is logged by the shard; a failure that repeats (storage full:
+        # no delivery can be recorded) is logged once until something is published again
+        quiet = isinstance(exc, Unavailable) or self._failures > 1
+        self._log.log("DEBUG" if quiet else "WARNING", "subscription dropped by the device's "
+                      "session ({}): registered again in {:g} s", exc, self._retry_s)
+        self._retry = self._loop.call_later(self._retry_s, self.register)
+
+    def _published(self, value: Any) -> None:
+        """A result, on the loop, in the order the session gave it."""
+        self._failures = 0
+        topic, body = self._shape(value)
+        if self._state is _State.FINISHED:
+            if self._rpc:
+                self._log.bind(rpc_id=value.get("id")).warning(
+                    "RPC request {} was taken for a connection that has closed since: not "
+                    "published (it times out unanswered)", value.get("id"))
+            else:
+                self._log.debug("shared attribute update for a closed connection dropped")
+            return
+        if self._state is _State.ENDED and self._rpc:
+            self._log.bind(rpc_id=value.get("id")).info(
+                "RPC request {} was taken before its subscription ended: published all the "
+                "same", value.get("id"))
+        try:
+            self._send(topic, json.dumps(body, separators=(",", ":")).encode())
+        except Exception as exc:  # the connection's writer: never expected to raise
+            self._log.opt(exception=exc).error("publish to the device failed: {}", exc)
 
 
 def _rpc_request(request: dict[str, Any]) -> tuple[str, Any]:

@@ -1,0 +1,312 @@
+"""Bursts of what the edge sends a subscribed MQTT device, in one process: a whole EdgeApp
+linked to the scripted gRPC peer, devices and a gateway on real MQTT clients (paho-mqtt).
+
+A subscription is registered with the device's session once, before its SUBACK, and stays
+(mqtt/subscriptions.py, devices/standing.py): shared attribute downlinks applied back to back
+reach the device whole, in order, each once, at QoS 0 and 1, for a device's own subscription
+and for a gateway's sub-device, also right after the SUBACK; a burst of RPC requests too. The
+subscription outlives a restart of the device's shard (registered again) and keeps the
+device's entity from being passivated while it is idle.
+
+Before the standing subscription, each subscription was a loop of one-shot waits, and an
+update applied between one wait's answer and the next wait's registration was dropped: of 20
+updates back to back a device got 5 to 9.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_sync.actors.shard import shard_of
+from edge_sync.app import EdgeApp
+from edge_sync.devices.rpc import RpcStatus
+from edge_sync.storage.entity_store import EntityStore
+from edge_sync.storage.records import Device
+from tests.helpers.fake_peer import FakeCloud
+from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
+from tests.helpers.mqtt_gateway import ATTRIBUTES as GATEWAY_ATTRIBUTES
+from tests.helpers.mqtt_gateway import CONNECT, Logs, MqttGateway, held_commits
+from tests.helpers.mqtt_gateway import TELEMETRY as GATEWAY_TELEMETRY
+from tests.helpers.wait import wait_until
+from tests.integration.test_device_sessions import (
+    Harness,
+    make_device,
+    rpc_downlink,
+    rpcs,
+    shared_downlink,
+)
+
+DEADLINE_S = 10.0
+BURST = 20
+SHARDS = 2
+MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0",
+           "EDGE_ACTORS_SHARDS": str(SHARDS)}
+RPC_REQUESTS = "v1/devices/me/rpc/request/+"
+RPC_PREFIX = "v1/devices/me/rpc/request/"
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture
+def linked(harness: Harness) -> tuple[FakeCloud, EdgeApp]:
+    return harness.connected_edge(**MQTT_ON)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def burst(fake: FakeCloud, device: Device, keys: list[str]) -> None:
+    """One shared-attribute downlink per key (its value the key's number), sent back to back
+    without waiting for any acknowledgement; returns once the edge acknowledged all of them
+    (each applied and told to the device's entity)."""
+    messages = [shared_downlink(fake, device, {key: int(key.lstrip("kp"))}) for key in keys]
+    for message in messages:
+        fake.send_downlink(message)
+    fake.wait_for(lambda: all(fake.acks_for(m.downlinkMsgId) for m in messages),
+                  what=f"the {len(messages)} attribute downlinks acknowledged")
+    assert all(a.success for m in messages for a in fake.acks_for(m.downlinkMsgId))
+
+
+def flattened(updates: list[Any]) -> list[tuple[str, Any]]:
+    """The keys and values of every update, in the order they were published."""
+    return [item for update in updates for item in update.items()]
+
+
+def expected(keys: list[str]) -> list[tuple[str, Any]]:
+    return [(key, int(key.lstrip("kp"))) for key in keys]
+
+
+def keys(prefix: str, n: int = BURST) -> list[str]:
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def updates_of(client: MqttDevice) -> list[Any]:
+    return [json.loads(m.payload) for m in client.received_on(ATTRIBUTES)]
+
+
+def round_trip(client: MqttDevice, request_id: int) -> None:
+    """An attribute request answered: the connection's one writer wrote what was due before."""
+    client.publish(f"v1/devices/me/attributes/request/{request_id}", {"clientKeys": "none"})
+    client.wait_message(f"v1/devices/me/attributes/response/{request_id}")
+
+
+def barrier(client: MqttDevice) -> None:
+    """A QoS 1 telemetry publish acknowledged: its command reached the device's entity after
+    everything the connection told it before (the subscription's registration among them)."""
+    info = client.publish(TELEMETRY, {"barrier": 1})
+    wait_until(lambda: info.mid in client.acked_ids(), timeout=DEADLINE_S,
+               what="PUBACK of the barrier")
+
+
+def whole(client: MqttDevice, want: list[str], *, request_id: int) -> None:
+    """Every key of ``want`` published, in order, each once (and nothing after them)."""
+    wait_until(lambda: len(flattened(updates_of(client))) >= len(want), timeout=DEADLINE_S,
+               what=f"{len(want)} keys published",
+               show=lambda: [k for k, _ in flattened(updates_of(client))])
+    round_trip(client, request_id)
+    assert flattened(updates_of(client)) == expected(want)
+
+
+# -- a device's own subscription -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_back_to_back_shared_attribute_updates_reach_the_device_whole_in_order_once(
+        linked: tuple[FakeCloud, EdgeApp], qos: int) -> None:
+    fake, app = linked
+    dev = make_device(app, f"burst-{qos}")
+    with MqttDevice(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        assert client.subscribe(ATTRIBUTES, qos=qos) == [qos]
+        barrier(client)
+        want = keys("k")
+        burst(fake, dev, want)
+        whole(client, want, request_id=1)
+        assert {m.qos for m in client.received_on(ATTRIBUTES)} == {qos}
+        # and again: the subscription keeps serving
+        again = keys("p", 5)
+        burst(fake, dev, again)
+        whole(client, want + again, request_id=2)
+        assert not client.disconnected.is_set()
+
+
+def test_updates_applied_right_after_the_suback_are_not_missed(
+        linked: tuple[FakeCloud, EdgeApp]) -> None:
+    """No barrier: the subscription is registered before its SUBACK is written, so an update
+    the cloud sends once the client has its SUBACK is handed to it."""
+    fake, app = linked
+    dev = make_device(app, "right-after")
+    with MqttDevice(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        assert client.subscribe(ATTRIBUTES) == [0]
+        want = keys("k")
+        burst(fake, dev, want)
+        whole(client, want, request_id=1)
+
+
+def test_a_burst_of_rpc_requests_is_published_whole_in_order_once(
+        linked: tuple[FakeCloud, EdgeApp]) -> None:
+    fake, app = linked
+    dev = make_device(app, "rpc-burst")
+    queued = [rpc_downlink(fake, dev, n, "before", {"n": n}) for n in range(1, 6)]
+    for message in queued:  # queued while nobody subscribes: published on subscription
+        fake.send_downlink(message)
+    fake.wait_for(lambda: all(fake.acks_for(m.downlinkMsgId) for m in queued),
+                  what="the queued requests acknowledged")
+    with MqttDevice(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+        messages = [rpc_downlink(fake, dev, n, "during", {"n": n}) for n in range(6, 6 + BURST)]
+        for message in messages:
+            fake.send_downlink(message)
+
+        def published() -> list[int]:
+            return [int(m.topic[len(RPC_PREFIX):]) for m in client.received
+                    if m.topic.startswith(RPC_PREFIX)]
+
+        wait_until(lambda: len(published()) >= 5 + BURST, timeout=DEADLINE_S,
+                   what="every request published", show=published)
+        round_trip(client, 1)
+        assert published() == list(range(1, 6 + BURST))
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED] * (5 + BURST)
+
+
+def test_a_request_taken_as_the_connection_closes_is_sent_again_to_the_kept_session(
+        linked: tuple[FakeCloud, EdgeApp]) -> None:
+    """Its delivery is being recorded when the client disconnects: the closing connection
+    waits for it and keeps it in the session (QoS 1), which sends it again on reconnect. (A
+    loop of one-shot waits dropped it: DELIVERED, never published, then TIMEOUT.)"""
+    fake, app = linked
+    dev = make_device(app, "closing")
+    fake.send_downlink(rpc_downlink(fake, dev, 11, "reboot"))  # QUEUED: nobody subscribes
+    wait_until(lambda: [r.status for r in rpcs(app, dev)] == [RpcStatus.QUEUED],
+               timeout=DEADLINE_S, what="the request queued")
+    logs = Logs()
+    try:
+        with held_commits(app.store):  # the delivery's commit waits
+            first = MqttDevice(app.mqtt_port, dev.token, client_id="closing", clean_session=False)
+            assert first.connect() == 0
+            assert first.subscribe(RPC_REQUESTS, qos=1) == [1]  # the request is taken now
+            first.close()
+            logs.wait_for("subscriptions of a closing connection", device=str(dev.id))
+        logs.wait_for("disconnected from MQTT", device=str(dev.id))
+    finally:
+        logs.close()
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED]
+    with MqttDevice(app.mqtt_port, dev.token, client_id="closing", clean_session=False) as again:
+        assert again.connect() == 0
+        assert again.session_present is True
+        assert again.wait_message(f"{RPC_PREFIX}11") == {"method": "reboot", "params": None}
+        (message,) = again.received_on(f"{RPC_PREFIX}11")
+        assert (message.qos, message.dup) == (1, True)
+
+
+# -- a gateway's sub-device ------------------------------------------------------------------------
+
+
+def test_back_to_back_updates_reach_a_gateways_sub_device_whole_in_order_once(
+        linked: tuple[FakeCloud, EdgeApp]) -> None:
+    fake, app = linked
+    app.service.create_device("gateway-1", token="gw-burst", gateway=True)[1].result(DEADLINE_S)
+    with MqttGateway(app.mqtt_port, "gw-burst") as gateway:
+        assert gateway.connect() == 0
+        assert gateway.subscribe(GATEWAY_ATTRIBUTES) == [0]
+        gateway.send(CONNECT, {"device": "Valve"})
+        gateway.send(GATEWAY_TELEMETRY, {"Valve": [{"barrier": 1}]})  # see barrier()
+        with app.store.read() as txn:
+            valve = EntityStore(app.store).device_by_name(txn, "Valve")
+        assert valve is not None
+        want = keys("k")
+        burst(fake, valve, want)
+
+        def data() -> list[Any]:
+            return [b["data"] for b in gateway.bodies(GATEWAY_ATTRIBUTES)
+                    if b["device"] == "Valve"]
+
+        wait_until(lambda: len(flattened(data())) >= BURST, timeout=DEADLINE_S,
+                   what="every key relayed to the gateway",
+                   show=lambda: [k for k, _ in flattened(data())])
+        round_trip(gateway, 1)
+        assert flattened(data()) == expected(want)
+
+
+# -- the device's entity: restarted, idle ----------------------------------------------------------
+
+
+def test_subscriptions_are_registered_again_after_the_shard_restarts(
+        linked: tuple[FakeCloud, EdgeApp]) -> None:
+    fake, app = linked
+    dev = make_device(app, "shard-crash")
+    shard = f"shard-{shard_of(dev.id, SHARDS)}"
+    with MqttDevice(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        assert client.subscribe(ATTRIBUTES) == [0]
+        assert client.subscribe(RPC_REQUESTS) == [0]
+        barrier(client)
+        assert app._crash(shard)
+        wait_until(lambda: app.readiness()[shard], timeout=DEADLINE_S, what="the shard restarted")
+        # an RPC request waits in the session: published once the subscription is back
+        fake.send_downlink(rpc_downlink(fake, dev, 5, "after-crash"))
+        assert client.wait_message(f"{RPC_PREFIX}5") == {"method": "after-crash",
+                                                         "params": None}
+        # shared attribute updates are not kept: probe until one is published, then a burst
+        # must arrive whole
+        probes = itertools.count()
+
+        def served() -> bool:
+            burst(fake, dev, [f"p{next(probes)}"])
+            return any(updates_of(client))
+
+        wait_until(served, timeout=DEADLINE_S, what="a probe update published")
+        seen = len(flattened(updates_of(client)))
+        want = keys("k")
+        burst(fake, dev, want)
+        wait_until(lambda: len(flattened(updates_of(client))) >= seen + BURST,
+                   timeout=DEADLINE_S, what="the burst after the restart")
+        round_trip(client, 1)
+        assert flattened(updates_of(client))[seen:] == expected(want)
+        assert not client.disconnected.is_set()
+
+
+def test_an_idle_subscribed_device_is_not_passivated(harness: Harness) -> None:
+    """Its entity holds the subscription: passivated, it would forget it and the device would
+    get nothing more while its connection stays open."""
+    after_s = 0.5
+    logs = Logs()
+    try:
+        fake, app = harness.connected_edge(**{**MQTT_ON, "EDGE_ACTORS_SHARDS": "1",
+                                              "EDGE_ACTORS_PASSIVATE_AFTER_S": str(after_s)})
+        dev = make_device(app, "idle-subscriber")
+        with MqttDevice(app.mqtt_port, dev.token) as client:
+            assert client.connect() == 0
+            assert client.subscribe(ATTRIBUTES) == [0]
+            barrier(client)  # the subscribed entity's last use is before this returns
+            other = make_device(app, "idle-other")
+            app.service.post_telemetry(other.token, {"t": 1}).result(DEADLINE_S)
+            used = time.time()
+
+            def passivated_since() -> list[Any]:  # a pass that found "idle-other" idle
+                return [r for r in logs.matching("entities passivated")
+                        if r["time"].timestamp() > used + after_s]
+
+            wait_until(passivated_since, timeout=DEADLINE_S, what="a passivation pass")
+            want = keys("k", 3)
+            burst(fake, dev, want)
+            whole(client, want, request_id=1)
+    finally:
+        logs.close()
+
