@@ -254,8 +254,8 @@ class EntityActor:
         late = session.rpc.expire_late(cmd.change, self.now_ms())
         if late is not None:
             self._record(late)
-        if cmd.subscriber.live:
-            session.rpc_waiters.append(cmd.subscriber)
+        if cmd.subscriber.live and cmd.subscriber not in session.rpc_waiters:
+            session.rpc_waiters.append(cmd.subscriber)  # a standing subscriber is there already
         self._deliver()
 
     def _deliver(self) -> None:
