@@ -4,7 +4,10 @@ due, the commit timeout of the oldest waiting publish, and the inflight cap that
 connection's reading.
 
 Outcomes are handed over in a deque, and the loop is woken once for all the outcomes that
-arrive together (a group commit settles many publishes at once), not once per publish.
+arrive together (a group commit settles many publishes at once), not once per publish. The
+publishes of one read burst that went to the store as one command (mqtt/burst.py) wait on its
+one commit: one done callback for all of them. The acknowledgements that fall due together are
+written in one write, each frame made once per packet id from the header amqtt encodes.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -22,26 +25,35 @@ from amqtt.mqtt.pubrec import PubrecPacket
 
 from edge_sync.mqtt.acks import AckQueue, Pending, Reply
 
-__all__ = ["Acknowledger"]
+__all__ = ["Acknowledger", "frame"]
 
 _BUILD = {Reply.PUBACK: PubackPacket.build, Reply.PUBREC: PubrecPacket.build,
           Reply.PUBCOMP: PubcompPacket.build}
+_HEADERS = {reply: bytes(build(0).to_bytes())[:2] for reply, build in _BUILD.items()}
+"""The fixed header amqtt encodes for each reply (type and remaining length 2); the packet id
+follows it, big-endian (MQTT 3.1.1 §2.3.1)."""
+
+
+def frame(reply: Reply, packet_id: int) -> bytes:
+    """The frame of ``reply`` for ``packet_id``: what amqtt's ``build(packet_id).to_bytes()``
+    encodes (tests/unit/test_mqtt_frames.py checks every id), without building a packet."""
+    return _HEADERS[reply] + packet_id.to_bytes(2, "big")
 
 
 class Acknowledger:
     """The server's loop thread only, but for ``_committed`` (any thread)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, send: Callable[[Any], None],
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, send: Callable[[bytes], None],
                  fail: Callable[[Pending, str], None], warn: Callable[[str], None],
                  commit_timeout_s: float, max_inflight: int) -> None:
         self._loop = loop
-        self._send = send  # writes one packet
+        self._send = send  # writes frames
         self._fail = fail  # a QoS 1 or 2 publish was not committed: close without its reply
         self._warn = warn  # a QoS 0 publish was not committed: only logged
         self._commit_timeout = commit_timeout_s
         self._max = max_inflight
         self._acks = AckQueue()
-        self._outcomes: collections.deque[tuple[Pending, BaseException | None]] = (
+        self._outcomes: collections.deque[tuple[Sequence[Pending], BaseException | None]] = (
             collections.deque())
         self._wake_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
@@ -60,8 +72,15 @@ class Acknowledger:
 
     def expect(self, reply: Reply, packet_id: int, committed: Future[Any]) -> None:
         """``reply`` is due once ``committed`` completes (and all before it are sent)."""
-        entry = self._acks.add(reply, packet_id, self._loop.time() + self._commit_timeout)
-        committed.add_done_callback(lambda done: self._committed(entry, done))
+        self.expect_all(((reply, packet_id),), committed)
+
+    def expect_all(self, replies: Sequence[tuple[Reply, int]], committed: Future[Any]) -> None:
+        """Each of ``replies`` (publishes stored by one command) is due once ``committed``
+        completes, in their order, after all before them."""
+        deadline = self._loop.time() + self._commit_timeout
+        add = self._acks.add
+        entries = [add(reply, packet_id, deadline) for reply, packet_id in replies]
+        committed.add_done_callback(lambda done: self._committed(entries, done))
         if self._timer is None:
             self._arm_timer()
 
@@ -94,10 +113,10 @@ class Acknowledger:
         self._drained.set()
         return self._acks.drain()
 
-    def _committed(self, entry: Pending, done: Future[Any]) -> None:
+    def _committed(self, entries: Sequence[Pending], done: Future[Any]) -> None:
         """Any thread (the committing actor's)."""
         error = done.exception() if not done.cancelled() else asyncio.CancelledError()
-        self._outcomes.append((entry, error))
+        self._outcomes.append((entries, error))
         if not self._wake_scheduled:
             self._wake_scheduled = True
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
@@ -107,21 +126,28 @@ class Acknowledger:
         self._wake_scheduled = False
         outcomes = self._outcomes
         while outcomes:
-            entry, error = outcomes.popleft()
-            entry.settle(error)
+            entries, error = outcomes.popleft()
+            for entry in entries:
+                entry.settle(error)
         self.send_due()
 
     def send_due(self) -> None:
-        """Send the replies now due, in order. A failed commit of a QoS 1 or 2 publish goes to
-        ``fail`` (which closes the connection: nothing is sent after it)."""
+        """Send the replies now due, in order, in one write. A failed commit of a QoS 1 or 2
+        publish goes to ``fail`` (which closes the connection: nothing is sent after it)."""
+        frames: list[bytes] = []
         while (entry := self._acks.pop_due()) is not None:
             if entry.error is not None:
                 if entry.reply is Reply.NONE:
                     self._warn(f"QoS 0 publish not committed: {_reason(entry.error)}")
                 else:
+                    if frames:  # what was due before it still goes out
+                        self._send(b"".join(frames))
+                        frames = []
                     self._failure(entry, _reason(entry.error))
             elif entry.reply is not Reply.NONE and not self._failed:
-                self._send(_BUILD[entry.reply](entry.packet_id))
+                frames.append(_HEADERS[entry.reply] + entry.packet_id.to_bytes(2, "big"))
+        if frames:
+            self._send(b"".join(frames))
         if not self.full:
             self._room.set()
         if not self._acks:

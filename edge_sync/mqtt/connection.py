@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from amqtt.adapters import StreamReaderAdapter
 from amqtt.errors import AMQTTError
 from amqtt.mqtt import packet_dict
 from amqtt.mqtt.connack import (
@@ -46,12 +45,9 @@ from amqtt.mqtt.packet import (
     PUBREL,
     SUBSCRIBE,
     UNSUBSCRIBE,
-    MQTTFixedHeader,
 )
 from amqtt.mqtt.pingresp import PingRespPacket
-from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
-from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.mqtt.suback import SubackPacket
 from amqtt.mqtt.subscribe import SubscribePacket
 from amqtt.mqtt.unsuback import UnsubackPacket
@@ -64,11 +60,14 @@ from edge_sync.errors import BadRequest, Unauthorized
 from edge_sync.mqtt import topics
 from edge_sync.mqtt.acknowledger import Acknowledger
 from edge_sync.mqtt.acks import Pending, Reply
+from edge_sync.mqtt.burst import Burst
+from edge_sync.mqtt.frames import Frame, FrameReader, Malformed, Oversize
 from edge_sync.mqtt.gateway import Gateway
 from edge_sync.mqtt.inbound import Inbound
 from edge_sync.mqtt.registry import SessionRegistry
 from edge_sync.mqtt.sessions import Key, Session
 from edge_sync.mqtt.subscriptions import Subscriptions
+from edge_sync.mqtt.topics import Publish, classify
 from edge_sync.storage.records import Device
 
 _log = logger.bind(component="mqtt")
@@ -79,6 +78,10 @@ MAX_GRANTED_QOS = 1
 """The edge publishes at QoS 0 or 1: a subscription asking for 2 is granted 1 (ThingsBoard's
 MAX_SUPPORTED_QOS_LVL)."""
 SUBSCRIBE_FAILURE = 0x80
+BURST_MAX = 256
+"""The most packets handled from what was read before the publishes held for one command
+(mqtt/burst.py) go to the store: a bound on the latency a burst adds."""
+_PINGRESP = bytes(PingRespPacket.build().to_bytes())
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,8 @@ class MqttConnection:
         self._link_connected = link_connected  # None: no cloud link (attribute requests)
         self._polls: set[LongPoll] = polls if polls is not None else set()
         self._on_pause = on_pause
-        self._reader = StreamReaderAdapter(reader)
+        self._reader = reader
+        self._frames = FrameReader(limits.max_message_bytes)
         self._writer = writer
         self._limits = limits
         peername = writer.get_extra_info("peername")
@@ -132,7 +136,8 @@ class MqttConnection:
         self._subscriptions: Subscriptions | None = None
         self._gateway: Gateway | None = None
         self._inbound: Inbound | None = None
-        self._acks = Acknowledger(self._loop, send=self._send, fail=self._fail,
+        self._burst: Burst | None = None
+        self._acks = Acknowledger(self._loop, send=self._write, fail=self._fail,
                                   warn=self._warn, commit_timeout_s=limits.commit_timeout_s,
                                   max_inflight=limits.max_inflight)
         self._task: asyncio.Task[Any] | None = None
@@ -150,6 +155,8 @@ class MqttConnection:
         except _Close as close:
             graceful = close.graceful
             self._log.bind(device=self._device_id()).warning("closing the connection: {}", close)
+        except (Oversize, Malformed) as exc:
+            self._log.bind(device=self._device_id()).warning("closing the connection: {}", exc)
         except (asyncio.IncompleteReadError, ConnectionError, AMQTTError, TimeoutError) as exc:
             self._log.bind(device=self._device_id()).debug("connection ended: {!r}", exc)
         except asyncio.CancelledError:
@@ -177,38 +184,79 @@ class MqttConnection:
             return
         keep_alive = await self._connect(connect)
         idle = keep_alive * 1.5 if keep_alive else None
+        frames, reader, writer = self._frames, self._reader, self._writer
         while True:
             if self._acks.full:
                 await self._wait_for_room()
-            header = await asyncio.wait_for(self._header(), idle)
-            if header is None:
+            more = self._read_burst()
+            if more is None:  # DISCONNECT
                 return
-            kind = header.packet_type
-            if kind == PUBLISH:
-                self._publish(await PublishPacket.from_stream(self._reader, fixed_header=header))
-            elif kind == PUBACK:
-                puback = await PubackPacket.from_stream(self._reader, fixed_header=header)
-                assert self._session is not None
-                self._session.outbox.acked(puback.packet_id)
-            elif kind == PUBREL:
-                pubrel = await PubrelPacket.from_stream(self._reader, fixed_header=header)
-                assert self._session is not None
-                self._session.awaiting_release.discard(pubrel.packet_id)
-                self._acks.now(Reply.PUBCOMP, pubrel.packet_id)
-            elif kind == PINGREQ:
-                self._writer.write(PingRespPacket.build().to_bytes())
-            elif kind == DISCONNECT:
-                return
-            elif kind == SUBSCRIBE:
-                self._subscribe(await SubscribePacket.from_stream(self._reader, fixed_header=header))
-            elif kind == UNSUBSCRIBE:
-                self._unsubscribe(
-                    await UnsubscribePacket.from_stream(self._reader, fixed_header=header))
-            elif kind in packet_dict and kind != CONNECT:
-                await packet_dict[kind].from_stream(self._reader, fixed_header=header)
+            if more:  # BURST_MAX handled and more may be buffered: let the others run first
+                await asyncio.sleep(0)
             else:
-                raise _Close(f"unexpected packet of type {kind}")
-            await self._writer.drain()
+                data = await asyncio.wait_for(reader.read(frames.read_size), idle)
+                if not data:
+                    return
+                frames.feed(data)
+            await writer.drain()
+
+    def _read_burst(self) -> bool | None:
+        """Handle the packets buffered, up to BURST_MAX or until the inflight cap is reached;
+        the telemetry (or attributes) publishes among them go to the store as one command per
+        run of them (mqtt/burst.py). True: stopped at a limit, more may be buffered; False:
+        everything buffered was handled; None: DISCONNECT. Whatever was held goes to the store
+        before anything propagates: the publishes before a bad one are stored."""
+        try:
+            outcome = self._packets()
+        except BaseException:
+            self._send_burst(quiet=True)
+            raise
+        self._send_burst()
+        return outcome
+
+    def _packets(self) -> bool | None:
+        frames, acks, burst = self._frames, self._acks, self._burst
+        assert burst is not None
+        cap = self._limits.max_inflight
+        for _ in range(BURST_MAX):
+            if len(acks) + len(burst) >= cap:
+                return True
+            frame = frames.next()
+            if frame is None:
+                return False
+            kind = frame.kind
+            if kind == PUBLISH:
+                self._publish(frame)
+            elif kind == PUBACK:
+                assert self._session is not None
+                self._session.outbox.acked(frames.packet(frame).packet_id)
+            else:
+                self._send_burst()  # what came before it is handed over first, in order
+                if not self._control(frame):
+                    return None
+        return True
+
+    def _control(self, frame: Frame) -> bool:
+        """A packet other than PUBLISH and PUBACK; False: DISCONNECT."""
+        kind = frame.kind
+        if kind == PUBREL:
+            pubrel = self._frames.packet(frame)
+            assert self._session is not None
+            self._session.awaiting_release.discard(pubrel.packet_id)
+            self._acks.now(Reply.PUBCOMP, pubrel.packet_id)
+        elif kind == PINGREQ:
+            self._write(_PINGRESP)
+        elif kind == DISCONNECT:
+            return False
+        elif kind == SUBSCRIBE:
+            self._subscribe(self._frames.packet(frame))
+        elif kind == UNSUBSCRIBE:
+            self._unsubscribe(self._frames.packet(frame))
+        elif kind in packet_dict and kind != CONNECT:
+            self._frames.packet(frame)  # decoded, nothing to do
+        else:
+            raise _Close(f"unexpected packet of type {kind}")
+        return True
 
     async def _wait_for_room(self) -> None:
         """Stop reading until the commits catch up: the client's TCP window fills, and it
@@ -224,19 +272,16 @@ class MqttConnection:
 
     async def _read_connect(self) -> ConnectPacket | None:
         """The first packet, which must be CONNECT (None: closed before it)."""
-        header = await self._header()
-        if header is None:
-            return None
-        if header.packet_type != CONNECT:
-            raise _Close(f"first packet is of type {header.packet_type}, not CONNECT")
-        return await ConnectPacket.from_stream(self._reader, fixed_header=header)
-
-    async def _header(self) -> MQTTFixedHeader | None:
-        header = await MQTTFixedHeader.from_stream(self._reader)
-        if header is not None and header.remaining_length > self._limits.max_message_bytes:
-            raise _Close(f"packet of {header.remaining_length} bytes is larger than the limit "
-                         f"of {self._limits.max_message_bytes} bytes (mqtt.max_message_bytes)")
-        return header
+        frames = self._frames
+        while (frame := frames.next()) is None:
+            data = await self._reader.read(frames.read_size)
+            if not data:
+                return None
+            frames.feed(data)
+        if frame.kind != CONNECT:
+            raise _Close(f"first packet is of type {frame.kind}, not CONNECT")
+        packet: ConnectPacket = frames.packet(frame)
+        return packet
 
     async def _connect(self, connect: ConnectPacket) -> int:
         """Authenticate the token of CONNECT, take the client's session and answer CONNACK;
@@ -269,6 +314,7 @@ class MqttConnection:
         self._inbound = Inbound(self._service, device, token, self._gateway,
                                 self._publish_to_device, link_connected=self._link_connected,
                                 polls=self._polls, read_timeout_s=self._limits.commit_timeout_s)
+        self._burst = Burst(self._service, token)
         self._send(ConnackPacket.build(1 if present else 0, CONNECTION_ACCEPTED))
         self._log.bind(device=str(device.id), client_id=self._key[1][:64], clean=self._clean,
                        session_present=present).info(
@@ -291,25 +337,42 @@ class MqttConnection:
 
     # -- publishes from the client -------------------------------------------------------------
 
-    def _publish(self, publish: PublishPacket) -> None:
-        topic = publish.topic_name or ""
-        qos = publish.qos or 0
-        packet_id = publish.packet_id or 0
-        session, inbound = self._session, self._inbound
-        assert session is not None and inbound is not None
+    def _publish(self, frame: Frame) -> None:
+        topic, qos, packet_id, data = self._frames.publish(frame)
+        session, inbound, burst = self._session, self._inbound, self._burst
+        assert session is not None and inbound is not None and burst is not None
         if qos == 0:
             reply = Reply.NONE
         elif qos == 1:
             reply = Reply.PUBACK
         elif qos == 2:
             reply = Reply.PUBREC
-            if packet_id in session.awaiting_release:  # a resend of a stored publish
-                self._acks.now(reply, packet_id)
-                return
         else:
             raise _Close(f"QoS {qos} on {topic[:128]} is not a QoS (malformed PUBLISH)")
+        if qos != 2:  # QoS 2 is rare, and its resends are recognised one by one: not held
+            kind = classify(topic)[0]
+            if kind is Publish.TELEMETRY or kind is Publish.ATTRIBUTES:
+                try:
+                    if kind is Publish.TELEMETRY:
+                        entries = inbound.telemetry(data)
+                        if not burst.telemetry(entries, reply, packet_id):
+                            self._send_burst()
+                            burst.telemetry(entries, reply, packet_id)
+                    else:
+                        values = inbound.attributes(data)
+                        if not burst.attributes(values, reply, packet_id):
+                            self._send_burst()
+                            burst.attributes(values, reply, packet_id)
+                except BadRequest as exc:
+                    raise _Close(f"invalid publish on {topic[:128]}: {exc}",
+                                 graceful=True) from exc
+                return
+        self._send_burst()  # what came before it is handed over first, in order
+        if qos == 2 and packet_id in session.awaiting_release:  # a resend of a stored publish
+            self._acks.now(reply, packet_id)
+            return
         try:
-            committed = inbound.accept(topic, publish.data or b"")
+            committed = inbound.accept(topic, data)
         except BadRequest as exc:
             raise _Close(f"invalid publish on {topic[:128]}: {exc}", graceful=True) from exc
         except Exception as exc:
@@ -320,6 +383,25 @@ class MqttConnection:
             self._acks.now(reply, packet_id)
         else:
             self._acks.expect(reply, packet_id, committed)
+
+    def _send_burst(self, *, quiet: bool = False) -> None:
+        """The publishes held go to the store as one command; their acknowledgements are due
+        once it commits. ``quiet``: something else already ends the connection (a failure
+        here is only logged)."""
+        burst = self._burst
+        if not burst:
+            return
+        assert burst is not None
+        try:
+            replies, committed = burst.take()
+        except Exception as exc:
+            if not quiet:
+                raise _Close(f"publishes not accepted: {exc}", graceful=True) from exc
+            self._log.bind(device=self._device_id()).warning(
+                "{} publishes before the end of the connection not accepted: {}",
+                len(burst), exc)
+            return
+        self._acks.expect_all(replies, committed)
 
     def _fail(self, entry: Pending, reason: str) -> None:
         """Close without ``entry``'s acknowledgement (or any after it: nothing more is
@@ -430,6 +512,10 @@ class MqttConnection:
     def _send(self, packet: Any) -> None:
         if not self._writer.is_closing():
             self._writer.write(packet.to_bytes())
+
+    def _write(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
 
     def _device_id(self) -> str:
         return str(self._device.id) if self._device is not None else "unknown"

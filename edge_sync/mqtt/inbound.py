@@ -1,9 +1,10 @@
 """What a device's PUBLISH asks for, handed to the device service: telemetry and client
-attributes (their commit is the future returned), RPC answers (an answer nobody awaits still
-counts as done: a resend could not help), attribute requests (answered on the response topic
-of the same id once read), the gateway API (mqtt/gateway.py), and topics outside the API
-(acknowledged and dropped as ThingsBoard does, one WARNING per topic and connection). The
-connection decides what the outcome means on the wire.
+attributes (their commit is the future returned; or parsed here, and sent by the connection
+with the other publishes of the same read burst as one command: mqtt/burst.py), RPC answers
+(an answer nobody awaits still counts as done: a resend could not help), attribute requests
+(answered on the response topic of the same id once read), the gateway API (mqtt/gateway.py),
+and topics outside the API (acknowledged and dropped as ThingsBoard does, one WARNING per topic
+and connection). The connection decides what the outcome means on the wire.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from loguru import logger
 
 from edge_sync.api.attribute_read import read_attributes
 from edge_sync.api.device_service import DeviceService
-from edge_sync.api.payloads import parse_keys, parse_request_id
+from edge_sync.api.payloads import (
+    Entry,
+    Values,
+    parse_attributes,
+    parse_keys,
+    parse_request_id,
+    parse_telemetry,
+)
 from edge_sync.common.json_body import parse_json
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Conflict, NotFound
@@ -75,6 +83,15 @@ class Inbound:
             self._log.bind(topic=topic[:128]).warning(
                 "publish to a topic outside the device API acknowledged and dropped")
         return None
+
+    def telemetry(self, data: bytes) -> tuple[Entry, ...]:
+        """A telemetry body's entries, as the device service parses them (BadRequest:
+        invalid)."""
+        return parse_telemetry(parse_json(data), now_ms=self._service.now_ms())
+
+    def attributes(self, data: bytes) -> Values:
+        """A client attributes body's values (BadRequest: invalid)."""
+        return parse_attributes(parse_json(data))
 
     def close(self) -> None:
         for request in list(self._requests):
