@@ -16,6 +16,12 @@ full, a restarting component, no confirmation within the commit timeout) closes 
 without its acknowledgement; the retain flag is ignored (nothing is retained) and a will
 message is never published. A packet larger than ``max_message_bytes`` closes the connection
 before its body is read. Packets are decoded and encoded by amqtt's codec.
+
+Reading: what the socket has is read in one call and every packet in it is decoded from memory
+(mqtt/frames.py); the telemetry and attributes publishes of such a burst go to the store as
+one command per run of them (mqtt/burst.py). The keep-alive is one timer per connection, pushed
+on when it comes due (nothing is scheduled per packet): a client silent for 1.5 times its
+keep-alive is disconnected.
 """
 
 from __future__ import annotations
@@ -142,6 +148,11 @@ class MqttConnection:
                                   max_inflight=limits.max_inflight)
         self._task: asyncio.Task[Any] | None = None
         self._taken_over = False
+        self._idle: float | None = None  # 1.5 times the keep-alive (s); None: no keep-alive
+        self._last_packet = 0.0  # loop time of the last burst that brought a whole packet
+        self._alive: asyncio.TimerHandle | None = None  # the keep-alive check
+        self._expired = False
+        self._paused = False  # not read: the inflight cap (not the client's silence)
         self._failed = False
         self._dropped = 0  # QoS 1 messages dropped unacknowledged (mqtt.max_unacked_per_session)
         self._ending = False
@@ -160,10 +171,15 @@ class MqttConnection:
         except (asyncio.IncompleteReadError, ConnectionError, AMQTTError, TimeoutError) as exc:
             self._log.bind(device=self._device_id()).debug("connection ended: {!r}", exc)
         except asyncio.CancelledError:
-            if not self._taken_over:
+            if self._expired:
+                self._log.bind(device=self._device_id()).debug(
+                    "connection ended: nothing received for {:g}s (1.5 times its keep-alive)",
+                    self._idle)
+            elif not self._taken_over:
                 raise
-            self._log.bind(device=self._device_id()).info(
-                "connection closed: its client id connected again")
+            else:
+                self._log.bind(device=self._device_id()).info(
+                    "connection closed: its client id connected again")
         finally:
             await self._finish(graceful)
 
@@ -183,22 +199,46 @@ class MqttConnection:
         if connect is None:
             return
         keep_alive = await self._connect(connect)
-        idle = keep_alive * 1.5 if keep_alive else None
-        frames, reader, writer = self._frames, self._reader, self._writer
+        loop, frames, reader, writer = self._loop, self._frames, self._reader, self._writer
+        self._last_packet = loop.time()
+        if keep_alive:
+            self._idle = keep_alive * 1.5
+            self._alive = loop.call_at(self._last_packet + self._idle, self._check_alive)
         while True:
             if self._acks.full:
                 await self._wait_for_room()
+            buffered = len(frames)
             more = self._read_burst()
+            if len(frames) != buffered:  # whole packets came
+                self._last_packet = loop.time()
             if more is None:  # DISCONNECT
                 return
             if more:  # BURST_MAX handled and more may be buffered: let the others run first
                 await asyncio.sleep(0)
             else:
-                data = await asyncio.wait_for(reader.read(frames.read_size), idle)
+                data = await reader.read(frames.read_size)
                 if not data:
                     return
                 frames.feed(data)
             await writer.drain()
+
+    def _check_alive(self) -> None:
+        """The keep-alive: one timer per connection, pushed on to 1.5 times the keep-alive
+        after the last packet each time it comes due (not a timer per packet). A client
+        silent that long is disconnected (MQTT 3.1.1 §3.1.2.10); one whose reading is paused
+        by the inflight cap is not silent."""
+        self._alive = None
+        if self._ending or self._idle is None:
+            return
+        now = self._loop.time()
+        if self._paused:
+            self._last_packet = now
+        due = self._last_packet + self._idle
+        if due > now:
+            self._alive = self._loop.call_at(due, self._check_alive)
+        elif self._task is not None:
+            self._expired = True
+            self._task.cancel()
 
     def _read_burst(self) -> bool | None:
         """Handle the packets buffered, up to BURST_MAX or until the inflight cap is reached;
@@ -266,7 +306,12 @@ class MqttConnection:
         self._log.bind(device=self._device_id(), inflight=len(self._acks)).debug(
             "reading paused: {} publishes await their commit (mqtt.max_inflight_per_client)",
             len(self._acks))
-        await self._acks.room()
+        self._paused = True
+        try:
+            await self._acks.room()
+        finally:
+            self._paused = False
+            self._last_packet = self._loop.time()
         if self._writer.is_closing():
             raise ConnectionError("closed while reading was paused")
 
@@ -478,6 +523,9 @@ class MqttConnection:
 
     async def _finish(self, graceful: bool) -> None:
         self._ending = True
+        if self._alive is not None:
+            self._alive.cancel()
+            self._alive = None
         try:
             if self._subscriptions is not None:
                 await self._subscriptions.close()
