@@ -13,7 +13,6 @@ written in one write, each frame made once per packet id from the header amqtt e
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -41,7 +40,11 @@ def frame(reply: Reply, packet_id: int) -> bytes:
 
 
 class Acknowledger:
-    """The server's loop thread only, but for ``_committed`` (any thread)."""
+    """The server's loop thread only, but for ``_committed`` (any thread). An idle connection's
+    holds two empty lists: the futures it waits on are made when it waits."""
+
+    __slots__ = ("_acks", "_closed", "_commit_timeout", "_drained", "_fail", "_failed", "_loop",
+                 "_max", "_outcomes", "_room", "_send", "_timer", "_wake_scheduled", "_warn")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, send: Callable[[bytes], None],
                  fail: Callable[[Pending, str], None], warn: Callable[[str], None],
@@ -53,12 +56,12 @@ class Acknowledger:
         self._commit_timeout = commit_timeout_s
         self._max = max_inflight
         self._acks = AckQueue()
-        self._outcomes: collections.deque[tuple[Sequence[Pending], BaseException | None]] = (
-            collections.deque())
+        # appended by the committing threads, taken by the loop (list operations are atomic)
+        self._outcomes: list[tuple[Sequence[Pending], BaseException | None]] = []
         self._wake_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
-        self._room = asyncio.Event()
-        self._drained = asyncio.Event()
+        self._room: asyncio.Future[None] | None = None  # while room() waits
+        self._drained: asyncio.Future[None] | None = None  # while drain() waits
         self._closed = False
         self._failed = False
 
@@ -92,16 +95,22 @@ class Acknowledger:
     async def room(self) -> None:
         """Return once fewer than ``max_inflight`` publishes wait (or a commit failed, or the
         connection ends)."""
-        self._room.clear()
         if self.full and not (self._closed or self._failed):
-            await self._room.wait()
+            self._room = self._loop.create_future()
+            try:
+                await self._room
+            finally:
+                self._room = None
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout``) until every reply owed is sent or the connection failed."""
         if self._acks and not (self._closed or self._failed):
-            self._drained.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), timeout)
+            self._drained = self._loop.create_future()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._drained, timeout)
+            finally:
+                self._drained = None
 
     def close(self) -> list[Pending]:
         """The connection ends: nothing more is sent; what was still owed."""
@@ -109,8 +118,8 @@ class Acknowledger:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._room.set()
-        self._drained.set()
+        _wake(self._room)
+        _wake(self._drained)
         return self._acks.drain()
 
     def _committed(self, entries: Sequence[Pending], done: Future[Any]) -> None:
@@ -125,8 +134,9 @@ class Acknowledger:
     def _settle(self) -> None:
         self._wake_scheduled = False
         outcomes = self._outcomes
-        while outcomes:
-            entries, error = outcomes.popleft()
+        taken = outcomes[:]
+        del outcomes[:len(taken)]  # what a committing thread appended meanwhile stays
+        for entries, error in taken:
             for entry in entries:
                 entry.settle(error)
         self.send_due()
@@ -149,9 +159,9 @@ class Acknowledger:
         if frames:
             self._send(b"".join(frames))
         if not self.full:
-            self._room.set()
+            _wake(self._room)
         if not self._acks:
-            self._drained.set()
+            _wake(self._drained)
         if self._timer is None:
             self._arm_timer()
 
@@ -175,8 +185,13 @@ class Acknowledger:
         """Nothing is sent any more; the connection is told (it closes) and stops waiting."""
         self._failed = True
         self._fail(entry, reason)
-        self._room.set()
-        self._drained.set()
+        _wake(self._room)
+        _wake(self._drained)
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _reason(exc: BaseException) -> str:

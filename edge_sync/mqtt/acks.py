@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import deque
 
 __all__ = ["AckQueue", "Pending", "Reply"]
 
@@ -55,11 +54,17 @@ class Pending:
 
 
 class AckQueue:
+    """The line: a list read from ``_head`` (an idle connection's line is an empty list, not a
+    deque's block of 64 slots)."""
+
+    __slots__ = ("_head", "_line")
+
     def __init__(self) -> None:
-        self._line: deque[Pending] = deque()
+        self._line: list[Pending] = []
+        self._head = 0
 
     def __len__(self) -> int:
-        return len(self._line)
+        return len(self._line) - self._head
 
     def add(self, reply: Reply, packet_id: int, deadline: float) -> Pending:
         """A publish whose commit is awaited until ``deadline``."""
@@ -74,29 +79,49 @@ class AckQueue:
         self._line.append(entry)
         return entry
 
+    def _first(self) -> Pending | None:
+        return self._line[self._head] if self._head < len(self._line) else None
+
+    def _pop(self) -> Pending:
+        line, head = self._line, self._head
+        entry = line[head]
+        head += 1
+        if head == len(line):
+            line.clear()
+            head = 0
+        elif head >= 1024 and head * 2 >= len(line):  # drop what was taken, now and then
+            del line[:head]
+            head = 0
+        self._head = head
+        return entry
+
     def pop_due(self) -> Pending | None:
         """The first entry, taken off the line, when it is settled (a failed one too: the
         caller decides what its failure means); None while the first one still waits."""
-        if self._line and self._line[0].settled:
-            return self._line.popleft()
+        first = self._first()
+        if first is not None and first.settled:
+            return self._pop()
         return None
 
     def next_deadline(self) -> float | None:
         """When the first entry's wait runs out, if it still waits. Entries wait in the order
         of their deadlines, so no later one can be overdue before it."""
-        if self._line and not self._line[0].settled:
-            return self._line[0].deadline
+        first = self._first()
+        if first is not None and not first.settled:
+            return first.deadline
         return None
 
     def pop_overdue(self, now: float) -> Pending | None:
         """The first entry, taken off the line, when it still waits at ``now`` past its
         deadline."""
-        if self._line and not self._line[0].settled and self._line[0].deadline <= now:
-            return self._line.popleft()
+        first = self._first()
+        if first is not None and not first.settled and first.deadline <= now:
+            return self._pop()
         return None
 
     def drain(self) -> list[Pending]:
         """Everything still on the line, which is emptied (the connection ends)."""
-        out = list(self._line)
-        self._line.clear()
+        out = self._line[self._head:]
+        self._line = []
+        self._head = 0
         return out

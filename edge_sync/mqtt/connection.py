@@ -69,7 +69,7 @@ from edge_sync.mqtt.acks import Pending, Reply
 from edge_sync.mqtt.burst import Burst
 from edge_sync.mqtt.frames import Frame, FrameReader, Malformed, Oversize
 from edge_sync.mqtt.gateway import Gateway
-from edge_sync.mqtt.inbound import Inbound
+from edge_sync.mqtt.inbound import Inbound, attribute_values, telemetry_entries
 from edge_sync.mqtt.registry import SessionRegistry
 from edge_sync.mqtt.sessions import Key, Session
 from edge_sync.mqtt.subscriptions import Subscriptions
@@ -107,7 +107,16 @@ class _Close(Exception):
 
 
 class MqttConnection:
-    """The server's loop thread only."""
+    """The server's loop thread only. What an idle connection holds is kept small (10,000 of
+    them are a benchmark target): slots, and the parts a device may never use (its
+    subscriptions, the gateway API for a device that is not a gateway, the handling of other
+    topics, the held publishes, a bound logger) are made on first use."""
+
+    __slots__ = ("_acks", "_alive", "_burst", "_clean", "_device", "_dropped", "_ended",
+                 "_ending", "_expired", "_failed", "_finished", "_frames", "_gateway", "_idle",
+                 "_inbound", "_key", "_last_packet", "_limits", "_link_connected", "_loop",
+                 "_on_pause", "_paused", "_polls", "_reader", "_registry", "_service",
+                 "_session", "_subscriptions", "_taken_over", "_task", "_writer", "peer")
 
     def __init__(
         self,
@@ -133,7 +142,6 @@ class MqttConnection:
         peername = writer.get_extra_info("peername")
         self.peer = (f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple)
                      else str(peername))
-        self._log = _log.bind(peer=self.peer)
         self._loop = asyncio.get_running_loop()
         self._device: Device | None = None
         self._key: Key | None = None
@@ -156,7 +164,8 @@ class MqttConnection:
         self._failed = False
         self._dropped = 0  # QoS 1 messages dropped unacknowledged (mqtt.max_unacked_per_session)
         self._ending = False
-        self._ended = asyncio.Event()
+        self._finished = False
+        self._ended: asyncio.Event | None = None  # made when the registry waits for the end
 
     async def run(self) -> None:
         self._task = asyncio.current_task()
@@ -165,20 +174,20 @@ class MqttConnection:
             await self._serve()
         except _Close as close:
             graceful = close.graceful
-            self._log.bind(device=self._device_id()).warning("closing the connection: {}", close)
+            self._logger().warning("closing the connection: {}", close)
         except (Oversize, Malformed) as exc:
-            self._log.bind(device=self._device_id()).warning("closing the connection: {}", exc)
+            self._logger().warning("closing the connection: {}", exc)
         except (asyncio.IncompleteReadError, ConnectionError, AMQTTError, TimeoutError) as exc:
-            self._log.bind(device=self._device_id()).debug("connection ended: {!r}", exc)
+            self._logger().debug("connection ended: {!r}", exc)
         except asyncio.CancelledError:
             if self._expired:
-                self._log.bind(device=self._device_id()).debug(
+                self._logger().debug(
                     "connection ended: nothing received for {:g}s (1.5 times its keep-alive)",
                     self._idle)
             elif not self._taken_over:
                 raise
             else:
-                self._log.bind(device=self._device_id()).info(
+                self._logger().info(
                     "connection closed: its client id connected again")
         finally:
             await self._finish(graceful)
@@ -190,6 +199,10 @@ class MqttConnection:
             self._task.cancel()
 
     async def finished(self) -> None:
+        if self._finished:
+            return
+        if self._ended is None:
+            self._ended = asyncio.Event()
         await self._ended.wait()
 
     # -- reading -------------------------------------------------------------------------------
@@ -256,7 +269,11 @@ class MqttConnection:
 
     def _packets(self) -> bool | None:
         frames, acks, burst = self._frames, self._acks, self._burst
-        assert burst is not None
+        if burst is None:  # made once the connection sends more than CONNECT
+            if not len(frames):
+                return False
+            assert self._device is not None
+            burst = self._burst = Burst(self._service, self._device.token)
         cap = self._limits.max_inflight
         for _ in range(BURST_MAX):
             if len(acks) + len(burst) >= cap:
@@ -303,7 +320,7 @@ class MqttConnection:
         waits, not the other clients."""
         if self._on_pause is not None:
             self._on_pause()
-        self._log.bind(device=self._device_id(), inflight=len(self._acks)).debug(
+        self._logger().bind(inflight=len(self._acks)).debug(
             "reading paused: {} publishes await their commit (mqtt.max_inflight_per_client)",
             len(self._acks))
         self._paused = True
@@ -352,17 +369,11 @@ class MqttConnection:
         session, present = await self._registry.attach(self._key, self, clean=self._clean,
                                                        now=self._loop.time())
         self._session = session
-        self._subscriptions = Subscriptions(self._service, device.id, self._publish_to_device)
-        self._gateway = Gateway(self._service, device, self._publish_to_device,
-                                link_connected=self._link_connected, polls=self._polls,
-                                commit_timeout_s=self._limits.commit_timeout_s)
-        self._inbound = Inbound(self._service, device, token, self._gateway,
-                                self._publish_to_device, link_connected=self._link_connected,
-                                polls=self._polls, read_timeout_s=self._limits.commit_timeout_s)
-        self._burst = Burst(self._service, token)
+        if device.gateway:  # it says so at once (one INFO line); other devices' on first use
+            self._gateway_api()
         self._send(ConnackPacket.build(1 if present else 0, CONNECTION_ACCEPTED))
-        self._log.bind(device=str(device.id), client_id=self._key[1][:64], clean=self._clean,
-                       session_present=present).info(
+        _log.bind(peer=self.peer, device=str(device.id), client_id=self._key[1][:64],
+                  clean=self._clean, session_present=present).info(
             "device {} connected over MQTT", device.name)
         if present:
             self._resume(session)
@@ -377,15 +388,15 @@ class MqttConnection:
         for topic_filter in list(session.subscriptions):
             if not self._serve_filter(topic_filter):
                 del session.subscriptions[topic_filter]
-        self._log.bind(device=self._device_id(), resent=len(session.outbox),
+        self._logger().bind(resent=len(session.outbox),
                        subscriptions=len(session.subscriptions)).info("MQTT session resumed")
 
     # -- publishes from the client -------------------------------------------------------------
 
     def _publish(self, frame: Frame) -> None:
         topic, qos, packet_id, data = self._frames.publish(frame)
-        session, inbound, burst = self._session, self._inbound, self._burst
-        assert session is not None and inbound is not None and burst is not None
+        session, burst = self._session, self._burst
+        assert session is not None and burst is not None
         if qos == 0:
             reply = Reply.NONE
         elif qos == 1:
@@ -399,17 +410,22 @@ class MqttConnection:
             if kind is Publish.TELEMETRY or kind is Publish.ATTRIBUTES:
                 try:
                     if kind is Publish.TELEMETRY:
-                        entries = inbound.telemetry(data)
+                        entries = telemetry_entries(self._service, data)
                         if not burst.telemetry(entries, reply, packet_id):
                             self._send_burst()
                             burst.telemetry(entries, reply, packet_id)
                     else:
-                        values = inbound.attributes(data)
+                        values = attribute_values(data)
                         if not burst.attributes(values, reply, packet_id):
                             self._send_burst()
                             burst.attributes(values, reply, packet_id)
                 except BadRequest as exc:
                     raise _Close(f"invalid publish on {topic[:128]}: {exc}",
+                                 graceful=True) from exc
+                except _Close:
+                    raise
+                except Exception as exc:
+                    raise _Close(f"publish on {topic[:128]} not accepted: {exc}",
                                  graceful=True) from exc
                 return
         self._send_burst()  # what came before it is handed over first, in order
@@ -417,7 +433,7 @@ class MqttConnection:
             self._acks.now(reply, packet_id)
             return
         try:
-            committed = inbound.accept(topic, data)
+            committed = self._inbound_of().accept(topic, data)
         except BadRequest as exc:
             raise _Close(f"invalid publish on {topic[:128]}: {exc}", graceful=True) from exc
         except Exception as exc:
@@ -442,7 +458,7 @@ class MqttConnection:
         except Exception as exc:
             if not quiet:
                 raise _Close(f"publishes not accepted: {exc}", graceful=True) from exc
-            self._log.bind(device=self._device_id()).warning(
+            self._logger().warning(
                 "{} publishes before the end of the connection not accepted: {}",
                 len(burst), exc)
             return
@@ -456,13 +472,13 @@ class MqttConnection:
         if self._failed:
             return
         self._failed = True
-        self._log.bind(device=self._device_id()).warning(
+        self._logger().warning(
             "publish {} not committed, closing without its {}: {}",
             entry.packet_id, entry.reply.name, reason)
         self._writer.close()
 
     def _warn(self, message: str) -> None:
-        self._log.bind(device=self._device_id()).warning(message)
+        self._logger().warning(message)
 
     # -- subscriptions and what the edge publishes ---------------------------------------------
 
@@ -480,24 +496,23 @@ class MqttConnection:
                 codes.append(granted)
             else:
                 codes.append(SUBSCRIBE_FAILURE)
-                self._log.bind(device=self._device_id(), topic=str(topic_filter)[:128]).warning(
+                self._logger().bind(topic=str(topic_filter)[:128]).warning(
                     "subscription to a topic the edge does not serve refused")
         self._send(SubackPacket.build(packet_id, codes))
 
     def _serve_filter(self, topic_filter: str) -> bool:
-        assert self._subscriptions is not None and self._gateway is not None
         if topic_filter.startswith(topics.GATEWAY_PREFIX):
-            return self._gateway.subscribe(topic_filter)
-        return self._subscriptions.subscribe(topic_filter)
+            return self._gateway_api().subscribe(topic_filter)
+        return self._subscriptions_of().subscribe(topic_filter)
 
     def _unsubscribe(self, packet: UnsubscribePacket) -> None:
-        assert self._subscriptions is not None and self._gateway is not None
         assert self._session is not None
         for topic_filter in packet.payload.topics if packet.payload is not None else []:
             self._session.subscriptions.pop(topic_filter, None)
             if topic_filter.startswith(topics.GATEWAY_PREFIX):
-                self._gateway.unsubscribe(topic_filter)
-            else:
+                if self._gateway is not None:
+                    self._gateway.unsubscribe(topic_filter)
+            elif self._subscriptions is not None:
                 self._subscriptions.unsubscribe(topic_filter)
         self._send(UnsubackPacket.build(packet.variable_header.packet_id))
 
@@ -513,7 +528,7 @@ class MqttConnection:
         if dropped is not None:
             self._dropped += 1
             if self._dropped == 1:  # once per connection: a client that never acknowledges
-                self._log.bind(device=self._device_id(), topic=dropped.topic[:128]).warning(
+                self._logger().bind(topic=dropped.topic[:128]).warning(
                     "message {} dropped unacknowledged: more than mqtt.max_unacked_per_session "
                     "await their PUBACK (further drops on this connection are counted, not "
                     "logged)", dropped.packet_id)
@@ -541,11 +556,14 @@ class MqttConnection:
             if self._key is not None and self._session is not None:
                 self._registry.detach(self._key, self, self._session, clean=self._clean,
                                       now=self._loop.time())
-            self._ended.set()
+            self._finished = True
+            if self._ended is not None:
+                self._ended.set()
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
         if self._device is not None:
-            self._log.bind(device=str(self._device.id), dropped_unacked=self._dropped).info(
+            _log.bind(peer=self.peer, device=str(self._device.id),
+                      dropped_unacked=self._dropped).info(
                 "device {} disconnected from MQTT", self._device.name)
 
     def _forget_unstored(self) -> None:
@@ -564,6 +582,33 @@ class MqttConnection:
     def _write(self, data: bytes) -> None:
         if not self._writer.is_closing():
             self._writer.write(data)
+
+    def _logger(self) -> Any:
+        return _log.bind(peer=self.peer, device=self._device_id())
+
+    def _subscriptions_of(self) -> Subscriptions:
+        if self._subscriptions is None:
+            assert self._device is not None
+            self._subscriptions = Subscriptions(self._service, self._device.id,
+                                                self._publish_to_device)
+        return self._subscriptions
+
+    def _gateway_api(self) -> Gateway:
+        if self._gateway is None:
+            assert self._device is not None
+            self._gateway = Gateway(self._service, self._device, self._publish_to_device,
+                                    link_connected=self._link_connected, polls=self._polls,
+                                    commit_timeout_s=self._limits.commit_timeout_s)
+        return self._gateway
+
+    def _inbound_of(self) -> Inbound:
+        if self._inbound is None:
+            assert self._device is not None
+            self._inbound = Inbound(self._service, self._device, self._device.token,
+                                    self._gateway_api, self._publish_to_device,
+                                    link_connected=self._link_connected, polls=self._polls,
+                                    read_timeout_s=self._limits.commit_timeout_s)
+        return self._inbound
 
     def _device_id(self) -> str:
         return str(self._device.id) if self._device is not None else "unknown"

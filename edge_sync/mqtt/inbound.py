@@ -35,7 +35,7 @@ from edge_sync.mqtt.gateway import Gateway
 from edge_sync.mqtt.topics import Publish, classify
 from edge_sync.storage.records import Device
 
-__all__ = ["Inbound"]
+__all__ = ["Inbound", "attribute_values", "telemetry_entries"]
 
 _log = logger.bind(component="mqtt")
 
@@ -45,13 +45,14 @@ Send = Callable[[str, bytes], None]
 class Inbound:
     """The publishes of one authenticated device's connection; the server's loop thread."""
 
-    def __init__(self, service: DeviceService, device: Device, token: str, gateway: Gateway,
-                 send: Send, *, link_connected: Callable[[], bool] | None,
+    def __init__(self, service: DeviceService, device: Device, token: str,
+                 gateway: Callable[[], Gateway], send: Send, *,
+                 link_connected: Callable[[], bool] | None,
                  polls: set[LongPoll], read_timeout_s: float) -> None:
         self._service = service
         self._device = device
         self._token = token
-        self._gateway = gateway
+        self._gateway = gateway  # made on first use
         self._send = send
         self._link_connected = link_connected
         self._polls = polls
@@ -70,7 +71,7 @@ class Inbound:
         if kind is Publish.ATTRIBUTES:
             return self._service.post_attributes(self._token, parse_json(data))
         if kind is Publish.GATEWAY:
-            return self._gateway.publish(topic, data)
+            return self._gateway().publish(topic, data)
         if kind is Publish.RPC_RESPONSE:
             body = parse_json(data)
             return _answered(self._service.post_rpc_response(
@@ -83,15 +84,6 @@ class Inbound:
             self._log.bind(topic=topic[:128]).warning(
                 "publish to a topic outside the device API acknowledged and dropped")
         return None
-
-    def telemetry(self, data: bytes) -> tuple[Entry, ...]:
-        """A telemetry body's entries, as the device service parses them (BadRequest:
-        invalid)."""
-        return parse_telemetry(parse_json(data), now_ms=self._service.now_ms())
-
-    def attributes(self, data: bytes) -> Values:
-        """A client attributes body's values (BadRequest: invalid)."""
-        return parse_attributes(parse_json(data))
 
     def close(self) -> None:
         for request in list(self._requests):
@@ -143,3 +135,14 @@ def _answered(committed: Future[range]) -> Future[Any]:
 
     committed.add_done_callback(done)
     return out
+
+
+def telemetry_entries(service: DeviceService, data: bytes) -> tuple[Entry, ...]:
+    """A telemetry body's entries, as the device service parses them (a body without ``ts``
+    stamped with the service's clock now); BadRequest: invalid."""
+    return parse_telemetry(parse_json(data), now_ms=service.now_ms())
+
+
+def attribute_values(data: bytes) -> Values:
+    """A client attributes body's values; BadRequest: invalid."""
+    return parse_attributes(parse_json(data))

@@ -128,6 +128,10 @@ class MqttServer(LoopThreadServer):
                 self._service, reader, writer, limits=self._limits, registry=self.registry,
                 link_connected=self._link_connected, polls=self._polls, on_pause=self._on_pause,
             ).run()
+        except asyncio.CancelledError:
+            # the server stops and the connection has ended; a task left cancelled would make
+            # asyncio's stream callback (Python 3.11) log an "Exception in callback" for it
+            pass
         finally:
             self._connections.discard(task)
             with contextlib.suppress(Exception):

@@ -45,7 +45,7 @@ class Outbox:
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._messages: OrderedDict[int, OutMessage] = OrderedDict()
+        self._messages: dict[int, OutMessage] = {}  # in the order they were added
         self._next_id = 1
 
     def __len__(self) -> int:
@@ -56,7 +56,7 @@ class Outbox:
         dropped to stay within the limit (None when none was)."""
         dropped = None
         if len(self._messages) >= self._limit:
-            _, dropped = self._messages.popitem(last=False)
+            dropped = self._messages.pop(next(iter(self._messages)))
         packet_id = self._next_id
         while packet_id in self._messages:  # at most limit (< 65535) ids are taken
             packet_id = packet_id % MAX_PACKET_ID + 1

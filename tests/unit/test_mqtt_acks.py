@@ -70,3 +70,21 @@ def test_drain_empties_the_line_and_returns_what_was_owed() -> None:
     b = q.add_settled(Reply.PUBACK, 2)
     assert q.drain() == [a, b]
     assert len(q) == 0 and q.pop_due() is None
+
+
+def test_a_long_line_taken_while_it_grows_keeps_its_order() -> None:
+    """The line is a list read from a head index, cut now and then: thousands of entries
+    added and taken in turns come out once each, in order."""
+    q = AckQueue()
+    added, taken = 0, []
+    for _ in range(50):
+        for _ in range(100):
+            q.add(Reply.PUBACK, added, deadline=1.0).settle()
+            added += 1
+        for _ in range(60):
+            entry = q.pop_due()
+            assert entry is not None
+            taken.append(entry.packet_id)
+        assert len(q) == added - len(taken)
+    taken += [e.packet_id for e in iter(q.pop_due, None)]
+    assert taken == list(range(added)) and len(q) == 0
