@@ -47,7 +47,7 @@ class Acknowledger:
                  "_max", "_outcomes", "_room", "_send", "_timer", "_wake_scheduled", "_warn")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, send: Callable[[bytes], None],
-                 fail: Callable[[Pending, str], None], warn: Callable[[str], None],
+                 fail: Callable[[Reply, int, str], None], warn: Callable[[str], None],
                  commit_timeout_s: float, max_inflight: int) -> None:
         self._loop = loop
         self._send = send  # writes frames
@@ -57,7 +57,7 @@ class Acknowledger:
         self._max = max_inflight
         self._acks = AckQueue()
         # appended by the committing threads, taken by the loop (list operations are atomic)
-        self._outcomes: list[tuple[Sequence[Pending], BaseException | None]] = []
+        self._outcomes: list[tuple[Pending, BaseException | None]] = []
         self._wake_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._room: asyncio.Future[None] | None = None  # while room() waits
@@ -80,10 +80,8 @@ class Acknowledger:
     def expect_all(self, replies: Sequence[tuple[Reply, int]], committed: Future[Any]) -> None:
         """Each of ``replies`` (publishes stored by one command) is due once ``committed``
         completes, in their order, after all before them."""
-        deadline = self._loop.time() + self._commit_timeout
-        add = self._acks.add
-        entries = [add(reply, packet_id, deadline) for reply, packet_id in replies]
-        committed.add_done_callback(lambda done: self._committed(entries, done))
+        entry = self._acks.add_all(replies, self._loop.time() + self._commit_timeout)
+        committed.add_done_callback(lambda done: self._committed(entry, done))
         if self._timer is None:
             self._arm_timer()
 
@@ -122,10 +120,10 @@ class Acknowledger:
         _wake(self._drained)
         return self._acks.drain()
 
-    def _committed(self, entries: Sequence[Pending], done: Future[Any]) -> None:
+    def _committed(self, entry: Pending, done: Future[Any]) -> None:
         """Any thread (the committing actor's)."""
         error = done.exception() if not done.cancelled() else asyncio.CancelledError()
-        self._outcomes.append((entries, error))
+        self._outcomes.append((entry, error))
         if not self._wake_scheduled:
             self._wake_scheduled = True
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
@@ -136,26 +134,25 @@ class Acknowledger:
         outcomes = self._outcomes
         taken = outcomes[:]
         del outcomes[:len(taken)]  # what a committing thread appended meanwhile stays
-        for entries, error in taken:
-            for entry in entries:
-                entry.settle(error)
+        for entry, error in taken:
+            entry.settle(error)
         self.send_due()
 
     def send_due(self) -> None:
         """Send the replies now due, in order, in one write. A failed commit of a QoS 1 or 2
         publish goes to ``fail`` (which closes the connection: nothing is sent after it)."""
         frames: list[bytes] = []
+        headers = _HEADERS
         while (entry := self._acks.pop_due()) is not None:
             if entry.error is not None:
-                if entry.reply is Reply.NONE:
-                    self._warn(f"QoS 0 publish not committed: {_reason(entry.error)}")
-                else:
-                    if frames:  # what was due before it still goes out
-                        self._send(b"".join(frames))
-                        frames = []
-                    self._failure(entry, _reason(entry.error))
-            elif entry.reply is not Reply.NONE and not self._failed:
-                frames.append(_HEADERS[entry.reply] + entry.packet_id.to_bytes(2, "big"))
+                if frames:  # what was due before it still goes out
+                    self._send(b"".join(frames))
+                    frames = []
+                self._failed_entry(entry, f"not committed: {_reason(entry.error)}")
+            elif not self._failed:
+                for reply, packet_id in entry.replies:
+                    if reply:  # not Reply.NONE
+                        frames.append(headers[reply] + packet_id.to_bytes(2, "big"))
         if frames:
             self._send(b"".join(frames))
         if not self.full:
@@ -175,16 +172,28 @@ class Acknowledger:
         entry = self._acks.pop_overdue(self._loop.time())
         if entry is None:
             self._arm_timer()
-        elif entry.reply is Reply.NONE:
-            self._warn("QoS 0 publish not confirmed in time; not waited for any longer")
-            self.send_due()
-        else:
-            self._failure(entry, "not confirmed in time")
+        elif not self._failed_entry(entry, "not confirmed in time"):
+            self.send_due()  # QoS 0 only: not waited for any longer
 
-    def _failure(self, entry: Pending, reason: str) -> None:
+    def _failed_entry(self, entry: Pending, reason: str) -> bool:
+        """The commit of ``entry`` failed (or was not confirmed in time): its QoS 0 publishes
+        are only logged; a QoS 1 or 2 one is a failure. Whether it was one."""
+        failed = False
+        qos0 = 0
+        for reply, packet_id in entry.replies:
+            if reply is Reply.NONE:
+                qos0 += 1
+            else:
+                failed = True
+                self._failure(reply, packet_id, reason)
+        if qos0:
+            self._warn(f"QoS 0 publish {reason}" + (f" ({qos0} publishes)" if qos0 > 1 else ""))
+        return failed
+
+    def _failure(self, reply: Reply, packet_id: int, reason: str) -> None:
         """Nothing is sent any more; the connection is told (it closes) and stops waiting."""
         self._failed = True
-        self._fail(entry, reason)
+        self._fail(reply, packet_id, reason)
         _wake(self._room)
         _wake(self._drained)
 

@@ -2,8 +2,9 @@
 §4.6), and its inflight count.
 
 Every PUBLISH the connection accepts, of any QoS, waits here until the commit that holds its
-events completes; only then is its PUBACK (QoS 1) or PUBREC (QoS 2) due, and never ahead of an
-earlier publish's. A publish that commits nothing (a topic outside the API, an attributes
+events completes (the publishes of a read burst stored by one command wait as one entry);
+only then is its PUBACK (QoS 1) or PUBREC (QoS 2) due, and never ahead of an earlier
+publish's. A publish that commits nothing (a topic outside the API, an attributes
 request, a QoS 2 resend) and a PUBCOMP join the line already settled. The line's length is the
 connection's inflight count: publishes accepted and not yet acknowledged, which the connection
 caps by not reading its socket (``mqtt.max_inflight_per_client``).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 
 __all__ = ["AckQueue", "Pending", "Reply"]
 
@@ -31,16 +33,26 @@ class Reply(enum.IntEnum):
 
 
 class Pending:
-    """One entry: a reply owed for ``packet_id``, due once settled."""
+    """One entry: the replies owed for publishes stored by one commit (one publish, or the
+    publishes of a read burst that went to the store as one command: mqtt/burst.py), due
+    together once settled, in their order."""
 
-    __slots__ = ("deadline", "error", "packet_id", "reply", "settled")
+    __slots__ = ("deadline", "error", "replies", "settled")
 
-    def __init__(self, reply: Reply, packet_id: int, deadline: float) -> None:
-        self.reply = reply
-        self.packet_id = packet_id
+    def __init__(self, replies: Sequence[tuple[Reply, int]], deadline: float) -> None:
+        self.replies = replies
         self.deadline = deadline
         self.settled = False
         self.error: BaseException | None = None
+
+    @property
+    def reply(self) -> Reply:
+        """The first (for an entry of one publish: its only) reply."""
+        return self.replies[0][0]
+
+    @property
+    def packet_id(self) -> int:
+        return self.replies[0][1]
 
     def settle(self, error: BaseException | None = None) -> None:
         """The commit completed (``error``: it failed). Only the first outcome counts."""
@@ -50,33 +62,39 @@ class Pending:
 
     def __repr__(self) -> str:
         state = "pending" if not self.settled else ("failed" if self.error else "settled")
-        return f"Pending({self.reply.name}, {self.packet_id}, {state})"
+        replies = ", ".join(f"{reply.name} {packet_id}" for reply, packet_id in self.replies)
+        return f"Pending({replies}, {state})"
 
 
 class AckQueue:
     """The line: a list read from ``_head`` (an idle connection's line is an empty list, not a
-    deque's block of 64 slots)."""
+    deque's block of 64 slots); its length counts replies, not entries."""
 
-    __slots__ = ("_head", "_line")
+    __slots__ = ("_count", "_head", "_line")
 
     def __init__(self) -> None:
         self._line: list[Pending] = []
         self._head = 0
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._line) - self._head
+        return self._count
 
     def add(self, reply: Reply, packet_id: int, deadline: float) -> Pending:
         """A publish whose commit is awaited until ``deadline``."""
-        entry = Pending(reply, packet_id, deadline)
+        return self.add_all(((reply, packet_id),), deadline)
+
+    def add_all(self, replies: Sequence[tuple[Reply, int]], deadline: float) -> Pending:
+        """Publishes stored by one commit, awaited until ``deadline``: one entry."""
+        entry = Pending(replies, deadline)
         self._line.append(entry)
+        self._count += len(replies)
         return entry
 
     def add_settled(self, reply: Reply, packet_id: int) -> Pending:
         """A reply with nothing to wait for: due once everything before it is."""
-        entry = Pending(reply, packet_id, math.inf)
+        entry = self.add_all(((reply, packet_id),), math.inf)
         entry.settled = True
-        self._line.append(entry)
         return entry
 
     def _first(self) -> Pending | None:
@@ -93,6 +111,7 @@ class AckQueue:
             del line[:head]
             head = 0
         self._head = head
+        self._count -= len(entry.replies)
         return entry
 
     def pop_due(self) -> Pending | None:
@@ -124,4 +143,5 @@ class AckQueue:
         out = self._line[self._head:]
         self._line = []
         self._head = 0
+        self._count = 0
         return out

@@ -65,7 +65,7 @@ from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Unauthorized
 from edge_sync.mqtt import topics
 from edge_sync.mqtt.acknowledger import Acknowledger
-from edge_sync.mqtt.acks import Pending, Reply
+from edge_sync.mqtt.acks import Reply
 from edge_sync.mqtt.burst import Burst
 from edge_sync.mqtt.frames import Frame, FrameReader, Malformed, Oversize
 from edge_sync.mqtt.gateway import Gateway
@@ -464,17 +464,16 @@ class MqttConnection:
             return
         self._acks.expect_all(replies, committed)
 
-    def _fail(self, entry: Pending, reason: str) -> None:
-        """Close without ``entry``'s acknowledgement (or any after it: nothing more is
-        written)."""
-        if self._session is not None and entry.reply is Reply.PUBREC:
-            self._session.awaiting_release.discard(entry.packet_id)  # its resend is stored
+    def _fail(self, reply: Reply, packet_id: int, reason: str) -> None:
+        """Close without the acknowledgement of publish ``packet_id`` (or any after it:
+        nothing more is written)."""
+        if self._session is not None and reply is Reply.PUBREC:
+            self._session.awaiting_release.discard(packet_id)  # its resend is stored
         if self._failed:
             return
         self._failed = True
         self._logger().warning(
-            "publish {} not committed, closing without its {}: {}",
-            entry.packet_id, entry.reply.name, reason)
+            "publish {} {}, closing without its {}", packet_id, reason, reply.name)
         self._writer.close()
 
     def _warn(self, message: str) -> None:
@@ -570,10 +569,14 @@ class MqttConnection:
         """QoS 2 publishes not known to be stored leave the session's awaiting-PUBREL ids, so
         the client's resend is stored (a commit that completed after all makes it a
         duplicate, as a QoS 1 resend would be)."""
+        session = self._session
+        if session is None:
+            return
         for entry in self._acks.close():
-            if (self._session is not None and entry.reply is Reply.PUBREC
-                    and (not entry.settled or entry.error is not None)):
-                self._session.awaiting_release.discard(entry.packet_id)
+            if not entry.settled or entry.error is not None:
+                for reply, packet_id in entry.replies:
+                    if reply is Reply.PUBREC:
+                        session.awaiting_release.discard(packet_id)
 
     def _send(self, packet: Any) -> None:
         if not self._writer.is_closing():

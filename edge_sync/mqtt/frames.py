@@ -12,7 +12,9 @@ loop, a task or a timer.
 
 A fixed header of two bytes (a packet of at most 127 bytes after it: the usual telemetry
 publish) is remembered once decoded: the same two bytes always decode the same way, and a
-connection publishing the same way sends the same two bytes again and again.
+connection publishing the same way sends the same two bytes again and again. Likewise a PUBLISH
+whose topic is in the same bytes as the last topic amqtt decoded on the connection has that
+topic (the packet id after it is read with amqtt's ``bytes_to_int``).
 
 A packet larger than ``max_body`` is refused (``Oversize``) as soon as its fixed header is in
 the buffer, before its body is: at most one read of ``read_size`` bytes (no more than the limit)
@@ -26,6 +28,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from amqtt.adapters import ReaderAdapter
+from amqtt.codecs_amqtt import bytes_to_int
 from amqtt.errors import AMQTTError, CodecError, MQTTError, NoDataError
 from amqtt.mqtt import packet_dict
 from amqtt.mqtt.packet import MQTTFixedHeader
@@ -113,13 +116,14 @@ class Frame:
 class FrameReader:
     """The bytes read from one connection and not yet decoded; the server's loop thread."""
 
-    __slots__ = ("_data", "_max", "_memory", "_pos", "read_size")
+    __slots__ = ("_data", "_max", "_memory", "_pos", "_topic", "read_size")
 
     def __init__(self, max_body: int) -> None:
         self._max = max_body
         self._data = b""
         self._pos = 0
         self._memory = _Memory()
+        self._topic: tuple[bytes, str] | None = None
         self.read_size = max(16, min(READ_SIZE, max_body))
 
     def __len__(self) -> int:
@@ -167,14 +171,27 @@ class FrameReader:
 
     def publish(self, frame: Frame) -> tuple[str, int, int, bytes]:
         """A PUBLISH's topic, QoS (3: malformed, for the caller to refuse), packet id (0 at QoS
-        0) and payload."""
-        memory = self._memory.at(frame.data, frame.start, frame.end)
+        0) and payload. A topic in the same bytes as the last one amqtt decoded on this
+        connection (its two length bytes and the name: a client publishes on few topics) is
+        that topic again; the packet id after it is read with amqtt's ``bytes_to_int``."""
+        data, start, end = frame.data, frame.start, frame.end
+        qos = (frame.flags & _QOS_FLAG) >> 1
+        last = self._topic
+        if last is not None and data.startswith(last[0], start, end):
+            pos = start + len(last[0])
+            if qos:
+                if pos + 2 > end:
+                    raise Malformed("PUBLISH: no packet id")
+                return last[1], qos, bytes_to_int(data[pos:pos + 2]), data[pos + 2:end]
+            return last[1], qos, 0, data[pos:end]
+        memory = self._memory.at(data, start, end)
         try:
             variable = _run(PublishVariableHeader.from_stream(memory, frame.header))
         except (NoDataError, MQTTError, CodecError, AMQTTError) as exc:
             raise Malformed(f"PUBLISH: {exc}") from exc
-        return (variable.topic_name, (frame.flags & _QOS_FLAG) >> 1, variable.packet_id or 0,
-                frame.data[memory.pos:frame.end])
+        topic_end = memory.pos - (2 if qos else 0)
+        self._topic = (data[start:topic_end], variable.topic_name)
+        return variable.topic_name, qos, variable.packet_id or 0, data[memory.pos:end]
 
     def packet(self, frame: Frame) -> Any:
         """Any packet of MQTT 3.1.1 (amqtt's class of its type)."""

@@ -172,3 +172,35 @@ def test_a_command_holds_at_most_max_entries() -> None:
     many = tuple((i, (("n", i),)) for i in range(MAX_ENTRIES))
     assert burst.telemetry(many, Reply.PUBACK, 1)
     assert not burst.telemetry(((0, (("n", 0),)),), Reply.PUBACK, 2)
+
+
+def test_publishes_decode_as_amqtt_decodes_them_whatever_topic_came_before() -> None:
+    """The topic remembered from the last PUBLISH is used only for the same bytes: topics
+    alternating, a prefix of another, QoS 0 and 1 and 2 mixed, an empty payload."""
+    specs = [("v1/devices/me/telemetry", 1, 1, b'{"n": 1}'), ("v1/devices/me/telemetry", 0, None, b"{}"),
+             ("v1/devices/me/telemetry/x", 1, 2, b"a"), ("v1/devices/me/telemetr", 2, 3, b""),
+             ("v1/devices/me/attributes", 1, 65535, b'{"a": 1}'), ("v1/devices/me/attributes", 1, 4, b"b"),
+             ("é/ü", 0, None, b"c"), ("v1/devices/me/telemetry", 1, 5, b"d" * 300)]
+    stream = b"".join(publish(t, p, pid, q) for t, q, pid, p in specs)
+    reader = FrameReader(1 << 20)
+    reader.feed(stream)
+    got = [reader.publish(f) for f in iter(reader.next, None)]
+    expected = []
+    for t, q, pid, p in specs:
+        amqtt_side = FrameReader(1 << 20)  # a new reader: nothing remembered
+        amqtt_side.feed(publish(t, p, pid, q))
+        f = amqtt_side.next()
+        assert f is not None
+        expected.append(amqtt_side.publish(f))
+    assert got == expected == [(t, q, pid or 0, p) for t, q, pid, p in specs]
+
+
+def test_a_remembered_topic_without_its_packet_id_is_malformed() -> None:
+    reader = FrameReader(1 << 20)
+    whole = publish("t/1", b"{}", 9, 1)
+    reader.feed(whole + bytes([0x32, 0x05]) + whole[2:7])  # QoS 1, the topic and no packet id
+    first, second = reader.next(), reader.next()
+    assert first is not None and second is not None
+    assert reader.publish(first) == ("t/1", 1, 9, b"{}")
+    with pytest.raises(Malformed):
+        reader.publish(second)

@@ -1,0 +1,88 @@
+"""mqtt/acknowledger.py on a real loop, without a server: the publishes of one command (a read
+burst) are acknowledged together once its commit completes, in order, in one write; a failed
+commit of such a group logs its QoS 0 publishes once and fails at its first QoS 1 publish, with
+nothing written after it; commit outcomes from another thread wake the loop once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from edge_sync.mqtt.acknowledger import Acknowledger, frame
+from edge_sync.mqtt.acks import Reply
+
+
+class Wire:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.writes: list[bytes] = []
+        self.failed: list[tuple[Reply, int, str]] = []
+        self.warnings: list[str] = []
+        self.acks = Acknowledger(loop, send=self.writes.append,
+                                 fail=lambda r, p, why: self.failed.append((r, p, why)),
+                                 warn=self.warnings.append, commit_timeout_s=5.0,
+                                 max_inflight=10)
+
+
+def run(test: Any) -> None:
+    asyncio.run(test())
+
+
+def test_a_group_is_acknowledged_in_one_write_after_what_came_before() -> None:
+    async def test() -> None:
+        wire = Wire(asyncio.get_running_loop())
+        first: Future[range] = Future()
+        burst: Future[range] = Future()
+        wire.acks.expect(Reply.PUBACK, 1, first)
+        wire.acks.expect_all([(Reply.PUBACK, 2), (Reply.NONE, 0), (Reply.PUBACK, 3)], burst)
+        assert len(wire.acks) == 4
+        threading.Thread(target=burst.set_result, args=(range(0, 3),)).start()
+        await asyncio.sleep(0.05)
+        assert wire.writes == []  # the first publish still waits: nothing overtakes it
+        first.set_result(range(3, 4))
+        await asyncio.sleep(0.05)
+        assert wire.writes == [frame(Reply.PUBACK, 1) + frame(Reply.PUBACK, 2)
+                               + frame(Reply.PUBACK, 3)]
+        assert len(wire.acks) == 0 and not wire.acks.full
+
+    run(test)
+
+
+def test_a_failed_group_logs_its_qos_0_once_and_fails_at_its_first_qos_1() -> None:
+    async def test() -> None:
+        wire = Wire(asyncio.get_running_loop())
+        ok: Future[range] = Future()
+        bad: Future[range] = Future()
+        after: Future[range] = Future()
+        wire.acks.expect(Reply.PUBACK, 1, ok)
+        wire.acks.expect_all([(Reply.NONE, 0), (Reply.NONE, 0), (Reply.PUBACK, 2),
+                              (Reply.PUBACK, 3)], bad)
+        wire.acks.expect(Reply.PUBACK, 4, after)
+        ok.set_result(range(1))
+        bad.set_exception(RuntimeError("storage full"))
+        after.set_result(range(1))
+        await asyncio.sleep(0.05)
+        assert wire.writes == [frame(Reply.PUBACK, 1)]  # nothing after the failure
+        assert wire.failed[0] == (Reply.PUBACK, 2, "not committed: storage full")
+        assert [p for _, p, _ in wire.failed] == [2, 3]
+        assert wire.warnings == ["QoS 0 publish not committed: storage full (2 publishes)"]
+
+    run(test)
+
+
+def test_the_inflight_count_is_of_publishes_and_room_comes_when_a_group_is_acknowledged(
+        ) -> None:
+    async def test() -> None:
+        wire = Wire(asyncio.get_running_loop())
+        burst: Future[range] = Future()
+        wire.acks.expect_all([(Reply.PUBACK, i) for i in range(1, 11)], burst)
+        assert wire.acks.full
+        waiting = asyncio.ensure_future(wire.acks.room())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        burst.set_result(range(10))
+        await asyncio.wait_for(waiting, 1.0)
+        assert len(wire.writes) == 1 and len(wire.writes[0]) == 40
+
+    run(test)
