@@ -220,6 +220,8 @@ class MqttConnection:
         while True:
             if self._acks.full:
                 await self._wait_for_room()
+            if self._failed:  # a commit failed: nothing more is taken (the close is under way)
+                return
             buffered = len(frames)
             more = self._read_burst()
             if len(frames) != buffered:  # whole packets came

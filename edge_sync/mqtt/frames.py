@@ -44,8 +44,9 @@ READ_SIZE = 65536
 _QOS_FLAG = PublishPacket.QOS_FLAG
 _HEADER_CACHE_MAX = 4096
 _headers: dict[bytes, tuple[int, int, int, MQTTFixedHeader]] = {}
-"""Two-byte fixed headers decoded so far -> (type, flags, remaining length, the header); the
-server's loop thread only (one loop: no lock needed)."""
+"""Two-byte fixed headers decoded so far -> (type, flags, remaining length, the header). Shared
+by every connection (of every server in the process): a dict's get and set are atomic, and an
+entry never changes once made; the header objects are only read."""
 
 
 class Malformed(Exception):
