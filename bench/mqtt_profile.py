@@ -3,8 +3,8 @@
 with its sample count) summed into the steps a QoS 1 telemetry PUBLISH takes.
 
 Each sample goes to the first category (in the order of ``CATEGORIES``) whose thread prefix
-and stack fragment match, so a step nested in another (the PUBACK's encoding inside the ack
-task) is named before the step around it. With ``--gil`` only the thread holding the GIL is
+and stack fragment match, so a step nested in another (the JSON parse inside the handling of a
+burst) is named before the step around it. With ``--gil`` only the thread holding the GIL is
 sampled: time spent with the GIL released (fsync, socket calls, LMDB's C code that releases
 it) is not in these figures, which is why the benchmark also reports the server's whole CPU
 per message.
@@ -23,16 +23,20 @@ from typing import Any
 
 # (category, thread name prefix, stack fragments: all must be in the stack)
 CATEGORIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("mqtt: PUBACK encode (amqtt)", "mqtt", ("Acknowledger.send_due", "amqtt/")),
-    ("mqtt: PUBACK write (in order; transport.write)", "mqtt", ("Acknowledger.send_due",)),
+    ("mqtt: PUBACK frames, in order, one write per batch", "mqtt", ("Acknowledger.send_due",)),
     ("mqtt: commit outcomes settled (loop woken per batch)", "mqtt", ("Acknowledger._settle",)),
-    ("mqtt: ack bookkeeping per publish (expect, done callback)", "mqtt", ("Acknowledger.expect",)),
+    ("mqtt: ack bookkeeping per command (entry, done callback)", "mqtt",
+     ("Acknowledger.expect_all",)),
     ("mqtt: JSON parse", "mqtt", ("parse_json",)),
     ("mqtt: body to entries (payloads.py)", "mqtt", ("edge_sync/api/payloads.py",)),
-    ("mqtt: actor hop (tell: pykka queue put + notify)", "mqtt", ("EntityRouter.tell",)),
-    ("mqtt: post_telemetry other (token, Future)", "mqtt", ("DeviceService.post",)),
-    ("mqtt: amqtt decode (header, PUBLISH)", "mqtt", ("amqtt/",)),
-    ("mqtt: wait_for per packet on the header read (task, timer), drain", "mqtt",
+    ("mqtt: actor hop per command (tell: pykka queue put + notify)", "mqtt",
+     ("EntityRouter.tell",)),
+    ("mqtt: command per burst other (token check, Future)", "mqtt", ("Burst.take",)),
+    ("mqtt: amqtt decode (fixed header, PUBLISH variable header)", "mqtt", ("amqtt/",)),
+    ("mqtt: frames cut from the buffer (frames.py)", "mqtt", ("edge_sync/mqtt/frames.py",)),
+    ("mqtt: per packet: topic, QoS, held for the command", "mqtt",
+     ("MqttConnection._packets",)),
+    ("mqtt: read loop (socket read into the buffer, drain, keep-alive)", "mqtt",
      ("MqttConnection._serve",)),
     ("mqtt: socket read (recv, StreamReader)", "mqtt", ("_read_ready",)),
     ("mqtt: event loop (select, scheduling)", "mqtt", ()),
@@ -46,6 +50,8 @@ CATEGORIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("queue actor: mailbox, other", "QueueActor", ()),
     ("other threads (HTTP loops, tickers, supervisor)", "", ()),
 )
+"""Steps of the MQTT server as it is since the read burst (one command per device per read,
+mqtt/burst.py; packets decoded from a buffer, mqtt/frames.py)."""
 
 
 def categorise(lines: list[str]) -> tuple[Counter[str], int]:
