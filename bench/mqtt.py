@@ -48,6 +48,10 @@ the end: the machine is shared), ``revision`` (git describe of the tree measured
 ``errors``. For edge-sync, ``msgs_per_commit`` is the messages per group commit (fsync) in
 each throughput measurement (its commit counter, warm-up and drain included).
 
+``--only idle,throughput,latency``: some of the three measurements (e.g. ``--only throughput
+--clients 10 --no-mosquitto`` for one focused figure); edge-sync is then provisioned with only
+the devices they use.
+
 ``--profile DIR``: after the measurements of the first run, one more 10-client throughput run
 (not in the figures) with ``py-spy record --gil --threads --format raw`` on edge-sync; the
 collapsed stacks go to DIR and their summary (bench/mqtt_profile.py: µs of GIL-held time per
