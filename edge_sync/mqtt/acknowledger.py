@@ -3,11 +3,12 @@ outcomes arriving from the committing actors' threads, the acknowledgements sent
 due, the commit timeout of the oldest waiting publish, and the inflight cap that pauses the
 connection's reading.
 
-Outcomes are handed over in a deque, and the loop is woken once for all the outcomes that
+Outcomes are handed over in a list, and the loop is woken once for all the outcomes that
 arrive together (a group commit settles many publishes at once), not once per publish. The
-publishes of one read burst that went to the store as one command (mqtt/burst.py) wait on its
-one commit: one done callback for all of them. The acknowledgements that fall due together are
-written in one write, each frame made once per packet id from the header amqtt encodes.
+publishes of one read burst that went to the store as one command (mqtt/burst.py) are one entry
+waiting on its one commit: one done callback for all of them. The acknowledgements that fall
+due together are written in one write; each frame is the fixed header amqtt encodes for its
+kind (computed once) followed by the packet id.
 """
 
 from __future__ import annotations
