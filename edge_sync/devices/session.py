@@ -33,16 +33,25 @@ class DeviceSession:
                     or self.fetch_waiters)
 
     def next_rpc_waiter(self) -> Subscriber | None:
-        """The newest waiter still waiting, claimed for one request (an older poll of the same
-        device is the likelier to be gone unnoticed: its device has polled again since). A
-        subscriber that stays live after a claim (a connected transport's subscription) goes to
-        the back of the line for the next request; a long poll is done with one."""
-        while self.rpc_waiters:
-            waiter = self.rpc_waiters.pop()
+        """The newest waiter still waiting, claimed for one request. The newest, because an
+        older waiter of the same device is the likelier to be gone unnoticed: its device has
+        polled or subscribed again since (an HTTP client that gave up, or a connection left
+        half-open when the device reconnected under another client id, alive for the server
+        until 1.5 times its keep-alive has passed). A long poll is done with its one request
+        and leaves the line; a subscriber that stays live after a claim (a connected
+        transport's standing subscription) keeps its place at the newest end, so every request
+        goes to it until a newer waiter comes or it ends. (It used to go to the back of the
+        line: with two subscribed connections of one device every other request went to the
+        older one, DELIVERED to a dead socket and then TIMEOUT. ThingsBoard keeps one session
+        per device and closes the older ones.)"""
+        waiters = self.rpc_waiters
+        while waiters:
+            waiter = waiters[-1]
             if waiter.claim():
-                if waiter.live:
-                    self.rpc_waiters.appendleft(waiter)
+                if not waiter.live:  # a long poll: one request
+                    waiters.pop()
                 return waiter
+            waiters.pop()  # gone: timed out, disconnected, closed
         return None
 
     def publish_attributes(self, update: dict[str, Any]) -> int:
