@@ -169,7 +169,22 @@ class EdgeApp:
             mqtt_tls_port=self.ports.get("mqtt-tls"),
             admin_port=self.ports.get("admin-http"),
         ).info("edge-sync started")
+        self._warn_plain_mqtt_beside_client_ca()
         return self
+
+    def _warn_plain_mqtt_beside_client_ca(self) -> None:
+        """One WARNING at start when the TLS listener requires client certificates
+        (``mqtt.tls.client_ca``) while the plain listener is on: it takes an access token
+        without any certificate, so the requirement is not one unless that listener is off."""
+        mqtt = self.cfg.mqtt
+        if not (mqtt.enabled and mqtt.tls.enabled and mqtt.tls.client_ca is not None):
+            return
+        _log.bind(mqtt_port=self.ports.get("mqtt"), mqtt_tls_port=self.ports.get("mqtt-tls")).warning(
+            "mqtt.tls.client_ca requires a client certificate on the MQTT TLS listener (port {}), "
+            "but the plain MQTT listener ({}:{}) is on too and accepts a device's access token "
+            "without a certificate; turn it off with EDGE_MQTT_ENABLED=false (mqtt.enabled: "
+            "false) unless devices are meant to connect without one",
+            self.ports.get("mqtt-tls"), mqtt.host, self.ports.get("mqtt"))
 
     def stop(self, *, timeout: float = 60.0) -> None:
         """Stop the tree in reverse order (everything accepted is on disk), close the store."""
