@@ -30,6 +30,7 @@ from edge_sync.devices.rpc import RpcStatus
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.records import Device
 from tests.helpers.fake_peer import FakeCloud
+from tests.helpers.mqtt_app import round_trip
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
 from tests.helpers.mqtt_gateway import ATTRIBUTES as GATEWAY_ATTRIBUTES
 from tests.helpers.mqtt_gateway import CONNECT, Logs, MqttGateway, held_commits
@@ -96,12 +97,6 @@ def keys(prefix: str, n: int = BURST) -> list[str]:
 
 def updates_of(client: MqttDevice) -> list[Any]:
     return [json.loads(m.payload) for m in client.received_on(ATTRIBUTES)]
-
-
-def round_trip(client: MqttDevice, request_id: int) -> None:
-    """An attribute request answered: the connection's one writer wrote what was due before."""
-    client.publish(f"v1/devices/me/attributes/request/{request_id}", {"clientKeys": "none"})
-    client.wait_message(f"v1/devices/me/attributes/response/{request_id}")
 
 
 def barrier(client: MqttDevice) -> None:

@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 
 from edge_sync.app import EdgeApp
-from edge_sync.config import load_edge_config
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.event_log import EventLog
-from edge_sync.storage.records import Action, Scope, StoredEvent
+from edge_sync.storage.records import Action, Scope
+from tests.helpers.mqtt_app import AppFactory, events_of, values
 from tests.helpers.mqtt_raw import PUBACK, RawClient, publish_packet
 from tests.helpers.wait import wait_until
 
@@ -42,27 +42,8 @@ MAX_MESSAGE = 4096
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[EdgeApp]:
-    cfg = load_edge_config(env={
-        "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_HOST": "127.0.0.1",
-        "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0", "EDGE_ACTORS_SHARDS": "2",
-        "EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0",
-        "EDGE_MQTT_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
-    })
-    edge = EdgeApp(cfg).start()
-    try:
-        yield edge
-    finally:
-        edge.stop()
-
-
-def events_of(app: EdgeApp, device_id: uuid.UUID, action: str) -> list[StoredEvent]:
-    with app.store.read() as txn:
-        return [e for e in EventLog(app.store).iter_events(txn)
-                if e.entity_id == device_id and e.action == action]
-
-
-def values(app: EdgeApp, device_id: uuid.UUID) -> list[Any]:
-    return [e.body["values"]["n"] for e in events_of(app, device_id, Action.TIMESERIES_UPDATED)]
+    with AppFactory(tmp_path) as apps:
+        yield apps(EDGE_MQTT_MAX_MESSAGE_BYTES=str(MAX_MESSAGE))
 
 
 def body(value: Any) -> bytes:

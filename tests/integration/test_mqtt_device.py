@@ -26,9 +26,8 @@ from pathlib import Path
 import pytest
 
 from edge_sync.app import EdgeApp
-from edge_sync.config import load_edge_config
-from edge_sync.storage.event_log import EventLog
-from edge_sync.storage.records import Action, StoredEvent
+from edge_sync.storage.records import Action
+from tests.helpers.mqtt_app import AppFactory, events_of, values
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
 from tests.helpers.mqtt_raw import PUBACK, PUBCOMP, PUBREC, PUBREL, RawClient, id_packet, publish_packet
 from tests.helpers.wait import wait_until
@@ -40,17 +39,9 @@ MAX_MESSAGE = 4096
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[EdgeApp]:
-    cfg = load_edge_config(env={
-        "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_HOST": "127.0.0.1",
-        "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0", "EDGE_ACTORS_SHARDS": "2",
-        "EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0",
-        "EDGE_MQTT_MAX_MESSAGE_BYTES": str(MAX_MESSAGE), "EDGE_MQTT_CONNECT_TIMEOUT_S": "0.5",
-    })
-    edge = EdgeApp(cfg).start()
-    try:
-        yield edge
-    finally:
-        edge.stop()
+    with AppFactory(tmp_path) as apps:
+        yield apps(EDGE_MQTT_MAX_MESSAGE_BYTES=str(MAX_MESSAGE),
+                   EDGE_MQTT_CONNECT_TIMEOUT_S="0.5")
 
 
 @pytest.fixture
@@ -58,16 +49,6 @@ def device_id(app: EdgeApp) -> uuid.UUID:
     device, created = app.service.create_device("mqtt-dev-1", token=TOKEN)
     created.result(DEADLINE_S)
     return device.id
-
-
-def events_of(app: EdgeApp, device_id: uuid.UUID, action: str) -> list[StoredEvent]:
-    with app.store.read() as txn:
-        return [e for e in EventLog(app.store).iter_events(txn)
-                if e.entity_id == device_id and e.action == action]
-
-
-def values(app: EdgeApp, device_id: uuid.UUID, key: str = "n") -> list[object]:
-    return [e.body["values"][key] for e in events_of(app, device_id, Action.TIMESERIES_UPDATED)]
 
 
 def test_qos1_telemetry_is_acknowledged_after_commit_exactly_once_in_order(

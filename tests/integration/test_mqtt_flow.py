@@ -13,53 +13,30 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edge_sync.app import EdgeApp
-from edge_sync.config import load_edge_config
-from edge_sync.storage.event_log import EventLog
-from edge_sync.storage.records import Action
+from tests.helpers.mqtt_app import AppFactory, values
 from tests.helpers.mqtt_device import TELEMETRY, MqttDevice
 from tests.helpers.wait import wait_until
 
 DEADLINE_S = 30.0
 INFLIGHT = 16
 
-AppFactory = Callable[..., EdgeApp]
-
 
 @pytest.fixture
 def make_app(tmp_path: Path) -> Iterator[AppFactory]:
-    apps: list[EdgeApp] = []
-
-    def make(**env: str) -> EdgeApp:
-        cfg = load_edge_config(env={
-            "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_HOST": "127.0.0.1",
-            "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0", "EDGE_ACTORS_SHARDS": "2",
-            "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0", **env,
-        })
-        app = EdgeApp(cfg).start()
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.stop()
+    with AppFactory(tmp_path) as apps:
+        yield apps
 
 
 def device(app: EdgeApp, name: str) -> tuple[uuid.UUID, str]:
     created, done = app.service.create_device(name, token=f"tok-{name}")
     done.result(DEADLINE_S)
     return created.id, created.token
-
-
-def values(app: EdgeApp, device_id: uuid.UUID) -> list[int]:
-    with app.store.read() as txn:
-        return [e.body["values"]["n"] for e in EventLog(app.store).iter_events(txn)
-                if e.entity_id == device_id and e.action == Action.TIMESERIES_UPDATED]
 
 
 def test_a_flooding_client_is_held_back_and_another_is_still_served(make_app: AppFactory) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_sync.storage.records import Action
 from tests.helpers.agent import Agent
-from tests.helpers.mqtt_device import TELEMETRY, MqttDevice, Tls
+from tests.helpers.mqtt_app import publish_once, values
+from tests.helpers.mqtt_device import MqttDevice, Tls
 from tests.helpers.tls import make_pki
 from tests.helpers.wait import wait_until
 
@@ -31,16 +31,6 @@ DEADLINE_S = 20.0
 def agent(tmp_path: Path) -> Iterator[Agent]:
     with Agent(tmp_path / "agent") as a:
         yield a
-
-
-def telemetry(agent: Agent, device_id: str) -> list[object]:
-    return [e.body["values"]["n"] for e in agent.read_log()
-            if str(e.entity_id) == device_id and e.action == Action.TIMESERIES_UPDATED]
-
-
-def publish_once(dev: MqttDevice, n: int) -> None:
-    info = dev.publish(TELEMETRY, {"n": n})
-    wait_until(lambda: info.mid in dev.acked_ids(), timeout=DEADLINE_S, what=f"PUBACK of {n}")
 
 
 def test_run_serves_mqtt_by_default_and_tls_beside_it(agent: Agent, tmp_path: Path) -> None:
@@ -55,7 +45,7 @@ def test_run_serves_mqtt_by_default_and_tls_beside_it(agent: Agent, tmp_path: Pa
         assert tls.connect() == 0
         publish_once(tls, 2)
     assert agent.terminate() == 0
-    assert telemetry(agent, device_id) == [1, 2]
+    assert values(agent.read_log(), device_id) == [1, 2]
 
 
 def test_run_closes_the_older_connection_of_a_client_id_and_forgets_sessions_on_restart(
@@ -84,7 +74,7 @@ def test_run_closes_the_older_connection_of_a_client_id_and_forgets_sessions_on_
     with MqttDevice(agent.mqtt_port, token, client_id="station", clean_session=False) as after:
         assert after.connect() == 0
         assert after.session_present is False  # kept in memory only
-    assert telemetry(agent, device_id) == [1]
+    assert values(agent.read_log(), device_id) == [1]
 
 
 def test_run_refuses_to_start_when_its_mqtt_port_is_taken_unless_mqtt_is_off(

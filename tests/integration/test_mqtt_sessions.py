@@ -23,6 +23,7 @@ from edge_sync.app import EdgeApp
 from edge_sync.devices.rpc import RpcStatus
 from edge_sync.storage.records import Device
 from tests.helpers.fake_peer import FakeCloud
+from tests.helpers.mqtt_app import round_trip
 from tests.helpers.mqtt_device import ATTRIBUTES, MqttDevice
 from tests.helpers.wait import wait_until
 from tests.integration.test_device_sessions import (
@@ -105,13 +106,6 @@ def test_a_topic_the_edge_does_not_serve_is_refused_in_suback(
 # -- kept sessions -------------------------------------------------------------------------------
 
 RPC_REQUESTS = "v1/devices/me/rpc/request/+"
-
-
-def round_trip(client: MqttDevice, request_id: int) -> None:
-    """An attribute request answered: the server wrote everything due before it (one writer,
-    in order), so what has not arrived by then was not sent."""
-    client.publish(f"v1/devices/me/attributes/request/{request_id}", {"clientKeys": "none"})
-    client.wait_message(f"v1/devices/me/attributes/response/{request_id}")
 
 
 def test_a_kept_session_gets_its_subscriptions_and_the_requests_queued_meanwhile(

@@ -21,17 +21,12 @@ import pytest
 from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
 from edge_sync.errors import ConfigError
-from edge_sync.storage.event_log import EventLog
-from edge_sync.storage.records import Action
-from tests.helpers.mqtt_device import TELEMETRY, MqttDevice, Tls
+from tests.helpers.mqtt_app import AppFactory, publish_once, values
+from tests.helpers.mqtt_device import MqttDevice, Tls
 from tests.helpers.tls import Pki, make_pki
-from tests.helpers.wait import wait_until
 
 DEADLINE_S = 10.0
 TOKEN = "tls-token-1"
-
-AppFactory = Callable[..., EdgeApp]
-
 
 @pytest.fixture
 def server_pki(tmp_path: Path) -> Pki:
@@ -39,39 +34,22 @@ def server_pki(tmp_path: Path) -> Pki:
 
 
 @pytest.fixture
-def make_app(tmp_path: Path, server_pki: Pki) -> Iterator[AppFactory]:
-    apps: list[EdgeApp] = []
+def make_app(tmp_path: Path, server_pki: Pki) -> Iterator[Callable[..., EdgeApp]]:
+    with AppFactory(tmp_path) as apps:
 
-    def make(**env: str) -> EdgeApp:
-        cfg = load_edge_config(env={
-            "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_HOST": "127.0.0.1",
-            "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0", "EDGE_ACTORS_SHARDS": "2",
-            "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0",
-            "EDGE_MQTT_TLS_ENABLED": "true", "EDGE_MQTT_TLS_HOST": "127.0.0.1",
-            "EDGE_MQTT_TLS_PORT": "0", "EDGE_MQTT_TLS_CERT": str(server_pki.server_cert),
-            "EDGE_MQTT_TLS_KEY": str(server_pki.server_key), **env,
-        })
-        app = EdgeApp(cfg).start()
-        apps.append(app)
-        _, created = app.service.create_device("tls-dev", token=TOKEN)
-        created.result(DEADLINE_S)
-        return app
+        def make(**env: str) -> EdgeApp:
+            app = apps(EDGE_MQTT_TLS_ENABLED="true", EDGE_MQTT_TLS_HOST="127.0.0.1",
+                       EDGE_MQTT_TLS_PORT="0", EDGE_MQTT_TLS_CERT=str(server_pki.server_cert),
+                       EDGE_MQTT_TLS_KEY=str(server_pki.server_key), **env)
+            _, created = app.service.create_device("tls-dev", token=TOKEN)
+            created.result(DEADLINE_S)
+            return app
 
-    yield make
-    for app in apps:
-        app.stop()
+        yield make
 
 
-def values(app: EdgeApp) -> list[object]:
-    device = app.service.authenticate(TOKEN)
-    with app.store.read() as txn:
-        return [e.body["values"]["n"] for e in EventLog(app.store).iter_events(txn)
-                if e.entity_id == device.id and e.action == Action.TIMESERIES_UPDATED]
-
-
-def publish_once(dev: MqttDevice, n: int) -> None:
-    info = dev.publish(TELEMETRY, {"n": n})
-    wait_until(lambda: info.mid in dev.acked_ids(), timeout=DEADLINE_S, what=f"PUBACK of {n}")
+def telemetry(app: EdgeApp) -> list[object]:
+    return values(app, app.service.authenticate(TOKEN).id)
 
 
 def served(dev: MqttDevice) -> bool:
@@ -84,7 +62,7 @@ def served(dev: MqttDevice) -> bool:
     return reason == 0
 
 
-def test_tls_and_plain_listeners_serve_side_by_side(make_app: AppFactory,
+def test_tls_and_plain_listeners_serve_side_by_side(make_app: Callable[..., EdgeApp],
                                                      server_pki: Pki) -> None:
     app = make_app()
     assert app.mqtt_tls_port != app.mqtt_port
@@ -95,10 +73,10 @@ def test_tls_and_plain_listeners_serve_side_by_side(make_app: AppFactory,
     with MqttDevice(app.mqtt_port, TOKEN) as plain:
         assert plain.connect() == 0
         publish_once(plain, 2)
-    assert values(app) == [1, 2]
+    assert telemetry(app) == [1, 2]
 
 
-def test_a_client_ca_requires_a_certificate_it_signed(make_app: AppFactory, server_pki: Pki,
+def test_a_client_ca_requires_a_certificate_it_signed(make_app: Callable[..., EdgeApp], server_pki: Pki,
                                                       tmp_path: Path) -> None:
     clients = make_pki(tmp_path / "clients", host="device-1", name="client")
     stranger = make_pki(tmp_path / "stranger", host="device-2", name="stranger")
@@ -113,7 +91,7 @@ def test_a_client_ca_requires_a_certificate_it_signed(make_app: AppFactory, serv
                     tls=Tls(ca, clients.server_cert, clients.server_key)) as member:
         assert served(member)
         publish_once(member, 3)
-    assert values(app) == [3]
+    assert telemetry(app) == [3]
 
 
 def test_a_certificate_that_cannot_be_loaded_is_a_configuration_error(
