@@ -9,7 +9,8 @@ QoS 2 one received (PUBREC), only once its events are committed, in the order th
 came (MQTT 3.1.1 §4.6, mqtt/acks.py); one slow commit holds back the acknowledgements behind
 it, never the reading, until ``max_inflight`` publishes wait: then the socket is not read until
 commits catch up (TCP backpressure on that client alone). A QoS 2 publish whose packet id
-awaits its PUBREL is a resend: acknowledged, not stored again. What ThingsBoard does is
+awaits its PUBREL is a resend: not stored again, acknowledged once the original is stored
+(whichever connection of the session took it). What ThingsBoard does is
 followed: an unknown token gets CONNACK 5; a body that cannot be parsed closes the connection
 (the acknowledgements due before it are sent first); a publish whose commit fails (storage
 full, a restarting component, no confirmation within the commit timeout) closes the connection
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -301,7 +303,7 @@ class MqttConnection:
         if kind == PUBREL:
             pubrel = self._frames.packet(frame)
             assert self._session is not None
-            self._session.awaiting_release.discard(pubrel.packet_id)
+            self._session.awaiting_release.pop(pubrel.packet_id, None)
             self._acks.now(Reply.PUBCOMP, pubrel.packet_id)
         elif kind == PINGREQ:
             self._write(_PINGRESP)
@@ -431,8 +433,12 @@ class MqttConnection:
                                  graceful=True) from exc
                 return
         self._send_burst()  # what came before it is handed over first, in order
-        if qos == 2 and packet_id in session.awaiting_release:  # a resend of a stored publish
-            self._acks.now(reply, packet_id)
+        if qos == 2 and packet_id in session.awaiting_release:  # a resend: not stored again
+            original = session.awaiting_release[packet_id]
+            if original is None:  # stored
+                self._acks.now(reply, packet_id)
+            else:  # its commit is pending (taken by this or an older connection): wait for it
+                self._acks.expect(reply, packet_id, original)
             return
         try:
             committed = self._inbound_of().accept(topic, data)
@@ -441,11 +447,27 @@ class MqttConnection:
         except Exception as exc:
             raise _Close(f"publish on {topic[:128]} not accepted: {exc}", graceful=True) from exc
         if qos == 2:
-            session.awaiting_release.add(packet_id)
+            self._await_release(session, packet_id, committed)
         if committed is None:
             self._acks.now(reply, packet_id)
         else:
             self._acks.expect(reply, packet_id, committed)
+
+    def _await_release(self, session: Session, packet_id: int,
+                       committed: Future[Any] | None) -> None:
+        """QoS 2 publish ``packet_id`` is taken: its id awaits the PUBREL in the session,
+        with the commit while it is pending; the session is told on the loop when the commit
+        is done (even after this connection ended: a newer one may hold the session)."""
+        session.awaiting_release[packet_id] = committed
+        if committed is None:
+            return
+        loop = self._loop
+
+        def done(commit: Future[Any]) -> None:  # the committing thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the session too
+                loop.call_soon_threadsafe(session.settled, packet_id, commit)
+
+        committed.add_done_callback(done)
 
     def _send_burst(self, *, quiet: bool = False) -> None:
         """The publishes held go to the store as one command; their acknowledgements are due
@@ -468,9 +490,9 @@ class MqttConnection:
 
     def _fail(self, reply: Reply, packet_id: int, reason: str) -> None:
         """Close without the acknowledgement of publish ``packet_id`` (or any after it:
-        nothing more is written)."""
-        if self._session is not None and reply is Reply.PUBREC:
-            self._session.awaiting_release.discard(packet_id)  # its resend is stored
+        nothing more is written). A QoS 2 publish's id stays in the session until its
+        commit is known to have failed (Session.settled): one not confirmed in time may still
+        be stored."""
         if self._failed:
             return
         self._failed = True
@@ -552,7 +574,7 @@ class MqttConnection:
             if graceful:
                 await self._acks.drain(self._limits.commit_timeout_s)
         finally:
-            self._forget_unstored()
+            self._acks.close()  # what is still owed is not sent; the commits go on
             self._writer.close()
             if self._key is not None and self._session is not None:
                 self._registry.detach(self._key, self, self._session, clean=self._clean,
@@ -566,19 +588,6 @@ class MqttConnection:
             _log.bind(peer=self.peer, device=str(self._device.id),
                       dropped_unacked=self._dropped).info(
                 "device {} disconnected from MQTT", self._device.name)
-
-    def _forget_unstored(self) -> None:
-        """QoS 2 publishes not known to be stored leave the session's awaiting-PUBREL ids, so
-        the client's resend is stored (a commit that completed after all makes it a
-        duplicate, as a QoS 1 resend would be)."""
-        session = self._session
-        if session is None:
-            return
-        for entry in self._acks.close():
-            if not entry.settled or entry.error is not None:
-                for reply, packet_id in entry.replies:
-                    if reply is Reply.PUBREC:
-                        session.awaiting_release.discard(packet_id)
 
     def _send(self, packet: Any) -> None:
         if not self._writer.is_closing():

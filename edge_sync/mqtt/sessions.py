@@ -2,10 +2,10 @@
 holds, and the store that keeps the sessions of clean-session-false clients while they are away.
 
 A session holds the client's subscriptions with their granted QoS, the packet ids of its QoS 2
-publishes that are stored and await their PUBREL, and the QoS 1 messages the edge sent it that
-await their PUBACK (the outbox, resent with DUP on a clean-session-false reconnect). Sessions are
-keyed by device and client id, so a device can neither resume nor close another device's
-session by choosing its client id.
+publishes that were taken (stored, or their commit pending) and await their PUBREL, and the
+QoS 1 messages the edge sent it that await their PUBACK (the outbox, resent with DUP on a
+clean-session-false reconnect). Sessions are keyed by device and client id, so a device can
+neither resume nor close another device's session by choosing its client id.
 
 Kept in memory only, and bounded: at most ``max_kept`` sessions of disconnected clients (the
 longest disconnected is dropped first), each dropped ``expiry_s`` after its client went away;
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from edge_sync.mqtt.topics import matches
 
@@ -80,10 +82,26 @@ class Session:
     def __init__(self, unacked_limit: int) -> None:
         self.subscriptions: dict[str, int] = {}
         """Topic filter -> granted QoS, in the order they were subscribed."""
-        self.awaiting_release: set[int] = set()
-        """Packet ids of the client's QoS 2 publishes that are stored (or acknowledged as
-        such) and await the client's PUBREL: a PUBLISH again with one of them is a resend."""
+        self.awaiting_release: dict[int, Future[Any] | None] = {}
+        """Packet id of each of the client's QoS 2 publishes that was taken and awaits the
+        client's PUBREL -> the commit that stores it while that is pending, None once it is
+        stored (or there was nothing to store). A PUBLISH again with one of these ids is a
+        resend: it is not stored again; its PUBREC is due once that commit is done, whichever
+        connection of the session took the original (a takeover does not wait for the older
+        connection's commits). An id leaves on PUBREL, or when its commit fails (the resend is
+        then stored)."""
         self.outbox = Outbox(unacked_limit)
+
+    def settled(self, packet_id: int, commit: Future[Any]) -> None:
+        """The commit of QoS 2 publish ``packet_id`` is done: stored, its id stays until the
+        PUBREL; failed (or cancelled), the id leaves, so the client's resend is stored. Nothing
+        changes when the id was released, or taken by another publish, meanwhile."""
+        if self.awaiting_release.get(packet_id) is not commit:
+            return
+        if commit.cancelled() or commit.exception() is not None:
+            del self.awaiting_release[packet_id]
+        else:
+            self.awaiting_release[packet_id] = None
 
     def qos_for(self, topic: str) -> int:
         """The QoS to publish ``topic`` at: the highest granted by a matching subscription, 0

@@ -10,9 +10,13 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-__all__ = ["Packet", "RawClient", "connect_packet", "publish_packet"]
+__all__ = ["PINGREQ", "Packet", "RawClient", "connect_packet", "id_packet", "publish_packet"]
 
 CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 2, 3, 4, 5, 6, 7
+SUBACK, PINGRESP = 9, 13
+PINGREQ = b"\xc0\x00"
+"""A PINGREQ packet. Its PINGRESP is written as soon as the server reads it, not after any
+commit: a client that reads it knows the server has taken every packet it sent before."""
 
 
 def _string(value: str | bytes) -> bytes:

@@ -29,7 +29,18 @@ from edge_sync.app import EdgeApp
 from edge_sync.storage.records import Action
 from tests.helpers.mqtt_app import AppFactory, events_of, values
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
-from tests.helpers.mqtt_raw import PUBACK, PUBCOMP, PUBREC, PUBREL, RawClient, id_packet, publish_packet
+from tests.helpers.mqtt_gateway import held_commits
+from tests.helpers.mqtt_raw import (
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBCOMP,
+    PUBREC,
+    PUBREL,
+    RawClient,
+    id_packet,
+    publish_packet,
+)
 from tests.helpers.wait import wait_until
 
 DEADLINE_S = 10.0
@@ -230,6 +241,29 @@ def test_qos2_awaiting_pubrel_survives_a_clean_session_false_reconnect(
         raw.send(publish_packet(TELEMETRY, b'{"n": 8}', qos=2, packet_id=3))
         assert raw.read().kind == PUBREC
     assert values(app, device_id) == [7, 8]
+
+
+def test_a_qos2_resend_after_a_takeover_waits_for_the_older_connections_commit(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """Connection A takes QoS 2 publish 5, whose commit waits; B connects with the same
+    client id (A is closed without waiting for its commits) and resends 5 (DUP): stored once,
+    PUBREC on B once A's commit is done, then PUBCOMP."""
+    with RawClient(app.mqtt_port) as a, RawClient(app.mqtt_port) as b:
+        assert a.connect("qos2-takeover", TOKEN, clean=False) == (0, 0)
+        with held_commits(app.store):
+            a.send(publish_packet(TELEMETRY, b'{"n": 5}', qos=2, packet_id=5) + PINGREQ)
+            assert a.read().kind == PINGRESP  # publish 5 taken, its commit waits
+            assert b.connect("qos2-takeover", TOKEN, clean=False) == (1, 0)
+            assert a.closed_by_server()
+            b.send(publish_packet(TELEMETRY, b'{"n": 5}', qos=2, packet_id=5, dup=True)
+                   + PINGREQ)
+            assert b.read().kind == PINGRESP  # the resend taken: no PUBREC before the commit
+            assert values(app, device_id) == []
+        pubrec = b.read()
+        assert (pubrec.kind, pubrec.packet_id) == (PUBREC, 5)
+        b.send(id_packet(PUBREL, 5) + publish_packet(TELEMETRY, b'{"n": 6}', qos=1, packet_id=6))
+        assert [(p.kind, p.packet_id) for p in (b.read(), b.read())] == [(PUBCOMP, 5), (PUBACK, 6)]
+    assert values(app, device_id) == [5, 6]
 
 
 # -- retain and will (ThingsBoard ignores both) ---------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from concurrent.futures import Future
 
 import pytest
 
@@ -86,6 +87,32 @@ def test_outbox_packet_ids_wrap_and_skip_ids_still_unacknowledged() -> None:
     assert first.packet_id == 1 and len(box) == 2
 
 
+def test_a_qos2_id_stays_once_stored_and_leaves_when_its_commit_fails() -> None:
+    session = Session(unacked_limit=5)
+    stored: Future[range] = Future()
+    failed: Future[range] = Future()
+    cancelled: Future[range] = Future()
+    session.awaiting_release.update({1: stored, 2: failed, 3: cancelled})
+    stored.set_result(range(1))
+    failed.set_exception(RuntimeError("storage full"))
+    cancelled.cancel()
+    for packet_id, commit in ((1, stored), (2, failed), (3, cancelled)):
+        session.settled(packet_id, commit)
+    assert session.awaiting_release == {1: None}  # a resend of 2 or 3 is stored
+
+
+def test_a_late_commit_outcome_changes_nothing_once_the_id_was_released_or_taken_again() -> None:
+    session = Session(unacked_limit=5)
+    first: Future[range] = Future()
+    second: Future[range] = Future()
+    session.awaiting_release[1] = first
+    del session.awaiting_release[1]  # PUBREL
+    session.awaiting_release[1] = second  # a new message under the same id
+    first.set_exception(RuntimeError("late"))
+    session.settled(1, first)
+    assert session.awaiting_release == {1: second}
+
+
 # -- the store ---------------------------------------------------------------------------------
 
 
@@ -94,12 +121,12 @@ def test_a_kept_session_comes_back_present_once() -> None:
     session, present = s.open((DEV, "c1"), clean=False, now=0.0)
     assert present is False
     session.subscriptions["v1/devices/me/attributes"] = 1
-    session.awaiting_release.add(7)
+    session.awaiting_release[7] = None
     assert s.keep((DEV, "c1"), session, now=1.0) == []
     again, present = s.open((DEV, "c1"), clean=False, now=2.0)
     assert present is True and again is session
     assert again.subscriptions == {"v1/devices/me/attributes": 1}
-    assert again.awaiting_release == {7}
+    assert again.awaiting_release == {7: None}
     assert len(s) == 0  # taken out while its client is connected
 
 
