@@ -45,15 +45,16 @@ class Acknowledger:
     holds two empty lists: the futures it waits on are made when it waits."""
 
     __slots__ = ("_acks", "_closed", "_commit_timeout", "_drained", "_fail", "_failed", "_loop",
-                 "_max", "_outcomes", "_room", "_send", "_timer", "_wake_scheduled", "_warn")
+                 "_max", "_outcomes", "_room", "_send", "_timer", "_wake_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, send: Callable[[bytes], None],
-                 fail: Callable[[Reply, int, str], None], warn: Callable[[str], None],
-                 commit_timeout_s: float, max_inflight: int) -> None:
+                 fail: Callable[[Pending, str], None], commit_timeout_s: float,
+                 max_inflight: int) -> None:
         self._loop = loop
         self._send = send  # writes frames
-        self._fail = fail  # a QoS 1 or 2 publish was not committed: close without its reply
-        self._warn = warn  # a QoS 0 publish was not committed: only logged
+        # publishes were not committed (any QoS): the connection closes without their replies
+        # or any after them; told once per failed entry, with why
+        self._fail = fail
         self._commit_timeout = commit_timeout_s
         self._max = max_inflight
         self._acks = AckQueue()
@@ -140,8 +141,8 @@ class Acknowledger:
         self.send_due()
 
     def send_due(self) -> None:
-        """Send the replies now due, in order, in one write. A failed commit of a QoS 1 or 2
-        publish goes to ``fail`` (which closes the connection: nothing is sent after it)."""
+        """Send the replies now due, in order, in one write. A failed commit, of publishes at
+        any QoS, goes to ``fail`` (which closes the connection: nothing is sent after it)."""
         frames: list[bytes] = []
         headers = _HEADERS
         while (entry := self._acks.pop_due()) is not None:
@@ -173,28 +174,16 @@ class Acknowledger:
         entry = self._acks.pop_overdue(self._loop.time())
         if entry is None:
             self._arm_timer()
-        elif not self._failed_entry(entry, "not confirmed in time"):
-            self.send_due()  # QoS 0 only: not waited for any longer
+        else:
+            self._failed_entry(entry, "not confirmed in time")
 
-    def _failed_entry(self, entry: Pending, reason: str) -> bool:
-        """The commit of ``entry`` failed (or was not confirmed in time): its QoS 0 publishes
-        are only logged; a QoS 1 or 2 one is a failure. Whether it was one."""
-        failed = False
-        qos0 = 0
-        for reply, packet_id in entry.replies:
-            if reply is Reply.NONE:
-                qos0 += 1
-            else:
-                failed = True
-                self._failure(reply, packet_id, reason)
-        if qos0:
-            self._warn(f"QoS 0 publish {reason}" + (f" ({qos0} publishes)" if qos0 > 1 else ""))
-        return failed
-
-    def _failure(self, reply: Reply, packet_id: int, reason: str) -> None:
-        """Nothing is sent any more; the connection is told (it closes) and stops waiting."""
+    def _failed_entry(self, entry: Pending, reason: str) -> None:
+        """The commit of ``entry`` failed (or was not confirmed in time), whatever the QoS of
+        its publishes (as ThingsBoard's getPubAckCallback.onError closes the connection for
+        any publish): nothing is sent any more; the connection is told (it closes) and stops
+        waiting."""
         self._failed = True
-        self._fail(reply, packet_id, reason)
+        self._fail(entry, reason)
         _wake(self._room)
         _wake(self._drained)
 

@@ -26,7 +26,8 @@ class Reply(enum.IntEnum):
     """What is sent once an entry is due."""
 
     NONE = 0
-    """A QoS 0 publish: nothing (its failure is only logged)."""
+    """A QoS 0 publish: nothing is sent (its commit's failure closes the connection all the
+    same)."""
     PUBACK = 1
     PUBREC = 2
     PUBCOMP = 3

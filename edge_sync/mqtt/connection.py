@@ -67,7 +67,7 @@ from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Unauthorized
 from edge_sync.mqtt import topics
 from edge_sync.mqtt.acknowledger import Acknowledger
-from edge_sync.mqtt.acks import Reply
+from edge_sync.mqtt.acks import Pending, Reply
 from edge_sync.mqtt.burst import Burst
 from edge_sync.mqtt.frames import Frame, FrameReader, Malformed, Oversize
 from edge_sync.mqtt.gateway import Gateway
@@ -117,8 +117,9 @@ class MqttConnection:
     __slots__ = ("_acks", "_alive", "_burst", "_clean", "_device", "_dropped", "_ended",
                  "_ending", "_expired", "_failed", "_finished", "_frames", "_gateway", "_idle",
                  "_inbound", "_key", "_last_packet", "_limits", "_link_connected", "_loop",
-                 "_on_pause", "_paused", "_polls", "_reader", "_registry", "_service",
-                 "_session", "_subscriptions", "_taken_over", "_task", "_writer", "peer")
+                 "_not_committed", "_on_pause", "_paused", "_polls", "_reader", "_registry",
+                 "_service", "_session", "_subscriptions", "_taken_over", "_task", "_writer",
+                 "peer")
 
     def __init__(
         self,
@@ -154,7 +155,7 @@ class MqttConnection:
         self._inbound: Inbound | None = None
         self._burst: Burst | None = None
         self._acks = Acknowledger(self._loop, send=self._write, fail=self._fail,
-                                  warn=self._warn, commit_timeout_s=limits.commit_timeout_s,
+                                  commit_timeout_s=limits.commit_timeout_s,
                                   max_inflight=limits.max_inflight)
         self._task: asyncio.Task[Any] | None = None
         self._taken_over = False
@@ -164,6 +165,7 @@ class MqttConnection:
         self._expired = False
         self._paused = False  # not read: the inflight cap (not the client's silence)
         self._failed = False
+        self._not_committed = 0  # publishes whose commit failed or was not confirmed in time
         self._dropped = 0  # QoS 1 messages dropped unacknowledged (mqtt.max_unacked_per_session)
         self._ending = False
         self._finished = False
@@ -488,20 +490,26 @@ class MqttConnection:
             return
         self._acks.expect_all(replies, committed)
 
-    def _fail(self, reply: Reply, packet_id: int, reason: str) -> None:
-        """Close without the acknowledgement of publish ``packet_id`` (or any after it:
-        nothing more is written). A QoS 2 publish's id stays in the session until its
+    def _fail(self, entry: Pending, reason: str) -> None:
+        """The publishes of ``entry`` were not committed (``reason``): close without their
+        acknowledgements or any after them (nothing more is written), whatever their QoS, as
+        ThingsBoard does. One WARNING for the first failure; the publishes of later ones are
+        counted in the disconnect line. A QoS 2 publish's id stays in the session until its
         commit is known to have failed (Session.settled): one not confirmed in time may still
         be stored."""
+        self._not_committed += len(entry.replies)
         if self._failed:
             return
         self._failed = True
-        self._logger().warning(
-            "publish {} {}, closing without its {}", packet_id, reason, reply.name)
+        owed = [(reply, packet_id) for reply, packet_id in entry.replies if reply]
+        if owed:
+            reply, packet_id = owed[0]
+            self._logger().warning("publish {} {}, closing the connection without its {}",
+                                   packet_id, reason, reply.name)
+        else:
+            self._logger().bind(publishes=len(entry.replies)).warning(
+                "QoS 0 publish {}, closing the connection", reason)
         self._writer.close()
-
-    def _warn(self, message: str) -> None:
-        self._logger().warning(message)
 
     # -- subscriptions and what the edge publishes ---------------------------------------------
 
@@ -586,7 +594,7 @@ class MqttConnection:
             await self._writer.wait_closed()
         if self._device is not None:
             _log.bind(peer=self.peer, device=str(self._device.id),
-                      dropped_unacked=self._dropped).info(
+                      dropped_unacked=self._dropped, not_committed=self._not_committed).info(
                 "device {} disconnected from MQTT", self._device.name)
 
     def _send(self, packet: Any) -> None:

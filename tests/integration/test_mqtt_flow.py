@@ -6,11 +6,13 @@
   so another client's QoS 1 publishes are acknowledged meanwhile; every publish the flooder
   sent is stored exactly once, in order.
 - Storage full: a QoS 1 publish the store refuses gets no PUBACK (the connection closes), and
-  every acknowledged publish is stored, nothing else.
+  every acknowledged publish is stored, nothing else. A QoS 0 publish the store refuses closes
+  the connection too (as ThingsBoard does), with one WARNING, not one per publish.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -19,8 +21,10 @@ from pathlib import Path
 import pytest
 
 from edge_sync.app import EdgeApp
-from tests.helpers.mqtt_app import AppFactory, values
+from tests.helpers.mqtt_app import AppFactory, no_connections, values
 from tests.helpers.mqtt_device import TELEMETRY, MqttDevice
+from tests.helpers.mqtt_gateway import Logs
+from tests.helpers.mqtt_raw import RawClient, publish_packet
 from tests.helpers.wait import wait_until
 
 DEADLINE_S = 30.0
@@ -105,3 +109,31 @@ def test_storage_full_closes_the_connection_without_the_refused_puback(
         wait_until(again.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
         assert info.mid not in again.acked_ids()
     assert values(app, device_id) == acked
+
+
+def test_storage_full_closes_a_qos0_publisher_with_one_warning(make_app: AppFactory) -> None:
+    """3,000 QoS 0 publishes into a full store: the first failed commit closes the connection
+    (one WARNING of the connection); the disconnect line counts the publishes not stored."""
+    app = make_app(EDGE_STORAGE_MAP_SIZE_INITIAL_MB="1", EDGE_STORAGE_MAX_MB="1")
+    device_id, token = device(app, "qos0-filler")
+    pad = "f" * 2000
+    logs = Logs()
+    try:
+        with RawClient(app.mqtt_port, timeout=DEADLINE_S) as raw:
+            assert raw.connect("qos0", token) == (0, 0)
+            with contextlib.suppress(OSError):  # the server closes while the client still sends
+                for n in range(3000):
+                    raw.send(publish_packet(TELEMETRY, json.dumps({"n": n, "pad": pad}).encode()))
+            assert raw.closed_by_server()
+        no_connections(app)
+    finally:
+        logs.close()
+    warnings = [r for r in logs.records if r["level"].name == "WARNING"
+                and r["extra"].get("component") == "mqtt"]
+    assert len(warnings) == 1, [r["message"] for r in warnings[:5]]
+    assert warnings[0]["message"].startswith("QoS 0 publish not committed: ")
+    assert warnings[0]["message"].endswith(", closing the connection")
+    (line,) = logs.matching("disconnected from MQTT", device=str(device_id))
+    assert line["extra"]["not_committed"] >= 1
+    stored = values(app, device_id)
+    assert len(stored) < 3000 and stored == sorted(set(stored))

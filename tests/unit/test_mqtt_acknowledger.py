@@ -1,7 +1,7 @@
 """mqtt/acknowledger.py on a real loop, without a server: the publishes of one command (a read
 burst) are acknowledged together once its commit completes, in order, in one write; a failed
-commit of such a group logs its QoS 0 publishes once and fails at its first QoS 1 publish, with
-nothing written after it; commit outcomes from another thread wake the loop once."""
+commit fails the connection whatever the QoS of its publishes (QoS 0 alone too), once per failed
+entry, with nothing written after it; commit outcomes from another thread wake the loop once."""
 
 from __future__ import annotations
 
@@ -11,18 +11,19 @@ from concurrent.futures import Future
 from typing import Any
 
 from edge_sync.mqtt.acknowledger import Acknowledger, frame
-from edge_sync.mqtt.acks import Reply
+from edge_sync.mqtt.acks import Pending, Reply
 
 
 class Wire:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, commit_timeout_s: float = 5.0,
+                 max_inflight: int = 10) -> None:
         self.writes: list[bytes] = []
-        self.failed: list[tuple[Reply, int, str]] = []
-        self.warnings: list[str] = []
-        self.acks = Acknowledger(loop, send=self.writes.append,
-                                 fail=lambda r, p, why: self.failed.append((r, p, why)),
-                                 warn=self.warnings.append, commit_timeout_s=5.0,
-                                 max_inflight=10)
+        self.failed: list[tuple[list[tuple[Reply, int]], str]] = []  # (replies, why) per entry
+        self.acks = Acknowledger(loop, send=self.writes.append, fail=self._failed,
+                                 commit_timeout_s=commit_timeout_s, max_inflight=max_inflight)
+
+    def _failed(self, entry: Pending, why: str) -> None:
+        self.failed.append((list(entry.replies), why))
 
 
 def run(test: Any) -> None:
@@ -49,7 +50,8 @@ def test_a_group_is_acknowledged_in_one_write_after_what_came_before() -> None:
     run(test)
 
 
-def test_a_failed_group_logs_its_qos_0_once_and_fails_at_its_first_qos_1() -> None:
+def test_a_failed_group_fails_once_with_all_its_publishes_and_nothing_is_sent_after_it(
+        ) -> None:
     async def test() -> None:
         wire = Wire(asyncio.get_running_loop())
         ok: Future[range] = Future()
@@ -64,9 +66,30 @@ def test_a_failed_group_logs_its_qos_0_once_and_fails_at_its_first_qos_1() -> No
         after.set_result(range(1))
         await asyncio.sleep(0.05)
         assert wire.writes == [frame(Reply.PUBACK, 1)]  # nothing after the failure
-        assert wire.failed[0] == (Reply.PUBACK, 2, "not committed: storage full")
-        assert [p for _, p, _ in wire.failed] == [2, 3]
-        assert wire.warnings == ["QoS 0 publish not committed: storage full (2 publishes)"]
+        assert wire.failed == [([(Reply.NONE, 0), (Reply.NONE, 0), (Reply.PUBACK, 2),
+                                 (Reply.PUBACK, 3)], "not committed: storage full")]
+
+    run(test)
+
+
+def test_a_failed_commit_of_qos_0_publishes_alone_fails_the_connection() -> None:
+    """As ThingsBoard closes the connection on any publish's failure: once, not a warning per
+    publish while the connection goes on."""
+    async def test() -> None:
+        wire = Wire(asyncio.get_running_loop())
+        first: Future[range] = Future()
+        second: Future[range] = Future()
+        then: Future[range] = Future()
+        wire.acks.expect_all([(Reply.NONE, 0)] * 3, first)
+        wire.acks.expect_all([(Reply.NONE, 0)] * 2, second)
+        wire.acks.expect(Reply.PUBACK, 1, then)
+        for commit in (first, second):
+            commit.set_exception(RuntimeError("storage full"))
+        then.set_result(range(1))
+        await asyncio.sleep(0.05)
+        assert [(len(replies), why) for replies, why in wire.failed] == [
+            (3, "not committed: storage full"), (2, "not committed: storage full")]
+        assert wire.writes == []  # not even the PUBACK of a later publish that was stored
 
     run(test)
 
