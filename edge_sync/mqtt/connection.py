@@ -21,8 +21,15 @@ before its body is read. Packets are decoded and encoded by amqtt's codec.
 Reading: what the socket has is read in one call and every packet in it is decoded from memory
 (mqtt/frames.py); the telemetry and attributes publishes of such a burst go to the store as
 one command per run of them (mqtt/burst.py). The keep-alive is one timer per connection, pushed
-on when it comes due (nothing is scheduled per packet): a client silent for 1.5 times its
-keep-alive is disconnected.
+on when it comes due (nothing is scheduled per packet): a client that sends no whole packet for
+1.5 times its keep-alive is disconnected.
+
+Writing: a client that stops reading cannot hold its connection forever, keep-alive or not.
+Once the socket's write buffer is over its high-water mark the connection is not read until
+the client reads, for at most 1.5 times its keep-alive (the commit timeout without one);
+more than ``Limits.max_write_buffer`` bytes waiting (what the edge publishes is written
+whether the connection is read or not) closes it at once. A closing connection whose client
+reads nothing of what is left is aborted after the same time.
 """
 
 from __future__ import annotations
@@ -92,12 +99,24 @@ BURST_MAX = 256
 _PINGRESP = bytes(PingRespPacket.build().to_bytes())
 
 
+WRITE_BUFFER_MIN = 1 << 20
+"""The least a connection may have waiting to be written (its client not reading) before it is
+closed; ``Limits.max_write_buffer``."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_message_bytes: int
     commit_timeout_s: float
     connect_timeout_s: float
     max_inflight: int
+
+    @property
+    def max_write_buffer(self) -> int:
+        """Bytes a connection may have waiting to be written, its client not reading them
+        (what the edge publishes to it, acknowledgements, PINGRESPs), before it is closed:
+        two of the largest packets, at least WRITE_BUFFER_MIN."""
+        return max(WRITE_BUFFER_MIN, 2 * self.max_message_bytes)
 
 
 class _Close(Exception):
@@ -114,9 +133,9 @@ class MqttConnection:
     subscriptions, the gateway API for a device that is not a gateway, the handling of other
     topics, the held publishes, a bound logger) are made on first use."""
 
-    __slots__ = ("_acks", "_alive", "_burst", "_clean", "_device", "_dropped", "_ended",
-                 "_ending", "_expired", "_failed", "_finished", "_frames", "_gateway", "_idle",
-                 "_inbound", "_key", "_last_packet", "_limits", "_link_connected", "_loop",
+    __slots__ = ("_acks", "_alive", "_burst", "_clean", "_device", "_dropped", "_ended", "_ending",
+                 "_expired", "_failed", "_finished", "_frames", "_gateway", "_idle", "_inbound",
+                 "_interrupted", "_key", "_last_packet", "_limits", "_link_connected", "_loop",
                  "_not_committed", "_on_pause", "_paused", "_polls", "_reader", "_registry",
                  "_service", "_session", "_subscriptions", "_taken_over", "_task", "_writer",
                  "peer")
@@ -163,6 +182,7 @@ class MqttConnection:
         self._last_packet = 0.0  # loop time of the last burst that brought a whole packet
         self._alive: asyncio.TimerHandle | None = None  # the keep-alive check
         self._expired = False
+        self._interrupted = False  # the reading task was woken to end (a failure, a stuck client)
         self._paused = False  # not read: the inflight cap (not the client's silence)
         self._failed = False
         self._not_committed = 0  # publishes whose commit failed or was not confirmed in time
@@ -188,6 +208,8 @@ class MqttConnection:
                 self._logger().debug(
                     "connection ended: nothing received for {:g}s (1.5 times its keep-alive)",
                     self._idle)
+            elif self._interrupted:
+                pass  # its reason is logged already
             elif not self._taken_over:
                 raise
             else:
@@ -216,7 +238,9 @@ class MqttConnection:
         if connect is None:
             return
         keep_alive = await self._connect(connect)
-        loop, frames, reader, writer = self._loop, self._frames, self._reader, self._writer
+        loop, frames, reader = self._loop, self._frames, self._reader
+        transport = self._writer.transport
+        high_water = transport.get_write_buffer_limits()[1]
         self._last_packet = loop.time()
         if keep_alive:
             self._idle = keep_alive * 1.5
@@ -228,9 +252,9 @@ class MqttConnection:
                 return
             buffered = len(frames)
             more = self._read_burst()
-            if len(frames) != buffered:  # whole packets came
+            if len(frames) != buffered:  # whole packets came (a part of one is not a packet)
                 self._last_packet = loop.time()
-            if more is None:  # DISCONNECT
+            if more is None or self._failed:  # DISCONNECT, or a commit failed meanwhile
                 return
             if more:  # BURST_MAX handled and more may be buffered: let the others run first
                 await asyncio.sleep(0)
@@ -239,7 +263,25 @@ class MqttConnection:
                 if not data:
                     return
                 frames.feed(data)
-            await writer.drain()
+            if transport.get_write_buffer_size() > high_water:  # drain() would wait
+                await self._drain()
+
+    def _linger_s(self) -> float:
+        """How long a client may leave what is written to it unread: 1.5 times its
+        keep-alive, or the commit timeout when it has none."""
+        return self._idle if self._idle is not None else self._limits.commit_timeout_s
+
+    async def _drain(self) -> None:
+        """Wait until the client has read enough of what was written to it (TCP flow control:
+        nothing more is read from it meanwhile), for at most ``_linger_s``: a client that stops
+        reading does not hold the connection forever, keep-alive or not."""
+        linger = self._linger_s()
+        try:
+            await asyncio.wait_for(self._writer.drain(), linger)
+        except TimeoutError:
+            waiting = self._writer.transport.get_write_buffer_size()
+            raise _Close(f"the client read nothing of the {waiting} bytes written to it for "
+                         f"{linger:g}s") from None
 
     def _check_alive(self) -> None:
         """The keep-alive: one timer per connection, pushed on to 1.5 times the keep-alive
@@ -258,6 +300,16 @@ class MqttConnection:
         elif self._task is not None:
             self._expired = True
             self._task.cancel()
+
+    def _interrupt(self) -> None:
+        """End the connection from a callback (a failed commit, a client that reads nothing):
+        the reading task is woken wherever it waits (the socket, room under the inflight cap,
+        a drain). Not from the task itself, which sees ``_failed`` before it reads again; not
+        once it is ending."""
+        task = self._task
+        if task is not None and not self._ending and task is not asyncio.current_task():
+            self._interrupted = True
+            task.cancel()
 
     def _read_burst(self) -> bool | None:
         """Handle the packets buffered, up to BURST_MAX or until the inflight cap is reached;
@@ -284,6 +336,8 @@ class MqttConnection:
         for _ in range(BURST_MAX):
             if len(acks) + len(burst) >= cap:
                 return True
+            if self._failed:  # a commit failed: what is buffered is not taken
+                return False
             frame = frames.next()
             if frame is None:
                 return False
@@ -509,7 +563,8 @@ class MqttConnection:
         else:
             self._logger().bind(publishes=len(entry.replies)).warning(
                 "QoS 0 publish {}, closing the connection", reason)
-        self._writer.close()
+        self._writer.close()  # what was due before it is still written
+        self._interrupt()
 
     # -- subscriptions and what the edge publishes ---------------------------------------------
 
@@ -590,20 +645,45 @@ class MqttConnection:
             self._finished = True
             if self._ended is not None:
                 self._ended.set()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+        await self._closed()
         if self._device is not None:
             _log.bind(peer=self.peer, device=str(self._device.id),
                       dropped_unacked=self._dropped, not_committed=self._not_committed).info(
                 "device {} disconnected from MQTT", self._device.name)
 
+    async def _closed(self) -> None:
+        """Wait for the socket to close: the close writes what is buffered first, and a client
+        that reads none of it gets ``_linger_s``; then the connection is aborted (the close
+        would wait for it forever)."""
+        writer = self._writer
+        if writer.transport.get_write_buffer_size():
+            try:
+                await asyncio.wait_for(asyncio.shield(writer.wait_closed()), self._linger_s())
+            except TimeoutError:
+                writer.transport.abort()
+            except Exception:  # the connection's error: it is closed
+                return
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
     def _send(self, packet: Any) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(packet.to_bytes())
+        self._write(packet.to_bytes())
 
     def _write(self, data: bytes) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(data)
+        """Every write of the connection. A client that does not read what is written to it
+        (the edge's publishes pile up) is closed once more than ``max_write_buffer`` bytes
+        wait: the connection is aborted, what waits is dropped."""
+        writer = self._writer
+        if writer.is_closing():
+            return
+        writer.write(data)
+        size = writer.transport.get_write_buffer_size()
+        if size > self._limits.max_write_buffer:
+            self._logger().bind(buffered=size).warning(
+                "closing the connection: {} bytes written to it wait for the client to read "
+                "them, more than max(1 MiB, 2 x mqtt.max_message_bytes)", size)
+            writer.transport.abort()
+            self._interrupt()
 
     def _logger(self) -> Any:
         return _log.bind(peer=self.peer, device=self._device_id())

@@ -76,16 +76,26 @@ class Packet:
 class RawClient:
     """One TCP connection to the server; every read has a deadline."""
 
-    def __init__(self, port: int, *, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, *, timeout: float = 10.0, rcvbuf: int | None = None) -> None:
+        """``rcvbuf``: a small receive buffer (SO_RCVBUF, set before connecting so the TCP
+        window is small too), for a client that stops reading and should fill the server's
+        buffers soon."""
+        if rcvbuf is None:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect(("127.0.0.1", port))
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
     def connect(self, client_id: str, username: str, *, clean: bool = True,
-                will: tuple[str, bytes] | None = None) -> tuple[int, int]:
+                will: tuple[str, bytes] | None = None, keep_alive: int = 60) -> tuple[int, int]:
         """CONNECT, then (session present, return code) of the CONNACK."""
-        self.send(connect_packet(client_id, username, clean=clean, will=will))
+        self.send(connect_packet(client_id, username, clean=clean, will=will,
+                                 keep_alive=keep_alive))
         packet = self.read()
         assert packet.kind == CONNACK, packet
         return packet.body[0] & 0x01, packet.body[1]

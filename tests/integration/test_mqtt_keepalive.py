@@ -1,16 +1,23 @@
-"""The MQTT keep-alive without a timer per packet, in one process: a whole EdgeApp (real LMDB,
-the real MQTT server on loopback) and raw clients (tests/helpers/mqtt_raw.py).
+"""The MQTT keep-alive without a timer per packet, and clients that stall, in one process: a
+whole EdgeApp (real LMDB, the real MQTT server on loopback) and raw clients
+(tests/helpers/mqtt_raw.py).
 
 - A client silent for 1.5 times its keep-alive is disconnected; one that keeps sending (here
-  PINGREQs only) is not.
+  PINGREQs only) is not. What counts is a whole packet: a client that sends the start of a
+  PUBLISH and stalls, or trickles its bytes one at a time, is disconnected all the same.
 - Reading a packet schedules nothing on the server's loop: a client publishing one QoS 1
   message at a time (each its own read) makes no task and no timer per publish (the
   connection's one keep-alive timer is pushed on only when it comes due).
+- A client that stops reading cannot hold its connection forever, even with keep-alive 0: a
+  write that waits for it (TCP flow control) waits at most the commit timeout (1.5 times the
+  keep-alive when it has one), and more than max(1 MiB, 2 x mqtt.max_message_bytes) written
+  to it and unread closes it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -21,32 +28,44 @@ from typing import Any
 import pytest
 
 from edge_sync.app import EdgeApp
-from edge_sync.config import load_edge_config
-from tests.helpers.mqtt_raw import CONNACK, PUBACK, RawClient, connect_packet, publish_packet
+from tests.helpers.mqtt_app import AppFactory, no_connections
+from tests.helpers.mqtt_gateway import Logs
+from tests.helpers.mqtt_raw import (
+    CONNACK,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    RawClient,
+    connect_packet,
+    publish_packet,
+)
+from tests.helpers.wait import wait_until
 
 DEADLINE_S = 10.0
 TELEMETRY = "v1/devices/me/telemetry"
-PINGREQ = b"\xc0\x00"
-PINGRESP_KIND = 13
+ATTRIBUTES = "v1/devices/me/attributes"
+PINGRESP_KIND = PINGRESP
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[EdgeApp]:
-    cfg = load_edge_config(env={
-        "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_HOST": "127.0.0.1",
-        "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0", "EDGE_ACTORS_SHARDS": "2",
-        "EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0",
-    })
-    edge = EdgeApp(cfg).start()
-    try:
-        created = edge.service.create_device("ka-1", token="ka-1")[1]
-        created.result(DEADLINE_S)
-        yield edge
-    finally:
-        edge.stop()
+def make_app(tmp_path: Path) -> Iterator[Callable[..., EdgeApp]]:
+    with AppFactory(tmp_path) as apps:
+
+        def make(**env: str) -> EdgeApp:
+            edge = apps(**env)
+            edge.service.create_device("ka-1", token="ka-1")[1].result(DEADLINE_S)
+            return edge
+
+        yield make
+
+
+@pytest.fixture
+def app(make_app: Callable[..., EdgeApp]) -> EdgeApp:
+    return make_app()
 
 
 def connected(app: EdgeApp, keep_alive: int) -> RawClient:
+    """A raw client of device ka-1, connected with ``keep_alive`` seconds."""
     client = RawClient(app.mqtt_port, timeout=DEADLINE_S)
     client.send(connect_packet("ka", "ka-1", keep_alive=keep_alive))
     packet = client.read()
@@ -68,9 +87,110 @@ def test_a_client_that_keeps_sending_stays_connected(app: EdgeApp) -> None:
         while time.monotonic() < end:  # more than twice 1.5 s: the timer was pushed on
             client.send(PINGREQ)
             assert client.read().kind == PINGRESP_KIND
-            time.sleep(0.4)
+            time.sleep(0.4)  # the client's pace, not a wait for the server
         client.send(publish_packet(TELEMETRY, b'{"n": 1}', qos=1, packet_id=1))
         assert client.read().kind == PUBACK
+
+
+def closed_within(client: RawClient, *, limit: float, feed: bytes = b"",
+                  every: float = 0.25) -> float:
+    """Seconds until the server closes the connection, the client sending the next byte of
+    ``feed`` every ``every`` seconds meanwhile (nothing once it is all sent); fails after
+    ``limit`` seconds."""
+    start = time.monotonic()
+    client.sock.settimeout(every)
+    sent = 0
+    while time.monotonic() - start < limit:
+        try:
+            if client.sock.recv(4096) == b"":
+                return time.monotonic() - start
+        except ConnectionResetError:
+            return time.monotonic() - start
+        except TimeoutError:
+            if sent < len(feed):
+                client.send(feed[sent:sent + 1])
+                sent += 1
+    raise AssertionError(f"still open after {limit:g}s ({sent} bytes trickled)")
+
+
+def test_a_client_stalled_in_the_middle_of_a_publish_is_disconnected(app: EdgeApp) -> None:
+    packet = publish_packet(TELEMETRY, json.dumps({"n": "x" * 200}).encode(), qos=1, packet_id=1)
+    with connected(app, keep_alive=1) as client:
+        client.send(packet[:len(packet) // 2])  # the header and half the body, then nothing
+        took = closed_within(client, limit=6.0)
+    assert 1.4 <= took < 4.0, took
+
+
+def test_bytes_of_an_unfinished_packet_do_not_keep_a_client_alive(app: EdgeApp) -> None:
+    """Four bytes a second of one PUBLISH: the keep-alive counts packets, not bytes (a client
+    can hold a connection with a packet it never finishes only for 1.5 keep-alives)."""
+    packet = publish_packet(TELEMETRY, json.dumps({"n": "x" * 200}).encode(), qos=1, packet_id=1)
+    with connected(app, keep_alive=1) as client:
+        client.send(packet[:10])
+        took = closed_within(client, limit=6.0, feed=packet[10:])
+    assert 1.4 <= took < 4.0, took
+
+
+ANSWER_KEY = "x" * 200_000
+"""A client attribute that makes every attribute request's answer about 200 KB."""
+
+
+def hoard(app: EdgeApp, client: RawClient, requests: int) -> None:
+    """Device ka-1 gets the ANSWER_KEY attribute; ``requests`` attribute requests for it are
+    sent in one go, and their answers (``requests`` x 200 KB, more than the kernel's socket
+    buffers hold) are never read."""
+    client.send(publish_packet(ATTRIBUTES, json.dumps({"big": ANSWER_KEY}).encode(), qos=1,
+                               packet_id=1))
+    assert client.read().kind == PUBACK
+    client.send(b"".join(publish_packet(f"v1/devices/me/attributes/request/{i}",
+                                        b'{"clientKeys": "big"}') for i in range(requests)))
+
+
+def test_a_client_that_stops_reading_is_closed_after_the_commit_timeout_without_keep_alive(
+        make_app: Callable[..., EdgeApp]) -> None:
+    """Keep-alive 0, and 20 MB of answers the client does not read, below the write buffer's
+    cap (2 x 16 MiB here): once the server's write buffer is over its high-water mark, a
+    packet read (a PINGREQ) makes it wait for the client to read (reading nothing more of it),
+    for the commit timeout (1 s here), then it closes the connection."""
+    app = make_app(EDGE_HTTP_REQUEST_TIMEOUT_S="1", EDGE_MQTT_MAX_MESSAGE_BYTES=str(16 << 20))
+    server = app.mqtt_server
+    assert server is not None
+    logs = Logs()
+    try:
+        with RawClient(app.mqtt_port, timeout=DEADLINE_S, rcvbuf=4096) as client:
+            assert client.connect("deaf", "ka-1", keep_alive=0) == (0, 0)
+            hoard(app, client, 100)
+
+            def ended() -> bool:
+                with contextlib.suppress(OSError):  # closed by the server
+                    client.send(PINGREQ)  # one more packet read, then the wait
+                return server.connections == 0
+
+            wait_until(ended, timeout=DEADLINE_S, poll=0.2, what="the connection closed")
+        (line,) = logs.matching("closing the connection: the client read nothing of the")
+    finally:
+        logs.close()
+    assert line["message"].endswith("bytes written to it for 1s")
+    assert not logs.matching("wait for the client to read them")  # not the cap
+
+
+def test_a_client_that_reads_nothing_of_what_the_edge_publishes_is_closed_past_the_cap(
+        make_app: Callable[..., EdgeApp]) -> None:
+    """Keep-alive 0; 20 MB of answers to attribute requests pile up unread: past max(1 MiB,
+    2 x mqtt.max_message_bytes), 2 MiB here, the connection is closed at once, without the
+    client sending anything more."""
+    app = make_app()
+    logs = Logs()
+    try:
+        with RawClient(app.mqtt_port, timeout=DEADLINE_S, rcvbuf=4096) as client:
+            assert client.connect("hoarder", "ka-1", keep_alive=0) == (0, 0)
+            hoard(app, client, 100)
+            no_connections(app)
+        (line,) = logs.matching("wait for the client to read them")
+    finally:
+        logs.close()
+    assert line["level"].name == "WARNING"
+    assert line["extra"]["buffered"] > 2 << 20
 
 
 class Scheduled:
