@@ -7,12 +7,14 @@ side by side, certificates made by the test (openssl), real clients (paho-mqtt w
   refused during the handshake; a client whose certificate the CA signed is served (its
   access token still names the device).
 - A certificate that cannot be loaded stops EdgeApp with a configuration error naming the
-  setting.
+  setting; so does an encrypted private key (OpenSSL would otherwise ask for its password on
+  the terminal, or fail with "Invalid argument"), in its own file or in the certificate's.
 """
 
 from __future__ import annotations
 
 import ssl
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -112,3 +114,26 @@ def test_a_certificate_that_cannot_be_loaded_is_a_configuration_error(
     with pytest.raises(ConfigError, match=r"^mqtt\.tls\.client_ca: cannot load"):
         EdgeApp(cfg)
     assert not (tmp_path / "edge").exists()  # refused before the store was opened
+
+
+def test_an_encrypted_private_key_is_a_configuration_error(tmp_path: Path,
+                                                          server_pki: Pki) -> None:
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(["openssl", "pkey", "-in", str(server_pki.server_key), "-aes256",
+                    "-passout", "pass:secret", "-out", str(encrypted)], check=True,
+                   capture_output=True)
+    assert "ENCRYPTED" in encrypted.read_text()
+    both = tmp_path / "both.pem"  # the key in the certificate's file
+    both.write_text(server_pki.server_cert.read_text() + encrypted.read_text())
+    for cert, key in ((server_pki.server_cert, encrypted), (both, None)):
+        cfg = load_edge_config(env={
+            "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_MQTT_ENABLED": "false",
+            "EDGE_MQTT_TLS_ENABLED": "true", "EDGE_MQTT_TLS_CERT": str(cert),
+            **({"EDGE_MQTT_TLS_KEY": str(key)} if key is not None else {}),
+        })
+        with pytest.raises(ConfigError) as refused:
+            EdgeApp(cfg)
+        message = str(refused.value)
+        assert message.startswith(f"mqtt.tls.key: the private key in {key or cert} is encrypted")
+        assert "encrypted private keys are not supported" in message
+    assert not (tmp_path / "edge").exists()
