@@ -80,7 +80,7 @@ from edge_sync.mqtt.frames import Frame, FrameReader, Malformed, Oversize
 from edge_sync.mqtt.gateway import Gateway
 from edge_sync.mqtt.inbound import Inbound, attribute_values, telemetry_entries
 from edge_sync.mqtt.registry import SessionRegistry
-from edge_sync.mqtt.sessions import Key, Session
+from edge_sync.mqtt.sessions import MAX_AWAITING_RELEASE, Key, Session
 from edge_sync.mqtt.subscriptions import Subscriptions
 from edge_sync.mqtt.topics import Publish, classify
 from edge_sync.storage.records import Device
@@ -496,6 +496,10 @@ class MqttConnection:
             else:  # its commit is pending (taken by this or an older connection): wait for it
                 self._acks.expect(reply, packet_id, original)
             return
+        if qos == 2 and len(session.awaiting_release) >= MAX_AWAITING_RELEASE:
+            raise _Close(f"QoS 2 publish {packet_id} not taken: {len(session.awaiting_release)} "
+                         "of this session's QoS 2 publishes await their PUBREL, the most a "
+                         "session holds", graceful=True)
         try:
             committed = self._inbound_of().accept(topic, data)
         except BadRequest as exc:
@@ -613,6 +617,7 @@ class MqttConnection:
         message, dropped = session.outbox.add(topic, payload)
         if dropped is not None:
             self._dropped += 1
+            self._registry.unacked_dropped.inc()
             if self._dropped == 1:  # once per connection: a client that never acknowledges
                 self._logger().bind(topic=dropped.topic[:128]).warning(
                     "message {} dropped unacknowledged: more than mqtt.max_unacked_per_session "

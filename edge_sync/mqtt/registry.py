@@ -12,6 +12,7 @@ from typing import Protocol
 
 from loguru import logger
 
+from edge_sync.metrics import Metrics
 from edge_sync.mqtt.sessions import Key, Session, SessionStore
 
 __all__ = ["Holder", "SessionRegistry"]
@@ -34,12 +35,27 @@ class Holder(Protocol):
 
 
 class SessionRegistry:
-    """The server's loop thread only."""
+    """The server's loop thread only (the one writer of its counters). Each kept session it
+    drops is logged and counted in ``edge_mqtt_sessions_dropped_total{reason}``: ``max_sessions``
+    (the one away longest, beyond ``mqtt.max_sessions``), ``expired``
+    (``mqtt.session_expiry_s`` after its client left), ``takeover`` (its older connection did
+    not end in time); each QoS 1 message a session drops unacknowledged (beyond
+    ``mqtt.max_unacked_per_session``) in ``edge_mqtt_unacked_dropped_total``."""
 
-    def __init__(self, store: SessionStore, *, takeover_timeout_s: float) -> None:
+    def __init__(self, store: SessionStore, *, takeover_timeout_s: float,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
         self._takeover_timeout = takeover_timeout_s
         self._holders: dict[Key, Holder] = {}
+        metrics = metrics if metrics is not None else Metrics()
+        self.sessions_dropped = metrics.counter_family(
+            "edge_mqtt_sessions_dropped_total",
+            "kept MQTT sessions dropped: beyond mqtt.max_sessions, expired "
+            "(mqtt.session_expiry_s), or their older connection did not end in time", "reason")
+        self.unacked_dropped = metrics.counter(
+            "edge_mqtt_unacked_dropped_total",
+            "QoS 1 messages to MQTT clients dropped unacknowledged: more than "
+            "mqtt.max_unacked_per_session awaited their PUBACK")
 
     def __len__(self) -> int:
         """Sessions held by open connections."""
@@ -56,6 +72,7 @@ class SessionRegistry:
             try:
                 await asyncio.wait_for(older.finished(), self._takeover_timeout)
             except TimeoutError:
+                self.sessions_dropped.inc("takeover")
                 _log.bind(device=str(key[0])).warning(
                     "older connection from {} did not end in time; its session is dropped",
                     older.peer)
@@ -75,10 +92,12 @@ class SessionRegistry:
         if clean:
             return
         for dropped in self.store.keep(key, session, now=now):
+            self.sessions_dropped.inc("max_sessions")
             _log.bind(device=str(dropped[0]), client_id=dropped[1][:64]).warning(
                 "kept MQTT session dropped: more than mqtt.max_sessions are kept")
 
     def expire(self, now: float) -> None:
         for dropped in self.store.expire(now):
+            self.sessions_dropped.inc("expired")
             _log.bind(device=str(dropped[0]), client_id=dropped[1][:64]).info(
                 "kept MQTT session expired (mqtt.session_expiry_s)")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from edge_sync.api.device_service import DeviceService
 from edge_sync.common.loop_thread import LoopThreadServer
 from edge_sync.devices.subscribers import LongPoll
+from edge_sync.metrics import Metrics
 from edge_sync.mqtt.connection import Limits, MqttConnection
 from edge_sync.mqtt.registry import SessionRegistry
 from edge_sync.mqtt.sessions import SessionStore
@@ -60,7 +61,10 @@ class MqttServer(LoopThreadServer):
         link_connected: Callable[[], bool] | None = None,
         on_pause: Callable[[], None] | None = None,
         report_exit: ExitReporter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        """``metrics``: where the sessions' counters are registered (mqtt/registry.py); a
+        registry of the server's own when None."""
         first = plain or tls
         assert first is not None, "no listener"
         super().__init__("mqtt", host=first.host, port=first.port, thread_name="mqtt",
@@ -75,7 +79,7 @@ class MqttServer(LoopThreadServer):
         self.registry = SessionRegistry(
             SessionStore(max_kept=max_sessions, expiry_s=session_expiry_s,
                          unacked_limit=max_unacked_per_session),
-            takeover_timeout_s=limits.commit_timeout_s + 5.0)
+            takeover_timeout_s=limits.commit_timeout_s + 5.0, metrics=metrics)
         self.tls_port = 0
         self._connections: set[asyncio.Task[None]] = set()
         self._polls: set[LongPoll] = set()  # attribute requests waiting for the cloud

@@ -23,12 +23,17 @@ from typing import Any
 
 from edge_sync.mqtt.topics import matches
 
-__all__ = ["Key", "OutMessage", "Outbox", "Session", "SessionStore"]
+__all__ = ["MAX_AWAITING_RELEASE", "Key", "OutMessage", "Outbox", "Session", "SessionStore"]
 
 Key = tuple[uuid.UUID, str]
 """A session's identity: the device (its access token) and the client id."""
 
 MAX_PACKET_ID = 0xFFFF
+
+MAX_AWAITING_RELEASE = 1_000
+"""The most QoS 2 packet ids one session holds awaiting their PUBREL: a client that never
+sends PUBREL would otherwise grow its session without end (the connection is closed when a
+publish would go beyond it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,9 +27,9 @@ import pytest
 
 from edge_sync.app import EdgeApp
 from edge_sync.storage.records import Action
-from tests.helpers.mqtt_app import AppFactory, events_of, values
+from tests.helpers.mqtt_app import AppFactory, events_of, no_connections, values
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
-from tests.helpers.mqtt_gateway import held_commits
+from tests.helpers.mqtt_gateway import Logs, held_commits
 from tests.helpers.mqtt_raw import (
     PINGREQ,
     PINGRESP,
@@ -264,6 +264,28 @@ def test_a_qos2_resend_after_a_takeover_waits_for_the_older_connections_commit(
         b.send(id_packet(PUBREL, 5) + publish_packet(TELEMETRY, b'{"n": 6}', qos=1, packet_id=6))
         assert [(p.kind, p.packet_id) for p in (b.read(), b.read())] == [(PUBCOMP, 5), (PUBACK, 6)]
     assert values(app, device_id) == [5, 6]
+
+
+def test_a_session_holds_at_most_1000_qos2_ids_awaiting_their_pubrel(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """A client that never sends PUBREL: its 1,001st QoS 2 publish closes the connection
+    (after the PUBRECs due), with one WARNING; it is not stored."""
+    logs = Logs()
+    try:
+        with RawClient(app.mqtt_port) as raw:
+            assert raw.connect("no-pubrel", TOKEN, clean=False) == (0, 0)
+            raw.send(b"".join(publish_packet(TELEMETRY, f'{{"n": {n}}}'.encode(), qos=2,
+                                             packet_id=n) for n in range(1, 1002)))
+            pubrecs = [raw.read() for _ in range(1000)]
+            assert [(p.kind, p.packet_id) for p in pubrecs] == [
+                (PUBREC, n) for n in range(1, 1001)]
+            assert raw.closed_by_server()
+        no_connections(app)
+        (line,) = logs.matching("QoS 2 publish 1001 not taken")
+    finally:
+        logs.close()
+    assert line["level"].name == "WARNING"
+    assert values(app, device_id) == list(range(1, 1001))
 
 
 # -- retain and will (ThingsBoard ignores both) ---------------------------------------------------

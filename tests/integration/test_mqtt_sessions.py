@@ -23,8 +23,9 @@ from edge_sync.app import EdgeApp
 from edge_sync.devices.rpc import RpcStatus
 from edge_sync.storage.records import Device
 from tests.helpers.fake_peer import FakeCloud
-from tests.helpers.mqtt_app import round_trip
+from tests.helpers.mqtt_app import no_connections, round_trip
 from tests.helpers.mqtt_device import ATTRIBUTES, MqttDevice
+from tests.helpers.mqtt_gateway import Logs
 from tests.helpers.wait import wait_until
 from tests.integration.test_device_sessions import (
     Harness,
@@ -41,13 +42,18 @@ MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQT
 
 
 @pytest.fixture
-def linked(tmp_path: Path) -> Iterator[tuple[FakeCloud, EdgeApp, Device]]:
+def harness(tmp_path: Path) -> Iterator[Harness]:
     harness = Harness(tmp_path)
     try:
-        fake, app = harness.connected_edge(**MQTT_ON)
-        yield fake, app, make_device(app, "mqtt-session")
+        yield harness
     finally:
         harness.close()
+
+
+@pytest.fixture
+def linked(harness: Harness) -> tuple[FakeCloud, EdgeApp, Device]:
+    fake, app = harness.connected_edge(**MQTT_ON)
+    return fake, app, make_device(app, "mqtt-session")
 
 
 def test_rpc_request_published_and_its_answer_uplinked(
@@ -176,3 +182,38 @@ def test_a_clean_session_discards_the_kept_one(
         round_trip(last, 1)
         assert last.received_on("v1/devices/me/rpc/request/41") == []  # no subscription
     assert [r.status for r in rpcs(app, dev)] == [RpcStatus.QUEUED]
+
+
+def test_qos1_messages_dropped_unacknowledged_are_logged_once_and_counted(
+        harness: Harness) -> None:
+    """mqtt.max_unacked_per_session 2, three QoS 1 requests never acknowledged: the oldest is
+    dropped (one WARNING, counted in edge_mqtt_unacked_dropped_total and in the disconnect
+    line); the two kept are sent again on reconnect."""
+    fake, app = harness.connected_edge(**MQTT_ON, EDGE_MQTT_MAX_UNACKED_PER_SESSION="2")
+    dev = make_device(app, "mqtt-unacked")
+    server = app.mqtt_server
+    assert server is not None
+    logs = Logs()
+    try:
+        with MqttDevice(app.mqtt_port, dev.token, client_id="deaf", clean_session=False,
+                        manual_ack=True) as client:
+            assert client.connect() == 0
+            assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+            for n in (51, 52, 53):
+                deliver(fake, rpc_downlink(fake, dev, n, "ping"))
+                client.wait_message(f"v1/devices/me/rpc/request/{n}")
+        no_connections(app)
+        with MqttDevice(app.mqtt_port, dev.token, client_id="deaf",
+                        clean_session=False) as again:
+            assert again.connect() == 0 and again.session_present is True
+            round_trip(again, 1)
+            assert [m.topic[-2:] for m in again.received if "rpc/request" in m.topic] == [
+                "52", "53"]
+        no_connections(app)
+    finally:
+        logs.close()
+    assert server.registry.unacked_dropped.value == 1
+    (warning,) = logs.matching("dropped unacknowledged")
+    assert warning["level"].name == "WARNING"
+    first, _ = logs.matching("disconnected from MQTT", device=str(dev.id))
+    assert first["extra"]["dropped_unacked"] == 1

@@ -2,7 +2,8 @@
 session a connecting client gets (kept or new, clean discarding), the cap and the expiry of
 kept sessions, packet ids of the outbox, the QoS an outgoing topic is published at, and the
 registry closing an older connection of the same device and client id before the newer one
-takes the session."""
+takes the session; each kept session the registry drops (beyond mqtt.max_sessions, expired, an
+older connection that did not end in time) logged and counted by reason."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from concurrent.futures import Future
 
 import pytest
 
+from edge_sync.metrics import Metrics
 from edge_sync.mqtt.registry import SessionRegistry
 from edge_sync.mqtt.sessions import MAX_PACKET_ID, Outbox, Session, SessionStore
 from edge_sync.mqtt.topics import matches
+from tests.helpers.mqtt_gateway import Logs
 
 DEV = uuid.UUID(int=1)
 OTHER = uuid.UUID(int=2)
@@ -242,5 +245,54 @@ def test_registry_keeps_no_clean_session() -> None:
         session, _ = await registry.attach((DEV, "c"), holder, clean=True, now=0.0)
         registry.detach((DEV, "c"), holder, session, clean=True, now=1.0)
         assert len(registry.store) == 0 and len(registry) == 0
+
+    asyncio.run(scenario())
+
+
+# -- dropped sessions: logged and counted --------------------------------------------------------
+
+
+DROPPED = "edge_mqtt_sessions_dropped_total"
+
+
+def dropped(metrics: Metrics) -> dict[str, float]:
+    return {name: value for name, value in metrics.snapshot().items()
+            if name.startswith(DROPPED)}
+
+
+def test_registry_logs_and_counts_sessions_dropped_beyond_the_cap_and_expired() -> None:
+    async def scenario() -> None:
+        metrics = Metrics()
+        registry = SessionRegistry(store(max_kept=1, expiry_s=10.0), takeover_timeout_s=1.0,
+                                   metrics=metrics)
+        for n, client in enumerate(("c1", "c2")):
+            holder = FakeHolder(f"a:{n}")
+            session, _ = await registry.attach((DEV, client), holder, clean=False, now=float(n))
+            registry.detach((DEV, client), holder, session, clean=False, now=float(n))
+        assert dropped(metrics) == {f'{DROPPED}{{reason="max_sessions"}}': 1}
+        registry.expire(11.0)  # c2 left at 1.0
+        assert dropped(metrics) == {f'{DROPPED}{{reason="expired"}}': 1,
+                                    f'{DROPPED}{{reason="max_sessions"}}': 1}
+        assert len(registry.store) == 0
+
+    logs = Logs()
+    try:
+        asyncio.run(scenario())
+    finally:
+        logs.close()
+    (capped,) = logs.matching("kept MQTT session dropped: more than mqtt.max_sessions")
+    assert (capped["level"].name, capped["extra"]["client_id"]) == ("WARNING", "c1")
+    (expired,) = logs.matching("kept MQTT session expired")
+    assert (expired["level"].name, expired["extra"]["client_id"]) == ("INFO", "c2")
+
+
+def test_registry_counts_a_session_dropped_because_its_older_connection_did_not_end() -> None:
+    async def scenario() -> None:
+        metrics = Metrics()
+        registry = SessionRegistry(store(), takeover_timeout_s=0.01, metrics=metrics)
+        await registry.attach((DEV, "c"), FakeHolder("a:1"), clean=False, now=0.0)
+        _, present = await registry.attach((DEV, "c"), FakeHolder("b:2"), clean=False, now=1.0)
+        assert present is False
+        assert dropped(metrics) == {f'{DROPPED}{{reason="takeover"}}': 1}
 
     asyncio.run(scenario())
