@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +81,7 @@ from edge_sync.mqtt.gateway import Gateway
 from edge_sync.mqtt.inbound import Inbound, attribute_values, telemetry_entries
 from edge_sync.mqtt.registry import SessionRegistry
 from edge_sync.mqtt.sessions import MAX_AWAITING_RELEASE, Key, Session
-from edge_sync.mqtt.subscriptions import Subscriptions
+from edge_sync.mqtt.subscriptions import DRAIN_S, Subscriptions
 from edge_sync.mqtt.topics import Publish, classify
 from edge_sync.storage.records import Device
 
@@ -110,6 +110,13 @@ class Limits:
     commit_timeout_s: float
     connect_timeout_s: float
     max_inflight: int
+
+    @property
+    def close_s(self) -> float:
+        """The longest a connection takes to end once it closes, before it gives its session
+        back: what its subscriptions were given (DRAIN_S) and the acknowledgements due (the
+        commit timeout) are waited for at the same time."""
+        return max(DRAIN_S, self.commit_timeout_s)
 
     @property
     def max_write_buffer(self) -> int:
@@ -633,14 +640,23 @@ class MqttConnection:
             self._alive.cancel()
             self._alive = None
         try:
-            if self._subscriptions is not None:
-                await self._subscriptions.close()
-            if self._gateway is not None:
-                await self._gateway.close()
             if self._inbound is not None:
                 self._inbound.close()
+            # all at once: the results taken for the device's and its sub-devices'
+            # subscriptions until one deadline, the acknowledgements due within the commit
+            # timeout (Limits.close_s in all)
+            deadline = self._loop.time() + DRAIN_S
+            waits: list[Coroutine[Any, Any, None]] = []
+            if self._subscriptions is not None:
+                waits.append(self._subscriptions.close(deadline))
+            if self._gateway is not None:
+                waits.append(self._gateway.close(deadline))
             if graceful:
-                await self._acks.drain(self._limits.commit_timeout_s)
+                waits.append(self._acks.drain(self._limits.commit_timeout_s))
+            if len(waits) == 1:
+                await waits[0]
+            elif waits:
+                await asyncio.gather(*waits)
         finally:
             self._acks.close()  # what is still owed is not sent; the commits go on
             self._writer.close()
@@ -659,13 +675,16 @@ class MqttConnection:
     async def _closed(self) -> None:
         """Wait for the socket to close: the close writes what is buffered first, and a client
         that reads none of it gets ``_linger_s``; then the connection is aborted (the close
-        would wait for it forever)."""
+        would wait for it forever), at once when the server stops."""
         writer = self._writer
         if writer.transport.get_write_buffer_size():
             try:
                 await asyncio.wait_for(asyncio.shield(writer.wait_closed()), self._linger_s())
             except TimeoutError:
                 writer.transport.abort()
+            except asyncio.CancelledError:
+                writer.transport.abort()
+                raise
             except Exception:  # the connection's error: it is closed
                 return
         with contextlib.suppress(Exception):

@@ -58,7 +58,7 @@ from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Conflict, NotFound, Unavailable
 from edge_sync.mqtt import gateway_payloads as wire
 from edge_sync.mqtt import topics
-from edge_sync.mqtt.subscriptions import Subscriptions
+from edge_sync.mqtt.subscriptions import DRAIN_S, Subscriptions
 from edge_sync.storage.records import Device
 
 Send = Callable[[str, bytes], None]
@@ -165,14 +165,25 @@ class Gateway:
         for sub in self._children.values():
             sub.subscriptions.unsubscribe(device_filter)
 
-    async def close(self) -> None:
+    async def close(self, deadline: float | None = None) -> None:
         """The connection ended: every sub-device is disconnected (one INFO line for all,
-        DEBUG per device), answers not yet sent are dropped."""
+        DEBUG per device), answers not yet sent are dropped. The sub-devices' subscriptions
+        wait for what their sessions took for them all at once, until one ``deadline`` (loop
+        time; mqtt/subscriptions.py's DRAIN_S from now when None), not one after another."""
         for task in list(self._answers):
             task.cancel()
         children, self._children = self._children, {}
+        if deadline is None:
+            deadline = self._loop.time() + DRAIN_S
+        draining = []
+        for sub in children.values():
+            if sub.subscriptions.pending:
+                draining.append(sub.subscriptions.close(deadline))
+            else:  # nothing on its way: returns at once
+                await sub.subscriptions.close(deadline)
+        if draining:
+            await asyncio.gather(*draining)
         for name, sub in children.items():
-            await sub.subscriptions.close()
             self._log.bind(device=str(sub.device.id)).debug(
                 "device {} disconnected: its gateway {} disconnected", name, self._device.name)
         if self._device.gateway:

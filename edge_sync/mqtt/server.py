@@ -27,10 +27,17 @@ from edge_sync.metrics import Metrics
 from edge_sync.mqtt.connection import Limits, MqttConnection
 from edge_sync.mqtt.registry import SessionRegistry
 from edge_sync.mqtt.sessions import SessionStore
+from edge_sync.mqtt.subscriptions import DRAIN_S
 from edge_sync.supervisor import ExitReporter
 
 SWEEP_MAX_S = 60.0
 """The longest pause between two checks for expired sessions."""
+
+CLOSE_MARGIN_S = 1.0
+"""Beyond the longest a connection takes to end (mqtt/connection.Limits.close_s): how long a
+newer connection of the same client id waits for the older one to give its session back
+(close_s + this), and how long stopping waits for connections, which, cancelled, wait for
+what their subscriptions were given only (subscriptions.DRAIN_S + this)."""
 
 KEEPALIVE_PROBES = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6))
 """TCP keep-alive on every accepted socket (SO_KEEPALIVE), where the platform has these
@@ -79,7 +86,7 @@ class MqttServer(LoopThreadServer):
         self.registry = SessionRegistry(
             SessionStore(max_kept=max_sessions, expiry_s=session_expiry_s,
                          unacked_limit=max_unacked_per_session),
-            takeover_timeout_s=limits.commit_timeout_s + 5.0, metrics=metrics)
+            takeover_timeout_s=limits.close_s + CLOSE_MARGIN_S, metrics=metrics)
         self.tls_port = 0
         self._connections: set[asyncio.Task[None]] = set()
         self._polls: set[LongPoll] = set()  # attribute requests waiting for the cloud
@@ -112,8 +119,8 @@ class MqttServer(LoopThreadServer):
                 server.close()
             for task in list(self._connections):
                 task.cancel()
-            if self._connections:
-                await asyncio.wait(self._connections, timeout=5.0)
+            if self._connections:  # cancelled, a connection waits for its subscriptions only
+                await asyncio.wait(self._connections, timeout=DRAIN_S + CLOSE_MARGIN_S)
             for server in servers:
                 await server.wait_closed()
             self._log.info("mqtt stopped")

@@ -15,10 +15,11 @@ subscribes again, or resumes a kept session; shared attribute updates are not ke
 - **Unsubscribe, connection closed**: the subscriber is closed (the session forgets it and no
   longer counts it as a reason to keep the entity active). An RPC request the session took for
   it before (recorded DELIVERED, its delivery commit on its way) is still handed to ``send``:
-  on close, ``close`` waits up to ``drain_s`` for such results before the connection gives its
-  session back, so at QoS 1 a kept session sends it again on reconnect; at QoS 0 it is lost
-  with the connection and its expiry is reported. One that comes later still is logged at
-  WARNING and dropped (it times out).
+  on close, ``close`` waits up to ``drain_s`` (or the connection's one deadline, shared with
+  its gateway's sub-devices) for such results before the connection gives its session back,
+  so at QoS 1 a kept session sends it again on reconnect; at QoS 0 it is lost with the
+  connection and its expiry is reported. One that comes later still is logged at WARNING and
+  dropped (it times out).
 - **The session fails the subscriber** (its shard restarting, or a delivery that could not be
   recorded): a new subscriber is registered after ``retry_s``; queued RPC requests come then,
   shared attribute updates of the gap are not kept (as for a device that was not subscribed).
@@ -93,9 +94,18 @@ class Subscriptions:
         if subscription.pending:
             self._ended.append(subscription)
 
-    async def close(self) -> None:
+    @property
+    def pending(self) -> int:
+        """Results the device's session took for these subscriptions and not yet handed
+        over (``close`` waits for them)."""
+        return sum(s.pending for s in (*self._serving.values(), *self._ended))
+
+    async def close(self, deadline: float | None = None) -> None:
         """The connection ends: nothing more is taken; what was taken already is published
-        if it comes within ``drain_s``, and logged and dropped if it comes later."""
+        if it comes by ``deadline`` (loop time; ``drain_s`` from now when None), and logged
+        and dropped if it comes later. Returns at once, without suspending, when nothing was
+        taken."""
+        drain_s = self._drain_s if deadline is None else max(0.0, deadline - self._loop.time())
         self._closed = True
         subscriptions = [*self._serving.values(), *self._ended]
         self._serving.clear()
@@ -108,15 +118,15 @@ class Subscriptions:
             return
         _log.bind(device=str(self._device)).debug(
             "waiting up to {:g} s for {} results taken for the subscriptions of a closing "
-            "connection", self._drain_s, sum(s.pending for s in subscriptions))
+            "connection", drain_s, sum(s.pending for s in subscriptions))
         try:
             await asyncio.wait_for(
-                asyncio.gather(*(s.drained() for s in subscriptions)), self._drain_s)
+                asyncio.gather(*(s.drained() for s in subscriptions)), drain_s)
         except TimeoutError:
             late = sum(s.pending for s in subscriptions)
             _log.bind(device=str(self._device), late=late).warning(
                 "{} results taken for this connection's subscriptions did not come within "
-                "{:g} s of its end: they are not published", late, self._drain_s)
+                "{:g} s of its end: they are not published", late, drain_s)
         finally:
             for subscription in subscriptions:
                 subscription.finish()

@@ -27,6 +27,7 @@ import pytest
 from edge_sync.actors.shard import shard_of
 from edge_sync.app import EdgeApp
 from edge_sync.devices.rpc import RpcStatus
+from edge_sync.mqtt.subscriptions import DRAIN_S
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.records import Device
 from tests.helpers.fake_peer import FakeCloud
@@ -34,6 +35,7 @@ from tests.helpers.mqtt_app import round_trip
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
 from tests.helpers.mqtt_gateway import ATTRIBUTES as GATEWAY_ATTRIBUTES
 from tests.helpers.mqtt_gateway import CONNECT, Logs, MqttGateway, held_commits
+from tests.helpers.mqtt_gateway import RPC as GATEWAY_RPC
 from tests.helpers.mqtt_gateway import TELEMETRY as GATEWAY_TELEMETRY
 from tests.helpers.wait import wait_until
 from tests.integration.test_device_sessions import (
@@ -208,6 +210,44 @@ def test_a_request_taken_as_the_connection_closes_is_sent_again_to_the_kept_sess
         assert again.wait_message(f"{RPC_PREFIX}11") == {"method": "reboot", "params": None}
         (message,) = again.received_on(f"{RPC_PREFIX}11")
         assert (message.qos, message.dup) == (1, True)
+
+
+def test_a_closing_gateway_waits_for_its_own_and_its_sub_devices_requests_together(
+        linked: tuple[FakeCloud, EdgeApp]) -> None:
+    """A gateway subscribed for itself and for two sub-devices, each with an RPC request taken
+    as the connection closes (its delivery's commit held): the three waits run together under
+    one deadline (subscriptions.DRAIN_S, 5 s), not one after another (15 s); the connection
+    has ended within the newer connection's takeover timeout."""
+    fake, app = linked
+    gateway_device, created = app.service.create_device("gw-closing", token="gw-closing",
+                                                        gateway=True)
+    created.result(DEADLINE_S)
+    devices = [gateway_device, make_device(app, "closing-a"), make_device(app, "closing-b")]
+    for n, device in enumerate(devices, start=31):
+        fake.send_downlink(rpc_downlink(fake, device, n, "reboot"))  # queued: nobody subscribes
+    wait_until(lambda: all([r.status for r in rpcs(app, d)] == [RpcStatus.QUEUED]
+                           for d in devices), timeout=DEADLINE_S, what="the requests queued")
+    logs = Logs()
+    try:
+        with held_commits(app.store):  # the deliveries' commits wait
+            gateway = MqttGateway(app.mqtt_port, "gw-closing")
+            assert gateway.connect() == 0
+            assert gateway.subscribe(RPC_REQUESTS, qos=1) == [1]  # its own request is taken
+            assert gateway.subscribe(GATEWAY_RPC, qos=1) == [1]
+            for device in devices[1:]:  # each sub-device's request is taken as it connects
+                gateway.send(CONNECT, {"device": device.name})
+            gateway.close()
+            closing = time.monotonic()
+            for device in devices:
+                logs.wait_for("subscriptions of a closing connection", device=str(device.id))
+            logs.wait_for("disconnected from MQTT", device=str(gateway_device.id),
+                          timeout=DRAIN_S + 3.0)
+            took = time.monotonic() - closing
+    finally:
+        logs.close()
+    assert DRAIN_S - 0.5 <= took < DRAIN_S + 3.0, took
+    late = logs.matching("did not come within")
+    assert sorted(r["extra"]["device"] for r in late) == sorted(str(d.id) for d in devices)
 
 
 # -- a gateway's sub-device ------------------------------------------------------------------------
