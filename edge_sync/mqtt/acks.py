@@ -68,8 +68,15 @@ class Pending:
 
 
 class AckQueue:
-    """The line: a list read from ``_head`` (an idle connection's line is an empty list, not a
-    deque's block of 64 slots); its length counts replies, not entries."""
+    """One connection's acknowledgements in the order their packets came: entries (one per
+    commit awaited, or per reply with nothing to wait for) are added at the tail as packets
+    are taken, settled in any order as commits complete, and taken off the head only once
+    settled (``pop_due``) or past their deadline (``pop_overdue``), so no reply overtakes an
+    earlier one. Its length is the connection's inflight count: replies (publishes), not
+    entries.
+
+    The line is a list read from ``_head`` (an idle connection's line is an empty list, not a
+    deque's block of 64 slots), the part already taken dropped now and then."""
 
     __slots__ = ("_count", "_head", "_line")
 

@@ -106,6 +106,14 @@ closed; ``Limits.max_write_buffer``."""
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """What bounds every connection of a server (the ``mqtt.*`` settings, and
+    ``http.request_timeout_s`` as the commit timeout): the largest packet read
+    (``max_message_bytes``; its fixed header refuses a larger one), how long a publish's commit
+    is awaited before the connection closes (``commit_timeout_s``), how long a new connection
+    has to send CONNECT and a TLS one to finish its handshake (``connect_timeout_s``), and the
+    publishes a connection may have accepted and not yet acknowledged before it is no longer
+    read (``max_inflight``); and what follows from them (``close_s``, ``max_write_buffer``)."""
+
     max_message_bytes: int
     commit_timeout_s: float
     connect_timeout_s: float
@@ -127,11 +135,14 @@ class Limits:
 
 
 class _Close(Exception):
-    """End the connection: ``graceful`` sends the acknowledgements already due first."""
+    """End the connection: ``graceful`` sends the acknowledgements already due first.
+    ``topic``: the publish's topic, logged as a field (a topic may hold any character, a line
+    break too: it is never formatted into the message)."""
 
-    def __init__(self, reason: str, *, graceful: bool = False) -> None:
+    def __init__(self, reason: str, *, graceful: bool = False, topic: str | None = None) -> None:
         super().__init__(reason)
         self.graceful = graceful
+        self.topic = topic
 
 
 class MqttConnection:
@@ -205,7 +216,10 @@ class MqttConnection:
             await self._serve()
         except _Close as close:
             graceful = close.graceful
-            self._logger().warning("closing the connection: {}", close)
+            log = self._logger()
+            if close.topic is not None:
+                log = log.bind(topic=close.topic[:128])
+            log.warning("closing the connection: {}", close)
         except (Oversize, Malformed) as exc:
             self._logger().warning("closing the connection: {}", exc)
         except (asyncio.IncompleteReadError, ConnectionError, AMQTTError, TimeoutError) as exc:
@@ -215,13 +229,10 @@ class MqttConnection:
                 self._logger().debug(
                     "connection ended: nothing received for {:g}s (1.5 times its keep-alive)",
                     self._idle)
-            elif self._interrupted:
-                pass  # its reason is logged already
-            elif not self._taken_over:
-                raise
+            elif self._interrupted or self._taken_over:
+                pass  # its reason is logged already (a takeover by the registry, one line)
             else:
-                self._logger().info(
-                    "connection closed: its client id connected again")
+                raise
         finally:
             await self._finish(graceful)
 
@@ -439,11 +450,12 @@ class MqttConnection:
         if device.gateway:  # it says so at once (one INFO line); other devices' on first use
             self._gateway_api()
         self._send(ConnackPacket.build(1 if present else 0, CONNECTION_ACCEPTED))
-        _log.bind(peer=self.peer, device=str(device.id), client_id=self._key[1][:64],
-                  clean=self._clean, session_present=present).info(
-            "device {} connected over MQTT", device.name)
-        if present:
+        log = _log.bind(peer=self.peer, device=str(device.id), client_id=self._key[1][:64],
+                        clean=self._clean, session_present=present)
+        if present:  # one line: the resumed session's figures are its fields
             self._resume(session)
+            log = log.bind(resent=len(session.outbox), subscriptions=len(session.subscriptions))
+        log.info("device {} connected over MQTT", device.name)
         return int(connect.keep_alive)
 
     def _resume(self, session: Session) -> None:
@@ -455,8 +467,6 @@ class MqttConnection:
         for topic_filter in list(session.subscriptions):
             if not self._serve_filter(topic_filter):
                 del session.subscriptions[topic_filter]
-        self._logger().bind(resent=len(session.outbox),
-                       subscriptions=len(session.subscriptions)).info("MQTT session resumed")
 
     # -- publishes from the client -------------------------------------------------------------
 
@@ -471,7 +481,7 @@ class MqttConnection:
         elif qos == 2:
             reply = Reply.PUBREC
         else:
-            raise _Close(f"QoS {qos} on {topic[:128]} is not a QoS (malformed PUBLISH)")
+            raise _Close(f"QoS {qos} is not a QoS (malformed PUBLISH)", topic=topic)
         if qos != 2:  # QoS 2 is rare, and its resends are recognised one by one: not held
             kind = classify(topic)[0]
             if kind is Publish.TELEMETRY or kind is Publish.ATTRIBUTES:
@@ -487,13 +497,12 @@ class MqttConnection:
                             self._send_burst()
                             burst.attributes(values, reply, packet_id)
                 except BadRequest as exc:
-                    raise _Close(f"invalid publish on {topic[:128]}: {exc}",
-                                 graceful=True) from exc
+                    raise _Close(f"invalid publish: {exc}", graceful=True, topic=topic) from exc
                 except _Close:
                     raise
                 except Exception as exc:
-                    raise _Close(f"publish on {topic[:128]} not accepted: {exc}",
-                                 graceful=True) from exc
+                    raise _Close(f"publish not accepted: {exc}", graceful=True,
+                                 topic=topic) from exc
                 return
         self._send_burst()  # what came before it is handed over first, in order
         if qos == 2 and packet_id in session.awaiting_release:  # a resend: not stored again
@@ -510,9 +519,9 @@ class MqttConnection:
         try:
             committed = self._inbound_of().accept(topic, data)
         except BadRequest as exc:
-            raise _Close(f"invalid publish on {topic[:128]}: {exc}", graceful=True) from exc
+            raise _Close(f"invalid publish: {exc}", graceful=True, topic=topic) from exc
         except Exception as exc:
-            raise _Close(f"publish on {topic[:128]} not accepted: {exc}", graceful=True) from exc
+            raise _Close(f"publish not accepted: {exc}", graceful=True, topic=topic) from exc
         if qos == 2:
             self._await_release(session, packet_id, committed)
         if committed is None:
@@ -668,9 +677,12 @@ class MqttConnection:
                 self._ended.set()
         await self._closed()
         if self._device is not None:
+            # a takeover is one line, the registry's WARNING: this one only when it tells more
+            quiet = self._taken_over and not (self._dropped or self._not_committed)
             _log.bind(peer=self.peer, device=str(self._device.id),
-                      dropped_unacked=self._dropped, not_committed=self._not_committed).info(
-                "device {} disconnected from MQTT", self._device.name)
+                      dropped_unacked=self._dropped, not_committed=self._not_committed).log(
+                "DEBUG" if quiet else "INFO", "device {} disconnected from MQTT",
+                self._device.name)
 
     async def _closed(self) -> None:
         """Wait for the socket to close: the close writes what is buffered first, and a client

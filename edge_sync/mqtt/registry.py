@@ -66,8 +66,10 @@ class SessionRegistry:
         """The session of ``key`` for ``holder`` and whether it was kept, once any older
         connection of ``key`` has ended (the newest connection wins)."""
         while (older := self._holders.get(key)) is not None and older is not holder:
-            _log.bind(device=str(key[0]), client_id=key[1][:64], peer=holder.peer).warning(
-                "client id connected again: closing its older connection from {}", older.peer)
+            _log.bind(device=str(key[0]), client_id=key[1][:64], peer=holder.peer,
+                      older_peer=older.peer).warning(
+                "client id connected again from {}: closing its older connection from {}",
+                holder.peer, older.peer)
             older.take_over()
             try:
                 await asyncio.wait_for(older.finished(), self._takeover_timeout)

@@ -32,6 +32,8 @@ from edge_sync.supervisor import ExitReporter
 
 SWEEP_MAX_S = 60.0
 """The longest pause between two checks for expired sessions."""
+SWEEP_MIN_S = 1.0
+"""The shortest: a tiny mqtt.session_expiry_s does not make the check spin."""
 
 CLOSE_MARGIN_S = 1.0
 """Beyond the longest a connection takes to end (mqtt/connection.Limits.close_s): how long a
@@ -134,7 +136,7 @@ class MqttServer(LoopThreadServer):
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(min(self._expiry, SWEEP_MAX_S))
+            await asyncio.sleep(max(min(self._expiry, SWEEP_MAX_S), SWEEP_MIN_S))
             self.registry.expire(loop.time())
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -82,6 +82,11 @@ class Outbox:
 
 
 class Session:
+    """One client's MQTT session (device and client id): what it subscribed to, the QoS 2
+    packet ids it sent that await their PUBREL, and the QoS 1 messages sent to it that await
+    its PUBACK. Held by the connection of that client id while it is open (the server's loop
+    thread only), and kept by the SessionStore while a clean-session-0 client is away."""
+
     __slots__ = ("awaiting_release", "outbox", "subscriptions")
 
     def __init__(self, unacked_limit: int) -> None:

@@ -29,7 +29,8 @@ from edge_sync.app import EdgeApp
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Scope
-from tests.helpers.mqtt_app import AppFactory, events_of, values
+from tests.helpers.mqtt_app import AppFactory, events_of, no_connections, values
+from tests.helpers.mqtt_gateway import Logs
 from tests.helpers.mqtt_raw import PUBACK, RawClient, publish_packet
 from tests.helpers.wait import wait_until
 
@@ -183,6 +184,28 @@ def test_qos_3_in_a_burst_closes_after_storing_what_came_before(app: EdgeApp) ->
         assert set(acks_until_closed(client)) <= {1}
     wait_until(lambda: values(app, device.id) == [1], timeout=DEADLINE_S,
                what="the publish before QoS 3 stored", show=lambda: values(app, device.id))
+
+
+def test_a_topic_is_logged_as_a_field_never_in_the_message(app: EdgeApp) -> None:
+    """A topic may hold a line break: formatted into the message, it would break the text
+    log's one line per record. The QoS 3 refusal names it as the ``topic`` field."""
+    _, created = app.service.create_device("burst-6", token="burst-6")
+    created.result(DEADLINE_S)
+    bad = bytearray(publish_packet("evil\ntopic | level=ERROR", body({"n": 1}), qos=1,
+                                   packet_id=1))
+    bad[0] |= 0x06  # QoS 3
+    logs = Logs()
+    try:
+        with RawClient(app.mqtt_port, timeout=DEADLINE_S) as client:
+            assert client.connect("b6", "burst-6") == (0, 0)
+            client.send(bytes(bad))
+            assert client.closed_by_server()
+        no_connections(app)
+    finally:
+        logs.close()
+    (line,) = logs.matching("closing the connection: QoS 3 is not a QoS")
+    assert "\n" not in line["message"] and "evil" not in line["message"]
+    assert line["extra"]["topic"] == "evil\ntopic | level=ERROR"
 
 
 def test_an_oversized_packet_is_refused_from_its_header_after_the_burst_before_it(

@@ -27,7 +27,7 @@ import pytest
 
 from edge_sync.app import EdgeApp
 from edge_sync.storage.records import Action
-from tests.helpers.mqtt_app import AppFactory, events_of, no_connections, values
+from tests.helpers.mqtt_app import AppFactory, events_of, no_connections, round_trip, values
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
 from tests.helpers.mqtt_gateway import Logs, held_commits
 from tests.helpers.mqtt_raw import (
@@ -356,3 +356,35 @@ def test_the_same_client_id_again_closes_the_older_connection(
             assert not second.disconnected.is_set()
     assert values(app, device_id) == [1]
     assert values(app, other.id) == []
+
+
+def test_a_takeover_is_one_log_line_and_a_resumed_connect_one_more(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """The takeover: one WARNING naming the device, the client id and both peers (the older
+    connection's end is not logged again at INFO); the newer connection's connect, which
+    resumes the kept session, one INFO line with what it resumed."""
+    logs = Logs()
+    try:
+        with MqttDevice(app.mqtt_port, TOKEN, client_id="twin", clean_session=False) as first:
+            assert first.connect() == 0
+            assert first.subscribe("v1/devices/me/rpc/request/+", qos=1) == [1]
+            mark = len(logs.records)
+            with MqttDevice(app.mqtt_port, TOKEN, client_id="twin",
+                            clean_session=False) as second:
+                assert second.connect() == 0 and second.session_present is True
+                wait_until(first.disconnected.is_set, timeout=DEADLINE_S, what="first closed")
+                round_trip(second, 1)
+                lines = [r for r in logs.records[mark:] if r["level"].no >= 20  # INFO
+                         and r["extra"].get("component") == "mqtt"]
+        no_connections(app)
+    finally:
+        logs.close()
+    takeover, connected = lines
+    assert takeover["level"].name == "WARNING"
+    assert takeover["message"].startswith("client id connected again from ")
+    assert (takeover["extra"]["device"], takeover["extra"]["client_id"]) == (str(device_id), "twin")
+    assert takeover["extra"]["peer"] != takeover["extra"]["older_peer"]
+    assert connected["message"] == "device mqtt-dev-1 connected over MQTT"
+    assert (connected["extra"]["session_present"], connected["extra"]["subscriptions"],
+            connected["extra"]["resent"]) == (True, 1, 0)
+    assert not logs.matching("session resumed")

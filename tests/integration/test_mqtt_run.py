@@ -4,7 +4,8 @@ clients (paho-mqtt).
 - No MQTT setting at all: MQTT is served (on the free port the test gives it), beside a TLS
   listener turned on with a test certificate; publishes over both are acknowledged and stored.
 - The same device and client id connecting again closes the older connection, in one WARNING
-  line naming the device and neither token nor password; a kept session does not survive a
+  line (and no other) naming the device, the client id and both peers, and neither token nor
+  password; a kept session does not survive a
   restart of the agent (session present 0 after it).
 - A taken MQTT port stops the start with exit code 1 and a last line that says which port and
   how to move or turn off the listener; with EDGE_MQTT_ENABLED=false the agent starts.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,13 +63,21 @@ def test_run_closes_the_older_connection_of_a_client_id_and_forgets_sessions_on_
             assert second.session_present is True  # the older one gave its session back
             wait_until(first.disconnected.is_set, timeout=DEADLINE_S, what="older closed")
             publish_once(second, 1)
-    takeovers = [r for r in agent.log_records() if r.get("level") == "WARNING"
+    def ended(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in records if r.get("device") == device_id
+                and r.get("message", "").endswith("disconnected from MQTT")]
+
+    def logged() -> list[dict[str, Any]] | None:
+        records = agent.log_records()
+        return records if ended(records) else None
+
+    records = wait_until(logged, timeout=DEADLINE_S, what="the newer connection's end logged")
+    takeovers = [r for r in records if r.get("level") == "WARNING"
                  and "client id connected again" in r.get("message", "")]
-    assert len(takeovers) == 1
+    assert len(takeovers) == 1  # the one line of the takeover
     assert (takeovers[0]["device"], takeovers[0]["client_id"]) == (device_id, "station")
-    closed = [r for r in agent.log_records() if r.get("message", "").startswith(
-        "connection closed: its client id connected again")]
-    assert [r["device"] for r in closed] == [device_id]
+    assert takeovers[0]["peer"] != takeovers[0]["older_peer"]
+    assert len(ended(records)) == 1  # the newer connection's end; the older one's: the takeover
     assert token not in agent.stderr_text()
     assert agent.terminate() == 0
     agent.start()
