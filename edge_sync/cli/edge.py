@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(cfg: EdgeConfig, args: argparse.Namespace) -> int:
-    from edge_sync.app import EdgeApp
+    from edge_sync.app import EdgeApp, tune_gc_for_service
 
     configure_logging(cfg.log, component="edge")
     _raise_open_files_limit()
@@ -120,7 +120,7 @@ def _run(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         logger.error("start-up failed: {}", exc)
         app.store.close()
         return fail(f"start-up failed: {exc}", EXIT_CONFIG)
-
+    tune_gc_for_service()  # this process is the agent's alone (not in EdgeApp: see there)
     run_until_signal(lambda timeout: app.wait(timeout) is not None, app.stop)
     code = app.wait(0)
     if code == EXIT_GAVE_UP:
