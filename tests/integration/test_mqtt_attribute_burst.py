@@ -31,7 +31,7 @@ from edge_sync.mqtt.subscriptions import DRAIN_S
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.records import Device
 from tests.helpers.fake_peer import FakeCloud
-from tests.helpers.mqtt_app import round_trip
+from tests.helpers.mqtt_app import no_connections, round_trip
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
 from tests.helpers.mqtt_gateway import ATTRIBUTES as GATEWAY_ATTRIBUTES
 from tests.helpers.mqtt_gateway import CONNECT, Logs, MqttGateway, held_commits
@@ -139,6 +139,7 @@ def test_back_to_back_shared_attribute_updates_reach_the_device_whole_in_order_o
         burst(fake, dev, again)
         whole(client, want + again, request_id=2)
         assert not client.disconnected.is_set()
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_updates_applied_right_after_the_suback_are_not_missed(
@@ -153,6 +154,7 @@ def test_updates_applied_right_after_the_suback_are_not_missed(
         want = keys("k")
         burst(fake, dev, want)
         whole(client, want, request_id=1)
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_burst_of_rpc_requests_is_published_whole_in_order_once(
@@ -180,6 +182,7 @@ def test_a_burst_of_rpc_requests_is_published_whole_in_order_once(
         round_trip(client, 1)
         assert published() == list(range(1, 6 + BURST))
     assert [r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED] * (5 + BURST)
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_request_taken_as_the_connection_closes_is_sent_again_to_the_kept_session(
@@ -210,6 +213,7 @@ def test_a_request_taken_as_the_connection_closes_is_sent_again_to_the_kept_sess
         assert again.wait_message(f"{RPC_PREFIX}11") == {"method": "reboot", "params": None}
         (message,) = again.received_on(f"{RPC_PREFIX}11")
         assert (message.qos, message.dup) == (1, True)
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_closing_gateway_waits_for_its_own_and_its_sub_devices_requests_together(
@@ -243,11 +247,15 @@ def test_a_closing_gateway_waits_for_its_own_and_its_sub_devices_requests_togeth
             logs.wait_for("disconnected from MQTT", device=str(gateway_device.id),
                           timeout=DRAIN_S + 3.0)
             took = time.monotonic() - closing
+        # the deliveries commit now: each request comes to a connection that is gone
+        wait_until(lambda: len(logs.matching("taken for a connection that has closed")) == 3,
+                   timeout=DEADLINE_S, what="the three late requests logged")
     finally:
         logs.close()
     assert DRAIN_S - 0.5 <= took < DRAIN_S + 3.0, took
     late = logs.matching("did not come within")
     assert sorted(r["extra"]["device"] for r in late) == sorted(str(d.id) for d in devices)
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 # -- a gateway's sub-device ------------------------------------------------------------------------
@@ -277,6 +285,7 @@ def test_back_to_back_updates_reach_a_gateways_sub_device_whole_in_order_once(
                    show=lambda: [k for k, _ in flattened(data())])
         round_trip(gateway, 1)
         assert flattened(data()) == expected(want)
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 # -- the device's entity: restarted, idle ----------------------------------------------------------
@@ -315,6 +324,7 @@ def test_subscriptions_are_registered_again_after_the_shard_restarts(
         round_trip(client, 1)
         assert flattened(updates_of(client))[seen:] == expected(want)
         assert not client.disconnected.is_set()
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_an_idle_subscribed_device_is_not_passivated(harness: Harness) -> None:
@@ -344,4 +354,5 @@ def test_an_idle_subscribed_device_is_not_passivated(harness: Harness) -> None:
             whole(client, want, request_id=1)
     finally:
         logs.close()
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 

@@ -136,6 +136,7 @@ def test_a_burst_of_qos_0_and_1_two_devices_and_a_malformed_publish(app: EdgeApp
                  if e.action == Action.TIMESERIES_UPDATED]
     assert [n for d, n in order if d == gateway.id] == [1, 2, 3, 4, 5, 6]
     assert [n for d, n in order if d == sub.id] == [10, 11]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_burst_is_acknowledged_in_order_after_its_commit(app: EdgeApp) -> None:
@@ -159,6 +160,7 @@ def test_a_burst_is_acknowledged_in_order_after_its_commit(app: EdgeApp) -> None
     assert values(app, device.id) == list(range(count))
     sizes = [len(items) for items in commands.of(device.id)]
     assert sum(sizes) == count and len(sizes) < count // 10, sizes
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_malformed_publish_first_in_a_burst_stores_nothing(app: EdgeApp) -> None:
@@ -170,6 +172,7 @@ def test_a_malformed_publish_first_in_a_burst_stores_nothing(app: EdgeApp) -> No
                     + publish_packet(TELEMETRY, body({"n": 1}), qos=1, packet_id=2))
         assert acks_until_closed(client) == []
     assert values(app, device.id) == []
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_qos_3_in_a_burst_closes_after_storing_what_came_before(app: EdgeApp) -> None:
@@ -184,6 +187,7 @@ def test_qos_3_in_a_burst_closes_after_storing_what_came_before(app: EdgeApp) ->
         assert set(acks_until_closed(client)) <= {1}
     wait_until(lambda: values(app, device.id) == [1], timeout=DEADLINE_S,
                what="the publish before QoS 3 stored", show=lambda: values(app, device.id))
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_topic_is_logged_as_a_field_never_in_the_message(app: EdgeApp) -> None:
@@ -224,6 +228,7 @@ def test_an_oversized_packet_is_refused_from_its_header_after_the_burst_before_i
     wait_until(lambda: values(app, device.id) == [1, 2], timeout=DEADLINE_S,
                what="the publishes before the oversized one stored",
                show=lambda: values(app, device.id))
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_an_oversized_packet_alone_is_refused_before_its_body(app: EdgeApp) -> None:
@@ -237,3 +242,4 @@ def test_an_oversized_packet_alone_is_refused_before_its_body(app: EdgeApp) -> N
         client.send(header)
         assert client.closed_by_server()
     assert values(app, device.id) == []
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns

@@ -75,6 +75,7 @@ def test_qos1_telemetry_is_acknowledged_after_commit_exactly_once_in_order(
     for i, mid in enumerate(mids):
         assert i in seen_at_ack[mid], f"PUBACK {mid} came before message {i} was committed"
     assert values(app, device_id) == list(range(count))
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_qos0_telemetry_joins_the_log_in_order(app: EdgeApp, device_id: uuid.UUID) -> None:
@@ -85,6 +86,7 @@ def test_qos0_telemetry_joins_the_log_in_order(app: EdgeApp, device_id: uuid.UUI
         wait_until(lambda: len(values(app, device_id)) == 50, timeout=DEADLINE_S,
                    what="50 QoS 0 events")
     assert values(app, device_id) == list(range(50))
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_the_three_telemetry_shapes_and_client_attributes(
@@ -107,6 +109,7 @@ def test_the_three_telemetry_shapes_and_client_attributes(
     attributes = events_of(app, device_id, Action.ATTRIBUTES_UPDATED)
     assert len(attributes) == 1
     assert attributes[0].body["kv"] == {"firmware": "1.2.0"}
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_unknown_token_is_refused_with_connack_5(app: EdgeApp, device_id: uuid.UUID) -> None:
@@ -115,6 +118,7 @@ def test_unknown_token_is_refused_with_connack_5(app: EdgeApp, device_id: uuid.U
         assert reason is not None and reason.is_failure
         assert reason.getName() == "Not authorized"
         wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_connack_bytes_for_an_unknown_token(app: EdgeApp) -> None:
@@ -132,6 +136,7 @@ def test_connack_bytes_for_an_unknown_token(app: EdgeApp) -> None:
             answer += chunk
         assert answer == b"\x20\x02\x00\x05"
         assert sock.recv(1) == b""  # then the server closes
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_malformed_json_closes_the_connection_after_the_acks_due(
@@ -144,6 +149,7 @@ def test_malformed_json_closes_the_connection_after_the_acks_due(
         assert dev.acked_ids() == [good.mid]
         assert bad.mid not in dev.acked_ids()
     assert values(app, device_id) == [1]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_oversized_publish_closes_the_connection_unread(
@@ -154,6 +160,7 @@ def test_oversized_publish_closes_the_connection_unread(
         wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
         assert dev.acked_ids() == []
     assert values(app, device_id) == []
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_topic_outside_the_api_is_acknowledged_and_dropped(
@@ -166,11 +173,13 @@ def test_topic_outside_the_api_is_acknowledged_and_dropped(
         assert dev.acked_ids() == [other.mid, after.mid]
         assert not dev.disconnected.is_set()
     assert values(app, device_id) == [2]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_client_that_never_sends_connect_is_disconnected(app: EdgeApp) -> None:
     with socket.create_connection(("127.0.0.1", app.mqtt_port), timeout=DEADLINE_S) as sock:
         assert sock.recv(1) == b""  # closed by the server after mqtt.connect_timeout_s
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_second_connection_is_served_while_one_stays_silent(
@@ -181,6 +190,7 @@ def test_a_second_connection_is_served_while_one_stays_silent(
         info = dev.publish(TELEMETRY, {"n": 1})
         wait_until(lambda: info.mid in dev.acked_ids(), timeout=DEADLINE_S, what="PUBACK")
     assert values(app, device_id) == [1]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 # -- QoS 2 -------------------------------------------------------------------------------------
@@ -193,6 +203,7 @@ def test_qos2_with_paho_is_stored_once_and_completes(app: EdgeApp, device_id: uu
         wait_until(lambda: len(dev.acked_ids()) == 20, timeout=DEADLINE_S, what="20 PUBCOMPs")
         assert dev.acked_ids() == [i.mid for i in infos]
     assert values(app, device_id) == list(range(20))
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_qos2_resend_awaiting_pubrel_is_acknowledged_not_stored_again(
@@ -220,6 +231,7 @@ def test_qos2_resend_awaiting_pubrel_is_acknowledged_not_stored_again(
         assert [(p.kind, p.packet_id) for p in (raw.read(), raw.read(), raw.read())] == [
             (PUBACK, 10), (PUBREC, 11), (PUBACK, 12)]
     assert values(app, device_id) == [1, 2, 3, 4, 5]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_qos2_awaiting_pubrel_survives_a_clean_session_false_reconnect(
@@ -241,6 +253,7 @@ def test_qos2_awaiting_pubrel_survives_a_clean_session_false_reconnect(
         raw.send(publish_packet(TELEMETRY, b'{"n": 8}', qos=2, packet_id=3))
         assert raw.read().kind == PUBREC
     assert values(app, device_id) == [7, 8]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_qos2_resend_after_a_takeover_waits_for_the_older_connections_commit(
@@ -264,6 +277,7 @@ def test_a_qos2_resend_after_a_takeover_waits_for_the_older_connections_commit(
         b.send(id_packet(PUBREL, 5) + publish_packet(TELEMETRY, b'{"n": 6}', qos=1, packet_id=6))
         assert [(p.kind, p.packet_id) for p in (b.read(), b.read())] == [(PUBCOMP, 5), (PUBACK, 6)]
     assert values(app, device_id) == [5, 6]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_session_holds_at_most_1000_qos2_ids_awaiting_their_pubrel(
@@ -307,6 +321,7 @@ def test_a_retained_publish_is_stored_and_nothing_is_retained(
         assert late.received_on(ATTRIBUTES) == []
     assert [e.body["kv"] for e in events_of(app, device_id, Action.ATTRIBUTES_UPDATED)] == [
         {"firmware": "2.0"}]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_will_message_is_never_published(app: EdgeApp, device_id: uuid.UUID) -> None:
@@ -324,6 +339,7 @@ def test_a_will_message_is_never_published(app: EdgeApp, device_id: uuid.UUID) -
         wait_until(lambda: after.acked_ids() == [info.mid], timeout=DEADLINE_S, what="PUBACK")
     assert [e.body["values"] for e in events_of(app, device_id, Action.TIMESERIES_UPDATED)] == [
         {"n": 1}, {"n": 2}]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 # -- client ids --------------------------------------------------------------------------------
@@ -336,6 +352,7 @@ def test_an_empty_client_id_with_clean_session_0_gets_connack_2(
         assert raw.closed_by_server()
     with RawClient(app.mqtt_port) as raw:  # with a clean session it is served
         assert raw.connect("", TOKEN, clean=True) == (0, 0)
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_the_same_client_id_again_closes_the_older_connection(
@@ -356,6 +373,7 @@ def test_the_same_client_id_again_closes_the_older_connection(
             assert not second.disconnected.is_set()
     assert values(app, device_id) == [1]
     assert values(app, other.id) == []
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_takeover_is_one_log_line_and_a_resumed_connect_one_more(

@@ -78,6 +78,7 @@ def test_a_flooding_client_is_held_back_and_another_is_still_served(make_app: Ap
     assert values(app, flood_id) == list(range(total))  # each exactly once, in order
     assert values(app, calm_id) == list(range(50))
     assert flood_acked_then < len(qos1), "the flood was over before the calm client was served"
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_storage_full_closes_the_connection_without_the_refused_puback(
@@ -109,6 +110,7 @@ def test_storage_full_closes_the_connection_without_the_refused_puback(
         wait_until(again.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
         assert info.mid not in again.acked_ids()
     assert values(app, device_id) == acked
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_storage_full_closes_a_qos0_publisher_with_one_warning(make_app: AppFactory) -> None:
@@ -135,5 +137,8 @@ def test_storage_full_closes_a_qos0_publisher_with_one_warning(make_app: AppFact
     assert warnings[0]["message"].endswith(", closing the connection")
     (line,) = logs.matching("disconnected from MQTT", device=str(device_id))
     assert line["extra"]["not_committed"] >= 1
+    # the commands the connection handed over before it closed are all done (the queue takes
+    # them in order): nothing of the test still runs (or logs) once it returns
+    app.service.post_attributes(token, {"barrier": 1}).exception(DEADLINE_S)
     stored = values(app, device_id)
     assert len(stored) < 3000 and stored == sorted(set(stored))

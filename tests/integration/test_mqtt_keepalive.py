@@ -79,6 +79,7 @@ def test_a_silent_client_is_disconnected_after_one_and_a_half_keep_alives(app: E
         assert client.closed_by_server()
         took = time.monotonic() - start
     assert 1.4 <= took < 4.0, took
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_client_that_keeps_sending_stays_connected(app: EdgeApp) -> None:
@@ -90,6 +91,7 @@ def test_a_client_that_keeps_sending_stays_connected(app: EdgeApp) -> None:
             time.sleep(0.4)  # the client's pace, not a wait for the server
         client.send(publish_packet(TELEMETRY, b'{"n": 1}', qos=1, packet_id=1))
         assert client.read().kind == PUBACK
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def closed_within(client: RawClient, *, limit: float, feed: bytes = b"",
@@ -119,6 +121,7 @@ def test_a_client_stalled_in_the_middle_of_a_publish_is_disconnected(app: EdgeAp
         client.send(packet[:len(packet) // 2])  # the header and half the body, then nothing
         took = closed_within(client, limit=6.0)
     assert 1.4 <= took < 4.0, took
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_bytes_of_an_unfinished_packet_do_not_keep_a_client_alive(app: EdgeApp) -> None:
@@ -129,6 +132,7 @@ def test_bytes_of_an_unfinished_packet_do_not_keep_a_client_alive(app: EdgeApp) 
         client.send(packet[:10])
         took = closed_within(client, limit=6.0, feed=packet[10:])
     assert 1.4 <= took < 4.0, took
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 ANSWER_KEY = "x" * 200_000
@@ -172,6 +176,7 @@ def test_a_client_that_stops_reading_is_closed_after_the_commit_timeout_without_
         logs.close()
     assert line["message"].endswith("bytes written to it for 1s")
     assert not logs.matching("wait for the client to read them")  # not the cap
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_client_that_reads_nothing_of_what_the_edge_publishes_is_closed_past_the_cap(
@@ -239,3 +244,4 @@ def test_reading_a_packet_schedules_no_timer_and_no_task(app: EdgeApp) -> None:
             assert client.read().kind == PINGRESP_KIND
     assert scheduled.tasks == 0
     assert scheduled.timers <= 2, scheduled.timers  # at most a commit-timeout check come due
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns

@@ -80,6 +80,7 @@ def test_rpc_request_published_and_its_answer_uplinked(
         assert not client.disconnected.is_set()
     assert [(r.status, r.response) for r in rpcs(app, dev)] == [
         (RpcStatus.SUCCESSFUL, {"pin": 1, "value": True})]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_shared_attribute_updates_and_attribute_requests(
@@ -98,6 +99,7 @@ def test_shared_attribute_updates_and_attribute_requests(
                        {"clientKeys": "firmware", "sharedKeys": "setpoint"})
         assert client.wait_message("v1/devices/me/attributes/response/1") == {
             "client": {"firmware": "1.2.0"}, "shared": {"setpoint": 21}}
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_topic_the_edge_does_not_serve_is_refused_in_suback(
@@ -107,6 +109,7 @@ def test_a_topic_the_edge_does_not_serve_is_refused_in_suback(
         assert client.connect() == 0
         assert client.subscribe("v1/devices/me/nothing/#") == [0x80]
         assert not client.disconnected.is_set()
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 # -- kept sessions -------------------------------------------------------------------------------
@@ -137,6 +140,7 @@ def test_a_kept_session_gets_its_subscriptions_and_the_requests_queued_meanwhile
     assert [r.status for r in rpcs(app, dev)] == [RpcStatus.SUCCESSFUL]
     wait_until(lambda: app.metrics.snapshot()["edge_mqtt_sessions_kept"] == 1,
                timeout=DEADLINE_S, what="the session kept again after the disconnect")
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_an_unacknowledged_qos1_request_is_published_again_on_reconnect(
@@ -164,6 +168,7 @@ def test_an_unacknowledged_qos1_request_is_published_again_on_reconnect(
         assert third.connect() == 0
         round_trip(third, 2)
         assert third.received_on("v1/devices/me/rpc/request/31") == []  # acknowledged: gone
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_clean_session_discards_the_kept_one(
@@ -182,6 +187,7 @@ def test_a_clean_session_discards_the_kept_one(
         round_trip(last, 1)
         assert last.received_on("v1/devices/me/rpc/request/41") == []  # no subscription
     assert [r.status for r in rpcs(app, dev)] == [RpcStatus.QUEUED]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_qos1_messages_dropped_unacknowledged_are_logged_once_and_counted(

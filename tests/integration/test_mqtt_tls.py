@@ -23,7 +23,7 @@ import pytest
 from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
 from edge_sync.errors import ConfigError
-from tests.helpers.mqtt_app import AppFactory, publish_once, values
+from tests.helpers.mqtt_app import AppFactory, no_connections, publish_once, values
 from tests.helpers.mqtt_device import MqttDevice, Tls
 from tests.helpers.tls import Pki, make_pki
 
@@ -76,6 +76,7 @@ def test_tls_and_plain_listeners_serve_side_by_side(make_app: Callable[..., Edge
         assert plain.connect() == 0
         publish_once(plain, 2)
     assert telemetry(app) == [1, 2]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_client_ca_requires_a_certificate_it_signed(make_app: Callable[..., EdgeApp], server_pki: Pki,
@@ -94,6 +95,7 @@ def test_a_client_ca_requires_a_certificate_it_signed(make_app: Callable[..., Ed
         assert served(member)
         publish_once(member, 3)
     assert telemetry(app) == [3]
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_certificate_that_cannot_be_loaded_is_a_configuration_error(
