@@ -310,7 +310,7 @@ class EdgeApp:
             session_expiry_s=mqtt.session_expiry_s,
             max_unacked_per_session=mqtt.max_unacked_per_session,
             link_connected=self._link_connected if self.cfg.cloud.routing_key else None,
-            on_pause=self._mqtt_paused.inc, report_exit=report,
+            on_pause=self._mqtt_paused.inc, metrics=self.metrics, report_exit=report,
         )
         try:
             server.start()
