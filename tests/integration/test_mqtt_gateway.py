@@ -339,9 +339,10 @@ def test_a_disconnected_device_gets_its_requests_once_connected_again(
 def test_a_sub_device_the_cloud_deletes_is_dropped_and_created_again_by_its_next_data(
         linked: tuple[FakeCloud, EdgeApp], logs: Logs) -> None:
     """Data for a device the cloud deleted while its gateway kept it connected is refused (not
-    appended for an id the edge no longer has; a QoS 0 publish's loss is logged), the device
-    leaves the gateway, and its next data creates it again, as ThingsBoard's gateway session
-    forgets a deleted device."""
+    appended for an id the edge no longer has): the device leaves the gateway and, as for any
+    publish whose commit fails (ThingsBoard's getPubAckCallback), the connection closes. The
+    gateway's next connection names the device again and its data creates it anew, as
+    ThingsBoard's gateway session forgets a deleted device."""
     fake, app = linked
     make_gateway(app)
     with connected(app) as gateway:
@@ -354,7 +355,9 @@ def test_a_sub_device_the_cloud_deletes_is_dropped_and_created_again_by_its_next
         assert device_named(app, "Doomed") is None
         gateway.publish(TELEMETRY, {"Doomed": [{"v": 2}]}, qos=0)
         logs.wait_for("QoS 0 publish not committed")
+        wait_until(gateway.disconnected.is_set, timeout=10, what="the connection closed")
         assert logs.matching("device Doomed no longer exists on the edge")
+    with connected(app) as gateway:
         gateway.send(ATTRIBUTES, {"Doomed": {"fw": "2"}})
         gateway.send(TELEMETRY, {"Doomed": [{"v": 3}]})
         assert not gateway.disconnected.is_set()
@@ -731,8 +734,10 @@ def test_a_gateway_connection_serves_at_most_max_sub_devices(
 def test_a_device_whose_creation_failed_leaves_the_gateway_at_once(
         app: EdgeApp, logs: Logs, monkeypatch: pytest.MonkeyPatch) -> None:
     """A device connected by a QoS 0 `connect` whose creation fails (its name taken by a device
-    the cloud synced meanwhile) leaves the gateway when the failure is known, not when the
-    gateway names it again: it stops waiting on a session and takes no room."""
+    the cloud synced meanwhile) leaves the gateway when the failure is known: the failed commit
+    closes the connection (as any publish's, ThingsBoard's getPubAckCallback), the failure is
+    logged, and nothing of the device is stored; the next connection has room for as many
+    devices as ever."""
     monkeypatch.setattr(gateway_module, "MAX_SUB_DEVICES", 2)
     make_gateway(app)
     clash = Device(id=uuid.uuid4(), name="Clash", type="from-cloud", token="cloud-clash",
@@ -744,9 +749,14 @@ def test_a_device_whose_creation_failed_leaves_the_gateway_at_once(
             gateway.publish(CONNECT, {"device": "Clash"}, qos=0)
             logs.wait_for("device Clash connected through gateway")
         logs.wait_for("QoS 0 publish not committed")
+        wait_until(gateway.disconnected.is_set, timeout=10, what="the connection closed")
+    assert logs.matching("device Clash not created for gateway")
+    with connected(app) as gateway:
         gateway.send(TELEMETRY, {"n1": [{"v": 1}], "n2": [{"v": 1}]})
         assert not gateway.disconnected.is_set()
-    assert logs.matching("device Clash not created for gateway")
+    stored = device_named(app, "Clash")
+    assert stored is not None and stored.id == clash.id  # the cloud's, not a second one
+    assert actions(event_log(app), clash.id) == []
 
 
 def test_topics_the_edge_does_not_serve_are_logged_up_to_a_limit(
