@@ -49,10 +49,15 @@ MAX_MESSAGE = 4096
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[EdgeApp]:
+def make_app(tmp_path: Path) -> Iterator[AppFactory]:
     with AppFactory(tmp_path) as apps:
-        yield apps(EDGE_MQTT_MAX_MESSAGE_BYTES=str(MAX_MESSAGE),
-                   EDGE_MQTT_CONNECT_TIMEOUT_S="0.5")
+        yield apps
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> EdgeApp:
+    return make_app(EDGE_MQTT_MAX_MESSAGE_BYTES=str(MAX_MESSAGE),
+                    EDGE_MQTT_CONNECT_TIMEOUT_S="0.5")
 
 
 @pytest.fixture
@@ -325,21 +330,58 @@ def test_a_retained_publish_is_stored_and_nothing_is_retained(
 
 
 def test_a_will_message_is_never_published(app: EdgeApp, device_id: uuid.UUID) -> None:
+    """What a broker would do with a will when the connection drops without DISCONNECT:
+    publish it to the subscribers of its topic. The edge serves only the device topics: a
+    subscription to the will's own topic is refused (nobody could receive it there), and a
+    will on a device topic reaches neither a subscriber of that topic (another connection of
+    the device, subscribed to its attribute updates) nor the store (it is not taken as the
+    device's publish)."""
+    with MqttDevice(app.mqtt_port, TOKEN, client_id="listener") as listener:
+        assert listener.connect() == 0
+        assert listener.subscribe("plc/1/status") == [0x80]  # the first will's topic
+        assert listener.subscribe(ATTRIBUTES) == [0]  # the second will's
+        for client_id, will in (("willing-1", ("plc/1/status", b"offline")),
+                                ("willing-2", (ATTRIBUTES, b'{"will": 1}'))):
+            with RawClient(app.mqtt_port) as raw:
+                assert raw.connect(client_id, TOKEN, will=will) == (0, 0)
+                raw.send(publish_packet(TELEMETRY, b'{"n": 1}', qos=1, packet_id=1))
+                assert raw.read().kind == PUBACK
+            # dropped without DISCONNECT: a broker would publish the will now
+        wait_until(lambda: app.mqtt_server is not None and app.mqtt_server.connections == 1,
+                   timeout=DEADLINE_S, what="the two willing connections ended")
+        round_trip(listener, 1)  # written after anything the drops could have published
+        # the answer, and nothing else: nothing on the will topics
+        assert [m.topic for m in listener.received] == ["v1/devices/me/attributes/response/1"]
+    assert values(app, device_id) == [1, 1]
+    assert events_of(app, device_id, Action.ATTRIBUTES_UPDATED) == []
+    no_connections(app)  # nothing of the test still runs (or logs) once it returns
+
+
+def test_kept_sessions_expire_without_a_connect_or_disconnect_to_check_them(
+        make_app: AppFactory) -> None:
+    """The server's sweep drops a session mqtt.session_expiry_s after its client left even
+    when no other client connects or disconnects (a sweep at least every second, however short
+    the expiry): logged, and counted as expired."""
+    app = make_app(EDGE_MQTT_SESSION_EXPIRY_S="0.5")
+    app.service.create_device("mqtt-dev-1", token=TOKEN)[1].result(DEADLINE_S)
     server = app.mqtt_server
     assert server is not None
-    with RawClient(app.mqtt_port) as raw:
-        assert raw.connect("willing", TOKEN, will=(TELEMETRY, b'{"will": 1}')) == (0, 0)
-        raw.send(publish_packet(TELEMETRY, b'{"n": 1}', qos=1, packet_id=1))
-        assert raw.read().kind == PUBACK
-    # dropped without DISCONNECT: an MQTT broker would publish the will now
-    wait_until(lambda: server.connections == 0, timeout=DEADLINE_S, what="connection gone")
-    with MqttDevice(app.mqtt_port, TOKEN) as after:  # anything queued would be in by now
-        assert after.connect() == 0
-        info = after.publish(TELEMETRY, {"n": 2})
-        wait_until(lambda: after.acked_ids() == [info.mid], timeout=DEADLINE_S, what="PUBACK")
-    assert [e.body["values"] for e in events_of(app, device_id, Action.TIMESERIES_UPDATED)] == [
-        {"n": 1}, {"n": 2}]
-    no_connections(app)  # nothing of the test still runs (or logs) once it returns
+    logs = Logs()
+    try:
+        with MqttDevice(app.mqtt_port, TOKEN, client_id="leaving", clean_session=False) as dev:
+            assert dev.connect() == 0
+        wait_until(lambda: len(server.registry.store) == 1, timeout=DEADLINE_S,
+                   what="the session kept")
+        wait_until(lambda: len(server.registry.store) == 0, timeout=DEADLINE_S,
+                   what="the session expired")
+        (line,) = logs.matching("kept MQTT session expired")
+    finally:
+        logs.close()
+    assert line["extra"]["client_id"] == "leaving"
+    assert server.registry.sessions_dropped.values() == {"expired": 1}
+    with MqttDevice(app.mqtt_port, TOKEN, client_id="leaving", clean_session=False) as again:
+        assert again.connect() == 0 and again.session_present is False
+    no_connections(app)
 
 
 # -- client ids --------------------------------------------------------------------------------

@@ -7,7 +7,9 @@
   sent is stored exactly once, in order.
 - Storage full: a QoS 1 publish the store refuses gets no PUBACK (the connection closes), and
   every acknowledged publish is stored, nothing else. A QoS 0 publish the store refuses closes
-  the connection too (as ThingsBoard does), with one WARNING, not one per publish.
+  the connection too (as ThingsBoard does), with one WARNING, not one per publish. A
+  connection whose reading is paused at the inflight cap, and whose commits then fail, is
+  closed: it does not wait for room that never comes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 from edge_sync.app import EdgeApp
 from tests.helpers.mqtt_app import AppFactory, no_connections, values
 from tests.helpers.mqtt_device import TELEMETRY, MqttDevice
-from tests.helpers.mqtt_gateway import Logs
+from tests.helpers.mqtt_gateway import Logs, held_commits
 from tests.helpers.mqtt_raw import RawClient, publish_packet
 from tests.helpers.wait import wait_until
 
@@ -142,3 +144,27 @@ def test_storage_full_closes_a_qos0_publisher_with_one_warning(make_app: AppFact
     app.service.post_attributes(token, {"barrier": 1}).exception(DEADLINE_S)
     stored = values(app, device_id)
     assert len(stored) < 3000 and stored == sorted(set(stored))
+
+
+def test_a_connection_paused_at_the_inflight_cap_whose_commits_fail_is_closed(
+        make_app: AppFactory) -> None:
+    app = make_app(EDGE_STORAGE_MAP_SIZE_INITIAL_MB="1", EDGE_STORAGE_MAX_MB="1",
+                   EDGE_MQTT_MAX_INFLIGHT_PER_CLIENT="4")
+    device_id, token = device(app, "paused")
+    pad = "p" * 2000
+    while app.service.post_telemetry(token, {"n": -1, "pad": pad}).exception(
+            DEADLINE_S) is None:  # fill the store: the next commit fails
+        pass
+    paused = app.metrics.snapshot()["edge_mqtt_reads_paused_total"]
+    with RawClient(app.mqtt_port, timeout=DEADLINE_S) as raw:
+        assert raw.connect("paused", token) == (0, 0)
+        with held_commits(app.store):  # the commits wait: the 4 publishes taken reach the cap
+            raw.send(b"".join(publish_packet(TELEMETRY, json.dumps({"n": n, "pad": pad}).encode(),
+                                             qos=1, packet_id=n + 1) for n in range(10)))
+            wait_until(lambda: app.metrics.snapshot()["edge_mqtt_reads_paused_total"] > paused,
+                       timeout=DEADLINE_S, what="the connection's reading paused at the cap")
+        # the commits go on now, and fail (storage full): closed, nothing acknowledged
+        with pytest.raises(ConnectionError):
+            raw.read()
+    no_connections(app)
+    assert values(app, device_id) == [-1] * len(values(app, device_id))

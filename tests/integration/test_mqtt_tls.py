@@ -4,7 +4,9 @@ side by side, certificates made by the test (openssl), real clients (paho-mqtt w
 - A device publishes over TLS (the server's certificate checked against the test CA, for the
   name localhost) and over the plain port: both acknowledged after commit and stored.
 - With mqtt.tls.client_ca set, a client without a certificate, or with one from another CA, is
-  refused during the handshake; a client whose certificate the CA signed is served (its
+  refused: the server hangs up in the TLS 1.2 handshake, or, TLS 1.3, right after it without a
+  CONNACK (asserted as such: the client's own failure to verify the server is not a
+  refusal); a client whose certificate the CA signed is served, over both versions (its
   access token still names the device).
 - A certificate that cannot be loaded stops EdgeApp with a configuration error naming the
   setting; so does an encrypted private key (OpenSSL would otherwise ask for its password on
@@ -13,6 +15,7 @@ side by side, certificates made by the test (openssl), real clients (paho-mqtt w
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
@@ -25,6 +28,7 @@ from edge_sync.config import load_edge_config
 from edge_sync.errors import ConfigError
 from tests.helpers.mqtt_app import AppFactory, no_connections, publish_once, values
 from tests.helpers.mqtt_device import MqttDevice, Tls
+from tests.helpers.mqtt_raw import connect_packet
 from tests.helpers.tls import Pki, make_pki
 
 DEADLINE_S = 10.0
@@ -54,14 +58,46 @@ def telemetry(app: EdgeApp) -> list[object]:
     return values(app, app.service.authenticate(TOKEN).id)
 
 
-def served(dev: MqttDevice) -> bool:
-    """Whether the server accepted the client: CONNACK 0, or refused it (handshake failed or
-    the connection closed before CONNACK)."""
-    try:
-        reason = dev.connect()
-    except (ssl.SSLError, OSError):
-        return False
-    return reason == 0
+CONNACK_ACCEPTED = b"\x20\x02\x00\x00"
+
+
+def tls_client(ca: Path, client: Pki | None, version: ssl.TLSVersion) -> ssl.SSLContext:
+    """A client context trusting ``ca``, with ``client``'s certificate if any, speaking only
+    TLS ``version``."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.minimum_version = context.maximum_version = version
+    if client is not None:
+        context.load_cert_chain(str(client.server_cert), str(client.server_key))
+    return context
+
+
+def connack(port: int, context: ssl.SSLContext) -> bytes:
+    """Handshake (the client checking the server's certificate for localhost: a failure there
+    raises SSLCertVerificationError, never taken for a refusal), send CONNECT, and return what
+    the server answered before it closed (up to the 4 bytes of a CONNACK)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(connect_packet("tls-raw", TOKEN))
+        answer = b""
+        while len(answer) < 4:
+            try:
+                chunk = tls.recv(4 - len(answer))
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def refused(port: int, ca: Path, client: Pki | None) -> None:
+    """The server refuses ``client``'s certificate (none, or not signed by the client CA):
+    over TLS 1.2, where the server checks it within the handshake, the server hangs up
+    mid-handshake (an EOF, not the client's own verification failing); over TLS 1.3, where
+    the client's side of the handshake completes first, the server closes without a CONNACK."""
+    with pytest.raises(ssl.SSLEOFError):
+        connack(port, tls_client(ca, client, ssl.TLSVersion.TLSv1_2))
+    assert connack(port, tls_client(ca, client, ssl.TLSVersion.TLSv1_3)) == b""
 
 
 def test_tls_and_plain_listeners_serve_side_by_side(make_app: Callable[..., EdgeApp],
@@ -85,14 +121,13 @@ def test_a_client_ca_requires_a_certificate_it_signed(make_app: Callable[..., Ed
     stranger = make_pki(tmp_path / "stranger", host="device-2", name="stranger")
     app = make_app(EDGE_MQTT_TLS_CLIENT_CA=str(clients.ca_cert))
     port, ca = app.mqtt_tls_port, server_pki.ca_cert
-    with MqttDevice(port, TOKEN, host="localhost", tls=Tls(ca)) as anonymous:
-        assert not served(anonymous)
-    with MqttDevice(port, TOKEN, host="localhost",
-                    tls=Tls(ca, stranger.server_cert, stranger.server_key)) as outsider:
-        assert not served(outsider)
+    refused(port, ca, None)  # no certificate
+    refused(port, ca, stranger)  # one another CA signed
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        assert connack(port, tls_client(ca, clients, version)) == CONNACK_ACCEPTED
     with MqttDevice(port, TOKEN, host="localhost",
                     tls=Tls(ca, clients.server_cert, clients.server_key)) as member:
-        assert served(member)
+        assert member.connect() == 0
         publish_once(member, 3)
     assert telemetry(app) == [3]
     no_connections(app)  # nothing of the test still runs (or logs) once it returns

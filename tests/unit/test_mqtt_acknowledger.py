@@ -1,7 +1,9 @@
 """mqtt/acknowledger.py on a real loop, without a server: the publishes of one command (a read
 burst) are acknowledged together once its commit completes, in order, in one write; a failed
 commit fails the connection whatever the QoS of its publishes (QoS 0 alone too), once per failed
-entry, with nothing written after it; commit outcomes from another thread wake the loop once."""
+entry, with nothing written after it; commit outcomes from another thread wake the loop once;
+a commit not confirmed within the commit timeout fails the same way, wakes a connection
+waiting for room under the inflight cap, and what settles after it is not sent."""
 
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ class Wire:
         self.failed: list[tuple[list[tuple[Reply, int]], str]] = []  # (replies, why) per entry
         self.acks = Acknowledger(loop, send=self.writes.append, fail=self._failed,
                                  commit_timeout_s=commit_timeout_s, max_inflight=max_inflight)
+        self.failure = asyncio.Event()  # set at the first failure
 
     def _failed(self, entry: Pending, why: str) -> None:
         self.failed.append((list(entry.replies), why))
+        self.failure.set()
 
 
 def run(test: Any) -> None:
@@ -107,5 +111,28 @@ def test_the_inflight_count_is_of_publishes_and_room_comes_when_a_group_is_ackno
         burst.set_result(range(10))
         await asyncio.wait_for(waiting, 1.0)
         assert len(wire.writes) == 1 and len(wire.writes[0]) == 40
+
+    run(test)
+
+
+def test_a_commit_not_confirmed_in_time_fails_and_nothing_after_it_is_sent() -> None:
+    async def test() -> None:
+        loop = asyncio.get_running_loop()
+        wire = Wire(loop, commit_timeout_s=0.05, max_inflight=2)
+        stuck: Future[range] = Future()  # never completes
+        later: Future[range] = Future()
+        wire.acks.expect(Reply.PUBACK, 1, stuck)
+        wire.acks.expect(Reply.PUBREC, 2, later)
+        assert wire.acks.full
+        waiting = asyncio.ensure_future(wire.acks.room())  # the connection paused at the cap
+        started = loop.time()
+        await asyncio.wait_for(wire.failure.wait(), 1.0)
+        assert loop.time() - started >= 0.05
+        assert wire.failed == [([(Reply.PUBACK, 1)], "not confirmed in time")]
+        await asyncio.wait_for(waiting, 1.0)  # woken: it ends instead of waiting on
+        later.set_result(range(1))
+        await asyncio.wait_for(wire.acks.drain(1.0), 2.0)  # returns: the connection failed
+        assert wire.writes == []  # PUBREC 2 is not sent after the failure
+        stuck.set_result(range(1))  # too late: nothing changes
 
     run(test)
