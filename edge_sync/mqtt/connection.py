@@ -11,7 +11,8 @@ it, never the reading, until ``max_inflight`` publishes wait: then the socket is
 commits catch up (TCP backpressure on that client alone). A QoS 2 publish whose packet id
 awaits its PUBREL is a resend: not stored again, acknowledged once the original is stored
 (whichever connection of the session took it). What ThingsBoard does is
-followed: an unknown token gets CONNACK 5; a body that cannot be parsed closes the connection
+followed: credentials that name no device get CONNACK 5 (2 for a client id alone:
+``refusal_code``); a body that cannot be parsed closes the connection
 (the acknowledgements due before it are sent first); a publish whose commit fails (storage
 full, a restarting component, no confirmation within the commit timeout) closes the connection
 without its acknowledgement; the retain flag is ignored (nothing is retained) and a will
@@ -132,6 +133,19 @@ class Limits:
         (what the edge publishes to it, acknowledgements, PINGRESPs), before it is closed:
         two of the largest packets, at least WRITE_BUFFER_MIN."""
         return max(WRITE_BUFFER_MIN, 2 * self.max_message_bytes)
+
+
+def refusal_code(connect: ConnectPacket) -> int:
+    """The CONNACK return code for a CONNECT whose credentials name no device, as ThingsBoard
+    answers it over MQTT 3.1.1 (MqttTransportHandler.onValidateDeviceResponse, mapped by
+    ReturnCodeResolver.getConnectionReturnCode): 2, identifier rejected, when it has neither
+    a username nor a password but a client id that is not blank (CLIENT_IDENTIFIER_NOT_VALID);
+    5, not authorized, otherwise (BAD_USERNAME_OR_PASSWORD and NOT_AUTHORIZED_5 both map to
+    it)."""
+    client_id = "" if connect.client_id_is_random else (connect.client_id or "")
+    if connect.username is None and connect.password is None and client_id.strip():
+        return int(IDENTIFIER_REJECTED)
+    return int(NOT_AUTHORIZED)
 
 
 class _Close(Exception):
@@ -435,9 +449,10 @@ class MqttConnection:
         except Unauthorized:
             device = None
         if device is None:
-            self._send(ConnackPacket.build(0, NOT_AUTHORIZED))
+            code = refusal_code(connect)
+            self._send(ConnackPacket.build(0, code))
             what = "unknown access token" if token else "no access token (username)"
-            raise _Close(f"{what}: refused with CONNACK 5")
+            raise _Close(f"{what}: refused with CONNACK {code}")
         self._clean = bool(connect.clean_session_flag)
         if connect.client_id_is_random and not self._clean:
             self._send(ConnackPacket.build(0, IDENTIFIER_REJECTED))  # MQTT-3.1.3-8

@@ -37,14 +37,21 @@ def _packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + _length(len(body)) + body
 
 
-def connect_packet(client_id: str, username: str, *, clean: bool = True, keep_alive: int = 60,
-                   will: tuple[str, bytes] | None = None) -> bytes:
-    flags = 0x80 | (0x02 if clean else 0)
+def connect_packet(client_id: str, username: str | None, *, clean: bool = True,
+                   keep_alive: int = 60, will: tuple[str, bytes] | None = None,
+                   password: bytes | None = None) -> bytes:
+    """CONNECT; ``username`` None: without the username flag, ``password`` with the password
+    flag."""
+    flags = (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    flags |= 0x02 if clean else 0
     payload = _string(client_id)
     if will is not None:
         flags |= 0x04  # will flag, QoS 0, not retained
         payload += _string(will[0]) + _string(will[1])
-    payload += _string(username)
+    if username is not None:
+        payload += _string(username)
+    if password is not None:
+        payload += _string(password)
     variable = _string("MQTT") + bytes([4, flags]) + keep_alive.to_bytes(2, "big")
     return _packet(0x10, variable + payload)
 
@@ -91,11 +98,12 @@ class RawClient:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def connect(self, client_id: str, username: str, *, clean: bool = True,
-                will: tuple[str, bytes] | None = None, keep_alive: int = 60) -> tuple[int, int]:
+    def connect(self, client_id: str, username: str | None, *, clean: bool = True,
+                will: tuple[str, bytes] | None = None, keep_alive: int = 60,
+                password: bytes | None = None) -> tuple[int, int]:
         """CONNECT, then (session present, return code) of the CONNACK."""
         self.send(connect_packet(client_id, username, clean=clean, will=will,
-                                 keep_alive=keep_alive))
+                                 keep_alive=keep_alive, password=password))
         packet = self.read()
         assert packet.kind == CONNACK, packet
         return packet.body[0] & 0x01, packet.body[1]

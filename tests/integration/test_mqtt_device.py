@@ -144,6 +144,26 @@ def test_connack_bytes_for_an_unknown_token(app: EdgeApp) -> None:
     no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
+@pytest.mark.parametrize(("client_id", "username", "password", "code"), [
+    ("plc-7", None, None, 2),  # a client id alone: identifier rejected
+    ("", None, None, 5),  # nothing at all
+    ("   ", None, None, 5),  # a blank client id is none
+    ("plc-7", "not-a-token", None, 5),  # an unknown token
+    ("plc-7", "not-a-token", b"secret", 5),  # a username and a password
+    ("plc-7", "", None, 5),  # an empty username is a username
+])
+def test_credentials_that_name_no_device_get_thingsboards_return_code(
+        app: EdgeApp, client_id: str, username: str | None, password: bytes | None,
+        code: int) -> None:
+    """ThingsBoard's MqttTransportHandler.onValidateDeviceResponse, as ReturnCodeResolver maps
+    it to MQTT 3.1.1: CONNACK 2 when the CONNECT has neither username nor password but a
+    client id that is not blank, CONNACK 5 otherwise; then the connection is closed."""
+    with RawClient(app.mqtt_port) as raw:
+        assert raw.connect(client_id, username, password=password) == (0, code)
+        assert raw.closed_by_server()
+    no_connections(app)
+
+
 def test_malformed_json_closes_the_connection_after_the_acks_due(
         app: EdgeApp, device_id: uuid.UUID) -> None:
     with MqttDevice(app.mqtt_port, TOKEN) as dev:
