@@ -29,9 +29,9 @@ from edge_sync.api.payloads import (
 )
 from edge_sync.common.json_body import parse_json
 from edge_sync.devices.subscribers import LongPoll
-from edge_sync.errors import BadRequest, Conflict, NotFound
+from edge_sync.errors import BadRequest
 from edge_sync.mqtt import topics
-from edge_sync.mqtt.gateway import Gateway
+from edge_sync.mqtt.gateway import Gateway, answered
 from edge_sync.mqtt.topics import Publish, classify
 from edge_sync.storage.records import Device
 
@@ -74,8 +74,8 @@ class Inbound:
             return self._gateway().publish(topic, data)
         if kind is Publish.RPC_RESPONSE:
             body = parse_json(data)
-            return _answered(self._service.post_rpc_response(
-                self._token, parse_request_id(request_id), body))
+            return answered(self._service.post_rpc_response(
+                self._token, parse_request_id(request_id), body), self._log)
         if kind is Publish.ATTRIBUTES_REQUEST:
             self._attributes_request(request_id, parse_json(data))
             return None
@@ -116,25 +116,6 @@ class Inbound:
         task = asyncio.create_task(answer())
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
-
-
-def _answered(committed: Future[range]) -> Future[Any]:
-    """An RPC answer's commit, where an answer nobody awaits (unknown id, expired, answered
-    already: nothing queued) still counts as done: a resend could not help. Logged."""
-    out: Future[Any] = Future()
-
-    def done(future: Future[range]) -> None:
-        exc = future.exception()
-        if isinstance(exc, NotFound | Conflict):
-            _log.warning("RPC answer dropped: {}", exc)
-            out.set_result(None)
-        elif exc is not None:
-            out.set_exception(exc)
-        else:
-            out.set_result(future.result())
-
-    committed.add_done_callback(done)
-    return out
 
 
 def telemetry_entries(service: DeviceService, data: bytes) -> tuple[Entry, ...]:
