@@ -115,6 +115,19 @@ class Rig:
     def edge_events(self, action: Action) -> list[Any]:
         return [e for e in self.agent.read_log() if e.action == action]
 
+    def forget_shared(self, device_id: str, keys: list[str]) -> None:
+        """The edge loses shared attributes it held (a store rebuilt, say): the keys removed
+        from its store with the agent stopped, then the agent started and linked again."""
+        assert self.agent.terminate() == 0
+        store = LmdbStore(self.agent.data_dir)
+        try:
+            assert store.write(lambda txn: EntityStore(store).delete_attributes(
+                txn, uuid.UUID(device_id), Scope.SHARED, keys)) == len(keys)
+        finally:
+            store.close()
+        self.agent.start()
+        wait_connected(self.agent)
+
     def accepted(self) -> int:
         """Connections the agent has accepted on its device port (ESTABLISHED, with a socket
         inode: a connection still in the listen backlog has none)."""
@@ -461,16 +474,7 @@ def test_a_shared_key_the_edge_does_not_hold_is_asked_of_the_cloud(rig: Rig) -> 
                what="the attribute downlink acknowledged")
     cached = rig.agent.device("GET", f"/api/v1/{dev.token}/attributes?sharedKeys=setpoint,mode")
     assert (cached.status, cached.json()) == (200, {"shared": {"setpoint": 21, "mode": "eco"}})
-    # the edge loses what it held (a store rebuilt, say): remove the keys, agent stopped
-    assert rig.agent.terminate() == 0
-    store = LmdbStore(rig.agent.data_dir)
-    try:
-        assert store.write(lambda txn: EntityStore(store).delete_attributes(
-            txn, uuid.UUID(dev.id), Scope.SHARED, ["setpoint", "mode"])) == 2
-    finally:
-        store.close()
-    rig.agent.start()
-    wait_connected(rig.agent)
+    rig.forget_shared(dev.id, ["setpoint", "mode"])
     requests_before = len(rig.edge_events(Action.ATTRIBUTES_REQUEST))
 
     resp = rig.agent.device("GET", f"/api/v1/{dev.token}/attributes?sharedKeys=setpoint,mode")

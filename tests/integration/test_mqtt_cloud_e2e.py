@@ -28,7 +28,6 @@ Proved:
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,11 +35,9 @@ from typing import Any
 
 import pytest
 
-from edge_sync.storage.entity_store import EntityStore
-from edge_sync.storage.env import LmdbStore
-from edge_sync.storage.records import Action, Scope
+from edge_sync.storage.records import Action
 from tests.helpers.agent import HttpClient, Response
-from tests.helpers.cloud_proc import check_delivered, wait_connected, wait_drained
+from tests.helpers.cloud_proc import check_delivered, wait_drained
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
 from tests.helpers.wait import wait_until
 from tests.integration.test_device_rpc_e2e import RK, Dev, Rig
@@ -264,16 +261,7 @@ def test_an_attribute_request_over_mqtt_for_keys_only_the_cloud_holds_gets_the_c
                                           "values": {"setpoint": 21, "mode": "eco"}})
     wait_until(lambda: rig.cloud.edge_row(RK)["queued_downlinks"] == 0, timeout=DEADLINE_S,
                what="the attribute downlink acknowledged")
-    # the edge loses what it held (a store rebuilt, say): the keys removed, the agent stopped
-    assert rig.agent.terminate() == 0
-    store = LmdbStore(rig.agent.data_dir)
-    try:
-        assert store.write(lambda txn: EntityStore(store).delete_attributes(
-            txn, uuid.UUID(dev.id), Scope.SHARED, ["setpoint", "mode"])) == 2
-    finally:
-        store.close()
-    rig.agent.start()
-    wait_connected(rig.agent)
+    rig.forget_shared(dev.id, ["setpoint", "mode"])
     asked_before = len(rig.edge_events(Action.ATTRIBUTES_REQUEST))
 
     with connected(rig, dev, f"{ATTRIBUTES_RESPONSE}+") as client:
