@@ -32,6 +32,11 @@ ALARM_UPDATE_TYPE = {
     Action.ALARM_CLEAR: edge_pb2.ALARM_CLEAR_RPC_MESSAGE,
 }
 ACTION_OF_ALARM_UPDATE = {v: k for k, v in ALARM_UPDATE_TYPE.items()}
+RELATION_UPDATE_TYPE = {
+    # ThingsBoard's BaseEdgeProcessor.getUpdateMsgType: RELATION_ADD_OR_UPDATE is a creation
+    Action.RELATION_ADD_OR_UPDATE: edge_pb2.ENTITY_CREATED_RPC_MESSAGE,
+    Action.RELATION_DELETED: edge_pb2.ENTITY_DELETED_RPC_MESSAGE,
+}
 
 
 # -- UUIDs -------------------------------------------------------------------------------------
@@ -162,6 +167,64 @@ def device_json(body: dict[str, Any], owner: Owner | None) -> str:
         **({"deviceProfileId": typed_id("DEVICE_PROFILE", profile)} if profile is not None else {}),
         "additionalInfo": body.get("additionalInfo"),
     })
+
+
+def owned_json(entity: Mapping[str, Any], owner: Owner | None) -> str:
+    """An edge-made entity's JSON (kept without tenant and customer) as it is sent: tenantId
+    and customerId of ``owner`` right after ``createdTime``, as device_json places them; any
+    the entity held are replaced, and without an owner (a peer that announced no tenant) left
+    out."""
+    out: dict[str, Any] = {}
+    for key, value in entity.items():
+        if key in ("tenantId", "customerId"):
+            continue
+        out[key] = value
+        if key == "createdTime":
+            out.update(_owned(owner))
+    if "createdTime" not in entity:
+        out.update(_owned(owner))
+    return _compact(out)
+
+
+def asset_entity(asset_id: uuid.UUID, *, created_time: int, name: str, type_: str, label: str,
+                 profile_id: uuid.UUID | None, additional_info: Any) -> dict[str, Any]:
+    """ThingsBoard 4.x Asset JSON (as a dict, without tenant and customer: owned_json adds
+    them when sent). ``assetProfileId`` only when the edge knows the profile; without it
+    ThingsBoard's saveAsset finds or creates the profile named by ``type``."""
+    out: dict[str, Any] = {
+        "id": typed_id("ASSET", asset_id),
+        "createdTime": created_time,
+        "name": name,
+        "type": type_,
+        "label": label,
+    }
+    if profile_id is not None:
+        out["assetProfileId"] = typed_id("ASSET_PROFILE", profile_id)
+    out["additionalInfo"] = additional_info
+    return out
+
+
+RELATION_GROUPS = ("COMMON",)
+"""The relation type groups an edge-made relation may have: ThingsBoard syncs only COMMON
+relations with its edges (EdgeEventSourcingListener skips the others)."""
+
+
+def relation_entity(src: tuple[str, uuid.UUID], dst: tuple[str, uuid.UUID], rel_type: str,
+                    group: str = "COMMON", additional_info: Any = None) -> dict[str, Any]:
+    """ThingsBoard's EntityRelation JSON (as a dict): typed ``from`` and ``to``, ``type``,
+    ``typeGroup`` and ``additionalInfo``."""
+    return {
+        "from": typed_id(*src),
+        "to": typed_id(*dst),
+        "type": rel_type,
+        "typeGroup": group,
+        "additionalInfo": additional_info,
+    }
+
+
+def compact_json(value: Any) -> str:
+    """JSON text without spaces, as the edge sends and stores entity JSON."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 def alarm_json(body: dict[str, Any], action: str, ts: int, owner: Owner | None) -> str:

@@ -6,7 +6,18 @@ an AttributesRequestMsg; the cloud answers with an attributes downlink.
 Entity JSON names the edge's tenant and customer (``Owner``): they are taken when the event is
 sent, from the identity of the connection, so an event recorded before the edge ever connected
 carries them too. Likewise a device's deviceProfileId: the synced profile named by its type, as
-the Owner knows them when the event is sent."""
+the Owner knows them when the event is sent.
+
+Edge-originated changes of the entity graph (docs: /work/graph-contract.md, "Uplink shapes"),
+matched against ThingsBoard Edge's AssetCloudProcessor, RelationCloudProcessor and
+EdgeMsgConstructorUtils, and the server's EdgeUplinkMessageDispatcher: an asset's ADDED /
+UPDATED / DELETED an AssetUpdateMsg (a delete with the id halves only, as constructAssetDeleteMsg),
+a device's DELETED a DeviceUpdateMsg with the id halves only, a relation change a
+RelationUpdateMsg with the EntityRelation JSON, ATTRIBUTES_DELETED an EntityDataProto's
+attributeDeleteMsg, a request for a rule chain's metadata a RuleChainMetadataRequestMsg.
+TIMESERIES_DELETED has no ThingsBoard message (ThingsBoard Edge keeps such deletes local): an
+EntityDataProto with only the entity, which ThingsBoard applies as a no-op, and the keys in the
+edge-sync extension field 1001 (``timeseriesDeleteMsg``) for the reference cloud."""
 
 from __future__ import annotations
 
@@ -16,12 +27,15 @@ from typing import Any
 
 from edge_sync.common.wire import (
     ALARM_UPDATE_TYPE,
+    RELATION_UPDATE_TYPE,
     SCOPES,
     UPDATE_TYPE,
     Owner,
     alarm_json,
+    compact_json,
     credentials_json,
     device_json,
+    owned_json,
     to_kv,
     uuid_halves,
 )
@@ -75,6 +89,37 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
                                             entityType=event.entity_type, scope=scope,
                                             edgeSeqId=event.seq)
         return "attributesRequestMsg", msg
+    if action == Action.ATTRIBUTES_DELETED:
+        scope = body.get("scope")
+        if scope not in SCOPES:
+            raise BadRequest(f"attribute scope {str(scope)[:40]!r} is not one of {', '.join(SCOPES)}")
+        msg = edge_pb2.EntityDataProto(
+            entityIdMSB=msb, entityIdLSB=lsb, entityType=event.entity_type,
+            attributeDeleteMsg=edge_pb2.AttributeDeleteMsg(
+                scope=scope, attributeNames=[str(k) for k in body["keys"]]),
+            edgeSeqId=event.seq)
+        return "entityData", msg
+    if action == Action.TIMESERIES_DELETED:
+        msg = edge_pb2.EntityDataProto(entityIdMSB=msb, entityIdLSB=lsb,
+                                       entityType=event.entity_type, edgeSeqId=event.seq)
+        set_timeseries_delete(msg, [str(k) for k in body["keys"]])
+        return "entityData", msg
+    if action == Action.RULE_CHAIN_METADATA_REQUEST:
+        return "ruleChainMetadataRequestMsg", edge_pb2.RuleChainMetadataRequestMsg(
+            ruleChainIdMSB=msb, ruleChainIdLSB=lsb, edgeSeqId=event.seq)
+    if event.type == "RELATION" and action in RELATION_UPDATE_TYPE:
+        msg = edge_pb2.RelationUpdateMsg(msgType=RELATION_UPDATE_TYPE[Action(action)],
+                                         entity=compact_json(body), edgeSeqId=event.seq)
+        return "relationUpdateMsg", msg
+    if event.type == "ASSET" and action in UPDATE_TYPE:
+        msg = edge_pb2.AssetUpdateMsg(msgType=UPDATE_TYPE[Action(action)], idMSB=msb, idLSB=lsb,
+                                      edgeSeqId=event.seq)
+        if action != Action.DELETED:
+            msg.entity = owned_json(body, owned)
+        return "assetUpdateMsg", msg
+    if event.type == "DEVICE" and action == Action.DELETED:
+        return "deviceUpdateMsg", edge_pb2.DeviceUpdateMsg(
+            msgType=edge_pb2.ENTITY_DELETED_RPC_MESSAGE, idMSB=msb, idLSB=lsb, edgeSeqId=event.seq)
     if event.type == "DEVICE" and action in UPDATE_TYPE:
         msg = edge_pb2.DeviceUpdateMsg(
             msgType=UPDATE_TYPE[Action(action)], idMSB=msb, idLSB=lsb,
@@ -84,6 +129,32 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
         msg = edge_pb2.DeviceCredentialsUpdateMsg(entity=credentials_json(body), edgeSeqId=event.seq)
         return "deviceCredentialsUpdateMsg", msg
     raise BadRequest(f"no uplink mapping for {event.type} {action}")
+
+
+TIMESERIES_DELETE_FIELD = 1001
+"""EntityDataProto's edge-sync extension field: ``optional TimeseriesDeleteMsg
+timeseriesDeleteMsg = 1001`` with ``message TimeseriesDeleteMsg { repeated string keys = 1; }``."""
+
+
+def set_timeseries_delete(msg: edge_pb2.EntityDataProto, keys: list[str]) -> None:
+    """Put ``keys`` in ``msg``'s extension field 1001. Where edge.proto does not declare it
+    (yet), the same bytes the declared field would serialize to are merged in as an unknown
+    field, which protobuf keeps and serializes: the wire is identical either way."""
+    if "timeseriesDeleteMsg" in msg.DESCRIPTOR.fields_by_name:
+        getattr(msg, "timeseriesDeleteMsg").keys.extend(keys)  # noqa: B009 (not declared yet)
+        return
+    inner = b"".join(_varint(1 << 3 | 2) + _varint(len(raw)) + raw
+                     for raw in (key.encode() for key in keys))
+    msg.MergeFromString(_varint(TIMESERIES_DELETE_FIELD << 3 | 2) + _varint(len(inner)) + inner)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def _rpc_response(event: StoredEvent, msb: int, lsb: int) -> edge_pb2.DeviceRpcCallMsg:

@@ -54,10 +54,11 @@ class Action(enum.StrEnum):
     RPC_CALL = "RPC_CALL"
     CREDENTIALS_UPDATED = "CREDENTIALS_UPDATED"
     ATTRIBUTES_REQUEST = "ATTRIBUTES_REQUEST"  # the edge asks the cloud for attributes
+    RULE_CHAIN_METADATA_REQUEST = "RULE_CHAIN_METADATA_REQUEST"  # ... for a rule chain's metadata
 
 
 # Actions that go in the high lane: creation, updates, credentials, alarms, RPC responses and
-# attribute requests (a device waits for their answer).
+# requests to the cloud (attributes a device waits for, a rule chain's missing metadata).
 # They may overtake the normal lane's backlog, the entity's own data included, which is harmless
 # for these (an entity is created before it has data). Deletes and relation changes stay in the
 # normal lane so they follow the entity's data, as the delivery contract requires.
@@ -70,6 +71,7 @@ _HIGH_ACTIONS = frozenset(
         Action.RPC_CALL,
         Action.CREDENTIALS_UPDATED,
         Action.ATTRIBUTES_REQUEST,
+        Action.RULE_CHAIN_METADATA_REQUEST,
     }
 )
 
@@ -93,8 +95,9 @@ ORDER_SENSITIVE_ACTIONS = frozenset(
 
 
 def lane_for(event_type: str, action: str) -> Lane:
-    """The default lane: alarms, RPC responses, creation/updates and credentials are HIGH;
-    data, deletes and relations NORMAL."""
+    """The default lane: alarms, RPC responses, creation/updates, credentials and requests to
+    the cloud are HIGH; data, deletes (of entities, relations, attribute and timeseries keys)
+    and relation changes NORMAL."""
     if event_type == "ALARM" or action in _HIGH_ACTIONS:
         return Lane.HIGH
     return Lane.NORMAL
