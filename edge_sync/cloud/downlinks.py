@@ -13,6 +13,7 @@ from typing import Any
 from edge_sync.cloud import tb_entities
 from edge_sync.cloud.records import CloudDevice
 from edge_sync.cloud.rpc import RpcRecord, compact
+from edge_sync.common import entity_graph
 from edge_sync.common.wire import credentials_json, to_kv, uuid_halves, uuid_of
 from edge_sync.proto import edge_pb2, transport_pb2
 
@@ -162,3 +163,67 @@ def describe(payload: bytes) -> str:
     msg = edge_pb2.DownlinkMsg.FromString(payload)
     parts = [f"{field.name}" for field, _ in msg.ListFields()]
     return ",".join(parts) or "empty"
+
+
+# -- entities of the graph (cloud/graph_store.py) ------------------------------------------------
+
+_UPDATE_TYPE = {
+    "ADDED": edge_pb2.ENTITY_CREATED_RPC_MESSAGE,
+    "UPDATED": edge_pb2.ENTITY_UPDATED_RPC_MESSAGE,
+    "DELETED": edge_pb2.ENTITY_DELETED_RPC_MESSAGE,
+}
+
+
+def _message_class(field: str) -> Any:
+    """The protobuf class of a DownlinkMsg list (``assetUpdateMsg`` -> AssetUpdateMsg)."""
+    return getattr(edge_pb2, edge_pb2.DownlinkMsg.DESCRIPTOR.fields_by_name[field].message_type.name)
+
+
+def entity_message(entity_type: str, action: str, entity_id: uuid.UUID, entity_json: str | None
+                   ) -> tuple[str, Any]:
+    """(DownlinkMsg field, the update message) of one entity of the graph, as ThingsBoard's
+    edge processors build it: msgType from the action (ADDED: ENTITY_CREATED, UPDATED:
+    ENTITY_UPDATED, DELETED: ENTITY_DELETED), idMSB/idLSB for the kinds that carry them, and the
+    entity JSON (none for a deletion: ThingsBoard's delete messages carry the id only)."""
+    kind = entity_graph.BY_TYPE[entity_type]
+    msg = _message_class(kind.downlink_field)(msgType=_UPDATE_TYPE[action])
+    if kind.has_id_halves:
+        msg.idMSB, msg.idLSB = uuid_halves(entity_id)
+    if entity_json is not None and (action != "DELETED" or not kind.has_id_halves):
+        msg.entity = entity_json
+    return kind.downlink_field, msg
+
+
+def relation_message(action: str, relation_json: str) -> tuple[str, Any]:
+    """relationUpdateMsg: ENTITY_CREATED for RELATION_ADD_OR_UPDATE, ENTITY_DELETED for
+    RELATION_DELETED (ThingsBoard's getUpdateMsgType), with the EntityRelation JSON."""
+    msg_type = (edge_pb2.ENTITY_DELETED_RPC_MESSAGE if action == "RELATION_DELETED"
+                else edge_pb2.ENTITY_CREATED_RPC_MESSAGE)
+    return "relationUpdateMsg", edge_pb2.RelationUpdateMsg(msgType=msg_type, entity=relation_json)
+
+
+def message_of(entries: list[tuple[str, Any]]) -> bytes:
+    """One DownlinkMsg carrying ``entries`` (field, message), each list in the given order."""
+    msg = edge_pb2.DownlinkMsg()
+    for field, entry in entries:
+        getattr(msg, field).append(entry)
+    return _serialized(msg)
+
+
+def device_deleted(device_id: uuid.UUID) -> bytes:
+    """deviceUpdateMsg ENTITY_DELETED (the device unassigned from, or deleted for, the edge)."""
+    msb, lsb = uuid_halves(device_id)
+    return _serialized(edge_pb2.DownlinkMsg(deviceUpdateMsg=[edge_pb2.DeviceUpdateMsg(
+        msgType=edge_pb2.ENTITY_DELETED_RPC_MESSAGE, idMSB=msb, idLSB=lsb)]))
+
+
+def stamped_size(payload_size: int) -> int:
+    """An upper bound of the ResponseMsg carrying a DownlinkMsg of ``payload_size`` bytes once
+    stamped with its downlinkMsgId and cloudTimeMillis (what an edge's maxInboundMessageSize
+    limits)."""
+    return payload_size + ENVELOPE_BYTES
+
+
+ENVELOPE_BYTES = 32
+"""downlinkMsgId (tag + up to 5 bytes), cloudTimeMillis (field 1000: 2-byte tag + up to 10),
+and the ResponseMsg's own tag and length (up to 6)."""

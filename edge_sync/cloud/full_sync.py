@@ -13,11 +13,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge_sync.cloud import downlinks, tb_entities
 from edge_sync.cloud.records import CloudDevice, EdgeRecord
-from edge_sync.cloud.store import CloudStore
 from edge_sync.common import ids
+
+if TYPE_CHECKING:
+    from edge_sync.cloud.store import CloudStore
 
 ROOT_CHAIN = "rule_chain:edge_root"
 
@@ -94,3 +97,9 @@ def full_sync(store: CloudStore, edge: EdgeRecord, now_ms: int) -> list[bytes]:
     out += [downlinks.shared_attributes(d, attrs, now_ms) for d, attrs in snapshot if attrs]
     out.append(downlinks.sync_completed())
     return out
+
+
+def edge_entities(store: CloudStore, edge_id: uuid.UUID) -> list[tuple[str, uuid.UUID, str]]:
+    """(entity type, id, JSON) of every entity on the edge, in full-sync order (stub: the
+    graph's entities only; the streamed sync replaces it)."""
+    return [(e.entity_type, e.id, e.json) for e in store.graph.entities(edge_id=edge_id)]

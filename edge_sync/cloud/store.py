@@ -59,6 +59,7 @@ import lmdb
 
 from edge_sync.cloud import downlinks as downlink_msgs
 from edge_sync.cloud import rpc, rpc_table
+from edge_sync.cloud.graph_store import GRAPH_DB_NAMES, CloudGraph
 from edge_sync.cloud.group_commit import GroupCommit
 from edge_sync.cloud.records import (
     AppliedRecord,
@@ -108,7 +109,11 @@ MAX_INDEXED_KEY = 400  # LMDB keys are at most 511 bytes; longer names/tokens ar
 
 
 class CloudLmdb(LmdbStore):
-    """LmdbStore with the cloud's databases and format stamp."""
+    """LmdbStore with the cloud's databases and format stamp (and room for the databases added
+    to the format since: `rpcs` and the entity graph's, see CloudStore._open_optional)."""
+
+    def _open(self, map_size: int, *, max_dbs: int) -> lmdb.Environment:
+        return super()._open(map_size, max_dbs=max_dbs + len(GRAPH_DB_NAMES))
 
     def __init__(self, path: Path, *, max_size_mb: int = 10240, readonly: bool = False) -> None:
         super().__init__(
@@ -174,13 +179,26 @@ class CloudStore:
         self.commits = GroupCommit(self.lmdb)
         """The operator's writes (shared attributes, RPC requests): grouped, one fsync a group."""
         self._rpc_db = self._open_rpcs(readonly)
+        for name in GRAPH_DB_NAMES:
+            self._open_optional(name, readonly)
         if not readonly:
             self.lmdb.write(self._ensure_tenant)
+        self.graph = CloudGraph(self)
+        """The entity graph (cloud/graph_store.py): every kind of entity but devices, their
+        assignment to edges, relations."""
+        if not readonly:
+            self.graph.ensure_defaults()
 
     def _open_rpcs(self, readonly: bool) -> Any:
         """The `rpcs` database (newer than the edge-cloud/3 stamp): created on a writable open,
         None on a read-only open of a store that has none yet."""
-        name = rpc_table.DB_NAME.encode()
+        return self._open_optional(rpc_table.DB_NAME, readonly)
+
+    def _open_optional(self, db_name: str, readonly: bool) -> Any:
+        """A database added to the edge-cloud/3 format after its stamp (`rpcs`, the entity
+        graph's): created on a writable open, None on a read-only open of a store that has none
+        yet (an older release's, opened by `edge-cloud status` say)."""
+        name = db_name.encode()
         try:
             if readonly:
                 db = self.lmdb.env.open_db(name, create=False)
@@ -191,8 +209,8 @@ class CloudStore:
             return None
         except lmdb.Error as exc:
             self.close()
-            raise StorageError(f"{self.path}: cannot open the rpcs database: {exc}") from exc
-        self._db[rpc_table.DB_NAME] = db  # counted in the store's size like the others
+            raise StorageError(f"{self.path}: cannot open the {db_name} database: {exc}") from exc
+        self._db[db_name] = db  # counted in the store's size like the others
         return db
 
     def close(self) -> None:
@@ -517,6 +535,14 @@ class CloudStore:
         """Every device of the edge with its shared attributes, from one snapshot."""
         with self._read() as txn:
             return [(d, self._attributes(txn, d.id)) for d in self._devices_of_edge(txn, edge_id)]
+
+    def _all_devices(self, txn: lmdb.Transaction) -> Iterator[CloudDevice]:
+        """Every device, whatever its edge (a scan: for rare operations)."""
+        with txn.cursor(db=self._db["devices"]) as cur:
+            for key in list(cur.iternext(values=False)):
+                dev = self._device(txn, uuid.UUID(bytes=bytes(key)))
+                if dev is not None:
+                    yield dev
 
     def _devices_of_edge(self, txn: lmdb.Transaction, edge_id: uuid.UUID) -> list[CloudDevice]:
         out: list[CloudDevice] = []
