@@ -274,6 +274,19 @@ class EntityStore:
                         v, f"attributes: {entity_id} {key!r}", 2, previous=self._previous)[0]
         return found
 
+    def delete_entity_data(self, txn: lmdb.Transaction, entity_id: uuid.UUID) -> int:
+        """Remove every attribute (all scopes) and latest value of an entity (a device or any
+        other entity the cloud removed); how many records went. Two range deletes."""
+        removed = 0
+        for name in ("attributes", "latest_ts"):
+            with txn.cursor(db=self._db[name]) as cur:
+                if not cur.set_range(entity_id.bytes):
+                    continue
+                while bytes(cur.key()).startswith(entity_id.bytes):
+                    cur.delete()  # moves to the next entry (an empty key past the end)
+                    removed += 1
+        return removed
+
     # -- latest telemetry ------------------------------------------------------------------------
 
     def put_latest(

@@ -51,7 +51,24 @@ DB_NAMES = (
     "attributes",
     "latest_ts",
     "downlinks",
+    # the entity graph (storage/graph_store.py): added after the edge-sync/2 stamp without a
+    # format change, see LATER_DB_NAMES
+    "graph_entities",
+    "graph_names",
+    "graph_provided",
+    "graph_refs",
+    "graph_relations",
+    "graph_relations_to",
+    "graph_held",
+    "graph_waiting",
+    "graph_seen",
+    "graph_log",
 )
+LATER_DB_NAMES = frozenset(name for name in DB_NAMES if name.startswith("graph_"))
+"""Databases newer than the store format stamp: a writable open creates them in a store of an
+earlier release (an earlier release simply ignores them); a read-only open of such a store
+(``edge-sync status`` with the agent stopped) goes on without them, and their readers see
+nothing (``name not in LmdbStore.dbs``)."""
 
 _log = logger.bind(component="storage")
 
@@ -186,7 +203,12 @@ class LmdbStore:
                 with self.env.begin() as txn:
                     self._check_or_stamp_format(txn)
                 for name in db_names[1:]:
-                    self.dbs[name] = self.env.open_db(name.encode(), create=False)
+                    try:
+                        self.dbs[name] = self.env.open_db(name.encode(), create=False)
+                    except lmdb.NotFoundError:
+                        if name not in LATER_DB_NAMES:
+                            raise
+                        # a store of an earlier release: the newer database is simply absent
             else:
                 with self.env.begin(write=True) as txn:
                     self.dbs["meta"] = self.env.open_db(b"meta", txn=txn)
