@@ -8,6 +8,12 @@ A device's session (devices/session.py) lives here too, made on first use: its o
 RPC requests and who waits for them, who waits for shared attribute updates. Every RPC state
 change is one Append (the record, and the RPC_CALL event that tells the cloud when it does), and
 a request is handed to a waiting device only once its delivery is on disk.
+
+Edge-made changes of the entity graph (ChangeGraph: assets, relations, deletes of devices and
+of attribute and timeseries keys) pass through the entity's actor only for its order: the
+QueueActor checks and writes them with their events (actors/graph_changes.py). A rule chain's
+actor asks the cloud for its metadata at most once at a time: while its request is pending,
+the next asks get that request's seq.
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ from edge_sync.actors.address import Address
 from edge_sync.actors.messages import (
     Append,
     AttributesRequestQueued,
+    ChangeGraph,
     CreateDevice,
+    DeleteEntity,
     EntityCommand,
+    EntityDeleted,
     FetchSharedAttributes,
+    MetadataRequestQueued,
     PollAttributes,
     PollRpc,
     PostClientAttributes,
@@ -37,6 +47,7 @@ from edge_sync.actors.messages import (
     PutLatestTelemetry,
     PutRpc,
     RaiseAlarm,
+    RequestRuleChainMetadata,
     RequireDevice,
     RpcDeliveredLate,
     RpcHanded,
@@ -47,7 +58,7 @@ from edge_sync.actors.messages import (
 from edge_sync.devices.rpc import RpcStatus, Transition
 from edge_sync.devices.session import DeviceSession
 from edge_sync.devices.subscribers import Subscriber
-from edge_sync.errors import EdgeSyncError, Unavailable
+from edge_sync.errors import EdgeSyncError, NotFound, Unavailable
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope, lane_for
 
 _log = logger.bind(component="device-session")
@@ -60,8 +71,8 @@ wake-up of the shard's timer."""
 class EntityActor:
     """State and behaviour of one entity. Runs on its shard's thread only."""
 
-    __slots__ = ("_retry_at", "count_rpc", "entity_id", "event_pending", "last_used", "now_ms",
-                 "queue", "session", "tell_self")
+    __slots__ = ("_retry_at", "count_rpc", "entity_id", "event_pending", "last_used", "metadata",
+                 "now_ms", "queue", "session", "tell_self")
 
     def __init__(self, entity_id: uuid.UUID, queue: Address, now: float, *,
                  now_ms: Callable[[], int] | None = None,
@@ -78,11 +89,21 @@ class EntityActor:
         self.event_pending = event_pending or (lambda _seq: False)
         self.session: DeviceSession | None = None
         self._retry_at = 0  # ms: no expiry is recorded again before (one failed to commit)
+        # a rule chain's metadata request: on its way to the queue (its commit), or its seq
+        self.metadata: Future[range] | int | None = None
 
     @property
     def busy(self) -> bool:
-        """Holds open RPC requests or waiting devices: not to be passivated."""
-        return self.session is not None and self.session.busy
+        """Holds open RPC requests, waiting devices or a pending metadata request: not to be
+        passivated (a successor would ask again while the request is pending)."""
+        return (self.session is not None and self.session.busy) or self._metadata_pending()
+
+    def _metadata_pending(self) -> bool:
+        """Whether this rule chain's metadata request is on its way or waits in the queue; a
+        request sent (or dropped) since is forgotten."""
+        if isinstance(self.metadata, int) and not self.event_pending(self.metadata):
+            self.metadata = None
+        return self.metadata is not None
 
     def next_deadline(self) -> int | None:
         """When an open RPC request of the device is due next (ms since the epoch): the earliest
@@ -150,6 +171,18 @@ class EntityActor:
                 self._rpc_delivered_late(command)
             case AttributesRequestQueued():
                 self._session().fetch.queued(command.seq)
+            case ChangeGraph():
+                self._change_graph(command)
+            case RequestRuleChainMetadata():
+                self._request_metadata(command)
+            case MetadataRequestQueued():
+                if isinstance(self.metadata, Future):
+                    self.metadata = command.seq
+            case EntityDeleted():
+                told = self.abandon_waiters(NotFound(f"device {command.entity_id} was deleted"))
+                if told:
+                    _log.bind(device=str(command.entity_id), polls=told).info(
+                        "{} waiting polls answered: the device was deleted", told)
 
     def _telemetry(self, cmd: PostTelemetry) -> None:
         eid = self.entity_id
@@ -184,6 +217,58 @@ class EntityActor:
         event = NewEvent("ALARM", "ALARM", cmd.alarm_id, cmd.action, body, cmd.ts,
                          lane_for("ALARM", cmd.action))
         self.queue.tell(Append(cmd.device_id, (event,), cmd.reply))
+
+    # -- the entity graph ----------------------------------------------------------------------
+
+    def _change_graph(self, cmd: ChangeGraph) -> None:
+        """The QueueActor writes the change and makes its events; after a device's deletion
+        its waiting polls are answered."""
+        reply = cmd.reply
+        if isinstance(cmd.change, DeleteEntity) and cmd.change.entity_type == "DEVICE":
+            tell_self, entity_id, outer = self.tell_self, cmd.entity_id, cmd.reply
+
+            def deleted(done: Future[range]) -> None:  # on the queue's thread
+                if done.exception() is None:
+                    tell_self(EntityDeleted(entity_id))
+                if outer is not None:
+                    _settle(outer, done)
+
+            reply = Future()
+            reply.add_done_callback(deleted)
+        self.queue.tell(Append(cmd.entity_id, (), reply, (cmd.change,)))
+
+    def _request_metadata(self, cmd: RequestRuleChainMetadata) -> None:
+        pending = self.metadata if self._metadata_pending() else None
+        if isinstance(pending, Future):
+            if cmd.reply is not None:
+                pending.add_done_callback(lambda done: _settle(cmd.reply, done))  # type: ignore[arg-type]
+            return
+        if isinstance(pending, int):
+            _log.bind(rule_chain=str(cmd.entity_id), seq=pending).debug(
+                "rule chain metadata already requested")
+            if cmd.reply is not None:
+                with contextlib.suppress(InvalidStateError):
+                    cmd.reply.set_result(range(pending, pending + 1))
+            return
+        now = self.now_ms()
+        event = NewEvent("RULE_CHAIN", "RULE_CHAIN", cmd.entity_id,
+                         Action.RULE_CHAIN_METADATA_REQUEST, {}, now,
+                         lane_for("RULE_CHAIN", Action.RULE_CHAIN_METADATA_REQUEST))
+        tell_self, chain, outer = self.tell_self, cmd.entity_id, cmd.reply
+
+        def appended(done: Future[range]) -> None:  # on the queue's thread
+            seqs = done.result() if done.exception() is None else None
+            if seqs:
+                _log.bind(entity_type="RULE_CHAIN", entity=str(chain), seq=seqs.start).info(
+                    "rule chain metadata requested from the cloud")
+            tell_self(MetadataRequestQueued(chain, seqs.start if seqs else None))
+            if outer is not None:
+                _settle(outer, done)
+
+        request: Future[range] = Future()
+        request.add_done_callback(appended)
+        self.metadata = request
+        self.queue.tell(Append(cmd.entity_id, (event,), request))
 
     # -- server-side RPC ---------------------------------------------------------------------
 

@@ -57,7 +57,95 @@ class RequireDevice:
     device_id: uuid.UUID
 
 
-Mutation = CreateDevice | PutAttributes | PutLatestTelemetry | PutRpc | RequireDevice
+# -- edge-made changes of the entity graph (actors/graph_changes.py): checked, written and turned
+# into their events inside the QueueActor's transaction, where the merged JSON and the seqs are
+# known. A failed check (NotFound, Conflict, BadRequest) fails the Append, nothing of it written.
+
+
+@dataclass(frozen=True, slots=True)
+class PutAsset:
+    """Create (``create``) or update an asset: ``fields`` (name, type, label, additionalInfo)
+    replace the stored ones; an ADDED or UPDATED event with the merged Asset JSON (none when an
+    update changes nothing). NotFound: an update of an unknown asset; Conflict: the name is
+    another asset's, or the id is taken on creation."""
+
+    asset_id: uuid.UUID
+    fields: tuple[tuple[str, Any], ...]
+    create: bool
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteEntity:
+    """Delete an entity made on the edge or synced (``entity_type``: ASSET or DEVICE) and what
+    depends on it, cascade; one DELETED event. NotFound when there is no such entity."""
+
+    entity_type: str
+    entity_id: uuid.UUID
+    ts: int
+
+
+End = tuple[str | None, uuid.UUID]  # a relation's end: (entity type, or None to look it up; id)
+
+
+@dataclass(frozen=True, slots=True)
+class PutRelation:
+    """Add or update a relation (RELATION_ADD_OR_UPDATE). NotFound when an end is unknown."""
+
+    src: End
+    dst: End
+    rel_type: str
+    group: str
+    additional_info: Any
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRelation:
+    """Delete one relation (RELATION_DELETED, with its JSON). NotFound when there is none."""
+
+    src: End
+    dst: End
+    rel_type: str
+    group: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRelations:
+    """Delete every relation from or to an entity: one RELATION_DELETED event per relation,
+    as ThingsBoard's deleteEntityRelations does. NotFound when the entity is unknown."""
+
+    entity_id: uuid.UUID
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAttributes:
+    """Delete attribute keys of one scope of an entity (ATTRIBUTES_DELETED)."""
+
+    entity_id: uuid.UUID
+    scope: Scope
+    keys: tuple[str, ...]
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTimeseries:
+    """Delete timeseries keys of an entity: the latest values the edge holds
+    (TIMESERIES_DELETED)."""
+
+    entity_id: uuid.UUID
+    keys: tuple[str, ...]
+    ts: int
+
+
+GraphChange = (PutAsset | DeleteEntity | PutRelation | DeleteRelation | DeleteRelations
+               | DeleteAttributes | DeleteTimeseries)
+GRAPH_CHANGES = (PutAsset, DeleteEntity, PutRelation, DeleteRelation, DeleteRelations,
+                 DeleteAttributes, DeleteTimeseries)
+
+Mutation = CreateDevice | PutAttributes | PutLatestTelemetry | PutRpc | RequireDevice | GraphChange
 
 # -- to the QueueActor -----------------------------------------------------------------------
 
@@ -241,6 +329,43 @@ class AttributesRequestQueued:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeGraph:
+    """An edge-made change of the entity graph, told to the actor of ``entity_id`` (for a
+    relation: its ``from`` end) so it keeps that entity's order, then appended to the QueueActor
+    (reply: the seqs of its events)."""
+
+    entity_id: uuid.UUID
+    change: GraphChange
+    reply: Reply | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRuleChainMetadata:
+    """Ask the cloud for the metadata of rule chain ``entity_id`` (a RULE_CHAIN_METADATA_REQUEST
+    event), unless a request for it is still pending: then reply gets that request's seq."""
+
+    entity_id: uuid.UUID
+    reply: Reply | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataRequestQueued:
+    """Internal to an entity: its rule chain metadata request is event ``seq`` (None: it could
+    not be appended)."""
+
+    entity_id: uuid.UUID
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class EntityDeleted:
+    """Internal to an entity: its deletion is committed; devices waiting on it are answered
+    (NotFound) at once."""
+
+    entity_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
 class ExpireRpcs:
     """Internal to a shard: an RPC deadline has come."""
 
@@ -254,11 +379,14 @@ EntityCommand = (
     PostTelemetry | PostClientAttributes | ProvisionDevice | RaiseAlarm | PostRpcResponse
     | PollRpc | PollAttributes | FetchSharedAttributes | RpcQueued | SharedAttributesApplied
     | RpcNotRecorded | RpcHanded | RpcDeliveredLate | AttributesRequestQueued
+    | ChangeGraph | RequestRuleChainMetadata | MetadataRequestQueued | EntityDeleted
 )
+GRAPH_COMMANDS = (ChangeGraph, RequestRuleChainMetadata, MetadataRequestQueued, EntityDeleted)
+"""Entity commands addressed by ``entity_id`` (the others by ``device_id``)."""
 ENTITY_COMMANDS = (
     PostTelemetry, PostClientAttributes, ProvisionDevice, RaiseAlarm, PostRpcResponse, PollRpc,
     PollAttributes, FetchSharedAttributes, RpcQueued, SharedAttributesApplied, RpcNotRecorded,
-    RpcHanded, RpcDeliveredLate, AttributesRequestQueued,
+    RpcHanded, RpcDeliveredLate, AttributesRequestQueued, *GRAPH_COMMANDS,
 )
 
 # -- events published by the QueueActor --------------------------------------------------------

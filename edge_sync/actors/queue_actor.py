@@ -1,7 +1,9 @@
 """The QueueActor: the only writer of the event log. With the events it also writes the entity
 store changes they carry (new devices, client attributes, latest telemetry, server-side RPC
-states); the DownlinkActor
-writes the entity store too, for what the cloud sends, and LMDB serialises the two writers.
+states) and the edge's own changes of the entity graph (actors/graph_changes.py: assets,
+relations, deletes of devices and of attribute and timeseries keys, whose events are made in
+the same transaction); the DownlinkActor writes the entity store and the graph too, for what
+the cloud sends, and LMDB serialises the two writers.
 
 It assigns sequence numbers and commits in groups: every write command that reaches its mailbox
 while a group is open joins that group, and one transaction (one fsync) commits them all. Only
@@ -25,7 +27,9 @@ from typing import Any
 import lmdb
 from loguru import logger
 
+from edge_sync.actors.graph_changes import GraphChanges, Planned
 from edge_sync.actors.messages import (
+    GRAPH_CHANGES,
     Append,
     Crash,
     CreateDevice,
@@ -58,6 +62,7 @@ from edge_sync.metrics import Metrics
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.records import Action, NewEvent
 from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 from edge_sync.validators import INT64_MAX
@@ -79,11 +84,12 @@ class QueuePolicy:
 class _Outcome:
     """Result of one command inside a group: a value or an error (set after the commit)."""
 
-    __slots__ = ("error", "value")
+    __slots__ = ("devices_deleted", "error", "value")
 
     def __init__(self) -> None:
         self.value: Any = None
         self.error: EdgeSyncError | None = None
+        self.devices_deleted = False  # committed: the token cache must forget them
 
     @classmethod
     def failed(cls, error: EdgeSyncError) -> _Outcome:
@@ -105,16 +111,16 @@ class QueueActor(SupervisedActor):
         tokens: TokenCache | None = None,
     ) -> None:
         super().__init__(report_exit)
-        # The device API's token cache. Nothing this actor commits makes an entry stale:
-        # CreateDevice only adds a device whose id, name and token are all new (checked in its
-        # transaction; an unknown token is never cached), so a creation leaves the cache alone.
-        # A mutation that changed or removed a device would clear it after its commit, as the
-        # DownlinkActor does for the cloud's device and credentials updates.
+        # The device API's token cache. CreateDevice only adds a device whose id, name and token
+        # are all new (checked in its transaction; an unknown token is never cached), so a
+        # creation leaves the cache alone. A device's deletion clears it after its commit, as
+        # the DownlinkActor does for the cloud's device and credentials updates.
         self._tokens = tokens
         self._store = store
         self._log = EventLog(store)
         self._entities = EntityStore(store)
         self._rpcs = RpcStore(store)
+        self._graph = GraphChanges(store)
         self._policy = policy
         self._clock = clock
         self._on_committed = on_committed
@@ -229,20 +235,25 @@ class QueueActor(SupervisedActor):
     ) -> int:
         match command:
             case Append(events=events, mutations=mutations):
+                planned: list[Planned] = []
                 try:
                     for mutation in mutations:
-                        self._check(txn, mutation)
+                        if isinstance(mutation, GRAPH_CHANGES):
+                            planned.append(self._graph.plan(txn, mutation, now))
+                        else:
+                            self._check(txn, mutation)
                 except EdgeSyncError as exc:  # nothing of this command was written
                     outcome.error = exc
                     return seq
-                for mutation in mutations:
-                    self._mutate(txn, mutation)
                 first = seq
-                seq = self._log.append(
-                    txn, events, first_seq=seq, created_time=now,
-                    tenant_id=self._tenant, edge_id=self._edge,
-                )
+                for mutation in mutations:
+                    self._mutate(txn, mutation, command, first, now)
+                seq = self._append(txn, events, seq, now)
+                for plan in planned:  # its writes name the seq of its first event
+                    plan.write(txn, seq)
+                    seq = self._append(txn, plan.events, seq, now)
                 outcome.value = range(first, seq)
+                outcome.devices_deleted = any(p.device_deleted for p in planned)
             case MarkDeployed(seqs=seqs):
                 outcome.value = self._log.mark_deployed(txn, seqs, now_ms=now)
             case DeadLetter(seq=dead_seq, error=error):
@@ -259,10 +270,24 @@ class QueueActor(SupervisedActor):
                 txn, mutation.device_id):
             raise NotFound(f"device {mutation.device_id} does not exist (its creation failed)")
 
-    def _mutate(self, txn: lmdb.Transaction, mutation: object) -> None:
+    def _append(self, txn: lmdb.Transaction, events: Sequence[NewEvent], seq: int,
+                now: int) -> int:
+        """Append ``events`` from ``seq`` on; the next seq."""
+        if not events:
+            return seq
+        return int(self._log.append(txn, events, first_seq=seq, created_time=now,
+                                    tenant_id=self._tenant, edge_id=self._edge))
+
+    def _mutate(self, txn: lmdb.Transaction, mutation: object, command: Append, first: int,
+                now: int) -> None:
         match mutation:
             case CreateDevice(device=device):
                 self._entities.put_device(txn, device)
+                for i, event in enumerate(command.events):  # its ADDED event's JSON, in the graph
+                    if event.entity_id == device.id and event.action == Action.ADDED:
+                        self._graph.device_created(txn, device, event.body, seq=first + i,
+                                                   now_ms=now)
+                        break
             case PutAttributes(entity_id=eid, scope=scope, values=values, ts=ts):
                 self._entities.put_attributes(txn, eid, scope, dict(values), ts=ts)
             case PutLatestTelemetry(entity_id=eid, values=values):
@@ -366,10 +391,12 @@ class QueueActor(SupervisedActor):
 
     def _resolve(self, group: Sequence[WriteCommand], outcomes: Sequence[_Outcome]) -> None:
         appended = 0
+        forget_tokens = False
         for command, outcome in zip(group, outcomes, strict=True):
             if isinstance(command, Append):
                 if outcome.error is None:
-                    appended += len(command.events)
+                    appended += len(outcome.value)
+                    forget_tokens |= outcome.devices_deleted
                 else:
                     self._log_refusal(command, outcome.error)
             elif isinstance(command, DeadLetter) and outcome.value:
@@ -377,6 +404,9 @@ class QueueActor(SupervisedActor):
                 _log.bind(seq=command.seq, error=command.error).warning("event dead-lettered")
             elif isinstance(command, SetIdentity):
                 self._tenant, self._edge = command.tenant_id.bytes, command.edge_id.bytes
+            if forget_tokens and self._tokens is not None:  # before any reply: a deleted
+                self._tokens.invalidate()                  # device's token fails at once
+                forget_tokens = False
             reply = command.reply
             if reply is None or reply.done():
                 continue

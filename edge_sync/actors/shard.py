@@ -26,6 +26,7 @@ from edge_sync.actors.deadline_timer import DeadlineTimer
 from edge_sync.actors.entity import EntityActor
 from edge_sync.actors.messages import (
     ENTITY_COMMANDS,
+    GRAPH_COMMANDS,
     Crash,
     EntityCommand,
     ExpireRpcs,
@@ -52,6 +53,8 @@ def shard_of(entity_id: uuid.UUID, shards: int) -> int:
 def entity_of(command: EntityCommand) -> uuid.UUID:
     if isinstance(command, ProvisionDevice):
         return command.device.id
+    if isinstance(command, GRAPH_COMMANDS):
+        return command.entity_id
     if isinstance(command, ENTITY_COMMANDS):
         return command.device_id
     raise TypeError(f"not an entity command: {command!r}")

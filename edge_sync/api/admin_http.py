@@ -2,14 +2,25 @@
 alarms, server-side RPC requests (``GET /api/rpc?device=&status=``), Prometheus metrics, the
 Cloud Events page and the health probes. Read views use LMDB read transactions only. Every
 request passes the admin guard first (edge_sync.common.admin_guard): no cross-site writes, a
-bearer token when ``admin.token`` is set, no caching."""
+bearer token when ``admin.token`` is set, no caching.
+
+The entity graph (api/entity_service.py): ``GET /api/entities?type=&name=``,
+``GET /api/entities/{id}`` (its JSON, relations both ways, attributes by scope, latest values);
+changes made on the edge, each answered once its events are on disk with their seqs:
+``POST /api/assets``, ``PUT|DELETE /api/assets/{id}``, ``DELETE /api/devices/{id}``,
+``POST /api/relations`` (EntityRelation JSON), ``DELETE /api/relations?from=&to=&type=`` (one)
+or ``?entity=`` (all of an entity), ``DELETE /api/entities/{id}/attributes/{scope}`` and
+``DELETE /api/entities/{id}/timeseries`` (``{"keys": [...]}``),
+``POST /api/rule-chains/{id}/metadata-request``; ``POST /api/sync`` (``{"full": true}``) asks
+the link for a sync. 400 malformed, 404 unknown entity (named), 409 a name taken."""
 
 from __future__ import annotations
 
 import asyncio
 import html
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from itertools import islice
 from typing import Any
 
@@ -17,6 +28,14 @@ from aiohttp import web
 from loguru import logger
 
 from edge_sync.api.device_service import DeviceService
+from edge_sync.api.entity_service import (
+    EntityService,
+    entity_details,
+    list_entities,
+    parse_end,
+    parse_type,
+    parse_uuid,
+)
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.admin_guard import AdminGuard
 from edge_sync.common.health import healthz, readyz_response
@@ -101,6 +120,20 @@ def list_rpcs(store: LmdbStore, query: Any) -> list[RpcRequest]:
         return list(islice((r for r in found if status is None or r.status is status), limit))
 
 
+def _path_id(request: web.Request) -> uuid.UUID:
+    return parse_uuid(request.match_info["id"], "id")
+
+
+async def _json_object(request: web.Request, allowed: set[str]) -> dict[str, Any]:
+    body = parse_json(await request.read())
+    if not isinstance(body, dict):
+        raise BadRequest(f"expected a JSON object with {', '.join(sorted(allowed))}")
+    unknown = set(body) - allowed
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+    return body
+
+
 class AdminHttpApi:
     def __init__(
         self,
@@ -114,6 +147,8 @@ class AdminHttpApi:
         crash: Callable[[str], bool] | None = None,
         token: str = "",
         readiness: Callable[[], dict[str, bool]] | None = None,
+        entities: EntityService | None = None,
+        request_sync: Callable[[bool, str], None] | None = None,
     ) -> None:
         self._store = store
         self._service = service
@@ -124,6 +159,9 @@ class AdminHttpApi:
         self._crash = crash
         self._guard = AdminGuard("admin-http", token=token)
         self._readiness = readiness
+        self._entities = entities or EntityService(service.router, clock=service.clock)
+        # the ConnectionActor's RequestSync(full, reason); None: no cloud link configured
+        self._request_sync = request_sync
 
     def make_app(self) -> web.Application:
         """Runs on the host's loop thread."""
@@ -135,6 +173,18 @@ class AdminHttpApi:
         app.router.add_get("/api/rpc", self._rpcs)
         app.router.add_post("/api/devices", self._create_device)
         app.router.add_post("/api/alarms", self._alarm)
+        app.router.add_delete("/api/devices/{id}", self._delete_device)
+        app.router.add_get("/api/entities", self._list_entities)
+        app.router.add_get("/api/entities/{id}", self._entity)
+        app.router.add_delete("/api/entities/{id}/attributes/{scope}", self._delete_attributes)
+        app.router.add_delete("/api/entities/{id}/timeseries", self._delete_timeseries)
+        app.router.add_post("/api/assets", self._create_asset)
+        app.router.add_put("/api/assets/{id}", self._update_asset)
+        app.router.add_delete("/api/assets/{id}", self._delete_asset)
+        app.router.add_post("/api/relations", self._add_relation)
+        app.router.add_delete("/api/relations", self._delete_relations)
+        app.router.add_post("/api/rule-chains/{id}/metadata-request", self._request_metadata)
+        app.router.add_post("/api/sync", self._sync)
         app.router.add_get("/metrics", self._prometheus)
         app.router.add_get("/", self._page)
         if self._crash is not None:
@@ -198,6 +248,151 @@ class AdminHttpApi:
         out["seqs"] = [seqs.start, seqs.stop - 1]
         return web.json_response(out, status=201)
 
+    # -- the entity graph ----------------------------------------------------------------------
+
+    async def _list_entities(self, request: web.Request) -> web.StreamResponse:
+        try:
+            kind = parse_type(request.query.get("type"))
+        except BadRequest as exc:
+            return error_response(400, str(exc))
+        name = request.query.get("name") or None
+        return web.json_response(list_entities(self._store, entity_type=kind, name=name))
+
+    async def _entity(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return web.json_response(entity_details(self._store, _path_id(request)))
+        except Exception as exc:
+            return error_response(status_of(exc), str(exc))
+
+    async def _change(self, what: str, make: Callable[[dict[str, Any]], Awaitable[Future[range]]],
+                      *, status: int = 200, entity: str | None = None) -> web.StreamResponse:
+        """Make the change, wait for its commit and answer with the seqs of its events (and
+        the entity's id, or what ``make`` puts in the answer)."""
+        answer: dict[str, Any] = {} if entity is None else {"id": entity}
+        try:
+            future = await make(answer)
+            seqs = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(413, "body too large")
+        except Exception as exc:
+            code = status_of(exc)
+            _log.bind(status=code).warning("{} refused: {}", what, exc)
+            return error_response(code, str(exc) or type(exc).__name__)
+        return web.json_response({**answer, "seqs": list(seqs)}, status=status)
+
+    async def _create_asset(self, request: web.Request) -> web.StreamResponse:
+        async def make(answer: dict[str, Any]) -> Future[range]:
+            body = await _json_object(request, {"name", "type", "label", "additionalInfo"})
+            asset_id, future = self._entities.create_asset(
+                body.get("name", ""), type_=body.get("type", "default"),
+                label=body.get("label", ""), additional_info=body.get("additionalInfo"))
+            answer["id"] = str(asset_id)
+            return future
+
+        return await self._change("asset create", make, status=201)
+
+    async def _update_asset(self, request: web.Request) -> web.StreamResponse:
+        async def make(_answer: dict[str, Any]) -> Future[range]:
+            asset_id = _path_id(request)
+            body = await _json_object(request, {"name", "type", "label", "additionalInfo"})
+            return self._entities.update_asset(asset_id, **body)
+
+        return await self._change("asset update", make, entity=request.match_info["id"])
+
+    async def _delete_asset(self, request: web.Request) -> web.StreamResponse:
+        async def make(_answer: dict[str, Any]) -> Future[range]:
+            return self._entities.delete_asset(_path_id(request))
+
+        return await self._change("asset delete", make, entity=request.match_info["id"])
+
+    async def _delete_device(self, request: web.Request) -> web.StreamResponse:
+        async def make(_answer: dict[str, Any]) -> Future[range]:
+            return self._entities.delete_device(_path_id(request))
+
+        return await self._change("device delete", make, entity=request.match_info["id"])
+
+    async def _add_relation(self, request: web.Request) -> web.StreamResponse:
+        async def make(_answer: dict[str, Any]) -> Future[range]:
+            return self._entities.add_relation(parse_json(await request.read()))
+
+        return await self._change("relation add", make, status=201)
+
+    async def _delete_relations(self, request: web.Request) -> web.StreamResponse:
+        """``?entity=ID``: every relation from or to it; else ``?from=&to=&type=`` (with
+        ``fromType``, ``toType``, ``typeGroup`` when wanted): one relation."""
+        q = request.query
+
+        async def make(_answer: dict[str, Any]) -> Future[range]:
+            if q.get("entity"):
+                if set(q) - {"entity"}:
+                    raise BadRequest("entity= deletes all relations of an entity: no other "
+                                     "parameter")
+                return self._entities.delete_relations(parse_uuid(q["entity"], "entity"))
+            src = parse_end({"entityType": q["fromType"], "id": q.get("from")}
+                            if q.get("fromType") else q.get("from"), "from")
+            dst = parse_end({"entityType": q["toType"], "id": q.get("to")}
+                            if q.get("toType") else q.get("to"), "to")
+            return self._entities.delete_relation(src, dst, q.get("type", ""),
+                                                  q.get("typeGroup", "COMMON"))
+
+        return await self._change("relation delete", make)
+
+    async def _keys(self, request: web.Request) -> list[str]:
+        """The keys of a delete: the body's ``{"keys": [...]}``, else ``?keys=a,b``."""
+        raw = await request.read()
+        if raw:
+            body = parse_json(raw)
+            if not isinstance(body, dict) or set(body) != {"keys"}:
+                raise BadRequest('expected {"keys": ["key", ...]}')
+            keys = body["keys"]
+            if not isinstance(keys, list):
+                raise BadRequest("keys must be a list of keys")
+            return keys
+        return [k for part in request.query.getall("keys", []) for k in part.split(",") if k]
+
+    async def _delete_attributes(self, request: web.Request) -> web.StreamResponse:
+        async def make(_answer: dict[str, Any]) -> Future[range]:
+            entity_id = _path_id(request)
+            return self._entities.delete_attributes(entity_id, request.match_info["scope"],
+                                                    await self._keys(request))
+
+        return await self._change("attribute delete", make, entity=request.match_info["id"])
+
+    async def _delete_timeseries(self, request: web.Request) -> web.StreamResponse:
+        async def make(_answer: dict[str, Any]) -> Future[range]:
+            entity_id = _path_id(request)
+            return self._entities.delete_timeseries(entity_id, await self._keys(request))
+
+        return await self._change("timeseries delete", make, entity=request.match_info["id"])
+
+    async def _request_metadata(self, request: web.Request) -> web.StreamResponse:
+        async def make(_answer: dict[str, Any]) -> Future[range]:
+            return self._entities.request_rule_chain_metadata(_path_id(request))
+
+        return await self._change("rule chain metadata request", make, status=202,
+                                  entity=request.match_info["id"])
+
+    async def _sync(self, request: web.Request) -> web.StreamResponse:
+        """Ask the link for a sync (``{"full": true}``: a full one), as the operator."""
+        try:
+            raw = await request.read()
+            body = parse_json(raw) if raw else {}
+            if not isinstance(body, dict) or set(body) - {"full"}:
+                raise BadRequest('expected {"full": true|false}')
+            full = body.get("full", False)
+            if not isinstance(full, bool):
+                raise BadRequest("full must be true or false")
+        except BadRequest as exc:
+            return error_response(400, str(exc))
+        if self._request_sync is None:
+            return error_response(503, "no cloud link configured (cloud.routing_key is empty)")
+        try:
+            self._request_sync(full, "operator")
+        except Exception as exc:
+            return error_response(status_of(exc), str(exc) or type(exc).__name__)
+        _log.bind(full=full).info("{} sync requested by the operator", "full" if full else "a")
+        return web.json_response({"full": full, "requested": True}, status=202)
+
     async def _inject_crash(self, request: web.Request) -> web.StreamResponse:
         """Fault injection (admin.fault_injection): tell an actor to raise."""
         try:
@@ -223,12 +418,22 @@ class AdminHttpApi:
             unknown = set(body) - {"device", "type", "severity", "details", "action", "alarm_id"}
             if unknown:
                 raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-            device_id = _uuid(body.get("device"), "device")
+            action = body.get("action", "ADDED")
             alarm_id = _uuid(body["alarm_id"], "alarm_id") if body.get("alarm_id") else None
-            alarm_id, future = self._service.raise_alarm(
-                device_id, body.get("type", ""), severity=body.get("severity", "CRITICAL"),
-                details=body.get("details"), alarm_id=alarm_id,
-                action=body.get("action", "ADDED"))
+            if action != "ADDED" and alarm_id is not None and not (
+                    body.get("device") and body.get("type")):
+                # acknowledge or clear by id: device and type from the alarm's last event
+                device = _uuid(body["device"], "device") if body.get("device") else None
+                service, known = self._service, alarm_id
+                future = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: service.change_alarm(known, action, device_id=device,
+                                                       alarm_type=body.get("type") or None))
+                device_id = device or known
+            else:
+                device_id = _uuid(body.get("device"), "device")
+                alarm_id, future = self._service.raise_alarm(
+                    device_id, body.get("type", ""), severity=body.get("severity", "CRITICAL"),
+                    details=body.get("details"), alarm_id=alarm_id, action=action)
             seqs = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
         except Exception as exc:
             status = status_of(exc)

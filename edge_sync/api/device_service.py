@@ -41,6 +41,7 @@ from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import BadRequest, Conflict, NotFound, Unauthorized
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device, Scope
 from edge_sync.validators import MAX_LABEL_BYTES, MAX_NAME_BYTES, text_fits
 
@@ -113,6 +114,15 @@ class DeviceService:
     def now_ms(self) -> int:
         """The service's clock (the time a body without its own ``ts`` is stamped with)."""
         return self._clock.now_ms()
+
+    @property
+    def router(self) -> EntityRouter:
+        """The router the service tells entities through (the entity service shares it)."""
+        return self._router
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -269,6 +279,37 @@ class DeviceService:
         reply: Future[range] = Future()
         self._router.tell(RaiseAlarm(device_id, alarm_id, str(action), alarm, now, reply))
         return alarm_id, reply
+
+    def last_alarm(self, alarm_id: uuid.UUID) -> dict[str, Any] | None:
+        """The body of the newest event of an alarm the edge raised or changed (type,
+        severity, details, originator, ...), while the log still holds it; None otherwise.
+        Reads the whole log: for operator commands, off the event loop."""
+        found: dict[str, Any] | None = None
+        with self._store.read() as txn:
+            for event in EventLog(self._store).iter_events(txn, entity_id=alarm_id):
+                if event.type == "ALARM" and isinstance(event.body, dict):
+                    found = event.body
+        return found
+
+    def change_alarm(self, alarm_id: uuid.UUID, action: str, *,
+                     device_id: uuid.UUID | None = None,
+                     alarm_type: str | None = None) -> Future[range]:
+        """Acknowledge (ALARM_ACK) or clear (ALARM_CLEAR) an alarm known by its id: its device,
+        type, severity and details are those of its last event in the log unless given.
+        NotFound when neither is there."""
+        if action not in (Action.ALARM_ACK, Action.ALARM_CLEAR):
+            raise BadRequest("alarm action must be ALARM_ACK or ALARM_CLEAR")
+        last = self.last_alarm(alarm_id) or {}
+        if device_id is None and last.get("originator"):
+            device_id = uuid.UUID(str(last["originator"]))
+        alarm_type = alarm_type or last.get("type")
+        if device_id is None or not alarm_type:
+            raise NotFound(f"no alarm {alarm_id} in the event log: name its device and type")
+        severity = last.get("severity") or "CRITICAL"
+        _, future = self.raise_alarm(device_id, str(alarm_type), severity=str(severity),
+                                     details=last.get("details"), alarm_id=alarm_id,
+                                     action=action)
+        return future
 
     def get_or_create_device(self, name: str, *, type_: str = "default",
                              created_by: uuid.UUID | None = None) -> NamedDevice:

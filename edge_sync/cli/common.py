@@ -27,6 +27,7 @@ EXIT_GAVE_UP = 3  # the supervisor gave up: restart intensity exceeded
 EXIT_STORAGE = 4  # storage unusable
 EXIT_UNREACHABLE = 5  # the running process could not be reached, or is restarting (HTTP 503)
 EXIT_CONFLICT = 6  # the name, token or routing key is already taken (HTTP 409)
+EXIT_NOT_FOUND = 7  # no such entity, relation or alarm (HTTP 404)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

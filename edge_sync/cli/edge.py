@@ -1,17 +1,22 @@
-"""The ``edge-sync`` command: run the agent, show its status, events and server-side RPC
-requests, provision devices.
+"""The ``edge-sync`` command: run the agent, show its status, events, server-side RPC requests
+and entity graph, provision and delete devices, change the graph (assets, relations, attribute
+and timeseries keys), acknowledge or clear alarms, ask for a sync.
 
-Read-only commands (status, events, rpc list) work with the agent stopped: they open the store with LMDB
-read transactions. Exit codes (edge_sync.cli.common): 0 ok; 1 bad configuration or a refused
-request; 2 usage; 3 the supervisor gave up; 4 storage unusable; 5 the running agent could not be
-reached; 6 conflict (the device name or token is taken).
+Read-only commands (status, events, rpc list, entities, entity) work with the agent stopped:
+they open the store with LMDB read transactions. Changes go through the running agent's admin
+API, so they are written by its actors in order. Exit codes (edge_sync.cli.common): 0 ok; 1 bad
+configuration or a refused request; 2 usage; 3 the supervisor gave up; 4 storage unusable; 5
+the running agent could not be reached; 6 conflict (a name or token is taken); 7 not found
+(no such entity, relation or alarm).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
+import urllib.parse
 import uuid
 from itertools import islice
 from typing import Any
@@ -21,9 +26,11 @@ from loguru import logger
 from edge_sync.cli.common import (
     EXIT_CONFIG,
     EXIT_GAVE_UP,
+    EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_STORAGE,
     EXIT_UNREACHABLE,
+    EXIT_USAGE,
     AdminUnreachable,
     admin_call,
     config_option,
@@ -36,7 +43,7 @@ from edge_sync.cli.common import (
 from edge_sync.clock import SYSTEM_CLOCK
 from edge_sync.config import EdgeConfig, load_edge_config
 from edge_sync.devices.rpc import RpcStatus, by_status
-from edge_sync.errors import ConfigError, EdgeSyncError, StorageError
+from edge_sync.errors import BadRequest, ConfigError, EdgeSyncError, NotFound, StorageError
 from edge_sync.logsetup import configure_logging
 from edge_sync.status import collect_status
 from edge_sync.storage.event_log import EventLog
@@ -51,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return fail(f"configuration: {exc}", EXIT_CONFIG)
     handler = {"run": _run, "status": _status, "events": _events, "device": _device,
-               "rpc": _rpc}[args.command]
+               "rpc": _rpc, "asset": _asset, "relation": _relation, "attributes": _attributes,
+               "timeseries": _timeseries, "alarm": _alarm, "entities": _entities,
+               "entity": _entity, "sync": _sync}[args.command]
     try:
         return int(handler(cfg, args))
     except BrokenPipeError:
@@ -87,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--gateway", action="store_true",
                         help="the device may speak the MQTT gateway API for other devices")
     create.add_argument("--json", action="store_true")
+    ddel = dsub.add_parser("delete", parents=[config],
+                           help="delete a device (its token stops working at once)")
+    ddel.add_argument("id", type=uuid.UUID)
+    ddel.add_argument("--json", action="store_true")
+    _graph_commands(sub, config)
     rpc = sub.add_parser("rpc", parents=[config], help="server-side RPC requests to devices")
     rsub = rpc.add_subparsers(dest="rpc_command", required=True)
     rlist = rsub.add_parser("list", parents=[config],
@@ -96,6 +110,87 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=[s.value for s in RpcStatus])
     rlist.add_argument("--json", action="store_true")
     return p
+
+
+def _graph_commands(sub: Any, config: argparse.ArgumentParser) -> None:
+    """The entity graph's subcommands: asset, relation, attributes, timeseries, alarm,
+    entities, entity, sync."""
+    asset = sub.add_parser("asset", parents=[config], help="assets made on the edge")
+    asub = asset.add_subparsers(dest="asset_command", required=True)
+    for name, helptext in (("create", "create an asset"), ("update", "change an asset")):
+        cmd = asub.add_parser(name, parents=[config], help=helptext)
+        if name == "update":
+            cmd.add_argument("id", type=uuid.UUID)
+        cmd.add_argument("--name", required=name == "create")
+        cmd.add_argument("--type", default=None, help="its asset profile's name")
+        cmd.add_argument("--label", default=None)
+        cmd.add_argument("--info", type=_json_arg, default=None, metavar="JSON",
+                         help="additionalInfo, a JSON value")
+        cmd.add_argument("--json", action="store_true")
+    adel = asub.add_parser("delete", parents=[config],
+                           help="delete an asset with its relations and dependants")
+    adel.add_argument("id", type=uuid.UUID)
+    adel.add_argument("--json", action="store_true")
+    rel = sub.add_parser("relation", parents=[config], help="relations between entities")
+    rsub = rel.add_subparsers(dest="relation_command", required=True)
+    radd = rsub.add_parser("add", parents=[config], help="add or update a relation")
+    rdel = rsub.add_parser("delete", parents=[config],
+                           help="delete a relation, or --all relations of an entity")
+    for cmd, required in ((radd, True), (rdel, False)):
+        cmd.add_argument("--from", dest="src", type=uuid.UUID, required=required)
+        cmd.add_argument("--to", dest="dst", type=uuid.UUID, required=required)
+        cmd.add_argument("--type", dest="rel_type", required=required, help="e.g. Contains")
+        cmd.add_argument("--json", action="store_true")
+    radd.add_argument("--info", type=_json_arg, default=None, metavar="JSON",
+                      help="additionalInfo, a JSON value")
+    rdel.add_argument("--all", dest="all_of", type=uuid.UUID, default=None, metavar="ID",
+                      help="every relation from or to this entity")
+    attrs = sub.add_parser("attributes", parents=[config], help="attributes of an entity")
+    atsub = attrs.add_subparsers(dest="attributes_command", required=True)
+    atdel = atsub.add_parser("delete", parents=[config], help="delete attribute keys")
+    atdel.add_argument("id", type=uuid.UUID)
+    atdel.add_argument("--scope", required=True, type=str.upper,
+                       choices=["CLIENT_SCOPE", "SERVER_SCOPE", "SHARED_SCOPE",
+                                "CLIENT", "SERVER", "SHARED"])
+    atdel.add_argument("keys", nargs="+", metavar="KEY")
+    atdel.add_argument("--json", action="store_true")
+    ts = sub.add_parser("timeseries", parents=[config], help="timeseries of an entity")
+    tsub = ts.add_subparsers(dest="timeseries_command", required=True)
+    tdel = tsub.add_parser("delete", parents=[config],
+                           help="delete timeseries keys (the latest values the edge holds)")
+    tdel.add_argument("id", type=uuid.UUID)
+    tdel.add_argument("keys", nargs="+", metavar="KEY")
+    tdel.add_argument("--json", action="store_true")
+    alarm = sub.add_parser("alarm", parents=[config], help="alarms raised on the edge")
+    alsub = alarm.add_subparsers(dest="alarm_command", required=True)
+    for name in ("ack", "clear"):
+        cmd = alsub.add_parser(name, parents=[config],
+                               help=f"{'acknowledge' if name == 'ack' else 'clear'} an alarm")
+        cmd.add_argument("id", type=uuid.UUID)
+        cmd.add_argument("--device", type=uuid.UUID, default=None,
+                         help="its device (default: from the alarm's last event)")
+        cmd.add_argument("--type", dest="alarm_type", default=None,
+                         help="its type (default: from the alarm's last event)")
+        cmd.add_argument("--json", action="store_true")
+    ents = sub.add_parser("entities", parents=[config],
+                          help="the entities the edge holds (works with the agent stopped)")
+    ents.add_argument("--type", dest="entity_type", type=str.upper, default=None)
+    ents.add_argument("--name", default=None)
+    ents.add_argument("--json", action="store_true")
+    ent = sub.add_parser("entity", parents=[config],
+                         help="one entity: JSON, relations, attributes, latest values")
+    ent.add_argument("id", type=uuid.UUID)
+    ent.add_argument("--json", action="store_true")
+    sync = sub.add_parser("sync", parents=[config], help="ask the running agent for a sync")
+    sync.add_argument("--full", action="store_true",
+                      help="a full sync: the cloud sends everything assigned to the edge")
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -173,6 +268,11 @@ def _status(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     if args.json:
         print_json(status)
         return EXIT_OK
+    print(_status_text(status))
+    return EXIT_OK
+
+
+def _status_text(status: dict[str, Any]) -> str:
     q = status["queue"]
     link = status["link"]
     lines = [
@@ -192,8 +292,27 @@ def _status(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         f"rpc open:     {status.get('rpc_open', 0)} (queued or delivered to devices)",
         f"storage:      {status['storage']['used_mb']} MiB used of {status['storage']['cap_mb']} MiB",
     ]
-    print("\n".join(lines))
-    return EXIT_OK
+    graph = status.get("graph")
+    if graph is not None:
+        kinds = ", ".join(f"{k} {n}" for k, n in graph["entities"].items()) or "none"
+        held = graph["held"]
+        lines += [f"entities:     {kinds}; relations {graph['relations']}",
+                  f"held:         {held['count']}"]
+        lines += [f"  {h['what']} waits for {', '.join(h['waiting_for'])}" for h in held["first"]]
+        if held["count"] > len(held["first"]):
+            lines.append(f"  ... and {held['count'] - len(held['first'])} more")
+    sync = status.get("sync")
+    if sync is not None:
+        lines.append(f"last full sync: {sync['last_full_ms'] or 'never'}"
+                     + (f" (in progress since {sync['full_started_ms']}: {sync['full_reason']})"
+                        if sync["full_in_progress"] else "")
+                     + (f"; full sync asked for: {sync['full_requested']}"
+                        if sync["full_requested"] else "")
+                     + (f"; damaged: {sync['damaged']}" if sync["damaged"] else ""))
+        last = sync.get("last")
+        if isinstance(last, dict):
+            lines.append("last sync:    " + ", ".join(f"{k} {v}" for k, v in last.items()))
+    return "\n".join(lines)
 
 
 def _events(cfg: EdgeConfig, args: argparse.Namespace) -> int:
@@ -246,6 +365,8 @@ def _rpc(cfg: EdgeConfig, args: argparse.Namespace) -> int:
 
 
 def _device(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    if args.device_command == "delete":
+        return _change(cfg, args, "DELETE", f"/api/devices/{args.id}", None, "device not deleted")
     body: dict[str, Any] = {"name": args.name, "type": args.type, "label": args.label}
     if args.gateway:
         body["gateway"] = True
@@ -265,6 +386,147 @@ def _device(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         if out.get("gateway"):
             print("gateway: yes (may use the MQTT gateway API)")
     return EXIT_OK
+
+
+# -- the entity graph ----------------------------------------------------------------------------
+
+
+def _change(cfg: EdgeConfig, args: argparse.Namespace, method: str, path: str, body: Any,
+            refused: str, ok: tuple[int, ...] = (200, 201, 202)) -> int:
+    """A change through the running agent's admin API; prints its answer (the entity's id and
+    the seqs of its events)."""
+    try:
+        code, out = admin_call(cfg.admin, method, path, body)
+    except AdminUnreachable as exc:
+        return fail(f"{exc}; is `edge-sync run` running?", EXIT_UNREACHABLE)
+    if code not in ok:
+        message = out.get("message", out) if isinstance(out, dict) else out
+        return fail(f"{refused} ({code}): {message}",
+                    EXIT_NOT_FOUND if code == 404 else exit_code_for_refusal(code))
+    if getattr(args, "json", False):
+        print_json(out)
+    elif isinstance(out, dict):
+        seqs = out.get("seqs")
+        parts = [f"id: {out['id']}"] if out.get("id") else []
+        if seqs is not None:
+            parts.append("events: " + (", ".join(str(s) for s in seqs) if seqs else "none"))
+        print("  ".join(parts) or "ok")
+    return EXIT_OK
+
+
+def _asset(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    if args.asset_command == "delete":
+        return _change(cfg, args, "DELETE", f"/api/assets/{args.id}", None, "asset not deleted")
+    body = {k: v for k, v in (("name", args.name), ("type", args.type), ("label", args.label),
+                              ("additionalInfo", args.info)) if v is not None}
+    if args.asset_command == "create":
+        return _change(cfg, args, "POST", "/api/assets", body, "asset not created")
+    return _change(cfg, args, "PUT", f"/api/assets/{args.id}", body, "asset not updated")
+
+
+def _relation(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    if args.relation_command == "add":
+        body = {"from": str(args.src), "to": str(args.dst), "type": args.rel_type,
+                "additionalInfo": args.info}
+        return _change(cfg, args, "POST", "/api/relations", body, "relation not added")
+    if args.all_of is not None:
+        if args.src or args.dst or args.rel_type:
+            return fail("--all deletes every relation of an entity: no --from, --to, --type",
+                        EXIT_USAGE)
+        return _change(cfg, args, "DELETE", f"/api/relations?entity={args.all_of}", None,
+                       "relations not deleted")
+    if not (args.src and args.dst and args.rel_type):
+        return fail("name the relation (--from, --to, --type) or --all ID", EXIT_USAGE)
+    query = urllib.parse.urlencode({"from": args.src, "to": args.dst, "type": args.rel_type})
+    return _change(cfg, args, "DELETE", f"/api/relations?{query}", None, "relation not deleted")
+
+
+def _attributes(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    scope = args.scope if args.scope.endswith("_SCOPE") else f"{args.scope}_SCOPE"
+    return _change(cfg, args, "DELETE", f"/api/entities/{args.id}/attributes/{scope}",
+                   {"keys": args.keys}, "attributes not deleted")
+
+
+def _timeseries(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    return _change(cfg, args, "DELETE", f"/api/entities/{args.id}/timeseries",
+                   {"keys": args.keys}, "timeseries not deleted")
+
+
+def _alarm(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"alarm_id": str(args.id),
+                            "action": "ALARM_ACK" if args.alarm_command == "ack" else "ALARM_CLEAR"}
+    if args.device is not None:
+        body["device"] = str(args.device)
+    if args.alarm_type:
+        body["type"] = args.alarm_type
+    refused = "alarm not acknowledged" if args.alarm_command == "ack" else "alarm not cleared"
+    return _change(cfg, args, "POST", "/api/alarms", body, refused)
+
+
+def _with_store(cfg: EdgeConfig, read: Any) -> Any:
+    """``read(store)`` on the store opened read-only (the agent running or not)."""
+    store = _open_readonly(cfg)
+    try:
+        return read(store)
+    finally:
+        store.close()
+
+
+def _entities(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    from edge_sync.api.entity_service import list_entities, parse_type
+
+    try:
+        kind = parse_type(args.entity_type)
+        found = _with_store(cfg, lambda store: list_entities(store, entity_type=kind,
+                                                             name=args.name))
+    except BadRequest as exc:
+        return fail(str(exc), EXIT_USAGE)
+    except StorageError as exc:
+        return fail(str(exc), EXIT_STORAGE)
+    for e in found:
+        if args.json:
+            print_json(e)
+        else:
+            origin = f"  ({e['origin']})" if e["origin"] else ""
+            print(f"{e['entity_type']:<20} {e['id']}  {e['name']}{origin}")
+    return EXIT_OK
+
+
+def _entity(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    from edge_sync.api.entity_service import entity_details
+
+    try:
+        found = _with_store(cfg, lambda store: entity_details(store, args.id))
+    except NotFound as exc:
+        return fail(str(exc), EXIT_NOT_FOUND)
+    except StorageError as exc:
+        return fail(str(exc), EXIT_STORAGE)
+    if args.json:
+        print_json(found)
+        return EXIT_OK
+    print(f"{found['entity_type']} {found['id']}  {found.get('name') or ''}")
+    if found.get("origin"):
+        print(f"origin: {found['origin']}" + (f" (event {found['origin_seq']})"
+                                              if found.get("origin_seq") else ""))
+    if "held" in found:
+        print(f"held: waits for {', '.join(found['held']['waiting_for'])}")
+    print("json: " + json.dumps(found.get("entity"), separators=(",", ":")))
+    for way, end in (("from", "to"), ("to", "from")):
+        for r in found["relations"][way]:
+            other = r.get(end) or {}
+            arrow = f"-{r.get('type')}->" if way == "from" else f"<-{r.get('type')}-"
+            print(f"relation: {arrow} {other.get('entityType')} {other.get('id')}")
+    for scope, values in found["attributes"].items():
+        for key, value in values.items():
+            print(f"attribute {scope}: {key} = {json.dumps(value)}")
+    for key, latest in found["latest"].items():
+        print(f"latest: {key} = {json.dumps(latest['value'])} (ts {latest['ts']})")
+    return EXIT_OK
+
+
+def _sync(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    return _change(cfg, args, "POST", "/api/sync", {"full": bool(args.full)},
+                   "sync not requested")
 
 
 if __name__ == "__main__":
