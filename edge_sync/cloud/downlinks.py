@@ -23,7 +23,7 @@ def _serialized(msg: edge_pb2.DownlinkMsg) -> bytes:
     return data
 
 
-def _device_update(device: CloudDevice, tenant_id: uuid.UUID, profile_id: uuid.UUID
+def device_update(device: CloudDevice, tenant_id: uuid.UUID, profile_id: uuid.UUID
                    ) -> edge_pb2.DeviceUpdateMsg:
     msb, lsb = uuid_halves(device.id)
     return edge_pb2.DeviceUpdateMsg(
@@ -33,7 +33,7 @@ def _device_update(device: CloudDevice, tenant_id: uuid.UUID, profile_id: uuid.U
                                        created=device.created_time))
 
 
-def _credentials_update(device: CloudDevice) -> edge_pb2.DeviceCredentialsUpdateMsg:
+def credentials_update(device: CloudDevice) -> edge_pb2.DeviceCredentialsUpdateMsg:
     assert device.token
     return edge_pb2.DeviceCredentialsUpdateMsg(entity=credentials_json(
         {"deviceId": str(device.id), "credentialsId": device.token}))
@@ -53,10 +53,10 @@ def device_synced(device: CloudDevice, tenant_id: uuid.UUID, profile_id: uuid.UU
     created after the sync, so the profile it names always comes with it (an edge applies the
     profile first, in the same transaction)."""
     msg = edge_pb2.DownlinkMsg(
-        deviceUpdateMsg=[_device_update(device, tenant_id, profile_id)],
+        deviceUpdateMsg=[device_update(device, tenant_id, profile_id)],
         deviceProfileUpdateMsg=[_device_profile_update(profile_id, tenant_id, device.type)])
     if device.token:
-        msg.deviceCredentialsUpdateMsg.append(_credentials_update(device))
+        msg.deviceCredentialsUpdateMsg.append(credentials_update(device))
     return _serialized(msg)
 
 
@@ -101,17 +101,23 @@ def root_rule_chain_metadata(chain_id: uuid.UUID, node_ids: list[uuid.UUID]) -> 
             entity=tb_entities.rule_chain_metadata_json(chain_id, node_ids))]))
 
 
-def attributes(entity_type: str, entity_id: uuid.UUID, scope: str, values: Mapping[str, Any],
-               ts: int) -> bytes:
+def attributes_entry(entity_type: str, entity_id: uuid.UUID, scope: str,
+                     values: Mapping[str, Any], ts: int) -> edge_pb2.EntityDataProto:
     """entityData.attributesUpdatedMsg with postAttributeScope ``scope`` and attributeTs, as
     ThingsBoard answers an attributes request (shared=true for SHARED_SCOPE)."""
     msb, lsb = uuid_halves(entity_id)
-    data = edge_pb2.EntityDataProto(
+    return edge_pb2.EntityDataProto(
         entityIdMSB=msb, entityIdLSB=lsb, entityType=entity_type,
         attributesUpdatedMsg=transport_pb2.PostAttributeMsg(
             kv=[to_kv(k, v) for k, v in values.items()], shared=scope == "SHARED_SCOPE"),
         postAttributeScope=scope, attributeTs=ts)
-    return _serialized(edge_pb2.DownlinkMsg(entityData=[data]))
+
+
+def attributes(entity_type: str, entity_id: uuid.UUID, scope: str, values: Mapping[str, Any],
+               ts: int) -> bytes:
+    """One DownlinkMsg of attributes_entry()."""
+    return _serialized(edge_pb2.DownlinkMsg(
+        entityData=[attributes_entry(entity_type, entity_id, scope, values, ts)]))
 
 
 def shared_attributes(device: CloudDevice, values: Mapping[str, Any], ts: int) -> bytes:

@@ -1,40 +1,49 @@
-"""What the reference cloud sends an edge in a full sync, in ThingsBoard's order
-(docs/reference-cloud.md): the tenant, ThingsBoard's three default queues, the edge's root rule
-chain and its metadata, the default
-device and asset profiles, a device profile per other device type the edge's devices use, each
-device with its credentials and profile, the devices' shared attributes, then SyncCompletedMsg.
+"""What the reference cloud sends an edge in a full sync: everything on the edge, in
+ThingsBoard's order (entity_graph.KINDS: its EdgeSyncCursor): the tenant, the queues, rule chains
+each followed by its metadata, users, widget types, widget bundles, customers, dashboards, device
+profiles, asset profiles, the edge's devices with their credentials, assets, entity views, the
+relations whose both ends are on the edge, the devices' shared attributes, then SyncCompletedMsg
+alone (docs/reference-cloud.md).
 
-Also the ids of the cloud's own entities (queues, rule chain, rule nodes, profiles): time-based, made
-once and kept in the store, so every sync and every restart names the same ones.
+The entries are packed many to a DownlinkMsg (downlink_batch.Packer: up to 100, within the
+edge's maxInboundMessageSize, kinds together only where a ThingsBoard Edge's apply order agrees),
+so a sync of thousands of entities takes tens of round trips rather than thousands. Entities are
+read from the store in chunks, each chunk in its own read transaction, as the stream needs the
+next pack: a sync holds no snapshot open and no more than a chunk and a pack in memory, plus the
+ids on the edge (for its relations). A change made meanwhile is queued for the edge anyway (the
+durable queue follows the sync).
+
+Also the stable ids of the cloud's own entities (queues, rule chain, rule nodes, profiles):
+time-based, made once and kept in the store, so every sync and every restart names the same ones.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from edge_sync.cloud import downlinks, tb_entities
-from edge_sync.cloud.records import CloudDevice, EdgeRecord
-from edge_sync.common import ids
+from edge_sync.cloud import downlink_batch, downlinks, tb_entities
+from edge_sync.cloud.graph_store import (
+    ASSET_PROFILE,
+    METADATA,
+    QUEUES,
+    ROOT_CHAIN,
+    TENANT_WIDE,
+    node_name,
+    profile_name,
+)
+from edge_sync.cloud.records import CloudDevice, EdgeRecord, QueuedDownlink, downlink_msg_id
+from edge_sync.common import entity_graph, ids
+from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from edge_sync.cloud.store import CloudStore
 
-ROOT_CHAIN = "rule_chain:edge_root"
-
-
-def _node_name(index: int) -> str:
-    return f"rule_node:edge_root:{index}"
-
-
-def _profile_name(device_type: str) -> str:
-    return f"device_profile:{device_type}"
-
-
-ASSET_PROFILE = "asset_profile:" + tb_entities.DEFAULT_PROFILE
-QUEUES = tuple("queue:" + q[0] for q in tb_entities.DEFAULT_QUEUES)
+CHUNK = 256
+"""Entities read in one read transaction."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,52 +63,267 @@ def tenant_entities(store: CloudStore, device_types: Iterable[str],
     queues and the device profiles of ``device_types`` (and the default one), made on first use
     with ``make``."""
     types = sorted({tb_entities.DEFAULT_PROFILE, *device_types})
-    nodes = [_node_name(i) for i in range(len(tb_entities.ROOT_CHAIN_NODES))]
-    names = [ROOT_CHAIN, *nodes, ASSET_PROFILE, *QUEUES, *(_profile_name(t) for t in types)]
+    nodes = [node_name(i) for i in range(len(tb_entities.ROOT_CHAIN_NODES))]
+    names = [ROOT_CHAIN, *nodes, ASSET_PROFILE, *QUEUES]
     found = store.named_ids(names, make)
     return TenantEntities(
         rule_chain_id=found[ROOT_CHAIN], node_ids=[found[n] for n in nodes],
         asset_profile_id=found[ASSET_PROFILE],
-        device_profiles={t: found[_profile_name(t)] for t in types},
+        device_profiles={t: device_profile_id(store, t, make) for t in types},
         queues={key.removeprefix("queue:"): found[key] for key in QUEUES})
 
 
 def device_profile_id(store: CloudStore, device_type: str,
                       make: Callable[[], uuid.UUID] = ids.time_based) -> uuid.UUID:
-    """The id of the device profile named ``device_type`` (made on first use)."""
-    name = _profile_name(device_type)
-    return store.named_ids([name], make)[name]
+    """The id of the device profile named ``device_type``: the graph's profile of that name,
+    made (with the id the cloud keeps for the name) on first use."""
+    if not store.graph.available:
+        name = profile_name(device_type)
+        return store.named_ids([name], make)[name]
+    return store.graph.device_profile_id(device_type, ids.unix_ms(make()))
 
 
-def root_chain_metadata(entities: TenantEntities) -> bytes:
-    return downlinks.root_rule_chain_metadata(entities.rule_chain_id, entities.node_ids)
+# -- what is on an edge, in sync order -----------------------------------------------------------
 
 
-def full_sync(store: CloudStore, edge: EdgeRecord, now_ms: int) -> list[bytes]:
-    """Every downlink of a full sync of ``edge``, in order, SyncCompletedMsg last."""
-    snapshot = store.sync_snapshot(edge.edge_id)
-    devices: list[CloudDevice] = [device for device, _ in snapshot]
-    entities = tenant_entities(store, (d.type for d in devices), lambda: ids.time_based(now_ms))
-    tenant = edge.tenant_id
-    default = tb_entities.DEFAULT_PROFILE
-    out = [
-        downlinks.tenant(tenant),
-        *(downlinks.queue(qid, name) for name, qid in entities.queues.items()),
-        downlinks.root_rule_chain(entities.rule_chain_id, tenant,
-                                  entities.node_ids[tb_entities.ROOT_CHAIN_FIRST_NODE]),
-        root_chain_metadata(entities),
-        downlinks.device_profile(entities.device_profiles[default], tenant, default),
-        downlinks.asset_profile(entities.asset_profile_id, tenant),
-    ]
-    out += [downlinks.device_profile(pid, tenant, name)
-            for name, pid in sorted(entities.device_profiles.items()) if name != default]
-    out += [downlinks.device_synced(d, tenant, entities.device_profiles[d.type]) for d in devices]
-    out += [downlinks.shared_attributes(d, attrs, now_ms) for d, attrs in snapshot if attrs]
-    out.append(downlinks.sync_completed())
-    return out
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One entity to send: its kind, id, JSON and (a device) its record."""
+
+    kind: str
+    id: uuid.UUID
+    json: str
+    device: CloudDevice | None = None
+
+
+def _chunks(store: CloudStore, scan: Callable[[Any, Any], tuple[list[_Item], Any]]
+            ) -> Iterator[_Item]:
+    """Items read ``CHUNK`` at a time, each chunk in its own read transaction: ``scan(txn,
+    position)`` gives (items, next position), no items at the end."""
+    position: Any = None
+    while True:
+        with store.lmdb.read() as txn:
+            items, position = scan(txn, position)
+        if not items:
+            return
+        yield from items
+
+
+def _of_kind(store: CloudStore, kind: str) -> Iterator[_Item]:
+    graph = store.graph
+
+    def scan(txn: Any, after: Any) -> tuple[list[_Item], Any]:
+        found = list(graph._ids_of_kind(txn, kind, after, CHUNK))
+        items = []
+        for entity_id in found:
+            rec = graph._get(txn, entity_id)
+            if rec is not None:
+                items.append(_Item(kind, entity_id, rec.json))
+        return items, (found[-1] if found else None)
+
+    return _chunks(store, scan)
+
+
+def _assigned(store: CloudStore, edge_id: uuid.UUID, kind: str) -> Iterator[_Item]:
+    graph = store.graph
+    rank = entity_graph.BY_TYPE[kind].sync_rank
+
+    def scan(txn: Any, after: Any) -> tuple[list[_Item], Any]:
+        found = graph.assigned(txn, edge_id, rank=rank, after=after or b"", limit=CHUNK)
+        items = []
+        for _, _, entity_id in found:
+            rec = graph._get(txn, entity_id)
+            if rec is not None:
+                items.append(_Item(kind, entity_id, rec.json))
+        return items, (found[-1][0] if found else None)
+
+    return _chunks(store, scan)
+
+
+def _devices(store: CloudStore, edge_id: uuid.UUID) -> Iterator[CloudDevice]:
+    def scan(txn: Any, after: Any) -> tuple[list[_Item], Any]:
+        found = store._devices_of_edge(txn, edge_id, after=after, limit=CHUNK)
+        return ([_Item("DEVICE", d.id, "", d) for d in found],
+                (found[-1].id if found else None))
+
+    for item in _chunks(store, scan):
+        assert item.device is not None
+        yield item.device
+
+
+def _edge_items(store: CloudStore, edge: EdgeRecord, now_ms: int) -> Iterator[_Item]:
+    """Every entity on the edge (not relations), in sync order: a rule chain is followed by its
+    metadata (kind RULE_CHAIN_METADATA, under the chain's id), a device is an item of kind
+    DEVICE with its record (its JSON is made when sent)."""
+    graph = store.graph
+    root = graph.root_chain_id()
+    profiles: dict[str, uuid.UUID] = {}
+    for kind in entity_graph.KINDS:
+        name = kind.entity_type
+        if name in (METADATA, "USER_CREDENTIALS", "DEVICE_CREDENTIALS", "RELATION"):
+            continue
+        if name == "DEVICE":
+            for device in _devices(store, edge.edge_id):
+                if device.type not in profiles:
+                    profiles[device.type] = graph.device_profile_id(device.type, now_ms)
+                yield _Item("DEVICE", device.id, str(profiles[device.type]), device)
+            continue
+        if name == "DEVICE_PROFILE":  # the profiles of the edge's devices' types exist first
+            with store.lmdb.read() as txn:
+                types = {d.type for d in store._devices_of_edge(txn, edge.edge_id)}
+            for device_type in sorted(types):
+                profiles[device_type] = graph.device_profile_id(device_type, now_ms)
+        if name in TENANT_WIDE:
+            items: Iterable[_Item] = _of_kind(store, name)
+        elif name == "RULE_CHAIN":
+            items = _rule_chains(store, edge.edge_id, root)
+        else:
+            items = _assigned(store, edge.edge_id, name)
+        for item in items:
+            yield item
+            if item.kind == "RULE_CHAIN":
+                meta = graph.metadata(item.id)
+                if meta is not None:
+                    yield _Item(METADATA, item.id, meta)
+
+
+def _rule_chains(store: CloudStore, edge_id: uuid.UUID, root: uuid.UUID | None) -> Iterator[_Item]:
+    if root is not None:
+        entity = store.graph.entity(root)
+        if entity is not None:
+            yield _Item("RULE_CHAIN", root, entity.json)
+    for item in _assigned(store, edge_id, "RULE_CHAIN"):
+        if item.id != root:
+            yield item
 
 
 def edge_entities(store: CloudStore, edge_id: uuid.UUID) -> list[tuple[str, uuid.UUID, str]]:
-    """(entity type, id, JSON) of every entity on the edge, in full-sync order (stub: the
-    graph's entities only; the streamed sync replaces it)."""
-    return [(e.entity_type, e.id, e.json) for e in store.graph.entities(edge_id=edge_id)]
+    """(entity type, id, JSON as sent) of everything on the edge, in full-sync order (a rule
+    chain followed by its metadata; devices with the JSON a sync sends)."""
+    edge = store.edge_by_id(edge_id)
+    if edge is None:
+        return []
+    out = []
+    for item in _edge_items(store, edge, ids.unix_ms(ids.time_based())):
+        if item.device is not None:
+            msg = downlinks.device_update(item.device, edge.tenant_id, uuid.UUID(item.json))
+            out.append(("DEVICE", item.id, str(msg.entity)))
+        else:
+            out.append((item.kind, item.id, item.json))
+    return out
+
+
+# -- the sync's entries and packs ------------------------------------------------------------------
+
+
+def entries(store: CloudStore, edge: EdgeRecord, now_ms: int) -> Iterator[tuple[str, bytes]]:
+    """(DownlinkMsg field, serialized entry) of everything a full sync sends but its
+    SyncCompletedMsg, in order."""
+    on_edge: set[uuid.UUID] = {edge.edge_id}
+    devices: list[uuid.UUID] = []
+    for item in _edge_items(store, edge, now_ms):
+        on_edge.add(item.id)
+        if item.device is not None:
+            devices.append(item.id)
+            yield "deviceUpdateMsg", downlinks.device_update(
+                item.device, edge.tenant_id, uuid.UUID(item.json)).SerializeToString()
+            if item.device.token:
+                yield ("deviceCredentialsUpdateMsg",
+                       downlinks.credentials_update(item.device).SerializeToString())
+            continue
+        action = "UPDATED" if item.kind == "TENANT" else "ADDED"
+        field, msg = downlinks.entity_message(item.kind, action, item.id, item.json)
+        yield field, msg.SerializeToString()
+    yield from _relations(store, on_edge)
+    for start in range(0, len(devices), CHUNK):
+        with store.lmdb.read() as txn:
+            found = [(d, store._attributes(txn, d)) for d in devices[start:start + CHUNK]]
+        for device_id, values in found:
+            if values:
+                yield "entityData", downlinks.attributes_entry(
+                    "DEVICE", device_id, "SHARED_SCOPE", values, now_ms).SerializeToString()
+
+
+def _relations(store: CloudStore, on_edge: set[uuid.UUID]) -> Iterator[tuple[str, bytes]]:
+    """The relations whose both ends are on the edge (each once: read from its ``from`` end)."""
+    graph = store.graph
+    order = sorted(on_edge)
+    for start in range(0, len(order), CHUNK):
+        with store.lmdb.read() as txn:
+            found = [rel for entity_id in order[start:start + CHUNK]
+                     for rel in graph.relations_from(txn, entity_id)
+                     if uuid.UUID(rel["to"]["id"]) in on_edge]
+        for rel in found:
+            field, msg = downlinks.relation_message(
+                "RELATION_ADD_OR_UPDATE", json.dumps(rel, separators=(",", ":"), ensure_ascii=False))
+            yield field, msg.SerializeToString()
+
+
+def packs(store: CloudStore, edge: EdgeRecord, now_ms: int, *,
+          max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+          max_count: int = downlink_batch.MAX_PACK) -> Iterator[bytes]:
+    """The full sync's DownlinkMsgs (serialized, without id and time), SyncCompletedMsg alone
+    last (a ThingsBoard Edge applies a message's syncCompletedMsg before its other lists)."""
+    yield from downlink_batch.pack_all(entries(store, edge, now_ms), max_bytes=max_bytes,
+                                       max_count=max_count)
+    yield downlinks.sync_completed()
+
+
+def full_sync(store: CloudStore, edge: EdgeRecord, now_ms: int, *,
+              max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[bytes]:
+    """Every downlink of a full sync of ``edge``, in order (all at once: for tests and tools;
+    a stream reads them as it goes, SyncStream)."""
+    return list(packs(store, edge, now_ms, max_bytes=max_bytes))
+
+
+class SyncStream:
+    """A full sync as the stream sends it: the next pack read and numbered only when the one
+    before it is done. Numbers are reserved among the edge's downlink numbers a few at a time."""
+
+    RESERVE = 64
+
+    def __init__(self, store: CloudStore, edge_id: uuid.UUID, payloads: Iterable[bytes]) -> None:
+        self._store = store
+        self._edge_id = edge_id
+        self._payloads = iter(payloads)
+        self._numbers: list[int] = []
+        self._ahead: list[QueuedDownlink] = []
+        self._done = False
+        self.sent_packs = 0
+        self.entries = 0
+
+    def _number(self) -> int:
+        if not self._numbers:
+            self._numbers = self._store.reserve_downlink_numbers(self._edge_id, self.RESERVE)
+        return self._numbers.pop(0)
+
+    def head(self) -> QueuedDownlink | None:
+        """The next downlink of the sync (read from the store when needed); None when over."""
+        if not self._ahead and not self._done:
+            payload = next(self._payloads, None)
+            if payload is None:
+                self._done = True
+            else:
+                number = self._number()
+                self._ahead.append(QueuedDownlink(number, downlink_msg_id(number), payload,
+                                                  durable=False))
+        return self._ahead[0] if self._ahead else None
+
+    def pop(self) -> None:
+        """The head is done (acknowledged, or parked)."""
+        if self._ahead:
+            self._ahead.pop(0)
+            self.sent_packs += 1
+
+    def split_head(self) -> int:
+        """Replace the head (a pack the edge refused) by its entries one per downlink, so a bad
+        entry is refused (and parked) alone; how many."""
+        head = self._ahead.pop(0)
+        parts = downlink_batch.split(head.payload)
+        numbers = [self._number() for _ in parts]
+        self._ahead[:0] = [QueuedDownlink(n, downlink_msg_id(n), p, durable=False)
+                           for n, p in zip(numbers, parts, strict=True)]
+        return len(parts)
+
+    def __bool__(self) -> bool:
+        return self.head() is not None

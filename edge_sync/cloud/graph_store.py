@@ -980,20 +980,20 @@ class CloudGraph:
         txn.delete(edge_id.bytes + bytes([_rank(kind)]) + entity_id.bytes, db=db)
         txn.delete(entity_id.bytes + edge_id.bytes, db=self._dbh("g_assigned"))
 
-    def assigned(self, txn: lmdb.Transaction, edge_id: uuid.UUID, *, after: bytes = b"",
-                 limit: int = 0) -> list[tuple[bytes, str, uuid.UUID]]:
-        """(key, kind, id) of the entities assigned to the edge, in sync rank order, after key
-        ``after`` (for reading a large assignment in chunks)."""
+    def assigned(self, txn: lmdb.Transaction, edge_id: uuid.UUID, *, rank: int | None = None,
+                 after: bytes = b"", limit: int = 0) -> list[tuple[bytes, str, uuid.UUID]]:
+        """(key, kind, id) of the entities assigned to the edge (of one sync rank), in sync rank
+        order, after key ``after`` (for reading a large assignment in chunks)."""
         db = self._db.get("g_assign")
         out: list[tuple[bytes, str, uuid.UUID]] = []
         if db is None:
             return out
-        prefix = edge_id.bytes
+        prefix = edge_id.bytes + (bytes([rank]) if rank is not None else b"")
         with txn.cursor(db=db) as cur:
             if not cur.set_range(after + b"\0" if after else prefix):
                 return out
             for key, value in cur.iternext():
-                if key[:16] != prefix or (limit and len(out) >= limit):
+                if key[:len(prefix)] != prefix or (limit and len(out) >= limit):
                     break
                 out.append((bytes(key), bytes(value).decode(), uuid.UUID(bytes=bytes(key[17:33]))))
         return out
@@ -1012,17 +1012,11 @@ class CloudGraph:
     # -- relations -------------------------------------------------------------------------------
 
     def _relations_of(self, txn: lmdb.Transaction, entity_id: uuid.UUID) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+        out = self.relations_from(txn, entity_id)
         rel_db, to_db = self._db.get("g_relations"), self._db.get("g_relations_to")
         if rel_db is None or to_db is None:
             return out
         own = entity_id.bytes
-        with txn.cursor(db=rel_db) as cur:
-            if cur.set_range(own):
-                for key, value in cur.iternext():
-                    if key[:16] != own:
-                        break
-                    out.append(json.loads(codec.unpack(value, "g_relations")))
         with txn.cursor(db=to_db) as cur:
             if cur.set_range(own):
                 for key in cur.iternext(values=False):
@@ -1031,6 +1025,21 @@ class CloudGraph:
                     raw = txn.get(bytes(key[16:32]) + own + bytes(key[32:]), db=rel_db)
                     if raw is not None and key[16:32] != own:
                         out.append(json.loads(codec.unpack(raw, "g_relations")))
+        return out
+
+    def relations_from(self, txn: lmdb.Transaction, entity_id: uuid.UUID) -> list[dict[str, Any]]:
+        """The relations from an entity (EntityRelation JSON objects)."""
+        out: list[dict[str, Any]] = []
+        rel_db = self._db.get("g_relations")
+        if rel_db is None:
+            return out
+        own = entity_id.bytes
+        with txn.cursor(db=rel_db) as cur:
+            if cur.set_range(own):
+                for key, value in cur.iternext():
+                    if key[:16] != own:
+                        break
+                    out.append(json.loads(codec.unpack(value, "g_relations")))
         return out
 
     @staticmethod
@@ -1215,17 +1224,19 @@ class CloudGraph:
         if not self.available:
             return self._store.named_ids([profile_name(device_type)],
                                          lambda: self._ids.new(now_ms))[profile_name(device_type)]
+        # not queued for the edges: a device of the type carries its profile in its downlink,
+        # and every full sync sends every profile (maintenance: a few bytes a sync may need on
+        # a full disk, as CloudStore.named_ids)
         make = self._ids.new(now_ms)
-        change = _Change.new()
         result: uuid.UUID = self._lmdb.write(
-            lambda txn: self.device_profile_in(txn, device_type, make, change), maintenance=True)
-        self._after(change)
+            lambda txn: self.device_profile_in(txn, device_type, make), maintenance=True)
         return result
 
     def device_profile_in(self, txn: lmdb.Transaction, device_type: str, make: uuid.UUID,
                           change: _Change | None = None) -> uuid.UUID:
         """device_profile_id() in a write transaction. A profile made here (a new device type)
-        is on every edge: ADDED queued for each when ``change`` is given."""
+        is on every edge: ADDED queued for each when ``change`` is given (else it reaches them
+        with a device of its type, or their next full sync)."""
         found = self._named(txn, "DEVICE_PROFILE", device_type)
         if found is not None:
             return found

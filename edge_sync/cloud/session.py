@@ -16,8 +16,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,7 @@ from loguru import logger
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.cloud import downlink_batch, downlinks, full_sync, requests, uplink_kinds
 from edge_sync.cloud.counters import CloudCounters
-from edge_sync.cloud.records import EdgeRecord, QueuedDownlink, downlink_msg_id
+from edge_sync.cloud.records import EdgeRecord, QueuedDownlink
 from edge_sync.cloud.registry import StreamRegistry
 from edge_sync.cloud.rpc_service import RpcService
 from edge_sync.cloud.service import CloudService
@@ -99,7 +98,8 @@ class StreamSession:
         self._log = logger.bind(component="cloud-link", stream=self.number, peer=self._peer)
         self._gate = GoBackN()
         self._edge_max_inbound: int | None = None
-        self._sync: deque[QueuedDownlink] = deque()
+        self._sync: full_sync.SyncStream | None = None
+        """The full sync under way: its packs read from the store as they are sent."""
         self._started = False  # downlinks flow once the edge asked for a sync (or sent uplinks)
         self._inflight: QueuedDownlink | None = None
         self._refusals = 0  # success=false answers (not retryable) to the downlink in flight
@@ -110,6 +110,7 @@ class StreamSession:
         attribute updates, together: downlink_batch.py)."""
         self._single_until = 0  # after a refused batch, downlinks up to it go one by one
         self._sent_rpcs: list[uuid.UUID] = []  # RPC requests just sent: SENT once they are out
+        self._sync_started = 0.0
         self._deadline = 0.0
         self._look = False  # look at the durable queue at the next chance
         self._next_poll = 0.0
@@ -365,17 +366,21 @@ class StreamSession:
     def _start_sync(self, full: bool, *, requested_by: str = "edge") -> None:
         assert self.edge_id is not None and self.edge is not None
         if full:
-            payloads = full_sync.full_sync(self._store, self.edge, self._clock.now_ms())
+            payloads: Iterable[bytes] = full_sync.packs(
+                self._store, self.edge, self._clock.now_ms(), max_bytes=self._max_bytes())
         else:
             payloads = [downlinks.sync_completed()]
-        numbers = self._store.reserve_downlink_numbers(self.edge_id, len(payloads))
-        self._sync = deque(QueuedDownlink(n, downlink_msg_id(n), p, durable=False)
-                           for n, p in zip(numbers, payloads, strict=True))
+        self._sync = full_sync.SyncStream(self._store, self.edge_id, payloads)
+        self._sync_started = time.monotonic()
         if self._inflight is not None and not self._inflight.durable:
             self._inflight = None  # a previous sync's downlink: superseded
         self._started, self._look = True, True
-        self._log.bind(full_sync=full, downlinks=len(payloads), requested_by=requested_by).info(
+        self._log.bind(full_sync=full, requested_by=requested_by).info(
             "sync requested by the {}", requested_by)
+
+    def _max_bytes(self) -> int:
+        """The largest downlink the edge accepts (its maxInboundMessageSize, else ours)."""
+        return self._edge_max_inbound or self._settings.max_inbound_message_size
 
     def _pump(self) -> edge_pb2.ResponseMsg | None:
         """Send the next downlink, or resend the one in flight when its time is up."""
@@ -390,7 +395,7 @@ class StreamSession:
             self._log.bind(downlink_id=self._inflight.msg_id).info("downlink resent (no acknowledgement)")
             return self._send(self._inflight)
         while True:
-            nxt = self._sync[0] if self._sync else None
+            nxt = self._sync.head() if self._sync is not None else None
             if nxt is None:
                 if not self._look and now < self._next_poll:
                     return None
@@ -419,9 +424,8 @@ class StreamSession:
             return [head]
         following = self._store.queued_after(self.edge_id, head.number,
                                              downlink_batch.MAX_BATCH - 1)
-        limit = self._edge_max_inbound or self._settings.max_inbound_message_size
         return downlink_batch.batch_of(head, following, now_ms=self._clock.now_ms(),
-                                       max_bytes=limit)
+                                       max_bytes=self._max_bytes())
 
     @staticmethod
     def _rpc_requests(items: list[QueuedDownlink]) -> list[tuple[int, uuid.UUID]]:
@@ -468,8 +472,8 @@ class StreamSession:
         kept, the first line logged.)"""
         assert self.edge_id is not None
         error = error[:MAX_PARKED_ERROR_CHARS]
-        if not item.durable and self._sync and self._sync[0] is item:
-            self._sync.popleft()
+        if not item.durable and self._sync is not None and self._sync.head() is item:
+            self._sync.pop()
         parked = self._store.park_downlink(self.edge_id, item, cause=cause, error=error,
                                            attempts=attempts, now_ms=self._clock.now_ms())
         if self._inflight is item:
@@ -509,6 +513,15 @@ class StreamSession:
                     "downlink refused by the edge, retryable (a temporary failure on the edge): "
                     "resent after the timeout, not counted towards parking")
                 return
+            if not item.durable and self._sync is not None and self._sync.head() is item \
+                    and downlink_batch.entry_count(item.payload) > 1:
+                # a pack of the sync: one bad entry may be the cause, so its entries go again
+                # one by one, at once (those refusals of the whole do not count towards parking)
+                parts = self._sync.split_head()
+                log.bind(error=resp.errorMsg, entries=parts).warning(
+                    "sync downlink of {} entries refused by the edge; sent again one by one", parts)
+                self._inflight, self._look = None, True
+                return
             if len(self._batch) > 1:
                 # one of its parts may be the cause: they go again one by one, at once, so a
                 # bad one is refused (and parked) alone
@@ -523,15 +536,15 @@ class StreamSession:
                 self._park(item, CAUSE_REFUSED, resp.errorMsg or "(no error message)",
                            self._refusals)
                 if not item.durable and not self._sync:
-                    self._log.warning("sync over, its last downlink parked")
+                    self._sync_over("sync over, its last downlink parked")
                 return
             log.bind(error=resp.errorMsg, attempt=self._refusals,
                      max_attempts=self._settings.max_attempts).warning(
                 "downlink refused by the edge; resent after the timeout")
             return
         if not item.durable:
-            if self._sync and self._sync[0] is item:
-                self._sync.popleft()
+            if self._sync is not None and self._sync.head() is item:
+                self._sync.pop()
         else:
             carried = self._rpc_requests(self._batch)
             if carried:  # out of the queue and DELIVERED, in one transaction
@@ -544,7 +557,12 @@ class StreamSession:
         self._stats["downlinks_acked"] += 1
         log.info("downlink acknowledged")
         if not item.durable and not self._sync:
-            self._log.info("sync completed")
+            self._sync_over("sync completed")
+
+    def _sync_over(self, what: str) -> None:
+        sync, self._sync = self._sync, None
+        took = time.monotonic() - self._sync_started
+        self._log.bind(downlinks=sync.sent_packs if sync else 0, seconds=round(took, 3)).info(what)
 
     # -- end -------------------------------------------------------------------------------------
 

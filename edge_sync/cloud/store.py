@@ -544,13 +544,16 @@ class CloudStore:
                 if dev is not None:
                     yield dev
 
-    def _devices_of_edge(self, txn: lmdb.Transaction, edge_id: uuid.UUID) -> list[CloudDevice]:
+    def _devices_of_edge(self, txn: lmdb.Transaction, edge_id: uuid.UUID, *,
+                         after: uuid.UUID | None = None, limit: int = 0) -> list[CloudDevice]:
+        """The edge's devices (by id), after device ``after``, at most ``limit`` (0: all)."""
         out: list[CloudDevice] = []
+        start = edge_id.bytes + (after.bytes + b"\0" if after is not None else b"")
         with txn.cursor(db=self._db["edge_devices"]) as cur:
-            if not cur.set_range(edge_id.bytes):
+            if not cur.set_range(start):
                 return out
             for key in cur.iternext(values=False):
-                if key[:16] != edge_id.bytes:
+                if key[:16] != edge_id.bytes or (limit and len(out) >= limit):
                     break
                 dev = self._device(txn, codec.to_uuid(key[16:], "edge_devices: key"))
                 if dev is not None:

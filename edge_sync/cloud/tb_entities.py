@@ -130,14 +130,18 @@ def device_profile_json(profile_id: uuid.UUID, tenant_id: uuid.UUID, name: str) 
     })
 
 
-def asset_profile_json(profile_id: uuid.UUID, tenant_id: uuid.UUID) -> str:
-    """The default asset profile."""
+def asset_profile_json(profile_id: uuid.UUID, tenant_id: uuid.UUID,
+                       name: str = DEFAULT_PROFILE) -> str:
+    """An asset profile: the default one, or one made for an asset type that named no profile
+    (as ThingsBoard's AssetProfileService.findOrCreateAssetProfile makes it)."""
+    default = name == DEFAULT_PROFILE
     return _compact({
         "id": typed_id("ASSET_PROFILE", profile_id), "createdTime": created_time(profile_id),
-        **_owned(tenant_id), "name": DEFAULT_PROFILE, "description": "Default asset profile",
+        **_owned(tenant_id), "name": name,
+        "description": "Default asset profile" if default else None,
         "image": None, "defaultRuleChainId": None, "defaultDashboardId": None,
         "defaultQueueName": None, "defaultEdgeRuleChainId": None, "externalId": None,
-        "version": None, "default": True,
+        "version": None, "default": default,
     })
 
 

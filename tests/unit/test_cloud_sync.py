@@ -141,11 +141,15 @@ def test_full_sync_ids_are_stable_and_profiles_follow_the_device_types(tmp_path:
         payloads = full_sync.full_sync(store, edge, 5)
         got = [edge_pb2.DownlinkMsg.FromString(p) for p in payloads]
         # ThingsBoard's order (EdgeSyncCursor): the tenant, then the queues, then rule chains...
+        # packed, kinds together where a ThingsBoard Edge's apply order agrees
         assert [[f.name for f, _ in d.ListFields()] for d in got] == [
-            ["tenantUpdateMsg"], ["queueUpdateMsg"], ["queueUpdateMsg"], ["queueUpdateMsg"],
-            ["ruleChainUpdateMsg"], ["ruleChainMetadataUpdateMsg"], ["deviceProfileUpdateMsg"],
-            ["assetProfileUpdateMsg"], ["syncCompletedMsg"]]  # no devices
-        queues = [d.queueUpdateMsg[0] for d in got[1:4]]
+            ["tenantUpdateMsg"], ["queueUpdateMsg"],
+            ["ruleChainUpdateMsg", "ruleChainMetadataUpdateMsg"],
+            ["deviceProfileUpdateMsg", "assetProfileUpdateMsg"], ["syncCompletedMsg"]]  # no devices
+        # every device profile of the tenant (on every edge, as in ThingsBoard)
+        assert sorted(json.loads(p.entity)["name"] for p in got[3].deviceProfileUpdateMsg) == [
+            "default", "meter", "valve"]
+        queues = list(got[1].queueUpdateMsg)
         assert [json.loads(q.entity)["name"] for q in queues] == [
             "Main", "HighPriority", "SequentialByOriginator"]
         assert all(q.msgType == edge_pb2.ENTITY_CREATED_RPC_MESSAGE for q in queues)
