@@ -41,9 +41,11 @@ Rules (docs/reference-cloud.md, "Importing ThingsBoard export files"):
   so are OTA package ids (the cloud has none), and a customer the cloud does not have becomes no
   customer. Each of these is a note, never silent.
 - **References.** A hard reference (``common/entity_graph.references``) must be to an entity the
-  cloud has or one the same file brings: an asset's profile (looked up by its ``type`` name when
-  the id is not the cloud's), a rule node's forward target, an entity view's entity, a
-  dashboard's tenant widget types. Otherwise the import is refused, naming what is missing.
+  cloud has or one the same file brings: a rule node's forward target, an entity view's entity,
+  a dashboard's tenant widget types. Otherwise the import is refused, naming what is missing. An
+  asset whose profile the cloud does not have takes the profile named by its ``type``, else the
+  default one (as the cloud does for an asset without profile; ThingsBoard would make a profile
+  of that name), with a note.
 
 Errors are ``BadRequest`` whose message says what is wrong and where (``metadata.nodes[2].type:
 missing``).
@@ -82,6 +84,8 @@ USER_AUTHORITIES = ("TENANT_ADMIN", "CUSTOMER_USER")
 PROFILE_SOFT_REFS = (("defaultRuleChainId", "RULE_CHAIN"), ("defaultEdgeRuleChainId", "RULE_CHAIN"),
                      ("defaultDashboardId", "DASHBOARD"))
 OTA_FIELDS = ("firmwareId", "softwareId")
+DEFAULT_PROFILE = "default"
+"""ThingsBoard's default device and asset profile name (the cloud has both)."""
 
 _WORD = re.compile(r"\W+")
 
@@ -452,15 +456,19 @@ class _Builder:
             type_name = body.get("type") or "default"
             if not text_fits(type_name, MAX_NAME_BYTES):
                 raise BadRequest(f"{where}: type: expected text of 1 to {MAX_NAME_BYTES} bytes")
-            found = self._find("ASSET_PROFILE", type_name)
+            found, named = self._find("ASSET_PROFILE", type_name), type_name
+            if found is None and type_name != DEFAULT_PROFILE:
+                found, named = self._find("ASSET_PROFILE", DEFAULT_PROFILE), DEFAULT_PROFILE
             if found is None:
                 what = f"asset profile {profile}" if profile else "no asset profile"
                 raise BadRequest(f"{where}: asset {name!r} names {what}, and the cloud has no "
-                                 f"asset profile named {type_name!r} (its type): import or "
-                                 "create the asset profile first")
-            if profile is not None:
-                self.note(where, f"assetProfileId {profile} replaced by the cloud's asset "
-                                 f"profile {type_name!r} ({found})")
+                                 f"asset profile named {type_name!r} (its type) nor a default "
+                                 "one: import or create the asset profile first")
+            if profile is not None or named != type_name:
+                self.note(where, f"{'assetProfileId ' + str(profile) if profile else 'no asset profile'}"
+                                 f": the cloud's asset profile {named!r} ({found}) taken"
+                                 + ("" if named == type_name else f", it has none named "
+                                    f"{type_name!r}"))
             body["assetProfileId"] = typed_id("ASSET_PROFILE", found)
         body.setdefault("type", None)
         body.setdefault("label", None)

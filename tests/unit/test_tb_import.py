@@ -151,17 +151,24 @@ def test_a_device_profile_without_its_transport_is_refused_naming_what_is_missin
         plan(doc, source="p.json", entity_type="DEVICE_PROFILE")
 
 
-def test_an_asset_takes_the_clouds_profile_of_its_type_or_is_refused():
+def test_an_asset_takes_the_clouds_profile_of_its_type_else_the_default_or_is_refused():
     doc = fixture("boiler_house_asset.json")
-    with pytest.raises(BadRequest, match=r"the cloud has no asset profile named 'building'"):
+    with pytest.raises(BadRequest, match=r"the cloud has no asset profile named 'building' \(its "
+                                         r"type\) nor a default one"):
         plan(doc)
     profile = uuid.UUID("11111111-4b5b-11f0-9234-010000abcdef")
     out = plan(doc, lookup=Cloud(named={("ASSET_PROFILE", "building"): profile}))
     body = out.items[0].body
     assert body["assetProfileId"] == typed("ASSET_PROFILE", profile)
     assert body["customerId"] == typed("CUSTOMER", NULL_ID) and body["label"] == doc["label"]
-    assert out.notes == (f"the file: assetProfileId 2d8a1c90-4b5b-11f0-9234-010000abcdef "
-                         f"replaced by the cloud's asset profile 'building' ({profile})",)
+    assert out.notes == (f"the file: assetProfileId 2d8a1c90-4b5b-11f0-9234-010000abcdef: the "
+                         f"cloud's asset profile 'building' ({profile}) taken",)
+    default = uuid.UUID("66666666-4b5b-11f0-9234-010000abcdef")
+    out = plan(doc, lookup=Cloud(named={("ASSET_PROFILE", "default"): default}))
+    assert out.items[0].body["assetProfileId"] == typed("ASSET_PROFILE", default)
+    assert out.notes == (f"the file: assetProfileId 2d8a1c90-4b5b-11f0-9234-010000abcdef: the "
+                         f"cloud's asset profile 'default' ({default}) taken, it has none named "
+                         "'building'",)
 
 
 def test_an_asset_and_its_profile_in_one_file_import_together_profile_first():
