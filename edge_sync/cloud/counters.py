@@ -1,6 +1,7 @@
 """The reference cloud's process-wide counters, shown at the admin API's GET /metrics: downlinks
 refused and parked, requests answered, server-side RPC requests and their answers (unknown and
-late ones apart), and the uplink payloads it receives but does not apply,
+late ones apart), entity changes applied from edges and the entity graph's downlinks (by kind),
+and the uplink payloads it receives but does not apply,
 by kind (``cloud_uplink_not_applied_total{kind="deviceProfileUpdateMsg"}``; each kind logged
 once at INFO the first time it is seen, then only counted).
 
@@ -11,10 +12,11 @@ Every stream's thread writes them, so each plain counter's increment takes a loc
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 
 from loguru import logger
 
-from edge_sync.metrics import Counter, Metrics
+from edge_sync.metrics import Counter, CounterFamily, Metrics
 
 _log = logger.bind(component="cloud-link")
 
@@ -49,6 +51,20 @@ class CloudCounters:
             "cloud_rpc_expired_total", "RPC requests that expired before they were sent (not sent)")
         self.not_applied_kinds = m.counter_family(
             NOT_APPLIED, "uplink payloads received, acknowledged and not applied, by kind", "kind")
+        self.edge_changes = m.counter_family(
+            "cloud_edge_entity_changes_applied_total",
+            "entity changes made on edges applied to the entity graph (ASSET, RELATION), by kind",
+            "kind")
+        self.graph_downlinks = m.counter_family(
+            "cloud_graph_downlinks_queued_total",
+            "downlinks the entity graph queued for edges (its changes, assignments), by DownlinkMsg "
+            "field", "kind")
+
+    def counted(self, family: CounterFamily, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` ({label: n}) to a family (it locks itself)."""
+        for label, n in counts.items():
+            if n:
+                family.inc(label, n)
 
     def inc(self, counter: Counter, n: int = 1) -> None:
         with self._lock:

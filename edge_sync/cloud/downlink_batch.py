@@ -4,14 +4,18 @@ edge apply every entry of them, in one transaction on our edge). The stream keep
 in flight per edge, so without this an edge could take at most one downlink per round trip: a
 shared attribute set on a thousand devices would be a thousand round trips.
 
-Two kinds travel together, each only with its own kind (an edge applies a message's entityData
-before its deviceRpcCallMsg whatever the order of the lists, so mixing them could reorder
-them):
+Three kinds travel together, each only with its own kind (an edge applies a message's
+entityData before its deviceRpcCallMsg whatever the order of the lists, so mixing them could
+reorder them):
 
 - server-side RPC requests (deviceRpcCallMsg with a requestMsg), not expired;
 - attribute updates (a DownlinkMsg holding only entityData: shared attributes set by the
   operator, answers to attribute requests); several for one device are applied in order, so
-  the last value wins as it would one by one.
+  the last value wins as it would one by one;
+- entity changes of the same shape (the same DownlinkMsg lists: assets assigned one after
+  another, each with its profile; relations; not devices): each list keeps the queue's
+  order, and every message had its lists in the same order, so applying them together is
+  applying them one by one (an entity changed twice: the last change wins).
 
 Pure logic: which queued downlinks after the head go with it, and the combined message. A
 batch the edge refuses is split (the stream then sends its parts one by one), so one bad
@@ -36,23 +40,40 @@ _FRAMING = 64  # the id, the cloud's time and the list's framing
 class Kind(enum.Enum):
     RPC = "deviceRpcCallMsg"
     ATTRIBUTES = "entityData"
+    ENTITIES = "entities"
+
+
+_NEVER = 2**63 - 1
+_NOT_ENTITIES = frozenset({"deviceRpcCallMsg", "entityData", "syncCompletedMsg",
+                           "edgeConfiguration", "downlinkMsgId", "cloudTimeMillis",
+                           # a device's downlinks travel alone, as before the graph (its
+                           # creation carries its token: refused alone, parked alone)
+                           "deviceUpdateMsg", "deviceCredentialsUpdateMsg"})
+
+
+def _classify(item: QueuedDownlink) -> tuple[Kind, int, tuple[str, ...]] | None:
+    if not item.durable:
+        return None
+    msg = edge_pb2.DownlinkMsg.FromString(item.payload)
+    fields = tuple(fd.name for fd, _ in msg.ListFields())
+    if fields == ("deviceRpcCallMsg",):
+        for call in msg.deviceRpcCallMsg:
+            if call.HasField("requestMsg") and (call.requestUuidMSB or call.requestUuidLSB):
+                return Kind.RPC, call.expirationTime, fields
+        return None
+    if fields == ("entityData",):
+        return Kind.ATTRIBUTES, _NEVER, fields
+    if fields and not _NOT_ENTITIES.intersection(fields):
+        return Kind.ENTITIES, _NEVER, fields
+    return None
 
 
 def kind_of(item: QueuedDownlink) -> tuple[Kind, int] | None:
     """(kind, expirationTime) of a queued downlink that may travel with others of its kind (an
-    attribute update never expires: 2**63 - 1), else None (a sync's downlinks never do)."""
-    if not item.durable:
-        return None
-    msg = edge_pb2.DownlinkMsg.FromString(item.payload)
-    fields = [fd.name for fd, _ in msg.ListFields()]
-    if fields == ["deviceRpcCallMsg"]:
-        for call in msg.deviceRpcCallMsg:
-            if call.HasField("requestMsg") and (call.requestUuidMSB or call.requestUuidLSB):
-                return Kind.RPC, call.expirationTime
-        return None
-    if fields == ["entityData"]:
-        return Kind.ATTRIBUTES, 2**63 - 1
-    return None
+    attribute update or an entity change never expires: 2**63 - 1), else None (a sync's
+    downlinks never do)."""
+    found = _classify(item)
+    return None if found is None else (found[0], found[1])
 
 
 def batch_of(head: QueuedDownlink, following: Iterable[QueuedDownlink], *, now_ms: int,
@@ -60,7 +81,7 @@ def batch_of(head: QueuedDownlink, following: Iterable[QueuedDownlink], *, now_m
     """``head`` and the downlinks of its kind that directly follow it in the queue and can go
     with it: not expired, and the combined message within ``max_bytes``. [head] when the head
     is of no kind that travels together."""
-    head_kind = kind_of(head)
+    head_kind = _classify(head)
     if head_kind is None:
         return [head]
     out = [head]
@@ -68,8 +89,10 @@ def batch_of(head: QueuedDownlink, following: Iterable[QueuedDownlink], *, now_m
     for item in following:
         if len(out) >= max_count:
             break
-        kind = kind_of(item)
+        kind = _classify(item)
         if kind is None or kind[0] is not head_kind[0] or kind[1] < now_ms:
+            break
+        if kind[0] is Kind.ENTITIES and kind[2] != head_kind[2]:
             break
         size += len(item.payload)
         if size > max_bytes:
@@ -87,9 +110,7 @@ def combined(items: list[QueuedDownlink]) -> QueuedDownlink:
         return items[0]
     msg = edge_pb2.DownlinkMsg()
     for item in items:
-        part = edge_pb2.DownlinkMsg.FromString(item.payload)
-        msg.deviceRpcCallMsg.extend(part.deviceRpcCallMsg)
-        msg.entityData.extend(part.entityData)
+        msg.MergeFromString(item.payload)  # appends each list's entries, in order
     return QueuedDownlink(items[0].number, items[-1].msg_id, msg.SerializeToString(),
                           durable=True)
 

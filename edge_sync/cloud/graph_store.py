@@ -512,7 +512,8 @@ class CloudGraph:
                                  f"{ref.key}, which does not exist")
 
     def _prepare(self, txn: lmdb.Transaction, kind: str, body: Any, entity_id: uuid.UUID | None,
-                 old: _Rec | None, now_ms: int) -> tuple[uuid.UUID, str, dict[str, Any]]:
+                 old: _Rec | None, now_ms: int, change: _Change
+                 ) -> tuple[uuid.UUID, str, dict[str, Any]]:
         """(id, name, body) of an entity about to be written: typed id, createdTime, tenantId
         (and customerId, an asset's profile) filled when absent; a user's secrets dropped."""
         if not isinstance(body, dict):
@@ -553,7 +554,7 @@ class CloudGraph:
         if kind in _CUSTOMER_OWNED and body.get("customerId") is None:
             body["customerId"] = typed_id("CUSTOMER", NULL_ID)
         if kind == "ASSET":
-            self._asset_profile(txn, body)
+            self._asset_profile(txn, body, change, now_ms)
         if kind == "USER":
             for secret in _USER_SECRETS:
                 body.pop(secret, None)
@@ -562,13 +563,24 @@ class CloudGraph:
                 body["additionalInfo"] = {k: v for k, v in info.items() if k not in _USER_INFO_SECRETS}
         return entity_id, name, body
 
-    def _asset_profile(self, txn: lmdb.Transaction, body: dict[str, Any]) -> None:
-        """An asset without a profile gets the one named by its type, else the default one (as
-        ThingsBoard's AssetService does); without a type, its profile's name."""
+    def _asset_profile(self, txn: lmdb.Transaction, body: dict[str, Any], change: _Change,
+                       now_ms: int) -> None:
+        """An asset without a profile gets the one named by its type, made when there is none
+        (ThingsBoard's AssetService: findOrCreateAssetProfile; on every edge, so queued for
+        each), or the default one without a type; without a type, its profile's name."""
         if body.get("assetProfileId") is None:
             wanted = body.get("type")
-            found = self._named(txn, "ASSET_PROFILE", wanted) if isinstance(wanted, str) and wanted else None
-            if found is None:
+            if isinstance(wanted, str) and text_fits(wanted, MAX_NAME_BYTES):
+                found = self._named(txn, "ASSET_PROFILE", wanted)
+                if found is None:
+                    found = self._ids.new(now_ms)
+                    text = tb_entities.asset_profile_json(found, self._tenant_id(txn), wanted)
+                    rec = _Rec("ASSET_PROFILE", found, wanted, text,
+                               tb_entities.created_time(found), now_ms, "cloud")
+                    self._put(txn, rec, None, json.loads(text))
+                    self._queue(txn, change, self._all_edges(txn),
+                                self.entity_downlink(txn, rec, "ADDED"), "assetProfileUpdateMsg")
+            else:
                 found = self._named(txn, "ASSET_PROFILE", tb_entities.DEFAULT_PROFILE)
             if found is not None:
                 body["assetProfileId"] = typed_id("ASSET_PROFILE", found)
@@ -627,7 +639,7 @@ class CloudGraph:
 
     def _create(self, txn: lmdb.Transaction, change: _Change, kind: str, body: Any,
                 now_ms: int) -> CloudEntity:
-        entity_id, name, prepared = self._prepare(txn, kind, body, None, None, now_ms)
+        entity_id, name, prepared = self._prepare(txn, kind, body, None, None, now_ms, change)
         if self._get(txn, entity_id) is not None:
             raise Conflict(f"an entity with id {entity_id} already exists")
         self._check_name(txn, kind, name, entity_id)
@@ -671,7 +683,7 @@ class CloudGraph:
 
         def fn(txn: lmdb.Transaction, change: _Change) -> CloudEntity:
             old = self._must(txn, kind, entity_id)
-            _, name, prepared = self._prepare(txn, kind, body, entity_id, old, now_ms)
+            _, name, prepared = self._prepare(txn, kind, body, entity_id, old, now_ms, change)
             self._check_name(txn, kind, name, entity_id)
             text = _compact(prepared)
             if text == old.json:
@@ -1131,6 +1143,16 @@ class CloudGraph:
                   action="RELATION_DELETED", edges=len(edges)).info("relation deleted")
         return True
 
+    def drop_relations(self, txn: lmdb.Transaction, entity_id: uuid.UUID) -> int:
+        """Remove every relation from or to an entity (a device its edge deleted: no other edge
+        holds it, so nothing is queued); how many."""
+        count = 0
+        for rel in self._relations_of(txn, entity_id):
+            key = entity_graph.relation_key(rel)
+            if key is not None and self._drop_relation(txn, key):
+                count += 1
+        return count
+
     def relations(self, entity_id: uuid.UUID) -> list[dict[str, Any]]:
         """The relations from and to an entity (EntityRelation JSON objects)."""
         with self._read() as txn:
@@ -1281,13 +1303,19 @@ class CloudGraph:
         old = self._get(txn, asset_id)
         if old is not None and old.kind != "ASSET":
             raise BadRequest(f"assetUpdateMsg: {asset_id} is a {kind_label(old.kind)}")
+        if old is not None and edge_id not in self._edges_holding(txn, "ASSET", asset_id):
+            # another edge's asset (or one unassigned from this edge meanwhile): not this
+            # edge's to change; recorded in the apply log only
+            _log.bind(entity_type="ASSET", entity_id=str(asset_id), edge_id=str(edge_id),
+                      action=action).warning("asset change from an edge that does not hold it ignored")
+            return "unknown"
         if action == "DELETED":
             # ThingsBoard 4.x (AssetEdgeProcessor): an asset the edge deleted is deleted
             if old is None:
                 return "unknown"
             self._delete(txn, change, "ASSET", asset_id, exclude=edge_id)
             return "deleted"
-        _, name, prepared = self._prepare(txn, "ASSET", body, asset_id, old, now_ms)
+        _, name, prepared = self._prepare(txn, "ASSET", body, asset_id, old, now_ms, change)
         renamed = False
         taken = self._named(txn, "ASSET", name)
         if taken is not None and taken != asset_id:

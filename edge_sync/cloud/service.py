@@ -19,6 +19,7 @@ from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.cloud import credentials, downlinks, full_sync
+from edge_sync.cloud.counters import CloudCounters
 from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord, ParkedDownlink
 from edge_sync.cloud.store import CloudStore
 from edge_sync.common import ids
@@ -97,6 +98,14 @@ class CloudService:
         self.clock = clock
         self._ids = id_source
         self._notify = notify
+        self.graph = store.graph
+        """The entity graph (cloud/graph_store.py); its commits wake the edges they queued for."""
+        self.graph.notify = self.wake
+
+    def attach_counters(self, counters: CloudCounters) -> None:
+        """Count the entity graph's downlinks (cloud_graph_downlinks_queued_total) in the
+        server's counters."""
+        self.graph.on_queued = lambda queued: counters.counted(counters.graph_downlinks, queued)
 
     # -- edges -----------------------------------------------------------------------------------
 

@@ -119,7 +119,8 @@ class StreamSession:
         self._stats = {"uplinks": 0, "events_applied": 0, "duplicates": 0, "rejected": 0,
                        "downlinks_sent": 0, "downlinks_acked": 0, "downlinks_resent": 0,
                        "downlinks_refused": 0, "downlinks_refused_retryable": 0,
-                       "downlinks_parked": 0, "requests_answered": 0, "requests_unanswered": 0}
+                       "downlinks_parked": 0, "requests_answered": 0, "requests_unanswered": 0,
+                       "entity_changes": 0}
 
     # -- any thread ------------------------------------------------------------------------------
 
@@ -308,8 +309,9 @@ class StreamSession:
             return _uplink_response(up.uplinkMsgId, False, self._gate.refusal(), retryable=True)
         try:
             events = events_to_apply(up)
-            applied, dups, answers = self._store.apply_uplink_answers(
+            outcome = self._store.apply_uplink_full(
                 self.edge_id, events, self._clock.now_ms(), incarnation=self.incarnation)
+            applied, dups, answers = outcome.applied, outcome.duplicates, outcome.answers
         except PayloadRejected as exc:
             self._gate.failed(epoch)
             self._stats["rejected"] += 1
@@ -325,6 +327,12 @@ class StreamSession:
                                     retryable=True)
         self._stats["events_applied"] += applied
         self._stats["duplicates"] += dups
+        if outcome.entities or outcome.queued:
+            self._counters.counted(self._counters.edge_changes, outcome.entities)
+            self._counters.counted(self._counters.graph_downlinks, outcome.queued)
+            self._stats["entity_changes"] += sum(outcome.entities.values())
+            for other in outcome.woken:  # another edge holds what this one changed
+                self._service.wake(other)
         if answers:
             self._rpc.waiters.answered(answers, routing_key=self._rk())
         if dups:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -106,6 +107,27 @@ INITIAL_MAP_MB = 64
 CAUSE_REFUSED = "refused"
 CAUSE_TOO_LARGE = "too_large"
 MAX_INDEXED_KEY = 400  # LMDB keys are at most 511 bytes; longer names/tokens are not indexed
+
+
+_DEVICE_ACTIONS = frozenset({Action.ADDED, Action.UPDATED, Action.DELETED,
+                             Action.CREDENTIALS_UPDATED})
+_RELATION_ACTIONS = frozenset({Action.RELATION_ADD_OR_UPDATE, Action.RELATION_DELETED,
+                               Action.RELATIONS_DELETED})
+
+
+@dataclasses.dataclass(slots=True)
+class UplinkApplied:
+    """What applying one UplinkMsg did (CloudStore.apply_uplink_full)."""
+
+    applied: int
+    duplicates: int
+    answers: list[rpc.AnswerOutcome]
+    woken: set[uuid.UUID]
+    """Edges whose downlink queue grew (another edge's change of an entity they hold)."""
+    queued: Counter[str]
+    """Downlinks queued, by DownlinkMsg field."""
+    entities: Counter[str]
+    """Entity changes applied to the graph, by entity type (RELATION for relations)."""
 
 
 class CloudLmdb(LmdbStore):
@@ -408,6 +430,17 @@ class CloudStore:
         """apply_uplink(), which also settles the server-side RPC requests that the applied
         events answer, in the same transaction (so an answer is applied exactly once, with its
         event): (applied, duplicates, what each answer did)."""
+        out = self.apply_uplink_full(edge_id, events, now_ms, incarnation=incarnation)
+        return out.applied, out.duplicates, out.answers
+
+    def apply_uplink_full(
+        self, edge_id: uuid.UUID, events: Sequence[AppliedEvent], now_ms: int, *, incarnation: int = 0
+    ) -> UplinkApplied:
+        """apply_uplink_answers(), which also applies the entity changes the edge made to the
+        entity graph (assets, relations, a device deleted, shared attribute keys deleted: see
+        _graph_side_effect) in the same transaction, queueing them for the other edges that hold
+        the entities: what was applied, the edges whose queue grew, downlinks queued by kind and
+        entity changes applied by kind."""
         edge = edge_id.bytes
         dedup_prefix = edge + codec.u64(incarnation)
         packed: list[tuple[AppliedEvent, bytes]] = []
@@ -421,11 +454,16 @@ class CloudStore:
         counter_key = b"apply:" + edge
         applied_db, log_db = self._db["applied"], self._db["apply_log"]
 
-        def fn(txn: lmdb.Transaction) -> tuple[int, int, list[rpc.AnswerOutcome]]:
+        result = UplinkApplied(0, 0, [], set(), Counter(), Counter())
+
+        def fn(txn: lmdb.Transaction) -> UplinkApplied:
             index = self._counter(txn, counter_key)
             start = index
             dups = 0
             outcomes: list[rpc.AnswerOutcome] = []
+            result.woken.clear()
+            result.queued.clear()
+            result.entities.clear()
             for ev, value in packed:
                 if ev.seq is not None:
                     seq_key = dedup_prefix + codec.u64(ev.seq)
@@ -437,15 +475,45 @@ class CloudStore:
                 else:
                     index += 1
                 txn.put(edge + codec.u64(index), value, db=log_db)
-                if ev.entity_type == "DEVICE":
+                if ev.entity_type == "DEVICE" and ev.action in _DEVICE_ACTIONS:
                     self._device_side_effect(txn, edge_id, ev, now_ms)
+                self._graph_side_effect(txn, edge_id, ev, now_ms, result)
                 if ev.answer is not None:
                     outcomes.append(self._answer_rpc(txn, edge_id, ev.answer, now_ms))
             if index != start:
                 txn.put(counter_key, codec.u64(index), db=self._db["meta"])
-            return index - start, dups, outcomes
+            result.applied, result.duplicates, result.answers = index - start, dups, outcomes
+            return result
 
         return self.lmdb.write(fn)
+
+    def _graph_side_effect(self, txn: lmdb.Transaction, edge_id: uuid.UUID, ev: AppliedEvent,
+                           now_ms: int, result: UplinkApplied) -> None:
+        """The entity graph's part of an edge's change: an asset created (assigned to that
+        edge), changed or deleted; a relation added or deleted; a device's relations when it is
+        deleted; SHARED_SCOPE keys of a device deleted. A change the graph cannot take rejects
+        the payload (PayloadRejected, nothing of the message applied)."""
+        graph_event = ev.entity_type == "ASSET" or ev.action in _RELATION_ACTIONS
+        if graph_event and self.graph.available:
+            entity_type = "RELATION" if ev.action in _RELATION_ACTIONS else ev.entity_type
+            try:
+                done = self.graph.apply_edge_change(txn, edge_id, entity_type, ev.entity_id,
+                                                    str(ev.action), ev.body, now_ms,
+                                                    result.woken, result.queued)
+            except BadRequest as exc:
+                where = f"payload with edgeSeqId {ev.seq}" if ev.seq is not None else "payload"
+                raise PayloadRejected(f"{where}: {exc}", ev.seq) from exc
+            if done not in ("unchanged", "unknown"):
+                result.entities[entity_type] += 1
+        elif ev.entity_type == "DEVICE" and ev.action == Action.DELETED and self.graph.available:
+            self.graph.drop_relations(txn, ev.entity_id)
+        elif (ev.action == Action.ATTRIBUTES_DELETED and ev.entity_type == "DEVICE"
+              and isinstance(ev.body, dict) and ev.body.get("scope") == "SHARED_SCOPE"):
+            dev = self._device(txn, ev.entity_id)
+            if dev is not None and dev.edge_id == edge_id:
+                for key in ev.body.get("keys") or ():
+                    if isinstance(key, str) and key:
+                        txn.delete(ev.entity_id.bytes + key.encode(), db=self._db["attributes"])
 
     def _device_side_effect(self, txn: lmdb.Transaction, edge_id: uuid.UUID, ev: AppliedEvent,
                             now_ms: int) -> None:
@@ -915,4 +983,4 @@ class CloudStore:
         return count
 
 
-__all__ = ["CLOUD_FORMAT", "CloudLmdb", "CloudStore", "normalized_store_id"]
+__all__ = ["CLOUD_FORMAT", "CloudLmdb", "CloudStore", "UplinkApplied", "normalized_store_id"]

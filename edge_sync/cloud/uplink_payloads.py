@@ -6,14 +6,16 @@ sends it) and in the earlier form without them; a typed id must name the right e
 
 from __future__ import annotations
 
-import functools
 import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.unknown_fields import UnknownFieldSet
+
 from edge_sync.cloud.rpc import Answer
+from edge_sync.common.entity_graph import relation_key
 from edge_sync.common.wire import (
     ACTION_OF_ALARM_UPDATE,
     ACTION_OF_UPDATE,
@@ -60,9 +62,10 @@ def uplink_events(uplink: edge_pb2.UplinkMsg) -> list[AppliedEvent]:
         out.append(_guard(alarm, _alarm_update))
     for rpc in uplink.deviceRpcCallMsg:
         out.append(_guard(rpc, _rpc_call))
-    for name in ("relationUpdateMsg", "assetUpdateMsg"):
-        for msg in getattr(uplink, name):
-            out.append(_guard(msg, functools.partial(_opaque, name=name)))
+    for rel in uplink.relationUpdateMsg:
+        out.append(_guard(rel, _relation_update))
+    for asset in uplink.assetUpdateMsg:
+        out.append(_guard(asset, _asset_update))
     return out
 
 
@@ -115,9 +118,88 @@ def _entity_data(d: edge_pb2.EntityDataProto) -> AppliedEvent:
                                 {"scope": scope, "kv": kv_dict(kvs)}, ts)
     if d.HasField("attributeDeleteMsg"):
         names = list(d.attributeDeleteMsg.attributeNames)
+        scope = d.attributeDeleteMsg.scope
+        if scope not in ("CLIENT_SCOPE", "SERVER_SCOPE", "SHARED_SCOPE"):
+            raise BadRequest(f"attributeDeleteMsg: unknown attribute scope {scope[:40]!r}")
+        if not names:
+            raise BadRequest("attributeDeleteMsg has no attributeNames")
         return AppliedEvent(_seq(d), d.entityType, eid, Action.ATTRIBUTES_DELETED,
-                            {"scope": d.attributeDeleteMsg.scope, "keys": names}, 0)
-    raise BadRequest("entityData carries no telemetry, attributes or attribute delete")
+                            {"scope": scope, "keys": names}, 0)
+    keys = _timeseries_delete_keys(d)
+    if keys is not None:
+        if not keys:
+            raise BadRequest("timeseriesDeleteMsg has no keys")
+        return AppliedEvent(_seq(d), d.entityType, eid, Action.TIMESERIES_DELETED,
+                            {"keys": keys}, 0)
+    raise BadRequest("entityData carries no telemetry, attributes, attribute or timeseries delete")
+
+
+TIMESERIES_DELETE_FIELD = 1001
+"""EntityDataProto's edge-sync extension ``optional TimeseriesDeleteMsg timeseriesDeleteMsg =
+1001`` (``message TimeseriesDeleteMsg { repeated string keys = 1; }``): the keys whose
+timeseries the edge deleted. ThingsBoard has no uplink for it (its EntityDataProto has no such
+field; a ThingsBoard server skips it as unknown)."""
+
+
+def _timeseries_delete_keys(d: edge_pb2.EntityDataProto) -> list[str] | None:
+    """The keys of a timeseries delete: the declared field once edge.proto has it, else the
+    unknown field 1001 read from the wire (wire type 2, inner field 1: strings). None: none."""
+    if "timeseriesDeleteMsg" in d.DESCRIPTOR.fields_by_name:
+        if not d.HasField("timeseriesDeleteMsg"):
+            return None
+        return [str(k) for k in d.timeseriesDeleteMsg.keys]
+    found: list[str] | None = None
+    for field in UnknownFieldSet(d):
+        if field.field_number != TIMESERIES_DELETE_FIELD or field.wire_type != 2:
+            continue
+        found = [] if found is None else found
+        found += _strings_of_field_1(bytes(field.data))
+    return found
+
+
+def _strings_of_field_1(data: bytes) -> list[str]:
+    """The values of field 1 (strings) of a serialized message; other fields skipped."""
+    out: list[str] = []
+    pos = 0
+
+    def varint() -> int:
+        nonlocal pos
+        shift = result = 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise BadRequest("timeseriesDeleteMsg: malformed")
+            byte = data[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return result
+            shift += 7
+
+    while pos < len(data):
+        tag = varint()
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            varint()
+        elif wire == 2:
+            length = varint()
+            if pos + length > len(data):
+                raise BadRequest("timeseriesDeleteMsg: malformed")
+            chunk = data[pos:pos + length]
+            pos += length
+            if number == 1:
+                try:
+                    out.append(chunk.decode())
+                except UnicodeDecodeError as exc:
+                    raise BadRequest("timeseriesDeleteMsg: a key is not UTF-8") from exc
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise BadRequest("timeseriesDeleteMsg: malformed")
+    if pos != len(data):
+        raise BadRequest("timeseriesDeleteMsg: malformed")
+    return out
 
 
 def _entity_update(m: Any, name: str, entity_type: str, actions: Mapping[Any, Action],
@@ -184,8 +266,32 @@ def _owner_ids(body: dict[str, Any], what: str) -> None:
             entity_id_in(body, field, what, entity_type)
 
 
-def _opaque(m: Any, name: str) -> AppliedEvent:
-    body = parse_entity_json(m.entity, name) if getattr(m, "entity", "") else {}
-    msb = getattr(m, "idMSB", 0) or getattr(m, "deviceIdMSB", 0)
-    lsb = getattr(m, "idLSB", 0) or getattr(m, "deviceIdLSB", 0)
-    return AppliedEvent(_seq(m), name.removesuffix("Msg").upper(), uuid_of(msb, lsb), name, body, 0)
+def _asset_update(m: edge_pb2.AssetUpdateMsg) -> AppliedEvent:
+    """An asset the edge created, changed or deleted (ThingsBoard's AssetEdgeProcessor): Asset
+    JSON whose id is idMSB/idLSB and that has a name; a deletion carries the id only."""
+    if uuid_of(m.idMSB, m.idLSB).int == 0:
+        raise BadRequest("assetUpdateMsg: asset id is nil")
+    return _entity_update(m, "assetUpdateMsg", "ASSET", ACTION_OF_UPDATE, "name", "createdTime")
+
+
+_RELATION_ACTION = {
+    edge_pb2.ENTITY_CREATED_RPC_MESSAGE: Action.RELATION_ADD_OR_UPDATE,
+    edge_pb2.ENTITY_UPDATED_RPC_MESSAGE: Action.RELATION_ADD_OR_UPDATE,
+    edge_pb2.ENTITY_DELETED_RPC_MESSAGE: Action.RELATION_DELETED,
+}
+
+
+def _relation_update(m: edge_pb2.RelationUpdateMsg) -> AppliedEvent:
+    """A relation the edge added or deleted (ThingsBoard's RelationEdgeProcessor): EntityRelation
+    JSON with typed ``from`` and ``to`` ids and a type. Recorded under its ``from`` entity."""
+    action = _RELATION_ACTION.get(m.msgType)
+    if action is None:
+        raise BadRequest(f"relationUpdateMsg type {m.msgType} is not a relation change")
+    body = parse_entity_json(m.entity, "relationUpdateMsg")
+    key = relation_key(body)
+    if key is None:
+        raise BadRequest("relationUpdateMsg: from and to must be typed entity ids")
+    if not isinstance(body.get("type"), str) or not body["type"]:
+        raise BadRequest("relationUpdateMsg: relation has no type")
+    src = key[0]
+    return AppliedEvent(_seq(m), src.kind, uuid.UUID(src.key), action, body, 0)
