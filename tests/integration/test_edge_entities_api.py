@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.graph_store import EntityRecord, GraphStore
 from edge_sync.storage.records import Lane, Scope, StoredEvent
 from tests.helpers.agent import Agent, Response, read_log
+from tests.helpers.wait import wait_until
 
 EVIL = "http://evil.example"
 UNKNOWN = uuid.UUID("00000000-0000-4000-8000-00000000dead")
@@ -178,6 +180,23 @@ def test_device_delete_stops_its_token_and_removes_its_data(agent: Agent) -> Non
     assert entity_data(agent, dev) == ({}, {})
     refused(call(agent, "DELETE", f"/api/devices/{device}"), 404, device)
     assert call(agent, "GET", f"/api/entities/{device}").status == 404
+
+
+def test_a_deleted_devices_waiting_long_poll_is_answered_404(agent: Agent) -> None:
+    device, token = agent.create_device("polling-pump")
+    answer: list[Response] = []
+    poller = threading.Thread(target=lambda: answer.append(
+        agent.device("GET", f"/api/v1/{token}/rpc?timeout=30000")))
+    poller.start()
+    try:
+        wait_until(lambda: "edge_http_long_polls 1" in call(agent, "GET", "/metrics").body
+                   .decode(), timeout=10, what="the long poll to wait")
+        assert call(agent, "DELETE", f"/api/devices/{device}").status == 200
+        poller.join(timeout=10)
+    finally:
+        poller.join(timeout=30)
+    [resp] = answer
+    refused(resp, 404, device, "deleted")
 
 
 # -- relations -----------------------------------------------------------------------------------
