@@ -359,7 +359,7 @@ class DownlinkResponseMsg(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., errorMsg: _Optional[str] = ..., downlinkMsgId: _Optional[int] = ..., retryable: _Optional[bool] = ...) -> None: ...
 
 class EntityDataProto(_message.Message):
-    __slots__ = ("entityIdMSB", "entityIdLSB", "entityType", "postTelemetryMsg", "postAttributesMsg", "attributesUpdatedMsg", "postAttributeScope", "attributeDeleteMsg", "attributeTs", "edgeSeqId")
+    __slots__ = ("entityIdMSB", "entityIdLSB", "entityType", "postTelemetryMsg", "postAttributesMsg", "attributesUpdatedMsg", "postAttributeScope", "attributeDeleteMsg", "attributeTs", "edgeSeqId", "timeseriesDeleteMsg")
     ENTITYIDMSB_FIELD_NUMBER: _ClassVar[int]
     ENTITYIDLSB_FIELD_NUMBER: _ClassVar[int]
     ENTITYTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -370,6 +370,7 @@ class EntityDataProto(_message.Message):
     ATTRIBUTEDELETEMSG_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTETS_FIELD_NUMBER: _ClassVar[int]
     EDGESEQID_FIELD_NUMBER: _ClassVar[int]
+    TIMESERIESDELETEMSG_FIELD_NUMBER: _ClassVar[int]
     entityIdMSB: int
     entityIdLSB: int
     entityType: str
@@ -380,7 +381,14 @@ class EntityDataProto(_message.Message):
     attributeDeleteMsg: AttributeDeleteMsg
     attributeTs: int
     edgeSeqId: int
-    def __init__(self, entityIdMSB: _Optional[int] = ..., entityIdLSB: _Optional[int] = ..., entityType: _Optional[str] = ..., postTelemetryMsg: _Optional[_Union[_transport_pb2.PostTelemetryMsg, _Mapping]] = ..., postAttributesMsg: _Optional[_Union[_transport_pb2.PostAttributeMsg, _Mapping]] = ..., attributesUpdatedMsg: _Optional[_Union[_transport_pb2.PostAttributeMsg, _Mapping]] = ..., postAttributeScope: _Optional[str] = ..., attributeDeleteMsg: _Optional[_Union[AttributeDeleteMsg, _Mapping]] = ..., attributeTs: _Optional[int] = ..., edgeSeqId: _Optional[int] = ...) -> None: ...
+    timeseriesDeleteMsg: TimeseriesDeleteMsg
+    def __init__(self, entityIdMSB: _Optional[int] = ..., entityIdLSB: _Optional[int] = ..., entityType: _Optional[str] = ..., postTelemetryMsg: _Optional[_Union[_transport_pb2.PostTelemetryMsg, _Mapping]] = ..., postAttributesMsg: _Optional[_Union[_transport_pb2.PostAttributeMsg, _Mapping]] = ..., attributesUpdatedMsg: _Optional[_Union[_transport_pb2.PostAttributeMsg, _Mapping]] = ..., postAttributeScope: _Optional[str] = ..., attributeDeleteMsg: _Optional[_Union[AttributeDeleteMsg, _Mapping]] = ..., attributeTs: _Optional[int] = ..., edgeSeqId: _Optional[int] = ..., timeseriesDeleteMsg: _Optional[_Union[TimeseriesDeleteMsg, _Mapping]] = ...) -> None: ...
+
+class TimeseriesDeleteMsg(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AttributeDeleteMsg(_message.Message):
     __slots__ = ("scope", "attributeNames")
