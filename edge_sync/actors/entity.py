@@ -32,6 +32,7 @@ from edge_sync.actors.messages import (
     AttributesRequestQueued,
     ChangeGraph,
     CreateDevice,
+    DeleteAttributes,
     DeleteEntity,
     EntityCommand,
     EntityDeleted,
@@ -54,6 +55,7 @@ from edge_sync.actors.messages import (
     RpcNotRecorded,
     RpcQueued,
     SharedAttributesApplied,
+    SharedAttributesDeleted,
 )
 from edge_sync.devices.rpc import RpcStatus, Transition
 from edge_sync.devices.session import DeviceSession
@@ -178,6 +180,10 @@ class EntityActor:
             case MetadataRequestQueued():
                 if isinstance(self.metadata, Future):
                     self.metadata = command.seq
+            case SharedAttributesDeleted():
+                if self.session is not None:
+                    self.session.prune()
+                    self.session.publish_attributes({"deleted": list(command.keys)})
             case EntityDeleted():
                 told = self.abandon_waiters(NotFound(f"device {command.entity_id} was deleted"))
                 if told:
@@ -222,20 +228,26 @@ class EntityActor:
 
     def _change_graph(self, cmd: ChangeGraph) -> None:
         """The QueueActor writes the change and makes its events; after a device's deletion
-        its waiting polls are answered."""
-        reply = cmd.reply
-        if isinstance(cmd.change, DeleteEntity) and cmd.change.entity_type == "DEVICE":
-            tell_self, entity_id, outer = self.tell_self, cmd.entity_id, cmd.reply
+        its waiting polls are answered, after a delete of shared attribute keys the devices
+        waiting for attribute updates are told."""
+        change, reply = cmd.change, cmd.reply
+        after: Any = None
+        if isinstance(change, DeleteEntity) and change.entity_type == "DEVICE":
+            after = EntityDeleted(cmd.entity_id)
+        elif isinstance(change, DeleteAttributes) and change.scope is Scope.SHARED:
+            after = SharedAttributesDeleted(cmd.entity_id, change.keys)
+        if after is not None:
+            tell_self, outer = self.tell_self, cmd.reply
 
-            def deleted(done: Future[range]) -> None:  # on the queue's thread
+            def committed(done: Future[range]) -> None:  # on the queue's thread
                 if done.exception() is None:
-                    tell_self(EntityDeleted(entity_id))
+                    tell_self(after)
                 if outer is not None:
                     _settle(outer, done)
 
             reply = Future()
-            reply.add_done_callback(deleted)
-        self.queue.tell(Append(cmd.entity_id, (), reply, (cmd.change,)))
+            reply.add_done_callback(committed)
+        self.queue.tell(Append(cmd.entity_id, (), reply, (change,)))
 
     def _request_metadata(self, cmd: RequestRuleChainMetadata) -> None:
         pending = self.metadata if self._metadata_pending() else None

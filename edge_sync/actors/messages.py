@@ -366,6 +366,15 @@ class EntityDeleted:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedAttributesDeleted:
+    """Internal to an entity: shared attribute keys deleted on the edge are committed; devices
+    waiting for attribute updates get ``{"deleted": [...]}``, as for the cloud's deletes."""
+
+    entity_id: uuid.UUID
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ExpireRpcs:
     """Internal to a shard: an RPC deadline has come."""
 
@@ -380,8 +389,10 @@ EntityCommand = (
     | PollRpc | PollAttributes | FetchSharedAttributes | RpcQueued | SharedAttributesApplied
     | RpcNotRecorded | RpcHanded | RpcDeliveredLate | AttributesRequestQueued
     | ChangeGraph | RequestRuleChainMetadata | MetadataRequestQueued | EntityDeleted
+    | SharedAttributesDeleted
 )
-GRAPH_COMMANDS = (ChangeGraph, RequestRuleChainMetadata, MetadataRequestQueued, EntityDeleted)
+GRAPH_COMMANDS = (ChangeGraph, RequestRuleChainMetadata, MetadataRequestQueued, EntityDeleted,
+                  SharedAttributesDeleted)
 """Entity commands addressed by ``entity_id`` (the others by ``device_id``)."""
 ENTITY_COMMANDS = (
     PostTelemetry, PostClientAttributes, ProvisionDevice, RaiseAlarm, PostRpcResponse, PollRpc,

@@ -199,6 +199,24 @@ def test_a_deleted_devices_waiting_long_poll_is_answered_404(agent: Agent) -> No
     refused(resp, 404, device, "deleted")
 
 
+def test_deleted_shared_keys_reach_a_waiting_attribute_poll(agent: Agent) -> None:
+    device, token = agent.create_device("listening-pump")
+    answer: list[Response] = []
+    poller = threading.Thread(target=lambda: answer.append(
+        agent.device("GET", f"/api/v1/{token}/attributes/updates?timeout=30000")))
+    poller.start()
+    try:
+        wait_until(lambda: "edge_http_long_polls 1" in call(agent, "GET", "/metrics").body
+                   .decode(), timeout=10, what="the long poll to wait")
+        resp = call(agent, "DELETE", f"/api/entities/{device}/attributes/SHARED_SCOPE",
+                    {"keys": ["setpoint", "mode"]})
+        assert resp.status == 200
+    finally:
+        poller.join(timeout=30)
+    [got] = answer
+    assert (got.status, got.json()) == (200, {"deleted": ["setpoint", "mode"]})
+
+
 # -- relations -----------------------------------------------------------------------------------
 
 
