@@ -100,9 +100,10 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
             edgeSeqId=event.seq)
         return "entityData", msg
     if action == Action.TIMESERIES_DELETED:
-        msg = edge_pb2.EntityDataProto(entityIdMSB=msb, entityIdLSB=lsb,
-                                       entityType=event.entity_type, edgeSeqId=event.seq)
-        set_timeseries_delete(msg, [str(k) for k in body["keys"]])
+        msg = edge_pb2.EntityDataProto(
+            entityIdMSB=msb, entityIdLSB=lsb, entityType=event.entity_type,
+            timeseriesDeleteMsg=edge_pb2.TimeseriesDeleteMsg(keys=[str(k) for k in body["keys"]]),
+            edgeSeqId=event.seq)
         return "entityData", msg
     if action == Action.RULE_CHAIN_METADATA_REQUEST:
         return "ruleChainMetadataRequestMsg", edge_pb2.RuleChainMetadataRequestMsg(
@@ -129,32 +130,6 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
         msg = edge_pb2.DeviceCredentialsUpdateMsg(entity=credentials_json(body), edgeSeqId=event.seq)
         return "deviceCredentialsUpdateMsg", msg
     raise BadRequest(f"no uplink mapping for {event.type} {action}")
-
-
-TIMESERIES_DELETE_FIELD = 1001
-"""EntityDataProto's edge-sync extension field: ``optional TimeseriesDeleteMsg
-timeseriesDeleteMsg = 1001`` with ``message TimeseriesDeleteMsg { repeated string keys = 1; }``."""
-
-
-def set_timeseries_delete(msg: edge_pb2.EntityDataProto, keys: list[str]) -> None:
-    """Put ``keys`` in ``msg``'s extension field 1001. Where edge.proto does not declare it
-    (yet), the same bytes the declared field would serialize to are merged in as an unknown
-    field, which protobuf keeps and serializes: the wire is identical either way."""
-    if "timeseriesDeleteMsg" in msg.DESCRIPTOR.fields_by_name:
-        getattr(msg, "timeseriesDeleteMsg").keys.extend(keys)  # noqa: B009 (not declared yet)
-        return
-    inner = b"".join(_varint(1 << 3 | 2) + _varint(len(raw)) + raw
-                     for raw in (key.encode() for key in keys))
-    msg.MergeFromString(_varint(TIMESERIES_DELETE_FIELD << 3 | 2) + _varint(len(inner)) + inner)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def _rpc_response(event: StoredEvent, msb: int, lsb: int) -> edge_pb2.DeviceRpcCallMsg:
