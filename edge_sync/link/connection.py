@@ -1,8 +1,9 @@
 """The ConnectionActor: owns the gRPC channel and the one handleMsgs stream, and nothing else
-does. It connects, syncs, sends the uplink queue through an UplinkWindow (which decides what is
-in flight, acknowledged, resent or dead), passes downlinks to the DownlinkActor and acknowledges
-them, and reconnects with backoff behind a circuit breaker. A reader thread per stream only
-tells it what arrived.
+does. It connects, syncs (full or incremental as link/state.py sync_mode decides, or when an
+operator sends RequestSync; a full sync is announced to the DownlinkActor first), sends the
+uplink queue through an UplinkWindow (which decides what is in flight, acknowledged, resent or
+dead), passes downlinks to the DownlinkActor and acknowledges them, and reconnects with backoff
+behind a circuit breaker. A reader thread per stream only tells it what arrived.
 
 Nothing polls. The queue is read when the QueueActor says new events are durable
 (EventsCommitted), when an acknowledgement frees a window slot, and when a deadline passes; one
@@ -35,17 +36,26 @@ from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 from edge_sync.common.wire import Owner, uuid_of
 from edge_sync.config import CloudLinkConfig
+from edge_sync.errors import EdgeSyncError, StorageCorrupt
 from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.channel import Stream, make_channel
-from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkApplied
-from edge_sync.link.state import LinkState, LinkStateMachine, StatusBoard
+from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkApplied, FullSyncStarted
+from edge_sync.link.state import (
+    LinkState,
+    LinkStateMachine,
+    RequestSync,
+    StatusBoard,
+    edge_version,
+    sync_mode,
+)
 from edge_sync.link.uplink_window import GiveUp, GoBack, Retry, UplinkWindow, WindowPolicy
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.graph_store import GraphStore, SyncState
 from edge_sync.storage.records import NIL_UUID
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 
@@ -126,9 +136,13 @@ class ConnectionActor(SupervisedActor):
         metrics: Metrics,
         board: StatusBoard,
         clock: Clock = SYSTEM_CLOCK,
+        version: str | None = None,
     ) -> None:
         super().__init__(report_exit)
         self._board = board
+        self._graph = GraphStore(store)
+        self._version = version if version is not None else edge_version()
+        self._syncs_pending = 0  # sync requests sent on the stream, their completion not seen
         self._cfg = cfg
         self._store = store
         self._log_db = EventLog(store)
@@ -225,6 +239,8 @@ class ConnectionActor(SupervisedActor):
                     self._pump()  # else: not a batch's worth yet; the batch deadline reads
             case DownlinkApplied():
                 self._on_downlink_applied(message)
+            case RequestSync():
+                self._on_request_sync(message)
             case _WriteFailed(command=command):
                 if not self._unrecorded:
                     self._rewrite_at = self._clock.monotonic() + _REWRITE_RETRY_S
@@ -254,6 +270,7 @@ class ConnectionActor(SupervisedActor):
             on_end=lambda sid, code, detail: _tell(ref, _StreamEnded(sid, code, detail)),
         )
         self._accepted = False
+        self._syncs_pending = 0
         self._window.reset()
         self._deadline = now + self._cfg.rpc.timeout_ms / 1000
         self._sm.to(LinkState.CONNECTING, f"attempt {self._attempt} to "
@@ -307,15 +324,18 @@ class ConnectionActor(SupervisedActor):
             self._check_skew(resp.cloudCapabilities.serverTimeMillis)
         c = resp.configuration
         identity = (uuid_of(c.tenantIdMSB, c.tenantIdLSB), uuid_of(c.edgeIdMSB, c.edgeIdLSB))
-        full = self._identity[1] == NIL_UUID or identity[1] != self._identity[1]
+        try:
+            with self._store.read() as txn:
+                state = self._graph.sync_state(txn)
+        except StorageCorrupt as exc:  # a full sync rewrites it
+            state = SyncState(damaged=str(exc))
+        full, why = sync_mode(stored_edge=self._identity[1], connected_edge=identity[1],
+                              state=state, version=self._version)
         if identity != self._identity and identity[1] != NIL_UUID:
             self._queue.tell(SetIdentity(identity[0], identity[1]))
             self._identity = identity
         self._customer = uuid_of(c.customerIdMSB, c.customerIdLSB)
-        assert self._stream is not None
-        self._stream.send(edge_pb2.RequestMsg(
-            msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
-            syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=full)))
+        self._send_sync_request(full, why)
         self._deadline = now + self._deadline_len(LinkState.SYNCING)
         self._sync_started = now
         self._sync_downlinks = 0
@@ -324,7 +344,39 @@ class ConnectionActor(SupervisedActor):
         sync = "full" if full else "incremental"
         self._sm.to(LinkState.SYNCING,
                     f"accepted as edge {identity[1]} ({peer}, max message {self._peer.max_inbound} "
-                    f"bytes); {sync} sync requested")
+                    f"bytes); {sync} sync requested: {why}")
+
+    def _send_sync_request(self, full: bool, why: str) -> None:
+        """SyncRequestMsg on the current stream; a full one is announced to the DownlinkActor
+        first, so FullSyncStarted precedes every downlink of that sync in its mailbox."""
+        assert self._stream is not None
+        if full:
+            self._downlinks.tell(FullSyncStarted(self._stream.id, why, self._syncs_pending))
+        self._stream.send(edge_pb2.RequestMsg(
+            msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
+            syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=full)))
+        self._syncs_pending += 1
+
+    def _on_request_sync(self, request: RequestSync) -> None:
+        """An operator's sync request: a full one is recorded first (durable until a full sync
+        completes); with the link up the request goes on the current stream at once."""
+        kind = "full" if request.full else "incremental"
+        log = _log.bind(full=request.full, reason=request.reason)
+        if request.full:
+            try:
+                self._store.write(lambda txn: self._graph.request_full_sync(txn, request.reason),
+                                  maintenance=True)
+            except EdgeSyncError as exc:
+                log.error("full sync request not recorded: {}", exc)
+        up = (self._accepted and self._stream is not None
+              and self._sm.state in (LinkState.SYNCING, LinkState.CONNECTED))
+        if not up:
+            log.info("{} sync requested ({}); the link is {}: {}", kind, request.reason,
+                     self._sm.state.value, "asked for at the next connect" if request.full
+                     else "the next connect syncs anyway")
+            return
+        log.info("{} sync requested ({}): SyncRequestMsg sent", kind, request.reason)
+        self._send_sync_request(request.full, f"requested: {request.reason}")
 
     def _on_stream_ended(self, code: str, detail: str) -> None:
         if self._sm.state is LinkState.AUTH_FAILED:
@@ -396,6 +448,8 @@ class ConnectionActor(SupervisedActor):
             if done.identity != self._identity:
                 self._identity = done.identity
                 self._queue.tell(SetIdentity(*done.identity))
+        if done.sync_completed and done.success and not done.duplicate:
+            self._syncs_pending = max(0, self._syncs_pending - 1)
         if self._sm.state is not LinkState.SYNCING:
             return
         if done.sync_completed:

@@ -9,18 +9,32 @@ The key is the downlinkMsgId plus a hash of the serialized message without its s
 (ThingsBoard) works: a redelivery hashes the same, two different downlinks do not.
 
 What the edge applies, in this order whatever the order of the lists (ThingsBoard sends a device
-with its credentials and its profile in one DownlinkMsg): the tenant, device profiles, devices,
-device credentials, entity data (attributes), server-side RPC requests (deviceRpcCallMsg with a
-requestMsg: stored QUEUED, in the same transaction as the key, so a request survives a crash
-right after the acknowledgement and a redelivery is never delivered twice; a request whose
-requestUuid the device already has is not stored again), then sync completion and the edge
-configuration. After the commit the devices' entity actors are told (``notify``): the RPC
-requests to deliver, and the shared attributes that changed (only the keys whose value changed,
-and those deleted) for the devices' long polls. Every other kind ThingsBoard sends (rule chains,
-dashboards, widgets, queues, users, answers to device-originated RPC, ...) is set aside:
-acknowledged with success, counted by kind in ``edge_downlinks_set_aside_total{kind=...}`` and
-logged at INFO the first time a kind comes.
+with its credentials and its profile in one DownlinkMsg): every kind of the entity graph
+(common/entity_graph.py KINDS: the tenant, queues, rule chains and their metadata, users and
+their credentials, widget types and bundles, customers, dashboards, device and asset profiles,
+devices and their credentials, assets, entity views, relations) in full-sync order, by
+link/graph_apply.py (the graph's JSON, the operational records of the tenant, device profiles,
+devices and tokens, entities held until their references arrive); entity data (attributes);
+server-side RPC requests (deviceRpcCallMsg with a requestMsg: stored QUEUED, in the same
+transaction as the key, so a request survives a crash right after the acknowledgement and a
+redelivery is never delivered twice; a request whose requestUuid the device already has is not
+stored again); then sync completion and the edge configuration. After the commit the devices'
+entity actors are told (``notify``): the RPC requests to deliver, and the shared attributes
+that changed (only the keys whose value changed, and those deleted) for the devices' long
+polls. Every other kind ThingsBoard sends (alarms, OTA packages, admin settings, answers to
+device-originated RPC, ...) is set aside: acknowledged with success, counted by kind in
+``edge_downlinks_set_aside_total{kind=...}`` and logged at INFO the first time a kind comes.
 A redelivery is counted as a duplicate only, not again by kind.
+
+Full sync (the ConnectionActor decides when, link/state.py sync_mode): FullSyncStarted, sent
+before the SyncRequestMsg so it precedes every downlink of that sync here, records a new sync
+generation durably; everything applied or found unchanged (or redelivered) during it is marked
+seen; at its SyncCompletedMsg, in the same transaction, what was not seen is removed with its
+dependants (except what the edge made and the cloud may not have yet), logged one line each
+("removed after full sync: no longer assigned to this edge"): ThingsBoard Edge leaves such
+orphans. The edge version is recorded and the sync flags cleared. After a SyncCompletedMsg and
+at start, every rule chain without its metadata is reported once per chain (and change) through
+``request_metadata`` (wired to the uplink event that asks the cloud for it).
 
 A downlink that cannot be applied is answered success=false with the error and the project's
 ``retryable`` flag: true when the edge's own store failed (StorageError: a full disk, the size
@@ -33,7 +47,7 @@ import hashlib
 import struct
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
@@ -44,21 +58,17 @@ from loguru import logger
 from edge_sync.actors.address import Address
 from edge_sync.actors.messages import RpcQueued, SharedAttributesApplied
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.common.wire import (
-    ACTION_OF_UPDATE,
-    entity_id_in,
-    gateway_flag,
-    kv_dict,
-    parse_entity_json,
-    uuid_of,
-)
+from edge_sync.common.wire import kv_dict, uuid_of
 from edge_sync.devices.rpc import RpcRequest, expiration_of
-from edge_sync.errors import BadRequest, EdgeSyncError, StorageError
+from edge_sync.errors import BadRequest, EdgeSyncError, StorageCorrupt, StorageError
+from edge_sync.link.graph_apply import GRAPH_FIELDS, GraphApplier, GraphOutcome
+from edge_sync.link.state import edge_version
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
-from edge_sync.storage.records import Action, Device, DeviceProfile, Scope, Tenant
+from edge_sync.storage.graph_store import GraphStore, Removal, held_entity_key
+from edge_sync.storage.records import Scope
 from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 
@@ -72,6 +82,18 @@ class ApplyDownlink:
 
     stream_id: int
     msg: Any = field(compare=False)  # edge_pb2.DownlinkMsg
+
+
+@dataclass(frozen=True, slots=True)
+class FullSyncStarted:
+    """From the ConnectionActor, just before it sends SyncRequestMsg{fullSync=true} on stream
+    ``stream_id``: a new sync generation starts. ``earlier_syncs``: sync requests sent on that
+    stream before it whose SyncCompletedMsg has not come yet (their completions are not this
+    sync's)."""
+
+    stream_id: int
+    reason: str
+    earlier_syncs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +133,8 @@ class DownlinkApplied:
 
 # The DownlinkMsg fields the edge applies (see the module docstring for the order), and those
 # that are no payload at all. Every other field present is a kind set aside.
-APPLIED_KINDS = frozenset({"tenantUpdateMsg", "deviceProfileUpdateMsg", "deviceUpdateMsg",
-                           "deviceCredentialsUpdateMsg", "entityData", "deviceRpcCallMsg",
-                           "syncCompletedMsg", "edgeConfiguration"})
+APPLIED_KINDS = frozenset({"entityData", "deviceRpcCallMsg", "syncCompletedMsg",
+                           "edgeConfiguration"}) | GRAPH_FIELDS
 _NOT_PAYLOADS = frozenset({"downlinkMsgId", "cloudTimeMillis"})
 
 
@@ -136,6 +157,22 @@ def set_aside_kinds(msg: edge_pb2.DownlinkMsg) -> dict[str, int]:
 
 
 @dataclass(slots=True)
+class _FullSync:
+    """The full sync under way (in memory; its generation and flags are durable)."""
+
+    stream_id: int
+    skip: int  # sync completions on the stream that belong to earlier requests
+
+
+@dataclass(slots=True)
+class _SyncTrack:
+    """The full sync as one write attempt sees it: a copy, adopted once the write commits
+    (LmdbStore.write may run its function again)."""
+
+    full: _FullSync | None
+
+
+@dataclass(slots=True)
 class _Outcome:
     """What one downlink's transaction did."""
 
@@ -144,6 +181,9 @@ class _Outcome:
     set_aside: dict[str, int] = field(default_factory=dict)
     device_profiles: dict[str, uuid.UUID] | None = None
     warnings: list[str] = field(default_factory=list)  # logged once the transaction commits
+    graph: GraphOutcome = field(default_factory=GraphOutcome)
+    removed: list[Removal] = field(default_factory=list)  # by the full sync's end
+    full_sync_completed: bool = False
     # told to the entity actors once the transaction commits
     rpc_queued: dict[uuid.UUID, list[RpcRequest]] = field(default_factory=dict)
     shared_changed: dict[uuid.UUID, tuple[dict[str, Any], list[str]]] = field(default_factory=dict)
@@ -168,13 +208,21 @@ class DownlinkActor(SupervisedActor):
         tokens: TokenCache | None = None,
         clock: Clock = SYSTEM_CLOCK,
         notify: Callable[[Any], None] | None = None,
+        request_metadata: Callable[[uuid.UUID], None] | None = None,
+        version: str | None = None,
     ) -> None:
         super().__init__(report_exit)
         self._tokens = tokens
         self._store = store
         self._entities = EntityStore(store)
+        self._graph = GraphStore(store)
+        self._applier = GraphApplier(self._graph)
         self._rpcs = RpcStore(store)
         self._notify = notify
+        self._request_metadata = request_metadata
+        self._metadata_asked: dict[uuid.UUID, int] = {}  # chain -> its updated_ms when asked
+        self._version = version if version is not None else edge_version()
+        self._full: _FullSync | None = None
         self._group: list[ApplyDownlink] = []
         self._connection = connection
         self._clock = clock
@@ -189,6 +237,28 @@ class DownlinkActor(SupervisedActor):
             "edge_downlinks_set_aside_total",
             "downlink payloads of a kind the edge does not apply, acknowledged and counted",
             "kind")
+        self._m_graph = metrics.counter_family(
+            "edge_graph_entities_applied_total",
+            "entities and relations of the entity graph applied, by kind and action "
+            "(KIND:ADDED, KIND:UPDATED, KIND:DELETED; deletes include cascades)", "kind_action")
+        self._m_held = metrics.counter(
+            "edge_graph_held_total", "entities held until their references are on the edge")
+        self._m_released = metrics.counter(
+            "edge_graph_released_total", "held entities applied once their references came")
+        self._m_removed = metrics.counter(
+            "edge_graph_removed_after_full_sync_total",
+            "entities, relations and held entities removed at the end of a full sync (no "
+            "longer assigned to this edge)")
+        metrics.gauge("edge_graph_held", "entities held now, waiting for their references",
+                      self._held_now)
+
+    def _held_now(self) -> float:
+        with self._store.read() as txn:
+            return float(self._graph.held_count(txn))
+
+    def on_start(self) -> None:
+        """Actor thread: ask for the metadata of rule chains the edge has without it."""
+        self._ask_missing_metadata()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ApplyDownlink):
@@ -199,7 +269,55 @@ class DownlinkActor(SupervisedActor):
                 self._apply_group()
         elif isinstance(message, _ApplyGroup) and self._group:
             self._apply_group()
+        elif isinstance(message, FullSyncStarted):
+            if self._group:  # the downlinks that came before it are not the sync's
+                self._apply_group()
+            self._start_full_sync(message)
         return None
+
+    # -- full sync -------------------------------------------------------------------------------
+
+    def _start_full_sync(self, message: FullSyncStarted) -> None:
+        now = self._clock.now_ms()
+        try:
+            generation = self._store.write(
+                lambda txn: self._graph.start_full_sync(txn, now_ms=now, reason=message.reason),
+                maintenance=True)
+        except EdgeSyncError as exc:  # no generation: nothing is removed at its end
+            self._full = None
+            _log.bind(error=str(exc)).error(
+                "full sync not recorded ({}): what it no longer sends stays on the edge", exc)
+            return
+        self._full = _FullSync(message.stream_id, message.earlier_syncs)
+        _log.bind(generation=generation, reason=message.reason).info(
+            "full sync {} started ({}): what it does not send is removed at its end",
+            generation, message.reason)
+
+    def _ask_missing_metadata(self) -> None:
+        """Every rule chain on the edge without its metadata (applied or held), once per chain
+        and version of it in this process, through ``request_metadata``."""
+        if self._request_metadata is None:
+            return
+        graph = self._graph
+        with self._store.read() as txn:
+            missing = [c for c in graph.entities(txn, entity_type="RULE_CHAIN")
+                       if graph.entity(txn, c.id, "RULE_CHAIN_METADATA") is None
+                       and not graph.is_held(txn, held_entity_key("RULE_CHAIN_METADATA", c.id))]
+        for chain in missing:
+            if self._metadata_asked.get(chain.id) == chain.updated_ms:
+                continue
+            self._metadata_asked[chain.id] = chain.updated_ms
+            _log.bind(entity_type="RULE_CHAIN", entity_id=str(chain.id)).info(
+                "rule chain {} ({}) has no metadata on the edge: asking the cloud for it",
+                chain.id, chain.name)
+            try:
+                self._request_metadata(chain.id)
+            except Exception as exc:  # the request is the caller's; the actor goes on
+                _log.bind(entity_id=str(chain.id), error=str(exc)).warning(
+                    "rule chain metadata request for {} failed: {}", chain.id, exc)
+                self._metadata_asked.pop(chain.id, None)
+
+    # -- applying --------------------------------------------------------------------------------
 
     def _apply_group(self) -> None:
         """Apply every downlink that came while the previous group was applied in one
@@ -209,29 +327,39 @@ class DownlinkActor(SupervisedActor):
         group, self._group = self._group, []
         if len(group) > 1:
             now = self._clock.now_ms()
+
+            def fn(txn: lmdb.Transaction) -> tuple[list[_Outcome], _SyncTrack]:
+                track = _SyncTrack(self._copy_full())
+                return ([self._apply_in(txn, c, downlink_key(c.msg), now, track)
+                         for c in group], track)
             try:
-                outs = self._store.write(
-                    lambda txn: [self._apply_in(txn, c.msg, downlink_key(c.msg), now)
-                                 for c in group], maintenance=True)
+                outs, track = self._store.write(fn, maintenance=True)
             except Exception:
                 outs = None
             if outs is not None:
+                self._full = track.full
                 for cmd, out in zip(group, outs, strict=True):
                     self._connection.tell(self._answer(cmd, out))
                 return
         for cmd in group:
             self._connection.tell(self._apply(cmd))
 
+    def _copy_full(self) -> _FullSync | None:
+        return None if self._full is None else _FullSync(self._full.stream_id, self._full.skip)
+
     def _apply(self, cmd: ApplyDownlink) -> DownlinkApplied:
         msg: edge_pb2.DownlinkMsg = cmd.msg
         key = downlink_key(msg)
         dl_id = msg.downlinkMsgId
         now = self._clock.now_ms()
+
+        def fn(txn: lmdb.Transaction) -> tuple[_Outcome, _SyncTrack]:
+            track = _SyncTrack(self._copy_full())
+            return self._apply_in(txn, cmd, key, now, track), track
         try:
             # maintenance: a full store must still take what the cloud sends (sync completion
             # above all), or the link could never sync again and drain the backlog
-            out = self._store.write(lambda txn: self._apply_in(txn, msg, key, now),
-                                    maintenance=True)
+            out, track = self._store.write(fn, maintenance=True)
         except Exception as exc:  # a store failure (resent later) or a malformed downlink:
             # answer success=false, never crash on it (a crash would block the downlink queue)
             reason = (str(exc) if isinstance(exc, EdgeSyncError)
@@ -242,8 +370,20 @@ class DownlinkActor(SupervisedActor):
             self._failed.inc()
             _log.bind(downlink_id=dl_id, error=reason, retryable=retryable).error(
                 "downlink {} not applied: {}", dl_id, reason)
+            if isinstance(exc, StorageCorrupt):
+                self._record_damage(reason)
             return DownlinkApplied(cmd.stream_id, dl_id, False, reason, retryable=retryable)
+        self._full = track.full
         return self._answer(cmd, out)
+
+    def _record_damage(self, reason: str) -> None:
+        """Damage found while applying: the next connect asks for a full sync, which
+        rewrites the graph's records."""
+        try:
+            self._store.write(lambda txn: self._graph.mark_damaged(txn, reason[:500]),
+                              maintenance=True)
+        except EdgeSyncError as exc:
+            _log.bind(error=str(exc)).error("damage not recorded: {}", exc)
 
     def _answer(self, cmd: ApplyDownlink, out: _Outcome) -> DownlinkApplied:
         """After the commit: tell, count and log what one downlink did; its answer."""
@@ -254,22 +394,50 @@ class DownlinkActor(SupervisedActor):
             c = msg.edgeConfiguration
             identity = (uuid_of(c.tenantIdMSB, c.tenantIdLSB), uuid_of(c.edgeIdMSB, c.edgeIdLSB))
             customer = uuid_of(c.customerIdMSB, c.customerIdLSB)
-        if out.fresh and self._tokens is not None and (msg.deviceUpdateMsg or msg.deviceCredentialsUpdateMsg):
+        if out.fresh and self._tokens is not None and (
+                msg.deviceUpdateMsg or msg.deviceCredentialsUpdateMsg
+                or out.graph.devices_changed or out.removed):
             self._tokens.invalidate()
         if out.fresh:
             self._tell_sessions(out)
             self._applied.inc()
             self._count_set_aside(dl_id, out.set_aside)
-            for warning in out.warnings:
+            self._count_graph(dl_id, out)
+            for warning in out.warnings + out.graph.warnings:
                 _log.bind(downlink_id=dl_id).warning("downlink {}: {}", dl_id, warning)
             _log.bind(downlink_id=dl_id, applied=out.what).info("downlink {} applied: {}", dl_id,
                                                                 out.what)
+            if msg.HasField("syncCompletedMsg"):
+                self._ask_missing_metadata()
         else:
             self._duplicates.inc()
             _log.bind(downlink_id=dl_id).info("downlink {} redelivered: acknowledged only", dl_id)
         return DownlinkApplied(cmd.stream_id, dl_id, True, duplicate=not out.fresh,
                                sync_completed=msg.HasField("syncCompletedMsg"), identity=identity,
                                customer_id=customer, device_profiles=out.device_profiles)
+
+    def _count_graph(self, dl_id: int, out: _Outcome) -> None:
+        g = out.graph
+        for entity_type, action in g.applied:
+            self._m_graph.inc(f"{entity_type}:{action}")
+        for what in g.held:
+            self._m_held.inc()
+            _log.bind(downlink_id=dl_id, held=what).info("held until its references come: {}",
+                                                         what)
+        for what in g.released:
+            self._m_released.inc()
+            _log.bind(downlink_id=dl_id, released=what).info(
+                "applied once its references came: {}", what)
+        for r in out.removed:
+            self._m_removed.inc()
+            if r.entity_type != "RELATION" and not r.what.startswith("held "):
+                self._m_graph.inc(f"{r.entity_type}:DELETED")
+            _log.bind(entity_type=r.entity_type, entity_id=r.id, action="DELETED").info(
+                "removed after full sync: no longer assigned to this edge: {}", r.what)
+        if out.full_sync_completed:
+            _log.bind(removed=len(out.removed), version=self._version).info(
+                "full sync completed: {} removed (no longer assigned to this edge); edge version "
+                "{} recorded", len(out.removed), self._version)
 
     def _tell_sessions(self, out: _Outcome) -> None:
         """After the commit: the devices' entity actors deliver the new requests and wake the
@@ -293,22 +461,20 @@ class DownlinkActor(SupervisedActor):
                     "cloud sent {}; set aside on this edge (acknowledged and counted; further "
                     "ones are only counted)", kind)
 
-    def _apply_in(
-        self, txn: lmdb.Transaction, msg: edge_pb2.DownlinkMsg, key: bytes, now: int
-    ) -> _Outcome:
+    def _apply_in(self, txn: lmdb.Transaction, cmd: ApplyDownlink, key: bytes, now: int,
+                  track: _SyncTrack) -> _Outcome:
+        msg: edge_pb2.DownlinkMsg = cmd.msg
+        in_sync = track.full is not None and track.full.stream_id == cmd.stream_id
         if self._entities.downlink_applied(txn, key):
+            if in_sync and self._graph.full_sync_active(txn):
+                self._applier.mark_seen(txn, msg)  # still assigned: not removed at the end
             return _Outcome(False, "duplicate")
         out = _Outcome(True, set_aside=set_aside_kinds(msg))
         done: list[str] = []
-        # dependencies first: a device names its profile, credentials and attributes a device
-        for tenant in msg.tenantUpdateMsg:
-            done.append(self._tenant(txn, tenant))
-        for profile in msg.deviceProfileUpdateMsg:
-            done.append(self._device_profile(txn, profile, out))
-        for dev in msg.deviceUpdateMsg:
-            done.append(self._device(txn, dev, now))
-        for cred in msg.deviceCredentialsUpdateMsg:
-            done.append(self._credentials(txn, cred))
+        # the entity graph first, in full-sync order: a device names its profile, credentials
+        # and attributes a device
+        self._applier.apply(txn, msg, now, out.graph)
+        done.extend(out.graph.done)
         for data in msg.entityData:
             applied = self._entity_data(txn, data, now, out)
             if isinstance(applied, str):
@@ -319,97 +485,33 @@ class DownlinkActor(SupervisedActor):
             if call.HasField("requestMsg"):
                 done.append(self._rpc_request(txn, call, now, out))
         if msg.HasField("syncCompletedMsg"):
-            done.append("sync completed")
+            done.append(self._sync_completed(txn, cmd, now, track, out))
         if msg.HasField("edgeConfiguration"):
             done.append("edge configuration")
         for kind, n in out.set_aside.items():
             done.append(f"{n} {kind} set aside")
-        if msg.deviceProfileUpdateMsg:
+        if msg.deviceProfileUpdateMsg or out.graph.profiles_changed or any(
+                r.entity_type == "DEVICE_PROFILE" for r in out.removed):
             out.device_profiles = self._entities.device_profile_ids(txn)
         self._entities.record_downlink(txn, key, now_ms=now)
         out.what = "; ".join(done) or "empty"
         return out
 
-    def _tenant(self, txn: lmdb.Transaction, m: edge_pb2.TenantUpdateMsg) -> str:
-        action = ACTION_OF_UPDATE.get(m.msgType)
-        if action is None:
-            raise BadRequest(f"tenantUpdateMsg type {m.msgType} unknown")
-        if action == Action.DELETED:
-            return "tenant deleted" if self._entities.delete_tenant(txn) else "tenant (none) deleted"
-        body = parse_entity_json(m.entity, "tenantUpdateMsg")
-        tenant_id = entity_id_in(body, "id", "tenantUpdateMsg", "TENANT")
-        self._entities.put_tenant(txn, Tenant(tenant_id, str(body.get("title") or ""), m.entity))
-        return f"tenant {tenant_id} {'created' if action == Action.ADDED else 'updated'}"
-
-    def _device_profile(self, txn: lmdb.Transaction, m: edge_pb2.DeviceProfileUpdateMsg,
-                        out: _Outcome) -> str:
-        action = ACTION_OF_UPDATE.get(m.msgType)
-        if action is None:
-            raise BadRequest(f"deviceProfileUpdateMsg type {m.msgType} unknown")
-        profile_id = uuid_of(m.idMSB, m.idLSB)
-        if action == Action.DELETED:
-            self._entities.delete_device_profile(txn, profile_id)
-            return f"device profile {profile_id} deleted"
-        body = parse_entity_json(m.entity, "deviceProfileUpdateMsg")
-        if profile_id.int == 0:  # no id halves: the JSON's id
-            profile_id = entity_id_in(body, "id", "deviceProfileUpdateMsg", "DEVICE_PROFILE")
-        name = body.get("name")
-        if not isinstance(name, str) or not name:
-            raise BadRequest(f"deviceProfileUpdateMsg: device profile {profile_id} has no name")
-        old = self._entities.device_profile(txn, profile_id)
-        displaced = self._entities.put_device_profile(txn, DeviceProfile(profile_id, name, m.entity))
-        if displaced is not None:  # names are unique in a tenant: a rename not synced yet
-            out.warnings.append(f"device profile name {name!r} moves from {displaced} to "
-                                f"{profile_id}")
-        return f"device profile {profile_id} ({name}) {'updated' if old else 'created'}"
-
-    def _device(self, txn: lmdb.Transaction, m: edge_pb2.DeviceUpdateMsg, now: int) -> str:
-        action = ACTION_OF_UPDATE.get(m.msgType)
-        device_id = uuid_of(m.idMSB, m.idLSB)
-        if action is None:
-            raise BadRequest(f"deviceUpdateMsg type {m.msgType} unknown")
-        if action == Action.DELETED:
-            self._entities.delete_device(txn, device_id)
-            return f"device {device_id} deleted"
-        body = parse_entity_json(m.entity, "deviceUpdateMsg")
-        name = body.get("name")
-        if not isinstance(name, str) or not name:
-            raise BadRequest("deviceUpdateMsg: device has no name")
-        old = self._entities.device(txn, device_id)
-        other = self._entities.device_by_name(txn, name)
-        if other is not None and other.id != device_id:
-            raise BadRequest(f"device name {name!r} is taken on the edge by {other.id}")
-        profile_id = old.profile_id if old else None  # kept when a downlink names none
-        if body.get("deviceProfileId") is not None:
-            profile_id = entity_id_in(body, "deviceProfileId", "deviceUpdateMsg", "DEVICE_PROFILE")
-        gateway = gateway_flag(body.get("additionalInfo"))
-        if gateway is None:  # no additionalInfo (the reference cloud sends none): kept
-            gateway = old.gateway if old else False
-        device = Device(
-            id=device_id, name=name, type=str(body.get("type") or "default"),
-            token=old.token if old else "",
-            created_time=int(body.get("createdTime") or now), label=str(body.get("label") or ""),
-            version=(old.version + 1) if old else 1, profile_id=profile_id, gateway=gateway,
-        )
-        self._entities.put_device(txn, device)
-        return f"device {device_id} {'updated' if old else 'created'}"
-
-    def _credentials(self, txn: lmdb.Transaction, m: edge_pb2.DeviceCredentialsUpdateMsg) -> str:
-        body = parse_entity_json(m.entity, "deviceCredentialsUpdateMsg")
-        device_id = entity_id_in(body, "deviceId", "deviceCredentialsUpdateMsg")
-        token = body.get("credentialsId")
-        if body.get("credentialsType", "ACCESS_TOKEN") != "ACCESS_TOKEN":
-            return f"device {device_id}: credentials type {body.get('credentialsType')} ignored"
-        if not isinstance(token, str) or not token:
-            raise BadRequest("deviceCredentialsUpdateMsg: no credentialsId")
-        device = self._entities.device(txn, device_id)
-        if device is None:
-            raise BadRequest(f"credentials for unknown device {device_id}")
-        holder = self._entities.device_by_token(txn, token)
-        if holder is not None and holder.id != device_id:
-            raise BadRequest(f"access token of device {device_id} is used by another device")
-        self._entities.put_device(txn, replace(device, token=token))
-        return f"device {device_id} credentials updated"
+    def _sync_completed(self, txn: lmdb.Transaction, cmd: ApplyDownlink, now: int,
+                        track: _SyncTrack, out: _Outcome) -> str:
+        """A SyncCompletedMsg: the end of the full sync under way, when it is this one."""
+        full = track.full
+        if full is None or full.stream_id != cmd.stream_id:
+            return "sync completed"
+        if full.skip > 0:  # an earlier request's completion
+            full.skip -= 1
+            return "sync completed (an earlier request's)"
+        track.full = None
+        if not self._graph.full_sync_active(txn):
+            return "sync completed"
+        out.removed = self._graph.complete_full_sync(txn, now_ms=now, version=self._version)
+        out.full_sync_completed = True
+        return f"full sync completed ({len(out.removed)} removed)"
 
     def _rpc_request(self, txn: lmdb.Transaction, m: edge_pb2.DeviceRpcCallMsg, now: int,
                      out: _Outcome) -> str:

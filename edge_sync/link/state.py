@@ -1,15 +1,62 @@
 """The link's states and the transitions allowed between them (the offline state machine of a
 store-and-forward link: connected / processing / draining map onto CONNECTED; disconnected /
-queuing onto BACKOFF).
+queuing onto BACKOFF), and whether a connect asks for a full or an incremental sync.
 Every transition is checked and logged once by LinkStateMachine."""
 
 from __future__ import annotations
 
 import enum
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from loguru import logger
+
+from edge_sync.storage.graph_store import SyncState
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSync:
+    """To the ConnectionActor: ask the cloud for a sync now (an operator's request). A full one
+    is recorded durably first (the next connect asks for it if the link is down, or goes down
+    before it completes); with the link up SyncRequestMsg goes on the current stream at once."""
+
+    full: bool
+    reason: str
+
+
+def edge_version() -> str:
+    """This edge's version (the installed package's): a full sync follows a change of it."""
+    import edge_sync
+
+    return str(edge_sync.__version__)
+
+
+def sync_mode(*, stored_edge: uuid.UUID, connected_edge: uuid.UUID, state: SyncState,
+              version: str) -> tuple[bool, str]:
+    """(full, why) for the SyncRequestMsg of an accepted connect: full on the first connect or
+    a changed identity (as ThingsBoard Edge does), and whenever the entity graph may not match
+    the cloud: a store that never completed a full sync, another edge version than the one of
+    the last full sync, damage found, a full sync that did not complete (a crash or a lost
+    stream in the middle), or an operator's request. Else incremental."""
+    nil = uuid.UUID(int=0)
+    if stored_edge == nil:
+        return True, "first connect (no edge identity stored)"
+    if connected_edge != stored_edge:
+        return True, f"edge identity changed ({stored_edge} -> {connected_edge})"
+    if state.in_progress:
+        return True, "the previous full sync did not complete"
+    if state.completed_version is None:
+        return True, "this store has never completed a full sync"
+    if state.completed_version != version:
+        return True, (f"edge version changed since the last full sync "
+                      f"({state.completed_version} -> {version})")
+    if state.damaged is not None:
+        return True, f"the store was found damaged ({state.damaged})"
+    if state.requested is not None:
+        return True, f"requested: {state.requested}"
+    return False, f"the last full sync completed at version {version}"
 
 
 class LinkState(enum.StrEnum):

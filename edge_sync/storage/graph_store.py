@@ -241,10 +241,11 @@ def name_of(entity_type: str, body: Mapping[str, Any]) -> str:
     """The entity's name as ThingsBoard shows it."""
     field = ("email" if entity_type == "USER"
              else "title" if entity_type in ("DASHBOARD", "CUSTOMER", "TENANT") else "name")
-    value = body.get(field)
-    if not isinstance(value, str):
-        value = body.get("name")
-    return value if isinstance(value, str) else ""
+    for key in (field, "name", "title"):  # a widgets bundle has a title, say
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def hard_references(entity_type: str, body: Mapping[str, Any]) -> list[Ref]:
@@ -482,11 +483,13 @@ class GraphStore:
         return out
 
     def delete_entity(self, txn: lmdb.Transaction, entity_type: str, entity_id: uuid.UUID, *,
-                      now_ms: int, origin: str = CLOUD) -> list[Ref]:
+                      now_ms: int, origin: str = CLOUD,
+                      relations_removed: list[str] | None = None) -> list[Ref]:
         """Remove an entity and, first, everything that depends on it: entities that
         hard-reference it (recursively), relations from or to each, a device's record, token,
         attributes and latest values, a held update of each. Each removal is logged; the
-        entities removed are returned, dependants before what they referenced."""
+        entities removed are returned, dependants before what they referenced (the relations
+        removed go to ``relations_removed``, as the apply log names them)."""
         order: list[tuple[str, uuid.UUID]] = []
         visited: set[tuple[str, uuid.UUID]] = set()
         stack: list[tuple[tuple[str, uuid.UUID], Iterator[tuple[str, uuid.UUID]]]] = []
@@ -504,7 +507,8 @@ class GraphStore:
                 stack.append((nxt, iter(self._dependants_of(txn, *nxt))))
         removed: list[Ref] = []
         for etype, eid in order:
-            if self._remove_one(txn, etype, eid, now_ms=now_ms, origin=origin):
+            if self._remove_one(txn, etype, eid, now_ms=now_ms, origin=origin,
+                                relations_removed=relations_removed):
                 removed.append(Ref(etype, str(eid)))
         return removed
 
@@ -519,13 +523,13 @@ class GraphStore:
         return out
 
     def _remove_one(self, txn: lmdb.Transaction, entity_type: str, entity_id: uuid.UUID, *,
-                    now_ms: int, origin: str) -> bool:
+                    now_ms: int, origin: str, relations_removed: list[str] | None) -> bool:
         """Remove one entity (its dependants are gone already); whether anything was there."""
         key = entity_key(entity_type, entity_id)
         rec = self._get(txn, key)
         found = rec is not None
         found |= self.delete_relations(txn, Ref(entity_type, str(entity_id)), now_ms=now_ms,
-                                       origin=origin) > 0
+                                       origin=origin, removed=relations_removed) > 0
         found |= self.drop_held(txn, held_entity_key(entity_type, entity_id))
         found |= self._remove_operational(txn, entity_type, entity_id)
         if rec is not None:
@@ -593,24 +597,27 @@ class GraphStore:
         """Remove one relation (and a held version of it); whether it was there."""
         key = relation_db_key(src, dst, rel_type, group)
         dropped = self.drop_held(txn, b"R" + key)
-        return self._delete_relation_key(txn, key, now_ms=now_ms, origin=origin) or dropped
+        gone = self._delete_relation_key(txn, key, now_ms=now_ms, origin=origin) is not None
+        return gone or dropped
 
     def _delete_relation_key(self, txn: lmdb.Transaction, key: bytes, *, now_ms: int,
-                             origin: str) -> bool:
+                             origin: str) -> str | None:
+        """Remove a relation by its key; its apply log id, None when there was none."""
         raw = txn.get(key, db=self._db(_RELS))
         if raw is None:
-            return False
+            return None
         f = self._relation_fields(bytes(raw))
         txn.delete(key, db=self._db(_RELS))
         txn.delete(key[16:32] + key[:16] + key[32:], db=self._db(_RELS_TO))
         txn.delete(b"R" + key, db=self._db(_SEEN))
         text = relation_text(Ref(f[0], f[1]), Ref(f[2], f[3]), f[4], f[5])
         self._append_log(txn, now_ms, "RELATION", text, DELETED, origin)
-        return True
+        return text
 
     def delete_relations(self, txn: lmdb.Transaction, ref: Ref, *, now_ms: int,
-                         origin: str = CLOUD) -> int:
-        """Remove every relation from or to ``ref`` (that kind and id); how many."""
+                         origin: str = CLOUD, removed: list[str] | None = None) -> int:
+        """Remove every relation from or to ``ref`` (that kind and id); how many (their apply
+        log ids appended to ``removed``)."""
         try:
             rid = uuid.UUID(ref.key).bytes
         except ValueError:
@@ -622,8 +629,14 @@ class GraphStore:
             raw = txn.get(key, db=self._db(_RELS))
             if raw is not None and self._relation_fields(bytes(raw))[2] == ref.kind:
                 keys.append(key)
-        return sum(1 for k in dict.fromkeys(keys)
-                   if self._delete_relation_key(txn, k, now_ms=now_ms, origin=origin))
+        n = 0
+        for k in dict.fromkeys(keys):
+            text = self._delete_relation_key(txn, k, now_ms=now_ms, origin=origin)
+            if text is not None:
+                n += 1
+                if removed is not None:
+                    removed.append(text)
+        return n
 
     # -- held entities --------------------------------------------------------------------------
 
@@ -849,10 +862,13 @@ class GraphStore:
         for etype, eid in doomed:
             if self._get(txn, entity_key(etype, eid)) is None:
                 continue  # gone already with an entity it depended on
-            for ref in self.delete_entity(txn, etype, eid, now_ms=now_ms):
+            rels: list[str] = []
+            for ref in self.delete_entity(txn, etype, eid, now_ms=now_ms,
+                                          relations_removed=rels):
                 out.append(Removal(ref.kind, ref.key, f"{ref.kind} {ref.key}"))
+            out.extend(Removal("RELATION", text, f"RELATION {text}") for text in rels)
         for key, f in doomed_rels:
-            if self._delete_relation_key(txn, key, now_ms=now_ms, origin=CLOUD):
+            if self._delete_relation_key(txn, key, now_ms=now_ms, origin=CLOUD) is not None:
                 src, dst = Ref(f[0], f[1]), Ref(f[2], f[3])
                 out.append(Removal("RELATION", relation_text(src, dst, f[4], f[5]),
                                    describe_relation(src, dst, f[4])))

@@ -28,11 +28,13 @@ from edge_sync.link.downlink_actor import (
     ApplyDownlink,
     DownlinkActor,
     DownlinkApplied,
+    FullSyncStarted,
 )
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.graph_store import GraphStore
 from edge_sync.storage.records import Device, DeviceProfile, Scope, Tenant
 from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.supervisor import actor_child
@@ -56,16 +58,23 @@ class Rig:
     def __init__(self, path: Path) -> None:
         self.store = LmdbStore(path, initial_map_mb=8, max_size_mb=64)
         self.entities = EntityStore(self.store)
+        self.graph = GraphStore(self.store)
         self.metrics = Metrics()
         self.tokens = TokenCache()
         self.replies: queue.Queue[Any] = queue.Queue()
         self.exits: list[BaseException | None] = []
         self.collector = Collector.start(self.replies)
         self.notified: list[Any] = []  # what the entity actors are told, after each commit
-        connection = Address("connection", lambda: self.collector)
-        self.child: Any = actor_child(DownlinkActor, self.store, connection, metrics=self.metrics,
-                                      tokens=self.tokens, notify=self.notified.append
-                                      )(self.exits.append)
+        self.metadata_asked: list[uuid.UUID] = []  # rule chains reported without metadata
+        self.connection = Address("connection", lambda: self.collector)
+        self.child: Any = None
+        self.start()
+
+    def start(self) -> None:
+        self.child = actor_child(DownlinkActor, self.store, self.connection, metrics=self.metrics,
+                                 tokens=self.tokens, notify=self.notified.append,
+                                 request_metadata=self.metadata_asked.append, version="9.9.9"
+                                 )(self.exits.append)
 
     def apply(self, msg: edge_pb2.DownlinkMsg, stream_id: int = 1) -> DownlinkApplied:
         """Hand the actor one downlink; its DownlinkApplied (fails fast if the actor died)."""
@@ -193,6 +202,7 @@ def test_thingsboard_4x_device_json_is_applied(rig: Rig) -> None:
                                      "id": "13814000-1dd2-11b2-8080-808080808080"},
                          deviceProfileId={"entityType": "DEVICE_PROFILE", "id": str(profile)},
                          createdTime=1_700_000_000_456)
+    created.deviceProfileUpdateMsg.append(profile_update(profile, "valve"))
     assert rig.apply(created).success and rig.apply(credentials_msg(62, dev, "tok-v4")).success
     assert rig.device(dev) == Device(
         id=dev, name="valve-4", type="valve", token="tok-v4", created_time=1_700_000_000_456,
@@ -236,18 +246,20 @@ def test_a_redelivery_restamped_by_the_reference_cloud_is_a_duplicate(rig: Rig) 
     assert again.duplicate is True
 
 
-def test_credentials_for_an_unknown_device_fail_with_an_error(rig: Rig) -> None:
+def test_credentials_for_an_unknown_device_wait_for_it(rig: Rig) -> None:
+    """Credentials before their device are held (acknowledged, never lost) and applied in the
+    transaction that brings the device."""
     ghost = uuid.uuid4()
     reply = rig.apply(credentials_msg(12, ghost, "tok-ghost"), stream_id=3)
-    assert (reply.stream_id, reply.downlink_id, reply.success, reply.duplicate) == (3, 12, False, False)
-    assert reply.error == f"credentials for unknown device {ghost}"
+    assert reply == DownlinkApplied(3, 12, True)
     assert rig.by_token("tok-ghost") is None
-    assert rig.count("edge_downlinks_failed_total") == 1
-    # nothing recorded: once the device exists, the same downlink is applied (not a duplicate)
+    assert rig.count("edge_graph_held") == 1
     assert rig.apply(device_msg(11, ghost, "ghost")).success
-    retry = rig.apply(credentials_msg(12, ghost, "tok-ghost"))
-    assert (retry.success, retry.duplicate) == (True, False)
-    assert rig.by_token("tok-ghost") is not None
+    device = rig.by_token("tok-ghost")
+    assert device is not None and device.id == ghost
+    assert (rig.count("edge_graph_held"), rig.count("edge_graph_held_total"),
+            rig.count("edge_graph_released_total"), rig.count("edge_downlinks_failed_total")) \
+        == (0, 1, 1, 0)
 
 
 def test_shared_attributes_go_to_shared_scope(rig: Rig) -> None:
@@ -312,7 +324,7 @@ def test_device_with_a_non_numeric_created_time_fails_without_crashing(rig: Rig)
 
 
 def test_refused_content_is_answered_not_retryable(rig: Rig) -> None:
-    reply = rig.apply(credentials_msg(80, uuid.uuid4(), "tok-nobody"))
+    reply = rig.apply(device_msg(80, uuid.uuid4(), ""))  # a device without a name
     assert (reply.success, reply.retryable) == (False, False)
     resp = reply.response()
     assert (resp.success, resp.downlinkMsgId, resp.errorMsg) == (False, 80, reply.error)
@@ -447,6 +459,8 @@ def test_a_device_profile_without_a_name_fails_and_stores_nothing(rig: Rig) -> N
 
 def test_a_device_keeps_the_profile_id_the_cloud_sent(rig: Rig) -> None:
     dev, profile, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert rig.apply(profiles_msg(19, profile_update(profile, "meter"),
+                                  profile_update(other, "meter-v2"))).success
     typed = {"entityType": "DEVICE_PROFILE", "id": str(profile)}
     assert rig.apply(device_msg(20, dev, "meter", deviceProfileId=typed)).success
     device = rig.device(dev)
@@ -568,12 +582,10 @@ def info_logs() -> Iterator[list[str]]:
 
 
 def test_the_kinds_set_aside_are_those_thingsboard_sends_and_the_edge_does_not_apply() -> None:
+    """Every kind of the entity graph is applied (test_graph_apply.py); these are not."""
     assert set(every_set_aside_kind()) == {
-        "ruleChainUpdateMsg", "ruleChainMetadataUpdateMsg", "dashboardUpdateMsg", "assetUpdateMsg",
-        "entityViewUpdateMsg", "alarmUpdateMsg", "userUpdateMsg", "userCredentialsUpdateMsg",
-        "customerUpdateMsg", "relationUpdateMsg", "widgetsBundleUpdateMsg", "widgetTypeUpdateMsg",
-        "adminSettingsUpdateMsg", "otaPackageUpdateMsg", "queueUpdateMsg",
-        "assetProfileUpdateMsg", "tenantProfileUpdateMsg", "resourceUpdateMsg",
+        "alarmUpdateMsg", "adminSettingsUpdateMsg", "otaPackageUpdateMsg",
+        "tenantProfileUpdateMsg", "resourceUpdateMsg",
         "alarmCommentUpdateMsg", "oAuth2ClientUpdateMsg", "notificationRuleUpdateMsg",
         "notificationTargetUpdateMsg", "notificationTemplateUpdateMsg", "oAuth2DomainUpdateMsg",
         "calculatedFieldUpdateMsg", "aiModelUpdateMsg", "apiKeyUpdateMsg"}
@@ -593,33 +605,33 @@ def test_each_kind_set_aside_is_acknowledged_counted_exactly_and_logged_once(
     assert (rig.count("edge_downlinks_applied_total"), rig.count("edge_downlinks_failed_total")) \
         == (2, 0)
     page = rig.metrics.render_prometheus()
-    assert f'{SET_ASIDE}{{kind="queueUpdateMsg"}} 5\n' in page
+    assert f'{SET_ASIDE}{{kind="otaPackageUpdateMsg"}} 5\n' in page
     assert page.count(f"# TYPE {SET_ASIDE} counter\n") == 1
 
 
 def test_a_redelivered_downlink_is_not_counted_again(rig: Rig, info_logs: list[str]) -> None:
-    msg = edge_pb2.DownlinkMsg(downlinkMsgId=977_113, widgetTypeUpdateMsg=[
-        edge_pb2.WidgetTypeUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, entity="{}")
+    msg = edge_pb2.DownlinkMsg(downlinkMsgId=977_113, otaPackageUpdateMsg=[
+        edge_pb2.OtaPackageUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, entity="{}")
         for _ in range(4)])
     assert rig.apply(msg).duplicate is False
     again = rig.apply(msg)
     assert (again.success, again.duplicate) == (True, True)
-    assert set_aside_count(rig, "widgetTypeUpdateMsg") == 4
+    assert set_aside_count(rig, "otaPackageUpdateMsg") == 4
     assert rig.count("edge_downlinks_duplicate_total") == 1
-    assert sum("cloud sent widgetTypeUpdateMsg" in line for line in info_logs) == 1
+    assert sum("cloud sent otaPackageUpdateMsg" in line for line in info_logs) == 1
 
 
 def test_a_mixed_downlink_applies_what_it_can_and_counts_the_rest(rig: Rig) -> None:
     dev, profile = uuid.uuid4(), uuid.uuid4()
     msg = sync_pack(40, dev, profile, "tok-mixed", PARTS)
-    msg.relationUpdateMsg.add(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, entity="{}")
+    msg.alarmUpdateMsg.add(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, entity="{}")
     # an answer to a device-originated (client-side) RPC: this edge serves none
     msg.deviceRpcCallMsg.add(requestId=1, responseMsg=edge_pb2.RpcResponseMsg(response="{}"))
     msg.entityData.add(entityType="DEVICE", postTelemetryMsg=transport_pb2.PostTelemetryMsg())
     reply = rig.apply(msg)
     assert (reply.success, reply.device_profiles) == (True, {"meter": profile})
     assert (d := rig.device(dev)) is not None and d.token == "tok-mixed"
-    assert (set_aside_count(rig, "relationUpdateMsg"),
+    assert (set_aside_count(rig, "alarmUpdateMsg"),
             set_aside_count(rig, "deviceRpcCallMsg.responseMsg"),
             set_aside_count(rig, "entityData.postTelemetryMsg")) == (1, 1, 1)
     assert set_aside_count(rig, "deviceUpdateMsg") == 0
@@ -690,7 +702,7 @@ def test_only_changed_and_deleted_shared_keys_are_told(rig: Rig) -> None:
 def test_a_burst_is_answered_in_order_and_a_bad_downlink_in_it_fails_alone(rig: Rig) -> None:
     devices = [uuid.uuid4() for _ in range(20)]
     msgs = [shared_msg(100 + i, d, {"n": i}) for i, d in enumerate(devices)]
-    msgs[7] = credentials_msg(107, uuid.uuid4(), "tok-nobody")  # an unknown device: refused
+    msgs[7] = shared_msg(107, uuid.uuid4(), {"n": 7}, scope="BOGUS_SCOPE")  # refused
     for msg in msgs:
         rig.child.ref.tell(ApplyDownlink(1, msg))
 
@@ -730,3 +742,122 @@ def test_a_batch_of_attribute_updates_is_applied_at_once_and_each_device_told_it
         [SharedAttributesApplied(devices[0], (("setpoint", -1), ("mode", "eco")))]
         + [SharedAttributesApplied(dev, (("setpoint", i),)) for i, dev in enumerate(devices)
            if i > 0])
+
+
+# -- the entity graph: full sync, metadata requests, counters ------------------------------------
+
+
+def asset_msg(dl_id: int, asset_id: uuid.UUID, name: str, *,
+              kind: int = edge_pb2.ENTITY_CREATED_RPC_MESSAGE) -> edge_pb2.DownlinkMsg:
+    msb, lsb = halves(asset_id)
+    entity = json.dumps({"id": {"entityType": "ASSET", "id": str(asset_id)}, "name": name})
+    return edge_pb2.DownlinkMsg(downlinkMsgId=dl_id, assetUpdateMsg=[edge_pb2.AssetUpdateMsg(
+        msgType=kind, idMSB=msb, idLSB=lsb, entity=entity)])
+
+
+def sync_done(dl_id: int) -> edge_pb2.DownlinkMsg:
+    return edge_pb2.DownlinkMsg(downlinkMsgId=dl_id, syncCompletedMsg=edge_pb2.SyncCompletedMsg())
+
+
+def chain_msg(dl_id: int, chain: uuid.UUID, name: str) -> edge_pb2.DownlinkMsg:
+    msb, lsb = halves(chain)
+    entity = json.dumps({"id": {"entityType": "RULE_CHAIN", "id": str(chain)}, "name": name,
+                         "type": "EDGE"})
+    return edge_pb2.DownlinkMsg(downlinkMsgId=dl_id, ruleChainUpdateMsg=[
+        edge_pb2.RuleChainUpdateMsg(msgType=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE, idMSB=msb,
+                                    idLSB=lsb, entity=entity)])
+
+
+def assets_on_edge(rig: Rig) -> set[uuid.UUID]:
+    with rig.store.read() as txn:
+        return {e.id for e in rig.graph.entities(txn, entity_type="ASSET")}
+
+
+def test_a_full_sync_removes_at_its_end_what_it_did_not_send(
+        rig: Rig, info_logs: list[str]) -> None:
+    kept, gone, resent = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert rig.apply(asset_msg(1, kept, "kept")).success
+    assert rig.apply(asset_msg(2, gone, "gone")).success
+    again = asset_msg(3, resent, "resent")
+    assert rig.apply(again).success
+    rig.child.ref.tell(FullSyncStarted(1, "test"))
+    assert rig.apply(asset_msg(10, kept, "kept")).success  # unchanged: seen
+    assert rig.apply(again).duplicate  # a redelivery during the sync: seen, not applied again
+    done = rig.apply(sync_done(11))
+    assert (done.success, done.sync_completed) == (True, True)
+    assert assets_on_edge(rig) == {kept, resent}
+    assert rig.count("edge_graph_removed_after_full_sync_total") == 1
+    assert rig.metrics.snapshot()['edge_graph_entities_applied_total{kind_action="ASSET:DELETED"}'] \
+        == 1
+    assert f"removed after full sync: no longer assigned to this edge: ASSET {gone}" in info_logs
+    with rig.store.read() as txn:
+        state = rig.graph.sync_state(txn)
+    assert (state.completed_version, state.in_progress, state.generation) == ("9.9.9", False, 1)
+    # an incremental sync's completion removes nothing
+    assert rig.apply(sync_done(12)).success and assets_on_edge(rig) == {kept, resent}
+
+
+def test_a_full_sync_skips_earlier_completions_and_other_streams(rig: Rig) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    assert rig.apply(asset_msg(1, a, "a")).success and rig.apply(asset_msg(2, b, "b")).success
+    rig.child.ref.tell(FullSyncStarted(5, "requested: operator", earlier_syncs=1))
+    assert rig.apply(asset_msg(3, a, "a"), stream_id=5).success
+    assert rig.apply(sync_done(4), stream_id=5).success  # the earlier request's completion
+    assert rig.apply(sync_done(5), stream_id=4).success  # an older stream's
+    assert assets_on_edge(rig) == {a, b}
+    with rig.store.read() as txn:
+        assert rig.graph.sync_state(txn).in_progress
+    assert rig.apply(sync_done(6), stream_id=5).success  # this sync's
+    assert assets_on_edge(rig) == {a}
+
+
+def test_a_full_sync_cut_short_stays_in_progress_after_a_restart(rig: Rig) -> None:
+    a = uuid.uuid4()
+    assert rig.apply(asset_msg(1, a, "a")).success
+    rig.child.ref.tell(FullSyncStarted(1, "first connect"))
+    assert rig.apply(asset_msg(2, uuid.uuid4(), "b")).success
+    rig.child.stop(timeout=DEADLINE_S)
+    rig.start()  # what it knew of the sync is gone: its completion removes nothing
+    assert rig.apply(sync_done(3)).success
+    assert a in assets_on_edge(rig)
+    with rig.store.read() as txn:
+        assert rig.graph.sync_state(txn).in_progress  # the next connect asks for a full sync
+
+
+def test_rule_chains_without_metadata_are_reported_once_at_start_and_after_a_sync(
+        rig: Rig) -> None:
+    root, other = uuid.uuid4(), uuid.uuid4()
+    assert rig.apply(chain_msg(1, root, "Root")).success
+    assert rig.metadata_asked == []  # not on every downlink
+    assert rig.apply(sync_done(2)).success
+    assert rig.metadata_asked == [root]
+    assert rig.apply(sync_done(3)).success
+    assert rig.metadata_asked == [root]  # once per chain
+    meta = edge_pb2.DownlinkMsg(downlinkMsgId=4, ruleChainMetadataUpdateMsg=[
+        edge_pb2.RuleChainMetadataUpdateMsg(
+            msgType=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE, entity=json.dumps(
+                {"ruleChainId": {"entityType": "RULE_CHAIN", "id": str(root)}, "nodes": []}))])
+    assert rig.apply(meta).success
+    assert rig.apply(chain_msg(5, other, "Other")).success
+    assert rig.apply(chain_msg(6, other, "Other v2")).success
+    assert rig.apply(sync_done(7)).success
+    assert rig.metadata_asked == [root, other]
+    rig.child.stop(timeout=DEADLINE_S)
+    rig.start()  # at start: again, once (a new process would)
+    wait_until(lambda: len(rig.metadata_asked) == 3, timeout=DEADLINE_S,
+               what="the metadata request at start")
+    assert rig.metadata_asked == [root, other, other]
+
+
+def test_graph_counters_by_kind_and_action_and_the_held_gauge(rig: Rig) -> None:
+    a = uuid.uuid4()
+    assert rig.apply(asset_msg(1, a, "a")).success
+    assert rig.apply(asset_msg(2, a, "a2", kind=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE)).success
+    assert rig.apply(asset_msg(3, a, "a2", kind=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE)).success
+    assert rig.apply(asset_msg(4, a, "", kind=edge_pb2.ENTITY_DELETED_RPC_MESSAGE)).success
+    assert rig.apply(credentials_msg(5, uuid.uuid4(), "tok-x")).success  # held
+    snap = rig.metrics.snapshot()
+    assert {k: v for k, v in snap.items() if k.startswith("edge_graph_entities_applied")} == {
+        f'edge_graph_entities_applied_total{{kind_action="ASSET:{a}"}}': 1
+        for a in ("ADDED", "UPDATED", "DELETED")}
+    assert (snap["edge_graph_held"], snap["edge_graph_held_total"]) == (1, 1)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from edge_sync.common.entity_graph import Ref
+from edge_sync.link.state import sync_mode
 from edge_sync.storage import graph_store
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import DB_NAMES, LATER_DB_NAMES, LmdbStore
@@ -359,12 +361,17 @@ def test_the_end_of_a_full_sync_removes_what_it_did_not_send_with_dependants(g: 
     assert g.put("DEVICE_PROFILE", pid, profile_json(pid)) == "unchanged"
     assert g.put("ASSET", kept, asset_json(kept, "kept")) == "unchanged"
     removed = g.write(lambda txn: g.graph.complete_full_sync(txn, now_ms=NOW + 20, version="9.9"))
-    got = [(r.entity_type, r.id) for r in removed]
-    # entities first (in key order, each after its dependants), then relations, then held ones
-    assert sorted(got[:4]) == sorted([("ENTITY_VIEW", str(vid)), ("DEVICE", str(did)),
-                                      ("ASSET", str(gone)), ("ASSET", str(early))])
-    assert got.index(("ENTITY_VIEW", str(vid))) < got.index(("DEVICE", str(did)))
-    assert removed[4:] == [Removal("DEVICE", str(uuid.UUID(int=9)), "held old held")]
+    entities = [(r.entity_type, r.id) for r in removed
+                if r.entity_type != "RELATION" and not r.what.startswith("held ")]
+    # entities (in key order, each after its dependants) with their relations, then the held
+    assert sorted(entities) == sorted([("ENTITY_VIEW", str(vid)), ("DEVICE", str(did)),
+                                       ("ASSET", str(gone)), ("ASSET", str(early))])
+    assert entities.index(("ENTITY_VIEW", str(vid))) < entities.index(("DEVICE", str(did)))
+    rel = f"{kept}->{gone} Contains/COMMON"
+    assert [r for r in removed if r.entity_type == "RELATION"] == [
+        Removal("RELATION", rel, f"RELATION {rel}")]
+    assert removed[-1] == Removal("DEVICE", str(uuid.UUID(int=9)), "held old held")
+    assert len(removed) == 6
     assert {e.id for e in g.read(lambda txn: g.graph.entities(txn))} == {pid, kept, pending, late}
     assert g.read(lambda txn: g.graph.relations(txn, kept)) == []  # went with "gone"
     assert g.read(g.graph.held) == []
@@ -394,3 +401,42 @@ def test_sync_state_flags_are_durable_until_a_full_sync_completes(g: Graph) -> N
     state = g.read(g.graph.sync_state)
     assert (state.requested, state.damaged, state.in_progress, state.completed_version) == (
         None, None, False, "1.0")
+
+
+# -- the sync-mode decision at connect (link/state.py sync_mode over this store's sync state) --------
+
+EDGE_A, EDGE_B = uuid.uuid4(), uuid.uuid4()
+DONE = SyncState(completed_version="2.0", completed_ms=NOW, generation=3)
+
+
+@pytest.mark.parametrize(("stored", "state", "full", "why"), [
+    (NIL_UUID, DONE, True, "first connect (no edge identity stored)"),
+    (EDGE_B, DONE, True, f"edge identity changed ({EDGE_B} -> {EDGE_A})"),
+    (EDGE_A, SyncState(), True, "this store has never completed a full sync"),
+    (EDGE_A, replace(DONE, completed_version="1.9"), True,
+     "edge version changed since the last full sync (1.9 -> 2.0)"),
+    (EDGE_A, replace(DONE, damaged="graph: entity 00: checksum mismatch"), True,
+     "the store was found damaged (graph: entity 00: checksum mismatch)"),
+    (EDGE_A, replace(DONE, in_progress=True), True, "the previous full sync did not complete"),
+    (EDGE_A, replace(DONE, requested="operator: after a restore"), True,
+     "requested: operator: after a restore"),
+    (EDGE_A, DONE, False, "the last full sync completed at version 2.0"),
+])
+def test_the_sync_mode_and_its_reason(stored: uuid.UUID, state: SyncState, full: bool,
+                                      why: str) -> None:
+    assert sync_mode(stored_edge=stored, connected_edge=EDGE_A, state=state, version="2.0") == (
+        full, why)
+
+
+def test_the_sync_state_a_connect_reads_follows_the_store(g: Graph) -> None:
+    def mode() -> tuple[bool, str]:
+        return sync_mode(stored_edge=EDGE_A, connected_edge=EDGE_A,
+                         state=g.read(g.graph.sync_state), version="2.0")
+    assert mode() == (True, "this store has never completed a full sync")
+    g.write(lambda txn: g.graph.start_full_sync(txn, now_ms=NOW, reason="new store"))
+    assert mode() == (True, "the previous full sync did not complete")  # killed mid-sync
+    g.write(lambda txn: g.graph.start_full_sync(txn, now_ms=NOW, reason="again"))
+    g.write(lambda txn: g.graph.complete_full_sync(txn, now_ms=NOW, version="2.0"))
+    assert mode() == (False, "the last full sync completed at version 2.0")
+    g.write(lambda txn: g.graph.request_full_sync(txn, "operator"))
+    assert mode() == (True, "requested: operator")

@@ -1,0 +1,415 @@
+"""Applying the entity graph's downlinks: every kind of entity_graph.KINDS (created, updated,
+deleted) inside the downlink's transaction, in full-sync order whatever the order of the
+DownlinkMsg's lists, holding back what references something the edge does not have yet and
+applying it once that arrives. Pure over a transaction and a GraphStore: no actor, no I/O
+besides the store; the DownlinkActor orchestrates.
+
+Per kind (ThingsBoard 4.x JSON, as ThingsBoard Edge's ``*CloudProcessor`` classes of
+thingsboard-edge read them; ids from idMSB/idLSB, or the JSON when a kind has no id halves):
+- every kind: its JSON kept as received in the graph (storage/graph_store.py), indexed by id,
+  (type, name) and what it references; the same JSON again is "unchanged" (nothing written, no
+  apply log entry), so a full sync sent again applies nothing twice;
+- the tenant, device profiles, devices and device credentials also keep the edge's operational
+  records (storage/entity_store.py: the device table, tokens, the profile names the uplink
+  needs), as the DownlinkActor did before the graph;
+- user credentials: only ``userId`` and ``enabled`` are kept, never a password, an activate or
+  a reset token (ThingsBoard's UserCredentials JSON carries them);
+- a widgets bundle keeps its ``widgets`` field beside its JSON;
+- a relation (EntityRelation JSON) is keyed by its two ends, type and group.
+An entity whose hard references (graph_store.hard_references) are not on the edge is held: the
+payload's list field and that payload alone, serialized, with what it waits for; the downlink
+succeeds. When an applied entity provides what a held one waits for, the held one is applied in
+the same transaction (each release in a nested transaction: one whose content is refused then,
+a name taken meanwhile say, stays held with a WARNING instead of failing the downlink that
+released it). An update of a held entity replaces the held payload; a delete drops it.
+A delete removes the entity and its dependants (graph_store.GraphStore.delete_entity).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import lmdb
+from loguru import logger
+
+from edge_sync.common.entity_graph import BY_FIELD, KINDS, Kind, Ref, provides, relation_key
+from edge_sync.common.wire import ACTION_OF_UPDATE, entity_id_in, gateway_flag, uuid_of
+from edge_sync.errors import BadRequest
+from edge_sync.proto import edge_pb2
+from edge_sync.storage import graph_store as gs
+from edge_sync.storage.entity_store import EntityStore
+from edge_sync.storage.graph_store import GraphStore
+from edge_sync.storage.records import Action, Device, DeviceProfile, Tenant
+
+_log = logger.bind(component="downlink")
+
+GRAPH_FIELDS = frozenset(k.downlink_field for k in KINDS)
+"""The DownlinkMsg lists this module applies."""
+_BY_RANK = sorted(KINDS, key=lambda k: k.sync_rank)
+_ID_FIELD = {"TENANT": "id", "RULE_CHAIN_METADATA": "ruleChainId", "USER_CREDENTIALS": "userId",
+             "DEVICE_CREDENTIALS": "deviceId"}
+_ID_TYPE = {"RULE_CHAIN_METADATA": "RULE_CHAIN", "USER_CREDENTIALS": "USER",
+            "DEVICE_CREDENTIALS": None}
+_VERB = {gs.CREATED: "created", gs.CHANGED: "updated", gs.UNCHANGED: "unchanged"}
+
+
+@dataclass(slots=True)
+class GraphOutcome:
+    """What the graph part of one downlink did (told, counted and logged after the commit)."""
+
+    done: list[str] = field(default_factory=list)  # for the downlink's log line
+    applied: list[tuple[str, str]] = field(default_factory=list)  # (type, ADDED/UPDATED/DELETED)
+    held: list[str] = field(default_factory=list)  # what was held, and for what
+    released: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    profiles_changed: bool = False
+    devices_changed: bool = False  # the token cache must forget
+
+
+@dataclass(slots=True)
+class _Change:
+    """One payload, parsed and checked."""
+
+    kind: Kind
+    action: Action
+    entity_id: uuid.UUID | None  # None: a relation
+    body: dict[str, Any] | None  # None: a delete without JSON
+    text: str = ""  # the JSON kept
+    extra: str | None = None
+    rel: tuple[Ref, Ref, str, str] | None = None
+
+    @property
+    def entity_type(self) -> str:
+        return self.kind.entity_type
+
+    def what(self) -> str:
+        if self.rel is not None:
+            return gs.describe_relation(self.rel[0], self.rel[1], self.rel[2])
+        name = gs.name_of(self.entity_type, self.body or {})
+        return f"{self.entity_type} {self.entity_id}" + (f" ({name})" if name else "")
+
+    def held_key(self) -> bytes:
+        if self.rel is not None:
+            return gs.held_relation_key(*self.rel)
+        assert self.entity_id is not None
+        return gs.held_entity_key(self.entity_type, self.entity_id)
+
+
+def _parse_json(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"{what}: entity is not JSON") from exc
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what}: entity is not a JSON object")
+    return value
+
+
+def parse_payload(field_name: str, m: Any) -> _Change:
+    """A payload of list ``field_name`` as a change; BadRequest when it cannot be applied."""
+    kind = BY_FIELD[field_name]
+    etype = kind.entity_type
+    if "msgType" in m.DESCRIPTOR.fields_by_name:
+        found = ACTION_OF_UPDATE.get(m.msgType)
+        if found is None:
+            raise BadRequest(f"{field_name} type {m.msgType} unknown")
+        action = found
+    else:  # credentials: always the current ones
+        action = Action.UPDATED
+    body: dict[str, Any] | None = None
+    if action != Action.DELETED or m.entity:
+        try:
+            body = _parse_json(m.entity, field_name)
+        except BadRequest:
+            if action != Action.DELETED:
+                raise
+    change = _Change(kind, action, None, body, m.entity)
+    if etype == "RELATION":
+        change.rel = relation_key(body or {})
+        if change.rel is None:
+            raise BadRequest(f"{field_name}: relation without both ends (from, to)")
+        return change
+    if kind.has_id_halves and (m.idMSB or m.idLSB):
+        change.entity_id = uuid_of(m.idMSB, m.idLSB)
+    elif body is not None:
+        id_field = _ID_FIELD.get(etype, "id")
+        change.entity_id = entity_id_in(body, id_field, field_name, _ID_TYPE.get(etype, etype))
+    elif etype != "TENANT":  # a tenant is deleted without JSON; the others need an id
+        raise BadRequest(f"{field_name}: no id")
+    if etype == "USER_CREDENTIALS" and body is not None:
+        # never a password, an activate or a reset token: the user and whether it is enabled
+        change.text = json.dumps({"userId": body.get("userId"),
+                                  "enabled": bool(body.get("enabled"))},
+                                 separators=(",", ":"))
+        change.body = json.loads(change.text)
+    if etype == "WIDGETS_BUNDLE" and m.HasField("widgets"):
+        change.extra = m.widgets
+    return change
+
+
+class GraphApplier:
+    """Applies graph payloads inside a write transaction (see the module docstring)."""
+
+    def __init__(self, graph: GraphStore) -> None:
+        self.graph = graph
+        self.entities: EntityStore = graph.entities_store
+
+    # -- a DownlinkMsg --------------------------------------------------------------------------
+
+    def apply(self, txn: lmdb.Transaction, msg: edge_pb2.DownlinkMsg, now_ms: int,
+              out: GraphOutcome) -> None:
+        """Every graph payload of ``msg``, in full-sync order (Kind.sync_rank)."""
+        for kind in _BY_RANK:
+            for m in getattr(msg, kind.downlink_field):
+                self.apply_payload(txn, kind.downlink_field, m, now_ms, out)
+
+    def mark_seen(self, txn: lmdb.Transaction, msg: edge_pb2.DownlinkMsg) -> None:
+        """A downlink applied before, redelivered during a full sync: what it names is still
+        assigned to the edge, so the end of the sync must not take it for gone. Only marked
+        seen, never applied again (a later update may have replaced what it carried)."""
+        for kind in _BY_RANK:
+            for m in getattr(msg, kind.downlink_field):
+                try:
+                    change = parse_payload(kind.downlink_field, m)
+                except BadRequest:
+                    continue
+                if change.action == Action.DELETED:
+                    continue
+                if change.rel is not None:
+                    self.graph.mark_seen(txn, relation=change.rel)
+                elif change.entity_id is not None:
+                    self.graph.mark_seen(txn, entity=(change.entity_type, change.entity_id))
+
+    def apply_payload(self, txn: lmdb.Transaction, field_name: str, m: Any, now_ms: int,
+                      out: GraphOutcome) -> None:
+        """One payload, then whatever it releases (and what that releases, in order)."""
+        change = parse_payload(field_name, m)
+        provided = self._apply_change(txn, change, field_name, m, now_ms, out)
+        self._release(txn, provided, now_ms, out)
+
+    # -- holding and releasing -----------------------------------------------------------------
+
+    def _release(self, txn: lmdb.Transaction, provided: list[Ref], now_ms: int,
+                 out: GraphOutcome) -> None:
+        queue: deque[Ref] = deque(provided)
+        while queue:
+            ref = queue.popleft()
+            for key in self.graph.waiting_on(txn, ref):
+                held = self.graph.held_payload(txn, key)
+                if held is None or not all(self.graph.present(txn, r)
+                                           for r in held.entity.waiting_for):
+                    continue
+                self.graph.drop_held(txn, key)
+                m = getattr(edge_pb2.DownlinkMsg(), held.field).add()
+                m.MergeFromString(held.payload)
+                more = self._nested(txn, lambda child, h=held, p=m: self._apply_released(
+                    child, h, p, now_ms, out))
+                if more is None:  # refused now: kept held, as it was
+                    self.graph.hold(txn, key, entity_type=held.entity.entity_type,
+                                    entity_id=held.entity.id, what=held.entity.what,
+                                    field=held.field, payload=held.payload,
+                                    waiting_for=held.entity.waiting_for,
+                                    now_ms=held.entity.since_ms)
+                    continue
+                out.released.append(held.entity.what)
+                queue.extend(more)
+
+    def _apply_released(self, txn: lmdb.Transaction, held: gs.HeldPayload, m: Any, now_ms: int,
+                        out: GraphOutcome) -> list[Ref]:
+        change = parse_payload(held.field, m)
+        sub = GraphOutcome()
+        provided = self._apply_change(txn, change, held.field, m, now_ms, sub)
+        out.done.extend(f"{d} (released)" for d in sub.done)
+        out.applied.extend(sub.applied)
+        out.held.extend(sub.held)
+        out.warnings.extend(sub.warnings)
+        out.profiles_changed |= sub.profiles_changed
+        out.devices_changed |= sub.devices_changed
+        return provided
+
+    def _nested(self, txn: lmdb.Transaction, fn: Any) -> Any:
+        """fn in a nested transaction: its writes are kept only if it returns; refused content
+        (BadRequest) leaves nothing and gives None, with a WARNING."""
+        child = self.graph.store.env.begin(write=True, parent=txn)
+        try:
+            result = fn(child)
+        except BadRequest as exc:
+            child.abort()
+            _log.warning("held entity not applied once released, kept held: {}", exc)
+            return None
+        except BaseException:
+            child.abort()
+            raise
+        child.commit()
+        return result
+
+    # -- one change -----------------------------------------------------------------------------
+
+    def _apply_change(self, txn: lmdb.Transaction, c: _Change, field_name: str, m: Any,
+                      now_ms: int, out: GraphOutcome) -> list[Ref]:
+        """Apply (or hold, or delete) one change; what it provides once applied."""
+        graph = self.graph
+        if c.action == Action.DELETED:
+            self._delete(txn, c, now_ms, out)
+            return []
+        assert c.body is not None
+        refs = ([c.rel[0], c.rel[1]] if c.rel is not None
+                else gs.hard_references(c.entity_type, c.body))
+        self._check(txn, c, out)  # refused content fails before anything is held or written
+        missing = [r for r in refs if not graph.present(txn, r)]
+        if missing:
+            what = c.what()
+            graph.hold(txn, c.held_key(), entity_type=c.entity_type, entity_id=c.entity_id,
+                       what=what, field=field_name, payload=m.SerializeToString(),
+                       waiting_for=missing, now_ms=now_ms)
+            waits = ", ".join(str(r) for r in missing)
+            out.held.append(f"{what} waits for {waits}")
+            out.done.append(f"{what} held (waits for {waits})")
+            return []
+        if c.rel is not None:
+            result = graph.put_relation(txn, c.text, now_ms=now_ms, body=c.body)
+            out.done.append(f"{c.what()} {_VERB[result]}")
+            if result != gs.UNCHANGED:
+                out.applied.append(("RELATION", gs.ADDED if result == gs.CREATED else gs.UPDATED))
+            return []
+        assert c.entity_id is not None
+        old = graph.entity(txn, c.entity_id, c.entity_type)
+        unchanged = old is not None and old.json == c.text and old.extra == c.extra
+        if not (unchanged and self._operational_current(txn, c)):
+            self._operational(txn, c, now_ms, out)
+        result = graph.put_entity(txn, c.entity_type, c.entity_id, c.text, now_ms=now_ms,
+                                  extra=c.extra, body=c.body)
+        out.done.append(f"{c.what()} {_VERB[result]}")
+        if result != gs.UNCHANGED:
+            out.applied.append((c.entity_type, gs.ADDED if result == gs.CREATED else gs.UPDATED))
+        return provides(c.entity_type, c.entity_id, c.body)
+
+    def _delete(self, txn: lmdb.Transaction, c: _Change, now_ms: int, out: GraphOutcome) -> None:
+        graph = self.graph
+        if c.rel is not None:
+            src, dst, rel_type, group = c.rel
+            gone = graph.delete_relation(txn, src, dst, rel_type, group, now_ms=now_ms)
+            out.done.append(f"{c.what()} deleted" if gone else f"{c.what()} (none) deleted")
+            if gone:
+                out.applied.append(("RELATION", gs.DELETED))
+            return
+        entity_id = c.entity_id
+        if entity_id is None:  # a tenant deleted without JSON: the edge's tenant
+            tenant = self.entities.tenant(txn)
+            found = graph.entities(txn, entity_type="TENANT")
+            entity_id = tenant.id if tenant is not None else found[0].id if found else None
+            if entity_id is None:
+                out.done.append("tenant (none) deleted")
+                return
+        rels: list[str] = []
+        removed = graph.delete_entity(txn, c.entity_type, entity_id, now_ms=now_ms,
+                                      relations_removed=rels)
+        out.applied.extend(("RELATION", gs.DELETED) for _ in rels)
+        if not removed:
+            out.done.append(f"{c.entity_type} {entity_id} (none) deleted")
+            return
+        out.applied.extend((r.kind, gs.DELETED) for r in removed)
+        extra = f" with {len(removed) - 1} dependants" if len(removed) > 1 else ""
+        out.done.append(f"{c.entity_type} {entity_id} deleted{extra}")
+        if any(r.kind == "DEVICE" for r in removed):
+            out.devices_changed = True
+        if any(r.kind == "DEVICE_PROFILE" for r in removed):
+            out.profiles_changed = True
+
+    # -- the operational records -----------------------------------------------------------------
+
+    def _check(self, txn: lmdb.Transaction, c: _Change, out: GraphOutcome) -> None:
+        """Refuse content the edge cannot apply (BadRequest), before anything is written."""
+        body = c.body or {}
+        if c.entity_type == "DEVICE_PROFILE":
+            name = body.get("name")
+            if not isinstance(name, str) or not name:
+                raise BadRequest(f"deviceProfileUpdateMsg: device profile {c.entity_id} has no "
+                                 "name")
+        elif c.entity_type == "DEVICE":
+            name = body.get("name")
+            if not isinstance(name, str) or not name:
+                raise BadRequest("deviceUpdateMsg: device has no name")
+            other = self.entities.device_by_name(txn, name)
+            if other is not None and other.id != c.entity_id:
+                raise BadRequest(f"device name {name!r} is taken on the edge by {other.id}")
+            if body.get("deviceProfileId") is not None:
+                entity_id_in(body, "deviceProfileId", "deviceUpdateMsg", "DEVICE_PROFILE")
+            try:
+                int(body.get("createdTime") or 0)
+            except (TypeError, ValueError) as exc:
+                raise BadRequest("deviceUpdateMsg: createdTime is not a number") from exc
+        elif c.entity_type == "DEVICE_CREDENTIALS":
+            token = body.get("credentialsId")
+            if body.get("credentialsType", "ACCESS_TOKEN") != "ACCESS_TOKEN":
+                return
+            if not isinstance(token, str) or not token:
+                raise BadRequest("deviceCredentialsUpdateMsg: no credentialsId")
+            holder = self.entities.device_by_token(txn, token)
+            if holder is not None and holder.id != c.entity_id:
+                raise BadRequest(f"access token of device {c.entity_id} is used by another "
+                                 "device")
+
+    def _operational_current(self, txn: lmdb.Transaction, c: _Change) -> bool:
+        """Whether the operational record already matches an unchanged JSON (an entity kept
+        before the graph existed has none yet)."""
+        assert c.entity_id is not None
+        if c.entity_type == "DEVICE":
+            return self.entities.has_device(txn, c.entity_id)
+        if c.entity_type == "DEVICE_PROFILE":
+            return self.entities.device_profile(txn, c.entity_id) is not None
+        if c.entity_type == "TENANT":
+            return self.entities.tenant(txn) is not None
+        if c.entity_type == "DEVICE_CREDENTIALS":
+            device = self.entities.device(txn, c.entity_id)
+            token = (c.body or {}).get("credentialsId")
+            return device is not None and device.token == token
+        return True
+
+    def _operational(self, txn: lmdb.Transaction, c: _Change, now_ms: int,
+                     out: GraphOutcome) -> None:
+        assert c.entity_id is not None and c.body is not None
+        if c.entity_type == "TENANT":
+            self.entities.put_tenant(txn, Tenant(c.entity_id, str(c.body.get("title") or ""),
+                                                 c.text))
+        elif c.entity_type == "DEVICE_PROFILE":
+            name = str(c.body["name"])
+            displaced = self.entities.put_device_profile(
+                txn, DeviceProfile(c.entity_id, name, c.text))
+            if displaced is not None:  # names are unique in a tenant: a rename not synced yet
+                out.warnings.append(f"device profile name {name!r} moves from {displaced} to "
+                                    f"{c.entity_id}")
+            out.profiles_changed = True
+        elif c.entity_type == "DEVICE":
+            self._device(txn, c.entity_id, c.body, now_ms)
+            out.devices_changed = True
+        elif c.entity_type == "DEVICE_CREDENTIALS":
+            token = c.body.get("credentialsId")
+            if c.body.get("credentialsType", "ACCESS_TOKEN") != "ACCESS_TOKEN":
+                out.done.append(f"device {c.entity_id}: credentials type "
+                                f"{c.body.get('credentialsType')} ignored")
+                return
+            device = self.entities.device(txn, c.entity_id)
+            if device is not None and isinstance(token, str):
+                self.entities.put_device(txn, replace(device, token=token))
+                out.devices_changed = True
+
+    def _device(self, txn: lmdb.Transaction, device_id: uuid.UUID, body: dict[str, Any],
+                now: int) -> None:
+        old = self.entities.device(txn, device_id)
+        profile_id = old.profile_id if old else None  # kept when a downlink names none
+        if body.get("deviceProfileId") is not None:
+            profile_id = entity_id_in(body, "deviceProfileId", "deviceUpdateMsg", "DEVICE_PROFILE")
+        gateway = gateway_flag(body.get("additionalInfo"))
+        if gateway is None:  # no additionalInfo (the reference cloud sends none): kept
+            gateway = old.gateway if old else False
+        self.entities.put_device(txn, Device(
+            id=device_id, name=str(body["name"]), type=str(body.get("type") or "default"),
+            token=old.token if old else "", created_time=int(body.get("createdTime") or now),
+            label=str(body.get("label") or ""), version=(old.version + 1) if old else 1,
+            profile_id=profile_id, gateway=gateway))
+
