@@ -1,0 +1,419 @@
+"""CloudGraph (cloud/graph_store.py) on a real LMDB in tmp_path: creating, updating and deleting
+entities of every kind, what is refused (unknown kind, no name, a taken name, a message too
+large for an edge, a reference cycle, a missing reference), assignment to edges and the
+downlinks each change queues, relations and the edges they go to, devices unassigned and
+assigned again, and everything surviving a reopen."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_sync.cloud.graph_store import CloudGraph
+from edge_sync.cloud.service import CloudService
+from edge_sync.cloud.store import CloudStore
+from edge_sync.common import ids
+from edge_sync.common.entity_graph import NULL_ID, RULE_CHAIN_INPUT_NODE, Ref
+from edge_sync.common.wire import uuid_of
+from edge_sync.errors import BadRequest, Conflict, NotFound
+from edge_sync.proto import edge_pb2
+
+NOW = 1_764_921_600_000
+CREATED = edge_pb2.ENTITY_CREATED_RPC_MESSAGE
+UPDATED = edge_pb2.ENTITY_UPDATED_RPC_MESSAGE
+DELETED = edge_pb2.ENTITY_DELETED_RPC_MESSAGE
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CloudStore]:
+    s = CloudStore(tmp_path / "cloud")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def service(store: CloudStore) -> CloudService:
+    return CloudService(store)
+
+
+@pytest.fixture
+def graph(service: CloudService) -> CloudGraph:
+    return service.graph
+
+
+def edge_of(service: CloudService, rk: str) -> uuid.UUID:
+    edge, _, _ = service.create_edge(rk, routing_key=rk, secret="s3cret")
+    return edge.edge_id
+
+
+def queue(store: CloudStore, edge_id: uuid.UUID) -> list[edge_pb2.DownlinkMsg]:
+    """The edge's queued downlinks, decoded, in order."""
+    return [edge_pb2.DownlinkMsg.FromString(q.payload)
+            for q in store.queued_after(edge_id, 0, 10_000)]
+
+
+def drain(store: CloudStore, edge_id: uuid.UUID) -> list[edge_pb2.DownlinkMsg]:
+    """queue(), then emptied (as if the edge acknowledged everything)."""
+    got = store.queued_after(edge_id, 0, 10_000)
+    store.remove_downlinks(edge_id, [q.number for q in got])
+    return [edge_pb2.DownlinkMsg.FromString(q.payload) for q in got]
+
+
+def shape(msg: edge_pb2.DownlinkMsg) -> list[str]:
+    return [fd.name for fd, _ in msg.ListFields()]
+
+
+def typed(kind: str, value: uuid.UUID) -> dict[str, str]:
+    return {"entityType": kind, "id": str(value)}
+
+
+def relation(src: tuple[str, uuid.UUID], dst: tuple[str, uuid.UUID],
+             rel_type: str = "Contains") -> dict[str, Any]:
+    return {"from": typed(*src), "to": typed(*dst), "type": rel_type, "typeGroup": "COMMON"}
+
+
+def chain_meta(chain: uuid.UUID, *targets: uuid.UUID) -> dict[str, Any]:
+    nodes = [{"type": RULE_CHAIN_INPUT_NODE, "name": f"to {t}",
+              "configuration": {"ruleChainId": str(t)}} for t in targets]
+    return {"ruleChainId": typed("RULE_CHAIN", chain), "firstNodeIndex": 0, "nodes": nodes,
+            "connections": []}
+
+
+# -- creating ----------------------------------------------------------------------------------------
+
+
+def test_create_fills_id_created_time_tenant_and_owner_in_thingsboard_4x_form(store, graph):
+    asset = graph.create_entity("ASSET", {"name": "pump-house", "label": "north"}, now_ms=NOW)
+    body = asset.body()
+    assert asset.id.version == 1 and body["id"] == typed("ASSET", asset.id)
+    assert body["createdTime"] == asset.created_time == ids.unix_ms(asset.id)
+    assert body["tenantId"] == typed("TENANT", store.tenant_id())
+    assert body["customerId"] == typed("CUSTOMER", NULL_ID)
+    default_profile = graph.entities(entity_type="ASSET_PROFILE", name="default")[0]
+    assert body["assetProfileId"] == typed("ASSET_PROFILE", default_profile.id)
+    assert (body["type"], body["label"], asset.edges) == ("default", "north", ())
+    assert graph.entity(asset.id) == asset
+    # a given id and createdTime are kept
+    given = ids.time_based()
+    dash = graph.create_entity("DASHBOARD", {"id": typed("DASHBOARD", given), "title": "Main",
+                                             "createdTime": 5}, now_ms=NOW)
+    assert (dash.id, dash.name, dash.created_time) == (given, "Main", 5)
+
+
+def test_an_asset_of_a_new_type_gets_a_profile_of_that_name_queued_for_every_edge(
+        store, service, graph):
+    e1, e2 = edge_of(service, "rk-1"), edge_of(service, "rk-2")
+    asset = graph.create_entity("ASSET", {"name": "p-1", "type": "pump house"}, now_ms=NOW)
+    (profile,) = graph.entities(entity_type="ASSET_PROFILE", name="pump house")
+    assert asset.body()["assetProfileId"] == typed("ASSET_PROFILE", profile.id)
+    assert set(profile.edges) == {e1, e2}
+    for edge_id in (e1, e2):
+        (msg,) = queue(store, edge_id)
+        assert shape(msg) == ["assetProfileUpdateMsg"]
+        assert json.loads(msg.assetProfileUpdateMsg[0].entity)["name"] == "pump house"
+
+
+def test_refused_unknown_kind_missing_name_and_taken_name(graph):
+    with pytest.raises(BadRequest, match="unknown entity kind 'GADGET'"):
+        graph.create_entity("GADGET", {"name": "x"}, now_ms=NOW)
+    with pytest.raises(BadRequest, match="devices: create_device"):
+        graph.create_entity("DEVICE", {"name": "x"}, now_ms=NOW)
+    with pytest.raises(BadRequest, match="dashboard has no title"):
+        graph.create_entity("DASHBOARD", {"name": "not a title"}, now_ms=NOW)
+    with pytest.raises(BadRequest, match="user has no email"):
+        graph.create_entity("USER", {"name": "bob"}, now_ms=NOW)
+    graph.create_entity("CUSTOMER", {"title": "ACME"}, now_ms=NOW)
+    with pytest.raises(Conflict, match="a customer named 'ACME' already exists"):
+        graph.create_entity("CUSTOMER", {"title": "ACME"}, now_ms=NOW)
+    graph.create_entity("ASSET", {"name": "ACME"}, now_ms=NOW)  # another kind: its own names
+    assert [e.name for e in graph.entities(name="ACME")] == ["ACME", "ACME"]
+
+
+def test_a_users_password_and_tokens_are_never_stored(graph):
+    user = graph.create_entity("USER", {
+        "email": "ops@example.com", "authority": "TENANT_ADMIN", "password": "hunter2",
+        "activateToken": "a", "resetToken": "r",
+        "additionalInfo": {"userPasswordHistory": {"1": "old"}, "lang": "en"}}, now_ms=NOW)
+    assert "hunter2" not in user.json and "Token" not in user.json
+    assert user.body()["additionalInfo"] == {"lang": "en"}
+
+
+def test_an_entity_too_large_for_one_edge_message_is_refused_naming_size_and_limit(graph):
+    config = {"widgets": {}, "blob": "x" * 4_300_000}
+    with pytest.raises(BadRequest) as refused:
+        graph.create_entity("DASHBOARD", {"title": "huge", "configuration": config}, now_ms=NOW)
+    text = str(refused.value)
+    assert text.startswith("dashboard 'huge' is 4,300,")
+    assert "an edge accepts at most 4,194,304 in one message" in text
+    assert graph.entities(entity_type="DASHBOARD") == []
+    # just under the limit, the envelope counted: accepted
+    fits = graph.max_message_bytes - 600
+    ok = graph.create_entity("DASHBOARD", {"title": "big", "configuration": {"blob": "x" * fits}},
+                             now_ms=NOW)
+    assert len(ok.json) > 4_190_000
+
+
+def test_a_reference_cycle_between_rule_chains_is_refused_and_named(graph):
+    a = graph.create_entity("RULE_CHAIN", {"name": "A", "type": "EDGE"}, now_ms=NOW)
+    b = graph.create_entity("RULE_CHAIN", {"name": "B", "type": "EDGE"}, now_ms=NOW)
+    graph.create_entity("RULE_CHAIN_METADATA", chain_meta(a.id, b.id), now_ms=NOW)
+    with pytest.raises(BadRequest) as refused:
+        graph.update_entity("RULE_CHAIN_METADATA", b.id, chain_meta(b.id, a.id), now_ms=NOW)
+    assert str(refused.value) == (
+        f"reference cycle: rule chain 'B' ({b.id}) -> rule chain 'A' ({a.id}) -> "
+        f"rule chain 'B' ({b.id})")
+    assert graph.metadata(b.id) is None
+    with pytest.raises(BadRequest, match="reference cycle: rule chain 'A'"):
+        graph.set_metadata(chain_meta(a.id, a.id), now_ms=NOW)  # a chain forwarding to itself
+
+
+def test_a_reference_to_an_entity_that_does_not_exist_is_refused(graph):
+    missing = ids.time_based()
+    with pytest.raises(BadRequest, match=f"entity view 'v' references asset {missing}, which "
+                                         "does not exist"):
+        graph.create_entity("ENTITY_VIEW", {"name": "v", "entityId": typed("ASSET", missing)},
+                            now_ms=NOW)
+    with pytest.raises(BadRequest, match=r"references widget type fqn tenant\.gauge"):
+        graph.create_entity("DASHBOARD", {"title": "d", "configuration": {"widgets": {
+            "w": {"typeFullFqn": "tenant.gauge"}}}}, now_ms=NOW)
+    graph.create_entity("WIDGET_TYPE", {"name": "Gauge", "fqn": "tenant.gauge"}, now_ms=NOW)
+    dash = graph.create_entity("DASHBOARD", {"title": "d", "configuration": {"widgets": {
+        "w": {"typeFullFqn": "tenant.gauge"}, "s": {"typeFullFqn": "system.cards.label"}}}},
+        now_ms=NOW)
+    assert dash.name == "d"
+
+
+def test_the_cloud_own_entities_are_real_entities_with_their_ids(store, graph):
+    kinds = [(e.entity_type, e.name) for e in graph.entities()]
+    assert kinds == [("TENANT", "Tenant"), ("QUEUE", "Main"), ("QUEUE", "HighPriority"),
+                     ("QUEUE", "SequentialByOriginator"), ("RULE_CHAIN", "Edge Root Rule Chain"),
+                     ("DEVICE_PROFILE", "default"), ("ASSET_PROFILE", "default")]
+    root = graph.root_chain_id()
+    assert root is not None and json.loads(graph.metadata(root) or "{}")["ruleChainId"] == typed(
+        "RULE_CHAIN", root)
+    assert store.named_ids(["rule_chain:edge_root"], ids.time_based)["rule_chain:edge_root"] == root
+    (tenant,) = graph.entities(entity_type="TENANT")
+    assert tenant.id == store.tenant_id()
+    with pytest.raises(Conflict, match="the tenant cannot be deleted"):
+        graph.delete_entity("TENANT", tenant.id, now_ms=NOW)
+    with pytest.raises(Conflict, match="the edge root rule chain cannot be deleted"):
+        graph.delete_entity("RULE_CHAIN", root, now_ms=NOW)
+    (default,) = graph.entities(entity_type="DEVICE_PROFILE", name="default")
+    with pytest.raises(Conflict, match="the default device profile cannot be deleted"):
+        graph.delete_entity("DEVICE_PROFILE", default.id, now_ms=NOW)
+
+
+# -- assignment and its downlinks ------------------------------------------------------------------
+
+
+def test_create_queues_nothing_assign_queues_added_with_profile_then_relations(
+        store, service, graph):
+    e1 = edge_of(service, "rk-1")
+    dev, _ = service.create_device("rk-1", "pump-1", token="tok-1")
+    drain(store, e1)
+    asset = graph.create_entity("ASSET", {"name": "house"}, now_ms=NOW)
+    graph.add_relation(relation(("ASSET", asset.id), ("DEVICE", dev.id)), now_ms=NOW)
+    assert queue(store, e1) == []  # neither the creation nor the relation: not on the edge yet
+    assert graph.assign(e1, "ASSET", asset.id, now_ms=NOW) is True
+    added, rel = drain(store, e1)
+    assert shape(added) == ["assetUpdateMsg", "assetProfileUpdateMsg"]
+    msg = added.assetUpdateMsg[0]
+    assert (msg.msgType, uuid_of(msg.idMSB, msg.idLSB)) == (CREATED, asset.id)
+    assert json.loads(msg.entity) == asset.body()
+    assert json.loads(added.assetProfileUpdateMsg[0].entity)["name"] == "default"
+    assert shape(rel) == ["relationUpdateMsg"] and rel.relationUpdateMsg[0].msgType == CREATED
+    assert json.loads(rel.relationUpdateMsg[0].entity)["to"] == typed("DEVICE", dev.id)
+    assert graph.assign(e1, "ASSET", asset.id, now_ms=NOW) is False  # already there
+    assert queue(store, e1) == []
+    assert graph.entity(asset.id).edges == (e1,)  # type: ignore[union-attr]
+    assert [e.id for e in graph.entities(entity_type="ASSET", edge_id=e1)] == [asset.id]
+
+
+def test_updates_go_to_every_edge_holding_the_entity_and_unassign_sends_deleted(
+        store, service, graph):
+    e1, e2, e3 = (edge_of(service, rk) for rk in ("rk-1", "rk-2", "rk-3"))
+    dash = graph.create_entity("DASHBOARD", {"title": "Ops"}, now_ms=NOW)
+    for edge_id in (e1, e2):
+        graph.assign(edge_id, "DASHBOARD", dash.id, now_ms=NOW)
+        drain(store, edge_id)
+    updated = graph.update_entity("DASHBOARD", dash.id, {"title": "Ops 2"}, now_ms=NOW + 1)
+    assert updated.created_time == dash.created_time and updated.name == "Ops 2"
+    for edge_id in (e1, e2):
+        (msg,) = drain(store, edge_id)
+        assert msg.dashboardUpdateMsg[0].msgType == UPDATED
+        assert json.loads(msg.dashboardUpdateMsg[0].entity)["title"] == "Ops 2"
+    assert queue(store, e3) == []
+    graph.update_entity("DASHBOARD", dash.id, {"title": "Ops 2"}, now_ms=NOW + 2)  # no change
+    assert queue(store, e1) == []
+    assert graph.unassign(e1, "DASHBOARD", dash.id, now_ms=NOW) is True
+    (gone,) = drain(store, e1)
+    d = gone.dashboardUpdateMsg[0]
+    assert (d.msgType, uuid_of(d.idMSB, d.idLSB), d.entity) == (DELETED, dash.id, "")
+    assert graph.unassign(e1, "DASHBOARD", dash.id, now_ms=NOW) is False
+    assert graph.entity(dash.id).edges == (e2,)  # type: ignore[union-attr]
+
+
+def test_tenant_wide_kinds_are_on_every_edge_and_their_changes_queued_for_each(
+        store, service, graph):
+    e1, e2 = edge_of(service, "rk-1"), edge_of(service, "rk-2")
+    widget = graph.create_entity("WIDGET_TYPE", {"name": "Gauge", "fqn": "tenant.gauge"},
+                                 now_ms=NOW)
+    assert set(widget.edges) == {e1, e2}
+    assert graph.assign(e1, "WIDGET_TYPE", widget.id, now_ms=NOW) is False
+    for edge_id in (e1, e2):
+        (msg,) = drain(store, edge_id)
+        assert msg.widgetTypeUpdateMsg[0].msgType == CREATED
+
+
+def test_a_rule_chain_travels_with_its_metadata_and_metadata_changes_are_queued(
+        store, service, graph):
+    e1 = edge_of(service, "rk-1")
+    chain = graph.create_entity("RULE_CHAIN", {"name": "Filters", "type": "EDGE"}, now_ms=NOW)
+    graph.set_metadata(chain_meta(chain.id), now_ms=NOW)
+    graph.assign(e1, "RULE_CHAIN", chain.id, now_ms=NOW)
+    (added,) = drain(store, e1)
+    assert shape(added) == ["ruleChainUpdateMsg", "ruleChainMetadataUpdateMsg"]
+    meta = json.loads(added.ruleChainMetadataUpdateMsg[0].entity)
+    assert meta["ruleChainId"] == typed("RULE_CHAIN", chain.id)
+    graph.update_entity("RULE_CHAIN_METADATA", chain.id, {**chain_meta(chain.id), "version": 2},
+                        now_ms=NOW)
+    (changed,) = drain(store, e1)
+    assert shape(changed) == ["ruleChainMetadataUpdateMsg"]
+    assert changed.ruleChainMetadataUpdateMsg[0].msgType == UPDATED
+
+
+def test_relations_go_only_to_edges_holding_both_ends(store, service, graph):
+    e1, e2 = edge_of(service, "rk-1"), edge_of(service, "rk-2")
+    a = graph.create_entity("ASSET", {"name": "a"}, now_ms=NOW)
+    b = graph.create_entity("ASSET", {"name": "b"}, now_ms=NOW)
+    graph.assign(e1, "ASSET", a.id, now_ms=NOW)
+    graph.assign(e1, "ASSET", b.id, now_ms=NOW)
+    graph.assign(e2, "ASSET", a.id, now_ms=NOW)
+    drain(store, e1), drain(store, e2)
+    rel = relation(("ASSET", a.id), ("ASSET", b.id))
+    graph.add_relation(rel, now_ms=NOW)
+    (msg,) = drain(store, e1)
+    assert json.loads(msg.relationUpdateMsg[0].entity) == {**rel, "additionalInfo": None}
+    assert queue(store, e2) == []
+    assert graph.relations(a.id) == graph.relations(b.id) == [{**rel, "additionalInfo": None}]
+    graph.add_relation(rel, now_ms=NOW)  # the same again: nothing to send
+    assert queue(store, e1) == []
+    # b assigned to e2 later: its relation with a (already there) follows it
+    graph.assign(e2, "ASSET", b.id, now_ms=NOW)
+    assert [shape(m) for m in drain(store, e2)] == [
+        ["assetUpdateMsg", "assetProfileUpdateMsg"], ["relationUpdateMsg"]]
+    assert graph.delete_relation(Ref("ASSET", str(a.id)), Ref("ASSET", str(b.id)), "Contains",
+                                 "COMMON", now_ms=NOW) is True
+    for edge_id in (e1, e2):
+        (msg,) = drain(store, edge_id)
+        assert msg.relationUpdateMsg[0].msgType == DELETED
+    assert graph.relations(a.id) == []
+    assert graph.delete_relation(Ref("ASSET", str(a.id)), Ref("ASSET", str(b.id)), "Contains",
+                                 "COMMON", now_ms=NOW) is False
+    with pytest.raises(BadRequest, match="does not exist"):
+        graph.add_relation(relation(("ASSET", a.id), ("ASSET", ids.time_based())), now_ms=NOW)
+    with pytest.raises(BadRequest, match="from and to must be typed ids"):
+        graph.add_relation({"from": typed("ASSET", a.id), "type": "x"}, now_ms=NOW)
+
+
+def test_delete_cascades_to_entity_views_and_relations_and_refuses_what_is_in_use(
+        store, service, graph):
+    e1 = edge_of(service, "rk-1")
+    profile = graph.create_entity("ASSET_PROFILE", {"name": "tank"}, now_ms=NOW)
+    tank = graph.create_entity("ASSET", {"name": "t-1", "type": "tank"}, now_ms=NOW)
+    other = graph.create_entity("ASSET", {"name": "t-2"}, now_ms=NOW)
+    view = graph.create_entity("ENTITY_VIEW", {"name": "t-1 view",
+                                               "entityId": typed("ASSET", tank.id)}, now_ms=NOW)
+    graph.add_relation(relation(("ASSET", other.id), ("ASSET", tank.id)), now_ms=NOW)
+    for kind, entity_id in (("ASSET", tank.id), ("ENTITY_VIEW", view.id), ("ASSET", other.id)):
+        graph.assign(e1, kind, entity_id, now_ms=NOW)
+    drain(store, e1)
+    with pytest.raises(Conflict, match="asset profile 'tank' is used by asset 't-1'"):
+        graph.delete_entity("ASSET_PROFILE", profile.id, now_ms=NOW)
+    removed = graph.delete_entity("ASSET", tank.id, now_ms=NOW)
+    assert removed == [Ref("ASSET", str(tank.id)), Ref("ENTITY_VIEW", str(view.id))]
+    view_gone, tank_gone = drain(store, e1)
+    assert view_gone.entityViewUpdateMsg[0].msgType == DELETED
+    assert uuid_of(tank_gone.assetUpdateMsg[0].idMSB, tank_gone.assetUpdateMsg[0].idLSB) == tank.id
+    assert graph.entity(tank.id) is None and graph.entity(view.id) is None
+    assert graph.relations(other.id) == []
+    assert graph.entities(name="t-1") == []  # the name is free again
+    graph.create_entity("ASSET", {"name": "t-1"}, now_ms=NOW)
+    assert graph.delete_entity("ASSET_PROFILE", profile.id, now_ms=NOW) == [
+        Ref("ASSET_PROFILE", str(profile.id))]
+    with pytest.raises(NotFound):
+        graph.delete_entity("ASSET", tank.id, now_ms=NOW)
+
+
+def test_a_device_profile_in_use_by_devices_cannot_be_deleted(service, graph):
+    edge_of(service, "rk-1")
+    service.create_device("rk-1", "m-1", type_="meter")
+    (meter,) = graph.entities(entity_type="DEVICE_PROFILE", name="meter")
+    with pytest.raises(Conflict, match=r"used by 1 device\(s\) of type 'meter' \('m-1'\)"):
+        graph.delete_entity("DEVICE_PROFILE", meter.id, now_ms=NOW)
+
+
+def test_a_device_unassigned_from_its_edge_is_kept_and_may_be_assigned_again(
+        store, service, graph):
+    e1, e2 = edge_of(service, "rk-1"), edge_of(service, "rk-2")
+    dev, _ = service.create_device("rk-1", "pump-1", token="tok-1")
+    drain(store, e1)
+    assert graph.unassign(e2, "DEVICE", dev.id, now_ms=NOW) is False  # not its edge
+    assert graph.unassign(e1, "DEVICE", dev.id, now_ms=NOW) is True
+    (gone,) = drain(store, e1)
+    d = gone.deviceUpdateMsg[0]
+    assert (d.msgType, uuid_of(d.idMSB, d.idLSB)) == (DELETED, dev.id)
+    kept = store.device(dev.id)
+    assert kept is not None and kept.token == "tok-1" and kept.edge_id.int == 0
+    assert store.devices_of_edge(e1) == []
+    assert graph.assign(e2, "DEVICE", dev.id, now_ms=NOW) is True
+    (added,) = drain(store, e2)
+    assert shape(added) == ["deviceUpdateMsg", "deviceProfileUpdateMsg",
+                            "deviceCredentialsUpdateMsg"]
+    assert [d.id for d in store.devices_of_edge(e2)] == [dev.id]
+    with pytest.raises(Conflict, match="a device is on one edge"):
+        graph.assign(e1, "DEVICE", dev.id, now_ms=NOW)
+
+
+def test_create_entities_is_all_or_nothing_and_assigns(store, service, graph):
+    e1 = edge_of(service, "rk-1")
+    with pytest.raises(Conflict):
+        graph.create_entities([("ASSET", {"name": "x"}), ("ASSET", {"name": "x"})], now_ms=NOW,
+                              edge_id=e1)
+    assert graph.entities(entity_type="ASSET") == [] and queue(store, e1) == []
+    made = graph.create_entities([("ASSET", {"name": "x"}), ("ASSET", {"name": "y"})],
+                                 now_ms=NOW, edge_id=e1)
+    assert [m.edges for m in made] == [(e1,), (e1,)]
+    assert len(queue(store, e1)) == 2
+
+
+def test_the_graph_survives_a_reopen_and_reads_in_a_read_only_open(tmp_path):
+    path = tmp_path / "cloud"
+    store = CloudStore(path)
+    service = CloudService(store)
+    e1 = edge_of(service, "rk-1")
+    a = service.graph.create_entity("ASSET", {"name": "a"}, now_ms=NOW)
+    b = service.graph.create_entity("ASSET", {"name": "b"}, now_ms=NOW)
+    service.graph.assign(e1, "ASSET", a.id, now_ms=NOW)
+    service.graph.add_relation(relation(("ASSET", a.id), ("ASSET", b.id)), now_ms=NOW)
+    before = service.graph.entities()
+    store.close()
+    again = CloudStore(path)
+    try:
+        assert again.graph.entities() == before  # the defaults were not made twice
+        assert again.graph.entity(a.id).edges == (e1,)  # type: ignore[union-attr]
+        assert len(again.graph.relations(b.id)) == 1
+    finally:
+        again.close()
+    readonly = CloudStore(path, readonly=True)
+    try:
+        assert readonly.graph.entities() == before
+        with pytest.raises(Exception, match="read-only"):
+            readonly.graph.create_entity("ASSET", {"name": "c"}, now_ms=NOW)
+    finally:
+        readonly.close()
