@@ -170,19 +170,19 @@ def device_json(body: dict[str, Any], owner: Owner | None) -> str:
 
 
 def owned_json(entity: Mapping[str, Any], owner: Owner | None) -> str:
-    """An edge-made entity's JSON (kept without tenant and customer) as it is sent: tenantId
-    and customerId of ``owner`` right after ``createdTime``, as device_json places them; any
-    the entity held are replaced, and without an owner (a peer that announced no tenant) left
-    out."""
+    """An entity's JSON as the edge sends it: the tenantId and customerId it holds (one the
+    cloud synced, assigned to a customer of its own, keeps them: ThingsBoard takes the JSON's
+    customer on an update), else those of ``owner`` right after ``createdTime``, as
+    device_json places them (an entity the edge made holds none); without an owner (a peer
+    that announced no tenant) none are added."""
+    missing = {k: v for k, v in _owned(owner).items() if entity.get(k) is None}
     out: dict[str, Any] = {}
     for key, value in entity.items():
-        if key in ("tenantId", "customerId"):
-            continue
-        out[key] = value
+        if key not in missing:
+            out[key] = value
         if key == "createdTime":
-            out.update(_owned(owner))
-    if "createdTime" not in entity:
-        out.update(_owned(owner))
+            out.update(missing)
+    out.update(missing)  # no createdTime: at the end (a no-op after it)
     return _compact(out)
 
 

@@ -153,12 +153,15 @@ def test_lanes_creation_and_requests_high_deletes_and_relations_normal() -> None
     )] == [Lane.HIGH] * 4 + [Lane.NORMAL] * 6
 
 
-def test_owned_json_replaces_any_owner_the_entity_held() -> None:
-    held = {"id": {"entityType": "ASSET", "id": str(ASSET)}, "createdTime": 1,
-            "tenantId": {"entityType": "TENANT", "id": str(uuid.UUID(int=5))}, "name": "x"}
-    assert json.loads(owned_json(held, OWNER)) == {
-        "id": {"entityType": "ASSET", "id": str(ASSET)}, "createdTime": 1,
-        "tenantId": {"entityType": "TENANT", "id": str(TENANT)},
-        "customerId": {"entityType": "CUSTOMER", "id": str(NULL_UUID)}, "name": "x"}
-    assert json.loads(owned_json(held, None)) == {
-        "id": {"entityType": "ASSET", "id": str(ASSET)}, "createdTime": 1, "name": "x"}
+def test_owned_json_keeps_the_owner_an_entity_holds_and_fills_in_the_edges() -> None:
+    synced = {"id": {"entityType": "ASSET", "id": str(ASSET)}, "createdTime": 1,
+              "tenantId": {"entityType": "TENANT", "id": str(uuid.UUID(int=5))},
+              "customerId": {"entityType": "CUSTOMER", "id": str(uuid.UUID(int=6))}, "name": "x"}
+    assert json.loads(owned_json(synced, OWNER)) == synced
+    made = {"id": {"entityType": "ASSET", "id": str(ASSET)}, "createdTime": 1, "name": "x",
+            "customerId": None}
+    assert list(json.loads(owned_json(made, OWNER)).items()) == [
+        ("id", {"entityType": "ASSET", "id": str(ASSET)}), ("createdTime", 1),
+        ("tenantId", {"entityType": "TENANT", "id": str(TENANT)}),
+        ("customerId", {"entityType": "CUSTOMER", "id": str(NULL_UUID)}), ("name", "x")]
+    assert json.loads(owned_json(made, None)) == made
