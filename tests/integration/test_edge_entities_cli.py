@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from edge_sync.common.entity_graph import Ref
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.graph_store import GraphStore, held_entity_key
 from edge_sync.storage.records import Lane
 from tests.helpers.agent import Agent, read_log
 
@@ -170,3 +173,50 @@ def test_reads_with_the_agent_running_then_stopped(tmp_path_factory: pytest.Temp
     assert "held:         0" in ok(a, "status").splitlines()
     assert cli(a, "entity", UNKNOWN).returncode == 7
     assert str(uuid.UUID(UNKNOWN)) in cli(a, "entity", UNKNOWN).stderr
+
+
+def test_status_shows_what_is_held_and_the_last_full_sync(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    a = Agent(tmp_path_factory.mktemp("entities-held") / "edge")
+    profile = uuid.UUID("00000000-0000-4000-8000-0000000000f1")
+    waiting = [uuid.UUID(int=0x1000 + i) for i in range(25)]
+    store = LmdbStore(a.data_dir)
+    try:
+        graph = GraphStore(store)
+
+        def prepare(txn: Any) -> None:
+            graph.start_full_sync(txn, now_ms=1_000, reason="first connect")
+            for i, device in enumerate(waiting):
+                graph.hold(txn, held_entity_key("DEVICE", device), entity_type="DEVICE",
+                           entity_id=device, what=f"DEVICE {device} (held-{i:02})",
+                           field="deviceUpdateMsg", payload=b"",
+                           waiting_for=[Ref("DEVICE_PROFILE", str(profile))], now_ms=2_000 + i)
+            graph.complete_full_sync(txn, now_ms=5_000, version="test")
+
+        store.write(prepare)
+    finally:
+        store.close()
+    status = ok_json(a, "status")  # the agent never ran: read from the store
+    held = status["graph"]["held"]
+    assert held["count"] == 25 and len(held["first"]) == 20
+    assert held["first"][0] == {"entity_type": "DEVICE", "id": str(waiting[0]),
+                                "what": f"DEVICE {waiting[0]} (held-00)",
+                                "waiting_for": [f"DEVICE_PROFILE {profile}"], "since_ms": 2_000}
+    assert {k: status["sync"][k] for k in ("last_full_ms", "last_full_version",
+                                           "full_in_progress", "full_reason")} == {
+        "last_full_ms": 5_000, "last_full_version": "test", "full_in_progress": False,
+        "full_reason": "first connect"}
+    text = ok(a, "status").splitlines()
+    assert "held:         25" in text
+    assert f"  DEVICE {waiting[0]} (held-00) waits for DEVICE_PROFILE {profile}" in text
+    assert "  ... and 5 more" in text
+    assert "last full sync: 5000" in text
+    one = ok_json(a, "entity", str(waiting[3]))
+    assert (one["entity_type"], one["entity"], one["held"]) == (
+        "DEVICE", None, {"waiting_for": [f"DEVICE_PROFILE {profile}"], "since_ms": 2_003})
+    a.start()
+    try:
+        assert ok_json(a, "status")["graph"]["held"]["count"] == 25  # from the running agent
+    finally:
+        a.terminate()
+        a.close()
