@@ -174,12 +174,14 @@ def owned_json(entity: Mapping[str, Any], owner: Owner | None) -> str:
     cloud synced, assigned to a customer of its own, keeps them: ThingsBoard takes the JSON's
     customer on an update), else those of ``owner`` right after ``createdTime``, as
     device_json places them (an entity the edge made holds none); without an owner (a peer
-    that announced no tenant) none are added."""
+    that announced no tenant) none are added. A ``version`` goes as null, as ThingsBoard's
+    message constructors reset it (resetVersion): the cloud's optimistic lock is not the
+    edge's to hold."""
     missing = {k: v for k, v in _owned(owner).items() if entity.get(k) is None}
     out: dict[str, Any] = {}
     for key, value in entity.items():
         if key not in missing:
-            out[key] = value
+            out[key] = None if key == "version" else value
         if key == "createdTime":
             out.update(missing)
     out.update(missing)  # no createdTime: at the end (a no-op after it)

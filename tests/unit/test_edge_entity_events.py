@@ -158,6 +158,7 @@ def test_owned_json_keeps_the_owner_an_entity_holds_and_fills_in_the_edges() -> 
               "tenantId": {"entityType": "TENANT", "id": str(uuid.UUID(int=5))},
               "customerId": {"entityType": "CUSTOMER", "id": str(uuid.UUID(int=6))}, "name": "x"}
     assert json.loads(owned_json(synced, OWNER)) == synced
+    assert json.loads(owned_json({**synced, "version": 7}, OWNER)) == {**synced, "version": None}
     made = {"id": {"entityType": "ASSET", "id": str(ASSET)}, "createdTime": 1, "name": "x",
             "customerId": None}
     assert list(json.loads(owned_json(made, OWNER)).items()) == [
