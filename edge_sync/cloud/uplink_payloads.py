@@ -12,8 +12,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf.unknown_fields import UnknownFieldSet
-
 from edge_sync.cloud.rpc import Answer
 from edge_sync.common.entity_graph import relation_key
 from edge_sync.common.wire import (
@@ -134,72 +132,13 @@ def _entity_data(d: edge_pb2.EntityDataProto) -> AppliedEvent:
     raise BadRequest("entityData carries no telemetry, attributes, attribute or timeseries delete")
 
 
-TIMESERIES_DELETE_FIELD = 1001
-"""EntityDataProto's edge-sync extension ``optional TimeseriesDeleteMsg timeseriesDeleteMsg =
-1001`` (``message TimeseriesDeleteMsg { repeated string keys = 1; }``): the keys whose
-timeseries the edge deleted. ThingsBoard has no uplink for it (its EntityDataProto has no such
-field; a ThingsBoard server skips it as unknown)."""
-
-
 def _timeseries_delete_keys(d: edge_pb2.EntityDataProto) -> list[str] | None:
-    """The keys of a timeseries delete: the declared field once edge.proto has it, else the
-    unknown field 1001 read from the wire (wire type 2, inner field 1: strings). None: none."""
-    if "timeseriesDeleteMsg" in d.DESCRIPTOR.fields_by_name:
-        if not d.HasField("timeseriesDeleteMsg"):
-            return None
-        return [str(k) for k in d.timeseriesDeleteMsg.keys]
-    found: list[str] | None = None
-    for field in UnknownFieldSet(d):
-        if field.field_number != TIMESERIES_DELETE_FIELD or field.wire_type != 2:
-            continue
-        found = [] if found is None else found
-        found += _strings_of_field_1(bytes(field.data))
-    return found
-
-
-def _strings_of_field_1(data: bytes) -> list[str]:
-    """The values of field 1 (strings) of a serialized message; other fields skipped."""
-    out: list[str] = []
-    pos = 0
-
-    def varint() -> int:
-        nonlocal pos
-        shift = result = 0
-        while True:
-            if pos >= len(data) or shift > 63:
-                raise BadRequest("timeseriesDeleteMsg: malformed")
-            byte = data[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return result
-            shift += 7
-
-    while pos < len(data):
-        tag = varint()
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            varint()
-        elif wire == 2:
-            length = varint()
-            if pos + length > len(data):
-                raise BadRequest("timeseriesDeleteMsg: malformed")
-            chunk = data[pos:pos + length]
-            pos += length
-            if number == 1:
-                try:
-                    out.append(chunk.decode())
-                except UnicodeDecodeError as exc:
-                    raise BadRequest("timeseriesDeleteMsg: a key is not UTF-8") from exc
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise BadRequest("timeseriesDeleteMsg: malformed")
-    if pos != len(data):
-        raise BadRequest("timeseriesDeleteMsg: malformed")
-    return out
+    """The keys of a timeseries delete (EntityDataProto's edge-sync extension
+    ``timeseriesDeleteMsg = 1001``: ThingsBoard has no uplink for it and skips the field as
+    unknown); None when the message carries none."""
+    if not d.HasField("timeseriesDeleteMsg"):
+        return None
+    return [str(k) for k in d.timeseriesDeleteMsg.keys]
 
 
 def _entity_update(m: Any, name: str, entity_type: str, actions: Mapping[Any, Action],

@@ -182,12 +182,14 @@ def test_shared_keys_and_timeseries_keys_the_edge_deletes(store, service, edges)
         attributeDeleteMsg=edge_pb2.AttributeDeleteMsg(scope="SHARED_SCOPE",
                                                        attributeNames=["a"]))])
     assert store.shared_attributes(dev.id) == {"b": 2}
-    # TIMESERIES_DELETED: EntityDataProto + the extension field 1001 {repeated string keys = 1}
+    # TIMESERIES_DELETED: EntityDataProto + the extension field 1001 {repeated string keys = 1},
+    # on the wire as the edge writes it
     inner = b"".join(b"\x0a" + bytes([len(k)]) + k for k in (b"temp", b"rpm"))
     base = edge_pb2.EntityDataProto(entityIdMSB=msb, entityIdLSB=lsb, entityType="DEVICE",
                                     edgeSeqId=2).SerializeToString()
     raw = base + bytes([0xCA, 0x3E]) + bytes([len(inner)]) + inner  # tag 1001 << 3 | 2
     data = edge_pb2.EntityDataProto.FromString(raw)
+    assert list(data.timeseriesDeleteMsg.keys) == ["temp", "rpm"]
     apply(store, e1, entityData=[data])
     deleted = store.events(e1)[-1]
     assert (deleted.action, deleted.body, deleted.seq) == ("TIMESERIES_DELETED",
