@@ -570,7 +570,8 @@ class StreamSession:
     def _sync_over(self, what: str) -> None:
         sync, self._sync = self._sync, None
         took = time.monotonic() - self._sync_started
-        self._log.bind(downlinks=sync.sent_packs if sync else 0, seconds=round(took, 3)).info(what)
+        self._log.bind(downlinks=sync.sent_packs if sync is not None else 0,
+                       seconds=round(took, 3)).info(what)
 
     # -- end -------------------------------------------------------------------------------------
 

@@ -14,7 +14,13 @@ import pytest
 
 from edge_sync.cloud import CloudServer
 from edge_sync.common.wire import uuid_halves
-from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, DownlinkConfig
+from edge_sync.config import (
+    AdminConfig,
+    CloudConfig,
+    CloudStorageConfig,
+    DownlinkConfig,
+    EdgesRpcConfig,
+)
 from edge_sync.proto import edge_pb2
 from tests.helpers.link_client import LinkClient
 
@@ -25,6 +31,7 @@ MIN_RATE = 2_000  # entities a second, end to end (the cloud's side; the edge ac
 
 def cloud_config(data_dir: Path) -> CloudConfig:
     return CloudConfig(
+        rpc=EdgesRpcConfig(host="127.0.0.1", port=0),
         storage=CloudStorageConfig(data_dir=data_dir),
         downlink=DownlinkConfig(resend_timeout_ms=10_000),
         admin=AdminConfig(host="127.0.0.1", port=0),
