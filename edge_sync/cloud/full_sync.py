@@ -297,16 +297,18 @@ class SyncStream:
             self._numbers = self._store.reserve_downlink_numbers(self._edge_id, self.RESERVE)
         return self._numbers.pop(0)
 
+    def _read_next(self) -> None:
+        payload = next(self._payloads, None)
+        if payload is None:
+            self._done = True
+            return
+        number = self._number()
+        self._ahead.append(QueuedDownlink(number, downlink_msg_id(number), payload, durable=False))
+
     def head(self) -> QueuedDownlink | None:
         """The next downlink of the sync (read from the store when needed); None when over."""
         if not self._ahead and not self._done:
-            payload = next(self._payloads, None)
-            if payload is None:
-                self._done = True
-            else:
-                number = self._number()
-                self._ahead.append(QueuedDownlink(number, downlink_msg_id(number), payload,
-                                                  durable=False))
+            self._read_next()
         return self._ahead[0] if self._ahead else None
 
     def pop(self) -> None:
@@ -327,3 +329,10 @@ class SyncStream:
 
     def __bool__(self) -> bool:
         return self.head() is not None
+
+    def __iter__(self) -> Iterator[QueuedDownlink]:
+        """Every downlink left, without taking any (reads the rest of the sync at once: for
+        tests and tools, not the stream)."""
+        while not self._done:
+            self._read_next()
+        return iter(list(self._ahead))
