@@ -1,5 +1,7 @@
 """The reference cloud's LMDB store: edges, what they sent (deduplicated by (edge, edge store,
-seq), in apply order), devices, shared attributes and the durable downlink queue of each edge.
+seq), in apply order), devices, shared attributes and the durable downlink queue of each edge;
+the entity graph's databases live in it too (cloud/graph_store.py owns them), and an uplink's
+entity changes are applied to the graph in the uplink's transaction.
 
 It reuses LmdbStore's opening, map growth and transaction machinery (``CloudLmdb`` gives it the
 cloud's database names and format stamp). Several processes may open it at once: the server and
@@ -38,6 +40,11 @@ Layout (edge_id, device_id: 16 raw UUID bytes; numbers: u64 big-endian):
                 device_id -> its last requestId). Added to the edge-cloud/3 format: created
                 when a store is opened for writing; absent (no requests) in a read-only store
                 of an earlier release
+  g_*           the entity graph (cloud/graph_store.py: every kind of entity but devices,
+                assignment to edges, relations; meta b"graph:defaults" once the cloud's own
+                entities were made real). Added like `rpcs`: absent from a read-only open of
+                an older store, where the graph reads as empty. A device unassigned from its
+                edge is kept with the nil edge id (graph_store.UNASSIGNED)
 Record values are in the checksummed envelope of storage/codec.py (shared with the edge). A store
 upgraded from the previous format (edge-cloud/2) may still hold values of that format, each an
 array led by the schema number 1, which are read as they are; its dead_downlinks hold the whole

@@ -1,10 +1,12 @@
 """Which payload kinds of an UplinkMsg the reference cloud applies, answers or only
 acknowledges. Pure logic over one message.
 
-Applied (recorded in the apply log, see uplink_payloads.py): entityData, deviceUpdateMsg,
-deviceCredentialsUpdateMsg, alarmUpdateMsg, deviceRpcCallMsg, relationUpdateMsg,
-assetUpdateMsg. Answered with downlinks (requests.py): attributesRequestMsg,
-relationRequestMsg, ruleChainMetadataRequestMsg. Everything else a ThingsBoard Edge may send
+Applied (recorded in the apply log, see uplink_payloads.py): entityData (telemetry,
+attributes, attribute and timeseries key deletes), deviceUpdateMsg, deviceCredentialsUpdateMsg,
+alarmUpdateMsg, deviceRpcCallMsg, and the entity graph's (cloud/graph_store.py):
+relationUpdateMsg (a relation added or deleted) and assetUpdateMsg (an asset created, changed or
+deleted). Answered with downlinks (requests.py): attributesRequestMsg, relationRequestMsg,
+ruleChainMetadataRequestMsg. Everything else a ThingsBoard Edge may send
 (profiles, dashboards, rule chains, users, and the kinds this project's schema does not name,
 which arrive as unknown fields) is acknowledged and not applied: `not_applied` lists them so
 the caller counts them by kind.
