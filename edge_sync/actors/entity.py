@@ -186,6 +186,7 @@ class EntityActor:
                     self.session.publish_attributes({"deleted": list(command.keys)})
             case EntityDeleted():
                 told = self.abandon_waiters(NotFound(f"device {command.entity_id} was deleted"))
+                self.session = None  # its open RPC requests were closed with the deletion
                 if told:
                     _log.bind(device=str(command.entity_id), polls=told).info(
                         "{} waiting polls answered: the device was deleted", told)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -17,13 +18,15 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from edge_sync.actors.messages import MarkDeployed
+from edge_sync.actors.messages import MarkDeployed, RpcQueued
 from edge_sync.api.admin_http import AdminHttpApi
 from edge_sync.api.entity_service import EntityService
 from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
+from edge_sync.devices.rpc import RpcRequest, RpcStatus
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.graph_store import GraphStore
+from edge_sync.storage.rpc_store import RpcStore
 
 DEADLINE = 10.0
 
@@ -71,6 +74,25 @@ def test_a_device_made_on_the_edge_is_in_the_graph(app: EdgeApp) -> None:
         "id": {"entityType": "DEVICE", "id": str(device.id)},
         "createdTime": device.created_time, "name": "graph-pump", "type": "pump", "label": "L",
         "additionalInfo": None}
+
+
+def test_a_deleted_devices_open_rpc_requests_are_closed_and_never_reported(app: EdgeApp) -> None:
+    device, future = app.service.create_device("rpc-pump")
+    future.result(DEADLINE)
+    now = app.clock.now_ms()
+    request = RpcRequest(device.id, uuid.uuid4(), 7, "reboot", "{}", False,
+                         expiration_time=now + 300, queued_at=now)
+    app.store.write(lambda txn: RpcStore(app.store).put(txn, request))
+    app.router.tell(RpcQueued(device.id, (request,)))
+    deleted = entities(app).delete_device(device.id).result(DEADLINE)
+    with app.store.read() as txn:
+        [closed] = list(RpcStore(app.store).scan(txn, device.id))
+        assert RpcStore(app.store).open_count(txn) == 0
+    assert (closed.status, closed.error) == (RpcStatus.FAILED, "device deleted")
+    time.sleep(0.6)  # an absence, not awaitable: past the expiration nothing may report it
+    with app.store.read() as txn:
+        after = [e for e in EventLog(app.store).iter_events(txn, after_seq=deleted.start)]
+    assert after == []
 
 
 def test_metadata_is_asked_again_only_once_the_request_left_the_queue(app: EdgeApp) -> None:
