@@ -841,8 +841,8 @@ class CloudGraph:
 
     def entities(self, *, entity_type: str | None = None, name: str | None = None,
                  edge_id: uuid.UUID | None = None) -> list[CloudEntity]:
-        """Entities of the graph (not devices), in sync order then by id: of one kind, of one
-        name, on one edge (assigned to it, or on every edge)."""
+        """Entities of the graph (not devices), in sync order, then in creation order: of one
+        kind, of one name, on one edge (assigned to it, or on every edge)."""
         if entity_type is not None:
             self._kind(entity_type, metadata=False)
         out: list[CloudEntity] = []
@@ -856,13 +856,17 @@ class CloudGraph:
                     ids_ = [found] if found is not None else []
                 else:
                     ids_ = list(self._ids_of_kind(txn, kind))
+                found = []
                 for entity_id in ids_:
                     rec = self._get(txn, entity_id)
                     if rec is None:
                         continue
                     entity = self._entity(txn, rec)
                     if edge_id is None or edge_id in entity.edges:
-                        out.append(entity)
+                        found.append(entity)
+                found.sort(key=lambda e: (e.created_time, e.id.time if e.id.version == 1 else 0,
+                                          e.id.bytes))
+                out += found
         return out
 
     def _ids_of_kind(self, txn: lmdb.Transaction, kind: str, after: uuid.UUID | None = None,
