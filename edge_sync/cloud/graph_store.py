@@ -856,17 +856,17 @@ class CloudGraph:
                     ids_ = [found] if found is not None else []
                 else:
                     ids_ = list(self._ids_of_kind(txn, kind))
-                found = []
+                listed: list[CloudEntity] = []
                 for entity_id in ids_:
                     rec = self._get(txn, entity_id)
                     if rec is None:
                         continue
                     entity = self._entity(txn, rec)
                     if edge_id is None or edge_id in entity.edges:
-                        found.append(entity)
-                found.sort(key=lambda e: (e.created_time, e.id.time if e.id.version == 1 else 0,
-                                          e.id.bytes))
-                out += found
+                        listed.append(entity)
+                listed.sort(key=lambda e: (e.created_time, e.id.time if e.id.version == 1 else 0,
+                                           e.id.bytes))
+                out += listed
         return out
 
     def _ids_of_kind(self, txn: lmdb.Transaction, kind: str, after: uuid.UUID | None = None,
