@@ -127,3 +127,27 @@ def test_an_edge_change_reaches_another_connected_edge_holding_the_entity(server
     assert streams["rk-1"].nothing_within(0.2)  # not echoed to the edge that made it
     assert server.counters.edge_changes.get("ASSET") == 1
     assert server.counters.graph_downlinks.get("assetUpdateMsg") == 1
+
+
+def test_queued_assignments_travel_together_and_a_refused_batch_goes_one_by_one(server, clients):
+    graph = server.service.graph
+    edge = server.service.edge("rk-1")
+    made = graph.create_entities([("ASSET", {"name": f"a-{i}"}) for i in range(150)],
+                                 now_ms=NOW, edge_id=edge.edge_id)
+    client = connected(server, clients, "rk-1")
+    client.sync(False)
+    first = client.downlink()
+    assert (len(first.assetUpdateMsg), len(first.assetProfileUpdateMsg)) == (100, 100)
+    client.ack(first.downlinkMsgId, success=False, error="one of them is bad")
+    singles = []
+    for _ in range(100):  # the refused batch again, one by one
+        d = client.downlink()
+        singles.append(json.loads(d.assetUpdateMsg[0].entity)["name"])
+        assert len(d.assetUpdateMsg) == 1
+        client.ack(d.downlinkMsgId)
+    assert singles == [m.name for m in made[:100]]
+    rest = client.downlink()
+    assert [json.loads(a.entity)["name"] for a in rest.assetUpdateMsg] == [
+        m.name for m in made[100:]]
+    client.ack(rest.downlinkMsgId)
+    assert client.nothing_within(0.2)
