@@ -18,6 +18,7 @@ benchmarks:
   compare   edge-sync vs a Mosquitto QoS 1 bridge through an outage and kill -9 (installs mosquitto)
   rpc       server-side RPC round trip cloud -> device -> cloud at 100 and 1,000/s, shared-attribute fan-out
   mqtt      device MQTT server vs Mosquitto: QoS 1 msgs/s, PUBACK latency, RSS of 10,000 idle clients
+  sync      an edge's first full sync of 10,000 entities: entities/s, peak RSS, exactness
 
 Each benchmark prints progress on stderr and one JSON line (the last line of stdout).
 `scripts/bench <benchmark> --help` lists its options.
@@ -53,8 +54,15 @@ def _mqtt(argv: Sequence[str]) -> int:
     return mqtt.main(argv)
 
 
+def _sync(argv: Sequence[str]) -> int:
+    from bench import sync
+
+    return sync.main(argv)
+
+
 BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
-    "ingest": _ingest, "e2e": _e2e, "compare": _compare, "rpc": _rpc, "mqtt": _mqtt}
+    "ingest": _ingest, "e2e": _e2e, "compare": _compare, "rpc": _rpc, "mqtt": _mqtt,
+    "sync": _sync}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

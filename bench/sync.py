@@ -1,0 +1,487 @@
+"""``scripts/bench sync``: an edge's first full sync of a large entity graph, on loopback.
+
+Each run, on fresh stores: the reference cloud's store gets one edge and a plant of
+``--entities`` entities for it (bench/graph_population.py: mostly devices, assets and relations,
+some of every kind, a dashboard just under the 4 MiB message limit unless
+``--no-big-dashboard``), written by this process before the server starts (not timed in the
+sync; ``seed_s`` says how long it took). Then ``edge-cloud serve`` and ``edge-sync run`` start
+as subprocesses (default settings: only the stores, ports, log level and a 100 ms reconnect
+delay are set), the edge on an empty store, so its first connect asks for a full sync.
+
+Measured:
+
+- ``sync_s``: the edge's own record of its full sync (``GET /api/status`` ``sync``): from
+  ``full_started_ms`` (its DownlinkActor records the sync as started when the cloud has
+  accepted the connect, just before SyncRequestMsg goes out) to ``last_full_ms`` (the commit
+  of the transaction applying SyncCompletedMsg, which comes after every entity). Both are the
+  edge's clock. ``spawn_to_synced_s`` is the benchmark's own clock from spawning the edge to
+  seeing its link CONNECTED (interpreter start-up and the connect included).
+- ``entities_per_s``: the plant's entities (``--entities``) / ``sync_s``; ``entries_per_s``:
+  every entry the edge received (the plant, the cloud's own entities, rule chain metadata,
+  device credentials) / ``sync_s``.
+- ``edge_peak_rss_mb`` / ``cloud_peak_rss_mb``: VmHWM of each process when the sync has
+  completed (the edge: since its start; the cloud: since its start, which reads nothing of the
+  plant before the edge connects).
+- ``cpu_s``: CPU seconds of each process from the moment the benchmark first sees the link
+  SYNCING (polled every 20 ms) to CONNECTED, so ``cpu_s / sync_s`` says how busy each was.
+
+Exactness, checked every run (any failure is an error, exit 1): the edge's status counts by
+kind (``graph.entities`` and ``graph.relations``) equal what the cloud assigns to the edge
+(graph_population.edge_expected), nothing is held (``graph.held.count`` 0) and no full sync is
+in progress; and the edge's graph store, read entity by entity (graph_population.edge_graph,
+read-only while the edge runs), equals the cloud's view, JSON included (``exact``).
+
+The seeding goes through the product's APIs, which queue for the edge what a live edge would be
+sent (``queued_after_seed``: about one downlink per entity). The cloud sends that queue after
+the full sync (the sync goes first); it should leave the edge as it is. Not measured unless
+``--drain-queue``: then ``queue_drain_s`` is the time from the sync's end until the cloud's
+queue for the edge is empty, and the edge is checked again afterwards (``exact_after_queue``;
+a difference is an error too).
+
+``--profile DIR``: in the first run, ``py-spy record --threads --format raw`` on both processes
+from the edge's spawn to the sync's end (samples of the threads on CPU, 200 Hz); the collapsed
+stacks go to DIR and ``profile`` in the JSON line has each process's share of samples by
+leaf function and by edge_sync module (inclusive).
+
+Target: at least 2,000 entities/s (ThingsBoard sends a sync in packs of 50 and waits for each).
+The JSON line (last line of stdout) has the medians over ``--runs`` runs (3), each run in
+``samples``, ``target`` and ``met``, ``machine`` (load average and pressure at the start and the
+end: the machine is shared) and ``errors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    SetupError,
+    cpu_seconds,
+    emit,
+    free_port,
+    median,
+    peak_rss_mb,
+    progress,
+    rounded,
+    tail,
+    terminate,
+)
+from bench.e2e import Cloud, PhaseError, machine_load
+from bench.graph_population import (
+    PlantSpec,
+    View,
+    build_plant,
+    counts_by_kind,
+    diff,
+    edge_expected,
+    edge_graph,
+)
+from bench.ingest import edge_env
+
+TARGET_ENTITIES_PER_S = 2000.0
+_POLL_S = 0.02
+PROFILE_RATE_HZ = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    entities: int = 10_000
+    runs: int = 3
+    seed: int = 0
+    big_dashboard: bool = True
+    drain_queue: bool = False
+    profile: Path | None = None
+    quick: bool = False
+
+
+@dataclass
+class RunResult:
+    figures: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    queued_after_seed: int = 0
+    profile: dict[str, Any] | None = None
+    errors: list[str] = field(default_factory=list)
+    after_queue: list[str] = field(default_factory=list)
+    """What differed once the seeding's queue reached the edge (--drain-queue; also in errors)."""
+
+
+# -- the edge, as a subprocess ---------------------------------------------------------------------
+
+
+class SyncEdge:
+    """``edge-sync run`` on a fresh store, linked to ``cloud``, on free loopback ports."""
+
+    def __init__(self, data_dir: Path, cloud: Cloud) -> None:
+        self.data_dir = data_dir
+        self.admin_port = free_port()
+        self.env = edge_env(data_dir, http_port=free_port(), admin_port=self.admin_port)
+        self.env.update(CLOUD_ROUTING_KEY=cloud.routing_key, CLOUD_ROUTING_SECRET=cloud.secret,
+                        CLOUD_RPC_HOST="127.0.0.1", CLOUD_RPC_PORT=str(cloud.rpc_port),
+                        EDGE_CLOUD_RECONNECT_INTERVAL_MS="100")
+        self.log = data_dir.parent / "edge.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def spawn(self) -> None:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_sync.cli.edge", "run"], env=self.env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+
+    def status(self) -> dict[str, Any] | None:
+        """GET /api/status; None while it does not answer (SetupError once the process exited)."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise SetupError(f"edge exited with {self.proc.returncode}: {tail(self.log, 15)}")
+        try:
+            url = f"http://127.0.0.1:{self.admin_port}/api/status"
+            with urllib.request.urlopen(url, timeout=5.0) as resp:
+                value: dict[str, Any] = json.loads(resp.read())
+                return value
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+
+    def stop(self, *, timeout: float = 60.0) -> int | None:
+        return None if self.proc is None else terminate(self.proc, timeout=timeout)
+
+
+def cloud_edge_row(cloud: Cloud) -> dict[str, Any]:
+    """The edge's row of the running cloud's GET /api/status."""
+    url = f"http://127.0.0.1:{cloud.admin_port}/api/status"
+    with urllib.request.urlopen(url, timeout=5.0) as resp:
+        status = json.loads(resp.read())
+    for row in status.get("edges", []):
+        if row.get("routing_key") == cloud.routing_key:
+            return dict(row)
+    raise PhaseError(f"no edge {cloud.routing_key!r} in the cloud's status")
+
+
+# -- py-spy --------------------------------------------------------------------------------------
+
+
+def py_spy() -> str | None:
+    path = Path(sys.executable).parent / "py-spy"
+    return str(path) if os.access(path, os.X_OK) else None
+
+
+class Profiler:
+    """py-spy recording one process until stopped (SIGINT makes it write its output)."""
+
+    def __init__(self, spy: str, pid: int, out: Path) -> None:
+        self.out = out
+        self.log = out.with_suffix(".log")
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE_HZ), "--threads",
+                 "--format", "raw", "--output", str(out)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> str | None:
+        """Stop and wait; the error, None when the stacks were written."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return None if self.out.exists() else f"py-spy wrote nothing: {tail(self.log, 5)}"
+
+
+def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
+    """Shares of the samples of a collapsed-stack file (``frame;frame;... count``, py-spy's raw
+    format): by leaf function, and by edge_sync module anywhere in the stack (inclusive)."""
+    leaves: Counter[str] = Counter()
+    modules: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        leaves[_frame_name(frames[-1])] += count
+        seen = set()
+        for frame in frames:
+            module = _edge_sync_module(frame)
+            if module is not None and module not in seen:
+                seen.add(module)
+                modules[module] += count
+    def share(counter: Counter[str]) -> dict[str, float]:
+        return {k: round(v / total, 3) for k, v in counter.most_common(top)} if total else {}
+
+    return {"samples": total, "leaf": share(leaves), "edge_sync_module_inclusive": share(modules)}
+
+
+def _frame_name(frame: str) -> str:
+    """``function (path/to/file.py:12)`` -> ``function (file.py)``."""
+    name, _, where = frame.partition(" (")
+    file = where.split(":")[0].rsplit("/", 1)[-1] if where else ""
+    return f"{name} ({file})" if file else name
+
+
+def _edge_sync_module(frame: str) -> str | None:
+    _, _, where = frame.partition(" (")
+    path = where.split(":")[0]
+    marker = "/edge_sync/"
+    if marker not in path:
+        return None
+    return path.split(marker, 1)[1].removesuffix(".py")
+
+
+# -- one run ----------------------------------------------------------------------------------------
+
+
+def check_edge(status: dict[str, Any], expected: View, data_dir: Path) -> list[str]:
+    """Why the edge does not hold exactly ``expected`` (empty when it does)."""
+    problems = []
+    want = counts_by_kind(expected)
+    relations = want.pop("RELATION", 0)
+    graph = status.get("graph") or {}
+    have = dict(graph.get("entities") or {})
+    if have != want or graph.get("relations") != relations:
+        problems.append(f"edge counts {have} + {graph.get('relations')} relations; the cloud "
+                        f"assigns {want} + {relations} relations")
+    held = (graph.get("held") or {}).get("count")
+    if held != 0:
+        problems.append(f"{held} held on the edge: {(graph.get('held') or {}).get('first')}")
+    sync = status.get("sync") or {}
+    if sync.get("full_in_progress") or sync.get("damaged"):
+        problems.append(f"edge sync state {sync}")
+    problems += [f"edge graph vs cloud: {line}" for line in diff(expected, edge_graph(data_dir))]
+    return problems
+
+
+def run_once(opts: Options, workdir: Path, run: int) -> RunResult:
+    out = RunResult()
+    spec = PlantSpec.for_total(opts.entities, near_limit_dashboard=opts.big_dashboard)
+    cloud = Cloud(workdir / "cloud" / "data")
+    edge = SyncEdge(workdir / "edge" / "data", cloud)
+    profilers: dict[str, Profiler] = {}
+    try:
+        from edge_sync.cloud.server import open_cloud_store
+
+        store = open_cloud_store(cloud.cfg)
+        try:
+            t0 = time.monotonic()
+            pop = build_plant(store, cloud.routing_key, spec, seed=opts.seed + run)
+            out.figures["seed_s"] = time.monotonic() - t0
+            expected = edge_expected(store, cloud.routing_key)
+        finally:
+            store.close()
+        out.queued_after_seed = pop.queued_downlinks
+        out.counts = counts_by_kind(expected)
+        progress(f"  plant of {spec.total:,} entities seeded in {out.figures['seed_s']:.1f} s "
+                 f"(graph {pop.seconds['graph']:.1f} s, devices {pop.seconds['devices']:.1f} s, "
+                 f"relations {pop.seconds['relations']:.1f} s); the edge will receive "
+                 f"{len(expected):,} entries; near-limit dashboard {pop.near_limit_bytes} bytes")
+        cloud.start()
+        spy = py_spy() if opts.profile is not None and run == 1 else None
+        if opts.profile is not None and run == 1 and spy is None:
+            out.errors.append("--profile: py-spy not found in the venv")
+        t_spawn = time.monotonic()
+        edge.spawn()
+        if spy is not None and opts.profile is not None:
+            opts.profile.mkdir(parents=True, exist_ok=True)
+            profilers = {who: Profiler(spy, pid, opts.profile / f"{who}-sync.txt")
+                         for who, pid in (("edge", edge.pid), ("cloud", cloud.pid))}
+        status, cpu_start = wait_synced(opts, cloud, edge)
+        t_synced = time.monotonic()
+        out.figures["edge_peak_rss_mb"] = peak_rss_mb(edge.pid)
+        out.figures["cloud_peak_rss_mb"] = peak_rss_mb(cloud.pid)
+        out.figures["edge_cpu_s"] = cpu_seconds(edge.pid) - cpu_start[0]
+        out.figures["cloud_cpu_s"] = cpu_seconds(cloud.pid) - cpu_start[1]
+        if profilers:
+            out.profile = {}
+            for who, prof in profilers.items():
+                error = prof.stop()
+                out.profile[who] = ({"error": error} if error else
+                                    {**summarise_profile(prof.out), "stacks": str(prof.out)})
+            profilers = {}
+        sync = status["sync"]
+        sync_s = (sync["last_full_ms"] - sync["full_started_ms"]) / 1000
+        out.figures.update(sync_s=sync_s, spawn_to_synced_s=t_synced - t_spawn,
+                           entities_per_s=spec.total / sync_s if sync_s > 0 else math.nan,
+                           entries_per_s=len(expected) / sync_s if sync_s > 0 else math.nan)
+        problems = check_edge(status, expected, edge.data_dir)
+        out.errors += [f"run {run}: {p}" for p in problems]
+        progress(f"  full sync: {spec.total:,} entities ({len(expected):,} entries) in {sync_s:.2f} s "
+                 f"= {out.figures['entities_per_s']:,.0f} entities/s; spawn to synced "
+                 f"{out.figures['spawn_to_synced_s']:.2f} s; peak RSS edge "
+                 f"{out.figures['edge_peak_rss_mb']:.0f} MiB, cloud "
+                 f"{out.figures['cloud_peak_rss_mb']:.0f} MiB; cpu edge "
+                 f"{out.figures['edge_cpu_s']:.2f} s, cloud {out.figures['cloud_cpu_s']:.2f} s; "
+                 + ("exact" if not problems else f"NOT EXACT: {problems[:3]}"))
+        if opts.drain_queue:
+            drain_queue(opts, cloud, edge, expected, out, run)
+    except (PhaseError, SetupError, OSError, ValueError, KeyError, TypeError) as exc:
+        out.errors.append(f"run {run}: {type(exc).__name__}: {exc}")
+        progress(f"  FAILED: {out.errors[-1]}")
+    finally:
+        for prof in profilers.values():
+            prof.stop()
+        codes = {"edge": edge.stop(), "cloud": cloud.stop()}
+        for who, code in codes.items():
+            if code not in (0, None):
+                out.errors.append(f"run {run}: the {who} exited with {code} after SIGTERM"
+                                  + (f": {tail(edge.log, 10)}" if who == "edge" else ""))
+    return out
+
+
+def wait_synced(opts: Options, cloud: Cloud, edge: SyncEdge) -> tuple[dict[str, Any], tuple[float, float]]:
+    """Wait for the link CONNECTED after a completed full sync; its status, and the CPU
+    seconds of (edge, cloud) when the link was first seen SYNCING (NaN when the sync was over
+    before the link was first seen)."""
+    deadline = time.monotonic() + 120 + opts.entities / 100
+    cpu_start: tuple[float, float] | None = None
+    state = "no answer"
+    while time.monotonic() < deadline:
+        status = edge.status()
+        if status is not None:
+            state = str(status["link"]["state"])
+            if cpu_start is None and state == "SYNCING":
+                cpu_start = (cpu_seconds(edge.pid), cpu_seconds(cloud.pid))
+            sync = status.get("sync") or {}
+            if state == "CONNECTED" and sync.get("last_full_ms") and sync.get("full_started_ms"):
+                return status, cpu_start or (math.nan, math.nan)
+        time.sleep(_POLL_S)
+    raise PhaseError(f"the edge's full sync did not complete in time (link {state}): "
+                     f"{tail(edge.log, 10)}")
+
+
+def drain_queue(opts: Options, cloud: Cloud, edge: SyncEdge, expected: View, out: RunResult,
+                run: int) -> None:
+    """Wait until the cloud's queue for the edge is empty; check the edge again."""
+    t0 = time.monotonic()
+    deadline = t0 + 300 + opts.entities / 20
+    while True:
+        row = cloud_edge_row(cloud)
+        if row.get("queued_downlinks") == 0:
+            break
+        if time.monotonic() > deadline:
+            raise PhaseError(f"the seeding's queue did not drain: {row.get('queued_downlinks')} left")
+        time.sleep(0.1)
+    out.figures["queue_drain_s"] = time.monotonic() - t0
+    status = edge.status()
+    if status is None:
+        raise PhaseError("the edge's status did not answer after the queue drained")
+    problems = check_edge(status, expected, edge.data_dir)
+    out.after_queue = [f"run {run}, after the queue: {p}" for p in problems]
+    out.errors += out.after_queue
+    progress(f"  the seeding's {out.queued_after_seed:,} queued downlinks sent after the sync in "
+             f"{out.figures['queue_drain_s']:.1f} s; "
+             + ("exact" if not problems else f"NOT EXACT: {problems[:3]}"))
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+
+def result_line(opts: Options, runs: list[RunResult], machine: list[dict[str, float]]) -> dict[str, Any]:
+    def med(key: str, digits: int) -> float | None:
+        return rounded(median([r.figures[key] for r in runs if key in r.figures]), digits)
+
+    rate = med("entities_per_s", 0)
+    errors = [e for r in runs for e in r.errors]
+    after_queue = [e for r in runs for e in r.after_queue]
+    counts = next((r.counts for r in runs if r.counts), {})
+    return {
+        "bench": "sync", "entities": opts.entities, "runs": opts.runs, "quick": opts.quick,
+        "near_limit_dashboard": opts.big_dashboard,
+        "entries_synced": sum(counts.values()), "counts": counts,
+        "sync_s": med("sync_s", 3), "entities_per_s": rate, "entries_per_s": med("entries_per_s", 0),
+        "spawn_to_synced_s": med("spawn_to_synced_s", 2),
+        "edge_peak_rss_mb": med("edge_peak_rss_mb", 1), "cloud_peak_rss_mb": med("cloud_peak_rss_mb", 1),
+        "cpu_s": {"edge": med("edge_cpu_s", 2), "cloud": med("cloud_cpu_s", 2)},
+        "seed_s": med("seed_s", 2),
+        "queued_after_seed": max((r.queued_after_seed for r in runs), default=0),
+        "queue_drain_s": med("queue_drain_s", 2) if opts.drain_queue else None,
+        "exact": len(errors) == len(after_queue) and len(runs) == opts.runs,
+        "exact_after_queue": not after_queue if opts.drain_queue else None,
+        "target": {"entities_per_s": TARGET_ENTITIES_PER_S},
+        "met": {"entities_per_s": None if rate is None else rate >= TARGET_ENTITIES_PER_S},
+        "samples": [{k: rounded(v, 3) for k, v in r.figures.items()} for r in runs],
+        "profile": next((r.profile for r in runs if r.profile), None),
+        "machine": machine, "cpus": os.cpu_count(), "errors": errors[:20],
+    }
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    p = argparse.ArgumentParser(
+        prog="scripts/bench sync",
+        description="An edge's first full sync of a large entity graph: real edge-cloud serve and "
+        "edge-sync run processes, fresh stores, entities/s, peak RSS of both, exactness of what "
+        "the edge holds. Progress goes to stderr; the last stdout line is the JSON result.")
+    p.add_argument("--entities", type=int, default=None,
+                   help="entities of the plant (default 10,000; --quick 1,000)")
+    p.add_argument("--runs", type=int, default=None, help="runs, each on fresh stores and "
+                   "processes; medians reported (default 3; --quick 1)")
+    p.add_argument("--seed", type=int, default=0, help="the plant of run n has seed SEED+n")
+    p.add_argument("--no-big-dashboard", action="store_true",
+                   help="leave out the dashboard just under the 4 MiB message limit")
+    p.add_argument("--drain-queue", action="store_true",
+                   help="after the sync, time the cloud sending the downlinks the seeding "
+                   "queued, and check the edge again")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="py-spy both processes during the first run's sync; stacks to DIR")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 run of 1,000 entities")
+    a = p.parse_args(list(argv))
+    opts = Options(
+        entities=a.entities if a.entities is not None else (1000 if a.quick else 10_000),
+        runs=a.runs if a.runs is not None else (1 if a.quick else 3),
+        seed=a.seed, big_dashboard=not a.no_big_dashboard, drain_queue=a.drain_queue,
+        profile=a.profile, quick=a.quick)
+    if opts.runs < 1:
+        p.error("--runs must be positive")
+    try:
+        PlantSpec.for_total(opts.entities, near_limit_dashboard=opts.big_dashboard)
+    except ValueError as exc:
+        p.error(f"--entities: {exc}")
+    return opts
+
+
+def main(argv: Sequence[str]) -> int:
+    from edge_sync.config import LogConfig, LogLevel
+    from edge_sync.logsetup import configure_logging
+
+    opts = parse_args(argv)
+    configure_logging(LogConfig(level=LogLevel.WARNING), component="bench")
+    progress(f"sync: {opts.runs} run(s) of a first full sync of {opts.entities:,} entities "
+             f"({os.cpu_count()} cpus); target {TARGET_ENTITIES_PER_S:,.0f} entities/s")
+    machine = [machine_load()]
+    runs = []
+    for n in range(1, opts.runs + 1):
+        progress(f"run {n}/{opts.runs}")
+        with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
+            runs.append(run_once(opts, Path(tmp), n))
+    machine.append(machine_load())
+    line = result_line(opts, runs, machine)
+    emit(line)
+    met = line["met"]["entities_per_s"]
+    progress(f"median {line['entities_per_s']} entities/s (target {TARGET_ENTITIES_PER_S:,.0f}: "
+             f"{'met' if met else 'NOT met' if met is not None else 'not measured'}); "
+             f"sync {line['sync_s']} s; peak RSS edge {line['edge_peak_rss_mb']} MiB, cloud "
+             f"{line['cloud_peak_rss_mb']} MiB; {'exact' if line['exact'] else 'NOT EXACT'}")
+    if line["errors"]:
+        progress("FAILED: " + "; ".join(line["errors"][:5]))
+        return 1
+    return 0

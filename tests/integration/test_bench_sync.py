@@ -1,0 +1,78 @@
+"""`scripts/bench sync --quick --drain-queue` end to end (about 15 s): a real `edge-cloud serve`
+with a plant of 1,000 entities for one edge (a dashboard just under the 4 MiB message limit
+included) and a real `edge-sync run` on an empty store. The JSON line (the last line of stdout)
+has every figure, and after the full sync the edge holds exactly what the cloud assigns (the
+benchmark checks it entity by entity and reports any difference as an error).
+
+After the sync the cloud sends the downlinks the seeding queued (a device's creation carries a
+device profile); they should leave the edge as it was. They do not yet: a device's downlink
+(cloud/downlinks.device_synced) carries a device profile made from the device's type
+(tb_entities.device_profile_json), not the graph's profile of that name, so the edge's profile
+loses its description and alarm rules. test_the_queue_after_the_sync_keeps_the_edge_exact is a
+strict xfail until that is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.sync import TARGET_ENTITIES_PER_S
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+AFTER_QUEUE = "run 1, after the queue: "
+
+
+@pytest.fixture(scope="module")
+def quick() -> dict[str, Any]:
+    """The JSON line of one quick run (exit 1 only for differences after the queue)."""
+    cmd = [sys.executable, "-m", "bench", "sync", "--quick", "--drain-queue"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    lines = done.stdout.strip().splitlines()
+    assert lines, f"exit {done.returncode}:\n{done.stderr[-4000:]}"
+    line: dict[str, Any] = json.loads(lines[-1])
+    after = [e for e in line["errors"] if e.startswith(AFTER_QUEUE)]
+    assert done.returncode == (1 if after else 0), done.stderr[-4000:]
+    return line
+
+
+def test_quick_run_syncs_the_whole_plant_exactly(quick: dict[str, Any]) -> None:
+    assert quick["bench"] == "sync" and quick["quick"] is True and quick["runs"] == 1
+    assert quick["entities"] == 1000 and quick["near_limit_dashboard"] is True
+    assert [e for e in quick["errors"] if not e.startswith(AFTER_QUEUE)] == []
+    assert quick["exact"] is True
+    counts = quick["counts"]
+    # the plant (1,000) plus the cloud's own entities, rule chain metadata, device credentials
+    assert counts["DEVICE"] == counts["DEVICE_CREDENTIALS"] > 0
+    assert counts["RULE_CHAIN"] == counts["RULE_CHAIN_METADATA"] >= 3
+    assert counts["RELATION"] > 0 and counts["ASSET"] > 0 and counts["DASHBOARD"] >= 4
+    assert {"TENANT", "QUEUE", "USER", "WIDGET_TYPE", "WIDGETS_BUNDLE", "CUSTOMER",
+            "DEVICE_PROFILE", "ASSET_PROFILE", "ENTITY_VIEW"} <= set(counts)
+    assert quick["entries_synced"] == sum(counts.values()) > 1000
+
+
+def test_quick_run_reports_every_figure(quick: dict[str, Any]) -> None:
+    assert 0 < quick["sync_s"] < quick["spawn_to_synced_s"]
+    assert quick["entities_per_s"] == pytest.approx(1000 / quick["sync_s"], rel=0.01)
+    assert quick["entries_per_s"] > quick["entities_per_s"] > 0
+    assert quick["edge_peak_rss_mb"] > 0 and quick["cloud_peak_rss_mb"] > 0
+    assert quick["seed_s"] > 0 and quick["queued_after_seed"] >= 1000
+    assert quick["queue_drain_s"] > 0
+    assert quick["target"] == {"entities_per_s": TARGET_ENTITIES_PER_S}
+    assert quick["met"]["entities_per_s"] is (quick["entities_per_s"] >= TARGET_ENTITIES_PER_S)
+    assert len(quick["samples"]) == 1 and len(quick["machine"]) == 2
+
+
+@pytest.mark.xfail(strict=True, reason="a device's queued downlink carries a device profile made "
+                   "from its type (downlinks.device_synced), not the graph's profile: the edge's "
+                   "profile loses its alarms")
+def test_the_queue_after_the_sync_keeps_the_edge_exact(quick: dict[str, Any]) -> None:
+    assert quick["exact_after_queue"] is True and quick["errors"] == []
