@@ -163,9 +163,11 @@ class GraphApplier:
     def apply(self, txn: lmdb.Transaction, msg: edge_pb2.DownlinkMsg, now_ms: int,
               out: GraphOutcome) -> None:
         """Every graph payload of ``msg``, in full-sync order (Kind.sync_rank)."""
-        for kind in _BY_RANK:
-            for m in getattr(msg, kind.downlink_field):
-                self.apply_payload(txn, kind.downlink_field, m, now_ms, out)
+        present = [(BY_FIELD[fd.name].sync_rank, fd.name, value) for fd, value in msg.ListFields()
+                   if fd.name in GRAPH_FIELDS]
+        for _, field_name, payloads in sorted(present, key=lambda p: p[0]):
+            for m in payloads:
+                self.apply_payload(txn, field_name, m, now_ms, out)
 
     def mark_seen(self, txn: lmdb.Transaction, msg: edge_pb2.DownlinkMsg) -> None:
         """A downlink applied before, redelivered during a full sync: what it names is still
@@ -277,12 +279,11 @@ class GraphApplier:
                 out.applied.append(("RELATION", gs.ADDED if result == gs.CREATED else gs.UPDATED))
             return []
         assert c.entity_id is not None
-        old = graph.entity(txn, c.entity_id, c.entity_type)
-        unchanged = old is not None and old.json == c.text and old.extra == c.extra
-        if not (unchanged and self._operational_current(txn, c)):
-            self._operational(txn, c, now_ms, out)
         result = graph.put_entity(txn, c.entity_type, c.entity_id, c.text, now_ms=now_ms,
-                                  extra=c.extra, body=c.body)
+                                  extra=c.extra, body=c.body, refs=refs)
+        # (checked already: the operational write refuses nothing now)
+        if result != gs.UNCHANGED or not self._operational_current(txn, c):
+            self._operational(txn, c, now_ms, out)
         out.done.append(f"{c.what()} {_VERB[result]}")
         if result != gs.UNCHANGED:
             out.applied.append((c.entity_type, gs.ADDED if result == gs.CREATED else gs.UPDATED))

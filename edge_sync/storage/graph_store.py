@@ -417,10 +417,12 @@ class GraphStore:
     def put_entity(self, txn: lmdb.Transaction, entity_type: str, entity_id: uuid.UUID,
                    json_text: str, *, now_ms: int, origin: str = CLOUD,
                    origin_seq: int | None = None, extra: str | None = None,
-                   body: Mapping[str, Any] | None = None) -> str:
+                   body: Mapping[str, Any] | None = None,
+                   refs: Sequence[Ref] | None = None) -> str:
         """Insert or replace an entity's JSON: "created", "updated", or "unchanged" (the same
         JSON and extra: nothing written, no apply log entry). ``body``: the JSON already
-        parsed. A held payload of the same entity is dropped (this write is newer)."""
+        parsed, ``refs`` its hard_references, when the caller has them. A held payload of the
+        same entity is dropped (this write is newer)."""
         key = entity_key(entity_type, entity_id)
         try:
             old = self._get(txn, key)
@@ -437,24 +439,25 @@ class GraphStore:
         if body is None:
             body = _json_body(json_text, entity_type)
         name = name_of(entity_type, body)
-        refs = [ref_bytes(r).decode() for r in hard_references(entity_type, body)]
+        ref_texts = [ref_bytes(r).decode() for r in (
+            refs if refs is not None else hard_references(entity_type, body))]
         provided = [ref_bytes(r).decode() for r in provides(entity_type, entity_id, body)]
         names, rdb, pdb = self._db(_NAMES), self._db(_REFS), self._db(_PROVIDED)
         if old is not None:
             if old.name != name:
                 txn.delete(_name_key(entity_type, old.name, entity_id), db=names)
-            for r in set(old.refs) - set(refs):
+            for r in set(old.refs) - set(ref_texts):
                 txn.delete(r.encode() + _SEP + key, db=rdb)
             for p in set(old.provides) - set(provided):
                 pb = p.encode()
                 holder = txn.get(pb, db=pdb)
                 if holder is not None and bytes(holder) == key:
                     txn.delete(pb, db=pdb)
-        rec = _Rec(entity_type, name, json_text, now_ms, origin, origin_seq, extra, refs,
+        rec = _Rec(entity_type, name, json_text, now_ms, origin, origin_seq, extra, ref_texts,
                    provided)
         txn.put(key, self._pack(rec), db=self._db(_ENT))
         txn.put(_name_key(entity_type, name, entity_id), b"", db=names)
-        for r in refs:
+        for r in ref_texts:
             txn.put(r.encode() + _SEP + key, b"", db=rdb)
         for p in provided:
             txn.put(p.encode(), key, db=pdb)
@@ -676,7 +679,12 @@ class GraphStore:
         """Forget a held payload (applied, replaced or deleted); whether there was one."""
         if not self._present:
             return False
-        found = self._held(txn, key)
+        try:
+            found = self._held(txn, key)
+        except StorageCorrupt as exc:  # what it waited for is unknown: its index entries stay
+            _log.bind(held_key=key.hex()).warning("damaged held entity dropped: {}", exc)
+            txn.delete(key, db=self._db(_HELD))
+            return True
         if found is None:
             return False
         for ref in found.entity.waiting_for:

@@ -861,3 +861,16 @@ def test_graph_counters_by_kind_and_action_and_the_held_gauge(rig: Rig) -> None:
         f'edge_graph_entities_applied_total{{kind_action="ASSET:{a}"}}': 1
         for a in ("ADDED", "UPDATED", "DELETED")}
     assert (snap["edge_graph_held"], snap["edge_graph_held_total"]) == (1, 1)
+
+
+def test_damage_found_while_applying_asks_for_a_full_sync(rig: Rig) -> None:
+    """A damaged record under a downlink: refused (retryable: the store's fault) and recorded,
+    so the next connect asks for a full sync (link/state.py sync_mode)."""
+    dev = uuid.uuid4()
+    provision(rig, dev, "pump", "tok-pump")
+    rig.store.write(lambda txn: txn.put(dev.bytes, b"\x02garbage", db=rig.store.dbs["devices"]))
+    reply = rig.apply(credentials_msg(50, dev, "tok-new"))
+    assert (reply.success, reply.retryable) == (False, True)
+    with rig.store.read() as txn:
+        damaged = rig.graph.sync_state(txn).damaged
+    assert damaged is not None and f"devices: {dev}" in damaged
