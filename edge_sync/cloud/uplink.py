@@ -19,7 +19,8 @@ KNOWN_ENTITY_TYPES = frozenset({
     "AI_MODEL", "API_KEY",
 })
 _ENTITY_DATA_ACTIONS = frozenset({
-    Action.TIMESERIES_UPDATED, Action.ATTRIBUTES_UPDATED, Action.ATTRIBUTES_DELETED})
+    Action.TIMESERIES_UPDATED, Action.ATTRIBUTES_UPDATED, Action.ATTRIBUTES_DELETED,
+    Action.TIMESERIES_DELETED})
 
 
 def events_to_apply(uplink: edge_pb2.UplinkMsg) -> list[AppliedEvent]:
