@@ -23,7 +23,11 @@ Measured:
   completed (the edge: since its start; the cloud: since its start, which reads nothing of the
   plant before the edge connects).
 - ``cpu_s``: CPU seconds of each process from the moment the benchmark first sees the link
-  SYNCING (polled every 20 ms) to CONNECTED, so ``cpu_s / sync_s`` says how busy each was.
+  SYNCING (its status is polled every 100 ms) to CONNECTED, so ``cpu_s / sync_s`` says how
+  busy each was.
+- ``sync_downlinks``: the DownlinkMsgs of the sync (cloud/full_sync.full_sync, read from the
+  store before the cloud starts), each one round trip (one downlink in flight) and one edge
+  transaction; ``ms_per_downlink`` = ``sync_s`` / that.
 
 Exactness, checked every run (any failure is an error, exit 1): the edge's status counts by
 kind (``graph.entities`` and ``graph.relations``) equal what the cloud assigns to the edge
@@ -38,10 +42,15 @@ the full sync (the sync goes first); it should leave the edge as it is. Not meas
 queue for the edge is empty, and the edge is checked again afterwards (``exact_after_queue``;
 a difference is an error too).
 
-``--profile DIR``: in the first run, ``py-spy record --threads --format raw`` on both processes
-from the edge's spawn to the sync's end (samples of the threads on CPU, 200 Hz); the collapsed
-stacks go to DIR and ``profile`` in the JSON line has each process's share of samples by
-leaf function and by edge_sync module (inclusive).
+``--profile DIR``: after the measured runs, one more run (not in the figures: sampling slows
+both processes) with ``py-spy record --gil --threads --format raw`` (200 Hz) on both processes
+until the sync's end: a sample is the thread holding the GIL, i.e. Python running. In that run
+the edge starts first and its start-up is not recorded: once it serves, py-spy attaches, then
+the cloud starts (the edge retries its connect every 100 to 250 ms) and py-spy attaches to it
+as soon as it answers. The collapsed stacks go to DIR; ``profile`` in the JSON line has the
+run's figures and, per process, the seconds it held the GIL (``gil_s``, to compare with the
+run's ``sync_s``) and the shares of its samples by thread, by leaf function and by edge_sync
+module anywhere in the stack (inclusive).
 
 Target: at least 2,000 entities/s (ThingsBoard sends a sync in packs of 50 and waits for each).
 The JSON line (last line of stdout) has the medians over ``--runs`` runs (3), each run in
@@ -91,9 +100,14 @@ from bench.graph_population import (
     edge_graph,
 )
 from bench.ingest import edge_env
+from edge_sync.cloud import full_sync
+from edge_sync.common import ids
 
 TARGET_ENTITIES_PER_S = 2000.0
 _POLL_S = 0.02
+SYNC_POLL_S = 0.1
+"""How often the edge's status is read during the sync (each read costs the edge a little CPU;
+the sync's time comes from the edge's own record, not from this polling)."""
 PROFILE_RATE_HZ = 200
 
 
@@ -189,15 +203,18 @@ class Profiler:
     def __init__(self, spy: str, pid: int, out: Path) -> None:
         self.out = out
         self.log = out.with_suffix(".log")
+        self.started = time.monotonic()
+        self.seconds = math.nan
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE_HZ), "--threads",
-                 "--format", "raw", "--output", str(out)],
+                [spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE_HZ), "--gil",
+                 "--threads", "--format", "raw", "--output", str(out)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self) -> str | None:
         """Stop and wait; the error, None when the stacks were written."""
         if self.proc.poll() is None:
+            self.seconds = time.monotonic() - self.started
             self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=60)
@@ -207,9 +224,12 @@ class Profiler:
         return None if self.out.exists() else f"py-spy wrote nothing: {tail(self.log, 5)}"
 
 
-def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
-    """Shares of the samples of a collapsed-stack file (``frame;frame;... count``, py-spy's raw
-    format): by leaf function, and by edge_sync module anywhere in the stack (inclusive)."""
+def summarise_profile(path: Path, seconds: float, top: int = 15) -> dict[str, Any]:
+    """A collapsed-stack file (``thread (tid): name;frame;frame;... count``, py-spy's raw
+    format with --threads) recorded for ``seconds``: the seconds with a sample (``gil_s``;
+    with --gil: Python running), and the shares of the samples by thread, by leaf function
+    and by edge_sync module anywhere in the stack (inclusive)."""
+    threads: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
     modules: Counter[str] = Counter()
     total = 0
@@ -220,17 +240,21 @@ def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
         count = int(count_text)
         total += count
         frames = stack.split(";")
+        if frames[0].startswith("thread ("):
+            threads[frames.pop(0).partition(": ")[2].rstrip("0123456789").rstrip("-_") or "?"] += count
+        if not frames:
+            continue
         leaves[_frame_name(frames[-1])] += count
-        seen = set()
-        for frame in frames:
-            module = _edge_sync_module(frame)
-            if module is not None and module not in seen:
-                seen.add(module)
-                modules[module] += count
+        for module in {m for m in map(_edge_sync_module, frames) if m is not None}:
+            modules[module] += count
+
     def share(counter: Counter[str]) -> dict[str, float]:
         return {k: round(v / total, 3) for k, v in counter.most_common(top)} if total else {}
 
-    return {"samples": total, "leaf": share(leaves), "edge_sync_module_inclusive": share(modules)}
+    return {"samples": total, "seconds": round(seconds, 2),
+            "gil_s": round(total / PROFILE_RATE_HZ, 2),
+            "thread": share(threads), "leaf": share(leaves),
+            "edge_sync_module_inclusive": share(modules)}
 
 
 def _frame_name(frame: str) -> str:
@@ -241,12 +265,12 @@ def _frame_name(frame: str) -> str:
 
 
 def _edge_sync_module(frame: str) -> str | None:
+    """``f (edge_sync/link/channel.py:12)`` -> ``link/channel``; None outside edge_sync."""
     _, _, where = frame.partition(" (")
-    path = where.split(":")[0]
-    marker = "/edge_sync/"
-    if marker not in path:
+    path = "/" + where.split(":")[0]
+    if "/edge_sync/" not in path:
         return None
-    return path.split(marker, 1)[1].removesuffix(".py")
+    return path.rsplit("/edge_sync/", 1)[1].removesuffix(".py")
 
 
 # -- one run ----------------------------------------------------------------------------------------
@@ -272,7 +296,7 @@ def check_edge(status: dict[str, Any], expected: View, data_dir: Path) -> list[s
     return problems
 
 
-def run_once(opts: Options, workdir: Path, run: int) -> RunResult:
+def run_once(opts: Options, workdir: Path, run: int, *, profile: bool = False) -> RunResult:
     out = RunResult()
     spec = PlantSpec.for_total(opts.entities, near_limit_dashboard=opts.big_dashboard)
     cloud = Cloud(workdir / "cloud" / "data")
@@ -287,6 +311,9 @@ def run_once(opts: Options, workdir: Path, run: int) -> RunResult:
             pop = build_plant(store, cloud.routing_key, spec, seed=opts.seed + run)
             out.figures["seed_s"] = time.monotonic() - t0
             expected = edge_expected(store, cloud.routing_key)
+            record = store.edge(cloud.routing_key)
+            assert record is not None
+            downlinks = len(full_sync.full_sync(store, record, ids.unix_ms(ids.time_based())))
         finally:
             store.close()
         out.queued_after_seed = pop.queued_downlinks
@@ -295,16 +322,25 @@ def run_once(opts: Options, workdir: Path, run: int) -> RunResult:
                  f"(graph {pop.seconds['graph']:.1f} s, devices {pop.seconds['devices']:.1f} s, "
                  f"relations {pop.seconds['relations']:.1f} s); the edge will receive "
                  f"{len(expected):,} entries; near-limit dashboard {pop.near_limit_bytes} bytes")
-        cloud.start()
-        spy = py_spy() if opts.profile is not None and run == 1 else None
-        if opts.profile is not None and run == 1 and spy is None:
-            out.errors.append("--profile: py-spy not found in the venv")
+        spy = py_spy() if profile else None
+        if profile and spy is None:
+            raise SetupError("--profile: py-spy not found in the venv (.venv/bin/pip install py-spy)")
         t_spawn = time.monotonic()
-        edge.spawn()
         if spy is not None and opts.profile is not None:
+            # the edge first, its start-up not profiled: it retries the connect (every 100 to
+            # 250 ms) until the cloud, started once py-spy records the edge, answers
             opts.profile.mkdir(parents=True, exist_ok=True)
-            profilers = {who: Profiler(spy, pid, opts.profile / f"{who}-sync.txt")
-                         for who, pid in (("edge", edge.pid), ("cloud", cloud.pid))}
+            edge.env.update(EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS="250",
+                            EDGE_CLOUD_CIRCUIT_BREAKER_FAILURE_THRESHOLD="1000000000")
+            edge.spawn()
+            wait_serving(edge)
+            profilers["edge"] = Profiler(spy, edge.pid, opts.profile / "edge-sync.txt")
+            cloud.start()
+            profilers["cloud"] = Profiler(spy, cloud.pid, opts.profile / "cloud-sync.txt")
+        else:
+            cloud.start()
+            t_spawn = time.monotonic()
+            edge.spawn()
         status, cpu_start = wait_synced(opts, cloud, edge)
         t_synced = time.monotonic()
         out.figures["edge_peak_rss_mb"] = peak_rss_mb(edge.pid)
@@ -316,23 +352,26 @@ def run_once(opts: Options, workdir: Path, run: int) -> RunResult:
             for who, prof in profilers.items():
                 error = prof.stop()
                 out.profile[who] = ({"error": error} if error else
-                                    {**summarise_profile(prof.out), "stacks": str(prof.out)})
+                                    {**summarise_profile(prof.out, prof.seconds),
+                                     "stacks": str(prof.out)})
             profilers = {}
         sync = status["sync"]
         sync_s = (sync["last_full_ms"] - sync["full_started_ms"]) / 1000
         out.figures.update(sync_s=sync_s, spawn_to_synced_s=t_synced - t_spawn,
+                           sync_downlinks=downlinks, ms_per_downlink=sync_s * 1000 / downlinks,
                            entities_per_s=spec.total / sync_s if sync_s > 0 else math.nan,
                            entries_per_s=len(expected) / sync_s if sync_s > 0 else math.nan)
         problems = check_edge(status, expected, edge.data_dir)
         out.errors += [f"run {run}: {p}" for p in problems]
-        progress(f"  full sync: {spec.total:,} entities ({len(expected):,} entries) in {sync_s:.2f} s "
+        progress(f"  full sync: {spec.total:,} entities ({len(expected):,} entries, {downlinks} "
+                 f"downlinks) in {sync_s:.2f} s "
                  f"= {out.figures['entities_per_s']:,.0f} entities/s; spawn to synced "
                  f"{out.figures['spawn_to_synced_s']:.2f} s; peak RSS edge "
                  f"{out.figures['edge_peak_rss_mb']:.0f} MiB, cloud "
                  f"{out.figures['cloud_peak_rss_mb']:.0f} MiB; cpu edge "
                  f"{out.figures['edge_cpu_s']:.2f} s, cloud {out.figures['cloud_cpu_s']:.2f} s; "
                  + ("exact" if not problems else f"NOT EXACT: {problems[:3]}"))
-        if opts.drain_queue:
+        if opts.drain_queue and not profile:
             drain_queue(opts, cloud, edge, expected, out, run)
     except (PhaseError, SetupError, OSError, ValueError, KeyError, TypeError) as exc:
         out.errors.append(f"run {run}: {type(exc).__name__}: {exc}")
@@ -346,6 +385,15 @@ def run_once(opts: Options, workdir: Path, run: int) -> RunResult:
                 out.errors.append(f"run {run}: the {who} exited with {code} after SIGTERM"
                                   + (f": {tail(edge.log, 10)}" if who == "edge" else ""))
     return out
+
+
+def wait_serving(edge: SyncEdge, timeout: float = 60.0) -> None:
+    """Wait until the edge's admin API answers (its start-up is over)."""
+    deadline = time.monotonic() + timeout
+    while edge.status() is None:
+        if time.monotonic() > deadline:
+            raise PhaseError(f"the edge did not serve within {timeout:.0f}s: {tail(edge.log, 10)}")
+        time.sleep(_POLL_S)
 
 
 def wait_synced(opts: Options, cloud: Cloud, edge: SyncEdge) -> tuple[dict[str, Any], tuple[float, float]]:
@@ -364,7 +412,7 @@ def wait_synced(opts: Options, cloud: Cloud, edge: SyncEdge) -> tuple[dict[str, 
             sync = status.get("sync") or {}
             if state == "CONNECTED" and sync.get("last_full_ms") and sync.get("full_started_ms"):
                 return status, cpu_start or (math.nan, math.nan)
-        time.sleep(_POLL_S)
+        time.sleep(SYNC_POLL_S)
     raise PhaseError(f"the edge's full sync did not complete in time (link {state}): "
                      f"{tail(edge.log, 10)}")
 
@@ -396,7 +444,8 @@ def drain_queue(opts: Options, cloud: Cloud, edge: SyncEdge, expected: View, out
 # -- the report -------------------------------------------------------------------------------------
 
 
-def result_line(opts: Options, runs: list[RunResult], machine: list[dict[str, float]]) -> dict[str, Any]:
+def result_line(opts: Options, runs: list[RunResult], machine: list[dict[str, float]],
+                profiled: RunResult | None = None) -> dict[str, Any]:
     def med(key: str, digits: int) -> float | None:
         return rounded(median([r.figures[key] for r in runs if key in r.figures]), digits)
 
@@ -410,6 +459,7 @@ def result_line(opts: Options, runs: list[RunResult], machine: list[dict[str, fl
         "entries_synced": sum(counts.values()), "counts": counts,
         "sync_s": med("sync_s", 3), "entities_per_s": rate, "entries_per_s": med("entries_per_s", 0),
         "spawn_to_synced_s": med("spawn_to_synced_s", 2),
+        "sync_downlinks": med("sync_downlinks", 0), "ms_per_downlink": med("ms_per_downlink", 2),
         "edge_peak_rss_mb": med("edge_peak_rss_mb", 1), "cloud_peak_rss_mb": med("cloud_peak_rss_mb", 1),
         "cpu_s": {"edge": med("edge_cpu_s", 2), "cloud": med("cloud_cpu_s", 2)},
         "seed_s": med("seed_s", 2),
@@ -420,7 +470,9 @@ def result_line(opts: Options, runs: list[RunResult], machine: list[dict[str, fl
         "target": {"entities_per_s": TARGET_ENTITIES_PER_S},
         "met": {"entities_per_s": None if rate is None else rate >= TARGET_ENTITIES_PER_S},
         "samples": [{k: rounded(v, 3) for k, v in r.figures.items()} for r in runs],
-        "profile": next((r.profile for r in runs if r.profile), None),
+        "profile": None if profiled is None else {
+            "run": {k: rounded(v, 3) for k, v in profiled.figures.items()},
+            **(profiled.profile or {}), "errors": profiled.errors},
         "machine": machine, "cpus": os.cpu_count(), "errors": errors[:20],
     }
 
@@ -442,7 +494,8 @@ def parse_args(argv: Sequence[str]) -> Options:
                    help="after the sync, time the cloud sending the downlinks the seeding "
                    "queued, and check the edge again")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                   help="py-spy both processes during the first run's sync; stacks to DIR")
+                   help="one more run (not in the figures) with py-spy on both processes "
+                   "during the sync; stacks to DIR")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 run of 1,000 entities")
     a = p.parse_args(list(argv))
     opts = Options(
@@ -473,8 +526,13 @@ def main(argv: Sequence[str]) -> int:
         progress(f"run {n}/{opts.runs}")
         with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
             runs.append(run_once(opts, Path(tmp), n))
+    profiled = None
+    if opts.profile is not None:
+        progress(f"profiled run (not in the figures): py-spy --gil on both processes -> {opts.profile}")
+        with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
+            profiled = run_once(opts, Path(tmp), opts.runs + 1, profile=True)
     machine.append(machine_load())
-    line = result_line(opts, runs, machine)
+    line = result_line(opts, runs, machine, profiled)
     emit(line)
     met = line["met"]["entities_per_s"]
     progress(f"median {line['entities_per_s']} entities/s (target {TARGET_ENTITIES_PER_S:,.0f}: "

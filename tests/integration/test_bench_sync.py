@@ -63,6 +63,10 @@ def test_quick_run_reports_every_figure(quick: dict[str, Any]) -> None:
     assert 0 < quick["sync_s"] < quick["spawn_to_synced_s"]
     assert quick["entities_per_s"] == pytest.approx(1000 / quick["sync_s"], rel=0.01)
     assert quick["entries_per_s"] > quick["entities_per_s"] > 0
+    # packs of up to 100 entries, the near-limit dashboard's apart, SyncCompletedMsg alone
+    assert quick["entries_synced"] / 100 < quick["sync_downlinks"] < quick["entries_synced"] / 10
+    assert quick["ms_per_downlink"] == pytest.approx(
+        quick["sync_s"] * 1000 / quick["sync_downlinks"], rel=0.02)
     assert quick["edge_peak_rss_mb"] > 0 and quick["cloud_peak_rss_mb"] > 0
     assert quick["seed_s"] > 0 and quick["queued_after_seed"] >= 1000
     assert quick["queue_drain_s"] > 0
