@@ -67,7 +67,7 @@ _ID_FIELD = {"TENANT": "id", "RULE_CHAIN_METADATA": "ruleChainId",
 class Item:
     """One payload of the full sync, in a DownlinkMsg of its own, and what the model needs."""
 
-    field: str
+    list_field: str
     msg: edge_pb2.DownlinkMsg
     key: tuple[str, str]  # (entity type, id) or ("RELATION", describe_relation) or ("DATA", id)
     refs: list[Ref] = field(default_factory=list)  # what holds it back
@@ -117,7 +117,7 @@ class Model:
         self.held: dict[tuple[str, str], tuple[Item, frozenset[Ref]]] = {}
 
     def feed(self, item: Item) -> None:
-        if item.field == "entityData":
+        if item.list_field == "entityData":
             return  # not an entity of the graph: never held
         missing = frozenset(r for r in item.refs if r not in self.present)
         if missing:
