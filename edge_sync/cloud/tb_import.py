@@ -545,6 +545,7 @@ class _Builder:
             raise BadRequest(f"{where}: widgetsBundle: expected a JSON object")
         body = self._base("WIDGETS_BUNDLE", bundle_doc, f"{where}: widgetsBundle")
         title = _name(body, "title", f"{where}: widgetsBundle")
+        body["name"] = title  # ThingsBoard's read-only name of a bundle is its title
         alias = body.get("alias")
         if not isinstance(alias, str) or not alias.strip():
             alias = _WORD.sub("_", title.lower())
