@@ -142,7 +142,7 @@ class ConnectionActor(SupervisedActor):
         self._board = board
         self._graph = GraphStore(store)
         self._version = version if version is not None else edge_version()
-        self._syncs_pending = 0  # sync requests sent on the stream, their completion not seen
+        self._syncs_sent = 0  # sync requests sent on the current stream
         self._cfg = cfg
         self._store = store
         self._log_db = EventLog(store)
@@ -270,7 +270,7 @@ class ConnectionActor(SupervisedActor):
             on_end=lambda sid, code, detail: _tell(ref, _StreamEnded(sid, code, detail)),
         )
         self._accepted = False
-        self._syncs_pending = 0
+        self._syncs_sent = 0
         self._window.reset()
         self._deadline = now + self._cfg.rpc.timeout_ms / 1000
         self._sm.to(LinkState.CONNECTING, f"attempt {self._attempt} to "
@@ -351,11 +351,11 @@ class ConnectionActor(SupervisedActor):
         first, so FullSyncStarted precedes every downlink of that sync in its mailbox."""
         assert self._stream is not None
         if full:
-            self._downlinks.tell(FullSyncStarted(self._stream.id, why, self._syncs_pending))
+            self._downlinks.tell(FullSyncStarted(self._stream.id, why, self._syncs_sent))
         self._stream.send(edge_pb2.RequestMsg(
             msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
             syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=full)))
-        self._syncs_pending += 1
+        self._syncs_sent += 1
 
     def _on_request_sync(self, request: RequestSync) -> None:
         """An operator's sync request: a full one is recorded first (durable until a full sync
@@ -448,8 +448,6 @@ class ConnectionActor(SupervisedActor):
             if done.identity != self._identity:
                 self._identity = done.identity
                 self._queue.tell(SetIdentity(*done.identity))
-        if done.sync_completed and done.success and not done.duplicate:
-            self._syncs_pending = max(0, self._syncs_pending - 1)
         if self._sm.state is not LinkState.SYNCING:
             return
         if done.sync_completed:

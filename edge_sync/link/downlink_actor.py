@@ -87,9 +87,9 @@ class ApplyDownlink:
 @dataclass(frozen=True, slots=True)
 class FullSyncStarted:
     """From the ConnectionActor, just before it sends SyncRequestMsg{fullSync=true} on stream
-    ``stream_id``: a new sync generation starts. ``earlier_syncs``: sync requests sent on that
-    stream before it whose SyncCompletedMsg has not come yet (their completions are not this
-    sync's)."""
+    ``stream_id``: a new sync generation starts. ``earlier_syncs``: the sync requests sent on
+    that stream before it; as many SyncCompletedMsgs on the stream are theirs, not this
+    sync's (the cloud answers a stream's requests in order)."""
 
     stream_id: int
     reason: str
@@ -167,9 +167,11 @@ class _FullSync:
 @dataclass(slots=True)
 class _SyncTrack:
     """The full sync as one write attempt sees it: a copy, adopted once the write commits
-    (LmdbStore.write may run its function again)."""
+    (LmdbStore.write may run its function again); with the SyncCompletedMsgs applied on the
+    latest stream (stream id, count)."""
 
     full: _FullSync | None
+    completions: tuple[int, int]
 
 
 @dataclass(slots=True)
@@ -223,6 +225,7 @@ class DownlinkActor(SupervisedActor):
         self._metadata_asked: dict[uuid.UUID, int] = {}  # chain -> its updated_ms when asked
         self._version = version if version is not None else edge_version()
         self._full: _FullSync | None = None
+        self._completions = (0, 0)  # (stream, SyncCompletedMsgs applied on it)
         self._group: list[ApplyDownlink] = []
         self._connection = connection
         self._clock = clock
@@ -288,7 +291,8 @@ class DownlinkActor(SupervisedActor):
             _log.bind(error=str(exc)).error(
                 "full sync not recorded ({}): what it no longer sends stays on the edge", exc)
             return
-        self._full = _FullSync(message.stream_id, message.earlier_syncs)
+        done = self._completions[1] if self._completions[0] == message.stream_id else 0
+        self._full = _FullSync(message.stream_id, max(0, message.earlier_syncs - done))
         _log.bind(generation=generation, reason=message.reason).info(
             "full sync {} started ({}): what it does not send is removed at its end",
             generation, message.reason)
@@ -329,7 +333,7 @@ class DownlinkActor(SupervisedActor):
             now = self._clock.now_ms()
 
             def fn(txn: lmdb.Transaction) -> tuple[list[_Outcome], _SyncTrack]:
-                track = _SyncTrack(self._copy_full())
+                track = _SyncTrack(self._copy_full(), self._completions)
                 return ([self._apply_in(txn, c, downlink_key(c.msg), now, track)
                          for c in group], track)
             try:
@@ -337,7 +341,7 @@ class DownlinkActor(SupervisedActor):
             except Exception:
                 outs = None
             if outs is not None:
-                self._full = track.full
+                self._full, self._completions = track.full, track.completions
                 for cmd, out in zip(group, outs, strict=True):
                     self._connection.tell(self._answer(cmd, out))
                 return
@@ -354,7 +358,7 @@ class DownlinkActor(SupervisedActor):
         now = self._clock.now_ms()
 
         def fn(txn: lmdb.Transaction) -> tuple[_Outcome, _SyncTrack]:
-            track = _SyncTrack(self._copy_full())
+            track = _SyncTrack(self._copy_full(), self._completions)
             return self._apply_in(txn, cmd, key, now, track), track
         try:
             # maintenance: a full store must still take what the cloud sends (sync completion
@@ -373,7 +377,7 @@ class DownlinkActor(SupervisedActor):
             if isinstance(exc, StorageCorrupt):
                 self._record_damage(reason)
             return DownlinkApplied(cmd.stream_id, dl_id, False, reason, retryable=retryable)
-        self._full = track.full
+        self._full, self._completions = track.full, track.completions
         return self._answer(cmd, out)
 
     def _record_damage(self, reason: str) -> None:
@@ -500,6 +504,8 @@ class DownlinkActor(SupervisedActor):
     def _sync_completed(self, txn: lmdb.Transaction, cmd: ApplyDownlink, now: int,
                         track: _SyncTrack, out: _Outcome) -> str:
         """A SyncCompletedMsg: the end of the full sync under way, when it is this one."""
+        stream, n = track.completions
+        track.completions = (cmd.stream_id, n + 1 if stream == cmd.stream_id else 1)
         full = track.full
         if full is None or full.stream_id != cmd.stream_id:
             return "sync completed"

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import lmdb
-from loguru import logger
 
 from edge_sync.common.entity_graph import BY_FIELD, KINDS, Kind, Ref, provides, relation_key
 from edge_sync.common.wire import ACTION_OF_UPDATE, entity_id_in, gateway_flag, uuid_of
@@ -44,8 +43,6 @@ from edge_sync.storage import graph_store as gs
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.graph_store import GraphStore
 from edge_sync.storage.records import Action, Device, DeviceProfile, Tenant
-
-_log = logger.bind(component="downlink")
 
 GRAPH_FIELDS = frozenset(k.downlink_field for k in KINDS)
 """The DownlinkMsg lists this module applies."""
@@ -210,7 +207,9 @@ class GraphApplier:
                 m.MergeFromString(held.payload)
                 more = self._nested(txn, lambda child, h=held, p=m: self._apply_released(
                     child, h, p, now_ms, out))
-                if more is None:  # refused now: kept held, as it was
+                if isinstance(more, BadRequest):  # refused now: kept held, as it was
+                    out.warnings.append(f"{held.entity.what} not applied once its references "
+                                        f"came, kept held: {more}")
                     self.graph.hold(txn, key, entity_type=held.entity.entity_type,
                                     entity_id=held.entity.id, what=held.entity.what,
                                     field=held.field, payload=held.payload,
@@ -235,14 +234,13 @@ class GraphApplier:
 
     def _nested(self, txn: lmdb.Transaction, fn: Any) -> Any:
         """fn in a nested transaction: its writes are kept only if it returns; refused content
-        (BadRequest) leaves nothing and gives None, with a WARNING."""
+        leaves nothing and gives the BadRequest."""
         child = self.graph.store.env.begin(write=True, parent=txn)
         try:
             result = fn(child)
         except BadRequest as exc:
             child.abort()
-            _log.warning("held entity not applied once released, kept held: {}", exc)
-            return None
+            return exc
         except BaseException:
             child.abort()
             raise

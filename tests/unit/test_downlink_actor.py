@@ -811,6 +811,20 @@ def test_a_full_sync_skips_earlier_completions_and_other_streams(rig: Rig) -> No
     assert assets_on_edge(rig) == {a}
 
 
+def test_an_earlier_completion_applied_before_the_full_sync_started_is_not_skipped(
+        rig: Rig) -> None:
+    """The ConnectionActor counts the requests it sent; the completion of the earlier one may
+    be applied here before FullSyncStarted arrives: then the next completion is this sync's."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    assert rig.apply(asset_msg(1, a, "a"), stream_id=7).success
+    assert rig.apply(asset_msg(2, b, "b"), stream_id=7).success
+    assert rig.apply(sync_done(3), stream_id=7).success  # the first request's completion
+    rig.child.ref.tell(FullSyncStarted(7, "requested: operator", earlier_syncs=1))
+    assert rig.apply(asset_msg(4, a, "a"), stream_id=7).success
+    assert rig.apply(sync_done(5), stream_id=7).success
+    assert assets_on_edge(rig) == {a}
+
+
 def test_a_full_sync_cut_short_stays_in_progress_after_a_restart(rig: Rig) -> None:
     a = uuid.uuid4()
     assert rig.apply(asset_msg(1, a, "a")).success

@@ -391,6 +391,8 @@ def test_a_held_entity_refused_when_released_stays_held(rig: Rig) -> None:
                                                     "name": "t-1", "type": "other"})))
     out = rig.apply(downlink(payload("DEVICE_PROFILE", pid, profile)))
     assert out.applied == [("DEVICE_PROFILE", "ADDED")] and out.released == []
+    assert out.warnings == [f"DEVICE {did} (t-1) not applied once its references came, kept "
+                            f"held: device name 't-1' is taken on the edge by {squatter}"]
     assert [h.id for h in rig.read(rig.graph.held)] == [did]
     assert rig.read(lambda txn: rig.graph.entity(txn, did, "DEVICE")) is None
 
