@@ -10,9 +10,11 @@ Hard references (``references``) are the ones an entity cannot be used without:
 - a relation names both its ends (``from``, ``to``), whatever their kinds;
 - a rule chain's metadata names its rule chain (``ruleChainId``) and every rule chain its
   nodes forward to (``TbRuleChainInputNode``'s ``configuration.ruleChainId``);
-- a dashboard names the tenant widget types its widgets use (``typeFullFqn``); system widget
-  types (``system.*``) ship with every ThingsBoard installation, the edge's included, and are
-  not references;
+- a dashboard names the tenant widget types its widgets use (``typeFullFqn``: ThingsBoard's
+  UI writes ``"tenant." + fqn`` for a tenant widget type and ``"system." + fqn`` for a system
+  one, ui-ngx ``widget.models.ts`` ``fullWidgetTypeFqn``; the widget type's own ``fqn`` has no
+  prefix); system widget types ship with every ThingsBoard installation, the edge's included,
+  and are not references;
 - device credentials name their device.
 Soft references (a customer, a default dashboard or rule chain of a profile) are kept in the
 JSON but never hold an entity back: ThingsBoard does not send them to every edge that holds the
@@ -34,6 +36,8 @@ NULL_ID = uuid.UUID("13814000-1dd2-11b2-8080-808080808080")
 """ThingsBoard's "no entity" id (an unassigned customer, say)."""
 
 RULE_CHAIN_INPUT_NODE = "org.thingsboard.rule.engine.flow.TbRuleChainInputNode"
+SYSTEM_WIDGET_PREFIX = "system."
+TENANT_WIDGET_PREFIX = "tenant."
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +116,11 @@ def _widget_fqns(config: Any) -> Iterable[str]:
         return ()
     out: set[str] = set()
     for widget in widgets:
-        fqn = widget.get("typeFullFqn") if isinstance(widget, Mapping) else None
-        if isinstance(fqn, str) and fqn and not fqn.startswith("system."):
+        full = widget.get("typeFullFqn") if isinstance(widget, Mapping) else None
+        if not isinstance(full, str) or not full or full.startswith(SYSTEM_WIDGET_PREFIX):
+            continue
+        fqn = full.removeprefix(TENANT_WIDGET_PREFIX)
+        if fqn:
             out.add(fqn)
     return sorted(out)
 

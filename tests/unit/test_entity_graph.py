@@ -71,6 +71,7 @@ def test_null_and_nil_ids_are_no_references() -> None:
 
 
 def test_dashboard_waits_for_tenant_widget_types_only() -> None:
+    """A dashboard names a tenant type as \"tenant.\" + its fqn (ThingsBoard's UI)."""
     config = {"widgets": {
         "a": {"typeFullFqn": "tenant.boiler_gauge"},
         "b": {"typeFullFqn": "system.cards.value_card"},
@@ -78,15 +79,16 @@ def test_dashboard_waits_for_tenant_widget_types_only() -> None:
         "d": {"bundleAlias": "old", "typeAlias": "style"},
     }}
     assert references("DASHBOARD", {"configuration": config}) == [
-        Ref("WIDGET_TYPE_FQN", "tenant.boiler_gauge")]
+        Ref("WIDGET_TYPE_FQN", "boiler_gauge")]
     assert references("DASHBOARD", {"configuration": {"widgets": [
-        {"typeFullFqn": "tenant.x"}]}}) == [Ref("WIDGET_TYPE_FQN", "tenant.x")]
+        {"typeFullFqn": "tenant.plant.x"}, {"typeFullFqn": "tenant."}]}}) == [
+        Ref("WIDGET_TYPE_FQN", "plant.x")]
     assert references("DASHBOARD", {"configuration": None}) == []
 
 
 def test_widget_type_provides_its_id_and_fqn() -> None:
-    assert provides("WIDGET_TYPE", A, {"fqn": "tenant.boiler_gauge"}) == [
-        Ref("WIDGET_TYPE", str(A)), Ref("WIDGET_TYPE_FQN", "tenant.boiler_gauge")]
+    assert provides("WIDGET_TYPE", A, {"fqn": "boiler_gauge"}) == [
+        Ref("WIDGET_TYPE", str(A)), Ref("WIDGET_TYPE_FQN", "boiler_gauge")]
     assert provides("ASSET", A, {"name": "hall"}) == [Ref("ASSET", str(A))]
 
 
