@@ -44,7 +44,6 @@ from edge_sync.common.entity_graph import (
     RULE_CHAIN_INPUT_NODE,
     Ref,
     provides,
-    references,
     relation_key,
 )
 from edge_sync.storage.env import LmdbStore
@@ -67,13 +66,17 @@ __all__ = [
     "Population",
     "RelKey",
     "Sizes",
+    "added_twice",
     "cloud_view",
+    "edge_counts",
+    "edge_progress",
     "edge_view",
     "graph_diff",
     "order_violations",
     "populate",
     "quiet_product_logs",
     "rel_key",
+    "tid",
 ]
 
 DEADLINE_S = 120.0
@@ -225,7 +228,7 @@ def _populate(store: CloudStore, rng: random.Random, routing_key: str, secret: s
         pop.devices = [d.id for d in pool.map(device, range(sizes.devices))]
 
     # tenant-wide kinds: widget types, a bundle, users (on every edge)
-    fqns = [f"tenant.widget_{i}" for i in range(sizes.widget_types)]
+    fqns = [f"plant_widget_{i}" for i in range(sizes.widget_types)]
     items: list[tuple[str, dict[str, Any]]] = []
     items += [("WIDGET_TYPE", {"name": f"Widget {i}", "fqn": fqn,
                                "descriptor": {"type": "latest", "sizeX": 8}})
@@ -247,7 +250,8 @@ def _populate(store: CloudStore, rng: random.Random, routing_key: str, secret: s
                               "debugMode": False, "configuration": None})
               for i in range(sizes.rule_chains)]
     for i in range(sizes.dashboards):
-        widgets = {f"w{j}": {"typeFullFqn": fqns[(i + j) % len(fqns)], "sizeX": 6}
+        # ThingsBoard's UI names a tenant widget type "tenant." + its fqn
+        widgets = {f"w{j}": {"typeFullFqn": "tenant." + fqns[(i + j) % len(fqns)], "sizeX": 6}
                    for j in range(2)} if fqns else {}
         widgets["sys"] = {"typeFullFqn": "system.cards.value_card", "sizeX": 4}
         items.append(("DASHBOARD", {"title": f"Dashboard {i:02d}", "mobileHide": False,
@@ -418,6 +422,17 @@ def edge_counts(data_dir: Path) -> tuple[int, int, int]:
         store.close()
 
 
+def edge_progress(data_dir: Path) -> tuple[int, SyncState]:
+    """(entities in the edge's graph, its sync state): cheap enough to poll."""
+    store = LmdbStore(data_dir, readonly=True)
+    try:
+        graph = GraphStore(store)
+        with store.read() as txn:
+            return graph.count(txn), graph.sync_state(txn)
+    finally:
+        store.close()
+
+
 # -- comparing -----------------------------------------------------------------------------------
 
 
@@ -514,10 +529,6 @@ def added_twice(log: list[ApplyLogEntry]) -> dict[tuple[str, str], int]:
     """Entities (and relations) with more than one ADDED in the apply log."""
     counts = Counter((e.entity_type, e.id) for e in log if e.action == "ADDED")
     return {k: n for k, n in counts.items() if n > 1}
-
-
-def expected_refs(entity_type: str, body: Mapping[str, Any]) -> list[Ref]:
-    return references(entity_type, body)
 
 
 # -- real processes -------------------------------------------------------------------------------
