@@ -4,7 +4,14 @@ Writes (edge create, device create, attr set) go through the running server's ad
 the downlinks they queue are sent at once; with the server stopped they write the LMDB store
 directly (the server sends what is queued when the edge connects). ``edge sync`` (a full sync of
 a connected edge) and ``rpc`` (a server-side RPC request to a device) need the running server.
-Reads (events, edge list) work either way. Exit codes (edge_sync.cli.common): 0 ok; 1 bad
+Reads (events, edge list) work either way.
+
+The entity graph (cloud/graph_store.py, through cloud/admin_http.EntityAdmin): ``entity create /
+import / update / delete / list / show``, ``assign`` / ``unassign --edge RK``, ``relation add /
+delete / list``; writes through the running server (so what they queue reaches a connected edge
+at once) or, stopped, the store; reads from the store. An entity is named by its id, or by a
+name only one entity has (``--type`` narrows it). ``entity import`` takes ThingsBoard's export
+files (cloud/tb_import.py). Exit codes (edge_sync.cli.common): 0 ok; 1 bad
 configuration or a refused request (an unknown edge or device, a bad value); 2 usage; 4
 storage unusable; 6 conflict (the routing key, device name or token is taken). ``rpc`` exits 1
 as well when the request gets no answer (ThingsBoard's 504: it timed out, expired or the
@@ -64,6 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         ("events", None): _events,
         ("rpc", None): _rpc,
         ("status", None): _status,
+        ("entity", "create"): _entity_create,
+        ("entity", "import"): _entity_import,
+        ("entity", "update"): _entity_update,
+        ("entity", "delete"): _entity_delete,
+        ("entity", "list"): _entity_list,
+        ("entity", "show"): _entity_show,
+        ("assign", None): _assign,
+        ("unassign", None): _assign,
+        ("relation", "add"): _relation_add,
+        ("relation", "delete"): _relation_delete,
+        ("relation", "list"): _relation_list,
     }[(args.command, getattr(args, "sub", None))]
     try:
         return handler(cfg, args)
@@ -150,7 +168,72 @@ def build_parser() -> argparse.ArgumentParser:
                      help="kept until the edge takes it (or it expires); prints its id at once")
     st = add(sub, "status", "is the server running, edges and their queues")
     st.add_argument("--json", action="store_true")
+    _entity_parsers(sub, add)
     return p
+
+
+def _entity_parsers(sub: Any, add: Callable[[Any, str, str], argparse.ArgumentParser]) -> None:
+    """entity, assign, unassign and relation: the entity graph's commands."""
+    kind_help = "entity kind: ASSET, DASHBOARD, RULE_CHAIN, CUSTOMER, ... (case does not matter)"
+    out_help = "print the answer as one JSON line"
+
+    ent = add(sub, "entity", "entities of every kind but devices (the entity graph)")
+    esub = ent.add_subparsers(dest="sub", required=True)
+    ec = add(esub, "create", "create an entity (not assigned to any edge)")
+    ec.add_argument("--type", required=True, help=kind_help)
+    ec.add_argument("--name", default=None, help="its name (title of a dashboard or customer, "
+                                                 "email of a user); wins over the JSON's")
+    ec.add_argument("--json", dest="json_file", default=None, metavar="FILE",
+                    help="its ThingsBoard JSON ('-': standard input)")
+    ec.add_argument("--output", choices=("text", "json"), default="text", help=out_help)
+    ei = add(esub, "import", "import a ThingsBoard export file (all or nothing)")
+    ei.add_argument("file", help="the export's JSON ('-': standard input)")
+    ei.add_argument("--type", default=None, help=kind_help + "; default: told by the shape")
+    ei.add_argument("--assign", default=None, metavar="ROUTING_KEY",
+                    help="assign what the file brings to this edge")
+    ei.add_argument("--keep-ids", action="store_true",
+                    help="keep the ids the file has (default: new ids, as ThingsBoard does)")
+    ei.add_argument("--output", choices=("text", "json"), default="text", help=out_help)
+    eu = add(esub, "update", "replace an entity's JSON (a rule chain: also a rule chain export)")
+    eu.add_argument("id", help="entity id (or unique name)")
+    eu.add_argument("--json", dest="json_file", required=True, metavar="FILE",
+                    help="the new ThingsBoard JSON ('-': standard input)")
+    eu.add_argument("--type", default=None, help=kind_help)
+    eu.add_argument("--output", choices=("text", "json"), default="text", help=out_help)
+    ed = add(esub, "delete", "delete an entity (its entity views and metadata go with it)")
+    ed.add_argument("id", help="entity id (or unique name)")
+    ed.add_argument("--type", default=None, help=kind_help)
+    ed.add_argument("--output", choices=("text", "json"), default="text", help=out_help)
+    el = add(esub, "list", "entities, of one kind, name or edge")
+    el.add_argument("--type", default=None, help=kind_help)
+    el.add_argument("--name", default=None)
+    el.add_argument("--edge", default=None, help="routing key: the entities that edge holds")
+    el.add_argument("--json", action="store_true")
+    es = add(esub, "show", "one entity with its ThingsBoard JSON")
+    es.add_argument("id", help="entity id (or unique name)")
+    es.add_argument("--type", default=None, help=kind_help)
+    es.add_argument("--json", action="store_true")
+
+    for name, text in (("assign", "assign entities (or devices) to an edge: sent to it"),
+                       ("unassign", "take entities (or devices) off an edge")):
+        asg = add(sub, name, text)
+        asg.add_argument("--edge", required=True, help="routing key (or id) of the edge")
+        asg.add_argument("ids", nargs="+", metavar="ID", help="entity ids (or unique names)")
+        asg.add_argument("--type", default=None, help=kind_help)
+        asg.add_argument("--output", choices=("text", "json"), default="text", help=out_help)
+
+    rel = add(sub, "relation", "relations between entities (devices and edges included)")
+    rsub = rel.add_subparsers(dest="sub", required=True)
+    for name, text in (("add", "add (or replace) a relation"), ("delete", "delete a relation")):
+        r = add(rsub, name, text)
+        r.add_argument("--from", dest="src", required=True, help="entity id (or unique name)")
+        r.add_argument("--to", dest="dst", required=True, help="entity id (or unique name)")
+        r.add_argument("--type", required=True, help="relation type, e.g. Contains, Manages")
+        r.add_argument("--group", default="COMMON", help="relation type group (default COMMON)")
+        r.add_argument("--output", choices=("text", "json"), default="text", help=out_help)
+    rl = add(rsub, "list", "the relations from and to an entity")
+    rl.add_argument("id", help="entity id (or unique name)")
+    rl.add_argument("--json", action="store_true")
 
 
 def _quiet_logging(cfg: CloudConfig) -> None:
@@ -464,6 +547,214 @@ def rpc_call(cfg: CloudConfig, path: str, body: Any, *, timeout: float) -> tuple
     except ValueError:
         out = raw.decode(errors="replace")
     return code, rpc_id, out
+
+
+# -- the entity graph --------------------------------------------------------------------------
+
+
+def _entities(cfg: CloudConfig, fn: Callable[[Any], Any], *, readonly: bool = False) -> Any:
+    """fn(EntityAdmin) on the store directly (the server stopped, or a read)."""
+    from edge_sync.cloud.admin_http import EntityAdmin
+
+    return _with_service(cfg, lambda service: fn(EntityAdmin(service)), readonly=readonly)
+
+
+def _quoted(ref: str) -> str:
+    return urllib.parse.quote(ref, safe="")
+
+
+def _read_json(name: str) -> tuple[Any, str]:
+    """(decoded JSON, the name to show) of a file, or standard input for '-'; BadRequest."""
+    from edge_sync.cloud import tb_import
+
+    if name == "-":
+        return tb_import.load(sys.stdin.buffer.read(), "<stdin>"), "<stdin>"
+    path = Path(name)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BadRequest(f"{name}: cannot read: {exc.strerror or exc}") from exc
+    return tb_import.load(raw, path.name), path.name
+
+
+def _print_entity(row: dict[str, Any], verb: str) -> None:
+    edges = ", ".join(row["edges"]) if row["edges"] else "none"
+    if row.get("on_every_edge"):
+        edges = "every edge"
+    head = f"{verb} " if verb else ""
+    print(f"{head}{row['entity_type']} {row['name']!r}\nid:    {row['id']}\nedges: {edges}")
+
+
+def _entity_create(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    body = _read_json(args.json_file)[0] if args.json_file else None
+    if _running(cfg):
+        request: dict[str, Any] = {"type": args.type, "name": args.name, "entity": body}
+        out = _api(cfg, "POST", "/api/entities",
+                   {k: v for k, v in request.items() if v is not None})
+    else:
+        out = _entities(cfg, lambda ops: ops.create(args.type, args.name, body))
+    if args.output == "json":
+        print_json(out)
+    else:
+        _print_entity(out, "created")
+    return EXIT_OK
+
+
+def _entity_import(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    doc, source = _read_json(args.file)
+    if _running(cfg):
+        request: dict[str, Any] = {"file": doc, "source": source, "keep_ids": args.keep_ids}
+        if args.type:
+            request["type"] = args.type
+        if args.assign:
+            request["assign"] = args.assign
+        out = _api(cfg, "POST", "/api/entities/import", request)
+    else:
+        out = _entities(cfg, lambda ops: ops.import_file(
+            doc, entity_type=args.type, assign=args.assign, keep_ids=args.keep_ids,
+            source=source))
+    if args.output == "json":
+        print_json(out)
+        return EXIT_OK
+    for row in out["entities"]:
+        print(f"{row['id']}  {row['entity_type']:<16} {row['name']}")
+    for note in out["notes"]:
+        print(f"note: {note}")
+    where = f", assigned to edge {out['assigned_to']}" if out.get("assigned_to") else ""
+    print(f"imported {len(out['entities'])} entities from {source}{where}")
+    return EXIT_OK
+
+
+def _entity_update(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    body = _read_json(args.json_file)[0]
+    if _running(cfg):
+        query = f"?type={_quoted(args.type)}" if args.type else ""
+        out = _api(cfg, "PUT", f"/api/entities/{_quoted(args.id)}{query}", body)
+    else:
+        out = _entities(cfg, lambda ops: ops.update(args.id, body, args.type))
+    if args.output == "json":
+        print_json(out)
+    else:
+        _print_entity(out, "updated")
+        for note in out.get("notes", []):
+            print(f"note: {note}")
+    return EXIT_OK
+
+
+def _entity_delete(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    if _running(cfg):
+        query = f"?type={_quoted(args.type)}" if args.type else ""
+        out = _api(cfg, "DELETE", f"/api/entities/{_quoted(args.id)}{query}")
+    else:
+        out = _entities(cfg, lambda ops: ops.delete(args.id, args.type))
+    if args.output == "json":
+        print_json(out)
+    else:
+        first, *rest = out["deleted"]
+        print(f"deleted {first['entity_type']} {out['name']!r} ({first['id']})")
+        for ref in rest:
+            print(f"  and {ref['entity_type']} {ref['id']}")
+    return EXIT_OK
+
+
+def _entity_list(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    rows = _entities(cfg, lambda ops: ops.entities(entity_type=args.type, name=args.name,
+                                                   edge=args.edge), readonly=True)
+    for row in rows:
+        if args.json:
+            print_json(row)
+        else:
+            edges = "every edge" if row["on_every_edge"] else (",".join(row["edges"]) or "-")
+            print(f"{row['id']}  {row['entity_type']:<16} {row['name']:<32} edges={edges}")
+    return EXIT_OK
+
+
+def _entity_show(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    row = _entities(cfg, lambda ops: ops.show(args.id, args.type), readonly=True)
+    if args.json:
+        print_json(row)
+        return EXIT_OK
+    _print_entity(row, "")
+    print(json.dumps(row["entity"], indent=2, ensure_ascii=False))
+    if row.get("metadata") is not None:
+        print("metadata:")
+        print(json.dumps(row["metadata"], indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _assign(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    """assign / unassign each id in turn; a failure is reported on its line and the others go
+    on; the exit code is the first failure's."""
+    on = args.command == "assign"
+    running = _running(cfg)
+    first_failure = EXIT_OK
+    for ref in args.ids:
+        try:
+            if running:
+                query = f"?type={_quoted(args.type)}" if args.type else ""
+                out = _api(cfg, "POST" if on else "DELETE",
+                           f"/api/edges/{_quoted(args.edge)}/entities/{_quoted(ref)}{query}")
+            else:
+                def op(ops: Any, ref: str = ref) -> Any:
+                    return ops.assign(args.edge, ref, args.type, on=on)
+
+                out = _entities(cfg, op)
+        except (Conflict, StorageError, EdgeSyncError) as exc:
+            code = (EXIT_CONFLICT if isinstance(exc, Conflict) else
+                    EXIT_STORAGE if isinstance(exc, StorageError) else EXIT_CONFIG)
+            fail(f"{ref}: {exc}", code)
+            first_failure = first_failure or code
+            continue
+        if args.output == "json":
+            print_json(out)
+        else:
+            state = ("assigned to" if on else "unassigned from") if out["changed"] else (
+                "already on" if on else "was not on")
+            print(f"{out['entity_type']} {out['name']!r} ({out['id']}) {state} edge "
+                  f"{out['edge']}")
+    return first_failure
+
+
+def _relation_add(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    body = {"from": args.src, "to": args.dst, "type": args.type, "typeGroup": args.group}
+    if _running(cfg):
+        out = _api(cfg, "POST", "/api/relations", body)
+    else:
+        out = _entities(cfg, lambda ops: ops.add_relation(body))
+    if args.output == "json":
+        print_json(out)
+    else:
+        print(f"relation added: {_relation_text(out)}")
+    return EXIT_OK
+
+
+def _relation_delete(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    query = {"fromId": args.src, "toId": args.dst, "relationType": args.type,
+             "relationTypeGroup": args.group}
+    if _running(cfg):
+        out = _api(cfg, "DELETE", "/api/relations?" + urllib.parse.urlencode(query))
+    else:
+        out = _entities(cfg, lambda ops: ops.delete_relation(query))
+    if args.output == "json":
+        print_json(out)
+    else:
+        print(f"relation deleted: {_relation_text(out)}")
+    return EXIT_OK
+
+
+def _relation_list(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    for rel in _entities(cfg, lambda ops: ops.relations(args.id), readonly=True):
+        if args.json:
+            print_json(rel)
+        else:
+            print(_relation_text(rel))
+    return EXIT_OK
+
+
+def _relation_text(rel: dict[str, Any]) -> str:
+    src, dst = rel["from"], rel["to"]
+    return (f"{src['entityType']} {src['id']} -{rel['type']} ({rel['typeGroup']})-> "
+            f"{dst['entityType']} {dst['id']}")
 
 
 # -- events ------------------------------------------------------------------------------------
