@@ -178,10 +178,11 @@ def test_a_reference_to_an_entity_that_does_not_exist_is_refused(graph):
                                          "does not exist"):
         graph.create_entity("ENTITY_VIEW", {"name": "v", "entityId": typed("ASSET", missing)},
                             now_ms=NOW)
-    with pytest.raises(BadRequest, match=r"references widget type fqn tenant\.gauge"):
+    # a dashboard names a tenant widget type "tenant." + its fqn (ThingsBoard's UI)
+    with pytest.raises(BadRequest, match=r"references widget type fqn gauge, which does not exist"):
         graph.create_entity("DASHBOARD", {"title": "d", "configuration": {"widgets": {
             "w": {"typeFullFqn": "tenant.gauge"}}}}, now_ms=NOW)
-    graph.create_entity("WIDGET_TYPE", {"name": "Gauge", "fqn": "tenant.gauge"}, now_ms=NOW)
+    graph.create_entity("WIDGET_TYPE", {"name": "Gauge", "fqn": "gauge"}, now_ms=NOW)
     dash = graph.create_entity("DASHBOARD", {"title": "d", "configuration": {"widgets": {
         "w": {"typeFullFqn": "tenant.gauge"}, "s": {"typeFullFqn": "system.cards.label"}}}},
         now_ms=NOW)
@@ -261,7 +262,7 @@ def test_updates_go_to_every_edge_holding_the_entity_and_unassign_sends_deleted(
 def test_tenant_wide_kinds_are_on_every_edge_and_their_changes_queued_for_each(
         store, service, graph):
     e1, e2 = edge_of(service, "rk-1"), edge_of(service, "rk-2")
-    widget = graph.create_entity("WIDGET_TYPE", {"name": "Gauge", "fqn": "tenant.gauge"},
+    widget = graph.create_entity("WIDGET_TYPE", {"name": "Gauge", "fqn": "gauge"},
                                  now_ms=NOW)
     assert set(widget.edges) == {e1, e2}
     assert graph.assign(e1, "WIDGET_TYPE", widget.id, now_ms=NOW) is False

@@ -85,7 +85,7 @@ def build(service: CloudService) -> tuple[EdgeRecord, dict[str, set[uuid.UUID]]]
         return made.id
 
     make("USER", {"email": "a@example.com", "authority": "TENANT_ADMIN"})
-    make("WIDGET_TYPE", {"name": "Gauge", "fqn": "tenant.gauge"})
+    make("WIDGET_TYPE", {"name": "Gauge", "fqn": "gauge"})
     make("WIDGETS_BUNDLE", {"title": "Mine", "name": "mine"})
     make("CUSTOMER", {"title": "ACME"})
     make("CUSTOMER", {"title": "Other"}, assign=False)
