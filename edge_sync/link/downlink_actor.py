@@ -260,8 +260,29 @@ class DownlinkActor(SupervisedActor):
             return float(self._graph.held_count(txn))
 
     def on_start(self) -> None:
-        """Actor thread: ask for the metadata of rule chains the edge has without it."""
+        """Actor thread: apply what waited for something the edge made meanwhile, and ask for
+        the metadata of rule chains the edge has without it."""
+        self._release_ready()
         self._ask_missing_metadata()
+
+    def _release_ready(self) -> None:
+        with self._store.read() as txn:
+            if not self._graph.held_count(txn):
+                return
+        now = self._clock.now_ms()
+
+        def fn(txn: lmdb.Transaction) -> GraphOutcome:
+            out = GraphOutcome()
+            self._applier.release_ready(txn, now, out)
+            return out
+        try:
+            out = self._store.write(fn, maintenance=True)
+        except EdgeSyncError as exc:  # tried again at the next start or sync completion
+            _log.bind(error=str(exc)).error("held entities not released at start: {}", exc)
+            return
+        if out.devices_changed and self._tokens is not None:
+            self._tokens.invalidate()
+        self._count_graph(0, _Outcome(True, graph=out))
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ApplyDownlink):
@@ -489,6 +510,8 @@ class DownlinkActor(SupervisedActor):
             if call.HasField("requestMsg"):
                 done.append(self._rpc_request(txn, call, now, out))
         if msg.HasField("syncCompletedMsg"):
+            # what waits for something the edge made itself (no downlink released it)
+            self._applier.release_ready(txn, now, out.graph)
             done.append(self._sync_completed(txn, cmd, now, track, out))
         if msg.HasField("edgeConfiguration"):
             done.append("edge configuration")

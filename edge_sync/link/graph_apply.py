@@ -20,8 +20,9 @@ An entity whose hard references (graph_store.hard_references) are not on the edg
 payload's list field and that payload alone, serialized, with what it waits for; the downlink
 succeeds. When an applied entity provides what a held one waits for, the held one is applied in
 the same transaction (each release in a nested transaction: one whose content is refused then,
-a name taken meanwhile say, stays held with a WARNING instead of failing the downlink that
-released it). An update of a held entity replaces the held payload; a delete drops it.
+a name taken meanwhile say, stays held, waiting for nothing, with a WARNING instead of failing
+the downlink that released it); one still lacking some references waits for those only. An
+update of a held entity replaces the held payload; a delete drops it.
 A delete removes the entity and its dependants (graph_store.GraphStore.delete_entity).
 """
 
@@ -192,6 +193,17 @@ class GraphApplier:
 
     # -- holding and releasing -----------------------------------------------------------------
 
+    def release_ready(self, txn: lmdb.Transaction, now_ms: int, out: GraphOutcome) -> None:
+        """Apply every held entity whose references are all on the edge now, and narrow what
+        the others wait for: for what arrived other than by a downlink (a device or an asset
+        made on the edge). One read of the held table."""
+        ready: list[Ref] = []
+        for key in self.graph.held_keys(txn):
+            held = self.graph.held_payload(txn, key)
+            if held is not None:
+                ready.extend(r for r in held.entity.waiting_for if self.graph.present(txn, r))
+        self._release(txn, sorted(set(ready)), now_ms, out)
+
     def _release(self, txn: lmdb.Transaction, provided: list[Ref], now_ms: int,
                  out: GraphOutcome) -> None:
         queue: deque[Ref] = deque(provided)
@@ -199,21 +211,24 @@ class GraphApplier:
             ref = queue.popleft()
             for key in self.graph.waiting_on(txn, ref):
                 held = self.graph.held_payload(txn, key)
-                if held is None or not all(self.graph.present(txn, r)
-                                           for r in held.entity.waiting_for):
+                if held is None:
+                    continue
+                lacking = [r for r in held.entity.waiting_for if not self.graph.present(txn, r)]
+                if lacking:  # what it still waits for, and nothing that has arrived
+                    self.graph.narrow_held(txn, key, lacking)
                     continue
                 self.graph.drop_held(txn, key)
                 m = getattr(edge_pb2.DownlinkMsg(), held.field).add()
                 m.MergeFromString(held.payload)
                 more = self._nested(txn, lambda child, h=held, p=m: self._apply_released(
                     child, h, p, now_ms, out))
-                if isinstance(more, BadRequest):  # refused now: kept held, as it was
+                if isinstance(more, BadRequest):  # refused now: kept held, waiting for
+                    # nothing (a later version of it replaces it, a delete drops it)
                     out.warnings.append(f"{held.entity.what} not applied once its references "
                                         f"came, kept held: {more}")
                     self.graph.hold(txn, key, entity_type=held.entity.entity_type,
                                     entity_id=held.entity.id, what=held.entity.what,
-                                    field=held.field, payload=held.payload,
-                                    waiting_for=held.entity.waiting_for,
+                                    field=held.field, payload=held.payload, waiting_for=(),
                                     now_ms=held.entity.since_ms)
                     continue
                 out.released.append(held.entity.what)

@@ -675,6 +675,27 @@ class GraphStore:
     def held_payload(self, txn: lmdb.Transaction, key: bytes) -> HeldPayload | None:
         return self._held(txn, key)
 
+    def held_keys(self, txn: lmdb.Transaction) -> list[bytes]:
+        """The keys of everything held (one read of the held table)."""
+        if not self._present:
+            return []
+        with txn.cursor(db=self._db(_HELD)) as cur:
+            return [bytes(k) for k in cur.iternext(values=False)]
+
+    def narrow_held(self, txn: lmdb.Transaction, key: bytes, waiting_for: Sequence[Ref]) -> None:
+        """Some of what a held entity waited for has arrived: it now waits for ``waiting_for``
+        only (held since the same time)."""
+        found = self._held(txn, key)
+        if found is None:
+            return
+        h = found.entity
+        for ref in set(h.waiting_for) - set(waiting_for):
+            txn.delete(ref_bytes(ref) + _SEP + key, db=self._db(_WAITING))
+        txn.put(key, codec.pack((h.entity_type, None if h.id is None else str(h.id), h.what,
+                                 found.field, found.payload,
+                                 [ref_bytes(r).decode() for r in waiting_for], h.since_ms)),
+                db=self._db(_HELD))
+
     def drop_held(self, txn: lmdb.Transaction, key: bytes) -> bool:
         """Forget a held payload (applied, replaced or deleted); whether there was one."""
         if not self._present:

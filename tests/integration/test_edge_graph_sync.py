@@ -30,6 +30,7 @@ from edge_sync.link import connection, downlink_actor
 from edge_sync.link.state import RequestSync, edge_version
 from edge_sync.logsetup import configure_logging
 from edge_sync.proto import edge_pb2
+from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.graph_store import GraphStore
 from tests.helpers.fake_peer import FAKE_TENANT_ID, FakeCloud
 from tests.helpers.wait import wait_until
@@ -372,7 +373,6 @@ def test_an_operators_full_sync_removes_what_the_cloud_no_longer_sends(
     assert (state.requested, state.in_progress, state.generation) == (None, False, 2)
     # the device the sync sent again is untouched: token and all
     with app.store.read() as txn:
-        from edge_sync.storage.entity_store import EntityStore
         found = EntityStore(app.store).device_by_token(txn, "tok-1")
     assert found is not None and (found.id, found.version) == (dev, 1)
 

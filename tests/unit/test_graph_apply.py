@@ -21,6 +21,7 @@ from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.graph_store import GraphStore, HeldEntity, hard_references
+from edge_sync.storage.records import Device
 
 NOW = 1_700_000_000_000
 CREATED = edge_pb2.ENTITY_CREATED_RPC_MESSAGE
@@ -70,7 +71,7 @@ def bodies(suffix: str = "") -> dict[str, tuple[str, uuid.UUID, dict[str, Any]]]
             "enabled": suffix == "", "password": SECRET_PASSWORD, "activateToken": SECRET_TOKEN,
             "resetToken": None}),
         "widget": ("WIDGET_TYPE", i["widget"], {"id": tid("WIDGET_TYPE", i["widget"]),
-                                                "tenantId": t, "fqn": "tenant.gauge",
+                                                "tenantId": t, "fqn": "gauge",
                                                 "name": f"Gauge{suffix}", "descriptor": {}}),
         "bundle": ("WIDGETS_BUNDLE", i["bundle"], {"id": tid("WIDGETS_BUNDLE", i["bundle"]),
                                                    "tenantId": t, "alias": "acme",
@@ -119,7 +120,7 @@ def payload(entity_type: str, entity_id: uuid.UUID | None, body: dict[str, Any] 
     if body is not None:
         m.entity = json.dumps(body)
     if entity_type == "WIDGETS_BUNDLE" and body is not None:
-        m.widgets = json.dumps(["tenant.gauge"])
+        m.widgets = json.dumps(["gauge"])
     return kind.downlink_field, m
 
 
@@ -204,7 +205,7 @@ def assert_whole_graph(rig: Rig, suffix: str = "") -> None:
         else:
             assert record.json == json.dumps(body), name  # exactly as received
     bundle = rig.read(lambda txn: rig.graph.entity(txn, IDS["bundle"]))
-    assert bundle.extra == json.dumps(["tenant.gauge"])
+    assert bundle.extra == json.dumps(["gauge"])
     assert rig.read(lambda txn: rig.graph.relations(txn, IDS["device"])) == [relation_body(suffix)]
     # the operational records the rest of the edge uses
     device = rig.read(lambda txn: rig.entities.device(txn, IDS["device"]))
@@ -338,12 +339,10 @@ def test_a_relation_waits_for_a_device_that_waits_for_its_profile(rig: Rig) -> N
                         f"ASSET {aid}, DEVICE {did}"]
     rig.apply(downlink(payload("DEVICE", did, device)))
     rig.apply(downlink(payload("ASSET_PROFILE", apid, aprofile), payload("ASSET", aid, asset)))
-    held = rig.read(rig.graph.held)
-    assert [(h.entity_type, h.id, h.waiting_for) for h in held] == [
-        ("DEVICE", did, (Ref("DEVICE_PROFILE", str(pid)),)) if h.entity_type == "DEVICE"
-        else ("RELATION", None, (Ref("ASSET", str(aid)), Ref("DEVICE", str(did))))
-        for h in held]
-    assert {h.entity_type for h in held} == {"DEVICE", "RELATION"}
+    # the asset came: the relation waits for the device alone, which waits for its profile
+    held = {h.entity_type: (h.id, h.waiting_for) for h in rig.read(rig.graph.held)}
+    assert held == {"DEVICE": (did, (Ref("DEVICE_PROFILE", str(pid)),)),
+                    "RELATION": (None, (Ref("DEVICE", str(did)),))}
     assert rig.read(lambda txn: rig.entities.device(txn, did)) is None
     out = rig.apply(downlink(payload("DEVICE_PROFILE", pid, profile)))
     assert out.released == [f"DEVICE {did} (t-1)",
@@ -404,7 +403,7 @@ def test_a_dashboard_waits_for_its_tenant_widget_type_and_a_chain_for_the_chains
                        payload("RULE_CHAIN_METADATA", IDS["root"], b["root_meta"][2]),
                        payload("RULE_CHAIN", IDS["root"], b["root"][2])))
     waits = {h.entity_type: h.waiting_for for h in rig.read(rig.graph.held)}
-    assert waits == {"DASHBOARD": (Ref("WIDGET_TYPE_FQN", "tenant.gauge"),),
+    assert waits == {"DASHBOARD": (Ref("WIDGET_TYPE_FQN", "gauge"),),
                      "RULE_CHAIN_METADATA": (Ref("RULE_CHAIN", str(IDS["target"])),)}
     out = rig.apply(downlink(payload("WIDGET_TYPE", IDS["widget"], b["widget"][2]),
                              payload("RULE_CHAIN", IDS["target"], b["target"][2])))
@@ -445,3 +444,22 @@ def test_refused_payloads_fail_the_downlink(rig: Rig, part: tuple[str, Any], err
     with pytest.raises(BadRequest, match=error):
         rig.apply(downlink(part))
     assert rig.refs() == set() and rig.log() == []
+
+
+def test_what_waits_for_something_the_edge_made_is_applied_by_release_ready(rig: Rig) -> None:
+    """A relation to a device made on the edge (the device table, no downlink): applied by
+    release_ready (the DownlinkActor runs it at start and at every sync completion)."""
+    _, aid, body = bodies()["asset"]
+    _, apid, aprofile = bodies()["aprofile"]
+    made = uuid.uuid4()
+    rel = {**relation_body(), "to": tid("DEVICE", made)}
+    rig.apply(downlink(payload("ASSET_PROFILE", apid, aprofile), payload("ASSET", aid, body),
+                       payload("RELATION", None, rel)))
+    assert [h.waiting_for for h in rig.read(rig.graph.held)] == [(Ref("DEVICE", str(made)),)]
+    rig.store.write(lambda txn: rig.entities.put_device(txn, Device(made, "edge-made", "t",
+                                                                    "tok-e", NOW)))
+    out = GraphOutcome()
+    rig.store.write(lambda txn: rig.applier.release_ready(txn, NOW, out))
+    assert out.released == [f"RELATION ASSET {aid} -Contains-> DEVICE {made}"]
+    assert rig.read(rig.graph.held) == []
+    assert rig.read(lambda txn: rig.graph.relations(txn, made)) == [rel]

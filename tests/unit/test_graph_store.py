@@ -150,10 +150,10 @@ def test_a_rule_chain_and_its_metadata_share_an_id(g: Graph) -> None:
 
 def test_a_widget_type_provides_its_fqn(g: Graph) -> None:
     wid = uuid.uuid4()
-    assert not g.read(lambda txn: g.graph.present(txn, Ref("WIDGET_TYPE_FQN", "tenant.gauge")))
+    assert not g.read(lambda txn: g.graph.present(txn, Ref("WIDGET_TYPE_FQN", "gauge")))
     g.put("WIDGET_TYPE", wid, compact({"id": tid("WIDGET_TYPE", wid), "name": "Gauge",
-                                       "fqn": "tenant.gauge"}))
-    assert g.read(lambda txn: g.graph.present(txn, Ref("WIDGET_TYPE_FQN", "tenant.gauge")))
+                                       "fqn": "gauge"}))
+    assert g.read(lambda txn: g.graph.present(txn, Ref("WIDGET_TYPE_FQN", "gauge")))
     # references to what never comes to an edge are not waited for
     assert g.read(lambda txn: g.graph.present(txn, Ref("EDGE", str(uuid.uuid4()))))
 
