@@ -631,7 +631,7 @@ class _Builder:
                                  f"{source}")
             seen.add(key)
             missing = [r for r in entity_graph.references(item.entity_type, item.body)
-                       if _widget_ref(r) not in provided and not self._lookup.has(_widget_ref(r))]
+                       if r not in provided and not self._lookup.has(r)]
             if missing:
                 raise BadRequest(f"{where}: {item.entity_type} {item.name!r} needs "
                                  f"{', '.join(_describe(r) for r in missing)}, which neither the "
@@ -647,17 +647,9 @@ class _Builder:
 # -- small helpers ----------------------------------------------------------------------------
 
 
-def _widget_ref(ref: Ref) -> Ref:
-    """A dashboard names a tenant widget type by ``tenant.<fqn>`` (ThingsBoard's
-    fullWidgetTypeFqn); the widget type's own ``fqn`` has no scope prefix."""
-    if ref.kind == "WIDGET_TYPE_FQN" and ref.key.startswith("tenant."):
-        return Ref(ref.kind, ref.key[len("tenant."):])
-    return ref
-
-
 def _describe(ref: Ref) -> str:
     if ref.kind == "WIDGET_TYPE_FQN":
-        return f"the widget type {ref.key!r}"
+        return f"the widget type {ref.key!r} (typeFullFqn \"tenant.{ref.key}\")"
     return f"{ref.kind} {ref.key}"
 
 

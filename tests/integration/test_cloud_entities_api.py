@@ -296,7 +296,7 @@ def test_an_import_is_all_or_nothing_and_a_bad_file_is_refused_with_the_reason(a
         ({"file": [fixture("acme_customer.json"), fixture("acme_customer.json")], "source": "f"},
          "a customer named 'ACME Heating' already exists"),
         ({"file": fixture("valve_dashboard.json")}, "needs the widget type "
-                                                    "'tenant.plant_widgets.valve_state'"),
+                                                    "'plant_widgets.valve_state'"),
         ({"file": {**fixture("boiler_alarms_rule_chain.json"),
                    "ruleChain": {**fixture("boiler_alarms_rule_chain.json")["ruleChain"],
                                  "type": "CORE"}}, "assign": "rk-1"},
@@ -320,16 +320,15 @@ def test_a_widgets_bundle_import_brings_its_widget_types_to_every_edge(api, edge
     assert got == [{"widgetTypeUpdateMsg": 1}, {"widgetsBundleUpdateMsg": 1}]
 
 
-@pytest.mark.xfail(strict=True, reason="common/entity_graph names a dashboard's tenant widget "
-                   "type by its typeFullFqn 'tenant.<fqn>' while a widget type provides '<fqn>', "
-                   "so CloudGraph refuses every dashboard that uses a tenant widget type (lead: "
-                   "strip the 'tenant.' scope in entity_graph._widget_fqns)")
-def test_a_dashboard_using_a_tenant_widget_type_imports_with_its_bundle(api):
+def test_a_dashboard_using_a_tenant_widget_type_imports_with_its_bundle(api, edge):
     out = api.ok("POST", "/api/entities/import",
-                 {"file": [fixture("valve_dashboard.json"), fixture("plant_widgets_bundle.json")]},
-                 201)
+                 {"file": [fixture("valve_dashboard.json"), fixture("plant_widgets_bundle.json")],
+                  "assign": "rk-1"}, 201)
     assert [r["entity_type"] for r in out["entities"]] == ["WIDGET_TYPE", "WIDGETS_BUNDLE",
                                                            "DASHBOARD"]
+    got = [lists(received(edge)) for _ in range(3)]  # the widget type before the dashboard
+    assert got == [{"widgetTypeUpdateMsg": 1}, {"widgetsBundleUpdateMsg": 1},
+                   {"dashboardUpdateMsg": 1}]
 
 
 def test_a_user_import_never_stores_the_password(api):

@@ -216,7 +216,8 @@ def test_a_user_needs_a_known_authority_and_a_customer_user_its_customer():
 def test_a_widgets_bundle_brings_its_widget_types_and_a_dashboard_may_use_them():
     bundle = fixture("plant_widgets_bundle.json")
     dash = fixture("valve_dashboard.json")
-    with pytest.raises(BadRequest, match=r"needs the widget type 'tenant.plant_widgets.valve_state'"):
+    with pytest.raises(BadRequest, match=r"needs the widget type 'plant_widgets.valve_state' "
+                                         r"\(typeFullFqn \"tenant.plant_widgets.valve_state\"\)"):
         plan(dash)
     out = plan([dash, bundle])
     assert [i.entity_type for i in out.items] == ["WIDGET_TYPE", "WIDGETS_BUNDLE", "DASHBOARD"]
