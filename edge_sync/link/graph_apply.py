@@ -211,7 +211,7 @@ class GraphApplier:
             ref = queue.popleft()
             for key in self.graph.waiting_on(txn, ref):
                 held = self.graph.held_payload(txn, key)
-                if held is None:
+                if held is None or self.graph.held_outside_sync(txn, key):
                     continue
                 lacking = [r for r in held.entity.waiting_for if not self.graph.present(txn, r)]
                 if lacking:  # what it still waits for, and nothing that has arrived

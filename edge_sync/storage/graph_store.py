@@ -833,6 +833,12 @@ class GraphStore:
             self._mark_seen(txn, b"R" + key)
             self._mark_seen(txn, b"HR" + key)
 
+    def held_outside_sync(self, txn: lmdb.Transaction, key: bytes) -> bool:
+        """Whether a full sync is under way and has not sent this held entity again (it is
+        removed at the sync's end unless it comes; releasing it now would keep it)."""
+        return (txn.get(_ACTIVE, db=self._meta) is not None
+                and txn.get(b"H" + key, db=self._db(_SEEN)) is None)
+
     def _mark_seen(self, txn: lmdb.Transaction, key: bytes) -> None:
         if txn.get(_ACTIVE, db=self._meta) is not None:
             txn.put(key, b"", db=self._db(_SEEN))

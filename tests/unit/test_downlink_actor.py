@@ -888,3 +888,22 @@ def test_damage_found_while_applying_asks_for_a_full_sync(rig: Rig) -> None:
     with rig.store.read() as txn:
         damaged = rig.graph.sync_state(txn).damaged
     assert damaged is not None and f"devices: {dev}" in damaged
+
+
+def test_a_held_entity_the_full_sync_does_not_send_again_is_not_applied_but_removed(
+        rig: Rig) -> None:
+    """Held before a full sync, not sent by it: no longer assigned. Its reference arriving in
+    the sync does not apply it (that would keep it); the sync's end drops it."""
+    dev, other, profile = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    typed = {"entityType": "DEVICE_PROFILE", "id": str(profile)}
+    assert rig.apply(device_msg(1, dev, "old", deviceProfileId=typed)).success  # held
+    rig.child.ref.tell(FullSyncStarted(1, "test"))
+    synced = device_msg(3, other, "new", deviceProfileId=typed)
+    synced.deviceProfileUpdateMsg.append(profile_update(profile, "meter"))
+    assert rig.apply(synced).success
+    assert rig.device(dev) is None and rig.device(other) is not None
+    assert rig.apply(sync_done(4)).success
+    with rig.store.read() as txn:
+        assert rig.graph.held(txn) == []
+    assert rig.device(dev) is None
+    assert rig.count("edge_graph_removed_after_full_sync_total") == 1
