@@ -134,7 +134,7 @@ class GraphLookup:
         self._fqns: set[str] | None = None
 
     def has(self, ref: Ref) -> bool:
-        store, graph = self._service.store, self._service.store.graph
+        store, graph = self._service.store, self._service.graph
         if ref.kind == "WIDGET_TYPE_FQN":
             if self._fqns is None:
                 self._fqns = {str(e.body().get("fqn"))
@@ -152,7 +152,7 @@ class GraphLookup:
         return found is not None and found.entity_type == ref.kind
 
     def find(self, entity_type: str, name: str) -> uuid.UUID | None:
-        hits = self._service.store.graph.entities(entity_type=entity_type, name=name)
+        hits = self._service.graph.entities(entity_type=entity_type, name=name)
         return hits[0].id if hits else None
 
 
@@ -176,18 +176,14 @@ class EntityAdmin:
     the admin API's routes (the server running) and ``edge-cloud entity ...`` (the server
     stopped: the store directly). Arguments are untrusted JSON values: each is checked here,
     and a bad one is a BadRequest that says which. Every write is one transaction of the graph,
-    which queues its downlinks for the edges that hold the entity (waking their streams through
-    the graph's ``notify``). Answers are plain JSON (rows with routing keys)."""
+    which queues its downlinks for the edges that hold the entity (CloudService wakes their
+    streams). Answers are plain JSON (rows with routing keys)."""
 
     def __init__(self, service: CloudService, *, id_source: ids.TimeBasedIds = ids.PROCESS_IDS) -> None:
         self._service = service
         self._store = service.store
-        self._graph = service.store.graph
+        self._graph = service.graph  # its commits wake the streams of the edges they queued for
         self._ids = id_source
-        if self._graph.notify is None:
-            # the stream of an edge that holds a changed entity sends it at once (else within
-            # the stream's 1 s poll)
-            self._graph.notify = service.wake
 
     def _now(self) -> int:
         return self._service.clock.now_ms()
