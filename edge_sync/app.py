@@ -33,6 +33,7 @@ from edge_sync.actors.shard import EntityRouter, ShardActor
 from edge_sync.api.admin_http import AdminHttpApi
 from edge_sync.api.device_http import DeviceHttpApi
 from edge_sync.api.device_service import DeviceService
+from edge_sync.api.entity_service import EntityService
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.admin_guard import check_bind
 from edge_sync.common.http_host import HttpHost
@@ -40,7 +41,7 @@ from edge_sync.config import EdgeConfig
 from edge_sync.errors import ConfigError, EdgeSyncError
 from edge_sync.link.connection import ConnectionActor
 from edge_sync.link.downlink_actor import DownlinkActor
-from edge_sync.link.state import StatusBoard
+from edge_sync.link.state import RequestSync, StatusBoard
 from edge_sync.metrics import Metrics
 from edge_sync.mqtt.connection import Limits
 from edge_sync.mqtt.server import Listener, MqttServer
@@ -157,8 +158,11 @@ class EdgeApp:
             metrics=self.metrics,
             link_connected=self._link_connected if link_enabled else None,
         )
+        self.entities = EntityService(self.router, clock=clock)
         self.admin_api = AdminHttpApi(
             self.store, self.service, self.metrics,
+            entities=self.entities,
+            request_sync=self._request_sync if link_enabled else None,
             link_status=(lambda: dict(self.link_board.value)) if link_enabled else None,
             request_timeout_s=cfg.http.request_timeout_s, clock=clock,
             crash=self._crash if cfg.admin.fault_injection else None,
@@ -177,7 +181,8 @@ class EdgeApp:
                 *([
                     ChildSpec("downlink", actor_child(
                         DownlinkActor, self.store, self.connection, metrics=self.metrics,
-                        tokens=self.tokens, clock=clock, notify=self.router.tell)),
+                        tokens=self.tokens, clock=clock, notify=self.router.tell,
+                        request_metadata=self.entities.request_metadata)),
                     ChildSpec("connection", actor_child(
                         ConnectionActor, cfg.cloud, self.store, self.queue, self.downlinks,
                         metrics=self.metrics, board=self.link_board, clock=clock)),
@@ -194,6 +199,10 @@ class EdgeApp:
             intensity=intensity,
         )
         self._register_gauges()
+
+    def _request_sync(self, full: bool, reason: str) -> None:
+        """The admin API's ``POST /api/sync``: the link asks the cloud for a sync."""
+        self.connection.tell(RequestSync(full=full, reason=reason))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
