@@ -15,7 +15,7 @@ Hard references (``references``) are the ones an entity cannot be used without:
   one, ui-ngx ``widget.models.ts`` ``fullWidgetTypeFqn``; the widget type's own ``fqn`` has no
   prefix); system widget types ship with every ThingsBoard installation, the edge's included,
   and are not references;
-- device credentials name their device.
+- device credentials name their device, user credentials their user.
 Soft references (a customer, a default dashboard or rule chain of a profile) are kept in the
 JSON but never hold an entity back: ThingsBoard does not send them to every edge that holds the
 entity, and waiting for them would wait for ever.
@@ -157,6 +157,8 @@ def references(entity_type: str, body: Mapping[str, Any]) -> list[Ref]:
         refs.update(Ref("WIDGET_TYPE_FQN", fqn) for fqn in _widget_fqns(body.get("configuration")))
     elif entity_type == "DEVICE_CREDENTIALS":
         refs.add(_typed(body.get("deviceId")))
+    elif entity_type == "USER_CREDENTIALS":
+        refs.add(_typed(body.get("userId")) or _typed({"entityType": "USER", "id": body.get("userId")}))
     own = _typed(body.get("id"))
     return sorted(r for r in refs if r is not None and r != own)
 

@@ -36,7 +36,6 @@ ones come, one deletion per append.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import uuid
@@ -249,15 +248,8 @@ def name_of(entity_type: str, body: Mapping[str, Any]) -> str:
 
 
 def hard_references(entity_type: str, body: Mapping[str, Any]) -> list[Ref]:
-    """entity_graph.references, plus the user that user credentials belong to (they are no use
-    without it, and go with it)."""
-    refs = references(entity_type, body)
-    if entity_type == "USER_CREDENTIALS":
-        user = body.get("userId")
-        raw = user.get("id") if isinstance(user, Mapping) else user
-        with contextlib.suppress(ValueError):
-            refs = sorted({*refs, Ref("USER", str(uuid.UUID(str(raw))))})
-    return refs
+    """entity_graph.references (kept as this module's name for it)."""
+    return references(entity_type, body)
 
 
 def _json_body(text: str, what: str) -> dict[str, Any]:

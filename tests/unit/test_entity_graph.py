@@ -48,6 +48,7 @@ def test_every_reference_comes_earlier_in_the_sync_order() -> None:
         "RULE_CHAIN_METADATA": {"ruleChainId": typed("RULE_CHAIN", A)},
         "DASHBOARD": {"configuration": {"widgets": {"w": {"typeFullFqn": "tenant.gauge"}}}},
         "DEVICE_CREDENTIALS": {"deviceId": typed("DEVICE", A)},
+        "USER_CREDENTIALS": {"userId": typed("USER", A)},
         "RELATION": {"from": typed("ASSET", A), "to": typed("DEVICE", B)},
     }
     for kind, body in samples.items():
@@ -122,3 +123,8 @@ def test_find_cycle_names_the_path() -> None:
 def test_find_cycle_does_not_follow_relations() -> None:
     a, rel = Ref("ASSET", "a"), Ref("RELATION", "r")
     assert find_cycle(a, lambda r: {a: [rel], rel: [a]}.get(r, [])) is None
+
+
+def test_user_credentials_reference_their_user_typed_or_bare() -> None:
+    assert references("USER_CREDENTIALS", {"userId": typed("USER", A)}) == [Ref("USER", str(A))]
+    assert references("USER_CREDENTIALS", {"userId": str(A)}) == [Ref("USER", str(A))]
