@@ -164,6 +164,8 @@ class ConnectionActor(SupervisedActor):
         self._attempt = 0  # attempts since the last accepted connection
         self._deadline = 0.0  # connect / sync deadline
         self._sync_started = 0.0
+        # the last sync this process asked for (status: full or not, why, when, how long)
+        self._last_sync: dict[str, Any] | None = None
         self._sync_downlinks = 0  # downlinks received during the current sync
         self._sync_applied = 0  # ... applied for the first time (the sync's progress)
         self._next_attempt = 0.0
@@ -356,6 +358,8 @@ class ConnectionActor(SupervisedActor):
             msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
             syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=full)))
         self._syncs_sent += 1
+        self._last_sync = {"full": full, "reason": why, "requested_ms": self._clock.now_ms(),
+                           "completed_ms": None, "downlinks": None, "took_s": None}
 
     def _on_request_sync(self, request: RequestSync) -> None:
         """An operator's sync request: a full one is recorded first (durable until a full sync
@@ -448,6 +452,13 @@ class ConnectionActor(SupervisedActor):
             if done.identity != self._identity:
                 self._identity = done.identity
                 self._queue.tell(SetIdentity(*done.identity))
+        if (done.sync_completed and self._last_sync is not None
+                and self._last_sync["completed_ms"] is None):
+            took_ms = self._clock.now_ms() - self._last_sync["requested_ms"]
+            self._last_sync = {**self._last_sync, "completed_ms": self._clock.now_ms(),
+                               "downlinks": (self._sync_downlinks
+                                             if self._sm.state is LinkState.SYNCING else None),
+                               "took_s": took_ms / 1000}
         if self._sm.state is not LinkState.SYNCING:
             return
         if done.sync_completed:
@@ -733,5 +744,6 @@ class ConnectionActor(SupervisedActor):
             "clock_skew_ms": self._skew_ms,
             "last_ack_ms": self._last_ack_ms,
             "state_since_ms": self._state_since_ms,
+            "last_sync": self._last_sync,
         }, next_attempt_at=self._next_attempt if waiting else None,
             monotonic=self._clock.monotonic)
