@@ -1,10 +1,11 @@
 """Chaos: the edge killed with SIGKILL in the middle of a full sync of the whole entity graph.
 
-A real `edge-cloud serve` populated with the issue's sizes (tests/helpers/graph_rig.py: 2,000
-devices, 200 assets, 300 relations with a cycle, 21 dashboards one close to the 4 MiB limit,
-rule chains, users, entity views, ...) and a real `edge-sync run` that connects for the first
-time. Once part of the graph is applied (the edge's store counted, read-only) and the sync is
-still under way, the edge is killed (SIGKILL) and started again on the same data folder:
+A real `edge-cloud serve` populated with the issue's sizes (tests/helpers/graph_rig.py
+ISSUE_PLANT, bench/graph_population.py's plant: 2,000 devices, 200 assets, 300 relations with a
+cycle, 20 dashboards one close to the 4 MiB limit, rule chains, users, entity views, ...) and a
+real `edge-sync run` that connects for the first time. Once part of the graph is applied (the
+edge's store counted, read-only) and the sync is still under way, the edge is killed (SIGKILL)
+and started again on the same data folder:
 
 - the store says the full sync did not complete, and the next connect asks for a full sync
   again, saying why;
@@ -27,11 +28,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.graph_rig import (
+    ISSUE_PLANT,
     GraphRig,
-    Sizes,
     added_twice,
     edge_progress,
     order_violations,
+    scaled,
 )
 from tests.helpers.wait import wait_until
 
@@ -54,9 +56,9 @@ def _sync_requests(rig: GraphRig, *, all_runs: bool) -> list[str]:
 
 def test_kill9_during_a_full_sync_then_a_full_sync_again_applies_nothing_twice(
         rig: GraphRig, soak: bool) -> None:
-    sizes = Sizes().scaled(5) if soak else Sizes()
+    spec = scaled(ISSUE_PLANT, 5) if soak else ISSUE_PLANT
     kill_at = (0.2, 0.5, 0.8) if soak else (0.3,)
-    pop = rig.populate(sizes)
+    pop = rig.populate(spec)
     rig.cloud.start()
     # what the edge will hold once synced: every entity the cloud assigns (credentials included)
     total = len(rig.cloud_view().entities)

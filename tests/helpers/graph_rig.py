@@ -2,11 +2,12 @@
 ways" with real stores and processes (tests/integration/test_graph_e2e.py,
 tests/integration/test_graph_shuffled_sync.py, tests/chaos/test_graph_kill9_sync.py):
 
-- ``populate``: a cloud population in a real CloudStore (the server stopped), assigned to one
-  edge: devices of several types (so several device profiles), assets with their profiles,
-  relations (a cycle among them), dashboards using tenant widget types (one close to the edge's
-  4 MiB message limit), rule chains forwarding to each other, users, customers, entity views and
-  shared attributes. Made through CloudService / CloudGraph, as an operator's commands make them.
+- ``populate``: an edge registered in a real CloudStore (the server stopped) and a population
+  on it: the plant of bench/graph_population.py (every kind: devices of several types, assets
+  with their profiles, relations with a cycle among them, dashboards using tenant widget types
+  and one within ``NEAR_LIMIT_MARGIN`` of the edge's 4 MiB message limit, rule chains one
+  forwarding to another, users, customers, entity views of devices; ``ISSUE_PLANT`` has the
+  issue's sizes), plus ``Extras``: entity views of assets and shared attributes.
 - ``cloud_view`` / ``edge_view``: what the cloud assigns to the edge (CloudGraph.assignment, the
   relations whose both ends are on the edge, the devices' credentials as a sync sends them) and
   what the edge holds (storage/graph_store.GraphStore: entities, relations, held entities, the
@@ -24,28 +25,30 @@ block or change the process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
+from bench.graph_population import BASE_MS, PlantSpec
+from bench.graph_population import Population as PlantPopulation
+from bench.graph_population import populate as populate_plant
 from edge_sync.cloud import downlinks
-from edge_sync.cloud.records import CloudDevice
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.store import CloudStore
 from edge_sync.common.entity_graph import (
-    RULE_CHAIN_INPUT_NODE,
     Ref,
     provides,
     relation_key,
 )
+from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.graph_store import (
     ApplyLogEntry,
@@ -60,12 +63,13 @@ from tests.helpers.cloud_proc import CloudProc, edge_status, link_env
 from tests.helpers.wait import wait_until
 
 __all__ = [
+    "ISSUE_PLANT",
     "CloudView",
     "EdgeView",
+    "Extras",
     "GraphRig",
     "Population",
     "RelKey",
-    "Sizes",
     "added_twice",
     "cloud_view",
     "edge_counts",
@@ -76,11 +80,12 @@ __all__ = [
     "populate",
     "quiet_product_logs",
     "rel_key",
+    "scaled",
     "tid",
 ]
 
 DEADLINE_S = 120.0
-EDGE_OWNED = ("tenantId", "customerId")
+EDGE_OWNED = frozenset({"tenantId", "customerId"})
 """Fields the cloud fills into an entity an edge made (the edge's JSON is kept as it sent it;
 graph-contract.md: "the same JSON as sent minus tenantId/customerId")."""
 
@@ -112,215 +117,118 @@ def tid(kind: str, value: uuid.UUID | str) -> dict[str, str]:
 
 # -- the population -------------------------------------------------------------------------------
 
+ISSUE_PLANT = PlantSpec(devices=2000, assets=200, relations=300, customers=2, device_profiles=3,
+                        asset_profiles=3, widget_types=3, widgets_bundles=1, dashboards=20,
+                        rule_chains=5, users=10, entity_views=10, near_limit_dashboard=True)
+"""The issue's sizes: 2,000 devices, 200 assets, 300 relations (a cycle among them), 20
+dashboards (one near the 4 MiB limit), 5 rule chains, 10 users, 3 device profiles."""
+
+NEAR_LIMIT_MARGIN = 512
+"""The near-limit dashboard's ADDED downlink, stamped, is this far under the edge's 4 MiB
+message limit."""
+
+
+def scaled(spec: PlantSpec, factor: float) -> PlantSpec:
+    """The same plant, its devices, assets, relations, dashboards, users and entity views
+    multiplied (at least what PlantSpec.check needs)."""
+    def n(v: int, least: int = 1) -> int:
+        return max(least, round(v * factor))
+
+    return dataclasses.replace(
+        spec, devices=n(spec.devices), assets=n(spec.assets, 3), relations=n(spec.relations, 3),
+        dashboards=n(spec.dashboards, 2), users=n(spec.users), entity_views=n(spec.entity_views))
+
 
 @dataclass(frozen=True)
-class Sizes:
-    """How much of each kind a population has (the issue's sizes by default)."""
+class Extras:
+    """What the tests add to the plant: entity views of assets (the plant's show devices), so
+    that unassigning an asset has dependants, and shared attributes on the first devices."""
 
-    devices: int = 2000
-    assets: int = 200
-    relations: int = 300
-    dashboards: int = 20
-    rule_chains: int = 5
-    users: int = 10
-    device_types: int = 3  # device profiles besides the default one
-    entity_views: int = 10
-    widget_types: int = 3
-    customers: int = 2
-    shared_attributes: int = 20  # devices with a shared attribute
-    near_limit_dashboard: bool = True
-
-    def scaled(self, factor: float) -> Sizes:
-        """The same shape, each count multiplied (at least the cycle's 3 assets)."""
-        def n(v: int, least: int = 1) -> int:
-            return max(least, round(v * factor))
-
-        return Sizes(devices=n(self.devices), assets=n(self.assets, 3),
-                     relations=n(self.relations, 4), dashboards=n(self.dashboards),
-                     rule_chains=n(self.rule_chains, 2), users=n(self.users),
-                     device_types=self.device_types, entity_views=n(self.entity_views, 2),
-                     widget_types=self.widget_types, customers=self.customers,
-                     shared_attributes=n(self.shared_attributes),
-                     near_limit_dashboard=self.near_limit_dashboard)
+    asset_views: int = 4
+    shared_attributes: int = 20
 
 
 @dataclass
 class Population:
-    """What ``populate`` made (ids as the cloud gave them)."""
+    """What ``populate`` made: the plant (bench/graph_population.py) and the extras, by kind."""
 
     edge_id: uuid.UUID
     routing_key: str
     secret: str
-    devices: list[uuid.UUID] = field(default_factory=list)
-    device_types: list[str] = field(default_factory=list)
-    assets: list[uuid.UUID] = field(default_factory=list)
-    dashboards: list[uuid.UUID] = field(default_factory=list)
-    near_limit_dashboard: uuid.UUID | None = None
-    rule_chains: list[uuid.UUID] = field(default_factory=list)
-    users: list[uuid.UUID] = field(default_factory=list)
-    customers: list[uuid.UUID] = field(default_factory=list)
-    widget_types: list[uuid.UUID] = field(default_factory=list)
-    entity_views: dict[uuid.UUID, tuple[str, uuid.UUID]] = field(default_factory=dict)
-    relations: list[RelKey] = field(default_factory=list)
-    cycle: list[RelKey] = field(default_factory=list)
+    plant: PlantPopulation
+    devices: list[uuid.UUID]
+    device_types: list[str]
+    assets: list[uuid.UUID]
+    dashboards: list[uuid.UUID]
+    near_limit_dashboard: uuid.UUID
+    entity_views: dict[uuid.UUID, tuple[str, uuid.UUID]]  # view -> (kind, id) it shows
+    relations: list[RelKey]
+    cycle: list[RelKey]
     shared: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
 
 
-def _near_limit_config(limit: int, title: str) -> dict[str, Any]:
-    """A dashboard configuration whose ADDED downlink, stamped, is within 1 KiB under ``limit``."""
-    def size(blob: int) -> int:
-        body = {"title": title, "configuration": {"widgets": {}, "blob": "x" * blob},
-                "id": tid("DASHBOARD", uuid.UUID(int=1)), "createdTime": 1_700_000_000_000,
-                "tenantId": tid("TENANT", uuid.UUID(int=2))}
-        text = json.dumps(body, separators=(",", ":"))
-        payload = downlinks.message_of([downlinks.entity_message(
-            "DASHBOARD", "ADDED", uuid.UUID(int=1), text)])
-        return downlinks.stamped_size(len(payload))
-
-    blob = limit - 1024
-    blob -= size(blob) - (limit - 600)
-    assert limit - 1024 < size(blob) <= limit - 512, size(blob)
-    return {"widgets": {}, "blob": "x" * blob}
-
-
-def _chain_metadata(chain: uuid.UUID, target: uuid.UUID | None) -> dict[str, Any]:
-    nodes: list[dict[str, Any]] = [{
-        "type": "org.thingsboard.rule.engine.filter.TbMsgTypeSwitchNode", "name": "switch",
-        "configuration": {"version": 0}, "debugMode": False}]
-    connections = []
-    if target is not None:
-        nodes.append({"type": RULE_CHAIN_INPUT_NODE, "name": f"to {target}",
-                      "configuration": {"ruleChainId": str(target)}, "debugMode": False})
-        connections.append({"fromIndex": 0, "toIndex": 1, "type": "Other"})
-    return {"ruleChainId": tid("RULE_CHAIN", chain), "firstNodeIndex": 0, "nodes": nodes,
-            "connections": connections, "ruleChainConnections": None}
-
-
-def populate(data_dir: Path, *, routing_key: str, secret: str, sizes: Sizes = Sizes(),
-             seed: int = 1, now_ms: int = 1_764_921_600_000) -> Population:
-    """Make a population in the cloud store at ``data_dir`` (the server must not run): an edge
-    of ``routing_key`` and everything of ``sizes`` on it (see the module docstring). Seeded:
-    the same seed makes the same shape (ids are new each time)."""
-    rng = random.Random(seed)
+def populate(data_dir: Path, *, routing_key: str, secret: str, spec: PlantSpec = ISSUE_PLANT,
+             extras: Extras = Extras(), seed: int = 1) -> Population:
+    """The edge ``routing_key`` registered in the cloud store at ``data_dir`` (the server must
+    not run), the plant of ``spec`` (bench/graph_population.py: seeded, the same seed the same
+    ids) on it, and the extras; what was made."""
     with quiet_product_logs():
         store = CloudStore(data_dir)
         try:
-            return _populate(store, rng, routing_key, secret, sizes, now_ms)
+            edge, _, _ = CloudService(store).create_edge(f"edge {routing_key}",
+                                                         routing_key=routing_key, secret=secret)
+        finally:
+            store.close()
+        plant = populate_plant(data_dir, edge.edge_id, spec, seed=seed,
+                               near_limit_bytes=DEFAULT_MAX_MESSAGE_BYTES - NEAR_LIMIT_MARGIN)
+        store = CloudStore(data_dir)
+        try:
+            return _extras(store, plant, routing_key, secret, extras, seed)
         finally:
             store.close()
 
 
-def _populate(store: CloudStore, rng: random.Random, routing_key: str, secret: str,
-              sizes: Sizes, now_ms: int) -> Population:
+def _extras(store: CloudStore, plant: PlantPopulation, routing_key: str, secret: str,
+            extras: Extras, seed: int) -> Population:
+    rng = random.Random(seed)
     service = CloudService(store)
     graph = store.graph
-    edge, _, _ = service.create_edge(f"edge {routing_key}", routing_key=routing_key, secret=secret)
-    pop = Population(edge.edge_id, routing_key, secret)
-    pop.device_types = [f"type-{i}" for i in range(sizes.device_types)]
-
-    def device(i: int) -> CloudDevice:
-        made, _ = service.create_device(routing_key, f"device-{i:05d}",
-                                        type_=pop.device_types[i % len(pop.device_types)],
-                                        token=f"token-{routing_key}-{i:05d}")
-        return made
-
-    with ThreadPoolExecutor(8) as pool:  # concurrent writes share commits
-        pop.devices = [d.id for d in pool.map(device, range(sizes.devices))]
-
-    # tenant-wide kinds: widget types, a bundle, users (on every edge)
-    fqns = [f"plant_widget_{i}" for i in range(sizes.widget_types)]
-    items: list[tuple[str, dict[str, Any]]] = []
-    items += [("WIDGET_TYPE", {"name": f"Widget {i}", "fqn": fqn,
-                               "descriptor": {"type": "latest", "sizeX": 8}})
-              for i, fqn in enumerate(fqns)]
-    items.append(("WIDGETS_BUNDLE", {"name": "Plant widgets", "title": "Plant widgets",
-                                     "alias": "plant_widgets"}))
-    items += [("USER", {"email": f"user{i}@plant.example", "authority": "TENANT_ADMIN",
-                        "firstName": f"User{i}", "additionalInfo": {"lang": "en"}})
-              for i in range(sizes.users)]
-    made = graph.create_entities(items, now_ms=now_ms)
-    pop.widget_types = [e.id for e in made if e.entity_type == "WIDGET_TYPE"]
-    pop.users = [e.id for e in made if e.entity_type == "USER"]
-
-    # assigned kinds, in reference order: customers, rule chains (then their metadata),
-    # dashboards, assets, entity views
-    items = [("CUSTOMER", {"title": f"Customer {i}", "email": f"c{i}@plant.example"})
-             for i in range(sizes.customers)]
-    items += [("RULE_CHAIN", {"name": f"Chain {i}", "type": "EDGE", "root": False,
-                              "debugMode": False, "configuration": None})
-              for i in range(sizes.rule_chains)]
-    for i in range(sizes.dashboards):
-        # ThingsBoard's UI names a tenant widget type "tenant." + its fqn
-        widgets = {f"w{j}": {"typeFullFqn": "tenant." + fqns[(i + j) % len(fqns)], "sizeX": 6}
-                   for j in range(2)} if fqns else {}
-        widgets["sys"] = {"typeFullFqn": "system.cards.value_card", "sizeX": 4}
-        items.append(("DASHBOARD", {"title": f"Dashboard {i:02d}", "mobileHide": False,
-                                    "configuration": {"widgets": widgets, "states": {}}}))
-    if sizes.near_limit_dashboard:
-        items.append(("DASHBOARD", {"title": "Near the limit", "configuration": _near_limit_config(
-            graph.max_message_bytes, "Near the limit")}))
-    items += [("ASSET", {"name": f"asset-{i:04d}", "type": ("building", "floor", "line")[i % 3],
-                         "label": f"L{i}"}) for i in range(sizes.assets)]
-    made = graph.create_entities(items, now_ms=now_ms, edge_id=edge.edge_id)
-    pop.customers = [e.id for e in made if e.entity_type == "CUSTOMER"]
-    pop.rule_chains = [e.id for e in made if e.entity_type == "RULE_CHAIN"]
-    dashboards = [e for e in made if e.entity_type == "DASHBOARD"]
-    pop.dashboards = [e.id for e in dashboards]
-    pop.near_limit_dashboard = next((e.id for e in dashboards if e.name == "Near the limit"),
-                                    None)
-    pop.assets = [e.id for e in made if e.entity_type == "ASSET"]
-
-    # metadata: chain i forwards to chain i+1 (the last to none): references between chains
-    chains = pop.rule_chains
-    graph.create_entities(
-        [("RULE_CHAIN_METADATA", _chain_metadata(c, chains[i + 1] if i + 1 < len(chains) else None))
-         for i, c in enumerate(chains)], now_ms=now_ms)
-
-    # entity views: of assets and devices, alternately
-    items = []
-    targets: list[tuple[str, uuid.UUID]] = []
-    for i in range(sizes.entity_views):
-        target = ("ASSET", pop.assets[i % len(pop.assets)]) if i % 2 == 0 or not pop.devices \
-            else ("DEVICE", pop.devices[i % len(pop.devices)])
-        targets.append(target)
-        items.append(("ENTITY_VIEW", {"name": f"view-{i:03d}", "type": "view",
-                                      "entityId": tid(*target),
-                                      "keys": {"timeseries": ["t"], "attributes": None}}))
-    made = graph.create_entities(items, now_ms=now_ms, edge_id=edge.edge_id)
-    pop.entity_views = {e.id: t for e, t in zip(made, targets, strict=True)}
-
-    # relations: a cycle among the first three assets, then asset -> device "Contains",
-    # asset -> asset "Manages" and device -> asset "Feeds", all distinct
-    rels: list[dict[str, Any]] = []
-    cycle = pop.assets[:3]
-    for i, a in enumerate(cycle):
-        rels.append({"from": tid("ASSET", a), "to": tid("ASSET", cycle[(i + 1) % 3]),
-                     "type": "Contains", "typeGroup": "COMMON", "additionalInfo": {"cycle": i}})
-    seen = {rel_key(r) for r in rels}
-    kinds = ("Contains", "Manages", "Feeds")
-    while len(rels) < sizes.relations:
-        kind = kinds[len(rels) % 3] if pop.devices else "Manages"
-        if kind == "Contains":
-            src, dst = ("ASSET", rng.choice(pop.assets)), ("DEVICE", rng.choice(pop.devices))
-        elif kind == "Manages":
-            src, dst = ("ASSET", rng.choice(pop.assets)), ("ASSET", rng.choice(pop.assets))
-        else:
-            src, dst = ("DEVICE", rng.choice(pop.devices)), ("ASSET", rng.choice(pop.assets))
-        rel = {"from": tid(*src), "to": tid(*dst), "type": kind, "typeGroup": "COMMON",
-               "additionalInfo": None}
-        if src != dst and rel_key(rel) not in seen:
-            seen.add(rel_key(rel))
-            rels.append(rel)
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda r: graph.add_relation(r, now_ms=now_ms), rels))
-    pop.relations = [rel_key(r) for r in rels]
-    pop.cycle = pop.relations[:3]
-
-    for device_id in pop.devices[:sizes.shared_attributes]:
+    edge_id = plant.edge_id
+    devices = list(plant.ids.get("DEVICE", []))
+    assets = list(plant.ids.get("ASSET", []))
+    views: dict[uuid.UUID, tuple[str, uuid.UUID]] = {}
+    for view_id in plant.ids.get("ENTITY_VIEW", []):
+        entity = graph.entity(view_id)
+        assert entity is not None
+        shown = entity.body()["entityId"]
+        views[view_id] = (shown["entityType"], uuid.UUID(shown["id"]))
+    made = graph.create_entities(
+        [("ENTITY_VIEW", {"name": f"asset-view-{i:03d}", "type": "zone",
+                          "entityId": tid("ASSET", assets[i % len(assets)]),
+                          "keys": {"timeseries": ["t"], "attributes": None}})
+         for i in range(extras.asset_views)],
+        now_ms=BASE_MS, edge_id=edge_id)
+    for entity, i in zip(made, range(extras.asset_views), strict=True):
+        views[entity.id] = ("ASSET", assets[i % len(assets)])
+    shared: dict[uuid.UUID, dict[str, Any]] = {}
+    for device_id in devices[:extras.shared_attributes]:
         values = {"setpoint": rng.randint(1, 100), "mode": "auto"}
         service.set_attributes(str(device_id), values)
-        pop.shared[device_id] = values
-    return pop
+        shared[device_id] = values
+    relations: list[RelKey] = []
+    with store.lmdb.read() as txn:
+        for entity_id in sorted({*devices, *assets, *plant.ids.get("CUSTOMER", [])}):
+            relations += [rel_key(r) for r in graph.relations_from(txn, entity_id)]
+    a, b, c = (str(x) for x in plant.cycle)
+    cycle = [("ASSET", a, "ASSET", b, "Contains", "COMMON"),
+             ("ASSET", b, "ASSET", c, "Contains", "COMMON"),
+             ("ASSET", c, "ASSET", a, "Contains", "COMMON")]
+    assert set(cycle) <= set(relations)
+    assert plant.near_limit_dashboard is not None
+    types = sorted({d.type for d in store.devices_of_edge(edge_id)})
+    return Population(edge_id, routing_key, secret, plant, devices, types, assets,
+                      list(plant.ids.get("DASHBOARD", [])), plant.near_limit_dashboard, views,
+                      relations, cycle, shared)
 
 
 # -- what each side holds -------------------------------------------------------------------------
@@ -449,13 +357,16 @@ def _json_diff(want: Mapping[str, Any], got: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def graph_diff(cloud: CloudView, edge: EdgeView, *, edge_made: Iterable[uuid.UUID] = ()
-               ) -> list[str]:
+def graph_diff(cloud: CloudView, edge: EdgeView, *, edge_made: Iterable[uuid.UUID] = (),
+               set_aside: Mapping[uuid.UUID, Iterable[str]] | None = None) -> list[str]:
     """Every difference between what the cloud has on the edge and what the edge holds, one
     line each (empty: the same graph). Entities by (type, id): the same key sets and equal
     parsed JSON; an entity the edge made (``edge_made``) is compared without the fields the
-    cloud fills in (EDGE_OWNED). Relations as (from, to, type, group) with equal JSON."""
+    cloud fills in (EDGE_OWNED). Relations as (from, to, type, group) with equal JSON.
+    ``set_aside``: fields of an entity left out of the comparison, for a difference the caller
+    checks (and reports) on its own, so that the rest is still compared."""
     made = set(edge_made)
+    aside = {k: frozenset(v) for k, v in (set_aside or {}).items()}
     out: list[str] = []
     missing = sorted(set(cloud.entities) - set(edge.entities), key=str)
     extra = sorted(set(edge.entities) - set(cloud.entities), key=str)
@@ -463,9 +374,10 @@ def graph_diff(cloud: CloudView, edge: EdgeView, *, edge_made: Iterable[uuid.UUI
     out += [f"extra on the edge: {k} {v} ({edge.origins.get((k, v))})" for k, v in extra]
     for key in sorted(set(cloud.entities) & set(edge.entities), key=str):
         want, got = cloud.entities[key], edge.entities[key]
-        if key[1] in made:
-            want = {k: v for k, v in want.items() if k not in EDGE_OWNED}
-            got = {k: v for k, v in got.items() if k not in EDGE_OWNED}
+        skip = (EDGE_OWNED if key[1] in made else frozenset()) | aside.get(key[1], frozenset())
+        if skip:
+            want = {k: v for k, v in want.items() if k not in skip}
+            got = {k: v for k, v in got.items() if k not in skip}
         if want != got:
             out.append(f"differs: {key[0]} {key[1]}: {_json_diff(want, got)}")
     out += [f"relation missing on the edge: {k}"
@@ -554,10 +466,11 @@ class GraphRig:
         assert self.population is not None
         return self.population.edge_id
 
-    def populate(self, sizes: Sizes = Sizes(), *, seed: int = 1) -> Population:
+    def populate(self, spec: PlantSpec = ISSUE_PLANT, *, extras: Extras = Extras(),
+                 seed: int = 1) -> Population:
         assert not self.cloud.running
         self.population = populate(self.cloud.data_dir, routing_key=self.routing_key,
-                                   secret=self.secret, sizes=sizes, seed=seed)
+                                   secret=self.secret, spec=spec, extras=extras, seed=seed)
         return self.population
 
     def make_agent(self, **env: str) -> Agent:
@@ -610,6 +523,7 @@ class GraphRig:
         return found
 
     def wait_converged(self, *, edge_made: Iterable[uuid.UUID] = (),
+                       set_aside: Mapping[uuid.UUID, Iterable[str]] | None = None,
                        timeout: float = DEADLINE_S) -> tuple[CloudView, EdgeView]:
         """Until the cloud has nothing queued for the edge, the edge nothing pending or held,
         and both hold the same graph (graph_diff empty); both views. The comparison runs only
@@ -629,7 +543,7 @@ class GraphRig:
                 last = ["(not quiet yet)"]
                 return None
             cloud, edge = self.cloud_view(), self.edge_view(with_log=False)
-            last = graph_diff(cloud, edge, edge_made=made)
+            last = graph_diff(cloud, edge, edge_made=made, set_aside=set_aside)
             return (cloud, edge) if not last else None
 
         try:

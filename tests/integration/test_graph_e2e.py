@@ -1,8 +1,9 @@
 """The whole entity graph, both ways, with real processes: a real `edge-cloud serve` populated
-with the issue's sizes (2,000 devices of 3 types, 200 assets, 300 relations with a cycle among
-them, 20 dashboards plus one within 1 KiB of the edge's 4 MiB message limit, 5 rule chains
-forwarding to each other, 10 users, customers, widget types, entity views, shared attributes),
-all assigned to one edge, and a real `edge-sync run` linked to it (tests/helpers/graph_rig.py).
+with the issue's sizes (tests/helpers/graph_rig.py ISSUE_PLANT, the plant of
+bench/graph_population.py: 2,000 devices of 3 types, 200 assets, 300 relations with a cycle
+among them, 20 dashboards one within 512 bytes of the edge's 4 MiB message limit, 5 rule chains
+one forwarding to another, 10 users, customers, widget types, entity views; plus entity views of
+assets and shared attributes), all on one edge, and a real `edge-sync run` linked to it.
 
 a. First connect: the edge asks for a full sync and its status records it completed; the edge's
    graph then equals the cloud's assignment exactly, entity by entity (parsed JSON, the same key
@@ -18,6 +19,12 @@ b. Outage with changes on both sides: the cloud stopped; on the cloud (the `edge
 c. Half of the assets and devices unassigned on the cloud (its admin API, ThingsBoard's
    DELETE /api/edge/{edge}/{kind}/{id}): they and what depends on them (relations, entity views)
    are gone from the edge, the rest untouched, compared again; nothing was added twice.
+d. A full sync asked by the edge's operator (POST /api/sync {"full": true}) on the converged
+   edge: the same graph after it, nothing held, nothing in the apply log (everything it sends
+   again is unchanged).
+
+The sync-reporting checks (the status's last sync) are gathered and asserted at the end, so a
+missing report does not hide what the later phases find.
 """
 
 from __future__ import annotations
@@ -32,11 +39,16 @@ from typing import Any
 
 import pytest
 
+from bench.graph_population import diff as plant_diff
+from bench.graph_population import edge_expected as plant_view
+from bench.graph_population import edge_graph as plant_graph
+from edge_sync.cloud.store import CloudStore
 from tests.helpers.cloud_proc import link_state
 from tests.helpers.graph_rig import (
+    ISSUE_PLANT,
     EdgeView,
+    Extras,
     GraphRig,
-    Sizes,
     added_twice,
     graph_diff,
     order_violations,
@@ -47,7 +59,8 @@ from tests.helpers.wait import wait_until
 pytestmark = pytest.mark.slow
 
 DEADLINE_S = 120.0
-SIZES = Sizes()  # the issue's sizes
+SPEC = ISSUE_PLANT  # the issue's sizes
+EXTRAS = Extras()
 
 
 @pytest.fixture
@@ -66,20 +79,20 @@ def _sync_requests(rig: GraphRig) -> list[str]:
 def _check_first_sync(rig: GraphRig, view: EdgeView) -> None:
     pop = rig.population
     assert pop is not None
-    assert view.count("DEVICE") == SIZES.devices
-    assert view.count("DEVICE_CREDENTIALS") == SIZES.devices
-    assert view.count("ASSET") == SIZES.assets
-    assert view.count("DASHBOARD") == SIZES.dashboards + 1
-    assert view.count("RULE_CHAIN") == SIZES.rule_chains + 1  # and the cloud's edge root chain
-    assert view.count("RULE_CHAIN_METADATA") == SIZES.rule_chains + 1
-    assert view.count("USER") == SIZES.users
-    assert view.count("DEVICE_PROFILE") == SIZES.device_types + 1  # and the default one
-    assert view.count("ENTITY_VIEW") == SIZES.entity_views
-    assert len(view.relations) == SIZES.relations
+    assert view.count("DEVICE") == SPEC.devices
+    assert view.count("DEVICE_CREDENTIALS") == SPEC.devices
+    assert view.count("ASSET") == SPEC.assets
+    assert view.count("DASHBOARD") == SPEC.dashboards
+    assert view.count("RULE_CHAIN") == SPEC.rule_chains + 1  # and the cloud's edge root chain
+    assert view.count("RULE_CHAIN_METADATA") == SPEC.rule_chains + 1
+    assert view.count("USER") == SPEC.users
+    assert view.count("DEVICE_PROFILE") == SPEC.device_profiles + 1  # and the default one
+    assert view.count("ENTITY_VIEW") == SPEC.entity_views + EXTRAS.asset_views
+    assert len(view.relations) == SPEC.relations
     assert set(pop.cycle) <= set(view.relations)
-    assert pop.near_limit_dashboard is not None
-    big = view.entities[("DASHBOARD", pop.near_limit_dashboard)]
-    assert len(json.dumps(big)) > 4 * 1024 * 1024 - 2048
+    assert ("DASHBOARD", pop.near_limit_dashboard) in view.entities
+    assert pop.plant.near_limit_bytes is not None
+    assert 4 * 1024 * 1024 - 1024 < pop.plant.near_limit_bytes <= 4 * 1024 * 1024
     assert view.held == []
     assert order_violations(view.log, view.entities) == []
     assert added_twice(view.log) == {}
@@ -95,7 +108,7 @@ def test_the_whole_graph_both_ways(rig: GraphRig) -> None:
 
     gaps: list[str] = []  # reporting checks, asserted at the end so the later phases still run
     t0 = time.monotonic()
-    pop = rig.populate(SIZES)
+    pop = rig.populate(SPEC, extras=EXTRAS)
     lap("populate", t0)
     rig.cloud.start()
     agent = rig.make_agent().start()
@@ -111,6 +124,13 @@ def test_the_whole_graph_both_ways(rig: GraphRig) -> None:
     assert len(requests) == 1 and "full sync requested: first connect" in requests[0], requests
     _check_first_sync(rig, edge)
     assert graph_diff(cloud, edge) == []
+    # and by the population's own views (bench/graph_population.py), compared independently
+    store = CloudStore(rig.cloud.data_dir, readonly=True)
+    try:
+        expected = plant_view(store, pop.edge_id)
+    finally:
+        store.close()
+    assert plant_diff(expected, plant_graph(agent.data_dir)) == []
     first_log_end = edge.log[-1].index
 
     # -- b. an outage, changes on both sides, an incremental sync -----------------------------------
@@ -138,10 +158,20 @@ def test_the_whole_graph_both_ways(rig: GraphRig) -> None:
         "--output", "json")
     new_device = cli("device", "create", "--edge", rk, "--name", "cloud-made-device",
                      "--type", pop.device_types[1], "--json")
+    # an asset of a type the edge has a profile of, and one of a new type (ThingsBoard: the
+    # cloud finds or makes the profile its type names)
+    known_type = str(cloud.entities[("ASSET", pop.assets[3])]["type"])
     edge_asset = agent.admin("POST", "/api/assets", {"name": "edge-made-asset",
-                                                     "type": "building", "label": "E"})
+                                                     "type": known_type, "label": "E"})
     assert edge_asset.status == 201, edge_asset.body
     edge_asset_id = uuid.UUID(edge_asset.json()["id"])
+    new_type = agent.admin("POST", "/api/assets", {"name": "edge-made-kiosk", "type": "kiosk"})
+    assert new_type.status == 201, new_type.body
+    kiosk_id = uuid.UUID(new_type.json()["id"])
+    edge_made = [edge_asset_id, kiosk_id]
+    # the kiosk's profile is compared on its own below (a gap when it differs), the rest of it
+    # and everything else in the convergence
+    aside = {kiosk_id: ["assetProfileId"]}
     target = pop.devices[5]
     rel = agent.admin("POST", "/api/relations", {"from": tid("ASSET", edge_asset_id),
                                                  "to": tid("DEVICE", target), "type": "Contains"})
@@ -152,7 +182,7 @@ def test_the_whole_graph_both_ways(rig: GraphRig) -> None:
     assert deleted.status == 200, deleted.body
 
     rig.cloud.start()
-    cloud, edge = rig.wait_converged(edge_made=[edge_asset_id], timeout=DEADLINE_S)
+    cloud, edge = rig.wait_converged(edge_made=edge_made, set_aside=aside, timeout=DEADLINE_S)
     lap("outage and incremental sync", t2)
     requests = _sync_requests(rig)
     assert len(requests) == 2 and "incremental sync requested" in requests[1], requests
@@ -162,6 +192,16 @@ def test_the_whole_graph_both_ways(rig: GraphRig) -> None:
     # the cloud holds the edge's changes
     assert ("ASSET", edge_asset_id) in cloud.entities
     assert cloud.entities[("ASSET", edge_asset_id)]["name"] == "edge-made-asset"
+    assert edge.entities[("ASSET", edge_asset_id)]["assetProfileId"] \
+        == cloud.entities[("ASSET", pop.assets[3])]["assetProfileId"]
+    kiosk_profile = cloud.entities[("ASSET", kiosk_id)].get("assetProfileId")
+    assert kiosk_profile is not None and ("ASSET_PROFILE", uuid.UUID(kiosk_profile["id"])) \
+        in edge.entities  # the profile the cloud made for the new type reached the edge
+    if edge.entities[("ASSET", kiosk_id)].get("assetProfileId") != kiosk_profile:
+        gaps.append(f"the edge's asset {kiosk_id} of a new type never gets the profile the "
+                    f"cloud gave it: edge assetProfileId="
+                    f"{edge.entities[('ASSET', kiosk_id)].get('assetProfileId')}, cloud "
+                    f"{kiosk_profile}")
     assert ("ASSET", str(edge_asset_id), "DEVICE", str(target), "Contains", "COMMON") \
         in cloud.relations
     assert cloud.shared[with_shared] == {k: v for k, v in pop.shared[with_shared].items()
@@ -177,10 +217,13 @@ def test_the_whole_graph_both_ways(rig: GraphRig) -> None:
     assert order_violations(edge.log, edge.entities) == []
     assert added_twice(edge.log) == {}
     # the incremental sync re-added nothing: only the changes are in the apply log since
-    since = [(e.entity_type, e.action) for e in edge.log if e.index > first_log_end]
+    # (the kiosk's update with the profile the cloud gave it, should the cloud send one)
+    since = [(e.entity_type, e.action) for e in edge.log if e.index > first_log_end
+             and (e.entity_type, e.id, e.action) != ("ASSET", str(kiosk_id), "UPDATED")]
     assert sorted(since) == sorted([
-        ("ASSET", "ADDED"),  # the edge's own
+        ("ASSET", "ADDED"), ("ASSET", "ADDED"),  # the edge's own
         ("RELATION", "ADDED"),  # the edge's own
+        ("ASSET_PROFILE", "ADDED"),  # the kiosk's, made by the cloud
         ("ASSET", "ADDED"),  # the cloud's
         ("DASHBOARD", "UPDATED"),
         ("RELATION", "DELETED"),
@@ -189,8 +232,9 @@ def test_the_whole_graph_both_ways(rig: GraphRig) -> None:
 
     # -- c. half of the assets and devices unassigned on the cloud ----------------------------------
     t3 = time.monotonic()
-    half_assets = pop.assets[::2]
-    half_devices = pop.devices[::2]
+    # half of each, so that entity views of assets and of devices go and others stay
+    half_assets = [a for i, a in enumerate(pop.assets) if i % 4 in (0, 1)]
+    half_devices = [d for i, d in enumerate(pop.devices) if i % 4 in (1, 2)]
     before = edge
 
     def unassign(kind_and_id: tuple[str, uuid.UUID]) -> Any:
@@ -202,12 +246,14 @@ def test_the_whole_graph_both_ways(rig: GraphRig) -> None:
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(unassign, targets))
     assert all(a["changed"] is True for a in answers)
-    cloud, edge = rig.wait_converged(edge_made=[edge_asset_id], timeout=60)
+    cloud, edge = rig.wait_converged(edge_made=edge_made, set_aside=aside, timeout=60)
     lap("unassign half", t3)
     gone_ids = set(half_assets) | set(half_devices)
     assert not any(entity_id in gone_ids for _, entity_id in edge.entities)
     views_gone = {v for v, (_, target_id) in pop.entity_views.items() if target_id in gone_ids}
-    assert views_gone and not any(("ENTITY_VIEW", v) in edge.entities for v in views_gone)
+    assert {pop.entity_views[v][0] for v in views_gone} == {"ASSET", "DEVICE"}
+    assert len(views_gone) < len(pop.entity_views)
+    assert not any(("ENTITY_VIEW", v) in edge.entities for v in views_gone)
     assert not any(k[1] in {str(i) for i in gone_ids} or k[3] in {str(i) for i in gone_ids}
                    for k in edge.relations)
     # the rest untouched: the same JSON as before the unassignment
@@ -224,9 +270,11 @@ def test_the_whole_graph_both_ways(rig: GraphRig) -> None:
     resp = agent.admin("POST", "/api/sync", {"full": True})
     assert resp.status == 202, resp.body
     rig.wait_full_sync_completed(after_ms=asked, timeout=DEADLINE_S)
-    cloud, edge = rig.wait_converged(edge_made=[edge_asset_id], timeout=DEADLINE_S)
+    cloud, edge = rig.wait_converged(edge_made=edge_made, timeout=DEADLINE_S)
     lap("full sync again", t4)
-    assert [e for e in edge.log if e.index > log_end] == []
+    # nothing: everything it sent again was unchanged (but the kiosk's profile, if it was a gap)
+    assert [e for e in edge.log if e.index > log_end and (e.entity_type, e.id, e.action) != (
+        "ASSET", str(kiosk_id), "UPDATED")] == []
     assert edge.held == []
     print(f"graph e2e timings (s): {timings}")
     assert gaps == []

@@ -4,8 +4,9 @@ for what, applies each once its references arrive, and ends with exactly the clo
 nothing waiting.
 
 The payloads are those of a real full sync: a population made in a real CloudStore
-(tests/helpers/graph_rig.py populate), the sync's entries as cloud/full_sync.entries yields them
-(everything but SyncCompletedMsg, in ThingsBoard's order), each in a DownlinkMsg of its own. A
+(tests/helpers/graph_rig.py populate: the plant of bench/graph_population.py), the sync's
+entries as cloud/full_sync.entries yields them (everything but SyncCompletedMsg, in
+ThingsBoard's order), each in a DownlinkMsg of its own. A
 scripted cloud (tests/helpers/fake_peer.py FakeCloud, hold_sync) accepts the edge's connect and
 full sync request, sends them in a seeded order built to put dependants first (the sync order
 reversed, then locally shuffled), and only then its SyncCompletedMsg.
@@ -42,7 +43,8 @@ from tests.helpers.agent import Agent
 from tests.helpers.cloud_proc import edge_status
 from tests.helpers.fake_peer import FakeCloud
 from tests.helpers.graph_rig import (
-    Sizes,
+    ISSUE_PLANT,
+    Extras,
     added_twice,
     cloud_view,
     edge_view,
@@ -50,6 +52,7 @@ from tests.helpers.graph_rig import (
     order_violations,
     populate,
     quiet_product_logs,
+    scaled,
 )
 from tests.helpers.wait import wait_until
 
@@ -58,7 +61,7 @@ pytestmark = pytest.mark.slow
 DEADLINE_S = 60.0
 RK, SECRET = "rk-shuffled", "secret-shuffled-3b9e"
 SEED = 20251205
-SIZES = Sizes().scaled(0.1)  # 200 devices, 20 assets, 30 relations, 2 + 1 dashboards, ...
+SPEC = scaled(ISSUE_PLANT, 0.1)  # 200 devices, 20 assets, 30 relations, 2 dashboards, ...
 _ID_FIELD = {"TENANT": "id", "RULE_CHAIN_METADATA": "ruleChainId",
              "DEVICE_CREDENTIALS": "deviceId", "USER_CREDENTIALS": "userId"}
 
@@ -163,7 +166,8 @@ def _held_now(data_dir: Path) -> dict[tuple[str, str], frozenset[Ref]]:
 
 def test_a_shuffled_full_sync_converges_holding_dependants_until_their_references_come(
         tmp_path: Path, fake: FakeCloud, procs: Any) -> None:
-    pop = populate(tmp_path / "cloud", routing_key=RK, secret=SECRET, sizes=SIZES, seed=SEED)
+    pop = populate(tmp_path / "cloud", routing_key=RK, secret=SECRET, spec=SPEC,
+                   extras=Extras(asset_views=2, shared_attributes=10), seed=SEED)
     with quiet_product_logs():
         store = CloudStore(tmp_path / "cloud")
         try:
