@@ -2,7 +2,8 @@
 full sync, a device (with its credentials and profile, as ThingsBoard sends one in a sync),
 attributes, the end of a sync. Each builder returns the serialized message without
 downlinkMsgId and cloudTimeMillis; the stream sets both when it sends (`stamp`). The entity
-JSON comes from tb_entities.py."""
+JSON comes from the entity graph (cloud/graph_store.py) or, for the cloud's own defaults, from
+tb_entities.py."""
 
 from __future__ import annotations
 
@@ -47,14 +48,25 @@ def _device_profile_update(profile_id: uuid.UUID, tenant_id: uuid.UUID, name: st
         entity=tb_entities.device_profile_json(profile_id, tenant_id, name))
 
 
-def device_synced(device: CloudDevice, tenant_id: uuid.UUID, profile_id: uuid.UUID) -> bytes:
+def device_synced(device: CloudDevice, tenant_id: uuid.UUID, profile_id: uuid.UUID,
+                  profile_json: str | None = None) -> bytes:
     """A device, as ThingsBoard sends one in a full sync: one DownlinkMsg carrying the device,
     its credentials (when it has a token) and its device profile. Also the shape of a device
     created after the sync, so the profile it names always comes with it (an edge applies the
-    profile first, in the same transaction)."""
+    profile first, in the same transaction).
+
+    ``profile_json``: the device profile as the entity graph stores it, the JSON a full sync
+    sends (CloudGraph.device_downlink_in passes it), so the edge's copy stays the cloud's: a
+    profile's description, alarm rules and the rest are the operator's, and a device must not
+    overwrite them. None only where no graph holds the profile (a store of an earlier release
+    read without one): then a default profile named by the device's type (tb_entities)."""
+    if profile_json is None:
+        profile = _device_profile_update(profile_id, tenant_id, device.type)
+    else:
+        _, profile = entity_message("DEVICE_PROFILE", "ADDED", profile_id, profile_json)
     msg = edge_pb2.DownlinkMsg(
         deviceUpdateMsg=[device_update(device, tenant_id, profile_id)],
-        deviceProfileUpdateMsg=[_device_profile_update(profile_id, tenant_id, device.type)])
+        deviceProfileUpdateMsg=[profile])
     if device.token:
         msg.deviceCredentialsUpdateMsg.append(credentials_update(device))
     return _serialized(msg)

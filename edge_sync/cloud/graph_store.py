@@ -22,6 +22,9 @@ on that edge; an update queues UPDATED to each edge holding it; a deletion or an
 queues DELETED (the id only; the edge removes what depends on the entity itself). A relation added
 or deleted queues its relationUpdateMsg (ENTITY_CREATED / ENTITY_DELETED, ThingsBoard's
 getUpdateMsgType for RELATION_ADD_OR_UPDATE / RELATION_DELETED) to each edge holding both ends.
+A device put on an edge (created there, or assigned to it) queues one DownlinkMsg with the
+device, its credentials and its device profile as the graph stores it (device_downlink_in: the
+JSON a full sync sends, so a device never overwrites the edge's copy of its profile).
 
 Refused at creation (BadRequest, nothing stored): an unknown kind, a missing name (``title`` of
 a dashboard, customer or tenant, ``email`` of a user), a reference to an entity that does not
@@ -63,11 +66,13 @@ import lmdb
 from loguru import logger
 
 from edge_sync.cloud import downlinks, tb_entities
+from edge_sync.cloud.records import CloudDevice
 from edge_sync.common import entity_graph, ids
 from edge_sync.common.entity_graph import NULL_ID, Ref
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 from edge_sync.common.wire import typed_id
 from edge_sync.errors import BadRequest, Conflict, NotFound, StorageError
+from edge_sync.proto import edge_pb2
 from edge_sync.storage import codec
 from edge_sync.validators import MAX_NAME_BYTES, text_fits
 
@@ -940,9 +945,8 @@ class CloudGraph:
             raise Conflict(f"a device named {dev.name!r} already exists on that edge")
         moved = dataclasses.replace(dev, edge_id=edge_id)
         self._store._put_device(txn, moved, dev)
-        profile = self.device_profile_in(txn, dev.type, self._ids.new())
-        payload = downlinks.device_synced(moved, self._tenant_id(txn), profile)
-        self._queue(txn, change, [edge_id], payload, "deviceUpdateMsg")
+        self._queue(txn, change, [edge_id], self.device_downlink_in(txn, moved),
+                    "deviceUpdateMsg")
         self._relation_downlinks(txn, change, edge_id, device_id)
         _log.bind(entity_type="DEVICE", entity_id=str(device_id), name=dev.name,
                   edge_id=str(edge_id), action="ASSIGNED_TO_EDGE").info("device assigned to an edge")
@@ -1277,6 +1281,28 @@ class CloudGraph:
                 self._queue(txn, change, self._all_edges(txn),
                             self.entity_downlink(txn, rec, "ADDED"), "deviceProfileUpdateMsg")
         return profile_id
+
+    def device_downlink_in(self, txn: lmdb.Transaction, device: CloudDevice) -> bytes:
+        """The downlink of a device put on its edge (created there, or assigned to it): the
+        device, its credentials and its device profile as the graph stores it, exactly the JSON
+        a full sync sends (downlinks.device_synced), so the edge's copy of the profile stays the
+        cloud's. In a write transaction: the profile of the device's type is made (its id made
+        at the device's creation time) when there is none. Without the profile when the two
+        would not fit in one message to an edge (the profile reaches every edge on its own: its
+        ADDED, or a full sync)."""
+        profile_id = self._named(txn, "DEVICE_PROFILE", device.type)
+        if profile_id is None:
+            profile_id = self.device_profile_in(txn, device.type,
+                                                self._ids.new(device.created_time or None))
+        rec = self._get(txn, profile_id)
+        tenant = self._tenant_id(txn)
+        payload = downlinks.device_synced(device, tenant, profile_id,
+                                          rec.json if rec is not None else None)
+        if downlinks.stamped_size(len(payload)) > self.max_message_bytes:
+            msg = edge_pb2.DownlinkMsg.FromString(payload)
+            msg.ClearField("deviceProfileUpdateMsg")
+            payload = bytes(msg.SerializeToString())
+        return payload
 
     # -- changes an edge made (applied with its uplink, in that transaction) ---------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.cloud import credentials, downlinks, full_sync
+from edge_sync.cloud import credentials, downlinks
 from edge_sync.cloud.counters import CloudCounters
 from edge_sync.cloud.records import AppliedRecord, CloudDevice, EdgeRecord, ParkedDownlink
 from edge_sync.cloud.store import CloudStore
@@ -189,7 +189,8 @@ class CloudService:
         token: object = None,
     ) -> tuple[CloudDevice, list[int]]:
         """Create a device assigned to the edge and queue its downlink: one DownlinkMsg with
-        deviceUpdateMsg ENTITY_CREATED, the deviceProfileUpdateMsg of its type and its
+        deviceUpdateMsg ENTITY_CREATED, the deviceProfileUpdateMsg of its type (the profile as
+        the entity graph stores it, made when the type has none) and its
         deviceCredentialsUpdateMsg, as a full sync sends a device. (device, downlink numbers)."""
         edge = self.edge(edge_ref)
         now = self.clock.now_ms()
@@ -199,13 +200,12 @@ class CloudService:
             token=credentials.new_access_token() if token is None else _token_text(token, "token"),
             created_time=now, origin="cloud",
         )
-        profile_id = full_sync.device_profile_id(self.store, device.type,
-                                                 lambda: self._ids.new(now))
         # always with its profile: whether the edge has it cannot be known here (an earlier
         # profile downlink may have been parked, or another device of the type be created at the
-        # same time), and a ThingsBoard Edge refuses a device whose profile it lacks
-        payloads = [downlinks.device_synced(device, edge.tenant_id, profile_id)]
-        numbers = self.store.add_device(device, payloads)
+        # same time), and a ThingsBoard Edge refuses a device whose profile it lacks. The
+        # downlink is built in the device's transaction (downlinks None), so the profile it
+        # carries is the graph's as committed, never an older copy that would undo a change
+        numbers = self.store.add_device(device, None)
         _log.bind(device_id=str(device.id), name=device.name, routing_key=edge.routing_key,
                   downlinks=numbers).info("device created")
         self._wake(edge.edge_id)

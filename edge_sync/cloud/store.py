@@ -576,22 +576,46 @@ class CloudStore:
 
     # -- devices ---------------------------------------------------------------------------------
 
-    def add_device(self, device: CloudDevice, downlinks: Sequence[bytes]) -> list[int]:
+    def add_device(self, device: CloudDevice, downlinks: Sequence[bytes] | None = None) -> list[int]:
         """Create a device and queue its downlinks in one transaction; the downlink numbers.
-        Conflict when the id, the name (on that edge) or the token is taken."""
+        ``downlinks`` None: the device's own (see add_devices). Conflict when the id, the name
+        (on that edge) or the token is taken."""
+        return self.add_devices([(device, downlinks)])[0]
 
-        def fn(txn: lmdb.Transaction) -> list[int]:
-            if self._device(txn, device.id) is not None:
-                raise Conflict(f"device id {device.id} already exists")
-            if self._ids_named(txn, device.name, device.edge_id):
-                raise Conflict(f"a device named {device.name!r} already exists on that edge")
-            tkey = _token_key(device.token)
-            if tkey is not None and txn.get(tkey, db=self._db["tokens"]) is not None:
-                raise Conflict("that access token is already used by another device")
-            self._put_device(txn, device, None)
-            return self._enqueue(txn, device.edge_id, downlinks)
+    def add_devices(self, devices_with_downlinks: Sequence[tuple[CloudDevice, Sequence[bytes] | None]]
+                    ) -> list[list[int]]:
+        """Create devices and queue the downlinks of each, in order, in one transaction for
+        the whole batch: all of them or none (for seeding thousands of devices, one commit
+        instead of one each). The checks of add_device, each device against the store and the
+        devices before it in the batch: Conflict (naming the device) when its id, its name on
+        its edge or its token is taken, and nothing is stored. A device's downlinks None: its
+        own downlink, built in the transaction (CloudGraph.device_downlink_in: the device, its
+        credentials and its device profile as the graph stores it, the profile of its type made
+        when there is none), so it carries the profile as committed. The downlink numbers of
+        each device, in the batch's order."""
+        batch = list(devices_with_downlinks)
 
-        return self.lmdb.write(fn)
+        def fn(txn: lmdb.Transaction) -> list[list[int]]:
+            numbers = []
+            for device, payloads in batch:
+                self._check_new_device(txn, device)
+                self._put_device(txn, device, None)
+                if payloads is None:
+                    payloads = [self.graph.device_downlink_in(txn, device)]
+                numbers.append(self._enqueue(txn, device.edge_id, payloads))
+            return numbers
+
+        return self.lmdb.write(fn) if batch else []
+
+    def _check_new_device(self, txn: lmdb.Transaction, device: CloudDevice) -> None:
+        if self._device(txn, device.id) is not None:
+            raise Conflict(f"device id {device.id} already exists")
+        if self._ids_named(txn, device.name, device.edge_id):
+            raise Conflict(f"a device named {device.name!r} already exists on that edge")
+        tkey = _token_key(device.token)
+        if tkey is not None and txn.get(tkey, db=self._db["tokens"]) is not None:
+            raise Conflict(f"device {device.name!r}: that access token is already used by "
+                           "another device")
 
     def device(self, device_id: uuid.UUID) -> CloudDevice | None:
         with self._read() as txn:

@@ -381,6 +381,72 @@ def test_a_device_unassigned_from_its_edge_is_kept_and_may_be_assigned_again(
         graph.assign(e1, "DEVICE", dev.id, now_ms=NOW)
 
 
+THERMOSTAT_ALARMS = [{"id": "hot", "alarmType": "High temperature", "propagate": False,
+                      "createRules": {"MAJOR": {"condition": {"condition": [{
+                          "key": {"type": "TIME_SERIES", "key": "temperature"},
+                          "valueType": "NUMERIC", "predicate": {
+                              "type": "NUMERIC", "operation": "GREATER",
+                              "value": {"defaultValue": 30}}}]}}}}]
+
+
+def profile_body(name: str, description: str) -> dict[str, Any]:
+    """A device profile of the operator's: a description and alarm rules (what a profile made
+    from a device type lacks)."""
+    return {"name": name, "description": description, "type": "DEFAULT",
+            "transportType": "DEFAULT", "provisionType": "DISABLED", "default": False,
+            "profileData": {"configuration": {"type": "DEFAULT"},
+                            "transportConfiguration": {"type": "DEFAULT"},
+                            "alarms": THERMOSTAT_ALARMS}}
+
+
+def test_a_device_downlink_carries_the_graphs_device_profile_as_a_full_sync_sends_it(
+        store, service, graph):
+    e1 = edge_of(service, "rk-1")
+    profile = graph.create_entity("DEVICE_PROFILE", profile_body("thermostat", "Hall 3"),
+                                  now_ms=NOW)
+    (profile_added,) = drain(store, e1)  # on every edge: its ADDED
+    dev, numbers = service.create_device("rk-1", "t-1", type_="thermostat", token="tok-1")
+    (created,) = drain(store, e1)
+    assert len(numbers) == 1
+    assert shape(created) == ["deviceUpdateMsg", "deviceProfileUpdateMsg",
+                              "deviceCredentialsUpdateMsg"]
+    sent = created.deviceProfileUpdateMsg[0]
+    stored = graph.entity(profile.id)
+    assert stored is not None
+    assert (sent.msgType, uuid_of(sent.idMSB, sent.idLSB), sent.entity) == (
+        CREATED, profile.id, stored.json)
+    assert sent.entity == profile_added.deviceProfileUpdateMsg[0].entity
+    assert json.loads(sent.entity)["profileData"]["alarms"] == THERMOSTAT_ALARMS
+    assert json.loads(created.deviceUpdateMsg[0].entity)["deviceProfileId"] == typed(
+        "DEVICE_PROFILE", profile.id)
+    # what the full sync sends of the profile and the device: the same JSON
+    synced = {(kind, entity_id): text for kind, entity_id, text in graph.assignment(e1)}
+    assert synced[("DEVICE_PROFILE", profile.id)] == sent.entity
+    assert synced[("DEVICE", dev.id)] == created.deviceUpdateMsg[0].entity
+
+    # the profile changed: a device assigned again carries the change, as stored
+    graph.update_entity("DEVICE_PROFILE", profile.id, profile_body("thermostat", "Hall 4"),
+                        now_ms=NOW + 1)
+    drain(store, e1)
+    assert graph.unassign(e1, "DEVICE", dev.id, now_ms=NOW) is True
+    drain(store, e1)
+    assert graph.assign(e1, "DEVICE", dev.id, now_ms=NOW) is True
+    (again,) = drain(store, e1)
+    stored = graph.entity(profile.id)
+    assert stored is not None and json.loads(stored.json)["description"] == "Hall 4"
+    assert again.deviceProfileUpdateMsg[0].entity == stored.json
+
+
+def test_a_device_of_a_new_type_makes_its_profile_and_carries_it_as_stored(store, service, graph):
+    e1 = edge_of(service, "rk-1")
+    _, numbers = service.create_device("rk-1", "m-1", type_="meter")
+    (created,) = drain(store, e1)
+    (meter,) = graph.entities(entity_type="DEVICE_PROFILE", name="meter")
+    sent = created.deviceProfileUpdateMsg[0]
+    assert (uuid_of(sent.idMSB, sent.idLSB), sent.entity) == (meter.id, meter.json)
+    assert len(numbers) == 1 and queue(store, e1) == []
+
+
 def test_create_entities_is_all_or_nothing_and_assigns(store, service, graph):
     e1 = edge_of(service, "rk-1")
     with pytest.raises(Conflict):

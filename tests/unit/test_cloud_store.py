@@ -277,3 +277,61 @@ def test_parked_downlinks_leave_the_queue_and_are_listed_with_their_error(store)
                                          db=store.lmdb.dbs["dead_downlinks"]))
     (old,) = store.parked_downlinks(other)
     assert (old.cause, old.error, old.attempts, old.parked_at) == ("too_large", "old", 0, 5)
+
+
+def _device(edge_id: uuid.UUID, name: str, token: str | None, type_: str = "default",
+            device_id: uuid.UUID | None = None) -> CloudDevice:
+    return CloudDevice(id=device_id or uuid.uuid4(), edge_id=edge_id, name=name, type=type_,
+                       label="", token=token, created_time=1_764_921_600_000, origin="cloud")
+
+
+def test_add_devices_creates_a_batch_in_one_transaction_each_with_its_downlinks(store, monkeypatch):
+    from edge_sync.cloud import downlinks
+    from edge_sync.proto import edge_pb2
+
+    edge, _, _ = CloudService(store).create_edge("e1", routing_key="rk1", secret="s1")
+    writes: list[str] = []
+    real_write = store.lmdb.write
+    monkeypatch.setattr(store.lmdb, "write",
+                        lambda fn, **kw: writes.append(fn.__qualname__) or real_write(fn, **kw))
+    batch = [_device(edge.edge_id, "d-1", "tok-1"), _device(edge.edge_id, "d-2", "tok-2"),
+             _device(edge.edge_id, "d-3", None, type_="meter")]
+    numbers = store.add_devices([(batch[0], [b"a"]), (batch[1], [b"b", b"c"]), (batch[2], None)])
+    assert numbers == [[1], [2, 3], [4]]
+    assert len(writes) == 1  # one transaction for the batch, the new type's profile included
+    assert [store.device(d.id) for d in batch] == batch
+    assert [d.id for d in store.devices_of_edge(edge.edge_id)] == sorted(d.id for d in batch)
+    queued = store.queued_after(edge.edge_id, 0, 10)
+    assert [q.payload for q in queued[:3]] == [b"a", b"b", b"c"]
+    # downlinks None: the device's own, with its profile as the graph stores it (made here)
+    (meter,) = store.graph.entities(entity_type="DEVICE_PROFILE", name="meter")
+    own = edge_pb2.DownlinkMsg.FromString(queued[3].payload)
+    assert own.deviceProfileUpdateMsg[0].entity == meter.json
+    assert downlinks.describe(queued[3].payload) == "deviceUpdateMsg,deviceProfileUpdateMsg"
+    assert store.add_devices([]) == [] and len(writes) == 1
+
+
+def test_add_devices_is_all_or_nothing_with_the_checks_of_add_device(store):
+    edge, _, _ = CloudService(store).create_edge("e1", routing_key="rk1", secret="s1")
+    kept = _device(edge.edge_id, "pump", "tok")
+    assert store.add_device(kept, [b"x"]) == [1]
+    new = _device(edge.edge_id, "n-1", "tok-n")
+    refused = [
+        ([new, _device(edge.edge_id, "n-2", "tok-n")],  # a token taken earlier in the batch
+         "device 'n-2': that access token is already used by another device"),
+        ([new, _device(edge.edge_id, "n-1", "tok-m")],  # a name taken earlier in the batch
+         "a device named 'n-1' already exists on that edge"),
+        ([new, _device(edge.edge_id, "pump", None)],  # a name taken in the store
+         "a device named 'pump' already exists on that edge"),
+        ([new, _device(edge.edge_id, "n-3", None, device_id=kept.id)],  # an id taken
+         f"device id {kept.id} already exists"),
+        ([new, _device(edge.edge_id, "n-4", "tok")],  # a token taken in the store
+         "device 'n-4': that access token is already used by another device"),
+    ]
+    for devices, error in refused:
+        with pytest.raises(Conflict) as info:
+            store.add_devices([(d, [b"y"]) for d in devices])
+        assert str(info.value) == error
+        assert store.device(new.id) is None  # nothing of the batch stored, nothing queued
+        assert store.devices_named("n-1") == [] and store.queued_downlinks(edge.edge_id) == 1
+    assert store.devices_of_edge(edge.edge_id) == [kept]
