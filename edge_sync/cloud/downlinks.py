@@ -3,13 +3,15 @@ full sync, a device (with its credentials and profile, as ThingsBoard sends one 
 attributes, the end of a sync. Each builder returns the serialized message without
 downlinkMsgId and cloudTimeMillis; the stream sets both when it sends (`stamp`). The entity
 JSON comes from the entity graph (cloud/graph_store.py) or, for the cloud's own defaults, from
-tb_entities.py."""
+tb_entities.py. Also what a queued downlink is (`describe`, `rpc_request_of`, `graph_only`)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
 from typing import Any
+
+from google.protobuf.message import DecodeError
 
 from edge_sync.cloud import tb_entities
 from edge_sync.cloud.records import CloudDevice
@@ -226,6 +228,23 @@ def message_of(entries: list[tuple[str, Any]]) -> bytes:
     for field, entry in entries:
         getattr(msg, field).append(entry)
     return _serialized(msg)
+
+
+GRAPH_FIELDS: frozenset[str] = frozenset(k.downlink_field for k in entity_graph.KINDS)
+"""The DownlinkMsg lists of the entity graph's kinds (entity creates, updates and deletes,
+devices with their credentials and profiles, rule chain metadata, relations)."""
+
+
+def graph_only(payload: bytes) -> bool:
+    """Whether a serialized DownlinkMsg carries entity graph changes and nothing else (only
+    lists of GRAPH_FIELDS): what a full sync, which sends the graph as it is, makes redundant.
+    False for anything else (RPC requests, attribute updates, an empty or unparseable
+    message)."""
+    try:
+        fields = {fd.name for fd, _ in edge_pb2.DownlinkMsg.FromString(payload).ListFields()}
+    except DecodeError:  # kept: not ours to judge
+        return False
+    return bool(fields) and fields <= GRAPH_FIELDS
 
 
 def device_deleted(device_id: uuid.UUID) -> bytes:

@@ -11,7 +11,9 @@ so a sync of thousands of entities takes tens of round trips rather than thousan
 read from the store in chunks, each chunk in its own read transaction, as the stream needs the
 next pack: a sync holds no snapshot open and no more than a chunk and a pack in memory, plus the
 ids on the edge (for its relations). A change made meanwhile is queued for the edge anyway (the
-durable queue follows the sync).
+durable queue follows the sync); what was queued before the sync started and carries only graph
+changes is dropped once the edge has acknowledged the sync's end (session.py: the sync sent the
+graph as it was, and the edge removed at its end what it did not send).
 
 Also the stable ids of the cloud's own entities (queues, rule chain, rule nodes, profiles):
 time-based, made once and kept in the store, so every sync and every restart names the same ones.

@@ -100,6 +100,10 @@ class StreamSession:
         self._edge_max_inbound: int | None = None
         self._sync: full_sync.SyncStream | None = None
         """The full sync under way: its packs read from the store as they are sent."""
+        self._supersedes: int | None = None
+        """The edge's last downlink number when the full sync under way started: the graph
+        downlinks queued up to it are dropped once the edge has its SyncCompletedMsg."""
+        self._sync_parked = 0  # downlinks of the sync under way parked (refused, too large)
         self._started = False  # downlinks flow once the edge asked for a sync (or sent uplinks)
         self._inflight: QueuedDownlink | None = None
         self._refusals = 0  # success=false answers (not retryable) to the downlink in flight
@@ -120,7 +124,7 @@ class StreamSession:
                        "downlinks_sent": 0, "downlinks_acked": 0, "downlinks_resent": 0,
                        "downlinks_refused": 0, "downlinks_refused_retryable": 0,
                        "downlinks_parked": 0, "requests_answered": 0, "requests_unanswered": 0,
-                       "entity_changes": 0}
+                       "entity_changes": 0, "downlinks_superseded": 0}
 
     # -- any thread ------------------------------------------------------------------------------
 
@@ -373,6 +377,9 @@ class StreamSession:
 
     def _start_sync(self, full: bool, *, requested_by: str = "edge") -> None:
         assert self.edge_id is not None and self.edge is not None
+        # what is queued up to now, the full sync reads anew (it reads the store after this)
+        self._supersedes = self._store.last_downlink_number(self.edge_id) if full else None
+        self._sync_parked = 0
         if full:
             payloads: Iterable[bytes] = full_sync.packs(
                 self._store, self.edge, self._clock.now_ms(), max_bytes=self._max_bytes())
@@ -385,6 +392,45 @@ class StreamSession:
         self._started, self._look = True, True
         self._log.bind(full_sync=full, requested_by=requested_by).info(
             "sync requested by the {}", requested_by)
+
+    def _drop_superseded(self) -> None:
+        """After the edge acknowledged a full sync's SyncCompletedMsg: the sync sent the entity
+        graph as it was when it read it, and at its end the edge removed what it did not send
+        (with what depends on it). So every downlink queued before the sync started that
+        carries only graph changes (downlinks.graph_only: entity creates, updates and deletes,
+        devices with their credentials and profiles, relations) would send the edge again what
+        the sync sent, or delete what the edge has deleted: they are dropped. Kept: a change
+        committed after the sync started (queued after it: the sync may have read the store
+        before it), server-side RPC requests, attribute updates, any other downlink, parked
+        ones. Done at the sync's end, not its start, so that a sync which never ends (the
+        stream broken, its last downlink parked) drops nothing, and so does one that parked any
+        of its downlinks: the edge lacks what those carried, and the queued downlinks are its
+        second chance (sent alone, after the sync, as before). A failure to drop them is logged
+        and they are sent, as before."""
+        assert self.edge_id is not None
+        up_to, self._supersedes = self._supersedes, None
+        if up_to is None:
+            return
+        if self._sync_parked:
+            self._log.bind(edge=self._rk(), parked=self._sync_parked).info(
+                "full sync of edge {} completed with {} of its downlinks parked: the downlinks "
+                "queued before it are kept", self._rk(), self._sync_parked)
+            return
+        try:
+            dropped = self._store.remove_superseded_downlinks(self.edge_id, downlinks.graph_only,
+                                                              up_to=up_to)
+        except StorageError as exc:
+            self._log.bind(edge=self._rk()).warning(
+                "queued downlinks superseded by the full sync not dropped (storage failure): {}",
+                exc)
+            return
+        if not dropped:
+            return
+        self._stats["downlinks_superseded"] += len(dropped)
+        self._log.bind(edge=self._rk(), edge_id=str(self.edge_id), dropped=len(dropped),
+                       first=dropped[0], last=dropped[-1]).info(
+            "full sync of edge {} completed: {} downlinks queued before it dropped (it sent "
+            "what they carry)", self._rk(), len(dropped))
 
     def _max_bytes(self) -> int:
         """The largest downlink the edge accepts (its maxInboundMessageSize, else ours)."""
@@ -482,6 +528,7 @@ class StreamSession:
         error = error[:MAX_PARKED_ERROR_CHARS]
         if not item.durable and self._sync is not None and self._sync.head() is item:
             self._sync.pop()
+            self._sync_parked += 1
         parked = self._store.park_downlink(self.edge_id, item, cause=cause, error=error,
                                            attempts=attempts, now_ms=self._clock.now_ms())
         if self._inflight is item:
@@ -565,10 +612,11 @@ class StreamSession:
         self._stats["downlinks_acked"] += 1
         log.info("downlink acknowledged")
         if not item.durable and not self._sync:
+            self._drop_superseded()
             self._sync_over("sync completed")
 
     def _sync_over(self, what: str) -> None:
-        sync, self._sync = self._sync, None
+        sync, self._sync, self._supersedes = self._sync, None, None
         took = time.monotonic() - self._sync_started
         self._log.bind(downlinks=sync.sent_packs if sync is not None else 0,
                        seconds=round(took, 3)).info(what)

@@ -925,6 +925,41 @@ class CloudStore:
 
         return int(self.lmdb.write(fn, maintenance=True)) if keys else 0
 
+    def last_downlink_number(self, edge_id: uuid.UUID) -> int:
+        """The number of the edge's latest downlink (queued, or reserved for a sync); 0 for
+        none. Every downlink queued after this call gets a larger one."""
+        with self._read() as txn:
+            return self._counter(txn, b"dl:" + edge_id.bytes)
+
+    def remove_superseded_downlinks(self, edge_id: uuid.UUID, superseded: Callable[[bytes], bool],
+                                    *, up_to: int) -> list[int]:
+        """Remove the edge's queued downlinks numbered up to ``up_to`` whose payload
+        ``superseded(payload)`` says a full sync sent anew (the sync started after
+        last_downlink_number() gave ``up_to``: it read everything they carry); their numbers,
+        in order. A downlink queued later (a larger number) is never removed, nor a parked one
+        (not in the queue). Read in a snapshot, removed in one write."""
+        found: list[int] = []
+        with self._read() as txn, txn.cursor(db=self._db["downlinks"]) as cur:
+            if up_to > 0 and cur.set_range(edge_id.bytes):
+                for key, raw in cur.iternext():
+                    if key[:16] != edge_id.bytes:
+                        break
+                    number = codec.from_u64(key[16:], "downlinks: key")
+                    if number > up_to:
+                        break
+                    if superseded(self._downlink_payload(raw, f"downlinks: {edge_id} {number}")):
+                        found.append(number)
+        if not found:
+            return []
+        keys = [edge_id.bytes + codec.u64(n) for n in found]
+
+        def fn(txn: lmdb.Transaction) -> list[int]:
+            return [n for n, key in zip(found, keys, strict=True)
+                    if txn.delete(key, db=self._db["downlinks"])]
+
+        removed: list[int] = self.lmdb.write(fn, maintenance=True)  # frees room: allowed when full
+        return removed
+
     def park_downlink(self, edge_id: uuid.UUID, item: QueuedDownlink, *, cause: str, error: str,
                       attempts: int, now_ms: int) -> bool:
         """Set a downlink aside for good, kept with the cause and the edge's error, so the queue

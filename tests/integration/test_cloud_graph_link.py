@@ -9,8 +9,10 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from loguru import logger
 
 from edge_sync.cloud import CloudServer
 from edge_sync.common.wire import uuid_halves
@@ -23,6 +25,7 @@ from edge_sync.config import (
 )
 from edge_sync.proto import edge_pb2
 from tests.helpers.link_client import LinkClient
+from tests.helpers.wait import wait_until
 
 NOW = 1_764_921_600_000
 ENTITIES = 10_000
@@ -152,3 +155,151 @@ def test_queued_assignments_travel_together_and_a_refused_batch_goes_one_by_one(
         m.name for m in made[100:]]
     client.ack(rest.downlinkMsgId)
     assert client.nothing_within(0.2)
+
+
+def typed(kind: str, value: object) -> dict[str, str]:
+    return {"entityType": kind, "id": str(value)}
+
+
+def names_in(d: edge_pb2.DownlinkMsg, field: str) -> list[tuple[int, str]]:
+    """(msgType, name or title or '') of each entry of a list of a downlink."""
+    out = []
+    for m in getattr(d, field):
+        body = json.loads(m.entity) if m.entity else {}
+        out.append((m.msgType, str(body.get("name") or body.get("title") or "")))
+    return out
+
+
+def test_a_full_sync_drops_the_graph_downlinks_queued_before_it_and_keeps_the_rest(
+        server, clients):
+    """Before an edge's first connect every change queued its downlink; its full sync sends the
+    graph as it is, so those are dropped once the edge has the sync's end (counted, one INFO
+    line). Kept: the shared attributes and the RPC request queued before, and every change made
+    during the sync."""
+    service, graph, store = server.service, server.service.graph, server.store
+    edge_id = service.edge("rk-1").edge_id
+    asset = graph.create_entity("ASSET", {"name": "house"}, now_ms=NOW)
+    graph.assign(edge_id, "ASSET", asset.id, now_ms=NOW)  # ADDED
+    graph.update_entity("ASSET", asset.id, {**asset.body(), "label": "north"}, now_ms=NOW)
+    old = graph.create_entity("DASHBOARD", {"title": "Old"}, now_ms=NOW)
+    graph.assign(edge_id, "DASHBOARD", old.id, now_ms=NOW)  # ADDED
+    graph.delete_entity("DASHBOARD", old.id, now_ms=NOW)  # DELETED
+    dev, _ = service.create_device("rk-1", "pump-1", token="tok-1")  # device, profile, token
+    graph.add_relation({"from": typed("ASSET", asset.id), "to": typed("DEVICE", dev.id),
+                        "type": "Contains", "typeGroup": "COMMON"}, now_ms=NOW)
+    service.set_attributes(str(dev.id), {"setpoint": 21})
+    rpc = server.rpc.submit(str(dev.id), {"method": "reboot", "params": {}}, oneway=True)
+    before = [q.number for q in store.queued_after(edge_id, 0, 100)]
+    assert len(before) == 8
+    messages: list[Any] = []
+    sink = logger.add(lambda m: messages.append(m.record), level="INFO",
+                      filter=lambda r: "queued before it dropped" in r["message"])
+    try:
+        client = connected(server, clients, "rk-1")
+        client.send(edge_pb2.RequestMsg(msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
+                                        syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=True)))
+        first = client.downlink()
+        assert store.queued_downlinks(edge_id) == 8  # dropped at the sync's end, not its start
+        # during the sync: queued after it started, so kept (whatever the sync reads of them)
+        graph.update_entity("ASSET", asset.id, {**asset.body(), "label": "south"}, now_ms=NOW)
+        late = graph.create_entity("ASSET", {"name": "late"}, now_ms=NOW)
+        graph.assign(edge_id, "ASSET", late.id, now_ms=NOW)
+        synced = [first]
+        client.ack(first.downlinkMsgId)
+        while not synced[-1].HasField("syncCompletedMsg"):
+            synced.append(client.downlink())
+            client.ack(synced[-1].downlinkMsgId)
+        after = []
+        while not client.nothing_within(0.5):
+            after.append(client.downlink())
+            client.ack(after[-1].downlinkMsgId)
+    finally:
+        logger.remove(sink)
+    assert sum(len(d.deviceUpdateMsg) for d in synced) == 1
+    assert sum(len(d.deviceCredentialsUpdateMsg) for d in synced) == 1
+    assert sum(len(d.relationUpdateMsg) for d in synced) == 1
+    assert not any(d.dashboardUpdateMsg for d in synced + after)  # neither ADDED nor DELETED
+    assert [n for d in synced for n in names_in(d, "assetUpdateMsg")
+            if n[1] == "house"] == [(edge_pb2.ENTITY_CREATED_RPC_MESSAGE, "house")]
+    # after the sync: what was kept, in queue order, then the changes made during the sync
+    assert [[fd.name for fd, _ in d.ListFields() if fd.name not in ("downlinkMsgId",
+                                                                    "cloudTimeMillis")]
+            for d in after] == [["entityData"], ["deviceRpcCallMsg"], ["assetUpdateMsg"],
+                                ["assetUpdateMsg", "assetProfileUpdateMsg"]]
+    assert after[1].deviceRpcCallMsg[0].requestMsg.method == "reboot"
+    assert names_in(after[2], "assetUpdateMsg") == [(edge_pb2.ENTITY_UPDATED_RPC_MESSAGE, "house")]
+    assert json.loads(after[2].assetUpdateMsg[0].entity)["label"] == "south"
+    assert names_in(after[3], "assetUpdateMsg") == [(edge_pb2.ENTITY_CREATED_RPC_MESSAGE, "late")]
+    assert server.rpc.get(str(rpc.id)).status.name == "DELIVERED"
+    assert store.queued_downlinks(edge_id) == 0
+    (line,) = messages
+    assert line["message"] == ("full sync of edge rk-1 completed: 6 downlinks queued before it "
+                               "dropped (it sent what they carry)")
+    assert (line["level"].name, line["extra"]["edge"], line["extra"]["dropped"]) == (
+        "INFO", "rk-1", 6)
+    assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 6
+
+
+def test_a_full_sync_that_never_ends_drops_nothing(server, clients):
+    """A full sync broken off (the stream gone before the edge acknowledged its end) leaves the
+    queue as it was; the next full sync that ends drops what it superseded."""
+    service, graph, store = server.service, server.service.graph, server.store
+    edge_id = service.edge("rk-1").edge_id
+    asset = graph.create_entity("ASSET", {"name": "house"}, now_ms=NOW)
+    graph.assign(edge_id, "ASSET", asset.id, now_ms=NOW)
+    service.create_device("rk-1", "pump-1", token="tok-1")
+    queued = [q.number for q in store.queued_after(edge_id, 0, 100)]
+    assert len(queued) == 2
+    client = connected(server, clients, "rk-1")
+    client.send(edge_pb2.RequestMsg(msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
+                                    syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=True)))
+    client.downlink()  # the sync's first pack, never acknowledged
+    client.close()
+    wait_until(lambda: not server.registry.is_connected(edge_id), timeout=10,
+               what="the broken stream released")
+    assert [q.number for q in store.queued_after(edge_id, 0, 100)] == queued
+    again = connected(server, clients, "rk-1")
+    synced = again.sync(True)
+    assert sum(len(d.deviceUpdateMsg) for d in synced) == 1
+    wait_until(lambda: store.queued_downlinks(edge_id) == 0, timeout=10,
+               what="the superseded downlinks dropped once the sync's end is acknowledged")
+    assert again.nothing_within(0.3)
+    assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 2
+
+
+def test_a_full_sync_that_parked_a_downlink_keeps_the_queue(server, clients):
+    """A sync that parked one of its downlinks did not give the edge everything: the downlinks
+    queued before it are its second chance and are all kept (sent after it, as before)."""
+    graph, store = server.service.graph, server.store
+    edge_id = server.service.edge("rk-1").edge_id
+    big = graph.create_entity("DASHBOARD", {"title": "Big", "description": "x" * 20_000},
+                              now_ms=NOW)
+    house = graph.create_entity("ASSET", {"name": "house"}, now_ms=NOW)
+    for kind, entity in (("DASHBOARD", big), ("ASSET", house)):
+        graph.assign(edge_id, kind, entity.id, now_ms=NOW)
+    client = LinkClient(server.port)
+    clients.append(client)
+    client.send(edge_pb2.RequestMsg(msgType=edge_pb2.CONNECT_RPC_MESSAGE,
+                                    connectRequestMsg=edge_pb2.ConnectRequestMsg(
+                                        edgeRoutingKey="rk-1", edgeSecret="s3cret",
+                                        edgeVersion=edge_pb2.V_4_3_0,
+                                        maxInboundMessageSize=16 * 1024, edgeStoreId="store-1")))
+    assert client.recv().connectResponseMsg.responseCode == edge_pb2.ACCEPTED
+    messages: list[Any] = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="INFO",
+                      filter=lambda r: "full sync of edge" in r["message"])
+    try:
+        synced = client.sync(True)
+        after = client.downlink()  # the queue: the big dashboard's ADDED parked, the asset's sent
+        client.ack(after.downlinkMsgId)
+        assert client.nothing_within(0.3)
+    finally:
+        logger.remove(sink)
+    assert not any(d.dashboardUpdateMsg for d in synced)
+    assert names_in(after, "assetUpdateMsg") == [(edge_pb2.ENTITY_CREATED_RPC_MESSAGE, "house")]
+    # by number: the queued ADDED (numbered first), then the sync's entry
+    assert [(p.kinds, p.cause, p.in_sync) for p in store.parked_downlinks(edge_id)] == [
+        ("dashboardUpdateMsg", "too_large", False), ("dashboardUpdateMsg", "too_large", True)]
+    assert messages == ["full sync of edge rk-1 completed with 1 of its downlinks parked: the "
+                        "downlinks queued before it are kept"]
+    assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 0

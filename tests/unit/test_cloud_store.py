@@ -335,3 +335,60 @@ def test_add_devices_is_all_or_nothing_with_the_checks_of_add_device(store):
         assert store.device(new.id) is None  # nothing of the batch stored, nothing queued
         assert store.devices_named("n-1") == [] and store.queued_downlinks(edge.edge_id) == 1
     assert store.devices_of_edge(edge.edge_id) == [kept]
+
+
+def test_graph_only_tells_entity_graph_changes_from_everything_else():
+    from edge_sync.cloud import downlinks
+    from edge_sync.cloud.rpc import RpcRecord, RpcStatus
+
+    edge, dev = uuid.uuid4(), uuid.uuid4()
+    device = _device(edge, "d", "tok", device_id=dev)
+    graph = [
+        downlinks.device_synced(device, uuid.uuid4(), uuid.uuid4()),
+        downlinks.device_deleted(dev),
+        downlinks.message_of([downlinks.entity_message("ASSET", "ADDED", dev, "{}")]),
+        downlinks.message_of([downlinks.entity_message("DASHBOARD", "DELETED", dev, None)]),
+        downlinks.message_of([downlinks.relation_message("RELATION_DELETED", "{}")]),
+        downlinks.root_rule_chain_metadata(dev, [uuid.uuid4() for _ in range(5)]),
+        downlinks.tenant(uuid.uuid4()),
+    ]
+    rpc = RpcRecord(id=uuid.uuid4(), edge_id=edge, device_id=dev, request_id=1, method="m",
+                    params="{}", oneway=False, persistent=False, expiration_time=2**40,
+                    created_time=1, status=RpcStatus.QUEUED, updated_time=1, retries=None,
+                    additional_info=None)
+    others = [
+        downlinks.shared_attributes(device, {"a": 1}, 5),
+        downlinks.device_rpc_request(rpc),
+        downlinks.sync_completed(),
+        downlinks.message_of([downlinks.entity_message("ASSET", "ADDED", dev, "{}")])
+        + downlinks.shared_attributes(device, {"a": 1}, 5),  # mixed: not only graph changes
+        b"",
+        b"\xff\xff",  # does not parse
+    ]
+    assert [downlinks.graph_only(p) for p in graph] == [True] * len(graph)
+    assert [downlinks.graph_only(p) for p in others] == [False] * len(others)
+
+
+def test_superseded_downlinks_leave_the_queue_and_the_rest_keeps_its_order(store):
+    from edge_sync.cloud import downlinks
+
+    edge, other = uuid.uuid4(), uuid.uuid4()
+    dev = _device(edge, "d", "tok")
+    asset = downlinks.message_of([downlinks.entity_message("ASSET", "ADDED", dev.id, "{}")])
+    attrs = downlinks.shared_attributes(dev, {"a": 1}, 5)
+    assert store.last_downlink_number(edge) == 0
+    store.enqueue_downlinks(edge, [asset, attrs, downlinks.device_deleted(dev.id), asset, attrs])
+    store.enqueue_downlinks(other, [asset])
+    parked = store.first_downlink(edge)
+    assert parked is not None
+    store.park_downlink(edge, parked, cause="refused", error="bad", attempts=3, now_ms=1)
+    up_to = store.last_downlink_number(edge)
+    assert up_to == 5
+    assert store.enqueue_downlinks(edge, [asset]) == [6]  # queued after: never removed
+    assert store.remove_superseded_downlinks(edge, downlinks.graph_only, up_to=up_to) == [3, 4]
+    assert [q.number for q in store.queued_after(edge, 0, 10)] == [2, 5, 6]
+    assert [p.number for p in store.parked_downlinks(edge)] == [1]  # parked: kept
+    assert store.queued_downlinks(other) == 1
+    assert store.remove_superseded_downlinks(edge, downlinks.graph_only, up_to=up_to) == []
+    assert store.remove_superseded_downlinks(edge, downlinks.graph_only, up_to=0) == []
+    assert store.remove_superseded_downlinks(edge, lambda _p: True, up_to=6) == [2, 5, 6]
