@@ -531,16 +531,21 @@ class GraphRig:
         made = list(edge_made)
         last: list[str] = []
 
-        def quiet() -> bool:
+        def unquiet() -> list[str]:
+            """What still moves: downlinks queued, events pending, held entities, ..."""
             st = self.status()
-            return (self.queued() == 0 and st["queue"]["pending"] == 0
-                    and st["link"]["state"] == "CONNECTED" and st["graph"]["held"]["count"] == 0
-                    and not st["sync"]["full_in_progress"])
+            held = st["graph"]["held"]
+            out = [f"{self.queued()} downlinks queued in the cloud" if self.queued() else "",
+                   f"{st['queue']['pending']} events pending" if st["queue"]["pending"] else "",
+                   f"link {st['link']['state']}" if st["link"]["state"] != "CONNECTED" else "",
+                   "a full sync in progress" if st["sync"]["full_in_progress"] else "",
+                   f"{held['count']} held, first: {held['first'][:3]}" if held["count"] else ""]
+            return [f"not quiet: {x}" for x in out if x]
 
         def same() -> tuple[CloudView, EdgeView] | None:
             nonlocal last
-            if not quiet():
-                last = ["(not quiet yet)"]
+            last = unquiet()
+            if last:
                 return None
             cloud, edge = self.cloud_view(), self.edge_view(with_log=False)
             last = graph_diff(cloud, edge, edge_made=made, set_aside=set_aside)
