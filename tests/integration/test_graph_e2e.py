@@ -188,8 +188,9 @@ def test_the_whole_graph_both_ways(rig: GraphRig) -> None:
     rig.cloud.start()
     cloud, edge = rig.wait_converged(edge_made=edge_made, set_aside=aside, timeout=DEADLINE_S)
     lap("outage and incremental sync", t2)
-    requests = _sync_requests(rig)
-    assert len(requests) == 2 and "incremental sync requested" in requests[1], requests
+    requests = _sync_requests(rig)  # every accepted connect of this run of the edge
+    assert len(requests) >= 2, requests
+    assert all("incremental sync requested" in r for r in requests[1:]), requests
     last = rig.status()["sync"]["last"]  # status.py: "the last sync the link reports"
     if last is None or last.get("full") is not False:
         gaps.append(f"the edge's status does not report the incremental sync: sync.last={last}")
