@@ -2,7 +2,7 @@
 QueueActor is the only caller): each change is first checked and planned without writing
 (NotFound, Conflict or BadRequest fail its Append, nothing of it written), then written to the
 graph store (origin "edge", origin_seq = the seq of the event that carries it) together with
-the events that tell the cloud, in the shapes of /work/graph-contract.md "Uplink shapes".
+the events that tell the cloud, in the shapes of docs/edge-entities.md ("What goes to the cloud").
 
 Planning happens in the transaction because that is where the entity's current JSON is: an
 update merges the fields it changes into the stored JSON, so two updates of one asset in a row

@@ -8,7 +8,7 @@ sent, from the identity of the connection, so an event recorded before the edge 
 carries them too. Likewise a device's deviceProfileId: the synced profile named by its type, as
 the Owner knows them when the event is sent.
 
-Edge-originated changes of the entity graph (docs: /work/graph-contract.md, "Uplink shapes"),
+Edge-originated changes of the entity graph (docs/edge-entities.md, "What goes to the cloud"),
 matched against ThingsBoard Edge's AssetCloudProcessor, RelationCloudProcessor and
 EdgeMsgConstructorUtils, and the server's EdgeUplinkMessageDispatcher: an asset's ADDED /
 UPDATED / DELETED an AssetUpdateMsg (a delete with the id halves only, as constructAssetDeleteMsg),

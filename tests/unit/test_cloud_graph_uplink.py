@@ -1,5 +1,5 @@
 """The entity changes an edge sends, applied by the reference cloud in the uplink's transaction
-(CloudStore.apply_uplink_full), in the shapes of /work/graph-contract.md "Uplink shapes":
+(CloudStore.apply_uplink_full), in the shapes of docs/edge-entities.md ("What goes to the cloud"):
 assets created, changed and deleted, relations added and deleted, a device deleted, shared keys
 deleted, timeseries keys deleted (extension field 1001), alarms acknowledged; each deduplicated
 by (edge, store, seq) and queued for the other edges that hold the entity."""
