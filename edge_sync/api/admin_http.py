@@ -42,11 +42,12 @@ from edge_sync.common.health import healthz, readyz_response
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.json_body import parse_json
 from edge_sync.devices.rpc import RpcRequest, RpcStatus
-from edge_sync.errors import BadRequest
+from edge_sync.errors import BadRequest, NotFound
 from edge_sync.metrics import Metrics
 from edge_sync.status import collect_status
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.graph_store import GraphStore
 from edge_sync.storage.records import Status, StoredEvent
 from edge_sync.storage.rpc_store import RpcStore
 
@@ -367,7 +368,11 @@ class AdminHttpApi:
 
     async def _request_metadata(self, request: web.Request) -> web.StreamResponse:
         async def make(_answer: dict[str, Any]) -> Future[range]:
-            return self._entities.request_rule_chain_metadata(_path_id(request))
+            chain_id = _path_id(request)
+            with self._store.read() as txn:  # the cloud answers only for a chain on the edge
+                if GraphStore(self._store).entity(txn, chain_id, "RULE_CHAIN") is None:
+                    raise NotFound(f"rule chain {chain_id} is not on this edge")
+            return self._entities.request_rule_chain_metadata(chain_id)
 
         return await self._change("rule chain metadata request", make, status=202,
                                   entity=request.match_info["id"])

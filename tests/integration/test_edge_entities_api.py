@@ -334,16 +334,14 @@ def test_alarm_ack_and_clear_by_id(agent: Agent) -> None:
             404, str(UNKNOWN))
 
 
-def test_rule_chain_metadata_request_once_while_pending(agent: Agent) -> None:
+def test_rule_chain_metadata_request_for_a_chain_not_on_the_edge_is_404(agent: Agent) -> None:
+    """The cloud answers only for a chain on the edge (asking once per chain while a request is
+    pending: tests/integration/test_edge_graph_changes.py, with the chain in the store)."""
     chain = uuid.uuid4()
     before = last_seq(agent)
-    first = call(agent, "POST", f"/api/rule-chains/{chain}/metadata-request", {})
-    second = call(agent, "POST", f"/api/rule-chains/{chain}/metadata-request", {})
-    assert (first.status, first.json()) == (202, {"id": str(chain), "seqs": [before + 1]})
-    assert (second.status, second.json()) == (202, {"id": str(chain), "seqs": [before + 1]})
-    assert new_events(agent, before) == [
-        (before + 1, "RULE_CHAIN", "RULE_CHAIN", str(chain), "RULE_CHAIN_METADATA_REQUEST",
-         Lane.HIGH)]
+    refused(call(agent, "POST", f"/api/rule-chains/{chain}/metadata-request", {}), 404,
+            f"rule chain {chain} is not on this edge")
+    assert new_events(agent, before) == []
 
 
 def test_sync_without_a_cloud_link_is_unavailable(agent: Agent) -> None:
