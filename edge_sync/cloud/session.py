@@ -377,8 +377,14 @@ class StreamSession:
 
     def _start_sync(self, full: bool, *, requested_by: str = "edge") -> None:
         assert self.edge_id is not None and self.edge is not None
-        # what is queued up to now, the full sync reads anew (it reads the store after this)
-        self._supersedes = self._store.last_downlink_number(self.edge_id) if full else None
+        # what is queued up to now, the full sync reads anew (it reads the store after this).
+        # Dropped at its end only when the edge asked for it and is an edge-sync edge (it sends
+        # its store id): such an edge removes, at the end of a full sync it asked for, what the
+        # sync did not send. A sync the operator starts, or a ThingsBoard Edge (which keeps
+        # such orphans), would otherwise lose the deletes still queued.
+        sweeps = requested_by == "edge" and self.incarnation != 0
+        self._supersedes = (self._store.last_downlink_number(self.edge_id)
+                            if full and sweeps else None)
         self._sync_parked = 0
         if full:
             payloads: Iterable[bytes] = full_sync.packs(
