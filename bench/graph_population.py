@@ -31,11 +31,15 @@ sequence and node come from the seed, counting up from ``base_ms``; names carry 
 names and JSON (but ``tenantId``, the store's own).
 
 Writing goes through the product's APIs: ``CloudGraph.create_entities`` (one transaction per
-batch, each entity assigned to the edge in it), ``CloudStore.add_device`` (one transaction per
-device: the store has no bulk device creation) and ``CloudGraph.add_relation`` (one commit per
-relation, grouped by the store's group commit when several threads add at once). Each queues
-the downlinks a live edge would get; an edge that never connected gets them after its first full
-sync, which already carried everything (they apply as "unchanged").
+batch, each entity assigned to the edge in it), ``CloudStore.add_devices`` (one all-or-nothing
+transaction per batch of devices, each device's downlink built in it as CloudService.create_device
+has it built: the device, its credentials and its device profile as the graph stores it) and
+``CloudGraph.add_relation`` (one commit per relation, grouped by the store's group commit when
+several threads add at once). Each queues the downlinks a live edge would get. When an edge-sync
+edge asks for its first full sync, the sync supersedes them and the cloud drops them at its end
+(cloud/session.py ``_drop_superseded``); an edge that does not sweep (a ThingsBoard Edge, a sync
+the operator starts) gets them after the sync, which already carried everything (they apply as
+"unchanged").
 
 The views: ``{(entity type, id): parsed JSON}``; a relation's id is the edge's apply-log id of
 it (``FROM->TO TYPE/GROUP``, storage/graph_store.relation_text).
@@ -604,8 +608,9 @@ def build_plant(store: CloudStore, edge: uuid.UUID | str, spec: PlantSpec, *, se
                 near_limit_bytes: int | None = None, relation_threads: int = 8,
                 progress: Callable[[str], None] | None = None) -> Population:
     """Write the plant of ``spec`` for ``edge`` (an edge id or routing key) into ``store``
-    (see the module docstring); what was made. The edge must exist. ``near_limit_bytes``: the
-    near-limit dashboard's downlink size (default: the graph's message limit - 100 KiB)."""
+    (see the module docstring); what was made. The edge must exist. ``batch``: graph entities,
+    and devices, per transaction. ``near_limit_bytes``: the near-limit dashboard's downlink size
+    (default: the graph's message limit - 100 KiB)."""
     edge_id = _edge_id(store, edge)
     prefix = f"p{seed}-" if prefix is None else prefix
     graph = store.graph
@@ -627,11 +632,14 @@ def build_plant(store: CloudStore, edge: uuid.UUID | str, spec: PlantSpec, *, se
     say(f"plant: {len(plan.items):,} graph entities written in {seconds['graph']:.2f} s")
 
     t0 = time.monotonic()
-    for d in plan.devices:
-        device = CloudDevice(id=d.id, edge_id=edge_id, name=d.name, type=d.type, label=d.label,
-                             token=d.token, created_time=d.created, origin="cloud")
-        # what CloudService.create_device queues: the device with its profile and credentials
-        store.add_device(device, [downlinks.device_synced(device, tenant, plan.profile_of_type[d.type])])
+    step = max(1, batch)
+    for start in range(0, len(plan.devices), step):
+        # downlinks None: each device's own, what CloudService.create_device queues (the device,
+        # its credentials and the graph's profile of its type, read in the batch's transaction)
+        store.add_devices([
+            (CloudDevice(id=d.id, edge_id=edge_id, name=d.name, type=d.type, label=d.label,
+                         token=d.token, created_time=d.created, origin="cloud"), None)
+            for d in plan.devices[start:start + step]])
     seconds["devices"] = time.monotonic() - t0
     say(f"plant: {len(plan.devices):,} devices written in {seconds['devices']:.2f} s")
 

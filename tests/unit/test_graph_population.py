@@ -1,8 +1,9 @@
 """bench/graph_population.py on real LMDB stores in tmp_path: a plant has exactly the counts of
 its spec, every relation's ends are on the edge, the asset cycle and the rule chain forwarding
 are there (and no reference cycle), dashboards name widget types that exist, the near-limit
-dashboard's downlink is the size asked for, users carry no password, the same seed gives the
-same plant, and the edge-side view reads back what an edge store holds."""
+dashboard's downlink is the size asked for, users carry no password, each device queues its
+downlink with the graph's profile of its type, the same seed gives the same plant (whatever the
+batch size), and the edge-side view reads back what an edge store holds."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from edge_sync.cloud.store import CloudStore
 from edge_sync.common import entity_graph
 from edge_sync.common.entity_graph import RULE_CHAIN_INPUT_NODE, Ref
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
+from edge_sync.proto import edge_pb2
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.graph_store import GraphStore
 
@@ -189,6 +191,30 @@ def test_users_have_no_password_and_devices_use_the_three_profiles(
     assert {v["entityId"]["id"] for v in views} <= {str(d) for d in pop.ids["DEVICE"]}
 
 
+def test_each_device_queues_its_downlink_with_the_graphs_profile(
+        store: CloudStore, small: tuple[Population, View]) -> None:
+    # what CloudService.create_device queues: one DownlinkMsg per device with the device, its
+    # credentials and its device profile exactly as the graph stores it (description and alarm
+    # rules included), not a profile made from the device's type
+    pop, expected = small
+    queued = store.queued_after(pop.edge_id, 0, 100_000)
+    devices = [edge_pb2.DownlinkMsg.FromString(q.payload) for q in queued]
+    devices = [m for m in devices if m.deviceUpdateMsg]
+    assert len(devices) == SMALL.devices
+    seen = set()
+    for msg in devices:
+        [update], [creds], [profile] = (msg.deviceUpdateMsg, msg.deviceCredentialsUpdateMsg,
+                                        msg.deviceProfileUpdateMsg)
+        device = json.loads(update.entity)
+        seen.add(device["id"]["id"])
+        assert json.loads(creds.entity)["deviceId"]["id"] == device["id"]["id"]
+        kept = store.graph.entity(uuid.UUID(device["deviceProfileId"]["id"]))
+        assert kept is not None and json.loads(profile.entity) == json.loads(kept.json)
+        assert json.loads(profile.entity) == expected[("DEVICE_PROFILE", str(kept.id))]
+        assert json.loads(profile.entity)["profileData"]["alarms"]
+    assert seen == {str(d) for d in pop.ids["DEVICE"]}
+
+
 def test_near_limit_dashboard_is_just_under_the_edge_message_limit(store: CloudStore) -> None:
     spec = PlantSpec(devices=3, assets=3, relations=3, dashboards=2, near_limit_dashboard=True)
     pop = build_plant(store, "plant-1", spec, seed=1)
@@ -218,10 +244,10 @@ def _without_tenant(view: View) -> dict[tuple[str, str], str]:
 def test_the_same_seed_makes_the_same_plant(tmp_path: Path) -> None:
     spec = PlantSpec(devices=8, assets=6, relations=12)
     views = []
-    for name in ("a", "b"):
+    for name, batch in (("a", 500), ("b", 5)):  # the batch size changes nothing
         store = _store(tmp_path / name)
         try:
-            pop = build_plant(store, "plant-1", spec, seed=42)
+            pop = build_plant(store, "plant-1", spec, seed=42, batch=batch)
             plant_ids = {str(i) for vs in pop.ids.values() for i in vs} | set(pop.relations)
             view = {k: v for k, v in edge_expected(store, "plant-1").items() if k[1] in plant_ids}
             views.append((pop.as_json(), _without_tenant(view)))
