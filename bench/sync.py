@@ -36,11 +36,16 @@ in progress; and the edge's graph store, read entity by entity (graph_population
 read-only while the edge runs), equals the cloud's view, JSON included (``exact``).
 
 The seeding goes through the product's APIs, which queue for the edge what a live edge would be
-sent (``queued_after_seed``: about one downlink per entity). The cloud sends that queue after
-the full sync (the sync goes first); it should leave the edge as it is. Not measured unless
-``--drain-queue``: then ``queue_drain_s`` is the time from the sync's end until the cloud's
-queue for the edge is empty, and the edge is checked again afterwards (``exact_after_queue``;
-a difference is an error too).
+sent (``queued_after_seed``: about one downlink per entity). The full sync goes first and
+supersedes them: at its end (the edge's acknowledgement of SyncCompletedMsg) the cloud drops the
+queued downlinks that carry only graph changes (cloud/session.py ``_drop_superseded``, for an
+edge-sync edge that asked for the sync); whatever it keeps is sent after the sync and must leave
+the edge as it is. Not measured unless ``--drain-queue``: then ``queue_drain_s`` is the time from
+the sync's end until the cloud's queue for the edge is empty (about 0 when the sync dropped it
+all), ``superseded_by_sync`` how many queued downlinks the sync dropped (the cloud's stream
+``downlinks_superseded``, read once the queue is empty; ``queued_after_seed`` when none of the
+seeding's is sent again), and the edge is checked again afterwards (``exact_after_queue``; a
+difference is an error too).
 
 ``--profile DIR``: after the measured runs, one more run (not in the figures: sampling slows
 both processes) with ``py-spy record --gil --threads --format raw`` (200 Hz) on both processes
@@ -430,15 +435,22 @@ def drain_queue(opts: Options, cloud: Cloud, edge: SyncEdge, expected: View, out
             raise PhaseError(f"the seeding's queue did not drain: {row.get('queued_downlinks')} left")
         time.sleep(0.1)
     out.figures["queue_drain_s"] = time.monotonic() - t0
+    # read again: a status takes the stream's counters before the queue's length, and the
+    # stream counts the dropped downlinks just after committing their removal
+    stream = cloud_edge_row(cloud).get("stream")
+    if not isinstance(stream, dict):
+        raise PhaseError("the edge's stream is gone from the cloud's status after the queue drained")
+    superseded = int(stream.get("downlinks_superseded", 0))
+    out.figures["superseded_by_sync"] = superseded
     status = edge.status()
     if status is None:
         raise PhaseError("the edge's status did not answer after the queue drained")
     problems = check_edge(status, expected, edge.data_dir)
     out.after_queue = [f"run {run}, after the queue: {p}" for p in problems]
     out.errors += out.after_queue
-    progress(f"  the seeding's {out.queued_after_seed:,} queued downlinks sent after the sync in "
-             f"{out.figures['queue_drain_s']:.1f} s; "
-             + ("exact" if not problems else f"NOT EXACT: {problems[:3]}"))
+    progress(f"  the seeding's {out.queued_after_seed:,} queued downlinks: {superseded:,} dropped "
+             f"by the full sync, the queue empty {out.figures['queue_drain_s']:.2f} s after the "
+             "sync; " + ("exact" if not problems else f"NOT EXACT: {problems[:3]}"))
 
 
 # -- the report -------------------------------------------------------------------------------------
@@ -465,6 +477,7 @@ def result_line(opts: Options, runs: list[RunResult], machine: list[dict[str, fl
         "seed_s": med("seed_s", 2),
         "queued_after_seed": max((r.queued_after_seed for r in runs), default=0),
         "queue_drain_s": med("queue_drain_s", 2) if opts.drain_queue else None,
+        "superseded_by_sync": med("superseded_by_sync", 0) if opts.drain_queue else None,
         "exact": len(errors) == len(after_queue) and len(runs) == opts.runs,
         "exact_after_queue": not after_queue if opts.drain_queue else None,
         "target": {"entities_per_s": TARGET_ENTITIES_PER_S},
@@ -491,8 +504,9 @@ def parse_args(argv: Sequence[str]) -> Options:
     p.add_argument("--no-big-dashboard", action="store_true",
                    help="leave out the dashboard just under the 4 MiB message limit")
     p.add_argument("--drain-queue", action="store_true",
-                   help="after the sync, time the cloud sending the downlinks the seeding "
-                   "queued, and check the edge again")
+                   help="after the sync, wait until the cloud's queue for the edge is empty "
+                   "(the sync drops the seeding's downlinks it supersedes, the rest is sent), "
+                   "count what it dropped, and check the edge again")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="one more run (not in the figures) with py-spy on both processes "
                    "during the sync; stacks to DIR")
