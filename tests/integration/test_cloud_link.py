@@ -140,32 +140,42 @@ def test_connect_returns_configuration_and_capabilities(cloud, edge, clients):
 # -- sync ------------------------------------------------------------------------------------------
 
 
-def kinds(d: edge_pb2.DownlinkMsg) -> list[str]:
-    """The payload fields of a downlink, in field-number order."""
-    return [f.name for f, _ in d.ListFields() if f.name not in ("downlinkMsgId", "cloudTimeMillis")]
+def layout(d: edge_pb2.DownlinkMsg) -> list[str]:
+    """The entries of a downlink: each list's field name once per entry, in field-number
+    order (a packed downlink carries many)."""
+    return [f.name for f, v in d.ListFields() if f.name not in ("downlinkMsgId", "cloudTimeMillis")
+            for _ in (v if f.is_repeated else [v])]
 
 
-SYNC_HEAD = [["queueUpdateMsg"]] * 3 + [["ruleChainUpdateMsg"], ["ruleChainMetadataUpdateMsg"],
-                                        ["deviceProfileUpdateMsg"], ["assetProfileUpdateMsg"]]
-DEVICE_MSG = ["deviceUpdateMsg", "deviceProfileUpdateMsg", "deviceCredentialsUpdateMsg"]
+SYNC_HEAD = [["tenantUpdateMsg"], ["queueUpdateMsg"] * 3,
+             ["ruleChainUpdateMsg", "ruleChainMetadataUpdateMsg"],
+             ["deviceProfileUpdateMsg", "assetProfileUpdateMsg"]]
+"""A full sync's packs before the devices: kinds share a pack only where a ThingsBoard Edge's
+apply order agrees with the sync's (downlink_batch.THINGSBOARD_APPLY_ORDER)."""
 
 
-def test_full_sync_sends_devices_credentials_attributes_then_sync_completed(cloud, edge, clients):
+def test_full_sync_packs_profiles_then_devices_with_credentials_then_attributes_then_sync_completed(
+        cloud, edge, clients):
     dev, _ = cloud.service.create_device(edge[0], "pump-1", token="tok-pump-1")
     cloud.service.set_attributes("pump-1", {"target": 42, "mode": "auto"})
-    # queued downlinks from before the connection follow the sync
+    # queued downlinks from before the connection follow the sync (an edge without edgeStoreId,
+    # like a ThingsBoard Edge: the sync drops none of them)
     client = LinkClient(cloud.port)
     clients.append(client)
     assert client.connect(edge[0], edge[1]).responseCode == edge_pb2.ACCEPTED
     got = client.sync(True)
-    assert [kinds(d) for d in got] == [["tenantUpdateMsg"], *SYNC_HEAD, DEVICE_MSG,
-                                       ["entityData"], ["syncCompletedMsg"]]
+    # the device's profile travels before it (with the asset profile), not in its message
+    assert [layout(d) for d in got] == [
+        *SYNC_HEAD, ["deviceUpdateMsg", "deviceCredentialsUpdateMsg"], ["entityData"],
+        ["syncCompletedMsg"]]
+    profile = json.loads(got[3].deviceProfileUpdateMsg[0].entity)
     device_msg, attrs, done = got[-3:]
     upd = device_msg.deviceUpdateMsg[0]
     assert upd.msgType == edge_pb2.ENTITY_CREATED_RPC_MESSAGE
     assert uuid_of(upd.idMSB, upd.idLSB) == dev.id
     body = json.loads(upd.entity)
     assert body["id"] == {"entityType": "DEVICE", "id": str(dev.id)} and body["name"] == "pump-1"
+    assert body["deviceProfileId"] == profile["id"] and profile["name"] == body["type"]
     cred = json.loads(device_msg.deviceCredentialsUpdateMsg[0].entity)
     assert cred == {"deviceId": {"entityType": "DEVICE", "id": str(dev.id)},
                     "credentialsType": "ACCESS_TOKEN", "credentialsId": "tok-pump-1"}
@@ -176,13 +186,15 @@ def test_full_sync_sends_devices_credentials_attributes_then_sync_completed(clou
     ids = [d.downlinkMsgId for d in got]
     assert ids == sorted(ids) and len(set(ids)) == len(got) and min(ids) > 0
     assert all(d.cloudTimeMillis > 0 for d in got)
-    # then the durable queue: the device's downlink and the attributes, in order
+    # then the durable queue: the device's downlink (with its profile) and the attributes, in
+    # order
     queued = []
     for _ in range(2):
         d = client.downlink()
         queued.append(d)
         client.ack(d.downlinkMsgId)
-    assert [kinds(d) for d in queued] == [DEVICE_MSG, ["entityData"]]
+    assert [layout(d) for d in queued] == [
+        ["deviceUpdateMsg", "deviceProfileUpdateMsg", "deviceCredentialsUpdateMsg"], ["entityData"]]
     assert client.nothing_within(0.3)
     assert cloud.store.queued_downlinks(edge[2]) == 0
 

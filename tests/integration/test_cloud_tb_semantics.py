@@ -28,7 +28,7 @@ from edge_sync.proto import edge_pb2, transport_pb2
 from tests.helpers.link_client import DEADLINE_S, LinkClient, telemetry
 from tests.helpers.wait import wait_until
 from tests.integration.test_cloud_cli import env_for
-from tests.integration.test_cloud_link import http, kinds
+from tests.integration.test_cloud_link import SYNC_HEAD, http, layout
 
 NULL_CUSTOMER = {"entityType": "CUSTOMER", "id": "13814000-1dd2-11b2-8080-808080808080"}
 REFUSAL = "Device should be assigned to tenant!"
@@ -36,6 +36,7 @@ REFUSAL = "Device should be assigned to tenant!"
 STACK_LINE = "\tat org.thingsboard.server.dao.service.Validator.validate(Validator.java:42)\n"
 REFUSAL_WITH_STACK = REFUSAL + "\n" + STACK_LINE * 80
 DEVICE_KINDS = "deviceUpdateMsg,deviceProfileUpdateMsg,deviceCredentialsUpdateMsg"
+"""A device created after a sync: one downlink with its profile and credentials."""
 
 
 def config(data_dir: Path, *, resend_ms: int = 300, max_attempts: int = 3) -> CloudConfig:
@@ -122,15 +123,16 @@ def test_full_sync_in_thingsboards_order_with_4x_json_and_v1_ids(cloud, edge, cl
     cloud.service.set_attributes("pump-1", {"target": 42})
     client = connect(cloud, clients, edge)
     got = client.sync(True)
-    device_msg = ["deviceUpdateMsg", "deviceProfileUpdateMsg", "deviceCredentialsUpdateMsg"]
-    assert [kinds(d) for d in got] == [
-        ["tenantUpdateMsg"], ["queueUpdateMsg"], ["queueUpdateMsg"], ["queueUpdateMsg"],
-        ["ruleChainUpdateMsg"], ["ruleChainMetadataUpdateMsg"],
-        ["deviceProfileUpdateMsg"], ["assetProfileUpdateMsg"], ["deviceProfileUpdateMsg"],
-        device_msg, device_msg, ["entityData"], ["syncCompletedMsg"]]
-    queues = [json.loads(d.queueUpdateMsg[0].entity) for d in got[1:4]]
+    # packed where a ThingsBoard Edge's apply order agrees: both device profiles (the default
+    # and the meter's) with the asset profile, before the devices, which carry none of their own
+    assert [layout(d) for d in got] == [
+        ["tenantUpdateMsg"], ["queueUpdateMsg"] * 3,
+        ["ruleChainUpdateMsg", "ruleChainMetadataUpdateMsg"],
+        ["deviceProfileUpdateMsg"] * 2 + ["assetProfileUpdateMsg"],
+        ["deviceUpdateMsg"] * 2 + ["deviceCredentialsUpdateMsg"] * 2,
+        ["entityData"], ["syncCompletedMsg"]]
+    queues = [json.loads(q.entity) for q in got[1].queueUpdateMsg]
     assert [q["name"] for q in queues] == ["Main", "HighPriority", "SequentialByOriginator"]
-    got = [got[0], *got[4:]]  # the rest as before the queues
 
     # every entity names the tenant; every id is time-based, ThingsBoard's NULL_UUID customer too
     tenant_ref = {"entityType": "TENANT", "id": str(tenant)}
@@ -151,8 +153,7 @@ def test_full_sync_in_thingsboards_order_with_4x_json_and_v1_ids(cloud, edge, cl
 
     # the root rule chain: type EDGE, root, its first node the message type switch, and a
     # push-to-cloud node that everything saved reaches
-    (_, _, chain), = entity_jsons(got[1])
-    (_, _, meta), = entity_jsons(got[2])
+    (_, _, chain), (_, _, meta) = entity_jsons(got[2])
     assert (chain["type"], chain["root"], chain["name"]) == ("EDGE", True, "Edge Root Rule Chain")
     assert meta["ruleChainId"] == chain["id"]
     nodes = meta["nodes"]
@@ -169,36 +170,40 @@ def test_full_sync_in_thingsboards_order_with_4x_json_and_v1_ids(cloud, edge, cl
     assert links == {(0, 1, "Post telemetry"), (0, 2, "Post attributes"), (1, 3, "Success"),
                      (2, 3, "Success"), (0, 4, "Attributes Updated"), (0, 4, "Attributes Deleted")}
 
-    # profiles: the default device profile, the default asset profile, one per other type
-    (_, _, default_profile), = entity_jsons(got[3])
-    (_, _, asset_profile), = entity_jsons(got[4])
-    (_, _, meter_profile), = entity_jsons(got[5])
+    # profiles: the default device profile, one per other type, the default asset profile
+    device_profiles = {body["name"]: body for name, _, body in entity_jsons(got[3])
+                       if name == "deviceProfileUpdateMsg"}
+    assert set(device_profiles) == {"default", "meter"}
+    default_profile, meter_profile = device_profiles["default"], device_profiles["meter"]
+    (_, _, asset_profile), = [e for e in entity_jsons(got[3]) if e[0] == "assetProfileUpdateMsg"]
     assert (default_profile["name"], default_profile["default"], default_profile["type"],
             default_profile["transportType"]) == ("default", True, "DEFAULT", "DEFAULT")
     assert default_profile["profileData"]["configuration"] == {"type": "DEFAULT"}
     assert (asset_profile["name"], asset_profile["default"]) == ("default", True)
     assert (meter_profile["name"], meter_profile["default"]) == ("meter", False)
 
-    # devices: one message each with the device, its profile and its credentials
-    by_name = {}
-    for d in got[6:8]:
-        parts = {name: body for name, _, body in entity_jsons(d)}
-        by_name[parts["deviceUpdateMsg"]["name"]] = parts
-    assert set(by_name) == {"pump-1", "meter-1"}
-    m = by_name["meter-1"]
-    assert m["deviceUpdateMsg"]["id"] == {"entityType": "DEVICE", "id": str(meter.id)}
-    assert (m["deviceUpdateMsg"]["type"], m["deviceUpdateMsg"]["label"]) == ("meter", "hall")
-    assert m["deviceUpdateMsg"]["customerId"] == NULL_CUSTOMER
-    assert m["deviceUpdateMsg"]["deviceProfileId"] == meter_profile["id"] == m["deviceProfileUpdateMsg"]["id"]
-    assert m["deviceUpdateMsg"]["createdTime"] == meter.created_time
-    assert m["deviceCredentialsUpdateMsg"]["credentialsId"] == "tok-meter"
-    assert by_name["pump-1"]["deviceUpdateMsg"]["deviceProfileId"] == default_profile["id"]
-    data = got[8].entityData[0]
+    # devices: one message with both devices and their credentials, each device naming its
+    # profile (sent before), each credentials its device
+    devices = {body["name"]: body for name, _, body in entity_jsons(got[4])
+               if name == "deviceUpdateMsg"}
+    creds = {body["deviceId"]["id"]: body for name, _, body in entity_jsons(got[4])
+             if name == "deviceCredentialsUpdateMsg"}
+    assert set(devices) == {"pump-1", "meter-1"}
+    m = devices["meter-1"]
+    assert m["id"] == {"entityType": "DEVICE", "id": str(meter.id)}
+    assert (m["type"], m["label"]) == ("meter", "hall")
+    assert m["customerId"] == NULL_CUSTOMER
+    assert m["deviceProfileId"] == meter_profile["id"]
+    assert m["createdTime"] == meter.created_time
+    assert devices["pump-1"]["deviceProfileId"] == default_profile["id"]
+    assert {device_id: c["credentialsId"] for device_id, c in creds.items()} == {
+        str(meter.id): "tok-meter", str(pump.id): "tok-pump"}
+    data = got[5].entityData[0]
     assert uuid_of(data.entityIdMSB, data.entityIdLSB) == pump.id
     assert data.postAttributeScope == "SHARED_SCOPE" and data.attributesUpdatedMsg.kv[0].long_v == 42
 
     # the ids are stored: the same after a restart of the cloud
-    first_ids = [[body["id"] for _, _, body in entity_jsons(d) if "id" in body] for d in got[1:8]]
+    first_ids = [[body["id"] for _, _, body in entity_jsons(d) if "id" in body] for d in got[:5]]
     client.close()
     data_dir = cloud.store.path
     cloud.stop()
@@ -208,10 +213,10 @@ def test_full_sync_in_thingsboards_order_with_4x_json_and_v1_ids(cloud, edge, cl
         clients.append(later)
         assert later.connect(edge[0], edge[1]).responseCode == edge_pb2.ACCEPTED
         resync = later.sync(True)
-        resync = [resync[0], *resync[4:]]
+        assert [layout(d) for d in resync] == [layout(d) for d in got]
         assert [[body["id"] for _, _, body in entity_jsons(d) if "id" in body]
-                for d in resync[1:8]] == first_ids
-        assert entity_jsons(resync[2])[0][2] == meta
+                for d in resync[:5]] == first_ids
+        assert entity_jsons(resync[2])[1][2] == meta
     finally:
         again.stop()
 
@@ -228,7 +233,7 @@ def test_a_device_created_later_always_comes_with_its_profile_and_credentials(cl
     for device, _ in created:
         d = client.downlink()
         client.ack(d.downlinkMsgId)
-        assert kinds(d) == ["deviceUpdateMsg", "deviceProfileUpdateMsg", "deviceCredentialsUpdateMsg"]
+        assert layout(d) == ["deviceUpdateMsg", "deviceProfileUpdateMsg", "deviceCredentialsUpdateMsg"]
         body = json.loads(d.deviceUpdateMsg[0].entity)
         profile = json.loads(d.deviceProfileUpdateMsg[0].entity)
         assert body["id"] == {"entityType": "DEVICE", "id": str(device.id)}
@@ -311,26 +316,30 @@ def test_a_refused_device_downlink_of_a_sync_is_parked_and_sync_completed_still_
     client = connect(cloud, clients, edge)
     request_sync(client, True)
     got = []
-    refused = 0
+    refused = []
     while True:
         d = client.downlink(timeout=3)
-        got.append(kinds(d))
+        got.append(layout(d))
         if d.deviceUpdateMsg:
-            refused += 1
+            refused.append(d.downlinkMsgId)
             client.ack(d.downlinkMsgId, success=False, error=REFUSAL)
             continue
         client.ack(d.downlinkMsgId)
         if d.HasField("syncCompletedMsg"):
             break
-    assert refused == 3
-    assert got[-1] == ["syncCompletedMsg"] and got[-2] == got[-3] == got[-4] != got[-5]
+    # the device's pack (the device and its credentials) refused once, sent again entry by
+    # entry: the device alone refused max_attempts times (the same downlink resent) and parked,
+    # its credentials then go alone, and the sync completes
+    assert got == [*SYNC_HEAD, ["deviceUpdateMsg", "deviceCredentialsUpdateMsg"],
+                   *[["deviceUpdateMsg"]] * 3, ["deviceCredentialsUpdateMsg"], ["syncCompletedMsg"]]
+    assert len(refused) == 4 and refused[0] != refused[1] == refused[2] == refused[3]
     status, parked = http(cloud.admin_port, "GET", "/api/edges/rk-1/downlinks/parked")
     assert status == 200
-    assert [(p["kinds"], p["cause"], p["attempts"], p["in_sync"], p["error"]) for p in parked] == [
-        (DEVICE_KINDS, "refused", 3, True, REFUSAL)]
+    assert [(p["downlink_id"], p["kinds"], p["cause"], p["attempts"], p["in_sync"], p["error"])
+            for p in parked] == [(refused[1], "deviceUpdateMsg", "refused", 3, True, REFUSAL)]
     # the queue after the sync carries on: the device's own queued downlink
     d = client.downlink()
-    assert kinds(d) == DEVICE_KINDS.split(",")
+    assert layout(d) == DEVICE_KINDS.split(",")
 
 
 def test_unanswered_downlinks_are_resent_and_never_parked_and_a_new_stream_counts_anew(
@@ -379,7 +388,7 @@ def test_attribute_relation_and_rule_chain_requests_are_answered_as_thingsboard_
     resp = client.uplink(epoch=None, attributesRequestMsg=[attributes_request("SHARED_SCOPE")])
     assert resp.success and resp.errorMsg == ""
     d = client.downlink()
-    assert kinds(d) == ["entityData"]
+    assert layout(d) == ["entityData"]
     data = d.entityData[0]
     assert (uuid_of(data.entityIdMSB, data.entityIdLSB), data.entityType) == (dev.id, "DEVICE")
     assert data.postAttributeScope == "SHARED_SCOPE" and data.attributesUpdatedMsg.shared
@@ -541,8 +550,9 @@ def test_with_the_disk_full_an_edge_still_connects_syncs_and_acknowledgements_fr
         cloud, edge, clients):
     """The store's disk-full state refuses new data, not what a stream needs: the incarnation
     of a new edge store, the ids of the cloud's own entities, a sync's downlink numbers, and the
-    removal of acknowledged downlinks (which frees room)."""
+    removal of downlinks, superseded by the sync or acknowledged (which frees room)."""
     cloud.service.create_device(edge[0], "pump-1", type_="meter", token="tok-1")
+    cloud.service.set_attributes("pump-1", {"target": 42})
     cloud.store.lmdb._disk_full = True  # what a write that hit ENOSPC leaves behind
     cloud.store.lmdb._disk_full_reason = "No space left on device"
     with pytest.raises(QueueFull):
@@ -550,10 +560,15 @@ def test_with_the_disk_full_an_edge_still_connects_syncs_and_acknowledgements_fr
     client = LinkClient(cloud.port)
     clients.append(client)
     assert client.connect(edge[0], edge[1], store_id="store-new").responseCode == edge_pb2.ACCEPTED
-    got = client.sync(True)  # the meter profile's id made now: a maintenance write
-    assert kinds(got[-1]) == ["syncCompletedMsg"] and len(got) == 11
-    d = client.downlink()  # the durable queue after the sync, acknowledged and removed
-    assert kinds(d) == DEVICE_KINDS.split(",")
+    got = client.sync(True)  # its downlink numbers reserved: a maintenance write
+    assert [layout(d) for d in got] == [
+        *SYNC_HEAD[:3], ["deviceProfileUpdateMsg"] * 2 + ["assetProfileUpdateMsg"],
+        ["deviceUpdateMsg", "deviceCredentialsUpdateMsg"], ["entityData"], ["syncCompletedMsg"]]
+    # the durable queue after the sync: the device's creation dropped at its end, the
+    # attributes sent, then acknowledged and removed
+    d = client.downlink()
+    assert layout(d) == ["entityData"]
+    assert cloud.store.queued_downlinks(edge[2]) == 1
     client.ack(d.downlinkMsgId)
     wait_until(lambda: cloud.store.queued_downlinks(edge[2]) == 0, timeout=DEADLINE_S,
                what="the acknowledged downlink removed on a full disk")
@@ -611,7 +626,13 @@ def test_an_operator_sync_resends_the_full_sync_on_the_edges_stream(cloud, edge,
         if d.HasField("syncCompletedMsg"):
             break
     assert len(http(cloud.admin_port, "GET", "/api/edges/rk-1/downlinks/parked")[1]) == 1
-    client.ack(client.downlink().downlinkMsgId)  # the device's queued downlink
+    d = client.downlink()  # the device's queued downlink
+    assert layout(d) == DEVICE_KINDS.split(",")
+    client.ack(d.downlinkMsgId)
+    # its acknowledgement taken before the operator's sync is asked: nothing left in flight to
+    # be resent among the sync's downlinks
+    wait_until(lambda: cloud.store.queued_downlinks(edge[2]) == 0, timeout=DEADLINE_S,
+               what="the device's queued downlink acknowledged")
 
     status, out = http(cloud.admin_port, "POST", "/api/edges/rk-1/sync")
     assert (status, out) == (202, {"edge_id": str(edge[2]), "routing_key": "rk-1",
@@ -621,7 +642,8 @@ def test_an_operator_sync_resends_the_full_sync_on_the_edges_stream(cloud, edge,
         d = client.downlink()
         again.append(d)
         client.ack(d.downlinkMsgId)
-    assert kinds(again[0]) == ["tenantUpdateMsg"] and len(again) == 10
+    assert [layout(d) for d in again] == [
+        *SYNC_HEAD, ["deviceUpdateMsg", "deviceCredentialsUpdateMsg"], ["syncCompletedMsg"]]
     assert [json.loads(d.deviceUpdateMsg[0].entity)["name"] for d in again if d.deviceUpdateMsg] == [
         "pump-1"]
 
@@ -630,7 +652,7 @@ def test_an_operator_sync_resends_the_full_sync_on_the_edges_stream(cloud, edge,
                            str(edge[2])], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"full sync of edge rk-1 ({edge[2]}) requested\n"
-    assert kinds(client.downlink()) == ["tenantUpdateMsg"]
+    assert layout(client.downlink()) == ["tenantUpdateMsg"]
 
     assert http(cloud.admin_port, "POST", "/api/edges/nope/sync")[0] == 404
     assert http(cloud.admin_port, "POST", "/api/edges/rk-1/sync", {"full": True})[0] == 400

@@ -637,11 +637,11 @@ def test_thingsboard_like_permanent_error_dead_letters_one_device_while_the_othe
 
 
 def refused_downlink(downlink_id: int) -> edge_pb2.DownlinkMsg:
-    """Credentials for a device the edge does not have: refused (success=false) every time."""
-    body = {"deviceId": {"entityType": "DEVICE", "id": str(uuid.UUID(int=404))},
-            "credentialsType": "ACCESS_TOKEN", "credentialsId": "tok-nobody"}
+    """Credentials whose entity is not JSON: content the edge cannot apply, refused
+    (success=false, not retryable) every time. (Credentials for a device the edge does not
+    have are not refused: they are held until the device comes.)"""
     return edge_pb2.DownlinkMsg(downlinkMsgId=downlink_id, deviceCredentialsUpdateMsg=[
-        edge_pb2.DeviceCredentialsUpdateMsg(entity=json.dumps(body))])
+        edge_pb2.DeviceCredentialsUpdateMsg(entity='{"deviceId": ')])
 
 
 def test_a_sync_redelivering_a_refused_downlink_times_out_one_applying_new_ones_completes(
@@ -666,6 +666,9 @@ def test_a_sync_redelivering_a_refused_downlink_times_out_one_applying_new_ones_
 
     first = answers(1, refused.downlinkMsgId)
     assert len(first) >= 4 and not any(first), first  # refused, again and again, within the 1 s
+    assert {(a.errorMsg, a.retryable) for _, a in fake.downlink_acks
+            if a.downlinkMsgId == refused.downlinkMsgId} == {
+        ("deviceCredentialsUpdateMsg: entity is not JSON", False)}  # its content, every time
     [cut] = [r["message"] for r in log_records if "no sync completion" in r["message"]]
     assert "no new downlink applied for 1.0s" in cut and ", 0 applied)" in cut, cut
 

@@ -12,6 +12,7 @@ attribute requests, and its uplinks applied.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pytest
 from edge_sync.proto import edge_pb2
 from tests.helpers.cloud_proc import CloudProc
 from tests.helpers.fake_peer import FakeCloud
-from tests.helpers.tb_common import NULL_UUID, TimeBased, halves, typed_id
+from tests.helpers.tb_common import NULL_UUID, TimeBased, halves, typed_id, uuid_from
 from tests.helpers.tb_edge import (
     EdgeInitError,
     ReceivedDownlink,
@@ -33,12 +34,12 @@ from tests.helpers.tb_edge import (
 )
 from tests.helpers.tb_server import SyncContent, SyncDevice, TbServer
 from tests.helpers.wait import wait_until
+from tests.integration.test_cloud_link import SYNC_HEAD, layout
 
 pytestmark = pytest.mark.slow
 
 RK, SECRET = "rk-tb-edge", "secret-tb-edge-41c2"
 PUSH_TO_CLOUD = "org.thingsboard.rule.engine.edge.TbMsgPushToCloudNode"
-DEVICE_KINDS = ("deviceProfileUpdateMsg", "deviceUpdateMsg", "deviceCredentialsUpdateMsg")
 SYNC_DEADLINE_S = 30.0
 
 
@@ -128,20 +129,20 @@ def test_a_full_sync_comes_in_thingsboard_order_with_a_push_to_cloud_root_chain(
     edge.connect()
     edge.wait_synced(timeout=SYNC_DEADLINE_S)
 
-    kinds = [d.kinds for d in sync_part(edge)]
+    synced = sync_part(edge)
     assert edge.refused() == []
-    assert "tenantUpdateMsg" in kinds[0]
-    assert kinds[-1] == ("syncCompletedMsg",)
-    device_msgs = [i for i, k in enumerate(kinds) if "deviceUpdateMsg" in k]
-    attr_msgs = [i for i, k in enumerate(kinds) if "entityData" in k]
-    chain_msgs = [i for i, k in enumerate(kinds) if {"ruleChainUpdateMsg",
-                                                      "ruleChainMetadataUpdateMsg"} & set(k)]
-    assert [kinds[i] for i in device_msgs] == [DEVICE_KINDS] * 3  # device+credentials+profile
-    assert len(attr_msgs) == 2  # the shared attributes of dev-1 and dev-2
-    assert max(chain_msgs) < min(device_msgs) < max(device_msgs) < min(attr_msgs)
-    assert max(attr_msgs) < len(kinds) - 1
-    assert 0 < min(i for i, k in enumerate(kinds) if "deviceProfileUpdateMsg" in k) < \
-        min(device_msgs)
+    # packed where the Edge's fixed apply order agrees with the sync's: the tenant, the queues,
+    # the root chain with its metadata, the profiles, then the three devices with their
+    # credentials in one message, the shared attributes of dev-1 and dev-2 in the next
+    assert [layout(d.msg) for d in synced] == [
+        *SYNC_HEAD, ["deviceUpdateMsg"] * 3 + ["deviceCredentialsUpdateMsg"] * 3,
+        ["entityData"] * 2, ["syncCompletedMsg"]]
+    ids = {setup.device_id(n) for n in ("dev-1", "dev-2", "dev-3")}
+    devices_msg, attrs_msg = synced[4].msg, synced[5].msg
+    assert {uuid.UUID(json.loads(c.entity)["deviceId"]["id"])
+            for c in devices_msg.deviceCredentialsUpdateMsg} == ids
+    assert sorted(uuid_from(d.entityIdMSB, d.entityIdLSB) for d in attrs_msg.entityData) == \
+        sorted(setup.device_id(n) for n in ("dev-1", "dev-2"))
 
     with edge.cond:
         assert edge.tenant is not None and edge.tenant_id is not None
@@ -171,13 +172,27 @@ def test_a_refused_device_downlink_is_parked_and_the_sync_still_completes(setup:
     edge.wait_synced(timeout=SYNC_DEADLINE_S)
 
     wait_queue_drained(cloud)
-    refused = [d for d in sync_part(edge) if not d.success]
-    assert len(refused) == 3  # downlink.max_attempts, then the sync moved on
-    refused_id = setup.device_id("dev-refused")
-    for r in refused:
+    synced = sync_part(edge)
+    # the devices' pack refused once, then sent again entry by entry in the Edge's apply order:
+    # each device alone (dev-refused refused downlink.max_attempts times, then parked), then
+    # each one's credentials alone, and the sync moves on
+    assert [layout(d.msg) for d in synced] == [
+        *SYNC_HEAD, ["deviceUpdateMsg"] * 2 + ["deviceCredentialsUpdateMsg"] * 2,
+        *[["deviceUpdateMsg"]] * 4, *[["deviceCredentialsUpdateMsg"]] * 2, ["entityData"],
+        ["syncCompletedMsg"]]
+    refused = [d for d in synced if not d.success]
+    assert len(refused) == 4
+    refused_id, ok_id = setup.device_id("dev-refused"), setup.device_id("dev-ok")
+    assert refused[0] is synced[4]
+    assert {uuid_from(d.idMSB, d.idLSB) for d in refused[0].msg.deviceUpdateMsg} == {
+        refused_id, ok_id}
+    assert len({r.msg.downlinkMsgId for r in refused[1:]}) == 1  # one downlink, resent
+    for r in refused[1:]:
         [dev] = r.msg.deviceUpdateMsg
         assert (dev.idMSB, dev.idLSB) == halves(refused_id)
-        assert r.error.startswith(refusal + "\n")
+    assert all(r.error.startswith(refusal + "\n") for r in refused)
+    [ok] = [d for d in synced[5:9] if d.success]
+    assert [uuid_from(d.idMSB, d.idLSB) for d in ok.msg.deviceUpdateMsg] == [ok_id]
     assert set(edge.devices) == {setup.device_id("dev-ok")}
     assert edge.shared_attributes(setup.device_id("dev-ok")) == {"target": 1}
 
@@ -188,7 +203,7 @@ def test_a_refused_device_downlink_is_parked_and_the_sync_still_completes(setup:
     [parked] = [p for p in row["parked"] if p["in_sync"]]
     assert (parked["cause"], parked["attempts"]) == ("refused", 3)
     assert parked["error"] == refused[-1].error
-    assert "deviceUpdateMsg" in parked["kinds"]
+    assert parked["kinds"] == "deviceUpdateMsg"
     assert {p["error"] for p in row["parked"]} == {refused[-1].error}
     api = cloud.admin("GET", f"/api/edges/{RK}/downlinks/parked")
     assert api == row["parked"]
