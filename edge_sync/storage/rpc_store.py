@@ -26,6 +26,7 @@ from edge_sync.devices.rpc import RpcRequest, RpcStatus
 from edge_sync.errors import StorageCorrupt
 from edge_sync.storage import codec
 from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.graph_keys import prefixed
 
 _RPC = b"rpc/"
 _ID = b"rpc_id/"
@@ -71,13 +72,13 @@ class RpcStore:
              ) -> Iterator[RpcRequest]:
         """Every request (of one device), in (device, arrival) order."""
         prefix = _RPC + (device_id.bytes if device_id is not None else b"")
-        for key, value in _prefixed(txn, self._meta, prefix):
+        for key, value in prefixed(txn, self._meta, prefix):
             yield _decode(key[len(_RPC):], value)
 
     def open_requests(self, txn: lmdb.Transaction) -> list[RpcRequest]:
         """Requests not finished yet (QUEUED, DELIVERED): what the entity actors load at start."""
         out: list[RpcRequest] = []
-        for key, _ in _prefixed(txn, self._meta, _OPEN):
+        for key, _ in prefixed(txn, self._meta, _OPEN):
             found = self._get(txn, key[len(_OPEN):])
             if found is not None:
                 out.append(found)
@@ -85,12 +86,12 @@ class RpcStore:
 
     def open_count(self, txn: lmdb.Transaction) -> int:
         """How many requests are not finished (one key read each, no record decoded)."""
-        return sum(1 for _ in _prefixed(txn, self._meta, _OPEN))
+        return sum(1 for _ in prefixed(txn, self._meta, _OPEN))
 
     def purge_finished(self, txn: lmdb.Transaction, *, older_than_ms: int, limit: int) -> int:
         """Delete up to ``limit`` requests that finished before ``older_than_ms``, oldest first."""
         doomed: list[bytes] = []
-        for key, _ in _prefixed(txn, self._meta, _DONE):
+        for key, _ in prefixed(txn, self._meta, _DONE):
             if len(doomed) >= limit or codec.from_u64(key[len(_DONE):len(_DONE) + 8]) >= older_than_ms:
                 break
             doomed.append(key)
@@ -104,18 +105,6 @@ class RpcStore:
     def _get(self, txn: lmdb.Transaction, tail: bytes) -> RpcRequest | None:
         raw = txn.get(_RPC + tail, db=self._meta)
         return None if raw is None else _decode(tail, raw)
-
-
-def _prefixed(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes
-              ) -> Iterator[tuple[bytes, codec.Raw]]:
-    with txn.cursor(db=db) as cur:
-        if not cur.set_range(prefix):
-            return
-        for k, v in cur.iternext():
-            key = bytes(k)
-            if not key.startswith(prefix):
-                break
-            yield key, v
 
 
 def _decode(tail: bytes, raw: codec.Raw) -> RpcRequest:
