@@ -2,7 +2,9 @@
 lists, ThingsBoard's entity JSON and the update-type mappings (docs/link-protocol.md). The edge's
 event -> payload mapping is in ``edge_sync.link.event_payloads``, the cloud's payload -> applied
 event parsing in ``edge_sync.cloud.uplink_payloads``. Only those, ``edge_sync.link`` and
-``edge_sync.cloud`` touch protobuf.
+``edge_sync.cloud`` touch protobuf. ``parse_entity_json`` is re-exported from
+``edge_sync.storage.graph_json``: one parser of entity JSON text, there because storage may not
+import common/.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from edge_sync.errors import BadRequest
 from edge_sync.proto import edge_pb2, transport_pb2
+from edge_sync.storage.graph_json import parse_entity_json as parse_entity_json
 from edge_sync.storage.records import Action
 
 _INT64 = 1 << 64
@@ -298,16 +301,6 @@ def gateway_flag(additional_info: Any) -> bool | None:
     if isinstance(flag, int):  # IntNode, LongNode, BigIntegerNode: non-zero
         return flag != 0
     return False
-
-
-def parse_entity_json(text: str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise BadRequest(f"{what}: entity is not JSON") from exc
-    if not isinstance(value, dict):
-        raise BadRequest(f"{what}: entity is not a JSON object")
-    return value
 
 
 def entity_id_in(obj: dict[str, Any], field: str, what: str,

@@ -37,7 +37,13 @@ from typing import Any
 import lmdb
 
 from edge_sync.common.entity_graph import BY_FIELD, KINDS, Kind, Ref, provides, relation_key
-from edge_sync.common.wire import ACTION_OF_UPDATE, entity_id_in, gateway_flag, uuid_of
+from edge_sync.common.wire import (
+    ACTION_OF_UPDATE,
+    entity_id_in,
+    gateway_flag,
+    parse_entity_json,
+    uuid_of,
+)
 from edge_sync.errors import BadRequest
 from edge_sync.proto import edge_pb2
 from edge_sync.storage import graph_store as gs
@@ -97,16 +103,6 @@ class _Change:
         return gs.held_entity_key(self.entity_type, self.entity_id)
 
 
-def _parse_json(text: str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise BadRequest(f"{what}: entity is not JSON") from exc
-    if not isinstance(value, dict):
-        raise BadRequest(f"{what}: entity is not a JSON object")
-    return value
-
-
 def parse_payload(field_name: str, m: Any) -> _Change:
     """A payload of list ``field_name`` as a change; BadRequest when it cannot be applied."""
     kind = BY_FIELD[field_name]
@@ -121,7 +117,7 @@ def parse_payload(field_name: str, m: Any) -> _Change:
     body: dict[str, Any] | None = None
     if action != Action.DELETED or m.entity:
         try:
-            body = _parse_json(m.entity, field_name)
+            body = parse_entity_json(m.entity, field_name)
         except BadRequest:
             if action != Action.DELETED:
                 raise
