@@ -38,13 +38,12 @@ from edge_sync.errors import BadRequest, Conflict, NotFound
 from edge_sync.storage import codec
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
-from edge_sync.storage.graph_store import GraphStore
+from edge_sync.storage.graph_store import EDGE, GraphStore
 from edge_sync.storage.records import Action, Device, NewEvent, lane_for
 from edge_sync.storage.rpc_store import RpcStore
 
 _log = logger.bind(component="graph-changes")
 
-EDGE = "edge"
 ASSET_FIELDS = ("name", "type", "label", "additionalInfo")
 
 
