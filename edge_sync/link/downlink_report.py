@@ -1,0 +1,130 @@
+"""What one downlink's transaction did (DownlinkOutcome), and its report once the transaction
+commits: the DownlinkActor's counters (``edge_downlinks_*``, ``edge_graph_*``,
+``edge_rpc_requests_total``) and its log lines, one per event that matters (a downlink applied,
+redelivered or refused, a kind set aside the first time, an entity held, released or removed
+by a full sync's end, a full sync completed).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+
+from edge_sync.devices.rpc import RpcRequest
+from edge_sync.link.graph_apply import GraphOutcome
+from edge_sync.metrics import Metrics
+from edge_sync.storage.graph_store import Removal
+
+_log = logger.bind(component="downlink")
+
+
+@dataclass(slots=True)
+class DownlinkOutcome:
+    """What one downlink's transaction did."""
+
+    fresh: bool
+    what: str = ""
+    set_aside: dict[str, int] = field(default_factory=dict)
+    device_profiles: dict[str, uuid.UUID] | None = None
+    warnings: list[str] = field(default_factory=list)  # logged once the transaction commits
+    graph: GraphOutcome = field(default_factory=GraphOutcome)
+    removed: list[Removal] = field(default_factory=list)  # by the full sync's end
+    full_sync_completed: bool = False
+    # told to the entity actors once the transaction commits
+    rpc_queued: dict[uuid.UUID, list[RpcRequest]] = field(default_factory=dict)
+    shared_changed: dict[uuid.UUID, tuple[dict[str, Any], list[str]]] = field(default_factory=dict)
+
+
+class DownlinkReport:
+    """The DownlinkActor's metrics and log lines (its thread only). ``held_now`` reads the
+    held entities for the ``edge_graph_held`` gauge; ``version`` is the edge version a full
+    sync's end records."""
+
+    def __init__(self, metrics: Metrics, *, held_now: Callable[[], float], version: str) -> None:
+        self._version = version
+        self._applied = metrics.counter("edge_downlinks_applied_total", "downlinks applied")
+        self._duplicates = metrics.counter(
+            "edge_downlinks_duplicate_total", "redelivered downlinks only acknowledged")
+        self._failed = metrics.counter("edge_downlinks_failed_total", "downlinks that failed")
+        self._rpc_requests = metrics.counter_family(
+            "edge_rpc_requests_total", "server-side RPC requests by the status they reached",
+            "status")
+        self._set_aside = metrics.counter_family(
+            "edge_downlinks_set_aside_total",
+            "downlink payloads of a kind the edge does not apply, acknowledged and counted",
+            "kind")
+        self._m_graph = metrics.counter_family(
+            "edge_graph_entities_applied_total",
+            "entities and relations of the entity graph applied, by kind and action "
+            "(KIND:ADDED, KIND:UPDATED, KIND:DELETED; deletes include cascades)", "kind_action")
+        self._m_held = metrics.counter(
+            "edge_graph_held_total", "entities held until their references are on the edge")
+        self._m_released = metrics.counter(
+            "edge_graph_released_total", "held entities applied once their references came")
+        self._m_removed = metrics.counter(
+            "edge_graph_removed_after_full_sync_total",
+            "entities, relations and held entities removed at the end of a full sync (no "
+            "longer assigned to this edge)")
+        metrics.gauge("edge_graph_held", "entities held now, waiting for their references",
+                      held_now)
+
+    def failed(self, dl_id: int, reason: str, retryable: bool) -> None:
+        self._failed.inc()
+        _log.bind(downlink_id=dl_id, error=reason, retryable=retryable).error(
+            "downlink {} not applied: {}", dl_id, reason)
+
+    def duplicate(self, dl_id: int) -> None:
+        self._duplicates.inc()
+        _log.bind(downlink_id=dl_id).info("downlink {} redelivered: acknowledged only", dl_id)
+
+    def rpc_queued(self, n: int) -> None:
+        self._rpc_requests.inc("QUEUED", n)
+
+    def applied(self, dl_id: int, out: DownlinkOutcome) -> None:
+        """A fresh downlink committed: counted, with what it set aside and did to the graph,
+        its warnings and one line saying what it did."""
+        self._applied.inc()
+        self._count_set_aside(dl_id, out.set_aside)
+        self.graph(dl_id, out)
+        for warning in out.warnings + out.graph.warnings:
+            _log.bind(downlink_id=dl_id).warning("downlink {}: {}", dl_id, warning)
+        _log.bind(downlink_id=dl_id, applied=out.what).info("downlink {} applied: {}", dl_id,
+                                                            out.what)
+
+    def graph(self, dl_id: int, out: DownlinkOutcome) -> None:
+        """What the entity graph did: applied, held, released, removed by a full sync's end."""
+        g = out.graph
+        for entity_type, action in g.applied:
+            self._m_graph.inc(f"{entity_type}:{action}")
+        for what in g.held:
+            self._m_held.inc()
+            _log.bind(downlink_id=dl_id, held=what).info("held until its references come: {}",
+                                                         what)
+        for what in g.released:
+            self._m_released.inc()
+            _log.bind(downlink_id=dl_id, released=what).info(
+                "applied once its references came: {}", what)
+        for r in out.removed:
+            self._m_removed.inc()
+            if r.entity_type != "RELATION" and not r.what.startswith("held "):
+                self._m_graph.inc(f"{r.entity_type}:DELETED")
+            _log.bind(entity_type=r.entity_type, entity_id=r.id, action="DELETED").info(
+                "removed after full sync: no longer assigned to this edge: {}", r.what)
+        if out.full_sync_completed:
+            _log.bind(removed=len(out.removed), version=self._version).info(
+                "full sync completed: {} removed (no longer assigned to this edge); edge version "
+                "{} recorded", len(out.removed), self._version)
+
+    def _count_set_aside(self, dl_id: int, set_aside: dict[str, int]) -> None:
+        """Count the kinds set aside; the first of a kind in this process is logged."""
+        for kind, n in set_aside.items():
+            first = self._set_aside.get(kind) == 0
+            self._set_aside.inc(kind, n)
+            if first:
+                _log.bind(downlink_id=dl_id, kind=kind).info(
+                    "cloud sent {}; set aside on this edge (acknowledged and counted; further "
+                    "ones are only counted)", kind)
