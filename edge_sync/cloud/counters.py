@@ -1,9 +1,9 @@
 """The reference cloud's process-wide counters, shown at the admin API's GET /metrics: downlinks
-refused and parked, requests answered, server-side RPC requests and their answers (unknown and
-late ones apart), entity changes applied from edges and the entity graph's downlinks (by kind),
-and the uplink payloads it receives but does not apply,
-by kind (``cloud_uplink_not_applied_total{kind="deviceProfileUpdateMsg"}``; each kind logged
-once at INFO the first time it is seen, then only counted).
+refused, parked and superseded by a full sync, requests answered, server-side RPC requests and
+their answers (unknown and late ones apart), entity changes applied from edges and the entity
+graph's downlinks (by kind), and the uplink payloads it receives but does not apply, by kind
+(``cloud_uplink_not_applied_total{kind="deviceProfileUpdateMsg"}``; each kind logged once at
+INFO the first time it is seen, then only counted).
 
 Every stream's thread writes them, so each plain counter's increment takes a lock
 (edge_sync.metrics' counters expect one writer each; its counter families lock themselves).
@@ -55,6 +55,10 @@ class CloudCounters:
             "cloud_edge_entity_changes_applied_total",
             "entity changes made on edges applied to the entity graph (ASSET, RELATION), by kind",
             "kind")
+        self.downlinks_superseded = m.counter(
+            "cloud_downlinks_superseded_total",
+            "queued graph downlinks dropped at the end of a full sync the edge-sync edge asked "
+            "for (the sync sent what they carry)")
         self.graph_downlinks = m.counter_family(
             "cloud_graph_downlinks_queued_total",
             "downlinks the entity graph queued for edges (its changes, assignments), by DownlinkMsg "

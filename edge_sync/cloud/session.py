@@ -433,6 +433,7 @@ class StreamSession:
         if not dropped:
             return
         self._stats["downlinks_superseded"] += len(dropped)
+        self._counters.inc(self._counters.downlinks_superseded, len(dropped))
         self._log.bind(edge=self._rk(), edge_id=str(self.edge_id), dropped=len(dropped),
                        first=dropped[0], last=dropped[-1]).info(
             "full sync of edge {} completed: {} downlinks queued before it dropped (it sent "

@@ -1,7 +1,8 @@
 """The entity graph over real gRPC streams of the reference cloud (scripted edges, port 0): a
 full sync of 10,000 entities at more than 2,000 entities a second (packed: one downlink in flight,
-about a hundred entities each), graph changes reaching a connected edge at once, and an edge's
-change reaching another connected edge that holds the entity."""
+about a hundred entities each), graph changes reaching a connected edge at once, an edge's
+change reaching another connected edge that holds the entity, and which full syncs drop the
+graph downlinks queued before them (only one an edge-sync edge asked for; counted)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from loguru import logger
 
 from edge_sync.cloud import CloudServer
-from edge_sync.common.wire import uuid_halves
+from edge_sync.common.wire import uuid_halves, uuid_of
 from edge_sync.config import (
     AdminConfig,
     CloudConfig,
@@ -238,6 +239,8 @@ def test_a_full_sync_drops_the_graph_downlinks_queued_before_it_and_keeps_the_re
     assert (line["level"].name, line["extra"]["edge"], line["extra"]["dropped"]) == (
         "INFO", "rk-1", 6)
     assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 6
+    assert server.counters.downlinks_superseded.value == 6
+    assert "\ncloud_downlinks_superseded_total 6\n" in server.counters.metrics.render_prometheus()
 
 
 def test_a_full_sync_that_never_ends_drops_nothing(server, clients):
@@ -303,3 +306,75 @@ def test_a_full_sync_that_parked_a_downlink_keeps_the_queue(server, clients):
     assert messages == ["full sync of edge rk-1 completed with 1 of its downlinks parked: the "
                         "downlinks queued before it are kept"]
     assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 0
+
+
+def _queue_an_added_then_its_deleted(server: CloudServer) -> Any:
+    """An asset assigned to rk-1 and unassigned again, before the edge connects: its ADDED and
+    its DELETED queued (the edge may hold the asset from before: only the DELETED removes it)."""
+    graph = server.service.graph
+    edge_id = server.service.edge("rk-1").edge_id
+    asset = graph.create_entity("ASSET", {"name": "gone"}, now_ms=NOW)
+    graph.assign(edge_id, "ASSET", asset.id, now_ms=NOW)
+    graph.unassign(edge_id, "ASSET", asset.id, now_ms=NOW)
+    assert server.store.queued_downlinks(edge_id) == 2
+    return asset
+
+
+def _after_the_sync(client: LinkClient) -> tuple[list[edge_pb2.DownlinkMsg], list[edge_pb2.DownlinkMsg]]:
+    """The downlinks up to the sync's end, then the ones after it, each acknowledged."""
+    synced = [client.downlink()]
+    client.ack(synced[-1].downlinkMsgId)
+    while not synced[-1].HasField("syncCompletedMsg"):
+        synced.append(client.downlink())
+        client.ack(synced[-1].downlinkMsgId)
+    after = []
+    while not client.nothing_within(0.5):
+        after.append(client.downlink())
+        client.ack(after[-1].downlinkMsgId)
+    return synced, after
+
+
+@pytest.mark.parametrize("peer", ["operator sync of an edge-sync edge", "ThingsBoard Edge sync"])
+def test_a_full_sync_the_edge_sync_edge_did_not_ask_for_drops_nothing(server, clients, peer):
+    """session._start_sync: only an edge-sync edge (it sends its edgeStoreId) removes, at the
+    end of a full sync it asked for, what the sync did not send. A sync the operator starts
+    (`edge-cloud edge sync`, POST /api/edges/{edge}/sync) and a ThingsBoard Edge's own sync
+    (no edgeStoreId, incarnation 0) remove nothing on the edge: the queued DELETED of what the
+    sync did not send must still go, after the sync, and nothing is dropped or counted."""
+    asset = _queue_an_added_then_its_deleted(server)
+    edge_id = server.service.edge("rk-1").edge_id
+    client = LinkClient(server.port)
+    clients.append(client)
+    if peer.startswith("operator"):
+        assert client.connect("rk-1", "s3cret", store_id="store-rk-1").responseCode \
+            == edge_pb2.ACCEPTED
+        assert server.registry.request_sync(edge_id, "operator") is True
+    else:
+        assert client.connect("rk-1", "s3cret").responseCode == edge_pb2.ACCEPTED
+        client.send(edge_pb2.RequestMsg(msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
+                                        syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=True)))
+    synced, after = _after_the_sync(client)
+    # no longer assigned: not in the sync
+    assert not any(n[1] == "gone" for d in synced for n in names_in(d, "assetUpdateMsg"))
+    assert [(m.msgType, uuid_of(m.idMSB, m.idLSB)) for d in after for m in d.assetUpdateMsg] == [
+        (edge_pb2.ENTITY_CREATED_RPC_MESSAGE, asset.id),
+        (edge_pb2.ENTITY_DELETED_RPC_MESSAGE, asset.id)]
+    assert server.store.queued_downlinks(edge_id) == 0
+    assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 0
+    assert server.counters.downlinks_superseded.value == 0
+
+
+def test_an_edge_sync_edges_own_full_sync_drops_what_it_superseded(server, clients):
+    """The same queue, the full sync asked by an edge-sync edge itself: the ADDED and DELETED
+    queued before it are dropped (the edge removes at the sync's end what it did not send)."""
+    _queue_an_added_then_its_deleted(server)
+    edge_id = server.service.edge("rk-1").edge_id
+    client = connected(server, clients, "rk-1")
+    client.send(edge_pb2.RequestMsg(msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
+                                    syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=True)))
+    synced, after = _after_the_sync(client)
+    assert after == []
+    assert not any(n[1] == "gone" for d in synced for n in names_in(d, "assetUpdateMsg"))
+    assert server.store.queued_downlinks(edge_id) == 0
+    assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 2
+    assert server.counters.downlinks_superseded.value == 2
