@@ -94,6 +94,16 @@ TENANT_WIDE = frozenset({"TENANT", "QUEUE", "USER", "WIDGET_TYPE", "WIDGETS_BUND
 """Kinds on every edge (ThingsBoard's sync sends them all); the others are assigned."""
 NAME_FIELD: Mapping[str, str] = {"TENANT": "title", "CUSTOMER": "title", "DASHBOARD": "title",
                                  "USER": "email"}
+
+
+def name_field(kind: str, body: Mapping[str, Any]) -> str:
+    """The field of an entity's JSON that is its name: NAME_FIELD's, else ``name``; for a
+    widgets bundle its ``title`` when it has one (ThingsBoard's WidgetsBundle.getName() returns
+    the title, and its JSON's ``name`` is a read-only copy of it), else ``name``."""
+    if kind == "WIDGETS_BUNDLE":
+        return "title" if body.get("title") is not None else "name"
+    return NAME_FIELD.get(kind, "name")
+
 _CUSTOMER_OWNED = frozenset({"ASSET", "ENTITY_VIEW", "USER"})
 _USER_SECRETS = ("password", "activateToken", "resetToken")
 _USER_INFO_SECRETS = ("userPasswordHistory",)
@@ -544,10 +554,12 @@ class CloudGraph:
             entity_id = self._ids.new(now_ms)
         if entity_id.int == 0 or entity_id == NULL_ID:
             raise BadRequest(f"{kind_label(kind)}: id {entity_id} is ThingsBoard's null id")
-        field = NAME_FIELD.get(kind, "name")
+        field = name_field(kind, body)
         name = body.get(field)
         if not text_fits(name, MAX_NAME_BYTES):
             raise BadRequest(f"{kind_label(kind)} has no {field} (text of 1 to {MAX_NAME_BYTES} bytes)")
+        if kind == "WIDGETS_BUNDLE" and field == "title":
+            body["name"] = name  # ThingsBoard's WidgetsBundle.getName(): a read-only copy
         body["id"] = typed_id(kind, entity_id)
         if body.get("createdTime") is None:
             body["createdTime"] = (old.created if old is not None else
@@ -1219,7 +1231,7 @@ class CloudGraph:
         def put(kind: str, entity_id: uuid.UUID, text: str) -> None:
             nonlocal made
             body = json.loads(text)
-            name = body.get(NAME_FIELD.get(kind, "name"))
+            name = body.get(name_field(kind, body))
             if self._get(txn, entity_id) is not None or self._named(txn, kind, name) is not None:
                 return
             created = int(body.get("createdTime") or 0)

@@ -381,6 +381,28 @@ def test_a_device_unassigned_from_its_edge_is_kept_and_may_be_assigned_again(
         graph.assign(e1, "DEVICE", dev.id, now_ms=NOW)
 
 
+def test_a_widgets_bundle_is_named_by_its_title_as_thingsboards(graph):
+    """ThingsBoard's WidgetsBundle.getName() is its title (the JSON's name a read-only copy):
+    a bundle with only a title is accepted, named by it, and its name follows the title."""
+    bundle = graph.create_entity("WIDGETS_BUNDLE", {"title": "Plant widgets", "alias": "plant"},
+                                 now_ms=NOW)
+    assert (bundle.name, bundle.body()["title"], bundle.body()["name"]) == (
+        "Plant widgets", "Plant widgets", "Plant widgets")
+    assert [b.id for b in graph.entities(entity_type="WIDGETS_BUNDLE", name="Plant widgets")] \
+        == [bundle.id]
+    changed = graph.update_entity("WIDGETS_BUNDLE", bundle.id,
+                                  {"title": "Gauges", "name": "ignored", "alias": "plant"},
+                                  now_ms=NOW)
+    assert (changed.name, changed.body()["name"]) == ("Gauges", "Gauges")
+    assert graph.entities(entity_type="WIDGETS_BUNDLE", name="Plant widgets") == []
+    with pytest.raises(Conflict, match="a widgets bundle named 'Gauges' already exists"):
+        graph.create_entity("WIDGETS_BUNDLE", {"title": "Gauges"}, now_ms=NOW)
+    named = graph.create_entity("WIDGETS_BUNDLE", {"name": "By name"}, now_ms=NOW)
+    assert named.name == "By name"  # a name alone is still a name
+    with pytest.raises(BadRequest, match="widgets bundle has no name"):
+        graph.create_entity("WIDGETS_BUNDLE", {"alias": "x"}, now_ms=NOW)
+
+
 THERMOSTAT_ALARMS = [{"id": "hot", "alarmType": "High temperature", "propagate": False,
                       "createRules": {"MAJOR": {"condition": {"condition": [{
                           "key": {"type": "TIME_SERIES", "key": "temperature"},
