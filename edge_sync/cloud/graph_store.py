@@ -201,6 +201,20 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+EDGE_FILLED = frozenset({"tenantId", "customerId"})
+"""Fields the cloud fills into an entity an edge sends, which the edge keeps out of its own
+copy (it adds its tenant and customer when it sends): no reason to send the entity back."""
+
+
+def _edge_differs(sent: Any, kept: Mapping[str, Any]) -> list[str]:
+    """The fields (sorted) in which the cloud's JSON of an entity differs from what an edge
+    sent, tenantId and customerId aside (EDGE_FILLED)."""
+    if not isinstance(sent, Mapping):
+        return sorted(set(kept) - EDGE_FILLED)
+    keys = (set(sent) | set(kept)) - EDGE_FILLED
+    return sorted(k for k in keys if k not in sent or k not in kept or sent[k] != kept[k])
+
+
 def _refs(kind: str, body: Mapping[str, Any]) -> list[Ref]:
     """The hard references of an entity as the graph keeps them. A rule chain's metadata names
     its own chain (``ruleChainId``): that is where it lives, not a reference."""
@@ -1367,8 +1381,18 @@ class CloudGraph:
             name = f"{name}_{''.join(secrets.choice(alphabet) for _ in range(15))}"
             prepared["name"] = name
             renamed = True
+        # the edge is sent the cloud's JSON back whenever it is not what the edge sent (a new
+        # name, the profile found or made for its type, a createdTime or type filled in), as
+        # ThingsBoard's server sends a renamed asset back: else the edge would never hold it
+        echo = _edge_differs(body, prepared)
         text = _compact(prepared)
         if old is not None and old.json == text:
+            if echo:
+                self._queue(txn, change, [edge_id], self.entity_downlink(txn, old, "UPDATED"),
+                            "assetUpdateMsg")
+                _log.bind(entity_type="ASSET", entity_id=str(asset_id), edge_id=str(edge_id),
+                          action=action, differs=echo).info(
+                    "asset change from an edge unchanged in the cloud; the cloud's sent back")
             return "unchanged"
         rec = _Rec("ASSET", asset_id, name, text, prepared["createdTime"], now_ms,
                    old.origin if old is not None else "edge")
@@ -1377,13 +1401,14 @@ class CloudGraph:
             txn.put(edge_id.bytes + bytes([_rank("ASSET")]) + asset_id.bytes, b"ASSET",
                     db=self._dbh("g_assign"))
             txn.put(asset_id.bytes + edge_id.bytes, b"", db=self._dbh("g_assigned"))
-        if renamed:
+        if echo:
             self._queue(txn, change, [edge_id], self.entity_downlink(txn, rec, "UPDATED"),
                         "assetUpdateMsg")
         if old is not None:
             self._changed(txn, change, rec, "UPDATED", exclude=edge_id)
         _log.bind(entity_type="ASSET", entity_id=str(asset_id), name=name, edge_id=str(edge_id),
-                  action=action, renamed=renamed).info("asset change from an edge applied")
+                  action=action, renamed=renamed, sent_back=echo or None).info(
+            "asset change from an edge applied")
         return "renamed" if renamed else ("created" if old is None else "updated")
 
     def _edge_relations_deleted(self, txn: lmdb.Transaction, change: _Change, edge_id: uuid.UUID,

@@ -18,7 +18,7 @@ from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.store import CloudStore, UplinkApplied
 from edge_sync.cloud.uplink import events_to_apply
 from edge_sync.common import ids
-from edge_sync.common.wire import uuid_halves, uuid_of
+from edge_sync.common.wire import asset_entity, uuid_halves, uuid_of
 from edge_sync.errors import PayloadRejected
 from edge_sync.proto import edge_pb2
 
@@ -61,14 +61,29 @@ def drain(store: CloudStore, edge_id: uuid.UUID) -> list[edge_pb2.DownlinkMsg]:
     return [edge_pb2.DownlinkMsg.FromString(q.payload) for q in got]
 
 
-def asset_msg(asset_id: uuid.UUID, name: str, seq: int, msg_type: int = CREATED,
+def asset_msg(asset_id: uuid.UUID, name: str, seq: int, msg_type: int = CREATED, *,
+              profile: uuid.UUID | None = None, body: dict[str, Any] | None = None,
               **extra: Any) -> edge_pb2.AssetUpdateMsg:
+    """An assetUpdateMsg as our edge sends it (common/wire.asset_entity: no tenant or customer,
+    ``assetProfileId`` only when the edge knows the profile), or with ``body`` as the entity."""
     msb, lsb = uuid_halves(asset_id)
     msg = edge_pb2.AssetUpdateMsg(msgType=msg_type, idMSB=msb, idLSB=lsb, edgeSeqId=seq)
     if msg_type != DELETED:
-        msg.entity = json.dumps({"id": typed("ASSET", asset_id), "createdTime": NOW,
-                                 "name": name, "type": "default", "label": "", **extra})
+        if body is None:
+            body = asset_entity(asset_id, created_time=NOW, name=name, type_="default", label="",
+                                profile_id=profile, additional_info=None)
+        msg.entity = json.dumps({**body, **extra})
     return msg
+
+
+def default_profile(service: CloudService) -> uuid.UUID:
+    (found,) = service.graph.entities(entity_type="ASSET_PROFILE", name="default")
+    return found.id
+
+
+def as_the_edge_keeps(body: dict[str, Any]) -> dict[str, Any]:
+    """An entity's JSON without the tenant and customer (the edge adds its own when it sends)."""
+    return {k: v for k, v in body.items() if k not in ("tenantId", "customerId")}
 
 
 def relation_msg(src: tuple[str, uuid.UUID], dst: tuple[str, uuid.UUID], seq: int,
@@ -82,15 +97,18 @@ def test_an_asset_the_edge_creates_is_stored_assigned_to_it_and_applied_once(
         store, service, edges):
     e1, _ = edges
     asset_id = ids.time_based()
-    out = apply(store, e1, assetUpdateMsg=[asset_msg(asset_id, "made on edge", 1)])
+    sent = asset_msg(asset_id, "made on edge", 1, profile=default_profile(service))
+    out = apply(store, e1, assetUpdateMsg=[sent])
     assert (out.applied, out.duplicates, dict(out.entities)) == (1, 0, {"ASSET": 1})
     entity = service.graph.entity(asset_id)
     assert entity is not None and entity.edges == (e1,) and entity.name == "made on edge"
     body = entity.body()
     assert body["tenantId"] == typed("TENANT", store.tenant_id())  # filled by the cloud
-    assert body["assetProfileId"]["entityType"] == "ASSET_PROFILE"
-    assert drain(store, e1) == []  # not echoed to the edge that made it
-    again = apply(store, e1, assetUpdateMsg=[asset_msg(asset_id, "made on edge", 1)])
+    assert body["customerId"]["entityType"] == "CUSTOMER"
+    assert as_the_edge_keeps(body) == json.loads(sent.entity)
+    # the cloud keeps what the edge sent, the tenant and customer aside: nothing sent back
+    assert drain(store, e1) == []
+    again = apply(store, e1, assetUpdateMsg=[sent])
     assert (again.applied, again.duplicates, dict(again.entities)) == (0, 1, {})
     [event] = store.events(e1)
     assert (event.entity_type, event.entity_id, event.action) == ("ASSET", asset_id, "ADDED")
@@ -104,6 +122,7 @@ def test_an_asset_change_goes_to_the_other_edges_holding_it_and_a_delete_deletes
         service.graph.assign(edge_id, "ASSET", asset.id, now_ms=NOW)
         drain(store, edge_id)
     out = apply(store, e1, assetUpdateMsg=[asset_msg(asset.id, "shared", 5, UPDATED,
+                                                     body=as_the_edge_keeps(asset.body()),
                                                      label="renamed on e1")])
     assert out.woken == {e2} and dict(out.queued) == {"assetUpdateMsg": 1}
     (msg,) = drain(store, e2)
@@ -127,6 +146,45 @@ def test_an_edge_asset_whose_name_is_taken_is_renamed_and_the_edge_told(store, s
     upd = msg.assetUpdateMsg[0]
     assert (upd.msgType, uuid_of(upd.idMSB, upd.idLSB)) == (UPDATED, asset_id)
     assert json.loads(upd.entity)["name"] == entity.name
+
+
+def test_an_edge_asset_of_a_new_type_is_sent_back_with_the_profile_the_cloud_made(
+        store, service, edges):
+    """ThingsBoard's saveAsset finds or makes the profile an asset's type names: the edge that
+    made the asset (it knew no such profile) is sent the asset back, UPDATED, with the cloud's
+    JSON; every edge gets the new profile. An update that again lacks the profile is sent back
+    too, though the cloud's JSON does not change."""
+    e1, e2 = edges
+    asset_id = ids.time_based()
+    sent = asset_msg(asset_id, "kiosk-1", 1, type="kiosk")
+    out = apply(store, e1, assetUpdateMsg=[sent])
+    assert dict(out.entities) == {"ASSET": 1} and out.woken == {e1, e2}
+    (profile,) = service.graph.entities(entity_type="ASSET_PROFILE", name="kiosk")
+    entity = service.graph.entity(asset_id)
+    assert entity is not None
+    assert entity.body()["assetProfileId"] == typed("ASSET_PROFILE", profile.id)
+    made, back = drain(store, e1)
+    assert [fd.name for fd, _ in made.ListFields()] == ["assetProfileUpdateMsg"]
+    assert uuid_of(made.assetProfileUpdateMsg[0].idMSB, made.assetProfileUpdateMsg[0].idLSB) \
+        == profile.id
+    assert [fd.name for fd, _ in back.ListFields()] == ["assetUpdateMsg"]
+    upd = back.assetUpdateMsg[0]
+    assert (upd.msgType, uuid_of(upd.idMSB, upd.idLSB)) == (UPDATED, asset_id)
+    assert json.loads(upd.entity) == entity.body()
+    (other,) = drain(store, e2)  # the other edge: the profile only (the asset is not on it)
+    assert [fd.name for fd, _ in other.ListFields()] == ["assetProfileUpdateMsg"]
+    # the same JSON again, still without the profile: unchanged in the cloud, sent back again
+    again = apply(store, e1, assetUpdateMsg=[asset_msg(asset_id, "kiosk-1", 2, UPDATED,
+                                                       type="kiosk")])
+    assert (again.applied, dict(again.entities), dict(again.queued)) == (
+        1, {}, {"assetUpdateMsg": 1})
+    (back,) = drain(store, e1)
+    assert json.loads(back.assetUpdateMsg[0].entity) == entity.body()
+    assert drain(store, e2) == []
+    # with the profile it now knows: nothing to send back
+    known = asset_msg(asset_id, "kiosk-1", 3, UPDATED, type="kiosk", profile=profile.id)
+    assert dict(apply(store, e1, assetUpdateMsg=[known]).queued) == {}
+    assert drain(store, e1) == []
 
 
 def test_an_asset_of_another_edge_is_not_changed_by_this_one(store, service, edges):
