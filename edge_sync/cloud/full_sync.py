@@ -15,6 +15,11 @@ durable queue follows the sync); what was queued before the sync started and car
 changes is dropped once the edge has acknowledged the sync's end (session.py: the sync sent the
 graph as it was, and the edge removed at its end what it did not send).
 
+Left out: an entity assigned to the edge whose hard references (entity_graph.references) are not
+all on it, e.g. an entity view of an asset not assigned there: the edge would hold it for ever,
+waiting. One WARNING per sync says how many and what each lacks; CloudGraph.assignment() leaves
+them out too, and assigning what they lack queues them for the edge again (graph_store.py).
+
 Also the stable ids of the cloud's own entities (queues, rule chain, rule nodes, profiles):
 time-based, made once and kept in the store, so every sync and every restart names the same ones.
 """
@@ -23,9 +28,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from loguru import logger
 
 from edge_sync.cloud import downlink_batch, downlinks, tb_entities
 from edge_sync.cloud.graph_store import (
@@ -46,6 +54,10 @@ if TYPE_CHECKING:
 
 CHUNK = 256
 """Entities read in one read transaction."""
+LOGGED_LEFT_OUT = 10
+"""Entities left out of a sync named in its log line (the rest counted)."""
+
+_log = logger.bind(component="cloud-sync")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +165,49 @@ def _devices(store: CloudStore, edge_id: uuid.UUID) -> Iterator[CloudDevice]:
         yield item.device
 
 
-def _edge_items(store: CloudStore, edge: EdgeRecord, now_ms: int) -> Iterator[_Item]:
+WAITABLE = frozenset(entity_graph.BY_TYPE) | {"WIDGET_TYPE_FQN"}
+"""The references an edge waits for (storage/graph_store.WAITABLE): any other kind (an edge)
+the edge takes as there."""
+_WITH_REFS = frozenset({"WIDGET_TYPE", METADATA, "DASHBOARD", "ASSET", "ENTITY_VIEW"})
+"""The graph kinds whose JSON names hard references, or provides one besides its id (a widget
+type's fqn): read to check an entity's references. The others only provide their id."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """An entity assigned to the edge that a sync leaves out: what it references is not sent."""
+
+    kind: str
+    id: uuid.UUID
+    missing: tuple[entity_graph.Ref, ...]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id} needs {', '.join(str(r) for r in self.missing)}"
+
+
+def _edge_items(store: CloudStore, edge: EdgeRecord, now_ms: int,
+                left_out: list[LeftOut] | None = None) -> Iterator[_Item]:
     """Every entity on the edge (not relations), in sync order: a rule chain is followed by its
     metadata (kind RULE_CHAIN_METADATA, under the chain's id), a device is an item of kind
-    DEVICE with its record (its JSON is made when sent)."""
+    DEVICE with its record (its JSON is made when sent).
+
+    Left out (added to ``left_out``): an entity whose hard references (entity_graph.references)
+    are not all on the edge, such as an entity view of an asset not assigned to it, and what
+    references a left-out one. Sent, the edge would hold it for ever, waiting; and that edge's
+    delete of what it referenced has removed it (CloudGraph unassigns such dependants too; this
+    is the defence in depth). The sync's order sends references first, so each is checked
+    against what the sync has sent; a rule chain's metadata against every chain on the edge (it
+    follows its own chain, and may name one sent after it)."""
     graph = store.graph
     root = graph.root_chain_id()
     profiles: dict[str, uuid.UUID] = {}
+    sent: set[entity_graph.Ref] = {entity_graph.Ref("EDGE", str(edge.edge_id))}
+
+    def missing(kind: str, body: Any) -> tuple[entity_graph.Ref, ...]:
+        refs = (entity_graph.references(kind, {**body, "ruleChainId": None}) if kind == METADATA
+                else entity_graph.references(kind, body))
+        return tuple(r for r in refs if r.kind in WAITABLE and r not in sent)
+
     for kind in entity_graph.KINDS:
         name = kind.entity_type
         if name in (METADATA, "USER_CREDENTIALS", "DEVICE_CREDENTIALS", "RELATION"):
@@ -168,6 +216,7 @@ def _edge_items(store: CloudStore, edge: EdgeRecord, now_ms: int) -> Iterator[_I
             for device in _devices(store, edge.edge_id):
                 if device.type not in profiles:
                     profiles[device.type] = graph.device_profile_id(device.type, now_ms)
+                sent.add(entity_graph.Ref("DEVICE", str(device.id)))
                 yield _Item("DEVICE", device.id, str(profiles[device.type]), device)
             continue
         if name == "DEVICE_PROFILE":  # the profiles of the edge's devices' types exist first
@@ -178,15 +227,40 @@ def _edge_items(store: CloudStore, edge: EdgeRecord, now_ms: int) -> Iterator[_I
         if name in TENANT_WIDE:
             items: Iterable[_Item] = _of_kind(store, name)
         elif name == "RULE_CHAIN":
+            sent.update(entity_graph.Ref("RULE_CHAIN", str(c)) for c in _chain_ids(store, edge, root))
             items = _rule_chains(store, edge.edge_id, root)
         else:
             items = _assigned(store, edge.edge_id, name)
         for item in items:
+            if item.kind in _WITH_REFS:
+                body = json.loads(item.json)
+                lacks = missing(item.kind, body)
+                if lacks:
+                    if left_out is not None:
+                        left_out.append(LeftOut(item.kind, item.id, lacks))
+                    continue
+                sent.update(entity_graph.provides(item.kind, item.id, body))
+            else:
+                sent.add(entity_graph.Ref(item.kind, str(item.id)))
             yield item
             if item.kind == "RULE_CHAIN":
                 meta = graph.metadata(item.id)
-                if meta is not None:
-                    yield _Item(METADATA, item.id, meta)
+                if meta is None:
+                    continue
+                lacks = missing(METADATA, json.loads(meta))
+                if lacks:
+                    if left_out is not None:
+                        left_out.append(LeftOut(METADATA, item.id, lacks))
+                    continue
+                yield _Item(METADATA, item.id, meta)
+
+
+def _chain_ids(store: CloudStore, edge: EdgeRecord, root: uuid.UUID | None) -> list[uuid.UUID]:
+    """The rule chains on the edge: the root one and those assigned to it (a handful)."""
+    rank = entity_graph.BY_TYPE["RULE_CHAIN"].sync_rank
+    with store.lmdb.read() as txn:
+        found = [entity_id for _, _, entity_id in store.graph.assigned(txn, edge.edge_id, rank=rank)]
+    return ([root] if root is not None else []) + found
 
 
 def _rule_chains(store: CloudStore, edge_id: uuid.UUID, root: uuid.UUID | None) -> Iterator[_Item]:
@@ -223,7 +297,8 @@ def entries(store: CloudStore, edge: EdgeRecord, now_ms: int) -> Iterator[tuple[
     SyncCompletedMsg, in order."""
     on_edge: set[uuid.UUID] = {edge.edge_id}
     devices: list[uuid.UUID] = []
-    for item in _edge_items(store, edge, now_ms):
+    left_out: list[LeftOut] = []
+    for item in _edge_items(store, edge, now_ms, left_out):
         on_edge.add(item.id)
         if item.device is not None:
             devices.append(item.id)
@@ -236,6 +311,14 @@ def entries(store: CloudStore, edge: EdgeRecord, now_ms: int) -> Iterator[tuple[
         action = "UPDATED" if item.kind == "TENANT" else "ADDED"
         field, msg = downlinks.entity_message(item.kind, action, item.id, item.json)
         yield field, msg.SerializeToString()
+    if left_out:
+        kinds = Counter(lo.kind for lo in left_out)
+        _log.bind(edge=edge.routing_key, edge_id=str(edge.edge_id), left_out=len(left_out),
+                  kinds=dict(kinds), first=[str(lo) for lo in left_out[:LOGGED_LEFT_OUT]]).warning(
+            "full sync of edge {}: {} entities assigned to it left out, what they reference is "
+            "not on the edge (the edge would hold them for ever): {}{}", edge.routing_key,
+            len(left_out), "; ".join(str(lo) for lo in left_out[:LOGGED_LEFT_OUT]),
+            f"; and {len(left_out) - LOGGED_LEFT_OUT} more" if len(left_out) > LOGGED_LEFT_OUT else "")
     yield from _relations(store, on_edge)
     for start in range(0, len(devices), CHUNK):
         with store.lmdb.read() as txn:

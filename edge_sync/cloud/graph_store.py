@@ -18,17 +18,23 @@ it connects. What "holds" means:
 Downlinks, as ThingsBoard's edge processors build them: an assignment queues the entity ADDED
 (ENTITY_CREATED; an asset with its asset profile, a rule chain with its metadata, as
 AssetEdgeProcessor / a sync send them), then one relationUpdateMsg per relation whose other end is
-on that edge; an update queues UPDATED to each edge holding it; a deletion or an unassignment
-queues DELETED (the id only; the edge removes what depends on the entity itself). A relation added
-or deleted queues its relationUpdateMsg (ENTITY_CREATED / ENTITY_DELETED, ThingsBoard's
-getUpdateMsgType for RELATION_ADD_OR_UPDATE / RELATION_DELETED) to each edge holding both ends.
-A device put on an edge (created there, or assigned to it) queues one DownlinkMsg with the
-device, its credentials and its device profile as the graph stores it (device_downlink_in: the
-JSON a full sync sends, so a device never overwrites the edge's copy of its profile).
+on that edge, then (again) what on that edge was waiting for it; an update queues UPDATED to each
+edge holding it; a deletion or an unassignment queues DELETED (the id only; the edge removes what
+depends on the entity itself). An unassignment also takes off that edge, first, what is assigned
+to it and hard-references the entity (its entity views, recursively): the edge's delete removed
+them, and left assigned they would be sent by every full sync and held on the edge for ever. A
+relation added or deleted queues its relationUpdateMsg (ENTITY_CREATED / ENTITY_DELETED,
+ThingsBoard's getUpdateMsgType for RELATION_ADD_OR_UPDATE / RELATION_DELETED) to each edge
+holding both ends. A device put on an edge (created there, or assigned to it) queues one
+DownlinkMsg with the device, its credentials and its device profile as the graph stores it
+(device_downlink_in: the JSON a full sync sends, so a device never overwrites the edge's copy of
+its profile). An asset an edge sends is sent back to it (UPDATED) whenever the cloud's JSON is not
+what the edge sent, tenant and customer aside (a new name, the profile its type names).
 
 Refused at creation (BadRequest, nothing stored): an unknown kind, a missing name (``title`` of
-a dashboard, customer or tenant, ``email`` of a user), a reference to an entity that does not
-exist, JSON that would not fit in one message to an edge (the limit named), a reference cycle
+a dashboard, customer or tenant, ``email`` of a user, ``title`` or else ``name`` of a widgets
+bundle, whose ``name`` is then its title, as ThingsBoard's is), a reference to an entity that does
+not exist, JSON that would not fit in one message to an edge (the limit named), a reference cycle
 (entity_graph.find_cycle: rule chain A forwarding to B forwarding to A). Conflict: the name is
 taken in its kind. A user's password (and password history, activation and reset tokens) is
 never stored.
@@ -470,14 +476,17 @@ class CloudGraph:
         return payload
 
     def _relation_downlinks(self, txn: lmdb.Transaction, change: _Change, edge_id: uuid.UUID,
-                            entity_id: uuid.UUID) -> int:
-        """Queue for ``edge_id`` the relations of ``entity_id`` whose other end it holds."""
+                            entity_id: uuid.UUID, besides: uuid.UUID | None = None) -> int:
+        """Queue for ``edge_id`` the relations of ``entity_id`` whose other end it holds (but
+        those with ``besides``, queued already)."""
         count = 0
         for rel in self._relations_of(txn, entity_id):
             key = entity_graph.relation_key(rel)
             if key is None:
                 continue
             other = key[1] if key[0].key == str(entity_id) else key[0]
+            if besides is not None and other.key == str(besides):
+                continue
             if edge_id in self._ref_edges(txn, other):
                 payload = downlinks.message_of([downlinks.relation_message(
                     "RELATION_ADD_OR_UPDATE", _compact(rel))])
@@ -931,9 +940,10 @@ class CloudGraph:
     def assign(self, edge_id: uuid.UUID, entity_type: str, entity_id: uuid.UUID, *,
                now_ms: int) -> bool:
         """Put an entity on an edge: ADDED queued for it, then each relation of the entity whose
-        other end the edge holds. False when it was on the edge already (the kinds on every
-        edge always are). A device (kind DEVICE) unassigned from its edge may be assigned to
-        one again (its device downlink, as at its creation)."""
+        other end the edge holds, then (again) what is on the edge and was waiting for it
+        (_dependants_again). False when it was on the edge already (the kinds on every edge
+        always are). A device (kind DEVICE) unassigned from its edge may be assigned to one
+        again (its device downlink, as at its creation)."""
         self._edge_exists(edge_id)
         if entity_type == "DEVICE":
             return bool(self._write(lambda txn, change: self._assign_device(txn, change, edge_id,
@@ -953,8 +963,51 @@ class CloudGraph:
         self._queue(txn, change, [edge_id], self.entity_downlink(txn, rec, "ADDED"),
                     entity_graph.BY_TYPE[kind].downlink_field)
         relations = self._relation_downlinks(txn, change, edge_id, entity_id)
+        again = self._dependants_again(txn, change, edge_id, kind, entity_id, json.loads(rec.json))
         _log.bind(entity_type=kind, entity_id=str(entity_id), name=rec.name, edge_id=str(edge_id),
-                  action="ASSIGNED_TO_EDGE", relations=relations).info("entity assigned to an edge")
+                  action="ASSIGNED_TO_EDGE", relations=relations, dependants=again).info(
+            "entity assigned to an edge")
+        return True
+
+    def _dependants_again(self, txn: lmdb.Transaction, change: _Change, edge_id: uuid.UUID,
+                          kind: str, entity_id: uuid.UUID, body: Mapping[str, Any]) -> int:
+        """Queue for the edge, again, the ADDED of what is on it and hard-references the entity
+        just put on it (an entity view of it, a rule chain's metadata forwarding to it), with
+        its relations, once every reference of it is on the edge: a full sync leaves such an
+        entity out while one is missing (full_sync.py), so it would otherwise never come. An
+        edge that holds it already finds it unchanged. How many."""
+        count = 0
+        for ref in entity_graph.provides(kind, entity_id, body):
+            for dep_kind, dep_id in self._dependants(txn, ref):
+                if dep_kind == METADATA:
+                    text = self._metadata(txn, dep_id)
+                    if text is None or edge_id not in self._edges_holding(txn, "RULE_CHAIN", dep_id) \
+                            or not self._refs_on_edge(txn, edge_id, _refs(METADATA, json.loads(text))):
+                        continue
+                    payload = downlinks.message_of(
+                        [downlinks.entity_message(METADATA, "ADDED", dep_id, text)])
+                    self._queue(txn, change, [edge_id], payload, "ruleChainMetadataUpdateMsg")
+                else:
+                    dep = self._get(txn, dep_id)
+                    if dep is None or dep.kind != dep_kind \
+                            or not self._is_assigned(txn, edge_id, dep_kind, dep_id) \
+                            or not self._refs_on_edge(txn, edge_id, _refs(dep_kind, json.loads(dep.json))):
+                        continue
+                    self._queue(txn, change, [edge_id], self.entity_downlink(txn, dep, "ADDED"),
+                                entity_graph.BY_TYPE[dep_kind].downlink_field)
+                    self._relation_downlinks(txn, change, edge_id, dep_id, besides=entity_id)
+                count += 1
+        return count
+
+    def _refs_on_edge(self, txn: lmdb.Transaction, edge_id: uuid.UUID, refs: Iterable[Ref]) -> bool:
+        """Whether every one of ``refs`` is on the edge (a kind the edge never waits for, such
+        as an edge, counts as there: storage/graph_store.WAITABLE)."""
+        for ref in refs:
+            if ref.kind == "WIDGET_TYPE_FQN":
+                if self._named(txn, "WIDGET_TYPE_FQN", ref.key) is None:  # tenant-wide
+                    return False
+            elif ref.kind in entity_graph.BY_TYPE and edge_id not in self._ref_edges(txn, ref):
+                return False
         return True
 
     def _assign_device(self, txn: lmdb.Transaction, change: _Change, edge_id: uuid.UUID,
@@ -974,6 +1027,7 @@ class CloudGraph:
         self._queue(txn, change, [edge_id], self.device_downlink_in(txn, moved),
                     "deviceUpdateMsg")
         self._relation_downlinks(txn, change, edge_id, device_id)
+        self._dependants_again(txn, change, edge_id, "DEVICE", device_id, {})
         _log.bind(entity_type="DEVICE", entity_id=str(device_id), name=dev.name,
                   edge_id=str(edge_id), action="ASSIGNED_TO_EDGE").info("device assigned to an edge")
         return True
@@ -981,8 +1035,10 @@ class CloudGraph:
     def unassign(self, edge_id: uuid.UUID, entity_type: str, entity_id: uuid.UUID, *,
                  now_ms: int) -> bool:
         """Take an entity off an edge: DELETED queued for it (the edge removes its relations
-        and dependants itself). False when it was not assigned to the edge. A device is kept,
-        on no edge (it may be assigned again)."""
+        and dependants itself), and every entity assigned to that edge that hard-references it
+        (recursively: its entity views, rule chains whose metadata forwards to it) taken off
+        too, each DELETED queued before it. False when it was not assigned to the edge. A
+        device is kept, on no edge (it may be assigned again)."""
         if entity_type == "DEVICE":
             return bool(self._write(lambda txn, change: self._unassign_device(txn, change, edge_id,
                                                                               entity_id)))
@@ -992,15 +1048,61 @@ class CloudGraph:
             rec = self._must(txn, kind, entity_id)
             if not self._is_assigned(txn, edge_id, kind, entity_id):
                 return False
-            self._drop_assignment(txn, edge_id, kind, entity_id)
-            self._queue(txn, change, [edge_id], self.entity_downlink(txn, rec, "DELETED"),
-                        entity_graph.BY_TYPE[kind].downlink_field)
-            _log.bind(entity_type=kind, entity_id=str(entity_id), name=rec.name,
-                      edge_id=str(edge_id), action="UNASSIGNED_FROM_EDGE").info(
-                "entity unassigned from an edge")
+            self._unassign_in(txn, change, edge_id, rec, because=None)
             return True
 
         return bool(self._write(fn))
+
+    def _unassign_in(self, txn: lmdb.Transaction, change: _Change, edge_id: uuid.UUID,
+                     rec: _Rec, because: Ref | None) -> None:
+        """Take ``rec`` (assigned to the edge) off it, with everything assigned to that edge
+        that hard-references it (recursively): the edge's delete of ``rec`` removes those too
+        (its cascade), so assigned they would be sent again by every full sync and held on the
+        edge for ever. Their DELETED is queued first, dependants before what they reference,
+        as the edge's cascade removes them."""
+        self._drop_assignment(txn, edge_id, rec.kind, rec.id)
+        cascade = self._unassign_dependants(txn, change, edge_id, rec.kind, rec.id,
+                                            json.loads(rec.json))
+        self._queue(txn, change, [edge_id], self.entity_downlink(txn, rec, "DELETED"),
+                    entity_graph.BY_TYPE[rec.kind].downlink_field)
+        log = _log.bind(entity_type=rec.kind, entity_id=str(rec.id), name=rec.name,
+                        edge_id=str(edge_id), action="UNASSIGNED_FROM_EDGE", dependants=cascade)
+        if because is None:
+            log.info("entity unassigned from an edge")
+        else:
+            log.bind(references=str(because)).info(
+                "entity unassigned from an edge with {} it references", because)
+
+    def _unassign_dependants(self, txn: lmdb.Transaction, change: _Change, edge_id: uuid.UUID,
+                             kind: str, entity_id: uuid.UUID, body: Mapping[str, Any]) -> int:
+        """Unassign from the edge every entity assigned to it whose hard references
+        (entity_graph.references: an entity view's device or asset, a rule chain's metadata
+        forwarding to a chain) name the entity ``kind``/``entity_id`` that is leaving it; how
+        many, recursively. A rule chain's metadata goes with its chain (a chain is of no use
+        without it). What is on every edge cannot leave one: logged, and left out of the edge's
+        full syncs while what it references is not there (full_sync.py)."""
+        count = 0
+        leaving = Ref(kind, str(entity_id))
+        for ref in entity_graph.provides(kind, entity_id, body):
+            for dep_kind, dep_id in self._dependants(txn, ref):
+                dep_kind = "RULE_CHAIN" if dep_kind == METADATA else dep_kind
+                if dep_kind not in GRAPH_KINDS:
+                    continue
+                if self._on_every_edge(txn, dep_kind, dep_id):
+                    _log.bind(entity_type=dep_kind, entity_id=str(dep_id), edge_id=str(edge_id),
+                              references=str(leaving)).warning(
+                        "{} {} is on every edge and references {}, which leaves edge {}: it "
+                        "stays, and waits there for it", kind_label(dep_kind), dep_id, leaving,
+                        edge_id)
+                    continue
+                if not self._is_assigned(txn, edge_id, dep_kind, dep_id):
+                    continue
+                dep = self._get(txn, dep_id)
+                if dep is None or dep.kind != dep_kind:
+                    continue
+                self._unassign_in(txn, change, edge_id, dep, because=leaving)
+                count += 1
+        return count
 
     def _unassign_device(self, txn: lmdb.Transaction, change: _Change, edge_id: uuid.UUID,
                          device_id: uuid.UUID) -> bool:
@@ -1012,9 +1114,11 @@ class CloudGraph:
         kept = dataclasses.replace(dev, edge_id=UNASSIGNED)
         self._store._put_device(txn, kept, dev)
         txn.delete(UNASSIGNED.bytes + dev.id.bytes, db=self._db["edge_devices"])
+        # its entity views leave the edge with it (the edge's delete removes them)
+        cascade = self._unassign_dependants(txn, change, edge_id, "DEVICE", device_id, {})
         self._queue(txn, change, [edge_id], downlinks.device_deleted(device_id), "deviceUpdateMsg")
         _log.bind(entity_type="DEVICE", entity_id=str(device_id), name=dev.name,
-                  edge_id=str(edge_id), action="UNASSIGNED_FROM_EDGE").info(
+                  edge_id=str(edge_id), action="UNASSIGNED_FROM_EDGE", dependants=cascade).info(
             "device unassigned from its edge")
         return True
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loguru import logger
 
 from edge_sync.cloud.graph_store import CloudGraph
 from edge_sync.cloud.service import CloudService
@@ -379,6 +380,152 @@ def test_a_device_unassigned_from_its_edge_is_kept_and_may_be_assigned_again(
     assert [d.id for d in store.devices_of_edge(e2)] == [dev.id]
     with pytest.raises(Conflict, match="a device is on one edge"):
         graph.assign(e1, "DEVICE", dev.id, now_ms=NOW)
+
+
+def entries(msg: edge_pb2.DownlinkMsg) -> list[tuple[str, int, uuid.UUID]]:
+    """(DownlinkMsg list, msgType, entity id) of each entry of a graph downlink; a rule chain's
+    metadata by its chain's id, a relation by the nil id."""
+    out = []
+    for fd, value in msg.ListFields():
+        for entry in value:
+            if fd.name == "ruleChainMetadataUpdateMsg":
+                entity_id = uuid.UUID(json.loads(entry.entity)["ruleChainId"]["id"])
+            elif fd.name == "relationUpdateMsg":
+                entity_id = uuid.UUID(int=0)
+            else:
+                entity_id = uuid_of(entry.idMSB, entry.idLSB)
+            out.append((fd.name, entry.msgType, entity_id))
+    return out
+
+
+def view_of(kind: str, target: uuid.UUID, name: str) -> dict[str, Any]:
+    return {"name": name, "type": "zone", "entityId": typed(kind, target)}
+
+
+@pytest.fixture
+def unassign_lines() -> Iterator[list[Any]]:
+    """The log records of unassignments (action UNASSIGNED_FROM_EDGE)."""
+    got: list[Any] = []
+    sink = logger.add(lambda m: got.append(m.record), level="INFO",
+                      filter=lambda r: r["extra"].get("action") == "UNASSIGNED_FROM_EDGE")
+    yield got
+    logger.remove(sink)
+
+
+def test_unassigning_an_asset_or_a_device_takes_their_entity_views_off_that_edge_too(
+        store, service, graph, unassign_lines):
+    """The edge's delete of an asset or device removes its entity views (its cascade): the
+    cloud unassigns them from that edge too, DELETED queued for each before the entity's, each
+    logged, so no later full sync sends them again to wait there for ever. Other edges keep
+    theirs."""
+    e1, e2 = edge_of(service, "rk-1"), edge_of(service, "rk-2")
+    dev, _ = service.create_device("rk-1", "pump-1", token="tok-1")
+    house = graph.create_entity("ASSET", {"name": "house"}, now_ms=NOW)
+    on_both = graph.create_entity("ENTITY_VIEW", view_of("ASSET", house.id, "house view"),
+                                  now_ms=NOW)
+    on_e2 = graph.create_entity("ENTITY_VIEW", view_of("ASSET", house.id, "house view 2"),
+                                now_ms=NOW)
+    pump_view = graph.create_entity("ENTITY_VIEW", view_of("DEVICE", dev.id, "pump view"),
+                                    now_ms=NOW)
+    for edge_id, kind, entity_id in ((e1, "ASSET", house.id), (e2, "ASSET", house.id),
+                                     (e1, "ENTITY_VIEW", on_both.id),
+                                     (e2, "ENTITY_VIEW", on_both.id),
+                                     (e2, "ENTITY_VIEW", on_e2.id),
+                                     (e1, "ENTITY_VIEW", pump_view.id)):
+        assert graph.assign(edge_id, kind, entity_id, now_ms=NOW) is True
+    drain(store, e1), drain(store, e2)
+
+    assert graph.unassign(e1, "ASSET", house.id, now_ms=NOW) is True
+    assert [entries(m) for m in drain(store, e1)] == [
+        [("entityViewUpdateMsg", DELETED, on_both.id)], [("assetUpdateMsg", DELETED, house.id)]]
+    assert queue(store, e2) == []
+    assert [graph.entity(i).edges for i in (house.id, on_both.id, on_e2.id)] == [(e2,)] * 3
+    assert [(r["extra"]["entity_type"], r["extra"]["entity_id"], r["extra"]["edge_id"],
+             r["message"]) for r in unassign_lines] == [
+        ("ENTITY_VIEW", str(on_both.id), str(e1),
+         f"entity unassigned from an edge with ASSET {house.id} it references"),
+        ("ASSET", str(house.id), str(e1), "entity unassigned from an edge")]
+    assert unassign_lines[1]["extra"]["dependants"] == 1
+    unassign_lines.clear()
+
+    assert graph.unassign(e1, "DEVICE", dev.id, now_ms=NOW) is True
+    assert [entries(m) for m in drain(store, e1)] == [
+        [("entityViewUpdateMsg", DELETED, pump_view.id)], [("deviceUpdateMsg", DELETED, dev.id)]]
+    assert graph.entity(pump_view.id).edges == ()
+    assert [(r["extra"]["entity_type"], r["message"]) for r in unassign_lines] == [
+        ("ENTITY_VIEW", f"entity unassigned from an edge with DEVICE {dev.id} it references"),
+        ("DEVICE", "device unassigned from its edge")]
+    assert not [k for k, _, _ in graph.assignment(e1) if k in ("ENTITY_VIEW", "ASSET", "DEVICE")]
+
+
+def test_unassigning_a_rule_chain_takes_the_chains_forwarding_to_it_off_that_edge(
+        store, service, graph, unassign_lines):
+    """A chain whose metadata forwards to a chain leaving the edge goes with it (the edge's
+    delete of the target removes that metadata, and a chain is of no use without it), and the
+    chains forwarding to that one in turn; dependants first."""
+    e1 = edge_of(service, "rk-1")
+    target = graph.create_entity("RULE_CHAIN", {"name": "Target", "type": "EDGE"}, now_ms=NOW)
+    middle = graph.create_entity("RULE_CHAIN", {"name": "Middle", "type": "EDGE"}, now_ms=NOW)
+    first = graph.create_entity("RULE_CHAIN", {"name": "First", "type": "EDGE"}, now_ms=NOW)
+    alone = graph.create_entity("RULE_CHAIN", {"name": "Alone", "type": "EDGE"}, now_ms=NOW)
+    graph.set_metadata(chain_meta(middle.id, target.id), now_ms=NOW)
+    graph.set_metadata(chain_meta(first.id, middle.id), now_ms=NOW)
+    for chain in (target, middle, first, alone):
+        graph.assign(e1, "RULE_CHAIN", chain.id, now_ms=NOW)
+    drain(store, e1)
+    assert graph.unassign(e1, "RULE_CHAIN", target.id, now_ms=NOW) is True
+    assert [entries(m) for m in drain(store, e1)] == [
+        [("ruleChainUpdateMsg", DELETED, first.id)], [("ruleChainUpdateMsg", DELETED, middle.id)],
+        [("ruleChainUpdateMsg", DELETED, target.id)]]
+    assert [(r["extra"]["entity_id"], r["message"]) for r in unassign_lines] == [
+        (str(first.id), f"entity unassigned from an edge with RULE_CHAIN {middle.id} it references"),
+        (str(middle.id), f"entity unassigned from an edge with RULE_CHAIN {target.id} it references"),
+        (str(target.id), "entity unassigned from an edge")]
+    assert [e.id for e in graph.entities(entity_type="RULE_CHAIN", edge_id=e1)] == [
+        graph.root_chain_id(), alone.id]
+
+
+def test_assigning_what_an_entity_on_the_edge_waits_for_sends_that_entity_again(
+        store, service, graph):
+    """An entity view assigned to an edge without its asset is left out of that edge's full
+    syncs (what it references is not there): assigning the asset queues it again, with its
+    relations, once all it references is on the edge; so does a chain's metadata forwarding to
+    a chain just assigned."""
+    e1 = edge_of(service, "rk-1")
+    dev, _ = service.create_device("rk-1", "pump-1")
+    house = graph.create_entity("ASSET", {"name": "house"}, now_ms=NOW)
+    view = graph.create_entity("ENTITY_VIEW", view_of("ASSET", house.id, "house view"),
+                               now_ms=NOW)
+    graph.add_relation(relation(("ASSET", house.id), ("ENTITY_VIEW", view.id)), now_ms=NOW)
+    graph.add_relation(relation(("ENTITY_VIEW", view.id), ("DEVICE", dev.id)), now_ms=NOW)
+    graph.assign(e1, "ENTITY_VIEW", view.id, now_ms=NOW)
+    drain(store, e1)
+    assert graph.assign(e1, "ASSET", house.id, now_ms=NOW) is True
+    got = drain(store, e1)
+    (default,) = graph.entities(entity_type="ASSET_PROFILE", name="default")
+    assert [entries(m) for m in got] == [
+        [("assetUpdateMsg", CREATED, house.id), ("assetProfileUpdateMsg", CREATED, default.id)],
+        [("relationUpdateMsg", CREATED, uuid.UUID(int=0))],
+        [("entityViewUpdateMsg", CREATED, view.id)],
+        [("relationUpdateMsg", CREATED, uuid.UUID(int=0))]]
+    assert [(json.loads(m.relationUpdateMsg[0].entity)["from"]["id"],
+             json.loads(m.relationUpdateMsg[0].entity)["to"]["id"]) for m in (got[1], got[3])] == [
+        (str(house.id), str(view.id)), (str(view.id), str(dev.id))]
+    # a chain forwarding to one not on the edge: its metadata again once that one comes
+    target = graph.create_entity("RULE_CHAIN", {"name": "Target", "type": "EDGE"}, now_ms=NOW)
+    chain = graph.create_entity("RULE_CHAIN", {"name": "Chain", "type": "EDGE"}, now_ms=NOW)
+    graph.set_metadata(chain_meta(chain.id, target.id), now_ms=NOW)
+    graph.assign(e1, "RULE_CHAIN", chain.id, now_ms=NOW)
+    drain(store, e1)
+    graph.assign(e1, "RULE_CHAIN", target.id, now_ms=NOW)
+    assert [entries(m) for m in drain(store, e1)] == [
+        [("ruleChainUpdateMsg", CREATED, target.id)],
+        [("ruleChainMetadataUpdateMsg", CREATED, chain.id)]]
+    # an asset whose view is not on the edge sends nothing more
+    other = graph.create_entity("ASSET", {"name": "shed"}, now_ms=NOW)
+    graph.create_entity("ENTITY_VIEW", view_of("ASSET", other.id, "shed view"), now_ms=NOW)
+    graph.assign(e1, "ASSET", other.id, now_ms=NOW)
+    assert [entries(m)[0] for m in drain(store, e1)] == [("assetUpdateMsg", CREATED, other.id)]
 
 
 def test_a_widgets_bundle_is_named_by_its_title_as_thingsboards(graph):

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loguru import logger
 
 from edge_sync.cloud import downlink_batch, downlinks, full_sync, requests
+from edge_sync.cloud.graph_store import CloudEntity
 from edge_sync.cloud.records import EdgeRecord
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.store import CloudStore
@@ -277,6 +279,81 @@ def test_relation_and_rule_chain_metadata_requests_are_answered_from_the_graph(s
     (root_meta,) = requests.answer(store, edge, up, NOW).payloads
     assert json.loads(edge_pb2.DownlinkMsg.FromString(root_meta)
                       .ruleChainMetadataUpdateMsg[0].entity)["ruleChainId"]["id"] == str(root)
+
+
+def test_a_full_sync_leaves_out_what_references_something_not_on_the_edge(store, service):
+    """Defence in depth: an entity assigned to the edge whose hard references are not all on it
+    (an entity view of an asset not assigned there, or of another edge's device; a chain's
+    metadata forwarding to a chain not on the edge) is not sent, nor its relations: the edge
+    would hold it for ever. One WARNING per sync says how many and why; the edge's assignment
+    (what the cloud says it holds) leaves them out too."""
+    graph = service.graph
+    edge, _, _ = service.create_edge("e-1", routing_key="rk-1", secret="s3cret")
+    service.create_edge("e-2", routing_key="rk-2", secret="s3cret")
+    mine = service.create_device("rk-1", "pump-1")[0].id
+    theirs = service.create_device("rk-2", "pump-2")[0].id
+
+    def made(kind: str, body: dict[str, Any]) -> uuid.UUID:
+        entity: CloudEntity = graph.create_entity(kind, body, now_ms=NOW)
+        graph.assign(edge.edge_id, kind, entity.id, now_ms=NOW)
+        return entity.id
+
+    away = graph.create_entity("ASSET", {"name": "away"}, now_ms=NOW).id  # not on the edge
+    house = made("ASSET", {"name": "house"})
+
+    def view(name: str, kind: str, target: uuid.UUID) -> uuid.UUID:
+        return made("ENTITY_VIEW", {"name": name, "entityId": typed(kind, target)})
+
+    kept = {view("house view", "ASSET", house), view("pump view", "DEVICE", mine)}
+    of_away = view("away view", "ASSET", away)
+    of_theirs = view("their pump view", "DEVICE", theirs)
+    target = graph.create_entity("RULE_CHAIN", {"name": "Target", "type": "EDGE"}, now_ms=NOW)
+    chain = made("RULE_CHAIN", {"name": "Chain", "type": "EDGE"})
+    graph.set_metadata({"ruleChainId": typed("RULE_CHAIN", chain), "connections": [],
+                        "nodes": [{"type": RULE_CHAIN_INPUT_NODE, "name": "to target",
+                                   "configuration": {"ruleChainId": str(target.id)}}]},
+                       now_ms=NOW)
+    graph.add_relation({"from": typed("ENTITY_VIEW", of_away), "to": typed("ASSET", house),
+                        "type": "Contains"}, now_ms=NOW)
+    graph.add_relation({"from": typed("ASSET", house), "to": typed("DEVICE", mine),
+                        "type": "Contains"}, now_ms=NOW)
+    lines: list[Any] = []
+    sink = logger.add(lambda m: lines.append(m.record), level="INFO",
+                      filter=lambda r: "left out" in r["message"])
+    try:
+        packs = [edge_pb2.DownlinkMsg.FromString(p)
+                 for p in full_sync.full_sync(store, edge, NOW, max_bytes=LIMIT)]
+    finally:
+        logger.remove(sink)
+    flat = [e for p in packs for e in entries_of(p)]
+    views = {entity_id_of(f, e) for f, e in flat if f == "entityViewUpdateMsg"}
+    assert views == kept
+    assert [entity_id_of(f, e) for f, e in flat if f == "ruleChainUpdateMsg"] == [
+        graph.root_chain_id(), chain]  # the chain is sent, its metadata is not
+    assert [entity_id_of(f, e) for f, e in flat if f == "ruleChainMetadataUpdateMsg"] == [
+        graph.root_chain_id()]
+    rels = [json.loads(e.entity) for f, e in flat if f == "relationUpdateMsg"]
+    assert [(r["from"]["id"], r["to"]["id"]) for r in rels] == [(str(house), str(mine))]
+    (line,) = lines
+    why = (f"RULE_CHAIN_METADATA {chain} needs RULE_CHAIN {target.id}; ENTITY_VIEW {of_away} "
+           f"needs ASSET {away}; ENTITY_VIEW {of_theirs} needs DEVICE {theirs}")  # sync order
+    assert (line["level"].name, line["message"]) == (
+        "WARNING", f"full sync of edge rk-1: 3 entities assigned to it left out, what they "
+                   f"reference is not on the edge (the edge would hold them for ever): {why}")
+    assert (line["extra"]["left_out"], line["extra"]["kinds"]) == (
+        3, {"RULE_CHAIN_METADATA": 1, "ENTITY_VIEW": 2})
+    listed = {(k, i) for k, i, _ in graph.assignment(edge.edge_id)}
+    assert {("ENTITY_VIEW", of_away), ("ENTITY_VIEW", of_theirs),
+            ("RULE_CHAIN_METADATA", chain)}.isdisjoint(listed)
+    assert {("ENTITY_VIEW", v) for v in kept} <= listed
+    # once what they reference is on the edge, they are sent
+    graph.assign(edge.edge_id, "ASSET", away, now_ms=NOW)
+    graph.assign(edge.edge_id, "RULE_CHAIN", target.id, now_ms=NOW)
+    again = [e for p in full_sync.full_sync(store, edge, NOW, max_bytes=LIMIT)
+             for e in entries_of(edge_pb2.DownlinkMsg.FromString(p))]
+    assert {entity_id_of(f, e) for f, e in again if f == "entityViewUpdateMsg"} == {
+        *kept, of_away}
+    assert chain in {entity_id_of(f, e) for f, e in again if f == "ruleChainMetadataUpdateMsg"}
 
 
 def test_assignment_lists_the_edge_in_sync_order(store, service):
