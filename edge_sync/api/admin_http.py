@@ -30,6 +30,7 @@ from loguru import logger
 from edge_sync.api.device_service import DeviceService
 from edge_sync.api.entity_service import (
     EntityService,
+    apply_log_entries,
     entity_details,
     list_entities,
     parse_end,
@@ -176,6 +177,7 @@ class AdminHttpApi:
         app.router.add_post("/api/alarms", self._alarm)
         app.router.add_delete("/api/devices/{id}", self._delete_device)
         app.router.add_get("/api/entities", self._list_entities)
+        app.router.add_get("/api/apply-log", self._apply_log)
         app.router.add_get("/api/entities/{id}", self._entity)
         app.router.add_delete("/api/entities/{id}/attributes/{scope}", self._delete_attributes)
         app.router.add_delete("/api/entities/{id}/timeseries", self._delete_timeseries)
@@ -258,6 +260,15 @@ class AdminHttpApi:
             return error_response(400, str(exc))
         name = request.query.get("name") or None
         return web.json_response(list_entities(self._store, entity_type=kind, name=name))
+
+    async def _apply_log(self, request: web.Request) -> web.StreamResponse:
+        """``GET /api/apply-log?after=N&limit=N`` (limit 1..10,000, default 1,000)."""
+        try:
+            after = _int(request.query.get("after", "0"), "after", 0)
+            limit = _int(request.query.get("limit", "1000"), "limit", 1, 10_000)
+        except BadRequest as exc:
+            return error_response(400, str(exc))
+        return web.json_response(apply_log_entries(self._store, after=after, limit=limit))
 
     async def _entity(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -253,6 +253,19 @@ def parse_type(raw: Any) -> str | None:
 # -- reads (with the agent running or not) ------------------------------------------------------
 
 
+def apply_log_entries(store: LmdbStore, *, after: int = 0, limit: int = 1000
+                      ) -> list[dict[str, Any]]:
+    """The graph's apply log, oldest first, from index ``after`` (``limit`` 0: all): what the
+    edge created, updated or deleted, when, and whether the cloud or the edge made the change.
+    Every entity appears after what it references (held entities are applied, and logged, only
+    once their references are here)."""
+    graph = GraphStore(store)
+    with store.read() as txn:
+        return [{"index": e.index, "ts": e.ts, "entity_type": e.entity_type, "id": e.id,
+                 "action": e.action, "origin": e.origin}
+                for e in graph.apply_log(txn, after=after, limit=limit)]
+
+
 def list_entities(store: LmdbStore, *, entity_type: str | None = None,
                   name: str | None = None) -> list[dict[str, Any]]:
     """The entities the edge holds (of a type, of a name), by type then name: id, type, name,

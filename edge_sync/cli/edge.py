@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"run": _run, "status": _status, "events": _events, "device": _device,
                "rpc": _rpc, "asset": _asset, "relation": _relation, "attributes": _attributes,
                "timeseries": _timeseries, "alarm": _alarm, "entities": _entities,
+               "apply-log": _apply_log,
                "entity": _entity, "sync": _sync}[args.command]
     try:
         return int(handler(cfg, args))
@@ -181,6 +182,12 @@ def _graph_commands(sub: Any, config: argparse.ArgumentParser) -> None:
                          help="one entity: JSON, relations, attributes, latest values")
     ent.add_argument("id", type=uuid.UUID)
     ent.add_argument("--json", action="store_true")
+    alog = sub.add_parser("apply-log", parents=[config],
+                          help="what the edge's graph applied, oldest first (works with the "
+                               "agent stopped)")
+    alog.add_argument("--after", type=int, default=0, help="entries after this index")
+    alog.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    alog.add_argument("--json", action="store_true")
     sync = sub.add_parser("sync", parents=[config], help="ask the running agent for a sync")
     sync.add_argument("--full", action="store_true",
                       help="a full sync: the cloud sends everything assigned to the edge")
@@ -521,6 +528,25 @@ def _entity(cfg: EdgeConfig, args: argparse.Namespace) -> int:
             print(f"attribute {scope}: {key} = {json.dumps(value)}")
     for key, latest in found["latest"].items():
         print(f"latest: {key} = {json.dumps(latest['value'])} (ts {latest['ts']})")
+    return EXIT_OK
+
+
+def _apply_log(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    from edge_sync.api.entity_service import apply_log_entries
+
+    if args.after < 0 or args.limit < 0:
+        return fail("--after and --limit must be 0 or more", EXIT_USAGE)
+    try:
+        entries = _with_store(cfg, lambda store: apply_log_entries(
+            store, after=args.after, limit=args.limit))
+    except StorageError as exc:
+        return fail(str(exc), EXIT_STORAGE)
+    for e in entries:
+        if args.json:
+            print_json(e)
+        else:
+            print(f"{e['index']:>8} {e['ts']} {e['action']:<8} {e['entity_type']:<20} "
+                  f"{e['id']}  ({e['origin']})")
     return EXIT_OK
 
 

@@ -149,6 +149,7 @@ def test_reads_with_the_agent_running_then_stopped(tmp_path_factory: pytest.Temp
         device, _ = a.create_device("read-pump")
         ok(a, "relation", "add", "--from", site, "--to", device, "--type", "Contains")
         running = ok(a, "entities")
+        api_log = a.admin("GET", "/api/apply-log").json()
         assert a.terminate() == 0
     finally:
         a.close()
@@ -173,6 +174,16 @@ def test_reads_with_the_agent_running_then_stopped(tmp_path_factory: pytest.Temp
     assert "held:         0" in ok(a, "status").splitlines()
     assert cli(a, "entity", UNKNOWN).returncode == 7
     assert str(uuid.UUID(UNKNOWN)) in cli(a, "entity", UNKNOWN).stderr
+    log = [json.loads(line) for line in ok(a, "apply-log", "--json").splitlines()]
+    relation = f"{site}->{device} Contains/COMMON"
+    assert [(e["index"], e["action"], e["entity_type"], e["id"], e["origin"]) for e in log] == [
+        (1, "ADDED", "ASSET", site, "edge"), (2, "ADDED", "DEVICE", device, "edge"),
+        (3, "ADDED", "RELATION", relation, "edge")]
+    assert log == api_log
+    assert [json.loads(line)["index"] for line in
+            ok(a, "apply-log", "--json", "--after", "1", "--limit", "1").splitlines()] == [2]
+    assert ok(a, "apply-log").splitlines()[2].split()[2:] == [
+        "ADDED", "RELATION", f"{site}->{device}", "Contains/COMMON", "(edge)"]
 
 
 def test_status_shows_what_is_held_and_the_last_full_sync(
