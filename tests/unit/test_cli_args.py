@@ -39,7 +39,7 @@ PROGRAMS: dict[str, Callable[[], argparse.ArgumentParser]] = {
 }
 _ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 _PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]*$")
-_SUBCOMMAND = re.compile(r"^[a-z]+$")
+_SUBCOMMAND = re.compile(r"^[a-z]+(-[a-z]+)*$")
 _SHELL_OPERATORS = {"|", "||", "&", "&&", ";", "(", ")"}
 
 # Written out next to the extraction: --config on either side of the subcommand, and nested.
