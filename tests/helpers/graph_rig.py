@@ -87,7 +87,7 @@ __all__ = [
 DEADLINE_S = 120.0
 EDGE_OWNED = frozenset({"tenantId", "customerId"})
 """Fields the cloud fills into an entity an edge made (the edge's JSON is kept as it sent it;
-graph-contract.md: "the same JSON as sent minus tenantId/customerId")."""
+docs/edge-entities.md: tenantId and customerId are added when the event is sent)."""
 
 RelKey = tuple[str, str, str, str, str, str]
 """A relation: (from kind, from id, to kind, to id, type, typeGroup)."""
@@ -401,7 +401,8 @@ def order_violations(log: list[ApplyLogEntry],
                      bodies: Mapping[tuple[str, uuid.UUID], Mapping[str, Any]]) -> list[str]:
     """Apply log entries ADDED before one of their hard references was ADDED (references of an
     entity from ``bodies``, its JSON; a relation's from its id "FROM->TO TYPE/GROUP" and the
-    kinds in ``bodies``). References the edge never waits for (the edge itself) are skipped."""
+    kinds in ``bodies``). References the edge never waits for (the edge itself) are skipped, and
+    so are entities the edge made (their references are checked when they are made)."""
     kind_of = {str(entity_id): kind for kind, entity_id in bodies}
     fqn_of = {str(body.get("fqn")): str(entity_id) for (kind, entity_id), body in bodies.items()
               if kind == "WIDGET_TYPE"}
@@ -421,6 +422,10 @@ def order_violations(log: list[ApplyLogEntry],
             src, _, dst = ends.partition("->")
             refs = [Ref(kind_of.get(src, "?"), src), Ref(kind_of.get(dst, "?"), dst)]
         else:
+            if e.origin == "edge":
+                # made on the edge, which checked the references it had then; its JSON now may
+                # name one the cloud gave it since (an asset of a new type gets a profile)
+                continue
             body = bodies.get((e.entity_type, uuid.UUID(e.id)))
             if body is None:
                 continue  # no longer there: its references cannot be read

@@ -276,7 +276,7 @@ def test_the_whole_graph_both_ways(rig: GraphRig) -> None:
     assert resp.status == 202, resp.body
     rig.wait_full_sync_completed(after_ms=asked, timeout=DEADLINE_S)
     # now even the edge's own assets are exactly as the cloud keeps them: the sync sent them
-    # with the tenant and customer the edge leaves out of what it keeps (graph-contract.md)
+    # with the tenant and customer the edge leaves out of what it keeps (docs/edge-entities.md)
     cloud, edge = rig.wait_converged(timeout=DEADLINE_S)
     lap("full sync again", t4)
     # nothing else in the apply log: everything else it sent again was unchanged
