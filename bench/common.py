@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: progress output, statistics, free ports, process RSS, open
-file limits, stopping the processes they start, and Mosquitto (finding or installing Debian's
-package, writing a broker's config file)."""
+file limits, stopping the processes they start, the edge as a subprocess (EdgeProcess, for
+bench/sync.py and bench/rpc.py), and Mosquitto (finding or installing Debian's package, writing a
+broker's config file). No LMDB of its own: the edge it starts has its store in a fresh folder."""
 
 from __future__ import annotations
 
@@ -16,9 +17,14 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.e2e import Cloud
 
 _T0 = time.monotonic()
 
@@ -186,6 +192,69 @@ def wait_port(port: int, proc: subprocess.Popen[Any], what: str, log: Path,
             raise SetupError(f"{what} did not accept connections on port {port} within "
                              f"{timeout:.0f}s:\n{tail(log)}")
         time.sleep(0.01)
+
+
+# -- the edge, as a subprocess -------------------------------------------------------------------
+
+
+class EdgeProcess:
+    """``edge-sync run`` on a fresh store, linked to ``cloud``, on free loopback ports (the edge
+    bench/sync.py and bench/rpc.py measure)."""
+
+    def __init__(self, data_dir: Path, cloud: Cloud) -> None:
+        from bench.ingest import edge_env  # bench/ingest.py imports this module
+
+        self.data_dir = data_dir
+        self.http_port, self.admin_port = free_port(), free_port()
+        self.env = edge_env(data_dir, http_port=self.http_port, admin_port=self.admin_port)
+        self.env.update(CLOUD_ROUTING_KEY=cloud.routing_key, CLOUD_ROUTING_SECRET=cloud.secret,
+                        CLOUD_RPC_HOST="127.0.0.1", CLOUD_RPC_PORT=str(cloud.rpc_port),
+                        EDGE_CLOUD_RECONNECT_INTERVAL_MS="100")
+        self.log = data_dir.parent / "edge.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def spawn(self) -> None:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_sync.cli.edge", "run"], env=self.env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+
+    def answer(self, *, timeout: float = 5.0) -> dict[str, Any] | None:
+        """GET /api/status, each try at most ``timeout`` s; None while it does not answer."""
+        try:
+            url = f"http://127.0.0.1:{self.admin_port}/api/status"
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                value: dict[str, Any] = json.loads(resp.read())
+                return value
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+
+    def status(self) -> dict[str, Any] | None:
+        """GET /api/status; None while it does not answer (SetupError once the process exited)."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise SetupError(f"edge exited with {self.proc.returncode}: {tail(self.log, 15)}")
+        return self.answer()
+
+    def stop(self, *, timeout: float = 60.0) -> int | None:
+        return None if self.proc is None else terminate(self.proc, timeout=timeout)
+
+    def tail(self) -> str:
+        """The end of its stderr (2,000 characters), "" without one."""
+        try:
+            return self.log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    def accepted(self) -> int:
+        """Connections accepted on the device port (ESTABLISHED with a socket inode)."""
+        return established(self.http_port)
 
 
 # -- Mosquitto -----------------------------------------------------------------------------------

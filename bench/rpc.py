@@ -48,8 +48,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -62,19 +60,16 @@ from typing import Any
 import aiohttp
 
 from bench.common import (
+    EdgeProcess,
     cpu_seconds,
     emit,
-    established,
-    free_port,
     median,
     percentile,
     progress,
     raise_open_files,
     rounded,
-    terminate,
 )
 from bench.e2e import Cloud, PhaseError, machine_load
-from bench.ingest import edge_env
 
 TARGETS = {"rtt_p99_ms_at_100": 50.0, "fanout_s": 1.0}  # both: below
 POLL_MS = 60_000
@@ -103,59 +98,22 @@ class RunResult:
 # -- the edge, as a subprocess --------------------------------------------------------------------
 
 
-class Edge:
-    """``edge-sync run`` on a fresh store, linked to ``cloud``, on free loopback ports."""
-
-    def __init__(self, data_dir: Path, cloud: Cloud) -> None:
-        self.http_port, self.admin_port = free_port(), free_port()
-        self.env = edge_env(data_dir, http_port=self.http_port, admin_port=self.admin_port)
-        self.env.update(CLOUD_ROUTING_KEY=cloud.routing_key, CLOUD_ROUTING_SECRET=cloud.secret,
-                        CLOUD_RPC_HOST="127.0.0.1", CLOUD_RPC_PORT=str(cloud.rpc_port),
-                        EDGE_CLOUD_RECONNECT_INTERVAL_MS="100")
-        self.log = data_dir.parent / "edge.stderr"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, *, timeout: float = 60.0) -> None:
-        """Spawn it and wait until its link is CONNECTED."""
-        with self.log.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_sync.cli.edge", "run"], env=self.env,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + timeout
-        state = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise PhaseError(f"edge exited with {self.proc.returncode}: {self.tail()}")
-            try:
-                url = f"http://127.0.0.1:{self.admin_port}/api/status"
-                with urllib.request.urlopen(url, timeout=2.0) as resp:
-                    state = json.loads(resp.read())["link"]["state"]
-                if state == "CONNECTED":
-                    return
-            except (OSError, urllib.error.URLError, ValueError):
-                pass
-            time.sleep(_POLL_S)
-        raise PhaseError(f"edge not CONNECTED after {timeout:.0f}s (last: {state}): {self.tail()}")
-
-    def stop(self, *, timeout: float = 60.0) -> int | None:
-        if self.proc is None:
-            return None
-        return terminate(self.proc, timeout=timeout)
-
-    def tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
-
-    def accepted(self) -> int:
-        """Connections accepted on the device port (ESTABLISHED with a socket inode)."""
-        return established(self.http_port)
+def start(edge: EdgeProcess, *, timeout: float = 60.0) -> None:
+    """Spawn the edge and wait until its link is CONNECTED."""
+    edge.spawn()
+    assert edge.proc is not None
+    deadline = time.monotonic() + timeout
+    state = "no answer"
+    while time.monotonic() < deadline:
+        if edge.proc.poll() is not None:
+            raise PhaseError(f"edge exited with {edge.proc.returncode}: {edge.tail()}")
+        status = edge.answer(timeout=2.0)
+        if status is not None:
+            state = status["link"]["state"]
+            if state == "CONNECTED":
+                return
+        time.sleep(_POLL_S)
+    raise PhaseError(f"edge not CONNECTED after {timeout:.0f}s (last: {state}): {edge.tail()}")
 
 
 # -- the clients ----------------------------------------------------------------------------------
@@ -170,7 +128,7 @@ class Device:
 class Clients:
     """The devices and the operator, on one aiohttp session."""
 
-    def __init__(self, session: aiohttp.ClientSession, cloud: Cloud, edge: Edge) -> None:
+    def __init__(self, session: aiohttp.ClientSession, cloud: Cloud, edge: EdgeProcess) -> None:
         self.s = session
         self.cloud_base = f"http://127.0.0.1:{cloud.admin_port}"
         self.edge_base = f"http://127.0.0.1:{edge.http_port}/api/v1"
@@ -327,7 +285,7 @@ def cpu_pct(pids: dict[str, int | None], before: dict[str, float], wall: float) 
             for name, pid in pids.items()}
 
 
-async def measure(opts: Options, cloud: Cloud, edge: Edge, out: RunResult) -> None:
+async def measure(opts: Options, cloud: Cloud, edge: EdgeProcess, out: RunResult) -> None:
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=POLL_MS / 1000 + 30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -374,11 +332,11 @@ async def measure(opts: Options, cloud: Cloud, edge: Edge, out: RunResult) -> No
 def run_once(opts: Options, workdir: Path) -> RunResult:
     out = RunResult()
     cloud = Cloud(workdir / "cloud" / "data")
-    edge = Edge(workdir / "edge" / "data", cloud)
+    edge = EdgeProcess(workdir / "edge" / "data", cloud)
     (workdir / "edge").mkdir(parents=True, exist_ok=True)
     try:
         cloud.start()
-        edge.start()
+        start(edge)
         asyncio.run(measure(opts, cloud, edge, out))
     except (PhaseError, OSError, aiohttp.ClientError, TimeoutError) as exc:
         out.errors.append(f"{type(exc).__name__}: {exc}")

@@ -83,16 +83,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    EdgeProcess,
     SetupError,
     cpu_seconds,
     emit,
-    free_port,
     median,
     peak_rss_mb,
     progress,
     rounded,
     tail,
-    terminate,
 )
 from bench.e2e import Cloud, PhaseError, machine_load
 from bench.graph_population import (
@@ -104,7 +103,6 @@ from bench.graph_population import (
     edge_expected,
     edge_graph,
 )
-from bench.ingest import edge_env
 from edge_sync.cloud import full_sync
 from edge_sync.common import ids
 
@@ -136,51 +134,6 @@ class RunResult:
     errors: list[str] = field(default_factory=list)
     after_queue: list[str] = field(default_factory=list)
     """What differed once the seeding's queue reached the edge (--drain-queue; also in errors)."""
-
-
-# -- the edge, as a subprocess ---------------------------------------------------------------------
-
-
-class SyncEdge:
-    """``edge-sync run`` on a fresh store, linked to ``cloud``, on free loopback ports."""
-
-    def __init__(self, data_dir: Path, cloud: Cloud) -> None:
-        self.data_dir = data_dir
-        self.admin_port = free_port()
-        self.env = edge_env(data_dir, http_port=free_port(), admin_port=self.admin_port)
-        self.env.update(CLOUD_ROUTING_KEY=cloud.routing_key, CLOUD_ROUTING_SECRET=cloud.secret,
-                        CLOUD_RPC_HOST="127.0.0.1", CLOUD_RPC_PORT=str(cloud.rpc_port),
-                        EDGE_CLOUD_RECONNECT_INTERVAL_MS="100")
-        self.log = data_dir.parent / "edge.stderr"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def spawn(self) -> None:
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_sync.cli.edge", "run"], env=self.env,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-
-    def status(self) -> dict[str, Any] | None:
-        """GET /api/status; None while it does not answer (SetupError once the process exited)."""
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise SetupError(f"edge exited with {self.proc.returncode}: {tail(self.log, 15)}")
-        try:
-            url = f"http://127.0.0.1:{self.admin_port}/api/status"
-            with urllib.request.urlopen(url, timeout=5.0) as resp:
-                value: dict[str, Any] = json.loads(resp.read())
-                return value
-        except (OSError, urllib.error.URLError, ValueError):
-            return None
-
-    def stop(self, *, timeout: float = 60.0) -> int | None:
-        return None if self.proc is None else terminate(self.proc, timeout=timeout)
 
 
 def cloud_edge_row(cloud: Cloud) -> dict[str, Any]:
@@ -305,7 +258,7 @@ def run_once(opts: Options, workdir: Path, run: int, *, profile: bool = False) -
     out = RunResult()
     spec = PlantSpec.for_total(opts.entities, near_limit_dashboard=opts.big_dashboard)
     cloud = Cloud(workdir / "cloud" / "data")
-    edge = SyncEdge(workdir / "edge" / "data", cloud)
+    edge = EdgeProcess(workdir / "edge" / "data", cloud)
     profilers: dict[str, Profiler] = {}
     try:
         from edge_sync.cloud.server import open_cloud_store
@@ -392,7 +345,7 @@ def run_once(opts: Options, workdir: Path, run: int, *, profile: bool = False) -
     return out
 
 
-def wait_serving(edge: SyncEdge, timeout: float = 60.0) -> None:
+def wait_serving(edge: EdgeProcess, timeout: float = 60.0) -> None:
     """Wait until the edge's admin API answers (its start-up is over)."""
     deadline = time.monotonic() + timeout
     while edge.status() is None:
@@ -401,7 +354,7 @@ def wait_serving(edge: SyncEdge, timeout: float = 60.0) -> None:
         time.sleep(_POLL_S)
 
 
-def wait_synced(opts: Options, cloud: Cloud, edge: SyncEdge) -> tuple[dict[str, Any], tuple[float, float]]:
+def wait_synced(opts: Options, cloud: Cloud, edge: EdgeProcess) -> tuple[dict[str, Any], tuple[float, float]]:
     """Wait for the link CONNECTED after a completed full sync; its status, and the CPU
     seconds of (edge, cloud) when the link was first seen SYNCING (NaN when the sync was over
     before the link was first seen)."""
@@ -422,7 +375,7 @@ def wait_synced(opts: Options, cloud: Cloud, edge: SyncEdge) -> tuple[dict[str, 
                      f"{tail(edge.log, 10)}")
 
 
-def drain_queue(opts: Options, cloud: Cloud, edge: SyncEdge, expected: View, out: RunResult,
+def drain_queue(opts: Options, cloud: Cloud, edge: EdgeProcess, expected: View, out: RunResult,
                 run: int) -> None:
     """Wait until the cloud's queue for the edge is empty; check the edge again."""
     t0 = time.monotonic()
