@@ -239,12 +239,18 @@ def graph_only(payload: bytes) -> bool:
     """Whether a serialized DownlinkMsg carries entity graph changes and nothing else (only
     lists of GRAPH_FIELDS): what a full sync, which sends the graph as it is, makes redundant.
     False for anything else (RPC requests, attribute updates, an empty or unparseable
-    message)."""
+    message), and for any message carrying a delete: an edge's sweep removes only what its
+    graph holds (a device of a release before the graph is not there), and a delete applied
+    twice is harmless, so deletes are always delivered."""
     try:
-        fields = {fd.name for fd, _ in edge_pb2.DownlinkMsg.FromString(payload).ListFields()}
+        msg = edge_pb2.DownlinkMsg.FromString(payload)
     except DecodeError:  # kept: not ours to judge
         return False
-    return bool(fields) and fields <= GRAPH_FIELDS
+    fields = {fd.name for fd, _ in msg.ListFields()}
+    if not fields or not fields <= GRAPH_FIELDS:
+        return False
+    return not any(getattr(entry, "msgType", None) == edge_pb2.ENTITY_DELETED_RPC_MESSAGE
+                   for name in fields for entry in getattr(msg, name))
 
 
 def device_deleted(device_id: uuid.UUID) -> bytes:

@@ -6,6 +6,11 @@ RelationEdgeProcessor do.
 
 No tables of its own: records, relations and assignment rows through the parts below it
 (cloud/graph_keys.py).
+
+ECHO_DELETES: a delete an edge made is queued back to that edge as well. It is a no-op there
+(the entity is gone), except after a full sync that ran before the edge's delete reached the
+cloud (uplinks start once a sync completes): that sync brought the entity back, and the echo
+removes it again, so edge and cloud agree.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ class GraphEdgeChanges(GraphAssignment):
                 return self._edge_relations_deleted(txn, change, edge_id, body)
             key, normal = self.relation_body(body)
             if action == "RELATION_DELETED":
-                done = self._delete_relation(txn, change, key, exclude=edge_id)
+                # queued back to its edge too (ECHO_DELETES)
+                done = self._delete_relation(txn, change, key, exclude=None)
                 return "deleted" if done else "unknown"
             done = self._put_relation(txn, change, key, normal, exclude=edge_id)
             return "updated" if done else "unchanged"
@@ -74,7 +80,7 @@ class GraphEdgeChanges(GraphAssignment):
             # ThingsBoard 4.x (AssetEdgeProcessor): an asset the edge deleted is deleted
             if old is None:
                 return "unknown"
-            self._delete(txn, change, "ASSET", asset_id, exclude=edge_id)
+            self._delete(txn, change, "ASSET", asset_id, exclude=None)  # ECHO_DELETES
             return "deleted"
         _, name, prepared = self._prepare(txn, "ASSET", body, asset_id, old, now_ms, change)
         renamed = False
@@ -130,6 +136,6 @@ class GraphEdgeChanges(GraphAssignment):
         count = 0
         for rel in self._relations_of(txn, entity_id):
             key = entity_graph.relation_key(rel)
-            if key is not None and self._delete_relation(txn, change, key, exclude=edge_id):
+            if key is not None and self._delete_relation(txn, change, key, exclude=None):
                 count += 1
         return f"deleted {count}"

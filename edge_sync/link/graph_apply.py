@@ -274,6 +274,8 @@ class GraphApplier:
         missing = [r for r in refs if not graph.present(txn, r)]
         if missing:
             what = c.what()
+            if c.entity_type == "USER_CREDENTIALS":  # held as kept: never a password or token
+                m = type(m)(entity=c.text)
             graph.hold(txn, c.held_key(), entity_type=c.entity_type, entity_id=c.entity_id,
                        what=what, field=field_name, payload=m.SerializeToString(),
                        waiting_for=missing, now_ms=now_ms)
@@ -288,6 +290,12 @@ class GraphApplier:
                 out.applied.append(("RELATION", gs.ADDED if result == gs.CREATED else gs.UPDATED))
             return []
         assert c.entity_id is not None
+        if graph.edge_change_pending(txn, c.entity_id, c.entity_type):
+            # the edge changed it and its event has not reached the cloud: what the cloud sends
+            # (a full sync, before uplinks start) predates that change, which the cloud applies
+            # when the event arrives; the edge's version stays
+            out.done.append(f"{c.what()} kept: the edge's own change is on its way to the cloud")
+            return provides(c.entity_type, c.entity_id, c.body)
         result = graph.put_entity(txn, c.entity_type, c.entity_id, c.text, now_ms=now_ms,
                                   extra=c.extra, body=c.body, refs=refs)
         # (checked already: the operational write refuses nothing now)

@@ -348,7 +348,9 @@ class EntityTable:
                             entity_id: uuid.UUID) -> bool:
         """The operational records of the entity store that go with an entity."""
         es = self._es
-        found = es.delete_entity_data(txn, entity_id) > 0
+        # a derived record (credentials, metadata) shares its owner's id: the owner's attributes
+        # and latest values stay while the owner does
+        found = entity_type not in DERIVED and es.delete_entity_data(txn, entity_id) > 0
         if entity_type == "DEVICE":
             found |= es.delete_device(txn, entity_id)
         elif entity_type == "DEVICE_PROFILE":

@@ -33,6 +33,7 @@ import lmdb
 from edge_sync.common.entity_graph import Ref
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.graph_entities import EntityRecord, EntityTable
 from edge_sync.storage.graph_held import HeldEntity, HeldPayload, HeldTable
 from edge_sync.storage.graph_json import hard_references, name_of
@@ -59,6 +60,7 @@ from edge_sync.storage.graph_log import APPLY_LOG_KEEP, ApplyLog, ApplyLogEntry
 from edge_sync.storage.graph_relations import RelationTable
 from edge_sync.storage.graph_sweep import FullSyncEnd, Removal
 from edge_sync.storage.graph_sync import FullSyncState, SyncState
+from edge_sync.storage.records import Status
 
 __all__ = [
     "ADDED", "APPLY_LOG_KEEP", "CHANGED", "CLOUD", "CREATED", "DELETED", "EDGE", "UNCHANGED",
@@ -94,6 +96,16 @@ class GraphStore:
         """The entity with this id (of this type; without a type the main record: a rule
         chain rather than its metadata)."""
         return self._entities.entity(txn, entity_id, entity_type)
+
+    def edge_change_pending(self, txn: lmdb.Transaction, entity_id: uuid.UUID,
+                            entity_type: str) -> bool:
+        """Whether the entity's last change was made on the edge and its event has not reached
+        the cloud yet (PENDING): what the cloud sends for it meanwhile predates that change."""
+        rec = self._entities.entity(txn, entity_id, entity_type)
+        if rec is None or rec.origin != EDGE or rec.origin_seq is None:
+            return False
+        event = EventLog(self.store).get(txn, rec.origin_seq)
+        return event is not None and event.status is Status.PENDING
 
     def entities(self, txn: lmdb.Transaction, *, entity_type: str | None = None,
                  name: str | None = None) -> list[EntityRecord]:

@@ -82,8 +82,8 @@ class FullSyncEnd:
                 return False
             if origin_seq in deployed_since:
                 return True
-            event = events.get(txn, origin_seq)
-            return event is not None and event.status is not Status.DEPLOYED
+            event = events.get(txn, origin_seq)  # still on its way (a DEAD one never will be)
+            return event is not None and event.status is Status.PENDING
 
         doomed: list[tuple[str, uuid.UUID]] = []
         with txn.cursor(db=self._t.db(ENTITIES)) as cur:  # the one scan of the sweep

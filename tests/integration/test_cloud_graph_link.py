@@ -175,7 +175,8 @@ def test_a_full_sync_drops_the_graph_downlinks_queued_before_it_and_keeps_the_re
         server, clients):
     """Before an edge's first connect every change queued its downlink; its full sync sends the
     graph as it is, so those are dropped once the edge has the sync's end (counted, one INFO
-    line). Kept: the shared attributes and the RPC request queued before, and every change made
+    line). Kept: the delete (deletes always go: an edge's sweep removes only what its graph
+    holds), the shared attributes and the RPC request queued before, and every change made
     during the sync."""
     service, graph, store = server.service, server.service.graph, server.store
     edge_id = service.edge("rk-1").edge_id
@@ -219,28 +220,30 @@ def test_a_full_sync_drops_the_graph_downlinks_queued_before_it_and_keeps_the_re
     assert sum(len(d.deviceUpdateMsg) for d in synced) == 1
     assert sum(len(d.deviceCredentialsUpdateMsg) for d in synced) == 1
     assert sum(len(d.relationUpdateMsg) for d in synced) == 1
-    assert not any(d.dashboardUpdateMsg for d in synced + after)  # neither ADDED nor DELETED
+    assert not any(d.dashboardUpdateMsg for d in synced)  # deleted: not in the sync
     assert [n for d in synced for n in names_in(d, "assetUpdateMsg")
             if n[1] == "house"] == [(edge_pb2.ENTITY_CREATED_RPC_MESSAGE, "house")]
     # after the sync: what was kept, in queue order, then the changes made during the sync
     assert [[fd.name for fd, _ in d.ListFields() if fd.name not in ("downlinkMsgId",
                                                                     "cloudTimeMillis")]
-            for d in after] == [["entityData"], ["deviceRpcCallMsg"], ["assetUpdateMsg"],
-                                ["assetUpdateMsg", "assetProfileUpdateMsg"]]
-    assert after[1].deviceRpcCallMsg[0].requestMsg.method == "reboot"
-    assert names_in(after[2], "assetUpdateMsg") == [(edge_pb2.ENTITY_UPDATED_RPC_MESSAGE, "house")]
-    assert json.loads(after[2].assetUpdateMsg[0].entity)["label"] == "south"
-    assert names_in(after[3], "assetUpdateMsg") == [(edge_pb2.ENTITY_CREATED_RPC_MESSAGE, "late")]
+            for d in after] == [["dashboardUpdateMsg"], ["entityData"], ["deviceRpcCallMsg"],
+                                ["assetUpdateMsg"], ["assetUpdateMsg", "assetProfileUpdateMsg"]]
+    assert [(m.msgType, uuid_of(m.idMSB, m.idLSB)) for m in after[0].dashboardUpdateMsg] == [
+        (edge_pb2.ENTITY_DELETED_RPC_MESSAGE, old.id)]
+    assert after[2].deviceRpcCallMsg[0].requestMsg.method == "reboot"
+    assert names_in(after[3], "assetUpdateMsg") == [(edge_pb2.ENTITY_UPDATED_RPC_MESSAGE, "house")]
+    assert json.loads(after[3].assetUpdateMsg[0].entity)["label"] == "south"
+    assert names_in(after[4], "assetUpdateMsg") == [(edge_pb2.ENTITY_CREATED_RPC_MESSAGE, "late")]
     assert server.rpc.get(str(rpc.id)).status.name == "DELIVERED"
     assert store.queued_downlinks(edge_id) == 0
     (line,) = messages
-    assert line["message"] == ("full sync of edge rk-1 completed: 6 downlinks queued before it "
+    assert line["message"] == ("full sync of edge rk-1 completed: 5 downlinks queued before it "
                                "dropped (it sent what they carry)")
     assert (line["level"].name, line["extra"]["edge"], line["extra"]["dropped"]) == (
-        "INFO", "rk-1", 6)
-    assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 6
-    assert server.counters.downlinks_superseded.value == 6
-    assert "\ncloud_downlinks_superseded_total 6\n" in server.counters.metrics.render_prometheus()
+        "INFO", "rk-1", 5)
+    assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 5
+    assert server.counters.downlinks_superseded.value == 5
+    assert "\ncloud_downlinks_superseded_total 5\n" in server.counters.metrics.render_prometheus()
 
 
 def test_a_full_sync_that_never_ends_drops_nothing(server, clients):
@@ -365,16 +368,18 @@ def test_a_full_sync_the_edge_sync_edge_did_not_ask_for_drops_nothing(server, cl
 
 
 def test_an_edge_sync_edges_own_full_sync_drops_what_it_superseded(server, clients):
-    """The same queue, the full sync asked by an edge-sync edge itself: the ADDED and DELETED
-    queued before it are dropped (the edge removes at the sync's end what it did not send)."""
+    """The same queue, the full sync asked by an edge-sync edge itself: the ADDED queued before
+    it is dropped (the edge removes at the sync's end what it did not send); the DELETED still
+    goes (deletes always do: a delete applied twice is harmless)."""
     _queue_an_added_then_its_deleted(server)
     edge_id = server.service.edge("rk-1").edge_id
     client = connected(server, clients, "rk-1")
     client.send(edge_pb2.RequestMsg(msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
                                     syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=True)))
     synced, after = _after_the_sync(client)
-    assert after == []
+    assert [m.msgType for d in after for m in d.assetUpdateMsg] == [
+        edge_pb2.ENTITY_DELETED_RPC_MESSAGE]
     assert not any(n[1] == "gone" for d in synced for n in names_in(d, "assetUpdateMsg"))
     assert server.store.queued_downlinks(edge_id) == 0
-    assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 2
-    assert server.counters.downlinks_superseded.value == 2
+    assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 1
+    assert server.counters.downlinks_superseded.value == 1

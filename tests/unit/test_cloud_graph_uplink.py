@@ -130,9 +130,14 @@ def test_an_asset_change_goes_to_the_other_edges_holding_it_and_a_delete_deletes
     assert json.loads(msg.assetUpdateMsg[0].entity)["label"] == "renamed on e1"
     assert drain(store, e1) == []
     out = apply(store, e1, assetUpdateMsg=[asset_msg(asset.id, "", 6, DELETED)])
-    assert out.woken == {e2} and service.graph.entity(asset.id) is None
+    assert out.woken == {e1, e2} and service.graph.entity(asset.id) is None
     (gone,) = drain(store, e2)
     assert gone.assetUpdateMsg[0].msgType == DELETED
+    # echoed to the deleting edge too: a no-op there, unless a full sync brought it back
+    (echo,) = drain(store, e1)
+    assert (echo.assetUpdateMsg[0].msgType,
+            uuid_of(echo.assetUpdateMsg[0].idMSB, echo.assetUpdateMsg[0].idLSB)) == (
+        DELETED, asset.id)
 
 
 def test_an_edge_asset_whose_name_is_taken_is_renamed_and_the_edge_told(store, service, edges):

@@ -345,10 +345,8 @@ def test_graph_only_tells_entity_graph_changes_from_everything_else():
     device = _device(edge, "d", "tok", device_id=dev)
     graph = [
         downlinks.device_synced(device, uuid.uuid4(), uuid.uuid4()),
-        downlinks.device_deleted(dev),
         downlinks.message_of([downlinks.entity_message("ASSET", "ADDED", dev, "{}")]),
-        downlinks.message_of([downlinks.entity_message("DASHBOARD", "DELETED", dev, None)]),
-        downlinks.message_of([downlinks.relation_message("RELATION_DELETED", "{}")]),
+        downlinks.message_of([downlinks.relation_message("RELATION_ADD_OR_UPDATE", "{}")]),
         downlinks.root_rule_chain_metadata(dev, [uuid.uuid4() for _ in range(5)]),
         downlinks.tenant(uuid.uuid4()),
     ]
@@ -357,6 +355,10 @@ def test_graph_only_tells_entity_graph_changes_from_everything_else():
                     created_time=1, status=RpcStatus.QUEUED, updated_time=1, retries=None,
                     additional_info=None)
     others = [
+        # deletes are always delivered (an edge's sweep removes only what its graph holds)
+        downlinks.device_deleted(dev),
+        downlinks.message_of([downlinks.entity_message("DASHBOARD", "DELETED", dev, None)]),
+        downlinks.message_of([downlinks.relation_message("RELATION_DELETED", "{}")]),
         downlinks.shared_attributes(device, {"a": 1}, 5),
         downlinks.device_rpc_request(rpc),
         downlinks.sync_completed(),
@@ -385,10 +387,10 @@ def test_superseded_downlinks_leave_the_queue_and_the_rest_keeps_its_order(store
     up_to = store.last_downlink_number(edge)
     assert up_to == 5
     assert store.enqueue_downlinks(edge, [asset]) == [6]  # queued after: never removed
-    assert store.remove_superseded_downlinks(edge, downlinks.graph_only, up_to=up_to) == [3, 4]
-    assert [q.number for q in store.queued_after(edge, 0, 10)] == [2, 5, 6]
+    assert store.remove_superseded_downlinks(edge, downlinks.graph_only, up_to=up_to) == [4]
+    assert [q.number for q in store.queued_after(edge, 0, 10)] == [2, 3, 5, 6]
     assert [p.number for p in store.parked_downlinks(edge)] == [1]  # parked: kept
     assert store.queued_downlinks(other) == 1
     assert store.remove_superseded_downlinks(edge, downlinks.graph_only, up_to=up_to) == []
     assert store.remove_superseded_downlinks(edge, downlinks.graph_only, up_to=0) == []
-    assert store.remove_superseded_downlinks(edge, lambda _p: True, up_to=6) == [2, 5, 6]
+    assert store.remove_superseded_downlinks(edge, lambda _p: True, up_to=6) == [2, 3, 5, 6]

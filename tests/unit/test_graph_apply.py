@@ -20,8 +20,9 @@ from edge_sync.link.graph_apply import GraphApplier, GraphOutcome
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.graph_store import GraphStore, HeldEntity, hard_references
-from edge_sync.storage.records import Device
+from edge_sync.storage.records import Device, NewEvent, Scope, Status
 
 NOW = 1_700_000_000_000
 CREATED = edge_pb2.ENTITY_CREATED_RPC_MESSAGE
@@ -463,3 +464,70 @@ def test_what_waits_for_something_the_edge_made_is_applied_by_release_ready(rig:
     assert out.released == [f"RELATION ASSET {aid} -Contains-> DEVICE {made}"]
     assert rig.read(rig.graph.held) == []
     assert rig.read(lambda txn: rig.graph.relations(txn, made)) == [rel]
+
+
+# -- what the reviews found ------------------------------------------------------------------------
+
+
+def test_user_credentials_held_for_their_user_keep_nothing_secret(rig: Rig) -> None:
+    """Held until the user arrives: the held payload is what would be kept, never the password
+    or the activation token the cloud sent."""
+    b = bodies()
+    rig.apply(downlink(payload("USER_CREDENTIALS", None, b["user_credentials"][2])))
+    assert rig.read(rig.graph.held_count) == 1
+    with rig.store.read() as txn:
+        everything = b"".join(bytes(v) for db in rig.store.dbs.values()
+                              for _, v in txn.cursor(db=db).iternext())
+    assert SECRET_PASSWORD.encode() not in everything and SECRET_TOKEN.encode() not in everything
+    rig.apply(downlink(payload("USER", IDS["user"], b["user"][2])))
+    assert rig.read(rig.graph.held_count) == 0
+    record = rig.read(lambda txn: rig.graph.entity(txn, IDS["user"], "USER_CREDENTIALS"))
+    assert record is not None
+    assert json.loads(record.json) == {"userId": tid("USER", IDS["user"]), "enabled": True}
+
+
+def test_credentials_removed_alone_leave_the_devices_attributes(rig: Rig) -> None:
+    """Credentials share their device's id: removing them (a sweep, a cascade) keeps the
+    device's attributes and latest values, which are the device's."""
+    rig.apply(downlink(*every_kind()))
+    rig.store.write(lambda txn: rig.entities.put_attributes(
+        txn, IDS["device"], Scope.SERVER, {"floor": 3}, ts=NOW))
+    rig.store.write(lambda txn: rig.graph.delete_entity(
+        txn, "DEVICE_CREDENTIALS", IDS["device"], now_ms=NOW))
+    assert rig.read(lambda txn: rig.entities.attributes(
+        txn, IDS["device"], Scope.SERVER, ["floor"])) == {"floor": 3}
+    assert rig.read(lambda txn: rig.graph.entity(txn, IDS["device"], "DEVICE")) is not None
+
+
+def _edge_asset(rig: Rig, status: Status) -> uuid.UUID:
+    """An asset the edge made (origin edge), its ADDED event at seq 1 in ``status``."""
+    asset_id = uuid.uuid4()
+    body = {"id": tid("ASSET", asset_id), "name": "made-on-edge", "type": "default"}
+
+    def fn(txn: Any) -> None:
+        EventLog(rig.store).append(
+            txn, [NewEvent("ASSET", "ASSET", asset_id, "ADDED", body, NOW)], first_seq=1,
+            created_time=NOW, tenant_id=bytes(16), edge_id=bytes(16))
+        if status is Status.DEPLOYED:
+            EventLog(rig.store).mark_deployed(txn, [1], now_ms=NOW)
+        rig.graph.put_entity(txn, "ASSET", asset_id, json.dumps(body), now_ms=NOW,
+                             origin="edge", origin_seq=1)
+    rig.store.write(fn)
+    return asset_id
+
+
+@pytest.mark.parametrize("status", [Status.PENDING, Status.DEPLOYED])
+def test_what_the_cloud_sends_does_not_undo_an_edge_change_still_on_its_way(
+        rig: Rig, status: Status) -> None:
+    """A full sync comes before uplinks start: the cloud's copy of an asset the edge changed
+    predates that change while its event is PENDING, so the edge's version stays; once the
+    event is DEPLOYED, the cloud's copy is the newer one and is applied."""
+    asset_id = _edge_asset(rig, status)
+    cloud = {"id": tid("ASSET", asset_id), "name": "cloud-copy", "type": "default"}
+    rig.apply(downlink(payload("ASSET", asset_id, cloud, UPDATED)))
+    record = rig.read(lambda txn: rig.graph.entity(txn, asset_id, "ASSET"))
+    assert record is not None
+    if status is Status.PENDING:
+        assert (record.name, record.origin, record.origin_seq) == ("made-on-edge", "edge", 1)
+    else:
+        assert (record.name, record.origin, record.origin_seq) == ("cloud-copy", "cloud", None)
