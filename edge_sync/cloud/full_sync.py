@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from edge_sync.cloud import downlink_batch, downlinks, tb_entities
+from edge_sync.cloud.graph_keys import user_customer
 from edge_sync.cloud.graph_store import (
     ASSET_PROFILE,
     METADATA,
@@ -224,8 +225,12 @@ def _edge_items(store: CloudStore, edge: EdgeRecord, now_ms: int,
                 types = {d.type for d in store._devices_of_edge(txn, edge.edge_id)}
             for device_type in sorted(types):
                 profiles[device_type] = graph.device_profile_id(device_type, now_ms)
-        if name in TENANT_WIDE:
-            items: Iterable[_Item] = _of_kind(store, name)
+        if name == "USER":  # tenant users, and the users of the edge's customers
+            customers = {str(c) for c in _assigned_ids(store, edge.edge_id, "CUSTOMER")}
+            items: Iterable[_Item] = (u for u in _of_kind(store, name)
+                                      if _user_customer_key(u.json) in customers | {None})
+        elif name in TENANT_WIDE:
+            items = _of_kind(store, name)
         elif name == "RULE_CHAIN":
             sent.update(entity_graph.Ref("RULE_CHAIN", str(c)) for c in _chain_ids(store, edge, root))
             items = _rule_chains(store, edge.edge_id, root)
@@ -253,6 +258,18 @@ def _edge_items(store: CloudStore, edge: EdgeRecord, now_ms: int,
                         left_out.append(LeftOut(METADATA, item.id, lacks))
                     continue
                 yield _Item(METADATA, item.id, meta)
+
+
+def _assigned_ids(store: CloudStore, edge_id: uuid.UUID, kind: str) -> list[uuid.UUID]:
+    rank = entity_graph.BY_TYPE[kind].sync_rank
+    with store.lmdb.read() as txn:
+        return [entity_id for _, _, entity_id in store.graph.assigned(txn, edge_id, rank=rank)]
+
+
+def _user_customer_key(text: str) -> str | None:
+    """A user's customer id as text, None (always sent) for a tenant user."""
+    customer = user_customer(json.loads(text))
+    return None if customer is None else str(customer)
 
 
 def _chain_ids(store: CloudStore, edge: EdgeRecord, root: uuid.UUID | None) -> list[uuid.UUID]:

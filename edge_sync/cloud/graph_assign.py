@@ -98,6 +98,10 @@ class GraphAssignment(GraphDefaults):
         txn.put(entity_id.bytes + edge_id.bytes, b"", db=self._dbh("g_assigned"))
         self._queue(txn, change, [edge_id], self.entity_downlink(txn, rec, "ADDED"),
                     entity_graph.BY_TYPE[kind].downlink_field)
+        if kind == "CUSTOMER":  # its users come to the edge with it (CustomerUsersEdgeEventFetcher)
+            for user in self._customer_users(txn, entity_id):
+                self._queue(txn, change, [edge_id], self.entity_downlink(txn, user, "ADDED"),
+                            "userUpdateMsg")
         relations = self._relation_downlinks(txn, change, edge_id, entity_id)
         again = self._dependants_again(txn, change, edge_id, kind, entity_id, json.loads(rec.json))
         _log.bind(entity_type=kind, entity_id=str(entity_id), name=rec.name, edge_id=str(edge_id),
@@ -199,6 +203,10 @@ class GraphAssignment(GraphDefaults):
         self._drop_assignment(txn, edge_id, rec.kind, rec.id)
         cascade = self._unassign_dependants(txn, change, edge_id, rec.kind, rec.id,
                                             json.loads(rec.json))
+        if rec.kind == "CUSTOMER":  # its users leave the edge with it
+            for user in self._customer_users(txn, rec.id):
+                self._queue(txn, change, [edge_id], self.entity_downlink(txn, user, "DELETED"),
+                            "userUpdateMsg")
         self._queue(txn, change, [edge_id], self.entity_downlink(txn, rec, "DELETED"),
                     entity_graph.BY_TYPE[rec.kind].downlink_field)
         log = _log.bind(entity_type=rec.kind, entity_id=str(rec.id), name=rec.name,

@@ -22,6 +22,7 @@ from edge_sync.cloud.graph_checks import GraphChecks
 from edge_sync.cloud.graph_keys import (
     GRAPH_KINDS,
     METADATA,
+    TENANT_WIDE,
     CloudEntity,
     _Change,
     _compact,
@@ -67,10 +68,11 @@ class GraphEntities(GraphChecks):
         self._check_cycle(txn, kind, entity_id, refs)
         rec = _Rec(kind, entity_id, name, text, prepared["createdTime"], now_ms, "cloud")
         self._put(txn, rec, None, prepared)
-        if self._on_every_edge(txn, kind, entity_id):
+        if kind in TENANT_WIDE:
             # on every edge from the start (ThingsBoard sends a new profile, user, widget type to
-            # every edge): queued ADDED for each
-            self._queue(txn, change, self._all_edges(txn), self.entity_downlink(txn, rec, "ADDED"),
+            # every edge; a customer's user to the edges holding that customer): ADDED for each
+            self._queue(txn, change, self._edges_holding(txn, kind, entity_id),
+                        self.entity_downlink(txn, rec, "ADDED"),
                         entity_graph.BY_TYPE[kind].downlink_field)
         _log.bind(entity_type=kind, entity_id=str(entity_id), name=name, action="ADDED").info(
             "entity created")
@@ -99,8 +101,14 @@ class GraphEntities(GraphChecks):
             self._check_refs(txn, kind, name, refs, entity_id)
             self._check_cycle(txn, kind, entity_id, refs)
             rec = _Rec(kind, entity_id, name, text, prepared["createdTime"], now_ms, old.origin)
+            before = self._edges_holding(txn, kind, entity_id) if kind == "USER" else set()
             self._put(txn, rec, old, prepared)
             self._changed(txn, change, rec, "UPDATED", exclude=None)
+            if kind == "USER":  # a user moved to another customer leaves the edges of the first
+                left = before - self._edges_holding(txn, kind, entity_id)
+                if left:
+                    self._queue(txn, change, left, self.entity_downlink(txn, rec, "DELETED"),
+                                "userUpdateMsg")
             return self._entity(txn, rec)
 
         updated: CloudEntity = self._write(fn)

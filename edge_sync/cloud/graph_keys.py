@@ -30,7 +30,7 @@ from typing import Any
 
 from edge_sync.cloud import tb_entities
 from edge_sync.common import entity_graph
-from edge_sync.common.entity_graph import Ref
+from edge_sync.common.entity_graph import NULL_ID, Ref
 
 GRAPH_DB_NAMES = ("g_entities", "g_names", "g_kinds", "g_metadata", "g_relations",
                   "g_relations_to", "g_assign", "g_assigned", "g_refby")
@@ -42,7 +42,22 @@ GRAPH_KINDS: tuple[str, ...] = tuple(
 """The kinds the graph keeps (rule chain metadata under its rule chain's id)."""
 TENANT_WIDE = frozenset({"TENANT", "QUEUE", "USER", "WIDGET_TYPE", "WIDGETS_BUNDLE",
                          "DEVICE_PROFILE", "ASSET_PROFILE"})
-"""Kinds on every edge (ThingsBoard's sync sends them all); the others are assigned."""
+"""Kinds on every edge (ThingsBoard's sync sends them all); the others are assigned. A user of
+a customer (user_customer) is the exception: only on the edges holding its customer."""
+
+
+def user_customer(body: Mapping[str, Any]) -> uuid.UUID | None:
+    """The customer of a user, None for a tenant user (no customerId, or ThingsBoard's null
+    customer). ThingsBoard's EdgeSyncCursor sends an edge the tenant's admins
+    (TenantAdminUsersEdgeEventFetcher), and a customer's users only to an edge of that customer
+    (CustomerUsersEdgeEventFetcher)."""
+    raw = body.get("customerId")
+    raw = raw.get("id") if isinstance(raw, Mapping) else raw
+    try:
+        customer = uuid.UUID(str(raw))
+    except ValueError:
+        return None
+    return None if customer == NULL_ID or customer.int == 0 else customer
 NAME_FIELD: Mapping[str, str] = {"TENANT": "title", "CUSTOMER": "title", "DASHBOARD": "title",
                                  "USER": "email"}
 

@@ -31,6 +31,7 @@ from edge_sync.cloud.graph_keys import (
     _ref_digest,
     _refs,
     named_id_key,
+    user_customer,
 )
 from edge_sync.common import ids
 from edge_sync.common.entity_graph import Ref
@@ -190,11 +191,23 @@ class GraphTables:
         raw = txn.get(named_id_key(ROOT_CHAIN), db=self._db["meta"])
         return None if raw is None else codec.to_uuid(raw, "meta: root rule chain id")
 
+    def _customer_users(self, txn: lmdb.Transaction, customer_id: uuid.UUID) -> list[_Rec]:
+        """The users of a customer (a scan of the users: a handful per tenant)."""
+        out = []
+        for user_id in self._ids_of_kind(txn, "USER"):
+            rec = self._get(txn, user_id)
+            if rec is not None and user_customer(json.loads(rec.json)) == customer_id:
+                out.append(rec)
+        return out
+
     def _all_edges(self, txn: lmdb.Transaction) -> list[uuid.UUID]:
         with txn.cursor(db=self._db["edge_ids"]) as cur:
             return [uuid.UUID(bytes=bytes(k)) for k in cur.iternext(values=False)]
 
     def _on_every_edge(self, txn: lmdb.Transaction, kind: str, entity_id: uuid.UUID) -> bool:
+        if kind == "USER":
+            rec = self._get(txn, entity_id)
+            return rec is None or user_customer(json.loads(rec.json)) is None
         if kind in TENANT_WIDE:
             return True
         return kind in ("RULE_CHAIN", METADATA) and entity_id == self._root_chain_in(txn)
@@ -208,6 +221,10 @@ class GraphTables:
             return {entity_id} if txn.get(entity_id.bytes, db=self._db["edge_ids"]) else set()
         if self._on_every_edge(txn, kind, entity_id):
             return set(self._all_edges(txn))
+        if kind == "USER":  # a customer user: on the edges holding its customer
+            rec = self._get(txn, entity_id)
+            customer = None if rec is None else user_customer(json.loads(rec.json))
+            return set() if customer is None else self._edges_holding(txn, "CUSTOMER", customer)
         db = self._db.get("g_assigned")
         out: set[uuid.UUID] = set()
         if db is None:

@@ -653,3 +653,40 @@ def test_the_graph_survives_a_reopen_and_reads_in_a_read_only_open(tmp_path):
             readonly.graph.create_entity("ASSET", {"name": "c"}, now_ms=NOW)
     finally:
         readonly.close()
+
+
+def test_a_customer_user_is_only_on_the_edges_holding_its_customer(store, service, graph):
+    """ThingsBoard's EdgeSyncCursor sends tenant admins to every edge and a customer's users
+    (CustomerUsersEdgeEventFetcher) only to an edge of that customer: another customer's user
+    e-mails never reach an edge."""
+    e1, e2 = edge_of(service, "rk-1"), edge_of(service, "rk-2")
+    acme = graph.create_entity("CUSTOMER", {"title": "ACME"}, now_ms=NOW)
+    assert graph.assign(e1, "CUSTOMER", acme.id, now_ms=NOW) is True
+    drain(store, e1)
+    admin = graph.create_entity("USER", {"email": "admin@example.com", "authority": "TENANT_ADMIN",
+                                         "customerId": typed("CUSTOMER", NULL_ID)}, now_ms=NOW)
+    user = graph.create_entity("USER", {"email": "bob@acme.com", "authority": "CUSTOMER_USER",
+                                        "customerId": typed("CUSTOMER", acme.id)}, now_ms=NOW)
+    assert set(admin.edges) == {e1, e2}
+    assert user.edges == (e1,)
+    assert [m.userUpdateMsg[0].entity for m in drain(store, e1)] == [admin.json, user.json]
+    assert [m.userUpdateMsg[0].entity for m in drain(store, e2)] == [admin.json]
+    assert [e.name for e in graph.entities(entity_type="USER", edge_id=e2)] == ["admin@example.com"]
+    assert [(k, i) for k, i, _ in graph.assignment(e2) if k == "USER"] == [("USER", admin.id)]
+    assert [(k, i) for k, i, _ in graph.assignment(e1) if k == "USER"] == [
+        ("USER", admin.id), ("USER", user.id)]
+    # the customer assigned to e2: its user comes along; unassigned: it leaves with it
+    assert graph.assign(e2, "CUSTOMER", acme.id, now_ms=NOW) is True
+    assert [shape(m) for m in drain(store, e2)] == [["customerUpdateMsg"], ["userUpdateMsg"]]
+    assert graph.unassign(e2, "CUSTOMER", acme.id, now_ms=NOW) is True
+    got = drain(store, e2)
+    assert [(shape(m), m.ListFields()[0][1][0].msgType) for m in got] == [
+        (["userUpdateMsg"], DELETED), (["customerUpdateMsg"], DELETED)]
+    # a user moved to another customer leaves the edges of the first
+    other = graph.create_entity("CUSTOMER", {"title": "Other"}, now_ms=NOW)
+    graph.update_entity("USER", user.id, {"email": "bob@acme.com", "authority": "CUSTOMER_USER",
+                                          "customerId": typed("CUSTOMER", other.id)}, now_ms=NOW)
+    (moved,) = drain(store, e1)
+    assert (moved.userUpdateMsg[0].msgType, uuid_of(moved.userUpdateMsg[0].idMSB,
+                                                    moved.userUpdateMsg[0].idLSB)) == (DELETED, user.id)
+    assert graph.entity(user.id).edges == ()  # type: ignore[union-attr]
