@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import lmdb
@@ -33,14 +33,12 @@ from edge_sync.actors.messages import (
 )
 from edge_sync.common.entity_graph import Ref, relation_key
 from edge_sync.common.wire import asset_entity, compact_json, device_json, relation_entity
-from edge_sync.devices.rpc import RpcStatus
 from edge_sync.errors import BadRequest, Conflict, NotFound
 from edge_sync.storage import codec
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.graph_store import EDGE, GraphStore
 from edge_sync.storage.records import Action, Device, NewEvent, lane_for
-from edge_sync.storage.rpc_store import RpcStore
 
 _log = logger.bind(component="graph-changes")
 
@@ -64,7 +62,6 @@ class GraphChanges:
         self._store = store
         self.graph = GraphStore(store)
         self._entities = EntityStore(store)
-        self._rpcs = RpcStore(store)
 
     # -- what the edge holds ----------------------------------------------------------------
 
@@ -181,10 +178,9 @@ class GraphChanges:
 
         def write(w: lmdb.Transaction, seq: int) -> None:
             # the graph removes a device's record, token, attributes and latest values too,
-            # whether or not it held the device's JSON
+            # whether or not it held the device's JSON, and closes its open RPC requests
+            # (RpcStore.close_device), a cascade's devices' included
             removed = self.graph.delete_entity(w, kind, c.entity_id, now_ms=now_ms, origin=EDGE)
-            if kind == "DEVICE":
-                self._close_rpcs(w, c.entity_id, now_ms)
             _log.bind(entity_type=kind, entity=str(c.entity_id), action=Action.DELETED, seq=seq,
                       cascade=len(removed)).info(
                 "{} {!r} deleted on the edge ({} entities removed with it)", kind.lower(), name,
@@ -284,15 +280,6 @@ class GraphChanges:
                                     kind, c.entity_id, removed)
 
         return Planned((event,), write)
-
-    def _close_rpcs(self, txn: lmdb.Transaction, device_id: uuid.UUID, now_ms: int) -> None:
-        """A deleted device's open server-side RPC requests are finished (FAILED, "device
-        deleted"), reported to nobody: the cloud deletes the device's requests with it. Not
-        loaded at the next start, never expired into events of a device that is gone."""
-        for request in list(self._rpcs.scan(txn, device_id)):
-            if not request.status.final:
-                self._rpcs.put(txn, replace(request, status=RpcStatus.FAILED,
-                                            error="device deleted", updated_at=now_ms))
 
     # -- devices made on the edge ------------------------------------------------------------
 

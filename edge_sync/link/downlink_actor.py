@@ -60,7 +60,7 @@ import lmdb
 from loguru import logger
 
 from edge_sync.actors.address import Address
-from edge_sync.actors.messages import RpcQueued, SharedAttributesApplied
+from edge_sync.actors.messages import EntityDeleted, RpcQueued, SharedAttributesApplied
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.wire import uuid_of
 from edge_sync.errors import EdgeSyncError, StorageCorrupt, StorageError
@@ -273,9 +273,16 @@ class DownlinkActor(SupervisedActor):
 
     def _tell_sessions(self, out: DownlinkOutcome) -> None:
         """After the commit: the devices' entity actors deliver the new requests and wake the
-        long polls waiting for shared attributes."""
+        long polls waiting for shared attributes; a removed device's actor (deleted, taken by
+        a cascade or by a full sync's sweep) drops the requests it holds (closed in the
+        store with the device) and answers its waiting polls, as after an edge's delete."""
         if self._notify is None:
             return
+        gone = set(out.graph.devices_removed)
+        gone.update(uuid.UUID(r.id) for r in out.removed
+                    if r.entity_type == "DEVICE" and not r.held)
+        for device_id in sorted(gone):
+            self._notify(EntityDeleted(device_id))
         for device_id, requests in out.rpc_queued.items():
             self._report.rpc_queued(len(requests))
             self._notify(RpcQueued(device_id, tuple(requests)))

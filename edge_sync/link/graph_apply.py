@@ -72,6 +72,7 @@ class GraphOutcome:
     warnings: list[str] = field(default_factory=list)
     profiles_changed: bool = False
     devices_changed: bool = False  # the token cache must forget
+    devices_removed: list[uuid.UUID] = field(default_factory=list)  # their actors are told
 
 
 @dataclass(slots=True)
@@ -333,8 +334,10 @@ class GraphApplier:
         out.applied.extend((r.kind, gs.DELETED) for r in removed)
         extra = f" with {len(removed) - 1} dependants" if len(removed) > 1 else ""
         out.done.append(f"{c.entity_type} {entity_id} deleted{extra}")
-        if any(r.kind == "DEVICE" for r in removed):
+        dead = [uuid.UUID(r.key) for r in removed if r.kind == "DEVICE"]
+        if dead:  # their open RPC requests were closed with them (RpcStore.close_device)
             out.devices_changed = True
+            out.devices_removed.extend(dead)
         if any(r.kind == "DEVICE_PROFILE" for r in removed):
             out.profiles_changed = True
 

@@ -58,6 +58,7 @@ from edge_sync.storage.graph_keys import (
 from edge_sync.storage.graph_log import ApplyLog
 from edge_sync.storage.graph_relations import RelationTable
 from edge_sync.storage.graph_sync import FullSyncState
+from edge_sync.storage.rpc_store import RpcStore
 
 _log = logger.bind(component="graph")
 
@@ -112,6 +113,7 @@ class EntityTable:
         self._sync = sync
         self._log = log
         self._es = entities_store
+        self._rpcs = RpcStore(tables.store)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -329,7 +331,7 @@ class EntityTable:
                                             now_ms=now_ms, origin=origin,
                                             removed=relations_removed) > 0
         found |= self._held.drop(txn, held_entity_key(entity_type, entity_id))
-        found |= self._remove_operational(txn, entity_type, entity_id)
+        found |= self._remove_operational(txn, entity_type, entity_id, now_ms=now_ms)
         if row is not None:
             for r in row.refs:
                 txn.delete(r.encode() + SEP + key, db=self._t.db(REFS))
@@ -345,14 +347,16 @@ class EntityTable:
         return found
 
     def _remove_operational(self, txn: lmdb.Transaction, entity_type: str,
-                            entity_id: uuid.UUID) -> bool:
-        """The operational records of the entity store that go with an entity."""
+                            entity_id: uuid.UUID, *, now_ms: int) -> bool:
+        """The operational records of the entity store that go with an entity (a device's
+        open RPC requests are closed, whatever removed it: RpcStore.close_device)."""
         es = self._es
         # a derived record (credentials, metadata) shares its owner's id: the owner's attributes
         # and latest values stay while the owner does
         found = entity_type not in DERIVED and es.delete_entity_data(txn, entity_id) > 0
         if entity_type == "DEVICE":
             found |= es.delete_device(txn, entity_id)
+            self._rpcs.close_device(txn, entity_id, now_ms=now_ms)
         elif entity_type == "DEVICE_PROFILE":
             found |= es.delete_device_profile(txn, entity_id)
         elif entity_type == "TENANT":

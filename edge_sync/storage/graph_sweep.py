@@ -44,6 +44,7 @@ class Removal:
     entity_type: str
     id: str
     what: str
+    held: bool = False  # a held payload dropped (no record of the entity was removed)
 
 
 class FullSyncEnd:
@@ -123,7 +124,8 @@ class FullSyncEnd:
             found = self._held.get(txn, key)
             if found is not None and self._held.drop(txn, key):
                 out.append(Removal(found.entity.entity_type, "" if found.entity.id is None
-                                   else str(found.entity.id), f"held {found.entity.what}"))
+                                   else str(found.entity.id), f"held {found.entity.what}",
+                                   held=True))
         return out
 
     def _deployed_since(self, txn: lmdb.Transaction, since_ms: int) -> set[int]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import lmdb
 
@@ -59,6 +60,20 @@ class RpcStore:
             txn.put(_DONE + codec.u64(r.updated_at) + tail, b"", db=self._meta)
         else:
             txn.put(_OPEN + tail, b"", db=self._meta)
+
+    def close_device(self, txn: lmdb.Transaction, device_id: uuid.UUID, *, now_ms: int) -> int:
+        """A deleted device's open requests (QUEUED, DELIVERED) are finished: FAILED, "device
+        deleted", reported to nobody (the cloud deletes a device's requests with it). Never
+        loaded at the next start, never expired into events of a device that is gone. Called
+        wherever a device is removed (the graph's delete, its cascades and a full sync's
+        sweep: storage/graph_entities.py). How many were closed."""
+        closed = 0
+        for request in list(self.scan(txn, device_id)):
+            if not request.status.final:
+                self.put(txn, replace(request, status=RpcStatus.FAILED, error="device deleted",
+                                      updated_at=now_ms))
+                closed += 1
+        return closed
 
     def find(self, txn: lmdb.Transaction, device_id: uuid.UUID, request_uuid: uuid.UUID
              ) -> RpcRequest | None:

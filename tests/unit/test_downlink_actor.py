@@ -19,7 +19,7 @@ import pytest
 from loguru import logger
 
 from edge_sync.actors.address import Address
-from edge_sync.actors.messages import RpcQueued, SharedAttributesApplied
+from edge_sync.actors.messages import EntityDeleted, RpcQueued, SharedAttributesApplied
 from edge_sync.cloud.downlinks import stamp
 from edge_sync.devices.rpc import RpcStatus
 from edge_sync.errors import QueueFull
@@ -907,3 +907,62 @@ def test_a_held_entity_the_full_sync_does_not_send_again_is_not_applied_but_remo
         assert rig.graph.held(txn) == []
     assert rig.device(dev) is None
     assert rig.count("edge_graph_removed_after_full_sync_total") == 1
+
+
+# -- a device removed by the cloud closes its open RPC requests ------------------------------------
+
+
+def rpc_states(rig: Rig, dev: uuid.UUID) -> list[tuple[RpcStatus, str]]:
+    with rig.store.read() as txn:
+        return [(r.status, r.error) for r in RpcStore(rig.store).scan(txn, dev)]
+
+
+def open_rpcs(rig: Rig) -> int:
+    with rig.store.read() as txn:
+        return RpcStore(rig.store).open_count(txn)
+
+
+def queued_rpc(rig: Rig, dev: uuid.UUID, dl_id: int) -> None:
+    assert rig.apply(rpc_msg(dl_id, dev, uuid.uuid4(), 1)).success
+    assert rpc_states(rig, dev) == [(RpcStatus.QUEUED, "")]
+
+
+def test_a_device_deleted_by_a_downlink_fails_its_open_rpcs_and_tells_its_actor(
+        rig: Rig) -> None:
+    dev = uuid.uuid4()
+    provision(rig, dev, "pump", "tok-pump")
+    queued_rpc(rig, dev, 60)
+    rig.notified.clear()
+    assert rig.apply(device_msg(61, dev, "pump", kind=edge_pb2.ENTITY_DELETED_RPC_MESSAGE)).success
+    assert rpc_states(rig, dev) == [(RpcStatus.FAILED, "device deleted")]
+    assert open_rpcs(rig) == 0  # not loaded at the next start
+    assert rig.notified == [EntityDeleted(dev)]
+
+
+def test_a_device_removed_with_its_profile_fails_its_open_rpcs_and_tells_its_actor(
+        rig: Rig) -> None:
+    dev, profile = uuid.uuid4(), uuid.uuid4()
+    assert rig.apply(sync_pack(1, dev, profile, "tok-meter", PARTS)).success
+    queued_rpc(rig, dev, 2)
+    rig.notified.clear()
+    assert rig.apply(profiles_msg(3, profile_update(
+        profile, "meter", kind=edge_pb2.ENTITY_DELETED_RPC_MESSAGE))).success
+    assert rig.device(dev) is None  # the cascade took it
+    assert rpc_states(rig, dev) == [(RpcStatus.FAILED, "device deleted")]
+    assert open_rpcs(rig) == 0
+    assert rig.notified == [EntityDeleted(dev)]
+
+
+def test_a_device_a_full_sync_no_longer_sends_fails_its_open_rpcs_and_tells_its_actor(
+        rig: Rig) -> None:
+    dev, kept = uuid.uuid4(), uuid.uuid4()
+    provision(rig, dev, "pump", "tok-pump")
+    queued_rpc(rig, dev, 60)
+    rig.child.ref.tell(FullSyncStarted(1, "test"))
+    assert rig.apply(asset_msg(61, kept, "kept")).success
+    rig.notified.clear()
+    assert rig.apply(sync_done(62)).success
+    assert rig.device(dev) is None  # swept
+    assert rpc_states(rig, dev) == [(RpcStatus.FAILED, "device deleted")]
+    assert open_rpcs(rig) == 0
+    assert rig.notified == [EntityDeleted(dev)]

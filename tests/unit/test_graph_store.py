@@ -370,7 +370,7 @@ def test_the_end_of_a_full_sync_removes_what_it_did_not_send_with_dependants(g: 
     rel = f"{kept}->{gone} Contains/COMMON"
     assert [r for r in removed if r.entity_type == "RELATION"] == [
         Removal("RELATION", rel, f"RELATION {rel}")]
-    assert removed[-1] == Removal("DEVICE", str(uuid.UUID(int=9)), "held old held")
+    assert removed[-1] == Removal("DEVICE", str(uuid.UUID(int=9)), "held old held", held=True)
     assert len(removed) == 6
     assert {e.id for e in g.read(lambda txn: g.graph.entities(txn))} == {pid, kept, pending, late}
     assert g.read(lambda txn: g.graph.relations(txn, kept)) == []  # went with "gone"
