@@ -188,6 +188,18 @@ class GraphChecks(GraphDownlinks):
         if found is not None and found != own:
             raise Conflict(f"a {kind_label(kind)} named {name!r} already exists ({found})")
 
+    def _check_fqn(self, txn: lmdb.Transaction, kind: str, body: dict[str, Any],
+                   own: uuid.UUID) -> None:
+        """A widget type's fqn names no other widget type (ThingsBoard: constraint
+        uq_widget_type_fqn UNIQUE (tenant_id, fqn), WidgetTypeServiceImpl "Widget type with such
+        fqn already exists!"); the fqn index, through which dashboards' references resolve,
+        holds one widget type per fqn."""
+        fqn = body.get("fqn") if kind == "WIDGET_TYPE" else None
+        if isinstance(fqn, str) and fqn:
+            found = self._named(txn, "WIDGET_TYPE_FQN", fqn)
+            if found is not None and found != own:
+                raise Conflict(f"a widget type with fqn {fqn!r} already exists ({found})")
+
     def _must(self, txn: lmdb.Transaction, kind: str, entity_id: uuid.UUID) -> _Rec:
         rec = self._get(txn, entity_id)
         if rec is None or rec.kind != kind:

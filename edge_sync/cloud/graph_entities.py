@@ -61,6 +61,7 @@ class GraphEntities(GraphChecks):
         if self._get(txn, entity_id) is not None:
             raise Conflict(f"an entity with id {entity_id} already exists")
         self._check_name(txn, kind, name, entity_id)
+        self._check_fqn(txn, kind, prepared, entity_id)
         text = _compact(prepared)
         self._check_size(kind, entity_id, name, text)
         refs = _refs(kind, prepared)
@@ -93,6 +94,7 @@ class GraphEntities(GraphChecks):
             old = self._must(txn, kind, entity_id)
             _, name, prepared = self._prepare(txn, kind, body, entity_id, old, now_ms, change)
             self._check_name(txn, kind, name, entity_id)
+            self._check_fqn(txn, kind, prepared, entity_id)
             text = _compact(prepared)
             if text == old.json:
                 return self._entity(txn, old)

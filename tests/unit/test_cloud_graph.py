@@ -690,3 +690,23 @@ def test_a_customer_user_is_only_on_the_edges_holding_its_customer(store, servic
     assert (moved.userUpdateMsg[0].msgType, uuid_of(moved.userUpdateMsg[0].idMSB,
                                                     moved.userUpdateMsg[0].idLSB)) == (DELETED, user.id)
     assert graph.entity(user.id).edges == ()  # type: ignore[union-attr]
+
+
+def test_a_widget_type_fqn_taken_by_another_widget_type_is_refused(store, graph):
+    """ThingsBoard keeps a widget type's fqn unique per tenant: a second one would take the
+    fqn index (what dashboards' references resolve through) from the first."""
+    gauge = graph.create_entity("WIDGET_TYPE", {"name": "Gauge", "fqn": "gauge"}, now_ms=NOW)
+    dial = graph.create_entity("WIDGET_TYPE", {"name": "Dial", "fqn": "dial"}, now_ms=NOW)
+    with pytest.raises(Conflict) as created:
+        graph.create_entity("WIDGET_TYPE", {"name": "Gauge 2", "fqn": "gauge"}, now_ms=NOW)
+    assert str(created.value) == f"a widget type with fqn 'gauge' already exists ({gauge.id})"
+    with pytest.raises(Conflict) as updated:
+        graph.update_entity("WIDGET_TYPE", dial.id, {"name": "Dial", "fqn": "gauge"}, now_ms=NOW)
+    assert str(updated.value) == f"a widget type with fqn 'gauge' already exists ({gauge.id})"
+    assert [e.name for e in graph.entities(entity_type="WIDGET_TYPE")] == ["Gauge", "Dial"]
+    # its own fqn kept on update is fine; the index still names each
+    graph.update_entity("WIDGET_TYPE", gauge.id, {"name": "Gauge", "fqn": "gauge",
+                                                 "description": "x"}, now_ms=NOW)
+    with store.lmdb.read() as txn:
+        assert graph._named(txn, "WIDGET_TYPE_FQN", "gauge") == gauge.id
+        assert graph._named(txn, "WIDGET_TYPE_FQN", "dial") == dial.id
