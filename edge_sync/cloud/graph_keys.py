@@ -71,8 +71,8 @@ def name_field(kind: str, body: Mapping[str, Any]) -> str:
     return NAME_FIELD.get(kind, "name")
 
 _CUSTOMER_OWNED = frozenset({"ASSET", "ENTITY_VIEW", "USER"})
-_USER_SECRETS = ("password", "activateToken", "resetToken")
-_USER_INFO_SECRETS = ("userPasswordHistory",)
+_USER_SECRETS = tb_entities.SECRET_USER_FIELDS  # the import's list too (tb_import)
+_USER_INFO_SECRETS = tb_entities.SECRET_USER_INFO_FIELDS
 MAX_RELATION_TYPE_BYTES = 255
 MAX_TYPE_GROUP_BYTES = 64
 MAX_NAME_KEY = 300

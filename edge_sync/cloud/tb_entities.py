@@ -22,6 +22,13 @@ from edge_sync.common.wire import typed_id
 DEFAULT_PROFILE = "default"
 """The name of the default device profile and of the default asset profile (ThingsBoard's)."""
 
+SECRET_USER_FIELDS = ("password", "credentials", "userCredentials", "activateToken",
+                      "resetToken")
+"""Fields of a user's JSON that would carry a credential: dropped wherever a user enters the
+cloud (an import, a create or update), never stored nor logged."""
+SECRET_USER_INFO_FIELDS = ("userPasswordHistory",)
+"""Fields of a user's ``additionalInfo`` dropped for the same reason."""
+
 TENANT_TITLE = "Tenant"
 ROOT_CHAIN_NAME = "Edge Root Rule Chain"
 PUSH_TO_CLOUD_NODE = "org.thingsboard.rule.engine.edge.TbMsgPushToCloudNode"

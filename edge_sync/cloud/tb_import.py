@@ -61,6 +61,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeGuard
 
+from edge_sync.cloud.tb_entities import SECRET_USER_FIELDS, SECRET_USER_INFO_FIELDS
 from edge_sync.common import entity_graph, ids
 from edge_sync.common.entity_graph import NULL_ID, RULE_CHAIN_INPUT_NODE, Ref
 from edge_sync.common.wire import typed_id
@@ -75,9 +76,6 @@ their own tables: token, one edge); tenants, queues and credentials are the clou
 EXPORT_STRIPPED = ("id", "createdTime", "tenantId", "externalId", "version")
 """What ThingsBoard's prepareExport takes out (customerId is handled per kind)."""
 
-SECRET_USER_FIELDS = ("password", "credentials", "userCredentials", "activateToken",
-                      "resetToken")
-"""Fields of a user file that would carry a credential: dropped, never stored nor logged."""
 
 USER_AUTHORITIES = ("TENANT_ADMIN", "CUSTOMER_USER")
 
@@ -495,9 +493,10 @@ class _Builder:
         info = doc.get("additionalInfo")
         body = self._base("USER", {k: v for k, v in doc.items() if k not in SECRET_USER_FIELDS},
                           where)
-        if isinstance(info, Mapping) and "userPasswordHistory" in info:
-            body["additionalInfo"] = {k: v for k, v in info.items() if k != "userPasswordHistory"}
-            dropped.append("additionalInfo.userPasswordHistory")
+        if isinstance(info, Mapping) and any(k in info for k in SECRET_USER_INFO_FIELDS):
+            body["additionalInfo"] = {k: v for k, v in info.items()
+                                      if k not in SECRET_USER_INFO_FIELDS}
+            dropped += [f"additionalInfo.{k}" for k in SECRET_USER_INFO_FIELDS if k in info]
         if dropped:
             self.note(where, f"{', '.join(dropped)} not imported: credentials are never stored "
                              "(set the user's password on the edge)")

@@ -710,3 +710,23 @@ def test_a_widget_type_fqn_taken_by_another_widget_type_is_refused(store, graph)
     with store.lmdb.read() as txn:
         assert graph._named(txn, "WIDGET_TYPE_FQN", "gauge") == gauge.id
         assert graph._named(txn, "WIDGET_TYPE_FQN", "dial") == dial.id
+
+
+def test_a_user_created_or_updated_keeps_no_credential_the_import_would_drop(store, graph):
+    """One list of a user's secret fields (tb_entities.SECRET_USER_FIELDS) for the import and
+    for create / update: credentials and userCredentials were stored by create and update."""
+    from edge_sync.cloud import graph_keys, tb_import
+
+    assert graph_keys._USER_SECRETS is tb_import.SECRET_USER_FIELDS
+    secrets = {"password": "p", "credentials": {"password": "c"},
+               "userCredentials": {"activateToken": "t"}, "activateToken": "a", "resetToken": "r"}
+    user = graph.create_entity("USER", {"email": "ops@example.com", "authority": "TENANT_ADMIN",
+                                        **secrets}, now_ms=NOW)
+    assert sorted(user.body()) == ["authority", "createdTime", "customerId", "email", "id",
+                                   "tenantId"]
+    updated = graph.update_entity("USER", user.id, {"email": "ops@example.com",
+                                                    "authority": "TENANT_ADMIN", "lang": "en",
+                                                    **secrets}, now_ms=NOW)
+    assert sorted(updated.body()) == ["authority", "createdTime", "customerId", "email", "id",
+                                      "lang", "tenantId"]
+    assert graph.entity(user.id).json == updated.json  # type: ignore[union-attr]
