@@ -129,10 +129,32 @@ class DownlinkActor(SupervisedActor):
             return float(self._graph.held_count(txn))
 
     def on_start(self) -> None:
-        """Actor thread: apply what waited for something the edge made meanwhile, and ask for
-        the metadata of rule chains the edge has without it."""
+        """Actor thread: forget the seen marks of a full sync this actor does not track (it
+        restarted mid-sync), apply what waited for something the edge made meanwhile, and ask
+        for the metadata of rule chains the edge has without it."""
+        self._drop_untracked_sync()
         self._release_ready()
         self._metadata.ask()
+
+    def _drop_untracked_sync(self) -> None:
+        """A new actor tracks no full sync (FullSyncBook is in memory), so a seen marker on
+        disk belongs to a sync cut short by a restart (a crash of this actor, or of the
+        process): its completion would sweep nothing, while the marker kept every held entity
+        back (``held_outside_sync``) until the next full sync. Cleared; the sync state stays
+        in progress, so the next connect asks for a full sync again."""
+        with self._store.read() as txn:
+            if not self._graph.full_sync_active(txn):
+                return
+        try:
+            dropped = self._store.write(self._graph.drop_full_sync_marks, maintenance=True)
+        except EdgeSyncError as exc:  # tried again at the next start; a full sync resets it
+            _log.bind(error=str(exc)).error("marks of an untracked full sync not cleared: {}",
+                                            exc)
+            return
+        if dropped:
+            _log.bind(action="FULL_SYNC_ABANDONED").warning(
+                "full sync cut short by a restart: its seen marks cleared, nothing removed at "
+                "its end; the next connect asks for a full sync again")
 
     def _release_ready(self) -> None:
         with self._store.read() as txn:

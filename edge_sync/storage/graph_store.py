@@ -256,6 +256,16 @@ class GraphStore:
         removed at the sync's end unless it comes; releasing it now would keep it)."""
         return self._sync.held_outside_sync(txn, key)
 
+    def drop_full_sync_marks(self, txn: lmdb.Transaction) -> bool:
+        """Forget the seen marks of a full sync nobody tracks any more (its DownlinkActor
+        restarted, or the process did): its completion will sweep nothing, and the marker must
+        not keep held entities back until the next full sync. The sync state's in_progress
+        stays, so the next connect asks for a full sync again. Whether there were marks."""
+        if not self._sync.active(txn):
+            return False
+        self._sync.end_marks(txn)
+        return True
+
     def complete_full_sync(self, txn: lmdb.Transaction, *, now_ms: int, version: str
                            ) -> list[Removal]:
         """The full sync's SyncCompletedMsg: remove what it did not send (with dependants),

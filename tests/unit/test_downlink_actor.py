@@ -966,3 +966,42 @@ def test_a_device_a_full_sync_no_longer_sends_fails_its_open_rpcs_and_tells_its_
     assert rpc_states(rig, dev) == [(RpcStatus.FAILED, "device deleted")]
     assert open_rpcs(rig) == 0
     assert rig.notified == [EntityDeleted(dev)]
+
+
+def test_a_restart_mid_sync_clears_its_marks_so_held_entities_are_released_again(
+        rig: Rig) -> None:
+    dev = uuid.uuid4()
+    assert rig.apply(credentials_msg(1, dev, "tok-late")).success  # held: no device yet
+    rig.child.ref.tell(FullSyncStarted(1, "first connect"))
+    assert rig.apply(asset_msg(2, uuid.uuid4(), "a")).success
+    with rig.store.read() as txn:
+        assert rig.graph.full_sync_active(txn)
+    rig.child.stop(timeout=DEADLINE_S)
+    rig.start()  # the supervisor's restart: the sync is no longer tracked in memory
+    assert rig.apply(device_msg(3, dev, "late")).success
+    device = rig.device(dev)
+    assert device is not None and device.token == "tok-late"  # released, not kept back
+    assert rig.by_token("tok-late") == device
+    with rig.store.read() as txn:
+        assert rig.graph.held(txn) == []
+        assert not rig.graph.full_sync_active(txn)
+        assert rig.graph.sync_state(txn).in_progress  # the next connect asks again
+
+
+def test_a_restart_mid_sync_releases_at_start_what_an_edge_made_device_provides(
+        rig: Rig) -> None:
+    dev = uuid.uuid4()
+    assert rig.apply(credentials_msg(1, dev, "tok-edge")).success  # held: no device yet
+    rig.child.ref.tell(FullSyncStarted(1, "first connect"))
+    assert rig.apply(asset_msg(2, uuid.uuid4(), "a")).success
+    rig.child.stop(timeout=DEADLINE_S)
+    rig.store.write(lambda txn: rig.entities.put_device(txn, Device(
+        id=dev, name="edge-made", type="pump", token="", created_time=1)))  # made on the edge
+    rig.start()  # on_start releases what waited for it
+    wait_until(lambda: rig.by_token("tok-edge") is not None, timeout=DEADLINE_S,
+               what="the held credentials released at start")
+    device = rig.device(dev)
+    assert device is not None and device.token == "tok-edge"
+    with rig.store.read() as txn:
+        assert rig.graph.held(txn) == []
+        assert not rig.graph.full_sync_active(txn)
