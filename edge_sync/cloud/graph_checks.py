@@ -141,6 +141,9 @@ class GraphChecks(GraphDownlinks):
             body["customerId"] = typed_id("CUSTOMER", NULL_ID)
         if kind == "ASSET":
             self._asset_profile(txn, body, change, now_ms)
+        if kind == "ENTITY_VIEW" and not entity_graph.references(kind, body):
+            raise BadRequest(f"entity view {name!r}: entityId: expected the device or asset it "
+                             "shows, as a typed id")
         if kind == "USER":
             for secret in _USER_SECRETS:
                 body.pop(secret, None)

@@ -17,7 +17,7 @@ from typing import Any
 import lmdb
 from loguru import logger
 
-from edge_sync.cloud import downlinks
+from edge_sync.cloud import downlinks, tb_import
 from edge_sync.cloud.graph_checks import GraphChecks
 from edge_sync.cloud.graph_keys import (
     GRAPH_KINDS,
@@ -135,6 +135,7 @@ class GraphEntities(GraphChecks):
         except ValueError as exc:
             raise BadRequest("rule chain metadata: ruleChainId is not a rule chain id") from exc
         chain = self._must(txn, "RULE_CHAIN", chain_id)
+        tb_import.check_metadata(body, f"rule chain {chain.name!r} metadata")
         prepared = {**body, "ruleChainId": typed_id("RULE_CHAIN", chain_id)}
         text = _compact(prepared)
         old = self._metadata(txn, chain_id)

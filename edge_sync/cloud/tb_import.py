@@ -321,17 +321,8 @@ class _Builder:
 
     def _metadata(self, doc: Mapping[str, Any], chain_id: uuid.UUID, where: str) -> dict[str, Any]:
         meta = copy.deepcopy(dict(doc))
-        nodes_raw = meta.get("nodes")
-        if nodes_raw is None:
-            nodes_raw = []
-        if not isinstance(nodes_raw, list):
-            raise BadRequest(f"{where}.nodes: expected a list, got {_type_name(nodes_raw)}")
-        connections = meta.get("connections")
-        if connections is None:
-            connections = []
-        if not isinstance(connections, list):
-            raise BadRequest(f"{where}.connections: expected a list, got "
-                             f"{_type_name(connections)}")
+        nodes_raw = _list_of(meta, "nodes", where)
+        connections = _list_of(meta, "connections", where)
         nodes = [self._node(n, chain_id, f"{where}.nodes[{i}]") for i, n in enumerate(nodes_raw)]
         legacy = meta.get("ruleChainConnections") or []
         if not isinstance(legacy, list):
@@ -366,17 +357,7 @@ class _Builder:
             raise BadRequest(f"{where}: expected a JSON object, got {_type_name(doc)}")
         node = self._with_id("RULE_NODE", doc, where)
         node.pop("ruleChainId", None)
-        for key in ("type", "name"):
-            if not text_fits(node.get(key), MAX_NAME_BYTES):
-                raise BadRequest(f"{where}.{key}: " + ("missing" if key not in node else
-                                 f"expected text of 1 to {MAX_NAME_BYTES} bytes"))
-        if not isinstance(node.get("configuration"), dict):
-            raise BadRequest(f"{where}.configuration: " + (
-                "missing" if node.get("configuration") is None else
-                f"expected a JSON object, got {_type_name(node['configuration'])}"))
-        version = node.get("configurationVersion", 0)
-        if not _is_index(version):
-            raise BadRequest(f"{where}.configurationVersion: expected a whole number >= 0")
+        check_node(node, where)
         if node.pop("debugMode", False) and not node.get("debugSettings"):
             node["debugSettings"] = {"failuresEnabled": True, "allEnabled": True}
         out = {"id": node.pop("id"), "createdTime": node.pop("createdTime"),
@@ -678,6 +659,48 @@ def _typed_ref(value: Any, kind: str | None) -> uuid.UUID | None:
 
 def _created(entity_id: uuid.UUID) -> int:
     return ids.unix_ms(entity_id) if ids.is_time_based(entity_id) else 0
+
+
+def _list_of(meta: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    """A rule chain metadata's ``nodes`` or ``connections``: a list (absent or null: empty)."""
+    value = meta.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f"{where}.{key}: expected a list, got {_type_name(value)}")
+    return value
+
+
+def check_node(node: Mapping[str, Any], where: str) -> None:
+    """A rule node's shape as ThingsBoard's RuleChainService needs it: a ``type`` and a
+    ``name`` (text), a ``configuration`` object, a whole ``configurationVersion``."""
+    for key in ("type", "name"):
+        if not text_fits(node.get(key), MAX_NAME_BYTES):
+            raise BadRequest(f"{where}.{key}: " + ("missing" if key not in node else
+                             f"expected text of 1 to {MAX_NAME_BYTES} bytes"))
+    if not isinstance(node.get("configuration"), dict):
+        raise BadRequest(f"{where}.configuration: " + (
+            "missing" if node.get("configuration") is None else
+            f"expected a JSON object, got {_type_name(node['configuration'])}"))
+    if not _is_index(node.get("configurationVersion", 0)):
+        raise BadRequest(f"{where}.configurationVersion: expected a whole number >= 0")
+
+
+def check_metadata(meta: Mapping[str, Any], where: str = "metadata") -> None:
+    """The shape of a rule chain's metadata (RuleChainMetaData JSON), as the import checks it:
+    ``nodes`` a list of rule nodes (check_node), ``connections`` a list of connections between
+    them, ``firstNodeIndex`` a node (or none: absent, null, -1). BadRequest naming where."""
+    nodes = _list_of(meta, "nodes", where)
+    for i, node in enumerate(nodes):
+        if not isinstance(node, Mapping):
+            raise BadRequest(f"{where}.nodes[{i}]: expected a JSON object, got {_type_name(node)}")
+        check_node(node, f"{where}.nodes[{i}]")
+    for i, conn in enumerate(_list_of(meta, "connections", where)):
+        _connection(conn, len(nodes), f"{where}.connections[{i}]")
+    first = meta.get("firstNodeIndex")
+    if first not in (None, -1) and (not _is_index(first) or first >= len(nodes)):
+        raise BadRequest(f"{where}.firstNodeIndex: {first!r} names no node (there are "
+                         f"{len(nodes)})")
 
 
 def _is_index(value: Any) -> TypeGuard[int]:

@@ -126,7 +126,10 @@ def _widget_fqns(config: Any) -> Iterable[str]:
 
 
 def _chain_targets(body: Mapping[str, Any]) -> Iterable[Ref]:
-    for node in body.get("nodes") or ():
+    nodes = body.get("nodes")
+    if not isinstance(nodes, list):  # absent, or not ThingsBoard's list of nodes: none
+        return
+    for node in nodes:
         if isinstance(node, Mapping) and node.get("type") == RULE_CHAIN_INPUT_NODE:
             config = node.get("configuration")
             raw = config.get("ruleChainId") if isinstance(config, Mapping) else None

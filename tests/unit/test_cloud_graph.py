@@ -81,7 +81,8 @@ def relation(src: tuple[str, uuid.UUID], dst: tuple[str, uuid.UUID],
 def chain_meta(chain: uuid.UUID, *targets: uuid.UUID) -> dict[str, Any]:
     nodes = [{"type": RULE_CHAIN_INPUT_NODE, "name": f"to {t}",
               "configuration": {"ruleChainId": str(t)}} for t in targets]
-    return {"ruleChainId": typed("RULE_CHAIN", chain), "firstNodeIndex": 0, "nodes": nodes,
+    return {"ruleChainId": typed("RULE_CHAIN", chain), "firstNodeIndex": 0 if nodes else None,
+            "nodes": nodes,
             "connections": []}
 
 
@@ -730,3 +731,51 @@ def test_a_user_created_or_updated_keeps_no_credential_the_import_would_drop(sto
     assert sorted(updated.body()) == ["authority", "createdTime", "customerId", "email", "id",
                                       "lang", "tenantId"]
     assert graph.entity(user.id).json == updated.json  # type: ignore[union-attr]
+
+
+def test_rule_chain_metadata_of_the_wrong_shape_is_refused_naming_where(store, graph):
+    """set_metadata checks the metadata as the import does (tb_import.check_metadata): nodes: 5
+    was a TypeError (a 500 through the admin API), nodes: [5] or a node whose configuration is
+    not an object was stored."""
+    chain = graph.create_entity("RULE_CHAIN", {"name": "C", "type": "EDGE"}, now_ms=NOW)
+    node = {"type": "org.thingsboard.rule.engine.filter.TbJsFilterNode", "name": "f",
+            "configuration": {}}
+    cases = [
+        ({"nodes": 5}, "rule chain 'C' metadata.nodes: expected a list, got a number"),
+        ({"nodes": [5]}, "rule chain 'C' metadata.nodes[0]: expected a JSON object, got a number"),
+        ({"nodes": [{**node, "configuration": "x"}]},
+         "rule chain 'C' metadata.nodes[0].configuration: expected a JSON object, got text"),
+        ({"nodes": [{**node, "name": None}]}, "rule chain 'C' metadata.nodes[0].name: "
+                                              "expected text of 1 to 255 bytes"),
+        ({"nodes": [node], "connections": {}},
+         "rule chain 'C' metadata.connections: expected a list, got an object"),
+        ({"nodes": [node], "connections": [{"fromIndex": 0, "toIndex": 1, "type": "True"}]},
+         "rule chain 'C' metadata.connections[0].toIndex: 1 names no node (there are 1)"),
+        ({"nodes": [node], "firstNodeIndex": 3},
+         "rule chain 'C' metadata.firstNodeIndex: 3 names no node (there are 1)"),
+    ]
+    for meta, message in cases:
+        with pytest.raises(BadRequest) as refused:
+            graph.set_metadata({"ruleChainId": typed("RULE_CHAIN", chain.id), **meta}, now_ms=NOW)
+        assert str(refused.value) == message
+        with pytest.raises(BadRequest):
+            graph.update_entity("RULE_CHAIN_METADATA", chain.id, meta, now_ms=NOW)
+    assert graph.metadata(chain.id) is None
+    ok = graph.set_metadata({"ruleChainId": typed("RULE_CHAIN", chain.id), "nodes": [node],
+                             "connections": [], "firstNodeIndex": 0}, now_ms=NOW)
+    assert json.loads(ok.json)["nodes"] == [node]
+
+
+def test_an_entity_view_needs_the_entity_it_shows(graph):
+    for body in ({"name": "v"}, {"name": "v", "entityId": None},
+                 {"name": "v", "entityId": typed("DEVICE", NULL_ID)}):
+        with pytest.raises(BadRequest) as refused:
+            graph.create_entity("ENTITY_VIEW", body, now_ms=NOW)
+        assert str(refused.value) == ("entity view 'v': entityId: expected the device or asset "
+                                      "it shows, as a typed id")
+    asset = graph.create_entity("ASSET", {"name": "a"}, now_ms=NOW)
+    view = graph.create_entity("ENTITY_VIEW", {"name": "v", "entityId": typed("ASSET", asset.id)},
+                               now_ms=NOW)
+    with pytest.raises(BadRequest):
+        graph.update_entity("ENTITY_VIEW", view.id, {"name": "v"}, now_ms=NOW)
+    assert [e.name for e in graph.entities(entity_type="ENTITY_VIEW")] == ["v"]

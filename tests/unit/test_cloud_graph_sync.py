@@ -253,7 +253,8 @@ def test_relation_and_rule_chain_metadata_requests_are_answered_from_the_graph(s
     chain = graph.create_entity("RULE_CHAIN", {"name": "Filters", "type": "EDGE"}, now_ms=NOW)
     other = graph.create_entity("RULE_CHAIN", {"name": "Other", "type": "EDGE"}, now_ms=NOW)
     graph.set_metadata({"ruleChainId": typed("RULE_CHAIN", chain.id), "nodes": [
-        {"type": RULE_CHAIN_INPUT_NODE, "configuration": {"ruleChainId": str(other.id)}}]},
+        {"type": RULE_CHAIN_INPUT_NODE, "name": "to Other",
+         "configuration": {"ruleChainId": str(other.id)}}]},
         now_ms=NOW)
     graph.assign(edge.edge_id, "RULE_CHAIN", chain.id, now_ms=NOW)
     a_msb, a_lsb = uuid_halves(a.id)

@@ -128,3 +128,9 @@ def test_find_cycle_does_not_follow_relations() -> None:
 def test_user_credentials_reference_their_user_typed_or_bare() -> None:
     assert references("USER_CREDENTIALS", {"userId": typed("USER", A)}) == [Ref("USER", str(A))]
     assert references("USER_CREDENTIALS", {"userId": str(A)}) == [Ref("USER", str(A))]
+
+
+def test_rule_chain_metadata_whose_nodes_are_not_a_list_references_only_its_chain() -> None:
+    for nodes in (5, "x", {"type": RULE_CHAIN_INPUT_NODE}, None):
+        assert references("RULE_CHAIN_METADATA", {"ruleChainId": typed("RULE_CHAIN", A),
+                                                  "nodes": nodes}) == [Ref("RULE_CHAIN", str(A))]
