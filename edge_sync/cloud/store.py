@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+from loguru import logger
 
 from edge_sync.cloud import downlinks as downlink_msgs
 from edge_sync.cloud import rpc, rpc_table
@@ -116,6 +117,7 @@ CAUSE_TOO_LARGE = "too_large"
 MAX_INDEXED_KEY = 400  # LMDB keys are at most 511 bytes; longer names/tokens are not indexed
 
 
+_log = logger.bind(component="cloud-store")
 _DEVICE_ACTIONS = frozenset({Action.ADDED, Action.UPDATED, Action.DELETED,
                              Action.CREDENTIALS_UPDATED})
 _RELATION_ACTIONS = frozenset({Action.RELATION_ADD_OR_UPDATE, Action.RELATION_DELETED,
@@ -482,9 +484,10 @@ class CloudStore:
                 else:
                     index += 1
                 txn.put(edge + codec.u64(index), value, db=log_db)
-                if ev.entity_type == "DEVICE" and ev.action in _DEVICE_ACTIONS:
-                    self._device_side_effect(txn, edge_id, ev, now_ms)
-                self._graph_side_effect(txn, edge_id, ev, now_ms, result)
+                if not self._foreign_device(txn, edge_id, ev):  # else in the apply log only
+                    if ev.entity_type == "DEVICE" and ev.action in _DEVICE_ACTIONS:
+                        self._device_side_effect(txn, edge_id, ev, now_ms)
+                    self._graph_side_effect(txn, edge_id, ev, now_ms, result)
                 if ev.answer is not None:
                     outcomes.append(self._answer_rpc(txn, edge_id, ev.answer, now_ms))
             if index != start:
@@ -493,6 +496,21 @@ class CloudStore:
             return result
 
         return self.lmdb.write(fn)
+
+    def _foreign_device(self, txn: lmdb.Transaction, edge_id: uuid.UUID, ev: AppliedEvent) -> bool:
+        """Whether ``ev`` changes a device the cloud has on another edge (or on none): not the
+        sending edge's to create, change or delete (ThingsBoard's server checks an edge's
+        device change against the edge's own devices), so its side effects are skipped, with a
+        WARNING, as an asset change from an edge that does not hold it is."""
+        if ev.entity_type != "DEVICE" or ev.action not in _DEVICE_ACTIONS:
+            return False
+        dev = self._device(txn, ev.entity_id)
+        if dev is None or dev.edge_id == edge_id:
+            return False
+        _log.bind(entity_type="DEVICE", entity_id=str(ev.entity_id), edge_id=str(edge_id),
+                  holder=str(dev.edge_id), action=str(ev.action)).warning(
+            "device change from an edge that does not hold it ignored")
+        return True
 
     def _graph_side_effect(self, txn: lmdb.Transaction, edge_id: uuid.UUID, ev: AppliedEvent,
                            now_ms: int, result: UplinkApplied) -> None:

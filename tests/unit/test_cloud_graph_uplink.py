@@ -274,3 +274,34 @@ def test_alarm_ack_and_clear_are_applied_as_before(store, service, edges):
     out = apply(store, e1, alarmUpdateMsg=[edge_pb2.AlarmUpdateMsg(
         msgType=edge_pb2.ALARM_ACK_RPC_MESSAGE, idMSB=msb, idLSB=lsb, entity=body, edgeSeqId=1)])
     assert out.applied == 1 and store.events(e1)[0].action == "ALARM_ACK"
+
+
+def test_an_edge_cannot_delete_change_or_take_another_edges_device(store, service, edges):
+    """A device is one edge's: another edge's delete, update or credentials change is in its
+    apply log only (one WARNING each), as an asset change from an edge not holding it is."""
+    from loguru import logger
+
+    e1, e2 = edges
+    dev, _ = service.create_device("rk-2", "pump-2")
+    asset = service.graph.create_entity("ASSET", {"name": "house"}, now_ms=NOW)
+    service.graph.add_relation({"from": typed("ASSET", asset.id), "to": typed("DEVICE", dev.id),
+                                "type": "Contains"}, now_ms=NOW)
+    msb, lsb = uuid_halves(dev.id)
+    lines: list[Any] = []
+    sink = logger.add(lambda m: lines.append(m.record), level="WARNING")
+    try:
+        out = apply(store, e1, deviceUpdateMsg=[
+            edge_pb2.DeviceUpdateMsg(msgType=UPDATED, idMSB=msb, idLSB=lsb, edgeSeqId=1,
+                                     entity=json.dumps({"id": typed("DEVICE", dev.id),
+                                                        "name": "stolen", "type": "default"})),
+            edge_pb2.DeviceUpdateMsg(msgType=DELETED, idMSB=msb, idLSB=lsb, edgeSeqId=2)])
+    finally:
+        logger.remove(sink)
+    assert out.applied == 2
+    kept = store.device(dev.id)
+    assert (kept.edge_id, kept.name) == (e2, "pump-2")  # type: ignore[union-attr]
+    assert [r["to"]["id"] for r in service.graph.relations(asset.id)] == [str(dev.id)]
+    warned = [r["extra"] for r in lines
+              if r["message"] == "device change from an edge that does not hold it ignored"]
+    assert [(x["entity_id"], x["edge_id"], x["holder"], x["action"]) for x in warned] == [
+        (str(dev.id), str(e1), str(e2), "UPDATED"), (str(dev.id), str(e1), str(e2), "DELETED")]
