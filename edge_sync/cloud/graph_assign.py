@@ -96,8 +96,7 @@ class GraphAssignment(GraphDefaults):
         txn.put(edge_id.bytes + bytes([_rank(kind)]) + entity_id.bytes, kind.encode(),
                 db=self._dbh("g_assign"))
         txn.put(entity_id.bytes + edge_id.bytes, b"", db=self._dbh("g_assigned"))
-        self._queue(txn, change, [edge_id], self.entity_downlink(txn, rec, "ADDED"),
-                    entity_graph.BY_TYPE[kind].downlink_field)
+        self._queue_entity(txn, change, [edge_id], rec, "ADDED")
         if kind == "CUSTOMER":  # its users come to the edge with it (CustomerUsersEdgeEventFetcher)
             for user in self._customer_users(txn, entity_id):
                 self._queue(txn, change, [edge_id], self.entity_downlink(txn, user, "ADDED"),
@@ -133,8 +132,7 @@ class GraphAssignment(GraphDefaults):
                             or not self._is_assigned(txn, edge_id, dep_kind, dep_id) \
                             or not self._refs_on_edge(txn, edge_id, _refs(dep_kind, json.loads(dep.json))):
                         continue
-                    self._queue(txn, change, [edge_id], self.entity_downlink(txn, dep, "ADDED"),
-                                entity_graph.BY_TYPE[dep_kind].downlink_field)
+                    self._queue_entity(txn, change, [edge_id], dep, "ADDED")
                     self._relation_downlinks(txn, change, edge_id, dep_id, besides=entity_id)
                 count += 1
         return count

@@ -779,3 +779,24 @@ def test_an_entity_view_needs_the_entity_it_shows(graph):
     with pytest.raises(BadRequest):
         graph.update_entity("ENTITY_VIEW", view.id, {"name": "v"}, now_ms=NOW)
     assert [e.name for e in graph.entities(entity_type="ENTITY_VIEW")] == ["v"]
+
+
+def test_a_rule_chain_and_metadata_too_large_together_travel_as_two_downlinks(store, service,
+                                                                              graph):
+    """Each fits an edge message, both together do not: the chain's ADDED goes alone and its
+    metadata follows in a second downlink (it was dropped, and the edge never had it)."""
+    e1 = edge_of(service, "rk-1")
+    chain = graph.create_entity("RULE_CHAIN", {"name": "Big", "type": "EDGE",
+                                               "additionalInfo": {"notes": "x" * 3_000_000}},
+                                now_ms=NOW)
+    node = {"type": "org.thingsboard.rule.engine.filter.TbJsFilterNode", "name": "f",
+            "configuration": {"script": "y" * 3_000_000}}
+    meta = graph.set_metadata({"ruleChainId": typed("RULE_CHAIN", chain.id), "nodes": [node],
+                               "connections": [], "firstNodeIndex": 0}, now_ms=NOW)
+    assert graph.assign(e1, "RULE_CHAIN", chain.id, now_ms=NOW) is True
+    got = drain(store, e1)
+    assert [shape(m) for m in got] == [["ruleChainUpdateMsg"], ["ruleChainMetadataUpdateMsg"]]
+    assert [m.ByteSize() <= graph.max_message_bytes for m in got] == [True, True]
+    assert got[0].ruleChainUpdateMsg[0].entity == chain.json
+    sent = got[1].ruleChainMetadataUpdateMsg[0]
+    assert (sent.msgType, sent.entity) == (CREATED, meta.json)
