@@ -91,8 +91,9 @@ class GraphAssignment(GraphDefaults):
     def _assign(self, txn: lmdb.Transaction, change: _Change, edge_id: uuid.UUID, kind: str,
                 entity_id: uuid.UUID) -> bool:
         rec = self._must(txn, kind, entity_id)
-        if self._on_every_edge(txn, kind, entity_id) or self._is_assigned(txn, edge_id, kind, entity_id):
-            return False
+        if kind == "USER" or self._on_every_edge(txn, kind, entity_id) \
+                or self._is_assigned(txn, edge_id, kind, entity_id):
+            return False  # a user is on every edge, or follows its customer's assignment
         txn.put(edge_id.bytes + bytes([_rank(kind)]) + entity_id.bytes, kind.encode(),
                 db=self._dbh("g_assign"))
         txn.put(entity_id.bytes + edge_id.bytes, b"", db=self._dbh("g_assigned"))

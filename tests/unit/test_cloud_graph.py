@@ -670,6 +670,7 @@ def test_a_customer_user_is_only_on_the_edges_holding_its_customer(store, servic
                                         "customerId": typed("CUSTOMER", acme.id)}, now_ms=NOW)
     assert set(admin.edges) == {e1, e2}
     assert user.edges == (e1,)
+    assert graph.assign(e2, "USER", user.id, now_ms=NOW) is False  # it follows its customer
     assert [m.userUpdateMsg[0].entity for m in drain(store, e1)] == [admin.json, user.json]
     assert [m.userUpdateMsg[0].entity for m in drain(store, e2)] == [admin.json]
     assert [e.name for e in graph.entities(entity_type="USER", edge_id=e2)] == ["admin@example.com"]
