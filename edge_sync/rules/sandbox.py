@@ -1,0 +1,322 @@
+"""The rule engine's script sandbox: a rule node's JavaScript or TBEL script, compiled once and run
+per message in an embedded QuickJS (quickjs-ng) context under a per-call time limit and a memory cap.
+
+Owns: wrapping a ThingsBoard script body into a function of ``(msg, metadata, msgType)`` as
+ThingsBoard does, mapping TBEL's common subset onto JavaScript (and refusing the rest at compile),
+passing values in and out as JSON (never Python ``eval``), the typed script errors, and recreating
+the context after a timeout or a memory blow-up so the next call runs on a clean one.
+
+Thread-safety: a QuickJS runtime must only be used by the thread that created it. A ScriptEngine
+serialises its calls with a lock and, when called from a thread other than the one that built its
+context, rebuilds the context in the calling thread (a recompile, about a millisecond). Meant use:
+one engine per script per shard thread. Choice of engine and measured figures: docs/rules-scripts.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import _quickjs  # type: ignore[import-not-found]  # quickjs-ng's C extension, no stubs
+
+ScriptLang = Literal["JS", "TBEL"]
+
+DEFAULT_TIME_LIMIT_S = 0.1
+DEFAULT_MEMORY_LIMIT_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_STACK_BYTES = 512 * 1024
+# the name of ThingsBoard's script arguments, in order
+ARG_NAMES = ("msg", "metadata", "msgType")
+
+
+class ScriptError(Exception):
+    """Any failure of a rule script: compile or run."""
+
+
+class ScriptSyntaxError(ScriptError):
+    """The script does not compile (the engine's message), or uses TBEL that does not map to JS."""
+
+
+class ScriptRuntimeError(ScriptError):
+    """The script threw (the thrown value's text and the engine's stack), or returned a value that
+    is not JSON-able or not of the shape its node expects."""
+
+
+class ScriptTimeout(ScriptError):
+    """The call ran longer than the engine's per-call time limit and was interrupted."""
+
+
+class ScriptMemoryExceeded(ScriptError):
+    """The call needed more memory than the engine's cap and was stopped."""
+
+
+@dataclass(frozen=True)
+class ScriptLimits:
+    """Per-engine limits: wall time of one call, memory of the whole context, the JS stack."""
+
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES
+    max_stack_bytes: int = DEFAULT_MAX_STACK_BYTES
+
+    def __post_init__(self) -> None:
+        if self.time_limit_s <= 0:
+            raise ValueError("time_limit_s must be > 0")
+        if self.memory_limit_bytes < 1024 * 1024:
+            raise ValueError("memory_limit_bytes must be at least 1 MiB")
+        if self.max_stack_bytes < 64 * 1024:
+            raise ValueError("max_stack_bytes must be at least 64 KiB")
+
+
+@dataclass(frozen=True)
+class TransformResult:
+    """One message out of a transform script."""
+
+    msg: Any
+    metadata: dict[str, Any]
+    msg_type: str
+
+
+# --- TBEL: the subset that maps onto JavaScript ----------------------------------------------------
+
+# TBEL (MVEL) constructs with no JavaScript counterpart in the subset: refused at compile.
+_TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\bforeach\b"), "foreach loops"),
+    (re.compile(r"\bfor\s*\(\s*(?:var\s+|def\s+)?[A-Za-z_$][\w$]*\s*:"),
+     "for (item : collection) iteration"),
+    (re.compile(r"\bimport\b"), "import"),
+    (re.compile(r"\bnew\s+[A-Za-z_]"), "new (Java object construction)"),
+    (re.compile(r"\b(?:int|long|double|float|boolean|byte|short|char|String|Map|List|Object)"
+                r"\s+[A-Za-z_$][\w$]*\s*[=;]"), "typed declarations (use var)"),
+    (re.compile(r"\.\?"), "null-safe navigation (.?)"),
+    (re.compile(r"\bwith\s*\("), "with blocks"),
+    (re.compile(r"\.\s*(?:size|isEmpty|containsKey|containsValue|keySet|entrySet|values|put|putAll|"
+                r"get|getOrDefault|add|addAll|remove|clear|equals|equalsIgnoreCase|contains)\s*\("),
+     "Java collection/string methods (size, get, put, containsKey, equals, ...)"),
+)
+_TBEL_DEF = re.compile(r"\bdef\s+([A-Za-z_$][\w$]*)\s*\(")
+_TBEL_DEF_VAR = re.compile(r"\bdef\s+(?=[A-Za-z_$])")
+
+
+def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
+    """(is_code, text) runs: string literals and comments are not code and are kept verbatim."""
+    out: list[tuple[bool, str]] = []
+    i, start, n = 0, 0, len(source)
+    while i < n:
+        c = source[i]
+        end = -1
+        if c in "'\"":
+            j = i + 1
+            while j < n and source[j] != c:
+                j += 2 if source[j] == "\\" else 1
+            end = min(j + 1, n)
+        elif source.startswith("//", i):
+            j = source.find("\n", i)
+            end = n if j < 0 else j
+        elif source.startswith("/*", i):
+            j = source.find("*/", i + 2)
+            end = n if j < 0 else j + 2
+        if end < 0:
+            i += 1
+            continue
+        if i > start:
+            out.append((True, source[start:i]))
+        out.append((False, source[i:end]))
+        i = start = end
+    if start < n:
+        out.append((True, source[start:]))
+    return out
+
+
+def tbel_to_js(source: str) -> str:
+    """The JavaScript of a TBEL script in the supported subset; ScriptSyntaxError for the rest.
+
+    Supported: expressions (arithmetic, comparison, logic, ternary, string concatenation), ``var``
+    declarations, ``def name(args) { ... }`` functions (and ``def x = ...`` as ``var``), if/else,
+    while and C-style for loops, return, map literals ``{"k": v}`` and list literals ``[a, b]``,
+    field access ``msg.k`` / ``msg["k"]``. Line numbers are kept.
+    """
+    parts = []
+    offset = 0
+    for is_code, text in _split_code_and_literals(source):
+        start, offset = offset, offset + len(text)
+        if is_code:
+            for pattern, what in _TBEL_REFUSED:
+                found = pattern.search(text)
+                if found:
+                    line = source[: start + found.start()].count("\n") + 1
+                    raise ScriptSyntaxError(
+                        f"TBEL: {what} is not in the supported subset (line {line}: "
+                        f"{found.group(0).strip()!r}); see docs/rules-scripts.md")
+            text = _TBEL_DEF.sub(r"function \1(", text)
+            text = _TBEL_DEF_VAR.sub("var ", text)
+        parts.append(text)
+    return "".join(parts)
+
+
+# --- the engine ------------------------------------------------------------------------------------
+
+# The body starts on the wrapper's second line: _locate turns the engine's positions into the body's.
+_PROLOGUE = (
+    "var __edgeRun = (function () { var __parse = JSON.parse, __stringify = JSON.stringify; "
+    "function __script(msg, metadata, msgType) {\n"
+)
+_POSITION = re.compile(r"<input>:(\d+)(?::(\d+))?")
+
+
+def _locate(text: str, body_lines: int) -> str:
+    """The engine's message with its positions as ``script:line:column`` of the script body."""
+    def body(found: re.Match[str]) -> str:
+        line = int(found.group(1)) - 1
+        if not 1 <= line <= body_lines:
+            return "wrapper"
+        return f"script:{line}" + (f":{found.group(2)}" if found.group(2) else "")
+    return _POSITION.sub(body, text)
+_EPILOGUE = """
+}
+return function (argsJson) {
+  var a = __parse(argsJson);
+  var value;
+  try {
+    value = __script(a[0], a[1], a[2]);
+  } catch (e) {
+    var text = "unprintable error";
+    try { text = String(e) + ((e && e.stack) ? "\\n" + e.stack : ""); } catch (e2) {}
+    return __stringify({ok: false, error: text});
+  }
+  return __stringify({ok: true, value: value});
+};
+})();
+"""
+
+
+def _is_oom(text: str) -> bool:
+    # QuickJS reports a memory blow-up as "InternalError: out of memory", or as "null" when it
+    # cannot even allocate the error object.
+    return "out of memory" in text or text.strip() == "null"
+
+
+class ScriptEngine:
+    """One compiled rule script. ``call`` runs it on one message and returns its JSON value;
+    ``filter``, ``transform`` and ``switch`` check the shape a node of that kind expects."""
+
+    def __init__(self, script: str, lang: ScriptLang = "JS", limits: ScriptLimits | None = None) -> None:
+        if lang not in ("JS", "TBEL"):
+            raise ValueError(f"unknown scriptLang {lang!r} (JS or TBEL)")
+        self.lang: ScriptLang = lang
+        self.limits = limits or ScriptLimits()
+        body = tbel_to_js(script) if lang == "TBEL" else script
+        self._body_lines = body.count("\n") + 1
+        self._source = _PROLOGUE + body + _EPILOGUE
+        self._lock = threading.Lock()
+        self._context: Any = None
+        self._run: Any = None
+        self._owner = 0
+        with self._lock:
+            self._build()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], limits: ScriptLimits | None = None) -> ScriptEngine:
+        """From a rule node's configuration: ``scriptLang`` (default JS), ``jsScript``/``tbelScript``."""
+        lang = str(config.get("scriptLang") or "JS").upper()
+        if lang not in ("JS", "TBEL"):
+            raise ValueError(f"unknown scriptLang {lang!r} (JS or TBEL)")
+        key = "tbelScript" if lang == "TBEL" else "jsScript"
+        script = config.get(key)
+        if not isinstance(script, str):
+            raise ValueError(f"the node's configuration has no {key}")
+        return cls(script, "TBEL" if lang == "TBEL" else "JS", limits)
+
+    def _build(self) -> None:
+        context = _quickjs.Context()
+        context.set_memory_limit(self.limits.memory_limit_bytes)
+        context.set_max_stack_size(self.limits.max_stack_bytes)
+        # compile without the per-call limit (a large script may take longer than one call)
+        try:
+            context.eval(self._source)
+        except _quickjs.JSException as exc:
+            text = str(exc).rstrip()
+            if _is_oom(text):
+                raise ScriptMemoryExceeded(f"compiling the script: {text}") from None
+            raise ScriptSyntaxError(_locate(text, self._body_lines)) from None
+        context.set_time_limit(self.limits.time_limit_s)
+        self._context, self._run = context, context.get("__edgeRun")
+        self._owner = threading.get_ident()
+
+    def _reset(self) -> None:
+        self._context = self._run = None
+
+    def call(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> Any:
+        """The script's return value (JSON: None for undefined) for one message."""
+        try:
+            args = json.dumps([msg, metadata, msg_type], allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ScriptRuntimeError(f"the message is not JSON-able: {exc}") from None
+        with self._lock:
+            if self._run is None or self._owner != threading.get_ident():
+                self._build()
+            started = time.monotonic()
+            try:
+                out = self._run(args)
+            except _quickjs.JSException as exc:
+                text = str(exc).rstrip()
+                self._reset()  # the next call runs on a fresh context
+                if "interrupted" in text or time.monotonic() - started >= self.limits.time_limit_s:
+                    raise ScriptTimeout(
+                        f"the script ran over its {self.limits.time_limit_s:g} s limit") from None
+                if _is_oom(text):
+                    raise ScriptMemoryExceeded(
+                        f"the script exceeded its {self.limits.memory_limit_bytes} byte memory cap") from None
+                raise ScriptRuntimeError(_locate(text, self._body_lines)) from None
+            finally:
+                if self._context is not None:
+                    self._context.gc()
+        if not isinstance(out, str):
+            raise ScriptRuntimeError(f"the script's value is not JSON-able: {out!r}")
+        result = json.loads(out)
+        if not result["ok"]:
+            if _is_oom(result["error"]):
+                with self._lock:
+                    self._reset()
+                raise ScriptMemoryExceeded(
+                    f"the script exceeded its {self.limits.memory_limit_bytes} byte memory cap")
+            raise ScriptRuntimeError(_locate(result["error"], self._body_lines))
+        return result.get("value")
+
+    def filter(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> bool:
+        """A filter script's verdict: it must return a boolean."""
+        value = self.call(msg, metadata, msg_type)
+        if not isinstance(value, bool):
+            raise ScriptRuntimeError(f"a filter script must return a boolean, not {value!r}")
+        return value
+
+    def switch(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> list[str]:
+        """A switch script's relation names: it must return a string or an array of strings."""
+        value = self.call(msg, metadata, msg_type)
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ScriptRuntimeError(
+            f"a switch script must return a relation name or an array of them, not {value!r}")
+
+    def transform(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> list[TransformResult]:
+        """A transform script's messages: ``{msg, metadata, msgType}`` or an array of them; a
+        missing metadata or msgType keeps the incoming one."""
+        value = self.call(msg, metadata, msg_type)
+        items = value if isinstance(value, list) else [value]
+        out = []
+        for item in items:
+            if not isinstance(item, dict) or "msg" not in item:
+                raise ScriptRuntimeError(
+                    f"a transform script must return {{msg, metadata, msgType}} or an array of them, "
+                    f"not {item!r}")
+            meta = item.get("metadata", metadata)
+            kind = item.get("msgType", msg_type)
+            if not isinstance(meta, dict) or not isinstance(kind, str):
+                raise ScriptRuntimeError(
+                    f"a transform's metadata must be an object and its msgType a string: {item!r}")
+            out.append(TransformResult(item["msg"], meta, kind))
+        return out

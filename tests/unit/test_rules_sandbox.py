@@ -1,0 +1,203 @@
+"""The rule-script sandbox: ThingsBoard filter, transform and switch scripts in JS and TBEL, their
+typed errors, the time limit and memory cap, and that nothing outside the sandbox is reachable."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from edge_sync.rules.sandbox import (
+    ScriptEngine,
+    ScriptLimits,
+    ScriptMemoryExceeded,
+    ScriptRuntimeError,
+    ScriptSyntaxError,
+    ScriptTimeout,
+    TransformResult,
+    tbel_to_js,
+)
+
+META = {"deviceName": "boiler-1", "deviceType": "boiler", "ts": "1700000000000"}
+TELEMETRY = "POST_TELEMETRY_REQUEST"
+
+
+def test_filter_returns_the_exact_boolean() -> None:
+    engine = ScriptEngine("return msg.temperature > 20 && metadata.deviceType === 'boiler';")
+    assert engine.filter({"temperature": 21}, META, TELEMETRY) is True
+    assert engine.filter({"temperature": 19}, META, TELEMETRY) is False
+
+
+def test_filter_that_returns_no_boolean_is_a_runtime_error() -> None:
+    engine = ScriptEngine("return 1;")
+    with pytest.raises(ScriptRuntimeError, match=r"^a filter script must return a boolean, not 1$"):
+        engine.filter({}, META, TELEMETRY)
+
+
+def test_transform_returns_exact_msg_metadata_and_type() -> None:
+    engine = ScriptEngine(
+        "var out = {tempF: msg.temperature * 9 / 5 + 32};\n"
+        "metadata.unit = 'F';\n"
+        "return {msg: out, metadata: metadata, msgType: 'CONVERTED'};")
+    assert engine.transform({"temperature": 100}, META, TELEMETRY) == [
+        TransformResult({"tempF": 212}, {**META, "unit": "F"}, "CONVERTED")]
+
+
+def test_transform_may_return_several_messages_and_keep_the_incoming_type() -> None:
+    engine = ScriptEngine("return [{msg: {a: 1}}, {msg: {b: 2}, metadata: {x: '1'}}];")
+    assert engine.transform({}, META, TELEMETRY) == [
+        TransformResult({"a": 1}, META, TELEMETRY), TransformResult({"b": 2}, {"x": "1"}, TELEMETRY)]
+
+
+def test_switch_returns_relation_names() -> None:
+    engine = ScriptEngine(
+        "if (msgType === 'POST_TELEMETRY_REQUEST') {\n"
+        "  return msg.temperature > 90 ? ['Telemetry', 'Alarm'] : 'Telemetry';\n"
+        "}\n"
+        "return 'Other';")
+    assert engine.switch({"temperature": 95}, META, TELEMETRY) == ["Telemetry", "Alarm"]
+    assert engine.switch({"temperature": 20}, META, TELEMETRY) == ["Telemetry"]
+    assert engine.switch({}, META, "POST_ATTRIBUTES_REQUEST") == ["Other"]
+
+
+def test_undefined_is_none_and_values_round_trip_as_json() -> None:
+    assert ScriptEngine("var x = 1;").call({}, META, TELEMETRY) is None
+    value = {"s": "é\n\"", "n": 1.5, "b": False, "z": None, "l": [1, [2, {}]]}
+    assert ScriptEngine("return msg;").call(value, META, TELEMETRY) == value
+
+
+def test_syntax_error_is_reported_at_compile_with_the_engines_message() -> None:
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine("var x = ;\nreturn true;")
+    assert str(caught.value).splitlines()[0] == "SyntaxError: unexpected token in expression: ';'"
+    assert str(caught.value).splitlines()[1].strip() == "at script:1:9"
+
+
+def test_a_throw_is_a_runtime_error_with_its_message() -> None:
+    engine = ScriptEngine("if (msg.bad) { throw new Error('bad reading ' + msg.bad); }\nreturn true;")
+    with pytest.raises(ScriptRuntimeError) as caught:
+        engine.filter({"bad": 7}, META, TELEMETRY)
+    assert [line.strip() for line in str(caught.value).splitlines()] == [
+        "Error: bad reading 7", "at __script (script:1:49)", "at <anonymous> (wrapper)"]
+    assert engine.filter({}, META, TELEMETRY) is True
+
+
+def test_an_infinite_loop_is_stopped_within_the_limit_and_the_next_call_works() -> None:
+    engine = ScriptEngine("if (msg.spin) { while (true) {} }\nreturn msg.v;",
+                          limits=ScriptLimits(time_limit_s=0.05))
+    started = time.monotonic()
+    with pytest.raises(ScriptTimeout, match=r"^the script ran over its 0.05 s limit$"):
+        engine.call({"spin": True}, META, TELEMETRY)
+    assert time.monotonic() - started < 1.0
+    assert engine.call({"v": 3}, META, TELEMETRY) == 3
+
+
+def test_a_catch_in_the_script_does_not_swallow_the_timeout() -> None:
+    engine = ScriptEngine("try { while (true) {} } catch (e) { return 'caught'; }",
+                          limits=ScriptLimits(time_limit_s=0.05))
+    with pytest.raises(ScriptTimeout):
+        engine.call({}, META, TELEMETRY)
+
+
+def test_an_unbounded_allocation_is_stopped_as_memory_exceeded_and_the_next_call_works() -> None:
+    engine = ScriptEngine(
+        "if (msg.grow) { var a = []; while (true) { a.push('xxxxxxxxxxxxxxxx' + a.length); } }\n"
+        "return msg.v;",
+        limits=ScriptLimits(time_limit_s=5.0, memory_limit_bytes=8 * 1024 * 1024))
+    with pytest.raises(ScriptMemoryExceeded, match=r"^the script exceeded its 8388608 byte memory cap$"):
+        engine.call({"grow": True}, META, TELEMETRY)
+    assert engine.call({"v": 4}, META, TELEMETRY) == 4
+
+
+def test_a_global_left_by_a_blown_call_is_gone_on_the_next_one() -> None:
+    engine = ScriptEngine(
+        "if (msg.grow) { hog = []; while (true) { hog.push('xxxxxxxxxxxxxxxx' + hog.length); } }\n"
+        "return typeof hog;",
+        limits=ScriptLimits(time_limit_s=5.0, memory_limit_bytes=8 * 1024 * 1024))
+    with pytest.raises(ScriptMemoryExceeded):
+        engine.call({"grow": True}, META, TELEMETRY)
+    assert engine.call({}, META, TELEMETRY) == "undefined"
+
+
+def test_no_require_file_network_or_timers_are_available() -> None:
+    engine = ScriptEngine("return [typeof require, typeof process, typeof std, typeof os, typeof fetch, "
+                          "typeof XMLHttpRequest, typeof setTimeout, typeof importScripts, "
+                          "typeof print, typeof console];")
+    assert engine.call({}, META, TELEMETRY) == ["undefined"] * 10
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("return require('fs').readFileSync('/etc/passwd');").call({}, META, TELEMETRY)
+    assert str(caught.value).splitlines()[0] == "ReferenceError: require is not defined"
+
+
+def test_module_import_is_refused_at_compile() -> None:
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine("import * as std from 'std';\nreturn true;")
+    assert str(caught.value).splitlines()[0] == "SyntaxError: Unexpected token '*'"
+
+
+def test_tbel_filter_transform_and_switch() -> None:
+    assert ScriptEngine("return msg.temperature > 20;", "TBEL").filter(
+        {"temperature": 25}, META, TELEMETRY) is True
+    transform = ScriptEngine(
+        "def toF(c) { return c * 9 / 5 + 32; }\n"
+        "var out = {\"tempF\": toF(msg.temperature), \"tags\": [\"a\", 'b']};\n"
+        "if (msg.temperature > 50) { metadata.hot = \"true\"; } else { metadata.hot = \"false\"; }\n"
+        "return {msg: out, metadata: metadata, msgType: msgType};", "TBEL")
+    assert transform.transform({"temperature": 100}, {"k": "v"}, TELEMETRY) == [
+        TransformResult({"tempF": 212, "tags": ["a", "b"]}, {"k": "v", "hot": "true"}, TELEMETRY)]
+    switch = ScriptEngine("def x = msg.level;\nreturn x == 'high' ? ['Alarm'] : 'Normal';", "TBEL")
+    assert switch.switch({"level": "high"}, META, TELEMETRY) == ["Alarm"]
+
+
+def test_tbel_keeps_def_inside_strings_and_comments() -> None:
+    source = "// def f(x) foreach\nvar s = 'def g( new List'; /* .size() */ def h(a) { return a; }"
+    assert tbel_to_js(source) == (
+        "// def f(x) foreach\nvar s = 'def g( new List'; /* .size() */ function h(a) { return a; }")
+
+
+@pytest.mark.parametrize(("script", "message"), [
+    ("foreach (x : msg.list) { }\nreturn true;", "TBEL: foreach loops is not in the supported subset "
+     "(line 1: 'foreach'); see docs/rules-scripts.md"),
+    ("var n = 0;\nfor (x : msg.list) { n = n + x; }\nreturn n;", "TBEL: for (item : collection) iteration "
+     "is not in the supported subset (line 2: 'for (x :'); see docs/rules-scripts.md"),
+    ("var m = new java.util.HashMap();\nreturn m;", "TBEL: new (Java object construction) is not in the "
+     "supported subset (line 1: 'new j'); see docs/rules-scripts.md"),
+    ("int x = 5;\nreturn x;", "TBEL: typed declarations (use var) is not in the supported subset "
+     "(line 1: 'int x ='); see docs/rules-scripts.md"),
+    ("return msg.list.size() > 0;", "TBEL: Java collection/string methods (size, get, put, containsKey, "
+     "equals, ...) is not in the supported subset (line 1: '.size('); see docs/rules-scripts.md"),
+    ("return msg.?a;", "TBEL: null-safe navigation (.?) is not in the supported subset (line 1: '.?'); "
+     "see docs/rules-scripts.md"),
+])
+def test_tbel_outside_the_subset_is_refused_at_compile(script: str, message: str) -> None:
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine(script, "TBEL")
+    assert str(caught.value) == message
+
+
+def test_from_a_rule_nodes_configuration() -> None:
+    js = ScriptEngine.from_config({"scriptLang": "JS", "jsScript": "return 'js';", "tbelScript": "x"})
+    tbel = ScriptEngine.from_config({"scriptLang": "TBEL", "jsScript": "x", "tbelScript": "return 'tbel';"})
+    assert (js.lang, js.call({}, {}, "T"), tbel.lang, tbel.call({}, {}, "T")) == ("JS", "js", "TBEL", "tbel")
+    assert ScriptEngine.from_config({"jsScript": "return 1;"}).lang == "JS"
+    with pytest.raises(ValueError, match=r"^the node's configuration has no tbelScript$"):
+        ScriptEngine.from_config({"scriptLang": "TBEL", "jsScript": "return 1;"})
+
+
+def test_an_engine_called_from_another_thread_rebuilds_its_context_there() -> None:
+    engine = ScriptEngine("counter = (typeof counter === 'number' ? counter : 0) + 1; return counter;")
+    assert engine.call({}, {}, "T") == 1
+    assert engine.call({}, {}, "T") == 2
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(engine.call({}, {}, "T")))
+    thread.start()
+    thread.join()
+    assert seen == [1]
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"^time_limit_s must be > 0$"):
+        ScriptLimits(time_limit_s=0)
+    with pytest.raises(ValueError, match=r"^memory_limit_bytes must be at least 1 MiB$"):
+        ScriptLimits(memory_limit_bytes=1000)
