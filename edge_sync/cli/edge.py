@@ -1,6 +1,6 @@
 """The ``edge-sync`` command: run the agent, show its status, events, server-side RPC requests
 and entity graph, provision and delete devices, change the graph (assets, relations, attribute
-and timeseries keys), acknowledge or clear alarms, ask for a sync.
+and timeseries keys), acknowledge or clear alarms, ask for a sync, check a rule chain file.
 
 Read-only commands (status, events, rpc list, entities, entity) work with the agent stopped:
 they open the store with LMDB read transactions. Changes go through the running agent's admin
@@ -53,6 +53,11 @@ from edge_sync.storage.rpc_store import RpcStore
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "rules":  # a file only: no configuration, no store, no agent
+        try:
+            return _rules_check(args)
+        except BrokenPipeError:
+            return reader_gone()
     try:
         cfg = load_edge_config(args.config)
     except ConfigError as exc:
@@ -110,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     rlist.add_argument("--status", type=str.upper, default=None,
                        choices=[s.value for s in RpcStatus])
     rlist.add_argument("--json", action="store_true")
+    rules = sub.add_parser("rules", help="ThingsBoard rule chains")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    rcheck = rules_sub.add_parser(
+        "check", help="validate a rule chain file (export or synced JSON) without loading it")
+    rcheck.add_argument("file", help="a ThingsBoard rule chain export, or a JSON array of the "
+                                     "RULE_CHAIN and RULE_CHAIN_METADATA objects")
+    rcheck.add_argument("--json", action="store_true")
     return p
 
 
@@ -553,6 +565,36 @@ def _apply_log(cfg: EdgeConfig, args: argparse.Namespace) -> int:
 def _sync(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     return _change(cfg, args, "POST", "/api/sync", {"full": bool(args.full)},
                    "sync not requested")
+
+
+def _rules_check(args: argparse.Namespace) -> int:
+    """``rules check FILE``: 0 and a one-line summary, or 1 and every problem, one a line."""
+    from edge_sync.rules.chain import parse_file
+    from edge_sync.rules.validate import summary, validate
+
+    try:
+        with open(args.file, "rb") as f:
+            raw = f.read()
+        chain, meta = parse_file(raw, args.file)
+    except OSError as exc:
+        problems = [f"{args.file}: {exc.strerror or exc}"]
+    except BadRequest as exc:
+        problems = [str(exc)]
+    else:
+        problems = [str(p) for p in validate(chain, meta)]
+        if not problems:
+            if args.json:
+                print_json({"ok": True, "name": chain.name, "type": chain.type,
+                            "nodes": len(meta.nodes), "connections": len(meta.connections),
+                            "node_types": sorted({n.type for n in meta.nodes})})
+            else:
+                print(summary(chain, meta))
+            return EXIT_OK
+    if args.json:
+        print_json({"ok": False, "problems": problems})
+    else:
+        print("\n".join(problems))
+    return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -1,0 +1,170 @@
+"""The rule node subset the edge supports, by ThingsBoard class name, and what each node's
+configuration must hold to be run. Each check reads a node's ``configuration`` object (as its
+ThingsBoard configuration class names the fields, rule-engine-components
+``org.thingsboard.rule.engine.*.*NodeConfiguration``) and returns one problem per field, as
+``(field, message)``; an empty list is a usable configuration. Scripts are checked for
+presence only: they are never evaluated here.
+
+Script nodes pick their script by ``scriptLang``: ``JS`` reads ``jsScript``, ``TBEL`` reads
+``tbelScript``; a configuration without ``scriptLang`` is one from before TBEL (ThingsBoard
+3.5) and is JS. The alarm nodes build the alarm's details by script the same way
+(``alarmDetailsBuildJs`` / ``alarmDetailsBuildTbel``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Problems = list[tuple[str, str]]
+"""(field of the configuration, what is wrong with it)."""
+
+_ENGINE = "org.thingsboard.rule.engine."
+MSG_TYPE_SWITCH = _ENGINE + "filter.TbMsgTypeSwitchNode"
+JS_FILTER = _ENGINE + "filter.TbJsFilterNode"
+JS_SWITCH = _ENGINE + "filter.TbJsSwitchNode"
+CHECK_MESSAGE = _ENGINE + "filter.TbCheckMessageNode"
+TRANSFORM = _ENGINE + "transform.TbTransformMsgNode"
+SAVE_TIMESERIES = _ENGINE + "telemetry.TbMsgTimeseriesNode"
+SAVE_ATTRIBUTES = _ENGINE + "telemetry.TbMsgAttributesNode"
+PUSH_TO_CLOUD = _ENGINE + "edge.TbMsgPushToCloudNode"
+CREATE_ALARM = _ENGINE + "action.TbCreateAlarmNode"
+CLEAR_ALARM = _ENGINE + "action.TbClearAlarmNode"
+LOG = _ENGINE + "action.TbLogNode"
+DEDUPLICATION = _ENGINE + "deduplication.TbMsgDeduplicationNode"
+
+SCRIPT_LANGS = ("JS", "TBEL")
+ATTRIBUTE_SCOPES = ("CLIENT_SCOPE", "SERVER_SCOPE", "SHARED_SCOPE")
+DEDUPLICATION_STRATEGIES = ("FIRST", "LAST", "ALL")
+ALARM_SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE")
+
+
+def _script(config: Mapping[str, Any], js_field: str, tbel_field: str) -> Problems:
+    """The script of ``scriptLang`` (absent: JS) is non-blank text."""
+    lang = config.get("scriptLang")
+    said = f"scriptLang {lang}" if lang is not None else "no scriptLang: JS"
+    if lang is None:
+        lang = "JS"
+    if lang not in SCRIPT_LANGS:
+        return [("scriptLang", f"expected JS or TBEL, got {lang!r}")]
+    field = js_field if lang == "JS" else tbel_field
+    if not _text(config.get(field)):
+        return [(field, f"missing (the script, {said})")]
+    return []
+
+
+def _scripted(config: Mapping[str, Any]) -> Problems:
+    return _script(config, "jsScript", "tbelScript")
+
+
+def _no_fields(config: Mapping[str, Any]) -> Problems:
+    return []
+
+
+def _check_message(config: Mapping[str, Any]) -> Problems:
+    out: Problems = []
+    for key in ("messageNames", "metadataNames"):
+        value = config.get(key)
+        if value is not None and not (isinstance(value, list) and all(_text(v) for v in value)):
+            out.append((key, "expected a list of key names"))
+    return out
+
+
+def _scope(config: Mapping[str, Any]) -> Problems:
+    scope = config.get("scope")
+    if scope not in ATTRIBUTE_SCOPES:
+        return [("scope", ("missing" if scope is None else f"got {scope!r}")
+                 + f": expected one of {', '.join(ATTRIBUTE_SCOPES)}")]
+    return []
+
+
+def _timeseries(config: Mapping[str, Any]) -> Problems:
+    ttl = config.get("defaultTTL", 0)
+    if not _whole(ttl, minimum=0):
+        return [("defaultTTL", f"expected whole seconds >= 0 (0: no TTL), got {ttl!r}")]
+    return []
+
+
+def _alarm(config: Mapping[str, Any]) -> Problems:
+    out: Problems = []
+    if not _text(config.get("alarmType")):
+        out.append(("alarmType", "missing (the type of the alarm, e.g. \"High Temperature\")"))
+    return out + _script(config, "alarmDetailsBuildJs", "alarmDetailsBuildTbel")
+
+
+def _create_alarm(config: Mapping[str, Any]) -> Problems:
+    out = _alarm(config)
+    if config.get("useMessageAlarmData") is True:
+        return out  # type and severity come from the message
+    severity = config.get("severity")
+    if not _text(severity):
+        out.append(("severity", "missing: expected one of " + ", ".join(ALARM_SEVERITIES)))
+    elif config.get("dynamicSeverity") is not True and severity not in ALARM_SEVERITIES:
+        out.append(("severity", f"got {severity!r}: expected one of "
+                                + ", ".join(ALARM_SEVERITIES)
+                                + " (or dynamicSeverity with a ${key} pattern)"))
+    return out
+
+
+def _deduplication(config: Mapping[str, Any]) -> Problems:
+    out: Problems = []
+    interval = config.get("interval")
+    if not _whole(interval, minimum=1):
+        out.append(("interval", "missing" if interval is None else
+                    f"expected whole seconds >= 1, got {interval!r}"))
+    strategy = config.get("strategy")
+    if strategy not in DEDUPLICATION_STRATEGIES:
+        out.append(("strategy", ("missing" if strategy is None else f"got {strategy!r}")
+                    + ": expected one of " + ", ".join(DEDUPLICATION_STRATEGIES)))
+    elif strategy == "ALL" and not _text(config.get("outMsgType")):
+        out.append(("outMsgType", "missing (strategy ALL sends one message of this type)"))
+    for key, minimum in (("maxPendingMsgs", 1), ("maxRetries", 0)):
+        value = config.get(key)
+        if value is not None and not _whole(value, minimum=minimum):
+            out.append((key, f"expected a whole number >= {minimum}, got {value!r}"))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """A supported node: its class name, a short label and its configuration check."""
+
+    type: str
+    label: str
+    check: Callable[[Mapping[str, Any]], Problems]
+
+    @property
+    def short(self) -> str:
+        """The class's simple name (``TbLogNode``)."""
+        return self.type.rsplit(".", 1)[-1]
+
+
+SUPPORTED: Mapping[str, NodeSpec] = {s.type: s for s in (
+    NodeSpec(MSG_TYPE_SWITCH, "message type switch", _no_fields),
+    NodeSpec(JS_FILTER, "script filter", _scripted),
+    NodeSpec(JS_SWITCH, "script switch", _scripted),
+    NodeSpec(CHECK_MESSAGE, "check fields presence", _check_message),
+    NodeSpec(TRANSFORM, "script transformation", _scripted),
+    NodeSpec(SAVE_TIMESERIES, "save timeseries", _timeseries),
+    NodeSpec(SAVE_ATTRIBUTES, "save attributes", _scope),
+    NodeSpec(PUSH_TO_CLOUD, "push to cloud", _scope),
+    NodeSpec(CREATE_ALARM, "create alarm", _create_alarm),
+    NodeSpec(CLEAR_ALARM, "clear alarm", _alarm),
+    NodeSpec(LOG, "log", _scripted),
+    NodeSpec(DEDUPLICATION, "deduplication", _deduplication),
+)}
+"""Every node type the edge accepts; a chain with any other is refused as a whole."""
+
+
+def check_configuration(node_type: str, config: Mapping[str, Any]) -> Problems:
+    """The problems of a supported node's configuration (KeyError for an unsupported type)."""
+    return SUPPORTED[node_type].check(config)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _whole(value: Any, *, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

@@ -1,0 +1,66 @@
+"""`edge-sync rules check FILE` as a subprocess, with no agent and no store: exit 0 and the
+one-line summary for a valid chain, exit 1 and every problem one a line otherwise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
+
+
+def check(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EDGE_DATA_DIR": str(tmp_path / "no-store")}
+    return subprocess.run([sys.executable, "-m", "edge_sync.cli.edge", "rules", "check", *args],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_valid_chain_exits_0_with_a_summary(tmp_path: Path) -> None:
+    done = check(tmp_path, str(FIXTURES / "telemetry_dedup_chain.json"))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == (
+        "'Boiler telemetry' (EDGE): 11 nodes, 11 connections; node types: TbCheckMessageNode, "
+        "TbClearAlarmNode, TbCreateAlarmNode, TbJsFilterNode, TbLogNode, TbMsgAttributesNode, "
+        "TbMsgDeduplicationNode, TbMsgPushToCloudNode, TbMsgTimeseriesNode, TbMsgTypeSwitchNode, "
+        "TbTransformMsgNode\n")
+    assert not (tmp_path / "no-store").exists()
+
+
+def test_a_valid_chain_as_json(tmp_path: Path) -> None:
+    done = check(tmp_path, str(FIXTURES / "telemetry_dedup_chain.json"), "--json")
+    assert done.returncode == 0
+    out = json.loads(done.stdout)
+    assert (out["ok"], out["name"], out["type"], out["nodes"], out["connections"]) == (
+        True, "Boiler telemetry", "EDGE", 11, 11)
+    assert len(out["node_types"]) == 11
+
+
+def test_every_problem_one_a_line_exit_1(tmp_path: Path) -> None:
+    done = check(tmp_path, str(FIXTURES / "dangling_connection.json"))
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        "metadata.firstNodeIndex: 3 names no node (there are 3)",
+        "metadata.connections[1].toIndex: dangling: 7 names no node (there are 3)",
+        "metadata.connections[2].fromIndex: dangling: 5 names no node (there are 3)",
+        "metadata.ruleChainConnections[0].fromIndex: dangling: 9 names no node (there are 3)",
+    ]
+    done = check(tmp_path, str(FIXTURES / "cycle_chain.json"), "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout) == {"ok": False, "problems": [
+        "metadata.connections: cycle: nodes[1] 'Normalise' -> nodes[2] 'Retry?' -> "
+        "nodes[1] 'Normalise'",
+        "metadata.connections: cycle: nodes[3] 'Log' -> nodes[3] 'Log'"]}
+
+
+def test_unreadable_or_malformed_files_exit_1(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.json"
+    done = check(tmp_path, str(missing))
+    assert (done.returncode, done.stdout) == (1, f"{missing}: No such file or directory\n")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"ruleChain": {"name": "A"}}')
+    done = check(tmp_path, str(bad))
+    assert (done.returncode, done.stdout) == (
+        1, f"{bad}: metadata: missing (the rule chain's nodes and connections)\n")

@@ -1,0 +1,142 @@
+"""Rule chain validation: every problem at once, with exact messages, for the hand-written
+ThingsBoard exports in tests/fixtures/rules and for each supported node's configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_sync.rules import nodes
+from edge_sync.rules.chain import NodeConnection, RuleChain, RuleChainMetaData, RuleNode, parse
+from edge_sync.rules.validate import find_cycles, summary, validate
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
+
+
+def problems(name: str) -> list[str]:
+    chain, meta = parse(json.loads((FIXTURES / name).read_text()))
+    return [str(p) for p in validate(chain, meta)]
+
+
+def test_the_valid_chain_has_no_problem_and_a_summary() -> None:
+    assert problems("telemetry_dedup_chain.json") == []
+    chain, meta = parse(json.loads((FIXTURES / "telemetry_dedup_chain.json").read_text()))
+    assert summary(chain, meta) == (
+        "'Boiler telemetry' (EDGE): 11 nodes, 11 connections; node types: TbCheckMessageNode, "
+        "TbClearAlarmNode, TbCreateAlarmNode, TbJsFilterNode, TbLogNode, TbMsgAttributesNode, "
+        "TbMsgDeduplicationNode, TbMsgPushToCloudNode, TbMsgTimeseriesNode, TbMsgTypeSwitchNode, "
+        "TbTransformMsgNode")
+
+
+def test_a_deduplication_node_feeds_the_transform() -> None:
+    _, meta = parse(json.loads((FIXTURES / "telemetry_dedup_chain.json").read_text()))
+    dedup = meta.nodes[1]
+    assert dedup.type == nodes.DEDUPLICATION
+    after = [meta.nodes[c.to_index].type for c in meta.connections if c.from_index == 1]
+    assert after == [nodes.TRANSFORM]
+
+
+def test_unknown_node_types_refuse_the_chain_naming_each() -> None:
+    assert problems("unknown_node_type.json") == [
+        "metadata.nodes[0].type: org.thingsboard.rule.engine.profile.TbDeviceProfileNode "
+        "('Device Profile Node') is not a supported node type: the chain is refused "
+        "(docs/rules.md)",
+        "metadata.nodes[2].type: org.thingsboard.rule.engine.rest.TbRestApiCallNode "
+        "('POST to MES') is not a supported node type: the chain is refused (docs/rules.md)",
+    ]
+
+
+def test_cycles_are_named_by_node_names() -> None:
+    assert problems("cycle_chain.json") == [
+        "metadata.connections: cycle: nodes[1] 'Normalise' -> nodes[2] 'Retry?' -> "
+        "nodes[1] 'Normalise'",
+        "metadata.connections: cycle: nodes[3] 'Log' -> nodes[3] 'Log'",
+    ]
+
+
+def test_dangling_connections_and_first_node_out_of_range() -> None:
+    assert problems("dangling_connection.json") == [
+        "metadata.firstNodeIndex: 3 names no node (there are 3)",
+        "metadata.connections[1].toIndex: dangling: 7 names no node (there are 3)",
+        "metadata.connections[2].fromIndex: dangling: 5 names no node (there are 3)",
+        "metadata.ruleChainConnections[0].fromIndex: dangling: 9 names no node (there are 3)",
+    ]
+
+
+def test_script_nodes_need_the_script_of_their_language() -> None:
+    assert problems("script_missing.json") == [
+        "metadata.nodes[1].configuration.tbelScript: missing (the script, scriptLang TBEL)",
+        "metadata.nodes[2].configuration.jsScript: missing (the script, no scriptLang: JS)",
+        "metadata.nodes[3].configuration.jsScript: missing (the script, scriptLang JS)",
+    ]
+
+
+def test_nodes_without_a_first_node_are_a_problem() -> None:
+    meta = RuleChainMetaData(nodes=(RuleNode(0, nodes.MSG_TYPE_SWITCH, "Switch", {}),),
+                             connections=(), first_node_index=None)
+    assert [str(p) for p in validate(RuleChain("A"), meta)] == [
+        "metadata.firstNodeIndex: missing: no node receives the chain's messages"]
+    assert validate(RuleChain("empty"), RuleChainMetaData((), (), None)) == []
+
+
+def test_one_cycle_per_group_from_its_lowest_node() -> None:
+    chain = tuple(RuleNode(i, nodes.MSG_TYPE_SWITCH, f"n{i}", {}) for i in range(6))
+    links = [(0, 1), (1, 2), (2, 3), (3, 1), (2, 1), (4, 5), (5, 4), (0, 9)]
+    meta = RuleChainMetaData(chain, tuple(NodeConnection(a, b, "Success") for a, b in links), 0)
+    assert find_cycles(meta) == [(1, 2), (4, 5)]
+
+
+CONFIG_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
+    (nodes.DEDUPLICATION, {"interval": 60, "strategy": "FIRST"}, []),
+    (nodes.DEDUPLICATION, {}, [
+        ("interval", "missing"),
+        ("strategy", "missing: expected one of FIRST, LAST, ALL")]),
+    (nodes.DEDUPLICATION, {"interval": 0, "strategy": "ALL", "maxRetries": -1}, [
+        ("interval", "expected whole seconds >= 1, got 0"),
+        ("outMsgType", "missing (strategy ALL sends one message of this type)"),
+        ("maxRetries", "expected a whole number >= 0, got -1")]),
+    (nodes.DEDUPLICATION, {"interval": 5, "strategy": "ALL", "outMsgType": "POST_TELEMETRY_REQUEST"},
+     []),
+    (nodes.PUSH_TO_CLOUD, {}, [
+        ("scope", "missing: expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE")]),
+    (nodes.SAVE_ATTRIBUTES, {"scope": "SERVER"}, [
+        ("scope", "got 'SERVER': expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE")]),
+    (nodes.SAVE_TIMESERIES, {}, []),
+    (nodes.SAVE_TIMESERIES, {"defaultTTL": -5}, [
+        ("defaultTTL", "expected whole seconds >= 0 (0: no TTL), got -5")]),
+    (nodes.CREATE_ALARM, {"alarmDetailsBuildJs": "return {};"}, [
+        ("alarmType", 'missing (the type of the alarm, e.g. "High Temperature")'),
+        ("severity", "missing: expected one of CRITICAL, MAJOR, MINOR, WARNING, INDETERMINATE")]),
+    (nodes.CREATE_ALARM, {"alarmType": "Hot", "scriptLang": "TBEL", "severity": "HIGH"}, [
+        ("alarmDetailsBuildTbel", "missing (the script, scriptLang TBEL)"),
+        ("severity", "got 'HIGH': expected one of CRITICAL, MAJOR, MINOR, WARNING, "
+                     "INDETERMINATE (or dynamicSeverity with a ${key} pattern)")]),
+    (nodes.CREATE_ALARM, {"alarmType": "Hot", "alarmDetailsBuildJs": "return {};",
+                          "severity": "${severity}", "dynamicSeverity": True}, []),
+    (nodes.CREATE_ALARM, {"alarmType": "Hot", "alarmDetailsBuildJs": "return {};",
+                          "useMessageAlarmData": True}, []),
+    (nodes.CLEAR_ALARM, {"alarmType": "Hot", "scriptLang": "MVEL"}, [
+        ("scriptLang", "expected JS or TBEL, got 'MVEL'")]),
+    (nodes.CHECK_MESSAGE, {"messageNames": ["temperature", 3]}, [
+        ("messageNames", "expected a list of key names")]),
+    (nodes.LOG, {"scriptLang": "TBEL", "tbelScript": "return '';"}, []),
+    (nodes.MSG_TYPE_SWITCH, {}, []),
+]
+
+
+@pytest.mark.parametrize(("node_type", "config", "expected"), CONFIG_CASES)
+def test_configuration_checks(node_type: str, config: dict[str, Any],
+                              expected: list[tuple[str, str]]) -> None:
+    assert nodes.check_configuration(node_type, config) == expected
+
+
+def test_the_supported_subset() -> None:
+    assert sorted(s.short for s in nodes.SUPPORTED.values()) == [
+        "TbCheckMessageNode", "TbClearAlarmNode", "TbCreateAlarmNode", "TbJsFilterNode",
+        "TbJsSwitchNode", "TbLogNode", "TbMsgAttributesNode", "TbMsgDeduplicationNode",
+        "TbMsgPushToCloudNode", "TbMsgTimeseriesNode", "TbMsgTypeSwitchNode",
+        "TbTransformMsgNode"]
+    assert all(t.startswith("org.thingsboard.rule.engine.") for t in nodes.SUPPORTED)
