@@ -54,16 +54,23 @@ missing``).
 from __future__ import annotations
 
 import copy
-import json
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol, TypeGuard
+from typing import Any, NoReturn, Protocol
 
 from edge_sync.cloud.tb_entities import SECRET_USER_FIELDS, SECRET_USER_INFO_FIELDS
 from edge_sync.common import entity_graph, ids
 from edge_sync.common.entity_graph import NULL_ID, RULE_CHAIN_INPUT_NODE, Ref
+
+# the shapes the edge reads too live in common/tb_shapes.py; re-exported for the import's users
+from edge_sync.common.tb_shapes import check_connection, check_node
+from edge_sync.common.tb_shapes import check_metadata as check_metadata
+from edge_sync.common.tb_shapes import is_index as _is_index
+from edge_sync.common.tb_shapes import list_of as _list_of
+from edge_sync.common.tb_shapes import load as load
+from edge_sync.common.tb_shapes import type_name as _type_name
 from edge_sync.common.wire import typed_id
 from edge_sync.errors import BadRequest
 from edge_sync.validators import MAX_NAME_BYTES, text_fits
@@ -139,23 +146,6 @@ class ImportPlan:
         return {"entities": [{"entity_type": i.entity_type, "id": str(i.id), "name": i.name}
                              for i in self.items],
                 "notes": list(self.notes)}
-
-
-def load(raw: bytes, source: str) -> Any:
-    """Decode a file's bytes (UTF-8 JSON, a BOM allowed); BadRequest naming ``source``."""
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    if not raw.strip():
-        raise BadRequest(f"{source}: empty: expected a ThingsBoard export (JSON)")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"{source}: not UTF-8: {exc.reason} at byte {exc.start}") from exc
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"{source}: malformed JSON: {exc.msg} at line {exc.lineno} "
-                         f"column {exc.colno}") from exc
-    except (RecursionError, ValueError) as exc:
-        raise BadRequest(f"{source}: malformed JSON: {str(exc)[:120]}") from exc
 
 
 def detect_kind(doc: Mapping[str, Any]) -> str:
@@ -335,7 +325,7 @@ class _Builder:
             self.note(where, f"{len(legacy)} legacy rule chain connection(s) turned into "
                              "TbRuleChainInputNode nodes, as ThingsBoard's import does")
         for i, conn in enumerate(connections):
-            _connection(conn, len(nodes), f"{where}.connections[{i}]")
+            check_connection(conn, len(nodes), f"{where}.connections[{i}]")
         first = meta.get("firstNodeIndex")
         if first == -1:  # ThingsBoard's "no first node"
             first = None
@@ -661,63 +651,6 @@ def _created(entity_id: uuid.UUID) -> int:
     return ids.unix_ms(entity_id) if ids.is_time_based(entity_id) else 0
 
 
-def _list_of(meta: Mapping[str, Any], key: str, where: str) -> list[Any]:
-    """A rule chain metadata's ``nodes`` or ``connections``: a list (absent or null: empty)."""
-    value = meta.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise BadRequest(f"{where}.{key}: expected a list, got {_type_name(value)}")
-    return value
-
-
-def check_node(node: Mapping[str, Any], where: str) -> None:
-    """A rule node's shape as ThingsBoard's RuleChainService needs it: a ``type`` and a
-    ``name`` (text), a ``configuration`` object, a whole ``configurationVersion``."""
-    for key in ("type", "name"):
-        if not text_fits(node.get(key), MAX_NAME_BYTES):
-            raise BadRequest(f"{where}.{key}: " + ("missing" if key not in node else
-                             f"expected text of 1 to {MAX_NAME_BYTES} bytes"))
-    if not isinstance(node.get("configuration"), dict):
-        raise BadRequest(f"{where}.configuration: " + (
-            "missing" if node.get("configuration") is None else
-            f"expected a JSON object, got {_type_name(node['configuration'])}"))
-    if not _is_index(node.get("configurationVersion", 0)):
-        raise BadRequest(f"{where}.configurationVersion: expected a whole number >= 0")
-
-
-def check_metadata(meta: Mapping[str, Any], where: str = "metadata") -> None:
-    """The shape of a rule chain's metadata (RuleChainMetaData JSON), as the import checks it:
-    ``nodes`` a list of rule nodes (check_node), ``connections`` a list of connections between
-    them, ``firstNodeIndex`` a node (or none: absent, null, -1). BadRequest naming where."""
-    nodes = _list_of(meta, "nodes", where)
-    for i, node in enumerate(nodes):
-        if not isinstance(node, Mapping):
-            raise BadRequest(f"{where}.nodes[{i}]: expected a JSON object, got {_type_name(node)}")
-        check_node(node, f"{where}.nodes[{i}]")
-    for i, conn in enumerate(_list_of(meta, "connections", where)):
-        _connection(conn, len(nodes), f"{where}.connections[{i}]")
-    first = meta.get("firstNodeIndex")
-    if first not in (None, -1) and (not _is_index(first) or first >= len(nodes)):
-        raise BadRequest(f"{where}.firstNodeIndex: {first!r} names no node (there are "
-                         f"{len(nodes)})")
-
-
-def _is_index(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _connection(conn: Any, count: int, where: str) -> None:
-    if not isinstance(conn, Mapping):
-        raise BadRequest(f"{where}: expected a JSON object")
-    for key in ("fromIndex", "toIndex"):
-        value = conn.get(key)
-        if not _is_index(value) or value >= count:
-            raise BadRequest(f"{where}.{key}: {value!r} names no node (there are {count})")
-    if not text_fits(conn.get("type"), MAX_NAME_BYTES):
-        raise BadRequest(f"{where}.type: missing (the relation type, e.g. \"Success\")")
-
-
 def _legacy_widgets(config: Mapping[str, Any]) -> int:
     """Give legacy widgets their typeFullFqn, as ThingsBoard's dashboard import does
     (dashboard-utils.service.ts validateAndUpdateWidgetTypeFqn); the number changed."""
@@ -739,11 +672,6 @@ def _legacy_widgets(config: Mapping[str, Any]) -> int:
         for legacy in ("isSystemType", "bundleAlias", "typeAlias"):
             w.pop(legacy, None)
     return changed
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "text", bool: "a boolean",
-            type(None): "null"}.get(type(value), "a number")
 
 
 def _bad_item(where: str, value: Any) -> NoReturn:

@@ -9,7 +9,7 @@ Two shapes are accepted:
   given as two objects (``parse_entities``) or, in a file, as a JSON array of the two.
 
 Parsing checks the shape only (a node's type, name and configuration object as the import
-checks them: ``cloud.tb_import.check_node``); what the shape means (supported node types,
+checks them: ``common.tb_shapes.check_node``); what the shape means (supported node types,
 indexes in range, cycles, configurations) is ``validate.py``'s, which reports every problem at
 once. A shape error is a ``BadRequest`` naming where (``metadata.nodes[2].name: missing``).
 A node's ``debugMode``, ``debugSettings`` and ``additionalInfo`` (the editor's layout) are
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from edge_sync.cloud.tb_import import check_node, load
+from edge_sync.common.tb_shapes import check_node, load
 from edge_sync.errors import BadRequest
 from edge_sync.validators import MAX_NAME_BYTES, text_fits
 

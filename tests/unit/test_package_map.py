@@ -28,6 +28,8 @@ RULES: list[tuple[str, tuple[str, ...], str]] = [
      "storage is synchronous and imports neither pykka, grpc, aiohttp nor the layers above it"),
     ("edge_sync/actors", ("aiohttp", "edge_sync.api", "edge_sync.cloud", "grpc"),
      "actors hold actors: no HTTP, no gRPC, no API"),
+    ("edge_sync/rules", ("edge_sync.cloud", "grpc", "aiohttp"),
+     "the rule engine is the edge's: it reads ThingsBoard's shapes from common/, never the cloud"),
     ("edge_sync", ("bench",), "the product never imports the benchmarks"),
 ]
 
