@@ -1,0 +1,329 @@
+"""Per-originator time windows for rule nodes, as pure logic (no threads, no clock reads): the
+deduplication node's windows (ThingsBoard's ``TbMsgDeduplicationNode``: FIRST, LAST, ALL) and
+the edge's own aggregation (``edge_sync.rules.AggregateNode``: min / max / avg / sum / count per
+numeric key). This module owns the windows' state, their closing, their JSON-able records
+(crash safety), the idempotency by device event seq and the handling of edge clock jumps.
+Nothing here is wired into the agent.
+
+Rules (docs: this docstring is the reference until the engine runs):
+
+- A window is keyed by ``(node id, originator)``. It opens when its first message is added, at
+  the edge's time ``now`` (ms, read by the caller from its injected Clock), and is due when
+  ``now >= deadline``, ``deadline = opened + interval``. ``due(now)`` closes every due window
+  once and removes it; the next message for that key opens a new window.
+- Deduplication output, as ThingsBoard picks it: FIRST is the message with the smallest ``ts``,
+  LAST the one with the largest (ties: the earliest arrival, as its strict comparisons do); ALL is
+  one message of type ``outMsgType``, metadata ``{"ts": <close time>}``, data a JSON array of
+  ``{"msg": <data>, "metadata": <metadata>}`` in arrival order.
+- ``maxPendingMsgs`` bounds a window: a message over it is not kept, the add returns
+  ``OVERFLOW`` (ThingsBoard sends it to Failure: the caller does) and the closed window reports
+  how many overflowed.
+- Idempotency: each message carries its device event ``seq``. A seq already taken by an open
+  window (kept or overflowed), or not above the highest seq of the key's closed windows, is a
+  ``DUPLICATE`` and changes nothing: a state restored from its record plus a replay of the same
+  seqs gives the same output.
+- Clock jumps (reported in ``DueResult.jumps``/``AddResult.jump`` for the caller to log):
+  * backward (``now`` below the latest time a window saw): the window keeps the time it had left,
+    on the new clock: ``deadline = now + (deadline - last_seen)``. It is never closed early nor
+    reopened, and stays open at most ``interval`` of observed edge time (so well within
+    2 * interval of the new clock).
+  * forward past at least one more whole interval (``now >= deadline + interval``): the window
+    closes once, with one output; the skipped intervals produce nothing.
+- Aggregation numbers: a numeric value is a JSON int or float (not a bool) of a top-level key of
+  the message's data object; other values are ignored. ``sum`` adds in arrival order with Python
+  arithmetic (ints stay exact ints, a float makes it an IEEE double: no other rounding),
+  ``avg = sum / count`` (true division, a float), ``min``/``max`` are the values as given.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Generic, TypeVar
+
+AGGREGATE_NODE_TYPE = "edge_sync.rules.AggregateNode"
+STRATEGIES = ("FIRST", "LAST", "ALL")
+
+Key = tuple[str, str]
+"""(rule node id, originator id)."""
+
+
+@dataclass(frozen=True)
+class Msg:
+    seq: int
+    """the device event's seq: the idempotency key"""
+    ts: int
+    type: str
+    data: str
+    """JSON text, as TbMsg data"""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"seq": self.seq, "ts": self.ts, "type": self.type, "data": self.data,
+                "metadata": dict(self.metadata)}
+
+    @staticmethod
+    def from_record(r: dict[str, Any]) -> Msg:
+        return Msg(r["seq"], r["ts"], r["type"], r["data"], dict(r["metadata"]))
+
+
+@dataclass(frozen=True)
+class OutMsg:
+    originator: str
+    type: str
+    data: str
+    metadata: dict[str, str]
+    queue_name: str | None = None
+
+
+class Added(Enum):
+    ADDED = "added"
+    DUPLICATE = "duplicate"
+    OVERFLOW = "overflow"
+
+
+@dataclass(frozen=True)
+class ClockJump:
+    key: Key
+    direction: str
+    """"backward" or "forward"."""
+    by_ms: int
+
+
+@dataclass(frozen=True)
+class AddResult:
+    added: Added
+    jump: ClockJump | None = None
+
+
+@dataclass(frozen=True)
+class Closed:
+    key: Key
+    output: OutMsg
+    count: int
+    overflow: int
+    opened: int
+    closed: int
+
+
+@dataclass(frozen=True)
+class DueResult:
+    closed: list[Closed]
+    jumps: list[ClockJump]
+
+
+S = TypeVar("S")
+
+
+@dataclass
+class _Window(Generic[S]):
+    opened: int
+    deadline: int
+    last_seen: int
+    state: S
+    count: int = 0
+    overflow: int = 0
+    seqs: set[int] = field(default_factory=set)
+
+
+class _Windows(Generic[S]):
+    """The shared core: opening, idempotency, bounds, clock jumps, closing, records."""
+
+    def __init__(self, interval_s: int, max_pending: int) -> None:
+        if interval_s < 1 or max_pending < 1:
+            raise ValueError("interval_s and max_pending must be >= 1")
+        self.interval_ms = interval_s * 1000
+        self.max_pending = max_pending
+        self._open: dict[Key, _Window[S]] = {}
+        self._closed_seq: dict[Key, int] = {}
+
+    def _new_state(self) -> S:
+        raise NotImplementedError
+
+    def _add_to(self, state: S, msg: Msg) -> None:
+        raise NotImplementedError
+
+    def _output(self, key: Key, state: S, count: int, now: int) -> OutMsg:
+        raise NotImplementedError
+
+    def _state_record(self, state: S) -> Any:
+        raise NotImplementedError
+
+    def _state_from(self, record: Any) -> S:
+        raise NotImplementedError
+
+    def open_keys(self) -> list[Key]:
+        return sorted(self._open)
+
+    def _observe(self, key: Key, w: _Window[S], now: int) -> ClockJump | None:
+        if now < w.last_seen:
+            by = w.last_seen - now
+            w.deadline = now + (w.deadline - w.last_seen)
+            w.last_seen = now
+            return ClockJump(key, "backward", by)
+        w.last_seen = now
+        return None
+
+    def add(self, node: str, originator: str, msg: Msg, now: int) -> AddResult:
+        key = (node, originator)
+        if msg.seq <= self._closed_seq.get(key, -1):
+            return AddResult(Added.DUPLICATE)
+        w = self._open.get(key)
+        jump = None
+        if w is None:
+            w = _Window(now, now + self.interval_ms, now, self._new_state())
+            self._open[key] = w
+        else:
+            jump = self._observe(key, w, now)
+        if msg.seq in w.seqs:
+            return AddResult(Added.DUPLICATE, jump)
+        w.seqs.add(msg.seq)
+        if w.count >= self.max_pending:
+            w.overflow += 1
+            return AddResult(Added.OVERFLOW, jump)
+        w.count += 1
+        self._add_to(w.state, msg)
+        return AddResult(Added.ADDED, jump)
+
+    def due(self, now: int) -> DueResult:
+        closed: list[Closed] = []
+        jumps: list[ClockJump] = []
+        for key in sorted(self._open):
+            w = self._open[key]
+            jump = self._observe(key, w, now)
+            if jump is not None:
+                jumps.append(jump)
+            if now < w.deadline:
+                continue
+            if now >= w.deadline + self.interval_ms:
+                jumps.append(ClockJump(key, "forward", now - w.deadline))
+            del self._open[key]
+            self._closed_seq[key] = max([self._closed_seq.get(key, -1), *w.seqs])
+            closed.append(Closed(key, self._output(key, w.state, w.count, now), w.count, w.overflow,
+                                 w.opened, now))
+        return DueResult(closed, jumps)
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain JSON-able state: open windows (with their seqs) and each key's closed seq."""
+        return {
+            "windows": [
+                {"node": k[0], "originator": k[1], "opened": w.opened, "deadline": w.deadline,
+                 "last_seen": w.last_seen, "count": w.count, "overflow": w.overflow,
+                 "seqs": sorted(w.seqs), "state": self._state_record(w.state)}
+                for k, w in sorted(self._open.items())],
+            "closed_seq": [[k[0], k[1], s] for k, s in sorted(self._closed_seq.items())],
+        }
+
+    def _restore(self, record: dict[str, Any]) -> None:
+        for r in record["windows"]:
+            self._open[(r["node"], r["originator"])] = _Window(
+                r["opened"], r["deadline"], r["last_seen"], self._state_from(r["state"]),
+                r["count"], r["overflow"], set(r["seqs"]))
+        for node, originator, seq in record["closed_seq"]:
+            self._closed_seq[(node, originator)] = seq
+
+
+class DedupWindows(_Windows[list[Msg]]):
+    """TbMsgDeduplicationNode's windows (the module docstring gives the rules)."""
+
+    def __init__(self, strategy: str, interval_s: int, max_pending: int = 100,
+                 out_msg_type: str | None = None, queue_name: str | None = None) -> None:
+        super().__init__(interval_s, max_pending)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        if strategy == "ALL" and not out_msg_type:
+            raise ValueError("strategy ALL needs out_msg_type")
+        self.strategy = strategy
+        self.out_msg_type = out_msg_type
+        self.queue_name = queue_name
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], strategy: str, interval_s: int,
+                    max_pending: int = 100, out_msg_type: str | None = None,
+                    queue_name: str | None = None) -> DedupWindows:
+        out = cls(strategy, interval_s, max_pending, out_msg_type, queue_name)
+        out._restore(record)
+        return out
+
+    def _new_state(self) -> list[Msg]:
+        return []
+
+    def _add_to(self, state: list[Msg], msg: Msg) -> None:
+        state.append(msg)
+
+    def _output(self, key: Key, state: list[Msg], count: int, now: int) -> OutMsg:
+        if self.strategy == "ALL":
+            packed = [{"msg": json.loads(m.data), "metadata": m.metadata} for m in state]
+            assert self.out_msg_type is not None
+            return OutMsg(key[1], self.out_msg_type, json.dumps(packed), {"ts": str(now)},
+                          self.queue_name)
+        pick = state[0]
+        for m in state[1:]:
+            if (m.ts < pick.ts) if self.strategy == "FIRST" else (m.ts > pick.ts):
+                pick = m
+        return OutMsg(key[1], pick.type, pick.data, dict(pick.metadata), self.queue_name)
+
+    def _state_record(self, state: list[Msg]) -> Any:
+        return [m.to_record() for m in state]
+
+    def _state_from(self, record: Any) -> list[Msg]:
+        return [Msg.from_record(r) for r in record]
+
+
+Stats = dict[str, dict[str, Any]]
+"""numeric key -> {"count", "sum", "min", "max"}."""
+
+
+class AggregateWindows(_Windows[Stats]):
+    """The edge's aggregation node (``AGGREGATE_NODE_TYPE``): at close, one message of type
+    ``out_msg_type`` whose data is ``{key: {"min", "max", "avg", "sum", "count"}}`` (keys sorted)
+    and metadata ``{"ts": <close time>, "msgCount": <messages kept>}``."""
+
+    def __init__(self, interval_s: int, max_pending: int = 10_000,
+                 out_msg_type: str = "AGGREGATE", queue_name: str | None = None) -> None:
+        super().__init__(interval_s, max_pending)
+        self.out_msg_type = out_msg_type
+        self.queue_name = queue_name
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], interval_s: int, max_pending: int = 10_000,
+                    out_msg_type: str = "AGGREGATE",
+                    queue_name: str | None = None) -> AggregateWindows:
+        out = cls(interval_s, max_pending, out_msg_type, queue_name)
+        out._restore(record)
+        return out
+
+    def _new_state(self) -> Stats:
+        return {}
+
+    def _add_to(self, state: Stats, msg: Msg) -> None:
+        try:
+            data = json.loads(msg.data)
+        except ValueError:
+            return
+        if not isinstance(data, dict):
+            return
+        for k, v in data.items():
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            s = state.get(k)
+            if s is None:
+                state[k] = {"count": 1, "sum": v, "min": v, "max": v}
+            else:
+                s["count"] += 1
+                s["sum"] += v
+                s["min"] = min(s["min"], v)
+                s["max"] = max(s["max"], v)
+
+    def _output(self, key: Key, state: Stats, count: int, now: int) -> OutMsg:
+        summary = {k: {"min": s["min"], "max": s["max"], "avg": s["sum"] / s["count"],
+                       "sum": s["sum"], "count": s["count"]} for k, s in sorted(state.items())}
+        return OutMsg(key[1], self.out_msg_type, json.dumps(summary),
+                      {"ts": str(now), "msgCount": str(count)}, self.queue_name)
+
+    def _state_record(self, state: Stats) -> Any:
+        return {k: dict(s) for k, s in state.items()}
+
+    def _state_from(self, record: Any) -> Stats:
+        return {k: dict(s) for k, s in record.items()}
