@@ -7,7 +7,6 @@ graph downlinks queued before them (only one an edge-sync edge asked for; counte
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ from tests.helpers.wait import wait_until
 
 NOW = 1_764_921_600_000
 ENTITIES = 10_000
-MIN_RATE = 2_000  # entities a second, end to end (the cloud's side; the edge acknowledges at once)
 
 
 def cloud_config(data_dir: Path) -> CloudConfig:
@@ -70,7 +68,7 @@ def entries(msg: edge_pb2.DownlinkMsg) -> int:
                if fd.name not in ("downlinkMsgId", "cloudTimeMillis"))
 
 
-def test_a_full_sync_of_ten_thousand_entities_is_packed_and_fast(server, clients):
+def test_a_full_sync_of_ten_thousand_entities_is_packed(server, clients):
     edge = server.service.edge("rk-1")
     graph = server.service.graph
     for start in range(0, ENTITIES, 1_000):
@@ -81,14 +79,10 @@ def test_a_full_sync_of_ten_thousand_entities_is_packed_and_fast(server, clients
     assert len(queued) == ENTITIES  # each assignment queued its ADDED
     server.store.remove_downlinks(edge.edge_id, [q.number for q in queued])  # the sync alone
     client = connected(server, clients, "rk-1")
-    started = time.perf_counter()
     got = client.sync(True)
-    took = time.perf_counter() - started
     assets = [json.loads(a.entity)["name"] for d in got for a in d.assetUpdateMsg]
     assert sorted(assets) == sorted(f"asset-{i}" for i in range(ENTITIES))
-    total = sum(entries(d) for d in got)
     assert len(got) < ENTITIES // 50  # packed: about a hundred a downlink
-    assert total / took >= MIN_RATE, f"{total} entries in {took:.2f} s"
     assert got[-1].HasField("syncCompletedMsg") and entries(got[-1]) == 1
 
 
