@@ -1,22 +1,37 @@
 """The rule engine's executor: runs one message through a validated rule chain and returns what
-the chain decided, as an ordered list of frozen outcomes (save timeseries, save attributes, push
-to cloud, create/clear alarm, log, failed, deferred). Pure: no I/O, no threads, no clock but the
-injected one; acting on the outcomes is the caller's.
+the chain decided, as an ordered list of frozen outcomes (visited, save timeseries, save
+attributes, push to cloud, create/clear alarm, log, failed, deferred). Pure: no I/O, no threads,
+no clock but the injected one, no ids but the injected ``new_id``; acting on the outcomes is the
+caller's.
 
-Owns: walking from ``firstNodeIndex`` along connections by relation type, depth first in
-connection order; each supported node's semantics (as ThingsBoard's rule-engine-components
-define them, re-stated here); routing a script error to the node's ``Failure`` connections (the
-error is reported as ``Failed`` either way); a run-time step limit besides validation's refusal
-of cycles. ``TbMsgDeduplicationNode`` is not run here: the message stops there as ``Deferred``.
+Owns: walking from ``firstNodeIndex`` (``run``) or from a node's connections of one relation
+(``resume``: a closed window's output goes on by ``Success``, a message a window refused by
+``Failure``) along connections by relation type, depth first in connection order; each
+supported node's semantics (as ThingsBoard's rule-engine-components define them, re-stated
+here); routing a script error to the node's ``Failure`` connections (the error is reported as
+``Failed`` either way); a run-time step limit besides validation's refusal of cycles; stable
+node keys (``node_key``: the node's id, else ``#<index>``) for the state kept per node.
 
-Alarm state is not kept: a create gives ``CreateAlarm`` and goes on by ``Created``, a clear
-gives ``ClearAlarm`` and goes on by ``Cleared``; the outgoing message is of type ``ALARM``.
+``Visited(node)`` comes first among the outcomes of every node the walk enters (the caller
+counts them per node, with ``Failed``). ``TbMsgDeduplicationNode`` and the edge's
+``edge_sync.rules.AggregateNode`` are not run here: the message stops there as ``Deferred``
+(with the node's index), for the caller's windows (``session.py``).
+
+Alarm state is the caller's, lent to ``run``/``resume`` as ``alarms`` (alarm type -> the
+originator's ACTIVE alarm, a JSON object) and changed in place, as ThingsBoard's
+``TbCreateAlarmNode``/``TbClearAlarmNode`` do against the alarm service: a create with no
+active alarm of its type makes a new one (``Created``, metadata ``isNewAlarm``), with one
+updates it (severity, details built with ``metadata.prevAlarmDetails``, endTs: ``Updated``,
+``isExistingAlarm``); a clear of an active one clears it and removes it (``Cleared``,
+``isClearedAlarm``), with none the message goes on unchanged by ``False``. The outgoing message
+of a created/updated/cleared alarm is of type ``ALARM`` with the alarm's JSON as data.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +78,7 @@ OTHER = "Other"
 PUSHABLE_TYPES = (POST_TELEMETRY_REQUEST, POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED,
                   ATTRIBUTES_DELETED, ALARM, "TIMESERIES_UPDATED")
 HIGH, NORMAL = "HIGH", "NORMAL"
+ACTIVE_UNACK, CLEARED_UNACK = "ACTIVE_UNACK", "CLEARED_UNACK"
 
 
 def lane_of(msg_type: str) -> str:
@@ -89,31 +105,45 @@ class SaveAttributes:
 
 @dataclass(frozen=True, slots=True)
 class PushToCloud:
+    """``ts``: the metadata's ``ts`` when it is digits, else the message's ts."""
+
     node: str
     originator: tuple[str, str]
     msg_type: str
     scope: str
     lane: str
     data: Any
+    metadata: Mapping[str, str]
+    ts: int
 
 
 @dataclass(frozen=True, slots=True)
 class CreateAlarm:
+    """A new alarm (``new``) or an update of the originator's active one of that type;
+    ``alarm`` is its whole JSON after the change, ``ts`` the engine clock's time."""
+
     node: str
     originator: tuple[str, str]
     type: str
     severity: str
     details: Any
     ts: int
+    alarm_id: str
+    new: bool
+    alarm: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class ClearAlarm:
+    """The originator's active alarm of that type cleared; ``alarm``: its JSON, CLEARED_UNACK."""
+
     node: str
     originator: tuple[str, str]
     type: str
     details: Any
     ts: int
+    alarm_id: str
+    alarm: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +160,25 @@ class Failed:
 
 @dataclass(frozen=True, slots=True)
 class Deferred:
-    """The message reached a node this engine does not run (deduplication): it stops here."""
+    """The message reached a window node (deduplication, aggregation): it stops here, for the
+    caller to add to the node's window; the walk goes on from ``node_index`` by ``resume``."""
 
     node: str
+    node_index: int
     msg: RuleMsg
 
 
-Outcome = (SaveTimeseries | SaveAttributes | PushToCloud | CreateAlarm | ClearAlarm | Log
-           | Failed | Deferred)
+@dataclass(frozen=True, slots=True)
+class Visited:
+    """The walk entered ``node`` (first among that node's outcomes): the node's "in" count."""
+
+    node: str
+
+
+Outcome = (Visited | SaveTimeseries | SaveAttributes | PushToCloud | CreateAlarm | ClearAlarm
+           | Log | Failed | Deferred)
+Alarms = dict[str, dict[str, Any]]
+"""alarm type -> the originator's ACTIVE alarm (its JSON object)."""
 
 
 class NodeFailure(Exception):
@@ -158,26 +199,57 @@ def _substitute(text: str, msg: RuleMsg) -> str:
     return _PATTERN.sub(one, text)
 
 
+def _meta_ts(msg: RuleMsg) -> int:
+    """ThingsBoard's ``getMetaDataTs``: the metadata's ``ts`` when it is digits, else msg.ts."""
+    ts = msg.metadata.get("ts")
+    return int(ts) if ts and ts.isdigit() else msg.ts
+
+
+def _new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+WINDOW_TYPES = (n.DEDUPLICATION, n.AGGREGATE)
+"""Nodes the walk stops at with ``Deferred``: their windows are the caller's."""
+
+
 class RuleEngine:
     """One chain, compiled once (its scripts); ``run`` gives one message's outcomes."""
 
     def __init__(self, chain: RuleChain, meta: RuleChainMetaData, *, clock: Callable[[], int],
-                 limits: ScriptLimits | None = None, max_steps: int = DEFAULT_MAX_STEPS) -> None:
+                 limits: ScriptLimits | None = None, max_steps: int = DEFAULT_MAX_STEPS,
+                 new_id: Callable[[], str] = _new_uuid) -> None:
         problems = validate(chain, meta)
         if problems:
             raise ValueError("the chain cannot be run: " + "; ".join(map(str, problems)))
+        self.chain = chain
         self.meta = meta
         self.clock = clock
         self.max_steps = max_steps
+        self.new_id = new_id
         self._next: dict[tuple[int, str], list[int]] = {}
         for conn in meta.connections:
             self._next.setdefault((conn.from_index, conn.type), []).append(conn.to_index)
+        self._keys = [self._key_of(node) for node in meta.nodes]
+        self._index_of = {key: i for i, key in enumerate(self._keys)}
         self._scripts: dict[int, ScriptEngine | str] = {}
         for node in meta.nodes:
             field = {n.CREATE_ALARM: "alarmDetailsBuild", n.CLEAR_ALARM: "alarmDetailsBuild"}.get(
                 node.type)
             if node.type in (n.JS_FILTER, n.JS_SWITCH, n.TRANSFORM, n.LOG) or field:
                 self._scripts[node.index] = self._compile(node, field, limits)
+
+    @staticmethod
+    def _key_of(node: RuleNode) -> str:
+        return node.id if node.id else f"#{node.index}"
+
+    def node_key(self, index: int) -> str:
+        """A node's stable key: its id when it has one (a synced chain), else ``#<index>``."""
+        return self._keys[index]
+
+    def node_index(self, key: str) -> int | None:
+        """The index of the node of that key in this chain; None when it is not in it."""
+        return self._index_of.get(key)
 
     @staticmethod
     def _compile(node: RuleNode, alarm_field: str | None,
@@ -194,13 +266,26 @@ class RuleEngine:
         except (ScriptError, ValueError) as exc:
             return f"{type(exc).__name__}: {exc}"
 
-    def run(self, msg: RuleMsg) -> list[Outcome]:
-        """The outcomes of one message, in the order the chain produced them."""
-        out: list[Outcome] = []
+    def run(self, msg: RuleMsg, alarms: Alarms | None = None) -> list[Outcome]:
+        """The outcomes of one message from the first node, in the order the chain produced
+        them. ``alarms`` (the originator's active alarms by type) is changed in place."""
         first = self.meta.first_node_index
         if first is None:
-            return out
-        pending: list[tuple[int, RuleMsg]] = [(first, msg)]
+            return []
+        return self._walk([(first, msg)], {} if alarms is None else alarms)
+
+    def resume(self, node_index: int, relation: str, msg: RuleMsg,
+               alarms: Alarms | None = None) -> list[Outcome]:
+        """Go on from ``node_index``'s connections of ``relation`` with ``msg`` (a window's
+        output by ``Success``, a message its window refused by ``Failure``)."""
+        if not 0 <= node_index < len(self.meta.nodes):
+            raise IndexError(f"node index {node_index}: the chain has {len(self.meta.nodes)}")
+        targets = self._next.get((node_index, relation), [])
+        return self._walk([(t, msg) for t in reversed(targets)],
+                          {} if alarms is None else alarms)
+
+    def _walk(self, pending: list[tuple[int, RuleMsg]], alarms: Alarms) -> list[Outcome]:
+        out: list[Outcome] = []
         steps = 0
         while pending:
             index, current = pending.pop()
@@ -210,9 +295,10 @@ class RuleEngine:
                 out.append(Failed(node.describe(),
                                   f"step limit {self.max_steps} reached: the walk stops"))
                 return out
+            out.append(Visited(node.describe()))
             routed: list[tuple[str, RuleMsg]]
             try:
-                routed = self._process(node, current, out)
+                routed = self._process(node, current, out, alarms)
             except (NodeFailure, ScriptError) as exc:
                 error = (f"{type(exc).__name__}: {exc}" if isinstance(exc, ScriptError)
                          else str(exc))
@@ -229,7 +315,7 @@ class RuleEngine:
             raise NodeFailure(script)
         return script
 
-    def _process(self, node: RuleNode, msg: RuleMsg, out: list[Outcome]
+    def _process(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                  ) -> list[tuple[str, RuleMsg]]:
         """Run one node: record its outcomes, return (relation, message) to follow."""
         where = node.describe()
@@ -258,9 +344,8 @@ class RuleEngine:
             if msg.type != POST_TELEMETRY_REQUEST:
                 raise NodeFailure(f"unsupported message type {msg.type} (saves "
                                   f"{POST_TELEMETRY_REQUEST} only)")
-            ts = msg.metadata.get("ts")
-            out.append(SaveTimeseries(where, origin, int(ts) if ts and ts.isdigit() else msg.ts,
-                                      msg.data, int(config.get("defaultTTL") or 0)))
+            out.append(SaveTimeseries(where, origin, _meta_ts(msg), msg.data,
+                                      int(config.get("defaultTTL") or 0)))
             return [(SUCCESS, msg)]
         if kind == n.SAVE_ATTRIBUTES:
             if msg.type != POST_ATTRIBUTES_REQUEST:
@@ -275,27 +360,31 @@ class RuleEngine:
             scope = str(config["scope"])
             if msg.type in (ATTRIBUTES_UPDATED, ATTRIBUTES_DELETED):
                 scope = msg.metadata.get("scope", scope)
-            out.append(PushToCloud(where, origin, msg.type, scope, lane_of(msg.type), msg.data))
+            out.append(PushToCloud(where, origin, msg.type, scope, lane_of(msg.type), msg.data,
+                                   dict(msg.metadata), _meta_ts(msg)))
             return [(SUCCESS, msg)]
-        if kind in (n.CREATE_ALARM, n.CLEAR_ALARM):
-            return self._alarm(node, msg, out)
-        if kind == n.DEDUPLICATION:
-            out.append(Deferred(where, msg))
+        if kind == n.CREATE_ALARM:
+            return self._create_alarm(node, msg, out, alarms)
+        if kind == n.CLEAR_ALARM:
+            return self._clear_alarm(node, msg, out, alarms)
+        if kind in WINDOW_TYPES:
+            out.append(Deferred(where, node.index, msg))
             return []
         raise NodeFailure(f"{kind} is not supported")  # validation refuses these
 
-    def _alarm(self, node: RuleNode, msg: RuleMsg, out: list[Outcome]
-               ) -> list[tuple[str, RuleMsg]]:
+    def _details(self, node: RuleNode, msg: RuleMsg, previous: dict[str, Any] | None) -> Any:
+        """The details script's value; an existing alarm's details are given to it as
+        ``metadata.prevAlarmDetails`` (JSON text), as ThingsBoard does."""
+        metadata = msg.metadata_dict()
+        if previous is not None and previous.get("details") is not None:
+            metadata["prevAlarmDetails"] = json.dumps(previous["details"])
+        return self._script(node).call(msg.data, metadata, msg.type)
+
+    def _create_alarm(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
+                      ) -> list[tuple[str, RuleMsg]]:
         config = node.configuration
         origin = (msg.originator.entity_type, msg.originator.id)
-        details = self._script(node).call(msg.data, msg.metadata_dict(), msg.type)
         alarm_type = _substitute(str(config.get("alarmType", "")), msg)
-        now = self.clock()
-        if node.type == n.CLEAR_ALARM:
-            out.append(ClearAlarm(node.describe(), origin, alarm_type, details, now))
-            body = {"type": alarm_type, "status": "CLEARED", "details": details}
-            return [("Cleared", msg.with_changes(type=ALARM, data=body, metadata={
-                **msg.metadata, "isClearedAlarm": "true"}))]
         if config.get("useMessageAlarmData") is True:
             data = msg.data if isinstance(msg.data, dict) else {}
             alarm_type = str(data.get("type") or alarm_type)
@@ -307,11 +396,40 @@ class RuleEngine:
         if severity not in n.ALARM_SEVERITIES:
             raise NodeFailure(f"alarm severity {severity!r} is not one of "
                               + ", ".join(n.ALARM_SEVERITIES))
-        out.append(CreateAlarm(node.describe(), origin, alarm_type, severity, details, now))
-        body = {"type": alarm_type, "severity": severity, "status": "ACTIVE_UNACK",
+        existing = alarms.get(alarm_type)
+        details = self._details(node, msg, existing)
+        now = self.clock()
+        if existing is None:
+            start = _meta_ts(msg)
+            alarm: dict[str, Any] = {
+                "id": self.new_id(), "type": alarm_type, "originator": msg.originator.id,
+                "severity": severity, "status": ACTIVE_UNACK, "startTs": start, "endTs": start,
                 "details": details}
-        return [("Created", msg.with_changes(type=ALARM, data=body, metadata={
-            **msg.metadata, "isNewAlarm": "true"}))]
+            flag, relation = "isNewAlarm", "Created"
+        else:
+            alarm = {**existing, "severity": severity, "details": details, "endTs": now}
+            flag, relation = "isExistingAlarm", "Updated"
+        alarms[alarm_type] = alarm
+        out.append(CreateAlarm(node.describe(), origin, alarm_type, severity, details, now,
+                               str(alarm["id"]), existing is None, dict(alarm)))
+        return [(relation, msg.with_changes(type=ALARM, data=dict(alarm), metadata={
+            **msg.metadata, flag: "true"}))]
+
+    def _clear_alarm(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
+                     ) -> list[tuple[str, RuleMsg]]:
+        alarm_type = _substitute(str(node.configuration.get("alarmType", "")), msg)
+        existing = alarms.get(alarm_type)
+        if existing is None:
+            return [(FALSE, msg)]
+        details = self._details(node, msg, existing)
+        now = self.clock()
+        alarm = {**existing, "status": CLEARED_UNACK, "details": details, "clearTs": now}
+        del alarms[alarm_type]
+        origin = (msg.originator.entity_type, msg.originator.id)
+        out.append(ClearAlarm(node.describe(), origin, alarm_type, details, now,
+                              str(alarm["id"]), dict(alarm)))
+        return [("Cleared", msg.with_changes(type=ALARM, data=dict(alarm), metadata={
+            **msg.metadata, "isClearedAlarm": "true"}))]
 
 
 def _check_fields(config: Mapping[str, Any], msg: RuleMsg) -> bool:

@@ -9,6 +9,11 @@ Script nodes pick their script by ``scriptLang``: ``JS`` reads ``jsScript``, ``T
 ``tbelScript``; a configuration without ``scriptLang`` is one from before TBEL (ThingsBoard
 3.5) and is JS. The alarm nodes build the alarm's details by script the same way
 (``alarmDetailsBuildJs`` / ``alarmDetailsBuildTbel``).
+
+One node type is the edge's own, not ThingsBoard's: ``edge_sync.rules.AggregateNode`` (min /
+max / avg / sum / count per numeric key over a window; ``window.py``), configured with
+``interval`` (whole seconds >= 1), ``maxPendingMsgs`` (1 to 100000, default 10000) and
+``outMsgType`` (default ``POST_TELEMETRY_REQUEST``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ CREATE_ALARM = _ENGINE + "action.TbCreateAlarmNode"
 CLEAR_ALARM = _ENGINE + "action.TbClearAlarmNode"
 LOG = _ENGINE + "action.TbLogNode"
 DEDUPLICATION = _ENGINE + "deduplication.TbMsgDeduplicationNode"
+AGGREGATE = "edge_sync.rules.AggregateNode"
+AGGREGATE_MAX_PENDING = 100_000
+AGGREGATE_DEFAULT_PENDING = 10_000
+AGGREGATE_DEFAULT_OUT_TYPE = "POST_TELEMETRY_REQUEST"
+DEDUPLICATION_DEFAULT_PENDING = 100
 
 SCRIPT_LANGS = ("JS", "TBEL")
 ATTRIBUTE_SCOPES = ("CLIENT_SCOPE", "SERVER_SCOPE", "SHARED_SCOPE")
@@ -126,6 +136,23 @@ def _deduplication(config: Mapping[str, Any]) -> Problems:
     return out
 
 
+def _aggregate(config: Mapping[str, Any]) -> Problems:
+    out: Problems = []
+    interval = config.get("interval")
+    if not _whole(interval, minimum=1):
+        out.append(("interval", "missing" if interval is None else
+                    f"expected whole seconds >= 1, got {interval!r}"))
+    pending = config.get("maxPendingMsgs")
+    if pending is not None and not (_whole(pending, minimum=1)
+                                    and pending <= AGGREGATE_MAX_PENDING):
+        out.append(("maxPendingMsgs",
+                    f"expected a whole number from 1 to {AGGREGATE_MAX_PENDING}, got {pending!r}"))
+    kind = config.get("outMsgType")
+    if kind is not None and not _text(kind):
+        out.append(("outMsgType", f"expected a message type, got {kind!r}"))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
     """A supported node: its class name, a short label and its configuration check."""
@@ -153,6 +180,7 @@ SUPPORTED: Mapping[str, NodeSpec] = {s.type: s for s in (
     NodeSpec(CLEAR_ALARM, "clear alarm", _alarm),
     NodeSpec(LOG, "log", _scripted),
     NodeSpec(DEDUPLICATION, "deduplication", _deduplication),
+    NodeSpec(AGGREGATE, "aggregation (the edge's own)", _aggregate),
 )}
 """Every node type the edge accepts; a chain with any other is refused as a whole."""
 

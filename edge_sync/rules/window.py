@@ -2,10 +2,11 @@
 deduplication node's windows (ThingsBoard's ``TbMsgDeduplicationNode``: FIRST, LAST, ALL) and
 the edge's own aggregation (``edge_sync.rules.AggregateNode``: min / max / avg / sum / count per
 numeric key). This module owns the windows' state, their closing, their JSON-able records
-(crash safety), the idempotency by device event seq and the handling of edge clock jumps.
-Nothing here is wired into the agent.
+(crash safety), the idempotency by seq and the handling of edge clock jumps. One entity's
+windows are driven by ``session.py`` (which builds them from the nodes' configurations); the
+agent reaches them through it.
 
-Rules (docs: this docstring is the reference until the engine runs):
+Rules:
 
 - A window is keyed by ``(node id, originator)``. It opens when its first message is added, at
   the edge's time ``now`` (ms, read by the caller from its injected Clock), and is due when
@@ -18,10 +19,11 @@ Rules (docs: this docstring is the reference until the engine runs):
 - ``maxPendingMsgs`` bounds a window: a message over it is not kept, the add returns
   ``OVERFLOW`` (ThingsBoard sends it to Failure: the caller does) and the closed window reports
   how many overflowed.
-- Idempotency: each message carries its device event ``seq``. A seq already taken by an open
-  window (kept or overflowed), or not above the highest seq of the key's closed windows, is a
-  ``DUPLICATE`` and changes nothing: a state restored from its record plus a replay of the same
-  seqs gives the same output.
+- Idempotency: each message carries a ``seq``, increasing per key (the session's own
+  per-entity counter). A seq not above the last one the key's open window took (kept or
+  overflowed), or not above the last of the key's closed windows, is a ``DUPLICATE`` and changes
+  nothing: a state restored from its record plus a replay of the same seqs gives the same
+  output. A window keeps only its ``last_seq``, so its record stays small whatever its size.
 - Clock jumps (reported in ``DueResult.jumps``/``AddResult.jump`` for the caller to log):
   * backward (``now`` below the latest time a window saw): the window keeps the time it had left,
     on the new clock: ``deadline = now + (deadline - last_seen)``. It is never closed early nor
@@ -29,6 +31,10 @@ Rules (docs: this docstring is the reference until the engine runs):
     2 * interval of the new clock).
   * forward past at least one more whole interval (``now >= deadline + interval``): the window
     closes once, with one output; the skipped intervals produce nothing.
+- Aggregation output: one telemetry-shaped message of type ``outMsgType`` (default
+  ``POST_TELEMETRY_REQUEST``), flat so ThingsBoard stores it as timeseries: data
+  ``{"<key>_min", "<key>_max", "<key>_avg", "<key>_sum", "<key>_count"}`` for every numeric key
+  (keys sorted), metadata ``{"ts": <close time>, "msgCount": <messages kept>}``.
 - Aggregation numbers: a numeric value is a JSON int or float (not a bool) of a top-level key of
   the message's data object; other values are ignored. ``sum`` adds in arrival order with Python
   arithmetic (ints stay exact ints, a float makes it an IEEE double: no other rounding),
@@ -42,7 +48,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
-AGGREGATE_NODE_TYPE = "edge_sync.rules.AggregateNode"
+from edge_sync.rules.nodes import AGGREGATE, AGGREGATE_DEFAULT_OUT_TYPE, AGGREGATE_DEFAULT_PENDING
+
+AGGREGATE_NODE_TYPE = AGGREGATE
 STRATEGIES = ("FIRST", "LAST", "ALL")
 
 Key = tuple[str, str]
@@ -52,7 +60,7 @@ Key = tuple[str, str]
 @dataclass(frozen=True)
 class Msg:
     seq: int
-    """the device event's seq: the idempotency key"""
+    """the idempotency key, increasing per window key"""
     ts: int
     type: str
     data: str
@@ -70,11 +78,15 @@ class Msg:
 
 @dataclass(frozen=True)
 class OutMsg:
+    """A closed window's message; ``ts``: the picked message's ts (FIRST/LAST), else the close
+    time."""
+
     originator: str
     type: str
     data: str
     metadata: dict[str, str]
     queue_name: str | None = None
+    ts: int = 0
 
 
 class Added(Enum):
@@ -124,7 +136,7 @@ class _Window(Generic[S]):
     state: S
     count: int = 0
     overflow: int = 0
-    seqs: set[int] = field(default_factory=set)
+    last_seq: int = -1
 
 
 class _Windows(Generic[S]):
@@ -156,6 +168,10 @@ class _Windows(Generic[S]):
     def open_keys(self) -> list[Key]:
         return sorted(self._open)
 
+    def next_deadline(self) -> int | None:
+        """The earliest deadline of the open windows (ms, edge time); None when none is open."""
+        return min((w.deadline for w in self._open.values()), default=None)
+
     def _observe(self, key: Key, w: _Window[S], now: int) -> ClockJump | None:
         if now < w.last_seen:
             by = w.last_seen - now
@@ -176,9 +192,9 @@ class _Windows(Generic[S]):
             self._open[key] = w
         else:
             jump = self._observe(key, w, now)
-        if msg.seq in w.seqs:
+        if msg.seq <= w.last_seq:
             return AddResult(Added.DUPLICATE, jump)
-        w.seqs.add(msg.seq)
+        w.last_seq = msg.seq
         if w.count >= self.max_pending:
             w.overflow += 1
             return AddResult(Added.OVERFLOW, jump)
@@ -199,18 +215,19 @@ class _Windows(Generic[S]):
             if now >= w.deadline + self.interval_ms:
                 jumps.append(ClockJump(key, "forward", now - w.deadline))
             del self._open[key]
-            self._closed_seq[key] = max([self._closed_seq.get(key, -1), *w.seqs])
+            self._closed_seq[key] = max(self._closed_seq.get(key, -1), w.last_seq)
             closed.append(Closed(key, self._output(key, w.state, w.count, now), w.count, w.overflow,
                                  w.opened, now))
         return DueResult(closed, jumps)
 
     def to_record(self) -> dict[str, Any]:
-        """Plain JSON-able state: open windows (with their seqs) and each key's closed seq."""
+        """Plain JSON-able state: open windows (with their last seq) and each key's closed
+        seq."""
         return {
             "windows": [
                 {"node": k[0], "originator": k[1], "opened": w.opened, "deadline": w.deadline,
                  "last_seen": w.last_seen, "count": w.count, "overflow": w.overflow,
-                 "seqs": sorted(w.seqs), "state": self._state_record(w.state)}
+                 "last_seq": w.last_seq, "state": self._state_record(w.state)}
                 for k, w in sorted(self._open.items())],
             "closed_seq": [[k[0], k[1], s] for k, s in sorted(self._closed_seq.items())],
         }
@@ -219,7 +236,7 @@ class _Windows(Generic[S]):
         for r in record["windows"]:
             self._open[(r["node"], r["originator"])] = _Window(
                 r["opened"], r["deadline"], r["last_seen"], self._state_from(r["state"]),
-                r["count"], r["overflow"], set(r["seqs"]))
+                r["count"], r["overflow"], r["last_seq"])
         for node, originator, seq in record["closed_seq"]:
             self._closed_seq[(node, originator)] = seq
 
@@ -257,12 +274,13 @@ class DedupWindows(_Windows[list[Msg]]):
             packed = [{"msg": json.loads(m.data), "metadata": m.metadata} for m in state]
             assert self.out_msg_type is not None
             return OutMsg(key[1], self.out_msg_type, json.dumps(packed), {"ts": str(now)},
-                          self.queue_name)
+                          self.queue_name, now)
         pick = state[0]
         for m in state[1:]:
             if (m.ts < pick.ts) if self.strategy == "FIRST" else (m.ts > pick.ts):
                 pick = m
-        return OutMsg(key[1], pick.type, pick.data, dict(pick.metadata), self.queue_name)
+        return OutMsg(key[1], pick.type, pick.data, dict(pick.metadata), self.queue_name,
+                      pick.ts)
 
     def _state_record(self, state: list[Msg]) -> Any:
         return [m.to_record() for m in state]
@@ -277,18 +295,20 @@ Stats = dict[str, dict[str, Any]]
 
 class AggregateWindows(_Windows[Stats]):
     """The edge's aggregation node (``AGGREGATE_NODE_TYPE``): at close, one message of type
-    ``out_msg_type`` whose data is ``{key: {"min", "max", "avg", "sum", "count"}}`` (keys sorted)
-    and metadata ``{"ts": <close time>, "msgCount": <messages kept>}``."""
+    ``out_msg_type`` whose data is ``{"<key>_min", "<key>_max", "<key>_avg", "<key>_sum",
+    "<key>_count"}`` (keys sorted) and metadata ``{"ts": <close time>, "msgCount": <kept>}``."""
 
-    def __init__(self, interval_s: int, max_pending: int = 10_000,
-                 out_msg_type: str = "AGGREGATE", queue_name: str | None = None) -> None:
+    def __init__(self, interval_s: int, max_pending: int = AGGREGATE_DEFAULT_PENDING,
+                 out_msg_type: str = AGGREGATE_DEFAULT_OUT_TYPE,
+                 queue_name: str | None = None) -> None:
         super().__init__(interval_s, max_pending)
         self.out_msg_type = out_msg_type
         self.queue_name = queue_name
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], interval_s: int, max_pending: int = 10_000,
-                    out_msg_type: str = "AGGREGATE",
+    def from_record(cls, record: dict[str, Any], interval_s: int,
+                    max_pending: int = AGGREGATE_DEFAULT_PENDING,
+                    out_msg_type: str = AGGREGATE_DEFAULT_OUT_TYPE,
                     queue_name: str | None = None) -> AggregateWindows:
         out = cls(interval_s, max_pending, out_msg_type, queue_name)
         out._restore(record)
@@ -317,10 +337,15 @@ class AggregateWindows(_Windows[Stats]):
                 s["max"] = max(s["max"], v)
 
     def _output(self, key: Key, state: Stats, count: int, now: int) -> OutMsg:
-        summary = {k: {"min": s["min"], "max": s["max"], "avg": s["sum"] / s["count"],
-                       "sum": s["sum"], "count": s["count"]} for k, s in sorted(state.items())}
+        summary: dict[str, Any] = {}
+        for k, s in sorted(state.items()):
+            summary[f"{k}_min"] = s["min"]
+            summary[f"{k}_max"] = s["max"]
+            summary[f"{k}_avg"] = s["sum"] / s["count"]
+            summary[f"{k}_sum"] = s["sum"]
+            summary[f"{k}_count"] = s["count"]
         return OutMsg(key[1], self.out_msg_type, json.dumps(summary),
-                      {"ts": str(now), "msgCount": str(count)}, self.queue_name)
+                      {"ts": str(now), "msgCount": str(count)}, self.queue_name, now)
 
     def _state_record(self, state: Stats) -> Any:
         return {k: dict(s) for k, s in state.items()}

@@ -1,0 +1,186 @@
+"""The rule chain in force and what it did, held for every thread (one lock, no I/O, no clock
+reads: times are given): which chain runs (``ChainInForce``: source, version, digest), the last
+chain refused and why (``Refusal``), per-node counts (messages in, failures) for status and
+metrics, and a per-node rate limit on failure log lines.
+
+Owns: installing a chain (validated first: a chain with problems is refused as a whole and the
+chain in force stays), its version (1, 2, ... at every swap; installing the same chain from the
+same source again is no swap), its digest (sha256 of the canonical JSON of chain + metadata,
+first 12 hex digits), clearing it (no chain: the edge does what it did without rules), the
+counts (reset at every swap: they are the chain in force's) and the status snapshot.
+Building a ``RuleEngine`` from the chain is the caller's (one per thread: scripts are bound to
+the thread that runs them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edge_sync.rules.chain import RuleChain, RuleChainMetaData
+from edge_sync.rules.validate import validate
+
+FAILURE_LOG_INTERVAL_MS = 60_000
+DIGEST_HEX = 12
+
+
+@dataclass(frozen=True)
+class ChainInForce:
+    chain: RuleChain
+    meta: RuleChainMetaData
+    source: str
+    """``file:/path/x.json`` or ``cloud``"""
+    version: int
+    """1, 2, ...: increases at every swap"""
+    digest: str
+    """sha256 of the canonical JSON of chain + metadata, first 12 hex digits"""
+    loaded_at_ms: int
+
+
+@dataclass(frozen=True)
+class Refusal:
+    source: str
+    at_ms: int
+    problems: tuple[str, ...]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def digest(chain: RuleChain, meta: RuleChainMetaData) -> str:
+    """The chain's identity: sha256 of its canonical JSON (sorted keys, no spaces), 12 hex."""
+    text = json.dumps({"chain": _plain(chain), "meta": _plain(meta)}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DIGEST_HEX]
+
+
+class RulesRuntime:
+    """The chain in force, the last refusal, the counts; any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._current: ChainInForce | None = None
+        self._version = 0
+        self._refusal: Refusal | None = None
+        self._cleared: str | None = None
+        self._counts: dict[str, dict[str, int]] = {}
+        self._logged: dict[str, tuple[int, int]] = {}  # node -> (last line at, suppressed)
+
+    def current(self) -> ChainInForce | None:
+        with self._lock:
+            return self._current
+
+    @property
+    def last_refusal(self) -> Refusal | None:
+        with self._lock:
+            return self._refusal
+
+    @property
+    def version(self) -> int:
+        """The last version installed (0: none ever); stays after a clear."""
+        with self._lock:
+            return self._version
+
+    def install(self, chain: RuleChain, meta: RuleChainMetaData, source: str,
+                now_ms: int) -> ChainInForce | Refusal:
+        """The chain in force after installing this one: refused (kept as ``last_refusal``,
+        the chain in force unchanged) when it has problems; the current one, version unchanged,
+        when it is the same chain (digest) from the same source; else a new version."""
+        problems = validate(chain, meta)
+        if problems:
+            refusal = Refusal(source, now_ms, tuple(str(p) for p in problems))
+            with self._lock:
+                self._refusal = refusal
+            return refusal
+        fingerprint = digest(chain, meta)
+        with self._lock:
+            current = self._current
+            if current is not None and current.digest == fingerprint \
+                    and current.source == source:
+                return current
+            self._version += 1
+            self._current = ChainInForce(chain, meta, source, self._version, fingerprint, now_ms)
+            self._cleared = None
+            self._counts = {}
+            self._logged = {}
+            return self._current
+
+    def refuse(self, source: str, problems: list[str] | tuple[str, ...],
+               now_ms: int) -> Refusal:
+        """Record a chain refused before it could be installed (a file or entity that does not
+        parse): kept as ``last_refusal``; the chain in force stays."""
+        refusal = Refusal(source, now_ms, tuple(problems))
+        with self._lock:
+            self._refusal = refusal
+        return refusal
+
+    def clear(self, reason: str) -> None:
+        """No chain in force (the edge does what it does without rules); ``reason`` shows in
+        the snapshot."""
+        with self._lock:
+            self._current = None
+            self._cleared = reason
+            self._counts = {}
+            self._logged = {}
+
+    def count(self, node: str, visited: int = 0, failed: int = 0) -> None:
+        """Add to a node's counts (``node``: the outcomes' ``node``, its describe())."""
+        with self._lock:
+            counts = self._counts.setdefault(node, {"in": 0, "failed": 0})
+            counts["in"] += visited
+            counts["failed"] += failed
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """node -> {"in": n, "failed": n} (a copy), nodes counted so far."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._counts.items()}
+
+    def snapshot(self) -> dict[str, Any]:
+        """For status and the API: the chain in force (None fields without one), every node
+        with its counts, the last refusal, and why there is no chain (``cleared``)."""
+        with self._lock:
+            current, refusal = self._current, self._refusal
+            counts = {k: dict(v) for k, v in self._counts.items()}
+            cleared, version = self._cleared, self._version
+        nodes = []
+        if current is not None:
+            for node in current.meta.nodes:
+                c = counts.get(node.describe(), {})
+                nodes.append({"node": node.describe(), "type": node.type,
+                              "in": c.get("in", 0), "failed": c.get("failed", 0)})
+        return {
+            "chain": None if current is None else current.chain.name,
+            "id": None if current is None else current.chain.id,
+            "source": None if current is None else current.source,
+            "version": version if current is None else current.version,
+            "digest": None if current is None else current.digest,
+            "loaded_at_ms": None if current is None else current.loaded_at_ms,
+            "nodes": nodes,
+            "last_refusal": None if refusal is None else {
+                "source": refusal.source, "at_ms": refusal.at_ms,
+                "problems": list(refusal.problems)},
+            "cleared": cleared,
+        }
+
+    def should_log_failure(self, node: str, now_ms: int) -> tuple[bool, int]:
+        """At most one failure log line per node per 60 s: (log now?, failures not logged since
+        that node's last line). The first failure of a node logs; a clock gone back logs."""
+        with self._lock:
+            last = self._logged.get(node)
+            if last is None or now_ms - last[0] >= FAILURE_LOG_INTERVAL_MS or now_ms < last[0]:
+                self._logged[node] = (now_ms, 0)
+                return True, 0 if last is None else last[1]
+            self._logged[node] = (last[0], last[1] + 1)
+            return False, last[1] + 1

@@ -1,0 +1,242 @@
+"""One entity's rule state, as pure logic: its active alarms (the alarm nodes' state) and the open
+windows of its deduplication and aggregation nodes, run against a ``RuleEngine`` and kept as one
+JSON-able record (msgpack-able) the caller persists. No threads, no I/O, no clock reads: the
+caller gives the edge time (``now_ms``, from its injected Clock).
+
+Owns: adding each ``Deferred`` message to its node's window (built lazily from the node's
+configuration, found by the node's stable key ``RuleEngine.node_key``), a window's refusal
+(``maxPendingMsgs``) reported as ``Failed`` and sent on by the node's ``Failure`` connections
+as ThingsBoard does, closing due windows and sending their output on by ``Success``; the seq a
+window's idempotency needs (a per-entity counter kept in the record); the record itself
+(``Step.record``, None when nothing is left to keep) and whether it changed.
+
+A chain swap keeps the windows of the nodes still in the chain (same key, same type; they go on
+under the new configuration, keeping their deadlines). A window whose node left the chain (or
+changed type) is kept until its deadline and then dropped, counted in ``Step.dropped``: its
+output has nowhere to go.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from edge_sync.rules import nodes as n
+from edge_sync.rules.engine import (
+    FAILURE,
+    SUCCESS,
+    Alarms,
+    Deferred,
+    Failed,
+    Outcome,
+    RuleEngine,
+)
+from edge_sync.rules.message import Originator, RuleMsg
+from edge_sync.rules.window import (
+    Added,
+    AggregateWindows,
+    ClockJump,
+    Closed,
+    DedupWindows,
+    Msg,
+)
+
+RECORD_VERSION = 1
+Windows = DedupWindows | AggregateWindows
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one call decided."""
+
+    outcomes: tuple[Outcome, ...]
+    """in order: closed windows' outputs due before the message first, then the message's"""
+    record: dict[str, Any] | None
+    """the entity's whole rule state to persist (JSON-able); None: delete the record"""
+    changed: bool
+    """whether ``record`` differs from the last one (persist only then)"""
+    jumps: tuple[ClockJump, ...]
+    """clock jumps the windows saw (for the caller to log)"""
+    dropped: int
+    """closed windows whose node left the chain: their output went nowhere (for the log)"""
+
+
+@dataclass
+class _Node:
+    """One node's windows for this entity; ``orphan``: the node is not in the bound chain."""
+
+    type: str
+    windows: Windows
+    orphan: bool = False
+
+
+def _build(node_type: str, config: Any, record: dict[str, Any] | None) -> Windows:
+    """A window node's windows from its configuration (validated by the engine), restored from
+    ``record`` when given."""
+    empty: dict[str, Any] = {"windows": [], "closed_seq": []}
+    if node_type == n.AGGREGATE:
+        return AggregateWindows.from_record(
+            record or empty, int(config["interval"]),
+            int(config.get("maxPendingMsgs") or n.AGGREGATE_DEFAULT_PENDING),
+            str(config.get("outMsgType") or n.AGGREGATE_DEFAULT_OUT_TYPE))
+    out_type = config.get("outMsgType")
+    queue = config.get("queueName")
+    return DedupWindows.from_record(
+        record or empty, str(config["strategy"]), int(config["interval"]),
+        int(config.get("maxPendingMsgs") or n.DEDUPLICATION_DEFAULT_PENDING),
+        str(out_type) if out_type else None, str(queue) if queue else None)
+
+
+_ORPHAN_CONFIG: dict[str, dict[str, Any]] = {
+    n.AGGREGATE: {"interval": 1},
+    n.DEDUPLICATION: {"interval": 1, "strategy": "FIRST"},
+}
+"""Enough configuration to keep an orphan's windows until their deadline (then dropped)."""
+
+
+class EntityRules:
+    """One entity's alarms and windows (the module docstring gives the rules)."""
+
+    def __init__(self, record: dict[str, Any] | None = None) -> None:
+        self._seq = 0
+        self._originator: Originator | None = None
+        self._alarms: Alarms = {}
+        self._raw: dict[str, dict[str, Any]] = {}  # node key -> {"type", "windows"}, unbound
+        self._nodes: dict[str, _Node] = {}
+        self._engine: RuleEngine | None = None
+        self._last = record
+        if record is not None:
+            if record.get("v") != RECORD_VERSION:
+                raise ValueError(f"rule state record version {record.get('v')!r}: expected "
+                                 f"{RECORD_VERSION}")
+            self._seq = int(record["seq"])
+            if record.get("originator") is not None:
+                kind, ident = record["originator"]
+                self._originator = Originator(str(kind), str(ident))
+            self._alarms = {str(k): dict(v) for k, v in record["alarms"].items()}
+            self._raw = {str(k): dict(v) for k, v in record["windows"].items()}
+
+    @property
+    def alarms(self) -> Alarms:
+        """Active alarms by type (read-only use)."""
+        return self._alarms
+
+    @property
+    def open_windows(self) -> int:
+        return (sum(len(x.windows.open_keys()) for x in self._nodes.values())
+                + sum(len(r["windows"]["windows"]) for r in self._raw.values()))
+
+    def next_deadline(self) -> int | None:
+        """The earliest deadline of this entity's open windows (ms); None when none is open."""
+        deadlines = [d for d in (x.windows.next_deadline() for x in self._nodes.values())
+                     if d is not None]
+        deadlines += [w["deadline"] for r in self._raw.values() for w in r["windows"]["windows"]]
+        return min(deadlines, default=None)
+
+    def on_message(self, engine: RuleEngine, msg: RuleMsg, now_ms: int) -> Step:
+        """Windows already due at ``now_ms`` close first; then ``msg`` runs through the chain,
+        each ``Deferred`` going to its node's window (a refused one goes on by Failure)."""
+        self._bind(engine)
+        self._originator = msg.originator
+        out: list[Outcome] = []
+        jumps: list[ClockJump] = []
+        dropped = self._close_due(engine, now_ms, out, jumps)
+        for outcome in engine.run(msg, self._alarms):
+            out.append(outcome)
+            if isinstance(outcome, Deferred):
+                self._defer(engine, outcome, now_ms, out, jumps)
+        return self._step(out, jumps, dropped)
+
+    def on_due(self, engine: RuleEngine, now_ms: int) -> Step:
+        """Close the windows due at ``now_ms``; each output goes on by its node's Success."""
+        self._bind(engine)
+        out: list[Outcome] = []
+        jumps: list[ClockJump] = []
+        dropped = self._close_due(engine, now_ms, out, jumps)
+        return self._step(out, jumps, dropped)
+
+    def _bind(self, engine: RuleEngine) -> None:
+        """Attach the windows to ``engine``'s nodes (again after a chain swap)."""
+        if engine is self._engine:
+            return
+        for key, node in self._nodes.items():
+            self._raw[key] = {"type": node.type, "windows": node.windows.to_record()}
+        self._nodes = {}
+        for key, raw in sorted(self._raw.items()):
+            index = engine.node_index(key)
+            rule_node = None if index is None else engine.meta.nodes[index]
+            if rule_node is not None and rule_node.type == raw["type"]:
+                self._nodes[key] = _Node(raw["type"], _build(raw["type"],
+                                                             rule_node.configuration,
+                                                             raw["windows"]))
+            else:
+                self._nodes[key] = _Node(raw["type"], _build(
+                    raw["type"], _ORPHAN_CONFIG[raw["type"]], raw["windows"]), orphan=True)
+        self._raw = {}
+        self._engine = engine
+
+    def _defer(self, engine: RuleEngine, deferred: Deferred, now_ms: int, out: list[Outcome],
+               jumps: list[ClockJump]) -> None:
+        key = engine.node_key(deferred.node_index)
+        node = self._nodes.get(key)
+        if node is None:
+            rule_node = engine.meta.nodes[deferred.node_index]
+            node = _Node(rule_node.type, _build(rule_node.type, rule_node.configuration, None))
+            self._nodes[key] = node
+        msg = deferred.msg
+        self._seq += 1
+        ts = msg.metadata.get("ts")
+        added = node.windows.add(key, msg.originator.id, Msg(
+            self._seq, int(ts) if ts and ts.isdigit() else msg.ts, msg.type,
+            json.dumps(msg.data), dict(msg.metadata)), now_ms)
+        if added.jump is not None:
+            jumps.append(added.jump)
+        if added.added is Added.OVERFLOW:
+            out.append(Failed(deferred.node, "max limit of pending messages reached "
+                                             f"(maxPendingMsgs {node.windows.max_pending})"))
+            out.extend(engine.resume(deferred.node_index, FAILURE, msg, self._alarms))
+
+    def _close_due(self, engine: RuleEngine, now_ms: int, out: list[Outcome],
+                   jumps: list[ClockJump]) -> int:
+        closed: list[tuple[str, Closed]] = []
+        for key, node in sorted(self._nodes.items()):
+            result = node.windows.due(now_ms)
+            jumps.extend(result.jumps)
+            closed.extend((key, c) for c in result.closed)
+        dropped = 0
+        for key, c in sorted(closed, key=lambda kc: (kc[1].opened, kc[0])):
+            index = engine.node_index(key)
+            if self._nodes[key].orphan or index is None:
+                dropped += 1
+                continue
+            output = c.output
+            origin = self._originator or Originator("DEVICE", output.originator)
+            msg = RuleMsg(output.type, origin, json.loads(output.data), output.metadata,
+                          output.ts)
+            out.extend(engine.resume(index, SUCCESS, msg, self._alarms))
+        for key in [k for k, x in self._nodes.items() if not x.windows.open_keys()]:
+            del self._nodes[key]  # nothing open: the seq counter alone guards what comes next
+        return dropped
+
+    def _record(self) -> dict[str, Any] | None:
+        windows = {key: {"type": x.type, "windows": x.windows.to_record()}
+                   for key, x in sorted(self._nodes.items())}
+        windows.update(self._raw)
+        if not windows and not self._alarms:
+            self._seq = 0
+            return None
+        return {
+            "v": RECORD_VERSION,
+            "seq": self._seq,
+            "originator": (None if self._originator is None else
+                           [self._originator.entity_type, self._originator.id]),
+            "alarms": {k: dict(v) for k, v in sorted(self._alarms.items())},
+            "windows": windows,
+        }
+
+    def _step(self, out: list[Outcome], jumps: list[ClockJump], dropped: int) -> Step:
+        record = self._record()
+        changed = record != self._last
+        self._last = record
+        return Step(tuple(out), record, changed, tuple(jumps), dropped)
