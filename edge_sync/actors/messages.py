@@ -49,6 +49,24 @@ class PutRpc:
 
 
 @dataclass(frozen=True, slots=True)
+class PutRuleState:
+    """The entity's whole rule state (rules/session.py's record); None deletes it."""
+
+    entity_id: uuid.UUID
+    record: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class PutLocalTimeseries:
+    """Points the rule chain keeps on the edge (storage/rule_store.py), kept ``ttl_s`` seconds
+    from the commit (0: the configured local retention)."""
+
+    entity_id: uuid.UUID
+    entries: tuple[tuple[int, tuple[tuple[str, Any], ...]], ...]  # (ts, ((key, value), ...))
+    ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
 class RequireDevice:
     """Writes nothing: the Append fails with NotFound (nothing of it written) unless the device
     exists when it commits. The data of a device whose creation is still on its way carries
@@ -145,7 +163,8 @@ GraphChange = (PutAsset | DeleteEntity | PutRelation | DeleteRelation | DeleteRe
 GRAPH_CHANGES = (PutAsset, DeleteEntity, PutRelation, DeleteRelation, DeleteRelations,
                  DeleteAttributes, DeleteTimeseries)
 
-Mutation = CreateDevice | PutAttributes | PutLatestTelemetry | PutRpc | RequireDevice | GraphChange
+Mutation = (CreateDevice | PutAttributes | PutLatestTelemetry | PutRpc | PutRuleState
+            | PutLocalTimeseries | RequireDevice | GraphChange)
 
 # -- to the QueueActor -----------------------------------------------------------------------
 

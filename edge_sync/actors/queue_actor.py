@@ -3,7 +3,15 @@ store changes they carry (new devices, client attributes, latest telemetry, serv
 states) and the edge's own changes of the entity graph (actors/graph_changes.py: assets,
 relations, deletes of devices and of attribute and timeseries keys, whose events are made in
 the same transaction); the DownlinkActor writes the entity store and the graph too, for what
-the cloud sends, and LMDB serialises the two writers.
+the cloud sends, and LMDB serialises the two writers. It also writes the rule engine's state
+and local timeseries (storage/rule_store.py) with the events of the message that produced them,
+so a rule's windows, alarms and kept points never disagree with the events in the log.
+
+A local point is kept ``ttl_s`` seconds (``local_retention_s`` when 0) from the commit that
+writes it, not from its own timestamp: a device with a skewed clock (a ts days in the past) would
+otherwise see its points expire at once. The periodic purge of deployed events also deletes
+expired local points, in bounded batches. A device's rule state and local points go with the
+device, whatever removes it (storage/graph_entities.py).
 
 It assigns sequence numbers and commits in groups: every write command that reaches its mailbox
 while a group is open joins that group, and one transaction (one fsync) commits them all. Only
@@ -40,7 +48,9 @@ from edge_sync.actors.messages import (
     PurgeDeployed,
     PutAttributes,
     PutLatestTelemetry,
+    PutLocalTimeseries,
     PutRpc,
+    PutRuleState,
     RequireDevice,
     SetIdentity,
     WriteCommand,
@@ -64,6 +74,7 @@ from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, NewEvent
 from edge_sync.storage.rpc_store import RpcStore
+from edge_sync.storage.rule_store import RuleStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 from edge_sync.validators import INT64_MAX
 
@@ -109,8 +120,11 @@ class QueueActor(SupervisedActor):
         clock: Clock = SYSTEM_CLOCK,
         on_committed: Callable[[EventsCommitted], None] | None = None,
         tokens: TokenCache | None = None,
+        local_retention_s: int = 604_800,
     ) -> None:
         super().__init__(report_exit)
+        if local_retention_s < 1:
+            raise ValueError(f"local_retention_s must be at least 1 s, not {local_retention_s}")
         # The device API's token cache. CreateDevice only adds a device whose id, name and token
         # are all new (checked in its transaction; an unknown token is never cached), so a
         # creation leaves the cache alone. A device's deletion clears it after its commit, as
@@ -120,6 +134,8 @@ class QueueActor(SupervisedActor):
         self._log = EventLog(store)
         self._entities = EntityStore(store)
         self._rpcs = RpcStore(store)
+        self._rules = RuleStore(store)
+        self._local_retention_ms = local_retention_s * 1000
         self._graph = GraphChanges(store)
         self._policy = policy
         self._clock = clock
@@ -137,6 +153,8 @@ class QueueActor(SupervisedActor):
         self._commits = metrics.counter("edge_queue_commits_total", "group commits (fsyncs)")
         self._purged = metrics.counter("edge_events_purged_total", "deployed events purged")
         self._dead = metrics.counter("edge_events_dead_lettered_total", "events dead-lettered")
+        self._local_purged = metrics.counter(
+            "edge_rule_local_points_purged_total", "expired local timeseries points purged")
         with store.read() as txn:
             self._next_seq = self._log.next_seq(txn)
             tenant, edge = self._log.identity(txn)
@@ -294,6 +312,11 @@ class QueueActor(SupervisedActor):
                 self._entities.put_latest(txn, eid, {k: (ts, v) for k, ts, v in values})
             case PutRpc(request=request):
                 self._rpcs.put(txn, request)
+            case PutRuleState(entity_id=eid, record=record):
+                self._rules.put_state(txn, eid, record)
+            case PutLocalTimeseries(entity_id=eid, entries=entries, ttl_s=ttl_s):
+                keep_ms = ttl_s * 1000 if ttl_s > 0 else self._local_retention_ms
+                self._rules.put_local(txn, eid, entries, expires_at_ms=now + keep_ms)
 
     def _commit_each(self, group: list[WriteCommand]) -> list[_Outcome]:
         """Commit the commands one by one, so a command the store cannot take fails alone. When
@@ -368,6 +391,7 @@ class QueueActor(SupervisedActor):
             _log.bind(count=total).info("purged deployed events")
             self._store.room_made()
         self._purge_rpcs(older_than_ms)
+        self._purge_local(self._clock.now_ms())
 
     def _purge_rpcs(self, older_than_ms: int) -> None:
         """Finished server-side RPC requests are kept as long as deployed events."""
@@ -381,6 +405,25 @@ class QueueActor(SupervisedActor):
             return
         if n:
             _log.bind(count=n).info("purged finished RPC requests")
+
+    def _purge_local(self, now_ms: int) -> None:
+        """Expired local timeseries points, in batches of _PURGE_BATCH (one transaction each)."""
+        total = 0
+        while True:
+            try:
+                n = int(self._store.write(
+                    lambda txn: self._rules.purge_expired(txn, now_ms, _PURGE_BATCH),
+                    maintenance=True))
+            except QueueFull as exc:
+                _log.bind(reason=str(exc)).warning("local timeseries purge postponed: {}", exc)
+                break
+            total += n
+            if n < _PURGE_BATCH:
+                break
+        if total:
+            self._local_purged.inc(total)
+            _log.bind(count=total).info("purged expired local timeseries points")
+            self._store.room_made()
 
     def _purge_batch(self, older_than_ms: int) -> int:
         return int(self._store.write(

@@ -63,8 +63,13 @@ DB_NAMES = (
     "graph_waiting",
     "graph_seen",
     "graph_log",
+    # the rule engine's state and local timeseries (storage/rule_store.py): added later still,
+    # the same way
+    "rule_state",
+    "rule_local_ts",
+    "rule_local_expiry",
 )
-LATER_DB_NAMES = frozenset(name for name in DB_NAMES if name.startswith("graph_"))
+LATER_DB_NAMES = frozenset(name for name in DB_NAMES if name.startswith(("graph_", "rule_")))
 """Databases newer than the store format stamp: a writable open creates them in a store of an
 earlier release (an earlier release simply ignores them); a read-only open of such a store
 (``edge-sync status`` with the agent stopped) goes on without them, and their readers see

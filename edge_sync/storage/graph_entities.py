@@ -59,6 +59,7 @@ from edge_sync.storage.graph_log import ApplyLog
 from edge_sync.storage.graph_relations import RelationTable
 from edge_sync.storage.graph_sync import FullSyncState
 from edge_sync.storage.rpc_store import RpcStore
+from edge_sync.storage.rule_store import RuleStore
 
 _log = logger.bind(component="graph")
 
@@ -114,6 +115,7 @@ class EntityTable:
         self._log = log
         self._es = entities_store
         self._rpcs = RpcStore(tables.store)
+        self._rules = RuleStore(tables.store)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -349,11 +351,14 @@ class EntityTable:
     def _remove_operational(self, txn: lmdb.Transaction, entity_type: str,
                             entity_id: uuid.UUID, *, now_ms: int) -> bool:
         """The operational records of the entity store that go with an entity (a device's
-        open RPC requests are closed, whatever removed it: RpcStore.close_device)."""
+        open RPC requests are closed, whatever removed it: RpcStore.close_device), and its rule
+        state and local timeseries (RuleStore.delete_entity)."""
         es = self._es
         # a derived record (credentials, metadata) shares its owner's id: the owner's attributes
-        # and latest values stay while the owner does
+        # and latest values (and rule data) stay while the owner does
         found = entity_type not in DERIVED and es.delete_entity_data(txn, entity_id) > 0
+        if entity_type not in DERIVED:
+            self._rules.delete_entity(txn, entity_id)
         if entity_type == "DEVICE":
             found |= es.delete_device(txn, entity_id)
             self._rpcs.close_device(txn, entity_id, now_ms=now_ms)
