@@ -15,10 +15,12 @@ from edge_sync.rules.engine import (
     Deferred,
     Failed,
     Log,
+    Outcome,
     PushToCloud,
     RuleEngine,
     SaveAttributes,
     SaveTimeseries,
+    Visited,
 )
 from edge_sync.rules.message import Originator, RuleMsg
 
@@ -29,15 +31,23 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
 
 
 def chain(nodes: list[Node], conns: list[tuple[int, int, str]],
-          max_steps: int = 1000) -> RuleEngine:
-    doc = {"ruleChain": {"name": "t", "type": "EDGE"},
-           "metadata": {"firstNodeIndex": 0,
-                        "nodes": [{"type": t, "name": name, "configuration": c}
-                                  for t, name, c in nodes],
-                        "connections": [{"fromIndex": a, "toIndex": b, "type": r}
-                                        for a, b, r in conns]}}
-    rc, meta = parse(doc)
-    return RuleEngine(rc, meta, clock=lambda: 777, max_steps=max_steps)
+          max_steps: int = 1000, ids: list[str | None] | None = None) -> RuleEngine:
+    docs = [{"type": t, "name": name, "configuration": c} for t, name, c in nodes]
+    for doc, node_id in zip(docs, ids or [], strict=False):
+        if node_id is not None:
+            doc["id"] = {"entityType": "RULE_NODE", "id": node_id}
+    rc, meta = parse({"ruleChain": {"name": "t", "type": "EDGE"},
+                      "metadata": {"firstNodeIndex": 0, "nodes": docs,
+                                   "connections": [{"fromIndex": a, "toIndex": b, "type": r}
+                                                   for a, b, r in conns]}})
+    ids_given = iter(f"alarm-{i}" for i in range(1, 100))
+    return RuleEngine(rc, meta, clock=lambda: 777, max_steps=max_steps,
+                      new_id=lambda: next(ids_given))
+
+
+def effects(out: list[Outcome]) -> list[Outcome]:
+    """The outcomes without the per-node Visited markers."""
+    return [o for o in out if not isinstance(o, Visited)]
 
 
 def telemetry(data: Any, **meta: str) -> RuleMsg:
@@ -53,11 +63,14 @@ def test_selective_sync_pushes_hot_and_saves_all() -> None:
                     SAVE_TS, PUSH],
                    [(0, 1, "True"), (0, 1, "False"), (0, 2, "True")])
     assert engine.run(telemetry({"temperature": 60})) == [
+        Visited("nodes[0] 'Hot?'"),
+        Visited("nodes[1] 'Save'"),
         SaveTimeseries("nodes[1] 'Save'", ORIGIN, 1000, {"temperature": 60}, 0),
+        Visited("nodes[2] 'Push'"),
         PushToCloud("nodes[2] 'Push'", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE",
-                    "NORMAL", {"temperature": 60}),
+                    "NORMAL", {"temperature": 60}, {}, 1000),
     ]
-    assert engine.run(telemetry({"temperature": 20})) == [
+    assert effects(engine.run(telemetry({"temperature": 20}))) == [
         SaveTimeseries("nodes[1] 'Save'", ORIGIN, 1000, {"temperature": 20}, 0)]
 
 
@@ -66,11 +79,11 @@ def test_type_switch_routes_telemetry_and_attributes() -> None:
                     (n.SAVE_ATTRIBUTES, "Attrs", {"scope": "CLIENT_SCOPE"}),
                     (n.LOG, "Other", {"jsScript": "return 'other ' + msgType;"})],
                    [(0, 1, "Post telemetry"), (0, 2, "Post attributes"), (0, 3, "Other")])
-    assert engine.run(telemetry({"t": 1}, ts="5000")) == [
+    assert effects(engine.run(telemetry({"t": 1}, ts="5000"))) == [
         SaveTimeseries("nodes[1] 'Save'", ORIGIN, 5000, {"t": 1}, 0)]
-    assert engine.run(RuleMsg("POST_ATTRIBUTES_REQUEST", DEV, {"fw": "1.2"})) == [
+    assert effects(engine.run(RuleMsg("POST_ATTRIBUTES_REQUEST", DEV, {"fw": "1.2"}))) == [
         SaveAttributes("nodes[2] 'Attrs'", ORIGIN, "CLIENT_SCOPE", {"fw": "1.2"})]
-    assert engine.run(RuleMsg("CUSTOM", DEV, {})) == [
+    assert effects(engine.run(RuleMsg("CUSTOM", DEV, {}))) == [
         Log("nodes[3] 'Other'", "other CUSTOM")]
 
 
@@ -80,7 +93,7 @@ def test_transform_changes_msg_and_metadata() -> None:
     engine = chain([(n.TRANSFORM, "ToK", {"jsScript": script}), SAVE_TS,
                     (n.LOG, "Log", {"jsScript": "return metadata.unit + ':' + msg.k;"})],
                    [(0, 1, "Success"), (0, 2, "Success")])
-    assert engine.run(telemetry({"c": 20}, src="x")) == [
+    assert effects(engine.run(telemetry({"c": 20}, src="x"))) == [
         SaveTimeseries("nodes[1] 'Save'", ORIGIN, 1000, {"c": 20, "k": 293}, 0),
         Log("nodes[2] 'Log'", "K:293"),
     ]
@@ -90,14 +103,14 @@ def test_throwing_script_goes_by_failure() -> None:
     nodes: list[Node] = [(n.JS_FILTER, "Boom", {"jsScript": "throw new Error('bad');"}),
              (n.LOG, "OnFail", {"jsScript": "return 'failed';"}), SAVE_TS]
     engine = chain(nodes, [(0, 1, "Failure"), (0, 2, "True")])
-    out = engine.run(telemetry({}))
+    out = effects(engine.run(telemetry({})))
     assert len(out) == 2
     assert isinstance(out[0], Failed) and out[0].node == "nodes[0] 'Boom'"
     assert out[0].error.startswith("ScriptRuntimeError: Error: bad")
     assert out[1] == Log("nodes[1] 'OnFail'", "failed")
     # without a Failure connection the message ends there, reported
     alone = chain(nodes, [(0, 2, "True")]).run(telemetry({}))
-    assert [type(o) for o in alone] == [Failed]
+    assert [type(o) for o in alone] == [Visited, Failed]
 
 
 def test_check_fields_node() -> None:
@@ -106,35 +119,136 @@ def test_check_fields_node() -> None:
                                               "checkAllKeys": True}),
                     SAVE_TS, (n.LOG, "Missing", {"jsScript": "return 'missing';"})],
                    [(0, 1, "True"), (0, 2, "False"), (0, 2, "Failure")])
-    assert engine.run(telemetry({"temperature": 1}, deviceName="b")) == [
+    assert effects(engine.run(telemetry({"temperature": 1}, deviceName="b"))) == [
         SaveTimeseries("nodes[1] 'Save'", ORIGIN, 1000, {"temperature": 1}, 0)]
-    assert engine.run(telemetry({"temperature": 1})) == [Log("nodes[2] 'Missing'", "missing")]
-    assert engine.run(telemetry([1, 2])) == [
+    assert effects(engine.run(telemetry({"temperature": 1}))) == [
+        Log("nodes[2] 'Missing'", "missing")]
+    assert effects(engine.run(telemetry([1, 2]))) == [
         Failed("nodes[0] 'Has'", "the message data is not a JSON object"),
         Log("nodes[2] 'Missing'", "missing")]
 
 
-def test_alarm_create_over_threshold_clear_under_it() -> None:
-    details = {"alarmDetailsBuildJs": "return {t: msg.temperature};"}
-    engine = chain([(n.JS_FILTER, "Hot?", {"jsScript": "return msg.temperature > 90;"}),
-                    (n.CREATE_ALARM, "Raise", {"alarmType": "Overheat", "severity": "CRITICAL",
-                                               **details}),
-                    (n.CLEAR_ALARM, "Clear", {"alarmType": "Overheat", **details}),
-                    PUSH],
-                   [(0, 1, "True"), (0, 2, "False"), (1, 3, "Created")])
-    assert engine.run(telemetry({"temperature": 95})) == [
-        CreateAlarm("nodes[1] 'Raise'", ORIGIN, "Overheat", "CRITICAL", {"t": 95}, 777),
-        PushToCloud("nodes[3] 'Push'", ORIGIN, "ALARM", "SERVER_SCOPE", "HIGH",
-                    {"type": "Overheat", "severity": "CRITICAL", "status": "ACTIVE_UNACK",
-                     "details": {"t": 95}}),
+ALARM_CHAIN: list[Node] = [
+    (n.JS_FILTER, "Hot?", {"jsScript": "return msg.temperature > 90;"}),
+    (n.CREATE_ALARM, "Raise", {"alarmType": "Overheat", "severity": "${sev}",
+                               "dynamicSeverity": True, "alarmDetailsBuildJs":
+                               "return {t: msg.temperature, prev: metadata.prevAlarmDetails};"}),
+    (n.CLEAR_ALARM, "Clear", {"alarmType": "Overheat",
+                              "alarmDetailsBuildJs": "return {t: msg.temperature};"}),
+    PUSH,
+    (n.LOG, "Routed", {"jsScript": "return msgType + ' ' + JSON.stringify(metadata);"})]
+ALARM_LINKS = [(0, 1, "True"), (0, 2, "False"), (1, 3, "Created"), (1, 4, "Updated"),
+               (2, 3, "Cleared"), (2, 4, "False")]
+
+
+def test_alarm_create_update_clear_and_clear_again_route_as_thingsboard() -> None:
+    engine = chain(ALARM_CHAIN, ALARM_LINKS)
+    alarms: dict[str, dict[str, Any]] = {}
+    created = {"id": "alarm-1", "type": "Overheat", "originator": "d1", "severity": "MAJOR",
+               "status": "ACTIVE_UNACK", "startTs": 1000, "endTs": 1000,
+               "details": {"t": 95}}  # an undefined prev is left out, as JSON does
+    assert effects(engine.run(telemetry({"temperature": 95}, sev="MAJOR"), alarms)) == [
+        CreateAlarm("nodes[1] 'Raise'", ORIGIN, "Overheat", "MAJOR", {"t": 95}, 777,
+                    "alarm-1", True, created),
+        PushToCloud("nodes[3] 'Push'", ORIGIN, "ALARM", "SERVER_SCOPE", "HIGH", created,
+                    {"sev": "MAJOR", "isNewAlarm": "true"}, 1000),
     ]
-    assert engine.run(telemetry({"temperature": 40})) == [
-        ClearAlarm("nodes[2] 'Clear'", ORIGIN, "Overheat", {"t": 40}, 777)]
+    assert alarms == {"Overheat": created}
+
+    # the same type again: the active alarm is updated (severity, details with the previous
+    # ones given to the script, endTs), not a new one
+    updated = {**created, "severity": "CRITICAL", "endTs": 777,
+               "details": {"t": 99, "prev": '{"t": 95}'}}
+    out = effects(engine.run(telemetry({"temperature": 99}, sev="CRITICAL"), alarms))
+    assert out == [
+        CreateAlarm("nodes[1] 'Raise'", ORIGIN, "Overheat", "CRITICAL", updated["details"],
+                    777, "alarm-1", False, updated),
+        Log("nodes[4] 'Routed'",
+            'ALARM {"sev":"CRITICAL","isExistingAlarm":"true"}'),
+    ]
+    assert alarms == {"Overheat": updated}
+
+    cleared = {**updated, "status": "CLEARED_UNACK", "details": {"t": 40}, "clearTs": 777}
+    assert effects(engine.run(telemetry({"temperature": 40}), alarms)) == [
+        ClearAlarm("nodes[2] 'Clear'", ORIGIN, "Overheat", {"t": 40}, 777, "alarm-1", cleared),
+        PushToCloud("nodes[3] 'Push'", ORIGIN, "ALARM", "SERVER_SCOPE", "HIGH", cleared,
+                    {"isClearedAlarm": "true"}, 1000),
+    ]
+    assert alarms == {}
+
+    # nothing active: the clear routes the message itself by False, no outcome
+    assert effects(engine.run(telemetry({"temperature": 30}), alarms)) == [
+        Log("nodes[4] 'Routed'", "POST_TELEMETRY_REQUEST {}")]
+    # and the next create is a new alarm with a new id
+    out = effects(engine.run(telemetry({"temperature": 91}, sev="MINOR", ts="5000"), alarms))
+    assert isinstance(out[0], CreateAlarm)
+    assert (out[0].alarm_id, out[0].new, out[0].alarm["startTs"]) == ("alarm-2", True, 5000)
+    assert list(alarms) == ["Overheat"]
+
+
+def test_without_alarms_given_each_run_starts_from_none_active() -> None:
+    engine = chain(ALARM_CHAIN, ALARM_LINKS)
+    first = effects(engine.run(telemetry({"temperature": 95}, sev="MAJOR")))
+    second = effects(engine.run(telemetry({"temperature": 95}, sev="MAJOR")))
+    assert [(o.alarm_id, o.new) for o in first + second if isinstance(o, CreateAlarm)] == [
+        ("alarm-1", True), ("alarm-2", True)]
+
+
+def test_a_bad_dynamic_severity_goes_by_failure() -> None:
+    engine = chain(ALARM_CHAIN, [*ALARM_LINKS, (1, 4, "Failure")])
+    alarms: dict[str, dict[str, Any]] = {}
+    assert effects(engine.run(telemetry({"temperature": 95}, sev="HUGE"), alarms)) == [
+        Failed("nodes[1] 'Raise'", "alarm severity 'HUGE' is not one of CRITICAL, MAJOR, "
+                                   "MINOR, WARNING, INDETERMINATE"),
+        Log("nodes[4] 'Routed'", 'POST_TELEMETRY_REQUEST {"sev":"HUGE"}')]
+    assert alarms == {}
+
+
+def test_push_carries_metadata_and_its_ts() -> None:
+    engine = chain([PUSH], [])
+    assert effects(engine.run(telemetry({"t": 1}, ts="1234", deviceName="b"))) == [
+        PushToCloud("nodes[0] 'Push'", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE",
+                    "NORMAL", {"t": 1}, {"ts": "1234", "deviceName": "b"}, 1234)]
+    assert effects(engine.run(telemetry({"t": 1}, ts="soon"))) == [
+        PushToCloud("nodes[0] 'Push'", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE",
+                    "NORMAL", {"t": 1}, {"ts": "soon"}, 1000)]
+
+
+AGG: Node = (n.AGGREGATE, "Agg", {"interval": 60})
+
+
+def test_aggregate_defers_and_resume_goes_on_by_the_relation() -> None:
+    engine = chain([(n.MSG_TYPE_SWITCH, "Switch", {}), AGG, SAVE_TS,
+                    (n.LOG, "Refused", {"jsScript": "return 'refused ' + msg.t;"}), PUSH],
+                   [(0, 1, "Post telemetry"), (1, 2, "Success"), (1, 4, "Success"),
+                    (1, 3, "Failure")])
+    msg = telemetry({"t": 1})
+    assert engine.run(msg) == [Visited("nodes[0] 'Switch'"), Visited("nodes[1] 'Agg'"),
+                               Deferred("nodes[1] 'Agg'", 1, msg)]
+    summary = telemetry({"t_min": 1}, ts="60000")
+    assert engine.resume(1, "Success", summary) == [
+        Visited("nodes[2] 'Save'"),
+        SaveTimeseries("nodes[2] 'Save'", ORIGIN, 60000, {"t_min": 1}, 0),
+        Visited("nodes[4] 'Push'"),
+        PushToCloud("nodes[4] 'Push'", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE",
+                    "NORMAL", {"t_min": 1}, {"ts": "60000"}, 60000)]
+    assert engine.resume(1, "Failure", msg) == [Visited("nodes[3] 'Refused'"),
+                                                Log("nodes[3] 'Refused'", "refused 1")]
+    assert engine.resume(2, "Failure", msg) == []
+    with pytest.raises(IndexError):
+        engine.resume(5, "Success", msg)
+
+
+def test_node_keys_are_ids_else_indexes() -> None:
+    engine = chain([AGG, SAVE_TS, PUSH], [(0, 1, "Success")], ids=["n-agg", None, "n-push"])
+    assert [engine.node_key(i) for i in range(3)] == ["n-agg", "#1", "n-push"]
+    assert [engine.node_index(k) for k in ("n-agg", "#1", "n-push", "#0", "gone")] == [
+        0, 1, 2, None, None]
 
 
 def test_wrong_message_type_for_save_goes_by_failure() -> None:
     engine = chain([SAVE_TS], [])
-    assert engine.run(RuleMsg("POST_ATTRIBUTES_REQUEST", DEV, {})) == [
+    assert effects(engine.run(RuleMsg("POST_ATTRIBUTES_REQUEST", DEV, {}))) == [
         Failed("nodes[0] 'Save'",
                "unsupported message type POST_ATTRIBUTES_REQUEST (saves POST_TELEMETRY_REQUEST only)")]
 
@@ -143,7 +257,9 @@ def test_fixture_chain_defers_at_deduplication() -> None:
     rc, meta = parse_file((FIXTURES / "telemetry_dedup_chain.json").read_bytes(), "f")
     engine = RuleEngine(rc, meta, clock=lambda: 0)
     msg = telemetry({"temperature": 20})
-    assert engine.run(msg) == [Deferred("nodes[1] 'Deduplicate 10 s'", msg)]
+    assert engine.run(msg) == [Visited("nodes[0] 'Message Type Switch'"),
+                               Visited("nodes[1] 'Deduplicate 10 s'"),
+                               Deferred("nodes[1] 'Deduplicate 10 s'", 1, msg)]
 
 
 def test_switch_script_fans_out_and_step_limit_stops_the_walk() -> None:
@@ -151,12 +267,15 @@ def test_switch_script_fans_out_and_step_limit_stops_the_walk() -> None:
                     (n.LOG, "A", {"jsScript": "return 'a';"}),
                     (n.LOG, "B", {"jsScript": "return 'b';"})],
                    [(0, 1, "a"), (0, 2, "b")])
-    assert engine.run(telemetry({})) == [Log("nodes[1] 'A'", "a"), Log("nodes[2] 'B'", "b")]
+    assert effects(engine.run(telemetry({}))) == [Log("nodes[1] 'A'", "a"),
+                                                  Log("nodes[2] 'B'", "b")]
     limited = chain([(n.JS_SWITCH, "Fan", {"jsScript": "return ['a', 'b'];"}),
                      (n.LOG, "A", {"jsScript": "return 'a';"}),
                      (n.LOG, "B", {"jsScript": "return 'b';"})],
                     [(0, 1, "a"), (0, 2, "b")], max_steps=2)
     assert limited.run(telemetry({})) == [
+        Visited("nodes[0] 'Fan'"),
+        Visited("nodes[1] 'A'"),
         Log("nodes[1] 'A'", "a"),
         Failed("nodes[2] 'B'", "step limit 2 reached: the walk stops")]
 

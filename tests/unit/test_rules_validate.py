@@ -124,6 +124,15 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
         ("messageNames", "expected a list of key names")]),
     (nodes.LOG, {"scriptLang": "TBEL", "tbelScript": "return '';"}, []),
     (nodes.MSG_TYPE_SWITCH, {}, []),
+    (nodes.AGGREGATE, {"interval": 60}, []),
+    (nodes.AGGREGATE, {"interval": 60, "maxPendingMsgs": 100_000, "outMsgType": "AGG"}, []),
+    (nodes.AGGREGATE, {}, [("interval", "missing")]),
+    (nodes.AGGREGATE, {"interval": 1.5, "maxPendingMsgs": 100_001, "outMsgType": " "}, [
+        ("interval", "expected whole seconds >= 1, got 1.5"),
+        ("maxPendingMsgs", "expected a whole number from 1 to 100000, got 100001"),
+        ("outMsgType", "expected a message type, got ' '")]),
+    (nodes.AGGREGATE, {"interval": 5, "maxPendingMsgs": 0}, [
+        ("maxPendingMsgs", "expected a whole number from 1 to 100000, got 0")]),
 ]
 
 
@@ -135,8 +144,9 @@ def test_configuration_checks(node_type: str, config: dict[str, Any],
 
 def test_the_supported_subset() -> None:
     assert sorted(s.short for s in nodes.SUPPORTED.values()) == [
-        "TbCheckMessageNode", "TbClearAlarmNode", "TbCreateAlarmNode", "TbJsFilterNode",
+        "AggregateNode", "TbCheckMessageNode", "TbClearAlarmNode", "TbCreateAlarmNode", "TbJsFilterNode",
         "TbJsSwitchNode", "TbLogNode", "TbMsgAttributesNode", "TbMsgDeduplicationNode",
         "TbMsgPushToCloudNode", "TbMsgTimeseriesNode", "TbMsgTypeSwitchNode",
         "TbTransformMsgNode"]
-    assert all(t.startswith("org.thingsboard.rule.engine.") for t in nodes.SUPPORTED)
+    assert [t for t in nodes.SUPPORTED if not t.startswith("org.thingsboard.rule.engine.")] == [
+        "edge_sync.rules.AggregateNode"]  # the edge's own

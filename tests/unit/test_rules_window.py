@@ -40,8 +40,8 @@ def test_first_last_pick_by_ts_earliest_arrival_on_ties(strategy: str, expected:
     assert w.due(T0 + 9_999).closed == []
     res = w.due(T0 + 10_000)
     assert [(c.key, c.output, c.count, c.overflow, c.opened, c.closed) for c in res.closed] == [
-        ((NODE, DEV), OutMsg(DEV, expected.type, expected.data, expected.metadata, "Main"),
-         5, 0, T0, T0 + 10_000)]
+        ((NODE, DEV), OutMsg(DEV, expected.type, expected.data, expected.metadata, "Main",
+                             expected.ts), 5, 0, T0, T0 + 10_000)]
     assert res.jumps == []
     assert w.open_keys() == []
 
@@ -53,7 +53,7 @@ def test_all_packs_in_arrival_order() -> None:
     assert closed.output == OutMsg(DEV, "DEDUP", json.dumps([
         {"msg": {"t": 1}, "metadata": {"k": "a"}},
         {"msg": {"t": 2}, "metadata": {"k": "b"}},
-        {"msg": {"t": 3}, "metadata": {"k": "c"}}]), {"ts": str(T0 + 10_000)})
+        {"msg": {"t": 3}, "metadata": {"k": "c"}}]), {"ts": str(T0 + 10_000)}, None, T0 + 10_000)
 
 
 def test_windows_are_per_node_and_originator_and_a_new_one_opens_after_close() -> None:
@@ -89,19 +89,23 @@ def test_spec_example_1000_messages_one_summary_exact() -> None:
     for i in range(1, 1001):
         hum_sum += i / 10
     assert c.count == 1000
-    assert c.output.type == "AGGREGATE"
+    assert (c.output.type, c.output.ts) == ("POST_TELEMETRY_REQUEST", T0 + 60_001)
     assert c.output.metadata == {"ts": str(T0 + 60_001), "msgCount": "1000"}
-    assert json.loads(c.output.data) == {
-        "hum": {"min": 0.1, "max": 100.0, "avg": hum_sum / 1000, "sum": hum_sum, "count": 1000},
-        "temp": {"min": 1, "max": 1000, "avg": 500.5, "sum": 500500, "count": 1000}}
+    # flat and telemetry-shaped, keys sorted: ThingsBoard stores it as timeseries
+    assert list(json.loads(c.output.data).items()) == [
+        ("hum_min", 0.1), ("hum_max", 100.0), ("hum_avg", hum_sum / 1000), ("hum_sum", hum_sum),
+        ("hum_count", 1000),
+        ("temp_min", 1), ("temp_max", 1000), ("temp_avg", 500.5), ("temp_sum", 500500),
+        ("temp_count", 1000)]
 
 
 def test_float_sum_is_plain_arrival_order_addition() -> None:
     w = AggregateWindows(interval_s=1)
     feed(w, [m(i, 0, {"v": 0.1}) for i in range(10)])
     [c] = w.due(T0 + 1_000).closed
-    assert json.loads(c.output.data) == {"v": {"min": 0.1, "max": 0.1, "avg": 0.09999999999999999,
-                                               "sum": 0.9999999999999999, "count": 10}}
+    assert json.loads(c.output.data) == {"v_min": 0.1, "v_max": 0.1,
+                                         "v_avg": 0.09999999999999999,
+                                         "v_sum": 0.9999999999999999, "v_count": 10}
 
 
 def test_restore_plus_replay_gives_the_same_summary() -> None:
@@ -119,6 +123,31 @@ def test_restore_plus_replay_gives_the_same_summary() -> None:
     # a replay after the close is not counted into a new window either
     assert feed(restored, msgs[90:]) == [Added.DUPLICATE] * 10
     assert restored.open_keys() == []
+
+
+def test_the_record_keeps_the_last_seq_only_whatever_the_window_size() -> None:
+    w = AggregateWindows(interval_s=10, out_msg_type="AGG")
+    feed(w, [m(i, T0, {"v": i}) for i in range(1, 5001)])
+    record = w.to_record()
+    assert record == {
+        "windows": [{"node": NODE, "originator": DEV, "opened": T0, "deadline": T0 + 10_000,
+                     "last_seen": T0, "count": 5000, "overflow": 0, "last_seq": 5000,
+                     "state": {"v": {"count": 5000, "sum": 12502500, "min": 1, "max": 5000}}}],
+        "closed_seq": []}
+    assert w.next_deadline() == T0 + 10_000
+    [c] = w.due(T0 + 10_000).closed
+    assert c.output.type == "AGG"
+    assert (w.next_deadline(), w.to_record()) == (None, {"windows": [],
+                                                        "closed_seq": [[NODE, DEV, 5000]]})
+
+
+def test_a_seq_at_or_below_the_last_one_is_a_duplicate() -> None:
+    w = AggregateWindows(interval_s=10)
+    assert feed(w, [m(5, 0, {"v": 1}), m(3, 0, {"v": 2}), m(5, 0, {"v": 3}),
+                    m(6, 0, {"v": 4})]) == [Added.ADDED, Added.DUPLICATE, Added.DUPLICATE,
+                                            Added.ADDED]
+    [c] = w.due(T0 + 10_000).closed
+    assert (c.count, json.loads(c.output.data)["v_sum"]) == (2, 5)
 
 
 def test_dedup_restore_plus_replay() -> None:
