@@ -1,0 +1,124 @@
+"""The chain in force (edge_sync/rules/runtime.py): install, refusal keeping the previous chain,
+versions and digests, per-node counts, the status snapshot and the failure log rate limit."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from edge_sync.rules import nodes as n
+from edge_sync.rules.chain import RuleChain, RuleChainMetaData, parse
+from edge_sync.rules.runtime import ChainInForce, Refusal, RulesRuntime, digest
+
+T0 = 1_700_000_000_000
+
+
+def chain(ttl: int = 0, name: str = "Edge root",
+          conns: list[tuple[int, int]] | None = None) -> tuple[RuleChain, RuleChainMetaData]:
+    nodes = [{"type": n.SAVE_TIMESERIES, "name": "Save", "configuration": {"defaultTTL": ttl}},
+             {"type": n.PUSH_TO_CLOUD, "name": "Push", "configuration": {"scope": "SERVER_SCOPE"}}]
+    links = [(0, 1)] if conns is None else conns
+    return parse({"ruleChain": {"name": name, "type": "EDGE",
+                                "id": {"entityType": "RULE_CHAIN", "id": "rc-1"}},
+                  "metadata": {"firstNodeIndex": 0, "nodes": nodes,
+                               "connections": [{"fromIndex": a, "toIndex": b, "type": "Success"}
+                                               for a, b in links]}})
+
+
+def test_install_then_a_refusal_keeps_the_chain_in_force() -> None:
+    rt = RulesRuntime()
+    assert (rt.current(), rt.last_refusal, rt.version) == (None, None, 0)
+    rc, meta = chain()
+    first = rt.install(rc, meta, "file:/etc/rules.json", T0)
+    assert first == ChainInForce(rc, meta, "file:/etc/rules.json", 1, digest(rc, meta), T0)
+    assert rt.current() is first
+
+    bad_rc, bad_meta = chain(conns=[(0, 1), (1, 0)])
+    refused = rt.install(bad_rc, bad_meta, "cloud", T0 + 5)
+    assert refused == Refusal("cloud", T0 + 5, (
+        "metadata.connections: cycle: nodes[0] 'Save' -> nodes[1] 'Push' -> nodes[0] 'Save'",))
+    assert (rt.current(), rt.last_refusal) == (first, refused)
+
+    parse_error = rt.refuse("cloud", ["RULE_CHAIN.name: missing"], T0 + 6)
+    assert parse_error == Refusal("cloud", T0 + 6, ("RULE_CHAIN.name: missing",))
+    assert (rt.current(), rt.last_refusal) == (first, parse_error)
+
+
+def test_the_same_chain_again_keeps_its_version_a_change_is_a_new_one() -> None:
+    rt = RulesRuntime()
+    rc, meta = chain()
+    first = rt.install(rc, meta, "cloud", T0)
+    again_rc, again_meta = chain()  # parsed again: equal, not the same objects
+    assert rt.install(again_rc, again_meta, "cloud", T0 + 1) is first
+    assert isinstance(first, ChainInForce) and len(first.digest) == 12
+    assert int(first.digest, 16) >= 0
+
+    same_elsewhere = rt.install(rc, meta, "file:/x.json", T0 + 2)
+    assert isinstance(same_elsewhere, ChainInForce)
+    assert (same_elsewhere.version, same_elsewhere.digest) == (2, first.digest)
+
+    changed = rt.install(*chain(ttl=60), "file:/x.json", T0 + 3)
+    assert isinstance(changed, ChainInForce)
+    assert changed.version == 3 and changed.digest != first.digest
+
+    rt.clear("rules.file removed")
+    assert rt.current() is None
+    back = rt.install(*chain(ttl=60), "file:/x.json", T0 + 4)
+    assert isinstance(back, ChainInForce) and back.version == 4
+
+
+def test_counts_per_node_from_any_thread_reset_at_a_swap() -> None:
+    rt = RulesRuntime()
+    rt.install(*chain(), "cloud", T0)
+
+    def count() -> None:
+        for _ in range(1000):
+            rt.count("nodes[0] 'Save'", visited=1)
+            rt.count("nodes[1] 'Push'", visited=1, failed=1)
+
+    threads = [threading.Thread(target=count) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert rt.counts() == {"nodes[0] 'Save'": {"in": 4000, "failed": 0},
+                           "nodes[1] 'Push'": {"in": 4000, "failed": 4000}}
+    rt.install(*chain(ttl=5), "cloud", T0 + 1)
+    assert rt.counts() == {}
+
+
+def test_snapshot_shape() -> None:
+    rt = RulesRuntime()
+    assert rt.snapshot() == {"chain": None, "id": None, "source": None, "version": 0,
+                             "digest": None, "loaded_at_ms": None, "nodes": [],
+                             "last_refusal": None, "cleared": None}
+    rc, meta = chain()
+    rt.install(rc, meta, "cloud", T0)
+    rt.count("nodes[0] 'Save'", visited=3)
+    rt.count("nodes[1] 'Push'", visited=2, failed=1)
+    rt.refuse("file:/x.json", ["a", "b"], T0 + 9)
+    expected: dict[str, Any] = {
+        "chain": "Edge root", "id": "rc-1", "source": "cloud", "version": 1,
+        "digest": digest(rc, meta), "loaded_at_ms": T0,
+        "nodes": [{"node": "nodes[0] 'Save'", "type": n.SAVE_TIMESERIES, "in": 3, "failed": 0},
+                  {"node": "nodes[1] 'Push'", "type": n.PUSH_TO_CLOUD, "in": 2, "failed": 1}],
+        "last_refusal": {"source": "file:/x.json", "at_ms": T0 + 9, "problems": ["a", "b"]},
+        "cleared": None}
+    assert rt.snapshot() == expected
+    rt.clear("the cloud deleted the root rule chain")
+    assert rt.snapshot() == {**expected, "chain": None, "id": None, "source": None,
+                             "digest": None, "loaded_at_ms": None, "nodes": [],
+                             "cleared": "the cloud deleted the root rule chain"}
+
+
+def test_failure_logs_are_limited_to_one_line_per_node_per_minute() -> None:
+    rt = RulesRuntime()
+    save, push = "nodes[0] 'Save'", "nodes[1] 'Push'"
+    assert rt.should_log_failure(save, T0) == (True, 0)
+    assert [rt.should_log_failure(save, T0 + i * 1000) for i in range(1, 4)] == [
+        (False, 1), (False, 2), (False, 3)]
+    assert rt.should_log_failure(push, T0 + 1) == (True, 0)  # per node
+    assert rt.should_log_failure(save, T0 + 59_999) == (False, 4)
+    assert rt.should_log_failure(save, T0 + 60_000) == (True, 4)  # 4 not logged meanwhile
+    assert rt.should_log_failure(save, T0 + 60_001) == (False, 1)
+    assert rt.should_log_failure(save, T0 + 10) == (True, 1)  # the clock went back

@@ -1,0 +1,247 @@
+"""One entity's rule state (edge_sync/rules/session.py): messages through a chain with windows
+and alarms, the record kept, restored and dropped, exact outcomes; time is given, never read."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+
+from edge_sync.rules import nodes as n
+from edge_sync.rules.chain import parse
+from edge_sync.rules.engine import (
+    ClearAlarm,
+    CreateAlarm,
+    Deferred,
+    Failed,
+    Log,
+    Outcome,
+    PushToCloud,
+    RuleEngine,
+    SaveTimeseries,
+    Visited,
+)
+from edge_sync.rules.message import Originator, RuleMsg
+from edge_sync.rules.session import EntityRules, Step
+from edge_sync.rules.window import ClockJump
+
+DEV = Originator("DEVICE", "d1")
+ORIGIN = ("DEVICE", "d1")
+T0 = 1_700_000_000_000
+Node = tuple[str, str, dict[str, Any]]
+
+SAVE_TS: Node = (n.SAVE_TIMESERIES, "Save", {"defaultTTL": 0})
+PUSH: Node = (n.PUSH_TO_CLOUD, "Push", {"scope": "SERVER_SCOPE"})
+REFUSED: Node = (n.LOG, "Refused", {"jsScript": "return 'refused ' + msg.v;"})
+
+
+def engine(nodes: list[Node], conns: list[tuple[int, int, str]],
+           ids: list[str] | None = None) -> RuleEngine:
+    docs = [{"type": t, "name": name, "configuration": c} for t, name, c in nodes]
+    for doc, node_id in zip(docs, ids or [], strict=False):
+        doc["id"] = {"entityType": "RULE_NODE", "id": node_id}
+    rc, meta = parse({"ruleChain": {"name": "t", "type": "EDGE"},
+                      "metadata": {"firstNodeIndex": 0, "nodes": docs,
+                                   "connections": [{"fromIndex": a, "toIndex": b, "type": r}
+                                                   for a, b, r in conns]}})
+    ids_given = iter(f"alarm-{i}" for i in range(1, 100))
+    return RuleEngine(rc, meta, clock=lambda: 777, new_id=lambda: next(ids_given))
+
+
+def aggregating(interval: int = 60, max_pending: int | None = None) -> RuleEngine:
+    config: dict[str, Any] = {"interval": interval}
+    if max_pending is not None:
+        config["maxPendingMsgs"] = max_pending
+    return engine([(n.AGGREGATE, "Agg", config), SAVE_TS, PUSH, REFUSED],
+                  [(0, 1, "Success"), (0, 2, "Success"), (0, 3, "Failure")],
+                  ids=["agg", "save", "push", "refused"])
+
+
+def telemetry(data: Any, ts: int = 1000, **meta: str) -> RuleMsg:
+    return RuleMsg("POST_TELEMETRY_REQUEST", DEV, data, meta, ts=ts)
+
+
+def effects(step: Step) -> list[Outcome]:
+    return [o for o in step.outcomes if not isinstance(o, Visited)]
+
+
+def test_1000_messages_give_exactly_one_summary() -> None:
+    eng, rules = aggregating(), EntityRules()
+    for i in range(1000):
+        step = rules.on_message(eng, telemetry({"temp": i + 1, "hum": (i + 1) / 10, "on": True}),
+                                T0 + i)
+        assert [type(o) for o in step.outcomes] == [Visited, Deferred]
+        assert (step.changed, step.jumps, step.dropped) == (True, (), 0)
+    assert (rules.open_windows, rules.next_deadline()) == (1, T0 + 60_000)
+    assert rules.on_due(eng, T0 + 59_999).outcomes == ()
+
+    step = rules.on_due(eng, T0 + 60_000)
+    hum_sum = 0.0
+    for i in range(1, 1001):
+        hum_sum += i / 10
+    data = {"hum_min": 0.1, "hum_max": 100.0, "hum_avg": hum_sum / 1000, "hum_sum": hum_sum,
+            "hum_count": 1000, "temp_min": 1, "temp_max": 1000, "temp_avg": 500.5,
+            "temp_sum": 500500, "temp_count": 1000}
+    meta = {"ts": str(T0 + 60_000), "msgCount": "1000"}
+    assert step.outcomes == (
+        Visited("nodes[1] 'Save'"),
+        SaveTimeseries("nodes[1] 'Save'", ORIGIN, T0 + 60_000, data, 0),
+        Visited("nodes[2] 'Push'"),
+        PushToCloud("nodes[2] 'Push'", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE",
+                    "NORMAL", data, meta, T0 + 60_000))
+    # nothing left to keep: the record goes
+    assert (step.record, step.changed, rules.open_windows, rules.next_deadline()) == (
+        None, True, 0, None)
+    assert rules.on_due(eng, T0 + 120_000) == Step((), None, False, (), 0)
+
+
+def test_restored_mid_window_gives_the_same_output_as_without_the_restore() -> None:
+    eng = aggregating(interval=10)
+    msgs = [telemetry({"v": i * 1.5, "n": i}) for i in range(1, 101)]
+    straight = EntityRules()
+    for i, msg in enumerate(msgs):
+        straight.on_message(eng, msg, T0 + i)
+    expected = straight.on_due(eng, T0 + 10_000)
+
+    crashed = EntityRules()
+    step = None
+    for i, msg in enumerate(msgs[:60]):
+        step = crashed.on_message(eng, msg, T0 + i)
+    assert step is not None and step.record is not None
+    stored = msgpack.unpackb(msgpack.packb(json.loads(json.dumps(step.record))))
+    assert stored == step.record
+    restored = EntityRules(stored)
+    assert (restored.open_windows, restored.next_deadline()) == (1, T0 + 10_000)
+    # the same engine again, or one rebuilt for the same chain (a restart)
+    again = aggregating(interval=10)
+    for i, msg in enumerate(msgs[60:], start=60):
+        restored.on_message(again, msg, T0 + i)
+    assert restored.on_due(again, T0 + 10_000) == expected
+
+
+def test_a_record_unchanged_is_not_saved_again() -> None:
+    eng = engine([(n.JS_FILTER, "Hot?", {"jsScript": "return msg.v > 5;"}),
+                  (n.AGGREGATE, "Agg", {"interval": 10})], [(0, 1, "True")])
+    rules = EntityRules()
+    assert rules.on_message(eng, telemetry({"v": 1}), T0).changed is False
+    first = rules.on_message(eng, telemetry({"v": 9}), T0)
+    assert first.changed is True and first.record is not None
+    assert first.record["seq"] == 1 and list(first.record["windows"]) == ["#1"]
+    assert rules.on_message(eng, telemetry({"v": 1}), T0).changed is False
+    assert rules.on_due(eng, T0 + 1).changed is True  # the window saw a later time
+    assert EntityRules(first.record).on_message(eng, telemetry({"v": 1}), T0).changed is False
+
+
+ALARMS: list[Node] = [
+    (n.JS_FILTER, "Hot?", {"jsScript": "return msg.t > 90;"}),
+    (n.CREATE_ALARM, "Raise", {"alarmType": "Overheat", "severity": "CRITICAL",
+                               "alarmDetailsBuildJs": "return {t: msg.t};"}),
+    (n.CLEAR_ALARM, "Clear", {"alarmType": "Overheat", "alarmDetailsBuildJs": "return {t: msg.t};"}),
+    (n.LOG, "Route", {"jsScript": "return msgType + ' ' + Object.keys(metadata).join(',');"})]
+ALARM_LINKS = [(0, 1, "True"), (0, 2, "False"), (1, 3, "Created"), (1, 3, "Updated"),
+               (2, 3, "Cleared"), (2, 3, "False")]
+
+
+def test_alarm_create_update_clear_clear_again_with_the_state_kept_across_a_restore() -> None:
+    eng = engine(ALARMS, ALARM_LINKS)
+    rules = EntityRules()
+    step = rules.on_message(eng, telemetry({"t": 95}), T0)
+    alarm = {"id": "alarm-1", "type": "Overheat", "originator": "d1", "severity": "CRITICAL",
+             "status": "ACTIVE_UNACK", "startTs": 1000, "endTs": 1000, "details": {"t": 95}}
+    assert effects(step) == [
+        CreateAlarm("nodes[1] 'Raise'", ORIGIN, "Overheat", "CRITICAL", {"t": 95}, 777,
+                    "alarm-1", True, alarm),
+        Log("nodes[3] 'Route'", "ALARM isNewAlarm")]
+    assert step.changed and step.record == {"v": 1, "seq": 0, "originator": ["DEVICE", "d1"],
+                                            "alarms": {"Overheat": alarm}, "windows": {}}
+    assert rules.alarms == {"Overheat": alarm}
+
+    rules = EntityRules(step.record)  # a restart between the create and the update
+    step = rules.on_message(eng, telemetry({"t": 97}), T0 + 1)
+    updated = {**alarm, "details": {"t": 97}, "endTs": 777}
+    assert effects(step) == [
+        CreateAlarm("nodes[1] 'Raise'", ORIGIN, "Overheat", "CRITICAL", {"t": 97}, 777,
+                    "alarm-1", False, updated),
+        Log("nodes[3] 'Route'", "ALARM isExistingAlarm")]
+    assert step.changed
+
+    step = rules.on_message(eng, telemetry({"t": 20}), T0 + 2)
+    assert effects(step) == [
+        ClearAlarm("nodes[2] 'Clear'", ORIGIN, "Overheat", {"t": 20}, 777, "alarm-1",
+                   {**updated, "status": "CLEARED_UNACK", "details": {"t": 20},
+                    "clearTs": 777}),
+        Log("nodes[3] 'Route'", "ALARM isClearedAlarm")]
+    assert (step.record, step.changed, rules.alarms) == (None, True, {})
+
+    step = rules.on_message(eng, telemetry({"t": 20}), T0 + 3)
+    assert effects(step) == [Log("nodes[3] 'Route'", "POST_TELEMETRY_REQUEST ")]
+    assert (step.record, step.changed) == (None, False)
+
+
+def test_a_window_over_max_pending_routes_the_message_by_failure() -> None:
+    eng, rules = aggregating(max_pending=2), EntityRules()
+    for v in (1, 2):
+        assert effects(rules.on_message(eng, telemetry({"v": v}), T0)) == [
+            Deferred("nodes[0] 'Agg'", 0, telemetry({"v": v}))]
+    step = rules.on_message(eng, telemetry({"v": 3}), T0)
+    assert step.outcomes == (
+        Visited("nodes[0] 'Agg'"),
+        Deferred("nodes[0] 'Agg'", 0, telemetry({"v": 3})),
+        Failed("nodes[0] 'Agg'", "max limit of pending messages reached (maxPendingMsgs 2)"),
+        Visited("nodes[3] 'Refused'"),
+        Log("nodes[3] 'Refused'", "refused 3"))
+    [closed] = [o for o in rules.on_due(eng, T0 + 60_000).outcomes
+                if isinstance(o, SaveTimeseries)]
+    assert closed.data == {"v_min": 1, "v_max": 2, "v_avg": 1.5, "v_sum": 3, "v_count": 2}
+
+
+def test_a_window_whose_node_left_the_chain_is_dropped_at_its_deadline() -> None:
+    rules = EntityRules()
+    step = rules.on_message(aggregating(interval=10), telemetry({"v": 1}), T0)
+    swapped = engine([SAVE_TS], [], ids=["save"])  # the aggregate node is gone
+    assert rules.on_message(swapped, telemetry({"v": 2}), T0 + 1).outcomes == (
+        Visited("nodes[0] 'Save'"),
+        SaveTimeseries("nodes[0] 'Save'", ORIGIN, 1000, {"v": 2}, 0))
+    assert (rules.open_windows, rules.next_deadline()) == (1, T0 + 10_000)
+    assert rules.on_due(swapped, T0 + 9_999).dropped == 0
+    step = rules.on_due(swapped, T0 + 10_000)
+    assert (step.outcomes, step.dropped, step.record, step.changed) == ((), 1, None, True)
+    assert rules.open_windows == 0
+
+
+def test_a_chain_swap_keeps_the_window_of_a_node_still_there() -> None:
+    rules = EntityRules()
+    rules.on_message(aggregating(interval=10), telemetry({"v": 1}), T0)
+    # the new chain moved the aggregate (same id) behind a log node, with a new output type
+    swapped = engine([(n.LOG, "Out", {"jsScript": "return msgType + ' ' + msg.v_sum;"}),
+                      (n.AGGREGATE, "Agg2", {"interval": 30, "outMsgType": "AGG"})],
+                     [(1, 0, "Success")], ids=["out", "agg"])
+    assert effects(rules.on_message(swapped, telemetry({"v": 3}), T0 + 5)) == [
+        Log("nodes[0] 'Out'", "POST_TELEMETRY_REQUEST undefined")]
+    assert rules.next_deadline() == T0 + 10_000  # the deadline it had
+    step = rules.on_due(swapped, T0 + 10_000)
+    assert (effects(step), step.dropped) == ([Log("nodes[0] 'Out'", "AGG 1")], 0)
+
+
+def test_deduplication_first_goes_on_by_success() -> None:
+    eng = engine([(n.DEDUPLICATION, "Dedup", {"interval": 5, "strategy": "FIRST"}), SAVE_TS],
+                 [(0, 1, "Success")])
+    rules = EntityRules()
+    for ts in (3000, 1000, 2000):
+        rules.on_message(eng, telemetry({"ts": ts}, ts=ts), T0)
+    assert effects(rules.on_due(eng, T0 + 5_000)) == [
+        SaveTimeseries("nodes[1] 'Save'", ORIGIN, 1000, {"ts": 1000}, 0)]
+
+
+def test_clock_jumps_are_reported() -> None:
+    eng, rules = aggregating(interval=10), EntityRules()
+    rules.on_message(eng, telemetry({"v": 1}), T0 + 3_000)
+    step = rules.on_message(eng, telemetry({"v": 2}), T0)  # set back 3 s: 10 s were left
+    assert step.jumps == (ClockJump(("agg", "d1"), "backward", 3_000),)
+    assert rules.next_deadline() == T0 + 10_000
+    assert rules.on_due(eng, T0 + 9_999).outcomes == ()
+    step = rules.on_due(eng, T0 + 45_000)  # 3.5 intervals late: closes once
+    assert step.jumps == (ClockJump(("agg", "d1"), "forward", 35_000),)
+    [saved] = [o for o in step.outcomes if isinstance(o, SaveTimeseries)]
+    assert saved.data["v_count"] == 2
