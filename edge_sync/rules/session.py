@@ -14,6 +14,10 @@ A chain swap keeps the windows of the nodes still in the chain (same key, same t
 under the new configuration, keeping their deadlines). A window whose node left the chain (or
 changed type) is kept until its deadline and then dropped, counted in ``Step.dropped``: its
 output has nowhere to go.
+
+The record: ``{"v": 1, "seq": <last seq given>, "originator": [type, id], "alarms": {type:
+alarm JSON}, "windows": [{"node": <key>, "type": <node type>, "windows": <window.py record>}]}``
+(windows sorted by node key and type; a node's entry goes when none of its windows is open).
 """
 
 from __future__ import annotations
@@ -64,11 +68,14 @@ class Step:
 
 @dataclass
 class _Node:
-    """One node's windows for this entity; ``orphan``: the node is not in the bound chain."""
+    """One node's windows for this entity: the node's key and type."""
 
+    key: str
     type: str
     windows: Windows
-    orphan: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        return {"node": self.key, "type": self.type, "windows": self.windows.to_record()}
 
 
 def _build(node_type: str, config: Any, record: dict[str, Any] | None) -> Windows:
@@ -102,8 +109,9 @@ class EntityRules:
         self._seq = 0
         self._originator: Originator | None = None
         self._alarms: Alarms = {}
-        self._raw: dict[str, dict[str, Any]] = {}  # node key -> {"type", "windows"}, unbound
-        self._nodes: dict[str, _Node] = {}
+        self._raw: list[dict[str, Any]] = []  # {"node", "type", "windows"}: not bound yet
+        self._nodes: dict[str, _Node] = {}  # node key -> windows of a node in the chain
+        self._orphans: list[_Node] = []  # windows of nodes no longer in it (or of another type)
         self._engine: RuleEngine | None = None
         self._last = record
         if record is not None:
@@ -115,7 +123,7 @@ class EntityRules:
                 kind, ident = record["originator"]
                 self._originator = Originator(str(kind), str(ident))
             self._alarms = {str(k): dict(v) for k, v in record["alarms"].items()}
-            self._raw = {str(k): dict(v) for k, v in record["windows"].items()}
+            self._raw = [dict(r) for r in record["windows"]]
 
     @property
     def alarms(self) -> Alarms:
@@ -124,14 +132,14 @@ class EntityRules:
 
     @property
     def open_windows(self) -> int:
-        return (sum(len(x.windows.open_keys()) for x in self._nodes.values())
-                + sum(len(r["windows"]["windows"]) for r in self._raw.values()))
+        return (sum(len(x.windows.open_keys()) for x in self._bound())
+                + sum(len(r["windows"]["windows"]) for r in self._raw))
 
     def next_deadline(self) -> int | None:
         """The earliest deadline of this entity's open windows (ms); None when none is open."""
-        deadlines = [d for d in (x.windows.next_deadline() for x in self._nodes.values())
+        deadlines = [d for d in (x.windows.next_deadline() for x in self._bound())
                      if d is not None]
-        deadlines += [w["deadline"] for r in self._raw.values() for w in r["windows"]["windows"]]
+        deadlines += [w["deadline"] for r in self._raw for w in r["windows"]["windows"]]
         return min(deadlines, default=None)
 
     def on_message(self, engine: RuleEngine, msg: RuleMsg, now_ms: int) -> Step:
@@ -160,21 +168,23 @@ class EntityRules:
         """Attach the windows to ``engine``'s nodes (again after a chain swap)."""
         if engine is self._engine:
             return
-        for key, node in self._nodes.items():
-            self._raw[key] = {"type": node.type, "windows": node.windows.to_record()}
-        self._nodes = {}
-        for key, raw in sorted(self._raw.items()):
+        self._raw.extend(x.to_record() for x in self._bound())
+        self._nodes, self._orphans = {}, []
+        for raw in self._raw:
+            key, kind = str(raw["node"]), str(raw["type"])
             index = engine.node_index(key)
             rule_node = None if index is None else engine.meta.nodes[index]
-            if rule_node is not None and rule_node.type == raw["type"]:
-                self._nodes[key] = _Node(raw["type"], _build(raw["type"],
-                                                             rule_node.configuration,
-                                                             raw["windows"]))
+            if rule_node is not None and rule_node.type == kind and key not in self._nodes:
+                self._nodes[key] = _Node(key, kind, _build(kind, rule_node.configuration,
+                                                           raw["windows"]))
             else:
-                self._nodes[key] = _Node(raw["type"], _build(
-                    raw["type"], _ORPHAN_CONFIG[raw["type"]], raw["windows"]), orphan=True)
-        self._raw = {}
+                self._orphans.append(_Node(key, kind, _build(kind, _ORPHAN_CONFIG[kind],
+                                                             raw["windows"])))
+        self._raw = []
         self._engine = engine
+
+    def _bound(self) -> list[_Node]:
+        return [*self._nodes.values(), *self._orphans]
 
     def _defer(self, engine: RuleEngine, deferred: Deferred, now_ms: int, out: list[Outcome],
                jumps: list[ClockJump]) -> None:
@@ -182,7 +192,8 @@ class EntityRules:
         node = self._nodes.get(key)
         if node is None:
             rule_node = engine.meta.nodes[deferred.node_index]
-            node = _Node(rule_node.type, _build(rule_node.type, rule_node.configuration, None))
+            node = _Node(key, rule_node.type, _build(rule_node.type, rule_node.configuration,
+                                                     None))
             self._nodes[key] = node
         msg = deferred.msg
         self._seq += 1
@@ -200,29 +211,31 @@ class EntityRules:
     def _close_due(self, engine: RuleEngine, now_ms: int, out: list[Outcome],
                    jumps: list[ClockJump]) -> int:
         closed: list[tuple[str, Closed]] = []
+        dropped = 0
+        for orphan in self._orphans:
+            result = orphan.windows.due(now_ms)
+            jumps.extend(result.jumps)
+            dropped += len(result.closed)
         for key, node in sorted(self._nodes.items()):
             result = node.windows.due(now_ms)
             jumps.extend(result.jumps)
             closed.extend((key, c) for c in result.closed)
-        dropped = 0
         for key, c in sorted(closed, key=lambda kc: (kc[1].opened, kc[0])):
             index = engine.node_index(key)
-            if self._nodes[key].orphan or index is None:
-                dropped += 1
-                continue
+            assert index is not None  # bound to this engine's nodes
             output = c.output
             origin = self._originator or Originator("DEVICE", output.originator)
             msg = RuleMsg(output.type, origin, json.loads(output.data), output.metadata,
                           output.ts)
             out.extend(engine.resume(index, SUCCESS, msg, self._alarms))
-        for key in [k for k, x in self._nodes.items() if not x.windows.open_keys()]:
-            del self._nodes[key]  # nothing open: the seq counter alone guards what comes next
+        # nothing open: the seq counter alone guards what comes next
+        self._nodes = {k: x for k, x in self._nodes.items() if x.windows.open_keys()}
+        self._orphans = [x for x in self._orphans if x.windows.open_keys()]
         return dropped
 
     def _record(self) -> dict[str, Any] | None:
-        windows = {key: {"type": x.type, "windows": x.windows.to_record()}
-                   for key, x in sorted(self._nodes.items())}
-        windows.update(self._raw)
+        windows = sorted([*(x.to_record() for x in self._bound()), *self._raw],
+                         key=lambda r: (r["node"], r["type"]))
         if not windows and not self._alarms:
             self._seq = 0
             return None

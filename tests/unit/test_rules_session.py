@@ -127,7 +127,8 @@ def test_a_record_unchanged_is_not_saved_again() -> None:
     assert rules.on_message(eng, telemetry({"v": 1}), T0).changed is False
     first = rules.on_message(eng, telemetry({"v": 9}), T0)
     assert first.changed is True and first.record is not None
-    assert first.record["seq"] == 1 and list(first.record["windows"]) == ["#1"]
+    assert first.record["seq"] == 1
+    assert [(w["node"], w["type"]) for w in first.record["windows"]] == [("#1", n.AGGREGATE)]
     assert rules.on_message(eng, telemetry({"v": 1}), T0).changed is False
     assert rules.on_due(eng, T0 + 1).changed is True  # the window saw a later time
     assert EntityRules(first.record).on_message(eng, telemetry({"v": 1}), T0).changed is False
@@ -154,7 +155,7 @@ def test_alarm_create_update_clear_clear_again_with_the_state_kept_across_a_rest
                     "alarm-1", True, alarm),
         Log("nodes[3] 'Route'", "ALARM isNewAlarm")]
     assert step.changed and step.record == {"v": 1, "seq": 0, "originator": ["DEVICE", "d1"],
-                                            "alarms": {"Overheat": alarm}, "windows": {}}
+                                            "alarms": {"Overheat": alarm}, "windows": []}
     assert rules.alarms == {"Overheat": alarm}
 
     rules = EntityRules(step.record)  # a restart between the create and the update
@@ -208,6 +209,32 @@ def test_a_window_whose_node_left_the_chain_is_dropped_at_its_deadline() -> None
     step = rules.on_due(swapped, T0 + 10_000)
     assert (step.outcomes, step.dropped, step.record, step.changed) == ((), 1, None, True)
     assert rules.open_windows == 0
+
+
+def test_a_node_that_changed_type_drops_its_old_window_and_opens_a_new_one() -> None:
+    rules = EntityRules()
+    dedup = engine([(n.DEDUPLICATION, "D", {"interval": 10, "strategy": "LAST"}), SAVE_TS],
+                   [(0, 1, "Success")], ids=["x", "save"])
+    rules.on_message(dedup, telemetry({"v": 1}), T0)
+    step = rules.on_message(aggregating(interval=20), telemetry({"v": 2}), T0 + 1)
+    assert step.record is not None
+    assert [(w["node"], w["type"]) for w in step.record["windows"]] == [
+        ("agg", n.AGGREGATE), ("x", n.DEDUPLICATION)]
+    agg = engine([(n.AGGREGATE, "A", {"interval": 20}), SAVE_TS], [(0, 1, "Success")],
+                 ids=["x", "save"])  # same id, now an aggregate
+    rules = EntityRules(step.record)
+    step = rules.on_message(agg, telemetry({"v": 3}), T0 + 2)
+    assert step.record is not None
+    assert [(w["node"], w["type"]) for w in step.record["windows"]] == [
+        ("agg", n.AGGREGATE), ("x", n.AGGREGATE), ("x", n.DEDUPLICATION)]
+    assert rules.open_windows == 3
+    step = rules.on_due(agg, T0 + 10_000)
+    assert (step.outcomes, step.dropped) == ((), 1)  # the deduplication window had nowhere to go
+    step = rules.on_due(agg, T0 + 20_002)
+    assert (effects(step), step.dropped) == ([SaveTimeseries(
+        "nodes[1] 'Save'", ORIGIN, T0 + 20_002,
+        {"v_min": 3, "v_max": 3, "v_avg": 3.0, "v_sum": 3, "v_count": 1}, 0)], 1)  # "agg" too
+    assert (step.record, rules.open_windows) == (None, 0)
 
 
 def test_a_chain_swap_keeps_the_window_of_a_node_still_there() -> None:
