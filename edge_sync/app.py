@@ -29,12 +29,15 @@ from loguru import logger
 from edge_sync.actors.address import Address
 from edge_sync.actors.messages import Crash
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
+from edge_sync.actors.rule_host import ShardRules
+from edge_sync.actors.rule_outcomes import RuleCounters
 from edge_sync.actors.shard import EntityRouter, ShardActor
 from edge_sync.api.admin_http import AdminHttpApi
 from edge_sync.api.device_http import DeviceHttpApi
 from edge_sync.api.device_service import DeviceService
 from edge_sync.api.entity_service import EntityService
 from edge_sync.clock import SYSTEM_CLOCK, Clock
+from edge_sync.common import ids
 from edge_sync.common.admin_guard import check_bind
 from edge_sync.common.http_host import HttpHost
 from edge_sync.config import EdgeConfig
@@ -46,6 +49,9 @@ from edge_sync.metrics import Metrics
 from edge_sync.mqtt.connection import Limits
 from edge_sync.mqtt.server import Listener, MqttServer
 from edge_sync.mqtt.tls import server_context
+from edge_sync.rules.runtime import RulesRuntime
+from edge_sync.rules.sandbox import ScriptLimits
+from edge_sync.rules.source import ChainSource
 from edge_sync.storage.entity_store import TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
@@ -136,6 +142,11 @@ class EdgeApp:
             "times an MQTT connection was not read because mqtt.max_inflight_per_client "
             "publishes awaited their commit")
         self.service = DeviceService(self.store, self.router, tokens=self.tokens, clock=clock)
+        # the rule chain in force: rules.file, else the cloud's root chain, else none
+        self.rules = RulesRuntime()
+        self.rule_counters = RuleCounters(self.rules, self.metrics)
+        self.chain_source = ChainSource(self.rules, self.store, cfg.rules.file, clock=clock)
+        self.chain_source.load()
         policy = QueuePolicy(
             group_max_events=cfg.queue.group_commit_max_events,
             full_policy=cfg.storage.full_policy,
@@ -147,7 +158,8 @@ class EdgeApp:
                 name,
                 actor_child(ShardActor, i, self.queue,
                             passivate_after_s=cfg.actors.passivate_after_s, store=self.store,
-                            shards=len(shard_names), clock=clock, metrics=self.metrics),
+                            shards=len(shard_names), clock=clock, metrics=self.metrics,
+                            rules=self._shard_rules),
             )
             for i, name in enumerate(shard_names)
         ]
@@ -167,6 +179,7 @@ class EdgeApp:
             request_timeout_s=cfg.http.request_timeout_s, clock=clock,
             crash=self._crash if cfg.admin.fault_injection else None,
             token=cfg.admin.token, readiness=self.readiness,
+            rules_status=self.rules.snapshot,
         )
         self.supervisor = Supervisor(
             "edge",
@@ -174,7 +187,8 @@ class EdgeApp:
                 ChildSpec("queue", actor_child(
                     QueueActor, self.store, policy=policy, metrics=self.metrics, clock=clock,
                     on_committed=self.connection.tell if link_enabled else None,
-                    tokens=self.tokens)),
+                    tokens=self.tokens,
+                    local_retention_s=max(1, int(cfg.rules.local_retention_hours * 3600)))),
                 ChildSpec("shards", lambda report: Supervisor(
                     "shards", shards, strategy=Strategy.ONE_FOR_ONE, intensity=intensity,
                 ).start(report), restart=Restart.PERMANENT, shutdown_timeout=30.0),
@@ -182,7 +196,8 @@ class EdgeApp:
                     ChildSpec("downlink", actor_child(
                         DownlinkActor, self.store, self.connection, metrics=self.metrics,
                         tokens=self.tokens, clock=clock, notify=self.router.tell,
-                        request_metadata=self.entities.request_metadata)),
+                        request_metadata=self.entities.request_metadata,
+                        rules_changed=self.chain_source.cloud_changed)),
                     ChildSpec("connection", actor_child(
                         ConnectionActor, cfg.cloud, self.store, self.queue, self.downlinks,
                         metrics=self.metrics, board=self.link_board, clock=clock)),
@@ -199,6 +214,15 @@ class EdgeApp:
             intensity=intensity,
         )
         self._register_gauges()
+
+    def _shard_rules(self, index: int) -> ShardRules:
+        """A shard's own view of the chain in force (made per shard incarnation)."""
+        clock, rules = self.clock, self.cfg.rules
+        limits = ScriptLimits(time_limit_s=rules.script_timeout_ms / 1000,
+                              memory_limit_bytes=rules.script_memory_mb * 1024 * 1024)
+        return ShardRules(self.rule_counters, self.store, now_ms=clock.now_ms,
+                          new_id=lambda: str(ids.time_based(clock.now_ms())), limits=limits,
+                          shard=index)
 
     def _request_sync(self, full: bool, reason: str) -> None:
         """The admin API's ``POST /api/sync``: the link asks the cloud for a sync."""

@@ -424,6 +424,18 @@ class LogConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class RulesConfig(_Section):
+    """``rules``: the rule chain run on each device's messages (docs/rules.md)."""
+
+    file: Path | None = None
+    """A rule chain file (ThingsBoard's export format); it wins over the cloud's root chain."""
+    script_timeout_ms: int = field(default=100, metadata=_meta(lo=1, hi=10_000))
+    script_memory_mb: int = field(default=16, metadata=_meta(lo=1, hi=1024))
+    local_retention_hours: float = field(default=168.0, metadata=_meta(gt=0))
+    """How long points a chain saved locally (TbMsgTimeseriesNode, defaultTTL 0) are kept."""
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeConfig(_Section):
     """The edge agent's whole configuration (``conf/edge.yml``)."""
 
@@ -436,6 +448,7 @@ class EdgeConfig(_Section):
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
 
 
 # --------------------------------------------------------------------------------------------

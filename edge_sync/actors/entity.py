@@ -14,6 +14,14 @@ of attribute and timeseries keys) pass through the entity's actor only for its o
 QueueActor checks and writes them with their events (actors/graph_changes.py). A rule chain's
 actor asks the cloud for its metadata at most once at a time: while its request is pending,
 the next asks get that request's seq.
+
+With a rule chain in force (actors/rule_host.py), a device's telemetry and client attributes
+go through it here, one message per entry, in arrival order: its outcomes (actors/
+rule_outcomes.py) and the entity's rule state (open windows, active alarms: rules/session.py)
+are one Append, so the device's 200 / PUBACK means the chain's outcome is on disk. When that
+Append fails, the in-memory rule state is dropped and read again from the store. Windows close
+on the shard's deadline timer; an entity with open windows is not passivated while a chain is
+in force.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from edge_sync.actors.messages import (
     PutAttributes,
     PutLatestTelemetry,
     PutRpc,
+    PutRuleState,
     RaiseAlarm,
     RequestRuleChainMetadata,
     RequireDevice,
@@ -54,16 +63,23 @@ from edge_sync.actors.messages import (
     RpcHanded,
     RpcNotRecorded,
     RpcQueued,
+    RuleStateStale,
     SharedAttributesApplied,
     SharedAttributesDeleted,
 )
+from edge_sync.actors.rule_host import ShardRules
+from edge_sync.actors.rule_outcomes import Planned, attributes_msg, plan, telemetry_msg
 from edge_sync.devices.rpc import RpcStatus, Transition
 from edge_sync.devices.session import DeviceSession
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import EdgeSyncError, NotFound, Unavailable
+from edge_sync.rules.engine import RuleEngine
+from edge_sync.rules.message import RuleMsg
+from edge_sync.rules.session import EntityRules, Step
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope, lane_for
 
 _log = logger.bind(component="device-session")
+_rules_log = logger.bind(component="rules")
 
 RECORD_RETRY_MS = 1_000
 """An expiry whose commit failed (storage full, say) is tried again this much later, not on every
@@ -73,14 +89,16 @@ wake-up of the shard's timer."""
 class EntityActor:
     """State and behaviour of one entity. Runs on its shard's thread only."""
 
-    __slots__ = ("_retry_at", "count_rpc", "entity_id", "event_pending", "last_used", "metadata",
-                 "now_ms", "queue", "session", "tell_self")
+    __slots__ = ("_retry_at", "count_rpc", "device_info", "entity_id", "event_pending",
+                 "last_used", "metadata", "now_ms", "queue", "rule_state", "rules", "session",
+                 "tell_self")
 
     def __init__(self, entity_id: uuid.UUID, queue: Address, now: float, *,
                  now_ms: Callable[[], int] | None = None,
                  tell_self: Callable[[Any], None] | None = None,
                  count_rpc: Callable[[str], None] | None = None,
-                 event_pending: Callable[[int], bool] | None = None) -> None:
+                 event_pending: Callable[[int], bool] | None = None,
+                 rules: ShardRules | None = None) -> None:
         self.entity_id = entity_id
         self.queue = queue
         self.last_used = now
@@ -93,12 +111,16 @@ class EntityActor:
         self._retry_at = 0  # ms: no expiry is recorded again before (one failed to commit)
         # a rule chain's metadata request: on its way to the queue (its commit), or its seq
         self.metadata: Future[range] | int | None = None
+        self.rules = rules  # the shard's view of the chain in force (None: no rule engine)
+        self.rule_state: EntityRules | None = None  # read from the store on first use
+        self.device_info: tuple[str | None, str | None] | None = None  # (name, type)
 
     @property
     def busy(self) -> bool:
         """Holds open RPC requests, waiting devices or a pending metadata request: not to be
         passivated (a successor would ask again while the request is pending)."""
-        return (self.session is not None and self.session.busy) or self._metadata_pending()
+        return ((self.session is not None and self.session.busy) or self._metadata_pending()
+                or self._windows_deadline() is not None)
 
     def _metadata_pending(self) -> bool:
         """Whether this rule chain's metadata request is on its way or waits in the queue; a
@@ -111,7 +133,18 @@ class EntityActor:
         """When an open RPC request of the device is due next (ms since the epoch): the earliest
         expirationTime, not before the retry of an expiry whose commit failed."""
         due = self.session.rpc.next_deadline() if self.session is not None else None
-        return None if due is None else max(due, self._retry_at)
+        rpc_due = None if due is None else max(due, self._retry_at)
+        windows = self._windows_deadline()
+        if windows is None or rpc_due is None:
+            return rpc_due if windows is None else windows
+        return min(rpc_due, windows)
+
+    def _windows_deadline(self) -> int | None:
+        """When the entity's earliest rule window closes, while a chain is in force (without
+        one, open windows wait on disk for the next message or start)."""
+        if self.rule_state is None or self.rules is None or self.rules.runtime.current() is None:
+            return None
+        return self.rule_state.next_deadline()
 
     def abandon_waiters(self, error: BaseException) -> int:
         """The shard stops or failed: every device waiting here is told ``error`` at once (a
@@ -184,7 +217,10 @@ class EntityActor:
                 if self.session is not None:
                     self.session.prune()
                     self.session.publish_attributes({"deleted": list(command.keys)})
+            case RuleStateStale():
+                self.rule_state = None  # an Append of it failed: the store has the truth
             case EntityDeleted():
+                self.rule_state = None
                 told = self.abandon_waiters(NotFound(f"device {command.entity_id} was deleted"))
                 self.session = None  # its open RPC requests were closed with the deletion
                 if told:
@@ -193,6 +229,13 @@ class EntityActor:
 
     def _telemetry(self, cmd: PostTelemetry) -> None:
         eid = self.entity_id
+        engine = self._engine()
+        if engine is not None:
+            name, device_type = self._device_info()
+            msgs = [telemetry_msg(eid, ts, dict(values), name, device_type)
+                    for ts, values in cmd.entries]
+            self._run_chain(engine, msgs, cmd.reply, cmd.requires_device)
+            return
         events = tuple(
             NewEvent("DEVICE", "DEVICE", eid, Action.TIMESERIES_UPDATED,
                      {"ts": ts, "values": dict(values)}, ts, Lane.NORMAL)
@@ -210,6 +253,12 @@ class EntityActor:
 
     def _attributes(self, cmd: PostClientAttributes) -> None:
         eid = self.entity_id
+        engine = self._engine()
+        if engine is not None:
+            name, device_type = self._device_info()
+            msg = attributes_msg(eid, cmd.ts, dict(cmd.values), name, device_type)
+            self._run_chain(engine, [msg], cmd.reply, cmd.requires_device)
+            return
         event = NewEvent("DEVICE", "DEVICE", eid, Action.ATTRIBUTES_UPDATED,
                          {"scope": Scope.CLIENT.value, "kv": dict(cmd.values)}, cmd.ts, Lane.NORMAL)
         mutation = PutAttributes(eid, Scope.CLIENT, cmd.values, cmd.ts)
@@ -224,6 +273,93 @@ class EntityActor:
         event = NewEvent("ALARM", "ALARM", cmd.alarm_id, cmd.action, body, cmd.ts,
                          lane_for("ALARM", cmd.action))
         self.queue.tell(Append(cmd.device_id, (event,), cmd.reply))
+
+    # -- the rule chain ------------------------------------------------------------------------
+
+    def _engine(self) -> RuleEngine | None:
+        return self.rules.engine() if self.rules is not None else None
+
+    def _device_info(self) -> tuple[str | None, str | None]:
+        if self.device_info is None:
+            assert self.rules is not None
+            self.device_info = self.rules.describe(self.entity_id)
+        return self.device_info
+
+    def _rules_state(self) -> EntityRules:
+        if self.rule_state is None:
+            assert self.rules is not None
+            self.rule_state = EntityRules(self.rules.load_state(self.entity_id))
+        return self.rule_state
+
+    def load_rules(self) -> None:
+        """At start: the rule state saved for this entity (its open windows close on time)."""
+        if self.rules is not None:
+            self._rules_state()
+
+    def _run_chain(self, engine: RuleEngine, msgs: list[RuleMsg], reply: Future[range] | None,
+                   requires_device: bool) -> None:
+        """Each message through the chain, in order; one Append for all of their outcomes and
+        the entity's new rule state (also when the chain kept everything local)."""
+        assert self.rules is not None
+        eid, state, now = self.entity_id, self._rules_state(), self.now_ms()
+        planned = Planned()
+        last: Step | None = None
+        changed = False
+        for msg in msgs:
+            last = state.on_message(engine, msg, now)
+            changed = changed or last.changed
+            plan(eid, last.outcomes, self.rules.counters, now, planned)
+            self._report(last)
+        required = (RequireDevice(eid),) if requires_device else ()
+        saved = (PutRuleState(eid, last.record),) if changed and last is not None else ()
+        self._append_rules(planned, reply, (*required, *planned.mutations, *saved), bool(saved))
+
+    def _close_windows(self, now: int) -> None:
+        """The shard's timer: windows due now close, their outputs go on through the chain."""
+        due = self._windows_deadline()
+        engine = self._engine()
+        if due is None or due > now or engine is None or self.rules is None:
+            return
+        step = self._rules_state().on_due(engine, now)
+        self._report(step)
+        planned = plan(self.entity_id, step.outcomes, self.rules.counters, now)
+        if not step.changed and not planned.events and not planned.mutations:
+            return
+        saved = (PutRuleState(self.entity_id, step.record),) if step.changed else ()
+        self._append_rules(planned, None, (*planned.mutations, *saved), bool(saved))
+
+    def _report(self, step: Step) -> None:
+        eid = str(self.entity_id)
+        for jump in step.jumps:
+            _rules_log.bind(entity=eid, node=jump.key[0], direction=jump.direction,
+                            by_ms=jump.by_ms).warning(
+                "edge clock jumped {} by {} ms while a rule window was open: {}", jump.direction,
+                jump.by_ms, "the window keeps the time it had left" if jump.direction ==
+                "backward" else "the window closes once; the skipped intervals give nothing")
+        if step.dropped:
+            _rules_log.bind(entity=eid, dropped=step.dropped).warning(
+                "{} closed rule windows dropped: their node is no longer in the chain in force",
+                step.dropped)
+
+    def _append_rules(self, planned: Planned, reply: Future[range] | None,
+                      mutations: tuple[Any, ...], saves_state: bool) -> None:
+        """Append the outcomes; when the rule state was part of it and the commit fails, the
+        in-memory state is dropped (read again from the store next time)."""
+        eid = self.entity_id
+        if not saves_state:
+            self.queue.tell(Append(eid, tuple(planned.events), reply, mutations))
+            return
+        tell_self, outer = self.tell_self, reply
+
+        def committed(done: Future[range]) -> None:  # on the queue's thread
+            if done.exception() is not None:
+                tell_self(RuleStateStale(eid))
+            if outer is not None:
+                _settle(outer, done)
+
+        inner: Future[range] = Future()
+        inner.add_done_callback(committed)
+        self.queue.tell(Append(eid, tuple(planned.events), inner, mutations))
 
     # -- the entity graph ----------------------------------------------------------------------
 
@@ -319,10 +455,12 @@ class EntityActor:
         self._deliver()
 
     def expire_due(self) -> None:
-        """Shard: a deadline came. Requests past their expirationTime are reported."""
+        """Shard: a deadline came. Requests past their expirationTime are reported, rule windows
+        due close."""
         now = self.now_ms()
         if self.session is not None and now >= self._retry_at:
             self._expire(now)
+        self._close_windows(now)
 
     def _expire(self, now: int) -> None:
         for change in self._session().rpc.expire_due(now):

@@ -403,12 +403,20 @@ class PassivateIdle:
     """Periodic: drop entity actors idle for longer than the configured time."""
 
 
+@dataclass(frozen=True, slots=True)
+class RuleStateStale:
+    """Internal to an entity: an Append carrying its rule state failed, so the state in memory
+    is ahead of the store's; it is dropped and read again from the store."""
+
+    device_id: uuid.UUID
+
+
 EntityCommand = (
     PostTelemetry | PostClientAttributes | ProvisionDevice | RaiseAlarm | PostRpcResponse
     | PollRpc | PollAttributes | FetchSharedAttributes | RpcQueued | SharedAttributesApplied
     | RpcNotRecorded | RpcHanded | RpcDeliveredLate | AttributesRequestQueued
     | ChangeGraph | RequestRuleChainMetadata | MetadataRequestQueued | EntityDeleted
-    | SharedAttributesDeleted
+    | SharedAttributesDeleted | RuleStateStale
 )
 GRAPH_COMMANDS = (ChangeGraph, RequestRuleChainMetadata, MetadataRequestQueued, EntityDeleted,
                   SharedAttributesDeleted)
@@ -416,7 +424,7 @@ GRAPH_COMMANDS = (ChangeGraph, RequestRuleChainMetadata, MetadataRequestQueued, 
 ENTITY_COMMANDS = (
     PostTelemetry, PostClientAttributes, ProvisionDevice, RaiseAlarm, PostRpcResponse, PollRpc,
     PollAttributes, FetchSharedAttributes, RpcQueued, SharedAttributesApplied, RpcNotRecorded,
-    RpcHanded, RpcDeliveredLate, AttributesRequestQueued, *GRAPH_COMMANDS,
+    RpcHanded, RpcDeliveredLate, AttributesRequestQueued, RuleStateStale, *GRAPH_COMMANDS,
 )
 
 # -- events published by the QueueActor --------------------------------------------------------

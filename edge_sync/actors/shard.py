@@ -4,9 +4,10 @@ A fixed number of pykka shard actors host the entity actors: the router picks a 
 stable hash of the entity id (CRC-32, the same across runs and processes), the shard activates
 the entity on first use and passivates it when idle (virtual actors, as in Orleans).
 
-An entity with open server-side RPC requests or devices waiting on it is not passivated. At
-start a shard loads the open RPC requests of its devices from the store (they survive a restart)
-and keeps one deadline timer armed for the earliest expirationTime among its entities.
+An entity with open server-side RPC requests, devices waiting on it or open rule windows is not
+passivated. At start a shard loads the open RPC requests of its devices and the saved rule state
+of its entities from the store (both survive a restart) and keeps one deadline timer armed for
+the earliest deadline among its entities (an RPC's expirationTime, a rule window's close).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import heapq
 import time
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -34,6 +35,7 @@ from edge_sync.actors.messages import (
     ProvisionDevice,
     RpcQueued,
 )
+from edge_sync.actors.rule_host import ShardRules
 from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.errors import InjectedFault, Unavailable
@@ -72,9 +74,12 @@ class ShardActor(SupervisedActor):
         shards: int = 1,
         clock: Clock = SYSTEM_CLOCK,
         metrics: Metrics | None = None,
+        rules: Callable[[int], ShardRules] | None = None,
     ) -> None:
         super().__init__(report_exit)
         self.index = index
+        # this incarnation's view of the rule chain in force (its scripts compile on this thread)
+        self._rules = rules(index) if rules is not None and store is not None else None
         self._queue = queue
         self._passivate_after = passivate_after_s
         self._store = store
@@ -115,6 +120,25 @@ class ShardActor(SupervisedActor):
             if by_device:
                 self._log.bind(devices=len(by_device)).info(
                     "open RPC requests of {} devices loaded", len(by_device))
+            self._load_rule_states()
+
+    def _load_rule_states(self) -> None:
+        """The entities of this shard with saved rule state are activated: their open windows
+        close on time (from the store: a kill -9 mid-window loses and repeats nothing)."""
+        if self._rules is None:
+            return
+        mine = [eid for eid in self._rules.entities_with_state()
+                if shard_of(eid, self._shards) == self.index]
+        now = time.monotonic()
+        for entity_id in mine:
+            entity = self._activate(entity_id, now)
+            entity.load_rules()
+            after = entity.next_deadline()
+            if after is not None:
+                self._schedule(after, entity_id)
+        if mine:
+            self._log.bind(entities=len(mine)).info(
+                "rule state of {} entities loaded", len(mine))
 
     def on_stop(self) -> None:
         """Actor thread."""
@@ -168,18 +192,23 @@ class ShardActor(SupervisedActor):
     def _handle(self, message: EntityCommand) -> None:
         now = time.monotonic()
         entity_id = entity_of(message)
+        entity = self._activate(entity_id, now)
+        entity.handle(message, now)
+        after = entity.next_deadline()
+        if after is not None:
+            self._schedule(after, entity_id)
+
+    def _activate(self, entity_id: uuid.UUID, now: float) -> EntityActor:
         entity = self._entities.get(entity_id)
         if entity is None:
             ref = self.actor_ref
             entity = self._entities[entity_id] = EntityActor(
                 entity_id, self._queue, now, now_ms=self._clock.now_ms, tell_self=ref.tell,
                 count_rpc=self._count_rpc if self._rpc_family is not None else None,
-                event_pending=self._event_pending if self._store is not None else None)
+                event_pending=self._event_pending if self._store is not None else None,
+                rules=self._rules)
             self._log.bind(entity=str(entity_id)).trace("entity activated")
-        entity.handle(message, now)
-        after = entity.next_deadline()
-        if after is not None:
-            self._schedule(after, entity_id)
+        return entity
 
     def _event_pending(self, seq: int) -> bool:
         """Whether event ``seq`` still waits in the queue (purged or dead-lettered: no)."""

@@ -12,7 +12,11 @@ changes made on the edge, each answered once its events are on disk with their s
 or ``?entity=`` (all of an entity), ``DELETE /api/entities/{id}/attributes/{scope}`` and
 ``DELETE /api/entities/{id}/timeseries`` (``{"keys": [...]}``),
 ``POST /api/rule-chains/{id}/metadata-request``; ``POST /api/sync`` (``{"full": true}``) asks
-the link for a sync. 400 malformed, 404 unknown entity (named), 409 a name taken."""
+the link for a sync. 400 malformed, 404 unknown entity (named), 409 a name taken.
+
+The rule engine: ``GET /api/rules`` (the chain in force, its source, version, per-node counts,
+the last refusal; also under ``rules`` in ``GET /api/status``) and
+``GET /api/devices/{id}/timeseries`` (the points a chain saved on the edge only)."""
 
 from __future__ import annotations
 
@@ -46,11 +50,13 @@ from edge_sync.devices.rpc import RpcRequest, RpcStatus
 from edge_sync.errors import BadRequest, NotFound
 from edge_sync.metrics import Metrics
 from edge_sync.status import collect_status
+from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.graph_store import GraphStore
 from edge_sync.storage.records import Status, StoredEvent
 from edge_sync.storage.rpc_store import RpcStore
+from edge_sync.storage.rule_store import RuleStore
 
 _log = logger.bind(component="admin-http")
 
@@ -151,8 +157,10 @@ class AdminHttpApi:
         readiness: Callable[[], dict[str, bool]] | None = None,
         entities: EntityService | None = None,
         request_sync: Callable[[bool, str], None] | None = None,
+        rules_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._store = store
+        self._rules_status = rules_status
         self._service = service
         self._metrics = metrics
         self._link_status = link_status
@@ -188,6 +196,8 @@ class AdminHttpApi:
         app.router.add_delete("/api/relations", self._delete_relations)
         app.router.add_post("/api/rule-chains/{id}/metadata-request", self._request_metadata)
         app.router.add_post("/api/sync", self._sync)
+        app.router.add_get("/api/rules", self._rules)
+        app.router.add_get("/api/devices/{id}/timeseries", self._timeseries)
         app.router.add_get("/metrics", self._prometheus)
         app.router.add_get("/", self._page)
         if self._crash is not None:
@@ -198,8 +208,34 @@ class AdminHttpApi:
         link = self._link_status() if self._link_status else {
             "state": "DISCONNECTED", "note": "cloud link not configured"}
         out = collect_status(self._store, now_ms=self._clock.now_ms(), link=link)
+        out["rules"] = self._rules_status() if self._rules_status else None
         out["metrics"] = self._metrics.snapshot()
         return out
+
+    async def _rules(self, request: web.Request) -> web.StreamResponse:
+        """``GET /api/rules``: the chain in force (name, id, source, version, digest), its
+        per-node counts, and the last refusal."""
+        return web.json_response(self._rules_status() if self._rules_status else None)
+
+    async def _timeseries(self, request: web.Request) -> web.StreamResponse:
+        """``GET /api/devices/{id}/timeseries?keys=a,b&startTs=&endTs=&limit=``: the points a
+        rule chain saved on the edge, ThingsBoard's shape ``{key: [{ts, value}]}`` (newest
+        last; values keep their JSON type)."""
+        try:
+            device_id = _path_id(request)
+            q = request.query
+            keys = [k for k in q.get("keys", "").split(",") if k] or None
+            start = _int(q.get("startTs", "0"), "startTs", 0)
+            end = _int(q.get("endTs", str(2**62)), "endTs", 0)
+            limit = _int(q.get("limit", "1000"), "limit", 1, 100_000)
+        except BadRequest as exc:
+            return error_response(400, str(exc))
+        with self._store.read() as txn:
+            if not EntityStore(self._store).has_device(txn, device_id):
+                return error_response(404, f"device {device_id} not found")
+            series = RuleStore(self._store).local_series(txn, device_id, keys, start, end, limit)
+        return web.json_response({k: [{"ts": ts, "value": v} for ts, v in points]
+                                  for k, points in series.items()})
 
     async def _readyz(self, request: web.Request) -> web.StreamResponse:
         return readyz_response(self._readiness() if self._readiness else {})

@@ -331,7 +331,26 @@ def _status_text(status: dict[str, Any]) -> str:
         last = sync.get("last")
         if isinstance(last, dict):
             lines.append("last sync:    " + ", ".join(f"{k} {v}" for k, v in last.items()))
+    lines += _rules_text(status.get("rules"), running=status.get("agent") == "running")
     return "\n".join(lines)
+
+
+def _rules_text(rules: dict[str, Any] | None, *, running: bool) -> list[str]:
+    """The chain in force, its per-node counts and the last refusal (a running agent only)."""
+    if not running:
+        return ["rule chain:   (the agent is not running: the chain in force is the agent's)"]
+    if rules is None or rules.get("chain") is None:
+        lines = ["rule chain:   none in force: every accepted message goes to the cloud"]
+    else:
+        lines = [f"rule chain:   {rules['chain']!r} from {rules['source']} (version "
+                 f"{rules['version']}, digest {rules['digest']})"]
+        lines += [f"  {n['node']}: in {n['in']}, failed {n['failed']}"
+                  for n in rules.get("nodes", [])]
+    refusal = (rules or {}).get("last_refusal")
+    if refusal:
+        lines.append(f"  last refusal from {refusal['source']} at {refusal['at_ms']}: "
+                     + "; ".join(refusal["problems"]))
+    return lines
 
 
 def _events(cfg: EdgeConfig, args: argparse.Namespace) -> int:

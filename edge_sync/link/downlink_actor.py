@@ -107,6 +107,7 @@ class DownlinkActor(SupervisedActor):
         notify: Callable[[Any], None] | None = None,
         request_metadata: Callable[[uuid.UUID], None] | None = None,
         version: str | None = None,
+        rules_changed: Callable[[], object] | None = None,
     ) -> None:
         super().__init__(report_exit)
         self._tokens = tokens
@@ -116,6 +117,7 @@ class DownlinkActor(SupervisedActor):
         self._applier = GraphApplier(self._graph)
         self._data = DataApplier(self._entities, RpcStore(store))
         self._notify = notify
+        self._rules_changed = rules_changed  # a rule chain changed: the chain in force is read
         self._metadata = MissingMetadata(store, self._graph, request_metadata)
         self._version = version if version is not None else edge_version()
         self._sync = FullSyncBook()
@@ -285,6 +287,8 @@ class DownlinkActor(SupervisedActor):
         if out.fresh:
             self._tell_sessions(out)
             self._report.applied(dl_id, out)
+            if self._rules_changed is not None and _changes_rule_chains(out):
+                self._rules_changed()
             if msg.HasField("syncCompletedMsg"):
                 self._metadata.ask()
         else:
@@ -360,3 +364,11 @@ class DownlinkActor(SupervisedActor):
         out.removed = self._graph.complete_full_sync(txn, now_ms=now, version=self._version)
         out.full_sync_completed = True
         return f"full sync completed ({len(out.removed)} removed)"
+
+
+def _changes_rule_chains(out: DownlinkOutcome) -> bool:
+    """Whether a committed downlink created, changed or removed a rule chain or its metadata."""
+    kinds = ("RULE_CHAIN", "RULE_CHAIN_METADATA")
+    return (any(kind in kinds for kind, _action in out.graph.applied)
+            or any(r.entity_type in kinds for r in out.removed)
+            or bool(out.graph.released))

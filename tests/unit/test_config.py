@@ -129,6 +129,10 @@ EDGE_DEFAULTS: dict[str, object] = {
     "log.file": None,
     "log.rotation": "50 MB",
     "log.retention": "10",
+    "rules.file": None,
+    "rules.script_timeout_ms": 100,
+    "rules.script_memory_mb": 16,
+    "rules.local_retention_hours": 168.0,
 }
 
 CLOUD_DEFAULTS: dict[str, object] = {
@@ -286,6 +290,10 @@ EDGE_OVERRIDES: dict[str, tuple[str, str, object]] = {
     "EDGE_LOG_FILE": ("log.file", "/tmp/edge.log", Path("/tmp/edge.log")),
     "EDGE_LOG_ROTATION": ("log.rotation", "1 day", "1 day"),
     "EDGE_LOG_RETENTION": ("log.retention", "7 days", "7 days"),
+    "EDGE_RULES_FILE": ("rules.file", "/etc/edge/chain.json", Path("/etc/edge/chain.json")),
+    "EDGE_RULES_SCRIPT_TIMEOUT_MS": ("rules.script_timeout_ms", "250", 250),
+    "EDGE_RULES_SCRIPT_MEMORY_MB": ("rules.script_memory_mb", "32", 32),
+    "EDGE_RULES_LOCAL_RETENTION_HOURS": ("rules.local_retention_hours", "24", 24.0),
 }
 
 CLOUD_OVERRIDES: dict[str, tuple[str, str, object]] = {

@@ -1,0 +1,70 @@
+"""One shard's access to the rule chain in force: its own compiled RuleEngine (a script
+context belongs to one thread), rebuilt when the chain in force changes, and the store reads its
+entities need (their saved rule state, a device's name and type for the message metadata).
+
+Owns nothing durable: the chain is the RulesRuntime's, the rule state the store's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from loguru import logger
+
+from edge_sync.actors.rule_outcomes import RuleCounters
+from edge_sync.rules.engine import RuleEngine
+from edge_sync.rules.sandbox import ScriptLimits
+from edge_sync.storage.entity_store import EntityStore
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.rule_store import RuleStore
+
+
+class ShardRules:
+    """Runs on its shard's thread only."""
+
+    def __init__(self, counters: RuleCounters, store: LmdbStore, *,
+                 now_ms: Callable[[], int], new_id: Callable[[], str],
+                 limits: ScriptLimits | None = None, shard: int = 0) -> None:
+        self.counters = counters
+        self.runtime = counters.runtime
+        self._store = store
+        self._rules = RuleStore(store)
+        self._entities = EntityStore(store)
+        self._now_ms = now_ms
+        self._new_id = new_id
+        self._limits = limits
+        self._engine: RuleEngine | None = None
+        self._version = 0
+        self._log = logger.bind(component="rules", shard=shard)
+
+    def engine(self) -> RuleEngine | None:
+        """The engine of the chain in force (None: no chain, today's behaviour)."""
+        current = self.runtime.current()
+        if current is None:
+            self._engine, self._version = None, 0
+            return None
+        if self._engine is None or self._version != current.version:
+            self._engine = RuleEngine(current.chain, current.meta, clock=self._now_ms,
+                                      limits=self._limits, new_id=self._new_id)
+            self._version = current.version
+            self._log.bind(chain=current.chain.name, version=current.version).debug(
+                "rule chain compiled on this shard")
+        return self._engine
+
+    def load_state(self, entity_id: uuid.UUID) -> dict[str, Any] | None:
+        with self._store.read() as txn:
+            return self._rules.state(txn, entity_id)
+
+    def entities_with_state(self) -> list[uuid.UUID]:
+        with self._store.read() as txn:
+            return self._rules.entities_with_state(txn)
+
+    def describe(self, device_id: uuid.UUID) -> tuple[str | None, str | None]:
+        """The device's name and type (profile name), for the metadata of its messages."""
+        with self._store.read() as txn:
+            device = self._entities.device(txn, device_id)
+        if device is None:
+            return None, None
+        return device.name, device.type

@@ -1,0 +1,255 @@
+"""What a device's message becomes when a rule chain is in force: the RuleMsg handed to the
+chain, and the chain's outcomes turned into what the message's Append commits.
+
+Owns the mapping, one outcome at a time, in the chain's order:
+
+- ``SaveTimeseries``: the device's latest values and its local timeseries (with the node's TTL,
+  or the configured retention): on the edge only.
+- ``SaveAttributes``: the device's attributes of the node's scope, on the edge only.
+- ``PushToCloud``: the cloud event of the message, in the lane the node gives it: telemetry
+  (TIMESERIES_UPDATED), attributes (ATTRIBUTES_UPDATED) or an alarm (ADDED, UPDATED or
+  ALARM_CLEAR, read from the alarm nodes' metadata as ThingsBoard's push node does).
+- ``CreateAlarm`` / ``ClearAlarm``: the alarm's state lives in the entity's rule state (saved
+  with the Append); the cloud hears of it only when the ALARM message is pushed.
+- ``Log``: one log line (ThingsBoard's TbLogNode logs at INFO).
+- ``Visited`` / ``Failed``: per-node counts; a failure is logged at most once a minute per node
+  with the number of failures not logged since.
+
+Nothing here reads or writes storage; the entity actor sends the Append.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+
+from edge_sync.actors.messages import (
+    Mutation,
+    PutAttributes,
+    PutLatestTelemetry,
+    PutLocalTimeseries,
+)
+from edge_sync.metrics import CounterFamily, Metrics
+from edge_sync.rules.engine import (
+    ClearAlarm,
+    CreateAlarm,
+    Deferred,
+    Failed,
+    Log,
+    Outcome,
+    PushToCloud,
+    SaveAttributes,
+    SaveTimeseries,
+    Visited,
+)
+from edge_sync.rules.message import (
+    ALARM,
+    ATTRIBUTES_UPDATED,
+    POST_ATTRIBUTES_REQUEST,
+    POST_TELEMETRY_REQUEST,
+    Originator,
+    RuleMsg,
+)
+from edge_sync.rules.runtime import RulesRuntime
+from edge_sync.storage.records import Action, Lane, NewEvent, Scope
+
+_log = logger.bind(component="rules")
+
+_ALARM_ACTIONS = (("isNewAlarm", Action.ADDED), ("isExistingAlarm", Action.UPDATED),
+                  ("isClearedAlarm", Action.ALARM_CLEAR))
+
+
+class RuleCounters:
+    """Per-node counts of the chain in force: in the runtime (status, admin API) and in
+    /metrics (``edge_rule_node_messages_total``, ``edge_rule_node_failures_total``)."""
+
+    def __init__(self, runtime: RulesRuntime, metrics: Metrics | None = None) -> None:
+        self.runtime = runtime
+        self._in: CounterFamily | None = None
+        self._failed: CounterFamily | None = None
+        if metrics is not None:
+            self._in = metrics.counter_family(
+                "edge_rule_node_messages_total", "messages a rule node of the chain in force "
+                "received", "node")
+            self._failed = metrics.counter_family(
+                "edge_rule_node_failures_total", "messages a rule node failed (script error, "
+                "time-out, unsupported message) and sent by its Failure connection", "node")
+
+    def visited(self, node: str) -> None:
+        self.runtime.count(node, visited=1)
+        if self._in is not None:
+            self._in.inc(node)
+
+    def failed(self, node: str) -> None:
+        self.runtime.count(node, failed=1)
+        if self._failed is not None:
+            self._failed.inc(node)
+
+
+def device_metadata(name: str | None, device_type: str | None, ts: int) -> dict[str, str]:
+    """The metadata ThingsBoard's transport gives a device message."""
+    meta = {"ts": str(ts)}
+    if name:
+        meta["deviceName"] = name
+    if device_type:
+        meta["deviceType"] = device_type
+    return meta
+
+
+def telemetry_msg(device_id: uuid.UUID, ts: int, values: Mapping[str, Any],
+                  name: str | None, device_type: str | None) -> RuleMsg:
+    return RuleMsg(POST_TELEMETRY_REQUEST, Originator("DEVICE", str(device_id)), dict(values),
+                   device_metadata(name, device_type, ts), ts)
+
+
+def attributes_msg(device_id: uuid.UUID, ts: int, values: Mapping[str, Any],
+                   name: str | None, device_type: str | None) -> RuleMsg:
+    meta = device_metadata(name, device_type, ts)
+    meta["scope"] = Scope.CLIENT.value
+    return RuleMsg(POST_ATTRIBUTES_REQUEST, Originator("DEVICE", str(device_id)), dict(values),
+                   meta, ts)
+
+
+@dataclass(slots=True)
+class Planned:
+    """What one command's outcomes commit with its Append."""
+
+    events: list[NewEvent] = field(default_factory=list)
+    mutations: list[Mutation] = field(default_factory=list)
+    pushed: int = 0
+    kept_local: int = 0
+
+
+def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
+         counters: RuleCounters, now_ms: int, into: Planned | None = None) -> Planned:
+    """The events and mutations of ``outcomes`` (in order); counts and logs as it goes."""
+    out = into if into is not None else Planned()
+    for o in outcomes:
+        match o:
+            case Visited():
+                counters.visited(o.node)
+            case Failed():
+                counters.failed(o.node)
+                _log_failure(counters.runtime, entity_id, o, now_ms)
+            case Log():
+                _log.bind(node=o.node, entity=str(entity_id)).info("{}", o.text)
+            case SaveTimeseries():
+                _save_timeseries(entity_id, o, out, counters, now_ms)
+            case SaveAttributes():
+                data = o.data if isinstance(o.data, dict) else {}
+                out.mutations.append(PutAttributes(entity_id, Scope(o.scope),
+                                                   tuple(data.items()), now_ms))
+                out.kept_local += 1
+            case PushToCloud():
+                _push(entity_id, o, out, counters, now_ms)
+            case CreateAlarm():
+                _log.bind(entity=str(entity_id), alarm=o.alarm_id, alarm_type=o.type,
+                          severity=o.severity, node=o.node).info(
+                    "alarm {!r} {} ({})", o.type, "created" if o.new else "updated", o.severity)
+            case ClearAlarm():
+                _log.bind(entity=str(entity_id), alarm=o.alarm_id, alarm_type=o.type,
+                          node=o.node).info("alarm {!r} cleared", o.type)
+            case Deferred():
+                pass  # held by its window (the entity's rule state)
+    return out
+
+
+def _series(data: Any, ts: int) -> list[tuple[int, tuple[tuple[str, Any], ...]]] | None:
+    """Telemetry data as (ts, ((key, value), ...)) entries: ThingsBoard's shapes, an object of
+    values, ``{"ts", "values"}``, or a list of either; None when it is none of them."""
+    if isinstance(data, list):
+        entries = []
+        for item in data:
+            got = _series(item, ts)
+            if got is None:
+                return None
+            entries.extend(got)
+        return entries
+    if not isinstance(data, dict):
+        return None
+    if set(data) == {"ts", "values"} and isinstance(data["values"], dict):
+        if not isinstance(data["ts"], int) or isinstance(data["ts"], bool):
+            return None
+        return [(data["ts"], tuple(data["values"].items()))]
+    return [(ts, tuple(data.items()))]
+
+
+def _save_timeseries(entity_id: uuid.UUID, o: SaveTimeseries, out: Planned,
+                     counters: RuleCounters, now_ms: int) -> None:
+    entries = _series(o.data, o.ts)
+    if entries is None:
+        counters.failed(o.node)
+        _log_failure(counters.runtime, entity_id, Failed(o.node, "the message data is not "
+                     "telemetry (an object of values, {ts, values}, or a list of them)"), now_ms)
+        return
+    latest: dict[str, tuple[int, Any]] = {}
+    for ts, values in entries:
+        for key, value in values:
+            seen = latest.get(key)
+            if seen is None or seen[0] <= ts:
+                latest[key] = (ts, value)
+    out.mutations.append(PutLatestTelemetry(entity_id, tuple(
+        (k, ts, v) for k, (ts, v) in latest.items())))
+    out.mutations.append(PutLocalTimeseries(entity_id, tuple(entries), o.ttl))
+    out.kept_local += 1
+
+
+def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, counters: RuleCounters,
+          now_ms: int) -> None:
+    lane = Lane.HIGH if o.lane == "HIGH" else Lane.NORMAL
+    if o.msg_type == ALARM:
+        event = _alarm_event(entity_id, o, lane)
+        if event is None:
+            counters.failed(o.node)
+            _log_failure(counters.runtime, entity_id, Failed(
+                o.node, "an ALARM message without an alarm id or an alarm node's metadata "
+                "(isNewAlarm, isExistingAlarm, isClearedAlarm)"), now_ms)
+            return
+        out.events.append(event)
+    elif o.msg_type == POST_TELEMETRY_REQUEST:
+        entries = _series(o.data, o.ts)
+        if entries is None:
+            counters.failed(o.node)
+            _log_failure(counters.runtime, entity_id, Failed(
+                o.node, "the message data is not telemetry"), now_ms)
+            return
+        out.events.extend(NewEvent("DEVICE", "DEVICE", entity_id, Action.TIMESERIES_UPDATED,
+                                   {"ts": ts, "values": dict(values)}, ts, lane)
+                          for ts, values in entries)
+    elif o.msg_type in (POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED) and isinstance(o.data, dict):
+        out.events.append(NewEvent("DEVICE", "DEVICE", entity_id, Action.ATTRIBUTES_UPDATED,
+                                   {"scope": o.scope, "kv": dict(o.data)}, o.ts, lane))
+    else:
+        counters.failed(o.node)
+        _log_failure(counters.runtime, entity_id, Failed(
+            o.node, f"{o.msg_type} with this data cannot be pushed by the edge"), now_ms)
+        return
+    out.pushed += 1
+
+
+def _alarm_event(entity_id: uuid.UUID, o: PushToCloud, lane: Lane) -> NewEvent | None:
+    action = next((a for flag, a in _ALARM_ACTIONS if o.metadata.get(flag) == "true"), None)
+    data = o.data if isinstance(o.data, dict) else {}
+    try:
+        alarm_id = uuid.UUID(str(data.get("id")))
+    except ValueError:
+        return None
+    if action is None:
+        return None
+    body = {**data, "id": str(alarm_id), "originator": str(entity_id)}
+    return NewEvent("ALARM", "ALARM", alarm_id, action, body, o.ts, lane)
+
+
+def _log_failure(runtime: RulesRuntime, entity_id: uuid.UUID, failed: Failed,
+                 now_ms: int) -> None:
+    log_now, suppressed = runtime.should_log_failure(failed.node, now_ms)
+    if log_now:
+        more = f" ({suppressed} more failures of this node since the last line)" \
+            if suppressed else ""
+        _log.bind(node=failed.node, entity=str(entity_id), suppressed=suppressed).warning(
+            "rule node {} failed: {}; the message goes by Failure{}", failed.node, failed.error,
+            more)
