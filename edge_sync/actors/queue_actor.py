@@ -16,8 +16,10 @@ device, whatever removes it (storage/graph_entities.py).
 It assigns sequence numbers and commits in groups: every write command that reaches its mailbox
 while a group is open joins that group, and one transaction (one fsync) commits them all. Only
 after the commit does it resolve the commands' reply futures, so "replied" means "on disk".
-When the store is full it first purges delivered events, then applies the configured policy
-(refuse, or evict the oldest normal-lane events), counting and logging every refusal/eviction.
+When the store is full it first purges delivered events, then drops the local timeseries points
+that expire soonest (they are the edge's own copy; the event log is what the delivery contract
+keeps), then applies the configured policy (refuse, or evict the oldest normal-lane events),
+counting and logging every drop, refusal and eviction.
 
 A command whose values the store cannot encode (Unstorable: only the in-process path that skips
 validation can send one) fails alone with that BadRequest and the rest of its group commits. Any
@@ -155,6 +157,9 @@ class QueueActor(SupervisedActor):
         self._dead = metrics.counter("edge_events_dead_lettered_total", "events dead-lettered")
         self._local_purged = metrics.counter(
             "edge_rule_local_points_purged_total", "expired local timeseries points purged")
+        self._local_dropped = metrics.counter(
+            "edge_rule_local_points_dropped_total",
+            "local timeseries points dropped before their expiry because the store was full")
         with store.read() as txn:
             self._next_seq = self._log.next_seq(txn)
             tenant, edge = self._log.identity(txn)
@@ -340,6 +345,7 @@ class QueueActor(SupervisedActor):
         its own so the ones that still fit get in and only the rest are refused."""
         _log.bind(reason=str(exc)).warning("storage full; purging delivered events")
         self._purge(older_than_ms=INT64_MAX)
+        self._drop_local_for_room()
         outcomes: list[_Outcome] = []
         for command in group:
             outcomes.append(self._commit_one_when_full(command))
@@ -423,6 +429,22 @@ class QueueActor(SupervisedActor):
         if total:
             self._local_purged.inc(total)
             _log.bind(count=total).info("purged expired local timeseries points")
+            self._store.room_made()
+
+    def _drop_local_for_room(self) -> None:
+        """Storage full: the local timeseries points that expire soonest go first (one batch),
+        before any new data is refused or any event evicted; counted and logged."""
+        try:
+            n = int(self._store.write(
+                lambda txn: self._rules.purge_expired(txn, INT64_MAX, _PURGE_BATCH),
+                maintenance=True))
+        except QueueFull as exc:
+            _log.bind(reason=str(exc)).warning("local timeseries points cannot be dropped: {}", exc)
+            return
+        if n:
+            self._local_dropped.inc(n)
+            _log.bind(count=n).warning(
+                "storage full: dropped the {} local timeseries points that expire soonest", n)
             self._store.room_made()
 
     def _purge_batch(self, older_than_ms: int) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from edge_sync.actors.messages import Append, EventsCommitted, MarkDeployed
+from edge_sync.actors.messages import Append, EventsCommitted, MarkDeployed, PutLocalTimeseries
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
 from edge_sync.api.device_service import MAX_NAME_BYTES
 from edge_sync.app import EdgeApp
@@ -33,6 +33,7 @@ from edge_sync.storage.entity_store import Conflict, EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Lane, NewEvent, Status, StoredEvent
+from edge_sync.storage.rule_store import RuleStore
 from edge_sync.supervisor import actor_child
 
 DEADLINE = 10.0
@@ -547,3 +548,26 @@ def test_longest_allowed_device_name_of_multibyte_characters(make_app: AppFactor
         assert ents.device(txn, device.id) == device
         assert ents.device(txn, device.id).name == longest
         assert ents.device_count(txn) == 1
+
+
+def test_when_full_local_timeseries_points_give_way_before_any_refusal(small_queue: Filler) -> None:
+    """The local timeseries is the edge's own copy: a full store drops its soonest-expiring
+    points (counted, logged) before it refuses an event."""
+    filler = small_queue
+    device = uuid.uuid4()
+    for start in range(0, 400, 50):
+        reply: Future[range] = Future()
+        entries = tuple((1_000 + ts, (("v", "x" * 1000),)) for ts in range(start, start + 50))
+        filler.q.ref.tell(Append(device, (), reply, (PutLocalTimeseries(device, entries, 0),)))
+        reply.result(3.0)
+    rules = RuleStore(filler.q.store)
+    with filler.q.store.read() as txn:
+        assert rules.local_points(txn) == 400
+    accepted = filler.fill()
+    assert accepted > 500
+    snap = filler.q.metrics.snapshot()
+    assert snap["edge_rule_local_points_dropped_total"] == 400
+    assert snap["edge_events_refused_total"] >= 1  # full again once the points were gone
+    with filler.q.store.read() as txn:
+        assert rules.local_points(txn) == 0
+    assert [e.body["tag"] for e in all_events(filler.q.store)] == filler.accepted
