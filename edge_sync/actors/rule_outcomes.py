@@ -7,8 +7,9 @@ Owns the mapping, one outcome at a time, in the chain's order:
   or the configured retention): on the edge only.
 - ``SaveAttributes``: the device's attributes of the node's scope, on the edge only.
 - ``PushToCloud``: the cloud event of the message, in the lane the node gives it: telemetry
-  (TIMESERIES_UPDATED), attributes (ATTRIBUTES_UPDATED) or an alarm (ADDED, UPDATED or
-  ALARM_CLEAR, read from the alarm nodes' metadata as ThingsBoard's push node does).
+  (TIMESERIES_UPDATED), attributes (ATTRIBUTES_UPDATED) or an alarm (ADDED when the alarm
+  node's metadata says ``isNewAlarm``, ALARM_CLEAR for ``isClearedAlarm``, else UPDATED, as
+  ThingsBoard's push node reads it).
 - ``CreateAlarm`` / ``ClearAlarm``: the alarm's state lives in the entity's rule state (saved
   with the Append); the cloud hears of it only when the ALARM message is pushed.
 - ``Log``: one log line (ThingsBoard's TbLogNode logs at INFO).
@@ -59,8 +60,8 @@ from edge_sync.storage.records import Action, Lane, NewEvent, Scope
 
 _log = logger.bind(component="rules")
 
-_ALARM_ACTIONS = (("isNewAlarm", Action.ADDED), ("isExistingAlarm", Action.UPDATED),
-                  ("isClearedAlarm", Action.ALARM_CLEAR))
+# ThingsBoard's AbstractTbMsgPushNode.getAlarmActionType: new, else cleared, else an update
+_ALARM_ACTIONS = (("isNewAlarm", Action.ADDED), ("isClearedAlarm", Action.ALARM_CLEAR))
 
 
 class RuleCounters:
@@ -108,10 +109,8 @@ def telemetry_msg(device_id: uuid.UUID, ts: int, values: Mapping[str, Any],
 
 def attributes_msg(device_id: uuid.UUID, ts: int, values: Mapping[str, Any],
                    name: str | None, device_type: str | None) -> RuleMsg:
-    meta = device_metadata(name, device_type, ts)
-    meta["scope"] = Scope.CLIENT.value
     return RuleMsg(POST_ATTRIBUTES_REQUEST, Originator("DEVICE", str(device_id)), dict(values),
-                   meta, ts)
+                   device_metadata(name, device_type, ts), ts)
 
 
 @dataclass(slots=True)
@@ -206,8 +205,7 @@ def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, counters: RuleCoun
         if event is None:
             counters.failed(o.node)
             _log_failure(counters.runtime, entity_id, Failed(
-                o.node, "an ALARM message without an alarm id or an alarm node's metadata "
-                "(isNewAlarm, isExistingAlarm, isClearedAlarm)"), now_ms)
+                o.node, "an ALARM message whose data has no alarm id"), now_ms)
             return
         out.events.append(event)
     elif o.msg_type == POST_TELEMETRY_REQUEST:
@@ -232,13 +230,12 @@ def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, counters: RuleCoun
 
 
 def _alarm_event(entity_id: uuid.UUID, o: PushToCloud, lane: Lane) -> NewEvent | None:
-    action = next((a for flag, a in _ALARM_ACTIONS if o.metadata.get(flag) == "true"), None)
+    action = next((a for flag, a in _ALARM_ACTIONS if o.metadata.get(flag) == "true"),
+                  Action.UPDATED)
     data = o.data if isinstance(o.data, dict) else {}
     try:
         alarm_id = uuid.UUID(str(data.get("id")))
     except ValueError:
-        return None
-    if action is None:
         return None
     body = {**data, "id": str(alarm_id), "originator": str(entity_id)}
     return NewEvent("ALARM", "ALARM", alarm_id, action, body, o.ts, lane)

@@ -357,9 +357,8 @@ class RuleEngine:
             if msg.type not in PUSHABLE_TYPES:
                 raise NodeFailure(f"unsupported message type {msg.type} (pushes "
                                   f"{', '.join(PUSHABLE_TYPES)})")
-            scope = str(config["scope"])
-            if msg.type in (ATTRIBUTES_UPDATED, ATTRIBUTES_DELETED):
-                scope = msg.metadata.get("scope", scope)
+            # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's
+            scope = msg.metadata.get("scope") or str(config["scope"])
             out.append(PushToCloud(where, origin, msg.type, scope, lane_of(msg.type), msg.data,
                                    dict(msg.metadata), _meta_ts(msg)))
             return [(SUCCESS, msg)]

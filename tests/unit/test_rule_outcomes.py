@@ -1,0 +1,172 @@
+"""actors/rule_outcomes.py: a chain's outcomes turned into the events and mutations of the
+message's Append, counted per node, failures logged at most once a minute per node."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from loguru import logger
+
+from edge_sync.actors.messages import PutAttributes, PutLatestTelemetry, PutLocalTimeseries
+from edge_sync.actors.rule_outcomes import (
+    RuleCounters,
+    attributes_msg,
+    plan,
+    telemetry_msg,
+)
+from edge_sync.metrics import Metrics
+from edge_sync.rules.chain import parse
+from edge_sync.rules.engine import (
+    ClearAlarm,
+    CreateAlarm,
+    Failed,
+    Log,
+    PushToCloud,
+    SaveAttributes,
+    SaveTimeseries,
+    Visited,
+)
+from edge_sync.rules.runtime import RulesRuntime
+from edge_sync.storage.records import Action, Lane, NewEvent, Scope
+
+DEV = uuid.UUID("00000000-0000-0000-0000-00000000d001")
+ALARM_ID = "00000000-0000-0000-0000-0000000a1a01"
+ORIGIN = ("DEVICE", str(DEV))
+NOW = 1_700_000_000_000
+
+
+@pytest.fixture
+def counters() -> RuleCounters:
+    runtime = RulesRuntime()
+    chain, meta = parse({"ruleChain": {"name": "c", "type": "CORE"}, "metadata": {
+        "firstNodeIndex": 0, "connections": [], "nodes": [
+            {"type": "org.thingsboard.rule.engine.edge.TbMsgPushToCloudNode", "name": "push",
+             "configuration": {"scope": "SERVER_SCOPE"}}]}})
+    runtime.install(chain, meta, "file:c.json", NOW)
+    return RuleCounters(runtime, Metrics())
+
+
+@pytest.fixture
+def warnings() -> Iterator[list[str]]:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
+    yield lines
+    logger.remove(sink)
+
+
+def push(msg_type: str, data: Any, *, lane: str = "NORMAL", ts: int = 5,
+         metadata: dict[str, str] | None = None) -> PushToCloud:
+    return PushToCloud("nodes[0] 'push'", ORIGIN, msg_type, "SERVER_SCOPE", lane, data,
+                       metadata or {}, ts)
+
+
+def test_messages_carry_thingsboards_transport_metadata() -> None:
+    t = telemetry_msg(DEV, 7, {"a": 1}, "boiler-1", "thermo")
+    assert (t.type, t.data, dict(t.metadata), t.ts) == (
+        "POST_TELEMETRY_REQUEST", {"a": 1},
+        {"ts": "7", "deviceName": "boiler-1", "deviceType": "thermo"}, 7)
+    a = attributes_msg(DEV, 8, {"fw": "1.2"}, None, None)
+    assert (a.type, a.data, dict(a.metadata)) == ("POST_ATTRIBUTES_REQUEST", {"fw": "1.2"},
+                                                   {"ts": "8"})
+
+
+def test_save_timeseries_keeps_latest_and_local_points_only(counters: RuleCounters) -> None:
+    out = plan(DEV, [SaveTimeseries("n", ORIGIN, 10, {"t": 1, "h": 2}, 60),
+                     SaveTimeseries("n", ORIGIN, 9, [{"ts": 11, "values": {"t": 3}}], 0)],
+               counters, NOW)
+    assert out.events == []
+    assert out.mutations == [
+        PutLatestTelemetry(DEV, (("t", 10, 1), ("h", 10, 2))),
+        PutLocalTimeseries(DEV, ((10, (("t", 1), ("h", 2))),), 60),
+        PutLatestTelemetry(DEV, (("t", 11, 3),)),
+        PutLocalTimeseries(DEV, ((11, (("t", 3),)),), 0),
+    ]
+    assert (out.kept_local, out.pushed) == (2, 0)
+
+
+def test_save_attributes_in_the_nodes_scope(counters: RuleCounters) -> None:
+    out = plan(DEV, [SaveAttributes("n", ORIGIN, "SHARED_SCOPE", {"mode": 2})], counters, NOW)
+    assert out.mutations == [PutAttributes(DEV, Scope.SHARED, (("mode", 2),), NOW)]
+
+
+def test_push_makes_the_cloud_event_in_the_nodes_lane(counters: RuleCounters) -> None:
+    out = plan(DEV, [push("POST_TELEMETRY_REQUEST", {"t": 1}, ts=42),
+                     push("POST_ATTRIBUTES_REQUEST", {"fw": "2"}, ts=43),
+                     push("POST_TELEMETRY_REQUEST", {"t": 2}, lane="HIGH", ts=44)],
+               counters, NOW)
+    assert out.events == [
+        NewEvent("DEVICE", "DEVICE", DEV, Action.TIMESERIES_UPDATED,
+                 {"ts": 42, "values": {"t": 1}}, 42, Lane.NORMAL),
+        NewEvent("DEVICE", "DEVICE", DEV, Action.ATTRIBUTES_UPDATED,
+                 {"scope": "SERVER_SCOPE", "kv": {"fw": "2"}}, 43, Lane.NORMAL),
+        NewEvent("DEVICE", "DEVICE", DEV, Action.TIMESERIES_UPDATED,
+                 {"ts": 44, "values": {"t": 2}}, 44, Lane.HIGH),
+    ]
+    assert (out.pushed, out.mutations) == (3, [])
+
+
+@pytest.mark.parametrize(("flag", "action"), [
+    ("isNewAlarm", Action.ADDED), ("isClearedAlarm", Action.ALARM_CLEAR),
+    ("isExistingAlarm", Action.UPDATED), (None, Action.UPDATED)])
+def test_an_alarm_message_is_pushed_as_thingsboards_push_node_reads_it(
+        counters: RuleCounters, flag: str | None, action: Action) -> None:
+    body = {"id": ALARM_ID, "type": "High Temperature", "severity": "CRITICAL",
+            "status": "ACTIVE_UNACK"}
+    out = plan(DEV, [push("ALARM", body, lane="HIGH",
+                          metadata={flag: "true"} if flag else None)], counters, NOW)
+    assert out.events == [NewEvent("ALARM", "ALARM", uuid.UUID(ALARM_ID), action,
+                                   {**body, "originator": str(DEV)}, 5, Lane.HIGH)]
+
+
+def test_alarm_state_changes_alone_send_nothing(counters: RuleCounters) -> None:
+    alarm = {"id": ALARM_ID, "type": "Hot"}
+    out = plan(DEV, [CreateAlarm("n", ORIGIN, "Hot", "MAJOR", {}, 1, ALARM_ID, True, alarm),
+                     ClearAlarm("n", ORIGIN, "Hot", {}, 2, ALARM_ID, alarm)], counters, NOW)
+    assert (out.events, out.mutations) == ([], [])
+
+
+def test_visits_and_failures_are_counted_per_node(counters: RuleCounters) -> None:
+    plan(DEV, [Visited("a"), Visited("b"), Failed("b", "boom"), Visited("a")], counters, NOW)
+    assert counters.runtime.counts() == {"a": {"in": 2, "failed": 0},
+                                         "b": {"in": 1, "failed": 1}}
+    assert counters._in is not None and counters._in.values() == {"a": 2, "b": 1}
+    assert counters._failed is not None and counters._failed.values() == {"b": 1}
+
+
+def test_a_failing_node_is_logged_once_a_minute_with_what_was_not_logged(
+        counters: RuleCounters, warnings: list[str]) -> None:
+    for i in range(5):
+        plan(DEV, [Failed("nodes[1] 'hot?'", "ScriptTimeout: over 100 ms")], counters, NOW + i)
+    plan(DEV, [Failed("nodes[1] 'hot?'", "ScriptTimeout: over 100 ms")], counters,
+         NOW + 61_000)
+    assert warnings == [
+        "rule node nodes[1] 'hot?' failed: ScriptTimeout: over 100 ms; the message goes by "
+        "Failure",
+        "rule node nodes[1] 'hot?' failed: ScriptTimeout: over 100 ms; the message goes by "
+        "Failure (4 more failures of this node since the last line)",
+    ]
+
+
+def test_data_that_is_not_telemetry_fails_the_node_and_pushes_nothing(
+        counters: RuleCounters, warnings: list[str]) -> None:
+    out = plan(DEV, [push("POST_TELEMETRY_REQUEST", "text"),
+                     SaveTimeseries("s", ORIGIN, 1, 42, 0),
+                     push("ALARM", {"type": "no id"})], counters, NOW)
+    assert (out.events, out.mutations, out.pushed) == ([], [], 0)
+    assert counters.runtime.counts()["nodes[0] 'push'"]["failed"] == 2
+    assert counters.runtime.counts()["s"]["failed"] == 1
+    assert len(warnings) == 2  # one line per node
+
+
+def test_log_outcomes_are_logged_at_info(counters: RuleCounters) -> None:
+    lines: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])),
+                      level="INFO", filter=lambda r: r["extra"].get("component") == "rules")
+    try:
+        plan(DEV, [Log("nodes[2] 'log'", "temperature 21")], counters, NOW)
+    finally:
+        logger.remove(sink)
+    assert lines == [("INFO", "temperature 21")]
