@@ -43,6 +43,7 @@ from edge_sync.cli.common import (
     config_option,
     exit_code_for_refusal,
     fail,
+    install_stop_handlers,
     print_json,
     reader_gone,
     run_until_signal,
@@ -261,12 +262,13 @@ def _serve(cfg: CloudConfig) -> int:
     except StorageError as exc:
         logger.bind(data_dir=str(cfg.storage.data_dir)).error("storage unusable: {}", exc)
         return fail(f"storage unusable: {exc}", EXIT_STORAGE)
+    requested = install_stop_handlers()  # a SIGTERM while starting is a clean stop too
     try:
         server.start()
     except EdgeSyncError as exc:
         logger.error("start-up failed: {}", exc)
         return fail(f"start-up failed: {exc}", EXIT_CONFIG)
-    run_until_signal(server.wait, server.stop)
+    run_until_signal(server.wait, server.stop, requested=requested)
     return EXIT_OK
 
 

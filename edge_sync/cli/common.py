@@ -56,17 +56,11 @@ def config_option(parser: argparse.ArgumentParser, default: str) -> argparse.Arg
     return parent
 
 
-def run_until_signal(
-    ended: Callable[[float], bool], stop: Callable[[], None], *, poll_s: float = 0.2
-) -> bool:
-    """The foreground loop of ``edge-sync run`` and ``edge-cloud serve``.
-
-    SIGTERM and SIGINT request a stop (each logged as "stop requested" with the signal's name).
-    Waits until one does, or until ``ended(timeout)`` reports that the process ended on its own
-    (the edge's supervisor gave up), then calls ``stop()`` on this thread. The handlers stay
-    installed while stopping, so a second Ctrl-C does not interrupt the clean stop. Returns True
-    when a signal asked for the stop. Call it from the main thread (Python's rule for signals).
-    """
+def install_stop_handlers() -> threading.Event:
+    """SIGTERM and SIGINT request a stop from now on (each logged as "stop requested" with the
+    signal's name): the returned event is set. Installed before a service starts, so a signal
+    that comes while it starts (its ports may already answer) is a clean stop, not a kill by the
+    signal's default action. Call it from the main thread (Python's rule for signals)."""
     requested = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -75,6 +69,23 @@ def run_until_signal(
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, on_signal)
+    return requested
+
+
+def run_until_signal(
+    ended: Callable[[float], bool], stop: Callable[[], None], *, poll_s: float = 0.2,
+    requested: threading.Event | None = None,
+) -> bool:
+    """The foreground loop of ``edge-sync run`` and ``edge-cloud serve``.
+
+    Waits until a stop is requested (``requested``, from install_stop_handlers; installed here
+    when not given), or until ``ended(timeout)`` reports that the process ended on its own (the
+    edge's supervisor gave up), then calls ``stop()`` on this thread. The handlers stay
+    installed while stopping, so a second Ctrl-C does not interrupt the clean stop. Returns True
+    when a signal asked for the stop. Call it from the main thread (Python's rule for signals).
+    """
+    if requested is None:
+        requested = install_stop_handlers()
     try:
         while not requested.is_set() and not ended(poll_s):
             pass

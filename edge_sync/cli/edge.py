@@ -36,6 +36,7 @@ from edge_sync.cli.common import (
     config_option,
     exit_code_for_refusal,
     fail,
+    install_stop_handlers,
     print_json,
     reader_gone,
     run_until_signal,
@@ -228,6 +229,7 @@ def _run(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     except StorageError as exc:
         logger.bind(data_dir=str(cfg.storage.data_dir)).error("storage unusable: {}", exc)
         return fail(f"storage unusable: {exc}", EXIT_STORAGE)
+    requested = install_stop_handlers()  # a SIGTERM while starting is a clean stop too
     try:
         app.start()
     except EdgeSyncError as exc:
@@ -235,7 +237,8 @@ def _run(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         app.store.close()
         return fail(f"start-up failed: {exc}", EXIT_CONFIG)
     tune_gc_for_service()  # this process is the agent's alone (not in EdgeApp: see there)
-    run_until_signal(lambda timeout: app.wait(timeout) is not None, app.stop)
+    run_until_signal(lambda timeout: app.wait(timeout) is not None, app.stop,
+                     requested=requested)
     code = app.wait(0)
     if code == EXIT_GAVE_UP:
         logger.error("supervisor gave up (restart intensity exceeded); exiting with code 3")
