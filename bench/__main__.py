@@ -19,6 +19,7 @@ benchmarks:
   rpc       server-side RPC round trip cloud -> device -> cloud at 100 and 1,000/s, shared-attribute fan-out
   mqtt      device MQTT server vs Mosquitto: QoS 1 msgs/s, PUBACK latency, RSS of 10,000 idle clients
   sync      an edge's first full sync of 10,000 entities: entities/s, peak RSS, exactness
+  rules     ingest with a 6-node rule chain vs none, cloud traffic saved by an aggregation chain
 
 Each benchmark prints progress on stderr and one JSON line (the last line of stdout).
 `scripts/bench <benchmark> --help` lists its options.
@@ -60,9 +61,15 @@ def _sync(argv: Sequence[str]) -> int:
     return sync.main(argv)
 
 
+def _rules(argv: Sequence[str]) -> int:
+    from bench import rules
+
+    return rules.main(argv)
+
+
 BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "ingest": _ingest, "e2e": _e2e, "compare": _compare, "rpc": _rpc, "mqtt": _mqtt,
-    "sync": _sync}
+    "sync": _sync, "rules": _rules}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
