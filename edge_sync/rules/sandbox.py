@@ -270,9 +270,8 @@ class ScriptEngine:
                     raise ScriptMemoryExceeded(
                         f"the script exceeded its {self.limits.memory_limit_bytes} byte memory cap") from None
                 raise ScriptRuntimeError(_locate(text, self._body_lines)) from None
-            finally:
-                if self._context is not None:
-                    self._context.gc()
+            # no Context.gc() per call: QuickJS collects on its own allocation threshold, and
+            # the binding's gc() runs a full Python gc.collect() (milliseconds, under the GIL)
         if not isinstance(out, str):
             raise ScriptRuntimeError(f"the script's value is not JSON-able: {out!r}")
         result = json.loads(out)
