@@ -415,14 +415,7 @@ class QueueActor(SupervisedActor):
     def _purge_local(self, now_ms: int) -> None:
         """Expired local timeseries points, in batches of _PURGE_BATCH (one transaction each)."""
         total = 0
-        while True:
-            try:
-                n = int(self._store.write(
-                    lambda txn: self._rules.purge_expired(txn, now_ms, _PURGE_BATCH),
-                    maintenance=True))
-            except QueueFull as exc:
-                _log.bind(reason=str(exc)).warning("local timeseries purge postponed: {}", exc)
-                break
+        while (n := self._local_batch(now_ms, "local timeseries purge postponed")) is not None:
             total += n
             if n < _PURGE_BATCH:
                 break
@@ -434,18 +427,23 @@ class QueueActor(SupervisedActor):
     def _drop_local_for_room(self) -> None:
         """Storage full: the local timeseries points that expire soonest go first (one batch),
         before any new data is refused or any event evicted; counted and logged."""
-        try:
-            n = int(self._store.write(
-                lambda txn: self._rules.purge_expired(txn, INT64_MAX, _PURGE_BATCH),
-                maintenance=True))
-        except QueueFull as exc:
-            _log.bind(reason=str(exc)).warning("local timeseries points cannot be dropped: {}", exc)
-            return
+        n = self._local_batch(INT64_MAX, "local timeseries points cannot be dropped")
         if n:
             self._local_dropped.inc(n)
             _log.bind(count=n).warning(
                 "storage full: dropped the {} local timeseries points that expire soonest", n)
             self._store.room_made()
+
+    def _local_batch(self, expired_by_ms: int, postponed: str) -> int | None:
+        """Delete up to _PURGE_BATCH local points expiring before ``expired_by_ms``, soonest
+        first, in one transaction: how many; None (logged) when the store refused it."""
+        try:
+            return int(self._store.write(
+                lambda txn: self._rules.purge_expired(txn, expired_by_ms, _PURGE_BATCH),
+                maintenance=True))
+        except QueueFull as exc:
+            _log.bind(reason=str(exc)).warning("{}: {}", postponed, exc)
+            return None
 
     def _purge_batch(self, older_than_ms: int) -> int:
         return int(self._store.write(
