@@ -1,10 +1,13 @@
 """Helpers shared by the benchmarks: progress output, statistics, free ports, process RSS, open
-file limits, stopping the processes they start, the edge as a subprocess (EdgeProcess, for
-bench/sync.py and bench/rpc.py), and Mosquitto (finding or installing Debian's package, writing a
-broker's config file). No LMDB of its own: the edge it starts has its store in a fresh folder."""
+file limits, stopping the processes they start, the edge's environment, the agent in process with
+a closed-loop poster of telemetry batches (for bench/ingest.py and bench/rules.py), the edge as a
+subprocess (EdgeProcess, for bench/sync.py and bench/rpc.py), and Mosquitto (finding or installing
+Debian's package, writing a broker's config file). No LMDB of its own: the edge it starts has its
+store in a fresh folder."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -16,15 +19,22 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bench.e2e import Cloud
+    from edge_sync.api.payloads import Entry
+    from edge_sync.app import EdgeApp
 
 _T0 = time.monotonic()
 
@@ -194,6 +204,138 @@ def wait_port(port: int, proc: subprocess.Popen[Any], what: str, log: Path,
         time.sleep(0.01)
 
 
+# -- the edge's environment, and the agent in process ---------------------------------------------
+
+
+def edge_env(data_dir: Path, *, http_port: int = 0, admin_port: int = 0,
+             mqtt_port: int | None = None) -> dict[str, str]:
+    """The agent's environment: the caller's, with the store, ports and log level overridden.
+    The device MQTT API is off unless ``mqtt_port`` is given (then on 127.0.0.1 there), so an
+    agent never takes 1883."""
+    env = dict(os.environ)
+    env.update(
+        EDGE_DATA_DIR=str(data_dir),
+        EDGE_HTTP_HOST="127.0.0.1",
+        EDGE_HTTP_PORT=str(http_port),
+        EDGE_ADMIN_PORT=str(admin_port),
+        EDGE_MQTT_ENABLED="false" if mqtt_port is None else "true",
+        EDGE_MQTT_HOST="127.0.0.1",
+        EDGE_MQTT_PORT=str(mqtt_port or 0),
+        EDGE_MQTT_TLS_ENABLED="false",
+        EDGE_LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+@contextlib.contextmanager
+def inproc_app(workdir: Path, prefix: str, **env: str) -> Iterator[EdgeApp]:
+    """``EdgeApp(cfg).start()`` on a fresh store in a temporary folder (``prefix``) under
+    ``workdir``, configured like ``edge-sync run`` from edge_env() with ``env`` on top; stopped
+    (at most 60 s) and its folder removed when the block ends."""
+    from edge_sync.app import EdgeApp
+    from edge_sync.config import load_edge_config
+    from edge_sync.logsetup import configure_logging
+
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=workdir) as tmp:
+        cfg = load_edge_config(None, {**edge_env(Path(tmp) / "edge"), **env})
+        configure_logging(cfg.log, component="bench")
+        app = EdgeApp(cfg).start()
+        try:
+            yield app
+        finally:
+            app.stop(timeout=60.0)
+
+
+def create_devices(app: EdgeApp, prefix: str, count: int) -> list[uuid.UUID]:
+    """``count`` devices ``prefix-0`` ... created through the in-process API (committed)."""
+    created = [app.service.create_device(f"{prefix}-{i}") for i in range(count)]
+    for _device, future in created:
+        future.result(timeout=30)
+    return [device.id for device, _ in created]
+
+
+@dataclass(frozen=True, slots=True)
+class PostTally:
+    """What post_closed_loop()'s threads did, in entries."""
+
+    committed: int
+    """Committed within the measured ``duration`` (after the warm-up)."""
+    posted: int
+    """Posted in all: warm-up, measured interval and tail."""
+    uncommitted: int
+    """Of the tail (the posts in flight at the end), not committed within ``tail_s``."""
+
+
+def post_closed_loop(post: Callable[[uuid.UUID, tuple[Entry, ...]], Future[Any]],
+                     devices: Sequence[uuid.UUID], batches: Sequence[tuple[Entry, ...]], *,
+                     threads: int, window: int, duration: float, warmup: float = 0.0,
+                     tail_s: float = 60.0, what: str = "post_entries") -> PostTally:
+    """Closed-loop posting through the in-process API: ``threads`` threads, each with its share
+    of ``devices``, post ``batches`` in turn with ``post`` (``app.service.post_entries``) and keep
+    ``window`` futures outstanding, for ``warmup`` + ``duration`` seconds from a common start. A
+    batch counts when its future resolved (committed) within the ``duration`` after the warm-up.
+    The posts in flight when the time is up (the tail) are waited for, at most ``tail_s`` in
+    all, so that the app stops idle. RuntimeError (``what`` failed) when a post raised."""
+    sizes = {len(b) for b in batches}
+    if len(sizes) != 1:
+        raise ValueError(f"batches of one size expected, got sizes {sorted(sizes)}")
+    (size,) = sizes
+    barrier = threading.Barrier(threads + 1)
+    committed = [0] * threads
+    posted = [0] * threads
+    uncommitted = [0] * threads
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        mine = list(devices[index::threads]) or list(devices)
+        pending: collections.deque[Future[Any]] = collections.deque()
+        n = done = 0
+        barrier.wait()
+        begin = time.perf_counter() + warmup
+        deadline = begin + duration
+        try:
+            while True:
+                while len(pending) < window:
+                    pending.append(post(mine[n % len(mine)], batches[n % len(batches)]))
+                    n += 1
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    pending[0].result(timeout=remaining)
+                except TimeoutError:
+                    break
+                pending.popleft()
+                now = time.perf_counter()
+                if now > deadline:
+                    break
+                if now >= begin:
+                    done += size
+            committed[index] = done
+            posted[index] = n * size
+            tail_deadline = time.monotonic() + tail_s
+            for future in pending:  # not counted
+                try:
+                    future.result(timeout=max(0.0, tail_deadline - time.monotonic()))
+                except TimeoutError:
+                    uncommitted[index] += size
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=worker, args=(i,), name=f"bench-{i}", daemon=True)
+               for i in range(threads)]
+    for t in workers:
+        t.start()
+    barrier.wait()
+    for t in workers:
+        t.join(timeout=warmup + duration + tail_s + 60)
+    if errors:
+        raise RuntimeError(f"{what} failed: {errors[0]!r}") from errors[0]
+    if any(t.is_alive() for t in workers):
+        raise RuntimeError("posting threads did not finish")
+    return PostTally(sum(committed), sum(posted), sum(uncommitted))
+
+
 # -- the edge, as a subprocess -------------------------------------------------------------------
 
 
@@ -202,8 +344,6 @@ class EdgeProcess:
     bench/sync.py and bench/rpc.py measure)."""
 
     def __init__(self, data_dir: Path, cloud: Cloud) -> None:
-        from bench.ingest import edge_env  # bench/ingest.py imports this module
-
         self.data_dir = data_dir
         self.http_port, self.admin_port = free_port(), free_port()
         self.env = edge_env(data_dir, http_port=self.http_port, admin_port=self.admin_port)

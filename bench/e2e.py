@@ -105,6 +105,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    edge_env,
     emit,
     free_port,
     median,
@@ -118,7 +119,7 @@ from bench.common import (
     set_progress_origin,
     terminate,
 )
-from bench.ingest import edge_env, make_entries, new_events
+from bench.ingest import make_entries, new_events
 
 TARGETS: dict[str, float] = {
     "sustained_ratio": 0.4,  # at least

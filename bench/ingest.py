@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import math
 import os
@@ -42,11 +41,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -56,11 +53,15 @@ import lmdb
 
 from bench.common import (
     CpuMeter,
+    create_devices,
+    edge_env,
     emit,
     free_port,
+    inproc_app,
     median,
     peak_rss_mb,
     percentile,
+    post_closed_loop,
     progress,
     rounded,
 )
@@ -68,7 +69,6 @@ from edge_sync.actors.address import Address
 from edge_sync.actors.entity import EntityActor
 from edge_sync.actors.messages import Append, PostTelemetry
 from edge_sync.api.payloads import Entry
-from edge_sync.config import EdgeConfig, load_edge_config
 from edge_sync.storage import codec
 from edge_sync.storage.records import NIL_UUID, NewEvent
 
@@ -126,26 +126,6 @@ def new_events(entity_id: uuid.UUID, entries: tuple[Entry, ...]) -> tuple[NewEve
     return append.events
 
 
-def edge_env(data_dir: Path, *, http_port: int = 0, admin_port: int = 0,
-             mqtt_port: int | None = None) -> dict[str, str]:
-    """The agent's environment: the caller's, with the store, ports and log level overridden.
-    The device MQTT API is off unless ``mqtt_port`` is given (then on 127.0.0.1 there), so an
-    agent never takes 1883."""
-    env = dict(os.environ)
-    env.update(
-        EDGE_DATA_DIR=str(data_dir),
-        EDGE_HTTP_HOST="127.0.0.1",
-        EDGE_HTTP_PORT=str(http_port),
-        EDGE_ADMIN_PORT=str(admin_port),
-        EDGE_MQTT_ENABLED="false" if mqtt_port is None else "true",
-        EDGE_MQTT_HOST="127.0.0.1",
-        EDGE_MQTT_PORT=str(mqtt_port or 0),
-        EDGE_MQTT_TLS_ENABLED="false",
-        EDGE_LOG_LEVEL="WARNING",
-    )
-    return env
-
-
 # -- raw LMDB ceiling ----------------------------------------------------------------------------
 
 
@@ -197,71 +177,20 @@ def measure_raw(opts: Options, workdir: Path) -> RawResult:
 
 def measure_inproc(opts: Options, workdir: Path) -> float:
     """Events/s committed through app.service.post_entries by ``opts.threads`` threads."""
-    from edge_sync.app import EdgeApp
-    from edge_sync.logsetup import configure_logging
-
-    with tempfile.TemporaryDirectory(prefix="inproc-", dir=workdir) as tmp:
-        cfg: EdgeConfig = load_edge_config(None, edge_env(Path(tmp) / "edge"))
-        configure_logging(cfg.log, component="bench")
-        app = EdgeApp(cfg).start()
-        try:
-            return _drive_inproc(app, opts)
-        finally:
-            app.stop(timeout=60.0)
+    with inproc_app(workdir, "inproc-") as app:
+        return _drive_inproc(app, opts)
 
 
 def _drive_inproc(app: Any, opts: Options) -> float:
-    created = [app.service.create_device(f"bench-{i}") for i in range(opts.inproc_devices)]
-    for _device, future in created:
-        future.result(timeout=30)
-    device_ids = [device.id for device, _ in created]
+    device_ids = create_devices(app, "bench", opts.inproc_devices)
     batches = [make_entries(opts.batch, _TS0 + k * opts.batch) for k in range(64)]
-    post = app.service.post_entries
-    barrier = threading.Barrier(opts.threads + 1)
-    counted = [0] * opts.threads
-    errors: list[BaseException] = []
-
-    def worker(index: int) -> None:
-        mine = device_ids[index :: opts.threads] or device_ids
-        pending: collections.deque[Future[range]] = collections.deque()
-        n = 0
-        done = 0
-        barrier.wait()
-        deadline = time.perf_counter() + opts.duration
-        try:
-            while True:
-                while len(pending) < opts.window:
-                    pending.append(post(mine[n % len(mine)], batches[n % len(batches)]))
-                    n += 1
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    pending[0].result(timeout=remaining)
-                except TimeoutError:
-                    break
-                pending.popleft()
-                if time.perf_counter() > deadline:
-                    break
-                done += opts.batch
-            counted[index] = done
-            for future in pending:  # let the tail commit before the app stops (not counted)
-                future.result(timeout=60)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,), name=f"bench-{i}", daemon=True)
-               for i in range(opts.threads)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    for t in threads:
-        t.join(timeout=opts.duration + 120)
-    if errors:
-        raise RuntimeError(f"in-process post_entries failed: {errors[0]!r}") from errors[0]
-    if any(t.is_alive() for t in threads):
-        raise RuntimeError("in-process workers did not finish")
-    return sum(counted) / opts.duration
+    tally = post_closed_loop(app.service.post_entries, device_ids, batches,
+                             threads=opts.threads, window=opts.window, duration=opts.duration,
+                             what="in-process post_entries")
+    if tally.uncommitted:
+        raise RuntimeError(f"in-process post_entries failed: {tally.uncommitted:,} entries in "
+                           "flight at the end were not committed 60 s later")
+    return tally.committed / opts.duration
 
 
 # -- HTTP against a real agent ---------------------------------------------------------------------

@@ -59,16 +59,23 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.common import CpuMeter, emit, median, progress, rounded
+from bench.common import (
+    CpuMeter,
+    create_devices,
+    emit,
+    inproc_app,
+    median,
+    post_closed_loop,
+    progress,
+    rounded,
+)
 from bench.e2e import machine_load
-from bench.ingest import edge_env
 from edge_sync.api.payloads import Entry
-from edge_sync.config import load_edge_config
 from edge_sync.storage.records import Action
 
 if TYPE_CHECKING:
@@ -167,18 +174,13 @@ def write_chain(path: Path, chain: dict[str, Any]) -> Path:
 # -- the agent in process --------------------------------------------------------------------------
 
 
-def start_app(data_dir: Path, chain_file: Path | None) -> EdgeApp:
-    """EdgeApp started on ``data_dir`` with ``rules.file`` = ``chain_file`` (None: no chain, also
-    when the caller's environment names one)."""
-    from edge_sync.app import EdgeApp
-    from edge_sync.logsetup import configure_logging
-
-    env = edge_env(data_dir)
-    env["EDGE_RULES_FILE"] = "" if chain_file is None else str(chain_file)
-    env["CLOUD_ROUTING_KEY"] = ""  # no link: the events stay queued, where they are counted
-    cfg = load_edge_config(None, env)
-    configure_logging(cfg.log, component="bench")
-    return EdgeApp(cfg).start()
+def chain_app(workdir: Path, prefix: str,
+              chain_file: Path | None) -> AbstractContextManager[EdgeApp]:
+    """The agent in process on a fresh store (inproc_app) with ``rules.file`` = ``chain_file``
+    (None: no chain, also when the caller's environment names one), stopped when the block ends."""
+    rules_file = "" if chain_file is None else str(chain_file)
+    # no cloud link: the events stay queued, where they are counted
+    return inproc_app(workdir, prefix, EDGE_RULES_FILE=rules_file, CLOUD_ROUTING_KEY="")
 
 
 def chain_problems(app: EdgeApp, chain_file: Path | None) -> list[str]:
@@ -207,13 +209,6 @@ def total_events(app: EdgeApp) -> int:
         return EventLog(app.store).counts(txn).total
 
 
-def create_devices(app: EdgeApp, prefix: str, count: int) -> list[uuid.UUID]:
-    created = [app.service.create_device(f"{prefix}-{i}") for i in range(count)]
-    for _device, future in created:
-        future.result(timeout=30)
-    return [device.id for device, _ in created]
-
-
 # -- ingest, with and without the chain ------------------------------------------------------------
 
 
@@ -234,26 +229,22 @@ def measure_ingest(opts: Options, workdir: Path, chain_file: Path | None) -> Ing
     """Entries/s committed through post_entries, with ``chain_file`` in force (or none)."""
     out = IngestRun()
     label = "chain" if chain_file is not None else "no chain"
-    with tempfile.TemporaryDirectory(prefix="ingest-", dir=workdir) as tmp:
-        app = start_app(Path(tmp) / "edge", chain_file)
-        try:
-            out.errors += chain_problems(app, chain_file)
-            if out.errors:
-                return out
-            devices = create_devices(app, "bench", opts.devices)
-            batches = ingest_batches(opts.batch)
-            before = total_events(app)
-            # one entry per device first: the shards compile the chain, each device is loaded
-            for future in [app.service.post_entries(d, batches[0][:1]) for d in devices]:
-                future.result(timeout=TAIL_S)
-            out.eps, posted, tail_error = drive(app, opts, devices, batches)
-            out.posted = posted + len(devices)
-            if tail_error:
-                out.errors.append(tail_error)
-            else:
-                out.errors += check_ingest(app, chain_file, out.posted, before)
-        finally:
-            app.stop(timeout=60.0)
+    with chain_app(workdir, "ingest-", chain_file) as app:
+        out.errors += chain_problems(app, chain_file)
+        if out.errors:
+            return out
+        devices = create_devices(app, "bench", opts.devices)
+        batches = ingest_batches(opts.batch)
+        before = total_events(app)
+        # one entry per device first: the shards compile the chain, each device is loaded
+        for future in [app.service.post_entries(d, batches[0][:1]) for d in devices]:
+            future.result(timeout=TAIL_S)
+        out.eps, posted, tail_error = drive(app, opts, devices, batches)
+        out.posted = posted + len(devices)
+        if tail_error:
+            out.errors.append(tail_error)
+        else:
+            out.errors += check_ingest(app, chain_file, out.posted, before)
     out.errors = [f"{label}: {e}" for e in out.errors]
     return out
 
@@ -263,66 +254,15 @@ def drive(app: EdgeApp, opts: Options, devices: Sequence[uuid.UUID],
     """(entries/s committed within ``opts.duration`` after ``opts.warmup``, entries posted in
     all, why the tail did not commit or None). The posts in flight when the time is up (the
     tail) are waited for, at most TAIL_S, so that the app stops idle."""
-    post = app.service.post_entries
-    barrier = threading.Barrier(opts.threads + 1)
-    counted = [0] * opts.threads
-    posted = [0] * opts.threads
-    uncommitted = [0] * opts.threads
-    errors: list[BaseException] = []
-
-    def worker(index: int) -> None:
-        mine = list(devices[index :: opts.threads]) or list(devices)
-        pending: collections.deque[Future[range]] = collections.deque()
-        n = done = 0
-        barrier.wait()
-        begin = time.perf_counter() + opts.warmup
-        deadline = begin + opts.duration
-        try:
-            while True:
-                while len(pending) < opts.window:
-                    pending.append(post(mine[n % len(mine)], batches[n % len(batches)]))
-                    n += 1
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    pending[0].result(timeout=remaining)
-                except TimeoutError:
-                    break
-                pending.popleft()
-                now = time.perf_counter()
-                if now > deadline:
-                    break
-                if now >= begin:
-                    done += opts.batch
-            counted[index] = done
-            posted[index] = n * opts.batch
-            tail_deadline = time.monotonic() + TAIL_S
-            for future in pending:  # not counted
-                try:
-                    future.result(timeout=max(0.0, tail_deadline - time.monotonic()))
-                except TimeoutError:
-                    uncommitted[index] += opts.batch
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,), name=f"bench-{i}", daemon=True)
-               for i in range(opts.threads)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    for t in threads:
-        t.join(timeout=opts.warmup + opts.duration + TAIL_S + 60)
-    if errors:
-        raise RuntimeError(f"post_entries failed: {errors[0]!r}") from errors[0]
-    if any(t.is_alive() for t in threads):
-        raise RuntimeError("posting threads did not finish")
+    tally = post_closed_loop(app.service.post_entries, devices, batches, threads=opts.threads,
+                             window=opts.window, duration=opts.duration, warmup=opts.warmup,
+                             tail_s=TAIL_S)
     tail_error = None
-    if sum(uncommitted):
-        tail_error = (f"{sum(uncommitted):,} entries posted before the end were not committed "
-                      f"{TAIL_S:.0f} s later ({sum(counted):,} committed in the "
+    if tally.uncommitted:
+        tail_error = (f"{tally.uncommitted:,} entries posted before the end were not committed "
+                      f"{TAIL_S:.0f} s later ({tally.committed:,} committed in the "
                       f"{opts.duration:g} s measured)")
-    return sum(counted) / opts.duration, sum(posted), tail_error
+    return tally.committed / opts.duration, tally.posted, tail_error
 
 
 def check_ingest(app: EdgeApp, chain_file: Path | None, posted: int, before: int) -> list[str]:
@@ -420,43 +360,39 @@ def measure_aggregation(opts: Options, workdir: Path) -> AggResult:
     n, windows, interval = opts.agg_per_window, opts.agg_windows, opts.agg_interval_s
     chain_file = write_chain(workdir / "aggregate_chain.json",
                              aggregate_chain(interval, max(n, 10_000)))
-    with tempfile.TemporaryDirectory(prefix="aggregate-", dir=workdir) as tmp:
-        app = start_app(Path(tmp) / "edge", chain_file)
-        try:
-            out.errors += chain_problems(app, chain_file)
-            if out.errors:
-                return out
-            devices = create_devices(app, "agg", opts.agg_devices)
-            watch = SummaryWatch(app)
-            started = time.monotonic()
-            for w in range(windows):
-                t0 = time.monotonic()
-                futures = [app.service.post_entries(dev, tuple(
-                    (_TS0 + w * n + i, tuple((k, agg_value(k, d, w, i)) for k in AGG_KEYS))
-                    for i in range(n))) for d, dev in enumerate(devices)]
-                for future in futures:
-                    future.result(timeout=120)
-                    out.messages_in += n
-                want = len(devices) * (w + 1)
-                if not watch.wait_for(want, interval + _CLOSE_SLACK_S):
-                    out.errors.append(f"window {w + 1}: {watch.total} summaries queued after "
-                                      f"{interval + _CLOSE_SLACK_S:.0f} s, {want} expected")
-                    break
-                out.close_wait_s.append(time.monotonic() - t0)
-                progress(f"  aggregation window {w + 1}/{windows}: {len(devices) * n:,} messages, "
-                         f"{len(devices)} summaries queued {out.close_wait_s[-1]:.2f} s after "
-                         f"the first post")
-            out.seconds = time.monotonic() - started
-            out.events_out = watch.poll()
-            out.errors += check_summaries(watch, devices, opts)
-            for node in node_counts(app):
-                want_in = out.messages_in if node["type"] == "edge_sync.rules.AggregateNode" \
-                    else out.events_out
-                if node["in"] != want_in or node["failed"]:
-                    out.errors.append(f"{node['node']}: in {node['in']}, failed "
-                                      f"{node['failed']} ({want_in} expected, none failed)")
-        finally:
-            app.stop(timeout=60.0)
+    with chain_app(workdir, "aggregate-", chain_file) as app:
+        out.errors += chain_problems(app, chain_file)
+        if out.errors:
+            return out
+        devices = create_devices(app, "agg", opts.agg_devices)
+        watch = SummaryWatch(app)
+        started = time.monotonic()
+        for w in range(windows):
+            t0 = time.monotonic()
+            futures = [app.service.post_entries(dev, tuple(
+                (_TS0 + w * n + i, tuple((k, agg_value(k, d, w, i)) for k in AGG_KEYS))
+                for i in range(n))) for d, dev in enumerate(devices)]
+            for future in futures:
+                future.result(timeout=120)
+                out.messages_in += n
+            want = len(devices) * (w + 1)
+            if not watch.wait_for(want, interval + _CLOSE_SLACK_S):
+                out.errors.append(f"window {w + 1}: {watch.total} summaries queued after "
+                                  f"{interval + _CLOSE_SLACK_S:.0f} s, {want} expected")
+                break
+            out.close_wait_s.append(time.monotonic() - t0)
+            progress(f"  aggregation window {w + 1}/{windows}: {len(devices) * n:,} messages, "
+                     f"{len(devices)} summaries queued {out.close_wait_s[-1]:.2f} s after "
+                     f"the first post")
+        out.seconds = time.monotonic() - started
+        out.events_out = watch.poll()
+        out.errors += check_summaries(watch, devices, opts)
+        for node in node_counts(app):
+            want_in = out.messages_in if node["type"] == "edge_sync.rules.AggregateNode" \
+                else out.events_out
+            if node["in"] != want_in or node["failed"]:
+                out.errors.append(f"{node['node']}: in {node['in']}, failed "
+                                  f"{node['failed']} ({want_in} expected, none failed)")
     return out
 
 
