@@ -29,11 +29,13 @@ of a created/updated/cleared alarm is of type ``ALARM`` with the alarm's JSON as
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from edge_sync.rules import nodes as n
@@ -230,6 +232,17 @@ class RuleEngine:
         self._next: dict[tuple[int, str], list[int]] = {}
         for conn in meta.connections:
             self._next.setdefault((conn.from_index, conn.type), []).append(conn.to_index)
+        # per node: relation -> targets in connection order; how the node is named; its Visited
+        self._targets: list[dict[str, list[int]]] = [{} for _ in meta.nodes]
+        for (index, relation), targets in self._next.items():
+            self._targets[index][relation] = targets
+        self._where = [node.describe() for node in meta.nodes]
+        self._visited = [Visited(where) for where in self._where]
+        self._order = _topological(len(meta.nodes), self._next)
+        self.has_alarm_nodes = any(node.type in (n.CREATE_ALARM, n.CLEAR_ALARM)
+                                   for node in meta.nodes)
+        """Alarm nodes share state across messages (and read the clock, make ids) in message
+        order: ``run_many`` then runs the messages one by one."""
         self._keys = [self._key_of(node) for node in meta.nodes]
         self._index_of = {key: i for i, key in enumerate(self._keys)}
         self._scripts: dict[int, ScriptEngine | str] = {}
@@ -274,6 +287,28 @@ class RuleEngine:
             return []
         return self._walk([(first, msg)], {} if alarms is None else alarms)
 
+    def run_many(self, msgs: Sequence[RuleMsg], alarms: Alarms | None = None
+                 ) -> list[list[Outcome]]:
+        """Each message's outcomes, exactly as ``run(msg, alarms)`` for each in turn gives them,
+        computed node by node for all the messages at once (one script call per script node
+        for the whole batch, ``ScriptEngine.call_many``).
+
+        The walk: tokens (message index, path key, message) go through the nodes in a
+        topological order of the (acyclic) chain, so a node gets all its tokens before it runs;
+        a token's children get its path key plus their position in its ``following`` list, so
+        sorting a message's visits by path key gives the depth-first pre-order ``run`` produces.
+        A chain with alarm nodes (state shared across messages, in order) runs ``run`` per
+        message; so does a message whose walk takes more than ``max_steps`` visits (its run
+        stops at the limit), after the others. A script node calls its script on its tokens
+        ordered by message, then path: each script sees the calls in ``run``'s order, except a
+        step-limited message's, which come after the batch's."""
+        first = self.meta.first_node_index
+        if first is None:
+            return [[] for _ in msgs]
+        if self.has_alarm_nodes or len(msgs) < 2:
+            return [self.run(msg, alarms) for msg in msgs]
+        return self._walk_many(first, msgs, alarms)
+
     def resume(self, node_index: int, relation: str, msg: RuleMsg,
                alarms: Alarms | None = None) -> list[Outcome]:
         """Go on from ``node_index``'s connections of ``relation`` with ``msg`` (a window's
@@ -292,21 +327,102 @@ class RuleEngine:
             node = self.meta.nodes[index]
             steps += 1
             if steps > self.max_steps:
-                out.append(Failed(node.describe(),
+                out.append(Failed(self._where[index],
                                   f"step limit {self.max_steps} reached: the walk stops"))
                 return out
-            out.append(Visited(node.describe()))
+            out.append(self._visited[index])
             routed: list[tuple[str, RuleMsg]]
             try:
                 routed = self._process(node, current, out, alarms)
             except (NodeFailure, ScriptError) as exc:
-                error = (f"{type(exc).__name__}: {exc}" if isinstance(exc, ScriptError)
-                         else str(exc))
-                out.append(Failed(node.describe(), error))
+                out.append(Failed(self._where[index], _error_text(exc)))
                 routed = [(FAILURE, current)]
+            targets = self._targets[index]
             following = [(target, m) for relation, m in routed
-                         for target in self._next.get((index, relation), [])]
+                         for target in targets.get(relation, ())]
             pending.extend(reversed(following))  # depth first, in connection order
+        return out
+
+    def _walk_many(self, first: int, msgs: Sequence[RuleMsg], alarms: Alarms | None
+                   ) -> list[list[Outcome]]:
+        """``run_many`` without alarm nodes (see there)."""
+        queued: list[list[_Token]] = [[] for _ in self.meta.nodes]
+        queued[first] = [(i, (), msg) for i, msg in enumerate(msgs)]
+        visits: list[list[tuple[tuple[int, ...], list[Outcome]]]] = [[] for _ in msgs]
+        steps = [0] * len(msgs)
+        over: set[int] = set()  # messages over the step limit: run alone afterwards
+        for index in self._order:
+            tokens = queued[index]
+            if not tokens:
+                continue
+            queued[index] = []
+            live: list[_Token] = []
+            for token in tokens:
+                i = token[0]
+                if i in over:
+                    continue
+                steps[i] += 1
+                if steps[i] > self.max_steps:
+                    over.add(i)
+                    continue
+                live.append(token)
+            if not live:
+                continue
+            targets = self._targets[index]
+            visited = self._visit_many(index, live)  # (it may reorder live: zip after)
+            for (i, key, _), (outs, routed) in zip(live, visited, strict=True):
+                visits[i].append((key, outs))
+                position = 0
+                for relation, m in routed:
+                    for target in targets.get(relation, ()):
+                        queued[target].append((i, (*key, position), m))
+                        position += 1
+        results: list[list[Outcome]] = []
+        for i, seen in enumerate(visits):
+            if i in over:
+                results.append([])
+                continue
+            seen.sort(key=_KEY)  # path keys: the depth-first pre-order
+            results.append([outcome for _, outs in seen for outcome in outs])
+        for i in sorted(over):
+            results[i] = self.run(msgs[i], alarms)
+        return results
+
+    def _visit_many(self, index: int, tokens: list[_Token]
+                    ) -> list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]]:
+        """Run node ``index`` on each token: (its outcomes, Visited first; what to follow)."""
+        node = self.meta.nodes[index]
+        visited = self._visited[index]
+        out: list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]] = []
+        script = self._scripts.get(index)
+        if isinstance(script, ScriptEngine):
+            tokens.sort(key=_ORDER)  # the script sees its calls in run's order
+            args = [(msg.data, msg.metadata_dict(), msg.type) for _, _, msg in tokens]
+            values: Sequence[Any]
+            if node.type == n.JS_FILTER:
+                values = script.filter_many(args)
+            elif node.type == n.JS_SWITCH:
+                values = script.switch_many(args)
+            elif node.type == n.TRANSFORM:
+                values = script.transform_many(args)
+            else:
+                values = script.call_many(args)
+            for (_, _, msg), value in zip(tokens, values, strict=True):
+                outs: list[Outcome] = [visited]
+                if isinstance(value, ScriptError):
+                    outs.append(Failed(self._where[index], _error_text(value)))
+                    out.append((outs, [(FAILURE, msg)]))
+                else:
+                    out.append((outs, self._route_script(node, msg, value, outs)))
+            return out
+        for _, _, msg in tokens:
+            outs = [visited]
+            try:
+                routed = self._process(node, msg, outs, {})
+            except (NodeFailure, ScriptError) as exc:
+                outs.append(Failed(self._where[index], _error_text(exc)))
+                routed = [(FAILURE, msg)]
+            out.append((outs, routed))
         return out
 
     def _script(self, node: RuleNode) -> ScriptEngine:
@@ -318,7 +434,7 @@ class RuleEngine:
     def _process(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                  ) -> list[tuple[str, RuleMsg]]:
         """Run one node: record its outcomes, return (relation, message) to follow."""
-        where = node.describe()
+        where = self._where[node.index]
         config = node.configuration
         origin = (msg.originator.entity_type, msg.originator.id)
         kind = node.type
@@ -326,20 +442,18 @@ class RuleEngine:
             return [(TYPE_SWITCH_RELATIONS.get(msg.type, OTHER), msg)]
         if kind == n.JS_FILTER:
             verdict = self._script(node).filter(msg.data, msg.metadata_dict(), msg.type)
-            return [(TRUE if verdict else FALSE, msg)]
+            return self._route_script(node, msg, verdict, out)
         if kind == n.JS_SWITCH:
             names = self._script(node).switch(msg.data, msg.metadata_dict(), msg.type)
-            return [(name, msg) for name in names]
+            return self._route_script(node, msg, names, out)
         if kind == n.CHECK_MESSAGE:
             return [(TRUE if _check_fields(config, msg) else FALSE, msg)]
         if kind == n.TRANSFORM:
             results = self._script(node).transform(msg.data, msg.metadata_dict(), msg.type)
-            return [(SUCCESS, msg.with_changes(type=r.msg_type, data=r.msg, metadata=r.metadata))
-                    for r in results]
+            return self._route_script(node, msg, results, out)
         if kind == n.LOG:
             text = self._script(node).call(msg.data, msg.metadata_dict(), msg.type)
-            out.append(Log(where, text if isinstance(text, str) else json.dumps(text)))
-            return [(SUCCESS, msg)]
+            return self._route_script(node, msg, text, out)
         if kind == n.SAVE_TIMESERIES:
             if msg.type != POST_TELEMETRY_REQUEST:
                 raise NodeFailure(f"unsupported message type {msg.type} (saves "
@@ -370,6 +484,22 @@ class RuleEngine:
             out.append(Deferred(where, node.index, msg))
             return []
         raise NodeFailure(f"{kind} is not supported")  # validation refuses these
+
+    def _route_script(self, node: RuleNode, msg: RuleMsg, value: Any, out: list[Outcome]
+                      ) -> list[tuple[str, RuleMsg]]:
+        """What a script node (filter, switch, transform, log) does with its script's value
+        (already shape-checked): its outcomes, and the (relation, message) to follow."""
+        kind = node.type
+        if kind == n.JS_FILTER:
+            return [(TRUE if value else FALSE, msg)]
+        if kind == n.JS_SWITCH:
+            return [(name, msg) for name in value]
+        if kind == n.TRANSFORM:
+            return [(SUCCESS, msg.with_changes(type=r.msg_type, data=r.msg, metadata=r.metadata))
+                    for r in value]
+        out.append(Log(self._where[node.index],
+                       value if isinstance(value, str) else json.dumps(value)))
+        return [(SUCCESS, msg)]
 
     def _details(self, node: RuleNode, msg: RuleMsg, previous: dict[str, Any] | None) -> Any:
         """The details script's value; an existing alarm's details are given to it as
@@ -409,7 +539,7 @@ class RuleEngine:
             alarm = {**existing, "severity": severity, "details": details, "endTs": now}
             flag, relation = "isExistingAlarm", "Updated"
         alarms[alarm_type] = alarm
-        out.append(CreateAlarm(node.describe(), origin, alarm_type, severity, details, now,
+        out.append(CreateAlarm(self._where[node.index], origin, alarm_type, severity, details, now,
                                str(alarm["id"]), existing is None, dict(alarm)))
         return [(relation, msg.with_changes(type=ALARM, data=dict(alarm), metadata={
             **msg.metadata, flag: "true"}))]
@@ -425,10 +555,46 @@ class RuleEngine:
         alarm = {**existing, "status": CLEARED_UNACK, "details": details, "clearTs": now}
         del alarms[alarm_type]
         origin = (msg.originator.entity_type, msg.originator.id)
-        out.append(ClearAlarm(node.describe(), origin, alarm_type, details, now,
+        out.append(ClearAlarm(self._where[node.index], origin, alarm_type, details, now,
                               str(alarm["id"]), dict(alarm)))
         return [("Cleared", msg.with_changes(type=ALARM, data=dict(alarm), metadata={
             **msg.metadata, "isClearedAlarm": "true"}))]
+
+
+_Token = tuple[int, tuple[int, ...], RuleMsg]
+"""``run_many``'s unit of work: (message index, path key, the message at this node)."""
+_KEY = itemgetter(0)
+_ORDER = itemgetter(0, 1)
+
+
+def _error_text(exc: NodeFailure | ScriptError) -> str:
+    """How ``Failed`` reports a node's failure: a script error with its type."""
+    return f"{type(exc).__name__}: {exc}" if isinstance(exc, ScriptError) else str(exc)
+
+
+def _topological(count: int, edges: Mapping[tuple[int, str], list[int]]) -> list[int]:
+    """The node indexes in an order where every connection goes forward (lowest index first
+    among the ready ones); the chain is acyclic (validated)."""
+    after: list[set[int]] = [set() for _ in range(count)]
+    for (source, _), targets in edges.items():
+        after[source].update(targets)
+    incoming = [0] * count
+    for following in after:
+        for target in following:
+            incoming[target] += 1
+    ready = [i for i in range(count) if incoming[i] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for target in after[index]:
+            incoming[target] -= 1
+            if not incoming[target]:
+                heapq.heappush(ready, target)
+    if len(order) != count:
+        raise ValueError("the chain has a cycle")  # validation refuses these
+    return order
 
 
 def _check_fields(config: Mapping[str, Any], msg: RuleMsg) -> bool:

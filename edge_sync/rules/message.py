@@ -9,7 +9,7 @@ to text, as TbMsgMetaData does.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -50,6 +50,7 @@ class RuleMsg:
     def with_changes(self, *, type: str | None = None, data: Any = None,
                      metadata: Mapping[str, Any] | None = None, keep_data: bool = False) -> RuleMsg:
         """A copy with a new type, data and/or metadata (``keep_data`` keeps the data)."""
-        return replace(self, type=self.type if type is None else type,
-                       data=self.data if keep_data else data,
-                       metadata=self.metadata if metadata is None else metadata)
+        # the constructor, not dataclasses.replace (several µs a call): same __post_init__
+        return RuleMsg(self.type if type is None else type, self.originator,
+                       self.data if keep_data else data,
+                       self.metadata if metadata is None else metadata, self.ts)

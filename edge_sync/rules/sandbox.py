@@ -18,8 +18,9 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import _quickjs  # type: ignore[import-not-found]  # quickjs-ng's C extension, no stubs
 
@@ -28,6 +29,10 @@ ScriptLang = Literal["JS", "TBEL"]
 DEFAULT_TIME_LIMIT_S = 0.1
 DEFAULT_MEMORY_LIMIT_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_STACK_BYTES = 512 * 1024
+# call_many: items per script call (bounds the batch's memory), and the share of the per-call
+# time limit a batch call may use before it leaves the remaining items to the next call
+MAX_BATCH = 256
+BATCH_BUDGET = 0.5
 # the name of ThingsBoard's script arguments, in order
 ARG_NAMES = ("msg", "metadata", "msgType")
 
@@ -160,7 +165,8 @@ def tbel_to_js(source: str) -> str:
 
 # The body starts on the wrapper's second line: _locate turns the engine's positions into the body's.
 _PROLOGUE = (
-    "var __edgeRun = (function () { var __parse = JSON.parse, __stringify = JSON.stringify; "
+    "var __edgeRunMany, __edgeRun = (function () { var __parse = JSON.parse, "
+    "__stringify = JSON.stringify; "
     "function __script(msg, metadata, msgType) {\n"
 )
 _POSITION = re.compile(r"<input>:(\d+)(?::(\d+))?")
@@ -174,8 +180,39 @@ def _locate(text: str, body_lines: int) -> str:
             return "wrapper"
         return f"script:{line}" + (f":{found.group(2)}" if found.group(2) else "")
     return _POSITION.sub(body, text)
+
+
+# After the body: the single runner (``call``), returned, and the batch runner
+# (``call_many``), set as a global: the script on each [msg, metadata, msgType] of a JSON array,
+# each item's value or thrown error as the single runner gives it (both anonymous functions, so
+# a thrown error's stack reads the same). The batch runner stops early, returning what it has:
+# when the wall time passes the budget (the rest go in another call, under a fresh time limit),
+# after an error that may be a memory blow-up (the context is recreated first), or at a value
+# ``JSON.stringify`` refuses (that item is then called alone, for the single runner's error).
 _EPILOGUE = """
 }
+__edgeRunMany = [function (argsJson, budgetMs) {
+  var items = __parse(argsJson), parts = [], started = Date.now(), stop = "";
+  for (var i = 0; i < items.length; i++) {
+    if (i > 0 && Date.now() - started > budgetMs) { stop = "budget"; break; }
+    var a = items[i], value, text = null, out;
+    try {
+      value = __script(a[0], a[1], a[2]);
+    } catch (e) {
+      text = "unprintable error";
+      try { text = String(e) + ((e && e.stack) ? "\\n" + e.stack : ""); } catch (e2) {}
+    }
+    if (text !== null) {
+      parts.push(__stringify({ok: false, error: text}));
+      if (text.indexOf("out of memory") >= 0 || text === "null") { stop = "memory"; break; }
+      continue;
+    }
+    try { out = __stringify({ok: true, value: value}); } catch (e3) { stop = "alone"; break; }
+    parts.push(out);
+  }
+  // join, not +: a concatenation may give a rope string, which the binding cannot convert
+  return ['{"stop":"', stop, '","results":[', parts.join(","), ']}'].join("");
+}][0];
 return function (argsJson) {
   var a = __parse(argsJson);
   var value;
@@ -213,6 +250,7 @@ class ScriptEngine:
         self._lock = threading.Lock()
         self._context: Any = None
         self._run: Any = None
+        self._run_many: Any = None
         self._owner = 0
         with self._lock:
             self._build()
@@ -243,10 +281,11 @@ class ScriptEngine:
             raise ScriptSyntaxError(_locate(text, self._body_lines)) from None
         context.set_time_limit(self.limits.time_limit_s)
         self._context, self._run = context, context.get("__edgeRun")
+        self._run_many = context.get("__edgeRunMany")
         self._owner = threading.get_ident()
 
     def _reset(self) -> None:
-        self._context = self._run = None
+        self._context = self._run = self._run_many = None
 
     def call(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> Any:
         """The script's return value (JSON: None for undefined) for one message."""
@@ -284,38 +323,152 @@ class ScriptEngine:
             raise ScriptRuntimeError(_locate(result["error"], self._body_lines))
         return result.get("value")
 
+    def call_many(self, items: Sequence[tuple[Any, dict[str, Any], str]]) -> list[Any]:
+        """``call`` on each ``(msg, metadata, msg_type)``, in order, in as few script calls as
+        the limits allow: each item's value, or the ``ScriptError`` ``call`` would have raised
+        for it (returned, not raised). Same results as calling ``call`` item by item: a batch
+        call that runs over the time limit or the memory cap as a whole is redone item by item
+        (each under its own limit, so only the guilty items fail); an item whose value
+        ``JSON.stringify`` refuses, or whose error may depend on the stack depth, is called
+        alone; after an item's memory blow-up the context is recreated, as ``call`` does."""
+        out: list[Any] = [None] * len(items)
+        start = 0
+        while start < len(items):
+            start = self._call_batch(items, start, out)
+        return out
+
+    def _call_one(self, item: tuple[Any, dict[str, Any], str]) -> Any:
+        try:
+            return self.call(*item)
+        except ScriptError as exc:
+            return exc
+
+    def _call_batch(self, items: Sequence[tuple[Any, dict[str, Any], str]], start: int,
+                    out: list[Any]) -> int:
+        """Run items from ``start`` in one script call, store their results in ``out``;
+        return the index of the first item left for the next call."""
+        chunk = items[start:start + MAX_BATCH]
+        if len(chunk) == 1:
+            out[start] = self._call_one(chunk[0])
+            return start + 1
+        try:
+            args = json.dumps(chunk, allow_nan=False)
+        except (TypeError, ValueError):
+            args = None  # some item is not JSON-able: ``call`` says which
+        text: str | None = None
+        if args is not None:
+            with self._lock:
+                if self._run is None or self._owner != threading.get_ident():
+                    self._build()
+                try:
+                    text = self._run_many(args, self.limits.time_limit_s * 1000 * BATCH_BUDGET)
+                except _quickjs.JSException:
+                    self._reset()  # a time-out or memory blow-up of the batch: item by item
+        if not isinstance(text, str):
+            for k, item in enumerate(chunk):
+                out[start + k] = self._call_one(item)
+            return start + len(chunk)
+        batch = json.loads(text)
+        for k, result in enumerate(batch["results"]):
+            if result["ok"]:
+                out[start + k] = result.get("value")
+                continue
+            error = result["error"]
+            if _is_oom(error):
+                with self._lock:
+                    self._reset()
+                out[start + k] = ScriptMemoryExceeded(
+                    f"the script exceeded its {self.limits.memory_limit_bytes} byte memory cap")
+                return start + k + 1
+            if "stack overflow" in error:
+                # how deep the script got depends on the caller's frames: call it alone
+                out[start + k] = self._call_one(chunk[k])
+                return start + k + 1
+            out[start + k] = ScriptRuntimeError(_locate(error, self._body_lines))
+        done = start + len(batch["results"])
+        if batch["stop"] == "alone":
+            out[done] = self._call_one(chunk[done - start])
+            return done + 1
+        return done
+
     def filter(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> bool:
         """A filter script's verdict: it must return a boolean."""
-        value = self.call(msg, metadata, msg_type)
-        if not isinstance(value, bool):
-            raise ScriptRuntimeError(f"a filter script must return a boolean, not {value!r}")
-        return value
+        return _as_filter(self.call(msg, metadata, msg_type))
 
     def switch(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> list[str]:
         """A switch script's relation names: it must return a string or an array of strings."""
-        value = self.call(msg, metadata, msg_type)
-        if isinstance(value, str):
-            return [value]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise ScriptRuntimeError(
-            f"a switch script must return a relation name or an array of them, not {value!r}")
+        return _as_switch(self.call(msg, metadata, msg_type))
 
     def transform(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> list[TransformResult]:
         """A transform script's messages: ``{msg, metadata, msgType}`` or an array of them; a
         missing metadata or msgType keeps the incoming one."""
-        value = self.call(msg, metadata, msg_type)
-        items = value if isinstance(value, list) else [value]
-        out = []
-        for item in items:
-            if not isinstance(item, dict) or "msg" not in item:
-                raise ScriptRuntimeError(
-                    f"a transform script must return {{msg, metadata, msgType}} or an array of them, "
-                    f"not {item!r}")
-            meta = item.get("metadata", metadata)
-            kind = item.get("msgType", msg_type)
-            if not isinstance(meta, dict) or not isinstance(kind, str):
-                raise ScriptRuntimeError(
-                    f"a transform's metadata must be an object and its msgType a string: {item!r}")
-            out.append(TransformResult(item["msg"], meta, kind))
+        return _as_transform(self.call(msg, metadata, msg_type), metadata, msg_type)
+
+    def filter_many(self, items: Sequence[tuple[Any, dict[str, Any], str]]
+                    ) -> list[bool | ScriptError]:
+        """``filter`` on each item (``call_many``): its verdict or its error."""
+        return [_checked(_as_filter, v) for v in self.call_many(items)]
+
+    def switch_many(self, items: Sequence[tuple[Any, dict[str, Any], str]]
+                    ) -> list[list[str] | ScriptError]:
+        """``switch`` on each item (``call_many``): its relation names or its error."""
+        return [_checked(_as_switch, v) for v in self.call_many(items)]
+
+    def transform_many(self, items: Sequence[tuple[Any, dict[str, Any], str]]
+                       ) -> list[list[TransformResult] | ScriptError]:
+        """``transform`` on each item (``call_many``): its messages or its error."""
+        out: list[list[TransformResult] | ScriptError] = []
+        for (_, metadata, msg_type), value in zip(items, self.call_many(items), strict=True):
+            if isinstance(value, ScriptError):
+                out.append(value)
+                continue
+            try:
+                out.append(_as_transform(value, metadata, msg_type))
+            except ScriptError as exc:
+                out.append(exc)
         return out
+
+
+T = TypeVar("T")
+
+
+def _checked(check: Callable[[Any], T], value: Any) -> T | ScriptError:
+    """``check(value)``, or the error it raised; an error given stays as it is."""
+    if isinstance(value, ScriptError):
+        return value
+    try:
+        return check(value)
+    except ScriptError as exc:
+        return exc
+
+
+def _as_filter(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ScriptRuntimeError(f"a filter script must return a boolean, not {value!r}")
+    return value
+
+
+def _as_switch(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ScriptRuntimeError(
+        f"a switch script must return a relation name or an array of them, not {value!r}")
+
+
+def _as_transform(value: Any, metadata: dict[str, Any], msg_type: str) -> list[TransformResult]:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or "msg" not in item:
+            raise ScriptRuntimeError(
+                f"a transform script must return {{msg, metadata, msgType}} or an array of them, "
+                f"not {item!r}")
+        meta = item.get("metadata", metadata)
+        kind = item.get("msgType", msg_type)
+        if not isinstance(meta, dict) or not isinstance(kind, str):
+            raise ScriptRuntimeError(
+                f"a transform's metadata must be an object and its msgType a string: {item!r}")
+        out.append(TransformResult(item["msg"], meta, kind))
+    return out

@@ -23,6 +23,7 @@ alarm JSON}, "windows": [{"node": <key>, "type": <node type>, "windows": <window
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +157,44 @@ class EntityRules:
                 self._defer(engine, outcome, now_ms, out, jumps)
         return self._step(out, jumps, dropped)
 
+    def on_messages(self, engine: RuleEngine, msgs: Sequence[RuleMsg], now_ms: int) -> Step:
+        """``on_message`` for each of ``msgs`` in turn, as one Step: the outcomes of every call
+        in order, the last call's record, ``changed`` when any call's record differed from the
+        one before, the jumps of every call, ``dropped`` summed. The chain runs once for all the
+        messages (``RuleEngine.run_many``), then each message's windows work is done in turn
+        as ``on_message`` does it (due windows closed first, its deferred messages added);
+        a chain with alarm nodes (alarms shared in message order) calls ``on_message`` for
+        each. No messages: nothing done, an empty Step with the last record, unchanged."""
+        if not msgs:
+            return Step((), self._last, False, (), 0)
+        if engine.has_alarm_nodes:
+            steps = [self.on_message(engine, msg, now_ms) for msg in msgs]
+            return Step(tuple(o for step in steps for o in step.outcomes), steps[-1].record,
+                        any(step.changed for step in steps),
+                        tuple(j for step in steps for j in step.jumps),
+                        sum(step.dropped for step in steps))
+        self._bind(engine)
+        runs = engine.run_many(msgs, self._alarms)
+        out: list[Outcome] = []
+        jumps: list[ClockJump] = []
+        dropped = 0
+        changed = False
+        last = self._last
+        for msg, outcomes in zip(msgs, runs, strict=True):
+            self._originator = msg.originator
+            dropped += self._close_due(engine, now_ms, out, jumps)
+            for outcome in outcomes:
+                out.append(outcome)
+                if isinstance(outcome, Deferred):
+                    self._defer(engine, outcome, now_ms, out, jumps)
+            if changed:
+                self._forget_seq()  # as on_message's record does
+            else:
+                record = self._record()
+                changed = record != last
+                last = record
+        return self._step(out, jumps, dropped, changed)
+
     def on_due(self, engine: RuleEngine, now_ms: int) -> Step:
         """Close the windows due at ``now_ms``; each output goes on by its node's Success."""
         self._bind(engine)
@@ -233,12 +272,19 @@ class EntityRules:
         self._orphans = [x for x in self._orphans if x.windows.open_keys()]
         return dropped
 
+    def _forget_seq(self) -> bool:
+        """Nothing left to keep: the seq counter restarts (what ``_record`` does then);
+        whether it was so."""
+        if self._nodes or self._orphans or self._raw or self._alarms:
+            return False
+        self._seq = 0
+        return True
+
     def _record(self) -> dict[str, Any] | None:
+        if self._forget_seq():
+            return None
         windows = sorted([*(x.to_record() for x in self._bound()), *self._raw],
                          key=lambda r: (r["node"], r["type"]))
-        if not windows and not self._alarms:
-            self._seq = 0
-            return None
         return {
             "v": RECORD_VERSION,
             "seq": self._seq,
@@ -248,8 +294,11 @@ class EntityRules:
             "windows": windows,
         }
 
-    def _step(self, out: list[Outcome], jumps: list[ClockJump], dropped: int) -> Step:
+    def _step(self, out: list[Outcome], jumps: list[ClockJump], dropped: int,
+              changed: bool = False) -> Step:
+        """The Step of a call; ``changed`` given: an earlier record of the call already
+        differed."""
         record = self._record()
-        changed = record != self._last
+        changed = changed or record != self._last
         self._last = record
         return Step(tuple(out), record, changed, tuple(jumps), dropped)
