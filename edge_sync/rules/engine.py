@@ -10,7 +10,9 @@ Owns: walking from ``firstNodeIndex`` (``run``) or from a node's connections of 
 supported node's semantics (as ThingsBoard's rule-engine-components define them, re-stated
 here); routing a script error to the node's ``Failure`` connections (the error is reported as
 ``Failed`` either way); a run-time step limit besides validation's refusal of cycles; stable
-node keys (``node_key``: the node's id, else ``#<index>``) for the state kept per node.
+node keys (``node_key``: the node's id, else ``#<index>``) for the state kept per node; running
+a batch of messages node by node (``run_many``: each node, and each script, once for the whole
+batch) with exactly the outcomes ``run`` gives them one after the other.
 
 ``Visited(node)`` comes first among the outcomes of every node the walk enters (the caller
 counts them per node, with ``Failed``). ``TbMsgDeduplicationNode`` and the edge's
@@ -239,6 +241,7 @@ class RuleEngine:
         self._where = [node.describe() for node in meta.nodes]
         self._visited = [Visited(where) for where in self._where]
         self._order = _topological(len(meta.nodes), self._next)
+        self._handlers = [self._handler(node.type) for node in meta.nodes]
         self.has_alarm_nodes = any(node.type in (n.CREATE_ALARM, n.CLEAR_ALARM)
                                    for node in meta.nodes)
         """Alarm nodes share state across messages (and read the clock, make ids) in message
@@ -348,55 +351,76 @@ class RuleEngine:
         """``run_many`` without alarm nodes (see there)."""
         queued: list[list[_Token]] = [[] for _ in self.meta.nodes]
         queued[first] = [(i, (), msg) for i, msg in enumerate(msgs)]
+        # per message: its visits, (path key, outcomes); in pre-order unless it forked
         visits: list[list[tuple[tuple[int, ...], list[Outcome]]]] = [[] for _ in msgs]
-        steps = [0] * len(msgs)
+        forked: set[int] = set()  # messages with a visit that had more than one child
         over: set[int] = set()  # messages over the step limit: run alone afterwards
+        # steps per message, counted once a message may exceed the limit: without a fork a
+        # message visits each node at most once
+        steps: list[int] | None = (None if len(self.meta.nodes) <= self.max_steps
+                                   else [0] * len(msgs))
         for index in self._order:
             tokens = queued[index]
             if not tokens:
                 continue
             queued[index] = []
-            live: list[_Token] = []
-            for token in tokens:
-                i = token[0]
-                if i in over:
+            if steps is not None:
+                tokens = self._within_steps(tokens, steps, over)
+                if not tokens:
                     continue
-                steps[i] += 1
-                if steps[i] > self.max_steps:
-                    over.add(i)
-                    continue
-                live.append(token)
-            if not live:
-                continue
             targets = self._targets[index]
-            visited = self._visit_many(index, live)  # (it may reorder live: zip after)
-            for (i, key, _), (outs, routed) in zip(live, visited, strict=True):
+            forks = len(forked)
+            for (i, key, _), (outs, routed) in zip(tokens, self._visit_many(index, tokens),
+                                                   strict=True):
                 visits[i].append((key, outs))
                 position = 0
                 for relation, m in routed:
                     for target in targets.get(relation, ()):
                         queued[target].append((i, (*key, position), m))
                         position += 1
+                if position > 1:
+                    forked.add(i)
+            if steps is None and len(forked) > forks:
+                steps = [len(seen) for seen in visits]  # every visit so far, this node's too
         results: list[list[Outcome]] = []
         for i, seen in enumerate(visits):
             if i in over:
                 results.append([])
                 continue
-            seen.sort(key=_KEY)  # path keys: the depth-first pre-order
+            if i in forked:
+                seen.sort(key=_KEY)  # path keys: the depth-first pre-order
             results.append([outcome for _, outs in seen for outcome in outs])
         for i in sorted(over):
             results[i] = self.run(msgs[i], alarms)
         return results
 
+    def _within_steps(self, tokens: list[_Token], steps: list[int], over: set[int]
+                      ) -> list[_Token]:
+        """The tokens whose message stays within ``max_steps`` visits (counted in ``steps``);
+        a message past it goes to ``over``, its tokens dropped."""
+        live = []
+        for token in tokens:
+            i = token[0]
+            if i in over:
+                continue
+            steps[i] += 1
+            if steps[i] > self.max_steps:
+                over.add(i)
+                continue
+            live.append(token)
+        return live
+
     def _visit_many(self, index: int, tokens: list[_Token]
                     ) -> list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]]:
-        """Run node ``index`` on each token: (its outcomes, Visited first; what to follow)."""
+        """Run node ``index`` on each token: (its outcomes, Visited first; what to follow).
+        A script node sorts ``tokens`` by message, then path (its script sees the calls in
+        ``run``'s order); the results are in the order of ``tokens`` after that."""
         node = self.meta.nodes[index]
         visited = self._visited[index]
         out: list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]] = []
         script = self._scripts.get(index)
         if isinstance(script, ScriptEngine):
-            tokens.sort(key=_ORDER)  # the script sees its calls in run's order
+            tokens.sort(key=_ORDER)
             args = [(msg.data, msg.metadata_dict(), msg.type) for _, _, msg in tokens]
             values: Sequence[Any]
             if node.type == n.JS_FILTER:
@@ -415,10 +439,12 @@ class RuleEngine:
                 else:
                     out.append((outs, self._route_script(node, msg, value, outs)))
             return out
+        handler = self._handlers[index]
+        no_alarms: Alarms = {}  # no alarm nodes in a batch walk
         for _, _, msg in tokens:
             outs = [visited]
             try:
-                routed = self._process(node, msg, outs, {})
+                routed = handler(node, msg, outs, no_alarms)
             except (NodeFailure, ScriptError) as exc:
                 outs.append(Failed(self._where[index], _error_text(exc)))
                 routed = [(FAILURE, msg)]
@@ -434,56 +460,89 @@ class RuleEngine:
     def _process(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                  ) -> list[tuple[str, RuleMsg]]:
         """Run one node: record its outcomes, return (relation, message) to follow."""
-        where = self._where[node.index]
-        config = node.configuration
-        origin = (msg.originator.entity_type, msg.originator.id)
-        kind = node.type
-        if kind == n.MSG_TYPE_SWITCH:
-            return [(TYPE_SWITCH_RELATIONS.get(msg.type, OTHER), msg)]
-        if kind == n.JS_FILTER:
-            verdict = self._script(node).filter(msg.data, msg.metadata_dict(), msg.type)
-            return self._route_script(node, msg, verdict, out)
-        if kind == n.JS_SWITCH:
-            names = self._script(node).switch(msg.data, msg.metadata_dict(), msg.type)
-            return self._route_script(node, msg, names, out)
-        if kind == n.CHECK_MESSAGE:
-            return [(TRUE if _check_fields(config, msg) else FALSE, msg)]
-        if kind == n.TRANSFORM:
-            results = self._script(node).transform(msg.data, msg.metadata_dict(), msg.type)
-            return self._route_script(node, msg, results, out)
-        if kind == n.LOG:
-            text = self._script(node).call(msg.data, msg.metadata_dict(), msg.type)
-            return self._route_script(node, msg, text, out)
-        if kind == n.SAVE_TIMESERIES:
-            if msg.type != POST_TELEMETRY_REQUEST:
-                raise NodeFailure(f"unsupported message type {msg.type} (saves "
-                                  f"{POST_TELEMETRY_REQUEST} only)")
-            out.append(SaveTimeseries(where, origin, _meta_ts(msg), msg.data,
-                                      int(config.get("defaultTTL") or 0)))
-            return [(SUCCESS, msg)]
-        if kind == n.SAVE_ATTRIBUTES:
-            if msg.type != POST_ATTRIBUTES_REQUEST:
-                raise NodeFailure(f"unsupported message type {msg.type} (saves "
-                                  f"{POST_ATTRIBUTES_REQUEST} only)")
-            out.append(SaveAttributes(where, origin, str(config["scope"]), msg.data))
-            return [(SUCCESS, msg)]
-        if kind == n.PUSH_TO_CLOUD:
-            if msg.type not in PUSHABLE_TYPES:
-                raise NodeFailure(f"unsupported message type {msg.type} (pushes "
-                                  f"{', '.join(PUSHABLE_TYPES)})")
-            # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's
-            scope = msg.metadata.get("scope") or str(config["scope"])
-            out.append(PushToCloud(where, origin, msg.type, scope, lane_of(msg.type), msg.data,
-                                   dict(msg.metadata), _meta_ts(msg)))
-            return [(SUCCESS, msg)]
-        if kind == n.CREATE_ALARM:
-            return self._create_alarm(node, msg, out, alarms)
-        if kind == n.CLEAR_ALARM:
-            return self._clear_alarm(node, msg, out, alarms)
-        if kind in WINDOW_TYPES:
-            out.append(Deferred(where, node.index, msg))
-            return []
-        raise NodeFailure(f"{kind} is not supported")  # validation refuses these
+        return self._handlers[node.index](node, msg, out, alarms)
+
+    def _handler(self, kind: str) -> _Handler:
+        """The method that runs a node of that type (``_process``)."""
+        return {
+            n.MSG_TYPE_SWITCH: self._type_switch,
+            n.JS_FILTER: self._run_script,
+            n.JS_SWITCH: self._run_script,
+            n.TRANSFORM: self._run_script,
+            n.LOG: self._run_script,
+            n.CHECK_MESSAGE: self._check_message,
+            n.SAVE_TIMESERIES: self._save_timeseries,
+            n.SAVE_ATTRIBUTES: self._save_attributes,
+            n.PUSH_TO_CLOUD: self._push_to_cloud,
+            n.CREATE_ALARM: self._create_alarm,
+            n.CLEAR_ALARM: self._clear_alarm,
+            n.DEDUPLICATION: self._defer,
+            n.AGGREGATE: self._defer,
+        }.get(kind, self._unsupported)
+
+    @staticmethod
+    def _type_switch(node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
+                     ) -> list[tuple[str, RuleMsg]]:
+        return [(TYPE_SWITCH_RELATIONS.get(msg.type, OTHER), msg)]
+
+    def _run_script(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
+                    ) -> list[tuple[str, RuleMsg]]:
+        script, kind = self._script(node), node.type
+        args = (msg.data, msg.metadata_dict(), msg.type)
+        value = (script.filter(*args) if kind == n.JS_FILTER
+                 else script.switch(*args) if kind == n.JS_SWITCH
+                 else script.transform(*args) if kind == n.TRANSFORM
+                 else script.call(*args))
+        return self._route_script(node, msg, value, out)
+
+    @staticmethod
+    def _check_message(node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
+                       ) -> list[tuple[str, RuleMsg]]:
+        return [(TRUE if _check_fields(node.configuration, msg) else FALSE, msg)]
+
+    def _save_timeseries(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],
+                         alarms: Alarms) -> list[tuple[str, RuleMsg]]:
+        if msg.type != POST_TELEMETRY_REQUEST:
+            raise NodeFailure(f"unsupported message type {msg.type} (saves "
+                              f"{POST_TELEMETRY_REQUEST} only)")
+        out.append(SaveTimeseries(self._where[node.index],
+                                  (msg.originator.entity_type, msg.originator.id),
+                                  _meta_ts(msg), msg.data,
+                                  int(node.configuration.get("defaultTTL") or 0)))
+        return [(SUCCESS, msg)]
+
+    def _save_attributes(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],
+                         alarms: Alarms) -> list[tuple[str, RuleMsg]]:
+        if msg.type != POST_ATTRIBUTES_REQUEST:
+            raise NodeFailure(f"unsupported message type {msg.type} (saves "
+                              f"{POST_ATTRIBUTES_REQUEST} only)")
+        out.append(SaveAttributes(self._where[node.index],
+                                  (msg.originator.entity_type, msg.originator.id),
+                                  str(node.configuration["scope"]), msg.data))
+        return [(SUCCESS, msg)]
+
+    def _push_to_cloud(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],
+                       alarms: Alarms) -> list[tuple[str, RuleMsg]]:
+        if msg.type not in PUSHABLE_TYPES:
+            raise NodeFailure(f"unsupported message type {msg.type} (pushes "
+                              f"{', '.join(PUSHABLE_TYPES)})")
+        # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's
+        scope = msg.metadata.get("scope") or str(node.configuration["scope"])
+        out.append(PushToCloud(self._where[node.index],
+                               (msg.originator.entity_type, msg.originator.id), msg.type,
+                               scope, lane_of(msg.type), msg.data, dict(msg.metadata),
+                               _meta_ts(msg)))
+        return [(SUCCESS, msg)]
+
+    def _defer(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
+               ) -> list[tuple[str, RuleMsg]]:
+        out.append(Deferred(self._where[node.index], node.index, msg))
+        return []
+
+    @staticmethod
+    def _unsupported(node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
+                     ) -> list[tuple[str, RuleMsg]]:
+        raise NodeFailure(f"{node.type} is not supported")  # validation refuses these
 
     def _route_script(self, node: RuleNode, msg: RuleMsg, value: Any, out: list[Outcome]
                       ) -> list[tuple[str, RuleMsg]]:
@@ -561,6 +620,8 @@ class RuleEngine:
             **msg.metadata, "isClearedAlarm": "true"}))]
 
 
+_Handler = Callable[[RuleNode, RuleMsg, list[Outcome], Alarms], list[tuple[str, RuleMsg]]]
+"""How a node runs (``RuleEngine._process``): its outcomes into the list, what to follow."""
 _Token = tuple[int, tuple[int, ...], RuleMsg]
 """``run_many``'s unit of work: (message index, path key, the message at this node)."""
 _KEY = itemgetter(0)

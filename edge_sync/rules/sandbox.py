@@ -4,7 +4,8 @@ per message in an embedded QuickJS (quickjs-ng) context under a per-call time li
 Owns: wrapping a ThingsBoard script body into a function of ``(msg, metadata, msgType)`` as
 ThingsBoard does, mapping TBEL's common subset onto JavaScript (and refusing the rest at compile),
 passing values in and out as JSON (never Python ``eval``), the typed script errors, and recreating
-the context after a timeout or a memory blow-up so the next call runs on a clean one.
+the context after a timeout or a memory blow-up so the next call runs on a clean one. A batch of
+messages runs in one script call (``call_many``) with the results of one call per message.
 
 Thread-safety: a QuickJS runtime must only be used by the thread that created it. A ScriptEngine
 serialises its calls with a lock and, when called from a thread other than the one that built its

@@ -8,7 +8,8 @@ configuration, found by the node's stable key ``RuleEngine.node_key``), a window
 (``maxPendingMsgs``) reported as ``Failed`` and sent on by the node's ``Failure`` connections
 as ThingsBoard does, closing due windows and sending their output on by ``Success``; the seq a
 window's idempotency needs (a per-entity counter kept in the record); the record itself
-(``Step.record``, None when nothing is left to keep) and whether it changed.
+(``Step.record``, None when nothing is left to keep) and whether it changed; a batch of
+messages as one Step (``on_messages``), the chain run once for the batch.
 
 A chain swap keeps the windows of the nodes still in the chain (same key, same type; they go on
 under the new configuration, keeping their deadlines). A window whose node left the chain (or
@@ -249,6 +250,8 @@ class EntityRules:
 
     def _close_due(self, engine: RuleEngine, now_ms: int, out: list[Outcome],
                    jumps: list[ClockJump]) -> int:
+        if not self._nodes and not self._orphans:
+            return 0  # no window open (the per-message case of a chain without windows)
         closed: list[tuple[str, Closed]] = []
         dropped = 0
         for orphan in self._orphans:
