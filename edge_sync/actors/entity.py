@@ -302,16 +302,11 @@ class EntityActor:
         the entity's new rule state (also when the chain kept everything local)."""
         assert self.rules is not None
         eid, state, now = self.entity_id, self._rules_state(), self.now_ms()
-        planned = Planned()
-        last: Step | None = None
-        changed = False
-        for msg in msgs:
-            last = state.on_message(engine, msg, now)
-            changed = changed or last.changed
-            plan(eid, last.outcomes, self.rules.counters, now, planned)
-            self._report(last)
+        step = state.on_messages(engine, msgs, now)  # the same as one message after another
+        planned = plan(eid, step.outcomes, self.rules.counters, now)
+        self._report(step)
         required = (RequireDevice(eid),) if requires_device else ()
-        saved = (PutRuleState(eid, last.record),) if changed and last is not None else ()
+        saved = (PutRuleState(eid, step.record),) if step.changed else ()
         self._append_rules(planned, reply, (*required, *planned.mutations, *saved), bool(saved))
 
     def _close_windows(self, now: int) -> None:

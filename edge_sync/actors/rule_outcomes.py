@@ -80,10 +80,10 @@ class RuleCounters:
                 "edge_rule_node_failures_total", "messages a rule node failed (script error, "
                 "time-out, unsupported message) and sent by its Failure connection", "node")
 
-    def visited(self, node: str) -> None:
-        self.runtime.count(node, visited=1)
+    def visited(self, node: str, n: int = 1) -> None:
+        self.runtime.count(node, visited=n)
         if self._in is not None:
-            self._in.inc(node)
+            self._in.inc(node, n)
 
     def failed(self, node: str) -> None:
         self.runtime.count(node, failed=1)
@@ -127,10 +127,11 @@ def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
          counters: RuleCounters, now_ms: int, into: Planned | None = None) -> Planned:
     """The events and mutations of ``outcomes`` (in order); counts and logs as it goes."""
     out = into if into is not None else Planned()
+    visits: dict[str, int] = {}
     for o in outcomes:
         match o:
             case Visited():
-                counters.visited(o.node)
+                visits[o.node] = visits.get(o.node, 0) + 1
             case Failed():
                 counters.failed(o.node)
                 _log_failure(counters.runtime, entity_id, o, now_ms)
@@ -154,6 +155,8 @@ def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
                           node=o.node).info("alarm {!r} cleared", o.type)
             case Deferred():
                 pass  # held by its window (the entity's rule state)
+    for node, n in visits.items():  # one count per node and call, not per message
+        counters.visited(node, n)
     return out
 
 
