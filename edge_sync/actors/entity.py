@@ -282,7 +282,10 @@ class EntityActor:
     def _device_info(self) -> tuple[str | None, str | None]:
         if self.device_info is None:
             assert self.rules is not None
-            self.device_info = self.rules.describe(self.entity_id)
+            found = self.rules.describe(self.entity_id)
+            if found[0] is None:  # its creation may still be on its way: ask again next time
+                return found
+            self.device_info = found
         return self.device_info
 
     def _rules_state(self) -> EntityRules:

@@ -409,3 +409,45 @@ def test_hostile_script_fails_each_message_and_logs_once(tmp_path, procs, fixtur
     assert len(warnings) == 1, [w["message"] for w in warnings]  # not once per message
     assert warnings[0]["node"] == node
     assert error in warnings[0]["message"], warnings[0]["message"]
+
+
+# -- the cloud's root chain --------------------------------------------------------------------
+
+
+def test_without_a_file_the_clouds_root_chain_is_in_force(tmp_path, procs):
+    """No rules.file: the root chain the reference cloud syncs (ThingsBoard Edge's shape: type
+    switch, save timeseries / attributes, push to cloud) goes in force once its metadata is on
+    the edge; telemetry is saved on the edge and pushed, as before, attributes pushed in the
+    push node's scope."""
+    cloud = procs(CloudProc(tmp_path / "cloud")).start()
+    cloud.create_edge("edge-rules", RK, SECRET)
+    agent = procs(Agent(tmp_path / "edge", env=link_env(cloud, RK, SECRET))).start()
+    wait_connected(agent)
+    rules = wait_until(lambda: (r := rules_of(agent))["chain"] is not None and r,
+                       timeout=DEADLINE_S, what="the cloud's root chain in force")
+    assert (rules["chain"], rules["source"], rules["last_refusal"]) == \
+        ("Edge Root Rule Chain", "cloud", None)
+    assert rules["id"] is not None
+    device_id, token = agent.create_device("thermo-root")
+
+    body = [{"ts": BASE_TS + t, "values": {"temperature": t}} for t in range(5)]
+    assert agent.post_telemetry(token, body) == 200
+    assert agent.device("POST", f"/api/v1/{token}/attributes", {"fw": "1.2"}).status == 200
+
+    events = settle(cloud, agent)
+    assert telemetry_at_cloud(events, device_id) == \
+        [(BASE_TS + t, {"temperature": t}) for t in range(5)]
+    attributes = [e["body"] for e in events
+                  if e["entity_id"] == device_id and e["action"] == "ATTRIBUTES_UPDATED"]
+    assert [(a["scope"], a["kv"]) for a in attributes] == [("CLIENT_SCOPE", {"fw": "1.2"})]
+    assert local_series(agent, device_id) == \
+        {"temperature": [{"ts": BASE_TS + t, "value": t} for t in range(5)]}
+    counts = {(node, kind.rsplit(".", 1)[-1]): (n_in, failed)
+              for node, kind, n_in, failed in node_counts(agent)}
+    assert counts == {
+        ("nodes[0] 'Message Type Switch'", "TbMsgTypeSwitchNode"): (6, 0),
+        ("nodes[1] 'Save Timeseries'", "TbMsgTimeseriesNode"): (5, 0),
+        ("nodes[2] 'Save Attributes'", "TbMsgAttributesNode"): (1, 0),
+        ("nodes[3] 'Push to Cloud'", "TbMsgPushToCloudNode"): (6, 0),
+        ("nodes[4] 'Push to Cloud'", "TbMsgPushToCloudNode"): (0, 0),
+    }
