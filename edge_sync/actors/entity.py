@@ -305,7 +305,17 @@ class EntityActor:
         the entity's new rule state (also when the chain kept everything local)."""
         assert self.rules is not None
         eid, state, now = self.entity_id, self._rules_state(), self.now_ms()
-        step = state.on_messages(engine, msgs, now)  # the same as one message after another
+        try:
+            step = state.on_messages(engine, msgs, now)  # as one message after another
+        except Exception as exc:  # a defect of the engine: the device is told, the shard lives
+            _rules_log.bind(entity=str(eid), messages=len(msgs)).opt(exception=exc).error(
+                "the rule chain could not run on {} messages; nothing of them was accepted",
+                len(msgs))
+            self.rule_state = None  # it may be half-changed: read again from the store
+            if reply is not None:
+                with contextlib.suppress(InvalidStateError):
+                    reply.set_exception(Unavailable(f"the rule chain failed: {exc}"))
+            return
         planned = plan(eid, step.outcomes, self.rules.counters, now)
         self._report(step)
         required = (RequireDevice(eid),) if requires_device else ()

@@ -1,0 +1,74 @@
+"""A defect inside the rule engine (forced here: it cannot be produced on purpose) fails only
+the request it met: the device is told to retry (Unavailable), nothing of it is appended, one
+ERROR line says so, and the entity's next request runs normally. The shard is not crashed."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from loguru import logger
+
+from edge_sync.actors.entity import EntityActor
+from edge_sync.actors.messages import Append, PostTelemetry
+from edge_sync.actors.rule_host import ShardRules
+from edge_sync.actors.rule_outcomes import RuleCounters
+from edge_sync.errors import Unavailable
+from edge_sync.rules.chain import parse
+from edge_sync.rules.runtime import RulesRuntime
+from edge_sync.rules.session import EntityRules
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.records import Action
+
+DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000e1")
+T0 = 1_700_000_000_000
+PUSH_ALL = {"ruleChain": {"name": "push all", "type": "CORE"}, "metadata": {
+    "firstNodeIndex": 0, "connections": [], "nodes": [
+        {"type": "org.thingsboard.rule.engine.edge.TbMsgPushToCloudNode", "name": "push",
+         "configuration": {"scope": "SERVER_SCOPE"}}]}}
+
+
+class Queue:
+    def __init__(self) -> None:
+        self.appends: list[Append] = []
+
+    def tell(self, message: Append) -> None:
+        self.appends.append(message)
+        assert message.reply is not None
+        message.reply.set_result(range(len(self.appends), len(self.appends) + 1))
+
+
+def test_an_engine_defect_fails_the_request_only(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
+    runtime = RulesRuntime()
+    runtime.install(*parse(PUSH_ALL), "file:push.json", T0)
+    rules = ShardRules(RuleCounters(runtime), store, now_ms=lambda: T0,
+                       new_id=lambda: str(uuid.uuid4()))
+    queue = Queue()
+    entity = EntityActor(DEVICE, queue, 0.0, now_ms=lambda: T0,  # type: ignore[arg-type]
+                         rules=rules)
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
+
+    def broken(self: EntityRules, *args: object) -> None:
+        raise KeyError("a defect")
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(EntityRules, "on_messages", broken)
+            first: Future[range] = Future()
+            entity.handle(PostTelemetry(DEVICE, ((T0, (("t", 1),)),), first), 0.0)
+        second: Future[range] = Future()
+        entity.handle(PostTelemetry(DEVICE, ((T0 + 1, (("t", 2),)),), second), 0.0)
+    finally:
+        logger.remove(sink)
+        store.close()
+    with pytest.raises(Unavailable, match="the rule chain failed"):
+        first.result(0)
+    assert errors == ["the rule chain could not run on 1 messages; nothing of them was accepted"]
+    assert second.result(0) == range(1, 2)
+    assert [(e.action, e.body) for a in queue.appends for e in a.events] == [
+        (Action.TIMESERIES_UPDATED, {"ts": T0 + 1, "values": {"t": 2}})]
