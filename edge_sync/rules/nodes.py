@@ -117,12 +117,17 @@ def _create_alarm(config: Mapping[str, Any]) -> Problems:
     return out
 
 
-def _deduplication(config: Mapping[str, Any]) -> Problems:
-    out: Problems = []
+def _interval(config: Mapping[str, Any]) -> Problems:
+    """A window node's ``interval``: whole seconds >= 1."""
     interval = config.get("interval")
-    if not _whole(interval, minimum=1):
-        out.append(("interval", "missing" if interval is None else
-                    f"expected whole seconds >= 1, got {interval!r}"))
+    if _whole(interval, minimum=1):
+        return []
+    return [("interval", "missing" if interval is None else
+             f"expected whole seconds >= 1, got {interval!r}")]
+
+
+def _deduplication(config: Mapping[str, Any]) -> Problems:
+    out = _interval(config)
     strategy = config.get("strategy")
     if strategy not in DEDUPLICATION_STRATEGIES:
         out.append(("strategy", ("missing" if strategy is None else f"got {strategy!r}")
@@ -137,11 +142,7 @@ def _deduplication(config: Mapping[str, Any]) -> Problems:
 
 
 def _aggregate(config: Mapping[str, Any]) -> Problems:
-    out: Problems = []
-    interval = config.get("interval")
-    if not _whole(interval, minimum=1):
-        out.append(("interval", "missing" if interval is None else
-                    f"expected whole seconds >= 1, got {interval!r}"))
+    out = _interval(config)
     pending = config.get("maxPendingMsgs")
     if pending is not None and not (_whole(pending, minimum=1)
                                     and pending <= AGGREGATE_MAX_PENDING):
