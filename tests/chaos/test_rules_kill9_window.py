@@ -8,7 +8,7 @@ the window or not, the summaries the cloud gets add up to exactly the 1,000 ackn
 readings: count, sum, min and max; nothing lost, nothing counted twice. The restarted edge
 says it loaded the rule state, and no window is left open at the end.
 
-Two cases: the edge is started again at once, well within a 20 s window (the restored window
+Two cases: the edge is started again at once, well within a 12 s window (the restored window
 takes the next 500: exactly one summary of 1,000), or, with a 5 s window, only once the window's
 deadline has passed (the restored window closes at start with the first 500, the next 500 open a
 new one: exactly two summaries).
@@ -35,7 +35,7 @@ from tests.helpers.wait import wait_until
 pytestmark = pytest.mark.slow
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
-INTERVAL_S = {"brief": 20, "past-deadline": 5}
+INTERVAL_S = {"brief": 12, "past-deadline": 5}
 HALF = 500
 
 

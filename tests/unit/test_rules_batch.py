@@ -166,7 +166,11 @@ def random_msgs(rnd: random.Random, count: int) -> list[RuleMsg]:
     return out
 
 
-@pytest.mark.parametrize("seed", range(40))
+# 10 seeds in the default suite, 200 with --soak (scripts/test --soak)
+SEEDS = [*range(10), *(pytest.param(seed, marks=pytest.mark.soak) for seed in range(10, 200))]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_run_many_equals_run_one_after_the_other(seed: int) -> None:
     rnd = random.Random(seed)
     doc = random_chain(rnd)
@@ -190,7 +194,7 @@ def sequential(rules: EntityRules, engine: RuleEngine, msgs: list[RuleMsg], now:
                 tuple(j for s in steps for j in s.jumps), sum(s.dropped for s in steps))
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", SEEDS)
 def test_on_messages_equals_on_message_one_after_the_other(seed: int) -> None:
     rnd = random.Random(1000 + seed)
     doc = random_chain(rnd)
