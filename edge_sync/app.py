@@ -174,6 +174,7 @@ class EdgeApp:
         self.admin_api = AdminHttpApi(
             self.store, self.service, self.metrics,
             entities=self.entities,
+            tell_queue=self.queue.tell,
             request_sync=self._request_sync if link_enabled else None,
             link_status=(lambda: dict(self.link_board.value)) if link_enabled else None,
             request_timeout_s=cfg.http.request_timeout_s, clock=clock,

@@ -15,6 +15,7 @@ from typing import Any
 
 from edge_sync.devices.rpc import RpcRequest, Transition
 from edge_sync.devices.subscribers import Subscriber
+from edge_sync.storage.dead_letters import Selection
 from edge_sync.storage.records import Device, NewEvent, Scope
 
 Reply = Future  # resolved with the command's result (e.g. the seqs appended)
@@ -196,6 +197,15 @@ class DeadLetter:
 class SetIdentity:
     tenant_id: uuid.UUID
     edge_id: uuid.UUID
+    reply: Reply | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayDead:
+    """The operator's replay of dead letters (storage/dead_letters.py's Selection): PENDING
+    again, same seq and lane, in seq order, in one transaction; reply gets a ReplayResult."""
+
+    selection: Selection
     reply: Reply | None = field(default=None, compare=False)
 
 
@@ -435,6 +445,13 @@ class EventsCommitted:
     """New events are durable; next_seq is the seq the next append will get."""
 
     next_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventsReplayed:
+    """Dead letters are PENDING again (seq, lane): the link reads them again, below its cursor."""
+
+    seqs: tuple[tuple[int, int], ...]  # (seq, Lane value), in seq order
 
 
 @dataclass(frozen=True, slots=True)

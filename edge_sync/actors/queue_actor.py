@@ -45,6 +45,7 @@ from edge_sync.actors.messages import (
     CreateDevice,
     DeadLetter,
     EventsCommitted,
+    EventsReplayed,
     FlushGroup,
     MarkDeployed,
     PurgeDeployed,
@@ -53,6 +54,7 @@ from edge_sync.actors.messages import (
     PutLocalTimeseries,
     PutRpc,
     PutRuleState,
+    ReplayDead,
     RequireDevice,
     SetIdentity,
     WriteCommand,
@@ -71,6 +73,7 @@ from edge_sync.errors import (
     Unstorable,
 )
 from edge_sync.metrics import Metrics
+from edge_sync.storage import dead_letters
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
@@ -120,7 +123,7 @@ class QueueActor(SupervisedActor):
         policy: QueuePolicy,
         metrics: Metrics,
         clock: Clock = SYSTEM_CLOCK,
-        on_committed: Callable[[EventsCommitted], None] | None = None,
+        on_committed: Callable[[EventsCommitted | EventsReplayed], None] | None = None,
         tokens: TokenCache | None = None,
         local_retention_s: int = 604_800,
     ) -> None:
@@ -155,6 +158,8 @@ class QueueActor(SupervisedActor):
         self._commits = metrics.counter("edge_queue_commits_total", "group commits (fsyncs)")
         self._purged = metrics.counter("edge_events_purged_total", "deployed events purged")
         self._dead = metrics.counter("edge_events_dead_lettered_total", "events dead-lettered")
+        self._replayed = metrics.counter(
+            "edge_events_replayed_total", "dead letters replayed (PENDING again) by the operator")
         self._local_purged = metrics.counter(
             "edge_rule_local_points_purged_total", "expired local timeseries points purged")
         self._local_dropped = metrics.counter(
@@ -204,6 +209,10 @@ class QueueActor(SupervisedActor):
             case FlushGroup():
                 if self._group:
                     self._flush()
+            case ReplayDead():
+                if self._group:  # what was gathered first commits first
+                    self._flush()
+                self._replay(message)
             case PurgeDeployed():
                 self._purge(older_than_ms=self._clock.now_ms() - self._policy.retention_ms)
             case Crash(reason=reason):
@@ -380,6 +389,30 @@ class QueueActor(SupervisedActor):
             "storage full: evicted the oldest pending normal-lane events (policy evict_oldest_normal)"
         )
         return True
+
+    def _replay(self, command: ReplayDead) -> None:
+        """The operator's replay: the selected dead letters PENDING again (same seq, same
+        lane), in seq order, in one transaction; each one logged and counted after the commit,
+        then the link told (they are below its read cursor)."""
+        try:
+            result = self._store.write(
+                lambda txn: dead_letters.replay(self._log, txn, command.selection),
+                maintenance=True)  # no new data: a full store can still replay
+        except EdgeSyncError as exc:
+            _log.bind(reason=str(exc)).warning("dead-letter replay failed: {}", exc)
+            if command.reply is not None and not command.reply.done():
+                command.reply.set_exception(exc)
+            return
+        for r in result.replayed:
+            _log.bind(seq=r.seq, entity=str(r.entity_id), lane=r.lane.name.lower(),
+                      reason=r.reason).info("dead letter replayed")
+        if result.replayed:
+            self._replayed.inc(len(result.replayed))
+            if self._on_committed is not None:
+                self._on_committed(EventsReplayed(
+                    tuple((r.seq, int(r.lane)) for r in result.replayed)))
+        if command.reply is not None and not command.reply.done():
+            command.reply.set_result(result)
 
     def _purge(self, *, older_than_ms: int) -> None:
         total = 0

@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
+from edge_sync.actors.messages import ReplayDead
 from edge_sync.api.device_service import DeviceService
 from edge_sync.api.entity_service import (
     EntityService,
@@ -50,6 +51,7 @@ from edge_sync.devices.rpc import RpcRequest, RpcStatus
 from edge_sync.errors import BadRequest, NotFound
 from edge_sync.metrics import Metrics
 from edge_sync.status import collect_status
+from edge_sync.storage.dead_letters import ReplayResult, Selection
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
@@ -158,7 +160,9 @@ class AdminHttpApi:
         entities: EntityService | None = None,
         request_sync: Callable[[bool, str], None] | None = None,
         rules_status: Callable[[], dict[str, Any]] | None = None,
+        tell_queue: Callable[[ReplayDead], None] | None = None,
     ) -> None:
+        self._tell_queue = tell_queue  # the QueueActor: POST /api/dead-letters/replay
         self._store = store
         self._rules_status = rules_status
         self._service = service
@@ -196,6 +200,7 @@ class AdminHttpApi:
         app.router.add_delete("/api/relations", self._delete_relations)
         app.router.add_post("/api/rule-chains/{id}/metadata-request", self._request_metadata)
         app.router.add_post("/api/sync", self._sync)
+        app.router.add_post("/api/dead-letters/replay", self._replay_dead)
         app.router.add_get("/api/rules", self._rules)
         app.router.add_get("/api/devices/{id}/timeseries", self._timeseries)
         app.router.add_get("/metrics", self._prometheus)
@@ -444,6 +449,30 @@ class AdminHttpApi:
             return error_response(status_of(exc), str(exc) or type(exc).__name__)
         _log.bind(full=full).info("{} sync requested by the operator", "full" if full else "a")
         return web.json_response({"full": full, "requested": True}, status=202)
+
+    async def _replay_dead(self, request: web.Request) -> web.StreamResponse:
+        """``POST /api/dead-letters/replay`` with ``{"seqs": [...]}``, ``{"entity": "<uuid>"}``
+        or ``{"all": true}``: the dead letters PENDING again, in seq order (the QueueActor, one
+        transaction); 200 ``{"replayed": [seq, ...], "skipped": [{"seq", "reason"}]}``."""
+        try:
+            selection = Selection.from_json(parse_json(await request.read()))
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(413, "body too large")
+        except BadRequest as exc:
+            return error_response(400, str(exc))
+        if self._tell_queue is None:
+            return error_response(503, "the queue is not running")
+        future: Future[ReplayResult] = Future()
+        try:
+            self._tell_queue(ReplayDead(selection, future))
+            result = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
+        except Exception as exc:
+            code = status_of(exc)
+            _log.bind(status=code).warning("dead-letter replay refused: {}", exc)
+            return error_response(code, str(exc) or type(exc).__name__)
+        _log.bind(replayed=len(result.replayed), skipped=len(result.skipped)).info(
+            "dead letters replayed by the operator: {}", len(result.replayed))
+        return web.json_response(result.as_json())
 
     async def _inject_crash(self, request: web.Request) -> web.StreamResponse:
         """Fault injection (admin.fault_injection): tell an actor to raise."""

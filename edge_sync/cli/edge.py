@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                "rpc": _rpc, "asset": _asset, "relation": _relation, "attributes": _attributes,
                "timeseries": _timeseries, "alarm": _alarm, "entities": _entities,
                "apply-log": _apply_log,
-               "entity": _entity, "sync": _sync}[args.command]
+               "entity": _entity, "sync": _sync, "replay": _replay}[args.command]
     try:
         return int(handler(cfg, args))
     except BrokenPipeError:
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     rlist.add_argument("--status", type=str.upper, default=None,
                        choices=[s.value for s in RpcStatus])
     rlist.add_argument("--json", action="store_true")
+    _operator_commands(sub, config)
     rules = sub.add_parser("rules", help="ThingsBoard rule chains")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     rcheck = rules_sub.add_parser(
@@ -204,6 +205,19 @@ def _graph_commands(sub: Any, config: argparse.ArgumentParser) -> None:
     sync = sub.add_parser("sync", parents=[config], help="ask the running agent for a sync")
     sync.add_argument("--full", action="store_true",
                       help="a full sync: the cloud sends everything assigned to the edge")
+
+
+def _operator_commands(sub: Any, config: argparse.ArgumentParser) -> None:
+    """The operator's commands: replay, verify, config check (status --watch is on status)."""
+    rp = sub.add_parser("replay", parents=[config],
+                        help="re-queue dead letters (the agent running or not)")
+    rp.add_argument("--dead", action="store_true", help="replay dead letters (required)")
+    rp.add_argument("--seq", dest="seqs", type=int, nargs="+", action="extend", default=None,
+                    metavar="N", help="these seqs")
+    rp.add_argument("--entity", type=uuid.UUID, default=None, metavar="ID",
+                    help="every dead letter of this entity")
+    rp.add_argument("--all", action="store_true", help="every dead letter")
+    rp.add_argument("--json", action="store_true")
 
 
 def _json_arg(text: str) -> Any:
@@ -587,6 +601,107 @@ def _apply_log(cfg: EdgeConfig, args: argparse.Namespace) -> int:
 def _sync(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     return _change(cfg, args, "POST", "/api/sync", {"full": bool(args.full)},
                    "sync not requested")
+
+
+# -- the operator's commands ------------------------------------------------------------------
+
+
+def _agent_reachable(cfg: EdgeConfig) -> bool:
+    """Whether the agent's admin API answers (how every command tells a running agent)."""
+    try:
+        admin_call(cfg.admin, "GET", "/healthz", timeout=3)
+    except AdminUnreachable:
+        return False
+    return True
+
+
+def _open_writable(cfg: EdgeConfig) -> Any:
+    """The store opened for writing with the agent stopped. Its writer lock is the agent's:
+    while an agent holds the store (its admin API unreachable or not), this fails."""
+    from edge_sync.app import open_store
+
+    return open_store(cfg)
+
+
+def _replay(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    """``replay --dead --seq N ... | --entity ID | --all``: through the running agent's admin
+    API, else on the store directly (its writer lock keeps an agent from starting meanwhile)."""
+    from edge_sync.storage import dead_letters
+
+    chosen = sum((args.seqs is not None, args.entity is not None, bool(args.all)))
+    if not args.dead or chosen != 1:
+        return fail("usage: edge-sync replay --dead (--seq N [N ...] | --entity ID | --all): "
+                    + ("--dead is required" if not args.dead
+                       else "name the dead letters with exactly one of --seq, --entity, --all"),
+                    EXIT_USAGE)
+    try:
+        selection = dead_letters.Selection(
+            seqs=tuple(args.seqs) if args.seqs is not None else None,
+            entity=args.entity, all=bool(args.all))
+    except BadRequest as exc:
+        return fail(str(exc), EXIT_USAGE)
+    try:
+        before = _with_store(cfg, lambda store: _dead_letters(store))
+    except StorageError as exc:
+        return fail(str(exc), EXIT_STORAGE)
+    via = "agent"
+    try:
+        code, out = admin_call(cfg.admin, "POST", "/api/dead-letters/replay", selection.as_json())
+    except AdminUnreachable:
+        via = "store"
+        try:
+            result = _replay_on_store(cfg, selection)
+        except StorageError as exc:
+            return fail(f"{exc} (the agent's admin API is unreachable: is it running with "
+                        "admin.enabled false, or on another port?)", EXIT_STORAGE)
+        out = result.as_json()
+    else:
+        if code != 200:
+            message = out.get("message", out) if isinstance(out, dict) else out
+            return fail(f"dead letters not replayed ({code}): {message}",
+                        exit_code_for_refusal(code))
+    replayed = [{"seq": seq, **before.get(seq, {})} for seq in out["replayed"]]
+    if args.json:
+        print_json({"replayed": replayed, "skipped": out["skipped"], "via": via})
+        return EXIT_OK
+    for r in replayed:
+        print(f"replayed {r['seq']:>10}  {r.get('lane', '?'):<6} {r.get('entity', '?')}  "
+              f"was dead: {r.get('reason', '?')}")
+    for s in out["skipped"]:
+        print(f"skipped  {s['seq']:>10}  {s['reason']}")
+    where = ("the running agent sends them now" if via == "agent"
+             else "the agent sends them when it next runs")
+    print(f"{len(replayed)} dead letter(s) replayed, {len(out['skipped'])} skipped ({where})")
+    return EXIT_OK
+
+
+def _dead_letters(store: Any) -> dict[int, dict[str, Any]]:
+    """Every dead letter: seq -> entity, lane, reason (what the replay output shows)."""
+    from edge_sync.storage import dead_letters
+
+    with store.read() as txn:
+        return {e.seq: {"entity": str(e.entity_id), "lane": e.lane.name.lower(),
+                        "reason": e.error or ""}
+                for e in dead_letters.dead_events(EventLog(store), txn)}
+
+
+def _replay_on_store(cfg: EdgeConfig, selection: Any) -> Any:
+    """The replay with the agent stopped: one write transaction, each replay logged. Nothing
+    the agent caches at start depends on it (next_seq is unchanged; counts come from the
+    store; the link reads every pending event from the start of its first stream)."""
+    from edge_sync.storage import dead_letters
+
+    store = _open_writable(cfg)
+    try:
+        log = EventLog(store)
+        result = store.write(lambda txn: dead_letters.replay(log, txn, selection),
+                             maintenance=True)
+    finally:
+        store.close()
+    for r in result.replayed:  # (the agent's edge_events_replayed_total counts its own)
+        logger.bind(seq=r.seq, entity=str(r.entity_id), lane=r.lane.name.lower(),
+                    reason=r.reason).info("dead letter replayed")
+    return result
 
 
 def _rules_check(args: argparse.Namespace) -> int:

@@ -31,7 +31,13 @@ from loguru import logger
 
 from edge_sync.actors.address import Address
 from edge_sync.actors.deadline_timer import DeadlineTimer
-from edge_sync.actors.messages import DeadLetter, EventsCommitted, MarkDeployed, SetIdentity
+from edge_sync.actors.messages import (
+    DeadLetter,
+    EventsCommitted,
+    EventsReplayed,
+    MarkDeployed,
+    SetIdentity,
+)
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 from edge_sync.common.wire import Owner, uuid_of
@@ -56,7 +62,7 @@ from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.graph_store import GraphStore, SyncState
-from edge_sync.storage.records import NIL_UUID
+from edge_sync.storage.records import NIL_UUID, Lane
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 
 _log = logger.bind(component="link")
@@ -239,6 +245,9 @@ class ConnectionActor(SupervisedActor):
                 if not (self._window.waiting_for_batch
                         and next_seq - self._read_next < self._cfg.batch.size):
                     self._pump()  # else: not a batch's worth yet; the batch deadline reads
+            case EventsReplayed(seqs=seqs):  # the operator's replay: below the read cursor
+                self._window.replayed([(seq, Lane(lane)) for seq, lane in seqs])
+                self._pump()
             case DownlinkApplied():
                 self._on_downlink_applied(message)
             case RequestSync():

@@ -215,6 +215,7 @@ class UplinkWindow:
         # unordered peer: msg id of a message resent after its ack timeout -> its seqs; a late
         # success settles them (oldest forgotten first beyond MAX_SUPERSEDED)
         self._superseded: OrderedDict[int, tuple[int, ...]] = OrderedDict()
+        self._rewind: dict[Lane, int] = {}  # replayed dead letters: read again from here
         self.reset()
 
     # -- views ---------------------------------------------------------------------------------
@@ -276,11 +277,30 @@ class UplinkWindow:
         self._held = []
         self._waiting = []
         self._superseded.clear()
+        self._rewind = {}
+
+    def replayed(self, seqs: Sequence[tuple[int, Lane]]) -> None:
+        """Dead letters the operator made PENDING again (below the cursor): they are read
+        again. The cursor goes back to just before the first of each lane as soon as nothing
+        read is awaiting an answer or held (those would be read twice); until then it waits."""
+        for seq, lane in seqs:
+            self._passed.pop(seq, None)
+            self._rewind[lane] = min(self._rewind.get(lane, seq), seq)
+        self._apply_rewind()
+
+    def _apply_rewind(self) -> None:
+        if not self._rewind or self._in_flight or self._held or self._waiting:
+            return
+        for lane, first in self._rewind.items():
+            self.cursor[lane] = min(self.cursor[lane], first - 1)
+        self._rewind = {}
+        self._blocked = False
 
     # -- sending -------------------------------------------------------------------------------
 
     def wants_events(self, now: float) -> bool:
         """Room for one more message, and no go-back-N resend waiting for its time."""
+        self._apply_rewind()
         if self._resend_at is not None:
             if now < self._resend_at:
                 return False

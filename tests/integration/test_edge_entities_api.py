@@ -396,6 +396,7 @@ WRITES: list[tuple[str, str, dict[str, Any]]] = [
     ("DELETE", f"/api/entities/{UNKNOWN}/timeseries", {"keys": ["a"]}),
     ("POST", f"/api/rule-chains/{UNKNOWN}/metadata-request", {}),
     ("POST", "/api/sync", {"full": True}),
+    ("POST", "/api/dead-letters/replay", {"all": True}),
 ]
 
 

@@ -662,3 +662,24 @@ def test_msg_ids_wrapping_skip_ids_still_in_flight() -> None:
     assert pump(w, q, 1.0) == [(2**31 - 1, 1, (2,)), (2, 1, (3,))]  # 1 is still in flight
     assert [f.msg_id for f in w.in_flight] == [1, 2**31 - 1, 2]
     assert w.on_ack(1) == (1,) and w.on_ack(2**31 - 1) == (2,) and w.on_ack(2) == (3,)
+
+
+# -- the operator's replay of dead letters ------------------------------------------------------
+
+
+def test_replayed_dead_letters_are_read_again_once_nothing_is_in_flight() -> None:
+    """A replayed dead letter is below the cursor: the window reads from just before it, but
+    only once no message read after it awaits an answer (those would be read twice)."""
+    w = window(window=2, batch_size=3)
+    q = Queue([event(s) for s in (1, 3, 4, 5, 6, 7)])  # seq 2 is a dead letter
+    assert pump(w, q, 0.0) == [(1, 1, (1, 3, 4)), (2, 1, (5, 6, 7))]
+    q.commit_deployed(w.on_ack(1) or ())
+    q.events.insert(0, event(2))  # the operator's replay: PENDING again
+    w.replayed([(2, Lane.NORMAL)])
+    assert pump(w, q, 0.1) == []  # message 2 still in flight: the rewind waits
+    assert w.cursor[Lane.NORMAL] == 7
+    q.commit_deployed(w.on_ack(2) or ())
+    assert pump(w, q, 0.2) == [(3, 1, (2,))]
+    q.commit_deployed(w.on_ack(3) or ())
+    assert q.events == [] and q.deployed == [1, 3, 4, 5, 6, 7, 2]
+    assert pump(w, q, 0.3) == []  # read once
