@@ -7,7 +7,8 @@ they open the store with LMDB read transactions. Changes go through the running 
 API, so they are written by its actors in order. Exit codes (edge_sync.cli.common): 0 ok; 1 bad
 configuration or a refused request; 2 usage; 3 the supervisor gave up; 4 storage unusable; 5
 the running agent could not be reached; 6 conflict (a name or token is taken); 7 not found
-(no such entity, relation or alarm).
+(no such entity, relation or alarm); 8 ``verify`` found problems (after ``--repair``: problems
+it could not fix).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                "rpc": _rpc, "asset": _asset, "relation": _relation, "attributes": _attributes,
                "timeseries": _timeseries, "alarm": _alarm, "entities": _entities,
                "apply-log": _apply_log,
-               "entity": _entity, "sync": _sync, "replay": _replay}[args.command]
+               "entity": _entity, "sync": _sync, "replay": _replay,
+               "verify": _verify}[args.command]
     try:
         return int(handler(cfg, args))
     except BrokenPipeError:
@@ -218,6 +220,11 @@ def _operator_commands(sub: Any, config: argparse.ArgumentParser) -> None:
                     help="every dead letter of this entity")
     rp.add_argument("--all", action="store_true", help="every dead letter")
     rp.add_argument("--json", action="store_true")
+    vf = sub.add_parser("verify", parents=[config],
+                        help="audit the store's integrity (read-only unless --repair)")
+    vf.add_argument("--repair", action="store_true",
+                    help="rebuild what the log and records allow (the agent must be stopped)")
+    vf.add_argument("--json", action="store_true")
 
 
 def _json_arg(text: str) -> Any:
@@ -702,6 +709,69 @@ def _replay_on_store(cfg: EdgeConfig, selection: Any) -> Any:
         logger.bind(seq=r.seq, entity=str(r.entity_id), lane=r.lane.name.lower(),
                     reason=r.reason).info("dead letter replayed")
     return result
+
+
+EXIT_DAMAGED = 8  # verify: the store has problems (after --repair: ones it could not fix)
+
+
+def _verify(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    """``verify [--repair]``: the audit of storage/verify.py on a read snapshot (the agent may
+    run); with --repair, in one write transaction on the stopped agent's store, then again."""
+    from edge_sync.storage import verify
+
+    repaired: list[verify.Problem] = []
+    if args.repair:
+        if _agent_reachable(cfg):
+            return fail("verify --repair refused: the agent is running (its admin API answers);"
+                        " stop it first", EXIT_CONFIG)
+        try:
+            store = _open_writable(cfg)
+        except StorageError as exc:
+            return fail(f"verify --repair refused: {exc}", EXIT_STORAGE)
+        try:
+            found = store.write(lambda txn: verify.repair(store, txn), maintenance=True)
+        finally:
+            store.close()
+        repaired = [p for p in found.problems if p.fix is not None]
+        for p in repaired:
+            logger.bind(db=p.db, key=p.key, problem=p.what, repair=p.repair).warning(
+                "store repaired: {} {}: {}; {}", p.db, p.key, p.what, p.repair)
+    try:
+        result = _with_store(cfg, lambda store: _audit(store))
+    except StorageError as exc:
+        return fail(str(exc), EXIT_STORAGE)
+    code = EXIT_OK if result.healthy else EXIT_DAMAGED
+    if args.json:
+        print_json({"healthy": result.healthy,
+                    "problems": [_problem_json(p) for p in result.problems],
+                    "repaired": [_problem_json(p) for p in repaired],
+                    "notes": [_problem_json(p) for p in result.notes],
+                    "checked": result.checked})
+        return code
+    for p in repaired:
+        print(f"repaired: {p}; {p.repair}")
+    for p in result.problems:
+        print(("NOT REPAIRED: " if args.repair else "problem: ") + str(p)
+              + ("" if args.repair or p.fix is None else "  [--repair fixes it]"))
+    for p in result.notes:
+        print(f"note: {p}")
+    entries = sum(result.checked.values())
+    print(f"{'healthy' if result.healthy else 'DAMAGED'}: {len(result.problems)} problem(s), "
+          f"{len(repaired)} repaired, {len(result.notes)} note(s); {entries} entries in "
+          f"{len(result.checked)} databases checked")
+    return code
+
+
+def _audit(store: Any) -> Any:
+    from edge_sync.storage import verify
+
+    with store.read() as txn:
+        return verify.audit(store, txn)
+
+
+def _problem_json(p: Any) -> dict[str, str]:
+    return {"db": p.db, "key": p.key, "what": p.what,
+            **({"repair": p.repair} if p.fix is not None else {})}
 
 
 def _rules_check(args: argparse.Namespace) -> int:
