@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", parents=[config],
                         help="connection, queue depth, dead letters")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", action="store_true",
+                    help="refresh until Ctrl-C, with the drain rate and the time to empty")
+    st.add_argument("--interval", type=float, default=2.0, metavar="S",
+                    help="--watch: seconds between refreshes (default 2)")
+    st.add_argument("--count", type=int, default=0, metavar="N",
+                    help="--watch: stop after N refreshes (default: until Ctrl-C)")
     ev = sub.add_parser("events", parents=[config],
                         help="the cloud event log, oldest first")
     ev.add_argument("--status", choices=["pending", "deployed", "dead", "all"], default="all")
@@ -291,16 +297,28 @@ def _open_readonly(cfg: EdgeConfig) -> Any:
 
 
 def _status(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    if args.watch:
+        return _status_watch(cfg, args)
+    try:
+        status = _collect(cfg)
+    except StorageError as exc:
+        return fail(str(exc), EXIT_STORAGE)
+    if args.json:
+        print_json(status)
+        return EXIT_OK
+    print(_status_text(status))
+    return EXIT_OK
+
+
+def _collect(cfg: EdgeConfig) -> dict[str, Any]:
+    """The running agent's status (its admin API), else the store's (read-only)."""
     try:
         code, status = admin_call(cfg.admin, "GET", "/api/status", timeout=3)
         running = code == 200
     except AdminUnreachable:
         running = False
     if not running:
-        try:
-            store = _open_readonly(cfg)
-        except StorageError as exc:
-            return fail(str(exc), EXIT_STORAGE)
+        store = _open_readonly(cfg)
         try:
             status = collect_status(store, now_ms=SYSTEM_CLOCK.now_ms())
         finally:
@@ -308,11 +326,42 @@ def _status(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         status["agent"] = "not running"
     else:
         status["agent"] = "running"
-    if args.json:
-        print_json(status)
+    return dict(status)
+
+
+def _status_watch(cfg: EdgeConfig, args: argparse.Namespace) -> int:
+    """``status --watch``: a block per refresh (the screen cleared first on a terminal), with
+    the drain rate over the last minute of refreshes; Ctrl-C ends it with 0."""
+    import time
+
+    from edge_sync.cli.drain import DrainMeter
+
+    if args.interval <= 0 or args.count < 0:
+        return fail("--interval must be above 0 and --count 0 or more", EXIT_USAGE)
+    meter = DrainMeter(window_s=max(60.0, 3 * args.interval))
+    tty = sys.stdout.isatty()
+    done = 0
+    try:
+        while True:
+            try:
+                status = _collect(cfg)
+            except StorageError as exc:
+                return fail(str(exc), EXIT_STORAGE)
+            drain = meter.add_status(status)
+            if args.json:
+                print_json({**status, "drain": drain.as_json()})
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                block = f"{_status_text(status)}\n{drain.text()}\n(refreshed {stamp}, every " \
+                        f"{args.interval:g}s; Ctrl-C to stop)"
+                print(("\033[H\033[2J" if tty else "") + block + ("" if tty else "\n"),
+                      flush=True)
+            done += 1
+            if args.count and done >= args.count:
+                return EXIT_OK
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
         return EXIT_OK
-    print(_status_text(status))
-    return EXIT_OK
 
 
 def _status_text(status: dict[str, Any]) -> str:
