@@ -77,6 +77,8 @@ __all__ = [
     "RetryConfig",
     "StorageConfig",
     "SupervisorConfig",
+    "check_edge_config",
+    "effective_settings",
     "load_cloud_config",
     "load_edge_config",
     "resolve_placeholders",
@@ -531,6 +533,37 @@ def load_edge_config(path: Path | None = None, env: Mapping[str, str] | None = N
     return _load(EdgeConfig, path, env, DEFAULT_EDGE_CONFIG, EDGE_CONFIG_ENV)
 
 
+def check_edge_config(path: Path | None = None, env: Mapping[str, str] | None = None
+                      ) -> tuple[EdgeConfig | None, list[str]]:
+    """Load the edge configuration collecting every problem in one pass (``edge-sync config
+    check``): (the configuration, []) or (None, every message, each as load_edge_config words
+    it)."""
+    errors: list[str] = []
+    try:
+        cfg = _load(EdgeConfig, path, env, DEFAULT_EDGE_CONFIG, EDGE_CONFIG_ENV, errors)
+    except ConfigError as exc:  # the file itself: unreadable, not YAML
+        return None, [*errors, str(exc)]
+    return (None, errors) if errors or cfg is None else (cfg, [])
+
+
+def effective_settings(section: object, path: str = "") -> list[tuple[str, str]]:
+    """Every leaf setting of a loaded configuration as (dotted key, value as text), in
+    declaration order; a field marked secret shows ``****`` when set (never its value)."""
+    out: list[tuple[str, str]] = []
+    for f in dataclasses.fields(section):  # type: ignore[arg-type]
+        value = getattr(section, f.name)
+        key = _join(path, f.name)
+        if dataclasses.is_dataclass(value):
+            out += effective_settings(value, key)
+        elif f.metadata.get("secret"):
+            out.append((key, "'****'" if value else "''"))
+        elif isinstance(value, bool):
+            out.append((key, "true" if value else "false"))
+        else:
+            out.append((key, "null" if value is None else _show(value)))
+    return out
+
+
 def load_cloud_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> CloudConfig:
     """Load the reference cloud's configuration (CLOUD_CONFIG, else the packaged ``cloud.yml``)."""
     return _load(CloudConfig, path, env, DEFAULT_CLOUD_CONFIG, CLOUD_CONFIG_ENV)
@@ -558,6 +591,7 @@ def _load(
     env: Mapping[str, str] | None,
     packaged: Path,
     path_var: str,
+    errors: list[str] | None = None,
 ) -> _T:
     env = os.environ if env is None else env
     if path is None:
@@ -566,7 +600,7 @@ def _load(
     tree = _read_yaml(packaged)
     if Path(path) != packaged:
         tree = _merge(tree, _read_yaml(Path(path)))
-    return _build(cls, tree, "", env)
+    return _build(cls, tree, "", env, errors)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -669,43 +703,71 @@ def _is_section(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _build(cls: type[_T], raw: object, path: str, env: Mapping[str, str]) -> _T:
-    """Convert one YAML mapping into the dataclass ``cls``, recursively."""
+def _problem(errors: list[str] | None, message: str) -> None:
+    """Raise the problem (loading), or note it and go on (collecting: ``config check``)."""
+    if errors is None:
+        raise ConfigError(message)
+    errors.append(message)
+
+
+def _build(cls: type[_T], raw: object, path: str, env: Mapping[str, str],
+           errors: list[str] | None = None) -> _T:
+    """Convert one YAML mapping into the dataclass ``cls``, recursively. With ``errors`` every
+    problem is appended there instead of raised, the setting concerned keeping its default
+    (a section that still cannot be made is left to its parent's default)."""
     if raw is None:  # a section whose keys are all commented out
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(_invalid_message(path or "<top level>", raw, "a mapping of settings", ()))
+        _problem(errors, _invalid_message(path or "<top level>", raw, "a mapping of settings", ()))
+        return None  # type: ignore[return-value]  # collecting only: the parent's default
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for name in raw:
         if name not in fields:
-            raise ConfigError(_unknown_key_message(path, name, list(fields)))
+            _problem(errors, _unknown_key_message(path, name, list(fields)))
     kwargs: dict[str, object] = {}
     written: dict[str, object] = {}  # each leaf as written (after placeholders), for messages
     sources: dict[str, tuple[str, ...]] = {}
     for name, value in raw.items():
+        if name not in fields:
+            continue
         tp, key, f = hints[name], _join(path, name), fields[name]
         if _is_section(tp):
-            kwargs[name] = _build(tp, value, key, env)
+            section = _build(tp, value, key, env, errors)
+            if section is not None:
+                kwargs[name] = section
             continue
         env_vars: tuple[str, ...] = ()
-        if isinstance(value, str):
-            value, env_vars = _resolve(value, env, key)
-        sources[name], written[name] = env_vars, value
-        kwargs[name] = _convert(tp, value, key, f.metadata, env_vars)
+        try:
+            if isinstance(value, str):
+                value, env_vars = _resolve(value, env, key)
+            sources[name], written[name] = env_vars, value
+            kwargs[name] = _convert(tp, value, key, f.metadata, env_vars)
+        except ConfigError as e:
+            if errors is None:
+                raise
+            errors.append(str(e))
+    if errors is not None:  # every field's bounds, not only the first failing one
+        for name in list(kwargs):
+            if _is_section(hints[name]):
+                continue
+            try:
+                _check_bounds(fields[name], hints[name], kwargs[name])
+            except _Invalid as e:
+                errors.append(_field_message(path, fields, e, written, sources))
+                del kwargs[name]
     try:
         return cls(**kwargs)
     except _Invalid as e:
-        secret = bool(fields[e.name].metadata.get("secret")) if e.name in fields else False
-        raise ConfigError(
-            _invalid_message(
-                _join(path, e.name),
-                written.get(e.name, e.value),
-                e.expected,
-                sources.get(e.name, ()),
-                secret=secret,
-            )
-        ) from None
+        _problem(errors, _field_message(path, fields, e, written, sources))
+        return None  # type: ignore[return-value]  # collecting only
+
+
+def _field_message(path: str, fields: Mapping[str, dataclasses.Field[Any]], e: _Invalid,
+                   written: Mapping[str, object], sources: Mapping[str, tuple[str, ...]]) -> str:
+    secret = bool(fields[e.name].metadata.get("secret")) if e.name in fields else False
+    return _invalid_message(_join(path, e.name), written.get(e.name, e.value), e.expected,
+                            sources.get(e.name, ()), secret=secret)
 
 
 _TRUE = frozenset({"true", "yes", "1"})

@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             return _rules_check(args)
         except BrokenPipeError:
             return reader_gone()
+    if args.command == "config":  # every error at once: not the loader's first one
+        try:
+            return _config_check(args)
+        except BrokenPipeError:
+            return reader_gone()
     try:
         cfg = load_edge_config(args.config)
     except ConfigError as exc:
@@ -231,6 +236,11 @@ def _operator_commands(sub: Any, config: argparse.ArgumentParser) -> None:
     vf.add_argument("--repair", action="store_true",
                     help="rebuild what the log and records allow (the agent must be stopped)")
     vf.add_argument("--json", action="store_true")
+    cf = sub.add_parser("config", parents=[config], help="the agent's configuration")
+    cf_sub = cf.add_subparsers(dest="config_command", required=True)
+    cc = cf_sub.add_parser("check", parents=[config],
+                           help="the effective configuration (secrets masked), or every error")
+    cc.add_argument("--json", action="store_true")
 
 
 def _json_arg(text: str) -> Any:
@@ -758,6 +768,30 @@ def _replay_on_store(cfg: EdgeConfig, selection: Any) -> Any:
         logger.bind(seq=r.seq, entity=str(r.entity_id), lane=r.lane.name.lower(),
                     reason=r.reason).info("dead letter replayed")
     return result
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    """``config check [--config FILE]``: every setting as the agent would run with it (packaged
+    defaults, the file, environment overrides; secrets masked), exit 0; or every error, exit 1."""
+    from edge_sync.config import check_edge_config, effective_settings
+
+    cfg, errors = check_edge_config(args.config)
+    if cfg is None:
+        if args.json:
+            print_json({"ok": False, "errors": errors})
+        else:
+            for message in errors:
+                print(f"error: {message}")
+            print(f"{len(errors)} error(s) in the configuration")
+        return EXIT_CONFIG
+    settings = effective_settings(cfg)
+    if args.json:
+        print_json({"ok": True, "settings": dict(settings)})
+    else:
+        for key, value in settings:
+            print(f"{key}: {value}")
+        print(f"configuration ok ({len(settings)} settings)")
+    return EXIT_OK
 
 
 EXIT_DAMAGED = 8  # verify: the store has problems (after --repair: ones it could not fix)
