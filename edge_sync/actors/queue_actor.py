@@ -21,6 +21,10 @@ that expire soonest (they are the edge's own copy; the event log is what the del
 keeps), then applies the configured policy (refuse, or evict the oldest normal-lane events),
 counting and logging every drop, refusal and eviction.
 
+The operator's replay of dead letters (ReplayDead, storage/dead_letters.py) commits what is
+gathered first, then re-queues the selection in one transaction of its own, logs and counts
+each replay, and tells the link (EventsReplayed): the replayed seqs are below its read cursor.
+
 A command whose values the store cannot encode (Unstorable: only the in-process path that skips
 validation can send one) fails alone with that BadRequest and the rest of its group commits. Any
 other unexpected failure of a commit fails the commands not yet committed with InternalError

@@ -1,6 +1,8 @@
 """The ``edge-sync`` command: run the agent, show its status, events, server-side RPC requests
 and entity graph, provision and delete devices, change the graph (assets, relations, attribute
-and timeseries keys), acknowledge or clear alarms, ask for a sync, check a rule chain file.
+and timeseries keys), acknowledge or clear alarms, ask for a sync, check a rule chain file; and
+the operator's commands (docs/operations.md): replay dead letters, verify (and repair) the
+store, watch the status with the drain rate, check a configuration.
 
 Read-only commands (status, events, rpc list, entities, entity) work with the agent stopped:
 they open the store with LMDB read transactions. Changes go through the running agent's admin
