@@ -108,6 +108,7 @@ class DeviceHttpApi:
         except Exception as exc:
             return self._refuse(status_of(exc), _message(exc), what, token)
         if not answered:
+            self._answers.labels(protocol="http", code="408").inc()
             return web.Response(status=408)
         self._accepted.inc()
         return web.json_response(value)
