@@ -169,9 +169,17 @@ class Metrics:
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's value (0 when absent): ``value("edge_sync_events_total", lane="high",
-        outcome="appended")``."""
-        found = self.registry.get_sample_value(name, labels)
-        return 0.0 if found is None else found
+        outcome="appended")``. A counter's is read from that counter alone (no gauge is read)."""
+        with self._lock:
+            counter = self._counters.get(name)
+        if counter is None:
+            found = self.registry.get_sample_value(name, labels)
+            return 0.0 if found is None else found
+        for family in counter[0].collect():
+            for s in family.samples:
+                if s.name == name and s.labels == labels:
+                    return float(s.value)
+        return 0.0
 
     def snapshot(self) -> dict[str, float | int]:
         """Every sample as ``{'name{label="value",...}': value}`` (histogram buckets left out:
