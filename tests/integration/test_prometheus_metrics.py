@@ -1,8 +1,8 @@
 """GET /metrics of both real processes (`edge-sync run`, `edge-cloud serve`) after a known
 workload, read with prometheus-client's own parser: the content type, every family's type,
-and exact values (events by lane and outcome, device answers by code, queue depth, link and
-breaker state, the sync latency histogram and the status' ``sync_latency_ms``; the cloud's
-applied events, dedup and connected edges)."""
+and exact values (events by lane and outcome, device answers by protocol and code over HTTP
+and MQTT, queue depth, link and breaker state, the sync latency histogram and the status'
+``sync_latency_ms``; the cloud's applied events, dedup and connected edges)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from prometheus_client.samples import Sample
 from edge_sync.storage.records import Lane, Status
 from tests.helpers.agent import Agent, read_log
 from tests.helpers.cloud_proc import CloudProc, link_env, wait_connected, wait_drained
+from tests.helpers.mqtt_device import MqttDevice
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +51,9 @@ def test_both_processes_expose_their_metrics_to_prometheus(tmp_path, procs) -> N
         for _, token in devices:
             assert agent.post_telemetry(token, {"n": n}) == 200
     assert agent.post_telemetry("no-such-token", {"n": 0}) == 401
+    for token in (devices[0][1], "no-such-token"):  # CONNACK 0, then 5 (not authorized)
+        with MqttDevice(agent.mqtt_port, token) as device:
+            device.connect()
     total = 2 * (5 + 2)  # per device: ADDED, CREDENTIALS_UPDATED and 5 points
     cloud.wait_applied(RK, total, timeout=DEADLINE_S)
     st = wait_drained(agent)
@@ -75,6 +79,8 @@ def test_both_processes_expose_their_metrics_to_prometheus(tmp_path, procs) -> N
         assert value(edge, "edge_sync_events_total", outcome=outcome) == 0, outcome
     assert value(edge, "edge_sync_device_requests_total", protocol="http", code="200") == 10
     assert value(edge, "edge_sync_device_requests_total", protocol="http", code="401") == 1
+    assert {s.labels["code"]: s.value for s in edge if s.name == "edge_sync_device_requests_total"
+            and s.labels["protocol"] == "mqtt"} == {"0": 1, "5": 1}
     assert {s.labels["lane"]: s.value for s in edge if s.name == "edge_sync_queue_depth"} == {
         "high": 0, "normal": 0}
     assert {s.labels["status"]: s.value for s in edge if s.name == "edge_sync_queue_events"} == {
