@@ -312,9 +312,12 @@ class Edge:
 
     def link_counters(self) -> dict[str, float]:
         snap = self.app.metrics.snapshot()
-        names = ("edge_uplink_go_back_n_total", "edge_uplink_dead_letters_total",
-                 "edge_link_connect_attempts_total")
-        return {n.removeprefix("edge_"): snap.get(n, 0.0) for n in names}
+        names = {"uplink_go_back_n_total": 'edge_sync_uplink_resends_total{kind="go_back_n"}',
+                 "link_connect_attempts_total": "edge_sync_link_connect_attempts_total"}
+        out = {short: float(snap.get(name, 0.0)) for short, name in names.items()}
+        out["uplink_dead_letters_total"] = float(sum(
+            v for k, v in snap.items() if k.startswith("edge_sync_dead_letters_total")))
+        return out
 
     def stop(self) -> int | None:
         """Stop the app (idempotent): its exit code, 0 after a clean stop (3: it had given up)."""

@@ -209,10 +209,10 @@ class EdgeSync:
             await asyncio.gather(*(one(i) for i in range(count)))
 
     def commits(self) -> float:
-        """Group commits (fsyncs) so far: edge_queue_commits_total of the admin API's status."""
+        """Group commits (fsyncs) so far: edge_sync_queue_commits_total of the admin API's status."""
         url = f"http://127.0.0.1:{self.admin_port}/api/status"
         with urllib.request.urlopen(url, timeout=10) as resp:
-            return float(json.loads(resp.read())["metrics"].get("edge_queue_commits_total", 0))
+            return float(json.loads(resp.read())["metrics"].get("edge_sync_queue_commits_total", 0))
 
     def stop(self) -> int | None:
         return None if self.proc is None else terminate(self.proc)

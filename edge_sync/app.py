@@ -26,6 +26,7 @@ from typing import Any, cast
 import pykka
 from loguru import logger
 
+from edge_sync import agent_gauges
 from edge_sync.actors.address import Address
 from edge_sync.actors.messages import Crash
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
@@ -54,7 +55,6 @@ from edge_sync.rules.sandbox import ScriptLimits
 from edge_sync.rules.source import ChainSource
 from edge_sync.storage.entity_store import TokenCache
 from edge_sync.storage.env import LmdbStore
-from edge_sync.storage.event_log import EventLog
 from edge_sync.supervisor import (
     ChildSpec,
     ExitReporter,
@@ -127,6 +127,7 @@ class EdgeApp:
         self.store = open_store(cfg)
         self.ports: dict[str, int] = {}
         intensity = Intensity(cfg.supervisor.max_restarts, cfg.supervisor.within_s)
+        restarted = agent_gauges.restarts(self.metrics)
         self.queue = Address("queue", lambda: self._actor_ref("queue"))
         self.connection = Address("connection", lambda: self._actor_ref("connection"))
         self.downlinks = Address("downlink", lambda: self._actor_ref("downlink"))
@@ -138,7 +139,7 @@ class EdgeApp:
         )
         self.tokens = TokenCache()
         self._mqtt_paused = self.metrics.counter(
-            "edge_mqtt_reads_paused_total",
+            "edge_sync_mqtt_reads_paused_total",
             "times an MQTT connection was not read because mqtt.max_inflight_per_client "
             "publishes awaited their commit")
         self.service = DeviceService(self.store, self.router, tokens=self.tokens, clock=clock)
@@ -192,7 +193,7 @@ class EdgeApp:
                     local_retention_s=max(1, int(cfg.rules.local_retention_hours * 3600)))),
                 ChildSpec("shards", lambda report: Supervisor(
                     "shards", shards, strategy=Strategy.ONE_FOR_ONE, intensity=intensity,
-                ).start(report), restart=Restart.PERMANENT, shutdown_timeout=30.0),
+                    on_restart=restarted).start(report), restart=Restart.PERMANENT, shutdown_timeout=30.0),
                 *([
                     ChildSpec("downlink", actor_child(
                         DownlinkActor, self.store, self.connection, metrics=self.metrics,
@@ -213,8 +214,12 @@ class EdgeApp:
             ],
             strategy=Strategy.ONE_FOR_ONE,
             intensity=intensity,
+            on_restart=restarted,
         )
-        self._register_gauges()
+        agent_gauges.register(self.metrics, self.store, now_ms=clock.now_ms,
+                              link=(lambda: self.link_board.value) if link_enabled else None)
+        if cfg.mqtt.serving:
+            agent_gauges.mqtt(self.metrics, self._mqtt_figure)
 
     def _shard_rules(self, index: int) -> ShardRules:
         """A shard's own view of the chain in force (made per shard incarnation)."""
@@ -358,26 +363,6 @@ class EdgeApp:
         if tls is not None:
             self.ports["mqtt-tls"] = server.tls_port
         return server
-
-    def _register_gauges(self) -> None:
-        log = EventLog(self.store)
-
-        def depth(lane_attr: str) -> float:
-            with self.store.read() as txn:
-                return float(getattr(log.counts(txn), lane_attr))
-
-        self.metrics.gauge("edge_queue_pending_high", "pending events, high lane",
-                           lambda: depth("pending_high"))
-        self.metrics.gauge("edge_queue_pending_normal", "pending events, normal lane",
-                           lambda: depth("pending_normal"))
-        self.metrics.gauge("edge_queue_dead", "dead-lettered events", lambda: depth("dead"))
-        self.metrics.gauge("edge_storage_map_bytes", "LMDB map size", lambda: float(self.store.map_size()))
-        if self.cfg.mqtt.serving:
-            self.metrics.gauge("edge_mqtt_connections", "open MQTT connections",
-                               lambda: self._mqtt_figure(lambda s: s.connections))
-            self.metrics.gauge("edge_mqtt_sessions_kept",
-                               "MQTT sessions kept for disconnected clean-session-false clients",
-                               lambda: self._mqtt_figure(lambda s: len(s.registry.store)))
 
     def _mqtt_figure(self, read: Callable[[MqttServer], int]) -> float:
         server = self.mqtt_server

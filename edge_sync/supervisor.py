@@ -158,7 +158,10 @@ class Supervisor:
         strategy: Strategy,
         intensity: Intensity,
         clock: Callable[[], float] = time.monotonic,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_restart``: called with the child's id after each restart of a child (the
+        agent's ``edge_sync_supervisor_restarts_total{child}``), on the supervision thread."""
         ids = [spec.id for spec in specs]
         if len(set(ids)) != len(ids):
             raise ValueError(f"supervisor {name}: duplicate child ids in {ids}")
@@ -166,6 +169,7 @@ class Supervisor:
         self._strategy = strategy
         self._intensity = intensity
         self._clock = clock
+        self._on_restart = on_restart
         self._log = logger.bind(supervisor=name)
         # Children in start order. Changed only by start() before the supervision thread
         # exists, then only on that thread; _lock makes handles safe to read from others.
@@ -363,6 +367,8 @@ class Supervisor:
             slot.handle = handle
             if restart:
                 self._restart_counts[child_id] += 1
+        if restart and self._on_restart is not None:
+            self._on_restart(child_id)
         self._log.bind(child=child_id).info("started {}", child_id)
 
     def _stop_slot(self, slot: _Slot) -> None:

@@ -81,7 +81,7 @@ from edge_sync.storage import dead_letters
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
-from edge_sync.storage.records import Action, NewEvent
+from edge_sync.storage.records import Action, Lane, NewEvent
 from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.storage.rule_store import RuleStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
@@ -104,12 +104,13 @@ class QueuePolicy:
 class _Outcome:
     """Result of one command inside a group: a value or an error (set after the commit)."""
 
-    __slots__ = ("devices_deleted", "error", "value")
+    __slots__ = ("devices_deleted", "error", "high", "value")
 
     def __init__(self) -> None:
         self.value: Any = None
         self.error: EdgeSyncError | None = None
         self.devices_deleted = False  # committed: the token cache must forget them
+        self.high = 0  # Append: its events in the high lane; DeadLetter: 1 for a high-lane event
 
     @classmethod
     def failed(cls, error: EdgeSyncError) -> _Outcome:
@@ -152,23 +153,29 @@ class QueueActor(SupervisedActor):
         self._group: list[WriteCommand] = []
         self._group_events = 0
         self._ticker: Ticker | None = None
-        self._appended = metrics.counter("edge_events_appended_total", "events made durable")
-        self._refused = metrics.counter(
-            "edge_events_refused_total", "events refused because storage was full"
-        )
-        self._evicted = metrics.counter(
-            "edge_events_evicted_total", "pending events evicted by the evict_oldest_normal policy"
-        )
-        self._commits = metrics.counter("edge_queue_commits_total", "group commits (fsyncs)")
-        self._purged = metrics.counter("edge_events_purged_total", "deployed events purged")
-        self._dead = metrics.counter("edge_events_dead_lettered_total", "events dead-lettered")
+        events = metrics.counter(
+            "edge_sync_events_total", "events by lane and outcome: appended (made durable), "
+            "refused (storage full), evicted (evict_oldest_normal), dead_lettered, acked",
+            ("lane", "outcome"))
+        self._appended = {lane: events.labels(lane=lane.name.lower(), outcome="appended")
+                          for lane in Lane}
+        self._refused = {lane: events.labels(lane=lane.name.lower(), outcome="refused")
+                         for lane in Lane}
+        self._evicted = events.labels(lane="normal", outcome="evicted")
+        self._dead = {lane: events.labels(lane=lane.name.lower(), outcome="dead_lettered")
+                      for lane in Lane}
         self._replayed = metrics.counter(
-            "edge_events_replayed_total", "dead letters replayed (PENDING again) by the operator")
-        self._local_purged = metrics.counter(
-            "edge_rule_local_points_purged_total", "expired local timeseries points purged")
-        self._local_dropped = metrics.counter(
-            "edge_rule_local_points_dropped_total",
-            "local timeseries points dropped before their expiry because the store was full")
+            "edge_sync_dead_letters_replayed_total",
+            "dead letters replayed (PENDING again, same seq and lane) by the operator")
+        self._commits = metrics.counter("edge_sync_queue_commits_total", "group commits (fsyncs)")
+        self._purged = metrics.counter(
+            "edge_sync_events_purged_total", "deployed events purged after storage.retention_hours")
+        local = metrics.counter(
+            "edge_sync_rule_local_points_removed_total",
+            "local timeseries points removed, by reason: expired (purged after their retention), "
+            "storage_full (dropped before their expiry to make room)", ("reason",))
+        self._local_purged = local.labels(reason="expired")
+        self._local_dropped = local.labels(reason="storage_full")
         with store.read() as txn:
             self._next_seq = self._log.next_seq(txn)
             tenant, edge = self._log.identity(txn)
@@ -289,11 +296,16 @@ class QueueActor(SupervisedActor):
                     plan.write(txn, seq)
                     seq = self._append(txn, plan.events, seq, now)
                 outcome.value = range(first, seq)
+                outcome.high = sum(e.lane is Lane.HIGH for e in events) + sum(
+                    e.lane is Lane.HIGH for plan in planned for e in plan.events)
                 outcome.devices_deleted = any(p.device_deleted for p in planned)
             case MarkDeployed(seqs=seqs):
                 outcome.value = self._log.mark_deployed(txn, seqs, now_ms=now)
             case DeadLetter(seq=dead_seq, error=error):
                 outcome.value = self._log.dead_letter(txn, dead_seq, error, now_ms=now)
+                if outcome.value:  # rare: the event's lane, for the count
+                    dead = self._log.get(txn, dead_seq)
+                    outcome.high = int(dead is not None and dead.lane is Lane.HIGH)
             case SetIdentity(tenant_id=tenant, edge_id=edge):
                 self._log.set_identity(txn, tenant, edge)
                 outcome.value = True
@@ -490,17 +502,18 @@ class QueueActor(SupervisedActor):
         ))
 
     def _resolve(self, group: Sequence[WriteCommand], outcomes: Sequence[_Outcome]) -> None:
-        appended = 0
+        appended = high = 0
         forget_tokens = False
         for command, outcome in zip(group, outcomes, strict=True):
             if isinstance(command, Append):
                 if outcome.error is None:
                     appended += len(outcome.value)
+                    high += outcome.high
                     forget_tokens |= outcome.devices_deleted
                 else:
                     self._log_refusal(command, outcome.error)
             elif isinstance(command, DeadLetter) and outcome.value:
-                self._dead.inc()
+                self._dead[Lane.HIGH if outcome.high else Lane.NORMAL].inc()
                 _log.bind(seq=command.seq, error=command.error).warning("event dead-lettered")
             elif isinstance(command, SetIdentity):
                 self._tenant, self._edge = command.tenant_id.bytes, command.edge_id.bytes
@@ -515,7 +528,10 @@ class QueueActor(SupervisedActor):
             else:
                 reply.set_result(outcome.value)
         if appended:
-            self._appended.inc(appended)
+            if high:
+                self._appended[Lane.HIGH].inc(high)
+            if appended > high:
+                self._appended[Lane.NORMAL].inc(appended - high)
             _log.bind(next_seq=self._next_seq, events=appended, commands=len(group)).trace(
                 "group committed"
             )
@@ -524,7 +540,11 @@ class QueueActor(SupervisedActor):
 
     def _log_refusal(self, command: Append, error: EdgeSyncError) -> None:
         if isinstance(error, QueueFull):
-            self._refused.inc(len(command.events))
+            high = sum(e.lane is Lane.HIGH for e in command.events)
+            if high:
+                self._refused[Lane.HIGH].inc(high)
+            if len(command.events) > high:
+                self._refused[Lane.NORMAL].inc(len(command.events) - high)
         _log.bind(entity=str(command.entity_id), events=len(command.events)).warning(
             "append refused: {}", error
         )

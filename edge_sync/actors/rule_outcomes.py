@@ -34,7 +34,7 @@ from edge_sync.actors.messages import (
     PutLatestTelemetry,
     PutLocalTimeseries,
 )
-from edge_sync.metrics import CounterFamily, Metrics
+from edge_sync.metrics import Counter, Metrics
 from edge_sync.rules.engine import (
     ClearAlarm,
     CreateAlarm,
@@ -66,29 +66,33 @@ _ALARM_ACTIONS = (("isNewAlarm", Action.ADDED), ("isClearedAlarm", Action.ALARM_
 
 class RuleCounters:
     """Per-node counts of the chain in force: in the runtime (status, admin API) and in
-    /metrics (``edge_rule_node_messages_total``, ``edge_rule_node_failures_total``)."""
+    /metrics (``edge_sync_rule_node_messages_total``, ``edge_sync_rule_node_failures_total``)."""
 
     def __init__(self, runtime: RulesRuntime, metrics: Metrics | None = None) -> None:
         self.runtime = runtime
-        self._in: CounterFamily | None = None
-        self._failed: CounterFamily | None = None
+        self._in: Counter | None = None
+        self._failed: Counter | None = None
+        self._in_by_node: dict[str, Counter] = {}  # bound children: no label lookup per message
         if metrics is not None:
-            self._in = metrics.counter_family(
-                "edge_rule_node_messages_total", "messages a rule node of the chain in force "
-                "received", "node")
-            self._failed = metrics.counter_family(
-                "edge_rule_node_failures_total", "messages a rule node failed (script error, "
-                "time-out, unsupported message) and sent by its Failure connection", "node")
+            self._in = metrics.counter(
+                "edge_sync_rule_node_messages_total", "messages a rule node of the chain in force "
+                "received", ("node",))
+            self._failed = metrics.counter(
+                "edge_sync_rule_node_failures_total", "messages a rule node failed (script error, "
+                "time-out, unsupported message) and sent by its Failure connection", ("node",))
 
     def visited(self, node: str, n: int = 1) -> None:
         self.runtime.count(node, visited=n)
         if self._in is not None:
-            self._in.inc(node, n)
+            child = self._in_by_node.get(node)
+            if child is None:
+                child = self._in_by_node[node] = self._in.labels(node=node)
+            child.inc(n)
 
     def failed(self, node: str) -> None:
         self.runtime.count(node, failed=1)
         if self._failed is not None:
-            self._failed.inc(node)
+            self._failed.labels(node=node).inc()
 
 
 def device_metadata(name: str | None, device_type: str | None, ts: int) -> dict[str, str]:

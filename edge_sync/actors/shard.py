@@ -86,9 +86,9 @@ class ShardActor(SupervisedActor):
         self._events = EventLog(store) if store is not None else None
         self._shards = shards
         self._clock = clock
-        self._rpc_family = metrics.counter_family(
-            "edge_rpc_requests_total", "server-side RPC requests by the status they reached",
-            "status") if metrics is not None else None
+        self._rpc_family = metrics.counter(
+            "edge_sync_rpc_requests_total", "server-side RPC requests by the status they reached",
+            ("status",)) if metrics is not None else None
         self._entities: dict[uuid.UUID, EntityActor] = {}
         self._ticker: Ticker | None = None
         self._timer: DeadlineTimer | None = None
@@ -219,7 +219,7 @@ class ShardActor(SupervisedActor):
 
     def _count_rpc(self, status: str) -> None:
         if self._rpc_family is not None:
-            self._rpc_family.inc(status)
+            self._rpc_family.labels(status=status).inc()
 
     def _schedule(self, deadline_ms: int, entity_id: uuid.UUID) -> None:
         """Wake the entity at ``deadline_ms``, unless it is to be woken no later already (then

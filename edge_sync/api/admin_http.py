@@ -49,6 +49,7 @@ from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.json_body import parse_json
 from edge_sync.devices.rpc import RpcRequest, RpcStatus
 from edge_sync.errors import BadRequest, NotFound
+from edge_sync.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_sync.metrics import Metrics
 from edge_sync.status import collect_status
 from edge_sync.storage.dead_letters import ReplayResult, Selection
@@ -525,7 +526,8 @@ class AdminHttpApi:
         return web.json_response({"alarm_id": str(alarm_id), "seq": seqs.start}, status=201)
 
     async def _prometheus(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(text=self._metrics.render_prometheus(), content_type="text/plain")
+        return web.Response(body=self._metrics.exposition(),
+                            headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
         try:

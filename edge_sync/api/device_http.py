@@ -31,7 +31,7 @@ from edge_sync.common.http_host import HANDLER_CANCELLATION
 from edge_sync.common.json_body import parse_json
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Unauthorized, Unavailable
-from edge_sync.metrics import Metrics
+from edge_sync.metrics import Metrics, device_answers
 
 _log = logger.bind(component="device-http")
 
@@ -58,13 +58,10 @@ class DeviceHttpApi:
         # None: no cloud link, nothing to fetch; else whether the link is up now
         self._link_connected = link_connected
         self._polls: set[LongPoll] = set()  # the loop's open long polls
-        metrics.gauge("edge_http_long_polls", "device long polls waiting now (rpc, attribute "
-                      "updates, attribute requests)", lambda: float(len(self._polls)))
-        self._accepted = metrics.counter("edge_http_requests_accepted_total", "device requests answered 200")
-        self._refused = {
-            code: metrics.counter(f"edge_http_requests_{code}_total", f"device requests answered {code}")
-            for code in (400, 401, 404, 409, 413, 500, 503, 507)
-        }
+        metrics.gauge("edge_sync_http_long_polls", "device long polls waiting now (rpc, "
+                      "attribute updates, attribute requests)", lambda: float(len(self._polls)))
+        self._answers = device_answers(metrics)
+        self._accepted = self._answers.labels(protocol="http", code="200")
 
     def make_app(self) -> web.Application:
         """Runs on the host's loop thread."""
@@ -111,6 +108,7 @@ class DeviceHttpApi:
         except Exception as exc:
             return self._refuse(status_of(exc), _message(exc), what, token)
         if not answered:
+            self._answers.labels(protocol="http", code="408").inc()
             return web.Response(status=408)
         self._accepted.inc()
         return web.json_response(value)
@@ -188,9 +186,7 @@ class DeviceHttpApi:
         return web.json_response(result, headers=headers)
 
     def _refuse(self, status: int, message: str, what: str, token: str) -> web.Response:
-        counter = self._refused.get(status)
-        if counter is not None:
-            counter.inc()
+        self._answers.labels(protocol="http", code=str(status)).inc()
         device = "unknown"
         if status != 401:
             try:

@@ -766,7 +766,7 @@ def _replay_on_store(cfg: EdgeConfig, selection: Any) -> Any:
                              maintenance=True)
     finally:
         store.close()
-    for r in result.replayed:  # (the agent's edge_events_replayed_total counts its own)
+    for r in result.replayed:  # (the agent's edge_sync_dead_letters_replayed_total counts its own)
         logger.bind(seq=r.seq, entity=str(r.entity_id), lane=r.lane.name.lower(),
                     reason=r.reason).info("dead letter replayed")
     return result

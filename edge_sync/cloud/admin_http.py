@@ -15,7 +15,7 @@ while the server runs, so that downlinks it queues are sent at once.
   POST /api/rpc/twoway/{device}, /api/rpc/oneway/{device}   server-side RPC in ThingsBoard's
                                         shape; GET /api/rpc/{id} (and /api/rpc/persistent/{id})
                                         its status and answer (cloud/rpc_http.py)
-  GET  /metrics                         Prometheus text: the cloud's counters
+  GET  /metrics                         Prometheus text: the cloud's metrics (docs/metrics.md)
 
 The entity graph (cloud/graph_store.py: every kind but devices; EntityAdmin in
 cloud/entity_admin.py). ``{id}`` is an entity id, or a name that only one entity has (``?type=T``
@@ -64,6 +64,7 @@ from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.json_body import parse_json
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 from edge_sync.errors import BadRequest, Conflict
+from edge_sync.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_sync.metrics import Metrics
 
 _log = logger.bind(component="cloud-admin")
@@ -112,7 +113,7 @@ class CloudAdminApi:
         self._service = service
         self._registry = registry
         self._status_extra = status_extra
-        self._metrics = metrics if metrics is not None else Metrics()
+        self._metrics = metrics if metrics is not None else Metrics("edge_cloud")
         self._entities = EntityAdmin(service)
 
     def make_app(self) -> web.Application:
@@ -156,7 +157,8 @@ class CloudAdminApi:
         app.router.add_get("/api/relations", h(self._relations))
 
     async def _prometheus(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(text=self._metrics.render_prometheus(), content_type="text/plain")
+        return web.Response(body=self._metrics.exposition(),
+                            headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _readyz(self, request: web.Request) -> web.StreamResponse:
         return readyz_response(self._readiness() if self._readiness else {})

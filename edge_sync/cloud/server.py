@@ -76,6 +76,7 @@ class CloudServer:
             max_attempts=cfg.downlink.max_attempts,
         )
         self.counters = CloudCounters()
+        self.counters.edges_connected(lambda: len(self.registry.snapshot()))
         self.service.attach_counters(self.counters)
         self.rpc = RpcService(self.service, RpcWaiters(self.counters), clock=clock)
         self.servicer = EdgeRpcServicer(self.service, self.registry, self.settings, clock=clock,

@@ -103,7 +103,7 @@ class CloudService:
         self.graph.notify = self.wake
 
     def attach_counters(self, counters: CloudCounters) -> None:
-        """Count the entity graph's downlinks (cloud_graph_downlinks_queued_total) in the
+        """Count the entity graph's downlinks (edge_cloud_graph_downlinks_queued_total) in the
         server's counters."""
         self.graph.on_queued = lambda queued: counters.counted(counters.graph_downlinks, queued)
 

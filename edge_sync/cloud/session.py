@@ -331,6 +331,7 @@ class StreamSession:
                                     retryable=True)
         self._stats["events_applied"] += applied
         self._stats["duplicates"] += dups
+        self._counters.uplink_events(applied, dups)
         if outcome.entities or outcome.queued:
             self._counters.counted(self._counters.edge_changes, outcome.entities)
             self._counters.counted(self._counters.graph_downlinks, outcome.queued)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +47,7 @@ from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.channel import Stream, make_channel
 from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkApplied, FullSyncStarted
+from edge_sync.link.sent_events import SentEvents
 from edge_sync.link.state import (
     LinkState,
     LinkStateMachine,
@@ -76,6 +77,10 @@ redelivers a downlink the edge refuses (or has applied already), times out."""
 _RELEASE_INTERVAL_S = 0.25
 _RELEASE_EVERY_EVENTS = 2048  # at most a page each: 8 MiB
 _REWRITE_RETRY_S = 0.05  # a queue write refused while the QueueActor restarts: try again after
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+                     3600.0, 21600.0, 86400.0)
+"""``edge_sync_sync_latency_seconds``' buckets: sub-second while connected, the health
+thresholds (5 s healthy, 30 s warning), and minutes to a day for a drain after an outage."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,11 @@ class _StreamEnded:
 def _with_new_reply(command: MarkDeployed | DeadLetter) -> MarkDeployed | DeadLetter:
     """The same state change with a fresh reply future (a failed one cannot be reused)."""
     return dataclasses.replace(command, reply=Future())
+
+
+def _dead_reason(why: str) -> str:
+    """The ``reason`` label of an event no message can carry (uplink_window's ``_refused``)."""
+    return "too_large" if "maxInboundMessageSize" in why else "unsendable"
 
 
 def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
@@ -193,16 +203,37 @@ class ConnectionActor(SupervisedActor):
         self._committed_next = 0  # next_seq of the latest EventsCommitted
         self._read_next = 0  # ... as it was at the latest read
         self._state_since_ms = clock.now_ms()
+        self._sent_events = SentEvents()  # lanes and created times until acknowledged
+        self._sync_latency_ms: int | None = None  # max of the last acknowledged batch
         m = metrics
-        self._m_connects = m.counter("edge_link_connect_attempts_total", "connection attempts")
-        self._m_accepted = m.counter("edge_link_connects_accepted_total", "connections accepted")
-        self._m_auth = m.counter("edge_link_bad_credentials_total", "BAD_CREDENTIALS answers")
-        self._m_sent = m.counter("edge_uplink_messages_sent_total", "uplink messages sent")
-        self._m_events_sent = m.counter("edge_uplink_events_sent_total", "uplink events sent")
-        self._m_acked = m.counter("edge_uplink_events_acked_total", "uplink events acknowledged")
-        self._m_resends = m.counter("edge_uplink_go_back_n_total", "go-back-N resends")
-        self._m_dead = m.counter("edge_uplink_dead_letters_total", "events dead-lettered by the link")
-        self._m_breaker = m.counter("edge_link_breaker_opened_total", "circuit breaker openings")
+        self._m_connects = m.counter("edge_sync_link_connect_attempts_total", "connection attempts")
+        self._m_accepted = m.counter("edge_sync_link_connects_accepted_total",
+                                     "connections accepted")
+        self._m_auth = m.counter("edge_sync_link_bad_credentials_total", "BAD_CREDENTIALS answers")
+        self._m_sent = m.counter("edge_sync_uplink_messages_sent_total", "uplink messages sent")
+        self._m_events_sent = m.counter("edge_sync_uplink_events_sent_total",
+                                        "uplink events sent (resends included)")
+        events = m.counter(  # the queue counts the other outcomes (actors/queue_actor.py)
+            "edge_sync_events_total", "events by lane and outcome: appended (made durable), "
+            "refused (storage full), evicted (evict_oldest_normal), dead_lettered, acked",
+            ("lane", "outcome"))
+        self._m_acked_high = events.labels(lane="high", outcome="acked")
+        self._m_acked_normal = events.labels(lane="normal", outcome="acked")
+        resends = m.counter("edge_sync_uplink_resends_total", "uplink resends by kind: go_back_n "
+                            "(from the oldest unacknowledged event on), message (one failed "
+                            "message, for a peer without ordered apply)", ("kind",))
+        self._m_go_back_n = resends.labels(kind="go_back_n")
+        self._m_resend_message = resends.labels(kind="message")
+        self._m_dead = m.counter(
+            "edge_sync_dead_letters_total", "events the link dead-lettered, by reason: too_large "
+            "(over the cloud's maxInboundMessageSize), unsendable (no message can carry it), "
+            "rejected (the cloud refused it for good), failed (permanent failures of it alone)",
+            ("reason",))
+        self._m_breaker = m.counter("edge_sync_link_breaker_opened_total",
+                                    "circuit breaker openings")
+        self._m_latency = m.histogram(
+            "edge_sync_sync_latency_seconds", "accept-to-acknowledge latency of uplink events: "
+            "the cloud's acknowledgement time minus the event's created_time", LATENCY_BUCKETS_S)
         self._publish()
 
     # -- lifecycle (actor thread) --------------------------------------------------------------
@@ -283,6 +314,7 @@ class ConnectionActor(SupervisedActor):
         self._accepted = False
         self._syncs_sent = 0
         self._window.reset()
+        self._sent_events.clear()
         self._deadline = now + self._cfg.rpc.timeout_ms / 1000
         self._sm.to(LinkState.CONNECTING, f"attempt {self._attempt} to "
                                           f"{self._cfg.rpc.host}:{self._cfg.rpc.port}")
@@ -417,6 +449,7 @@ class ConnectionActor(SupervisedActor):
             self._next_attempt = max(self._next_attempt, self._breaker.reopens_at())
         self._accepted = False
         self._window.reset()
+        self._sent_events.clear()
         if self._sm.state in (LinkState.CONNECTING, LinkState.SYNCING, LinkState.CONNECTED):
             self._sm.to(LinkState.BACKOFF,
                         f"{reason}; next attempt in {self._next_attempt - now:.1f}s")
@@ -516,10 +549,12 @@ class ConnectionActor(SupervisedActor):
                         txn, max_events=cfg.batch.size, max_bytes=max_bytes,
                         after=self._window.cursor)
                 self._pages_after_read(len(events), now)
+                self._sent_events.read(events)
                 took = self._window.take(events, now, max_bytes=max_bytes,
                                          ordered_peer=self._peer.ordered, owner=owner)
             for seq, reason in took.dead:
-                self._m_dead.inc()
+                self._m_dead.labels(reason=_dead_reason(reason)).inc()
+                self._sent_events.forget(seq)
                 self._record(DeadLetter(seq, reason, Future()))
             if took.msg is not None:
                 self._stream.send(edge_pb2.RequestMsg(msgType=edge_pb2.UPLINK_RPC_MESSAGE,
@@ -556,10 +591,11 @@ class ConnectionActor(SupervisedActor):
                 _log.bind(uplink_id=resp.uplinkMsgId, first_seq=seqs[0] if seqs else None).info(
                     "uplink {} answered after it was resent: {} events settled, not resent again",
                     resp.uplinkMsgId, len(seqs))
+            now_ms = self._clock.now_ms()
             if seqs:  # empty: settled already by a late answer to an earlier send
                 self._record(MarkDeployed(seqs, Future()))
-                self._m_acked.inc(len(seqs))
-            self._last_ack_ms = self._clock.now_ms()
+                self._count_acked(seqs, now_ms)
+            self._last_ack_ms = now_ms
             self._pump()
             return
         rejected = resp.rejectedEdgeSeqId if resp.HasField("rejectedEdgeSeqId") else None
@@ -575,7 +611,8 @@ class ConnectionActor(SupervisedActor):
             return
         if verdict.dead_seq is not None:
             reason = f"message {resp.uplinkMsgId} rejected event seq {verdict.dead_seq}"
-            self._m_dead.inc()
+            self._m_dead.labels(reason="rejected").inc()
+            self._sent_events.forget(verdict.dead_seq)
             self._record(DeadLetter(verdict.dead_seq, f"rejected by the cloud: {resp.errorMsg}",
                                     Future()))
         else:
@@ -585,11 +622,23 @@ class ConnectionActor(SupervisedActor):
                 "uplink {} failed: {}", resp.uplinkMsgId, resp.errorMsg or "no detail")
         self._went_back(verdict, reason)
 
+    def _count_acked(self, seqs: Sequence[int], now_ms: int) -> None:
+        """Count an acknowledged batch by lane and observe its latencies (one lock each)."""
+        acked = self._sent_events.acked(seqs, now_ms)
+        if acked.high:
+            self._m_acked_high.inc(acked.high)
+        if acked.normal:
+            self._m_acked_normal.inc(acked.normal)
+        if acked.latencies_s:
+            self._m_latency.observe_many(acked.latencies_s)
+            self._sync_latency_ms = acked.max_latency_ms
+
     def _retry(self, r: Retry, error: str) -> None:
         """Act on an unordered peer's resend of one message: dead letters first, then the log
         line saying what happens to the rest."""
         for d in r.dead:
-            self._m_dead.inc()
+            self._m_dead.labels(reason="rejected" if r.cause == "rejected" else "failed").inc()
+            self._sent_events.forget(d.seq)
             _log.bind(seq=d.seq, entity_type=d.entity_type, entity_id=str(d.entity_id),
                       uplink_id=r.msg_id).warning(
                 "uplink event seq {} ({} {}) dead-lettered: {}", d.seq, d.entity_type,
@@ -597,7 +646,7 @@ class ConnectionActor(SupervisedActor):
             self._record(DeadLetter(d.seq, d.reason, Future()))
         if not r.seqs:
             return
-        self._m_resends.inc()
+        self._m_resend_message.inc()
         p = self._window.policy
         first, last, n = r.seqs[0], r.seqs[-1], len(r.seqs)
         delay = max(0.0, r.resend_at - self._clock.monotonic())
@@ -627,7 +676,7 @@ class ConnectionActor(SupervisedActor):
         if isinstance(verdict, GiveUp):
             self._fail(f"uplink seq {verdict.seq} unacknowledged after {verdict.retries} resends")
             return
-        self._m_resends.inc()
+        self._m_go_back_n.inc()
         _log.bind(epoch=verdict.epoch, from_seq=verdict.from_seq, attempt=verdict.attempt).info(
             "go-back-N: {}; resending from seq {} (attempt {})", reason, verdict.from_seq,
             verdict.attempt)
@@ -752,6 +801,7 @@ class ConnectionActor(SupervisedActor):
             "next_attempt_in_s": None,  # counted down by the board while waiting
             "clock_skew_ms": self._skew_ms,
             "last_ack_ms": self._last_ack_ms,
+            "sync_latency_ms": self._sync_latency_ms,
             "state_since_ms": self._state_since_ms,
             "last_sync": self._last_sync,
         }, next_attempt_at=self._next_attempt if waiting else None,

@@ -23,7 +23,7 @@ entity actors are told (``notify``): the RPC requests to deliver, and the shared
 that changed (only the keys whose value changed, and those deleted) for the devices' long
 polls. Every other kind ThingsBoard sends (alarms, OTA packages, admin settings, answers to
 device-originated RPC, ...) is set aside: acknowledged with success, counted by kind in
-``edge_downlinks_set_aside_total{kind=...}`` and logged at INFO the first time a kind comes.
+``edge_sync_downlinks_set_aside_total{kind=...}`` and logged at INFO the first time a kind comes.
 A redelivery is counted as a duplicate only, not again by kind.
 
 Full sync (the ConnectionActor decides when, link/state.py sync_mode): FullSyncStarted, sent

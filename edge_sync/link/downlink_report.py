@@ -1,12 +1,13 @@
 """What one downlink's transaction did (DownlinkOutcome), and its report once the transaction
-commits: the DownlinkActor's counters (``edge_downlinks_*``, ``edge_graph_*``,
-``edge_rpc_requests_total``) and its log lines, one per event that matters (a downlink applied,
-redelivered or refused, a kind set aside the first time, an entity held, released or removed
+commits: the DownlinkActor's counters (``edge_sync_downlinks_*``, ``edge_sync_graph_*``,
+``edge_sync_rpc_requests_total``) and its log lines, one per event that matters (a downlink
+applied, redelivered or refused, a kind set aside the first time, an entity held, released or removed
 by a full sync's end, a full sync completed).
 """
 
 from __future__ import annotations
 
+import collections
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,36 +42,39 @@ class DownlinkOutcome:
 
 class DownlinkReport:
     """The DownlinkActor's metrics and log lines (its thread only). ``held_now`` reads the
-    held entities for the ``edge_graph_held`` gauge; ``version`` is the edge version a full
+    held entities for the ``edge_sync_graph_held_entities`` gauge; ``version`` is the edge version a full
     sync's end records."""
 
     def __init__(self, metrics: Metrics, *, held_now: Callable[[], float], version: str) -> None:
         self._version = version
-        self._applied = metrics.counter("edge_downlinks_applied_total", "downlinks applied")
-        self._duplicates = metrics.counter(
-            "edge_downlinks_duplicate_total", "redelivered downlinks only acknowledged")
-        self._failed = metrics.counter("edge_downlinks_failed_total", "downlinks that failed")
-        self._rpc_requests = metrics.counter_family(
-            "edge_rpc_requests_total", "server-side RPC requests by the status they reached",
-            "status")
-        self._set_aside = metrics.counter_family(
-            "edge_downlinks_set_aside_total",
+        self._metrics = metrics
+        downlinks = metrics.counter(
+            "edge_sync_downlinks_total", "downlinks by outcome: applied, duplicate (redelivered, "
+            "only acknowledged), failed", ("outcome",))
+        self._applied = downlinks.labels(outcome="applied")
+        self._duplicates = downlinks.labels(outcome="duplicate")
+        self._failed = downlinks.labels(outcome="failed")
+        self._rpc_requests = metrics.counter(
+            "edge_sync_rpc_requests_total", "server-side RPC requests by the status they reached",
+            ("status",)).labels(status="QUEUED")
+        self._set_aside = metrics.counter(
+            "edge_sync_downlinks_set_aside_total",
             "downlink payloads of a kind the edge does not apply, acknowledged and counted",
-            "kind")
-        self._m_graph = metrics.counter_family(
-            "edge_graph_entities_applied_total",
-            "entities and relations of the entity graph applied, by kind and action "
-            "(KIND:ADDED, KIND:UPDATED, KIND:DELETED; deletes include cascades)", "kind_action")
+            ("kind",))
+        self._m_graph = metrics.counter(
+            "edge_sync_graph_entities_applied_total",
+            "entities and relations of the entity graph applied, by kind (entity type) and "
+            "action (ADDED, UPDATED, DELETED; deletes include cascades)", ("kind", "action"))
         self._m_held = metrics.counter(
-            "edge_graph_held_total", "entities held until their references are on the edge")
+            "edge_sync_graph_held_total", "entities held until their references are on the edge")
         self._m_released = metrics.counter(
-            "edge_graph_released_total", "held entities applied once their references came")
+            "edge_sync_graph_released_total", "held entities applied once their references came")
         self._m_removed = metrics.counter(
-            "edge_graph_removed_after_full_sync_total",
+            "edge_sync_graph_removed_after_full_sync_total",
             "entities, relations and held entities removed at the end of a full sync (no "
             "longer assigned to this edge)")
-        metrics.gauge("edge_graph_held", "entities held now, waiting for their references",
-                      held_now)
+        metrics.gauge("edge_sync_graph_held_entities",
+                      "entities held now, waiting for their references", held_now)
 
     def failed(self, dl_id: int, reason: str, retryable: bool) -> None:
         self._failed.inc()
@@ -82,7 +86,7 @@ class DownlinkReport:
         _log.bind(downlink_id=dl_id).info("downlink {} redelivered: acknowledged only", dl_id)
 
     def rpc_queued(self, n: int) -> None:
-        self._rpc_requests.inc("QUEUED", n)
+        self._rpc_requests.inc(n)
 
     def applied(self, dl_id: int, out: DownlinkOutcome) -> None:
         """A fresh downlink committed: counted, with what it set aside and did to the graph,
@@ -98,8 +102,8 @@ class DownlinkReport:
     def graph(self, dl_id: int, out: DownlinkOutcome) -> None:
         """What the entity graph did: applied, held, released, removed by a full sync's end."""
         g = out.graph
-        for entity_type, action in g.applied:
-            self._m_graph.inc(f"{entity_type}:{action}")
+        for (entity_type, action), n in collections.Counter(g.applied).items():
+            self._m_graph.labels(kind=entity_type, action=action).inc(n)
         for what in g.held:
             self._m_held.inc()
             _log.bind(downlink_id=dl_id, held=what).info("held until its references come: {}",
@@ -111,7 +115,7 @@ class DownlinkReport:
         for r in out.removed:
             self._m_removed.inc()
             if r.entity_type != "RELATION" and not r.what.startswith("held "):
-                self._m_graph.inc(f"{r.entity_type}:DELETED")
+                self._m_graph.labels(kind=r.entity_type, action="DELETED").inc()
             _log.bind(entity_type=r.entity_type, entity_id=r.id, action="DELETED").info(
                 "removed after full sync: no longer assigned to this edge: {}", r.what)
         if out.full_sync_completed:
@@ -122,8 +126,8 @@ class DownlinkReport:
     def _count_set_aside(self, dl_id: int, set_aside: dict[str, int]) -> None:
         """Count the kinds set aside; the first of a kind in this process is logged."""
         for kind, n in set_aside.items():
-            first = self._set_aside.get(kind) == 0
-            self._set_aside.inc(kind, n)
+            first = self._metrics.value("edge_sync_downlinks_set_aside_total", kind=kind) == 0
+            self._set_aside.labels(kind=kind).inc(n)
             if first:
                 _log.bind(downlink_id=dl_id, kind=kind).info(
                     "cloud sent {}; set aside on this edge (acknowledged and counted; further "

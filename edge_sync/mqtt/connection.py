@@ -441,6 +441,7 @@ class MqttConnection:
         """Authenticate the token of CONNECT, take the client's session and answer CONNACK;
         the keep-alive in seconds."""
         if connect.proto_level not in PROTOCOL_LEVELS:
+            self._registry.connack(UNACCEPTABLE_PROTOCOL_VERSION)
             self._send(ConnackPacket.build(0, UNACCEPTABLE_PROTOCOL_VERSION))
             raise _Close(f"protocol level {connect.proto_level} refused (CONNACK 1)")
         token = connect.username or ""
@@ -450,11 +451,13 @@ class MqttConnection:
             device = None
         if device is None:
             code = refusal_code(connect)
+            self._registry.connack(code)
             self._send(ConnackPacket.build(0, code))
             what = "unknown access token" if token else "no access token (username)"
             raise _Close(f"{what}: refused with CONNACK {code}")
         self._clean = bool(connect.clean_session_flag)
         if connect.client_id_is_random and not self._clean:
+            self._registry.connack(IDENTIFIER_REJECTED)
             self._send(ConnackPacket.build(0, IDENTIFIER_REJECTED))  # MQTT-3.1.3-8
             raise _Close("an empty client id with clean session 0: refused with CONNACK 2")
         self._device = device
@@ -464,6 +467,7 @@ class MqttConnection:
         self._session = session
         if device.gateway:  # it says so at once (one INFO line); other devices' on first use
             self._gateway_api()
+        self._registry.connack(CONNECTION_ACCEPTED)
         self._send(ConnackPacket.build(1 if present else 0, CONNECTION_ACCEPTED))
         log = _log.bind(peer=self.peer, device=str(device.id), client_id=self._key[1][:64],
                         clean=self._clean, session_present=present)

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from loguru import logger
 
-from edge_sync.metrics import Metrics
+from edge_sync.metrics import Metrics, device_answers
 from edge_sync.mqtt.sessions import Key, Session, SessionStore
 
 __all__ = ["Holder", "SessionRegistry"]
@@ -36,11 +36,11 @@ class Holder(Protocol):
 
 class SessionRegistry:
     """The server's loop thread only (the one writer of its counters). Each kept session it
-    drops is logged and counted in ``edge_mqtt_sessions_dropped_total{reason}``: ``max_sessions``
+    drops is logged and counted in ``edge_sync_mqtt_sessions_dropped_total{reason}``: ``max_sessions``
     (the one away longest, beyond ``mqtt.max_sessions``), ``expired``
     (``mqtt.session_expiry_s`` after its client left), ``takeover`` (its older connection did
     not end in time); each QoS 1 message a session drops unacknowledged (beyond
-    ``mqtt.max_unacked_per_session``) in ``edge_mqtt_unacked_dropped_total``."""
+    ``mqtt.max_unacked_per_session``) in ``edge_sync_mqtt_unacked_dropped_total``."""
 
     def __init__(self, store: SessionStore, *, takeover_timeout_s: float,
                  metrics: Metrics | None = None) -> None:
@@ -48,14 +48,19 @@ class SessionRegistry:
         self._takeover_timeout = takeover_timeout_s
         self._holders: dict[Key, Holder] = {}
         metrics = metrics if metrics is not None else Metrics()
-        self.sessions_dropped = metrics.counter_family(
-            "edge_mqtt_sessions_dropped_total",
+        self.sessions_dropped = metrics.counter(
+            "edge_sync_mqtt_sessions_dropped_total",
             "kept MQTT sessions dropped: beyond mqtt.max_sessions, expired "
-            "(mqtt.session_expiry_s), or their older connection did not end in time", "reason")
+            "(mqtt.session_expiry_s), or their older connection did not end in time", ("reason",))
         self.unacked_dropped = metrics.counter(
-            "edge_mqtt_unacked_dropped_total",
+            "edge_sync_mqtt_unacked_dropped_total",
             "QoS 1 messages to MQTT clients dropped unacknowledged: more than "
             "mqtt.max_unacked_per_session awaited their PUBACK")
+        self._connacks = device_answers(metrics)
+
+    def connack(self, code: int) -> None:
+        """Count a CONNACK answered with return code ``code``."""
+        self._connacks.labels(protocol="mqtt", code=str(code)).inc()
 
     def __len__(self) -> int:
         """Sessions held by open connections."""
@@ -74,7 +79,7 @@ class SessionRegistry:
             try:
                 await asyncio.wait_for(older.finished(), self._takeover_timeout)
             except TimeoutError:
-                self.sessions_dropped.inc("takeover")
+                self.sessions_dropped.labels(reason="takeover").inc()
                 _log.bind(device=str(key[0])).warning(
                     "older connection from {} did not end in time; its session is dropped",
                     older.peer)
@@ -94,12 +99,12 @@ class SessionRegistry:
         if clean:
             return
         for dropped in self.store.keep(key, session, now=now):
-            self.sessions_dropped.inc("max_sessions")
+            self.sessions_dropped.labels(reason="max_sessions").inc()
             _log.bind(device=str(dropped[0]), client_id=dropped[1][:64]).warning(
                 "kept MQTT session dropped: more than mqtt.max_sessions are kept")
 
     def expire(self, now: float) -> None:
         for dropped in self.store.expire(now):
-            self.sessions_dropped.inc("expired")
+            self.sessions_dropped.labels(reason="expired").inc()
             _log.bind(device=str(dropped[0]), client_id=dropped[1][:64]).info(
                 "kept MQTT session expired (mqtt.session_expiry_s)")

@@ -30,6 +30,7 @@ from edge_sync.config import load_cloud_config, load_edge_config
 from edge_sync.status import collect_status
 from edge_sync.storage.records import Action, Status
 from tests.helpers.agent import HttpClient, read_log
+from tests.helpers.metric_values import metric_total
 from tests.helpers.wait import wait_until
 
 RK = "rk-clock"
@@ -256,9 +257,9 @@ def test_clock_jumps_keep_seq_order_warn_once_and_reject_nothing(tmp_path, cloud
     assert "check NTP" in lines[2]["message"]
 
     # -- nothing rejected for its timestamp ------------------------------------------------------
-    assert metrics.get("edge_uplink_dead_letters_total", 0) == 0
-    assert metrics.get("edge_events_dead_lettered_total", 0) == 0
-    assert metrics.get("edge_downlinks_failed_total", 0) == 0
+    assert metric_total(metrics, "edge_sync_dead_letters_total") == 0
+    assert metric_total(metrics, "edge_sync_events_total", outcome="dead_lettered") == 0
+    assert metric_total(metrics, "edge_sync_downlinks_total", outcome="failed") == 0
     rejected = [r for r in capture.records if r["level"] in ("WARNING", "ERROR")
                 and r.get("component") in ("link", "queue", "downlink", "device-http")
                 and "clocks" not in r["message"]]

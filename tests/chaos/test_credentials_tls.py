@@ -5,7 +5,7 @@ log file each). For every fault:
 - the edge logs, on every failed attempt, a line saying what failed in the words an operator
   needs ('bad credentials' and which settings to check; the TLS error: 'certificate',
   'handshake', 'Hostname Verification', with the gRPC status);
-- it retries at the pace of its backoff (edge_link_connect_attempts_total, the gaps between
+- it retries at the pace of its backoff (edge_sync_link_connect_attempts_total, the gaps between
   attempts), never in a storm;
 - nothing reaches the cloud while it is broken, and the edge keeps accepting data;
 - once fixed (the edge restarted with the right secret or root, the edge registered in the
@@ -124,7 +124,7 @@ def provision_and_post(agent: Agent) -> list[str]:
 
 
 def attempts(agent: Agent) -> int:
-    return int(edge_status(agent)["metrics"].get("edge_link_connect_attempts_total", 0))
+    return int(edge_status(agent)["metrics"].get("edge_sync_link_connect_attempts_total", 0))
 
 
 def _seconds(record: dict[str, Any]) -> float:
@@ -179,8 +179,8 @@ def check_nothing_delivered(cloud: CloudProc, agent: Agent) -> None:
     assert [r["applied_events"] for r in rows] == [0] * len(rows)
     st = edge_status(agent)
     assert st["queue"]["pending"] == st["queue"]["total"] == len(TOKENS) * (POINTS + 2)
-    assert st["metrics"].get("edge_link_connects_accepted_total", 0) == 0
-    assert st["metrics"].get("edge_uplink_events_sent_total", 0) == 0
+    assert st["metrics"].get("edge_sync_link_connects_accepted_total", 0) == 0
+    assert st["metrics"].get("edge_sync_uplink_events_sent_total", 0) == 0
 
 
 def failure_lines(agent: Agent) -> list[dict[str, Any]]:
@@ -239,14 +239,14 @@ ALL_SECRETS = (SECRET, WRONG_SECRET, *TOKENS, CLOUD_TOKEN)
 def check_bad_credentials_reported(agent: Agent, cloud: CloudProc, routing_key: str) -> None:
     st = edge_status(agent)
     assert st["link"]["state"] in ("AUTH_FAILED", "CONNECTING")  # CONNECTING: the next attempt
-    answered = int(st["metrics"]["edge_link_bad_credentials_total"])
+    answered = int(st["metrics"]["edge_sync_link_bad_credentials_total"])
     assert answered >= 2
     # Each answer is counted, then logged: wait for the line of every answer counted so far
     # (more attempts may be answered meanwhile, so bound the count by the counter read after).
     lines = wait_until(lambda: ls if len(ls := failure_lines(agent)) >= answered else None,
                        timeout=DEADLINE_S, what=f"{answered} failed connects logged",
                        show=lambda: len(failure_lines(agent)))
-    answered_after = int(edge_status(agent)["metrics"]["edge_link_bad_credentials_total"])
+    answered_after = int(edge_status(agent)["metrics"]["edge_sync_link_bad_credentials_total"])
     assert [r["new"] for r in lines] == ["AUTH_FAILED"] * len(lines)
     assert answered <= len(lines) <= answered_after, (answered, len(lines), answered_after)
     for r in lines:

@@ -128,15 +128,15 @@ def test_flapping_link_sync_completes_exactly_once(linked, soak, mode):
     m = metrics(agent)
     window = time.time() - window_start
     bound = max_attempts(window, link.env)
-    assert m["edge_link_connect_attempts_total"] <= bound, \
-        f"{m['edge_link_connect_attempts_total']} attempts in {window:.1f}s, the backoff allows {bound}"
+    assert m["edge_sync_link_connect_attempts_total"] <= bound, \
+        f"{m['edge_sync_link_connect_attempts_total']} attempts in {window:.1f}s, the backoff allows {bound}"
     if mode == "reset":
         # Every down phase broke the stream and the edge came back each time.
-        assert m["edge_link_connects_accepted_total"] >= cycles + 1, m
+        assert m["edge_sync_link_connects_accepted_total"] >= cycles + 1, m
         # The storm opened the breaker; a half-open probe closed it again every time.
         opened, closed = breaker_records(agent, OPEN), breaker_records(agent, CLOSED)
         assert opened, "the breaker never opened under the storm"
-        assert m["edge_link_breaker_opened_total"] >= 1
+        assert m["edge_sync_link_breaker_opened_total"] >= 1
         assert closed and log_time(closed[-1]) >= log_time(opened[-1])
         assert edge_status(agent)["link"]["breaker"] == "CLOSED"
 
@@ -185,7 +185,7 @@ def test_breaker_opens_under_a_failure_storm_and_closes_after_a_probe(linked):
     assert len(probes) == len(opened)  # one probe per opening: the last one succeeded
     st = edge_status(agent)
     assert (st["link"]["state"], st["link"]["breaker"]) == ("CONNECTED", "CLOSED")
-    assert st["metrics"]["edge_link_breaker_opened_total"] == len(opened)
+    assert st["metrics"]["edge_sync_link_breaker_opened_total"] == len(opened)
 
 
 def test_no_tcp_connection_reaches_the_cloud_while_the_breaker_is_open(linked):

@@ -1,6 +1,7 @@
 """Chaos: the edge's storage fills up during a cloud outage, at its size cap
 (storage.max_size_mb) and on a real small filesystem (an 8 MiB tmpfs). New data is refused
-with 507, each refusal counted (edge_events_refused_total, edge_http_requests_507_total) and
+with 507, each refusal counted (edge_sync_events_total{outcome="refused"},
+edge_sync_device_requests_total{code="507"}) and
 logged with its reason; nothing accepted is lost; once the cloud is back and the backlog
 drains, the same running edge accepts data again, and the cloud holds exactly what was
 accepted, once, in order.
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.agent import Agent, HttpClient, Response, read_log
 from tests.helpers.cloud_proc import (
@@ -29,6 +31,7 @@ from tests.helpers.cloud_proc import (
     link_env,
     wait_connected,
 )
+from tests.helpers.metric_values import metric_total
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -111,11 +114,14 @@ def check_refusals(agent: Agent, poster: Poster, full_message: str) -> None:
         assert full_message in body["message"], body
 
     metrics = edge_status(agent)["metrics"]
-    assert metrics["edge_events_refused_total"] == poster.refused_events()
-    assert metrics["edge_http_requests_507_total"] == len(poster.refused)
-    assert metrics["edge_events_evicted_total"] == 0  # the default policy refuses, never evicts
+    assert metric_total(metrics, "edge_sync_events_total", outcome="refused") == poster.refused_events()
+    assert metrics['edge_sync_device_requests_total{protocol="http",code="507"}'] == len(poster.refused)
+    # the default policy refuses, never evicts
+    assert metric_total(metrics, "edge_sync_events_total", outcome="evicted") == 0
     prometheus = agent.admin("GET", "/metrics").body.decode()
-    assert f"edge_events_refused_total {poster.refused_events()}\n" in prometheus
+    refused = [s for f in text_string_to_metric_families(prometheus) for s in f.samples
+               if s.name == "edge_sync_events_total" and s.labels["outcome"] == "refused"]
+    assert sum(s.value for s in refused) == poster.refused_events()
 
     records = agent.log_records()
     refused = [r for r in records if r.get("component") == "queue"
@@ -214,7 +220,7 @@ def recovery(agent: Agent, cloud: CloudProc, poster: Poster, *, after: int) -> N
     wait_drained_alive(agent)
     assert agent.pid == pid and agent.running, "the edge was restarted"
     metrics = edge_status(agent)["metrics"]
-    assert metrics["edge_events_refused_total"] == poster.refused_events()
+    assert metric_total(metrics, "edge_sync_events_total", outcome="refused") == poster.refused_events()
     check_cloud_holds_exactly(cloud, poster)
     purges = [r for r in agent.log_records() if r.get("component") == "queue"
               and r["message"] == "purged deployed events"]

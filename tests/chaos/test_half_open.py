@@ -77,7 +77,7 @@ def test_half_open_with_data_flowing_recovers_exactly_once(linked, soak):
         for _ in range(cycles):
             load.wait_acked(load.acked_total() + 200, timeout=DEADLINE_S)
             downs = len(transitions(agent, "CONNECTED", "BACKOFF"))
-            accepted = metric(agent, "edge_link_connects_accepted_total")
+            accepted = metric(agent, "edge_sync_link_connects_accepted_total")
             proxy.blackhole()
             wait_until(lambda downs=downs: len(transitions(agent, "CONNECTED", "BACKOFF")) > downs,
                        timeout=DEADLINE_S, what="the half-open link detected")
@@ -85,7 +85,7 @@ def test_half_open_with_data_flowing_recovers_exactly_once(linked, soak):
             load.wait_acked(load.acked_total() + 100, timeout=DEADLINE_S)
             assert link_state(agent) != "CONNECTED"
             proxy.pass_through()
-            wait_until(lambda n=accepted: metric(agent, "edge_link_connects_accepted_total") > n,
+            wait_until(lambda n=accepted: metric(agent, "edge_sync_link_connects_accepted_total") > n,
                        timeout=DEADLINE_S, what="a new stream accepted")
         wait_connected(agent, timeout=DEADLINE_S)
         load.wait_acked(load.acked_total() + 200, timeout=DEADLINE_S)
@@ -117,11 +117,11 @@ def test_resets_mid_message_lose_and_duplicate_nothing(linked, soak):
             wait_connected(agent, timeout=DEADLINE_S)
             applied = cloud.applied_count(link.routing_key)
             cloud.wait_applied(link.routing_key, applied + 100, timeout=DEADLINE_S)  # flowing
-            accepted = metric(agent, "edge_link_connects_accepted_total")
+            accepted = metric(agent, "edge_sync_link_connects_accepted_total")
             proxy.reset_after(n_bytes, direction)
             wait_until(lambda n=i + 1: proxy.resets == n, timeout=DEADLINE_S,
                        what=f"reset {i + 1} after {n_bytes} bytes {direction}")
-            wait_until(lambda n=accepted: metric(agent, "edge_link_connects_accepted_total") > n,
+            wait_until(lambda n=accepted: metric(agent, "edge_sync_link_connects_accepted_total") > n,
                        timeout=DEADLINE_S, what="the edge reconnected")
         load.wait_acked(load.acked_total() + 200, timeout=DEADLINE_S)
         load.pause_and_park()
@@ -133,6 +133,6 @@ def test_resets_mid_message_lose_and_duplicate_nothing(linked, soak):
     assert proxy.resets == resets
     # The faults did what they are for: events were sent again after the resets, and the
     # cloud recognised some of them as already applied (an acknowledgement lost on the way).
-    assert metric(agent, "edge_uplink_events_sent_total") > total
+    assert metric(agent, "edge_sync_uplink_events_sent_total") > total
     skipped = [r for r in cloud.log_records() if r.get("duplicates")]
     assert skipped, "no resend of an already applied event reached the cloud"

@@ -629,7 +629,7 @@ class Outcome:
     drain: RssWatch
     edge_queue: dict[str, Any]  # the edge's queue status after the drain
     edge_bad_metrics: dict[str, Any]  # refusal/eviction/dead-letter/5xx counters that are not 0
-    edge_rpc_metrics: dict[str, Any]  # edge_rpc_requests_total{status=...}
+    edge_rpc_metrics: dict[str, Any]  # edge_sync_rpc_requests_total{status=...}
     edge_rpc_open: int  # RPC requests the edge holds open (QUEUED or DELIVERED) after the drain
     cloud_rpcs_wrong: list[str]  # RPC requests the cloud does not hold SUCCESSFUL with the answer
     expected_next_seq: int
@@ -742,11 +742,14 @@ def _scenario(cloud: CloudProc, agent: Agent, sizes: Sizes, t_start: float) -> O
     # What the edge and the cloud hold now.
     st = edge_status(agent)
     queue, metrics = st["queue"], st["metrics"]
-    never = ("edge_events_refused_total", "edge_events_evicted_total",
-             "edge_events_dead_lettered_total", "edge_uplink_dead_letters_total",
-             "edge_http_requests_404_total", "edge_http_requests_409_total",
-             "edge_http_requests_500_total", "edge_http_requests_503_total",
-             "edge_http_requests_507_total")
+    never = ('edge_sync_events_total{lane="high",outcome="refused"}',
+             'edge_sync_events_total{lane="normal",outcome="refused"}',
+             'edge_sync_events_total{lane="normal",outcome="evicted"}',
+             'edge_sync_events_total{lane="high",outcome="dead_lettered"}',
+             'edge_sync_events_total{lane="normal",outcome="dead_lettered"}',
+             *(k for k in metrics if k.startswith("edge_sync_dead_letters_total")),
+             *(f'edge_sync_device_requests_total{{protocol="http",code="{c}"}}'
+               for c in (404, 409, 500, 503, 507)))
     t_verify = time.monotonic()
     verify_error: AssertionError | None = None
     summary: dict[str, Any] = {}
@@ -768,7 +771,7 @@ def _scenario(cloud: CloudProc, agent: Agent, sizes: Sizes, t_start: float) -> O
         sizes=sizes, outage=outage, drain=drain, edge_queue=dict(queue),
         edge_bad_metrics={k: metrics.get(k) for k in never if metrics.get(k)},
         edge_rpc_metrics={k: v for k, v in metrics.items()
-                          if k.startswith("edge_rpc_requests_total")},
+                          if k.startswith("edge_sync_rpc_requests_total")},
         edge_rpc_open=int(st["rpc_open"]), cloud_rpcs_wrong=cloud_rpcs_wrong,
         expected_next_seq=boundary + sizes.total + 1, verify_error=verify_error,
         summary=summary)
@@ -804,7 +807,7 @@ def test_drain_high_lane_first_exactly_once(outage: Outcome) -> None:
     assert (outage.summary["alarms"], outage.summary["rpcs"]) == (sizes.alarms, sizes.rpcs)
     assert outage.edge_rpc_open == 0
     assert outage.edge_rpc_metrics == {
-        f'edge_rpc_requests_total{{status="{s}"}}': sizes.rpcs
+        f'edge_sync_rpc_requests_total{{status="{s}"}}': sizes.rpcs
         for s in ("DELIVERED", "QUEUED", "SUCCESSFUL")}, outage.edge_rpc_metrics
     assert outage.cloud_rpcs_wrong == [], outage.cloud_rpcs_wrong[:10]
 

@@ -123,9 +123,10 @@ def test_an_edge_change_reaches_another_connected_edge_holding_the_entity(server
     assert json.loads(d.assetUpdateMsg[0].entity)["label"] == "changed on edge 1"
     streams["rk-2"].ack(d.downlinkMsgId)
     assert streams["rk-1"].nothing_within(0.2)  # not echoed to the edge that made it
-    assert server.counters.edge_changes.get("ASSET") == 1
+    value = server.counters.metrics.value
+    assert value("edge_cloud_edge_entity_changes_applied_total", kind="ASSET") == 1
     # the graph's counter counts every downlink it queued: the two assignments, then the change
-    assert server.counters.graph_downlinks.get("assetUpdateMsg") == 3
+    assert value("edge_cloud_graph_downlinks_queued_total", kind="assetUpdateMsg") == 3
 
 
 def test_queued_assignments_travel_together_and_a_refused_batch_goes_one_by_one(server, clients):
@@ -236,8 +237,9 @@ def test_a_full_sync_drops_the_graph_downlinks_queued_before_it_and_keeps_the_re
     assert (line["level"].name, line["extra"]["edge"], line["extra"]["dropped"]) == (
         "INFO", "rk-1", 5)
     assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 5
-    assert server.counters.downlinks_superseded.value == 5
-    assert "\ncloud_downlinks_superseded_total 5\n" in server.counters.metrics.render_prometheus()
+    assert server.counters.metrics.value("edge_cloud_downlinks_total", outcome="superseded") == 5
+    assert '\nedge_cloud_downlinks_total{outcome="superseded"} 5.0\n' in \
+        server.counters.metrics.exposition().decode()
 
 
 def test_a_full_sync_that_never_ends_drops_nothing(server, clients):
@@ -358,7 +360,7 @@ def test_a_full_sync_the_edge_sync_edge_did_not_ask_for_drops_nothing(server, cl
         (edge_pb2.ENTITY_DELETED_RPC_MESSAGE, asset.id)]
     assert server.store.queued_downlinks(edge_id) == 0
     assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 0
-    assert server.counters.downlinks_superseded.value == 0
+    assert server.counters.metrics.value("edge_cloud_downlinks_total", outcome="superseded") == 0
 
 
 def test_an_edge_sync_edges_own_full_sync_drops_what_it_superseded(server, clients):
@@ -376,4 +378,4 @@ def test_an_edge_sync_edges_own_full_sync_drops_what_it_superseded(server, clien
     assert not any(n[1] == "gone" for d in synced for n in names_in(d, "assetUpdateMsg"))
     assert server.store.queued_downlinks(edge_id) == 0
     assert server.registry.snapshot()[edge_id]["downlinks_superseded"] == 1
-    assert server.counters.downlinks_superseded.value == 1
+    assert server.counters.metrics.value("edge_cloud_downlinks_total", outcome="superseded") == 1

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from loguru import logger
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_sync.cloud import CloudServer
 from edge_sync.cloud.tb_entities import PUSH_TO_CLOUD_NODE
@@ -87,8 +88,9 @@ def metrics(cloud: CloudServer) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{cloud.admin_port}/metrics",
                                 timeout=DEADLINE_S) as resp:
         text = resp.read().decode()
-    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-            if line and not line.startswith("#")}
+    return {s.name + ("{" + ",".join(f'{k}="{v}"' for k, v in s.labels.items()) + "}"
+                      if s.labels else ""): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
 
 
 def typed_ids(value: Any) -> Iterator[dict[str, str]]:
@@ -290,7 +292,8 @@ def test_a_refused_downlink_is_parked_after_max_attempts_and_the_queue_moves_on(
     status, out = http(cloud.admin_port, "GET", "/api/status")
     assert [(e["queued_downlinks"], e["parked_downlinks"]) for e in out["edges"]] == [(0, 1)]
     m = metrics(cloud)
-    assert (m["cloud_downlinks_refused_total"], m["cloud_downlinks_parked_total"]) == (3, 1)
+    assert (m['edge_cloud_downlinks_total{outcome="refused"}'],
+            m['edge_cloud_downlinks_total{outcome="parked"}']) == (3, 1)
 
     # the operator sees it in `edge-cloud status`, with the server running and stopped
     env = env_for(cloud.store.path, cloud.admin_port)
@@ -426,8 +429,9 @@ def test_attribute_relation_and_rule_chain_requests_are_answered_as_thingsboard_
     assert [d.ruleChainMetadataUpdateMsg[0]] == [m for d in synced for m in d.ruleChainMetadataUpdateMsg]
     client.ack(d.downlinkMsgId)
     m = metrics(cloud)
-    assert (m["cloud_uplink_requests_answered_total"], m["cloud_request_downlinks_queued_total"]) == (9, 2)
-    assert not any(k.startswith("cloud_uplink_not_applied_") for k in m)
+    assert (m["edge_cloud_uplink_requests_answered_total"],
+            m["edge_cloud_request_downlinks_queued_total"]) == (9, 2)
+    assert not any(k.startswith("edge_cloud_uplink_not_applied_") for k in m)
 
 
 # -- uplinks -------------------------------------------------------------------------------------------
@@ -460,10 +464,10 @@ def test_uplink_kinds_not_applied_are_acknowledged_counted_by_kind_and_logged_on
     finally:
         logger.remove(sink)
     m = metrics(cloud)
-    assert {k: v for k, v in m.items() if k.startswith("cloud_uplink_not_applied_")} == {
-        'cloud_uplink_not_applied_total{kind="alarmCommentUpdateMsg"}': 2,
-        'cloud_uplink_not_applied_total{kind="dashboardUpdateMsg"}': 2,
-        'cloud_uplink_not_applied_total{kind="deviceProfileUpdateMsg"}': 4}
+    assert {k: v for k, v in m.items() if k.startswith("edge_cloud_uplink_not_applied_")} == {
+        'edge_cloud_uplink_not_applied_total{kind="alarmCommentUpdateMsg"}': 2,
+        'edge_cloud_uplink_not_applied_total{kind="dashboardUpdateMsg"}': 2,
+        'edge_cloud_uplink_not_applied_total{kind="deviceProfileUpdateMsg"}': 4}
     logged = sorted(m["kind"] for m in messages if "not applied by this cloud" in m["text"])
     assert logged == ["alarmCommentUpdateMsg", "dashboardUpdateMsg", "deviceProfileUpdateMsg"]
     assert len(cloud.service.events(edge[0])) == 2  # the telemetry of both, applied
@@ -539,7 +543,8 @@ def test_retryable_refusals_of_our_edge_are_resent_and_never_parked(cloud, edge,
     assert http(cloud.admin_port, "GET", "/api/edges/rk-1/downlinks/parked")[1] == []
     assert cloud.store.queued_downlinks(edge[2]) == 0
     m = metrics(cloud)
-    assert (m["cloud_downlinks_refused_total"], m["cloud_downlinks_parked_total"]) == (8, 0)
+    assert (m['edge_cloud_downlinks_total{outcome="refused"}'],
+            m['edge_cloud_downlinks_total{outcome="parked"}']) == (8, 0)
     retryable = [x for x in messages if x["text"].startswith("downlink refused by the edge, retryable")]
     assert len(retryable) == 6 and retryable[0]["error"].startswith("disk full")
     (stream,) = [e["stream"] for e in http(cloud.admin_port, "GET", "/api/status")[1]["edges"]]

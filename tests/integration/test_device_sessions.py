@@ -209,7 +209,7 @@ def test_two_way_rpc_to_a_waiting_poll_and_its_answer_upstream(harness: Harness)
     assert [(r.status, r.response) for r in rpcs(app, dev)] == [
         (RpcStatus.SUCCESSFUL, {"pin": 1, "value": True})]
     counts = app.metrics.snapshot()
-    assert [counts.get(f'edge_rpc_requests_total{{status="{s}"}}') for s in
+    assert [counts.get(f'edge_sync_rpc_requests_total{{status="{s}"}}') for s in
             ("QUEUED", "DELIVERED", "SUCCESSFUL")] == [1, 1, 1]
     # answered once: a second answer is refused and nothing is queued
     before = event_count(app)

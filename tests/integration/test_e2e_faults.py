@@ -286,7 +286,8 @@ def test_downlink_queued_while_edge_down_is_applied_on_reconnect(tmp_path, procs
     assert _shared(agent, token, "setpoint,mode") == {"setpoint": 42, "mode": "auto"}
     m = edge_status(agent)["metrics"]
     # This run: the (incremental) sync's syncCompletedMsg, then the queued attribute update.
-    assert (m["edge_downlinks_applied_total"], m["edge_downlinks_duplicate_total"]) == (2, 0)
+    assert (m['edge_sync_downlinks_total{outcome="applied"}'],
+            m['edge_sync_downlinks_total{outcome="duplicate"}']) == (2, 0)
     applied = [r for r in agent.log_records()
                if r.get("component") == "downlink" and "applied" in r["message"]]
     assert [r["downlink_id"] for r in applied if "SHARED_SCOPE" in r["applied"]] == \
@@ -376,7 +377,8 @@ def test_downlink_applied_once_after_edge_restart(tmp_path, procs):
         ids = applied_downlink_ids(agent.data_dir)
         assert sorted(ids) == sorted(set(ids)), f"a downlink id recorded twice: {sorted(ids)}"
         # This run: the sync's syncCompletedMsg applied; the redelivery only acknowledged.
-        assert (m["edge_downlinks_applied_total"], m["edge_downlinks_duplicate_total"]) == (1, 1)
+        assert (m['edge_sync_downlinks_total{outcome="applied"}'],
+                m['edge_sync_downlinks_total{outcome="duplicate"}']) == (1, 1)
         assert len(second_run) == 1 and "redelivered" in second_run[0]["message"]
     finally:
         proxy.close()

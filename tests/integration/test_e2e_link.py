@@ -26,6 +26,7 @@ from tests.helpers.cloud_proc import (
     wait_connected,
     wait_drained,
 )
+from tests.helpers.metric_values import metric_total
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -129,13 +130,13 @@ def test_cloud_down_then_back(tmp_path, procs):
     assert post_points(agent, devices, per_device, threads=n_devices) == []
 
     # The edge has tried (and failed) to reach the cloud a few times, and queues everything.
-    wait_until(lambda: edge_status(agent)["metrics"]["edge_link_connect_attempts_total"] >= 3,
+    wait_until(lambda: edge_status(agent)["metrics"]["edge_sync_link_connect_attempts_total"] >= 3,
                timeout=DEADLINE_S, what="3 failed connection attempts")
     st = edge_status(agent)
     total = n_devices * (per_device + 2)
     assert st["link"]["state"] != "CONNECTED"
     assert st["link"]["state"] in {"CONNECTING", "BACKOFF"}, st["link"]
-    assert st["metrics"]["edge_link_connects_accepted_total"] == 0
+    assert st["metrics"]["edge_sync_link_connects_accepted_total"] == 0
     assert st["queue"]["pending"] == total
     assert st["queue"]["deployed"] == 0
 
@@ -173,7 +174,7 @@ def test_bad_credentials_no_retry_storm(tmp_path, procs):
         assert agent.post_telemetry(token, {"n": n}) == 200
 
     wait_until(lambda: link_state(agent) == "AUTH_FAILED", timeout=DEADLINE_S, what="AUTH_FAILED")
-    first = edge_status(agent)["metrics"]["edge_link_connect_attempts_total"]
+    first = edge_status(agent)["metrics"]["edge_sync_link_connect_attempts_total"]
     states: set[str] = set()
     end = time.monotonic() + window_s
     while time.monotonic() < end:  # the behaviour under test: the link over a fixed window
@@ -182,12 +183,12 @@ def test_bad_credentials_no_retry_storm(tmp_path, procs):
         time.sleep(0.05)  # the sampling pace, not a wait for a condition
     st = edge_status(agent)
     m = st["metrics"]
-    during = m["edge_link_connect_attempts_total"] - first
+    during = m["edge_sync_link_connect_attempts_total"] - first
     # After BAD_CREDENTIALS the edge retries only at the maximum backoff: at most one attempt
     # per max_interval (+2 for the window's edges), yet it does keep retrying.
     assert 1 <= during <= int(window_s / max_interval_s) + 2, during
-    assert m["edge_link_connects_accepted_total"] == 0
-    assert m["edge_link_bad_credentials_total"] >= m["edge_link_connect_attempts_total"] - 1
+    assert m["edge_sync_link_connects_accepted_total"] == 0
+    assert m["edge_sync_link_bad_credentials_total"] >= m["edge_sync_link_connect_attempts_total"] - 1
     assert states <= {"AUTH_FAILED", "CONNECTING"}, states
     assert st["queue"]["pending"] == 7
     refusals = [r for r in cloud.log_records() if r["message"].startswith("bad credentials")]
@@ -234,7 +235,7 @@ def test_oversized_event_dead_lettered(tmp_path, procs):
     st = wait_drained(agent)
     assert st["queue"]["dead"] == 1
     assert st["queue"]["deployed"] == 12
-    assert st["metrics"]["edge_uplink_dead_letters_total"] == 1
+    assert metric_total(st["metrics"], "edge_sync_dead_letters_total") == 1
     edge_log = read_log(agent.data_dir)
     dead = [e for e in edge_log if e.status is Status.DEAD]
     assert [e.body["values"]["n"] for e in dead] == [5]

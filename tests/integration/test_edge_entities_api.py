@@ -189,7 +189,7 @@ def test_a_deleted_devices_waiting_long_poll_is_answered_404(agent: Agent) -> No
         agent.device("GET", f"/api/v1/{token}/rpc?timeout=30000")))
     poller.start()
     try:
-        wait_until(lambda: "edge_http_long_polls 1" in call(agent, "GET", "/metrics").body
+        wait_until(lambda: "edge_sync_http_long_polls 1.0" in call(agent, "GET", "/metrics").body
                    .decode(), timeout=10, what="the long poll to wait")
         assert call(agent, "DELETE", f"/api/devices/{device}").status == 200
         poller.join(timeout=10)
@@ -206,7 +206,7 @@ def test_deleted_shared_keys_reach_a_waiting_attribute_poll(agent: Agent) -> Non
         agent.device("GET", f"/api/v1/{token}/attributes/updates?timeout=30000")))
     poller.start()
     try:
-        wait_until(lambda: "edge_http_long_polls 1" in call(agent, "GET", "/metrics").body
+        wait_until(lambda: "edge_sync_http_long_polls 1.0" in call(agent, "GET", "/metrics").body
                    .decode(), timeout=10, what="the long poll to wait")
         resp = call(agent, "DELETE", f"/api/entities/{device}/attributes/SHARED_SCOPE",
                     {"keys": ["setpoint", "mode"]})

@@ -300,7 +300,7 @@ def test_a_full_sync_of_10000_entities_is_applied_and_the_next_connect_is_increm
         state = rig.graph(lambda g, txn: g.sync_state(txn))
         assert (state.in_progress, state.completed_version) == (False, edge_version())
         snap = app.metrics.snapshot()
-        assert snap['edge_graph_entities_applied_total{kind_action="DEVICE:ADDED"}'] == 3_000
+        assert snap['edge_sync_graph_entities_applied_total{kind="DEVICE",action="ADDED"}'] == 3_000
         rig.stop()
     finally:
         cloud.stdin.close()
@@ -358,9 +358,9 @@ def test_an_operators_full_sync_removes_what_the_cloud_no_longer_sends(
     rig.acked([rig.send(asset(kept, "kept")), rig.send(profile(pid, "meter")),
                rig.send(device(dev, "meter-1", pid), credentials(dev, "tok-1")),
                rig.send(relation(("ASSET", kept), ("DEVICE", dev)))])
-    removed = app.metrics.snapshot()["edge_graph_removed_after_full_sync_total"]
+    removed = app.metrics.snapshot()["edge_sync_graph_removed_after_full_sync_total"]
     rig.fake.release_sync()
-    wait_until(lambda: app.metrics.snapshot()["edge_graph_removed_after_full_sync_total"]
+    wait_until(lambda: app.metrics.snapshot()["edge_sync_graph_removed_after_full_sync_total"]
                > removed, timeout=DEADLINE_S, what="the end of the operator's full sync")
     names = rig.graph(lambda g, txn: sorted(e.name for e in g.entities(txn, entity_type="ASSET")))
     assert names == ["kept"]

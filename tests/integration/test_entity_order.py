@@ -227,7 +227,7 @@ def test_http_device_api_keeps_per_device_order(app: EdgeApp) -> None:
     for d in devices:
         assert set(statuses[d.id]) == {200}
         assert_device_log(app, d, list(range(per_device)))
-    assert app.metrics.snapshot()["edge_http_requests_accepted_total"] == sum(
+    assert app.metrics.snapshot()['edge_sync_device_requests_total{protocol="http",code="200"}'] == sum(
         len(s) for s in statuses.values())
 
 

@@ -30,6 +30,7 @@ from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device, Lane, NewEvent, Status, StoredEvent, lane_for
 from tests.helpers.fake_peer import FAKE_TENANT_ID, FakeCloud, Payload, Uplink, payloads
+from tests.helpers.metric_values import metric_total
 from tests.helpers.wait import wait_until
 
 DEADLINE_S = 10.0
@@ -301,7 +302,7 @@ def test_redelivered_downlink_is_applied_once_and_a_reused_id_with_new_content_i
     def shared() -> dict[str, Any]:
         return app.service.get_attributes(device.token, client_keys=None, shared_keys=None)["shared"]
 
-    applied0 = metric(app, "edge_downlinks_applied_total")
+    applied0 = metric(app, 'edge_sync_downlinks_total{outcome="applied"}')
     x, y = fake.new_downlink_id(), fake.new_downlink_id()
     assert x != y
     first = shared_attr_downlink(x, device, {"target": 21})
@@ -312,17 +313,17 @@ def test_redelivered_downlink_is_applied_once_and_a_reused_id_with_new_content_i
     # the first one again, late and byte-identical: acknowledged, not applied again
     assert deliver(fake, first, 2) == [True, True]
     assert shared() == {"target": 22}
-    assert metric(app, "edge_downlinks_duplicate_total") == 1
-    assert metric(app, "edge_downlinks_applied_total") == applied0 + 2
+    assert metric(app, 'edge_sync_downlinks_total{outcome="duplicate"}') == 1
+    assert metric(app, 'edge_sync_downlinks_total{outcome="applied"}') == applied0 + 2
 
     # ThingsBoard picks ids at random: two different downlinks may share one
     z = fake.new_downlink_id()
     assert deliver(fake, shared_attr_downlink(z, device, {"a": 1}), 1) == [True]
     assert deliver(fake, shared_attr_downlink(z, device, {"b": 2}), 2) == [True, True]
     assert shared() == {"target": 22, "a": 1, "b": 2}
-    assert metric(app, "edge_downlinks_duplicate_total") == 1
-    assert metric(app, "edge_downlinks_applied_total") == applied0 + 4
-    assert metric(app, "edge_downlinks_failed_total") == 0
+    assert metric(app, 'edge_sync_downlinks_total{outcome="duplicate"}') == 1
+    assert metric(app, 'edge_sync_downlinks_total{outcome="applied"}') == applied0 + 4
+    assert metric(app, 'edge_sync_downlinks_total{outcome="failed"}') == 0
 
     # content the edge refuses: success=false, and the extension says a resend cannot help
     bad = edge_pb2.DownlinkMsg(downlinkMsgId=fake.new_downlink_id(), deviceUpdateMsg=[
@@ -331,7 +332,7 @@ def test_redelivered_downlink_is_applied_once_and_a_reused_id_with_new_content_i
     [refusal] = fake.acks_for(bad.downlinkMsgId)
     assert (refusal.HasField("retryable"), refusal.retryable) == (True, False)
     assert refusal.errorMsg != ""
-    assert metric(app, "edge_downlinks_failed_total") == 1
+    assert metric(app, 'edge_sync_downlinks_total{outcome="failed"}') == 1
 
 
 # -- c. one event rejected ---------------------------------------------------------------------------
@@ -372,7 +373,7 @@ def test_rejected_event_is_dead_lettered_and_the_rest_delivered_once_in_order(
     resent = [u for u in fake.uplinks[reject_at + 1:] if u.answer is not None and u.answer.success]
     assert resent and all((u.epoch or 0) > failed_epoch for u in resent)
     assert all(rejected not in u.seqs for u in fake.uplinks[reject_at + 1:])
-    assert metric(app, "edge_uplink_dead_letters_total") == 1
+    assert metric_total(app.metrics.snapshot(), "edge_sync_dead_letters_total") == 1
     assert link_state(app) == "CONNECTED"
 
 
@@ -407,8 +408,8 @@ def test_unanswered_uplink_is_resent_under_higher_epochs_then_the_edge_reconnect
     assert transitions[:5] == [("DISCONNECTED", "CONNECTING"), ("CONNECTING", "SYNCING"),
                                ("SYNCING", "CONNECTED"), ("CONNECTED", "BACKOFF"),
                                ("BACKOFF", "CONNECTING")]
-    assert metric(app, "edge_link_connect_attempts_total") >= 2
-    assert metric(app, "edge_uplink_go_back_n_total") >= 2
+    assert metric(app, "edge_sync_link_connect_attempts_total") >= 2
+    assert metric_total(app.metrics.snapshot(), "edge_sync_uplink_resends_total") >= 2
     assert all(e.status is Status.PENDING for e in edge_events(app))
 
 
@@ -428,8 +429,8 @@ def test_bad_credentials_retry_only_at_the_maximum_interval(harness: Harness) ->
     # reconnect.interval is 100 ms: a retry at that pace would show gaps near 0.1 s
     assert all(0.95 <= g <= 2.0 for g in gaps), gaps
     assert fake.sync_requests == [] and fake.uplinks == []
-    assert metric(app, "edge_link_bad_credentials_total") >= 3
-    assert metric(app, "edge_link_connect_attempts_total") >= 3
+    assert metric(app, "edge_sync_link_bad_credentials_total") >= 3
+    assert metric(app, "edge_sync_link_connect_attempts_total") >= 3
     assert all(e.status is Status.PENDING for e in edge_events(app))
 
 
@@ -633,7 +634,7 @@ def test_thingsboard_like_permanent_error_dead_letters_one_device_while_the_othe
                 and r["extra"].get("component") == "link"]
     assert logged["extra"]["seq"] == added[poison.id]
     assert logged["extra"]["entity_id"] == str(poison.id)
-    assert metric(app, "edge_uplink_dead_letters_total") == 1
+    assert metric_total(app.metrics.snapshot(), "edge_sync_dead_letters_total") == 1
 
 
 def refused_downlink(downlink_id: int) -> edge_pb2.DownlinkMsg:
@@ -715,7 +716,8 @@ def test_thingsboard_like_late_answer_to_a_resent_message_settles_it_once(
 
     events = edge_events(app)
     assert [(e.seq, e.status) for e in events] == [(s, Status.DEPLOYED) for s in (1, 2, telemetry)]
-    assert metric(app, "edge_uplink_events_acked_total") == 3  # each seq deployed once
+    # each seq deployed once
+    assert metric_total(app.metrics.snapshot(), "edge_sync_events_total", outcome="acked") == 3
     # one send and one resend each (ThingsBoard applies both: at least once), then no more
     assert [[u.seqs for u in fake.uplinks].count([s]) for s in (1, 2, telemetry)] == [2, 2, 2]
     assert len(fake.uplinks) == 6 and len(fake.connects) == 1

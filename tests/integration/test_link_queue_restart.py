@@ -41,7 +41,7 @@ def test_acks_during_a_queue_restart_are_recorded(tmp_path: Path) -> None:
             nonlocal crashes
             if collect_status(app.store, now_ms=0)["queue"]["pending"] == 0:
                 return True
-            if crashes < 3 and app.metrics.snapshot().get("edge_uplink_events_acked_total", 0) \
+            if crashes < 3 and app.metrics.value("edge_sync_events_total", lane="normal", outcome="acked") \
                     > (crashes + 1) * 1000:
                 ref = app._actor_ref("queue")
                 assert ref is not None
@@ -56,7 +56,7 @@ def test_acks_during_a_queue_restart_are_recorded(tmp_path: Path) -> None:
         assert crashes == 3
         assert collect_status(app.store, now_ms=0)["queue"]["pending"] == 0
         assert app.supervisor.restarts("queue") == 3
-        assert app.metrics.snapshot()["edge_link_connects_accepted_total"] == 1  # no reconnect
+        assert app.metrics.snapshot()["edge_sync_link_connects_accepted_total"] == 1  # no reconnect
         applied = cloud.service.events("rk", after=0, limit=0)
         values = [e.body["values"]["n"] for e in applied if e.action == "TIMESERIES_UPDATED"]
         assert values == list(range(total))

@@ -63,7 +63,7 @@ def test_a_flooding_client_is_held_back_and_another_is_still_served(make_app: Ap
         def flood_acked() -> list[int]:  # paho reports QoS 0 publishes as sent ones too
             return [mid for mid in flooder.acked_ids() if mid in wanted]
 
-        wait_until(lambda: app.metrics.snapshot()["edge_mqtt_reads_paused_total"] > 0,
+        wait_until(lambda: app.metrics.snapshot()["edge_sync_mqtt_reads_paused_total"] > 0,
                    timeout=DEADLINE_S, what="the flooder's reading paused")
         calm_mids = [calm.publish(TELEMETRY, {"n": n}).mid for n in range(50)]
         wait_until(lambda: len(calm.acked_ids()) == 50, timeout=DEADLINE_S,
@@ -155,13 +155,13 @@ def test_a_connection_paused_at_the_inflight_cap_whose_commits_fail_is_closed(
     while app.service.post_telemetry(token, {"n": -1, "pad": pad}).exception(
             DEADLINE_S) is None:  # fill the store: the next commit fails
         pass
-    paused = app.metrics.snapshot()["edge_mqtt_reads_paused_total"]
+    paused = app.metrics.snapshot()["edge_sync_mqtt_reads_paused_total"]
     with RawClient(app.mqtt_port, timeout=DEADLINE_S) as raw:
         assert raw.connect("paused", token) == (0, 0)
         with held_commits(app.store):  # the commits wait: the 4 publishes taken reach the cap
             raw.send(b"".join(publish_packet(TELEMETRY, json.dumps({"n": n, "pad": pad}).encode(),
                                              qos=1, packet_id=n + 1) for n in range(10)))
-            wait_until(lambda: app.metrics.snapshot()["edge_mqtt_reads_paused_total"] > paused,
+            wait_until(lambda: app.metrics.snapshot()["edge_sync_mqtt_reads_paused_total"] > paused,
                        timeout=DEADLINE_S, what="the connection's reading paused at the cap")
         # the commits go on now, and fail (storage full): closed, nothing acknowledged
         with pytest.raises(ConnectionError):

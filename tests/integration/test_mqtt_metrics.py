@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.mqtt_app import AppFactory
 
@@ -20,8 +21,10 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
 
 def test_the_mqtt_counters_are_in_the_agents_metrics(make_app: AppFactory) -> None:
     app = make_app()
-    text = app.metrics.render_prometheus()
-    for name in ("edge_mqtt_sessions_dropped_total", "edge_mqtt_unacked_dropped_total",
-                 "edge_mqtt_reads_paused_total"):
-        assert f"# TYPE {name} counter" in text, name
-    assert app.metrics.snapshot()["edge_mqtt_unacked_dropped_total"] == 0
+    families = {f.name: f.type for f in text_string_to_metric_families(
+        app.metrics.exposition().decode())}
+    for name in ("edge_sync_mqtt_sessions_dropped", "edge_sync_mqtt_unacked_dropped",
+                 "edge_sync_mqtt_reads_paused"):
+        assert families[name] == "counter", name
+    assert families["edge_sync_mqtt_connections"] == "gauge"
+    assert app.metrics.snapshot()["edge_sync_mqtt_unacked_dropped_total"] == 0

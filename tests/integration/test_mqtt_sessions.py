@@ -138,7 +138,7 @@ def test_a_kept_session_gets_its_subscriptions_and_the_requests_queued_meanwhile
         up = fake.wait_for(lambda: rpc_uplinks(fake), what="the RPC answer uplinked")[0]
         assert (up.requestId, json.loads(up.responseMsg.response)) == (21, {"ok": True})
     assert [r.status for r in rpcs(app, dev)] == [RpcStatus.SUCCESSFUL]
-    wait_until(lambda: app.metrics.snapshot()["edge_mqtt_sessions_kept"] == 1,
+    wait_until(lambda: app.metrics.snapshot()["edge_sync_mqtt_sessions_kept"] == 1,
                timeout=DEADLINE_S, what="the session kept again after the disconnect")
     no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
@@ -193,7 +193,7 @@ def test_a_clean_session_discards_the_kept_one(
 def test_qos1_messages_dropped_unacknowledged_are_logged_once_and_counted(
         harness: Harness) -> None:
     """mqtt.max_unacked_per_session 2, three QoS 1 requests never acknowledged: the oldest is
-    dropped (one WARNING, counted in edge_mqtt_unacked_dropped_total and in the disconnect
+    dropped (one WARNING, counted in edge_sync_mqtt_unacked_dropped_total and in the disconnect
     line); the two kept are sent again on reconnect."""
     fake, app = harness.connected_edge(**MQTT_ON, EDGE_MQTT_MAX_UNACKED_PER_SESSION="2")
     dev = make_device(app, "mqtt-unacked")
@@ -218,7 +218,7 @@ def test_qos1_messages_dropped_unacknowledged_are_logged_once_and_counted(
         no_connections(app)
     finally:
         logs.close()
-    assert server.registry.unacked_dropped.value == 1
+    assert app.metrics.value("edge_sync_mqtt_unacked_dropped_total") == 1
     (warning,) = logs.matching("dropped unacknowledged")
     assert warning["level"].name == "WARNING"
     first, _ = logs.matching("disconnected from MQTT", device=str(dev.id))

@@ -82,7 +82,7 @@ def test_replay_dead_letters_reach_the_cloud_once_in_order(tmp_path, procs):
     cloud.wait_applied(RK, 2 + 4 + 1, timeout=30)
     st = wait_drained(agent)
     assert st["queue"]["dead"] == 1
-    assert st["metrics"]["edge_events_replayed_total"] == 1
+    assert st["metrics"]["edge_sync_dead_letters_replayed_total"] == 1
     logged = wait_until(lambda: [r for r in agent.log_records()
                                  if r["message"] == "dead letter replayed"],
                         timeout=10, what="the replay logged")

@@ -35,6 +35,7 @@ from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Lane, NewEvent, Status, StoredEvent
 from edge_sync.storage.rule_store import RuleStore
 from edge_sync.supervisor import actor_child
+from tests.helpers.metric_values import metric_total
 
 DEADLINE = 10.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,8 +212,8 @@ def test_group_commit_many_appends_per_fsync(queue: QueueUnderTest) -> None:
                    for s in f.result()]
             assert got == [(entities[t], [t, i], k) for k in range(n)]
     snap = queue.metrics.snapshot()
-    assert snap["edge_events_appended_total"] == total
-    commits = snap["edge_queue_commits_total"]
+    assert metric_total(snap, "edge_sync_events_total", outcome="appended") == total
+    commits = snap["edge_sync_queue_commits_total"]
     assert 1 <= commits < appends / 2, f"{commits} commits for {appends} appends"
     assert queue.committed[-1] == EventsCommitted(next_seq=total + 1)
     assert queue.exits == []
@@ -230,7 +231,7 @@ def test_group_is_committed_when_group_max_events_is_reached(tmp_path: Path) -> 
         wait_all(replies)
         assert [r.result() for r in replies] == [range(1 + 5 * i, 6 + 5 * i) for i in range(200)]
         # At most 10 events (two Appends) per commit.
-        assert q.metrics.snapshot()["edge_queue_commits_total"] >= 100
+        assert q.metrics.snapshot()["edge_sync_queue_commits_total"] >= 100
     finally:
         q.stop()
 
@@ -325,9 +326,10 @@ def test_refuse_policy_queue_full_keeps_everything_accepted(make_app: AppFactory
     assert len(events) == len(ok) + 2
     assert [e.action for e in events[:2]] == [Action.ADDED, Action.CREDENTIALS_UPDATED]
     snap = app.metrics.snapshot()
-    assert snap["edge_events_appended_total"] == len(ok) + 2
-    assert snap["edge_events_refused_total"] == len(refused) + 1  # + the HTTP one
-    assert snap["edge_events_evicted_total"] == 0
+    assert metric_total(snap, "edge_sync_events_total", outcome="appended") == len(ok) + 2
+    # + the HTTP one
+    assert metric_total(snap, "edge_sync_events_total", outcome="refused") == len(refused) + 1
+    assert metric_total(snap, "edge_sync_events_total", outcome="evicted") == 0
     assert app.supervisor.restarts("queue") == 0
 
     app.stop()
@@ -390,7 +392,7 @@ def small_queue(tmp_path: Path) -> Iterator[Filler]:
 def test_full_store_accepts_a_batch_ack(small_queue: Filler) -> None:
     filler = small_queue
     assert filler.fill() > 500
-    assert filler.q.metrics.snapshot()["edge_events_purged_total"] == 0
+    assert filler.q.metrics.snapshot()["edge_sync_events_purged_total"] == 0
     assert filler.ack(range(1, 101)) == 100
     events = all_events(filler.q.store)
     assert len(events) == len(filler.accepted)
@@ -415,7 +417,7 @@ def test_when_full_delivered_events_are_purged_to_make_room(small_queue: Filler)
     assert filler.ack(range(1, 101)) == 100
     # Storage full again: the 100 delivered events are purged and make room for about as many.
     refill = filler.fill(max_bursts=20)
-    assert filler.q.metrics.snapshot()["edge_events_purged_total"] == 100
+    assert filler.q.metrics.snapshot()["edge_sync_events_purged_total"] == 100
     assert refill >= 50, refill
     events = all_events(filler.q.store)
     assert [e.body["tag"] for e in events] == filler.accepted[100:]
@@ -438,7 +440,7 @@ def test_evict_policy_keeps_accepting_and_keeps_the_high_lane(make_app: AppFacto
         for _, fut in burst:
             assert fut.exception() is None, repr(fut.exception())
     snap = app.metrics.snapshot()
-    evicted = snap["edge_events_evicted_total"]
+    evicted = metric_total(snap, "edge_sync_events_total", outcome="evicted")
     assert evicted > 0
     with app.store.read() as txn:
         counts = EventLog(app.store).counts(txn)
@@ -566,8 +568,9 @@ def test_when_full_local_timeseries_points_give_way_before_any_refusal(small_que
     accepted = filler.fill()
     assert accepted > 500
     snap = filler.q.metrics.snapshot()
-    assert snap["edge_rule_local_points_dropped_total"] == 400
-    assert snap["edge_events_refused_total"] >= 1  # full again once the points were gone
+    assert snap['edge_sync_rule_local_points_removed_total{reason="storage_full"}'] == 400
+    # full again once the points were gone
+    assert metric_total(snap, "edge_sync_events_total", outcome="refused") >= 1
     with filler.q.store.read() as txn:
         assert rules.local_points(txn) == 0
     assert [e.body["tag"] for e in all_events(filler.q.store)] == filler.accepted

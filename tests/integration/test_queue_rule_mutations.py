@@ -186,7 +186,7 @@ def test_points_expire_ttl_or_retention_after_the_commit_and_purge_removes_them(
     queue.purge()
     assert queue.points() == 0
     snapshot = queue.metrics.snapshot()
-    assert snapshot["edge_rule_local_points_purged_total"] == 4
+    assert snapshot['edge_sync_rule_local_points_removed_total{reason="expired"}'] == 4
 
 
 def test_purge_takes_more_than_one_batch(queue: Queue) -> None:
@@ -198,7 +198,7 @@ def test_purge_takes_more_than_one_batch(queue: Queue) -> None:
     queue.clock.now = T0 + 1000
     queue.purge()
     assert queue.points() == 0
-    assert queue.metrics.snapshot()["edge_rule_local_points_purged_total"] == n
+    assert queue.metrics.snapshot()['edge_sync_rule_local_points_removed_total{reason="expired"}'] == n
 
 
 def test_deleting_a_device_deletes_its_rule_data(queue: Queue) -> None:

@@ -78,10 +78,10 @@ def test_wrong_root_never_connects_and_recovers_with_the_right_one(
         device, created = app.service.create_device("tls-dev")
         created.result(10)
         app.service.post_telemetry(device.token, {"i": 1}).result(10)
-        wait_until(lambda: app.metrics.snapshot().get("edge_link_connect_attempts_total", 0) >= 2,
+        wait_until(lambda: app.metrics.snapshot().get("edge_sync_link_connect_attempts_total", 0) >= 2,
                    timeout=DEADLINE, what="two failed attempts")
         assert app.link_board.value["state"] in ("BACKOFF", "CONNECTING")
-        assert app.metrics.snapshot().get("edge_link_connects_accepted_total", 0) == 0
+        assert app.metrics.snapshot().get("edge_sync_link_connects_accepted_total", 0) == 0
         assert pending(app) == 3  # ADDED, CREDENTIALS_UPDATED and the point: kept, not sent
         assert cloud.service.events("tls-edge", after=0, limit=0) == []
     finally:

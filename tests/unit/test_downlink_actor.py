@@ -17,6 +17,7 @@ from typing import Any
 import pykka
 import pytest
 from loguru import logger
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_sync.actors.address import Address
 from edge_sync.actors.messages import EntityDeleted, RpcQueued, SharedAttributesApplied
@@ -183,8 +184,8 @@ def test_device_created_then_credentials_gives_a_device_with_its_token(rig: Rig)
     assert device is not None and device.token == "tok-pump-1"
     assert rig.by_token("tok-pump-1") == device
     assert rig.tokens.generation >= generation + 2  # the token cache learnt of both changes
-    assert (rig.count("edge_downlinks_applied_total"), rig.count("edge_downlinks_duplicate_total"),
-            rig.count("edge_downlinks_failed_total")) == (2, 0, 0)
+    assert (rig.count(APPLIED), rig.count(DUPLICATE),
+            rig.count(FAILED)) == (2, 0, 0)
     # an update of the same device: upsert, token kept, version bumped
     assert rig.apply(device_msg(43, dev, "pump-1b", kind=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE)).success
     updated = rig.device(dev)
@@ -219,8 +220,8 @@ def test_the_same_downlink_twice_is_applied_once_and_acknowledged_twice(rig: Rig
     again = rig.apply(msg)  # a late redelivery, byte-identical
     assert (again.success, again.duplicate, again.downlink_id, again.error) == (True, True, 77, "")
     assert rig.attributes(dev, Scope.SHARED) == {"speed": 4}  # not rolled back by the redelivery
-    assert rig.count("edge_downlinks_duplicate_total") == 1
-    assert rig.count("edge_downlinks_applied_total") == 4
+    assert rig.count(DUPLICATE) == 1
+    assert rig.count(APPLIED) == 4
 
 
 def test_one_id_with_different_content_is_two_downlinks(rig: Rig) -> None:
@@ -253,12 +254,12 @@ def test_credentials_for_an_unknown_device_wait_for_it(rig: Rig) -> None:
     reply = rig.apply(credentials_msg(12, ghost, "tok-ghost"), stream_id=3)
     assert reply == DownlinkApplied(3, 12, True)
     assert rig.by_token("tok-ghost") is None
-    assert rig.count("edge_graph_held") == 1
+    assert rig.count("edge_sync_graph_held_entities") == 1
     assert rig.apply(device_msg(11, ghost, "ghost")).success
     device = rig.by_token("tok-ghost")
     assert device is not None and device.id == ghost
-    assert (rig.count("edge_graph_held"), rig.count("edge_graph_held_total"),
-            rig.count("edge_graph_released_total"), rig.count("edge_downlinks_failed_total")) \
+    assert (rig.count("edge_sync_graph_held_entities"), rig.count("edge_sync_graph_held_total"),
+            rig.count("edge_sync_graph_released_total"), rig.count(FAILED)) \
         == (0, 1, 1, 0)
 
 
@@ -301,7 +302,7 @@ def test_unsupported_lists_and_sync_completed_are_acknowledged(rig: Rig) -> None
     conf = rig.apply(edge_pb2.DownlinkMsg(downlinkMsgId=52, edgeConfiguration=edge_pb2.EdgeConfiguration(
         edgeIdMSB=e_msb, edgeIdLSB=e_lsb, tenantIdMSB=t_msb, tenantIdLSB=t_lsb)))
     assert (conf.success, conf.identity, conf.customer_id) == (True, (tenant, edge), uuid.UUID(int=0))
-    assert rig.count("edge_downlinks_failed_total") == 0
+    assert rig.count(FAILED) == 0
 
 
 def test_attribute_delete_with_an_unknown_scope_fails_without_crashing(rig: Rig) -> None:
@@ -346,7 +347,7 @@ def test_a_store_failure_is_answered_retryable_and_the_downlink_applies_once_res
     assert reply.error == f"disk full under {rig.store.path}: No space left on device"
     resp = reply.response()
     assert (resp.success, resp.HasField("retryable"), resp.retryable) == (False, True, True)
-    assert rig.count("edge_downlinks_failed_total") == 1 and rig.exits == []
+    assert rig.count(FAILED) == 1 and rig.exits == []
     monkeypatch.undo()  # room made: the resent downlink is applied, not taken for a duplicate
     again = rig.apply(device_msg(90, dev, "pump-9"))
     assert (again.success, again.duplicate, again.retryable) == (True, False, None)
@@ -404,7 +405,7 @@ def test_the_tenant_is_kept_updated_and_removed(rig: Rig) -> None:
     with rig.store.read() as txn:
         assert rig.entities.tenant(txn) is None
     assert rig.metrics.snapshot().keys().isdisjoint(
-        {'edge_downlinks_set_aside_total{kind="tenantUpdateMsg"}'})
+        {'edge_sync_downlinks_set_aside_total{kind="tenantUpdateMsg"}'})
 
 
 def test_a_tenant_json_naming_another_entity_type_fails(rig: Rig) -> None:
@@ -522,7 +523,7 @@ def test_device_credentials_and_profile_in_one_downlink_in_any_order(
     assert rig.attributes(dev, Scope.SHARED) == {"interval": 30}
     with rig.store.read() as txn:
         assert rig.entities.device_profile_ids(txn) == {"meter": profile}
-    assert (rig.count("edge_downlinks_applied_total"), rig.count("edge_downlinks_failed_total")) \
+    assert (rig.count(APPLIED), rig.count(FAILED)) \
         == (1, 0)
 
 
@@ -547,7 +548,10 @@ def test_a_failing_part_leaves_nothing_of_the_downlink(rig: Rig) -> None:
 
 # -- kinds set aside ------------------------------------------------------------------------------
 
-SET_ASIDE = "edge_downlinks_set_aside_total"
+SET_ASIDE = "edge_sync_downlinks_set_aside_total"
+APPLIED = 'edge_sync_downlinks_total{outcome="applied"}'
+DUPLICATE = 'edge_sync_downlinks_total{outcome="duplicate"}'
+FAILED = 'edge_sync_downlinks_total{outcome="failed"}'
 
 
 def set_aside_count(rig: Rig, kind: str) -> float:
@@ -602,11 +606,12 @@ def test_each_kind_set_aside_is_acknowledged_counted_exactly_and_logged_once(
         assert info_logs.count(
             f"cloud sent {kind}; set aside on this edge (acknowledged and counted; further "
             "ones are only counted)") == 1, kind
-    assert (rig.count("edge_downlinks_applied_total"), rig.count("edge_downlinks_failed_total")) \
+    assert (rig.count(APPLIED), rig.count(FAILED)) \
         == (2, 0)
-    page = rig.metrics.render_prometheus()
-    assert f'{SET_ASIDE}{{kind="otaPackageUpdateMsg"}} 5\n' in page
-    assert page.count(f"# TYPE {SET_ASIDE} counter\n") == 1
+    [family] = [f for f in text_string_to_metric_families(rig.metrics.exposition().decode())
+                if f.name == SET_ASIDE.removesuffix("_total")]
+    assert family.type == "counter"
+    assert {s.labels["kind"]: s.value for s in family.samples}["otaPackageUpdateMsg"] == 5
 
 
 def test_a_redelivered_downlink_is_not_counted_again(rig: Rig, info_logs: list[str]) -> None:
@@ -617,7 +622,7 @@ def test_a_redelivered_downlink_is_not_counted_again(rig: Rig, info_logs: list[s
     again = rig.apply(msg)
     assert (again.success, again.duplicate) == (True, True)
     assert set_aside_count(rig, "otaPackageUpdateMsg") == 4
-    assert rig.count("edge_downlinks_duplicate_total") == 1
+    assert rig.count(DUPLICATE) == 1
     assert sum("cloud sent otaPackageUpdateMsg" in line for line in info_logs) == 1
 
 
@@ -735,7 +740,7 @@ def test_a_batch_of_attribute_updates_is_applied_at_once_and_each_device_told_it
     batch.entityData.extend(shared_msg(0, devices[0], {"setpoint": -1, "mode": "eco"}).entityData)
     reply = rig.apply(batch)
     assert (reply.success, reply.downlink_id, reply.duplicate) == (True, 90, False)
-    assert rig.count("edge_downlinks_applied_total") == 1
+    assert rig.count(APPLIED) == 1
     assert [rig.attributes(dev, Scope.SHARED) for dev in devices] == (
         [{"setpoint": -1, "mode": "eco"}] + [{"setpoint": i} for i in range(1, 50)])
     assert rig.notified == (
@@ -786,8 +791,8 @@ def test_a_full_sync_removes_at_its_end_what_it_did_not_send(
     done = rig.apply(sync_done(11))
     assert (done.success, done.sync_completed) == (True, True)
     assert assets_on_edge(rig) == {kept, resent}
-    assert rig.count("edge_graph_removed_after_full_sync_total") == 1
-    assert rig.metrics.snapshot()['edge_graph_entities_applied_total{kind_action="ASSET:DELETED"}'] \
+    assert rig.count("edge_sync_graph_removed_after_full_sync_total") == 1
+    assert rig.metrics.snapshot()['edge_sync_graph_entities_applied_total{kind="ASSET",action="DELETED"}'] \
         == 1
     assert f"removed after full sync: no longer assigned to this edge: ASSET {gone}" in info_logs
     with rig.store.read() as txn:
@@ -871,10 +876,10 @@ def test_graph_counters_by_kind_and_action_and_the_held_gauge(rig: Rig) -> None:
     assert rig.apply(asset_msg(4, a, "", kind=edge_pb2.ENTITY_DELETED_RPC_MESSAGE)).success
     assert rig.apply(credentials_msg(5, uuid.uuid4(), "tok-x")).success  # held
     snap = rig.metrics.snapshot()
-    assert {k: v for k, v in snap.items() if k.startswith("edge_graph_entities_applied")} == {
-        f'edge_graph_entities_applied_total{{kind_action="ASSET:{a}"}}': 1
+    assert {k: v for k, v in snap.items() if k.startswith("edge_sync_graph_entities_applied")} == {
+        f'edge_sync_graph_entities_applied_total{{kind="ASSET",action="{a}"}}': 1
         for a in ("ADDED", "UPDATED", "DELETED")}
-    assert (snap["edge_graph_held"], snap["edge_graph_held_total"]) == (1, 1)
+    assert (snap["edge_sync_graph_held_entities"], snap["edge_sync_graph_held_total"]) == (1, 1)
 
 
 def test_damage_found_while_applying_asks_for_a_full_sync(rig: Rig) -> None:
@@ -906,7 +911,7 @@ def test_a_held_entity_the_full_sync_does_not_send_again_is_not_applied_but_remo
     with rig.store.read() as txn:
         assert rig.graph.held(txn) == []
     assert rig.device(dev) is None
-    assert rig.count("edge_graph_removed_after_full_sync_total") == 1
+    assert rig.count("edge_sync_graph_removed_after_full_sync_total") == 1
 
 
 # -- a device removed by the cloud closes its open RPC requests ------------------------------------

@@ -252,7 +252,7 @@ def test_registry_keeps_no_clean_session() -> None:
 # -- dropped sessions: logged and counted --------------------------------------------------------
 
 
-DROPPED = "edge_mqtt_sessions_dropped_total"
+DROPPED = "edge_sync_mqtt_sessions_dropped_total"
 
 
 def dropped(metrics: Metrics) -> dict[str, float]:

@@ -18,7 +18,9 @@ import pykka
 import pytest
 from loguru import logger
 
+from edge_sync import agent_gauges
 from edge_sync.errors import Unavailable
+from edge_sync.metrics import Metrics
 from edge_sync.supervisor import (
     Child,
     ChildSpec,
@@ -118,6 +120,7 @@ def supervise() -> Iterator[Callable[..., Supervisor]]:
         clock: Callable[[], float] | None = None,
         report_exit: ExitReporter | None = None,
         name: str = "test",
+        on_restart: Callable[[str], None] | None = None,
     ) -> Supervisor:
         supervisor = Supervisor(
             name,
@@ -125,6 +128,7 @@ def supervise() -> Iterator[Callable[..., Supervisor]]:
             strategy=strategy,
             intensity=intensity or Intensity(max_restarts=10, within_seconds=60),
             clock=clock or FakeClock(),
+            on_restart=on_restart,
         )
         supervisors.append(supervisor)
         return supervisor.start(report_exit)
@@ -297,6 +301,24 @@ def test_one_for_all_restarts_every_child(journal: Journal, supervise: Callable[
     for name in "abc":
         assert ref(supervisor, name) is not before[name] and not before[name].is_alive()
     assert [supervisor.restarts(name) for name in "abc"] == [1, 1, 1]
+
+
+def test_each_restart_is_counted_by_child_in_the_metrics(
+        journal: Journal, supervise: Callable[..., Supervisor]) -> None:
+    metrics = Metrics()
+    supervisor = supervise(workers(journal, "a", "b", "c"), strategy=Strategy.REST_FOR_ONE,
+                           on_restart=agent_gauges.restarts(metrics))
+    ref(supervisor, "b").tell(Crash())
+    journal.wait_for(lambda e: started(e, "c") == 2, "c restarted")
+    ref(supervisor, "c").tell(Crash())
+    journal.wait_for(lambda e: started(e, "c") == 3, "c restarted again")
+
+    def counts() -> dict[str, float]:
+        return {child: metrics.value("edge_sync_supervisor_restarts_total", child=child)
+                for child in "abc"}
+
+    wait_until(lambda: counts() == {"a": 0, "b": 1, "c": 2}, timeout=DEADLINE,
+               what="the restarts counted", show=counts)
 
 
 # -- restart types ----------------------------------------------------------------------------
