@@ -115,7 +115,8 @@ def tune_gc_for_service() -> None:
 
 
 class EdgeApp:
-    def __init__(self, cfg: EdgeConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, cfg: EdgeConfig, *, clock: Clock = SYSTEM_CLOCK,
+                 link_board: StatusBoard | None = None) -> None:
         refusal = check_bind("admin", cfg.admin.host, cfg.admin.token)
         if refusal is not None:
             raise ConfigError(refusal)
@@ -125,13 +126,14 @@ class EdgeApp:
         self._mqtt_tls = server_context(cfg.mqtt.tls) if cfg.mqtt.tls.enabled else None
         self.metrics = Metrics()
         self.store = open_store(cfg)
+        self.store_open = True
         self.ports: dict[str, int] = {}
         intensity = Intensity(cfg.supervisor.max_restarts, cfg.supervisor.within_s)
         restarted = agent_gauges.restarts(self.metrics)
         self.queue = Address("queue", lambda: self._actor_ref("queue"))
         self.connection = Address("connection", lambda: self._actor_ref("connection"))
         self.downlinks = Address("downlink", lambda: self._actor_ref("downlink"))
-        self.link_board = StatusBoard()
+        self.link_board = link_board if link_board is not None else StatusBoard()
         link_enabled = bool(cfg.cloud.routing_key)
         shard_names = [f"shard-{i}" for i in range(cfg.actors.shards)]
         self.router = EntityRouter(
@@ -265,6 +267,7 @@ class EdgeApp:
     def stop(self, *, timeout: float = 60.0) -> None:
         """Stop the tree in reverse order (everything accepted is on disk), close the store."""
         self.supervisor.stop(timeout=timeout)
+        self.store_open = False
         self.store.close()
         _log.info("edge-sync stopped")
 
@@ -305,14 +308,17 @@ class EdgeApp:
         return self.link_board.value.get("state") == "CONNECTED"
 
     def readiness(self) -> dict[str, bool]:
-        """Whether each supervised actor runs now (the admin API's /readyz)."""
+        """The admin API's /readyz: the store is open, each supervised actor runs, and each API
+        (device HTTP, MQTT when on, admin HTTP) listens."""
         paths = [("queue",), *(("shards", f"shard-{i}") for i in range(self.cfg.actors.shards))]
         if self.cfg.cloud.routing_key:
             paths += [("downlink",), ("connection",)]
-        out: dict[str, bool] = {}
+        out: dict[str, bool] = {"store": self.store_open}
         for path in paths:
             ref = self._actor_ref(*path)
             out[path[-1]] = ref is not None and ref.is_alive()
+        for api in ("device-http", *(("mqtt",) if self.cfg.mqtt.serving else ()), "admin-http"):
+            out[api] = self.supervisor.child(api) is not None
         return out
 
     def _crash(self, target: str) -> bool:

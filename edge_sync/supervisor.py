@@ -250,6 +250,20 @@ class Supervisor:
         with self._lock:
             return next((s.handle for s in self._slots if s.spec.id == child_id), None)
 
+    def healthy(self) -> bool:
+        """Running (neither stopped nor given up), its supervision thread alive, and every child
+        has a live incarnation (a nested supervisor: healthy itself). False for the moment a
+        child is being restarted. The service manager's watchdog is fed only while the root
+        supervisor answers True (edge_sync.service_notify)."""
+        with self._lock:
+            if self._state is not _State.RUNNING:
+                return False
+            handles = [slot.handle for slot in self._slots]
+        if self._thread is None or not self._thread.is_alive():
+            return False
+        return all(h is not None and (not isinstance(h, Supervisor) or h.healthy())
+                   for h in handles)
+
     def restarts(self, child_id: str) -> int:
         """How many times the child was restarted (KeyError for an id not in the specs)."""
         with self._lock:

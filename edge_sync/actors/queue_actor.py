@@ -368,7 +368,7 @@ class QueueActor(SupervisedActor):
     def _commit_when_full(self, group: list[WriteCommand], exc: QueueFull) -> list[_Outcome]:
         """Storage is full: purge delivered events, apply the policy, then commit each command on
         its own so the ones that still fit get in and only the rest are refused."""
-        _log.bind(reason=str(exc)).warning("storage full; purging delivered events")
+        _log.bind(error=str(exc)).warning("storage full; purging delivered events")
         self._purge(older_than_ms=INT64_MAX)
         self._drop_local_for_room()
         outcomes: list[_Outcome] = []
@@ -395,7 +395,7 @@ class QueueActor(SupervisedActor):
             eviction = self._store.write(
                 lambda txn: self._log.evict_oldest_normal(txn, count=count), maintenance=True)
         except QueueFull as exc:
-            _log.bind(reason=str(exc)).warning("eviction impossible: {}", exc)
+            _log.bind(error=str(exc)).warning("eviction impossible: {}", exc)
             return False
         if eviction is None:
             return False
@@ -415,13 +415,13 @@ class QueueActor(SupervisedActor):
                 lambda txn: dead_letters.replay(self._log, txn, command.selection),
                 maintenance=True)  # no new data: a full store can still replay
         except EdgeSyncError as exc:
-            _log.bind(reason=str(exc)).warning("dead-letter replay failed: {}", exc)
+            _log.bind(error=str(exc)).warning("dead-letter replay failed: {}", exc)
             if command.reply is not None and not command.reply.done():
                 command.reply.set_exception(exc)
             return
         for r in result.replayed:
             _log.bind(seq=r.seq, entity=str(r.entity_id), lane=r.lane.name.lower(),
-                      reason=r.reason).info("dead letter replayed")
+                      error=r.reason).info("dead letter replayed")
         if result.replayed:
             self._replayed.inc(len(result.replayed))
             if self._on_committed is not None:
@@ -436,7 +436,7 @@ class QueueActor(SupervisedActor):
             try:
                 n = self._purge_batch(older_than_ms)
             except QueueFull as exc:  # even deleting needs pages; try again on the next tick
-                _log.bind(reason=str(exc)).warning("purge postponed: {}", exc)
+                _log.bind(error=str(exc)).warning("purge postponed: {}", exc)
                 break
             total += n
             if n < _PURGE_BATCH:
@@ -456,7 +456,7 @@ class QueueActor(SupervisedActor):
                                                       limit=_PURGE_BATCH),
                 maintenance=True))
         except QueueFull as exc:
-            _log.bind(reason=str(exc)).warning("RPC purge postponed: {}", exc)
+            _log.bind(error=str(exc)).warning("RPC purge postponed: {}", exc)
             return
         if n:
             _log.bind(count=n).info("purged finished RPC requests")
@@ -491,7 +491,7 @@ class QueueActor(SupervisedActor):
                 lambda txn: self._rules.purge_expired(txn, expired_by_ms, _PURGE_BATCH),
                 maintenance=True))
         except QueueFull as exc:
-            _log.bind(reason=str(exc)).warning("{}: {}", postponed, exc)
+            _log.bind(error=str(exc)).warning("{}: {}", postponed, exc)
             return None
 
     def _purge_batch(self, older_than_ms: int) -> int:

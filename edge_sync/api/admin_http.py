@@ -284,7 +284,7 @@ class AdminHttpApi:
             return error_response(413, "body too large")
         except Exception as exc:
             status = status_of(exc)
-            _log.bind(status=status).warning("device create refused: {}", exc)
+            _log.bind(code=str(status)).warning("device create refused: {}", exc)
             return error_response(status, str(exc) or type(exc).__name__)
         _log.bind(entity=str(device.id), name=device.name, seq=f"{seqs.start}..{seqs.stop - 1}").info(
             "device created on the edge"
@@ -330,7 +330,7 @@ class AdminHttpApi:
             return error_response(413, "body too large")
         except Exception as exc:
             code = status_of(exc)
-            _log.bind(status=code).warning("{} refused: {}", what, exc)
+            _log.bind(code=str(code)).warning("{} refused: {}", what, exc)
             return error_response(code, str(exc) or type(exc).__name__)
         return web.json_response({**answer, "seqs": list(seqs)}, status=status)
 
@@ -469,7 +469,7 @@ class AdminHttpApi:
             result = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
         except Exception as exc:
             code = status_of(exc)
-            _log.bind(status=code).warning("dead-letter replay refused: {}", exc)
+            _log.bind(code=str(code)).warning("dead-letter replay refused: {}", exc)
             return error_response(code, str(exc) or type(exc).__name__)
         _log.bind(replayed=len(result.replayed), skipped=len(result.skipped)).info(
             "dead letters replayed by the operator: {}", len(result.replayed))
@@ -519,7 +519,7 @@ class AdminHttpApi:
             seqs = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
         except Exception as exc:
             status = status_of(exc)
-            _log.bind(status=status).warning("alarm refused: {}", exc)
+            _log.bind(code=str(status)).warning("alarm refused: {}", exc)
             return error_response(status, str(exc) or type(exc).__name__)
         _log.bind(entity=str(alarm_id), device=str(device_id), seq=seqs.start).info(
             "alarm {} queued", body.get("action", "ADDED"))

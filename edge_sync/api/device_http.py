@@ -196,7 +196,7 @@ class DeviceHttpApi:
             except Exception:
                 device = "unavailable"
         level = "ERROR" if status >= 500 and status != 503 else "WARNING"
-        _log.bind(status=status, device=device, what=what).log(
+        _log.bind(code=str(status), device=device, what=what).log(
             level, "{} refused with {}: {}", what, status, message
         )
         return error_response(status, message)

@@ -249,6 +249,7 @@ def _quiet_logging(cfg: CloudConfig) -> None:
 
 def _serve(cfg: CloudConfig) -> int:
     from edge_sync.cloud.server import CloudServer
+    from edge_sync.service_notify import ServiceNotifier
 
     try:
         configure_logging(cfg.log, component="cloud")
@@ -268,7 +269,14 @@ def _serve(cfg: CloudConfig) -> int:
     except EdgeSyncError as exc:
         logger.error("start-up failed: {}", exc)
         return fail(f"start-up failed: {exc}", EXIT_CONFIG)
-    run_until_signal(server.wait, server.stop, requested=requested)
+    notifier = ServiceNotifier(watchdog_s=None)  # READY/STOPPING for Type=notify; no watchdog
+    notifier.ready(f"serving: gRPC port {server.port}, admin API port {server.admin_port}")
+
+    def stop() -> None:
+        notifier.stopping()
+        server.stop()
+
+    run_until_signal(server.wait, stop, requested=requested)
     return EXIT_OK
 
 

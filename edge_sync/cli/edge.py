@@ -257,11 +257,13 @@ def _json_arg(text: str) -> Any:
 
 def _run(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     from edge_sync.app import EdgeApp, tune_gc_for_service
+    from edge_sync.service_notify import ServiceNotifier
 
     configure_logging(cfg.log, component="edge")
     _raise_open_files_limit()
+    notifier = ServiceNotifier.from_environ()  # systemd's Type=notify; a no-op elsewhere
     try:
-        app = EdgeApp(cfg)
+        app = EdgeApp(cfg, link_board=notifier.link_board())
     except ConfigError as exc:
         logger.error("refusing to start: {}", exc)
         return fail(f"configuration: {exc}", EXIT_CONFIG)
@@ -276,8 +278,15 @@ def _run(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         app.store.close()
         return fail(f"start-up failed: {exc}", EXIT_CONFIG)
     tune_gc_for_service()  # this process is the agent's alone (not in EdgeApp: see there)
-    run_until_signal(lambda timeout: app.wait(timeout) is not None, app.stop,
-                     requested=requested)
+    notifier.ready(f"serving: device API port {app.http_port}, admin API port {app.admin_port}")
+    notifier.start_watchdog(app.supervisor.healthy)
+
+    def stop() -> None:
+        notifier.stopping("stopping" if app.wait(0) is None else
+                          "supervisor gave up (restart intensity exceeded); exiting with code 3")
+        app.stop()
+
+    run_until_signal(lambda timeout: app.wait(timeout) is not None, stop, requested=requested)
     code = app.wait(0)
     if code == EXIT_GAVE_UP:
         logger.error("supervisor gave up (restart intensity exceeded); exiting with code 3")
@@ -768,7 +777,7 @@ def _replay_on_store(cfg: EdgeConfig, selection: Any) -> Any:
         store.close()
     for r in result.replayed:  # (the agent's edge_sync_dead_letters_replayed_total counts its own)
         logger.bind(seq=r.seq, entity=str(r.entity_id), lane=r.lane.name.lower(),
-                    reason=r.reason).info("dead letter replayed")
+                    error=r.reason).info("dead letter replayed")
     return result
 
 

@@ -192,7 +192,7 @@ class CloudAdminApi:
                 return error_response(413, f"body too large: at most {MAX_BODY_BYTES:,} bytes")
             except Exception as exc:
                 status = status_of(exc)
-                log = _log.bind(path=request.path, status=status)
+                log = _log.bind(path=request.path, code=str(status))
                 if status >= 500:
                     log.opt(exception=exc).error("admin request failed: {}", exc)
                 else:

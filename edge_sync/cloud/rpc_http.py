@@ -129,7 +129,7 @@ def _response(answer: RestAnswer, record: RpcRecord) -> web.StreamResponse:
 
 def _refused(request: web.Request, exc: Exception) -> web.StreamResponse:
     status = status_of(exc)
-    log = _log.bind(path=request.path, status=status)
+    log = _log.bind(path=request.path, code=str(status))
     if status >= 500:
         log.opt(exception=exc).error("rpc request failed: {}", exc)
     else:

@@ -76,7 +76,7 @@ class AdminGuard:
         refusal = self._refusal(request)
         if refusal is not None:
             status, message = refusal
-            self._log.bind(method=request.method, path=request.path, status=status,
+            self._log.bind(method=request.method, path=request.path, code=str(status),
                            origin=request.headers.get(hdrs.ORIGIN, ""),
                            peer=request.remote or "").warning("admin request refused: {}", message)
             response = error_response(status, message)

@@ -650,7 +650,7 @@ class ConnectionActor(SupervisedActor):
         p = self._window.policy
         first, last, n = r.seqs[0], r.seqs[-1], len(r.seqs)
         delay = max(0.0, r.resend_at - self._clock.monotonic())
-        log = _log.bind(uplink_id=r.msg_id, first_seq=first, attempt=r.attempt, cause=r.cause)
+        log = _log.bind(uplink_id=r.msg_id, first_seq=first, attempt=r.attempt, reason=r.cause)
         if r.cause == "unanswered":
             log.warning("no answer to uplink {} within {} ms: resending only it (seqs {}..{}, "
                         "resend {}/{})", r.msg_id, self._cfg.retry.ack_timeout_ms, first, last,

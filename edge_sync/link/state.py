@@ -100,7 +100,7 @@ class LinkStateMachine:
         self.transitions += 1
         level = "WARNING" if new in (LinkState.BACKOFF,) else (
             "ERROR" if new is LinkState.AUTH_FAILED else "INFO")
-        logger.bind(component="link", old=old.value, new=new.value).log(
+        logger.bind(component="link", old_state=old.value, state=new.value).log(
             level, "link {} -> {}: {}", old.value, new.value, reason)
         if self._on_change:
             self._on_change(old, new, reason)

@@ -140,10 +140,10 @@ def check_paced(agent: Agent, *, steady_from: int, gaps: int) -> None:
     wanted = steady_from + gaps
 
     def link_log() -> tuple[list[float], list[float]]:
-        link = [r for r in agent.log_records() if r.get("component") == "link" and "new" in r]
-        return ([_seconds(r) for r in link if r["new"] == "CONNECTING"],
+        link = [r for r in agent.log_records() if r.get("component") == "link" and "state" in r]
+        return ([_seconds(r) for r in link if r["state"] == "CONNECTING"],
                 [_seconds(r) for r in link
-                 if r["old"] == "CONNECTING" and r["new"] in ("BACKOFF", "AUTH_FAILED")])
+                 if r["old_state"] == "CONNECTING" and r["state"] in ("BACKOFF", "AUTH_FAILED")])
 
     # What the delays are computed from: the failure lines 1..wanted-1 and the CONNECTING lines
     # 2..wanted. The attempt counter is bumped just before an attempt's CONNECTING line, so it
@@ -186,7 +186,7 @@ def check_nothing_delivered(cloud: CloudProc, agent: Agent) -> None:
 def failure_lines(agent: Agent) -> list[dict[str, Any]]:
     """The edge's log lines of failed connection attempts (all of its runs)."""
     return [r for r in agent.log_records(all_runs=True) if r.get("component") == "link"
-            and r.get("new") in ("AUTH_FAILED", "BACKOFF") and r.get("old") == "CONNECTING"]
+            and r.get("state") in ("AUTH_FAILED", "BACKOFF") and r.get("old_state") == "CONNECTING"]
 
 
 # -- the fixed phase -------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def check_bad_credentials_reported(agent: Agent, cloud: CloudProc, routing_key: 
                        timeout=DEADLINE_S, what=f"{answered} failed connects logged",
                        show=lambda: len(failure_lines(agent)))
     answered_after = int(edge_status(agent)["metrics"]["edge_sync_link_bad_credentials_total"])
-    assert [r["new"] for r in lines] == ["AUTH_FAILED"] * len(lines)
+    assert [r["state"] for r in lines] == ["AUTH_FAILED"] * len(lines)
     assert answered <= len(lines) <= answered_after, (answered, len(lines), answered_after)
     for r in lines:
         assert r["level"] == "ERROR", r
@@ -339,7 +339,7 @@ def test_tls_fault_reported_paced_and_recovered_once_fixed(tmp_path, procs, faul
     lines = failure_lines(agent)
     assert len(lines) >= 6
     for r in lines:
-        assert r["level"] == "WARNING" and r["new"] == "BACKOFF", r
+        assert r["level"] == "WARNING" and r["state"] == "BACKOFF", r
         missing = [w for w in spec.words if w.lower() not in r["message"].lower()]
         assert missing == [], f"{missing} not in {r['message']!r}"
     check_nothing_delivered(cloud, agent)

@@ -90,7 +90,8 @@ def breaker_records(agent: Agent, what: str) -> list[dict[str, Any]]:
 
 def attempts_logged(agent: Agent) -> list[dict[str, Any]]:
     """The "link BACKOFF -> CONNECTING: attempt N" records (every attempt after the first)."""
-    return [r for r in link_records(agent) if r.get("old") == "BACKOFF" and r.get("new") == "CONNECTING"]
+    return [r for r in link_records(agent)
+            if r.get("old_state") == "BACKOFF" and r.get("state") == "CONNECTING"]
 
 
 def metrics(agent: Agent) -> dict[str, int]:
@@ -166,7 +167,7 @@ def test_breaker_opens_under_a_failure_storm_and_closes_after_a_probe(linked):
 
     records = [r for r in link_records(agent) if log_time(r) >= refused_at - 0.01]
     opened = [r for r in records if r["message"].startswith(OPEN)]
-    attempts = [r for r in records if r.get("old") == "BACKOFF" and r.get("new") == "CONNECTING"]
+    attempts = [r for r in records if r.get("old_state") == "BACKOFF" and r.get("state") == "CONNECTING"]
     # It opened after `threshold` failed attempts (the reset stream itself was accepted, so
     # it does not count) ...
     assert len([a for a in attempts if log_time(a) <= log_time(opened[0])]) == threshold

@@ -131,7 +131,7 @@ def check_refusals(agent: Agent, poster: Poster, full_message: str) -> None:
         [(device, len(values)) for device, values, _ in poster.refused]
     assert all(r["message"] == "append refused: " + resp.json()["message"]
                for r, (_, _, resp) in zip(refused, poster.refused, strict=True))
-    answered = [r for r in records if r.get("component") == "device-http" and r.get("status") == 507]
+    answered = [r for r in records if r.get("component") == "device-http" and r.get("code") == "507"]
     assert [r["device"] for r in answered] == [device for device, _, _ in poster.refused]
     assert all(r["level"] in ("WARNING", "ERROR") and "refused with 507" in r["message"]
                for r in answered)

@@ -36,7 +36,7 @@ def log_time(record: dict[str, Any]) -> float:
 def transitions(agent: Agent, old: str, new: str) -> list[dict[str, Any]]:
     """The link's "link OLD -> NEW" log records of the current run, in order."""
     return [r for r in agent.log_records()
-            if r.get("component") == "link" and r.get("old") == old and r.get("new") == new]
+            if r.get("component") == "link" and r.get("old_state") == old and r.get("state") == new]
 
 
 def metric(agent: Agent, name: str) -> int:

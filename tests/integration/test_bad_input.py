@@ -244,7 +244,7 @@ def test_each_refusal_logged_once_as_warning_without_the_token(session: Session)
     records = session.agent.log_records()
     refusals = [r for r in records if r.get("component") == "device-http"
                 and "refused with" in r["message"]]
-    assert [(r["status"], r["device"]) for r in refusals] == session.refusals
+    assert [(int(r["code"]), r["device"]) for r in refusals] == session.refusals
     assert all(r["level"] == "WARNING" for r in refusals)
     text = session.agent.stderr_text()
     assert session.token not in text
@@ -382,7 +382,7 @@ def test_storage_full_is_507_keeps_what_it_accepted_and_keeps_answering(tmp_path
         assert (attrs.status, attrs.json()) == (200, {"client": {}, "shared": {}})
         assert agent.admin("GET", "/api/status").status == 200
         assert agent.terminate() == 0
-        refused_lines = [r for r in agent.log_records() if r.get("status") == 507]
+        refused_lines = [r for r in agent.log_records() if r.get("code") == "507"]
         assert len(refused_lines) == 2
         assert agent.stderr_text().count("append refused: storage full") == 2
 

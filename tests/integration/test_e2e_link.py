@@ -196,7 +196,7 @@ def test_bad_credentials_no_retry_storm(tmp_path, procs):
     assert all(r.get("routing_key") == rk for r in refusals)
 
     errors = [r for r in agent.log_records()
-              if r["level"] == "ERROR" and r.get("new") == "AUTH_FAILED"]
+              if r["level"] == "ERROR" and r.get("state") == "AUTH_FAILED"]
     assert errors, "no ERROR line for the AUTH_FAILED state"
     assert all(rk in r["message"] and "bad credentials" in r["message"] for r in errors)
 

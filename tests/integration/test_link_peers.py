@@ -403,8 +403,8 @@ def test_unanswered_uplink_is_resent_under_higher_epochs_then_the_edge_reconnect
     assert second[0].seqs == [1] and second[0].msg.uplinkMsgId == 1  # ids restart per stream
     assert fake.sync_requests[:2] == [(1, True), (2, False)]  # identity known after the first
 
-    transitions = [(r["extra"].get("old"), r["extra"].get("new")) for r in log_records
-                   if r["extra"].get("component") == "link" and "new" in r["extra"]]
+    transitions = [(r["extra"].get("old_state"), r["extra"].get("state")) for r in log_records
+                   if r["extra"].get("component") == "link" and "state" in r["extra"]]
     assert transitions[:5] == [("DISCONNECTED", "CONNECTING"), ("CONNECTING", "SYNCING"),
                                ("SYNCING", "CONNECTED"), ("CONNECTED", "BACKOFF"),
                                ("BACKOFF", "CONNECTING")]

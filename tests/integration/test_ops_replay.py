@@ -87,7 +87,7 @@ def test_replay_dead_letters_reach_the_cloud_once_in_order(tmp_path, procs):
                                  if r["message"] == "dead letter replayed"],
                         timeout=10, what="the replay logged")
     assert [(r["seq"], r["entity"], r["lane"]) for r in logged] == [(first, device_id, "normal")]
-    assert "maxInboundMessageSize" in logged[0]["reason"]
+    assert "maxInboundMessageSize" in logged[0]["error"]
 
     # The same seq again: no longer dead.
     again = json.loads(cli(agent, "replay", "--dead", "--seq", str(first), "--json").stdout)

@@ -31,6 +31,7 @@ from edge_sync.cli import cloud, common, edge
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LOG_LISTS = {"logs.md"}  # its inline code is log messages ("edge-sync started"), not commands
 SERVICE_FILES = [ROOT / "scripts" / "edge-sync.service",
                  ROOT / "scripts" / "supervisord-edge-sync.conf"]
 PROGRAMS: dict[str, Callable[[], argparse.ArgumentParser]] = {
@@ -104,7 +105,7 @@ def documented_commands() -> list[tuple[str, str]]:
                 command = _program_command(words)
                 if command:
                     found.append((path.name, shlex.join(command)))
-        for span in _inline_spans(text):
+        for span in _inline_spans(text) if path.name not in LOG_LISTS else ():
             command = _program_command(span.rstrip(" &").split())
             if command:  # a synopsis: keep its brackets and alternatives for expansion
                 found.append((path.name, " ".join(command)))

@@ -655,3 +655,46 @@ def test_a_child_that_fails_to_start_stops_the_ones_started_before(
 
     assert journal.lifecycle() == [("start", "a"), ("start", "b"), ("stop", "b"), ("stop", "a")]
     assert pykka.ActorRegistry.get_all() == []
+
+
+
+# -- health (the service manager's watchdog) --------------------------------------------------
+
+
+def test_healthy_while_running_not_once_given_up_or_stopped(
+    journal: Journal, supervise: Callable[..., Supervisor]
+) -> None:
+    given_up = supervise(workers(journal, "a", "b"),
+                         intensity=Intensity(max_restarts=0, within_seconds=60), name="g")
+    stopped = supervise(workers(journal, "c"), name="s")
+    assert given_up.healthy() and stopped.healthy()
+
+    ref(given_up, "a").tell(Crash())
+    assert given_up.wait(timeout=DEADLINE) == 3
+    assert not given_up.healthy()
+
+    stopped.stop(timeout=DEADLINE)
+    assert stopped.exit_code == 0
+    assert not stopped.healthy()
+
+
+def test_a_nested_supervisor_that_is_not_healthy_makes_its_parent_unhealthy(
+    journal: Journal, supervise: Callable[..., Supervisor]
+) -> None:
+    inners: list[Supervisor] = []
+
+    def start_inner(report_exit: ExitReporter) -> Child:
+        inner = Supervisor("inner", workers(journal, "x"), strategy=Strategy.ONE_FOR_ONE,
+                           intensity=Intensity(max_restarts=5, within_seconds=60),
+                           clock=FakeClock())
+        inners.append(inner)
+        return inner.start(report_exit)
+
+    outer = supervise([*workers(journal, "a"), ChildSpec("inner", start_inner)], name="outer")
+    assert outer.healthy() and inners[0].healthy()
+
+    inners[0].stop(timeout=DEADLINE)  # stopped, not exited: the parent still holds it
+
+    assert outer.child("inner") is inners[0]
+    assert not inners[0].healthy()
+    assert not outer.healthy()
