@@ -239,7 +239,7 @@ class AdminHttpApi:
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         """The events query (api/events_query.py): filters, seq cursors both ways."""
-        return events_page.events_response(self._store, request.query, request.path)
+        return await events_page.events_response(self._store, request.query, request.path)
 
     async def _rpcs(self, request: web.Request) -> web.StreamResponse:
         try:

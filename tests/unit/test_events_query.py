@@ -14,6 +14,7 @@ import pytest
 from edge_sync.api.events_query import EventQuery, iso_ms, parse_query, run_query
 from edge_sync.errors import BadRequest
 from edge_sync.storage import codec
+from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog, ensure_entity_index
 from edge_sync.storage.records import NIL_UUID, Device, Lane, NewEvent, Status
@@ -56,15 +57,9 @@ def store(tmp_path: Path) -> Any:
         log.mark_deployed(txn, [q for q in range(1, 21) if q not in (3, 4)], now_ms=T0)
 
     s.write(settle)
-    s.write(lambda txn: EntityPut(s, txn))
+    s.write(lambda txn: EntityStore(s).put_device(txn, Device(A, "pump-a", "default", "tok-a", T0)))
     yield s
     s.close()
-
-
-def EntityPut(store: LmdbStore, txn: Any) -> None:  # noqa: N802 (a small fixture helper)
-    from edge_sync.storage.entity_store import EntityStore
-
-    EntityStore(store).put_device(txn, Device(A, "pump-a", "default", "tok-a", T0))
 
 
 def seqs(store: LmdbStore, **kw: Any) -> tuple[list[int], int | None, int | None, bool]:

@@ -9,7 +9,7 @@ const LEVEL_WORD = { healthy: "✓ Healthy", degraded: "! Degraded", warning: "�
 const COLUMNS = ["Seq", "Created (UTC)", "Type", "Action", "Entity type", "Entity", "Status",
   "Lane", "Error", ""];
 
-const state = { cursor: null, page: null, timer: null, busy: false };
+const state = { cursor: null, page: null, timer: null, busy: false, again: false };
 const $ = (id) => document.getElementById(id);
 
 class Unauthorized extends Error {}
@@ -118,10 +118,10 @@ function renderRows(page) {
   $("older").disabled = !page.previous;
   $("newest").disabled = !state.cursor;
   const seqs = page.rows.map((r) => r.seq);
-  let range = seqs.length ? `seq ${Math.max(...seqs)} … ${Math.min(...seqs)}` : "";
-  range += ` · ${page.rows.length} row${page.rows.length === 1 ? "" : "s"}`;
-  if (page.partial) range += ` · scanned ${page.scanned} events: more may match, page on to continue`;
-  $("range").textContent = range;
+  const parts = seqs.length ? [`seq ${Math.max(...seqs)} … ${Math.min(...seqs)}`] : [];
+  parts.push(`${page.rows.length} row${page.rows.length === 1 ? "" : "s"}`);
+  if (page.partial) parts.push(`scanned ${page.scanned} events: more may match, page on to continue`);
+  $("range").textContent = parts.join(" · ");
 }
 
 // -- the health panel ---------------------------------------------------------------------------
@@ -138,13 +138,21 @@ function setCard(id, value, level, note) {
 
 function seconds(ms) {
   if (ms === null || ms === undefined) return "–";
-  return ms < 10000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 1000)} s`;
+  const s = ms / 1000;
+  if (s < 10) return `${s.toFixed(1)} s`;
+  if (s < 120) return `${Math.round(s)} s`;
+  if (s < 7200) return `${Math.round(s / 60)} min`;
+  if (s < 172800) return `${Math.round(s / 3600)} h`;
+  return `${Math.round(s / 86400)} d`;
 }
 
 function renderHealth(status) {
   const h = status.health_detail;
   const q = status.queue;
-  setCard("h-overall", LEVEL_WORD[h.overall].slice(2), h.overall);
+  const off = [["queue depth", h.queue_depth.level], ["sync latency", h.sync_latency.level],
+    ["link", h.link.level]].filter(([, lv]) => lv && lv !== "healthy").map(([name]) => name);
+  setCard("h-overall", LEVEL_WORD[h.overall].slice(2), h.overall,
+    off.length ? `from ${off.join(", ")}` : "queue depth, sync latency and link");
   setCard("h-queue", q.pending.toLocaleString("en"), h.queue_depth.level,
     `high ${q.pending_high} · normal ${q.pending_normal}; healthy < ${h.queue_depth.healthy_under}, warning > ${h.queue_depth.warning_over}`);
   const lat = h.sync_latency;
@@ -155,7 +163,8 @@ function renderHealth(status) {
     `${source}; healthy < ${lat.healthy_under_s} s, warning > ${lat.warning_over_s} s`);
   const link = h.link;
   const word = link.state === "CONNECTED" ? "Connected"
-    : link.level === null ? link.state : `Reconnecting (${link.state})`;
+    : status.link.note ? "Not configured"
+      : link.level === null ? link.state : `Reconnecting (${link.state})`;
   const next = link.next_attempt_in_s === null || link.next_attempt_in_s === undefined
     ? "" : `; next attempt in ${link.next_attempt_in_s} s`;
   setCard("h-link", word, link.level,
@@ -198,7 +207,7 @@ async function replay(body) {
 }
 
 async function refresh() {
-  if (state.busy) return;
+  if (state.busy) { state.again = true; return; } // (run once more when this one ends)
   state.busy = true;
   try {
     const [page, status] = await Promise.all([
@@ -214,6 +223,7 @@ async function refresh() {
     else say(`Cannot read the agent: ${error.message}`, true);
   } finally {
     state.busy = false;
+    if (state.again) { state.again = false; refresh(); }
   }
 }
 
@@ -230,7 +240,7 @@ function init() {
     say("");
     refresh();
   });
-  $("reset").addEventListener("click", () => {
+  $("clear-filters").addEventListener("click", () => {
     $("filters").reset();
     state.cursor = null;
     refresh();
