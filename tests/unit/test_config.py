@@ -798,7 +798,7 @@ def test_port_accepted_exactly_in_range(port: int) -> None:
 
 
 def test_health_thresholds_must_be_in_order() -> None:
-    with pytest.raises(ConfigError, match="health.queue_depth_healthy"):
+    with pytest.raises(ConfigError, match=r"health\.queue_depth_healthy"):
         load_edge_config(env={"EDGE_HEALTH_QUEUE_DEPTH_HEALTHY": "6000"})
-    with pytest.raises(ConfigError, match="health.sync_latency_healthy_s"):
+    with pytest.raises(ConfigError, match=r"health\.sync_latency_healthy_s"):
         load_edge_config(env={"EDGE_HEALTH_SYNC_LATENCY_HEALTHY_S": "31"})
