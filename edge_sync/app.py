@@ -184,6 +184,7 @@ class EdgeApp:
             crash=self._crash if cfg.admin.fault_injection else None,
             token=cfg.admin.token, readiness=self.readiness,
             rules_status=self.rules.snapshot,
+            health=cfg.health, clock_skew_warn_s=cfg.cloud.clock_skew_warn_s,
         )
         self.supervisor = Supervisor(
             "edge",

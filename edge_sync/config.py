@@ -438,6 +438,26 @@ class RulesConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig(_Section):
+    """``health``: the thresholds of the status's health and the Cloud Events page's panel.
+    Under ``*_healthy``: healthy; over ``*_warning``: warning; between: degraded."""
+
+    queue_depth_healthy: int = field(default=1000, metadata=_meta(lo=0))
+    queue_depth_warning: int = field(default=5000, metadata=_meta(lo=0))
+    sync_latency_healthy_s: float = field(default=5.0, metadata=_meta(lo=0))
+    sync_latency_warning_s: float = field(default=30.0, metadata=_meta(lo=0))
+    storage_used_healthy_pct: float = field(default=80.0, metadata=_meta(lo=0, hi=100))
+    storage_used_warning_pct: float = field(default=95.0, metadata=_meta(lo=0, hi=100))
+
+    def _check(self) -> None:
+        for low, high in (("queue_depth_healthy", "queue_depth_warning"),
+                          ("sync_latency_healthy_s", "sync_latency_warning_s"),
+                          ("storage_used_healthy_pct", "storage_used_warning_pct")):
+            if getattr(self, low) > getattr(self, high):
+                raise _Invalid(low, getattr(self, low), f"at most {high} ({getattr(self, high)})")
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeConfig(_Section):
     """The edge agent's whole configuration (``conf/edge.yml``)."""
 
@@ -451,6 +471,7 @@ class EdgeConfig(_Section):
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 # --------------------------------------------------------------------------------------------

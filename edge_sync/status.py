@@ -5,6 +5,10 @@ how many entities of each type and relations the edge holds, what is held back a
 (the first HELD_SHOWN), and the sync (the last full sync, one in progress or asked for, and the
 last sync the link reports: full or incremental, when, why full).
 
+The health (``health``: healthy, degraded or warning, the worst of queue depth, sync latency
+and the link; ``health_detail``: every indicator with its value, level and thresholds) is
+judged against the ``health`` section of the configuration (docs/configuration.md).
+
 Read-only: one LMDB read transaction. Used by the admin API and, with the agent stopped, by
 ``edge-sync status``.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge_sync.common.entity_graph import KINDS
+from edge_sync.config import HealthConfig
 from edge_sync.errors import StorageCorrupt
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore, MiB
@@ -25,8 +30,67 @@ HELD_SHOWN = 20
 """Held entities listed by name in the status (all are counted)."""
 
 
+HEALTHY, DEGRADED, WARNING = "healthy", "degraded", "warning"
+_RANK = {HEALTHY: 0, DEGRADED: 1, WARNING: 2}
+
+
+def level(value: float, healthy: float, warning: float) -> str:
+    """healthy under ``healthy``, warning over ``warning``, degraded in between."""
+    if value > warning:
+        return WARNING
+    return HEALTHY if value < healthy else DEGRADED
+
+
+def judge_health(
+    cfg: HealthConfig, *, pending: int, oldest_age_ms: int | None, dead: int,
+    link: dict[str, Any], live_mb: float, cap_mb: float, clock_skew_warn_s: float,
+) -> dict[str, Any]:
+    """Every health indicator (value, level, thresholds) and ``overall``: the worst of queue
+    depth, sync latency and the link. Sync latency is accept-to-acknowledge as the link last
+    measured it (``link.sync_latency_ms``); the oldest pending event's age, a lower bound of
+    its own latency, counts when it is larger (or when the link has measured nothing)."""
+    measured = link.get("sync_latency_ms")
+    latency_ms = max(measured or 0, oldest_age_ms or 0)
+    state = str(link.get("state", "UNKNOWN"))
+    link_level = (HEALTHY if state == "CONNECTED" else
+                  WARNING if state == "AUTH_FAILED" else
+                  None if state in ("UNKNOWN",) or link.get("note") else DEGRADED)
+    skew = link.get("clock_skew_ms")
+    used_pct = 100.0 * live_mb / cap_mb if cap_mb else 0.0
+    out: dict[str, Any] = {
+        "queue_depth": {"value": pending, "level": level(pending, cfg.queue_depth_healthy,
+                                                         cfg.queue_depth_warning),
+                        "healthy_under": cfg.queue_depth_healthy,
+                        "warning_over": cfg.queue_depth_warning},
+        "sync_latency": {"value_ms": latency_ms, "measured_ms": measured,
+                         "oldest_pending_age_ms": oldest_age_ms,
+                         "level": level(latency_ms / 1000, cfg.sync_latency_healthy_s,
+                                        cfg.sync_latency_warning_s),
+                         "healthy_under_s": cfg.sync_latency_healthy_s,
+                         "warning_over_s": cfg.sync_latency_warning_s},
+        "link": {"state": state, "level": link_level,
+                 "connected": state == "CONNECTED",
+                 "breaker": link.get("breaker"),
+                 "next_attempt_in_s": link.get("next_attempt_in_s")},
+        "clock_skew": {"value_ms": skew,
+                       "level": None if skew is None else (
+                           WARNING if abs(skew) > clock_skew_warn_s * 1000 else HEALTHY),
+                       "warning_over_s": clock_skew_warn_s},
+        "dead_letters": {"value": dead, "level": HEALTHY if dead == 0 else DEGRADED},
+        "storage": {"used_pct": round(used_pct, 1),
+                    "level": level(used_pct, cfg.storage_used_healthy_pct,
+                                   cfg.storage_used_warning_pct),
+                    "healthy_under_pct": cfg.storage_used_healthy_pct,
+                    "warning_over_pct": cfg.storage_used_warning_pct},
+    }
+    judged = [out["queue_depth"]["level"], out["sync_latency"]["level"], link_level]
+    out["overall"] = max((lv for lv in judged if lv is not None), key=_RANK.__getitem__)
+    return out
+
+
 def collect_status(
-    store: LmdbStore, *, now_ms: int, link: dict[str, Any] | None = None
+    store: LmdbStore, *, now_ms: int, link: dict[str, Any] | None = None,
+    health: HealthConfig | None = None, clock_skew_warn_s: float = 60.0,
 ) -> dict[str, Any]:
     log = EventLog(store)
     entities = EntityStore(store)
@@ -48,12 +112,15 @@ def collect_status(
         except StorageCorrupt as exc:  # the status still answers; the next connect repairs it
             sync = SyncState(damaged=f"sync state unreadable: {exc}")
     oldest_age_ms = None if oldest is None else max(0, now_ms - oldest.created_time)
-    health = "healthy"
-    if counts.pending > 5000 or (oldest_age_ms or 0) > 30_000:
-        health = "warning"
+    link = link or {"state": "UNKNOWN", "note": "agent not running"}
+    detail = judge_health(health or HealthConfig(), pending=counts.pending,
+                          oldest_age_ms=oldest_age_ms, dead=counts.dead, link=link,
+                          live_mb=live / MiB, cap_mb=store.max_size / MiB,
+                          clock_skew_warn_s=clock_skew_warn_s)
     return {
-        "link": link or {"state": "UNKNOWN", "note": "agent not running"},
-        "health": health,
+        "link": link,
+        "health": detail["overall"],
+        "health_detail": detail,
         "queue": {
             "pending_high": counts.pending_high,
             "pending_normal": counts.pending_normal,

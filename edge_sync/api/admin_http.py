@@ -21,7 +21,6 @@ the last refusal; also under ``rules`` in ``GET /api/status``) and
 from __future__ import annotations
 
 import asyncio
-import html
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -32,6 +31,7 @@ from aiohttp import web
 from loguru import logger
 
 from edge_sync.actors.messages import ReplayDead
+from edge_sync.api import events_page
 from edge_sync.api.device_service import DeviceService
 from edge_sync.api.entity_service import (
     EntityService,
@@ -42,11 +42,13 @@ from edge_sync.api.entity_service import (
     parse_type,
     parse_uuid,
 )
+from edge_sync.api.events_query import parse_query
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.admin_guard import AdminGuard
 from edge_sync.common.health import healthz, readyz_response
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.json_body import parse_json
+from edge_sync.config import HealthConfig
 from edge_sync.devices.rpc import RpcRequest, RpcStatus
 from edge_sync.errors import BadRequest, NotFound
 from edge_sync.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -67,18 +69,10 @@ MAX_LIMIT = 10_000
 
 
 def parse_event_query(query: Any) -> tuple[Status | None, uuid.UUID | None, int, int]:
-    """(status filter, entity filter, after_seq, limit) from query parameters; BadRequest."""
-    raw_status = str(query.get("status", "all")).upper()
-    status = None if raw_status == "ALL" else _enum(Status, raw_status, "status")
-    entity = None
-    if query.get("entity"):
-        try:
-            entity = uuid.UUID(str(query["entity"]))
-        except ValueError as exc:
-            raise BadRequest(f"entity: {query['entity']!r} is not a UUID") from exc
-    after = _int(query.get("after_seq", 0), "after_seq", 0)
-    limit = _int(query.get("limit", 100), "limit", 1, MAX_LIMIT)
-    return status, entity, after, limit
+    """(status filter, entity filter, after_seq, limit) from query parameters; BadRequest.
+    (The whole query, with its other filters and cursors: events_query.parse_query.)"""
+    q = parse_query(query)
+    return q.status, q.entity, q.after or 0, q.limit
 
 
 def _uuid(raw: Any, name: str) -> uuid.UUID:
@@ -86,13 +80,6 @@ def _uuid(raw: Any, name: str) -> uuid.UUID:
         return uuid.UUID(str(raw))
     except ValueError as exc:
         raise BadRequest(f"{name}: {str(raw)[:64]!r} is not a UUID") from exc
-
-
-def _enum(kind: type[Status], raw: str, name: str) -> Status:
-    try:
-        return kind(raw)
-    except ValueError as exc:
-        raise BadRequest(f"{name}: {raw!r} is not one of pending, deployed, dead, all") from exc
 
 
 def _int(raw: Any, name: str, low: int, high: int | None = None) -> int:
@@ -162,8 +149,12 @@ class AdminHttpApi:
         request_sync: Callable[[bool, str], None] | None = None,
         rules_status: Callable[[], dict[str, Any]] | None = None,
         tell_queue: Callable[[ReplayDead], None] | None = None,
+        health: HealthConfig | None = None,
+        clock_skew_warn_s: float = 60.0,
     ) -> None:
         self._tell_queue = tell_queue  # the QueueActor: POST /api/dead-letters/replay
+        self._health = health
+        self._skew_warn_s = clock_skew_warn_s
         self._store = store
         self._rules_status = rules_status
         self._service = service
@@ -172,7 +163,8 @@ class AdminHttpApi:
         self._timeout = request_timeout_s
         self._clock = clock
         self._crash = crash
-        self._guard = AdminGuard("admin-http", token=token)
+        self._guard = AdminGuard("admin-http", token=token,
+                                 public_paths=events_page.PUBLIC_PATHS)
         self._readiness = readiness
         self._entities = entities or EntityService(service.router, clock=service.clock)
         # the ConnectionActor's RequestSync(full, reason); None: no cloud link configured
@@ -206,6 +198,7 @@ class AdminHttpApi:
         app.router.add_get("/api/devices/{id}/timeseries", self._timeseries)
         app.router.add_get("/metrics", self._prometheus)
         app.router.add_get("/", self._page)
+        app.router.add_get("/static/{name}", self._static)
         if self._crash is not None:
             app.router.add_post("/api/debug/crash", self._inject_crash)
         return app
@@ -213,7 +206,8 @@ class AdminHttpApi:
     def status(self) -> dict[str, Any]:
         link = self._link_status() if self._link_status else {
             "state": "DISCONNECTED", "note": "cloud link not configured"}
-        out = collect_status(self._store, now_ms=self._clock.now_ms(), link=link)
+        out = collect_status(self._store, now_ms=self._clock.now_ms(), link=link,
+                             health=self._health, clock_skew_warn_s=self._skew_warn_s)
         out["rules"] = self._rules_status() if self._rules_status else None
         out["metrics"] = self._metrics.snapshot()
         return out
@@ -250,12 +244,8 @@ class AdminHttpApi:
         return web.json_response(self.status())
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        try:
-            status, entity, after, limit = parse_event_query(request.query)
-        except BadRequest as exc:
-            return error_response(400, str(exc))
-        events = list_events(self._store, status, entity, after, limit)
-        return web.json_response([e.as_json() for e in events])
+        """The events query (api/events_query.py): filters, seq cursors both ways."""
+        return await events_page.events_response(self._store, request.query, request.path)
 
     async def _rpcs(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -530,27 +520,8 @@ class AdminHttpApi:
                             headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        try:
-            status, entity, after, limit = parse_event_query(request.query)
-        except BadRequest as exc:
-            return error_response(400, str(exc))
-        events = list_events(self._store, status, entity, after, limit)
-        st = self.status()
-        rows = "\n".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-                e.seq, e.type, e.action, e.entity_type, e.entity_id, e.status.value,
-                e.lane.name, e.ts, e.error or "")) + "</tr>"
-            for e in events
-        )
-        q = st["queue"]
-        page = f"""<!doctype html><html><head><meta charset="utf-8"><title>edge-sync: Cloud Events</title>
-<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}</style></head>
-<body><h1>Cloud Events</h1>
-<p>Link: <b>{html.escape(str(st["link"].get("state")))}</b> &middot; health: {st["health"]} &middot;
-pending {q["pending"]} (high {q["pending_high"]}, normal {q["pending_normal"]}) &middot;
-deployed {q["deployed"]} &middot; dead {q["dead"]}</p>
-<table><tr><th>seq</th><th>type</th><th>action</th><th>entity type</th><th>entity</th>
-<th>status</th><th>lane</th><th>ts</th><th>error</th></tr>
-{rows}
-</table></body></html>"""
-        return web.Response(text=page, content_type="text/html")
+        """The Cloud Events page (api/static/, served by api/events_page.py)."""
+        return events_page.page_response()
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        return events_page.static_response(request.match_info["name"])

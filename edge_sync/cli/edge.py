@@ -341,7 +341,8 @@ def _collect(cfg: EdgeConfig) -> dict[str, Any]:
     if not running:
         store = _open_readonly(cfg)
         try:
-            status = collect_status(store, now_ms=SYSTEM_CLOCK.now_ms())
+            status = collect_status(store, now_ms=SYSTEM_CLOCK.now_ms(), health=cfg.health,
+                                    clock_skew_warn_s=cfg.cloud.clock_skew_warn_s)
         finally:
             store.close()
         status["agent"] = "not running"

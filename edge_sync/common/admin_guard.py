@@ -14,7 +14,9 @@ answers with an allow):
   own domain is made to resolve to 127.0.0.1 (DNS rebinding) is same-origin to the browser,
   and only its Host header gives it away.
 - With ``admin.token`` set, every route but ``/healthz`` and ``/readyz`` requires
-  ``Authorization: Bearer <token>`` (401 otherwise), compared in constant time.
+  ``Authorization: Bearer <token>`` (401 otherwise), compared in constant time. An API may
+  name more public paths (``public_paths``): the edge's page shell and its static files, which
+  hold no data (the page sends the token with each of its API calls).
 
 Every response carries ``Cache-Control: no-store``: device tokens and edge secrets travel in
 admin answers and must never sit in a cache. The token itself is never logged.
@@ -62,8 +64,10 @@ class AdminGuard:
     """Builds the middleware and the response hook for one admin API (``component`` names it in
     the log: "admin-http" or "cloud-admin")."""
 
-    def __init__(self, component: str, *, token: str) -> None:
+    def __init__(self, component: str, *, token: str,
+                 public_paths: frozenset[str] = frozenset()) -> None:
         self._token = token.encode()
+        self._public = UNAUTHENTICATED_PATHS | public_paths
         self._log = logger.bind(component=component)
 
     def install(self, app: web.Application) -> web.Application:
@@ -88,7 +92,7 @@ class AdminGuard:
     def _refusal(self, request: web.Request) -> tuple[int, str] | None:
         """(status, message) when the request must not reach the API, else None."""
         if self._token:
-            if request.path not in UNAUTHENTICATED_PATHS and not self._authorized(request):
+            if request.path not in self._public and not self._authorized(request):
                 return 401, "missing or wrong bearer token (Authorization: Bearer <admin.token>)"
         elif not is_loopback_host(request.url.host or ""):
             return 403, ("Host header is not a loopback name; set admin.token to serve this API "

@@ -68,8 +68,12 @@ DB_NAMES = (
     "rule_state",
     "rule_local_ts",
     "rule_local_expiry",
+    # the event log's entity index (storage/event_log.py): the same way; built once at the
+    # first writable open of a store made before it
+    "events_by_entity",
 )
-LATER_DB_NAMES = frozenset(name for name in DB_NAMES if name.startswith(("graph_", "rule_")))
+LATER_DB_NAMES = frozenset(name for name in DB_NAMES
+                           if name.startswith(("graph_", "rule_")) or name == "events_by_entity")
 """Databases newer than the store format stamp: a writable open creates them in a store of an
 earlier release (an earlier release simply ignores them); a read-only open of such a store
 (``edge-sync status`` with the agent stopped) goes on without them, and their readers see
@@ -240,6 +244,14 @@ class LmdbStore:
         except lmdb.Error as exc:
             self.close()
             raise StorageCorrupt(f"{self.path}: cannot read the store: {exc}") from exc
+        if not readonly and "events_by_entity" in self.dbs:
+            from edge_sync.storage.event_log import ensure_entity_index  # (imports this module)
+
+            try:
+                ensure_entity_index(self)
+            except BaseException:
+                self.close()
+                raise
 
     # -- opening -----------------------------------------------------------------------------
 

@@ -7,22 +7,30 @@ Layout (all keys fixed-width big-endian, so byte order is numeric order):
   pending_normal    seq -> b""   (PENDING events of the normal lane)
   dead              seq -> (error, time)
   deployed_by_time  deployed_ms + seq -> b""  (for purging by age)
+  events_by_entity  entity id (16 bytes) + seq -> b""  (an entity's events, for the events
+                    query; written in the append's transaction, removed with the event)
 An event in `events` that is neither pending nor dead is DEPLOYED. Counts come from LMDB's entry
 counts and the next seq from the last key, so opening never scans the log.
+A store made before ``events_by_entity`` gets it built once, at its first writable open
+(ensure_entity_index, logged); meta ``entity_index`` marks it complete, and until then (a
+read-only open of such a store) an entity's events are found by scanning the log.
 Values are in the checksummed envelope of codec.py; a store upgraded from the previous format
 may still hold values of that format, which are read as they are (LmdbStore.previous_values).
 """
 
 from __future__ import annotations
 
+import heapq
 import os
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import lmdb
+from loguru import logger
 
-from edge_sync.errors import StorageError
+from edge_sync.errors import StorageCorrupt, StorageError
 from edge_sync.storage import codec
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import NIL_UUID, Counts, Lane, NewEvent, Status, StoredEvent
@@ -33,6 +41,63 @@ _EVICTED = b"evicted_total"
 _LAST_ACK = b"last_ack_ms"
 _TENANT = b"tenant_id"
 _EDGE = b"edge_id"
+_BY_ENTITY = "events_by_entity"
+_ENTITY_INDEX_BUILT = b"entity_index"  # meta: events_by_entity holds every event
+_INDEX_BUILD_CHUNK = 50_000  # events per transaction while building the entity index
+
+_log = logger.bind(component="storage")
+
+
+def entity_key(entity_id: uuid.UUID, seq: int) -> bytes:
+    """Key of the events_by_entity index: the entity's 16 bytes, then the seq (big-endian)."""
+    return entity_id.bytes + codec.u64(seq)
+
+
+def ensure_entity_index(store: LmdbStore) -> int:
+    """Build events_by_entity for a store made before it (once, in transactions of
+    _INDEX_BUILD_CHUNK events, resumable: puts are idempotent and the mark comes last); a new or
+    already indexed store costs one read. Returns how many events were indexed."""
+    dbs = store.dbs
+    with store.read() as txn:
+        if store.meta_int(txn, _ENTITY_INDEX_BUILT):
+            return 0
+        total = store.entries(txn, "events")
+    if total == 0:
+        store.write(lambda txn: store.put_meta_int(txn, _ENTITY_INDEX_BUILT, 1), maintenance=True)
+        return 0
+    started = time.monotonic()
+    done = 0
+    after = 0
+
+    def chunk(txn: lmdb.Transaction) -> tuple[int, int]:
+        n, last = 0, after
+        with txn.cursor(db=dbs["events"]) as cur:
+            if not cur.set_range(codec.u64(after + 1)):
+                return 0, last
+            for key, raw in cur.iternext():
+                last = codec.from_u64(key, "events: key")
+                try:
+                    entity = codec.decode_event(last, raw,
+                                                previous=store.previous_values).entity_id
+                except StorageCorrupt:
+                    continue  # a damaged event: nothing to index (reported where it is read)
+                txn.put(entity.bytes + key, b"", db=dbs[_BY_ENTITY])
+                n += 1
+                if n >= _INDEX_BUILD_CHUNK:
+                    break
+        return n, last
+
+    while True:
+        n, last = store.write(chunk, maintenance=True)
+        done += n
+        if n == 0 or last == after:
+            break
+        after = last
+    store.write(lambda txn: store.put_meta_int(txn, _ENTITY_INDEX_BUILT, 1), maintenance=True)
+    _log.bind(path=str(store.path), events=done,
+              seconds=round(time.monotonic() - started, 2)).info(
+        "entity index of the event log built for a store made before it")
+    return done
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +156,7 @@ class EventLog:
         events_db = self._db["events"]
         high_db = self._db["pending_high"]
         normal_db = self._db["pending_normal"]
+        by_entity = self._db[_BY_ENTITY]
         seq = first_seq
         ids = os.urandom(16 * len(events))  # random event ids, one system call per append
         for i, event in enumerate(events):
@@ -104,7 +170,8 @@ class EventLog:
             )
             if not (txn.put(key, value, db=events_db, append=True)
                     and txn.put(key, b"", db=high_db if event.lane is Lane.HIGH else normal_db,
-                                append=True)):
+                                append=True)
+                    and txn.put(event.entity_id.bytes + key, b"", db=by_entity)):
                 raise StorageError(
                     f"seq {seq} is already taken in {self.store.path}: another process is "
                     "writing this store; only one edge-sync may run on a data folder")
@@ -175,6 +242,13 @@ class EventLog:
     ) -> Iterator[StoredEvent]:
         """Events oldest first (seq order), filtered; used by the CLI and the admin API."""
         events_db = self._db["events"]
+        if entity_id is not None and self.entity_index_ready(txn):
+            for seq in self.walk_seqs(txn, "entity", after_seq + 1, descending=False,
+                                      entity_id=entity_id):
+                found = self.get(txn, seq)
+                if found is not None and (status is None or found.status is status):
+                    yield found
+            return
         with txn.cursor(db=events_db) as cur:
             if not cur.set_range(codec.u64(after_seq + 1)):
                 return
@@ -259,7 +333,6 @@ class EventLog:
     def purge_deployed(self, txn: lmdb.Transaction, *, older_than_ms: int, limit: int) -> int:
         """Delete up to limit DEPLOYED events deployed before older_than_ms; returns how many."""
         purged = 0
-        events_db = self._db["events"]
         with txn.cursor(db=self._db["deployed_by_time"]) as cur:
             if not cur.first():
                 return 0
@@ -270,7 +343,7 @@ class EventLog:
                 deployed_ms, seq = codec.from_time_seq_key(key)
                 if deployed_ms >= older_than_ms:
                     break
-                txn.delete(codec.u64(seq), db=events_db)
+                self._delete_event(txn, codec.u64(seq))
                 cur.delete()  # also moves to the next entry
                 purged += 1
         return purged
@@ -289,13 +362,74 @@ class EventLog:
                 seq = codec.from_u64(key, "pending_normal: key")
                 first = seq if first is None else first
                 last = seq
-                txn.delete(key, db=self._db["events"])
+                self._delete_event(txn, key)
                 n += 1
                 cur.delete()
         if n == 0 or first is None or last is None:
             return None
         self.store.put_meta_int(txn, _EVICTED, self.store.meta_int(txn, _EVICTED) + n)
         return Eviction(n, first, last)
+
+
+    def _delete_event(self, txn: lmdb.Transaction, raw_key: codec.Raw) -> None:
+        """Delete an event and its entity index entry (the status indexes are the caller's)."""
+        key = bytes(raw_key)
+        raw = txn.pop(key, db=self._db["events"])
+        if raw is None:
+            return
+        try:
+            event = codec.decode_event(codec.from_u64(key, "events: key"), raw,
+                                       previous=self.store.previous_values)
+        except StorageCorrupt:
+            return  # its entity is unknown: the index entry, if any, points at nothing now
+        txn.delete(event.entity_id.bytes + key, db=self._db[_BY_ENTITY])
+
+    # -- walking seqs (the events query, api/events_query.py) --------------------------------------
+
+    def entity_index_ready(self, txn: lmdb.Transaction) -> bool:
+        """Whether events_by_entity holds every event (else an entity's events need a scan)."""
+        return _BY_ENTITY in self._db and bool(self.store.meta_int(txn, _ENTITY_INDEX_BUILT))
+
+    def walk_seqs(self, txn: lmdb.Transaction, source: str, start: int, *,
+                  descending: bool, entity_id: uuid.UUID | None = None) -> Iterator[int]:
+        """Seqs of one source from ``start`` on (inclusive), ascending or descending:
+        ``all`` (every event), ``pending`` (both lanes merged), ``dead``, or ``entity`` (the
+        entity index; entity_id required, entity_index_ready() must be true)."""
+        if source == "all":
+            return _walk(txn, self._db["events"], b"", start, descending)
+        if source == "dead":
+            return _walk(txn, self._db["dead"], b"", start, descending)
+        if source == "pending":
+            return heapq.merge(
+                _walk(txn, self._db["pending_high"], b"", start, descending),
+                _walk(txn, self._db["pending_normal"], b"", start, descending),
+                reverse=descending)
+        if source == "entity" and entity_id is not None:
+            return _walk(txn, self._db[_BY_ENTITY], entity_id.bytes, start, descending)
+        raise ValueError(f"unknown seq source {source!r}")
+
+
+def _walk(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes, start: int,
+          descending: bool) -> Iterator[int]:
+    """Seqs of the keys ``prefix + u64(seq)`` of db from start on (inclusive), either way."""
+    first = prefix + codec.u64(min(max(start, 0), 2**64 - 1))
+    width = len(prefix)
+    with txn.cursor(db=db) as cur:
+        if descending:
+            if cur.set_range(first):
+                if cur.key() != first and not cur.prev():
+                    return
+            elif not cur.last():
+                return
+            keys = cur.iterprev(keys=True, values=False)
+        else:
+            if not cur.set_range(first):
+                return
+            keys = cur.iternext(keys=True, values=False)
+        for key in keys:
+            if key[:width] != prefix:
+                return
+            yield codec.from_u64(key[width:], "seq index: key")
 
 
 def _replace_status(event: StoredEvent, status: Status, error: str | None) -> StoredEvent:

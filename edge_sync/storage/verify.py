@@ -164,7 +164,7 @@ def audit(store: LmdbStore, txn: lmdb.Transaction) -> Audit:
     out = Audit()
     events, damaged = _events(store, txn, out)
     _status_indexes(store, txn, out, events, damaged)
-    _full_indexes(store, txn, out, events)
+    _full_indexes(store, txn, out, events, damaged)
     _entity_store(store, txn, out)
     graph_ids = _graph(store, txn, out)
     _references(store, txn, out, events, graph_ids)
@@ -313,7 +313,9 @@ def _delete_all(entries: list[tuple[Any, bytes]]) -> Fix:
 
 
 def _full_indexes(store: LmdbStore, txn: lmdb.Transaction, out: Audit,
-                  events: dict[int, Any]) -> None:
+                  events: dict[int, Any], damaged: set[int]) -> None:
+    """An entry of a damaged event is left alone: its event is reported, and the entry cannot
+    be told right or wrong without it."""
     for index in FULL_INDEXES:
         if index.db not in store.dbs:
             continue
@@ -326,7 +328,10 @@ def _full_indexes(store: LmdbStore, txn: lmdb.Transaction, out: Audit,
                 del expected[key]
                 continue
             try:
-                what = f"seq {index.seq_of(key)}: no such event, or not this entry's event"
+                seq = index.seq_of(key)
+                if seq in damaged:
+                    continue
+                what = f"seq {seq}: no such event, or not this entry's event"
             except StorageCorrupt as exc:
                 what = f"key unreadable ({exc})"
             out.add(index.db, f"key {key.hex()}", what, _delete(db, key), "entry removed")

@@ -158,7 +158,7 @@ def test_edge_token_required_everywhere_but_the_health_probes(tmp_path: Path, pr
     agent.spawn()
     wait_health(agent.admin_port, agent)
     good = {"Authorization": f"Bearer {TOKEN}"}
-    for path in ("/api/status", "/api/cloud-events", "/metrics", "/"):
+    for path in ("/api/status", "/api/cloud-events", "/metrics"):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
             status, out_headers, _ = raw(agent.admin_port, "GET", path, headers=headers)
             assert status == 401, (path, headers)
@@ -171,6 +171,10 @@ def test_edge_token_required_everywhere_but_the_health_probes(tmp_path: Path, pr
     for probe in ("/healthz", "/readyz"):
         status, _, out = raw(agent.admin_port, "GET", probe)
         assert status == 200, (probe, out)
+    # The Cloud Events page's shell and files hold no data: public, the data behind them is not.
+    for path in ("/", "/static/app.js", "/static/app.css", "/static/index.html"):
+        assert raw(agent.admin_port, "GET", path)[0] == 200, path
+    assert raw(agent.admin_port, "GET", "/static/other.js")[0] == 401
     assert raw(agent.admin_port, "GET", "/readyz")[2]["components"]["queue"] is True
     # The CLI sends the token from the same configuration (here: the environment).
     cli = subprocess.run([sys.executable, "-m", "edge_sync.cli.edge", "device", "create",

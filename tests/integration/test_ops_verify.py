@@ -120,6 +120,7 @@ def test_damage_is_named_and_repair_fixes_it(made, tmp_path):
                 assert cur.first()
                 cur.delete()
             txn.put(codec.u64(last + 40), b"", db=dbs["pending_high"])
+            assert txn.delete(dead.entity_id.bytes + codec.u64(dead.seq), db=dbs["events_by_entity"])
         store.write(damage)
         with store.read() as txn:
             relation_count = txn.stat(store.dbs[RELATIONS])["entries"]
@@ -139,6 +140,7 @@ def test_damage_is_named_and_repair_fixes_it(made, tmp_path):
         f"graph_relations_to {ids['site']} -> {ids['dev-a']} b'Contains\\x00COMMON': missing "
         "(the relation is not found from its target)",
         f"pending_high seq {last + 40}: points at no event",
+        f"events_by_entity seq {dead.seq}: the event's entry is missing",
     ])
     assert all(p.fix is not None for p in found.problems)
 
@@ -146,15 +148,15 @@ def test_damage_is_named_and_repair_fixes_it(made, tmp_path):
     assert done.returncode == 8
     for p in found.problems:
         assert f"problem: {p}  [--repair fixes it]" in done.stdout
-    assert "DAMAGED: 7 problem(s), 0 repaired" in done.stdout
+    assert "DAMAGED: 8 problem(s), 0 repaired" in done.stdout
 
     done = cli(data, agent, "verify", "--repair")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("repaired: ") == 7
+    assert done.stdout.count("repaired: ") == 8
     assert f"repaired: events seq {pending.seq}: in no status index (pending, dead or " \
            f"deployed); put back PENDING in pending_{pending.lane.name.lower()}" in done.stdout
     assert "store repaired" in done.stderr
-    assert "healthy: 0 problem(s), 7 repaired" in done.stdout
+    assert "healthy: 0 problem(s), 8 repaired" in done.stdout
     assert audit(data).problems == []
     after = {e.seq: e for e in read_log(data)}
     assert after[pending.seq].status is Status.PENDING

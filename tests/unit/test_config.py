@@ -133,6 +133,12 @@ EDGE_DEFAULTS: dict[str, object] = {
     "rules.script_timeout_ms": 100,
     "rules.script_memory_mb": 16,
     "rules.local_retention_hours": 168.0,
+    "health.queue_depth_healthy": 1000,
+    "health.queue_depth_warning": 5000,
+    "health.sync_latency_healthy_s": 5.0,
+    "health.sync_latency_warning_s": 30.0,
+    "health.storage_used_healthy_pct": 80.0,
+    "health.storage_used_warning_pct": 95.0,
 }
 
 CLOUD_DEFAULTS: dict[str, object] = {
@@ -294,6 +300,12 @@ EDGE_OVERRIDES: dict[str, tuple[str, str, object]] = {
     "EDGE_RULES_SCRIPT_TIMEOUT_MS": ("rules.script_timeout_ms", "250", 250),
     "EDGE_RULES_SCRIPT_MEMORY_MB": ("rules.script_memory_mb", "32", 32),
     "EDGE_RULES_LOCAL_RETENTION_HOURS": ("rules.local_retention_hours", "24", 24.0),
+    "EDGE_HEALTH_QUEUE_DEPTH_HEALTHY": ("health.queue_depth_healthy", "5", 5),
+    "EDGE_HEALTH_QUEUE_DEPTH_WARNING": ("health.queue_depth_warning", "8000", 8000),
+    "EDGE_HEALTH_SYNC_LATENCY_HEALTHY_S": ("health.sync_latency_healthy_s", "1.5", 1.5),
+    "EDGE_HEALTH_SYNC_LATENCY_WARNING_S": ("health.sync_latency_warning_s", "60", 60.0),
+    "EDGE_HEALTH_STORAGE_USED_HEALTHY_PCT": ("health.storage_used_healthy_pct", "50", 50.0),
+    "EDGE_HEALTH_STORAGE_USED_WARNING_PCT": ("health.storage_used_warning_pct", "99", 99.0),
 }
 
 CLOUD_OVERRIDES: dict[str, tuple[str, str, object]] = {
@@ -783,3 +795,10 @@ def test_port_accepted_exactly_in_range(port: int) -> None:
     else:
         with pytest.raises(ConfigError, match=r"^cloud\.rpc\.port: .*integer between 1 and 65535"):
             load_edge_config(env=env)
+
+
+def test_health_thresholds_must_be_in_order() -> None:
+    with pytest.raises(ConfigError, match=r"health\.queue_depth_healthy"):
+        load_edge_config(env={"EDGE_HEALTH_QUEUE_DEPTH_HEALTHY": "6000"})
+    with pytest.raises(ConfigError, match=r"health\.sync_latency_healthy_s"):
+        load_edge_config(env={"EDGE_HEALTH_SYNC_LATENCY_HEALTHY_S": "31"})
