@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-ACKED_METRICS = ("edge_uplink_events_acked_total", "edge_sync_uplink_events_acked_total")
-"""Where a running agent's status counts acknowledged events (first found wins); a stopped
-agent's figures fall back to the deployed count."""
+ACKED_SAMPLES = tuple(f'edge_sync_events_total{{lane="{lane}",outcome="acked"}}'
+                      for lane in ("high", "normal"))
+"""Where a running agent's status counts acknowledged events (its metrics snapshot's keys, one
+per lane, summed); a stopped agent's figures fall back to the deployed count."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,6 @@ class DrainMeter:
     def add_status(self, status: dict[str, Any]) -> Drain:
         """A sample from ``GET /api/status`` (or the stopped agent's collect_status)."""
         metrics = status.get("metrics") or {}
-        acked = next((metrics[m] for m in ACKED_METRICS if m in metrics), None)
-        if acked is None:
-            acked = status["queue"]["deployed"]
+        found = [metrics[key] for key in ACKED_SAMPLES if key in metrics]
+        acked = sum(found) if found else status["queue"]["deployed"]
         return self.add(int(acked), int(status["queue"]["pending"]))

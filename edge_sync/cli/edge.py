@@ -695,9 +695,14 @@ def _agent_reachable(cfg: EdgeConfig) -> bool:
 
 def _open_writable(cfg: EdgeConfig) -> Any:
     """The store opened for writing with the agent stopped. Its writer lock is the agent's:
-    while an agent holds the store (its admin API unreachable or not), this fails."""
+    while an agent holds the store (its admin API unreachable or not), this fails. A path that
+    holds no store is refused (StorageError), never made into a new empty one: an operator's
+    typo in storage.data_dir must not look like a store without dead letters."""
     from edge_sync.app import open_store
 
+    if not (cfg.storage.data_dir / "data.mdb").is_file():
+        raise StorageError(f"no edge-sync store at {cfg.storage.data_dir} (no data.mdb): "
+                           "check storage.data_dir")
     return open_store(cfg)
 
 

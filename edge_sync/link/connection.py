@@ -102,6 +102,11 @@ class _WriteFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class _WritesSettled:
+    """A MarkDeployed / DeadLetter committed while a replay waits for every one to be."""
+
+
+@dataclass(frozen=True, slots=True)
 class _StreamEnded:
     stream_id: int
     code: str
@@ -192,6 +197,8 @@ class ConnectionActor(SupervisedActor):
         self._device_profiles: Mapping[str, uuid.UUID] = {}
         self._window = UplinkWindow(window_policy(cfg))
         self._unrecorded: list[MarkDeployed | DeadLetter] = []
+        self._writes: list[Future[Any]] = []  # MarkDeployed / DeadLetter replies not yet done
+        self._watched: set[int] = set()  # ids of those that tell the actor when done
         self._rewrite_at = 0.0
         self._read_since_release = 0
         self._released_at = clock.monotonic()
@@ -279,6 +286,9 @@ class ConnectionActor(SupervisedActor):
             case EventsReplayed(seqs=seqs):  # the operator's replay: below the read cursor
                 self._window.replayed([(seq, Lane(lane)) for seq, lane in seqs])
                 self._pump()
+            case _WritesSettled():
+                if self._window.rewind_pending:
+                    self._pump()
             case DownlinkApplied():
                 self._on_downlink_applied(message)
             case RequestSync():
@@ -539,7 +549,8 @@ class ConnectionActor(SupervisedActor):
         now = self._clock.monotonic()
         # the tenant at send time: events recorded before the first connect get it too
         owner = Owner.of(self._identity[0], self._customer, self._device_profiles)
-        while self._window.wants_events(now):
+        settled = self._writes_settled() if self._window.rewind_pending else True
+        while self._window.wants_events(now, writes_settled=settled):
             took = None if self._peer.ordered else self._window.take_resend(
                 now, max_bytes=max_bytes, owner=owner)  # a resend reads nothing
             if took is None:
@@ -695,7 +706,32 @@ class ConnectionActor(SupervisedActor):
                 _tell(ref, _WriteFailed(command))
 
         reply.add_done_callback(failed)
+        if len(self._writes) >= 256:  # pruned here too: without a replay nothing else reads it
+            self._writes = [f for f in self._writes if not f.done()]
+        self._writes.append(reply)
+        if self._window.rewind_pending:
+            self._watch_write(reply)
         self._queue.tell(command)
+
+    def _watch_write(self, reply: Future[Any]) -> None:
+        """Tell the actor when ``reply`` is done (once per reply)."""
+        if id(reply) in self._watched:
+            return
+        self._watched.add(id(reply))
+        ref = self.actor_ref
+        reply.add_done_callback(lambda _f: _tell(ref, _WritesSettled()))
+
+    def _writes_settled(self) -> bool:
+        """Every MarkDeployed / DeadLetter told to the queue is committed (a replay's rewind
+        waits for it: an event acknowledged a moment ago is still PENDING in the store until
+        then). When not, each outstanding one tells the actor once it is done."""
+        self._writes = [f for f in self._writes if not f.done()]
+        self._watched &= {id(f) for f in self._writes}
+        if not self._writes and not self._unrecorded:
+            return True
+        for f in self._writes:
+            self._watch_write(f)
+        return False
 
     # -- time ----------------------------------------------------------------------------------
 

@@ -281,26 +281,42 @@ class UplinkWindow:
 
     def replayed(self, seqs: Sequence[tuple[int, Lane]]) -> None:
         """Dead letters the operator made PENDING again (below the cursor): they are read
-        again. The cursor goes back to just before the first of each lane as soon as nothing
-        read is awaiting an answer or held (those would be read twice); until then it waits."""
+        again. The cursor goes back to just before the first of each lane once nothing read is
+        awaiting an answer, held or waiting, and every acknowledgement and dead letter told to
+        the queue is committed (else an event acknowledged a moment ago, still PENDING in the
+        store, would be read and sent twice). Until then no new message is sent, so the window
+        drains and the replay goes out soon (held or waiting events of an unordered peer keep
+        flowing: they are what has to drain)."""
         for seq, lane in seqs:
             self._passed.pop(seq, None)
             self._rewind[lane] = min(self._rewind.get(lane, seq), seq)
-        self._apply_rewind()
 
-    def _apply_rewind(self) -> None:
-        if not self._rewind or self._in_flight or self._held or self._waiting:
-            return
+    @property
+    def rewind_pending(self) -> bool:
+        return bool(self._rewind)
+
+    def _rewind_blocks(self, writes_settled: bool) -> bool:
+        """Apply a pending rewind when it is safe; whether sending must wait for it."""
+        if not self._rewind:
+            return False
+        if self._held or self._waiting:
+            return False  # an unordered peer's held or waiting events must flow to drain
+        if self._in_flight or not writes_settled:
+            return True
         for lane, first in self._rewind.items():
             self.cursor[lane] = min(self.cursor[lane], first - 1)
         self._rewind = {}
         self._blocked = False
+        return False
 
     # -- sending -------------------------------------------------------------------------------
 
-    def wants_events(self, now: float) -> bool:
-        """Room for one more message, and no go-back-N resend waiting for its time."""
-        self._apply_rewind()
+    def wants_events(self, now: float, *, writes_settled: bool = True) -> bool:
+        """Room for one more message, and no go-back-N resend waiting for its time, and no
+        replay waiting for the window to drain. ``writes_settled``: every MarkDeployed and
+        DeadLetter told to the queue is committed."""
+        if self._rewind_blocks(writes_settled):
+            return False
         if self._resend_at is not None:
             if now < self._resend_at:
                 return False

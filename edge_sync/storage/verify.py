@@ -283,7 +283,9 @@ def _status_indexes(store: LmdbStore, txn: lmdb.Transaction, out: Audit,
             member.setdefault(seq, []).append((index.db, key))
         out.checked[index.db] = n
     for seq, event in events.items():
-        found = member.get(seq, [])
+        # one entry per (db, key): a wrong-lane entry moved onto the right lane's existing
+        # entry is that entry, not a second one (dropping "both" would leave it in none)
+        found = list(dict.fromkeys(member.get(seq, [])))
         if not found:
             lane_db = f"pending_{event.lane.name.lower()}"
             out.add("events", f"seq {seq}", "in no status index (pending, dead or deployed)",

@@ -10,9 +10,11 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_sync.storage.records import Status
 from tests.helpers.agent import Agent, read_log
@@ -109,6 +111,12 @@ def test_replay_dead_letters_reach_the_cloud_once_in_order(tmp_path, procs):
     applied = cloud.events(RK)
     keys = Counter((e["store_id"], e["seq"]) for e in applied)
     assert max(keys.values()) == 1  # exactly once
+    # ... and never sent twice: the cloud dropped no duplicate (a ThingsBoard server would not)
+    with urllib.request.urlopen(f"http://127.0.0.1:{cloud.admin_port}/metrics", timeout=10) as r:
+        families = text_string_to_metric_families(r.read().decode())
+    assert [s.value for f in families for s in f.samples
+            if s.name == "edge_cloud_uplink_events_total" and s.labels["outcome"] == "duplicate"
+            ] == [0.0]
     assert sorted(e["seq"] for e in applied) == [e.seq for e in read_log(agent.data_dir)]
     mine = [e for e in applied if e["entity_id"] == device_id
             and e["action"] == "TIMESERIES_UPDATED"]

@@ -3,7 +3,10 @@ clock: acknowledged per second, net drain, time to empty, a growing queue, a cou
 
 from __future__ import annotations
 
+from typing import Any
+
 from edge_sync.cli.drain import DrainMeter, duration
+from edge_sync.metrics import Metrics
 
 
 class Clock:
@@ -74,3 +77,25 @@ def test_window_slides_and_a_counter_reset_gives_no_negative_rate() -> None:
 def test_duration() -> None:
     assert [duration(s) for s in (0, 59.4, 61, 3599, 3600, 90061)] == [
         "0s", "59s", "1m 01s", "59m 59s", "1h 00m", "25h 01m"]
+
+
+def test_a_running_agents_status_counts_acknowledged_events_of_both_lanes() -> None:
+    """The agent's status names the counter by lane (edge_sync_events_total, outcome acked),
+    keyed as the metrics snapshot writes them; the deployed count is only the stopped agent's
+    fallback (it falls when events are purged)."""
+    metrics = Metrics()
+    events = metrics.counter("edge_sync_events_total", "events", ("lane", "outcome"))
+    clock = Clock()
+    meter = DrainMeter(clock=clock)
+
+    def status(pending: int) -> dict[str, Any]:
+        return {"metrics": metrics.snapshot(), "queue": {"pending": pending, "deployed": 0}}
+
+    meter.add_status(status(100))
+    events.labels(lane="high", outcome="acked").inc(20)
+    events.labels(lane="normal", outcome="acked").inc(130)
+    events.labels(lane="normal", outcome="appended").inc(50)
+    clock.now += 10
+    drain = meter.add_status(status(0))
+    assert drain.acked_per_s == 15.0
+    assert drain.net_per_s == 10.0

@@ -59,11 +59,13 @@ class Queue:
 Sent = tuple[int, int, tuple[int, ...]]  # (uplinkMsgId, uplinkEpoch, seqs)
 
 
-def pump(w: UplinkWindow, q: Queue, now: float, *, ordered: bool = True) -> list[Sent]:
+def pump(w: UplinkWindow, q: Queue, now: float, *, ordered: bool = True,
+         settled: bool = True) -> list[Sent]:
     """What the ConnectionActor does when told of new events or a free slot: a resend due
-    first (no read), else read and take."""
+    first (no read), else read and take. ``settled``: every acknowledgement and dead letter
+    told to the queue is committed."""
     sent: list[Sent] = []
-    while w.wants_events(now):
+    while w.wants_events(now, writes_settled=settled):
         took = None if ordered else w.take_resend(now, max_bytes=MAX_BYTES, owner=OWNER)
         if took is None:
             took = w.take(q.read(w.cursor), now, max_bytes=MAX_BYTES, owner=OWNER,
@@ -683,3 +685,40 @@ def test_replayed_dead_letters_are_read_again_once_nothing_is_in_flight() -> Non
     q.commit_deployed(w.on_ack(3) or ())
     assert q.events == [] and q.deployed == [1, 3, 4, 5, 6, 7, 2]
     assert pump(w, q, 0.3) == []  # read once
+
+
+def test_a_replay_waits_for_the_acknowledgements_to_be_committed() -> None:
+    """Acknowledged a moment ago, its MarkDeployed not yet committed, an event is still
+    PENDING in the store: the rewind waits for the commit, else it would be sent twice."""
+    w = window(window=2, batch_size=3)
+    q = Queue([event(s) for s in (5, 6, 7)])  # seq 2 is a dead letter
+    assert pump(w, q, 0.0) == [(1, 1, (5, 6, 7))]
+    q.events.insert(0, event(2))  # the operator's replay
+    w.replayed([(2, Lane.NORMAL)])
+    acked = w.on_ack(1)
+    assert acked == (5, 6, 7)
+    assert pump(w, q, 0.1, settled=False) == []  # 5, 6, 7 still PENDING in the store
+    q.commit_deployed(acked)
+    assert pump(w, q, 0.2) == [(2, 1, (2,))]
+    q.commit_deployed(w.on_ack(2) or ())
+    assert q.deployed == [5, 6, 7, 2] and q.events == []
+
+
+def test_a_pending_replay_stops_new_reads_until_the_window_drains() -> None:
+    """A busy link would otherwise keep the window full and the replay waiting for the whole
+    backlog: while a rewind waits, nothing new is sent; the replay goes first, then the rest."""
+    w = window(window=2, batch_size=1)
+    q = Queue([event(s) for s in (5, 6, 7, 8)])
+    q.batch = 1
+    assert pump(w, q, 0.0) == [(1, 1, (5,)), (2, 1, (6,))]
+    q.events.insert(0, event(2))
+    w.replayed([(2, Lane.NORMAL)])
+    q.commit_deployed(w.on_ack(1) or ())
+    assert pump(w, q, 0.1) == []  # message 2 in flight: nothing new (7 waits)
+    q.commit_deployed(w.on_ack(2) or ())
+    assert pump(w, q, 0.2) == [(3, 1, (2,)), (4, 1, (7,))]
+    q.commit_deployed(w.on_ack(3) or ())
+    q.commit_deployed(w.on_ack(4) or ())
+    assert pump(w, q, 0.3) == [(5, 1, (8,))]
+    q.commit_deployed(w.on_ack(5) or ())
+    assert q.deployed == [5, 6, 2, 7, 8] and q.events == []
