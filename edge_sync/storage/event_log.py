@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 import lmdb
 from loguru import logger
 
-from edge_sync.errors import StorageCorrupt, StorageError
+from edge_sync.errors import QueueFull, StorageCorrupt, StorageError
 from edge_sync.storage import codec
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import NIL_UUID, Counts, Lane, NewEvent, Status, StoredEvent
@@ -43,7 +43,9 @@ _TENANT = b"tenant_id"
 _EDGE = b"edge_id"
 _BY_ENTITY = "events_by_entity"
 _ENTITY_INDEX_BUILT = b"entity_index"  # meta: events_by_entity holds every event
-_INDEX_BUILD_CHUNK = 50_000  # events per transaction while building the entity index
+_ENTITY_INDEX_UPTO = b"entity_index_upto"  # meta: the build's resume point (last seq seen)
+_ENTITY_INDEX_GAP = b"entity_index_gap"  # meta: events without an entry (damaged) when built
+_INDEX_BUILD_CHUNK = 10_000  # events per transaction while building the entity index
 
 _log = logger.bind(component="storage")
 
@@ -54,50 +56,93 @@ def entity_key(entity_id: uuid.UUID, seq: int) -> bytes:
 
 
 def ensure_entity_index(store: LmdbStore) -> int:
-    """Build events_by_entity for a store made before it (once, in transactions of
-    _INDEX_BUILD_CHUNK events, resumable: puts are idempotent and the mark comes last); a new or
-    already indexed store costs one read. Returns how many events were indexed."""
+    """Build events_by_entity where it does not hold every event: a store made before it, or
+    one an earlier release wrote to (it appends and purges without the index). Checked at
+    every writable open in constant time: the marker, and the number of events without an
+    entry (damaged ones) unchanged since the build. The build runs in transactions of
+    _INDEX_BUILD_CHUNK events, each saving how far it got, so a start cut short (a service
+    manager's start timeout, kill -9) resumes there. It is a data write: it never uses the
+    reserve above the size cap; a store too full for it keeps working without the index (the
+    entity filter scans) and the next open tries again. Returns how many events were indexed."""
     dbs = store.dbs
+    index_db = dbs[_BY_ENTITY]
     with store.read() as txn:
-        if store.meta_int(txn, _ENTITY_INDEX_BUILT):
-            return 0
+        built = store.meta_int(txn, _ENTITY_INDEX_BUILT)
         total = store.entries(txn, "events")
-    if total == 0:
-        store.write(lambda txn: store.put_meta_int(txn, _ENTITY_INDEX_BUILT, 1), maintenance=True)
-        return 0
+        gap = total - store.entries(txn, _BY_ENTITY)
+        if built and gap == store.meta_int(txn, _ENTITY_INDEX_GAP) and _newest_indexed(store, txn):
+            return 0
+        after = store.meta_int(txn, _ENTITY_INDEX_UPTO) if not built else 0
     started = time.monotonic()
+
+    if built:  # written to without the index meanwhile: start again from an empty index
+        _log.bind(path=str(store.path), events=total, unindexed=gap).warning(
+            "entity index of the event log out of step with the log (written by an earlier "
+            "release?): rebuilding it")
+
+        def restart(txn: lmdb.Transaction) -> None:
+            txn.drop(index_db, delete=False)
+            store.put_meta_int(txn, _ENTITY_INDEX_BUILT, 0)
+            store.put_meta_int(txn, _ENTITY_INDEX_UPTO, 0)
+        store.write(restart, maintenance=True)  # it frees pages
     done = 0
-    after = 0
 
     def chunk(txn: lmdb.Transaction) -> tuple[int, int]:
         n, last = 0, after
         with txn.cursor(db=dbs["events"]) as cur:
-            if not cur.set_range(codec.u64(after + 1)):
-                return 0, last
-            for key, raw in cur.iternext():
-                last = codec.from_u64(key, "events: key")
-                try:
-                    entity = codec.decode_event(last, raw,
-                                                previous=store.previous_values).entity_id
-                except StorageCorrupt:
-                    continue  # a damaged event: nothing to index (reported where it is read)
-                txn.put(entity.bytes + key, b"", db=dbs[_BY_ENTITY])
-                n += 1
-                if n >= _INDEX_BUILD_CHUNK:
-                    break
+            if cur.set_range(codec.u64(after + 1)):
+                for key, raw in cur.iternext():
+                    last = codec.from_u64(key, "events: key")
+                    try:
+                        entity = codec.decode_event(last, raw,
+                                                    previous=store.previous_values).entity_id
+                    except StorageCorrupt:
+                        continue  # a damaged event: nothing to index (reported where it is read)
+                    txn.put(entity.bytes + key, b"", db=index_db)
+                    n += 1
+                    if n >= _INDEX_BUILD_CHUNK:
+                        break
+        store.put_meta_int(txn, _ENTITY_INDEX_UPTO, last)
         return n, last
 
-    while True:
-        n, last = store.write(chunk, maintenance=True)
-        done += n
-        if n == 0 or last == after:
-            break
-        after = last
-    store.write(lambda txn: store.put_meta_int(txn, _ENTITY_INDEX_BUILT, 1), maintenance=True)
-    _log.bind(path=str(store.path), events=done,
-              seconds=round(time.monotonic() - started, 2)).info(
-        "entity index of the event log built for a store made before it")
+    try:
+        while True:
+            n, last = store.write(chunk)
+            done += n
+            if n == 0 or last == after:
+                break
+            after = last
+
+        def mark(txn: lmdb.Transaction) -> None:
+            store.put_meta_int(txn, _ENTITY_INDEX_GAP,
+                               store.entries(txn, "events") - store.entries(txn, _BY_ENTITY))
+            store.put_meta_int(txn, _ENTITY_INDEX_BUILT, 1)
+        store.write(mark, maintenance=True)
+    except QueueFull as exc:
+        _log.bind(path=str(store.path), events=done, upto=after).warning(
+            "entity index of the event log not built: {}; filtering by entity scans the log "
+            "until a later start has room", exc)
+        return done
+    if done:
+        _log.bind(path=str(store.path), events=done,
+                  seconds=round(time.monotonic() - started, 2)).info(
+            "entity index of the event log built for a store made before it")
     return done
+
+
+def _newest_indexed(store: LmdbStore, txn: lmdb.Transaction) -> bool:
+    """The newest event has its entry (an earlier release that appended and purged as many
+    events leaves the count of unindexed ones unchanged, never this)."""
+    with txn.cursor(db=store.dbs["events"]) as cur:
+        if not cur.last():
+            return True
+        key, raw = cur.item()
+    try:
+        entity = codec.decode_event(codec.from_u64(key, "events: key"), raw,
+                                    previous=store.previous_values).entity_id
+    except StorageCorrupt:
+        return True  # a damaged event has no entry; the count of those is checked
+    return txn.get(entity.bytes + key, db=store.dbs[_BY_ENTITY]) is not None
 
 
 @dataclass(frozen=True, slots=True)

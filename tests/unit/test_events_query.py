@@ -174,3 +174,67 @@ def test_index_built_once_for_a_store_made_before_it(tmp_path: Path) -> None:
         assert ensure_entity_index(s) == 0  # once only
     finally:
         s.close()
+
+
+def _index(s: LmdbStore) -> list[tuple[uuid.UUID, int]]:
+    with s.read() as txn:
+        return [(codec.to_uuid(k[:16], "k"), codec.from_u64(k[16:]))
+                for k in txn.cursor(db=s.dbs["events_by_entity"]).iternext(values=False)]
+
+
+def test_a_build_cut_short_resumes_where_it_stopped(tmp_path: Path, monkeypatch) -> None:
+    """25 events in chunks of 10: a build killed after its second chunk (a start timeout,
+    kill -9) resumes at seq 21 at the next open, not at seq 1."""
+    import edge_sync.storage.event_log as event_log
+
+    s = LmdbStore(tmp_path / "old")
+    _append(s, [_event(A if i % 2 else B) for i in range(25)], T0)
+    s.write(lambda txn: (txn.drop(s.dbs["events_by_entity"], delete=False),
+                         txn.delete(b"entity_index", db=s.dbs["meta"])))
+    monkeypatch.setattr(event_log, "_INDEX_BUILD_CHUNK", 10)
+    chunks: list[int] = []
+    real_write = s.write
+
+    def dying_write(fn: Any, *, maintenance: bool = False) -> Any:
+        if len(chunks) == 2:
+            raise KeyboardInterrupt("killed")  # stands in for kill -9 between transactions
+        out = real_write(fn, maintenance=maintenance)
+        chunks.append(out[0])
+        return out
+
+    monkeypatch.setattr(s, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_entity_index(s)
+    monkeypatch.setattr(s, "write", real_write)
+    assert chunks == [10, 10]
+    assert len(_index(s)) == 20
+    with s.read() as txn:
+        assert not EventLog(s).entity_index_ready(txn)
+        assert s.meta_int(txn, b"entity_index_upto") == 20
+    assert ensure_entity_index(s) == 5  # only what the cut build had not reached
+    with s.read() as txn:
+        assert EventLog(s).entity_index_ready(txn)
+    assert sorted(seq for _e, seq in _index(s)) == list(range(1, 26))
+    s.close()
+
+
+def test_a_store_an_earlier_release_wrote_to_is_indexed_again(tmp_path: Path) -> None:
+    """An earlier release appends and purges without the index: the next open sees the
+    number of unindexed events change and rebuilds it from the log."""
+    s = LmdbStore(tmp_path / "store")
+    _append(s, [_event(A), _event(B)], T0)
+    assert ensure_entity_index(s) == 0  # made with the index: nothing to do
+    # what an earlier release leaves: an event appended without its entry, another purged
+    # with its entry left behind
+    _append(s, [_event(B)], T0)
+    s.write(lambda txn: (txn.delete(B.bytes + codec.u64(3), db=s.dbs["events_by_entity"]),
+                         txn.delete(codec.u64(2), db=s.dbs["events"])))
+    assert _index(s) == [(A, 1), (B, 2)]  # as many unindexed events as before: 0
+    s.close()
+    s = LmdbStore(tmp_path / "store")  # the open rebuilds it
+    try:
+        assert _index(s) == [(A, 1), (B, 3)]
+        assert seqs(s, entity=B) == ([3], None, None, False)
+        assert ensure_entity_index(s) == 0
+    finally:
+        s.close()

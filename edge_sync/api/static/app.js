@@ -44,10 +44,14 @@ function el(tag, text, cls) {
 
 // -- filters and the query ------------------------------------------------------------------
 
-function utcMs(value) { // a datetime-local value read as UTC
+function utcMs(value, end = false) { // a datetime-local value read as UTC
   if (!value) return "";
   const ms = Date.parse(value.length === 16 ? `${value}:00Z` : `${value}Z`);
-  return Number.isNaN(ms) ? "" : String(ms);
+  if (Number.isNaN(ms)) return "";
+  // "to" is inclusive to the second shown (the input has step 1; the browser leaves ":00"
+  // seconds out of its value, so a 16-character value is still a whole second)
+  const last = end && value.length <= 19 ? 999 : 0;
+  return String(ms + last);
 }
 
 function query() {
@@ -57,7 +61,7 @@ function query() {
     const value = form.elements[name].value.trim();
     if (value) params.set(name, value);
   }
-  const from = utcMs(form.elements.from.value), to = utcMs(form.elements.to.value);
+  const from = utcMs(form.elements.from.value), to = utcMs(form.elements.to.value, true);
   if (from) params.set("from", from);
   if (to) params.set("to", to);
   if (state.cursor) params.set(state.cursor.name, String(state.cursor.value));
@@ -120,7 +124,10 @@ function renderRows(page) {
   const seqs = page.rows.map((r) => r.seq);
   const parts = seqs.length ? [`seq ${Math.max(...seqs)} … ${Math.min(...seqs)}`] : [];
   parts.push(`${page.rows.length} row${page.rows.length === 1 ? "" : "s"}`);
-  if (page.partial) parts.push(`scanned ${page.scanned} events: more may match, page on to continue`);
+  if (page.partial) {
+    parts.push(`scanned ${page.scanned} events: more may match, page on to continue`);
+    if ($("live").checked) parts.push("live refresh updates the health panel only while a filter scans");
+  }
   $("range").textContent = parts.join(" · ");
 }
 
@@ -227,10 +234,20 @@ async function refresh() {
   }
 }
 
+async function tick() {
+  // A filter without an index scans up to its budget per request: repeating that every few
+  // seconds would keep the agent busy, so the table waits for the operator to page on.
+  if (state.page && state.page.partial) {
+    try { renderHealth(await api("/api/status")); } catch (error) { /* the next refresh says */ }
+    return;
+  }
+  await refresh();
+}
+
 function schedule() {
   clearInterval(state.timer);
   state.timer = null;
-  if ($("live").checked) state.timer = setInterval(refresh, Number($("interval").value));
+  if ($("live").checked) state.timer = setInterval(tick, Number($("interval").value));
 }
 
 function init() {
