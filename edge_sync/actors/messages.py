@@ -215,6 +215,12 @@ class PurgeDeployed:
 
 
 @dataclass(frozen=True, slots=True)
+class BuildEntityIndex:
+    """The QueueActor to itself: one more step of the event log's entity index build (a store
+    made before it); a message per step, so appends interleave with the build."""
+
+
+@dataclass(frozen=True, slots=True)
 class FlushGroup:
     """Internal to the QueueActor: commit what has been gathered so far."""
 

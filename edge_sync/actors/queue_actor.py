@@ -45,6 +45,7 @@ from edge_sync.actors.graph_changes import GraphChanges, Planned
 from edge_sync.actors.messages import (
     GRAPH_CHANGES,
     Append,
+    BuildEntityIndex,
     Crash,
     CreateDevice,
     DeadLetter,
@@ -80,7 +81,7 @@ from edge_sync.metrics import Metrics
 from edge_sync.storage import dead_letters
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
-from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.event_log import EntityIndexBuild, EventLog
 from edge_sync.storage.records import Action, Lane, NewEvent
 from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.storage.rule_store import RuleStore
@@ -153,6 +154,9 @@ class QueueActor(SupervisedActor):
         self._group: list[WriteCommand] = []
         self._group_events = 0
         self._ticker: Ticker | None = None
+        self._index_build = EntityIndexBuild(store)
+        if store.readonly:
+            self._index_build.finished = True
         events = metrics.counter(
             "edge_sync_events_total", "events by lane and outcome: appended (made durable), "
             "refused (storage full), evicted (evict_oldest_normal), dead_lettered, acked",
@@ -190,6 +194,8 @@ class QueueActor(SupervisedActor):
         self._ticker = Ticker("purge", self._policy.purge_interval_s, lambda: ref.tell(PurgeDeployed()))
         self._ticker.start()
         _log.bind(next_seq=self._next_seq).info("queue actor started")
+        if not self._index_build.finished:
+            ref.tell(BuildEntityIndex())
 
     def on_stop(self) -> None:
         """Actor thread: commit what is gathered (a clean stop loses nothing), stop the timer."""
@@ -224,6 +230,9 @@ class QueueActor(SupervisedActor):
                 if self._group:  # what was gathered first commits first
                     self._flush()
                 self._replay(message)
+            case BuildEntityIndex():
+                if not self._index_build.step():
+                    self.actor_ref.tell(BuildEntityIndex())
             case PurgeDeployed():
                 self._purge(older_than_ms=self._clock.now_ms() - self._policy.retention_ms)
             case Crash(reason=reason):

@@ -68,8 +68,8 @@ DB_NAMES = (
     "rule_state",
     "rule_local_ts",
     "rule_local_expiry",
-    # the event log's entity index (storage/event_log.py): the same way; built once at the
-    # first writable open of a store made before it
+    # the event log's entity index (storage/event_log.py): the same way; the agent's
+    # QueueActor builds it for a store made before it (EntityIndexBuild), after it starts
     "events_by_entity",
 )
 LATER_DB_NAMES = frozenset(name for name in DB_NAMES
@@ -244,14 +244,6 @@ class LmdbStore:
         except lmdb.Error as exc:
             self.close()
             raise StorageCorrupt(f"{self.path}: cannot read the store: {exc}") from exc
-        if not readonly and "events_by_entity" in self.dbs:
-            from edge_sync.storage.event_log import ensure_entity_index  # (imports this module)
-
-            try:
-                ensure_entity_index(self)
-            except BaseException:
-                self.close()
-                raise
 
     # -- opening -----------------------------------------------------------------------------
 

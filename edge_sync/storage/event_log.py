@@ -55,41 +55,82 @@ def entity_key(entity_id: uuid.UUID, seq: int) -> bytes:
     return entity_id.bytes + codec.u64(seq)
 
 
-def ensure_entity_index(store: LmdbStore) -> int:
+class EntityIndexBuild:
     """Build events_by_entity where it does not hold every event: a store made before it, or
-    one an earlier release wrote to (it appends and purges without the index). Checked at
-    every writable open in constant time: the marker, and the number of events without an
-    entry (damaged ones) unchanged since the build. The build runs in transactions of
-    _INDEX_BUILD_CHUNK events, each saving how far it got, so a start cut short (a service
-    manager's start timeout, kill -9) resumes there. It is a data write: it never uses the
-    reserve above the size cap; a store too full for it keeps working without the index (the
-    entity filter scans) and the next open tries again. Returns how many events were indexed."""
-    dbs = store.dbs
-    index_db = dbs[_BY_ENTITY]
-    with store.read() as txn:
-        built = store.meta_int(txn, _ENTITY_INDEX_BUILT)
-        total = store.entries(txn, "events")
-        gap = total - store.entries(txn, _BY_ENTITY)
-        if built and gap == store.meta_int(txn, _ENTITY_INDEX_GAP) and _newest_indexed(store, txn):
-            return 0
-        after = store.meta_int(txn, _ENTITY_INDEX_UPTO) if not built else 0
-    started = time.monotonic()
+    one an earlier release wrote to (it appends and purges without the index). The agent's
+    QueueActor runs it after it starts, one ``step()`` (one transaction of _INDEX_BUILD_CHUNK
+    events) per message, so ingest goes on meanwhile and opening the store stays constant-time.
+    Appends always write their entries, so the build only has to reach the events committed
+    before it began; each step saves how far it got, so a build cut short (kill -9, a stop)
+    resumes there at the next start. Whether the index is in step is checked in constant time:
+    the marker, the number of events without an entry (damaged ones) unchanged since the build,
+    and the newest event's entry. A step is a data write: on a store too full for it (it never
+    uses the reserve above the size cap) the build stops with a warning, the agent runs without
+    it, and the next start tries again. Until it is complete the entity filter scans the log."""
 
-    if built:  # written to without the index meanwhile: start again from an empty index
-        _log.bind(path=str(store.path), events=total, unindexed=gap).warning(
-            "entity index of the event log out of step with the log (written by an earlier "
-            "release?): rebuilding it")
+    def __init__(self, store: LmdbStore) -> None:
+        self.store = store
+        self.indexed = 0
+        self.finished = False
+        self._after: int | None = None  # None: not checked yet
+        self._started = time.monotonic()
 
-        def restart(txn: lmdb.Transaction) -> None:
-            txn.drop(index_db, delete=False)
-            store.put_meta_int(txn, _ENTITY_INDEX_BUILT, 0)
-            store.put_meta_int(txn, _ENTITY_INDEX_UPTO, 0)
-        store.write(restart, maintenance=True)  # it frees pages
-    done = 0
+    def step(self) -> bool:
+        """One transaction of the build; True once the index holds every event (or the store
+        is too full to build it now)."""
+        if self.finished:
+            return True
+        store = self.store
+        try:
+            if self._after is None and self._check():
+                self.finished = True
+                return True
+            n, last = store.write(self._chunk)
+            self.indexed += n
+            if n and last != self._after:
+                self._after = last
+                return False
+            store.write(self._mark, maintenance=True)
+        except QueueFull as exc:
+            _log.bind(path=str(store.path), events=self.indexed, upto=self._after).warning(
+                "entity index of the event log not built: {}; filtering by entity scans the "
+                "log until a later start has room", exc)
+            self.finished = True
+            return True
+        self.finished = True
+        if self.indexed:
+            _log.bind(path=str(store.path), events=self.indexed,
+                      seconds=round(time.monotonic() - self._started, 2)).info(
+                "entity index of the event log built for a store made before it")
+        return True
 
-    def chunk(txn: lmdb.Transaction) -> tuple[int, int]:
+    def _check(self) -> bool:
+        """Whether the index is in step already; else where the build starts."""
+        store = self.store
+        with store.read() as txn:
+            built = store.meta_int(txn, _ENTITY_INDEX_BUILT)
+            total = store.entries(txn, "events")
+            gap = total - store.entries(txn, _BY_ENTITY)
+            if built and gap == store.meta_int(txn, _ENTITY_INDEX_GAP) and _newest_indexed(store, txn):
+                return True
+            self._after = store.meta_int(txn, _ENTITY_INDEX_UPTO) if not built else 0
+        if built:  # written to without the index meanwhile: start again from an empty index
+            _log.bind(path=str(store.path), events=total, unindexed=gap).warning(
+                "entity index of the event log out of step with the log (written by an earlier "
+                "release?): rebuilding it")
+
+            def restart(txn: lmdb.Transaction) -> None:
+                txn.drop(store.dbs[_BY_ENTITY], delete=False)
+                store.put_meta_int(txn, _ENTITY_INDEX_BUILT, 0)
+                store.put_meta_int(txn, _ENTITY_INDEX_UPTO, 0)
+            store.write(restart, maintenance=True)  # it frees pages
+        return False
+
+    def _chunk(self, txn: lmdb.Transaction) -> tuple[int, int]:
+        store = self.store
+        after = self._after or 0
         n, last = 0, after
-        with txn.cursor(db=dbs["events"]) as cur:
+        with txn.cursor(db=store.dbs["events"]) as cur:
             if cur.set_range(codec.u64(after + 1)):
                 for key, raw in cur.iternext():
                     last = codec.from_u64(key, "events: key")
@@ -98,36 +139,27 @@ def ensure_entity_index(store: LmdbStore) -> int:
                                                     previous=store.previous_values).entity_id
                     except StorageCorrupt:
                         continue  # a damaged event: nothing to index (reported where it is read)
-                    txn.put(entity.bytes + key, b"", db=index_db)
+                    txn.put(entity.bytes + key, b"", db=store.dbs[_BY_ENTITY])
                     n += 1
                     if n >= _INDEX_BUILD_CHUNK:
                         break
         store.put_meta_int(txn, _ENTITY_INDEX_UPTO, last)
         return n, last
 
-    try:
-        while True:
-            n, last = store.write(chunk)
-            done += n
-            if n == 0 or last == after:
-                break
-            after = last
+    def _mark(self, txn: lmdb.Transaction) -> None:
+        store = self.store
+        store.put_meta_int(txn, _ENTITY_INDEX_GAP,
+                           store.entries(txn, "events") - store.entries(txn, _BY_ENTITY))
+        store.put_meta_int(txn, _ENTITY_INDEX_BUILT, 1)
 
-        def mark(txn: lmdb.Transaction) -> None:
-            store.put_meta_int(txn, _ENTITY_INDEX_GAP,
-                               store.entries(txn, "events") - store.entries(txn, _BY_ENTITY))
-            store.put_meta_int(txn, _ENTITY_INDEX_BUILT, 1)
-        store.write(mark, maintenance=True)
-    except QueueFull as exc:
-        _log.bind(path=str(store.path), events=done, upto=after).warning(
-            "entity index of the event log not built: {}; filtering by entity scans the log "
-            "until a later start has room", exc)
-        return done
-    if done:
-        _log.bind(path=str(store.path), events=done,
-                  seconds=round(time.monotonic() - started, 2)).info(
-            "entity index of the event log built for a store made before it")
-    return done
+
+def ensure_entity_index(store: LmdbStore) -> int:
+    """The whole build at once (tests and tools; the agent steps it): how many events it
+    indexed."""
+    build = EntityIndexBuild(store)
+    while not build.step():
+        pass
+    return build.indexed
 
 
 def _newest_indexed(store: LmdbStore, txn: lmdb.Transaction) -> bool:

@@ -27,6 +27,7 @@ import pytest
 
 from edge_sync.app import EdgeApp
 from edge_sync.storage.records import Action
+from tests.helpers.metric_values import metric_total
 from tests.helpers.mqtt_app import AppFactory, events_of, no_connections, round_trip, values
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
 from tests.helpers.mqtt_gateway import Logs, held_commits
@@ -398,7 +399,9 @@ def test_kept_sessions_expire_without_a_connect_or_disconnect_to_check_them(
     finally:
         logs.close()
     assert line["extra"]["client_id"] == "leaving"
-    assert server.registry.sessions_dropped.values() == {"expired": 1}
+    dropped = app.metrics.snapshot()
+    assert metric_total(dropped, "edge_sync_mqtt_sessions_dropped_total") == 1
+    assert metric_total(dropped, "edge_sync_mqtt_sessions_dropped_total", reason="expired") == 1
     with MqttDevice(app.mqtt_port, TOKEN, client_id="leaving", clean_session=False) as again:
         assert again.connect() == 0 and again.session_present is False
     no_connections(app)

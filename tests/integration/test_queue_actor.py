@@ -29,6 +29,7 @@ from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
 from edge_sync.errors import BadRequest, EdgeSyncError, QueueFull
 from edge_sync.metrics import Metrics
+from edge_sync.storage import codec
 from edge_sync.storage.entity_store import Conflict, EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
@@ -36,6 +37,7 @@ from edge_sync.storage.records import Action, Lane, NewEvent, Status, StoredEven
 from edge_sync.storage.rule_store import RuleStore
 from edge_sync.supervisor import actor_child
 from tests.helpers.metric_values import metric_total
+from tests.helpers.wait import wait_until
 
 DEADLINE = 10.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -574,3 +576,42 @@ def test_when_full_local_timeseries_points_give_way_before_any_refusal(small_que
     with filler.q.store.read() as txn:
         assert rules.local_points(txn) == 0
     assert [e.body["tag"] for e in all_events(filler.q.store)] == filler.accepted
+
+
+def test_the_queue_builds_the_entity_index_of_a_store_made_before_it_while_it_appends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening reads no event; the started QueueActor builds the index one transaction per
+    message (25 events in chunks of 10 here), and events appended meanwhile are indexed too."""
+    import edge_sync.storage.event_log as event_log
+
+    monkeypatch.setattr(event_log, "_INDEX_BUILD_CHUNK", 10)
+    path = tmp_path / "queue"
+    a, b = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
+    store = LmdbStore(path)
+    log = EventLog(store)
+    events = [NewEvent("DEVICE", "DEVICE", a if i % 2 else b, Action.TIMESERIES_UPDATED,
+                       {"i": i}, 1, Lane.NORMAL) for i in range(25)]
+    store.write(lambda txn: log.append(txn, events, first_seq=1, created_time=1,
+                                       tenant_id=bytes(16), edge_id=bytes(16)))
+    store.write(lambda txn: (txn.drop(store.dbs["events_by_entity"], delete=False),
+                             txn.delete(b"entity_index", db=store.dbs["meta"])))
+    store.close()
+
+    q = QueueUnderTest(path)
+    try:
+        reply: Future[range] = Future()
+        q.ref.tell(Append(a, telemetry(a, "new"), reply))
+        assert reply.result(timeout=DEADLINE) == range(26, 27)
+
+        def built() -> bool:
+            with q.store.read() as txn:
+                return EventLog(q.store).entity_index_ready(txn)
+        wait_until(built, timeout=DEADLINE, what="the entity index built")
+        with q.store.read() as txn:
+            got = [e.seq for e in EventLog(q.store).iter_events(txn, entity_id=a)]
+            index = sorted(codec.from_u64(k[16:]) for k in
+                           txn.cursor(db=q.store.dbs["events_by_entity"]).iternext(values=False))
+        assert got == [*range(2, 26, 2), 26]
+        assert index == list(range(1, 27))
+    finally:
+        q.stop()

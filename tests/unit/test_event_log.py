@@ -378,26 +378,15 @@ def test_reopen_and_counts_do_not_scan_a_large_log(
     def no_scan(*_args: Any, **_kwargs: Any) -> Any:
         raise AssertionError("opening / counting must not read the events")
 
-    decoded: list[int] = []
-    real_decode = codec.decode_event
-
-    def decode_one(seq: int, *args: Any, **kwargs: Any) -> Any:
-        # the open checks that the newest event has its entity index entry: that one only
-        decoded.append(seq)
-        if len(decoded) > 1:
-            raise AssertionError(f"opening / counting must not read the events: {decoded}")
-        return real_decode(seq, *args, **kwargs)
-
     monkeypatch.setattr(EventLog, "iter_events", no_scan)
     monkeypatch.setattr(EventLog, "read_batch", no_scan)
-    monkeypatch.setattr(codec, "decode_event", decode_one)
+    monkeypatch.setattr(codec, "decode_event", no_scan)
     store = LmdbStore(path, initial_map_mb=64, max_size_mb=256)
     try:
         log = EventLog(store)
         assert counts(store, log) == before
         with store.read() as txn:
             assert log.next_seq(txn) == n + 1
-        assert decoded == [n]
     finally:
         store.close()
 

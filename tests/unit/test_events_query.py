@@ -165,8 +165,11 @@ def test_index_built_once_for_a_store_made_before_it(tmp_path: Path) -> None:
         # until built, the entity filter scans the log
         assert [e.seq for e in EventLog(s).iter_events(txn, entity_id=A)] == [1, 3]
     s.close()
-    s = LmdbStore(tmp_path / "old")  # the open builds it
+    s = LmdbStore(tmp_path / "old")  # opening reads nothing: the agent's queue builds it
     try:
+        with s.read() as txn:
+            assert not EventLog(s).entity_index_ready(txn)
+        assert ensure_entity_index(s) == 3
         with s.read() as txn:
             assert EventLog(s).entity_index_ready(txn)
             assert s.entries(txn, "events_by_entity") == 3
@@ -223,7 +226,8 @@ def test_a_store_an_earlier_release_wrote_to_is_indexed_again(tmp_path: Path) ->
     number of unindexed events change and rebuilds it from the log."""
     s = LmdbStore(tmp_path / "store")
     _append(s, [_event(A), _event(B)], T0)
-    assert ensure_entity_index(s) == 0  # made with the index: nothing to do
+    assert ensure_entity_index(s) == 2  # the first build marks it (re-putting what appends wrote)
+    assert ensure_entity_index(s) == 0  # in step: nothing to do
     # what an earlier release leaves: an event appended without its entry, another purged
     # with its entry left behind
     _append(s, [_event(B)], T0)
@@ -231,8 +235,9 @@ def test_a_store_an_earlier_release_wrote_to_is_indexed_again(tmp_path: Path) ->
                          txn.delete(codec.u64(2), db=s.dbs["events"])))
     assert _index(s) == [(A, 1), (B, 2)]  # as many unindexed events as before: 0
     s.close()
-    s = LmdbStore(tmp_path / "store")  # the open rebuilds it
+    s = LmdbStore(tmp_path / "store")
     try:
+        assert ensure_entity_index(s) == 2
         assert _index(s) == [(A, 1), (B, 3)]
         assert seqs(s, entity=B) == ([3], None, None, False)
         assert ensure_entity_index(s) == 0
