@@ -53,7 +53,7 @@ reference cloud's default root chain also saves every point on the edge (TbMsgTi
 which doubles the rows in the store and raises the drain's start-up peak of mapped, reclaimable
 pages (its high-lane reads fault in the rows around each event page): docs/known-limits.md.
 
-Bounded: 200,000 telemetry events + 12,000 high-lane events: 11,000 alarms and 1,000 RPC
+Bounded: 100,000 telemetry events + 12,000 high-lane events: 11,000 alarms and 1,000 RPC
 responses (slow marker, < 3 min). Soak (`scripts/test --soak`): 10,000,000 telemetry events (a
 ship three days offline at 40 events/s) + 20,000 high-lane events: 19,000 alarms and 1,000 RPC
 responses. The RPC responses are a fraction of the high lane: each needs its request sent by the
@@ -130,7 +130,7 @@ class Sizes:
         return self.high - self.rpcs
 
 
-BOUNDED = Sizes(telemetry=200_000, high=12_000, rpcs=1_000, per_post=20)
+BOUNDED = Sizes(telemetry=100_000, high=12_000, rpcs=1_000, per_post=20)
 SOAK = Sizes(telemetry=10_000_000, high=20_000, rpcs=1_000, per_post=100)
 
 
