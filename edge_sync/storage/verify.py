@@ -54,6 +54,7 @@ from edge_sync.storage.graph_keys import (
     RELATIONS_TO,
     SEP,
     name_key,
+    prefixed,
     swap_ends,
 )
 from edge_sync.storage.records import Lane, Status
@@ -470,7 +471,7 @@ def _exact(txn: lmdb.Transaction, out: Audit, db_name: str, db: Any, expected: s
 def _counts(store: LmdbStore, txn: lmdb.Transaction, out: Audit, counts: dict[str, int]) -> None:
     meta = store.dbs["meta"]
     stored: dict[str, int] = {}
-    for key, value in _cursor_prefix(txn, meta, _COUNT):
+    for key, value in prefixed(txn, meta, _COUNT):
         kind = key[len(_COUNT):].decode(errors="replace")
         try:
             stored[kind] = codec.from_u64(value, f"meta: {key.decode(errors='replace')}")
@@ -482,18 +483,6 @@ def _counts(store: LmdbStore, txn: lmdb.Transaction, out: Audit, counts: dict[st
             out.add("meta", f"graph/count/{kind}", f"{have if have >= 0 else 'unreadable'}, but "
                     f"the graph holds {want} {kind} entities",
                     _put(meta, _COUNT + kind.encode(), codec.u64(want)), f"set to {want}")
-
-
-def _cursor_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes
-                   ) -> Iterator[tuple[bytes, bytes]]:
-    with txn.cursor(db=db) as cur:
-        if not cur.set_range(prefix):
-            return
-        for k, v in cur.iternext():
-            key = bytes(k)
-            if not key.startswith(prefix):
-                break
-            yield key, bytes(v)
 
 
 def _mirror(txn: lmdb.Transaction, out: Audit, rel: Any, rel_to: Any) -> None:
