@@ -180,7 +180,9 @@ def test_watchdog_is_fed_only_while_healthy_and_never_after_stopping(
     assert warnings == ["supervisor not healthy (a child down or given up); watchdog not fed"]
 
     health.ok = True
-    fed_again = sock.wait_for(lambda ms: "WATCHDOG=1" in ms[starved + 1:], what="fed again")
+    # two datagrams (the feed, then the status back): wait for both before judging their order
+    fed_again = sock.wait_for(lambda ms: "WATCHDOG=1" in ms[starved + 1:]
+                              and len(ms) >= starved + 3, what="fed again, and a status")
     # healthy again: fed, and the status before the starvation is back
     assert fed_again[starved + 1:starved + 3] == ["WATCHDOG=1", "STATUS=serving"]
 
