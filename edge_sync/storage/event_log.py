@@ -45,7 +45,7 @@ _BY_ENTITY = "events_by_entity"
 _ENTITY_INDEX_BUILT = b"entity_index"  # meta: events_by_entity holds every event
 _ENTITY_INDEX_UPTO = b"entity_index_upto"  # meta: the build's resume point (last seq seen)
 _ENTITY_INDEX_GAP = b"entity_index_gap"  # meta: events without an entry (damaged) when built
-_INDEX_BUILD_CHUNK = 10_000  # events per transaction while building the entity index
+_INDEX_BUILD_CHUNK = 2_000  # events per transaction (one QueueActor message) of the index build
 
 _log = logger.bind(component="storage")
 

@@ -581,7 +581,7 @@ def test_when_full_local_timeseries_points_give_way_before_any_refusal(small_que
 def test_the_queue_builds_the_entity_index_of_a_store_made_before_it_while_it_appends(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Opening reads no event; the started QueueActor builds the index one transaction per
-    message (25 events in chunks of 10 here), and events appended meanwhile are indexed too."""
+    message (25 events in steps of 10 here), and events appended meanwhile are indexed too."""
     import edge_sync.storage.event_log as event_log
 
     monkeypatch.setattr(event_log, "_INDEX_BUILD_CHUNK", 10)
