@@ -98,6 +98,17 @@ def linked(tmp_path: Path) -> Iterator[tuple[FakeCloud, EdgeApp]]:
         harness.close()
 
 
+@pytest.fixture
+def linked_short_reads(tmp_path: Path) -> Iterator[tuple[FakeCloud, EdgeApp]]:
+    """As ``linked``, with a 2 s read timeout: a read of a key the edge lacks asks this cloud,
+    which never answers, and the read answers with what the edge holds when it runs out."""
+    harness = Harness(tmp_path)
+    try:
+        yield harness.connected_edge(**MQTT_ON, EDGE_HTTP_REQUEST_TIMEOUT_S="2")
+    finally:
+        harness.close()
+
+
 def make_gateway(app: EdgeApp, name: str = "gateway-1", token: str = GATEWAY_TOKEN) -> Device:
     device, created = app.service.create_device(name, token=token, gateway=True)
     created.result(DEADLINE_S)
@@ -393,8 +404,9 @@ def test_a_request_claimed_as_its_device_is_disconnected_still_reaches_the_gatew
     assert [r.status for r in rpcs(app, racer)] == [RpcStatus.DELIVERED]
 
 
-def test_shared_attribute_updates_and_shared_requests(linked: tuple[FakeCloud, EdgeApp]) -> None:
-    fake, app = linked
+def test_shared_attribute_updates_and_shared_requests(
+        linked_short_reads: tuple[FakeCloud, EdgeApp]) -> None:
+    fake, app = linked_short_reads
     make_gateway(app)
     with connected(app) as gateway:
         assert gateway.subscribe(ATTRIBUTES) == [0]
