@@ -173,6 +173,7 @@ class LmdbStore:
         path_hint: str = "EDGE_DATA_DIR / storage.data_dir",
         exclusive_writer: bool = True,
     ) -> None:
+        self._db_names = db_names
         if db_names[0] != "meta":
             raise ValueError("the first database must be 'meta'")
         self.path = Path(path)
@@ -353,6 +354,8 @@ class LmdbStore:
                 raise StorageCorrupt(f"{self.path}: store has no format stamp")
             txn.put(b"format", self._format, db=meta)
             txn.put(b"store_id", uuid.uuid4().bytes, db=meta)
+            if "events_by_entity" in self._db_names:  # a new store's events are indexed as appended
+                self.put_meta_int(txn, b"entity_index", 1)
             (self.path / _CREATED_MARKER).write_text(
                 f"{self._program} store created; data.mdb holds the queue: never delete it alone\n")
         elif self._previous_format is not None and bytes(found) == self._previous_format:
