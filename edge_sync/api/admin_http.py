@@ -42,7 +42,7 @@ from edge_sync.api.entity_service import (
     parse_type,
     parse_uuid,
 )
-from edge_sync.api.events_query import parse_query
+from edge_sync.api.events_query import query_int
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.admin_guard import AdminGuard
 from edge_sync.common.health import healthz, readyz_response
@@ -57,9 +57,7 @@ from edge_sync.status import collect_status
 from edge_sync.storage.dead_letters import ReplayResult, Selection
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
-from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.graph_store import GraphStore
-from edge_sync.storage.records import Status, StoredEvent
 from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.storage.rule_store import RuleStore
 
@@ -68,42 +66,10 @@ _log = logger.bind(component="admin-http")
 MAX_LIMIT = 10_000
 
 
-def parse_event_query(query: Any) -> tuple[Status | None, uuid.UUID | None, int, int]:
-    """(status filter, entity filter, after_seq, limit) from query parameters; BadRequest.
-    (The whole query, with its other filters and cursors: events_query.parse_query.)"""
-    q = parse_query(query)
-    return q.status, q.entity, q.after or 0, q.limit
-
-
-def _uuid(raw: Any, name: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(raw))
-    except ValueError as exc:
-        raise BadRequest(f"{name}: {str(raw)[:64]!r} is not a UUID") from exc
-
-
-def _int(raw: Any, name: str, low: int, high: int | None = None) -> int:
-    try:
-        value = int(raw)
-    except (TypeError, ValueError) as exc:
-        raise BadRequest(f"{name}: {raw!r} is not an integer") from exc
-    if value < low or (high is not None and value > high):
-        raise BadRequest(f"{name}: {value} is out of range {low}..{high or 'inf'}")
-    return value
-
-
-def list_events(store: LmdbStore, status: Status | None, entity: uuid.UUID | None,
-                after: int, limit: int) -> list[StoredEvent]:
-    log = EventLog(store)
-    with store.read() as txn:
-        return list(islice(log.iter_events(txn, status=status, entity_id=entity, after_seq=after),
-                           limit))
-
-
 def list_rpcs(store: LmdbStore, query: Any) -> list[RpcRequest]:
     """Server-side RPC requests, per device in arrival order, filtered by ``device`` and
     ``status`` (QUEUED, DELIVERED, SUCCESSFUL, TIMEOUT, EXPIRED, FAILED); BadRequest."""
-    device = _uuid(query["device"], "device") if query.get("device") else None
+    device = parse_uuid(query["device"], "device") if query.get("device") else None
     status = None
     if query.get("status"):
         raw = str(query["status"]).upper()
@@ -112,7 +78,7 @@ def list_rpcs(store: LmdbStore, query: Any) -> list[RpcRequest]:
         except ValueError as exc:
             raise BadRequest(f"status: {raw[:32]!r} is not one of "
                              f"{', '.join(s.value for s in RpcStatus)}") from exc
-    limit = _int(query.get("limit", 1000), "limit", 1, MAX_LIMIT)
+    limit = query_int(query.get("limit", 1000), "limit", 1, MAX_LIMIT)
     with store.read() as txn:
         found = RpcStore(store).scan(txn, device)
         return list(islice((r for r in found if status is None or r.status is status), limit))
@@ -225,9 +191,9 @@ class AdminHttpApi:
             device_id = _path_id(request)
             q = request.query
             keys = [k for k in q.get("keys", "").split(",") if k] or None
-            start = _int(q.get("startTs", "0"), "startTs", 0)
-            end = _int(q.get("endTs", str(2**62)), "endTs", 0)
-            limit = _int(q.get("limit", "1000"), "limit", 1, 100_000)
+            start = query_int(q.get("startTs", "0"), "startTs", 0)
+            end = query_int(q.get("endTs", str(2**62)), "endTs", 0)
+            limit = query_int(q.get("limit", "1000"), "limit", 1, 100_000)
         except BadRequest as exc:
             return error_response(400, str(exc))
         with self._store.read() as txn:
@@ -296,8 +262,8 @@ class AdminHttpApi:
     async def _apply_log(self, request: web.Request) -> web.StreamResponse:
         """``GET /api/apply-log?after=N&limit=N`` (limit 1..10,000, default 1,000)."""
         try:
-            after = _int(request.query.get("after", "0"), "after", 0)
-            limit = _int(request.query.get("limit", "1000"), "limit", 1, 10_000)
+            after = query_int(request.query.get("after", "0"), "after", 0)
+            limit = query_int(request.query.get("limit", "1000"), "limit", 1, 10_000)
         except BadRequest as exc:
             return error_response(400, str(exc))
         return web.json_response(apply_log_entries(self._store, after=after, limit=limit))
@@ -491,18 +457,18 @@ class AdminHttpApi:
             if unknown:
                 raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
             action = body.get("action", "ADDED")
-            alarm_id = _uuid(body["alarm_id"], "alarm_id") if body.get("alarm_id") else None
+            alarm_id = parse_uuid(body["alarm_id"], "alarm_id") if body.get("alarm_id") else None
             if action != "ADDED" and alarm_id is not None and not (
                     body.get("device") and body.get("type")):
                 # acknowledge or clear by id: device and type from the alarm's last event
-                device = _uuid(body["device"], "device") if body.get("device") else None
+                device = parse_uuid(body["device"], "device") if body.get("device") else None
                 service, known = self._service, alarm_id
                 future = await asyncio.get_running_loop().run_in_executor(
                     None, lambda: service.change_alarm(known, action, device_id=device,
                                                        alarm_type=body.get("type") or None))
                 device_id = device or known
             else:
-                device_id = _uuid(body.get("device"), "device")
+                device_id = parse_uuid(body.get("device"), "device")
                 alarm_id, future = self._service.raise_alarm(
                     device_id, body.get("type", ""), severity=body.get("severity", "CRITICAL"),
                     details=body.get("details"), alarm_id=alarm_id, action=action)

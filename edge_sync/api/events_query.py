@@ -31,6 +31,7 @@ from typing import Any
 
 import lmdb
 
+from edge_sync.api.entity_service import parse_uuid
 from edge_sync.errors import BadRequest
 from edge_sync.storage import codec
 from edge_sync.storage.entity_store import EntityStore
@@ -104,12 +105,7 @@ def parse_query(query: Any) -> EventQuery:
         except ValueError as exc:
             raise BadRequest(f"status: {raw_status[:32]!r} is not one of pending, deployed, "
                              "dead, all") from exc
-    entity = None
-    if query.get("entity"):
-        try:
-            entity = uuid.UUID(str(query["entity"]).strip())
-        except ValueError as exc:
-            raise BadRequest(f"entity: {str(query['entity'])[:64]!r} is not a UUID") from exc
+    entity = parse_uuid(str(query["entity"]).strip(), "entity") if query.get("entity") else None
     after = _opt_int(query, "after") if query.get("after") not in (None, "") else None
     if after is None and query.get("after_seq") not in (None, ""):
         after = _opt_int(query, "after_seq")
@@ -123,8 +119,8 @@ def parse_query(query: Any) -> EventQuery:
         status=status, entity=entity,
         type=_word(query, "type"), action=_word(query, "action"),
         from_ms=from_ms, to_ms=to_ms, after=after, before=_opt_int(query, "before"),
-        limit=_int(query.get("limit", DEFAULT_LIMIT), "limit", 1, MAX_LIMIT),
-        order=order, scan=_int(query.get("scan", DEFAULT_SCAN), "scan", 1, MAX_SCAN))
+        limit=query_int(query.get("limit", DEFAULT_LIMIT), "limit", 1, MAX_LIMIT),
+        order=order, scan=query_int(query.get("scan", DEFAULT_SCAN), "scan", 1, MAX_SCAN))
 
 
 def _word(query: Any, name: str) -> str | None:
@@ -136,16 +132,18 @@ def _word(query: Any, name: str) -> str | None:
 
 def _opt_int(query: Any, name: str) -> int | None:
     raw = query.get(name)
-    return None if raw in (None, "") else _int(raw, name, 0, _MAX_SEQ)
+    return None if raw in (None, "") else query_int(raw, name, 0, _MAX_SEQ)
 
 
-def _int(raw: Any, name: str, low: int, high: int) -> int:
+def query_int(raw: Any, name: str, low: int, high: int | None = None) -> int:
+    """An integer query parameter within low..high (no upper bound when high is None);
+    BadRequest naming the parameter."""
     try:
         value = int(str(raw).strip())
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"{name}: {str(raw)[:32]!r} is not an integer") from exc
-    if not low <= value <= high:
-        raise BadRequest(f"{name}: {value} is out of range {low}..{high}")
+    if value < low or (high is not None and value > high):
+        raise BadRequest(f"{name}: {value} is out of range {low}..{high or 'inf'}")
     return value
 
 
