@@ -54,7 +54,7 @@ def judge_health(
     state = str(link.get("state", "UNKNOWN"))
     link_level = (HEALTHY if state == "CONNECTED" else
                   WARNING if state == "AUTH_FAILED" else
-                  None if state in ("UNKNOWN",) or link.get("note") else DEGRADED)
+                  None if state == "UNKNOWN" or link.get("note") else DEGRADED)
     skew = link.get("clock_skew_ms")
     used_pct = 100.0 * live_mb / cap_mb if cap_mb else 0.0
     out: dict[str, Any] = {

@@ -128,17 +128,16 @@ class Planned:
 
 
 def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
-         counters: RuleCounters, now_ms: int, into: Planned | None = None) -> Planned:
+         counters: RuleCounters, now_ms: int) -> Planned:
     """The events and mutations of ``outcomes`` (in order); counts and logs as it goes."""
-    out = into if into is not None else Planned()
+    out = Planned()
     visits: dict[str, int] = {}
     for o in outcomes:
         match o:
             case Visited():
                 visits[o.node] = visits.get(o.node, 0) + 1
             case Failed():
-                counters.failed(o.node)
-                _log_failure(counters.runtime, entity_id, o, now_ms)
+                _fail(counters, entity_id, o, now_ms)
             case Log():
                 _log.bind(node=o.node, entity=str(entity_id)).info("{}", o.text)
             case SaveTimeseries():
@@ -188,8 +187,7 @@ def _save_timeseries(entity_id: uuid.UUID, o: SaveTimeseries, out: Planned,
                      counters: RuleCounters, now_ms: int) -> None:
     entries = _series(o.data, o.ts)
     if entries is None:
-        counters.failed(o.node)
-        _log_failure(counters.runtime, entity_id, Failed(o.node, "the message data is not "
+        _fail(counters, entity_id, Failed(o.node, "the message data is not "
                      "telemetry (an object of values, {ts, values}, or a list of them)"), now_ms)
         return
     latest: dict[str, tuple[int, Any]] = {}
@@ -210,16 +208,14 @@ def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, counters: RuleCoun
     if o.msg_type == ALARM:
         event = _alarm_event(entity_id, o, lane)
         if event is None:
-            counters.failed(o.node)
-            _log_failure(counters.runtime, entity_id, Failed(
+            _fail(counters, entity_id, Failed(
                 o.node, "an ALARM message whose data has no alarm id"), now_ms)
             return
         out.events.append(event)
     elif o.msg_type == POST_TELEMETRY_REQUEST:
         entries = _series(o.data, o.ts)
         if entries is None:
-            counters.failed(o.node)
-            _log_failure(counters.runtime, entity_id, Failed(
+            _fail(counters, entity_id, Failed(
                 o.node, "the message data is not telemetry"), now_ms)
             return
         out.events.extend(NewEvent("DEVICE", "DEVICE", entity_id, Action.TIMESERIES_UPDATED,
@@ -229,8 +225,7 @@ def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, counters: RuleCoun
         out.events.append(NewEvent("DEVICE", "DEVICE", entity_id, Action.ATTRIBUTES_UPDATED,
                                    {"scope": o.scope, "kv": dict(o.data)}, o.ts, lane))
     else:
-        counters.failed(o.node)
-        _log_failure(counters.runtime, entity_id, Failed(
+        _fail(counters, entity_id, Failed(
             o.node, f"{o.msg_type} with this data cannot be pushed by the edge"), now_ms)
         return
     out.pushed += 1
@@ -248,9 +243,11 @@ def _alarm_event(entity_id: uuid.UUID, o: PushToCloud, lane: Lane) -> NewEvent |
     return NewEvent("ALARM", "ALARM", alarm_id, action, body, o.ts, lane)
 
 
-def _log_failure(runtime: RulesRuntime, entity_id: uuid.UUID, failed: Failed,
-                 now_ms: int) -> None:
-    log_now, suppressed = runtime.should_log_failure(failed.node, now_ms)
+def _fail(counters: RuleCounters, entity_id: uuid.UUID, failed: Failed, now_ms: int) -> None:
+    """A node failed on a message: counted, and logged at most as often as the runtime
+    allows (with the count of the failures not logged)."""
+    counters.failed(failed.node)
+    log_now, suppressed = counters.runtime.should_log_failure(failed.node, now_ms)
     if log_now:
         more = f" ({suppressed} more failures of this node since the last line)" \
             if suppressed else ""
