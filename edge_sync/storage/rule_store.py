@@ -127,17 +127,21 @@ class RuleStore:
         MAX_LOCAL_KEY_BYTES."""
         rows, index = self._dbs[LOCAL_TS], self._dbs[LOCAL_EXPIRY]
         expiry = None if expires_at_ms is None else _u64(expires_at_ms, "expiry")
+        entity = entity_id.bytes
+        prefixes: dict[str, bytes] = {}  # a post's points share a few keys
         written = 0
         for ts, values in entries:
             stamp = _u64(ts, "timestamp")
             for key, value in values:
-                row = _series_prefix(entity_id.bytes, key) + stamp
-                old = txn.get(row, db=rows)
-                if old is not None:
+                prefix = prefixes.get(key)
+                if prefix is None:
+                    prefix = prefixes[key] = _series_prefix(entity, key)
+                row = prefix + stamp
+                old = txn.replace(row, codec.pack((expires_at_ms, value)), db=rows)
+                if old is not None:  # a point written again: its old expiry entry goes
                     old_expiry = self._expiry_of(row, old)
                     if old_expiry is not None:
                         txn.delete(codec.u64(old_expiry) + row, db=index)
-                txn.put(row, codec.pack((expires_at_ms, value)), db=rows)
                 if expiry is not None:
                     txn.put(expiry + row, b"", db=index)
                 written += 1
@@ -249,4 +253,10 @@ class RuleStore:
         return expires, value
 
     def _expiry_of(self, row: bytes, raw: codec.Raw) -> int | None:
-        return self._decode(row, raw)[0]
+        try:  # the row's name is made only for a damaged record's message
+            expires = codec.unpack_fields(raw, LOCAL_TS, 2)[0]
+        except StorageCorrupt:
+            return self._decode(row, raw)[0]
+        if expires is not None and not isinstance(expires, int):
+            return self._decode(row, raw)[0]
+        return expires
