@@ -76,7 +76,7 @@ class ScriptLimits:
             raise ValueError("max_stack_bytes must be at least 64 KiB")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one per message out of a transform, a frozen one costs more
 class TransformResult:
     """One message out of a transform script."""
 
@@ -190,13 +190,27 @@ def _locate(text: str, body_lines: int) -> str:
 # when the wall time passes the budget (the rest go in another call, under a fresh time limit),
 # after an error that may be a memory blow-up (the context is recreated first), or at a value
 # ``JSON.stringify`` refuses (that item is then called alone, for the single runner's error).
+# ``slim`` (transform scripts): a valid single result leaves out its metadata when it is the
+# incoming metadata unchanged (same JSON text as before the call) and its msgType when it is the
+# incoming one, so less crosses back; the caller takes the incoming ones for what is left out,
+# as it does for a result that never had them (ThingsBoard's rule).
 _EPILOGUE = """
 }
-__edgeRunMany = [function (argsJson, budgetMs) {
-  var items = __parse(argsJson), parts = [], started = Date.now(), stop = "";
+function __slim(value, before, msgType) {
+  try {
+    if (value === null || typeof value !== "object" || Array.isArray(value)
+        || value.msg === undefined
+        || (value.metadata !== undefined && __stringify(value.metadata) !== before)
+        || (value.msgType !== undefined && typeof value.msgType !== "string")) { return value; }
+    return value.msgType === undefined || value.msgType === msgType
+      ? {msg: value.msg} : {msg: value.msg, msgType: value.msgType};
+  } catch (e) { return value; }
+}
+__edgeRunMany = [function (argsJson, budgetMs, slim) {
+  var items = __parse(argsJson), parts = [], values = [], started = Date.now(), stop = "";
   for (var i = 0; i < items.length; i++) {
     if (i > 0 && Date.now() - started > budgetMs) { stop = "budget"; break; }
-    var a = items[i], value, text = null, out;
+    var a = items[i], value, text = null, out, before = slim ? __stringify(a[1]) : null;
     try {
       value = __script(a[0], a[1], a[2]);
     } catch (e) {
@@ -204,15 +218,22 @@ __edgeRunMany = [function (argsJson, budgetMs) {
       try { text = String(e) + ((e && e.stack) ? "\\n" + e.stack : ""); } catch (e2) {}
     }
     if (text !== null) {
+      if (values !== null) {  // from here on each item says whether it threw
+        for (var k = 0; k < values.length; k++) { parts.push('{"ok":true,"value":' + values[k] + '}'); }
+        values = null;
+      }
       parts.push(__stringify({ok: false, error: text}));
       if (text.indexOf("out of memory") >= 0 || text === "null") { stop = "memory"; break; }
       continue;
     }
-    try { out = __stringify({ok: true, value: value}); } catch (e3) { stop = "alone"; break; }
-    parts.push(out);
+    if (slim) { value = __slim(value, before, a[2]); }
+    try { out = __stringify(value); } catch (e3) { stop = "alone"; break; }
+    if (out === undefined) { out = "null"; }
+    if (values !== null) { values.push(out); } else { parts.push('{"ok":true,"value":' + out + '}'); }
   }
   // join, not +: a concatenation may give a rope string, which the binding cannot convert
-  return ['{"stop":"', stop, '","results":[', parts.join(","), ']}'].join("");
+  return values !== null ? ['{"stop":"', stop, '","values":[', values.join(","), ']}'].join("")
+    : ['{"stop":"', stop, '","results":[', parts.join(","), ']}'].join("");
 }][0];
 return function (argsJson) {
   var a = __parse(argsJson);
@@ -324,18 +345,21 @@ class ScriptEngine:
             raise ScriptRuntimeError(_locate(result["error"], self._body_lines))
         return result.get("value")
 
-    def call_many(self, items: Sequence[tuple[Any, dict[str, Any], str]]) -> list[Any]:
+    def call_many(self, items: Sequence[tuple[Any, dict[str, Any], str]], *,
+                  slim: bool = False) -> list[Any]:
         """``call`` on each ``(msg, metadata, msg_type)``, in order, in as few script calls as
         the limits allow: each item's value, or the ``ScriptError`` ``call`` would have raised
         for it (returned, not raised). Same results as calling ``call`` item by item: a batch
         call that runs over the time limit or the memory cap as a whole is redone item by item
         (each under its own limit, so only the guilty items fail); an item whose value
         ``JSON.stringify`` refuses, or whose error may depend on the stack depth, is called
-        alone; after an item's memory blow-up the context is recreated, as ``call`` does."""
+        alone; after an item's memory blow-up the context is recreated, as ``call`` does.
+        ``slim``: a transform script's results, each valid single result without its metadata
+        and msgType when they are the incoming ones unchanged (for ``transform_many``)."""
         out: list[Any] = [None] * len(items)
         start = 0
         while start < len(items):
-            start = self._call_batch(items, start, out)
+            start = self._call_batch(items, start, out, slim)
         return out
 
     def _call_one(self, item: tuple[Any, dict[str, Any], str]) -> Any:
@@ -345,7 +369,7 @@ class ScriptEngine:
             return exc
 
     def _call_batch(self, items: Sequence[tuple[Any, dict[str, Any], str]], start: int,
-                    out: list[Any]) -> int:
+                    out: list[Any], slim: bool = False) -> int:
         """Run items from ``start`` in one script call, store their results in ``out``;
         return the index of the first item left for the next call."""
         chunk = items[start:start + MAX_BATCH]
@@ -362,7 +386,8 @@ class ScriptEngine:
                 if self._run is None or self._owner != threading.get_ident():
                     self._build()
                 try:
-                    text = self._run_many(args, self.limits.time_limit_s * 1000 * BATCH_BUDGET)
+                    text = self._run_many(args, self.limits.time_limit_s * 1000 * BATCH_BUDGET,
+                                          slim)
                 except _quickjs.JSException:
                     self._reset()  # a time-out or memory blow-up of the batch: item by item
         if not isinstance(text, str):
@@ -370,7 +395,25 @@ class ScriptEngine:
                 out[start + k] = self._call_one(item)
             return start + len(chunk)
         batch = json.loads(text)
-        for k, result in enumerate(batch["results"]):
+        values = batch.get("values")
+        if values is not None:  # no item threw: their values, in order
+            out[start:start + len(values)] = values
+            done = start + len(values)
+        else:
+            done = self._results(batch["results"], chunk, start, out)
+            if done < 0:  # stopped early at ~done
+                return ~done
+        if batch["stop"] == "alone":
+            out[done] = self._call_one(chunk[done - start])
+            return done + 1
+        return done
+
+    def _results(self, results: list[dict[str, Any]],
+                 chunk: Sequence[tuple[Any, dict[str, Any], str]], start: int,
+                 out: list[Any]) -> int:
+        """A batch's per-item results (some item threw) into ``out``: the index after the
+        last, or ``~index`` of the next item to run when one of them stopped the batch."""
+        for k, result in enumerate(results):
             if result["ok"]:
                 out[start + k] = result.get("value")
                 continue
@@ -380,17 +423,13 @@ class ScriptEngine:
                     self._reset()
                 out[start + k] = ScriptMemoryExceeded(
                     f"the script exceeded its {self.limits.memory_limit_bytes} byte memory cap")
-                return start + k + 1
+                return ~(start + k + 1)
             if "stack overflow" in error:
                 # how deep the script got depends on the caller's frames: call it alone
                 out[start + k] = self._call_one(chunk[k])
-                return start + k + 1
+                return ~(start + k + 1)
             out[start + k] = ScriptRuntimeError(_locate(error, self._body_lines))
-        done = start + len(batch["results"])
-        if batch["stop"] == "alone":
-            out[done] = self._call_one(chunk[done - start])
-            return done + 1
-        return done
+        return start + len(results)
 
     def filter(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> bool:
         """A filter script's verdict: it must return a boolean."""
@@ -419,7 +458,8 @@ class ScriptEngine:
                        ) -> list[list[TransformResult] | ScriptError]:
         """``transform`` on each item (``call_many``): its messages or its error."""
         out: list[list[TransformResult] | ScriptError] = []
-        for (_, metadata, msg_type), value in zip(items, self.call_many(items), strict=True):
+        for (_, metadata, msg_type), value in zip(items, self.call_many(items, slim=True),
+                                                  strict=True):
             if isinstance(value, ScriptError):
                 out.append(value)
                 continue
@@ -459,6 +499,8 @@ def _as_switch(value: Any) -> list[str]:
 
 
 def _as_transform(value: Any, metadata: dict[str, Any], msg_type: str) -> list[TransformResult]:
+    if type(value) is dict and len(value) == 1 and "msg" in value:  # a slim result (call_many)
+        return [TransformResult(value["msg"], metadata, msg_type)]
     items = value if isinstance(value, list) else [value]
     out = []
     for item in items:
