@@ -68,7 +68,7 @@ from edge_sync.actors.messages import (
     SharedAttributesDeleted,
 )
 from edge_sync.actors.rule_host import ShardRules
-from edge_sync.actors.rule_outcomes import Planned, attributes_msg, plan, telemetry_msg
+from edge_sync.actors.rule_outcomes import Planned, attributes_msg, plan, telemetry_msgs
 from edge_sync.devices.rpc import RpcStatus, Transition
 from edge_sync.devices.session import DeviceSession
 from edge_sync.devices.subscribers import Subscriber
@@ -232,8 +232,7 @@ class EntityActor:
         engine = self._engine()
         if engine is not None:
             name, device_type = self._device_info()
-            msgs = [telemetry_msg(eid, ts, dict(values), name, device_type)
-                    for ts, values in cmd.entries]
+            msgs = telemetry_msgs(eid, cmd.entries, name, device_type)
             self._run_chain(engine, msgs, cmd.reply, cmd.requires_device)
             return
         events = tuple(
@@ -316,7 +315,7 @@ class EntityActor:
                 with contextlib.suppress(InvalidStateError):
                     reply.set_exception(Unavailable(f"the rule chain failed: {exc}"))
             return
-        planned = plan(eid, step.outcomes, self.rules.counters, now)
+        planned = plan(eid, step.outcomes, self.rules.counters, now, step.visits)
         self._report(step)
         required = (RequireDevice(eid),) if requires_device else ()
         saved = (PutRuleState(eid, step.record),) if step.changed else ()

@@ -22,7 +22,7 @@ Nothing here reads or writes storage; the entity actor sends the Append.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,14 +107,25 @@ def device_metadata(name: str | None, device_type: str | None, ts: int) -> dict[
 
 def telemetry_msg(device_id: uuid.UUID, ts: int, values: Mapping[str, Any],
                   name: str | None, device_type: str | None) -> RuleMsg:
-    return RuleMsg(POST_TELEMETRY_REQUEST, Originator("DEVICE", str(device_id)), dict(values),
-                   device_metadata(name, device_type, ts), ts)
+    return RuleMsg.of_text(POST_TELEMETRY_REQUEST, Originator("DEVICE", str(device_id)),
+                           dict(values), device_metadata(name, device_type, ts), ts)
+
+
+def telemetry_msgs(device_id: uuid.UUID, entries: Sequence[tuple[int, Sequence[tuple[str, Any]]]],
+                   name: str | None, device_type: str | None) -> list[RuleMsg]:
+    """``telemetry_msg`` of each of a post's entries (ts, ((key, value), ...)), in order."""
+    origin = Originator("DEVICE", str(device_id))
+    shared = device_metadata(name, device_type, 0)
+    del shared["ts"]
+    of_text = RuleMsg.of_text
+    return [of_text(POST_TELEMETRY_REQUEST, origin, dict(values), {"ts": str(ts), **shared}, ts)
+            for ts, values in entries]
 
 
 def attributes_msg(device_id: uuid.UUID, ts: int, values: Mapping[str, Any],
                    name: str | None, device_type: str | None) -> RuleMsg:
-    return RuleMsg(POST_ATTRIBUTES_REQUEST, Originator("DEVICE", str(device_id)), dict(values),
-                   device_metadata(name, device_type, ts), ts)
+    return RuleMsg.of_text(POST_ATTRIBUTES_REQUEST, Originator("DEVICE", str(device_id)),
+                           dict(values), device_metadata(name, device_type, ts), ts)
 
 
 @dataclass(slots=True)
@@ -128,27 +139,34 @@ class Planned:
 
 
 def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
-         counters: RuleCounters, now_ms: int) -> Planned:
-    """The events and mutations of ``outcomes`` (in order); counts and logs as it goes."""
+         counters: RuleCounters, now_ms: int, visits: Mapping[str, int] | None = None
+         ) -> Planned:
+    """The events and mutations of ``outcomes`` (in order); counts and logs as it goes.
+    ``visits``: messages per node counted already (``Step.visits``), added to those of the
+    ``Visited`` outcomes. The saved timeseries of consecutive ``SaveTimeseries`` with the same
+    TTL go in one local timeseries mutation, and all of them in one latest-values mutation:
+    the same rows as one mutation each (later points replace earlier ones, the latest value of
+    a key is its highest ts, the later on a tie)."""
     out = Planned()
-    visits: dict[str, int] = {}
+    counts: dict[str, int] = dict(visits) if visits else {}
+    saved = _Saved()
     for o in outcomes:
         match o:
             case Visited():
-                visits[o.node] = visits.get(o.node, 0) + 1
+                counts[o.node] = counts.get(o.node, 0) + 1
+            case SaveTimeseries():
+                _save_timeseries(entity_id, o, saved, counters, now_ms)
+            case PushToCloud():
+                _push(entity_id, o, out, counters, now_ms)
             case Failed():
                 _fail(counters, entity_id, o, now_ms)
             case Log():
                 _log.bind(node=o.node, entity=str(entity_id)).info("{}", o.text)
-            case SaveTimeseries():
-                _save_timeseries(entity_id, o, out, counters, now_ms)
             case SaveAttributes():
                 data = o.data if isinstance(o.data, dict) else {}
                 out.mutations.append(PutAttributes(entity_id, Scope(o.scope),
                                                    tuple(data.items()), now_ms))
                 out.kept_local += 1
-            case PushToCloud():
-                _push(entity_id, o, out, counters, now_ms)
             case CreateAlarm():
                 _log.bind(entity=str(entity_id), alarm=o.alarm_id, alarm_type=o.type,
                           severity=o.severity, node=o.node).info(
@@ -158,7 +176,8 @@ def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
                           node=o.node).info("alarm {!r} cleared", o.type)
             case Deferred():
                 pass  # held by its window (the entity's rule state)
-    for node, n in visits.items():  # one count per node and call, not per message
+    saved.into(entity_id, out)
+    for node, n in counts.items():  # one count per node and call, not per message
         counters.visited(node, n)
     return out
 
@@ -176,30 +195,54 @@ def _series(data: Any, ts: int) -> list[tuple[int, tuple[tuple[str, Any], ...]]]
         return entries
     if not isinstance(data, dict):
         return None
-    if set(data) == {"ts", "values"} and isinstance(data["values"], dict):
+    if len(data) == 2 and "ts" in data and "values" in data and isinstance(data["values"], dict):
         if not isinstance(data["ts"], int) or isinstance(data["ts"], bool):
             return None
         return [(data["ts"], tuple(data["values"].items()))]
     return [(ts, tuple(data.items()))]
 
 
-def _save_timeseries(entity_id: uuid.UUID, o: SaveTimeseries, out: Planned,
+@dataclass(slots=True)
+class _Saved:
+    """The timeseries a call's ``SaveTimeseries`` outcomes keep: the latest value per key, and
+    the local points in runs of one TTL, in order."""
+
+    latest: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    runs: list[tuple[int, list[tuple[int, tuple[tuple[str, Any], ...]]]]] = field(
+        default_factory=list)
+    count: int = 0
+
+    def add(self, entries: list[tuple[int, tuple[tuple[str, Any], ...]]], ttl: int) -> None:
+        latest = self.latest
+        for ts, values in entries:
+            for key, value in values:
+                seen = latest.get(key)
+                if seen is None or seen[0] <= ts:
+                    latest[key] = (ts, value)
+        if self.runs and self.runs[-1][0] == ttl:
+            self.runs[-1][1].extend(entries)
+        else:
+            self.runs.append((ttl, list(entries)))
+        self.count += 1
+
+    def into(self, entity_id: uuid.UUID, out: Planned) -> None:
+        if not self.count:
+            return
+        out.mutations.append(PutLatestTelemetry(entity_id, tuple(
+            (k, ts, v) for k, (ts, v) in self.latest.items())))
+        out.mutations.extend(PutLocalTimeseries(entity_id, tuple(entries), ttl)
+                             for ttl, entries in self.runs)
+        out.kept_local += self.count
+
+
+def _save_timeseries(entity_id: uuid.UUID, o: SaveTimeseries, saved: _Saved,
                      counters: RuleCounters, now_ms: int) -> None:
     entries = _series(o.data, o.ts)
     if entries is None:
         _fail(counters, entity_id, Failed(o.node, "the message data is not "
                      "telemetry (an object of values, {ts, values}, or a list of them)"), now_ms)
         return
-    latest: dict[str, tuple[int, Any]] = {}
-    for ts, values in entries:
-        for key, value in values:
-            seen = latest.get(key)
-            if seen is None or seen[0] <= ts:
-                latest[key] = (ts, value)
-    out.mutations.append(PutLatestTelemetry(entity_id, tuple(
-        (k, ts, v) for k, (ts, v) in latest.items())))
-    out.mutations.append(PutLocalTimeseries(entity_id, tuple(entries), o.ttl))
-    out.kept_local += 1
+    saved.add(entries, o.ttl)
 
 
 def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, counters: RuleCounters,

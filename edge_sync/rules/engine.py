@@ -1,5 +1,5 @@
 """The rule engine's executor: runs one message through a validated rule chain and returns what
-the chain decided, as an ordered list of frozen outcomes (visited, save timeseries, save
+the chain decided, as an ordered list of outcome values (visited, save timeseries, save
 attributes, push to cloud, create/clear alarm, log, failed, deferred). Pure: no I/O, no threads,
 no clock but the injected one, no ids but the injected ``new_id``; acting on the outcomes is the
 caller's.
@@ -50,7 +50,7 @@ from edge_sync.rules.message import (
     POST_TELEMETRY_REQUEST,
     RuleMsg,
 )
-from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits
+from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits, TransformResult
 from edge_sync.rules.validate import validate
 
 SUCCESS, FAILURE, TRUE, FALSE = "Success", "Failure", "True", "False"
@@ -90,7 +90,7 @@ def lane_of(msg_type: str) -> str:
     return HIGH if msg_type == ALARM or "RPC" in msg_type else NORMAL
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen one costs about 1 µs more a message
 class SaveTimeseries:
     node: str
     originator: tuple[str, str]
@@ -99,7 +99,7 @@ class SaveTimeseries:
     ttl: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen one costs about 1 µs more a message
 class SaveAttributes:
     node: str
     originator: tuple[str, str]
@@ -107,7 +107,7 @@ class SaveAttributes:
     data: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen one costs about 1 µs more a message
 class PushToCloud:
     """``ts``: the metadata's ``ts`` when it is digits, else the message's ts."""
 
@@ -246,6 +246,10 @@ class RuleEngine:
                                    for node in meta.nodes)
         """Alarm nodes share state across messages (and read the clock, make ids) in message
         order: ``run_many`` then runs the messages one by one."""
+        self.has_window_nodes = any(node.type in WINDOW_TYPES for node in meta.nodes)
+        """Messages stop at window nodes (``Deferred``), for the caller's windows."""
+        self._field_checks = {node.index: _FieldCheck.of(node.configuration)
+                              for node in meta.nodes if node.type == n.CHECK_MESSAGE}
         self._keys = [self._key_of(node) for node in meta.nodes]
         self._index_of = {key: i for i, key in enumerate(self._keys)}
         self._scripts: dict[int, ScriptEngine | str] = {}
@@ -290,27 +294,31 @@ class RuleEngine:
             return []
         return self._walk([(first, msg)], {} if alarms is None else alarms)
 
-    def run_many(self, msgs: Sequence[RuleMsg], alarms: Alarms | None = None
-                 ) -> list[list[Outcome]]:
+    def run_many(self, msgs: Sequence[RuleMsg], alarms: Alarms | None = None,
+                 visits: dict[str, int] | None = None) -> list[list[Outcome]]:
         """Each message's outcomes, exactly as ``run(msg, alarms)`` for each in turn gives them,
         computed node by node for all the messages at once (one script call per script node
-        for the whole batch, ``ScriptEngine.call_many``).
+        for the whole batch, ``ScriptEngine.call_many``). ``visits`` given: the ``Visited``
+        outcomes are left out and counted there instead (node -> messages it received), which
+        is all a caller that counts them needs, and cheaper.
 
         The walk: tokens (message index, path key, message) go through the nodes in a
         topological order of the (acyclic) chain, so a node gets all its tokens before it runs;
-        a token's children get its path key plus their position in its ``following`` list, so
-        sorting a message's visits by path key gives the depth-first pre-order ``run`` produces.
-        A chain with alarm nodes (state shared across messages, in order) runs ``run`` per
-        message; so does a message whose walk takes more than ``max_steps`` visits (its run
-        stops at the limit), after the others. A script node calls its script on its tokens
-        ordered by message, then path: each script sees the calls in ``run``'s order, except a
-        step-limited message's, which come after the batch's."""
+        a token's children get its path key plus their position among them, an only child its
+        parent's key, so sorting a message's visits by path key (stable: ties are an ancestor
+        and its descendants, visited in that order) gives the depth-first pre-order ``run``
+        produces. A chain with alarm nodes (state shared across messages, in order) runs
+        ``run`` per message; so does a message whose walk takes more than ``max_steps`` visits
+        (its run stops at the limit), after the others. A script node calls its script on its
+        tokens ordered by message, then path: each script sees the calls in ``run``'s order,
+        except a step-limited message's, which come after the batch's."""
         first = self.meta.first_node_index
         if first is None:
             return [[] for _ in msgs]
         if self.has_alarm_nodes or len(msgs) < 2:
-            return [self.run(msg, alarms) for msg in msgs]
-        return self._walk_many(first, msgs, alarms)
+            results = [self.run(msg, alarms) for msg in msgs]
+            return results if visits is None else [count_visits(r, visits) for r in results]
+        return self._walk_many(first, msgs, alarms, visits)
 
     def resume(self, node_index: int, relation: str, msg: RuleMsg,
                alarms: Alarms | None = None) -> list[Outcome]:
@@ -346,15 +354,17 @@ class RuleEngine:
             pending.extend(reversed(following))  # depth first, in connection order
         return out
 
-    def _walk_many(self, first: int, msgs: Sequence[RuleMsg], alarms: Alarms | None
-                   ) -> list[list[Outcome]]:
+    def _walk_many(self, first: int, msgs: Sequence[RuleMsg], alarms: Alarms | None,
+                   visits: dict[str, int] | None) -> list[list[Outcome]]:
         """``run_many`` without alarm nodes (see there)."""
         queued: list[list[_Token]] = [[] for _ in self.meta.nodes]
         queued[first] = [(i, (), msg) for i, msg in enumerate(msgs)]
-        # per message: its visits, (path key, outcomes); in pre-order unless it forked
-        visits: list[list[tuple[tuple[int, ...], list[Outcome]]]] = [[] for _ in msgs]
+        # per message: its visits with outcomes, (path key, outcomes); in pre-order unless it
+        # forked
+        seen: list[list[tuple[tuple[int, ...], list[Outcome]]]] = [[] for _ in msgs]
         forked: set[int] = set()  # messages with a visit that had more than one child
         over: set[int] = set()  # messages over the step limit: run alone afterwards
+        done: list[tuple[int, list[_Token]]] = []  # each node run: its index and its tokens
         # steps per message, counted once a message may exceed the limit: without a fork a
         # message visits each node at most once
         steps: list[int] | None = (None if len(self.meta.nodes) <= self.max_steps
@@ -368,31 +378,61 @@ class RuleEngine:
                 tokens = self._within_steps(tokens, steps, over)
                 if not tokens:
                     continue
+            done.append((index, tokens))
             targets = self._targets[index]
             forks = len(forked)
-            for (i, key, _), (outs, routed) in zip(tokens, self._visit_many(index, tokens),
-                                                   strict=True):
-                visits[i].append((key, outs))
-                position = 0
-                for relation, m in routed:
-                    for target in targets.get(relation, ()):
-                        queued[target].append((i, (*key, position), m))
-                        position += 1
-                if position > 1:
+            results = self._visit_many(index, tokens)
+            if visits is None:
+                visited = self._visited[index]
+                for (i, key, _), (outs, _) in zip(tokens, results, strict=True):
+                    seen[i].append((key, [visited, *outs]))
+            else:
+                where = self._where[index]
+                visits[where] = visits.get(where, 0) + len(tokens)
+                for (i, key, _), (outs, _) in zip(tokens, results, strict=True):
+                    if outs:
+                        seen[i].append((key, outs))
+            for (i, key, _), (_, routed) in zip(tokens, results, strict=True):
+                if len(routed) == 1:  # the common case: one relation, at most one target
+                    relation, m = routed[0]
+                    following = targets.get(relation)
+                    if following is None:
+                        continue
+                    if len(following) == 1:
+                        queued[following[0]].append((i, key, m))
+                        continue
+                children = [(target, m) for relation, m in routed
+                            for target in targets.get(relation, ())]
+                if len(children) == 1:
+                    queued[children[0][0]].append((i, key, children[0][1]))
+                elif children:
                     forked.add(i)
+                    for position, (target, m) in enumerate(children):
+                        queued[target].append((i, (*key, position), m))
             if steps is None and len(forked) > forks:
-                steps = [len(seen) for seen in visits]  # every visit so far, this node's too
-        results: list[list[Outcome]] = []
-        for i, seen in enumerate(visits):
+                steps = [0] * len(msgs)  # every visit so far, this node's too
+                for _, ran in done:
+                    for token in ran:
+                        steps[token[0]] += 1
+        results_by_msg: list[list[Outcome]] = []
+        for i, visits_of in enumerate(seen):
             if i in over:
-                results.append([])
+                results_by_msg.append([])
                 continue
             if i in forked:
-                seen.sort(key=_KEY)  # path keys: the depth-first pre-order
-            results.append([outcome for _, outs in seen for outcome in outs])
+                visits_of.sort(key=_KEY)  # path keys: the depth-first pre-order
+            results_by_msg.append([outcome for _, outs in visits_of for outcome in outs])
+        if over and visits is not None:  # their visits in the batch do not count: run alone
+            for index, ran in done:
+                where = self._where[index]
+                visits[where] -= sum(1 for token in ran if token[0] in over)
+                if not visits[where]:
+                    del visits[where]
         for i in sorted(over):
-            results[i] = self.run(msgs[i], alarms)
-        return results
+            results_by_msg[i] = self.run(msgs[i], alarms)
+            if visits is not None:
+                results_by_msg[i] = count_visits(results_by_msg[i], visits)
+        return results_by_msg
 
     def _within_steps(self, tokens: list[_Token], steps: list[int], over: set[int]
                       ) -> list[_Token]:
@@ -412,11 +452,10 @@ class RuleEngine:
 
     def _visit_many(self, index: int, tokens: list[_Token]
                     ) -> list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]]:
-        """Run node ``index`` on each token: (its outcomes, Visited first; what to follow).
-        A script node sorts ``tokens`` by message, then path (its script sees the calls in
-        ``run``'s order); the results are in the order of ``tokens`` after that."""
+        """Run node ``index`` on each token: (its outcomes, without ``Visited``; what to
+        follow). A script node sorts ``tokens`` by message, then path (its script sees the
+        calls in ``run``'s order); the results are in the order of ``tokens`` after that."""
         node = self.meta.nodes[index]
-        visited = self._visited[index]
         out: list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]] = []
         script = self._scripts.get(index)
         if isinstance(script, ScriptEngine):
@@ -425,30 +464,60 @@ class RuleEngine:
             values: Sequence[Any]
             if node.type == n.JS_FILTER:
                 values = script.filter_many(args)
-            elif node.type == n.JS_SWITCH:
-                values = script.switch_many(args)
-            elif node.type == n.TRANSFORM:
-                values = script.transform_many(args)
-            else:
-                values = script.call_many(args)
+                where = self._where[index]
+                return [([Failed(where, _error_text(value))], [(FAILURE, msg)])
+                        if isinstance(value, ScriptError)
+                        else (_NO_OUTCOMES, [(TRUE if value else FALSE, msg)])
+                        for (_, _, msg), value in zip(tokens, values, strict=True)]
+            if node.type == n.TRANSFORM:
+                return self._transformed(index, tokens, args, script.transform_many(args))
+            values = (script.switch_many(args) if node.type == n.JS_SWITCH
+                      else script.call_many(args))
             for (_, _, msg), value in zip(tokens, values, strict=True):
-                outs: list[Outcome] = [visited]
+                outs: list[Outcome] = []
                 if isinstance(value, ScriptError):
                     outs.append(Failed(self._where[index], _error_text(value)))
                     out.append((outs, [(FAILURE, msg)]))
                 else:
                     out.append((outs, self._route_script(node, msg, value, outs)))
             return out
+        if node.type == n.MSG_TYPE_SWITCH:
+            relation_of = TYPE_SWITCH_RELATIONS.get
+            return [(_NO_OUTCOMES, [(relation_of(msg.type, OTHER), msg)])
+                    for _, _, msg in tokens]
         handler = self._handlers[index]
         no_alarms: Alarms = {}  # no alarm nodes in a batch walk
+        scratch: list[Outcome] = []
         for _, _, msg in tokens:
-            outs = [visited]
             try:
-                routed = handler(node, msg, outs, no_alarms)
+                routed = handler(node, msg, scratch, no_alarms)
             except (NodeFailure, ScriptError) as exc:
-                outs.append(Failed(self._where[index], _error_text(exc)))
+                scratch.append(Failed(self._where[index], _error_text(exc)))
                 routed = [(FAILURE, msg)]
-            out.append((outs, routed))
+            if scratch:
+                out.append((scratch, routed))
+                scratch = []
+            else:
+                out.append((_NO_OUTCOMES, routed))
+        return out
+
+    def _transformed(self, index: int, tokens: list[_Token],
+                     args: list[tuple[Any, dict[str, str], str]],
+                     values: Sequence[list[TransformResult] | ScriptError]
+                     ) -> list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]]:
+        """A transform node's batch (``_visit_many``): each token's messages out by Success, or
+        its failure. A result that kept the incoming metadata (the very dict given to the
+        script) keeps the message's own, unconverted."""
+        where = self._where[index]
+        out: list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]] = []
+        for (_, _, msg), (_, given, _), value in zip(tokens, args, values, strict=True):
+            if isinstance(value, ScriptError):
+                out.append(([Failed(where, _error_text(value))], [(FAILURE, msg)]))
+                continue
+            out.append((_NO_OUTCOMES, [
+                (SUCCESS, msg.with_changes(type=r.msg_type, data=r.msg,
+                                           metadata=None if r.metadata is given else r.metadata))
+                for r in value]))
         return out
 
     def _script(self, node: RuleNode) -> ScriptEngine:
@@ -495,10 +564,9 @@ class RuleEngine:
                  else script.call(*args))
         return self._route_script(node, msg, value, out)
 
-    @staticmethod
-    def _check_message(node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
+    def _check_message(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                        ) -> list[tuple[str, RuleMsg]]:
-        return [(TRUE if _check_fields(node.configuration, msg) else FALSE, msg)]
+        return [(TRUE if self._field_checks[node.index](msg) else FALSE, msg)]
 
     def _save_timeseries(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],
                          alarms: Alarms) -> list[tuple[str, RuleMsg]]:
@@ -530,7 +598,7 @@ class RuleEngine:
         scope = msg.metadata.get("scope") or str(node.configuration["scope"])
         out.append(PushToCloud(self._where[node.index],
                                (msg.originator.entity_type, msg.originator.id), msg.type,
-                               scope, lane_of(msg.type), msg.data, dict(msg.metadata),
+                               scope, lane_of(msg.type), msg.data, msg.metadata,
                                _meta_ts(msg)))
         return [(SUCCESS, msg)]
 
@@ -626,6 +694,19 @@ _Token = tuple[int, tuple[int, ...], RuleMsg]
 """``run_many``'s unit of work: (message index, path key, the message at this node)."""
 _KEY = itemgetter(0)
 _ORDER = itemgetter(0, 1)
+_NO_OUTCOMES: list[Outcome] = []
+"""A visit with no outcome (shared: never appended to)."""
+
+
+def count_visits(outcomes: list[Outcome], visits: dict[str, int]) -> list[Outcome]:
+    """``outcomes`` without its ``Visited`` markers, counted into ``visits`` (node -> count)."""
+    kept = []
+    for outcome in outcomes:
+        if type(outcome) is Visited:
+            visits[outcome.node] = visits.get(outcome.node, 0) + 1
+        else:
+            kept.append(outcome)
+    return kept
 
 
 def _error_text(exc: NodeFailure | ScriptError) -> str:
@@ -658,14 +739,27 @@ def _topological(count: int, edges: Mapping[tuple[int, str], list[int]]) -> list
     return order
 
 
-def _check_fields(config: Mapping[str, Any], msg: RuleMsg) -> bool:
-    """TbCheckMessageNode: all (checkAllKeys, the default) or at least one of the named keys
-    present in the data and metadata. Data that is not an object is a failure."""
-    if not isinstance(msg.data, dict):
-        raise NodeFailure("the message data is not a JSON object")
-    data_keys = list(config.get("messageNames") or [])
-    meta_keys = list(config.get("metadataNames") or [])
-    if config.get("checkAllKeys", True) is not False:
-        return (all(k in msg.data for k in data_keys)
-                and all(k in msg.metadata for k in meta_keys))
-    return any(k in msg.data for k in data_keys) or any(k in msg.metadata for k in meta_keys)
+@dataclass(frozen=True, slots=True)
+class _FieldCheck:
+    """TbCheckMessageNode, its configuration read once: all (checkAllKeys, the default) or at
+    least one of the named keys present in the data and metadata. Data that is not an object
+    is a failure."""
+
+    data_keys: frozenset[str]
+    meta_keys: frozenset[str]
+    check_all: bool
+
+    @staticmethod
+    def of(config: Mapping[str, Any]) -> _FieldCheck:
+        return _FieldCheck(frozenset(config.get("messageNames") or ()),
+                           frozenset(config.get("metadataNames") or ()),
+                           config.get("checkAllKeys", True) is not False)
+
+    def __call__(self, msg: RuleMsg) -> bool:
+        data = msg.data
+        if not isinstance(data, dict):
+            raise NodeFailure("the message data is not a JSON object")
+        if self.check_all:
+            return data.keys() >= self.data_keys and msg.metadata.keys() >= self.meta_keys
+        return (not self.data_keys.isdisjoint(data.keys())
+                or not self.meta_keys.isdisjoint(msg.metadata.keys()))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge_sync.rules import nodes as n
@@ -37,6 +37,7 @@ from edge_sync.rules.engine import (
     Failed,
     Outcome,
     RuleEngine,
+    count_visits,
 )
 from edge_sync.rules.message import Originator, RuleMsg
 from edge_sync.rules.window import (
@@ -66,6 +67,9 @@ class Step:
     """clock jumps the windows saw (for the caller to log)"""
     dropped: int
     """closed windows whose node left the chain: their output went nowhere (for the log)"""
+    visits: dict[str, int] = field(default_factory=dict)
+    """messages each node received, when ``outcomes`` leaves out the ``Visited`` markers
+    (``on_messages``); empty otherwise"""
 
 
 @dataclass
@@ -160,41 +164,49 @@ class EntityRules:
 
     def on_messages(self, engine: RuleEngine, msgs: Sequence[RuleMsg], now_ms: int) -> Step:
         """``on_message`` for each of ``msgs`` in turn, as one Step: the outcomes of every call
-        in order, the last call's record, ``changed`` when any call's record differed from the
-        one before, the jumps of every call, ``dropped`` summed. The chain runs once for all the
-        messages (``RuleEngine.run_many``), then each message's windows work is done in turn
-        as ``on_message`` does it (due windows closed first, its deferred messages added);
-        a chain with alarm nodes (alarms shared in message order) calls ``on_message`` for
-        each. No messages: nothing done, an empty Step with the last record, unchanged."""
+        in order, the ``Visited`` markers left out and counted in ``visits``, the last call's
+        record, ``changed`` when any call's record differed from the one before, the jumps of
+        every call, ``dropped`` summed. The chain runs once for all the messages
+        (``RuleEngine.run_many``), then each message's windows work is done in turn as
+        ``on_message`` does it (due windows closed first, its deferred messages added); a chain
+        with alarm nodes (alarms shared in message order) calls ``on_message`` for each. No
+        messages: nothing done, an empty Step with the last record, unchanged."""
         if not msgs:
             return Step((), self._last, False, (), 0)
+        visits: dict[str, int] = {}
         if engine.has_alarm_nodes:
             steps = [self.on_message(engine, msg, now_ms) for msg in msgs]
-            return Step(tuple(o for step in steps for o in step.outcomes), steps[-1].record,
-                        any(step.changed for step in steps),
+            outcomes = count_visits([o for step in steps for o in step.outcomes], visits)
+            return Step(tuple(outcomes), steps[-1].record, any(step.changed for step in steps),
                         tuple(j for step in steps for j in step.jumps),
-                        sum(step.dropped for step in steps))
+                        sum(step.dropped for step in steps), visits)
         self._bind(engine)
-        runs = engine.run_many(msgs, self._alarms)
+        runs = engine.run_many(msgs, self._alarms, visits)
         out: list[Outcome] = []
         jumps: list[ClockJump] = []
         dropped = 0
         changed = False
         last = self._last
+        resumed = False  # a window closed or refused: its walk's outcomes carry Visited markers
         for msg, outcomes in zip(msgs, runs, strict=True):
             self._originator = msg.originator
-            dropped += self._close_due(engine, now_ms, out, jumps)
-            for outcome in outcomes:
-                out.append(outcome)
-                if isinstance(outcome, Deferred):
-                    self._defer(engine, outcome, now_ms, out, jumps)
+            if not engine.has_window_nodes and not self._orphans:
+                out.extend(outcomes)  # no window to close or feed: the outcomes as they are
+            else:
+                resumed = True
+                dropped += self._close_due(engine, now_ms, out, jumps)
+                for outcome in outcomes:
+                    out.append(outcome)
+                    if isinstance(outcome, Deferred):
+                        self._defer(engine, outcome, now_ms, out, jumps)
             if changed:
                 self._forget_seq()  # as on_message's record does
             else:
                 record = self._record()
                 changed = record != last
                 last = record
-        return self._step(out, jumps, dropped, changed)
+        return self._step(count_visits(out, visits) if resumed else out, jumps, dropped, changed,
+                          visits)
 
     def on_due(self, engine: RuleEngine, now_ms: int) -> Step:
         """Close the windows due at ``now_ms``; each output goes on by its node's Success."""
@@ -298,10 +310,11 @@ class EntityRules:
         }
 
     def _step(self, out: list[Outcome], jumps: list[ClockJump], dropped: int,
-              changed: bool = False) -> Step:
+              changed: bool = False, visits: dict[str, int] | None = None) -> Step:
         """The Step of a call; ``changed`` given: an earlier record of the call already
         differed."""
         record = self._record()
         changed = changed or record != self._last
         self._last = record
-        return Step(tuple(out), record, changed, tuple(jumps), dropped)
+        return Step(tuple(out), record, changed, tuple(jumps), dropped,
+                    {} if visits is None else visits)

@@ -78,13 +78,35 @@ def test_save_timeseries_keeps_latest_and_local_points_only(counters: RuleCounte
                      SaveTimeseries("n", ORIGIN, 9, [{"ts": 11, "values": {"t": 3}}], 0)],
                counters, NOW)
     assert out.events == []
+    # one latest-values mutation for the call; the local points in runs of one TTL
     assert out.mutations == [
-        PutLatestTelemetry(DEV, (("t", 10, 1), ("h", 10, 2))),
+        PutLatestTelemetry(DEV, (("t", 11, 3), ("h", 10, 2))),
         PutLocalTimeseries(DEV, ((10, (("t", 1), ("h", 2))),), 60),
-        PutLatestTelemetry(DEV, (("t", 11, 3),)),
         PutLocalTimeseries(DEV, ((11, (("t", 3),)),), 0),
     ]
     assert (out.kept_local, out.pushed) == (2, 0)
+
+
+def test_saves_of_one_call_merge_as_if_applied_one_after_the_other(counters: RuleCounters
+                                                                    ) -> None:
+    """Consecutive saves of one TTL are one local mutation with every point in order (a later
+    point of the same key and ts replaces the earlier); the latest value of a key is its
+    highest ts, the later save on a tie, an older ts never."""
+    out = plan(DEV, [SaveTimeseries("n", ORIGIN, 10, {"t": 1}, 0),
+                     SaveTimeseries("n", ORIGIN, 10, {"t": 2, "h": 5}, 0),
+                     SaveTimeseries("n", ORIGIN, 8, {"t": 9, "h": 6}, 0),
+                     SaveTimeseries("n", ORIGIN, 12, {"h": 7}, 30),
+                     SaveTimeseries("n", ORIGIN, 13, {"h": 8}, 0)],
+               counters, NOW, {"n": 5})
+    assert out.mutations == [
+        PutLatestTelemetry(DEV, (("t", 10, 2), ("h", 13, 8))),
+        PutLocalTimeseries(DEV, ((10, (("t", 1),)), (10, (("t", 2), ("h", 5))),
+                                 (8, (("t", 9), ("h", 6)))), 0),
+        PutLocalTimeseries(DEV, ((12, (("h", 7),)),), 30),
+        PutLocalTimeseries(DEV, ((13, (("h", 8),)),), 0),
+    ]
+    assert out.kept_local == 5
+    assert counters.runtime.counts()["n"]["in"] == 5  # the visits counted by the caller
 
 
 def test_save_attributes_in_the_nodes_scope(counters: RuleCounters) -> None:

@@ -5,6 +5,7 @@ or return the wrong shape for some messages), plus exact cases."""
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 from typing import Any
@@ -176,22 +177,37 @@ def test_run_many_equals_run_one_after_the_other(seed: int) -> None:
     doc = random_chain(rnd)
     max_steps = rnd.choice([1000, 1000, 9, 4])
     one, many = build(doc, max_steps), build(doc, max_steps)
+    counting = build(doc, max_steps)
     alarms_one: dict[str, Any] = {}
     alarms_many: dict[str, Any] = {}
+    alarms_counting: dict[str, Any] = {}
     for _ in range(3):
         msgs = random_msgs(rnd, rnd.randint(0, 14))
         expected = [one.run(m, alarms_one) for m in msgs]
         assert many.run_many(msgs, alarms_many) == expected
         assert alarms_many == alarms_one
+        # counting the markers instead: the same outcomes without them, and their exact counts
+        visits: dict[str, int] = {}
+        assert counting.run_many(msgs, alarms_counting, visits) == [
+            [o for o in run if not isinstance(o, Visited)] for run in expected]
+        assert visits == dict(collections.Counter(
+            o.node for run in expected for o in run if isinstance(o, Visited)))
     msgs = random_msgs(rnd, 5)
     assert many.run_many(msgs) == [one.run(m) for m in msgs]  # no alarms given: each its own
 
 
 def sequential(rules: EntityRules, engine: RuleEngine, msgs: list[RuleMsg], now: int) -> Step:
+    """What on_messages must give: the on_message steps in turn, the Visited markers of their
+    outcomes counted per node instead."""
     steps = [rules.on_message(engine, m, now) for m in msgs]
-    return Step(tuple(o for s in steps for o in s.outcomes),
+    visits: dict[str, int] = {}
+    for s in steps:
+        for o in s.outcomes:
+            if isinstance(o, Visited):
+                visits[o.node] = visits.get(o.node, 0) + 1
+    return Step(tuple(o for s in steps for o in s.outcomes if not isinstance(o, Visited)),
                 steps[-1].record if steps else None, any(s.changed for s in steps),
-                tuple(j for s in steps for j in s.jumps), sum(s.dropped for s in steps))
+                tuple(j for s in steps for j in s.jumps), sum(s.dropped for s in steps), visits)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
