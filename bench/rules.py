@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import gc
 import json
 import math
 import os
@@ -58,8 +60,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,13 +175,25 @@ def write_chain(path: Path, chain: dict[str, Any]) -> Path:
 # -- the agent in process --------------------------------------------------------------------------
 
 
-def chain_app(workdir: Path, prefix: str,
-              chain_file: Path | None) -> AbstractContextManager[EdgeApp]:
+@contextlib.contextmanager
+def chain_app(workdir: Path, prefix: str, chain_file: Path | None) -> Iterator[EdgeApp]:
     """The agent in process on a fresh store (inproc_app) with ``rules.file`` = ``chain_file``
-    (None: no chain, also when the caller's environment names one), stopped when the block ends."""
+    (None: no chain, also when the caller's environment names one), stopped when the block ends.
+    Once it has started, the garbage collector is tuned as ``edge-sync run`` tunes it
+    (``tune_gc_for_service``); Python's settings come back when the block ends (the freeze
+    undone, so what this agent leaves is collected before the next one starts)."""
+    from edge_sync.app import tune_gc_for_service
+
     rules_file = "" if chain_file is None else str(chain_file)
+    thresholds = gc.get_threshold()
     # no cloud link: the events stay queued, where they are counted
-    return inproc_app(workdir, prefix, EDGE_RULES_FILE=rules_file, CLOUD_ROUTING_KEY="")
+    with inproc_app(workdir, prefix, EDGE_RULES_FILE=rules_file, CLOUD_ROUTING_KEY="") as app:
+        tune_gc_for_service()
+        try:
+            yield app
+        finally:
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
 
 
 def chain_problems(app: EdgeApp, chain_file: Path | None) -> list[str]:
@@ -212,8 +225,13 @@ def total_events(app: EdgeApp) -> int:
 # -- ingest, with and without the chain ------------------------------------------------------------
 
 
-def ingest_batches(batch: int, count: int = 64) -> list[tuple[Entry, ...]]:
-    """``count`` batches of ``batch`` entries ``{"temperature": t}``, t from -40 to 59."""
+def ingest_batches(batch: int, count: int = 1024) -> list[tuple[Entry, ...]]:
+    """``count`` batches of ``batch`` entries ``{"temperature": t}``, t from -40 to 59, each
+    entry with its own timestamp. Enough of them that a device does not post a timestamp twice
+    while the chain is measured (each posting thread gives its devices the batches in turn, so
+    a device gets ``count / threads`` of them): a point posted again with the same timestamp
+    replaces the one the chain kept locally (a read, a decode and an index delete more), which
+    real telemetry seldom does."""
     return [tuple((_TS0 + k * batch + i, (("temperature", (k * batch + i) % 100 - 40),))
                   for i in range(batch)) for k in range(count)]
 
