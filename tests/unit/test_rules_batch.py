@@ -69,6 +69,11 @@ def transform_js(salt: int) -> str:
             f"var out = {{v: (msg.v * 3 + {salt}) % 20, seen: (msg.seen || 0) + 1}};\n"
             "if (msg.v % 5 === 1) { return [{msg: out, metadata: {split: '1'}}, "
             "{msg: {v: msg.v}, msgType: 'POST_ATTRIBUTES_REQUEST'}]; }\n"
+            # metadata changed in place, or left out; the type changed alone
+            "if (msg.v % 7 === 2) { metadata.touched = 'yes'; "
+            "return {msg: out, metadata: metadata, msgType: msgType}; }\n"
+            "if (msg.v % 7 === 4) { return {msg: out, msgType: 'POST_ATTRIBUTES_REQUEST'}; }\n"
+            "if (msg.v % 7 === 5) { return {msg: out}; }\n"
             "return {msg: out, metadata: metadata, msgType: msgType};")
 
 
@@ -306,6 +311,32 @@ def test_shape_checks_per_item() -> None:
     assert [(r.msg, r.metadata, r.msg_type) for r in shaped[0]] == [(1, {"ts": "1"}, TELEMETRY)]
     assert str(shaped[1]) == ("a transform script must return {msg, metadata, msgType} or an "
                               "array of them, not 5")
+
+
+def test_a_transform_batch_gives_back_only_what_changed() -> None:
+    """The batch leaves out a result's metadata and msgType when they are the incoming ones
+    unchanged: the result then holds the very metadata given (nothing decoded) and the incoming
+    type; a metadata changed in place, a new one, or a new type come back as the script left
+    them, exactly as one call at a time gives them."""
+    script = ("if (msg.v === 1) { metadata.ts = '2'; }\n"
+              "if (msg.v === 2) { return {msg: msg, metadata: {other: 'x'}, msgType: msgType}; }\n"
+              "if (msg.v === 3) { return {msg: msg, msgType: 'ALARM'}; }\n"
+              "if (msg.v === 4) { metadata.extra = 'y'; delete metadata.extra; }\n"
+              "return {msg: msg, metadata: metadata, msgType: msgType};")
+    engine = ScriptEngine(script)
+    given = items(0, 1, 2, 3, 4)
+    results = engine.transform_many(given)
+    assert [[(r.msg, r.metadata, r.msg_type) for r in rs] for rs in results] == [
+        [({"v": 0}, {"ts": "1"}, TELEMETRY)],
+        [({"v": 1}, {"ts": "2"}, TELEMETRY)],
+        [({"v": 2}, {"other": "x"}, TELEMETRY)],
+        [({"v": 3}, {"ts": "1"}, "ALARM")],
+        [({"v": 4}, {"ts": "1"}, TELEMETRY)],
+    ] == [[(r.msg, r.metadata, r.msg_type) for r in engine.transform(*item)]
+          for item in given]
+    # unchanged metadata: the dict given, not a decoded copy; a changed one: a new dict
+    assert [rs[0].metadata is item[1] for rs, item in zip(results, given, strict=True)] == [
+        True, False, False, True, True]
 
 
 # --- exact order of a fan-out ----------------------------------------------------------------
