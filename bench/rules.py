@@ -39,6 +39,10 @@ counted. The chains are written by the benchmark into its temporary folder (Thin
   edge queued for the cloud, ``reduction`` = in / out. Every summary is checked exactly (count,
   sum, min, max, avg of both keys, per device and window): any difference is an error.
 
+``--breakdown``: after the runs, one more ingest measurement without and one with the chain,
+the agent's functions timed (bench/rules_breakdown.py): ``breakdown`` holds µs of thread CPU per
+entry by function, with the rates of those two timed measurements.
+
 Targets: ``ratio`` >= 0.5 (the 6-node chain, two of its nodes running scripts, costs at most half
 of the ingest rate) and ``reduction`` >= 500. A target not met is reported (``met``), not an error.
 Errors (a chain not in force, posts not committed, an event missing, a node failing, a summary
@@ -108,6 +112,7 @@ class Options:
     agg_interval_s: int = 5
     only: str = "all"
     quick: bool = False
+    breakdown: bool = False
 
 
 # -- the chains ------------------------------------------------------------------------------------
@@ -449,6 +454,10 @@ def parse_args(argv: Sequence[str]) -> Options:
                    help="smoke run: 1 run, 1 s per measurement, 2 aggregation windows of 2 s")
     p.add_argument("--only", choices=["all", "ingest", "aggregation"], default="all",
                    help="run only one of the two measurements")
+    p.add_argument("--breakdown", action="store_true",
+                   help="after the ingest runs, one more measurement each way with the agent's "
+                   "functions timed (thread CPU per entry, bench/rules_breakdown.py), reported in "
+                   "'breakdown'")
     p.add_argument("--threads", type=int, default=4, help="ingest posting threads")
     p.add_argument("--window", type=int, default=32, help="outstanding futures per thread")
     p.add_argument("--batch", type=int, default=100, help="entries per ingest post")
@@ -469,7 +478,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         agg_devices=a.agg_devices, agg_per_window=a.agg_per_window,
         agg_windows=a.agg_windows if a.agg_windows is not None else (2 if a.quick else 3),
         agg_interval_s=a.agg_interval if a.agg_interval is not None else (2 if a.quick else 5),
-        only=a.only, quick=a.quick)
+        only=a.only, quick=a.quick, breakdown=a.breakdown)
     if opts.runs < 1 or opts.duration <= 0 or opts.warmup < 0:
         p.error("--runs and --duration must be positive, --warmup at least 0")
     if min(opts.threads, opts.window, opts.batch, opts.devices, opts.agg_devices,
@@ -479,6 +488,25 @@ def parse_args(argv: Sequence[str]) -> Options:
     if not 1 <= opts.agg_per_window <= 100_000:
         p.error("--agg-per-window must be 1 to 100000 (the AggregateNode's maxPendingMsgs)")
     return opts
+
+
+def breakdown(opts: Options, workdir: Path) -> dict[str, Any]:
+    """One measurement without and one with the chain, the agent's functions timed
+    (bench/rules_breakdown.py): µs of thread CPU per entry posted, by function; the rates of
+    these two measurements are in ``eps`` (the timing slows them: not the benchmark's figures)."""
+    from bench.rules_breakdown import cpu_per_label, per_entry
+
+    chain_file = write_chain(workdir / "ingest_chain.json", INGEST_CHAIN)
+    out: dict[str, Any] = {"eps": {}, "errors": []}
+    for label, chain in (("no_chain", None), ("chain", chain_file)):
+        with cpu_per_label() as seconds:
+            result = measure_ingest(opts, workdir, chain)
+        out["eps"][label] = rounded(result.eps, 0)
+        out[label] = per_entry(seconds, result.posted)
+        out["errors"] += result.errors
+        progress(f"breakdown, {label}: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in list(out[label].items())[:8]) + " (µs/entry)")
+    return out
 
 
 def result_line(opts: Options, plain: Sequence[IngestRun], chained: Sequence[IngestRun],
@@ -563,8 +591,13 @@ def main(argv: Sequence[str]) -> int:
                 agg = measure_aggregation(opts, workdir)
             except Exception as exc:  # reported in the JSON line
                 agg = AggResult(errors=[f"aggregation: {exc!r}"])
+        split = (breakdown(opts, workdir) if opts.breakdown and opts.only != "aggregation"
+                 else None)
     machine.append(machine_load())
     line = result_line(opts, plain, chained, agg, machine)
+    if split is not None:
+        line["breakdown"] = split
+        line["errors"] += [f"breakdown: {e}" for e in split.pop("errors")]
     emit(line)
     progress(f"ratio {line['ratio']} (target {TARGETS['ratio']}), reduction {line['reduction']} "
              f"(target {TARGETS['reduction']:.0f}): {line['aggregation_in']} messages -> "
