@@ -190,20 +190,43 @@ def _locate(text: str, body_lines: int) -> str:
 # when the wall time passes the budget (the rest go in another call, under a fresh time limit),
 # after an error that may be a memory blow-up (the context is recreated first), or at a value
 # ``JSON.stringify`` refuses (that item is then called alone, for the single runner's error).
-# ``slim`` (transform scripts): a valid single result leaves out its metadata when it is the
-# incoming metadata unchanged (same JSON text as before the call) and its msgType when it is the
-# incoming one, so less crosses back; the caller takes the incoming ones for what is left out,
-# as it does for a result that never had them (ThingsBoard's rule).
+# ``slim`` (transform scripts): a result that is a plain object of own data properties msg,
+# metadata and msgType only (no getter, no toJSON, msg a JSON value) leaves out its metadata when
+# it is the incoming metadata unchanged (text values only, no index-like key, the same JSON text
+# as before the call) and its msgType when it is the incoming one, so less crosses back; the
+# caller takes the incoming ones for what is left out, as it does for a result that never had
+# them (ThingsBoard's rule). Any other result goes back whole, as the single runner gives it.
 _EPILOGUE = """
 }
+function __own(o, key) { return Object.prototype.hasOwnProperty.call(o, key); }
+function __plain(o, allowed) {
+  if (o === null || typeof o !== "object" || Array.isArray(o)
+      || Object.getPrototypeOf(o) !== Object.prototype || typeof o.toJSON === "function") {
+    return false;
+  }
+  var keys = Object.getOwnPropertyNames(o);
+  for (var i = 0; i < keys.length; i++) {
+    var d = Object.getOwnPropertyDescriptor(o, keys[i]);
+    if (!("value" in d) || !d.enumerable || !allowed(keys[i], d.value)) { return false; }
+  }
+  return true;
+}
+function __resultKey(key) { return key === "msg" || key === "metadata" || key === "msgType"; }
+function __textEntry(key, value) { return typeof value === "string" && !/^(0|[1-9][0-9]*)$/.test(key); }
 function __slim(value, before, msgType) {
   try {
-    if (value === null || typeof value !== "object" || Array.isArray(value)
-        || value.msg === undefined
-        || (value.metadata !== undefined && __stringify(value.metadata) !== before)
-        || (value.msgType !== undefined && typeof value.msgType !== "string")) { return value; }
-    return value.msgType === undefined || value.msgType === msgType
-      ? {msg: value.msg} : {msg: value.msg, msgType: value.msgType};
+    if (!__plain(value, __resultKey) || !__own(value, "msg")) { return value; }
+    var msg = value.msg;
+    if (msg === undefined || typeof msg === "function" || typeof msg === "symbol"
+        || (msg !== null && typeof msg === "object" && typeof msg.toJSON === "function")) {
+      return value;
+    }
+    if (__own(value, "metadata") && (!__plain(value.metadata, __textEntry)
+                                     || __stringify(value.metadata) !== before)) {
+      return value;
+    }
+    if (!__own(value, "msgType") || value.msgType === msgType) { return {msg: msg}; }
+    return typeof value.msgType === "string" ? {msg: msg, msgType: value.msgType} : value;
   } catch (e) { return value; }
 }
 __edgeRunMany = [function (argsJson, budgetMs, slim) {
@@ -227,8 +250,9 @@ __edgeRunMany = [function (argsJson, budgetMs, slim) {
       continue;
     }
     if (slim) { value = __slim(value, before, a[2]); }
-    try { out = __stringify(value); } catch (e3) { stop = "alone"; break; }
-    if (out === undefined) { out = "null"; }
+    // under the key "value", as the per-item result has it (a toJSON method sees that key)
+    try { out = __stringify({value: value}); } catch (e3) { stop = "alone"; break; }
+    out = out === "{}" ? "null" : out.slice(9, -1);
     if (values !== null) { values.push(out); } else { parts.push('{"ok":true,"value":' + out + '}'); }
   }
   // join, not +: a concatenation may give a rope string, which the binding cannot convert

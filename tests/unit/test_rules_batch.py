@@ -339,6 +339,54 @@ def test_a_transform_batch_gives_back_only_what_changed() -> None:
         True, False, False, True, True]
 
 
+TRICKY_TRANSFORMS = [
+    # results the batch must give back whole (not slimmed), as one call at a time gives them
+    "return {msg: msg, metadata: metadata, msgType: msgType, debug: BigInt(1)};",
+    "var o = {}; o.o = o; return {msg: msg, x: o};",
+    "return {msg: msg, get x() { throw new Error('boom'); }};",
+    "return {msg: {a: 1}, toJSON: function () { return {msg: 'other'}; }};",
+    "return Object.create({msg: msg});",
+    "var o = {}; Object.defineProperty(o, 'msg', {value: msg, enumerable: false}); return o;",
+    "var o = Object.create({msgType: 'OTHER'}); o.msg = msg; return o;",
+    "var n = 0; return {msg: msg, get metadata() { n++; return n === 1 ? {a: 'x'} : metadata; }};",
+    "var n = 0; return {msg: msg, metadata: metadata, get msgType() { n++; "
+    "return n === 1 ? 'ONE' : msgType; }};",
+    "return {msg: function () {}, metadata: metadata, msgType: msgType};",
+    "return {msg: {toJSON: function () { return undefined; }}, metadata: metadata};",
+    "metadata['2'] = 'two'; return {msg: msg, metadata: metadata, msgType: msgType};",
+    "return {msg: msg, metadata: {ts: 1}, msgType: msgType};",
+    "return {msg: msg, metadata: null};",
+    "return {msg: msg, msgType: 7};",
+    "return {msg: null};",
+    "return {toJSON: function (k) { return {msg: 'key=' + k}; }};",
+]
+
+
+@pytest.mark.parametrize("script", TRICKY_TRANSFORMS)
+def test_a_transform_batch_equals_one_call_at_a_time_on_odd_results(script: str) -> None:
+    engine = ScriptEngine(script)
+    given = [({"v": v}, {"b": "1", "ts": "5"}, TELEMETRY) for v in (1, 2, 3)]
+
+    def shown(result: Any) -> Any:
+        if isinstance(result, ScriptError):
+            return (type(result), str(result))
+        return [(r.msg, r.metadata, list(r.metadata), r.msg_type) for r in result]
+
+    one_by_one = []
+    for item in given:
+        try:
+            one_by_one.append(shown(engine.transform(*item)))
+        except ScriptError as exc:
+            one_by_one.append(shown(exc))
+    assert [shown(r) for r in engine.transform_many(given)] == one_by_one
+
+
+def test_a_batch_value_is_serialized_under_the_key_value() -> None:
+    """A value's toJSON sees the key it had in the per-item result ("value"), batch or not."""
+    engine = ScriptEngine("return {toJSON: function (k) { return 'key=' + k; }};")
+    assert engine.call_many(items(1, 2)) == [engine.call(*items(1)[0])] * 2 == ["key=value"] * 2
+
+
 # --- exact order of a fan-out ----------------------------------------------------------------
 
 
