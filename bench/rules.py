@@ -500,7 +500,10 @@ def breakdown(opts: Options, workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"eps": {}, "errors": []}
     for label, chain in (("no_chain", None), ("chain", chain_file)):
         with cpu_per_label() as seconds:
-            result = measure_ingest(opts, workdir, chain)
+            try:
+                result = measure_ingest(opts, workdir, chain)
+            except Exception as exc:  # reported in the JSON line
+                result = IngestRun(errors=[f"{label}: {exc!r}"])
         out["eps"][label] = rounded(result.eps, 0)
         out[label] = per_entry(seconds, result.posted)
         out["errors"] += result.errors

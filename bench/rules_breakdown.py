@@ -68,9 +68,6 @@ def cpu_per_label() -> Iterator[Counter[str]]:
         originals.append((owner, name, original))
         setattr(owner, name, counted(original, label))
 
-    for owner, name, label in _targets():
-        wrap(owner, name, label)
-    wrap(engine.RuleEngine, "_visit_many", lambda _self, index, _tokens: f"rules.node[{index}]")
     build = sandbox.ScriptEngine._build
 
     def build_counted(self: sandbox.ScriptEngine) -> None:  # the script calls, once compiled
@@ -78,9 +75,14 @@ def cpu_per_label() -> Iterator[Counter[str]]:
         self._run_many = counted(self._run_many, "rules.js")
         self._run = counted(self._run, "rules.js")
 
-    originals.append((sandbox.ScriptEngine, "_build", build))
-    sandbox.ScriptEngine._build = counted(build_counted, "rules.compile")  # type: ignore[method-assign]
-    try:
+    try:  # whatever was wrapped is put back, also when wrapping fails half-way
+        for owner, name, label in _targets():
+            wrap(owner, name, label)
+        wrap(engine.RuleEngine, "_visit_many",
+             lambda _self, index, _tokens: f"rules.node[{index}]")
+        originals.append((sandbox.ScriptEngine, "_build", build))
+        sandbox.ScriptEngine._build = counted(  # type: ignore[method-assign]
+            build_counted, "rules.compile")
         yield seconds
     finally:
         for owner, name, original in reversed(originals):

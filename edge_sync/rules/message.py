@@ -49,8 +49,10 @@ class RuleMsg:
     def of_text(cls, type: str, originator: Originator, data: Any,
                 metadata: Mapping[str, str], ts: int) -> RuleMsg:
         """A message whose metadata is text already (every key and value a ``str``), taken as
-        it is, without the constructor's conversion (a dict is wrapped, never copied: the
-        caller gives it up). For the hot paths: a device's message, a copy of a message."""
+        it is, without the constructor's conversion. For the hot paths: a device's message, a
+        copy of a message. A dict is wrapped, never copied: the caller gives it up and never
+        changes it again. A read-only proxy is kept as it is: pass only another message's
+        ``metadata``, whose text the constructor made sure of."""
         msg = object.__new__(cls)
         _set(msg, "type", type)
         _set(msg, "originator", originator)
