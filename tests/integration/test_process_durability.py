@@ -26,7 +26,7 @@ import pytest
 
 from tests.helpers.agent import Agent, History, Load, check_log, read_log
 
-DEFAULT_CYCLES = 20
+DEFAULT_CYCLES = 12
 SOAK_CYCLES = 100
 SEED = 20240501
 
