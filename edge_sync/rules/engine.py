@@ -506,8 +506,8 @@ class RuleEngine:
                      values: Sequence[list[TransformResult] | ScriptError]
                      ) -> list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]]:
         """A transform node's batch (``_visit_many``): each token's messages out by Success, or
-        its failure. A result that kept the incoming metadata (the very dict given to the
-        script) keeps the message's own, unconverted."""
+        its failure. A result without metadata takes the incoming one (the very dict given to
+        the script, ThingsBoard's rule): the message's own is kept, unconverted."""
         where = self._where[index]
         out: list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]] = []
         for (_, _, msg), (_, given, _), value in zip(tokens, args, values, strict=True):

@@ -190,50 +190,16 @@ def _locate(text: str, body_lines: int) -> str:
 # when the wall time passes the budget (the rest go in another call, under a fresh time limit),
 # after an error that may be a memory blow-up (the context is recreated first), or at a value
 # ``JSON.stringify`` refuses (that item is then called alone, for the single runner's error).
-# ``slim`` (transform scripts): a result that is a plain object of own data properties msg,
-# metadata and msgType only (no getter, no toJSON, msg a JSON value) leaves out its metadata when
-# it is the incoming metadata unchanged (text values only, no index-like key, the same JSON text
-# as before the call) and its msgType when it is the incoming one, so less crosses back; the
-# caller takes the incoming ones for what is left out, as it does for a result that never had
-# them (ThingsBoard's rule). Any other result goes back whole, as the single runner gives it.
+# A batch in which no item threw comes back as the array of the values' JSON (each serialized
+# under the key "value", as in a per-item result); otherwise as each item's {ok, value} or
+# {ok: false, error}.
 _EPILOGUE = """
 }
-function __own(o, key) { return Object.prototype.hasOwnProperty.call(o, key); }
-function __plain(o, allowed) {
-  if (o === null || typeof o !== "object" || Array.isArray(o)
-      || Object.getPrototypeOf(o) !== Object.prototype || typeof o.toJSON === "function") {
-    return false;
-  }
-  var keys = Object.getOwnPropertyNames(o);
-  for (var i = 0; i < keys.length; i++) {
-    var d = Object.getOwnPropertyDescriptor(o, keys[i]);
-    if (!("value" in d) || !d.enumerable || !allowed(keys[i], d.value)) { return false; }
-  }
-  return true;
-}
-function __resultKey(key) { return key === "msg" || key === "metadata" || key === "msgType"; }
-function __textEntry(key, value) { return typeof value === "string" && !/^(0|[1-9][0-9]*)$/.test(key); }
-function __slim(value, before, msgType) {
-  try {
-    if (!__plain(value, __resultKey) || !__own(value, "msg")) { return value; }
-    var msg = value.msg;
-    if (msg === undefined || typeof msg === "function" || typeof msg === "symbol"
-        || (msg !== null && typeof msg === "object" && typeof msg.toJSON === "function")) {
-      return value;
-    }
-    if (__own(value, "metadata") && (!__plain(value.metadata, __textEntry)
-                                     || __stringify(value.metadata) !== before)) {
-      return value;
-    }
-    if (!__own(value, "msgType") || value.msgType === msgType) { return {msg: msg}; }
-    return typeof value.msgType === "string" ? {msg: msg, msgType: value.msgType} : value;
-  } catch (e) { return value; }
-}
-__edgeRunMany = [function (argsJson, budgetMs, slim) {
+__edgeRunMany = [function (argsJson, budgetMs) {
   var items = __parse(argsJson), parts = [], values = [], started = Date.now(), stop = "";
   for (var i = 0; i < items.length; i++) {
     if (i > 0 && Date.now() - started > budgetMs) { stop = "budget"; break; }
-    var a = items[i], value, text = null, out, before = slim ? __stringify(a[1]) : null;
+    var a = items[i], value, text = null, out;
     try {
       value = __script(a[0], a[1], a[2]);
     } catch (e) {
@@ -249,7 +215,6 @@ __edgeRunMany = [function (argsJson, budgetMs, slim) {
       if (text.indexOf("out of memory") >= 0 || text === "null") { stop = "memory"; break; }
       continue;
     }
-    if (slim) { value = __slim(value, before, a[2]); }
     // under the key "value", as the per-item result has it (a toJSON method sees that key)
     try { out = __stringify({value: value}); } catch (e3) { stop = "alone"; break; }
     out = out === "{}" ? "null" : out.slice(9, -1);
@@ -369,21 +334,18 @@ class ScriptEngine:
             raise ScriptRuntimeError(_locate(result["error"], self._body_lines))
         return result.get("value")
 
-    def call_many(self, items: Sequence[tuple[Any, dict[str, Any], str]], *,
-                  slim: bool = False) -> list[Any]:
+    def call_many(self, items: Sequence[tuple[Any, dict[str, Any], str]]) -> list[Any]:
         """``call`` on each ``(msg, metadata, msg_type)``, in order, in as few script calls as
         the limits allow: each item's value, or the ``ScriptError`` ``call`` would have raised
         for it (returned, not raised). Same results as calling ``call`` item by item: a batch
         call that runs over the time limit or the memory cap as a whole is redone item by item
         (each under its own limit, so only the guilty items fail); an item whose value
         ``JSON.stringify`` refuses, or whose error may depend on the stack depth, is called
-        alone; after an item's memory blow-up the context is recreated, as ``call`` does.
-        ``slim``: a transform script's results, each valid single result without its metadata
-        and msgType when they are the incoming ones unchanged (for ``transform_many``)."""
+        alone; after an item's memory blow-up the context is recreated, as ``call`` does."""
         out: list[Any] = [None] * len(items)
         start = 0
         while start < len(items):
-            start = self._call_batch(items, start, out, slim)
+            start = self._call_batch(items, start, out)
         return out
 
     def _call_one(self, item: tuple[Any, dict[str, Any], str]) -> Any:
@@ -393,7 +355,7 @@ class ScriptEngine:
             return exc
 
     def _call_batch(self, items: Sequence[tuple[Any, dict[str, Any], str]], start: int,
-                    out: list[Any], slim: bool = False) -> int:
+                    out: list[Any]) -> int:
         """Run items from ``start`` in one script call, store their results in ``out``;
         return the index of the first item left for the next call."""
         chunk = items[start:start + MAX_BATCH]
@@ -410,8 +372,7 @@ class ScriptEngine:
                 if self._run is None or self._owner != threading.get_ident():
                     self._build()
                 try:
-                    text = self._run_many(args, self.limits.time_limit_s * 1000 * BATCH_BUDGET,
-                                          slim)
+                    text = self._run_many(args, self.limits.time_limit_s * 1000 * BATCH_BUDGET)
                 except _quickjs.JSException:
                     self._reset()  # a time-out or memory blow-up of the batch: item by item
         if not isinstance(text, str):
@@ -482,8 +443,7 @@ class ScriptEngine:
                        ) -> list[list[TransformResult] | ScriptError]:
         """``transform`` on each item (``call_many``): its messages or its error."""
         out: list[list[TransformResult] | ScriptError] = []
-        for (_, metadata, msg_type), value in zip(items, self.call_many(items, slim=True),
-                                                  strict=True):
+        for (_, metadata, msg_type), value in zip(items, self.call_many(items), strict=True):
             if isinstance(value, ScriptError):
                 out.append(value)
                 continue
@@ -523,7 +483,7 @@ def _as_switch(value: Any) -> list[str]:
 
 
 def _as_transform(value: Any, metadata: dict[str, Any], msg_type: str) -> list[TransformResult]:
-    if type(value) is dict and len(value) == 1 and "msg" in value:  # a slim result (call_many)
+    if type(value) is dict and len(value) == 1 and "msg" in value:  # {msg}: the incoming rest
         return [TransformResult(value["msg"], metadata, msg_type)]
     items = value if isinstance(value, list) else [value]
     out = []
