@@ -105,15 +105,10 @@ def device_metadata(name: str | None, device_type: str | None, ts: int) -> dict[
     return meta
 
 
-def telemetry_msg(device_id: uuid.UUID, ts: int, values: Mapping[str, Any],
-                  name: str | None, device_type: str | None) -> RuleMsg:
-    return RuleMsg.of_text(POST_TELEMETRY_REQUEST, Originator("DEVICE", str(device_id)),
-                           dict(values), device_metadata(name, device_type, ts), ts)
-
-
 def telemetry_msgs(device_id: uuid.UUID, entries: Sequence[tuple[int, Sequence[tuple[str, Any]]]],
                    name: str | None, device_type: str | None) -> list[RuleMsg]:
-    """``telemetry_msg`` of each of a post's entries (ts, ((key, value), ...)), in order."""
+    """The chain's message of each of a post's entries (ts, ((key, value), ...)), in order:
+    POST_TELEMETRY_REQUEST with the transport's metadata (``device_metadata``)."""
     origin = Originator("DEVICE", str(device_id))
     shared = device_metadata(name, device_type, 0)
     del shared["ts"]

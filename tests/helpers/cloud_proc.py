@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +254,25 @@ def link_env(cloud: CloudProc, routing_key: str, secret: str, **extra: str) -> d
     }
     env.update(extra)
     return env
+
+
+SMALL_CLOUD_MESSAGE_BYTES = 8192
+"""The gRPC message size ``small_message_link``'s cloud takes at most."""
+
+
+def small_message_link(procs: Callable[[Any], Any], folder: Path, edge_name: str,
+                       routing_key: str, secret: str) -> tuple[CloudProc, Agent]:
+    """A cloud that refuses gRPC messages over SMALL_CLOUD_MESSAGE_BYTES and an edge linked to
+    it, connected, whose device API takes bodies up to 256 KiB: a post of about 20 KB is an
+    event the edge accepts and the cloud refuses as too large (a dead letter). Both processes
+    are registered with ``procs`` (the test's fixture) and live in ``folder``."""
+    cloud = procs(CloudProc(folder / "cloud", env={
+        "EDGES_RPC_MAX_INBOUND_MESSAGE_SIZE": str(SMALL_CLOUD_MESSAGE_BYTES)})).start()
+    cloud.create_edge(edge_name, routing_key, secret)
+    agent = procs(Agent(folder / "edge", env=link_env(
+        cloud, routing_key, secret, EDGE_HTTP_MAX_BODY_BYTES="262144"))).start()
+    wait_connected(agent)
+    return cloud, agent
 
 
 def edge_status(agent: Agent) -> dict[str, Any]:

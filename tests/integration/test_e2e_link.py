@@ -23,6 +23,7 @@ from tests.helpers.cloud_proc import (
     edge_status,
     link_env,
     link_state,
+    small_message_link,
     wait_connected,
     wait_drained,
 )
@@ -217,12 +218,7 @@ def test_bad_credentials_no_retry_storm(tmp_path, procs):
 
 
 def test_oversized_event_dead_lettered(tmp_path, procs):
-    cloud = procs(CloudProc(tmp_path / "cloud",
-                            env={"EDGES_RPC_MAX_INBOUND_MESSAGE_SIZE": "8192"})).start()
-    cloud.create_edge("edge-small-msgs", RK, SECRET)
-    agent = procs(Agent(tmp_path / "edge", env=link_env(
-        cloud, RK, SECRET, EDGE_HTTP_MAX_BODY_BYTES="262144"))).start()
-    wait_connected(agent)
+    cloud, agent = small_message_link(procs, tmp_path, "edge-small-msgs", RK, SECRET)
     device_id, token = agent.create_device("big-talker")
     big = "x" * 20_000
     with agent.client() as http:

@@ -18,7 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_sync.storage.records import Status
 from tests.helpers.agent import Agent, read_log
-from tests.helpers.cloud_proc import CloudProc, edge_status, link_env, wait_connected, wait_drained
+from tests.helpers.cloud_proc import (
+    edge_status,
+    small_message_link,
+    wait_connected,
+    wait_drained,
+)
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -37,12 +42,7 @@ def cli(agent: Agent, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_replay_dead_letters_reach_the_cloud_once_in_order(tmp_path, procs):
-    cloud = procs(CloudProc(tmp_path / "cloud",
-                            env={"EDGES_RPC_MAX_INBOUND_MESSAGE_SIZE": "8192"})).start()
-    cloud.create_edge("edge-replay", RK, SECRET)
-    agent = procs(Agent(tmp_path / "edge", env=link_env(
-        cloud, RK, SECRET, EDGE_HTTP_MAX_BODY_BYTES="262144"))).start()
-    wait_connected(agent)
+    cloud, agent = small_message_link(procs, tmp_path, "edge-replay", RK, SECRET)
     device_id, token = agent.create_device("replayed")
     with agent.client() as http:
         for n in range(6):

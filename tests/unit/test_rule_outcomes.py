@@ -15,7 +15,7 @@ from edge_sync.actors.rule_outcomes import (
     RuleCounters,
     attributes_msg,
     plan,
-    telemetry_msg,
+    telemetry_msgs,
 )
 from edge_sync.metrics import Metrics
 from edge_sync.rules.chain import parse
@@ -29,6 +29,7 @@ from edge_sync.rules.engine import (
     SaveTimeseries,
     Visited,
 )
+from edge_sync.rules.message import Originator
 from edge_sync.rules.runtime import RulesRuntime
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope
 
@@ -64,10 +65,14 @@ def push(msg_type: str, data: Any, *, lane: str = "NORMAL", ts: int = 5,
 
 
 def test_messages_carry_thingsboards_transport_metadata() -> None:
-    t = telemetry_msg(DEV, 7, {"a": 1}, "boiler-1", "thermo")
+    t, u = telemetry_msgs(DEV, [(7, (("a", 1),)), (9, (("b", 2),))], "boiler-1", "thermo")
     assert (t.type, t.data, dict(t.metadata), t.ts) == (
         "POST_TELEMETRY_REQUEST", {"a": 1},
         {"ts": "7", "deviceName": "boiler-1", "deviceType": "thermo"}, 7)
+    assert (u.data, dict(u.metadata), u.ts) == (
+        {"b": 2}, {"ts": "9", "deviceName": "boiler-1", "deviceType": "thermo"}, 9)
+    assert list(t.metadata) == ["ts", "deviceName", "deviceType"]  # the transport's order
+    assert t.originator == u.originator == Originator("DEVICE", str(DEV))
     a = attributes_msg(DEV, 8, {"fw": "1.2"}, None, None)
     assert (a.type, a.data, dict(a.metadata)) == ("POST_ATTRIBUTES_REQUEST", {"fw": "1.2"},
                                                    {"ts": "8"})
