@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import lmdb
@@ -203,6 +204,14 @@ class QueueActor(SupervisedActor):
             self._ticker.stop()
         if self._group:
             self._flush()
+
+    def on_failure(self, exception_type: type[BaseException] | None,
+                   exception_value: BaseException | None,
+                   traceback: TracebackType | None) -> None:
+        """Actor thread, after an unhandled exception: stop the timer, which would otherwise
+        tick at this dead incarnation for ever (its successor starts its own)."""
+        if self._ticker:
+            self._ticker.stop()
 
     def fail_pending_messages(self, exc: BaseException) -> None:
         """Actor thread, on failure: fail the open group (not committed: the senders may retry)

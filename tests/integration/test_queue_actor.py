@@ -22,7 +22,13 @@ from typing import Any
 
 import pytest
 
-from edge_sync.actors.messages import Append, EventsCommitted, MarkDeployed, PutLocalTimeseries
+from edge_sync.actors.messages import (
+    Append,
+    Crash,
+    EventsCommitted,
+    MarkDeployed,
+    PutLocalTimeseries,
+)
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
 from edge_sync.api.device_service import MAX_NAME_BYTES
 from edge_sync.app import EdgeApp
@@ -457,6 +463,33 @@ def test_evict_policy_keeps_accepting_and_keeps_the_high_lane(make_app: AppFacto
 
 
 # -- conflicts ------------------------------------------------------------------------------------
+
+
+def test_a_crashed_queue_actor_leaves_no_purge_timer_behind(make_app: AppFactory) -> None:
+    """Each incarnation of the QueueActor has one purge timer thread: one that dies stops its
+    own, so three crashes leave exactly the one of the incarnation running."""
+    def purge_timers() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "ticker-purge" and t.is_alive())
+
+    before = purge_timers()  # another test's agent may still be stopping
+    app = make_app()
+    assert purge_timers() == before + 1
+    for crash in range(1, 4):
+        ref = app._actor_ref("queue")
+        assert ref is not None
+        ref.tell(Crash(f"test: crash {crash}"))
+
+        def restarted(crash: int = crash, dead: Any = ref) -> bool:
+            return (app.supervisor.restarts("queue") == crash
+                    and app._actor_ref("queue") not in (None, dead))
+
+        wait_until(restarted, timeout=DEADLINE,
+                   what=f"the QueueActor restarted after crash {crash}")
+    _, created = app.service.create_device("after-crashes")
+    created.result(DEADLINE)  # the last incarnation works
+    wait_until(lambda: purge_timers() == before + 1, timeout=DEADLINE,
+               what="one purge timer, the running incarnation's",
+               show=lambda: f"{purge_timers() - before} purge timers")
 
 
 def test_second_device_with_same_name_fails_with_conflict_and_writes_nothing(
