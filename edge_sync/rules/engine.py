@@ -507,7 +507,9 @@ class RuleEngine:
                      ) -> list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]]:
         """A transform node's batch (``_visit_many``): each token's messages out by Success, or
         its failure. A result without metadata takes the incoming one (the very dict given to
-        the script, ThingsBoard's rule): the message's own is kept, unconverted."""
+        the script, ThingsBoard's rule), and so does one whose metadata came back as it went,
+        the same keys in the same order with the same text (``return {msg, metadata, msgType}``
+        without touching it): the message's own is kept, unconverted."""
         where = self._where[index]
         out: list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]] = []
         for (_, _, msg), (_, given, _), value in zip(tokens, args, values, strict=True):
@@ -516,7 +518,8 @@ class RuleEngine:
                 continue
             out.append((_NO_OUTCOMES, [
                 (SUCCESS, msg.with_changes(type=r.msg_type, data=r.msg,
-                                           metadata=None if r.metadata is given else r.metadata))
+                                           metadata=None if _as_given(r.metadata, given)
+                                           else r.metadata))
                 for r in value]))
         return out
 
@@ -696,6 +699,13 @@ _KEY = itemgetter(0)
 _ORDER = itemgetter(0, 1)
 _NO_OUTCOMES: list[Outcome] = []
 """A visit with no outcome (shared: never appended to)."""
+
+
+def _as_given(metadata: dict[str, Any], given: dict[str, str]) -> bool:
+    """Whether a transform's metadata is the one it was given: the very dict, or its items in
+    the same order (a value equal to a given text is that text; JavaScript puts index-like keys
+    first, which the order check sees)."""
+    return metadata is given or (metadata == given and list(metadata) == list(given))
 
 
 def count_visits(outcomes: list[Outcome], visits: dict[str, int]) -> list[Outcome]:

@@ -21,6 +21,7 @@ from edge_sync.rules.engine import (
     RuleEngine,
     SaveTimeseries,
     Visited,
+    count_visits,
 )
 from edge_sync.rules.message import Originator, RuleMsg
 from edge_sync.rules.sandbox import (
@@ -335,6 +336,33 @@ def test_a_transform_batch_gives_what_one_call_at_a_time_gives() -> None:
           for item in given]
     assert [rs[0].metadata is item[1] for rs, item in zip(results, given, strict=True)] == [
         False, False, False, True, True]
+
+
+def test_metadata_a_transform_gives_back_as_it_went_is_the_messages_own() -> None:
+    """In a batch walk, metadata returned untouched (same keys, order and text) keeps the
+    message's own mapping; metadata changed in place, or whose index-like keys JavaScript put
+    first, is the decoded copy, in JavaScript's order. The outcomes are ``run``'s."""
+    doc = {"ruleChain": {"name": "t", "type": "EDGE"}, "metadata": {
+        "firstNodeIndex": 0,
+        "nodes": [
+            {"type": n.TRANSFORM, "name": "Touch",
+             "configuration": {"jsScript": "if (msg.v === 1) { metadata.x = 'y'; }\n"
+                                           "return {msg: msg, metadata: metadata, "
+                                           "msgType: msgType};"}},
+            {"type": n.PUSH_TO_CLOUD, "name": "Push", "configuration": {"scope": "SERVER_SCOPE"}},
+        ],
+        "connections": [{"fromIndex": 0, "toIndex": 1, "type": "Success"}]}}
+    engine = build(doc)
+    msgs = [RuleMsg(TELEMETRY, DEV, {"v": v}, meta, ts=T0)
+            for v, meta in ((0, {"ts": "5", "b": "1"}), (1, {"ts": "5"}),
+                            (2, {"b": "1", "7": "seven"}))]
+    runs = engine.run_many(msgs, {}, {})
+    assert runs == [count_visits(engine.run(m), {}) for m in msgs]
+    pushes = [o for run in runs for o in run if isinstance(o, PushToCloud)]
+    assert [p.metadata is m.metadata for p, m in zip(pushes, msgs, strict=True)] == [
+        True, False, False]
+    assert [list(p.metadata.items()) for p in pushes] == [
+        [("ts", "5"), ("b", "1")], [("ts", "5"), ("x", "y")], [("7", "seven"), ("b", "1")]]
 
 
 TRICKY_TRANSFORMS = [
