@@ -405,7 +405,9 @@ def test_sync_state_flags_are_durable_until_a_full_sync_completes(g: Graph) -> N
 
 # -- the sync-mode decision at connect (link/state.py sync_mode over this store's sync state) --------
 
-EDGE_A, EDGE_B = uuid.uuid4(), uuid.uuid4()
+# fixed ids: a test's name holds them, and must be the same in every collection (pytest-xdist)
+EDGE_A = uuid.UUID("0e000000-0000-4000-8000-00000000000a")
+EDGE_B = uuid.UUID("0e000000-0000-4000-8000-00000000000b")
 DONE = SyncState(completed_version="2.0", completed_ms=NOW, generation=3)
 
 
