@@ -417,7 +417,9 @@ class SupervisedActor(pykka.ThreadingActor):
 
     Subclasses override on_start, on_stop and on_failure as with any pykka actor; calling
     super() is not needed, because __init_subclass__ wraps each override so the exit is still
-    reported.
+    reported. on_failure also runs after a failed on_start (pykka itself runs no hook then), so
+    an actor releases what its incarnation holds (timers, streams, channels) in on_stop and
+    on_failure both, whatever point its start reached.
     """
 
     def __init__(self, report_exit: ExitReporter) -> None:
@@ -483,7 +485,12 @@ def _guard_on_start(hook: Callable[[Any], None]) -> Callable[[SupervisedActor], 
         try:
             hook(self)
         except Exception as exc:
-            self._exited(exc)
+            # pykka calls neither on_stop nor on_failure after a failed on_start: on_failure
+            # here releases what the start had begun (timers, streams); it reports the exit
+            try:
+                self.on_failure(type(exc), exc, exc.__traceback__)
+            finally:
+                self._exited(exc)
             raise
 
     return on_start

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -32,6 +33,7 @@ from loguru import logger
 from edge_sync.actors.address import Address
 from edge_sync.actors.deadline_timer import DeadlineTimer
 from edge_sync.actors.messages import (
+    Crash,
     DeadLetter,
     EventsCommitted,
     EventsReplayed,
@@ -42,7 +44,7 @@ from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
 from edge_sync.common.wire import Owner, uuid_of
 from edge_sync.config import CloudLinkConfig
-from edge_sync.errors import EdgeSyncError, StorageCorrupt
+from edge_sync.errors import EdgeSyncError, InjectedFault, StorageCorrupt
 from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.channel import Stream, make_channel
@@ -258,11 +260,24 @@ class ConnectionActor(SupervisedActor):
 
     def on_stop(self) -> None:
         """Actor thread: close the stream and the channel."""
+        self._wind_down("agent stopping")
+
+    def on_failure(self, exception_type: type[BaseException] | None,
+                   exception_value: BaseException | None,
+                   traceback: TracebackType | None) -> None:
+        """Actor thread, after an unhandled exception (or one in ``on_start``): as ``on_stop``.
+        Otherwise this incarnation's timer thread, its stream's threads and its channel (a TCP
+        connection with keepalives) would outlive it, for each crash; its successor opens its
+        own."""
+        what = exception_type.__name__ if exception_type is not None else "a failure"
+        self._wind_down(f"link restarting after {what}")
+
+    def _wind_down(self, why: str) -> None:
         if self._timer:
             self._timer.stop()
         self._close_stream()
         if self._sm.state is not LinkState.DISCONNECTED:
-            self._sm.to(LinkState.DISCONNECTED, "agent stopping")
+            self._sm.to(LinkState.DISCONNECTED, why)
         self._close_channel()
         self._publish()
 
@@ -297,6 +312,8 @@ class ConnectionActor(SupervisedActor):
                 if not self._unrecorded:
                     self._rewrite_at = self._clock.monotonic() + _REWRITE_RETRY_S
                 self._unrecorded.append(command)
+            case Crash(reason=reason):
+                raise InjectedFault(f"link: {reason}")
         self._arm()
         self._publish()
         return None

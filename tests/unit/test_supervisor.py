@@ -201,6 +201,11 @@ class CleansUpOnFailure(Worker):
         self.journal.append("cleanup", self.name)
 
 
+class CleansUpAFailedStart(CleansUpOnFailure):
+    def on_start(self) -> None:
+        raise OSError("no such device")
+
+
 def workers(journal: Journal, *names: str, restart: Restart = Restart.PERMANENT) -> list[ChildSpec]:
     return [ChildSpec(name, actor_child(Worker, name, journal), restart=restart) for name in names]
 
@@ -532,6 +537,23 @@ def test_actor_reports_its_exit_once_and_never_when_stopped(journal: Journal) ->
 
     kinds = [e[0] for e in journal.entries() if e[0] in ("cleanup", "reported")]
     assert kinds[-2:] == ["cleanup", "reported"]  # the subclass hook ran before the report
+
+
+def test_a_failed_start_runs_on_failure_before_the_one_exit_report(journal: Journal) -> None:
+    """pykka runs neither on_stop nor on_failure after a failed on_start: the guard runs
+    on_failure, so whatever the start had begun (timers, streams) is released, and then reports
+    the exit, once."""
+    reported = threading.Event()
+
+    def report(reason: BaseException | None) -> None:
+        journal.append("reported", reason)
+        reported.set()
+
+    actor_child(CleansUpAFailedStart, "s", journal)(report)
+    assert reported.wait(DEADLINE)
+    entries = [e for e in journal.entries() if e[0] in ("cleanup", "reported")]
+    assert [e[0] for e in entries] == ["cleanup", "reported"]
+    assert isinstance(entries[1][1], OSError) and str(entries[1][1]) == "no such device"
 
 
 def test_queued_replies_of_a_crashing_actor_get_unavailable(
