@@ -17,9 +17,10 @@ from tests.helpers.wait import wait_until
 DEADLINE = 30.0
 
 
-def link_threads() -> dict[str, int]:
-    """The live link threads by kind: the deadline timer, the stream readers."""
-    names = [t.name for t in threading.enumerate() if t.is_alive()]
+def link_threads(old: set[threading.Thread]) -> dict[str, int]:
+    """The live link threads by kind, those in ``old`` left out (another test's, ending):
+    the deadline timer, the stream readers."""
+    names = [t.name for t in threading.enumerate() if t.is_alive() and t not in old]
     return {"timer": names.count("timer-link"),
             "readers": sum(1 for n in names if n.startswith("link-reader-"))}
 
@@ -29,15 +30,14 @@ def test_each_crash_of_the_link_releases_its_timer_and_stream(tmp_path: Path) ->
         "CLOUD_DATA_DIR": str(tmp_path / "cloud"), "EDGES_RPC_PORT": "0",
         "CLOUD_ADMIN_PORT": "0"})).start()
     cloud.service.create_edge("e", routing_key="rk", secret="s")
-    before = link_threads()  # another test's agent may still be stopping
+    old = set(threading.enumerate())  # another test's agent may still be stopping
     app = EdgeApp(load_edge_config(env={
         "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0",
         "CLOUD_ROUTING_KEY": "rk", "CLOUD_ROUTING_SECRET": "s", "CLOUD_RPC_PORT": str(cloud.port),
         "EDGE_MQTT_ENABLED": "false"})).start()
     try:
         wait_until(app._link_connected, timeout=DEADLINE, what="the link connected")
-        assert link_threads() == {"timer": before["timer"] + 1,
-                                  "readers": before["readers"] + 1}
+        assert link_threads(old) == {"timer": 1, "readers": 1}
         for crash in range(1, 4):
             ref = app._actor_ref("connection")
             assert ref is not None
@@ -50,10 +50,9 @@ def test_each_crash_of_the_link_releases_its_timer_and_stream(tmp_path: Path) ->
 
             wait_until(reconnected, timeout=DEADLINE,
                        what=f"the link restarted and connected again after crash {crash}")
-        wait_until(lambda: link_threads() == {"timer": before["timer"] + 1,
-                                              "readers": before["readers"] + 1},
+        wait_until(lambda: link_threads(old) == {"timer": 1, "readers": 1},
                    timeout=DEADLINE, what="one timer and one stream reader: the running link's",
-                   show=link_threads)
+                   show=lambda: link_threads(old))
         device, created = app.service.create_device("after-crashes")
         created.result(DEADLINE)
         wait_until(lambda: any(e.entity_id == device.id

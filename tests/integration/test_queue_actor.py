@@ -468,12 +468,15 @@ def test_evict_policy_keeps_accepting_and_keeps_the_high_lane(make_app: AppFacto
 def test_a_crashed_queue_actor_leaves_no_purge_timer_behind(make_app: AppFactory) -> None:
     """Each incarnation of the QueueActor has one purge timer thread: one that dies stops its
     own, so three crashes leave exactly the one of the incarnation running."""
-    def purge_timers() -> int:
-        return sum(1 for t in threading.enumerate() if t.name == "ticker-purge" and t.is_alive())
+    old = set(threading.enumerate())  # another test's agent may still be stopping
 
-    before = purge_timers()  # another test's agent may still be stopping
+    def purge_timers() -> int:
+        return sum(1 for t in threading.enumerate()
+                   if t.name == "ticker-purge" and t.is_alive() and t not in old)
+
     app = make_app()
-    assert purge_timers() == before + 1
+    wait_until(lambda: purge_timers() == 1, timeout=DEADLINE,
+               what="the QueueActor's purge timer started", show=purge_timers)
     for crash in range(1, 4):
         ref = app._actor_ref("queue")
         assert ref is not None
@@ -487,9 +490,9 @@ def test_a_crashed_queue_actor_leaves_no_purge_timer_behind(make_app: AppFactory
                    what=f"the QueueActor restarted after crash {crash}")
     _, created = app.service.create_device("after-crashes")
     created.result(DEADLINE)  # the last incarnation works
-    wait_until(lambda: purge_timers() == before + 1, timeout=DEADLINE,
+    wait_until(lambda: purge_timers() == 1, timeout=DEADLINE,
                what="one purge timer, the running incarnation's",
-               show=lambda: f"{purge_timers() - before} purge timers")
+               show=lambda: f"{purge_timers()} purge timers")
 
 
 def test_second_device_with_same_name_fails_with_conflict_and_writes_nothing(
