@@ -78,6 +78,7 @@ class CloudProc(ServiceProcess):
     ) -> None:
         super().__init__(workdir, data_dir=data_dir, env=env)
         self.rpc_port, self.admin_port = free_ports(2)
+        self._served = False  # once it has, its ports are the clients' and never change
 
     def own_env(self) -> dict[str, str]:
         return {
@@ -95,15 +96,20 @@ class CloudProc(ServiceProcess):
         the server runs. CloudStartError when it exits or does not serve in time.
 
         A start right after a kill may find a port still held for a moment; the server then
-        exits with "cannot listen" and is started again until the deadline."""
+        exits with "cannot listen" and is started again until the deadline. Before it has ever
+        served, it starts again on fresh ports instead (free_ports found them free only a moment
+        before, and another test worker may have taken one since)."""
         deadline = time.monotonic() + timeout
         while True:
             self.spawn(env)
             code = self._wait_ready_or_exit(max(0.0, deadline - time.monotonic()))
             if code is None:
+                self._served = True
                 return self
             text = self.stderr_text()
             if "cannot listen" in text and time.monotonic() < deadline:
+                if not self._served:
+                    self.rpc_port, self.admin_port = free_ports(2)
                 continue  # the port is still held by the killed one: start again at once
             raise CloudStartError(f"edge-cloud serve exited with {code} while starting:\n{text}")
 
