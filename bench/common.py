@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -62,11 +63,66 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return float(sorted_values[min(rank, len(sorted_values)) - 1])
 
 
+_LOWEST_PORT = 10_000
+"""Below this, ports are left to the machine's own services."""
+
+
+def _port_range() -> tuple[int, int] | None:
+    """The ports [low, high) to pick from: below the kernel's ephemeral range
+    (``ip_local_port_range``), which it never hands out by itself, neither to an outgoing
+    connection nor to a bind to port 0; this process's share of them under pytest-xdist (the
+    range split between the workers, so two never pick the same port). None when there is no
+    room below the ephemeral range."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if ephemeral - _LOWEST_PORT < 1000:
+        return None
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get(
+        "PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and workers.isdigit() and int(workers):
+        share = (ephemeral - _LOWEST_PORT) // int(workers)
+        low = _LOWEST_PORT + int(worker[2:]) % int(workers) * share
+        return low, low + share
+    return _LOWEST_PORT, ephemeral
+
+
+def free_ports(count: int = 1, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports that were free on ``host`` a moment ago, for servers about to
+    be started (each bound together, so they differ, then released for the server to take).
+
+    Picked at random from ``_port_range``: between the pick and the server's bind, no other
+    process's connection or bind to port 0 can take one, and another test worker picks from
+    other ports. Without such a range (or when it is full), the kernel picks (bind to port 0)."""
+    span = _port_range()
+    socks: list[socket.socket] = []
+    try:
+        if span is not None:
+            low, high = span
+            for _ in range(50 * count):
+                if len(socks) == count:
+                    break
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    s.bind((host, random.randrange(low, high)))
+                except OSError:  # in use (or lingering): another one
+                    s.close()
+                    continue
+                socks.append(s)
+        while len(socks) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bind to 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """One port as ``free_ports`` picks them."""
+    return free_ports(1, host)[0]
 
 
 def peak_rss_mb(pid: int) -> float:
