@@ -18,7 +18,6 @@ import http.client
 import json
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -184,8 +183,10 @@ class Agent(ServiceProcess):
         env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(workdir, data_dir=data_dir, env=env)
+        self.pick_ports()
+
+    def pick_ports(self) -> None:
         self.http_port, self.admin_port, self.mqtt_port, self.mqtt_tls_port = free_ports(4)
-        self._served = False  # once it has, its ports are the clients' and never change
 
     def own_env(self) -> dict[str, str]:
         return {
@@ -203,26 +204,14 @@ class Agent(ServiceProcess):
 
     def start(self, env: Mapping[str, str] | None = None, *,
               timeout: float = START_DEADLINE_S) -> Agent:
-        """Start and wait until GET /api/status answers 200 (AgentStartError otherwise).
-
-        A port another process holds makes the agent exit with "cannot listen": before it has
-        ever served, it starts again on fresh ports (free_ports found them free only a moment
-        before, and another test worker may have taken one since); after, on the same ports
-        (the killed agent's may still be held for a moment), until the deadline."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.spawn(env)
-            code = self.wait_ready_or_exit(timeout=max(0.0, deadline - time.monotonic()))
-            if code is None:
-                self._served = True
-                return self
-            text = self.stderr_text()
-            if "cannot listen" in text and time.monotonic() < deadline:
-                if not self._served:
-                    self.http_port, self.admin_port, self.mqtt_port, self.mqtt_tls_port = \
-                        free_ports(4)
-                continue
+        """Start and wait until GET /api/status answers 200 (AgentStartError otherwise); a
+        port another process holds is dealt with as ``spawn_until_serving`` says."""
+        failed = self.spawn_until_serving(env, timeout,
+                                          lambda left: self.wait_ready_or_exit(timeout=left))
+        if failed is not None:
+            code, text = failed
             raise AgentStartError(f"edge-sync run exited with {code} while starting:\n{text}")
+        return self
 
     def wait_ready_or_exit(self, *, timeout: float = START_DEADLINE_S) -> int | None:
         """Wait until GET /api/status answers 200 (None) or the process exits (its exit code).

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -77,8 +76,10 @@ class CloudProc(ServiceProcess):
         env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(workdir, data_dir=data_dir, env=env)
+        self.pick_ports()
+
+    def pick_ports(self) -> None:
         self.rpc_port, self.admin_port = free_ports(2)
-        self._served = False  # once it has, its ports are the clients' and never change
 
     def own_env(self) -> dict[str, str]:
         return {
@@ -93,25 +94,14 @@ class CloudProc(ServiceProcess):
     def start(self, env: Mapping[str, str] | None = None, *,
               timeout: float = START_DEADLINE_S) -> CloudProc:
         """Start (again: same ports, same data directory) and wait until GET /api/status says
-        the server runs. CloudStartError when it exits or does not serve in time.
-
-        A start right after a kill may find a port still held for a moment; the server then
-        exits with "cannot listen" and is started again until the deadline. Before it has ever
-        served, it starts again on fresh ports instead (free_ports found them free only a moment
-        before, and another test worker may have taken one since)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.spawn(env)
-            code = self._wait_ready_or_exit(max(0.0, deadline - time.monotonic()))
-            if code is None:
-                self._served = True
-                return self
-            text = self.stderr_text()
-            if "cannot listen" in text and time.monotonic() < deadline:
-                if not self._served:
-                    self.rpc_port, self.admin_port = free_ports(2)
-                continue  # the port is still held by the killed one: start again at once
+        the server runs. CloudStartError when it exits or does not serve in time; a port
+        another process holds (also the killed one's, for a moment after a kill) is dealt with
+        as ``spawn_until_serving`` says."""
+        failed = self.spawn_until_serving(env, timeout, self._wait_ready_or_exit)
+        if failed is not None:
+            code, text = failed
             raise CloudStartError(f"edge-cloud serve exited with {code} while starting:\n{text}")
+        return self
 
     def _wait_ready_or_exit(self, timeout: float) -> int | None:
         """None once GET /api/status says the server runs; its exit code if it exits first."""

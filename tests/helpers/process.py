@@ -9,7 +9,8 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -37,6 +38,8 @@ class ServiceProcess:
         self.env_overrides: dict[str, str] = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_paths: list[Path] = []
+        self.served = False
+        """Whether a start has served: from then on its ports are its clients' and never change."""
 
     def own_env(self) -> dict[str, str]:
         """The variables that place this process (data folder, ports, log format)."""
@@ -101,6 +104,32 @@ class ServiceProcess:
             raise AssertionError(
                 f"{self.label} did not exit within {timeout}s:\n{self.stderr_text()[-4000:]}"
             ) from None
+
+    def pick_ports(self) -> None:
+        """Take fresh ports (``free_ports``) for the next start."""
+        raise NotImplementedError
+
+    def spawn_until_serving(self, env: Mapping[str, str] | None, timeout: float,
+                            ready_or_exit: Callable[[float], int | None]) -> tuple[int, str] | None:
+        """Spawn, then ``ready_or_exit(seconds left)`` (None once it serves, else its exit code):
+        None once it serves, or (exit code, stderr) of a start that failed otherwise.
+
+        A port another process holds makes it exit with "cannot listen", and it starts again
+        until the deadline: before it has ever served, on fresh ports (``pick_ports``: the ones
+        picked may have been taken since); after, on the same ones, which its clients know (the
+        killed one's may still be held for a moment)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.spawn(env)
+            code = ready_or_exit(max(0.0, deadline - time.monotonic()))
+            if code is None:
+                self.served = True
+                return None
+            text = self.stderr_text()
+            if "cannot listen" not in text or time.monotonic() >= deadline:
+                return code, text
+            if not self.served:
+                self.pick_ports()
 
     def run_to_exit(self, env: Mapping[str, str] | None = None, *,
                     timeout: float = STOP_DEADLINE_S) -> tuple[int, str]:

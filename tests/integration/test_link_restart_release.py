@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
-from edge_sync.actors.messages import Crash
 from edge_sync.app import EdgeApp
 from edge_sync.cloud import CloudServer
 from edge_sync.config import load_cloud_config, load_edge_config
+from tests.helpers.crashes import crash_and_wait_restarted
 from tests.helpers.wait import wait_until
 
 DEADLINE = 30.0
@@ -38,18 +37,9 @@ def test_each_crash_of_the_link_releases_its_timer_and_stream(tmp_path: Path) ->
     try:
         wait_until(app._link_connected, timeout=DEADLINE, what="the link connected")
         assert link_threads(old) == {"timer": 1, "readers": 1}
-        for crash in range(1, 4):
-            ref = app._actor_ref("connection")
-            assert ref is not None
-            ref.tell(Crash(f"test: crash {crash}"))
-
-            def reconnected(crash: int = crash, dead: Any = ref) -> bool:
-                return (app.supervisor.restarts("connection") == crash
-                        and app._actor_ref("connection") not in (None, dead)
-                        and app._link_connected())
-
-            wait_until(reconnected, timeout=DEADLINE,
-                       what=f"the link restarted and connected again after crash {crash}")
+        for crash in range(1, 4):  # each time, the successor connects again
+            crash_and_wait_restarted(app, "connection", crash, timeout=DEADLINE,
+                                     then=app._link_connected)
         wait_until(lambda: link_threads(old) == {"timer": 1, "readers": 1},
                    timeout=DEADLINE, what="one timer and one stream reader: the running link's",
                    show=lambda: link_threads(old))

@@ -1,54 +1,44 @@
-"""The process helpers (tests/helpers/agent.py, cloud_proc.py) pick free ports, release them and
-start a subprocess that binds them a moment later; with parallel test workers another process
-may take one in between. Before a first start has served, the helper starts again on fresh
-ports; a restart keeps the ports its clients know. Real subprocesses on loopback."""
+"""The process helpers (tests/helpers/agent.py, cloud_proc.py: ``spawn_until_serving``) pick
+free ports and start a subprocess that binds them a moment later: a port another process took
+in between refuses the start, which then starts again on fresh ports; a restart keeps the ports
+its clients know. Real subprocesses on loopback."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.helpers.agent import Agent
 from tests.helpers.cloud_proc import CloudProc
+from tests.helpers.process import ServiceProcess
 
 
-def test_an_agent_whose_port_was_taken_before_its_first_start_serves_on_fresh_ones(
-        tmp_path: Path) -> None:
-    agent = Agent(tmp_path)
-    taken_port = agent.http_port
+@pytest.mark.parametrize(("make", "ports"), [
+    (Agent, lambda p: (p.http_port, p.admin_port, p.mqtt_port, p.mqtt_tls_port)),
+    (CloudProc, lambda p: (p.rpc_port, p.admin_port)),
+], ids=["agent", "cloud"])
+def test_a_port_taken_before_the_first_start_is_replaced_then_kept_on_restart(
+        tmp_path: Path, make: Callable[[Path], ServiceProcess],
+        ports: Callable[[Any], tuple[int, ...]]) -> None:
+    proc: Any = make(tmp_path)
+    taken_port = ports(proc)[0]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", taken_port))
         taken.listen()
-        agent.start()
+        proc.start()
         try:
-            assert agent.http_port != taken_port
-            assert len(agent.stderr_paths) == 2  # the refused start, then the one that serves
-            assert f"cannot listen on 127.0.0.1:{taken_port}" in agent.stderr_text(all_runs=True)
-            assert agent.admin("GET", "/api/status").status == 200
-            ports = (agent.http_port, agent.admin_port, agent.mqtt_port, agent.mqtt_tls_port)
-            agent.kill9()
-            agent.start()  # a restart: the same ports
-            assert (agent.http_port, agent.admin_port, agent.mqtt_port,
-                    agent.mqtt_tls_port) == ports
-            assert agent.admin("GET", "/api/status").status == 200
+            assert taken_port not in ports(proc)
+            assert len(proc.stderr_paths) == 2  # the refused start, then the one that serves
+            refused = proc.stderr_text(all_runs=True)
+            assert "cannot listen" in refused and str(taken_port) in refused
+            first = ports(proc)
+            proc.kill9()
+            proc.start()  # a restart: the same ports
+            assert ports(proc) == first
+            assert proc.running
         finally:
-            agent.close()
-
-
-def test_a_cloud_whose_port_was_taken_before_its_first_start_serves_on_fresh_ones(
-        tmp_path: Path) -> None:
-    cloud = CloudProc(tmp_path)
-    taken_port = cloud.rpc_port
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", taken_port))
-        taken.listen()
-        cloud.start()
-        try:
-            assert cloud.rpc_port != taken_port
-            assert len(cloud.stderr_paths) == 2
-            ports = (cloud.rpc_port, cloud.admin_port)
-            cloud.kill9()
-            cloud.start()
-            assert (cloud.rpc_port, cloud.admin_port) == ports
-        finally:
-            cloud.close()
+            proc.close()

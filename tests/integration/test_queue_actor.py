@@ -22,13 +22,7 @@ from typing import Any
 
 import pytest
 
-from edge_sync.actors.messages import (
-    Append,
-    Crash,
-    EventsCommitted,
-    MarkDeployed,
-    PutLocalTimeseries,
-)
+from edge_sync.actors.messages import Append, EventsCommitted, MarkDeployed, PutLocalTimeseries
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
 from edge_sync.api.device_service import MAX_NAME_BYTES
 from edge_sync.app import EdgeApp
@@ -42,6 +36,7 @@ from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Lane, NewEvent, Status, StoredEvent
 from edge_sync.storage.rule_store import RuleStore
 from edge_sync.supervisor import actor_child
+from tests.helpers.crashes import crash_and_wait_restarted
 from tests.helpers.metric_values import metric_total
 from tests.helpers.wait import wait_until
 
@@ -478,16 +473,7 @@ def test_a_crashed_queue_actor_leaves_no_purge_timer_behind(make_app: AppFactory
     wait_until(lambda: purge_timers() == 1, timeout=DEADLINE,
                what="the QueueActor's purge timer started", show=purge_timers)
     for crash in range(1, 4):
-        ref = app._actor_ref("queue")
-        assert ref is not None
-        ref.tell(Crash(f"test: crash {crash}"))
-
-        def restarted(crash: int = crash, dead: Any = ref) -> bool:
-            return (app.supervisor.restarts("queue") == crash
-                    and app._actor_ref("queue") not in (None, dead))
-
-        wait_until(restarted, timeout=DEADLINE,
-                   what=f"the QueueActor restarted after crash {crash}")
+        crash_and_wait_restarted(app, "queue", crash, timeout=DEADLINE)
     _, created = app.service.create_device("after-crashes")
     created.result(DEADLINE)  # the last incarnation works
     wait_until(lambda: purge_timers() == 1, timeout=DEADLINE,
