@@ -88,28 +88,40 @@ def _port_range() -> tuple[int, int] | None:
     return _LOWEST_PORT, ephemeral
 
 
+_handed_out: set[int] = set()
+"""The ports ``free_ports`` gave in this process: never given twice (until half the range was),
+so separate calls for one server's ports, made before it binds any, never get the same one."""
+
+
 def free_ports(count: int = 1, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct TCP ports that were free on ``host`` a moment ago, for servers about to
     be started (each bound together, so they differ, then released for the server to take).
 
-    Picked at random from ``_port_range``: between the pick and the server's bind, no other
-    process's connection or bind to port 0 can take one, and another test worker picks from
-    other ports. Without such a range (or when it is full), the kernel picks (bind to port 0)."""
+    Picked at random from ``_port_range``, none given before by this process: between the pick
+    and the server's bind, no other process's connection or bind to port 0 can take one, and
+    another test worker picks from other ports. Without such a range (or when it is full), the
+    kernel picks (bind to port 0)."""
     span = _port_range()
     socks: list[socket.socket] = []
     try:
         if span is not None:
             low, high = span
+            if len(_handed_out) > (high - low) // 2:
+                _handed_out.clear()
             for _ in range(50 * count):
                 if len(socks) == count:
                     break
+                port = random.randrange(low, high)
+                if port in _handed_out:
+                    continue
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 try:
-                    s.bind((host, random.randrange(low, high)))
+                    s.bind((host, port))
                 except OSError:  # in use (or lingering): another one
                     s.close()
                     continue
                 socks.append(s)
+                _handed_out.add(port)
         while len(socks) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind((host, 0))

@@ -24,6 +24,17 @@ def test_picks_are_distinct_free_and_below_the_ephemeral_range() -> None:
             s.listen()
 
 
+def test_a_port_is_never_handed_out_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Separate calls for one server's ports (made before it binds any) never get the same
+    one, though each was released: a share of 8 ports gives 4 different ones one by one."""
+    low = free_ports(1)[0] // 8 * 8
+    while not all(bindable(p) for p in range(low, low + 8)):
+        low = free_ports(1)[0] // 8 * 8
+    monkeypatch.setattr("bench.common._port_range", lambda: (low, low + 8))
+    monkeypatch.setattr("bench.common._handed_out", set())
+    assert len({free_ports(1)[0] for _ in range(4)}) == 4
+
+
 def test_each_worker_has_its_own_share(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
     shares = []
@@ -56,6 +67,10 @@ def test_a_taken_port_is_never_picked(monkeypatch: pytest.MonkeyPatch) -> None:
     """A share of two ports, one of them taken: the other is the pick, every time."""
     low = next(p for p in free_ports(20) if bindable(p + 1))
     monkeypatch.setattr("bench.common._port_range", lambda: (low, low + 2))
+    picks = []
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", low))
-        assert [free_ports(1)[0] for _ in range(5)] == [low + 1] * 5
+        for _ in range(5):
+            monkeypatch.setattr("bench.common._handed_out", set())  # each a fresh process
+            picks += free_ports(1)
+    assert picks == [low + 1] * 5
