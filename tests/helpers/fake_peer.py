@@ -313,6 +313,12 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
     def stream_numbers(self) -> list[int]:
         return [s.number for s in self._streams]
 
+    def accepted_stream(self) -> int | None:
+        """The number of the stream accepted last (the one downlinks go on), None before any:
+        a stream opened is not yet accepted (its connect answered)."""
+        stream = self._current
+        return stream.number if stream is not None and stream.accepted else None
+
     # -- the servicer ----------------------------------------------------------------------------
 
     def handleMsgs(self, request_iterator: Iterator[edge_pb2.RequestMsg],

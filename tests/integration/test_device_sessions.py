@@ -552,7 +552,8 @@ def test_a_request_acknowledged_then_killed_is_delivered_once_after_restart(
         assert (answer.status, answer.json()) == (
             200, {"id": 21, "method": "survive", "params": {"k": 9}})
         # the cloud resends the same downlink after the restart: acknowledged, not delivered
-        fake.wait_for(lambda: len(fake.stream_numbers()) >= 2, what="the edge reconnected")
+        fake.wait_for(lambda: (fake.accepted_stream() or 0) >= 2,
+                      what="the edge reconnected and its stream was accepted")
         deliver(fake, msg, acks=2)
         assert agent.device("GET", f"/api/v1/{token}/rpc?timeout=300").status == 408
         assert agent.device("POST", f"/api/v1/{token}/rpc/21", {"done": True}).status == 200
