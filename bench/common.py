@@ -88,6 +88,9 @@ def _port_range() -> tuple[int, int] | None:
     return _LOWEST_PORT, ephemeral
 
 
+_port_rng = random.Random()
+"""Its own generator: the picks neither draw from nor depend on the global one, which tests seed
+(Hypothesis does, for each example)."""
 _handed_out: set[int] = set()
 """The ports ``free_ports`` gave in this process: never given twice (until half the range was),
 so separate calls for one server's ports, made before it binds any, never get the same one."""
@@ -111,7 +114,7 @@ def free_ports(count: int = 1, host: str = "127.0.0.1") -> list[int]:
             for _ in range(50 * count):
                 if len(socks) == count:
                     break
-                port = random.randrange(low, high)
+                port = _port_rng.randrange(low, high)
                 if port in _handed_out:
                     continue
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

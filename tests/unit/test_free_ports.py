@@ -4,6 +4,7 @@ range of their own for each pytest-xdist worker, distinct and free when picked."
 
 from __future__ import annotations
 
+import random
 import socket
 from pathlib import Path
 
@@ -33,6 +34,16 @@ def test_a_port_is_never_handed_out_twice(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr("bench.common._port_range", lambda: (low, low + 8))
     monkeypatch.setattr("bench.common._handed_out", set())
     assert len({free_ports(1)[0] for _ in range(4)}) == 4
+
+
+def test_the_picks_leave_the_global_random_alone() -> None:
+    """A test that seeds the global generator gets the same draws whether or not it starts
+    servers in between."""
+    random.seed(7)
+    free_ports(3)
+    after_picks = random.random()
+    random.seed(7)
+    assert random.random() == after_picks
 
 
 def test_each_worker_has_its_own_share(monkeypatch: pytest.MonkeyPatch) -> None:
