@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edge_sync.actors.messages import ExpireRpcs
 from edge_sync.actors.shard import shard_of
 from edge_sync.app import EdgeApp
 from edge_sync.common.wire import uuid_halves
@@ -132,8 +133,25 @@ def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Future[Any]:
 
 
 def polls_open(app: EdgeApp, n: int) -> None:
+    """Wait until ``n`` long polls are registered with their devices' entities on the shards,
+    not only held by the HTTP server: its handler adds a poll to its set, then tells the shard,
+    which registers it later on its own thread (an update handled before that registration
+    would not reach the poll). No figure counts registered waiters, so two barriers make it
+    sure: the handler adds and tells in one step of the server's loop, so a callback run on that
+    loop afterwards comes after every tell of the polls counted; and a shard handles its mailbox
+    in order, so its answer to a later ask comes after those registrations."""
     wait_until(lambda: len(app.device_api._polls) >= n, timeout=DEADLINE_S,
                what=f"{n} long polls open")
+    host = app.supervisor.child("device-http")
+    loop = getattr(host, "_loop", None)
+    assert loop is not None, "the device HTTP server is not running"
+    told = threading.Event()
+    loop.call_soon_threadsafe(told.set)
+    assert told.wait(DEADLINE_S), "the device HTTP server's loop did not run a callback"
+    for i in range(app.cfg.actors.shards):
+        shard = app._actor_ref("shards", f"shard-{i}")
+        assert shard is not None, f"shard-{i} is not running"
+        shard.ask(ExpireRpcs(), timeout=DEADLINE_S)  # only what is due: a no-op here
 
 
 def rpc_downlink(fake: FakeCloud, device: Device, request_id: int, method: str = "setGpio",
@@ -411,12 +429,13 @@ def test_a_shared_attribute_update_wakes_only_that_devices_polls_with_the_change
     fake, app = harness.connected_edge()
     a, b = make_device(app, "attr-a"), make_device(app, "attr-b")
     deliver(fake, shared_downlink(fake, a, {"x": 1, "y": 2}))
-    polls = in_thread(asyncio.run, _polls(app.http_port, [a.token] * 3 + [b.token], 1500))
+    # a's polls would wait 30 s: a 200 within the deadline can only mean the update woke them
+    a_polls = in_thread(asyncio.run, _polls(app.http_port, [a.token] * 3, 30_000))
+    b_poll = in_thread(asyncio.run, _polls(app.http_port, [b.token], 3000))
     polls_open(app, 4)
-    started = time.monotonic()
     deliver(fake, shared_downlink(fake, a, {"x": 1, "y": 3, "z": 4}))  # x unchanged
-    assert polls.result(DEADLINE_S) == [(200, {"y": 3, "z": 4})] * 3 + [(408, None)]
-    assert time.monotonic() - started < 1.5
+    assert a_polls.result(DEADLINE_S) == [(200, {"y": 3, "z": 4})] * 3
+    assert b_poll.result(DEADLINE_S) == [(408, None)]  # not woken by a's update
 
     polls = in_thread(asyncio.run, _polls(app.http_port, [a.token], 5000))
     polls_open(app, 1)
