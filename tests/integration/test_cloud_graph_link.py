@@ -7,6 +7,8 @@ graph downlinks queued before them (only one an edge-sync edge asked for; counte
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from edge_sync.config import (
     EdgesRpcConfig,
 )
 from edge_sync.proto import edge_pb2
-from tests.helpers.link_client import LinkClient
+from tests.helpers.link_client import DEADLINE_S, LinkClient
 from tests.helpers.wait import wait_until
 
 NOW = 1_764_921_600_000
@@ -61,6 +63,24 @@ def connected(server: CloudServer, clients: list[LinkClient], rk: str) -> LinkCl
     clients.append(client)
     assert client.connect(rk, "s3cret", store_id=f"store-{rk}").responseCode == edge_pb2.ACCEPTED
     return client
+
+
+def _the_rest_of_the_queue(client: LinkClient, server: CloudServer, edge_id: uuid.UUID,
+                           ) -> list[edge_pb2.DownlinkMsg]:
+    """The downlinks that come until the edge's queue is empty (each acknowledged, so the
+    queue drains), then nothing more: a pause of the server under load does not cut it short."""
+    got: list[edge_pb2.DownlinkMsg] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        if not client.nothing_within(0.05):
+            got.append(client.downlink())
+            client.ack(got[-1].downlinkMsgId)
+        elif server.store.queued_downlinks(edge_id) == 0:
+            break
+        assert time.monotonic() < deadline, (
+            f"{server.store.queued_downlinks(edge_id)} downlinks still queued after {got}")
+    assert client.nothing_within(0.5)
+    return got
 
 
 def entries(msg: edge_pb2.DownlinkMsg) -> int:
@@ -206,10 +226,7 @@ def test_a_full_sync_drops_the_graph_downlinks_queued_before_it_and_keeps_the_re
         while not synced[-1].HasField("syncCompletedMsg"):
             synced.append(client.downlink())
             client.ack(synced[-1].downlinkMsgId)
-        after = []
-        while not client.nothing_within(0.5):
-            after.append(client.downlink())
-            client.ack(after[-1].downlinkMsgId)
+        after = _the_rest_of_the_queue(client, server, edge_id)
     finally:
         logger.remove(sink)
     assert sum(len(d.deviceUpdateMsg) for d in synced) == 1
@@ -319,18 +336,15 @@ def _queue_an_added_then_its_deleted(server: CloudServer) -> Any:
     return asset
 
 
-def _after_the_sync(client: LinkClient) -> tuple[list[edge_pb2.DownlinkMsg], list[edge_pb2.DownlinkMsg]]:
+def _after_the_sync(client: LinkClient, server: CloudServer, edge_id: uuid.UUID,
+                    ) -> tuple[list[edge_pb2.DownlinkMsg], list[edge_pb2.DownlinkMsg]]:
     """The downlinks up to the sync's end, then the ones after it, each acknowledged."""
     synced = [client.downlink()]
     client.ack(synced[-1].downlinkMsgId)
     while not synced[-1].HasField("syncCompletedMsg"):
         synced.append(client.downlink())
         client.ack(synced[-1].downlinkMsgId)
-    after = []
-    while not client.nothing_within(0.5):
-        after.append(client.downlink())
-        client.ack(after[-1].downlinkMsgId)
-    return synced, after
+    return synced, _the_rest_of_the_queue(client, server, edge_id)
 
 
 @pytest.mark.parametrize("peer", ["operator sync of an edge-sync edge", "ThingsBoard Edge sync"])
@@ -352,7 +366,7 @@ def test_a_full_sync_the_edge_sync_edge_did_not_ask_for_drops_nothing(server, cl
         assert client.connect("rk-1", "s3cret").responseCode == edge_pb2.ACCEPTED
         client.send(edge_pb2.RequestMsg(msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
                                         syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=True)))
-    synced, after = _after_the_sync(client)
+    synced, after = _after_the_sync(client, server, edge_id)
     # no longer assigned: not in the sync
     assert not any(n[1] == "gone" for d in synced for n in names_in(d, "assetUpdateMsg"))
     assert [(m.msgType, uuid_of(m.idMSB, m.idLSB)) for d in after for m in d.assetUpdateMsg] == [
@@ -372,7 +386,7 @@ def test_an_edge_sync_edges_own_full_sync_drops_what_it_superseded(server, clien
     client = connected(server, clients, "rk-1")
     client.send(edge_pb2.RequestMsg(msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
                                     syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=True)))
-    synced, after = _after_the_sync(client)
+    synced, after = _after_the_sync(client, server, edge_id)
     assert [m.msgType for d in after for m in d.assetUpdateMsg] == [
         edge_pb2.ENTITY_DELETED_RPC_MESSAGE]
     assert not any(n[1] == "gone" for d in synced for n in names_in(d, "assetUpdateMsg"))

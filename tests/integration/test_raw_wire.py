@@ -20,6 +20,7 @@ import pytest
 
 from edge_sync.cloud import CloudServer
 from edge_sync.config import load_cloud_config
+from tests.helpers.wait import wait_until
 
 METHOD = "/edge.EdgeRpcService/handleMsgs"
 DEADLINE_S = 5.0
@@ -403,14 +404,17 @@ def test_no_downlink_exceeds_the_edges_max_inbound_message_size(
 
     cloud.service.create_device("rk-raw", "big", token="tok-big")  # one downlink, about 1.5 KiB
     cloud.service.set_attributes("big", {"blob": "x" * 3000})  # one of about 3 KiB
-    received: list[int] = []
-    while (raw := stream.recv_raw(timeout=1.5)) is not None:
-        received.append(len(raw))
-        assert len(raw) <= limit, f"a {len(raw)}-byte message sent to an edge accepting {limit}"
-        downlink = sub(decode(raw), 3)
-        assert downlink is not None
-        stream.send(downlink_response(int32(one(downlink, 1))))
-    assert len(received) == 1, received  # the device with its profile and credentials
+    raw = stream.recv_raw(timeout=DEADLINE_S)  # the device with its profile and credentials
+    assert raw is not None, "no downlink came"
+    assert len(raw) <= limit, f"a {len(raw)}-byte message sent to an edge accepting {limit}"
+    downlink = sub(decode(raw), 3)
+    assert downlink is not None
+    stream.send(downlink_response(int32(one(downlink, 1))))
+    # acknowledged, and the big one set aside instead of sent: the queue empties
+    wait_until(lambda: cloud.store.queued_downlinks(edge) == 0, timeout=DEADLINE_S,
+               what="the edge's downlink queue empty")
+    more = stream.recv_raw(timeout=0.5)
+    assert more is None, f"a further {len(more)}-byte message was sent"
     [parked] = cloud.service.parked_downlinks("rk-raw")  # the big one, set aside with why
     assert (parked.cause, parked.kinds) == ("too_large", "entityData")
     assert f"more than the edge's maxInboundMessageSize ({limit})" in parked.error
