@@ -18,9 +18,10 @@ import pytest
 from edge_sync.cloud import CloudServer
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, EdgesRpcConfig
 from edge_sync.proto import edge_pb2
-from tests.helpers.link_client import LinkClient, telemetry
+from tests.helpers.link_client import DEADLINE_S, LinkClient, telemetry
 from tests.helpers.ports import free_ports
 from tests.helpers.wait import wait_until
+from tests.helpers.wake_only import wake_only
 
 CLI = [sys.executable, "-m", "edge_sync.cli.cloud"]
 
@@ -67,9 +68,11 @@ def test_cli_with_the_server_stopped_then_running_then_stopped(tmp_path):
     ok(env, "attr", "set", "--device", "d1", "target=42", 'mode="auto"', "note=plain text")
     assert run(env, "attr", "set", "--device", "nope", "a=1").returncode == 1
 
-    server = CloudServer(CloudConfig(
+    cfg = CloudConfig(
         rpc=EdgesRpcConfig(host="127.0.0.1", port=0), storage=CloudStorageConfig(data_dir=data),
-        admin=AdminConfig(host="127.0.0.1", port=0))).start()
+        admin=AdminConfig(host="127.0.0.1", port=0))
+    # the stream never looks at its queue on its own: a downlink comes only if a call woke it
+    server = CloudServer(cfg, link=wake_only(cfg)).start()
     client = LinkClient(server.port)
     try:
         assert client.connect("rk-2", "sec-2").responseCode == edge_pb2.ACCEPTED
@@ -94,7 +97,7 @@ def test_cli_with_the_server_stopped_then_running_then_stopped(tmp_path):
                                   "ts", "applied_at", "store_id"}
         assert {e["store_id"] for e in events} == {None}  # connected without edgeStoreId
         made_live = json.loads(ok(live, "device", "create", "--edge", "rk-2", "--name", "d2", "--json"))
-        d = client.downlink(timeout=0.9)  # sent at once (before the 1 s fallback poll)
+        d = client.downlink(timeout=DEADLINE_S)  # the admin call woke the stream: no poll here
         assert json.loads(d.deviceUpdateMsg[0].entity)["id"]["id"] == made_live["id"]
         client.ack(d.downlinkMsgId)
         status = json.loads(ok(live, "status", "--json"))

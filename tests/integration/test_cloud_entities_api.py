@@ -1,8 +1,9 @@
 """The reference cloud's admin API for the entity graph, on a real server (gRPC and admin HTTP on
 port 0, LMDB in tmp) with a scripted edge connected: entities created, read, updated, deleted,
 imported from ThingsBoard export files, assigned and unassigned (our paths and ThingsBoard's),
-relations; each change reaches the connected edge at once as the downlink ThingsBoard would send;
-refusals (400 naming the problem, 404, 409) change nothing; cross-site writes are refused."""
+relations; each change reaches the connected edge as the downlink ThingsBoard would send, woken
+by the call (the stream never polls its queue here); refusals (400 naming the problem, 404,
+409) change nothing; cross-site writes are refused."""
 
 from __future__ import annotations
 
@@ -19,12 +20,10 @@ from edge_sync.cloud import CloudServer
 from edge_sync.common.wire import uuid_halves, uuid_of
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, EdgesRpcConfig
 from edge_sync.proto import edge_pb2
-from tests.helpers.link_client import LinkClient
+from tests.helpers.link_client import DEADLINE_S, LinkClient
+from tests.helpers.wake_only import wake_only
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "thingsboard"
-AT_ONCE_S = 0.9
-"""A downlink the admin call queued reaches the connected edge within this (the stream's own
-poll is 1 s: sooner means the call woke it)."""
 TOKEN = "entity-api-token-0123456789abcdef"
 
 
@@ -69,7 +68,9 @@ def config(data_dir: Path, token: str = "") -> CloudConfig:
 
 @pytest.fixture
 def cloud(tmp_path: Path) -> Iterator[CloudServer]:
-    server = CloudServer(config(tmp_path / "cloud")).start()
+    cfg = config(tmp_path / "cloud")
+    # the stream never looks at its queue on its own: a downlink comes only if the call woke it
+    server = CloudServer(cfg, link=wake_only(cfg)).start()
     server.service.create_edge("edge-1", routing_key="rk-1", secret="s3cret-1")
     server.service.create_edge("edge-2", routing_key="rk-2", secret="s3cret-2")
     yield server
@@ -92,8 +93,9 @@ def edge(cloud: CloudServer) -> Iterator[LinkClient]:
 
 
 def received(edge: LinkClient) -> edge_pb2.DownlinkMsg:
-    """The next downlink, at once; acknowledged."""
-    d = edge.downlink(timeout=AT_ONCE_S)
+    """The next downlink, woken by the call that queued it (the stream does not poll);
+    acknowledged."""
+    d = edge.downlink(timeout=DEADLINE_S)
     edge.ack(d.downlinkMsgId)
     return d
 

@@ -18,12 +18,12 @@ import pytest
 from edge_sync.cloud import CloudServer
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, EdgesRpcConfig
 from edge_sync.proto import edge_pb2
-from tests.helpers.link_client import LinkClient
+from tests.helpers.link_client import DEADLINE_S, LinkClient
 from tests.helpers.ports import free_ports
+from tests.helpers.wake_only import wake_only
 
 CLI = [sys.executable, "-m", "edge_sync.cli.cloud"]
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "thingsboard"
-AT_ONCE_S = 0.9  # the stream's own poll is 1 s: sooner means the command woke it
 
 
 def env_for(data_dir: Path, admin_port: int) -> dict[str, str]:
@@ -70,8 +70,8 @@ def rows(env: dict[str, str], *args: str) -> list[tuple[str, str, list[str]]]:
             for r in lines(ok(env, "entity", "list", "--json", *args))]
 
 
-def received(edge: LinkClient, timeout: float = AT_ONCE_S) -> edge_pb2.DownlinkMsg:
-    d = edge.downlink(timeout=timeout)
+def received(edge: LinkClient) -> edge_pb2.DownlinkMsg:
+    d = edge.downlink(timeout=DEADLINE_S)
     edge.ack(d.downlinkMsgId)
     return d
 
@@ -161,7 +161,7 @@ def test_every_command_with_the_server_stopped_then_what_it_queued_reaches_the_e
     try:
         assert edge.connect("rk-1", "s-1").responseCode == edge_pb2.ACCEPTED
         edge.sync(False)
-        got = [kinds(received(edge, timeout=5)) for _ in range(8)]
+        got = [kinds(received(edge)) for _ in range(8)]
         assert got == [
             ["ruleChainUpdateMsg"], ["ruleChainMetadataUpdateMsg"], ["deviceProfileUpdateMsg"],
             ["assetProfileUpdateMsg", "assetUpdateMsg"], ["dashboardUpdateMsg"],
@@ -175,9 +175,11 @@ def test_every_command_with_the_server_stopped_then_what_it_queued_reaches_the_e
 @pytest.mark.slow
 def test_with_the_server_running_each_change_reaches_the_connected_edge_at_once(tmp_path):
     data = tmp_path / "cloud"
-    server = CloudServer(CloudConfig(
+    cfg = CloudConfig(
         rpc=EdgesRpcConfig(host="127.0.0.1", port=0), storage=CloudStorageConfig(data_dir=data),
-        admin=AdminConfig(host="127.0.0.1", port=0))).start()
+        admin=AdminConfig(host="127.0.0.1", port=0))
+    # the stream never looks at its queue on its own: a downlink comes only if the command woke it
+    server = CloudServer(cfg, link=wake_only(cfg)).start()
     server.service.create_edge("e1", routing_key="rk-1", secret="s-1")
     env = env_for(data, server.admin_port)
     edge = LinkClient(server.port)
