@@ -34,6 +34,15 @@ from tests.helpers.metric_values import metric_total
 from tests.helpers.wait import wait_until
 
 DEADLINE_S = 10.0
+SYNC_TIMEOUT_S = 3.0
+"""connection.SYNC_TIMEOUT_S in the long-sync tests: long enough that a pause of the test's
+slow cloud under load (waiting for an acknowledgement) does not pass for a silent sync."""
+LONG_SYNC_S = 2 * SYNC_TIMEOUT_S
+"""How long the slow cloud of those tests keeps sending: longer than the timeout, so a sync
+still running at its end proves the wait restarted."""
+SLOW_ANSWER_S = 10.0
+"""How long the peer of the held-event test takes to answer the slow device's creation: what
+must not wait for it is waited for with a deadline well below this."""
 ROUTING_KEY, SECRET = "rk-fake", "secret-fake"
 
 
@@ -550,23 +559,23 @@ def test_oldest_message_failing_transiently_while_later_ones_succeed_reconnects_
 def test_a_silent_sync_times_out_and_a_sync_that_keeps_sending_is_not_cut(
         harness: Harness, monkeypatch: pytest.MonkeyPatch,
         log_records: list[dict[str, Any]]) -> None:
-    """The wait for SyncCompletedMsg (1 s here) restarts on every downlink of the sync applied: a
-    sync that sends nothing is cut after 1 s; a sync of 3 s sending every 0.3 s completes."""
-    monkeypatch.setattr(connection, "SYNC_TIMEOUT_S", 1.0)
+    """The wait for SyncCompletedMsg (3 s here) restarts on every downlink of the sync applied: a
+    sync that sends nothing is cut after 3 s; a sync of 6 s sending every 0.3 s completes."""
+    monkeypatch.setattr(connection, "SYNC_TIMEOUT_S", SYNC_TIMEOUT_S)
     fake = harness.fake(uplinks="ack", hold_sync=True)
     app = harness.edge(fake, CLOUD_RPC_TIMEOUT="500")
     fake.wait_for(lambda: fake.sync_requests, what="a sync request")
     asked = time.monotonic()
     fake.wait_for(lambda: len(fake.connects) >= 2, what="a reconnect after a silent sync")
-    assert fake.connects[1].at - asked >= 0.9
+    assert fake.connects[1].at - asked >= SYNC_TIMEOUT_S - 0.1
     [cut] = [r["message"] for r in log_records if "no sync completion" in r["message"]]
-    assert ("no new downlink applied for 1.0s (0 downlinks received during the sync, 0 applied)"
+    assert ("no new downlink applied for 3.0s (0 downlinks received during the sync, 0 applied)"
             in cut), cut
 
     fake.wait_for(lambda: len(fake.sync_requests) >= 2, what="the second stream's sync request")
     started = time.monotonic()
     sent = 0
-    while time.monotonic() - started < 3.0:
+    while time.monotonic() - started < LONG_SYNC_S:
         msg = fake.send_downlink(edge_pb2.DownlinkMsg(downlinkMsgId=fake.new_downlink_id()))
         sent += 1
         fake.wait_for(lambda m=msg: fake.acks_for(m.downlinkMsgId), what="a sync downlink acked")
@@ -649,9 +658,9 @@ def test_a_sync_redelivering_a_refused_downlink_times_out_one_applying_new_ones_
         harness: Harness, monkeypatch: pytest.MonkeyPatch,
         log_records: list[dict[str, Any]]) -> None:
     """Only a downlink applied for the first time is progress: a cloud that redelivers one
-    downlink the edge refuses, every 0.2 s for ever, gets the sync cut after 1 s; a cloud that
-    does the same but also sends a new downlink every 0.3 s for 3 s gets its sync completed."""
-    monkeypatch.setattr(connection, "SYNC_TIMEOUT_S", 1.0)
+    downlink the edge refuses, every 0.2 s for ever, gets the sync cut after 3 s; a cloud that
+    does the same but also sends a new downlink every 0.3 s for 6 s gets its sync completed."""
+    monkeypatch.setattr(connection, "SYNC_TIMEOUT_S", SYNC_TIMEOUT_S)
     fake = harness.fake(uplinks="ack", hold_sync=True)
     app = harness.edge(fake, CLOUD_RPC_TIMEOUT="500")
     fake.wait_for(lambda: fake.sync_requests, what="a sync request")
@@ -659,25 +668,26 @@ def test_a_sync_redelivering_a_refused_downlink_times_out_one_applying_new_ones_
     asked = time.monotonic()
     fake.redeliver(refused, every_s=0.2)
     fake.wait_for(lambda: len(fake.connects) >= 2, what="a reconnect after a sync making no progress")
-    assert fake.connects[1].at - asked >= 0.9
+    assert fake.connects[1].at - asked >= SYNC_TIMEOUT_S - 0.1
 
     def answers(stream: int, downlink_id: int) -> list[bool]:
         return [a.success for s, a in fake.downlink_acks if s == stream
                 and a.downlinkMsgId == downlink_id]
 
     first = answers(1, refused.downlinkMsgId)
-    assert len(first) >= 4 and not any(first), first  # refused, again and again, within the 1 s
+    # refused, again and again, within the 3 s (about 15 times; fewer when the machine is busy)
+    assert len(first) >= 2 and not any(first), first
     assert {(a.errorMsg, a.retryable) for _, a in fake.downlink_acks
             if a.downlinkMsgId == refused.downlinkMsgId} == {
         ("deviceCredentialsUpdateMsg: entity is not JSON", False)}  # its content, every time
     [cut] = [r["message"] for r in log_records if "no sync completion" in r["message"]]
-    assert "no new downlink applied for 1.0s" in cut and ", 0 applied)" in cut, cut
+    assert "no new downlink applied for 3.0s" in cut and ", 0 applied)" in cut, cut
 
     fake.wait_for(lambda: len(fake.sync_requests) >= 2, what="the second stream's sync request")
     fake.redeliver(refused, every_s=0.2)
     started = time.monotonic()
     sent = 0
-    while time.monotonic() - started < 3.0:
+    while time.monotonic() - started < LONG_SYNC_S:
         msg = fake.send_downlink(edge_pb2.DownlinkMsg(downlinkMsgId=fake.new_downlink_id()))
         sent += 1
         fake.wait_for(lambda m=msg: fake.acks_for(m.downlinkMsgId), what="a sync downlink acked")
@@ -686,7 +696,8 @@ def test_a_sync_redelivering_a_refused_downlink_times_out_one_applying_new_ones_
     fake.release_sync()
     wait_until(lambda: link_state(app) == "CONNECTED", timeout=DEADLINE_S, what="CONNECTED")
     assert len(fake.connects) == 2
-    assert len(answers(2, refused.downlinkMsgId)) >= 10
+    # refused all along the 6 s (about 30 times), not counted as progress
+    assert len(answers(2, refused.downlinkMsgId)) >= 2
     assert not any(answers(2, refused.downlinkMsgId))
 
 
@@ -727,11 +738,12 @@ def test_thingsboard_like_late_answer_to_a_resent_message_settles_it_once(
 
 def test_an_event_held_behind_a_slow_creation_does_not_keep_other_devices_waiting(
         harness: Harness) -> None:
-    """Device "slow"'s creation is answered after 3 s and its credentials wait for that answer
+    """Device "slow"'s creation is answered after 10 s and its credentials wait for that answer
     (held). Another device's telemetry committed meanwhile goes within the batch timeout, not
     after the slow answer."""
     def delay(items: list[Payload]) -> float:
-        return 3.0 if any(p.action == "ADDED" and p.value["name"] == "slow" for p in items) else 0.0
+        slow = any(p.action == "ADDED" and p.value["name"] == "slow" for p in items)
+        return SLOW_ANSWER_S if slow else 0.0
 
     fake = harness.fake(uplinks="ack", capabilities=None, answer_delay=delay)
     app = harness.edge(fake)
@@ -742,10 +754,10 @@ def test_an_event_held_behind_a_slow_creation_does_not_keep_other_devices_waitin
     fake.wait_for(lambda: len(fake.uplinks) == 3, what="slow's creation sent")
     time.sleep(0.3)  # past the batch timeout (50 ms): only slow's answer can free its credentials
     [seq] = post(app, quick, [{"n": 1}])
-    started = time.monotonic()
-    fake.wait_for(lambda: seq in fake.applied_seqs(), timeout=2.0,
+    # well before the slow answer can come (it is answered 10 s after it was sent)
+    fake.wait_for(lambda: seq in fake.applied_seqs(), timeout=SLOW_ANSWER_S / 2,
                   what="quick's telemetry applied before slow's answer")
-    assert time.monotonic() - started < 1.0
     [creation] = [u for u in fake.uplinks if u.seqs == [3]]
     assert creation.answer is None  # still unanswered
-    wait_until(lambda: settled(app, 5), timeout=DEADLINE_S, what="every event acknowledged")
+    wait_until(lambda: settled(app, 5), timeout=SLOW_ANSWER_S + DEADLINE_S,
+               what="every event acknowledged")
