@@ -486,7 +486,8 @@ def test_stop_ends_connected_streams(tmp_path):
         started = time.monotonic()
         server.stop()
         assert time.monotonic() - started < 5
-        assert client.ended() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        # StreamSession.end cancels the RPC before the handler returns: CANCELLED, not a clean end
+        assert client.ended() == grpc.StatusCode.CANCELLED
     finally:
         client.close()
 
