@@ -292,23 +292,25 @@ def test_an_import_is_all_or_nothing_and_a_bad_file_is_refused_with_the_reason(a
     before = api.ok("GET", "/api/entities")
     cases = [
         ({"file": fixture("bad_rule_chain_no_metadata.json"), "source": "half.json"},
-         "half.json: metadata: missing (the rule chain's nodes and connections)"),
+         400, "half.json: metadata: missing (the rule chain's nodes and connections)"),
         ({"file": fixture("bad_rule_chain_connection.json")},
-         "the file: metadata.connections[0].toIndex: 5 names no node (there are 1)"),
+         400, "the file: metadata.connections[0].toIndex: 5 names no node (there are 1)"),
         ({"file": [fixture("acme_customer.json"), fixture("acme_customer.json")], "source": "f"},
-         "a customer named 'ACME Heating' already exists"),
-        ({"file": fixture("valve_dashboard.json")}, "needs the widget type "
-                                                    "'plant_widgets.valve_state'"),
+         409, "a customer named 'ACME Heating' already exists"),
+        ({"file": fixture("valve_dashboard.json")},
+         400, "needs the widget type 'plant_widgets.valve_state'"),
         ({"file": {**fixture("boiler_alarms_rule_chain.json"),
                    "ruleChain": {**fixture("boiler_alarms_rule_chain.json")["ruleChain"],
                                  "type": "CORE"}}, "assign": "rk-1"},
-         "only rule chains of type EDGE are assigned to edges"),
-        ({"file": fixture("acme_customer.json"), "assign": "rk-9"}, "no edge with routing key"),
-        ({"type": "ASSET"}, "file: missing"),
+         400, "only rule chains of type EDGE are assigned to edges"),
+        ({"file": fixture("acme_customer.json"), "assign": "rk-9"},
+         404, "no edge with routing key"),
+        ({"type": "ASSET"}, 400, "file: missing"),
     ]
-    for body, message in cases:
+    for body, expected, message in cases:
         status, out = api("POST", "/api/entities/import", body)
-        assert status in (400, 404, 409) and message in out["message"], (body, out)
+        assert (status, out["status"]) == (expected, expected), (body, out)
+        assert message in out["message"], (body, out)
     assert api.ok("GET", "/api/entities") == before
     assert edge.nothing_within(0.3)
 
