@@ -83,6 +83,9 @@ LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.
                      3600.0, 21600.0, 86400.0)
 """``edge_sync_sync_latency_seconds``' buckets: sub-second while connected, the health
 thresholds (5 s healthy, 30 s warning), and minutes to a day for a drain after an outage."""
+ROUND_TRIP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""``edge_sync_uplink_ack_seconds``' buckets: an uplink message's send to its acknowledgement,
+the network's and the cloud's share of the latency (1 s: the network quality alert)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +246,10 @@ class ConnectionActor(SupervisedActor):
         self._m_latency = m.histogram(
             "edge_sync_sync_latency_seconds", "accept-to-acknowledge latency of uplink events: "
             "the cloud's acknowledgement time minus the event's created_time", LATENCY_BUCKETS_S)
+        self._m_round_trip = m.histogram(
+            "edge_sync_uplink_ack_seconds", "send-to-acknowledgement time of uplink messages "
+            "(a resend is a message of its own; an answer to a message given up is not timed)",
+            ROUND_TRIP_BUCKETS_S)
         self._publish()
 
     # -- lifecycle (actor thread) --------------------------------------------------------------
@@ -611,10 +618,13 @@ class ConnectionActor(SupervisedActor):
     def _on_uplink_response(self, resp: edge_pb2.UplinkResponseMsg) -> None:
         now = self._clock.monotonic()
         if resp.success:
-            late = self._window.flight(resp.uplinkMsgId) is None
+            sent = self._window.flight(resp.uplinkMsgId)
+            late = sent is None
             seqs = self._window.on_ack(resp.uplinkMsgId)
             if seqs is None:
                 return  # an answer to a message given up by a go-back-N resend
+            if sent is not None:
+                self._m_round_trip.observe_many((max(0.0, now - sent.sent_at),))
             if late:  # a message resent after its ack timeout, answered after all
                 _log.bind(uplink_id=resp.uplinkMsgId, first_seq=seqs[0] if seqs else None).info(
                     "uplink {} answered after it was resent: {} events settled, not resent again",

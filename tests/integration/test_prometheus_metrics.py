@@ -2,7 +2,8 @@
 workload, read with prometheus-client's own parser: the content type, every family's type,
 and exact values (events by lane and outcome, device answers by protocol and code over HTTP
 and MQTT, queue depth, link and breaker state, the sync latency histogram and the status'
-``sync_latency_ms``; the cloud's applied events, dedup and connected edges)."""
+``sync_latency_ms``, the uplink round-trip histogram; the cloud's applied events, dedup and
+connected edges)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,14 @@ def test_both_processes_expose_their_metrics_to_prometheus(tmp_path, procs) -> N
             if s.name == "edge_sync_link_breaker_state" and s.value == 1} == {"CLOSED"}
     assert value(edge, "edge_sync_sync_latency_seconds_count") == total
     assert value(edge, "edge_sync_sync_latency_seconds_bucket", le="+Inf") == total
+    # every uplink message was acknowledged once, none resent: each timed once, send to ack
+    assert types["edge_sync_uplink_ack_seconds"] == "histogram"
+    assert value(edge, "edge_sync_uplink_resends_total") == 0
+    sent_messages = value(edge, "edge_sync_uplink_messages_sent_total")
+    assert sent_messages >= 1
+    assert value(edge, "edge_sync_uplink_ack_seconds_count") == sent_messages
+    assert value(edge, "edge_sync_uplink_ack_seconds_bucket", le="+Inf") == sent_messages
+    assert 0 < value(edge, "edge_sync_uplink_ack_seconds_sum") < DEADLINE_S * sent_messages
     assert value(edge, "edge_sync_storage_cap_bytes") > value(edge, "edge_sync_storage_used_bytes") > 0
     assert value(edge, "edge_sync_supervisor_restarts_total") == 0
     latency_ms = st["link"]["sync_latency_ms"]
