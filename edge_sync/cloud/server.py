@@ -70,11 +70,7 @@ class CloudServer:
         self.store = store if store is not None else open_cloud_store(cfg)
         self.registry = StreamRegistry()
         self.service = CloudService(self.store, clock=clock, notify=self.registry.notify)
-        self.settings = link or LinkSettings(
-            max_inbound_message_size=cfg.rpc.max_inbound_message_size,
-            resend_timeout_s=cfg.downlink.resend_timeout_ms / 1000,
-            max_attempts=cfg.downlink.max_attempts,
-        )
+        self.settings = link or LinkSettings.from_config(cfg)
         self.counters = CloudCounters()
         self.counters.edges_connected(lambda: len(self.registry.snapshot()))
         self.service.attach_counters(self.counters)

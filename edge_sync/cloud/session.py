@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from loguru import logger
@@ -38,6 +38,9 @@ from edge_sync.common.wire import uuid_halves
 from edge_sync.errors import PayloadRejected, StorageError
 from edge_sync.proto import edge_pb2
 
+if TYPE_CHECKING:
+    from edge_sync.config import CloudConfig
+
 _ids = itertools.count(1)
 MAX_PARKED_ERROR_CHARS = 4000
 MAX_LOGGED_ERROR_CHARS = 500
@@ -54,6 +57,13 @@ class LinkSettings:
     max_attempts: int = 3
     """Refusals (success=false) of one downlink before it is parked and the queue moves on. A
     downlink that gets no answer at all is resent for ever (never parked)."""
+
+    @classmethod
+    def from_config(cls, cfg: CloudConfig) -> LinkSettings:
+        """The settings ``conf/cloud.yml`` gives (the rest: the defaults above)."""
+        return cls(max_inbound_message_size=cfg.rpc.max_inbound_message_size,
+                   resend_timeout_s=cfg.downlink.resend_timeout_ms / 1000,
+                   max_attempts=cfg.downlink.max_attempts)
 
 
 class _Kind(enum.Enum):

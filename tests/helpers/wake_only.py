@@ -8,6 +8,8 @@ that an idle stream looks at its queue on its own only once an hour (LinkSetting
 
 from __future__ import annotations
 
+import dataclasses
+
 from edge_sync.cloud.session import LinkSettings
 from edge_sync.config import CloudConfig
 
@@ -17,10 +19,5 @@ NO_POLL_S = 3600.0
 
 
 def wake_only(cfg: CloudConfig) -> LinkSettings:
-    """As edge_sync.cloud.server.CloudServer derives them from ``cfg``, polling an hour apart."""
-    return LinkSettings(
-        max_inbound_message_size=cfg.rpc.max_inbound_message_size,
-        resend_timeout_s=cfg.downlink.resend_timeout_ms / 1000,
-        max_attempts=cfg.downlink.max_attempts,
-        poll_interval_s=NO_POLL_S,
-    )
+    """The settings CloudServer derives from ``cfg``, polling an hour apart."""
+    return dataclasses.replace(LinkSettings.from_config(cfg), poll_interval_s=NO_POLL_S)
