@@ -61,6 +61,7 @@ __all__ = [
     "CloudLinkConfig",
     "CloudRpcConfig",
     "CloudStorageConfig",
+    "CloudSyncConfig",
     "DownlinkConfig",
     "EdgeConfig",
     "EdgesRpcConfig",
@@ -268,6 +269,15 @@ class KeepaliveConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class CloudSyncConfig(_Section):
+    """``cloud.sync``: when a connect asks the cloud for a full sync (link/state.py sync_mode)."""
+
+    full_after_offline_hours: float = field(default=24.0, metadata=_meta(lo=0))
+    """A connect after more hours than this without contact with the cloud asks for a full sync
+    (the entity graph may be stale); 0: never for that reason."""
+
+
+@dataclass(frozen=True, slots=True)
 class CloudLinkConfig(_Section):
     """``cloud``: everything about the edge's connection to the cloud."""
 
@@ -279,6 +289,7 @@ class CloudLinkConfig(_Section):
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
+    sync: CloudSyncConfig = field(default_factory=CloudSyncConfig)
     clock_skew_warn_s: float = field(default=60.0, metadata=_meta(lo=0))
     window: int = field(default=8, metadata=_meta(lo=1))
     """Uplink messages in flight (sent, not yet acknowledged)."""

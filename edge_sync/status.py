@@ -24,6 +24,7 @@ from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore, MiB
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.graph_store import GraphStore, HeldEntity, SyncState
+from edge_sync.storage.link_contact import LinkContact
 from edge_sync.storage.rpc_store import RpcStore
 
 HELD_SHOWN = 20
@@ -111,6 +112,10 @@ def collect_status(
             sync = graph.sync_state(txn)
         except StorageCorrupt as exc:  # the status still answers; the next connect repairs it
             sync = SyncState(damaged=f"sync state unreadable: {exc}")
+        try:
+            last_contact: int | None = LinkContact(store).last_ms(txn)
+        except StorageCorrupt:  # the next connect asks for a full sync, which rewrites it
+            last_contact = None
     oldest_age_ms = None if oldest is None else max(0, now_ms - oldest.created_time)
     link = link or {"state": "UNKNOWN", "note": "agent not running"}
     detail = judge_health(health or HealthConfig(), pending=counts.pending,
@@ -159,6 +164,7 @@ def collect_status(
             "full_reason": sync.started_reason or None,
             "full_requested": sync.requested,
             "damaged": sync.damaged,
+            "last_contact_ms": last_contact,
             "last": (link or {}).get("last_sync"),
         },
     }

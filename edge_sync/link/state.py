@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from edge_sync.link.offline import Offline
 from edge_sync.storage.graph_store import SyncState
 
 
@@ -34,12 +35,14 @@ def edge_version() -> str:
 
 
 def sync_mode(*, stored_edge: uuid.UUID, connected_edge: uuid.UUID, state: SyncState,
-              version: str) -> tuple[bool, str]:
+              version: str, offline: Offline | None = None) -> tuple[bool, str]:
     """(full, why) for the SyncRequestMsg of an accepted connect: full on the first connect or
     a changed identity (as ThingsBoard Edge does), and whenever the entity graph may not match
     the cloud: a store that never completed a full sync, another edge version than the one of
     the last full sync, damage found, a full sync that did not complete (a crash or a lost
-    stream in the middle), or an operator's request. Else incremental."""
+    stream in the middle), a long time offline (``offline``: link/offline.py's verdict, None
+    when no contact is recorded or the rule is off), or an operator's request. Else
+    incremental (its reason says how long the edge was offline, when known)."""
     nil = uuid.UUID(int=0)
     if stored_edge == nil:
         return True, "first connect (no edge identity stored)"
@@ -54,9 +57,12 @@ def sync_mode(*, stored_edge: uuid.UUID, connected_edge: uuid.UUID, state: SyncS
                       f"({state.completed_version} -> {version})")
     if state.damaged is not None:
         return True, f"the store was found damaged ({state.damaged})"
+    if offline is not None and offline.full:
+        return True, offline.reason
     if state.requested is not None:
         return True, f"requested: {state.requested}"
-    return False, f"the last full sync completed at version {version}"
+    why = f"the last full sync completed at version {version}"
+    return False, why if offline is None else f"{why}; {offline.reason}"
 
 
 class LinkState(enum.StrEnum):
