@@ -459,6 +459,9 @@ class HealthConfig(_Section):
     sync_latency_warning_s: float = field(default=30.0, metadata=_meta(lo=0))
     storage_used_healthy_pct: float = field(default=80.0, metadata=_meta(lo=0, hi=100))
     storage_used_warning_pct: float = field(default=95.0, metadata=_meta(lo=0, hi=100))
+    link_down_warning_s: float = field(default=300.0, metadata=_meta(lo=0))
+    """How long the link may be down (reconnecting since it was lost, or not yet connected since
+    the start) while it is only degraded; longer: warning."""
 
     def _check(self) -> None:
         for low, high in (("queue_depth_healthy", "queue_depth_warning"),

@@ -215,6 +215,9 @@ class ConnectionActor(SupervisedActor):
         self._read_next = 0  # ... as it was at the latest read
         self._state_since_ms = clock.now_ms()
         self._contact = LinkContact(store)  # the last contact with the cloud (on disk)
+        # since when the link is down: lost, or not connected yet (monotonic, and wall clock)
+        self._down_since: float | None = clock.monotonic()
+        self._down_since_ms: int | None = self._state_since_ms
         self._sent_events = SentEvents()  # lanes and created times until acknowledged
         self._sync_latency_ms: int | None = None  # max of the last acknowledged batch
         m = metrics
@@ -844,7 +847,10 @@ class ConnectionActor(SupervisedActor):
 
     def _state_changed(self, old: LinkState, new: LinkState, reason: str) -> None:
         self._state_since_ms = self._clock.now_ms()
-        if old is LinkState.CONNECTED:  # lost, or stopping: in contact until now
+        if new is LinkState.CONNECTED:
+            self._down_since = self._down_since_ms = None
+        elif old is LinkState.CONNECTED:  # lost, or stopping: in contact until now
+            self._down_since, self._down_since_ms = self._clock.monotonic(), self._state_since_ms
             self._contact.record(self._state_since_ms)
         self._publish()
 
@@ -865,6 +871,7 @@ class ConnectionActor(SupervisedActor):
             "last_ack_ms": self._last_ack_ms,
             "sync_latency_ms": self._sync_latency_ms,
             "state_since_ms": self._state_since_ms,
+            "down_since_ms": self._down_since_ms,  # down_for_s: counted by the board
             "last_sync": self._last_sync,
-        }, next_attempt_at=self._next_attempt if waiting else None,
+        }, next_attempt_at=self._next_attempt if waiting else None, down_since=self._down_since,
             monotonic=self._clock.monotonic)

@@ -115,26 +115,33 @@ class LinkStateMachine:
 class StatusBoard:
     """The link's latest status snapshot: replaced whole by the ConnectionActor (one writer),
     read by status views on any thread. The actor publishes only when something changes (it
-    does not tick), so the countdown to the next connection attempt is computed at each read
-    from the deadline published with the snapshot."""
+    does not tick), so the countdown to the next connection attempt and the time the link has
+    been down are computed at each read from the instants published with the snapshot."""
 
     def __init__(self) -> None:
-        self._published: tuple[dict[str, object], float | None, Callable[[], float]] = (
-            {"state": LinkState.DISCONNECTED.value}, None, time.monotonic)
+        self._published: tuple[dict[str, object], float | None, float | None,
+                               Callable[[], float]] = (
+            {"state": LinkState.DISCONNECTED.value}, None, None, time.monotonic)
 
     def publish(self, snapshot: dict[str, object], *, next_attempt_at: float | None = None,
+                down_since: float | None = None,
                 monotonic: Callable[[], float] = time.monotonic) -> None:
-        """Replace the snapshot; next_attempt_at (on ``monotonic``'s clock) fills
-        ``next_attempt_in_s`` at every read."""
-        self._published = (snapshot, next_attempt_at, monotonic)
+        """Replace the snapshot; next_attempt_at and down_since (on ``monotonic``'s clock) fill
+        ``next_attempt_in_s`` and ``down_for_s`` at every read."""
+        self._published = (snapshot, next_attempt_at, down_since, monotonic)
 
     @property
     def value(self) -> dict[str, object]:
-        snapshot, next_attempt_at, monotonic = self._published
-        if next_attempt_at is None:
+        snapshot, next_attempt_at, down_since, monotonic = self._published
+        if next_attempt_at is None and down_since is None:
             return snapshot
-        return {**snapshot,
-                "next_attempt_in_s": round(max(0.0, next_attempt_at - monotonic()), 1)}
+        now = monotonic()
+        out = dict(snapshot)
+        if next_attempt_at is not None:
+            out["next_attempt_in_s"] = round(max(0.0, next_attempt_at - now), 1)
+        if down_since is not None:
+            out["down_for_s"] = round(max(0.0, now - down_since), 1)
+        return out
 
     @value.setter
     def value(self, snapshot: dict[str, object]) -> None:

@@ -7,7 +7,8 @@ connects while the clock moves 23 h (incremental), then 25 h (full). A link that
 connected without traffic is in contact all along: 20 h of quiet, then 10 h offline asks for
 an incremental sync (counted from the loss, not from the last downlink 30 h before); 20 h of
 quiet, a stop, and a restart 5 h later too (the stop is recorded on disk); a restart 25 h
-after a stop asks for a full sync. Each decision's reason is in the link's log line."""
+after a stop asks for a full sync. Each decision's reason is in the link's log line, and the
+link is degraded while it is down (under health.link_down_warning_s)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,10 @@ class Rig:
         wait_until(lambda: self.state() == "BACKOFF", timeout=DEADLINE_S, what="the link down")
         refused = len(self.fake.connects)
         self.fake.wait_for(lambda: len(self.fake.connects) > refused, what="a refused connect")
+        assert self.app is not None
+        link = self.app.admin_api.status()["health_detail"]["link"]
+        assert (link["level"], link["warning_over_s"]) == ("degraded", 300.0)
+        assert 0 <= link["down_for_s"] < 300
         self.clock.shift(hours)
         self.fake.response_code = edge_pb2.ACCEPTED
 

@@ -140,6 +140,7 @@ EDGE_DEFAULTS: dict[str, object] = {
     "health.sync_latency_warning_s": 30.0,
     "health.storage_used_healthy_pct": 80.0,
     "health.storage_used_warning_pct": 95.0,
+    "health.link_down_warning_s": 300.0,
 }
 
 CLOUD_DEFAULTS: dict[str, object] = {
@@ -309,6 +310,7 @@ EDGE_OVERRIDES: dict[str, tuple[str, str, object]] = {
     "EDGE_HEALTH_SYNC_LATENCY_WARNING_S": ("health.sync_latency_warning_s", "60", 60.0),
     "EDGE_HEALTH_STORAGE_USED_HEALTHY_PCT": ("health.storage_used_healthy_pct", "50", 50.0),
     "EDGE_HEALTH_STORAGE_USED_WARNING_PCT": ("health.storage_used_warning_pct", "99", 99.0),
+    "EDGE_HEALTH_LINK_DOWN_WARNING_S": ("health.link_down_warning_s", "60", 60.0),
 }
 
 CLOUD_OVERRIDES: dict[str, tuple[str, str, object]] = {
@@ -519,6 +521,7 @@ def test_non_numeric_value_in_file_does_not_mention_env(tmp_path: Path) -> None:
          "a number >= 0"),
         ("EDGE_CLOUD_SYNC_FULL_AFTER_OFFLINE_HOURS", "a day", "cloud.sync.full_after_offline_hours",
          "a number >= 0"),
+        ("EDGE_HEALTH_LINK_DOWN_WARNING_S", "-5", "health.link_down_warning_s", "a number >= 0"),
         ("CLOUD_RPC_PORT", "70.5", "cloud.rpc.port", "an integer"),
         ("CLOUD_RPC_HOST", " ", "cloud.rpc.host", "a non-empty string"),
         ("EDGE_DATA_DIR", "", "storage.data_dir", "a non-empty path"),
