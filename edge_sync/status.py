@@ -161,6 +161,9 @@ def collect_status(
             "oldest_pending_age_ms": oldest_age_ms,
         },
         "last_ack_ms": last_ack,
+        # NOT the link's measured latency (link.sync_latency_ms) nor the health's
+        # (health_detail.sync_latency.value_ms): the oldest pending event's age, 0 when none is
+        # pending; kept under this name for those who read it (docs/metrics.md)
         "sync_latency_ms": oldest_age_ms or 0,
         "storage": {
             "path": str(store.path),
