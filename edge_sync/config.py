@@ -61,6 +61,7 @@ __all__ = [
     "CloudLinkConfig",
     "CloudRpcConfig",
     "CloudStorageConfig",
+    "CloudSyncConfig",
     "DownlinkConfig",
     "EdgeConfig",
     "EdgesRpcConfig",
@@ -268,6 +269,15 @@ class KeepaliveConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class CloudSyncConfig(_Section):
+    """``cloud.sync``: when a connect asks the cloud for a full sync (link/state.py sync_mode)."""
+
+    full_after_offline_hours: float = field(default=24.0, metadata=_meta(lo=0))
+    """A connect after more hours than this without contact with the cloud asks for a full sync
+    (the entity graph may be stale); 0: never for that reason."""
+
+
+@dataclass(frozen=True, slots=True)
 class CloudLinkConfig(_Section):
     """``cloud``: everything about the edge's connection to the cloud."""
 
@@ -279,6 +289,7 @@ class CloudLinkConfig(_Section):
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
+    sync: CloudSyncConfig = field(default_factory=CloudSyncConfig)
     clock_skew_warn_s: float = field(default=60.0, metadata=_meta(lo=0))
     window: int = field(default=8, metadata=_meta(lo=1))
     """Uplink messages in flight (sent, not yet acknowledged)."""
@@ -448,6 +459,9 @@ class HealthConfig(_Section):
     sync_latency_warning_s: float = field(default=30.0, metadata=_meta(lo=0))
     storage_used_healthy_pct: float = field(default=80.0, metadata=_meta(lo=0, hi=100))
     storage_used_warning_pct: float = field(default=95.0, metadata=_meta(lo=0, hi=100))
+    link_down_warning_s: float = field(default=300.0, metadata=_meta(lo=0))
+    """How long the link may be down (reconnecting since it was lost, or not yet connected since
+    the start) while it is only degraded; longer: warning."""
 
     def _check(self) -> None:
         for low, high in (("queue_depth_healthy", "queue_depth_warning"),

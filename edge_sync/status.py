@@ -7,7 +7,9 @@ last sync the link reports: full or incremental, when, why full).
 
 The health (``health``: healthy, degraded or warning, the worst of queue depth, sync latency
 and the link; ``health_detail``: every indicator with its value, level and thresholds) is
-judged against the ``health`` section of the configuration (docs/configuration.md).
+judged against the ``health`` section of the configuration (docs/configuration.md). Warning is
+the worst level: the link is degraded while it reconnects and a warning once it has been down
+longer than ``health.link_down_warning_s``, or when the cloud refused its credentials.
 
 Read-only: one LMDB read transaction. Used by the admin API and, with the agent stopped, by
 ``edge-sync status``.
@@ -24,6 +26,7 @@ from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore, MiB
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.graph_store import GraphStore, HeldEntity, SyncState
+from edge_sync.storage.link_contact import LinkContact
 from edge_sync.storage.rpc_store import RpcStore
 
 HELD_SHOWN = 20
@@ -41,6 +44,26 @@ def level(value: float, healthy: float, warning: float) -> str:
     return HEALTHY if value < healthy else DEGRADED
 
 
+def link_level(link: dict[str, Any], down_warning_s: float) -> str | None:
+    """The link's level: healthy when connected; degraded while it reconnects (connecting,
+    syncing, backing off) or has not connected yet since the start; a warning once it has
+    been down more than ``down_warning_s`` (``down_for_s``: since it was lost, or since the
+    start when it never connected), and when the cloud refused the credentials (AUTH_FAILED:
+    no retry will mend that). None when there is no link to judge (not configured, or the
+    agent is not running)."""
+    state = str(link.get("state", "UNKNOWN"))
+    if state == "CONNECTED":
+        return HEALTHY
+    if state == "AUTH_FAILED":
+        return WARNING
+    if state == "UNKNOWN" or link.get("note"):
+        return None
+    down_for = link.get("down_for_s")
+    if isinstance(down_for, int | float) and down_for > down_warning_s:
+        return WARNING
+    return DEGRADED
+
+
 def judge_health(
     cfg: HealthConfig, *, pending: int, oldest_age_ms: int | None, dead: int,
     link: dict[str, Any], live_mb: float, cap_mb: float, clock_skew_warn_s: float,
@@ -52,9 +75,7 @@ def judge_health(
     measured = link.get("sync_latency_ms")
     latency_ms = max(measured or 0, oldest_age_ms or 0)
     state = str(link.get("state", "UNKNOWN"))
-    link_level = (HEALTHY if state == "CONNECTED" else
-                  WARNING if state == "AUTH_FAILED" else
-                  None if state == "UNKNOWN" or link.get("note") else DEGRADED)
+    link_lv = link_level(link, cfg.link_down_warning_s)
     skew = link.get("clock_skew_ms")
     used_pct = 100.0 * live_mb / cap_mb if cap_mb else 0.0
     out: dict[str, Any] = {
@@ -68,10 +89,12 @@ def judge_health(
                                         cfg.sync_latency_warning_s),
                          "healthy_under_s": cfg.sync_latency_healthy_s,
                          "warning_over_s": cfg.sync_latency_warning_s},
-        "link": {"state": state, "level": link_level,
+        "link": {"state": state, "level": link_lv,
                  "connected": state == "CONNECTED",
                  "breaker": link.get("breaker"),
-                 "next_attempt_in_s": link.get("next_attempt_in_s")},
+                 "next_attempt_in_s": link.get("next_attempt_in_s"),
+                 "down_for_s": link.get("down_for_s"),
+                 "warning_over_s": cfg.link_down_warning_s},
         "clock_skew": {"value_ms": skew,
                        "level": None if skew is None else (
                            WARNING if abs(skew) > clock_skew_warn_s * 1000 else HEALTHY),
@@ -83,7 +106,7 @@ def judge_health(
                     "healthy_under_pct": cfg.storage_used_healthy_pct,
                     "warning_over_pct": cfg.storage_used_warning_pct},
     }
-    judged = [out["queue_depth"]["level"], out["sync_latency"]["level"], link_level]
+    judged = [out["queue_depth"]["level"], out["sync_latency"]["level"], link_lv]
     out["overall"] = max((lv for lv in judged if lv is not None), key=_RANK.__getitem__)
     return out
 
@@ -111,6 +134,10 @@ def collect_status(
             sync = graph.sync_state(txn)
         except StorageCorrupt as exc:  # the status still answers; the next connect repairs it
             sync = SyncState(damaged=f"sync state unreadable: {exc}")
+        try:
+            last_contact: int | None = LinkContact(store).last_ms(txn)
+        except StorageCorrupt:  # the next connect asks for a full sync, which rewrites it
+            last_contact = None
     oldest_age_ms = None if oldest is None else max(0, now_ms - oldest.created_time)
     link = link or {"state": "UNKNOWN", "note": "agent not running"}
     detail = judge_health(health or HealthConfig(), pending=counts.pending,
@@ -134,6 +161,9 @@ def collect_status(
             "oldest_pending_age_ms": oldest_age_ms,
         },
         "last_ack_ms": last_ack,
+        # NOT the link's measured latency (link.sync_latency_ms) nor the health's
+        # (health_detail.sync_latency.value_ms): the oldest pending event's age, 0 when none is
+        # pending; kept under this name for those who read it (docs/metrics.md)
         "sync_latency_ms": oldest_age_ms or 0,
         "storage": {
             "path": str(store.path),
@@ -159,6 +189,7 @@ def collect_status(
             "full_reason": sync.started_reason or None,
             "full_requested": sync.requested,
             "damaged": sync.damaged,
+            "last_contact_ms": last_contact,
             "last": (link or {}).get("last_sync"),
         },
     }

@@ -423,6 +423,7 @@ def _status_text(status: dict[str, Any]) -> str:
                      + (f"; full sync asked for: {sync['full_requested']}"
                         if sync["full_requested"] else "")
                      + (f"; damaged: {sync['damaged']}" if sync["damaged"] else ""))
+        lines.append(f"last contact: {sync.get('last_contact_ms') or 'never'} (with the cloud)")
         last = sync.get("last")
         if isinstance(last, dict):
             lines.append("last sync:    " + ", ".join(f"{k} {v}" for k, v in last.items()))

@@ -49,6 +49,7 @@ from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.channel import Stream, make_channel
 from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkApplied, FullSyncStarted
+from edge_sync.link.offline import judge_offline
 from edge_sync.link.sent_events import SentEvents
 from edge_sync.link.state import (
     LinkState,
@@ -65,6 +66,7 @@ from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.graph_store import GraphStore, SyncState
+from edge_sync.storage.link_contact import LinkContact
 from edge_sync.storage.records import NIL_UUID, Lane
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 
@@ -215,6 +217,10 @@ class ConnectionActor(SupervisedActor):
         self._committed_next = 0  # next_seq of the latest EventsCommitted
         self._read_next = 0  # ... as it was at the latest read
         self._state_since_ms = clock.now_ms()
+        self._contact = LinkContact(store)  # the last contact with the cloud (on disk)
+        # since when the link is down: lost, or not connected yet (monotonic, and wall clock)
+        self._down_since: float | None = clock.monotonic()
+        self._down_since_ms: int | None = self._state_since_ms
         self._sent_events = SentEvents()  # lanes and created times until acknowledged
         self._sync_latency_ms: int | None = None  # max of the last acknowledged batch
         m = metrics
@@ -401,13 +407,17 @@ class ConnectionActor(SupervisedActor):
             self._check_skew(resp.cloudCapabilities.serverTimeMillis)
         c = resp.configuration
         identity = (uuid_of(c.tenantIdMSB, c.tenantIdLSB), uuid_of(c.edgeIdMSB, c.edgeIdLSB))
+        last_contact = None
         try:
             with self._store.read() as txn:
                 state = self._graph.sync_state(txn)
+                last_contact = self._contact.last_ms(txn)
         except StorageCorrupt as exc:  # a full sync rewrites it
             state = SyncState(damaged=str(exc))
+        offline = judge_offline(last_contact_ms=last_contact, now_ms=self._clock.now_ms(),
+                                full_after_hours=self._cfg.sync.full_after_offline_hours)
         full, why = sync_mode(stored_edge=self._identity[1], connected_edge=identity[1],
-                              state=state, version=self._version)
+                              state=state, version=self._version, offline=offline)
         if identity != self._identity and identity[1] != NIL_UUID:
             self._queue.tell(SetIdentity(identity[0], identity[1]))
             self._identity = identity
@@ -847,6 +857,11 @@ class ConnectionActor(SupervisedActor):
 
     def _state_changed(self, old: LinkState, new: LinkState, reason: str) -> None:
         self._state_since_ms = self._clock.now_ms()
+        if new is LinkState.CONNECTED:
+            self._down_since = self._down_since_ms = None
+        elif old is LinkState.CONNECTED:  # lost, or stopping: in contact until now
+            self._down_since, self._down_since_ms = self._clock.monotonic(), self._state_since_ms
+            self._contact.record(self._state_since_ms)
         self._publish()
 
     def _publish(self) -> None:
@@ -866,6 +881,7 @@ class ConnectionActor(SupervisedActor):
             "last_ack_ms": self._last_ack_ms,
             "sync_latency_ms": self._sync_latency_ms,
             "state_since_ms": self._state_since_ms,
+            "down_since_ms": self._down_since_ms,  # down_for_s: counted by the board
             "last_sync": self._last_sync,
-        }, next_attempt_at=self._next_attempt if waiting else None,
+        }, next_attempt_at=self._next_attempt if waiting else None, down_since=self._down_since,
             monotonic=self._clock.monotonic)

@@ -46,7 +46,9 @@ The parts, each in its own module: the messages with the ConnectionActor
 RPC requests (link/downlink_data.py), the full sync under way (link/full_sync_track.py), rule
 chains without metadata (link/metadata_requests.py), and what a downlink did with its
 counters and log lines (link/downlink_report.py). This module orchestrates: group commit,
-failure answers, what is told after the commit.
+failure answers, what is told after the commit. Each downlink's transaction also refreshes the
+edge's last contact with the cloud (storage/link_contact.py: at most once a minute, always with
+a SyncCompletedMsg), which a connect reads to tell how long the edge was offline.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.graph_store import GraphStore
+from edge_sync.storage.link_contact import LinkContact
 from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 
@@ -114,6 +117,7 @@ class DownlinkActor(SupervisedActor):
         self._store = store
         self._entities = EntityStore(store)
         self._graph = GraphStore(store)
+        self._contact = LinkContact(store)
         self._applier = GraphApplier(self._graph)
         self._data = DataApplier(self._entities, RpcStore(store))
         self._notify = notify
@@ -319,6 +323,9 @@ class DownlinkActor(SupervisedActor):
     def _apply_in(self, txn: lmdb.Transaction, cmd: ApplyDownlink, key: bytes, now: int,
                   track: SyncTrack) -> DownlinkOutcome:
         msg: edge_pb2.DownlinkMsg = cmd.msg
+        # a contact with the cloud (a redelivery too): at most once a minute, always at a
+        # sync's end (storage/link_contact.py)
+        self._contact.refresh(txn, now, force=msg.HasField("syncCompletedMsg"))
         if self._entities.downlink_applied(txn, key):
             if track.in_sync(cmd.stream_id) and self._graph.full_sync_active(txn):
                 self._applier.mark_seen(txn, msg)  # still assigned: not removed at the end

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from edge_sync.link.offline import Offline
 from edge_sync.storage.graph_store import SyncState
 
 
@@ -34,12 +35,14 @@ def edge_version() -> str:
 
 
 def sync_mode(*, stored_edge: uuid.UUID, connected_edge: uuid.UUID, state: SyncState,
-              version: str) -> tuple[bool, str]:
+              version: str, offline: Offline | None = None) -> tuple[bool, str]:
     """(full, why) for the SyncRequestMsg of an accepted connect: full on the first connect or
     a changed identity (as ThingsBoard Edge does), and whenever the entity graph may not match
     the cloud: a store that never completed a full sync, another edge version than the one of
     the last full sync, damage found, a full sync that did not complete (a crash or a lost
-    stream in the middle), or an operator's request. Else incremental."""
+    stream in the middle), a long time offline (``offline``: link/offline.py's verdict, None
+    when no contact is recorded or the rule is off), or an operator's request. Else
+    incremental (its reason says how long the edge was offline, when known)."""
     nil = uuid.UUID(int=0)
     if stored_edge == nil:
         return True, "first connect (no edge identity stored)"
@@ -54,9 +57,12 @@ def sync_mode(*, stored_edge: uuid.UUID, connected_edge: uuid.UUID, state: SyncS
                       f"({state.completed_version} -> {version})")
     if state.damaged is not None:
         return True, f"the store was found damaged ({state.damaged})"
+    if offline is not None and offline.full:
+        return True, offline.reason
     if state.requested is not None:
         return True, f"requested: {state.requested}"
-    return False, f"the last full sync completed at version {version}"
+    why = f"the last full sync completed at version {version}"
+    return False, why if offline is None else f"{why}; {offline.reason}"
 
 
 class LinkState(enum.StrEnum):
@@ -109,26 +115,33 @@ class LinkStateMachine:
 class StatusBoard:
     """The link's latest status snapshot: replaced whole by the ConnectionActor (one writer),
     read by status views on any thread. The actor publishes only when something changes (it
-    does not tick), so the countdown to the next connection attempt is computed at each read
-    from the deadline published with the snapshot."""
+    does not tick), so the countdown to the next connection attempt and the time the link has
+    been down are computed at each read from the instants published with the snapshot."""
 
     def __init__(self) -> None:
-        self._published: tuple[dict[str, object], float | None, Callable[[], float]] = (
-            {"state": LinkState.DISCONNECTED.value}, None, time.monotonic)
+        self._published: tuple[dict[str, object], float | None, float | None,
+                               Callable[[], float]] = (
+            {"state": LinkState.DISCONNECTED.value}, None, None, time.monotonic)
 
     def publish(self, snapshot: dict[str, object], *, next_attempt_at: float | None = None,
+                down_since: float | None = None,
                 monotonic: Callable[[], float] = time.monotonic) -> None:
-        """Replace the snapshot; next_attempt_at (on ``monotonic``'s clock) fills
-        ``next_attempt_in_s`` at every read."""
-        self._published = (snapshot, next_attempt_at, monotonic)
+        """Replace the snapshot; next_attempt_at and down_since (on ``monotonic``'s clock) fill
+        ``next_attempt_in_s`` and ``down_for_s`` at every read."""
+        self._published = (snapshot, next_attempt_at, down_since, monotonic)
 
     @property
     def value(self) -> dict[str, object]:
-        snapshot, next_attempt_at, monotonic = self._published
-        if next_attempt_at is None:
+        snapshot, next_attempt_at, down_since, monotonic = self._published
+        if next_attempt_at is None and down_since is None:
             return snapshot
-        return {**snapshot,
-                "next_attempt_in_s": round(max(0.0, next_attempt_at - monotonic()), 1)}
+        now = monotonic()
+        out = dict(snapshot)
+        if next_attempt_at is not None:
+            out["next_attempt_in_s"] = round(max(0.0, next_attempt_at - now), 1)
+        if down_since is not None:
+            out["down_for_s"] = round(max(0.0, now - down_since), 1)
+        return out
 
     @value.setter
     def value(self, snapshot: dict[str, object]) -> None:

@@ -252,6 +252,14 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
         for s in held:
             self._send_sync_completed(s)
 
+    def drop_streams(self) -> None:
+        """End every open stream now (the edge sees its stream end, as when a cloud restarts);
+        set ``response_code`` first to have the edge's next connects refused."""
+        with self.cond:
+            for s in self._streams:
+                if not s.ended:
+                    s.outbox.put(_END)
+
     def send_downlink(self, msg: edge_pb2.DownlinkMsg) -> edge_pb2.DownlinkMsg:
         """Send a DownlinkMsg on the current accepted stream (cloudTimeMillis stamped when the
         fake has a clock offset). Returns the message as sent."""

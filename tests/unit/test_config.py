@@ -88,6 +88,7 @@ EDGE_DEFAULTS: dict[str, object] = {
     "cloud.keepalive.time_s": 30,
     "cloud.keepalive.timeout_s": 5,
     "cloud.keepalive.permit_without_calls": True,
+    "cloud.sync.full_after_offline_hours": 24.0,
     "cloud.clock_skew_warn_s": 60,
     "cloud.window": 8,
     "storage.data_dir": Path("./data/edge"),
@@ -139,6 +140,7 @@ EDGE_DEFAULTS: dict[str, object] = {
     "health.sync_latency_warning_s": 30.0,
     "health.storage_used_healthy_pct": 80.0,
     "health.storage_used_warning_pct": 95.0,
+    "health.link_down_warning_s": 300.0,
 }
 
 CLOUD_DEFAULTS: dict[str, object] = {
@@ -251,6 +253,8 @@ EDGE_OVERRIDES: dict[str, tuple[str, str, object]] = {
         "no",
         False,
     ),
+    "EDGE_CLOUD_SYNC_FULL_AFTER_OFFLINE_HOURS": (
+        "cloud.sync.full_after_offline_hours", "0", 0.0),
     "EDGE_CLOUD_CLOCK_SKEW_WARN_S": ("cloud.clock_skew_warn_s", "5", 5.0),
     "EDGE_CLOUD_WINDOW": ("cloud.window", "1", 1),
     "EDGE_DATA_DIR": ("storage.data_dir", "/var/lib/edge-sync", Path("/var/lib/edge-sync")),
@@ -306,6 +310,7 @@ EDGE_OVERRIDES: dict[str, tuple[str, str, object]] = {
     "EDGE_HEALTH_SYNC_LATENCY_WARNING_S": ("health.sync_latency_warning_s", "60", 60.0),
     "EDGE_HEALTH_STORAGE_USED_HEALTHY_PCT": ("health.storage_used_healthy_pct", "50", 50.0),
     "EDGE_HEALTH_STORAGE_USED_WARNING_PCT": ("health.storage_used_warning_pct", "99", 99.0),
+    "EDGE_HEALTH_LINK_DOWN_WARNING_S": ("health.link_down_warning_s", "60", 60.0),
 }
 
 CLOUD_OVERRIDES: dict[str, tuple[str, str, object]] = {
@@ -512,6 +517,11 @@ def test_non_numeric_value_in_file_does_not_mention_env(tmp_path: Path) -> None:
         ("EDGE_CLOUD_RECONNECT_JITTER", "1.5", "cloud.reconnect.jitter", "between 0 and 1"),
         ("EDGE_CLOUD_RECONNECT_JITTER", "nan", "cloud.reconnect.jitter", "between 0 and 1"),
         ("EDGE_CLOUD_KEEPALIVE_TIME_S", "0", "cloud.keepalive.time_s", "> 0"),
+        ("EDGE_CLOUD_SYNC_FULL_AFTER_OFFLINE_HOURS", "-1", "cloud.sync.full_after_offline_hours",
+         "a number >= 0"),
+        ("EDGE_CLOUD_SYNC_FULL_AFTER_OFFLINE_HOURS", "a day", "cloud.sync.full_after_offline_hours",
+         "a number >= 0"),
+        ("EDGE_HEALTH_LINK_DOWN_WARNING_S", "-5", "health.link_down_warning_s", "a number >= 0"),
         ("CLOUD_RPC_PORT", "70.5", "cloud.rpc.port", "an integer"),
         ("CLOUD_RPC_HOST", " ", "cloud.rpc.host", "a non-empty string"),
         ("EDGE_DATA_DIR", "", "storage.data_dir", "a non-empty path"),

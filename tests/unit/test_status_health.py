@@ -1,16 +1,21 @@
 """The status's health judgement (status.judge_health) at the configured thresholds: healthy
 under the healthy threshold, warning over the warning one, degraded between; the overall level
-is the worst of queue depth, sync latency and the link."""
+is the worst of queue depth, sync latency and the link. The link is degraded while it
+reconnects and a warning once it has been down longer than health.link_down_warning_s; the
+link's status board counts how long it has been down at each read (link/state.py StatusBoard)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from edge_sync.config import HealthConfig
+from edge_sync.link.state import StatusBoard
 from edge_sync.status import judge_health, level
 
 CFG = HealthConfig(queue_depth_healthy=5, queue_depth_warning=20, sync_latency_healthy_s=5.0,
-                   sync_latency_warning_s=30.0)
+                   sync_latency_warning_s=30.0, link_down_warning_s=300.0)
 UP = {"state": "CONNECTED", "breaker": "CLOSED", "clock_skew_ms": 40}
 
 
@@ -30,11 +35,11 @@ def test_overall_is_the_worst_of_queue_latency_and_link() -> None:
     assert judge(pending=5)["overall"] == "degraded"
     assert judge(pending=21)["overall"] == "warning"
     assert judge(age=30_001)["overall"] == "warning"
-    down = {"state": "BACKOFF", "breaker": "OPEN", "next_attempt_in_s": 2.5}
+    down = {"state": "BACKOFF", "breaker": "OPEN", "next_attempt_in_s": 2.5, "down_for_s": 12.0}
     out = judge(link=down)
     assert (out["overall"], out["link"]) == ("degraded", {
         "state": "BACKOFF", "level": "degraded", "connected": False, "breaker": "OPEN",
-        "next_attempt_in_s": 2.5})
+        "next_attempt_in_s": 2.5, "down_for_s": 12.0, "warning_over_s": 300.0})
     assert judge(link={"state": "AUTH_FAILED"})["overall"] == "warning"
     # no cloud link configured: the link is not judged
     assert judge(link={"state": "DISCONNECTED", "note": "cloud link not configured"})[
@@ -52,3 +57,32 @@ def test_sync_latency_is_the_links_measure_or_the_oldest_pending_age_when_larger
     assert (out["value_ms"], out["level"]) == (40_000, "warning")
     out = judge()["sync_latency"]
     assert (out["value_ms"], out["measured_ms"], out["level"]) == (0, None, "healthy")
+
+
+@pytest.mark.parametrize("state", ["CONNECTING", "SYNCING", "BACKOFF", "DISCONNECTED"])
+def test_a_reconnecting_link_is_degraded_and_a_warning_once_down_too_long(state: str) -> None:
+    def link_level(down_for_s: float | None) -> str:
+        link = {"state": state, "breaker": "CLOSED", "down_for_s": down_for_s}
+        return str(judge(link=link)["link"]["level"])
+    assert [link_level(s) for s in (0.0, 299.9, 300.0, 300.1, 86_400.0)] == [
+        "degraded", "degraded", "degraded", "warning", "warning"]
+    assert link_level(None) == "degraded"  # a link that does not say how long
+    assert judge(link={"state": state, "down_for_s": 301.0})["overall"] == "warning"
+
+
+def test_auth_failed_is_a_warning_at_once() -> None:
+    assert judge(link={"state": "AUTH_FAILED", "down_for_s": 1.0})["link"]["level"] == "warning"
+
+
+def test_the_board_counts_the_time_down_and_the_next_attempt_at_each_read() -> None:
+    now = [100.0]
+    board = StatusBoard()
+    board.publish({"state": "BACKOFF", "down_since_ms": 5}, next_attempt_at=103.0,
+                  down_since=40.0, monotonic=lambda: now[0])
+    assert board.value == {"state": "BACKOFF", "down_since_ms": 5, "next_attempt_in_s": 3.0,
+                           "down_for_s": 60.0}
+    now[0] = 400.5
+    assert board.value == {"state": "BACKOFF", "down_since_ms": 5, "next_attempt_in_s": 0.0,
+                           "down_for_s": 360.5}
+    board.publish({"state": "CONNECTED", "down_since_ms": None}, monotonic=lambda: now[0])
+    assert board.value == {"state": "CONNECTED", "down_since_ms": None}

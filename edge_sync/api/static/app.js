@@ -174,8 +174,10 @@ function renderHealth(status) {
       : link.level === null ? link.state : `Reconnecting (${link.state})`;
   const next = link.next_attempt_in_s === null || link.next_attempt_in_s === undefined
     ? "" : `; next attempt in ${link.next_attempt_in_s} s`;
+  const down = link.down_for_s === null || link.down_for_s === undefined
+    ? "" : `; down for ${link.down_for_s} s (warning over ${link.warning_over_s} s)`;
   setCard("h-link", word, link.level,
-    `${status.link.note ? status.link.note + "; " : ""}breaker ${link.breaker || "–"}${next}`);
+    `${status.link.note ? status.link.note + "; " : ""}breaker ${link.breaker || "–"}${next}${down}`);
   const skew = h.clock_skew;
   setCard("h-skew", skew.value_ms === null || skew.value_ms === undefined ? "–" : `${skew.value_ms} ms`,
     skew.level, `warning > ${skew.warning_over_s} s`);
