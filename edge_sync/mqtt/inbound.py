@@ -96,7 +96,9 @@ class Inbound:
 
     def _attributes_request(self, request_id: str, body: Any) -> None:
         """Answered on the response topic of the same id once read (through the cloud for
-        shared keys the edge does not hold, as the HTTP API's GET attributes)."""
+        shared keys the edge does not hold, as the HTTP API's GET attributes). A request that
+        cannot be answered (a read or a send that fails) is logged with the device and the
+        request id, and left unanswered, as the gateway's (mqtt/gateway.py)."""
         if not isinstance(body, dict):
             raise BadRequest("an attributes request is a JSON object")
         keys = {}
@@ -108,15 +110,20 @@ class Inbound:
         device_id = self._device.id
 
         async def answer() -> None:
-            result, missing = await read_attributes(
-                self._service, device_id, **keys, link_connected=self._link_connected,
-                timeout_s=self._read_timeout, polls=self._polls)
-            if missing:
-                self._log.bind(missing=len(missing)).debug(
-                    "attributes answered without {} shared keys the edge does not hold",
-                    len(missing))
-            self._send(f"{topics.ATTRIBUTES_RESPONSE_PREFIX}{request_id}",
-                       json.dumps(result, separators=(",", ":")).encode())
+            try:
+                result, missing = await read_attributes(
+                    self._service, device_id, **keys, link_connected=self._link_connected,
+                    timeout_s=self._read_timeout, polls=self._polls)
+                if missing:
+                    self._log.bind(missing=len(missing)).debug(
+                        "attributes answered without {} shared keys the edge does not hold",
+                        len(missing))
+                self._send(f"{topics.ATTRIBUTES_RESPONSE_PREFIX}{request_id}",
+                           json.dumps(result, separators=(",", ":")).encode())
+            except Exception as exc:  # as the gateway's: logged, left unanswered
+                self._log.bind(request_id=request_id[:64]).warning(
+                    "attribute request {} of device {} not answered: {}: {}", request_id[:64],
+                    self._device.name, type(exc).__name__, exc)
 
         task = asyncio.create_task(answer())
         self._requests.add(task)
