@@ -19,7 +19,9 @@ With a rule chain in force (actors/rule_host.py), a device's telemetry and clien
 go through it here, one message per entry, in arrival order: its outcomes (actors/
 rule_outcomes.py) and the entity's rule state (open windows, active alarms: rules/session.py)
 are one Append, so the device's 200 / PUBACK means the chain's outcome is on disk. When that
-Append fails, the in-memory rule state is dropped and read again from the store. Windows close
+Append fails, the in-memory rule state is dropped and read again from the store. An outcome the
+store cannot hold (Unstorable) is the chain's fault, never the device's: it is logged at ERROR
+and the device is answered InternalError (500; MQTT: not acknowledged), never BadRequest. Windows close
 on the shard's deadline timer; an entity with open windows is not passivated while a chain is
 in force.
 """
@@ -72,7 +74,7 @@ from edge_sync.actors.rule_outcomes import Planned, attributes_msg, plan, teleme
 from edge_sync.devices.rpc import RpcStatus, Transition
 from edge_sync.devices.session import DeviceSession
 from edge_sync.devices.subscribers import Subscriber
-from edge_sync.errors import EdgeSyncError, NotFound, Unavailable
+from edge_sync.errors import EdgeSyncError, InternalError, NotFound, Unavailable, Unstorable
 from edge_sync.rules.engine import RuleEngine
 from edge_sync.rules.message import RuleMsg
 from edge_sync.rules.session import EntityRules, Step
@@ -351,18 +353,27 @@ class EntityActor:
     def _append_rules(self, planned: Planned, reply: Future[range] | None,
                       mutations: tuple[Any, ...], saves_state: bool) -> None:
         """Append the outcomes; when the rule state was part of it and the commit fails, the
-        in-memory state is dropped (read again from the store next time)."""
+        in-memory state is dropped (read again from the store next time). An Unstorable
+        refusal is the chain's: logged at ERROR, answered as InternalError."""
         eid = self.entity_id
-        if not saves_state:
-            self.queue.tell(Append(eid, tuple(planned.events), reply, mutations))
-            return
         tell_self, outer = self.tell_self, reply
 
         def committed(done: Future[range]) -> None:  # on the queue's thread
-            if done.exception() is not None:
+            exc = done.exception()
+            if exc is not None and saves_state:
                 tell_self(RuleStateStale(eid))
-            if outer is not None:
-                _settle(outer, done)
+            if isinstance(exc, Unstorable):
+                _rules_log.bind(entity=str(eid), events=len(planned.events)).error(
+                    "the rule chain's outcome cannot be stored: {}; nothing of it was kept, the "
+                    "device is answered 500", exc)
+                exc = InternalError(f"the rule chain's outcome cannot be stored: {exc}")
+            if outer is None:
+                return
+            with contextlib.suppress(InvalidStateError):
+                if exc is None:
+                    outer.set_result(done.result())
+                else:
+                    outer.set_exception(exc)
 
         inner: Future[range] = Future()
         inner.add_done_callback(committed)

@@ -16,13 +16,19 @@ Owns the mapping, one outcome at a time, in the chain's order:
 - ``Visited`` / ``Failed``: per-node counts; a failure is logged at most once a minute per node
   with the number of failures not logged since.
 
+What a save or push node is handed must be what a device could have posted (keys of at most
+255 bytes, 64-bit integers, timestamps from 0 to 2^63-1, text without lone surrogates: the
+device API's own checks, api/payloads.py); a script may make anything, and data the store
+cannot hold would fail the whole Append, turning the chain's fault into the device's refusal.
+Such data is that node's failure instead: counted, logged, nothing of it kept or pushed.
+
 Nothing here reads or writes storage; the entity actor sends the Append.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +40,8 @@ from edge_sync.actors.messages import (
     PutLatestTelemetry,
     PutLocalTimeseries,
 )
+from edge_sync.api.payloads import check_json_value, check_timestamp, check_values
+from edge_sync.errors import BadRequest
 from edge_sync.metrics import Counter, Metrics
 from edge_sync.rules.engine import (
     ClearAlarm,
@@ -159,6 +167,10 @@ def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
                 _log.bind(node=o.node, entity=str(entity_id)).info("{}", o.text)
             case SaveAttributes():
                 data = o.data if isinstance(o.data, dict) else {}
+                problem = _unstorable(_check_attributes, now_ms, data)
+                if problem is not None:
+                    _fail(counters, entity_id, Failed(o.node, problem), now_ms)
+                    continue
                 out.mutations.append(PutAttributes(entity_id, Scope(o.scope),
                                                    tuple(data.items()), now_ms))
                 out.kept_local += 1
@@ -195,6 +207,32 @@ def _series(data: Any, ts: int) -> list[tuple[int, tuple[tuple[str, Any], ...]]]
             return None
         return [(data["ts"], tuple(data["values"].items()))]
     return [(ts, tuple(data.items()))]
+
+
+def _unstorable(check: Callable[..., None], *args: Any) -> str | None:
+    """Why data a node was given cannot be kept (``check(*args)`` raised BadRequest), else
+    None."""
+    try:
+        check(*args)
+    except BadRequest as exc:
+        return f"the message data cannot be stored: {exc}"
+    return None
+
+
+def _check_series(entries: list[tuple[int, tuple[tuple[str, Any], ...]]]) -> None:
+    for ts, values in entries:
+        check_timestamp("telemetry", ts)
+        check_values("telemetry", values)
+
+
+def _check_attributes(ts: int, data: Mapping[str, Any]) -> None:
+    check_timestamp("attributes", ts)
+    check_values("attributes", data.items())
+
+
+def _check_event(event: NewEvent) -> None:
+    check_timestamp("alarm", event.ts)
+    check_json_value("alarm", event.body)
 
 
 @dataclass(slots=True)
@@ -237,35 +275,47 @@ def _save_timeseries(entity_id: uuid.UUID, o: SaveTimeseries, saved: _Saved,
         _fail(counters, entity_id, Failed(o.node, "the message data is not "
                      "telemetry (an object of values, {ts, values}, or a list of them)"), now_ms)
         return
+    problem = _unstorable(_check_series, entries)
+    if problem is not None:
+        _fail(counters, entity_id, Failed(o.node, problem), now_ms)
+        return
     saved.add(entries, o.ttl)
 
 
 def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, counters: RuleCounters,
           now_ms: int) -> None:
     lane = Lane.HIGH if o.lane == "HIGH" else Lane.NORMAL
+    problem: str | None = None
     if o.msg_type == ALARM:
         event = _alarm_event(entity_id, o, lane)
         if event is None:
             _fail(counters, entity_id, Failed(
                 o.node, "an ALARM message whose data has no alarm id"), now_ms)
             return
-        out.events.append(event)
+        problem = _unstorable(_check_event, event)
+        events = [event]
     elif o.msg_type == POST_TELEMETRY_REQUEST:
         entries = _series(o.data, o.ts)
         if entries is None:
             _fail(counters, entity_id, Failed(
                 o.node, "the message data is not telemetry"), now_ms)
             return
-        out.events.extend(NewEvent("DEVICE", "DEVICE", entity_id, Action.TIMESERIES_UPDATED,
-                                   {"ts": ts, "values": dict(values)}, ts, lane)
-                          for ts, values in entries)
+        problem = _unstorable(_check_series, entries)
+        events = [NewEvent("DEVICE", "DEVICE", entity_id, Action.TIMESERIES_UPDATED,
+                           {"ts": ts, "values": dict(values)}, ts, lane)
+                  for ts, values in entries]
     elif o.msg_type in (POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED) and isinstance(o.data, dict):
-        out.events.append(NewEvent("DEVICE", "DEVICE", entity_id, Action.ATTRIBUTES_UPDATED,
-                                   {"scope": o.scope, "kv": dict(o.data)}, o.ts, lane))
+        problem = _unstorable(_check_attributes, o.ts, o.data)
+        events = [NewEvent("DEVICE", "DEVICE", entity_id, Action.ATTRIBUTES_UPDATED,
+                           {"scope": o.scope, "kv": dict(o.data)}, o.ts, lane)]
     else:
         _fail(counters, entity_id, Failed(
             o.node, f"{o.msg_type} with this data cannot be pushed by the edge"), now_ms)
         return
+    if problem is not None:
+        _fail(counters, entity_id, Failed(o.node, problem), now_ms)
+        return
+    out.events.extend(events)
     out.pushed += 1
 
 

@@ -18,8 +18,8 @@ Entry = tuple[int, Values]
 
 MAX_ENTRIES = 10_000
 
-__all__ = ["MAX_ENTRIES", "MAX_KEY_BYTES", "check_json_value", "parse_attributes", "parse_keys",
-           "parse_telemetry"]
+__all__ = ["MAX_ENTRIES", "MAX_KEY_BYTES", "check_json_value", "check_timestamp", "check_values",
+           "parse_attributes", "parse_keys", "parse_telemetry"]
 
 
 def _check_text(where: str, text: str) -> None:
@@ -79,13 +79,14 @@ def _check_value(where: str, key: str, value: Any) -> Any:
     raise BadRequest(f"{where}: value of {key!r} has an unsupported type")
 
 
-def _values(where: str, obj: Any) -> Values:
-    if not isinstance(obj, dict):
-        raise BadRequest(f"{where}: expected a JSON object of key/value pairs")
-    if not obj:
-        raise BadRequest(f"{where}: no key/value pairs")
+def check_values(where: str, pairs: Any) -> Values:
+    """Key/value pairs as a device may post them: each key 1 to MAX_KEY_BYTES bytes of UTF-8,
+    each value a boolean, 64-bit integer, finite number, text or storable JSON value (not
+    null). The pairs as a tuple; BadRequest names the first problem."""
     out = []
-    for key, value in obj.items():
+    for key, value in pairs:
+        if not isinstance(key, str):
+            raise BadRequest(f"{where}: a key is not text")
         _check_text(f"{where}: a key", key)
         if not key_fits(key):
             raise BadRequest(f"{where}: keys must be 1 to {MAX_KEY_BYTES} bytes of UTF-8")
@@ -93,13 +94,26 @@ def _values(where: str, obj: Any) -> Values:
     return tuple(out)
 
 
+def check_timestamp(where: str, ts: Any) -> int:
+    """A point's ``ts``: an integer from 0 to INT64_MAX (ms since the epoch); BadRequest else."""
+    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= INT64_MAX:
+        raise BadRequest(f"{where}: 'ts' must be a non-negative integer (ms since the epoch)")
+    return ts
+
+
+def _values(where: str, obj: Any) -> Values:
+    if not isinstance(obj, dict):
+        raise BadRequest(f"{where}: expected a JSON object of key/value pairs")
+    if not obj:
+        raise BadRequest(f"{where}: no key/value pairs")
+    return check_values(where, obj.items())
+
+
 def _entry(where: str, obj: Any, now_ms: int) -> Entry:
     if not isinstance(obj, dict):
         raise BadRequest(f"{where}: expected a JSON object")
     if "ts" in obj and "values" in obj and len(obj) == 2:
-        ts = obj["ts"]
-        if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= INT64_MAX:
-            raise BadRequest(f"{where}: 'ts' must be a non-negative integer (ms since the epoch)")
+        ts = check_timestamp(where, obj["ts"])
         return ts, _values(f"{where}.values", obj["values"])
     return now_ms, _values(where, obj)
 

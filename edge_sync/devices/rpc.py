@@ -90,7 +90,9 @@ class RpcRequest:
 
 
 def expiration_of(expiration_time: int, now_ms: int) -> int:
-    """The expiry the edge keeps: the cloud's, or DEFAULT_RPC_TIMEOUT_MS from now when none."""
+    """The expiry the edge keeps: the cloud's, or DEFAULT_RPC_TIMEOUT_MS from now when none.
+    Any far-future expiry is kept as it is (ThingsBoard's AbstractRpcController takes any long):
+    the shard's timer sleeps towards it in bounded steps, so it never fires in practice."""
     return expiration_time if expiration_time > 0 else now_ms + DEFAULT_RPC_TIMEOUT_MS
 
 

@@ -77,6 +77,7 @@ from edge_sync.mqtt import topics
 from edge_sync.mqtt.acknowledger import Acknowledger
 from edge_sync.mqtt.acks import Pending, Reply
 from edge_sync.mqtt.burst import Burst
+from edge_sync.mqtt.dropped import DroppedTopics
 from edge_sync.mqtt.frames import Frame, FrameReader, Malformed, Oversize
 from edge_sync.mqtt.gateway import Gateway
 from edge_sync.mqtt.inbound import Inbound, attribute_values, telemetry_entries
@@ -755,7 +756,9 @@ class MqttConnection:
             assert self._device is not None
             self._gateway = Gateway(self._service, self._device, self._publish_to_device,
                                     link_connected=self._link_connected, polls=self._polls,
-                                    commit_timeout_s=self._limits.commit_timeout_s)
+                                    commit_timeout_s=self._limits.commit_timeout_s,
+                                    dropped=DroppedTopics(self._registry.publishes_dropped.labels(
+                                        reason="unknown_gateway_topic")))
         return self._gateway
 
     def _inbound_of(self) -> Inbound:
@@ -764,7 +767,9 @@ class MqttConnection:
             self._inbound = Inbound(self._service, self._device, self._device.token,
                                     self._gateway_api, self._publish_to_device,
                                     link_connected=self._link_connected, polls=self._polls,
-                                    read_timeout_s=self._limits.commit_timeout_s)
+                                    read_timeout_s=self._limits.commit_timeout_s,
+                                    dropped=DroppedTopics(self._registry.publishes_dropped.labels(
+                                        reason="unknown_topic")))
         return self._inbound
 
     def _device_id(self) -> str:

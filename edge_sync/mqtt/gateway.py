@@ -58,6 +58,7 @@ from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Conflict, NotFound, Unavailable
 from edge_sync.mqtt import gateway_payloads as wire
 from edge_sync.mqtt import topics
+from edge_sync.mqtt.dropped import TOPIC_KEY_CHARS, DroppedTopics, Sighting
 from edge_sync.mqtt.subscriptions import DRAIN_S, Subscriptions
 from edge_sync.storage.records import Device
 
@@ -73,11 +74,6 @@ MAX_SUB_DEVICES = 10_000
 once the gateway subscribed, a wait on its session per subscription). A publish naming a
 device more is refused whole (the connection closes, a WARNING names the limit); a device
 the gateway disconnects (v1/gateway/disconnect) makes room. docs/mqtt-gateway.md."""
-
-MAX_DROPPED_TOPICS = 1_000
-"""Topics the edge does not serve are logged once each per connection, up to this many; the
-ones after are dropped unlogged (one line says so)."""
-
 
 @dataclass(slots=True)
 class _SubDevice:
@@ -98,6 +94,7 @@ class Gateway:
         link_connected: Callable[[], bool] | None,
         polls: set[LongPoll],
         commit_timeout_s: float,
+        dropped: DroppedTopics,
     ) -> None:
         self._service = service
         self._loop = asyncio.get_running_loop()
@@ -109,8 +106,7 @@ class Gateway:
         self._children: dict[str, _SubDevice] = {}
         self._topics: set[str] = set()  # gateway subscriptions served (keys of DEVICE_FILTERS)
         self._answers: set[asyncio.Task[None]] = set()  # attribute requests being answered
-        self._dropped_topics: set[str] = set()  # logged, at most MAX_DROPPED_TOPICS
-        self._dropped_unlogged = False
+        self._dropped = dropped  # publishes on gateway topics the edge does not serve
         self._log = _log.bind(gateway=str(device.id))
         if device.gateway:
             self._log.info("gateway {} connected: it serves the gateway API for up to {} "
@@ -414,20 +410,15 @@ class Gateway:
         return send
 
     def _log_dropped(self, topic: str) -> None:
-        """One WARNING per topic not served (told apart by their first 128 characters, as
-        logged), up to MAX_DROPPED_TOPICS topics a connection."""
-        topic = topic[:128]
-        if topic in self._dropped_topics or self._dropped_unlogged:
-            return
-        if len(self._dropped_topics) < MAX_DROPPED_TOPICS:
-            self._dropped_topics.add(topic)
-            self._log.bind(topic=topic).warning(
+        """Counted; one WARNING per topic not served, up to mqtt/dropped.py's limit."""
+        sighting = self._dropped.drop(topic)
+        if sighting is Sighting.NEW:
+            self._log.bind(topic=topic[:TOPIC_KEY_CHARS]).warning(
                 "gateway publish on a topic the edge does not serve acknowledged and dropped")
-            return
-        self._dropped_unlogged = True
-        self._log.warning("gateway {} published on {} topics the edge does not serve: further "
-                          "topics it does not serve are dropped unlogged", self._device.name,
-                          len(self._dropped_topics))
+        elif sighting is Sighting.LIMIT:
+            self._log.warning("gateway {} published on {} topics the edge does not serve: "
+                              "further topics it does not serve are dropped unlogged",
+                              self._device.name, len(self._dropped))
 
     def _log_skipped(self, names: Iterable[str], what: str, shape: str) -> None:
         for name in names:

@@ -3,8 +3,9 @@ attributes (their commit is the future returned; or parsed here, and sent by the
 with the other publishes of the same read burst as one command: mqtt/burst.py), RPC answers
 (an answer nobody awaits still counts as done: a resend could not help), attribute requests
 (answered on the response topic of the same id once read), the gateway API (mqtt/gateway.py),
-and topics outside the API (acknowledged and dropped as ThingsBoard does, one WARNING per topic
-and connection). The connection decides what the outcome means on the wire.
+and topics outside the API (acknowledged and dropped as ThingsBoard does, counted, one WARNING
+per topic and connection up to mqtt/dropped.py's limit). The connection decides what the
+outcome means on the wire.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from edge_sync.common.json_body import parse_json
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest
 from edge_sync.mqtt import topics
+from edge_sync.mqtt.dropped import TOPIC_KEY_CHARS, DroppedTopics, Sighting
 from edge_sync.mqtt.gateway import Gateway, answered
 from edge_sync.mqtt.topics import Publish, classify
 from edge_sync.storage.records import Device
@@ -48,7 +50,7 @@ class Inbound:
     def __init__(self, service: DeviceService, device: Device, token: str,
                  gateway: Callable[[], Gateway], send: Send, *,
                  link_connected: Callable[[], bool] | None,
-                 polls: set[LongPoll], read_timeout_s: float) -> None:
+                 polls: set[LongPoll], read_timeout_s: float, dropped: DroppedTopics) -> None:
         self._service = service
         self._device = device
         self._token = token
@@ -58,7 +60,7 @@ class Inbound:
         self._polls = polls
         self._read_timeout = read_timeout_s
         self._log = _log.bind(device=str(device.id))
-        self._other_topics: set[str] = set()
+        self._dropped = dropped  # publishes on topics outside the device API
         self._requests: set[asyncio.Task[None]] = set()  # attribute requests being answered
 
     def accept(self, topic: str, data: bytes) -> Future[Any] | None:
@@ -79,10 +81,13 @@ class Inbound:
         if kind is Publish.ATTRIBUTES_REQUEST:
             self._attributes_request(request_id, parse_json(data))
             return None
-        if topic not in self._other_topics:
-            self._other_topics.add(topic)
-            self._log.bind(topic=topic[:128]).warning(
+        sighting = self._dropped.drop(topic)
+        if sighting is Sighting.NEW:
+            self._log.bind(topic=topic[:TOPIC_KEY_CHARS]).warning(
                 "publish to a topic outside the device API acknowledged and dropped")
+        elif sighting is Sighting.LIMIT:
+            self._log.warning("device published on more than {} topics outside the device API: "
+                              "further such topics are dropped unlogged", len(self._dropped))
         return None
 
     def close(self) -> None:
@@ -91,7 +96,9 @@ class Inbound:
 
     def _attributes_request(self, request_id: str, body: Any) -> None:
         """Answered on the response topic of the same id once read (through the cloud for
-        shared keys the edge does not hold, as the HTTP API's GET attributes)."""
+        shared keys the edge does not hold, as the HTTP API's GET attributes). A request that
+        cannot be answered (a read or a send that fails) is logged with the device and the
+        request id, and left unanswered, as the gateway's (mqtt/gateway.py)."""
         if not isinstance(body, dict):
             raise BadRequest("an attributes request is a JSON object")
         keys = {}
@@ -103,15 +110,20 @@ class Inbound:
         device_id = self._device.id
 
         async def answer() -> None:
-            result, missing = await read_attributes(
-                self._service, device_id, **keys, link_connected=self._link_connected,
-                timeout_s=self._read_timeout, polls=self._polls)
-            if missing:
-                self._log.bind(missing=len(missing)).debug(
-                    "attributes answered without {} shared keys the edge does not hold",
-                    len(missing))
-            self._send(f"{topics.ATTRIBUTES_RESPONSE_PREFIX}{request_id}",
-                       json.dumps(result, separators=(",", ":")).encode())
+            try:
+                result, missing = await read_attributes(
+                    self._service, device_id, **keys, link_connected=self._link_connected,
+                    timeout_s=self._read_timeout, polls=self._polls)
+                if missing:
+                    self._log.bind(missing=len(missing)).debug(
+                        "attributes answered without {} shared keys the edge does not hold",
+                        len(missing))
+                self._send(f"{topics.ATTRIBUTES_RESPONSE_PREFIX}{request_id}",
+                           json.dumps(result, separators=(",", ":")).encode())
+            except Exception as exc:  # as the gateway's: logged, left unanswered
+                self._log.bind(request_id=request_id[:64]).warning(
+                    "attribute request {} of device {} not answered: {}: {}", request_id[:64],
+                    self._device.name, type(exc).__name__, exc)
 
         task = asyncio.create_task(answer())
         self._requests.add(task)

@@ -40,7 +40,9 @@ class SessionRegistry:
     (the one away longest, beyond ``mqtt.max_sessions``), ``expired``
     (``mqtt.session_expiry_s`` after its client left), ``takeover`` (its older connection did
     not end in time); each QoS 1 message a session drops unacknowledged (beyond
-    ``mqtt.max_unacked_per_session``) in ``edge_sync_mqtt_unacked_dropped_total``."""
+    ``mqtt.max_unacked_per_session``) in ``edge_sync_mqtt_unacked_dropped_total``. It also
+    holds the server's ``edge_sync_mqtt_publishes_dropped_total{reason}`` (``publishes_dropped``),
+    which the connections count in: publishes acknowledged and dropped (mqtt/dropped.py)."""
 
     def __init__(self, store: SessionStore, *, takeover_timeout_s: float,
                  metrics: Metrics | None = None) -> None:
@@ -56,6 +58,11 @@ class SessionRegistry:
             "edge_sync_mqtt_unacked_dropped_total",
             "QoS 1 messages to MQTT clients dropped unacknowledged: more than "
             "mqtt.max_unacked_per_session awaited their PUBACK")
+        self.publishes_dropped = metrics.counter(
+            "edge_sync_mqtt_publishes_dropped_total",
+            "MQTT publishes acknowledged and dropped: on a topic outside the device API "
+            "(unknown_topic) or a gateway topic the edge does not serve (unknown_gateway_topic)",
+            ("reason",))
         self._connacks = device_answers(metrics)
 
     def connack(self, code: int) -> None:

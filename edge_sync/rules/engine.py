@@ -52,6 +52,7 @@ from edge_sync.rules.message import (
 )
 from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits, TransformResult
 from edge_sync.rules.validate import validate
+from edge_sync.validators import INT64_MAX, INT64_MIN
 
 SUCCESS, FAILURE, TRUE, FALSE = "Success", "Failure", "True", "False"
 DEFAULT_MAX_STEPS = 1000
@@ -203,10 +204,20 @@ def _substitute(text: str, msg: RuleMsg) -> str:
     return _PATTERN.sub(one, text)
 
 
+_LONG = re.compile(r"[+-]?[0-9]{1,19}")
+
+
 def _meta_ts(msg: RuleMsg) -> int:
-    """ThingsBoard's ``getMetaDataTs``: the metadata's ``ts`` when it is digits, else msg.ts."""
+    """ThingsBoard's ``TbMsg.getMetaDataTs``: the metadata's ``ts`` when ``Long.parseLong``
+    reads it (ASCII digits, an optional sign, within 64 bits), else msg.ts. (``str.isdigit``
+    alone takes "²", and ``int()`` refuses thousands of digits: either raised out of the
+    walk.)"""
     ts = msg.metadata.get("ts")
-    return int(ts) if ts and ts.isdigit() else msg.ts
+    if ts and _LONG.fullmatch(ts):
+        value = int(ts)
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+    return msg.ts
 
 
 def _new_uuid() -> str:

@@ -12,8 +12,13 @@ Script nodes pick their script by ``scriptLang``: ``JS`` reads ``jsScript``, ``T
 
 One node type is the edge's own, not ThingsBoard's: ``edge_sync.rules.AggregateNode`` (min /
 max / avg / sum / count per numeric key over a window; ``window.py``), configured with
-``interval`` (whole seconds >= 1), ``maxPendingMsgs`` (1 to 100000, default 10000) and
+``interval`` (whole seconds, 1 to MAX_INTERVAL_S), ``maxPendingMsgs`` (1 to 100000, default 10000) and
 ``outMsgType`` (default ``POST_TELEMETRY_REQUEST``).
+
+Durations have a maximum ThingsBoard does not set (its configuration classes declare ``int
+interval`` and ``long defaultTTL`` and check nothing more): a window's deadline and a point's
+expiry are kept as 64-bit milliseconds, and a chain whose every message's outcome could not be
+stored would refuse all ingest. MAX_INTERVAL_S and MAX_TTL_S keep both far inside.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ AGGREGATE_MAX_PENDING = 100_000
 AGGREGATE_DEFAULT_PENDING = 10_000
 AGGREGATE_DEFAULT_OUT_TYPE = "POST_TELEMETRY_REQUEST"
 DEDUPLICATION_DEFAULT_PENDING = 100
+MAX_INTERVAL_S = 366 * 86_400
+"""The longest window (deduplication, aggregation): a year, leap day included."""
+MAX_TTL_S = 100 * 366 * 86_400
+"""The longest a save-timeseries node may keep a point: a hundred (leap) years."""
 
 SCRIPT_LANGS = ("JS", "TBEL")
 ATTRIBUTE_SCOPES = ("CLIENT_SCOPE", "SERVER_SCOPE", "SHARED_SCOPE")
@@ -91,8 +100,9 @@ def _scope(config: Mapping[str, Any]) -> Problems:
 
 def _timeseries(config: Mapping[str, Any]) -> Problems:
     ttl = config.get("defaultTTL", 0)
-    if not _whole(ttl, minimum=0):
-        return [("defaultTTL", f"expected whole seconds >= 0 (0: no TTL), got {ttl!r}")]
+    if not _whole(ttl, minimum=0, maximum=MAX_TTL_S):
+        return [("defaultTTL", f"expected whole seconds from 0 to {MAX_TTL_S} (100 years; "
+                               f"0: no TTL), got {ttl!r}")]
     return []
 
 
@@ -118,12 +128,12 @@ def _create_alarm(config: Mapping[str, Any]) -> Problems:
 
 
 def _interval(config: Mapping[str, Any]) -> Problems:
-    """A window node's ``interval``: whole seconds >= 1."""
+    """A window node's ``interval``: whole seconds from 1 to MAX_INTERVAL_S."""
     interval = config.get("interval")
-    if _whole(interval, minimum=1):
+    if _whole(interval, minimum=1, maximum=MAX_INTERVAL_S):
         return []
     return [("interval", "missing" if interval is None else
-             f"expected whole seconds >= 1, got {interval!r}")]
+             f"expected whole seconds from 1 to {MAX_INTERVAL_S} (366 days), got {interval!r}")]
 
 
 def _deduplication(config: Mapping[str, Any]) -> Problems:
@@ -195,5 +205,6 @@ def _text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def _whole(value: Any, *, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+def _whole(value: Any, *, minimum: int, maximum: int | None = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum and (
+        maximum is None or value <= maximum)

@@ -291,6 +291,31 @@ def test_an_expired_request_is_never_delivered_late_and_ends_expired_or_timeout(
     assert rig.cloud_status(rest.headers["x-rpc-id"]) == "TIMEOUT"
 
 
+def test_a_request_expiring_in_a_far_year_leaves_the_other_expiries_of_its_shard_on_time(
+        rig: Rig) -> None:
+    """An expirationTime near the int64 limit (accepted, as by ThingsBoard) once overflowed the
+    shard timer's wait and killed its thread: no later request of that shard ever expired."""
+    dev = rig.device()
+    far = rig.cloud.admin("POST", f"/api/rpc/twoway/{dev.id}",
+                          {"method": "someday", "persistent": True,
+                           "expirationTime": 9_000_000_000_000_000_000})["rpcId"]
+    # the edge holds it: its shard's timer is armed on it
+    wait_until(lambda: [(r["request_uuid"], r["status"]) for r in rig.edge_rpcs(dev)]
+               == [(far, "QUEUED")], timeout=DEADLINE_S, what="the far request on the edge",
+               show=lambda: rig.edge_rpcs(dev))
+    soon = rig.cloud.admin("POST", f"/api/rpc/twoway/{dev.id}",
+                           {"method": "soon", "persistent": True,
+                            "expirationTime": now_ms() + 700})["rpcId"]
+    wait_until(lambda: {r["request_uuid"]: r["status"] for r in rig.edge_rpcs(dev)}
+               == {far: "QUEUED", soon: "EXPIRED"}, timeout=DEADLINE_S,
+               what="the near request EXPIRED on the edge, the far one still QUEUED",
+               show=lambda: rig.edge_rpcs(dev))
+    wait_until(lambda: rig.cloud_status(soon) == "EXPIRED", timeout=DEADLINE_S,
+               what="the near request EXPIRED in the cloud")
+    assert rig.cloud_status(far) == "DELIVERED"  # to the edge; it waits there for the device
+    assert "Traceback" not in rig.agent.stderr_text()
+
+
 def test_a_persistent_request_sent_while_the_edge_is_down_is_delivered_after_it_reconnects(
         rig: Rig) -> None:
     dev = rig.device()

@@ -22,6 +22,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,6 +201,43 @@ def test_topic_outside_the_api_is_acknowledged_and_dropped(
         assert not dev.disconnected.is_set()
     assert values(app, device_id) == [2]
     no_connections(app)  # nothing of the test still runs (or logs) once it returns
+
+
+def test_an_attribute_request_that_cannot_be_read_is_logged_and_left_unanswered(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """A client attribute whose record in the store is corrupt: its read raises. The request
+    is left unanswered, as a gateway's is, and one WARNING names the device and the request
+    (it once failed silently); the connection serves the next request."""
+    with MqttDevice(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        sent = dev.publish(ATTRIBUTES, {"firmware": "2.0", "mode": 1})
+        wait_until(lambda: dev.acked_ids() == [sent.mid], timeout=DEADLINE_S, what="PUBACK")
+
+    def corrupt(txn: Any) -> int:
+        db = app.store.dbs["attributes"]
+        keys = [bytes(k) for k, _ in txn.cursor(db=db) if bytes(k).endswith(b"firmware")]
+        for key in keys:
+            txn.put(key, b"not a record", db=db)
+        return len(keys)
+
+    assert app.store.write(corrupt) == 1
+    logs = Logs()
+    try:
+        with MqttDevice(app.mqtt_port, TOKEN) as dev:
+            assert dev.connect() == 0
+            dev.publish("v1/devices/me/attributes/request/7", {"clientKeys": "firmware"})
+            line = logs.wait_for("attribute request 7 of device", device=str(device_id))
+            dev.publish("v1/devices/me/attributes/request/8", {"clientKeys": "mode"})
+            assert dev.wait_message("v1/devices/me/attributes/response/8") == {
+                "client": {"mode": 1}}
+            assert dev.received_on("v1/devices/me/attributes/response/7") == []
+            assert not dev.disconnected.is_set()
+        no_connections(app)  # nothing of the test still runs (or logs) once it returns
+    finally:
+        logs.close()
+    assert (line["level"].name, line["extra"]["request_id"]) == ("WARNING", "7")
+    assert line["message"].startswith(
+        "attribute request 7 of device mqtt-dev-1 not answered: StorageCorrupt: ")
 
 
 def test_a_client_that_never_sends_connect_is_disconnected(app: EdgeApp) -> None:

@@ -28,6 +28,7 @@ import pytest
 from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
 from edge_sync.devices.rpc import RpcStatus
+from edge_sync.mqtt import dropped as dropped_module
 from edge_sync.mqtt import gateway as gateway_module
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore
@@ -35,6 +36,7 @@ from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device, Scope, StoredEvent
 from tests.helpers.agent import Agent, read_log
 from tests.helpers.fake_peer import FakeCloud
+from tests.helpers.metric_values import metric_total
 from tests.helpers.mqtt_device import TELEMETRY as DEVICE_TELEMETRY
 from tests.helpers.mqtt_gateway import (
     ATTRIBUTES,
@@ -773,7 +775,7 @@ def test_a_device_whose_creation_failed_leaves_the_gateway_at_once(
 
 def test_topics_the_edge_does_not_serve_are_logged_up_to_a_limit(
         app: EdgeApp, logs: Logs, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway_module, "MAX_DROPPED_TOPICS", 2)
+    monkeypatch.setattr(dropped_module, "MAX_DROPPED_TOPICS", 2)
     make_gateway(app)
     with connected(app) as gateway:
         for i in range(5):
@@ -784,6 +786,9 @@ def test_topics_the_edge_does_not_serve_are_logged_up_to_a_limit(
     assert [r["extra"]["topic"] for r in dropped] == ["v1/gateway/unknown/0",
                                                       "v1/gateway/unknown/1"]
     assert len(logs.matching("further topics it does not serve are dropped unlogged")) == 1
+    # every one of them counted, logged or not
+    assert metric_total(app.metrics.snapshot(), "edge_sync_mqtt_publishes_dropped_total",
+                        reason="unknown_gateway_topic") == 10
 
 
 # -- a real `edge-sync run` process --------------------------------------------------------------

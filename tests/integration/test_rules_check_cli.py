@@ -64,3 +64,25 @@ def test_unreadable_or_malformed_files_exit_1(tmp_path: Path) -> None:
     done = check(tmp_path, str(bad))
     assert (done.returncode, done.stdout) == (
         1, f"{bad}: metadata: missing (the rule chain's nodes and connections)\n")
+
+
+def test_an_interval_or_ttl_beyond_what_the_edge_can_keep_is_refused(tmp_path: Path) -> None:
+    """A window of 10**30 s or a TTL of 10**30 s once passed the check, went in force and then
+    made every telemetry post of every device unstorable."""
+    aggregate = json.loads((FIXTURES / "aggregation.json").read_text())
+    aggregate["metadata"]["nodes"][0]["configuration"]["interval"] = 10**30
+    save = {"ruleChain": {"name": "keep forever", "type": "EDGE"}, "metadata": {
+        "firstNodeIndex": 0, "connections": [], "nodes": [
+            {"type": "org.thingsboard.rule.engine.telemetry.TbMsgTimeseriesNode",
+             "name": "save", "configuration": {"defaultTTL": 10**30}}]}}
+    outputs = []
+    for name, chain in (("aggregate.json", aggregate), ("save.json", save)):
+        path = tmp_path / name
+        path.write_text(json.dumps(chain))
+        done = check(tmp_path, str(path))
+        outputs.append((done.returncode, done.stdout))
+    assert outputs == [
+        (1, "metadata.nodes[0].configuration.interval: expected whole seconds from 1 to "
+            f"31622400 (366 days), got {10**30}\n"),
+        (1, "metadata.nodes[0].configuration.defaultTTL: expected whole seconds from 0 to "
+            f"3162240000 (100 years; 0: no TTL), got {10**30}\n")]

@@ -21,6 +21,7 @@ LMDB, with each event's lane), the points kept on the edge only (the admin API's
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -409,6 +410,62 @@ def test_hostile_script_fails_each_message_and_logs_once(tmp_path, procs, fixtur
     assert len(warnings) == 1, [w["message"] for w in warnings]  # not once per message
     assert warnings[0]["node"] == node
     assert error in warnings[0]["message"], warnings[0]["message"]
+
+
+# -- output the store cannot hold ---------------------------------------------------------------
+
+
+def _chain(tmp_path: Path, name: str, nodes: list[dict[str, Any]],
+           connections: list[dict[str, Any]]) -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"ruleChain": {"name": name, "type": "EDGE"}, "metadata": {
+        "firstNodeIndex": 0, "nodes": nodes, "connections": connections}}))
+    return path
+
+
+def test_a_script_made_key_too_long_to_keep_fails_the_save_node_not_the_device(tmp_path, procs):
+    """A transform makes a 500-byte key: the save node fails (counted, logged), the device
+    gets its 200. It once reached the store: the write failed, the queue restarted and the
+    device was answered 500."""
+    chain = _chain(tmp_path, "long key", [
+        {"type": TRANSFORM, "name": "lengthen", "configuration": {"scriptLang": "JS", "jsScript":
+         "var o = {ok: msg.t}; o['k'.repeat(500)] = msg.t; "
+         "return {msg: o, metadata: metadata, msgType: msgType};"}},
+        {"type": SAVE_TIMESERIES, "name": "keep", "configuration": {"defaultTTL": 0}}],
+        [{"fromIndex": 0, "toIndex": 1, "type": "Success"}])
+    agent = procs(Agent(tmp_path / "edge", env={"EDGE_RULES_FILE": str(chain)})).start()
+    device_id, token = agent.create_device("long-keys")
+    assert [agent.post_telemetry(token, {"ts": BASE_TS + n, "values": {"t": n}})
+            for n in range(3)] == [200, 200, 200]
+    assert node_counts(agent) == [("nodes[0] 'lengthen'", TRANSFORM, 3, 0),
+                                  ("nodes[1] 'keep'", SAVE_TIMESERIES, 3, 3)]
+    assert local_series(agent, device_id, "?keys=ok&startTs=0&endTs=9999999999999") == {}
+    warnings = wait_until(lambda: rule_records(agent, "WARNING", "rule node nodes[1] 'keep'"),
+                          timeout=DEADLINE_S, what="the save node's failure logged")
+    assert [w["message"] for w in warnings] == [
+        "rule node nodes[1] 'keep' failed: the message data cannot be stored: telemetry: keys "
+        "must be 1 to 255 bytes of UTF-8; the message goes by Failure"]
+    assert [r["message"] for r in agent.log_records() if r["level"] == "ERROR"] == []
+
+
+def test_an_outcome_the_store_cannot_hold_is_answered_500_not_400(tmp_path, procs):
+    """An alarm whose details script returns text with a lone surrogate: the alarm's state
+    cannot be stored. That is the chain's fault: the device gets 500 (it once got 400, telling
+    it its valid data was bad), and one ERROR line names the device."""
+    chain = _chain(tmp_path, "bad details", [
+        {"type": CREATE_ALARM, "name": "alarm", "configuration": {
+            "alarmType": "Hot", "severity": "MAJOR", "scriptLang": "JS",
+            "alarmDetailsBuildJs": "return {note: String.fromCharCode(0xD800)};"}}], [])
+    agent = procs(Agent(tmp_path / "edge", env={"EDGE_RULES_FILE": str(chain)})).start()
+    device_id, token = agent.create_device("alarmed")
+    resp = agent.device("POST", f"/api/v1/{token}/telemetry", {"t": 1})
+    assert resp.status == 500, resp.body
+    assert resp.json()["message"].startswith("the rule chain's outcome cannot be stored: ")
+    errors = wait_until(lambda: rule_records(agent, "ERROR", "the rule chain's outcome"),
+                        timeout=DEADLINE_S, what="the chain's failure logged")
+    assert [(e["entity"], e["message"].endswith("the device is answered 500")) for e in errors] \
+        == [(device_id, True)]
+    assert agent.post_telemetry(token, {"t": 2}) == 500  # each message alike, the agent serves
 
 
 # -- the cloud's root chain --------------------------------------------------------------------

@@ -199,3 +199,39 @@ def test_log_outcomes_are_logged_at_info(counters: RuleCounters) -> None:
     finally:
         logger.remove(sink)
     assert lines == [("INFO", "temperature 21")]
+
+
+@pytest.mark.parametrize(("outcome", "problem"), [
+    (SaveTimeseries("s", ORIGIN, 1, {"k" * 256: 1}, 0),
+     "telemetry: keys must be 1 to 255 bytes of UTF-8"),
+    (SaveTimeseries("s", ORIGIN, 1, {"t": 2**64}, 0),
+     "telemetry: value of 't' does not fit in a 64-bit integer"),
+    (SaveTimeseries("s", ORIGIN, 2**63, {"t": 1}, 0),
+     "telemetry: 'ts' must be a non-negative integer (ms since the epoch)"),
+    (SaveTimeseries("s", ORIGIN, 1, [{"t": 1}, {"ts": -1, "values": {"t": 2}}], 0),
+     "telemetry: 'ts' must be a non-negative integer (ms since the epoch)"),
+    (SaveTimeseries("s", ORIGIN, 1, {"t": None}, 0), "telemetry: value of 't' is null"),
+    (SaveAttributes("s", ORIGIN, "SERVER_SCOPE", {"\ud800": 1}),
+     "attributes: a key: text with a lone surrogate (surrogates not allowed)"),
+    (PushToCloud("s", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE", "NORMAL",
+                 {"t": float("inf")}, {}, 5), "telemetry: value of 't' is not a finite number"),
+    (PushToCloud("s", ORIGIN, "POST_ATTRIBUTES_REQUEST", "SERVER_SCOPE", "NORMAL",
+                 {"fw": "\udfff"}, {}, 5),
+     "attributes: value of 'fw': text with a lone surrogate (surrogates not allowed)"),
+    (PushToCloud("s", ORIGIN, "ALARM", "SERVER_SCOPE", "HIGH",
+                 {"id": ALARM_ID, "details": {"n": -2**64}}, {}, 5),
+     "alarm: a number inside the JSON value does not fit in 64 bits"),
+], ids=["long-key", "big-int", "ts-beyond-int64", "negative-ts-in-list", "null", "surrogate-key",
+        "infinity", "surrogate-value", "alarm-big-int"])
+def test_data_the_store_cannot_hold_fails_the_node_and_keeps_nothing(
+        counters: RuleCounters, warnings: list[str], outcome: Any, problem: str) -> None:
+    """What a script made and the store (or the cloud) cannot take is the node's failure, as
+    a device's post of the same data is refused: never an Append that fails as a whole."""
+    out = plan(DEV, [outcome, SaveTimeseries("ok", ORIGIN, 3, {"t": 1}, 0)], counters, NOW)
+    assert out.events == []
+    assert out.mutations == [PutLatestTelemetry(DEV, (("t", 3, 1),)),
+                             PutLocalTimeseries(DEV, ((3, (("t", 1),)),), 0)]
+    assert (out.pushed, out.kept_local) == (0, 1)
+    assert counters.runtime.counts()["s"]["failed"] == 1
+    assert warnings == [f"rule node s failed: the message data cannot be stored: {problem}; "
+                        "the message goes by Failure"]

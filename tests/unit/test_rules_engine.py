@@ -283,3 +283,16 @@ def test_switch_script_fans_out_and_step_limit_stops_the_walk() -> None:
 def test_invalid_chain_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot be run"):
         chain([SAVE_TS], [(0, 0, "Success")])
+
+
+@pytest.mark.parametrize(("meta_ts", "ts"), [
+    ("1234", 1234), ("+1234", 1234), ("9223372036854775807", 2**63 - 1),
+    ("9223372036854775808", 1000), ("²", 1000), ("١٢", 1000), ("9" * 5000, 1000), ("", 1000),
+    ("12a", 1000)])
+def test_a_metadata_ts_that_is_not_a_long_falls_back_to_the_messages_ts(meta_ts: str,
+                                                                         ts: int) -> None:
+    """ThingsBoard's TbMsg.getMetaDataTs: Long.parseLong, else the message's ts. ("²" passes
+    str.isdigit and "9" * 5000 int()'s digit limit: both once raised out of the walk.)"""
+    engine = chain([SAVE_TS], [])
+    assert effects(engine.run(telemetry({"t": 1}, ts=meta_ts))) == [
+        SaveTimeseries("nodes[0] 'Save'", ORIGIN, ts, {"t": 1}, 0)]

@@ -95,7 +95,7 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
         ("interval", "missing"),
         ("strategy", "missing: expected one of FIRST, LAST, ALL")]),
     (nodes.DEDUPLICATION, {"interval": 0, "strategy": "ALL", "maxRetries": -1}, [
-        ("interval", "expected whole seconds >= 1, got 0"),
+        ("interval", "expected whole seconds from 1 to 31622400 (366 days), got 0"),
         ("outMsgType", "missing (strategy ALL sends one message of this type)"),
         ("maxRetries", "expected a whole number >= 0, got -1")]),
     (nodes.DEDUPLICATION, {"interval": 5, "strategy": "ALL", "outMsgType": "POST_TELEMETRY_REQUEST"},
@@ -106,7 +106,12 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
         ("scope", "got 'SERVER': expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE")]),
     (nodes.SAVE_TIMESERIES, {}, []),
     (nodes.SAVE_TIMESERIES, {"defaultTTL": -5}, [
-        ("defaultTTL", "expected whole seconds >= 0 (0: no TTL), got -5")]),
+        ("defaultTTL", "expected whole seconds from 0 to 3162240000 (100 years; 0: no TTL), "
+                       "got -5")]),
+    (nodes.SAVE_TIMESERIES, {"defaultTTL": 3_162_240_000}, []),
+    (nodes.SAVE_TIMESERIES, {"defaultTTL": 3_162_240_001}, [
+        ("defaultTTL", "expected whole seconds from 0 to 3162240000 (100 years; 0: no TTL), "
+                       "got 3162240001")]),
     (nodes.CREATE_ALARM, {"alarmDetailsBuildJs": "return {};"}, [
         ("alarmType", 'missing (the type of the alarm, e.g. "High Temperature")'),
         ("severity", "missing: expected one of CRITICAL, MAJOR, MINOR, WARNING, INDETERMINATE")]),
@@ -127,8 +132,13 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
     (nodes.AGGREGATE, {"interval": 60}, []),
     (nodes.AGGREGATE, {"interval": 60, "maxPendingMsgs": 100_000, "outMsgType": "AGG"}, []),
     (nodes.AGGREGATE, {}, [("interval", "missing")]),
+    (nodes.AGGREGATE, {"interval": 31_622_400}, []),
+    (nodes.AGGREGATE, {"interval": 31_622_401}, [
+        ("interval", "expected whole seconds from 1 to 31622400 (366 days), got 31622401")]),
+    (nodes.DEDUPLICATION, {"interval": 10**30, "strategy": "LAST"}, [
+        ("interval", f"expected whole seconds from 1 to 31622400 (366 days), got {10**30}")]),
     (nodes.AGGREGATE, {"interval": 1.5, "maxPendingMsgs": 100_001, "outMsgType": " "}, [
-        ("interval", "expected whole seconds >= 1, got 1.5"),
+        ("interval", "expected whole seconds from 1 to 31622400 (366 days), got 1.5"),
         ("maxPendingMsgs", "expected a whole number from 1 to 100000, got 100001"),
         ("outMsgType", "expected a message type, got ' '")]),
     (nodes.AGGREGATE, {"interval": 5, "maxPendingMsgs": 0}, [
