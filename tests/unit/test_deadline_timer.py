@@ -57,10 +57,8 @@ def test_an_earlier_deadline_replaces_a_later_one() -> None:
     timer = DeadlineTimer("test", fired.set)
     try:
         timer.arm(60.0)
-        start = time.monotonic()
         timer.arm(0.01)
-        assert fired.wait(5.0)
-        assert time.monotonic() - start < 5.0
+        assert fired.wait(5.0)  # well before the 60 s deadline it replaced
     finally:
         timer.stop()
 
