@@ -153,14 +153,15 @@ def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
     out = Planned()
     counts: dict[str, int] = dict(visits) if visits else {}
     saved = _Saved()
+    checks = _SeriesChecks()
     for o in outcomes:
         match o:
             case Visited():
                 counts[o.node] = counts.get(o.node, 0) + 1
             case SaveTimeseries():
-                _save_timeseries(entity_id, o, saved, counters, now_ms)
+                _save_timeseries(entity_id, o, saved, checks, counters, now_ms)
             case PushToCloud():
-                _push(entity_id, o, out, counters, now_ms)
+                _push(entity_id, o, out, checks, counters, now_ms)
             case Failed():
                 _fail(counters, entity_id, o, now_ms)
             case Log():
@@ -219,6 +220,27 @@ def _unstorable(check: Callable[..., None], *args: Any) -> str | None:
     return None
 
 
+class _SeriesChecks:
+    """The storability verdicts of one ``plan`` call's telemetry, by message data: a save node
+    and a push node given the same message (the same data object and ts) check it once. The
+    data objects are kept referenced, so an id is never reused within the call."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, int], tuple[Any, str | None]] = {}
+
+    def problem(self, data: Any, ts: int,
+                entries: list[tuple[int, tuple[tuple[str, Any], ...]]]) -> str | None:
+        key = (id(data), ts)
+        seen = self._seen.get(key)
+        if seen is not None and seen[0] is data:
+            return seen[1]
+        problem = _unstorable(_check_series, entries)
+        self._seen[key] = (data, problem)
+        return problem
+
+
 def _check_series(entries: list[tuple[int, tuple[tuple[str, Any], ...]]]) -> None:
     for ts, values in entries:
         check_timestamp("telemetry", ts)
@@ -269,21 +291,21 @@ class _Saved:
 
 
 def _save_timeseries(entity_id: uuid.UUID, o: SaveTimeseries, saved: _Saved,
-                     counters: RuleCounters, now_ms: int) -> None:
+                     checks: _SeriesChecks, counters: RuleCounters, now_ms: int) -> None:
     entries = _series(o.data, o.ts)
     if entries is None:
         _fail(counters, entity_id, Failed(o.node, "the message data is not "
                      "telemetry (an object of values, {ts, values}, or a list of them)"), now_ms)
         return
-    problem = _unstorable(_check_series, entries)
+    problem = checks.problem(o.data, o.ts, entries)
     if problem is not None:
         _fail(counters, entity_id, Failed(o.node, problem), now_ms)
         return
     saved.add(entries, o.ttl)
 
 
-def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, counters: RuleCounters,
-          now_ms: int) -> None:
+def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, checks: _SeriesChecks,
+          counters: RuleCounters, now_ms: int) -> None:
     lane = Lane.HIGH if o.lane == "HIGH" else Lane.NORMAL
     problem: str | None = None
     if o.msg_type == ALARM:
@@ -300,7 +322,7 @@ def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, counters: RuleCoun
             _fail(counters, entity_id, Failed(
                 o.node, "the message data is not telemetry"), now_ms)
             return
-        problem = _unstorable(_check_series, entries)
+        problem = checks.problem(o.data, o.ts, entries)
         events = [NewEvent("DEVICE", "DEVICE", entity_id, Action.TIMESERIES_UPDATED,
                            {"ts": ts, "values": dict(values)}, ts, lane)
                   for ts, values in entries]

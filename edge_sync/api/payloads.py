@@ -11,7 +11,14 @@ import math
 from typing import Any
 
 from edge_sync.errors import BadRequest
-from edge_sync.validators import INT64_MAX, MAX_KEY_BYTES, is_int64, is_storable_int, key_fits
+from edge_sync.validators import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_KEY_BYTES,
+    is_int64,
+    is_storable_int,
+    key_fits,
+)
 
 Values = tuple[tuple[str, Any], ...]
 Entry = tuple[int, Values]
@@ -85,13 +92,24 @@ def check_values(where: str, pairs: Any) -> Values:
     null). The pairs as a tuple; BadRequest names the first problem."""
     out = []
     for key, value in pairs:
-        if not isinstance(key, str):
-            raise BadRequest(f"{where}: a key is not text")
-        _check_text(f"{where}: a key", key)
-        if not key_fits(key):
-            raise BadRequest(f"{where}: keys must be 1 to {MAX_KEY_BYTES} bytes of UTF-8")
-        out.append((key, _check_value(where, key, value)))
+        # the common case first: an ASCII key (a byte a character, no surrogate can hide in
+        # it) and a finite float, a bool or a 64-bit integer; anything else is checked fully
+        if not (type(key) is str and key.isascii() and 0 < len(key) <= MAX_KEY_BYTES):
+            _check_key(where, key)
+        kind = type(value)
+        if not ((kind is float and math.isfinite(value)) or kind is bool
+                or (kind is int and INT64_MIN <= value <= INT64_MAX)):
+            _check_value(where, key, value)
+        out.append((key, value))
     return tuple(out)
+
+
+def _check_key(where: str, key: Any) -> None:
+    if not isinstance(key, str):
+        raise BadRequest(f"{where}: a key is not text")
+    _check_text(f"{where}: a key", key)
+    if not key_fits(key):
+        raise BadRequest(f"{where}: keys must be 1 to {MAX_KEY_BYTES} bytes of UTF-8")
 
 
 def check_timestamp(where: str, ts: Any) -> int:

@@ -235,3 +235,26 @@ def test_data_the_store_cannot_hold_fails_the_node_and_keeps_nothing(
     assert counters.runtime.counts()["s"]["failed"] == 1
     assert warnings == [f"rule node s failed: the message data cannot be stored: {problem}; "
                         "the message goes by Failure"]
+
+
+def test_a_message_saved_and_pushed_is_judged_by_each_node(counters: RuleCounters,
+                                                          warnings: list[str]) -> None:
+    """A save and a push given the same message data check it once between them, but the
+    verdict is each node's: unstorable data fails both, and data of the same values in another
+    object, or at another ts, is judged on its own."""
+    bad = {"k" * 256: 1}
+    good = {"t": 1}
+    out = plan(DEV, [
+        SaveTimeseries("s", ORIGIN, 7, bad, 0),
+        PushToCloud("p", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE", "NORMAL", bad, {}, 7),
+        SaveTimeseries("s", ORIGIN, 8, good, 0),
+        PushToCloud("p", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE", "NORMAL", good, {},
+                    8),
+        PushToCloud("p", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE", "NORMAL", good, {},
+                    2**63),
+    ], counters, NOW)
+    assert [(e.ts, e.body) for e in out.events] == [(8, {"ts": 8, "values": {"t": 1}})]
+    assert out.mutations == [PutLatestTelemetry(DEV, (("t", 8, 1),)),
+                             PutLocalTimeseries(DEV, ((8, (("t", 1),)),), 0)]
+    assert {node: c["failed"] for node, c in counters.runtime.counts().items()} == {"s": 1, "p": 2}
+    assert len(warnings) == 2  # one line per node (then at most one a minute)
