@@ -38,7 +38,10 @@ at start, every rule chain without its metadata is reported once per chain (and 
 
 A downlink that cannot be applied is answered success=false with the error and the project's
 ``retryable`` flag: true when the edge's own store failed (StorageError: a full disk, the size
-cap), so the cloud resends it and never parks it; false when its content is refused.
+cap), so the cloud resends it and never parks it; false when its content is refused. One whose
+only refused part is a device's credentials with an access token another device has on the
+edge is committed without them and answered success=false, not retryable (link/graph_apply.py:
+ThingsBoard Edge saves the device, then refuses the credentials).
 
 The parts, each in its own module: the messages with the ConnectionActor
 (link/downlink_messages.py, re-exported here), a DownlinkMsg's key and the kinds set aside
@@ -293,6 +296,11 @@ class DownlinkActor(SupervisedActor):
                 self._metadata.ask()
         else:
             self._report.duplicate(dl_id)
+        if out.graph.refused:  # committed without them: answered as ThingsBoard Edge answers
+            return DownlinkApplied(cmd.stream_id, dl_id, False, "; ".join(out.graph.refused),
+                                   sync_completed=msg.HasField("syncCompletedMsg"),
+                                   identity=identity, customer_id=customer,
+                                   device_profiles=out.device_profiles, retryable=False)
         return DownlinkApplied(cmd.stream_id, dl_id, True, duplicate=not out.fresh,
                                sync_completed=msg.HasField("syncCompletedMsg"), identity=identity,
                                customer_id=customer, device_profiles=out.device_profiles)
@@ -349,7 +357,8 @@ class DownlinkActor(SupervisedActor):
         if msg.deviceProfileUpdateMsg or out.graph.profiles_changed or any(
                 r.entity_type == "DEVICE_PROFILE" for r in out.removed):
             out.device_profiles = self._entities.device_profile_ids(txn)
-        self._entities.record_downlink(txn, key, now_ms=now)
+        if not out.graph.refused:  # else a resend is applied again (and refused again)
+            self._entities.record_downlink(txn, key, now_ms=now)
         out.what = "; ".join(done) or "empty"
         return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -528,22 +529,65 @@ def test_device_credentials_and_profile_in_one_downlink_in_any_order(
 
 
 def test_a_failing_part_leaves_nothing_of_the_downlink(rig: Rig) -> None:
-    """One transaction: credentials whose token another device holds fail the whole message,
-    so neither the profile, the device nor its attributes are kept; the resend applies it."""
-    holder, dev, profile = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    provision(rig, holder, "holder", "tok-taken")
-    reply = rig.apply(sync_pack(30, dev, profile, "tok-taken", PARTS))
-    assert (reply.success, reply.error) == (
-        False, f"access token of device {dev} is used by another device")
-    assert rig.device(dev) is None
+    """One transaction: a part the edge refuses (a device without a name) fails the whole
+    message, so neither the profile, the credentials nor the attributes are kept."""
+    dev, profile = uuid.uuid4(), uuid.uuid4()
+    pack = sync_pack(30, dev, profile, "tok-meter", PARTS)
+    json_of = json.loads(pack.deviceUpdateMsg[0].entity)
+    pack.deviceUpdateMsg[0].entity = json.dumps({**json_of, "name": ""})
+    reply = rig.apply(pack)
+    assert (reply.success, reply.error, reply.retryable) == (
+        False, "deviceUpdateMsg: device has no name", False)
+    assert rig.device(dev) is None and rig.by_token("tok-meter") is None
     assert rig.attributes(dev, Scope.SHARED) == {}
     with rig.store.read() as txn:
         assert rig.entities.device_profile_ids(txn) == {}
+
+
+def test_credentials_whose_token_another_device_has_are_refused_and_the_rest_kept(
+        rig: Rig) -> None:
+    """As ThingsBoard Edge (the device saved, then "Device credentials are already assigned to
+    another device!"): the profile, the device and its attributes are committed, the
+    credentials are not, and the answer is success=false (not retryable). The downlink's key is
+    not recorded: once the other device is gone, the resend applies the credentials."""
+    holder, dev, profile = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    provision(rig, holder, "holder", "tok-taken")
+    reply = rig.apply(sync_pack(30, dev, profile, "tok-taken", PARTS))
+    error = (f"credentials of device {dev} refused: their access token is used by device "
+             f"{holder} on the edge (ThingsBoard Edge: Device credentials are already assigned "
+             "to another device!)")
+    assert (reply.success, reply.error, reply.retryable, reply.device_profiles) == (
+        False, error, False, {"meter": profile})
+    assert "tok-taken" not in reply.error
+    assert (d := rig.device(dev)) is not None and (d.token, d.profile_id) == ("", profile)
+    assert rig.by_token("tok-taken") == rig.device(holder)
+    assert rig.attributes(dev, Scope.SHARED) == {"interval": 30}
+    assert (rig.count(APPLIED), rig.count(FAILED)) == (2, 1)  # the two of provision()
     assert rig.apply(device_msg(31, holder, "holder", kind=edge_pb2.ENTITY_DELETED_RPC_MESSAGE)
                      ).success
     again = rig.apply(sync_pack(30, dev, profile, "tok-taken", PARTS))
     assert (again.success, again.duplicate) == (True, False)
     assert (d := rig.device(dev)) is not None and (d.token, d.profile_id) == ("tok-taken", profile)
+
+
+def test_a_device_whose_name_another_device_has_is_applied_under_a_unique_name(
+        rig: Rig, warning_logs: list[dict[str, Any]]) -> None:
+    """As ThingsBoard Edge (generateUniqueNameIfDuplicateExists): applied and answered
+    success, named name + "_" + 15 letters, logged with both ids and counted."""
+    holder, dev = uuid.uuid4(), uuid.uuid4()
+    provision(rig, holder, "pump", "tok-holder")
+    reply = rig.apply(device_msg(60, dev, "pump"))
+    assert (reply.success, reply.error) == (True, "")
+    device = rig.device(dev)
+    assert device is not None and re.fullmatch(r"pump_[A-Za-z]{15}", device.name), device
+    assert rig.device(holder) is not None and rig.device(holder).name == "pump"
+    assert rig.count("edge_sync_graph_devices_renamed_total") == 1
+    [line] = [r for r in warning_logs if r["message"].startswith(f"device {dev} applied as")]
+    assert line["message"] == (f"device {dev} applied as {device.name!r}: device {holder} has "
+                               "its name 'pump' on the edge")
+    assert {k: line["extra"][k] for k in ("entity_id", "holder_id", "name", "cloud_name")} == {
+        "entity_id": str(dev), "holder_id": str(holder), "name": device.name,
+        "cloud_name": "pump"}
 
 
 # -- kinds set aside ------------------------------------------------------------------------------
@@ -574,6 +618,15 @@ def with_every_kind(dl_id: int, n: int) -> edge_pb2.DownlinkMsg:
             if "entity" in item.DESCRIPTOR.fields_by_name:
                 item.entity = json.dumps({"name": f"{kind}-{dl_id}-{i}"})
     return msg
+
+
+@pytest.fixture
+def warning_logs() -> Iterator[list[dict[str, Any]]]:
+    records: list[dict[str, Any]] = []
+    sink = logger.add(lambda m: records.append(dict(m.record)), level="WARNING",
+                      filter=lambda r: r["extra"].get("component") == "downlink")
+    yield records
+    logger.remove(sink)
 
 
 @pytest.fixture
