@@ -3,7 +3,7 @@ commits: the DownlinkActor's counters (``edge_sync_downlinks_*``, ``edge_sync_gr
 ``edge_sync_rpc_requests_total``) and its log lines, one per event that matters (a downlink
 applied, redelivered or refused, a kind set aside the first time, an entity held, released or removed
 by a full sync's end, a device renamed because its name is another device's, credentials refused
-alone, a full sync completed).
+alone, a downlink left unanswered so that ThingsBoard sends it again, a full sync completed).
 """
 
 from __future__ import annotations
@@ -85,6 +85,15 @@ class DownlinkReport:
         self._failed.inc()
         _log.bind(downlink_id=dl_id, error=reason, retryable=retryable).error(
             "downlink {} not applied: {}", dl_id, reason)
+
+    def unanswered(self, dl_id: int, reason: str, full_sync: str) -> None:
+        """A store failure against a peer that ignores ``retryable`` (ThingsBoard): no answer,
+        so the peer sends the downlink again after its timeout."""
+        self._failed.inc()
+        _log.bind(downlink_id=dl_id, error=reason).error(
+            "downlink {} not applied: {}; not answered, so the cloud sends it again after its "
+            "timeout (ThingsBoard drops a downlink answered success=false); {}", dl_id, reason,
+            full_sync)
 
     def duplicate(self, dl_id: int) -> None:
         self._duplicates.inc()
