@@ -37,8 +37,23 @@ at start, every rule chain without its metadata is reported once per chain (and 
 ``request_metadata`` (wired to the uplink event that asks the cloud for it).
 
 A downlink that cannot be applied is answered success=false with the error and the project's
-``retryable`` flag: true when the edge's own store failed (StorageError: a full disk, the size
-cap), so the cloud resends it and never parks it; false when its content is refused.
+``retryable`` flag, false: its content is refused. One whose only refused part is a device's
+credentials with an access token another device has on the edge is committed without them and
+answered the same way (link/graph_apply.py: ThingsBoard Edge saves the device, then refuses the
+credentials). When the edge's own store fails (StorageError: a full disk, the size cap, damage)
+nothing is wrong with the downlink:
+- to the reference cloud (``peer_honours_retryable``: the link's peer announced its
+  capabilities), the answer says retryable=true, so it resends the downlink for as long as it
+  takes and never parks it;
+- to ThingsBoard, which drops every downlink answered success=false and never reads
+  ``retryable`` (thingsboard, application/.../edge/rpc/session/EdgeGrpcSession.java,
+  onDownlinkResponse), there is no answer: ThingsBoard sends what is unanswered again after
+  edges.storage.sleep_between_batches (scheduleDownlinkMsgsPackSend), MAX_DOWNLINK_ATTEMPTS (3)
+  sends in all, then discards it. So a full sync is requested durably for the next connect
+  (written at once, or with the next downlink's transaction if the store refuses that too), and
+  a full sync under way whose downlink was not stored by the time its SyncCompletedMsg comes
+  removes nothing at its end and stays in progress, so the next connect asks for a full sync
+  again (its sweep would take for gone what that downlink carried).
 
 The parts, each in its own module: the messages with the ConnectionActor
 (link/downlink_messages.py, re-exported here), a DownlinkMsg's key and the kinds set aside
@@ -111,6 +126,7 @@ class DownlinkActor(SupervisedActor):
         request_metadata: Callable[[uuid.UUID], None] | None = None,
         version: str | None = None,
         rules_changed: Callable[[], object] | None = None,
+        peer_honours_retryable: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__(report_exit)
         self._tokens = tokens
@@ -129,6 +145,13 @@ class DownlinkActor(SupervisedActor):
         self._connection = connection
         self._clock = clock
         self._report = DownlinkReport(metrics, held_now=self._held_now, version=self._version)
+        # whether the link's peer resends a downlink answered retryable (the reference cloud);
+        # not known: no answer at all, which every peer resends
+        self._honours_retryable = peer_honours_retryable or (lambda: False)
+        # keys of downlinks left unanswered after a store failure and not applied since (they
+        # belong to the full sync under way when there is one: cleared when a full sync starts)
+        self._unstored: dict[bytes, int] = {}
+        self._owed_full_sync: str | None = None  # a full sync request not written yet: why
 
     def _held_now(self) -> float:
         with self._store.read() as txn:
@@ -208,6 +231,7 @@ class DownlinkActor(SupervisedActor):
                 "full sync not recorded ({}): what it no longer sends stays on the edge", exc)
             return
         self._sync.started(message.stream_id, message.earlier_syncs)
+        self._unstored.clear()  # what the full sync sends again supersedes them
         _log.bind(generation=generation, reason=message.reason).info(
             "full sync {} started ({}): what it does not send is removed at its end",
             generation, message.reason)
@@ -223,8 +247,11 @@ class DownlinkActor(SupervisedActor):
         if len(group) > 1:
             now = self._clock.now_ms()
 
+            owed = self._owed_full_sync
+
             def fn(txn: lmdb.Transaction) -> tuple[list[DownlinkOutcome], SyncTrack]:
                 track = self._sync.attempt()
+                self._write_owed(txn, owed)
                 return ([self._apply_in(txn, c, downlink_key(c.msg), now, track)
                          for c in group], track)
             try:
@@ -233,20 +260,27 @@ class DownlinkActor(SupervisedActor):
                 outs = None
             if outs is not None:
                 self._sync.adopt(track)
+                self._owed_written(owed)
                 for cmd, out in zip(group, outs, strict=True):
                     self._connection.tell(self._answer(cmd, out))
                 return
         for cmd in group:
-            self._connection.tell(self._apply(cmd))
+            reply = self._apply(cmd)
+            if reply is not None:
+                self._connection.tell(reply)
 
-    def _apply(self, cmd: ApplyDownlink) -> DownlinkApplied:
+    def _apply(self, cmd: ApplyDownlink) -> DownlinkApplied | None:
+        """Apply one downlink in a transaction of its own; its answer, None when it gets none
+        (a store failure against a peer that ignores ``retryable``)."""
         msg: edge_pb2.DownlinkMsg = cmd.msg
         key = downlink_key(msg)
         dl_id = msg.downlinkMsgId
         now = self._clock.now_ms()
+        owed = self._owed_full_sync
 
         def fn(txn: lmdb.Transaction) -> tuple[DownlinkOutcome, SyncTrack]:
             track = self._sync.attempt()
+            self._write_owed(txn, owed)
             return self._apply_in(txn, cmd, key, now, track), track
         try:
             # maintenance: a full store must still take what the cloud sends (sync completion
@@ -257,14 +291,47 @@ class DownlinkActor(SupervisedActor):
             reason = (str(exc) if isinstance(exc, EdgeSyncError)
                       else f"{type(exc).__name__}: {str(exc)[:200]}")
             # the edge's own store failing (a full disk, the map full) says nothing against the
-            # downlink: retryable, so our cloud resends it and never parks it
+            # downlink: retryable, so our cloud resends it and never parks it; ThingsBoard
+            # would drop it, so it gets no answer (see the module docstring)
             retryable = isinstance(exc, StorageError)
-            self._report.failed(dl_id, reason, retryable)
             if isinstance(exc, StorageCorrupt):
                 self._record_damage(reason)
+            if retryable and not self._honours_retryable():
+                self._leave_unanswered(dl_id, key, reason)
+                return None
+            self._report.failed(dl_id, reason, retryable)
             return DownlinkApplied(cmd.stream_id, dl_id, False, reason, retryable=retryable)
         self._sync.adopt(track)
+        self._owed_written(owed)
         return self._answer(cmd, out)
+
+    def _leave_unanswered(self, dl_id: int, key: bytes, reason: str) -> None:
+        """A downlink the store failed to take, for a peer that drops what is answered
+        success=false (ThingsBoard): no answer, so it is sent again; a full sync is requested
+        for the next connect in case the peer gives it up (after its third send), and the
+        full sync under way, if any, will not sweep while the downlink is not stored."""
+        self._unstored[key] = dl_id
+        why = f"downlink {dl_id} could not be stored ({reason[:200]})"
+        try:
+            self._store.write(lambda txn: self._graph.request_full_sync(txn, why),
+                              maintenance=True)
+        except EdgeSyncError as exc:
+            self._owed_full_sync = why
+            sync = (f"a full sync is requested with the next downlink stored (the request was "
+                    f"not written either: {exc})")
+        else:
+            sync = "a full sync is requested for the next connect"
+        self._report.unanswered(dl_id, reason, sync)
+
+    def _write_owed(self, txn: lmdb.Transaction, owed: str | None) -> None:
+        """In a downlink's transaction: the full sync request a store failure left unwritten."""
+        if owed is not None:
+            self._graph.request_full_sync(txn, owed)
+
+    def _owed_written(self, owed: str | None) -> None:
+        if owed is not None and self._owed_full_sync == owed:
+            self._owed_full_sync = None
+            _log.bind(reason=owed).info("full sync requested for the next connect: {}", owed)
 
     def _record_damage(self, reason: str) -> None:
         """Damage found while applying: the next connect asks for a full sync, which
@@ -288,6 +355,9 @@ class DownlinkActor(SupervisedActor):
                 msg.deviceUpdateMsg or msg.deviceCredentialsUpdateMsg
                 or out.graph.devices_changed or out.removed):
             self._tokens.invalidate()
+        if self._unstored and self._unstored.pop(downlink_key(msg), None) is not None:
+            _log.bind(downlink_id=dl_id).info(
+                "downlink {} stored when sent again after a store failure", dl_id)
         if out.fresh:
             self._tell_sessions(out)
             self._report.applied(dl_id, out)
@@ -297,6 +367,11 @@ class DownlinkActor(SupervisedActor):
                 self._metadata.ask()
         else:
             self._report.duplicate(dl_id)
+        if out.graph.refused:  # committed without them: answered as ThingsBoard Edge answers
+            return DownlinkApplied(cmd.stream_id, dl_id, False, "; ".join(out.graph.refused),
+                                   sync_completed=msg.HasField("syncCompletedMsg"),
+                                   identity=identity, customer_id=customer,
+                                   device_profiles=out.device_profiles, retryable=False)
         return DownlinkApplied(cmd.stream_id, dl_id, True, duplicate=not out.fresh,
                                sync_completed=msg.HasField("syncCompletedMsg"), identity=identity,
                                customer_id=customer, device_profiles=out.device_profiles)
@@ -356,7 +431,8 @@ class DownlinkActor(SupervisedActor):
         if msg.deviceProfileUpdateMsg or out.graph.profiles_changed or any(
                 r.entity_type == "DEVICE_PROFILE" for r in out.removed):
             out.device_profiles = self._entities.device_profile_ids(txn)
-        self._entities.record_downlink(txn, key, now_ms=now)
+        if not out.graph.refused:  # else a resend is applied again (and refused again)
+            self._entities.record_downlink(txn, key, now_ms=now)
         out.what = "; ".join(done) or "empty"
         return out
 
@@ -368,6 +444,13 @@ class DownlinkActor(SupervisedActor):
             return "sync completed (an earlier request's)"
         if which == "other" or not self._graph.full_sync_active(txn):
             return "sync completed"
+        if self._unstored:  # what they carry was not marked seen: a sweep would remove it
+            ids = ", ".join(str(i) for i in sorted(self._unstored.values()))
+            self._graph.drop_full_sync_marks(txn)
+            out.warnings.append(
+                f"full sync ended with downlinks the store did not take ({ids}): nothing "
+                "removed at its end; the next connect asks for a full sync again")
+            return f"full sync completed without its sweep ({len(self._unstored)} not stored)"
         out.removed = self._graph.complete_full_sync(txn, now_ms=now, version=self._version)
         out.full_sync_completed = True
         return f"full sync completed ({len(out.removed)} removed)"

@@ -2,7 +2,8 @@
 commits: the DownlinkActor's counters (``edge_sync_downlinks_*``, ``edge_sync_graph_*``,
 ``edge_sync_rpc_requests_total``) and its log lines, one per event that matters (a downlink
 applied, redelivered or refused, a kind set aside the first time, an entity held, released or removed
-by a full sync's end, a full sync completed).
+by a full sync's end, a device renamed because its name is another device's, credentials refused
+alone, a downlink left unanswered so that ThingsBoard sends it again, a full sync completed).
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class DownlinkReport:
             "edge_sync_graph_held_total", "entities held until their references are on the edge")
         self._m_released = metrics.counter(
             "edge_sync_graph_released_total", "held entities applied once their references came")
+        self._m_renamed = metrics.counter(
+            "edge_sync_graph_devices_renamed_total",
+            "devices applied under a unique name because another device has their name on the "
+            "edge (as ThingsBoard Edge renames them)")
         self._m_removed = metrics.counter(
             "edge_sync_graph_removed_after_full_sync_total",
             "entities, relations and held entities removed at the end of a full sync (no "
@@ -81,6 +86,15 @@ class DownlinkReport:
         _log.bind(downlink_id=dl_id, error=reason, retryable=retryable).error(
             "downlink {} not applied: {}", dl_id, reason)
 
+    def unanswered(self, dl_id: int, reason: str, full_sync: str) -> None:
+        """A store failure against a peer that ignores ``retryable`` (ThingsBoard): no answer,
+        so the peer sends the downlink again after its timeout."""
+        self._failed.inc()
+        _log.bind(downlink_id=dl_id, error=reason).error(
+            "downlink {} not applied: {}; not answered, so the cloud sends it again after its "
+            "timeout (ThingsBoard drops a downlink answered success=false); {}", dl_id, reason,
+            full_sync)
+
     def duplicate(self, dl_id: int) -> None:
         self._duplicates.inc()
         _log.bind(downlink_id=dl_id).info("downlink {} redelivered: acknowledged only", dl_id)
@@ -90,12 +104,20 @@ class DownlinkReport:
 
     def applied(self, dl_id: int, out: DownlinkOutcome) -> None:
         """A fresh downlink committed: counted, with what it set aside and did to the graph,
-        its warnings and one line saying what it did."""
-        self._applied.inc()
+        its warnings and one line saying what it did. One committed without some of its
+        payloads (GraphOutcome.refused) is counted as failed, since its answer is
+        success=false, and its line says what was refused."""
+        refused = out.graph.refused
+        (self._failed if refused else self._applied).inc()
         self._count_set_aside(dl_id, out.set_aside)
         self.graph(dl_id, out)
         for warning in out.warnings + out.graph.warnings:
             _log.bind(downlink_id=dl_id).warning("downlink {}: {}", dl_id, warning)
+        if refused:
+            reason = "; ".join(refused)
+            _log.bind(downlink_id=dl_id, error=reason, applied=out.what).error(
+                "downlink {} applied in part, answered success=false: {}", dl_id, reason)
+            return
         _log.bind(downlink_id=dl_id, applied=out.what).info("downlink {} applied: {}", dl_id,
                                                             out.what)
 
@@ -108,6 +130,13 @@ class DownlinkReport:
             self._m_held.inc()
             _log.bind(downlink_id=dl_id, held=what).info("held until its references come: {}",
                                                          what)
+        for rn in g.renamed:
+            self._m_renamed.inc()
+            _log.bind(downlink_id=dl_id, entity_type="DEVICE", entity_id=str(rn.device_id),
+                      holder_id=str(rn.holder_id), name=rn.name,
+                      cloud_name=rn.cloud_name).warning(
+                "device {} applied as {!r}: device {} has its name {!r} on the edge",
+                rn.device_id, rn.name, rn.holder_id, rn.cloud_name)
         for what in g.released:
             self._m_released.inc()
             _log.bind(downlink_id=dl_id, released=what).info(

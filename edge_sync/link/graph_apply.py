@@ -20,15 +20,33 @@ An entity whose hard references (graph_store.hard_references) are not on the edg
 payload's list field and that payload alone, serialized, with what it waits for; the downlink
 succeeds. When an applied entity provides what a held one waits for, the held one is applied in
 the same transaction (each release in a nested transaction: one whose content is refused then,
-a name taken meanwhile say, stays held, waiting for nothing, with a WARNING instead of failing
-the downlink that released it); one still lacking some references waits for those only. An
-update of a held entity replaces the held payload; a delete drops it.
+an access token another device took meanwhile say, stays held, waiting for nothing, with a
+WARNING instead of failing the downlink that released it); one still lacking some references
+waits for those only. An update of a held entity replaces the held payload; a delete drops it.
 A delete removes the entity and its dependants (graph_store.GraphStore.delete_entity).
+
+Conflicts with what the edge holds, as ThingsBoard Edge settles them (thingsboard-edge,
+application/.../service/edge/rpc/processor/device/BaseDeviceProcessor.java):
+- a device whose name another device has on the edge is applied under a unique name, its name
+  + "_" + 15 random letters (BaseDeviceProcessor.updateDeviceNameIfDuplicateExists and
+  BaseEdgeProcessor.generateUniqueNameIfDuplicateExists: never refused, never the other device
+  evicted), and the JSON kept with that name, as ThingsBoard Edge saves the renamed device. The
+  same device sent again while the name is still taken keeps the unique name it was given (no
+  new letters each time); once the name is free, the next version of it takes the cloud's name;
+- credentials whose access token another device has on the edge are refused alone
+  (updateDeviceCredentials -> DeviceCredentialsDataValidator: "Device credentials are already
+  assigned to another device!", thrown after the device and its profile were saved): the device
+  keeps the token it had, the rest of the downlink is applied, and GraphOutcome.refused says
+  why, so the DownlinkActor answers success=false as ThingsBoard Edge does. During a full sync
+  the refused credentials count as sent (their device is still assigned).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
+import string
 import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -39,12 +57,13 @@ import lmdb
 from edge_sync.common.entity_graph import BY_FIELD, KINDS, Kind, Ref, provides, relation_key
 from edge_sync.common.wire import (
     ACTION_OF_UPDATE,
+    compact_json,
     entity_id_in,
     gateway_flag,
     parse_entity_json,
     uuid_of,
 )
-from edge_sync.errors import BadRequest
+from edge_sync.errors import BadRequest, Conflict
 from edge_sync.proto import edge_pb2
 from edge_sync.storage import graph_store as gs
 from edge_sync.storage.entity_store import EntityStore
@@ -59,6 +78,35 @@ _ID_FIELD = {"TENANT": "id", "RULE_CHAIN_METADATA": "ruleChainId", "USER_CREDENT
 _ID_TYPE = {"RULE_CHAIN_METADATA": "RULE_CHAIN", "USER_CREDENTIALS": "USER",
             "DEVICE_CREDENTIALS": None}
 _VERB = {gs.CREATED: "created", gs.CHANGED: "updated", gs.UNCHANGED: "unchanged"}
+UNIQUE_SUFFIX_LETTERS = 15
+"""ThingsBoard Edge's generateRandomAlphabeticString: name + "_" + StringUtils.randomAlphabetic(15)."""
+
+
+class TokenTaken(Conflict):
+    """Device credentials whose access token another device has on the edge."""
+
+
+@dataclass(frozen=True, slots=True)
+class Renamed:
+    """A device applied under a unique name: the name the cloud gave it is another device's."""
+
+    device_id: uuid.UUID
+    cloud_name: str
+    name: str  # the name it has on the edge
+    holder_id: uuid.UUID  # the device that has cloud_name on the edge
+
+
+def unique_name(name: str) -> str:
+    """ThingsBoard Edge's unique name for an entity whose name is taken (BaseEdgeProcessor
+    .generateRandomAlphabeticString): the name, "_" and 15 random letters."""
+    letters = string.ascii_letters
+    return f"{name}_" + "".join(secrets.choice(letters) for _ in range(UNIQUE_SUFFIX_LETTERS))
+
+
+def is_unique_name_of(candidate: str, name: str) -> bool:
+    """Whether ``candidate`` is a unique name made for ``name`` (unique_name)."""
+    suffix = "_[A-Za-z]{" + str(UNIQUE_SUFFIX_LETTERS) + "}"
+    return re.fullmatch(re.escape(name) + suffix, candidate) is not None
 
 
 @dataclass(slots=True)
@@ -70,6 +118,10 @@ class GraphOutcome:
     held: list[str] = field(default_factory=list)  # what was held, and for what
     released: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    renamed: list[Renamed] = field(default_factory=list)  # devices applied under a unique name
+    # payloads refused alone while the rest was applied (credentials whose token another
+    # device has): the downlink is answered success=false with these, as ThingsBoard Edge does
+    refused: list[str] = field(default_factory=list)
     profiles_changed: bool = False
     devices_changed: bool = False  # the token cache must forget
     devices_removed: list[uuid.UUID] = field(default_factory=list)  # their actors are told
@@ -183,9 +235,20 @@ class GraphApplier:
 
     def apply_payload(self, txn: lmdb.Transaction, field_name: str, m: Any, now_ms: int,
                       out: GraphOutcome) -> None:
-        """One payload, then whatever it releases (and what that releases, in order)."""
+        """One payload, then whatever it releases (and what that releases, in order).
+        Credentials whose access token another device has are refused alone (TokenTaken:
+        nothing of them written), as ThingsBoard Edge refuses them after saving their device;
+        during a full sync they still count as sent, so the sweep leaves the device's
+        credentials as they are."""
         change = parse_payload(field_name, m)
-        provided = self._apply_change(txn, change, field_name, m, now_ms, out)
+        try:
+            provided = self._apply_change(txn, change, field_name, m, now_ms, out)
+        except TokenTaken as exc:
+            assert change.entity_id is not None
+            self.graph.mark_seen(txn, entity=(change.entity_type, change.entity_id))
+            out.refused.append(str(exc))
+            out.done.append(f"{change.what()} refused: {exc}")
+            return
         self._release(txn, provided, now_ms, out)
 
     # -- holding and releasing -----------------------------------------------------------------
@@ -240,6 +303,7 @@ class GraphApplier:
         out.applied.extend(sub.applied)
         out.held.extend(sub.held)
         out.warnings.extend(sub.warnings)
+        out.renamed.extend(sub.renamed)
         out.profiles_changed |= sub.profiles_changed
         out.devices_changed |= sub.devices_changed
         return provided
@@ -297,8 +361,11 @@ class GraphApplier:
             # when the event arrives; the edge's version stays
             out.done.append(f"{c.what()} kept: the edge's own change is on its way to the cloud")
             return provides(c.entity_type, c.entity_id, c.body)
+        renamed = self._unique_device_name(txn, c) if c.entity_type == "DEVICE" else None
         result = graph.put_entity(txn, c.entity_type, c.entity_id, c.text, now_ms=now_ms,
                                   extra=c.extra, body=c.body, refs=refs)
+        if renamed is not None and result != gs.UNCHANGED:  # logged when it is applied
+            out.renamed.append(renamed)
         # (checked already: the operational write refuses nothing now)
         if result != gs.UNCHANGED or not self._operational_current(txn, c):
             self._operational(txn, c, now_ms, out)
@@ -355,9 +422,7 @@ class GraphApplier:
             name = body.get("name")
             if not isinstance(name, str) or not name:
                 raise BadRequest("deviceUpdateMsg: device has no name")
-            other = self.entities.device_by_name(txn, name)
-            if other is not None and other.id != c.entity_id:
-                raise BadRequest(f"device name {name!r} is taken on the edge by {other.id}")
+            # a name another device has is not refused: _unique_device_name renames
             if body.get("deviceProfileId") is not None:
                 entity_id_in(body, "deviceProfileId", "deviceUpdateMsg", "DEVICE_PROFILE")
             try:
@@ -371,9 +436,31 @@ class GraphApplier:
             if not isinstance(token, str) or not token:
                 raise BadRequest("deviceCredentialsUpdateMsg: no credentialsId")
             holder = self.entities.device_by_token(txn, token)
-            if holder is not None and holder.id != c.entity_id:
-                raise BadRequest(f"access token of device {c.entity_id} is used by another "
-                                 "device")
+            if holder is not None and holder.id != c.entity_id:  # never the token in the text
+                raise TokenTaken(f"credentials of device {c.entity_id} refused: their access "
+                                 f"token is used by device {holder.id} on the edge (ThingsBoard "
+                                 "Edge: Device credentials are already assigned to another "
+                                 "device!)")
+
+    def _unique_device_name(self, txn: lmdb.Transaction, c: _Change) -> Renamed | None:
+        """A device whose name another device has on the edge: applied under ThingsBoard
+        Edge's unique name (see the module docstring), its JSON changed to match. The unique
+        name it was given before is kept while the name is still taken."""
+        assert c.body is not None and c.entity_id is not None
+        name = str(c.body["name"])
+        holder = self.entities.device_by_name(txn, name)
+        if holder is None or holder.id == c.entity_id:
+            return None
+        current = self.entities.device(txn, c.entity_id)
+        if current is not None and is_unique_name_of(current.name, name):
+            new_name = current.name
+        else:
+            new_name = unique_name(name)
+            while self.entities.device_by_name(txn, new_name) is not None:
+                new_name = unique_name(name)
+        c.body = {**c.body, "name": new_name}
+        c.text = compact_json(c.body)
+        return Renamed(c.entity_id, name, new_name, holder.id)
 
     def _operational_current(self, txn: lmdb.Transaction, c: _Change) -> bool:
         """Whether the operational record already matches an unchanged JSON (an entity kept

@@ -130,6 +130,15 @@ class StatusBoard:
         ``next_attempt_in_s`` and ``down_for_s`` at every read."""
         self._published = (snapshot, next_attempt_at, down_since, monotonic)
 
+    def peer_honours_retryable(self) -> bool:
+        """Whether the cloud of the accepted stream is the reference cloud, which resends a
+        downlink answered success=false with ``retryable`` true and never parks it. The
+        ConnectionActor publishes ``peer`` once a connect is accepted: the reference cloud
+        when the ConnectResponseMsg carried cloudCapabilities with orderedApply, ThingsBoard
+        otherwise (it knows neither that field nor ``retryable``). False before any accept."""
+        peer = self._published[0].get("peer")
+        return isinstance(peer, str) and peer.startswith("reference cloud")
+
     @property
     def value(self) -> dict[str, object]:
         snapshot, next_attempt_at, down_since, monotonic = self._published

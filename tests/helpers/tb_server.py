@@ -406,6 +406,30 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
             return [a for a in self.rpc_answers
                     if uuid_from(a.msg.requestUuidMSB, a.msg.requestUuidLSB) == request_uuid]
 
+    # -- changes on the server while the edge is away ----------------------------------------------
+
+    def change_device(self, device_id: uuid.UUID, **fields: Any) -> None:
+        """Change fields of a device's JSON (its label, say): the next sync sends the device
+        as it is then."""
+        with self.cond:
+            self.devices[device_id] = {**self.devices[device_id], **fields}
+            self.cond.notify_all()
+
+    def replace_device(self, device_id: uuid.UUID, name: str, token: str) -> uuid.UUID:
+        """The device deleted on the server and a new one of the same name, with ``token``,
+        assigned to the edge, the edge never told of the delete: ThingsBoard keeps an edge's
+        events sql.ttl.edge_events.edge_events_ttl seconds only (thingsboard.yml: a month), so
+        an edge away longer misses it. Every later sync sends the new device; none sends the
+        old one. The new device's id."""
+        with self.cond:
+            del self.devices[device_id]
+            del self.credentials[device_id]
+            new_id = self.ids.make()
+            self.devices[new_id] = self._device_json(new_id, name, "default")
+            self.credentials[new_id] = token
+            self.cond.notify_all()
+        return new_id
+
     # -- server-side RPC ---------------------------------------------------------------------------
 
     def send_rpc(self, device_id: uuid.UUID, method: str, params: Any = None, *,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,12 +70,16 @@ class Rig:
         self.metadata_asked: list[uuid.UUID] = []  # rule chains reported without metadata
         self.connection = Address("connection", lambda: self.collector)
         self.child: Any = None
+        # the link's peer: ThingsBoard (False) drops a downlink answered success=false, the
+        # reference cloud (True) resends one answered retryable
+        self.reference_peer = False
         self.start()
 
     def start(self) -> None:
         self.child = actor_child(DownlinkActor, self.store, self.connection, metrics=self.metrics,
                                  tokens=self.tokens, notify=self.notified.append,
-                                 request_metadata=self.metadata_asked.append, version="9.9.9"
+                                 request_metadata=self.metadata_asked.append, version="9.9.9",
+                                 peer_honours_retryable=lambda: self.reference_peer
                                  )(self.exits.append)
 
     def apply(self, msg: edge_pb2.DownlinkMsg, stream_id: int = 1) -> DownlinkApplied:
@@ -332,10 +337,11 @@ def test_refused_content_is_answered_not_retryable(rig: Rig) -> None:
     assert resp.HasField("retryable") and resp.retryable is False
 
 
-def test_a_store_failure_is_answered_retryable_and_the_downlink_applies_once_resent(
+def test_a_store_failure_is_answered_retryable_to_the_reference_cloud_and_applies_once_resent(
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """The edge's own store failing (a full disk) says nothing against the downlink: the answer
-    says retryable, so the cloud resends it instead of parking it."""
+    says retryable, so the reference cloud resends it instead of parking it."""
+    rig.reference_peer = True
     dev = uuid.uuid4()
 
     def disk_full(*args: Any, **kwargs: Any) -> Any:
@@ -528,22 +534,65 @@ def test_device_credentials_and_profile_in_one_downlink_in_any_order(
 
 
 def test_a_failing_part_leaves_nothing_of_the_downlink(rig: Rig) -> None:
-    """One transaction: credentials whose token another device holds fail the whole message,
-    so neither the profile, the device nor its attributes are kept; the resend applies it."""
-    holder, dev, profile = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    provision(rig, holder, "holder", "tok-taken")
-    reply = rig.apply(sync_pack(30, dev, profile, "tok-taken", PARTS))
-    assert (reply.success, reply.error) == (
-        False, f"access token of device {dev} is used by another device")
-    assert rig.device(dev) is None
+    """One transaction: a part the edge refuses (a device without a name) fails the whole
+    message, so neither the profile, the credentials nor the attributes are kept."""
+    dev, profile = uuid.uuid4(), uuid.uuid4()
+    pack = sync_pack(30, dev, profile, "tok-meter", PARTS)
+    json_of = json.loads(pack.deviceUpdateMsg[0].entity)
+    pack.deviceUpdateMsg[0].entity = json.dumps({**json_of, "name": ""})
+    reply = rig.apply(pack)
+    assert (reply.success, reply.error, reply.retryable) == (
+        False, "deviceUpdateMsg: device has no name", False)
+    assert rig.device(dev) is None and rig.by_token("tok-meter") is None
     assert rig.attributes(dev, Scope.SHARED) == {}
     with rig.store.read() as txn:
         assert rig.entities.device_profile_ids(txn) == {}
+
+
+def test_credentials_whose_token_another_device_has_are_refused_and_the_rest_kept(
+        rig: Rig) -> None:
+    """As ThingsBoard Edge (the device saved, then "Device credentials are already assigned to
+    another device!"): the profile, the device and its attributes are committed, the
+    credentials are not, and the answer is success=false (not retryable). The downlink's key is
+    not recorded: once the other device is gone, the resend applies the credentials."""
+    holder, dev, profile = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    provision(rig, holder, "holder", "tok-taken")
+    reply = rig.apply(sync_pack(30, dev, profile, "tok-taken", PARTS))
+    error = (f"credentials of device {dev} refused: their access token is used by device "
+             f"{holder} on the edge (ThingsBoard Edge: Device credentials are already assigned "
+             "to another device!)")
+    assert (reply.success, reply.error, reply.retryable, reply.device_profiles) == (
+        False, error, False, {"meter": profile})
+    assert "tok-taken" not in reply.error
+    assert (d := rig.device(dev)) is not None and (d.token, d.profile_id) == ("", profile)
+    assert rig.by_token("tok-taken") == rig.device(holder)
+    assert rig.attributes(dev, Scope.SHARED) == {"interval": 30}
+    assert (rig.count(APPLIED), rig.count(FAILED)) == (2, 1)  # the two of provision()
     assert rig.apply(device_msg(31, holder, "holder", kind=edge_pb2.ENTITY_DELETED_RPC_MESSAGE)
                      ).success
     again = rig.apply(sync_pack(30, dev, profile, "tok-taken", PARTS))
     assert (again.success, again.duplicate) == (True, False)
     assert (d := rig.device(dev)) is not None and (d.token, d.profile_id) == ("tok-taken", profile)
+
+
+def test_a_device_whose_name_another_device_has_is_applied_under_a_unique_name(
+        rig: Rig, warning_logs: list[dict[str, Any]]) -> None:
+    """As ThingsBoard Edge (generateUniqueNameIfDuplicateExists): applied and answered
+    success, named name + "_" + 15 letters, logged with both ids and counted."""
+    holder, dev = uuid.uuid4(), uuid.uuid4()
+    provision(rig, holder, "pump", "tok-holder")
+    reply = rig.apply(device_msg(60, dev, "pump"))
+    assert (reply.success, reply.error) == (True, "")
+    device = rig.device(dev)
+    assert device is not None and re.fullmatch(r"pump_[A-Za-z]{15}", device.name), device
+    assert rig.device(holder) is not None and rig.device(holder).name == "pump"
+    assert rig.count("edge_sync_graph_devices_renamed_total") == 1
+    [line] = [r for r in warning_logs if r["message"].startswith(f"device {dev} applied as")]
+    assert line["message"] == (f"device {dev} applied as {device.name!r}: device {holder} has "
+                               "its name 'pump' on the edge")
+    assert {k: line["extra"][k] for k in ("entity_id", "holder_id", "name", "cloud_name")} == {
+        "entity_id": str(dev), "holder_id": str(holder), "name": device.name,
+        "cloud_name": "pump"}
 
 
 # -- kinds set aside ------------------------------------------------------------------------------
@@ -574,6 +623,15 @@ def with_every_kind(dl_id: int, n: int) -> edge_pb2.DownlinkMsg:
             if "entity" in item.DESCRIPTOR.fields_by_name:
                 item.entity = json.dumps({"name": f"{kind}-{dl_id}-{i}"})
     return msg
+
+
+@pytest.fixture
+def warning_logs() -> Iterator[list[dict[str, Any]]]:
+    records: list[dict[str, Any]] = []
+    sink = logger.add(lambda m: records.append(dict(m.record)), level="WARNING",
+                      filter=lambda r: r["extra"].get("component") == "downlink")
+    yield records
+    logger.remove(sink)
 
 
 @pytest.fixture
@@ -885,6 +943,7 @@ def test_graph_counters_by_kind_and_action_and_the_held_gauge(rig: Rig) -> None:
 def test_damage_found_while_applying_asks_for_a_full_sync(rig: Rig) -> None:
     """A damaged record under a downlink: refused (retryable: the store's fault) and recorded,
     so the next connect asks for a full sync (link/state.py sync_mode)."""
+    rig.reference_peer = True
     dev = uuid.uuid4()
     provision(rig, dev, "pump", "tok-pump")
     rig.store.write(lambda txn: txn.put(dev.bytes, b"\x02garbage", db=rig.store.dbs["devices"]))
@@ -893,6 +952,112 @@ def test_damage_found_while_applying_asks_for_a_full_sync(rig: Rig) -> None:
     with rig.store.read() as txn:
         damaged = rig.graph.sync_state(txn).damaged
     assert damaged is not None and f"devices: {dev}" in damaged
+
+
+class FailingWrites:
+    """rig.store.write failing (a full disk) for its next ``n`` calls, then writing again."""
+
+    def __init__(self, rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.left = 0
+        self.error = f"disk full under {rig.store.path}: No space left on device"
+        real = rig.store.write
+
+        def write(fn: Any, **kwargs: Any) -> Any:
+            if self.left > 0:
+                self.left -= 1
+                raise QueueFull(self.error)
+            return real(fn, **kwargs)
+
+        monkeypatch.setattr(rig.store, "write", write)
+
+    def fail_next(self, rig: Rig, cmd: ApplyDownlink, writes: int) -> None:
+        """Hand the actor ``cmd`` with its next ``writes`` writes failing; return once it has
+        counted the downlink failed (it answers nothing to ThingsBoard)."""
+        failed = rig.count(FAILED)
+        self.left = writes
+        rig.child.ref.tell(cmd)
+        wait_until(lambda: rig.count(FAILED) == failed + 1, timeout=DEADLINE_S,
+                   what="the downlink counted failed")
+        assert self.left == 0
+
+
+def requested(rig: Rig) -> str | None:
+    with rig.store.read() as txn:
+        return rig.graph.sync_state(txn).requested
+
+
+def test_a_store_failure_is_not_answered_to_thingsboard_and_a_full_sync_is_requested(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, info_logs: list[str]) -> None:
+    """ThingsBoard drops a downlink answered success=false (EdgeGrpcSession.onDownlinkResponse)
+    and never reads retryable: no answer, so it sends the downlink again after its timeout; the
+    full sync requested for the next connect covers the case where it gives up."""
+    dev = uuid.uuid4()
+    writes = FailingWrites(rig, monkeypatch)
+    writes.fail_next(rig, ApplyDownlink(1, device_msg(90, dev, "pump-9")), writes=1)
+    later = rig.apply(device_msg(91, uuid.uuid4(), "pump-10"))  # answers come in order
+    assert (later.downlink_id, later.success) == (91, True)
+    assert rig.replies.empty() and rig.exits == []
+    assert rig.device(dev) is None
+    assert requested(rig) == f"downlink 90 could not be stored ({writes.error})"
+    [line] = [m for m in info_logs if m.startswith("downlink 90 not applied")]
+    assert line == (f"downlink 90 not applied: {writes.error}; not answered, so the cloud sends "
+                    "it again after its timeout (ThingsBoard drops a downlink answered "
+                    "success=false); a full sync is requested for the next connect")
+    again = rig.apply(device_msg(90, dev, "pump-9"))  # ThingsBoard's resend: the same message
+    assert (again.success, again.duplicate) == (True, False)
+    assert rig.device(dev) is not None
+    assert "downlink 90 stored when sent again after a store failure" in info_logs
+    assert (rig.count(APPLIED), rig.count(FAILED)) == (2, 1)
+
+
+def test_a_full_sync_request_the_store_refused_too_goes_with_the_next_downlink(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, info_logs: list[str]) -> None:
+    writes = FailingWrites(rig, monkeypatch)
+    writes.fail_next(rig, ApplyDownlink(1, device_msg(90, uuid.uuid4(), "pump-9")), writes=2)
+    assert requested(rig) is None
+    [line] = [m for m in info_logs if m.startswith("downlink 90 not applied")]
+    assert line.endswith("a full sync is requested with the next downlink stored (the request "
+                         f"was not written either: {writes.error})")
+    assert rig.apply(device_msg(91, uuid.uuid4(), "pump-10")).success
+    why = f"downlink 90 could not be stored ({writes.error})"
+    assert requested(rig) == why
+    assert f"full sync requested for the next connect: {why}" in info_logs
+    assert rig.replies.empty()
+
+
+@pytest.mark.parametrize("resent_in_time", [False, True])
+def test_a_full_sync_with_a_downlink_not_stored_removes_nothing_at_its_end(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, resent_in_time: bool) -> None:
+    """What an unstored downlink of the sync carries is not marked seen, and ThingsBoard may
+    give it up: its end removes nothing and leaves the sync in progress (the next connect asks
+    for a full sync again). Stored by a resend before the end, the sweep runs as usual."""
+    stale, kept = uuid.uuid4(), uuid.uuid4()
+    assert rig.apply(asset_msg(1, stale, "stale")).success
+    assert rig.apply(asset_msg(2, kept, "kept")).success
+    rig.child.ref.tell(FullSyncStarted(1, "test"))
+
+    def started() -> bool:
+        with rig.store.read() as txn:
+            return rig.graph.full_sync_active(txn)
+    wait_until(started, timeout=DEADLINE_S, what="the full sync recorded")
+    writes = FailingWrites(rig, monkeypatch)
+    update = asset_msg(10, kept, "kept v2", kind=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE)
+    writes.fail_next(rig, ApplyDownlink(1, update), writes=1)
+    if resent_in_time:
+        assert rig.apply(update).success
+    done = rig.apply(sync_done(11))
+    assert (done.downlink_id, done.success, done.sync_completed) == (11, True, True)
+    with rig.store.read() as txn:
+        state = rig.graph.sync_state(txn)
+        active = rig.graph.full_sync_active(txn)
+    if resent_in_time:
+        assert assets_on_edge(rig) == {kept}
+        assert (state.in_progress, state.requested, active) == (False, None, False)
+    else:
+        assert assets_on_edge(rig) == {stale, kept}
+        assert (state.in_progress, active) == (True, False)
+        assert state.requested == f"downlink 10 could not be stored ({writes.error})"
+    assert rig.replies.empty()
 
 
 def test_a_held_entity_the_full_sync_does_not_send_again_is_not_applied_but_removed(

@@ -6,6 +6,7 @@ unchanged; deletes cascade; user credentials keep nothing secret; refused payloa
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from edge_sync.common.entity_graph import BY_TYPE, KINDS, RULE_CHAIN_INPUT_NODE, Ref
 from edge_sync.common.wire import uuid_halves
 from edge_sync.errors import BadRequest
-from edge_sync.link.graph_apply import GraphApplier, GraphOutcome
+from edge_sync.link.graph_apply import GraphApplier, GraphOutcome, Renamed, is_unique_name_of
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
@@ -380,21 +381,31 @@ def test_an_update_of_a_held_entity_replaces_it_and_a_delete_drops_it(rig: Rig) 
 
 
 def test_a_held_entity_refused_when_released_stays_held(rig: Rig) -> None:
-    """Its name was taken meanwhile: the profile that releases it is applied, the device stays
-    held (listed, with a WARNING) instead of failing the profile's downlink."""
+    """Credentials held for their device, whose access token another device took meanwhile:
+    the device that releases them is applied, the credentials stay held (listed, with a
+    WARNING) instead of failing the device's downlink."""
     b = bodies()
     _, did, device = b["device"]
     _, pid, profile = b["dprofile"]
-    rig.apply(downlink(payload("DEVICE", did, device)))
+    _, _, creds = b["device_credentials"]
+    rig.apply(downlink(payload("DEVICE_PROFILE", pid, profile),
+                       payload("DEVICE_CREDENTIALS", did, creds)))
     squatter = uuid.uuid4()
     rig.apply(downlink(payload("DEVICE", squatter, {"id": tid("DEVICE", squatter),
-                                                    "name": "t-1", "type": "other"})))
-    out = rig.apply(downlink(payload("DEVICE_PROFILE", pid, profile)))
-    assert out.applied == [("DEVICE_PROFILE", "ADDED")] and out.released == []
-    assert out.warnings == [f"DEVICE {did} (t-1) not applied once its references came, kept "
-                            f"held: device name 't-1' is taken on the edge by {squatter}"]
-    assert [h.id for h in rig.read(rig.graph.held)] == [did]
-    assert rig.read(lambda txn: rig.graph.entity(txn, did, "DEVICE")) is None
+                                                    "name": "other", "type": "other"}),
+                       payload("DEVICE_CREDENTIALS", squatter, {
+                           "deviceId": tid("DEVICE", squatter),
+                           "credentialsType": "ACCESS_TOKEN", "credentialsId": "tok-1"})))
+    out = rig.apply(downlink(payload("DEVICE", did, device)))
+    assert out.applied == [("DEVICE", "ADDED")] and out.released == [] and out.refused == []
+    assert out.warnings == [
+        f"DEVICE_CREDENTIALS {did} not applied once its references came, kept held: "
+        f"credentials of device {did} refused: their access token is used by device "
+        f"{squatter} on the edge (ThingsBoard Edge: Device credentials are already assigned "
+        "to another device!)"]
+    assert [(h.entity_type, h.id, h.waiting_for) for h in rig.read(rig.graph.held)] == [
+        ("DEVICE_CREDENTIALS", did, ())]
+    assert rig.read(lambda txn: rig.entities.device(txn, did)).token == ""
 
 
 def test_a_dashboard_waits_for_its_tenant_widget_type_and_a_chain_for_the_chains_it_calls(
@@ -531,3 +542,143 @@ def test_what_the_cloud_sends_does_not_undo_an_edge_change_still_on_its_way(
         assert (record.name, record.origin, record.origin_seq) == ("made-on-edge", "edge", 1)
     else:
         assert (record.name, record.origin, record.origin_seq) == ("cloud-copy", "cloud", None)
+
+
+# -- conflicts with what the edge holds, settled as ThingsBoard Edge settles them ---------------------
+
+
+def _device(device_id: uuid.UUID, name: str) -> dict[str, Any]:
+    return {"id": tid("DEVICE", device_id), "name": name, "type": "pump", "createdTime": NOW}
+
+
+def _credentials(device_id: uuid.UUID, token: str) -> dict[str, Any]:
+    return {"deviceId": tid("DEVICE", device_id), "credentialsType": "ACCESS_TOKEN",
+            "credentialsId": token}
+
+
+def _device_named(rig: Rig, name: str) -> uuid.UUID | None:
+    found = rig.read(lambda txn: rig.entities.device_by_name(txn, name))
+    return None if found is None else found.id
+
+
+def _full_sync(rig: Rig, *msgs: edge_pb2.DownlinkMsg) -> tuple[list[GraphOutcome], list[str]]:
+    """A full sync that sends ``msgs``, then its end: what each applied, and what its end
+    removed."""
+    rig.store.write(lambda txn: rig.graph.start_full_sync(txn, now_ms=NOW, reason="test"))
+    outs = [rig.apply(m) for m in msgs]
+    removed = rig.store.write(lambda txn: rig.graph.complete_full_sync(
+        txn, now_ms=NOW, version="9.9.9"))
+    return outs, [f"{r.entity_type} {r.id}" for r in removed]
+
+
+def test_a_device_whose_name_another_device_has_gets_thingsboard_edges_unique_name(
+        rig: Rig) -> None:
+    """BaseDeviceProcessor.updateDeviceNameIfDuplicateExists: never refused, renamed to
+    name + "_" + 15 letters, JSON and device record alike; the other device is left alone.
+    Sent again while the name is taken it keeps that name (unchanged, nothing logged); once the
+    name is free its next version takes the cloud's name."""
+    holder, dev = uuid.uuid4(), uuid.uuid4()
+    rig.apply(downlink(payload("DEVICE", holder, _device(holder, "pump"))))
+    out = rig.apply(downlink(payload("DEVICE", dev, _device(dev, "pump")),
+                             payload("DEVICE_CREDENTIALS", dev, _credentials(dev, "tok-dev"))))
+    (renamed,) = out.renamed
+    assert re.fullmatch(r"pump_[A-Za-z]{15}", renamed.name), renamed.name
+    assert renamed == Renamed(dev, "pump", renamed.name, holder)
+    assert out.applied == [("DEVICE", "ADDED"), ("DEVICE_CREDENTIALS", "ADDED")]
+    assert out.refused == [] and out.warnings == []
+    record = rig.read(lambda txn: rig.entities.device(txn, dev))
+    assert (record.name, record.token) == (renamed.name, "tok-dev")
+    assert _device_named(rig, "pump") == holder
+    stored = rig.read(lambda txn: rig.graph.entity(txn, dev, "DEVICE"))
+    assert json.loads(stored.json) == {**_device(dev, "pump"), "name": renamed.name}
+    assert stored.name == renamed.name
+
+    again = rig.apply(downlink(payload("DEVICE", dev, _device(dev, "pump"), UPDATED)))
+    assert (again.applied, again.renamed) == ([], [])
+    assert again.done == [f"DEVICE {dev} ({renamed.name}) unchanged"]
+    assert _device_named(rig, renamed.name) == dev
+
+    rig.apply(downlink(payload("DEVICE", holder, None, DELETED)))
+    freed = rig.apply(downlink(payload("DEVICE", dev, _device(dev, "pump"), UPDATED)))
+    assert (freed.applied, freed.renamed) == ([("DEVICE", "UPDATED")], [])
+    assert _device_named(rig, "pump") == dev and _device_named(rig, renamed.name) is None
+    assert json.loads(rig.read(lambda txn: rig.graph.entity(txn, dev)).json) \
+        == _device(dev, "pump")
+
+
+def test_a_unique_name_is_made_for_that_name_only() -> None:
+    assert is_unique_name_of("pump_abcdefghijKLMNO", "pump")
+    assert not is_unique_name_of("pump_abcdefghijKLMN", "pump")  # 14 letters
+    assert not is_unique_name_of("pump_abcdefghijKLM1O", "pump")
+    assert not is_unique_name_of("pump2_abcdefghijKLMNO", "pump")
+    assert is_unique_name_of("a.b_abcdefghijKLMNO", "a.b")
+    assert not is_unique_name_of("axb_abcdefghijKLMNO", "a.b")
+
+
+def test_a_full_sync_keeps_a_device_renamed_because_a_stale_device_had_its_name(rig: Rig) -> None:
+    """The cloud no longer assigns the stale device, and a new device has its name: the full
+    sync applies the new one under a unique name (with its token), and its end removes only the
+    stale one."""
+    stale, new = uuid.uuid4(), uuid.uuid4()
+    rig.apply(downlink(payload("DEVICE", stale, _device(stale, "pump")),
+                       payload("DEVICE_CREDENTIALS", stale, _credentials(stale, "tok-old"))))
+    outs, removed = _full_sync(rig, downlink(
+        payload("DEVICE", new, _device(new, "pump")),
+        payload("DEVICE_CREDENTIALS", new, _credentials(new, "tok-new"))))
+    (renamed,) = outs[0].renamed
+    assert renamed.holder_id == stale
+    assert removed == [f"DEVICE_CREDENTIALS {stale}", f"DEVICE {stale}"]
+    kept = rig.read(lambda txn: rig.entities.device(txn, new))
+    assert (kept.name, kept.token) == (renamed.name, "tok-new")
+    assert rig.read(lambda txn: rig.entities.device_by_token(txn, "tok-new")).id == new
+    assert rig.read(lambda txn: rig.entities.device(txn, stale)) is None
+    assert rig.read(lambda txn: rig.entities.device_by_token(txn, "tok-old")) is None
+
+
+def test_a_full_sync_keeps_both_devices_of_a_name_swap(rig: Rig) -> None:
+    """The cloud swapped two names: the first device sent takes a unique name (the other still
+    has its new name), the second takes its new name, the end removes neither."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    rig.apply(downlink(payload("DEVICE", a, _device(a, "x")),
+                       payload("DEVICE", b, _device(b, "y"))))
+    outs, removed = _full_sync(rig, downlink(payload("DEVICE", a, _device(a, "y"), UPDATED)),
+                               downlink(payload("DEVICE", b, _device(b, "x"), UPDATED)))
+    assert removed == []
+    (renamed,) = outs[0].renamed
+    assert (renamed.device_id, renamed.cloud_name, renamed.holder_id) == (a, "y", b)
+    assert outs[1].renamed == []
+    assert _device_named(rig, renamed.name) == a and _device_named(rig, "x") == b
+    assert _device_named(rig, "y") is None
+
+
+def test_credentials_whose_token_another_device_has_are_refused_alone(rig: Rig) -> None:
+    """DeviceCredentialsDataValidator ("Device credentials are already assigned to another
+    device!"), thrown after ThingsBoard Edge saved the device: the device and its profile are
+    applied, the credentials are not (the device keeps the token it had); during a full sync
+    they count as sent, so its end leaves the device's credentials record."""
+    holder, dev = uuid.uuid4(), uuid.uuid4()
+    _, pid, profile = bodies()["dprofile"]
+    rig.apply(downlink(payload("DEVICE", holder, _device(holder, "holder")),
+                       payload("DEVICE_CREDENTIALS", holder, _credentials(holder, "tok-b")),
+                       payload("DEVICE", dev, _device(dev, "dev")),
+                       payload("DEVICE_CREDENTIALS", dev, _credentials(dev, "tok-a"))))
+    moved = {**_device(dev, "dev"), "label": "moved",
+             "deviceProfileId": tid("DEVICE_PROFILE", pid)}
+    outs, removed = _full_sync(rig, downlink(
+        payload("DEVICE_CREDENTIALS", dev, _credentials(dev, "tok-b")),
+        payload("DEVICE", dev, moved, UPDATED), payload("DEVICE_PROFILE", pid, profile),
+        payload("DEVICE", holder, _device(holder, "holder"), UPDATED),
+        payload("DEVICE_CREDENTIALS", holder, _credentials(holder, "tok-b"))))
+    out = outs[0]
+    error = (f"credentials of device {dev} refused: their access token is used by device "
+             f"{holder} on the edge (ThingsBoard Edge: Device credentials are already assigned "
+             "to another device!)")
+    assert out.refused == [error]
+    assert out.applied == [("DEVICE_PROFILE", "ADDED"), ("DEVICE", "UPDATED")]
+    assert f"DEVICE_CREDENTIALS {dev} refused: {error}" in out.done
+    assert removed == []
+    record = rig.read(lambda txn: rig.entities.device(txn, dev))
+    assert (record.label, record.profile_id, record.token) == ("moved", pid, "tok-a")
+    assert rig.read(lambda txn: rig.entities.device_by_token(txn, "tok-b")).id == holder
+    creds = rig.read(lambda txn: rig.graph.entity(txn, dev, "DEVICE_CREDENTIALS"))
+    assert json.loads(creds.json) == _credentials(dev, "tok-a")
