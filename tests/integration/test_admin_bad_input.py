@@ -1,0 +1,82 @@
+"""Bad input to the edge's admin API: a whole EdgeApp in this process (real LMDB, the real
+aiohttp admin API on loopback).
+
+A seq beyond 64 bits is refused with 400 naming the range, and nothing restarts; a replay that
+fails unexpectedly all the same answers its caller and leaves the queue running.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+from edge_sync.actors.messages import ReplayDead
+from edge_sync.app import EdgeApp
+from edge_sync.config import load_edge_config
+from edge_sync.storage.dead_letters import Selection
+from tests.helpers.agent import HttpClient, Response
+from tests.helpers.log_capture import log_records
+
+DEADLINE = 10.0
+UINT64_MAX = 2**64 - 1
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[EdgeApp]:
+    """An agent of its own per test (the suite stops every actor after each test)."""
+    cfg = load_edge_config(env={
+        "EDGE_DATA_DIR": str(tmp_path / "edge"),
+        "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0", "EDGE_HTTP_HOST": "127.0.0.1",
+        "EDGE_MQTT_ENABLED": "false", "EDGE_FAULT_INJECTION": "true",
+    })
+    edge = EdgeApp(cfg).start()
+    yield edge
+    edge.stop(timeout=30)
+
+
+def admin(app: EdgeApp, method: str, path: str, body: object = None, *,
+          raw: bytes | None = None, headers: dict[str, str] | None = None) -> Response:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    with HttpClient(app.admin_port, timeout=2 * DEADLINE) as client:
+        return client.request(method, path, data, headers=headers)
+
+
+def bad_request(message: str) -> dict[str, object]:
+    return {"status": 400, "error": "bad request", "message": message}
+
+
+# -- seqs and integers beyond 64 bits ----------------------------------------------------------
+
+
+def test_a_seq_beyond_64_bits_is_400_and_the_queue_does_not_restart(app: EdgeApp) -> None:
+    resp = admin(app, "POST", "/api/dead-letters/replay", {"seqs": [5, UINT64_MAX + 1]})
+    assert (resp.status, resp.json()) == (
+        400, bad_request("seqs: integers from 1 to 18446744073709551615 only"))
+    # the largest seq the store can hold is a seq: no dead letter here, so skipped
+    resp = admin(app, "POST", "/api/dead-letters/replay", {"seqs": [UINT64_MAX]})
+    assert (resp.status, resp.json()) == (
+        200, {"replayed": [], "skipped": [{"seq": UINT64_MAX, "reason": "unknown seq"}]})
+    assert app.supervisor.restarts("queue") == 0
+
+
+def test_a_replay_that_fails_unexpectedly_answers_its_caller_and_the_queue_keeps_running(
+        app: EdgeApp) -> None:
+    selection = Selection(seqs=(1,))
+    object.__setattr__(selection, "seqs", (UINT64_MAX + 1,))  # past the checks: a defect
+    reply: Future[object] = Future()
+    with log_records() as records:
+        app.queue.tell(ReplayDead(selection, reply))
+        failure = reply.exception(timeout=DEADLINE)
+    assert isinstance(failure, struct.error), failure
+    failed = [r for r in records if r["message"].startswith("dead-letter replay failed")]
+    assert [(r["level"].name, r["message"], r["extra"]["component"]) for r in failed] == [
+        ("ERROR", f"dead-letter replay failed unexpectedly: {failure}", "queue")]
+    assert failed[0]["exception"] is not None  # with its traceback
+    assert app.supervisor.restarts("queue") == 0
+    _, created = app.service.create_device("after-a-failed-replay")  # the same incarnation
+    assert len(created.result(DEADLINE)) == 2  # ADDED, CREDENTIALS_UPDATED
