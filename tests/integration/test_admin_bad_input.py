@@ -1,14 +1,16 @@
 """Bad input to the edge's admin API: a whole EdgeApp in this process (real LMDB, the real
 aiohttp admin API on loopback).
 
-A seq beyond 64 bits is refused with 400 naming the range, and nothing restarts; a replay that
-fails unexpectedly all the same answers its caller and leaves the queue running.
+Seqs and query integers beyond 64 bits are refused with 400 naming the range, and nothing
+restarts; a replay that fails unexpectedly all the same answers its caller and leaves the queue
+running.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -23,6 +25,7 @@ from tests.helpers.agent import HttpClient, Response
 from tests.helpers.log_capture import log_records
 
 DEADLINE = 10.0
+INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1
 
 
@@ -80,3 +83,30 @@ def test_a_replay_that_fails_unexpectedly_answers_its_caller_and_the_queue_keeps
     assert app.supervisor.restarts("queue") == 0
     _, created = app.service.create_device("after-a-failed-replay")  # the same incarnation
     assert len(created.result(DEADLINE)) == 2  # ADDED, CREDENTIALS_UPDATED
+
+
+@pytest.mark.parametrize(("path", "message"), [
+    ("/api/apply-log?after=99999999999999999999999",
+     "after: 99999999999999999999999 is out of range 0..9223372036854775807"),
+    ("/api/apply-log?after=9223372036854775808",
+     "after: 9223372036854775808 is out of range 0..9223372036854775807"),
+    ("/api/apply-log?after=" + "9" * 5000, f"after: {'9' * 32!r} is not an integer"),
+    (f"/api/devices/{uuid.UUID(int=1)}/timeseries?startTs=18446744073709551616",
+     "startTs: 18446744073709551616 is out of range 0..9223372036854775807"),
+    (f"/api/devices/{uuid.UUID(int=1)}/timeseries?endTs=-1", "endTs: -1 is out of range "
+                                                             "0..9223372036854775807"),
+    ("/api/cloud-events?after=18446744073709551616",
+     "after: 18446744073709551616 is out of range 0..9223372036854775807"),
+], ids=["after-huge", "after-int64-max-plus-1", "after-5000-digits", "startTs", "endTs",
+        "cloud-events"])
+def test_query_integers_out_of_range_are_400_naming_the_range(app: EdgeApp, path: str,
+                                                               message: str) -> None:
+    with log_records() as records:
+        resp = admin(app, "GET", path)
+    assert (resp.status, resp.json()) == (400, bad_request(message))
+    assert [r for r in records if r["level"].name == "ERROR" or r["exception"]] == []
+
+
+def test_the_largest_apply_log_index_is_accepted(app: EdgeApp) -> None:
+    resp = admin(app, "GET", f"/api/apply-log?after={INT64_MAX}")
+    assert (resp.status, resp.json()) == (200, [])
