@@ -3,7 +3,8 @@ aiohttp admin API on loopback).
 
 Seqs and query integers beyond 64 bits are refused with 400 naming the range, and nothing
 restarts; a replay that fails unexpectedly all the same answers its caller and leaves the queue
-running.
+running; every route that changes state answers an oversized body with the JSON 413 and one log
+line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from edge_sync.actors.messages import ReplayDead
+from edge_sync.api.admin_http import AdminHttpApi
 from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
 from edge_sync.storage.dead_letters import Selection
@@ -27,6 +29,8 @@ from tests.helpers.log_capture import log_records
 DEADLINE = 10.0
 INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1
+OVERSIZED = b'{"x": "' + b"a" * 70_000 + b'"}'  # over the admin API's 64 KiB
+TOO_LARGE = "body too large: at most 65,536 bytes"
 
 
 @pytest.fixture
@@ -110,3 +114,50 @@ def test_query_integers_out_of_range_are_400_naming_the_range(app: EdgeApp, path
 def test_the_largest_apply_log_index_is_accepted(app: EdgeApp) -> None:
     resp = admin(app, "GET", f"/api/apply-log?after={INT64_MAX}")
     assert (resp.status, resp.json()) == (200, [])
+
+
+# -- bodies --------------------------------------------------------------------------------------
+
+
+def _state_changing_routes(app: EdgeApp) -> list[tuple[str, str]]:
+    """(method, path) of every route of the admin API that changes state, as its make_app
+    builds it (with fault injection: the debug crash route too), path parameters filled in."""
+    api = AdminHttpApi(app.store, app.service, app.metrics, crash=lambda _target: False)
+    values = {"{id}": str(uuid.UUID(int=7)), "{scope}": "SERVER_SCOPE"}
+    out = []
+    for route in api.make_app().router.routes():
+        if route.method in ("POST", "PUT", "PATCH", "DELETE"):
+            path = route.resource.canonical if route.resource is not None else ""
+            for name, value in values.items():
+                path = path.replace(name, value)
+            out.append((route.method, path))
+    return out
+
+
+def test_every_route_that_changes_state_answers_an_oversized_body_with_json_413(
+        app: EdgeApp) -> None:
+    routes = _state_changing_routes(app)
+    assert {("POST", "/api/alarms"), ("POST", "/api/sync"), ("POST", "/api/debug/crash"),
+            ("POST", "/api/devices"), ("POST", "/api/dead-letters/replay"),
+            ("PUT", f"/api/assets/{uuid.UUID(int=7)}")} <= set(routes)
+    with log_records() as records:
+        answers = {(method, path): admin(app, method, path, raw=OVERSIZED)
+                   for method, path in routes}
+    for route, resp in answers.items():
+        assert resp.headers["content-type"].startswith("application/json"), route
+        assert (resp.status, resp.json()) == (
+            413, {"status": 413, "error": "payload too large", "message": TOO_LARGE}), route
+    logged = [(r["extra"]["method"], r["extra"]["path"], r["extra"]["code"], r["level"].name)
+              for r in records if r["message"] == f"admin request refused: {TOO_LARGE}"]
+    assert sorted(logged) == sorted((m, p, "413", "WARNING") for m, p in routes)
+    assert app.supervisor.restarts("queue") == 0
+
+
+def test_a_body_that_is_not_what_its_content_encoding_says_is_400(app: EdgeApp) -> None:
+    with log_records() as records:
+        resp = admin(app, "POST", "/api/sync", {"full": False},
+                     headers={"Content-Encoding": "gzip"})
+    assert resp.status == 400, resp.body
+    assert resp.json()["message"].startswith("body cannot be read: "), resp.json()
+    assert [r["extra"]["code"] for r in records
+            if r["message"].startswith("admin request refused: body cannot be read")] == ["400"]
