@@ -1,16 +1,20 @@
-"""Bad input to the edge's admin API: a whole EdgeApp in this process (real LMDB, the real
-aiohttp admin API on loopback).
+"""Bad input to the edge's admin API and its CLI: a whole EdgeApp in this process (real LMDB,
+the real aiohttp admin API on loopback), and `edge-sync` as a subprocess.
 
 Seqs and query integers beyond 64 bits are refused with 400 naming the range, and nothing
 restarts; a replay that fails unexpectedly all the same answers its caller and leaves the queue
 running; every route that changes state answers an oversized body with the JSON 413 and one log
-line.
+line; the CLI refuses integer options out of range as a usage error (exit code 2), with the
+agent stopped too.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -21,12 +25,14 @@ import pytest
 from edge_sync.actors.messages import ReplayDead
 from edge_sync.api.admin_http import AdminHttpApi
 from edge_sync.app import EdgeApp
+from edge_sync.cli.common import EXIT_USAGE
 from edge_sync.config import load_edge_config
 from edge_sync.storage.dead_letters import Selection
 from tests.helpers.agent import HttpClient, Response
 from tests.helpers.log_capture import log_records
 
 DEADLINE = 10.0
+ROOT = Path(__file__).resolve().parents[2]
 INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1
 OVERSIZED = b'{"x": "' + b"a" * 70_000 + b'"}'  # over the admin API's 64 KiB
@@ -161,3 +167,22 @@ def test_a_body_that_is_not_what_its_content_encoding_says_is_400(app: EdgeApp) 
     assert resp.json()["message"].startswith("body cannot be read: "), resp.json()
     assert [r["extra"]["code"] for r in records
             if r["message"].startswith("admin request refused: body cannot be read")] == ["400"]
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+def test_an_offline_replay_of_a_seq_beyond_64_bits_is_a_usage_error(app: EdgeApp) -> None:
+    """`edge-sync replay` with the agent unreachable (no admin API where it looks): the seq
+    is refused before the store is opened, exit code 2, one error line and no traceback."""
+    env = {**os.environ, "EDGE_DATA_DIR": str(app.cfg.storage.data_dir),
+           "EDGE_ADMIN_PORT": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_sync.cli.edge", "replay", "--dead", "--seq",
+         str(UINT64_MAX + 1)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "edge-sync replay: error: argument --seq: 18446744073709551616 is out of range "
+        "1..18446744073709551615")
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
