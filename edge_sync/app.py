@@ -144,7 +144,8 @@ class EdgeApp:
             "edge_sync_mqtt_reads_paused_total",
             "times an MQTT connection was not read because mqtt.max_inflight_per_client "
             "publishes awaited their commit")
-        self.service = DeviceService(self.store, self.router, tokens=self.tokens, clock=clock)
+        self.service = DeviceService(self.store, self.router, tokens=self.tokens, clock=clock,
+                                     metrics=self.metrics)
         # the rule chain in force: rules.file, else the cloud's root chain, else none
         self.rules = RulesRuntime()
         self.rule_counters = RuleCounters(self.rules, self.metrics)

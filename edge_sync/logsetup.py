@@ -171,19 +171,30 @@ class _ToLoguru(logging.Handler):
     """Forwards stdlib ``logging`` records (grpc, aiohttp, ...) to loguru's sinks."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith("aiohttp.server"):
-            # aiohttp refusing a malformed request (too long a line, a body that is not what its
-            # Content-Encoding says): the client's error, one WARNING line, not a traceback
-            # anyone could use to fill the log
-            exc = record.exc_info[1] if record.exc_info else None
-            detail = f": {type(exc).__name__}: {str(exc)[:200]}" if exc else ""
-            logger.bind(logger=record.name).warning("HTTP request refused by the parser{}", detail)
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.name.startswith("aiohttp.server") and _refused_by_parser(exc):
+            # aiohttp refusing a malformed request (too long a line, an unknown Content-Encoding)
+            # before any handler runs: the client's error, one WARNING line, not a traceback
+            # anyone could use to fill the log. A handler's own failure (any other exception)
+            # is forwarded below as it is: ERROR, with its traceback.
+            logger.bind(logger=record.name).warning(
+                "HTTP request refused by the parser: {}: {}", type(exc).__name__, str(exc)[:200])
             return
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
         logger.opt(exception=record.exc_info or None).bind(logger=record.name).log(level, record.getMessage())
+
+
+def _refused_by_parser(exc: BaseException | None) -> bool:
+    """Whether aiohttp's server logged ``exc`` for a request its HTTP parser refused (aiohttp's
+    HttpProcessingError family), not for a failure of the application's handler."""
+    if exc is None:
+        return False
+    from aiohttp.http_exceptions import HttpProcessingError  # loaded already when it logs
+
+    return isinstance(exc, HttpProcessingError)
 
 
 def _forward_stdlib_logging() -> None:

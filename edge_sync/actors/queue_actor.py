@@ -437,6 +437,13 @@ class QueueActor(SupervisedActor):
             if command.reply is not None and not command.reply.done():
                 command.reply.set_exception(exc)
             return
+        except Exception as exc:  # a defect: its caller is answered, the queue keeps running
+            # (the transaction was aborted: nothing changed)
+            _log.opt(exception=exc).bind(error=str(exc)).error(
+                "dead-letter replay failed unexpectedly: {}", exc)
+            if command.reply is not None and not command.reply.done():
+                command.reply.set_exception(exc)
+            return
         for r in result.replayed:
             _log.bind(seq=r.seq, entity=str(r.entity_id), lane=r.lane.name.lower(),
                       error=r.reason).info("dead letter replayed")

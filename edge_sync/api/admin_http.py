@@ -236,8 +236,6 @@ class AdminHttpApi:
                 token=body.get("token"), label=body.get("label", ""), gateway=gateway,
             )
             seqs = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
-        except web.HTTPRequestEntityTooLarge:
-            return error_response(413, "body too large")
         except Exception as exc:
             status = status_of(exc)
             _log.bind(code=str(status)).warning("device create refused: {}", exc)
@@ -282,8 +280,6 @@ class AdminHttpApi:
         try:
             future = await make(answer)
             seqs = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
-        except web.HTTPRequestEntityTooLarge:
-            return error_response(413, "body too large")
         except Exception as exc:
             code = status_of(exc)
             _log.bind(code=str(code)).warning("{} refused: {}", what, exc)
@@ -413,8 +409,6 @@ class AdminHttpApi:
         transaction); 200 ``{"replayed": [seq, ...], "skipped": [{"seq", "reason"}]}``."""
         try:
             selection = Selection.from_json(parse_json(await request.read()))
-        except web.HTTPRequestEntityTooLarge:
-            return error_response(413, "body too large")
         except BadRequest as exc:
             return error_response(400, str(exc))
         if self._tell_queue is None:

@@ -2,10 +2,11 @@
 server-side RPC and shared attribute updates by long poll (docs/device-rpc.md).
 
 200 only once the data is on disk; 400 malformed body or timeout parameter, 401 unknown token,
-404 / 409 an RPC answer no delivered request awaits, 413 body too large, 503 restarting or not
-confirmed in time, 507 storage full; errors carry a JSON body. A long poll that times out is
-answered 408 with an empty body, as ThingsBoard does. Every refusal is logged once with the
-device (never the token) and counted.
+413 body too large, 503 restarting or not confirmed in time, 507 storage full; errors carry a
+JSON body. An RPC answer no request awaits is answered 200 and dropped (logged and counted), as
+ThingsBoard's HTTP transport answers it. A long poll that times out is answered 408 with an
+empty body, as ThingsBoard does. Every refusal is logged once with the device (never the token)
+and counted.
 
 Long polls are futures of this server's loop (devices/subscribers.py), no thread each; when the
 server stops they are answered 503. A handler is cancelled when its client disconnects, so a
@@ -15,6 +16,7 @@ closed poll stops waiting at once.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
@@ -30,7 +32,7 @@ from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.http_host import HANDLER_CANCELLATION
 from edge_sync.common.json_body import parse_json
 from edge_sync.devices.subscribers import LongPoll
-from edge_sync.errors import BadRequest, Unauthorized, Unavailable
+from edge_sync.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
 from edge_sync.metrics import Metrics, device_answers
 
 _log = logger.bind(component="device-http")
@@ -140,10 +142,18 @@ class DeviceHttpApi:
         return await self._write(request, "attributes", self._service.post_attributes)
 
     async def _rpc_response(self, request: web.Request) -> web.StreamResponse:
+        """The device's answer to a server-side RPC request. One that no request awaits
+        (unknown id; not delivered, expired or answered already) is answered 200 all the same,
+        logged and dropped (counted by the service), nothing queued: ThingsBoard's
+        DeviceApiController.replyToCommand answers through its HttpOkCallback, 200 whatever
+        becomes of the answer, and the MQTT API acknowledges such an answer too."""
         raw_id = request.match_info["request_id"]
 
         def submit(token: str, body: Any) -> Future[range]:
-            return self._service.post_rpc_response(token, parse_request_id(raw_id), body)
+            request_id = parse_request_id(raw_id)
+            device = self._service.authenticate(token)
+            return _taken_if_unawaited(self._service.answer_rpc(device.id, request_id, body),
+                                       device.id, request_id)
 
         return await self._write(request, "rpc response", submit)
 
@@ -206,6 +216,29 @@ class _TooLarge(Exception):
     def __init__(self, size: int | None, limit: int) -> None:
         what = f"body of {size} bytes" if size else "body"
         super().__init__(f"{what} is larger than the limit of {limit} bytes (http.max_body_bytes)")
+
+
+def _taken_if_unawaited(committed: Future[range], device_id: uuid.UUID,
+                        request_id: int) -> Future[range]:
+    """``committed``, where an answer no request awaits (NotFound, Conflict: nothing queued)
+    is taken: logged as dropped, resolved with no seqs."""
+    out: Future[range] = Future()
+
+    def done(future: Future[range]) -> None:
+        exc = None if future.cancelled() else future.exception()
+        if isinstance(exc, NotFound | Conflict):
+            _log.bind(device=str(device_id), rpc_id=request_id).warning(
+                "RPC answer dropped: {}", exc)
+            out.set_result(range(0))
+        elif future.cancelled():
+            out.cancel()
+        elif exc is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(future.result())
+
+    committed.add_done_callback(done)
+    return out
 
 
 def _message(exc: BaseException) -> str:

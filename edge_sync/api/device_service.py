@@ -39,6 +39,7 @@ from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common import ids
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import BadRequest, Conflict, NotFound, Unauthorized
+from edge_sync.metrics import Metrics
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
@@ -98,8 +99,15 @@ class DeviceService:
         *,
         tokens: TokenCache | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        # answers no request awaits, whichever transport took them (each drops them): counted
+        self._answers_dropped = None if metrics is None else metrics.counter(
+            "edge_sync_rpc_answers_dropped_total",
+            "device answers to server-side RPC requests that no request awaited (unknown id; "
+            "not delivered, expired or answered already): acknowledged and dropped, nothing "
+            "queued (HTTP and MQTT)")
         self._entities = EntityStore(store)
         self._tokens = tokens or TokenCache()
         self._router = router
@@ -232,7 +240,9 @@ class DeviceService:
     def post_rpc_response(self, token: str, request_id: int, body: Any) -> Future[range]:
         """A device's answer to RPC request ``request_id`` (high lane: it overtakes telemetry).
         The future fails with NotFound (no delivered request has that id) or Conflict (it has
-        expired, or was answered) and nothing is queued then."""
+        expired, or was answered) and nothing is queued then: the transport acknowledges such
+        an answer and drops it (logged), and it is counted here
+        (``edge_sync_rpc_answers_dropped_total``), whichever transport took it."""
         device = self.authenticate(token)
         return self.answer_rpc(device.id, request_id, body)
 
@@ -243,8 +253,15 @@ class DeviceService:
             raise BadRequest("RPC request id must be an integer 0..2147483647")
         check_json_value("rpc response", body)
         reply: Future[range] = Future()
+        reply.add_done_callback(self._count_if_dropped)
         self._router.tell(PostRpcResponse(device_id, request_id, body, self._clock.now_ms(), reply))
         return reply
+
+    def _count_if_dropped(self, reply: Future[range]) -> None:
+        """An answer no request awaits (NotFound, Conflict) is dropped by its transport."""
+        if self._answers_dropped is not None and not reply.cancelled() \
+                and isinstance(reply.exception(), NotFound | Conflict):
+            self._answers_dropped.inc()
 
     def raise_alarm(
         self,

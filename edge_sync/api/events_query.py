@@ -39,12 +39,13 @@ from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.graph_store import GraphStore
 from edge_sync.storage.records import Status, StoredEvent
+from edge_sync.validators import INT64_MAX
 
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 100
 DEFAULT_SCAN = 10_000
 MAX_SCAN = 1_000_000
-_MAX_SEQ = 2**63 - 1
+_MAX_SEQ = INT64_MAX
 
 PARAMETERS = frozenset({"status", "entity", "type", "action", "from", "to", "after",
                         "after_seq", "before", "limit", "order", "scan", "envelope"})
@@ -135,15 +136,16 @@ def _opt_int(query: Any, name: str) -> int | None:
     return None if raw in (None, "") else query_int(raw, name, 0, _MAX_SEQ)
 
 
-def query_int(raw: Any, name: str, low: int, high: int | None = None) -> int:
-    """An integer query parameter within low..high (no upper bound when high is None);
-    BadRequest naming the parameter."""
+def query_int(raw: Any, name: str, low: int, high: int = INT64_MAX) -> int:
+    """An integer query parameter within low..high (by default at most the largest 64-bit
+    signed integer: every seq, index and time in ms fits, and one past it still fits the
+    store's 8-byte keys); BadRequest naming the parameter and the range."""
     try:
         value = int(str(raw).strip())
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # also a literal of more than 4300 digits
         raise BadRequest(f"{name}: {str(raw)[:32]!r} is not an integer") from exc
-    if value < low or (high is not None and value > high):
-        raise BadRequest(f"{name}: {value} is out of range {low}..{high or 'inf'}")
+    if not low <= value <= high:
+        raise BadRequest(f"{name}: {str(raw).strip()[:32]} is out of range {low}..{high}")
     return value
 
 

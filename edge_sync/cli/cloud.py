@@ -44,6 +44,7 @@ from edge_sync.cli.common import (
     exit_code_for_refusal,
     fail,
     install_stop_handlers,
+    int_in,
     print_json,
     reader_gone,
     run_until_signal,
@@ -51,6 +52,7 @@ from edge_sync.cli.common import (
 from edge_sync.config import CloudConfig, LogLevel, load_cloud_config
 from edge_sync.errors import BadRequest, ConfigError, Conflict, EdgeSyncError, StorageError
 from edge_sync.logsetup import configure_logging
+from edge_sync.validators import INT64_MAX
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = add(sub, "events", "what the cloud applied from an edge, in apply order "
                             "(across its stores; seqs restart at 1 in each store)")
     ev.add_argument("--edge", required=True, help="routing key of the edge")
-    ev.add_argument("--after", type=int, default=0, help="only after this apply index")
-    ev.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    ev.add_argument("--after", type=int_in(0, INT64_MAX), default=0,
+                    help="only after this apply index")
+    ev.add_argument("--limit", type=int_in(0, INT64_MAX), default=0,
+                    help="at most this many (0: all)")
     ev.add_argument("--json", action="store_true")
     rpc = add(sub, "rpc", "send a server-side RPC request to a device (the server must be "
                           "running); prints the answer, or the request's id and status, as JSON")
@@ -774,8 +778,6 @@ def _events(cfg: CloudConfig, args: argparse.Namespace) -> int:
     from edge_sync.cloud.server import open_cloud_store
     from edge_sync.cloud.service import CloudService
 
-    if args.after < 0 or args.limit < 0:
-        raise BadRequest("--after and --limit must not be negative")
     store = open_cloud_store(cfg, readonly=True)
     try:
         edge = CloudService(store).edge(args.edge)

@@ -43,6 +43,23 @@ def exit_code_for_refusal(status: int) -> int:
     return EXIT_CONFIG
 
 
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer from ``low`` to ``high``. Anything else is a usage error
+    (exit code 2) naming the option and the range, before any command runs: a seq or an index
+    must fit the store's 8-byte keys."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:  # also a literal of more than 4300 digits
+            raise argparse.ArgumentTypeError(f"{text[:32]!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text[:32]} is out of range {low}..{high}")
+        return value
+
+    return integer
+
+
 def config_option(parser: argparse.ArgumentParser, default: str) -> argparse.ArgumentParser:
     """Adds ``--config FILE`` to a program's parser and returns the parent parser that gives every
     subcommand the same option, so it is accepted before and after the subcommand. On the

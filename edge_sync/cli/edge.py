@@ -40,6 +40,7 @@ from edge_sync.cli.common import (
     exit_code_for_refusal,
     fail,
     install_stop_handlers,
+    int_in,
     print_json,
     reader_gone,
     run_until_signal,
@@ -53,6 +54,7 @@ from edge_sync.status import collect_status
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Status
 from edge_sync.storage.rpc_store import RpcStore
+from edge_sync.validators import INT64_MAX, UINT64_MAX
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,14 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refresh until Ctrl-C, with the drain rate and the time to empty")
     st.add_argument("--interval", type=float, default=2.0, metavar="S",
                     help="--watch: seconds between refreshes (default 2)")
-    st.add_argument("--count", type=int, default=0, metavar="N",
+    st.add_argument("--count", type=int_in(0, INT64_MAX), default=0, metavar="N",
                     help="--watch: stop after N refreshes (default: until Ctrl-C)")
     ev = sub.add_parser("events", parents=[config],
                         help="the cloud event log, oldest first")
     ev.add_argument("--status", choices=["pending", "deployed", "dead", "all"], default="all")
     ev.add_argument("--entity", type=uuid.UUID, default=None)
-    ev.add_argument("--after-seq", type=int, default=0)
-    ev.add_argument("--limit", type=int, default=100)
+    ev.add_argument("--after-seq", type=int_in(0, INT64_MAX), default=0)
+    ev.add_argument("--limit", type=int_in(0, INT64_MAX), default=100)
     ev.add_argument("--json", action="store_true")
     dev = sub.add_parser("device", parents=[config], help="devices on the edge")
     dsub = dev.add_subparsers(dest="device_command", required=True)
@@ -214,8 +216,10 @@ def _graph_commands(sub: Any, config: argparse.ArgumentParser) -> None:
     alog = sub.add_parser("apply-log", parents=[config],
                           help="what the edge's graph applied, oldest first (works with the "
                                "agent stopped)")
-    alog.add_argument("--after", type=int, default=0, help="entries after this index")
-    alog.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    alog.add_argument("--after", type=int_in(0, INT64_MAX), default=0,
+                      help="entries after this index")
+    alog.add_argument("--limit", type=int_in(0, INT64_MAX), default=0,
+                      help="at most this many (0: all)")
     alog.add_argument("--json", action="store_true")
     sync = sub.add_parser("sync", parents=[config], help="ask the running agent for a sync")
     sync.add_argument("--full", action="store_true",
@@ -227,8 +231,8 @@ def _operator_commands(sub: Any, config: argparse.ArgumentParser) -> None:
     rp = sub.add_parser("replay", parents=[config],
                         help="re-queue dead letters (the agent running or not)")
     rp.add_argument("--dead", action="store_true", help="replay dead letters (required)")
-    rp.add_argument("--seq", dest="seqs", type=int, nargs="+", action="extend", default=None,
-                    metavar="N", help="these seqs")
+    rp.add_argument("--seq", dest="seqs", type=int_in(1, UINT64_MAX), nargs="+",
+                    action="extend", default=None, metavar="N", help="these seqs")
     rp.add_argument("--entity", type=uuid.UUID, default=None, metavar="ID",
                     help="every dead letter of this entity")
     rp.add_argument("--all", action="store_true", help="every dead letter")

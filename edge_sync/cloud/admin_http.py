@@ -188,8 +188,6 @@ class CloudAdminApi:
                     raw = await request.read()
                     body = parse_json(raw) if raw or not body_optional else None
                 status, out = await fn(request, body)
-            except web.HTTPRequestEntityTooLarge:
-                return error_response(413, f"body too large: at most {MAX_BODY_BYTES:,} bytes")
             except Exception as exc:
                 status = status_of(exc)
                 log = _log.bind(path=request.path, code=str(status))

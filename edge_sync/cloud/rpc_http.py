@@ -71,8 +71,6 @@ class RpcRoutes:
                 record = await asyncio.wrap_future(
                     self._rpc.store.submit_rpc(record, downlinks.device_rpc_request))
                 self._rpc.submitted(record, device)
-            except web.HTTPRequestEntityTooLarge:
-                return error_response(413, "body too large")
             except Exception as exc:
                 return _refused(request, exc)
             answer = submitted_answer(record)

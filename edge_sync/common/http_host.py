@@ -1,5 +1,8 @@
 """Hosts an aiohttp application on its own thread and event loop, as a supervised child (the
 thread's lifecycle: edge_sync.common.loop_thread). stop() lets in-flight requests finish.
+Every hosted application gets the unexpected-errors middleware first
+(edge_sync.common.http_errors): a handler's failure is logged with its route and traceback and
+answered with a JSON 500.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from edge_sync.common.http_errors import unexpected_errors
 from edge_sync.common.loop_thread import LoopThreadServer
 from edge_sync.supervisor import ExitReporter
 
@@ -35,6 +39,7 @@ class HttpHost(LoopThreadServer):
 
     async def _serve(self) -> None:
         app = self._make_app()
+        app.middlewares.insert(0, unexpected_errors(self.name))  # the outermost
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
             handler_cancellation=app.get(HANDLER_CANCELLATION, False),

@@ -20,10 +20,12 @@ from edge_sync.errors import BadRequest
 from edge_sync.storage import codec
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Lane, StoredEvent
+from edge_sync.validators import UINT64_MAX
 
 NOT_DEAD = "not dead"
 UNKNOWN_SEQ = "unknown seq"
 MAX_SEQS = 100_000  # one request names at most this many seqs
+MAX_SEQ = UINT64_MAX  # seqs are stored as 8-byte unsigned keys: none is larger
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +45,9 @@ class Selection:
                 raise BadRequest("seqs: at least one seq")
             if len(self.seqs) > MAX_SEQS:
                 raise BadRequest(f"seqs: at most {MAX_SEQS} in one request")
-            if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.seqs):
-                raise BadRequest("seqs: positive integers only")
+            if any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_SEQ
+                   for s in self.seqs):
+                raise BadRequest(f"seqs: integers from 1 to {MAX_SEQ} only")
 
     @classmethod
     def from_json(cls, body: object) -> Selection:

@@ -2,9 +2,9 @@
 API on loopback) linked to the scripted gRPC peer of tests/helpers/fake_peer.py.
 
 Server-side RPC (a deviceRpcCallMsg downlink -> the device's long poll -> its answer -> an
-uplink DeviceRpcCallMsg), its expiry, the answers the device API gives to wrong answers and
-wrong timeouts, shared attribute updates to long polls, and shared attributes fetched from the
-cloud (or not, when it cannot be reached).
+uplink DeviceRpcCallMsg), its expiry, answers no request awaits (taken and dropped, as
+ThingsBoard takes them), wrong timeouts, shared attribute updates to long polls, and shared
+attributes fetched from the cloud (or not, when it cannot be reached).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from edge_sync.storage.records import Device
 from edge_sync.storage.rpc_store import RpcStore
 from tests.helpers.agent import Agent
 from tests.helpers.fake_peer import FakeCloud
+from tests.helpers.log_capture import log_records
+from tests.helpers.metric_values import metric_total
 from tests.helpers.ports import free_ports
 from tests.helpers.wait import wait_until
 
@@ -203,6 +205,11 @@ def event_count(app: EdgeApp) -> int:
         return EventLog(app.store).counts(txn).total
 
 
+def dropped(app: EdgeApp) -> float:
+    """RPC answers no request awaited, taken and dropped (any transport)."""
+    return metric_total(app.metrics.snapshot(), "edge_sync_rpc_answers_dropped_total")
+
+
 # -- server-side RPC -----------------------------------------------------------------------------
 
 
@@ -229,11 +236,18 @@ def test_two_way_rpc_to_a_waiting_poll_and_its_answer_upstream(harness: Harness)
     counts = app.metrics.snapshot()
     assert [counts.get(f'edge_sync_rpc_requests_total{{status="{s}"}}') for s in
             ("QUEUED", "DELIVERED", "SUCCESSFUL")] == [1, 1, 1]
-    # answered once: a second answer is refused and nothing is queued
-    before = event_count(app)
-    status, _, body = http(app, "POST", f"/api/v1/{dev.token}/rpc/7", {"again": 1})
-    assert status == 409 and b"SUCCESSFUL" in body
+    # answered once: a second answer is taken (200, as ThingsBoard), dropped and counted;
+    # nothing is queued
+    before, dropped_before = event_count(app), dropped(app)
+    with log_records() as records:
+        status, _, body = http(app, "POST", f"/api/v1/{dev.token}/rpc/7", {"again": 1})
+    assert (status, body) == (200, b"")
     assert event_count(app) == before
+    assert dropped(app) == dropped_before + 1
+    assert [(r["level"].name, r["message"], r["extra"]["device"], r["extra"]["rpc_id"])
+            for r in records if r["message"].startswith("RPC answer dropped")] == [
+        ("WARNING", "RPC answer dropped: RPC request 7 is SUCCESSFUL; it takes no answer",
+         str(dev.id), 7)]
 
 
 def test_a_request_queued_before_the_poll_is_delivered_at_once_in_order(harness: Harness) -> None:
@@ -284,25 +298,33 @@ def test_an_expired_request_is_never_delivered_and_is_reported_upstream(harness:
     assert http(app, "GET", f"/api/v1/{dev.token}/rpc?timeout=200")[0] == 408
 
 
-def test_wrong_answers_get_a_clear_4xx_and_nothing_is_queued(harness: Harness) -> None:
+def test_answers_no_request_awaits_are_taken_dropped_and_counted(harness: Harness) -> None:
+    """As ThingsBoard's DeviceApiController.replyToCommand: 200 whatever becomes of the answer;
+    here nothing is queued, and each one is logged and counted."""
     fake, app = harness.connected_edge()
     dev = make_device(app, "rpc-wrong")
     deliver(fake, rpc_downlink(fake, dev, 5, "soon", expires_in_ms=1500))
     assert http(app, "GET", f"/api/v1/{dev.token}/rpc?timeout=5000")[0] == 200
     before = event_count(app)
     status, _, body = http(app, "POST", f"/api/v1/{dev.token}/rpc/99", {"x": 1})
-    assert (status, json.loads(body)["message"]) == (
-        404, "no RPC request 99 awaits an answer from this device")
+    assert (status, body) == (200, b"")
+    assert dropped(app) == 1
     assert http(app, "POST", f"/api/v1/{dev.token}/rpc/abc", {"x": 1})[0] == 400
     assert http(app, "POST", f"/api/v1/{dev.token}/rpc/5", raw=b"{not json")[0] == 400
     assert event_count(app) == before
-    # the request times out unanswered: reported, and a late answer is refused
+    assert dropped(app) == 1  # malformed answers are refused, not dropped
+    # the request times out unanswered: reported, and a late answer is taken and dropped
     fake.wait_for(lambda: rpc_uplinks(fake), what="the time-out reported")
     assert [r.status for r in rpcs(app, dev)] == [RpcStatus.TIMEOUT]
     before = event_count(app)
-    status, _, body = http(app, "POST", f"/api/v1/{dev.token}/rpc/5", {"x": 1})
-    assert status == 409 and b"TIMEOUT" in body
+    with log_records() as records:
+        status, _, body = http(app, "POST", f"/api/v1/{dev.token}/rpc/5", {"x": 1})
+    assert (status, body) == (200, b"")
     assert event_count(app) == before
+    assert dropped(app) == 2
+    assert [r["message"] for r in records if r["message"].startswith("RPC answer dropped")] \
+        == ["RPC answer dropped: RPC request 5 is TIMEOUT; it takes no answer"]
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.TIMEOUT]
 
 
 def test_a_poll_whose_connection_closed_gives_up_and_the_new_poll_gets_the_request(
@@ -334,7 +356,8 @@ def test_an_rpc_id_that_is_not_an_ascii_int32_is_refused_with_400(harness: Harne
         assert (status, json.loads(body)["message"].endswith("is not a number 0..2147483647")) \
             == (400, True), raw[:16]
     status, _, body = http(app, "POST", f"/api/v1/{dev.token}/rpc/2147483647", {"x": 1})
-    assert status == 404
+    assert (status, body) == (200, b"")  # in range, awaited by no request: dropped
+    assert dropped(app) == 1
     assert event_count(app) == before
 
 

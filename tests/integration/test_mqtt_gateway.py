@@ -54,6 +54,7 @@ from tests.helpers.wait import wait_until
 from tests.integration.test_device_sessions import (
     Harness,
     deliver,
+    dropped,
     rpc_downlink,
     rpc_uplinks,
     rpcs,
@@ -313,10 +314,13 @@ def test_rpc_to_sub_devices_and_their_answers(linked: tuple[FakeCloud, EdgeApp])
                             what="two RPC answers uplinked")
         assert sorted((u.requestId, json.loads(u.responseMsg.response)) for u in ups) == [
             (7, {"pin": 1, "value": True}), (8, "rebooting")]
-        # an answer nobody awaits (answered already, unknown id): acknowledged and dropped
+        # an answer nobody awaits (answered already, unknown id): acknowledged, dropped and
+        # counted (before its PUBACK), as the HTTP API's
+        dropped_before = dropped(app)
         gateway.send(RPC, {"device": "Early", "id": 7, "data": {"again": 1}})
         gateway.send(RPC, {"device": "Early", "id": 99, "data": {}})
         assert not gateway.disconnected.is_set()
+        assert dropped(app) == dropped_before + 2
         assert len(gateway.bodies(RPC)) == 2
     assert [(r.status, r.response) for r in rpcs(app, early)] == [
         (RpcStatus.SUCCESSFUL, {"pin": 1, "value": True})]

@@ -30,6 +30,7 @@ from tests.helpers.wait import wait_until
 from tests.integration.test_device_sessions import (
     Harness,
     deliver,
+    dropped,
     make_device,
     rpc_downlink,
     rpc_uplinks,
@@ -73,11 +74,14 @@ def test_rpc_request_published_and_its_answer_uplinked(
         assert (up.requestId, json.loads(up.responseMsg.response)) == (
             7, {"pin": 1, "value": True})
         assert [r.status for r in rpcs(app, dev)] == [RpcStatus.SUCCESSFUL]
-        # a second answer is acknowledged (a resend cannot help) and changes nothing
+        # a second answer is acknowledged (a resend cannot help), changes nothing and is
+        # counted as dropped, as the HTTP API's (counted before the PUBACK goes out)
+        dropped_before = dropped(app)
         again = client.publish("v1/devices/me/rpc/response/7", {"again": 1})
         wait_until(lambda: again.mid in client.acked_ids(), timeout=DEADLINE_S,
                    what="PUBACK of the second answer")
         assert not client.disconnected.is_set()
+        assert dropped(app) == dropped_before + 1
     assert [(r.status, r.response) for r in rpcs(app, dev)] == [
         (RpcStatus.SUCCESSFUL, {"pin": 1, "value": True})]
     no_connections(app)  # nothing of the test still runs (or logs) once it returns

@@ -259,6 +259,57 @@ def test_extraction_of_shell_lines() -> None:
     assert _program_command(piped[0]) == ["edge-cloud", "events", "--edge", "e", "--json"]
 
 
+# -- integer options -----------------------------------------------------------------------------
+
+INT64 = "0..9223372036854775807"
+
+
+@pytest.mark.parametrize(("line", "error"), [
+    ("edge-sync events --after-seq -5",
+     f"edge-sync events: error: argument --after-seq: -5 is out of range {INT64}"),
+    ("edge-sync events --after-seq 18446744073709551616",
+     f"edge-sync events: error: argument --after-seq: 18446744073709551616 is out of range {INT64}"),
+    ("edge-sync events --limit -1",
+     f"edge-sync events: error: argument --limit: -1 is out of range {INT64}"),
+    ("edge-sync events --after-seq abc",
+     "edge-sync events: error: argument --after-seq: 'abc' is not an integer"),
+    ("edge-sync replay --dead --seq 18446744073709551616",
+     "edge-sync replay: error: argument --seq: 18446744073709551616 is out of range "
+     "1..18446744073709551615"),
+    ("edge-sync replay --dead --seq 3 0",
+     "edge-sync replay: error: argument --seq: 0 is out of range 1..18446744073709551615"),
+    ("edge-sync apply-log --after 9223372036854775808",
+     f"edge-sync apply-log: error: argument --after: 9223372036854775808 is out of range {INT64}"),
+    ("edge-sync status --watch --count -2",
+     f"edge-sync status: error: argument --count: -2 is out of range {INT64}"),
+    ("edge-cloud events --edge rk --after 18446744073709551616",
+     f"edge-cloud events: error: argument --after: 18446744073709551616 is out of range {INT64}"),
+    ("edge-cloud events --edge rk --limit -1",
+     f"edge-cloud events: error: argument --limit: -1 is out of range {INT64}"),
+], ids=["after-seq-negative", "after-seq-2^64", "limit-negative", "after-seq-text", "seq-2^64",
+        "seq-zero", "apply-log-after", "watch-count", "cloud-after", "cloud-limit"])
+def test_an_integer_option_out_of_range_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str], line: str, error: str) -> None:
+    program, *argv = shlex.split(line)
+    with pytest.raises(SystemExit) as exited:
+        PROGRAMS[program]().parse_args(argv)
+    assert exited.value.code == common.EXIT_USAGE
+    assert capsys.readouterr().err.splitlines()[-1] == error
+
+
+@pytest.mark.parametrize(("line", "name", "value"), [
+    ("edge-sync events --after-seq 9223372036854775807", "after_seq", 2**63 - 1),
+    ("edge-sync events --after-seq 0", "after_seq", 0),
+    ("edge-sync replay --dead --seq 18446744073709551615", "seqs", [2**64 - 1]),
+    ("edge-sync replay --dead --seq 1", "seqs", [1]),
+    ("edge-sync apply-log --after 9223372036854775807", "after", 2**63 - 1),
+    ("edge-cloud events --edge rk --after 9223372036854775807", "after", 2**63 - 1),
+], ids=["after-seq-max", "after-seq-0", "seq-max", "seq-1", "apply-log-max", "cloud-max"])
+def test_an_integer_option_at_its_bounds_is_taken(line: str, name: str, value: object) -> None:
+    program, *argv = shlex.split(line)
+    assert getattr(PROGRAMS[program]().parse_args(argv), name) == value
+
+
 # -- exit codes and the stop loop --------------------------------------------------------------
 
 

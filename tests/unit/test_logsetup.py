@@ -225,6 +225,30 @@ def test_stdlib_logging_is_forwarded() -> None:
     assert len(forwarders) == 1
 
 
+def test_aiohttp_parser_refusal_is_a_warning_a_handler_failure_an_error() -> None:
+    """aiohttp's server logs both alike ("Error handling request from ..."): a request its
+    parser refused (an HttpProcessingError) is the client's error, one WARNING line without a
+    traceback; anything else failed inside the application, ERROR with its traceback."""
+    from aiohttp.http_exceptions import LineTooLong
+
+    buf = configure(LogFormat.JSON)
+    server = logging.getLogger("aiohttp.server")
+    for exc in (LineTooLong("Status line is too long", "8190", 9000),
+                OverflowError("int too large to convert")):
+        try:
+            raise exc
+        except Exception:
+            server.exception("Error handling request from %s", "127.0.0.1")
+    refused, failed = json_lines(buf)
+    assert (refused["level"], refused["message"], refused["logger"]) == (
+        "WARNING", "HTTP request refused by the parser: LineTooLong: 400, message:\n  Got more "
+        "than 8190 bytes when reading: 'Status line is too long'.", "aiohttp.server")
+    assert "exception" not in refused
+    assert (failed["level"], failed["message"], failed["logger"]) == (
+        "ERROR", "Error handling request from 127.0.0.1", "aiohttp.server")
+    assert str(failed["exception"]).endswith("OverflowError: int too large to convert")
+
+
 # --------------------------------------------------------------------------------------------
 # redact
 # --------------------------------------------------------------------------------------------
