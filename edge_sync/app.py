@@ -202,7 +202,8 @@ class EdgeApp:
                         DownlinkActor, self.store, self.connection, metrics=self.metrics,
                         tokens=self.tokens, clock=clock, notify=self.router.tell,
                         request_metadata=self.entities.request_metadata,
-                        rules_changed=self.chain_source.cloud_changed)),
+                        rules_changed=self.chain_source.cloud_changed,
+                        tell_queue=self.queue.tell)),
                     ChildSpec("connection", actor_child(
                         ConnectionActor, cfg.cloud, self.store, self.queue, self.downlinks,
                         metrics=self.metrics, board=self.link_board, clock=clock)),
