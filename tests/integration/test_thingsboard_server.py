@@ -437,6 +437,33 @@ def test_the_emulated_server_refuses_what_thingsboard_refuses_and_applies_resend
         assert server.points(dev) == [(1_700_000_000_000, {"t": 7})] * 2
         assert set(server.devices) == {dev, other}  # "c" itself was valid; its token was not
         assert server.credentials == {dev: "tok-b"}
+
+        # relations: saved only when both ends exist; a request is answered after the sync
+        # with one relationUpdateMsg downlink per relation from or to the entity
+        def relation(src: uuid.UUID, dst: uuid.UUID) -> edge_pb2.RelationUpdateMsg:
+            return edge_pb2.RelationUpdateMsg(
+                msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, entity=json.dumps(
+                    {"from": typed_id("DEVICE", src), "to": typed_id("DEVICE", dst),
+                     "type": "Contains", "typeGroup": "COMMON", "additionalInfo": None}))
+
+        assert errors(relationUpdateMsg=[relation(dev, uuid.uuid1())]) == ""  # skipped
+        assert errors(relationUpdateMsg=[relation(dev, other)]) == ""
+        assert [a.kind for a in server.applied if a.kind.startswith("relation")] == [
+            "relation_skipped", "relation_saved"]
+        assert errors(relationRequestMsg=[edge_pb2.RelationRequestMsg(entityType="THING")]) == \
+            "No enum constant org.thingsboard.server.common.data.EntityType.THING"
+        msb, lsb = halves(other)
+        client.send(edge_pb2.RequestMsg(msgType=edge_pb2.UPLINK_RPC_MESSAGE, uplinkMsg=(
+            edge_pb2.UplinkMsg(uplinkMsgId=1000, relationRequestMsg=[edge_pb2.RelationRequestMsg(
+                entityIdMSB=msb, entityIdLSB=lsb, entityType="DEVICE")]))))
+        got = [client.recv(), client.recv()]  # its answer, and the relation's downlink
+        assert [r.uplinkResponseMsg.success for r in got if r.HasField("uplinkResponseMsg")] == [
+            True]
+        (answer,) = [r.downlinkMsg for r in got if r.HasField("downlinkMsg")]
+        assert answer.relationUpdateMsg[0].msgType == edge_pb2.ENTITY_CREATED_RPC_MESSAGE
+        assert json.loads(answer.relationUpdateMsg[0].entity) == {
+            "from": typed_id("DEVICE", dev), "to": typed_id("DEVICE", other), "type": "Contains",
+            "typeGroup": "COMMON", "additionalInfo": None, "version": None}
     finally:
         client.close()
         server.stop()
