@@ -82,7 +82,11 @@ from edge_sync.link.downlink_report import DownlinkOutcome, DownlinkReport
 from edge_sync.link.full_sync_track import FullSyncBook, SyncTrack
 from edge_sync.link.graph_apply import GraphApplier, GraphOutcome
 from edge_sync.link.metadata_requests import MissingMetadata
-from edge_sync.link.relation_requests import RelationRequests, RelationRequestsAppended
+from edge_sync.link.relation_requests import (
+    ClearQueuedRequests,
+    RelationRequests,
+    RelationRequestsAppended,
+)
 from edge_sync.link.state import edge_version
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
@@ -216,6 +220,8 @@ class DownlinkActor(SupervisedActor):
             self._start_full_sync(message)
         elif isinstance(message, RelationRequestsAppended):
             self._relations.appended(message)
+        elif isinstance(message, ClearQueuedRequests):
+            self._relations.clear()
         return None
 
     def _start_full_sync(self, message: FullSyncStarted) -> None:

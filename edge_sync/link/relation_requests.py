@@ -37,7 +37,7 @@ from edge_sync.errors import EdgeSyncError
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.graph_keys import CHANGED, CREATED
 from edge_sync.storage.records import Action, NewEvent, lane_for
-from edge_sync.storage.relation_requests import RelationRequestBook
+from edge_sync.storage.relation_requests import RelationRequestBook, Wanted
 
 _log = logger.bind(component="downlink")
 
@@ -57,9 +57,15 @@ class RelationRequestsAppended:
     """To the DownlinkActor, from the QueueActor's commit: the RELATION_REQUEST events of
     ``entities`` are in the event log (``seqs``), or were refused (``error``)."""
 
-    entities: tuple[Entity, ...]
+    entities: tuple[Wanted, ...]
     seqs: range | None = None
     error: BaseException | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClearQueuedRequests:
+    """To the DownlinkActor, from itself: no longer record the requests appended so far (one
+    write for every append answered meanwhile)."""
 
 
 def to_ask(saved: Sequence[tuple[str, uuid.UUID, str]], *, full_sync: bool) -> list[Entity]:
@@ -81,13 +87,14 @@ class RelationRequests:
 
     def __init__(self, store: LmdbStore, clock: Clock, *,
                  append: Callable[[Append], None] | None,
-                 tell_self: Callable[[RelationRequestsAppended], None]) -> None:
+                 tell_self: Callable[[object], None]) -> None:
         self._store = store
         self._clock = clock
         self._append = append
         self._tell_self = tell_self
         self._book = RelationRequestBook(store)
-        self._in_flight: set[uuid.UUID] = set()  # appended, the commit not answered yet
+        self._in_flight: dict[uuid.UUID, bytes] = {}  # appended, still recorded: its stamp
+        self._to_clear: list[Wanted] = []  # appended, not cleared yet
         self._recorded = False  # something may have been recorded since the last send
 
     def record(self, txn: lmdb.Transaction, saved: Sequence[tuple[str, uuid.UUID, str]], *,
@@ -106,28 +113,32 @@ class RelationRequests:
     def send(self, *, everything: bool = False) -> int:
         """After a commit that recorded requests (or, ``everything``, at start and after a
         SyncCompletedMsg: whatever is still recorded): append a RELATION_REQUEST event for each
-        recorded entity not being appended already. How many were handed to the queue."""
+        recorded entity not being appended already (recorded again since: appended again). How
+        many were handed to the queue."""
         if self._append is None or not (everything or self._recorded):
             return 0
         self._recorded = False
         try:
             with self._store.read() as txn:
-                wanted = [e for e in self._book.wanted(txn) if e[1] not in self._in_flight]
+                wanted = [w for w in self._book.wanted(txn)
+                          if self._in_flight.get(w.entity_id) != w.stamp]
         except EdgeSyncError as exc:  # asked again at the next start or sync completion
             _log.bind(error=str(exc)).error("relation requests not read: {}", exc)
             return 0
         now = self._clock.now_ms()
         for start in range(0, len(wanted), APPEND_CHUNK):
             chunk = tuple(wanted[start:start + APPEND_CHUNK])
-            events = tuple(NewEvent(t, t, i, Action.RELATION_REQUEST, {}, now,
-                                    lane_for(t, Action.RELATION_REQUEST)) for t, i in chunk)
+            events = tuple(NewEvent(w.entity_type, w.entity_type, w.entity_id,
+                                    Action.RELATION_REQUEST, {}, now,
+                                    lane_for(w.entity_type, Action.RELATION_REQUEST))
+                           for w in chunk)
             reply: Future[range] = Future()
             reply.add_done_callback(self._on_commit(chunk))
-            self._in_flight.update(i for _t, i in chunk)
-            self._append(Append(chunk[0][1], events, reply))
+            self._in_flight.update((w.entity_id, w.stamp) for w in chunk)
+            self._append(Append(chunk[0].entity_id, events, reply))
         return len(wanted)
 
-    def _on_commit(self, chunk: tuple[Entity, ...]) -> Callable[[Future[range]], None]:
+    def _on_commit(self, chunk: tuple[Wanted, ...]) -> Callable[[Future[range]], None]:
         """The append's reply callback (the QueueActor's thread): tell the actor."""
         def settled(done: Future[range]) -> None:
             error = done.exception()
@@ -136,29 +147,45 @@ class RelationRequests:
         return settled
 
     def appended(self, done: RelationRequestsAppended) -> None:
-        """The QueueActor answered an append: the entities are no longer recorded (or, refused,
-        they stay recorded for the next start or sync completion)."""
-        self._in_flight.difference_update(i for _t, i in done.entities)
+        """The QueueActor answered an append: the entities are to be no longer recorded (one
+        ClearQueuedRequests for the appends answered meanwhile), or, refused, they stay recorded
+        for the next start or sync completion."""
         n = len(done.entities)
         if done.error is not None or done.seqs is None:
+            self._settle(done.entities)
             _log.bind(entities=n, error=str(done.error)).warning(
                 "relation requests for {} entities not queued ({}): asked again at the next "
                 "start or sync completion", n, done.error)
             return
-        try:
-            self._store.write(lambda txn: self._book.queued(txn, done.entities),
-                              maintenance=True)
-        except EdgeSyncError as exc:  # still recorded: queued again at the next start (the
-            # cloud answers a second request with the same relations, which change nothing)
-            _log.bind(error=str(exc)).error("queued relation requests not cleared: {}", exc)
+        if not self._to_clear:
+            self._tell_self(ClearQueuedRequests())
+        self._to_clear.extend(done.entities)
         seqs = done.seqs
         log = _log.bind(action=Action.RELATION_REQUEST, entities=n, first_seq=seqs.start)
         if n == 1:
-            entity_type, entity_id = done.entities[0]
-            log.bind(entity_type=entity_type, entity_id=str(entity_id)).info(
-                "relations of {} {} asked for from the cloud (seq {})", entity_type, entity_id,
-                seqs.start)
+            w = done.entities[0]
+            log.bind(entity_type=w.entity_type, entity_id=str(w.entity_id)).info(
+                "relations of {} {} asked for from the cloud (seq {})", w.entity_type,
+                w.entity_id, seqs.start)
         else:
             log.info("relations of {} entities asked for from the cloud (seqs {}..{})", n,
                      seqs.start, seqs.stop - 1)
 
+    def clear(self) -> None:
+        """No longer record what was appended (one write). Should the write fail, they stay
+        recorded and are appended again (the cloud answers a second request with the same
+        relations, which change nothing)."""
+        entities, self._to_clear = self._to_clear, []
+        try:
+            self._store.write(lambda txn: self._book.queued(txn, entities), maintenance=True)
+        except EdgeSyncError as exc:
+            _log.bind(entities=len(entities), error=str(exc)).error(
+                "queued relation requests not cleared: {}", exc)
+        self._settle(entities)
+
+    def _settle(self, entities: Sequence[Wanted]) -> None:
+        """These appends are over: their entities are no longer in flight (unless appended
+        again since, under another stamp)."""
+        for w in entities:
+            if self._in_flight.get(w.entity_id) == w.stamp:
+                del self._in_flight[w.entity_id]

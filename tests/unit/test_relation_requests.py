@@ -16,13 +16,21 @@ import pykka
 import pytest
 
 from edge_sync.actors.address import Address
+from edge_sync.actors.messages import Append
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
+from edge_sync.clock import SYSTEM_CLOCK
 from edge_sync.common.wire import Owner
 from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkActor, FullSyncStarted
 from edge_sync.link.event_payloads import event_payload
-from edge_sync.link.relation_requests import to_ask
+from edge_sync.link.relation_requests import (
+    ClearQueuedRequests,
+    RelationRequests,
+    RelationRequestsAppended,
+    to_ask,
+)
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
+from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.graph_keys import CHANGED, CREATED, UNCHANGED
 from edge_sync.storage.records import Action, Lane, StoredEvent
@@ -81,7 +89,8 @@ class TbRig(Rig):
 
     def recorded(self) -> list[tuple[str, uuid.UUID]]:
         with self.store.read() as txn:
-            return RelationRequestBook(self.store).wanted(txn)
+            return [(w.entity_type, w.entity_id)
+                    for w in RelationRequestBook(self.store).wanted(txn)]
 
     def relations(self) -> list[tuple[str, str, str]]:
         with self.store.read() as txn:
@@ -160,6 +169,53 @@ def test_a_relation_request_is_a_relation_request_msg_in_the_normal_lane(rig: Tb
     msb, lsb = halves(device)
     assert event_payload(event, OWNER) == ("relationRequestMsg", edge_pb2.RelationRequestMsg(
         entityIdMSB=msb, entityIdLSB=lsb, entityType="DEVICE", edgeSeqId=event.seq))
+
+
+def test_an_entity_recorded_again_while_its_request_is_appended_is_asked_for_again(
+        tmp_path: Path) -> None:
+    """RelationRequests alone (real LMDB, the append and the actor's mailbox captured)."""
+    store = LmdbStore(tmp_path / "edge", initial_map_mb=8, max_size_mb=64)
+    appends: list[Append] = []
+    mailbox: list[object] = []
+    requests = RelationRequests(store, SYSTEM_CLOCK, append=appends.append,
+                                tell_self=mailbox.append)
+    book = RelationRequestBook(store)
+    customer = uuid.uuid4()
+    try:
+        def save(result: str) -> None:
+            store.write(lambda txn: requests.record(txn, [("CUSTOMER", customer, result)],
+                                                    full_sync=False))
+            requests.send()
+
+        def commit(append: Append, first_seq: int) -> None:
+            assert append.reply is not None
+            append.reply.set_result(range(first_seq, first_seq + len(append.events)))
+            for message in mailbox:
+                if isinstance(message, RelationRequestsAppended):
+                    requests.appended(message)
+            if any(isinstance(m, ClearQueuedRequests) for m in mailbox):
+                requests.clear()
+            mailbox.clear()
+
+        def recorded() -> list[uuid.UUID]:
+            with store.read() as txn:
+                return [w.entity_id for w in book.wanted(txn)]
+
+        save(CREATED)
+        save(CHANGED)  # changed again before the first request is in the log
+        assert [[e.entity_id for e in a.events] for a in appends] == [[customer], [customer]]
+        requests.send(everything=True)  # both in flight: nothing more
+        assert len(appends) == 2
+        commit(appends[0], 1)
+        assert recorded() == [customer]  # the second recording stays until its own commit
+        requests.send(everything=True)
+        assert len(appends) == 2
+        commit(appends[1], 2)
+        assert recorded() == []
+        requests.send(everything=True)
+        assert len(appends) == 2
+    finally:
+        store.close()
 
 
 # -- asking ---------------------------------------------------------------------------------------
