@@ -521,7 +521,8 @@ class ConnectionActor(SupervisedActor):
                     self._sync_received()
                 if msg.downlinkMsg.HasField("cloudTimeMillis"):
                     self._check_skew(msg.downlinkMsg.cloudTimeMillis)
-                self._downlinks.tell(ApplyDownlink(self._stream.id, msg.downlinkMsg))
+                self._downlinks.tell(ApplyDownlink(  # ThingsBoard: relations come on request
+                    self._stream.id, msg.downlinkMsg, relations_on_request=not self._peer.ordered))
         elif msg.HasField("edgeUpdateMsg"):
             _log.info("edge configuration update received")
 

@@ -32,9 +32,17 @@ generation durably; everything applied or found unchanged (or redelivered) durin
 seen; at its SyncCompletedMsg, in the same transaction, what was not seen is removed with its
 dependants (except what the edge made and the cloud may not have yet), logged one line each
 ("removed after full sync: no longer assigned to this edge"): ThingsBoard Edge leaves such
-orphans. The edge version is recorded and the sync flags cleared. After a SyncCompletedMsg and
-at start, every rule chain without its metadata is reported once per chain (and change) through
-``request_metadata`` (wired to the uplink event that asks the cloud for it).
+orphans. The edge version is recorded and the sync flags cleared. A ThingsBoard server's full
+sync carries no relations, so at its end the edge's relations stay (but those of a removed
+entity). After a SyncCompletedMsg and at start, every rule chain without its metadata is
+reported once per chain (and change) through ``request_metadata`` (wired to the uplink event
+that asks the cloud for it).
+
+Relations from a ThingsBoard server (a downlink's ``relations_on_request``): the entities whose
+relations ThingsBoard Edge asks for (a device, asset, entity view, dashboard or tenant created,
+a customer or user saved; and each of them a full sync sends) are recorded in the downlink's
+transaction and asked for through RELATION_REQUEST events once it commits
+(link/relation_requests.py).
 
 A downlink that cannot be applied is answered success=false with the error and the project's
 ``retryable`` flag, false: its content is refused. One whose only refused part is a device's
@@ -59,7 +67,8 @@ The parts, each in its own module: the messages with the ConnectionActor
 (link/downlink_messages.py, re-exported here), a DownlinkMsg's key and the kinds set aside
 (link/downlink_kinds.py), the entity graph's payloads (link/graph_apply.py), entity data and
 RPC requests (link/downlink_data.py), the full sync under way (link/full_sync_track.py), rule
-chains without metadata (link/metadata_requests.py), and what a downlink did with its
+chains without metadata (link/metadata_requests.py), relation requests
+(link/relation_requests.py), and what a downlink did with its
 counters and log lines (link/downlink_report.py). This module orchestrates: group commit,
 failure answers, what is told after the commit. Each downlink's transaction also refreshes the
 edge's last contact with the cloud (storage/link_contact.py: at most once a minute, always with
@@ -68,12 +77,14 @@ a SyncCompletedMsg), which a connect reads to tell how long the edge was offline
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import lmdb
+import pykka
 from loguru import logger
 
 from edge_sync.actors.address import Address
@@ -88,6 +99,11 @@ from edge_sync.link.downlink_report import DownlinkOutcome, DownlinkReport
 from edge_sync.link.full_sync_track import FullSyncBook, SyncTrack
 from edge_sync.link.graph_apply import GraphApplier, GraphOutcome
 from edge_sync.link.metadata_requests import MissingMetadata
+from edge_sync.link.relation_requests import (
+    ClearQueuedRequests,
+    RelationRequests,
+    RelationRequestsAppended,
+)
 from edge_sync.link.state import edge_version
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
@@ -127,6 +143,7 @@ class DownlinkActor(SupervisedActor):
         version: str | None = None,
         rules_changed: Callable[[], object] | None = None,
         peer_honours_retryable: Callable[[], bool] | None = None,
+        tell_queue: Callable[[Any], None] | None = None,
     ) -> None:
         super().__init__(report_exit)
         self._tokens = tokens
@@ -139,6 +156,9 @@ class DownlinkActor(SupervisedActor):
         self._notify = notify
         self._rules_changed = rules_changed  # a rule chain changed: the chain in force is read
         self._metadata = MissingMetadata(store, self._graph, request_metadata)
+        # tell_queue: the QueueActor, which appends the RELATION_REQUEST events
+        self._relations = RelationRequests(store, clock, append=tell_queue,
+                                           tell_self=self._tell_self)
         self._version = version if version is not None else edge_version()
         self._sync = FullSyncBook()
         self._group: list[ApplyDownlink] = []
@@ -153,6 +173,12 @@ class DownlinkActor(SupervisedActor):
         self._unstored: dict[bytes, int] = {}
         self._owed_full_sync: str | None = None  # a full sync request not written yet: why
 
+    def _tell_self(self, message: Any) -> None:
+        """Any thread: a message to this incarnation (none once it has stopped: its successor
+        reads what is durable)."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(message)
+
     def _held_now(self) -> float:
         with self._store.read() as txn:
             return float(self._graph.held_count(txn))
@@ -160,10 +186,12 @@ class DownlinkActor(SupervisedActor):
     def on_start(self) -> None:
         """Actor thread: forget the seen marks of a full sync this actor does not track (it
         restarted mid-sync), apply what waited for something the edge made meanwhile, and ask
-        for the metadata of rule chains the edge has without it."""
+        for the metadata of rule chains the edge has without it, and for the relations still
+        to be asked for."""
         self._drop_untracked_sync()
         self._release_ready()
         self._metadata.ask()
+        self._relations.send(everything=True)
 
     def _drop_untracked_sync(self) -> None:
         """A new actor tracks no full sync (FullSyncBook is in memory), so a seen marker on
@@ -217,6 +245,10 @@ class DownlinkActor(SupervisedActor):
             if self._group:  # the downlinks that came before it are not the sync's
                 self._apply_group()
             self._start_full_sync(message)
+        elif isinstance(message, RelationRequestsAppended):
+            self._relations.appended(message)
+        elif isinstance(message, ClearQueuedRequests):
+            self._relations.clear()
         return None
 
     def _start_full_sync(self, message: FullSyncStarted) -> None:
@@ -363,6 +395,7 @@ class DownlinkActor(SupervisedActor):
             self._report.applied(dl_id, out)
             if self._rules_changed is not None and _changes_rule_chains(out):
                 self._rules_changed()
+            self._relations.send(everything=msg.HasField("syncCompletedMsg"))
             if msg.HasField("syncCompletedMsg"):
                 self._metadata.ask()
         else:
@@ -406,6 +439,7 @@ class DownlinkActor(SupervisedActor):
                 self._applier.mark_seen(txn, msg)  # still assigned: not removed at the end
             return DownlinkOutcome(False, "duplicate")
         out = DownlinkOutcome(True, set_aside=set_aside_kinds(msg))
+        in_full_sync = track.in_sync(cmd.stream_id)  # before its SyncCompletedMsg ends it
         done: list[str] = []
         # the entity graph first, in full-sync order: a device names its profile, credentials
         # and attributes a device
@@ -424,6 +458,10 @@ class DownlinkActor(SupervisedActor):
             # what waits for something the edge made itself (no downlink released it)
             self._applier.release_ready(txn, now, out.graph)
             done.append(self._sync_completed(txn, cmd, now, track, out))
+        if cmd.relations_on_request:
+            asked = self._relations.record(txn, out.graph.saved, full_sync=in_full_sync)
+            if asked:
+                done.append(f"relations of {asked} entities to be asked for")
         if msg.HasField("edgeConfiguration"):
             done.append("edge configuration")
         for kind, n in out.set_aside.items():
@@ -451,7 +489,10 @@ class DownlinkActor(SupervisedActor):
                 f"full sync ended with downlinks the store did not take ({ids}): nothing "
                 "removed at its end; the next connect asks for a full sync again")
             return f"full sync completed without its sweep ({len(self._unstored)} not stored)"
-        out.removed = self._graph.complete_full_sync(txn, now_ms=now, version=self._version)
+        # ThingsBoard's full sync sends no relations: the edge's stay (their requests are
+        # answered after this SyncCompletedMsg)
+        out.removed = self._graph.complete_full_sync(txn, now_ms=now, version=self._version,
+                                                     sweep_relations=not cmd.relations_on_request)
         out.full_sync_completed = True
         return f"full sync completed ({len(out.removed)} removed)"
 

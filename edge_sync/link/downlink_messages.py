@@ -17,10 +17,14 @@ from edge_sync.proto import edge_pb2
 @dataclass(frozen=True, slots=True)
 class ApplyDownlink:
     """From the ConnectionActor: a downlink that arrived on stream ``stream_id``. The message
-    object is handed over; the sender never touches it again."""
+    object is handed over; the sender never touches it again. ``relations_on_request``: it came
+    from a peer whose full sync carries no relations and that sends an entity's relations when
+    asked (a ThingsBoard server; the reference cloud announces orderedApply and sends them in its
+    sync), link/relation_requests.py."""
 
     stream_id: int
     msg: Any = field(compare=False)  # edge_pb2.DownlinkMsg
+    relations_on_request: bool = False
 
 
 @dataclass(frozen=True, slots=True)

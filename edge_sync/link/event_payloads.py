@@ -14,7 +14,9 @@ EdgeMsgConstructorUtils, and the server's EdgeUplinkMessageDispatcher: an asset'
 UPDATED / DELETED an AssetUpdateMsg (a delete with the id halves only, as constructAssetDeleteMsg),
 a device's DELETED a DeviceUpdateMsg with the id halves only, a relation change a
 RelationUpdateMsg with the EntityRelation JSON, ATTRIBUTES_DELETED an EntityDataProto's
-attributeDeleteMsg, a request for a rule chain's metadata a RuleChainMetadataRequestMsg.
+attributeDeleteMsg, a request for a rule chain's metadata a RuleChainMetadataRequestMsg, a
+request for an entity's relations a RelationRequestMsg (RelationCloudProcessor
+.convertRelationRequestEventToUplink: the entity's id halves and type).
 TIMESERIES_DELETED has no ThingsBoard message (ThingsBoard Edge keeps such deletes local): an
 EntityDataProto with only the entity, which ThingsBoard applies as a no-op, and the keys in the
 edge-sync extension field 1001 (``timeseriesDeleteMsg``) for the reference cloud."""
@@ -108,6 +110,9 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
     if action == Action.RULE_CHAIN_METADATA_REQUEST:
         return "ruleChainMetadataRequestMsg", edge_pb2.RuleChainMetadataRequestMsg(
             ruleChainIdMSB=msb, ruleChainIdLSB=lsb, edgeSeqId=event.seq)
+    if action == Action.RELATION_REQUEST:
+        return "relationRequestMsg", edge_pb2.RelationRequestMsg(
+            entityIdMSB=msb, entityIdLSB=lsb, entityType=event.entity_type, edgeSeqId=event.seq)
     if event.type == "RELATION" and action in RELATION_UPDATE_TYPE:
         msg = edge_pb2.RelationUpdateMsg(msgType=RELATION_UPDATE_TYPE[Action(action)],
                                          entity=compact_json(body), edgeSeqId=event.seq)

@@ -125,6 +125,8 @@ class GraphOutcome:
     profiles_changed: bool = False
     devices_changed: bool = False  # the token cache must forget
     devices_removed: list[uuid.UUID] = field(default_factory=list)  # their actors are told
+    # every entity put: (type, id, CREATED / CHANGED / UNCHANGED), for link/relation_requests.py
+    saved: list[tuple[str, uuid.UUID, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -301,6 +303,7 @@ class GraphApplier:
         provided = self._apply_change(txn, change, held.field, m, now_ms, sub)
         out.done.extend(f"{d} (released)" for d in sub.done)
         out.applied.extend(sub.applied)
+        out.saved.extend(sub.saved)
         out.held.extend(sub.held)
         out.warnings.extend(sub.warnings)
         out.renamed.extend(sub.renamed)
@@ -370,6 +373,7 @@ class GraphApplier:
         if result != gs.UNCHANGED or not self._operational_current(txn, c):
             self._operational(txn, c, now_ms, out)
         out.done.append(f"{c.what()} {_VERB[result]}")
+        out.saved.append((c.entity_type, c.entity_id, result))
         if result != gs.UNCHANGED:
             out.applied.append((c.entity_type, gs.ADDED if result == gs.CREATED else gs.UPDATED))
         return provides(c.entity_type, c.entity_id, c.body)

@@ -2,10 +2,13 @@
 and, for a peer that may apply one message's payloads concurrently (ThingsBoard), without two
 order-sensitive events of one entity in concurrent flight. For such a peer an event that must
 wait can be set aside ("held") instead of stopping the packing, so other entities' events go on;
-the entity's later events are then held too, keeping its order. An alarm event (its entity is
-the alarm) is held for its originator device too: it waits while the device has an
+the entity's later events are then held too, keeping its order. An event that names a second
+entity is held for that one too: an alarm (its entity is the alarm) for its originator device, a
+relation (its entity is its ``from`` end) for its ``to`` end. It waits while that entity has an
 order-sensitive event in flight (its creation, say), events held, or a failed message unsettled,
-so an alarm never overtakes its device's creation. Pure logic, no I/O.
+so neither an alarm nor a relation overtakes the creation of what it names (ThingsBoard skips a
+relation whose end it does not have: BaseRelationProcessor.processRelationMsg). Pure logic, no
+I/O.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def pack(
     no bound), and its entity's later events are held with it; otherwise (max_hold 0: always)
     packing stops before it. An alarm event also waits while its originator device is in
     ``hold``, has events held, or has an order-sensitive event in ``busy_sensitive`` or in this
-    message (see ``hold_keys``).
+    message; so does a relation event for its ``to`` end (see ``hold_keys``).
     """
     out = Packed(edge_pb2.UplinkMsg())
     busy = busy or set()
@@ -86,11 +89,11 @@ def pack(
             continue
         sensitive = event.action in ORDER_SENSITIVE_ACTIONS
         eid = event.entity_id
-        device = originator(event)
+        other = named_entity(event)
         if not ordered_peer and (
                 eid in holding or _must_wait(eid, sensitive, out, busy, busy_sensitive)
-                or (device is not None and (device in holding or device in busy_sensitive
-                                            or device in out.sensitive_entities))):
+                or (other is not None and (other in holding or other in busy_sensitive
+                                           or other in out.sensitive_entities))):
             if len(out.held) >= max_hold or (
                     max_hold_bytes is not None and out.held_bytes + event.size > max_hold_bytes):
                 break
@@ -139,10 +142,31 @@ def originator(event: StoredEvent) -> uuid.UUID | None:
         return None
 
 
+def relation_to(event: StoredEvent) -> uuid.UUID | None:
+    """The ``to`` end of a relation event (its body's ``to.id``; the event's entity is the
+    ``from`` end); None for any other event, or a relation without a readable ``to``."""
+    if event.type != "RELATION" or not isinstance(event.body, dict):
+        return None
+    to = event.body.get("to")
+    if not isinstance(to, dict):
+        return None
+    try:
+        return uuid.UUID(str(to["id"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def named_entity(event: StoredEvent) -> uuid.UUID | None:
+    """The second entity an event must not overtake: an alarm's originator device, a
+    relation's ``to`` end; None for any other event."""
+    return originator(event) if event.type == "ALARM" else relation_to(event)
+
+
 def hold_keys(event: StoredEvent) -> tuple[uuid.UUID, ...]:
-    """The entities whose hold holds ``event``: its own, and an alarm's originator device."""
-    device = originator(event)
-    return (event.entity_id,) if device is None else (event.entity_id, device)
+    """The entities whose hold holds ``event``: its own, an alarm's originator device and a
+    relation's ``to`` end."""
+    other = named_entity(event)
+    return (event.entity_id,) if other is None else (event.entity_id, other)
 
 
 def _must_wait(

@@ -32,11 +32,11 @@ and is not settled (acknowledged or dead-lettered), its entities' later events a
 cursor passes them, they are remembered in read order (at most ``max_held`` events and
 ``max_held_bytes`` of their stored size; then reading stops at the next event that would be
 held) and sent once their entity is free. The same holding keeps an entity's order-sensitive
-events out of concurrent flight. An alarm event is held for its originator device too (see
-edge_sync.link.packer). A message resent after an ack timeout may still be answered: a late
-success settles its events (they leave the resend queue; a resend in flight is answered for
-nothing more), so they are DEPLOYED once. A failure answer with neither hint is classified by
-its errorMsg (edge_sync.link.failures):
+events out of concurrent flight. An alarm event is held for its originator device too, a
+relation event for its ``to`` end (see edge_sync.link.packer). A message resent after an ack
+timeout may still be answered: a late success settles its events (they leave the resend queue;
+a resend in flight is answered for nothing more), so they are DEPLOYED once. A failure answer
+with neither hint is classified by its errorMsg (edge_sync.link.failures):
 - transient: resent after retry_interval_s, doubling per transient failure of that message up
   to max_backoff_s; never counted against its events; max_retries of them (or of ack timeouts)
   for one message make the link reconnect (GiveUp);

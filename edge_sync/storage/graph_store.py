@@ -266,9 +266,11 @@ class GraphStore:
         self._sync.end_marks(txn)
         return True
 
-    def complete_full_sync(self, txn: lmdb.Transaction, *, now_ms: int, version: str
-                           ) -> list[Removal]:
+    def complete_full_sync(self, txn: lmdb.Transaction, *, now_ms: int, version: str,
+                           sweep_relations: bool = True) -> list[Removal]:
         """The full sync's SyncCompletedMsg: remove what it did not send (with dependants),
         except what the edge made that the cloud may not have yet; record the edge version
-        and clear the flags. What was removed, in order."""
-        return self._end.complete(txn, now_ms=now_ms, version=version)
+        and clear the flags. What was removed, in order. ``sweep_relations`` False: a sync that
+        sends no relations (ThingsBoard's) removes none but those of the entities it removes."""
+        return self._end.complete(txn, now_ms=now_ms, version=version,
+                                  sweep_relations=sweep_relations)

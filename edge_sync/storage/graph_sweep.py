@@ -2,6 +2,10 @@
 storage/graph_sync.py) is removed, entities with their dependants, relations and held
 payloads, except what the edge made whose last change the cloud may not have yet; then the
 edge version is recorded and the sync flags cleared. ThingsBoard Edge leaves such orphans.
+A ThingsBoard server's full sync sends no relations (its EdgeSyncCursor has no relation step;
+they come as answers to the edge's RelationRequestMsgs, after SyncCompletedMsg): the end of such
+a sync (``sweep_relations`` False) removes no relation the edge holds, only those of the
+entities it removes.
 
 It writes no table of its own: it reads graph_seen, graph_entities, graph_relations and
 graph_held (storage/graph_keys.py) and the event log's ``events`` and ``deployed_by_time``
@@ -11,6 +15,7 @@ graph_held (storage/graph_keys.py) and the event log's ``events`` and ``deployed
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -58,22 +63,27 @@ class FullSyncEnd:
         self._relations = relations
         self._held = held
 
-    def complete(self, txn: lmdb.Transaction, *, now_ms: int, version: str) -> list[Removal]:
+    def complete(self, txn: lmdb.Transaction, *, now_ms: int, version: str,
+                 sweep_relations: bool = True) -> list[Removal]:
         """The full sync's SyncCompletedMsg: remove every entity and relation it did not send
         (with their dependants) and every held payload it did not send again, except what the
         edge made whose last change the cloud may not have yet (its event not DEPLOYED, or
         deployed after the sync started); record the edge version and clear the flags. What
-        was removed, in order (an entity's dependants included)."""
+        was removed, in order (an entity's dependants included). ``sweep_relations`` False (a
+        sync without relations, ThingsBoard's): the relations applied on the edge stay, but
+        those of a removed entity go with it."""
         state = self._sync.state_or_fresh(txn)
         removed: list[Removal] = []
         if self._sync.marking(txn):
-            removed = self._sweep(txn, now_ms=now_ms, started_ms=state.started_ms or now_ms)
+            removed = self._sweep(txn, now_ms=now_ms, started_ms=state.started_ms or now_ms,
+                                  relations=sweep_relations)
             self._sync.end_marks(txn)
         self._sync.put_state(txn, replace(state, completed_version=version, completed_ms=now_ms,
                                           in_progress=False, requested=None, damaged=None))
         return removed
 
-    def _sweep(self, txn: lmdb.Transaction, *, now_ms: int, started_ms: int) -> list[Removal]:
+    def _sweep(self, txn: lmdb.Transaction, *, now_ms: int, started_ms: int,
+               relations: bool) -> list[Removal]:
         sync = self._sync
         events = EventLog(self._t.store)
         deployed_since = self._deployed_since(txn, started_ms)
@@ -95,14 +105,7 @@ class FullSyncEnd:
                 row = self._entities.row(txn, key)
                 if row is not None and not keep(row.origin, row.origin_seq):
                     doomed.append((row.entity_type, uuid.UUID(bytes=key[:16])))
-        doomed_rels: list[tuple[bytes, list[Any]]] = []
-        with txn.cursor(db=self._t.db(RELATIONS)) as cur:
-            for k, v in cur.iternext():
-                key = bytes(k)
-                if not sync.seen(txn, b"R" + key):
-                    f = relation_fields(bytes(v))
-                    if not keep(f[8], f[9]):
-                        doomed_rels.append((key, f))
+        doomed_rels = self._unseen_relations(txn, keep) if relations else []
         with txn.cursor(db=self._t.db(HELD)) as cur:
             doomed_held = [bytes(k) for k in cur.iternext(values=False)
                            if not sync.seen(txn, b"H" + bytes(k))]
@@ -126,6 +129,19 @@ class FullSyncEnd:
                 out.append(Removal(found.entity.entity_type, "" if found.entity.id is None
                                    else str(found.entity.id), f"held {found.entity.what}",
                                    held=True))
+        return out
+
+    def _unseen_relations(self, txn: lmdb.Transaction, keep: Callable[[str, int | None], bool]
+                          ) -> list[tuple[bytes, list[Any]]]:
+        """The relations the sync did not send and ``keep`` does not keep: (key, fields)."""
+        out: list[tuple[bytes, list[Any]]] = []
+        with txn.cursor(db=self._t.db(RELATIONS)) as cur:
+            for k, v in cur.iternext():
+                key = bytes(k)
+                if not self._sync.seen(txn, b"R" + key):
+                    f = relation_fields(bytes(v))
+                    if not keep(f[8], f[9]):
+                        out.append((key, f))
         return out
 
     def _deployed_since(self, txn: lmdb.Transaction, since_ms: int) -> set[int]:

@@ -55,13 +55,16 @@ class Action(enum.StrEnum):
     CREDENTIALS_UPDATED = "CREDENTIALS_UPDATED"
     ATTRIBUTES_REQUEST = "ATTRIBUTES_REQUEST"  # the edge asks the cloud for attributes
     RULE_CHAIN_METADATA_REQUEST = "RULE_CHAIN_METADATA_REQUEST"  # ... for a rule chain's metadata
+    RELATION_REQUEST = "RELATION_REQUEST"  # ... for an entity's relations (a ThingsBoard cloud)
 
 
 # Actions that go in the high lane: creation, updates, credentials, alarms, RPC responses and
 # requests to the cloud (attributes a device waits for, a rule chain's missing metadata).
 # They may overtake the normal lane's backlog, the entity's own data included, which is harmless
 # for these (an entity is created before it has data). Deletes and relation changes stay in the
-# normal lane so they follow the entity's data, as the delivery contract requires.
+# normal lane so they follow the entity's data, as the delivery contract requires; so does a
+# request for an entity's relations (RELATION_REQUEST), so that it follows the edge's own relation
+# changes recorded before it, which the cloud's answer must not undo.
 _HIGH_ACTIONS = frozenset(
     {
         Action.ADDED,
@@ -96,8 +99,8 @@ ORDER_SENSITIVE_ACTIONS = frozenset(
 
 def lane_for(event_type: str, action: str) -> Lane:
     """The default lane: alarms, RPC responses, creation/updates, credentials and requests to
-    the cloud are HIGH; data, deletes (of entities, relations, attribute and timeseries keys)
-    and relation changes NORMAL."""
+    the cloud are HIGH; data, deletes (of entities, relations, attribute and timeseries keys),
+    relation changes and requests for relations NORMAL."""
     if event_type == "ALARM" or action in _HIGH_ACTIONS:
         return Lane.HIGH
     return Lane.NORMAL

@@ -112,8 +112,27 @@ Server-side RPC to a device of the edge (``send_rpc``; DeviceActorMessageProcess
 - Redeliveries as ThingsBoard makes them: the same DownlinkMsg sent again (its answer was lost;
   ``copies``), or the same edge event read again after a reconnect, converted anew with a new
   random downlinkMsgId (``redeliver``).
-- AttributesRequestMsg / RelationRequestMsg and the other payload kinds: recorded, answered
-  success.
+- Relations (processor/relation/BaseRelationProcessor.processRelationMsg): a relationUpdateMsg
+  whose entity is no EntityRelation JSON fails ("relationUpdateMsg {...} cannot be converted to
+  entity relation"; a failed future: the walk goes on); ENTITY_CREATED / ENTITY_UPDATED saves
+  the relation when both ends exist (a device, the tenant, or an end of a relation made with
+  ``relate``), else it is skipped with success ("Skipping relating update msg because from/to
+  entity doesn't exists on edge"); ENTITY_DELETED deletes it. Relations are kept in the COMMON
+  group, one per (from, to, type).
+- RelationRequestMsg (sync/DefaultEdgeRequestsService.processRelationRequestMsg): an entityType
+  that is no EntityType throws ("No enum constant ...EntityType.<type>": the walk ends); else the
+  relations from and to the entity, one level, COMMON group (RelationsSearchParameters'
+  default; findRelationByQuery FROM, then TO), except those with an EDGE end, are each saved as
+  a RELATION edge event, ADDED, whose body is the relation: RelationEdgeProcessor
+  .convertEdgeEventToDownlink makes each a DownlinkMsg of its own (random downlinkMsgId) with one
+  relationUpdateMsg ENTITY_CREATED_RPC_MESSAGE, its entity the EntityRelation JSON with version
+  null (EdgeMsgConstructorUtils.constructRelationUpdatedMsg). ThingsBoard filters nothing by what
+  is assigned to the edge. The answers go out once no sync runs on the edge's stream (edge events
+  wait for the sync, EdgeGrpcSession.interruptGeneralProcessingOnSync) as one pack, resent as an
+  RPC pack is (below); a pack whose stream ends before it is answered is not sent again (this
+  server keeps no edge event queue). Every request is recorded (``applied`` kind
+  "relation_request", value: how many relations it answered with).
+- AttributesRequestMsg and the other payload kinds: recorded, answered success.
 
 Faults to inject: ``rate_limited_first`` (above); ``refuse_device`` (a device for which it
 returns a message is refused every time with that message as a DataValidationException: a
@@ -163,6 +182,15 @@ SCOPES = ("CLIENT_SCOPE", "SERVER_SCOPE", "SHARED_SCOPE")
 SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE")
 RPC_ERRORS = ("NOT_FOUND", "FORBIDDEN", "NO_ACTIVE_CONNECTION", "TIMEOUT", "INTERNAL")
 """org.thingsboard.server.common.data.rpc.RpcError"""
+ENTITY_TYPES = ("TENANT", "CUSTOMER", "USER", "DASHBOARD", "ASSET", "DEVICE", "ALARM",
+                "RULE_CHAIN", "RULE_NODE", "ENTITY_VIEW", "WIDGETS_BUNDLE", "WIDGET_TYPE",
+                "TENANT_PROFILE", "DEVICE_PROFILE", "ASSET_PROFILE", "API_USAGE_STATE",
+                "TB_RESOURCE", "OTA_PACKAGE", "EDGE", "RPC", "QUEUE", "NOTIFICATION_TARGET",
+                "NOTIFICATION_TEMPLATE", "NOTIFICATION_REQUEST", "NOTIFICATION",
+                "NOTIFICATION_RULE", "QUEUE_STATS", "OAUTH2_CLIENT", "DOMAIN", "MOBILE_APP",
+                "MOBILE_APP_BUNDLE", "CALCULATED_FIELD", "JOB", "ADMIN_SETTINGS", "AI_MODEL",
+                "API_KEY")
+"""org.thingsboard.server.common.data.EntityType (the names an entityType may have)"""
 _END = object()
 
 
@@ -302,6 +330,8 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         self.devices: dict[uuid.UUID, dict[str, Any]] = {}
         self.credentials: dict[uuid.UUID, str] = {}
         self.alarms: dict[uuid.UUID, dict[str, Any]] = {}
+        self.relations: list[dict[str, Any]] = []  # EntityRelation JSON, COMMON group
+        self.relation_answers: list[edge_pb2.DownlinkMsg] = []  # RELATION edge events sent
         self.downlinks_sent: list[tuple[int, edge_pb2.DownlinkMsg]] = []  # (attempt, msg)
         self.downlink_acks: list[edge_pb2.DownlinkResponseMsg] = []
         self.discarded: list[edge_pb2.DownlinkMsg] = []
@@ -429,6 +459,95 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
             self.credentials[new_id] = token
             self.cond.notify_all()
         return new_id
+
+    # -- relations -------------------------------------------------------------------------------
+
+    def relate(self, src: tuple[str, uuid.UUID], dst: tuple[str, uuid.UUID],
+               rel_type: str = "Contains") -> dict[str, Any]:
+        """A relation made in the cloud (RelationService.saveRelation, COMMON group); no edge
+        event: it reaches the edge only when the edge asks for the relations of an end."""
+        rel = {"from": typed_id(*src), "to": typed_id(*dst), "type": rel_type,
+               "typeGroup": "COMMON", "additionalInfo": None}
+        with self.cond:
+            self._save_relation(rel)
+            self.cond.notify_all()
+        return rel
+
+    def relations_of(self, entity_id: uuid.UUID) -> list[dict[str, Any]]:
+        """The cloud's relations from or to the entity."""
+        with self.cond:
+            return [r for r in self.relations
+                    if str(entity_id) in (r["from"]["id"], r["to"]["id"])]
+
+    def _save_relation(self, rel: dict[str, Any]) -> None:
+        key = _relation_key(rel)
+        self.relations = [r for r in self.relations if _relation_key(r) != key] + [rel]
+
+    def _exists(self, ref: Any) -> bool:
+        """isEntityExists: a device, the tenant, or an end of a relation made with ``relate``."""
+        if not isinstance(ref, dict) or "id" not in ref:
+            return False
+        entity_id = uuid.UUID(str(ref["id"]))
+        return (entity_id in self.devices or entity_id == self.tenant_id
+                or any(str(entity_id) in (r["from"]["id"], r["to"]["id"]) for r in self.relations))
+
+    def _relation_update(self, mid: int, m: edge_pb2.RelationUpdateMsg,
+                         failures: list[JavaError]) -> None:
+        """BaseRelationProcessor.processRelationMsg (under the lock)."""
+        try:
+            rel = json.loads(m.entity)
+        except ValueError:
+            rel = None
+        if not isinstance(rel, dict) or not isinstance(rel.get("from"), dict) \
+                or not isinstance(rel.get("to"), dict):
+            failures.append(JavaError(f"[{{{self.tenant_id}}}] relationUpdateMsg {{{m}}} cannot "
+                                      "be converted to entity relation",
+                                      "java.lang.RuntimeException"))
+            return
+        rel.setdefault("typeGroup", "COMMON")
+        if m.msgType == edge_pb2.ENTITY_DELETED_RPC_MESSAGE:
+            key = _relation_key(rel)
+            self.relations = [r for r in self.relations if _relation_key(r) != key]
+            self.applied.append(Applied(mid, "relation_deleted", uuid.UUID(rel["from"]["id"]),
+                                        rel))
+        elif not (self._exists(rel["to"]) and self._exists(rel["from"])):
+            self.applied.append(Applied(mid, "relation_skipped", uuid.UUID(rel["from"]["id"]),
+                                        rel))
+        else:
+            self._save_relation(rel)
+            self.applied.append(Applied(mid, "relation_saved", uuid.UUID(rel["from"]["id"]),
+                                        rel))
+
+    def _relation_request(self, mid: int, m: edge_pb2.RelationRequestMsg) -> None:
+        """DefaultEdgeRequestsService.processRelationRequestMsg (under the lock): the answer
+        goes out after the sync (see the module's docstring)."""
+        if m.entityType not in ENTITY_TYPES:
+            raise _Abort(JavaError(
+                "No enum constant org.thingsboard.server.common.data.EntityType." + m.entityType,
+                "java.lang.IllegalArgumentException"))
+        entity_id = str(uuid_from(m.entityIdMSB, m.entityIdLSB))
+        found = [r for r in self.relations
+                 if r["typeGroup"] == "COMMON" and r["from"]["id"] == entity_id] + [
+                 r for r in self.relations
+                 if r["typeGroup"] == "COMMON" and r["to"]["id"] == entity_id]
+        answer = [edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(), relationUpdateMsg=[
+            edge_pb2.RelationUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE,
+                                       entity=json.dumps({**r, "version": None}))])
+            for r in found
+            if r["from"]["entityType"] != "EDGE" and r["to"]["entityType"] != "EDGE"]
+        self.applied.append(Applied(mid, "relation_request", uuid.UUID(entity_id), len(answer)))
+        if answer:
+            self.relation_answers.extend(answer)
+            threading.Thread(target=self._send_after_sync, args=(answer,), daemon=True,
+                             name="tb-server-relations").start()
+
+    def _send_after_sync(self, msgs: list[edge_pb2.DownlinkMsg]) -> None:
+        try:
+            stream = self._rpc_stream()
+        except AssertionError:  # the sync never ended (the test is over)
+            return
+        if stream is not None:
+            self._send_rpc_pack(stream, msgs)
 
     # -- server-side RPC ---------------------------------------------------------------------------
 
@@ -938,12 +1057,13 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
                 self._entity_data(mid, data)
             for alarm in up.alarmUpdateMsg:
                 self._alarm(mid, alarm, failures)
+            for update in up.relationUpdateMsg:
+                self._relation_update(mid, update, failures)
             for req in up.attributesRequestMsg:
                 self.applied.append(Applied(mid, "attributes_request", uuid_from(
                     req.entityIdMSB, req.entityIdLSB), req.scope))
             for rel in up.relationRequestMsg:
-                self.applied.append(Applied(mid, "relation_request", uuid_from(
-                    rel.entityIdMSB, rel.entityIdLSB), None))
+                self._relation_request(mid, rel)
             for rpc in up.deviceRpcCallMsg:
                 if rpc.HasField("responseMsg"):
                     self._rpc_answer(mid, rpc)
@@ -1072,3 +1192,9 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         else:
             self.alarms[alarm_id] = alarm
         self.applied.append(Applied(mid, kind, alarm_id, alarm))
+
+
+def _relation_key(rel: dict[str, Any]) -> tuple[str, str, str, str]:
+    """What identifies a relation (RelationService): its two ends, type and type group."""
+    return (rel["from"]["id"], rel["to"]["id"], str(rel.get("type")),
+            str(rel.get("typeGroup") or "COMMON"))

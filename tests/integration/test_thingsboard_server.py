@@ -317,6 +317,77 @@ def test_a_full_sync_of_a_hundred_widget_types_completes_then_uplinks_flow(harne
     assert made["tenantId"] == typed_id("TENANT", server.tenant_id)
 
 
+def edge_relations(agent: Agent, entity_id: uuid.UUID) -> list[tuple[str, str, str]] | None:
+    """The relations the edge holds from the entity: (from id, type, to id); None while the
+    edge does not have the entity."""
+    resp = agent.admin("GET", f"/api/entities/{entity_id}")
+    if resp.status == 404:
+        return None
+    assert resp.status == 200, resp.body
+    return sorted((r["from"]["id"], r["type"], r["to"]["id"])
+                  for r in resp.json()["relations"]["from"])
+
+
+def relation_requests(server: TbServer) -> list[uuid.UUID]:
+    """The entities the edge asked the server for the relations of, in arrival order."""
+    return [a.entity_id for a in server.applications("relation_request")]
+
+
+def test_a_relation_made_in_the_cloud_before_the_edge_connects_reaches_the_edge(
+        harness: Harness) -> None:
+    server = harness.server(sync=SyncContent(
+        devices=(SyncDevice("pump", "tok-pump"), SyncDevice("tank", "tok-tank"))))
+    pump, tank = server.device_named("pump"), server.device_named("tank")
+    assert pump is not None and tank is not None
+    server.relate(("DEVICE", pump[0]), ("DEVICE", tank[0]), "Feeds")
+    agent = harness.agent(server)
+    wait_until(lambda: edge_relations(agent, pump[0]) == [(str(pump[0]), "Feeds", str(tank[0]))],
+               timeout=DEADLINE_S, what="the cloud's relation on the edge")
+    # asked once for each device (both answered with the relation), the tenant and the user
+    server.wait_for(lambda: len(relation_requests(server)) >= 4, what="the relation requests")
+    requests = relation_requests(server)
+    assert len(requests) == 4  # the fourth: the tenant admin user
+    assert [requests.count(e) for e in (pump[0], tank[0], server.tenant_id)] == [1, 1, 1]
+    with server.cond:
+        assert [(m.relationUpdateMsg[0].msgType, json.loads(m.relationUpdateMsg[0].entity)["type"])
+                for m in server.relation_answers] == [(edge_pb2.ENTITY_CREATED_RPC_MESSAGE,
+                                                       "Feeds")] * 2
+    assert edge_relations(agent, tank[0]) == []  # it is the relation's to end
+
+
+def test_a_full_sync_does_not_remove_the_edges_relations(harness: Harness) -> None:
+    server = harness.server(sync=SyncContent(
+        devices=(SyncDevice("pump", "tok-pump"), SyncDevice("tank", "tok-tank"))))
+    pump, tank = server.device_named("pump"), server.device_named("tank")
+    assert pump is not None and tank is not None
+    server.relate(("DEVICE", pump[0]), ("DEVICE", tank[0]), "Feeds")
+    agent = harness.agent(server)
+    wait_until(lambda: edge_relations(agent, pump[0]), timeout=DEADLINE_S,
+               what="the cloud's relation on the edge")
+    made = agent.admin("POST", "/api/relations", {
+        "from": {"entityType": "DEVICE", "id": str(tank[0])},
+        "to": {"entityType": "DEVICE", "id": str(pump[0])}, "type": "Drains"})
+    assert made.status == 201, made.body
+    server.wait_for(lambda: len(server.relations) == 2, what="the edge's relation in the cloud")
+    wait_until(lambda: edge_status(agent)["queue"]["pending"] == 0, timeout=DEADLINE_S,
+               what="the edge's relation acknowledged", show=lambda: edge_status(agent)["queue"])
+    asked_before = len(relation_requests(server))
+
+    log_before = agent.admin("GET", "/api/apply-log?limit=10000").json()
+    assert agent.admin("POST", "/api/sync", {"full": True}).status == 202
+    # counted once the edge acknowledged the SyncCompletedMsg: after its end was committed
+    server.wait_for(lambda: server.sync_completed == 2, what="the full sync completed")
+    # nothing removed, nothing added again (the answers to the requests below change nothing)
+    after = agent.admin("GET", f"/api/apply-log?limit=10000&after={log_before[-1]['index']}")
+    assert [e for e in after.json() if e["entity_type"] == "RELATION"] == []
+    assert edge_relations(agent, pump[0]) == [(str(pump[0]), "Feeds", str(tank[0]))]
+    assert edge_relations(agent, tank[0]) == [(str(tank[0]), "Drains", str(pump[0]))]
+    # the sync carried no relation: the edge asks again for those of what it sent
+    server.wait_for(lambda: {pump[0], tank[0], server.tenant_id}
+                    <= set(relation_requests(server)[asked_before:]),
+                    what="the relation requests after the full sync")
+
+
 def test_the_emulated_server_refuses_what_thingsboard_refuses_and_applies_resends_again() -> None:
     """The emulator itself, through a bare edge (tests.helpers.link_client): the checks the
     scenarios above rely on are there, so a pass means what it says."""
@@ -366,6 +437,33 @@ def test_the_emulated_server_refuses_what_thingsboard_refuses_and_applies_resend
         assert server.points(dev) == [(1_700_000_000_000, {"t": 7})] * 2
         assert set(server.devices) == {dev, other}  # "c" itself was valid; its token was not
         assert server.credentials == {dev: "tok-b"}
+
+        # relations: saved only when both ends exist; a request is answered after the sync
+        # with one relationUpdateMsg downlink per relation from or to the entity
+        def relation(src: uuid.UUID, dst: uuid.UUID) -> edge_pb2.RelationUpdateMsg:
+            return edge_pb2.RelationUpdateMsg(
+                msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE, entity=json.dumps(
+                    {"from": typed_id("DEVICE", src), "to": typed_id("DEVICE", dst),
+                     "type": "Contains", "typeGroup": "COMMON", "additionalInfo": None}))
+
+        assert errors(relationUpdateMsg=[relation(dev, uuid.uuid1())]) == ""  # skipped
+        assert errors(relationUpdateMsg=[relation(dev, other)]) == ""
+        assert [a.kind for a in server.applied if a.kind.startswith("relation")] == [
+            "relation_skipped", "relation_saved"]
+        assert errors(relationRequestMsg=[edge_pb2.RelationRequestMsg(entityType="THING")]) == \
+            "No enum constant org.thingsboard.server.common.data.EntityType.THING"
+        msb, lsb = halves(other)
+        client.send(edge_pb2.RequestMsg(msgType=edge_pb2.UPLINK_RPC_MESSAGE, uplinkMsg=(
+            edge_pb2.UplinkMsg(uplinkMsgId=1000, relationRequestMsg=[edge_pb2.RelationRequestMsg(
+                entityIdMSB=msb, entityIdLSB=lsb, entityType="DEVICE")]))))
+        got = [client.recv(), client.recv()]  # its answer, and the relation's downlink
+        assert [r.uplinkResponseMsg.success for r in got if r.HasField("uplinkResponseMsg")] == [
+            True]
+        (answer,) = [r.downlinkMsg for r in got if r.HasField("downlinkMsg")]
+        assert answer.relationUpdateMsg[0].msgType == edge_pb2.ENTITY_CREATED_RPC_MESSAGE
+        assert json.loads(answer.relationUpdateMsg[0].entity) == {
+            "from": typed_id("DEVICE", dev), "to": typed_id("DEVICE", other), "type": "Contains",
+            "typeGroup": "COMMON", "additionalInfo": None, "version": None}
     finally:
         client.close()
         server.stop()

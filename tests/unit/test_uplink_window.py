@@ -612,6 +612,65 @@ def test_an_alarm_waits_for_its_devices_unsettled_creation() -> None:
     assert w.held == ()
 
 
+def asset_added(seq: int, asset: uuid.UUID) -> StoredEvent:
+    return StoredEvent(seq=seq, id=uuid.UUID(int=1000 + seq), created_time=1, tenant_id=NIL_UUID,
+                       edge_id=NIL_UUID, type="ASSET", entity_type="ASSET", entity_id=asset,
+                       action=Action.ADDED, body={"id": str(asset), "name": f"a-{asset}",
+                                                  "type": "building"},
+                       ts=1000 + seq, lane=Lane.HIGH)
+
+
+def relation(seq: int, src: uuid.UUID, dst: uuid.UUID) -> StoredEvent:
+    """A relation event as the edge records it (actors/graph_changes.py): its entity is the
+    ``from`` end, the ``to`` end is in the EntityRelation JSON of its body."""
+    return StoredEvent(seq=seq, id=uuid.UUID(int=1000 + seq), created_time=1, tenant_id=NIL_UUID,
+                       edge_id=NIL_UUID, type="RELATION", entity_type="ASSET", entity_id=src,
+                       action=Action.RELATION_ADD_OR_UPDATE,
+                       body={"from": {"entityType": "ASSET", "id": str(src)},
+                             "to": {"entityType": "ASSET", "id": str(dst)}, "type": "Contains",
+                             "typeGroup": "COMMON", "additionalInfo": None},
+                       ts=1000 + seq, lane=Lane.NORMAL)
+
+
+def test_a_relation_waits_for_the_unsettled_creation_of_its_to_end() -> None:
+    q = Queue([asset_added(1, B)])
+    q.batch = 4
+    w = tb_window(batch_size=4)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,))]
+    q.events += [relation(2, A, B), event(3, C)]
+    assert tb_pump(w, q, 1.0) == []  # a partial batch waits to fill
+    # B's creation in flight: the relation A -> B waits (A itself is free), C's data goes
+    assert tb_pump(w, q, 2.0) == [(2, 1, (3,))]
+    assert w.held == (2,)
+    assert w.on_failure(1, 2.0, error=TENANT_ERROR) == Retry(1, "failure", (1,), 1, 5.0)
+    assert w.on_ack(2) == (3,)
+    q.commit_deployed((3,))
+    assert tb_pump(w, q, 4.0) == []  # B's creation failed, not settled: the relation waits
+    assert tb_pump(w, q, 5.0) == [(3, 2, (1,))]
+    assert w.held == (2,)
+    assert w.on_ack(3) == (1,)
+    q.commit_deployed((1,))
+    assert tb_pump(w, q, 5.1) == [(4, 2, (2,))]  # B acknowledged: the relation follows
+    assert w.held == ()
+
+
+def test_a_relation_and_the_creation_of_its_to_end_never_share_a_message() -> None:
+    q = Queue([asset_added(1, B), relation(2, A, B)])
+    w = tb_window(batch_size=4)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,))]  # read together, the relation still waits
+    assert w.held == (2,)
+    assert w.on_ack(1) == (1,)
+    q.commit_deployed((1,))
+    assert tb_pump(w, q, 0.1) == [(2, 1, (2,))]
+    assert w.held == ()
+
+
+def test_the_ordered_peer_sends_a_relation_with_the_creation_of_its_to_end() -> None:
+    q = Queue([asset_added(1, B), relation(2, A, B)])
+    w = window(batch_size=4)
+    assert pump(w, q, 0.0) == [(1, 1, (1, 2))]  # applied in order: nothing to wait for
+
+
 def test_a_resend_due_is_taken_without_reading_the_queue() -> None:
     q = Queue([event(1, A), event(2, B)])
     q.batch = 1
