@@ -5,7 +5,8 @@ an AttributesRequestMsg; the cloud answers with an attributes downlink.
 
 Entity JSON names the edge's tenant and customer (``Owner``): they are taken when the event is
 sent, from the identity of the connection, so an event recorded before the edge ever connected
-carries them too. Likewise a device's deviceProfileId: the synced profile named by its type, as
+carries them too. Alarm JSON names the tenant only: ThingsBoard gives an alarm its originator's
+customer (``alarm_json``). Likewise a device's deviceProfileId: the synced profile named by its type, as
 the Owner knows them when the event is sent.
 
 Edge-originated changes of the entity graph (docs/edge-entities.md, "What goes to the cloud"),

@@ -161,6 +161,39 @@ def test_device_and_alarm_are_accepted_with_the_tenant_of_the_edge_configuration
     assert [a.entity_id for a in server.applications("alarm_created")] == [alarm_id]
 
 
+def test_alarms_of_an_edge_assigned_to_a_customer_get_their_originators_customer(
+        harness: Harness) -> None:
+    """An edge assigned to a customer holds the tenant's devices too. ThingsBoard refuses an
+    alarm naming another customer than its originator's (BaseAlarmService.createAlarm), so the
+    edge names none and each alarm gets its originator's: none for the tenant's device, the
+    customer's for the device the edge made (which the edge gives its own customer)."""
+    customer = uuid.uuid1()
+    server = harness.server(customer=customer, sync=SyncContent(
+        devices=(SyncDevice("tenant-pump", "tok-tenant-pump"),)))
+    agent = harness.agent(server)
+    wait_connected(agent)
+    synced = server.device_named("tenant-pump")
+    assert synced is not None
+    made, _ = agent.create_device("customer-pump")
+    server.wait_for(lambda: uuid.UUID(made) in server.devices, what="the edge's device")
+    with server.cond:
+        assert server.devices[uuid.UUID(made)]["customerId"] == typed_id("CUSTOMER", customer)
+    raised = []
+    for device in (str(synced[0]), made):
+        resp = agent.admin("POST", "/api/alarms", {"device": device, "type": "Overheat",
+                                                   "severity": "MAJOR"})
+        assert resp.status == 201, resp.body
+        raised.append(uuid.UUID(resp.json()["alarm_id"]))
+    server.wait_for(lambda: set(raised) <= set(server.alarms), timeout=DEADLINE_S,
+                    what="both alarms created")
+    with server.cond:
+        assert [server.alarms[a]["customerId"] for a in raised] == [
+            typed_id("CUSTOMER", NULL_UUID), typed_id("CUSTOMER", customer)]
+        assert server.failures() == []
+    assert [a.entity_id for a in server.applications("alarm_created")] == raised
+    assert wait_drained(agent)["queue"]["dead"] == 0
+
+
 def test_telemetry_is_applied_exactly_once_when_answers_come_late_and_out_of_order(harness: Harness) -> None:
     # every other message is answered 0.4 s late, the rest at once: answers overtake each other
     server = harness.server(answer_delay=lambda up: 0.4 if up.uplinkMsgId % 2 else 0.01)
@@ -353,6 +386,22 @@ def test_the_emulated_server_refuses_what_thingsboard_refuses_and_applies_resend
             entity=json.dumps({"type": "t", "severity": "MAJOR",
                                "originator": typed_id("DEVICE", dev)}))
         assert errors(alarmUpdateMsg=[alarm]) == "Alarm should be assigned to tenant!"
+
+        def owned_alarm(originator: uuid.UUID, customer: uuid.UUID | None) -> edge_pb2.AlarmUpdateMsg:
+            body = {"type": "t", "severity": "MAJOR", "tenantId": tenant,
+                    "originator": typed_id("DEVICE", originator)}
+            if customer is not None:
+                body["customerId"] = typed_id("CUSTOMER", customer)
+            return edge_pb2.AlarmUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE,
+                                           idMSB=3, idLSB=originator.int & 0xFFFF,
+                                           entity=json.dumps(body))
+
+        assert errors(alarmUpdateMsg=[owned_alarm(dev, uuid.uuid1())]) == \
+            "Can't assign alarm to customer. Originator belongs to different customer!"
+        assert errors(alarmUpdateMsg=[owned_alarm(uuid.uuid1(), NULL_UUID)]) == \
+            "Can't assign alarm to customer. Originator is not assigned to customer!"
+        assert errors(alarmUpdateMsg=[owned_alarm(dev, NULL_UUID)]) == ""
+        assert errors(alarmUpdateMsg=[owned_alarm(uuid.uuid1(), None)]) == ""
         scope = telemetry(dev, None)
         scope.ClearField("postTelemetryMsg")
         scope.postAttributesMsg.kv.add(key="k", type=1, long_v=1)
