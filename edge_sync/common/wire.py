@@ -274,6 +274,20 @@ def alarm_json(body: dict[str, Any], action: str, ts: int, owner: Owner | None) 
     })
 
 
+RPC_ERRORS = ("NOT_FOUND", "FORBIDDEN", "NO_ACTIVE_CONNECTION", "TIMEOUT", "INTERNAL")
+"""org.thingsboard.server.common.data.rpc.RpcError's names: the only errors an RPC answer may
+carry."""
+
+
+def rpc_error_name(error: str) -> str:
+    """An RPC answer's error as it may go in RpcResponseMsg.error: an RpcError name as it is,
+    anything else INTERNAL. ThingsBoard's DeviceEdgeProcessor.processDeviceRpcResponseFromEdge
+    reads the field with RpcError.valueOf, which throws on any other text and fails the whole
+    UplinkMsg; the edge reports its own errors by name already, so this only catches a report
+    recorded by an older edge-sync (which sent "no method")."""
+    return error if error in RPC_ERRORS else "INTERNAL"
+
+
 def credentials_json(body: dict[str, Any]) -> str:
     """The edge's credentials body -> ThingsBoard's DeviceCredentials JSON text. ThingsBoard
     updates the device's existing credentials (found by deviceId) with credentialsType,

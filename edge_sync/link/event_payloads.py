@@ -37,6 +37,7 @@ from edge_sync.common.wire import (
     credentials_json,
     device_json,
     owned_json,
+    rpc_error_name,
     to_kv,
     uuid_halves,
 )
@@ -137,10 +138,11 @@ def _rpc_response(event: StoredEvent, msb: int, lsb: int) -> edge_pb2.DeviceRpcC
     """A device's RPC answer, or the edge's report that a request failed (``error``: TIMEOUT
     for an expired or unanswered one, as ThingsBoard Edge reports both). ThingsBoard finds the
     waiting request by requestUuid, so the request's uuid, oneway and expirationTime are echoed
-    when the event body has them."""
+    when the event body has them. The error is always an RpcError name (``rpc_error_name``):
+    ThingsBoard's RpcError.valueOf throws on any other text and fails the whole message."""
     body = event.body
     if body.get("error"):
-        answer = edge_pb2.RpcResponseMsg(error=str(body["error"]))
+        answer = edge_pb2.RpcResponseMsg(error=rpc_error_name(str(body["error"])))
     else:
         answer = edge_pb2.RpcResponseMsg(
             response=json.dumps(body.get("response"), separators=(",", ":")))

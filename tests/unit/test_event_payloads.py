@@ -227,6 +227,17 @@ def test_an_rpc_answer_without_a_request_uuid_has_none() -> None:
             msg.expirationTime) == (3, 0, 0, False, 0)
 
 
+@pytest.mark.parametrize(("stored_error", "sent"), [
+    ("TIMEOUT", "TIMEOUT"), ("NO_ACTIVE_CONNECTION", "NO_ACTIVE_CONNECTION"),
+    ("INTERNAL", "INTERNAL"), ("no method", "INTERNAL"), ("timeout", "INTERNAL")])
+def test_an_rpc_error_goes_only_as_an_rpc_error_name(stored_error: str, sent: str) -> None:
+    """ThingsBoard's RpcError.valueOf throws on any other text and fails the whole message;
+    a report an older edge-sync recorded ("no method") goes as INTERNAL."""
+    body = {"requestId": 4, "error": stored_error, "requestUuid": str(uuid.UUID(int=4))}
+    _, msg = event_payload(stored(Action.RPC_CALL, body), OWNER)
+    assert msg.responseMsg == edge_pb2.RpcResponseMsg(error=sent)
+
+
 def test_an_expired_request_is_reported_with_error_timeout_and_no_response() -> None:
     request = uuid.UUID("5e1f0000-0000-1000-8000-0000000000ab")
     body = {"requestId": 4, "error": "TIMEOUT", "requestUuid": str(request), "oneway": True,
