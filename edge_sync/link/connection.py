@@ -49,6 +49,7 @@ from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.channel import Stream, make_channel
 from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkApplied, FullSyncStarted
+from edge_sync.link.held_sync import HeldSync, hold
 from edge_sync.link.sent_events import SentEvents
 from edge_sync.link.state import (
     LinkState,
@@ -189,6 +190,7 @@ class ConnectionActor(SupervisedActor):
         self._sync_started = 0.0
         # the last sync this process asked for (status: full or not, why, when, how long)
         self._last_sync: dict[str, Any] | None = None
+        self._held_sync: HeldSync | None = None  # an operator's request while a sync runs
         self._sync_downlinks = 0  # downlinks received during the current sync
         self._sync_applied = 0  # ... applied for the first time (the sync's progress)
         self._next_attempt = 0.0
@@ -427,11 +429,14 @@ class ConnectionActor(SupervisedActor):
             syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=full)))
         self._syncs_sent += 1
         self._last_sync = {"full": full, "reason": why, "requested_ms": self._clock.now_ms(),
-                           "completed_ms": None, "downlinks": None, "took_s": None}
+                           "completed_ms": None, "downlinks": None, "took_s": None,
+                           "pending": self._held_sync.view() if self._held_sync else None}
 
     def _on_request_sync(self, request: RequestSync) -> None:
         """An operator's sync request: a full one is recorded first (durable until a full sync
-        completes); with the link up the request goes on the current stream at once."""
+        completes); with the link up the request goes on the current stream at once, unless a
+        sync is running on it: then it is held until that sync completes (link/held_sync.py:
+        ThingsBoard ignores a request while its sync runs, and never answers it)."""
         kind = "full" if request.full else "incremental"
         log = _log.bind(full=request.full, reason=request.reason)
         if request.full:
@@ -447,8 +452,18 @@ class ConnectionActor(SupervisedActor):
                      self._sm.state.value, "asked for at the next connect" if request.full
                      else "the next connect syncs anyway")
             return
-        log.info("{} sync requested ({}): SyncRequestMsg sent", kind, request.reason)
-        self._send_sync_request(request.full, f"requested: {request.reason}")
+        assert self._stream is not None and self._last_sync is not None
+        if self._last_sync["completed_ms"] is not None and self._held_sync is None:
+            log.info("{} sync requested ({}): SyncRequestMsg sent", kind, request.reason)
+            self._send_sync_request(request.full, f"requested: {request.reason}")
+            return
+        self._held_sync = hold(self._held_sync, full=request.full, reason=request.reason,
+                               now_ms=self._clock.now_ms(), stream_id=self._stream.id)
+        running = "full" if self._last_sync["full"] else "incremental"
+        log.info("{} sync requested ({}): deferred until the {} sync under way completes (a "
+                 "cloud ignores a sync request while it syncs); {} sync pending", kind,
+                 request.reason, running, "full" if self._held_sync.full else "incremental")
+        self._last_sync = {**self._last_sync, "pending": self._held_sync.view()}
 
     def _on_stream_ended(self, code: str, detail: str) -> None:
         if self._sm.state is LinkState.AUTH_FAILED:
@@ -521,22 +536,42 @@ class ConnectionActor(SupervisedActor):
             if done.identity != self._identity:
                 self._identity = done.identity
                 self._queue.tell(SetIdentity(*done.identity))
-        if (done.sync_completed and self._last_sync is not None
-                and self._last_sync["completed_ms"] is None):
+        # the requested sync is over at its own SyncCompletedMsg, not at a redelivery of one
+        completed = (done.sync_completed and not done.duplicate and self._last_sync is not None
+                     and self._last_sync["completed_ms"] is None)
+        if completed and self._last_sync is not None:
             took_ms = self._clock.now_ms() - self._last_sync["requested_ms"]
             self._last_sync = {**self._last_sync, "completed_ms": self._clock.now_ms(),
                                "downlinks": (self._sync_downlinks
                                              if self._sm.state is LinkState.SYNCING else None),
                                "took_s": took_ms / 1000}
-        if self._sm.state is not LinkState.SYNCING:
+        if self._sm.state is LinkState.SYNCING:
+            if done.sync_completed:
+                took = self._clock.monotonic() - self._sync_started
+                self._sm.to(LinkState.CONNECTED, f"sync completed ({self._sync_downlinks} "
+                                                 f"downlinks in {took:.1f}s); uplink starts")
+                self._pump()
+            elif done.success and not done.duplicate:
+                self._sync_progress(done.downlink_id)
+        if (completed and self._held_sync is not None and self._last_sync is not None
+                and self._stream is not None):
+            self._release_held_sync(done.stream_id, bool(self._last_sync["full"]))
+
+    def _release_held_sync(self, stream_id: int, completed_full: bool) -> None:
+        """The sync under way completed: send the request held meanwhile, unless the sync the
+        reconnect asked for covered it."""
+        held, self._held_sync = self._held_sync, None
+        assert held is not None and self._last_sync is not None
+        kind = "full" if held.full else "incremental"
+        log = _log.bind(full=held.full, reason=held.reason, requests=held.requests)
+        if held.release(stream_id, completed_full) == "covered":
+            log.info("deferred {} sync ({}) not sent: the sync after the reconnect covered it",
+                     kind, held.reason)
+            self._last_sync = {**self._last_sync, "pending": None}
             return
-        if done.sync_completed:
-            took = self._clock.monotonic() - self._sync_started
-            self._sm.to(LinkState.CONNECTED, f"sync completed ({self._sync_downlinks} downlinks in "
-                                             f"{took:.1f}s); uplink starts")
-            self._pump()
-        elif done.success and not done.duplicate:
-            self._sync_progress(done.downlink_id)
+        log.info("deferred {} sync ({}): the sync under way completed; SyncRequestMsg sent",
+                 kind, held.reason)
+        self._send_sync_request(held.full, f"requested: {held.reason}")
 
     def _sync_received(self) -> None:
         """A downlink arrived during the sync: counted; only applying it is progress."""

@@ -125,7 +125,9 @@ Server-side RPC to a device of the edge (``send_rpc``; DeviceActorMessageProcess
 
 Faults to inject: ``rate_limited_first`` (above); ``refuse_device`` (a device for which it
 returns a message is refused every time with that message as a DataValidationException: a
-device the server will never accept); ``answer_delay`` (fixed, a random range, or per message).
+device the server will never accept); ``answer_delay`` (fixed, a random range, or per message);
+``hold_sync`` (each sync waits before its SyncCompletedMsg until ``release_sync()``, which
+opens the gate for good: a sync that runs as long as the test needs).
 """
 
 from __future__ import annotations
@@ -283,6 +285,7 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         sleep_between_batches_s: float = 60.0,
         seed: int | None = None,
         customer: uuid.UUID | None = None,
+        hold_sync: bool = False,
     ) -> None:
         self.routing_key = routing_key
         self.secret = secret
@@ -308,6 +311,8 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         self.connects: list[edge_pb2.ConnectRequestMsg] = []
         self.connect_answers: list[int] = []  # ConnectResponseCode of each connect
         self.sync_requests: list[bool] = []
+        self.sync_starts: list[bool] = []  # the requests a sync was started for (fullSync)
+        self._sync_held = hold_sync
         self.uplinks: list[Received] = []
         self.receipts: Counter[int] = Counter()  # uplinkMsgId -> times received
         self.applied: list[Applied] = []
@@ -350,6 +355,12 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
             self.cond.notify_all()
         if self._server is not None:
             self._server.stop(0.5).wait(5)
+
+    def release_sync(self) -> None:
+        """Let every held sync, and every later one, send its SyncCompletedMsg."""
+        with self.cond:
+            self._sync_held = False
+            self.cond.notify_all()
 
     def __enter__(self) -> TbServer:
         return self.start()
@@ -579,7 +590,9 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
                 self.sync_requests.append(full)
                 running, stream.sync_running = stream.sync_running, True
                 self.cond.notify_all()
-            if not running:
+            if not running:  # else: "Sync is already started, skipping starting it now"
+                with self.cond:
+                    self.sync_starts.append(full)
                 threading.Thread(target=self._sync, args=(stream, full), daemon=True,
                                  name=f"tb-server-sync-{stream.number}").start()
         if req.msgType == edge_pb2.UPLINK_RPC_MESSAGE:
@@ -632,6 +645,8 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
                 for start in range(0, len(events), MAX_READ_RECORDS_COUNT):
                     if not self._send_pack(stream, events[start:start + MAX_READ_RECORDS_COUNT]):
                         return
+            with self.cond:
+                self.cond.wait_for(lambda: not self._sync_held or stream.ended or self._stopping)
             done = edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(),
                                         syncCompletedMsg=edge_pb2.SyncCompletedMsg())
             if self._send_pack(stream, [done]):

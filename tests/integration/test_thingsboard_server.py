@@ -350,6 +350,53 @@ def test_a_full_sync_of_a_hundred_widget_types_completes_then_uplinks_flow(harne
     assert made["tenantId"] == typed_id("TENANT", server.tenant_id)
 
 
+def test_a_full_sync_asked_for_during_the_first_sync_runs_once_that_one_completes(
+        harness: Harness) -> None:
+    """ThingsBoard ignores a SyncRequestMsg while its sync runs and never answers it
+    (EdgeGrpcSession.startSyncProcess: "Sync is already started, skipping starting it now").
+    The edge holds an operator's request until the running sync completes, says so in its
+    status, then sends it: a second full sync runs and completes."""
+    server = harness.server(hold_sync=True)
+    agent = harness.agent(server)
+    server.wait_for(lambda: server.sync_starts == [True], what="the first sync started")
+    asked_ms = int(time.time() * 1000)
+    resp = agent.admin("POST", "/api/sync", {"full": True})
+    assert resp.status == 202, resp.body
+
+    def pending() -> dict[str, Any] | None:
+        last = edge_status(agent)["sync"]["last"]
+        return last if last is not None and last.get("pending") is not None else None
+
+    held = wait_until(pending, timeout=DEADLINE_S, what="the operator's request pending")
+    assert link_state(agent) == "SYNCING"
+    assert (held["full"], held["reason"], held["completed_ms"]) == (
+        True, "first connect (no edge identity stored)", None)
+    assert (held["pending"]["full"], held["pending"]["reason"], held["pending"]["requests"]) == (
+        True, "operator", 1)
+    assert held["pending"]["requested_ms"] >= asked_ms
+    with server.cond:
+        assert server.sync_requests == [True]  # held: not sent while the sync runs
+
+    server.release_sync()
+    server.wait_for(lambda: server.sync_completed == 2, timeout=DEADLINE_S,
+                    what="the operator's full sync completed after the first")
+    with server.cond:
+        assert server.sync_requests == server.sync_starts == [True, True]
+        assert server.discarded == []
+
+    def second_done() -> dict[str, Any] | None:
+        st = edge_status(agent)
+        last = st["sync"]["last"]
+        return st if last["reason"] == "requested: operator" and last["completed_ms"] else None
+
+    st = wait_until(second_done, timeout=DEADLINE_S, what="the status of the second sync")
+    last = st["sync"]["last"]
+    assert (last["full"], last["pending"]) == (True, None)
+    assert last["requested_ms"] >= held["pending"]["requested_ms"]
+    assert (st["sync"]["full_in_progress"], st["sync"]["full_requested"]) == (False, None)
+    assert st["sync"]["last_full_ms"] >= last["requested_ms"]
+
+
 def test_the_emulated_server_refuses_what_thingsboard_refuses_and_applies_resends_again() -> None:
     """The emulator itself, through a bare edge (tests.helpers.link_client): the checks the
     scenarios above rely on are there, so a pass means what it says."""
