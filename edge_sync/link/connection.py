@@ -50,6 +50,7 @@ from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.channel import Stream, make_channel
 from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkApplied, FullSyncStarted
 from edge_sync.link.held_sync import HeldSync, hold
+from edge_sync.link.peer_text import MAX_LOGGED_ERROR_CHARS, one_line, rejection_reason
 from edge_sync.link.sent_events import SentEvents
 from edge_sync.link.state import (
     LinkState,
@@ -676,13 +677,13 @@ class ConnectionActor(SupervisedActor):
             reason = f"message {resp.uplinkMsgId} rejected event seq {verdict.dead_seq}"
             self._m_dead.labels(reason="rejected").inc()
             self._sent_events.forget(verdict.dead_seq)
-            self._record(DeadLetter(verdict.dead_seq, f"rejected by the cloud: {resp.errorMsg}",
-                                    Future()))
+            self._record(DeadLetter(verdict.dead_seq, rejection_reason(resp.errorMsg), Future()))
         else:
             reason = f"message {resp.uplinkMsgId} failed"
             _log.bind(uplink_id=resp.uplinkMsgId,
                       first_seq=flight.seqs[0] if flight else None).warning(
-                "uplink {} failed: {}", resp.uplinkMsgId, resp.errorMsg or "no detail")
+                "uplink {} failed: {}", resp.uplinkMsgId,
+                one_line(resp.errorMsg or "no detail", MAX_LOGGED_ERROR_CHARS))
         self._went_back(verdict, reason)
 
     def _count_acked(self, seqs: Sequence[int], now_ms: int) -> None:
@@ -698,14 +699,16 @@ class ConnectionActor(SupervisedActor):
 
     def _retry(self, r: Retry, error: str) -> None:
         """Act on an unordered peer's resend of one message: dead letters first, then the log
-        line saying what happens to the rest."""
+        line saying what happens to the rest. ``error`` is the cloud's text: logged on one
+        line, bounded."""
+        error = one_line(error, MAX_LOGGED_ERROR_CHARS)
         for d in r.dead:
             self._m_dead.labels(reason="rejected" if r.cause == "rejected" else "failed").inc()
             self._sent_events.forget(d.seq)
             _log.bind(seq=d.seq, entity_type=d.entity_type, entity_id=str(d.entity_id),
                       uplink_id=r.msg_id).warning(
                 "uplink event seq {} ({} {}) dead-lettered: {}", d.seq, d.entity_type,
-                d.entity_id, d.reason)
+                d.entity_id, one_line(d.reason, MAX_LOGGED_ERROR_CHARS))
             self._record(DeadLetter(d.seq, d.reason, Future()))
         if not r.seqs:
             return
