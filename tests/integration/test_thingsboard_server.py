@@ -263,7 +263,9 @@ def test_a_device_the_server_refuses_for_ever_is_dead_lettered_while_others_keep
     # what the operator sees: exactly the device's creation, with the server's error text
     [event] = [json.loads(line) for line in dead_events_cli(agent, "--json").splitlines()]
     assert (event["entity_id"], event["action"], event["status"]) == (bad_id, "ADDED", "DEAD")
-    assert event["error"] == f"rejected by the cloud: {java_error_text(JavaError(refusal))}"
+    # on one line: the stack frames' line breaks escaped
+    assert event["error"] == "rejected by the cloud: " + java_error_text(
+        JavaError(refusal)).replace("\n", "\\n")
     text = dead_events_cli(agent)
     assert bad_id in text and f"error=rejected by the cloud: {refusal}" in text
     assert uuid.UUID(bad_id) not in server.devices
