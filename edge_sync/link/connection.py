@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -49,7 +50,7 @@ from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.channel import Stream, make_channel
 from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkApplied, FullSyncStarted
-from edge_sync.link.held_sync import HeldSync, hold
+from edge_sync.link.held_sync import RELEASE_DELAY_S, HeldSync, hold
 from edge_sync.link.peer_text import MAX_LOGGED_ERROR_CHARS, one_line, rejection_reason
 from edge_sync.link.sent_events import SentEvents
 from edge_sync.link.state import (
@@ -108,6 +109,15 @@ class _WriteFailed:
 @dataclass(frozen=True, slots=True)
 class _WritesSettled:
     """A MarkDeployed / DeadLetter committed while a replay waits for every one to be."""
+
+
+@dataclass(frozen=True, slots=True)
+class _HeldSyncDue:
+    """Time to send the sync request held while the sync on stream ``stream_id`` ran (that
+    sync, full or not, completed RELEASE_DELAY_S ago)."""
+
+    stream_id: int
+    completed_full: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +321,8 @@ class ConnectionActor(SupervisedActor):
                 self._on_downlink_applied(message)
             case RequestSync():
                 self._on_request_sync(message)
+            case _HeldSyncDue(stream_id=sid, completed_full=completed_full):
+                self._release_held_sync(sid, completed_full)
             case _WriteFailed(command=command):
                 if not self._unrecorded:
                     self._rewrite_at = self._clock.monotonic() + _REWRITE_RETRY_S
@@ -554,15 +566,22 @@ class ConnectionActor(SupervisedActor):
                 self._pump()
             elif done.success and not done.duplicate:
                 self._sync_progress(done.downlink_id)
-        if (completed and self._held_sync is not None and self._last_sync is not None
-                and self._stream is not None):
-            self._release_held_sync(done.stream_id, bool(self._last_sync["full"]))
+        if completed and self._held_sync is not None and self._last_sync is not None:
+            # not at once: ThingsBoard may not have cleared its sync flag yet (held_sync.py)
+            ref, due = self.actor_ref, _HeldSyncDue(done.stream_id, bool(self._last_sync["full"]))
+            timer = threading.Timer(RELEASE_DELAY_S, lambda: _tell(ref, due))
+            timer.daemon = True
+            timer.start()
 
     def _release_held_sync(self, stream_id: int, completed_full: bool) -> None:
-        """The sync under way completed: send the request held meanwhile, unless the sync the
-        reconnect asked for covered it."""
-        held, self._held_sync = self._held_sync, None
-        assert held is not None and self._last_sync is not None
+        """The sync under way on ``stream_id`` completed a moment ago: send the request held
+        meanwhile, unless the sync the reconnect asked for covered it. Nothing while the link
+        is on another stream or down: the held request waits for the next completion."""
+        held = self._held_sync
+        if (held is None or self._last_sync is None or self._stream is None
+                or self._stream.id != stream_id or not self._accepted):
+            return
+        self._held_sync = None
         kind = "full" if held.full else "incremental"
         log = _log.bind(full=held.full, reason=held.reason, requests=held.requests)
         if held.release(stream_id, completed_full) == "covered":
@@ -572,6 +591,12 @@ class ConnectionActor(SupervisedActor):
             return
         log.info("deferred {} sync ({}): the sync under way completed; SyncRequestMsg sent",
                  kind, held.reason)
+        if held.full:  # durable again: a full sync that just completed cleared the request
+            try:
+                self._store.write(lambda txn: self._graph.request_full_sync(txn, held.reason),
+                                  maintenance=True)
+            except EdgeSyncError as exc:
+                log.error("full sync request not recorded: {}", exc)
         self._send_sync_request(held.full, f"requested: {held.reason}")
 
     def _sync_received(self) -> None:

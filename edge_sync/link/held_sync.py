@@ -7,6 +7,12 @@ now") and sends no SyncCompletedMsg for it. So the edge never sends a second req
 is unanswered: it holds the operator's request and sends it once the running sync completes,
 with every peer. Requests held together become one: full if any of them was.
 
+It is sent RELEASE_DELAY_S after that sync's SyncCompletedMsg is applied, not at once:
+ThingsBoard clears its "sync in progress" flag only when the future of the SyncCompletedMsg's
+pack completes, in a callback on another executor (EdgeGrpcSession.doSync ->
+markSyncCompletedSendEdgeEventUpdate, run after onDownlinkResponse found the pack answered), so
+a request right behind the acknowledgement can still find the old sync "already started".
+
 A held request outlives its stream: the next connect asks for a sync of its own (a full one
 when a full sync was asked for: the request is durable, link/state.py sync_mode). When that
 sync completes, the held request is sent only if the connect's sync did not cover it (a full
@@ -19,6 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Release = Literal["send", "covered"]
+
+RELEASE_DELAY_S = 1.0
+"""How long after the running sync's completion the held request is sent (see above)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,11 @@ Connect (application/.../service/edge/rpc/EdgeGrpcSession.java, processConnect)
 Sync (EdgeGrpcSession.startSyncProcess / doSync / processEdgeEvents, EdgeSyncCursor.java,
 fetch/*EdgeEventFetcher.java, thingsboard.yml section edges.storage)
 - A SyncRequestMsg starts a sync; fullSync defaults to false when the field is absent. A
-  second SyncRequestMsg while one runs is ignored ("Sync is already started").
+  second SyncRequestMsg while one runs is ignored ("Sync is already started") and never
+  answered. The sync counts as running until its SyncCompletedMsg is acknowledged and the
+  sync's own thread has seen that (ThingsBoard clears syncInProgress in the pack future's
+  callback, on another executor: markSyncCompletedSendEdgeEventUpdate), so a request right
+  behind that acknowledgement may still be ignored.
 - The fetchers run in EdgeSyncCursor's order. Full sync: tenant (TenantUpdateMsg with its
   TenantProfileUpdateMsg in one DownlinkMsg, TenantEdgeProcessor), queues, rule chains (the
   RuleChainUpdateMsg and its RuleChainMetadataUpdateMsg in one DownlinkMsg,
