@@ -236,7 +236,18 @@ def alarm_json(body: dict[str, Any], action: str, ts: int, owner: Owner | None) 
     """The edge's alarm body (id, originator, type, severity, status, startTs, details) of an
     ADDED / ALARM_ACK / ALARM_CLEAR event at ``ts`` -> ThingsBoard's Alarm JSON text.
     ThingsBoard acknowledges with the JSON's ackTs and clears with its clearTs and details, so
-    an ALARM_ACK carries ackTs = ts and an ALARM_CLEAR clearTs = ts."""
+    an ALARM_ACK carries ackTs = ts and an ALARM_CLEAR clearTs = ts.
+
+    The owner's tenant goes in, its customer does not: ThingsBoard gives an alarm the customer
+    of its originator. BaseAlarmProcessor.processAlarmMsg creates it with
+    AlarmCreateOrUpdateActiveRequest.fromAlarm(alarm, ...), which copies the JSON's customerId,
+    and BaseAlarmService.createAlarm refuses a customerId other than the originator's ("Can't
+    assign alarm to customer. Originator belongs to different customer!", or "... Originator
+    is not assigned to customer!" when the cloud does not know the originator); a null one it
+    fills with the originator's own (fetchEntityCustomerId). The edge's customer is not its
+    devices': an edge assigned to a customer also holds the tenant's devices, and a device of
+    another customer. No other alarm message reads the customer (AlarmUpdateRequest has
+    none)."""
     status = body.get("status", "")
     acknowledged = action == Action.ALARM_ACK or status in _ACKED
     cleared = action == Action.ALARM_CLEAR or status in _CLEARED
@@ -245,7 +256,7 @@ def alarm_json(body: dict[str, Any], action: str, ts: int, owner: Owner | None) 
     clear_ts = int(body.get("clearTs") or (ts if action == Action.ALARM_CLEAR else 0))
     return _compact({
         "id": typed_id("ALARM", body["id"]),
-        **_owned(owner),
+        **({"tenantId": typed_id("TENANT", owner.tenant_id)} if owner is not None else {}),
         "type": body.get("type", ""),
         "originator": typed_id("DEVICE", body["originator"]),
         "severity": body.get("severity", "CRITICAL"),
@@ -261,6 +272,20 @@ def alarm_json(body: dict[str, Any], action: str, ts: int, owner: Owner | None) 
         "propagateToTenant": False,
         "propagateRelationTypes": [],
     })
+
+
+RPC_ERRORS = ("NOT_FOUND", "FORBIDDEN", "NO_ACTIVE_CONNECTION", "TIMEOUT", "INTERNAL")
+"""org.thingsboard.server.common.data.rpc.RpcError's names: the only errors an RPC answer may
+carry."""
+
+
+def rpc_error_name(error: str) -> str:
+    """An RPC answer's error as it may go in RpcResponseMsg.error: an RpcError name as it is,
+    anything else INTERNAL. ThingsBoard's DeviceEdgeProcessor.processDeviceRpcResponseFromEdge
+    reads the field with RpcError.valueOf, which throws on any other text and fails the whole
+    UplinkMsg; the edge reports its own errors by name already, so this only catches a report
+    recorded by an older edge-sync (which sent "no method")."""
+    return error if error in RPC_ERRORS else "INTERNAL"
 
 
 def credentials_json(body: dict[str, Any]) -> str:

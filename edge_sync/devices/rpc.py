@@ -6,6 +6,12 @@
        +--expirationTime passed before delivery--> EXPIRED
     a request the edge cannot deliver at all (no method) is FAILED at once.
 
+A failure the cloud is told of (EXPIRED, TIMEOUT, FAILED) is reported with an ``error`` that
+names one of ThingsBoard's RpcError constants (edge_sync.common.wire.RPC_ERRORS):
+DeviceEdgeProcessor.processDeviceRpcResponseFromEdge reads it with RpcError.valueOf, and any
+other text throws and fails the whole uplink message. The human reason stays in the request's
+own ``error`` (the edge's record and log line).
+
 A one-way request is SUCCESSFUL as soon as it is delivered (nobody waits for its answer).
 Nothing here reads a clock or touches storage: time is passed in (ms since the epoch, the
 cloud's expirationTime is wall-clock), the owner persists each record it gets back. A change the
@@ -32,6 +38,9 @@ DEFAULT_RPC_TIMEOUT_MS = 10_000
 (ThingsBoard's default RPC timeout)."""
 
 _RECENT_FINAL = 64  # finished requests remembered per device, to explain a late answer
+
+NO_METHOD = "no method"
+"""The reason a request without a method is FAILED (reported to the cloud as INTERNAL)."""
 
 
 class RpcStatus(enum.StrEnum):
@@ -217,22 +226,24 @@ class RpcBook:
         (delivered, not answered), each reported to the cloud with error TIMEOUT, as
         ThingsBoard Edge reports both; a request in flight to a device waits until it is known
         whether the device got it. And a request the edge cannot deliver at all (no method):
-        FAILED, reported with the reason."""
+        FAILED with that reason, reported as INTERNAL (an RpcError name; ThingsBoard's REST
+        caller gets its timeout status for any error but NO_ACTIVE_CONNECTION,
+        AbstractRpcController.reply)."""
         out: list[Transition] = []
         for request in list(self._open.values()):
             if request.request_uuid in self._delivering:
                 continue
             if not request.method:
-                status, error = RpcStatus.FAILED, "no method"
+                status, error, reported = RpcStatus.FAILED, NO_METHOD, "INTERNAL"
             elif now_ms < request.expiration_time:
                 continue
             elif request.status is RpcStatus.QUEUED:
-                status, error = RpcStatus.EXPIRED, "TIMEOUT"
+                status, error, reported = RpcStatus.EXPIRED, "TIMEOUT", "TIMEOUT"
             else:
-                status, error = RpcStatus.TIMEOUT, "TIMEOUT"
+                status, error, reported = RpcStatus.TIMEOUT, "TIMEOUT", "TIMEOUT"
             done = replace(request, status=status, updated_at=now_ms, error=error)
             self._finish(done)
-            out.append(Transition(done, {**done.echo(), "error": error}, request))
+            out.append(Transition(done, {**done.echo(), "error": reported}, request))
         return out
 
     def _finish(self, done: RpcRequest) -> None:

@@ -14,6 +14,7 @@ import grpc
 
 from edge_sync.config import CloudLinkConfig
 from edge_sync.errors import ConfigError
+from edge_sync.link.peer_text import MAX_LOGGED_ERROR_CHARS, one_line
 from edge_sync.proto import edge_pb2, edge_pb2_grpc
 
 _CLOSE = object()
@@ -105,4 +106,4 @@ class Stream:
             detail = (exc.details() if hasattr(exc, "details") else str(exc)) or code
         except Exception as exc:  # a bug must still end the stream visibly
             code, detail = "INTERNAL", repr(exc)
-        self._on_end(self.id, code, detail)
+        self._on_end(self.id, code, one_line(detail, MAX_LOGGED_ERROR_CHARS))  # the peer's text

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -49,7 +50,9 @@ from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.channel import Stream, make_channel
 from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkApplied, FullSyncStarted
+from edge_sync.link.held_sync import RELEASE_DELAY_S, HeldSync, hold
 from edge_sync.link.offline import judge_offline
+from edge_sync.link.peer_text import MAX_LOGGED_ERROR_CHARS, one_line, rejection_reason
 from edge_sync.link.sent_events import SentEvents
 from edge_sync.link.state import (
     LinkState,
@@ -111,6 +114,15 @@ class _WriteFailed:
 @dataclass(frozen=True, slots=True)
 class _WritesSettled:
     """A MarkDeployed / DeadLetter committed while a replay waits for every one to be."""
+
+
+@dataclass(frozen=True, slots=True)
+class _HeldSyncDue:
+    """Time to send the sync request held while the sync on stream ``stream_id`` ran (that
+    sync, full or not, completed RELEASE_DELAY_S ago)."""
+
+    stream_id: int
+    completed_full: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +206,7 @@ class ConnectionActor(SupervisedActor):
         self._sync_started = 0.0
         # the last sync this process asked for (status: full or not, why, when, how long)
         self._last_sync: dict[str, Any] | None = None
+        self._held_sync: HeldSync | None = None  # an operator's request while a sync runs
         self._sync_downlinks = 0  # downlinks received during the current sync
         self._sync_applied = 0  # ... applied for the first time (the sync's progress)
         self._next_attempt = 0.0
@@ -321,6 +334,8 @@ class ConnectionActor(SupervisedActor):
                 self._on_downlink_applied(message)
             case RequestSync():
                 self._on_request_sync(message)
+            case _HeldSyncDue(stream_id=sid, completed_full=completed_full):
+                self._release_held_sync(sid, completed_full)
             case _WriteFailed(command=command):
                 if not self._unrecorded:
                     self._rewrite_at = self._clock.monotonic() + _REWRITE_RETRY_S
@@ -444,11 +459,14 @@ class ConnectionActor(SupervisedActor):
             syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=full)))
         self._syncs_sent += 1
         self._last_sync = {"full": full, "reason": why, "requested_ms": self._clock.now_ms(),
-                           "completed_ms": None, "downlinks": None, "took_s": None}
+                           "completed_ms": None, "downlinks": None, "took_s": None,
+                           "pending": self._held_sync.view() if self._held_sync else None}
 
     def _on_request_sync(self, request: RequestSync) -> None:
         """An operator's sync request: a full one is recorded first (durable until a full sync
-        completes); with the link up the request goes on the current stream at once."""
+        completes); with the link up the request goes on the current stream at once, unless a
+        sync is running on it: then it is held until that sync completes (link/held_sync.py:
+        ThingsBoard ignores a request while its sync runs, and never answers it)."""
         kind = "full" if request.full else "incremental"
         log = _log.bind(full=request.full, reason=request.reason)
         if request.full:
@@ -464,8 +482,18 @@ class ConnectionActor(SupervisedActor):
                      self._sm.state.value, "asked for at the next connect" if request.full
                      else "the next connect syncs anyway")
             return
-        log.info("{} sync requested ({}): SyncRequestMsg sent", kind, request.reason)
-        self._send_sync_request(request.full, f"requested: {request.reason}")
+        assert self._stream is not None and self._last_sync is not None
+        if self._last_sync["completed_ms"] is not None and self._held_sync is None:
+            log.info("{} sync requested ({}): SyncRequestMsg sent", kind, request.reason)
+            self._send_sync_request(request.full, f"requested: {request.reason}")
+            return
+        self._held_sync = hold(self._held_sync, full=request.full, reason=request.reason,
+                               now_ms=self._clock.now_ms(), stream_id=self._stream.id)
+        running = "full" if self._last_sync["full"] else "incremental"
+        log.info("{} sync requested ({}): deferred until the {} sync under way completes (a "
+                 "cloud ignores a sync request while it syncs); {} sync pending", kind,
+                 request.reason, running, "full" if self._held_sync.full else "incremental")
+        self._last_sync = {**self._last_sync, "pending": self._held_sync.view()}
 
     def _on_stream_ended(self, code: str, detail: str) -> None:
         if self._sm.state is LinkState.AUTH_FAILED:
@@ -539,22 +567,55 @@ class ConnectionActor(SupervisedActor):
             if done.identity != self._identity:
                 self._identity = done.identity
                 self._queue.tell(SetIdentity(*done.identity))
-        if (done.sync_completed and self._last_sync is not None
-                and self._last_sync["completed_ms"] is None):
+        # the requested sync is over at its own SyncCompletedMsg, not at a redelivery of one
+        completed = (done.sync_completed and not done.duplicate and self._last_sync is not None
+                     and self._last_sync["completed_ms"] is None)
+        if completed and self._last_sync is not None:
             took_ms = self._clock.now_ms() - self._last_sync["requested_ms"]
             self._last_sync = {**self._last_sync, "completed_ms": self._clock.now_ms(),
                                "downlinks": (self._sync_downlinks
                                              if self._sm.state is LinkState.SYNCING else None),
                                "took_s": took_ms / 1000}
-        if self._sm.state is not LinkState.SYNCING:
+        if self._sm.state is LinkState.SYNCING:
+            if done.sync_completed:
+                took = self._clock.monotonic() - self._sync_started
+                self._sm.to(LinkState.CONNECTED, f"sync completed ({self._sync_downlinks} "
+                                                 f"downlinks in {took:.1f}s); uplink starts")
+                self._pump()
+            elif done.success and not done.duplicate:
+                self._sync_progress(done.downlink_id)
+        if completed and self._held_sync is not None and self._last_sync is not None:
+            # not at once: ThingsBoard may not have cleared its sync flag yet (held_sync.py)
+            ref, due = self.actor_ref, _HeldSyncDue(done.stream_id, bool(self._last_sync["full"]))
+            timer = threading.Timer(RELEASE_DELAY_S, lambda: _tell(ref, due))
+            timer.daemon = True
+            timer.start()
+
+    def _release_held_sync(self, stream_id: int, completed_full: bool) -> None:
+        """The sync under way on ``stream_id`` completed a moment ago: send the request held
+        meanwhile, unless the sync the reconnect asked for covered it. Nothing while the link
+        is on another stream or down: the held request waits for the next completion."""
+        held = self._held_sync
+        if (held is None or self._last_sync is None or self._stream is None
+                or self._stream.id != stream_id or not self._accepted):
             return
-        if done.sync_completed:
-            took = self._clock.monotonic() - self._sync_started
-            self._sm.to(LinkState.CONNECTED, f"sync completed ({self._sync_downlinks} downlinks in "
-                                             f"{took:.1f}s); uplink starts")
-            self._pump()
-        elif done.success and not done.duplicate:
-            self._sync_progress(done.downlink_id)
+        self._held_sync = None
+        kind = "full" if held.full else "incremental"
+        log = _log.bind(full=held.full, reason=held.reason, requests=held.requests)
+        if held.release(stream_id, completed_full) == "covered":
+            log.info("deferred {} sync ({}) not sent: the sync after the reconnect covered it",
+                     kind, held.reason)
+            self._last_sync = {**self._last_sync, "pending": None}
+            return
+        log.info("deferred {} sync ({}): the sync under way completed; SyncRequestMsg sent",
+                 kind, held.reason)
+        if held.full:  # durable again: a full sync that just completed cleared the request
+            try:
+                self._store.write(lambda txn: self._graph.request_full_sync(txn, held.reason),
+                                  maintenance=True)
+            except EdgeSyncError as exc:
+                log.error("full sync request not recorded: {}", exc)
+        self._send_sync_request(held.full, f"requested: {held.reason}")
 
     def _sync_received(self) -> None:
         """A downlink arrived during the sync: counted; only applying it is progress."""
@@ -662,13 +723,13 @@ class ConnectionActor(SupervisedActor):
             reason = f"message {resp.uplinkMsgId} rejected event seq {verdict.dead_seq}"
             self._m_dead.labels(reason="rejected").inc()
             self._sent_events.forget(verdict.dead_seq)
-            self._record(DeadLetter(verdict.dead_seq, f"rejected by the cloud: {resp.errorMsg}",
-                                    Future()))
+            self._record(DeadLetter(verdict.dead_seq, rejection_reason(resp.errorMsg), Future()))
         else:
             reason = f"message {resp.uplinkMsgId} failed"
             _log.bind(uplink_id=resp.uplinkMsgId,
                       first_seq=flight.seqs[0] if flight else None).warning(
-                "uplink {} failed: {}", resp.uplinkMsgId, resp.errorMsg or "no detail")
+                "uplink {} failed: {}", resp.uplinkMsgId,
+                one_line(resp.errorMsg or "no detail", MAX_LOGGED_ERROR_CHARS))
         self._went_back(verdict, reason)
 
     def _count_acked(self, seqs: Sequence[int], now_ms: int) -> None:
@@ -684,14 +745,16 @@ class ConnectionActor(SupervisedActor):
 
     def _retry(self, r: Retry, error: str) -> None:
         """Act on an unordered peer's resend of one message: dead letters first, then the log
-        line saying what happens to the rest."""
+        line saying what happens to the rest. ``error`` is the cloud's text: logged on one
+        line, bounded."""
+        error = one_line(error, MAX_LOGGED_ERROR_CHARS)
         for d in r.dead:
             self._m_dead.labels(reason="rejected" if r.cause == "rejected" else "failed").inc()
             self._sent_events.forget(d.seq)
             _log.bind(seq=d.seq, entity_type=d.entity_type, entity_id=str(d.entity_id),
                       uplink_id=r.msg_id).warning(
                 "uplink event seq {} ({} {}) dead-lettered: {}", d.seq, d.entity_type,
-                d.entity_id, d.reason)
+                d.entity_id, one_line(d.reason, MAX_LOGGED_ERROR_CHARS))
             self._record(DeadLetter(d.seq, d.reason, Future()))
         if not r.seqs:
             return

@@ -5,7 +5,8 @@ an AttributesRequestMsg; the cloud answers with an attributes downlink.
 
 Entity JSON names the edge's tenant and customer (``Owner``): they are taken when the event is
 sent, from the identity of the connection, so an event recorded before the edge ever connected
-carries them too. Likewise a device's deviceProfileId: the synced profile named by its type, as
+carries them too. Alarm JSON names the tenant only: ThingsBoard gives an alarm its originator's
+customer (``alarm_json``). Likewise a device's deviceProfileId: the synced profile named by its type, as
 the Owner knows them when the event is sent.
 
 Edge-originated changes of the entity graph (docs/edge-entities.md, "What goes to the cloud"),
@@ -38,6 +39,7 @@ from edge_sync.common.wire import (
     credentials_json,
     device_json,
     owned_json,
+    rpc_error_name,
     to_kv,
     uuid_halves,
 )
@@ -141,10 +143,11 @@ def _rpc_response(event: StoredEvent, msb: int, lsb: int) -> edge_pb2.DeviceRpcC
     """A device's RPC answer, or the edge's report that a request failed (``error``: TIMEOUT
     for an expired or unanswered one, as ThingsBoard Edge reports both). ThingsBoard finds the
     waiting request by requestUuid, so the request's uuid, oneway and expirationTime are echoed
-    when the event body has them."""
+    when the event body has them. The error is always an RpcError name (``rpc_error_name``):
+    ThingsBoard's RpcError.valueOf throws on any other text and fails the whole message."""
     body = event.body
     if body.get("error"):
-        answer = edge_pb2.RpcResponseMsg(error=str(body["error"]))
+        answer = edge_pb2.RpcResponseMsg(error=rpc_error_name(str(body["error"])))
     else:
         answer = edge_pb2.RpcResponseMsg(
             response=json.dumps(body.get("response"), separators=(",", ":")))

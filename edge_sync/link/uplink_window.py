@@ -59,11 +59,11 @@ from typing import Literal
 from edge_sync.common.wire import Owner
 from edge_sync.link.failures import is_transient
 from edge_sync.link.packer import Packed, hold_keys, pack
+from edge_sync.link.peer_text import rejection_reason
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import Lane, StoredEvent
 
 MAX_UPLINK_MSG_ID = 2**31 - 1  # uplinkMsgId is an int32; it wraps to 1
-MAX_ERROR_CHARS = 2000  # a dead letter keeps at most this much of the cloud's errorMsg
 MAX_SUPERSEDED = 4096  # unordered peer: resent messages whose late answer is still awaited
 
 
@@ -570,7 +570,7 @@ class UplinkWindow:
         if not unit.events:  # settled meanwhile by a late success: nothing to resend
             return Retry(flight.msg_id, "settled", (), unit.strikes, now)
         unit.failed = True
-        reason = f"rejected by the cloud: {(error or 'no detail')[:MAX_ERROR_CHARS]}"
+        reason = rejection_reason(error)  # one line, bounded
         if rejected_seq is not None and retryable is False and rejected_seq in flight.lanes:
             dead = tuple(_dead(e, reason) for e in unit.events if e.seq == rejected_seq)
             before = len(unit.events)

@@ -16,17 +16,22 @@ Connect (application/.../service/edge/rpc/EdgeGrpcSession.java, processConnect)
   Either way the stream then ends with an error (outputStream.onError: status UNKNOWN).
 - ACCEPTED carries EdgeConfiguration (EdgeMsgConstructorUtils.constructEdgeConfiguration):
   edge, tenant and customer ids (time-based, version 1 UUIDs, Uuids.timeBased(); the customer
-  is NULL_UUID: the edge is assigned to none), name, type, routingKey, secret, additionalInfo,
-  cloudType "CE"; and maxInboundMessageSize (edges.rpc.max_inbound_message_size, 4 MiB). It
-  never carries edge-sync's cloudCapabilities extension, and no uplink answer ever carries
-  retryable or rejectedEdgeSeqId: a ThingsBoard server does not know those fields.
+  is NULL_UUID, the edge assigned to none, unless ``customer`` names the edge's), name, type,
+  routingKey, secret, additionalInfo, cloudType "CE"; and maxInboundMessageSize
+  (edges.rpc.max_inbound_message_size, 4 MiB). It never carries edge-sync's cloudCapabilities
+  extension, and no uplink answer ever carries retryable or rejectedEdgeSeqId: a ThingsBoard
+  server does not know those fields.
 - The edge's announced version is kept (processSaveEdgeVersionAsAttribute); so is the
   client's maxInboundMessageSize, and a downlink larger than that is dropped, not sent.
 
 Sync (EdgeGrpcSession.startSyncProcess / doSync / processEdgeEvents, EdgeSyncCursor.java,
 fetch/*EdgeEventFetcher.java, thingsboard.yml section edges.storage)
 - A SyncRequestMsg starts a sync; fullSync defaults to false when the field is absent. A
-  second SyncRequestMsg while one runs is ignored ("Sync is already started").
+  second SyncRequestMsg while one runs is ignored ("Sync is already started") and never
+  answered. The sync counts as running until its SyncCompletedMsg is acknowledged and the
+  sync's own thread has seen that (ThingsBoard clears syncInProgress in the pack future's
+  callback, on another executor: markSyncCompletedSendEdgeEventUpdate), so a request right
+  behind that acknowledgement may still be ignored.
 - The fetchers run in EdgeSyncCursor's order. Full sync: tenant (TenantUpdateMsg with its
   TenantProfileUpdateMsg in one DownlinkMsg, TenantEdgeProcessor), queues, rule chains (the
   RuleChainUpdateMsg and its RuleChainMetadataUpdateMsg in one DownlinkMsg,
@@ -66,10 +71,11 @@ Uplinks (EdgeGrpcSession.onUplinkMsg / processUplinkMsg, isRateLimitViolated)
   `entity` with the id of idMSB/idLSB; validated: a blank name -> "Device name should be
   specified!", no tenantId -> "Device should be assigned to tenant!", another tenant than the
   edge's -> "Device is referencing to non-existent tenant!", a customer that is neither
-  NULL_UUID nor known -> "Can't assign device to non-existent customer!". A validation failure
-  fails that payload only. A name another device already has is made unique (name + "_" + 15
-  random letters, generateUniqueNameIfDuplicateExists). ENTITY_DELETED deletes a known device.
-  A missing deviceProfileId is tolerated.
+  NULL_UUID nor known (the edge's ``customer``, a synced device's) -> "Can't assign device to
+  non-existent customer!"; a device's customer is the JSON's (DeviceEdgeProcessor.setCustomerId).
+  A validation failure fails that payload only. A name another device already has is made
+  unique (name + "_" + 15 random letters, generateUniqueNameIfDuplicateExists). ENTITY_DELETED
+  deletes a known device. A missing deviceProfileId is tolerated.
 - Credentials (BaseDeviceProcessor.updateDeviceCredentials, DeviceCredentialsDataValidator):
   for an unknown device they are skipped (success); an empty credentialsId -> "Device
   credentials id should be specified!"; a token another device has -> "Device credentials are
@@ -86,7 +92,13 @@ Uplinks (EdgeGrpcSession.onUplinkMsg / processUplinkMsg, isRateLimitViolated)
   severity, else "cannot be converted to alarm" (thrown synchronously); no originator: skipped
   with success; ENTITY_CREATED validates: a blank type -> "Alarm type should be specified!",
   no tenantId -> "Alarm should be assigned to tenant!", another tenant -> "Alarm is referencing
-  to non-existent tenant!"; ALARM_ACK / ALARM_CLEAR / ENTITY_DELETED act on a known alarm only.
+  to non-existent tenant!"; then the customer (BaseAlarmService.createAlarm, the originator's
+  customer by EntityService.fetchEntityCustomerId: NULL_UUID for a device of none, nothing for
+  an originator the server does not know): a customerId in the JSON while the originator is
+  unknown -> "Can't assign alarm to customer. Originator is not assigned to customer!", one
+  other than the originator's -> "Can't assign alarm to customer. Originator belongs to
+  different customer!"; the alarm is stored with the originator's customer (none given: filled
+  in). ALARM_ACK / ALARM_CLEAR / ENTITY_DELETED act on a known alarm only.
 - DeviceRpcCallMsg with a responseMsg (DeviceEdgeProcessor.processDeviceRpcResponseFromEdge):
   a non-empty responseMsg.error must name an RpcError (RpcError.valueOf, else "No enum constant
   org.thingsboard.server.common.data.rpc.RpcError.<error>", thrown: the walk ends there); the
@@ -136,7 +148,9 @@ Server-side RPC to a device of the edge (``send_rpc``; DeviceActorMessageProcess
 
 Faults to inject: ``rate_limited_first`` (above); ``refuse_device`` (a device for which it
 returns a message is refused every time with that message as a DataValidationException: a
-device the server will never accept); ``answer_delay`` (fixed, a random range, or per message).
+device the server will never accept); ``answer_delay`` (fixed, a random range, or per message);
+``hold_sync`` (each sync waits before its SyncCompletedMsg until ``release_sync()``, which
+opens the gate for good: a sync that runs as long as the test needs).
 """
 
 from __future__ import annotations
@@ -201,6 +215,7 @@ class SyncDevice:
     name: str
     token: str
     type: str = "default"
+    customer: uuid.UUID | None = None  # the customer it is assigned to; None: the tenant's
 
 
 @dataclass(frozen=True)
@@ -301,6 +316,8 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         rate_limited_first: int = 0,
         sleep_between_batches_s: float = 60.0,
         seed: int | None = None,
+        customer: uuid.UUID | None = None,
+        hold_sync: bool = False,
     ) -> None:
         self.routing_key = routing_key
         self.secret = secret
@@ -315,7 +332,9 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         self.tenant_id = self.ids.make()
         self.tenant_profile_id = self.ids.make()
         self.edge_id = self.ids.make()
-        self.customer_id = NULL_UUID
+        self.customer_id = customer if customer is not None else NULL_UUID  # the edge's
+        self.customers = {c for c in (customer, *(d.customer for d in sync.devices))
+                          if c is not None}  # the customers the tenant has
         self.device_profile_id = self.ids.make()
         self.asset_profile_id = self.ids.make()
         self.rule_chain_id = self.ids.make()
@@ -324,6 +343,8 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         self.connects: list[edge_pb2.ConnectRequestMsg] = []
         self.connect_answers: list[int] = []  # ConnectResponseCode of each connect
         self.sync_requests: list[bool] = []
+        self.sync_starts: list[bool] = []  # the requests a sync was started for (fullSync)
+        self._sync_held = hold_sync
         self.uplinks: list[Received] = []
         self.receipts: Counter[int] = Counter()  # uplinkMsgId -> times received
         self.applied: list[Applied] = []
@@ -348,7 +369,7 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         self.port = 0
         for d in sync.devices:
             device_id = self.ids.make()
-            self.devices[device_id] = self._device_json(device_id, d.name, d.type)
+            self.devices[device_id] = self._device_json(device_id, d.name, d.type, d.customer)
             self.credentials[device_id] = d.token
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -368,6 +389,12 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
             self.cond.notify_all()
         if self._server is not None:
             self._server.stop(0.5).wait(5)
+
+    def release_sync(self) -> None:
+        """Let every held sync, and every later one, send its SyncCompletedMsg."""
+        with self.cond:
+            self._sync_held = False
+            self.cond.notify_all()
 
     def __enter__(self) -> TbServer:
         return self.start()
@@ -710,7 +737,9 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
                 self.sync_requests.append(full)
                 running, stream.sync_running = stream.sync_running, True
                 self.cond.notify_all()
-            if not running:
+            if not running:  # else: "Sync is already started, skipping starting it now"
+                with self.cond:
+                    self.sync_starts.append(full)
                 threading.Thread(target=self._sync, args=(stream, full), daemon=True,
                                  name=f"tb-server-sync-{stream.number}").start()
         if req.msgType == edge_pb2.UPLINK_RPC_MESSAGE:
@@ -763,6 +792,8 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
                 for start in range(0, len(events), MAX_READ_RECORDS_COUNT):
                     if not self._send_pack(stream, events[start:start + MAX_READ_RECORDS_COUNT]):
                         return
+            with self.cond:
+                self.cond.wait_for(lambda: not self._sync_held or stream.ended or self._stopping)
             done = edge_pb2.DownlinkMsg(downlinkMsgId=next_positive_int(),
                                         syncCompletedMsg=edge_pb2.SyncCompletedMsg())
             if self._send_pack(stream, [done]):
@@ -972,10 +1003,12 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
             edge_pb2.AssetProfileUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE,
                                            idMSB=msb, idLSB=lsb, entity=json.dumps(entity))])
 
-    def _device_json(self, device_id: uuid.UUID, name: str, type_: str) -> dict[str, Any]:
+    def _device_json(self, device_id: uuid.UUID, name: str, type_: str,
+                     customer: uuid.UUID | None) -> dict[str, Any]:
         return {"id": typed_id("DEVICE", device_id), "createdTime": self._now(),
                 "tenantId": typed_id("TENANT", self.tenant_id),
-                "customerId": typed_id("CUSTOMER", NULL_UUID), "name": name, "type": type_,
+                "customerId": typed_id("CUSTOMER", customer or NULL_UUID), "name": name,
+                "type": type_,
                 "label": None, "deviceProfileId": typed_id("DEVICE_PROFILE",
                                                            self.device_profile_id),
                 "deviceData": {"configuration": {"type": "DEFAULT"},
@@ -1108,7 +1141,8 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         if tenant != self.tenant_id:
             failures.append(_validation("Device is referencing to non-existent tenant!"))
             return
-        if isinstance(customer, dict) and uuid.UUID(str(customer.get("id"))) != NULL_UUID:
+        if isinstance(customer, dict) and uuid.UUID(str(customer.get("id"))) not in (
+                NULL_UUID, *self.customers):
             failures.append(_validation("Can't assign device to non-existent customer!"))
             return
         refusal = self.refuse_device(device) if self.refuse_device is not None else None
@@ -1121,6 +1155,22 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         self.devices[device_id] = device
         self.applied.append(Applied(mid, "device_created" if created else "device_updated",
                                     device_id, device))
+
+    def _alarm_customer(self, alarm: dict[str, Any], originator: dict[str, Any]) -> str | None:
+        """BaseAlarmService.createAlarm's customer check: the refusal, or None with the alarm's
+        customerId set to the originator's (fetchEntityCustomerId)."""
+        device = self.devices.get(uuid.UUID(str(originator["id"]))) \
+            if originator.get("entityType") == "DEVICE" else None
+        own = None if device is None else uuid.UUID(str(
+            (device.get("customerId") or {}).get("id", NULL_UUID)))
+        given = alarm.get("customerId")
+        asked = uuid.UUID(str(given["id"])) if isinstance(given, dict) else None
+        if own is None and asked is not None:
+            return "Can't assign alarm to customer. Originator is not assigned to customer!"
+        if own is not None and asked is not None and own != asked:
+            return "Can't assign alarm to customer. Originator belongs to different customer!"
+        alarm["customerId"] = None if own is None else typed_id("CUSTOMER", own)
+        return None
 
     def _credentials(self, mid: int, m: edge_pb2.DeviceCredentialsUpdateMsg) -> None:
         creds = self._parse(m.entity, "deviceCredentials", m)
@@ -1177,6 +1227,8 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
                 failures.append(_validation("Alarm should be assigned to tenant!"))
             elif tenant != self.tenant_id:
                 failures.append(_validation("Alarm is referencing to non-existent tenant!"))
+            elif (refusal := self._alarm_customer(alarm, originator)) is not None:
+                failures.append(_validation(refusal))
             else:
                 self.alarms[alarm_id] = alarm
                 self.applied.append(Applied(mid, "alarm_created", alarm_id, alarm))

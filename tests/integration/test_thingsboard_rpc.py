@@ -3,7 +3,8 @@ emulated from its Java sources (tests.helpers.tb_server.TbServer.send_rpc): the 
 ThingsBoard sends it (requestId counting from 0, persisted, retries 0, additionalInfo "null",
 a random downlinkMsgId, an offline edge never queued), the device's long poll and answer, and
 the DeviceRpcCallMsg answer the server must be able to match: requestUuidMSB/LSB, requestId,
-oneway and expirationTime echoed exactly, an error only by an RpcError name. Redeliveries as
+oneway and expirationTime echoed exactly, an error only by an RpcError name (a request the
+edge cannot deliver: INTERNAL). Redeliveries as
 ThingsBoard makes them (the same DownlinkMsg again, the same event with a new downlinkMsgId)
 reach the device once.
 """
@@ -140,6 +141,25 @@ def test_an_unpolled_request_is_reported_timeout_at_its_expiration_and_never_del
     assert (answer.msg.responseMsg.error, answer.msg.responseMsg.response) == ("TIMEOUT", "")
     assert poll(agent, token, 300) == (408, None)
     assert server.failures() == []  # TIMEOUT is an RpcError name: the uplink is accepted
+
+
+def test_a_request_the_edge_cannot_deliver_is_reported_by_an_rpc_error_name(
+        harness: Harness) -> None:
+    """A request without a method is FAILED at once. ThingsBoard reads the answer's error with
+    RpcError.valueOf (DeviceEdgeProcessor.processDeviceRpcResponseFromEdge): the edge says
+    INTERNAL and keeps its reason, "no method", in its own record."""
+    server, agent, device, _ = connected(harness)
+    sent = server.send_rpc(device, "", {}, timeout_ms=30_000)
+    assert sent is not None
+    assert acked(server, sent.downlink) == [True]
+    answer = answer_of(server, sent)
+    assert_echoes(answer, sent)
+    assert (answer.msg.responseMsg.error, answer.fate) == ("INTERNAL", "settled")
+    assert server.failures() == []
+    resp = agent.admin("GET", f"/api/rpc?device={device}")
+    assert resp.status == 200, resp.body
+    assert [(r["request_uuid"], r["status"], r["error"]) for r in resp.json()] == [
+        (str(sent.request_uuid), "FAILED", "no method")]
 
 
 def test_thingsboards_redeliveries_reach_the_device_once(harness: Harness) -> None:

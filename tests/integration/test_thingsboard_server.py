@@ -161,6 +161,39 @@ def test_device_and_alarm_are_accepted_with_the_tenant_of_the_edge_configuration
     assert [a.entity_id for a in server.applications("alarm_created")] == [alarm_id]
 
 
+def test_alarms_of_an_edge_assigned_to_a_customer_get_their_originators_customer(
+        harness: Harness) -> None:
+    """An edge assigned to a customer holds the tenant's devices too. ThingsBoard refuses an
+    alarm naming another customer than its originator's (BaseAlarmService.createAlarm), so the
+    edge names none and each alarm gets its originator's: none for the tenant's device, the
+    customer's for the device the edge made (which the edge gives its own customer)."""
+    customer = uuid.uuid1()
+    server = harness.server(customer=customer, sync=SyncContent(
+        devices=(SyncDevice("tenant-pump", "tok-tenant-pump"),)))
+    agent = harness.agent(server)
+    wait_connected(agent)
+    synced = server.device_named("tenant-pump")
+    assert synced is not None
+    made, _ = agent.create_device("customer-pump")
+    server.wait_for(lambda: uuid.UUID(made) in server.devices, what="the edge's device")
+    with server.cond:
+        assert server.devices[uuid.UUID(made)]["customerId"] == typed_id("CUSTOMER", customer)
+    raised = []
+    for device in (str(synced[0]), made):
+        resp = agent.admin("POST", "/api/alarms", {"device": device, "type": "Overheat",
+                                                   "severity": "MAJOR"})
+        assert resp.status == 201, resp.body
+        raised.append(uuid.UUID(resp.json()["alarm_id"]))
+    server.wait_for(lambda: set(raised) <= set(server.alarms), timeout=DEADLINE_S,
+                    what="both alarms created")
+    with server.cond:
+        assert [server.alarms[a]["customerId"] for a in raised] == [
+            typed_id("CUSTOMER", NULL_UUID), typed_id("CUSTOMER", customer)]
+        assert server.failures() == []
+    assert [a.entity_id for a in server.applications("alarm_created")] == raised
+    assert wait_drained(agent)["queue"]["dead"] == 0
+
+
 def test_telemetry_is_applied_exactly_once_when_answers_come_late_and_out_of_order(harness: Harness) -> None:
     # every other message is answered 0.4 s late, the rest at once: answers overtake each other
     server = harness.server(answer_delay=lambda up: 0.4 if up.uplinkMsgId % 2 else 0.01)
@@ -230,7 +263,9 @@ def test_a_device_the_server_refuses_for_ever_is_dead_lettered_while_others_keep
     # what the operator sees: exactly the device's creation, with the server's error text
     [event] = [json.loads(line) for line in dead_events_cli(agent, "--json").splitlines()]
     assert (event["entity_id"], event["action"], event["status"]) == (bad_id, "ADDED", "DEAD")
-    assert event["error"] == f"rejected by the cloud: {java_error_text(JavaError(refusal))}"
+    # on one line: the stack frames' line breaks escaped
+    assert event["error"] == "rejected by the cloud: " + java_error_text(
+        JavaError(refusal)).replace("\n", "\\n")
     text = dead_events_cli(agent)
     assert bad_id in text and f"error=rejected by the cloud: {refusal}" in text
     assert uuid.UUID(bad_id) not in server.devices
@@ -388,6 +423,53 @@ def test_a_full_sync_does_not_remove_the_edges_relations(harness: Harness) -> No
                     what="the relation requests after the full sync")
 
 
+def test_a_full_sync_asked_for_during_the_first_sync_runs_once_that_one_completes(
+        harness: Harness) -> None:
+    """ThingsBoard ignores a SyncRequestMsg while its sync runs and never answers it
+    (EdgeGrpcSession.startSyncProcess: "Sync is already started, skipping starting it now").
+    The edge holds an operator's request until the running sync completes, says so in its
+    status, then sends it: a second full sync runs and completes."""
+    server = harness.server(hold_sync=True)
+    agent = harness.agent(server)
+    server.wait_for(lambda: server.sync_starts == [True], what="the first sync started")
+    asked_ms = int(time.time() * 1000)
+    resp = agent.admin("POST", "/api/sync", {"full": True})
+    assert resp.status == 202, resp.body
+
+    def pending() -> dict[str, Any] | None:
+        last = edge_status(agent)["sync"]["last"]
+        return last if last is not None and last.get("pending") is not None else None
+
+    held = wait_until(pending, timeout=DEADLINE_S, what="the operator's request pending")
+    assert link_state(agent) == "SYNCING"
+    assert (held["full"], held["reason"], held["completed_ms"]) == (
+        True, "first connect (no edge identity stored)", None)
+    assert (held["pending"]["full"], held["pending"]["reason"], held["pending"]["requests"]) == (
+        True, "operator", 1)
+    assert held["pending"]["requested_ms"] >= asked_ms
+    with server.cond:
+        assert server.sync_requests == [True]  # held: not sent while the sync runs
+
+    server.release_sync()
+    server.wait_for(lambda: server.sync_completed == 2, timeout=DEADLINE_S,
+                    what="the operator's full sync completed after the first")
+    with server.cond:
+        assert server.sync_requests == server.sync_starts == [True, True]
+        assert server.discarded == []
+
+    def second_done() -> dict[str, Any] | None:
+        st = edge_status(agent)
+        last = st["sync"]["last"]
+        return st if last["reason"] == "requested: operator" and last["completed_ms"] else None
+
+    st = wait_until(second_done, timeout=DEADLINE_S, what="the status of the second sync")
+    last = st["sync"]["last"]
+    assert (last["full"], last["pending"]) == (True, None)
+    assert last["requested_ms"] >= held["pending"]["requested_ms"]
+    assert (st["sync"]["full_in_progress"], st["sync"]["full_requested"]) == (False, None)
+    assert st["sync"]["last_full_ms"] >= last["requested_ms"]
+
+
 def test_the_emulated_server_refuses_what_thingsboard_refuses_and_applies_resends_again() -> None:
     """The emulator itself, through a bare edge (tests.helpers.link_client): the checks the
     scenarios above rely on are there, so a pass means what it says."""
@@ -424,6 +506,22 @@ def test_the_emulated_server_refuses_what_thingsboard_refuses_and_applies_resend
             entity=json.dumps({"type": "t", "severity": "MAJOR",
                                "originator": typed_id("DEVICE", dev)}))
         assert errors(alarmUpdateMsg=[alarm]) == "Alarm should be assigned to tenant!"
+
+        def owned_alarm(originator: uuid.UUID, customer: uuid.UUID | None) -> edge_pb2.AlarmUpdateMsg:
+            body = {"type": "t", "severity": "MAJOR", "tenantId": tenant,
+                    "originator": typed_id("DEVICE", originator)}
+            if customer is not None:
+                body["customerId"] = typed_id("CUSTOMER", customer)
+            return edge_pb2.AlarmUpdateMsg(msgType=edge_pb2.ENTITY_CREATED_RPC_MESSAGE,
+                                           idMSB=3, idLSB=originator.int & 0xFFFF,
+                                           entity=json.dumps(body))
+
+        assert errors(alarmUpdateMsg=[owned_alarm(dev, uuid.uuid1())]) == \
+            "Can't assign alarm to customer. Originator belongs to different customer!"
+        assert errors(alarmUpdateMsg=[owned_alarm(uuid.uuid1(), NULL_UUID)]) == \
+            "Can't assign alarm to customer. Originator is not assigned to customer!"
+        assert errors(alarmUpdateMsg=[owned_alarm(dev, NULL_UUID)]) == ""
+        assert errors(alarmUpdateMsg=[owned_alarm(uuid.uuid1(), None)]) == ""
         scope = telemetry(dev, None)
         scope.ClearField("postTelemetryMsg")
         scope.postAttributesMsg.kv.add(key="k", type=1, long_v=1)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_sync.api.payloads import LONG_POLL_DEFAULT_MS, LONG_POLL_MAX_MS, parse_timeout
+from edge_sync.common.wire import RPC_ERRORS
 from edge_sync.devices.fetch import FetchDecision, FetchPolicy
 from edge_sync.devices.rpc import DEFAULT_RPC_TIMEOUT_MS, RpcBook, RpcRequest, RpcStatus, expiration_of
 from edge_sync.devices.session import DeviceSession
@@ -59,6 +60,26 @@ def test_one_way_is_successful_on_delivery_and_reported_with_an_empty_answer() -
     assert done.report is not None and done.report["response"] == {} and done.report["oneway"]
     with pytest.raises(Conflict):
         book.answer(2, 1, T0 + 1)
+
+
+def test_every_failure_is_reported_by_an_rpc_error_name_and_kept_with_its_reason() -> None:
+    """ThingsBoard reads the report's error with RpcError.valueOf: a request without a method is
+    FAILED with the reason "no method" in the record and INTERNAL in the report; expiries and
+    timeouts are TIMEOUT."""
+    book = RpcBook()
+    book.add(request(1, method=""))
+    book.add(request(2, expires=T0 + 500))
+    book.add(request(3, expires=T0 + 500, queued=T0 + 400))
+    delivered = book.take_next(T0 + 100)  # 2: the oldest with a method
+    assert delivered is not None and delivered.request.request_id == 2
+    book.handed(delivered.request.request_uuid)
+    changes = book.expire_due(T0 + 500)
+    assert [(c.request.request_id, c.request.status, c.request.error) for c in changes] == [
+        (1, RpcStatus.FAILED, "no method"), (2, RpcStatus.TIMEOUT, "TIMEOUT"),
+        (3, RpcStatus.EXPIRED, "TIMEOUT")]
+    assert [c.report["error"] if c.report else None for c in changes] == [
+        "INTERNAL", "TIMEOUT", "TIMEOUT"]
+    assert all(c.report is not None and c.report["error"] in RPC_ERRORS for c in changes)
 
 
 def test_requests_are_delivered_oldest_first_whatever_order_they_came_in() -> None:

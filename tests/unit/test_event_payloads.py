@@ -1,5 +1,6 @@
 """The edge's event -> uplink payload mapping in ThingsBoard 4.x form: the exact entity JSON of
-devices, credentials and alarms (typed ids, the edge's tenant and customer), attributes with
+devices, credentials and alarms (typed ids, the edge's tenant and customer; an alarm's customer
+left to ThingsBoard, which takes its originator's), attributes with
 their time and scope, RPC answers echoing the request, and the tenant taken at send time."""
 
 from __future__ import annotations
@@ -134,7 +135,6 @@ def alarm_json(*, acknowledged: bool, cleared: bool, start: int, ack_ts: int = 0
     return {
         "id": {"entityType": "ALARM", "id": str(ALARM)},
         "tenantId": {"entityType": "TENANT", "id": str(TENANT)},
-        "customerId": {"entityType": "CUSTOMER", "id": str(NULL_UUID)},
         "type": "overheat",
         "originator": {"entityType": "DEVICE", "id": str(DEVICE)},
         "severity": "MAJOR",
@@ -171,6 +171,19 @@ def test_a_clear_carries_its_time_as_clear_ts() -> None:
     assert msg.msgType == edge_pb2.ALARM_CLEAR_RPC_MESSAGE
     assert json.loads(msg.entity) == alarm_json(acknowledged=False, cleared=True, start=3000,
                                                 clear_ts=3000)
+
+
+@pytest.mark.parametrize("customer", [None, CUSTOMER], ids=["unassigned edge", "customer's edge"])
+@pytest.mark.parametrize(("action", "status"), [(Action.ADDED, "ACTIVE_UNACK"),
+                                                (Action.ALARM_ACK, "ACTIVE_ACK"),
+                                                (Action.ALARM_CLEAR, "CLEARED_UNACK")])
+def test_an_alarm_names_no_customer_so_thingsboard_gives_it_the_originators(
+        customer: uuid.UUID | None, action: str, status: str) -> None:
+    """BaseAlarmService.createAlarm refuses a customerId other than the originator's; the
+    edge's customer is not its devices' (an edge of a customer holds the tenant's devices)."""
+    body = entity_of(alarm(action, status, 1000), Owner.of(TENANT, customer))
+    assert "customerId" not in body
+    assert body["tenantId"] == {"entityType": "TENANT", "id": str(TENANT)}
 
 
 # -- attributes and RPC ---------------------------------------------------------------------------
@@ -212,6 +225,17 @@ def test_an_rpc_answer_without_a_request_uuid_has_none() -> None:
     _, msg = event_payload(stored(Action.RPC_CALL, {"requestId": 3, "response": 1}), OWNER)
     assert (msg.requestId, msg.requestUuidMSB, msg.requestUuidLSB, msg.oneway,
             msg.expirationTime) == (3, 0, 0, False, 0)
+
+
+@pytest.mark.parametrize(("stored_error", "sent"), [
+    ("TIMEOUT", "TIMEOUT"), ("NO_ACTIVE_CONNECTION", "NO_ACTIVE_CONNECTION"),
+    ("INTERNAL", "INTERNAL"), ("no method", "INTERNAL"), ("timeout", "INTERNAL")])
+def test_an_rpc_error_goes_only_as_an_rpc_error_name(stored_error: str, sent: str) -> None:
+    """ThingsBoard's RpcError.valueOf throws on any other text and fails the whole message;
+    a report an older edge-sync recorded ("no method") goes as INTERNAL."""
+    body = {"requestId": 4, "error": stored_error, "requestUuid": str(uuid.UUID(int=4))}
+    _, msg = event_payload(stored(Action.RPC_CALL, body), OWNER)
+    assert msg.responseMsg == edge_pb2.RpcResponseMsg(error=sent)
 
 
 def test_an_expired_request_is_reported_with_error_timeout_and_no_response() -> None:
