@@ -396,14 +396,16 @@ class ConnectionActor(SupervisedActor):
             self._next_attempt = now + self._backoff.max_delay()
             self._sm.to(LinkState.AUTH_FAILED,
                         f"cloud refused routing key {self._cfg.routing_key!r}: bad credentials "
-                        f"({resp.errorMsg or 'no detail'}); check CLOUD_ROUTING_KEY and "
+                        f"({one_line(resp.errorMsg or 'no detail', MAX_LOGGED_ERROR_CHARS)}); "
+                        "check CLOUD_ROUTING_KEY and "
                         f"CLOUD_ROUTING_SECRET; next attempt in {self._backoff.max_delay():.0f}s")
             return
         if resp.responseCode != edge_pb2.ACCEPTED:
             code = resp.responseCode
             name = (edge_pb2.ConnectResponseCode.Name(code)
                     if code in edge_pb2.ConnectResponseCode.values() else f"unknown code {code}")
-            self._fail(f"cloud answered {name}: {resp.errorMsg}")
+            self._fail(f"cloud answered {name}: "
+                       f"{one_line(resp.errorMsg or 'no detail', MAX_LOGGED_ERROR_CHARS)}")
             return
         self._accepted = True
         self._attempt = 0
@@ -937,6 +939,7 @@ class ConnectionActor(SupervisedActor):
             "routing_key": self._cfg.routing_key,
             "peer": ("reference cloud (ordered, dedup)" if self._peer.ordered
                      else "ThingsBoard") if self._accepted else None,
+            "peer_ordered": self._peer.ordered if self._accepted else None,
             "in_flight_messages": len(self._window.in_flight),
             "epoch": self._window.epoch,
             "backoff_attempt": self._backoff.attempt,

@@ -21,7 +21,9 @@ from edge_sync.storage.graph_store import SyncState
 class RequestSync:
     """To the ConnectionActor: ask the cloud for a sync now (an operator's request). A full one
     is recorded durably first (the next connect asks for it if the link is down, or goes down
-    before it completes); with the link up SyncRequestMsg goes on the current stream at once."""
+    before it completes). With the link CONNECTED, SyncRequestMsg goes on the current stream at
+    once; while a sync runs, the request is held and sent once that sync completes
+    (link/held_sync.py)."""
 
     full: bool
     reason: str
@@ -133,11 +135,11 @@ class StatusBoard:
     def peer_honours_retryable(self) -> bool:
         """Whether the cloud of the accepted stream is the reference cloud, which resends a
         downlink answered success=false with ``retryable`` true and never parks it. The
-        ConnectionActor publishes ``peer`` once a connect is accepted: the reference cloud
-        when the ConnectResponseMsg carried cloudCapabilities with orderedApply, ThingsBoard
-        otherwise (it knows neither that field nor ``retryable``). False before any accept."""
-        peer = self._published[0].get("peer")
-        return isinstance(peer, str) and peer.startswith("reference cloud")
+        ConnectionActor publishes ``peer_ordered`` once a connect is accepted: True (the
+        reference cloud) when the ConnectResponseMsg carried cloudCapabilities with
+        orderedApply, False otherwise (ThingsBoard knows neither that field nor
+        ``retryable``). False before any accept."""
+        return self._published[0].get("peer_ordered") is True
 
     @property
     def value(self) -> dict[str, object]:

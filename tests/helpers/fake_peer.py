@@ -152,6 +152,7 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
         self,
         *,
         response_code: int = edge_pb2.ACCEPTED,
+        connect_error: str = "fake cloud says no",
         capabilities: edge_pb2.CloudCapabilities | None = None,
         max_inbound: int | None = None,
         clock_offset_ms: int | None = None,
@@ -177,6 +178,7 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
         None: never answer it (a ThingsBoard that lost it)."""
         assert uplinks in ("ack", "random", "silent", "ordered")
         self.response_code = response_code
+        self.connect_error = connect_error  # the errorMsg of a connect not ACCEPTED
         self.capabilities = capabilities
         self.max_inbound = max_inbound
         self.clock_offset_ms = clock_offset_ms
@@ -394,7 +396,7 @@ class FakeCloud(edge_pb2_grpc.EdgeRpcServiceServicer):
             self.cond.notify_all()
         if self.response_code != edge_pb2.ACCEPTED:
             stream.outbox.put(edge_pb2.ResponseMsg(connectResponseMsg=edge_pb2.ConnectResponseMsg(
-                responseCode=self.response_code, errorMsg="fake cloud says no")))
+                responseCode=self.response_code, errorMsg=self.connect_error)))
             stream.outbox.put(_END)
             return
         e_msb, e_lsb = _halves(FAKE_EDGE_ID)

@@ -95,3 +95,26 @@ def test_a_huge_plain_failure_is_stored_and_logged_short_on_one_line(
     fake.release_sync()
     wait_until(lambda: settled(app, 2), timeout=DEADLINE_S, what="every event settled")
     assert_kept_short(app, log_records, added)
+
+
+@pytest.mark.parametrize("code", [edge_pb2.BAD_CREDENTIALS, edge_pb2.SERVER_UNAVAILABLE],
+                         ids=["bad-credentials", "server-unavailable"])
+def test_a_huge_connect_refusal_is_logged_short_on_one_line(
+        harness: Harness, log_records: list[dict[str, Any]], code: int) -> None:
+    """A connect the cloud refuses with a 1 MB errorMsg: the link's state change quotes it on
+    one line, at most MAX_LOGGED_ERROR_CHARS of it."""
+    fake = harness.fake(response_code=code, connect_error=HUGE_ERROR)
+    harness.edge(fake)
+    fake.wait_for(lambda: fake.connects, what="a connect")
+
+    def refusals() -> list[str]:
+        return [r["message"] for r in log_records
+                if r["message"].startswith("link CONNECTING -> ")
+                and "Value out of range" in r["message"]]
+
+    lines = wait_until(refusals, timeout=DEADLINE_S, what="the refusal's log line")
+    for line in lines:
+        assert "\n" not in line and "\x1b" not in line, line[:200]
+        assert line.count("Value out of range") == 1
+        assert len(line) < MAX_LOGGED_ERROR_CHARS + 300, len(line)
+        assert f"({len(HUGE_ERROR)} chars in all)" in line
