@@ -4,8 +4,8 @@ MAX_ERROR_CHARS long and on one line; a log line that quotes it is one line with
 MAX_LOGGED_ERROR_CHARS of it, a field bound to a log record at most MAX_ERROR_CHARS. Both ways
 an event is refused for good: a peer that names the event (rejectedEdgeSeqId, retryable
 false), and a ThingsBoard-like peer whose plain failure repeats until the event, alone in its
-message, is dead-lettered. A whole EdgeApp against the scripted fake cloud
-(tests/helpers/fake_peer.py) over gRPC on loopback."""
+message, is dead-lettered. A connect refused with such a text is logged the same way. A whole
+EdgeApp against the scripted fake cloud (tests/helpers/fake_peer.py) over gRPC on loopback."""
 
 from __future__ import annotations
 
