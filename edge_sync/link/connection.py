@@ -63,6 +63,7 @@ from edge_sync.link.state import (
     sync_mode,
 )
 from edge_sync.link.uplink_window import GiveUp, GoBack, Retry, UplinkWindow, WindowPolicy
+from edge_sync.logsetup import redact
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore
@@ -385,6 +386,15 @@ class ConnectionActor(SupervisedActor):
             ),
         ))
 
+    def _refusal_text(self, error: str) -> str:
+        """A connect refusal's errorMsg as the edge logs it: one line, bounded, and without the
+        routing secret, which ThingsBoard quotes back when it refuses it (EdgeGrpcSession
+        .processConnect: "Failed to validate the edge! Provided request secret: <secret>")."""
+        secret = self._cfg.routing_secret
+        if secret and secret in error:
+            error = error.replace(secret, redact(secret))
+        return one_line(error or "no detail", MAX_LOGGED_ERROR_CHARS)
+
     def _on_connect_response(self, resp: edge_pb2.ConnectResponseMsg) -> None:
         if self._sm.state is not LinkState.CONNECTING:
             return
@@ -396,7 +406,7 @@ class ConnectionActor(SupervisedActor):
             self._next_attempt = now + self._backoff.max_delay()
             self._sm.to(LinkState.AUTH_FAILED,
                         f"cloud refused routing key {self._cfg.routing_key!r}: bad credentials "
-                        f"({one_line(resp.errorMsg or 'no detail', MAX_LOGGED_ERROR_CHARS)}); "
+                        f"({self._refusal_text(resp.errorMsg)}); "
                         "check CLOUD_ROUTING_KEY and "
                         f"CLOUD_ROUTING_SECRET; next attempt in {self._backoff.max_delay():.0f}s")
             return
@@ -405,7 +415,7 @@ class ConnectionActor(SupervisedActor):
             name = (edge_pb2.ConnectResponseCode.Name(code)
                     if code in edge_pb2.ConnectResponseCode.values() else f"unknown code {code}")
             self._fail(f"cloud answered {name}: "
-                       f"{one_line(resp.errorMsg or 'no detail', MAX_LOGGED_ERROR_CHARS)}")
+                       f"{self._refusal_text(resp.errorMsg)}")
             return
         self._accepted = True
         self._attempt = 0

@@ -20,7 +20,14 @@ from edge_sync.link.peer_text import MAX_ERROR_CHARS, MAX_LOGGED_ERROR_CHARS
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import Action, Status
 from tests.helpers.wait import wait_until
-from tests.integration.test_link_peers import Harness, edge_events, make_device, post, settled
+from tests.integration.test_link_peers import (
+    SECRET,
+    Harness,
+    edge_events,
+    make_device,
+    post,
+    settled,
+)
 
 DEADLINE_S = 30.0
 FRAMES = "\n\tat org.thingsboard.server.dao.Validator.validate(Validator.java:42)"
@@ -118,3 +125,23 @@ def test_a_huge_connect_refusal_is_logged_short_on_one_line(
         assert line.count("Value out of range") == 1
         assert len(line) < MAX_LOGGED_ERROR_CHARS + 300, len(line)
         assert f"({len(HUGE_ERROR)} chars in all)" in line
+
+
+def test_the_routing_secret_thingsboard_quotes_back_is_never_logged(
+        harness: Harness, log_records: list[dict[str, Any]]) -> None:
+    """ThingsBoard refuses a wrong secret by quoting it (EdgeGrpcSession.processConnect: "Failed
+    to validate the edge! Provided request secret: <secret>"): the edge logs the refusal with
+    the secret masked."""
+    fake = harness.fake(response_code=edge_pb2.BAD_CREDENTIALS,
+                        connect_error=f"Failed to validate the edge! Provided request secret: "
+                                      f"{SECRET}")
+    harness.edge(fake)
+
+    def refusal() -> list[str]:
+        return [r["message"] for r in log_records if "Failed to validate the edge!" in r["message"]]
+
+    lines = wait_until(refusal, timeout=DEADLINE_S, what="the refusal's log line")
+    assert "Provided request secret: " + SECRET[:2] + "****" in lines[0]
+    leaked = [r["message"] for r in log_records
+              if SECRET in r["message"] or any(SECRET in str(v) for v in r["extra"].values())]
+    assert leaked == []
