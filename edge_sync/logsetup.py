@@ -189,12 +189,21 @@ class _ToLoguru(logging.Handler):
 
 def _refused_by_parser(exc: BaseException | None) -> bool:
     """Whether aiohttp's server logged ``exc`` for a request its HTTP parser refused (aiohttp's
-    HttpProcessingError family), not for a failure of the application's handler."""
-    if exc is None:
-        return False
+    HttpProcessingError family, or its RequestPayloadError caused by one: a body it could not
+    decode, met when it drains the body after the handler answered), not for a failure of the
+    application's handler."""
     from aiohttp.http_exceptions import HttpProcessingError  # loaded already when it logs
+    from aiohttp.web_protocol import RequestPayloadError
 
-    return isinstance(exc, HttpProcessingError)
+    seen = 0
+    while exc is not None and seen < 8:  # the cause chain, bounded
+        if isinstance(exc, HttpProcessingError):
+            return True
+        if not isinstance(exc, RequestPayloadError):
+            return False
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def _forward_stdlib_logging() -> None:

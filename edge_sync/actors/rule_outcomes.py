@@ -18,7 +18,7 @@ Owns the mapping, one outcome at a time, in the chain's order:
 
 What a save or push node is handed must be what a device could have posted (keys of at most
 255 bytes, 64-bit integers, timestamps from 0 to 2^63-1, text without lone surrogates: the
-device API's own checks, api/payloads.py); a script may make anything, and data the store
+device API's own checks, storable.py); a script may make anything, and data the store
 cannot hold would fail the whole Append, turning the chain's fault into the device's refusal.
 Such data is that node's failure instead: counted, logged, nothing of it kept or pushed.
 
@@ -40,7 +40,6 @@ from edge_sync.actors.messages import (
     PutLatestTelemetry,
     PutLocalTimeseries,
 )
-from edge_sync.api.payloads import check_json_value, check_timestamp, check_values
 from edge_sync.errors import BadRequest
 from edge_sync.metrics import Counter, Metrics
 from edge_sync.rules.engine import (
@@ -64,6 +63,7 @@ from edge_sync.rules.message import (
     RuleMsg,
 )
 from edge_sync.rules.runtime import RulesRuntime
+from edge_sync.storable import check_json_value, check_timestamp, check_values
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope
 
 _log = logger.bind(component="rules")

@@ -249,6 +249,35 @@ def test_aiohttp_parser_refusal_is_a_warning_a_handler_failure_an_error() -> Non
     assert str(failed["exception"]).endswith("OverflowError: int too large to convert")
 
 
+def test_a_body_aiohttp_cannot_decode_is_a_refusal_even_met_after_the_handler() -> None:
+    """A gzip body that is not gzip: the handler answered 400, then aiohttp drains the rest of
+    the body and logs "Unhandled exception" with a RequestPayloadError caused by the parser's
+    ContentEncodingError. That is still the client's error: one WARNING line. A
+    RequestPayloadError with no parser error behind it is not."""
+    from aiohttp.http_exceptions import ContentEncodingError
+    from aiohttp.web_protocol import RequestPayloadError
+
+    buf = configure(LogFormat.JSON)
+    server = logging.getLogger("aiohttp.server")
+    try:
+        try:
+            raise ContentEncodingError("Can not decode content-encoding: gzip")
+        except ContentEncodingError as cause:
+            raise RequestPayloadError("Can not decode content-encoding: gzip") from cause
+    except Exception:
+        server.exception("Unhandled exception")
+    try:
+        raise RequestPayloadError("something else")
+    except Exception:
+        server.exception("Unhandled exception")
+    refused, failed = json_lines(buf)
+    assert (refused["level"], refused["message"]) == (
+        "WARNING", "HTTP request refused by the parser: RequestPayloadError: Can not decode "
+        "content-encoding: gzip")
+    assert "exception" not in refused
+    assert (failed["level"], failed["message"]) == ("ERROR", "Unhandled exception")
+
+
 # --------------------------------------------------------------------------------------------
 # redact
 # --------------------------------------------------------------------------------------------
