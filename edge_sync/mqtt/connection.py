@@ -224,6 +224,14 @@ class MqttConnection:
         self._finished = False
         self._ended: asyncio.Event | None = None  # made when the registry waits for the end
 
+    @property
+    def results_pending(self) -> int:
+        """RPC requests and attribute updates the device's session took for this connection's
+        subscriptions, its sub-devices' too for a gateway, and has not handed over yet (their
+        delivery being recorded)."""
+        own = self._subscriptions.pending if self._subscriptions is not None else 0
+        return own + (self._gateway.results_pending if self._gateway is not None else 0)
+
     async def run(self) -> None:
         self._task = asyncio.current_task()
         graceful = False

@@ -161,6 +161,12 @@ class Gateway:
         for sub in self._children.values():
             sub.subscriptions.unsubscribe(device_filter)
 
+    @property
+    def results_pending(self) -> int:
+        """What the sub-devices' sessions took for their subscriptions and have not handed
+        over yet."""
+        return sum(sub.subscriptions.pending for sub in list(self._children.values()))
+
     async def close(self, deadline: float | None = None) -> None:
         """The connection ended: every sub-device is disconnected (one INFO line for all,
         DEBUG per device), answers not yet sent are dropped. The sub-devices' subscriptions

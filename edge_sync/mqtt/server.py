@@ -91,11 +91,18 @@ class MqttServer(LoopThreadServer):
             takeover_timeout_s=limits.close_s + CLOSE_MARGIN_S, metrics=metrics)
         self.tls_port = 0
         self._connections: set[asyncio.Task[None]] = set()
+        self._live: set[MqttConnection] = set()
         self._polls: set[LongPoll] = set()  # attribute requests waiting for the cloud
 
     @property
     def connections(self) -> int:
         return len(self._connections)
+
+    @property
+    def results_pending(self) -> int:
+        """What the devices' sessions took for the subscriptions of the open connections and
+        have not handed over yet (read on any thread: a snapshot)."""
+        return sum(c.results_pending for c in list(self._live))
 
     async def _serve(self) -> None:
         servers: list[asyncio.Server] = []
@@ -144,17 +151,21 @@ class MqttServer(LoopThreadServer):
         assert task is not None
         self._connections.add(task)
         keep_alive(writer)
+        connection: MqttConnection | None = None
         try:
-            await MqttConnection(
+            connection = MqttConnection(
                 self._service, reader, writer, limits=self._limits, registry=self.registry,
-                link_connected=self._link_connected, polls=self._polls, on_pause=self._on_pause,
-            ).run()
+                link_connected=self._link_connected, polls=self._polls, on_pause=self._on_pause)
+            self._live.add(connection)
+            await connection.run()
         except asyncio.CancelledError:
             # the server stops and the connection has ended; a task left cancelled would make
             # asyncio's stream callback (Python 3.11) log an "Exception in callback" for it
             pass
         finally:
             self._connections.discard(task)
+            if connection is not None:
+                self._live.discard(connection)
             with contextlib.suppress(Exception):
                 writer.close()
 

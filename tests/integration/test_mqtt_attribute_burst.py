@@ -184,6 +184,17 @@ def test_a_burst_of_rpc_requests_is_published_whole_in_order_once(
     no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
+def results_taken(app: EdgeApp, n: int) -> None:
+    """Wait until the devices' sessions have taken ``n`` results for the open connections'
+    subscriptions (not handed over yet: their delivery's record waits for the held commits).
+    The SUBACK comes before the session takes anything: closing on it alone raced."""
+    server = app.mqtt_server
+    assert server is not None, "the MQTT server is not running"
+    wait_until(lambda: server.results_pending == n, timeout=DEADLINE_S,
+               what=f"{n} results taken for the subscriptions",
+               show=lambda: server.results_pending)
+
+
 def test_a_request_taken_as_the_connection_closes_is_sent_again_to_the_kept_session(
         linked: tuple[FakeCloud, EdgeApp]) -> None:
     """Its delivery is being recorded when the client disconnects: the closing connection
@@ -199,7 +210,8 @@ def test_a_request_taken_as_the_connection_closes_is_sent_again_to_the_kept_sess
         with held_commits(app.store):  # the delivery's commit waits
             first = MqttDevice(app.mqtt_port, dev.token, client_id="closing", clean_session=False)
             assert first.connect() == 0
-            assert first.subscribe(RPC_REQUESTS, qos=1) == [1]  # the request is taken now
+            assert first.subscribe(RPC_REQUESTS, qos=1) == [1]
+            results_taken(app, 1)  # the request is taken (its delivery's record waits)
             first.close()
             logs.wait_for("subscriptions of a closing connection", device=str(dev.id))
         logs.wait_for("disconnected from MQTT", device=str(dev.id))
@@ -239,6 +251,7 @@ def test_a_closing_gateway_waits_for_its_own_and_its_sub_devices_requests_togeth
             assert gateway.subscribe(GATEWAY_RPC, qos=1) == [1]
             for device in devices[1:]:  # each sub-device's request is taken as it connects
                 gateway.send(CONNECT, {"device": device.name})
+            results_taken(app, len(devices))
             gateway.close()
             closing = time.monotonic()
             for device in devices:
