@@ -7,8 +7,16 @@ entity is held for that one too: an alarm (its entity is the alarm) for its orig
 relation (its entity is its ``from`` end) for its ``to`` end. It waits while that entity has an
 order-sensitive event in flight (its creation, say), events held, or a failed message unsettled,
 so neither an alarm nor a relation overtakes the creation of what it names (ThingsBoard skips a
-relation whose end it does not have: BaseRelationProcessor.processRelationMsg). Pure logic, no
-I/O.
+relation whose end it does not have: BaseRelationProcessor.processRelationMsg). A relation event
+held holds both its ends: their later events are held behind it.
+
+A RELATION_REQUEST (the edge asks for every relation from and to an entity) waits while a
+relation event with that entity at either end is held, in this message or in flight, or failed
+and unsettled: ThingsBoard reads the relations when it processes the request
+(DefaultEdgeRequestsService.processRelationRequestMsg) and applies one message's payloads
+concurrently (EdgeUplinkMessageDispatcher.processUplinkMsg), so a request that overtook the
+edge's own relation change would be answered with the relation as it was, and the answer would
+undo the change on the edge. Pure logic, no I/O.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from edge_sync.common.wire import Owner
 from edge_sync.errors import BadRequest
 from edge_sync.link.event_payloads import event_payload
 from edge_sync.proto import edge_pb2
-from edge_sync.storage.records import ORDER_SENSITIVE_ACTIONS, Lane, StoredEvent
+from edge_sync.storage.records import ORDER_SENSITIVE_ACTIONS, Action, Lane, StoredEvent
 
 # Room for the UplinkMsg's own fields (id, firstEdgeSeqId, epoch) and a safety margin.
 ENVELOPE_BYTES = 64
@@ -37,6 +45,7 @@ class Packed:
     seqs: list[int] = field(default_factory=list)
     entities: set[uuid.UUID] = field(default_factory=set)
     sensitive_entities: set[uuid.UUID] = field(default_factory=set)
+    relation_ends: set[uuid.UUID] = field(default_factory=set)  # of the relation events packed
     last_seq: dict[Lane, int] = field(default_factory=dict)  # highest seq consumed per lane
     too_large: list[tuple[StoredEvent, int]] = field(default_factory=list)
     unmappable: list[tuple[StoredEvent, str]] = field(default_factory=list)
@@ -55,6 +64,7 @@ def pack(
     owner: Owner,
     busy: set[uuid.UUID] | None = None,
     busy_sensitive: set[uuid.UUID] | None = None,
+    busy_relations: set[uuid.UUID] | None = None,
     skip: set[int] | None = None,
     hold: set[uuid.UUID] | None = None,
     max_hold: int = 0,
@@ -64,9 +74,10 @@ def pack(
 
     owner: the tenant and customer the entity JSON names (the connection's, at send time).
     busy: entities with events in flight; busy_sensitive: entities with order-sensitive events
-    in flight (both only matter when not ordered_peer). skip: seqs to pass over (dead-lettered,
-    not yet committed). An event that is larger than max_bytes on its own is returned in
-    too_large; one with no uplink mapping in unmappable: both are consumed, never sent.
+    in flight; busy_relations: the ends of the relation events in flight (all three only matter
+    when not ordered_peer). skip: seqs to pass over (dead-lettered, not yet committed). An event
+    that is larger than max_bytes on its own is returned in too_large; one with no uplink mapping
+    in unmappable: both are consumed, never sent.
 
     Not ordered_peer only: an event that must wait, or whose entity is in ``hold`` (entities
     whose events must not be sent now), is appended to ``held`` while fewer than ``max_hold``
@@ -74,11 +85,14 @@ def pack(
     no bound), and its entity's later events are held with it; otherwise (max_hold 0: always)
     packing stops before it. An alarm event also waits while its originator device is in
     ``hold``, has events held, or has an order-sensitive event in ``busy_sensitive`` or in this
-    message; so does a relation event for its ``to`` end (see ``hold_keys``).
+    message; so does a relation event for its ``to`` end (see ``hold_keys``), and a relation
+    event held holds both its ends. A RELATION_REQUEST also waits while its entity is an end of
+    a relation event in ``busy_relations`` or in this message.
     """
     out = Packed(edge_pb2.UplinkMsg())
     busy = busy or set()
     busy_sensitive = busy_sensitive or set()
+    busy_relations = busy_relations or set()
     holding = set(hold or ())
     for event in events:
         if len(out.seqs) >= max_events:
@@ -93,13 +107,15 @@ def pack(
         if not ordered_peer and (
                 eid in holding or _must_wait(eid, sensitive, out, busy, busy_sensitive)
                 or (other is not None and (other in holding or other in busy_sensitive
-                                           or other in out.sensitive_entities))):
+                                           or other in out.sensitive_entities))
+                or (event.action == Action.RELATION_REQUEST
+                    and (eid in busy_relations or eid in out.relation_ends))):
             if len(out.held) >= max_hold or (
                     max_hold_bytes is not None and out.held_bytes + event.size > max_hold_bytes):
                 break
             out.held.append(event)
             out.held_bytes += event.size
-            holding.add(eid)
+            holding.update(holds(event))
             out.last_seq[event.lane] = event.seq
             out.consumed += 1
             continue
@@ -124,6 +140,7 @@ def pack(
         out.entities.add(eid)
         if sensitive:
             out.sensitive_entities.add(eid)
+        out.relation_ends.update(relation_ends(event))
         out.last_seq[event.lane] = event.seq
         out.consumed += 1
     if out.seqs:
@@ -167,6 +184,23 @@ def hold_keys(event: StoredEvent) -> tuple[uuid.UUID, ...]:
     relation's ``to`` end."""
     other = named_entity(event)
     return (event.entity_id,) if other is None else (event.entity_id, other)
+
+
+def relation_ends(event: StoredEvent) -> tuple[uuid.UUID, ...]:
+    """Both ends of a relation event (``from``: its entity; ``to``: see ``relation_to``); only
+    its entity when the ``to`` end is unreadable; none for any other event."""
+    if event.type != "RELATION":
+        return ()
+    to = relation_to(event)
+    return (event.entity_id,) if to is None else (event.entity_id, to)
+
+
+def holds(event: StoredEvent) -> tuple[uuid.UUID, ...]:
+    """The entities whose later events an event held (or failed and unsettled) holds behind
+    it: its own, and a relation's ``to`` end too (so a RELATION_REQUEST for either end stays
+    behind the relation). Not an alarm's originator device: an alarm held for its own entity (an
+    acknowledgement waiting for the alarm's creation) leaves the device's events free."""
+    return relation_ends(event) or (event.entity_id,)
 
 
 def _must_wait(

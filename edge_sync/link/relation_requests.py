@@ -16,7 +16,8 @@ asked of it (a downlink says which peer it came from: ``ApplyDownlink.relations_
 Durable: the entities are recorded in the transaction of the downlink that put them on the edge
 (storage/relation_requests.py); after the commit one RELATION_REQUEST event each is appended
 through the QueueActor (normal lane: it follows the edge's own relation changes recorded before
-it, which the answer must not undo); once appended they are no longer recorded. What is still
+it, which the answer must not undo; the uplink packer keeps it behind those of its relations
+still held or in flight, link/packer.py); once appended they are no longer recorded. What is still
 recorded (a crash in between, an append refused) is appended at start and after every
 SyncCompletedMsg. One thread: the DownlinkActor's.
 """

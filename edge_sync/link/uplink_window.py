@@ -28,15 +28,17 @@ resend arrives under a higher epoch. Its answers say what a failure is (``retrya
 A peer without ordered apply (a ThingsBoard server) gets no go-back-N. Each message is a unit
 of its own: a failed or unanswered message is resent alone (under a new uplinkMsgId and epoch),
 the others stay in flight, and new events keep being read and sent. While a message has failed
-and is not settled (acknowledged or dead-lettered), its entities' later events are held: the
-cursor passes them, they are remembered in read order (at most ``max_held`` events and
-``max_held_bytes`` of their stored size; then reading stops at the next event that would be
-held) and sent once their entity is free. The same holding keeps an entity's order-sensitive
-events out of concurrent flight. An alarm event is held for its originator device too, a
-relation event for its ``to`` end (see edge_sync.link.packer). A message resent after an ack
-timeout may still be answered: a late success settles its events (they leave the resend queue;
-a resend in flight is answered for nothing more), so they are DEPLOYED once. A failure answer
-with neither hint is classified by its errorMsg (edge_sync.link.failures):
+and is not settled (acknowledged or dead-lettered), its entities' later events (those of both
+ends of a relation event) are held: the cursor passes them, they are remembered in read order
+(at most ``max_held`` events and ``max_held_bytes`` of their stored size; then reading stops at
+the next event that would be held) and sent once their entity is free. The same holding keeps
+an entity's order-sensitive events out of concurrent flight. An alarm event is held for its
+originator device too, a relation event for its ``to`` end, and a RELATION_REQUEST for an
+entity while a relation event with that entity at either end is in flight
+(``InFlight.relation_ends``), held or failed (see edge_sync.link.packer). A message resent after
+an ack timeout may still be answered: a late success settles its events (they leave the resend
+queue; a resend in flight is answered for nothing more), so they are DEPLOYED once. A failure
+answer with neither hint is classified by its errorMsg (edge_sync.link.failures):
 - transient: resent after retry_interval_s, doubling per transient failure of that message up
   to max_backoff_s; never counted against its events; max_retries of them (or of ack timeouts)
   for one message make the link reconnect (GiveUp);
@@ -58,7 +60,7 @@ from typing import Literal
 
 from edge_sync.common.wire import Owner
 from edge_sync.link.failures import is_transient
-from edge_sync.link.packer import Packed, hold_keys, pack
+from edge_sync.link.packer import Packed, hold_keys, holds, pack
 from edge_sync.link.peer_text import rejection_reason
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import Lane, StoredEvent
@@ -127,6 +129,7 @@ class InFlight:
     cursor_before: dict[Lane, int]
     sent_at: float
     unit: Unit | None = None  # unordered peer: its events, for a resend of this message alone
+    relation_ends: set[uuid.UUID] = field(default_factory=set)  # of its relation events
 
 
 @dataclass(slots=True)
@@ -489,7 +492,8 @@ class UplinkWindow:
         packed.msg.uplinkEpoch = self.epoch
         self._in_flight[msg_id] = InFlight(
             msg_id, self.epoch, tuple(packed.seqs), lanes, packed.entities,
-            packed.sensitive_entities, cursor_before, now, unit)
+            packed.sensitive_entities, cursor_before, now, unit,
+            relation_ends=packed.relation_ends)
         self._partial_since = None
         out.msg = packed.msg
         out.seqs = tuple(packed.seqs)
@@ -515,14 +519,17 @@ class UplinkWindow:
                 return Take()  # wait for the batch to fill (or for the window to drain)
         busy: set[uuid.UUID] = set()
         busy_sensitive: set[uuid.UUID] = set()
+        busy_relations: set[uuid.UUID] = set()
         for f in self._in_flight.values():
             busy |= f.entities
             busy_sensitive |= f.sensitive
+            busy_relations |= f.relation_ends
         old = self._held
         candidates = [*old, *events]
         packed = pack(candidates, max_bytes=max_bytes, max_events=p.batch_size,
                       ordered_peer=False, owner=owner, busy=busy, busy_sensitive=busy_sensitive,
-                      hold=failed, max_hold=p.max_held, max_hold_bytes=p.max_held_bytes)
+                      busy_relations=busy_relations, hold=failed, max_hold=p.max_held,
+                      max_hold_bytes=p.max_held_bytes)
         out = Take()
         out.dead = _refused(packed, max_bytes)
         self._held = [*packed.held, *old[packed.consumed:]]
@@ -635,11 +642,12 @@ class UplinkWindow:
         return tuple(sorted(settled))
 
     def _failed_entities(self) -> set[uuid.UUID]:
-        """Entities with a failed message not settled: their later events are held."""
-        out = {e.entity_id for u in self._waiting for e in u.events}
+        """Entities with a failed message not settled (both ends of a relation event): their
+        later events are held."""
+        out = {k for u in self._waiting for e in u.events for k in holds(e)}
         for f in self._in_flight.values():
             if f.unit is not None and f.unit.failed:
-                out |= f.entities
+                out |= f.entities | f.relation_ends
         return out
 
 

@@ -14,7 +14,7 @@ from edge_sync.cloud.uplink_payloads import uplink_events
 from edge_sync.common.wire import Owner, uuid_halves, uuid_of
 from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
-from edge_sync.link.packer import ENVELOPE_BYTES, hold_keys, pack
+from edge_sync.link.packer import ENVELOPE_BYTES, hold_keys, holds, pack, relation_ends
 from edge_sync.link.state import IllegalTransition, LinkState, LinkStateMachine
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import NIL_UUID, Action, Lane, StoredEvent
@@ -197,6 +197,55 @@ def test_an_alarm_is_held_for_its_originator_device() -> None:
     # the ordered reference cloud needs none of that
     assert pack([_event(1, a, Action.ADDED, lane=Lane.HIGH), alarm], max_bytes=4 << 20,
                 max_events=100, owner=OWNER, ordered_peer=True).seqs == [1, 2]
+
+
+def _relation(seq: int, src: uuid.UUID, dst: uuid.UUID,
+              action: str = Action.RELATION_DELETED) -> StoredEvent:
+    return StoredEvent(seq=seq, id=uuid.uuid4(), created_time=1, tenant_id=NIL_UUID,
+                       edge_id=NIL_UUID, type="RELATION", entity_type="ASSET", entity_id=src,
+                       action=action, body={"from": {"entityType": "ASSET", "id": str(src)},
+                                            "to": {"entityType": "DEVICE", "id": str(dst)},
+                                            "type": "Contains", "typeGroup": "COMMON"},
+                       ts=1000 + seq, lane=Lane.NORMAL)
+
+
+def _relation_request(seq: int, entity: uuid.UUID) -> StoredEvent:
+    return StoredEvent(seq=seq, id=uuid.uuid4(), created_time=1, tenant_id=NIL_UUID,
+                       edge_id=NIL_UUID, type="DEVICE", entity_type="DEVICE", entity_id=entity,
+                       action=Action.RELATION_REQUEST, body={}, ts=1000 + seq, lane=Lane.NORMAL)
+
+
+def test_a_relation_held_holds_both_its_ends_and_a_request_for_either() -> None:
+    """A peer without ordered apply: a relation C -> A held (C busy) holds A's later events too,
+    so a RELATION_REQUEST for A cannot overtake it (ThingsBoard would answer with C -> A as it
+    still is in the cloud). A request also waits while its entity is an end of a relation in
+    this message or in flight (``busy_relations``)."""
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    rel = _relation(10, c, a)
+    assert relation_ends(rel) == (c, a) and holds(rel) == (c, a)
+    assert relation_ends(_event(1, a)) == () and holds(_event(1, a)) == (a,)
+    alarm = _alarm(2, uuid.uuid4(), a)
+    assert holds(alarm) == (alarm.entity_id,)  # an alarm held leaves its device free
+
+    def packed(events: list[StoredEvent], **kw: Any) -> tuple[list[int], list[int]]:
+        p = pack(events, max_bytes=4 << 20, max_events=100, owner=OWNER, ordered_peer=False,
+                 max_hold=10, **kw)
+        return p.seqs, [e.seq for e in p.held]
+
+    request_a, request_b = _relation_request(11, a), _relation_request(12, b)
+    assert packed([rel, request_a, request_b], busy={c}, busy_sensitive={c}) == ([12], [10, 11])
+    assert packed([rel, _event(13, a), request_b], hold={c}) == ([12], [10, 13])
+    # in one message: the relation goes, the request for either end waits
+    assert packed([rel, request_a, _relation_request(14, c), request_b]) == ([10, 12], [11, 14])
+    # in flight: the request for its to end waits (its from end is busy_sensitive anyway)
+    assert packed([request_a, request_b], busy={c}, busy_sensitive={c},
+                  busy_relations={c, a}) == ([12], [11])
+    assert packed([request_a, _event(13, a)], busy={c}, busy_sensitive={c},
+                  busy_relations={c, a}) == ([], [11, 13])
+    # the ordered reference cloud needs none of that
+    assert pack([rel, request_a], max_bytes=4 << 20, max_events=100, owner=OWNER,
+                ordered_peer=True, busy={c}, busy_sensitive={c},
+                busy_relations={c, a}).seqs == [10, 11]
 
 
 def test_held_events_are_bounded_by_their_stored_size() -> None:

@@ -73,7 +73,9 @@ def pump(w: UplinkWindow, q: Queue, now: float, *, ordered: bool = True,
         for seq, _reason in took.dead:
             q.commit_dead(seq)
         if took.msg is not None:
-            assert sorted(e.seq or 0 for e in uplink_events(took.msg)) == sorted(took.seqs)
+            carried = [e.seq or 0 for e in uplink_events(took.msg)]
+            carried += [r.edgeSeqId for r in took.msg.relationRequestMsg]
+            assert sorted(carried) == sorted(took.seqs)
             sent.append((took.msg.uplinkMsgId, took.msg.uplinkEpoch, took.seqs))
         if not took.more:
             break
@@ -620,12 +622,13 @@ def asset_added(seq: int, asset: uuid.UUID) -> StoredEvent:
                        ts=1000 + seq, lane=Lane.HIGH)
 
 
-def relation(seq: int, src: uuid.UUID, dst: uuid.UUID) -> StoredEvent:
+def relation(seq: int, src: uuid.UUID, dst: uuid.UUID,
+             action: str = Action.RELATION_ADD_OR_UPDATE) -> StoredEvent:
     """A relation event as the edge records it (actors/graph_changes.py): its entity is the
     ``from`` end, the ``to`` end is in the EntityRelation JSON of its body."""
     return StoredEvent(seq=seq, id=uuid.UUID(int=1000 + seq), created_time=1, tenant_id=NIL_UUID,
                        edge_id=NIL_UUID, type="RELATION", entity_type="ASSET", entity_id=src,
-                       action=Action.RELATION_ADD_OR_UPDATE,
+                       action=action,
                        body={"from": {"entityType": "ASSET", "id": str(src)},
                              "to": {"entityType": "ASSET", "id": str(dst)}, "type": "Contains",
                              "typeGroup": "COMMON", "additionalInfo": None},
@@ -669,6 +672,76 @@ def test_the_ordered_peer_sends_a_relation_with_the_creation_of_its_to_end() -> 
     q = Queue([asset_added(1, B), relation(2, A, B)])
     w = window(batch_size=4)
     assert pump(w, q, 0.0) == [(1, 1, (1, 2))]  # applied in order: nothing to wait for
+
+
+def relation_request(seq: int, entity: uuid.UUID) -> StoredEvent:
+    """A request for an entity's relations as link/relation_requests.py appends it."""
+    return StoredEvent(seq=seq, id=uuid.UUID(int=1000 + seq), created_time=1, tenant_id=NIL_UUID,
+                       edge_id=NIL_UUID, type="ASSET", entity_type="ASSET", entity_id=entity,
+                       action=Action.RELATION_REQUEST, body={}, ts=1000 + seq, lane=Lane.NORMAL)
+
+
+def test_a_relation_request_stays_behind_a_held_relation_to_its_entity() -> None:
+    """ThingsBoard answers a request with the relations as they are when it reads them: a
+    request for A sent ahead of the edge's delete of C -> A (held while C is busy) would bring
+    C -> A back onto the edge, and the delete would then remove it from the cloud only."""
+    q = Queue([asset_added(1, C)])
+    q.batch = 4
+    w = tb_window(batch_size=4)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,))]
+    q.events += [relation(2, C, A, Action.RELATION_DELETED), relation_request(3, A), event(4, B)]
+    assert tb_pump(w, q, 1.0) == []  # a partial batch waits to fill
+    # C's creation in flight: the delete of C -> A waits, and so does the request for A; B goes
+    assert tb_pump(w, q, 2.0) == [(2, 1, (4,))]
+    assert w.held == (2, 3)
+    assert w.on_ack(2) == (4,)
+    q.commit_deployed((4,))
+    assert w.on_ack(1) == (1,)
+    q.commit_deployed((1,))
+    # C acknowledged: the delete goes alone, the request waits for its answer
+    assert tb_pump(w, q, 2.1) == [(3, 1, (2,))]
+    assert w.held == (3,)
+    assert tb_pump(w, q, 3.5) == []  # past the batch deadline: the delete still in flight
+    assert w.held == (3,)
+    assert w.on_ack(3) == (2,)
+    q.commit_deployed((2,))
+    assert tb_pump(w, q, 3.6) == [(4, 1, (3,))]
+    assert w.held == ()
+
+
+def test_a_relation_request_waits_for_a_relation_to_its_entity_in_flight_or_failed() -> None:
+    q = Queue([relation(1, C, A, Action.RELATION_DELETED)])
+    w = tb_window(batch_size=4)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,))]
+    q.events += [relation_request(2, A), relation_request(3, C), relation_request(4, B)]
+    assert tb_pump(w, q, 1.0) == []  # a partial batch waits to fill
+    # C -> A in flight: neither end's request goes (C is the relation's entity, A its to end)
+    assert tb_pump(w, q, 2.0) == [(2, 1, (4,))]
+    assert w.held == (2, 3)
+    assert w.on_ack(2) == (4,)
+    q.commit_deployed((4,))
+    # the delete failed: while it waits for its resend, and while the resend is in flight,
+    # both requests wait
+    assert w.on_failure(1, 2.0, error=TENANT_ERROR) == Retry(1, "failure", (1,), 1, 5.0)
+    assert tb_pump(w, q, 3.0) == []
+    assert w.held == (2, 3)
+    assert tb_pump(w, q, 5.0) == [(3, 2, (1,))]
+    assert tb_pump(w, q, 6.5) == []
+    assert w.held == (2, 3)
+    assert w.on_ack(3) == (1,)
+    q.commit_deployed((1,))
+    assert tb_pump(w, q, 6.6) == [(4, 2, (2, 3))]
+    assert w.held == ()
+
+
+def test_a_relation_request_and_a_relation_to_its_entity_never_share_a_message() -> None:
+    q = Queue([relation(1, C, A, Action.RELATION_DELETED), relation_request(2, A)])
+    w = tb_window(batch_size=4)
+    assert tb_pump(w, q, 0.0) == [(1, 1, (1,))]  # read together, the request still waits
+    assert w.held == (2,)
+    assert w.on_ack(1) == (1,)
+    q.commit_deployed((1,))
+    assert tb_pump(w, q, 0.1) == [(2, 1, (2,))]
 
 
 def test_a_resend_due_is_taken_without_reading_the_queue() -> None:
