@@ -38,10 +38,10 @@ entity). After a SyncCompletedMsg and at start, every rule chain without its met
 reported once per chain (and change) through ``request_metadata`` (wired to the uplink event
 that asks the cloud for it).
 
-Relations from a ThingsBoard server (a downlink's ``relations_on_request``): the entities whose
-relations ThingsBoard Edge asks for (a device, asset, entity view, dashboard or tenant created,
-a customer or user saved; and each of them a full sync sends) are recorded in the downlink's
-transaction and asked for through RELATION_REQUEST events once it commits
+Relations from a ThingsBoard server (a downlink whose ``peer_ordered`` is false): the entities
+whose relations ThingsBoard Edge asks for (a device, asset, entity view, dashboard or tenant
+created, a customer or user saved; and each of them a full sync sends) are recorded in the
+downlink's transaction and asked for through RELATION_REQUEST events once it commits
 (link/relation_requests.py).
 
 A downlink that cannot be applied is answered success=false with the error and the project's
@@ -49,10 +49,11 @@ A downlink that cannot be applied is answered success=false with the error and t
 credentials with an access token another device has on the edge is committed without them and
 answered the same way (link/graph_apply.py: ThingsBoard Edge saves the device, then refuses the
 credentials). When the edge's own store fails (StorageError: a full disk, the size cap, damage)
-nothing is wrong with the downlink:
-- to the reference cloud (``peer_honours_retryable``: the link's peer announced its
-  capabilities), the answer says retryable=true, so it resends the downlink for as long as it
-  takes and never parks it;
+nothing is wrong with the downlink. The answer goes by the peer of the stream the downlink came
+on (``ApplyDownlink.peer_ordered``, from that stream's ConnectResponseMsg), not by what the link
+is when the downlink is applied (it may have dropped meanwhile):
+- to the reference cloud (it announced its capabilities), the answer says retryable=true, so it
+  resends the downlink for as long as it takes and never parks it;
 - to ThingsBoard, which drops every downlink answered success=false and never reads
   ``retryable`` (thingsboard, application/.../edge/rpc/session/EdgeGrpcSession.java,
   onDownlinkResponse), there is no answer: ThingsBoard sends what is unanswered again after
@@ -142,7 +143,6 @@ class DownlinkActor(SupervisedActor):
         request_metadata: Callable[[uuid.UUID], None] | None = None,
         version: str | None = None,
         rules_changed: Callable[[], object] | None = None,
-        peer_honours_retryable: Callable[[], bool] | None = None,
         tell_queue: Callable[[Any], None] | None = None,
     ) -> None:
         super().__init__(report_exit)
@@ -165,9 +165,6 @@ class DownlinkActor(SupervisedActor):
         self._connection = connection
         self._clock = clock
         self._report = DownlinkReport(metrics, held_now=self._held_now, version=self._version)
-        # whether the link's peer resends a downlink answered retryable (the reference cloud);
-        # not known: no answer at all, which every peer resends
-        self._honours_retryable = peer_honours_retryable or (lambda: False)
         # keys of downlinks left unanswered after a store failure and not applied since (they
         # belong to the full sync under way when there is one: cleared when a full sync starts)
         self._unstored: dict[bytes, int] = {}
@@ -328,7 +325,7 @@ class DownlinkActor(SupervisedActor):
             retryable = isinstance(exc, StorageError)
             if isinstance(exc, StorageCorrupt):
                 self._record_damage(reason)
-            if retryable and not self._honours_retryable():
+            if retryable and not cmd.peer_ordered:  # the peer of the stream it came on
                 self._leave_unanswered(dl_id, key, reason)
                 return None
             self._report.failed(dl_id, reason, retryable)
@@ -458,7 +455,7 @@ class DownlinkActor(SupervisedActor):
             # what waits for something the edge made itself (no downlink released it)
             self._applier.release_ready(txn, now, out.graph)
             done.append(self._sync_completed(txn, cmd, now, track, out))
-        if cmd.relations_on_request:
+        if not cmd.peer_ordered:  # a ThingsBoard server: relations come when asked for
             asked = self._relations.record(txn, out.graph.saved, full_sync=in_full_sync)
             if asked:
                 done.append(f"relations of {asked} entities to be asked for")
@@ -492,7 +489,7 @@ class DownlinkActor(SupervisedActor):
         # ThingsBoard's full sync sends no relations: the edge's stay (their requests are
         # answered after this SyncCompletedMsg)
         out.removed = self._graph.complete_full_sync(txn, now_ms=now, version=self._version,
-                                                     sweep_relations=not cmd.relations_on_request)
+                                                     sweep_relations=cmd.peer_ordered)
         out.full_sync_completed = True
         return f"full sync completed ({len(out.removed)} removed)"
 

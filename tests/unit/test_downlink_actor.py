@@ -70,21 +70,21 @@ class Rig:
         self.metadata_asked: list[uuid.UUID] = []  # rule chains reported without metadata
         self.connection = Address("connection", lambda: self.collector)
         self.child: Any = None
-        # the link's peer: ThingsBoard (False) drops a downlink answered success=false, the
-        # reference cloud (True) resends one answered retryable
-        self.reference_peer = False
+        # the peer of the stream each downlink comes on (ApplyDownlink.peer_ordered): the
+        # reference cloud (True) resends a downlink answered retryable and sends relations in
+        # its full sync; ThingsBoard (False) drops a downlink answered success=false
+        self.peer_ordered = True
         self.start()
 
     def start(self) -> None:
         self.child = actor_child(DownlinkActor, self.store, self.connection, metrics=self.metrics,
                                  tokens=self.tokens, notify=self.notified.append,
-                                 request_metadata=self.metadata_asked.append, version="9.9.9",
-                                 peer_honours_retryable=lambda: self.reference_peer
+                                 request_metadata=self.metadata_asked.append, version="9.9.9"
                                  )(self.exits.append)
 
     def apply(self, msg: edge_pb2.DownlinkMsg, stream_id: int = 1) -> DownlinkApplied:
         """Hand the actor one downlink; its DownlinkApplied (fails fast if the actor died)."""
-        self.child.ref.tell(ApplyDownlink(stream_id, msg))
+        self.child.ref.tell(ApplyDownlink(stream_id, msg, peer_ordered=self.peer_ordered))
 
         def replied() -> list[Any]:
             try:
@@ -341,7 +341,6 @@ def test_a_store_failure_is_answered_retryable_to_the_reference_cloud_and_applie
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """The edge's own store failing (a full disk) says nothing against the downlink: the answer
     says retryable, so the reference cloud resends it instead of parking it."""
-    rig.reference_peer = True
     dev = uuid.uuid4()
 
     def disk_full(*args: Any, **kwargs: Any) -> Any:
@@ -767,7 +766,7 @@ def test_a_burst_is_answered_in_order_and_a_bad_downlink_in_it_fails_alone(rig: 
     msgs = [shared_msg(100 + i, d, {"n": i}) for i, d in enumerate(devices)]
     msgs[7] = shared_msg(107, uuid.uuid4(), {"n": 7}, scope="BOGUS_SCOPE")  # refused
     for msg in msgs:
-        rig.child.ref.tell(ApplyDownlink(1, msg))
+        rig.child.ref.tell(ApplyDownlink(1, msg, peer_ordered=True))
 
     def answers() -> list[DownlinkApplied] | None:
         while len(got) < len(msgs):
@@ -943,7 +942,6 @@ def test_graph_counters_by_kind_and_action_and_the_held_gauge(rig: Rig) -> None:
 def test_damage_found_while_applying_asks_for_a_full_sync(rig: Rig) -> None:
     """A damaged record under a downlink: refused (retryable: the store's fault) and recorded,
     so the next connect asks for a full sync (link/state.py sync_mode)."""
-    rig.reference_peer = True
     dev = uuid.uuid4()
     provision(rig, dev, "pump", "tok-pump")
     rig.store.write(lambda txn: txn.put(dev.bytes, b"\x02garbage", db=rig.store.dbs["devices"]))
@@ -991,9 +989,11 @@ def test_a_store_failure_is_not_answered_to_thingsboard_and_a_full_sync_is_reque
     """ThingsBoard drops a downlink answered success=false (EdgeGrpcSession.onDownlinkResponse)
     and never reads retryable: no answer, so it sends the downlink again after its timeout; the
     full sync requested for the next connect covers the case where it gives up."""
+    rig.peer_ordered = False
     dev = uuid.uuid4()
     writes = FailingWrites(rig, monkeypatch)
-    writes.fail_next(rig, ApplyDownlink(1, device_msg(90, dev, "pump-9")), writes=1)
+    writes.fail_next(rig, ApplyDownlink(1, device_msg(90, dev, "pump-9"), peer_ordered=False),
+                     writes=1)
     later = rig.apply(device_msg(91, uuid.uuid4(), "pump-10"))  # answers come in order
     assert (later.downlink_id, later.success) == (91, True)
     assert rig.replies.empty() and rig.exits == []
@@ -1010,10 +1010,34 @@ def test_a_store_failure_is_not_answered_to_thingsboard_and_a_full_sync_is_reque
     assert (rig.count(APPLIED), rig.count(FAILED)) == (2, 1)
 
 
+def test_a_store_failure_is_answered_by_the_peer_of_the_stream_the_downlink_came_on(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer goes by the peer the downlink's own stream announced at its connect, not by
+    what the link is when the actor gets to it: a ThingsBoard stream's downlink is left
+    unanswered and a reference cloud's is answered retryable, whichever came last."""
+    writes = FailingWrites(rig, monkeypatch)
+    writes.fail_next(rig, ApplyDownlink(1, device_msg(90, uuid.uuid4(), "pump-9"),
+                                        peer_ordered=False), writes=1)
+    why = f"downlink 90 could not be stored ({writes.error})"
+    assert rig.replies.empty() and requested(rig) == why
+    writes.fail_next(rig, ApplyDownlink(2, device_msg(91, uuid.uuid4(), "pump-10"),
+                                        peer_ordered=True), writes=1)
+    reply = wait_until(lambda: None if rig.replies.empty() else rig.replies.get_nowait(),
+                       timeout=DEADLINE_S, what="the reference cloud's answer")
+    assert (reply.stream_id, reply.downlink_id, reply.success, reply.retryable) == (
+        2, 91, False, True)
+    writes.fail_next(rig, ApplyDownlink(1, device_msg(92, uuid.uuid4(), "pump-11"),
+                                        peer_ordered=False), writes=1)
+    assert rig.replies.empty() and rig.exits == []
+    assert rig.count(FAILED) == 3
+
+
 def test_a_full_sync_request_the_store_refused_too_goes_with_the_next_downlink(
         rig: Rig, monkeypatch: pytest.MonkeyPatch, info_logs: list[str]) -> None:
+    rig.peer_ordered = False
     writes = FailingWrites(rig, monkeypatch)
-    writes.fail_next(rig, ApplyDownlink(1, device_msg(90, uuid.uuid4(), "pump-9")), writes=2)
+    writes.fail_next(rig, ApplyDownlink(1, device_msg(90, uuid.uuid4(), "pump-9"),
+                                        peer_ordered=False), writes=2)
     assert requested(rig) is None
     [line] = [m for m in info_logs if m.startswith("downlink 90 not applied")]
     assert line.endswith("a full sync is requested with the next downlink stored (the request "
@@ -1031,6 +1055,7 @@ def test_a_full_sync_with_a_downlink_not_stored_removes_nothing_at_its_end(
     """What an unstored downlink of the sync carries is not marked seen, and ThingsBoard may
     give it up: its end removes nothing and leaves the sync in progress (the next connect asks
     for a full sync again). Stored by a resend before the end, the sweep runs as usual."""
+    rig.peer_ordered = False
     stale, kept = uuid.uuid4(), uuid.uuid4()
     assert rig.apply(asset_msg(1, stale, "stale")).success
     assert rig.apply(asset_msg(2, kept, "kept")).success
@@ -1042,7 +1067,7 @@ def test_a_full_sync_with_a_downlink_not_stored_removes_nothing_at_its_end(
     wait_until(started, timeout=DEADLINE_S, what="the full sync recorded")
     writes = FailingWrites(rig, monkeypatch)
     update = asset_msg(10, kept, "kept v2", kind=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE)
-    writes.fail_next(rig, ApplyDownlink(1, update), writes=1)
+    writes.fail_next(rig, ApplyDownlink(1, update, peer_ordered=False), writes=1)
     if resent_in_time:
         assert rig.apply(update).success
     done = rig.apply(sync_done(11))
