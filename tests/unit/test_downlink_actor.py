@@ -25,6 +25,7 @@ from edge_sync.actors.messages import EntityDeleted, RpcQueued, SharedAttributes
 from edge_sync.cloud.downlinks import stamp
 from edge_sync.devices.rpc import RpcStatus
 from edge_sync.errors import QueueFull
+from edge_sync.link import downlink_actor
 from edge_sync.link.downlink_actor import (
     APPLIED_KINDS,
     ApplyDownlink,
@@ -1083,6 +1084,78 @@ def test_a_full_sync_with_a_downlink_not_stored_removes_nothing_at_its_end(
         assert (state.in_progress, active) == (True, False)
         assert state.requested == f"downlink 10 could not be stored ({writes.error})"
     assert rig.replies.empty()
+
+
+def start_full_sync(rig: Rig, stream_id: int = 1) -> None:
+    rig.child.ref.tell(FullSyncStarted(stream_id, "test"))
+
+    def started() -> bool:
+        with rig.store.read() as txn:
+            return rig.graph.full_sync_active(txn)
+    wait_until(started, timeout=DEADLINE_S, what="the full sync recorded")
+
+
+def test_downlinks_not_stored_are_kept_up_to_a_bound_and_the_full_sync_request_written_once(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, info_logs: list[str]) -> None:
+    """A store failing under a steady flow of downlinks: the actor keeps the first few by key
+    and only counts the failures of the rest, writes the full sync request once, and the
+    sync's end names a few ids in its one warning line (and still removes nothing)."""
+    monkeypatch.setattr(downlink_actor, "_UNSTORED_KEPT", 4)
+    monkeypatch.setattr(downlink_actor, "_UNSTORED_NAMED", 2)
+    requests: list[str] = []
+    real_request = GraphStore.request_full_sync
+
+    def counted(self: GraphStore, txn: Any, reason: str) -> None:
+        requests.append(reason)
+        real_request(self, txn, reason)
+    monkeypatch.setattr(GraphStore, "request_full_sync", counted)
+    rig.peer_ordered = False
+    stale, kept = uuid.uuid4(), uuid.uuid4()
+    assert rig.apply(asset_msg(1, stale, "stale")).success
+    start_full_sync(rig)
+    writes = FailingWrites(rig, monkeypatch)
+    updates = [asset_msg(10 + i, kept, f"kept v{i}") for i in range(6)]
+    for update in updates:  # one failed write each: the request is not written again
+        writes.fail_next(rig, ApplyDownlink(1, update, peer_ordered=False), writes=1)
+    why = f"downlink 10 could not be stored ({writes.error})"
+    assert rig.apply(updates[0]).success  # the resend of a downlink kept: stored
+    assert requests == [why] and requested(rig) == why
+    assert [m.rsplit("; ", 1)[1] for m in info_logs if " not applied: " in m] == [
+        "a full sync is requested for the next connect"] + 5 * [
+        f"a full sync is already requested for the next connect ({why})"]
+    assert "downlink 10 stored when sent again after a store failure" in info_logs
+    assert rig.apply(sync_done(20)).success
+    assert [m for m in info_logs if m.startswith("downlink 20: ")] == [
+        "downlink 20: full sync ended with downlinks the store did not take (11, 12 and 1 "
+        "more; 2 more store failures of downlinks not tracked one by one): nothing removed "
+        "at its end; the next connect asks for a full sync again"]
+    assert ("downlink 20 applied: full sync completed without its sweep (3 not stored, 2 more "
+            "store failures)") in info_logs
+    assert assets_on_edge(rig) == {stale, kept}
+    with rig.store.read() as txn:
+        assert (rig.graph.sync_state(txn).in_progress, rig.graph.full_sync_active(txn)) == (
+            True, False)
+    assert rig.replies.empty()
+
+
+def test_a_failure_beyond_the_downlinks_kept_still_stops_the_sweep(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every downlink kept was stored by its resend, but one only counted may not have been:
+    the sync's end removes nothing."""
+    monkeypatch.setattr(downlink_actor, "_UNSTORED_KEPT", 1)
+    rig.peer_ordered = False
+    stale, kept = uuid.uuid4(), uuid.uuid4()
+    assert rig.apply(asset_msg(1, stale, "stale")).success
+    start_full_sync(rig)
+    writes = FailingWrites(rig, monkeypatch)
+    first, second = asset_msg(10, kept, "kept"), asset_msg(11, kept, "kept v2")
+    writes.fail_next(rig, ApplyDownlink(1, first, peer_ordered=False), writes=1)
+    writes.fail_next(rig, ApplyDownlink(1, second, peer_ordered=False), writes=1)
+    assert rig.apply(first).success
+    assert rig.apply(sync_done(20)).success
+    assert assets_on_edge(rig) == {stale, kept}
+    with rig.store.read() as txn:
+        assert rig.graph.sync_state(txn).in_progress
 
 
 def test_a_held_entity_the_full_sync_does_not_send_again_is_not_applied_but_removed(
