@@ -204,7 +204,6 @@ class EdgeApp:
                         tokens=self.tokens, clock=clock, notify=self.router.tell,
                         request_metadata=self.entities.request_metadata,
                         rules_changed=self.chain_source.cloud_changed,
-                        peer_honours_retryable=self.link_board.peer_honours_retryable,
                         tell_queue=self.queue.tell)),
                     ChildSpec("connection", actor_child(
                         ConnectionActor, cfg.cloud, self.store, self.queue, self.downlinks,

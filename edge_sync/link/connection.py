@@ -562,7 +562,7 @@ class ConnectionActor(SupervisedActor):
                 if msg.downlinkMsg.HasField("cloudTimeMillis"):
                     self._check_skew(msg.downlinkMsg.cloudTimeMillis)
                 self._downlinks.tell(ApplyDownlink(  # ThingsBoard: relations come on request
-                    self._stream.id, msg.downlinkMsg, relations_on_request=not self._peer.ordered))
+                    self._stream.id, msg.downlinkMsg, peer_ordered=self._peer.ordered))
         elif msg.HasField("edgeUpdateMsg"):
             _log.info("edge configuration update received")
 

@@ -38,10 +38,10 @@ entity). After a SyncCompletedMsg and at start, every rule chain without its met
 reported once per chain (and change) through ``request_metadata`` (wired to the uplink event
 that asks the cloud for it).
 
-Relations from a ThingsBoard server (a downlink's ``relations_on_request``): the entities whose
-relations ThingsBoard Edge asks for (a device, asset, entity view, dashboard or tenant created,
-a customer or user saved; and each of them a full sync sends) are recorded in the downlink's
-transaction and asked for through RELATION_REQUEST events once it commits
+Relations from a ThingsBoard server (a downlink whose ``peer_ordered`` is false): the entities
+whose relations ThingsBoard Edge asks for (a device, asset, entity view, dashboard or tenant
+created, a customer or user saved; and each of them a full sync sends) are recorded in the
+downlink's transaction and asked for through RELATION_REQUEST events once it commits
 (link/relation_requests.py).
 
 A downlink that cannot be applied is answered success=false with the error and the project's
@@ -49,19 +49,23 @@ A downlink that cannot be applied is answered success=false with the error and t
 credentials with an access token another device has on the edge is committed without them and
 answered the same way (link/graph_apply.py: ThingsBoard Edge saves the device, then refuses the
 credentials). When the edge's own store fails (StorageError: a full disk, the size cap, damage)
-nothing is wrong with the downlink:
-- to the reference cloud (``peer_honours_retryable``: the link's peer announced its
-  capabilities), the answer says retryable=true, so it resends the downlink for as long as it
-  takes and never parks it;
+nothing is wrong with the downlink. The answer goes by the peer of the stream the downlink came
+on (``ApplyDownlink.peer_ordered``, from that stream's ConnectResponseMsg), not by what the link
+is when the downlink is applied (it may have dropped meanwhile):
+- to the reference cloud (it announced its capabilities), the answer says retryable=true, so it
+  resends the downlink for as long as it takes and never parks it;
 - to ThingsBoard, which drops every downlink answered success=false and never reads
   ``retryable`` (thingsboard, application/.../edge/rpc/session/EdgeGrpcSession.java,
   onDownlinkResponse), there is no answer: ThingsBoard sends what is unanswered again after
   edges.storage.sleep_between_batches (scheduleDownlinkMsgsPackSend), MAX_DOWNLINK_ATTEMPTS (3)
   sends in all, then discards it. So a full sync is requested durably for the next connect
-  (written at once, or with the next downlink's transaction if the store refuses that too), and
-  a full sync under way whose downlink was not stored by the time its SyncCompletedMsg comes
-  removes nothing at its end and stays in progress, so the next connect asks for a full sync
-  again (its sweep would take for gone what that downlink carried).
+  (written at once, or with the next downlink's transaction if the store refuses that too; not
+  again while a request is recorded or waits), and a full sync under way whose downlink was not
+  stored by the time its SyncCompletedMsg comes removes nothing at its end and stays in
+  progress, so the next connect asks for a full sync again (its sweep would take for gone what
+  that downlink carried). The actor keeps the keys of the first _UNSTORED_KEPT such downlinks
+  (to see a resend stored) and only counts the failures of the others, which stop that sweep
+  all the same; the end's WARNING names the first _UNSTORED_NAMED ids.
 
 The parts, each in its own module: the messages with the ConnectionActor
 (link/downlink_messages.py, re-exported here), a DownlinkMsg's key and the kinds set aside
@@ -126,6 +130,10 @@ class _ApplyGroup:
 
 
 _GROUP_MAX = 500  # downlinks applied in one transaction at most
+# downlinks left unanswered after a store failure, kept by key at most (beyond them only
+# counted: a store failing for hours under a steady downlink flow must not grow the actor)
+_UNSTORED_KEPT = 1000
+_UNSTORED_NAMED = 10  # of those, the ids a full sync's end names in its warning
 
 
 class DownlinkActor(SupervisedActor):
@@ -142,7 +150,6 @@ class DownlinkActor(SupervisedActor):
         request_metadata: Callable[[uuid.UUID], None] | None = None,
         version: str | None = None,
         rules_changed: Callable[[], object] | None = None,
-        peer_honours_retryable: Callable[[], bool] | None = None,
         tell_queue: Callable[[Any], None] | None = None,
     ) -> None:
         super().__init__(report_exit)
@@ -165,12 +172,11 @@ class DownlinkActor(SupervisedActor):
         self._connection = connection
         self._clock = clock
         self._report = DownlinkReport(metrics, held_now=self._held_now, version=self._version)
-        # whether the link's peer resends a downlink answered retryable (the reference cloud);
-        # not known: no answer at all, which every peer resends
-        self._honours_retryable = peer_honours_retryable or (lambda: False)
         # keys of downlinks left unanswered after a store failure and not applied since (they
-        # belong to the full sync under way when there is one: cleared when a full sync starts)
+        # belong to the full sync under way when there is one: cleared when a full sync
+        # starts), the first _UNSTORED_KEPT; the failures of the others are only counted
         self._unstored: dict[bytes, int] = {}
+        self._untracked_failures = 0
         self._owed_full_sync: str | None = None  # a full sync request not written yet: why
 
     def _tell_self(self, message: Any) -> None:
@@ -264,6 +270,7 @@ class DownlinkActor(SupervisedActor):
             return
         self._sync.started(message.stream_id, message.earlier_syncs)
         self._unstored.clear()  # what the full sync sends again supersedes them
+        self._untracked_failures = 0
         _log.bind(generation=generation, reason=message.reason).info(
             "full sync {} started ({}): what it does not send is removed at its end",
             generation, message.reason)
@@ -328,7 +335,7 @@ class DownlinkActor(SupervisedActor):
             retryable = isinstance(exc, StorageError)
             if isinstance(exc, StorageCorrupt):
                 self._record_damage(reason)
-            if retryable and not self._honours_retryable():
+            if retryable and not cmd.peer_ordered:  # the peer of the stream it came on
                 self._leave_unanswered(dl_id, key, reason)
                 return None
             self._report.failed(dl_id, reason, retryable)
@@ -341,19 +348,39 @@ class DownlinkActor(SupervisedActor):
         """A downlink the store failed to take, for a peer that drops what is answered
         success=false (ThingsBoard): no answer, so it is sent again; a full sync is requested
         for the next connect in case the peer gives it up (after its third send), and the
-        full sync under way, if any, will not sweep while the downlink is not stored."""
-        self._unstored[key] = dl_id
-        why = f"downlink {dl_id} could not be stored ({reason[:200]})"
-        try:
-            self._store.write(lambda txn: self._graph.request_full_sync(txn, why),
-                              maintenance=True)
-        except EdgeSyncError as exc:
-            self._owed_full_sync = why
-            sync = (f"a full sync is requested with the next downlink stored (the request was "
-                    f"not written either: {exc})")
+        full sync under way, if any, will not sweep while the downlink is not stored. The
+        request is written once: not again while one is recorded (whoever asked: any full sync
+        at the next connect will do) or waits to go with the next downlink stored."""
+        if key in self._unstored or len(self._unstored) < _UNSTORED_KEPT:
+            self._unstored[key] = dl_id
         else:
-            sync = "a full sync is requested for the next connect"
+            self._untracked_failures += 1
+        why = f"downlink {dl_id} could not be stored ({reason[:200]})"
+        if self._owed_full_sync is not None:
+            sync = ("a full sync is requested with the next downlink stored (an earlier request "
+                    "was not written either)")
+        elif (recorded := self._recorded_full_sync_request()) is not None:
+            sync = f"a full sync is already requested for the next connect ({recorded[:200]})"
+        else:
+            try:
+                self._store.write(lambda txn: self._graph.request_full_sync(txn, why),
+                                  maintenance=True)
+            except EdgeSyncError as exc:
+                self._owed_full_sync = why
+                sync = (f"a full sync is requested with the next downlink stored (the request "
+                        f"was not written either: {exc})")
+            else:
+                sync = "a full sync is requested for the next connect"
         self._report.unanswered(dl_id, reason, sync)
+
+    def _recorded_full_sync_request(self) -> str | None:
+        """Why a full sync is asked for at the next connect, when one is recorded (None too when
+        the store cannot say: the request is written then)."""
+        try:
+            with self._store.read() as txn:
+                return self._graph.sync_state(txn).requested
+        except EdgeSyncError:
+            return None
 
     def _write_owed(self, txn: lmdb.Transaction, owed: str | None) -> None:
         """In a downlink's transaction: the full sync request a store failure left unwritten."""
@@ -458,7 +485,7 @@ class DownlinkActor(SupervisedActor):
             # what waits for something the edge made itself (no downlink released it)
             self._applier.release_ready(txn, now, out.graph)
             done.append(self._sync_completed(txn, cmd, now, track, out))
-        if cmd.relations_on_request:
+        if not cmd.peer_ordered:  # a ThingsBoard server: relations come when asked for
             asked = self._relations.record(txn, out.graph.saved, full_sync=in_full_sync)
             if asked:
                 done.append(f"relations of {asked} entities to be asked for")
@@ -482,19 +509,34 @@ class DownlinkActor(SupervisedActor):
             return "sync completed (an earlier request's)"
         if which == "other" or not self._graph.full_sync_active(txn):
             return "sync completed"
-        if self._unstored:  # what they carry was not marked seen: a sweep would remove it
-            ids = ", ".join(str(i) for i in sorted(self._unstored.values()))
+        if self._unstored or self._untracked_failures:  # what they carry was not marked
+            # seen: a sweep would remove it
             self._graph.drop_full_sync_marks(txn)
             out.warnings.append(
-                f"full sync ended with downlinks the store did not take ({ids}): nothing "
-                "removed at its end; the next connect asks for a full sync again")
-            return f"full sync completed without its sweep ({len(self._unstored)} not stored)"
+                f"full sync ended with downlinks the store did not take ({self._unstored_text()}): "
+                "nothing removed at its end; the next connect asks for a full sync again")
+            more = (f", {self._untracked_failures} more store failures"
+                    if self._untracked_failures else "")
+            return f"full sync completed without its sweep ({len(self._unstored)} not stored{more})"
         # ThingsBoard's full sync sends no relations: the edge's stay (their requests are
         # answered after this SyncCompletedMsg)
         out.removed = self._graph.complete_full_sync(txn, now_ms=now, version=self._version,
-                                                     sweep_relations=not cmd.relations_on_request)
+                                                     sweep_relations=cmd.peer_ordered)
         out.full_sync_completed = True
         return f"full sync completed ({len(out.removed)} removed)"
+
+    def _unstored_text(self) -> str:
+        """The downlinks not stored, for one log line: the first ids, how many more, and the
+        failures of downlinks beyond those kept (a resend of one counts again)."""
+        named = sorted(self._unstored.values())[:_UNSTORED_NAMED]
+        parts = []
+        if named:
+            rest = len(self._unstored) - len(named)
+            parts.append(", ".join(map(str, named)) + (f" and {rest} more" if rest else ""))
+        if self._untracked_failures:
+            parts.append(f"{self._untracked_failures} more store failures of downlinks not "
+                         "tracked one by one")
+        return "; ".join(parts)
 
 
 def _changes_rule_chains(out: DownlinkOutcome) -> bool:

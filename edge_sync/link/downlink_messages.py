@@ -17,14 +17,16 @@ from edge_sync.proto import edge_pb2
 @dataclass(frozen=True, slots=True)
 class ApplyDownlink:
     """From the ConnectionActor: a downlink that arrived on stream ``stream_id``. The message
-    object is handed over; the sender never touches it again. ``relations_on_request``: it came
-    from a peer whose full sync carries no relations and that sends an entity's relations when
-    asked (a ThingsBoard server; the reference cloud announces orderedApply and sends them in its
-    sync), link/relation_requests.py."""
+    object is handed over; the sender never touches it again. ``peer_ordered``: the peer of that
+    stream, as its ConnectResponseMsg said (whatever the link has become since), is the
+    reference cloud (cloudCapabilities with orderedApply): it sends relations in its full sync
+    and resends a downlink answered ``retryable``. False: a ThingsBoard server, whose full sync
+    carries no relations (it sends an entity's relations when asked, link/relation_requests.py)
+    and which drops a downlink answered success=false (a store failure leaves it unanswered)."""
 
     stream_id: int
     msg: Any = field(compare=False)  # edge_pb2.DownlinkMsg
-    relations_on_request: bool = False
+    peer_ordered: bool = field(kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

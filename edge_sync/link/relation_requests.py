@@ -11,7 +11,7 @@ CustomerCloudProcessor, UserCloudProcessor). The edge does the same, and also fo
 entity a full sync sends, changed or not: the requests stand in for the relations that sync
 does not carry (an edge that held the entities before it asked for relations gets them then).
 The reference cloud sends relations in its full sync and in its downlink queue: nothing is
-asked of it (a downlink says which peer it came from: ``ApplyDownlink.relations_on_request``).
+asked of it (a downlink says which peer it came from: ``ApplyDownlink.peer_ordered``).
 
 Durable: the entities are recorded in the transaction of the downlink that put them on the edge
 (storage/relation_requests.py); after the commit one RELATION_REQUEST event each is appended

@@ -132,15 +132,6 @@ class StatusBoard:
         ``next_attempt_in_s`` and ``down_for_s`` at every read."""
         self._published = (snapshot, next_attempt_at, down_since, monotonic)
 
-    def peer_honours_retryable(self) -> bool:
-        """Whether the cloud of the accepted stream is the reference cloud, which resends a
-        downlink answered success=false with ``retryable`` true and never parks it. The
-        ConnectionActor publishes ``peer_ordered`` once a connect is accepted: True (the
-        reference cloud) when the ConnectResponseMsg carried cloudCapabilities with
-        orderedApply, False otherwise (ThingsBoard knows neither that field nor
-        ``retryable``). False before any accept."""
-        return self._published[0].get("peer_ordered") is True
-
     @property
     def value(self) -> dict[str, object]:
         snapshot, next_attempt_at, down_since, monotonic = self._published

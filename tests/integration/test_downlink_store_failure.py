@@ -81,7 +81,7 @@ def test_a_store_failure_is_answered_by_the_peer_the_link_found(
     device_id = uuid.uuid4()
     [first] = acked(fake, fake.send_downlink(device_downlink(fake, device_id, "tok-1")))
     assert first.success
-    assert app.link_board.peer_honours_retryable() is (capabilities is not None)
+    assert app.link_board.value["peer_ordered"] is (capabilities is not None)
     app.store.write(lambda txn: txn.put(device_id.bytes, b"\x02garbage",
                                         db=app.store.dbs["devices"]))
     failing = fake.send_downlink(device_downlink(fake, device_id, "tok-2"))

@@ -131,6 +131,8 @@ def damage_device_record(agent: Agent, device_id: uuid.UUID) -> None:
 
 def test_a_downlink_the_store_cannot_take_is_not_answered_and_thingsboard_sends_it_again(
         harness: Harness) -> None:
+    # resends under the edge's 30 s wait for sync progress: at ThingsBoard's default 60 s the
+    # edge would end the sync and reconnect first (docs/link-protocol.md, Downlink)
     server = harness.server(sync=SyncContent(devices=(SyncDevice("pump", "tok-pump"),)),
                             sleep_between_batches_s=0.5)
     agent = harness.agent(server)

@@ -25,6 +25,7 @@ from edge_sync.actors.messages import EntityDeleted, RpcQueued, SharedAttributes
 from edge_sync.cloud.downlinks import stamp
 from edge_sync.devices.rpc import RpcStatus
 from edge_sync.errors import QueueFull
+from edge_sync.link import downlink_actor
 from edge_sync.link.downlink_actor import (
     APPLIED_KINDS,
     ApplyDownlink,
@@ -70,21 +71,21 @@ class Rig:
         self.metadata_asked: list[uuid.UUID] = []  # rule chains reported without metadata
         self.connection = Address("connection", lambda: self.collector)
         self.child: Any = None
-        # the link's peer: ThingsBoard (False) drops a downlink answered success=false, the
-        # reference cloud (True) resends one answered retryable
-        self.reference_peer = False
+        # the peer of the stream each downlink comes on (ApplyDownlink.peer_ordered): the
+        # reference cloud (True) resends a downlink answered retryable and sends relations in
+        # its full sync; ThingsBoard (False) drops a downlink answered success=false
+        self.peer_ordered = True
         self.start()
 
     def start(self) -> None:
         self.child = actor_child(DownlinkActor, self.store, self.connection, metrics=self.metrics,
                                  tokens=self.tokens, notify=self.notified.append,
-                                 request_metadata=self.metadata_asked.append, version="9.9.9",
-                                 peer_honours_retryable=lambda: self.reference_peer
+                                 request_metadata=self.metadata_asked.append, version="9.9.9"
                                  )(self.exits.append)
 
     def apply(self, msg: edge_pb2.DownlinkMsg, stream_id: int = 1) -> DownlinkApplied:
         """Hand the actor one downlink; its DownlinkApplied (fails fast if the actor died)."""
-        self.child.ref.tell(ApplyDownlink(stream_id, msg))
+        self.child.ref.tell(ApplyDownlink(stream_id, msg, peer_ordered=self.peer_ordered))
 
         def replied() -> list[Any]:
             try:
@@ -341,7 +342,6 @@ def test_a_store_failure_is_answered_retryable_to_the_reference_cloud_and_applie
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """The edge's own store failing (a full disk) says nothing against the downlink: the answer
     says retryable, so the reference cloud resends it instead of parking it."""
-    rig.reference_peer = True
     dev = uuid.uuid4()
 
     def disk_full(*args: Any, **kwargs: Any) -> Any:
@@ -767,7 +767,7 @@ def test_a_burst_is_answered_in_order_and_a_bad_downlink_in_it_fails_alone(rig: 
     msgs = [shared_msg(100 + i, d, {"n": i}) for i, d in enumerate(devices)]
     msgs[7] = shared_msg(107, uuid.uuid4(), {"n": 7}, scope="BOGUS_SCOPE")  # refused
     for msg in msgs:
-        rig.child.ref.tell(ApplyDownlink(1, msg))
+        rig.child.ref.tell(ApplyDownlink(1, msg, peer_ordered=True))
 
     def answers() -> list[DownlinkApplied] | None:
         while len(got) < len(msgs):
@@ -943,7 +943,6 @@ def test_graph_counters_by_kind_and_action_and_the_held_gauge(rig: Rig) -> None:
 def test_damage_found_while_applying_asks_for_a_full_sync(rig: Rig) -> None:
     """A damaged record under a downlink: refused (retryable: the store's fault) and recorded,
     so the next connect asks for a full sync (link/state.py sync_mode)."""
-    rig.reference_peer = True
     dev = uuid.uuid4()
     provision(rig, dev, "pump", "tok-pump")
     rig.store.write(lambda txn: txn.put(dev.bytes, b"\x02garbage", db=rig.store.dbs["devices"]))
@@ -991,9 +990,11 @@ def test_a_store_failure_is_not_answered_to_thingsboard_and_a_full_sync_is_reque
     """ThingsBoard drops a downlink answered success=false (EdgeGrpcSession.onDownlinkResponse)
     and never reads retryable: no answer, so it sends the downlink again after its timeout; the
     full sync requested for the next connect covers the case where it gives up."""
+    rig.peer_ordered = False
     dev = uuid.uuid4()
     writes = FailingWrites(rig, monkeypatch)
-    writes.fail_next(rig, ApplyDownlink(1, device_msg(90, dev, "pump-9")), writes=1)
+    writes.fail_next(rig, ApplyDownlink(1, device_msg(90, dev, "pump-9"), peer_ordered=False),
+                     writes=1)
     later = rig.apply(device_msg(91, uuid.uuid4(), "pump-10"))  # answers come in order
     assert (later.downlink_id, later.success) == (91, True)
     assert rig.replies.empty() and rig.exits == []
@@ -1010,10 +1011,34 @@ def test_a_store_failure_is_not_answered_to_thingsboard_and_a_full_sync_is_reque
     assert (rig.count(APPLIED), rig.count(FAILED)) == (2, 1)
 
 
+def test_a_store_failure_is_answered_by_the_peer_of_the_stream_the_downlink_came_on(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer goes by the peer the downlink's own stream announced at its connect, not by
+    what the link is when the actor gets to it: a ThingsBoard stream's downlink is left
+    unanswered and a reference cloud's is answered retryable, whichever came last."""
+    writes = FailingWrites(rig, monkeypatch)
+    writes.fail_next(rig, ApplyDownlink(1, device_msg(90, uuid.uuid4(), "pump-9"),
+                                        peer_ordered=False), writes=1)
+    why = f"downlink 90 could not be stored ({writes.error})"
+    assert rig.replies.empty() and requested(rig) == why
+    writes.fail_next(rig, ApplyDownlink(2, device_msg(91, uuid.uuid4(), "pump-10"),
+                                        peer_ordered=True), writes=1)
+    reply = wait_until(lambda: None if rig.replies.empty() else rig.replies.get_nowait(),
+                       timeout=DEADLINE_S, what="the reference cloud's answer")
+    assert (reply.stream_id, reply.downlink_id, reply.success, reply.retryable) == (
+        2, 91, False, True)
+    writes.fail_next(rig, ApplyDownlink(1, device_msg(92, uuid.uuid4(), "pump-11"),
+                                        peer_ordered=False), writes=1)
+    assert rig.replies.empty() and rig.exits == []
+    assert rig.count(FAILED) == 3
+
+
 def test_a_full_sync_request_the_store_refused_too_goes_with_the_next_downlink(
         rig: Rig, monkeypatch: pytest.MonkeyPatch, info_logs: list[str]) -> None:
+    rig.peer_ordered = False
     writes = FailingWrites(rig, monkeypatch)
-    writes.fail_next(rig, ApplyDownlink(1, device_msg(90, uuid.uuid4(), "pump-9")), writes=2)
+    writes.fail_next(rig, ApplyDownlink(1, device_msg(90, uuid.uuid4(), "pump-9"),
+                                        peer_ordered=False), writes=2)
     assert requested(rig) is None
     [line] = [m for m in info_logs if m.startswith("downlink 90 not applied")]
     assert line.endswith("a full sync is requested with the next downlink stored (the request "
@@ -1031,6 +1056,7 @@ def test_a_full_sync_with_a_downlink_not_stored_removes_nothing_at_its_end(
     """What an unstored downlink of the sync carries is not marked seen, and ThingsBoard may
     give it up: its end removes nothing and leaves the sync in progress (the next connect asks
     for a full sync again). Stored by a resend before the end, the sweep runs as usual."""
+    rig.peer_ordered = False
     stale, kept = uuid.uuid4(), uuid.uuid4()
     assert rig.apply(asset_msg(1, stale, "stale")).success
     assert rig.apply(asset_msg(2, kept, "kept")).success
@@ -1042,7 +1068,7 @@ def test_a_full_sync_with_a_downlink_not_stored_removes_nothing_at_its_end(
     wait_until(started, timeout=DEADLINE_S, what="the full sync recorded")
     writes = FailingWrites(rig, monkeypatch)
     update = asset_msg(10, kept, "kept v2", kind=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE)
-    writes.fail_next(rig, ApplyDownlink(1, update), writes=1)
+    writes.fail_next(rig, ApplyDownlink(1, update, peer_ordered=False), writes=1)
     if resent_in_time:
         assert rig.apply(update).success
     done = rig.apply(sync_done(11))
@@ -1058,6 +1084,78 @@ def test_a_full_sync_with_a_downlink_not_stored_removes_nothing_at_its_end(
         assert (state.in_progress, active) == (True, False)
         assert state.requested == f"downlink 10 could not be stored ({writes.error})"
     assert rig.replies.empty()
+
+
+def start_full_sync(rig: Rig, stream_id: int = 1) -> None:
+    rig.child.ref.tell(FullSyncStarted(stream_id, "test"))
+
+    def started() -> bool:
+        with rig.store.read() as txn:
+            return rig.graph.full_sync_active(txn)
+    wait_until(started, timeout=DEADLINE_S, what="the full sync recorded")
+
+
+def test_downlinks_not_stored_are_kept_up_to_a_bound_and_the_full_sync_request_written_once(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, info_logs: list[str]) -> None:
+    """A store failing under a steady flow of downlinks: the actor keeps the first few by key
+    and only counts the failures of the rest, writes the full sync request once, and the
+    sync's end names a few ids in its one warning line (and still removes nothing)."""
+    monkeypatch.setattr(downlink_actor, "_UNSTORED_KEPT", 4)
+    monkeypatch.setattr(downlink_actor, "_UNSTORED_NAMED", 2)
+    requests: list[str] = []
+    real_request = GraphStore.request_full_sync
+
+    def counted(self: GraphStore, txn: Any, reason: str) -> None:
+        requests.append(reason)
+        real_request(self, txn, reason)
+    monkeypatch.setattr(GraphStore, "request_full_sync", counted)
+    rig.peer_ordered = False
+    stale, kept = uuid.uuid4(), uuid.uuid4()
+    assert rig.apply(asset_msg(1, stale, "stale")).success
+    start_full_sync(rig)
+    writes = FailingWrites(rig, monkeypatch)
+    updates = [asset_msg(10 + i, kept, f"kept v{i}") for i in range(6)]
+    for update in updates:  # one failed write each: the request is not written again
+        writes.fail_next(rig, ApplyDownlink(1, update, peer_ordered=False), writes=1)
+    why = f"downlink 10 could not be stored ({writes.error})"
+    assert rig.apply(updates[0]).success  # the resend of a downlink kept: stored
+    assert requests == [why] and requested(rig) == why
+    assert [m.rsplit("; ", 1)[1] for m in info_logs if " not applied: " in m] == [
+        "a full sync is requested for the next connect"] + 5 * [
+        f"a full sync is already requested for the next connect ({why})"]
+    assert "downlink 10 stored when sent again after a store failure" in info_logs
+    assert rig.apply(sync_done(20)).success
+    assert [m for m in info_logs if m.startswith("downlink 20: ")] == [
+        "downlink 20: full sync ended with downlinks the store did not take (11, 12 and 1 "
+        "more; 2 more store failures of downlinks not tracked one by one): nothing removed "
+        "at its end; the next connect asks for a full sync again"]
+    assert ("downlink 20 applied: full sync completed without its sweep (3 not stored, 2 more "
+            "store failures)") in info_logs
+    assert assets_on_edge(rig) == {stale, kept}
+    with rig.store.read() as txn:
+        assert (rig.graph.sync_state(txn).in_progress, rig.graph.full_sync_active(txn)) == (
+            True, False)
+    assert rig.replies.empty()
+
+
+def test_a_failure_beyond_the_downlinks_kept_still_stops_the_sweep(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every downlink kept was stored by its resend, but one only counted may not have been:
+    the sync's end removes nothing."""
+    monkeypatch.setattr(downlink_actor, "_UNSTORED_KEPT", 1)
+    rig.peer_ordered = False
+    stale, kept = uuid.uuid4(), uuid.uuid4()
+    assert rig.apply(asset_msg(1, stale, "stale")).success
+    start_full_sync(rig)
+    writes = FailingWrites(rig, monkeypatch)
+    first, second = asset_msg(10, kept, "kept"), asset_msg(11, kept, "kept v2")
+    writes.fail_next(rig, ApplyDownlink(1, first, peer_ordered=False), writes=1)
+    writes.fail_next(rig, ApplyDownlink(1, second, peer_ordered=False), writes=1)
+    assert rig.apply(first).success
+    assert rig.apply(sync_done(20)).success
+    assert assets_on_edge(rig) == {stale, kept}
+    with rig.store.read() as txn:
+        assert rig.graph.sync_state(txn).in_progress
 
 
 def test_a_held_entity_the_full_sync_does_not_send_again_is_not_applied_but_removed(

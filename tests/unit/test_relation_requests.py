@@ -71,7 +71,7 @@ class TbRig(Rig):
 
     def tb(self, msg: edge_pb2.DownlinkMsg, stream_id: int = 1) -> None:
         """A downlink from a ThingsBoard server, applied."""
-        self.child.ref.tell(ApplyDownlink(stream_id, msg, relations_on_request=True))
+        self.child.ref.tell(ApplyDownlink(stream_id, msg, peer_ordered=False))
         reply = wait_until(lambda: self._reply(), timeout=DEADLINE_S, what="the answer")
         assert reply.success, reply.error
 
