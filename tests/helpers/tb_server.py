@@ -482,7 +482,7 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
             del self.devices[device_id]
             del self.credentials[device_id]
             new_id = self.ids.make()
-            self.devices[new_id] = self._device_json(new_id, name, "default")
+            self.devices[new_id] = self._device_json(new_id, name, "default", None)
             self.credentials[new_id] = token
             self.cond.notify_all()
         return new_id
