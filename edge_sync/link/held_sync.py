@@ -16,7 +16,8 @@ a request right behind the acknowledgement can still find the old sync "already 
 A held request outlives its stream: the next connect asks for a sync of its own (a full one
 when a full sync was asked for: the request is durable, link/state.py sync_mode). When that
 sync completes, the held request is sent only if the connect's sync did not cover it (a full
-request after an incremental sync).
+request after an incremental sync). A request merged into it while that sync ran came after
+the sync started: the merged request belongs to the new stream and is sent.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ RELEASE_DELAY_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class HeldSync:
-    """A sync request not sent yet: a sync was running on stream ``stream_id`` when it came."""
+    """A sync request not sent yet: a sync was running on stream ``stream_id`` when the latest
+    of the ``requests`` merged into it came, at ``requested_ms``."""
 
     full: bool
     reason: str
@@ -40,12 +42,16 @@ class HeldSync:
     stream_id: int
     requests: int = 1  # operator requests merged into it
 
-    def merged(self, full: bool, reason: str) -> HeldSync:
-        """Another request while this one is held: one request, full if either is (with the
-        full one's reason; the first's when both are alike)."""
+    def merged(self, full: bool, reason: str, now_ms: int, stream_id: int) -> HeldSync:
+        """Another request, at ``now_ms`` on stream ``stream_id``, while this one is held: one
+        request, full if either is (with the full one's reason; the first's when both are
+        alike), made when and where the latest was. The latest came after the sync running on
+        ``stream_id`` started, so only a sync started later covers the merged request (see
+        ``release``): were it still dated by an earlier stream, that stream's reconnect sync,
+        already under way when the latest request came, would count as covering it."""
         upgraded = full and not self.full
         return HeldSync(self.full or full, reason if upgraded else self.reason,
-                        self.requested_ms, self.stream_id, self.requests + 1)
+                        now_ms, stream_id, self.requests + 1)
 
     def release(self, stream_id: int, completed_full: bool) -> Release:
         """A sync completed on ``stream_id`` (a full one or not): "send" this request now, or
@@ -66,4 +72,4 @@ def hold(held: HeldSync | None, *, full: bool, reason: str, now_ms: int,
     """The request held, merged with the one held already (if any)."""
     if held is None:
         return HeldSync(full, reason, now_ms, stream_id)
-    return held.merged(full, reason)
+    return held.merged(full, reason, now_ms, stream_id)
