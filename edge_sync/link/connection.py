@@ -8,8 +8,9 @@ behind a circuit breaker. A reader thread per stream only tells it what arrived.
 Nothing polls. The queue is read when the QueueActor says new events are durable
 (EventsCommitted), when an acknowledgement frees a window slot, and when a deadline passes; one
 timer is armed for the next deadline (connect or sync timeout, next attempt, go-back-N resend,
-unanswered message, partial batch, retry of a queue write, page release). An idle link reads
-nothing and wakes for nothing; gRPC keepalive pings run on their own.
+unanswered message, partial batch, retry of a queue write, page release, a held sync request's
+time, an operator's sync request unanswered: link/held_sync.py). An idle link reads nothing and
+wakes for nothing; gRPC keepalive pings run on their own.
 
 All state lives on the actor's thread. The link's state for status views is published as an
 immutable snapshot dict.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -50,7 +50,7 @@ from edge_sync.link.backoff import Backoff, BackoffPolicy
 from edge_sync.link.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from edge_sync.link.channel import Stream, make_channel
 from edge_sync.link.downlink_actor import ApplyDownlink, DownlinkApplied, FullSyncStarted
-from edge_sync.link.held_sync import RELEASE_DELAY_S, HeldSync, hold
+from edge_sync.link.held_sync import HeldSync, SyncGate, Unanswered
 from edge_sync.link.offline import judge_offline
 from edge_sync.link.peer_text import MAX_LOGGED_ERROR_CHARS, one_line, rejection_reason
 from edge_sync.link.sent_events import SentEvents
@@ -115,15 +115,6 @@ class _WriteFailed:
 @dataclass(frozen=True, slots=True)
 class _WritesSettled:
     """A MarkDeployed / DeadLetter committed while a replay waits for every one to be."""
-
-
-@dataclass(frozen=True, slots=True)
-class _HeldSyncDue:
-    """Time to send the sync request held while the sync on stream ``stream_id`` ran (that
-    sync, full or not, completed RELEASE_DELAY_S ago)."""
-
-    stream_id: int
-    completed_full: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +198,7 @@ class ConnectionActor(SupervisedActor):
         self._sync_started = 0.0
         # the last sync this process asked for (status: full or not, why, when, how long)
         self._last_sync: dict[str, Any] | None = None
-        self._held_sync: HeldSync | None = None  # an operator's request while a sync runs
+        self._gate = SyncGate()  # when an operator's sync request may go out; the one held
         self._sync_downlinks = 0  # downlinks received during the current sync
         self._sync_applied = 0  # ... applied for the first time (the sync's progress)
         self._next_attempt = 0.0
@@ -335,8 +326,6 @@ class ConnectionActor(SupervisedActor):
                 self._on_downlink_applied(message)
             case RequestSync():
                 self._on_request_sync(message)
-            case _HeldSyncDue(stream_id=sid, completed_full=completed_full):
-                self._release_held_sync(sid, completed_full)
             case _WriteFailed(command=command):
                 if not self._unrecorded:
                     self._rewrite_at = self._clock.monotonic() + _REWRITE_RETRY_S
@@ -450,6 +439,7 @@ class ConnectionActor(SupervisedActor):
             self._identity = identity
         self._customer = uuid_of(c.customerIdMSB, c.customerIdLSB)
         self._send_sync_request(full, why)
+        self._gate.stream_syncing()
         self._deadline = now + self._deadline_len(LinkState.SYNCING)
         self._sync_started = now
         self._sync_downlinks = 0
@@ -472,13 +462,24 @@ class ConnectionActor(SupervisedActor):
         self._syncs_sent += 1
         self._last_sync = {"full": full, "reason": why, "requested_ms": self._clock.now_ms(),
                            "completed_ms": None, "downlinks": None, "took_s": None,
-                           "pending": self._held_sync.view() if self._held_sync else None}
+                           "pending": self._pending()}
+
+    def _pending(self) -> dict[str, Any] | None:
+        """The held request as status shows it."""
+        return self._gate.held.view() if self._gate.held is not None else None
+
+    def _send_operator_sync(self, request: HeldSync) -> None:
+        """An operator's request (merged ones, maybe) on the connected stream, timed: the
+        cloud must answer it within the sync deadline (link/held_sync.py)."""
+        self._send_sync_request(request.full, f"requested: {request.reason}")
+        self._gate.sent(request, self._clock.monotonic(), self._deadline_len(LinkState.SYNCING))
 
     def _on_request_sync(self, request: RequestSync) -> None:
         """An operator's sync request: a full one is recorded first (durable until a full sync
         completes); with the link up the request goes on the current stream at once, unless a
-        sync is running on it: then it is held until that sync completes (link/held_sync.py:
-        ThingsBoard ignores a request while its sync runs, and never answers it)."""
+        sync is running on it or completed less than RELEASE_DELAY_S ago: then it is held until
+        then (link/held_sync.py: ThingsBoard ignores a request while its sync runs, and never
+        answers it)."""
         kind = "full" if request.full else "incremental"
         log = _log.bind(full=request.full, reason=request.reason)
         if request.full:
@@ -495,17 +496,26 @@ class ConnectionActor(SupervisedActor):
                      else "the next connect syncs anyway")
             return
         assert self._stream is not None and self._last_sync is not None
-        if self._last_sync["completed_ms"] is not None and self._held_sync is None:
+        now, now_ms = self._clock.monotonic(), self._clock.now_ms()
+        if self._gate.may_send(now):
             log.info("{} sync requested ({}): SyncRequestMsg sent", kind, request.reason)
-            self._send_sync_request(request.full, f"requested: {request.reason}")
+            self._send_operator_sync(HeldSync(request.full, request.reason, now_ms,
+                                              self._stream.id))
             return
-        self._held_sync = hold(self._held_sync, full=request.full, reason=request.reason,
-                               now_ms=self._clock.now_ms(), stream_id=self._stream.id)
-        running = "full" if self._last_sync["full"] else "incremental"
-        log.info("{} sync requested ({}): deferred until the {} sync under way completes (a "
-                 "cloud ignores a sync request while it syncs); {} sync pending", kind,
-                 request.reason, running, "full" if self._held_sync.full else "incremental")
-        self._last_sync = {**self._last_sync, "pending": self._held_sync.view()}
+        quiet_in = self._gate.quiet_in(now)
+        held = self._gate.hold(full=request.full, reason=request.reason, now_ms=now_ms,
+                               stream_id=self._stream.id)
+        last = "full" if self._last_sync["full"] else "incremental"
+        pending = "full" if held.full else "incremental"
+        if quiet_in is None:
+            log.info("{} sync requested ({}): deferred until the {} sync under way completes (a "
+                     "cloud ignores a sync request while it syncs); {} sync pending", kind,
+                     request.reason, last, pending)
+        else:
+            log.info("{} sync requested ({}): deferred {:.1f}s, the {} sync having just completed "
+                     "(a cloud may not count it as over yet); {} sync pending", kind,
+                     request.reason, quiet_in, last, pending)
+        self._last_sync = {**self._last_sync, "pending": held.view()}
 
     def _on_stream_ended(self, code: str, detail: str) -> None:
         if self._sm.state is LinkState.AUTH_FAILED:
@@ -588,6 +598,8 @@ class ConnectionActor(SupervisedActor):
                                "downlinks": (self._sync_downlinks
                                              if self._sm.state is LinkState.SYNCING else None),
                                "took_s": took_ms / 1000}
+        if completed:  # a held request goes RELEASE_DELAY_S later (held_sync.py)
+            self._gate.completed(self._clock.monotonic())
         if self._sm.state is LinkState.SYNCING:
             if done.sync_completed:
                 took = self._clock.monotonic() - self._sync_started
@@ -596,25 +608,51 @@ class ConnectionActor(SupervisedActor):
                 self._pump()
             elif done.success and not done.duplicate:
                 self._sync_progress(done.downlink_id)
-        if completed and self._held_sync is not None and self._last_sync is not None:
-            # not at once: ThingsBoard may not have cleared its sync flag yet (held_sync.py)
-            ref, due = self.actor_ref, _HeldSyncDue(done.stream_id, bool(self._last_sync["full"]))
-            timer = threading.Timer(RELEASE_DELAY_S, lambda: _tell(ref, due))
-            timer.daemon = True
-            timer.start()
+        elif done.success and not done.duplicate and not done.sync_completed:
+            # progress of a sync asked for while connected, if one is unanswered
+            self._gate.progress(self._clock.monotonic(), self._deadline_len(LinkState.SYNCING))
 
-    def _release_held_sync(self, stream_id: int, completed_full: bool) -> None:
-        """The sync under way on ``stream_id`` completed a moment ago: send the request held
-        meanwhile, unless the sync the reconnect asked for covered it. Nothing while the link
-        is on another stream or down: the held request waits for the next completion."""
-        held = self._held_sync
-        if (held is None or self._last_sync is None or self._stream is None
-                or self._stream.id != stream_id or not self._accepted):
+    def _sync_requests_due(self, now: float) -> None:
+        """CONNECTED: a sync request the cloud did not answer in time, a held request whose
+        time has come."""
+        wait_s = self._deadline_len(LinkState.SYNCING)
+        unanswered = self._gate.unanswered(now, wait_s)
+        if unanswered is not None:
+            self._sync_unanswered(unanswered, wait_s)
+            if self._sm.state is not LinkState.CONNECTED:
+                return
+        held = self._gate.release(now)
+        if held is not None:
+            self._release_held_sync(held)
+
+    def _sync_unanswered(self, unanswered: Unanswered, wait_s: float) -> None:
+        """No SyncCompletedMsg within the sync deadline: the cloud ignored the request. Sent
+        again once, as the same request (no new full sync generation, not counted as another
+        request on the stream: held_sync.py); ignored again, the cloud's session syncs no more
+        and the link reconnects (a full request is durable: the connect asks for it)."""
+        asked = unanswered.request
+        kind = "full" if asked.full else "incremental"
+        log = _log.bind(full=asked.full, reason=asked.reason, requests=asked.requests)
+        if not unanswered.again:  # logged with the state change
+            self._fail(f"no answer to the {kind} sync request ({asked.reason}) sent twice, "
+                       f"{wait_s:.0f}s each: a new cloud session syncs")
             return
-        self._held_sync = None
+        log.warning("no answer to the {} sync request ({}) within {:.0f}s: the cloud ignored it "
+                    "(ThingsBoard does while it counts its previous sync as running); "
+                    "SyncRequestMsg sent again", kind, asked.reason, wait_s)
+        assert self._stream is not None
+        self._stream.send(edge_pb2.RequestMsg(
+            msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
+            syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=asked.full)))
+
+    def _release_held_sync(self, held: HeldSync) -> None:
+        """The last sync on the current stream completed RELEASE_DELAY_S ago: send the request
+        held meanwhile, unless it was held on an earlier stream and the sync the reconnect
+        asked for covered it."""
+        assert self._stream is not None and self._last_sync is not None
         kind = "full" if held.full else "incremental"
         log = _log.bind(full=held.full, reason=held.reason, requests=held.requests)
-        if held.release(stream_id, completed_full) == "covered":
+        if held.release(self._stream.id, bool(self._last_sync["full"])) == "covered":
             log.info("deferred {} sync ({}) not sent: the sync after the reconnect covered it",
                      kind, held.reason)
             self._last_sync = {**self._last_sync, "pending": None}
@@ -627,7 +665,7 @@ class ConnectionActor(SupervisedActor):
                                   maintenance=True)
             except EdgeSyncError as exc:
                 log.error("full sync request not recorded: {}", exc)
-        self._send_sync_request(held.full, f"requested: {held.reason}")
+        self._send_operator_sync(held)
 
     def _sync_received(self) -> None:
         """A downlink arrived during the sync: counted; only applying it is progress."""
@@ -871,6 +909,9 @@ class ConnectionActor(SupervisedActor):
                                f"downlinks received during the sync, {self._sync_applied} "
                                f"applied)")
         elif state is LinkState.CONNECTED:
+            self._sync_requests_due(now)
+            if self._sm.state is not LinkState.CONNECTED:
+                return  # reconnecting
             due = self._window.next_deadline()
             if due is None or now < due:
                 return  # another deadline woke us (a page release, a queue write): no read
@@ -899,9 +940,9 @@ class ConnectionActor(SupervisedActor):
         elif state in (LinkState.CONNECTING, LinkState.SYNCING):
             due.append(self._deadline)
         elif state is LinkState.CONNECTED:
-            window_due = self._window.next_deadline()
-            if window_due is not None:
-                due.append(window_due)
+            for at in (self._window.next_deadline(), self._gate.next_due()):
+                if at is not None:
+                    due.append(at)
         return min(due) if due else None
 
     def _arm(self) -> None:

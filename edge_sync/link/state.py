@@ -22,8 +22,8 @@ class RequestSync:
     """To the ConnectionActor: ask the cloud for a sync now (an operator's request). A full one
     is recorded durably first (the next connect asks for it if the link is down, or goes down
     before it completes). With the link CONNECTED, SyncRequestMsg goes on the current stream at
-    once; while a sync runs, the request is held and sent once that sync completes
-    (link/held_sync.py)."""
+    once; while a sync runs, or within a second of its completion, the request is held and sent
+    a second after that sync completes (link/held_sync.py)."""
 
     full: bool
     reason: str

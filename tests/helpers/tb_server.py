@@ -150,12 +150,18 @@ Faults to inject: ``rate_limited_first`` (above); ``refuse_device`` (a device fo
 returns a message is refused every time with that message as a DataValidationException: a
 device the server will never accept); ``answer_delay`` (fixed, a random range, or per message);
 ``hold_sync`` (each sync waits before its SyncCompletedMsg until ``release_sync()``, which
-opens the gate for good: a sync that runs as long as the test needs).
+opens the gate for good: a sync that runs as long as the test needs); ``sync_flag_clear_delay_s``
+(a sync counts as running that long after its SyncCompletedMsg was acknowledged: ThingsBoard
+clears syncInProgress in markSyncCompletedSendEdgeEventUpdate, a callback of the pack's future
+run on ctx.getGrpcCallbackExecutorService() (EdgeGrpcSession.doSync), so a busy executor
+clears it late; ``math.inf``: never, as a session whose sync failed keeps it set for good,
+doSync's onFailure only logging "Exception during sync process").
 """
 
 from __future__ import annotations
 
 import json
+import math
 import queue
 import random
 import string
@@ -318,6 +324,7 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         seed: int | None = None,
         customer: uuid.UUID | None = None,
         hold_sync: bool = False,
+        sync_flag_clear_delay_s: float = 0.0,
     ) -> None:
         self.routing_key = routing_key
         self.secret = secret
@@ -345,6 +352,7 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
         self.sync_requests: list[bool] = []
         self.sync_starts: list[bool] = []  # the requests a sync was started for (fullSync)
         self._sync_held = hold_sync
+        self.sync_flag_clear_delay_s = sync_flag_clear_delay_s
         self.uplinks: list[Received] = []
         self.receipts: Counter[int] = Counter()  # uplinkMsgId -> times received
         self.applied: list[Applied] = []
@@ -803,10 +811,26 @@ class TbServer(edge_pb2_grpc.EdgeRpcServiceServicer):
                         return
                     self.sync_completed += 1
                     self.cond.notify_all()
+                    self._clear_flag_late(stream)
         finally:
             with self.cond:
                 stream.sync_running = False
                 self.cond.notify_all()
+
+    def _clear_flag_late(self, stream: _Stream) -> None:
+        """Under the lock, after a sync's SyncCompletedMsg was acknowledged: wait
+        sync_flag_clear_delay_s (or until the stream ends) before the flag is cleared."""
+        delay = self.sync_flag_clear_delay_s
+        if delay <= 0:
+            return
+        until = None if math.isinf(delay) else time.monotonic() + delay
+
+        def over() -> bool:
+            return (stream.ended or self._stopping
+                    or (until is not None and time.monotonic() >= until))
+
+        while not over():
+            self.cond.wait(None if until is None else max(0.0, until - time.monotonic()))
 
     def _send_pack(self, stream: _Stream, pack: list[edge_pb2.DownlinkMsg]) -> bool:
         """sendDownlinkMsgsPack + scheduleDownlinkMsgsPackSend: False if the stream ended."""
