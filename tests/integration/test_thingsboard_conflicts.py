@@ -17,7 +17,6 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,39 +25,11 @@ from tests.helpers.agent import Agent
 from tests.helpers.cloud_proc import edge_status
 from tests.helpers.tb_server import MAX_DOWNLINK_ATTEMPTS, SyncContent, SyncDevice, TbServer
 from tests.helpers.wait import wait_until
+from tests.integration.test_thingsboard_server import Harness
 
 pytestmark = pytest.mark.slow
 
-RK, SECRET = "rk-tb-conflicts", "secret-tb-conflicts-2b7d"
 DEADLINE_S = 30.0
-
-
-class Harness:
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.servers: list[TbServer] = []
-        self.agents: list[Agent] = []
-
-    def server(self, **kwargs: Any) -> TbServer:
-        server = TbServer(RK, SECRET, **kwargs).start()
-        self.servers.append(server)
-        return server
-
-    def agent(self, server: TbServer) -> Agent:
-        agent = Agent(self.tmp_path / "edge", env={
-            "CLOUD_ROUTING_KEY": RK, "CLOUD_ROUTING_SECRET": SECRET,
-            "CLOUD_RPC_HOST": "127.0.0.1", "CLOUD_RPC_PORT": str(server.port),
-            "EDGE_CLOUD_RECONNECT_INTERVAL_MS": "100",
-            "EDGE_CLOUD_RECONNECT_MAX_INTERVAL_MS": "1000",
-            "EDGE_CLOUD_BATCH_TIMEOUT_MS": "50"})
-        self.agents.append(agent)
-        return agent.start()
-
-    def close(self) -> None:
-        for agent in self.agents:
-            agent.close()
-        for server in self.servers:
-            server.stop()
 
 
 @pytest.fixture
