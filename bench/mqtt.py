@@ -296,7 +296,18 @@ class IdleProbe:
                      "ESTABLISHED on the server")
 
 
+IDLE_QUIET_S = 30.0
+"""How long the idle measurement waits for the earlier measurements' connections to be gone
+from the server (a client's close reaches the server a moment after the client returns)."""
+
+
 def run_idle(opts: Options, pid: int, port: int, base: Job) -> dict[str, Any]:
+    quiet_by = time.monotonic() + IDLE_QUIET_S
+    while (left := established(port)) and time.monotonic() < quiet_by:
+        time.sleep(0.05)  # polling the kernel's table: there is nothing to wait on
+    if left:
+        progress(f"    {left} earlier connections still ESTABLISHED on the server after "
+                 f"{IDLE_QUIET_S:.0f}s: they count in the idle figures")
     before = rss_parts_mb(pid).get("rss", float("nan"))
     probe = IdleProbe(pid, port, opts.idle_clients, opts.idle_hold)
     job = replace(base, kind="idle", clients=opts.idle_clients)

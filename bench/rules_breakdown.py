@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,11 +42,11 @@ def _targets() -> list[Wrapped]:
 
 
 @contextlib.contextmanager
-def cpu_per_label() -> Iterator[Counter[str]]:
+def cpu_per_label() -> Iterator[defaultdict[str, float]]:
     """Within the block, the thread CPU seconds spent in each wrapped function, by label."""
     from edge_sync.rules import engine, sandbox
 
-    seconds: Counter[str] = Counter()
+    seconds: defaultdict[str, float] = defaultdict(float)
     lock = threading.Lock()
 
     def counted(fn: Callable[..., Any], label: str | Callable[..., str]) -> Callable[..., Any]:
@@ -89,7 +89,7 @@ def cpu_per_label() -> Iterator[Counter[str]]:
             setattr(owner, name, original)
 
 
-def per_entry(seconds: Counter[str], entries: int) -> dict[str, float]:
+def per_entry(seconds: dict[str, float], entries: int) -> dict[str, float]:
     """µs of thread CPU per entry by label, the largest first."""
     if entries <= 0:
         return {}
