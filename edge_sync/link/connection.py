@@ -610,7 +610,8 @@ class ConnectionActor(SupervisedActor):
                 self._sync_progress(done.downlink_id)
         elif done.success and not done.duplicate and not done.sync_completed:
             # progress of a sync asked for while connected, if one is unanswered
-            self._gate.progress(self._clock.monotonic(), self._deadline_len(LinkState.SYNCING))
+            self._gate.progress(self._clock.monotonic(), self._deadline_len(LinkState.SYNCING),
+                                peer_answers_every_request=self._peer.ordered)
 
     def _sync_requests_due(self, now: float) -> None:
         """CONNECTED: a sync request the cloud did not answer in time, a held request whose

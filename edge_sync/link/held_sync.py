@@ -15,18 +15,23 @@ pack completes, in a callback on another executor (EdgeGrpcSession.doSync ->
 markSyncCompletedSendEdgeEventUpdate, run after onDownlinkResponse found the pack answered), so
 a request right behind the acknowledgement can still find the old sync "already started".
 
-A request sent while connected waits for its SyncCompletedMsg as the connect's sync does: the
-wait (``wait_s``, the link's sync deadline) restarts on every downlink applied for the first
-time. When it runs out, the cloud ignored the request (its flag was cleared later than
-RELEASE_DELAY_S): the same request is sent once more. It is the same request: no new full sync
-generation, and not counted as another request on the stream (the DownlinkActor counts a
-stream's SyncCompletedMsgs against its requests), so the one SyncCompletedMsg that comes
-answers it whether the cloud ran the first or the second. The request held meanwhile is not
-merged into it (a full one would start a generation that a slow incremental sync's completion
-could end, removing what it never sent): it waits for that completion. When the resent request
-is not answered either, the cloud's session does not sync at all (its flag stays set for good
-when a sync fails: doSync's onFailure only logs): the link reconnects, and the new session's
-sync answers for both (a full request is durable).
+A request sent while connected waits ``wait_s`` (the link's sync deadline) for its
+SyncCompletedMsg. With the reference cloud, which answers every request, the wait restarts on
+every downlink applied for the first time, as the connect's does: they are the sync's. A
+ThingsBoard server that ignored the request goes on sending its ordinary downlinks (changes
+queued meanwhile, attribute updates, RPC requests), which would put the wait off for ever: its
+downlinks do not restart the wait before the resend below (a resend while its sync runs is
+ignored too, so sending it early costs nothing), and after it they restart it only up to
+MAX_WAITS_AFTER_RESEND waits from the resend. When the wait runs out, the cloud ignored the
+request (its flag was cleared later than RELEASE_DELAY_S): the same request is sent once more.
+It is the same request: no new full sync generation, and not counted as another request on the
+stream (the DownlinkActor counts a stream's SyncCompletedMsgs against its requests), so the one
+SyncCompletedMsg that comes answers it whether the cloud ran the first or the second. The
+request held meanwhile is not merged into it (a full one would start a generation that a slow
+incremental sync's completion could end, removing what it never sent): it waits for that
+completion. When the resent request is not answered either, the cloud's session does not sync
+at all (its flag stays set for good when a sync fails: doSync's onFailure only logs): the link
+reconnects, and the new session's sync answers for both (a full request is durable).
 
 A held request outlives its stream: the next connect asks for a sync of its own (a full one
 when a full sync was asked for: the request is durable, link/state.py sync_mode). When that
@@ -44,6 +49,9 @@ Release = Literal["send", "covered"]
 
 RELEASE_DELAY_S = 1.0
 """How long after the running sync's completion the held request is sent (see above)."""
+MAX_WAITS_AFTER_RESEND = 10
+"""With a peer that may ignore a request (ThingsBoard): after the resend, downlinks restart the
+wait for its completion up to this many waits from the resend, no further (see above)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +116,11 @@ class SyncGate:
         self._quiet_at: float | None = None  # requests may go from then; None: one outstanding
         self._asked: HeldSync | None = None  # the request sent while connected, unanswered
         self._answer_due: float | None = None  # ... when it counts as ignored
-        self._resent = False  # ... it was sent twice
+        self._resent_at: float | None = None  # ... when it was sent the second time
 
     def stream_syncing(self) -> None:
         """The connect's sync request went out on a new stream (the link times it itself)."""
-        self._quiet_at = self._asked = self._answer_due = None
-        self._resent = False
+        self._quiet_at = self._asked = self._answer_due = self._resent_at = None
 
     def may_send(self, now: float) -> bool:
         """Whether a request may go out now: no sync outstanding, the last one completed at
@@ -132,19 +139,25 @@ class SyncGate:
 
     def sent(self, request: HeldSync, now: float, wait_s: float) -> None:
         """``request`` went out on the connected stream: it waits for its SyncCompletedMsg."""
-        self._quiet_at = None
-        self._asked, self._answer_due, self._resent = request, now + wait_s, False
+        self._quiet_at = self._resent_at = None
+        self._asked, self._answer_due = request, now + wait_s
 
-    def progress(self, now: float, wait_s: float) -> None:
-        """A downlink applied for the first time: the wait for the completion starts again."""
-        if self._answer_due is not None:
+    def progress(self, now: float, wait_s: float, *, peer_answers_every_request: bool) -> None:
+        """A downlink applied for the first time while a request is outstanding: the wait for
+        its completion starts again, if the downlink can be the sync's (see the module's
+        docstring)."""
+        if self._answer_due is None:
+            return
+        if peer_answers_every_request:
             self._answer_due = now + wait_s
+        elif self._resent_at is not None:
+            self._answer_due = min(now + wait_s,
+                                   self._resent_at + MAX_WAITS_AFTER_RESEND * wait_s)
 
     def completed(self, now: float) -> None:
         """The sync outstanding on the stream completed (its SyncCompletedMsg applied)."""
         self._quiet_at = now + RELEASE_DELAY_S
-        self._asked = self._answer_due = None
-        self._resent = False
+        self._asked = self._answer_due = self._resent_at = None
 
     def next_due(self) -> float | None:
         """When ``unanswered`` or ``release`` next has something to do; None: nothing to wait
@@ -158,10 +171,10 @@ class SyncGate:
         is sent again now and waits anew), not the second (the link reconnects)."""
         if self._answer_due is None or now < self._answer_due or self._asked is None:
             return None
-        if self._resent:
+        if self._resent_at is not None:
             self._answer_due = None
             return Unanswered(self._asked, again=False)
-        self._answer_due, self._resent = now + wait_s, True
+        self._answer_due, self._resent_at = now + wait_s, now
         return Unanswered(self._asked, again=True)
 
     def release(self, now: float) -> HeldSync | None:

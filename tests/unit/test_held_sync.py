@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from edge_sync.link.held_sync import RELEASE_DELAY_S, HeldSync, SyncGate, Unanswered, hold
+from edge_sync.link.held_sync import (
+    MAX_WAITS_AFTER_RESEND,
+    RELEASE_DELAY_S,
+    HeldSync,
+    SyncGate,
+    Unanswered,
+    hold,
+)
 
 T0 = 1_700_000_000_000
 
@@ -95,7 +102,7 @@ def test_a_request_sent_waits_for_its_completion_the_wait_restarting_on_progress
     asked = HeldSync(False, "ops", T0, 1)
     gate.sent(asked, 5.0, WAIT_S)
     assert (gate.may_send(6.0), gate.quiet_in(6.0), gate.next_due()) == (False, None, 35.0)
-    gate.progress(20.0, WAIT_S)
+    gate.progress(20.0, WAIT_S, peer_answers_every_request=True)  # the reference cloud
     assert gate.next_due() == 50.0
     assert gate.unanswered(49.9, WAIT_S) is None
     gate.completed(40.0)
@@ -130,3 +137,26 @@ def test_a_resend_answered_ends_the_wait_and_releases_the_held_request() -> None
     assert gate.release(50.0 + RELEASE_DELAY_S) == held
     gate.sent(held, 51.0, WAIT_S)  # a new request: a resend of its own if ignored
     assert gate.unanswered(81.0, WAIT_S) == Unanswered(held, again=True)
+
+
+def test_a_peer_that_may_ignore_a_request_does_not_put_its_resend_off_with_other_downlinks(
+        ) -> None:
+    """ThingsBoard ignored the request and goes on sending its ordinary downlinks (one every
+    20 s here): they do not restart the wait before the resend, and after it only up to
+    MAX_WAITS_AFTER_RESEND waits from the resend; then the link reconnects."""
+    gate = connected_gate(0.0)
+    asked = HeldSync(True, "restore", T0, 1)
+    gate.sent(asked, 5.0, WAIT_S)
+    gate.progress(20.0, WAIT_S, peer_answers_every_request=False)
+    assert gate.next_due() == 35.0
+    assert gate.unanswered(35.0, WAIT_S) == Unanswered(asked, again=True)
+    now, outcome = 35.0, None
+    while outcome is None and now < 10_000.0:
+        now += 20.0
+        gate.progress(now, WAIT_S, peer_answers_every_request=False)
+        due = gate.next_due()
+        assert due is not None and due <= 35.0 + MAX_WAITS_AFTER_RESEND * WAIT_S
+        outcome = gate.unanswered(now, WAIT_S)
+    assert outcome == Unanswered(asked, again=False)
+    assert 35.0 + (MAX_WAITS_AFTER_RESEND - 1) * WAIT_S < now <= (
+        35.0 + MAX_WAITS_AFTER_RESEND * WAIT_S + 20.0)
