@@ -16,7 +16,6 @@ closed poll stops waiting at once.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
@@ -32,7 +31,7 @@ from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.http_host import HANDLER_CANCELLATION
 from edge_sync.common.json_body import parse_json
 from edge_sync.devices.subscribers import LongPoll
-from edge_sync.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
+from edge_sync.errors import BadRequest, Unauthorized, Unavailable
 from edge_sync.metrics import Metrics, device_answers
 
 _log = logger.bind(component="device-http")
@@ -144,7 +143,7 @@ class DeviceHttpApi:
     async def _rpc_response(self, request: web.Request) -> web.StreamResponse:
         """The device's answer to a server-side RPC request. One that no request awaits
         (unknown id; not delivered, expired or answered already) is answered 200 all the same,
-        logged and dropped (counted by the service), nothing queued: ThingsBoard's
+        logged, counted and dropped by the service, nothing queued: ThingsBoard's
         DeviceApiController.replyToCommand answers through its HttpOkCallback, 200 whatever
         becomes of the answer, and the MQTT API acknowledges such an answer too."""
         raw_id = request.match_info["request_id"]
@@ -152,8 +151,7 @@ class DeviceHttpApi:
         def submit(token: str, body: Any) -> Future[range]:
             request_id = parse_request_id(raw_id)
             device = self._service.authenticate(token)
-            return _taken_if_unawaited(self._service.answer_rpc(device.id, request_id, body),
-                                       device.id, request_id)
+            return self._service.answer_rpc(device.id, request_id, body)
 
         return await self._write(request, "rpc response", submit)
 
@@ -216,29 +214,6 @@ class _TooLarge(Exception):
     def __init__(self, size: int | None, limit: int) -> None:
         what = f"body of {size} bytes" if size else "body"
         super().__init__(f"{what} is larger than the limit of {limit} bytes (http.max_body_bytes)")
-
-
-def _taken_if_unawaited(committed: Future[range], device_id: uuid.UUID,
-                        request_id: int) -> Future[range]:
-    """``committed``, where an answer no request awaits (NotFound, Conflict: nothing queued)
-    is taken: logged as dropped, resolved with no seqs."""
-    out: Future[range] = Future()
-
-    def done(future: Future[range]) -> None:
-        exc = None if future.cancelled() else future.exception()
-        if isinstance(exc, NotFound | Conflict):
-            _log.bind(device=str(device_id), rpc_id=request_id).warning(
-                "RPC answer dropped: {}", exc)
-            out.set_result(range(0))
-        elif future.cancelled():
-            out.cancel()
-        elif exc is not None:
-            out.set_exception(exc)
-        else:
-            out.set_result(future.result())
-
-    committed.add_done_callback(done)
-    return out
 
 
 def _message(exc: BaseException) -> str:

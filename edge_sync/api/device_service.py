@@ -239,10 +239,11 @@ class DeviceService:
 
     def post_rpc_response(self, token: str, request_id: int, body: Any) -> Future[range]:
         """A device's answer to RPC request ``request_id`` (high lane: it overtakes telemetry).
-        The future fails with NotFound (no delivered request has that id) or Conflict (it has
-        expired, or was answered) and nothing is queued then: the transport acknowledges such
-        an answer and drops it (logged), and it is counted here
-        (``edge_sync_rpc_answers_dropped_total``), whichever transport took it."""
+        An answer no request awaits (no delivered request has that id, or it has expired or
+        was answered) is taken all the same, whichever transport brought it: nothing queued
+        (the future resolves with no seqs), one WARNING line, counted in
+        ``edge_sync_rpc_answers_dropped_total``. A resend could not help, and ThingsBoard's
+        transports take such an answer too (HTTP 200, an MQTT acknowledgement)."""
         device = self.authenticate(token)
         return self.answer_rpc(device.id, request_id, body)
 
@@ -253,15 +254,26 @@ class DeviceService:
             raise BadRequest("RPC request id must be an integer 0..2147483647")
         check_json_value("rpc response", body)
         reply: Future[range] = Future()
-        reply.add_done_callback(self._count_if_dropped)
-        self._router.tell(PostRpcResponse(device_id, request_id, body, self._clock.now_ms(), reply))
-        return reply
+        out: Future[range] = Future()
 
-    def _count_if_dropped(self, reply: Future[range]) -> None:
-        """An answer no request awaits (NotFound, Conflict) is dropped by its transport."""
-        if self._answers_dropped is not None and not reply.cancelled() \
-                and isinstance(reply.exception(), NotFound | Conflict):
-            self._answers_dropped.inc()
+        def settled(done: Future[range]) -> None:
+            exc = None if done.cancelled() else done.exception()
+            if isinstance(exc, NotFound | Conflict):  # no request awaits it: taken, dropped
+                _log.bind(device=str(device_id), rpc_id=request_id).warning(
+                    "RPC answer dropped: {}", exc)
+                if self._answers_dropped is not None:
+                    self._answers_dropped.inc()
+                out.set_result(range(0))
+            elif done.cancelled():
+                out.cancel()
+            elif exc is not None:
+                out.set_exception(exc)
+            else:
+                out.set_result(done.result())
+
+        reply.add_done_callback(settled)
+        self._router.tell(PostRpcResponse(device_id, request_id, body, self._clock.now_ms(), reply))
+        return out
 
     def raise_alarm(
         self,

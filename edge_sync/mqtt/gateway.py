@@ -55,7 +55,7 @@ from edge_sync.api.attribute_read import read_attributes
 from edge_sync.api.device_service import DeviceService, follower
 from edge_sync.common.json_body import parse_json
 from edge_sync.devices.subscribers import LongPoll
-from edge_sync.errors import BadRequest, Conflict, NotFound, Unavailable
+from edge_sync.errors import BadRequest, NotFound, Unavailable
 from edge_sync.mqtt import gateway_payloads as wire
 from edge_sync.mqtt import topics
 from edge_sync.mqtt.dropped import TOPIC_KEY_CHARS, DroppedTopics, Sighting
@@ -246,8 +246,7 @@ class Gateway:
         self._admit((reply.device,))
         sub = self._sub_device(reply.device)
         answer = self._service.answer_rpc(sub.device.id, reply.request_id, reply.data)
-        log = self._log.bind(device=str(sub.device.id), rpc_id=reply.request_id)
-        return all_of([sub.creation, answered(answer, log)])
+        return all_of([sub.creation, answer])
 
     def _on_attribute_request(self, body: Any) -> Future[Any] | None:
         request = wire.parse_attribute_request(body)
@@ -459,26 +458,6 @@ def all_of(futures: Iterable[Future[Any] | None]) -> Future[Any] | None:
 
     for future in pending:
         future.add_done_callback(done)
-    return out
-
-
-def answered(committed: Future[range], log: Any) -> Future[Any]:
-    """An RPC answer's commit, where an answer nobody awaits (unknown id, expired, answered
-    already: nothing queued) still counts as taken, as a device's own: a resend could not
-    help. Logged."""
-    out: Future[Any] = Future()
-
-    def done(future: Future[range]) -> None:
-        exc = failure(future)
-        if isinstance(exc, NotFound | Conflict):
-            log.warning("RPC answer dropped: {}", exc)
-            out.set_result(None)
-        elif exc is not None:
-            out.set_exception(exc)
-        else:
-            out.set_result(future.result())
-
-    committed.add_done_callback(done)
     return out
 
 

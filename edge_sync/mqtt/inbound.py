@@ -33,7 +33,7 @@ from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest
 from edge_sync.mqtt import topics
 from edge_sync.mqtt.dropped import TOPIC_KEY_CHARS, DroppedTopics, Sighting
-from edge_sync.mqtt.gateway import Gateway, answered
+from edge_sync.mqtt.gateway import Gateway
 from edge_sync.mqtt.topics import Publish, classify
 from edge_sync.storage.records import Device
 
@@ -76,8 +76,7 @@ class Inbound:
             return self._gateway().publish(topic, data)
         if kind is Publish.RPC_RESPONSE:
             body = parse_json(data)
-            return answered(self._service.post_rpc_response(
-                self._token, parse_request_id(request_id), body), self._log)
+            return self._service.post_rpc_response(self._token, parse_request_id(request_id), body)
         if kind is Publish.ATTRIBUTES_REQUEST:
             self._attributes_request(request_id, parse_json(data))
             return None

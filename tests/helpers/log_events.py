@@ -235,7 +235,8 @@ class _Module(ast.NodeVisitor):
         binding = self._binding_of(func.value, node.lineno)
         component = binding.component or PROCESS
         fields = binding.fields - {"component"}
-        site = f"{self.path.relative_to(ROOT)}:{node.lineno}"
+        path = self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path
+        site = f"{path}:{node.lineno}"
         self.events.append((component, template, levels, fields, site))
 
 

@@ -6,6 +6,7 @@ the tables as they should be. The matching itself is tested on made-up differenc
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -32,13 +33,15 @@ def test_docs_logs_lists_every_log_event_and_nothing_else(code: Events) -> None:
 
 def test_the_extraction_finds_the_operators_lines(code: Events) -> None:
     # an f-string variable (the supervisor's give-up), a .log() with a computed level (the
-    # link), a logger bound in a class (the supervisor) and one passed in (MQTT gateway)
+    # link), a logger bound in a class (the supervisor), one bound in a closure (the device
+    # service; a logger passed in: the test below)
     gave_up = code[("(process)", "supervisor {} gave up: {} failed, {} restarts within {}s "
                                  "exceed the limit of {}")]
     assert gave_up.levels == {"ERROR"} and gave_up.fields == {"child", "supervisor"}
     link = code[("link", "link {} -> {}: {}")]
     assert link.levels == {"INFO", "WARNING", "ERROR"} and link.fields == {"old_state", "state"}
-    assert code[("mqtt-gateway", "RPC answer dropped: {}")].levels == {"WARNING"}
+    dropped = code[("device-api", "RPC answer dropped: {}")]
+    assert dropped.levels == {"WARNING"} and dropped.fields == {"device", "rpc_id"}
     assert code[("(server)", "{} listening")].fields == {"host", "port"}
     # JSON field names: the metric label names for the same concepts
     refused = code[("device-http", "{} refused with {}: {}")]
@@ -81,3 +84,19 @@ def test_rows_read_back_as_they_were_written(code: Events) -> None:
     text = "\n".join(rows({("q", "x"): Event("q", "x", {"INFO"}, set())}))
     _, problems = doc_events(text + "\n| INFO | `x` | - |\n")
     assert problems == ["docs/logs.md:7: listed twice: 'x'"]
+
+
+def test_the_extraction_finds_a_line_logged_through_a_logger_passed_in(tmp_path: Path) -> None:
+    """A function handed a logger (``log``) logs as its module's logger, with what the caller
+    did not bind left out: the module's component, the level, the call's own fields."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "mod.py").write_text(
+        "from loguru import logger\n"
+        "_log = logger.bind(component='mqtt-gateway')\n"
+        "def answered(log):\n"
+        "    log.bind(rpc_id=1).warning('RPC answer dropped: {}', 'late')\n")
+    events = code_events(package)
+    assert list(events) == [("mqtt-gateway", "RPC answer dropped: {}")]
+    event = events[("mqtt-gateway", "RPC answer dropped: {}")]
+    assert (event.levels, event.fields) == ({"WARNING"}, {"rpc_id"})
