@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loguru import logger
 
 from edge_sync.link.peer_text import MAX_ERROR_CHARS, MAX_LOGGED_ERROR_CHARS
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.records import Action, Status
+from tests.helpers.log_capture import log_records as capture_logs
 from tests.helpers.wait import wait_until
 from tests.integration.test_link_peers import (
     SECRET,
@@ -45,10 +45,8 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 @pytest.fixture
 def log_records() -> Iterator[list[dict[str, Any]]]:
     """Every loguru record (DEBUG and up) logged during the test."""
-    records: list[dict[str, Any]] = []
-    sink = logger.add(lambda m: records.append(m.record), level="DEBUG", format="{message}")
-    yield records
-    logger.remove(sink)
+    with capture_logs() as records:
+        yield records
 
 
 def assert_kept_short(app: Any, log_records: list[dict[str, Any]], dead_seq: int) -> None:

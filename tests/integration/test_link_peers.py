@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loguru import logger
 
 from edge_sync.actors.messages import Append
 from edge_sync.app import EdgeApp
@@ -30,6 +29,7 @@ from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device, Lane, NewEvent, Status, StoredEvent, lane_for
 from tests.helpers.fake_peer import FAKE_TENANT_ID, FakeCloud, Payload, Uplink, payloads
+from tests.helpers.log_capture import log_records as capture_logs
 from tests.helpers.metric_values import metric_total
 from tests.helpers.wait import wait_until
 
@@ -92,10 +92,8 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 @pytest.fixture
 def log_records() -> Iterator[list[dict[str, Any]]]:
     """Every loguru record (DEBUG and up) logged during the test."""
-    records: list[dict[str, Any]] = []
-    sink = logger.add(lambda m: records.append(m.record), level="DEBUG", format="{message}")
-    yield records
-    logger.remove(sink)
+    with capture_logs() as records:
+        yield records
 
 
 def link_state(app: EdgeApp) -> str:
