@@ -2,7 +2,8 @@
 commits: the DownlinkActor's counters (``edge_sync_downlinks_*``, ``edge_sync_graph_*``,
 ``edge_sync_rpc_requests_total``) and its log lines, one per event that matters (a downlink
 applied, redelivered or refused, a kind set aside the first time, an entity held, released or removed
-by a full sync's end, a device renamed because its name is another device's, credentials refused
+by a full sync's end, a device renamed because its name is another device's, a device's access
+token removed because the cloud gave it credentials of another type, credentials refused
 alone, a downlink left unanswered so that ThingsBoard sends it again, a full sync completed).
 """
 
@@ -137,6 +138,12 @@ class DownlinkReport:
                       cloud_name=rn.cloud_name).warning(
                 "device {} applied as {!r}: device {} has its name {!r} on the edge",
                 rn.device_id, rn.name, rn.holder_id, rn.cloud_name)
+        for rv in g.revoked:  # never the token
+            _log.bind(downlink_id=dl_id, entity_type="DEVICE", entity_id=str(rv.device_id),
+                      credentials_type=rv.credentials_type).warning(
+                "device {}: access token removed, the cloud gave it {} credentials: the edge "
+                "refuses the token from now on (HTTP 401, MQTT CONNACK 5)", rv.device_id,
+                rv.credentials_type)
         for what in g.released:
             self._m_released.inc()
             _log.bind(downlink_id=dl_id, released=what).info(

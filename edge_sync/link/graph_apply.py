@@ -39,6 +39,16 @@ application/.../service/edge/rpc/processor/device/BaseDeviceProcessor.java):
   keeps the token it had, the rest of the downlink is applied, and GraphOutcome.refused says
   why, so the DownlinkActor answers success=false as ThingsBoard Edge does. During a full sync
   the refused credentials count as sent (their device is still assigned).
+
+Credentials that are not an access token (MQTT_BASIC, X509_CERTIFICATE, LWM2M_CREDENTIALS, or
+any other type): a ThingsBoard device has one credentials row, which
+DeviceCredentialsServiceImpl.updateDeviceCredentials replaces, so its access token is gone and
+DefaultTransportApiService (validateCredentials, validateUserNameCredentials) finds no
+ACCESS_TOKEN credentials for it from then on. The edge serves access tokens only: the device's
+token is removed from its record and the token index (GraphOutcome.revoked, logged once the
+downlink commits), the JSON kept in the graph. The same credentials again while the device
+still has a token (sent unchanged by a full sync) remove it too. Access token credentials that
+come later give the device that token again.
 """
 
 from __future__ import annotations
@@ -82,8 +92,28 @@ UNIQUE_SUFFIX_LETTERS = 15
 """ThingsBoard Edge's generateRandomAlphabeticString: name + "_" + StringUtils.randomAlphabetic(15)."""
 
 
+ACCESS_TOKEN = "ACCESS_TOKEN"
+_TYPE_SHOWN = 64
+"""At most this many characters of a credentials type the cloud sent go in a log line."""
+
+
 class TokenTaken(Conflict):
     """Device credentials whose access token another device has on the edge."""
+
+
+def credentials_type(body: dict[str, Any]) -> str:
+    """A DeviceCredentials JSON's credentialsType: ACCESS_TOKEN when the field is absent; a
+    value that is not text (null, say), as JSON."""
+    kind = body.get("credentialsType", ACCESS_TOKEN)
+    return kind if isinstance(kind, str) else json.dumps(kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """A device whose credentials from the cloud are not an access token: its token removed."""
+
+    device_id: uuid.UUID
+    credentials_type: str  # as the cloud sent it, at most _TYPE_SHOWN characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +149,7 @@ class GraphOutcome:
     released: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     renamed: list[Renamed] = field(default_factory=list)  # devices applied under a unique name
+    revoked: list[Revoked] = field(default_factory=list)  # devices whose token went
     # payloads refused alone while the rest was applied (credentials whose token another
     # device has): the downlink is answered success=false with these, as ThingsBoard Edge does
     refused: list[str] = field(default_factory=list)
@@ -307,6 +338,7 @@ class GraphApplier:
         out.held.extend(sub.held)
         out.warnings.extend(sub.warnings)
         out.renamed.extend(sub.renamed)
+        out.revoked.extend(sub.revoked)
         out.profiles_changed |= sub.profiles_changed
         out.devices_changed |= sub.devices_changed
         return provided
@@ -435,7 +467,7 @@ class GraphApplier:
                 raise BadRequest("deviceUpdateMsg: createdTime is not a number") from exc
         elif c.entity_type == "DEVICE_CREDENTIALS":
             token = body.get("credentialsId")
-            if body.get("credentialsType", "ACCESS_TOKEN") != "ACCESS_TOKEN":
+            if credentials_type(body) != ACCESS_TOKEN:  # nothing to check: no token kept
                 return
             if not isinstance(token, str) or not token:
                 raise BadRequest("deviceCredentialsUpdateMsg: no credentialsId")
@@ -478,8 +510,10 @@ class GraphApplier:
             return self.entities.tenant(txn) is not None
         if c.entity_type == "DEVICE_CREDENTIALS":
             device = self.entities.device(txn, c.entity_id)
-            token = (c.body or {}).get("credentialsId")
-            return device is not None and device.token == token
+            body = c.body or {}
+            if credentials_type(body) != ACCESS_TOKEN:  # current once the device has no token
+                return device is None or not device.token
+            return device is not None and device.token == body.get("credentialsId")
         return True
 
     def _operational(self, txn: lmdb.Transaction, c: _Change, now_ms: int,
@@ -501,14 +535,28 @@ class GraphApplier:
             out.devices_changed = True
         elif c.entity_type == "DEVICE_CREDENTIALS":
             token = c.body.get("credentialsId")
-            if c.body.get("credentialsType", "ACCESS_TOKEN") != "ACCESS_TOKEN":
-                out.done.append(f"device {c.entity_id}: credentials type "
-                                f"{c.body.get('credentialsType')} ignored")
-                return
             device = self.entities.device(txn, c.entity_id)
+            kind = credentials_type(c.body)[:_TYPE_SHOWN]
+            if kind != ACCESS_TOKEN:
+                self._revoke(txn, c.entity_id, device, kind, out)
+                return
             if device is not None and isinstance(token, str):
                 self.entities.put_device(txn, replace(device, token=token))
                 out.devices_changed = True
+
+    def _revoke(self, txn: lmdb.Transaction, device_id: uuid.UUID, device: Device | None,
+                kind: str, out: GraphOutcome) -> None:
+        """Credentials of type ``kind``, not an access token: the device's token goes (see the
+        module docstring), so the device API refuses it (HTTP 401, MQTT CONNACK 5) from the
+        commit on, as ThingsBoard's DefaultTransportApiService.validateCredentials does once
+        DeviceCredentialsServiceImpl.updateDeviceCredentials replaced the credentials row."""
+        if device is None or not device.token:
+            out.done.append(f"device {device_id}: credentials type {kind}, no access token")
+            return
+        self.entities.put_device(txn, replace(device, token=""))
+        out.devices_changed = True
+        out.revoked.append(Revoked(device_id, kind))
+        out.done.append(f"device {device_id}: credentials type {kind}, access token removed")
 
     def _device(self, txn: lmdb.Transaction, device_id: uuid.UUID, body: dict[str, Any],
                 now: int) -> None:

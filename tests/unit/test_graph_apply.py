@@ -9,6 +9,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,13 @@ import pytest
 from edge_sync.common.entity_graph import BY_TYPE, KINDS, RULE_CHAIN_INPUT_NODE, Ref
 from edge_sync.common.wire import uuid_halves
 from edge_sync.errors import BadRequest
-from edge_sync.link.graph_apply import GraphApplier, GraphOutcome, Renamed, is_unique_name_of
+from edge_sync.link.graph_apply import (
+    GraphApplier,
+    GraphOutcome,
+    Renamed,
+    Revoked,
+    is_unique_name_of,
+)
 from edge_sync.proto import edge_pb2
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
@@ -682,3 +689,115 @@ def test_credentials_whose_token_another_device_has_are_refused_alone(rig: Rig) 
     assert rig.read(lambda txn: rig.entities.device_by_token(txn, "tok-b")).id == holder
     creds = rig.read(lambda txn: rig.graph.entity(txn, dev, "DEVICE_CREDENTIALS"))
     assert json.loads(creds.json) == _credentials(dev, "tok-a")
+
+
+# -- credentials that are not an access token ------------------------------------------------------
+
+MQTT_BASIC_VALUE = json.dumps({"clientId": "pump-1", "userName": "pump", "password": "pw-1"})
+CERT_HASH = "2f4c0a4a9d0e3b7c8a1f6e5d4c3b2a1908f7e6d5c4b3a2918f7e6d5c4b3a2918"
+
+
+def _other_credentials(device_id: uuid.UUID, kind: str | None) -> dict[str, Any]:
+    """DeviceCredentials JSON of type ``kind`` as ThingsBoard sends it
+    (DeviceCredentialsServiceImpl.formatCredentials: the id a hash, or the user name)."""
+    body: dict[str, Any] = {"id": {"id": str(uuid.uuid4())}, "createdTime": NOW,
+                            "deviceId": tid("DEVICE", device_id), "credentialsType": kind,
+                            "credentialsId": CERT_HASH, "credentialsValue": None}
+    if kind == "MQTT_BASIC":
+        body["credentialsValue"] = MQTT_BASIC_VALUE
+    elif kind == "X509_CERTIFICATE":
+        body["credentialsValue"] = "MIIBszCCAVmgAwIBAgIUUkVkZ2Ugc3luYyB0ZXN0"
+    return body
+
+
+def _token_of(rig: Rig, device_id: uuid.UUID) -> str:
+    device = rig.read(lambda txn: rig.entities.device(txn, device_id))
+    assert device is not None
+    return str(device.token)
+
+
+def _tokens_indexed(rig: Rig) -> int:
+    return int(rig.read(lambda txn: rig.store.entries(txn, "device_tokens")))
+
+
+@pytest.mark.parametrize(("kind", "shown"), [
+    ("MQTT_BASIC", "MQTT_BASIC"), ("X509_CERTIFICATE", "X509_CERTIFICATE"),
+    ("LWM2M_CREDENTIALS", "LWM2M_CREDENTIALS"), (None, "null")])
+def test_credentials_of_another_type_remove_the_devices_access_token(
+        rig: Rig, kind: str | None, shown: str) -> None:
+    """A ThingsBoard device has one credentials row, which
+    DeviceCredentialsServiceImpl.updateDeviceCredentials replaces: once they are MQTT_BASIC or
+    X.509, DefaultTransportApiService.validateCredentials finds no ACCESS_TOKEN credentials for
+    the old token. The edge removes the device's token (record and index) and keeps the JSON;
+    the same credentials again change nothing; access token credentials give a token back."""
+    dev = uuid.uuid4()
+    rig.apply(downlink(payload("DEVICE", dev, _device(dev, "pump")),
+                       payload("DEVICE_CREDENTIALS", dev, _credentials(dev, "tok-a"))))
+    assert (_token_of(rig, dev), _tokens_indexed(rig)) == ("tok-a", 1)
+
+    other = _other_credentials(dev, kind)
+    out = rig.apply(downlink(payload("DEVICE_CREDENTIALS", dev, other)))
+    assert out.revoked == [Revoked(dev, shown)]
+    assert out.devices_changed is True
+    assert out.applied == [("DEVICE_CREDENTIALS", "UPDATED")]
+    assert out.done == [f"device {dev}: credentials type {shown}, access token removed",
+                        f"DEVICE_CREDENTIALS {dev} updated"]
+    assert out.refused == [] and out.warnings == []
+    assert (_token_of(rig, dev), _tokens_indexed(rig)) == ("", 0)
+    assert rig.read(lambda txn: rig.entities.device_by_token(txn, "tok-a")) is None
+    assert json.loads(rig.read(lambda txn: rig.graph.entity(
+        txn, dev, "DEVICE_CREDENTIALS")).json) == other
+    assert rig.read(lambda txn: rig.entities.device(txn, dev)).name == "pump"
+
+    again = rig.apply(downlink(payload("DEVICE_CREDENTIALS", dev, other)))
+    assert (again.revoked, again.applied, again.devices_changed) == ([], [], False)
+    assert again.done == [f"DEVICE_CREDENTIALS {dev} unchanged"]
+
+    back = rig.apply(downlink(payload("DEVICE_CREDENTIALS", dev, _credentials(dev, "tok-a"))))
+    assert (back.revoked, back.devices_changed) == ([], True)
+    assert (_token_of(rig, dev), _tokens_indexed(rig)) == ("tok-a", 1)
+    assert rig.read(lambda txn: rig.entities.device_by_token(txn, "tok-a")).id == dev
+
+
+def test_a_device_that_comes_with_credentials_of_another_type_has_no_token(rig: Rig) -> None:
+    """Nothing to remove, nothing reported: the device is there, without an access token, and
+    credentials held for it until it comes are applied the same way."""
+    dev, later = uuid.uuid4(), uuid.uuid4()
+    out = rig.apply(downlink(payload("DEVICE", dev, _device(dev, "pump")),
+                             payload("DEVICE_CREDENTIALS", dev,
+                                     _other_credentials(dev, "MQTT_BASIC"))))
+    assert out.revoked == []
+    assert f"device {dev}: credentials type MQTT_BASIC, no access token" in out.done
+    assert (_token_of(rig, dev), _tokens_indexed(rig)) == ("", 0)
+    held = rig.apply(downlink(payload("DEVICE_CREDENTIALS", later,
+                                      _other_credentials(later, "X509_CERTIFICATE"))))
+    assert held.held == [f"DEVICE_CREDENTIALS {later} waits for DEVICE {later}"]
+    released = rig.apply(downlink(payload("DEVICE", later, _device(later, "fan"))))
+    assert released.released == [f"DEVICE_CREDENTIALS {later}"]
+    assert released.revoked == []
+    assert (_token_of(rig, later), _tokens_indexed(rig)) == ("", 0)
+
+
+def test_a_full_sync_removes_the_token_of_a_device_whose_credentials_are_no_longer_one(
+        rig: Rig) -> None:
+    """The cloud changed the credentials while the edge was away: the full sync's credentials
+    remove the token. Credentials the graph already holds, sent unchanged, remove a token the
+    device still has (a store an earlier release left so) all the same; neither is removed at
+    the sync's end."""
+    dev = uuid.uuid4()
+    rig.apply(downlink(payload("DEVICE", dev, _device(dev, "pump")),
+                       payload("DEVICE_CREDENTIALS", dev, _credentials(dev, "tok-a"))))
+    other = _other_credentials(dev, "MQTT_BASIC")
+    sent = downlink(payload("DEVICE", dev, _device(dev, "pump"), UPDATED),
+                    payload("DEVICE_CREDENTIALS", dev, other))
+    outs, removed = _full_sync(rig, sent)
+    assert (outs[0].revoked, removed) == ([Revoked(dev, "MQTT_BASIC")], [])
+    assert (_token_of(rig, dev), _tokens_indexed(rig)) == ("", 0)
+
+    stale = rig.read(lambda txn: rig.entities.device(txn, dev))
+    rig.store.write(lambda txn: rig.entities.put_device(txn, replace(stale, token="tok-a")))
+    outs, removed = _full_sync(rig, sent)
+    assert (outs[0].applied, outs[0].revoked, removed) == ([], [Revoked(dev, "MQTT_BASIC")], [])
+    assert outs[0].done[-1] == f"DEVICE_CREDENTIALS {dev} unchanged"
+    assert (_token_of(rig, dev), _tokens_indexed(rig)) == ("", 0)
+    assert rig.read(lambda txn: rig.entities.device_by_token(txn, "tok-a")) is None
