@@ -66,12 +66,15 @@ class Inbound:
     def accept(self, topic: str, data: bytes) -> Future[Any] | None:
         """Take a publish: the future of the commit that holds it, None when there is nothing
         to wait for. BadRequest: invalid (the connection closes); any other exception: not
-        accepted."""
+        accepted. Every publish checks the connection's access token first (Unauthorized: the
+        token was changed or removed by the cloud, or the device deleted, since the CONNECT)."""
         kind, request_id = classify(topic)
         if kind is Publish.TELEMETRY:
             return self._service.post_telemetry(self._token, parse_json(data))
         if kind is Publish.ATTRIBUTES:
             return self._service.post_attributes(self._token, parse_json(data))
+        if kind is not Publish.RPC_RESPONSE:  # the device service checks that one's
+            self._service.authenticate(self._token)
         if kind is Publish.GATEWAY:
             return self._gateway().publish(topic, data)
         if kind is Publish.RPC_RESPONSE:
