@@ -57,12 +57,15 @@ from edge_sync.validators import INT64_MAX, INT64_MIN
 SUCCESS, FAILURE, TRUE, FALSE = "Success", "Failure", "True", "False"
 DEFAULT_MAX_STEPS = 1000
 
-# message type -> the type switch's relation; anything else goes by "Other"
+# message type -> the type switch's relation (ThingsBoard's TbMsgTypeSwitchNode.onMsg:
+# TbMsgType.getRuleNodeConnection(), common/data .../msg/TbMsgType.java): every TbMsgType with a
+# connection name. Types without one (ALARM_DELETE, ENTITY_ASSIGNED_TO_EDGE,
+# ENTITY_UNASSIGNED_FROM_EDGE, PROVISION_SUCCESS, PROVISION_FAILURE, SEND_EMAIL, the
+# self-message types) and custom types go by "Other".
 TYPE_SWITCH_RELATIONS: Mapping[str, str] = {
     POST_ATTRIBUTES_REQUEST: "Post attributes",
     POST_TELEMETRY_REQUEST: "Post telemetry",
     "TO_SERVER_RPC_REQUEST": "RPC Request from Device",
-    "RPC_CALL_FROM_SERVER_TO_DEVICE": "RPC Request to Device",
     "ACTIVITY_EVENT": "Activity Event",
     "INACTIVITY_EVENT": "Inactivity Event",
     "CONNECT_EVENT": "Connect Event",
@@ -70,12 +73,37 @@ TYPE_SWITCH_RELATIONS: Mapping[str, str] = {
     "ENTITY_CREATED": "Entity Created",
     "ENTITY_UPDATED": "Entity Updated",
     "ENTITY_DELETED": "Entity Deleted",
+    "ENTITY_ASSIGNED": "Entity Assigned",
+    "ENTITY_UNASSIGNED": "Entity Unassigned",
     ATTRIBUTES_UPDATED: "Attributes Updated",
     ATTRIBUTES_DELETED: "Attributes Deleted",
-    "TIMESERIES_UPDATED": "Timeseries Updated",
-    "TIMESERIES_DELETED": "Timeseries Deleted",
+    ALARM: "Alarm",
+    "ALARM_CREATED": "Alarm Created",
+    "ALARM_UPDATED": "Alarm Updated",
+    "ALARM_SEVERITY_UPDATED": "Alarm Severity Updated",
     "ALARM_ACK": "Alarm Acknowledged",
     "ALARM_CLEAR": "Alarm Cleared",
+    "ALARM_ASSIGNED": "Alarm Assigned",
+    "ALARM_UNASSIGNED": "Alarm Unassigned",
+    "COMMENT_CREATED": "Comment Created",
+    "COMMENT_UPDATED": "Comment Updated",
+    "RPC_CALL_FROM_SERVER_TO_DEVICE": "RPC Request to Device",
+    "ENTITY_ASSIGNED_FROM_TENANT": "Entity Assigned From Tenant",
+    "ENTITY_ASSIGNED_TO_TENANT": "Entity Assigned To Tenant",
+    "TIMESERIES_UPDATED": "Timeseries Updated",
+    "TIMESERIES_DELETED": "Timeseries Deleted",
+    "RPC_QUEUED": "RPC Queued",
+    "RPC_SENT": "RPC Sent",
+    "RPC_DELIVERED": "RPC Delivered",
+    "RPC_SUCCESSFUL": "RPC Successful",
+    "RPC_TIMEOUT": "RPC Timeout",
+    "RPC_EXPIRED": "RPC Expired",
+    "RPC_FAILED": "RPC Failed",
+    "RPC_DELETED": "RPC Deleted",
+    "RELATION_ADD_OR_UPDATE": "Relation Added or Updated",
+    "RELATION_DELETED": "Relation Deleted",
+    "RELATIONS_DELETED": "All Relations Deleted",
+    "REST_API_REQUEST": "REST API request",
 }
 OTHER = "Other"
 
@@ -634,7 +662,9 @@ class RuleEngine:
         if kind == n.JS_FILTER:
             return [(TRUE if value else FALSE, msg)]
         if kind == n.JS_SWITCH:
-            return [(name, msg) for name in value]
+            # RuleNodeJsScriptEngine/RuleNodeTbelScriptEngine.executeSwitchTransform collect
+            # the names into a Set: a name given twice routes once (first-named order kept)
+            return [(name, msg) for name in dict.fromkeys(value)]
         if kind == n.TRANSFORM:
             return [(SUCCESS, msg.with_changes(type=r.msg_type, data=r.msg, metadata=r.metadata))
                     for r in value]

@@ -1,0 +1,166 @@
+"""Rule nodes matched against ThingsBoard's own (rule-engine-components): the message type
+switch's relation table, a switch script's relations, the save attributes node's scope, the save
+timeseries node's TTL, timestamp and processing settings, the check fields node, and the push to
+cloud node's message types. Each test names the Java source it follows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from edge_sync.rules import nodes as n
+from edge_sync.rules.chain import parse
+from edge_sync.rules.engine import (
+    Failed,
+    Outcome,
+    PushToCloud,
+    RuleEngine,
+    SaveAttributes,
+    SaveTimeseries,
+    Visited,
+)
+from edge_sync.rules.message import Originator, RuleMsg
+from edge_sync.rules.validate import validate
+
+DEV = Originator("DEVICE", "d1")
+ORIGIN = ("DEVICE", "d1")
+Node = tuple[str, str, dict[str, Any]]
+
+
+def chain(nodes: list[Node], conns: list[tuple[int, int, str]], *, clock: int = 777,
+          versions: list[int] | None = None) -> RuleEngine:
+    docs: list[dict[str, Any]] = [{"type": t, "name": name, "configuration": c}
+                                  for t, name, c in nodes]
+    for doc, version in zip(docs, versions or [], strict=False):
+        doc["configurationVersion"] = version
+    rc, meta = parse({"ruleChain": {"name": "t", "type": "EDGE"},
+                      "metadata": {"firstNodeIndex": 0, "nodes": docs,
+                                   "connections": [{"fromIndex": a, "toIndex": b, "type": r}
+                                                   for a, b, r in conns]}})
+    return RuleEngine(rc, meta, clock=lambda: clock)
+
+
+def problems(node: Node, version: int = 1) -> list[str]:
+    t, name, config = node
+    rc, meta = parse({"ruleChain": {"name": "t", "type": "EDGE"},
+                      "metadata": {"firstNodeIndex": 0, "connections": [], "nodes": [
+                          {"type": t, "name": name, "configuration": config,
+                           "configurationVersion": version}]}})
+    return [str(p) for p in validate(rc, meta)]
+
+
+def effects(out: list[Outcome]) -> list[Outcome]:
+    return [o for o in out if not isinstance(o, Visited)]
+
+
+def telemetry(data: Any, **meta: str) -> RuleMsg:
+    return RuleMsg("POST_TELEMETRY_REQUEST", DEV, data, meta, ts=1000)
+
+
+# -- TbMsgTypeSwitchNode ---------------------------------------------------------------------
+
+# TbMsgType (common/data .../msg/TbMsgType.java): each type and its rule node connection; the
+# types without one go by "Other"
+TB_MSG_TYPES: list[tuple[str, str]] = [
+    ("POST_ATTRIBUTES_REQUEST", "Post attributes"),
+    ("POST_TELEMETRY_REQUEST", "Post telemetry"),
+    ("TO_SERVER_RPC_REQUEST", "RPC Request from Device"),
+    ("ACTIVITY_EVENT", "Activity Event"),
+    ("INACTIVITY_EVENT", "Inactivity Event"),
+    ("CONNECT_EVENT", "Connect Event"),
+    ("DISCONNECT_EVENT", "Disconnect Event"),
+    ("ENTITY_CREATED", "Entity Created"),
+    ("ENTITY_UPDATED", "Entity Updated"),
+    ("ENTITY_DELETED", "Entity Deleted"),
+    ("ENTITY_ASSIGNED", "Entity Assigned"),
+    ("ENTITY_UNASSIGNED", "Entity Unassigned"),
+    ("ATTRIBUTES_UPDATED", "Attributes Updated"),
+    ("ATTRIBUTES_DELETED", "Attributes Deleted"),
+    ("ALARM", "Alarm"),
+    ("ALARM_CREATED", "Alarm Created"),
+    ("ALARM_UPDATED", "Alarm Updated"),
+    ("ALARM_SEVERITY_UPDATED", "Alarm Severity Updated"),
+    ("ALARM_ACK", "Alarm Acknowledged"),
+    ("ALARM_CLEAR", "Alarm Cleared"),
+    ("ALARM_DELETE", "Other"),
+    ("ALARM_ASSIGNED", "Alarm Assigned"),
+    ("ALARM_UNASSIGNED", "Alarm Unassigned"),
+    ("COMMENT_CREATED", "Comment Created"),
+    ("COMMENT_UPDATED", "Comment Updated"),
+    ("RPC_CALL_FROM_SERVER_TO_DEVICE", "RPC Request to Device"),
+    ("ENTITY_ASSIGNED_FROM_TENANT", "Entity Assigned From Tenant"),
+    ("ENTITY_ASSIGNED_TO_TENANT", "Entity Assigned To Tenant"),
+    ("ENTITY_ASSIGNED_TO_EDGE", "Other"),
+    ("ENTITY_UNASSIGNED_FROM_EDGE", "Other"),
+    ("TIMESERIES_UPDATED", "Timeseries Updated"),
+    ("TIMESERIES_DELETED", "Timeseries Deleted"),
+    ("RPC_QUEUED", "RPC Queued"),
+    ("RPC_SENT", "RPC Sent"),
+    ("RPC_DELIVERED", "RPC Delivered"),
+    ("RPC_SUCCESSFUL", "RPC Successful"),
+    ("RPC_TIMEOUT", "RPC Timeout"),
+    ("RPC_EXPIRED", "RPC Expired"),
+    ("RPC_FAILED", "RPC Failed"),
+    ("RPC_DELETED", "RPC Deleted"),
+    ("RELATION_ADD_OR_UPDATE", "Relation Added or Updated"),
+    ("RELATION_DELETED", "Relation Deleted"),
+    ("RELATIONS_DELETED", "All Relations Deleted"),
+    ("PROVISION_SUCCESS", "Other"),
+    ("PROVISION_FAILURE", "Other"),
+    ("SEND_EMAIL", "Other"),
+    ("REST_API_REQUEST", "REST API request"),
+    ("DEDUPLICATION_TIMEOUT_SELF_MSG", "Other"),
+    ("NA", "Other"),
+    ("MY_CUSTOM_TYPE", "Other"),
+]
+
+
+def test_the_type_switch_routes_every_thingsboard_message_type_by_its_connection() -> None:
+    """TbMsgTypeSwitchNode.onMsg: tellNext(msg, msg.getInternalType().getRuleNodeConnection()).
+    Each relation leads to a node named after it (a type switch with nothing after it), so the
+    node a message reaches names the relation it went by."""
+    relations = list(dict.fromkeys(relation for _, relation in TB_MSG_TYPES))
+    engine = chain([(n.MSG_TYPE_SWITCH, "Switch", {})]
+                   + [(n.MSG_TYPE_SWITCH, relation, {}) for relation in relations],
+                   [(0, i, relation) for i, relation in enumerate(relations, 1)])
+    routed = {msg_type: engine.run(RuleMsg(msg_type, DEV, {}))
+              for msg_type, _ in TB_MSG_TYPES}
+    assert routed == {
+        msg_type: [Visited("nodes[0] 'Switch'"),
+                   Visited(f"nodes[{relations.index(relation) + 1}] {relation!r}")]
+        for msg_type, relation in TB_MSG_TYPES}
+
+
+def test_the_type_switch_sends_an_alarm_nodes_message_by_alarm() -> None:
+    """What the create/clear alarm nodes send on is of type ALARM: the switch's "Alarm"."""
+    engine = chain([(n.MSG_TYPE_SWITCH, "Switch", {}), (n.MSG_TYPE_SWITCH, "Alarms", {}),
+                    (n.MSG_TYPE_SWITCH, "Others", {})],
+                   [(0, 1, "Alarm"), (0, 2, "Other")])
+    assert engine.run(RuleMsg("ALARM", DEV, {"id": "a"}, ts=1)) == [
+        Visited("nodes[0] 'Switch'"), Visited("nodes[1] 'Alarms'")]
+    assert engine.run_many([RuleMsg("ALARM", DEV, {}, ts=1), RuleMsg("X", DEV, {}, ts=2)]) == [
+        [Visited("nodes[0] 'Switch'"), Visited("nodes[1] 'Alarms'")],
+        [Visited("nodes[0] 'Switch'"), Visited("nodes[2] 'Others'")]]
+
+
+# -- TbJsSwitchNode --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lang", ["JS", "TBEL"])
+def test_a_switch_script_naming_a_relation_twice_routes_once(lang: str) -> None:
+    """RuleNodeJsScriptEngine / RuleNodeTbelScriptEngine.executeSwitchTransform collect the
+    names into a Set: ['a', 'b', 'a'] routes by a once and by b once (in first-named order)."""
+    script = "return ['a', 'b', 'a'];"
+    config = {"scriptLang": lang, "jsScript": script, "tbelScript": script}
+    nodes: list[Node] = [(n.JS_SWITCH, "Fan", config),
+                         (n.PUSH_TO_CLOUD, "Push A", {"scope": "SERVER_SCOPE"}),
+                         (n.PUSH_TO_CLOUD, "Push B", {"scope": "SERVER_SCOPE"})]
+    engine = chain(nodes, [(0, 1, "a"), (0, 2, "b")])
+    msg = telemetry({"t": 1}, ts="5")
+    pushed = [PushToCloud("nodes[1] 'Push A'", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE",
+                          "NORMAL", {"t": 1}, {"ts": "5"}, 5),
+              PushToCloud("nodes[2] 'Push B'", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE",
+                          "NORMAL", {"t": 1}, {"ts": "5"}, 5)]
+    assert effects(engine.run(msg)) == pushed
+    batch = engine.run_many([msg, msg])
+    assert [effects(out) for out in batch] == [pushed, pushed]
