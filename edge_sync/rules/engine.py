@@ -626,9 +626,15 @@ class RuleEngine:
         if msg.type != POST_ATTRIBUTES_REQUEST:
             raise NodeFailure(f"unsupported message type {msg.type} (saves "
                               f"{POST_ATTRIBUTES_REQUEST} only)")
+        # ThingsBoard's TbMsgAttributesNode.getScope: the metadata's "scope" when it is not
+        # empty (AttributeScope.valueOf: a name it does not know fails the node), else the node's
+        scope = msg.metadata.get("scope") or str(node.configuration["scope"])
+        if scope not in n.ATTRIBUTE_SCOPES:
+            raise NodeFailure(f"attribute scope {scope[:40]!r} (the message's scope metadata) "
+                              f"is not one of {', '.join(n.ATTRIBUTE_SCOPES)}")
         out.append(SaveAttributes(self._where[node.index],
                                   (msg.originator.entity_type, msg.originator.id),
-                                  str(node.configuration["scope"]), msg.data))
+                                  scope, msg.data))
         return [(SUCCESS, msg)]
 
     def _push_to_cloud(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],

@@ -164,3 +164,28 @@ def test_a_switch_script_naming_a_relation_twice_routes_once(lang: str) -> None:
     assert effects(engine.run(msg)) == pushed
     batch = engine.run_many([msg, msg])
     assert [effects(out) for out in batch] == [pushed, pushed]
+
+
+# -- TbMsgAttributesNode ---------------------------------------------------------------------
+
+def attributes(data: Any, **meta: str) -> RuleMsg:
+    return RuleMsg("POST_ATTRIBUTES_REQUEST", DEV, data, meta, ts=1000)
+
+
+def test_save_attributes_takes_the_messages_scope_else_the_nodes() -> None:
+    """TbMsgAttributesNode.getScope: metadata "scope" when not empty, else the configuration's;
+    AttributeScope.valueOf of a name it does not know fails the node (Failure)."""
+    engine = chain([(n.SAVE_ATTRIBUTES, "Attrs", {"scope": "CLIENT_SCOPE"}),
+                    (n.MSG_TYPE_SWITCH, "Failed", {})], [(0, 1, "Failure")])
+    assert effects(engine.run(attributes({"fw": "1"}, scope="SHARED_SCOPE"))) == [
+        SaveAttributes("nodes[0] 'Attrs'", ORIGIN, "SHARED_SCOPE", {"fw": "1"})]
+    assert effects(engine.run(attributes({"fw": "1"}, scope=""))) == [
+        SaveAttributes("nodes[0] 'Attrs'", ORIGIN, "CLIENT_SCOPE", {"fw": "1"})]
+    assert effects(engine.run(attributes({"fw": "1"}))) == [
+        SaveAttributes("nodes[0] 'Attrs'", ORIGIN, "CLIENT_SCOPE", {"fw": "1"})]
+    assert engine.run(attributes({"fw": "1"}, scope="shared_scope")) == [
+        Visited("nodes[0] 'Attrs'"),
+        Failed("nodes[0] 'Attrs'", "attribute scope 'shared_scope' (the message's scope "
+                                   "metadata) is not one of CLIENT_SCOPE, SERVER_SCOPE, "
+                                   "SHARED_SCOPE"),
+        Visited("nodes[1] 'Failed'")]
