@@ -798,9 +798,11 @@ def _topological(count: int, edges: Mapping[tuple[int, str], list[int]]) -> list
 
 @dataclass(frozen=True, slots=True)
 class _FieldCheck:
-    """TbCheckMessageNode, its configuration read once: all (checkAllKeys, the default) or at
-    least one of the named keys present in the data and metadata. Data that is not an object
-    is a failure."""
+    """TbCheckMessageNode, its configuration read once: all (``checkAllKeys``) or at least one
+    of the named keys present in the data and metadata. ``checkAllKeys`` is the configuration
+    class's primitive boolean: absent means false (``nodes.flag``). The data is read only when
+    ``messageNames`` names keys (ThingsBoard's allKeysData/atLeastOneData parse it then
+    only): then data that is not an object fails the node, whatever the metadata holds."""
 
     data_keys: frozenset[str]
     meta_keys: frozenset[str]
@@ -810,13 +812,18 @@ class _FieldCheck:
     def of(config: Mapping[str, Any]) -> _FieldCheck:
         return _FieldCheck(frozenset(config.get("messageNames") or ()),
                            frozenset(config.get("metadataNames") or ()),
-                           config.get("checkAllKeys", True) is not False)
+                           n.flag(config.get("checkAllKeys")) is True)
 
     def __call__(self, msg: RuleMsg) -> bool:
-        data = msg.data
-        if not isinstance(data, dict):
-            raise NodeFailure("the message data is not a JSON object")
+        data_keys = self.data_keys
+        if data_keys:
+            data = msg.data
+            if not isinstance(data, dict):
+                raise NodeFailure("the message data is not a JSON object")
+            if self.check_all:
+                return data.keys() >= data_keys and msg.metadata.keys() >= self.meta_keys
+            return (not data_keys.isdisjoint(data.keys())
+                    or not self.meta_keys.isdisjoint(msg.metadata.keys()))
         if self.check_all:
-            return data.keys() >= self.data_keys and msg.metadata.keys() >= self.meta_keys
-        return (not self.data_keys.isdisjoint(data.keys())
-                or not self.meta_keys.isdisjoint(msg.metadata.keys()))
+            return msg.metadata.keys() >= self.meta_keys
+        return not self.meta_keys.isdisjoint(msg.metadata.keys())

@@ -81,13 +81,38 @@ def _no_fields(config: Mapping[str, Any]) -> Problems:
     return []
 
 
+def flag(value: Any) -> bool | None:
+    """A boolean configuration field as ThingsBoard reads it into its configuration class's
+    primitive ``boolean`` (Jackson, ``TbNodeUtils.convert``): absent or null is false; JSON
+    true/false; text "true", "True", "TRUE" / "false", "False", "FALSE" (older configurations
+    hold booleans as text), blanks around it ignored, "" and "null" false; a whole number, 0
+    false. None: a value Jackson refuses (the node cannot start)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text in ("true", "True", "TRUE"):
+            return True
+        if text in ("false", "False", "FALSE", "", "null"):
+            return False
+        return None
+    if isinstance(value, int):
+        return value != 0
+    return None
+
+
+def _flags(config: Mapping[str, Any], *keys: str) -> Problems:
+    return [(key, f"expected true or false, got {config[key]!r}") for key in keys
+            if flag(config.get(key)) is None]
+
+
 def _check_message(config: Mapping[str, Any]) -> Problems:
     out: Problems = []
     for key in ("messageNames", "metadataNames"):
         value = config.get(key)
         if value is not None and not (isinstance(value, list) and all(_text(v) for v in value)):
             out.append((key, "expected a list of key names"))
-    return out
+    return out + _flags(config, "checkAllKeys")
 
 
 def _scope(config: Mapping[str, Any]) -> Problems:

@@ -189,3 +189,74 @@ def test_save_attributes_takes_the_messages_scope_else_the_nodes() -> None:
                                    "metadata) is not one of CLIENT_SCOPE, SERVER_SCOPE, "
                                    "SHARED_SCOPE"),
         Visited("nodes[1] 'Failed'")]
+
+
+# -- TbCheckMessageNode ----------------------------------------------------------------------
+
+CHECK_SINKS: list[Node] = [(n.MSG_TYPE_SWITCH, "True", {}), (n.MSG_TYPE_SWITCH, "False", {}),
+                           (n.MSG_TYPE_SWITCH, "Failure", {})]
+
+
+def check(config: dict[str, Any], msg: RuleMsg) -> str:
+    """The relation a check fields node sends ``msg`` by (its Failed reason appended)."""
+    engine = chain([(n.CHECK_MESSAGE, "Check", config), *CHECK_SINKS],
+                   [(0, 1, "True"), (0, 2, "False"), (0, 3, "Failure")])
+    out = engine.run(msg)
+    relation = out[-1]
+    assert isinstance(relation, Visited)
+    failed = [o.error for o in out if isinstance(o, Failed)]
+    return relation.node.split("'")[1] + "".join(f": {f}" for f in failed)
+
+
+@pytest.mark.parametrize(("config", "data", "meta", "relation"), [
+    # checkAllKeys is TbCheckMessageNodeConfiguration's primitive boolean: absent is false, so
+    # one key present is enough
+    ({"messageNames": ["a", "b"]}, {"a": 1}, {}, "True"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": None}, {"a": 1}, {}, "True"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": True}, {"a": 1}, {}, "False"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": False}, {"a": 1}, {}, "True"),
+    # older configurations hold it as text, which Jackson reads as the boolean it names
+    ({"messageNames": ["a", "b"], "checkAllKeys": "true"}, {"a": 1}, {}, "False"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": "TRUE"}, {"a": 1}, {}, "False"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": "false"}, {"a": 1}, {}, "True"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": ""}, {"a": 1}, {}, "True"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": 1}, {"a": 1}, {}, "False"),
+    # the data is parsed only when messageNames names keys: a metadata-only check passes
+    # whatever the data is
+    ({"metadataNames": ["deviceName"], "checkAllKeys": True}, [1, 2], {"deviceName": "b"},
+     "True"),
+    ({"metadataNames": ["deviceName"], "messageNames": []}, "text", {"deviceName": "b"},
+     "True"),
+    ({"metadataNames": ["deviceName"]}, None, {}, "False"),
+    # ... and when it does, data that is not an object fails, even if the metadata matches
+    ({"messageNames": ["a"], "metadataNames": ["deviceName"]}, [1], {"deviceName": "b"},
+     "Failure: the message data is not a JSON object"),
+    ({"messageNames": ["a"], "checkAllKeys": True}, None, {},
+     "Failure: the message data is not a JSON object"),
+    # at least one: a metadata key is enough
+    ({"messageNames": ["a"], "metadataNames": ["deviceName"]}, {"b": 1}, {"deviceName": "x"},
+     "True"),
+    ({"messageNames": ["a"], "metadataNames": ["deviceName"]}, {"b": 1}, {}, "False"),
+    # nothing named: all of none is true, at least one of none is false
+    ({"checkAllKeys": True}, [1], {}, "True"),
+    ({}, [1], {}, "False"),
+])
+def test_check_fields_as_thingsboard(config: dict[str, Any], data: Any, meta: dict[str, str],
+                                     relation: str) -> None:
+    """TbCheckMessageNode.onMsg: allKeysData && allKeysMetadata, else atLeastOneData ||
+    atLeastOneMetadata; each *Data parses the data (Gson, to a Map) only when messageNames is
+    not empty, and a parse that fails goes by Failure."""
+    assert check(config, RuleMsg("POST_TELEMETRY_REQUEST", DEV, data, meta, ts=1)) == relation
+
+
+@pytest.mark.parametrize(("value", "found"), [
+    ("yes", ["metadata.nodes[0].configuration.checkAllKeys: expected true or false, got "
+             "'yes'"]),
+    (1.5, ["metadata.nodes[0].configuration.checkAllKeys: expected true or false, got 1.5"]),
+    ([True], ["metadata.nodes[0].configuration.checkAllKeys: expected true or false, got "
+              "[True]"]),
+    (" True ", []), ("null", []), (0, []), (None, []), (False, [])])
+def test_a_check_all_keys_jackson_cannot_read_refuses_the_chain(value: Any,
+                                                                found: list[str]) -> None:
+    assert problems((n.CHECK_MESSAGE, "Check", {"messageNames": ["a"],
+                                                "checkAllKeys": value})) == found
