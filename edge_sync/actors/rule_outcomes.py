@@ -4,7 +4,8 @@ chain, and the chain's outcomes turned into what the message's Append commits.
 Owns the mapping, one outcome at a time, in the chain's order:
 
 - ``SaveTimeseries``: the device's latest values and its local timeseries (with the node's TTL,
-  or the configured retention): on the edge only.
+  or the configured retention), each when the node's processing settings say so: on the edge
+  only.
 - ``SaveAttributes``: the device's attributes of the node's scope, on the edge only.
 - ``PushToCloud``: the cloud event of the message, in the lane the node gives it: telemetry
   (TIMESERIES_UPDATED), attributes (ATTRIBUTES_UPDATED) or an alarm (ADDED when the alarm
@@ -267,24 +268,30 @@ class _Saved:
         default_factory=list)
     count: int = 0
 
-    def add(self, entries: list[tuple[int, tuple[tuple[str, Any], ...]]], ttl: int) -> None:
-        latest = self.latest
-        for ts, values in entries:
-            for key, value in values:
-                seen = latest.get(key)
-                if seen is None or seen[0] <= ts:
-                    latest[key] = (ts, value)
-        if self.runs and self.runs[-1][0] == ttl:
-            self.runs[-1][1].extend(entries)
-        else:
-            self.runs.append((ttl, list(entries)))
+    def add(self, entries: list[tuple[int, tuple[tuple[str, Any], ...]]], ttl: int,
+            series: bool = True, latest_too: bool = True) -> None:
+        """The points of one save: into the local timeseries when ``series``, into the latest
+        values when ``latest_too`` (the node's processing settings)."""
+        if latest_too:
+            latest = self.latest
+            for ts, values in entries:
+                for key, value in values:
+                    seen = latest.get(key)
+                    if seen is None or seen[0] <= ts:
+                        latest[key] = (ts, value)
+        if series:
+            if self.runs and self.runs[-1][0] == ttl:
+                self.runs[-1][1].extend(entries)
+            else:
+                self.runs.append((ttl, list(entries)))
         self.count += 1
 
     def into(self, entity_id: uuid.UUID, out: Planned) -> None:
         if not self.count:
             return
-        out.mutations.append(PutLatestTelemetry(entity_id, tuple(
-            (k, ts, v) for k, (ts, v) in self.latest.items())))
+        if self.latest:
+            out.mutations.append(PutLatestTelemetry(entity_id, tuple(
+                (k, ts, v) for k, (ts, v) in self.latest.items())))
         out.mutations.extend(PutLocalTimeseries(entity_id, tuple(entries), ttl)
                              for ttl, entries in self.runs)
         out.kept_local += self.count
@@ -301,7 +308,7 @@ def _save_timeseries(entity_id: uuid.UUID, o: SaveTimeseries, saved: _Saved,
     if problem is not None:
         _fail(counters, entity_id, Failed(o.node, problem), now_ms)
         return
-    saved.add(entries, o.ttl)
+    saved.add(entries, o.ttl, o.series, o.latest)
 
 
 def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, checks: _SeriesChecks,

@@ -2,7 +2,9 @@
 the chain decided, as an ordered list of outcome values (visited, save timeseries, save
 attributes, push to cloud, create/clear alarm, log, failed, deferred). Pure: no I/O, no threads,
 no clock but the injected one, no ids but the injected ``new_id``; acting on the outcomes is the
-caller's.
+caller's. Its one memory of earlier messages is what ThingsBoard too keeps in memory per node: a
+save timeseries node's DEDUPLICATE strategy (the intervals it has saved in, per originator),
+gone when the engine is rebuilt (another chain, a restart), as a ThingsBoard node's on restart.
 
 Owns: walking from ``firstNodeIndex`` (``run``) or from a node's connections of one relation
 (``resume``: a closed window's output goes on by ``Success``, a message a window refused by
@@ -35,6 +37,7 @@ import heapq
 import json
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -121,11 +124,17 @@ def lane_of(msg_type: str) -> str:
 
 @dataclass(slots=True)  # not frozen: a frozen one costs about 1 µs more a message
 class SaveTimeseries:
+    """``ts``: the metadata's (or the clock's, ``useServerTs``); ``ttl``: seconds, 0 for the
+    edge's retention; ``series``/``latest``: whether the local timeseries / the latest values
+    take the points (the node's processing settings)."""
+
     node: str
     originator: tuple[str, str]
     ts: int
     data: Any
     ttl: int
+    series: bool = True
+    latest: bool = True
 
 
 @dataclass(slots=True)  # not frozen: a frozen one costs about 1 µs more a message
@@ -248,6 +257,95 @@ def _meta_ts(msg: RuleMsg) -> int:
     return msg.ts
 
 
+def _ttl(text: str) -> int:
+    """A message's metadata ``TTL``: ThingsBoard's Long.parseLong (a text it cannot read fails
+    the node), within the edge's bounds (whole seconds from 0 to MAX_TTL_S; 0: the edge's
+    retention, as ThingsBoard's 0 is the tenant profile's default)."""
+    if _LONG.fullmatch(text):
+        value = int(text)
+        if 0 <= value <= n.MAX_TTL_S:
+            return value
+    raise NodeFailure(f"metadata TTL {text[:40]!r}: expected whole seconds from 0 to "
+                      f"{n.MAX_TTL_S} (0: the edge's retention)")
+
+
+class _Deduplicate:
+    """ThingsBoard's DeduplicateProcessingStrategy: a message is processed when it is the first
+    of its originator in its interval (``ts / interval``, Java's division). The intervals seen
+    are kept in memory as ThingsBoard's cache keeps them: each until it has not been used for
+    ten intervals (at least 10 minutes, at most 2 days), at most min(2 days / interval, 100) of
+    them, the least recently used dropped first (ThingsBoard's Caffeine cache picks by
+    frequency too: which interval goes first may differ when more are in use)."""
+
+    __slots__ = ("_seen", "expire_ms", "interval_ms", "max_intervals")
+
+    def __init__(self, interval_s: int) -> None:
+        self.interval_ms = interval_s * 1000
+        self.expire_ms = min(max(self.interval_ms * 10, 600_000), 172_800_000)
+        self.max_intervals = min(172_800 // interval_s, 100)
+        self._seen: OrderedDict[int, tuple[set[str], int]] = OrderedDict()
+
+    def should_process(self, ts: int, originator: str, now: int) -> bool:
+        seen = self._seen
+        while seen:
+            oldest, (_, used) = next(iter(seen.items()))
+            if now - used < self.expire_ms:
+                break
+            del seen[oldest]
+        number = abs(ts) // self.interval_ms * (1 if ts >= 0 else -1)
+        entry = seen.pop(number, None)
+        originators = set() if entry is None else entry[0]
+        seen[number] = (originators, now)
+        if len(seen) > self.max_intervals:
+            seen.popitem(last=False)
+        if originator in originators:
+            return False
+        originators.add(originator)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class _SaveSeries:
+    """A save timeseries node's settings read once (``nodes.timeseries_settings``), with the
+    deduplication memory of its DEDUPLICATE strategies."""
+
+    default_ttl: int
+    use_server_ts: bool
+    every: bool
+    """Both actions on every message: nothing to decide (ON_EVERY_MESSAGE)."""
+    series: _Deduplicate | bool
+    latest: _Deduplicate | bool
+
+    @staticmethod
+    def of(node: RuleNode) -> _SaveSeries:
+        settings = n.timeseries_settings(node.configuration, node.configuration_version)
+
+        def strategy(given: n.Strategy) -> _Deduplicate | bool:
+            if given.type == n.DEDUPLICATE:
+                return _Deduplicate(given.interval_s)
+            return given.type == n.ON_EVERY_MESSAGE
+
+        series = strategy(settings.timeseries)
+        latest = series if settings.shared else strategy(settings.latest)
+        return _SaveSeries(settings.default_ttl, settings.use_server_ts,
+                           series is True and latest is True, series, latest)
+
+    @property
+    def remembers(self) -> bool:
+        return isinstance(self.series, _Deduplicate) or isinstance(self.latest, _Deduplicate)
+
+    def decide(self, ts: int, originator: str, now: int) -> tuple[bool, bool]:
+        """(save the timeseries, save the latest values) for this message (a shared strategy
+        decides once for both, as ThingsBoard's basic DEDUPLICATE does)."""
+        series = (self.series.should_process(ts, originator, now)
+                  if isinstance(self.series, _Deduplicate) else self.series)
+        if self.latest is self.series:
+            return series, series
+        latest = (self.latest.should_process(ts, originator, now)
+                  if isinstance(self.latest, _Deduplicate) else self.latest)
+        return series, latest
+
+
 def _new_uuid() -> str:
     return str(uuid.uuid4())
 
@@ -289,6 +387,12 @@ class RuleEngine:
         """Messages stop at window nodes (``Deferred``), for the caller's windows."""
         self._field_checks = {node.index: _FieldCheck.of(node.configuration)
                               for node in meta.nodes if node.type == n.CHECK_MESSAGE}
+        self._saves = {node.index: _SaveSeries.of(node)
+                       for node in meta.nodes if node.type == n.SAVE_TIMESERIES}
+        self._in_message_order = frozenset(i for i, save in self._saves.items()
+                                           if save.remembers)
+        """Nodes whose decisions depend on the messages before (a deduplicating save):
+        ``run_many`` runs them in ``run``'s order."""
         self._keys = [self._key_of(node) for node in meta.nodes]
         self._index_of = {key: i for i, key in enumerate(self._keys)}
         self._scripts: dict[int, ScriptEngine | str] = {}
@@ -524,6 +628,8 @@ class RuleEngine:
             relation_of = TYPE_SWITCH_RELATIONS.get
             return [(_NO_OUTCOMES, [(relation_of(msg.type, OTHER), msg)])
                     for _, _, msg in tokens]
+        if index in self._in_message_order:
+            tokens.sort(key=_ORDER)
         handler = self._handlers[index]
         no_alarms: Alarms = {}  # no alarm nodes in a batch walk
         scratch: list[Outcome] = []
@@ -615,10 +721,23 @@ class RuleEngine:
         if msg.type != POST_TELEMETRY_REQUEST:
             raise NodeFailure(f"unsupported message type {msg.type} (saves "
                               f"{POST_TELEMETRY_REQUEST} only)")
+        # ThingsBoard's TbMsgTimeseriesNode.onMsg: the ts (computeTs), the save strategy of the
+        # processing settings (determineSaveStrategy), nothing to do: on by Success; else the
+        # TTL, the metadata's "TTL" when not empty (Long.parseLong), else the node's
+        save = self._saves[node.index]
+        ts = self.clock() if save.use_server_ts else _meta_ts(msg)
+        if save.every:
+            series = latest = True
+        else:
+            series, latest = save.decide(ts, msg.originator.id, self.clock())
+            if not (series or latest):
+                return [(SUCCESS, msg)]
+        ttl_text = msg.metadata.get("TTL")
         out.append(SaveTimeseries(self._where[node.index],
                                   (msg.originator.entity_type, msg.originator.id),
-                                  _meta_ts(msg), msg.data,
-                                  int(node.configuration.get("defaultTTL") or 0)))
+                                  ts, msg.data,
+                                  _ttl(ttl_text) if ttl_text else save.default_ttl,
+                                  series, latest))
         return [(SUCCESS, msg)]
 
     def _save_attributes(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],

@@ -5,6 +5,7 @@ cloud node's message types. Each test names the Java source it follows."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,7 +29,8 @@ ORIGIN = ("DEVICE", "d1")
 Node = tuple[str, str, dict[str, Any]]
 
 
-def chain(nodes: list[Node], conns: list[tuple[int, int, str]], *, clock: int = 777,
+def chain(nodes: list[Node], conns: list[tuple[int, int, str]], *,
+          clock: Callable[[], int] = lambda: 777,
           versions: list[int] | None = None) -> RuleEngine:
     docs: list[dict[str, Any]] = [{"type": t, "name": name, "configuration": c}
                                   for t, name, c in nodes]
@@ -38,7 +40,7 @@ def chain(nodes: list[Node], conns: list[tuple[int, int, str]], *, clock: int = 
                       "metadata": {"firstNodeIndex": 0, "nodes": docs,
                                    "connections": [{"fromIndex": a, "toIndex": b, "type": r}
                                                    for a, b, r in conns]}})
-    return RuleEngine(rc, meta, clock=lambda: clock)
+    return RuleEngine(rc, meta, clock=clock)
 
 
 def problems(node: Node, version: int = 1) -> list[str]:
@@ -260,3 +262,200 @@ def test_a_check_all_keys_jackson_cannot_read_refuses_the_chain(value: Any,
                                                                 found: list[str]) -> None:
     assert problems((n.CHECK_MESSAGE, "Check", {"messageNames": ["a"],
                                                 "checkAllKeys": value})) == found
+
+
+# -- TbMsgTimeseriesNode ---------------------------------------------------------------------
+
+SAVE = "nodes[0] 'Save'"
+AFTER: Node = (n.MSG_TYPE_SWITCH, "After", {})
+
+
+def saving(config: dict[str, Any], *, version: int = 1,
+           clock: Callable[[], int] = lambda: 777) -> RuleEngine:
+    """A save timeseries node (configurationVersion ``version``) whose Success and Failure go
+    on to a node named after the relation."""
+    return chain([(n.SAVE_TIMESERIES, "Save", config), (n.MSG_TYPE_SWITCH, "Success", {}),
+                  (n.MSG_TYPE_SWITCH, "Failure", {})],
+                 [(0, 1, "Success"), (0, 2, "Failure")], clock=clock, versions=[version])
+
+
+def saved(ts: int, data: Any, ttl: int = 0, *, series: bool = True,
+          latest: bool = True) -> SaveTimeseries:
+    return SaveTimeseries(SAVE, ORIGIN, ts, data, ttl, series, latest)
+
+
+SUCCESS_AFTER = Visited("nodes[1] 'Success'")
+FAILURE_AFTER = Visited("nodes[2] 'Failure'")
+EVERY = {"type": "ON_EVERY_MESSAGE"}
+
+
+@pytest.mark.parametrize(("meta", "ttl"), [
+    ({"TTL": "60"}, 60), ({"TTL": "0"}, 0), ({"TTL": "+5"}, 5), ({"TTL": ""}, 30), ({}, 30),
+    ({"TTL": "3162240000"}, 3_162_240_000)])
+def test_save_timeseries_takes_the_messages_ttl_else_the_nodes(meta: dict[str, str],
+                                                                ttl: int) -> None:
+    """TbMsgTimeseriesNode.onMsg: metadata "TTL" when not empty (Long.parseLong), else
+    defaultTTL; 0 is the default retention (ThingsBoard's tenant profile's, the edge's
+    rules.local_retention_hours)."""
+    engine = saving({"defaultTTL": 30, "processingSettings": EVERY})
+    assert engine.run(telemetry({"t": 1}, **meta)) == [
+        Visited(SAVE), saved(1000, {"t": 1}, ttl), SUCCESS_AFTER]
+
+
+@pytest.mark.parametrize("text", ["soon", "-1", "1.5", "3162240001", "9" * 30])
+def test_a_ttl_the_edge_cannot_read_fails_the_node(text: str) -> None:
+    engine = saving({"defaultTTL": 30, "processingSettings": EVERY})
+    assert engine.run(telemetry({"t": 1}, TTL=text)) == [
+        Visited(SAVE),
+        Failed(SAVE, f"metadata TTL {text[:40]!r}: expected whole seconds from 0 to "
+                     "3162240000 (0: the edge's retention)"),
+        FAILURE_AFTER]
+
+
+@pytest.mark.parametrize("flag", [True, "true"])
+def test_use_server_ts_saves_at_the_edges_time(flag: Any) -> None:
+    """TbMsgTimeseriesNode.computeTs: the server's clock, not metadata.ts, with useServerTs."""
+    engine = saving({"useServerTs": flag, "processingSettings": EVERY})
+    assert effects(engine.run(telemetry({"t": 1}, ts="5000"))) == [saved(777, {"t": 1})]
+    assert effects(saving({"useServerTs": False, "processingSettings": EVERY}).run(
+        telemetry({"t": 1}, ts="5000"))) == [saved(5000, {"t": 1})]
+
+
+def test_websockets_only_saves_nothing_and_goes_on_by_success() -> None:
+    """WEBSOCKETS_ONLY: TimeseriesSaveRequest.Strategy.WS_ONLY, no database save; the edge has
+    no WebSocket subscriptions, so nothing is done and the message goes on by Success."""
+    engine = saving({"processingSettings": {"type": "WEBSOCKETS_ONLY"}})
+    assert engine.run(telemetry({"t": 1})) == [Visited(SAVE), SUCCESS_AFTER]
+    assert engine.run_many([telemetry({"t": 1}), telemetry({"t": 2})]) == [
+        [Visited(SAVE), SUCCESS_AFTER], [Visited(SAVE), SUCCESS_AFTER]]
+
+
+@pytest.mark.parametrize(("config", "series", "latest"), [
+    # TbMsgTimeseriesNode.upgrade from version 0: skipLatestPersistence "true" (asText) is
+    # ADVANCED with latest SKIP, anything else ON_EVERY_MESSAGE
+    ({"defaultTTL": 0, "skipLatestPersistence": "true"}, True, False),
+    ({"defaultTTL": 0, "skipLatestPersistence": True}, True, False),
+    ({"defaultTTL": 0, "skipLatestPersistence": "True"}, True, True),
+    ({"defaultTTL": 0, "skipLatestPersistence": False}, True, True),
+    ({"defaultTTL": 0}, True, True),
+    # the upgrade replaces a version 0 configuration's processingSettings
+    ({"processingSettings": {"type": "WEBSOCKETS_ONLY"}}, True, True),
+])
+def test_a_version_0_configuration_is_read_as_thingsboard_upgrades_it(
+        config: dict[str, Any], series: bool, latest: bool) -> None:
+    engine = saving(config, version=0)
+    assert effects(engine.run(telemetry({"t": 1}))) == [
+        saved(1000, {"t": 1}, series=series, latest=latest)]
+
+
+def test_a_later_configuration_reads_processing_settings_not_skip_latest_persistence() -> None:
+    engine = saving({"skipLatestPersistence": "true", "processingSettings": EVERY})
+    assert effects(engine.run(telemetry({"t": 1}))) == [saved(1000, {"t": 1})]
+    assert effects(saving({"skipLatestPersistence": "true"}).run(telemetry({"t": 1}))) == [
+        saved(1000, {"t": 1})]
+
+
+def at(ts: int, originator: str = "d1") -> RuleMsg:
+    return RuleMsg("POST_TELEMETRY_REQUEST", Originator("DEVICE", originator), {"v": ts},
+                   {"ts": str(ts)}, ts=ts)
+
+
+def test_deduplicate_saves_the_first_message_of_each_interval_per_originator() -> None:
+    """DEDUPLICATE: DeduplicateProcessingStrategy.shouldProcess (ts / interval, a set of
+    originators per interval): the first message of an originator in an interval is saved
+    (timeseries and latest), the others go on by Success unsaved."""
+    engine = saving({"processingSettings": {"type": "DEDUPLICATE",
+                                            "deduplicationIntervalSecs": 60}})
+    runs = [effects(engine.run(msg)) for msg in (
+        at(1000), at(2000), at(61_000), at(59_999), at(2000, "d2"), at(119_999), at(120_000))]
+    assert runs == [
+        [saved(1000, {"v": 1000})], [], [saved(61_000, {"v": 61_000})], [],
+        [SaveTimeseries(SAVE, ("DEVICE", "d2"), 2000, {"v": 2000}, 0)], [],
+        [saved(120_000, {"v": 120_000})]]
+    assert engine.run(at(3000)) == [Visited(SAVE), SUCCESS_AFTER]
+
+
+def test_deduplicate_in_a_batch_decides_as_one_by_one() -> None:
+    config = {"processingSettings": {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 10}}
+    msgs = [at(ts) for ts in (5000, 1000, 12_000, 9999, 15_000, 25_000, 20_000)]
+    one_by_one = saving(config)
+    assert saving(config).run_many(msgs) == [one_by_one.run(msg) for msg in msgs]
+    assert [effects(out) for out in saving(config).run_many(msgs)] == [
+        [saved(5000, {"v": 5000})], [], [saved(12_000, {"v": 12_000})], [], [],
+        [saved(25_000, {"v": 25_000})], []]
+
+
+def test_deduplicate_forgets_an_interval_unused_for_ten_intervals_and_the_oldest_beyond_its_cap(
+        ) -> None:
+    """DeduplicateProcessingStrategy's cache: an interval expires 10 intervals after its last
+    use (at least 10 minutes); it keeps at most min(2 days / interval, 100) intervals."""
+    now = [0]
+    engine = saving({"processingSettings": {"type": "DEDUPLICATE",
+                                            "deduplicationIntervalSecs": 1}},
+                    clock=lambda: now[0])
+    assert effects(engine.run(at(500))) == [saved(500, {"v": 500})]
+    now[0] = 599_999
+    assert effects(engine.run(at(600))) == []  # used again: kept 10 more minutes
+    now[0] = 599_999 + 599_999
+    assert effects(engine.run(at(700))) == []
+    now[0] += 600_000
+    assert effects(engine.run(at(800))) == [saved(800, {"v": 800})]  # forgotten
+    day = 86_400_000
+    daily = saving({"processingSettings": {"type": "DEDUPLICATE",
+                                           "deduplicationIntervalSecs": 86_400}})
+    # at most 2 intervals are kept: a third drops the least recently used
+    assert [len(effects(daily.run(at(ts))))
+            for ts in (1, 2, day, day + 1, 2 * day, 1, 2 * day + 1, day)] == [
+        1, 0, 1, 0, 1, 1, 0, 1]
+
+
+def test_advanced_settings_decide_timeseries_and_latest_apart() -> None:
+    """ADVANCED: each action its own ProcessingStrategy; the edge has two of ThingsBoard's four
+    actions (timeseries, latest), WebSockets and calculated fields are not run on the edge."""
+    skip = {"type": "SKIP"}
+    dedup = {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 60}
+    engine = saving({"processingSettings": {"type": "ADVANCED", "timeseries": EVERY,
+                                            "latest": dedup, "webSockets": skip,
+                                            "calculatedFields": dedup}})
+    assert [effects(engine.run(at(ts))) for ts in (1000, 2000, 61_000)] == [
+        [saved(1000, {"v": 1000})], [saved(2000, {"v": 2000}, latest=False)],
+        [saved(61_000, {"v": 61_000})]]
+    nothing = saving({"processingSettings": {"type": "ADVANCED", "timeseries": skip,
+                                             "latest": skip, "webSockets": EVERY,
+                                             "calculatedFields": EVERY}})
+    assert nothing.run(at(1000)) == [Visited(SAVE), SUCCESS_AFTER]
+
+
+@pytest.mark.parametrize(("config", "found"), [
+    ({"defaultTTL": None}, []),
+    ({"defaultTTL": None, "useServerTs": "yes"}, [
+        "useServerTs: expected true or false, got 'yes'"]),
+    ({"processingSettings": {"type": "ON_EVERY_MESSAGE"}, "useServerTs": "false"}, []),
+    ({"processingSettings": {"type": "EVERY"}}, [
+        "processingSettings: expected an object whose type is one of ON_EVERY_MESSAGE, "
+        "WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED, got {'type': 'EVERY'}"]),
+    ({"processingSettings": "ON_EVERY_MESSAGE"}, [
+        "processingSettings: expected an object whose type is one of ON_EVERY_MESSAGE, "
+        "WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED, got 'ON_EVERY_MESSAGE'"]),
+    ({"processingSettings": {"type": "DEDUPLICATE"}}, [
+        "processingSettings.deduplicationIntervalSecs: missing: expected whole seconds from "
+        "1 to 86400 (a day)"]),
+    ({"processingSettings": {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 86_401}}, [
+        "processingSettings.deduplicationIntervalSecs: got 86401: expected whole seconds "
+        "from 1 to 86400 (a day)"]),
+    ({"processingSettings": {"type": "ADVANCED", "timeseries": {"type": "SKIP"},
+                             "latest": {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 0},
+                             "webSockets": {"type": "WEBSOCKETS_ONLY"}}}, [
+        "processingSettings.latest.deduplicationIntervalSecs: got 0: expected whole seconds "
+        "from 1 to 86400 (a day)",
+        "processingSettings.webSockets: got {'type': 'WEBSOCKETS_ONLY'}: expected an object "
+        "whose type is one of ON_EVERY_MESSAGE, DEDUPLICATE, SKIP",
+        "processingSettings.calculatedFields: missing: expected an object whose type is one "
+        "of ON_EVERY_MESSAGE, DEDUPLICATE, SKIP"]),
+])
+def test_save_timeseries_settings_thingsboard_cannot_read_refuse_the_chain(
+        config: dict[str, Any], found: list[str]) -> None:
+    """What Jackson would refuse to read into TbMsgTimeseriesNodeConfiguration (the node could
+    not start) refuses the chain, the field named. defaultTTL null is Jackson's 0."""
+    assert problems((n.SAVE_TIMESERIES, "Save", config)) == [
+        f"metadata.nodes[0].configuration.{p}" for p in found]
