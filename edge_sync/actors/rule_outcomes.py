@@ -28,9 +28,10 @@ Nothing here reads or writes storage; the entity actor sends the Append.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loguru import logger
@@ -41,6 +42,7 @@ from edge_sync.actors.messages import (
     PutLatestTelemetry,
     PutLocalTimeseries,
 )
+from edge_sync.common.wire import compact_json
 from edge_sync.errors import BadRequest
 from edge_sync.metrics import Counter, Metrics
 from edge_sync.rules.engine import (
@@ -57,9 +59,11 @@ from edge_sync.rules.engine import (
 )
 from edge_sync.rules.message import (
     ALARM,
+    ATTRIBUTES_DELETED,
     ATTRIBUTES_UPDATED,
     POST_ATTRIBUTES_REQUEST,
     POST_TELEMETRY_REQUEST,
+    TO_SERVER_RPC_REQUEST,
     Originator,
     RuleMsg,
 )
@@ -71,6 +75,14 @@ _log = logger.bind(component="rules")
 
 # ThingsBoard's AbstractTbMsgPushNode.getAlarmActionType: new, else cleared, else an update
 _ALARM_ACTIONS = (("isNewAlarm", Action.ADDED), ("isClearedAlarm", Action.ALARM_CLEAR))
+# ... for these types; ALARM_ACK and ALARM_CLEAR messages are events of their own action, and
+# the device's connect/activity events telemetry (attributes when the metadata names a scope)
+_ALARM_TYPES = frozenset({ALARM, "ALARM_CREATED", "ALARM_UPDATED", "ALARM_SEVERITY_UPDATED"})
+_ALARM_STATE_ACTIONS = {"ALARM_ACK": Action.ALARM_ACK, "ALARM_CLEAR": Action.ALARM_CLEAR}
+_ACTIVITY_TYPES = frozenset({"CONNECT_EVENT", "DISCONNECT_EVENT", "ACTIVITY_EVENT",
+                             "INACTIVITY_EVENT"})
+TIMESERIES_UPDATED = "TIMESERIES_UPDATED"
+_SCOPES = tuple(scope.value for scope in Scope)
 
 
 class RuleCounters:
@@ -315,15 +327,20 @@ def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, checks: _SeriesChe
           counters: RuleCounters, now_ms: int) -> None:
     lane = Lane.HIGH if o.lane == "HIGH" else Lane.NORMAL
     problem: str | None = None
-    if o.msg_type == ALARM:
+    kind = o.msg_type
+    if kind in _ACTIVITY_TYPES:  # AbstractTbMsgPushNode: telemetry, or attributes of a scope
+        kind = ATTRIBUTES_UPDATED if o.metadata.get("scope") else TIMESERIES_UPDATED
+    if kind in _ALARM_TYPES or kind in _ALARM_STATE_ACTIONS:
         event = _alarm_event(entity_id, o, lane)
         if event is None:
             _fail(counters, entity_id, Failed(
-                o.node, "an ALARM message whose data has no alarm id"), now_ms)
+                o.node, f"an {o.msg_type} message whose data has no alarm id"), now_ms)
             return
+        if kind in _ALARM_STATE_ACTIONS:  # the action the message names
+            event = replace(event, action=_ALARM_STATE_ACTIONS[kind])
         problem = _unstorable(_check_event, event)
         events = [event]
-    elif o.msg_type == POST_TELEMETRY_REQUEST:
+    elif kind in (POST_TELEMETRY_REQUEST, TIMESERIES_UPDATED):
         entries = _series(o.data, o.ts)
         if entries is None:
             _fail(counters, entity_id, Failed(
@@ -333,10 +350,32 @@ def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, checks: _SeriesChe
         events = [NewEvent("DEVICE", "DEVICE", entity_id, Action.TIMESERIES_UPDATED,
                            {"ts": ts, "values": dict(values)}, ts, lane)
                   for ts, values in entries]
-    elif o.msg_type in (POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED) and isinstance(o.data, dict):
-        problem = _unstorable(_check_attributes, o.ts, o.data)
-        events = [NewEvent("DEVICE", "DEVICE", entity_id, Action.ATTRIBUTES_UPDATED,
-                           {"scope": o.scope, "kv": dict(o.data)}, o.ts, lane)]
+    elif kind in (POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED) and isinstance(o.data, dict):
+        problem = _scope_problem(o.scope) or _unstorable(_check_attributes, o.ts, o.data)
+        body: dict[str, Any] = {"scope": o.scope, "kv": dict(o.data)}
+        if kind == ATTRIBUTES_UPDATED:  # ThingsBoard Edge: attributesUpdatedMsg, not a post
+            body["attributesUpdated"] = True
+        events = [NewEvent("DEVICE", "DEVICE", entity_id, Action.ATTRIBUTES_UPDATED, body,
+                           o.ts, lane)]
+    elif kind == ATTRIBUTES_DELETED:
+        keys = o.data.get("attributes") if isinstance(o.data, dict) else None
+        if not (isinstance(keys, list) and keys and all(isinstance(k, str) for k in keys)):
+            _fail(counters, entity_id, Failed(
+                o.node, "an ATTRIBUTES_DELETED message's data names no attribute keys (an "
+                        "\"attributes\" list of key names)"), now_ms)
+            return
+        problem = _scope_problem(o.scope)
+        events = [NewEvent("DEVICE", "DEVICE", entity_id, Action.ATTRIBUTES_DELETED,
+                           {"scope": o.scope, "keys": list(keys)}, o.ts, lane)]
+    elif kind == TO_SERVER_RPC_REQUEST:
+        request = _rpc_request(o)
+        if request is None:
+            _fail(counters, entity_id, Failed(
+                o.node, "a TO_SERVER_RPC_REQUEST message's data has no method"), now_ms)
+            return
+        event = NewEvent("DEVICE", "DEVICE", entity_id, Action.RPC_CALL, request, o.ts, lane)
+        problem = _unstorable(_check_event, event)
+        events = [event]
     else:
         _fail(counters, entity_id, Failed(
             o.node, f"{o.msg_type} with this data cannot be pushed by the edge"), now_ms)
@@ -346,6 +385,37 @@ def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, checks: _SeriesChe
         return
     out.events.extend(events)
     out.pushed += 1
+
+
+def _scope_problem(scope: str) -> str | None:
+    if scope in _SCOPES:
+        return None
+    return f"attribute scope {scope[:40]!r} is not one of {', '.join(_SCOPES)}"
+
+
+_INT32 = re.compile(r"[+-]?[0-9]{1,10}")
+
+
+def _rpc_request(o: PushToCloud) -> dict[str, Any] | None:
+    """A device's RPC request to the server as ThingsBoard Edge's push node carries it
+    (AbstractTbMsgPushNode.addRpcRequestsDetailsIntoEventBody, then
+    EdgeMsgConstructorUtils.constructDeviceRpcCallMsg): requestId, serviceId and sessionId
+    from the metadata (a requestId that is not an int is 0, as Jackson's asInt reads it),
+    ``method`` (text) and ``params`` (JSON text) from the data. None: no method."""
+    data = o.data if isinstance(o.data, dict) else {}
+    method = data.get("method")
+    if method is None or isinstance(method, (dict, list)):
+        return None
+    text = o.metadata.get("requestId") or ""
+    request_id = int(text) if _INT32.fullmatch(text) else 0
+    body: dict[str, Any] = {
+        "requestId": request_id if -2**31 <= request_id < 2**31 else 0,
+        "method": method if isinstance(method, str) else compact_json(method),
+        "params": compact_json(data.get("params"))}
+    for key in ("serviceId", "sessionId"):
+        if o.metadata.get(key) is not None:
+            body[key] = o.metadata[key]
+    return body
 
 
 def _alarm_event(entity_id: uuid.UUID, o: PushToCloud, lane: Lane) -> NewEvent | None:

@@ -51,6 +51,7 @@ from edge_sync.rules.message import (
     ATTRIBUTES_UPDATED,
     POST_ATTRIBUTES_REQUEST,
     POST_TELEMETRY_REQUEST,
+    TO_SERVER_RPC_REQUEST,
     RuleMsg,
 )
 from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits, TransformResult
@@ -110,16 +111,25 @@ TYPE_SWITCH_RELATIONS: Mapping[str, str] = {
 }
 OTHER = "Other"
 
-# what the push-to-cloud node accepts; alarms and RPC-like messages take the high lane
+# what the push-to-cloud node accepts: ThingsBoard's AbstractTbMsgPushNode.isSupportedMsgType
+# (its order); what each becomes in the cloud is actors/rule_outcomes.py's
 PUSHABLE_TYPES = (POST_TELEMETRY_REQUEST, POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED,
-                  ATTRIBUTES_DELETED, ALARM, "TIMESERIES_UPDATED")
+                  ATTRIBUTES_DELETED, "TIMESERIES_UPDATED", ALARM, "ALARM_CREATED",
+                  "ALARM_UPDATED", "ALARM_SEVERITY_UPDATED", "ALARM_ACK", "ALARM_CLEAR",
+                  "CONNECT_EVENT", "DISCONNECT_EVENT", "ACTIVITY_EVENT", "INACTIVITY_EVENT",
+                  TO_SERVER_RPC_REQUEST)
 HIGH, NORMAL = "HIGH", "NORMAL"
 ACTIVE_UNACK, CLEARED_UNACK = "ACTIVE_UNACK", "CLEARED_UNACK"
 
 
 def lane_of(msg_type: str) -> str:
-    """HIGH for alarms and RPC-like messages, NORMAL for telemetry and attributes."""
-    return HIGH if msg_type == ALARM or "RPC" in msg_type else NORMAL
+    """HIGH for alarms and RPC-like messages, NORMAL for telemetry, attributes and the rest."""
+    return HIGH if msg_type == ALARM or msg_type.startswith("ALARM_") or "RPC" in msg_type \
+        else NORMAL
+
+
+_PUSH_LANES: Mapping[str, str] = {t: lane_of(t) for t in PUSHABLE_TYPES}
+"""A pushable message type -> its lane (one look-up a push: is it pushable, and where to)."""
 
 
 @dataclass(slots=True)  # not frozen: a frozen one costs about 1 µs more a message
@@ -758,15 +768,15 @@ class RuleEngine:
 
     def _push_to_cloud(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],
                        alarms: Alarms) -> list[tuple[str, RuleMsg]]:
-        if msg.type not in PUSHABLE_TYPES:
+        lane = _PUSH_LANES.get(msg.type)
+        if lane is None:
             raise NodeFailure(f"unsupported message type {msg.type} (pushes "
                               f"{', '.join(PUSHABLE_TYPES)})")
         # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's
         scope = msg.metadata.get("scope") or str(node.configuration["scope"])
         out.append(PushToCloud(self._where[node.index],
                                (msg.originator.entity_type, msg.originator.id), msg.type,
-                               scope, lane_of(msg.type), msg.data, msg.metadata,
-                               _meta_ts(msg)))
+                               scope, lane, msg.data, msg.metadata, _meta_ts(msg)))
         return [(SUCCESS, msg)]
 
     def _defer(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
