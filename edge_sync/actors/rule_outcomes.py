@@ -7,10 +7,16 @@ Owns the mapping, one outcome at a time, in the chain's order:
   or the configured retention), each when the node's processing settings say so: on the edge
   only.
 - ``SaveAttributes``: the device's attributes of the node's scope, on the edge only.
-- ``PushToCloud``: the cloud event of the message, in the lane the node gives it: telemetry
-  (TIMESERIES_UPDATED), attributes (ATTRIBUTES_UPDATED) or an alarm (ADDED when the alarm
-  node's metadata says ``isNewAlarm``, ALARM_CLEAR for ``isClearedAlarm``, else UPDATED, as
-  ThingsBoard's push node reads it).
+- ``PushToCloud``: the cloud event of the message, in the lane the node gives it, as ThingsBoard
+  Edge's TbMsgPushToCloudNode (AbstractTbMsgPushNode.buildEvent) makes it: telemetry and
+  TIMESERIES_UPDATED messages a TIMESERIES_UPDATED event; posted attributes an
+  ATTRIBUTES_UPDATED event, an ATTRIBUTES_UPDATED message one marked ``attributesUpdated``
+  (sent as attributesUpdatedMsg); ATTRIBUTES_DELETED an ATTRIBUTES_DELETED event; the
+  connect/activity events telemetry, or attributes when their metadata names a scope; an alarm
+  message (ALARM, ALARM_CREATED, ALARM_UPDATED, ALARM_SEVERITY_UPDATED) an ALARM event, ADDED
+  when the alarm node's metadata says ``isNewAlarm``, ALARM_CLEAR for ``isClearedAlarm``,
+  else UPDATED; ALARM_ACK / ALARM_CLEAR messages an ALARM event of that action; a device's
+  TO_SERVER_RPC_REQUEST an RPC_CALL request event (method, params, requestId).
 - ``CreateAlarm`` / ``ClearAlarm``: the alarm's state lives in the entity's rule state (saved
   with the Append); the cloud hears of it only when the ALARM message is pushed.
 - ``Log``: one log line (ThingsBoard's TbLogNode logs at INFO).
