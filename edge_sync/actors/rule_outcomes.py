@@ -4,12 +4,19 @@ chain, and the chain's outcomes turned into what the message's Append commits.
 Owns the mapping, one outcome at a time, in the chain's order:
 
 - ``SaveTimeseries``: the device's latest values and its local timeseries (with the node's TTL,
-  or the configured retention): on the edge only.
+  or the configured retention), each when the node's processing settings say so: on the edge
+  only.
 - ``SaveAttributes``: the device's attributes of the node's scope, on the edge only.
-- ``PushToCloud``: the cloud event of the message, in the lane the node gives it: telemetry
-  (TIMESERIES_UPDATED), attributes (ATTRIBUTES_UPDATED) or an alarm (ADDED when the alarm
-  node's metadata says ``isNewAlarm``, ALARM_CLEAR for ``isClearedAlarm``, else UPDATED, as
-  ThingsBoard's push node reads it).
+- ``PushToCloud``: the cloud event of the message, in the lane the node gives it, as ThingsBoard
+  Edge's TbMsgPushToCloudNode (AbstractTbMsgPushNode.buildEvent) makes it: telemetry and
+  TIMESERIES_UPDATED messages a TIMESERIES_UPDATED event; posted attributes an
+  ATTRIBUTES_UPDATED event, an ATTRIBUTES_UPDATED message one marked ``attributesUpdated``
+  (sent as attributesUpdatedMsg); ATTRIBUTES_DELETED an ATTRIBUTES_DELETED event; the
+  connect/activity events telemetry, or attributes when their metadata names a scope; an alarm
+  message (ALARM, ALARM_CREATED, ALARM_UPDATED, ALARM_SEVERITY_UPDATED) an ALARM event, ADDED
+  when the alarm node's metadata says ``isNewAlarm``, ALARM_CLEAR for ``isClearedAlarm``,
+  else UPDATED; ALARM_ACK / ALARM_CLEAR messages an ALARM event of that action; a device's
+  TO_SERVER_RPC_REQUEST an RPC_CALL request event (method, params, requestId).
 - ``CreateAlarm`` / ``ClearAlarm``: the alarm's state lives in the entity's rule state (saved
   with the Append); the cloud hears of it only when the ALARM message is pushed.
 - ``Log``: one log line (ThingsBoard's TbLogNode logs at INFO).
@@ -27,9 +34,10 @@ Nothing here reads or writes storage; the entity actor sends the Append.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loguru import logger
@@ -40,6 +48,7 @@ from edge_sync.actors.messages import (
     PutLatestTelemetry,
     PutLocalTimeseries,
 )
+from edge_sync.common.wire import compact_json
 from edge_sync.errors import BadRequest
 from edge_sync.metrics import Counter, Metrics
 from edge_sync.rules.engine import (
@@ -56,9 +65,11 @@ from edge_sync.rules.engine import (
 )
 from edge_sync.rules.message import (
     ALARM,
+    ATTRIBUTES_DELETED,
     ATTRIBUTES_UPDATED,
     POST_ATTRIBUTES_REQUEST,
     POST_TELEMETRY_REQUEST,
+    TO_SERVER_RPC_REQUEST,
     Originator,
     RuleMsg,
 )
@@ -70,6 +81,14 @@ _log = logger.bind(component="rules")
 
 # ThingsBoard's AbstractTbMsgPushNode.getAlarmActionType: new, else cleared, else an update
 _ALARM_ACTIONS = (("isNewAlarm", Action.ADDED), ("isClearedAlarm", Action.ALARM_CLEAR))
+# ... for these types; ALARM_ACK and ALARM_CLEAR messages are events of their own action, and
+# the device's connect/activity events telemetry (attributes when the metadata names a scope)
+_ALARM_TYPES = frozenset({ALARM, "ALARM_CREATED", "ALARM_UPDATED", "ALARM_SEVERITY_UPDATED"})
+_ALARM_STATE_ACTIONS = {"ALARM_ACK": Action.ALARM_ACK, "ALARM_CLEAR": Action.ALARM_CLEAR}
+_ACTIVITY_TYPES = frozenset({"CONNECT_EVENT", "DISCONNECT_EVENT", "ACTIVITY_EVENT",
+                             "INACTIVITY_EVENT"})
+TIMESERIES_UPDATED = "TIMESERIES_UPDATED"
+_SCOPES = tuple(scope.value for scope in Scope)
 
 
 class RuleCounters:
@@ -267,24 +286,30 @@ class _Saved:
         default_factory=list)
     count: int = 0
 
-    def add(self, entries: list[tuple[int, tuple[tuple[str, Any], ...]]], ttl: int) -> None:
-        latest = self.latest
-        for ts, values in entries:
-            for key, value in values:
-                seen = latest.get(key)
-                if seen is None or seen[0] <= ts:
-                    latest[key] = (ts, value)
-        if self.runs and self.runs[-1][0] == ttl:
-            self.runs[-1][1].extend(entries)
-        else:
-            self.runs.append((ttl, list(entries)))
+    def add(self, entries: list[tuple[int, tuple[tuple[str, Any], ...]]], ttl: int,
+            series: bool = True, latest_too: bool = True) -> None:
+        """The points of one save: into the local timeseries when ``series``, into the latest
+        values when ``latest_too`` (the node's processing settings)."""
+        if latest_too:
+            latest = self.latest
+            for ts, values in entries:
+                for key, value in values:
+                    seen = latest.get(key)
+                    if seen is None or seen[0] <= ts:
+                        latest[key] = (ts, value)
+        if series:
+            if self.runs and self.runs[-1][0] == ttl:
+                self.runs[-1][1].extend(entries)
+            else:
+                self.runs.append((ttl, list(entries)))
         self.count += 1
 
     def into(self, entity_id: uuid.UUID, out: Planned) -> None:
         if not self.count:
             return
-        out.mutations.append(PutLatestTelemetry(entity_id, tuple(
-            (k, ts, v) for k, (ts, v) in self.latest.items())))
+        if self.latest:
+            out.mutations.append(PutLatestTelemetry(entity_id, tuple(
+                (k, ts, v) for k, (ts, v) in self.latest.items())))
         out.mutations.extend(PutLocalTimeseries(entity_id, tuple(entries), ttl)
                              for ttl, entries in self.runs)
         out.kept_local += self.count
@@ -301,22 +326,27 @@ def _save_timeseries(entity_id: uuid.UUID, o: SaveTimeseries, saved: _Saved,
     if problem is not None:
         _fail(counters, entity_id, Failed(o.node, problem), now_ms)
         return
-    saved.add(entries, o.ttl)
+    saved.add(entries, o.ttl, o.series, o.latest)
 
 
 def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, checks: _SeriesChecks,
           counters: RuleCounters, now_ms: int) -> None:
     lane = Lane.HIGH if o.lane == "HIGH" else Lane.NORMAL
     problem: str | None = None
-    if o.msg_type == ALARM:
+    kind = o.msg_type
+    if kind in _ACTIVITY_TYPES:  # AbstractTbMsgPushNode: telemetry, or attributes of a scope
+        kind = ATTRIBUTES_UPDATED if o.metadata.get("scope") else TIMESERIES_UPDATED
+    if kind in _ALARM_TYPES or kind in _ALARM_STATE_ACTIONS:
         event = _alarm_event(entity_id, o, lane)
         if event is None:
             _fail(counters, entity_id, Failed(
-                o.node, "an ALARM message whose data has no alarm id"), now_ms)
+                o.node, f"an {o.msg_type} message whose data has no alarm id"), now_ms)
             return
+        if kind in _ALARM_STATE_ACTIONS:  # the action the message names
+            event = replace(event, action=_ALARM_STATE_ACTIONS[kind])
         problem = _unstorable(_check_event, event)
         events = [event]
-    elif o.msg_type == POST_TELEMETRY_REQUEST:
+    elif kind in (POST_TELEMETRY_REQUEST, TIMESERIES_UPDATED):
         entries = _series(o.data, o.ts)
         if entries is None:
             _fail(counters, entity_id, Failed(
@@ -326,10 +356,32 @@ def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, checks: _SeriesChe
         events = [NewEvent("DEVICE", "DEVICE", entity_id, Action.TIMESERIES_UPDATED,
                            {"ts": ts, "values": dict(values)}, ts, lane)
                   for ts, values in entries]
-    elif o.msg_type in (POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED) and isinstance(o.data, dict):
-        problem = _unstorable(_check_attributes, o.ts, o.data)
-        events = [NewEvent("DEVICE", "DEVICE", entity_id, Action.ATTRIBUTES_UPDATED,
-                           {"scope": o.scope, "kv": dict(o.data)}, o.ts, lane)]
+    elif kind in (POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED) and isinstance(o.data, dict):
+        problem = _scope_problem(o.scope) or _unstorable(_check_attributes, o.ts, o.data)
+        body: dict[str, Any] = {"scope": o.scope, "kv": dict(o.data)}
+        if kind == ATTRIBUTES_UPDATED:  # ThingsBoard Edge: attributesUpdatedMsg, not a post
+            body["attributesUpdated"] = True
+        events = [NewEvent("DEVICE", "DEVICE", entity_id, Action.ATTRIBUTES_UPDATED, body,
+                           o.ts, lane)]
+    elif kind == ATTRIBUTES_DELETED:
+        keys = o.data.get("attributes") if isinstance(o.data, dict) else None
+        if not (isinstance(keys, list) and keys and all(isinstance(k, str) for k in keys)):
+            _fail(counters, entity_id, Failed(
+                o.node, "an ATTRIBUTES_DELETED message's data names no attribute keys (an "
+                        "\"attributes\" list of key names)"), now_ms)
+            return
+        problem = _scope_problem(o.scope)
+        events = [NewEvent("DEVICE", "DEVICE", entity_id, Action.ATTRIBUTES_DELETED,
+                           {"scope": o.scope, "keys": list(keys)}, o.ts, lane)]
+    elif kind == TO_SERVER_RPC_REQUEST:
+        request = _rpc_request(o)
+        if request is None:
+            _fail(counters, entity_id, Failed(
+                o.node, "a TO_SERVER_RPC_REQUEST message's data has no method"), now_ms)
+            return
+        event = NewEvent("DEVICE", "DEVICE", entity_id, Action.RPC_CALL, request, o.ts, lane)
+        problem = _unstorable(_check_event, event)
+        events = [event]
     else:
         _fail(counters, entity_id, Failed(
             o.node, f"{o.msg_type} with this data cannot be pushed by the edge"), now_ms)
@@ -339,6 +391,37 @@ def _push(entity_id: uuid.UUID, o: PushToCloud, out: Planned, checks: _SeriesChe
         return
     out.events.extend(events)
     out.pushed += 1
+
+
+def _scope_problem(scope: str) -> str | None:
+    if scope in _SCOPES:
+        return None
+    return f"attribute scope {scope[:40]!r} is not one of {', '.join(_SCOPES)}"
+
+
+_INT32 = re.compile(r"[+-]?[0-9]{1,10}")
+
+
+def _rpc_request(o: PushToCloud) -> dict[str, Any] | None:
+    """A device's RPC request to the server as ThingsBoard Edge's push node carries it
+    (AbstractTbMsgPushNode.addRpcRequestsDetailsIntoEventBody, then
+    EdgeMsgConstructorUtils.constructDeviceRpcCallMsg): requestId, serviceId and sessionId
+    from the metadata (a requestId that is not an int is 0, as Jackson's asInt reads it),
+    ``method`` (text) and ``params`` (JSON text) from the data. None: no method."""
+    data = o.data if isinstance(o.data, dict) else {}
+    method = data.get("method")
+    if method is None or isinstance(method, (dict, list)):
+        return None
+    text = o.metadata.get("requestId") or ""
+    request_id = int(text) if _INT32.fullmatch(text) else 0
+    body: dict[str, Any] = {
+        "requestId": request_id if -2**31 <= request_id < 2**31 else 0,
+        "method": method if isinstance(method, str) else compact_json(method),
+        "params": compact_json(data.get("params"))}
+    for key in ("serviceId", "sessionId"):
+        if o.metadata.get(key) is not None:
+            body[key] = o.metadata[key]
+    return body
 
 
 def _alarm_event(entity_id: uuid.UUID, o: PushToCloud, lane: Lane) -> NewEvent | None:

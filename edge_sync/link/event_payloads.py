@@ -20,7 +20,15 @@ request for an entity's relations a RelationRequestMsg (RelationCloudProcessor
 .convertRelationRequestEventToUplink: the entity's id halves and type).
 TIMESERIES_DELETED has no ThingsBoard message (ThingsBoard Edge keeps such deletes local): an
 EntityDataProto with only the entity, which ThingsBoard applies as a no-op, and the keys in the
-edge-sync extension field 1001 (``timeseriesDeleteMsg``) for the reference cloud."""
+edge-sync extension field 1001 (``timeseriesDeleteMsg``) for the reference cloud.
+
+What a rule chain's push to cloud node made (actors/rule_outcomes.py) goes as ThingsBoard
+Edge's TbMsgPushToCloudNode events go (UplinkMsgMapper, EdgeMsgConstructorUtils
+.constructEntityDataMsg): a pushed ATTRIBUTES_UPDATED message (body ``attributesUpdated``) as
+entityData's attributesUpdatedMsg, which ThingsBoard saves itself, where a device's own post
+goes as postAttributesMsg, for the cloud's rule chain; a device's RPC request to the server
+(an RPC_CALL body with neither ``response`` nor ``error``) as a deviceRpcCallMsg with a
+requestMsg."""
 
 from __future__ import annotations
 
@@ -73,10 +81,13 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
             raise BadRequest(f"attribute scope {str(scope)[:40]!r} is not one of {', '.join(SCOPES)}")
         msg = edge_pb2.EntityDataProto(
             entityIdMSB=msb, entityIdLSB=lsb, entityType=event.entity_type,
-            postAttributesMsg=transport_pb2.PostAttributeMsg(
-                kv=[to_kv(k, v) for k, v in body["kv"].items()]),
             postAttributeScope=scope, attributeTs=int(body.get("ts") or event.ts),
             edgeSeqId=event.seq)
+        kv = transport_pb2.PostAttributeMsg(kv=[to_kv(k, v) for k, v in body["kv"].items()])
+        if body.get("attributesUpdated"):  # an ATTRIBUTES_UPDATED message a chain pushed
+            msg.attributesUpdatedMsg.CopyFrom(kv)
+        else:
+            msg.postAttributesMsg.CopyFrom(kv)
         return "entityData", msg
     if event.type == "ALARM" and action in ALARM_UPDATE_TYPE:
         msg = edge_pb2.AlarmUpdateMsg(
@@ -84,6 +95,8 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
             entity=alarm_json(body, action, event.ts, owned), edgeSeqId=event.seq)
         return "alarmUpdateMsg", msg
     if action == Action.RPC_CALL:
+        if "response" not in body and "error" not in body:  # a device's request, pushed
+            return "deviceRpcCallMsg", _rpc_request(event, msb, lsb)
         return "deviceRpcCallMsg", _rpc_response(event, msb, lsb)
     if action == Action.ATTRIBUTES_REQUEST:
         scope = body.get("scope") or "SHARED_SCOPE"
@@ -137,6 +150,22 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
         msg = edge_pb2.DeviceCredentialsUpdateMsg(entity=credentials_json(body), edgeSeqId=event.seq)
         return "deviceCredentialsUpdateMsg", msg
     raise BadRequest(f"no uplink mapping for {event.type} {action}")
+
+
+def _rpc_request(event: StoredEvent, msb: int, lsb: int) -> edge_pb2.DeviceRpcCallMsg:
+    """A device's RPC request to the server a rule chain pushed (TO_SERVER_RPC_REQUEST), as
+    ThingsBoard Edge's EdgeMsgConstructorUtils.constructDeviceRpcCallMsg sends a body with
+    neither ``response`` nor ``error``: requestMsg {method, params}, requestId, serviceId and
+    sessionId when the body has them."""
+    body = event.body
+    msg = edge_pb2.DeviceRpcCallMsg(
+        deviceIdMSB=msb, deviceIdLSB=lsb, requestId=int(body["requestId"]),
+        requestMsg=edge_pb2.RpcRequestMsg(method=str(body["method"]), params=str(body["params"])),
+        edgeSeqId=event.seq)
+    for key in ("serviceId", "sessionId"):
+        if body.get(key) is not None:
+            setattr(msg, key, str(body[key]))
+    return msg
 
 
 def _rpc_response(event: StoredEvent, msb: int, lsb: int) -> edge_pb2.DeviceRpcCallMsg:

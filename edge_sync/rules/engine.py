@@ -2,7 +2,9 @@
 the chain decided, as an ordered list of outcome values (visited, save timeseries, save
 attributes, push to cloud, create/clear alarm, log, failed, deferred). Pure: no I/O, no threads,
 no clock but the injected one, no ids but the injected ``new_id``; acting on the outcomes is the
-caller's.
+caller's. Its one memory of earlier messages is what ThingsBoard too keeps in memory per node: a
+save timeseries node's DEDUPLICATE strategy (the intervals it has saved in, per originator),
+gone when the engine is rebuilt (another chain, a restart), as a ThingsBoard node's on restart.
 
 Owns: walking from ``firstNodeIndex`` (``run``) or from a node's connections of one relation
 (``resume``: a closed window's output goes on by ``Success``, a message a window refused by
@@ -35,6 +37,7 @@ import heapq
 import json
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -48,6 +51,7 @@ from edge_sync.rules.message import (
     ATTRIBUTES_UPDATED,
     POST_ATTRIBUTES_REQUEST,
     POST_TELEMETRY_REQUEST,
+    TO_SERVER_RPC_REQUEST,
     RuleMsg,
 )
 from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits, TransformResult
@@ -57,12 +61,15 @@ from edge_sync.validators import INT64_MAX, INT64_MIN
 SUCCESS, FAILURE, TRUE, FALSE = "Success", "Failure", "True", "False"
 DEFAULT_MAX_STEPS = 1000
 
-# message type -> the type switch's relation; anything else goes by "Other"
+# message type -> the type switch's relation (ThingsBoard's TbMsgTypeSwitchNode.onMsg:
+# TbMsgType.getRuleNodeConnection(), common/data .../msg/TbMsgType.java): every TbMsgType with a
+# connection name. Types without one (ALARM_DELETE, ENTITY_ASSIGNED_TO_EDGE,
+# ENTITY_UNASSIGNED_FROM_EDGE, PROVISION_SUCCESS, PROVISION_FAILURE, SEND_EMAIL, the
+# self-message types) and custom types go by "Other".
 TYPE_SWITCH_RELATIONS: Mapping[str, str] = {
     POST_ATTRIBUTES_REQUEST: "Post attributes",
     POST_TELEMETRY_REQUEST: "Post telemetry",
     "TO_SERVER_RPC_REQUEST": "RPC Request from Device",
-    "RPC_CALL_FROM_SERVER_TO_DEVICE": "RPC Request to Device",
     "ACTIVITY_EVENT": "Activity Event",
     "INACTIVITY_EVENT": "Inactivity Event",
     "CONNECT_EVENT": "Connect Event",
@@ -70,34 +77,74 @@ TYPE_SWITCH_RELATIONS: Mapping[str, str] = {
     "ENTITY_CREATED": "Entity Created",
     "ENTITY_UPDATED": "Entity Updated",
     "ENTITY_DELETED": "Entity Deleted",
+    "ENTITY_ASSIGNED": "Entity Assigned",
+    "ENTITY_UNASSIGNED": "Entity Unassigned",
     ATTRIBUTES_UPDATED: "Attributes Updated",
     ATTRIBUTES_DELETED: "Attributes Deleted",
-    "TIMESERIES_UPDATED": "Timeseries Updated",
-    "TIMESERIES_DELETED": "Timeseries Deleted",
+    ALARM: "Alarm",
+    "ALARM_CREATED": "Alarm Created",
+    "ALARM_UPDATED": "Alarm Updated",
+    "ALARM_SEVERITY_UPDATED": "Alarm Severity Updated",
     "ALARM_ACK": "Alarm Acknowledged",
     "ALARM_CLEAR": "Alarm Cleared",
+    "ALARM_ASSIGNED": "Alarm Assigned",
+    "ALARM_UNASSIGNED": "Alarm Unassigned",
+    "COMMENT_CREATED": "Comment Created",
+    "COMMENT_UPDATED": "Comment Updated",
+    "RPC_CALL_FROM_SERVER_TO_DEVICE": "RPC Request to Device",
+    "ENTITY_ASSIGNED_FROM_TENANT": "Entity Assigned From Tenant",
+    "ENTITY_ASSIGNED_TO_TENANT": "Entity Assigned To Tenant",
+    "TIMESERIES_UPDATED": "Timeseries Updated",
+    "TIMESERIES_DELETED": "Timeseries Deleted",
+    "RPC_QUEUED": "RPC Queued",
+    "RPC_SENT": "RPC Sent",
+    "RPC_DELIVERED": "RPC Delivered",
+    "RPC_SUCCESSFUL": "RPC Successful",
+    "RPC_TIMEOUT": "RPC Timeout",
+    "RPC_EXPIRED": "RPC Expired",
+    "RPC_FAILED": "RPC Failed",
+    "RPC_DELETED": "RPC Deleted",
+    "RELATION_ADD_OR_UPDATE": "Relation Added or Updated",
+    "RELATION_DELETED": "Relation Deleted",
+    "RELATIONS_DELETED": "All Relations Deleted",
+    "REST_API_REQUEST": "REST API request",
 }
 OTHER = "Other"
 
-# what the push-to-cloud node accepts; alarms and RPC-like messages take the high lane
+# what the push-to-cloud node accepts: ThingsBoard's AbstractTbMsgPushNode.isSupportedMsgType
+# (its order); what each becomes in the cloud is actors/rule_outcomes.py's
 PUSHABLE_TYPES = (POST_TELEMETRY_REQUEST, POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED,
-                  ATTRIBUTES_DELETED, ALARM, "TIMESERIES_UPDATED")
+                  ATTRIBUTES_DELETED, "TIMESERIES_UPDATED", ALARM, "ALARM_CREATED",
+                  "ALARM_UPDATED", "ALARM_SEVERITY_UPDATED", "ALARM_ACK", "ALARM_CLEAR",
+                  "CONNECT_EVENT", "DISCONNECT_EVENT", "ACTIVITY_EVENT", "INACTIVITY_EVENT",
+                  TO_SERVER_RPC_REQUEST)
 HIGH, NORMAL = "HIGH", "NORMAL"
 ACTIVE_UNACK, CLEARED_UNACK = "ACTIVE_UNACK", "CLEARED_UNACK"
 
 
 def lane_of(msg_type: str) -> str:
-    """HIGH for alarms and RPC-like messages, NORMAL for telemetry and attributes."""
-    return HIGH if msg_type == ALARM or "RPC" in msg_type else NORMAL
+    """HIGH for alarms and RPC-like messages, NORMAL for telemetry, attributes and the rest."""
+    return HIGH if msg_type == ALARM or msg_type.startswith("ALARM_") or "RPC" in msg_type \
+        else NORMAL
+
+
+_PUSH_LANES: Mapping[str, str] = {t: lane_of(t) for t in PUSHABLE_TYPES}
+"""A pushable message type -> its lane (one look-up a push: is it pushable, and where to)."""
 
 
 @dataclass(slots=True)  # not frozen: a frozen one costs about 1 µs more a message
 class SaveTimeseries:
+    """``ts``: the metadata's (or the clock's, ``useServerTs``); ``ttl``: seconds, 0 for the
+    edge's retention; ``series``/``latest``: whether the local timeseries / the latest values
+    take the points (the node's processing settings)."""
+
     node: str
     originator: tuple[str, str]
     ts: int
     data: Any
     ttl: int
+    series: bool = True
+    latest: bool = True
 
 
 @dataclass(slots=True)  # not frozen: a frozen one costs about 1 µs more a message
@@ -220,6 +267,95 @@ def _meta_ts(msg: RuleMsg) -> int:
     return msg.ts
 
 
+def _ttl(text: str) -> int:
+    """A message's metadata ``TTL``: ThingsBoard's Long.parseLong (a text it cannot read fails
+    the node), within the edge's bounds (whole seconds from 0 to MAX_TTL_S; 0: the edge's
+    retention, as ThingsBoard's 0 is the tenant profile's default)."""
+    if _LONG.fullmatch(text):
+        value = int(text)
+        if 0 <= value <= n.MAX_TTL_S:
+            return value
+    raise NodeFailure(f"metadata TTL {text[:40]!r}: expected whole seconds from 0 to "
+                      f"{n.MAX_TTL_S} (0: the edge's retention)")
+
+
+class _Deduplicate:
+    """ThingsBoard's DeduplicateProcessingStrategy: a message is processed when it is the first
+    of its originator in its interval (``ts / interval``, Java's division). The intervals seen
+    are kept in memory as ThingsBoard's cache keeps them: each until it has not been used for
+    ten intervals (at least 10 minutes, at most 2 days), at most min(2 days / interval, 100) of
+    them, the least recently used dropped first (ThingsBoard's Caffeine cache picks by
+    frequency too: which interval goes first may differ when more are in use)."""
+
+    __slots__ = ("_seen", "expire_ms", "interval_ms", "max_intervals")
+
+    def __init__(self, interval_s: int) -> None:
+        self.interval_ms = interval_s * 1000
+        self.expire_ms = min(max(self.interval_ms * 10, 600_000), 172_800_000)
+        self.max_intervals = min(172_800 // interval_s, 100)
+        self._seen: OrderedDict[int, tuple[set[str], int]] = OrderedDict()
+
+    def should_process(self, ts: int, originator: str, now: int) -> bool:
+        seen = self._seen
+        while seen:
+            oldest, (_, used) = next(iter(seen.items()))
+            if now - used < self.expire_ms:
+                break
+            del seen[oldest]
+        number = abs(ts) // self.interval_ms * (1 if ts >= 0 else -1)
+        entry = seen.pop(number, None)
+        originators = set() if entry is None else entry[0]
+        seen[number] = (originators, now)
+        if len(seen) > self.max_intervals:
+            seen.popitem(last=False)
+        if originator in originators:
+            return False
+        originators.add(originator)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class _SaveSeries:
+    """A save timeseries node's settings read once (``nodes.timeseries_settings``), with the
+    deduplication memory of its DEDUPLICATE strategies."""
+
+    default_ttl: int
+    use_server_ts: bool
+    every: bool
+    """Both actions on every message: nothing to decide (ON_EVERY_MESSAGE)."""
+    series: _Deduplicate | bool
+    latest: _Deduplicate | bool
+
+    @staticmethod
+    def of(node: RuleNode) -> _SaveSeries:
+        settings = n.timeseries_settings(node.configuration, node.configuration_version)
+
+        def strategy(given: n.Strategy) -> _Deduplicate | bool:
+            if given.type == n.DEDUPLICATE:
+                return _Deduplicate(given.interval_s)
+            return given.type == n.ON_EVERY_MESSAGE
+
+        series = strategy(settings.timeseries)
+        latest = series if settings.shared else strategy(settings.latest)
+        return _SaveSeries(settings.default_ttl, settings.use_server_ts,
+                           series is True and latest is True, series, latest)
+
+    @property
+    def remembers(self) -> bool:
+        return isinstance(self.series, _Deduplicate) or isinstance(self.latest, _Deduplicate)
+
+    def decide(self, ts: int, originator: str, now: int) -> tuple[bool, bool]:
+        """(save the timeseries, save the latest values) for this message (a shared strategy
+        decides once for both, as ThingsBoard's basic DEDUPLICATE does)."""
+        series = (self.series.should_process(ts, originator, now)
+                  if isinstance(self.series, _Deduplicate) else self.series)
+        if self.latest is self.series:
+            return series, series
+        latest = (self.latest.should_process(ts, originator, now)
+                  if isinstance(self.latest, _Deduplicate) else self.latest)
+        return series, latest
+
+
 def _new_uuid() -> str:
     return str(uuid.uuid4())
 
@@ -261,6 +397,12 @@ class RuleEngine:
         """Messages stop at window nodes (``Deferred``), for the caller's windows."""
         self._field_checks = {node.index: _FieldCheck.of(node.configuration)
                               for node in meta.nodes if node.type == n.CHECK_MESSAGE}
+        self._saves = {node.index: _SaveSeries.of(node)
+                       for node in meta.nodes if node.type == n.SAVE_TIMESERIES}
+        self._in_message_order = frozenset(i for i, save in self._saves.items()
+                                           if save.remembers)
+        """Nodes whose decisions depend on the messages before (a deduplicating save):
+        ``run_many`` runs them in ``run``'s order."""
         self._keys = [self._key_of(node) for node in meta.nodes]
         self._index_of = {key: i for i, key in enumerate(self._keys)}
         self._scripts: dict[int, ScriptEngine | str] = {}
@@ -496,6 +638,8 @@ class RuleEngine:
             relation_of = TYPE_SWITCH_RELATIONS.get
             return [(_NO_OUTCOMES, [(relation_of(msg.type, OTHER), msg)])
                     for _, _, msg in tokens]
+        if index in self._in_message_order:
+            tokens.sort(key=_ORDER)
         handler = self._handlers[index]
         no_alarms: Alarms = {}  # no alarm nodes in a batch walk
         scratch: list[Outcome] = []
@@ -587,10 +731,23 @@ class RuleEngine:
         if msg.type != POST_TELEMETRY_REQUEST:
             raise NodeFailure(f"unsupported message type {msg.type} (saves "
                               f"{POST_TELEMETRY_REQUEST} only)")
+        # ThingsBoard's TbMsgTimeseriesNode.onMsg: the ts (computeTs), the save strategy of the
+        # processing settings (determineSaveStrategy), nothing to do: on by Success; else the
+        # TTL, the metadata's "TTL" when not empty (Long.parseLong), else the node's
+        save = self._saves[node.index]
+        ts = self.clock() if save.use_server_ts else _meta_ts(msg)
+        if save.every:
+            series = latest = True
+        else:
+            series, latest = save.decide(ts, msg.originator.id, self.clock())
+            if not (series or latest):
+                return [(SUCCESS, msg)]
+        ttl_text = msg.metadata.get("TTL")
         out.append(SaveTimeseries(self._where[node.index],
                                   (msg.originator.entity_type, msg.originator.id),
-                                  _meta_ts(msg), msg.data,
-                                  int(node.configuration.get("defaultTTL") or 0)))
+                                  ts, msg.data,
+                                  _ttl(ttl_text) if ttl_text else save.default_ttl,
+                                  series, latest))
         return [(SUCCESS, msg)]
 
     def _save_attributes(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],
@@ -598,22 +755,28 @@ class RuleEngine:
         if msg.type != POST_ATTRIBUTES_REQUEST:
             raise NodeFailure(f"unsupported message type {msg.type} (saves "
                               f"{POST_ATTRIBUTES_REQUEST} only)")
+        # ThingsBoard's TbMsgAttributesNode.getScope: the metadata's "scope" when it is not
+        # empty (AttributeScope.valueOf: a name it does not know fails the node), else the node's
+        scope = msg.metadata.get("scope") or str(node.configuration["scope"])
+        if scope not in n.ATTRIBUTE_SCOPES:
+            raise NodeFailure(f"attribute scope {scope[:40]!r} (the message's scope metadata) "
+                              f"is not one of {', '.join(n.ATTRIBUTE_SCOPES)}")
         out.append(SaveAttributes(self._where[node.index],
                                   (msg.originator.entity_type, msg.originator.id),
-                                  str(node.configuration["scope"]), msg.data))
+                                  scope, msg.data))
         return [(SUCCESS, msg)]
 
     def _push_to_cloud(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],
                        alarms: Alarms) -> list[tuple[str, RuleMsg]]:
-        if msg.type not in PUSHABLE_TYPES:
+        lane = _PUSH_LANES.get(msg.type)
+        if lane is None:
             raise NodeFailure(f"unsupported message type {msg.type} (pushes "
                               f"{', '.join(PUSHABLE_TYPES)})")
         # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's
         scope = msg.metadata.get("scope") or str(node.configuration["scope"])
         out.append(PushToCloud(self._where[node.index],
                                (msg.originator.entity_type, msg.originator.id), msg.type,
-                               scope, lane_of(msg.type), msg.data, msg.metadata,
-                               _meta_ts(msg)))
+                               scope, lane, msg.data, msg.metadata, _meta_ts(msg)))
         return [(SUCCESS, msg)]
 
     def _defer(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
@@ -634,7 +797,9 @@ class RuleEngine:
         if kind == n.JS_FILTER:
             return [(TRUE if value else FALSE, msg)]
         if kind == n.JS_SWITCH:
-            return [(name, msg) for name in value]
+            # RuleNodeJsScriptEngine/RuleNodeTbelScriptEngine.executeSwitchTransform collect
+            # the names into a Set: a name given twice routes once (first-named order kept)
+            return [(name, msg) for name in dict.fromkeys(value)]
         if kind == n.TRANSFORM:
             return [(SUCCESS, msg.with_changes(type=r.msg_type, data=r.msg, metadata=r.metadata))
                     for r in value]
@@ -762,9 +927,11 @@ def _topological(count: int, edges: Mapping[tuple[int, str], list[int]]) -> list
 
 @dataclass(frozen=True, slots=True)
 class _FieldCheck:
-    """TbCheckMessageNode, its configuration read once: all (checkAllKeys, the default) or at
-    least one of the named keys present in the data and metadata. Data that is not an object
-    is a failure."""
+    """TbCheckMessageNode, its configuration read once: all (``checkAllKeys``) or at least one
+    of the named keys present in the data and metadata. ``checkAllKeys`` is the configuration
+    class's primitive boolean: absent means false (``nodes.flag``). The data is read only when
+    ``messageNames`` names keys (ThingsBoard's allKeysData/atLeastOneData parse it then
+    only): then data that is not an object fails the node, whatever the metadata holds."""
 
     data_keys: frozenset[str]
     meta_keys: frozenset[str]
@@ -774,13 +941,18 @@ class _FieldCheck:
     def of(config: Mapping[str, Any]) -> _FieldCheck:
         return _FieldCheck(frozenset(config.get("messageNames") or ()),
                            frozenset(config.get("metadataNames") or ()),
-                           config.get("checkAllKeys", True) is not False)
+                           n.flag(config.get("checkAllKeys")) is True)
 
     def __call__(self, msg: RuleMsg) -> bool:
-        data = msg.data
-        if not isinstance(data, dict):
-            raise NodeFailure("the message data is not a JSON object")
+        data_keys = self.data_keys
+        if data_keys:
+            data = msg.data
+            if not isinstance(data, dict):
+                raise NodeFailure("the message data is not a JSON object")
+            if self.check_all:
+                return data.keys() >= data_keys and msg.metadata.keys() >= self.meta_keys
+            return (not data_keys.isdisjoint(data.keys())
+                    or not self.meta_keys.isdisjoint(msg.metadata.keys()))
         if self.check_all:
-            return data.keys() >= self.data_keys and msg.metadata.keys() >= self.meta_keys
-        return (not self.data_keys.isdisjoint(data.keys())
-                or not self.meta_keys.isdisjoint(msg.metadata.keys()))
+            return msg.metadata.keys() >= self.meta_keys
+        return not self.meta_keys.isdisjoint(msg.metadata.keys())

@@ -81,13 +81,38 @@ def _no_fields(config: Mapping[str, Any]) -> Problems:
     return []
 
 
+def flag(value: Any) -> bool | None:
+    """A boolean configuration field as ThingsBoard reads it into its configuration class's
+    primitive ``boolean`` (Jackson, ``TbNodeUtils.convert``): absent or null is false; JSON
+    true/false; text "true", "True", "TRUE" / "false", "False", "FALSE" (older configurations
+    hold booleans as text), blanks around it ignored, "" and "null" false; a whole number, 0
+    false. None: a value Jackson refuses (the node cannot start)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text in ("true", "True", "TRUE"):
+            return True
+        if text in ("false", "False", "FALSE", "", "null"):
+            return False
+        return None
+    if isinstance(value, int):
+        return value != 0
+    return None
+
+
+def _flags(config: Mapping[str, Any], *keys: str) -> Problems:
+    return [(key, f"expected true or false, got {config[key]!r}") for key in keys
+            if flag(config.get(key)) is None]
+
+
 def _check_message(config: Mapping[str, Any]) -> Problems:
     out: Problems = []
     for key in ("messageNames", "metadataNames"):
         value = config.get(key)
         if value is not None and not (isinstance(value, list) and all(_text(v) for v in value)):
             out.append((key, "expected a list of key names"))
-    return out
+    return out + _flags(config, "checkAllKeys")
 
 
 def _scope(config: Mapping[str, Any]) -> Problems:
@@ -98,12 +123,120 @@ def _scope(config: Mapping[str, Any]) -> Problems:
     return []
 
 
+# -- TbMsgTimeseriesNode's processing settings ------------------------------------------------
+# TimeseriesProcessingSettings (rule-engine-components .../telemetry/settings): the basic modes,
+# and ADVANCED's per-action ProcessingStrategy (.../telemetry/strategy)
+ON_EVERY_MESSAGE, WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED, SKIP = (
+    "ON_EVERY_MESSAGE", "WEBSOCKETS_ONLY", "DEDUPLICATE", "ADVANCED", "SKIP")
+SETTINGS_TYPES = (ON_EVERY_MESSAGE, WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED)
+STRATEGY_TYPES = (ON_EVERY_MESSAGE, DEDUPLICATE, SKIP)
+ADVANCED_ACTIONS = ("timeseries", "latest", "webSockets", "calculatedFields")
+DEDUPLICATION_INTERVAL_MAX_S = 86_400
+"""DeduplicateProcessingStrategy's bounds: 1 s to a day."""
+
+
+@dataclass(frozen=True, slots=True)
+class Strategy:
+    """One action's ProcessingStrategy: ON_EVERY_MESSAGE, SKIP, or DEDUPLICATE (the first
+    message of an originator in each ``interval_s`` window of its ts)."""
+
+    type: str
+    interval_s: int = 0
+
+
+EVERY = Strategy(ON_EVERY_MESSAGE)
+NEVER = Strategy(SKIP)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeseriesSettings:
+    """A save timeseries node's configuration as the edge runs it. ``timeseries`` (the local
+    timeseries) and ``latest`` (the latest values) are the two actions the edge has of
+    ThingsBoard's four (WebSocket updates and calculated fields have no counterpart on the
+    edge). ``shared``: one decision for both (basic DEDUPLICATE), as ThingsBoard's
+    TbMsgTimeseriesNode.determineSaveStrategy makes it."""
+
+    mode: str
+    timeseries: Strategy
+    latest: Strategy
+    shared: bool
+    default_ttl: int
+    use_server_ts: bool
+
+
+def timeseries_settings(config: Mapping[str, Any], version: int) -> TimeseriesSettings:
+    """A validated save timeseries configuration as ThingsBoard reads it. A version 0
+    configuration (``configurationVersion`` absent or 0: before ThingsBoard 3.9) is first
+    upgraded as TbMsgTimeseriesNode.upgrade does: ``skipLatestPersistence`` "true" (JSON true
+    or the text) keeps the timeseries and skips the latest values, anything else saves both
+    on every message; its ``processingSettings``, if any, is replaced. A later configuration
+    without ``processingSettings`` is read as the class's default one (ON_EVERY_MESSAGE)."""
+    ttl = config.get("defaultTTL")
+    default_ttl = 0 if ttl is None else int(ttl)
+    use_server_ts = flag(config.get("useServerTs")) is True
+    mode, series, latest, shared = ON_EVERY_MESSAGE, EVERY, EVERY, False
+    settings = config.get("processingSettings")
+    if version < 1:
+        skip = config.get("skipLatestPersistence")
+        if skip is True or skip == "true":
+            mode, latest = ADVANCED, NEVER
+    elif settings is not None:
+        mode = settings["type"]
+        if mode == WEBSOCKETS_ONLY:
+            series = latest = NEVER
+        elif mode == DEDUPLICATE:
+            series = latest = Strategy(DEDUPLICATE, settings["deduplicationIntervalSecs"])
+            shared = True
+        elif mode == ADVANCED:
+            series, latest = (Strategy(settings[action]["type"],
+                                       settings[action].get("deduplicationIntervalSecs") or 0)
+                              for action in ("timeseries", "latest"))
+    return TimeseriesSettings(mode, series, latest, shared, default_ttl, use_server_ts)
+
+
+def _dedup_interval(where: str, given: Mapping[str, Any]) -> Problems:
+    secs = given.get("deduplicationIntervalSecs")
+    if _whole(secs, minimum=1, maximum=DEDUPLICATION_INTERVAL_MAX_S):
+        return []
+    return [(f"{where}.deduplicationIntervalSecs",
+             ("missing" if secs is None else f"got {secs!r}")
+             + f": expected whole seconds from 1 to {DEDUPLICATION_INTERVAL_MAX_S} (a day)")]
+
+
+def _processing_settings(settings: Any) -> Problems:
+    where = "processingSettings"
+    kind = settings.get("type") if isinstance(settings, dict) else None
+    if kind not in SETTINGS_TYPES:
+        return [(where, f"expected an object whose type is one of {', '.join(SETTINGS_TYPES)}, "
+                        f"got {settings!r}")]
+    if kind == DEDUPLICATE:
+        return _dedup_interval(where, settings)
+    if kind != ADVANCED:
+        return []
+    out: Problems = []
+    for action in ADVANCED_ACTIONS:
+        given = settings.get(action)
+        strategy = given.get("type") if isinstance(given, dict) else None
+        if strategy not in STRATEGY_TYPES:
+            out.append((f"{where}.{action}",
+                        ("missing" if given is None else f"got {given!r}")
+                        + ": expected an object whose type is one of "
+                        + ", ".join(STRATEGY_TYPES)))
+        elif strategy == DEDUPLICATE:
+            out.extend(_dedup_interval(f"{where}.{action}", given))
+    return out
+
+
 def _timeseries(config: Mapping[str, Any]) -> Problems:
-    ttl = config.get("defaultTTL", 0)
-    if not _whole(ttl, minimum=0, maximum=MAX_TTL_S):
-        return [("defaultTTL", f"expected whole seconds from 0 to {MAX_TTL_S} (100 years; "
-                               f"0: no TTL), got {ttl!r}")]
-    return []
+    out: Problems = []
+    ttl = config.get("defaultTTL")
+    if ttl is not None and not _whole(ttl, minimum=0, maximum=MAX_TTL_S):
+        out.append(("defaultTTL", f"expected whole seconds from 0 to {MAX_TTL_S} (100 years; "
+                                  f"0: no TTL), got {ttl!r}"))
+    out.extend(_flags(config, "useServerTs"))
+    if config.get("processingSettings") is not None:
+        out.extend(_processing_settings(config["processingSettings"]))
+    return out
 
 
 def _alarm(config: Mapping[str, Any]) -> Problems:

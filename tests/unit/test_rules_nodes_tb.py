@@ -1,0 +1,461 @@
+"""Rule nodes matched against ThingsBoard's own (rule-engine-components): the message type
+switch's relation table, a switch script's relations, the save attributes node's scope, the save
+timeseries node's TTL, timestamp and processing settings, the check fields node, and the push to
+cloud node's message types. Each test names the Java source it follows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from edge_sync.rules import nodes as n
+from edge_sync.rules.chain import parse
+from edge_sync.rules.engine import (
+    Failed,
+    Outcome,
+    PushToCloud,
+    RuleEngine,
+    SaveAttributes,
+    SaveTimeseries,
+    Visited,
+)
+from edge_sync.rules.message import Originator, RuleMsg
+from edge_sync.rules.validate import validate
+
+DEV = Originator("DEVICE", "d1")
+ORIGIN = ("DEVICE", "d1")
+Node = tuple[str, str, dict[str, Any]]
+
+
+def chain(nodes: list[Node], conns: list[tuple[int, int, str]], *,
+          clock: Callable[[], int] = lambda: 777,
+          versions: list[int] | None = None) -> RuleEngine:
+    docs: list[dict[str, Any]] = [{"type": t, "name": name, "configuration": c}
+                                  for t, name, c in nodes]
+    for doc, version in zip(docs, versions or [], strict=False):
+        doc["configurationVersion"] = version
+    rc, meta = parse({"ruleChain": {"name": "t", "type": "EDGE"},
+                      "metadata": {"firstNodeIndex": 0, "nodes": docs,
+                                   "connections": [{"fromIndex": a, "toIndex": b, "type": r}
+                                                   for a, b, r in conns]}})
+    return RuleEngine(rc, meta, clock=clock)
+
+
+def problems(node: Node, version: int = 1) -> list[str]:
+    t, name, config = node
+    rc, meta = parse({"ruleChain": {"name": "t", "type": "EDGE"},
+                      "metadata": {"firstNodeIndex": 0, "connections": [], "nodes": [
+                          {"type": t, "name": name, "configuration": config,
+                           "configurationVersion": version}]}})
+    return [str(p) for p in validate(rc, meta)]
+
+
+def effects(out: list[Outcome]) -> list[Outcome]:
+    return [o for o in out if not isinstance(o, Visited)]
+
+
+def telemetry(data: Any, **meta: str) -> RuleMsg:
+    return RuleMsg("POST_TELEMETRY_REQUEST", DEV, data, meta, ts=1000)
+
+
+# -- TbMsgTypeSwitchNode ---------------------------------------------------------------------
+
+# TbMsgType (common/data .../msg/TbMsgType.java): each type and its rule node connection; the
+# types without one go by "Other"
+TB_MSG_TYPES: list[tuple[str, str]] = [
+    ("POST_ATTRIBUTES_REQUEST", "Post attributes"),
+    ("POST_TELEMETRY_REQUEST", "Post telemetry"),
+    ("TO_SERVER_RPC_REQUEST", "RPC Request from Device"),
+    ("ACTIVITY_EVENT", "Activity Event"),
+    ("INACTIVITY_EVENT", "Inactivity Event"),
+    ("CONNECT_EVENT", "Connect Event"),
+    ("DISCONNECT_EVENT", "Disconnect Event"),
+    ("ENTITY_CREATED", "Entity Created"),
+    ("ENTITY_UPDATED", "Entity Updated"),
+    ("ENTITY_DELETED", "Entity Deleted"),
+    ("ENTITY_ASSIGNED", "Entity Assigned"),
+    ("ENTITY_UNASSIGNED", "Entity Unassigned"),
+    ("ATTRIBUTES_UPDATED", "Attributes Updated"),
+    ("ATTRIBUTES_DELETED", "Attributes Deleted"),
+    ("ALARM", "Alarm"),
+    ("ALARM_CREATED", "Alarm Created"),
+    ("ALARM_UPDATED", "Alarm Updated"),
+    ("ALARM_SEVERITY_UPDATED", "Alarm Severity Updated"),
+    ("ALARM_ACK", "Alarm Acknowledged"),
+    ("ALARM_CLEAR", "Alarm Cleared"),
+    ("ALARM_DELETE", "Other"),
+    ("ALARM_ASSIGNED", "Alarm Assigned"),
+    ("ALARM_UNASSIGNED", "Alarm Unassigned"),
+    ("COMMENT_CREATED", "Comment Created"),
+    ("COMMENT_UPDATED", "Comment Updated"),
+    ("RPC_CALL_FROM_SERVER_TO_DEVICE", "RPC Request to Device"),
+    ("ENTITY_ASSIGNED_FROM_TENANT", "Entity Assigned From Tenant"),
+    ("ENTITY_ASSIGNED_TO_TENANT", "Entity Assigned To Tenant"),
+    ("ENTITY_ASSIGNED_TO_EDGE", "Other"),
+    ("ENTITY_UNASSIGNED_FROM_EDGE", "Other"),
+    ("TIMESERIES_UPDATED", "Timeseries Updated"),
+    ("TIMESERIES_DELETED", "Timeseries Deleted"),
+    ("RPC_QUEUED", "RPC Queued"),
+    ("RPC_SENT", "RPC Sent"),
+    ("RPC_DELIVERED", "RPC Delivered"),
+    ("RPC_SUCCESSFUL", "RPC Successful"),
+    ("RPC_TIMEOUT", "RPC Timeout"),
+    ("RPC_EXPIRED", "RPC Expired"),
+    ("RPC_FAILED", "RPC Failed"),
+    ("RPC_DELETED", "RPC Deleted"),
+    ("RELATION_ADD_OR_UPDATE", "Relation Added or Updated"),
+    ("RELATION_DELETED", "Relation Deleted"),
+    ("RELATIONS_DELETED", "All Relations Deleted"),
+    ("PROVISION_SUCCESS", "Other"),
+    ("PROVISION_FAILURE", "Other"),
+    ("SEND_EMAIL", "Other"),
+    ("REST_API_REQUEST", "REST API request"),
+    ("DEDUPLICATION_TIMEOUT_SELF_MSG", "Other"),
+    ("NA", "Other"),
+    ("MY_CUSTOM_TYPE", "Other"),
+]
+
+
+def test_the_type_switch_routes_every_thingsboard_message_type_by_its_connection() -> None:
+    """TbMsgTypeSwitchNode.onMsg: tellNext(msg, msg.getInternalType().getRuleNodeConnection()).
+    Each relation leads to a node named after it (a type switch with nothing after it), so the
+    node a message reaches names the relation it went by."""
+    relations = list(dict.fromkeys(relation for _, relation in TB_MSG_TYPES))
+    engine = chain([(n.MSG_TYPE_SWITCH, "Switch", {})]
+                   + [(n.MSG_TYPE_SWITCH, relation, {}) for relation in relations],
+                   [(0, i, relation) for i, relation in enumerate(relations, 1)])
+    routed = {msg_type: engine.run(RuleMsg(msg_type, DEV, {}))
+              for msg_type, _ in TB_MSG_TYPES}
+    assert routed == {
+        msg_type: [Visited("nodes[0] 'Switch'"),
+                   Visited(f"nodes[{relations.index(relation) + 1}] {relation!r}")]
+        for msg_type, relation in TB_MSG_TYPES}
+
+
+def test_the_type_switch_sends_an_alarm_nodes_message_by_alarm() -> None:
+    """What the create/clear alarm nodes send on is of type ALARM: the switch's "Alarm"."""
+    engine = chain([(n.MSG_TYPE_SWITCH, "Switch", {}), (n.MSG_TYPE_SWITCH, "Alarms", {}),
+                    (n.MSG_TYPE_SWITCH, "Others", {})],
+                   [(0, 1, "Alarm"), (0, 2, "Other")])
+    assert engine.run(RuleMsg("ALARM", DEV, {"id": "a"}, ts=1)) == [
+        Visited("nodes[0] 'Switch'"), Visited("nodes[1] 'Alarms'")]
+    assert engine.run_many([RuleMsg("ALARM", DEV, {}, ts=1), RuleMsg("X", DEV, {}, ts=2)]) == [
+        [Visited("nodes[0] 'Switch'"), Visited("nodes[1] 'Alarms'")],
+        [Visited("nodes[0] 'Switch'"), Visited("nodes[2] 'Others'")]]
+
+
+# -- TbJsSwitchNode --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lang", ["JS", "TBEL"])
+def test_a_switch_script_naming_a_relation_twice_routes_once(lang: str) -> None:
+    """RuleNodeJsScriptEngine / RuleNodeTbelScriptEngine.executeSwitchTransform collect the
+    names into a Set: ['a', 'b', 'a'] routes by a once and by b once (in first-named order)."""
+    script = "return ['a', 'b', 'a'];"
+    config = {"scriptLang": lang, "jsScript": script, "tbelScript": script}
+    nodes: list[Node] = [(n.JS_SWITCH, "Fan", config),
+                         (n.PUSH_TO_CLOUD, "Push A", {"scope": "SERVER_SCOPE"}),
+                         (n.PUSH_TO_CLOUD, "Push B", {"scope": "SERVER_SCOPE"})]
+    engine = chain(nodes, [(0, 1, "a"), (0, 2, "b")])
+    msg = telemetry({"t": 1}, ts="5")
+    pushed = [PushToCloud("nodes[1] 'Push A'", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE",
+                          "NORMAL", {"t": 1}, {"ts": "5"}, 5),
+              PushToCloud("nodes[2] 'Push B'", ORIGIN, "POST_TELEMETRY_REQUEST", "SERVER_SCOPE",
+                          "NORMAL", {"t": 1}, {"ts": "5"}, 5)]
+    assert effects(engine.run(msg)) == pushed
+    batch = engine.run_many([msg, msg])
+    assert [effects(out) for out in batch] == [pushed, pushed]
+
+
+# -- TbMsgAttributesNode ---------------------------------------------------------------------
+
+def attributes(data: Any, **meta: str) -> RuleMsg:
+    return RuleMsg("POST_ATTRIBUTES_REQUEST", DEV, data, meta, ts=1000)
+
+
+def test_save_attributes_takes_the_messages_scope_else_the_nodes() -> None:
+    """TbMsgAttributesNode.getScope: metadata "scope" when not empty, else the configuration's;
+    AttributeScope.valueOf of a name it does not know fails the node (Failure)."""
+    engine = chain([(n.SAVE_ATTRIBUTES, "Attrs", {"scope": "CLIENT_SCOPE"}),
+                    (n.MSG_TYPE_SWITCH, "Failed", {})], [(0, 1, "Failure")])
+    assert effects(engine.run(attributes({"fw": "1"}, scope="SHARED_SCOPE"))) == [
+        SaveAttributes("nodes[0] 'Attrs'", ORIGIN, "SHARED_SCOPE", {"fw": "1"})]
+    assert effects(engine.run(attributes({"fw": "1"}, scope=""))) == [
+        SaveAttributes("nodes[0] 'Attrs'", ORIGIN, "CLIENT_SCOPE", {"fw": "1"})]
+    assert effects(engine.run(attributes({"fw": "1"}))) == [
+        SaveAttributes("nodes[0] 'Attrs'", ORIGIN, "CLIENT_SCOPE", {"fw": "1"})]
+    assert engine.run(attributes({"fw": "1"}, scope="shared_scope")) == [
+        Visited("nodes[0] 'Attrs'"),
+        Failed("nodes[0] 'Attrs'", "attribute scope 'shared_scope' (the message's scope "
+                                   "metadata) is not one of CLIENT_SCOPE, SERVER_SCOPE, "
+                                   "SHARED_SCOPE"),
+        Visited("nodes[1] 'Failed'")]
+
+
+# -- TbCheckMessageNode ----------------------------------------------------------------------
+
+CHECK_SINKS: list[Node] = [(n.MSG_TYPE_SWITCH, "True", {}), (n.MSG_TYPE_SWITCH, "False", {}),
+                           (n.MSG_TYPE_SWITCH, "Failure", {})]
+
+
+def check(config: dict[str, Any], msg: RuleMsg) -> str:
+    """The relation a check fields node sends ``msg`` by (its Failed reason appended)."""
+    engine = chain([(n.CHECK_MESSAGE, "Check", config), *CHECK_SINKS],
+                   [(0, 1, "True"), (0, 2, "False"), (0, 3, "Failure")])
+    out = engine.run(msg)
+    relation = out[-1]
+    assert isinstance(relation, Visited)
+    failed = [o.error for o in out if isinstance(o, Failed)]
+    return relation.node.split("'")[1] + "".join(f": {f}" for f in failed)
+
+
+@pytest.mark.parametrize(("config", "data", "meta", "relation"), [
+    # checkAllKeys is TbCheckMessageNodeConfiguration's primitive boolean: absent is false, so
+    # one key present is enough
+    ({"messageNames": ["a", "b"]}, {"a": 1}, {}, "True"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": None}, {"a": 1}, {}, "True"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": True}, {"a": 1}, {}, "False"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": False}, {"a": 1}, {}, "True"),
+    # older configurations hold it as text, which Jackson reads as the boolean it names
+    ({"messageNames": ["a", "b"], "checkAllKeys": "true"}, {"a": 1}, {}, "False"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": "TRUE"}, {"a": 1}, {}, "False"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": "false"}, {"a": 1}, {}, "True"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": ""}, {"a": 1}, {}, "True"),
+    ({"messageNames": ["a", "b"], "checkAllKeys": 1}, {"a": 1}, {}, "False"),
+    # the data is parsed only when messageNames names keys: a metadata-only check passes
+    # whatever the data is
+    ({"metadataNames": ["deviceName"], "checkAllKeys": True}, [1, 2], {"deviceName": "b"},
+     "True"),
+    ({"metadataNames": ["deviceName"], "messageNames": []}, "text", {"deviceName": "b"},
+     "True"),
+    ({"metadataNames": ["deviceName"]}, None, {}, "False"),
+    # ... and when it does, data that is not an object fails, even if the metadata matches
+    ({"messageNames": ["a"], "metadataNames": ["deviceName"]}, [1], {"deviceName": "b"},
+     "Failure: the message data is not a JSON object"),
+    ({"messageNames": ["a"], "checkAllKeys": True}, None, {},
+     "Failure: the message data is not a JSON object"),
+    # at least one: a metadata key is enough
+    ({"messageNames": ["a"], "metadataNames": ["deviceName"]}, {"b": 1}, {"deviceName": "x"},
+     "True"),
+    ({"messageNames": ["a"], "metadataNames": ["deviceName"]}, {"b": 1}, {}, "False"),
+    # nothing named: all of none is true, at least one of none is false
+    ({"checkAllKeys": True}, [1], {}, "True"),
+    ({}, [1], {}, "False"),
+])
+def test_check_fields_as_thingsboard(config: dict[str, Any], data: Any, meta: dict[str, str],
+                                     relation: str) -> None:
+    """TbCheckMessageNode.onMsg: allKeysData && allKeysMetadata, else atLeastOneData ||
+    atLeastOneMetadata; each *Data parses the data (Gson, to a Map) only when messageNames is
+    not empty, and a parse that fails goes by Failure."""
+    assert check(config, RuleMsg("POST_TELEMETRY_REQUEST", DEV, data, meta, ts=1)) == relation
+
+
+@pytest.mark.parametrize(("value", "found"), [
+    ("yes", ["metadata.nodes[0].configuration.checkAllKeys: expected true or false, got "
+             "'yes'"]),
+    (1.5, ["metadata.nodes[0].configuration.checkAllKeys: expected true or false, got 1.5"]),
+    ([True], ["metadata.nodes[0].configuration.checkAllKeys: expected true or false, got "
+              "[True]"]),
+    (" True ", []), ("null", []), (0, []), (None, []), (False, [])])
+def test_a_check_all_keys_jackson_cannot_read_refuses_the_chain(value: Any,
+                                                                found: list[str]) -> None:
+    assert problems((n.CHECK_MESSAGE, "Check", {"messageNames": ["a"],
+                                                "checkAllKeys": value})) == found
+
+
+# -- TbMsgTimeseriesNode ---------------------------------------------------------------------
+
+SAVE = "nodes[0] 'Save'"
+AFTER: Node = (n.MSG_TYPE_SWITCH, "After", {})
+
+
+def saving(config: dict[str, Any], *, version: int = 1,
+           clock: Callable[[], int] = lambda: 777) -> RuleEngine:
+    """A save timeseries node (configurationVersion ``version``) whose Success and Failure go
+    on to a node named after the relation."""
+    return chain([(n.SAVE_TIMESERIES, "Save", config), (n.MSG_TYPE_SWITCH, "Success", {}),
+                  (n.MSG_TYPE_SWITCH, "Failure", {})],
+                 [(0, 1, "Success"), (0, 2, "Failure")], clock=clock, versions=[version])
+
+
+def saved(ts: int, data: Any, ttl: int = 0, *, series: bool = True,
+          latest: bool = True) -> SaveTimeseries:
+    return SaveTimeseries(SAVE, ORIGIN, ts, data, ttl, series, latest)
+
+
+SUCCESS_AFTER = Visited("nodes[1] 'Success'")
+FAILURE_AFTER = Visited("nodes[2] 'Failure'")
+EVERY = {"type": "ON_EVERY_MESSAGE"}
+
+
+@pytest.mark.parametrize(("meta", "ttl"), [
+    ({"TTL": "60"}, 60), ({"TTL": "0"}, 0), ({"TTL": "+5"}, 5), ({"TTL": ""}, 30), ({}, 30),
+    ({"TTL": "3162240000"}, 3_162_240_000)])
+def test_save_timeseries_takes_the_messages_ttl_else_the_nodes(meta: dict[str, str],
+                                                                ttl: int) -> None:
+    """TbMsgTimeseriesNode.onMsg: metadata "TTL" when not empty (Long.parseLong), else
+    defaultTTL; 0 is the default retention (ThingsBoard's tenant profile's, the edge's
+    rules.local_retention_hours)."""
+    engine = saving({"defaultTTL": 30, "processingSettings": EVERY})
+    assert engine.run(telemetry({"t": 1}, **meta)) == [
+        Visited(SAVE), saved(1000, {"t": 1}, ttl), SUCCESS_AFTER]
+
+
+@pytest.mark.parametrize("text", ["soon", "-1", "1.5", "3162240001", "9" * 30])
+def test_a_ttl_the_edge_cannot_read_fails_the_node(text: str) -> None:
+    engine = saving({"defaultTTL": 30, "processingSettings": EVERY})
+    assert engine.run(telemetry({"t": 1}, TTL=text)) == [
+        Visited(SAVE),
+        Failed(SAVE, f"metadata TTL {text[:40]!r}: expected whole seconds from 0 to "
+                     "3162240000 (0: the edge's retention)"),
+        FAILURE_AFTER]
+
+
+@pytest.mark.parametrize("flag", [True, "true"])
+def test_use_server_ts_saves_at_the_edges_time(flag: Any) -> None:
+    """TbMsgTimeseriesNode.computeTs: the server's clock, not metadata.ts, with useServerTs."""
+    engine = saving({"useServerTs": flag, "processingSettings": EVERY})
+    assert effects(engine.run(telemetry({"t": 1}, ts="5000"))) == [saved(777, {"t": 1})]
+    assert effects(saving({"useServerTs": False, "processingSettings": EVERY}).run(
+        telemetry({"t": 1}, ts="5000"))) == [saved(5000, {"t": 1})]
+
+
+def test_websockets_only_saves_nothing_and_goes_on_by_success() -> None:
+    """WEBSOCKETS_ONLY: TimeseriesSaveRequest.Strategy.WS_ONLY, no database save; the edge has
+    no WebSocket subscriptions, so nothing is done and the message goes on by Success."""
+    engine = saving({"processingSettings": {"type": "WEBSOCKETS_ONLY"}})
+    assert engine.run(telemetry({"t": 1})) == [Visited(SAVE), SUCCESS_AFTER]
+    assert engine.run_many([telemetry({"t": 1}), telemetry({"t": 2})]) == [
+        [Visited(SAVE), SUCCESS_AFTER], [Visited(SAVE), SUCCESS_AFTER]]
+
+
+@pytest.mark.parametrize(("config", "series", "latest"), [
+    # TbMsgTimeseriesNode.upgrade from version 0: skipLatestPersistence "true" (asText) is
+    # ADVANCED with latest SKIP, anything else ON_EVERY_MESSAGE
+    ({"defaultTTL": 0, "skipLatestPersistence": "true"}, True, False),
+    ({"defaultTTL": 0, "skipLatestPersistence": True}, True, False),
+    ({"defaultTTL": 0, "skipLatestPersistence": "True"}, True, True),
+    ({"defaultTTL": 0, "skipLatestPersistence": False}, True, True),
+    ({"defaultTTL": 0}, True, True),
+    # the upgrade replaces a version 0 configuration's processingSettings
+    ({"processingSettings": {"type": "WEBSOCKETS_ONLY"}}, True, True),
+])
+def test_a_version_0_configuration_is_read_as_thingsboard_upgrades_it(
+        config: dict[str, Any], series: bool, latest: bool) -> None:
+    engine = saving(config, version=0)
+    assert effects(engine.run(telemetry({"t": 1}))) == [
+        saved(1000, {"t": 1}, series=series, latest=latest)]
+
+
+def test_a_later_configuration_reads_processing_settings_not_skip_latest_persistence() -> None:
+    engine = saving({"skipLatestPersistence": "true", "processingSettings": EVERY})
+    assert effects(engine.run(telemetry({"t": 1}))) == [saved(1000, {"t": 1})]
+    assert effects(saving({"skipLatestPersistence": "true"}).run(telemetry({"t": 1}))) == [
+        saved(1000, {"t": 1})]
+
+
+def at(ts: int, originator: str = "d1") -> RuleMsg:
+    return RuleMsg("POST_TELEMETRY_REQUEST", Originator("DEVICE", originator), {"v": ts},
+                   {"ts": str(ts)}, ts=ts)
+
+
+def test_deduplicate_saves_the_first_message_of_each_interval_per_originator() -> None:
+    """DEDUPLICATE: DeduplicateProcessingStrategy.shouldProcess (ts / interval, a set of
+    originators per interval): the first message of an originator in an interval is saved
+    (timeseries and latest), the others go on by Success unsaved."""
+    engine = saving({"processingSettings": {"type": "DEDUPLICATE",
+                                            "deduplicationIntervalSecs": 60}})
+    runs = [effects(engine.run(msg)) for msg in (
+        at(1000), at(2000), at(61_000), at(59_999), at(2000, "d2"), at(119_999), at(120_000))]
+    assert runs == [
+        [saved(1000, {"v": 1000})], [], [saved(61_000, {"v": 61_000})], [],
+        [SaveTimeseries(SAVE, ("DEVICE", "d2"), 2000, {"v": 2000}, 0)], [],
+        [saved(120_000, {"v": 120_000})]]
+    assert engine.run(at(3000)) == [Visited(SAVE), SUCCESS_AFTER]
+
+
+def test_deduplicate_in_a_batch_decides_as_one_by_one() -> None:
+    config = {"processingSettings": {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 10}}
+    msgs = [at(ts) for ts in (5000, 1000, 12_000, 9999, 15_000, 25_000, 20_000)]
+    one_by_one = saving(config)
+    assert saving(config).run_many(msgs) == [one_by_one.run(msg) for msg in msgs]
+    assert [effects(out) for out in saving(config).run_many(msgs)] == [
+        [saved(5000, {"v": 5000})], [], [saved(12_000, {"v": 12_000})], [], [],
+        [saved(25_000, {"v": 25_000})], []]
+
+
+def test_deduplicate_forgets_an_interval_unused_for_ten_intervals_and_the_oldest_beyond_its_cap(
+        ) -> None:
+    """DeduplicateProcessingStrategy's cache: an interval expires 10 intervals after its last
+    use (at least 10 minutes); it keeps at most min(2 days / interval, 100) intervals."""
+    now = [0]
+    engine = saving({"processingSettings": {"type": "DEDUPLICATE",
+                                            "deduplicationIntervalSecs": 1}},
+                    clock=lambda: now[0])
+    assert effects(engine.run(at(500))) == [saved(500, {"v": 500})]
+    now[0] = 599_999
+    assert effects(engine.run(at(600))) == []  # used again: kept 10 more minutes
+    now[0] = 599_999 + 599_999
+    assert effects(engine.run(at(700))) == []
+    now[0] += 600_000
+    assert effects(engine.run(at(800))) == [saved(800, {"v": 800})]  # forgotten
+    day = 86_400_000
+    daily = saving({"processingSettings": {"type": "DEDUPLICATE",
+                                           "deduplicationIntervalSecs": 86_400}})
+    # at most 2 intervals are kept: a third drops the least recently used
+    assert [len(effects(daily.run(at(ts))))
+            for ts in (1, 2, day, day + 1, 2 * day, 1, 2 * day + 1, day)] == [
+        1, 0, 1, 0, 1, 1, 0, 1]
+
+
+def test_advanced_settings_decide_timeseries_and_latest_apart() -> None:
+    """ADVANCED: each action its own ProcessingStrategy; the edge has two of ThingsBoard's four
+    actions (timeseries, latest), WebSockets and calculated fields are not run on the edge."""
+    skip = {"type": "SKIP"}
+    dedup = {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 60}
+    engine = saving({"processingSettings": {"type": "ADVANCED", "timeseries": EVERY,
+                                            "latest": dedup, "webSockets": skip,
+                                            "calculatedFields": dedup}})
+    assert [effects(engine.run(at(ts))) for ts in (1000, 2000, 61_000)] == [
+        [saved(1000, {"v": 1000})], [saved(2000, {"v": 2000}, latest=False)],
+        [saved(61_000, {"v": 61_000})]]
+    nothing = saving({"processingSettings": {"type": "ADVANCED", "timeseries": skip,
+                                             "latest": skip, "webSockets": EVERY,
+                                             "calculatedFields": EVERY}})
+    assert nothing.run(at(1000)) == [Visited(SAVE), SUCCESS_AFTER]
+
+
+@pytest.mark.parametrize(("config", "found"), [
+    ({"defaultTTL": None}, []),
+    ({"defaultTTL": None, "useServerTs": "yes"}, [
+        "useServerTs: expected true or false, got 'yes'"]),
+    ({"processingSettings": {"type": "ON_EVERY_MESSAGE"}, "useServerTs": "false"}, []),
+    ({"processingSettings": {"type": "EVERY"}}, [
+        "processingSettings: expected an object whose type is one of ON_EVERY_MESSAGE, "
+        "WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED, got {'type': 'EVERY'}"]),
+    ({"processingSettings": "ON_EVERY_MESSAGE"}, [
+        "processingSettings: expected an object whose type is one of ON_EVERY_MESSAGE, "
+        "WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED, got 'ON_EVERY_MESSAGE'"]),
+    ({"processingSettings": {"type": "DEDUPLICATE"}}, [
+        "processingSettings.deduplicationIntervalSecs: missing: expected whole seconds from "
+        "1 to 86400 (a day)"]),
+    ({"processingSettings": {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 86_401}}, [
+        "processingSettings.deduplicationIntervalSecs: got 86401: expected whole seconds "
+        "from 1 to 86400 (a day)"]),
+    ({"processingSettings": {"type": "ADVANCED", "timeseries": {"type": "SKIP"},
+                             "latest": {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 0},
+                             "webSockets": {"type": "WEBSOCKETS_ONLY"}}}, [
+        "processingSettings.latest.deduplicationIntervalSecs: got 0: expected whole seconds "
+        "from 1 to 86400 (a day)",
+        "processingSettings.webSockets: got {'type': 'WEBSOCKETS_ONLY'}: expected an object "
+        "whose type is one of ON_EVERY_MESSAGE, DEDUPLICATE, SKIP",
+        "processingSettings.calculatedFields: missing: expected an object whose type is one "
+        "of ON_EVERY_MESSAGE, DEDUPLICATE, SKIP"]),
+])
+def test_save_timeseries_settings_thingsboard_cannot_read_refuse_the_chain(
+        config: dict[str, Any], found: list[str]) -> None:
+    """What Jackson would refuse to read into TbMsgTimeseriesNodeConfiguration (the node could
+    not start) refuses the chain, the field named. defaultTTL null is Jackson's 0."""
+    assert problems((n.SAVE_TIMESERIES, "Save", config)) == [
+        f"metadata.nodes[0].configuration.{p}" for p in found]
