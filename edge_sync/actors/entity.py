@@ -344,7 +344,7 @@ class EntityActor:
                             by_ms=jump.by_ms).warning(
                 "edge clock jumped {} by {} ms while a rule window was open: {}", jump.direction,
                 jump.by_ms, "the window keeps the time it had left" if jump.direction ==
-                "backward" else "the window closes once; the skipped intervals give nothing")
+                "backward" else "the window wakes once; the skipped intervals give nothing")
         if step.dropped:
             _rules_log.bind(entity=eid, dropped=step.dropped).warning(
                 "{} closed rule windows dropped: their node is no longer in the chain in force",

@@ -267,7 +267,7 @@ class EntityRules:
         closed: list[tuple[str, Closed]] = []
         dropped = 0
         for orphan in self._orphans:
-            result = orphan.windows.due(now_ms)
+            result = orphan.windows.due(now_ms, whole=True)  # dropped whole, pending packs too
             jumps.extend(result.jumps)
             dropped += len(result.closed)
         for key, node in sorted(self._nodes.items()):

@@ -9,28 +9,48 @@ agent reaches them through it.
 Rules:
 
 - A window is keyed by ``(node id, originator)``. It opens when its first message is added, at
-  the edge's time ``now`` (ms, read by the caller from its injected Clock), and is due when
-  ``now >= deadline``, ``deadline = opened + interval``. ``due(now)`` closes every due window
-  once and removes it; the next message for that key opens a new window.
-- Deduplication output, as ThingsBoard picks it: FIRST is the message with the smallest ``ts``,
-  LAST the one with the largest (ties: the earliest arrival, as its strict comparisons do); ALL is
-  one message of type ``outMsgType``, metadata ``{"ts": <close time>}``, data a JSON array of
+  the edge's time ``now`` (ms, read by the caller from its injected Clock), and wakes when
+  ``now >= deadline``, ``deadline = opened + interval``. ``due(now)`` wakes every due window
+  once: an aggregation window closes with one output and is removed; a deduplication window
+  sends what is due (below) and is removed when it keeps nothing. The next message for a
+  removed key opens a new window.
+- Deduplication splits by message ts, as ThingsBoard's
+  ``TbMsgDeduplicationNode.processDeduplication`` / ``findValidPack`` do: at a wake-up, while
+  the pending messages' smallest ts ``minTs`` gives a pack ``[minTs, minTs + interval)`` whose
+  end is at or before ``now`` (the edge's clock), that pack's messages leave and make one
+  output; packs go out in ts order. The rest stay pending and the window wakes again when the
+  earliest of them is due (``minTs + interval``), or ``interval`` after a message added
+  meanwhile if sooner (ThingsBoard looks again every interval while messages are pending). The
+  first wake-up, ``interval`` after the first arrival, gives a backlog that long to arrive.
+- Deduplication output per pack: FIRST is the message with the smallest ``ts``, LAST the one
+  with the largest (ties: the earliest arrival, as its strict comparisons do); ALL is one
+  message of type ``outMsgType``, metadata ``{"ts": <wake-up time>}``, data a JSON array of
   ``{"msg": <data>, "metadata": <metadata>}`` in arrival order.
-- ``maxPendingMsgs`` bounds a window: a message over it is not kept, the add returns
-  ``OVERFLOW`` (ThingsBoard sends it to Failure: the caller does) and the closed window reports
-  how many overflowed.
+- ``maxPendingMsgs`` bounds a window's pending messages (kept and not yet sent, as
+  ThingsBoard's ``size() < maxPendingMsgs``): a message over it is not kept, the add returns
+  ``OVERFLOW`` (ThingsBoard sends it to Failure: the caller does) and the wake-up's first output
+  reports how many overflowed since the last one.
 - Idempotency: each message carries a ``seq``, increasing per key (the session's own
   per-entity counter). A seq not above the last one the key's open window took (kept or
   overflowed), or not above the last of the key's closed windows, is a ``DUPLICATE`` and changes
   nothing: a state restored from its record plus a replay of the same seqs gives the same
   output. A window keeps only its ``last_seq``, so its record stays small whatever its size.
 - Clock jumps (reported in ``DueResult.jumps``/``AddResult.jump`` for the caller to log):
-  * backward (``now`` below the latest time a window saw): the window keeps the time it had left,
-    on the new clock: ``deadline = now + (deadline - last_seen)``. It is never closed early nor
-    reopened, and stays open at most ``interval`` of observed edge time (so well within
-    2 * interval of the new clock).
+  * backward (``now`` below the latest time a window saw): the window keeps the time it had left
+    to its wake-up, on the new clock: ``deadline = now + (deadline - last_seen)``. It is never
+    woken early nor reopened. A deduplication pack still goes out only once its end is at or
+    before ``now``: messages whose ts came from the old clock may wait until the new one passes
+    their pack's end (bounded by ``maxPendingMsgs``).
   * forward past at least one more whole interval (``now >= deadline + interval``): the window
-    closes once, with one output; the skipped intervals produce nothing.
+    wakes once (aggregation: one output; deduplication: one output per pack now due); the
+    skipped intervals produce nothing.
+- ``due(now, whole=True)`` closes each due window with one output for all it holds, pending
+  packs included: for a window whose node left the chain, dropped by the caller.
+- The record's shape does not depend on the split: a deduplication window saved by an edge
+  version that sent one output per window loads unchanged and splits at its wake-up.
+- Aggregation keeps a running summary, not the messages (its record stays the same size
+  whatever the window holds), so its window is the arrival window: everything added before the
+  close is in the one output, whatever the messages' ts.
 - Aggregation output: one telemetry-shaped message of type ``outMsgType`` (default
   ``POST_TELEMETRY_REQUEST``), flat so ThingsBoard stores it as timeseries: data
   ``{"<key>_min", "<key>_max", "<key>_avg", "<key>_sum", "<key>_count"}`` for every numeric key
@@ -52,6 +72,9 @@ from edge_sync.rules.nodes import AGGREGATE, AGGREGATE_DEFAULT_OUT_TYPE, AGGREGA
 
 AGGREGATE_NODE_TYPE = AGGREGATE
 STRATEGIES = ("FIRST", "LAST", "ALL")
+MAX_DEADLINE = 2**63 - 1
+"""A deadline from a message's ts is kept within a signed 64-bit integer (the record is
+msgpack)."""
 
 Key = tuple[str, str]
 """(rule node id, originator id)."""
@@ -78,8 +101,8 @@ class Msg:
 
 @dataclass(frozen=True)
 class OutMsg:
-    """A closed window's message; ``ts``: the picked message's ts (FIRST/LAST), else the close
-    time."""
+    """A window's output (one per deduplication pack); ``ts``: the picked message's ts
+    (FIRST/LAST), else the wake-up time."""
 
     originator: str
     type: str
@@ -126,6 +149,9 @@ class DueResult:
 
 
 S = TypeVar("S")
+Released = tuple[list[tuple[OutMsg, int]], int, int | None]
+"""A wake-up's outputs (each with how many messages it stands for), how many messages the
+window keeps, and when it is due again (None: it closes)."""
 
 
 @dataclass
@@ -199,12 +225,18 @@ class _Windows(Generic[S]):
             w.overflow += 1
             return AddResult(Added.OVERFLOW, jump)
         w.count += 1
+        # a window waiting for a later pack looks at a new message interval after its arrival
+        # at the latest (a no-op otherwise: the deadline is within an interval of now)
+        w.deadline = min(w.deadline, now + self.interval_ms)
         self._add_to(w.state, msg)
         return AddResult(Added.ADDED, jump)
 
-    def due(self, now: int) -> DueResult:
+    def due(self, now: int, *, whole: bool = False) -> DueResult:
+        """Wake the windows due at ``now``; ``whole``: each closes with one output for all it
+        holds, pending packs included (a window whose node left the chain, to be dropped)."""
         closed: list[Closed] = []
         jumps: list[ClockJump] = []
+        release = self._release_whole if whole else self._release
         for key in sorted(self._open):
             w = self._open[key]
             jump = self._observe(key, w, now)
@@ -214,11 +246,30 @@ class _Windows(Generic[S]):
                 continue
             if now >= w.deadline + self.interval_ms:
                 jumps.append(ClockJump(key, "forward", now - w.deadline))
-            del self._open[key]
-            self._closed_seq[key] = max(self._closed_seq.get(key, -1), w.last_seq)
-            closed.append(Closed(key, self._output(key, w.state, w.count, now), w.count, w.overflow,
-                                 w.opened, now))
+            released, left, deadline = release(key, w, now)
+            overflow = w.overflow
+            for output, count in released:
+                closed.append(Closed(key, output, count, overflow, w.opened, now))
+                overflow = 0  # reported once, with the wake-up's first output
+            if deadline is None:
+                del self._open[key]
+                self._closed_seq[key] = max(self._closed_seq.get(key, -1), w.last_seq)
+            else:
+                w.count = left
+                w.deadline = min(deadline, MAX_DEADLINE)
+                if released:
+                    w.overflow = 0
         return DueResult(closed, jumps)
+
+    def _release(self, key: Key, w: _Window[S], now: int) -> Released:
+        """What window ``w`` sends at its wake-up ``now``: the outputs, each with the number of
+        messages it stands for; how many messages it keeps; when it is due again (None: it
+        keeps nothing and closes). Here: ``_release_whole``."""
+        return self._release_whole(key, w, now)
+
+    def _release_whole(self, key: Key, w: _Window[S], now: int) -> Released:
+        """One output for everything the window holds; it closes."""
+        return [(self._output(key, w.state, w.count, now), w.count)], 0, None
 
     def to_record(self) -> dict[str, Any]:
         """Plain JSON-able state: open windows (with their last seq) and each key's closed
@@ -269,7 +320,37 @@ class DedupWindows(_Windows[list[Msg]]):
     def _add_to(self, state: list[Msg], msg: Msg) -> None:
         state.append(msg)
 
+    def _release(self, key: Key, w: _Window[list[Msg]], now: int) -> Released:
+        """ThingsBoard's TbMsgDeduplicationNode.processDeduplication: while findValidPack finds
+        a pack ``[minTs, minTs + interval)`` of the pending messages' ts whose end is at or
+        before ``now``, the pack's messages leave the pending ones and make one output; the
+        rest stay, due when the earliest of them is."""
+        pending = w.state
+        by_ts = sorted(range(len(pending)), key=lambda i: pending[i].ts)  # stable: arrival
+        released: list[tuple[OutMsg, int]] = []
+        first = 0
+        while first < len(by_ts):
+            start = pending[by_ts[first]].ts
+            end = start + self.interval_ms
+            if end > now:
+                break
+            last = first
+            while last < len(by_ts) and pending[by_ts[last]].ts < end:
+                last += 1
+            pack = [pending[i] for i in sorted(by_ts[first:last])]  # arrival order
+            released.append((self._output(key, pack, len(pack), now), len(pack)))
+            first = last
+        if first == len(by_ts):
+            return released, 0, None
+        kept = sorted(by_ts[first:])
+        w.state = [pending[i] for i in kept]
+        return released, len(kept), pending[by_ts[first]].ts + self.interval_ms
+
     def _output(self, key: Key, state: list[Msg], count: int, now: int) -> OutMsg:
+        """One pack's output, as processDeduplication builds it: ALL, a message of type
+        ``outMsgType`` with the pack in arrival order and metadata ts ``now``; FIRST / LAST, the
+        message of the smallest / largest ts (strict comparisons in arrival order: the earliest
+        arrival on ties), as it came."""
         if self.strategy == "ALL":
             packed = [{"msg": json.loads(m.data), "metadata": m.metadata} for m in state]
             assert self.out_msg_type is not None

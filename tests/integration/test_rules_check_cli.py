@@ -86,3 +86,33 @@ def test_an_interval_or_ttl_beyond_what_the_edge_can_keep_is_refused(tmp_path: P
             f"31622400 (366 days), got {10**30}\n"),
         (1, "metadata.nodes[0].configuration.defaultTTL: expected whole seconds from 0 to "
             f"3162240000 (100 years; 0: no TTL), got {10**30}\n")]
+
+
+def test_thingsboard_s_default_edge_root_chain_is_refused_for_its_rpc_node(
+        tmp_path: Path) -> None:
+    """ThingsBoard 4.x's default edge root chain
+    (application/src/main/data/json/edge/rule_chains/edge_root_rule_chain.json, copied as is)
+    has a TbSendRPCRequestNode, outside the edge's subset: the whole chain is refused. The same
+    chain without that node (and its one connection) passes, log nodes included."""
+    real = FIXTURES / "thingsboard_edge_root_rule_chain.json"
+    done = check(tmp_path, str(real))
+    assert (done.returncode, done.stdout) == (
+        1, "metadata.nodes[5].type: org.thingsboard.rule.engine.rpc.TbSendRPCRequestNode "
+           "('RPC Call Request') is not a supported node type: the chain is refused "
+           "(docs/rules.md)\n")
+
+    doc = json.loads(real.read_text())
+    meta = doc["metadata"]
+    assert meta["nodes"][5]["type"].endswith("TbSendRPCRequestNode")
+    del meta["nodes"][5]
+    meta["connections"] = [
+        {**c, "fromIndex": c["fromIndex"] - (c["fromIndex"] > 5),
+         "toIndex": c["toIndex"] - (c["toIndex"] > 5)}
+        for c in meta["connections"] if 5 not in (c["fromIndex"], c["toIndex"])]
+    without_rpc = tmp_path / "edge_root_without_rpc.json"
+    without_rpc.write_text(json.dumps(doc))
+    done = check(tmp_path, str(without_rpc))
+    assert (done.returncode, done.stdout) == (
+        0, "'Edge Root Rule Chain' (EDGE): 7 nodes, 8 connections; node types: TbLogNode x2, "
+           "TbMsgAttributesNode, TbMsgPushToCloudNode x2, TbMsgTimeseriesNode, "
+           "TbMsgTypeSwitchNode\n")

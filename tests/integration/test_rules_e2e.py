@@ -9,6 +9,7 @@ LMDB, with each event's lane), the points kept on the edge only (the admin API's
 
 - selective sync: a filter sends readings over 50 to the cloud and keeps the others on the edge;
 - aggregation: the edge's own AggregateNode gives one min/max/avg/sum/count summary per window;
+- deduplication of a backlog: one message per interval of the points' own ts;
 - alarms: create on a threshold, clear under it; only the alarm events reach the cloud (HIGH);
 - a chain exported from ThingsBoard runs unchanged (type switch, JS filter, TBEL and JS
   transforms, save timeseries, push to cloud, log, deduplication ALL);
@@ -329,6 +330,37 @@ def test_thingsboard_export_runs_unchanged(tmp_path, procs):
         ("nodes[6] 'Collect 1 s'", DEDUPLICATION, 4, 0),
         ("nodes[7] 'Min max avg'", TRANSFORM, 1, 0),
         ("nodes[8] 'Log attributes'", LOG, 1, 0),
+    ]
+
+
+# -- deduplication of a backlog ----------------------------------------------------------------
+
+
+def test_a_backlog_through_deduplication_gives_one_message_per_interval_of_its_ts(tmp_path,
+                                                                                 procs):
+    """A device back after an outage posts 50 old points, 200 ms apart, in one request;
+    deduplication FIRST over 2 s sends one per 2 s of their ts, in ts order, as ThingsBoard's
+    TbMsgDeduplicationNode does (one message per pack [minTs, minTs + interval)): five, not
+    one."""
+    doc = json.loads((FIXTURES / "aggregation.json").read_text(encoding="utf-8"))
+    doc["ruleChain"]["name"] = "First per 2 s"
+    doc["metadata"]["nodes"][0].update(
+        type=DEDUPLICATION, name="First per 2 s",
+        configuration={"interval": 2, "strategy": "FIRST", "maxPendingMsgs": 100})
+    chain = tmp_path / "deduplication.json"
+    chain.write_text(json.dumps(doc), encoding="utf-8")
+    cloud, agent = start_linked(tmp_path, procs, chain)
+    device_id, token = agent.create_device("meter-backlog")
+
+    body = [{"ts": BASE_TS + i * 200, "values": {"i": i}} for i in range(50)]
+    assert agent.post_telemetry(token, body) == 200
+    expected = [(BASE_TS + k * 2_000, {"i": k * 10}) for k in range(5)]
+    assert wait_telemetry(cloud, device_id, 5) == expected
+    events = settle(cloud, agent)
+    assert telemetry_at_cloud(events, device_id) == expected
+    assert node_counts(agent) == [
+        ("nodes[0] 'First per 2 s'", DEDUPLICATION, 50, 0),
+        ("nodes[1] 'Push summary to cloud'", PUSH_TO_CLOUD, 5, 0),
     ]
 
 

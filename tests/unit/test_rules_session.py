@@ -272,3 +272,60 @@ def test_clock_jumps_are_reported() -> None:
     assert step.jumps == (ClockJump(("agg", "d1"), "forward", 35_000),)
     [saved] = [o for o in step.outcomes if isinstance(o, SaveTimeseries)]
     assert saved.data["v_count"] == 2
+
+
+def deduplicating(strategy: str, interval: int, max_pending: int) -> RuleEngine:
+    return engine([(n.DEDUPLICATION, "Dedup", {"interval": interval, "strategy": strategy,
+                                               "maxPendingMsgs": max_pending}), SAVE_TS],
+                  [(0, 1, "Success")], ids=["dedup", "save"])
+
+
+def point(i: int, ts: int) -> RuleMsg:
+    return RuleMsg("POST_TELEMETRY_REQUEST", DEV, {"i": i}, {"ts": str(ts)}, ts=ts)
+
+
+def test_a_backlog_through_deduplication_gives_one_message_per_interval_of_its_ts() -> None:
+    """A device back after an hour posts its 600 points (1 s apart) at once: deduplication
+    FIRST over 60 s sends ten of them on, one per minute of their ts, as ThingsBoard's
+    TbMsgDeduplicationNode does (one message per pack [minTs, minTs + 60 s))."""
+    eng, rules = deduplicating("FIRST", 60, 1000), EntityRules()
+    start = T0 - 3_600_000
+    step = rules.on_messages(eng, [point(i, start + i * 1_000) for i in range(600)], T0)
+    assert (step.changed, rules.open_windows, rules.next_deadline()) == (True, 1, T0 + 60_000)
+    assert rules.on_due(eng, T0 + 59_999).outcomes == ()
+    step = rules.on_due(eng, T0 + 60_000)
+    assert effects(step) == [
+        SaveTimeseries("nodes[1] 'Save'", ORIGIN, start + k * 60_000, {"i": k * 60}, 0)
+        for k in range(10)]
+    assert (step.record, step.changed, rules.open_windows) == (None, True, 0)
+
+
+def test_pending_packs_survive_a_restore_and_go_out_once() -> None:
+    """Packs not yet due at a wake-up stay in the saved record (msgpack, as the store keeps
+    it); the restored entity sends them once, when their end passes on the edge's clock."""
+    eng = deduplicating("LAST", 10, 100)
+    msgs = [point(1, T0 - 30_000), point(2, T0 - 21_000), point(3, T0 + 4_000),
+            point(4, T0 + 6_000)]
+    rules = EntityRules()
+    rules.on_messages(eng, msgs, T0)
+    step = rules.on_due(eng, T0 + 10_000)  # [-30 s, -20 s) is due, [4 s, 14 s) is not yet
+    assert effects(step) == [SaveTimeseries("nodes[1] 'Save'", ORIGIN, T0 - 21_000, {"i": 2}, 0)]
+    assert step.record is not None and rules.next_deadline() == T0 + 14_000
+    stored = msgpack.unpackb(msgpack.packb(step.record))
+    restored = EntityRules(stored)
+    assert (restored.open_windows, restored.next_deadline()) == (1, T0 + 14_000)
+    assert restored.on_due(eng, T0 + 13_999).outcomes == ()
+    step = restored.on_due(eng, T0 + 14_000)
+    assert effects(step) == [SaveTimeseries("nodes[1] 'Save'", ORIGIN, T0 + 6_000, {"i": 4}, 0)]
+    assert (step.record, restored.open_windows) == (None, 0)
+    assert restored.on_due(eng, T0 + 60_000).outcomes == ()
+
+
+def test_a_deduplication_window_whose_node_left_is_dropped_whole_at_its_deadline() -> None:
+    """Pending packs of a window whose node left the chain go with it, counted as one window."""
+    rules = EntityRules()
+    rules.on_messages(deduplicating("FIRST", 10, 100),
+                      [point(1, T0 - 60_000), point(2, T0 + 50_000)], T0)
+    swapped = engine([SAVE_TS], [], ids=["save"])
+    step = rules.on_due(swapped, T0 + 10_000)
+    assert (step.outcomes, step.dropped, step.record, rules.open_windows) == ((), 1, None, 0)
