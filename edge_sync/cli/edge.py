@@ -34,9 +34,12 @@ from edge_sync.cli.common import (
     EXIT_STORAGE,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    REFUSED_CREDENTIALS,
     AdminUnreachable,
     admin_call,
+    admin_host,
     config_option,
+    credentials_refused,
     exit_code_for_refusal,
     fail,
     install_stop_handlers,
@@ -326,6 +329,8 @@ def _status(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         return _status_watch(cfg, args)
     try:
         status = _collect(cfg)
+    except AgentAnswered as exc:
+        return fail(str(exc), exc.code)
     except StorageError as exc:
         return fail(str(exc), EXIT_STORAGE)
     if args.json:
@@ -335,13 +340,42 @@ def _status(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class AgentAnswered(EdgeSyncError):
+    """The agent's admin API answered ``GET /api/status`` with an error: it runs (or something
+    else listens on its port), so its status is not the store's. ``code``: the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _refusal(cfg: EdgeConfig, code: int, out: Any, refused: str) -> str:
+    """The error line for an admin API answer ``code``: for 401/403 the agent runs and refused
+    this command's token, and the line says what to set."""
+    if code in REFUSED_CREDENTIALS:
+        return f"{refused}: " + credentials_refused("the agent", cfg.admin, "EDGE_ADMIN_TOKEN",
+                                                     code, out)
+    message = out.get("message", out) if isinstance(out, dict) else out
+    return f"{refused} ({code}): {message}"
+
+
 def _collect(cfg: EdgeConfig) -> dict[str, Any]:
-    """The running agent's status (its admin API), else the store's (read-only)."""
+    """The running agent's status (its admin API), else the store's (read-only). Only an admin
+    API that cannot be reached means a stopped agent: an error answer raises AgentAnswered (for
+    401/403: the agent runs and refused the token, exit 1), and the store is not read."""
     try:
         code, status = admin_call(cfg.admin, "GET", "/api/status", timeout=3)
-        running = code == 200
+        running = True
     except AdminUnreachable:
         running = False
+    if running and code in REFUSED_CREDENTIALS:
+        raise AgentAnswered(credentials_refused("the agent", cfg.admin, "EDGE_ADMIN_TOKEN", code,
+                                                status), EXIT_CONFIG)
+    if running and (code != 200 or not isinstance(status, dict)):
+        message = status.get("message", status) if isinstance(status, dict) else status
+        raise AgentAnswered(
+            f"the agent's admin API at {admin_host(cfg.admin)}:{cfg.admin.port} answered "
+            f"GET /api/status with {code}: {message}", exit_code_for_refusal(code))
     if not running:
         store = _open_readonly(cfg)
         try:
@@ -371,6 +405,8 @@ def _status_watch(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         while True:
             try:
                 status = _collect(cfg)
+            except AgentAnswered as exc:
+                return fail(str(exc), exc.code)
             except StorageError as exc:
                 return fail(str(exc), EXIT_STORAGE)
             drain = meter.add_status(status)
@@ -515,8 +551,7 @@ def _device(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     except AdminUnreachable as exc:
         return fail(f"{exc}; is `edge-sync run` running?", EXIT_UNREACHABLE)
     if code != 201:
-        message = out.get("message", out) if isinstance(out, dict) else out
-        return fail(f"device not created ({code}): {message}", exit_code_for_refusal(code))
+        return fail(_refusal(cfg, code, out, "device not created"), exit_code_for_refusal(code))
     if args.json:
         print_json(out)
     else:
@@ -538,8 +573,7 @@ def _change(cfg: EdgeConfig, args: argparse.Namespace, method: str, path: str, b
     except AdminUnreachable as exc:
         return fail(f"{exc}; is `edge-sync run` running?", EXIT_UNREACHABLE)
     if code not in ok:
-        message = out.get("message", out) if isinstance(out, dict) else out
-        return fail(f"{refused} ({code}): {message}",
+        return fail(_refusal(cfg, code, out, refused),
                     EXIT_NOT_FOUND if code == 404 else exit_code_for_refusal(code))
     if getattr(args, "json", False):
         print_json(out)
@@ -745,8 +779,7 @@ def _replay(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         out = result.as_json()
     else:
         if code != 200:
-            message = out.get("message", out) if isinstance(out, dict) else out
-            return fail(f"dead letters not replayed ({code}): {message}",
+            return fail(_refusal(cfg, code, out, "dead letters not replayed"),
                         exit_code_for_refusal(code))
     replayed = [{"seq": seq, **before.get(seq, {})} for seq in out["replayed"]]
     if args.json:

@@ -323,7 +323,14 @@ def test_edge_device_create_exit_code_follows_the_answer(
     answer = {"status": status, "message": "a device named 'pump-1' already exists"}
     monkeypatch.setattr(edge, "admin_call", lambda *_a, **_k: (status, answer))
     assert edge.main(["device", "create", "--name", "pump-1"]) == code
-    assert f"device not created ({status})" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    if status in (401, 403):  # the agent runs and refused the token: what to set
+        what = "admin token" if status == 401 else "request"
+        assert err.startswith("error: device not created: the agent at 127.0.0.1:8090 is "
+                              f"running but refused the {what} ({status}")
+        assert "set EDGE_ADMIN_TOKEN (or admin.token in the file given with --config)" in err
+    else:
+        assert f"device not created ({status})" in err
 
 
 def test_edge_device_create_without_a_running_agent_exits_5(monkeypatch: pytest.MonkeyPatch) -> None:
