@@ -16,6 +16,7 @@ it could not fix).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -732,6 +733,14 @@ def _agent_reachable(cfg: EdgeConfig) -> bool:
     return True
 
 
+def _store_logging(cfg: EdgeConfig) -> None:
+    """A command that writes the stopped agent's store (replay, verify --repair) logs what it
+    did as the agent would: the project's log set-up with ``log.format`` and ``log.level``
+    (EDGE_LOG_FORMAT, EDGE_LOG_LEVEL), each line with its fields, to stderr under the component
+    ``edge-sync``; not to ``log.file``, which is the agent's."""
+    configure_logging(dataclasses.replace(cfg.log, file=None), component="edge-sync")
+
+
 def _open_writable(cfg: EdgeConfig) -> Any:
     """The store opened for writing with the agent stopped. Its writer lock is the agent's:
     while an agent holds the store (its admin API unreachable or not), this fails. A path that
@@ -771,6 +780,7 @@ def _replay(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         code, out = admin_call(cfg.admin, "POST", "/api/dead-letters/replay", selection.as_json())
     except AdminUnreachable:
         via = "store"
+        _store_logging(cfg)
         try:
             result = _replay_on_store(cfg, selection)
         except StorageError as exc:
@@ -807,7 +817,8 @@ def _dead_letters(store: Any) -> dict[int, dict[str, Any]]:
 
 
 def _replay_on_store(cfg: EdgeConfig, selection: Any) -> Any:
-    """The replay with the agent stopped: one write transaction, each replay logged. Nothing
+    """The replay with the agent stopped: one write transaction, each replay logged (the
+    caller set up logging: _store_logging). Nothing
     the agent caches at start depends on it (next_seq is unchanged; counts come from the
     store; the link reads every pending event from the start of its first stream)."""
     from edge_sync.storage import dead_letters
@@ -862,6 +873,7 @@ def _verify(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         if _agent_reachable(cfg):
             return fail("verify --repair refused: the agent is running (its admin API answers);"
                         " stop it first", EXIT_CONFIG)
+        _store_logging(cfg)
         try:
             store = _open_writable(cfg)
         except StorageError as exc:
