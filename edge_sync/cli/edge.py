@@ -138,10 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=[s.value for s in RpcStatus])
     rlist.add_argument("--json", action="store_true")
     _operator_commands(sub, config)
-    rules = sub.add_parser("rules", help="ThingsBoard rule chains")
+    # --config like every command (README), though a file check reads no configuration
+    rules = sub.add_parser("rules", parents=[config], help="ThingsBoard rule chains")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     rcheck = rules_sub.add_parser(
-        "check", help="validate a rule chain file (export or synced JSON) without loading it")
+        "check", parents=[config],
+        help="validate a rule chain file (export or synced JSON) without loading it; "
+             "--config is accepted and not read")
     rcheck.add_argument("file", help="a ThingsBoard rule chain export, or a JSON array of the "
                                      "RULE_CHAIN and RULE_CHAIN_METADATA objects")
     rcheck.add_argument("--json", action="store_true")

@@ -53,6 +53,9 @@ EXTRA_EXAMPLES = [
     "edge-cloud serve --config cloud.yml",
     "edge-cloud edge --config cloud.yml list",
     "edge-cloud attr set --device pump-1 --config cloud.yml --key a --value 1",
+    "edge-sync rules check --config site.yml chain.json",
+    "edge-sync rules --config site.yml check chain.json",
+    "edge-sync --config site.yml rules check chain.json",
 ]
 
 
@@ -236,6 +239,20 @@ def test_config_before_or_after_the_subcommand(line: str) -> None:
     assert args.config is not None and args.config.suffix == ".yml"
     if "b.yml" in line:
         assert args.config.name == "b.yml"  # given after the subcommand, it wins
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_every_command_takes_config_after_its_subcommand(program: str) -> None:
+    """README: every command takes --config FILE before or after the subcommand."""
+    def without(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[str]:
+        missing = [] if "--config" in parser._option_string_actions else [" ".join(path)]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    missing += without(child, (*path, name))
+        return missing
+
+    assert without(PROGRAMS[program](), (program,)) == []
 
 
 def test_config_defaults_to_none() -> None:
