@@ -87,15 +87,17 @@ def notify_message(*assignments: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
-def link_status(state: str, cloud: str) -> str:
+def link_status(state: str, cloud: str, *, connected_before: bool = False) -> str:
     """The STATUS= text for the cloud link's state: connecting and waiting between attempts are
-    one "reconnecting", so a cloud that stays down gives one line, not one per attempt."""
+    one line, so a cloud that stays down gives one line, not one per attempt: "connecting" until
+    the link was first accepted (``connected_before``: it reached SYNCING or CONNECTED),
+    "reconnecting" after."""
     if state == LinkState.CONNECTED:
         return f"connected to cloud {cloud}"
     if state == LinkState.SYNCING:
         return f"syncing with cloud {cloud}"
     if state in (LinkState.CONNECTING, LinkState.BACKOFF):
-        return f"reconnecting to cloud {cloud}"
+        return f"{'reconnecting' if connected_before else 'connecting'} to cloud {cloud}"
     if state == LinkState.AUTH_FAILED:
         return f"cloud {cloud} refused the edge's credentials; retrying at the longest backoff"
     return f"not connected to cloud {cloud}"
@@ -125,6 +127,7 @@ class ServiceNotifier:
         self._warned = False
         self._status = ""
         self._link_text = ""
+        self._link_accepted = False  # the link reached SYNCING or CONNECTED once
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self.cadence = WatchdogCadence(watchdog_s) if watchdog_s else None
@@ -183,8 +186,14 @@ class ServiceNotifier:
 
     def link_changed(self, snapshot: dict[str, object]) -> None:
         """A cloud link snapshot (LinkStatusBoard's callback): a STATUS line when the text its
-        state gives changes."""
-        text = link_status(str(snapshot.get("state")), str(snapshot.get("cloud", "")))
+        state gives changes; none once a stop began (the link stopping is part of it, and
+        STATUS stays "stopping")."""
+        if self._stopped.is_set():
+            return
+        state = str(snapshot.get("state"))
+        text = link_status(state, str(snapshot.get("cloud", "")),
+                           connected_before=self._link_accepted)
+        self._link_accepted |= state in (LinkState.SYNCING, LinkState.CONNECTED)
         if text != self._link_text:
             self._link_text = text
             self.status(text)

@@ -83,7 +83,7 @@ from edge_sync.storage import dead_letters
 from edge_sync.storage.entity_store import EntityStore, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EntityIndexBuild, EventLog
-from edge_sync.storage.records import Action, Lane, NewEvent
+from edge_sync.storage.records import Action, Lane, NewEvent, StoredEvent
 from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.storage.rule_store import RuleStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
@@ -106,13 +106,14 @@ class QueuePolicy:
 class _Outcome:
     """Result of one command inside a group: a value or an error (set after the commit)."""
 
-    __slots__ = ("devices_deleted", "error", "high", "value")
+    __slots__ = ("dead", "devices_deleted", "error", "high", "value")
 
     def __init__(self) -> None:
         self.value: Any = None
         self.error: EdgeSyncError | None = None
         self.devices_deleted = False  # committed: the token cache must forget them
         self.high = 0  # Append: its events in the high lane; DeadLetter: 1 for a high-lane event
+        self.dead: StoredEvent | None = None  # DeadLetter: the event (its entity for the log)
 
     @classmethod
     def failed(cls, error: EdgeSyncError) -> _Outcome:
@@ -321,9 +322,10 @@ class QueueActor(SupervisedActor):
                 outcome.value = self._log.mark_deployed(txn, seqs, now_ms=now)
             case DeadLetter(seq=dead_seq, error=error):
                 outcome.value = self._log.dead_letter(txn, dead_seq, error, now_ms=now)
-                if outcome.value:  # rare: the event's lane, for the count
-                    dead = self._log.get(txn, dead_seq)
-                    outcome.high = int(dead is not None and dead.lane is Lane.HIGH)
+                if outcome.value:  # rare: the event's lane for the count, its entity for the log
+                    outcome.dead = self._log.get(txn, dead_seq)
+                    outcome.high = int(outcome.dead is not None
+                                       and outcome.dead.lane is Lane.HIGH)
             case SetIdentity(tenant_id=tenant, edge_id=edge):
                 self._log.set_identity(txn, tenant, edge)
                 outcome.value = True
@@ -539,7 +541,12 @@ class QueueActor(SupervisedActor):
                     self._log_refusal(command, outcome.error)
             elif isinstance(command, DeadLetter) and outcome.value:
                 self._dead[Lane.HIGH if outcome.high else Lane.NORMAL].inc()
-                _log.bind(seq=command.seq, error=command.error).warning("event dead-lettered")
+                dead = outcome.dead
+                _log.bind(seq=command.seq,
+                          entity_type=dead.entity_type if dead is not None else None,
+                          entity_id=str(dead.entity_id) if dead is not None else None,
+                          lane=(Lane.HIGH if outcome.high else Lane.NORMAL).name.lower(),
+                          error=command.error).warning("event dead-lettered")
             elif isinstance(command, SetIdentity):
                 self._tenant, self._edge = command.tenant_id.bytes, command.edge_id.bytes
             if forget_tokens and self._tokens is not None:  # before any reply: a deleted

@@ -1,8 +1,10 @@
 """The ``edge-cloud`` command: the reference cloud (serve) and its operator commands.
 
 Writes (edge create, device create, attr set) go through the running server's admin API, so
-the downlinks they queue are sent at once; with the server stopped they write the LMDB store
-directly (the server sends what is queued when the edge connects). ``edge sync`` (a full sync of
+the downlinks they queue are sent at once; with the server stopped (nothing answers on its admin
+port) they write the LMDB store directly (the server sends what is queued when the edge
+connects). A server that answers but refuses the admin token (401/403) is an error, exit 1,
+never a reason to write the store behind it. ``edge sync`` (a full sync of
 a connected edge) and ``rpc`` (a server-side RPC request to a device) need the running server.
 Reads (events, edge list) work either way.
 
@@ -38,9 +40,13 @@ from edge_sync.cli.common import (
     EXIT_CONFLICT,
     EXIT_OK,
     EXIT_STORAGE,
+    REFUSED_CREDENTIALS,
+    AdminRefused,
     AdminUnreachable,
     admin_call,
+    admin_host,
     config_option,
+    credentials_refused,
     exit_code_for_refusal,
     fail,
     install_stop_handlers,
@@ -288,13 +294,24 @@ def _serve(cfg: CloudConfig) -> int:
 
 
 def _running(cfg: CloudConfig) -> bool:
-    """True when a cloud answers on cfg.admin (then writes go through it)."""
+    """True when a cloud answers on cfg.admin (then writes go through it); False only when
+    nothing answers there (then a write goes to the store). Whatever else answers is an error,
+    never a reason to write the store behind a server: 401/403 (AdminRefused, exit 1) is a
+    running cloud that refused this command's admin token; any other answer is BadRequest."""
     try:
         code, status = admin_call(cfg.admin, "GET", "/api/status", timeout=3)
     except AdminUnreachable:
         return False
+    if code in REFUSED_CREDENTIALS:
+        raise AdminRefused(credentials_refused("the cloud", cfg.admin, "CLOUD_ADMIN_TOKEN", code,
+                                               status))
     if code != 200 or not isinstance(status, dict) or status.get("server") != "running":
-        return False
+        told = status.get("message", status) if isinstance(status, dict) else status
+        raise BadRequest(
+            f"{admin_host(cfg.admin)}:{cfg.admin.port} answers GET /api/status with {code}, "
+            f"not as a running edge-cloud ({str(told)[:200]}): check admin.host and admin.port "
+            "(CLOUD_ADMIN_HOST, CLOUD_ADMIN_PORT); the store is not written while something "
+            "answers there")
     if status.get("data_dir") != str(Path(cfg.storage.data_dir).resolve()):
         print(f"warning: the cloud at {cfg.admin.host}:{cfg.admin.port} serves the store in "
               f"{status.get('data_dir')}, not {cfg.storage.data_dir}; using the running cloud",
@@ -305,6 +322,9 @@ def _running(cfg: CloudConfig) -> bool:
 def _api(cfg: CloudConfig, method: str, path: str, body: Any = None) -> Any:
     """Call the running server; EdgeSyncError / StorageError with its message when refused."""
     code, out = admin_call(cfg.admin, method, path, body)
+    if code in REFUSED_CREDENTIALS:
+        raise AdminRefused(credentials_refused("the cloud", cfg.admin, "CLOUD_ADMIN_TOKEN", code,
+                                               out))
     if code >= 400:
         message = out.get("message", out) if isinstance(out, dict) else out
         if code in (500, 507):
@@ -535,6 +555,9 @@ def _rpc(cfg: CloudConfig, args: argparse.Namespace) -> int:
             return fail(f"rpc {rpc_id} got no answer: {record['status']}"
                         + (f" ({record['error']})" if record.get("error") else ""), EXIT_CONFIG)
         return EXIT_OK
+    if code in REFUSED_CREDENTIALS:
+        raise AdminRefused(credentials_refused("the cloud", cfg.admin, "CLOUD_ADMIN_TOKEN", code,
+                                               out))
     message = out.get("message", out) if isinstance(out, dict) else out
     return fail(f"refused ({code}): {message}", exit_code_for_refusal(code))
 
@@ -543,7 +566,7 @@ def rpc_call(cfg: CloudConfig, path: str, body: Any, *, timeout: float) -> tuple
     """POST an RPC request to the admin API: (status, the X-Rpc-Id header, decoded body; None
     when empty). Like admin_call, which does not give the header."""
     admin = cfg.admin
-    host = "127.0.0.1" if admin.host in ("0.0.0.0", "::", "") else admin.host
+    host = admin_host(admin)
     headers = {"Content-Type": "application/json"}
     if admin.token:
         headers["Authorization"] = f"Bearer {admin.token}"

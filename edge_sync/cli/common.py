@@ -19,6 +19,7 @@ from typing import Any
 from loguru import logger
 
 from edge_sync.config import AdminConfig
+from edge_sync.errors import EdgeSyncError
 
 EXIT_OK = 0
 EXIT_CONFIG = 1  # bad configuration (or a port that cannot be bound), or a refused request
@@ -132,12 +133,42 @@ class AdminUnreachable(Exception):
     pass
 
 
+class AdminRefused(EdgeSyncError):
+    """The running process's admin API answered, and refused this command's credentials (401,
+    or 403): the process runs, so its store must not be written behind its back."""
+
+
+REFUSED_CREDENTIALS = (401, 403)
+"""Admin API answers that mean "running, but not for you": no ``admin.token`` or the wrong one
+(401), or a request it does not serve without a token (403: a Host that is not loopback)."""
+
+
+def credentials_refused(who: str, admin: AdminConfig, env_var: str, status: int,
+                        out: Any) -> str:
+    """What to tell the operator when ``who`` (the agent, the cloud) answered 401 or 403: that
+    it runs, and which setting to set. Never the token itself."""
+    where = f"{admin_host(admin)}:{admin.port}"
+    setting = (f"set {env_var} (or admin.token in the file given with --config) to the "
+               f"admin.token {who} runs with")
+    if status == 401:
+        why = ("no admin token is configured for this command" if not admin.token else
+               "the admin token configured for this command is not the one it runs with")
+        return f"{who} at {where} is running but refused the admin token (401): {why}; {setting}"
+    told = out.get("message", out) if isinstance(out, dict) else out
+    return f"{who} at {where} is running but refused the request ({status}: {told}); {setting}"
+
+
+def admin_host(admin: AdminConfig) -> str:
+    """The address a command calls for ``admin.host`` (a wildcard bind: loopback)."""
+    return "127.0.0.1" if admin.host in ("0.0.0.0", "::", "") else admin.host
+
+
 def admin_call(
     admin: AdminConfig, method: str, path: str, body: Any = None, *, timeout: float = 10.0
 ) -> tuple[int, Any]:
     """Call the running process's admin API (the agent's or the cloud's, as ``admin`` says);
     (status, decoded JSON body). Sends the configured ``admin.token`` when there is one."""
-    host = "127.0.0.1" if admin.host in ("0.0.0.0", "::", "") else admin.host
+    host = admin_host(admin)
     port = admin.port
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"}

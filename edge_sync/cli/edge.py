@@ -16,6 +16,7 @@ it could not fix).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -34,9 +35,12 @@ from edge_sync.cli.common import (
     EXIT_STORAGE,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    REFUSED_CREDENTIALS,
     AdminUnreachable,
     admin_call,
+    admin_host,
     config_option,
+    credentials_refused,
     exit_code_for_refusal,
     fail,
     install_stop_handlers,
@@ -134,10 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=[s.value for s in RpcStatus])
     rlist.add_argument("--json", action="store_true")
     _operator_commands(sub, config)
-    rules = sub.add_parser("rules", help="ThingsBoard rule chains")
+    # --config like every command (README), though a file check reads no configuration
+    rules = sub.add_parser("rules", parents=[config], help="ThingsBoard rule chains")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     rcheck = rules_sub.add_parser(
-        "check", help="validate a rule chain file (export or synced JSON) without loading it")
+        "check", parents=[config],
+        help="validate a rule chain file (export or synced JSON) without loading it; "
+             "--config is accepted and not read")
     rcheck.add_argument("file", help="a ThingsBoard rule chain export, or a JSON array of the "
                                      "RULE_CHAIN and RULE_CHAIN_METADATA objects")
     rcheck.add_argument("--json", action="store_true")
@@ -326,6 +333,8 @@ def _status(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         return _status_watch(cfg, args)
     try:
         status = _collect(cfg)
+    except AgentAnswered as exc:
+        return fail(str(exc), exc.code)
     except StorageError as exc:
         return fail(str(exc), EXIT_STORAGE)
     if args.json:
@@ -335,13 +344,42 @@ def _status(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class AgentAnswered(EdgeSyncError):
+    """The agent's admin API answered ``GET /api/status`` with an error: it runs (or something
+    else listens on its port), so its status is not the store's. ``code``: the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _refusal(cfg: EdgeConfig, code: int, out: Any, refused: str) -> str:
+    """The error line for an admin API answer ``code``: for 401/403 the agent runs and refused
+    this command's token, and the line says what to set."""
+    if code in REFUSED_CREDENTIALS:
+        return f"{refused}: " + credentials_refused("the agent", cfg.admin, "EDGE_ADMIN_TOKEN",
+                                                     code, out)
+    message = out.get("message", out) if isinstance(out, dict) else out
+    return f"{refused} ({code}): {message}"
+
+
 def _collect(cfg: EdgeConfig) -> dict[str, Any]:
-    """The running agent's status (its admin API), else the store's (read-only)."""
+    """The running agent's status (its admin API), else the store's (read-only). Only an admin
+    API that cannot be reached means a stopped agent: an error answer raises AgentAnswered (for
+    401/403: the agent runs and refused the token, exit 1), and the store is not read."""
     try:
         code, status = admin_call(cfg.admin, "GET", "/api/status", timeout=3)
-        running = code == 200
+        running = True
     except AdminUnreachable:
         running = False
+    if running and code in REFUSED_CREDENTIALS:
+        raise AgentAnswered(credentials_refused("the agent", cfg.admin, "EDGE_ADMIN_TOKEN", code,
+                                                status), EXIT_CONFIG)
+    if running and (code != 200 or not isinstance(status, dict)):
+        message = status.get("message", status) if isinstance(status, dict) else status
+        raise AgentAnswered(
+            f"the agent's admin API at {admin_host(cfg.admin)}:{cfg.admin.port} answered "
+            f"GET /api/status with {code}: {message}", exit_code_for_refusal(code))
     if not running:
         store = _open_readonly(cfg)
         try:
@@ -371,6 +409,8 @@ def _status_watch(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         while True:
             try:
                 status = _collect(cfg)
+            except AgentAnswered as exc:
+                return fail(str(exc), exc.code)
             except StorageError as exc:
                 return fail(str(exc), EXIT_STORAGE)
             drain = meter.add_status(status)
@@ -515,8 +555,7 @@ def _device(cfg: EdgeConfig, args: argparse.Namespace) -> int:
     except AdminUnreachable as exc:
         return fail(f"{exc}; is `edge-sync run` running?", EXIT_UNREACHABLE)
     if code != 201:
-        message = out.get("message", out) if isinstance(out, dict) else out
-        return fail(f"device not created ({code}): {message}", exit_code_for_refusal(code))
+        return fail(_refusal(cfg, code, out, "device not created"), exit_code_for_refusal(code))
     if args.json:
         print_json(out)
     else:
@@ -538,8 +577,7 @@ def _change(cfg: EdgeConfig, args: argparse.Namespace, method: str, path: str, b
     except AdminUnreachable as exc:
         return fail(f"{exc}; is `edge-sync run` running?", EXIT_UNREACHABLE)
     if code not in ok:
-        message = out.get("message", out) if isinstance(out, dict) else out
-        return fail(f"{refused} ({code}): {message}",
+        return fail(_refusal(cfg, code, out, refused),
                     EXIT_NOT_FOUND if code == 404 else exit_code_for_refusal(code))
     if getattr(args, "json", False):
         print_json(out)
@@ -698,6 +736,14 @@ def _agent_reachable(cfg: EdgeConfig) -> bool:
     return True
 
 
+def _store_logging(cfg: EdgeConfig) -> None:
+    """A command that writes the stopped agent's store (replay, verify --repair) logs what it
+    did as the agent would: the project's log set-up with ``log.format`` and ``log.level``
+    (EDGE_LOG_FORMAT, EDGE_LOG_LEVEL), each line with its fields, to stderr under the component
+    ``edge-sync``; not to ``log.file``, which is the agent's."""
+    configure_logging(dataclasses.replace(cfg.log, file=None), component="edge-sync")
+
+
 def _open_writable(cfg: EdgeConfig) -> Any:
     """The store opened for writing with the agent stopped. Its writer lock is the agent's:
     while an agent holds the store (its admin API unreachable or not), this fails. A path that
@@ -737,6 +783,7 @@ def _replay(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         code, out = admin_call(cfg.admin, "POST", "/api/dead-letters/replay", selection.as_json())
     except AdminUnreachable:
         via = "store"
+        _store_logging(cfg)
         try:
             result = _replay_on_store(cfg, selection)
         except StorageError as exc:
@@ -745,8 +792,7 @@ def _replay(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         out = result.as_json()
     else:
         if code != 200:
-            message = out.get("message", out) if isinstance(out, dict) else out
-            return fail(f"dead letters not replayed ({code}): {message}",
+            return fail(_refusal(cfg, code, out, "dead letters not replayed"),
                         exit_code_for_refusal(code))
     replayed = [{"seq": seq, **before.get(seq, {})} for seq in out["replayed"]]
     if args.json:
@@ -774,7 +820,8 @@ def _dead_letters(store: Any) -> dict[int, dict[str, Any]]:
 
 
 def _replay_on_store(cfg: EdgeConfig, selection: Any) -> Any:
-    """The replay with the agent stopped: one write transaction, each replay logged. Nothing
+    """The replay with the agent stopped: one write transaction, each replay logged (the
+    caller set up logging: _store_logging). Nothing
     the agent caches at start depends on it (next_seq is unchanged; counts come from the
     store; the link reads every pending event from the start of its first stream)."""
     from edge_sync.storage import dead_letters
@@ -829,6 +876,7 @@ def _verify(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         if _agent_reachable(cfg):
             return fail("verify --repair refused: the agent is running (its admin API answers);"
                         " stop it first", EXIT_CONFIG)
+        _store_logging(cfg)
         try:
             store = _open_writable(cfg)
         except StorageError as exc:

@@ -248,6 +248,12 @@ def test_oversized_event_dead_lettered(tmp_path, procs):
     dl = wait_until(lambda: [r for r in agent.log_records() if r["message"] == "event dead-lettered"],
                     timeout=DEADLINE_S, what="the dead letter logged")
     assert [r["seq"] for r in dl] == [dead[0].seq]
+    # docs/logs.md's recipe for every dead letter of one device finds it, with its lane
+    mine = [r for r in agent.log_records()
+            if r.get("entity_id") == device_id and r["message"] == "event dead-lettered"]
+    assert [(r["component"], r["seq"], r["entity_type"], r["lane"]) for r in mine] == \
+        [("queue", dead[0].seq, "DEVICE", "normal")]
+    assert "maxInboundMessageSize" in mine[0]["error"]
 
 
 def test_shared_attribute_reaches_device(tmp_path, procs):

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
+import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_sync.storage.records import Status
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.event_log import EventLog
+from edge_sync.storage.records import Action, Lane, NewEvent, Status
 from tests.helpers.agent import Agent, read_log
 from tests.helpers.cloud_proc import (
     edge_status,
@@ -24,6 +29,7 @@ from tests.helpers.cloud_proc import (
     wait_connected,
     wait_drained,
 )
+from tests.helpers.ports import free_ports
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -123,3 +129,52 @@ def test_replay_dead_letters_reach_the_cloud_once_in_order(tmp_path, procs):
     assert [e["body"]["values"]["n"] for e in mine] == [0, 2, 4, 5, 1, 3]
     assert [e["seq"] for e in mine][-2:] == [first, second]
     assert mine[-1]["body"]["values"]["blob"] == BIG
+
+
+def test_replay_on_the_store_logs_as_the_agent_would(tmp_path: Path) -> None:
+    """With the agent stopped, each replay is one "dead letter replayed" line with its fields,
+    in the format and at the level the configuration gives (EDGE_LOG_FORMAT, EDGE_LOG_LEVEL),
+    as docs/operations.md says; not loguru's default format without the fields."""
+    data = tmp_path / "edge"
+    a, b = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
+    store = LmdbStore(data)  # a stopped agent's store with four dead letters
+    log = EventLog(store)
+    events = [NewEvent("DEVICE", "DEVICE", entity, Action.TIMESERIES_UPDATED, {"n": n}, 1, lane)
+              for n, (entity, lane) in enumerate([(a, Lane.NORMAL), (b, Lane.HIGH),
+                                                   (a, Lane.NORMAL), (b, Lane.NORMAL)])]
+    store.write(lambda txn: log.append(txn, events, first_seq=1, created_time=1,
+                                       tenant_id=bytes(16), edge_id=bytes(16)))
+    store.write(lambda txn: [log.dead_letter(txn, seq, f"refused {seq}", now_ms=2)
+                             for seq in (1, 2, 3, 4)])
+    store.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "CLOUD_"))}
+    env.update(EDGE_DATA_DIR=str(data), EDGE_ADMIN_HOST="127.0.0.1",
+               EDGE_ADMIN_PORT=str(free_ports()[0]))  # nothing answers: the store path
+
+    def replay(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "edge_sync.cli.edge", "replay", "--dead",
+                               *args, "--json"], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["via"] == "store"
+        return done
+
+    done = replay("--seq", "1", "2", EDGE_LOG_FORMAT="json")
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r.pop("ts"))
+               for r in lines)
+    assert lines == [
+        {"level": "INFO", "component": "edge-sync", "message": "dead letter replayed",
+         "seq": 1, "entity": str(a), "lane": "normal", "error": "refused 1"},
+        {"level": "INFO", "component": "edge-sync", "message": "dead letter replayed",
+         "seq": 2, "entity": str(b), "lane": "high", "error": "refused 2"},
+    ]
+
+    done = replay("--entity", str(a))  # the default format: text
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \| INFO     \| edge-sync \| dead letter "
+        rf"replayed \| seq=3 entity={a} lane=normal error=\"refused 3\"\n", done.stderr), done.stderr
+
+    done = replay("--all", EDGE_LOG_LEVEL="WARNING")  # below the configured level: not logged
+    assert [r["seq"] for r in json.loads(done.stdout)["replayed"]] == [4]
+    assert done.stderr == ""

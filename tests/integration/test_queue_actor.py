@@ -22,7 +22,13 @@ from typing import Any
 
 import pytest
 
-from edge_sync.actors.messages import Append, EventsCommitted, MarkDeployed, PutLocalTimeseries
+from edge_sync.actors.messages import (
+    Append,
+    DeadLetter,
+    EventsCommitted,
+    MarkDeployed,
+    PutLocalTimeseries,
+)
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
 from edge_sync.api.device_service import MAX_NAME_BYTES
 from edge_sync.app import EdgeApp
@@ -37,6 +43,7 @@ from edge_sync.storage.records import Action, Lane, NewEvent, Status, StoredEven
 from edge_sync.storage.rule_store import RuleStore
 from edge_sync.supervisor import actor_child
 from tests.helpers.crashes import crash_and_wait_restarted
+from tests.helpers.log_capture import log_records
 from tests.helpers.metric_values import metric_total
 from tests.helpers.wait import wait_until
 
@@ -637,3 +644,32 @@ def test_the_queue_builds_the_entity_index_of_a_store_made_before_it_while_it_ap
         assert index == list(range(1, 27))
     finally:
         q.stop()
+
+
+def test_a_dead_letter_is_logged_with_its_entity_and_lane(queue: QueueUnderTest) -> None:
+    """docs/logs.md's recipe for every dead letter of one device selects on entity_id: the
+    queue's "event dead-lettered" line carries it, with entity_type and lane."""
+    device, asset = uuid.UUID(int=0xD1), uuid.UUID(int=0xA1)
+    first: Future[range] = Future()
+    queue.ref.tell(Append(device, telemetry(device, "big"), first))
+    second: Future[range] = Future()
+    queue.ref.tell(Append(asset, (NewEvent("ASSET", "ASSET", asset, Action.ATTRIBUTES_UPDATED,
+                                           {"a": 1}, 1, Lane.HIGH),), second))
+    wait_all([first, second])
+    with log_records() as records:
+        replies: list[Future[Any]] = []
+        for seq, error in ((first.result()[0], "too large"), (second.result()[0], "refused"),
+                           (99, "unknown seq: not dead-lettered")):
+            reply: Future[Any] = Future()
+            queue.ref.tell(DeadLetter(seq, error, reply))
+            replies.append(reply)
+        wait_all(replies)
+    assert [r.result() for r in replies] == [True, True, False]
+    logged = [(r["level"].name, r["extra"]) for r in records
+              if r["message"] == "event dead-lettered"]
+    assert logged == [
+        ("WARNING", {"component": "queue", "seq": 1, "entity_type": "DEVICE",
+                     "entity_id": str(device), "lane": "normal", "error": "too large"}),
+        ("WARNING", {"component": "queue", "seq": 2, "entity_type": "ASSET",
+                     "entity_id": str(asset), "lane": "high", "error": "refused"}),
+    ]

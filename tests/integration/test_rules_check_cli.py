@@ -29,6 +29,17 @@ def test_a_valid_chain_exits_0_with_a_summary(tmp_path: Path) -> None:
     assert not (tmp_path / "no-store").exists()
 
 
+def test_config_is_accepted_after_the_subcommand_and_not_read(tmp_path: Path) -> None:
+    """As every command (README), `rules check` takes --config; a file check needs none."""
+    site = tmp_path / "site.yml"
+    site.write_text("storage:\n  data_dir: /nonexistent/edge\n")
+    for args in (["--config", str(site), str(FIXTURES / "telemetry_dedup_chain.json")],
+                 [str(FIXTURES / "telemetry_dedup_chain.json"), "--config", str(site)]):
+        done = check(tmp_path, *args)
+        assert (done.returncode, done.stderr) == (0, ""), args
+        assert done.stdout.startswith("'Boiler telemetry' (EDGE): 11 nodes, 11 connections; ")
+
+
 def test_a_valid_chain_as_json(tmp_path: Path) -> None:
     done = check(tmp_path, str(FIXTURES / "telemetry_dedup_chain.json"), "--json")
     assert done.returncode == 0

@@ -53,6 +53,9 @@ EXTRA_EXAMPLES = [
     "edge-cloud serve --config cloud.yml",
     "edge-cloud edge --config cloud.yml list",
     "edge-cloud attr set --device pump-1 --config cloud.yml --key a --value 1",
+    "edge-sync rules check --config site.yml chain.json",
+    "edge-sync rules --config site.yml check chain.json",
+    "edge-sync --config site.yml rules check chain.json",
 ]
 
 
@@ -238,6 +241,20 @@ def test_config_before_or_after_the_subcommand(line: str) -> None:
         assert args.config.name == "b.yml"  # given after the subcommand, it wins
 
 
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_every_command_takes_config_after_its_subcommand(program: str) -> None:
+    """README: every command takes --config FILE before or after the subcommand."""
+    def without(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[str]:
+        missing = [] if "--config" in parser._option_string_actions else [" ".join(path)]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    missing += without(child, (*path, name))
+        return missing
+
+    assert without(PROGRAMS[program](), (program,)) == []
+
+
 def test_config_defaults_to_none() -> None:
     assert _parse("edge-sync", ["run"]).config is None
     assert _parse("edge-cloud", ["serve"]).config is None
@@ -323,7 +340,14 @@ def test_edge_device_create_exit_code_follows_the_answer(
     answer = {"status": status, "message": "a device named 'pump-1' already exists"}
     monkeypatch.setattr(edge, "admin_call", lambda *_a, **_k: (status, answer))
     assert edge.main(["device", "create", "--name", "pump-1"]) == code
-    assert f"device not created ({status})" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    if status in (401, 403):  # the agent runs and refused the token: what to set
+        what = "admin token" if status == 401 else "request"
+        assert err.startswith("error: device not created: the agent at 127.0.0.1:8090 is "
+                              f"running but refused the {what} ({status}")
+        assert "set EDGE_ADMIN_TOKEN (or admin.token in the file given with --config)" in err
+    else:
+        assert f"device not created ({status})" in err
 
 
 def test_edge_device_create_without_a_running_agent_exits_5(monkeypatch: pytest.MonkeyPatch) -> None:

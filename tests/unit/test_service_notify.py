@@ -65,14 +65,16 @@ def test_messages_are_key_value_lines_of_printable_ascii() -> None:
 @pytest.mark.parametrize(("state", "text"), [
     (LinkState.CONNECTED, "connected to cloud c:7070"),
     (LinkState.SYNCING, "syncing with cloud c:7070"),
-    (LinkState.CONNECTING, "reconnecting to cloud c:7070"),
-    (LinkState.BACKOFF, "reconnecting to cloud c:7070"),
+    (LinkState.CONNECTING, "connecting to cloud c:7070"),
+    (LinkState.BACKOFF, "connecting to cloud c:7070"),
     (LinkState.AUTH_FAILED,
      "cloud c:7070 refused the edge's credentials; retrying at the longest backoff"),
     (LinkState.DISCONNECTED, "not connected to cloud c:7070"),
 ])
 def test_link_status_texts(state: LinkState, text: str) -> None:
     assert link_status(state.value, "c:7070") == text
+    after = link_status(state.value, "c:7070", connected_before=True)
+    assert after == text.replace("connecting", "reconnecting")  # once the link was accepted
 
 
 # -- against a real socket ------------------------------------------------------------------
@@ -126,18 +128,24 @@ def test_ready_status_and_stopping_reach_an_abstract_socket(
         notifier.status("serving")  # unchanged: not sent again
         board = notifier.link_board()
         assert isinstance(board, LinkStatusBoard)
-        for state in ("CONNECTING", "SYNCING", "CONNECTED", "BACKOFF", "CONNECTING", "BACKOFF"):
+        # start-up: not started, then attempts until the cloud is first reached; an outage
+        for state in ("DISCONNECTED", "CONNECTING", "BACKOFF", "CONNECTING", "SYNCING",
+                      "CONNECTED", "BACKOFF", "CONNECTING", "BACKOFF"):
             board.publish({"state": state, "cloud": "c:7070"})
         assert board.value["state"] == "BACKOFF"  # still the board it replaces
         notifier.stopping()
-        messages = s.wait_for(lambda ms: len(ms) >= 6, what="6 datagrams")
+        board.publish({"state": "DISCONNECTED", "cloud": "c:7070"})  # the link stops: no line
+        notifier.status("after the stop")  # a datagram the test can wait for
+        messages = s.wait_for(lambda ms: len(ms) >= 8, what="8 datagrams")
     assert messages == [
         "READY=1\nSTATUS=serving",
-        "STATUS=reconnecting to cloud c:7070",
+        "STATUS=not connected to cloud c:7070",
+        "STATUS=connecting to cloud c:7070",  # one line for every attempt before the first
         "STATUS=syncing with cloud c:7070",
         "STATUS=connected to cloud c:7070",
-        "STATUS=reconnecting to cloud c:7070",
+        "STATUS=reconnecting to cloud c:7070",  # the link was lost: one line for the outage
         "STOPPING=1\nSTATUS=stopping",
+        "STATUS=after the stop",
     ]
 
 
