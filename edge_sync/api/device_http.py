@@ -4,9 +4,9 @@ server-side RPC and shared attribute updates by long poll (docs/device-rpc.md).
 200 only once the data is on disk; 400 malformed body or timeout parameter, 401 unknown token,
 413 body too large, 503 restarting or not confirmed in time, 507 storage full; errors carry a
 JSON body. An RPC answer no request awaits is answered 200 and dropped (logged and counted), as
-ThingsBoard's HTTP transport answers it. A long poll that times out is answered 408 with an
-empty body, as ThingsBoard does. Every refusal is logged once with the device (never the token)
-and counted.
+ThingsBoard's HTTP transport answers it; an RPC answer that is not JSON is carried as its text.
+A long poll that times out is answered 408 with an empty body, as ThingsBoard does. Every
+refusal is logged once with the device (never the token) and counted.
 
 Long polls are futures of this server's loop (devices/subscribers.py), no thread each; when the
 server stops they are answered 503. A handler is cancelled when its client disconnects, so a
@@ -30,6 +30,7 @@ from edge_sync.api.payloads import parse_keys, parse_request_id, parse_timeout
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.http_host import HANDLER_CANCELLATION
 from edge_sync.common.json_body import parse_json
+from edge_sync.devices.rpc import answer_of
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Unauthorized, Unavailable
 from edge_sync.metrics import Metrics, device_answers
@@ -114,7 +115,7 @@ class DeviceHttpApi:
         self._accepted.inc()
         return web.json_response(value)
 
-    async def _read_json(self, request: web.Request) -> Any:
+    async def _read_body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self._max_body:
             raise _TooLarge(request.content_length, self._max_body)
         chunks: list[bytes] = []
@@ -132,7 +133,7 @@ class DeviceHttpApi:
             if size > self._max_body:
                 raise _TooLarge(None, self._max_body)
             chunks.append(chunk)
-        return parse_json(b"".join(chunks))
+        return b"".join(chunks)
 
     async def _telemetry(self, request: web.Request) -> web.StreamResponse:
         return await self._write(request, "telemetry", self._service.post_telemetry)
@@ -141,11 +142,14 @@ class DeviceHttpApi:
         return await self._write(request, "attributes", self._service.post_attributes)
 
     async def _rpc_response(self, request: web.Request) -> web.StreamResponse:
-        """The device's answer to a server-side RPC request. One that no request awaits
+        """The device's answer to a server-side RPC request. Its body may be any text: one that
+        is not JSON is carried as its text (devices/rpc.TextAnswer), as ThingsBoard's
+        DeviceApiController.replyToCommand takes the body as a String; an empty body is 400,
+        as Spring refuses a missing required @RequestBody there. One that no request awaits
         (unknown id; not delivered, expired or answered already) is answered 200 all the same,
-        logged, counted and dropped by the service, nothing queued: ThingsBoard's
-        DeviceApiController.replyToCommand answers through its HttpOkCallback, 200 whatever
-        becomes of the answer, and the MQTT API acknowledges such an answer too."""
+        logged, counted and dropped by the service, nothing queued: replyToCommand answers
+        through its HttpOkCallback, 200 whatever becomes of the answer, and the MQTT API
+        acknowledges such an answer too."""
         raw_id = request.match_info["request_id"]
 
         def submit(token: str, body: Any) -> Future[range]:
@@ -153,17 +157,19 @@ class DeviceHttpApi:
             device = self._service.authenticate(token)
             return self._service.answer_rpc(device.id, request_id, body)
 
-        return await self._write(request, "rpc response", submit)
+        return await self._write(request, "rpc response", submit, parse=_rpc_answer)
 
     async def _write(
         self,
         request: web.Request,
         what: str,
         submit: Callable[[str, Any], Future[range]],
+        *,
+        parse: Callable[[bytes], Any] = parse_json,
     ) -> web.StreamResponse:
         token = request.match_info["token"]
         try:
-            body = await self._read_json(request)
+            body = parse(await self._read_body(request))
             future = submit(token, body)
             await _wait(asyncio.wrap_future(future), self._timeout)
         except _TooLarge as exc:
@@ -214,6 +220,14 @@ class _TooLarge(Exception):
     def __init__(self, size: int | None, limit: int) -> None:
         what = f"body of {size} bytes" if size else "body"
         super().__init__(f"{what} is larger than the limit of {limit} bytes (http.max_body_bytes)")
+
+
+def _rpc_answer(raw: bytes) -> Any:
+    """An RPC answer's body: its JSON value, or its text when it is not JSON; BadRequest when
+    it is empty."""
+    if not raw:
+        raise BadRequest("empty body: an RPC answer is JSON or text")
+    return answer_of(raw)
 
 
 def _message(exc: BaseException) -> str:

@@ -1,7 +1,9 @@
 """What a device's PUBLISH asks for, handed to the device service: telemetry and client
 attributes (their commit is the future returned; or parsed here, and sent by the connection
 with the other publishes of the same read burst as one command: mqtt/burst.py), RPC answers
-(an answer nobody awaits still counts as done: a resend could not help), attribute requests
+(any body: one that is not JSON is carried as its text, as ThingsBoard's
+JsonMqttAdaptor.processToDeviceRpcResponseMsg takes it; an answer nobody awaits still counts
+as done: a resend could not help), attribute requests
 (answered on the response topic of the same id once read), the gateway API (mqtt/gateway.py),
 and topics outside the API (acknowledged and dropped as ThingsBoard does, counted, one WARNING
 per topic and connection up to mqtt/dropped.py's limit). The connection decides what the
@@ -29,6 +31,7 @@ from edge_sync.api.payloads import (
     parse_telemetry,
 )
 from edge_sync.common.json_body import parse_json
+from edge_sync.devices.rpc import answer_of
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest
 from edge_sync.mqtt import topics
@@ -74,9 +77,9 @@ class Inbound:
             return self._service.post_attributes(self._token, parse_json(data))
         if kind is Publish.GATEWAY:
             return self._gateway().publish(topic, data)
-        if kind is Publish.RPC_RESPONSE:
-            body = parse_json(data)
-            return self._service.post_rpc_response(self._token, parse_request_id(request_id), body)
+        if kind is Publish.RPC_RESPONSE:  # any body: one that is not JSON goes as its text
+            return self._service.post_rpc_response(self._token, parse_request_id(request_id),
+                                                   answer_of(data))
         if kind is Publish.ATTRIBUTES_REQUEST:
             self._attributes_request(request_id, parse_json(data))
             return None
