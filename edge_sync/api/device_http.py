@@ -8,6 +8,9 @@ ThingsBoard's HTTP transport answers it; an RPC answer that is not JSON is carri
 A long poll that times out is answered 408 with an empty body, as ThingsBoard does. Every
 refusal is logged once with the device (never the token) and counted.
 
+A device's own (client-side) RPC request, which ThingsBoard hands to its rule engine, is
+answered 200 with ``{"error": ...}`` at once (api/client_rpc.py).
+
 Long polls are futures of this server's loop (devices/subscribers.py), no thread each; when the
 server stops they are answered 503. A handler is cancelled when its client disconnects, so a
 closed poll stops waiting at once.
@@ -24,6 +27,7 @@ from urllib.parse import quote
 from aiohttp import web
 from loguru import logger
 
+from edge_sync.api import client_rpc
 from edge_sync.api.attribute_read import read_attributes
 from edge_sync.api.device_service import DeviceService
 from edge_sync.api.payloads import parse_keys, parse_request_id, parse_timeout
@@ -77,6 +81,7 @@ class DeviceHttpApi:
         app.router.add_get("/api/v1/{token:[^/]+}/attributes", self._get_attributes)
         app.router.add_get("/api/v1/{token:[^/]+}/attributes/updates", self._attribute_updates)
         app.router.add_get("/api/v1/{token:[^/]+}/rpc", self._rpc_poll)
+        app.router.add_post("/api/v1/{token:[^/]+}/rpc", self._client_rpc)
         app.router.add_post("/api/v1/{token:[^/]+}/rpc/{request_id}", self._rpc_response)
         app.on_shutdown.append(self._end_polls)
         return app
@@ -158,6 +163,26 @@ class DeviceHttpApi:
             return self._service.answer_rpc(device.id, request_id, body)
 
         return await self._write(request, "rpc response", submit, parse=_rpc_answer)
+
+    async def _client_rpc(self, request: web.Request) -> web.StreamResponse:
+        """The device's own RPC request (``{"method", "params"}``): 200 with ``{"error": ...}``
+        at once (api/client_rpc.py). ThingsBoard's DeviceApiController.postRpcRequest hands it
+        to the rule engine and answers what a rule chain replies, or ``{"error": "timeout"}``;
+        the edge's rule engine answers none."""
+        token = request.match_info["token"]
+        try:
+            raw = await self._read_body(request)
+            device = self._service.authenticate(token)
+            method = client_rpc.method_of(parse_json(raw))
+        except _TooLarge as exc:
+            return self._refuse(413, str(exc), "client-side rpc", token)
+        except Exception as exc:
+            return self._refuse(status_of(exc), _message(exc), "client-side rpc", token)
+        _log.bind(device=str(device.id)).info(
+            "client-side RPC {!r} of device {} answered with an error: {}", method[:64],
+            device.name, client_rpc.NOT_SERVED)
+        self._accepted.inc()
+        return web.json_response(client_rpc.not_served())
 
     async def _write(
         self,

@@ -70,6 +70,7 @@ from amqtt.mqtt.unsuback import UnsubackPacket
 from amqtt.mqtt.unsubscribe import UnsubscribePacket
 from loguru import logger
 
+from edge_sync.api import client_rpc
 from edge_sync.api.device_service import DeviceService
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Unauthorized
@@ -772,12 +773,16 @@ class MqttConnection:
     def _inbound_of(self) -> Inbound:
         if self._inbound is None:
             assert self._device is not None
+            limits = client_rpc.session_limits(
+                max_payload_size=self._limits.max_message_bytes,
+                max_inflight=self._limits.max_inflight, gateway=self._device.gateway)
             self._inbound = Inbound(self._service, self._device, self._device.token,
                                     self._gateway_api, self._publish_to_device,
                                     link_connected=self._link_connected, polls=self._polls,
                                     read_timeout_s=self._limits.commit_timeout_s,
                                     dropped=DroppedTopics(self._registry.publishes_dropped.labels(
-                                        reason="unknown_topic")))
+                                        reason="unknown_topic")),
+                                    session_limits=limits)
         return self._inbound
 
     def _device_id(self) -> str:
