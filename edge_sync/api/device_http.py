@@ -8,8 +8,9 @@ ThingsBoard's HTTP transport answers it; an RPC answer that is not JSON is carri
 A long poll that times out is answered 408 with an empty body, as ThingsBoard does. Every
 refusal is logged once with the device (never the token) and counted.
 
-A device's own (client-side) RPC request, which ThingsBoard hands to its rule engine, is
-answered 200 with ``{"error": ...}`` at once (api/client_rpc.py).
+What ThingsBoard serves and the edge does not is answered plainly: a device's own (client-side)
+RPC request 200 with ``{"error": ...}`` (api/client_rpc.py), a provisioning request 200 with
+ThingsBoard's NOT_FOUND answer (api/provisioning.py), device claiming 501.
 
 Long polls are futures of this server's loop (devices/subscribers.py), no thread each; when the
 server stops they are answered 503. A handler is cancelled when its client disconnects, so a
@@ -27,7 +28,7 @@ from urllib.parse import quote
 from aiohttp import web
 from loguru import logger
 
-from edge_sync.api import client_rpc
+from edge_sync.api import client_rpc, provisioning
 from edge_sync.api.attribute_read import read_attributes
 from edge_sync.api.device_service import DeviceService
 from edge_sync.api.payloads import parse_keys, parse_request_id, parse_timeout
@@ -83,6 +84,8 @@ class DeviceHttpApi:
         app.router.add_get("/api/v1/{token:[^/]+}/rpc", self._rpc_poll)
         app.router.add_post("/api/v1/{token:[^/]+}/rpc", self._client_rpc)
         app.router.add_post("/api/v1/{token:[^/]+}/rpc/{request_id}", self._rpc_response)
+        app.router.add_post("/api/v1/{token:[^/]+}/claim", self._claim)
+        app.router.add_post("/api/v1/provision", self._provision)
         app.on_shutdown.append(self._end_polls)
         return app
 
@@ -184,6 +187,38 @@ class DeviceHttpApi:
         self._accepted.inc()
         return web.json_response(client_rpc.not_served())
 
+    async def _claim(self, request: web.Request) -> web.StreamResponse:
+        """Device claiming (``{"secretKey", "durationMs"}``): 501, the edge does not serve it.
+        ThingsBoard's DeviceApiController.saveClaimingInfo answers 200 once the claim is
+        handed to the device's actor, and only logs a failure; on the edge a claim would go
+        nowhere, so it is refused plainly rather than acknowledged."""
+        token = request.match_info["token"]
+        try:
+            await self._read_body(request)  # the limit holds; the body says nothing more
+            self._service.authenticate(token)
+        except _TooLarge as exc:
+            return self._refuse(413, str(exc), "claim", token)
+        except Exception as exc:
+            return self._refuse(status_of(exc), _message(exc), "claim", token)
+        return self._refuse(501, "device claiming is not served by the edge: claim the device "
+                            "through ThingsBoard", "claim", token)
+
+    async def _provision(self, request: web.Request) -> web.StreamResponse:
+        """Device provisioning: 200 with ThingsBoard's answer for a provision key it does not
+        know, whatever the body (api/provisioning.py), as DeviceApiController.provisionDevice
+        answers through its DeviceProvisionCallback: the edge does not provision devices."""
+        try:
+            await self._read_body(request)
+        except _TooLarge as exc:
+            return self._refuse(413, str(exc), "provision", "")
+        except Exception as exc:
+            return self._refuse(status_of(exc), _message(exc), "provision", "")
+        _log.bind(peer=str(request.remote)).info(
+            "provisioning request answered NOT_FOUND: the edge does not provision devices "
+            "(create the device and give it its access token)")
+        self._accepted.inc()
+        return web.json_response(provisioning.NOT_FOUND)
+
     async def _write(
         self,
         request: web.Request,
@@ -234,7 +269,7 @@ class DeviceHttpApi:
                 device = "unknown"
             except Exception:
                 device = "unavailable"
-        level = "ERROR" if status >= 500 and status != 503 else "WARNING"
+        level = "ERROR" if status >= 500 and status not in (501, 503) else "WARNING"
         _log.bind(code=str(status), device=device, what=what).log(
             level, "{} refused with {}: {}", what, status, message
         )

@@ -3,7 +3,10 @@ process: a whole EdgeApp (real LMDB, the real aiohttp device API on loopback) an
 requests.
 
 - ``POST /api/v1/{token}/rpc`` (a device's own RPC request: DeviceApiController.postRpcRequest)
-  was 405: 200 with ``{"error": ...}`` at once, ThingsBoard's shape of a failed answer.
+  was 405: 200 with ``{"error": ...}`` at once, ThingsBoard's shape of a failed answer;
+- ``POST /api/v1/provision`` (DeviceApiController.provisionDevice) was 404: 200 with
+  ThingsBoard's answer for a provision key it does not know (NOT_FOUND);
+- ``POST /api/v1/{token}/claim`` (DeviceApiController.saveClaimingInfo) was 404: 501.
 """
 
 from __future__ import annotations
@@ -62,3 +65,30 @@ def test_a_client_side_rpc_request_is_answered_with_an_error_at_once(app: EdgeAp
                 + b'"}')[0] == 413
     assert event_count(app) == before
     assert answers(app, 200) == 2
+
+
+@pytest.mark.parametrize("raw", [
+    json.dumps({"deviceName": "new-device", "provisionDeviceKey": "key",
+                "provisionDeviceSecret": "secret"}).encode(),
+    b"", b"{not json"])
+def test_a_provisioning_request_is_answered_not_found(app: EdgeApp, raw: bytes) -> None:
+    before = event_count(app)
+    status, _, body = http(app, "POST", "/api/v1/provision", raw=raw)
+    assert (status, json.loads(body)) == (
+        200, {"errorMsg": "Provision data was not found!", "status": "NOT_FOUND"})
+    assert event_count(app) == before  # nothing provisioned
+    assert answers(app, 200) == 1
+
+
+def test_a_claim_is_refused_with_501(app: EdgeApp) -> None:
+    before = event_count(app)
+    status, _, body = http(app, "POST", f"/api/v1/{TOKEN}/claim",
+                           {"secretKey": "s", "durationMs": 60000})
+    assert (status, json.loads(body)) == (501, {
+        "status": 501, "error": "not implemented",
+        "message": "device claiming is not served by the edge: claim the device through "
+                   "ThingsBoard"})
+    assert http(app, "POST", f"/api/v1/{TOKEN}/claim", raw=b"")[0] == 501  # body optional
+    assert http(app, "POST", "/api/v1/no-such-token/claim", {"secretKey": "s"})[0] == 401
+    assert event_count(app) == before
+    assert answers(app, 501) == 2

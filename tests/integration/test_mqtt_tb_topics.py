@@ -9,7 +9,9 @@ MQTT clients (paho-mqtt), as ThingsBoard's MqttTransportHandler serves them:
   (JsonMqttAdaptor.processToDeviceRpcResponseMsg);
 - the answer subscriptions granted (processSubscribe), client-side RPC answered at once:
   ``getSessionLimits`` with the edge's limits (onGetSessionLimitsRpc), any other method with an
-  error.
+  error;
+- a provision-only session (username or client id ``provision``: processConnect,
+  processProvisionSessionMsg) answered NOT_FOUND; a claim acknowledged and dropped.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ import pytest
 
 from edge_sync.app import EdgeApp
 from edge_sync.devices.rpc import RpcStatus
+from edge_sync.mqtt import provision
+from edge_sync.storage.entity_store import EntityStore
+from edge_sync.storage.records import Device
 from tests.helpers.fake_peer import FakeCloud
 from tests.helpers.log_capture import log_records
 from tests.helpers.metric_values import metric_total
 from tests.helpers.mqtt_app import AppFactory, no_connections, values
 from tests.helpers.mqtt_device import TELEMETRY, MqttDevice
+from tests.helpers.mqtt_raw import PINGREQ, PINGRESP, PUBLISH, Packet, RawClient, publish_packet
 from tests.helpers.wait import wait_until
 from tests.integration.test_device_sessions import (
     Harness,
@@ -43,6 +49,7 @@ DEADLINE_S = 10.0
 TOKEN = "tb-topics-token"
 MAX_MESSAGE, MAX_INFLIGHT = 65536, 100
 MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
+NOT_FOUND = b'{"errorMsg":"Provision data was not found!","status":"NOT_FOUND"}'
 NOT_SERVED = {"error": "client-side RPC is not served by the edge"}
 
 
@@ -260,3 +267,90 @@ def test_another_client_side_rpc_is_answered_with_an_error_at_once(
         ("DEBUG", "client-side RPC 'getTime' of device tb-topics answered with an error: "
          "client-side RPC is not served by the edge")]
     assert dropped_publishes(app) == 0
+
+
+# -- provisioning and claiming ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("username", "client_id"), [("provision", "anything"),
+                                                     ("no-such-token", "provision")])
+def test_a_provision_only_session_is_answered_not_found(
+        app: EdgeApp, username: str, client_id: str) -> None:
+    """MqttTransportHandler.processConnect accepts username or client id "provision" (CONNACK
+    0, any password); the request on /provision/request is acknowledged and answered on
+    /provision/response as ThingsBoard answers an unknown provision key; a publish elsewhere
+    closes the session (processProvisionSessionMsg)."""
+    request = {"deviceName": "new-device", "provisionDeviceKey": "key",
+               "provisionDeviceSecret": "secret"}
+    dev = MqttDevice(app.mqtt_port, username, client_id=client_id)
+    try:
+        dev.client.username_pw_set(username, "any password")
+        assert dev.connect() == 0
+        assert dev.subscribe("/provision/response", qos=1) == [1]
+        assert dev.subscribe(TELEMETRY, qos=1) == [0x80]
+        info = dev.publish("/provision/request", request)
+        assert dev.wait_message("/provision/response") == json.loads(NOT_FOUND)
+        acked(dev, info.mid)
+        assert [(m.topic, m.payload, m.qos) for m in dev.received] == [
+            ("/provision/response", NOT_FOUND, 1)]
+        dev.publish(TELEMETRY, {"n": 1})
+        wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+    finally:
+        dev.close()
+    no_connections(app)
+    assert device_named(app, "new-device") is None  # nothing was provisioned
+
+
+def test_a_provision_request_at_qos0_without_a_subscription_is_answered_at_qos0(
+        app: EdgeApp) -> None:
+    """Whatever the request holds (the edge provisions nothing), with the client id
+    "provision" and no username; at QoS 0 when /provision/response is not subscribed to."""
+    with RawClient(app.mqtt_port) as raw:
+        assert raw.connect("provision", None) == (0, 0)
+        raw.send(publish_packet("/provision/request", b"not even JSON"))
+        assert raw.read() == Packet(PUBLISH, 0, publish_packet(
+            "/provision/response", NOT_FOUND)[2:])
+        raw.send(PINGREQ)
+        assert raw.read() == Packet(PINGRESP, 0, b"")
+    no_connections(app)
+
+
+def test_a_provision_only_session_ends_after_its_answer_or_its_keep_alive(
+        app: EdgeApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ThingsBoard closes a provision-only session 60 s after its answer
+    (DeviceProvisionCallback), here shortened; a silent one ends at 1.5 times its
+    keep-alive."""
+    monkeypatch.setattr(provision, "CLOSE_AFTER_ANSWER_S", 0.3)
+    with RawClient(app.mqtt_port) as raw:
+        assert raw.connect("provision", "provision", keep_alive=60) == (0, 0)
+        raw.send(publish_packet("/provision/request", b"{}"))
+        assert raw.read().kind == PUBLISH
+        assert raw.closed_by_server()
+    with RawClient(app.mqtt_port) as raw:
+        assert raw.connect("device-1", "provision", keep_alive=1) == (0, 0)
+        assert raw.closed_by_server()
+    no_connections(app)
+
+
+def test_a_claim_is_acknowledged_and_dropped_with_one_warning(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """ThingsBoard acknowledges a claim once handed to the device's actor and only logs a
+    failure (DeviceActorMessageProcessor.handleClaimDeviceMsg); the edge does not serve
+    claiming: acknowledged (a refusal would close the connection, and the device would
+    retry), dropped, and logged."""
+    with MqttDevice(app.mqtt_port, TOKEN) as dev, log_records() as records:
+        assert dev.connect() == 0
+        mids = [dev.publish("v1/devices/me/claim", {"secretKey": "s", "durationMs": 60000}).mid
+                for _ in range(2)]
+        acked(dev, *mids)
+        assert not dev.disconnected.is_set()
+    no_connections(app)
+    assert dropped_publishes(app) == 2
+    assert [(r["level"].name, r["message"]) for r in records if "does not serve" in
+            r["message"]] == [("WARNING", "publish on a topic of device claiming, which the edge "
+                                          "does not serve, acknowledged and dropped")]
+
+
+def device_named(app: EdgeApp, name: str) -> Device | None:
+    with app.store.read() as txn:
+        return EntityStore(app.store).device_by_name(txn, name)
