@@ -10,8 +10,9 @@ node that answers one, so the edge answers at once:
   ``"gatewayRateLimits"`` for a gateway, with the edge's own limits: the largest MQTT packet
   it reads (``mqtt.max_message_bytes``), the publishes a connection may have waiting for their
   commit (``mqtt.max_inflight_per_client``), and no rate limits (null, as ThingsBoard sends a
-  tenant profile's limit that is not set). ThingsBoard's Python SDK and IoT Gateway ask for it
-  on every connect and wait for the answer.
+  tenant profile's limit that is not set). ThingsBoard's Python SDK asks for it on every
+  connect and waits for the answer (its current releases connect with MQTT 5, which the edge
+  does not serve; a client of MQTT 3.1.1 that does the same is answered).
 - any other method, and every request over HTTP (ThingsBoard's HTTP transport does not answer
   ``getSessionLimits`` itself either), is answered ``{"error": NOT_SERVED}``: the shape of
   ThingsBoard's failed answer (JsonConverter.toJson(ToServerRpcResponseMsg)), at once rather
