@@ -4,9 +4,13 @@ server-side RPC and shared attribute updates by long poll (docs/device-rpc.md).
 200 only once the data is on disk; 400 malformed body or timeout parameter, 401 unknown token,
 413 body too large, 503 restarting or not confirmed in time, 507 storage full; errors carry a
 JSON body. An RPC answer no request awaits is answered 200 and dropped (logged and counted), as
-ThingsBoard's HTTP transport answers it. A long poll that times out is answered 408 with an
-empty body, as ThingsBoard does. Every refusal is logged once with the device (never the token)
-and counted.
+ThingsBoard's HTTP transport answers it; an RPC answer that is not JSON is carried as its text.
+A long poll that times out is answered 408 with an empty body, as ThingsBoard does. Every
+refusal is logged once with the device (never the token) and counted.
+
+What ThingsBoard serves and the edge does not is answered plainly: a device's own (client-side)
+RPC request 200 with ``{"error": ...}`` (api/client_rpc.py), a provisioning request 200 with
+ThingsBoard's NOT_FOUND answer (api/provisioning.py), device claiming 501.
 
 Long polls are futures of this server's loop (devices/subscribers.py), no thread each; when the
 server stops they are answered 503. A handler is cancelled when its client disconnects, so a
@@ -24,12 +28,14 @@ from urllib.parse import quote
 from aiohttp import web
 from loguru import logger
 
+from edge_sync.api import client_rpc, provisioning
 from edge_sync.api.attribute_read import read_attributes
 from edge_sync.api.device_service import DeviceService
 from edge_sync.api.payloads import parse_keys, parse_request_id, parse_timeout
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.http_host import HANDLER_CANCELLATION
 from edge_sync.common.json_body import parse_json
+from edge_sync.devices.rpc import answer_of
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Unauthorized, Unavailable
 from edge_sync.metrics import Metrics, device_answers
@@ -76,7 +82,10 @@ class DeviceHttpApi:
         app.router.add_get("/api/v1/{token:[^/]+}/attributes", self._get_attributes)
         app.router.add_get("/api/v1/{token:[^/]+}/attributes/updates", self._attribute_updates)
         app.router.add_get("/api/v1/{token:[^/]+}/rpc", self._rpc_poll)
+        app.router.add_post("/api/v1/{token:[^/]+}/rpc", self._client_rpc)
         app.router.add_post("/api/v1/{token:[^/]+}/rpc/{request_id}", self._rpc_response)
+        app.router.add_post("/api/v1/{token:[^/]+}/claim", self._claim)
+        app.router.add_post("/api/v1/provision", self._provision)
         app.on_shutdown.append(self._end_polls)
         return app
 
@@ -114,7 +123,7 @@ class DeviceHttpApi:
         self._accepted.inc()
         return web.json_response(value)
 
-    async def _read_json(self, request: web.Request) -> Any:
+    async def _read_body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self._max_body:
             raise _TooLarge(request.content_length, self._max_body)
         chunks: list[bytes] = []
@@ -132,7 +141,7 @@ class DeviceHttpApi:
             if size > self._max_body:
                 raise _TooLarge(None, self._max_body)
             chunks.append(chunk)
-        return parse_json(b"".join(chunks))
+        return b"".join(chunks)
 
     async def _telemetry(self, request: web.Request) -> web.StreamResponse:
         return await self._write(request, "telemetry", self._service.post_telemetry)
@@ -141,11 +150,14 @@ class DeviceHttpApi:
         return await self._write(request, "attributes", self._service.post_attributes)
 
     async def _rpc_response(self, request: web.Request) -> web.StreamResponse:
-        """The device's answer to a server-side RPC request. One that no request awaits
+        """The device's answer to a server-side RPC request. Its body may be any text: one that
+        is not JSON is carried as its text (devices/rpc.TextAnswer), as ThingsBoard's
+        DeviceApiController.replyToCommand takes the body as a String; an empty body is 400,
+        as Spring refuses a missing required @RequestBody there. One that no request awaits
         (unknown id; not delivered, expired or answered already) is answered 200 all the same,
-        logged, counted and dropped by the service, nothing queued: ThingsBoard's
-        DeviceApiController.replyToCommand answers through its HttpOkCallback, 200 whatever
-        becomes of the answer, and the MQTT API acknowledges such an answer too."""
+        logged, counted and dropped by the service, nothing queued: replyToCommand answers
+        through its HttpOkCallback, 200 whatever becomes of the answer, and the MQTT API
+        acknowledges such an answer too."""
         raw_id = request.match_info["request_id"]
 
         def submit(token: str, body: Any) -> Future[range]:
@@ -153,17 +165,71 @@ class DeviceHttpApi:
             device = self._service.authenticate(token)
             return self._service.answer_rpc(device.id, request_id, body)
 
-        return await self._write(request, "rpc response", submit)
+        return await self._write(request, "rpc response", submit, parse=_rpc_answer)
+
+    async def _client_rpc(self, request: web.Request) -> web.StreamResponse:
+        """The device's own RPC request (``{"method", "params"}``): 200 with ``{"error": ...}``
+        at once (api/client_rpc.py). ThingsBoard's DeviceApiController.postRpcRequest hands it
+        to the rule engine and answers what a rule chain replies, or ``{"error": "timeout"}``;
+        the edge's rule engine answers none."""
+        token = request.match_info["token"]
+        try:
+            raw = await self._read_body(request)
+            device = self._service.authenticate(token)
+            method = client_rpc.method_of(parse_json(raw))
+        except _TooLarge as exc:
+            return self._refuse(413, str(exc), "client-side rpc", token)
+        except Exception as exc:
+            return self._refuse(status_of(exc), _message(exc), "client-side rpc", token)
+        _log.bind(device=str(device.id)).info(
+            "client-side RPC {!r} of device {} answered with an error: {}", method[:64],
+            device.name, client_rpc.NOT_SERVED)
+        self._accepted.inc()
+        return web.json_response(client_rpc.not_served())
+
+    async def _claim(self, request: web.Request) -> web.StreamResponse:
+        """Device claiming (``{"secretKey", "durationMs"}``): 501, the edge does not serve it.
+        ThingsBoard's DeviceApiController.saveClaimingInfo answers 200 once the claim is
+        handed to the device's actor, and only logs a failure; on the edge a claim would go
+        nowhere, so it is refused plainly rather than acknowledged."""
+        token = request.match_info["token"]
+        try:
+            await self._read_body(request)  # the limit holds; the body says nothing more
+            self._service.authenticate(token)
+        except _TooLarge as exc:
+            return self._refuse(413, str(exc), "claim", token)
+        except Exception as exc:
+            return self._refuse(status_of(exc), _message(exc), "claim", token)
+        return self._refuse(501, "device claiming is not served by the edge: claim the device "
+                            "through ThingsBoard", "claim", token)
+
+    async def _provision(self, request: web.Request) -> web.StreamResponse:
+        """Device provisioning: 200 with ThingsBoard's answer for a provision key it does not
+        know, whatever the body (api/provisioning.py), as DeviceApiController.provisionDevice
+        answers through its DeviceProvisionCallback: the edge does not provision devices."""
+        try:
+            await self._read_body(request)
+        except _TooLarge as exc:
+            return self._refuse(413, str(exc), "provision", "")
+        except Exception as exc:
+            return self._refuse(status_of(exc), _message(exc), "provision", "")
+        _log.bind(peer=str(request.remote)).info(
+            "provisioning request answered NOT_FOUND: the edge does not provision devices "
+            "(create the device and give it its access token)")
+        self._accepted.inc()
+        return web.json_response(provisioning.NOT_FOUND)
 
     async def _write(
         self,
         request: web.Request,
         what: str,
         submit: Callable[[str, Any], Future[range]],
+        *,
+        parse: Callable[[bytes], Any] = parse_json,
     ) -> web.StreamResponse:
         token = request.match_info["token"]
         try:
-            body = await self._read_json(request)
+            body = parse(await self._read_body(request))
             future = submit(token, body)
             await _wait(asyncio.wrap_future(future), self._timeout)
         except _TooLarge as exc:
@@ -203,7 +269,7 @@ class DeviceHttpApi:
                 device = "unknown"
             except Exception:
                 device = "unavailable"
-        level = "ERROR" if status >= 500 and status != 503 else "WARNING"
+        level = "ERROR" if status >= 500 and status not in (501, 503) else "WARNING"
         _log.bind(code=str(status), device=device, what=what).log(
             level, "{} refused with {}: {}", what, status, message
         )
@@ -214,6 +280,14 @@ class _TooLarge(Exception):
     def __init__(self, size: int | None, limit: int) -> None:
         what = f"body of {size} bytes" if size else "body"
         super().__init__(f"{what} is larger than the limit of {limit} bytes (http.max_body_bytes)")
+
+
+def _rpc_answer(raw: bytes) -> Any:
+    """An RPC answer's body: its JSON value, or its text when it is not JSON; BadRequest when
+    it is empty."""
+    if not raw:
+        raise BadRequest("empty body: an RPC answer is JSON or text")
+    return answer_of(raw)
 
 
 def _message(exc: BaseException) -> str:

@@ -37,6 +37,7 @@ from edge_sync.api.payloads import (
 )
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common import ids
+from edge_sync.devices.rpc import TextAnswer
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import BadRequest, Conflict, NotFound, Unauthorized
 from edge_sync.metrics import Metrics
@@ -248,11 +249,14 @@ class DeviceService:
         return self.answer_rpc(device.id, request_id, body)
 
     def answer_rpc(self, device_id: uuid.UUID, request_id: int, body: Any) -> Future[range]:
-        """As post_rpc_response, for a device known by id (a gateway's sub-device)."""
+        """As post_rpc_response, for a device known by id (a gateway's sub-device). ``body``:
+        a JSON value, or a TextAnswer (devices/rpc.py: an answer that is not JSON, carried as
+        its text)."""
         if isinstance(request_id, bool) or not isinstance(request_id, int) \
                 or not 0 <= request_id < 2**31:
             raise BadRequest("RPC request id must be an integer 0..2147483647")
-        check_json_value("rpc response", body)
+        if not isinstance(body, TextAnswer):
+            check_json_value("rpc response", body)
         reply: Future[range] = Future()
         out: Future[range] = Future()
 

@@ -43,7 +43,8 @@ def status_of(exc: BaseException) -> int:
 
 _REASONS = {400: "bad request", 401: "unauthorized", 403: "forbidden", 404: "not found",
             409: "conflict", 413: "payload too large", 415: "unsupported media type",
-            500: "internal error", 503: "unavailable", 507: "insufficient storage"}
+            500: "internal error", 501: "not implemented", 503: "unavailable",
+            507: "insufficient storage"}
 
 
 def error_response(status: int, message: str) -> web.Response:

@@ -13,6 +13,8 @@ other text throws and fails the whole uplink message. The human reason stays in 
 own ``error`` (the edge's record and log line).
 
 A one-way request is SUCCESSFUL as soon as it is delivered (nobody waits for its answer).
+An answer is a JSON value, or a TextAnswer: a body that is not JSON the store can hold, carried
+as its text (``responseText`` in the report, sent to the cloud as it is).
 Nothing here reads a clock or touches storage: time is passed in (ms since the epoch, the
 cloud's expirationTime is wall-clock), the owner persists each record it gets back. A change the
 owner could not persist is undone with ``restore`` (the request is as it was, so a retry or the
@@ -31,7 +33,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from edge_sync.errors import Conflict, NotFound
+from edge_sync.common.json_body import parse_json
+from edge_sync.errors import BadRequest, Conflict, NotFound
+from edge_sync.storable import check_json_value
 
 DEFAULT_RPC_TIMEOUT_MS = 10_000
 """A request that names no expirationTime expires this long after it reached the edge
@@ -41,6 +45,29 @@ _RECENT_FINAL = 64  # finished requests remembered per device, to explain a late
 
 NO_METHOD = "no method"
 """The reason a request without a method is FAILED (reported to the cloud as INTERNAL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TextAnswer:
+    """A device's answer that is not a JSON value the store can hold (``OK``, an empty body,
+    text that is not UTF-8 read with replacement characters): its text, carried as it is, as
+    ThingsBoard carries any answer as a string (JsonMqttAdaptor.processToDeviceRpcResponseMsg
+    stores the payload's text; DeviceApiController.replyToCommand takes the body as a String).
+    The request's record keeps the text as its response; the report carries it as
+    ``responseText``, and the cloud gets it unchanged in ``responseMsg.response``."""
+
+    text: str
+
+
+def answer_of(raw: bytes) -> Any:
+    """A device's answer body: its JSON value when it is JSON the store can hold, else a
+    TextAnswer with its text (an empty body included)."""
+    try:
+        value = parse_json(raw)
+        check_json_value("rpc response", value)
+    except BadRequest:
+        return TextAnswer(raw.decode("utf-8", errors="replace"))
+    return value
 
 
 class RpcStatus(enum.StrEnum):
@@ -210,11 +237,15 @@ class RpcBook:
             if now_ms >= request.expiration_time:
                 raise Conflict(f"RPC request {request_id} expired at {request.expiration_time}; "
                                "the answer is too late")
+            if isinstance(response, TextAnswer):  # kept as its text, sent as it is
+                stored, report = response.text, {"responseText": response.text}
+            else:
+                stored, report = response, {"response": response}
             done = replace(request, status=RpcStatus.SUCCESSFUL, updated_at=now_ms,
-                           response=response)
+                           response=stored)
             self._delivering.discard(request.request_uuid)
             self._finish(done)
-            return Transition(done, {**done.echo(), "response": response}, request)
+            return Transition(done, {**done.echo(), **report}, request)
         recent = self._recent.get(request_id)
         if recent is not None:
             raise Conflict(f"RPC request {request_id} is {recent.status.value}; it takes no "

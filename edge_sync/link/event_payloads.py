@@ -173,10 +173,14 @@ def _rpc_response(event: StoredEvent, msb: int, lsb: int) -> edge_pb2.DeviceRpcC
     for an expired or unanswered one, as ThingsBoard Edge reports both). ThingsBoard finds the
     waiting request by requestUuid, so the request's uuid, oneway and expirationTime are echoed
     when the event body has them. The error is always an RpcError name (``rpc_error_name``):
-    ThingsBoard's RpcError.valueOf throws on any other text and fails the whole message."""
+    ThingsBoard's RpcError.valueOf throws on any other text and fails the whole message. An
+    answer that is not JSON (``responseText``) goes as its text, as ThingsBoard's transports
+    pass a device's payload on; a JSON answer as compact JSON text."""
     body = event.body
     if body.get("error"):
         answer = edge_pb2.RpcResponseMsg(error=rpc_error_name(str(body["error"])))
+    elif "responseText" in body:  # an answer that is not JSON: its text as the device sent it
+        answer = edge_pb2.RpcResponseMsg(response=str(body["responseText"]))
     else:
         answer = edge_pb2.RpcResponseMsg(
             response=json.dumps(body.get("response"), separators=(",", ":")))

@@ -70,10 +70,11 @@ from amqtt.mqtt.unsuback import UnsubackPacket
 from amqtt.mqtt.unsubscribe import UnsubscribePacket
 from loguru import logger
 
+from edge_sync.api import client_rpc
 from edge_sync.api.device_service import DeviceService
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Unauthorized
-from edge_sync.mqtt import topics
+from edge_sync.mqtt import provision, topics
 from edge_sync.mqtt.acknowledger import Acknowledger
 from edge_sync.mqtt.acks import Pending, Reply
 from edge_sync.mqtt.burst import Burst
@@ -277,6 +278,10 @@ class MqttConnection:
     async def _serve(self) -> None:
         connect = await asyncio.wait_for(self._read_connect(), self._limits.connect_timeout_s)
         if connect is None:
+            return
+        if connect.proto_level in PROTOCOL_LEVELS and provision.is_provision(
+                connect.username, None if connect.client_id_is_random else connect.client_id):
+            await self._provision_only(connect)
             return
         keep_alive = await self._connect(connect)
         loop, frames, reader = self._loop, self._frames, self._reader
@@ -485,6 +490,29 @@ class MqttConnection:
             log = log.bind(resent=len(session.outbox), subscriptions=len(session.subscriptions))
         log.info("device {} connected over MQTT", device.name)
         return int(connect.keep_alive)
+
+    async def _provision_only(self, connect: ConnectPacket) -> None:
+        """A provision-only session (username or client id ``provision``), as ThingsBoard's
+        MqttTransportHandler.processConnect accepts it: CONNACK 0, and every request on
+        /provision/request answered NOT_FOUND (mqtt/provision.py)."""
+        self._registry.connack(CONNECTION_ACCEPTED)
+        self._send(ConnackPacket.build(0, CONNECTION_ACCEPTED))
+        _log.bind(peer=self.peer).debug("provision-only session opened")
+        logged = False
+
+        def answered() -> None:
+            nonlocal logged
+            if not logged:
+                logged = True
+                _log.bind(peer=self.peer).info(
+                    "provisioning request answered NOT_FOUND: the edge does not provision "
+                    "devices (create the device and give it its access token)")
+
+        try:
+            await provision.serve(self._frames, self._reader.read, self._write,
+                                  keep_alive=int(connect.keep_alive), answered=answered)
+        except provision.Refused as exc:
+            raise _Close(str(exc)) from exc
 
     def _resume(self, session: Session) -> None:
         """A kept session: what awaited its PUBACK is sent again (DUP), and its subscriptions
@@ -772,12 +800,16 @@ class MqttConnection:
     def _inbound_of(self) -> Inbound:
         if self._inbound is None:
             assert self._device is not None
+            limits = client_rpc.session_limits(
+                max_payload_size=self._limits.max_message_bytes,
+                max_inflight=self._limits.max_inflight, gateway=self._device.gateway)
             self._inbound = Inbound(self._service, self._device, self._device.token,
                                     self._gateway_api, self._publish_to_device,
                                     link_connected=self._link_connected, polls=self._polls,
                                     read_timeout_s=self._limits.commit_timeout_s,
                                     dropped=DroppedTopics(self._registry.publishes_dropped.labels(
-                                        reason="unknown_topic")))
+                                        reason="unknown_topic")),
+                                    session_limits=limits)
         return self._inbound
 
     def _device_id(self) -> str:

@@ -1,5 +1,6 @@
 """A connected device's MQTT subscriptions to what the edge sends it: server-side RPC requests
-and shared attribute updates. Each subscription is one standing subscriber
+and shared attribute updates, in either form of the API (mqtt/topics.py: ``v1/devices/me/...``
+or the short ``v2/...`` ones). Each subscription is one standing subscriber
 (devices/standing.py) registered with the device's session once, when the SUBSCRIBE is taken
 (``subscribe`` tells the device's entity actor before it returns, so before the connection
 writes the SUBACK): everything the session hands out from then on comes to the server's loop,
@@ -8,6 +9,11 @@ attribute flows stay in the device session (docs/device-rpc.md). No thread waits
 
 What a subscription gets is handed to ``send``, which publishes it at the QoS the subscription
 was granted (mqtt/connection.py): at QoS 1 it stays in the client's session until the PUBACK.
+As in ThingsBoard (MqttTransportHandler.processRpcSubscribe / processAttributesSubscribe),
+a device has one subscription to its RPC requests and one to its attribute updates, whichever
+forms it subscribes to: what comes is published on the topics of the form subscribed to last,
+and the subscription ends when every form of it is unsubscribed.
+
 A subscription serves only while its connection is open: RPC requests that come meanwhile wait
 in the device's session (and expire there), and are published when a connection of the device
 subscribes again, or resumes a kept session; shared attribute updates are not kept.
@@ -52,7 +58,9 @@ stuck one."""
 
 Send = Callable[[str, bytes], None]
 Poll = Callable[[uuid.UUID, Subscriber], None]
-Shape = Callable[[Any], tuple[str, Any]]
+Shape = Callable[[Any, topics.Form], tuple[str, Any]]
+
+RPC, ATTRIBUTES = "rpc", "attributes"
 
 _log = logger.bind(component="mqtt")
 
@@ -68,27 +76,32 @@ class Subscriptions:
         self._retry_s = retry_s
         self._drain_s = drain_s
         self._loop = asyncio.get_running_loop()
-        self._serving: dict[str, _Subscription] = {}
+        self._serving: dict[str, _Subscription] = {}  # by kind: RPC, ATTRIBUTES
         self._ended: list[_Subscription] = []  # unsubscribed, earlier results still on their way
         self._closed = False
 
     def subscribe(self, topic_filter: str) -> bool:
         """Serve ``topic_filter`` (registered with the device's session before this returns);
         False when the edge does not serve it."""
-        if topic_filter == topics.RPC_REQUEST_FILTER:
-            self._start(topic_filter, self._service.poll_rpc, _rpc_request)
-        elif topic_filter == topics.ATTRIBUTES:
-            self._start(topic_filter, self._service.poll_attributes, _attribute_update)
-        elif topic_filter != topics.ATTRIBUTES_RESPONSE_FILTER:  # answers are always sent
-            return False
-        return True
+        form = topics.RPC_SUBSCRIPTIONS.get(topic_filter)
+        if form is not None:
+            self._start(RPC, topic_filter, form, self._service.poll_rpc, _rpc_request)
+            return True
+        form = topics.ATTRIBUTE_SUBSCRIPTIONS.get(topic_filter)
+        if form is not None:
+            self._start(ATTRIBUTES, topic_filter, form, self._service.poll_attributes,
+                        _attribute_update)
+            return True
+        return topic_filter in topics.ANSWER_SUBSCRIPTIONS  # answers are always sent
 
     def unsubscribe(self, topic_filter: str) -> None:
-        """Stop serving ``topic_filter``: nothing more is taken for it; what was taken already
-        is still published."""
-        subscription = self._serving.pop(topic_filter, None)
-        if subscription is None:
+        """Stop serving ``topic_filter``: once every form of its subscription is unsubscribed,
+        nothing more is taken for it; what was taken already is still published."""
+        kind = RPC if topic_filter in topics.RPC_SUBSCRIPTIONS else ATTRIBUTES
+        subscription = self._serving.get(kind)
+        if subscription is None or not subscription.drop_filter(topic_filter):
             return
+        del self._serving[kind]
         subscription.end()
         self._ended = [s for s in self._ended if s.pending]
         if subscription.pending:
@@ -131,12 +144,17 @@ class Subscriptions:
             for subscription in subscriptions:
                 subscription.finish()
 
-    def _start(self, topic_filter: str, poll: Poll, shape: Shape) -> None:
-        if topic_filter in self._serving or self._closed:
-            return  # a repeated SUBSCRIBE replaces the subscription: nothing to change
-        subscription = _Subscription(self._loop, self._device, topic_filter, poll, shape,
-                                     self._send, self._retry_s)
-        self._serving[topic_filter] = subscription
+    def _start(self, kind: str, topic_filter: str, form: topics.Form, poll: Poll,
+               shape: Shape) -> None:
+        if self._closed:
+            return
+        subscription = self._serving.get(kind)
+        if subscription is not None:  # another form, or the same again: its topics from now
+            subscription.add_filter(topic_filter, form)
+            return
+        subscription = _Subscription(self._loop, self._device, kind, topic_filter, form, poll,
+                                     shape, self._send, self._retry_s)
+        self._serving[kind] = subscription
         subscription.register()
 
 
@@ -149,15 +167,18 @@ class _State(enum.Enum):
 class _Subscription:
     """One topic filter's standing subscription to the device's session. The loop only."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, device: uuid.UUID, topic_filter: str,
-                 poll: Poll, shape: Shape, send: Send, retry_s: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, device: uuid.UUID, kind: str,
+                 topic_filter: str, form: topics.Form, poll: Poll, shape: Shape, send: Send,
+                 retry_s: float) -> None:
         self._loop = loop
         self._device = device
         self._poll = poll
         self._shape = shape
         self._send = send
         self._retry_s = retry_s
-        self._rpc = topic_filter == topics.RPC_REQUEST_FILTER
+        self._rpc = kind == RPC
+        self._filters = {topic_filter: form}  # the forms subscribed to, the last one last
+        self._form = form  # what is published goes in it (kept once all are unsubscribed)
         self._state = _State.OPEN
         self._current: StandingSubscriber | None = None
         self._subscribers: list[StandingSubscriber] = []  # the current one, and failed ones
@@ -170,6 +191,21 @@ class _Subscription:
     def pending(self) -> int:
         """Results claimed by the session and not yet come."""
         return sum(s.pending for s in self._subscribers)
+
+    def add_filter(self, topic_filter: str, form: topics.Form) -> None:
+        """Another form subscribed to (or the same again): what comes is published in it."""
+        self._filters.pop(topic_filter, None)
+        self._filters[topic_filter] = self._form = form
+
+    def drop_filter(self, topic_filter: str) -> bool:
+        """A form unsubscribed: True when none is left (the subscription ends); else what
+        comes goes in the last form still subscribed to."""
+        if self._filters.pop(topic_filter, None) is None:
+            return False
+        if not self._filters:
+            return True
+        self._form = next(reversed(self._filters.values()))
+        return False
 
     def register(self) -> None:
         """A new standing subscriber, told to the device's session now."""
@@ -227,7 +263,7 @@ class _Subscription:
     def _published(self, value: Any) -> None:
         """A result, on the loop, in the order the session gave it."""
         self._failures = 0
-        topic, body = self._shape(value)
+        topic, body = self._shape(value, self._form)
         if self._state is _State.FINISHED:
             if self._rpc:
                 self._log.bind(rpc_id=value.get("id")).warning(
@@ -246,11 +282,11 @@ class _Subscription:
             self._log.opt(exception=exc).error("publish to the device failed: {}", exc)
 
 
-def _rpc_request(request: dict[str, Any]) -> tuple[str, Any]:
+def _rpc_request(request: dict[str, Any], form: topics.Form) -> tuple[str, Any]:
     """ThingsBoard's shape: the id in the topic, method and params in the body."""
     body = {k: v for k, v in request.items() if k != "id"}
-    return f"{topics.RPC_REQUEST_PREFIX}{request['id']}", body
+    return f"{form.rpc_request_prefix}{request['id']}", body
 
 
-def _attribute_update(update: Any) -> tuple[str, Any]:
-    return topics.ATTRIBUTES, update
+def _attribute_update(update: Any, form: topics.Form) -> tuple[str, Any]:
+    return form.attributes, update

@@ -51,6 +51,7 @@ class MqttDevice:
         self.received: list[mqtt.MQTTMessage] = []  # what the server published, as paho got it
         self.acked: list[int] = []  # message ids, in the order their PUBACKs arrived
         self.granted: dict[int, list[int]] = {}  # SUBACK return codes by message id
+        self.unsubscribed: set[int] = set()  # message ids of the UNSUBACKs that came
         self.messages: list[tuple[str, Any]] = []  # (topic, JSON body) the server published
         self.disconnected = threading.Event()
         self.on_ack: Callable[[int], None] | None = None  # called in paho's thread per PUBACK
@@ -59,6 +60,7 @@ class MqttDevice:
         self.client.on_publish = self._on_publish
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_unsubscribe
         self.client.on_message = self._on_message
 
     def connect(self, *, timeout: float = 10.0) -> Any:
@@ -78,6 +80,11 @@ class MqttDevice:
         0x80 = refused)."""
         _, mid = self.client.subscribe(topic, qos=qos)
         return wait_until(lambda: self.granted.get(mid), timeout=timeout, what=f"SUBACK {topic}")
+
+    def unsubscribe(self, topic: str, *, timeout: float = 10.0) -> None:
+        """Unsubscribe and wait for UNSUBACK."""
+        _, mid = self.client.unsubscribe(topic)
+        wait_until(lambda: mid in self.unsubscribed, timeout=timeout, what=f"UNSUBACK {topic}")
 
     def wait_message(self, topic: str, *, timeout: float = 10.0) -> Any:
         """The body of the first message the server published on ``topic``."""
@@ -117,6 +124,9 @@ class MqttDevice:
 
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: Any, _p: Any) -> None:
         self.granted[mid] = [int(c.value) if c.value < 0x80 else 0x80 for c in codes]
+
+    def _on_unsubscribe(self, _c: Any, _u: Any, mid: int, _codes: Any, _p: Any) -> None:
+        self.unsubscribed.add(mid)
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         with self._lock:

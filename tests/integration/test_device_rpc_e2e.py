@@ -9,7 +9,7 @@ the downlink's acknowledgement and the device's poll, a downlink the cloud resen
 edge is stopped (SIGSTOP) delivered once. Shared attributes set in the cloud reaching 200
 long-polling devices with exactly the changed keys, once; a shared key the edge does not hold
 asked of the cloud. Bad input: answers no request awaits (unknown ids, late: taken and
-dropped, as ThingsBoard takes them), malformed answers, timeouts out of range, and thousands of
+dropped, as ThingsBoard takes them), empty answers, timeouts out of range, and thousands of
 idle long polls while the agent keeps serving. The operator's tools on the same path:
 `edge-cloud rpc` and `edge-sync rpc list`.
 """
@@ -557,7 +557,7 @@ def test_unawaited_answers_are_dropped_bad_ones_and_timeouts_refused_nothing_que
         out["not delivered"] = await request(s, "POST", rig.edge_url(dev, "rpc/1"), {"ok": 1})
         # 300000 ms is in range: the queued request is delivered at once
         out["max timeout"] = await request(s, "GET", rig.edge_url(dev, "rpc?timeout=300000"))
-        out["malformed"] = await request(s, "POST", rig.edge_url(dev, "rpc/1"), raw=b"{nope")
+        out["empty"] = await request(s, "POST", rig.edge_url(dev, "rpc/1"), raw=b"")
         # the device answers after the request's expiry
         out["rest"] = await call
         await until(lambda: [r["status"] for r in rig.edge_rpcs(dev)] == ["TIMEOUT"],
@@ -578,7 +578,7 @@ def test_unawaited_answers_are_dropped_bad_ones_and_timeouts_refused_nothing_que
             assert "timeout" in answer.json()["message"], answer
     assert (out["max timeout"].status, out["max timeout"].json()) == \
         (200, {"id": 1, "method": "m", "params": {}})
-    assert out["malformed"].status == 400
+    assert out["empty"].status == 400
     assert out["rest"].status == 504
     # nothing of the dropped answers was queued: the one report is the edge's TIMEOUT
     wait_drained(rig.agent, timeout=DEADLINE_S)

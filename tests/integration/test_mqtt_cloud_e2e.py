@@ -11,6 +11,8 @@ Proved:
   `{"method", "params"}`; the answer it publishes on `v1/devices/me/rpc/response/{id}` is what
   the REST call returns, and the request is SUCCESSFUL in the cloud and on the edge; each
   request is published once;
+- an answer that is not JSON (``OK``, an empty payload) reaches the REST caller as ThingsBoard
+  passes it on (406 for text, 200 without a body for nothing);
 - a one-way RPC reaches the device, is SUCCESSFUL in the cloud without an answer, and an answer
   the device publishes anyway is acknowledged and goes nowhere;
 - a persistent RPC sent while the device is offline waits on the edge (QUEUED) while the device
@@ -143,6 +145,32 @@ def test_a_two_way_rpc_from_the_clouds_rest_api_is_answered_by_the_mqtt_device(
             for r in rig.edge_rpcs(dev)] == \
         [(rpc_ids[0], 1, "setGpio", "SUCCESSFUL", False),
          (rpc_ids[1], 2, "getTemp", "SUCCESSFUL", False)]
+
+
+def test_an_answer_that_is_not_json_reaches_the_rest_caller_as_thingsboard_passes_it(
+        rig: Rig) -> None:
+    """The device answers text that is not JSON, then an empty payload: both are acknowledged
+    and carried to the cloud as their text (ThingsBoard's
+    JsonMqttAdaptor.processToDeviceRpcResponseMsg), where the REST caller gets what
+    ThingsBoard's AbstractRpcController.reply answers for them: 406 (not JSON) and 200 with
+    no body (empty); the requests are SUCCESSFUL with that text."""
+    dev = rig.device("texty")
+    answers: list[Response] = []
+    with connected(rig, dev, RPC_REQUESTS, qos=1) as client, ThreadPoolExecutor(1) as pool:
+        for n, reply in enumerate((b"OK", b""), start=1):
+            call = pool.submit(rest, rig, "POST", f"/api/rpc/twoway/{dev.id}",
+                               {"method": "status", "timeout": 10_000})
+            assert client.wait_message(f"{RPC_REQUEST}{n}", timeout=DEADLINE_S) == \
+                {"method": "status", "params": {}}
+            wait_acked(client, client.publish(f"{RPC_RESPONSE}{n}", reply).mid)
+            answers.append(call.result(timeout=DEADLINE_S))
+        assert not client.disconnected.is_set()
+    assert [(a.status, a.body) for a in answers] == [(406, b""), (200, b"")]
+    assert [(rig.cloud_rpc(a.headers["x-rpc-id"])["status"],
+             rig.cloud_rpc(a.headers["x-rpc-id"])["response"]) for a in answers] == [
+        ("SUCCESSFUL", "OK"), ("SUCCESSFUL", "")]
+    assert [(r["status"], r["response"]) for r in rig.edge_rpcs(dev)] == [
+        ("SUCCESSFUL", "OK"), ("SUCCESSFUL", "")]
 
 
 def test_a_one_way_rpc_reaches_the_mqtt_device_and_succeeds_without_an_answer(rig: Rig) -> None:
