@@ -95,7 +95,7 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
             entity=alarm_json(body, action, event.ts, owned), edgeSeqId=event.seq)
         return "alarmUpdateMsg", msg
     if action == Action.RPC_CALL:
-        if "response" not in body and "error" not in body:  # a device's request, pushed
+        if not RPC_ANSWER_KEYS & body.keys():  # a device's request, pushed
             return "deviceRpcCallMsg", _rpc_request(event, msb, lsb)
         return "deviceRpcCallMsg", _rpc_response(event, msb, lsb)
     if action == Action.ATTRIBUTES_REQUEST:
@@ -150,6 +150,10 @@ def event_payload(event: StoredEvent, owner: Owner) -> tuple[PayloadField, Any]:
         msg = edge_pb2.DeviceCredentialsUpdateMsg(entity=credentials_json(body), edgeSeqId=event.seq)
         return "deviceCredentialsUpdateMsg", msg
     raise BadRequest(f"no uplink mapping for {event.type} {action}")
+
+
+RPC_ANSWER_KEYS = frozenset(("response", "responseText", "error"))
+"""An RPC_CALL body with one of these is a device's answer; without, its own request."""
 
 
 def _rpc_request(event: StoredEvent, msb: int, lsb: int) -> edge_pb2.DeviceRpcCallMsg:
