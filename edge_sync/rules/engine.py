@@ -50,6 +50,7 @@ from edge_sync.rules.message import (
     POST_TELEMETRY_REQUEST,
     RuleMsg,
 )
+from edge_sync.rules.patterns import process_pattern
 from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits, TransformResult
 from edge_sync.rules.validate import validate
 from edge_sync.validators import INT64_MAX, INT64_MIN
@@ -190,18 +191,10 @@ class NodeFailure(Exception):
     """A node could not process the message: the message goes by ``Failure``."""
 
 
-_PATTERN = re.compile(r"\$\{([^}]+)\}|\$\[([^\]]+)\]")
-
-
 def _substitute(text: str, msg: RuleMsg) -> str:
-    """``${key}`` from metadata, ``$[key]`` from the message data (objects only)."""
-    def one(found: re.Match[str]) -> str:
-        if found.group(1) is not None:
-            return msg.metadata.get(found.group(1), found.group(0))
-        data = msg.data if isinstance(msg.data, dict) else {}
-        value = data.get(found.group(2))
-        return found.group(0) if value is None else str(value)
-    return _PATTERN.sub(one, text)
+    """``${key}`` from metadata, ``$[a.b]`` from the message data: ThingsBoard's
+    ``TbNodeUtils.processPattern`` (``patterns.py``)."""
+    return process_pattern(text, msg.data, msg.metadata)
 
 
 _LONG = re.compile(r"[+-]?[0-9]{1,19}")
