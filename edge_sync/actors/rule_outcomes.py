@@ -51,6 +51,7 @@ from edge_sync.actors.messages import (
 from edge_sync.common.wire import compact_json
 from edge_sync.errors import BadRequest
 from edge_sync.metrics import Counter, Metrics
+from edge_sync.rules.alarms import event_body
 from edge_sync.rules.engine import (
     ClearAlarm,
     CreateAlarm,
@@ -425,15 +426,16 @@ def _rpc_request(o: PushToCloud) -> dict[str, Any] | None:
 
 
 def _alarm_event(entity_id: uuid.UUID, o: PushToCloud, lane: Lane) -> NewEvent | None:
+    """The ALARM event of an alarm message (ThingsBoard's Alarm JSON, or an earlier
+    edge-sync's alarm with a plain-text id, such as one held in a window): its body is the
+    alarm as the edge keeps it (``rules.alarms.event_body``); None when the data names no
+    alarm id."""
     action = next((a for flag, a in _ALARM_ACTIONS if o.metadata.get(flag) == "true"),
                   Action.UPDATED)
-    data = o.data if isinstance(o.data, dict) else {}
-    try:
-        alarm_id = uuid.UUID(str(data.get("id")))
-    except ValueError:
+    body = event_body(o.data, str(entity_id))
+    if body is None:
         return None
-    body = {**data, "id": str(alarm_id), "originator": str(entity_id)}
-    return NewEvent("ALARM", "ALARM", alarm_id, action, body, o.ts, lane)
+    return NewEvent("ALARM", "ALARM", uuid.UUID(body["id"]), action, body, o.ts, lane)
 
 
 def _fail(counters: RuleCounters, entity_id: uuid.UUID, failed: Failed, now_ms: int) -> None:

@@ -233,8 +233,11 @@ def compact_json(value: Any) -> str:
 
 
 def alarm_json(body: dict[str, Any], action: str, ts: int, owner: Owner | None) -> str:
-    """The edge's alarm body (id, originator, type, severity, status, startTs, details) of an
-    ADDED / ALARM_ACK / ALARM_CLEAR event at ``ts`` -> ThingsBoard's Alarm JSON text.
+    """The edge's alarm body (id, originator, type, severity, status, startTs, details, and
+    from an alarm node the propagation: propagate, propagateToOwner, propagateToTenant,
+    propagateRelationTypes) of an ADDED / ALARM_ACK / ALARM_CLEAR event at ``ts`` ->
+    ThingsBoard's Alarm JSON text. A body without the propagation (the device API's alarms,
+    events recorded by an earlier edge-sync) is not propagated: false, false, false, [].
     ThingsBoard acknowledges with the JSON's ackTs and clears with its clearTs and details, so
     an ALARM_ACK carries ackTs = ts and an ALARM_CLEAR clearTs = ts.
 
@@ -254,6 +257,7 @@ def alarm_json(body: dict[str, Any], action: str, ts: int, owner: Owner | None) 
     start = int(body.get("startTs") or ts)
     ack_ts = int(body.get("ackTs") or (ts if action == Action.ALARM_ACK else 0))
     clear_ts = int(body.get("clearTs") or (ts if action == Action.ALARM_CLEAR else 0))
+    relation_types = body.get("propagateRelationTypes")
     return _compact({
         "id": typed_id("ALARM", body["id"]),
         **({"tenantId": typed_id("TENANT", owner.tenant_id)} if owner is not None else {}),
@@ -267,10 +271,11 @@ def alarm_json(body: dict[str, Any], action: str, ts: int, owner: Owner | None) 
         "ackTs": ack_ts,
         "clearTs": clear_ts,
         "details": body.get("details"),
-        "propagate": False,
-        "propagateToOwner": False,
-        "propagateToTenant": False,
-        "propagateRelationTypes": [],
+        "propagate": body.get("propagate") is True,
+        "propagateToOwner": body.get("propagateToOwner") is True,
+        "propagateToTenant": body.get("propagateToTenant") is True,
+        "propagateRelationTypes": [str(t) for t in relation_types]
+        if isinstance(relation_types, list) else [],
     })
 
 

@@ -22,13 +22,15 @@ counts them per node, with ``Failed``). ``TbMsgDeduplicationNode`` and the edge'
 (with the node's index), for the caller's windows (``session.py``).
 
 Alarm state is the caller's, lent to ``run``/``resume`` as ``alarms`` (alarm type -> the
-originator's ACTIVE alarm, a JSON object) and changed in place, as ThingsBoard's
-``TbCreateAlarmNode``/``TbClearAlarmNode`` do against the alarm service: a create with no
-active alarm of its type makes a new one (``Created``, metadata ``isNewAlarm``), with one
-updates it (severity, details built with ``metadata.prevAlarmDetails``, endTs: ``Updated``,
-``isExistingAlarm``); a clear of an active one clears it and removes it (``Cleared``,
-``isClearedAlarm``), with none the message goes on unchanged by ``False``. The outgoing message
-of a created/updated/cleared alarm is of type ``ALARM`` with the alarm's JSON as data.
+originator's ACTIVE alarm, ThingsBoard's Alarm JSON: ``alarms.py``) and changed in place, as
+ThingsBoard's ``TbCreateAlarmNode``/``TbClearAlarmNode`` do against the alarm service: a create
+with no active alarm of its type makes a new one (``Created``, metadata ``isNewAlarm``), with
+one updates it (severity, propagation, details built with ``metadata.prevAlarmDetails``, endTs:
+``Updated``, ``isExistingAlarm``); a clear of an active one clears it and removes it
+(``Cleared``, ``isClearedAlarm``), with none the message goes on unchanged by ``False``. The
+outgoing message of a created/updated/cleared alarm is of type ``ALARM`` with the alarm's JSON
+as data (``TbAbstractAlarmNode.toAlarmMsg``). Alarm types and dynamic severities are patterns
+(``patterns.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+from edge_sync.rules import alarms as a
 from edge_sync.rules import nodes as n
 from edge_sync.rules.chain import RuleChain, RuleChainMetaData, RuleNode
 from edge_sync.rules.message import (
@@ -54,6 +57,7 @@ from edge_sync.rules.message import (
     TO_SERVER_RPC_REQUEST,
     RuleMsg,
 )
+from edge_sync.rules.patterns import process_pattern
 from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits, TransformResult
 from edge_sync.rules.validate import validate
 from edge_sync.validators import INT64_MAX, INT64_MIN
@@ -119,7 +123,6 @@ PUSHABLE_TYPES = (POST_TELEMETRY_REQUEST, POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UP
                   "CONNECT_EVENT", "DISCONNECT_EVENT", "ACTIVITY_EVENT", "INACTIVITY_EVENT",
                   TO_SERVER_RPC_REQUEST)
 HIGH, NORMAL = "HIGH", "NORMAL"
-ACTIVE_UNACK, CLEARED_UNACK = "ACTIVE_UNACK", "CLEARED_UNACK"
 
 
 def lane_of(msg_type: str) -> str:
@@ -172,7 +175,8 @@ class PushToCloud:
 @dataclass(frozen=True, slots=True)
 class CreateAlarm:
     """A new alarm (``new``) or an update of the originator's active one of that type;
-    ``alarm`` is its whole JSON after the change, ``ts`` the engine clock's time."""
+    ``alarm`` is its whole JSON after the change (``alarms.py``), ``ts`` the engine clock's
+    time."""
 
     node: str
     originator: tuple[str, str]
@@ -187,7 +191,8 @@ class CreateAlarm:
 
 @dataclass(frozen=True, slots=True)
 class ClearAlarm:
-    """The originator's active alarm of that type cleared; ``alarm``: its JSON, CLEARED_UNACK."""
+    """The originator's active alarm of that type cleared; ``alarm``: its JSON (``alarms.py``),
+    cleared."""
 
     node: str
     originator: tuple[str, str]
@@ -237,18 +242,10 @@ class NodeFailure(Exception):
     """A node could not process the message: the message goes by ``Failure``."""
 
 
-_PATTERN = re.compile(r"\$\{([^}]+)\}|\$\[([^\]]+)\]")
-
-
 def _substitute(text: str, msg: RuleMsg) -> str:
-    """``${key}`` from metadata, ``$[key]`` from the message data (objects only)."""
-    def one(found: re.Match[str]) -> str:
-        if found.group(1) is not None:
-            return msg.metadata.get(found.group(1), found.group(0))
-        data = msg.data if isinstance(msg.data, dict) else {}
-        value = data.get(found.group(2))
-        return found.group(0) if value is None else str(value)
-    return _PATTERN.sub(one, text)
+    """``${key}`` from metadata, ``$[a.b]`` from the message data: ThingsBoard's
+    ``TbNodeUtils.processPattern`` (``patterns.py``)."""
+    return process_pattern(text, msg.data, msg.metadata)
 
 
 _LONG = re.compile(r"[+-]?[0-9]{1,19}")
@@ -807,9 +804,10 @@ class RuleEngine:
                        value if isinstance(value, str) else json.dumps(value)))
         return [(SUCCESS, msg)]
 
-    def _details(self, node: RuleNode, msg: RuleMsg, previous: dict[str, Any] | None) -> Any:
+    def _details(self, node: RuleNode, msg: RuleMsg, previous: Mapping[str, Any] | None) -> Any:
         """The details script's value; an existing alarm's details are given to it as
-        ``metadata.prevAlarmDetails`` (JSON text), as ThingsBoard does."""
+        ``metadata.prevAlarmDetails`` (JSON text), as ThingsBoard does
+        (``TbAbstractAlarmNode.buildAlarmDetails``)."""
         metadata = msg.metadata_dict()
         if previous is not None and previous.get("details") is not None:
             metadata["prevAlarmDetails"] = json.dumps(previous["details"])
@@ -817,52 +815,71 @@ class RuleEngine:
 
     def _create_alarm(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                       ) -> list[tuple[str, RuleMsg]]:
+        """``TbCreateAlarmNode.processAlarm``: the type, severity and propagation of the
+        configuration, or with ``useMessageAlarmData`` of the message's alarm JSON, whose
+        details are kept unless ``overwriteAlarmDetails`` (absent: true, the configuration
+        class's default) has the details script build them."""
         config = node.configuration
         origin = (msg.originator.entity_type, msg.originator.id)
-        alarm_type = _substitute(str(config.get("alarmType", "")), msg)
-        if config.get("useMessageAlarmData") is True:
-            data = msg.data if isinstance(msg.data, dict) else {}
-            alarm_type = str(data.get("type") or alarm_type)
-            severity = str(data.get("severity") or "")
+        given: a.MessageAlarm | None = None
+        if n.flag(config, "useMessageAlarmData"):
+            try:
+                given = a.message_alarm(msg.data)
+            except a.AlarmDataError as exc:
+                raise NodeFailure(str(exc)) from None
+            alarm_type, severity, propagation = given.type, given.severity, given.propagation
         else:
+            alarm_type = _substitute(str(config.get("alarmType", "")), msg)
             severity = str(config.get("severity", ""))
-            if config.get("dynamicSeverity") is True:
+            if n.flag(config, "dynamicSeverity"):
                 severity = _substitute(severity, msg)
+            propagation = a.Propagation.of_config(config)
         if severity not in n.ALARM_SEVERITIES:
             raise NodeFailure(f"alarm severity {severity!r} is not one of "
                               + ", ".join(n.ALARM_SEVERITIES))
-        existing = alarms.get(alarm_type)
-        details = self._details(node, msg, existing)
+        kept = alarms.get(alarm_type)
+        existing = None if kept is None else a.as_alarm(kept, msg.originator)
+        if given is None or n.flag(config, "overwriteAlarmDetails", True):
+            details = self._details(node, msg, existing)
+        else:
+            details = given.details
         now = self.clock()
         if existing is None:
-            start = _meta_ts(msg)
-            alarm: dict[str, Any] = {
-                "id": self.new_id(), "type": alarm_type, "originator": msg.originator.id,
-                "severity": severity, "status": ACTIVE_UNACK, "startTs": start, "endTs": start,
-                "details": details}
+            if given is None:
+                start = end = _meta_ts(msg)
+            else:  # BaseAlarmService.validateAlarmRequest: 0 is now, and the start
+                start = given.start_ts or now
+                end = given.end_ts or start
+                if given.end_ts > 0 and start > end:
+                    raise NodeFailure("the message's alarm startTs is after its endTs")
+            alarm = a.new_alarm(self.new_id(), now, alarm_type, msg.originator, severity, start,
+                                end, details, propagation)
             flag, relation = "isNewAlarm", "Created"
         else:
-            alarm = {**existing, "severity": severity, "details": details, "endTs": now}
+            alarm = a.updated(existing, severity, propagation, details, now)
             flag, relation = "isExistingAlarm", "Updated"
         alarms[alarm_type] = alarm
         out.append(CreateAlarm(self._where[node.index], origin, alarm_type, severity, details, now,
-                               str(alarm["id"]), existing is None, dict(alarm)))
+                               a.alarm_id(alarm), existing is None, dict(alarm)))
         return [(relation, msg.with_changes(type=ALARM, data=dict(alarm), metadata={
             **msg.metadata, flag: "true"}))]
 
     def _clear_alarm(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                      ) -> list[tuple[str, RuleMsg]]:
+        """``TbClearAlarmNode``: the originator's active alarm of the type cleared, with
+        details built by the script."""
         alarm_type = _substitute(str(node.configuration.get("alarmType", "")), msg)
-        existing = alarms.get(alarm_type)
-        if existing is None:
+        kept = alarms.get(alarm_type)
+        if kept is None:
             return [(FALSE, msg)]
+        existing = a.as_alarm(kept, msg.originator)
         details = self._details(node, msg, existing)
         now = self.clock()
-        alarm = {**existing, "status": CLEARED_UNACK, "details": details, "clearTs": now}
+        alarm = a.cleared(existing, details, now)
         del alarms[alarm_type]
         origin = (msg.originator.entity_type, msg.originator.id)
         out.append(ClearAlarm(self._where[node.index], origin, alarm_type, details, now,
-                              str(alarm["id"]), dict(alarm)))
+                              a.alarm_id(alarm), dict(alarm)))
         return [("Cleared", msg.with_changes(type=ALARM, data=dict(alarm), metadata={
             **msg.metadata, "isClearedAlarm": "true"}))]
 

@@ -239,25 +239,58 @@ def _timeseries(config: Mapping[str, Any]) -> Problems:
     return out
 
 
-def _alarm(config: Mapping[str, Any]) -> Problems:
-    out: Problems = []
+def flag(config: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """A ``boolean`` field of a configuration class, as Jackson reads it into one: ``true``,
+    or the text "true" (trimmed; also "True", "TRUE"); absent: the class's default; anything
+    else false (a null too: Jackson leaves a primitive false)."""
+    if key not in config:
+        return default
+    value = config[key]
+    if isinstance(value, str):
+        return value.strip() in ("true", "True", "TRUE")
+    return value is True
+
+
+def _alarm_type(config: Mapping[str, Any]) -> Problems:
     if not _text(config.get("alarmType")):
-        out.append(("alarmType", "missing (the type of the alarm, e.g. \"High Temperature\")"))
-    return out + _script(config, "alarmDetailsBuildJs", "alarmDetailsBuildTbel")
+        return [("alarmType", "missing (the type of the alarm, e.g. \"High Temperature\")")]
+    return []
+
+
+def _alarm_script(config: Mapping[str, Any]) -> Problems:
+    return _script(config, "alarmDetailsBuildJs", "alarmDetailsBuildTbel")
+
+
+def _alarm(config: Mapping[str, Any]) -> Problems:
+    return _alarm_type(config) + _alarm_script(config)
 
 
 def _create_alarm(config: Mapping[str, Any]) -> Problems:
+    """TbCreateAlarmNodeConfiguration. With ``useMessageAlarmData`` the alarm's type, severity
+    and propagation come from the message: ThingsBoard's UI (create-alarm-config.component.ts
+    updateValidators) then requires no alarm type or severity, and the details script only
+    with ``overwriteAlarmDetails``. ``relationTypes`` (``List<String>``) is a list of text when
+    given."""
+    relation_types = config.get("relationTypes")
+    listed: Problems = []
+    if relation_types is not None and not (
+            isinstance(relation_types, list) and all(isinstance(t, str) for t in relation_types)):
+        listed.append(("relationTypes",
+                       f"expected a list of relation types, got {relation_types!r}"))
+    if flag(config, "useMessageAlarmData"):  # type and severity come from the message
+        # the details script runs only to overwrite the message's details (TbCreateAlarmNode
+        # .createNewAlarm; the class's overwriteAlarmDetails is true when absent)
+        script = _alarm_script(config) if flag(config, "overwriteAlarmDetails", True) else []
+        return script + listed
     out = _alarm(config)
-    if config.get("useMessageAlarmData") is True:
-        return out  # type and severity come from the message
     severity = config.get("severity")
     if not _text(severity):
         out.append(("severity", "missing: expected one of " + ", ".join(ALARM_SEVERITIES)))
-    elif config.get("dynamicSeverity") is not True and severity not in ALARM_SEVERITIES:
+    elif not flag(config, "dynamicSeverity") and severity not in ALARM_SEVERITIES:
         out.append(("severity", f"got {severity!r}: expected one of "
                                 + ", ".join(ALARM_SEVERITIES)
                                 + " (or dynamicSeverity with a ${key} pattern)"))
-    return out
+    return out + listed
 
 
 def _interval(config: Mapping[str, Any]) -> Problems:

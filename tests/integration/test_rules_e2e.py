@@ -279,6 +279,63 @@ def test_alarm_created_updated_cleared_only_alarms_reach_cloud(tmp_path, procs):
     ]
 
 
+def test_alarm_patterns_propagation_and_message_alarm_data_reach_the_cloud(tmp_path, procs):
+    """An alarm typed by a dotted data path with a dynamic severity, propagated to related
+    entities and the owner: the cloud gets the propagation the node set. The alarm node's
+    message is ThingsBoard's Alarm JSON: a transform reads its typed id and makes a message
+    alarm of it, which a create alarm node with useMessageAlarmData raises as it is (type,
+    severity, propagation, start and details of the message)."""
+    chain = _chain(tmp_path, "alarm data", [
+        {"type": CREATE_ALARM, "name": "door", "configuration": {
+            "scriptLang": "JS", "alarmDetailsBuildJs": "return {open: msg.door.open};",
+            "alarmType": "$[door.name] open", "severity": "$[door.level]",
+            "dynamicSeverity": True, "propagate": True, "propagateToOwner": True,
+            "propagateToTenant": False, "relationTypes": ["Contains"]}},
+        {"type": PUSH_TO_CLOUD, "name": "push", "configuration": {"scope": "SERVER_SCOPE"}},
+        {"type": TRANSFORM, "name": "echo", "configuration": {"scriptLang": "JS", "jsScript":
+         "return {msg: {type: 'echo of ' + msg.name, severity: 'MINOR', "
+         "propagateToTenant: true, startTs: msg.startTs, details: {of: msg.id.id, "
+         "cleared: msg.cleared}}, metadata: metadata, msgType: msgType};"}},
+        {"type": CREATE_ALARM, "name": "echo alarm", "configuration": {
+            "useMessageAlarmData": True, "overwriteAlarmDetails": False}}],
+        [{"fromIndex": 0, "toIndex": 1, "type": "Created"},
+         {"fromIndex": 0, "toIndex": 1, "type": "Updated"},
+         {"fromIndex": 0, "toIndex": 2, "type": "Created"},
+         {"fromIndex": 2, "toIndex": 3, "type": "Success"},
+         {"fromIndex": 3, "toIndex": 1, "type": "Created"}])
+    cloud, agent = start_linked(tmp_path, procs, chain)
+    device_id, token = agent.create_device("door-sensor")
+    body = [{"ts": BASE_TS, "values": {"door": {"name": "north", "level": "MAJOR",
+                                                "open": True}}},
+            {"ts": BASE_TS + 1, "values": {"door": {"name": "north", "level": "CRITICAL",
+                                                    "open": False}}}]
+    assert agent.post_telemetry(token, body) == 200
+
+    events = settle(cloud, agent)
+    alarms = [e for e in events if e["entity_type"] == "ALARM"]
+    assert [e["action"] for e in alarms] == ["ADDED", "ADDED", "UPDATED"]
+    door, echo = alarms[0]["entity_id"], alarms[1]["entity_id"]
+    assert (alarms[2]["entity_id"], door != echo) == (door, True)
+    keys = ("type", "severity", "startTs", "cleared", "details", "propagate",
+            "propagateToOwner", "propagateToTenant", "propagateRelationTypes")
+    assert [tuple(e["body"][k] for k in keys) for e in alarms] == [
+        ("north open", "MAJOR", BASE_TS, False, {"open": True}, True, True, False,
+         ["Contains"]),
+        ("echo of north open", "MINOR", BASE_TS, False, {"of": door, "cleared": False},
+         False, False, True, []),
+        ("north open", "CRITICAL", BASE_TS, False, {"open": False}, True, True, False,
+         ["Contains"]),
+    ]
+    assert [e["body"]["originator"] for e in alarms] == \
+        [{"entityType": "DEVICE", "id": device_id}] * 3
+    assert node_counts(agent) == [
+        ("nodes[0] 'door'", CREATE_ALARM, 2, 0),
+        ("nodes[1] 'push'", PUSH_TO_CLOUD, 3, 0),
+        ("nodes[2] 'echo'", TRANSFORM, 1, 0),
+        ("nodes[3] 'echo alarm'", CREATE_ALARM, 1, 0),
+    ]
+
+
 # -- a ThingsBoard export, unchanged -----------------------------------------------------------
 
 

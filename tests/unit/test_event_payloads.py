@@ -173,6 +173,18 @@ def test_a_clear_carries_its_time_as_clear_ts() -> None:
                                                 clear_ts=3000)
 
 
+def test_an_alarm_carries_the_propagation_its_alarm_node_gave_it() -> None:
+    """An alarm node's propagation settings travel in the body (TbCreateAlarmNode sets them on
+    the alarm); a body without them (the device API's alarms, events of an earlier edge-sync:
+    the tests above) is not propagated."""
+    event = alarm(Action.ADDED, "ACTIVE_UNACK", 1000)
+    event.body.update(propagate=True, propagateToOwner=True, propagateToTenant=False,
+                      propagateRelationTypes=["Contains", "Manages"])
+    assert entity_of(event) == {
+        **alarm_json(acknowledged=False, cleared=False, start=1000), "propagate": True,
+        "propagateToOwner": True, "propagateRelationTypes": ["Contains", "Manages"]}
+
+
 @pytest.mark.parametrize("customer", [None, CUSTOMER], ids=["unassigned edge", "customer's edge"])
 @pytest.mark.parametrize(("action", "status"), [(Action.ADDED, "ACTIVE_UNACK"),
                                                 (Action.ALARM_ACK, "ACTIVE_ACK"),

@@ -148,6 +148,26 @@ def test_an_alarm_message_is_pushed_as_thingsboards_push_node_reads_it(
                                    {**body, "originator": str(DEV)}, 5, Lane.HIGH)]
 
 
+def test_an_alarm_nodes_message_is_pushed_with_its_id_status_and_propagation(
+        counters: RuleCounters) -> None:
+    """The alarm nodes' data is ThingsBoard's Alarm JSON (typed id and originator, flags):
+    the event is the alarm's (its id read from id.id, as AbstractTbMsgPushNode does), and its
+    body keeps the alarm as the edge sends it up, the propagation included."""
+    data = {"id": {"entityType": "ALARM", "id": ALARM_ID}, "createdTime": 7,
+            "type": "Hot", "originator": {"entityType": "DEVICE", "id": str(DEV)},
+            "severity": "MAJOR", "acknowledged": False, "cleared": True, "startTs": 3,
+            "endTs": 4, "ackTs": 0, "clearTs": 6, "assignTs": 0, "details": {"t": 1},
+            "propagate": True, "propagateToOwner": False, "propagateToTenant": True,
+            "propagateRelationTypes": ["Contains"], "name": "Hot", "status": "CLEARED_UNACK"}
+    out = plan(DEV, [push("ALARM", data, lane="HIGH", metadata={"isClearedAlarm": "true"})],
+               counters, NOW)
+    assert out.events == [NewEvent("ALARM", "ALARM", uuid.UUID(ALARM_ID), Action.ALARM_CLEAR, {
+        "id": ALARM_ID, "originator": str(DEV), "type": "Hot", "severity": "MAJOR",
+        "status": "CLEARED_UNACK", "startTs": 3, "endTs": 4, "ackTs": 0, "clearTs": 6,
+        "details": {"t": 1}, "propagate": True, "propagateToOwner": False,
+        "propagateToTenant": True, "propagateRelationTypes": ["Contains"]}, 5, Lane.HIGH)]
+
+
 def test_alarm_state_changes_alone_send_nothing(counters: RuleCounters) -> None:
     alarm = {"id": ALARM_ID, "type": "Hot"}
     out = plan(DEV, [CreateAlarm("n", ORIGIN, "Hot", "MAJOR", {}, 1, ALARM_ID, True, alarm),

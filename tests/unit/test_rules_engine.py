@@ -144,9 +144,13 @@ ALARM_LINKS = [(0, 1, "True"), (0, 2, "False"), (1, 3, "Created"), (1, 4, "Updat
 def test_alarm_create_update_clear_and_clear_again_route_as_thingsboard() -> None:
     engine = chain(ALARM_CHAIN, ALARM_LINKS)
     alarms: dict[str, dict[str, Any]] = {}
-    created = {"id": "alarm-1", "type": "Overheat", "originator": "d1", "severity": "MAJOR",
-               "status": "ACTIVE_UNACK", "startTs": 1000, "endTs": 1000,
-               "details": {"t": 95}}  # an undefined prev is left out, as JSON does
+    created = {"id": {"entityType": "ALARM", "id": "alarm-1"}, "createdTime": 777,
+               "type": "Overheat", "originator": {"entityType": "DEVICE", "id": "d1"},
+               "severity": "MAJOR", "acknowledged": False, "cleared": False, "startTs": 1000,
+               "endTs": 1000, "ackTs": 0, "clearTs": 0, "assignTs": 0,
+               "details": {"t": 95},  # an undefined prev is left out, as JSON does
+               "propagate": False, "propagateToOwner": False, "propagateToTenant": False,
+               "propagateRelationTypes": [], "name": "Overheat", "status": "ACTIVE_UNACK"}
     assert effects(engine.run(telemetry({"temperature": 95}, sev="MAJOR"), alarms)) == [
         CreateAlarm("nodes[1] 'Raise'", ORIGIN, "Overheat", "MAJOR", {"t": 95}, 777,
                     "alarm-1", True, created),
@@ -168,7 +172,8 @@ def test_alarm_create_update_clear_and_clear_again_route_as_thingsboard() -> Non
     ]
     assert alarms == {"Overheat": updated}
 
-    cleared = {**updated, "status": "CLEARED_UNACK", "details": {"t": 40}, "clearTs": 777}
+    cleared = {**updated, "cleared": True, "status": "CLEARED_UNACK", "details": {"t": 40},
+               "clearTs": 777}
     assert effects(engine.run(telemetry({"temperature": 40}), alarms)) == [
         ClearAlarm("nodes[2] 'Clear'", ORIGIN, "Overheat", {"t": 40}, 777, "alarm-1", cleared),
         PushToCloud("nodes[3] 'Push'", ORIGIN, "ALARM", "SERVER_SCOPE", "HIGH", cleared,
@@ -202,6 +207,145 @@ def test_a_bad_dynamic_severity_goes_by_failure() -> None:
                                    "MINOR, WARNING, INDETERMINATE"),
         Log("nodes[4] 'Routed'", 'POST_TELEMETRY_REQUEST {"sev":"HUGE"}')]
     assert alarms == {}
+
+
+def tb_alarm(alarm_id: str, alarm_type: str, severity: str, details: Any, *,
+             start: int = 1000, end: int = 1000, created: int = 777, cleared: bool = False,
+             clear_ts: int = 0, propagate: bool = False, to_owner: bool = False,
+             to_tenant: bool = False, relation_types: list[str] | None = None
+             ) -> dict[str, Any]:
+    """ThingsBoard's Alarm JSON of an alarm of device d1 (JacksonUtil.valueToTree(alarm),
+    without what the edge does not know: tenantId, customerId, assignee, originator name)."""
+    return {"id": {"entityType": "ALARM", "id": alarm_id}, "createdTime": created,
+            "type": alarm_type, "originator": {"entityType": "DEVICE", "id": "d1"},
+            "severity": severity, "acknowledged": False, "cleared": cleared, "startTs": start,
+            "endTs": end, "ackTs": 0, "clearTs": clear_ts, "assignTs": 0, "details": details,
+            "propagate": propagate, "propagateToOwner": to_owner,
+            "propagateToTenant": to_tenant, "propagateRelationTypes": relation_types or [],
+            "name": alarm_type, "status": "CLEARED_UNACK" if cleared else "ACTIVE_UNACK"}
+
+
+def create_alarm(name: str, **config: Any) -> Node:
+    return (n.CREATE_ALARM, name, {"alarmDetailsBuildJs": "return {t: msg.t};", **config})
+
+
+def test_create_alarm_sets_the_nodes_propagation_on_the_alarm_it_creates_and_updates() -> None:
+    """TbCreateAlarmNode.buildAlarm/updateAlarm: propagate, propagateToOwner,
+    propagateToTenant and the relation types (as they are: no pattern substitution) of the
+    configuration; an update sets those of the node that updates."""
+    propagating = chain([create_alarm("Raise", alarmType="Hot", severity="MAJOR",
+                                      propagate=True, propagateToOwner="true",
+                                      propagateToTenant=False,
+                                      relationTypes=["Contains", "Manages ${x}"]), PUSH],
+                        [(0, 1, "Created"), (0, 1, "Updated")])
+    alarms: dict[str, dict[str, Any]] = {}
+    created = tb_alarm("alarm-1", "Hot", "MAJOR", {"t": 1}, propagate=True, to_owner=True,
+                       relation_types=["Contains", "Manages ${x}"])
+    assert effects(propagating.run(telemetry({"t": 1}, x="y"), alarms)) == [
+        CreateAlarm("nodes[0] 'Raise'", ORIGIN, "Hot", "MAJOR", {"t": 1}, 777, "alarm-1", True,
+                    created),
+        PushToCloud("nodes[1] 'Push'", ORIGIN, "ALARM", "SERVER_SCOPE", "HIGH", created,
+                    {"x": "y", "isNewAlarm": "true"}, 1000)]
+    plain = chain([create_alarm("Raise", alarmType="Hot", severity="MINOR")], [])
+    assert effects(plain.run(telemetry({"t": 2}), alarms)) == [
+        CreateAlarm("nodes[0] 'Raise'", ORIGIN, "Hot", "MINOR", {"t": 2}, 777, "alarm-1",
+                    False, {**created, "severity": "MINOR", "endTs": 777, "details": {"t": 2},
+                            "propagate": False, "propagateToOwner": False,
+                            "propagateRelationTypes": []})]
+
+
+MSG_ALARM = {"type": "Door open", "severity": "WARNING", "propagate": True,
+             "propagateToTenant": True, "propagateRelationTypes": ["Contains"],
+             "details": {"door": "north"}, "startTs": 400, "endTs": 0}
+"""An alarm as a message carries it (the data of an alarm node's message, or a script's)."""
+
+
+def test_use_message_alarm_data_keeps_the_messages_details_without_overwrite() -> None:
+    """TbCreateAlarmNode with useMessageAlarmData: type, severity, propagation and details of
+    the message's alarm (startTs too; endTs 0 is its start); the details script does not run
+    when overwriteAlarmDetails is false. No alarmType or severity is configured."""
+    engine = chain([create_alarm("From msg", useMessageAlarmData=True,
+                                 overwriteAlarmDetails=False,
+                                 alarmDetailsBuildJs="throw new Error('the script ran');")], [])
+    alarms: dict[str, dict[str, Any]] = {}
+    created = tb_alarm("alarm-1", "Door open", "WARNING", {"door": "north"}, start=400,
+                       end=400, propagate=True, to_tenant=True, relation_types=["Contains"])
+    assert effects(engine.run(telemetry(MSG_ALARM), alarms)) == [
+        CreateAlarm("nodes[0] 'From msg'", ORIGIN, "Door open", "WARNING", {"door": "north"},
+                    777, "alarm-1", True, created)]
+    # an update takes the message's severity, propagation and details
+    again = {**MSG_ALARM, "severity": "MAJOR", "propagate": False, "details": {"door": "west"}}
+    assert effects(engine.run(telemetry(again), alarms)) == [
+        CreateAlarm("nodes[0] 'From msg'", ORIGIN, "Door open", "MAJOR", {"door": "west"},
+                    777, "alarm-1", False,
+                    {**created, "severity": "MAJOR", "endTs": 777, "propagate": False,
+                     "details": {"door": "west"}})]
+
+
+def test_use_message_alarm_data_runs_the_details_script_to_overwrite_by_default() -> None:
+    """overwriteAlarmDetails absent: the configuration class's default, true: the script
+    builds the details (given the previous ones on an update)."""
+    engine = chain([create_alarm(
+        "From msg", useMessageAlarmData=True,
+        alarmDetailsBuildJs="return {door: msg.details.door, prev: metadata.prevAlarmDetails};")],
+        [])
+    alarms: dict[str, dict[str, Any]] = {}
+    out = effects(engine.run(telemetry(MSG_ALARM), alarms))
+    assert [(o.details, o.alarm["details"]) for o in out if isinstance(o, CreateAlarm)] == [
+        ({"door": "north"}, {"door": "north"})]
+    out = effects(engine.run(telemetry(MSG_ALARM), alarms))
+    assert [o.details for o in out if isinstance(o, CreateAlarm)] == [
+        {"door": "north", "prev": '{"door": "north"}'}]
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    ({"severity": "MAJOR"}, "the message's alarm has no type"),
+    ({"type": "Hot", "severity": "HUGE"},
+     "the message's alarm severity 'HUGE' is not one of CRITICAL, MAJOR, MINOR, WARNING, "
+     "INDETERMINATE"),
+    ([1], "the message data is not alarm JSON (an object)"),
+    ({"type": "Hot", "severity": "MAJOR", "startTs": 5, "endTs": 4},
+     "the message's alarm startTs is after its endTs"),
+])
+def test_use_message_alarm_data_without_a_readable_alarm_goes_by_failure(
+        data: Any, error: str) -> None:
+    engine = chain([create_alarm("From msg", useMessageAlarmData=True,
+                                 overwriteAlarmDetails=False),
+                    (n.LOG, "Failed", {"jsScript": "return 'failed';"})], [(0, 1, "Failure")])
+    alarms: dict[str, dict[str, Any]] = {}
+    assert effects(engine.run(telemetry(data), alarms)) == [
+        Failed("nodes[0] 'From msg'", error), Log("nodes[1] 'Failed'", "failed")]
+    assert alarms == {}
+
+
+def test_alarm_type_and_dynamic_severity_patterns_follow_dotted_paths() -> None:
+    """TbNodeUtils.processPattern: $[a.b] walks nested objects; a boolean or number is its
+    JSON text; ${key} from metadata; a key it does not find stays as written."""
+    engine = chain([create_alarm("Raise", alarmType="door open=$[state.open] ${zone} $[nope]",
+                                 severity="$[alarm.severity]", dynamicSeverity=True)], [])
+    out = effects(engine.run(telemetry({"state": {"open": True}, "alarm": {"severity": "MAJOR"},
+                                        "t": 1}, zone="north"), {}))
+    assert [(o.type, o.severity) for o in out if isinstance(o, CreateAlarm)] == [
+        ("door open=true north $[nope]", "MAJOR")]
+
+
+def test_the_alarm_message_is_thingsboards_alarm_json_for_the_scripts_after_it() -> None:
+    """TbAbstractAlarmNode.toAlarmMsg: the data is the alarm's JSON, typed id and originator,
+    its flags and name: a script after the node reads them as in ThingsBoard."""
+    script = ("return [msg.id.entityType, msg.id.id, msg.originator.entityType, "
+              "msg.originator.id, msg.name, msg.acknowledged, msg.cleared, msg.status, "
+              "msg.clearTs, msg.propagate].join(' ');")
+    engine = chain([(n.JS_FILTER, "Hot?", {"jsScript": "return msg.t > 90;"}),
+                    create_alarm("Raise", alarmType="Hot", severity="MAJOR"),
+                    (n.CLEAR_ALARM, "Clear", {"alarmType": "Hot",
+                                              "alarmDetailsBuildJs": "return {};"}),
+                    (n.LOG, "Read", {"jsScript": script})],
+                   [(0, 1, "True"), (0, 2, "False"), (1, 3, "Created"), (2, 3, "Cleared")])
+    alarms: dict[str, dict[str, Any]] = {}
+    assert effects(engine.run(telemetry({"t": 95}), alarms))[1:] == [
+        Log("nodes[3] 'Read'", "ALARM alarm-1 DEVICE d1 Hot false false ACTIVE_UNACK 0 false")]
+    assert effects(engine.run(telemetry({"t": 20}), alarms))[1:] == [
+        Log("nodes[3] 'Read'", "ALARM alarm-1 DEVICE d1 Hot false true CLEARED_UNACK 777 false")]
 
 
 def test_push_carries_metadata_and_its_ts() -> None:

@@ -148,8 +148,12 @@ def test_alarm_create_update_clear_clear_again_with_the_state_kept_across_a_rest
     eng = engine(ALARMS, ALARM_LINKS)
     rules = EntityRules()
     step = rules.on_message(eng, telemetry({"t": 95}), T0)
-    alarm = {"id": "alarm-1", "type": "Overheat", "originator": "d1", "severity": "CRITICAL",
-             "status": "ACTIVE_UNACK", "startTs": 1000, "endTs": 1000, "details": {"t": 95}}
+    alarm = {"id": {"entityType": "ALARM", "id": "alarm-1"}, "createdTime": 777,
+             "type": "Overheat", "originator": {"entityType": "DEVICE", "id": "d1"},
+             "severity": "CRITICAL", "acknowledged": False, "cleared": False, "startTs": 1000,
+             "endTs": 1000, "ackTs": 0, "clearTs": 0, "assignTs": 0, "details": {"t": 95},
+             "propagate": False, "propagateToOwner": False, "propagateToTenant": False,
+             "propagateRelationTypes": [], "name": "Overheat", "status": "ACTIVE_UNACK"}
     assert effects(step) == [
         CreateAlarm("nodes[1] 'Raise'", ORIGIN, "Overheat", "CRITICAL", {"t": 95}, 777,
                     "alarm-1", True, alarm),
@@ -170,14 +174,47 @@ def test_alarm_create_update_clear_clear_again_with_the_state_kept_across_a_rest
     step = rules.on_message(eng, telemetry({"t": 20}), T0 + 2)
     assert effects(step) == [
         ClearAlarm("nodes[2] 'Clear'", ORIGIN, "Overheat", {"t": 20}, 777, "alarm-1",
-                   {**updated, "status": "CLEARED_UNACK", "details": {"t": 20},
-                    "clearTs": 777}),
+                   {**updated, "cleared": True, "status": "CLEARED_UNACK",
+                    "details": {"t": 20}, "clearTs": 777}),
         Log("nodes[3] 'Route'", "ALARM isClearedAlarm")]
     assert (step.record, step.changed, rules.alarms) == (None, True, {})
 
     step = rules.on_message(eng, telemetry({"t": 20}), T0 + 3)
     assert effects(step) == [Log("nodes[3] 'Route'", "POST_TELEMETRY_REQUEST ")]
     assert (step.record, step.changed) == (None, False)
+
+
+def test_an_alarm_kept_by_an_earlier_edge_sync_is_updated_and_cleared() -> None:
+    """A rule state record of an earlier edge-sync holds its alarm with a plain-text id and
+    originator and a status: restored, the alarm is updated and cleared as one of ThingsBoard's
+    Alarm JSON (its id and start kept, not propagated), and kept so."""
+    old = {"id": "a-0", "type": "Overheat", "originator": "d1", "severity": "MAJOR",
+           "status": "ACTIVE_UNACK", "startTs": 500, "endTs": 600, "details": {"t": 91}}
+    rules = EntityRules({"v": 1, "seq": 4, "originator": ["DEVICE", "d1"],
+                         "alarms": {"Overheat": old}, "windows": []})
+    eng = engine(ALARMS, ALARM_LINKS)
+    step = rules.on_message(eng, telemetry({"t": 97}), T0)
+    updated = {"id": {"entityType": "ALARM", "id": "a-0"}, "createdTime": 500,
+               "type": "Overheat", "originator": {"entityType": "DEVICE", "id": "d1"},
+               "severity": "CRITICAL", "acknowledged": False, "cleared": False, "startTs": 500,
+               "endTs": 777, "ackTs": 0, "clearTs": 0, "assignTs": 0, "details": {"t": 97},
+               "propagate": False, "propagateToOwner": False, "propagateToTenant": False,
+               "propagateRelationTypes": [], "name": "Overheat", "status": "ACTIVE_UNACK"}
+    assert effects(step) == [
+        CreateAlarm("nodes[1] 'Raise'", ORIGIN, "Overheat", "CRITICAL", {"t": 97}, 777,
+                    "a-0", False, updated),
+        Log("nodes[3] 'Route'", "ALARM isExistingAlarm")]
+    assert step.record is not None and step.record["alarms"] == {"Overheat": updated}
+
+    rules = EntityRules({"v": 1, "seq": 4, "originator": ["DEVICE", "d1"],
+                         "alarms": {"Overheat": old}, "windows": []})
+    step = rules.on_message(eng, telemetry({"t": 20}), T0)
+    assert effects(step) == [
+        ClearAlarm("nodes[2] 'Clear'", ORIGIN, "Overheat", {"t": 20}, 777, "a-0",
+                   {**updated, "severity": "MAJOR", "endTs": 600, "cleared": True,
+                    "status": "CLEARED_UNACK", "details": {"t": 20}, "clearTs": 777}),
+        Log("nodes[3] 'Route'", "ALARM isClearedAlarm")]
+    assert (step.record, rules.alarms) == (None, {})
 
 
 def test_a_window_over_max_pending_routes_the_message_by_failure() -> None:

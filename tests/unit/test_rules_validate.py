@@ -123,6 +123,24 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
                           "severity": "${severity}", "dynamicSeverity": True}, []),
     (nodes.CREATE_ALARM, {"alarmType": "Hot", "alarmDetailsBuildJs": "return {};",
                           "useMessageAlarmData": True}, []),
+    # the message's alarm data: no type or severity needed (ThingsBoard's UI asks for none),
+    # the details script only when it overwrites the message's details (absent: it does)
+    (nodes.CREATE_ALARM, {"alarmType": "", "useMessageAlarmData": True,
+                          "overwriteAlarmDetails": False}, []),
+    (nodes.CREATE_ALARM, {"useMessageAlarmData": "true", "scriptLang": "TBEL"}, [
+        ("alarmDetailsBuildTbel", "missing (the script, scriptLang TBEL)")]),
+    (nodes.CREATE_ALARM, {"useMessageAlarmData": True, "overwriteAlarmDetails": True}, [
+        ("alarmDetailsBuildJs", "missing (the script, no scriptLang: JS)")]),
+    (nodes.CLEAR_ALARM, {"alarmType": "", "alarmDetailsBuildJs": "return {};",
+                         "useMessageAlarmData": True}, [
+        ("alarmType", 'missing (the type of the alarm, e.g. "High Temperature")')]),
+    (nodes.CREATE_ALARM, {"alarmType": "Hot", "alarmDetailsBuildJs": "return {};",
+                          "severity": "MAJOR", "relationTypes": ["Contains"]}, []),
+    (nodes.CREATE_ALARM, {"alarmType": "Hot", "alarmDetailsBuildJs": "return {};",
+                          "severity": "MAJOR", "relationTypes": None}, []),
+    (nodes.CREATE_ALARM, {"alarmType": "Hot", "alarmDetailsBuildJs": "return {};",
+                          "severity": "MAJOR", "relationTypes": "Contains"}, [
+        ("relationTypes", "expected a list of relation types, got 'Contains'")]),
     (nodes.CLEAR_ALARM, {"alarmType": "Hot", "scriptLang": "MVEL"}, [
         ("scriptLang", "expected JS or TBEL, got 'MVEL'")]),
     (nodes.CHECK_MESSAGE, {"messageNames": ["temperature", 3]}, [
