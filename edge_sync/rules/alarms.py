@@ -62,8 +62,8 @@ class Propagation:
         and ``relationTypes``, as ``TbCreateAlarmNode.buildAlarm``/``updateAlarm`` set them on
         the alarm: the relation types as they are (no pattern substitution)."""
         types = config.get("relationTypes")
-        return Propagation(n.flag(config, "propagate"), n.flag(config, "propagateToOwner"),
-                           n.flag(config, "propagateToTenant"),
+        return Propagation(n.config_flag(config, "propagate"), n.config_flag(config, "propagateToOwner"),
+                           n.config_flag(config, "propagateToTenant"),
                            tuple(types) if isinstance(types, list) else ())
 
     def fields(self) -> dict[str, Any]:
@@ -107,8 +107,8 @@ def message_alarm(data: Any) -> MessageAlarm:
                              f"relation types: {types!r}")
     return MessageAlarm(
         alarm_type, str(severity),
-        Propagation(n.flag(data, "propagate"), n.flag(data, "propagateToOwner"),
-                    n.flag(data, "propagateToTenant"), tuple(types or ())),
+        Propagation(n.config_flag(data, "propagate"), n.config_flag(data, "propagateToOwner"),
+                    n.config_flag(data, "propagateToTenant"), tuple(types or ())),
         data.get("details"), _long(data, "startTs"), _long(data, "endTs"))
 
 

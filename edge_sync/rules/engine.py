@@ -822,7 +822,7 @@ class RuleEngine:
         config = node.configuration
         origin = (msg.originator.entity_type, msg.originator.id)
         given: a.MessageAlarm | None = None
-        if n.flag(config, "useMessageAlarmData"):
+        if n.config_flag(config, "useMessageAlarmData"):
             try:
                 given = a.message_alarm(msg.data)
             except a.AlarmDataError as exc:
@@ -831,7 +831,7 @@ class RuleEngine:
         else:
             alarm_type = _substitute(str(config.get("alarmType", "")), msg)
             severity = str(config.get("severity", ""))
-            if n.flag(config, "dynamicSeverity"):
+            if n.config_flag(config, "dynamicSeverity"):
                 severity = _substitute(severity, msg)
             propagation = a.Propagation.of_config(config)
         if severity not in n.ALARM_SEVERITIES:
@@ -839,7 +839,7 @@ class RuleEngine:
                               + ", ".join(n.ALARM_SEVERITIES))
         kept = alarms.get(alarm_type)
         existing = None if kept is None else a.as_alarm(kept, msg.originator)
-        if given is None or n.flag(config, "overwriteAlarmDetails", True):
+        if given is None or n.config_flag(config, "overwriteAlarmDetails", True):
             details = self._details(node, msg, existing)
         else:
             details = given.details

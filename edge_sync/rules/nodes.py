@@ -239,16 +239,12 @@ def _timeseries(config: Mapping[str, Any]) -> Problems:
     return out
 
 
-def flag(config: Mapping[str, Any], key: str, default: bool = False) -> bool:
-    """A ``boolean`` field of a configuration class, as Jackson reads it into one: ``true``,
-    or the text "true" (trimmed; also "True", "TRUE"); absent: the class's default; anything
-    else false (a null too: Jackson leaves a primitive false)."""
+def config_flag(config: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """A ``boolean`` field of a configuration class read as ``flag`` reads it; absent: the
+    class's default (a value Jackson would refuse reads false here: validation names it)."""
     if key not in config:
         return default
-    value = config[key]
-    if isinstance(value, str):
-        return value.strip() in ("true", "True", "TRUE")
-    return value is True
+    return flag(config[key]) is True
 
 
 def _alarm_type(config: Mapping[str, Any]) -> Problems:
@@ -277,16 +273,16 @@ def _create_alarm(config: Mapping[str, Any]) -> Problems:
             isinstance(relation_types, list) and all(isinstance(t, str) for t in relation_types)):
         listed.append(("relationTypes",
                        f"expected a list of relation types, got {relation_types!r}"))
-    if flag(config, "useMessageAlarmData"):  # type and severity come from the message
+    if config_flag(config, "useMessageAlarmData"):  # type and severity come from the message
         # the details script runs only to overwrite the message's details (TbCreateAlarmNode
         # .createNewAlarm; the class's overwriteAlarmDetails is true when absent)
-        script = _alarm_script(config) if flag(config, "overwriteAlarmDetails", True) else []
+        script = _alarm_script(config) if config_flag(config, "overwriteAlarmDetails", True) else []
         return script + listed
     out = _alarm(config)
     severity = config.get("severity")
     if not _text(severity):
         out.append(("severity", "missing: expected one of " + ", ".join(ALARM_SEVERITIES)))
-    elif not flag(config, "dynamicSeverity") and severity not in ALARM_SEVERITIES:
+    elif not config_flag(config, "dynamicSeverity") and severity not in ALARM_SEVERITIES:
         out.append(("severity", f"got {severity!r}: expected one of "
                                 + ", ".join(ALARM_SEVERITIES)
                                 + " (or dynamicSeverity with a ${key} pattern)"))
