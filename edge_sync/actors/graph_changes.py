@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
@@ -52,7 +52,8 @@ class Planned:
 
     events: tuple[NewEvent, ...]
     write: Callable[[lmdb.Transaction, int], None]
-    device_deleted: bool = False
+    # filled by ``write``: the devices it removed (a device deleted, or taken by a cascade)
+    devices_removed: list[uuid.UUID] = field(default_factory=list)
 
 
 class GraphChanges:
@@ -181,12 +182,14 @@ class GraphChanges:
             # whether or not it held the device's JSON, and closes its open RPC requests
             # (RpcStore.close_device), a cascade's devices' included
             removed = self.graph.delete_entity(w, kind, c.entity_id, now_ms=now_ms, origin=EDGE)
+            planned.devices_removed.extend(uuid.UUID(r.key) for r in removed if r.kind == "DEVICE")
             _log.bind(entity_type=kind, entity=str(c.entity_id), action=Action.DELETED, seq=seq,
                       cascade=len(removed)).info(
                 "{} {!r} deleted on the edge ({} entities removed with it)", kind.lower(), name,
                 max(0, len(removed) - 1))
 
-        return Planned((event,), write, device_deleted=kind == "DEVICE")
+        planned = Planned((event,), write)
+        return planned
 
     def _put_relation(self, txn: lmdb.Transaction, c: PutRelation, now_ms: int) -> Planned:
         src = self._resolve(txn, c.src, "from")

@@ -33,6 +33,7 @@ other unexpected failure of a commit fails the commands not yet committed with I
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -80,7 +81,12 @@ from edge_sync.errors import (
 )
 from edge_sync.metrics import Metrics
 from edge_sync.storage import dead_letters
-from edge_sync.storage.entity_store import EntityStore, TokenCache
+from edge_sync.storage.entity_store import (
+    DEVICE_DELETED,
+    EntityStore,
+    Revocation,
+    TokenCache,
+)
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EntityIndexBuild, EventLog
 from edge_sync.storage.records import Action, Lane, NewEvent, StoredEvent
@@ -106,12 +112,12 @@ class QueuePolicy:
 class _Outcome:
     """Result of one command inside a group: a value or an error (set after the commit)."""
 
-    __slots__ = ("dead", "devices_deleted", "error", "high", "value")
+    __slots__ = ("dead", "devices_removed", "error", "high", "value")
 
     def __init__(self) -> None:
         self.value: Any = None
         self.error: EdgeSyncError | None = None
-        self.devices_deleted = False  # committed: the token cache must forget them
+        self.devices_removed: list[uuid.UUID] = []  # committed: the token cache must forget them
         self.high = 0  # Append: its events in the high lane; DeadLetter: 1 for a high-lane event
         self.dead: StoredEvent | None = None  # DeadLetter: the event (its entity for the log)
 
@@ -317,7 +323,7 @@ class QueueActor(SupervisedActor):
                 outcome.value = range(first, seq)
                 outcome.high = sum(e.lane is Lane.HIGH for e in events) + sum(
                     e.lane is Lane.HIGH for plan in planned for e in plan.events)
-                outcome.devices_deleted = any(p.device_deleted for p in planned)
+                outcome.devices_removed = [d for p in planned for d in p.devices_removed]
             case MarkDeployed(seqs=seqs):
                 outcome.value = self._log.mark_deployed(txn, seqs, now_ms=now)
             case DeadLetter(seq=dead_seq, error=error):
@@ -530,13 +536,13 @@ class QueueActor(SupervisedActor):
 
     def _resolve(self, group: Sequence[WriteCommand], outcomes: Sequence[_Outcome]) -> None:
         appended = high = 0
-        forget_tokens = False
         for command, outcome in zip(group, outcomes, strict=True):
+            forget: list[uuid.UUID] = []
             if isinstance(command, Append):
                 if outcome.error is None:
                     appended += len(outcome.value)
                     high += outcome.high
-                    forget_tokens |= outcome.devices_deleted
+                    forget = outcome.devices_removed
                 else:
                     self._log_refusal(command, outcome.error)
             elif isinstance(command, DeadLetter) and outcome.value:
@@ -549,9 +555,10 @@ class QueueActor(SupervisedActor):
                           error=command.error).warning("event dead-lettered")
             elif isinstance(command, SetIdentity):
                 self._tenant, self._edge = command.tenant_id.bytes, command.edge_id.bytes
-            if forget_tokens and self._tokens is not None:  # before any reply: a deleted
-                self._tokens.invalidate()                  # device's token fails at once
-                forget_tokens = False
+            if forget and self._tokens is not None:  # before its reply: a deleted device's
+                # token fails at once, and what acts for it (an MQTT connection) ends
+                self._tokens.invalidate(Revocation(d, DEVICE_DELETED, "it was deleted on the edge")
+                                        for d in forget)
             reply = command.reply
             if reply is None or reply.done():
                 continue

@@ -14,13 +14,15 @@ ThingsBoard's NOT_FOUND answer (api/provisioning.py), device claiming 501.
 
 Long polls are futures of this server's loop (devices/subscribers.py), no thread each; when the
 server stops they are answered 503. A handler is cancelled when its client disconnects, so a
-closed poll stops waiting at once.
+closed poll stops waiting at once. A poll whose device's token the cloud changed or removed is
+answered 408 at once (``_end_revoked``); a deleted device's polls are answered 404.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +41,8 @@ from edge_sync.devices.rpc import answer_of
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Unauthorized, Unavailable
 from edge_sync.metrics import Metrics, device_answers
+from edge_sync.storage.entity_store import Revoked
+from edge_sync.storage.records import Device
 
 _log = logger.bind(component="device-http")
 
@@ -65,6 +69,8 @@ class DeviceHttpApi:
         # None: no cloud link, nothing to fetch; else whether the link is up now
         self._link_connected = link_connected
         self._polls: set[LongPoll] = set()  # the loop's open long polls
+        # the RPC and attribute update polls among them, with the device each authenticated as
+        self._device_polls: dict[LongPoll, Device] = {}
         metrics.gauge("edge_sync_http_long_polls", "device long polls waiting now (rpc, "
                       "attribute updates, attribute requests)", lambda: float(len(self._polls)))
         self._answers = device_answers(metrics)
@@ -87,7 +93,43 @@ class DeviceHttpApi:
         app.router.add_post("/api/v1/{token:[^/]+}/claim", self._claim)
         app.router.add_post("/api/v1/provision", self._provision)
         app.on_shutdown.append(self._end_polls)
+        app.cleanup_ctx.append(self._watch_access)
         return app
+
+    async def _watch_access(self, _app: web.Application) -> AsyncIterator[None]:
+        """While the app runs: revoked devices' long polls end (``_end_revoked``)."""
+        unwatch = self._service.watch_access(self._revoked(asyncio.get_running_loop()))
+        try:
+            yield
+        finally:
+            unwatch()
+
+    def _revoked(self, loop: asyncio.AbstractEventLoop) -> Callable[[Revoked], None]:
+        """What the device service's token cache tells (on the committing thread) about
+        devices whose token changed or went: handed to this server's loop."""
+
+        def tell(revoked: Revoked) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: no poll left
+                loop.call_soon_threadsafe(self._end_revoked, revoked)
+
+        return tell
+
+    def _end_revoked(self, revoked: Revoked) -> None:
+        """The loop: a long poll of a device whose access token was changed or removed ends
+        at once with 408, unless its token still names the device (it came with the new one)
+        or a result is on its way, as ThingsBoard's HTTP transport answers a session the
+        device actor closes (DeviceApiController.HttpSessionListener
+        .onRemoteSessionCloseCommand: REQUEST_TIMEOUT); the device's next poll with the old
+        token gets 401. One INFO line per poll ended. A deleted device's polls are answered by
+        its entity actor (404), as before the token cache is told."""
+        for poll, device in list(self._device_polls.items()):
+            revocation = revoked.get(device.id)
+            if (revocation is None or revocation.deleted
+                    or self._service.still_authenticates(device)):
+                continue
+            if poll.end():
+                _log.bind(device=str(device.id), reason=revocation.reason).info(
+                    "long poll of device {} ended with 408: {}", device.name, revocation.why)
 
     async def _end_polls(self, _app: web.Application) -> None:
         for poll in list(self._polls):
@@ -103,18 +145,21 @@ class DeviceHttpApi:
     async def _long_poll(self, request: web.Request, what: str,
                          subscribe: Callable[[Any, LongPoll], None]) -> web.StreamResponse:
         """Wait for the device's next RPC request / attribute update: 200 with its JSON, or
-        408 with an empty body when ``timeout`` ms pass first (ThingsBoard's answers)."""
+        408 with an empty body when ``timeout`` ms pass first, or when the token is revoked
+        meanwhile (ThingsBoard's answers)."""
         token = request.match_info["token"]
         try:
             timeout_ms = parse_timeout(request.query.get("timeout"))
             device = self._service.authenticate(token)
             poll = LongPoll(asyncio.get_running_loop())
             self._polls.add(poll)
+            self._device_polls[poll] = device
             try:
                 subscribe(device.id, poll)
                 answered, value = await poll.wait(timeout_ms / 1000)
             finally:
                 self._polls.discard(poll)
+                del self._device_polls[poll]
         except Exception as exc:
             return self._refuse(status_of(exc), _message(exc), what, token)
         if not answered:

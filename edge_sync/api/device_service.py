@@ -11,6 +11,7 @@ import contextlib
 import secrets
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -41,7 +42,7 @@ from edge_sync.devices.rpc import TextAnswer
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import BadRequest, Conflict, NotFound, Unauthorized
 from edge_sync.metrics import Metrics
-from edge_sync.storage.entity_store import EntityStore, TokenCache
+from edge_sync.storage.entity_store import EntityStore, Revoked, TokenCache
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device, Scope
@@ -146,6 +147,20 @@ class DeviceService:
             raise Unauthorized("unknown device access token")
         self._tokens.put(token, device, generation=generation)
         return device
+
+    def still_authenticates(self, device: Device) -> bool:
+        """Whether the token ``device`` was authenticated with still names it (False: the
+        token was changed or removed, or the device deleted, since)."""
+        try:
+            return bool(device.token) and self.authenticate(device.token).id == device.id
+        except Unauthorized:
+            return False
+
+    def watch_access(self, watcher: Callable[[Revoked], None]) -> Callable[[], None]:
+        """Tell ``watcher``, on the committing thread, the devices whose access token a commit
+        changed or removed, or which it removed (storage/entity_store.TokenCache.watch); what
+        stops it."""
+        return self._tokens.watch(watcher)
 
     def device(self, device_id: uuid.UUID) -> Device | None:
         with self._store.read() as txn:

@@ -52,7 +52,8 @@ class Subscriber(Protocol):
 
 
 _WAITING, _CLAIMED, _DONE = 0, 1, 2
-_NOTHING = object()  # what a released poll whose time ran out meanwhile is resolved with
+_NOTHING = object()  # what a poll ended without a value (end, or released once its time ran
+# out) is resolved with
 
 
 class LongPoll:
@@ -95,6 +96,14 @@ class LongPoll:
         if self.give_up() and not self._future.done():
             self._future.set_exception(exc)
 
+    def end(self) -> bool:
+        """Loop side: end the wait now as if its time ran out (``wait`` gives (False, None)),
+        unless a result is coming (claimed: it is handed over); whether it ended."""
+        if not self.give_up() or self._future.done():
+            return False
+        self._future.set_result(_NOTHING)
+        return True
+
     def release(self) -> None:
         """Actor side, after a claim: no result comes after all; the poll waits on (it may be
         claimed again at once), or ends as timed out if its time ran out meanwhile."""
@@ -120,7 +129,8 @@ class LongPoll:
         device's queue). Cancelling (the client went away) gives it up; when it was claimed
         already, the value on its way goes to ``on_orphan`` (or the log) when it comes."""
         try:
-            return True, await asyncio.wait_for(asyncio.shield(self._future), timeout_s)
+            value = await asyncio.wait_for(asyncio.shield(self._future), timeout_s)
+            return (False, None) if value is _NOTHING else (True, value)
         except TimeoutError:
             if not self._future.done() and self.give_up():
                 return False, None

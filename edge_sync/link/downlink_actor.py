@@ -18,13 +18,16 @@ devices and tokens, entities held until their references arrive); entity data (a
 server-side RPC requests (deviceRpcCallMsg with a requestMsg: stored QUEUED, in the same
 transaction as the key, so a request survives a crash right after the acknowledgement and a
 redelivery is never delivered twice; a request whose requestUuid the device already has is not
-stored again); then sync completion and the edge configuration. After the commit the devices'
-entity actors are told (``notify``): the RPC requests to deliver, and the shared attributes
-that changed (only the keys whose value changed, and those deleted) for the devices' long
-polls. Every other kind ThingsBoard sends (alarms, OTA packages, admin settings, answers to
-device-originated RPC, ...) is set aside: acknowledged with success, counted by kind in
-``edge_sync_downlinks_set_aside_total{kind=...}`` and logged at INFO the first time a kind comes.
-A redelivery is counted as a duplicate only, not again by kind.
+stored again); then sync completion and the edge configuration. After the commit the token
+cache forgets what it held and names the devices whose access token the downlink changed or
+removed, or which it removed (``revocations``): their MQTT connections and HTTP long polls end
+(storage/entity_store.TokenCache.watch). Then the devices' entity actors are told (``notify``):
+the RPC requests to deliver, and the shared attributes that changed (only the keys whose value
+changed, and those deleted) for the devices' long polls. Every other kind ThingsBoard sends
+(alarms, OTA packages, admin settings, answers to device-originated RPC, ...) is set aside:
+acknowledged with success, counted by kind in ``edge_sync_downlinks_set_aside_total{kind=...}``
+and logged at INFO the first time a kind comes. A redelivery is counted as a duplicate only,
+not again by kind.
 
 Full sync (the ConnectionActor decides when, link/state.py sync_mode): FullSyncStarted, sent
 before the SyncRequestMsg so it precedes every downlink of that sync here, records a new sync
@@ -111,7 +114,14 @@ from edge_sync.link.relation_requests import (
 from edge_sync.link.state import edge_version
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
-from edge_sync.storage.entity_store import EntityStore, TokenCache
+from edge_sync.storage.entity_store import (
+    DEVICE_DELETED,
+    TOKEN_CHANGED,
+    TOKEN_REMOVED,
+    EntityStore,
+    Revocation,
+    TokenCache,
+)
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.graph_store import GraphStore
 from edge_sync.storage.link_contact import LinkContact
@@ -235,7 +245,7 @@ class DownlinkActor(SupervisedActor):
             _log.bind(error=str(exc)).error("held entities not released at start: {}", exc)
             return
         if out.devices_changed and self._tokens is not None:
-            self._tokens.invalidate()
+            self._tokens.invalidate(revocations(DownlinkOutcome(True, graph=out)))
         self._report.graph(0, DownlinkOutcome(True, graph=out))
 
     def on_receive(self, message: Any) -> Any:
@@ -413,7 +423,9 @@ class DownlinkActor(SupervisedActor):
         if out.fresh and self._tokens is not None and (
                 msg.deviceUpdateMsg or msg.deviceCredentialsUpdateMsg
                 or out.graph.devices_changed or out.removed):
-            self._tokens.invalidate()
+            # before the entity actors are told: a token checked from now on reads the commit;
+            # what acts for a revoked device (an MQTT connection, an HTTP long poll) ends
+            self._tokens.invalidate(revocations(out))
         if self._unstored and self._unstored.pop(downlink_key(msg), None) is not None:
             _log.bind(downlink_id=dl_id).info(
                 "downlink {} stored when sent again after a store failure", dl_id)
@@ -537,6 +549,26 @@ class DownlinkActor(SupervisedActor):
             parts.append(f"{self._untracked_failures} more store failures of downlinks not "
                          "tracked one by one")
         return "; ".join(parts)
+
+
+def revocations(out: DownlinkOutcome) -> list[Revocation]:
+    """The devices a committed downlink took an access token from (changed, or removed for
+    credentials of another type) or removed (deleted, with a cascade, or by a full sync's
+    end), in that order: a device deleted after its token changed is told as deleted. What
+    authenticated as one of them closes (ThingsBoard: DeviceActorMessageProcessor
+    .processCredentialsUpdate closes every session of the device, CREDENTIALS_UPDATED; a
+    deleted device's sessions are closed by DefaultTransportService.onDeviceDeleted)."""
+    g = out.graph
+    found = [Revocation(d, TOKEN_CHANGED, "its access token was changed by the cloud")
+             for d in g.tokens_changed]
+    found.extend(Revocation(r.device_id, TOKEN_REMOVED, "its access token was removed: the "
+                            f"cloud gave it {r.credentials_type} credentials") for r in g.revoked)
+    found.extend(Revocation(d, DEVICE_DELETED, "it was deleted by the cloud")
+                 for d in g.devices_removed)
+    found.extend(Revocation(uuid.UUID(r.id), DEVICE_DELETED, "it was removed after full sync: "
+                            "no longer assigned to this edge")
+                 for r in out.removed if r.entity_type == "DEVICE" and not r.held)
+    return found
 
 
 def _changes_rule_chains(out: DownlinkOutcome) -> bool:

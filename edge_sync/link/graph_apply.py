@@ -48,7 +48,9 @@ ACCESS_TOKEN credentials for it from then on. The edge serves access tokens only
 token is removed from its record and the token index (GraphOutcome.revoked, logged once the
 downlink commits), the JSON kept in the graph. The same credentials again while the device
 still has a token (sent unchanged by a full sync) remove it too. Access token credentials that
-come later give the device that token again.
+come later give the device that token again. A token removed (GraphOutcome.revoked) or replaced
+by another (GraphOutcome.tokens_changed) closes what authenticated with the old one once the
+downlink commits (link/downlink_actor.revocations).
 """
 
 from __future__ import annotations
@@ -150,6 +152,9 @@ class GraphOutcome:
     warnings: list[str] = field(default_factory=list)
     renamed: list[Renamed] = field(default_factory=list)  # devices applied under a unique name
     revoked: list[Revoked] = field(default_factory=list)  # devices whose token went
+    # devices whose access token the cloud replaced by another: connections that authenticated
+    # with the old one are closed once the downlink commits
+    tokens_changed: list[uuid.UUID] = field(default_factory=list)
     # payloads refused alone while the rest was applied (credentials whose token another
     # device has): the downlink is answered success=false with these, as ThingsBoard Edge does
     refused: list[str] = field(default_factory=list)
@@ -339,6 +344,7 @@ class GraphApplier:
         out.warnings.extend(sub.warnings)
         out.renamed.extend(sub.renamed)
         out.revoked.extend(sub.revoked)
+        out.tokens_changed.extend(sub.tokens_changed)
         out.profiles_changed |= sub.profiles_changed
         out.devices_changed |= sub.devices_changed
         return provided
@@ -541,6 +547,8 @@ class GraphApplier:
                 self._revoke(txn, c.entity_id, device, kind, out)
                 return
             if device is not None and isinstance(token, str):
+                if device.token and device.token != token:
+                    out.tokens_changed.append(c.entity_id)
                 self.entities.put_device(txn, replace(device, token=token))
                 out.devices_changed = True
 

@@ -86,6 +86,7 @@ from edge_sync.mqtt.registry import SessionRegistry
 from edge_sync.mqtt.sessions import MAX_AWAITING_RELEASE, Key, Session
 from edge_sync.mqtt.subscriptions import DRAIN_S, Subscriptions
 from edge_sync.mqtt.topics import Publish, classify
+from edge_sync.storage.entity_store import Revocation, Revoked
 from edge_sync.storage.records import Device
 
 _log = logger.bind(component="mqtt")
@@ -171,8 +172,8 @@ class MqttConnection:
                  "_expired", "_failed", "_finished", "_frames", "_gateway", "_idle", "_inbound",
                  "_interrupted", "_key", "_last_packet", "_limits", "_link_connected", "_loop",
                  "_not_committed", "_on_pause", "_paused", "_polls", "_reader", "_registry",
-                 "_service", "_session", "_subscriptions", "_taken_over", "_task", "_writer",
-                 "peer")
+                 "_revoked", "_service", "_session", "_subscriptions", "_taken_over", "_task",
+                 "_writer", "peer")
 
     def __init__(
         self,
@@ -212,6 +213,7 @@ class MqttConnection:
                                   max_inflight=limits.max_inflight)
         self._task: asyncio.Task[Any] | None = None
         self._taken_over = False
+        self._revoked = False  # its device's token was changed or removed, or the device deleted
         self._idle: float | None = None  # 1.5 times the keep-alive (s); None: no keep-alive
         self._last_packet = 0.0  # loop time of the last burst that brought a whole packet
         self._alive: asyncio.TimerHandle | None = None  # the keep-alive check
@@ -255,6 +257,8 @@ class MqttConnection:
                     self._idle)
             elif self._interrupted or self._taken_over:
                 pass  # its reason is logged already (a takeover by the registry, one line)
+            elif self._revoked:  # logged by revoke; what was taken before is acknowledged
+                graceful = True
             else:
                 raise
         finally:
@@ -265,6 +269,28 @@ class MqttConnection:
         if not self._ending and self._task is not None:
             self._taken_over = True
             self._task.cancel()
+
+    def revoke(self, revocation: Revocation) -> bool:
+        """The registry, after a commit that changed or removed the device's access token, or
+        removed the device: the connection closes, unless the token it authenticated with
+        still names its device (it connected with the new one). One INFO line with the device
+        and the reason, never the token. The publishes taken before are acknowledged once
+        committed (as when a publish is refused), nothing more is read, and a gateway's
+        devices disconnect with it."""
+        device = self._device
+        if (device is None or self._ending or self._revoked or self._taken_over
+                or self._task is None or self._service.still_authenticates(device)):
+            return False
+        self._revoked = True
+        client_id = self._key[1] if self._key is not None else ""
+        self._logger().bind(client_id=client_id[:64], reason=revocation.reason).info(
+            "closing the MQTT connection of device {}: {}", device.name, revocation.why)
+        self._task.cancel()
+        return True
+
+    def forget_devices(self, revoked: Revoked) -> None:
+        if self._gateway is not None and not self._ending:
+            self._gateway.forget(revoked)
 
     async def finished(self) -> None:
         if self._finished:
@@ -476,6 +502,9 @@ class MqttConnection:
             raise _Close("an empty client id with clean session 0: refused with CONNACK 2")
         self._device = device
         self._key = (device.id, connect.client_id or "")
+        # a revocation committed from now on closes it (one committed before the token was
+        # read: CONNACK 5 above)
+        self._registry.enter(device.id, self, gateway=device.gateway)
         session, present = await self._registry.attach(self._key, self, clean=self._clean,
                                                        now=self._loop.time())
         self._session = session
@@ -725,6 +754,8 @@ class MqttConnection:
         finally:
             self._acks.close()  # what is still owed is not sent; the commits go on
             self._writer.close()
+            if self._key is not None:
+                self._registry.leave(self._key[0], self)
             if self._key is not None and self._session is not None:
                 self._registry.detach(self._key, self, self._session, clean=self._clean,
                                       now=self._loop.time())
@@ -734,7 +765,9 @@ class MqttConnection:
         await self._closed()
         if self._device is not None:
             # a takeover is one line, the registry's WARNING: this one only when it tells more
-            quiet = self._taken_over and not (self._dropped or self._not_committed)
+            # (a revocation's too)
+            quiet = ((self._taken_over or self._revoked)
+                     and not (self._dropped or self._not_committed))
             _log.bind(peer=self.peer, device=str(self._device.id),
                       dropped_unacked=self._dropped, not_committed=self._not_committed).log(
                 "DEBUG" if quiet else "INFO", "device {} disconnected from MQTT",

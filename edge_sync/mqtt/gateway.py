@@ -60,6 +60,7 @@ from edge_sync.mqtt import gateway_payloads as wire
 from edge_sync.mqtt import topics
 from edge_sync.mqtt.dropped import TOPIC_KEY_CHARS, DroppedTopics, Sighting
 from edge_sync.mqtt.subscriptions import DRAIN_S, Subscriptions
+from edge_sync.storage.entity_store import Revoked
 from edge_sync.storage.records import Device
 
 Send = Callable[[str, bytes], None]
@@ -160,6 +161,26 @@ class Gateway:
         self._topics.discard(topic_filter)
         for sub in self._children.values():
             sub.subscriptions.unsubscribe(device_filter)
+
+    def forget(self, revoked: Revoked) -> None:
+        """After a commit that changed or removed these devices' access tokens, or removed the
+        devices: those connected through the gateway leave it, their waits on their sessions
+        end (one INFO line each: the device and why), and the gateway's next data or connect
+        naming one connects it again (gets it, or creates a device of that name if it was
+        deleted). ThingsBoard closes every session of a device whose credentials change or
+        that is deleted, the gateway's session of it included
+        (AbstractGatewayDeviceSessionContext.onRemoteSessionCloseCommand and onDeviceDeleted
+        -> AbstractGatewaySessionHandler.deregisterSession); the gateway's own connection
+        stays (it authenticated with the gateway's token)."""
+        for name, sub in list(self._children.items()):
+            revocation = revoked.get(sub.device.id)
+            if revocation is None:
+                continue
+            del self._children[name]
+            self._retire(sub)
+            self._log.bind(device=str(sub.device.id), reason=revocation.reason).info(
+                "device {} disconnected from gateway {}: {}; the gateway's next data or "
+                "connect for it connects it again", name, self._device.name, revocation.why)
 
     @property
     def results_pending(self) -> int:

@@ -76,7 +76,9 @@ class Inbound:
         """Take a publish: the future of the commit that holds it, None when there is nothing
         to wait for. BadRequest: invalid (the connection closes); any other exception: not
         accepted. Every publish checks the connection's access token first (Unauthorized: the
-        token was changed or removed by the cloud, or the device deleted, since the CONNECT)."""
+        token was changed or removed by the cloud, or the device deleted, since the CONNECT):
+        the registry closes such a connection once the change commits (mqtt/registry.py), and
+        this check refuses what comes before it does."""
         kind, request_id, form = classify(topic)
         if kind is Publish.TELEMETRY:
             return self._service.post_telemetry(self._token, parse_json(data))

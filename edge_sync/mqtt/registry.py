@@ -3,17 +3,28 @@ its session from the store (sessions.py), a leaving one gives it back (kept when
 not clean), and a client id of a device that connects while an older connection of the same
 device and client id is open closes the older one first (MQTT 3.1.1 §3.1.4, step 2), which
 gives its session back before the newer one takes it.
+
+It also knows which connections authenticated as which device, from the CONNECT's
+authentication to the connection's end, and which of them are gateways: when a commit changes
+or removes a device's access token, or removes the device (storage/entity_store.Revocation),
+every connection authenticated as that device closes unless its token still names it, and
+every gateway forgets it among its devices, as ThingsBoard closes every session of the device
+(DeviceActorMessageProcessor.processCredentialsUpdate, TransportSessionCloseReason
+.CREDENTIALS_UPDATED; DefaultTransportService.onDeviceDeleted), a gateway's session of it
+included (AbstractGatewaySessionHandler.deregisterSession).
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Protocol
 
 from loguru import logger
 
 from edge_sync.metrics import Metrics, device_answers
 from edge_sync.mqtt.sessions import Key, Session, SessionStore
+from edge_sync.storage.entity_store import Revocation, Revoked
 
 __all__ = ["Holder", "SessionRegistry"]
 
@@ -33,6 +44,15 @@ class Holder(Protocol):
         """Return once the connection has ended and given its session back."""
         ...
 
+    def revoke(self, revocation: Revocation) -> bool:
+        """Close, unless the token it authenticated with still names its device (one log
+        line: the device and why); whether it closes."""
+        ...
+
+    def forget_devices(self, revoked: Revoked) -> None:
+        """A gateway: the devices of ``revoked`` it serves leave it."""
+        ...
+
 
 class SessionRegistry:
     """The server's loop thread only (the one writer of its counters). Each kept session it
@@ -49,6 +69,9 @@ class SessionRegistry:
         self.store = store
         self._takeover_timeout = takeover_timeout_s
         self._holders: dict[Key, Holder] = {}
+        # every authenticated connection by device, until it ends; the gateways among them
+        self._authenticated: dict[uuid.UUID, set[Holder]] = {}
+        self._gateways: set[Holder] = set()
         metrics = metrics if metrics is not None else Metrics()
         self.sessions_dropped = metrics.counter(
             "edge_sync_mqtt_sessions_dropped_total",
@@ -109,6 +132,34 @@ class SessionRegistry:
             self.sessions_dropped.labels(reason="max_sessions").inc()
             _log.bind(device=str(dropped[0]), client_id=dropped[1][:64]).warning(
                 "kept MQTT session dropped: more than mqtt.max_sessions are kept")
+
+    def enter(self, device_id: uuid.UUID, holder: Holder, *, gateway: bool) -> None:
+        """``holder`` authenticated as ``device_id`` (a gateway: serves other devices): a
+        revocation reaches it from now on, before it has its session (``leave`` at its end)."""
+        self._authenticated.setdefault(device_id, set()).add(holder)
+        if gateway:
+            self._gateways.add(holder)
+
+    def leave(self, device_id: uuid.UUID, holder: Holder) -> None:
+        holders = self._authenticated.get(device_id)
+        if holders is not None:
+            holders.discard(holder)
+            if not holders:
+                del self._authenticated[device_id]
+        self._gateways.discard(holder)
+
+    def revoke(self, revoked: Revoked) -> int:
+        """After a commit that changed or removed these devices' tokens, or removed the
+        devices: every connection authenticated as one of them closes unless its token still
+        names it (it connected with the new one), and every gateway forgets them among its
+        devices. How many connections close."""
+        closed = 0
+        for device_id, revocation in revoked.items():
+            for holder in list(self._authenticated.get(device_id, ())):
+                closed += holder.revoke(revocation)
+        for gateway in list(self._gateways):
+            gateway.forget_devices(revoked)
+        return closed
 
     def expire(self, now: float) -> None:
         for dropped in self.store.expire(now):

@@ -3,7 +3,9 @@ accepts every connection (asyncio streams, no thread per connection), as the HTT
 a plain listener (``mqtt.port``), a TLS one (``mqtt.tls.port``), or both, as ThingsBoard runs
 1883 and 8883 side by side. It owns the clients' sessions (mqtt/registry.py): kept in memory
 for clean-session-false clients, dropped past ``mqtt.session_expiry_s`` (checked every minute
-at most) or beyond ``mqtt.max_sessions``, and lost when the server stops or restarts.
+at most) or beyond ``mqtt.max_sessions``, and lost when the server stops or restarts. A commit
+that changes or removes a device's access token, or removes the device, closes the device's
+connections at once (the device service tells the registry, which closes them on this loop).
 
 The thread's lifecycle (start once bound, stop from any thread, an unexpected end reported to
 the supervisor) is edge_sync.common.loop_thread's. Stopping closes the listeners and every
@@ -28,6 +30,7 @@ from edge_sync.mqtt.connection import Limits, MqttConnection
 from edge_sync.mqtt.registry import SessionRegistry
 from edge_sync.mqtt.sessions import SessionStore
 from edge_sync.mqtt.subscriptions import DRAIN_S
+from edge_sync.storage.entity_store import Revoked
 from edge_sync.supervisor import ExitReporter
 
 SWEEP_MAX_S = 60.0
@@ -107,6 +110,7 @@ class MqttServer(LoopThreadServer):
     async def _serve(self) -> None:
         servers: list[asyncio.Server] = []
         sweeper: asyncio.Task[None] | None = None
+        unwatch = self._service.watch_access(self._revoked(asyncio.get_running_loop()))
         try:
             if self._plain is not None:
                 servers.append(await self._listen(self._plain))
@@ -122,6 +126,7 @@ class MqttServer(LoopThreadServer):
             sweeper = asyncio.create_task(self._sweep())
             await self._stop.wait()
         finally:
+            unwatch()
             if sweeper is not None:
                 sweeper.cancel()
             for server in servers:
@@ -133,6 +138,17 @@ class MqttServer(LoopThreadServer):
             for server in servers:
                 await server.wait_closed()
             self._log.info("mqtt stopped")
+
+    def _revoked(self, loop: asyncio.AbstractEventLoop) -> Callable[[Revoked], None]:
+        """What the device service's token cache tells (on the committing thread) about
+        devices whose token changed or went, or that were removed: handed to the registry on
+        this server's loop, which closes their connections (mqtt/registry.py)."""
+
+        def tell(revoked: Revoked) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: no connection left
+                loop.call_soon_threadsafe(self.registry.revoke, revoked)
+
+        return tell
 
     async def _listen(self, listener: Listener) -> asyncio.Server:
         return await asyncio.start_server(

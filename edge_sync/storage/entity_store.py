@@ -23,18 +23,22 @@ latest_ts without one), which are read as they are. The synced/ keys only exist 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lmdb
+from loguru import logger
 
 from edge_sync.errors import Conflict
 from edge_sync.storage import codec
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Device, DeviceProfile, Scope, Tenant
+
+_log = logger.bind(component="storage")
 
 _SCOPE_BYTE = {Scope.CLIENT: b"C", Scope.SERVER: b"S", Scope.SHARED: b"H"}
 _TENANT = b"synced/tenant"
@@ -326,18 +330,50 @@ class EntityStore:
         txn.put(key, codec.u64(now_ms), db=self._db["downlinks"])
 
 
+TOKEN_CHANGED = "token_changed"
+TOKEN_REMOVED = "token_removed"
+DEVICE_DELETED = "device_deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A device whose access token in use may no longer name it, once a write committed: its
+    token was changed (TOKEN_CHANGED) or removed (TOKEN_REMOVED), or the device is gone
+    (DEVICE_DELETED). ``reason`` is that word (the ``reason`` field of the log lines of those
+    who act on it), ``why`` the same in words for their message; never a token."""
+
+    device_id: uuid.UUID
+    reason: str
+    why: str
+
+    @property
+    def deleted(self) -> bool:
+        return self.reason == DEVICE_DELETED
+
+
+Revoked = Mapping[uuid.UUID, Revocation]
+"""What a TokenCache watcher is told: the revocations of one commit, by device."""
+
+
 class TokenCache:
     """Access token -> Device, so authenticating a request needs no LMDB read.
 
     Every writer that changes devices calls invalidate() after its commit. A reader that missed
     stores what it read only if no invalidation happened since it started looking (the
     generation check), so a stale device never enters the cache. Unknown tokens are not cached.
+
+    What authenticated a device once and keeps acting for it (an MQTT connection, an HTTP long
+    poll) ``watch``es the cache: a writer whose commit changed or removed devices' tokens, or
+    removed devices, names them to invalidate() (Revocation), and every watcher is told, on the
+    writer's thread, after the cache forgot them (a token checked from then on reads the
+    committed store). A watcher only hands the news to its own thread; it must not block.
     """
 
     def __init__(self, capacity: int = 100_000) -> None:
         self._capacity = capacity
         self._map: dict[str, Device] = {}
         self._lock = threading.Lock()
+        self._watchers: list[Callable[[Revoked], None]] = []
         self.generation = 0
 
     def get(self, token: str) -> Device | None:
@@ -351,7 +387,30 @@ class TokenCache:
                 self._map.clear()
             self._map[token] = device
 
-    def invalidate(self) -> None:
+    def invalidate(self, revoked: Iterable[Revocation] = ()) -> None:
+        """Forget every token; then tell the watchers about ``revoked`` (when there are any;
+        of two for one device, the later)."""
         with self._lock:
             self.generation += 1
             self._map.clear()
+            watchers = tuple(self._watchers)
+        changes = {r.device_id: r for r in revoked}
+        if not changes:
+            return
+        for watcher in watchers:
+            try:
+                watcher(changes)
+            except Exception as exc:  # one watcher's bug must not fail the writer's commit
+                _log.bind(error=str(exc)).error(
+                    "a watcher of revoked access tokens failed: {}: {}", type(exc).__name__, exc)
+
+    def watch(self, watcher: Callable[[Revoked], None]) -> Callable[[], None]:
+        """Tell ``watcher`` about every revocation from now on; what stops it."""
+        with self._lock:
+            self._watchers.append(watcher)
+
+        def unwatch() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._watchers.remove(watcher)
+
+        return unwatch

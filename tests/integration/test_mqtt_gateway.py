@@ -55,12 +55,13 @@ from tests.integration.test_device_sessions import (
     Harness,
     deliver,
     dropped,
+    http,
     rpc_downlink,
     rpc_uplinks,
     rpcs,
     shared_downlink,
 )
-from tests.unit.test_downlink_actor import device_msg
+from tests.unit.test_downlink_actor import credentials_msg, device_msg
 
 DEADLINE_S = 10.0
 MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
@@ -353,15 +354,15 @@ def test_a_disconnected_device_gets_its_requests_once_connected_again(
     assert [r.status for r in rpcs(app, sleepy)] == [RpcStatus.DELIVERED]
 
 
-def test_a_sub_device_the_cloud_deletes_is_dropped_and_created_again_by_its_next_data(
+def test_a_sub_device_the_cloud_deletes_leaves_its_gateway_at_once_and_its_next_data_creates_it(
         linked: tuple[FakeCloud, EdgeApp], logs: Logs) -> None:
-    """Data for a device the cloud deleted while its gateway kept it connected is refused (not
-    appended for an id the edge no longer has): the device leaves the gateway and, as for any
-    publish whose commit fails (ThingsBoard's getPubAckCallback), the connection closes. The
-    gateway's next connection names the device again and its data creates it anew, as
-    ThingsBoard's gateway session forgets a deleted device."""
+    """A device the cloud deletes while its gateway keeps it connected leaves the gateway as
+    soon as the deletion commits (one INFO line), as ThingsBoard's gateway session forgets a
+    deleted device (AbstractGatewayDeviceSessionContext.onDeviceDeleted ->
+    AbstractGatewaySessionHandler.deregisterSession): the gateway's connection stays, and its
+    next data naming the device creates it anew."""
     fake, app = linked
-    make_gateway(app)
+    gw = make_gateway(app)
     with connected(app) as gateway:
         assert gateway.subscribe(RPC) == [0]
         gateway.send(TELEMETRY, {"Doomed": [{"v": 1}]})
@@ -370,22 +371,53 @@ def test_a_sub_device_the_cloud_deletes_is_dropped_and_created_again_by_its_next
         deliver(fake, device_msg(fake.new_downlink_id(), doomed.id, "Doomed",
                                  kind=edge_pb2.ENTITY_DELETED_RPC_MESSAGE))
         assert device_named(app, "Doomed") is None
-        gateway.publish(TELEMETRY, {"Doomed": [{"v": 2}]}, qos=0)
-        logs.wait_for("QoS 0 publish not committed")
-        wait_until(gateway.disconnected.is_set, timeout=10, what="the connection closed")
-        assert logs.matching("device Doomed no longer exists on the edge")
-    with connected(app) as gateway:
+        left = logs.wait_for("device Doomed disconnected from gateway")
+        assert (left["level"].name, left["message"], left["extra"]["device"],
+                left["extra"]["gateway"], left["extra"]["reason"]) == (
+            "INFO", "device Doomed disconnected from gateway gateway-1: it was deleted by the "
+            "cloud; the gateway's next data or connect for it connects it again",
+            str(doomed.id), str(gw.id), "device_deleted")
+        gateway.send(TELEMETRY, {"Doomed": [{"v": 2}]})
         gateway.send(ATTRIBUTES, {"Doomed": {"fw": "2"}})
-        gateway.send(TELEMETRY, {"Doomed": [{"v": 3}]})
         assert not gateway.disconnected.is_set()
+        assert logs.matching("no longer exists on the edge") == []
     reborn = device_named(app, "Doomed")
     assert reborn is not None and reborn.id != doomed.id
     events = event_log(app)
     assert actions(events, doomed.id) == [Action.ADDED, Action.CREDENTIALS_UPDATED,
                                           Action.TIMESERIES_UPDATED]
     assert actions(events, reborn.id) == [Action.ADDED, Action.CREDENTIALS_UPDATED,
-                                          Action.ATTRIBUTES_UPDATED, Action.TIMESERIES_UPDATED]
-    assert telemetry(events, reborn.id) == [3]
+                                          Action.TIMESERIES_UPDATED, Action.ATTRIBUTES_UPDATED]
+    assert telemetry(events, reborn.id) == [2]
+
+
+def test_a_sub_device_whose_credentials_change_leaves_its_gateway_until_named_again(
+        linked: tuple[FakeCloud, EdgeApp], logs: Logs) -> None:
+    """ThingsBoard closes every session of a device whose credentials change, the gateway's
+    session of it too (AbstractGatewayDeviceSessionContext.onRemoteSessionCloseCommand ->
+    AbstractGatewaySessionHandler.deregisterSession): the device leaves the gateway, whose own
+    connection stays (it authenticated with the gateway's token, not the device's). An RPC
+    request for the device waits until the gateway names it again, then comes."""
+    fake, app = linked
+    make_gateway(app)
+    with connected(app) as gateway:
+        assert gateway.subscribe(RPC) == [0]
+        gateway.send(CONNECT, {"device": "Valve"})
+        valve = device_named(app, "Valve")
+        assert valve is not None and valve.token
+        deliver(fake, credentials_msg(fake.new_downlink_id(), valve.id, "new-valve-token"))
+        left = logs.wait_for("device Valve disconnected from gateway")
+        assert left["extra"]["reason"] == "token_changed"
+        deliver(fake, rpc_downlink(fake, valve, 4, "open", {}))
+        # through the device's entity actor after the request: nothing waited for it there
+        status, _, _ = http(app, "POST", "/api/v1/new-valve-token/telemetry", {"h": 1})
+        assert status == 200
+        assert logs.matching("RPC 4 DELIVERED") == [] and gateway.bodies(RPC) == []
+        gateway.send(TELEMETRY, {"Valve": [{"v": 1}]})  # named again: connected again
+        assert gateway.wait_for(RPC) == {"device": "Valve",
+                                         "data": {"id": 4, "method": "open", "params": {}}}
+        assert not gateway.disconnected.is_set()
+    assert [r.status for r in rpcs(app, valve)] == [RpcStatus.DELIVERED]
 
 
 def test_a_request_claimed_as_its_device_is_disconnected_still_reaches_the_gateway(

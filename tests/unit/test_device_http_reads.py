@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -37,6 +38,10 @@ class ShardDown:
 
     def fetch_shared(self, device_id: uuid.UUID, subscriber: Any, wait_ms: int) -> None:
         self.shard.tell(FetchSharedAttributes(device_id, subscriber, wait_ms))
+
+    def watch_access(self, watcher: Any) -> Callable[[], None]:
+        """No revocation comes here."""
+        return lambda: None
 
 
 def test_a_read_whose_shard_is_down_answers_what_is_known() -> None:

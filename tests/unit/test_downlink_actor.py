@@ -35,7 +35,15 @@ from edge_sync.link.downlink_actor import (
 )
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2, transport_pb2
-from edge_sync.storage.entity_store import EntityStore, TokenCache
+from edge_sync.storage.entity_store import (
+    DEVICE_DELETED,
+    TOKEN_CHANGED,
+    TOKEN_REMOVED,
+    EntityStore,
+    Revocation,
+    Revoked,
+    TokenCache,
+)
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.graph_store import GraphStore
 from edge_sync.storage.records import Device, DeviceProfile, Scope, Tenant
@@ -64,6 +72,8 @@ class Rig:
         self.graph = GraphStore(self.store)
         self.metrics = Metrics()
         self.tokens = TokenCache()
+        self.revoked: list[Revoked] = []  # what the token cache's watchers were told
+        self.tokens.watch(self.revoked.append)
         self.replies: queue.Queue[Any] = queue.Queue()
         self.exits: list[BaseException | None] = []
         self.collector = Collector.start(self.replies)
@@ -1195,6 +1205,34 @@ def queued_rpc(rig: Rig, dev: uuid.UUID, dl_id: int) -> None:
     assert rpc_states(rig, dev) == [(RpcStatus.QUEUED, "")]
 
 
+def test_a_token_changed_or_removed_is_told_to_the_token_cache_watchers_once_committed(
+        rig: Rig) -> None:
+    """What authenticated with a device's token (an MQTT connection, an HTTP long poll) is
+    told, after the commit and before the answer, when a downlink gives the device another
+    token or credentials of another type; a device changed otherwise, credentials sent again
+    unchanged, and a token given to a device that had none tell nothing."""
+    dev = uuid.uuid4()
+    provision(rig, dev, "pump", "tok-pump")
+    rig.revoked.clear()
+    assert rig.apply(credentials_msg(70, dev, "tok-pump")).success  # unchanged
+    assert rig.apply(device_msg(71, dev, "pump-renamed",
+                                kind=edge_pb2.ENTITY_UPDATED_RPC_MESSAGE)).success
+    assert rig.revoked == []
+    assert rig.apply(credentials_msg(72, dev, "tok-pump-2")).success
+    assert rig.revoked == [{dev: Revocation(dev, TOKEN_CHANGED,
+                                            "its access token was changed by the cloud")}]
+    basic = json.dumps({"deviceId": {"entityType": "DEVICE", "id": str(dev)},
+                        "credentialsType": "MQTT_BASIC", "credentialsId": "c0ffee",
+                        "credentialsValue": json.dumps({"userName": "pump"})})
+    assert rig.apply(edge_pb2.DownlinkMsg(downlinkMsgId=73, deviceCredentialsUpdateMsg=[
+        edge_pb2.DeviceCredentialsUpdateMsg(entity=basic)])).success
+    assert rig.revoked[1:] == [{dev: Revocation(
+        dev, TOKEN_REMOVED, "its access token was removed: the cloud gave it MQTT_BASIC "
+        "credentials")}]
+    assert rig.apply(credentials_msg(74, dev, "tok-pump-3")).success  # it had none
+    assert len(rig.revoked) == 2 and rig.by_token("tok-pump-3") is not None
+
+
 def test_a_device_deleted_by_a_downlink_fails_its_open_rpcs_and_tells_its_actor(
         rig: Rig) -> None:
     dev = uuid.uuid4()
@@ -1205,6 +1243,7 @@ def test_a_device_deleted_by_a_downlink_fails_its_open_rpcs_and_tells_its_actor(
     assert rpc_states(rig, dev) == [(RpcStatus.FAILED, "device deleted")]
     assert open_rpcs(rig) == 0  # not loaded at the next start
     assert rig.notified == [EntityDeleted(dev)]
+    assert rig.revoked[-1] == {dev: Revocation(dev, DEVICE_DELETED, "it was deleted by the cloud")}
 
 
 def test_a_device_removed_with_its_profile_fails_its_open_rpcs_and_tells_its_actor(
@@ -1219,6 +1258,7 @@ def test_a_device_removed_with_its_profile_fails_its_open_rpcs_and_tells_its_act
     assert rpc_states(rig, dev) == [(RpcStatus.FAILED, "device deleted")]
     assert open_rpcs(rig) == 0
     assert rig.notified == [EntityDeleted(dev)]
+    assert rig.revoked[-1] == {dev: Revocation(dev, DEVICE_DELETED, "it was deleted by the cloud")}
 
 
 def test_a_device_a_full_sync_no_longer_sends_fails_its_open_rpcs_and_tells_its_actor(
@@ -1234,6 +1274,8 @@ def test_a_device_a_full_sync_no_longer_sends_fails_its_open_rpcs_and_tells_its_
     assert rpc_states(rig, dev) == [(RpcStatus.FAILED, "device deleted")]
     assert open_rpcs(rig) == 0
     assert rig.notified == [EntityDeleted(dev)]
+    assert rig.revoked[-1] == {dev: Revocation(
+        dev, DEVICE_DELETED, "it was removed after full sync: no longer assigned to this edge")}
 
 
 def test_a_restart_mid_sync_clears_its_marks_so_held_entities_are_released_again(

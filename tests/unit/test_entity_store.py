@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from edge_sync.storage.entity_store import Conflict, EntityStore
+from edge_sync.storage.entity_store import (
+    DEVICE_DELETED,
+    TOKEN_CHANGED,
+    Conflict,
+    EntityStore,
+    Revocation,
+    Revoked,
+    TokenCache,
+)
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Device, DeviceProfile, Scope, Tenant
 
@@ -347,3 +355,32 @@ def test_aborted_transaction_writes_nothing(store: LmdbStore, ents: EntityStore)
         store.write(fn)
     assert index_sizes(store) == (0, 0, 0)
     assert read(store, lambda txn: ents.downlink_applied(txn, b"dl-9")) is False
+
+
+def test_the_token_cache_tells_its_watchers_what_a_commit_revoked() -> None:
+    """invalidate() forgets every token first, then tells each watcher the revocations of the
+    commit by device (a later one for the same device wins); an invalidation without any tells
+    nothing; a watcher that fails does not keep the others from hearing; unwatch stops it."""
+    cache = TokenCache()
+    cache.put("tok-1", D1, generation=cache.generation)
+    heard: list[tuple[str, Revoked, Device | None]] = []
+
+    def broken(_revoked: Revoked) -> None:
+        raise RuntimeError("a watcher's bug")
+
+    cache.watch(broken)
+    unwatch = cache.watch(lambda r: heard.append(("first", r, cache.get("tok-1"))))
+    cache.watch(lambda r: heard.append(("second", r, None)))
+    cache.invalidate()
+    assert heard == []
+    changed = Revocation(D1.id, TOKEN_CHANGED, "its access token was changed by the cloud")
+    deleted = Revocation(D1.id, DEVICE_DELETED, "it was deleted by the cloud")
+    other = Revocation(D2.id, DEVICE_DELETED, "it was deleted on the edge")
+    assert (changed.deleted, deleted.deleted) == (False, True)
+    cache.put("tok-1", D1, generation=cache.generation)
+    cache.invalidate([changed, other, deleted])
+    told = {D1.id: deleted, D2.id: other}
+    assert heard == [("first", told, None), ("second", told, None)]  # the cache forgot first
+    unwatch()
+    cache.invalidate([changed])
+    assert heard[2:] == [("second", {D1.id: changed}, None)]

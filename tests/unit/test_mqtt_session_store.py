@@ -2,7 +2,8 @@
 session a connecting client gets (kept or new, clean discarding), the cap and the expiry of
 kept sessions, packet ids of the outbox, the QoS an outgoing topic is published at, and the
 registry closing an older connection of the same device and client id before the newer one
-takes the session; each kept session the registry drops (beyond mqtt.max_sessions, expired, an
+takes the session, and telling a revocation to the connections authenticated as the device and
+to every gateway; each kept session the registry drops (beyond mqtt.max_sessions, expired, an
 older connection that did not end in time) logged and counted by reason."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from edge_sync.metrics import Metrics
 from edge_sync.mqtt.registry import SessionRegistry
 from edge_sync.mqtt.sessions import MAX_PACKET_ID, Outbox, Session, SessionStore
 from edge_sync.mqtt.topics import matches
+from edge_sync.storage.entity_store import TOKEN_CHANGED, Revocation, Revoked
 from tests.helpers.mqtt_gateway import Logs
 
 DEV = uuid.UUID(int=1)
@@ -191,16 +193,26 @@ def test_a_cap_of_zero_keeps_nothing() -> None:
 
 
 class FakeHolder:
-    def __init__(self, peer: str) -> None:
+    def __init__(self, peer: str, *, still_valid: bool = False) -> None:
         self.peer = peer
         self.taken_over = False
         self.ended = asyncio.Event()
+        self.still_valid = still_valid  # its token still names its device
+        self.revoked: list[Revocation] = []
+        self.told: list[Revoked] = []  # as a gateway
 
     def take_over(self) -> None:
         self.taken_over = True
 
     async def finished(self) -> None:
         await self.ended.wait()
+
+    def revoke(self, revocation: Revocation) -> bool:
+        self.revoked.append(revocation)
+        return not self.still_valid
+
+    def forget_devices(self, revoked: Revoked) -> None:
+        self.told.append(revoked)
 
 
 def test_registry_closes_the_older_connection_before_the_newer_takes_the_session() -> None:
@@ -247,6 +259,35 @@ def test_registry_keeps_no_clean_session() -> None:
         assert len(registry.store) == 0 and len(registry) == 0
 
     asyncio.run(scenario())
+
+
+def test_registry_tells_a_revocation_to_its_devices_connections_and_every_gateway() -> None:
+    """From its authentication to its end (enter / leave, whether it ever attached), each
+    connection of a revoked device is told, and closes unless its token still names the
+    device; the connections of other devices are not told; every gateway is told, to forget
+    the devices it serves among them."""
+    registry = SessionRegistry(store(), takeover_timeout_s=1.0)
+    other = uuid.UUID(int=99)
+    old, renewed = FakeHolder("a:1"), FakeHolder("b:2", still_valid=True)
+    bystander = FakeHolder("c:3")
+    gateway, gone = FakeHolder("g:4"), FakeHolder("d:5")
+    registry.enter(DEV, old, gateway=False)
+    registry.enter(DEV, renewed, gateway=False)
+    registry.enter(other, bystander, gateway=False)
+    registry.enter(other, gateway, gateway=True)
+    registry.enter(DEV, gone, gateway=True)
+    registry.leave(DEV, gone)  # ended: told nothing
+    revocation = Revocation(DEV, TOKEN_CHANGED, "its access token was changed by the cloud")
+    assert registry.revoke({DEV: revocation}) == 1  # renewed stays
+    assert (old.revoked, renewed.revoked, bystander.revoked, gateway.revoked) == (
+        [revocation], [revocation], [], [])
+    assert (gateway.told, gone.told, gone.revoked) == ([{DEV: revocation}], [], [])
+    for holder in (old, renewed):
+        registry.leave(DEV, holder)
+    registry.leave(other, bystander)
+    registry.leave(other, gateway)
+    assert registry.revoke({DEV: revocation, other: revocation}) == 0
+    assert len(old.revoked) == 1 and len(gateway.told) == 1
 
 
 # -- dropped sessions: logged and counted --------------------------------------------------------
