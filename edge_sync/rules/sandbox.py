@@ -99,9 +99,12 @@ _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\.\?"), "null-safe navigation (.?)"),
     (re.compile(r"\bwith\s*\("), "with blocks"),
     (re.compile(r"\.\s*(?:size|isEmpty|containsKey|containsValue|keySet|entrySet|values|put|putAll|"
-                r"get|getOrDefault|add|addAll|remove|clear|equals|equalsIgnoreCase|contains)\s*\("),
+                r"get|getOrDefault|add|addAll|clear|equals|equalsIgnoreCase|contains)\s*\("),
      "Java collection/string methods (size, get, put, containsKey, equals, ...)"),
 )
+# ``x.remove(k)``: called through a symbol-keyed method every object inherits (_TBEL_RUNTIME),
+# so a data key named "remove" neither shadows it nor is shadowed by it
+_TBEL_REMOVE = re.compile(r"\.\s*remove\s*\(")
 _TBEL_DEF = re.compile(r"\bdef\s+([A-Za-z_$][\w$]*)\s*\(")
 _TBEL_DEF_VAR = re.compile(r"\bdef\s+(?=[A-Za-z_$])")
 
@@ -142,7 +145,8 @@ def tbel_to_js(source: str) -> str:
     Supported: expressions (arithmetic, comparison, logic, ternary, string concatenation), ``var``
     declarations, ``def name(args) { ... }`` functions (and ``def x = ...`` as ``var``), if/else,
     while and C-style for loops, return, map literals ``{"k": v}`` and list literals ``[a, b]``,
-    field access ``msg.k`` / ``msg["k"]``. Line numbers are kept.
+    field access ``msg.k`` / ``msg["k"]``, and ``x.remove(k)`` on a map or a list (as
+    ``java.util.Map.remove`` / ``List.remove``: see ``_TBEL_RUNTIME``). Line numbers are kept.
     """
     parts = []
     offset = 0
@@ -158,8 +162,69 @@ def tbel_to_js(source: str) -> str:
                         f"{found.group(0).strip()!r}); see docs/rules-scripts.md")
             text = _TBEL_DEF.sub(r"function \1(", text)
             text = _TBEL_DEF_VAR.sub("var ", text)
+            text = _TBEL_REMOVE.sub(_remove_call, text)
         parts.append(text)
     return "".join(parts)
+
+
+def _remove_call(found: re.Match[str]) -> str:
+    """``.remove(`` as a call of the runtime's method, the line breaks it spanned kept."""
+    return "[__tbelRemove](" + "\n" * found.group(0).count("\n")
+
+
+# TBEL's ``x.remove(k)`` (the tbel library's ExecutionHashMap.remove / ExecutionArrayList.remove,
+# java.util semantics): on a map, removes the key and returns its value, null when absent; on a
+# list, an integral number is an index (List.remove(int): the element, an index out of range
+# throws), anything else a value (List.remove(Object): the first element equal to it, as
+# java.util's equals compares maps and lists, removed; true, or false when none); on anything
+# else a TypeError. A method keyed by a symbol that every object inherits, not enumerable: no
+# data key can collide with it and JSON never sees it. One line: it goes on the prologue's.
+_TBEL_RUNTIME = " ".join(line.strip() for line in """
+var __tbelRemove = Symbol("remove");
+(function () {
+  var own = Object.prototype.hasOwnProperty;
+  function same(a, b) {
+    if (a === b) { return true; }
+    if (a === null || b === null || typeof a !== "object" || typeof b !== "object") { return false; }
+    var list = Array.isArray(a), i;
+    if (list !== Array.isArray(b)) { return false; }
+    if (list) {
+      if (a.length !== b.length) { return false; }
+      for (i = 0; i < a.length; i++) { if (!same(a[i], b[i])) { return false; } }
+      return true;
+    }
+    var keys = Object.keys(a);
+    if (keys.length !== Object.keys(b).length) { return false; }
+    for (i = 0; i < keys.length; i++) {
+      if (!own.call(b, keys[i]) || !same(a[keys[i]], b[keys[i]])) { return false; }
+    }
+    return true;
+  }
+  Object.defineProperty(Object.prototype, __tbelRemove, {configurable: true, writable: true,
+      enumerable: false, value: function (key) {
+    "use strict";
+    if (Array.isArray(this)) {
+      if (typeof key === "number" && key % 1 === 0) {
+        if (key < 0 || key >= this.length) {
+          throw new RangeError("remove(" + key + "): index out of bounds for length " + this.length);
+        }
+        return this.splice(key, 1)[0];
+      }
+      for (var i = 0; i < this.length; i++) {
+        if (same(this[i], key)) { this.splice(i, 1); return true; }
+      }
+      return false;
+    }
+    if (this === null || typeof this !== "object") {
+      throw new TypeError("remove(): " + typeof this + " is not a map or a list");
+    }
+    if (!own.call(this, key)) { return null; }
+    var value = this[key];
+    delete this[key];
+    return value;
+  }});
+})();
+""".strip().splitlines())
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -170,6 +235,7 @@ _PROLOGUE = (
     "__stringify = JSON.stringify; "
     "function __script(msg, metadata, msgType) {\n"
 )
+_PROLOGUE_TBEL = _PROLOGUE.replace("function __script", _TBEL_RUNTIME + " function __script")
 _POSITION = re.compile(r"<input>:(\d+)(?::(\d+))?")
 
 
@@ -257,7 +323,7 @@ class ScriptEngine:
         self.limits = limits or ScriptLimits()
         body = tbel_to_js(script) if lang == "TBEL" else script
         self._body_lines = body.count("\n") + 1
-        self._source = _PROLOGUE + body + _EPILOGUE
+        self._source = (_PROLOGUE_TBEL if lang == "TBEL" else _PROLOGUE) + body + _EPILOGUE
         self._lock = threading.Lock()
         self._context: Any = None
         self._run: Any = None

@@ -156,6 +156,56 @@ def test_tbel_keeps_def_inside_strings_and_comments() -> None:
         "// def f(x) foreach\nvar s = 'def g( new List'; /* .size() */ function h(a) { return a; }")
 
 
+def test_tbel_map_remove_returns_the_removed_value_as_java_util_map_does() -> None:
+    """ExecutionHashMap.remove (java.util.Map.remove): the key's value, null when absent."""
+    engine = ScriptEngine("var had = metadata.remove('a');\n"
+                          "var none = metadata.remove('missing');\n"
+                          "var nested = msg.inner.remove('x');\n"
+                          "return [had, none, nested, metadata, msg];", "TBEL")
+    assert engine.call({"inner": {"x": [1], "y": 2}, "remove": "a data key"},
+                       {"a": "1", "b": "2"}, TELEMETRY) == [
+        "1", None, [1], {"b": "2"}, {"inner": {"y": 2}, "remove": "a data key"}]
+
+
+def test_tbel_list_remove_by_index_or_by_value_as_java_util_list_does() -> None:
+    """ExecutionArrayList: remove(int) takes the element at the index out and returns it (out
+    of range throws); remove(Object) takes the first equal element (maps and lists equal by
+    content) out and returns true, or false when none is."""
+    engine = ScriptEngine("var l = msg.list;\n"
+                          "var first = l.remove(0);\n"
+                          "var map = l.remove({k: [1, 2]});\n"
+                          "var text = l.remove('b');\n"
+                          "var absent = l.remove('zzz');\n"
+                          "return [first, map, text, absent, l];", "TBEL")
+    assert engine.call({"list": ["a", "b", {"k": [1, 2]}, 3, "b"]}, {}, TELEMETRY) == [
+        "a", True, True, False, [3, "b"]]
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("return msg.list.remove(2);", "TBEL").call({"list": [1]}, {}, TELEMETRY)
+    assert str(caught.value).splitlines()[0] == (
+        "RangeError: remove(2): index out of bounds for length 1")
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("return msg.s.remove(0);", "TBEL").call({"s": "text"}, {}, TELEMETRY)
+    assert str(caught.value).splitlines()[0] == (
+        "TypeError: remove(): string is not a map or a list")
+
+
+def test_tbel_remove_keeps_the_scripts_line_numbers() -> None:
+    assert tbel_to_js("var x = metadata\n  .\n  remove ('a'); // .remove(\nreturn x;") == (
+        "var x = metadata\n  [__tbelRemove](\n'a'); // .remove(\nreturn x;")
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("var x = metadata\n  .\n  remove ('a');\nreturn nope;", "TBEL").call(
+            {}, {"a": "1"}, TELEMETRY)
+    assert str(caught.value).splitlines()[:2] == [
+        "ReferenceError: nope is not defined", "    at __script (script:4:8)"]
+
+
+def test_js_scripts_get_no_remove_method() -> None:
+    """``remove`` is TBEL's: a JS script calling it on a map fails, as in ThingsBoard's JS."""
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("return metadata.remove('a');").call({}, {"a": "1"}, TELEMETRY)
+    assert str(caught.value).splitlines()[0] == "TypeError: not a function"
+
+
 @pytest.mark.parametrize(("script", "message"), [
     ("foreach (x : msg.list) { }\nreturn true;", "TBEL: foreach loops is not in the supported subset "
      "(line 1: 'foreach'); see docs/rules-scripts.md"),
