@@ -51,7 +51,7 @@ from edge_sync.rules.message import (
     RuleMsg,
 )
 from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits, TransformResult
-from edge_sync.rules.validate import validate
+from edge_sync.rules.validate import check
 from edge_sync.validators import INT64_MAX, INT64_MIN
 
 SUCCESS, FAILURE, TRUE, FALSE = "Success", "Failure", "True", "False"
@@ -234,7 +234,7 @@ class RuleEngine:
     def __init__(self, chain: RuleChain, meta: RuleChainMetaData, *, clock: Callable[[], int],
                  limits: ScriptLimits | None = None, max_steps: int = DEFAULT_MAX_STEPS,
                  new_id: Callable[[], str] = _new_uuid) -> None:
-        problems = validate(chain, meta)
+        problems, scripts = check(chain, meta, limits)
         if problems:
             raise ValueError("the chain cannot be run: " + "; ".join(map(str, problems)))
         self.chain = chain
@@ -263,12 +263,9 @@ class RuleEngine:
                               for node in meta.nodes if node.type == n.CHECK_MESSAGE}
         self._keys = [self._key_of(node) for node in meta.nodes]
         self._index_of = {key: i for i, key in enumerate(self._keys)}
-        self._scripts: dict[int, ScriptEngine | str] = {}
-        for node in meta.nodes:
-            field = {n.CREATE_ALARM: "alarmDetailsBuild", n.CLEAR_ALARM: "alarmDetailsBuild"}.get(
-                node.type)
-            if node.type in (n.JS_FILTER, n.JS_SWITCH, n.TRANSFORM, n.LOG) or field:
-                self._scripts[node.index] = self._compile(node, field, limits)
+        self._scripts = scripts
+        """Each script node's script, compiled by validation (a script the sandbox refuses
+        refuses the chain): once per engine, never per message."""
 
     @staticmethod
     def _key_of(node: RuleNode) -> str:
@@ -281,21 +278,6 @@ class RuleEngine:
     def node_index(self, key: str) -> int | None:
         """The index of the node of that key in this chain; None when it is not in it."""
         return self._index_of.get(key)
-
-    @staticmethod
-    def _compile(node: RuleNode, alarm_field: str | None,
-                 limits: ScriptLimits | None) -> ScriptEngine | str:
-        """The node's compiled script, or the compile error's text (reported per message)."""
-        config = dict(node.configuration)
-        if alarm_field:
-            lang = str(config.get("scriptLang") or "JS").upper()
-            config = {"scriptLang": lang,
-                      "jsScript": config.get(alarm_field + "Js"),
-                      "tbelScript": config.get(alarm_field + "Tbel")}
-        try:
-            return ScriptEngine.from_config(config, limits)
-        except (ScriptError, ValueError) as exc:
-            return f"{type(exc).__name__}: {exc}"
 
     def run(self, msg: RuleMsg, alarms: Alarms | None = None) -> list[Outcome]:
         """The outcomes of one message from the first node, in the order the chain produced
@@ -469,7 +451,7 @@ class RuleEngine:
         node = self.meta.nodes[index]
         out: list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]] = []
         script = self._scripts.get(index)
-        if isinstance(script, ScriptEngine):
+        if script is not None:
             tokens.sort(key=_ORDER)
             args = [(msg.data, msg.metadata_dict(), msg.type) for _, _, msg in tokens]
             values: Sequence[Any]
@@ -535,10 +517,7 @@ class RuleEngine:
         return out
 
     def _script(self, node: RuleNode) -> ScriptEngine:
-        script = self._scripts[node.index]
-        if isinstance(script, str):
-            raise NodeFailure(script)
-        return script
+        return self._scripts[node.index]
 
     def _process(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                  ) -> list[tuple[str, RuleMsg]]:

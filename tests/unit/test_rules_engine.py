@@ -285,6 +285,16 @@ def test_invalid_chain_is_refused() -> None:
         chain([SAVE_TS], [(0, 0, "Success")])
 
 
+def test_a_chain_with_a_script_the_sandbox_refuses_is_not_run() -> None:
+    """Refused when the engine is built (the script compiled once), not failed per message."""
+    with pytest.raises(ValueError) as caught:
+        chain([(n.JS_FILTER, "Bad", {"jsScript": "return (;"}), SAVE_TS], [(0, 1, "True")])
+    assert str(caught.value) == (
+        "the chain cannot be run: metadata.nodes[0].configuration.jsScript: nodes[0] 'Bad': "
+        "the JS script is refused: ScriptSyntaxError: SyntaxError: unexpected token in "
+        "expression: ';' at script:1:9")
+
+
 @pytest.mark.parametrize(("meta_ts", "ts"), [
     ("1234", 1234), ("+1234", 1234), ("9223372036854775807", 2**63 - 1),
     ("9223372036854775808", 1000), ("²", 1000), ("١٢", 1000), ("9" * 5000, 1000), ("", 1000),
