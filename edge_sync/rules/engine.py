@@ -499,21 +499,15 @@ class RuleEngine:
                      values: Sequence[list[TransformResult] | ScriptError]
                      ) -> list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]]:
         """A transform node's batch (``_visit_many``): each token's messages out by Success, or
-        its failure. A result without metadata takes the incoming one (the very dict given to
-        the script, ThingsBoard's rule), and so does one whose metadata came back as it went,
-        the same keys in the same order with the same text (``return {msg, metadata, msgType}``
-        without touching it): the message's own is kept, unconverted."""
+        its failure (``_transformed_msg``)."""
         where = self._where[index]
         out: list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]] = []
         for (_, _, msg), (_, given, _), value in zip(tokens, args, values, strict=True):
             if isinstance(value, ScriptError):
                 out.append(([Failed(where, _error_text(value))], [(FAILURE, msg)]))
                 continue
-            out.append((_NO_OUTCOMES, [
-                (SUCCESS, msg.with_changes(type=r.msg_type, data=r.msg,
-                                           metadata=None if _as_given(r.metadata, given)
-                                           else r.metadata))
-                for r in value]))
+            out.append((_NO_OUTCOMES, [(SUCCESS, _transformed_msg(msg, r, given))
+                                       for r in value]))
         return out
 
     def _script(self, node: RuleNode) -> ScriptEngine:
@@ -551,9 +545,10 @@ class RuleEngine:
                     ) -> list[tuple[str, RuleMsg]]:
         script, kind = self._script(node), node.type
         args = (msg.data, msg.metadata_dict(), msg.type)
+        if kind == n.TRANSFORM:
+            return [(SUCCESS, _transformed_msg(msg, r, args[1])) for r in script.transform(*args)]
         value = (script.filter(*args) if kind == n.JS_FILTER
                  else script.switch(*args) if kind == n.JS_SWITCH
-                 else script.transform(*args) if kind == n.TRANSFORM
                  else script.call(*args))
         return self._route_script(node, msg, value, out)
 
@@ -607,16 +602,13 @@ class RuleEngine:
 
     def _route_script(self, node: RuleNode, msg: RuleMsg, value: Any, out: list[Outcome]
                       ) -> list[tuple[str, RuleMsg]]:
-        """What a script node (filter, switch, transform, log) does with its script's value
-        (already shape-checked): its outcomes, and the (relation, message) to follow."""
+        """What a filter, switch or log node does with its script's value (already
+        shape-checked): its outcomes, and the (relation, message) to follow."""
         kind = node.type
         if kind == n.JS_FILTER:
             return [(TRUE if value else FALSE, msg)]
         if kind == n.JS_SWITCH:
             return [(name, msg) for name in value]
-        if kind == n.TRANSFORM:
-            return [(SUCCESS, msg.with_changes(type=r.msg_type, data=r.msg, metadata=r.metadata))
-                    for r in value]
         out.append(Log(self._where[node.index],
                        value if isinstance(value, str) else json.dumps(value)))
         return [(SUCCESS, msg)]
@@ -691,11 +683,12 @@ _NO_OUTCOMES: list[Outcome] = []
 """A visit with no outcome (shared: never appended to)."""
 
 
-def _as_given(metadata: dict[str, Any], given: dict[str, str]) -> bool:
-    """Whether a transform's metadata is the one it was given: the very dict, or its items in
-    the same order (a value equal to a given text is that text; JavaScript puts index-like keys
-    first, which the order check sees)."""
-    return metadata is given or (metadata == given and list(metadata) == list(given))
+def _transformed_msg(msg: RuleMsg, result: TransformResult, given: dict[str, str]) -> RuleMsg:
+    """One message out of a transform node. The sandbox has made its metadata text, or given
+    back ``given`` itself (the dict the script was given) when the script left it out or
+    returned it unchanged: then the message's own metadata is kept as it is."""
+    return RuleMsg.of_text(result.msg_type, msg.originator, result.msg,
+                           msg.metadata if result.metadata is given else result.metadata, msg.ts)
 
 
 def count_visits(outcomes: list[Outcome], visits: dict[str, int]) -> list[Outcome]:

@@ -50,6 +50,84 @@ def test_transform_may_return_several_messages_and_keep_the_incoming_type() -> N
         TransformResult({"a": 1}, META, TELEMETRY), TransformResult({"b": 2}, {"x": "1"}, TELEMETRY)]
 
 
+@pytest.mark.parametrize("lang", ["JS", "TBEL"])
+def test_a_transform_result_may_leave_out_msg_metadata_and_msg_type(lang: str) -> None:
+    """ThingsBoard's unbindMsg: a missing msg keeps the incoming data, a missing metadata the
+    incoming metadata, a missing or empty msgType the incoming type."""
+    data = {"temperature": 21}
+    assert ScriptEngine("return {msgType: 'POST_ATTRIBUTES_REQUEST'};", lang).transform(
+        data, META, TELEMETRY) == [TransformResult(data, META, "POST_ATTRIBUTES_REQUEST")]
+    assert ScriptEngine("return {metadata: {a: 'b'}, msgType: ''};", lang).transform(
+        data, META, TELEMETRY) == [TransformResult(data, {"a": "b"}, TELEMETRY)]
+    assert ScriptEngine("return {};", lang).transform(data, META, TELEMETRY) == [
+        TransformResult(data, META, TELEMETRY)]
+    assert ScriptEngine("return {msg: 1, metadata: null};", lang).transform(
+        data, META, TELEMETRY) == [TransformResult(1, META, TELEMETRY)]
+
+
+@pytest.mark.parametrize("lang", ["JS", "TBEL"])
+def test_a_transform_returning_an_empty_array_is_an_error(lang: str) -> None:
+    """TbAbstractTransformNode.transformSuccess sends the message by Failure: no message must
+    not vanish without a trace."""
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("return [];", lang).transform({}, META, TELEMETRY)
+    assert str(caught.value) == ("a transform script returned an empty array: no message "
+                                 "(ThingsBoard sends the incoming message by Failure)")
+
+
+@pytest.mark.parametrize("lang", ["JS", "TBEL"])
+def test_transform_metadata_values_become_text_as_thingsboard_makes_them(lang: str) -> None:
+    """JS: Jackson's conversion to Map<String, String> (booleans and numbers as text, a number
+    as Java writes a double); a null value leaves the key out (TbMsgMetaData.putValue). TBEL:
+    toString of each value, nulls filtered out. The same for scalars."""
+    engine = ScriptEngine(
+        "return {msg: msg, metadata: {flag: true, off: false, n: 12, big: 12345678901234567890,"
+        " f: 2.5, g: 12345678.9, tiny: 0.0001, z: null, s: 'text'}};", lang)
+    assert engine.transform({}, META, TELEMETRY) == [TransformResult({}, {
+        "flag": "true", "off": "false", "n": "12", "big": "12345678901234567000", "f": "2.5",
+        "g": "1.23456789E7", "tiny": "1.0E-4", "s": "text"}, TELEMETRY)]
+
+
+def test_transform_object_metadata_values_fail_in_js_and_are_java_text_in_tbel() -> None:
+    script = "return {msg: msg, metadata: {o: {a: 1, b: null, c: [1, 'x', null]}}};"
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine(script).transform({}, META, TELEMETRY)
+    assert str(caught.value) == (
+        "a transform's metadata.o is an object: metadata values are text, numbers or booleans "
+        "(ThingsBoard cannot make it a String)")
+    assert ScriptEngine(script, "TBEL").transform({}, META, TELEMETRY) == [
+        TransformResult({}, {"o": "{a=1, c=[1, x, null]}"}, TELEMETRY)]
+
+
+def test_transform_results_where_js_and_tbel_differ_in_thingsboard() -> None:
+    """RuleNodeJsScriptEngine.unbindMsg reads Jackson nodes: a null msg is the data null, a
+    msgType as asText() (null "null", 7 "7", an object "": the old type), an array item that is
+    not an object has none of the keys (a copy of the incoming message). The TBEL engine reads
+    Java maps, where a key put to null is absent, and refuses an item that is not a map."""
+    data = {"v": 1}
+    js = ScriptEngine("if (msg.v === 1) { return {msg: null, msgType: null}; }\n"
+                      "if (msg.v === 2) { return {msg: 2, msgType: 7}; }\n"
+                      "if (msg.v === 3) { return {msg: 3, msgType: {a: 1}}; }\n"
+                      "return [5, {msg: 4}];")
+    tbel = ScriptEngine("if (msg.v == 1) { return {msg: null, msgType: null}; }\n"
+                        "if (msg.v == 2) { return {msg: 2, msgType: 7}; }\n"
+                        "return [5, {msg: 4}];", "TBEL")
+    assert [js.transform({"v": v}, META, TELEMETRY) for v in (1, 2, 3, 4)] == [
+        [TransformResult(None, META, "null")], [TransformResult(2, META, "7")],
+        [TransformResult(3, META, TELEMETRY)],
+        [TransformResult({"v": 4}, META, TELEMETRY), TransformResult(4, META, TELEMETRY)]]
+    assert [tbel.transform({"v": v}, META, TELEMETRY) for v in (1, 2)] == [
+        [TransformResult(data, META, TELEMETRY)], [TransformResult(2, META, "7")]]
+    with pytest.raises(ScriptRuntimeError) as caught:
+        tbel.transform({"v": 4}, META, TELEMETRY)
+    assert str(caught.value) == ("a transform script must return {msg, metadata, msgType} or "
+                                 "an array of them, not 5 in an array")
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("return {msg: 1, metadata: 'x'};").transform({}, META, TELEMETRY)
+    assert str(caught.value) == ("a transform's metadata must be an object, not 'x' "
+                                 "(ThingsBoard cannot make it a Map<String, String>)")
+
+
 def test_switch_returns_relation_names() -> None:
     engine = ScriptEngine(
         "if (msgType === 'POST_TELEMETRY_REQUEST') {\n"
