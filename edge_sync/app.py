@@ -147,7 +147,7 @@ class EdgeApp:
         self.service = DeviceService(self.store, self.router, tokens=self.tokens, clock=clock,
                                      metrics=self.metrics)
         # the rule chain in force: rules.file, else the cloud's root chain, else none
-        self.rules = RulesRuntime()
+        self.rules = RulesRuntime(self._script_limits())
         self.rule_counters = RuleCounters(self.rules, self.metrics)
         self.chain_source = ChainSource(self.rules, self.store, cfg.rules.file, clock=clock)
         self.chain_source.load()
@@ -228,12 +228,17 @@ class EdgeApp:
 
     def _shard_rules(self, index: int) -> ShardRules:
         """A shard's own view of the chain in force (made per shard incarnation)."""
-        clock, rules = self.clock, self.cfg.rules
-        limits = ScriptLimits(time_limit_s=rules.script_timeout_ms / 1000,
-                              memory_limit_bytes=rules.script_memory_mb * 1024 * 1024)
+        clock = self.clock
         return ShardRules(self.rule_counters, self.store, now_ms=clock.now_ms,
-                          new_id=lambda: str(ids.time_based(clock.now_ms())), limits=limits,
-                          shard=index)
+                          new_id=lambda: str(ids.time_based(clock.now_ms())),
+                          limits=self._script_limits(), shard=index)
+
+    def _script_limits(self) -> ScriptLimits:
+        """``rules.script_timeout_ms`` and ``rules.script_memory_mb``: what rule scripts run
+        (and are compiled at validation) under."""
+        rules = self.cfg.rules
+        return ScriptLimits(time_limit_s=rules.script_timeout_ms / 1000,
+                            memory_limit_bytes=rules.script_memory_mb * 1024 * 1024)
 
     def _request_sync(self, full: bool, reason: str) -> None:
         """The admin API's ``POST /api/sync``: the link asks the cloud for a sync."""

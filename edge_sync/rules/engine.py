@@ -59,7 +59,7 @@ from edge_sync.rules.message import (
 )
 from edge_sync.rules.patterns import process_pattern
 from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits, TransformResult
-from edge_sync.rules.validate import validate
+from edge_sync.rules.validate import check
 from edge_sync.validators import INT64_MAX, INT64_MIN
 
 SUCCESS, FAILURE, TRUE, FALSE = "Success", "Failure", "True", "False"
@@ -367,7 +367,7 @@ class RuleEngine:
     def __init__(self, chain: RuleChain, meta: RuleChainMetaData, *, clock: Callable[[], int],
                  limits: ScriptLimits | None = None, max_steps: int = DEFAULT_MAX_STEPS,
                  new_id: Callable[[], str] = _new_uuid) -> None:
-        problems = validate(chain, meta)
+        problems, scripts = check(chain, meta, limits)
         if problems:
             raise ValueError("the chain cannot be run: " + "; ".join(map(str, problems)))
         self.chain = chain
@@ -402,12 +402,9 @@ class RuleEngine:
         ``run_many`` runs them in ``run``'s order."""
         self._keys = [self._key_of(node) for node in meta.nodes]
         self._index_of = {key: i for i, key in enumerate(self._keys)}
-        self._scripts: dict[int, ScriptEngine | str] = {}
-        for node in meta.nodes:
-            field = {n.CREATE_ALARM: "alarmDetailsBuild", n.CLEAR_ALARM: "alarmDetailsBuild"}.get(
-                node.type)
-            if node.type in (n.JS_FILTER, n.JS_SWITCH, n.TRANSFORM, n.LOG) or field:
-                self._scripts[node.index] = self._compile(node, field, limits)
+        self._scripts = scripts
+        """Each script node's script, compiled by validation (a script the sandbox refuses
+        refuses the chain): once per engine, never per message."""
 
     @staticmethod
     def _key_of(node: RuleNode) -> str:
@@ -420,21 +417,6 @@ class RuleEngine:
     def node_index(self, key: str) -> int | None:
         """The index of the node of that key in this chain; None when it is not in it."""
         return self._index_of.get(key)
-
-    @staticmethod
-    def _compile(node: RuleNode, alarm_field: str | None,
-                 limits: ScriptLimits | None) -> ScriptEngine | str:
-        """The node's compiled script, or the compile error's text (reported per message)."""
-        config = dict(node.configuration)
-        if alarm_field:
-            lang = str(config.get("scriptLang") or "JS").upper()
-            config = {"scriptLang": lang,
-                      "jsScript": config.get(alarm_field + "Js"),
-                      "tbelScript": config.get(alarm_field + "Tbel")}
-        try:
-            return ScriptEngine.from_config(config, limits)
-        except (ScriptError, ValueError) as exc:
-            return f"{type(exc).__name__}: {exc}"
 
     def run(self, msg: RuleMsg, alarms: Alarms | None = None) -> list[Outcome]:
         """The outcomes of one message from the first node, in the order the chain produced
@@ -608,7 +590,7 @@ class RuleEngine:
         node = self.meta.nodes[index]
         out: list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]] = []
         script = self._scripts.get(index)
-        if isinstance(script, ScriptEngine):
+        if script is not None:
             tokens.sort(key=_ORDER)
             args = [(msg.data, msg.metadata_dict(), msg.type) for _, _, msg in tokens]
             values: Sequence[Any]
@@ -658,28 +640,19 @@ class RuleEngine:
                      values: Sequence[list[TransformResult] | ScriptError]
                      ) -> list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]]:
         """A transform node's batch (``_visit_many``): each token's messages out by Success, or
-        its failure. A result without metadata takes the incoming one (the very dict given to
-        the script, ThingsBoard's rule), and so does one whose metadata came back as it went,
-        the same keys in the same order with the same text (``return {msg, metadata, msgType}``
-        without touching it): the message's own is kept, unconverted."""
+        its failure (``_transformed_msg``)."""
         where = self._where[index]
         out: list[tuple[list[Outcome], list[tuple[str, RuleMsg]]]] = []
         for (_, _, msg), (_, given, _), value in zip(tokens, args, values, strict=True):
             if isinstance(value, ScriptError):
                 out.append(([Failed(where, _error_text(value))], [(FAILURE, msg)]))
                 continue
-            out.append((_NO_OUTCOMES, [
-                (SUCCESS, msg.with_changes(type=r.msg_type, data=r.msg,
-                                           metadata=None if _as_given(r.metadata, given)
-                                           else r.metadata))
-                for r in value]))
+            out.append((_NO_OUTCOMES, [(SUCCESS, _transformed_msg(msg, r, given))
+                                       for r in value]))
         return out
 
     def _script(self, node: RuleNode) -> ScriptEngine:
-        script = self._scripts[node.index]
-        if isinstance(script, str):
-            raise NodeFailure(script)
-        return script
+        return self._scripts[node.index]
 
     def _process(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                  ) -> list[tuple[str, RuleMsg]]:
@@ -713,9 +686,10 @@ class RuleEngine:
                     ) -> list[tuple[str, RuleMsg]]:
         script, kind = self._script(node), node.type
         args = (msg.data, msg.metadata_dict(), msg.type)
+        if kind == n.TRANSFORM:
+            return [(SUCCESS, _transformed_msg(msg, r, args[1])) for r in script.transform(*args)]
         value = (script.filter(*args) if kind == n.JS_FILTER
                  else script.switch(*args) if kind == n.JS_SWITCH
-                 else script.transform(*args) if kind == n.TRANSFORM
                  else script.call(*args))
         return self._route_script(node, msg, value, out)
 
@@ -788,8 +762,8 @@ class RuleEngine:
 
     def _route_script(self, node: RuleNode, msg: RuleMsg, value: Any, out: list[Outcome]
                       ) -> list[tuple[str, RuleMsg]]:
-        """What a script node (filter, switch, transform, log) does with its script's value
-        (already shape-checked): its outcomes, and the (relation, message) to follow."""
+        """What a filter, switch or log node does with its script's value (already
+        shape-checked): its outcomes, and the (relation, message) to follow."""
         kind = node.type
         if kind == n.JS_FILTER:
             return [(TRUE if value else FALSE, msg)]
@@ -797,9 +771,6 @@ class RuleEngine:
             # RuleNodeJsScriptEngine/RuleNodeTbelScriptEngine.executeSwitchTransform collect
             # the names into a Set: a name given twice routes once (first-named order kept)
             return [(name, msg) for name in dict.fromkeys(value)]
-        if kind == n.TRANSFORM:
-            return [(SUCCESS, msg.with_changes(type=r.msg_type, data=r.msg, metadata=r.metadata))
-                    for r in value]
         out.append(Log(self._where[node.index],
                        value if isinstance(value, str) else json.dumps(value)))
         return [(SUCCESS, msg)]
@@ -894,11 +865,12 @@ _NO_OUTCOMES: list[Outcome] = []
 """A visit with no outcome (shared: never appended to)."""
 
 
-def _as_given(metadata: dict[str, Any], given: dict[str, str]) -> bool:
-    """Whether a transform's metadata is the one it was given: the very dict, or its items in
-    the same order (a value equal to a given text is that text; JavaScript puts index-like keys
-    first, which the order check sees)."""
-    return metadata is given or (metadata == given and list(metadata) == list(given))
+def _transformed_msg(msg: RuleMsg, result: TransformResult, given: dict[str, str]) -> RuleMsg:
+    """One message out of a transform node. The sandbox has made its metadata text, or given
+    back ``given`` itself (the dict the script was given) when the script left it out or
+    returned it unchanged: then the message's own metadata is kept as it is."""
+    return RuleMsg.of_text(result.msg_type, msg.originator, result.msg,
+                           msg.metadata if result.metadata is given else result.metadata, msg.ts)
 
 
 def count_visits(outcomes: list[Outcome], visits: dict[str, int]) -> list[Outcome]:

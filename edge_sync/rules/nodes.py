@@ -3,7 +3,8 @@ configuration must hold to be run. Each check reads a node's ``configuration`` o
 ThingsBoard configuration class names the fields, rule-engine-components
 ``org.thingsboard.rule.engine.*.*NodeConfiguration``) and returns one problem per field, as
 ``(field, message)``; an empty list is a usable configuration. Scripts are checked for
-presence only: they are never evaluated here.
+presence here; ``script_of`` names the script a node runs, which validation then compiles
+(``validate.py``).
 
 Script nodes pick their script by ``scriptLang``: ``JS`` reads ``jsScript``, ``TBEL`` reads
 ``tbelScript``; a configuration without ``scriptLang`` is one from before TBEL (ThingsBoard
@@ -356,6 +357,35 @@ SUPPORTED: Mapping[str, NodeSpec] = {s.type: s for s in (
     NodeSpec(AGGREGATE, "aggregation (the edge's own)", _aggregate),
 )}
 """Every node type the edge accepts; a chain with any other is refused as a whole."""
+
+
+SCRIPT_FIELDS: Mapping[str, tuple[str, str]] = {
+    JS_FILTER: ("jsScript", "tbelScript"),
+    JS_SWITCH: ("jsScript", "tbelScript"),
+    TRANSFORM: ("jsScript", "tbelScript"),
+    LOG: ("jsScript", "tbelScript"),
+    CREATE_ALARM: ("alarmDetailsBuildJs", "alarmDetailsBuildTbel"),
+    CLEAR_ALARM: ("alarmDetailsBuildJs", "alarmDetailsBuildTbel"),
+}
+"""The nodes that run a script: its field for JS and for TBEL."""
+
+
+def script_of(node_type: str, config: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """The script a node runs, as (language, field, script text); None for a node without one
+    or whose configuration does not name a usable one (``check_configuration`` says why)."""
+    fields = SCRIPT_FIELDS.get(node_type)
+    if fields is None:
+        return None
+    lang = config.get("scriptLang", "JS")
+    if lang is None:
+        lang = "JS"
+    if lang not in SCRIPT_LANGS:
+        return None
+    field = fields[0] if lang == "JS" else fields[1]
+    script = config.get(field)
+    if not isinstance(script, str) or not _text(script):
+        return None
+    return str(lang), field, script
 
 
 def check_configuration(node_type: str, config: Mapping[str, Any]) -> Problems:

@@ -3,11 +3,12 @@ reads: times are given): which chain runs (``ChainInForce``: source, version, di
 chain refused and why (``Refusal``), per-node counts (messages in, failures) for status and
 metrics, and a per-node rate limit on failure log lines.
 
-Owns: installing a chain (validated first: a chain with problems is refused as a whole and the
-chain in force stays), its version (1, 2, ... at every swap; installing the same chain from the
-same source again is no swap), its digest (sha256 of the canonical JSON of chain + metadata,
-first 12 hex digits), clearing it (no chain: the edge does what it did without rules), the
-counts (reset at every swap: they are the chain in force's) and the status snapshot.
+Owns: installing a chain (validated first, its scripts compiled: a chain with problems is
+refused as a whole and the chain in force stays), its version (1, 2, ... at every swap;
+installing the same chain from the same source again is no swap), its digest (sha256 of the
+canonical JSON of chain + metadata, first 12 hex digits), clearing it (no chain: the edge does
+what it did without rules), the counts (reset at every swap: they are the chain in force's)
+and the status snapshot.
 Building a ``RuleEngine`` from the chain is the caller's (one per thread: scripts are bound to
 the thread that runs them).
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_sync.rules.chain import RuleChain, RuleChainMetaData
+from edge_sync.rules.sandbox import ScriptLimits
 from edge_sync.rules.validate import validate
 
 FAILURE_LOG_INTERVAL_MS = 60_000
@@ -69,7 +71,10 @@ def digest(chain: RuleChain, meta: RuleChainMetaData) -> str:
 class RulesRuntime:
     """The chain in force, the last refusal, the counts; any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: ScriptLimits | None = None) -> None:
+        """``limits``: the script limits the shards run scripts under, which validation
+        compiles them under (a script too large for the memory cap is refused here)."""
+        self._limits = limits
         self._lock = threading.Lock()
         self._current: ChainInForce | None = None
         self._version = 0
@@ -98,7 +103,7 @@ class RulesRuntime:
         """The chain in force after installing this one: refused (kept as ``last_refusal``,
         the chain in force unchanged) when it has problems; the current one, version unchanged,
         when it is the same chain (digest) from the same source; else a new version."""
-        problems = validate(chain, meta)
+        problems = validate(chain, meta, self._limits)
         if problems:
             refusal = Refusal(source, now_ms, tuple(str(p) for p in problems))
             with self._lock:

@@ -16,11 +16,13 @@ one engine per script per shard thread. Choice of engine and measured figures: d
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 import _quickjs  # type: ignore[import-not-found]  # quickjs-ng's C extension, no stubs
@@ -99,9 +101,12 @@ _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\.\?"), "null-safe navigation (.?)"),
     (re.compile(r"\bwith\s*\("), "with blocks"),
     (re.compile(r"\.\s*(?:size|isEmpty|containsKey|containsValue|keySet|entrySet|values|put|putAll|"
-                r"get|getOrDefault|add|addAll|remove|clear|equals|equalsIgnoreCase|contains)\s*\("),
+                r"get|getOrDefault|add|addAll|clear|equals|equalsIgnoreCase|contains)\s*\("),
      "Java collection/string methods (size, get, put, containsKey, equals, ...)"),
 )
+# ``x.remove(k)``: called through a symbol-keyed method every object inherits (_TBEL_RUNTIME),
+# so a data key named "remove" neither shadows it nor is shadowed by it
+_TBEL_REMOVE = re.compile(r"\.\s*remove\s*\(")
 _TBEL_DEF = re.compile(r"\bdef\s+([A-Za-z_$][\w$]*)\s*\(")
 _TBEL_DEF_VAR = re.compile(r"\bdef\s+(?=[A-Za-z_$])")
 
@@ -142,7 +147,8 @@ def tbel_to_js(source: str) -> str:
     Supported: expressions (arithmetic, comparison, logic, ternary, string concatenation), ``var``
     declarations, ``def name(args) { ... }`` functions (and ``def x = ...`` as ``var``), if/else,
     while and C-style for loops, return, map literals ``{"k": v}`` and list literals ``[a, b]``,
-    field access ``msg.k`` / ``msg["k"]``. Line numbers are kept.
+    field access ``msg.k`` / ``msg["k"]``, and ``x.remove(k)`` on a map or a list (as
+    ``java.util.Map.remove`` / ``List.remove``: see ``_TBEL_RUNTIME``). Line numbers are kept.
     """
     parts = []
     offset = 0
@@ -158,8 +164,69 @@ def tbel_to_js(source: str) -> str:
                         f"{found.group(0).strip()!r}); see docs/rules-scripts.md")
             text = _TBEL_DEF.sub(r"function \1(", text)
             text = _TBEL_DEF_VAR.sub("var ", text)
+            text = _TBEL_REMOVE.sub(_remove_call, text)
         parts.append(text)
     return "".join(parts)
+
+
+def _remove_call(found: re.Match[str]) -> str:
+    """``.remove(`` as a call of the runtime's method, the line breaks it spanned kept."""
+    return "[__tbelRemove](" + "\n" * found.group(0).count("\n")
+
+
+# TBEL's ``x.remove(k)`` (the tbel library's ExecutionHashMap.remove / ExecutionArrayList.remove,
+# java.util semantics): on a map, removes the key and returns its value, null when absent; on a
+# list, an integral number is an index (List.remove(int): the element, an index out of range
+# throws), anything else a value (List.remove(Object): the first element equal to it, as
+# java.util's equals compares maps and lists, removed; true, or false when none); on anything
+# else a TypeError. A method keyed by a symbol that every object inherits, not enumerable: no
+# data key can collide with it and JSON never sees it. One line: it goes on the prologue's.
+_TBEL_RUNTIME = " ".join(line.strip() for line in """
+var __tbelRemove = Symbol("remove");
+(function () {
+  var own = Object.prototype.hasOwnProperty;
+  function same(a, b) {
+    if (a === b) { return true; }
+    if (a === null || b === null || typeof a !== "object" || typeof b !== "object") { return false; }
+    var list = Array.isArray(a), i;
+    if (list !== Array.isArray(b)) { return false; }
+    if (list) {
+      if (a.length !== b.length) { return false; }
+      for (i = 0; i < a.length; i++) { if (!same(a[i], b[i])) { return false; } }
+      return true;
+    }
+    var keys = Object.keys(a);
+    if (keys.length !== Object.keys(b).length) { return false; }
+    for (i = 0; i < keys.length; i++) {
+      if (!own.call(b, keys[i]) || !same(a[keys[i]], b[keys[i]])) { return false; }
+    }
+    return true;
+  }
+  Object.defineProperty(Object.prototype, __tbelRemove, {configurable: true, writable: true,
+      enumerable: false, value: function (key) {
+    "use strict";
+    if (Array.isArray(this)) {
+      if (typeof key === "number" && key % 1 === 0) {
+        if (key < 0 || key >= this.length) {
+          throw new RangeError("remove(" + key + "): index out of bounds for length " + this.length);
+        }
+        return this.splice(key, 1)[0];
+      }
+      for (var i = 0; i < this.length; i++) {
+        if (same(this[i], key)) { this.splice(i, 1); return true; }
+      }
+      return false;
+    }
+    if (this === null || typeof this !== "object") {
+      throw new TypeError("remove(): " + typeof this + " is not a map or a list");
+    }
+    if (!own.call(this, key)) { return null; }
+    var value = this[key];
+    delete this[key];
+    return value;
+  }});
+})();
+""".strip().splitlines())
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -170,6 +237,7 @@ _PROLOGUE = (
     "__stringify = JSON.stringify; "
     "function __script(msg, metadata, msgType) {\n"
 )
+_PROLOGUE_TBEL = _PROLOGUE.replace("function __script", _TBEL_RUNTIME + " function __script")
 _POSITION = re.compile(r"<input>:(\d+)(?::(\d+))?")
 
 
@@ -257,7 +325,7 @@ class ScriptEngine:
         self.limits = limits or ScriptLimits()
         body = tbel_to_js(script) if lang == "TBEL" else script
         self._body_lines = body.count("\n") + 1
-        self._source = _PROLOGUE + body + _EPILOGUE
+        self._source = (_PROLOGUE_TBEL if lang == "TBEL" else _PROLOGUE) + body + _EPILOGUE
         self._lock = threading.Lock()
         self._context: Any = None
         self._run: Any = None
@@ -425,9 +493,11 @@ class ScriptEngine:
         return _as_switch(self.call(msg, metadata, msg_type))
 
     def transform(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> list[TransformResult]:
-        """A transform script's messages: ``{msg, metadata, msgType}`` or an array of them; a
-        missing metadata or msgType keeps the incoming one."""
-        return _as_transform(self.call(msg, metadata, msg_type), metadata, msg_type)
+        """A transform script's messages, as ThingsBoard reads them (``_as_transform``):
+        ``{msg, metadata, msgType}`` or a non-empty array of them, each part optional (the
+        incoming one kept), the metadata made text."""
+        return _as_transform(self.call(msg, metadata, msg_type), msg, metadata, msg_type,
+                             self.lang)
 
     def filter_many(self, items: Sequence[tuple[Any, dict[str, Any], str]]
                     ) -> list[bool | ScriptError]:
@@ -443,12 +513,13 @@ class ScriptEngine:
                        ) -> list[list[TransformResult] | ScriptError]:
         """``transform`` on each item (``call_many``): its messages or its error."""
         out: list[list[TransformResult] | ScriptError] = []
-        for (_, metadata, msg_type), value in zip(items, self.call_many(items), strict=True):
+        lang = self.lang
+        for (msg, metadata, msg_type), value in zip(items, self.call_many(items), strict=True):
             if isinstance(value, ScriptError):
                 out.append(value)
                 continue
             try:
-                out.append(_as_transform(value, metadata, msg_type))
+                out.append(_as_transform(value, msg, metadata, msg_type, lang))
             except ScriptError as exc:
                 out.append(exc)
         return out
@@ -482,20 +553,148 @@ def _as_switch(value: Any) -> list[str]:
         f"a switch script must return a relation name or an array of them, not {value!r}")
 
 
-def _as_transform(value: Any, metadata: dict[str, Any], msg_type: str) -> list[TransformResult]:
-    if type(value) is dict and len(value) == 1 and "msg" in value:  # {msg}: the incoming rest
-        return [TransformResult(value["msg"], metadata, msg_type)]
-    items = value if isinstance(value, list) else [value]
-    out = []
-    for item in items:
-        if not isinstance(item, dict) or "msg" not in item:
+def _as_transform(value: Any, msg: Any, metadata: dict[str, str], msg_type: str,
+                  lang: ScriptLang) -> list[TransformResult]:
+    """A transform script's value as ThingsBoard's transform node reads it: an object is one
+    message, an array one message per item (RuleNodeJsScriptEngine / RuleNodeTbelScriptEngine
+    .executeUpdateTransform), each read by ``_unbind``. An empty array is an error: ThingsBoard
+    (TbAbstractTransformNode.transformSuccess) sends the incoming message by Failure ("Message
+    or messages list are empty!"). An array item that is not an object is, in JS, a copy of the
+    incoming message (JsonNode.has finds none of the keys); in TBEL an error, as is any other
+    value in either."""
+    if type(value) is dict:
+        return [_unbind(value, msg, metadata, msg_type, lang)]
+    if type(value) is list:
+        if not value:
             raise ScriptRuntimeError(
-                f"a transform script must return {{msg, metadata, msgType}} or an array of them, "
-                f"not {item!r}")
-        meta = item.get("metadata", metadata)
-        kind = item.get("msgType", msg_type)
-        if not isinstance(meta, dict) or not isinstance(kind, str):
+                "a transform script returned an empty array: no message (ThingsBoard sends the "
+                "incoming message by Failure)")
+        out = []
+        for item in value:
+            if type(item) is not dict:
+                if lang == "TBEL":
+                    raise ScriptRuntimeError(
+                        f"a transform script must return {{msg, metadata, msgType}} or an array "
+                        f"of them, not {item!r} in an array")
+                item = _NOTHING
+            out.append(_unbind(item, msg, metadata, msg_type, lang))
+        return out
+    raise ScriptRuntimeError(
+        f"a transform script must return {{msg, metadata, msgType}} or an array of them, "
+        f"not {value!r}")
+
+
+_NOTHING: dict[str, Any] = {}
+"""A JS array item that is not an object: none of msg, metadata, msgType (never changed)."""
+
+
+def _unbind(item: dict[str, Any], msg: Any, metadata: dict[str, str], msg_type: str,
+            lang: ScriptLang) -> TransformResult:
+    """One message out of a transform, as ThingsBoard's unbindMsg makes it
+    (RuleNodeJsScriptEngine.unbindMsg for JS, RuleNodeTbelScriptEngine.unbindMsg for TBEL):
+
+    - ``msg``: absent, the incoming data; in JS null is the data null, in TBEL null is absent
+      (a TBEL map drops a key put to null: the tbel library's ExecutionHashMap.put);
+    - ``metadata``: absent or null, the incoming metadata (``metadata`` itself, the dict the
+      script was given, and so is metadata given back unchanged, the same keys in the same
+      order with the same text); otherwise an object, made text (``_metadata_text``);
+    - ``msgType``: absent or empty, the incoming type; a value that is not text as Jackson's
+      asText gives it in JS (null "null", a number its Java text, an object or array "", so the
+      incoming type), Java's toString in TBEL (null is absent there)."""
+    data = item.get("msg", msg)
+    if data is None and lang == "TBEL":
+        data = msg
+    meta = item.get("metadata")
+    if meta is None or meta is metadata:
+        meta = metadata
+    elif type(meta) is dict:
+        # the given text as it went (JS puts index-like keys first, which the order check sees)
+        meta = (metadata if meta == metadata and list(meta) == list(metadata)
+                else _metadata_text(meta, lang))
+    else:
+        raise ScriptRuntimeError(
+            f"a transform's metadata must be an object, not {meta!r} (ThingsBoard cannot make "
+            "it a Map<String, String>)")
+    kind = item.get("msgType", msg_type)
+    if type(kind) is not str:
+        if lang == "TBEL":
+            kind = "" if kind is None else _java_text(kind)
+        else:
+            kind = "" if type(kind) in (dict, list) else _java_text(kind)
+    return TransformResult(data, meta, kind or msg_type)
+
+
+def _metadata_text(meta: dict[str, Any], lang: ScriptLang) -> dict[str, str]:
+    """A transform's metadata as ThingsBoard's Map<String, String>: text as it is, true/false
+    as "true"/"false", numbers as Java writes them (``_java_text``), a null value leaves its key
+    out (TbMsgMetaData.putValue skips nulls; TBEL's unbindMsg filters them). An object or array
+    value: in JS an error (Jackson's conversion to String refuses one: the script fails), in
+    TBEL Java's toString of the map or list (``{a=1, b=[2, 3]}``)."""
+    for value in meta.values():
+        if type(value) is not str:
+            break
+    else:
+        return meta
+    out: dict[str, str] = {}
+    for key, value in meta.items():
+        if type(value) is str:
+            out[key] = value
+        elif value is None:
+            continue
+        elif lang == "JS" and type(value) in (dict, list):
             raise ScriptRuntimeError(
-                f"a transform's metadata must be an object and its msgType a string: {item!r}")
-        out.append(TransformResult(item["msg"], meta, kind))
+                f"a transform's metadata.{key} is {'an object' if type(value) is dict else 'an array'}"
+                ": metadata values are text, numbers or booleans (ThingsBoard cannot make it a "
+                "String)")
+        else:
+            out[key] = _java_text(value)
     return out
+
+
+def _java_text(value: Any) -> str:
+    """A JSON value as Java's toString gives it: null "null", booleans "true"/"false", whole
+    numbers in decimal, other numbers as Double.toString (``_java_double``), text as it is, a
+    map ``{k=v, ...}`` and a list ``[a, b]`` (AbstractMap / AbstractCollection.toString; a
+    key whose value is null is left out, as a TBEL map holds none)."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if type(value) is int:
+        return str(value)
+    if type(value) is float:
+        return _java_double(value)
+    if type(value) is dict:
+        return "{" + ", ".join(f"{k}={_java_text(v)}" for k, v in value.items()
+                               if v is not None) + "}"
+    if type(value) is list:
+        return "[" + ", ".join(_java_text(v) for v in value) + "]"
+    return str(value)
+
+
+def _java_double(value: float) -> str:
+    """Java's Double.toString: plain decimal with at least one fractional digit for a magnitude
+    from 10^-3 to under 10^7 (``12.5``, ``0.001``), else computerized scientific notation
+    (``1.23456789E7``, ``1.0E-4``); the digits are the shortest that read back the same
+    (Python's repr). Java 19 and later print these but for rare values (a subnormal such as
+    ``4.9E-324``, where Java keeps two digits); older Javas now and then print one more."""
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+    sign = "-" if value < 0 else ""
+    _, digit_tuple, exponent = Decimal(repr(abs(value))).as_tuple()
+    assert isinstance(exponent, int)  # a finite value
+    point = len(digit_tuple) + exponent  # where the decimal point goes among the digits
+    digits = "".join(map(str, digit_tuple)).rstrip("0")
+    if 1e-3 <= abs(value) < 1e7:
+        if point <= 0:
+            return f"{sign}0.{'0' * -point}{digits}"
+        if point >= len(digits):
+            return f"{sign}{digits}{'0' * (point - len(digits))}.0"
+        return f"{sign}{digits[:point]}.{digits[point:]}"
+    return f"{sign}{digits[0]}.{digits[1:] or '0'}E{point - 1}"

@@ -1,10 +1,16 @@
 """A parsed rule chain judged as a whole, every problem at once: a node type outside the
 supported subset (``nodes.SUPPORTED``: the whole chain is refused, the type named), a
 connection from or to a node index that does not exist (dangling), a cycle among the
-connections between nodes (named by node names), a first node index out of range, and each
+connections between nodes (named by node names), a first node index out of range, each
 supported node's configuration (``nodes.check_configuration``: scripts present for their
-``scriptLang``, required fields). Problems come in a fixed order: the first node, then node by
-node, then connections, then cycles; each names where (``metadata.nodes[2]...``).
+``scriptLang``, required fields), and each script compiled by the sandbox that will run it
+(``sandbox.ScriptEngine``: a script it refuses, TBEL outside the subset or a syntax error,
+refuses the chain here rather than failing every message). Problems come in a fixed order:
+the first node, then node by node (configuration, then script), then connections, then
+cycles; each names where (``metadata.nodes[2]...``).
+
+Compiling costs about a millisecond a script, once per chain checked or loaded; ``check``
+gives the compiled scripts to the rule engine, which keeps them.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from edge_sync.rules.chain import RuleChain, RuleChainMetaData, RuleNode
-from edge_sync.rules.nodes import SUPPORTED, check_configuration
+from edge_sync.rules.nodes import SUPPORTED, check_configuration, script_of
+from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits
 
 WHERE = "metadata"
 
@@ -29,9 +36,19 @@ class Problem:
         return f"{self.where}: {self.message}"
 
 
-def validate(chain: RuleChain, meta: RuleChainMetaData) -> list[Problem]:
-    """Every problem of the chain; empty when the edge could run it."""
+def validate(chain: RuleChain, meta: RuleChainMetaData,
+             limits: ScriptLimits | None = None) -> list[Problem]:
+    """Every problem of the chain; empty when the edge could run it (its scripts compiled
+    under ``limits``, the sandbox's defaults when None)."""
+    return check(chain, meta, limits)[0]
+
+
+def check(chain: RuleChain, meta: RuleChainMetaData, limits: ScriptLimits | None = None
+          ) -> tuple[list[Problem], dict[int, ScriptEngine]]:
+    """``validate``'s problems, and each script node's compiled script by node index (for the
+    rule engine, which runs them)."""
     nodes = meta.nodes
+    scripts: dict[int, ScriptEngine] = {}
     out: list[Problem] = []
     first = meta.first_node_index
     if first is not None and not 0 <= first < len(nodes):
@@ -41,7 +58,14 @@ def validate(chain: RuleChain, meta: RuleChainMetaData) -> list[Problem]:
         out.append(Problem(f"{WHERE}.firstNodeIndex",
                            "missing: no node receives the chain's messages"))
     for node in nodes:
-        out.extend(_node_problems(node))
+        problems = _node_problems(node)
+        out.extend(problems)
+        if not problems:
+            compiled = _compile(node, limits)
+            if isinstance(compiled, Problem):
+                out.append(compiled)
+            elif compiled is not None:
+                scripts[node.index] = compiled
     for i, conn in enumerate(meta.connections):
         for key, index in (("fromIndex", conn.from_index), ("toIndex", conn.to_index)):
             if not 0 <= index < len(nodes):
@@ -55,7 +79,7 @@ def validate(chain: RuleChain, meta: RuleChainMetaData) -> list[Problem]:
     for cycle in find_cycles(meta):
         path = " -> ".join(nodes[i].describe() for i in (*cycle, cycle[0]))
         out.append(Problem(f"{WHERE}.connections", f"cycle: {path}"))
-    return out
+    return out, scripts
 
 
 def _node_problems(node: RuleNode) -> list[Problem]:
@@ -65,6 +89,22 @@ def _node_problems(node: RuleNode) -> list[Problem]:
                                          "type: the chain is refused (docs/rules.md)")]
     return [Problem(f"{where}.configuration.{field}", message)
             for field, message in check_configuration(node.type, node.configuration)]
+
+
+def _compile(node: RuleNode, limits: ScriptLimits | None) -> ScriptEngine | Problem | None:
+    """The node's script compiled by the sandbox (None: the node runs none), or why the sandbox
+    refuses it, naming the node and the script's field."""
+    script = script_of(node.type, node.configuration)
+    if script is None:
+        return None
+    lang, field, text = script
+    try:
+        return ScriptEngine(text, "TBEL" if lang == "TBEL" else "JS", limits)
+    except ScriptError as exc:
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        return Problem(f"{WHERE}.nodes[{node.index}].configuration.{field}",
+                       f"{node.describe()}: the {lang} script is refused: "
+                       f"{type(exc).__name__}: {reason}")
 
 
 def find_cycles(meta: RuleChainMetaData) -> list[tuple[int, ...]]:

@@ -127,3 +127,26 @@ def test_thingsboard_s_default_edge_root_chain_is_refused_for_its_rpc_node(
         0, "'Edge Root Rule Chain' (EDGE): 7 nodes, 8 connections; node types: TbLogNode x2, "
            "TbMsgAttributesNode, TbMsgPushToCloudNode x2, TbMsgTimeseriesNode, "
            "TbMsgTypeSwitchNode\n")
+
+
+def test_a_script_the_sandbox_refuses_exits_1_naming_node_and_reason(tmp_path: Path) -> None:
+    """Every script is compiled by the sandbox that runs it: one it refuses (TBEL outside the
+    subset, a JS syntax error) once passed the check and then failed every message."""
+    done = check(tmp_path, str(FIXTURES / "script_refused.json"))
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        "metadata.nodes[1].configuration.tbelScript: nodes[1] 'Sum': the TBEL script is "
+        "refused: ScriptSyntaxError: TBEL: foreach loops is not in the supported subset "
+        "(line 2: 'foreach'); see docs/rules-scripts.md",
+        "metadata.nodes[2].configuration.jsScript: nodes[2] 'Hot?': the JS script is refused: "
+        "ScriptSyntaxError: SyntaxError: unexpected token in expression: ';' at script:1:25",
+        "metadata.nodes[3].configuration.alarmDetailsBuildTbel: nodes[3] 'Raise': the TBEL "
+        "script is refused: ScriptSyntaxError: TBEL: Java collection/string methods (size, "
+        "get, put, containsKey, equals, ...) is not in the supported subset (line 1: "
+        "'.size('); see docs/rules-scripts.md",
+    ]
+    defaults = check(tmp_path, str(FIXTURES / "thingsboard_defaults.json"))
+    assert (defaults.returncode, defaults.stdout) == (0, (
+        "'ThingsBoard defaults' (EDGE): 9 nodes, 13 connections; node types: "
+        "TbClearAlarmNode, TbCreateAlarmNode, TbJsFilterNode, TbJsSwitchNode, TbLogNode, "
+        "TbMsgPushToCloudNode, TbMsgTimeseriesNode, TbMsgTypeSwitchNode, TbTransformMsgNode\n"))

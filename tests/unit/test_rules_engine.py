@@ -99,6 +99,30 @@ def test_transform_changes_msg_and_metadata() -> None:
     ]
 
 
+def test_transform_results_go_on_as_thingsboard_reads_them() -> None:
+    """A result without msg keeps the data (it was a failure), an empty array goes by Failure
+    (the message vanished), metadata values are made text as Jackson makes them (true was
+    "True", a null "None"); run and run_many agree."""
+    script = ("if (msg.v === 1) { return {msgType: 'POST_ATTRIBUTES_REQUEST'}; }\n"
+              "if (msg.v === 2) { return []; }\n"
+              "return {msg: msg, metadata: {flag: true, n: 1.5, gone: null}};")
+    engine = chain([(n.TRANSFORM, "T", {"jsScript": script}),
+                    (n.LOG, "Out", {"jsScript": "return msgType + ' ' + JSON.stringify(msg) + "
+                                                "' ' + JSON.stringify(metadata);"}),
+                    (n.LOG, "Failed", {"jsScript": "return 'failure ' + msg.v;"})],
+                   [(0, 1, "Success"), (0, 2, "Failure")])
+    msgs = [telemetry({"v": v}, ts="5") for v in (1, 2, 3)]
+    expected = [
+        [Log("nodes[1] 'Out'", 'POST_ATTRIBUTES_REQUEST {"v":1} {"ts":"5"}')],
+        [Failed("nodes[0] 'T'", "ScriptRuntimeError: a transform script returned an empty "
+                "array: no message (ThingsBoard sends the incoming message by Failure)"),
+         Log("nodes[2] 'Failed'", "failure 2")],
+        [Log("nodes[1] 'Out'", 'POST_TELEMETRY_REQUEST {"v":3} {"flag":"true","n":"1.5"}')],
+    ]
+    assert [effects(engine.run(m)) for m in msgs] == expected
+    assert [effects(out) for out in engine.run_many(msgs)] == expected
+
+
 def test_throwing_script_goes_by_failure() -> None:
     nodes: list[Node] = [(n.JS_FILTER, "Boom", {"jsScript": "throw new Error('bad');"}),
              (n.LOG, "OnFail", {"jsScript": "return 'failed';"}), SAVE_TS]
@@ -427,6 +451,16 @@ def test_switch_script_fans_out_and_step_limit_stops_the_walk() -> None:
 def test_invalid_chain_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot be run"):
         chain([SAVE_TS], [(0, 0, "Success")])
+
+
+def test_a_chain_with_a_script_the_sandbox_refuses_is_not_run() -> None:
+    """Refused when the engine is built (the script compiled once), not failed per message."""
+    with pytest.raises(ValueError) as caught:
+        chain([(n.JS_FILTER, "Bad", {"jsScript": "return (;"}), SAVE_TS], [(0, 1, "True")])
+    assert str(caught.value) == (
+        "the chain cannot be run: metadata.nodes[0].configuration.jsScript: nodes[0] 'Bad': "
+        "the JS script is refused: ScriptSyntaxError: SyntaxError: unexpected token in "
+        "expression: ';' at script:1:9")
 
 
 @pytest.mark.parametrize(("meta_ts", "ts"), [

@@ -10,6 +10,7 @@ from typing import Any
 from edge_sync.rules import nodes as n
 from edge_sync.rules.chain import RuleChain, RuleChainMetaData, parse
 from edge_sync.rules.runtime import ChainInForce, Refusal, RulesRuntime, digest
+from edge_sync.rules.sandbox import ScriptLimits
 
 T0 = 1_700_000_000_000
 
@@ -43,6 +44,40 @@ def test_install_then_a_refusal_keeps_the_chain_in_force() -> None:
     parse_error = rt.refuse("cloud", ["RULE_CHAIN.name: missing"], T0 + 6)
     assert parse_error == Refusal("cloud", T0 + 6, ("RULE_CHAIN.name: missing",))
     assert (rt.current(), rt.last_refusal) == (first, parse_error)
+
+
+def test_a_chain_whose_script_the_sandbox_refuses_is_refused_and_the_chain_stays() -> None:
+    """A script that does not compile refuses the chain when it is loaded (file or cloud),
+    naming the node and the reason; the chain in force before stays."""
+    rt = RulesRuntime()
+    rc, meta = chain()
+    first = rt.install(rc, meta, "cloud", T0)
+    bad_rc, bad_meta = parse({"ruleChain": {"name": "Bad", "type": "EDGE"}, "metadata": {
+        "firstNodeIndex": 0, "connections": [], "nodes": [
+            {"type": n.TRANSFORM, "name": "Sum", "configuration": {
+                "scriptLang": "TBEL", "tbelScript": "return msg.list.size();"}}]}})
+    refused = rt.install(bad_rc, bad_meta, "cloud", T0 + 1)
+    assert refused == Refusal("cloud", T0 + 1, (
+        "metadata.nodes[0].configuration.tbelScript: nodes[0] 'Sum': the TBEL script is "
+        "refused: ScriptSyntaxError: TBEL: Java collection/string methods (size, get, put, "
+        "containsKey, equals, ...) is not in the supported subset (line 1: '.size('); see "
+        "docs/rules-scripts.md",))
+    assert (rt.current(), rt.last_refusal, rt.version) == (first, refused, 1)
+
+
+def test_scripts_are_compiled_under_the_runtimes_limits() -> None:
+    script = "var s = '" + "x" * 1_500_000 + "';\nreturn s.length > 0;"
+    rc, meta = parse({"ruleChain": {"name": "Big", "type": "EDGE"}, "metadata": {
+        "firstNodeIndex": 0, "connections": [], "nodes": [
+            {"type": n.JS_FILTER, "name": "Big", "configuration": {"jsScript": script}}]}})
+    assert isinstance(RulesRuntime().install(rc, meta, "cloud", T0), ChainInForce)
+    small = RulesRuntime(ScriptLimits(memory_limit_bytes=1024 * 1024))
+    refused = small.install(rc, meta, "cloud", T0)
+    assert isinstance(refused, Refusal)
+    assert refused.problems[0].startswith(
+        "metadata.nodes[0].configuration.jsScript: nodes[0] 'Big': the JS script is refused: "
+        "ScriptMemoryExceeded: ")
+    assert small.current() is None
 
 
 def test_the_same_chain_again_keeps_its_version_a_change_is_a_new_one() -> None:

@@ -50,6 +50,84 @@ def test_transform_may_return_several_messages_and_keep_the_incoming_type() -> N
         TransformResult({"a": 1}, META, TELEMETRY), TransformResult({"b": 2}, {"x": "1"}, TELEMETRY)]
 
 
+@pytest.mark.parametrize("lang", ["JS", "TBEL"])
+def test_a_transform_result_may_leave_out_msg_metadata_and_msg_type(lang: str) -> None:
+    """ThingsBoard's unbindMsg: a missing msg keeps the incoming data, a missing metadata the
+    incoming metadata, a missing or empty msgType the incoming type."""
+    data = {"temperature": 21}
+    assert ScriptEngine("return {msgType: 'POST_ATTRIBUTES_REQUEST'};", lang).transform(
+        data, META, TELEMETRY) == [TransformResult(data, META, "POST_ATTRIBUTES_REQUEST")]
+    assert ScriptEngine("return {metadata: {a: 'b'}, msgType: ''};", lang).transform(
+        data, META, TELEMETRY) == [TransformResult(data, {"a": "b"}, TELEMETRY)]
+    assert ScriptEngine("return {};", lang).transform(data, META, TELEMETRY) == [
+        TransformResult(data, META, TELEMETRY)]
+    assert ScriptEngine("return {msg: 1, metadata: null};", lang).transform(
+        data, META, TELEMETRY) == [TransformResult(1, META, TELEMETRY)]
+
+
+@pytest.mark.parametrize("lang", ["JS", "TBEL"])
+def test_a_transform_returning_an_empty_array_is_an_error(lang: str) -> None:
+    """TbAbstractTransformNode.transformSuccess sends the message by Failure: no message must
+    not vanish without a trace."""
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("return [];", lang).transform({}, META, TELEMETRY)
+    assert str(caught.value) == ("a transform script returned an empty array: no message "
+                                 "(ThingsBoard sends the incoming message by Failure)")
+
+
+@pytest.mark.parametrize("lang", ["JS", "TBEL"])
+def test_transform_metadata_values_become_text_as_thingsboard_makes_them(lang: str) -> None:
+    """JS: Jackson's conversion to Map<String, String> (booleans and numbers as text, a number
+    as Java writes a double); a null value leaves the key out (TbMsgMetaData.putValue). TBEL:
+    toString of each value, nulls filtered out. The same for scalars."""
+    engine = ScriptEngine(
+        "return {msg: msg, metadata: {flag: true, off: false, n: 12, big: 12345678901234567890,"
+        " f: 2.5, g: 12345678.9, tiny: 0.0001, z: null, s: 'text'}};", lang)
+    assert engine.transform({}, META, TELEMETRY) == [TransformResult({}, {
+        "flag": "true", "off": "false", "n": "12", "big": "12345678901234567000", "f": "2.5",
+        "g": "1.23456789E7", "tiny": "1.0E-4", "s": "text"}, TELEMETRY)]
+
+
+def test_transform_object_metadata_values_fail_in_js_and_are_java_text_in_tbel() -> None:
+    script = "return {msg: msg, metadata: {o: {a: 1, b: null, c: [1, 'x', null]}}};"
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine(script).transform({}, META, TELEMETRY)
+    assert str(caught.value) == (
+        "a transform's metadata.o is an object: metadata values are text, numbers or booleans "
+        "(ThingsBoard cannot make it a String)")
+    assert ScriptEngine(script, "TBEL").transform({}, META, TELEMETRY) == [
+        TransformResult({}, {"o": "{a=1, c=[1, x, null]}"}, TELEMETRY)]
+
+
+def test_transform_results_where_js_and_tbel_differ_in_thingsboard() -> None:
+    """RuleNodeJsScriptEngine.unbindMsg reads Jackson nodes: a null msg is the data null, a
+    msgType as asText() (null "null", 7 "7", an object "": the old type), an array item that is
+    not an object has none of the keys (a copy of the incoming message). The TBEL engine reads
+    Java maps, where a key put to null is absent, and refuses an item that is not a map."""
+    data = {"v": 1}
+    js = ScriptEngine("if (msg.v === 1) { return {msg: null, msgType: null}; }\n"
+                      "if (msg.v === 2) { return {msg: 2, msgType: 7}; }\n"
+                      "if (msg.v === 3) { return {msg: 3, msgType: {a: 1}}; }\n"
+                      "return [5, {msg: 4}];")
+    tbel = ScriptEngine("if (msg.v == 1) { return {msg: null, msgType: null}; }\n"
+                        "if (msg.v == 2) { return {msg: 2, msgType: 7}; }\n"
+                        "return [5, {msg: 4}];", "TBEL")
+    assert [js.transform({"v": v}, META, TELEMETRY) for v in (1, 2, 3, 4)] == [
+        [TransformResult(None, META, "null")], [TransformResult(2, META, "7")],
+        [TransformResult(3, META, TELEMETRY)],
+        [TransformResult({"v": 4}, META, TELEMETRY), TransformResult(4, META, TELEMETRY)]]
+    assert [tbel.transform({"v": v}, META, TELEMETRY) for v in (1, 2)] == [
+        [TransformResult(data, META, TELEMETRY)], [TransformResult(2, META, "7")]]
+    with pytest.raises(ScriptRuntimeError) as caught:
+        tbel.transform({"v": 4}, META, TELEMETRY)
+    assert str(caught.value) == ("a transform script must return {msg, metadata, msgType} or "
+                                 "an array of them, not 5 in an array")
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("return {msg: 1, metadata: 'x'};").transform({}, META, TELEMETRY)
+    assert str(caught.value) == ("a transform's metadata must be an object, not 'x' "
+                                 "(ThingsBoard cannot make it a Map<String, String>)")
+
+
 def test_switch_returns_relation_names() -> None:
     engine = ScriptEngine(
         "if (msgType === 'POST_TELEMETRY_REQUEST') {\n"
@@ -154,6 +232,56 @@ def test_tbel_keeps_def_inside_strings_and_comments() -> None:
     source = "// def f(x) foreach\nvar s = 'def g( new List'; /* .size() */ def h(a) { return a; }"
     assert tbel_to_js(source) == (
         "// def f(x) foreach\nvar s = 'def g( new List'; /* .size() */ function h(a) { return a; }")
+
+
+def test_tbel_map_remove_returns_the_removed_value_as_java_util_map_does() -> None:
+    """ExecutionHashMap.remove (java.util.Map.remove): the key's value, null when absent."""
+    engine = ScriptEngine("var had = metadata.remove('a');\n"
+                          "var none = metadata.remove('missing');\n"
+                          "var nested = msg.inner.remove('x');\n"
+                          "return [had, none, nested, metadata, msg];", "TBEL")
+    assert engine.call({"inner": {"x": [1], "y": 2}, "remove": "a data key"},
+                       {"a": "1", "b": "2"}, TELEMETRY) == [
+        "1", None, [1], {"b": "2"}, {"inner": {"y": 2}, "remove": "a data key"}]
+
+
+def test_tbel_list_remove_by_index_or_by_value_as_java_util_list_does() -> None:
+    """ExecutionArrayList: remove(int) takes the element at the index out and returns it (out
+    of range throws); remove(Object) takes the first equal element (maps and lists equal by
+    content) out and returns true, or false when none is."""
+    engine = ScriptEngine("var l = msg.list;\n"
+                          "var first = l.remove(0);\n"
+                          "var map = l.remove({k: [1, 2]});\n"
+                          "var text = l.remove('b');\n"
+                          "var absent = l.remove('zzz');\n"
+                          "return [first, map, text, absent, l];", "TBEL")
+    assert engine.call({"list": ["a", "b", {"k": [1, 2]}, 3, "b"]}, {}, TELEMETRY) == [
+        "a", True, True, False, [3, "b"]]
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("return msg.list.remove(2);", "TBEL").call({"list": [1]}, {}, TELEMETRY)
+    assert str(caught.value).splitlines()[0] == (
+        "RangeError: remove(2): index out of bounds for length 1")
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("return msg.s.remove(0);", "TBEL").call({"s": "text"}, {}, TELEMETRY)
+    assert str(caught.value).splitlines()[0] == (
+        "TypeError: remove(): string is not a map or a list")
+
+
+def test_tbel_remove_keeps_the_scripts_line_numbers() -> None:
+    assert tbel_to_js("var x = metadata\n  .\n  remove ('a'); // .remove(\nreturn x;") == (
+        "var x = metadata\n  [__tbelRemove](\n'a'); // .remove(\nreturn x;")
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("var x = metadata\n  .\n  remove ('a');\nreturn nope;", "TBEL").call(
+            {}, {"a": "1"}, TELEMETRY)
+    assert str(caught.value).splitlines()[:2] == [
+        "ReferenceError: nope is not defined", "    at __script (script:4:8)"]
+
+
+def test_js_scripts_get_no_remove_method() -> None:
+    """``remove`` is TBEL's: a JS script calling it on a map fails, as in ThingsBoard's JS."""
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("return metadata.remove('a');").call({}, {"a": "1"}, TELEMETRY)
+    assert str(caught.value).splitlines()[0] == "TypeError: not a function"
 
 
 @pytest.mark.parametrize(("script", "message"), [

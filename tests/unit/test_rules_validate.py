@@ -11,6 +11,7 @@ import pytest
 
 from edge_sync.rules import nodes
 from edge_sync.rules.chain import NodeConnection, RuleChain, RuleChainMetaData, RuleNode, parse
+from edge_sync.rules.sandbox import ScriptLimits
 from edge_sync.rules.validate import find_cycles, summary, validate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
@@ -72,6 +73,37 @@ def test_script_nodes_need_the_script_of_their_language() -> None:
         "metadata.nodes[2].configuration.jsScript: missing (the script, no scriptLang: JS)",
         "metadata.nodes[3].configuration.jsScript: missing (the script, scriptLang JS)",
     ]
+
+
+SCRIPT_REFUSED = [
+    "metadata.nodes[1].configuration.tbelScript: nodes[1] 'Sum': the TBEL script is refused: "
+    "ScriptSyntaxError: TBEL: foreach loops is not in the supported subset (line 2: "
+    "'foreach'); see docs/rules-scripts.md",
+    "metadata.nodes[2].configuration.jsScript: nodes[2] 'Hot?': the JS script is refused: "
+    "ScriptSyntaxError: SyntaxError: unexpected token in expression: ';' at script:1:25",
+    "metadata.nodes[3].configuration.alarmDetailsBuildTbel: nodes[3] 'Raise': the TBEL script "
+    "is refused: ScriptSyntaxError: TBEL: Java collection/string methods (size, get, put, "
+    "containsKey, equals, ...) is not in the supported subset (line 1: '.size('); see "
+    "docs/rules-scripts.md",
+]
+
+
+def test_scripts_the_sandbox_refuses_refuse_the_chain_naming_node_and_reason() -> None:
+    """Each script is compiled by the sandbox at validation: a script it refuses once passed,
+    then failed every message at run time. The TBEL log node's metadata.remove compiles."""
+    assert problems("script_refused.json") == SCRIPT_REFUSED
+
+
+def test_a_script_over_the_memory_cap_at_compile_is_refused_under_the_limits_given() -> None:
+    big = "var s = '" + "x" * 1_500_000 + "';\nreturn s.length > 0;"
+    meta = RuleChainMetaData(nodes=(RuleNode(0, nodes.JS_FILTER, "Big", {"jsScript": big}),),
+                             connections=(), first_node_index=0)
+    assert validate(RuleChain("A"), meta) == []
+    refused = [str(p) for p in validate(RuleChain("A"), meta,
+                                        ScriptLimits(memory_limit_bytes=1024 * 1024))]
+    assert refused == ["metadata.nodes[0].configuration.jsScript: nodes[0] 'Big': the JS "
+                       "script is refused: ScriptMemoryExceeded: compiling the script: "
+                       "InternalError: out of memory undefined"]
 
 
 def test_nodes_without_a_first_node_are_a_problem() -> None:
