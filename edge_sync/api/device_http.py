@@ -29,7 +29,7 @@ from edge_sync.api.device_service import DeviceService
 from edge_sync.api.payloads import parse_keys, parse_request_id, parse_timeout
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.http_host import HANDLER_CANCELLATION
-from edge_sync.common.json_body import parse_json
+from edge_sync.common.json_body import parse_json, parse_values_json
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Unauthorized, Unavailable
 from edge_sync.metrics import Metrics, device_answers
@@ -114,7 +114,9 @@ class DeviceHttpApi:
         self._accepted.inc()
         return web.json_response(value)
 
-    async def _read_json(self, request: web.Request) -> Any:
+    async def _read_json(self, request: web.Request, *, values: bool = False) -> Any:
+        """The request's JSON body (``values``: telemetry or attributes, decoded by
+        parse_values_json for ThingsBoard's reading of their numbers)."""
         if request.content_length is not None and request.content_length > self._max_body:
             raise _TooLarge(request.content_length, self._max_body)
         chunks: list[bytes] = []
@@ -132,13 +134,14 @@ class DeviceHttpApi:
             if size > self._max_body:
                 raise _TooLarge(None, self._max_body)
             chunks.append(chunk)
-        return parse_json(b"".join(chunks))
+        return (parse_values_json if values else parse_json)(b"".join(chunks))
 
     async def _telemetry(self, request: web.Request) -> web.StreamResponse:
-        return await self._write(request, "telemetry", self._service.post_telemetry)
+        return await self._write(request, "telemetry", self._service.post_telemetry, values=True)
 
     async def _post_attributes(self, request: web.Request) -> web.StreamResponse:
-        return await self._write(request, "attributes", self._service.post_attributes)
+        return await self._write(request, "attributes", self._service.post_attributes,
+                                 values=True)
 
     async def _rpc_response(self, request: web.Request) -> web.StreamResponse:
         """The device's answer to a server-side RPC request. One that no request awaits
@@ -160,10 +163,12 @@ class DeviceHttpApi:
         request: web.Request,
         what: str,
         submit: Callable[[str, Any], Future[range]],
+        *,
+        values: bool = False,
     ) -> web.StreamResponse:
         token = request.match_info["token"]
         try:
-            body = await self._read_json(request)
+            body = await self._read_json(request, values=values)
             future = submit(token, body)
             await _wait(asyncio.wrap_future(future), self._timeout)
         except _TooLarge as exc:

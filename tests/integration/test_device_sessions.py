@@ -492,11 +492,11 @@ def test_a_shared_key_the_edge_does_not_hold_is_fetched_from_the_cloud(harness: 
 def test_with_the_cloud_unreachable_what_is_known_is_answered_at_once(harness: Harness) -> None:
     app = harness.edge(free_ports()[0])  # nobody listens there: the link never connects
     dev = make_device(app, "attr-offline")
-    app.service.post_attributes(dev.token, {"fw": "1.0"}).result(DEADLINE_S)
+    app.service.post_attributes(dev.token, {"fw": "1.0.1"}).result(DEADLINE_S)
     started = time.monotonic()
     status, headers, body = http(
         app, "GET", f"/api/v1/{dev.token}/attributes?clientKeys=fw&sharedKeys=mode")
-    assert (status, json.loads(body)) == (200, {"client": {"fw": "1.0"}, "shared": {}})
+    assert (status, json.loads(body)) == (200, {"client": {"fw": "1.0.1"}, "shared": {}})
     assert headers["X-Edge-Sync-Missing-Shared-Keys"] == "mode"
     assert time.monotonic() - started < 2
     assert http(app, "GET", f"/api/v1/{dev.token}/attributes?sharedKeys=mode")[0] == 200
