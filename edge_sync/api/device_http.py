@@ -187,8 +187,10 @@ class DeviceHttpApi:
             device = self._service.authenticate(token)
             result, missing = await read_attributes(
                 self._service, device.id,
-                client_keys=parse_keys(request.query.get("clientKeys")),
-                shared_keys=parse_keys(request.query.get("sharedKeys")),
+                # DeviceApiController.getDeviceAttributes: a parameter naming no key (empty,
+                # StringUtils.isEmpty; or only commas) is as absent: all of that scope
+                client_keys=parse_keys(request.query.get("clientKeys")) or None,
+                shared_keys=parse_keys(request.query.get("sharedKeys")) or None,
                 link_connected=self._link_connected, timeout_s=self._timeout, polls=self._polls)
         except Exception as exc:
             return self._refuse(status_of(exc), _message(exc), "attributes read", token)

@@ -5,7 +5,8 @@ on each device path of a whole EdgeApp (real LMDB, the real aiohttp device API a
 on loopback): HTTP (http.client), MQTT and the MQTT gateway (paho-mqtt). A publish ThingsBoard
 takes is acknowledged and the connection stays open: before, such a publish closed it without
 its PUBACK, and a clean-session-0 client sent it again on every reconnect, for ever. Null values
-are counted by transport and logged with their device.
+are counted by transport and logged with their device. An empty ``clientKeys`` /
+``sharedKeys`` reads every attribute, as ThingsBoard's DeviceApiController does.
 """
 
 from __future__ import annotations
@@ -170,6 +171,19 @@ def test_with_type_cast_off_strings_stay_and_numbers_beyond_a_long_or_a_double_a
         assert resp.json()["message"].startswith("telemetry: value of 'big': Big integer values "
                                                  "are not supported!")
     assert typed(telemetry(app, device.id)[0][1]) == [("s", str, "21.5"), ("e", float, 1000.0)]
+
+
+def test_http_empty_key_lists_read_every_attribute(app: EdgeApp, device_id: uuid.UUID,
+                                                   http: HttpClient) -> None:
+    """DeviceApiController.getDeviceAttributes: a parameter that is empty (StringUtils.isEmpty)
+    is as absent; both absent read every attribute."""
+    assert post(http, {"fw": "1.2.0", "mode": "eco"}, "attributes").status == 200
+    everything = {"client": {"fw": "1.2.0", "mode": "eco"}, "shared": {}}
+    for query in ("clientKeys=&sharedKeys=", "clientKeys=", "sharedKeys=", "clientKeys=,"):
+        resp = http.request("GET", f"/api/v1/{TOKEN}/attributes?{query}")
+        assert (resp.status, resp.json()) == (200, everything), query
+    resp = http.request("GET", f"/api/v1/{TOKEN}/attributes?clientKeys=fw&sharedKeys=")
+    assert resp.json() == {"client": {"fw": "1.2.0"}}
 
 
 # -- MQTT ------------------------------------------------------------------------------------------
