@@ -92,18 +92,20 @@ LONG_POLL_DEFAULT_MS = 60_000
 """A long poll without ``timeout`` (or with 0) waits this long: ThingsBoard's default
 (transport.http.request_timeout)."""
 LONG_POLL_MAX_MS = 300_000
-"""The longest long poll a device may ask for (5 minutes; longer, a poll is better renewed)."""
+"""The longest a long poll waits: ThingsBoard's HTTP transport ends every request at
+``transport.http.max_request_timeout`` (300000 ms, HttpTransportContext's Tomcat asyncTimeout),
+whatever ``timeout`` it asked for."""
 
 
 def parse_timeout(raw: str | None) -> int:
     """A long poll's ``timeout`` query parameter (ms) -> ms to wait. Absent or 0: the default;
-    1 to LONG_POLL_MAX_MS as asked; anything else BadRequest (ThingsBoard does not check it)."""
+    above LONG_POLL_MAX_MS: LONG_POLL_MAX_MS (DeviceApiController takes any long, the transport
+    ends the request then); a negative value or one that is not an integer of 64 bits:
+    BadRequest."""
     if raw is None or raw == "":
         return LONG_POLL_DEFAULT_MS
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
-        raise BadRequest(f"timeout must be an integer number of ms, 0 to {LONG_POLL_MAX_MS} "
-                         f"(0: the default of {LONG_POLL_DEFAULT_MS})")
-    value = int(raw)
-    if value > LONG_POLL_MAX_MS:
-        raise BadRequest(f"timeout {value} ms is out of range: at most {LONG_POLL_MAX_MS} ms")
-    return value or LONG_POLL_DEFAULT_MS
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) >= 2**63:
+        raise BadRequest(f"timeout must be an integer number of ms, 0 or more (0: the default "
+                         f"of {LONG_POLL_DEFAULT_MS}; above {LONG_POLL_MAX_MS}: "
+                         f"{LONG_POLL_MAX_MS})")
+    return min(int(raw), LONG_POLL_MAX_MS) or LONG_POLL_DEFAULT_MS

@@ -272,7 +272,20 @@ def test_a_poll_with_nothing_to_deliver_times_out_with_408_and_no_body(harness: 
     assert (status, body) == (408, b"")
 
 
-@pytest.mark.parametrize("timeout", ["300001", "-1", "abc", "1.5", "99999999999999999"])
+def test_a_timeout_above_300000_waits_as_a_poll_of_300000(harness: Harness) -> None:
+    """ThingsBoard's HTTP transport ends every request at transport.http.max_request_timeout
+    (300000 ms, HttpTransportContext's Tomcat asyncTimeout) whatever timeout it asks: such a
+    poll is taken, and waits (the wait itself clamped: tests/unit/test_device_rpc.py)."""
+    fake, app = harness.connected_edge()
+    dev = make_device(app, "rpc-long")
+    poll = in_thread(http, app, "GET", f"/api/v1/{dev.token}/rpc?timeout=600000")
+    polls_open(app, 1)
+    deliver(fake, rpc_downlink(fake, dev, 4, "reboot", {}))
+    status, _, body = poll.result(DEADLINE_S)
+    assert (status, json.loads(body)) == (200, {"id": 4, "method": "reboot", "params": {}})
+
+
+@pytest.mark.parametrize("timeout", ["-1", "abc", "1.5", "99999999999999999999"])
 def test_a_timeout_out_of_range_is_refused_with_400(harness: Harness, timeout: str) -> None:
     _, app = harness.connected_edge()
     dev = make_device(app, "rpc-range")
