@@ -26,20 +26,28 @@ _DIGITS_AS_ZERO = bytes.maketrans(b"123456789E", b"000000000e")
 _TS_FRACTION = re.compile(rb'"ts"\s*:\s*-?0+\.')
 
 
-def _special_numbers(raw: bytes) -> bool:
-    """Whether the body's text may hold a number parse_values_json keeps the text of: a digit
-    before an exponent, a point before 17 digits, a ``"ts"`` whose number has a point. Text
-    in strings may match too (the body is then decoded the slower way, to the same values).
-    Costs a translation of the bytes and two searches in C (a regular expression only at a
-    ``"ts"``): no Python per character or per number."""
-    text = raw.translate(_DIGITS_AS_ZERO)
-    if b"0e" in text or b".00000000000000000" in text:
+def _special_numbers(raw: bytes, text: str) -> bool:
+    """Whether the body (its bytes and their text) may hold a number parse_values_json keeps the
+    text of: a digit before an exponent, a point before 17 digits, a ``"ts"`` whose number has
+    a point. Text in strings may match too (the body is then decoded the slower way, to the
+    same values). No Python per character or per number: a text without a point or an ``e``
+    is answered at once, others cost a translation of the bytes and searches in C (a regular
+    expression only at a ``"ts"``)."""
+    point = "." in text
+    if not point and "e" not in text and "E" not in text:
+        return False
+    digits = raw.translate(_DIGITS_AS_ZERO)
+    if b"0e" in digits:
         return True
-    at = text.find(b'"ts"')
+    if not point:
+        return False
+    if b".00000000000000000" in digits:
+        return True
+    at = digits.find(b'"ts"')
     while at >= 0:
-        if _TS_FRACTION.match(text, at):
+        if _TS_FRACTION.match(digits, at):
             return True
-        at = text.find(b'"ts"', at + 4)
+        at = digits.find(b'"ts"', at + 4)
     return False
 
 
@@ -110,6 +118,6 @@ def parse_values_json(raw: bytes) -> Any:
     hold a number ThingsBoard reads otherwise than as a float, ``NumberTexts`` of it, those
     numbers JsonNumbers (most bodies have none, and cost a scan of their bytes more)."""
     text = _text(raw)
-    if not _special_numbers(raw):
+    if not _special_numbers(raw, text):
         return _loads(text)
     return NumberTexts(_loads(text, parse_float=_number))

@@ -209,6 +209,9 @@ def test_parse_values_json_keeps_the_text_of_numbers_a_float_does_not_say() -> N
         JsonNumber, "1e3", JsonNumber, "0.30000000000000004", float)
     assert type(d[0]) is JsonNumber and d[0] == 100.0
     assert parse_json(b'{"a": 1e3}') == {"a": 1000.0}  # other APIs: plain floats
+    # without a point: an exponent is still seen; without a point or an e, nothing to see
+    assert type(parse_values_json(b'{"v": 1E3}')) is NumberTexts
+    assert parse_values_json(b'{"v": 12345, "w": [1, 2]}') == {"v": 12345, "w": [1, 2]}
 
 
 def test_a_json_value_holds_plain_numbers_whatever_their_text() -> None:
