@@ -145,7 +145,7 @@ class EdgeApp:
             "times an MQTT connection was not read because mqtt.max_inflight_per_client "
             "publishes awaited their commit")
         self.service = DeviceService(self.store, self.router, tokens=self.tokens, clock=clock,
-                                     metrics=self.metrics)
+                                     metrics=self.metrics, type_cast=cfg.devices.type_cast)
         # the rule chain in force: rules.file, else the cloud's root chain, else none
         self.rules = RulesRuntime(self._script_limits())
         self.rule_counters = RuleCounters(self.rules, self.metrics)

@@ -62,6 +62,7 @@ __all__ = [
     "CloudRpcConfig",
     "CloudStorageConfig",
     "CloudSyncConfig",
+    "DevicesConfig",
     "DownlinkConfig",
     "EdgeConfig",
     "EdgesRpcConfig",
@@ -411,6 +412,15 @@ class MqttConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class DevicesConfig(_Section):
+    """``devices``: how the device APIs (HTTP, MQTT, the MQTT gateway) read what devices post."""
+
+    type_cast: bool = True
+    """Numeric strings in telemetry and attributes become numbers, as ThingsBoard's
+    ``transport.json.type_cast_enabled`` (default true) makes them (api/tb_values.py)."""
+
+
+@dataclass(frozen=True, slots=True)
 class AdminConfig(_Section):
     """``admin``: the local admin HTTP API (status, events page, metrics)."""
 
@@ -482,6 +492,7 @@ class EdgeConfig(_Section):
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)

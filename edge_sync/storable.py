@@ -23,10 +23,12 @@ from edge_sync.validators import (
 
 Values = tuple[tuple[str, Any], ...]
 
-__all__ = ["Values", "check_json_value", "check_timestamp", "check_values"]
+__all__ = ["Values", "check_json_value", "check_key", "check_text", "check_timestamp",
+           "check_value", "check_values"]
 
 
-def _check_text(where: str, text: str) -> None:
+def check_text(where: str, text: str) -> None:
+    """Text the store can hold (UTF-8: no lone surrogate); BadRequest otherwise."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -41,12 +43,12 @@ def _check_nested(where: str, value: Any) -> None:
         item = stack.pop()
         if isinstance(item, dict):
             for k, v in item.items():
-                _check_text(where, k)
+                check_text(where, k)
                 stack.append(v)
         elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, str):
-            _check_text(where, item)
+            check_text(where, item)
         elif isinstance(item, bool) or item is None:
             continue
         elif isinstance(item, int):
@@ -61,11 +63,13 @@ def check_json_value(where: str, value: Any) -> None:
     _check_nested(where, value)
 
 
-def _check_value(where: str, key: str, value: Any) -> Any:
+def check_value(where: str, key: str, value: Any) -> Any:
+    """One value of ``key`` as check_values takes it (returned as it is); BadRequest naming
+    the problem otherwise."""
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
-        _check_text(f"{where}: value of {key!r}", value)
+        check_text(f"{where}: value of {key!r}", value)
         return value
     if isinstance(value, int):
         if not is_int64(value):
@@ -92,19 +96,20 @@ def check_values(where: str, pairs: Any) -> Values:
         # the common case first: an ASCII key (a byte a character, no surrogate can hide in
         # it) and a finite float, a bool or a 64-bit integer; anything else is checked fully
         if not (type(key) is str and key.isascii() and 0 < len(key) <= MAX_KEY_BYTES):
-            _check_key(where, key)
+            check_key(where, key)
         kind = type(value)
         if not ((kind is float and math.isfinite(value)) or kind is bool
                 or (kind is int and INT64_MIN <= value <= INT64_MAX)):
-            _check_value(where, key, value)
+            check_value(where, key, value)
         out.append((key, value))
     return tuple(out)
 
 
-def _check_key(where: str, key: Any) -> None:
+def check_key(where: str, key: Any) -> None:
+    """A key of 1 to MAX_KEY_BYTES bytes of UTF-8; BadRequest otherwise."""
     if not isinstance(key, str):
         raise BadRequest(f"{where}: a key is not text")
-    _check_text(f"{where}: a key", key)
+    check_text(f"{where}: a key", key)
     if not key_fits(key):
         raise BadRequest(f"{where}: keys must be 1 to {MAX_KEY_BYTES} bytes of UTF-8")
 

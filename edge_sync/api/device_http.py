@@ -36,7 +36,7 @@ from edge_sync.api.device_service import DeviceService
 from edge_sync.api.payloads import parse_keys, parse_request_id, parse_timeout
 from edge_sync.common.http_errors import error_response, status_of
 from edge_sync.common.http_host import HANDLER_CANCELLATION
-from edge_sync.common.json_body import parse_json
+from edge_sync.common.json_body import parse_json, parse_values_json
 from edge_sync.devices.rpc import answer_of
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Unauthorized, Unavailable
@@ -189,10 +189,12 @@ class DeviceHttpApi:
         return b"".join(chunks)
 
     async def _telemetry(self, request: web.Request) -> web.StreamResponse:
-        return await self._write(request, "telemetry", self._service.post_telemetry)
+        return await self._write(request, "telemetry", self._service.post_telemetry,
+                                 parse=parse_values_json)
 
     async def _post_attributes(self, request: web.Request) -> web.StreamResponse:
-        return await self._write(request, "attributes", self._service.post_attributes)
+        return await self._write(request, "attributes", self._service.post_attributes,
+                                 parse=parse_values_json)
 
     async def _rpc_response(self, request: web.Request) -> web.StreamResponse:
         """The device's answer to a server-side RPC request. Its body may be any text: one that
@@ -293,8 +295,10 @@ class DeviceHttpApi:
             device = self._service.authenticate(token)
             result, missing = await read_attributes(
                 self._service, device.id,
-                client_keys=parse_keys(request.query.get("clientKeys")),
-                shared_keys=parse_keys(request.query.get("sharedKeys")),
+                # DeviceApiController.getDeviceAttributes: a parameter naming no key (empty,
+                # StringUtils.isEmpty; or only commas) is as absent: all of that scope
+                client_keys=parse_keys(request.query.get("clientKeys")) or None,
+                shared_keys=parse_keys(request.query.get("sharedKeys")) or None,
                 link_connected=self._link_connected, timeout_s=self._timeout, polls=self._polls)
         except Exception as exc:
             return self._refuse(status_of(exc), _message(exc), "attributes read", token)

@@ -29,6 +29,7 @@ from edge_sync.actors.messages import (
     RaiseAlarm,
 )
 from edge_sync.actors.shard import EntityRouter
+from edge_sync.api.null_values import NullValues
 from edge_sync.api.payloads import (
     Entry,
     Values,
@@ -80,6 +81,13 @@ def follower(source: Future[T]) -> Future[T]:
     return out
 
 
+def _nothing() -> Future[range]:
+    """The commit of a write with nothing to store: done, no seqs."""
+    done: Future[range] = Future()
+    done.set_result(range(0))
+    return done
+
+
 @dataclass(frozen=True, slots=True)
 class NamedDevice:
     """What ``get_or_create_device`` found: the device, and while its creation is on its way
@@ -102,8 +110,13 @@ class DeviceService:
         tokens: TokenCache | None = None,
         clock: Clock = SYSTEM_CLOCK,
         metrics: Metrics | None = None,
+        type_cast: bool = True,
     ) -> None:
         self._store = store
+        self.type_cast = type_cast
+        """Numeric strings in telemetry and attributes become numbers (``devices.type_cast``,
+        ThingsBoard's ``transport.json.type_cast_enabled``)."""
+        self._nulls = NullValues(metrics, clock)
         # answers no request awaits, whichever transport took them (each drops them): counted
         self._answers_dropped = None if metrics is None else metrics.counter(
             "edge_sync_rpc_answers_dropped_total",
@@ -226,28 +239,62 @@ class DeviceService:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def post_telemetry(self, token: str, body: Any) -> Future[range]:
+    def telemetry_entries(self, device: Device, body: Any, transport: str) -> tuple[Entry, ...]:
+        """A telemetry body of ``device`` (as parse_values_json decodes it, or any JSON value)
+        read as ThingsBoard reads it: its entries (a body without ``ts`` stamped with the
+        service's clock now), null values skipped and reported (``transport``: null_values.py's
+        TRANSPORTS); BadRequest when it is invalid."""
+        nulls: list[str] = []
+        entries = parse_telemetry(body, now_ms=self._clock.now_ms(), type_cast=self.type_cast,
+                                  nulls=nulls)
+        if nulls:
+            self._nulls.skipped(device.id, device.name, transport, nulls)
+        return entries
+
+    def attribute_values(self, device: Device, body: Any, transport: str) -> Values:
+        """A client attributes body of ``device``, as telemetry_entries reads one."""
+        nulls: list[str] = []
+        values = parse_attributes(body, type_cast=self.type_cast, nulls=nulls)
+        if nulls:
+            self._nulls.skipped(device.id, device.name, transport, nulls)
+        return values
+
+    def nulls_skipped(self, device: Device, transport: str, keys: tuple[str, ...]) -> None:
+        """Null values of ``device`` read elsewhere (a gateway's message) and skipped: counted
+        and logged as telemetry_entries does."""
+        self._nulls.skipped(device.id, device.name, transport, keys)
+
+    def post_telemetry(self, token: str, body: Any, *, transport: str = "http") -> Future[range]:
+        """Telemetry of the device of ``token`` (``transport``: which API took it, for the count
+        of null values). A body with nothing to store (``{}``, ``[]``, only nulls) is done at
+        once, as ThingsBoard acknowledges it."""
         device = self.authenticate(token)
-        entries = parse_telemetry(body, now_ms=self._clock.now_ms())
-        return self.post_entries(device.id, entries)
+        return self.post_entries(device.id, self.telemetry_entries(device, body, transport))
 
     def post_entries(self, device_id: uuid.UUID, entries: tuple[Entry, ...], *,
                      requires_device: bool = False) -> Future[range]:
         """Pre-validated telemetry for a known device (embedding, benchmark, the MQTT gateway).
         ``requires_device``: refused (NotFound, nothing written) unless the device exists when
-        it commits (a device whose creation is on its way)."""
+        it commits (a device whose creation is on its way). No entries: nothing to store, done
+        at once."""
+        if not entries:
+            return _nothing()
         reply: Future[range] = Future()
         self._router.tell(PostTelemetry(device_id, entries, reply, requires_device))
         return reply
 
-    def post_attributes(self, token: str, body: Any) -> Future[range]:
+    def post_attributes(self, token: str, body: Any, *, transport: str = "http") -> Future[range]:
+        """Client attributes of the device of ``token``, as post_telemetry."""
         device = self.authenticate(token)
-        return self.post_client_attributes(device.id, parse_attributes(body))
+        return self.post_client_attributes(device.id,
+                                           self.attribute_values(device, body, transport))
 
     def post_client_attributes(self, device_id: uuid.UUID, values: Values, *,
                                requires_device: bool = False) -> Future[range]:
         """Pre-validated client attributes of a known device (``requires_device``: as
-        post_entries)."""
+        post_entries). No values: nothing to store, done at once."""
+        if not values:
+            return _nothing()
         reply: Future[range] = Future()
         self._router.tell(PostClientAttributes(device_id, values, self._clock.now_ms(), reply,
                                                requires_device))

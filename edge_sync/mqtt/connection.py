@@ -557,8 +557,8 @@ class MqttConnection:
 
     def _publish(self, frame: Frame) -> None:
         topic, qos, packet_id, data = self._frames.publish(frame)
-        session, burst = self._session, self._burst
-        assert session is not None and burst is not None
+        session, burst, device = self._session, self._burst, self._device
+        assert session is not None and burst is not None and device is not None
         if qos == 0:
             reply = Reply.NONE
         elif qos == 1:
@@ -572,12 +572,12 @@ class MqttConnection:
             if kind is Publish.TELEMETRY or kind is Publish.ATTRIBUTES:
                 try:
                     if kind is Publish.TELEMETRY:
-                        entries = telemetry_entries(self._service, data)
+                        entries = telemetry_entries(self._service, device, data)
                         if not burst.telemetry(entries, reply, packet_id):
                             self._send_burst()
                             burst.telemetry(entries, reply, packet_id)
                     else:
-                        values = attribute_values(data)
+                        values = attribute_values(self._service, device, data)
                         if not burst.attributes(values, reply, packet_id):
                             self._send_burst()
                             burst.attributes(values, reply, packet_id)

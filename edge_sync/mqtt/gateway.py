@@ -53,7 +53,7 @@ from loguru import logger
 
 from edge_sync.api.attribute_read import read_attributes
 from edge_sync.api.device_service import DeviceService, follower
-from edge_sync.common.json_body import parse_json
+from edge_sync.common.json_body import parse_json, parse_values_json
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, NotFound, Unavailable
 from edge_sync.mqtt import gateway_payloads as wire
@@ -135,7 +135,8 @@ class Gateway:
         if handler is None:  # ThingsBoard acknowledges it (TOPIC_NAME_INVALID) and drops it
             self._log_dropped(topic)
             return None
-        return handler(parse_json(payload))
+        values = topic == wire.TELEMETRY or topic == wire.ATTRIBUTES
+        return handler(parse_values_json(payload) if values else parse_json(payload))
 
     def subscribe(self, topic_filter: str) -> bool:
         """Start serving ``topic_filter``; False when the edge does not serve it."""
@@ -237,7 +238,8 @@ class Gateway:
         return None
 
     def _on_telemetry(self, body: Any) -> Future[Any] | None:
-        data = wire.parse_telemetry(body, now_ms=self._service.now_ms())
+        data = wire.parse_telemetry(body, now_ms=self._service.now_ms(),
+                                    type_cast=self._service.type_cast)
         self._log_skipped(data.skipped, "telemetry", "neither a list nor an object")
         self._admit(name for name, _ in data.devices)
         commits: list[Future[Any] | None] = []
@@ -247,10 +249,11 @@ class Gateway:
             if entries:
                 commits.append(self._watch(name, sub, self._service.post_entries(
                     sub.device.id, entries, requires_device=True)))
+        self._report_nulls(data.nulls)
         return all_of(commits)
 
     def _on_attributes(self, body: Any) -> Future[Any] | None:
-        data = wire.parse_attributes(body)
+        data = wire.parse_attributes(body, type_cast=self._service.type_cast)
         self._log_skipped(data.skipped, "attributes", "not an object")
         self._admit(name for name, _ in data.devices)
         commits: list[Future[Any] | None] = []
@@ -260,7 +263,16 @@ class Gateway:
             if values:
                 commits.append(self._watch(name, sub, self._service.post_client_attributes(
                     sub.device.id, values, requires_device=True)))
+        self._report_nulls(data.nulls)
         return all_of(commits)
+
+    def _report_nulls(self, nulls: tuple[tuple[str, tuple[str, ...]], ...]) -> None:
+        """The null values of the message's devices, skipped: counted and logged per device
+        (api/null_values.py), each device connected through this gateway by now."""
+        for name, keys in nulls:
+            sub = self._children.get(name)
+            if sub is not None:
+                self._service.nulls_skipped(sub.device, "mqtt_gateway", keys)
 
     def _on_rpc_reply(self, body: Any) -> Future[Any] | None:
         reply = wire.parse_rpc_reply(body)

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from edge_sync.api import payloads as device_api
 from edge_sync.api.payloads import Entry, Values
+from edge_sync.common.json_body import NumberTexts
 from edge_sync.errors import BadRequest
 from edge_sync.validators import MAX_NAME_BYTES, key_fits, text_fits
 
@@ -43,10 +44,12 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class DeviceData(Generic[T]):
     """One message's data of several devices, in message order; ``skipped``: devices whose
-    value had a shape ThingsBoard skips (logged, not stored)."""
+    value had a shape ThingsBoard skips (logged, not stored); ``nulls``: per device, the keys
+    of its null values, skipped as ThingsBoard skips them."""
 
     devices: tuple[tuple[str, T], ...]
     skipped: tuple[str, ...] = ()
+    nulls: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +129,19 @@ def _without_metadata(item: Any, where: str) -> Any:
     return {k: v for k, v in item.items() if k != "metadata"}
 
 
-def parse_telemetry(body: Any, *, now_ms: int) -> DeviceData[tuple[Entry, ...]]:
+def parse_telemetry(body: Any, *, now_ms: int,
+                    type_cast: bool = True) -> DeviceData[tuple[Entry, ...]]:
     """``{"Dev A": [entry, ...], "Dev B": entry}`` where an entry is ``{"k": v}`` (at
-    ``now_ms``) or ``{"ts": ms, "values": {...}}`` -> each device's entries in message order.
-    An empty list: the device, no data. A value that is neither a list nor an object is
-    skipped (ThingsBoard skips all but lists); a message with nothing else is refused."""
-    obj = _object(body, "gateway telemetry")
+    ``now_ms``) or ``{"ts": ms, "values": {...}}`` -> each device's entries in message order,
+    values read as the device API reads them (api/payloads.py: ``type_cast``, nulls skipped).
+    An empty list, or entries without a pair: the device, no data. A value that is neither a
+    list nor an object is skipped (ThingsBoard skips all but lists); a message with nothing
+    else is refused."""
+    marked = type(body) is NumberTexts
+    obj = _object(body.body if marked else body, "gateway telemetry")
     devices: list[tuple[str, tuple[Entry, ...]]] = []
     skipped: list[str] = []
+    nulls: list[tuple[str, tuple[str, ...]]] = []
     for name, value in obj.items():
         if not isinstance(value, list | dict):
             skipped.append(name)
@@ -147,37 +155,48 @@ def parse_telemetry(body: Any, *, now_ms: int) -> DeviceData[tuple[Entry, ...]]:
             items: Any = [_without_metadata(v, f"{where}[{i}]") for i, v in enumerate(value)]
         else:
             items = _without_metadata(value, where)
+        found: list[str] = []
         try:
-            entries = device_api.parse_telemetry(items, now_ms=now_ms)
+            entries = device_api.parse_telemetry(NumberTexts(items) if marked else items,
+                                                 now_ms=now_ms, type_cast=type_cast,
+                                                 nulls=found)
         except BadRequest as exc:
             raise BadRequest(f"{where}: {exc}") from exc
         devices.append((name, entries))
+        if found:
+            nulls.append((name, tuple(found)))
     if not devices:
         raise BadRequest("gateway telemetry: no device with a list or an object of data")
-    return DeviceData(tuple(devices), tuple(skipped))
+    return DeviceData(tuple(devices), tuple(skipped), tuple(nulls))
 
 
-def parse_attributes(body: Any) -> DeviceData[Values]:
-    """``{"Dev A": {"k": v}, ...}`` -> each device's client attributes. An empty object: the
-    device, no data. A value that is not an object is skipped, as ThingsBoard does; a
-    message with nothing else is refused."""
-    obj = _object(body, "gateway attributes")
+def parse_attributes(body: Any, *, type_cast: bool = True) -> DeviceData[Values]:
+    """``{"Dev A": {"k": v}, ...}`` -> each device's client attributes, read as the device API
+    reads them. An empty object (or one of nulls): the device, no data. A value that is not
+    an object is skipped, as ThingsBoard does; a message with nothing else is refused."""
+    marked = type(body) is NumberTexts
+    obj = _object(body.body if marked else body, "gateway attributes")
     devices: list[tuple[str, Values]] = []
     skipped: list[str] = []
+    nulls: list[tuple[str, tuple[str, ...]]] = []
     for name, value in obj.items():
         if not isinstance(value, dict):
             skipped.append(name)
             continue
         where = f"attributes of device {name[:64]!r}"
         device_name(name, where)
+        found: list[str] = []
         try:
-            values = device_api.parse_attributes(value) if value else ()
+            values = device_api.parse_attributes(NumberTexts(value) if marked else value,
+                                                 type_cast=type_cast, nulls=found)
         except BadRequest as exc:
             raise BadRequest(f"{where}: {exc}") from exc
         devices.append((name, values))
+        if found:
+            nulls.append((name, tuple(found)))
     if not devices:
         raise BadRequest("gateway attributes: no device with an object of attributes")
-    return DeviceData(tuple(devices), tuple(skipped))
+    return DeviceData(tuple(devices), tuple(skipped), tuple(nulls))
 
 
 def parse_attribute_request(body: Any) -> AttributeRequest:

@@ -26,15 +26,8 @@ from loguru import logger
 from edge_sync.api import client_rpc
 from edge_sync.api.attribute_read import read_attributes
 from edge_sync.api.device_service import DeviceService
-from edge_sync.api.payloads import (
-    Entry,
-    Values,
-    parse_attributes,
-    parse_keys,
-    parse_request_id,
-    parse_telemetry,
-)
-from edge_sync.common.json_body import parse_json
+from edge_sync.api.payloads import Entry, Values, parse_keys, parse_request_id
+from edge_sync.common.json_body import parse_json, parse_values_json
 from edge_sync.devices.rpc import answer_of
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest
@@ -81,9 +74,11 @@ class Inbound:
         this check refuses what comes before it does."""
         kind, request_id, form = classify(topic)
         if kind is Publish.TELEMETRY:
-            return self._service.post_telemetry(self._token, parse_json(data))
+            return self._service.post_telemetry(self._token, parse_values_json(data),
+                                                transport="mqtt")
         if kind is Publish.ATTRIBUTES:
-            return self._service.post_attributes(self._token, parse_json(data))
+            return self._service.post_attributes(self._token, parse_values_json(data),
+                                                 transport="mqtt")
         if kind is not Publish.RPC_RESPONSE:  # the device service checks that one's
             self._service.authenticate(self._token)
         if kind is Publish.GATEWAY:
@@ -170,12 +165,14 @@ class Inbound:
         task.add_done_callback(self._requests.discard)
 
 
-def telemetry_entries(service: DeviceService, data: bytes) -> tuple[Entry, ...]:
-    """A telemetry body's entries, as the device service parses them (a body without ``ts``
-    stamped with the service's clock now); BadRequest: invalid."""
-    return parse_telemetry(parse_json(data), now_ms=service.now_ms())
+def telemetry_entries(service: DeviceService, device: Device, data: bytes) -> tuple[Entry, ...]:
+    """A telemetry body's entries, as the device service reads them (a body without ``ts``
+    stamped with the service's clock now, null values skipped and reported); BadRequest:
+    invalid."""
+    return service.telemetry_entries(device, parse_values_json(data), "mqtt")
 
 
-def attribute_values(data: bytes) -> Values:
-    """A client attributes body's values; BadRequest: invalid."""
-    return parse_attributes(parse_json(data))
+def attribute_values(service: DeviceService, device: Device, data: bytes) -> Values:
+    """A client attributes body's values, as the device service reads them; BadRequest:
+    invalid."""
+    return service.attribute_values(device, parse_values_json(data), "mqtt")

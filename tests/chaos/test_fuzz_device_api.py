@@ -42,6 +42,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from edge_sync.api.payloads import parse_attributes, parse_telemetry
+from edge_sync.common.json_body import parse_values_json
 from edge_sync.storage.records import Action
 from tests.helpers.agent import Agent, NoAnswer, Response, read_counts, read_log
 from tests.helpers.wait import wait_until
@@ -53,6 +55,8 @@ DEADLINE_S = 10.0
 TOKEN = "fuzz-device-token-5f0c2a"
 DEFAULT_EXAMPLES = 300
 SOAK_EXAMPLES = 5_000
+NO_TS = -1
+"""The time the oracle stamps an entry without ``ts`` with (expected_events)."""
 REFUSALS = {400, 401, 413}
 REASONS = {400: "bad request", 401: "unauthorized", 413: "payload too large"}
 
@@ -177,19 +181,19 @@ def deep_recursion() -> Iterator[None]:
 
 
 def expected_events(what: str, raw: bytes) -> list[tuple[str, Any]]:
-    """The events an accepted body becomes (README: one per telemetry entry; one per attributes
-    post), as (action, body) with telemetry's server-side ts left as None."""
+    """The events an accepted body becomes (README: one per telemetry entry with a pair; one
+    per attributes post with a pair), as (action, body) with telemetry's server-side ts left
+    as None. Values as the device API reads them, as ThingsBoard does (nulls skipped, numeric
+    strings cast: api/tb_values.py, case by case in tests/unit/test_tb_values.py)."""
     with deep_recursion():
-        doc = json.loads(raw.decode("utf-8-sig"))
-    if what == "attributes":
-        return [(Action.ATTRIBUTES_UPDATED, {"scope": "CLIENT_SCOPE", "kv": doc})]
-    out: list[tuple[str, Any]] = []
-    for entry in doc if isinstance(doc, list) else [doc]:
-        if set(entry) == {"ts", "values"}:
-            out.append((Action.TIMESERIES_UPDATED, {"ts": entry["ts"], "values": entry["values"]}))
-        else:
-            out.append((Action.TIMESERIES_UPDATED, {"ts": None, "values": entry}))
-    return out
+        body = parse_values_json(raw)
+        if what == "attributes":
+            values = parse_attributes(body)
+            return [(Action.ATTRIBUTES_UPDATED, {"scope": "CLIENT_SCOPE", "kv": dict(values)})] \
+                if values else []
+        entries = parse_telemetry(body, now_ms=NO_TS)  # a ts the API refuses: none given
+    return [(Action.TIMESERIES_UPDATED, {"ts": None if ts == NO_TS else ts, "values": dict(pairs)})
+            for ts, pairs in entries]
 
 
 def same_event(got: Any, action: str, want: dict[str, Any]) -> bool:

@@ -100,29 +100,27 @@ def test_malformed_json_is_400_naming_the_problem(session: Session, body: bytes,
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ([], "telemetry: empty list"),
-        ({}, "telemetry: no key/value pairs"),
-        ({"ts": "x", "values": {}}, "telemetry: 'ts' must be a non-negative integer"),
-        ({"ts": -1, "values": {"v": 1}}, "telemetry: 'ts' must be a non-negative integer"),
-        ({"ts": 1, "values": {}}, "telemetry.values: no key/value pairs"),
-        ({"a": None}, "telemetry: value of 'a' is null"),
+        ({"ts": "x", "values": {}}, "telemetry: 'ts' must be ms since 1970"),
+        ({"ts": -1, "values": {"v": 1}}, "telemetry: 'ts' -1 is before 1970"),
+        ({"ts": 1, "values": [1]}, "telemetry.values: expected a JSON object"),
         ("a string", "telemetry: expected a JSON object"),
         (42, "telemetry: expected a JSON object"),
         ([{"v": 1}, 7], "telemetry[1]: expected a JSON object"),
         ({"": 1}, "telemetry: keys must be 1 to 255 bytes of UTF-8"),
         ({"k" * 256: 1}, "telemetry: keys must be 1 to 255 bytes of UTF-8"),
-        ({"v": 2**64}, "telemetry: value of 'v' does not fit in a 64-bit integer"),
     ],
-    ids=["empty-list", "empty-object", "ts-string", "ts-negative", "values-empty", "null",
-         "string", "number", "list-item", "empty-key", "long-key", "int-overflow"],
+    ids=["ts-string", "ts-negative", "values-list", "string", "number", "list-item",
+         "empty-key", "long-key"],
 )
 def test_wrong_shapes_are_400(session: Session, body: Any, message: str) -> None:
     out = session.refused(telemetry(session, json.dumps(body).encode()), 400)
     assert out["message"].startswith(message), out["message"]
 
 
-@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1" + b"0" * 400 + b".5"])
 def test_non_finite_numbers_are_400(session: Session, literal: bytes) -> None:
+    # 1e400 is no longer among them: a whole number written with an exponent is a long, or
+    # beyond 64 bits the string of its digits, as ThingsBoard stores it (api/tb_values.py)
     out = session.refused(telemetry(session, b'{"v": ' + literal + b"}"), 400)
     assert out["message"] == "telemetry: value of 'v' is not a finite number"
 

@@ -545,7 +545,7 @@ def test_unawaited_answers_are_dropped_bad_ones_and_timeouts_refused_nothing_que
         out: dict[str, Answer] = {}
         out["unknown"] = await request(s, "POST", rig.edge_url(dev, "rpc/99"), {"ok": 1})
         out["not a number"] = await request(s, "POST", rig.edge_url(dev, "rpc/abc"), {"ok": 1})
-        for raw in ("300001", "-1", "1.5", "abc"):
+        for raw in ("-1", "1.5", "abc"):
             out[f"timeout {raw}"] = await request(s, "GET", rig.edge_url(dev, f"rpc?timeout={raw}"))
             out[f"attr timeout {raw}"] = await request(
                 s, "GET", rig.edge_url(dev, f"attributes/updates?timeout={raw}"))
@@ -571,7 +571,7 @@ def test_unawaited_answers_are_dropped_bad_ones_and_timeouts_refused_nothing_que
         [(200, b"")] * 3
     assert rig.answers_dropped() == dropped_before + 3
     assert out["not a number"].status == 400
-    for raw in ("300001", "-1", "1.5", "abc"):
+    for raw in ("-1", "1.5", "abc"):
         for kind in ("timeout", "attr timeout"):
             answer = out[f"{kind} {raw}"]
             assert answer.status == 400, (kind, raw, answer)

@@ -272,7 +272,20 @@ def test_a_poll_with_nothing_to_deliver_times_out_with_408_and_no_body(harness: 
     assert (status, body) == (408, b"")
 
 
-@pytest.mark.parametrize("timeout", ["300001", "-1", "abc", "1.5", "99999999999999999"])
+def test_a_timeout_above_300000_waits_as_a_poll_of_300000(harness: Harness) -> None:
+    """ThingsBoard's HTTP transport ends every request at transport.http.max_request_timeout
+    (300000 ms, HttpTransportContext's Tomcat asyncTimeout) whatever timeout it asks: such a
+    poll is taken, and waits (the wait itself clamped: tests/unit/test_device_rpc.py)."""
+    fake, app = harness.connected_edge()
+    dev = make_device(app, "rpc-long")
+    poll = in_thread(http, app, "GET", f"/api/v1/{dev.token}/rpc?timeout=600000")
+    polls_open(app, 1)
+    deliver(fake, rpc_downlink(fake, dev, 4, "reboot", {}))
+    status, _, body = poll.result(DEADLINE_S)
+    assert (status, json.loads(body)) == (200, {"id": 4, "method": "reboot", "params": {}})
+
+
+@pytest.mark.parametrize("timeout", ["-1", "abc", "1.5", "99999999999999999999"])
 def test_a_timeout_out_of_range_is_refused_with_400(harness: Harness, timeout: str) -> None:
     _, app = harness.connected_edge()
     dev = make_device(app, "rpc-range")
@@ -518,11 +531,11 @@ def test_a_shared_key_the_edge_does_not_hold_is_fetched_from_the_cloud(harness: 
 def test_with_the_cloud_unreachable_what_is_known_is_answered_at_once(harness: Harness) -> None:
     app = harness.edge(free_ports()[0])  # nobody listens there: the link never connects
     dev = make_device(app, "attr-offline")
-    app.service.post_attributes(dev.token, {"fw": "1.0"}).result(DEADLINE_S)
+    app.service.post_attributes(dev.token, {"fw": "1.0.1"}).result(DEADLINE_S)
     started = time.monotonic()
     status, headers, body = http(
         app, "GET", f"/api/v1/{dev.token}/attributes?clientKeys=fw&sharedKeys=mode")
-    assert (status, json.loads(body)) == (200, {"client": {"fw": "1.0"}, "shared": {}})
+    assert (status, json.loads(body)) == (200, {"client": {"fw": "1.0.1"}, "shared": {}})
     assert headers["X-Edge-Sync-Missing-Shared-Keys"] == "mode"
     assert time.monotonic() - started < 2
     assert http(app, "GET", f"/api/v1/{dev.token}/attributes?sharedKeys=mode")[0] == 200

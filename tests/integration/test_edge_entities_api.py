@@ -286,7 +286,7 @@ def test_relation_refusals_write_nothing(agent: Agent) -> None:
 def test_attribute_and_timeseries_key_deletes(agent: Agent) -> None:
     device, token = agent.create_device("meter")
     dev = uuid.UUID(device)
-    assert agent.device("POST", f"/api/v1/{token}/attributes", {"fw": "1", "hw": "2"}).status == 200
+    assert agent.device("POST", f"/api/v1/{token}/attributes", {"fw": "r1", "hw": "r2"}).status == 200
     assert agent.post_telemetry(token, {"kwh": 5, "v": 230}) == 200
     before = last_seq(agent)
     resp = call(agent, "DELETE", f"/api/entities/{device}/attributes/CLIENT_SCOPE",
@@ -300,7 +300,7 @@ def test_attribute_and_timeseries_key_deletes(agent: Agent) -> None:
     ]
     assert event(agent, before + 1).body == {"scope": "CLIENT_SCOPE", "keys": ["fw", "gone"]}
     assert event(agent, before + 2).body == {"keys": ["kwh"]}
-    assert entity_data(agent, dev) == ({"hw": "2"}, {"v": 230})
+    assert entity_data(agent, dev) == ({"hw": "r2"}, {"v": 230})
     refused(call(agent, "DELETE", f"/api/entities/{UNKNOWN}/timeseries", {"keys": ["a"]}), 404,
             str(UNKNOWN))
     refused(call(agent, "DELETE", f"/api/entities/{device}/attributes/BOGUS", {"keys": ["a"]}),
@@ -356,7 +356,7 @@ def test_entities_and_entity_reads(agent: Agent) -> None:
     site = make_asset(agent, "read-site", type="site")
     device, token = agent.create_device("read-pump")
     assert agent.post_telemetry(token, {"rpm": 900}) == 200
-    assert agent.device("POST", f"/api/v1/{token}/attributes", {"fw": "2"}).status == 200
+    assert agent.device("POST", f"/api/v1/{token}/attributes", {"fw": "r2"}).status == 200
     assert call(agent, "POST", "/api/relations",
                 {"from": str(site), "to": device, "type": "Contains"}).status == 201
     listed = call(agent, "GET", "/api/entities?type=ASSET&name=read-site").json()
@@ -371,7 +371,7 @@ def test_entities_and_entity_reads(agent: Agent) -> None:
     assert (one["entity_type"], one["name"], one["origin"]) == ("DEVICE", "read-pump", "edge")
     assert one["entity"]["id"] == {"entityType": "DEVICE", "id": device}
     assert one["relations"] == {"from": [], "to": [rel]}
-    assert one["attributes"] == {"CLIENT_SCOPE": {"fw": "2"}, "SERVER_SCOPE": {},
+    assert one["attributes"] == {"CLIENT_SCOPE": {"fw": "r2"}, "SERVER_SCOPE": {},
                                  "SHARED_SCOPE": {}}
     assert list(one["latest"]) == ["rpm"] and one["latest"]["rpm"]["value"] == 900
     assert call(agent, "GET", f"/api/entities/{site}").json()["relations"] == {

@@ -238,8 +238,8 @@ def test_http_rejections_write_nothing(app: EdgeApp) -> None:
     assert status == 400 and json.loads(body)["error"] == "bad request"
     status, body = http_post(app.http_port, "no-such-token", {"c": 1})
     assert status == 401 and json.loads(body)["error"] == "unauthorized"
-    status, body = http_post(app.http_port, d.token, {"c": None})
-    assert status == 400 and "null" in json.loads(body)["message"]
+    status, body = http_post(app.http_port, d.token, b'{"c": NaN}')
+    assert status == 400 and "not a finite number" in json.loads(body)["message"]
     assert http_post(app.http_port, d.token, {"c": 1})[0] == 200
     assert_device_log(app, d, [0, 1])
 

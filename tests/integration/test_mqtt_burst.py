@@ -168,7 +168,7 @@ def test_a_malformed_publish_first_in_a_burst_stores_nothing(app: EdgeApp) -> No
     created.result(DEADLINE_S)
     with RawClient(app.mqtt_port, timeout=DEADLINE_S) as client:
         assert client.connect("b2", "burst-2") == (0, 0)
-        client.send(publish_packet(TELEMETRY, b"[]", qos=1, packet_id=1)
+        client.send(publish_packet(TELEMETRY, b"[1]", qos=1, packet_id=1)
                     + publish_packet(TELEMETRY, body({"n": 1}), qos=1, packet_id=2))
         assert acks_until_closed(client) == []
     assert values(app, device.id) == []

@@ -210,7 +210,7 @@ def test_an_attribute_request_that_cannot_be_read_is_logged_and_left_unanswered(
     (it once failed silently); the connection serves the next request."""
     with MqttDevice(app.mqtt_port, TOKEN) as dev:
         assert dev.connect() == 0
-        sent = dev.publish(ATTRIBUTES, {"firmware": "2.0", "mode": 1})
+        sent = dev.publish(ATTRIBUTES, {"firmware": "2.0.1", "mode": 1})
         wait_until(lambda: dev.acked_ids() == [sent.mid], timeout=DEADLINE_S, what="PUBACK")
 
     def corrupt(txn: Any) -> int:
@@ -373,7 +373,7 @@ def test_a_retained_publish_is_stored_and_nothing_is_retained(
         app: EdgeApp, device_id: uuid.UUID) -> None:
     with MqttDevice(app.mqtt_port, TOKEN) as dev:
         assert dev.connect() == 0
-        info = dev.client.publish(ATTRIBUTES, b'{"firmware": "2.0"}', qos=1, retain=True)
+        info = dev.client.publish(ATTRIBUTES, b'{"firmware": "2.0.1"}', qos=1, retain=True)
         wait_until(lambda: dev.acked_ids() == [info.mid], timeout=DEADLINE_S, what="PUBACK")
     with MqttDevice(app.mqtt_port, TOKEN) as late:
         assert late.connect() == 0
@@ -381,10 +381,10 @@ def test_a_retained_publish_is_stored_and_nothing_is_retained(
         late.publish("v1/devices/me/attributes/request/1", {"clientKeys": "firmware"})
         # the server writes in order: a retained message would have come before this answer
         assert late.wait_message("v1/devices/me/attributes/response/1") == {
-            "client": {"firmware": "2.0"}}
+            "client": {"firmware": "2.0.1"}}
         assert late.received_on(ATTRIBUTES) == []
     assert [e.body["kv"] for e in events_of(app, device_id, Action.ATTRIBUTES_UPDATED)] == [
-        {"firmware": "2.0"}]
+        {"firmware": "2.0.1"}]
     no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 

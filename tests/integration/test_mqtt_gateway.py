@@ -215,7 +215,7 @@ def test_telemetry_in_every_shape_and_attributes_of_several_devices(app: EdgeApp
             "Dev C": {"ts": 5, "values": {"v": 20, "t": 21.5}},
             "Dev D": [],
         })
-        gateway.send(ATTRIBUTES, {"Dev A": {"fw": "1.0", "model": {"rev": 2}}, "Dev E": {}})
+        gateway.send(ATTRIBUTES, {"Dev A": {"fw": "1.0.1", "model": {"rev": 2}}, "Dev E": {}})
         assert not gateway.disconnected.is_set()
     events = event_log(app)
     dev = {n: device_named(app, n) for n in ("Dev A", "Dev B", "Dev C", "Dev D", "Dev E")}
@@ -230,14 +230,14 @@ def test_telemetry_in_every_shape_and_attributes_of_several_devices(app: EdgeApp
     assert actions(events, d) == [Action.ADDED, Action.CREDENTIALS_UPDATED]  # connected only
     assert actions(events, e) == [Action.ADDED, Action.CREDENTIALS_UPDATED]
     [attrs] = [x for x in events if x.entity_id == a and x.action == Action.ATTRIBUTES_UPDATED]
-    assert attrs.body == {"scope": "CLIENT_SCOPE", "kv": {"fw": "1.0", "model": {"rev": 2}}}
+    assert attrs.body == {"scope": "CLIENT_SCOPE", "kv": {"fw": "1.0.1", "model": {"rev": 2}}}
 
 
 def test_attribute_requests_are_answered_in_thingsboards_shape(app: EdgeApp) -> None:
     make_gateway(app)
     with connected(app) as gateway:
         assert gateway.subscribe(ATTRIBUTES_RESPONSE) == [0]
-        gateway.send(ATTRIBUTES, {"Dev A": {"fw": "1.0", "hw": 3}})
+        gateway.send(ATTRIBUTES, {"Dev A": {"fw": "1.0.1", "hw": 3}})
         gateway.send(ATTRIBUTES_REQUEST, {"id": 1, "device": "Dev A", "client": True,
                                           "key": "fw"})
         gateway.send(ATTRIBUTES_REQUEST, {"id": 2, "device": "Dev A", "client": True,
@@ -254,11 +254,11 @@ def test_attribute_requests_are_answered_in_thingsboards_shape(app: EdgeApp) -> 
         def answer(request_id: int) -> Any:
             return gateway.wait_for(ATTRIBUTES_RESPONSE, lambda b: b["id"] == request_id)
 
-        assert answer(1) == {"id": 1, "device": "Dev A", "value": "1.0"}
-        assert answer(2) == {"id": 2, "device": "Dev A", "values": {"fw": "1.0", "hw": 3}}
+        assert answer(1) == {"id": 1, "device": "Dev A", "value": "1.0.1"}
+        assert answer(2) == {"id": 2, "device": "Dev A", "values": {"fw": "1.0.1", "hw": 3}}
         assert answer(3) == {"id": 3, "device": "Dev A"}
         assert answer(4) == {"id": 4, "device": "Dev A", "value": 3}
-        assert answer(5) == {"id": 5, "device": "Dev A", "values": {"fw": "1.0", "hw": 3}}
+        assert answer(5) == {"id": 5, "device": "Dev A", "values": {"fw": "1.0.1", "hw": 3}}
         assert answer(6) == {"id": 6, "device": "New Dev"}  # created on first sight, no cloud
         # every attribute of the scope when the scope holds one: "value", as ThingsBoard
         gateway.send(ATTRIBUTES, {"Solo": {"only": [1, 2]}})
@@ -716,7 +716,7 @@ def test_a_device_that_is_not_a_gateway_is_refused(app: EdgeApp) -> None:
     (TELEMETRY, {"Dev": 5, "Other": "x"}),  # nothing but values ThingsBoard skips
     (TELEMETRY, {"": [{"v": 1}]}),  # empty name
     (TELEMETRY, {"x" * 256: [{"v": 1}]}),  # a name over 255 bytes
-    (TELEMETRY, {"Good": [{"v": 1}], "Bad": [{"v": None}]}),  # one device's bad value
+    (TELEMETRY, {"Good": [{"v": 1}], "Bad": [{"v": float("nan")}]}),  # one device's bad value
     (ATTRIBUTES, {"Dev": {"k": float("inf")}}),
     (CONNECT, {"type": "no name"}),
     (CONNECT, {"device": "   "}),

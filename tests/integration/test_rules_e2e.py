@@ -350,7 +350,7 @@ def test_thingsboard_export_runs_unchanged(tmp_path, procs):
     body.insert(2, {"ts": BASE_TS + 2, "values": {"humidity": 40}})
     posted_at = int(time.time() * 1000)
     assert agent.post_telemetry(token, body) == 200
-    resp = agent.device("POST", f"/api/v1/{token}/attributes", {"firmware": "1.2"})
+    resp = agent.device("POST", f"/api/v1/{token}/attributes", {"firmware": "1.2.0"})
     assert resp.status == 200, resp.body
 
     got = wait_telemetry(cloud, device_id, 4)  # three converted readings, then the summary
@@ -375,7 +375,7 @@ def test_thingsboard_export_runs_unchanged(tmp_path, procs):
                  if r.get("component") == "rules" and r["level"] == "INFO"
                  and str(r["message"]).startswith(("no temperature", "attributes"))],
         timeout=DEADLINE_S, what="the log nodes' lines")
-    assert sorted(logged) == ['attributes: {"firmware":"1.2"}', 'no temperature: {"humidity":40}']
+    assert sorted(logged) == ['attributes: {"firmware":"1.2.0"}', 'no temperature: {"humidity":40}']
 
     assert node_counts(agent) == [
         ("nodes[0] 'Message Type Switch'", MSG_TYPE_SWITCH, 5, 0),
@@ -578,14 +578,14 @@ def test_without_a_file_the_clouds_root_chain_is_in_force(tmp_path, procs):
 
     body = [{"ts": BASE_TS + t, "values": {"temperature": t}} for t in range(5)]
     assert agent.post_telemetry(token, body) == 200
-    assert agent.device("POST", f"/api/v1/{token}/attributes", {"fw": "1.2"}).status == 200
+    assert agent.device("POST", f"/api/v1/{token}/attributes", {"fw": "1.2.0"}).status == 200
 
     events = settle(cloud, agent)
     assert telemetry_at_cloud(events, device_id) == \
         [(BASE_TS + t, {"temperature": t}) for t in range(5)]
     attributes = [e["body"] for e in events
                   if e["entity_id"] == device_id and e["action"] == "ATTRIBUTES_UPDATED"]
-    assert [(a["scope"], a["kv"]) for a in attributes] == [("CLIENT_SCOPE", {"fw": "1.2"})]
+    assert [(a["scope"], a["kv"]) for a in attributes] == [("CLIENT_SCOPE", {"fw": "1.2.0"})]
     assert local_series(agent, device_id) == \
         {"temperature": [{"ts": BASE_TS + t, "value": t} for t in range(5)]}
     counts = {(node, kind.rsplit(".", 1)[-1]): (n_in, failed)

@@ -278,12 +278,18 @@ def test_a_subscription_stays_for_every_update_and_takes_its_turn_for_requests()
 
 @pytest.mark.parametrize(("raw", "ms"), [(None, LONG_POLL_DEFAULT_MS), ("", LONG_POLL_DEFAULT_MS),
                                          ("0", LONG_POLL_DEFAULT_MS), ("1", 1),
-                                         (str(LONG_POLL_MAX_MS), LONG_POLL_MAX_MS)])
+                                         (str(LONG_POLL_MAX_MS), LONG_POLL_MAX_MS),
+                                         # longer: the longest, ThingsBoard's
+                                         # transport.http.max_request_timeout (300000)
+                                         (str(LONG_POLL_MAX_MS + 1), LONG_POLL_MAX_MS),
+                                         ("600000", 300_000),
+                                         (str(2**63 - 1), LONG_POLL_MAX_MS)])
 def test_timeout_parameter(raw: str | None, ms: int) -> None:
+    assert LONG_POLL_MAX_MS == 300_000
     assert parse_timeout(raw) == ms
 
 
-@pytest.mark.parametrize("raw", [str(LONG_POLL_MAX_MS + 1), "-1", "1e3", "ten", "٣", " 5"])
+@pytest.mark.parametrize("raw", [str(2**63), "9" * 20, "-1", "1e3", "ten", "٣", " 5"])
 def test_timeout_parameter_out_of_range_or_malformed(raw: str) -> None:
     with pytest.raises(BadRequest, match="timeout"):
         parse_timeout(raw)

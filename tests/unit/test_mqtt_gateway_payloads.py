@@ -86,12 +86,34 @@ def test_values_thingsboard_skips_are_skipped_and_named() -> None:
         wire.parse_telemetry({}, now_ms=NOW)
 
 
+def test_null_values_are_skipped_and_named_per_device_and_empty_entries_store_nothing() -> None:
+    """JsonConverter.parseProtoValues skips a JsonNull; an entry left without a pair stores
+    nothing, and its device is still named (connected) by the message."""
+    data = wire.parse_telemetry({"A": [{"v": None, "w": 1}, {"x": None}], "B": {}, "C": [{}]},
+                                now_ms=NOW)
+    assert data.devices == (("A", ((NOW, (("w", 1),)),)), ("B", ()), ("C", ()))
+    assert data.nulls == (("A", ("v", "x")),)
+    attributes = wire.parse_attributes({"A": {"k": None, "fw": "1.2.0"}, "B": {"n": None}})
+    assert attributes.devices == (("A", (("fw", "1.2.0"),)), ("B", ()))
+    assert attributes.nulls == (("A", ("k",)), ("B", ("n",)))
+
+
+def test_values_are_cast_as_thingsboard_casts_them_unless_type_cast_is_off() -> None:
+    body = {"A": [{"ts": "1700000000000", "values": {"t": "21.5", "n": 2**64, "s": "on"}}]}
+    assert wire.parse_telemetry(body, now_ms=NOW).devices == (
+        ("A", ((1_700_000_000_000, (("t", 21.5), ("n", str(2**64)), ("s", "on"))),)),)
+    with pytest.raises(BadRequest, match=r"device 'A'.*value of 'n': Big integer values are "
+                                         r"not supported!"):
+        wire.parse_telemetry(body, now_ms=NOW, type_cast=False)
+    assert wire.parse_attributes({"A": {"t": "21.5"}}, type_cast=False).devices == (
+        ("A", (("t", "21.5"),)),)
+
+
 @pytest.mark.parametrize("body, message", [
     ([{"A": [{"v": 1}]}], "gateway telemetry: expected a JSON object"),
-    ({"A": [{"v": None}]}, r"telemetry of device 'A': telemetry\[0\]: value of 'v' is null"),
     ({"A": [5]}, r"telemetry of device 'A': telemetry\[0\]: expected a JSON object"),
-    ({"A": {}}, "telemetry of device 'A': telemetry: no key/value pairs"),
-    ({"A": [{"ts": -1, "values": {"v": 1}}]}, "'ts' must be a non-negative integer"),
+    ({"A": [{"ts": -1, "values": {"v": 1}}]}, "'ts' -1 is before 1970"),
+    ({"A": [{"ts": "x", "values": {"v": 1}}]}, "'ts' must be ms since 1970"),
     ({"": [{"v": 1}]}, "is not 1 to 255 bytes"),
     ({"x" * 256: [{"v": 1}]}, "is not 1 to 255 bytes"),
     ({"ok": [{"v": 1}], "bad": [{"v": float("nan")}]}, "device 'bad'.*not a finite number"),
@@ -105,13 +127,13 @@ def test_telemetry_refusals_name_the_device_and_the_problem(body: Any, message: 
 
 
 def test_attributes_per_device_and_what_is_skipped() -> None:
-    data = wire.parse_attributes({"A": {"fw": "1.0", "n": 2}, "B": {}, "C": [1], "D": 3})
-    assert data.devices == (("A", (("fw", "1.0"), ("n", 2))), ("B", ()))
+    data = wire.parse_attributes({"A": {"fw": "1.2.0", "n": 2}, "B": {}, "C": [1], "D": 3})
+    assert data.devices == (("A", (("fw", "1.2.0"), ("n", 2))), ("B", ()))
     assert data.skipped == ("C", "D")
     with pytest.raises(BadRequest, match="no device with an object of attributes"):
         wire.parse_attributes({"C": [1]})
     with pytest.raises(BadRequest, match="attributes of device 'A': attributes: value of 'k'"):
-        wire.parse_attributes({"A": {"k": None}})
+        wire.parse_attributes({"A": {"k": float("nan")}})
     with pytest.raises(BadRequest, match="gateway attributes: expected a JSON object"):
         wire.parse_attributes("A")
 

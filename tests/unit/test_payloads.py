@@ -63,11 +63,10 @@ def test_json_values_are_accepted_as_is() -> None:
     )
 
 
-def test_ts_and_values_with_another_key_is_a_plain_object() -> None:
+def test_ts_and_values_with_other_keys_use_ts_and_values() -> None:
+    """JsonConverter.parseObject: jo.has("ts") && jo.has("values"), whatever else is there."""
     body = {"ts": 5, "values": {"a": 1}, "extra": 2}
-    assert parse_telemetry(body, now_ms=NOW) == (
-        (NOW, (("ts", 5), ("values", {"a": 1}), ("extra", 2))),
-    )
+    assert parse_telemetry(body, now_ms=NOW) == ((5, (("a", 1),)),)
 
 
 def test_boundaries_accepted() -> None:
@@ -82,9 +81,9 @@ def test_boundaries_accepted() -> None:
 
 
 def test_attributes_and_keys() -> None:
-    assert parse_attributes({"fw": "1.2", "n": 3}) == (("fw", "1.2"), ("n", 3))
-    for bad, message in (([], "expected a JSON object"), ({}, "no key/value pairs"),
-                         ({"a": None}, "value of 'a' is null"), ("x", "expected a JSON object"),
+    assert parse_attributes({"fw": "1.2.0", "n": 3}) == (("fw", "1.2.0"), ("n", 3))
+    assert parse_attributes({}) == ()
+    for bad, message in (([], "expected a JSON object"), ("x", "expected a JSON object"),
                          ({"": 1}, "keys must be 1 to 255 bytes")):
         with pytest.raises(BadRequest, match=f"^attributes: {message}"):
             parse_attributes(bad)
@@ -108,31 +107,29 @@ REJECTED: list[tuple[str, Any, str]] = [
     ("number", 5, "expected a JSON object"),
     ("null", None, "expected a JSON object"),
     ("bool", True, "expected a JSON object"),
-    ("empty object", {}, "no key/value pairs"),
-    ("empty list", [], "empty list"),
     ("list of non-objects", [1], r"telemetry\[0\]: expected a JSON object"),
-    ("list with empty object", [{"a": 1}, {}], r"telemetry\[1\]: no key/value pairs"),
-    ("null value", {"a": None}, "null"),
     ("NaN", {"a": float("nan")}, "not a finite number"),
     ("inf", {"a": float("inf")}, "not a finite number"),
     ("-inf", {"a": float("-inf")}, "not a finite number"),
     ("empty key", {"": 1}, "keys must be 1 to 255"),
     ("too long key", {"k" * (MAX_KEY_BYTES + 1): 1}, "keys must be 1 to 255"),
-    ("int over 64 bits", {"a": 2**63}, "64-bit"),
-    ("int under 64 bits", {"a": -(2**63) - 1}, "64-bit"),
-    ("huge int", {"a": 10**30}, "64-bit"),
-    ("bool ts", {"ts": True, "values": {"a": 1}}, "'ts' must be"),
-    ("negative ts", {"ts": -1, "values": {"a": 1}}, "'ts' must be"),
-    ("float ts", {"ts": 1.5, "values": {"a": 1}}, "'ts' must be"),
-    ("string ts", {"ts": "1", "values": {"a": 1}}, "'ts' must be"),
-    ("ts over 63 bits", {"ts": 2**63, "values": {"a": 1}}, "'ts' must be"),
-    ("null ts", {"ts": None, "values": {"a": 1}}, "'ts' must be"),
+    ("bool ts", {"ts": True, "values": {"a": 1}}, "'ts' must be ms since 1970"),
+    ("negative ts", {"ts": -1, "values": {"a": 1}}, "'ts' -1 is before 1970"),
+    ("negative float ts", {"ts": -1.5, "values": {"a": 1}}, "'ts' -1 is before 1970"),
+    ("negative string ts", {"ts": "-5", "values": {"a": 1}}, "'ts' -5 is before 1970"),
+    ("fraction string ts", {"ts": "1.5", "values": {"a": 1}}, "'1.5' is not a string of digits"),
+    ("blank string ts", {"ts": " 1", "values": {"a": 1}}, "' 1' is not a string of digits"),
+    ("empty string ts", {"ts": "", "values": {"a": 1}}, "'' is not a string of digits"),
+    ("string ts over 64 bits", {"ts": str(2**63), "values": {"a": 1}}, "does not fit in 64 bits"),
+    ("ts over 63 bits", {"ts": 2**63, "values": {"a": 1}}, "'ts' 9223372036854775808 is beyond"),
+    ("null ts", {"ts": None, "values": {"a": 1}}, "'ts' must be ms since 1970"),
+    ("list ts", {"ts": [1], "values": {"a": 1}}, "'ts' must be ms since 1970"),
+    ("NaN ts", {"ts": float("nan"), "values": {"a": 1}}, "nan is not a finite number"),
     ("values not object", {"ts": 1, "values": [1]}, r"telemetry\.values: expected a JSON object"),
-    ("values empty", {"ts": 1, "values": {}}, r"telemetry\.values: no key/value pairs"),
     ("values null", {"ts": 1, "values": None}, r"telemetry\.values"),
     ("NaN in values", {"ts": 1, "values": {"a": float("nan")}}, "not a finite number"),
     ("bad entry in list", [{"ts": 1, "values": {"a": 1}}, {"ts": -5, "values": {"a": 1}}],
-     r"telemetry\[1\]: 'ts' must be"),
+     r"telemetry\[1\]: 'ts' -5 is before 1970"),
     ("too many entries", [{"a": 1}] * (MAX_ENTRIES + 1), "more than 10000"),
 ]
 
@@ -222,7 +219,7 @@ _scalars = st.one_of(
     st.text(max_size=30),
 )
 _bodies = st.dictionaries(_keys, _scalars, min_size=1, max_size=12).filter(
-    lambda d: set(d) != {"ts", "values"}
+    lambda d: not {"ts", "values"} <= set(d)
 )
 
 
@@ -233,14 +230,16 @@ def _typed(values: Any) -> list[tuple[str, type, Any]]:
 @settings(max_examples=300, deadline=None)
 @given(body=_bodies, now=st.integers(min_value=0, max_value=2**63 - 1))
 def test_valid_scalar_dicts_round_trip_unchanged_in_order(body: dict[str, Any], now: int) -> None:
-    ((ts, values),) = parse_telemetry(body, now_ms=now)
+    # type cast off: a string stays a string (with it on, "12" would become 12)
+    ((ts, values),) = parse_telemetry(body, now_ms=now, type_cast=False)
     assert ts == now
     assert _typed(values) == _typed(body.items())
     # The same through the wire format: JSON text, then parse_json.
-    ((ts2, values2),) = parse_telemetry(parse_json(json.dumps(body).encode()), now_ms=now)
+    ((ts2, values2),) = parse_telemetry(parse_json(json.dumps(body).encode()), now_ms=now,
+                                        type_cast=False)
     assert ts2 == now
     assert _typed(values2) == _typed(body.items())
     assert all(not isinstance(v, float) or math.isfinite(v) for _, v in values2)
     # And with an explicit ts, inside a list.
-    assert parse_telemetry([{"ts": 7, "values": body}, body], now_ms=now) == (
+    assert parse_telemetry([{"ts": 7, "values": body}, body], now_ms=now, type_cast=False) == (
         (7, tuple(body.items())), (now, tuple(body.items())))
