@@ -98,7 +98,7 @@ def test_v2_telemetry_and_attributes_are_stored_as_their_v1_forms(
     with MqttDevice(app.mqtt_port, TOKEN) as dev, log_records() as records:
         assert dev.connect() == 0
         mids = [dev.publish("v2/t", {"n": 1}).mid, dev.publish("v2/t/j", {"n": 2}).mid,
-                dev.publish("v2/a", {"fw": "1.0"}).mid, dev.publish("v2/a/j", {"hw": 3}).mid,
+                dev.publish("v2/a", {"fw": "1.0.1"}).mid, dev.publish("v2/a/j", {"hw": 3}).mid,
                 dev.publish("v2/t/p", b"\x0a\x03").mid, dev.publish(TELEMETRY, {"n": 3}).mid]
         acked(dev, *mids)
         assert dev.acked_ids() == mids
@@ -106,7 +106,7 @@ def test_v2_telemetry_and_attributes_are_stored_as_their_v1_forms(
     no_connections(app)
     assert values(app, device_id) == [1, 2, 3]
     assert app.service.read_attributes(device_id, client_keys=("fw", "hw"),
-                                       shared_keys=None)[0] == {"client": {"fw": "1.0", "hw": 3}}
+                                       shared_keys=None)[0] == {"client": {"fw": "1.0.1", "hw": 3}}
     assert dropped_publishes(app) == 1  # the PROTOBUF variant: acknowledged and dropped
     assert [(r["level"].name, r["message"], r["extra"]["topic"]) for r in records
             if "does not serve" in r["message"]] == [
@@ -118,10 +118,10 @@ def test_v2_attribute_requests_are_answered_on_the_v2_response_topics(
         app: EdgeApp, device_id: uuid.UUID) -> None:
     with MqttDevice(app.mqtt_port, TOKEN) as dev:
         assert dev.connect() == 0
-        acked(dev, dev.publish("v1/devices/me/attributes", {"fw": "1.0", "hw": 3}).mid)
+        acked(dev, dev.publish("v1/devices/me/attributes", {"fw": "1.0.1", "hw": 3}).mid)
         dev.publish("v2/a/req/1", {"clientKeys": "fw"})
         dev.publish("v2/a/req/j/2", {"clientKeys": "hw"})
-        assert dev.wait_message("v2/a/res/1") == {"client": {"fw": "1.0"}}
+        assert dev.wait_message("v2/a/res/1") == {"client": {"fw": "1.0.1"}}
         assert dev.wait_message("v2/a/res/j/2") == {"client": {"hw": 3}}
         assert [t for t, _ in dev.messages] == ["v2/a/res/1", "v2/a/res/j/2"]
     no_connections(app)
