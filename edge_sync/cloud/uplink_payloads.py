@@ -6,7 +6,6 @@ sends it) and in the earlier form without them; a typed id must name the right e
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any
 
 from edge_sync.cloud.rpc import Answer
 from edge_sync.common.entity_graph import relation_key
+from edge_sync.common.json_body import parse_json
 from edge_sync.common.wire import (
     ACTION_OF_ALARM_UPDATE,
     ACTION_OF_UPDATE,
@@ -24,6 +24,7 @@ from edge_sync.common.wire import (
 )
 from edge_sync.errors import BadRequest, PayloadRejected
 from edge_sync.proto import edge_pb2
+from edge_sync.storable import check_json_value
 from edge_sync.storage.records import Action
 
 
@@ -175,15 +176,27 @@ def _credentials_update(m: edge_pb2.DeviceCredentialsUpdateMsg) -> AppliedEvent:
     return AppliedEvent(_seq(m), "DEVICE", eid, Action.CREDENTIALS_UPDATED, body, 0)
 
 
+def _rpc_answer(text: str) -> Any:
+    """A device's RPC answer as the cloud keeps it: the JSON value of the text when it is JSON
+    the store can hold, else the text itself (a device may answer any text, as ThingsBoard's
+    transports take it; a number beyond 64 bits, NaN or a lone surrogate stays text rather
+    than failing the uplink at the store)."""
+    if not text:
+        return None
+    try:
+        value = parse_json(text.encode("utf-8", "surrogatepass"))
+        check_json_value("rpc answer", value)
+    except BadRequest:
+        return text
+    return value
+
+
 def _rpc_call(m: edge_pb2.DeviceRpcCallMsg) -> AppliedEvent:
     eid = uuid_of(m.deviceIdMSB, m.deviceIdLSB)
     if eid.int == 0:
         raise BadRequest("deviceRpcCallMsg: device id is nil")
     if m.HasField("responseMsg"):
-        try:
-            response = json.loads(m.responseMsg.response) if m.responseMsg.response else None
-        except ValueError:
-            response = m.responseMsg.response
+        response = _rpc_answer(m.responseMsg.response)
         body = {"requestId": m.requestId, "response": response, "error": m.responseMsg.error}
         if m.requestUuidMSB or m.requestUuidLSB:  # the answer to a request of the cloud
             request_uuid = uuid_of(m.requestUuidMSB, m.requestUuidLSB)

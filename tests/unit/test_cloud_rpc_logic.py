@@ -16,10 +16,11 @@ from edge_sync.cloud.records import QueuedDownlink
 from edge_sync.cloud.rpc import Answer, AnswerKind, RestAnswer, RpcRecord, RpcStatus
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.store import CloudStore
-from edge_sync.cloud.uplink_payloads import AppliedEvent
-from edge_sync.common.wire import uuid_of
+from edge_sync.cloud.uplink_payloads import AppliedEvent, uplink_events
+from edge_sync.common.wire import uuid_halves, uuid_of
 from edge_sync.errors import BadRequest
 from edge_sync.proto import edge_pb2
+from edge_sync.storage import codec
 from edge_sync.storage.records import Action
 
 NOW = 1_700_000_000_000
@@ -330,3 +331,29 @@ def test_a_batch_stops_at_what_cannot_go_with_it():
     assert [q.number for q in downlink_batch.batch_of(head, [big], now_ms=NOW,
                                                   max_bytes=len(head.payload) + 1000)] == [1]
     assert downlink_batch.batch_of(other, [head], now_ms=NOW, max_bytes=1 << 20) == [other]
+
+
+@pytest.mark.parametrize("text, kept", [
+    ('{"ok": true}', {"ok": True}),
+    ("42", 42),
+    ("OK", "OK"),
+    ("[1, 2", "[1, 2"),
+    ('{"v": 99999999999999999999}', '{"v": 99999999999999999999}'),  # beyond 64 bits
+    ('"\\ud800"', '"\\ud800"'),  # a lone surrogate, escaped
+    ("NaN", "NaN"),
+    ('{"v": 1e999}', '{"v": 1e999}'),
+    ("", None),
+])
+def test_a_device_answer_is_kept_as_json_only_when_the_store_can_hold_it(text, kept):
+    """The edge sends any answer a device gave (ThingsBoard's transports take any text): the
+    cloud keeps its JSON value when the store can hold it, its text otherwise, and the uplink
+    is applied rather than refused (a refused answer would be dead-lettered at the edge)."""
+    device = uuid.uuid4()
+    up = edge_pb2.UplinkMsg(uplinkMsgId=1)
+    call = up.deviceRpcCallMsg.add(deviceIdMSB=uuid_halves(device)[0],
+                                  deviceIdLSB=uuid_halves(device)[1], requestId=7,
+                                  edgeSeqId=3)
+    call.responseMsg.response = text
+    (event,) = uplink_events(up)
+    assert event.body == {"requestId": 7, "response": kept, "error": ""}
+    assert codec.unpack(codec.pack(event.body), "rpc answer") == event.body
