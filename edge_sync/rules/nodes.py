@@ -269,7 +269,9 @@ def _create_alarm(config: Mapping[str, Any]) -> Problems:
     with ``overwriteAlarmDetails``. ``relationTypes`` (``List<String>``) is a list of text when
     given."""
     relation_types = config.get("relationTypes")
-    listed: Problems = []
+    listed: Problems = _flags(config, "useMessageAlarmData", "overwriteAlarmDetails",
+                              "dynamicSeverity", "propagate", "propagateToOwner",
+                              "propagateToTenant")
     if relation_types is not None and not (
             isinstance(relation_types, list) and all(isinstance(t, str) for t in relation_types)):
         listed.append(("relationTypes",

@@ -173,6 +173,18 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
     (nodes.CREATE_ALARM, {"alarmType": "Hot", "alarmDetailsBuildJs": "return {};",
                           "severity": "MAJOR", "relationTypes": "Contains"}, [
         ("relationTypes", "expected a list of relation types, got 'Contains'")]),
+    # its booleans as ThingsBoard's Jackson reads them: a value it refuses refuses the chain
+    (nodes.CREATE_ALARM, {"alarmType": "Hot", "alarmDetailsBuildJs": "return {};",
+                          "severity": "MAJOR", "propagate": "maybe", "dynamicSeverity": [1],
+                          "propagateToTenant": "TRUE", "propagateToOwner": 0}, [
+        ("dynamicSeverity", "expected true or false, got [1]"),
+        ("propagate", "expected true or false, got 'maybe'")]),
+    (nodes.CREATE_ALARM, {"useMessageAlarmData": "yes", "overwriteAlarmDetails": False}, [
+        # read as false: the configuration's own type, severity and script are then needed
+        ("alarmType", 'missing (the type of the alarm, e.g. "High Temperature")'),
+        ("alarmDetailsBuildJs", "missing (the script, no scriptLang: JS)"),
+        ("severity", "missing: expected one of CRITICAL, MAJOR, MINOR, WARNING, INDETERMINATE"),
+        ("useMessageAlarmData", "expected true or false, got 'yes'")]),
     (nodes.CLEAR_ALARM, {"alarmType": "Hot", "scriptLang": "MVEL"}, [
         ("scriptLang", "expected JS or TBEL, got 'MVEL'")]),
     (nodes.CHECK_MESSAGE, {"messageNames": ["temperature", 3]}, [
