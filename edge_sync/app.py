@@ -237,8 +237,7 @@ class EdgeApp:
         """``rules.script_timeout_ms`` and ``rules.script_memory_mb``: what rule scripts run
         (and are compiled at validation) under."""
         rules = self.cfg.rules
-        return ScriptLimits(time_limit_s=rules.script_timeout_ms / 1000,
-                            memory_limit_bytes=rules.script_memory_mb * 1024 * 1024)
+        return ScriptLimits.of_settings(rules.script_timeout_ms, rules.script_memory_mb)
 
     def _request_sync(self, full: bool, reason: str) -> None:
         """The admin API's ``POST /api/sync``: the link asks the cloud for a sync."""

@@ -138,13 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=[s.value for s in RpcStatus])
     rlist.add_argument("--json", action="store_true")
     _operator_commands(sub, config)
-    # --config like every command (README), though a file check reads no configuration
+    # --config like every command (README): a file check reads only its rules.script_* limits
     rules = sub.add_parser("rules", parents=[config], help="ThingsBoard rule chains")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     rcheck = rules_sub.add_parser(
         "check", parents=[config],
-        help="validate a rule chain file (export or synced JSON) without loading it; "
-             "--config is accepted and not read")
+        help="validate a rule chain file (export or synced JSON) without loading it; with "
+             "--config, its scripts are compiled under that configuration's rules limits")
     rcheck.add_argument("file", help="a ThingsBoard rule chain export, or a JSON array of the "
                                      "RULE_CHAIN and RULE_CHAIN_METADATA objects")
     rcheck.add_argument("--json", action="store_true")
@@ -930,8 +930,16 @@ def _problem_json(p: Any) -> dict[str, str]:
 def _rules_check(args: argparse.Namespace) -> int:
     """``rules check FILE``: 0 and a one-line summary, or 1 and every problem, one a line."""
     from edge_sync.rules.chain import parse_file
+    from edge_sync.rules.sandbox import ScriptLimits
     from edge_sync.rules.validate import summary, validate
 
+    limits: ScriptLimits | None = None
+    if getattr(args, "config", None) is not None:  # the site's script limits, as the agent's
+        try:
+            rules = load_edge_config(args.config).rules
+        except ConfigError as exc:
+            return fail(f"configuration: {exc}", EXIT_CONFIG)
+        limits = ScriptLimits.of_settings(rules.script_timeout_ms, rules.script_memory_mb)
     try:
         with open(args.file, "rb") as f:
             raw = f.read()
@@ -941,7 +949,7 @@ def _rules_check(args: argparse.Namespace) -> int:
     except BadRequest as exc:
         problems = [str(exc)]
     else:
-        problems = [str(p) for p in validate(chain, meta)]
+        problems = [str(p) for p in validate(chain, meta, limits)]
         if not problems:
             if args.json:
                 print_json({"ok": True, "name": chain.name, "type": chain.type,

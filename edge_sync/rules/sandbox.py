@@ -77,6 +77,11 @@ class ScriptLimits:
         if self.max_stack_bytes < 64 * 1024:
             raise ValueError("max_stack_bytes must be at least 64 KiB")
 
+    @classmethod
+    def of_settings(cls, timeout_ms: int, memory_mb: int) -> ScriptLimits:
+        """The limits of ``rules.script_timeout_ms`` and ``rules.script_memory_mb``."""
+        return cls(time_limit_s=timeout_ms / 1000, memory_limit_bytes=memory_mb * 1024 * 1024)
+
 
 @dataclass(slots=True)  # not frozen: one per message out of a transform, a frozen one costs more
 class TransformResult:

@@ -29,8 +29,8 @@ def test_a_valid_chain_exits_0_with_a_summary(tmp_path: Path) -> None:
     assert not (tmp_path / "no-store").exists()
 
 
-def test_config_is_accepted_after_the_subcommand_and_not_read(tmp_path: Path) -> None:
-    """As every command (README), `rules check` takes --config; a file check needs none."""
+def test_config_is_accepted_after_the_subcommand(tmp_path: Path) -> None:
+    """As every command (README), `rules check` takes --config; a file check needs no store."""
     site = tmp_path / "site.yml"
     site.write_text("storage:\n  data_dir: /nonexistent/edge\n")
     for args in (["--config", str(site), str(FIXTURES / "telemetry_dedup_chain.json")],
@@ -38,6 +38,31 @@ def test_config_is_accepted_after_the_subcommand_and_not_read(tmp_path: Path) ->
         done = check(tmp_path, *args)
         assert (done.returncode, done.stderr) == (0, ""), args
         assert done.stdout.startswith("'Boiler telemetry' (EDGE): 11 nodes, 11 connections; ")
+
+
+def test_scripts_are_compiled_under_the_configured_memory_cap(tmp_path: Path) -> None:
+    """With --config, the check compiles the scripts under that site's rules.script_memory_mb,
+    as the agent would load the chain: a script that fits the default 16 MiB but not a 1 MiB
+    cap passes without it and is refused with it. A configuration that cannot be read is an
+    error of its own."""
+    doc = json.loads((FIXTURES / "selective_sync.json").read_text())
+    filter_node = doc["metadata"]["nodes"][0]
+    filter_node["configuration"].update(
+        scriptLang="JS", jsScript="var s = '" + "x" * 600_000 + "'; return msg.temperature > 50;")
+    big = tmp_path / "big_script.json"
+    big.write_text(json.dumps(doc))
+    assert check(tmp_path, str(big)).returncode == 0
+    site = tmp_path / "site.yml"
+    site.write_text("rules:\n  script_memory_mb: 1\n")
+    done = check(tmp_path, "--config", str(site), str(big))
+    assert done.returncode == 1
+    assert done.stdout.startswith(
+        "metadata.nodes[0].configuration.jsScript: nodes[0] 'Hotter than 50?': the JS script is "
+        "refused: ScriptMemoryExceeded: compiling the script")
+    site.write_text("rules:\n  script_memory_mb: 0\n")
+    done = check(tmp_path, "--config", str(site), str(big))
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith("error: configuration: ") and "script_memory_mb" in done.stderr
 
 
 def test_a_valid_chain_as_json(tmp_path: Path) -> None:
