@@ -318,7 +318,8 @@ def test_telemetry_and_attributes_over_mqtt_reach_the_cloud_once_in_order(rig: R
         mids: dict[str, list[int]] = {devs[0].id: [], devs[1].id: []}
         for v in range(count):  # the two devices interleaved
             for dev, client in ((devs[0], a), (devs[1], b)):
-                mids[dev.id].append(client.publish(TELEMETRY, {"v": v, "dev": dev.id[:8]}).mid)
+                body = {"v": v, "dev": f"d-{dev.id[:8]}"}  # text, never cast to a number
+                mids[dev.id].append(client.publish(TELEMETRY, body).mid)
         mids[devs[0].id].append(a.publish(ATTRIBUTES, {"firmware": "1.2.0", "serial": 7}).mid)
         mids[devs[0].id].append(a.publish(
             TELEMETRY, [{"ts": 1_700_000_000_000 + i, "values": {"v": count + i}}
@@ -335,9 +336,9 @@ def test_telemetry_and_attributes_over_mqtt_reach_the_cloud_once_in_order(rig: R
 
     series = [[body["values"] for body in device_values(events, dev, "TIMESERIES_UPDATED")]
               for dev in devs]
-    assert series[0] == [{"v": v, "dev": devs[0].id[:8]} for v in range(count)] + \
+    assert series[0] == [{"v": v, "dev": f"d-{devs[0].id[:8]}"} for v in range(count)] + \
         [{"v": count + i} for i in range(3)]
-    assert series[1] == [{"v": v, "dev": devs[1].id[:8]} for v in range(count)]
+    assert series[1] == [{"v": v, "dev": f"d-{devs[1].id[:8]}"} for v in range(count)]
     stamped = device_values(events, devs[0], "TIMESERIES_UPDATED")[-3:]
     assert [body["ts"] for body in stamped] == [1_700_000_000_000 + i for i in range(3)]
     attributes = device_values(events, devs[0], "ATTRIBUTES_UPDATED")
