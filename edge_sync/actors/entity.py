@@ -19,7 +19,9 @@ With a rule chain in force (actors/rule_host.py), a device's telemetry and clien
 go through it here, one message per entry, in arrival order: its outcomes (actors/
 rule_outcomes.py) and the entity's rule state (open windows, active alarms: rules/session.py)
 are one Append, so the device's 200 / PUBACK means the chain's outcome is on disk. When that
-Append fails, the in-memory rule state is dropped and read again from the store. An outcome the
+Append fails, the in-memory rule state is dropped and read again from the store, and the shard's
+engine forgets the decisions of its deduplicating save nodes for the entity (the device's retry
+is saved, not taken for a repeat of its interval). An outcome the
 store cannot hold (Unstorable) is the chain's fault, never the device's: it is logged at ERROR
 and the device is answered InternalError (500; MQTT: not acknowledged), never BadRequest. Windows close
 on the shard's deadline timer; an entity with open windows is not passivated while a chain is
@@ -66,6 +68,7 @@ from edge_sync.actors.messages import (
     RpcNotRecorded,
     RpcQueued,
     RuleStateStale,
+    SavesNotStored,
     SharedAttributesApplied,
     SharedAttributesDeleted,
 )
@@ -75,7 +78,7 @@ from edge_sync.devices.rpc import RpcStatus, Transition
 from edge_sync.devices.session import DeviceSession
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import EdgeSyncError, InternalError, NotFound, Unavailable, Unstorable
-from edge_sync.rules.engine import RuleEngine
+from edge_sync.rules.engine import Outcome, RuleEngine, saved_originators
 from edge_sync.rules.message import RuleMsg
 from edge_sync.rules.session import EntityRules, Step
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope, lane_for
@@ -221,6 +224,8 @@ class EntityActor:
                     self.session.publish_attributes({"deleted": list(command.keys)})
             case RuleStateStale():
                 self.rule_state = None  # an Append of it failed: the store has the truth
+            case SavesNotStored():
+                command.engine.forget(command.originators)
             case EntityDeleted():
                 self.rule_state = None
                 told = self.abandon_waiters(NotFound(f"device {command.entity_id} was deleted"))
@@ -313,6 +318,8 @@ class EntityActor:
                 "the rule chain could not run on {} messages; nothing of them was accepted",
                 len(msgs))
             self.rule_state = None  # it may be half-changed: read again from the store
+            if engine.deduplicates:  # what it let through was not stored: the retry is saved
+                engine.forget((str(eid),))
             if reply is not None:
                 with contextlib.suppress(InvalidStateError):
                     reply.set_exception(Unavailable(f"the rule chain failed: {exc}"))
@@ -321,7 +328,8 @@ class EntityActor:
         self._report(step)
         required = (RequireDevice(eid),) if requires_device else ()
         saved = (PutRuleState(eid, step.record),) if step.changed else ()
-        self._append_rules(planned, reply, (*required, *planned.mutations, *saved), bool(saved))
+        self._append_rules(planned, reply, (*required, *planned.mutations, *saved), bool(saved),
+                           engine if engine.deduplicates else None, step.outcomes)
 
     def _close_windows(self, now: int) -> None:
         """The shard's timer: windows due now close, their outputs go on through the chain."""
@@ -335,7 +343,8 @@ class EntityActor:
         if not step.changed and not planned.events and not planned.mutations:
             return
         saved = (PutRuleState(self.entity_id, step.record),) if step.changed else ()
-        self._append_rules(planned, None, (*planned.mutations, *saved), bool(saved))
+        self._append_rules(planned, None, (*planned.mutations, *saved), bool(saved),
+                           engine if engine.deduplicates else None, step.outcomes)
 
     def _report(self, step: Step) -> None:
         eid = str(self.entity_id)
@@ -351,10 +360,14 @@ class EntityActor:
                 step.dropped)
 
     def _append_rules(self, planned: Planned, reply: Future[range] | None,
-                      mutations: tuple[Any, ...], saves_state: bool) -> None:
-        """Append the outcomes; when the rule state was part of it and the commit fails, the
-        in-memory state is dropped (read again from the store next time). An Unstorable
-        refusal is the chain's: logged at ERROR, answered as InternalError."""
+                      mutations: tuple[Any, ...], saves_state: bool,
+                      deduplicating: RuleEngine | None, outcomes: tuple[Outcome, ...]) -> None:
+        """Append the outcomes; when the commit fails, the in-memory state is dropped when it
+        was part of it (read again from the store next time), and ``deduplicating`` (the
+        engine that ran, when a save node of it deduplicates) forgets what it decided for the
+        originators of the saves (their retry is saved). Both are told to this entity before
+        ``reply`` fails, so they come before the device's retry. An Unstorable refusal is the
+        chain's: logged at ERROR, answered as InternalError."""
         eid = self.entity_id
         tell_self, outer = self.tell_self, reply
 
@@ -362,6 +375,10 @@ class EntityActor:
             exc = done.exception()
             if exc is not None and saves_state:
                 tell_self(RuleStateStale(eid))
+            if exc is not None and deduplicating is not None:
+                originators = saved_originators(outcomes)
+                if originators:
+                    tell_self(SavesNotStored(eid, deduplicating, originators))
             if isinstance(exc, Unstorable):
                 _rules_log.bind(entity=str(eid), events=len(planned.events)).error(
                     "the rule chain's outcome cannot be stored: {}; nothing of it was kept, the "

@@ -11,12 +11,15 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_sync.devices.rpc import RpcRequest, Transition
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.storage.dead_letters import Selection
 from edge_sync.storage.records import Device, NewEvent, Scope
+
+if TYPE_CHECKING:
+    from edge_sync.rules.engine import RuleEngine
 
 Reply = Future  # resolved with the command's result (e.g. the seqs appended)
 
@@ -427,12 +430,23 @@ class RuleStateStale:
     device_id: uuid.UUID
 
 
+@dataclass(frozen=True, slots=True)
+class SavesNotStored:
+    """Internal to an entity: an Append carrying timeseries saves decided by a chain with a
+    deduplicating save node failed; ``engine`` (the shard's, which decided them) forgets what
+    it decided for ``originators``, so the device's retry is saved."""
+
+    device_id: uuid.UUID
+    engine: RuleEngine = field(compare=False)
+    originators: frozenset[str]
+
+
 EntityCommand = (
     PostTelemetry | PostClientAttributes | ProvisionDevice | RaiseAlarm | PostRpcResponse
     | PollRpc | PollAttributes | FetchSharedAttributes | RpcQueued | SharedAttributesApplied
     | RpcNotRecorded | RpcHanded | RpcDeliveredLate | AttributesRequestQueued
     | ChangeGraph | RequestRuleChainMetadata | MetadataRequestQueued | EntityDeleted
-    | SharedAttributesDeleted | RuleStateStale
+    | SharedAttributesDeleted | RuleStateStale | SavesNotStored
 )
 GRAPH_COMMANDS = (ChangeGraph, RequestRuleChainMetadata, MetadataRequestQueued, EntityDeleted,
                   SharedAttributesDeleted)
@@ -440,7 +454,8 @@ GRAPH_COMMANDS = (ChangeGraph, RequestRuleChainMetadata, MetadataRequestQueued, 
 ENTITY_COMMANDS = (
     PostTelemetry, PostClientAttributes, ProvisionDevice, RaiseAlarm, PostRpcResponse, PollRpc,
     PollAttributes, FetchSharedAttributes, RpcQueued, SharedAttributesApplied, RpcNotRecorded,
-    RpcHanded, RpcDeliveredLate, AttributesRequestQueued, RuleStateStale, *GRAPH_COMMANDS,
+    RpcHanded, RpcDeliveredLate, AttributesRequestQueued, RuleStateStale, SavesNotStored,
+    *GRAPH_COMMANDS,
 )
 
 # -- events published by the QueueActor --------------------------------------------------------

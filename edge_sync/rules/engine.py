@@ -40,7 +40,7 @@ import json
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -310,6 +310,12 @@ class _Deduplicate:
         originators.add(originator)
         return True
 
+    def forget(self, originator: str) -> None:
+        """What was decided for ``originator`` in every interval kept: its next message of any
+        of them is processed again."""
+        for originators, _ in self._seen.values():
+            originators.discard(originator)
+
 
 @dataclass(frozen=True, slots=True)
 class _SaveSeries:
@@ -400,6 +406,12 @@ class RuleEngine:
                                            if save.remembers)
         """Nodes whose decisions depend on the messages before (a deduplicating save):
         ``run_many`` runs them in ``run``'s order."""
+        self._deduplicates = tuple({id(d): d for save in self._saves.values()
+                                    for d in (save.series, save.latest)
+                                    if isinstance(d, _Deduplicate)}.values())
+        self.deduplicates = bool(self._deduplicates)
+        """A save timeseries node deduplicates: what it decided is kept in memory, and
+        forgotten (``forget``) when the outcome of a message it let through was not stored."""
         self._keys = [self._key_of(node) for node in meta.nodes]
         self._index_of = {key: i for i, key in enumerate(self._keys)}
         self._scripts = scripts
@@ -417,6 +429,21 @@ class RuleEngine:
     def node_index(self, key: str) -> int | None:
         """The index of the node of that key in this chain; None when it is not in it."""
         return self._index_of.get(key)
+
+    def forget(self, originators: Iterable[str]) -> None:
+        """The deduplicating saves forget what they decided for these originators, in every
+        interval they keep: the outcome of a message they let through was not stored (its
+        Append failed, so the device was not acknowledged and sends it again), and the retry
+        is to be saved, not taken for a second message of its interval. ThingsBoard's
+        DeduplicateProcessingStrategy.shouldProcess never forgets, but ThingsBoard acknowledges
+        a device before its rule engine runs; here the acknowledgement waits for the commit.
+        Forgetting more than that message's interval may let a later message of an earlier
+        interval be saved a second time there, which is harmless; a retry saved nowhere is
+        not."""
+        them = tuple(originators)
+        for dedup in self._deduplicates:
+            for originator in them:
+                dedup.forget(originator)
 
     def run(self, msg: RuleMsg, alarms: Alarms | None = None) -> list[Outcome]:
         """The outcomes of one message from the first node, in the order the chain produced
@@ -871,6 +898,12 @@ def _transformed_msg(msg: RuleMsg, result: TransformResult, given: dict[str, str
     returned it unchanged: then the message's own metadata is kept as it is."""
     return RuleMsg.of_text(result.msg_type, msg.originator, result.msg,
                            msg.metadata if result.metadata is given else result.metadata, msg.ts)
+
+
+def saved_originators(outcomes: Iterable[Outcome]) -> frozenset[str]:
+    """The originators ``outcomes`` save timeseries of: those whose deduplication decisions
+    are to be forgotten (``RuleEngine.forget``) when the outcomes were not stored."""
+    return frozenset(o.originator[1] for o in outcomes if type(o) is SaveTimeseries)
 
 
 def count_visits(outcomes: list[Outcome], visits: dict[str, int]) -> list[Outcome]:

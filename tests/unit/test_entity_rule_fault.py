@@ -1,18 +1,26 @@
 """A defect inside the rule engine (forced here: it cannot be produced on purpose) fails only
 the request it met: the device is told to retry (Unavailable), nothing of it is appended, one
-ERROR line says so, and the entity's next request runs normally. The shard is not crashed."""
+ERROR line says so, and the entity's next request runs normally (a deduplicating save node
+saves the retry: what it decided for the failed request is forgotten). The shard is not
+crashed."""
 
 from __future__ import annotations
 
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 from loguru import logger
 
 from edge_sync.actors.entity import EntityActor
-from edge_sync.actors.messages import Append, PostTelemetry
+from edge_sync.actors.messages import (
+    Append,
+    PostTelemetry,
+    PutLatestTelemetry,
+    PutLocalTimeseries,
+)
 from edge_sync.actors.rule_host import ShardRules
 from edge_sync.actors.rule_outcomes import RuleCounters
 from edge_sync.errors import Unavailable
@@ -72,3 +80,50 @@ def test_an_engine_defect_fails_the_request_only(tmp_path: Path,
     assert second.result(0) == range(1, 2)
     assert [(e.action, e.body) for a in queue.appends for e in a.events] == [
         (Action.TIMESERIES_UPDATED, {"ts": T0 + 1, "values": {"t": 2}})]
+
+
+DEDUP_SAVE = {"ruleChain": {"name": "save once a minute", "type": "CORE"}, "metadata": {
+    "firstNodeIndex": 0, "connections": [], "nodes": [
+        {"type": "org.thingsboard.rule.engine.telemetry.TbMsgTimeseriesNode", "name": "save",
+         "configurationVersion": 1, "configuration": {"processingSettings": {
+             "type": "DEDUPLICATE", "deduplicationIntervalSecs": 60}}}]}}
+
+
+def test_a_defect_after_a_deduplicating_save_decided_lets_the_retry_be_saved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine ran (its save node decided to save the message's interval), then a defect:
+    nothing was appended and the device is told to retry; the retry is saved, not taken for
+    a repeat of the interval."""
+    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
+    runtime = RulesRuntime()
+    runtime.install(*parse(DEDUP_SAVE), "file:save.json", T0)
+    rules = ShardRules(RuleCounters(runtime), store, now_ms=lambda: T0,
+                       new_id=lambda: str(uuid.uuid4()))
+    queue = Queue()
+    entity = EntityActor(DEVICE, queue, 0.0, now_ms=lambda: T0,  # type: ignore[arg-type]
+                         rules=rules)
+    ran = EntityRules.on_messages
+
+    def broken(self: EntityRules, *args: Any) -> None:
+        ran(self, *args)
+        raise KeyError("a defect")
+
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(EntityRules, "on_messages", broken)
+            first: Future[range] = Future()
+            entity.handle(PostTelemetry(DEVICE, ((T0, (("t", 1),)),), first), 0.0)
+        retry: Future[range] = Future()
+        entity.handle(PostTelemetry(DEVICE, ((T0, (("t", 1),)),), retry), 0.0)
+    finally:
+        logger.remove(sink)
+        store.close()
+    with pytest.raises(Unavailable, match="the rule chain failed"):
+        first.result(0)
+    assert errors == ["the rule chain could not run on 1 messages; nothing of them was accepted"]
+    assert retry.result(0) == range(1, 2)
+    assert [m for a in queue.appends for m in a.mutations] == [
+        PutLatestTelemetry(DEVICE, (("t", T0, 1),)),
+        PutLocalTimeseries(DEVICE, ((T0, (("t", 1),)),), 0)]

@@ -426,6 +426,38 @@ def test_advanced_settings_decide_timeseries_and_latest_apart() -> None:
     assert nothing.run(at(1000)) == [Visited(SAVE), SUCCESS_AFTER]
 
 
+def test_a_forgotten_originator_is_saved_again_in_its_intervals_and_only_it() -> None:
+    """RuleEngine.forget: the outcome of a message a deduplicating save let through was not
+    stored (its Append failed, the device sends it again): every DEDUPLICATE strategy of the
+    engine (both of an ADVANCED node, every node) forgets that originator, in every interval it
+    keeps; other originators' decisions stand. A chain that does not deduplicate says so."""
+    dedup = {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 60}
+    engine = chain([(n.SAVE_TIMESERIES, "Save", {"processingSettings": dedup}),
+                    (n.SAVE_TIMESERIES, "Apart", {"processingSettings": {
+                        "type": "ADVANCED", "timeseries": dedup,
+                        "latest": {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 10},
+                        "webSockets": EVERY, "calculatedFields": EVERY}})],
+                   [(0, 1, "Success")], versions=[1, 1])
+    apart = "nodes[1] 'Apart'"
+    both = [saved(1000, {"v": 1000}),
+            SaveTimeseries(apart, ORIGIN, 1000, {"v": 1000}, 0, True, True)]
+    assert engine.deduplicates
+    assert effects(engine.run(at(1000))) == both
+    assert [len(effects(engine.run(m))) for m in (at(61_000), at(1000, "d2"))] == [2, 2]
+    assert effects(engine.run(at(1000))) == []  # the retry, were it not forgotten
+    engine.forget({"d1"})
+    assert effects(engine.run(at(1000))) == both
+    assert effects(engine.run(at(1000))) == []  # decided again
+    assert effects(engine.run(at(61_000))) == [  # every interval was forgotten
+        saved(61_000, {"v": 61_000}),
+        SaveTimeseries(apart, ORIGIN, 61_000, {"v": 61_000}, 0, True, True)]
+    assert effects(engine.run(at(1000, "d2"))) == []  # another originator's decisions stand
+    assert not saving({"processingSettings": {"type": "ON_EVERY_MESSAGE"}}).deduplicates
+    assert not saving({"processingSettings": {"type": "ADVANCED", "timeseries": EVERY,
+                                              "latest": {"type": "SKIP"}, "webSockets": EVERY,
+                                              "calculatedFields": dedup}}).deduplicates
+
+
 @pytest.mark.parametrize(("config", "found"), [
     ({"defaultTTL": None}, []),
     ({"defaultTTL": None, "useServerTs": "yes"}, [
