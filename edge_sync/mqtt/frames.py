@@ -100,13 +100,14 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 class Frame:
     """One complete packet in the buffer: ``data[start:end]`` is its body (after the fixed
-    header)."""
+    header), ``data[head:end]`` the whole packet (what an MQTT 5 codec decodes)."""
 
-    __slots__ = ("data", "end", "flags", "header", "kind", "start")
+    __slots__ = ("data", "end", "flags", "head", "header", "kind", "start")
 
     def __init__(self, kind: int, flags: int, header: MQTTFixedHeader, data: bytes, start: int,
-                 end: int) -> None:
+                 end: int, head: int = 0) -> None:
         self.kind = kind
+        self.head = head
         self.flags = flags
         self.header = header
         self.data = data
@@ -168,7 +169,7 @@ class FrameReader:
         if end > size:
             return None
         self._pos = end
-        return Frame(kind, flags, header, data, start, end)
+        return Frame(kind, flags, header, data, start, end, pos)
 
     def publish(self, frame: Frame) -> tuple[str, int, int, bytes]:
         """A PUBLISH's topic, QoS (3: malformed, for the caller to refuse), packet id (0 at QoS
