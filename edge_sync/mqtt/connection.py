@@ -1,4 +1,6 @@
-"""One client's MQTT 3.1.1 connection, on the MQTT server's loop: CONNECT with the access token
+"""One client's MQTT connection (3.1, 3.1.1 or 5: the CONNECT's protocol level chooses the
+packet codec for the whole connection, mqtt/codec.py; all else is shared), on the MQTT
+server's loop: CONNECT with the access token
 as username and the client's session (clean or kept, mqtt/registry.py); PUBLISH at QoS 0, 1 and
 2 (what it asks for: mqtt/inbound.py); SUBSCRIBE / UNSUBSCRIBE (served by mqtt/subscriptions.py
 and the gateway); what the edge publishes, at the QoS the subscription was granted; PINGREQ,
@@ -17,7 +19,10 @@ followed: credentials that name no device get CONNACK 5 (2 for a client id alone
 full, a restarting component, no confirmation within the commit timeout) closes the connection
 without its acknowledgement; the retain flag is ignored (nothing is retained) and a will
 message is never published. A packet larger than ``max_message_bytes`` closes the connection
-before its body is read. Packets are decoded and encoded by amqtt's codec.
+before its body is read. Packets are decoded and encoded by amqtt's codec (MQTT 3.1 and
+3.1.1) or the ``mqtt5`` package's (MQTT 5, whose reason codes and CONNACK properties are in
+mqtt/codec.py; an MQTT 5 client is sent a DISCONNECT with its reason code before the server
+closes the connection).
 
 Reading: what the socket has is read in one call and every packet in it is decoded from memory
 (mqtt/frames.py); the telemetry and attributes publishes of such a burst go to the store as
@@ -559,7 +564,7 @@ class MqttConnection:
         self._write(codec.accepted(connect, present) if isinstance(codec, Mqtt5)
                     else codec.connack(CONNECTION_ACCEPTED, present))
         log = _log.bind(peer=self.peer, device=str(device.id), client_id=self._key[1][:64],
-                        clean=self._clean, session_present=present, mqtt=connect.level)
+                        clean=self._clean, session_present=present, protocol_level=connect.level)
         if present:  # one line: the resumed session's figures are its fields
             self._resume(session)
             log = log.bind(resent=len(session.outbox), subscriptions=len(session.subscriptions))

@@ -16,6 +16,9 @@ connection publishing the same way sends the same two bytes again and again. Lik
 whose topic is in the same bytes as the last topic amqtt decoded on the connection has that
 topic (the packet id after it is read with amqtt's ``bytes_to_int``).
 
+The fixed header is the same in MQTT 5: an MQTT 5 connection's packets are cut here too, and
+decoded whole (``Frame.head`` to ``Frame.end``) by the ``mqtt5`` package (mqtt/codec.py).
+
 A packet larger than ``max_body`` is refused (``Oversize``) as soon as its fixed header is in
 the buffer, before its body is: at most one read of ``read_size`` bytes (no more than the limit)
 is buffered beyond its header. A fixed header or packet amqtt cannot decode raises
@@ -50,7 +53,8 @@ entry never changes once made; the header objects are only read."""
 
 
 class Malformed(Exception):
-    """Bytes amqtt's codec cannot decode as MQTT 3.1.1."""
+    """Bytes the connection's codec cannot decode (amqtt's as MQTT 3.1.1, the ``mqtt5``
+    package's as MQTT 5)."""
 
 
 class Oversize(Exception):

@@ -58,6 +58,7 @@ class MqttDevice:
         self.connack_properties: Any = None  # MQTT 5: the CONNACK's properties
         self.reason_codes: dict[int, list[int]] = {}  # SUBACK codes as sent, by message id
         self.disconnect_reason: Any = None  # MQTT 5: the server's DISCONNECT reason code
+        self.unsubscribe_codes: dict[int, list[int]] = {}  # MQTT 5: UNSUBACK codes by message id
         self.session_present: bool | None = None
         self.received: list[mqtt.MQTTMessage] = []  # what the server published, as paho got it
         self.acked: list[int] = []  # message ids, in the order their PUBACKs arrived
@@ -146,7 +147,8 @@ class MqttDevice:
         self.reason_codes[mid] = [int(c.value) for c in codes]
         self.granted[mid] = [int(c.value) if c.value < 0x80 else 0x80 for c in codes]
 
-    def _on_unsubscribe(self, _c: Any, _u: Any, mid: int, _codes: Any, _p: Any) -> None:
+    def _on_unsubscribe(self, _c: Any, _u: Any, mid: int, codes: Any, _p: Any) -> None:
+        self.unsubscribe_codes[mid] = [int(c.value) for c in codes]
         self.unsubscribed.add(mid)
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:

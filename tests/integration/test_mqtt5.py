@@ -317,3 +317,99 @@ def test_a_session_with_an_expiry_interval_is_kept(
         assert brief.connect() == 0
         assert brief.session_present is False
     no_connections(app)
+
+
+# -- what ends a connection, and what is not sent --------------------------------------------
+
+
+def test_malformed_json_ends_with_disconnect_0x99_after_the_acks_due(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        good = [dev.publish(TELEMETRY, {"n": i}).mid for i in range(3)]
+        bad = dev.publish(TELEMETRY, b"{not json").mid
+        wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+        assert dev.acked_ids() == good
+        assert bad not in dev.acked_ids()
+        assert dev.disconnect_reason is not None and dev.disconnect_reason.value == 0x99
+    assert values(app, device_id) == [0, 1, 2]
+    no_connections(app)
+
+
+def test_a_retained_publish_ends_with_disconnect_0x9a(app: EdgeApp, device_id: uuid.UUID) -> None:
+    """Retain Available 0 in CONNACK: a retained PUBLISH is a protocol error (§3.3.1.3)."""
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        dev.client.publish(TELEMETRY, b'{"kept": 1}', qos=1, retain=True)
+        wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+        assert dev.disconnect_reason is not None and dev.disconnect_reason.value == 0x9A
+    assert values(app, device_id) == []
+    no_connections(app)
+
+
+def test_an_oversized_publish_ends_with_disconnect_0x95(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        dev.publish(TELEMETRY, {"pad": "x" * MAX_MESSAGE})
+        wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+        assert dev.disconnect_reason is not None and dev.disconnect_reason.value == 0x95
+    assert values(app, device_id) == []
+    no_connections(app)
+
+
+def test_the_older_connection_of_a_client_id_gets_disconnect_0x8e(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    with v5(app.mqtt_port, TOKEN, client_id="twice") as first:
+        assert first.connect() == 0
+        with v5(app.mqtt_port, TOKEN, client_id="twice") as second:
+            assert second.connect() == 0
+            wait_until(first.disconnected.is_set, timeout=DEADLINE_S, what="older one closed")
+            assert first.disconnect_reason is not None
+            assert first.disconnect_reason.value == 0x8E
+            assert not second.disconnected.is_set()
+    no_connections(app)
+
+
+def test_subscription_identifiers_and_unsubscribe_reason_codes(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """Subscription Identifier Available 0: SUBACK 0xA1; UNSUBACK 0x00 for a filter that was
+    subscribed, 0x11 for one that was not."""
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        properties = Properties(PacketTypes.SUBSCRIBE)
+        properties.SubscriptionIdentifier = 4
+        _, mid = dev.client.subscribe(ATTRIBUTES, qos=1, properties=properties)
+        assert wait_until(lambda: dev.reason_codes.get(mid), timeout=DEADLINE_S,
+                          what="SUBACK") == [0xA1]
+        assert dev.subscribe(ATTRIBUTES, qos=1) == [1]
+        _, mid = dev.client.unsubscribe([ATTRIBUTES, "v1/devices/me/rpc/request/+"])
+        assert wait_until(lambda: dev.unsubscribe_codes.get(mid), timeout=DEADLINE_S,
+                          what="UNSUBACK") == [0x00, 0x11]
+    no_connections(app)
+
+
+def test_a_message_over_the_clients_maximum_packet_size_is_not_sent(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """The client's Maximum Packet Size (200 bytes): an attribute response larger is not sent,
+    a smaller one is."""
+    app.service.post_attributes(TOKEN, {"big": "b" * 300, "small": 1}).result(DEADLINE_S)
+    dev = v5(app.mqtt_port, TOKEN)
+    properties = Properties(PacketTypes.CONNECT)
+    properties.MaximumPacketSize = 200
+    dev.client.connect(dev.host, dev.port, keepalive=30, clean_start=True,
+                       properties=properties)
+    dev.client.loop_start()
+    try:
+        wait_until(lambda: dev.connack is not None, timeout=DEADLINE_S, what="CONNACK")
+        assert dev.connack == 0
+        assert dev.subscribe("v1/devices/me/attributes/response/+", qos=1) == [1]
+        dev.publish("v1/devices/me/attributes/request/1", {"clientKeys": "big"})
+        dev.publish("v1/devices/me/attributes/request/2", {"clientKeys": "small"})
+        assert dev.wait_message("v1/devices/me/attributes/response/2") == {
+            "client": {"small": 1}}
+        assert dev.received_on("v1/devices/me/attributes/response/1") == []
+        assert not dev.disconnected.is_set()
+    finally:
+        dev.close()
+    no_connections(app)
