@@ -1,7 +1,8 @@
 """ThingsBoard's own Python SDK (tb-mqtt-client, TBDeviceMqttClient: MQTT 5 always) against
 the edge: it connects with its token, its QoS 1 telemetry is acknowledged and stored, its
 attribute request is answered, and a server-side RPC request reaches its handler and its
-answer is uplinked to the cloud.
+answer is uplinked to the cloud; its gateway client (TBGatewayMqttClient, as ThingsBoard's IoT
+Gateway uses it) connects a device, whose telemetry and attributes are stored.
 
 The SDK ships a fork of paho (tb-paho-mqtt-client) that cannot share a venv with paho-mqtt, so
 it runs in its own Python, named by EDGE_TEST_TB_SDK_PYTHON:
@@ -25,6 +26,7 @@ from typing import IO, Any
 import pytest
 
 from edge_sync.devices.rpc import RpcStatus
+from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.records import Action
 from tests.helpers.mqtt_app import events_of, no_connections
 from tests.integration.test_device_sessions import (
@@ -37,7 +39,9 @@ from tests.integration.test_device_sessions import (
 )
 
 SDK_PYTHON = os.environ.get("EDGE_TEST_TB_SDK_PYTHON", "")
-DEVICE = Path(__file__).resolve().parent.parent / "helpers" / "tb_sdk_device.py"
+HELPERS = Path(__file__).resolve().parent.parent / "helpers"
+DEVICE = HELPERS / "tb_sdk_device.py"
+GATEWAY = HELPERS / "tb_sdk_gateway.py"
 MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
 
 pytestmark = pytest.mark.skipif(
@@ -85,4 +89,23 @@ def test_thingsboards_python_sdk_connects_with_mqtt5_and_is_served(harness: Harn
     assert [r.status for r in rpcs(app, dev)] == [RpcStatus.SUCCESSFUL]
     assert [e.body["values"] for e in events_of(app, dev.id, Action.TIMESERIES_UPDATED)] == [
         {"sdk": 1}]
+    no_connections(app)
+
+
+def test_thingsboards_gateway_client_connects_a_device_and_sends_its_data(
+        harness: Harness) -> None:
+    _, app = harness.connected_edge(**MQTT_ON)
+    _, created = app.service.create_device("sdk-gateway", token="sdk-gw-token", gateway=True)
+    created.result(10)
+    sdk = subprocess.run([SDK_PYTHON, str(GATEWAY), str(app.mqtt_port), "sdk-gw-token"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    steps = [json.loads(text) for text in sdk.stdout.splitlines()]
+    assert steps == [{"connected": True}, {"device": 0}, {"telemetry": 0}, {"attributes": 0}]
+    with app.store.read() as txn:
+        sensor = EntityStore(app.store).device_by_name(txn, "SDK Sensor")
+    assert sensor is not None and sensor.type == "thermo"
+    assert [e.body["values"] for e in events_of(app, sensor.id, Action.TIMESERIES_UPDATED)] == [
+        {"t": 21.5}]
+    assert [e.body["kv"] for e in events_of(app, sensor.id, Action.ATTRIBUTES_UPDATED)] == [
+        {"fw": "v2.0"}]
     no_connections(app)
