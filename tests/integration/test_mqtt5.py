@@ -8,7 +8,10 @@ credentials); QoS 1 telemetry acknowledged only once committed, in order; a comm
 closes with DISCONNECT 0x83 and no PUBACK; attribute requests answered; an RPC request
 delivered and its answer uplinked; a session kept with clean start 0 and a session expiry
 interval, and not kept without one; a topic alias (Topic Alias Maximum 0) ends the connection
-with DISCONNECT 0x94; a topic the edge does not serve gets SUBACK 0x8F.
+with DISCONNECT 0x94; a topic the edge does not serve gets SUBACK 0x8F. The DISCONNECT reason
+codes of a bad payload (0x99), a retained publish (0x9A), an oversized packet (0x95), a
+takeover (0x8E) and a deleted device (0x87); SUBACK 0xA1 and the UNSUBACK codes; the client's
+Maximum Packet Size honoured; QoS 2.
 """
 
 from __future__ import annotations
@@ -412,4 +415,26 @@ def test_a_message_over_the_clients_maximum_packet_size_is_not_sent(
         assert not dev.disconnected.is_set()
     finally:
         dev.close()
+    no_connections(app)
+
+
+def test_qos2_is_stored_once_and_completes(app: EdgeApp, device_id: uuid.UUID) -> None:
+    """PUBREC once committed, PUBCOMP on the client's PUBREL, as over MQTT 3.1.1."""
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        infos = [dev.publish(TELEMETRY, {"n": i}, qos=2) for i in range(20)]
+        wait_until(lambda: len(dev.acked_ids()) == 20, timeout=DEADLINE_S, what="20 PUBCOMPs")
+        assert dev.acked_ids() == [i.mid for i in infos]
+    assert values(app, device_id) == list(range(20))
+    no_connections(app)
+
+
+def test_a_deleted_device_is_disconnected_with_0x87(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    _, app, dev = linked
+    with v5(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        app.entities.delete_device(dev.id).result(DEADLINE_S)
+        assert client.disconnected.wait(DEADLINE_S), "the connection stayed open"
+        assert client.disconnect_reason is not None and client.disconnect_reason.value == 0x87
     no_connections(app)
