@@ -634,6 +634,8 @@ class MqttConnection:
                             self._send_burst()
                             burst.attributes(values, reply, packet_id)
                 except BadRequest as exc:
+                    if self._refused_payload(qos, packet_id, topic, exc):
+                        return
                     raise _Close(f"invalid publish: {exc}", graceful=True, topic=topic,
                                  code=Reason.PAYLOAD_FORMAT_INVALID) from exc
                 except _Close:
@@ -657,17 +659,37 @@ class MqttConnection:
         try:
             committed = self._inbound_of().accept(topic, data)
         except BadRequest as exc:
+            if self._refused_payload(qos, packet_id, topic, exc):
+                return
             raise _Close(f"invalid publish: {exc}", graceful=True, topic=topic,
                          code=Reason.PAYLOAD_FORMAT_INVALID) from exc
         except Exception as exc:
             raise _Close(f"publish not accepted: {exc}", graceful=True, topic=topic,
                          code=Reason.IMPLEMENTATION_SPECIFIC_ERROR) from exc
+        if (qos == 1 and committed is None and self._codec.level == MQTT5
+                and classify(topic)[0] is Publish.OTHER and topics.not_served(topic) is None):
+            # MQTT 5: a topic outside ThingsBoard's device API gets PUBACK 0x90, as
+            # MqttTransportHandler.processDevicePublish answers it (dropped all the same)
+            reply = Reply.PUBACK_TOPIC_INVALID
         if qos == 2:
             self._await_release(session, packet_id, committed)
         if committed is None:
             self._acks.now(reply, packet_id)
         else:
             self._acks.expect(reply, packet_id, committed)
+
+    def _refused_payload(self, qos: int, packet_id: int, topic: str, exc: BadRequest) -> bool:
+        """MQTT 5, QoS 1: a payload that cannot be read is answered PUBACK 0x99 (after the
+        acknowledgements due before it) and the connection stays, as ThingsBoard's
+        sendResponseForAdaptorErrorOrCloseContext answers it over MQTT 5. False: anything
+        else, for which the connection closes."""
+        if qos != 1 or self._codec.level != MQTT5:
+            return False
+        self._send_burst()  # what came before it is handed over first, in order
+        self._acks.now(Reply.PUBACK_PAYLOAD_INVALID, packet_id)
+        self._logger().bind(topic=topic[:128]).warning(
+            "publish {} refused with PUBACK 0x99 (payload format invalid): {}", packet_id, exc)
+        return True
 
     def _await_release(self, session: Session, packet_id: int,
                        committed: Future[Any] | None) -> None:

@@ -59,6 +59,7 @@ class MqttDevice:
         self.reason_codes: dict[int, list[int]] = {}  # SUBACK codes as sent, by message id
         self.disconnect_reason: Any = None  # MQTT 5: the server's DISCONNECT reason code
         self.unsubscribe_codes: dict[int, list[int]] = {}  # MQTT 5: UNSUBACK codes by message id
+        self.ack_codes: dict[int, int] = {}  # MQTT 5: the PUBACK's reason code by message id
         self.session_present: bool | None = None
         self.received: list[mqtt.MQTTMessage] = []  # what the server published, as paho got it
         self.acked: list[int] = []  # message ids, in the order their PUBACKs arrived
@@ -137,7 +138,8 @@ class MqttDevice:
         self.session_present = bool(flags.session_present)
         self.connack = reason
 
-    def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        self.ack_codes[mid] = int(reason.value)
         if self.on_ack is not None:
             self.on_ack(mid)
         with self._lock:

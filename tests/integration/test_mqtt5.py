@@ -325,17 +325,51 @@ def test_a_session_with_an_expiry_interval_is_kept(
 # -- what ends a connection, and what is not sent --------------------------------------------
 
 
-def test_malformed_json_ends_with_disconnect_0x99_after_the_acks_due(
+def test_malformed_json_at_qos1_gets_puback_0x99_and_the_connection_stays(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """ThingsBoard's sendResponseForAdaptorErrorOrCloseContext over MQTT 5: PUBACK 0x99, in
+    order with the acknowledgements around it; nothing stored for it."""
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        mids = [dev.publish(TELEMETRY, {"n": 0}).mid,
+                dev.publish(TELEMETRY, b"{not json").mid,
+                dev.publish(ATTRIBUTES, b"[1, 2").mid,
+                dev.publish(TELEMETRY, {"n": 1}).mid]
+        wait_until(lambda: len(dev.acked_ids()) == 4, timeout=DEADLINE_S, what="4 PUBACKs")
+        assert dev.acked_ids() == mids
+        assert [dev.ack_codes[mid] for mid in mids] == [0x00, 0x99, 0x99, 0x00]
+        assert not dev.disconnected.is_set()
+    assert values(app, device_id) == [0, 1]
+    no_connections(app)
+
+
+def test_malformed_json_at_qos0_ends_with_disconnect_0x99_after_the_acks_due(
         app: EdgeApp, device_id: uuid.UUID) -> None:
     with v5(app.mqtt_port, TOKEN) as dev:
         assert dev.connect() == 0
         good = [dev.publish(TELEMETRY, {"n": i}).mid for i in range(3)]
-        bad = dev.publish(TELEMETRY, b"{not json").mid
+        bad = dev.publish(TELEMETRY, b"{not json", qos=0).mid  # paho: "acked" once sent
         wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
-        assert dev.acked_ids() == good
-        assert bad not in dev.acked_ids()
+        assert [mid for mid in dev.acked_ids() if mid != bad] == good
         assert dev.disconnect_reason is not None and dev.disconnect_reason.value == 0x99
     assert values(app, device_id) == [0, 1, 2]
+    no_connections(app)
+
+
+def test_a_topic_outside_the_api_gets_puback_0x90(app: EdgeApp, device_id: uuid.UUID) -> None:
+    """ThingsBoard's processDevicePublish over MQTT 5: PUBACK 0x90 (topic name invalid) for
+    a topic outside its device API, the connection stays; a topic ThingsBoard serves and the
+    edge drops (device claiming) is acknowledged 0x00, as over MQTT 3.1.1."""
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        mids = [dev.publish("sensors/room1", {"t": 1}).mid,
+                dev.publish("v1/devices/me/claim", {"secretKey": "s"}).mid,
+                dev.publish(TELEMETRY, {"n": 5}).mid]
+        wait_until(lambda: len(dev.acked_ids()) == 3, timeout=DEADLINE_S, what="3 PUBACKs")
+        assert [dev.ack_codes[mid] for mid in dev.acked_ids()] == [0x90, 0x00, 0x00]
+        assert dev.acked_ids() == mids
+        assert not dev.disconnected.is_set()
+    assert values(app, device_id) == [5]
     no_connections(app)
 
 

@@ -33,6 +33,12 @@ def test_acknowledgement_frames_are_what_mqtt5_encodes_for_success() -> None:
         assert frame(Reply.PUBACK, packet_id) == mqtt5.PubAckPacket(packet_id).write()
         assert frame(Reply.PUBREC, packet_id) == mqtt5.PubRecPacket(packet_id).write()
         assert frame(Reply.PUBCOMP, packet_id) == mqtt5.PubCompPacket(packet_id).write()
+        # MQTT 5 only: a PUBACK with a reason code, decoded back as such
+        for reply, code in ((Reply.PUBACK_TOPIC_INVALID, 0x90),
+                            (Reply.PUBACK_PAYLOAD_INVALID, 0x99)):
+            packet, _ = mqtt5.read(memoryview(frame(reply, packet_id)))
+            assert isinstance(packet, mqtt5.PubAckPacket)
+            assert (packet.packet_id, int(packet.reason_code)) == (packet_id, code)
 
 
 def test_the_protocol_level_of_a_connect() -> None:
