@@ -182,12 +182,13 @@ class MqttConnection:
     subscriptions, the gateway API for a device that is not a gateway, the handling of other
     topics, the held publishes, a bound logger) are made on first use."""
 
-    __slots__ = ("_acks", "_alive", "_burst", "_clean", "_codec", "_device", "_dropped", "_ended",
-                 "_ending", "_expired", "_failed", "_finished", "_frames", "_gateway", "_goodbye",
-                 "_idle", "_inbound", "_interrupted", "_key", "_last_packet", "_limits",
-                 "_link_connected", "_loop", "_not_committed", "_on_pause", "_paused", "_polls",
-                 "_reader", "_registry", "_revoked", "_service", "_session", "_subscriptions",
-                 "_taken_over", "_task", "_writer", "peer")
+    __slots__ = ("_accepted", "_acks", "_alive", "_burst", "_clean", "_codec", "_device",
+                 "_dropped", "_ended", "_ending", "_expired", "_failed", "_finished", "_frames",
+                 "_gateway", "_goodbye", "_idle", "_inbound", "_interrupted", "_key",
+                 "_last_packet", "_limits", "_link_connected", "_loop", "_not_committed",
+                 "_on_pause", "_paused", "_polls", "_reader", "_registry", "_revoked",
+                 "_service", "_session", "_subscriptions", "_taken_over", "_task", "_writer",
+                 "peer")
 
     def __init__(
         self,
@@ -210,6 +211,7 @@ class MqttConnection:
         self._frames = FrameReader(limits.max_message_bytes)
         self._codec: Codec = Mqtt311(self._frames, 4)  # until CONNECT says otherwise
         self._goodbye: int | None = None  # the reason code of the DISCONNECT due (MQTT 5)
+        self._accepted = False  # CONNACK 0 sent (a DISCONNECT may follow)
         self._writer = writer
         self._limits = limits
         peername = writer.get_extra_info("peername")
@@ -563,6 +565,7 @@ class MqttConnection:
         self._registry.connack(CONNECTION_ACCEPTED)
         self._write(codec.accepted(connect, present) if isinstance(codec, Mqtt5)
                     else codec.connack(CONNECTION_ACCEPTED, present))
+        self._accepted = True
         log = _log.bind(peer=self.peer, device=str(device.id), client_id=self._key[1][:64],
                         clean=self._clean, session_present=present, protocol_level=connect.level)
         if present:  # one line: the resumed session's figures are its fields
@@ -857,7 +860,8 @@ class MqttConnection:
                 await asyncio.gather(*waits)
         finally:
             self._acks.close()  # what is still owed is not sent; the commits go on
-            if self._goodbye is not None:  # MQTT 5: after the acknowledgements due
+            # MQTT 5: after the acknowledgements due; never before CONNACK 0x00 (§4.13.1)
+            if self._goodbye is not None and self._accepted:
                 disconnect = self._codec.disconnect(self._goodbye)
                 if disconnect is not None:
                     self._write(disconnect)

@@ -169,6 +169,17 @@ def test_credentials_that_name_no_device_get_thingsboards_reason_code(
     no_connections(app)
 
 
+def test_a_malformed_connect_is_closed_without_a_disconnect(app: EdgeApp) -> None:
+    """No DISCONNECT before a CONNACK (MQTT 5 §4.13.1): the connection is closed, nothing is
+    written."""
+    variable = b"\x00\x04MQTT\x05\x02\x00\x3c\x05\x11"  # 5 bytes of properties, 1 sent
+    connect = bytes([0x10, len(variable)]) + variable
+    with socket.create_connection(("127.0.0.1", app.mqtt_port), timeout=DEADLINE_S) as sock:
+        sock.sendall(connect)
+        assert sock.recv(4096) == b""
+    no_connections(app)
+
+
 # -- publishes -------------------------------------------------------------------------------
 
 
