@@ -180,6 +180,35 @@ def test_a_malformed_connect_is_closed_without_a_disconnect(app: EdgeApp) -> Non
     no_connections(app)
 
 
+def packets_after_connect(port: int, connect: bytes, then: bytes = b"") -> list[Any]:
+    """CONNECT, then ``then``: every packet the server sends until it closes the connection
+    (decoded by the ``mqtt5`` package)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) as sock:
+        sock.sendall(connect + then)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    packets = []
+    while data:
+        packet, used = mqtt5.read(memoryview(data))
+        packets.append(packet)
+        data = data[used:]
+    return packets
+
+
+def test_a_second_connect_ends_with_0x82_and_silence_with_0x8d(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    connect = mqtt5.ConnectPacket("k", username=TOKEN, clean_start=True, keep_alive=1).write()
+    connack, disconnect = packets_after_connect(app.mqtt_port, connect, connect)
+    assert connack.reason_code == mqtt5.ConnAckReasonCode.SUCCESS
+    assert disconnect.reason_code == mqtt5.DisconnectReasonCode.PROTOCOL_ERROR
+    # nothing sent for 1.5 times the keep-alive of 1 s
+    connack, disconnect = packets_after_connect(app.mqtt_port, connect)
+    assert connack.reason_code == mqtt5.ConnAckReasonCode.SUCCESS
+    assert disconnect.reason_code == mqtt5.DisconnectReasonCode.KEEP_ALIVE_TIMEOUT
+    no_connections(app)
+
+
 # -- publishes -------------------------------------------------------------------------------
 
 
