@@ -8,7 +8,8 @@ arrive together (a group commit settles many publishes at once), not once per pu
 publishes of one read burst that went to the store as one command (mqtt/burst.py) are one entry
 waiting on its one commit: one done callback for all of them. The acknowledgements that fall
 due together are written in one write; each frame is the fixed header amqtt encodes for its
-kind (computed once) followed by the packet id.
+kind (computed once) followed by the packet id. An MQTT 5 PUBACK with a reason code (0x90,
+0x99) is encoded by the ``mqtt5`` package.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+import mqtt5
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.pubcomp import PubcompPacket
 from amqtt.mqtt.pubrec import PubrecPacket
@@ -34,10 +36,19 @@ _HEADERS = {reply: bytes(build(0).to_bytes())[:2] for reply, build in _BUILD.ite
 follows it, big-endian (MQTT 3.1.1 §2.3.1)."""
 
 
+_REASONS = {Reply.PUBACK_TOPIC_INVALID: mqtt5.PubAckReasonCode.TOPIC_NAME_INVALID,
+            Reply.PUBACK_PAYLOAD_INVALID: mqtt5.PubAckReasonCode.PAYLOAD_FORMAT_INVALID}
+"""The MQTT 5 PUBACKs with a reason code (only ever owed on an MQTT 5 connection)."""
+
+
 def frame(reply: Reply, packet_id: int) -> bytes:
     """The frame of ``reply`` for ``packet_id``: what amqtt's ``build(packet_id).to_bytes()``
-    encodes (tests/unit/test_mqtt_frames.py checks every id), without building a packet."""
-    return _HEADERS[reply] + packet_id.to_bytes(2, "big")
+    encodes (tests/unit/test_mqtt_frames.py checks every id), without building a packet; an
+    MQTT 5 PUBACK with a reason code as the ``mqtt5`` package encodes it."""
+    header = _HEADERS.get(reply)
+    if header is None:
+        return mqtt5.PubAckPacket(packet_id, reason_code=_REASONS[reply]).write()
+    return header + packet_id.to_bytes(2, "big")
 
 
 class Acknowledger:
@@ -154,7 +165,9 @@ class Acknowledger:
             elif not self._failed:
                 for reply, packet_id in entry.replies:
                     if reply:  # not Reply.NONE
-                        frames.append(headers[reply] + packet_id.to_bytes(2, "big"))
+                        header = headers.get(reply)
+                        frames.append(header + packet_id.to_bytes(2, "big") if header is not None
+                                      else frame(reply, packet_id))
         if frames:
             self._send(b"".join(frames))
         if not self.full:

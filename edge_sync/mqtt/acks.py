@@ -31,6 +31,12 @@ class Reply(enum.IntEnum):
     PUBACK = 1
     PUBREC = 2
     PUBCOMP = 3
+    PUBACK_TOPIC_INVALID = 4
+    """MQTT 5: PUBACK 0x90, a topic outside ThingsBoard's device API (ThingsBoard's
+    MqttTransportHandler.processDevicePublish answers it so over MQTT 5)."""
+    PUBACK_PAYLOAD_INVALID = 5
+    """MQTT 5: PUBACK 0x99, a payload that cannot be read (ThingsBoard's
+    sendResponseForAdaptorErrorOrCloseContext answers it so over MQTT 5)."""
 
 
 class Pending:

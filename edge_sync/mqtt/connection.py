@@ -1,4 +1,6 @@
-"""One client's MQTT 3.1.1 connection, on the MQTT server's loop: CONNECT with the access token
+"""One client's MQTT connection (3.1, 3.1.1 or 5: the CONNECT's protocol level chooses the
+packet codec for the whole connection, mqtt/codec.py; all else is shared), on the MQTT
+server's loop: CONNECT with the access token
 as username and the client's session (clean or kept, mqtt/registry.py); PUBLISH at QoS 0, 1 and
 2 (what it asks for: mqtt/inbound.py); SUBSCRIBE / UNSUBSCRIBE (served by mqtt/subscriptions.py
 and the gateway); what the edge publishes, at the QoS the subscription was granted; PINGREQ,
@@ -17,7 +19,10 @@ followed: credentials that name no device get CONNACK 5 (2 for a client id alone
 full, a restarting component, no confirmation within the commit timeout) closes the connection
 without its acknowledgement; the retain flag is ignored (nothing is retained) and a will
 message is never published. A packet larger than ``max_message_bytes`` closes the connection
-before its body is read. Packets are decoded and encoded by amqtt's codec.
+before its body is read. Packets are decoded and encoded by amqtt's codec (MQTT 3.1 and
+3.1.1) or the ``mqtt5`` package's (MQTT 5, whose reason codes and CONNACK properties are in
+mqtt/codec.py; an MQTT 5 client is sent a DISCONNECT with its reason code before the server
+closes the connection).
 
 Reading: what the socket has is read in one call and every packet in it is decoded from memory
 (mqtt/frames.py); the telemetry and attributes publishes of such a burst go to the store as
@@ -49,9 +54,7 @@ from amqtt.mqtt.connack import (
     IDENTIFIER_REJECTED,
     NOT_AUTHORIZED,
     UNACCEPTABLE_PROTOCOL_VERSION,
-    ConnackPacket,
 )
-from amqtt.mqtt.connect import ConnectPacket
 from amqtt.mqtt.packet import (
     CONNECT,
     DISCONNECT,
@@ -63,11 +66,6 @@ from amqtt.mqtt.packet import (
     UNSUBSCRIBE,
 )
 from amqtt.mqtt.pingresp import PingRespPacket
-from amqtt.mqtt.publish import PublishPacket
-from amqtt.mqtt.suback import SubackPacket
-from amqtt.mqtt.subscribe import SubscribePacket
-from amqtt.mqtt.unsuback import UnsubackPacket
-from amqtt.mqtt.unsubscribe import UnsubscribePacket
 from loguru import logger
 
 from edge_sync.api import client_rpc
@@ -78,6 +76,17 @@ from edge_sync.mqtt import provision, topics
 from edge_sync.mqtt.acknowledger import Acknowledger
 from edge_sync.mqtt.acks import Pending, Reply
 from edge_sync.mqtt.burst import Burst
+from edge_sync.mqtt.codec import (
+    MQTT5,
+    Codec,
+    Connect,
+    Mqtt5,
+    Mqtt311,
+    ProtocolViolation,
+    Reason,
+    protocol_level,
+    refusal_reason,
+)
 from edge_sync.mqtt.dropped import DroppedTopics
 from edge_sync.mqtt.frames import Frame, FrameReader, Malformed, Oversize
 from edge_sync.mqtt.gateway import Gateway
@@ -91,8 +100,9 @@ from edge_sync.storage.records import Device
 
 _log = logger.bind(component="mqtt")
 
-PROTOCOL_LEVELS = (3, 4)
-"""MQTT 3.1 and 3.1.1; any other level is refused with CONNACK 1."""
+PROTOCOL_LEVELS = (3, 4, MQTT5)
+"""MQTT 3.1 and 3.1.1 (amqtt's codec) and MQTT 5 (the ``mqtt5`` package's: mqtt/codec.py); any
+other level is refused with CONNACK 1."""
 MAX_GRANTED_QOS = 1
 """The edge publishes at QoS 0 or 1: a subscription asking for 2 is granted 1 (ThingsBoard's
 MAX_SUPPORTED_QOS_LVL)."""
@@ -138,15 +148,16 @@ class Limits:
         return max(WRITE_BUFFER_MIN, 2 * self.max_message_bytes)
 
 
-def refusal_code(connect: ConnectPacket) -> int:
+def refusal_code(connect: Connect) -> int:
     """The CONNACK return code for a CONNECT whose credentials name no device, as ThingsBoard
     answers it over MQTT 3.1.1 (MqttTransportHandler.onValidateDeviceResponse, mapped by
     ReturnCodeResolver.getConnectionReturnCode): 2, identifier rejected, when it has neither
     a username nor a password but a client id that is not blank (CLIENT_IDENTIFIER_NOT_VALID);
     5, not authorized, otherwise (BAD_USERNAME_OR_PASSWORD and NOT_AUTHORIZED_5 both map to
     it)."""
-    client_id = "" if connect.client_id_is_random else (connect.client_id or "")
-    if connect.username is None and connect.password is None and client_id.strip():
+    if connect.level == MQTT5:
+        return refusal_reason(connect)
+    if connect.username is None and connect.password is None and connect.client_id.strip():
         return int(IDENTIFIER_REJECTED)
     return int(NOT_AUTHORIZED)
 
@@ -154,12 +165,15 @@ def refusal_code(connect: ConnectPacket) -> int:
 class _Close(Exception):
     """End the connection: ``graceful`` sends the acknowledgements already due first.
     ``topic``: the publish's topic, logged as a field (a topic may hold any character, a line
-    break too: it is never formatted into the message)."""
+    break too: it is never formatted into the message). ``code``: the reason code of the
+    DISCONNECT an MQTT 5 client is sent (None: none, after a refusing CONNACK)."""
 
-    def __init__(self, reason: str, *, graceful: bool = False, topic: str | None = None) -> None:
+    def __init__(self, reason: str, *, graceful: bool = False, topic: str | None = None,
+                 code: int | None = Reason.UNSPECIFIED_ERROR) -> None:
         super().__init__(reason)
         self.graceful = graceful
         self.topic = topic
+        self.code = code
 
 
 class MqttConnection:
@@ -168,12 +182,13 @@ class MqttConnection:
     subscriptions, the gateway API for a device that is not a gateway, the handling of other
     topics, the held publishes, a bound logger) are made on first use."""
 
-    __slots__ = ("_acks", "_alive", "_burst", "_clean", "_device", "_dropped", "_ended", "_ending",
-                 "_expired", "_failed", "_finished", "_frames", "_gateway", "_idle", "_inbound",
-                 "_interrupted", "_key", "_last_packet", "_limits", "_link_connected", "_loop",
-                 "_not_committed", "_on_pause", "_paused", "_polls", "_reader", "_registry",
-                 "_revoked", "_service", "_session", "_subscriptions", "_taken_over", "_task",
-                 "_writer", "peer")
+    __slots__ = ("_accepted", "_acks", "_alive", "_burst", "_clean", "_codec", "_device",
+                 "_dropped", "_ended", "_ending", "_expired", "_failed", "_finished", "_frames",
+                 "_gateway", "_goodbye", "_idle", "_inbound", "_interrupted", "_key",
+                 "_last_packet", "_limits", "_link_connected", "_loop", "_not_committed",
+                 "_on_pause", "_paused", "_polls", "_reader", "_registry", "_revoked",
+                 "_service", "_session", "_subscriptions", "_taken_over", "_task", "_writer",
+                 "peer")
 
     def __init__(
         self,
@@ -194,6 +209,9 @@ class MqttConnection:
         self._on_pause = on_pause
         self._reader = reader
         self._frames = FrameReader(limits.max_message_bytes)
+        self._codec: Codec = Mqtt311(self._frames, 4)  # until CONNECT says otherwise
+        self._goodbye: int | None = None  # the reason code of the DISCONNECT due (MQTT 5)
+        self._accepted = False  # CONNACK 0 sent (a DISCONNECT may follow)
         self._writer = writer
         self._limits = limits
         peername = writer.get_extra_info("peername")
@@ -246,19 +264,29 @@ class MqttConnection:
             if close.topic is not None:
                 log = log.bind(topic=close.topic[:128])
             log.warning("closing the connection: {}", close)
+            self._goodbye = close.code
+        except ProtocolViolation as exc:
+            self._logger().warning("closing the connection: {}", exc)
+            self._goodbye = exc.reason
         except (Oversize, Malformed) as exc:
             self._logger().warning("closing the connection: {}", exc)
+            self._goodbye = (Reason.PACKET_TOO_LARGE if isinstance(exc, Oversize)
+                             else Reason.MALFORMED_PACKET)
         except (asyncio.IncompleteReadError, ConnectionError, AMQTTError, TimeoutError) as exc:
             self._logger().debug("connection ended: {!r}", exc)
         except asyncio.CancelledError:
             if self._expired:
+                self._goodbye = Reason.KEEP_ALIVE_TIMEOUT
                 self._logger().debug(
                     "connection ended: nothing received for {:g}s (1.5 times its keep-alive)",
                     self._idle)
             elif self._interrupted or self._taken_over:
-                pass  # its reason is logged already (a takeover by the registry, one line)
+                # its reason is logged already (a takeover by the registry, one line)
+                if self._taken_over:
+                    self._goodbye = Reason.SESSION_TAKEN_OVER
             elif self._revoked:  # logged by revoke; what was taken before is acknowledged
                 graceful = True
+                self._goodbye = Reason.NOT_AUTHORIZED
             else:
                 raise
         finally:
@@ -305,8 +333,8 @@ class MqttConnection:
         connect = await asyncio.wait_for(self._read_connect(), self._limits.connect_timeout_s)
         if connect is None:
             return
-        if connect.proto_level in PROTOCOL_LEVELS and provision.is_provision(
-                connect.username, None if connect.client_id_is_random else connect.client_id):
+        if connect.level in (3, 4) and provision.is_provision(
+                connect.username, None if connect.assigned else connect.client_id):
             await self._provision_only(connect)
             return
         keep_alive = await self._connect(connect)
@@ -353,7 +381,7 @@ class MqttConnection:
         except TimeoutError:
             waiting = self._writer.transport.get_write_buffer_size()
             raise _Close(f"the client read nothing of the {waiting} bytes written to it for "
-                         f"{linger:g}s") from None
+                         f"{linger:g}s", code=None) from None
 
     def _check_alive(self) -> None:
         """The keep-alive: one timer per connection, pushed on to 1.5 times the keep-alive
@@ -418,7 +446,7 @@ class MqttConnection:
                 self._publish(frame)
             elif kind == PUBACK:
                 assert self._session is not None
-                self._session.outbox.acked(frames.packet(frame).packet_id)
+                self._session.outbox.acked(self._codec.packet_id(frame))
             else:
                 self._send_burst()  # what came before it is handed over first, in order
                 if not self._control(frame):
@@ -429,23 +457,34 @@ class MqttConnection:
         """A packet other than PUBLISH and PUBACK; False: DISCONNECT."""
         kind = frame.kind
         if kind == PUBREL:
-            pubrel = self._frames.packet(frame)
+            packet_id = self._codec.packet_id(frame)
             assert self._session is not None
-            self._session.awaiting_release.pop(pubrel.packet_id, None)
-            self._acks.now(Reply.PUBCOMP, pubrel.packet_id)
+            self._session.awaiting_release.pop(packet_id, None)
+            self._acks.now(Reply.PUBCOMP, packet_id)
         elif kind == PINGREQ:
             self._write(_PINGRESP)
         elif kind == DISCONNECT:
+            if self._codec.level == MQTT5:
+                self._disconnect5(frame)
             return False
         elif kind == SUBSCRIBE:
-            self._subscribe(self._frames.packet(frame))
+            self._subscribe(frame)
         elif kind == UNSUBSCRIBE:
-            self._unsubscribe(self._frames.packet(frame))
+            self._unsubscribe(frame)
         elif kind in packet_dict and kind != CONNECT:
-            self._frames.packet(frame)  # decoded, nothing to do
+            self._codec.check(frame)  # decoded, nothing to do
         else:
-            raise _Close(f"unexpected packet of type {kind}")
+            raise _Close(f"unexpected packet of type {kind}", code=Reason.PROTOCOL_ERROR)
         return True
+
+    def _disconnect5(self, frame: Frame) -> None:
+        """An MQTT 5 DISCONNECT may change the session expiry interval (§3.14.2.2.2): 0 ends
+        the session with the connection; a CONNECT with 0 cannot set one (a protocol error:
+        the session is not kept)."""
+        packet = Mqtt5.decode(frame)
+        expiry = getattr(packet, "session_expiry_interval", None)
+        if expiry is not None:
+            self._clean = self._clean or expiry == 0
 
     async def _wait_for_room(self) -> None:
         """Stop reading until the commits catch up: the client's TCP window fills, and it
@@ -464,8 +503,9 @@ class MqttConnection:
         if self._writer.is_closing():
             raise ConnectionError("closed while reading was paused")
 
-    async def _read_connect(self) -> ConnectPacket | None:
-        """The first packet, which must be CONNECT (None: closed before it)."""
+    async def _read_connect(self) -> Connect | None:
+        """The first packet, which must be CONNECT (None: closed before it). Its protocol
+        level chooses the codec of the connection: MQTT 5's for level 5, amqtt's else."""
         frames = self._frames
         while (frame := frames.next()) is None:
             data = await self._reader.read(frames.read_size)
@@ -473,17 +513,23 @@ class MqttConnection:
                 return None
             frames.feed(data)
         if frame.kind != CONNECT:
-            raise _Close(f"first packet is of type {frame.kind}, not CONNECT")
-        packet: ConnectPacket = frames.packet(frame)
-        return packet
+            raise _Close(f"first packet is of type {frame.kind}, not CONNECT", code=None)
+        if protocol_level(frame) == MQTT5:
+            limits = self._limits
+            codec = Mqtt5(max_body=limits.max_message_bytes, receive_max=limits.max_inflight,
+                          session_expiry_s=self._registry.store.expiry_s)
+            self._codec = codec
+            return codec.connect(frame)
+        return Mqtt311.connect(frames.packet(frame))
 
-    async def _connect(self, connect: ConnectPacket) -> int:
+    async def _connect(self, connect: Connect) -> int:
         """Authenticate the token of CONNECT, take the client's session and answer CONNACK;
         the keep-alive in seconds."""
-        if connect.proto_level not in PROTOCOL_LEVELS:
+        codec = self._codec
+        if connect.level not in PROTOCOL_LEVELS:
             self._registry.connack(UNACCEPTABLE_PROTOCOL_VERSION)
-            self._send(ConnackPacket.build(0, UNACCEPTABLE_PROTOCOL_VERSION))
-            raise _Close(f"protocol level {connect.proto_level} refused (CONNACK 1)")
+            self._write(codec.connack(UNACCEPTABLE_PROTOCOL_VERSION, False))
+            raise _Close(f"protocol level {connect.level} refused (CONNACK 1)", code=None)
         token = connect.username or ""
         try:
             device = self._service.authenticate(token) if token else None
@@ -492,40 +538,48 @@ class MqttConnection:
         if device is None:
             code = refusal_code(connect)
             self._registry.connack(code)
-            self._send(ConnackPacket.build(0, code))
+            self._write(codec.connack(code, False))
             what = "unknown access token" if token else "no access token (username)"
-            raise _Close(f"{what}: refused with CONNACK {code}")
-        self._clean = bool(connect.clean_session_flag)
-        if connect.client_id_is_random and not self._clean:
+            raise _Close(f"{what}: refused with CONNACK {code:#04x}"
+                         if connect.level == MQTT5 else f"{what}: refused with CONNACK {code}",
+                         code=None)
+        self._clean = not connect.keep
+        if connect.level != MQTT5 and connect.assigned and not self._clean:
             self._registry.connack(IDENTIFIER_REJECTED)
-            self._send(ConnackPacket.build(0, IDENTIFIER_REJECTED))  # MQTT-3.1.3-8
-            raise _Close("an empty client id with clean session 0: refused with CONNACK 2")
+            self._write(codec.connack(IDENTIFIER_REJECTED, False))  # MQTT-3.1.3-8
+            raise _Close("an empty client id with clean session 0: refused with CONNACK 2",
+                         code=None)
         self._device = device
-        self._key = (device.id, connect.client_id or "")
+        self._key = (device.id, connect.client_id)
         # a revocation committed from now on closes it (one committed before the token was
         # read: CONNACK 5 above)
         self._registry.enter(device.id, self, gateway=device.gateway)
-        session, present = await self._registry.attach(self._key, self, clean=self._clean,
+        # MQTT 5: clean start discards a kept session; the expiry interval decides whether
+        # this one is kept (MQTT 3.1.1: clean session both)
+        session, present = await self._registry.attach(self._key, self,
+                                                       clean=connect.clean_start,
                                                        now=self._loop.time())
         self._session = session
         if device.gateway:  # it says so at once (one INFO line); other devices' on first use
             self._gateway_api()
         self._registry.connack(CONNECTION_ACCEPTED)
-        self._send(ConnackPacket.build(1 if present else 0, CONNECTION_ACCEPTED))
+        self._write(codec.accepted(connect, present) if isinstance(codec, Mqtt5)
+                    else codec.connack(CONNECTION_ACCEPTED, present))
+        self._accepted = True
         log = _log.bind(peer=self.peer, device=str(device.id), client_id=self._key[1][:64],
-                        clean=self._clean, session_present=present)
+                        clean=self._clean, session_present=present, protocol_level=connect.level)
         if present:  # one line: the resumed session's figures are its fields
             self._resume(session)
             log = log.bind(resent=len(session.outbox), subscriptions=len(session.subscriptions))
         log.info("device {} connected over MQTT", device.name)
         return int(connect.keep_alive)
 
-    async def _provision_only(self, connect: ConnectPacket) -> None:
+    async def _provision_only(self, connect: Connect) -> None:
         """A provision-only session (username or client id ``provision``), as ThingsBoard's
         MqttTransportHandler.processConnect accepts it: CONNACK 0, and every request on
         /provision/request answered NOT_FOUND (mqtt/provision.py)."""
         self._registry.connack(CONNECTION_ACCEPTED)
-        self._send(ConnackPacket.build(0, CONNECTION_ACCEPTED))
+        self._write(self._codec.connack(CONNECTION_ACCEPTED, False))
         _log.bind(peer=self.peer).debug("provision-only session opened")
         logged = False
 
@@ -539,7 +593,7 @@ class MqttConnection:
 
         try:
             await provision.serve(self._frames, self._reader.read, self._write,
-                                  keep_alive=int(connect.keep_alive), answered=answered)
+                                  keep_alive=connect.keep_alive, answered=answered)
         except provision.Refused as exc:
             raise _Close(str(exc)) from exc
 
@@ -547,8 +601,8 @@ class MqttConnection:
         """A kept session: what awaited its PUBACK is sent again (DUP), and its subscriptions
         serve again (RPC requests queued meanwhile in the device's session come now)."""
         for message in session.outbox.unacked():
-            self._send(PublishPacket.build(message.topic, message.payload, message.packet_id,
-                                           True, 1, False))
+            self._write(self._codec.outgoing(message.topic, message.payload, message.packet_id,
+                                             True, 1))
         for topic_filter in list(session.subscriptions):
             if not self._serve_filter(topic_filter):
                 del session.subscriptions[topic_filter]
@@ -556,7 +610,7 @@ class MqttConnection:
     # -- publishes from the client -------------------------------------------------------------
 
     def _publish(self, frame: Frame) -> None:
-        topic, qos, packet_id, data = self._frames.publish(frame)
+        topic, qos, packet_id, data = self._codec.publish(frame)
         session, burst, device = self._session, self._burst, self._device
         assert session is not None and burst is not None and device is not None
         if qos == 0:
@@ -566,7 +620,8 @@ class MqttConnection:
         elif qos == 2:
             reply = Reply.PUBREC
         else:
-            raise _Close(f"QoS {qos} is not a QoS (malformed PUBLISH)", topic=topic)
+            raise _Close(f"QoS {qos} is not a QoS (malformed PUBLISH)", topic=topic,
+                         code=Reason.MALFORMED_PACKET)
         if qos != 2:  # QoS 2 is rare, and its resends are recognised one by one: not held
             kind = classify(topic)[0]
             if kind is Publish.TELEMETRY or kind is Publish.ATTRIBUTES:
@@ -582,12 +637,15 @@ class MqttConnection:
                             self._send_burst()
                             burst.attributes(values, reply, packet_id)
                 except BadRequest as exc:
-                    raise _Close(f"invalid publish: {exc}", graceful=True, topic=topic) from exc
+                    if self._refused_payload(qos, packet_id, topic, exc):
+                        return
+                    raise _Close(f"invalid publish: {exc}", graceful=True, topic=topic,
+                                 code=Reason.PAYLOAD_FORMAT_INVALID) from exc
                 except _Close:
                     raise
                 except Exception as exc:
-                    raise _Close(f"publish not accepted: {exc}", graceful=True,
-                                 topic=topic) from exc
+                    raise _Close(f"publish not accepted: {exc}", graceful=True, topic=topic,
+                                 code=Reason.IMPLEMENTATION_SPECIFIC_ERROR) from exc
                 return
         self._send_burst()  # what came before it is handed over first, in order
         if qos == 2 and packet_id in session.awaiting_release:  # a resend: not stored again
@@ -600,19 +658,41 @@ class MqttConnection:
         if qos == 2 and len(session.awaiting_release) >= MAX_AWAITING_RELEASE:
             raise _Close(f"QoS 2 publish {packet_id} not taken: {len(session.awaiting_release)} "
                          "of this session's QoS 2 publishes await their PUBREL, the most a "
-                         "session holds", graceful=True)
+                         "session holds", graceful=True, code=Reason.QUOTA_EXCEEDED)
         try:
             committed = self._inbound_of().accept(topic, data)
         except BadRequest as exc:
-            raise _Close(f"invalid publish: {exc}", graceful=True, topic=topic) from exc
+            if self._refused_payload(qos, packet_id, topic, exc):
+                return
+            raise _Close(f"invalid publish: {exc}", graceful=True, topic=topic,
+                         code=Reason.PAYLOAD_FORMAT_INVALID) from exc
         except Exception as exc:
-            raise _Close(f"publish not accepted: {exc}", graceful=True, topic=topic) from exc
+            raise _Close(f"publish not accepted: {exc}", graceful=True, topic=topic,
+                         code=Reason.IMPLEMENTATION_SPECIFIC_ERROR) from exc
+        if (qos == 1 and committed is None and self._codec.level == MQTT5
+                and classify(topic)[0] is Publish.OTHER and topics.not_served(topic) is None):
+            # MQTT 5: a topic outside ThingsBoard's device API gets PUBACK 0x90, as
+            # MqttTransportHandler.processDevicePublish answers it (dropped all the same)
+            reply = Reply.PUBACK_TOPIC_INVALID
         if qos == 2:
             self._await_release(session, packet_id, committed)
         if committed is None:
             self._acks.now(reply, packet_id)
         else:
             self._acks.expect(reply, packet_id, committed)
+
+    def _refused_payload(self, qos: int, packet_id: int, topic: str, exc: BadRequest) -> bool:
+        """MQTT 5, QoS 1: a payload that cannot be read is answered PUBACK 0x99 (after the
+        acknowledgements due before it) and the connection stays, as ThingsBoard's
+        sendResponseForAdaptorErrorOrCloseContext answers it over MQTT 5. False: anything
+        else, for which the connection closes."""
+        if qos != 1 or self._codec.level != MQTT5:
+            return False
+        self._send_burst()  # what came before it is handed over first, in order
+        self._acks.now(Reply.PUBACK_PAYLOAD_INVALID, packet_id)
+        self._logger().bind(topic=topic[:128]).warning(
+            "publish {} refused with PUBACK 0x99 (payload format invalid): {}", packet_id, exc)
+        return True
 
     def _await_release(self, session: Session, packet_id: int,
                        committed: Future[Any] | None) -> None:
@@ -642,7 +722,8 @@ class MqttConnection:
             replies, committed = burst.take()
         except Exception as exc:
             if not quiet:
-                raise _Close(f"publishes not accepted: {exc}", graceful=True) from exc
+                raise _Close(f"publishes not accepted: {exc}", graceful=True,
+                             code=Reason.IMPLEMENTATION_SPECIFIC_ERROR) from exc
             self._logger().warning(
                 "{} publishes before the end of the connection not accepted: {}",
                 len(burst), exc)
@@ -668,52 +749,78 @@ class MqttConnection:
         else:
             self._logger().bind(publishes=len(entry.replies)).warning(
                 "QoS 0 publish {}, closing the connection", reason)
+        # MQTT 5: DISCONNECT 0x83, as ThingsBoard's getPubAckCallback.onError closes
+        self._goodbye = None
+        disconnect = self._codec.disconnect(Reason.IMPLEMENTATION_SPECIFIC_ERROR)
+        if disconnect is not None:
+            self._write(disconnect)
         self._writer.close()  # what was due before it is still written
         self._interrupt()
 
     # -- subscriptions and what the edge publishes ---------------------------------------------
 
-    def _subscribe(self, subscribe: SubscribePacket) -> None:
-        """Granted the QoS asked for, at most 1, for the topics the edge serves; 0x80 else."""
-        requested = subscribe.payload.topics if subscribe.payload is not None else []
-        packet_id = subscribe.variable_header.packet_id if subscribe.variable_header else 0
+    def _subscribe(self, frame: Frame) -> None:
+        """Granted the QoS asked for, at most 1, for the topics the edge serves; else 0x80
+        (MQTT 3.1.1) or, over MQTT 5, 0x8F (topic filter invalid, as ThingsBoard's
+        ReturnCodeResolver.getSubscriptionReturnCode), 0x9E for a shared subscription, 0xA1
+        for every filter of a SUBSCRIBE with a subscription identifier."""
+        packet_id, requested, every = self._codec.subscribe(frame)
         session = self._session
         assert session is not None
-        codes = []
+        codes: list[int] = []
+        v5 = self._codec.level == MQTT5
         for topic_filter, qos in requested:
-            if self._serve_filter(topic_filter):
+            if every is not None:
+                codes.append(every)
+            elif v5 and topic_filter.startswith("$share/"):
+                codes.append(Reason.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+            elif self._serve_filter(topic_filter):
                 granted = min(int(qos), MAX_GRANTED_QOS)
                 session.subscriptions[topic_filter] = granted
                 codes.append(granted)
             else:
-                codes.append(SUBSCRIBE_FAILURE)
+                codes.append(Reason.TOPIC_FILTER_INVALID if v5 else SUBSCRIBE_FAILURE)
                 self._logger().bind(topic=str(topic_filter)[:128]).warning(
                     "subscription to a topic the edge does not serve refused")
-        self._send(SubackPacket.build(packet_id, codes))
+        self._write(self._codec.suback(packet_id, codes))
 
     def _serve_filter(self, topic_filter: str) -> bool:
         if topic_filter.startswith(topics.GATEWAY_PREFIX):
             return self._gateway_api().subscribe(topic_filter)
         return self._subscriptions_of().subscribe(topic_filter)
 
-    def _unsubscribe(self, packet: UnsubscribePacket) -> None:
+    def _unsubscribe(self, frame: Frame) -> None:
+        """UNSUBACK; over MQTT 5 with 0x00 for a filter subscribed, 0x11 (no subscription
+        existed) for another."""
         assert self._session is not None
-        for topic_filter in packet.payload.topics if packet.payload is not None else []:
-            self._session.subscriptions.pop(topic_filter, None)
+        packet_id, filters = self._codec.unsubscribe(frame)
+        codes: list[int] = []
+        for topic_filter in filters:
+            existed = self._session.subscriptions.pop(topic_filter, None) is not None
+            codes.append(Reason.SUCCESS if existed else Reason.NO_SUBSCRIPTION_EXISTED)
             if topic_filter.startswith(topics.GATEWAY_PREFIX):
                 if self._gateway is not None:
                     self._gateway.unsubscribe(topic_filter)
             elif self._subscriptions is not None:
                 self._subscriptions.unsubscribe(topic_filter)
-        self._send(UnsubackPacket.build(packet.variable_header.packet_id))
+        self._write(self._codec.unsuback(packet_id, codes))
 
     def _publish_to_device(self, topic: str, payload: bytes) -> None:
         """At the QoS granted to the subscription the topic falls under; a QoS 1 message is
         kept in the session until its PUBACK (and sent again on a clean-session-false
-        reconnect)."""
-        session = self._session
-        if session is None or session.qos_for(topic) == 0:
-            self._send(PublishPacket.build(topic, payload, None, False, 0, False))
+        reconnect). An MQTT 5 client's Maximum Packet Size is honoured: a message larger is
+        not sent (MQTT 5 §3.1.2.11.4), one WARNING line."""
+        session, codec = self._session, self._codec
+        qos = 0 if session is None else session.qos_for(topic)
+        if isinstance(codec, Mqtt5) and codec.client_max_packet is not None:
+            size = len(codec.outgoing(topic, payload, 1 if qos else None, False, qos))
+            if size > codec.client_max_packet:
+                self._logger().bind(topic=topic[:128], size=size).warning(
+                    "message not sent: {} bytes, more than the client's Maximum Packet Size "
+                    "of {}", size, codec.client_max_packet)
+                return
+        if session is None or qos == 0:
+            self._write(codec.outgoing(topic, payload, None, False, 0))
             return
         message, dropped = session.outbox.add(topic, payload)
         if dropped is not None:
@@ -724,7 +831,7 @@ class MqttConnection:
                     "message {} dropped unacknowledged: more than mqtt.max_unacked_per_session "
                     "await their PUBACK (further drops on this connection are counted, not "
                     "logged)", dropped.packet_id)
-        self._send(PublishPacket.build(topic, payload, message.packet_id, False, 1, False))
+        self._write(codec.outgoing(topic, payload, message.packet_id, False, 1))
 
     # -- the end -------------------------------------------------------------------------------
 
@@ -753,6 +860,11 @@ class MqttConnection:
                 await asyncio.gather(*waits)
         finally:
             self._acks.close()  # what is still owed is not sent; the commits go on
+            # MQTT 5: after the acknowledgements due; never before CONNACK 0x00 (§4.13.1)
+            if self._goodbye is not None and self._accepted:
+                disconnect = self._codec.disconnect(self._goodbye)
+                if disconnect is not None:
+                    self._write(disconnect)
             self._writer.close()
             if self._key is not None:
                 self._registry.leave(self._key[0], self)
@@ -790,9 +902,6 @@ class MqttConnection:
                 return
         with contextlib.suppress(Exception):
             await writer.wait_closed()
-
-    def _send(self, packet: Any) -> None:
-        self._write(packet.to_bytes())
 
     def _write(self, data: bytes) -> None:
         """Every write of the connection. A client that does not read what is written to it

@@ -16,6 +16,9 @@ connection publishing the same way sends the same two bytes again and again. Lik
 whose topic is in the same bytes as the last topic amqtt decoded on the connection has that
 topic (the packet id after it is read with amqtt's ``bytes_to_int``).
 
+The fixed header is the same in MQTT 5: an MQTT 5 connection's packets are cut here too, and
+decoded whole (``Frame.head`` to ``Frame.end``) by the ``mqtt5`` package (mqtt/codec.py).
+
 A packet larger than ``max_body`` is refused (``Oversize``) as soon as its fixed header is in
 the buffer, before its body is: at most one read of ``read_size`` bytes (no more than the limit)
 is buffered beyond its header. A fixed header or packet amqtt cannot decode raises
@@ -50,7 +53,8 @@ entry never changes once made; the header objects are only read."""
 
 
 class Malformed(Exception):
-    """Bytes amqtt's codec cannot decode as MQTT 3.1.1."""
+    """Bytes the connection's codec cannot decode (amqtt's as MQTT 3.1.1, the ``mqtt5``
+    package's as MQTT 5)."""
 
 
 class Oversize(Exception):
@@ -100,13 +104,14 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 class Frame:
     """One complete packet in the buffer: ``data[start:end]`` is its body (after the fixed
-    header)."""
+    header), ``data[head:end]`` the whole packet (what an MQTT 5 codec decodes)."""
 
-    __slots__ = ("data", "end", "flags", "header", "kind", "start")
+    __slots__ = ("data", "end", "flags", "head", "header", "kind", "start")
 
     def __init__(self, kind: int, flags: int, header: MQTTFixedHeader, data: bytes, start: int,
-                 end: int) -> None:
+                 end: int, head: int = 0) -> None:
         self.kind = kind
+        self.head = head
         self.flags = flags
         self.header = header
         self.data = data
@@ -168,7 +173,7 @@ class FrameReader:
         if end > size:
             return None
         self._pos = end
-        return Frame(kind, flags, header, data, start, end)
+        return Frame(kind, flags, header, data, start, end, pos)
 
     def publish(self, frame: Frame) -> tuple[str, int, int, bytes]:
         """A PUBLISH's topic, QoS (3: malformed, for the caller to refuse), packet id (0 at QoS

@@ -130,6 +130,11 @@ class SessionStore:
         self._unacked_limit = unacked_limit
         self._kept: OrderedDict[Key, tuple[Session, float]] = OrderedDict()
 
+    @property
+    def expiry_s(self) -> float:
+        """How long a session is kept after its client left (mqtt.session_expiry_s)."""
+        return self._expiry_s
+
     def __len__(self) -> int:
         return len(self._kept)
 

@@ -1,4 +1,5 @@
-"""A device that talks MQTT 3.1.1 to the agent through a real client (paho-mqtt): connect with
+"""A device that talks MQTT 3.1.1 (or MQTT 5: ``protocol=mqtt.MQTTv5``, with clean start and a
+session expiry interval) to the agent through a real client (paho-mqtt): connect with
 its access token as username (plain or TLS, clean session or not), publish, subscribe, and see
 what the server answered (CONNACK code and session-present flag, PUBACKs, what it published
 and with which QoS and DUP flag, a connection the server closed). No automatic reconnect, so a
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from tests.helpers.wait import wait_until
 
@@ -35,11 +38,16 @@ class Tls:
 class MqttDevice:
     def __init__(self, port: int, token: str, *, client_id: str = "",
                  clean_session: bool | None = None, host: str = "127.0.0.1",
-                 tls: Tls | None = None, manual_ack: bool = False) -> None:
+                 tls: Tls | None = None, manual_ack: bool = False,
+                 protocol: int = mqtt.MQTTv311, clean_start: bool = True,
+                 session_expiry: int | None = None) -> None:
         self.port = port
         self.host = host
+        self.protocol = protocol
+        self.clean_start = clean_start
+        self.session_expiry = session_expiry
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=clean_session, protocol=mqtt.MQTTv311,
+                                  clean_session=clean_session, protocol=protocol,
                                   reconnect_on_failure=False, manual_ack=manual_ack)
         self.client.username_pw_set(token)
         if tls is not None:
@@ -47,6 +55,11 @@ class MqttDevice:
                                 certfile=str(tls.cert) if tls.cert else None,
                                 keyfile=str(tls.key) if tls.key else None)
         self.connack: Any = None
+        self.connack_properties: Any = None  # MQTT 5: the CONNACK's properties
+        self.reason_codes: dict[int, list[int]] = {}  # SUBACK codes as sent, by message id
+        self.disconnect_reason: Any = None  # MQTT 5: the server's DISCONNECT reason code
+        self.unsubscribe_codes: dict[int, list[int]] = {}  # MQTT 5: UNSUBACK codes by message id
+        self.ack_codes: dict[int, int] = {}  # MQTT 5: the PUBACK's reason code by message id
         self.session_present: bool | None = None
         self.received: list[mqtt.MQTTMessage] = []  # what the server published, as paho got it
         self.acked: list[int] = []  # message ids, in the order their PUBACKs arrived
@@ -65,7 +78,15 @@ class MqttDevice:
 
     def connect(self, *, timeout: float = 10.0) -> Any:
         """Connect and wait for CONNACK (or the connection's end): paho's reason code."""
-        self.client.connect(self.host, self.port, keepalive=30)
+        if self.protocol == mqtt.MQTTv5:
+            properties = None
+            if self.session_expiry is not None:
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = self.session_expiry
+            self.client.connect(self.host, self.port, keepalive=30, clean_start=self.clean_start,
+                                properties=properties)
+        else:
+            self.client.connect(self.host, self.port, keepalive=30)
         self.client.loop_start()
         wait_until(lambda: self.connack is not None or self.disconnected.is_set(),
                    timeout=timeout, what="CONNACK")
@@ -112,20 +133,24 @@ class MqttDevice:
         self.close()
 
     # paho's network thread
-    def _on_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self.connack_properties = properties
         self.session_present = bool(flags.session_present)
         self.connack = reason
 
-    def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        self.ack_codes[mid] = int(reason.value)
         if self.on_ack is not None:
             self.on_ack(mid)
         with self._lock:
             self.acked.append(mid)
 
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: Any, _p: Any) -> None:
+        self.reason_codes[mid] = [int(c.value) for c in codes]
         self.granted[mid] = [int(c.value) if c.value < 0x80 else 0x80 for c in codes]
 
-    def _on_unsubscribe(self, _c: Any, _u: Any, mid: int, _codes: Any, _p: Any) -> None:
+    def _on_unsubscribe(self, _c: Any, _u: Any, mid: int, codes: Any, _p: Any) -> None:
+        self.unsubscribe_codes[mid] = [int(c.value) for c in codes]
         self.unsubscribed.add(mid)
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
@@ -133,5 +158,6 @@ class MqttDevice:
             self.received.append(msg)
             self.messages.append((msg.topic, json.loads(msg.payload)))
 
-    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, _reason: Any, _p: Any) -> None:
+    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
+        self.disconnect_reason = reason
         self.disconnected.set()

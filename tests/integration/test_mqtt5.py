@@ -1,0 +1,514 @@
+"""MQTT 5 clients, served as ThingsBoard serves them (MqttTransportHandler with its MQTT 5
+handling): a real paho-mqtt client at protocol=MQTTv5, and raw packets encoded with the
+``mqtt5`` package where the exact bytes of the answer matter.
+
+CONNECT with the access token (CONNACK 0x00 with the edge's properties) and an unknown one
+(0x86, as ReturnCodeResolver keeps it over MQTT 5; 0x85 and 0x87 for a CONNECT without
+credentials); QoS 1 telemetry acknowledged only once committed, in order; a commit that fails
+closes with DISCONNECT 0x83 and no PUBACK; attribute requests answered; an RPC request
+delivered and its answer uplinked; a session kept with clean start 0 and a session expiry
+interval, and not kept without one; a topic alias (Topic Alias Maximum 0) ends the connection
+with DISCONNECT 0x94; a topic the edge does not serve gets SUBACK 0x8F. The DISCONNECT reason
+codes of a bad payload (0x99), a retained publish (0x9A), an oversized packet (0x95), a
+takeover (0x8E) and a deleted device (0x87); SUBACK 0xA1 and the UNSUBACK codes; the client's
+Maximum Packet Size honoured; QoS 2.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mqtt5
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_sync.app import EdgeApp
+from edge_sync.devices.rpc import RpcStatus
+from edge_sync.storage.records import Device
+from tests.helpers.fake_peer import FakeCloud
+from tests.helpers.mqtt_app import AppFactory, no_connections, values
+from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
+from tests.helpers.wait import wait_until
+from tests.integration.test_device_sessions import (
+    Harness,
+    deliver,
+    make_device,
+    rpc_downlink,
+    rpc_uplinks,
+    rpcs,
+    shared_downlink,
+)
+
+DEADLINE_S = 10.0
+TOKEN = "mqtt5-token-1"
+MAX_MESSAGE = 4096
+INFLIGHT = 64
+MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[AppFactory]:
+    with AppFactory(tmp_path) as apps:
+        yield apps
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> EdgeApp:
+    return make_app(EDGE_MQTT_MAX_MESSAGE_BYTES=str(MAX_MESSAGE),
+                    EDGE_MQTT_MAX_INFLIGHT_PER_CLIENT=str(INFLIGHT))
+
+
+@pytest.fixture
+def device_id(app: EdgeApp) -> uuid.UUID:
+    device, created = app.service.create_device("mqtt5-dev-1", token=TOKEN)
+    created.result(DEADLINE_S)
+    return device.id
+
+
+def v5(port: int, token: str, **kwargs: Any) -> MqttDevice:
+    return MqttDevice(port, token, protocol=mqtt.MQTTv5, **kwargs)
+
+
+def raw_exchange(port: int, packet: bytes) -> tuple[Any, bool]:
+    """Send one packet on a plain socket; the first packet the server answers (decoded by the
+    ``mqtt5`` package) and whether the server then closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) as sock:
+        sock.sendall(packet)
+        data = b""
+        while True:
+            try:
+                answer, used = mqtt5.read(memoryview(data))
+                break
+            except IndexError:  # not all there yet
+                chunk = sock.recv(4096)
+                assert chunk, "closed before an answer"
+                data += chunk
+        rest = data[used:]
+        while chunk := sock.recv(4096):
+            rest += chunk
+        return answer, rest == b""
+
+
+# -- CONNECT ---------------------------------------------------------------------------------
+
+
+def test_connack_carries_what_the_edge_serves(app: EdgeApp, device_id: uuid.UUID) -> None:
+    """CONNACK 0x00 and its properties: Receive Maximum = mqtt.max_inflight_per_client,
+    Maximum Packet Size = the fixed header plus mqtt.max_message_bytes, Topic Alias Maximum 0,
+    Retain Available 0, no shared subscriptions or subscription identifiers, wildcards
+    served; the session expiry the edge keeps a session for (mqtt.session_expiry_s, 3600 s)
+    when the client asks for another."""
+    connect = mqtt5.ConnectPacket("c5", username=TOKEN, clean_start=True,
+                                  session_expiry_interval=60)
+    with socket.create_connection(("127.0.0.1", app.mqtt_port), timeout=DEADLINE_S) as sock:
+        sock.sendall(connect.write())
+        data = b""
+        while True:
+            try:
+                connack, _ = mqtt5.read(memoryview(data))
+                break
+            except IndexError:
+                data += sock.recv(4096)
+        sock.sendall(mqtt5.DisconnectPacket().write())
+    assert isinstance(connack, mqtt5.ConnAckPacket)
+    assert (connack.reason_code, connack.session_present) == (
+        mqtt5.ConnAckReasonCode.SUCCESS, False)
+    assert (connack.receive_max, connack.max_packet_size, connack.topic_alias_max) == (
+        INFLIGHT, 1 + 2 + MAX_MESSAGE, 0)
+    assert (connack.retain_available, connack.shared_subscription_available,
+            connack.subscription_id_available, connack.wildcard_subscription_available) == (
+        False, False, False, True)
+    assert connack.session_expiry_interval == 3600
+    assert connack.assigned_client_id is None
+    no_connections(app)
+
+
+def test_an_empty_client_id_is_assigned_one(app: EdgeApp, device_id: uuid.UUID) -> None:
+    connack, closed = raw_exchange(app.mqtt_port, mqtt5.ConnectPacket(
+        "", username=TOKEN, clean_start=True).write() + mqtt5.DisconnectPacket().write())
+    assert connack.reason_code == mqtt5.ConnAckReasonCode.SUCCESS
+    assert connack.assigned_client_id is not None
+    assert connack.assigned_client_id.startswith("edge-")
+    assert closed
+    no_connections(app)
+
+
+def test_an_unknown_token_gets_0x86_with_paho(app: EdgeApp, device_id: uuid.UUID) -> None:
+    """ThingsBoard answers a username without a device CONNECTION_REFUSED_BAD_USERNAME_OR_
+    PASSWORD, kept as 0x86 over MQTT 5 (onValidateDeviceResponse, ReturnCodeResolver)."""
+    with v5(app.mqtt_port, "not-a-token") as dev:
+        reason = dev.connect()
+        assert reason is not None and reason.is_failure
+        assert reason.value == 0x86
+        wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+    no_connections(app)
+
+
+@pytest.mark.parametrize(("client_id", "username", "password", "code"), [
+    ("c1", "nope", None, 0x86),
+    ("c1", "nope", b"pw", 0x86),
+    ("c1", None, b"pw", 0x86),
+    ("c1", None, None, 0x85),
+    ("", None, None, 0x87),
+])
+def test_credentials_that_name_no_device_get_thingsboards_reason_code(
+        app: EdgeApp, client_id: str, username: str | None, password: bytes | None,
+        code: int) -> None:
+    connack, closed = raw_exchange(app.mqtt_port, mqtt5.ConnectPacket(
+        client_id, username=username, password=password, clean_start=True).write())
+    assert isinstance(connack, mqtt5.ConnAckPacket)
+    assert int(connack.reason_code) == code
+    assert closed
+    no_connections(app)
+
+
+def test_a_malformed_connect_is_closed_without_a_disconnect(app: EdgeApp) -> None:
+    """No DISCONNECT before a CONNACK (MQTT 5 §4.13.1): the connection is closed, nothing is
+    written."""
+    variable = b"\x00\x04MQTT\x05\x02\x00\x3c\x05\x11"  # 5 bytes of properties, 1 sent
+    connect = bytes([0x10, len(variable)]) + variable
+    with socket.create_connection(("127.0.0.1", app.mqtt_port), timeout=DEADLINE_S) as sock:
+        sock.sendall(connect)
+        assert sock.recv(4096) == b""
+    no_connections(app)
+
+
+def packets_after_connect(port: int, connect: bytes, then: bytes = b"") -> list[Any]:
+    """CONNECT, then ``then``: every packet the server sends until it closes the connection
+    (decoded by the ``mqtt5`` package)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) as sock:
+        sock.sendall(connect + then)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    packets = []
+    while data:
+        packet, used = mqtt5.read(memoryview(data))
+        packets.append(packet)
+        data = data[used:]
+    return packets
+
+
+def test_a_second_connect_ends_with_0x82_and_silence_with_0x8d(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    connect = mqtt5.ConnectPacket("k", username=TOKEN, clean_start=True, keep_alive=1).write()
+    connack, disconnect = packets_after_connect(app.mqtt_port, connect, connect)
+    assert connack.reason_code == mqtt5.ConnAckReasonCode.SUCCESS
+    assert disconnect.reason_code == mqtt5.DisconnectReasonCode.PROTOCOL_ERROR
+    # nothing sent for 1.5 times the keep-alive of 1 s
+    connack, disconnect = packets_after_connect(app.mqtt_port, connect)
+    assert connack.reason_code == mqtt5.ConnAckReasonCode.SUCCESS
+    assert disconnect.reason_code == mqtt5.DisconnectReasonCode.KEEP_ALIVE_TIMEOUT
+    no_connections(app)
+
+
+# -- publishes -------------------------------------------------------------------------------
+
+
+def test_qos1_telemetry_is_acknowledged_after_commit_in_order(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    count = 200
+    seen_at_ack: dict[int, list[object]] = {}
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        dev.on_ack = lambda mid: seen_at_ack.__setitem__(mid, values(app, device_id))
+        mids = [dev.publish(TELEMETRY, {"n": i}).mid for i in range(count)]
+        wait_until(lambda: len(dev.acked_ids()) == count, timeout=DEADLINE_S, what="all PUBACKs")
+        assert dev.acked_ids() == mids
+    for i, mid in enumerate(mids):
+        assert i in seen_at_ack[mid], f"PUBACK {mid} came before message {i} was committed"
+    assert values(app, device_id) == list(range(count))
+    no_connections(app)
+
+
+def test_a_failed_commit_closes_with_disconnect_0x83_and_no_puback(
+        make_app: AppFactory) -> None:
+    """Storage full: the publish is not acknowledged; the client gets DISCONNECT 0x83, as
+    ThingsBoard's getPubAckCallback.onError closes with IMPLEMENTATION_SPECIFIC_ERROR."""
+    app = make_app(EDGE_STORAGE_MAP_SIZE_INITIAL_MB="1", EDGE_STORAGE_MAX_MB="1")
+    device, created = app.service.create_device("full", token="full-token")
+    created.result(DEADLINE_S)
+    pad = "p" * 2000
+    while app.service.post_telemetry("full-token", {"n": -1, "pad": pad}).exception(
+            DEADLINE_S) is None:  # fill the store: the next commit fails
+        pass
+    with v5(app.mqtt_port, "full-token") as dev:
+        assert dev.connect() == 0
+        info = dev.publish(TELEMETRY, {"n": 1, "pad": pad})
+        wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+        assert info.mid not in dev.acked_ids()
+        assert dev.disconnect_reason is not None and dev.disconnect_reason.value == 0x83
+    assert 1 not in values(app, device.id)
+    no_connections(app)
+
+
+def test_a_topic_alias_ends_the_connection_with_0x94(app: EdgeApp, device_id: uuid.UUID) -> None:
+    """The edge announces Topic Alias Maximum 0: a PUBLISH with a topic alias is a protocol
+    error (MQTT 5 §3.3.2.3.4), not stored."""
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.TopicAlias = 1
+        info = dev.client.publish(TELEMETRY, b'{"aliased": 1}', qos=1, properties=properties)
+        wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+        assert info.mid not in dev.acked_ids()
+        assert dev.disconnect_reason is not None and dev.disconnect_reason.value == 0x94
+    assert values(app, device_id) == []
+    no_connections(app)
+
+
+# -- subscriptions, attribute requests, RPC, sessions ----------------------------------------
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+@pytest.fixture
+def linked(harness: Harness) -> tuple[FakeCloud, EdgeApp, Device]:
+    fake, app = harness.connected_edge(**MQTT_ON)
+    return fake, app, make_device(app, "mqtt5-session")
+
+
+def test_rpc_request_delivered_and_answered(linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    fake, app, dev = linked
+    with v5(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        assert client.subscribe("v1/devices/me/rpc/request/+", qos=1) == [1]
+        deliver(fake, rpc_downlink(fake, dev, 7, "setGpio", {"pin": 1}))
+        assert client.wait_message("v1/devices/me/rpc/request/7") == {
+            "method": "setGpio", "params": {"pin": 1}}
+        answer = client.publish("v1/devices/me/rpc/response/7", {"pin": 1, "value": True})
+        wait_until(lambda: answer.mid in client.acked_ids(), timeout=DEADLINE_S,
+                   what="PUBACK of the answer")
+        up = fake.wait_for(lambda: rpc_uplinks(fake), what="the RPC answer uplinked")[0]
+        assert (up.requestId, json.loads(up.responseMsg.response)) == (
+            7, {"pin": 1, "value": True})
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.SUCCESSFUL]
+    no_connections(app)
+
+
+def test_attribute_updates_and_requests(linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    fake, app, dev = linked
+    with v5(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        assert client.subscribe(ATTRIBUTES) == [0]
+        assert client.subscribe("v1/devices/me/attributes/response/+") == [0]
+        deliver(fake, shared_downlink(fake, dev, {"setpoint": 21}))
+        assert client.wait_message(ATTRIBUTES) == {"setpoint": 21}
+        posted = client.publish(ATTRIBUTES, {"firmware": "1.2.0"})
+        wait_until(lambda: posted.mid in client.acked_ids(), timeout=DEADLINE_S,
+                   what="PUBACK of the client attributes")
+        client.publish("v1/devices/me/attributes/request/1",
+                       {"clientKeys": "firmware", "sharedKeys": "setpoint"})
+        assert client.wait_message("v1/devices/me/attributes/response/1") == {
+            "client": {"firmware": "1.2.0"}, "shared": {"setpoint": 21}}
+    no_connections(app)
+
+
+def test_a_topic_the_edge_does_not_serve_gets_suback_0x8f(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """ThingsBoard's TOPIC_FILTER_INVALID, kept over MQTT 5 (getSubscriptionReturnCode); a
+    shared subscription 0x9E."""
+    _, app, dev = linked
+    with v5(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        _, mid = client.client.subscribe("v1/devices/me/nothing/#", qos=1)
+        assert wait_until(lambda: client.reason_codes.get(mid), timeout=DEADLINE_S,
+                          what="SUBACK") == [0x8F]
+        _, mid = client.client.subscribe("$share/g/v1/devices/me/attributes", qos=1)
+        assert wait_until(lambda: client.reason_codes.get(mid), timeout=DEADLINE_S,
+                          what="SUBACK") == [0x9E]
+        assert not client.disconnected.is_set()
+    no_connections(app)
+
+
+def test_a_session_with_an_expiry_interval_is_kept(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """Clean start 0 and a session expiry interval: the reconnecting client finds session
+    present 1, its subscription serving and the RPC request queued meanwhile; without an
+    expiry interval (0) the session ends with the connection."""
+    fake, app, dev = linked
+    with v5(app.mqtt_port, dev.token, client_id="keeper5", clean_start=False,
+            session_expiry=600) as first:
+        assert first.connect() == 0
+        assert first.session_present is False
+        assert first.subscribe("v1/devices/me/rpc/request/+", qos=1) == [1]
+    deliver(fake, rpc_downlink(fake, dev, 21, "reboot", {"delay": 1}))  # nobody connected
+    with v5(app.mqtt_port, dev.token, client_id="keeper5", clean_start=False,
+            session_expiry=600) as again:
+        assert again.connect() == 0
+        assert again.session_present is True  # no SUBSCRIBE this time
+        assert again.wait_message("v1/devices/me/rpc/request/21") == {
+            "method": "reboot", "params": {"delay": 1}}
+    with v5(app.mqtt_port, dev.token, client_id="brief5", clean_start=False) as brief:
+        assert brief.connect() == 0
+        assert brief.subscribe("v1/devices/me/rpc/request/+", qos=1) == [1]
+    with v5(app.mqtt_port, dev.token, client_id="brief5", clean_start=False) as brief:
+        assert brief.connect() == 0
+        assert brief.session_present is False
+    no_connections(app)
+
+
+# -- what ends a connection, and what is not sent --------------------------------------------
+
+
+def test_malformed_json_at_qos1_gets_puback_0x99_and_the_connection_stays(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """ThingsBoard's sendResponseForAdaptorErrorOrCloseContext over MQTT 5: PUBACK 0x99, in
+    order with the acknowledgements around it; nothing stored for it."""
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        mids = [dev.publish(TELEMETRY, {"n": 0}).mid,
+                dev.publish(TELEMETRY, b"{not json").mid,
+                dev.publish(ATTRIBUTES, b"[1, 2").mid,
+                dev.publish(TELEMETRY, {"n": 1}).mid]
+        wait_until(lambda: len(dev.acked_ids()) == 4, timeout=DEADLINE_S, what="4 PUBACKs")
+        assert dev.acked_ids() == mids
+        assert [dev.ack_codes[mid] for mid in mids] == [0x00, 0x99, 0x99, 0x00]
+        assert not dev.disconnected.is_set()
+    assert values(app, device_id) == [0, 1]
+    no_connections(app)
+
+
+def test_malformed_json_at_qos0_ends_with_disconnect_0x99_after_the_acks_due(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        good = [dev.publish(TELEMETRY, {"n": i}).mid for i in range(3)]
+        bad = dev.publish(TELEMETRY, b"{not json", qos=0).mid  # paho: "acked" once sent
+        wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+        assert [mid for mid in dev.acked_ids() if mid != bad] == good
+        assert dev.disconnect_reason is not None and dev.disconnect_reason.value == 0x99
+    assert values(app, device_id) == [0, 1, 2]
+    no_connections(app)
+
+
+def test_a_topic_outside_the_api_gets_puback_0x90(app: EdgeApp, device_id: uuid.UUID) -> None:
+    """ThingsBoard's processDevicePublish over MQTT 5: PUBACK 0x90 (topic name invalid) for
+    a topic outside its device API, the connection stays; a topic ThingsBoard serves and the
+    edge drops (device claiming) is acknowledged 0x00, as over MQTT 3.1.1."""
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        mids = [dev.publish("sensors/room1", {"t": 1}).mid,
+                dev.publish("v1/devices/me/claim", {"secretKey": "s"}).mid,
+                dev.publish(TELEMETRY, {"n": 5}).mid]
+        wait_until(lambda: len(dev.acked_ids()) == 3, timeout=DEADLINE_S, what="3 PUBACKs")
+        assert [dev.ack_codes[mid] for mid in dev.acked_ids()] == [0x90, 0x00, 0x00]
+        assert dev.acked_ids() == mids
+        assert not dev.disconnected.is_set()
+    assert values(app, device_id) == [5]
+    no_connections(app)
+
+
+def test_a_retained_publish_ends_with_disconnect_0x9a(app: EdgeApp, device_id: uuid.UUID) -> None:
+    """Retain Available 0 in CONNACK: a retained PUBLISH is a protocol error (§3.3.1.3)."""
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        dev.client.publish(TELEMETRY, b'{"kept": 1}', qos=1, retain=True)
+        wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+        assert dev.disconnect_reason is not None and dev.disconnect_reason.value == 0x9A
+    assert values(app, device_id) == []
+    no_connections(app)
+
+
+def test_an_oversized_publish_ends_with_disconnect_0x95(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        dev.publish(TELEMETRY, {"pad": "x" * MAX_MESSAGE})
+        wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+        assert dev.disconnect_reason is not None and dev.disconnect_reason.value == 0x95
+    assert values(app, device_id) == []
+    no_connections(app)
+
+
+def test_the_older_connection_of_a_client_id_gets_disconnect_0x8e(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    with v5(app.mqtt_port, TOKEN, client_id="twice") as first:
+        assert first.connect() == 0
+        with v5(app.mqtt_port, TOKEN, client_id="twice") as second:
+            assert second.connect() == 0
+            wait_until(first.disconnected.is_set, timeout=DEADLINE_S, what="older one closed")
+            assert first.disconnect_reason is not None
+            assert first.disconnect_reason.value == 0x8E
+            assert not second.disconnected.is_set()
+    no_connections(app)
+
+
+def test_subscription_identifiers_and_unsubscribe_reason_codes(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """Subscription Identifier Available 0: SUBACK 0xA1; UNSUBACK 0x00 for a filter that was
+    subscribed, 0x11 for one that was not."""
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        properties = Properties(PacketTypes.SUBSCRIBE)
+        properties.SubscriptionIdentifier = 4
+        _, mid = dev.client.subscribe(ATTRIBUTES, qos=1, properties=properties)
+        assert wait_until(lambda: dev.reason_codes.get(mid), timeout=DEADLINE_S,
+                          what="SUBACK") == [0xA1]
+        assert dev.subscribe(ATTRIBUTES, qos=1) == [1]
+        _, mid = dev.client.unsubscribe([ATTRIBUTES, "v1/devices/me/rpc/request/+"])
+        assert wait_until(lambda: dev.unsubscribe_codes.get(mid), timeout=DEADLINE_S,
+                          what="UNSUBACK") == [0x00, 0x11]
+    no_connections(app)
+
+
+def test_a_message_over_the_clients_maximum_packet_size_is_not_sent(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """The client's Maximum Packet Size (200 bytes): an attribute response larger is not sent,
+    a smaller one is."""
+    app.service.post_attributes(TOKEN, {"big": "b" * 300, "small": 1}).result(DEADLINE_S)
+    dev = v5(app.mqtt_port, TOKEN)
+    properties = Properties(PacketTypes.CONNECT)
+    properties.MaximumPacketSize = 200
+    dev.client.connect(dev.host, dev.port, keepalive=30, clean_start=True,
+                       properties=properties)
+    dev.client.loop_start()
+    try:
+        wait_until(lambda: dev.connack is not None, timeout=DEADLINE_S, what="CONNACK")
+        assert dev.connack == 0
+        assert dev.subscribe("v1/devices/me/attributes/response/+", qos=1) == [1]
+        dev.publish("v1/devices/me/attributes/request/1", {"clientKeys": "big"})
+        dev.publish("v1/devices/me/attributes/request/2", {"clientKeys": "small"})
+        assert dev.wait_message("v1/devices/me/attributes/response/2") == {
+            "client": {"small": 1}}
+        assert dev.received_on("v1/devices/me/attributes/response/1") == []
+        assert not dev.disconnected.is_set()
+    finally:
+        dev.close()
+    no_connections(app)
+
+
+def test_qos2_is_stored_once_and_completes(app: EdgeApp, device_id: uuid.UUID) -> None:
+    """PUBREC once committed, PUBCOMP on the client's PUBREL, as over MQTT 3.1.1."""
+    with v5(app.mqtt_port, TOKEN) as dev:
+        assert dev.connect() == 0
+        infos = [dev.publish(TELEMETRY, {"n": i}, qos=2) for i in range(20)]
+        wait_until(lambda: len(dev.acked_ids()) == 20, timeout=DEADLINE_S, what="20 PUBCOMPs")
+        assert dev.acked_ids() == [i.mid for i in infos]
+    assert values(app, device_id) == list(range(20))
+    no_connections(app)
+
+
+def test_a_deleted_device_is_disconnected_with_0x87(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    _, app, dev = linked
+    with v5(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        app.entities.delete_device(dev.id).result(DEADLINE_S)
+        assert client.disconnected.wait(DEADLINE_S), "the connection stayed open"
+        assert client.disconnect_reason is not None and client.disconnect_reason.value == 0x87
+    no_connections(app)
