@@ -22,6 +22,7 @@ defines it, docs/mqtt.md "MQTT 5"):
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -191,9 +192,9 @@ class Mqtt311:
 
     @staticmethod
     def connect(packet: Connect311) -> Connect:
-        random = bool(packet.client_id_is_random)
+        random = bool(packet.client_id_is_random)  # amqtt made one up for an empty client id
         return Connect(level=int(packet.proto_level),
-                       client_id="" if random else (packet.client_id or ""), assigned=random,
+                       client_id=packet.client_id or "", assigned=random,
                        username=packet.username, password=packet.password,
                        clean_start=bool(packet.clean_session_flag), session_expiry=None,
                        keep_alive=int(packet.keep_alive))
@@ -255,8 +256,13 @@ class Mqtt5:
     def decode(frame: Frame) -> Any:
         try:
             packet, _ = mqtt5.read(memoryview(frame.data)[frame.head:frame.end])
-        except Exception as exc:  # the codec's IndexError / ValueError: not MQTT 5
-            raise Malformed(f"packet of type {frame.kind}: {exc}") from exc
+        except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+            raise
+        except BaseException as exc:  # the codec's IndexError / ValueError,
+            # and the Rust panic (pyo3's PanicException, a BaseException) some input causes,
+            # e.g. a string that is not UTF-8: either way not MQTT 5
+            raise Malformed(f"packet of type {frame.kind}: {type(exc).__name__}: "
+                            f"{str(exc)[:200]}") from exc
         return packet
 
     def connect(self, frame: Frame) -> Connect:

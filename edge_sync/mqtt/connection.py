@@ -157,7 +157,8 @@ def refusal_code(connect: Connect) -> int:
     it)."""
     if connect.level == MQTT5:
         return refusal_reason(connect)
-    if connect.username is None and connect.password is None and connect.client_id.strip():
+    if (connect.username is None and connect.password is None and not connect.assigned
+            and connect.client_id.strip()):
         return int(IDENTIFIER_REJECTED)
     return int(NOT_AUTHORIZED)
 

@@ -512,3 +512,36 @@ def test_a_deleted_device_is_disconnected_with_0x87(
         assert client.disconnected.wait(DEADLINE_S), "the connection stayed open"
         assert client.disconnect_reason is not None and client.disconnect_reason.value == 0x87
     no_connections(app)
+
+
+# the codec reports its own UnicodeDecodeError through sys.unraisablehook before it panics
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_packet_the_codec_panics_on_ends_with_disconnect_0x81(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """A PUBLISH whose topic is not UTF-8 makes the mqtt5 codec panic (pyo3's PanicException,
+    a BaseException, not an Exception): it is a malformed packet like any other, answered with
+    DISCONNECT 0x81, and nothing of it is stored."""
+    connect = mqtt5.ConnectPacket("panic", username=TOKEN, clean_start=True).write()
+    not_utf8 = b"2\x1e\x00\x17v1Sdevices/me/telemet\xbdy\x00\x05\x00\x16\x0f"
+    connack, disconnect = packets_after_connect(app.mqtt_port, connect, not_utf8)
+    assert connack.reason_code == mqtt5.ConnAckReasonCode.SUCCESS
+    assert disconnect.reason_code == mqtt5.DisconnectReasonCode.MALFORMED_PACKET
+    no_connections(app)
+    assert values(app, device_id) == []
+
+
+def test_two_311_clients_with_empty_client_ids_are_two_sessions(
+        app: EdgeApp, device_id: uuid.UUID) -> None:
+    """MQTT 3.1.1 clients of one device that send empty client ids with clean session each get
+    a client id of their own (amqtt's), as before MQTT 5 was served: the second does not take
+    the first one's connection over."""
+    with MqttDevice(app.mqtt_port, TOKEN, client_id="") as first, \
+            MqttDevice(app.mqtt_port, TOKEN, client_id="") as second:
+        assert first.connect() == 0
+        assert second.connect() == 0
+        mids = [first.publish(TELEMETRY, {"from": "first"}).mid,
+                second.publish(TELEMETRY, {"from": "second"}).mid]
+        wait_until(lambda: first.acked_ids() == mids[:1] and second.acked_ids() == mids[1:],
+                   timeout=DEADLINE_S, what="both publishes acknowledged")
+        assert not first.disconnected.is_set() and not second.disconnected.is_set()
+    assert sorted(values(app, device_id, "from")) == ["first", "second"]
