@@ -27,15 +27,17 @@ from edge_sync.storage.records import Action, StoredEvent
 from tests.helpers.mqtt_device import TELEMETRY, MqttDevice
 from tests.helpers.wait import wait_until
 
-__all__ = ["DEADLINE_S", "AppFactory", "events_of", "log_of", "no_connections",
+__all__ = ["DEADLINE_S", "MQTT_ON", "AppFactory", "events_of", "log_of", "no_connections",
            "publish_once", "round_trip", "values"]
 
 DEADLINE_S = 10.0
 
+MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
+"""The MQTT server on a free loopback port (also for an edge of tests/helpers/fake_peer.py)."""
+
 BASE_ENV = {
     "EDGE_HTTP_HOST": "127.0.0.1", "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0",
-    "EDGE_ACTORS_SHARDS": "2", "EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1",
-    "EDGE_MQTT_PORT": "0",
+    "EDGE_ACTORS_SHARDS": "2", **MQTT_ON,
 }
 """An agent on free loopback ports, MQTT on, no cloud link."""
 

@@ -32,7 +32,7 @@ from edge_sync.storage.entity_store import TOKEN_CHANGED, Revocation
 from edge_sync.storage.records import Action
 from tests.helpers.fake_peer import FakeCloud
 from tests.helpers.log_capture import log_records
-from tests.helpers.mqtt_app import events_of, no_connections, publish_once
+from tests.helpers.mqtt_app import MQTT_ON, events_of, no_connections, publish_once
 from tests.helpers.mqtt_device import MqttDevice
 from tests.helpers.mqtt_gateway import CONNECT as GATEWAY_CONNECT
 from tests.helpers.mqtt_gateway import RPC as GATEWAY_RPC
@@ -43,7 +43,6 @@ from tests.unit.test_downlink_actor import device_msg
 
 DEADLINE_S = 10.0
 TOKEN = "tok-pump-revoked"
-MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
 CREDENTIALS = {  # DeviceCredentials JSON as ThingsBoard sends it (formatCredentials)
     "MQTT_BASIC": ("9c1c01dc3ac1445a500251fc34a15d3e75a849df",
                    json.dumps({"clientId": "pump-1", "userName": "pump", "password": "pw-1"})),

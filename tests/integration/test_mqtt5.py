@@ -33,7 +33,7 @@ from edge_sync.app import EdgeApp
 from edge_sync.devices.rpc import RpcStatus
 from edge_sync.storage.records import Device
 from tests.helpers.fake_peer import FakeCloud
-from tests.helpers.mqtt_app import AppFactory, no_connections, values
+from tests.helpers.mqtt_app import MQTT_ON, AppFactory, no_connections, values
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
 from tests.helpers.wait import wait_until
 from tests.integration.test_device_sessions import (
@@ -50,7 +50,6 @@ DEADLINE_S = 10.0
 TOKEN = "mqtt5-token-1"
 MAX_MESSAGE = 4096
 INFLIGHT = 64
-MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from edge_sync.storage.records import Action, Device, Scope, StoredEvent
 from tests.helpers.agent import Agent, read_log
 from tests.helpers.fake_peer import FakeCloud
 from tests.helpers.metric_values import metric_total
+from tests.helpers.mqtt_app import MQTT_ON
 from tests.helpers.mqtt_device import TELEMETRY as DEVICE_TELEMETRY
 from tests.helpers.mqtt_gateway import (
     ATTRIBUTES,
@@ -64,7 +65,6 @@ from tests.integration.test_device_sessions import (
 from tests.unit.test_downlink_actor import credentials_msg, device_msg
 
 DEADLINE_S = 10.0
-MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
 GATEWAY_TOKEN = "gw-token-1"
 
 

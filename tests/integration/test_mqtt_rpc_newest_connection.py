@@ -20,13 +20,13 @@ import pytest
 from edge_sync.app import EdgeApp
 from edge_sync.devices.rpc import RpcStatus
 from tests.helpers.fake_peer import FakeCloud
+from tests.helpers.mqtt_app import MQTT_ON
 from tests.helpers.mqtt_device import MqttDevice
 from tests.helpers.mqtt_gateway import Logs
 from tests.helpers.wait import wait_until
 from tests.integration.test_device_sessions import Harness, make_device, rpc_downlink, rpcs
 
 DEADLINE_S = 10.0
-MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
 RPC_REQUESTS = "v1/devices/me/rpc/request/+"
 RPC_PREFIX = "v1/devices/me/rpc/request/"
 

@@ -23,7 +23,7 @@ from edge_sync.app import EdgeApp
 from edge_sync.devices.rpc import RpcStatus
 from edge_sync.storage.records import Device
 from tests.helpers.fake_peer import FakeCloud
-from tests.helpers.mqtt_app import no_connections, round_trip
+from tests.helpers.mqtt_app import MQTT_ON, no_connections, round_trip
 from tests.helpers.mqtt_device import ATTRIBUTES, MqttDevice
 from tests.helpers.mqtt_gateway import Logs
 from tests.helpers.wait import wait_until
@@ -39,7 +39,6 @@ from tests.integration.test_device_sessions import (
 )
 
 DEADLINE_S = 10.0
-MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import pytest
 from edge_sync.devices.rpc import RpcStatus
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.records import Action
-from tests.helpers.mqtt_app import events_of, no_connections
+from tests.helpers.mqtt_app import MQTT_ON, events_of, no_connections
 from tests.integration.test_device_sessions import (
     Harness,
     deliver,
@@ -42,7 +42,6 @@ SDK_PYTHON = os.environ.get("EDGE_TEST_TB_SDK_PYTHON", "")
 HELPERS = Path(__file__).resolve().parent.parent / "helpers"
 DEVICE = HELPERS / "tb_sdk_device.py"
 GATEWAY = HELPERS / "tb_sdk_gateway.py"
-MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
 
 pytestmark = pytest.mark.skipif(
     not SDK_PYTHON, reason="EDGE_TEST_TB_SDK_PYTHON names no Python with tb-mqtt-client")

@@ -32,7 +32,7 @@ from edge_sync.storage.records import Device
 from tests.helpers.fake_peer import FakeCloud
 from tests.helpers.log_capture import log_records
 from tests.helpers.metric_values import metric_total
-from tests.helpers.mqtt_app import AppFactory, no_connections, values
+from tests.helpers.mqtt_app import MQTT_ON, AppFactory, no_connections, values
 from tests.helpers.mqtt_device import TELEMETRY, MqttDevice
 from tests.helpers.mqtt_raw import PINGREQ, PINGRESP, PUBLISH, Packet, RawClient, publish_packet
 from tests.helpers.wait import wait_until
@@ -48,7 +48,6 @@ from tests.integration.test_device_sessions import (
 DEADLINE_S = 10.0
 TOKEN = "tb-topics-token"
 MAX_MESSAGE, MAX_INFLIGHT = 65536, 100
-MQTT_ON = {"EDGE_MQTT_ENABLED": "true", "EDGE_MQTT_HOST": "127.0.0.1", "EDGE_MQTT_PORT": "0"}
 NOT_FOUND = b'{"errorMsg":"Provision data was not found!","status":"NOT_FOUND"}'
 NOT_SERVED = {"error": "client-side RPC is not served by the edge"}
 
