@@ -83,7 +83,6 @@ class ProtocolViolation(Exception):
 class Connect:
     """A CONNECT of any version, as the connection uses it. ``session_expiry``: None for MQTT
     3.1.1 (its clean session flag decides), the interval in seconds for MQTT 5.
-    ``client_max_packet``: the largest packet the client accepts (MQTT 5), None: no limit.
     ``assigned``: the client sent an empty client id (``client_id`` is then one the edge
     made for an MQTT 5 client, or empty for MQTT 3.1.1)."""
 
@@ -95,7 +94,6 @@ class Connect:
     clean_start: bool
     session_expiry: int | None
     keep_alive: int
-    client_max_packet: int | None = None
 
     @property
     def keep(self) -> bool:
@@ -158,8 +156,8 @@ class Codec(TypingProtocol):
     def unsubscribe(self, frame: Frame) -> tuple[int, list[str]]:
         ...
 
-    def check(self, frame: Frame) -> bool:
-        """Any other packet decoded; False: a DISCONNECT."""
+    def check(self, frame: Frame) -> None:
+        """Any other packet decoded (a DISCONNECT is the connection's own to read)."""
         ...
 
     def connack(self, code: int, present: bool) -> bytes:
@@ -216,9 +214,8 @@ class Mqtt311:
         filters = packet.payload.topics if packet.payload is not None else []
         return packet.variable_header.packet_id, list(filters)
 
-    def check(self, frame: Frame) -> bool:
+    def check(self, frame: Frame) -> None:
         self._frames.packet(frame)
-        return True
 
     def connack(self, code: int, present: bool) -> bytes:
         return bytes(ConnackPacket.build(1 if present else 0, code).to_bytes())
@@ -276,7 +273,7 @@ class Mqtt5:
                        assigned=assigned, username=packet.username, password=packet.password,
                        clean_start=packet.clean_start,
                        session_expiry=packet.session_expiry_interval,
-                       keep_alive=packet.keep_alive, client_max_packet=packet.max_packet_size)
+                       keep_alive=packet.keep_alive)
 
     def max_packet_size(self) -> int:
         """The Maximum Packet Size the edge announces: a whole packet whose remaining length
@@ -324,14 +321,10 @@ class Mqtt5:
         packet = self.decode(frame)
         return packet.packet_id, list(packet.patterns)
 
-    def check(self, frame: Frame) -> bool:
-        packet = self.decode(frame)
-        if isinstance(packet, mqtt5.DisconnectPacket):
-            return False
-        if isinstance(packet, mqtt5.AuthPacket):
+    def check(self, frame: Frame) -> None:
+        if isinstance(self.decode(frame), mqtt5.AuthPacket):
             raise ProtocolViolation("AUTH without an authentication method in CONNECT",
                                     Reason.PROTOCOL_ERROR)
-        return True
 
     def connack(self, code: int, present: bool) -> bytes:
         return mqtt5.ConnAckPacket(session_present=present,
@@ -343,6 +336,13 @@ class Mqtt5:
     def unsuback(self, packet_id: int, codes: list[int]) -> bytes:
         return mqtt5.UnsubAckPacket(packet_id,
                                     [mqtt5.UnsubAckReasonCode(c) for c in codes]).write()
+
+    @staticmethod
+    def outgoing_size(topic: str, payload: bytes, qos: int) -> int:
+        """The size of ``outgoing``'s packet, worked out without building it: the fixed header,
+        the topic, the packet id at QoS 1 and 2, an empty property length, the payload."""
+        body = 2 + len(topic.encode()) + (2 if qos else 0) + 1 + len(payload)
+        return 1 + _varint_size(body) + body
 
     def outgoing(self, topic: str, payload: bytes, packet_id: int | None, dup: bool,
                  qos: int) -> bytes:

@@ -814,7 +814,7 @@ class MqttConnection:
         session, codec = self._session, self._codec
         qos = 0 if session is None else session.qos_for(topic)
         if isinstance(codec, Mqtt5) and codec.client_max_packet is not None:
-            size = len(codec.outgoing(topic, payload, 1 if qos else None, False, qos))
+            size = codec.outgoing_size(topic, payload, qos)
             if size > codec.client_max_packet:
                 self._logger().bind(topic=topic[:128], size=size).warning(
                     "message not sent: {} bytes, more than the client's Maximum Packet Size "

@@ -53,9 +53,8 @@ def test_mqtt5_packets_decoded_from_the_shared_frames() -> None:
         "dev", username="tok", clean_start=False, session_expiry_interval=30, keep_alive=20,
         max_packet_size=512).write()))
     assert (connect.level, connect.client_id, connect.username, connect.keep_alive,
-            connect.clean_start, connect.keep, connect.client_max_packet) == (
-        5, "dev", "tok", 20, False, True, 512)
-    assert c.client_max_packet == 512
+            connect.clean_start, connect.keep) == (5, "dev", "tok", 20, False, True)
+    assert c.client_max_packet == 512  # what the edge may send this client
     publish = mqtt5.PublishPacket("v1/devices/me/telemetry", b'{"a":1}', qos=mqtt5.QoS(1),
                                   packet_id=9)
     assert c.publish(one(publish.write())) == ("v1/devices/me/telemetry", 1, 9, b'{"a":1}')
@@ -66,7 +65,7 @@ def test_mqtt5_packets_decoded_from_the_shared_frames() -> None:
                                                  Reason.SUBSCRIPTION_IDS_NOT_SUPPORTED)
     assert c.unsubscribe(one(mqtt5.UnsubscribePacket(5, ["a", "b"]).write())) == (5, ["a", "b"])
     assert c.packet_id(one(mqtt5.PubRelPacket(6).write())) == 6
-    assert c.check(one(mqtt5.DisconnectPacket().write())) is False
+    assert c.check(one(mqtt5.DisconnectPacket().write())) is None  # decoded, nothing to say
 
 
 def test_a_session_is_kept_only_with_an_expiry_interval() -> None:
@@ -97,3 +96,18 @@ def test_bytes_that_are_not_mqtt5_are_malformed() -> None:
 ])
 def test_the_maximum_packet_size_counts_the_fixed_header(max_body: int, announced: int) -> None:
     assert codec(max_body).max_packet_size() == announced
+
+
+@pytest.mark.parametrize("topic, size, qos", [
+    ("v1/devices/me/rpc/request/1", 10, 0), ("v1/devices/me/rpc/request/1", 10, 1),
+    ("v1/devices/me/attributes", 0, 1), ("é/ü", 126, 1), ("t", 16_383, 0), ("t", 16_384, 1),
+    ("v2/r/req/7", 2_097_152, 1),
+])
+def test_the_size_of_an_outgoing_publish_is_worked_out_as_encoded(
+        topic: str, size: int, qos: int) -> None:
+    """The client's Maximum Packet Size is checked against a size worked out, not a packet
+    built twice: it is the length of what ``outgoing`` writes, across the remaining length's
+    byte counts and non-ASCII topics."""
+    payload = b"x" * size
+    assert Mqtt5.outgoing_size(topic, payload, qos) == len(
+        codec().outgoing(topic, payload, 1 if qos else None, False, qos))
