@@ -16,16 +16,16 @@ one engine per script per shard thread. Choice of engine and measured figures: d
 from __future__ import annotations
 
 import json
-import math
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 import _quickjs  # type: ignore[import-not-found]  # quickjs-ng's C extension, no stubs
+
+from edge_sync.rules.patterns import java_double
 
 ScriptLang = Literal["JS", "TBEL"]
 
@@ -658,7 +658,7 @@ def _metadata_text(meta: dict[str, Any], lang: ScriptLang) -> dict[str, str]:
 
 def _java_text(value: Any) -> str:
     """A JSON value as Java's toString gives it: null "null", booleans "true"/"false", whole
-    numbers in decimal, other numbers as Double.toString (``_java_double``), text as it is, a
+    numbers in decimal, other numbers as Double.toString (``java_double``), text as it is, a
     map ``{k=v, ...}`` and a list ``[a, b]`` (AbstractMap / AbstractCollection.toString; a
     key whose value is null is left out, as a TBEL map holds none)."""
     if value is None:
@@ -670,7 +670,7 @@ def _java_text(value: Any) -> str:
     if type(value) is int:
         return str(value)
     if type(value) is float:
-        return _java_double(value)
+        return java_double(value)
     if type(value) is dict:
         return "{" + ", ".join(f"{k}={_java_text(v)}" for k, v in value.items()
                                if v is not None) + "}"
@@ -679,27 +679,3 @@ def _java_text(value: Any) -> str:
     return str(value)
 
 
-def _java_double(value: float) -> str:
-    """Java's Double.toString: plain decimal with at least one fractional digit for a magnitude
-    from 10^-3 to under 10^7 (``12.5``, ``0.001``), else computerized scientific notation
-    (``1.23456789E7``, ``1.0E-4``); the digits are the shortest that read back the same
-    (Python's repr). Java 19 and later print these but for rare values (a subnormal such as
-    ``4.9E-324``, where Java keeps two digits); older Javas now and then print one more."""
-    if value != value:
-        return "NaN"
-    if value in (math.inf, -math.inf):
-        return "Infinity" if value > 0 else "-Infinity"
-    if value == 0:
-        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
-    sign = "-" if value < 0 else ""
-    _, digit_tuple, exponent = Decimal(repr(abs(value))).as_tuple()
-    assert isinstance(exponent, int)  # a finite value
-    point = len(digit_tuple) + exponent  # where the decimal point goes among the digits
-    digits = "".join(map(str, digit_tuple)).rstrip("0")
-    if 1e-3 <= abs(value) < 1e7:
-        if point <= 0:
-            return f"{sign}0.{'0' * -point}{digits}"
-        if point >= len(digits):
-            return f"{sign}{digits}{'0' * (point - len(digits))}.0"
-        return f"{sign}{digits[:point]}.{digits[point:]}"
-    return f"{sign}{digits[0]}.{digits[1:] or '0'}E{point - 1}"
