@@ -302,9 +302,7 @@ def _running(cfg: CloudConfig) -> bool:
         code, status = admin_call(cfg.admin, "GET", "/api/status", timeout=3)
     except AdminUnreachable:
         return False
-    if code in REFUSED_CREDENTIALS:
-        raise AdminRefused(credentials_refused("the cloud", cfg.admin, "CLOUD_ADMIN_TOKEN", code,
-                                               status))
+    _refused_token(cfg, code, status)
     if code != 200 or not isinstance(status, dict) or status.get("server") != "running":
         told = status.get("message", status) if isinstance(status, dict) else status
         raise BadRequest(
@@ -319,12 +317,17 @@ def _running(cfg: CloudConfig) -> bool:
     return True
 
 
+def _refused_token(cfg: CloudConfig, code: int, answer: Any) -> None:
+    """AdminRefused when the running cloud refused this command's admin token (401/403)."""
+    if code in REFUSED_CREDENTIALS:
+        raise AdminRefused(credentials_refused("the cloud", cfg.admin, "CLOUD_ADMIN_TOKEN", code,
+                                               answer))
+
+
 def _api(cfg: CloudConfig, method: str, path: str, body: Any = None) -> Any:
     """Call the running server; EdgeSyncError / StorageError with its message when refused."""
     code, out = admin_call(cfg.admin, method, path, body)
-    if code in REFUSED_CREDENTIALS:
-        raise AdminRefused(credentials_refused("the cloud", cfg.admin, "CLOUD_ADMIN_TOKEN", code,
-                                               out))
+    _refused_token(cfg, code, out)
     if code >= 400:
         message = out.get("message", out) if isinstance(out, dict) else out
         if code in (500, 507):
@@ -555,9 +558,7 @@ def _rpc(cfg: CloudConfig, args: argparse.Namespace) -> int:
             return fail(f"rpc {rpc_id} got no answer: {record['status']}"
                         + (f" ({record['error']})" if record.get("error") else ""), EXIT_CONFIG)
         return EXIT_OK
-    if code in REFUSED_CREDENTIALS:
-        raise AdminRefused(credentials_refused("the cloud", cfg.admin, "CLOUD_ADMIN_TOKEN", code,
-                                               out))
+    _refused_token(cfg, code, out)
     message = out.get("message", out) if isinstance(out, dict) else out
     return fail(f"refused ({code}): {message}", exit_code_for_refusal(code))
 

@@ -456,9 +456,7 @@ class ConnectionActor(SupervisedActor):
         assert self._stream is not None
         if full:
             self._downlinks.tell(FullSyncStarted(self._stream.id, why, self._syncs_sent))
-        self._stream.send(edge_pb2.RequestMsg(
-            msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
-            syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=full)))
+        _send_sync(self._stream, full)
         self._syncs_sent += 1
         self._last_sync = {"full": full, "reason": why, "requested_ms": self._clock.now_ms(),
                            "completed_ms": None, "downlinks": None, "took_s": None,
@@ -642,9 +640,7 @@ class ConnectionActor(SupervisedActor):
                     "(ThingsBoard does while it counts its previous sync as running); "
                     "SyncRequestMsg sent again", kind, asked.reason, wait_s)
         assert self._stream is not None
-        self._stream.send(edge_pb2.RequestMsg(
-            msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
-            syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=asked.full)))
+        _send_sync(self._stream, asked.full)  # the same request: no new count, no new record
 
     def _release_held_sync(self, held: HeldSync) -> None:
         """The last sync on the current stream completed RELEASE_DELAY_S ago: send the request
@@ -1004,3 +1000,9 @@ class ConnectionActor(SupervisedActor):
             "last_sync": self._last_sync,
         }, next_attempt_at=self._next_attempt if waiting else None, down_since=self._down_since,
             monotonic=self._clock.monotonic)
+
+
+def _send_sync(stream: Stream, full: bool) -> None:
+    """A SyncRequestMsg on the stream (``fullSync``: ``full``)."""
+    stream.send(edge_pb2.RequestMsg(msgType=edge_pb2.SYNC_REQUEST_RPC_MESSAGE,
+                                    syncRequestMsg=edge_pb2.SyncRequestMsg(fullSync=full)))
