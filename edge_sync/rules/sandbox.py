@@ -339,18 +339,6 @@ class ScriptEngine:
         with self._lock:
             self._build()
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any], limits: ScriptLimits | None = None) -> ScriptEngine:
-        """From a rule node's configuration: ``scriptLang`` (default JS), ``jsScript``/``tbelScript``."""
-        lang = str(config.get("scriptLang") or "JS").upper()
-        if lang not in ("JS", "TBEL"):
-            raise ValueError(f"unknown scriptLang {lang!r} (JS or TBEL)")
-        key = "tbelScript" if lang == "TBEL" else "jsScript"
-        script = config.get(key)
-        if not isinstance(script, str):
-            raise ValueError(f"the node's configuration has no {key}")
-        return cls(script, "TBEL" if lang == "TBEL" else "JS", limits)
-
     def _build(self) -> None:
         context = _quickjs.Context()
         context.set_memory_limit(self.limits.memory_limit_bytes)

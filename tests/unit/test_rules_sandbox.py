@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from edge_sync.rules import nodes
 from edge_sync.rules.sandbox import (
     ScriptEngine,
     ScriptLimits,
@@ -305,12 +306,23 @@ def test_tbel_outside_the_subset_is_refused_at_compile(script: str, message: str
 
 
 def test_from_a_rule_nodes_configuration() -> None:
-    js = ScriptEngine.from_config({"scriptLang": "JS", "jsScript": "return 'js';", "tbelScript": "x"})
-    tbel = ScriptEngine.from_config({"scriptLang": "TBEL", "jsScript": "x", "tbelScript": "return 'tbel';"})
+    """The script a node runs is the one its scriptLang names (nodes.script_of, what chain
+    validation compiles); absent: JS; a language without its script is no script (the
+    configuration check names it)."""
+    def engine(config: dict[str, str]) -> ScriptEngine:
+        found = nodes.script_of(nodes.JS_FILTER, config)
+        assert found is not None
+        lang, _field, script = found
+        return ScriptEngine(script, "TBEL" if lang == "TBEL" else "JS")
+
+    js = engine({"scriptLang": "JS", "jsScript": "return 'js';", "tbelScript": "x"})
+    tbel = engine({"scriptLang": "TBEL", "jsScript": "x", "tbelScript": "return 'tbel';"})
     assert (js.lang, js.call({}, {}, "T"), tbel.lang, tbel.call({}, {}, "T")) == ("JS", "js", "TBEL", "tbel")
-    assert ScriptEngine.from_config({"jsScript": "return 1;"}).lang == "JS"
-    with pytest.raises(ValueError, match=r"^the node's configuration has no tbelScript$"):
-        ScriptEngine.from_config({"scriptLang": "TBEL", "jsScript": "return 1;"})
+    assert engine({"jsScript": "return 1;"}).lang == "JS"
+    no_tbel = {"scriptLang": "TBEL", "jsScript": "return 1;"}
+    assert nodes.script_of(nodes.JS_FILTER, no_tbel) is None
+    assert nodes.check_configuration(nodes.JS_FILTER, no_tbel) == [
+        ("tbelScript", "missing (the script, scriptLang TBEL)")]
 
 
 def test_an_engine_called_from_another_thread_rebuilds_its_context_there() -> None:
