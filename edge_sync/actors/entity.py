@@ -329,7 +329,7 @@ class EntityActor:
         required = (RequireDevice(eid),) if requires_device else ()
         saved = (PutRuleState(eid, step.record),) if step.changed else ()
         self._append_rules(planned, reply, (*required, *planned.mutations, *saved), bool(saved),
-                           engine if engine.deduplicates else None, step.outcomes)
+                           engine, step.outcomes)
 
     def _close_windows(self, now: int) -> None:
         """The shard's timer: windows due now close, their outputs go on through the chain."""
@@ -344,7 +344,7 @@ class EntityActor:
             return
         saved = (PutRuleState(self.entity_id, step.record),) if step.changed else ()
         self._append_rules(planned, None, (*planned.mutations, *saved), bool(saved),
-                           engine if engine.deduplicates else None, step.outcomes)
+                           engine, step.outcomes)
 
     def _report(self, step: Step) -> None:
         eid = str(self.entity_id)
@@ -361,10 +361,10 @@ class EntityActor:
 
     def _append_rules(self, planned: Planned, reply: Future[range] | None,
                       mutations: tuple[Any, ...], saves_state: bool,
-                      deduplicating: RuleEngine | None, outcomes: tuple[Outcome, ...]) -> None:
+                      engine: RuleEngine, outcomes: tuple[Outcome, ...]) -> None:
         """Append the outcomes; when the commit fails, the in-memory state is dropped when it
-        was part of it (read again from the store next time), and ``deduplicating`` (the
-        engine that ran, when a save node of it deduplicates) forgets what it decided for the
+        was part of it (read again from the store next time), and ``engine`` (the one that
+        ran), when a save node of it deduplicates, forgets what it decided for the
         originators of the saves (their retry is saved). Both are told to this entity before
         ``reply`` fails, so they come before the device's retry. An Unstorable refusal is the
         chain's: logged at ERROR, answered as InternalError."""
@@ -375,10 +375,10 @@ class EntityActor:
             exc = done.exception()
             if exc is not None and saves_state:
                 tell_self(RuleStateStale(eid))
-            if exc is not None and deduplicating is not None:
+            if exc is not None and engine.deduplicates:
                 originators = saved_originators(outcomes)
                 if originators:
-                    tell_self(SavesNotStored(eid, deduplicating, originators))
+                    tell_self(SavesNotStored(eid, engine, originators))
             if isinstance(exc, Unstorable):
                 _rules_log.bind(entity=str(eid), events=len(planned.events)).error(
                     "the rule chain's outcome cannot be stored: {}; nothing of it was kept, the "
