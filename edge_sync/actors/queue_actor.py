@@ -118,7 +118,7 @@ class _Outcome:
         self.value: Any = None
         self.error: EdgeSyncError | None = None
         self.devices_removed: list[uuid.UUID] = []  # committed: the token cache must forget them
-        self.high = 0  # Append: its events in the high lane; DeadLetter: 1 for a high-lane event
+        self.high = 0  # Append: its events in the high lane
         self.dead: StoredEvent | None = None  # DeadLetter: the event (its entity for the log)
 
     @classmethod
@@ -330,8 +330,6 @@ class QueueActor(SupervisedActor):
                 outcome.value = self._log.dead_letter(txn, dead_seq, error, now_ms=now)
                 if outcome.value:  # rare: the event's lane for the count, its entity for the log
                     outcome.dead = self._log.get(txn, dead_seq)
-                    outcome.high = int(outcome.dead is not None
-                                       and outcome.dead.lane is Lane.HIGH)
             case SetIdentity(tenant_id=tenant, edge_id=edge):
                 self._log.set_identity(txn, tenant, edge)
                 outcome.value = True
@@ -546,12 +544,13 @@ class QueueActor(SupervisedActor):
                 else:
                     self._log_refusal(command, outcome.error)
             elif isinstance(command, DeadLetter) and outcome.value:
-                self._dead[Lane.HIGH if outcome.high else Lane.NORMAL].inc()
                 dead = outcome.dead
+                lane = dead.lane if dead is not None else Lane.NORMAL
+                self._dead[lane].inc()
                 _log.bind(seq=command.seq,
                           entity_type=dead.entity_type if dead is not None else None,
                           entity_id=str(dead.entity_id) if dead is not None else None,
-                          lane=(Lane.HIGH if outcome.high else Lane.NORMAL).name.lower(),
+                          lane=lane.name.lower(),
                           error=command.error).warning("event dead-lettered")
             elif isinstance(command, SetIdentity):
                 self._tenant, self._edge = command.tenant_id.bytes, command.edge_id.bytes
