@@ -3,13 +3,14 @@ connects with MQTT 5), run by a Python that has the SDK installed (its paho fork
 venv with paho-mqtt): ``python tb_sdk_device.py PORT TOKEN``. It prints one JSON line per step:
 ``connected``, ``telemetry`` (the PUBACK's result code), ``attributes`` (the answer to its
 attribute request for the client key ``fw``), ``ready`` (subscribed to RPC requests), then
-``rpc`` with the request it answered (its answer: ``{"done": <params>}``), and exits.
+``rpc`` with the request it answered (its answer: ``{"done": <params>}``). It disconnects and
+exits once a line (or end of input) arrives on its stdin: the test sends it after it has seen
+the answer reach the edge, so the disconnect cannot overtake the answer.
 """
 
 import json
 import sys
 import threading
-import time
 
 from tb_device_mqtt import TBDeviceMqttClient  # type: ignore[import-not-found]
 
@@ -18,21 +19,32 @@ def say(**what: object) -> None:
     print(json.dumps(what), flush=True)
 
 
+class Device(TBDeviceMqttClient):  # type: ignore[misc]
+    """Sets ``connected`` once the SDK has handled the CONNACK. The SDK's own gateway client
+    (tb_gateway_mqtt.TBGatewayMqttClient._on_connect) hooks the CONNACK the same way; the
+    callback given to ``connect()`` is stored only after the network loop has started, so the
+    CONNACK could be handled before it is there."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.connected = threading.Event()
+        super().__init__("127.0.0.1", port=port, username=token)
+
+    def _on_connect(self, *args: object) -> None:
+        super()._on_connect(*args)
+        self.connected.set()
+
+
 def main() -> None:
     port, token = int(sys.argv[1]), sys.argv[2]
-    client = TBDeviceMqttClient("127.0.0.1", port=port, username=token)
-    rpc = threading.Event()
+    client = Device(port, token)
 
     def on_rpc(request_id: str, body: dict) -> None:
         client.send_rpc_reply(request_id, {"done": body.get("params")})
         say(rpc={"id": request_id, "method": body.get("method")})
-        rpc.set()
 
     client.set_server_side_rpc_request_handler(on_rpc)
     client.connect()
-    deadline = time.monotonic() + 20
-    while not client.is_connected() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    client.connected.wait(20)
     say(connected=client.is_connected())
     say(telemetry=client.send_telemetry({"sdk": 1}).get())
     answered = threading.Event()
@@ -46,8 +58,7 @@ def main() -> None:
     answered.wait(20)
     say(attributes=answer)
     say(ready=True)
-    rpc.wait(20)
-    time.sleep(0.5)  # the answer's PUBACK
+    sys.stdin.readline()  # the test has seen the RPC answer at the edge
     client.disconnect()
 
 

@@ -8,7 +8,7 @@ and ``attributes`` (their PUBACKs' result codes); then it disconnects.
 
 import json
 import sys
-import time
+import threading
 
 from tb_gateway_mqtt import TBGatewayMqttClient  # type: ignore[import-not-found]
 
@@ -17,13 +17,25 @@ def say(**what: object) -> None:
     print(json.dumps(what), flush=True)
 
 
+class Gateway(TBGatewayMqttClient):  # type: ignore[misc]
+    """Sets ``connected`` once the SDK has handled the CONNACK, hooked where the SDK hooks it
+    (TBGatewayMqttClient._on_connect): the callback given to ``connect()`` is stored only after
+    the network loop has started, so the CONNACK could be handled before it is there."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.connected = threading.Event()
+        super().__init__("127.0.0.1", port=port, username=token)
+
+    def _on_connect(self, *args: object) -> None:
+        super()._on_connect(*args)
+        self.connected.set()
+
+
 def main() -> None:
     port, token = int(sys.argv[1]), sys.argv[2]
-    gateway = TBGatewayMqttClient("127.0.0.1", port=port, username=token)
+    gateway = Gateway(port, token)
     gateway.connect()
-    deadline = time.monotonic() + 20
-    while not gateway.is_connected() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    gateway.connected.wait(20)
     say(connected=gateway.is_connected())
     say(device=gateway.gw_connect_device("SDK Sensor", "thermo").get())
     say(telemetry=gateway.gw_send_telemetry("SDK Sensor", {"t": 21.5}).get())

@@ -68,9 +68,10 @@ def test_thingsboards_python_sdk_connects_with_mqtt5_and_is_served(harness: Harn
     dev = make_device(app, "tb-sdk")
     app.service.post_attributes(dev.token, {"fw": "v1"}).result(10)
     sdk = subprocess.Popen([SDK_PYTHON, str(DEVICE), str(app.mqtt_port), dev.token],
-                           stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sys.stderr,
+                           text=True)
     try:
-        assert sdk.stdout is not None
+        assert sdk.stdin is not None and sdk.stdout is not None
         assert line(sdk.stdout) == {"connected": True}
         assert line(sdk.stdout) == {"telemetry": 0}  # PUBACK success, once stored
         assert line(sdk.stdout) == {"attributes": {"client": {"fw": "v1"}}}
@@ -80,11 +81,16 @@ def test_thingsboards_python_sdk_connects_with_mqtt5_and_is_served(harness: Harn
         up = fake.wait_for(lambda: rpc_uplinks(fake), what="the RPC answer uplinked")[0]
         assert (up.requestId, json.loads(up.responseMsg.response)) == (
             5, {"done": {"pin": 2}})
+        sdk.stdin.write("disconnect\n")  # the answer is at the edge: the device may go
+        sdk.stdin.flush()
         assert sdk.wait(30) == 0
     finally:
         if sdk.poll() is None:
             sdk.kill()
             sdk.wait()
+        for pipe in (sdk.stdin, sdk.stdout):
+            if pipe is not None:
+                pipe.close()
     assert [r.status for r in rpcs(app, dev)] == [RpcStatus.SUCCESSFUL]
     assert [e.body["values"] for e in events_of(app, dev.id, Action.TIMESERIES_UPDATED)] == [
         {"sdk": 1}]
