@@ -8,30 +8,15 @@ exits once a line (or end of input) arrives on its stdin: the test sends it afte
 the answer reach the edge, so the disconnect cannot overtake the answer.
 """
 
-import json
 import sys
 import threading
 
 from tb_device_mqtt import TBDeviceMqttClient  # type: ignore[import-not-found]
+from tb_sdk_common import SignalsConnect, say
 
 
-def say(**what: object) -> None:
-    print(json.dumps(what), flush=True)
-
-
-class Device(TBDeviceMqttClient):  # type: ignore[misc]
-    """Sets ``connected`` once the SDK has handled the CONNACK. The SDK's own gateway client
-    (tb_gateway_mqtt.TBGatewayMqttClient._on_connect) hooks the CONNACK the same way; the
-    callback given to ``connect()`` is stored only after the network loop has started, so the
-    CONNACK could be handled before it is there."""
-
-    def __init__(self, port: int, token: str) -> None:
-        self.connected = threading.Event()
-        super().__init__("127.0.0.1", port=port, username=token)
-
-    def _on_connect(self, *args: object) -> None:
-        super()._on_connect(*args)
-        self.connected.set()
+class Device(SignalsConnect, TBDeviceMqttClient):  # type: ignore[misc]
+    """The SDK's device client; ``connected`` is set once it has handled the CONNACK."""
 
 
 def main() -> None:

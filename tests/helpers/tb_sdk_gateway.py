@@ -6,29 +6,14 @@ per step: ``connected``, ``device`` (the PUBACK's result code of the connect), `
 and ``attributes`` (their PUBACKs' result codes); then it disconnects.
 """
 
-import json
 import sys
-import threading
 
 from tb_gateway_mqtt import TBGatewayMqttClient  # type: ignore[import-not-found]
+from tb_sdk_common import SignalsConnect, say
 
 
-def say(**what: object) -> None:
-    print(json.dumps(what), flush=True)
-
-
-class Gateway(TBGatewayMqttClient):  # type: ignore[misc]
-    """Sets ``connected`` once the SDK has handled the CONNACK, hooked where the SDK hooks it
-    (TBGatewayMqttClient._on_connect): the callback given to ``connect()`` is stored only after
-    the network loop has started, so the CONNACK could be handled before it is there."""
-
-    def __init__(self, port: int, token: str) -> None:
-        self.connected = threading.Event()
-        super().__init__("127.0.0.1", port=port, username=token)
-
-    def _on_connect(self, *args: object) -> None:
-        super()._on_connect(*args)
-        self.connected.set()
+class Gateway(SignalsConnect, TBGatewayMqttClient):  # type: ignore[misc]
+    """The SDK's gateway client; ``connected`` is set once it has handled the CONNACK."""
 
 
 def main() -> None:
