@@ -1,7 +1,8 @@
 """Rule nodes matched against ThingsBoard's own (rule-engine-components): the message type
 switch's relation table, a switch script's relations, the save attributes node's scope, the save
-timeseries node's TTL, timestamp and processing settings, the check fields node, and the push to
-cloud node's message types. Each test names the Java source it follows."""
+timeseries node's TTL, timestamp and processing settings, the check fields node, the push to
+cloud node's message types, and the alarm nodes' configuration. Each test names the Java source
+it follows."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from typing import Any
 
 import pytest
 
+from edge_sync.rules import alarms as a
 from edge_sync.rules import nodes as n
 from edge_sync.rules.chain import parse
 from edge_sync.rules.engine import (
+    ClearAlarm,
+    CreateAlarm,
     Failed,
     Outcome,
     PushToCloud,
@@ -491,3 +495,60 @@ def test_save_timeseries_settings_thingsboard_cannot_read_refuse_the_chain(
     not start) refuses the chain, the field named. defaultTTL null is Jackson's 0."""
     assert problems((n.SAVE_TIMESERIES, "Save", config)) == [
         f"metadata.nodes[0].configuration.{p}" for p in found]
+
+
+# -- TbCreateAlarmNode / TbClearAlarmNode ----------------------------------------------------
+
+DETAILS = "return {t: msg.t};"
+
+
+@pytest.mark.parametrize(("config", "read"), [
+    # TbCreateAlarmNodeConfiguration's defaults for what is absent: its booleans false,
+    # overwriteAlarmDetails true (a field initializer), relationTypes null (none)
+    ({"alarmType": "Hot", "severity": "MAJOR"},
+     a.CreateAlarmConfig(False, True, "Hot", "MAJOR", False, a.Propagation())),
+    ({"alarmType": "Hot ${zone}", "severity": "${sev}", "dynamicSeverity": "TRUE",
+      "propagate": 1, "propagateToOwner": "false", "propagateToTenant": True,
+      "relationTypes": ["Contains", "Manages ${x}"], "overwriteAlarmDetails": False},
+     a.CreateAlarmConfig(False, True, "Hot ${zone}", "${sev}", True,
+                         a.Propagation(True, False, True, ("Contains", "Manages ${x}")))),
+    ({"alarmType": "Hot", "severity": "MINOR", "relationTypes": None},
+     a.CreateAlarmConfig(False, True, "Hot", "MINOR", False, a.Propagation())),
+    # the message's alarm: type, severity and propagation are its; the script builds the
+    # details unless overwriteAlarmDetails is false
+    ({"useMessageAlarmData": True},
+     a.CreateAlarmConfig(True, True, "", "", False, a.Propagation())),
+    ({"useMessageAlarmData": "true", "overwriteAlarmDetails": " False ", "propagate": True,
+      "alarmType": "ignored", "severity": "CRITICAL"},
+     a.CreateAlarmConfig(True, False, "", "", False, a.Propagation())),
+])
+def test_the_create_alarm_configuration_is_read_as_thingsboard_reads_it(
+        config: dict[str, Any], read: a.CreateAlarmConfig) -> None:
+    """TbCreateAlarmNode.init/loadAlarmNodeConfig (TbNodeUtils.convert to
+    TbCreateAlarmNodeConfiguration): what the node runs, read once from a valid configuration."""
+    config = {"alarmDetailsBuildJs": DETAILS, **config}
+    assert problems((n.CREATE_ALARM, "Raise", config)) == []
+    assert a.CreateAlarmConfig.of(config) == read
+    assert a.ClearAlarmConfig.of({"alarmType": "Hot ${zone}"}) == a.ClearAlarmConfig("Hot ${zone}")
+
+
+def test_the_alarm_nodes_run_the_configuration_read_when_the_chain_was_loaded() -> None:
+    """TbAbstractAlarmNode.init reads the configuration once: a message reads what was read
+    then, not the configuration object (here changed after the engine was built)."""
+    create = {"alarmType": "Hot", "severity": "MAJOR", "alarmDetailsBuildJs": DETAILS}
+    clear = {"alarmType": "Hot", "alarmDetailsBuildJs": DETAILS}
+    engine = chain([(n.JS_FILTER, "Hot?", {"jsScript": "return msg.t > 90;"}),
+                    (n.CREATE_ALARM, "Raise", create), (n.CLEAR_ALARM, "Clear", clear)],
+                   [(0, 1, "True"), (0, 2, "False")])
+    create.update(alarmType="Cold", severity="BOGUS", propagate=True, useMessageAlarmData=True)
+    clear.update(alarmType="Cold")
+    alarms: dict[str, dict[str, Any]] = {}
+    [raised] = effects(engine.run(telemetry({"t": 95}), alarms))
+    assert isinstance(raised, CreateAlarm)
+    assert (raised.type, raised.severity, raised.details, raised.alarm["propagate"]) == (
+        "Hot", "MAJOR", {"t": 95}, False)
+    [cleared] = effects(engine.run(telemetry({"t": 20}), alarms))
+    assert isinstance(cleared, ClearAlarm)
+    assert (cleared.type, cleared.alarm_id, cleared.details) == (
+        "Hot", raised.alarm_id, {"t": 20})
+    assert alarms == {}
