@@ -175,3 +175,26 @@ def test_a_script_the_sandbox_refuses_exits_1_naming_node_and_reason(tmp_path: P
         "'ThingsBoard defaults' (EDGE): 9 nodes, 13 connections; node types: "
         "TbClearAlarmNode, TbCreateAlarmNode, TbJsFilterNode, TbJsSwitchNode, TbLogNode, "
         "TbMsgPushToCloudNode, TbMsgTimeseriesNode, TbMsgTypeSwitchNode, TbTransformMsgNode\n"))
+
+
+def test_a_dynamic_severity_no_message_can_make_a_severity_is_refused(tmp_path: Path) -> None:
+    """A create alarm node with dynamicSeverity and a severity without a ${key} or $[path]
+    pattern that is no severity once passed the check and then failed every message it got
+    (ThingsBoard's TbCreateAlarmNode.processAlarmSeverity fails each one). The check refuses
+    it, naming the node's field; the same node with a pattern passes."""
+    doc = json.loads((FIXTURES / "alarm_threshold.json").read_text())
+    raise_node = doc["metadata"]["nodes"][1]
+    assert raise_node["type"].endswith("TbCreateAlarmNode")
+    path = tmp_path / "dynamic_severity.json"
+    outputs = []
+    for severity in ("HIGH", "${level}"):
+        raise_node["configuration"].update(dynamicSeverity=True, severity=severity)
+        path.write_text(json.dumps(doc))
+        done = check(tmp_path, str(path))
+        outputs.append((done.returncode, done.stdout))
+    assert outputs == [
+        (1, "metadata.nodes[1].configuration.severity: got 'HIGH', with dynamicSeverity but no "
+            "${key} or $[path] pattern: every message would fail; expected one of CRITICAL, "
+            "MAJOR, MINOR, WARNING, INDETERMINATE, or a pattern\n"),
+        (0, "'High temperature alarm' (EDGE): 4 nodes, 5 connections; node types: "
+            "TbClearAlarmNode, TbCreateAlarmNode, TbJsFilterNode, TbMsgPushToCloudNode\n")]

@@ -552,3 +552,51 @@ def test_the_alarm_nodes_run_the_configuration_read_when_the_chain_was_loaded() 
     assert (cleared.type, cleared.alarm_id, cleared.details) == (
         "Hot", raised.alarm_id, {"t": 20})
     assert alarms == {}
+
+
+FIXED_SEVERITY = ("with dynamicSeverity but no ${key} or $[path] pattern: every message would "
+                  "fail; expected one of CRITICAL, MAJOR, MINOR, WARNING, INDETERMINATE, or a "
+                  "pattern")
+
+
+@pytest.mark.parametrize(("severity", "found"), [
+    ("HIGH", [f"severity: got 'HIGH', {FIXED_SEVERITY}"]),
+    ("critical", [f"severity: got 'critical', {FIXED_SEVERITY}"]),  # EnumUtils.getEnum: case
+    (" MAJOR", [f"severity: got ' MAJOR', {FIXED_SEVERITY}"]),
+    ("$sev", [f"severity: got '$sev', {FIXED_SEVERITY}"]),
+    ("${sev", [f"severity: got '${{sev', {FIXED_SEVERITY}"]),
+    ("$[level", [f"severity: got '$[level', {FIXED_SEVERITY}"]),
+    # a severity, or a pattern some message fills in with one: valid
+    ("MAJOR", []), ("${sev}", []), ("$[alarm.level]", []), ("${*}", []), ("$[*]", []),
+    ("MA${x}JOR", []),
+])
+def test_a_dynamic_severity_no_message_can_make_a_severity_refuses_the_chain(
+        severity: str, found: list[str]) -> None:
+    """TbCreateAlarmNode.processAlarmSeverity substitutes the pattern per message and fails
+    the message when EnumUtils.getEnum(AlarmSeverity.class, ...) finds no severity: a text
+    without a ${key} or $[path] pattern is the same for every message, so ThingsBoard would
+    fail every one of them. The edge refuses the chain instead, naming the node's field."""
+    node = (n.CREATE_ALARM, "Raise", {"alarmType": "Hot", "alarmDetailsBuildJs": DETAILS,
+                                      "severity": severity, "dynamicSeverity": True})
+    assert problems(node) == [f"metadata.nodes[0].configuration.{p}" for p in found]
+    if not found:
+        chain([node], [])
+        return
+    with pytest.raises(ValueError) as refused:
+        chain([node], [])
+    assert str(refused.value) == f"the chain cannot be run: metadata.nodes[0].configuration.{found[0]}"
+
+
+def test_a_dynamic_severity_pattern_that_gives_no_severity_fails_the_message() -> None:
+    """A pattern is filled in per message (TbCreateAlarmNode.processAlarmSeverity): a message
+    that makes it a severity raises the alarm, one that does not goes by Failure."""
+    engine = chain([(n.CREATE_ALARM, "Raise", {"alarmType": "Hot", "alarmDetailsBuildJs": DETAILS,
+                                               "severity": "MA${x}JOR", "dynamicSeverity": True}),
+                    (n.MSG_TYPE_SWITCH, "Failure", {})], [(0, 1, "Failure")])
+    [raised] = effects(engine.run(telemetry({"t": 1}, x=""), {}))
+    assert isinstance(raised, CreateAlarm) and raised.severity == "MAJOR"
+    assert engine.run(telemetry({"t": 1}, x="-"), {}) == [
+        Visited("nodes[0] 'Raise'"),
+        Failed("nodes[0] 'Raise'", "alarm severity 'MA-JOR' is not one of CRITICAL, MAJOR, "
+                                   "MINOR, WARNING, INDETERMINATE"),
+        Visited("nodes[1] 'Failure'")]
