@@ -257,7 +257,12 @@ def config_flag(config: Mapping[str, Any], key: str, default: bool = False) -> b
 
 
 def _alarm_type(config: Mapping[str, Any]) -> Problems:
-    if not _text(config.get("alarmType")):
+    """The alarm nodes' ``alarmType``: non-blank text (a pattern, ``patterns.py``)."""
+    alarm_type = config.get("alarmType")
+    if alarm_type is not None and not isinstance(alarm_type, str):
+        return [("alarmType", f"expected text (the type of the alarm, e.g. \"High "
+                              f"Temperature\"), got {alarm_type!r}")]
+    if not _text(alarm_type):
         return [("alarmType", "missing (the type of the alarm, e.g. \"High Temperature\")")]
     return []
 
@@ -294,7 +299,9 @@ def _create_alarm(config: Mapping[str, Any]) -> Problems:
     out = _alarm(config)
     severity = config.get("severity")
     names = ", ".join(ALARM_SEVERITIES)
-    if not _text(severity):
+    if severity is not None and not isinstance(severity, str):
+        out.append(("severity", f"got {severity!r}: expected one of {names}"))
+    elif not _text(severity):
         out.append(("severity", f"missing: expected one of {names}"))
     elif severity in ALARM_SEVERITIES:
         return out + listed

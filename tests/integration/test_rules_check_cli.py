@@ -198,3 +198,23 @@ def test_a_dynamic_severity_no_message_can_make_a_severity_is_refused(tmp_path: 
             "MAJOR, MINOR, WARNING, INDETERMINATE, or a pattern\n"),
         (0, "'High temperature alarm' (EDGE): 4 nodes, 5 connections; node types: "
             "TbClearAlarmNode, TbCreateAlarmNode, TbJsFilterNode, TbMsgPushToCloudNode\n")]
+
+
+def test_an_alarm_type_or_severity_the_alarm_nodes_cannot_run_is_reported(
+        tmp_path: Path) -> None:
+    """A fixed severity that is none of ThingsBoard's, an alarm type that is not text: each
+    reported with its node's field, every one at once."""
+    doc = json.loads((FIXTURES / "alarm_threshold.json").read_text())
+    raise_node, clear_node = doc["metadata"]["nodes"][1:3]
+    raise_node["configuration"].update(alarmType=5, severity="HIGH")
+    clear_node["configuration"].update(alarmType=["High Temperature"])
+    path = tmp_path / "bad_alarms.json"
+    path.write_text(json.dumps(doc))
+    done = check(tmp_path, str(path))
+    assert (done.returncode, done.stdout.splitlines()) == (1, [
+        'metadata.nodes[1].configuration.alarmType: expected text (the type of the alarm, e.g. '
+        '"High Temperature"), got 5',
+        "metadata.nodes[1].configuration.severity: got 'HIGH': expected one of CRITICAL, MAJOR, "
+        "MINOR, WARNING, INDETERMINATE (or dynamicSeverity with a ${key} pattern)",
+        'metadata.nodes[2].configuration.alarmType: expected text (the type of the alarm, e.g. '
+        "\"High Temperature\"), got ['High Temperature']"])

@@ -600,3 +600,38 @@ def test_a_dynamic_severity_pattern_that_gives_no_severity_fails_the_message() -
         Failed("nodes[0] 'Raise'", "alarm severity 'MA-JOR' is not one of CRITICAL, MAJOR, "
                                    "MINOR, WARNING, INDETERMINATE"),
         Visited("nodes[1] 'Failure'")]
+
+
+NAMES = "CRITICAL, MAJOR, MINOR, WARNING, INDETERMINATE"
+TYPE_TEXT = 'expected text (the type of the alarm, e.g. "High Temperature"), got'
+
+
+@pytest.mark.parametrize(("node_type", "config", "found"), [
+    # TbCreateAlarmNode.init: a fixed severity EnumUtils.getEnum cannot read stops the node
+    (n.CREATE_ALARM, {"alarmType": "Hot", "severity": "HIGH"},
+     [f"severity: got 'HIGH': expected one of {NAMES} (or dynamicSeverity with a ${{key}} "
+      "pattern)"]),
+    (n.CREATE_ALARM, {"alarmType": "Hot", "severity": 3},
+     [f"severity: got 3: expected one of {NAMES}"]),
+    (n.CREATE_ALARM, {"alarmType": "Hot", "severity": ["MAJOR"], "dynamicSeverity": True},
+     [f"severity: got ['MAJOR']: expected one of {NAMES}"]),
+    (n.CREATE_ALARM, {"alarmType": "Hot"}, [f"severity: missing: expected one of {NAMES}"]),
+    # an alarm type that is not text (Jackson reads no object or list into String alarmType),
+    # or none: no type to raise or clear
+    (n.CREATE_ALARM, {"alarmType": ["Hot"], "severity": "MAJOR"},
+     [f"alarmType: {TYPE_TEXT} ['Hot']"]),
+    (n.CLEAR_ALARM, {"alarmType": 5}, [f"alarmType: {TYPE_TEXT} 5"]),
+    (n.CLEAR_ALARM, {"alarmType": {"name": "Hot"}}, [f"alarmType: {TYPE_TEXT} {{'name': 'Hot'}}"]),
+    (n.CLEAR_ALARM, {"alarmType": " "},
+     ['alarmType: missing (the type of the alarm, e.g. "High Temperature")']),
+])
+def test_an_alarm_type_or_severity_the_node_cannot_run_refuses_the_chain(
+        node_type: str, config: dict[str, Any], found: list[str]) -> None:
+    """Found when the chain is validated, naming the node's field, never per message: the
+    engine is not built."""
+    node = (node_type, "Alarm", {"alarmDetailsBuildJs": DETAILS, **config})
+    assert problems(node) == [f"metadata.nodes[0].configuration.{p}" for p in found]
+    with pytest.raises(ValueError) as refused:
+        chain([node], [])
+    assert str(refused.value) == "the chain cannot be run: " + "; ".join(
+        f"metadata.nodes[0].configuration.{p}" for p in found)
