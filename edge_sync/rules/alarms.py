@@ -16,6 +16,12 @@ originator's customer), ``assigneeId``/``assignee`` (no users on the edge), and
 Alarms kept by an earlier edge-sync have a plain-text ``id`` and ``originator`` and a
 ``status`` but none of the flags or the propagation: ``as_alarm`` reads them as this shape
 (not propagated, not acknowledged unless their status says so).
+
+The alarm nodes' configurations, as they run them, are read here too: ``CreateAlarmConfig``
+(``TbCreateAlarmNodeConfiguration``) and ``ClearAlarmConfig``
+(``TbClearAlarmNodeConfiguration``), each read once from a configuration validation has
+passed (``nodes.py``) when the rule engine is built; a message reads only those. Their details
+script is compiled by validation as every node's script is (``nodes.script_of``).
 """
 
 from __future__ import annotations
@@ -70,6 +76,52 @@ class Propagation:
         return {"propagate": self.propagate, "propagateToOwner": self.to_owner,
                 "propagateToTenant": self.to_tenant,
                 "propagateRelationTypes": list(self.relation_types)}
+
+
+@dataclass(frozen=True, slots=True)
+class CreateAlarmConfig:
+    """A create alarm node's configuration as ``TbCreateAlarmNode`` reads it at ``init``
+    (``TbNodeUtils.convert`` to ``TbCreateAlarmNodeConfiguration``, the class's defaults for
+    absent fields: its booleans false, ``overwriteAlarmDetails`` true, no relation types)."""
+
+    use_message_alarm_data: bool
+    """The alarm's type, severity and propagation come from the message's alarm JSON
+    (``message_alarm``); ``alarm_type``, ``severity`` and ``propagation`` are then unused."""
+    build_details: bool
+    """The details script builds the alarm's details: always without
+    ``useMessageAlarmData``, with it only when ``overwriteAlarmDetails``, else the message's
+    alarm's details are kept (``TbCreateAlarmNode.createNewAlarm``/``updateAlarm``:
+    ``buildDetails``)."""
+    alarm_type: str
+    """A pattern (``patterns.py``), substituted per message."""
+    severity: str
+    """One of ``nodes.ALARM_SEVERITIES``; with ``dynamic_severity`` a pattern whose
+    substitution must give one (``TbCreateAlarmNode.processAlarmSeverity``)."""
+    dynamic_severity: bool
+    propagation: Propagation
+
+    @staticmethod
+    def of(config: Mapping[str, Any]) -> CreateAlarmConfig:
+        """``config``, validated (``nodes.check_configuration``), read once."""
+        if n.config_flag(config, "useMessageAlarmData"):
+            return CreateAlarmConfig(True, n.config_flag(config, "overwriteAlarmDetails", True),
+                                     "", "", False, Propagation())
+        return CreateAlarmConfig(False, True, str(config["alarmType"]), str(config["severity"]),
+                                 n.config_flag(config, "dynamicSeverity"),
+                                 Propagation.of_config(config))
+
+
+@dataclass(frozen=True, slots=True)
+class ClearAlarmConfig:
+    """A clear alarm node's configuration as ``TbClearAlarmNode`` reads it
+    (``TbClearAlarmNodeConfiguration``): the alarm type, a pattern substituted per message."""
+
+    alarm_type: str
+
+    @staticmethod
+    def of(config: Mapping[str, Any]) -> ClearAlarmConfig:
+        """``config``, validated (``nodes.check_configuration``), read once."""
+        return ClearAlarmConfig(str(config["alarmType"]))
 
 
 @dataclass(frozen=True, slots=True)

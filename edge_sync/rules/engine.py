@@ -31,6 +31,11 @@ one updates it (severity, propagation, details built with ``metadata.prevAlarmDe
 outgoing message of a created/updated/cleared alarm is of type ``ALARM`` with the alarm's JSON
 as data (``TbAbstractAlarmNode.toAlarmMsg``). Alarm types and dynamic severities are patterns
 (``patterns.py``).
+
+The configurations of the check fields, save timeseries and alarm nodes are read once, when
+the engine is built, into frozen objects (``_FieldCheck``, ``_SaveSeries``,
+``alarms.CreateAlarmConfig``, ``alarms.ClearAlarmConfig``), as ThingsBoard's nodes read theirs
+in ``init``; a message reads only those.
 """
 
 from __future__ import annotations
@@ -402,6 +407,10 @@ class RuleEngine:
                               for node in meta.nodes if node.type == n.CHECK_MESSAGE}
         self._saves = {node.index: _SaveSeries.of(node)
                        for node in meta.nodes if node.type == n.SAVE_TIMESERIES}
+        self._create_alarms = {node.index: a.CreateAlarmConfig.of(node.configuration)
+                               for node in meta.nodes if node.type == n.CREATE_ALARM}
+        self._clear_alarms = {node.index: a.ClearAlarmConfig.of(node.configuration)
+                              for node in meta.nodes if node.type == n.CLEAR_ALARM}
         self._in_message_order = frozenset(i for i, save in self._saves.items()
                                            if save.remembers)
         """Nodes whose decisions depend on the messages before (a deduplicating save):
@@ -816,28 +825,30 @@ class RuleEngine:
         """``TbCreateAlarmNode.processAlarm``: the type, severity and propagation of the
         configuration, or with ``useMessageAlarmData`` of the message's alarm JSON, whose
         details are kept unless ``overwriteAlarmDetails`` (absent: true, the configuration
-        class's default) has the details script build them."""
-        config = node.configuration
+        class's default) has the details script build them. The configuration is the one read
+        when the engine was built (``alarms.CreateAlarmConfig``): a fixed severity was
+        validated then, a dynamic one is checked once substituted."""
+        config = self._create_alarms[node.index]
         origin = (msg.originator.entity_type, msg.originator.id)
         given: a.MessageAlarm | None = None
-        if n.config_flag(config, "useMessageAlarmData"):
+        if config.use_message_alarm_data:
             try:
-                given = a.message_alarm(msg.data)
+                given = a.message_alarm(msg.data)  # its severity is one of ThingsBoard's
             except a.AlarmDataError as exc:
                 raise NodeFailure(str(exc)) from None
             alarm_type, severity, propagation = given.type, given.severity, given.propagation
         else:
-            alarm_type = _substitute(str(config.get("alarmType", "")), msg)
-            severity = str(config.get("severity", ""))
-            if n.config_flag(config, "dynamicSeverity"):
+            alarm_type = _substitute(config.alarm_type, msg)
+            severity = config.severity
+            if config.dynamic_severity:
                 severity = _substitute(severity, msg)
-            propagation = a.Propagation.of_config(config)
-        if severity not in n.ALARM_SEVERITIES:
-            raise NodeFailure(f"alarm severity {severity!r} is not one of "
-                              + ", ".join(n.ALARM_SEVERITIES))
+                if severity not in n.ALARM_SEVERITIES:
+                    raise NodeFailure(f"alarm severity {severity!r} is not one of "
+                                      + ", ".join(n.ALARM_SEVERITIES))
+            propagation = config.propagation
         kept = alarms.get(alarm_type)
         existing = None if kept is None else a.as_alarm(kept, msg.originator)
-        if given is None or n.config_flag(config, "overwriteAlarmDetails", True):
+        if given is None or config.build_details:  # build_details is True without given
             details = self._details(node, msg, existing)
         else:
             details = given.details
@@ -866,7 +877,7 @@ class RuleEngine:
                      ) -> list[tuple[str, RuleMsg]]:
         """``TbClearAlarmNode``: the originator's active alarm of the type cleared, with
         details built by the script."""
-        alarm_type = _substitute(str(node.configuration.get("alarmType", "")), msg)
+        alarm_type = _substitute(self._clear_alarms[node.index].alarm_type, msg)
         kept = alarms.get(alarm_type)
         if kept is None:
             return [(FALSE, msg)]

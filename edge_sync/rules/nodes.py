@@ -6,6 +6,12 @@ ThingsBoard configuration class names the fields, rule-engine-components
 presence here; ``script_of`` names the script a node runs, which validation then compiles
 (``validate.py``).
 
+The rule engine reads what a check passes: the check fields, save timeseries
+(``timeseries_settings``) and alarm nodes' configurations (``alarms.CreateAlarmConfig``,
+``alarms.ClearAlarmConfig``) once, into typed objects, when it is built. A configuration that
+would fail every message (a dynamic severity no message can make a severity) is refused here,
+not found per message.
+
 Script nodes pick their script by ``scriptLang``: ``JS`` reads ``jsScript``, ``TBEL`` reads
 ``tbelScript``; a configuration without ``scriptLang`` is one from before TBEL (ThingsBoard
 3.5) and is JS. The alarm nodes build the alarm's details by script the same way
@@ -27,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from edge_sync.rules.patterns import has_pattern
 
 Problems = list[tuple[str, str]]
 """(field of the configuration, what is wrong with it)."""
@@ -249,7 +257,12 @@ def config_flag(config: Mapping[str, Any], key: str, default: bool = False) -> b
 
 
 def _alarm_type(config: Mapping[str, Any]) -> Problems:
-    if not _text(config.get("alarmType")):
+    """The alarm nodes' ``alarmType``: non-blank text (a pattern, ``patterns.py``)."""
+    alarm_type = config.get("alarmType")
+    if alarm_type is not None and not isinstance(alarm_type, str):
+        return [("alarmType", f"expected text (the type of the alarm, e.g. \"High "
+                              f"Temperature\"), got {alarm_type!r}")]
+    if not _text(alarm_type):
         return [("alarmType", "missing (the type of the alarm, e.g. \"High Temperature\")")]
     return []
 
@@ -266,8 +279,10 @@ def _create_alarm(config: Mapping[str, Any]) -> Problems:
     """TbCreateAlarmNodeConfiguration. With ``useMessageAlarmData`` the alarm's type, severity
     and propagation come from the message: ThingsBoard's UI (create-alarm-config.component.ts
     updateValidators) then requires no alarm type or severity, and the details script only
-    with ``overwriteAlarmDetails``. ``relationTypes`` (``List<String>``) is a list of text when
-    given."""
+    with ``overwriteAlarmDetails``. Otherwise ``severity`` is one of ThingsBoard's; with
+    ``dynamicSeverity`` it may be a pattern instead (``patterns.py``), but not a text no message
+    can change that is none of them. ``relationTypes`` (``List<String>``) is a list of text
+    when given."""
     relation_types = config.get("relationTypes")
     listed: Problems = _flags(config, "useMessageAlarmData", "overwriteAlarmDetails",
                               "dynamicSeverity", "propagate", "propagateToOwner",
@@ -283,12 +298,22 @@ def _create_alarm(config: Mapping[str, Any]) -> Problems:
         return script + listed
     out = _alarm(config)
     severity = config.get("severity")
-    if not _text(severity):
-        out.append(("severity", "missing: expected one of " + ", ".join(ALARM_SEVERITIES)))
-    elif not config_flag(config, "dynamicSeverity") and severity not in ALARM_SEVERITIES:
-        out.append(("severity", f"got {severity!r}: expected one of "
-                                + ", ".join(ALARM_SEVERITIES)
-                                + " (or dynamicSeverity with a ${key} pattern)"))
+    names = ", ".join(ALARM_SEVERITIES)
+    if severity is not None and not isinstance(severity, str):
+        out.append(("severity", f"got {severity!r}: expected one of {names}"))
+    elif not _text(severity):
+        out.append(("severity", f"missing: expected one of {names}"))
+    elif severity in ALARM_SEVERITIES:
+        return out + listed
+    elif not config_flag(config, "dynamicSeverity"):  # TbCreateAlarmNode.init refuses it
+        out.append(("severity", f"got {severity!r}: expected one of {names} (or "
+                                "dynamicSeverity with a ${key} pattern)"))
+    elif not has_pattern(str(severity)):
+        # every message would give this text, which is no severity: ThingsBoard starts the
+        # node and fails each message (TbCreateAlarmNode.processAlarmSeverity); refused here
+        out.append(("severity", f"got {severity!r}, with dynamicSeverity but no ${{key}} or "
+                                f"$[path] pattern: every message would fail; expected one of "
+                                f"{names}, or a pattern"))
     return out + listed
 
 

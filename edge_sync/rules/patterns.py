@@ -9,6 +9,9 @@ ThingsBoard's ``TbNodeUtils.processPattern(String, TbMsg)`` does it:
    does: text as it is, ``true``/``false``, ``null``, numbers as Java prints them (``20``,
    ``20.5``, ``1.0E7``). A path that ends at an object or a list, goes through anything other
    than an object, or has an empty part (``$[a..b]``, ``$[]``) stays as it is.
+
+``has_pattern`` tells a text no message can change (no ``${...}``, no ``$[...]``) from one a
+message may: validation uses it to refuse a dynamic severity that could never be a severity.
 """
 
 from __future__ import annotations
@@ -21,6 +24,18 @@ from decimal import Decimal
 from typing import Any
 
 _DATA = re.compile(r"\$\[(.*?)]")  # TbNodeUtils.DATA_PATTERN: (\$\[)(.*?)(]), no DOTALL
+
+
+_ANY = re.compile(r"\$\{.*}|\$\[.*]", re.DOTALL)
+"""What ``process_pattern`` could replace: a ``${`` with a ``}`` after it (``${*}``, a metadata
+key, which may be any text), or a ``$[`` with a ``]`` after it (``$[*]``, a data path)."""
+
+
+def has_pattern(text: str) -> bool:
+    """Whether some message could make ``process_pattern`` give anything but ``text``; False:
+    every message gives ``text`` itself (metadata substitution, the only step that could add a
+    ``$[...]``, has nothing to replace then)."""
+    return _ANY.search(text) is not None
 
 
 def process_pattern(pattern: str, data: Any, metadata: Mapping[str, str]) -> str:

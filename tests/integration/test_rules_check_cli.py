@@ -175,3 +175,46 @@ def test_a_script_the_sandbox_refuses_exits_1_naming_node_and_reason(tmp_path: P
         "'ThingsBoard defaults' (EDGE): 9 nodes, 13 connections; node types: "
         "TbClearAlarmNode, TbCreateAlarmNode, TbJsFilterNode, TbJsSwitchNode, TbLogNode, "
         "TbMsgPushToCloudNode, TbMsgTimeseriesNode, TbMsgTypeSwitchNode, TbTransformMsgNode\n"))
+
+
+def test_a_dynamic_severity_no_message_can_make_a_severity_is_refused(tmp_path: Path) -> None:
+    """A create alarm node with dynamicSeverity and a severity without a ${key} or $[path]
+    pattern that is no severity once passed the check and then failed every message it got
+    (ThingsBoard's TbCreateAlarmNode.processAlarmSeverity fails each one). The check refuses
+    it, naming the node's field; the same node with a pattern passes."""
+    doc = json.loads((FIXTURES / "alarm_threshold.json").read_text())
+    raise_node = doc["metadata"]["nodes"][1]
+    assert raise_node["type"].endswith("TbCreateAlarmNode")
+    path = tmp_path / "dynamic_severity.json"
+    outputs = []
+    for severity in ("HIGH", "${level}"):
+        raise_node["configuration"].update(dynamicSeverity=True, severity=severity)
+        path.write_text(json.dumps(doc))
+        done = check(tmp_path, str(path))
+        outputs.append((done.returncode, done.stdout))
+    assert outputs == [
+        (1, "metadata.nodes[1].configuration.severity: got 'HIGH', with dynamicSeverity but no "
+            "${key} or $[path] pattern: every message would fail; expected one of CRITICAL, "
+            "MAJOR, MINOR, WARNING, INDETERMINATE, or a pattern\n"),
+        (0, "'High temperature alarm' (EDGE): 4 nodes, 5 connections; node types: "
+            "TbClearAlarmNode, TbCreateAlarmNode, TbJsFilterNode, TbMsgPushToCloudNode\n")]
+
+
+def test_an_alarm_type_or_severity_the_alarm_nodes_cannot_run_is_reported(
+        tmp_path: Path) -> None:
+    """A fixed severity that is none of ThingsBoard's, an alarm type that is not text: each
+    reported with its node's field, every one at once."""
+    doc = json.loads((FIXTURES / "alarm_threshold.json").read_text())
+    raise_node, clear_node = doc["metadata"]["nodes"][1:3]
+    raise_node["configuration"].update(alarmType=5, severity="HIGH")
+    clear_node["configuration"].update(alarmType=["High Temperature"])
+    path = tmp_path / "bad_alarms.json"
+    path.write_text(json.dumps(doc))
+    done = check(tmp_path, str(path))
+    assert (done.returncode, done.stdout.splitlines()) == (1, [
+        'metadata.nodes[1].configuration.alarmType: expected text (the type of the alarm, e.g. '
+        '"High Temperature"), got 5',
+        "metadata.nodes[1].configuration.severity: got 'HIGH': expected one of CRITICAL, MAJOR, "
+        "MINOR, WARNING, INDETERMINATE (or dynamicSeverity with a ${key} pattern)",
+        'metadata.nodes[2].configuration.alarmType: expected text (the type of the alarm, e.g. '
+        "\"High Temperature\"), got ['High Temperature']"])

@@ -1,7 +1,8 @@
 """Rule nodes matched against ThingsBoard's own (rule-engine-components): the message type
 switch's relation table, a switch script's relations, the save attributes node's scope, the save
-timeseries node's TTL, timestamp and processing settings, the check fields node, and the push to
-cloud node's message types. Each test names the Java source it follows."""
+timeseries node's TTL, timestamp and processing settings, the check fields node, the push to
+cloud node's message types, and the alarm nodes' configuration. Each test names the Java source
+it follows."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from typing import Any
 
 import pytest
 
+from edge_sync.rules import alarms as a
 from edge_sync.rules import nodes as n
 from edge_sync.rules.chain import parse
 from edge_sync.rules.engine import (
+    ClearAlarm,
+    CreateAlarm,
     Failed,
     Outcome,
     PushToCloud,
@@ -491,3 +495,143 @@ def test_save_timeseries_settings_thingsboard_cannot_read_refuse_the_chain(
     not start) refuses the chain, the field named. defaultTTL null is Jackson's 0."""
     assert problems((n.SAVE_TIMESERIES, "Save", config)) == [
         f"metadata.nodes[0].configuration.{p}" for p in found]
+
+
+# -- TbCreateAlarmNode / TbClearAlarmNode ----------------------------------------------------
+
+DETAILS = "return {t: msg.t};"
+
+
+@pytest.mark.parametrize(("config", "read"), [
+    # TbCreateAlarmNodeConfiguration's defaults for what is absent: its booleans false,
+    # overwriteAlarmDetails true (a field initializer), relationTypes null (none)
+    ({"alarmType": "Hot", "severity": "MAJOR"},
+     a.CreateAlarmConfig(False, True, "Hot", "MAJOR", False, a.Propagation())),
+    ({"alarmType": "Hot ${zone}", "severity": "${sev}", "dynamicSeverity": "TRUE",
+      "propagate": 1, "propagateToOwner": "false", "propagateToTenant": True,
+      "relationTypes": ["Contains", "Manages ${x}"], "overwriteAlarmDetails": False},
+     a.CreateAlarmConfig(False, True, "Hot ${zone}", "${sev}", True,
+                         a.Propagation(True, False, True, ("Contains", "Manages ${x}")))),
+    ({"alarmType": "Hot", "severity": "MINOR", "relationTypes": None},
+     a.CreateAlarmConfig(False, True, "Hot", "MINOR", False, a.Propagation())),
+    # the message's alarm: type, severity and propagation are its; the script builds the
+    # details unless overwriteAlarmDetails is false
+    ({"useMessageAlarmData": True},
+     a.CreateAlarmConfig(True, True, "", "", False, a.Propagation())),
+    ({"useMessageAlarmData": "true", "overwriteAlarmDetails": " False ", "propagate": True,
+      "alarmType": "ignored", "severity": "CRITICAL"},
+     a.CreateAlarmConfig(True, False, "", "", False, a.Propagation())),
+])
+def test_the_create_alarm_configuration_is_read_as_thingsboard_reads_it(
+        config: dict[str, Any], read: a.CreateAlarmConfig) -> None:
+    """TbCreateAlarmNode.init/loadAlarmNodeConfig (TbNodeUtils.convert to
+    TbCreateAlarmNodeConfiguration): what the node runs, read once from a valid configuration."""
+    config = {"alarmDetailsBuildJs": DETAILS, **config}
+    assert problems((n.CREATE_ALARM, "Raise", config)) == []
+    assert a.CreateAlarmConfig.of(config) == read
+    assert a.ClearAlarmConfig.of({"alarmType": "Hot ${zone}"}) == a.ClearAlarmConfig("Hot ${zone}")
+
+
+def test_the_alarm_nodes_run_the_configuration_read_when_the_chain_was_loaded() -> None:
+    """TbAbstractAlarmNode.init reads the configuration once: a message reads what was read
+    then, not the configuration object (here changed after the engine was built)."""
+    create = {"alarmType": "Hot", "severity": "MAJOR", "alarmDetailsBuildJs": DETAILS}
+    clear = {"alarmType": "Hot", "alarmDetailsBuildJs": DETAILS}
+    engine = chain([(n.JS_FILTER, "Hot?", {"jsScript": "return msg.t > 90;"}),
+                    (n.CREATE_ALARM, "Raise", create), (n.CLEAR_ALARM, "Clear", clear)],
+                   [(0, 1, "True"), (0, 2, "False")])
+    create.update(alarmType="Cold", severity="BOGUS", propagate=True, useMessageAlarmData=True)
+    clear.update(alarmType="Cold")
+    alarms: dict[str, dict[str, Any]] = {}
+    [raised] = effects(engine.run(telemetry({"t": 95}), alarms))
+    assert isinstance(raised, CreateAlarm)
+    assert (raised.type, raised.severity, raised.details, raised.alarm["propagate"]) == (
+        "Hot", "MAJOR", {"t": 95}, False)
+    [cleared] = effects(engine.run(telemetry({"t": 20}), alarms))
+    assert isinstance(cleared, ClearAlarm)
+    assert (cleared.type, cleared.alarm_id, cleared.details) == (
+        "Hot", raised.alarm_id, {"t": 20})
+    assert alarms == {}
+
+
+FIXED_SEVERITY = ("with dynamicSeverity but no ${key} or $[path] pattern: every message would "
+                  "fail; expected one of CRITICAL, MAJOR, MINOR, WARNING, INDETERMINATE, or a "
+                  "pattern")
+
+
+@pytest.mark.parametrize(("severity", "found"), [
+    ("HIGH", [f"severity: got 'HIGH', {FIXED_SEVERITY}"]),
+    ("critical", [f"severity: got 'critical', {FIXED_SEVERITY}"]),  # EnumUtils.getEnum: case
+    (" MAJOR", [f"severity: got ' MAJOR', {FIXED_SEVERITY}"]),
+    ("$sev", [f"severity: got '$sev', {FIXED_SEVERITY}"]),
+    ("${sev", [f"severity: got '${{sev', {FIXED_SEVERITY}"]),
+    ("$[level", [f"severity: got '$[level', {FIXED_SEVERITY}"]),
+    # a severity, or a pattern some message fills in with one: valid
+    ("MAJOR", []), ("${sev}", []), ("$[alarm.level]", []), ("${*}", []), ("$[*]", []),
+    ("MA${x}JOR", []),
+])
+def test_a_dynamic_severity_no_message_can_make_a_severity_refuses_the_chain(
+        severity: str, found: list[str]) -> None:
+    """TbCreateAlarmNode.processAlarmSeverity substitutes the pattern per message and fails
+    the message when EnumUtils.getEnum(AlarmSeverity.class, ...) finds no severity: a text
+    without a ${key} or $[path] pattern is the same for every message, so ThingsBoard would
+    fail every one of them. The edge refuses the chain instead, naming the node's field."""
+    node = (n.CREATE_ALARM, "Raise", {"alarmType": "Hot", "alarmDetailsBuildJs": DETAILS,
+                                      "severity": severity, "dynamicSeverity": True})
+    assert problems(node) == [f"metadata.nodes[0].configuration.{p}" for p in found]
+    if not found:
+        chain([node], [])
+        return
+    with pytest.raises(ValueError) as refused:
+        chain([node], [])
+    assert str(refused.value) == f"the chain cannot be run: metadata.nodes[0].configuration.{found[0]}"
+
+
+def test_a_dynamic_severity_pattern_that_gives_no_severity_fails_the_message() -> None:
+    """A pattern is filled in per message (TbCreateAlarmNode.processAlarmSeverity): a message
+    that makes it a severity raises the alarm, one that does not goes by Failure."""
+    engine = chain([(n.CREATE_ALARM, "Raise", {"alarmType": "Hot", "alarmDetailsBuildJs": DETAILS,
+                                               "severity": "MA${x}JOR", "dynamicSeverity": True}),
+                    (n.MSG_TYPE_SWITCH, "Failure", {})], [(0, 1, "Failure")])
+    [raised] = effects(engine.run(telemetry({"t": 1}, x=""), {}))
+    assert isinstance(raised, CreateAlarm) and raised.severity == "MAJOR"
+    assert engine.run(telemetry({"t": 1}, x="-"), {}) == [
+        Visited("nodes[0] 'Raise'"),
+        Failed("nodes[0] 'Raise'", "alarm severity 'MA-JOR' is not one of CRITICAL, MAJOR, "
+                                   "MINOR, WARNING, INDETERMINATE"),
+        Visited("nodes[1] 'Failure'")]
+
+
+NAMES = "CRITICAL, MAJOR, MINOR, WARNING, INDETERMINATE"
+TYPE_TEXT = 'expected text (the type of the alarm, e.g. "High Temperature"), got'
+
+
+@pytest.mark.parametrize(("node_type", "config", "found"), [
+    # TbCreateAlarmNode.init: a fixed severity EnumUtils.getEnum cannot read stops the node
+    (n.CREATE_ALARM, {"alarmType": "Hot", "severity": "HIGH"},
+     [f"severity: got 'HIGH': expected one of {NAMES} (or dynamicSeverity with a ${{key}} "
+      "pattern)"]),
+    (n.CREATE_ALARM, {"alarmType": "Hot", "severity": 3},
+     [f"severity: got 3: expected one of {NAMES}"]),
+    (n.CREATE_ALARM, {"alarmType": "Hot", "severity": ["MAJOR"], "dynamicSeverity": True},
+     [f"severity: got ['MAJOR']: expected one of {NAMES}"]),
+    (n.CREATE_ALARM, {"alarmType": "Hot"}, [f"severity: missing: expected one of {NAMES}"]),
+    # an alarm type that is not text (Jackson reads no object or list into String alarmType),
+    # or none: no type to raise or clear
+    (n.CREATE_ALARM, {"alarmType": ["Hot"], "severity": "MAJOR"},
+     [f"alarmType: {TYPE_TEXT} ['Hot']"]),
+    (n.CLEAR_ALARM, {"alarmType": 5}, [f"alarmType: {TYPE_TEXT} 5"]),
+    (n.CLEAR_ALARM, {"alarmType": {"name": "Hot"}}, [f"alarmType: {TYPE_TEXT} {{'name': 'Hot'}}"]),
+    (n.CLEAR_ALARM, {"alarmType": " "},
+     ['alarmType: missing (the type of the alarm, e.g. "High Temperature")']),
+])
+def test_an_alarm_type_or_severity_the_node_cannot_run_refuses_the_chain(
+        node_type: str, config: dict[str, Any], found: list[str]) -> None:
+    """Found when the chain is validated, naming the node's field, never per message: the
+    engine is not built."""
+    node = (node_type, "Alarm", {"alarmDetailsBuildJs": DETAILS, **config})
+    assert problems(node) == [f"metadata.nodes[0].configuration.{p}" for p in found]
+    with pytest.raises(ValueError) as refused:
+        chain([node], [])
+    assert str(refused.value) == "the chain cannot be run: " + "; ".join(
+        f"metadata.nodes[0].configuration.{p}" for p in found)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edge_sync.rules.patterns import java_double, process_pattern
+from edge_sync.rules.patterns import has_pattern, java_double, process_pattern
 
 
 @pytest.mark.parametrize(("pattern", "data", "metadata", "expected"), [
@@ -84,3 +84,25 @@ def test_a_pattern_without_dollar_is_returned_as_it_is() -> None:
 ])
 def test_java_double_to_string(value: float, text: str) -> None:
     assert java_double(value) == text
+
+
+
+_EVERY_KEY = {key: "X" for key in ("", "*", "sev", "sev}", "a", "{a", "level", "]", "}", "$")}
+"""Metadata naming every key the texts below could name."""
+_EVERY_PATH = {"level": "X", "a": {"b": "X"}, "": "X", "sev": "X", "*": "X"}
+
+
+@pytest.mark.parametrize("text", [
+    "MAJOR", "", "$sev", "${sev", "$[level", "}${", "][$[", "$ {sev}", "$(sev)", "{sev}",
+    "[level]", "MAJOR$"])
+def test_a_text_without_a_pattern_is_the_same_for_every_message(text: str) -> None:
+    """has_pattern False: process_pattern gives the text back, whatever the message holds."""
+    assert not has_pattern(text)
+    assert process_pattern(text, _EVERY_PATH, _EVERY_KEY) == text
+
+
+@pytest.mark.parametrize("text", [
+    "${sev}", "${}", "${*}", "$[level]", "$[*]", "$[a.b]", "MA${a}JOR", "${sev}}", "x $[a.b] y"])
+def test_a_text_with_a_pattern_is_one_a_message_can_change(text: str) -> None:
+    assert has_pattern(text)
+    assert process_pattern(text, _EVERY_PATH, _EVERY_KEY) != text
