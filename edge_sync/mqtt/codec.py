@@ -17,7 +17,10 @@ defines it, docs/mqtt.md "MQTT 5"):
 - SUBACK reason codes: the QoS granted, 0x8F (topic filter invalid) for a topic the edge does
   not serve (ReturnCodeResolver.getSubscriptionReturnCode), 0x9E for a shared subscription,
   0xA1 for a SUBSCRIBE with a subscription identifier; UNSUBACK 0x00 or 0x11;
-- DISCONNECT with a reason code before the server closes a connection (``Protocol``).
+- DISCONNECT with a reason code before the server closes a connection (``Protocol``);
+- the client's Receive Maximum and Maximum Packet Size (``Connect.receive_max``,
+  ``Mqtt5.client_max_packet``), which what the edge sends keeps to (mqtt/connection.py,
+  the session's outbox in mqtt/sessions.py).
 """
 
 from __future__ import annotations
@@ -84,7 +87,9 @@ class Connect:
     """A CONNECT of any version, as the connection uses it. ``session_expiry``: None for MQTT
     3.1.1 (its clean session flag decides), the interval in seconds for MQTT 5.
     ``assigned``: the client sent an empty client id (``client_id`` is then one the edge
-    made for an MQTT 5 client, or empty for MQTT 3.1.1)."""
+    made for an MQTT 5 client, or empty for MQTT 3.1.1). ``receive_max``: MQTT 5's Receive
+    Maximum, the most QoS 1 and 2 publishes the client takes unacknowledged at once (65535
+    when CONNECT has none, §3.1.2.11.3); None for MQTT 3.1.1, which has no such bound."""
 
     level: int
     client_id: str
@@ -94,6 +99,7 @@ class Connect:
     clean_start: bool
     session_expiry: int | None
     keep_alive: int
+    receive_max: int | None = None
 
     @property
     def keep(self) -> bool:
@@ -273,7 +279,7 @@ class Mqtt5:
                        assigned=assigned, username=packet.username, password=packet.password,
                        clean_start=packet.clean_start,
                        session_expiry=packet.session_expiry_interval,
-                       keep_alive=packet.keep_alive)
+                       keep_alive=packet.keep_alive, receive_max=packet.receive_max)
 
     def max_packet_size(self) -> int:
         """The Maximum Packet Size the edge announces: a whole packet whose remaining length
