@@ -64,6 +64,7 @@ class Reason:
     KEEP_ALIVE_TIMEOUT = 0x8D
     SESSION_TAKEN_OVER = 0x8E
     TOPIC_FILTER_INVALID = 0x8F
+    TOPIC_NAME_INVALID = 0x90
     TOPIC_ALIAS_INVALID = 0x94
     PACKET_TOO_LARGE = 0x95
     QUOTA_EXCEEDED = 0x97
@@ -286,18 +287,20 @@ class Mqtt5:
         is mqtt.max_message_bytes (the fixed header counts in MQTT 5, §3.1.2.11.4)."""
         return min(1 + _varint_size(self._max_body) + self._max_body, 268_435_460)
 
-    def accepted(self, connect: Connect, present: bool) -> bytes:
+    def accepted(self, connect: Connect, present: bool, *, kept: bool = True) -> bytes:
         """CONNACK 0x00 with what the edge serves: Receive Maximum (publishes taken and not
         yet acknowledged), Maximum Packet Size, Topic Alias Maximum 0 (not announced: 0 is
         its default), Retain Available 0 (nothing is retained), Shared Subscription and
         Subscription Identifier Available 0, Wildcard Subscription Available 1 (the device
         API's ``+`` filters); the Session Expiry Interval the edge keeps the session for when
-        it differs from the client's; the client id the edge assigned to an empty one."""
+        it differs from the client's (0 when the session is never ``kept``: a provision-only
+        session); the client id the edge assigned to an empty one."""
         expiry = connect.session_expiry or 0
-        served = int(self._session_expiry_s)
+        served = int(self._session_expiry_s) if kept else 0
         return mqtt5.ConnAckPacket(
             session_present=present, reason_code=mqtt5.ConnAckReasonCode.SUCCESS,
-            session_expiry_interval=served if 0 < served != expiry and expiry else None,
+            session_expiry_interval=(served if (served > 0 or not kept) and served != expiry
+                                     and expiry else None),
             assigned_client_id=connect.client_id if connect.assigned else None,
             receive_max=self._receive_max, topic_alias_max=0, retain_available=False,
             max_packet_size=self.max_packet_size(), wildcard_subscription_available=True,

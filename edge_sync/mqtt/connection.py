@@ -5,7 +5,8 @@ as username and the client's session (clean or kept, mqtt/registry.py); PUBLISH 
 2 (what it asks for: mqtt/inbound.py); SUBSCRIBE / UNSUBSCRIBE (served by mqtt/subscriptions.py
 and the gateway); what the edge publishes, at the QoS the subscription was granted (at QoS 1
 kept in the session's outbox until its PUBACK, and over MQTT 5 no more awaiting it than the
-client's Receive Maximum); PINGREQ, DISCONNECT.
+client's Receive Maximum); PINGREQ, DISCONNECT. A provision-only CONNECT is served apart
+(mqtt/provision.py).
 
 The delivery contract of the HTTP API holds: a QoS 1 PUBLISH is acknowledged (PUBACK), and a
 QoS 2 one received (PUBREC), only once its events are committed, in the order the PUBLISHes
@@ -335,7 +336,7 @@ class MqttConnection:
         connect = await asyncio.wait_for(self._read_connect(), self._limits.connect_timeout_s)
         if connect is None:
             return
-        if connect.level in (3, 4) and provision.is_provision(
+        if connect.level in PROTOCOL_LEVELS and provision.is_provision(
                 connect.username, None if connect.assigned else connect.client_id):
             await self._provision_only(connect)
             return
@@ -584,11 +585,17 @@ class MqttConnection:
 
     async def _provision_only(self, connect: Connect) -> None:
         """A provision-only session (username or client id ``provision``), as ThingsBoard's
-        MqttTransportHandler.processConnect accepts it: CONNACK 0, and every request on
-        /provision/request answered NOT_FOUND (mqtt/provision.py)."""
+        MqttTransportHandler.processConnect accepts it at every protocol level: CONNACK 0
+        (over MQTT 5 0x00 with the edge's properties, the session not kept), and every request
+        on /provision/request answered NOT_FOUND (mqtt/provision.py). Over MQTT 5 what ends
+        the session early ends it with a DISCONNECT and its reason code."""
+        codec = self._codec
         self._registry.connack(CONNECTION_ACCEPTED)
-        self._write(self._codec.connack(CONNECTION_ACCEPTED, False))
-        _log.bind(peer=self.peer).debug("provision-only session opened")
+        self._write(codec.accepted(connect, False, kept=False) if isinstance(codec, Mqtt5)
+                    else codec.connack(CONNECTION_ACCEPTED, False))
+        self._accepted = True
+        _log.bind(peer=self.peer, protocol_level=connect.level).debug(
+            "provision-only session opened")
         logged = False
 
         def answered() -> None:
@@ -600,10 +607,11 @@ class MqttConnection:
                     "devices (create the device and give it its access token)")
 
         try:
-            await provision.serve(self._frames, self._reader.read, self._write,
-                                  keep_alive=connect.keep_alive, answered=answered)
+            await provision.serve(codec, self._frames, self._reader.read, self._write,
+                                  keep_alive=connect.keep_alive, receive_max=connect.receive_max,
+                                  answered=answered, peer=self.peer)
         except provision.Refused as exc:
-            raise _Close(str(exc)) from exc
+            raise _Close(str(exc), code=exc.reason) from exc
 
     def _resume(self, session: Session) -> int:
         """A kept session: what awaited its PUBACK is sent again (DUP; as the client's Receive

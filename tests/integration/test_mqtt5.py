@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 
 from edge_sync.app import EdgeApp
 from edge_sync.devices.rpc import RpcStatus
+from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.records import Device
 from tests.helpers.fake_peer import FakeCloud
 from tests.helpers.mqtt_app import MQTT_ON, AppFactory, no_connections, round_trip, values
@@ -694,3 +695,94 @@ def test_a_resend_over_the_new_maximum_packet_size_is_not_sent_nor_holds_back_th
     assert warning["extra"]["topic"] == f"{RPC_PREFIX}2"
     connected = logs.matching("connected over MQTT", client_id="resend5")
     assert [(r["extra"]["resent"], r["extra"]["waiting"]) for r in connected] == [(2, 1)]
+
+
+# -- a provision-only session ----------------------------------------------------------------
+
+NOT_FOUND = b'{"errorMsg":"Provision data was not found!","status":"NOT_FOUND"}'
+
+
+@pytest.mark.parametrize(("username", "client_id"), [("provision", "anything"),
+                                                     ("no-such-token", "provision")])
+def test_a_provision_only_session_is_served_over_mqtt5(
+        app: EdgeApp, username: str, client_id: str) -> None:
+    """ThingsBoard's MqttTransportHandler serves the provision-only session at MQTT 5 too
+    (processConnect, processProvisionSessionMsg): CONNACK 0x00; the request acknowledged 0x00
+    and answered NOT_FOUND (the edge provisions nothing); SUBACK 0x8F for another topic
+    (ReturnCodeResolver.getSubscriptionReturnCode), UNSUBACK 0x00 then 0x11
+    (processUnsubscribe); a publish on another topic gets PUBACK 0x90 and DISCONNECT 0x90."""
+    dev = v5(app.mqtt_port, username, client_id=client_id)
+    try:
+        dev.client.username_pw_set(username, "any password")
+        assert dev.connect() == 0
+        assert dev.subscribe("/provision/response", qos=1) == [1]
+        _, mid = dev.client.subscribe(TELEMETRY, qos=1)
+        assert wait_until(lambda: dev.reason_codes.get(mid), timeout=DEADLINE_S,
+                          what="SUBACK") == [0x8F]
+        info = dev.publish("/provision/request", {"deviceName": "new-device",
+                                                  "provisionDeviceKey": "key",
+                                                  "provisionDeviceSecret": "secret"})
+        assert dev.wait_message("/provision/response") == json.loads(NOT_FOUND)
+        wait_until(lambda: info.mid in dev.acked_ids(), timeout=DEADLINE_S, what="PUBACK")
+        assert dev.ack_codes[info.mid] == 0x00
+        assert [(m.topic, m.payload, m.qos) for m in dev.received] == [
+            ("/provision/response", NOT_FOUND, 1)]
+        _, mid = dev.client.unsubscribe(["/provision/response", "/provision/response"])
+        assert wait_until(lambda: dev.unsubscribe_codes.get(mid), timeout=DEADLINE_S,
+                          what="UNSUBACK") == [0x00, 0x11]
+        elsewhere = dev.publish(TELEMETRY, {"n": 1})
+        wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+        assert dev.ack_codes.get(elsewhere.mid) == 0x90
+        assert dev.disconnect_reason is not None and dev.disconnect_reason.value == 0x90
+    finally:
+        dev.close()
+    no_connections(app)
+    with app.store.read() as txn:
+        assert EntityStore(app.store).device_by_name(txn, "new-device") is None
+
+
+def read_packets(sock: socket.socket, buffer: bytearray, until: type) -> list[Any]:
+    """Packets the server sends, decoded by the ``mqtt5`` package, up to one of type
+    ``until`` (included)."""
+    packets: list[Any] = []
+    while not packets or not isinstance(packets[-1], until):
+        try:
+            packet, used = mqtt5.read(memoryview(bytes(buffer)))
+        except IndexError:  # not all there yet
+            chunk = sock.recv(4096)
+            assert chunk, f"closed before {until.__name__}: {packets}"
+            buffer += chunk
+            continue
+        del buffer[:used]
+        packets.append(packet)
+    return packets
+
+
+def test_a_provision_session_keeps_to_the_clients_receive_maximum(app: EdgeApp) -> None:
+    """Receive Maximum 1: of two requests' answers at QoS 1 the second waits for the first's
+    PUBACK. The CONNACK says the session is not kept (Session Expiry Interval 0)."""
+    connect = mqtt5.ConnectPacket("provision", clean_start=True, receive_max=1,
+                                  session_expiry_interval=600)
+    subscribe = mqtt5.SubscribePacket(1, [mqtt5.TopicFilter("/provision/response",
+                                                            max_qos=mqtt5.QoS.AT_LEAST_ONCE)])
+    requests = [mqtt5.PublishPacket("/provision/request", b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE,
+                                    packet_id=n) for n in (1, 2)]
+    with socket.create_connection(("127.0.0.1", app.mqtt_port), timeout=DEADLINE_S) as sock:
+        buffer = bytearray()
+        sock.sendall(b"".join(p.write() for p in (connect, subscribe, *requests,
+                                                   mqtt5.PingReqPacket())))
+        connack, suback, puback1, answer, puback2, _ = read_packets(
+            sock, buffer, mqtt5.PingRespPacket)
+        assert (connack.reason_code, connack.session_present,
+                connack.session_expiry_interval) == (mqtt5.ConnAckReasonCode.SUCCESS, False, 0)
+        assert [int(c) for c in suback.reason_codes] == [1]
+        assert (puback1.packet_id, puback2.packet_id) == (1, 2)
+        assert (answer.topic, answer.payload, int(answer.qos)) == (
+            "/provision/response", NOT_FOUND, 1)
+        sock.sendall(mqtt5.PubAckPacket(answer.packet_id).write()
+                     + mqtt5.PingReqPacket().write())
+        second, _ = read_packets(sock, buffer, mqtt5.PingRespPacket)
+        assert (second.topic, second.payload, second.packet_id != answer.packet_id) == (
+            "/provision/response", NOT_FOUND, True)
+        sock.sendall(mqtt5.DisconnectPacket().write())
+    no_connections(app)
