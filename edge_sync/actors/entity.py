@@ -226,7 +226,7 @@ class EntityActor:
             case RuleStateStale():
                 self.rule_state = None  # an Append of it failed: the store has the truth
                 if self.rules is not None:
-                    self._tally(self._rules_state())
+                    self._tally(self._loaded_state())
             case SavesNotStored():
                 command.engine.forget(command.originators)
             case EntityDeleted():
@@ -312,10 +312,15 @@ class EntityActor:
         hold, windows due at ``now_ms``, messages those hold)."""
         if self.rules is None:
             return 0, 0, 0, 0
-        engine = self._engine()
-        state = self._rules_state() if engine is None else self._bound_state(engine)
+        state = self._loaded_state()
         self._tally(state)
         return (state.open_windows, state.held_messages, *state.due_windows(now_ms))
+
+    def _loaded_state(self) -> EntityRules:
+        """The entity's rule state (read from the store when not in memory), bound to the chain
+        in force when there is one."""
+        engine = self._engine()
+        return self._rules_state() if engine is None else self._bound_state(engine)
 
     def _bound_state(self, engine: RuleEngine) -> EntityRules:
         """The entity's rule state bound to ``engine`` (the chain in force): when that binds it

@@ -7,7 +7,7 @@ hold a device's readings in a window. The windows are the nodes', known by their
 - a file chain edited by inserting a node before them (their indexes change), the agent
   restarted: both windows go on; the summaries count every acknowledged reading exactly once;
 - the cloud's root chain sent again unchanged (ThingsBoard gives every node a new id): both
-  windows go on;
+  windows go on; sent without the aggregation node, its window is warned about at once;
 - a node removed: a WARNING when the chain goes in force names the node, the device and the
   acknowledged readings its window holds; at the deadline the drop is logged with the right
   wording and the readings lost are counted in the status;
@@ -231,6 +231,22 @@ def test_the_cloud_sending_the_same_chain_with_new_node_ids_keeps_the_windows(tm
     got = wait_summaries(cloud, device_id, 2, timeout=20 + DEADLINE_S)
     assert sorted(got, key=len) == [dedup_summary(range(30)), agg_summary(range(30))]
     assert records(agent, "rules", "WARNING", "") == []
+
+    # the aggregation node removed in the cloud while its window is open: warned about as the
+    # chain goes in force, well before the drop
+    assert agent.post_telemetry(token, [{"v": v} for v in range(10)]) == 200
+    write_chain(export, windows_meta(20, with_agg=False), name=root["chain"])
+    update_root()
+    [warned] = wait_until(lambda: records(agent, "rules", "WARNING", "1 open rule windows"),
+                          timeout=DEADLINE_S, what="the warning as the chain goes in force")
+    assert int(time.time() * 1000) < warned["drop_at_ms"]
+    assert (warned["node"], warned["messages"], warned["entity"]) == (
+        "'agg' (AggregateNode)", 10, device_id)
+    assert window_counts(agent) == {"nodes[1] 'dedup all'": (1, 10)}
+    wait_until(lambda: records(agent, "rules", "WARNING", "1 rule windows dropped"),
+               timeout=20 + DEADLINE_S, what="the drop at the deadline")
+    assert edge_status(agent)["rules"]["dropped_messages"] == {"'agg' (AggregateNode)": 10}
+    assert wait_summaries(cloud, device_id, 3)[2] == dedup_summary(range(10))
 
 
 def test_windows_saved_by_an_earlier_version_under_index_keys_load(tmp_path, procs):
