@@ -150,7 +150,12 @@ class EdgeApp:
         self.rules = RulesRuntime(self._script_limits())
         self.rule_counters = RuleCounters(self.rules, self.metrics)
         self.chain_source = ChainSource(self.rules, self.store, cfg.rules.file, clock=clock)
-        self.chain_source.load()
+        try:
+            self.chain_source.load()  # ConfigError: rules.file refused, nothing to fall back on
+        except BaseException:
+            self.store_open = False
+            self.store.close()
+            raise
         policy = QueuePolicy(
             group_max_events=cfg.queue.group_commit_max_events,
             full_policy=cfg.storage.full_policy,
@@ -184,7 +189,7 @@ class EdgeApp:
             request_timeout_s=cfg.http.request_timeout_s, clock=clock,
             crash=self._crash if cfg.admin.fault_injection else None,
             token=cfg.admin.token, readiness=self.readiness,
-            rules_status=self.rules.snapshot,
+            rules_status=self.chain_source.status,
             health=cfg.health, clock_skew_warn_s=cfg.cloud.clock_skew_warn_s,
         )
         self.supervisor = Supervisor(
