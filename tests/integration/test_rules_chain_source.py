@@ -32,6 +32,8 @@ from edge_sync.rules.runtime import digest
 from edge_sync.rules.validate import validate
 from edge_sync.storage.records import Action
 from tests.helpers.agent import Agent
+from tests.helpers.cloud_proc import CloudProc, link_env, wait_connected
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -225,3 +227,108 @@ def test_config_check_validates_rules_file(tmp_path: Path) -> None:
     assert done.stdout.startswith(
         "error: rules.file: metadata.nodes[0].configuration.jsScript: nodes[0] 'Hotter than "
         "50?': the JS script is refused: ScriptMemoryExceeded")
+
+
+# -- the cloud's root chain --------------------------------------------------------------------
+
+RK = "rk-chain-source"
+SECRET = "sec-chain-source-7d1e"
+ROOT = "Edge Root Rule Chain"
+DEADLINE_S = 30.0
+
+
+def linked(tmp_path: Path, procs: Any, **edge_env: str) -> tuple[CloudProc, Agent]:
+    cloud = procs(CloudProc(tmp_path / "cloud")).start()
+    cloud.create_edge("edge-chain-source", RK, SECRET)
+    agent = procs(Agent(tmp_path / "edge", env=link_env(cloud, RK, SECRET, **edge_env))).start()
+    wait_connected(agent)
+    return cloud, agent
+
+
+def set_root_metadata(cloud: CloudProc, tmp_path: Path, export: Path) -> None:
+    """`edge-cloud entity update` of the root chain with the metadata of ``export``: the edge
+    gets a RULE_CHAIN downlink, then a RULE_CHAIN_METADATA one."""
+    body = tmp_path / f"metadata-{export.stem}.json"
+    body.write_text(json.dumps({"metadata": json.loads(export.read_text())["metadata"]}))
+    cloud.cli("entity", "update", ROOT, "--json", str(body))
+
+
+def rules_when(agent: Agent, what: str, ok: Any) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        rules = status(agent)["rules"]
+        return dict(rules) if ok(rules) else None
+
+    return dict(wait_until(found, timeout=DEADLINE_S, what=what,
+                           show=lambda: status(agent)["rules"]))
+
+
+def test_a_restart_after_a_refused_cloud_chain_keeps_the_last_cloud_chain_in_force(
+        tmp_path: Path, procs: Any) -> None:
+    cloud, agent = linked(tmp_path, procs)
+    first = rules_when(agent, "the root chain in force", lambda r: r["chain"] is not None)
+    assert (first["chain"], first["source"], first["version"]) == (ROOT, "cloud", 1)
+    root_digest, since = first["digest"], first["since"]
+
+    set_root_metadata(cloud, tmp_path, BAD)  # refused while running: the chain before stays
+    refused = rules_when(agent, "the bad chain refused", lambda r: r["last_refusal"] is not None)
+    still = (f"rule chain {ROOT!r} from cloud stays in force: version 1, digest {root_digest}, "
+             f"in force since {since}")
+    assert (refused["digest"], refused["last_refusal"]["still"], refused["health"]) == (
+        root_digest, still, {"level": "degraded", "reasons": [
+            f"rule chain from cloud refused at {refused['last_refusal']['at']} ({still})"]})
+    problems = "; ".join(refused["last_refusal"]["problems"])
+    assert "TbRestApiCallNode ('POST to MES') is not a supported node type" in problems
+    assert rule_errors(agent) == [f"rule chain from cloud refused ({still}): {problems}"]
+    assert agent.terminate() == 0
+
+    agent.start()  # the stored root chain is still the refused one: the kept one stays
+    after = status(agent)["rules"]
+    assert (after["chain"], after["source"], after["version"], after["digest"],
+            after["since"], after["last_refusal"]["outstanding"]) == (
+        ROOT, "cloud", 1, root_digest, since, True)
+    assert rule_errors(agent) == [f"rule chain from cloud refused ({still}): {problems}"]
+    assert after["health"]["level"] == "degraded"
+    wait_connected(agent)
+
+    # the fix comes as RULE_CHAIN, then its metadata: the RULE_CHAIN alone (the refused
+    # metadata still stored) is no new refusal; the metadata puts the new chain in force
+    set_root_metadata(cloud, tmp_path, GOOD)
+    fixed = rules_when(agent, "the new chain in force", lambda r: r["version"] == 2)
+    assert (fixed["chain"], fixed["digest"] != root_digest, fixed["health"]) == (
+        ROOT, True, {"level": "healthy", "reasons": []})
+    assert [n["node"] for n in fixed["nodes"]] == [
+        "nodes[0] 'Hotter than 50?'", "nodes[1] 'Push to cloud'", "nodes[2] 'Keep on the edge'"]
+    assert rule_errors(agent) == [f"rule chain from cloud refused ({still}): {problems}"]
+    waiting = [r["message"] for r in agent.log_records()
+               if r.get("component") == "rules" and "waiting for new metadata" in r["message"]]
+    assert waiting == [f"cloud root rule chain {ROOT!r} changed; its metadata, refused before, "
+                       f"is unchanged: waiting for new metadata ({still})"]
+
+
+def test_a_cloud_root_chain_shadowed_by_rules_file_is_logged_once_per_change_and_shown(
+        tmp_path: Path, procs: Any) -> None:
+    cloud, agent = linked(tmp_path, procs, EDGE_RULES_FILE=str(GOOD))
+
+    def shadows() -> list[dict[str, Any]]:
+        return [r for r in agent.log_records()
+                if r.get("component") == "rules" and "rules.file wins" in r["message"]]
+
+    rules = rules_when(agent, "the cloud root chain shadowed", lambda r: r["shadowed"])
+    shadow = rules["shadowed"]
+    assert (rules["chain"], rules["source"], shadow["chain"], shadow["version"],
+            shadow["received"]) == ("Selective sync", f"file:{GOOD}", ROOT, None,
+                                    iso_ms(shadow["received_ms"]))
+    line = (f"cloud root rule chain {ROOT!r} (digest {shadow['digest']}) received; not in "
+            "force: rules.file wins")
+    assert [r["message"] for r in shadows()] == [line]
+
+    set_root_metadata(cloud, tmp_path, FIXTURES / "aggregation.json")
+    changed = rules_when(agent, "the changed root chain shadowed",
+                         lambda r: r["shadowed"]["digest"] != shadow["digest"])["shadowed"]
+    assert [r["message"] for r in shadows()] == [line, (
+        f"cloud root rule chain {ROOT!r} (digest {changed['digest']}) received; not in force: "
+        "rules.file wins")]
+    text = cli(agent, "status").stdout.splitlines()
+    assert (f"  shadowed: cloud root rule chain {ROOT!r} (digest {changed['digest']}, received "
+            f"{changed['received']}): not in force, rules.file wins") in text
+    assert status(agent)["rules"]["digest"] == digest_of(GOOD)
