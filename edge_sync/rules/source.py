@@ -89,6 +89,7 @@ class _Root:
     name: str
     tb_version: int | None
     meta_key: str
+    chain_key: str
     parsed: Parsed | None
     problems: tuple[str, ...] = ()
 
@@ -114,7 +115,8 @@ class ChainSource:
         self.clock = clock
         self._kept = RuleChainStore(store)
         self._outstanding: _Outstanding | None = None
-        self._refused_meta: str | None = None  # the cloud root's metadata last refused
+        self._refused: tuple[str, str] | None = None  # the cloud root last refused: its
+        # metadata and chain (_Root.meta_key, chain_key)
         self._shadow: dict[str, Any] | None = None  # the cloud root while rules.file wins
         self._disk: tuple[tuple[int, int, int], dict[str, Any]] | None = None
 
@@ -213,23 +215,27 @@ class ChainSource:
         if found.parsed is not None:
             result = self._install(*found.parsed, CLOUD)
             if isinstance(result, ChainInForce):
-                self._refused_meta = None
+                self._refused = None
                 return result
             problems: tuple[str, ...] = result.problems
         else:
             problems = found.problems
-        if not at_start and self._refused_meta == found.meta_key:
-            # ThingsBoard Edge asks for a chain's metadata after every RULE_CHAIN update
+        if not at_start and self._refused is not None and self._refused[0] == found.meta_key:
+            # the metadata refused before, unchanged: no new refusal. Another rule chain
+            # changed: nothing to say. The root RULE_CHAIN changed: its new metadata is on its
+            # way. ThingsBoard Edge asks for a chain's metadata after every RULE_CHAIN update
             # (RuleChainCloudProcessor.processRuleChainMsgFromCloud queues a
             # RULE_CHAIN_METADATA_REQUEST), and ThingsBoard sends RULE_CHAIN before its
             # RULE_CHAIN_METADATA (RuleChainEdgeProcessor.convertRuleChainEventToDownlink; the
             # edge's DefaultDownlinkMessageService.processDownlinkMsg applies them in that
             # order): the metadata refused before is about to be replaced, not refused again
-            _log.bind(source=CLOUD, chain=found.name).info(
-                "cloud root rule chain {!r} changed; its metadata, refused before, is unchanged: "
-                "waiting for new metadata ({})", found.name, _still(current))
+            if self._refused[1] != found.chain_key:
+                self._refused = (found.meta_key, found.chain_key)
+                _log.bind(source=CLOUD, chain=found.name).info(
+                    "cloud root rule chain {!r} changed; its metadata, refused before, is "
+                    "unchanged: waiting for new metadata ({})", found.name, _still(current))
             return current
-        self._refused_meta = found.meta_key
+        self._refused = (found.meta_key, found.chain_key)
         kept = self._restore(CLOUD) if at_start and current is None else current
         refusal = self.runtime.refuse(CLOUD, list(problems), self.clock.now_ms())
         self._log_refusal(refusal, kept if isinstance(kept, ChainInForce) else None)
@@ -257,11 +263,13 @@ class ChainSource:
         tb_version = version if isinstance(version, int) and not isinstance(version, bool) \
             else None
         meta_key = f"{rec.id}:{hashlib.sha256(meta_rec.json.encode()).hexdigest()}"
+        chain_key = hashlib.sha256(rec.json.encode()).hexdigest()
         try:
             parsed = parse_entities(doc, json.loads(meta_rec.json))
         except (EdgeSyncError, ValueError) as exc:
-            return _Root(str(rec.id), rec.name, tb_version, meta_key, None, (str(exc),))
-        return _Root(str(rec.id), rec.name, tb_version, meta_key, parsed)
+            return _Root(str(rec.id), rec.name, tb_version, meta_key, chain_key, None,
+                         (str(exc),))
+        return _Root(str(rec.id), rec.name, tb_version, meta_key, chain_key, parsed)
 
     def _shadow_check(self) -> None:
         """While ``rules.file`` wins: the cloud's root chain, shown in the status as shadowed
