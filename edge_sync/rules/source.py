@@ -205,6 +205,8 @@ class ChainSource:
                         f"{found} ({_describe(kept)})")
                     return kept
             if at_start:
+                if found.startswith("no root"):  # the cloud removed it: nothing to fall back on
+                    self._forget(CLOUD)
                 _log.bind(source=CLOUD).info(
                     "no rule chain in force ({}): every accepted message goes to the cloud as it "
                     "came", found)
@@ -338,7 +340,11 @@ class ChainSource:
                 result.chain.name, result.source, exc)
 
     def _forget(self, kind: str) -> None:
+        """The last chain in force from ``kind`` is no longer one to fall back on."""
         try:
+            with self.store.read() as txn:
+                if self._kept.get(txn, kind) is None:
+                    return
             self.store.write(lambda txn: self._kept.delete(txn, kind), maintenance=True)
         except EdgeSyncError as exc:
             _log.bind(error=str(exc)).warning("kept rule chain not removed: {}", exc)
