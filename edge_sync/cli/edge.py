@@ -438,7 +438,7 @@ def _status_text(status: dict[str, Any]) -> str:
         f"link:         {link.get('state')}"
         + (f" (circuit breaker {link['breaker']})" if link.get("breaker") else "")
         + (f" - {link['note']}" if link.get("note") else ""),
-        f"health:       {status['health']}",
+        f"health:       {status['health']}" + _rules_health(status),
         f"pending:      {q['pending']} (high {q['pending_high']}, normal {q['pending_normal']})",
         f"deployed:     {q['deployed']}",
         f"dead letters: {q['dead']}",
@@ -473,6 +473,14 @@ def _status_text(status: dict[str, Any]) -> str:
             lines.append("last sync:    " + ", ".join(f"{k} {v}" for k, v in last.items()))
     lines += _rules_text(status.get("rules"), running=status.get("agent") == "running")
     return "\n".join(lines)
+
+
+def _rules_health(status: dict[str, Any]) -> str:
+    """`` (rule chain: reasons)`` when the rule chain degrades the health, else nothing."""
+    rules = (status.get("health_detail") or {}).get("rules") or {}
+    if rules.get("level") in (None, "healthy"):
+        return ""
+    return f" (rule chain: {'; '.join(rules.get('reasons', []))})"
 
 
 def _rules_text(rules: dict[str, Any] | None, *, running: bool) -> list[str]:

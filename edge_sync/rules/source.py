@@ -240,7 +240,8 @@ class ChainSource:
         self._refused = (found.meta_key, found.chain_key)
         kept = self._restore(CLOUD) if at_start and current is None else current
         refusal = self.runtime.refuse(CLOUD, list(problems), self.clock.now_ms())
-        self._log_refusal(refusal, kept if isinstance(kept, ChainInForce) else None)
+        self._log_refusal(refusal, kept if isinstance(kept, ChainInForce) else None,
+                          kept_refused=kept if isinstance(kept, str) else None)
         return refusal
 
     def _cloud_root(self) -> _Root | str:
@@ -349,8 +350,11 @@ class ChainSource:
         except EdgeSyncError as exc:
             _log.bind(error=str(exc)).warning("kept rule chain not removed: {}", exc)
 
-    def _log_refusal(self, refusal: Refusal, kept: ChainInForce | None) -> None:
+    def _log_refusal(self, refusal: Refusal, kept: ChainInForce | None, *,
+                     kept_refused: str | None = None) -> None:
         still = _still(kept)
+        if kept_refused is not None:
+            still += f"; the last chain in force from it is refused too: {kept_refused}"
         self._outstanding = _Outstanding(refusal, still)
         _log.bind(source=refusal.source, problems=len(refusal.problems)).error(
             "rule chain from {} refused ({}): {}", refusal.source, still,

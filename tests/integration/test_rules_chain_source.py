@@ -141,6 +141,7 @@ def test_a_file_refused_after_a_restart_leaves_the_last_chain_from_it_in_force(
            f"{good_digest}, in force since {since})" in text.stdout.splitlines()
     assert f"  last refusal from file:{active} at {refusal['at']} ({still}): " \
            f"{'; '.join(problems_of(BAD))}" in text.stdout.splitlines()
+    assert f"health:       degraded (rule chain: {'; '.join(reasons)})" in text.stdout.splitlines()
     assert agent.terminate() == 0
 
     active.unlink()  # a typo in the path, or the file gone: the same chain stays
