@@ -154,7 +154,7 @@ class ChainSource:
                        if kept is None else
                        f"the last chain in force from rules.file is refused too: {kept}")
             raise ConfigError(f"rules.file {path} refused: {'; '.join(problems)} ({because}; "
-                              "check it with `edge-sync rules check --config`)")
+                              "edge-sync rules check names every problem)")
         refusal = self.runtime.refuse(source, problems, self.clock.now_ms())
         self._log_refusal(refusal, kept)
         return kept

@@ -77,8 +77,7 @@ def test_a_bad_rules_file_at_the_first_start_refuses_to_start(tmp_path: Path, pr
     agent = procs(Agent(tmp_path / "edge", env={"EDGE_RULES_FILE": str(chain)}))
     code, err = agent.run_to_exit()
     message = (f"rules.file {chain} refused: {'; '.join(problems)} (no chain from rules.file was "
-               "in force before to keep in force; check it with `edge-sync rules check "
-               "--config`)")
+               "in force before to keep in force; edge-sync rules check names every problem)")
     assert (code, err.strip().splitlines()[-1]) == (1, f"error: configuration: {message}")
     assert [r["message"] for r in agent.log_records() if r["level"] == "ERROR"] == \
         [f"refusing to start: {message}"]

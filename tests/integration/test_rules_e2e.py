@@ -446,8 +446,8 @@ def test_a_refused_chain_file_refuses_the_start(tmp_path, procs, fixture, named)
     assert code == 1, err[-2000:]
     assert err.strip().splitlines()[-1] == (
         f"error: configuration: rules.file {chain} refused: {'; '.join(problems)} (no chain "
-        "from rules.file was in force before to keep in force; check it with `edge-sync rules "
-        "check --config`)")
+        "from rules.file was in force before to keep in force; edge-sync rules check names every "
+        "problem)")
 
 
 # -- hostile scripts ---------------------------------------------------------------------------
