@@ -24,7 +24,7 @@ from edge_sync.storage.env import LmdbStore
 from tests.helpers.log_capture import log_records
 
 T0 = 1_700_000_000_000
-LIMIT_S = 0.05
+LIMIT_S = 0.1
 LOOPER = uuid.UUID("00000000-0000-4000-8000-00000000b001")
 NEIGHBOUR = uuid.UUID("00000000-0000-4000-8000-00000000b008")
 FILTER = "nodes[0] 'hot?'"
@@ -94,7 +94,9 @@ def test_a_looping_script_holds_its_shard_for_max_errors_limits_and_the_shard_go
         # the looper's body: three timeouts, then blocked: every message left, its good one
         # and the neighbour's too (the script is blocked, whoever sent the message), goes by
         # Failure at once; all of it stored and answered
-        assert spent < 3 * LIMIT_S + 0.1, spent
+        # three limits, plus the rest of the work on 102 messages (a tenth of a second or two
+        # on a loaded machine); a limit per message would be 10 s
+        assert spent < 3 * LIMIT_S + 0.25, spent
         assert looper.result(0) == range(1, 2) and neighbour.result(0) == range(2, 3)
         assert [len(a.events) for a in queue.appends] == [101, 1]
         assert runtime.counts() == {FILTER: {"in": 102, "failed": 102},
@@ -106,7 +108,7 @@ def test_a_looping_script_holds_its_shard_for_max_errors_limits_and_the_shard_go
                         "60 s after 3 timeouts or memory blow-ups; until then its messages go "
                         "by Failure at once"),
             ("WARNING", f"rule node {FILTER} failed: ScriptTimeout: the script ran over its "
-                        "0.05 s limit; the message goes by Failure"),
+                        "0.1 s limit; the message goes by Failure"),
         ]
         # the 101 failures not logged (2 timeouts, 99 blocked) are told when the minute ends
         assert shard._scheduled[FAILURE_LINES] == T0 + 60_000
