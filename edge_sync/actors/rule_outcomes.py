@@ -35,6 +35,7 @@ Nothing here reads or writes storage; the entity actor sends the Append.
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -101,6 +102,9 @@ class RuleCounters:
         self.failure_lines_due: int | None = None
         """When (ms) a node's minute of failure lines ends with failures not logged: the
         shards wake then to log them (``log_failure_lines``), no new failure needed."""
+        self.lines_lock = threading.Lock()
+        """Shards set ``failure_lines_due`` from the runtime's state under it (rarely: at a
+        node's first failure not logged in a minute, and when lines are logged)."""
         self._in: Counter | None = None
         self._failed: Counter | None = None
         self._in_by_node: dict[str, Counter] = {}  # bound children: no label lookup per message
@@ -447,10 +451,8 @@ def _fail(counters: RuleCounters, entity_id: uuid.UUID, failed: Failed, now_ms: 
     counters.failed(failed.node)
     log_now, suppressed = counters.runtime.should_log_failure(failed.node, now_ms)
     if suppressed == 1 and not log_now:  # the first not logged: a line is due at the minute's end
-        due = counters.runtime.failure_lines_due()
-        if due is not None and (counters.failure_lines_due is None
-                                or due < counters.failure_lines_due):
-            counters.failure_lines_due = due
+        with counters.lines_lock:
+            counters.failure_lines_due = counters.runtime.failure_lines_due()
     if log_now:
         more = f" ({suppressed} more failures of this node since the last line)" \
             if suppressed else ""
@@ -472,7 +474,8 @@ def log_failure_lines(counters: RuleCounters, now_ms: int) -> None:
             _log.bind(node=node, chain=chain, suppressed=count).warning(
                 "rule node {} failed {} more times in the minute after its last failure line; "
                 "those messages went by Failure", node, count)
-    counters.failure_lines_due = counters.runtime.failure_lines_due()
+    with counters.lines_lock:
+        counters.failure_lines_due = counters.runtime.failure_lines_due()
 
 
 def one_line(text: str) -> str:
