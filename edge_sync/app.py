@@ -268,10 +268,12 @@ class EdgeApp:
         return out
 
     def _script_limits(self) -> ScriptLimits:
-        """``rules.script_timeout_ms`` and ``rules.script_memory_mb``: what rule scripts run
+        """``rules.script_timeout_ms``, ``rules.script_memory_mb`` and the blocklist's
+        ``rules.script_max_errors`` / ``rules.script_block_duration_s``: what rule scripts run
         (and are compiled at validation) under."""
         rules = self.cfg.rules
-        return ScriptLimits.of_settings(rules.script_timeout_ms, rules.script_memory_mb)
+        return ScriptLimits.of_settings(rules.script_timeout_ms, rules.script_memory_mb,
+                                        rules.script_max_errors, rules.script_block_duration_s)
 
     def _request_sync(self, full: bool, reason: str) -> None:
         """The admin API's ``POST /api/sync``: the link asks the cloud for a sync."""

@@ -454,6 +454,12 @@ class RulesConfig(_Section):
     """A rule chain file (ThingsBoard's export format); it wins over the cloud's root chain."""
     script_timeout_ms: int = field(default=100, metadata=_meta(lo=1, hi=10_000))
     script_memory_mb: int = field(default=16, metadata=_meta(lo=1, hi=1024))
+    script_max_errors: int = field(default=3, metadata=_meta(lo=1, hi=1000))
+    """Timeouts or memory blow-ups of a rule script, each within ``script_block_duration_s`` of
+    the one before, that block it (ThingsBoard's js/tbel ``max_errors``)."""
+    script_block_duration_s: int = field(default=60, metadata=_meta(lo=0, hi=86_400))
+    """How long a blocked script stays blocked after its last error; 0: never blocked
+    (ThingsBoard's ``max_black_list_duration_sec``)."""
     local_retention_hours: float = field(default=168.0, metadata=_meta(gt=0))
     """How long points a chain saved locally (TbMsgTimeseriesNode, defaultTTL 0) are kept."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from loguru import logger
 
-from edge_sync.actors.rule_outcomes import RuleCounters
+from edge_sync.actors.rule_outcomes import RuleCounters, log_failure_lines
 from edge_sync.rules.engine import RuleEngine
 from edge_sync.rules.sandbox import ScriptLimits
 from edge_sync.storage.entity_store import EntityStore
@@ -52,6 +52,13 @@ class ShardRules:
             self._log.bind(chain=current.chain.name, version=current.version).debug(
                 "rule chain compiled on this shard")
         return self._engine
+
+    def failure_lines_due(self) -> int | None:
+        """When (ms) failures not logged are due a line (``log_failure_lines``); O(1)."""
+        return self.counters.failure_lines_due
+
+    def log_failure_lines(self, now_ms: int) -> None:
+        log_failure_lines(self.counters, now_ms)
 
     def load_state(self, entity_id: uuid.UUID) -> dict[str, Any] | None:
         with self._store.read() as txn:

@@ -147,6 +147,12 @@ class RuleCounters:
     def __init__(self, runtime: RulesRuntime, metrics: Metrics | None = None) -> None:
         self.runtime = runtime
         self.windows = WindowTally()
+        self.failure_lines_due: int | None = None
+        """When (ms) a node's minute of failure lines ends with failures not logged: the
+        shards wake then to log them (``log_failure_lines``), no new failure needed."""
+        self.lines_lock = threading.Lock()
+        """Shards set ``failure_lines_due`` from the runtime's state under it (rarely: at a
+        node's first failure not logged in a minute, and when lines are logged)."""
         self._in: Counter | None = None
         self._failed: Counter | None = None
         self._in_by_node: dict[str, Counter] = {}  # bound children: no label lookup per message
@@ -489,12 +495,42 @@ def _alarm_event(entity_id: uuid.UUID, o: PushToCloud, lane: Lane) -> NewEvent |
 
 def _fail(counters: RuleCounters, entity_id: uuid.UUID, failed: Failed, now_ms: int) -> None:
     """A node failed on a message: counted, and logged at most as often as the runtime
-    allows (with the count of the failures not logged)."""
+    allows (with the count of the failures not logged), on one line, with the chain's name."""
     counters.failed(failed.node)
     log_now, suppressed = counters.runtime.should_log_failure(failed.node, now_ms)
+    if suppressed == 1 and not log_now:  # the first not logged: a line is due at the minute's end
+        with counters.lines_lock:
+            counters.failure_lines_due = counters.runtime.failure_lines_due()
     if log_now:
         more = f" ({suppressed} more failures of this node since the last line)" \
             if suppressed else ""
-        _log.bind(node=failed.node, entity=str(entity_id), suppressed=suppressed).warning(
-            "rule node {} failed: {}; the message goes by Failure{}", failed.node, failed.error,
-            more)
+        current = counters.runtime.current()
+        _log.bind(node=failed.node, chain=None if current is None else current.chain.name,
+                  entity=str(entity_id), suppressed=suppressed).warning(
+            "rule node {} failed: {}; the message goes by Failure{}", failed.node,
+            one_line(failed.error), more)
+
+
+def log_failure_lines(counters: RuleCounters, now_ms: int) -> None:
+    """The failures not logged of each node whose minute of failure lines has ended, one line
+    per node (a burst followed by silence is told in full); when the next such minute ends."""
+    lines = counters.runtime.take_failure_lines(now_ms)
+    if lines:
+        current = counters.runtime.current()
+        chain = None if current is None else current.chain.name
+        for node, count in lines:
+            _log.bind(node=node, chain=chain, suppressed=count).warning(
+                "rule node {} failed {} more times in the minute after its last failure line; "
+                "those messages went by Failure", node, count)
+    with counters.lines_lock:
+        counters.failure_lines_due = counters.runtime.failure_lines_due()
+
+
+def one_line(text: str) -> str:
+    """A failure's text on one line (a log line is one line): a script error's stack frames
+    joined with `` | `` after its message, the sandbox's own wrapper frames left out
+    (``Error: too hot | at __script (script:1:70)``)."""
+    if "\n" not in text:
+        return text
+    return " | ".join(part for part in (line.strip() for line in text.splitlines())
+                      if part and not part.endswith("(wrapper)"))

@@ -47,6 +47,9 @@ from edge_sync.storage.records import Status
 from edge_sync.storage.rpc_store import RpcStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 
+FAILURE_LINES = uuid.UUID(int=0)
+"""The deadline heap's key of the rule failure lines due (no entity has this id)."""
+
 
 def shard_of(entity_id: uuid.UUID, shards: int) -> int:
     """Stable shard index of an entity."""
@@ -216,6 +219,10 @@ class ShardActor(SupervisedActor):
         after = entity.next_deadline()
         if after is not None:
             self._schedule(after, entity_id)
+        if self._rules is not None:
+            lines_due = self._rules.failure_lines_due()
+            if lines_due is not None:
+                self._schedule(lines_due, FAILURE_LINES)
 
     def _activate(self, entity_id: uuid.UUID, now: float) -> EntityActor:
         entity = self._entities.get(entity_id)
@@ -264,6 +271,12 @@ class ShardActor(SupervisedActor):
                 del self._scheduled[entity_id]
                 due.append(entity_id)
         for entity_id in due:
+            if entity_id == FAILURE_LINES and self._rules is not None:
+                self._rules.log_failure_lines(now_ms)
+                lines_due = self._rules.failure_lines_due()
+                if lines_due is not None:
+                    self._schedule(lines_due, FAILURE_LINES)
+                continue
             entity = self._entities.get(entity_id)
             if entity is None:
                 continue

@@ -991,7 +991,8 @@ def _rules_check(args: argparse.Namespace) -> int:
             rules = load_edge_config(args.config).rules
         except ConfigError as exc:
             return fail(f"configuration: {exc}", EXIT_CONFIG)
-        limits = ScriptLimits.of_settings(rules.script_timeout_ms, rules.script_memory_mb)
+        limits = ScriptLimits.of_settings(rules.script_timeout_ms, rules.script_memory_mb,
+                                          rules.script_max_errors, rules.script_block_duration_s)
     try:
         with open(args.file, "rb") as f:
             raw = f.read()

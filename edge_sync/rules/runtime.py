@@ -214,3 +214,21 @@ class RulesRuntime:
                 return True, 0 if last is None else last[1]
             self._logged[node] = (last[0], last[1] + 1)
             return False, last[1] + 1
+
+    def take_failure_lines(self, now_ms: int) -> list[tuple[str, int]]:
+        """The nodes whose minute of failure lines has ended with failures not logged, and how
+        many: (node, count), oldest line first; taken (the node's next line says none)."""
+        with self._lock:
+            due = sorted((last, node) for node, (last, n) in self._logged.items()
+                         if n and now_ms - last >= FAILURE_LOG_INTERVAL_MS)
+            out = []
+            for last, node in due:
+                out.append((node, self._logged[node][1]))
+                self._logged[node] = (last, 0)
+            return out
+
+    def failure_lines_due(self) -> int | None:
+        """When the first minute of failure lines with failures not logged ends (ms), if any."""
+        with self._lock:
+            return min((last + FAILURE_LOG_INTERVAL_MS for last, n in self._logged.values()
+                        if n), default=None)

@@ -4,8 +4,11 @@ per message in an embedded QuickJS (quickjs-ng) context under a per-call time li
 Owns: wrapping a ThingsBoard script body into a function of ``(msg, metadata, msgType)`` as
 ThingsBoard does, mapping TBEL's common subset onto JavaScript (and refusing the rest at compile),
 passing values in and out as JSON (never Python ``eval``), the typed script errors, and recreating
-the context after a timeout or a memory blow-up so the next call runs on a clean one. A batch of
-messages runs in one script call (``call_many``) with the results of one call per message.
+the context after a timeout or a memory blow-up so the next call runs on a clean one, and
+blocking a script that keeps timing out or blowing its memory (ThingsBoard's blocklist: after
+``max_errors`` such errors, each within ``block_s`` of the one before, calls fail at once with
+``ScriptBlocked`` until ``block_s`` after the last). A batch of messages runs in one script call
+(``call_many``) with the results of one call per message.
 
 Thread-safety: a QuickJS runtime must only be used by the thread that created it. A ScriptEngine
 serialises its calls with a lock and, when called from a thread other than the one that built its
@@ -20,10 +23,11 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import _quickjs  # type: ignore[import-not-found]  # quickjs-ng's C extension, no stubs
+from loguru import logger
 
 from edge_sync.rules.patterns import java_double
 
@@ -32,6 +36,9 @@ ScriptLang = Literal["JS", "TBEL"]
 DEFAULT_TIME_LIMIT_S = 0.1
 DEFAULT_MEMORY_LIMIT_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_STACK_BYTES = 512 * 1024
+# ThingsBoard's js.local/js.remote/tbel max_errors and max_black_list_duration_sec defaults
+DEFAULT_MAX_ERRORS = 3
+DEFAULT_BLOCK_S = 60.0
 # call_many: items per script call (bounds the batch's memory), and the share of the per-call
 # time limit a batch call may use before it leaves the remaining items to the next call
 MAX_BATCH = 256
@@ -61,13 +68,24 @@ class ScriptMemoryExceeded(ScriptError):
     """The call needed more memory than the engine's cap and was stopped."""
 
 
+class ScriptBlocked(ScriptError):
+    """The script is blocked after ``max_errors`` timeouts or memory blow-ups: the call was not
+    made (ThingsBoard's AbstractScriptInvokeService.invokeScript, its text)."""
+
+
 @dataclass(frozen=True)
 class ScriptLimits:
-    """Per-engine limits: wall time of one call, memory of the whole context, the JS stack."""
+    """Per-engine limits: wall time of one call, memory of the whole context, the JS stack; and
+    the blocklist: after ``max_errors`` timeouts or memory blow-ups, each within ``block_s`` of
+    the one before, the script is blocked until ``block_s`` after the last (``block_s`` 0: never
+    blocked). ``clock``: seconds, monotonic (the blocklist's; a test's own)."""
 
     time_limit_s: float = DEFAULT_TIME_LIMIT_S
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES
     max_stack_bytes: int = DEFAULT_MAX_STACK_BYTES
+    max_errors: int = DEFAULT_MAX_ERRORS
+    block_s: float = DEFAULT_BLOCK_S
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.time_limit_s <= 0:
@@ -76,11 +94,18 @@ class ScriptLimits:
             raise ValueError("memory_limit_bytes must be at least 1 MiB")
         if self.max_stack_bytes < 64 * 1024:
             raise ValueError("max_stack_bytes must be at least 64 KiB")
+        if self.max_errors < 1:
+            raise ValueError("max_errors must be at least 1")
+        if self.block_s < 0:
+            raise ValueError("block_s must be >= 0")
 
     @classmethod
-    def of_settings(cls, timeout_ms: int, memory_mb: int) -> ScriptLimits:
-        """The limits of ``rules.script_timeout_ms`` and ``rules.script_memory_mb``."""
-        return cls(time_limit_s=timeout_ms / 1000, memory_limit_bytes=memory_mb * 1024 * 1024)
+    def of_settings(cls, timeout_ms: int, memory_mb: int, max_errors: int = DEFAULT_MAX_ERRORS,
+                    block_s: float = DEFAULT_BLOCK_S) -> ScriptLimits:
+        """The limits of ``rules.script_timeout_ms``, ``rules.script_memory_mb``,
+        ``rules.script_max_errors`` and ``rules.script_block_s``."""
+        return cls(time_limit_s=timeout_ms / 1000, memory_limit_bytes=memory_mb * 1024 * 1024,
+                   max_errors=max_errors, block_s=block_s)
 
 
 @dataclass(slots=True)  # not frozen: one per message out of a transform, a frozen one costs more
@@ -238,12 +263,13 @@ var __tbelRemove = Symbol("remove");
 
 # The body starts on the wrapper's second line: _locate turns the engine's positions into the body's.
 _PROLOGUE = (
-    "var __edgeRunMany, __edgeRun = (function () { var __parse = JSON.parse, "
+    "var __edgeAt = 0, __edgeRunMany, __edgeRun = (function () { var __parse = JSON.parse, "
     "__stringify = JSON.stringify; "
     "function __script(msg, metadata, msgType) {\n"
 )
 _PROLOGUE_TBEL = _PROLOGUE.replace("function __script", _TBEL_RUNTIME + " function __script")
 _POSITION = re.compile(r"<input>:(\d+)(?::(\d+))?")
+_log = logger.bind(component="rules")
 
 
 def _locate(text: str, body_lines: int) -> str:
@@ -263,16 +289,20 @@ def _locate(text: str, body_lines: int) -> str:
 # when the wall time passes the budget (the rest go in another call, under a fresh time limit),
 # after an error that may be a memory blow-up (the context is recreated first), or at a value
 # ``JSON.stringify`` refuses (that item is then called alone, for the single runner's error).
+# ``__edgeAt`` is the index of the item running: after the time limit interrupts a batch, the
+# item that ran over it.
 # A batch in which no item threw comes back as the array of the values' JSON (each serialized
 # under the key "value", as in a per-item result); otherwise as each item's {ok, value} or
 # {ok: false, error}.
 _EPILOGUE = """
 }
 __edgeRunMany = [function (argsJson, budgetMs) {
+  __edgeAt = -1;
   var items = __parse(argsJson), parts = [], values = [], started = Date.now(), stop = "";
   for (var i = 0; i < items.length; i++) {
     if (i > 0 && Date.now() - started > budgetMs) { stop = "budget"; break; }
     var a = items[i], value, text = null, out;
+    __edgeAt = i;  // read after an interrupt: which item ran over the limit
     try {
       value = __script(a[0], a[1], a[2]);
     } catch (e) {
@@ -323,11 +353,20 @@ class ScriptEngine:
     """One compiled rule script. ``call`` runs it on one message and returns its JSON value;
     ``filter``, ``transform`` and ``switch`` check the shape a node of that kind expects."""
 
-    def __init__(self, script: str, lang: ScriptLang = "JS", limits: ScriptLimits | None = None) -> None:
+    def __init__(self, script: str, lang: ScriptLang = "JS", limits: ScriptLimits | None = None,
+                 *, node: str = "", chain: str = "") -> None:
+        """``node`` and ``chain``: how the blocklist's log lines name the script's node."""
         if lang not in ("JS", "TBEL"):
             raise ValueError(f"unknown scriptLang {lang!r} (JS or TBEL)")
         self.lang: ScriptLang = lang
         self.limits = limits or ScriptLimits()
+        self.node = node
+        self.chain = chain
+        # the blocklist (ThingsBoard's BlockedScriptInfo): errors counted, when the count
+        # expires (block_s after the last), when the script was blocked (None: it is not)
+        self._errors = 0
+        self._expires = 0.0
+        self._blocked_at: float | None = None
         body = tbel_to_js(script) if lang == "TBEL" else script
         self._body_lines = body.count("\n") + 1
         self._source = (_PROLOGUE_TBEL if lang == "TBEL" else _PROLOGUE) + body + _EPILOGUE
@@ -359,6 +398,56 @@ class ScriptEngine:
     def _reset(self) -> None:
         self._context = self._run = self._run_many = None
 
+    # --- the blocklist (ThingsBoard's AbstractScriptInvokeService: isDisabled, handleScriptException)
+
+    def blocked(self) -> ScriptBlocked | None:
+        """The error of a call now when the script is blocked, else None. A count whose
+        ``block_s`` has passed since its last error is dropped (isDisabled): the script runs
+        again, and a new count starts from 0. O(1); no clock read while nothing is counted."""
+        if not self._errors:
+            return None
+        now = self.limits.clock()
+        if now >= self._expires:
+            self._errors = 0
+            if self._blocked_at is not None:
+                blocked_for, self._blocked_at = now - self._blocked_at, None
+                _log.bind(node=self.node, chain=self.chain).info(
+                    "rule node {} of chain {!r}: its script is no longer blocked (blocked "
+                    "{:.0f} s): it runs again", self.node, self.chain, blocked_for)
+            return None
+        if self._errors < self.limits.max_errors:
+            return None
+        return ScriptBlocked(
+            f"Script invocation is blocked due to maximum error count "
+            f"{self.limits.max_errors}!")
+
+    def _count_error(self) -> None:
+        """A timeout or a memory blow-up: counted, and the count lives ``block_s`` from now
+        (BlockedScriptInfo.incrementAndGet). A script that throws is not counted (ThingsBoard
+        counts every error but a RUNTIME one)."""
+        limits = self.limits
+        if limits.block_s <= 0:
+            return
+        now = limits.clock()
+        self._errors += 1
+        self._expires = now + limits.block_s
+        if self._errors >= limits.max_errors and self._blocked_at is None:
+            self._blocked_at = now
+            _log.bind(node=self.node, chain=self.chain, errors=self._errors,
+                      block_s=limits.block_s).warning(
+                "rule node {} of chain {!r}: its script is blocked for {:g} s after {} "
+                "timeouts or memory blow-ups; until then its messages go by Failure at once",
+                self.node, self.chain, limits.block_s, self._errors)
+
+    def _timeout(self) -> ScriptTimeout:
+        self._count_error()
+        return ScriptTimeout(f"the script ran over its {self.limits.time_limit_s:g} s limit")
+
+    def _memory_exceeded(self) -> ScriptMemoryExceeded:
+        self._count_error()
+        return ScriptMemoryExceeded(
+            f"the script exceeded its {self.limits.memory_limit_bytes} byte memory cap")
+
     def call(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> Any:
         """The script's return value (JSON: None for undefined) for one message."""
         try:
@@ -366,6 +455,9 @@ class ScriptEngine:
         except (TypeError, ValueError) as exc:
             raise ScriptRuntimeError(f"the message is not JSON-able: {exc}") from None
         with self._lock:
+            blocked = self.blocked()
+            if blocked is not None:
+                raise blocked
             if self._run is None or self._owner != threading.get_ident():
                 self._build()
             started = time.monotonic()
@@ -375,11 +467,9 @@ class ScriptEngine:
                 text = str(exc).rstrip()
                 self._reset()  # the next call runs on a fresh context
                 if "interrupted" in text or time.monotonic() - started >= self.limits.time_limit_s:
-                    raise ScriptTimeout(
-                        f"the script ran over its {self.limits.time_limit_s:g} s limit") from None
+                    raise self._timeout() from None
                 if _is_oom(text):
-                    raise ScriptMemoryExceeded(
-                        f"the script exceeded its {self.limits.memory_limit_bytes} byte memory cap") from None
+                    raise self._memory_exceeded() from None
                 raise ScriptRuntimeError(_locate(text, self._body_lines)) from None
             # no Context.gc() per call: QuickJS collects on its own allocation threshold, and
             # the binding's gc() runs a full Python gc.collect() (milliseconds, under the GIL)
@@ -390,8 +480,7 @@ class ScriptEngine:
             if _is_oom(result["error"]):
                 with self._lock:
                     self._reset()
-                raise ScriptMemoryExceeded(
-                    f"the script exceeded its {self.limits.memory_limit_bytes} byte memory cap")
+                raise self._memory_exceeded()
             raise ScriptRuntimeError(_locate(result["error"], self._body_lines))
         return result.get("value")
 
@@ -399,13 +488,22 @@ class ScriptEngine:
         """``call`` on each ``(msg, metadata, msg_type)``, in order, in as few script calls as
         the limits allow: each item's value, or the ``ScriptError`` ``call`` would have raised
         for it (returned, not raised). Same results as calling ``call`` item by item: a batch
-        call that runs over the time limit or the memory cap as a whole is redone item by item
-        (each under its own limit, so only the guilty items fail); an item whose value
+        call the time limit interrupts is taken up at the item that ran over it: the first of
+        the call has had its whole limit (less the batch's JSON parse) and times out, a later
+        one runs again first of the next call (the items before it too, in a call of their
+        own), so each item gets its own limit and only the guilty ones fail; a batch call that
+        blows the memory cap as a whole is redone item by item; an item whose value
         ``JSON.stringify`` refuses, or whose error may depend on the stack depth, is called
-        alone; after an item's memory blow-up the context is recreated, as ``call`` does."""
+        alone; after an item's memory blow-up the context is recreated, as ``call`` does.
+        Once the script is blocked (``blocked``: checked before each script call, not per
+        item) the items left get its ``ScriptBlocked`` at once."""
         out: list[Any] = [None] * len(items)
         start = 0
         while start < len(items):
+            blocked = self.blocked()
+            if blocked is not None:
+                out[start:] = [blocked] * (len(items) - start)
+                break
             start = self._call_batch(items, start, out)
         return out
 
@@ -416,10 +514,10 @@ class ScriptEngine:
             return exc
 
     def _call_batch(self, items: Sequence[tuple[Any, dict[str, Any], str]], start: int,
-                    out: list[Any]) -> int:
-        """Run items from ``start`` in one script call, store their results in ``out``;
-        return the index of the first item left for the next call."""
-        chunk = items[start:start + MAX_BATCH]
+                    out: list[Any], size: int = MAX_BATCH) -> int:
+        """Run up to ``size`` items from ``start`` in one script call, store their results in
+        ``out``; return the index of the first item left for the next call."""
+        chunk = items[start:start + size]
         if len(chunk) == 1:
             out[start] = self._call_one(chunk[0])
             return start + 1
@@ -428,15 +526,24 @@ class ScriptEngine:
         except (TypeError, ValueError):
             args = None  # some item is not JSON-able: ``call`` says which
         text: str | None = None
+        at: Any = None  # the item the time limit interrupted
         if args is not None:
             with self._lock:
                 if self._run is None or self._owner != threading.get_ident():
                     self._build()
                 try:
                     text = self._run_many(args, self.limits.time_limit_s * 1000 * BATCH_BUDGET)
-                except _quickjs.JSException:
-                    self._reset()  # a time-out or memory blow-up of the batch: item by item
-        if not isinstance(text, str):
+                except _quickjs.JSException as exc:
+                    at = self._context.get("__edgeAt") if "interrupted" in str(exc) else None
+                    self._reset()
+        if at == 0:  # the first item had the whole limit: it timed out
+            out[start] = self._timeout()
+            return start + 1
+        if type(at) is int and 0 < at < len(chunk):
+            # the items before ``at`` ran within the budget: again in a call of their own;
+            # ``at`` is then the first of the next call, with its whole limit
+            return self._call_batch(items, start, out, at)
+        if not isinstance(text, str):  # a memory blow-up of the batch: item by item
             for k, item in enumerate(chunk):
                 out[start + k] = self._call_one(item)
             return start + len(chunk)
@@ -467,8 +574,7 @@ class ScriptEngine:
             if _is_oom(error):
                 with self._lock:
                     self._reset()
-                out[start + k] = ScriptMemoryExceeded(
-                    f"the script exceeded its {self.limits.memory_limit_bytes} byte memory cap")
+                out[start + k] = self._memory_exceeded()
                 return ~(start + k + 1)
             if "stack overflow" in error:
                 # how deep the script got depends on the caller's frames: call it alone

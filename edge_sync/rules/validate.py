@@ -61,7 +61,7 @@ def check(chain: RuleChain, meta: RuleChainMetaData, limits: ScriptLimits | None
         problems = _node_problems(node)
         out.extend(problems)
         if not problems:
-            compiled = _compile(node, limits)
+            compiled = _compile(node, limits, chain.name)
             if isinstance(compiled, Problem):
                 out.append(compiled)
             elif compiled is not None:
@@ -91,7 +91,8 @@ def _node_problems(node: RuleNode) -> list[Problem]:
             for field, message in check_configuration(node.type, node.configuration)]
 
 
-def _compile(node: RuleNode, limits: ScriptLimits | None) -> ScriptEngine | Problem | None:
+def _compile(node: RuleNode, limits: ScriptLimits | None, chain: str
+             ) -> ScriptEngine | Problem | None:
     """The node's script compiled by the sandbox (None: the node runs none), or why the sandbox
     refuses it, naming the node and the script's field."""
     script = script_of(node.type, node.configuration)
@@ -99,7 +100,8 @@ def _compile(node: RuleNode, limits: ScriptLimits | None) -> ScriptEngine | Prob
         return None
     lang, field, text = script
     try:
-        return ScriptEngine(text, "TBEL" if lang == "TBEL" else "JS", limits)
+        return ScriptEngine(text, "TBEL" if lang == "TBEL" else "JS", limits,
+                            node=node.describe(), chain=chain)
     except ScriptError as exc:
         reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         return Problem(f"{WHERE}.nodes[{node.index}].configuration.{field}",

@@ -134,6 +134,8 @@ EDGE_DEFAULTS: dict[str, object] = {
     "rules.file": None,
     "rules.script_timeout_ms": 100,
     "rules.script_memory_mb": 16,
+    "rules.script_max_errors": 3,
+    "rules.script_block_duration_s": 60,
     "rules.local_retention_hours": 168.0,
     "health.queue_depth_healthy": 1000,
     "health.queue_depth_warning": 5000,
@@ -305,6 +307,8 @@ EDGE_OVERRIDES: dict[str, tuple[str, str, object]] = {
     "EDGE_RULES_FILE": ("rules.file", "/etc/edge/chain.json", Path("/etc/edge/chain.json")),
     "EDGE_RULES_SCRIPT_TIMEOUT_MS": ("rules.script_timeout_ms", "250", 250),
     "EDGE_RULES_SCRIPT_MEMORY_MB": ("rules.script_memory_mb", "32", 32),
+    "EDGE_RULES_SCRIPT_MAX_ERRORS": ("rules.script_max_errors", "5", 5),
+    "EDGE_RULES_SCRIPT_BLOCK_DURATION_S": ("rules.script_block_duration_s", "0", 0),
     "EDGE_RULES_LOCAL_RETENTION_HOURS": ("rules.local_retention_hours", "24", 24.0),
     "EDGE_HEALTH_QUEUE_DEPTH_HEALTHY": ("health.queue_depth_healthy", "5", 5),
     "EDGE_HEALTH_QUEUE_DEPTH_WARNING": ("health.queue_depth_warning", "8000", 8000),
@@ -814,3 +818,14 @@ def test_health_thresholds_must_be_in_order() -> None:
         load_edge_config(env={"EDGE_HEALTH_QUEUE_DEPTH_HEALTHY": "6000"})
     with pytest.raises(ConfigError, match=r"health\.sync_latency_healthy_s"):
         load_edge_config(env={"EDGE_HEALTH_SYNC_LATENCY_HEALTHY_S": "31"})
+
+
+@pytest.mark.parametrize(("env", "value"), [
+    ("EDGE_RULES_SCRIPT_MAX_ERRORS", "0"), ("EDGE_RULES_SCRIPT_MAX_ERRORS", "1001"),
+    ("EDGE_RULES_SCRIPT_BLOCK_DURATION_S", "-1"), ("EDGE_RULES_SCRIPT_BLOCK_DURATION_S", "86401"),
+])
+def test_the_script_blocklist_settings_are_bounded(env: str, value: str) -> None:
+    key = {"EDGE_RULES_SCRIPT_MAX_ERRORS": "script_max_errors",
+           "EDGE_RULES_SCRIPT_BLOCK_DURATION_S": "script_block_duration_s"}[env]
+    with pytest.raises(ConfigError, match=rf"^rules\.{key}: '{value}' is not valid"):
+        load_edge_config(env={env: value})

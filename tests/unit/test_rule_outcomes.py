@@ -3,6 +3,8 @@ message's Append, counted per node, failures logged at most once a minute per no
 
 from __future__ import annotations
 
+import io
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -278,3 +280,32 @@ def test_a_message_saved_and_pushed_is_judged_by_each_node(counters: RuleCounter
                              PutLocalTimeseries(DEV, ((8, (("t", 1),)),), 0)]
     assert {node: c["failed"] for node, c in counters.runtime.counts().items()} == {"s": 1, "p": 2}
     assert len(warnings) == 2  # one line per node (then at most one a minute)
+
+
+def test_a_script_failure_is_one_text_log_line_with_the_script_location_and_the_chain(
+        counters: RuleCounters) -> None:
+    """The JS stack (``at __script (script:1:49)`` on lines of its own) is joined onto the
+    failure's line: one event, one line, in the text format too."""
+    from edge_sync.config import LogConfig, LogFormat
+    from edge_sync.logsetup import configure_logging
+    from edge_sync.rules.sandbox import ScriptEngine, ScriptRuntimeError
+
+    engine = ScriptEngine("if (msg.t < 0) { throw new Error('negative ' + msg.t); }\nreturn msg;")
+    with pytest.raises(ScriptRuntimeError) as caught:
+        engine.call({"t": -1}, {}, "POST_TELEMETRY_REQUEST")
+    error = f"ScriptRuntimeError: {caught.value}"
+    assert "\n" in error  # the sandbox's error keeps its stack, lines and all
+    buf = io.StringIO()
+    configure_logging(LogConfig(format=LogFormat.TEXT), component="edge", stream=buf)
+    try:
+        plan(DEV, [Failed("nodes[1] 'to Fahrenheit'", error)], counters, NOW)
+    finally:
+        logger.remove()
+        logger.add(sys.stderr)
+    text = buf.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n"), text
+    assert text.split(" | ", 3)[3] == (
+        "rule node nodes[1] 'to Fahrenheit' failed: ScriptRuntimeError: Error: negative -1 | "
+        "at __script (script:1:48); the message goes by Failure | "
+        "node=\"nodes[1] 'to Fahrenheit'\" chain=c entity=00000000-0000-0000-0000-00000000d001 "
+        "suppressed=0\n")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
 from edge_sync.rules import nodes
 from edge_sync.rules.sandbox import (
+    ScriptBlocked,
     ScriptEngine,
     ScriptLimits,
     ScriptMemoryExceeded,
@@ -19,6 +21,7 @@ from edge_sync.rules.sandbox import (
     TransformResult,
     tbel_to_js,
 )
+from tests.helpers.log_capture import log_records
 
 META = {"deviceName": "boiler-1", "deviceType": "boiler", "ts": "1700000000000"}
 TELEMETRY = "POST_TELEMETRY_REQUEST"
@@ -341,3 +344,122 @@ def test_limits_are_checked() -> None:
         ScriptLimits(time_limit_s=0)
     with pytest.raises(ValueError, match=r"^memory_limit_bytes must be at least 1 MiB$"):
         ScriptLimits(memory_limit_bytes=1000)
+
+
+# --- the blocklist (ThingsBoard's AbstractScriptInvokeService: max_errors, max_black_list_duration_sec)
+
+LOOP_LIMIT_S = 0.05
+
+
+class _Clock:
+    """The blocklist's clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 5_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _looping(clock: _Clock, **limits: Any) -> ScriptEngine:
+    return ScriptEngine("if (msg.t === 13) { while (true) {} }\nreturn msg.t;",
+                        limits=ScriptLimits(time_limit_s=LOOP_LIMIT_S, clock=clock, **limits),
+                        node="nodes[1] 'to Fahrenheit'", chain="Boiler ops")
+
+
+def test_a_looping_batch_is_blocked_after_max_errors_timeouts_within_their_limits() -> None:
+    clock = _Clock()
+    engine = _looping(clock)
+    with log_records() as records:
+        started = time.thread_time()  # the limit is the script's run time, not the machine's load
+        got = engine.call_many([({"t": 13}, META, TELEMETRY)] * 100)
+        spent = time.thread_time() - started
+    assert [type(v) for v in got] == [ScriptTimeout] * 3 + [ScriptBlocked] * 97
+    assert {str(v) for v in got[3:]} == {
+        "Script invocation is blocked due to maximum error count 3!"}
+    # three timeouts, each under its own limit, and nothing more: not 100 (nor a batch's 101)
+    assert spent < 3.5 * LOOP_LIMIT_S, spent
+    lines = [(r["level"].name, r["message"], r["extra"]) for r in records]
+    assert lines == [("WARNING", "rule node nodes[1] 'to Fahrenheit' of chain 'Boiler ops': its "
+                      "script is blocked for 60 s after 3 timeouts or memory blow-ups; until "
+                      "then its messages go by Failure at once",
+                      {"component": "rules", "node": "nodes[1] 'to Fahrenheit'",
+                       "chain": "Boiler ops", "errors": 3, "block_s": 60.0})]
+    # blocked: even a message the script would pass fails at once, with no call made
+    with pytest.raises(ScriptBlocked):
+        engine.call({"t": 1}, META, TELEMETRY)
+    clock.now += 59.9
+    assert [type(v) for v in engine.call_many([({"t": 1}, META, TELEMETRY)] * 5)] == \
+        [ScriptBlocked] * 5
+    clock.now += 0.1  # 60 s after the last timeout: it runs again, and says so once
+    with log_records() as records:
+        assert engine.call_many([({"t": 1}, META, TELEMETRY), ({"t": 2}, META, TELEMETRY)]) \
+            == [1, 2]
+        assert engine.call({"t": 3}, META, TELEMETRY) == 3
+    assert [(r["level"].name, r["message"]) for r in records] == [
+        ("INFO", "rule node nodes[1] 'to Fahrenheit' of chain 'Boiler ops': its script is no "
+                 "longer blocked (blocked 60 s): it runs again")]
+    # the count started anew: two timeouts do not block it
+    assert [type(v) for v in engine.call_many([({"t": 13}, META, TELEMETRY)] * 2)] == \
+        [ScriptTimeout] * 2
+    assert engine.call({"t": 4}, META, TELEMETRY) == 4
+
+
+def test_good_items_before_a_looping_one_keep_their_values_and_it_gets_its_whole_limit() -> None:
+    engine = _looping(_Clock())
+    items = [({"t": t}, META, TELEMETRY) for t in (1, 2, 13, 3, 13, 4)]
+    got = engine.call_many(items)
+    assert got[:2] == [1, 2] and got[3] == 3 and got[5] == 4
+    assert [type(got[2]), type(got[4])] == [ScriptTimeout, ScriptTimeout]
+
+
+def test_errors_spread_over_more_than_the_block_duration_never_block() -> None:
+    """ThingsBoard's count lives max_black_list_duration_sec after its last error."""
+    clock = _Clock()
+    engine = _looping(clock, max_errors=2, block_s=10.0)
+    with pytest.raises(ScriptTimeout):
+        engine.call({"t": 13}, META, TELEMETRY)
+    clock.now += 10.0  # the count has expired
+    with pytest.raises(ScriptTimeout):
+        engine.call({"t": 13}, META, TELEMETRY)
+    assert engine.call({"t": 5}, META, TELEMETRY) == 5
+    clock.now += 9.9  # within 10 s of the last: the second error blocks it
+    with pytest.raises(ScriptTimeout):
+        engine.call({"t": 13}, META, TELEMETRY)
+    with pytest.raises(ScriptBlocked, match=r"maximum error count 2!$"):
+        engine.call({"t": 5}, META, TELEMETRY)
+
+
+def test_a_script_that_throws_is_never_blocked() -> None:
+    """ThingsBoard counts timeouts and other errors, not a RUNTIME error (the script threw)."""
+    engine = ScriptEngine("if (msg.bad) { throw new Error('bad'); }\nreturn 1;",
+                          limits=ScriptLimits(clock=_Clock()))
+    got = engine.call_many([({"bad": True}, META, TELEMETRY)] * 10)
+    assert [type(v) for v in got] == [ScriptRuntimeError] * 10
+    assert engine.call({}, META, TELEMETRY) == 1
+
+
+def test_memory_blow_ups_count_towards_the_block() -> None:
+    engine = ScriptEngine(
+        "if (msg.grow) { var a = []; while (true) { a.push('xxxxxxxxxxxxxxxx' + a.length); } }\n"
+        "return msg.v;",
+        limits=ScriptLimits(time_limit_s=5.0, memory_limit_bytes=8 * 1024 * 1024,
+                            max_errors=2, clock=_Clock()))
+    got = engine.call_many([({"grow": True}, META, TELEMETRY)] * 4)
+    assert [type(v) for v in got] == [ScriptMemoryExceeded] * 2 + [ScriptBlocked] * 2
+
+
+def test_block_duration_zero_turns_the_blocklist_off() -> None:
+    engine = _looping(_Clock(), max_errors=1, block_s=0)
+    got = engine.call_many([({"t": 13}, META, TELEMETRY)] * 3)
+    assert [type(v) for v in got] == [ScriptTimeout] * 3
+    assert engine.call({"t": 6}, META, TELEMETRY) == 6
+
+
+def test_blocklist_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_errors"):
+        ScriptLimits(max_errors=0)
+    with pytest.raises(ValueError, match="block_s"):
+        ScriptLimits(block_s=-1)
+    assert ScriptLimits.of_settings(100, 16, 5, 30) == ScriptLimits(
+        time_limit_s=0.1, memory_limit_bytes=16 * 1024 * 1024, max_errors=5, block_s=30)
