@@ -8,7 +8,8 @@ refused as a whole and the chain in force stays), its version (1, 2, ... at ever
 installing the same chain from the same source again is no swap), its digest (sha256 of the
 canonical JSON of chain + metadata, first 12 hex digits), clearing it (no chain: the edge does
 what it did without rules), the counts (reset at every swap: they are the chain in force's)
-and the status snapshot.
+and the status snapshot. Listeners (``listen``: the metrics) are told of every swap, refusal
+and clear.
 Building a ``RuleEngine`` from the chain is the caller's (one per thread: scripts are bound to
 the thread that runs them).
 """
@@ -19,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,10 @@ def digest(chain: RuleChain, meta: RuleChainMetaData) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DIGEST_HEX]
 
 
+ChainListener = Callable[[ChainInForce | Refusal | None], None]
+"""Told a new chain in force (``ChainInForce``), a refusal (``Refusal``) or a clear (None)."""
+
+
 class RulesRuntime:
     """The chain in force, the last refusal, the counts; any thread."""
 
@@ -82,6 +87,19 @@ class RulesRuntime:
         self._cleared: str | None = None
         self._counts: dict[str, dict[str, int]] = {}
         self._logged: dict[str, tuple[int, int]] = {}  # node -> (last line at, suppressed)
+        self._listeners: list[ChainListener] = []
+
+    def listen(self, listener: ChainListener) -> None:
+        """Tell ``listener`` of every change from now on: called on the thread that made it,
+        after it (outside the lock), in order; installing the same chain again tells nothing."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _tell(self, event: ChainInForce | Refusal | None) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(event)
 
     def current(self) -> ChainInForce | None:
         with self._lock:
@@ -108,6 +126,7 @@ class RulesRuntime:
             refusal = Refusal(source, now_ms, tuple(str(p) for p in problems))
             with self._lock:
                 self._refusal = refusal
+            self._tell(refusal)
             return refusal
         fingerprint = digest(chain, meta)
         with self._lock:
@@ -116,11 +135,13 @@ class RulesRuntime:
                     and current.source == source:
                 return current
             self._version += 1
-            self._current = ChainInForce(chain, meta, source, self._version, fingerprint, now_ms)
+            installed = ChainInForce(chain, meta, source, self._version, fingerprint, now_ms)
+            self._current = installed
             self._cleared = None
             self._counts = {}
             self._logged = {}
-            return self._current
+        self._tell(installed)
+        return installed
 
     def refuse(self, source: str, problems: list[str] | tuple[str, ...],
                now_ms: int) -> Refusal:
@@ -129,6 +150,7 @@ class RulesRuntime:
         refusal = Refusal(source, now_ms, tuple(problems))
         with self._lock:
             self._refusal = refusal
+        self._tell(refusal)
         return refusal
 
     def clear(self, reason: str) -> None:
@@ -139,6 +161,7 @@ class RulesRuntime:
             self._cleared = reason
             self._counts = {}
             self._logged = {}
+        self._tell(None)
 
     def count(self, node: str, visited: int = 0, failed: int = 0) -> None:
         """Add to a node's counts (``node``: the outcomes' ``node``, its describe())."""
