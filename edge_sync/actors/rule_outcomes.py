@@ -173,7 +173,8 @@ class RuleCounters:
         return float(current.version)
 
     def _changed(self, event: ChainInForce | Refusal | None) -> None:
-        """The runtime's listener: series for a new chain's nodes, a refusal counted."""
+        """The runtime's listener (under its lock: the series exist before any thread sees
+        the chain in force): series for a new chain's nodes, a refusal counted."""
         if isinstance(event, Refusal):
             if self._refusals is not None:
                 self._refusals.labels(source=source_kind(event.source)).inc()
@@ -204,23 +205,19 @@ class RuleCounters:
 
     def _bind(self, node: str) -> tuple[Counter, Counter] | None:
         """A node not in the chain in force's map: a message of a chain swapped out while it
-        ran (its series if kept), or one counted before the listener ran."""
-        if self._in is None:
+        ran (its series if kept), else a node the runtime counts all the same (in the chain in
+        force's series). The runtime is read before this lock: its listener takes this lock
+        under the runtime's."""
+        if self._in is None or self._failed is None:
             return None
+        current = self.runtime.current()
         with self._lock:
-            current = self.runtime.current()
-            nodes = self._nodes if current is None else self._chain_series(current)
-            if current is not None and self._nodes is not nodes:
-                self._nodes = nodes
-            pair = nodes.get(node)
-            if pair is None:
-                pair = next((kept[node] for _, kept in reversed(self._kept.values())
-                             if node in kept), None)
-            if pair is None and current is not None:  # as the runtime counts it
-                assert self._failed is not None
-                pair = nodes[node] = (self._in.labels(current.chain.name, current.digest, node),
-                                      self._failed.labels(current.chain.name, current.digest,
-                                                          node))
+            pair = next((kept[node] for _, kept in reversed(self._kept.values())
+                         if node in kept), None)
+            if pair is None and current is not None and current.digest in self._kept:
+                title, dig = current.chain.name, current.digest
+                pair = self._kept[dig][1][node] = (self._in.labels(title, dig, node),
+                                                   self._failed.labels(title, dig, node))
             return pair
 
     def visited(self, node: str, n: int = 1) -> None:

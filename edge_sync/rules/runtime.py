@@ -8,8 +8,7 @@ refused as a whole and the chain in force stays), its version (1, 2, ... at ever
 installing the same chain from the same source again is no swap), its digest (sha256 of the
 canonical JSON of chain + metadata, first 12 hex digits), clearing it (no chain: the edge does
 what it did without rules), the counts (reset at every swap: they are the chain in force's)
-and the status snapshot. Listeners (``listen``: the metrics) are told of every swap, refusal
-and clear.
+and the status snapshot.
 Building a ``RuleEngine`` from the chain is the caller's (one per thread: scripts are bound to
 the thread that runs them).
 """
@@ -74,7 +73,8 @@ ChainListener = Callable[[ChainInForce | Refusal | None], None]
 
 
 class RulesRuntime:
-    """The chain in force, the last refusal, the counts; any thread."""
+    """The chain in force, the last refusal, the counts; any thread. Listeners (``listen``:
+    the metrics) are told of every swap, refusal and clear."""
 
     def __init__(self, limits: ScriptLimits | None = None) -> None:
         """``limits``: the script limits the shards run scripts under, which validation
@@ -90,15 +90,15 @@ class RulesRuntime:
         self._listeners: list[ChainListener] = []
 
     def listen(self, listener: ChainListener) -> None:
-        """Tell ``listener`` of every change from now on: called on the thread that made it,
-        after it (outside the lock), in order; installing the same chain again tells nothing."""
+        """Tell ``listener`` of every change from now on, in the order they are made: called on
+        the thread that made it, under this runtime's lock (so it must not call the runtime);
+        installing the same chain again tells nothing."""
         with self._lock:
             self._listeners.append(listener)
 
     def _tell(self, event: ChainInForce | Refusal | None) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
+        """With the lock held."""
+        for listener in self._listeners:
             listener(event)
 
     def current(self) -> ChainInForce | None:
@@ -126,7 +126,7 @@ class RulesRuntime:
             refusal = Refusal(source, now_ms, tuple(str(p) for p in problems))
             with self._lock:
                 self._refusal = refusal
-            self._tell(refusal)
+                self._tell(refusal)
             return refusal
         fingerprint = digest(chain, meta)
         with self._lock:
@@ -135,13 +135,12 @@ class RulesRuntime:
                     and current.source == source:
                 return current
             self._version += 1
-            installed = ChainInForce(chain, meta, source, self._version, fingerprint, now_ms)
-            self._current = installed
+            self._current = ChainInForce(chain, meta, source, self._version, fingerprint, now_ms)
             self._cleared = None
             self._counts = {}
             self._logged = {}
-        self._tell(installed)
-        return installed
+            self._tell(self._current)
+            return self._current
 
     def refuse(self, source: str, problems: list[str] | tuple[str, ...],
                now_ms: int) -> Refusal:
@@ -150,7 +149,7 @@ class RulesRuntime:
         refusal = Refusal(source, now_ms, tuple(problems))
         with self._lock:
             self._refusal = refusal
-        self._tell(refusal)
+            self._tell(refusal)
         return refusal
 
     def clear(self, reason: str) -> None:
@@ -161,7 +160,7 @@ class RulesRuntime:
             self._cleared = reason
             self._counts = {}
             self._logged = {}
-        self._tell(None)
+            self._tell(None)
 
     def count(self, node: str, visited: int = 0, failed: int = 0) -> None:
         """Add to a node's counts (``node``: the outcomes' ``node``, its describe())."""
