@@ -23,6 +23,23 @@ Owns the mapping, one outcome at a time, in the chain's order:
 - ``Visited`` / ``Failed``: per-node counts; a failure is logged at most once a minute per node
   with the number of failures not logged since.
 
+The rule chain metrics (``RuleCounters``, docs/metrics.md):
+
+- ``edge_sync_rule_node_messages_total{chain,digest,node}`` and
+  ``edge_sync_rule_node_failures_total{chain,digest,node}``: every node of a chain has its two
+  series from the moment the chain goes in force, at 0 (a first failure is an increase
+  Prometheus sees). The chain's name and digest are labels: a swap starts new series rather
+  than continuing (or resetting) those of a node of the same name in the chain before, so a
+  series never goes backwards. The series of the chain in force and of the one before it are
+  kept (that one's last counts stay scrapeable); older ones are removed at a swap. A message an
+  earlier chain's engine was running at the swap counts in that chain's series when the node
+  is not in the new chain, else in the new chain's (as the runtime counts it).
+- ``edge_sync_rule_chain_info{chain,source,digest}`` (1; absent without a chain),
+  ``edge_sync_rule_chain_version`` (absent without a chain) and
+  ``edge_sync_rule_chain_in_force`` (1 or 0): read from the runtime when scraped.
+- ``edge_sync_rule_chain_refusals_total{source}``: chains refused, from the file or the cloud,
+  both series there from the start.
+
 What a save or push node is handed must be what a device could have posted (keys of at most
 255 bytes, 64-bit integers, timestamps from 0 to 2^63-1, text without lone surrogates: the
 device API's own checks, storable.py); a script may make anything, and data the store
@@ -93,44 +110,15 @@ TIMESERIES_UPDATED = "TIMESERIES_UPDATED"
 _SCOPES = tuple(scope.value for scope in Scope)
 
 
-SOURCES = ("file", "cloud")
-"""The ``source`` label of the rule chain metrics: where a chain came from (rules.file or the
-cloud's root chain), without the file's path (the status names it)."""
-
-_NODE_LABELS = ("chain", "digest", "node")
-
-
-def source_kind(source: str) -> str:
-    """``file`` for ``file:/path/x.json``, else the source as it is (``cloud``)."""
-    return "file" if source.startswith("file:") else source
-
-
 class RuleCounters:
     """Per-node counts of the chain in force: in the runtime (status, admin API) and in
-    /metrics, with what says which chain is in force and which were refused:
-
-    - ``edge_sync_rule_node_messages_total{chain,digest,node}`` and
-      ``edge_sync_rule_node_failures_total{chain,digest,node}``: every node of a chain has its
-      two series from the moment the chain goes in force, at 0 (a first failure is an increase
-      Prometheus sees). The chain's name and digest are labels: a swap starts new series rather
-      than continuing (or resetting) those of a node of the same name in the chain before, so
-      a series never goes backwards. The series of the chain in force and of the one before it
-      are kept (that one's last counts stay scrapeable); older ones are removed at a swap.
-    - ``edge_sync_rule_chain_info{chain,source,digest}`` (1; absent without a chain),
-      ``edge_sync_rule_chain_version`` (absent without a chain) and
-      ``edge_sync_rule_chain_in_force`` (1 or 0): read from the runtime when scraped.
-    - ``edge_sync_rule_chain_refusals_total{source}``: chains refused, from the file or the
-      cloud, both series there from the start.
-
-    A message an earlier chain's engine was running at the swap counts in that chain's series
-    when the node is not in the new chain, else in the new chain's (as the runtime counts it).
-    """
+    /metrics (``edge_sync_rule_node_messages_total``, ``edge_sync_rule_node_failures_total``)."""
 
     def __init__(self, runtime: RulesRuntime, metrics: Metrics | None = None) -> None:
         self.runtime = runtime
-        self._lock = threading.Lock()
         self._in: Counter | None = None
         self._failed: Counter | None = None
+        self._lock = threading.Lock()
         self._refusals: Counter | None = None
         # bound children (no label lookup per message): node -> (messages, failures) of the
         # chain in force; by digest, those of the chains whose series are kept, oldest first
@@ -231,6 +219,18 @@ class RuleCounters:
         pair = self._nodes.get(node) or self._bind(node)
         if pair is not None:
             pair[1].inc()
+
+
+SOURCES = ("file", "cloud")
+"""The ``source`` label of the rule chain metrics: where a chain came from (rules.file or the
+cloud's root chain), without the file's path (the status names it)."""
+
+_NODE_LABELS = ("chain", "digest", "node")
+
+
+def source_kind(source: str) -> str:
+    """``file`` for ``file:/path/x.json``, else the source as it is (``cloud``)."""
+    return "file" if source.startswith("file:") else source
 
 
 def device_metadata(name: str | None, device_type: str | None, ts: int) -> dict[str, str]:
