@@ -1,8 +1,10 @@
 """GET /metrics of a real `edge-sync run` in each rule chain state, read with
 prometheus-client's parser: no chain; a file's chain in force, its nodes' series at 0 from the
-start, then counting messages and failures; a file refused at start (no chain in force); the
-cloud's root chain in force, then a chain from the cloud refused while it stays in force. Each
-time the exact rule chain series and values (docs/metrics.md)."""
+start, then counting messages and failures; the cloud's root chain refused at the first sync
+(no chain in force); the cloud's root chain in force, then a chain from the cloud refused while
+it stays in force. Each time the exact rule chain series and values (docs/metrics.md). The
+reference cloud keeps one downlink in flight and the edge reads the root chain again before it
+answers each, so a chain update (RULE_CHAIN, then its METADATA) is validated twice, in order."""
 
 from __future__ import annotations
 
@@ -83,7 +85,7 @@ def chain_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_no_chain_then_a_file_chain_in_force_counting_then_a_file_refused(tmp_path, procs):
+def test_no_chain_then_a_file_chain_in_force_counting_messages_and_failures(tmp_path, procs):
     bare = procs(Agent(tmp_path / "bare")).start()
     assert rule_series(bare) == {"edge_sync_rule_chain_in_force": 0, **refusals()}
     assert bare.terminate() == 0
@@ -103,10 +105,6 @@ def test_no_chain_then_a_file_chain_in_force_counting_then_a_file_refused(tmp_pa
                                   **nodes("Boiler ops", dig, {filt: (5, 2), push: (5, 0)})}
     assert agent.terminate() == 0
 
-    unknown = FIXTURES / "unknown_node_type.json"
-    refused = procs(Agent(tmp_path / "refused", env={"EDGE_RULES_FILE": str(unknown)})).start()
-    assert edge_status(refused)["rules"]["last_refusal"]["source"] == f"file:{unknown}"
-    assert rule_series(refused) == {"edge_sync_rule_chain_in_force": 0, **refusals(file=1)}
 
 
 def _root_chain(cloud: CloudProc) -> dict[str, Any]:
@@ -114,6 +112,25 @@ def _root_chain(cloud: CloudProc) -> dict[str, Any]:
     roots = [json.loads(line) for line in lines if line.strip()]
     assert [r["name"] for r in roots] == ["Edge Root Rule Chain"], roots
     return roots[0]
+
+
+def test_the_clouds_root_chain_refused_at_the_first_sync_leaves_no_chain(tmp_path, procs):
+    """ThingsBoard's edge root chain as it ships is refused (its RPC node): the edge runs with
+    no chain, and says so."""
+    cloud = procs(CloudProc(tmp_path / "cloud")).start()
+    cloud.create_edge("edge-rule-metrics", RK, SECRET)
+    root = _root_chain(cloud)
+    tb_root = json.loads((FIXTURES / "thingsboard_edge_root_rule_chain.json").read_text())
+    tb_root["ruleChain"] = json.loads(cloud.cli("entity", "show", root["id"], "--json").stdout)[
+        "entity"]
+    (tmp_path / "tb_root.json").write_text(json.dumps(tb_root))
+    cloud.cli("entity", "update", root["id"], "--json", str(tmp_path / "tb_root.json"))
+    agent = procs(Agent(tmp_path / "edge", env=link_env(cloud, RK, SECRET))).start()
+    wait_connected(agent)
+    wait_until(lambda: cloud.edge_row(RK)["queued_downlinks"] == 0 and
+               edge_status(agent)["rules"]["last_refusal"] is not None,
+               timeout=DEADLINE_S, what="the edge refused the cloud's root chain")
+    assert rule_series(agent) == {"edge_sync_rule_chain_in_force": 0, **refusals(cloud=1)}
 
 
 def test_the_clouds_chain_in_force_then_a_chain_from_the_cloud_refused(tmp_path, procs):
