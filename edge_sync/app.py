@@ -28,7 +28,7 @@ from loguru import logger
 
 from edge_sync import agent_gauges
 from edge_sync.actors.address import Address
-from edge_sync.actors.messages import Crash
+from edge_sync.actors.messages import Crash, RuleChainChanged
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
 from edge_sync.actors.rule_host import ShardRules
 from edge_sync.actors.rule_outcomes import RuleCounters
@@ -50,6 +50,7 @@ from edge_sync.metrics import Metrics
 from edge_sync.mqtt.connection import Limits
 from edge_sync.mqtt.server import Listener, MqttServer
 from edge_sync.mqtt.tls import server_context
+from edge_sync.rules.engine import WINDOW_TYPES
 from edge_sync.rules.runtime import RulesRuntime
 from edge_sync.rules.sandbox import ScriptLimits
 from edge_sync.rules.source import ChainSource
@@ -136,9 +137,9 @@ class EdgeApp:
         self.link_board = link_board if link_board is not None else StatusBoard()
         link_enabled = bool(cfg.cloud.routing_key)
         shard_names = [f"shard-{i}" for i in range(cfg.actors.shards)]
-        self.router = EntityRouter(
-            [Address(n, functools.partial(self._actor_ref, "shards", n)) for n in shard_names]
-        )
+        self._shard_addresses = [Address(n, functools.partial(self._actor_ref, "shards", n))
+                                 for n in shard_names]
+        self.router = EntityRouter(self._shard_addresses)
         self.tokens = TokenCache()
         self._mqtt_paused = self.metrics.counter(
             "edge_sync_mqtt_reads_paused_total",
@@ -184,7 +185,7 @@ class EdgeApp:
             request_timeout_s=cfg.http.request_timeout_s, clock=clock,
             crash=self._crash if cfg.admin.fault_injection else None,
             token=cfg.admin.token, readiness=self.readiness,
-            rules_status=self.rules.snapshot,
+            rules_status=self._rules_status,
             health=cfg.health, clock_skew_warn_s=cfg.cloud.clock_skew_warn_s,
         )
         self.supervisor = Supervisor(
@@ -203,7 +204,7 @@ class EdgeApp:
                         DownlinkActor, self.store, self.connection, metrics=self.metrics,
                         tokens=self.tokens, clock=clock, notify=self.router.tell,
                         request_metadata=self.entities.request_metadata,
-                        rules_changed=self.chain_source.cloud_changed,
+                        rules_changed=self._rules_changed,
                         tell_queue=self.queue.tell)),
                     ChildSpec("connection", actor_child(
                         ConnectionActor, cfg.cloud, self.store, self.queue, self.downlinks,
@@ -232,6 +233,34 @@ class EdgeApp:
         return ShardRules(self.rule_counters, self.store, now_ms=clock.now_ms,
                           new_id=lambda: str(ids.time_based(clock.now_ms())),
                           limits=self._script_limits(), shard=index)
+
+    def _rules_changed(self) -> None:
+        """A downlink changed a rule chain: the chain in force is read again; when another one
+        went in force, every shard binds its entities' windows to it now (a window whose node
+        is not in it is warned about at once, not only when it is dropped)."""
+        before = self.rules.current()
+        self.chain_source.cloud_changed()
+        after = self.rules.current()
+        if after is not None and after is not before:
+            for shard in self._shard_addresses:
+                shard.tell(RuleChainChanged())
+
+    def _rules_status(self) -> dict[str, Any]:
+        """The chain in force and its counts (``RulesRuntime.snapshot``), with each window
+        node's open windows and the messages they hold (``open_windows``, ``held_messages``,
+        summed over the devices), windows of nodes not in the chain (``orphaned_windows``) and
+        the messages lost with windows dropped at their deadline (``dropped_messages``)."""
+        out = self.rules.snapshot()
+        tally = self.rule_counters.windows
+        held = tally.snapshot()
+        for node in out["nodes"]:
+            if node["type"] in WINDOW_TYPES:
+                counts = held.pop(node["node"], {})
+                node["open_windows"] = counts.get("open_windows", 0)
+                node["held_messages"] = counts.get("held_messages", 0)
+        out["orphaned_windows"] = [{"node": name, **counts} for name, counts in sorted(held.items())]
+        out["dropped_messages"] = dict(tally.dropped_messages)
+        return out
 
     def _script_limits(self) -> ScriptLimits:
         """``rules.script_timeout_ms`` and ``rules.script_memory_mb``: what rule scripts run

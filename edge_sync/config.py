@@ -401,8 +401,8 @@ class MqttConfig(_Section):
     session_expiry_s: float = field(default=3600.0, metadata=_meta(gt=0))
     """A kept session is dropped this long after its client disconnected."""
     max_unacked_per_session: int = field(default=1000, metadata=_meta(lo=1, hi=65535))
-    """QoS 1 messages the edge sent to a client and kept until its PUBACK; beyond it the oldest
-    is dropped."""
+    """QoS 1 messages the edge keeps for a client until its PUBACK (sent, or waiting for room
+    under an MQTT 5 client's Receive Maximum); beyond it the oldest is dropped."""
     tls: MqttTlsConfig = field(default_factory=MqttTlsConfig)
 
     @property

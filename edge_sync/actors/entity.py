@@ -34,6 +34,7 @@ import contextlib
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
+from datetime import UTC, datetime
 from typing import Any
 
 from loguru import logger
@@ -224,10 +225,14 @@ class EntityActor:
                     self.session.publish_attributes({"deleted": list(command.keys)})
             case RuleStateStale():
                 self.rule_state = None  # an Append of it failed: the store has the truth
+                if self.rules is not None:
+                    self._tally(self._loaded_state())
             case SavesNotStored():
                 command.engine.forget(command.originators)
             case EntityDeleted():
                 self.rule_state = None
+                if self.rules is not None:
+                    self.rules.counters.windows.set(self.entity_id, {})
                 told = self.abandon_waiters(NotFound(f"device {command.entity_id} was deleted"))
                 self.session = None  # its open RPC requests were closed with the deletion
                 if told:
@@ -300,18 +305,50 @@ class EntityActor:
             self.rule_state = EntityRules(self.rules.load_state(self.entity_id))
         return self.rule_state
 
-    def load_rules(self) -> None:
-        """At start: the rule state saved for this entity (its open windows close on time)."""
-        if self.rules is not None:
-            self._rules_state()
+    def load_rules(self, now_ms: int) -> tuple[int, int, int, int]:
+        """At start, and when another chain goes in force: the rule state saved for this
+        entity (read once; its open windows close on time), bound to the chain in force (a
+        window whose node is not in it is warned about now). (open windows, messages they
+        hold, windows due at ``now_ms``, messages those hold)."""
+        if self.rules is None:
+            return 0, 0, 0, 0
+        state = self._loaded_state()
+        self._tally(state)
+        return (state.open_windows, state.held_messages, *state.due_windows(now_ms))
+
+    def _loaded_state(self) -> EntityRules:
+        """The entity's rule state (read from the store when not in memory), bound to the chain
+        in force when there is one."""
+        engine = self._engine()
+        return self._rules_state() if engine is None else self._bound_state(engine)
+
+    def _bound_state(self, engine: RuleEngine) -> EntityRules:
+        """The entity's rule state bound to ``engine`` (the chain in force): when that binds it
+        anew, each node's open windows not in the chain are logged at WARNING, with the
+        acknowledged messages they hold and when they will be dropped."""
+        state = self._rules_state()
+        for orphan in state.bind(engine):
+            _rules_log.bind(entity=str(self.entity_id), node=orphan.node, windows=orphan.windows,
+                            messages=orphan.messages, drop_at_ms=orphan.deadline).warning(
+                "{} open rule windows of node {} hold {} acknowledged messages: the node is not "
+                "in the chain in force {!r}; they will be dropped at {} unless a chain with that "
+                "node goes in force before", orphan.windows, orphan.node, orphan.messages,
+                engine.chain.name, _iso(orphan.deadline))
+        return state
+
+    def _tally(self, state: EntityRules) -> None:
+        """The entity's open windows, per node, for status and the admin API."""
+        assert self.rules is not None
+        self.rules.counters.windows.set(self.entity_id, state.window_counts())
 
     def _run_chain(self, engine: RuleEngine, msgs: list[RuleMsg], reply: Future[range] | None,
                    requires_device: bool) -> None:
         """Each message through the chain, in order; one Append for all of their outcomes and
         the entity's new rule state (also when the chain kept everything local)."""
         assert self.rules is not None
-        eid, state, now = self.entity_id, self._rules_state(), self.now_ms()
+        eid, now = self.entity_id, self.now_ms()
         try:
+            state = self._bound_state(engine)
             step = state.on_messages(engine, msgs, now)  # as one message after another
         except Exception as exc:  # a defect of the engine: the device is told, the shard lives
             _rules_log.bind(entity=str(eid), messages=len(msgs)).opt(exception=exc).error(
@@ -325,7 +362,9 @@ class EntityActor:
                     reply.set_exception(Unavailable(f"the rule chain failed: {exc}"))
             return
         planned = plan(eid, step.outcomes, self.rules.counters, now, step.visits)
-        self._report(step)
+        self._report(step, engine)
+        if step.changed and (engine.has_window_nodes or step.dropped or state.open_windows):
+            self._tally(state)
         required = (RequireDevice(eid),) if requires_device else ()
         saved = (PutRuleState(eid, step.record),) if step.changed else ()
         self._append_rules(planned, reply, (*required, *planned.mutations, *saved), bool(saved),
@@ -337,8 +376,11 @@ class EntityActor:
         engine = self._engine()
         if due is None or due > now or engine is None or self.rules is None:
             return
-        step = self._rules_state().on_due(engine, now)
-        self._report(step)
+        state = self._bound_state(engine)
+        step = state.on_due(engine, now)
+        self._report(step, engine)
+        if step.changed:
+            self._tally(state)
         planned = plan(self.entity_id, step.outcomes, self.rules.counters, now)
         if not step.changed and not planned.events and not planned.mutations:
             return
@@ -346,18 +388,22 @@ class EntityActor:
         self._append_rules(planned, None, (*planned.mutations, *saved), bool(saved),
                            engine, step.outcomes)
 
-    def _report(self, step: Step) -> None:
+    def _report(self, step: Step, engine: RuleEngine) -> None:
         eid = str(self.entity_id)
-        for jump in step.jumps:
+        for jump in step.jumps:  # key[0]: the node as rules lines name it
             _rules_log.bind(entity=eid, node=jump.key[0], direction=jump.direction,
                             by_ms=jump.by_ms).warning(
                 "edge clock jumped {} by {} ms while a rule window was open: {}", jump.direction,
                 jump.by_ms, "the window keeps the time it had left" if jump.direction ==
                 "backward" else "the window wakes once; the skipped intervals give nothing")
-        if step.dropped:
-            _rules_log.bind(entity=eid, dropped=step.dropped).warning(
-                "{} closed rule windows dropped: their node is no longer in the chain in force",
-                step.dropped)
+        for dropped in step.dropped:
+            assert self.rules is not None
+            self.rules.counters.windows.dropped(dropped.node, dropped.windows, dropped.messages)
+            _rules_log.bind(entity=eid, node=dropped.node, windows=dropped.windows,
+                            messages=dropped.messages).warning(
+                "{} rule windows dropped at their deadline with the {} acknowledged messages "
+                "they held: node {} is not in the chain in force {!r}", dropped.windows,
+                dropped.messages, dropped.node, engine.chain.name)
 
     def _append_rules(self, planned: Planned, reply: Future[range] | None,
                       mutations: tuple[Any, ...], saves_state: bool,
@@ -670,6 +716,15 @@ def _settle(reply: Future[range], done: Future[range]) -> None:
             reply.set_result(done.result())
         else:
             reply.set_exception(exc)
+
+
+def _iso(ms: int) -> str:
+    """A time in ms since the epoch, for a log line: 2024-05-01T12:00:00.123Z."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
+            f"{ms % 1000:03d}Z"
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms"
 
 
 def _no_clock() -> int:

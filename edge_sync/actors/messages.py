@@ -423,6 +423,13 @@ class PassivateIdle:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleChainChanged:
+    """To every shard: another rule chain went in force. Each entity's windows are bound to it
+    now (an orphan is warned about while its node can still be put back), entities with rule
+    state on disk are loaded, and windows overdue close."""
+
+
+@dataclass(frozen=True, slots=True)
 class RuleStateStale:
     """Internal to an entity: an Append carrying its rule state failed, so the state in memory
     is ahead of the store's; it is dropped and read again from the store."""

@@ -110,12 +110,60 @@ TIMESERIES_UPDATED = "TIMESERIES_UPDATED"
 _SCOPES = tuple(scope.value for scope in Scope)
 
 
+class WindowTally:
+    """The rule windows every entity holds, per node, for status and the admin API (each
+    entity's figures replaced whole when its state changes), and the messages lost with
+    windows dropped because their node is not in the chain in force (cumulative, for
+    /metrics). Any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_entity: dict[uuid.UUID, dict[str, tuple[int, int]]] = {}
+        self.dropped_windows: dict[str, int] = {}
+        """node (as log lines name it) -> windows dropped at their deadline, since start"""
+        self.dropped_messages: dict[str, int] = {}
+        """node -> acknowledged messages those windows held, lost, since start"""
+
+    def set(self, entity_id: uuid.UUID, counts: Mapping[str, tuple[int, int]]) -> None:
+        """The entity's open windows now: node -> (windows, messages held); empty: none."""
+        with self._lock:
+            if counts:
+                self._by_entity[entity_id] = dict(counts)
+            else:
+                self._by_entity.pop(entity_id, None)
+
+    def dropped(self, node: str, windows: int, messages: int) -> None:
+        with self._lock:
+            self.dropped_windows[node] = self.dropped_windows.get(node, 0) + windows
+            self.dropped_messages[node] = self.dropped_messages.get(node, 0) + messages
+
+    @property
+    def dropped_messages_total(self) -> int:
+        with self._lock:
+            return sum(self.dropped_messages.values())
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """node -> {"entities", "open_windows", "held_messages"}, summed over the entities."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for counts in self._by_entity.values():
+                for node, (windows, held) in counts.items():
+                    seen = out.setdefault(node, {"entities": 0, "open_windows": 0,
+                                                 "held_messages": 0})
+                    seen["entities"] += 1
+                    seen["open_windows"] += windows
+                    seen["held_messages"] += held
+        return out
+
+
 class RuleCounters:
     """Per-node counts of the chain in force: in the runtime (status, admin API) and in
-    /metrics (``edge_sync_rule_node_messages_total``, ``edge_sync_rule_node_failures_total``)."""
+    /metrics (``edge_sync_rule_node_messages_total``, ``edge_sync_rule_node_failures_total``).
+    ``windows``: the open rule windows and the messages lost with dropped ones."""
 
     def __init__(self, runtime: RulesRuntime, metrics: Metrics | None = None) -> None:
         self.runtime = runtime
+        self.windows = WindowTally()
         self._in: Counter | None = None
         self._failed: Counter | None = None
         self._lock = threading.Lock()

@@ -34,6 +34,7 @@ from edge_sync.actors.messages import (
     PassivateIdle,
     ProvisionDevice,
     RpcQueued,
+    RuleChainChanged,
 )
 from edge_sync.actors.rule_host import ShardRules
 from edge_sync.actors.ticker import Ticker
@@ -122,23 +123,38 @@ class ShardActor(SupervisedActor):
                     "open RPC requests of {} devices loaded", len(by_device))
             self._load_rule_states()
 
-    def _load_rule_states(self) -> None:
-        """The entities of this shard with saved rule state are activated: their open windows
-        close on time (from the store: a kill -9 mid-window loses and repeats nothing)."""
+    def _load_rule_states(self, *, at_start: bool = True) -> None:
+        """The entities of this shard with saved rule state are activated and bound to the
+        chain in force (an entity active already keeps the state it has in memory): their open
+        windows close on time (from the store: a kill -9 mid-window loses and repeats nothing),
+        and those overdue (their deadline passed while the agent was down, or while no chain
+        was in force) close now. At start one line says what was restored."""
         if self._rules is None:
             return
         mine = [eid for eid in self._rules.entities_with_state()
                 if shard_of(eid, self._shards) == self.index]
         now = time.monotonic()
+        now_ms = self._clock.now_ms()
+        windows = held = overdue = overdue_held = 0
         for entity_id in mine:
             entity = self._activate(entity_id, now)
-            entity.load_rules()
+            opened, kept, due, due_kept = entity.load_rules(now_ms)
+            windows, held = windows + opened, held + kept
+            overdue, overdue_held = overdue + due, overdue_held + due_kept
             after = entity.next_deadline()
+            if after is not None and after <= now_ms:
+                entity.expire_due()  # overdue: closed now, not on the timer's next turn
+                after = entity.next_deadline()
             if after is not None:
                 self._schedule(after, entity_id)
-        if mine:
-            self._log.bind(entities=len(mine)).info(
-                "rule state of {} entities loaded", len(mine))
+        if mine and at_start:
+            closed = (f"{overdue} overdue (their deadline passed while the agent was down): "
+                      f"closed now" if self._rules.engine() is not None else
+                      f"{overdue} overdue: they close when a rule chain is in force")
+            self._log.bind(entities=len(mine), windows=windows, held_messages=held,
+                           overdue=overdue, overdue_messages=overdue_held).info(
+                "rule state of {} entities loaded: {} open rule windows ({} held messages), {}",
+                len(mine), windows, held, closed)
 
     def on_stop(self) -> None:
         """Actor thread."""
@@ -183,6 +199,9 @@ class ShardActor(SupervisedActor):
             return None
         if isinstance(message, ExpireRpcs):
             self._expire()
+            return None
+        if isinstance(message, RuleChainChanged):
+            self._load_rule_states(at_start=False)
             return None
         if isinstance(message, Crash):
             raise InjectedFault(f"shard-{self.index}: {message.reason}")

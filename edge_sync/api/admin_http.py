@@ -15,7 +15,8 @@ or ``?entity=`` (all of an entity), ``DELETE /api/entities/{id}/attributes/{scop
 the link for a sync. 400 malformed, 404 unknown entity (named), 409 a name taken.
 
 The rule engine: ``GET /api/rules`` (the chain in force, its source, version, per-node counts,
-the last refusal; also under ``rules`` in ``GET /api/status``) and
+each window node's open windows and held messages, windows of nodes not in the chain, messages
+lost with dropped windows, the last refusal; also under ``rules`` in ``GET /api/status``) and
 ``GET /api/devices/{id}/timeseries`` (the points a chain saved on the edge only)."""
 
 from __future__ import annotations

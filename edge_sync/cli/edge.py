@@ -485,7 +485,15 @@ def _rules_text(rules: dict[str, Any] | None, *, running: bool) -> list[str]:
         lines = [f"rule chain:   {rules['chain']!r} from {rules['source']} (version "
                  f"{rules['version']}, digest {rules['digest']})"]
         lines += [f"  {n['node']}: in {n['in']}, failed {n['failed']}"
+                  + (f", open windows {n['open_windows']} ({n['held_messages']} messages held)"
+                     if "open_windows" in n else "")
                   for n in rules.get("nodes", [])]
+        lines += [f"  {o['node']}: open windows {o['open_windows']} ({o['held_messages']} "
+                  "messages held), dropped at their deadline"
+                  for o in rules.get("orphaned_windows", [])]
+        lost = sum((rules.get("dropped_messages") or {}).values())
+        if lost:
+            lines.append(f"  messages lost with dropped windows (node not in the chain): {lost}")
     refusal = (rules or {}).get("last_refusal")
     if refusal:
         lines.append(f"  last refusal from {refusal['source']} at {refusal['at_ms']}: "

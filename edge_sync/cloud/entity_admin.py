@@ -250,6 +250,8 @@ class EntityAdmin:
         if chain_doc is None:
             chain_doc = {k: v for k, v in chain.body().items()
                          if k not in ("id", "createdTime", "tenantId", "firstRuleNodeId")}
+        if isinstance(chain_doc, dict):  # an update never changes which chain is the root
+            chain_doc = {k: v for k, v in chain_doc.items() if k != "root"}
         if "metadata" not in doc:
             meta_text = self._graph.metadata(chain.id)
             meta_doc = json.loads(meta_text) if meta_text else {"nodes": [], "connections": []}

@@ -17,7 +17,10 @@ defines it, docs/mqtt.md "MQTT 5"):
 - SUBACK reason codes: the QoS granted, 0x8F (topic filter invalid) for a topic the edge does
   not serve (ReturnCodeResolver.getSubscriptionReturnCode), 0x9E for a shared subscription,
   0xA1 for a SUBSCRIBE with a subscription identifier; UNSUBACK 0x00 or 0x11;
-- DISCONNECT with a reason code before the server closes a connection (``Protocol``).
+- DISCONNECT with a reason code before the server closes a connection (``Protocol``);
+- the client's Receive Maximum and Maximum Packet Size (``Connect.receive_max``,
+  ``Mqtt5.client_max_packet``), which what the edge sends keeps to (mqtt/connection.py,
+  the session's outbox in mqtt/sessions.py).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Reason:
     KEEP_ALIVE_TIMEOUT = 0x8D
     SESSION_TAKEN_OVER = 0x8E
     TOPIC_FILTER_INVALID = 0x8F
+    TOPIC_NAME_INVALID = 0x90
     TOPIC_ALIAS_INVALID = 0x94
     PACKET_TOO_LARGE = 0x95
     QUOTA_EXCEEDED = 0x97
@@ -84,7 +88,9 @@ class Connect:
     """A CONNECT of any version, as the connection uses it. ``session_expiry``: None for MQTT
     3.1.1 (its clean session flag decides), the interval in seconds for MQTT 5.
     ``assigned``: the client sent an empty client id (``client_id`` is then one the edge
-    made for an MQTT 5 client, or empty for MQTT 3.1.1)."""
+    made for an MQTT 5 client, or empty for MQTT 3.1.1). ``receive_max``: MQTT 5's Receive
+    Maximum, the most QoS 1 and 2 publishes the client takes unacknowledged at once (65535
+    when CONNECT has none, §3.1.2.11.3); None for MQTT 3.1.1, which has no such bound."""
 
     level: int
     client_id: str
@@ -94,6 +100,7 @@ class Connect:
     clean_start: bool
     session_expiry: int | None
     keep_alive: int
+    receive_max: int | None = None
 
     @property
     def keep(self) -> bool:
@@ -273,25 +280,27 @@ class Mqtt5:
                        assigned=assigned, username=packet.username, password=packet.password,
                        clean_start=packet.clean_start,
                        session_expiry=packet.session_expiry_interval,
-                       keep_alive=packet.keep_alive)
+                       keep_alive=packet.keep_alive, receive_max=packet.receive_max)
 
     def max_packet_size(self) -> int:
         """The Maximum Packet Size the edge announces: a whole packet whose remaining length
         is mqtt.max_message_bytes (the fixed header counts in MQTT 5, §3.1.2.11.4)."""
         return min(1 + _varint_size(self._max_body) + self._max_body, 268_435_460)
 
-    def accepted(self, connect: Connect, present: bool) -> bytes:
+    def accepted(self, connect: Connect, present: bool, *, kept: bool = True) -> bytes:
         """CONNACK 0x00 with what the edge serves: Receive Maximum (publishes taken and not
         yet acknowledged), Maximum Packet Size, Topic Alias Maximum 0 (not announced: 0 is
         its default), Retain Available 0 (nothing is retained), Shared Subscription and
         Subscription Identifier Available 0, Wildcard Subscription Available 1 (the device
         API's ``+`` filters); the Session Expiry Interval the edge keeps the session for when
-        it differs from the client's; the client id the edge assigned to an empty one."""
+        it differs from the client's (0 when the session is never ``kept``: a provision-only
+        session); the client id the edge assigned to an empty one."""
         expiry = connect.session_expiry or 0
-        served = int(self._session_expiry_s)
+        served = int(self._session_expiry_s) if kept else 0
         return mqtt5.ConnAckPacket(
             session_present=present, reason_code=mqtt5.ConnAckReasonCode.SUCCESS,
-            session_expiry_interval=served if 0 < served != expiry and expiry else None,
+            session_expiry_interval=(served if (served > 0 or not kept) and served != expiry
+                                     and expiry else None),
             assigned_client_id=connect.client_id if connect.assigned else None,
             receive_max=self._receive_max, topic_alias_max=0, retain_available=False,
             max_packet_size=self.max_packet_size(), wildcard_subscription_available=True,

@@ -3,8 +3,10 @@ packet codec for the whole connection, mqtt/codec.py; all else is shared), on th
 server's loop: CONNECT with the access token
 as username and the client's session (clean or kept, mqtt/registry.py); PUBLISH at QoS 0, 1 and
 2 (what it asks for: mqtt/inbound.py); SUBSCRIBE / UNSUBSCRIBE (served by mqtt/subscriptions.py
-and the gateway); what the edge publishes, at the QoS the subscription was granted; PINGREQ,
-DISCONNECT.
+and the gateway); what the edge publishes, at the QoS the subscription was granted (at QoS 1
+kept in the session's outbox until its PUBACK, and over MQTT 5 no more awaiting it than the
+client's Receive Maximum); PINGREQ, DISCONNECT. A provision-only CONNECT is served apart
+(mqtt/provision.py).
 
 The delivery contract of the HTTP API holds: a QoS 1 PUBLISH is acknowledged (PUBACK), and a
 QoS 2 one received (PUBREC), only once its events are committed, in the order the PUBLISHes
@@ -334,7 +336,7 @@ class MqttConnection:
         connect = await asyncio.wait_for(self._read_connect(), self._limits.connect_timeout_s)
         if connect is None:
             return
-        if connect.level in (3, 4) and provision.is_provision(
+        if connect.level in PROTOCOL_LEVELS and provision.is_provision(
                 connect.username, None if connect.assigned else connect.client_id):
             await self._provision_only(connect)
             return
@@ -447,7 +449,10 @@ class MqttConnection:
                 self._publish(frame)
             elif kind == PUBACK:
                 assert self._session is not None
-                self._session.outbox.acked(self._codec.packet_id(frame))
+                outbox = self._session.outbox
+                outbox.acked(self._codec.packet_id(frame))
+                if outbox.waiting:  # room under the client's Receive Maximum (MQTT 5)
+                    self._send_due()
             else:
                 self._send_burst()  # what came before it is handed over first, in order
                 if not self._control(frame):
@@ -561,6 +566,8 @@ class MqttConnection:
                                                        clean=connect.clean_start,
                                                        now=self._loop.time())
         self._session = session
+        # MQTT 5: no more QoS 1 messages in flight than the client's Receive Maximum (§4.9)
+        session.outbox.restart(connect.receive_max)
         if device.gateway:  # it says so at once (one INFO line); other devices' on first use
             self._gateway_api()
         self._registry.connack(CONNECTION_ACCEPTED)
@@ -570,18 +577,25 @@ class MqttConnection:
         log = _log.bind(peer=self.peer, device=str(device.id), client_id=self._key[1][:64],
                         clean=self._clean, session_present=present, protocol_level=connect.level)
         if present:  # one line: the resumed session's figures are its fields
-            self._resume(session)
-            log = log.bind(resent=len(session.outbox), subscriptions=len(session.subscriptions))
+            resent = self._resume(session)
+            log = log.bind(resent=resent, waiting=session.outbox.waiting,
+                           subscriptions=len(session.subscriptions))
         log.info("device {} connected over MQTT", device.name)
         return int(connect.keep_alive)
 
     async def _provision_only(self, connect: Connect) -> None:
         """A provision-only session (username or client id ``provision``), as ThingsBoard's
-        MqttTransportHandler.processConnect accepts it: CONNACK 0, and every request on
-        /provision/request answered NOT_FOUND (mqtt/provision.py)."""
+        MqttTransportHandler.processConnect accepts it at every protocol level: CONNACK 0
+        (over MQTT 5 0x00 with the edge's properties, the session not kept), and every request
+        on /provision/request answered NOT_FOUND (mqtt/provision.py). Over MQTT 5 what ends
+        the session early ends it with a DISCONNECT and its reason code."""
+        codec = self._codec
         self._registry.connack(CONNECTION_ACCEPTED)
-        self._write(self._codec.connack(CONNECTION_ACCEPTED, False))
-        _log.bind(peer=self.peer).debug("provision-only session opened")
+        self._write(codec.accepted(connect, False, kept=False) if isinstance(codec, Mqtt5)
+                    else codec.connack(CONNECTION_ACCEPTED, False))
+        self._accepted = True
+        _log.bind(peer=self.peer, protocol_level=connect.level).debug(
+            "provision-only session opened")
         logged = False
 
         def answered() -> None:
@@ -593,20 +607,22 @@ class MqttConnection:
                     "devices (create the device and give it its access token)")
 
         try:
-            await provision.serve(self._frames, self._reader.read, self._write,
-                                  keep_alive=connect.keep_alive, answered=answered)
+            await provision.serve(codec, self._frames, self._reader.read, self._write,
+                                  keep_alive=connect.keep_alive, receive_max=connect.receive_max,
+                                  answered=answered, peer=self.peer)
         except provision.Refused as exc:
-            raise _Close(str(exc)) from exc
+            raise _Close(str(exc), code=exc.reason) from exc
 
-    def _resume(self, session: Session) -> None:
-        """A kept session: what awaited its PUBACK is sent again (DUP), and its subscriptions
-        serve again (RPC requests queued meanwhile in the device's session come now)."""
-        for message in session.outbox.unacked():
-            self._write(self._codec.outgoing(message.topic, message.payload, message.packet_id,
-                                             True, 1))
+    def _resume(self, session: Session) -> int:
+        """A kept session: what awaited its PUBACK is sent again (DUP; as the client's Receive
+        Maximum leaves room, and not what is over its Maximum Packet Size: ``_send_due``), and
+        its subscriptions serve again (RPC requests queued meanwhile in the device's session
+        come now). The messages sent again."""
+        resent = self._send_due()
         for topic_filter in list(session.subscriptions):
             if not self._serve_filter(topic_filter):
                 del session.subscriptions[topic_filter]
+        return resent
 
     # -- publishes from the client -------------------------------------------------------------
 
@@ -809,30 +825,60 @@ class MqttConnection:
     def _publish_to_device(self, topic: str, payload: bytes) -> None:
         """At the QoS granted to the subscription the topic falls under; a QoS 1 message is
         kept in the session until its PUBACK (and sent again on a clean-session-false
-        reconnect). An MQTT 5 client's Maximum Packet Size is honoured: a message larger is
-        not sent (MQTT 5 §3.1.2.11.4), one WARNING line."""
+        reconnect), and sent once the client's Receive Maximum leaves room (``_send_due``).
+        An MQTT 5 client's Maximum Packet Size is honoured: a message larger is not sent
+        (``_too_large``)."""
         session, codec = self._session, self._codec
         qos = 0 if session is None else session.qos_for(topic)
-        if isinstance(codec, Mqtt5) and codec.client_max_packet is not None:
-            size = codec.outgoing_size(topic, payload, qos)
-            if size > codec.client_max_packet:
-                self._logger().bind(topic=topic[:128], size=size).warning(
-                    "message not sent: {} bytes, more than the client's Maximum Packet Size "
-                    "of {}", size, codec.client_max_packet)
-                return
+        if self._too_large(topic, payload, qos):
+            return
         if session is None or qos == 0:
             self._write(codec.outgoing(topic, payload, None, False, 0))
             return
-        message, dropped = session.outbox.add(topic, payload)
+        dropped = session.outbox.add(topic, payload)
         if dropped is not None:
             self._dropped += 1
             self._registry.unacked_dropped.inc()
             if self._dropped == 1:  # once per connection: a client that never acknowledges
                 self._logger().bind(topic=dropped.topic[:128]).warning(
                     "message {} dropped unacknowledged: more than mqtt.max_unacked_per_session "
-                    "await their PUBACK (further drops on this connection are counted, not "
-                    "logged)", dropped.packet_id)
-        self._write(codec.outgoing(topic, payload, message.packet_id, False, 1))
+                    "are kept for the client (further drops on this connection are counted, "
+                    "not logged)", dropped.packet_id or "(not yet sent)")
+        self._send_due()
+
+    def _send_due(self) -> int:
+        """Send the QoS 1 messages of the session's outbox that are due, oldest first: all of
+        them over MQTT 3.1.1; over MQTT 5 only while fewer than the client's Receive Maximum
+        await their PUBACK (MQTT 5 §4.9: the rest wait, in order, for PUBACKs to free room).
+        One sent on an earlier connection goes with DUP; one over the Maximum Packet Size of
+        this connection's client is not sent, and no longer kept (``_too_large``): it does
+        not hold back the ones after it. The messages sent."""
+        session, codec = self._session, self._codec
+        assert session is not None
+        outbox = session.outbox
+        sent = 0
+        while (message := outbox.due()) is not None:
+            if self._too_large(message.topic, message.payload, 1):
+                continue
+            dup = outbox.sending(message)
+            self._write(codec.outgoing(message.topic, message.payload, message.packet_id, dup, 1))
+            sent += 1
+        return sent
+
+    def _too_large(self, topic: str, payload: bytes, qos: int) -> bool:
+        """Over MQTT 5, whether the PUBLISH of ``topic`` is over the client's Maximum Packet
+        Size (MQTT 5 §3.1.2.11.4: the server must not send it): it is not sent, one WARNING
+        line with the topic and the size."""
+        codec = self._codec
+        if not isinstance(codec, Mqtt5) or codec.client_max_packet is None:
+            return False
+        size = codec.outgoing_size(topic, payload, qos)
+        if size <= codec.client_max_packet:
+            return False
+        self._logger().bind(topic=topic[:128], size=size).warning(
+            "message not sent: {} bytes, more than the client's Maximum Packet Size of {}",
+            size, codec.client_max_packet)
+        return True
 
     # -- the end -------------------------------------------------------------------------------
 

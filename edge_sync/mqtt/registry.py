@@ -80,7 +80,7 @@ class SessionRegistry:
         self.unacked_dropped = metrics.counter(
             "edge_sync_mqtt_unacked_dropped_total",
             "QoS 1 messages to MQTT clients dropped unacknowledged: more than "
-            "mqtt.max_unacked_per_session awaited their PUBACK")
+            "mqtt.max_unacked_per_session were kept for the client")
         self.publishes_dropped = metrics.counter(
             "edge_sync_mqtt_publishes_dropped_total",
             "MQTT publishes acknowledged and dropped: on a topic outside the device API "

@@ -3,8 +3,9 @@ holds, and the store that keeps the sessions of clean-session-false clients whil
 
 A session holds the client's subscriptions with their granted QoS, the packet ids of its QoS 2
 publishes that were taken (stored, or their commit pending) and await their PUBREL, and the
-QoS 1 messages the edge sent it that await their PUBACK (the outbox, resent with DUP on a
-clean-session-false reconnect). Sessions are keyed by device and client id, so a device can
+QoS 1 messages for it that await their PUBACK (the outbox: sent, or waiting for room under an
+MQTT 5 client's Receive Maximum; sent again on a clean-session-false reconnect, with DUP when
+they were sent before). Sessions are keyed by device and client id, so a device can
 neither resume nor close another device's session by choosing its client id.
 
 Kept in memory only, and bounded: at most ``max_kept`` sessions of disconnected clients (the
@@ -16,7 +17,7 @@ Pure: no loop, no thread, no clock (``now`` is passed in, monotonic seconds).
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -36,49 +37,116 @@ sends PUBREL would otherwise grow its session without end (the connection is clo
 publish would go beyond it)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutMessage:
-    """A QoS 1 PUBLISH the edge sent a client, kept until its PUBACK."""
+    """A QoS 1 PUBLISH the edge keeps for a client until its PUBACK. ``packet_id`` is 0 until
+    it is first sent; it keeps its id when it is sent again (DUP) on a later connection."""
 
-    packet_id: int
     topic: str
     payload: bytes
+    packet_id: int = 0
 
 
 class Outbox:
-    """A session's QoS 1 messages awaiting their PUBACK, oldest first, at most ``limit``."""
+    """A session's QoS 1 messages awaiting their PUBACK, oldest first, at most ``limit``: the
+    ones sent on the current connection (in flight), then the ones waiting to be sent on it
+    (``due`` hands them out in order as the connection's quota leaves room).
 
-    __slots__ = ("_limit", "_messages", "_next_id")
+    The quota (``restart``) is MQTT 5's send quota (§4.9): at most the client's Receive
+    Maximum, and never more than ``limit``, QoS 1 messages in flight. A message dropped while
+    in flight (to stay within ``limit``) still counts against it, and its packet id stays
+    taken, until the client's PUBACK or the connection's end: the client holds it until then.
+    Without a quota (MQTT 3.1 and 3.1.1) every message is due at once and a dropped one is
+    forgotten. A packet id is given when a message is first sent: the ids taken then are only
+    those in flight (a message sent on an earlier connection is older than any never sent, and
+    goes first), fewer than 65535."""
+
+    __slots__ = ("_held", "_inflight", "_limit", "_next_id", "_quota", "_waiting")
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._messages: dict[int, OutMessage] = {}  # in the order they were added
+        self._inflight: dict[int, OutMessage] = {}  # sent on this connection, by packet id
+        self._waiting: deque[OutMessage] = deque()  # not sent on this connection, oldest first
+        self._held: set[int] = set()  # ids dropped in flight, still held by the client
+        self._quota: int | None = None
         self._next_id = 1
 
     def __len__(self) -> int:
-        return len(self._messages)
+        return len(self._inflight) + len(self._waiting)
 
-    def add(self, topic: str, payload: bytes) -> tuple[OutMessage, OutMessage | None]:
-        """Keep a message under a packet id no kept message uses; with the oldest message,
-        dropped to stay within the limit (None when none was)."""
+    @property
+    def waiting(self) -> int:
+        """Messages kept and not sent on this connection (beyond the quota)."""
+        return len(self._waiting)
+
+    def restart(self, quota: int | None) -> None:
+        """A connection takes the session: nothing is in flight on it yet, every message kept
+        is due again, oldest first (those sent before go with DUP); at most ``quota`` in
+        flight at once (capped at ``limit``; None: no quota)."""
+        if self._inflight:
+            self._waiting.extendleft(reversed(self._inflight.values()))
+            self._inflight = {}
+        self._held.clear()
+        self._quota = None if quota is None else max(1, min(quota, self._limit))
+
+    def add(self, topic: str, payload: bytes) -> OutMessage | None:
+        """Keep a message, to be sent once ``due``; the oldest message kept, dropped to stay
+        within the limit (None when none was)."""
         dropped = None
-        if len(self._messages) >= self._limit:
-            dropped = self._messages.pop(next(iter(self._messages)))
-        packet_id = self._next_id
-        while packet_id in self._messages:  # at most limit (< 65535) ids are taken
-            packet_id = packet_id % MAX_PACKET_ID + 1
-        self._next_id = packet_id % MAX_PACKET_ID + 1
-        message = OutMessage(packet_id, topic, payload)
-        self._messages[packet_id] = message
-        return message, dropped
+        if len(self) >= self._limit:
+            if self._inflight:
+                packet_id = next(iter(self._inflight))
+                dropped = self._inflight.pop(packet_id)
+                if self._quota is not None:
+                    self._held.add(packet_id)
+            else:
+                dropped = self._waiting.popleft()
+        self._waiting.append(OutMessage(topic, payload))
+        return dropped
+
+    def due(self) -> OutMessage | None:
+        """The oldest message not sent on this connection, when the quota has room for it,
+        taken off the wait: the caller sends it (``sending``) or gives it up."""
+        if not self._waiting:
+            return None
+        if self._quota is not None and len(self._inflight) + len(self._held) >= self._quota:
+            return None
+        return self._waiting.popleft()
+
+    def sending(self, message: OutMessage) -> bool:
+        """``message`` (from ``due``) is sent: in flight until its PUBACK, under a packet id
+        no other message in flight uses. Whether it was sent before (DUP)."""
+        dup = message.packet_id != 0
+        if not dup:
+            packet_id = self._next_id
+            taken = self._inflight
+            held = self._held
+            while packet_id in taken or packet_id in held:  # fewer than 65535 are taken
+                packet_id = packet_id % MAX_PACKET_ID + 1
+            self._next_id = packet_id % MAX_PACKET_ID + 1
+            message.packet_id = packet_id
+        self._inflight[message.packet_id] = message
+        return dup
 
     def acked(self, packet_id: int) -> bool:
-        """The client's PUBACK: forget the message (False when none had that id)."""
-        return self._messages.pop(packet_id, None) is not None
+        """The client's PUBACK: forget the message (False when none kept had that id), and
+        free its place in the quota."""
+        if self._inflight.pop(packet_id, None) is not None:
+            return True
+        if packet_id in self._held:
+            self._held.discard(packet_id)
+            return False
+        if not packet_id:
+            return False
+        for message in self._waiting:  # sent on an earlier connection, not yet again
+            if message.packet_id == packet_id:
+                self._waiting.remove(message)
+                return True
+        return False
 
     def unacked(self) -> list[OutMessage]:
-        """What is still unacknowledged, oldest first (resent on reconnect)."""
-        return list(self._messages.values())
+        """What is kept unacknowledged, oldest first: in flight, then waiting."""
+        return [*self._inflight.values(), *self._waiting]
 
 
 class Session:

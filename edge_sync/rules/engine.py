@@ -12,7 +12,7 @@ Owns: walking from ``firstNodeIndex`` (``run``) or from a node's connections of 
 supported node's semantics (as ThingsBoard's rule-engine-components define them, re-stated
 here); routing a script error to the node's ``Failure`` connections (the error is reported as
 ``Failed`` either way); a run-time step limit besides validation's refusal of cycles; stable
-node keys (``node_key``: the node's id, else ``#<index>``) for the state kept per node; running
+node keys (``node_key``: the node's identity, ``window_key``) for the state kept per node; running
 a batch of messages node by node (``run_many``: each node, and each script, once for the whole
 batch) with exactly the outcomes ``run`` gives them one after the other.
 
@@ -368,6 +368,39 @@ def _new_uuid() -> str:
     return str(uuid.uuid4())
 
 
+def window_key(node_type: str, name: str, occurrence: int) -> str:
+    """A node's identity, the key its per-entity state (windows) is kept under: its type, its
+    name and, among the chain's nodes of that type and name, its place (1, 2, ... in node
+    order). Not its index (an edit that inserts a node renumbers the rest) nor its id (the
+    cloud gives every node a new id when a chain is saved again). JSON text, so no type and
+    name pair can make another's key."""
+    return json.dumps([node_type.rsplit(".", 1)[-1], name, occurrence], ensure_ascii=False)
+
+
+def window_keys(nodes: Sequence[RuleNode]) -> list[str]:
+    """``window_key`` of each of a chain's nodes, in node order."""
+    seen: dict[tuple[str, str], int] = {}
+    keys = []
+    for node in nodes:
+        occurrence = seen[(node.type, node.name)] = seen.get((node.type, node.name), 0) + 1
+        keys.append(window_key(node.type, node.name, occurrence))
+    return keys
+
+
+def describe_key(key: str, node_type: str) -> str:
+    """How a log line names a node by its key when the chain in force has no such node:
+    ``'dedup all 20s' (TbMsgDeduplicationNode)`` (``#2`` after the name when it is the second
+    of that type and name); a key of an earlier edge version (``#<index>`` or the node's id)
+    as it is."""
+    short = node_type.rsplit(".", 1)[-1]
+    try:
+        kind, name, occurrence = json.loads(key)
+    except (ValueError, TypeError):
+        return f"{key} ({short})"
+    place = f" #{occurrence}" if occurrence != 1 else ""
+    return f"{name!r}{place} ({kind})"
+
+
 WINDOW_TYPES = (n.DEDUPLICATION, n.AGGREGATE)
 """Nodes the walk stops at with ``Deferred``: their windows are the caller's."""
 
@@ -421,18 +454,15 @@ class RuleEngine:
         self.deduplicates = bool(self._deduplicates)
         """A save timeseries node deduplicates: what it decided is kept in memory, and
         forgotten (``forget``) when the outcome of a message it let through was not stored."""
-        self._keys = [self._key_of(node) for node in meta.nodes]
+        self._keys = window_keys(meta.nodes)
         self._index_of = {key: i for i, key in enumerate(self._keys)}
         self._scripts = scripts
         """Each script node's script, compiled by validation (a script the sandbox refuses
         refuses the chain): once per engine, never per message."""
 
-    @staticmethod
-    def _key_of(node: RuleNode) -> str:
-        return node.id if node.id else f"#{node.index}"
-
     def node_key(self, index: int) -> str:
-        """A node's stable key: its id when it has one (a synced chain), else ``#<index>``."""
+        """A node's stable key (``window_key``): the same for the same node of an edited chain
+        (renumbered, or sent again by the cloud with new node ids)."""
         return self._keys[index]
 
     def node_index(self, key: str) -> int | None:

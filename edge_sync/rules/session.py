@@ -4,21 +4,35 @@ JSON-able record (msgpack-able) the caller persists. No threads, no I/O, no cloc
 caller gives the edge time (``now_ms``, from its injected Clock).
 
 Owns: adding each ``Deferred`` message to its node's window (built lazily from the node's
-configuration, found by the node's stable key ``RuleEngine.node_key``), a window's refusal
+configuration, found by the node's stable key ``RuleEngine.node_key``: its type, name and
+place among the nodes of that type and name), a window's refusal
 (``maxPendingMsgs``) reported as ``Failed`` and sent on by the node's ``Failure`` connections
 as ThingsBoard does, closing due windows and sending their output on by ``Success``; the seq a
 window's idempotency needs (a per-entity counter kept in the record); the record itself
 (``Step.record``, None when nothing is left to keep) and whether it changed; a batch of
 messages as one Step (``on_messages``), the chain run once for the batch.
 
-A chain swap keeps the windows of the nodes still in the chain (same key, same type; they go on
-under the new configuration, keeping their deadlines). A window whose node left the chain (or
-changed type) is kept until its deadline and then dropped, counted in ``Step.dropped``: its
-output has nowhere to go.
+A chain swap keeps the windows of the nodes still in the chain: same key (type and name), so
+a node renumbered by an edit, or given a new id by the cloud, keeps its windows. They go on
+under the new configuration whatever changed in it (interval, strategy, outMsgType,
+maxPendingMsgs), keeping their deadlines: a deduplication window holds the messages themselves
+and an aggregation window a count, sum, min and max per key, both meaningful under any
+configuration of the node; the new one applies from their wake-up. A window whose node left
+the chain (an orphan) is reported when the chain is bound (``bind``: ``Orphaned``, for the
+caller to warn while the operator can still put the node back), kept until its deadline and
+then dropped whole, reported in ``Step.dropped`` per node with the messages it held: its
+output has nowhere to go. A chain that brings the node back before the deadline takes the
+window again.
 
-The record: ``{"v": 1, "seq": <last seq given>, "originator": [type, id], "alarms": {type:
+The record: ``{"v": 2, "seq": <last seq given>, "originator": [type, id], "alarms": {type:
 alarm JSON}, "windows": [{"node": <key>, "type": <node type>, "windows": <window.py record>}]}``
 (windows sorted by node key and type; a node's entry goes when none of its windows is open).
+A record of version 1 (an earlier edge version) keyed a node's windows by ``#<index>`` (a file
+chain) or the node's id (a cloud chain): it loads as it is and, at its first ``bind``, each
+such key is read in the chain bound then (the chain in force when it is loaded, the one it was
+written under unless that changed while the agent was down): the node at that index or of that
+id, when of the same type, gives its key; else the windows are orphans. It is written back as
+version 2 the next time the entity's state is saved.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ from edge_sync.rules.engine import (
     Outcome,
     RuleEngine,
     count_visits,
+    describe_key,
 )
 from edge_sync.rules.message import Originator, RuleMsg
 from edge_sync.rules.window import (
@@ -49,8 +64,34 @@ from edge_sync.rules.window import (
     Msg,
 )
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1: windows keyed by ``#<index>`` or node id (mapped at the first ``bind``)."""
 Windows = DedupWindows | AggregateWindows
+
+
+@dataclass(frozen=True)
+class Orphaned:
+    """Open windows of a node not in the chain just bound: dropped at their deadline unless
+    a chain with the node goes in force before."""
+
+    node: str
+    """how the node is named (``engine.describe_key``: its name and type, or an old key)"""
+    windows: int
+    messages: int
+    """the messages they hold (acknowledged to their devices)"""
+    deadline: int
+    """when the first of them is dropped (ms, edge time)"""
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """Windows of a node not in the chain in force, dropped at their deadline."""
+
+    node: str
+    """as in ``Orphaned``"""
+    windows: int
+    messages: int
 
 
 @dataclass(frozen=True)
@@ -64,9 +105,11 @@ class Step:
     changed: bool
     """whether ``record`` differs from the last one (persist only then)"""
     jumps: tuple[ClockJump, ...]
-    """clock jumps the windows saw (for the caller to log)"""
-    dropped: int
-    """closed windows whose node left the chain: their output went nowhere (for the log)"""
+    """clock jumps the windows saw (for the caller to log); ``key[0]`` names the node as log
+    lines do (``nodes[0] 'dedup all 20s'``), not by its key"""
+    dropped: tuple[Dropped, ...]
+    """windows whose node left the chain, closed now: their output went nowhere (per node,
+    for the log and the count of messages lost)"""
     visits: dict[str, int] = field(default_factory=dict)
     """messages each node received, when ``outcomes`` leaves out the ``Visited`` markers
     (``on_messages``); empty otherwise"""
@@ -74,11 +117,13 @@ class Step:
 
 @dataclass
 class _Node:
-    """One node's windows for this entity: the node's key and type."""
+    """One node's windows for this entity: the node's key and type, and how log lines name
+    it (its ``describe()`` in the chain bound, else ``describe_key``)."""
 
     key: str
     type: str
     windows: Windows
+    label: str
 
     def to_record(self) -> dict[str, Any]:
         return {"node": self.key, "type": self.type, "windows": self.windows.to_record()}
@@ -101,6 +146,32 @@ def _build(node_type: str, config: Any, record: dict[str, Any] | None) -> Window
         str(out_type) if out_type else None, str(queue) if queue else None)
 
 
+def _mapped(engine: RuleEngine, raw: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 record's node entry with its key mapped through ``engine``'s chain: the
+    node at index ``#<index>``, else the node of that id, when it is of the entry's type, gives
+    its ``node_key``, set in the window records too; else the entry as it is (an orphan: no
+    node key of this version looks like an old one)."""
+    key, kind = str(raw["node"]), str(raw["type"])
+    index: int | None = None
+    if key.startswith("#") and key[1:].isdigit():
+        index = int(key[1:])
+    else:
+        index = next((node.index for node in engine.meta.nodes if node.id == key), None)
+    if index is None or index >= len(engine.meta.nodes) or engine.meta.nodes[index].type != kind:
+        return raw
+    new = engine.node_key(index)
+    windows = raw["windows"]
+    return {**raw, "node": new, "windows": {
+        **windows,
+        "windows": [{**w, "node": new} for w in windows["windows"]],
+        "closed_seq": [[new, originator, seq] for _, originator, seq in windows["closed_seq"]]}}
+
+
+def _named(jump: ClockJump, label: str) -> ClockJump:
+    """A window's clock jump with the node named as log lines name it, not by its key."""
+    return ClockJump((label, jump.key[1]), jump.direction, jump.by_ms)
+
+
 _ORPHAN_CONFIG: dict[str, dict[str, Any]] = {
     n.AGGREGATE: {"interval": 1},
     n.DEDUPLICATION: {"interval": 1, "strategy": "FIRST"},
@@ -116,14 +187,16 @@ class EntityRules:
         self._originator: Originator | None = None
         self._alarms: Alarms = {}
         self._raw: list[dict[str, Any]] = []  # {"node", "type", "windows"}: not bound yet
+        self._legacy = False  # _raw is of a version 1 record: keys mapped at the first bind
         self._nodes: dict[str, _Node] = {}  # node key -> windows of a node in the chain
         self._orphans: list[_Node] = []  # windows of nodes no longer in it (or of another type)
         self._engine: RuleEngine | None = None
         self._last = record
         if record is not None:
-            if record.get("v") != RECORD_VERSION:
+            if record.get("v") not in READABLE_VERSIONS:
                 raise ValueError(f"rule state record version {record.get('v')!r}: expected "
-                                 f"{RECORD_VERSION}")
+                                 f"one of {', '.join(map(str, READABLE_VERSIONS))}")
+            self._legacy = record["v"] == 1
             self._seq = int(record["seq"])
             if record.get("originator") is not None:
                 kind, ident = record["originator"]
@@ -140,6 +213,40 @@ class EntityRules:
     def open_windows(self) -> int:
         return (sum(len(x.windows.open_keys()) for x in self._bound())
                 + sum(len(r["windows"]["windows"]) for r in self._raw))
+
+    @property
+    def held_messages(self) -> int:
+        """The messages the open windows hold (taken and not yet sent)."""
+        return (sum(x.windows.held() for x in self._bound())
+                + sum(int(w["count"]) for r in self._raw for w in r["windows"]["windows"]))
+
+    def due_windows(self, now_ms: int) -> tuple[int, int]:
+        """(open windows due at ``now_ms``, the messages they hold)."""
+        due = [w["count"] for r in self._raw for w in r["windows"]["windows"]
+               if now_ms >= w["deadline"]]
+        windows, messages = len(due), sum(due)
+        for x in self._bound():
+            more, held = x.windows.due_count(now_ms)
+            windows, messages = windows + more, messages + held
+        return windows, messages
+
+    def window_counts(self) -> dict[str, tuple[int, int]]:
+        """Per node with open windows, (open windows, messages they hold), by how log lines
+        name it (bound: its ``describe()`` in the chain; an orphan: ``describe_key`` and
+        `` (not in the chain)``; not bound yet: its key)."""
+        out: dict[str, tuple[int, int]] = {}
+        for x in self._nodes.values():
+            out[x.label] = (len(x.windows.open_keys()), x.windows.held())
+        for x in self._orphans:
+            label = f"{x.label} (not in the chain)"
+            windows, held = out.get(label, (0, 0))
+            out[label] = (windows + len(x.windows.open_keys()), held + x.windows.held())
+        for r in self._raw:
+            label = describe_key(str(r["node"]), str(r["type"]))
+            windows, held = out.get(label, (0, 0))
+            out[label] = (windows + len(r["windows"]["windows"]),
+                          held + sum(w["count"] for w in r["windows"]["windows"]))
+        return out
 
     def next_deadline(self) -> int | None:
         """The earliest deadline of this entity's open windows (ms); None when none is open."""
@@ -166,25 +273,25 @@ class EntityRules:
         """``on_message`` for each of ``msgs`` in turn, as one Step: the outcomes of every call
         in order, the ``Visited`` markers left out and counted in ``visits``, the last call's
         record, ``changed`` when any call's record differed from the one before, the jumps of
-        every call, ``dropped`` summed. The chain runs once for all the messages
+        every call, ``dropped`` of every call. The chain runs once for all the messages
         (``RuleEngine.run_many``), then each message's windows work is done in turn as
         ``on_message`` does it (due windows closed first, its deferred messages added); a chain
         with alarm nodes (alarms shared in message order) calls ``on_message`` for each. No
         messages: nothing done, an empty Step with the last record, unchanged."""
         if not msgs:
-            return Step((), self._last, False, (), 0)
+            return Step((), self._last, False, (), ())
         visits: dict[str, int] = {}
         if engine.has_alarm_nodes:
             steps = [self.on_message(engine, msg, now_ms) for msg in msgs]
             outcomes = count_visits([o for step in steps for o in step.outcomes], visits)
             return Step(tuple(outcomes), steps[-1].record, any(step.changed for step in steps),
                         tuple(j for step in steps for j in step.jumps),
-                        sum(step.dropped for step in steps), visits)
+                        tuple(d for step in steps for d in step.dropped), visits)
         self._bind(engine)
         runs = engine.run_many(msgs, self._alarms, visits)
         out: list[Outcome] = []
         jumps: list[ClockJump] = []
-        dropped = 0
+        dropped: list[Dropped] = []
         changed = False
         last = self._last
         resumed = False  # a window closed or refused: its walk's outcomes carry Visited markers
@@ -216,11 +323,17 @@ class EntityRules:
         dropped = self._close_due(engine, now_ms, out, jumps)
         return self._step(out, jumps, dropped)
 
-    def _bind(self, engine: RuleEngine) -> None:
-        """Attach the windows to ``engine``'s nodes (again after a chain swap)."""
+    def bind(self, engine: RuleEngine) -> tuple[Orphaned, ...]:
+        """Attach the windows to ``engine``'s nodes (again after a chain swap; nothing to do for
+        the engine bound already): each node's windows go to the node of the same key, those
+        of a node not in the chain are orphans, reported here (per node: windows, messages,
+        the first deadline). A version 1 record's keys are mapped through this chain first."""
         if engine is self._engine:
-            return
+            return ()
         self._raw.extend(x.to_record() for x in self._bound())
+        if self._legacy:
+            self._raw = [_mapped(engine, raw) for raw in self._raw]
+            self._legacy = False
         self._nodes, self._orphans = {}, []
         for raw in self._raw:
             key, kind = str(raw["node"]), str(raw["type"])
@@ -228,12 +341,27 @@ class EntityRules:
             rule_node = None if index is None else engine.meta.nodes[index]
             if rule_node is not None and rule_node.type == kind and key not in self._nodes:
                 self._nodes[key] = _Node(key, kind, _build(kind, rule_node.configuration,
-                                                           raw["windows"]))
+                                                           raw["windows"]),
+                                         rule_node.describe())
             else:
                 self._orphans.append(_Node(key, kind, _build(kind, _ORPHAN_CONFIG[kind],
-                                                             raw["windows"])))
+                                                             raw["windows"]),
+                                           describe_key(key, kind)))
         self._raw = []
         self._engine = engine
+        orphaned: dict[str, list[int]] = {}
+        for x in self._orphans:
+            deadline = x.windows.next_deadline()
+            if deadline is None:
+                continue
+            seen = orphaned.setdefault(x.label, [0, 0, deadline])
+            seen[0] += len(x.windows.open_keys())
+            seen[1] += x.windows.held()
+            seen[2] = min(seen[2], deadline)
+        return tuple(Orphaned(label, *counts) for label, counts in orphaned.items())
+
+    def _bind(self, engine: RuleEngine) -> None:
+        self.bind(engine)
 
     def _bound(self) -> list[_Node]:
         return [*self._nodes.values(), *self._orphans]
@@ -245,7 +373,7 @@ class EntityRules:
         if node is None:
             rule_node = engine.meta.nodes[deferred.node_index]
             node = _Node(key, rule_node.type, _build(rule_node.type, rule_node.configuration,
-                                                     None))
+                                                     None), rule_node.describe())
             self._nodes[key] = node
         msg = deferred.msg
         self._seq += 1
@@ -261,18 +389,21 @@ class EntityRules:
             out.extend(engine.resume(deferred.node_index, FAILURE, msg, self._alarms))
 
     def _close_due(self, engine: RuleEngine, now_ms: int, out: list[Outcome],
-                   jumps: list[ClockJump]) -> int:
+                   jumps: list[ClockJump]) -> list[Dropped]:
         if not self._nodes and not self._orphans:
-            return 0  # no window open (the per-message case of a chain without windows)
+            return []  # no window open (the per-message case of a chain without windows)
         closed: list[tuple[str, Closed]] = []
-        dropped = 0
+        dropped: dict[str, list[int]] = {}
         for orphan in self._orphans:
             result = orphan.windows.due(now_ms, whole=True)  # dropped whole, pending packs too
-            jumps.extend(result.jumps)
-            dropped += len(result.closed)
+            jumps.extend(_named(j, orphan.label) for j in result.jumps)
+            if result.closed:
+                counts = dropped.setdefault(orphan.label, [0, 0])
+                counts[0] += len(result.closed)
+                counts[1] += sum(c.count for c in result.closed)
         for key, node in sorted(self._nodes.items()):
             result = node.windows.due(now_ms)
-            jumps.extend(result.jumps)
+            jumps.extend(_named(j, node.label) for j in result.jumps)
             closed.extend((key, c) for c in result.closed)
         for key, c in sorted(closed, key=lambda kc: (kc[1].opened, kc[0])):
             index = engine.node_index(key)
@@ -285,7 +416,8 @@ class EntityRules:
         # nothing open: the seq counter alone guards what comes next
         self._nodes = {k: x for k, x in self._nodes.items() if x.windows.open_keys()}
         self._orphans = [x for x in self._orphans if x.windows.open_keys()]
-        return dropped
+        return [Dropped(label, windows, messages)
+                for label, (windows, messages) in dropped.items()]
 
     def _forget_seq(self) -> bool:
         """Nothing left to keep: the seq counter restarts (what ``_record`` does then);
@@ -309,12 +441,12 @@ class EntityRules:
             "windows": windows,
         }
 
-    def _step(self, out: list[Outcome], jumps: list[ClockJump], dropped: int,
+    def _step(self, out: list[Outcome], jumps: list[ClockJump], dropped: list[Dropped],
               changed: bool = False, visits: dict[str, int] | None = None) -> Step:
         """The Step of a call; ``changed`` given: an earlier record of the call already
         differed."""
         record = self._record()
         changed = changed or record != self._last
         self._last = record
-        return Step(tuple(out), record, changed, tuple(jumps), dropped,
+        return Step(tuple(out), record, changed, tuple(jumps), tuple(dropped),
                     {} if visits is None else visits)

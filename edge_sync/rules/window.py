@@ -8,7 +8,7 @@ agent reaches them through it.
 
 Rules:
 
-- A window is keyed by ``(node id, originator)``. It opens when its first message is added, at
+- A window is keyed by ``(node key, originator)``. It opens when its first message is added, at
   the edge's time ``now`` (ms, read by the caller from its injected Clock), and wakes when
   ``now >= deadline``, ``deadline = opened + interval``. ``due(now)`` wakes every due window
   once: an aggregation window closes with one output and is removed; a deduplication window
@@ -26,6 +26,12 @@ Rules:
   with the largest (ties: the earliest arrival, as its strict comparisons do); ALL is one
   message of type ``outMsgType``, metadata ``{"ts": <wake-up time>}``, data a JSON array of
   ``{"msg": <data>, "metadata": <metadata>}`` in arrival order.
+- An output's stamp (ALL and aggregation: metadata ``ts`` and the message's ts) is the time
+  the window was due to wake (its deadline), not the time it did: the same on time (the
+  caller's timer wakes it then), and, when it wakes late (the agent was down at its deadline
+  and closes it at start, or the clock jumped forward), still the time its data belongs to.
+  ThingsBoard's ALL stamps the time its node processes the pack, which is its wake-up
+  (``TbMsgDeduplicationNode.getMetadata``); it keeps no window across a restart.
 - ``maxPendingMsgs`` bounds a window's pending messages (kept and not yet sent, as
   ThingsBoard's ``size() < maxPendingMsgs``): a message over it is not kept, the add returns
   ``OVERFLOW`` (ThingsBoard sends it to Failure: the caller does) and the wake-up's first output
@@ -54,7 +60,7 @@ Rules:
 - Aggregation output: one telemetry-shaped message of type ``outMsgType`` (default
   ``POST_TELEMETRY_REQUEST``), flat so ThingsBoard stores it as timeseries: data
   ``{"<key>_min", "<key>_max", "<key>_avg", "<key>_sum", "<key>_count"}`` for every numeric key
-  (keys sorted), metadata ``{"ts": <close time>, "msgCount": <messages kept>}``.
+  (keys sorted), metadata ``{"ts": <due close time>, "msgCount": <messages kept>}``.
 - Aggregation numbers: a numeric value is a JSON int or float (not a bool) of a top-level key of
   the message's data object; other values are ignored. ``sum`` adds in arrival order with Python
   arithmetic (ints stay exact ints, a float makes it an IEEE double: no other rounding),
@@ -77,7 +83,7 @@ MAX_DEADLINE = 2**63 - 1
 msgpack)."""
 
 Key = tuple[str, str]
-"""(rule node id, originator id)."""
+"""(the node's key, ``RuleEngine.node_key``; originator id)."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ class Msg:
 @dataclass(frozen=True)
 class OutMsg:
     """A window's output (one per deduplication pack); ``ts``: the picked message's ts
-    (FIRST/LAST), else the wake-up time."""
+    (FIRST/LAST), else the time the window was due to wake (its deadline)."""
 
     originator: str
     type: str
@@ -182,7 +188,8 @@ class _Windows(Generic[S]):
     def _add_to(self, state: S, msg: Msg) -> None:
         raise NotImplementedError
 
-    def _output(self, key: Key, state: S, count: int, now: int) -> OutMsg:
+    def _output(self, key: Key, state: S, count: int, due: int) -> OutMsg:
+        """The output of ``count`` messages; ``due``: when the window was due to wake."""
         raise NotImplementedError
 
     def _state_record(self, state: S) -> Any:
@@ -197,6 +204,15 @@ class _Windows(Generic[S]):
     def next_deadline(self) -> int | None:
         """The earliest deadline of the open windows (ms, edge time); None when none is open."""
         return min((w.deadline for w in self._open.values()), default=None)
+
+    def held(self) -> int:
+        """How many messages the open windows hold (taken and not yet sent)."""
+        return sum(w.count for w in self._open.values())
+
+    def due_count(self, now: int) -> tuple[int, int]:
+        """(windows due at ``now``, the messages they hold)."""
+        due = [w.count for w in self._open.values() if now >= w.deadline]
+        return len(due), sum(due)
 
     def _observe(self, key: Key, w: _Window[S], now: int) -> ClockJump | None:
         if now < w.last_seen:
@@ -269,7 +285,7 @@ class _Windows(Generic[S]):
 
     def _release_whole(self, key: Key, w: _Window[S], now: int) -> Released:
         """One output for everything the window holds; it closes."""
-        return [(self._output(key, w.state, w.count, now), w.count)], 0, None
+        return [(self._output(key, w.state, w.count, w.deadline), w.count)], 0, None
 
     def to_record(self) -> dict[str, Any]:
         """Plain JSON-able state: open windows (with their last seq) and each key's closed
@@ -338,7 +354,7 @@ class DedupWindows(_Windows[list[Msg]]):
             while last < len(by_ts) and pending[by_ts[last]].ts < end:
                 last += 1
             pack = [pending[i] for i in sorted(by_ts[first:last])]  # arrival order
-            released.append((self._output(key, pack, len(pack), now), len(pack)))
+            released.append((self._output(key, pack, len(pack), w.deadline), len(pack)))
             first = last
         if first == len(by_ts):
             return released, 0, None
@@ -346,16 +362,17 @@ class DedupWindows(_Windows[list[Msg]]):
         w.state = [pending[i] for i in kept]
         return released, len(kept), pending[by_ts[first]].ts + self.interval_ms
 
-    def _output(self, key: Key, state: list[Msg], count: int, now: int) -> OutMsg:
+    def _output(self, key: Key, state: list[Msg], count: int, due: int) -> OutMsg:
         """One pack's output, as processDeduplication builds it: ALL, a message of type
-        ``outMsgType`` with the pack in arrival order and metadata ts ``now``; FIRST / LAST, the
+        ``outMsgType`` with the pack in arrival order and metadata ts ``due`` (ThingsBoard's
+        getMetadata: the time it processes the pack, its wake-up); FIRST / LAST, the
         message of the smallest / largest ts (strict comparisons in arrival order: the earliest
         arrival on ties), as it came."""
         if self.strategy == "ALL":
             packed = [{"msg": json.loads(m.data), "metadata": m.metadata} for m in state]
             assert self.out_msg_type is not None
-            return OutMsg(key[1], self.out_msg_type, json.dumps(packed), {"ts": str(now)},
-                          self.queue_name, now)
+            return OutMsg(key[1], self.out_msg_type, json.dumps(packed), {"ts": str(due)},
+                          self.queue_name, due)
         pick = state[0]
         for m in state[1:]:
             if (m.ts < pick.ts) if self.strategy == "FIRST" else (m.ts > pick.ts):
@@ -377,7 +394,8 @@ Stats = dict[str, dict[str, Any]]
 class AggregateWindows(_Windows[Stats]):
     """The edge's aggregation node (``AGGREGATE_NODE_TYPE``): at close, one message of type
     ``out_msg_type`` whose data is ``{"<key>_min", "<key>_max", "<key>_avg", "<key>_sum",
-    "<key>_count"}`` (keys sorted) and metadata ``{"ts": <close time>, "msgCount": <kept>}``."""
+    "<key>_count"}`` (keys sorted) and metadata ``{"ts": <due close time>, "msgCount":
+    <kept>}``."""
 
     def __init__(self, interval_s: int, max_pending: int = AGGREGATE_DEFAULT_PENDING,
                  out_msg_type: str = AGGREGATE_DEFAULT_OUT_TYPE,
@@ -417,7 +435,7 @@ class AggregateWindows(_Windows[Stats]):
                 s["min"] = min(s["min"], v)
                 s["max"] = max(s["max"], v)
 
-    def _output(self, key: Key, state: Stats, count: int, now: int) -> OutMsg:
+    def _output(self, key: Key, state: Stats, count: int, due: int) -> OutMsg:
         summary: dict[str, Any] = {}
         for k, s in sorted(state.items()):
             summary[f"{k}_min"] = s["min"]
@@ -426,7 +444,7 @@ class AggregateWindows(_Windows[Stats]):
             summary[f"{k}_sum"] = s["sum"]
             summary[f"{k}_count"] = s["count"]
         return OutMsg(key[1], self.out_msg_type, json.dumps(summary),
-                      {"ts": str(now), "msgCount": str(count)}, self.queue_name, now)
+                      {"ts": str(due), "msgCount": str(count)}, self.queue_name, due)
 
     def _state_record(self, state: Stats) -> Any:
         return {k: dict(s) for k, s in state.items()}

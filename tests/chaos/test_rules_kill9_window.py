@@ -92,7 +92,10 @@ def test_kill9_mid_window_counts_each_acknowledged_reading_once(tmp_path, linked
     loaded = wait_until(
         lambda: [r for r in agent.log_records() if r["message"].startswith("rule state of")],
         timeout=DEADLINE_S, what="the restarted edge to log the rule state it loaded")
-    assert [r["message"] for r in loaded] == ["rule state of 1 entities loaded"]
+    overdue = 1 if down == "past-deadline" else 0
+    assert [r["message"] for r in loaded] == [
+        f"rule state of 1 entities loaded: 1 open rule windows ({HALF} held messages), "
+        f"{overdue} overdue (their deadline passed while the agent was down): closed now"]
     assert agent.post_telemetry(token, [{"v": n} for n in range(HALF, 2 * HALF)]) == 200
     if down == "brief":  # the case's premise: the second half reached the restored window
         took_ms = int(time.time() * 1000) - acked_ms

@@ -1,10 +1,11 @@
-"""A device that talks MQTT 3.1.1 (or MQTT 5: ``protocol=mqtt.MQTTv5``, with clean start and a
-session expiry interval) to the agent through a real client (paho-mqtt): connect with
-its access token as username (plain or TLS, clean session or not), publish, subscribe, and see
-what the server answered (CONNACK code and session-present flag, PUBACKs, what it published
-and with which QoS and DUP flag, a connection the server closed). No automatic reconnect, so a
-closed connection stays closed and nothing is resent behind the test's back; a client made with
-``manual_ack`` acknowledges the server's QoS 1 messages only when the test says so.
+"""A device that talks MQTT 3.1.1 (or MQTT 5: ``protocol=mqtt.MQTTv5``, with clean start, a
+session expiry interval, a Receive Maximum and a Maximum Packet Size) to the agent through a
+real client (paho-mqtt): connect with its access token as username (plain or TLS, clean
+session or not), publish, subscribe, and see what the server answered (CONNACK code and
+session-present flag, PUBACKs, what it published and with which QoS and DUP flag, a connection
+the server closed). No automatic reconnect, so a closed connection stays closed and nothing is
+resent behind the test's back; a client made with ``manual_ack`` acknowledges the server's QoS
+1 messages only when the test says so.
 """
 
 from __future__ import annotations
@@ -40,12 +41,15 @@ class MqttDevice:
                  clean_session: bool | None = None, host: str = "127.0.0.1",
                  tls: Tls | None = None, manual_ack: bool = False,
                  protocol: int = mqtt.MQTTv311, clean_start: bool = True,
-                 session_expiry: int | None = None) -> None:
+                 session_expiry: int | None = None, receive_max: int | None = None,
+                 max_packet_size: int | None = None) -> None:
         self.port = port
         self.host = host
         self.protocol = protocol
         self.clean_start = clean_start
         self.session_expiry = session_expiry
+        self.receive_max = receive_max
+        self.max_packet_size = max_packet_size
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=clean_session, protocol=protocol,
                                   reconnect_on_failure=False, manual_ack=manual_ack)
@@ -79,10 +83,13 @@ class MqttDevice:
     def connect(self, *, timeout: float = 10.0) -> Any:
         """Connect and wait for CONNACK (or the connection's end): paho's reason code."""
         if self.protocol == mqtt.MQTTv5:
-            properties = None
+            properties = Properties(PacketTypes.CONNECT)
             if self.session_expiry is not None:
-                properties = Properties(PacketTypes.CONNECT)
                 properties.SessionExpiryInterval = self.session_expiry
+            if self.receive_max is not None:
+                properties.ReceiveMaximum = self.receive_max
+            if self.max_packet_size is not None:
+                properties.MaximumPacketSize = self.max_packet_size
             self.client.connect(self.host, self.port, keepalive=30, clean_start=self.clean_start,
                                 properties=properties)
         else:

@@ -288,6 +288,19 @@ def test_a_rule_chain_export_imported_and_assigned_reaches_the_edge_chain_then_m
     assert shown["metadata"] == meta
 
 
+def test_an_export_put_on_the_root_rule_chain_keeps_it_root_and_says_nothing_otherwise(api):
+    """The import's note "root set to false" is for a new chain; an update keeps the chain's
+    root flag as it is, so the note would say the opposite of what happens."""
+    [root] = [r for r in api.ok("GET", "/api/entities?type=RULE_CHAIN")
+              if r["name"] == "Edge Root Rule Chain"]
+    doc = fixture("boiler_alarms_rule_chain.json")
+    out = api.ok("PUT", f"/api/entities/{root['id']}",
+                 {"ruleChain": {**doc["ruleChain"], "root": True}, "metadata": doc["metadata"]})
+    assert out["notes"] == []
+    assert (out["name"], out["entity"]["root"]) == ("Boiler alarms", True)
+    assert api.ok("GET", f"/api/entities/{root['id']}")["entity"]["root"] is True
+
+
 def test_an_import_is_all_or_nothing_and_a_bad_file_is_refused_with_the_reason(api, edge):
     before = api.ok("GET", "/api/entities")
     cases = [

@@ -31,10 +31,12 @@ from paho.mqtt.properties import Properties
 
 from edge_sync.app import EdgeApp
 from edge_sync.devices.rpc import RpcStatus
+from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.records import Device
 from tests.helpers.fake_peer import FakeCloud
-from tests.helpers.mqtt_app import MQTT_ON, AppFactory, no_connections, values
+from tests.helpers.mqtt_app import MQTT_ON, AppFactory, no_connections, round_trip, values
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
+from tests.helpers.mqtt_gateway import Logs
 from tests.helpers.wait import wait_until
 from tests.integration.test_device_sessions import (
     Harness,
@@ -544,3 +546,243 @@ def test_two_311_clients_with_empty_client_ids_are_two_sessions(
                    timeout=DEADLINE_S, what="both publishes acknowledged")
         assert not first.disconnected.is_set() and not second.disconnected.is_set()
     assert sorted(values(app, device_id, "from")) == ["first", "second"]
+
+
+# -- Receive Maximum, resends on a resumed session -------------------------------------------
+
+RPC_REQUESTS = "v1/devices/me/rpc/request/+"
+RPC_PREFIX = "v1/devices/me/rpc/request/"
+RESPONSES = "v1/devices/me/attributes/response/+"
+
+
+def requests_received(client: MqttDevice) -> list[tuple[int, bool]]:
+    """The RPC requests the edge published to ``client``, in order: (request id, DUP)."""
+    return [(int(m.topic[len(RPC_PREFIX):]), bool(m.dup))
+            for m in list(client.received) if m.topic.startswith(RPC_PREFIX)]
+
+
+def handed_over(app: EdgeApp, dev: Device, count: int) -> None:
+    """Wait until ``count`` RPC requests are DELIVERED and handed to the connection (none
+    taken for a subscription and not handed over): what the connection sends of them is
+    written before the answer to a later attribute request (round_trip)."""
+    server = app.mqtt_server
+    assert server is not None
+    wait_until(lambda: ([r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED] * count
+                        and server.results_pending == 0),
+               timeout=DEADLINE_S, what=f"{count} requests handed to the connection")
+
+
+def puback(client: MqttDevice, request_id: int) -> None:
+    (message,) = [m for m in client.received_on(f"{RPC_PREFIX}{request_id}") if m.qos == 1][-1:]
+    client.client.ack(message.mid, message.qos)
+
+
+def test_no_more_qos1_messages_await_their_puback_than_the_clients_receive_maximum(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """MQTT 5 §3.1.2.11.3 and §4.9: the client announces Receive Maximum 2 and holds its
+    PUBACKs back. Of five RPC requests two are sent; the others wait in the session, in
+    order, and go out one per PUBACK (none with DUP: each is sent once)."""
+    fake, app, dev = linked
+    with v5(app.mqtt_port, dev.token, manual_ack=True, receive_max=2) as client:
+        assert client.connect() == 0
+        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+        assert client.subscribe(RESPONSES) == [0]  # QoS 0: round_trip is not held back
+        for n in range(1, 6):
+            deliver(fake, rpc_downlink(fake, dev, n, "ping"))
+        handed_over(app, dev, 5)
+        round_trip(client, 1)
+        assert requests_received(client) == [(1, False), (2, False)]
+        puback(client, 2)  # the room of any PUBACK, not only the oldest one's
+        wait_until(lambda: len(requests_received(client)) == 3, timeout=DEADLINE_S,
+                   what="request 3 after one PUBACK")
+        round_trip(client, 2)
+        assert requests_received(client) == [(1, False), (2, False), (3, False)]
+        puback(client, 1)
+        puback(client, 3)
+        wait_until(lambda: len(requests_received(client)) == 5, timeout=DEADLINE_S,
+                   what="requests 4 and 5 after two more PUBACKs")
+        round_trip(client, 3)
+        assert requests_received(client) == [(n, False) for n in range(1, 6)]
+        assert not client.disconnected.is_set()
+    no_connections(app)
+
+
+def test_a_message_dropped_in_flight_holds_its_place_until_its_puback(
+        harness: Harness) -> None:
+    """mqtt.max_unacked_per_session 2 and Receive Maximum 1: request 1 is sent, 2 and 3 wait;
+    keeping 3 drops the oldest, 1, in flight (counted, one WARNING). The client still holds
+    1: nothing more is sent until its PUBACK, then 2, then 3 after 2's."""
+    fake, app = harness.connected_edge(**MQTT_ON, EDGE_MQTT_MAX_UNACKED_PER_SESSION="2")
+    dev = make_device(app, "mqtt5-dropped")
+    logs = Logs()
+    try:
+        with v5(app.mqtt_port, dev.token, manual_ack=True, receive_max=1) as client:
+            assert client.connect() == 0
+            assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+            assert client.subscribe(RESPONSES) == [0]
+            for n in (1, 2, 3):
+                deliver(fake, rpc_downlink(fake, dev, n, "ping"))
+            handed_over(app, dev, 3)
+            round_trip(client, 1)
+            assert requests_received(client) == [(1, False)]
+            assert app.metrics.value("edge_sync_mqtt_unacked_dropped_total") == 1
+            for n in (1, 2):
+                puback(client, n)
+                wait_until(lambda n=n: len(requests_received(client)) == n + 1,
+                           timeout=DEADLINE_S, what=f"request {n + 1} after PUBACK {n}")
+                round_trip(client, n + 1)
+            assert requests_received(client) == [(1, False), (2, False), (3, False)]
+        no_connections(app)
+    finally:
+        logs.close()
+    (warning,) = logs.matching("dropped unacknowledged")
+    assert warning["message"].startswith("message 1 dropped unacknowledged")
+    assert app.metrics.value("edge_sync_mqtt_unacked_dropped_total") == 1
+
+
+def test_a_311_client_gets_every_message_without_waiting_for_pubacks(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """MQTT 3.1.1 has no Receive Maximum: five requests all go out at once."""
+    fake, app, dev = linked
+    with MqttDevice(app.mqtt_port, dev.token, manual_ack=True) as client:
+        assert client.connect() == 0
+        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+        for n in range(1, 6):
+            deliver(fake, rpc_downlink(fake, dev, n, "ping"))
+        wait_until(lambda: len(requests_received(client)) == 5, timeout=DEADLINE_S,
+                   what="five requests without a PUBACK")
+        assert requests_received(client) == [(n, False) for n in range(1, 6)]
+    no_connections(app)
+
+
+def test_a_resend_over_the_new_maximum_packet_size_is_not_sent_nor_holds_back_the_rest(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """Four requests sent and not acknowledged; the client comes back (clean start 0) with
+    Maximum Packet Size 200 and Receive Maximum 2. The one larger than 200 bytes is not sent
+    again (one WARNING, as for a new message; no longer kept), the two after it fill the
+    Receive Maximum (DUP), and the last goes once a PUBACK frees room."""
+    fake, app, dev = linked
+    session = {"client_id": "resend5", "clean_start": False, "session_expiry": 600,
+               "manual_ack": True}
+    with v5(app.mqtt_port, dev.token, **session) as first:
+        assert first.connect() == 0
+        assert first.subscribe(RPC_REQUESTS, qos=1) == [1]
+        for n, params in ((1, None), (2, {"blob": "b" * 300}), (3, None), (4, None)):
+            deliver(fake, rpc_downlink(fake, dev, n, "ping", params))
+        wait_until(lambda: len(requests_received(first)) == 4, timeout=DEADLINE_S,
+                   what="four requests")
+    no_connections(app)
+    logs = Logs()
+    try:
+        with v5(app.mqtt_port, dev.token, receive_max=2, max_packet_size=200,
+                **session) as again:
+            assert again.connect() == 0
+            assert again.session_present is True
+            assert again.subscribe(RESPONSES) == [0]
+            round_trip(again, 1)
+            assert requests_received(again) == [(1, True), (3, True)]
+            puback(again, 1)
+            wait_until(lambda: len(requests_received(again)) == 3, timeout=DEADLINE_S,
+                       what="request 4 after a PUBACK")
+            round_trip(again, 2)
+            assert requests_received(again) == [(1, True), (3, True), (4, True)]
+            assert not again.disconnected.is_set()
+        no_connections(app)
+    finally:
+        logs.close()
+    (warning,) = logs.matching("more than the client's Maximum Packet Size")
+    assert warning["level"].name == "WARNING"
+    assert warning["extra"]["topic"] == f"{RPC_PREFIX}2"
+    connected = logs.matching("connected over MQTT", client_id="resend5")
+    assert [(r["extra"]["resent"], r["extra"]["waiting"]) for r in connected] == [(2, 1)]
+
+
+# -- a provision-only session ----------------------------------------------------------------
+
+NOT_FOUND = b'{"errorMsg":"Provision data was not found!","status":"NOT_FOUND"}'
+
+
+@pytest.mark.parametrize(("username", "client_id"), [("provision", "anything"),
+                                                     ("no-such-token", "provision")])
+def test_a_provision_only_session_is_served_over_mqtt5(
+        app: EdgeApp, username: str, client_id: str) -> None:
+    """ThingsBoard's MqttTransportHandler serves the provision-only session at MQTT 5 too
+    (processConnect, processProvisionSessionMsg): CONNACK 0x00; the request acknowledged 0x00
+    and answered NOT_FOUND (the edge provisions nothing); SUBACK 0x8F for another topic
+    (ReturnCodeResolver.getSubscriptionReturnCode), UNSUBACK 0x00 then 0x11
+    (processUnsubscribe); a publish on another topic gets PUBACK 0x90 and DISCONNECT 0x90."""
+    dev = v5(app.mqtt_port, username, client_id=client_id)
+    try:
+        dev.client.username_pw_set(username, "any password")
+        assert dev.connect() == 0
+        assert dev.subscribe("/provision/response", qos=1) == [1]
+        _, mid = dev.client.subscribe(TELEMETRY, qos=1)
+        assert wait_until(lambda: dev.reason_codes.get(mid), timeout=DEADLINE_S,
+                          what="SUBACK") == [0x8F]
+        info = dev.publish("/provision/request", {"deviceName": "new-device",
+                                                  "provisionDeviceKey": "key",
+                                                  "provisionDeviceSecret": "secret"})
+        assert dev.wait_message("/provision/response") == json.loads(NOT_FOUND)
+        wait_until(lambda: info.mid in dev.acked_ids(), timeout=DEADLINE_S, what="PUBACK")
+        assert dev.ack_codes[info.mid] == 0x00
+        assert [(m.topic, m.payload, m.qos) for m in dev.received] == [
+            ("/provision/response", NOT_FOUND, 1)]
+        _, mid = dev.client.unsubscribe(["/provision/response", "/provision/response"])
+        assert wait_until(lambda: dev.unsubscribe_codes.get(mid), timeout=DEADLINE_S,
+                          what="UNSUBACK") == [0x00, 0x11]
+        elsewhere = dev.publish(TELEMETRY, {"n": 1})
+        wait_until(dev.disconnected.is_set, timeout=DEADLINE_S, what="connection closed")
+        assert dev.ack_codes.get(elsewhere.mid) == 0x90
+        assert dev.disconnect_reason is not None and dev.disconnect_reason.value == 0x90
+    finally:
+        dev.close()
+    no_connections(app)
+    with app.store.read() as txn:
+        assert EntityStore(app.store).device_by_name(txn, "new-device") is None
+
+
+def read_packets(sock: socket.socket, buffer: bytearray, until: type) -> list[Any]:
+    """Packets the server sends, decoded by the ``mqtt5`` package, up to one of type
+    ``until`` (included)."""
+    packets: list[Any] = []
+    while not packets or not isinstance(packets[-1], until):
+        try:
+            packet, used = mqtt5.read(memoryview(bytes(buffer)))
+        except IndexError:  # not all there yet
+            chunk = sock.recv(4096)
+            assert chunk, f"closed before {until.__name__}: {packets}"
+            buffer += chunk
+            continue
+        del buffer[:used]
+        packets.append(packet)
+    return packets
+
+
+def test_a_provision_session_keeps_to_the_clients_receive_maximum(app: EdgeApp) -> None:
+    """Receive Maximum 1: of two requests' answers at QoS 1 the second waits for the first's
+    PUBACK. The CONNACK says the session is not kept (Session Expiry Interval 0)."""
+    connect = mqtt5.ConnectPacket("provision", clean_start=True, receive_max=1,
+                                  session_expiry_interval=600)
+    subscribe = mqtt5.SubscribePacket(1, [mqtt5.TopicFilter("/provision/response",
+                                                            max_qos=mqtt5.QoS.AT_LEAST_ONCE)])
+    requests = [mqtt5.PublishPacket("/provision/request", b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE,
+                                    packet_id=n) for n in (1, 2)]
+    with socket.create_connection(("127.0.0.1", app.mqtt_port), timeout=DEADLINE_S) as sock:
+        buffer = bytearray()
+        sock.sendall(b"".join(p.write() for p in (connect, subscribe, *requests,
+                                                   mqtt5.PingReqPacket())))
+        connack, suback, puback1, answer, puback2, _ = read_packets(
+            sock, buffer, mqtt5.PingRespPacket)
+        assert (connack.reason_code, connack.session_present,
+                connack.session_expiry_interval) == (mqtt5.ConnAckReasonCode.SUCCESS, False, 0)
+        assert [int(c) for c in suback.reason_codes] == [1]
+        assert (puback1.packet_id, puback2.packet_id) == (1, 2)
+        assert (answer.topic, answer.payload, int(answer.qos)) == (
+            "/provision/response", NOT_FOUND, 1)
+        sock.sendall(mqtt5.PubAckPacket(answer.packet_id).write()
+                     + mqtt5.PingReqPacket().write())
+        second, _ = read_packets(sock, buffer, mqtt5.PingRespPacket)
+        assert (second.topic, second.payload, second.packet_id != answer.packet_id) == (
+            "/provision/response", NOT_FOUND, True)
+        sock.sendall(mqtt5.DisconnectPacket().write())
+    no_connections(app)

@@ -16,7 +16,7 @@ import pytest
 
 from edge_sync.metrics import Metrics
 from edge_sync.mqtt.registry import SessionRegistry
-from edge_sync.mqtt.sessions import MAX_PACKET_ID, Outbox, Session, SessionStore
+from edge_sync.mqtt.sessions import MAX_PACKET_ID, Outbox, OutMessage, Session, SessionStore
 from edge_sync.mqtt.topics import matches
 from edge_sync.storage.entity_store import TOKEN_CHANGED, Revocation, Revoked
 from tests.helpers.mqtt_gateway import Logs
@@ -62,19 +62,31 @@ def test_qos_for_a_topic_is_the_highest_granted_by_a_matching_filter() -> None:
     assert session.qos_for("v1/devices/me/attributes") == 1
 
 
+def send(box: Outbox, topic: str, payload: bytes) -> tuple[OutMessage | None, OutMessage | None]:
+    """Keep a message and send what is due, as a connection does: the message sent (None
+    when it waits) and the one dropped."""
+    dropped = box.add(topic, payload)
+    sent = None
+    while (message := box.due()) is not None:
+        assert box.sending(message) is False
+        sent = message
+    return sent, dropped
+
+
 def test_outbox_keeps_until_puback_in_order_and_drops_the_oldest_beyond_its_limit() -> None:
     box = Outbox(limit=3)
+    box.restart(None)  # MQTT 3.1.1: no quota
     ids = []
     for n in range(3):
-        message, dropped = box.add("t", bytes([n]))
-        assert dropped is None
+        message, dropped = send(box, "t", bytes([n]))
+        assert dropped is None and message is not None
         ids.append(message.packet_id)
     assert ids == [1, 2, 3]
     assert box.acked(2) is True
     assert box.acked(2) is False  # a PUBACK twice, or for an unknown id: nothing to forget
     assert [m.packet_id for m in box.unacked()] == [1, 3]
-    box.add("t", b"x")  # 4
-    message, dropped = box.add("t", b"y")  # full: the oldest (1) goes
+    send(box, "t", b"x")  # 4
+    message, dropped = send(box, "t", b"y")  # full: the oldest (1) goes
     assert dropped is not None and dropped.packet_id == 1
     assert [m.packet_id for m in box.unacked()] == [3, 4, 5]
     assert [m.payload for m in box.unacked()] == [bytes([2]), b"x", b"y"]
@@ -82,14 +94,89 @@ def test_outbox_keeps_until_puback_in_order_and_drops_the_oldest_beyond_its_limi
 
 def test_outbox_packet_ids_wrap_and_skip_ids_still_unacknowledged() -> None:
     box = Outbox(limit=10)
-    first, _ = box.add("t", b"kept")  # id 1 stays unacknowledged
+    box.restart(None)
+    first, _ = send(box, "t", b"kept")  # id 1 stays unacknowledged
     for _ in range(MAX_PACKET_ID - 1):  # ids 2..65535, each acknowledged at once
-        message, _ = box.add("t", b"")
+        message, _ = send(box, "t", b"")
+        assert message is not None
         box.acked(message.packet_id)
-    assert message.packet_id == MAX_PACKET_ID
-    wrapped, _ = box.add("t", b"")
-    assert wrapped.packet_id == 2  # 0 is not a packet id, 1 is still in use
-    assert first.packet_id == 1 and len(box) == 2
+    assert message is not None and message.packet_id == MAX_PACKET_ID
+    wrapped, _ = send(box, "t", b"")
+    assert wrapped is not None and wrapped.packet_id == 2  # 0 is not a packet id, 1 in use
+    assert first is not None and first.packet_id == 1 and len(box) == 2
+
+
+def test_outbox_quota_holds_back_what_is_beyond_the_receive_maximum_in_order() -> None:
+    """MQTT 5 §4.9: at most the quota (the client's Receive Maximum) await their PUBACK; the
+    rest wait, oldest first, and are due one per PUBACK."""
+    box = Outbox(limit=10)
+    box.restart(2)
+    sent = [send(box, "t", bytes([n]))[0] for n in range(5)]
+    assert [m.payload if m else None for m in sent] == [b"\x00", b"\x01", None, None, None]
+    assert (len(box), box.waiting) == (5, 3)
+    assert box.due() is None
+    assert box.acked(2) is True
+    message = box.due()
+    assert message is not None and message.payload == b"\x02" and message.packet_id == 0
+    assert box.sending(message) is False and message.packet_id == 3
+    assert box.due() is None  # 1 and 3 in flight
+    assert [m.payload for m in box.unacked()] == [bytes([n]) for n in (0, 2, 3, 4)]
+
+
+def test_outbox_quota_is_at_most_the_limit_and_never_below_one() -> None:
+    box = Outbox(limit=3)
+    box.restart(65535)
+    assert [send(box, "t", b"")[0] is not None for _ in range(4)] == [True, True, True, False]
+    box = Outbox(limit=3)
+    box.restart(0)
+    assert send(box, "t", b"")[0] is not None
+
+
+def test_a_message_dropped_in_flight_holds_its_place_in_the_quota_until_its_puback() -> None:
+    """The client still holds a message dropped while in flight: its packet id is not given
+    again and it counts against the Receive Maximum until the client's PUBACK for it (or the
+    next connection); over MQTT 3.1.1 it is forgotten at once."""
+    box = Outbox(limit=2)
+    box.restart(2)
+    first, _ = send(box, "t", b"a")  # id 1
+    send(box, "t", b"b")  # id 2
+    sent, dropped = send(box, "t", b"c")  # full: a (in flight) dropped; c waits
+    assert first is not None and dropped is first and sent is None
+    assert [m.payload for m in box.unacked()] == [b"b", b"c"]
+    assert box.acked(1) is False  # nothing kept under it: but the room is free
+    message = box.due()
+    assert message is not None and message.payload == b"c"
+    box.sending(message)
+    assert message.packet_id == 3  # 1 is free again, but ids go on from the last one given
+    old = Outbox(limit=2)
+    old.restart(None)
+    send(old, "t", b"a")
+    send(old, "t", b"b")
+    sent, dropped = send(old, "t", b"c")  # 3.1.1: a forgotten, c sent at once
+    assert dropped is not None and dropped.packet_id == 1
+    assert sent is not None and sent.packet_id == 3
+
+
+def test_a_restart_makes_everything_due_again_oldest_first_with_dup() -> None:
+    """A new connection takes the session: the messages in flight on the last one go first
+    (DUP, their packet ids kept), then the ones that waited (never sent: no DUP); a PUBACK
+    for one not sent again yet is taken."""
+    box = Outbox(limit=10)
+    box.restart(2)
+    for n in range(4):
+        send(box, "t", bytes([n]))  # 0 and 1 in flight (ids 1, 2), 2 and 3 wait
+    box.restart(3)
+    due = []
+    while (message := box.due()) is not None:
+        due.append((message.payload, box.sending(message), message.packet_id))
+    assert due == [(b"\x00", True, 1), (b"\x01", True, 2), (b"\x02", False, 3)]
+    box.restart(1)
+    assert box.acked(2) is True  # sent on an earlier connection, not yet again
+    message = box.due()
+    assert message is not None and message.payload == b"\x00"
+    assert box.sending(message) is True
+    assert box.due() is None
+    assert [m.payload for m in box.unacked()] == [b"\x00", b"\x02", b"\x03"]
 
 
 def test_a_qos2_id_stays_once_stored_and_leaves_when_its_commit_fails() -> None:

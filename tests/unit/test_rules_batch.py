@@ -213,7 +213,8 @@ def sequential(rules: EntityRules, engine: RuleEngine, msgs: list[RuleMsg], now:
                 visits[o.node] = visits.get(o.node, 0) + 1
     return Step(tuple(o for s in steps for o in s.outcomes if not isinstance(o, Visited)),
                 steps[-1].record if steps else None, any(s.changed for s in steps),
-                tuple(j for s in steps for j in s.jumps), sum(s.dropped for s in steps), visits)
+                tuple(j for s in steps for j in s.jumps), tuple(d for s in steps for d in s.dropped),
+                visits)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -235,7 +236,7 @@ def test_on_messages_equals_on_message_one_after_the_other(seed: int) -> None:
 def test_on_messages_of_nothing_does_nothing() -> None:
     engine = build(random_chain(random.Random(3)))
     rules = EntityRules()
-    assert rules.on_messages(engine, [], T0) == Step((), None, False, (), 0)
+    assert rules.on_messages(engine, [], T0) == Step((), None, False, (), ())
 
 
 # --- the sandbox's batch -------------------------------------------------------------------

@@ -21,6 +21,7 @@ from edge_sync.rules.engine import (
     SaveAttributes,
     SaveTimeseries,
     Visited,
+    describe_key,
 )
 from edge_sync.rules.message import Originator, RuleMsg
 
@@ -407,11 +408,18 @@ def test_aggregate_defers_and_resume_goes_on_by_the_relation() -> None:
         engine.resume(5, "Success", msg)
 
 
-def test_node_keys_are_ids_else_indexes() -> None:
-    engine = chain([AGG, SAVE_TS, PUSH], [(0, 1, "Success")], ids=["n-agg", None, "n-push"])
-    assert [engine.node_key(i) for i in range(3)] == ["n-agg", "#1", "n-push"]
-    assert [engine.node_index(k) for k in ("n-agg", "#1", "n-push", "#0", "gone")] == [
-        0, 1, 2, None, None]
+def test_node_keys_are_type_name_and_place_not_ids_or_indexes() -> None:
+    """A node's key is its type and name (and its place among the nodes of that type and
+    name), so an edit that renumbers nodes or the cloud's new ids keep it."""
+    twice = chain([AGG, SAVE_TS, AGG], [(0, 1, "Success")], ids=["n-agg", None, "n-agg-2"])
+    keys = ['["AggregateNode", "Agg", 1]', '["TbMsgTimeseriesNode", "Save", 1]',
+            '["AggregateNode", "Agg", 2]']
+    assert [twice.node_key(i) for i in range(3)] == keys
+    assert [twice.node_index(k) for k in (*keys, "n-agg", "#0")] == [0, 1, 2, None, None]
+    moved = chain([PUSH, SAVE_TS, AGG], [], ids=["a", "b", "c"])
+    assert moved.node_key(2) == keys[0] and moved.node_index(keys[0]) == 2
+    assert describe_key(keys[2], AGG[0]) == "'Agg' #2 (AggregateNode)"
+    assert describe_key("#3", AGG[0]) == "#3 (AggregateNode)"
 
 
 def test_wrong_message_type_for_save_goes_by_failure() -> None:

@@ -21,9 +21,10 @@ from edge_sync.rules.engine import (
     RuleEngine,
     SaveTimeseries,
     Visited,
+    window_key,
 )
 from edge_sync.rules.message import Originator, RuleMsg
-from edge_sync.rules.session import EntityRules, Step
+from edge_sync.rules.session import Dropped, EntityRules, Orphaned, Step
 from edge_sync.rules.window import ClockJump
 
 DEV = Originator("DEVICE", "d1")
@@ -72,7 +73,7 @@ def test_1000_messages_give_exactly_one_summary() -> None:
         step = rules.on_message(eng, telemetry({"temp": i + 1, "hum": (i + 1) / 10, "on": True}),
                                 T0 + i)
         assert [type(o) for o in step.outcomes] == [Visited, Deferred]
-        assert (step.changed, step.jumps, step.dropped) == (True, (), 0)
+        assert (step.changed, step.jumps, step.dropped) == (True, (), ())
     assert (rules.open_windows, rules.next_deadline()) == (1, T0 + 60_000)
     assert rules.on_due(eng, T0 + 59_999).outcomes == ()
 
@@ -93,7 +94,7 @@ def test_1000_messages_give_exactly_one_summary() -> None:
     # nothing left to keep: the record goes
     assert (step.record, step.changed, rules.open_windows, rules.next_deadline()) == (
         None, True, 0, None)
-    assert rules.on_due(eng, T0 + 120_000) == Step((), None, False, (), 0)
+    assert rules.on_due(eng, T0 + 120_000) == Step((), None, False, (), ())
 
 
 def test_restored_mid_window_gives_the_same_output_as_without_the_restore() -> None:
@@ -128,7 +129,8 @@ def test_a_record_unchanged_is_not_saved_again() -> None:
     first = rules.on_message(eng, telemetry({"v": 9}), T0)
     assert first.changed is True and first.record is not None
     assert first.record["seq"] == 1
-    assert [(w["node"], w["type"]) for w in first.record["windows"]] == [("#1", n.AGGREGATE)]
+    assert [(w["node"], w["type"]) for w in first.record["windows"]] == [
+        ('["AggregateNode", "Agg", 1]', n.AGGREGATE)]
     assert rules.on_message(eng, telemetry({"v": 1}), T0).changed is False
     assert rules.on_due(eng, T0 + 1).changed is True  # the window saw a later time
     assert EntityRules(first.record).on_message(eng, telemetry({"v": 1}), T0).changed is False
@@ -158,7 +160,7 @@ def test_alarm_create_update_clear_clear_again_with_the_state_kept_across_a_rest
         CreateAlarm("nodes[1] 'Raise'", ORIGIN, "Overheat", "CRITICAL", {"t": 95}, 777,
                     "alarm-1", True, alarm),
         Log("nodes[3] 'Route'", "ALARM isNewAlarm")]
-    assert step.changed and step.record == {"v": 1, "seq": 0, "originator": ["DEVICE", "d1"],
+    assert step.changed and step.record == {"v": 2, "seq": 0, "originator": ["DEVICE", "d1"],
                                             "alarms": {"Overheat": alarm}, "windows": []}
     assert rules.alarms == {"Overheat": alarm}
 
@@ -242,9 +244,10 @@ def test_a_window_whose_node_left_the_chain_is_dropped_at_its_deadline() -> None
         Visited("nodes[0] 'Save'"),
         SaveTimeseries("nodes[0] 'Save'", ORIGIN, 1000, {"v": 2}, 0))
     assert (rules.open_windows, rules.next_deadline()) == (1, T0 + 10_000)
-    assert rules.on_due(swapped, T0 + 9_999).dropped == 0
+    assert rules.on_due(swapped, T0 + 9_999).dropped == ()
     step = rules.on_due(swapped, T0 + 10_000)
-    assert (step.outcomes, step.dropped, step.record, step.changed) == ((), 1, None, True)
+    assert (step.outcomes, step.dropped, step.record, step.changed) == (
+        (), (Dropped("'Agg' (AggregateNode)", 1, 1),), None, True)
     assert rules.open_windows == 0
 
 
@@ -255,37 +258,44 @@ def test_a_node_that_changed_type_drops_its_old_window_and_opens_a_new_one() -> 
     rules.on_message(dedup, telemetry({"v": 1}), T0)
     step = rules.on_message(aggregating(interval=20), telemetry({"v": 2}), T0 + 1)
     assert step.record is not None
+    agg_key, dedup_key = window_key(n.AGGREGATE, "Agg", 1), window_key(n.DEDUPLICATION, "D", 1)
     assert [(w["node"], w["type"]) for w in step.record["windows"]] == [
-        ("agg", n.AGGREGATE), ("x", n.DEDUPLICATION)]
-    agg = engine([(n.AGGREGATE, "A", {"interval": 20}), SAVE_TS], [(0, 1, "Success")],
-                 ids=["x", "save"])  # same id, now an aggregate
+        (agg_key, n.AGGREGATE), (dedup_key, n.DEDUPLICATION)]
+    agg = engine([(n.AGGREGATE, "D", {"interval": 20}), SAVE_TS], [(0, 1, "Success")],
+                 ids=["x", "save"])  # same id and name, now an aggregate
     rules = EntityRules(step.record)
     step = rules.on_message(agg, telemetry({"v": 3}), T0 + 2)
     assert step.record is not None
     assert [(w["node"], w["type"]) for w in step.record["windows"]] == [
-        ("agg", n.AGGREGATE), ("x", n.AGGREGATE), ("x", n.DEDUPLICATION)]
+        (agg_key, n.AGGREGATE), ('["AggregateNode", "D", 1]', n.AGGREGATE),
+        (dedup_key, n.DEDUPLICATION)]
     assert rules.open_windows == 3
     step = rules.on_due(agg, T0 + 10_000)
-    assert (step.outcomes, step.dropped) == ((), 1)  # the deduplication window had nowhere to go
+    # the deduplication window had nowhere to go
+    assert (step.outcomes, step.dropped) == ((), (Dropped("'D' (TbMsgDeduplicationNode)", 1, 1),))
     step = rules.on_due(agg, T0 + 20_002)
     assert (effects(step), step.dropped) == ([SaveTimeseries(
         "nodes[1] 'Save'", ORIGIN, T0 + 20_002,
-        {"v_min": 3, "v_max": 3, "v_avg": 3.0, "v_sum": 3, "v_count": 1}, 0)], 1)  # "agg" too
+        {"v_min": 3, "v_max": 3, "v_avg": 3.0, "v_sum": 3, "v_count": 1}, 0)],
+        (Dropped("'Agg' (AggregateNode)", 1, 1),))  # "Agg" too
     assert (step.record, rules.open_windows) == (None, 0)
 
 
 def test_a_chain_swap_keeps_the_window_of_a_node_still_there() -> None:
+    """The node is known by its type and name: moved to another index, with a new id (the
+    cloud's) and another configuration, it keeps its window and deadline; the new
+    configuration applies from the wake-up."""
     rules = EntityRules()
     rules.on_message(aggregating(interval=10), telemetry({"v": 1}), T0)
-    # the new chain moved the aggregate (same id) behind a log node, with a new output type
     swapped = engine([(n.LOG, "Out", {"jsScript": "return msgType + ' ' + msg.v_sum;"}),
-                      (n.AGGREGATE, "Agg2", {"interval": 30, "outMsgType": "AGG"})],
-                     [(1, 0, "Success")], ids=["out", "agg"])
+                      (n.AGGREGATE, "Agg", {"interval": 30, "outMsgType": "AGG"})],
+                     [(1, 0, "Success")], ids=["out", "agg-new-id"])
+    assert rules.bind(swapped) == ()  # nothing orphaned
     assert effects(rules.on_message(swapped, telemetry({"v": 3}), T0 + 5)) == [
         Log("nodes[0] 'Out'", "POST_TELEMETRY_REQUEST undefined")]
     assert rules.next_deadline() == T0 + 10_000  # the deadline it had
     step = rules.on_due(swapped, T0 + 10_000)
-    assert (effects(step), step.dropped) == ([Log("nodes[0] 'Out'", "AGG 1")], 0)
+    assert (effects(step), step.dropped) == ([Log("nodes[0] 'Out'", "AGG 1")], ())
 
 
 def test_deduplication_first_goes_on_by_success() -> None:
@@ -302,11 +312,11 @@ def test_clock_jumps_are_reported() -> None:
     eng, rules = aggregating(interval=10), EntityRules()
     rules.on_message(eng, telemetry({"v": 1}), T0 + 3_000)
     step = rules.on_message(eng, telemetry({"v": 2}), T0)  # set back 3 s: 10 s were left
-    assert step.jumps == (ClockJump(("agg", "d1"), "backward", 3_000),)
+    assert step.jumps == (ClockJump(("nodes[0] 'Agg'", "d1"), "backward", 3_000),)
     assert rules.next_deadline() == T0 + 10_000
     assert rules.on_due(eng, T0 + 9_999).outcomes == ()
     step = rules.on_due(eng, T0 + 45_000)  # 3.5 intervals late: closes once
-    assert step.jumps == (ClockJump(("agg", "d1"), "forward", 35_000),)
+    assert step.jumps == (ClockJump(("nodes[0] 'Agg'", "d1"), "forward", 35_000),)
     [saved] = [o for o in step.outcomes if isinstance(o, SaveTimeseries)]
     assert saved.data["v_count"] == 2
 
@@ -365,4 +375,191 @@ def test_a_deduplication_window_whose_node_left_is_dropped_whole_at_its_deadline
                       [point(1, T0 - 60_000), point(2, T0 + 50_000)], T0)
     swapped = engine([SAVE_TS], [], ids=["save"])
     step = rules.on_due(swapped, T0 + 10_000)
-    assert (step.outcomes, step.dropped, step.record, rules.open_windows) == ((), 1, None, 0)
+    assert (step.outcomes, step.dropped, step.record, rules.open_windows) == (
+        (), (Dropped("'Dedup' (TbMsgDeduplicationNode)", 1, 2),), None, 0)
+
+
+# -- a node's windows follow the node, not its index or id --------------------------------------
+
+WINDOWED: list[Node] = [
+    (n.DEDUPLICATION, "dedup all", {"interval": 20, "strategy": "ALL",
+                                    "outMsgType": "POST_TELEMETRY_REQUEST"}),
+    (n.AGGREGATE, "agg", {"interval": 20}),
+    PUSH,
+]
+WINDOWED_LINKS = [(0, 2, "Success"), (1, 2, "Success")]
+
+
+def windowed(first: list[Node] | None = None, ids: list[str] | None = None,
+             second: Node | None = None) -> RuleEngine:
+    """A type switch sending telemetry to a deduplication (ALL) and an aggregation node, both
+    pushed; ``first``: nodes inserted before them (not connected), ``ids``: the nodes' ids
+    (a cloud chain), ``second``: a node in place of the aggregation node."""
+    before = first or []
+    nodes = [(n.MSG_TYPE_SWITCH, "switch", {}), *before, *WINDOWED]
+    if second is not None:
+        nodes[len(before) + 2] = second
+    at = len(before) + 1  # the deduplication node's index
+    links = [(0, at, "Post telemetry"), (0, at + 1, "Post telemetry"),
+             *[(a + at, b + at, r) for a, b, r in WINDOWED_LINKS]]
+    return engine(nodes, links, ids=ids)
+
+
+def pushed(step: Step) -> list[tuple[str, Any, dict[str, str]]]:
+    return [(o.node, o.data, dict(o.metadata)) for o in step.outcomes
+            if isinstance(o, PushToCloud)]
+
+
+def fill(rules: EntityRules, eng: RuleEngine, count: int) -> dict[str, Any] | None:
+    """``count`` readings v = 0, 1, ... through the chain at T0; the record (after msgpack, as
+    the store keeps it)."""
+    step = rules.on_messages(eng, [telemetry({"v": v}, ts=T0) for v in range(count)], T0)
+    assert step.record is not None
+    return dict(msgpack.unpackb(msgpack.packb(step.record)))
+
+
+def expected_pushes(push: str, count: int) -> list[tuple[str, Any, dict[str, str]]]:
+    """What the two windows push at their deadline T0 + 20 s for ``count`` readings 0, 1, ...
+    (windows opened together close in the order of their nodes' keys)."""
+    due = str(T0 + 20_000)
+    values = range(count)
+    return [
+        (push, {"v_min": 0, "v_max": count - 1, "v_avg": sum(values) / count,
+                "v_sum": sum(values), "v_count": count}, {"ts": due, "msgCount": str(count)}),
+        (push, [{"msg": {"v": v}, "metadata": {}} for v in values], {"ts": due})]
+
+
+def test_a_node_inserted_before_the_windowed_nodes_keeps_both_windows_across_a_restart() -> None:
+    """A file chain (no node ids) edited by inserting a node before the window nodes: their
+    indexes change, their windows (saved, then restored as after a restart) go on and give
+    exactly the summaries of every message they took."""
+    before = EntityRules()
+    record = fill(before, windowed(), 40)
+    edited = windowed(first=[(n.LOG, "inserted", {"jsScript": "return 'x';"})])
+    rules = EntityRules(record)
+    assert rules.bind(edited) == ()
+    assert rules.window_counts() == {"nodes[2] 'dedup all'": (1, 40), "nodes[3] 'agg'": (1, 40)}
+    step = rules.on_messages(edited, [telemetry({"v": v}, ts=T0) for v in range(40, 50)],
+                             T0 + 1_000)
+    assert step.dropped == ()
+    step = rules.on_due(edited, T0 + 20_000)
+    assert pushed(step) == expected_pushes("nodes[4] 'Push'", 50)
+    assert (step.dropped, step.record, rules.open_windows) == ((), None, 0)
+
+
+def test_a_cloud_chain_sent_again_with_new_node_ids_keeps_the_windows() -> None:
+    rules = EntityRules()
+    fill(rules, windowed(ids=["s-1", "d-1", "a-1", "p-1"]), 30)
+    again = windowed(ids=["s-2", "d-2", "a-2", "p-2"])  # the same chain, every id new
+    assert rules.bind(again) == ()
+    step = rules.on_due(again, T0 + 20_000)
+    assert pushed(step) == expected_pushes("nodes[3] 'Push'", 30)
+    assert step.dropped == ()
+
+
+def test_a_removed_node_is_reported_at_bind_and_its_messages_counted_when_dropped() -> None:
+    rules = EntityRules()
+    fill(rules, windowed(), 25)
+    # the aggregation node gone (a log node in its place)
+    edited = windowed(second=(n.LOG, "log", {"jsScript": "return 'x';"}))
+    assert rules.bind(edited) == (Orphaned("'agg' (AggregateNode)", 1, 25, T0 + 20_000),)
+    assert rules.bind(edited) == ()  # once per chain
+    assert rules.window_counts() == {"nodes[1] 'dedup all'": (1, 25),
+                                     "'agg' (AggregateNode) (not in the chain)": (1, 25)}
+    assert rules.on_due(edited, T0 + 19_999).dropped == ()
+    step = rules.on_due(edited, T0 + 20_000)
+    assert step.dropped == (Dropped("'agg' (AggregateNode)", 1, 25),)
+    assert [p[0] for p in pushed(step)] == ["nodes[3] 'Push'"]  # the deduplication's only
+
+
+def test_a_node_put_back_before_the_deadline_takes_its_window_again() -> None:
+    rules = EntityRules()
+    fill(rules, windowed(), 5)
+    gone = windowed(second=(n.LOG, "log", {"jsScript": "return 'x';"}))
+    assert len(rules.bind(gone)) == 1
+    back = windowed()
+    assert rules.bind(back) == ()
+    assert pushed(rules.on_due(back, T0 + 20_000)) == expected_pushes("nodes[3] 'Push'", 5)
+
+
+def test_nodes_of_the_same_type_and_name_are_told_apart_by_their_place() -> None:
+    same = (n.AGGREGATE, "agg", {"interval": 20})
+    eng = engine([(n.MSG_TYPE_SWITCH, "switch", {}), same, same, PUSH],
+                 [(0, 1, "Post telemetry"), (1, 3, "Success"), (2, 3, "Success")])
+    rules = EntityRules()
+    step = rules.on_message(eng, telemetry({"v": 1}), T0)
+    assert step.record is not None
+    assert [w["node"] for w in step.record["windows"]] == ['["AggregateNode", "agg", 1]']
+    # a node inserted before both: the first is still the first
+    edited = engine([(n.LOG, "x", {"jsScript": "return 'x';"}),
+                     (n.MSG_TYPE_SWITCH, "switch", {}), same, same, PUSH],
+                    [(1, 2, "Post telemetry"), (2, 4, "Success"), (3, 4, "Success")])
+    assert rules.bind(edited) == ()
+    assert rules.window_counts() == {"nodes[2] 'agg'": (1, 1)}
+
+
+def as_version_1(record: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
+    """``record`` as an earlier edge version kept it: version 1, each node's windows under its
+    old key (``keys``: new key -> old key)."""
+    old = json.loads(json.dumps(record))
+    old["v"] = 1
+    for entry in old["windows"]:
+        key = keys[entry["node"]]
+        entry["node"] = key
+        for w in entry["windows"]["windows"]:
+            w["node"] = key
+        entry["windows"]["closed_seq"] = [[key, o, s] for _, o, s in
+                                          entry["windows"]["closed_seq"]]
+    return dict(msgpack.unpackb(msgpack.packb(old)))
+
+
+DEDUP_KEY = '["TbMsgDeduplicationNode", "dedup all", 1]'
+AGG_KEY = '["AggregateNode", "agg", 1]'
+
+
+def test_windows_of_an_earlier_version_load_through_the_chain_in_force() -> None:
+    """Version 1 kept a file chain's windows under ``#<index>`` and a cloud chain's under the
+    node id: read through the chain in force at load, they are the nodes' windows, the outputs
+    exact, the record written back as version 2 under the new keys."""
+    file_chain = windowed()
+    record = fill(EntityRules(), file_chain, 12)
+    assert record is not None
+    old = as_version_1(record, {DEDUP_KEY: "#1", AGG_KEY: "#2"})
+    rules = EntityRules(old)
+    assert (rules.open_windows, rules.held_messages) == (2, 24)
+    assert rules.bind(file_chain) == ()
+    step = rules.on_messages(file_chain, [telemetry({"v": 12}, ts=T0)], T0 + 5)
+    assert step.record is not None and step.record["v"] == 2
+    assert [w["node"] for w in step.record["windows"]] == [AGG_KEY, DEDUP_KEY]
+    assert pushed(rules.on_due(file_chain, T0 + 20_000)) == expected_pushes(
+        "nodes[3] 'Push'", 13)
+
+    cloud_chain = windowed(ids=["s", "d", "a", "p"])
+    rules = EntityRules(as_version_1(record, {DEDUP_KEY: "d", AGG_KEY: "a"}))
+    assert rules.bind(cloud_chain) == ()
+    assert pushed(rules.on_due(cloud_chain, T0 + 20_000)) == expected_pushes(
+        "nodes[3] 'Push'", 12)
+
+
+def test_windows_of_an_earlier_version_whose_node_is_not_there_are_orphans() -> None:
+    """The chain changed while the agent was down: an old key that names no node of that
+    type in the chain in force is an orphan, named by its old key, dropped at its deadline."""
+    record = fill(EntityRules(), windowed(), 7)
+    assert record is not None
+    rules = EntityRules(as_version_1(record, {DEDUP_KEY: "#1", AGG_KEY: "#9"}))
+    eng = windowed()
+    assert rules.bind(eng) == (Orphaned("#9 (AggregateNode)", 1, 7, T0 + 20_000),)
+    step = rules.on_due(eng, T0 + 20_000)
+    assert step.dropped == (Dropped("#9 (AggregateNode)", 1, 7),)
+    assert [p[0] for p in pushed(step)] == ["nodes[3] 'Push'"]
+
+
+def test_a_window_closed_late_is_stamped_with_its_deadline() -> None:
+    """The agent was down at the deadline and closes the windows at start, 7 s late: the
+    aggregation summary and the deduplication ALL output carry the time the window was due to
+    close (as they do on time), not the restart's."""
+    rules = EntityRules()
+    record = fill(rules, windowed(), 3)
+    step = EntityRules(record).on_due(windowed(), T0 + 27_000)
+    assert pushed(step) == expected_pushes("nodes[3] 'Push'", 3)
+    assert [o.ts for o in step.outcomes if isinstance(o, PushToCloud)] == [T0 + 20_000] * 2
