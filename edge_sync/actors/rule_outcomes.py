@@ -39,6 +39,9 @@ The rule chain metrics (``RuleCounters``, docs/metrics.md):
   ``edge_sync_rule_chain_in_force`` (1 or 0): read from the runtime when scraped.
 - ``edge_sync_rule_chain_refusals_total{source}``: chains refused, from the file or the cloud,
   both series there from the start.
+- ``edge_sync_rule_window_messages_dropped_total``: the window tally's messages lost with
+  windows dropped because their node left the chain (one series, there from the start; the
+  node is in the log line and the status).
 
 What a save or push node is handed must be what a device could have posted (keys of at most
 255 bytes, 64-bit integers, timestamps from 0 to 2^63-1, text without lone surrogates: the
@@ -192,6 +195,11 @@ class RuleCounters:
                       "(1, 2, ... at every swap since the start)", self._version)
         metrics.gauge("edge_sync_rule_chain_in_force", "1 when a rule chain is in force, else 0",
                       lambda: 0.0 if runtime.current() is None else 1.0)
+        windows = self.windows
+        metrics.read_counter(
+            "edge_sync_rule_window_messages_dropped_total", "acknowledged messages lost with rule "
+            "windows dropped at their deadline because their node is not in the chain in force",
+            lambda: float(windows.dropped_messages_total))
         runtime.listen(self._changed)
         self._changed(runtime.current())
 

@@ -98,6 +98,19 @@ def test_an_info_metric_is_read_when_scraped_and_absent_without_a_value() -> Non
     assert "edge_sync_rule_chain_info" not in parsed(m)
 
 
+def test_a_counter_read_when_scraped_is_a_counter_family() -> None:
+    m = Metrics()
+    tally = {"n": 0}
+    m.read_counter("edge_sync_lost_total", "lost", lambda: tally["n"])
+    assert parsed(m) == {"edge_sync_lost": [("edge_sync_lost_total", {}, 0.0)]}
+    tally["n"] = 12
+    assert parsed(m) == {"edge_sync_lost": [("edge_sync_lost_total", {}, 12.0)]}
+    assert "# TYPE edge_sync_lost_total counter" in m.exposition().decode()
+    assert m.value("edge_sync_lost_total") == 12
+    with pytest.raises(ValueError, match="must end in _total"):
+        m.read_counter("edge_sync_lost", "lost", lambda: 0)
+
+
 def test_a_batch_histogram_has_cumulative_buckets_sum_and_count() -> None:
     m = Metrics()
     h = m.histogram("edge_sync_sync_latency_seconds", "latency", (0.5, 5.0))

@@ -43,7 +43,7 @@ def cyclic() -> tuple[RuleChain, RuleChainMetaData]:
 
 
 def rule_samples(m: Metrics) -> dict[str, float]:
-    """Every rule chain sample as 'name{label="v",...}' (labels sorted): value."""
+    """Every rule chain and node sample as 'name{label="v",...}' (labels sorted): value."""
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(m.exposition().decode()):
         for s in family.samples:
@@ -169,3 +169,13 @@ def test_a_chain_installed_before_the_counters_has_its_series() -> None:
 
 def test_the_source_label_is_file_or_cloud() -> None:
     assert (source_kind(FILE), source_kind("cloud")) == ("file", "cloud")
+
+
+def test_messages_lost_with_orphaned_windows_are_one_counter_from_the_start() -> None:
+    m = Metrics()
+    counters = RuleCounters(RulesRuntime(), m)
+    assert m.value("edge_sync_rule_window_messages_dropped_total") == 0
+    assert "edge_sync_rule_window_messages_dropped_total 0.0" in m.exposition().decode()
+    counters.windows.dropped("'agg' (AggregateNode)", 1, 40)
+    counters.windows.dropped("'dedup' (TbMsgDeduplicationNode)", 2, 7)
+    assert m.value("edge_sync_rule_window_messages_dropped_total") == 47
