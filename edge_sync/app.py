@@ -151,7 +151,12 @@ class EdgeApp:
         self.rules = RulesRuntime(self._script_limits())
         self.rule_counters = RuleCounters(self.rules, self.metrics)
         self.chain_source = ChainSource(self.rules, self.store, cfg.rules.file, clock=clock)
-        self.chain_source.load()
+        try:
+            self.chain_source.load()  # ConfigError: rules.file refused, nothing to fall back on
+        except BaseException:
+            self.store_open = False
+            self.store.close()
+            raise
         policy = QueuePolicy(
             group_max_events=cfg.queue.group_commit_max_events,
             full_policy=cfg.storage.full_policy,
@@ -246,11 +251,11 @@ class EdgeApp:
                 shard.tell(RuleChainChanged())
 
     def _rules_status(self) -> dict[str, Any]:
-        """The chain in force and its counts (``RulesRuntime.snapshot``), with each window
+        """The chain in force, its counts and health (``ChainSource.status``), with each window
         node's open windows and the messages they hold (``open_windows``, ``held_messages``,
         summed over the devices), windows of nodes not in the chain (``orphaned_windows``) and
         the messages lost with windows dropped at their deadline (``dropped_messages``)."""
-        out = self.rules.snapshot()
+        out = self.chain_source.status()
         tally = self.rule_counters.windows
         held = tally.snapshot()
         for node in out["nodes"]:

@@ -5,11 +5,12 @@ how many entities of each type and relations the edge holds, what is held back a
 (the first HELD_SHOWN), and the sync (the last full sync, one in progress or asked for, and the
 last sync the link reports: full or incremental, when, why full).
 
-The health (``health``: healthy, degraded or warning, the worst of queue depth, sync latency
-and the link; ``health_detail``: every indicator with its value, level and thresholds) is
-judged against the ``health`` section of the configuration (docs/configuration.md). Warning is
-the worst level: the link is degraded while it reconnects and a warning once it has been down
-longer than ``health.link_down_warning_s``, or when the cloud refused its credentials.
+The health (``health``: healthy, degraded or warning, the worst of queue depth, sync latency,
+the link and, with the agent running, the rule chain; ``health_detail``: every indicator with
+its value, level and thresholds) is judged against the ``health`` section of the
+configuration (docs/configuration.md). Warning is the worst level: the link is degraded while
+it reconnects and a warning once it has been down longer than ``health.link_down_warning_s``,
+or when the cloud refused its credentials.
 
 Read-only: one LMDB read transaction. Used by the admin API and, with the agent stopped, by
 ``edge-sync status``.
@@ -67,9 +68,13 @@ def link_level(link: dict[str, Any], down_warning_s: float) -> str | None:
 def judge_health(
     cfg: HealthConfig, *, pending: int, oldest_age_ms: int | None, dead: int,
     link: dict[str, Any], live_mb: float, cap_mb: float, clock_skew_warn_s: float,
+    rules: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every health indicator (value, level, thresholds) and ``overall``: the worst of queue
-    depth, sync latency and the link. Sync latency is accept-to-acknowledge as the link last
+    depth, sync latency, the link and the rule chain (``rules``: the running agent's
+    rules/source.py ``ChainSource.status``; degraded while a chain refusal leaves an older
+    chain or none in force, or while rules.file on disk is not the chain in force; None:
+    not judged, e.g. the agent is not running). Sync latency is accept-to-acknowledge as the link last
     measured it (``link.sync_latency_ms``); the oldest pending event's age, a lower bound of
     its own latency, counts when it is larger (or when the link has measured nothing)."""
     measured = link.get("sync_latency_ms")
@@ -106,7 +111,12 @@ def judge_health(
                     "healthy_under_pct": cfg.storage_used_healthy_pct,
                     "warning_over_pct": cfg.storage_used_warning_pct},
     }
-    judged = [out["queue_depth"]["level"], out["sync_latency"]["level"], link_lv]
+    rules_health = (rules or {}).get("health")
+    if not isinstance(rules_health, dict):
+        rules_health = {}
+    rules_lv = rules_health.get("level")
+    out["rules"] = {"level": rules_lv, "reasons": list(rules_health.get("reasons", []))}
+    judged = [out["queue_depth"]["level"], out["sync_latency"]["level"], link_lv, rules_lv]
     out["overall"] = max((lv for lv in judged if lv is not None), key=_RANK.__getitem__)
     return out
 
@@ -114,6 +124,7 @@ def judge_health(
 def collect_status(
     store: LmdbStore, *, now_ms: int, link: dict[str, Any] | None = None,
     health: HealthConfig | None = None, clock_skew_warn_s: float = 60.0,
+    rules: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     log = EventLog(store)
     entities = EntityStore(store)
@@ -143,7 +154,7 @@ def collect_status(
     detail = judge_health(health or HealthConfig(), pending=counts.pending,
                           oldest_age_ms=oldest_age_ms, dead=counts.dead, link=link,
                           live_mb=live / MiB, cap_mb=store.max_size / MiB,
-                          clock_skew_warn_s=clock_skew_warn_s)
+                          clock_skew_warn_s=clock_skew_warn_s, rules=rules)
     return {
         "link": link,
         "health": detail["overall"],

@@ -173,9 +173,11 @@ class AdminHttpApi:
     def status(self) -> dict[str, Any]:
         link = self._link_status() if self._link_status else {
             "state": "DISCONNECTED", "note": "cloud link not configured"}
+        rules = self._rules_status() if self._rules_status else None
         out = collect_status(self._store, now_ms=self._clock.now_ms(), link=link,
-                             health=self._health, clock_skew_warn_s=self._skew_warn_s)
-        out["rules"] = self._rules_status() if self._rules_status else None
+                             health=self._health, clock_skew_warn_s=self._skew_warn_s,
+                             rules=rules)
+        out["rules"] = rules
         out["metrics"] = self._metrics.snapshot()
         return out
 

@@ -438,7 +438,7 @@ def _status_text(status: dict[str, Any]) -> str:
         f"link:         {link.get('state')}"
         + (f" (circuit breaker {link['breaker']})" if link.get("breaker") else "")
         + (f" - {link['note']}" if link.get("note") else ""),
-        f"health:       {status['health']}",
+        f"health:       {status['health']}" + _rules_health(status),
         f"pending:      {q['pending']} (high {q['pending_high']}, normal {q['pending_normal']})",
         f"deployed:     {q['deployed']}",
         f"dead letters: {q['dead']}",
@@ -475,28 +475,52 @@ def _status_text(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _rules_health(status: dict[str, Any]) -> str:
+    """`` (rule chain: reasons)`` when the rule chain degrades the health, else nothing."""
+    rules = (status.get("health_detail") or {}).get("rules") or {}
+    if rules.get("level") in (None, "healthy"):
+        return ""
+    return f" (rule chain: {'; '.join(rules.get('reasons', []))})"
+
+
 def _rules_text(rules: dict[str, Any] | None, *, running: bool) -> list[str]:
-    """The chain in force, its per-node counts and the last refusal (a running agent only)."""
+    """The chain in force, its per-node counts, rules.file on disk when it is not the chain in
+    force, the cloud's root chain while rules.file wins, and the last refusal (a running agent
+    only)."""
     if not running:
         return ["rule chain:   (the agent is not running: the chain in force is the agent's)"]
     if rules is None or rules.get("chain") is None:
         lines = ["rule chain:   none in force: every accepted message goes to the cloud"]
     else:
+        since = f", in force since {rules['since']}" if rules.get("since") else ""
         lines = [f"rule chain:   {rules['chain']!r} from {rules['source']} (version "
-                 f"{rules['version']}, digest {rules['digest']})"]
-        lines += [f"  {n['node']}: in {n['in']}, failed {n['failed']}"
-                  + (f", open windows {n['open_windows']} ({n['held_messages']} messages held)"
-                     if "open_windows" in n else "")
-                  for n in rules.get("nodes", [])]
-        lines += [f"  {o['node']}: open windows {o['open_windows']} ({o['held_messages']} "
-                  "messages held), dropped at their deadline"
-                  for o in rules.get("orphaned_windows", [])]
-        lost = sum((rules.get("dropped_messages") or {}).values())
-        if lost:
-            lines.append(f"  messages lost with dropped windows (node not in the chain): {lost}")
-    refusal = (rules or {}).get("last_refusal")
+                 f"{rules['version']}, digest {rules['digest']}{since})"]
+    rules = rules or {}
+    disk = rules.get("file")
+    if disk and not disk.get("matches"):
+        lines.append(f"  file changed: {disk['note']}")
+    shadow = rules.get("shadowed")
+    if shadow:
+        lines.append(f"  shadowed: cloud root rule chain {shadow['chain']!r} ("
+                     + (f"version {shadow['version']}, " if shadow.get("version") is not None
+                        else "")
+                     + (f"digest {shadow['digest']}" if shadow.get("digest") else "does not parse")
+                     + f", received {shadow['received']}): not in force, rules.file wins")
+    lines += [f"  {n['node']}: in {n['in']}, failed {n['failed']}"
+              + (f", open windows {n['open_windows']} ({n['held_messages']} messages held)"
+                 if "open_windows" in n else "")
+              for n in rules.get("nodes", [])]
+    lines += [f"  {o['node']}: open windows {o['open_windows']} ({o['held_messages']} "
+              "messages held), dropped at their deadline"
+              for o in rules.get("orphaned_windows", [])]
+    lost = sum((rules.get("dropped_messages") or {}).values())
+    if lost:
+        lines.append(f"  messages lost with dropped windows (node not in the chain): {lost}")
+    refusal = rules.get("last_refusal")
     if refusal:
-        lines.append(f"  last refusal from {refusal['source']} at {refusal['at_ms']}: "
+        at = refusal.get("at") or refusal["at_ms"]
+        still = f" ({refusal['still']})" if refusal.get("still") else ""
+        lines.append(f"  last refusal from {refusal['source']} at {at}{still}: "
                      + "; ".join(refusal["problems"]))
     return lines
 
@@ -853,6 +877,10 @@ def _config_check(args: argparse.Namespace) -> int:
     from edge_sync.config import check_edge_config, effective_settings
 
     cfg, errors = check_edge_config(args.config)
+    if cfg is not None and cfg.rules.file is not None:
+        errors = _rules_file_errors(cfg)
+        if errors:
+            cfg = None
     if cfg is None:
         if args.json:
             print_json({"ok": False, "errors": errors})
@@ -869,6 +897,21 @@ def _config_check(args: argparse.Namespace) -> int:
             print(f"{key}: {value}")
         print(f"configuration ok ({len(settings)} settings)")
     return EXIT_OK
+
+
+def _rules_file_errors(cfg: EdgeConfig) -> list[str]:
+    """``rules.file`` checked as the agent loads it at start (read, parsed, validated with its
+    scripts compiled under the configuration's rules limits): every problem, each named
+    ``rules.file``. The agent falls back to the last chain in force from the file when it
+    kept one; a configuration check does not count on that."""
+    from edge_sync.rules.sandbox import ScriptLimits
+    from edge_sync.rules.source import check_chain_file
+
+    rules = cfg.rules
+    assert rules.file is not None
+    limits = ScriptLimits.of_settings(rules.script_timeout_ms, rules.script_memory_mb)
+    found = check_chain_file(rules.file, limits)
+    return [f"rules.file: {p}" for p in found] if isinstance(found, list) else []
 
 
 EXIT_DAMAGED = 8  # verify: the store has problems (after --repair: ones it could not fix)
@@ -938,6 +981,7 @@ def _problem_json(p: Any) -> dict[str, str]:
 def _rules_check(args: argparse.Namespace) -> int:
     """``rules check FILE``: 0 and a one-line summary, or 1 and every problem, one a line."""
     from edge_sync.rules.chain import parse_file
+    from edge_sync.rules.runtime import digest
     from edge_sync.rules.sandbox import ScriptLimits
     from edge_sync.rules.validate import summary, validate
 
@@ -959,12 +1003,15 @@ def _rules_check(args: argparse.Namespace) -> int:
     else:
         problems = [str(p) for p in validate(chain, meta, limits)]
         if not problems:
+            fingerprint = digest(chain, meta)  # as the agent's status shows the chain in force
             if args.json:
                 print_json({"ok": True, "name": chain.name, "type": chain.type,
                             "nodes": len(meta.nodes), "connections": len(meta.connections),
-                            "node_types": sorted({n.type for n in meta.nodes})})
+                            "node_types": sorted({n.type for n in meta.nodes}),
+                            "digest": fingerprint})
             else:
                 print(summary(chain, meta))
+                print(f"digest {fingerprint}")
             return EXIT_OK
     if args.json:
         print_json({"ok": False, "problems": problems})

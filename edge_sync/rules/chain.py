@@ -218,3 +218,28 @@ def _is_int(value: Any) -> TypeGuard[int]:
 def _type_name(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "text", bool: "a boolean",
             type(None): "null"}.get(type(value), "a number")
+
+
+def to_entities(chain: RuleChain, meta: RuleChainMetaData) -> list[dict[str, Any]]:
+    """The chain as the two entity JSONs the cloud syncs (RULE_CHAIN, RULE_CHAIN_METADATA), in
+    a JSON array: what ``parse`` reads back into equal dataclasses (the same digest). How the
+    edge keeps the last chain in force of each source (storage/rule_chains.py)."""
+    def typed(kind: str, value: str | None) -> dict[str, str] | None:
+        return None if value is None else {"entityType": kind, "id": value}
+
+    chain_doc: dict[str, Any] = {"name": chain.name, "type": chain.type, "root": chain.root,
+                                 "id": typed("RULE_CHAIN", chain.id)}
+    meta_doc: dict[str, Any] = {
+        "ruleChainId": typed("RULE_CHAIN", meta.rule_chain_id),
+        "firstNodeIndex": -1 if meta.first_node_index is None else meta.first_node_index,
+        "nodes": [{"type": n.type, "name": n.name, "configuration": dict(n.configuration),
+                   "configurationVersion": n.configuration_version,
+                   "id": typed("RULE_NODE", n.id)} for n in meta.nodes],
+        "connections": [{"fromIndex": c.from_index, "toIndex": c.to_index, "type": c.type}
+                        for c in meta.connections],
+        "ruleChainConnections": [{"fromIndex": c.from_index, "type": c.type,
+                                  "targetRuleChainId": typed("RULE_CHAIN",
+                                                             c.target_rule_chain_id)}
+                                 for c in meta.rule_chain_connections],
+    }
+    return [chain_doc, meta_doc]

@@ -4,7 +4,8 @@ chain refused and why (``Refusal``), per-node counts (messages in, failures) for
 metrics, and a per-node rate limit on failure log lines.
 
 Owns: installing a chain (validated first, its scripts compiled: a chain with problems is
-refused as a whole and the chain in force stays), its version (1, 2, ... at every swap;
+refused as a whole and the chain in force stays), its version (1, 2, ... at every swap,
+going on from the highest an earlier run kept: ``resume_version``;
 installing the same chain from the same source again is no swap), its digest (sha256 of the
 canonical JSON of chain + metadata, first 12 hex digits), clearing it (no chain: the edge does
 what it did without rules), the counts (reset at every swap: they are the chain in force's)
@@ -42,6 +43,13 @@ class ChainInForce:
     digest: str
     """sha256 of the canonical JSON of chain + metadata, first 12 hex digits"""
     loaded_at_ms: int
+    since_ms: int | None = None
+    """when this chain (this digest from this source) first went in force, perhaps in an
+    earlier run (rules/source.py keeps it in the store); None: ``loaded_at_ms``"""
+
+    @property
+    def in_force_since_ms(self) -> int:
+        return self.loaded_at_ms if self.since_ms is None else self.since_ms
 
 
 @dataclass(frozen=True)
@@ -116,11 +124,20 @@ class RulesRuntime:
         with self._lock:
             return self._version
 
+    def resume_version(self, version: int) -> None:
+        """At start: versions go on from ``version`` (the highest an earlier run kept), so a
+        chain's version means the same chain across restarts."""
+        with self._lock:
+            self._version = max(self._version, version)
+
     def install(self, chain: RuleChain, meta: RuleChainMetaData, source: str,
-                now_ms: int) -> ChainInForce | Refusal:
+                now_ms: int, *, kept: tuple[str, int, int] | None = None
+                ) -> ChainInForce | Refusal:
         """The chain in force after installing this one: refused (kept as ``last_refusal``,
         the chain in force unchanged) when it has problems; the current one, version unchanged,
-        when it is the same chain (digest) from the same source; else a new version."""
+        when it is the same chain (digest) from the same source; else a new version.
+        ``kept``: (digest, version, since_ms) of the last chain in force from this source in an
+        earlier run; when this chain has that digest it takes that version and since again."""
         problems = validate(chain, meta, self._limits)
         if problems:
             refusal = Refusal(source, now_ms, tuple(str(p) for p in problems))
@@ -134,8 +151,15 @@ class RulesRuntime:
             if current is not None and current.digest == fingerprint \
                     and current.source == source:
                 return current
-            self._version += 1
-            self._current = ChainInForce(chain, meta, source, self._version, fingerprint, now_ms)
+            since: int | None
+            if kept is not None and kept[0] == fingerprint:
+                version, since = kept[1], kept[2]
+                self._version = max(self._version, version)
+            else:
+                self._version += 1
+                version, since = self._version, None
+            self._current = ChainInForce(chain, meta, source, version, fingerprint, now_ms,
+                                         since)
             self._cleared = None
             self._counts = {}
             self._logged = {}
@@ -194,6 +218,7 @@ class RulesRuntime:
             "version": version if current is None else current.version,
             "digest": None if current is None else current.digest,
             "loaded_at_ms": None if current is None else current.loaded_at_ms,
+            "since_ms": None if current is None else current.in_force_since_ms,
             "nodes": nodes,
             "last_refusal": None if refusal is None else {
                 "source": refusal.source, "at_ms": refusal.at_ms,

@@ -68,6 +68,8 @@ DB_NAMES = (
     "rule_state",
     "rule_local_ts",
     "rule_local_expiry",
+    # the last rule chain in force from each source (storage/rule_chains.py): the same way
+    "rule_chains",
     # the event log's entity index (storage/event_log.py): the same way; the agent's
     # QueueActor builds it for a store made before it (EntityIndexBuild), after it starts
     "events_by_entity",

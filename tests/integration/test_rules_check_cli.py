@@ -9,7 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edge_sync.rules.chain import parse_file
+from edge_sync.rules.runtime import digest
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
+
+
+def digest_line(path: Path) -> str:
+    """The line after the summary: the chain's digest, as the agent computes it for the chain
+    in force (status, GET /api/rules)."""
+    return f"digest {digest(*parse_file(path.read_bytes(), str(path)))}\n"
 
 
 def check(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -25,7 +34,7 @@ def test_a_valid_chain_exits_0_with_a_summary(tmp_path: Path) -> None:
         "'Boiler telemetry' (EDGE): 11 nodes, 11 connections; node types: TbCheckMessageNode, "
         "TbClearAlarmNode, TbCreateAlarmNode, TbJsFilterNode, TbLogNode, TbMsgAttributesNode, "
         "TbMsgDeduplicationNode, TbMsgPushToCloudNode, TbMsgTimeseriesNode, TbMsgTypeSwitchNode, "
-        "TbTransformMsgNode\n")
+        "TbTransformMsgNode\n" + digest_line(FIXTURES / "telemetry_dedup_chain.json"))
     assert not (tmp_path / "no-store").exists()
 
 
@@ -71,6 +80,7 @@ def test_a_valid_chain_as_json(tmp_path: Path) -> None:
     out = json.loads(done.stdout)
     assert (out["ok"], out["name"], out["type"], out["nodes"], out["connections"]) == (
         True, "Boiler telemetry", "EDGE", 11, 11)
+    assert f"digest {out['digest']}\n" == digest_line(FIXTURES / "telemetry_dedup_chain.json")
     assert len(out["node_types"]) == 11
 
 
@@ -151,7 +161,7 @@ def test_thingsboard_s_default_edge_root_chain_is_refused_for_its_rpc_node(
     assert (done.returncode, done.stdout) == (
         0, "'Edge Root Rule Chain' (EDGE): 7 nodes, 8 connections; node types: TbLogNode x2, "
            "TbMsgAttributesNode, TbMsgPushToCloudNode x2, TbMsgTimeseriesNode, "
-           "TbMsgTypeSwitchNode\n")
+           "TbMsgTypeSwitchNode\n" + digest_line(without_rpc))
 
 
 def test_a_script_the_sandbox_refuses_exits_1_naming_node_and_reason(tmp_path: Path) -> None:
@@ -174,7 +184,8 @@ def test_a_script_the_sandbox_refuses_exits_1_naming_node_and_reason(tmp_path: P
     assert (defaults.returncode, defaults.stdout) == (0, (
         "'ThingsBoard defaults' (EDGE): 9 nodes, 13 connections; node types: "
         "TbClearAlarmNode, TbCreateAlarmNode, TbJsFilterNode, TbJsSwitchNode, TbLogNode, "
-        "TbMsgPushToCloudNode, TbMsgTimeseriesNode, TbMsgTypeSwitchNode, TbTransformMsgNode\n"))
+        "TbMsgPushToCloudNode, TbMsgTimeseriesNode, TbMsgTypeSwitchNode, TbTransformMsgNode\n"
+        + digest_line(FIXTURES / "thingsboard_defaults.json")))
 
 
 def test_a_dynamic_severity_no_message_can_make_a_severity_is_refused(tmp_path: Path) -> None:
@@ -192,12 +203,14 @@ def test_a_dynamic_severity_no_message_can_make_a_severity_is_refused(tmp_path: 
         path.write_text(json.dumps(doc))
         done = check(tmp_path, str(path))
         outputs.append((done.returncode, done.stdout))
+    patterned = digest_line(path)
     assert outputs == [
         (1, "metadata.nodes[1].configuration.severity: got 'HIGH', with dynamicSeverity but no "
             "${key} or $[path] pattern: every message would fail; expected one of CRITICAL, "
             "MAJOR, MINOR, WARNING, INDETERMINATE, or a pattern\n"),
         (0, "'High temperature alarm' (EDGE): 4 nodes, 5 connections; node types: "
-            "TbClearAlarmNode, TbCreateAlarmNode, TbJsFilterNode, TbMsgPushToCloudNode\n")]
+            "TbClearAlarmNode, TbCreateAlarmNode, TbJsFilterNode, TbMsgPushToCloudNode\n"
+            + patterned)]
 
 
 def test_an_alarm_type_or_severity_the_alarm_nodes_cannot_run_is_reported(

@@ -13,8 +13,8 @@ LMDB, with each event's lane), the points kept on the edge only (the admin API's
 - alarms: create on a threshold, clear under it; only the alarm events reach the cloud (HIGH);
 - a chain exported from ThingsBoard runs unchanged (type switch, JS filter, TBEL and JS
   transforms, save timeseries, push to cloud, log, deduplication ALL);
-- a chain the edge refuses (unknown node type, cycle, dangling connection) leaves no chain in
-  force: the refusal is shown and logged, telemetry reaches the cloud as it came;
+- a chain file the edge refuses (unknown node type, cycle, dangling connection) at the first
+  start refuses the start (exit 1, every problem named);
 - hostile scripts (an endless loop, an unbounded allocation) fail each message within the
   script limits; the device still gets its 200, the Failure connection is followed, the
   failure is counted per message and logged once.
@@ -431,31 +431,23 @@ def test_a_backlog_through_deduplication_gives_one_message_per_interval_of_its_t
                          "'Normalise'"),
     ("dangling_connection.json", "metadata.connections[1].toIndex: dangling: 7 names no node"),
 ], ids=["unknown-node-type", "cycle", "dangling-connection"])
-def test_refused_chain_leaves_telemetry_going_to_cloud(tmp_path, procs, fixture, named):
+def test_a_refused_chain_file_refuses_the_start(tmp_path, procs, fixture, named):
+    """A rules.file the edge refuses at its first start (no chain from the file was in force
+    before to fall back on) stops the start as any configuration error does: exit 1, every
+    problem named. It once started with no chain: every message went to the cloud raw, no
+    alarm, health green. (After a chain from the file was in force once, a refused file leaves
+    that chain in force: test_rules_chain_source.py.)"""
     chain = FIXTURES / fixture
     problems = [str(p) for p in validate(*parse_file(chain.read_bytes(), str(chain)))]
     assert any(named in p for p in problems), problems  # the fixture is what the test says
 
-    cloud, agent = start_linked(tmp_path, procs, chain)
-    rules = rules_of(agent)
-    refusal = rules["last_refusal"]
-    assert refusal is not None
-    assert (refusal["source"], refusal["problems"]) == (f"file:{chain}", problems)
-    assert (rules["chain"], rules["source"], rules["digest"], rules["nodes"]) == \
-        (None, None, None, [])
-    errors = rule_records(agent, "ERROR", "rule chain from")
-    assert len(errors) == 1, errors
-    assert errors[0]["source"] == f"file:{chain}"
-    assert all(p in errors[0]["message"] for p in problems), errors[0]["message"]
-
-    device_id, token = agent.create_device("unruled")
-    values = {"temperature": 21.5, "state": "ok", "count": 3}
-    assert agent.post_telemetry(token, {"ts": BASE_TS, "values": values}) == 200
-    events = settle(cloud, agent)
-    assert device_actions(events, device_id) == \
-        ["ADDED", "CREDENTIALS_UPDATED", "TIMESERIES_UPDATED"]
-    assert telemetry_at_cloud(events, device_id) == [(BASE_TS, values)]
-    assert local_series(agent, device_id) == {}
+    agent = procs(Agent(tmp_path / "edge", env={"EDGE_RULES_FILE": str(chain)}))
+    code, err = agent.run_to_exit()
+    assert code == 1, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        f"error: configuration: rules.file {chain} refused: {'; '.join(problems)} (no chain "
+        "from rules.file was in force before to keep in force; edge-sync rules check names every "
+        "problem)")
 
 
 # -- hostile scripts ---------------------------------------------------------------------------

@@ -103,6 +103,23 @@ def test_the_same_chain_again_keeps_its_version_a_change_is_a_new_one() -> None:
     assert isinstance(back, ChainInForce) and back.version == 4
 
 
+def test_versions_go_on_across_restarts_and_a_kept_chain_keeps_its_own() -> None:
+    """A new process resumes the version count from what the store kept; the same chain as
+    the one kept (same digest) takes its version and since again, another one a new version."""
+    rc, meta = chain()
+    rt = RulesRuntime()
+    rt.resume_version(7)
+    same = rt.install(rc, meta, "file:/x.json", T0 + 50, kept=(digest(rc, meta), 5, T0))
+    assert same == ChainInForce(rc, meta, "file:/x.json", 5, digest(rc, meta), T0 + 50, T0)
+    assert (same.in_force_since_ms, rt.version) == (T0, 7)
+    other = RulesRuntime()
+    other.resume_version(7)
+    changed = other.install(*chain(ttl=60), "file:/x.json", T0 + 50,
+                            kept=(digest(rc, meta), 5, T0))
+    assert isinstance(changed, ChainInForce)
+    assert (changed.version, changed.in_force_since_ms, other.version) == (8, T0 + 50, 8)
+
+
 def test_counts_per_node_from_any_thread_reset_at_a_swap() -> None:
     rt = RulesRuntime()
     rt.install(*chain(), "cloud", T0)
@@ -126,8 +143,8 @@ def test_counts_per_node_from_any_thread_reset_at_a_swap() -> None:
 def test_snapshot_shape() -> None:
     rt = RulesRuntime()
     assert rt.snapshot() == {"chain": None, "id": None, "source": None, "version": 0,
-                             "digest": None, "loaded_at_ms": None, "nodes": [],
-                             "last_refusal": None, "cleared": None}
+                             "digest": None, "loaded_at_ms": None, "since_ms": None,
+                             "nodes": [], "last_refusal": None, "cleared": None}
     rc, meta = chain()
     rt.install(rc, meta, "cloud", T0)
     rt.count("nodes[0] 'Save'", visited=3)
@@ -135,7 +152,7 @@ def test_snapshot_shape() -> None:
     rt.refuse("file:/x.json", ["a", "b"], T0 + 9)
     expected: dict[str, Any] = {
         "chain": "Edge root", "id": "rc-1", "source": "cloud", "version": 1,
-        "digest": digest(rc, meta), "loaded_at_ms": T0,
+        "digest": digest(rc, meta), "loaded_at_ms": T0, "since_ms": T0,
         "nodes": [{"node": "nodes[0] 'Save'", "type": n.SAVE_TIMESERIES, "in": 3, "failed": 0},
                   {"node": "nodes[1] 'Push'", "type": n.PUSH_TO_CLOUD, "in": 2, "failed": 1}],
         "last_refusal": {"source": "file:/x.json", "at_ms": T0 + 9, "problems": ["a", "b"]},
@@ -143,8 +160,8 @@ def test_snapshot_shape() -> None:
     assert rt.snapshot() == expected
     rt.clear("the cloud deleted the root rule chain")
     assert rt.snapshot() == {**expected, "chain": None, "id": None, "source": None,
-                             "digest": None, "loaded_at_ms": None, "nodes": [],
-                             "cleared": "the cloud deleted the root rule chain"}
+                             "digest": None, "loaded_at_ms": None, "since_ms": None,
+                             "nodes": [], "cleared": "the cloud deleted the root rule chain"}
 
 
 def test_failure_logs_are_limited_to_one_line_per_node_per_minute() -> None:

@@ -86,3 +86,16 @@ def test_the_board_counts_the_time_down_and_the_next_attempt_at_each_read() -> N
                            "down_for_s": 360.5}
     board.publish({"state": "CONNECTED", "down_since_ms": None}, monotonic=lambda: now[0])
     assert board.value == {"state": "CONNECTED", "down_since_ms": None}
+
+
+def test_a_rule_chain_refusal_or_a_changed_rules_file_degrades_the_health() -> None:
+    """The running agent's rules status (rules/source.py ChainSource.status) counts: degraded
+    with its reasons; without one (the agent stopped) the rules are not judged."""
+    reasons = ["rule chain from cloud refused at 2026-12-06T08:13:34.649Z (no rule chain in "
+               "force)"]
+    out = judge_health(CFG, pending=0, oldest_age_ms=None, dead=0, link=UP, live_mb=1.0,
+                       cap_mb=100.0, clock_skew_warn_s=60.0,
+                       rules={"health": {"level": "degraded", "reasons": reasons}})
+    assert (out["overall"], out["rules"]) == ("degraded", {"level": "degraded",
+                                                           "reasons": reasons})
+    assert (judge()["overall"], judge()["rules"]) == ("healthy", {"level": None, "reasons": []})

@@ -156,10 +156,13 @@ function seconds(ms) {
 function renderHealth(status) {
   const h = status.health_detail;
   const q = status.queue;
+  const rules = h.rules || { level: null, reasons: [] };
   const off = [["queue depth", h.queue_depth.level], ["sync latency", h.sync_latency.level],
-    ["link", h.link.level]].filter(([, lv]) => lv && lv !== "healthy").map(([name]) => name);
+    ["link", h.link.level], ["rule chain", rules.level]]
+    .filter(([, lv]) => lv && lv !== "healthy").map(([name]) => name);
+  const why = rules.level && rules.level !== "healthy" ? ` (${rules.reasons.join("; ")})` : "";
   setCard("h-overall", LEVEL_WORD[h.overall].slice(2), h.overall,
-    off.length ? `from ${off.join(", ")}` : "queue depth, sync latency and link");
+    off.length ? `from ${off.join(", ")}${why}` : "queue depth, sync latency, link and rule chain");
   setCard("h-queue", q.pending.toLocaleString("en"), h.queue_depth.level,
     `high ${q.pending_high} · normal ${q.pending_normal}; healthy < ${h.queue_depth.healthy_under}, warning > ${h.queue_depth.warning_over}`);
   const lat = h.sync_latency;
