@@ -98,7 +98,9 @@ class RulesRuntime:
         self._listeners: list[ChainListener] = []
 
     def listen(self, listener: ChainListener) -> None:
-        """Tell ``listener`` of every change from now on, in the order they are made: called on
+        """Tell ``listener`` of every change from now on, in the order they are made: a chain
+        put in force, a refusal recorded with ``refuse`` (once per refusal the chain source
+        logs: a chain ``install`` finds invalid is the caller's to record), a clear. Called on
         the thread that made it, under this runtime's lock (so it must not call the runtime);
         installing the same chain again tells nothing."""
         with self._lock:
@@ -143,7 +145,6 @@ class RulesRuntime:
             refusal = Refusal(source, now_ms, tuple(str(p) for p in problems))
             with self._lock:
                 self._refusal = refusal
-                self._tell(refusal)
             return refusal
         fingerprint = digest(chain, meta)
         with self._lock:

@@ -16,7 +16,7 @@ from edge_sync.metrics import Metrics
 from edge_sync.rules import nodes as n
 from edge_sync.rules.chain import RuleChain, RuleChainMetaData, parse
 from edge_sync.rules.engine import Failed, Visited
-from edge_sync.rules.runtime import RulesRuntime, digest
+from edge_sync.rules.runtime import Refusal, RulesRuntime, digest
 
 T0 = 1_700_000_000_000
 FILE = "file:/etc/edge-sync/rules.json"
@@ -134,7 +134,9 @@ def test_refusals_are_counted_by_source_and_the_chain_in_force_stays() -> None:
     RuleCounters(rt, m)
     rc, meta = chain()
     rt.install(rc, meta, "cloud", T0)
-    assert rt.install(*cyclic(), "cloud", T0 + 1) == rt.last_refusal
+    invalid = rt.install(*cyclic(), "cloud", T0 + 1)
+    assert isinstance(invalid, Refusal)  # not counted until recorded, as the source does
+    rt.refuse("cloud", invalid.problems, T0 + 1)
     rt.refuse(FILE, ["cannot read /etc/edge-sync/rules.json: No such file or directory"], T0 + 2)
     rt.refuse("cloud", ["RULE_CHAIN.name: missing"], T0 + 3)
     samples = rule_samples(m)
