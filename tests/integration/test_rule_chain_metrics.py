@@ -9,6 +9,7 @@ answers each, so a chain update (RULE_CHAIN, then its METADATA) is validated twi
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -165,3 +166,25 @@ def test_the_clouds_chain_in_force_then_a_chain_from_the_cloud_refused(tmp_path,
     assert rule_series(agent) == {**before, **refusals(cloud=1), **nodes(name, dig, {
         **root_nodes, "nodes[0] 'Message Type Switch'": (1, 0),
         "nodes[1] 'Save Timeseries'": (1, 0), "nodes[3] 'Push to Cloud'": (1, 0)})}
+
+
+def test_a_file_refused_at_a_restart_counts_while_the_last_chain_from_it_stays(tmp_path, procs):
+    """An edit mistake, then a restart: the last chain in force from the file stays (kept in
+    the store), the refusal is counted, the node series are the kept chain's, at 0."""
+    good = FIXTURES / "selective_sync.json"
+    active = tmp_path / "active.json"
+    shutil.copy(good, active)
+    agent = procs(Agent(tmp_path / "edge", env={"EDGE_RULES_FILE": str(active)})).start()
+    dig = digest(*parse_file(good.read_bytes(), str(good)))
+    series = rule_series(agent)
+    name = "Selective sync"
+    counts = {k: v for k, v in series.items() if k.startswith("edge_sync_rule_node")}
+    assert len(counts) == 2 * 3 and set(counts.values()) == {0}
+    assert series == {**in_force(name, "file", dig, 1), **refusals(), **counts}
+    assert agent.terminate() == 0
+
+    shutil.copy(FIXTURES / "unknown_node_type.json", active)
+    agent.start()
+    assert edge_status(agent)["rules"]["last_refusal"]["source"] == f"file:{active}"
+    assert rule_series(agent) == {**in_force(name, "file", dig, 1), **refusals(file=1),
+                                  **counts}
