@@ -39,6 +39,8 @@ The rule chain metrics (``RuleCounters``, docs/metrics.md):
   ``edge_sync_rule_chain_in_force`` (1 or 0): read from the runtime when scraped.
 - ``edge_sync_rule_chain_refusals_total{source}``: chains refused, from the file or the cloud,
   both series there from the start.
+- ``edge_sync_rule_chain_refusal_outstanding{source}`` (1 or 0, read from the chain source):
+  a refusal that still holds, whenever it was counted (at start too, before any scrape).
 - ``edge_sync_rule_window_messages_dropped_total``: the window tally's messages lost with
   windows dropped because their node left the chain (one series, there from the start; the
   node is in the log line and the status).
@@ -175,6 +177,7 @@ class RuleCounters:
         # chain in force; by digest, those of the chains whose series are kept, oldest first
         self._nodes: dict[str, tuple[Counter, Counter]] = {}
         self._kept: dict[str, tuple[str, dict[str, tuple[Counter, Counter]]]] = {}
+        self._metrics = metrics
         if metrics is None:
             return
         self._in = metrics.counter(
@@ -202,6 +205,23 @@ class RuleCounters:
             lambda: float(windows.dropped_messages_total))
         runtime.listen(self._changed)
         self._changed(runtime.current())
+
+    def refusal_outstanding(self, read: Callable[[], str | None]) -> None:
+        """``edge_sync_rule_chain_refusal_outstanding{source}``: 1 for the source whose current
+        chain is refused (``read``: its source, or None) until a chain from it goes in force,
+        else 0; both sources there from the start."""
+        if self._metrics is None:
+            return
+
+        def by_source() -> dict[tuple[str, ...], float]:
+            source = read()
+            refused = None if source is None else source_kind(source)
+            return {(s,): 1.0 if s == refused else 0.0 for s in SOURCES}
+
+        self._metrics.gauge_family(
+            "edge_sync_rule_chain_refusal_outstanding", "1 while the current chain of a source "
+            "(file or cloud) is refused and no chain from it went in force since, else 0",
+            ("source",), by_source)
 
     def _info(self) -> dict[str, str] | None:
         current = self.runtime.current()

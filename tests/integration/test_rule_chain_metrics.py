@@ -51,9 +51,13 @@ def rule_series(agent: Agent) -> dict[str, float]:
     return out
 
 
-def refusals(file: int = 0, cloud: int = 0) -> dict[str, float]:
+def refusals(file: int = 0, cloud: int = 0, outstanding: str | None = None
+             ) -> dict[str, float]:
+    """The refusal counters, and the outstanding refusal's source (1) or none."""
     return {'edge_sync_rule_chain_refusals_total{source="cloud"}': cloud,
-            'edge_sync_rule_chain_refusals_total{source="file"}': file}
+            'edge_sync_rule_chain_refusals_total{source="file"}': file,
+            'edge_sync_rule_chain_refusal_outstanding{source="cloud"}': outstanding == "cloud",
+            'edge_sync_rule_chain_refusal_outstanding{source="file"}': outstanding == "file"}
 
 
 def in_force(chain: str, source: str, dig: str, version: int) -> dict[str, float]:
@@ -131,7 +135,8 @@ def test_the_clouds_root_chain_refused_at_the_first_sync_leaves_no_chain(tmp_pat
     wait_until(lambda: cloud.edge_row(RK)["queued_downlinks"] == 0 and
                edge_status(agent)["rules"]["last_refusal"] is not None,
                timeout=DEADLINE_S, what="the edge refused the cloud's root chain")
-    assert rule_series(agent) == {"edge_sync_rule_chain_in_force": 0, **refusals(cloud=1)}
+    assert rule_series(agent) == {"edge_sync_rule_chain_in_force": 0,
+                                  **refusals(cloud=1, outstanding="cloud")}
 
 
 def test_the_clouds_chain_in_force_then_a_chain_from_the_cloud_refused(tmp_path, procs):
@@ -158,14 +163,15 @@ def test_the_clouds_chain_in_force_then_a_chain_from_the_cloud_refused(tmp_path,
     wait_until(lambda: cloud.edge_row(RK)["queued_downlinks"] == 0 and
                edge_status(agent)["rules"]["last_refusal"] is not None,
                timeout=DEADLINE_S, what="the edge refused the cloud's new chain")
-    assert rule_series(agent) == {**before, **refusals(cloud=1)}
+    assert rule_series(agent) == {**before, **refusals(cloud=1, outstanding="cloud")}
 
     # the chain in force still runs and counts in its own series
     _, token = agent.create_device("thermo-1")
     assert agent.post_telemetry(token, {"ts": BASE_TS, "values": {"temperature": 20}}) == 200
-    assert rule_series(agent) == {**before, **refusals(cloud=1), **nodes(name, dig, {
-        **root_nodes, "nodes[0] 'Message Type Switch'": (1, 0),
-        "nodes[1] 'Save Timeseries'": (1, 0), "nodes[3] 'Push to Cloud'": (1, 0)})}
+    counted = {**root_nodes, "nodes[0] 'Message Type Switch'": (1, 0),
+               "nodes[1] 'Save Timeseries'": (1, 0), "nodes[3] 'Push to Cloud'": (1, 0)}
+    assert rule_series(agent) == {**before, **refusals(cloud=1, outstanding="cloud"),
+                                  **nodes(name, dig, counted)}
 
 
 def test_a_file_refused_at_a_restart_counts_while_the_last_chain_from_it_stays(tmp_path, procs):
@@ -186,5 +192,5 @@ def test_a_file_refused_at_a_restart_counts_while_the_last_chain_from_it_stays(t
     shutil.copy(FIXTURES / "unknown_node_type.json", active)
     agent.start()
     assert edge_status(agent)["rules"]["last_refusal"]["source"] == f"file:{active}"
-    assert rule_series(agent) == {**in_force(name, "file", dig, 1), **refusals(file=1),
-                                  **counts}
+    assert rule_series(agent) == {**in_force(name, "file", dig, 1),
+                                  **refusals(file=1, outstanding="file"), **counts}

@@ -181,3 +181,17 @@ def test_messages_lost_with_orphaned_windows_are_one_counter_from_the_start() ->
     counters.windows.dropped("'agg' (AggregateNode)", 1, 40)
     counters.windows.dropped("'dedup' (TbMsgDeduplicationNode)", 2, 7)
     assert m.value("edge_sync_rule_window_messages_dropped_total") == 47
+
+
+def test_an_outstanding_refusal_is_one_gauge_per_source() -> None:
+    m = Metrics()
+    counters = RuleCounters(RulesRuntime(), m)
+    source: dict[str, str | None] = {"v": None}
+    counters.refusal_outstanding(lambda: source["v"])
+    gauge = "edge_sync_rule_chain_refusal_outstanding"
+    assert (m.value(gauge, source="file"), m.value(gauge, source="cloud")) == (0, 0)
+    assert f'{gauge}{{source="file"}} 0.0' in m.exposition().decode()
+    source["v"] = FILE
+    assert (m.value(gauge, source="file"), m.value(gauge, source="cloud")) == (1, 0)
+    source["v"] = "cloud"
+    assert (m.value(gauge, source="file"), m.value(gauge, source="cloud")) == (0, 1)
