@@ -151,6 +151,7 @@ class EdgeApp:
         self.rules = RulesRuntime(self._script_limits())
         self.rule_counters = RuleCounters(self.rules, self.metrics)
         self.chain_source = ChainSource(self.rules, self.store, cfg.rules.file, clock=clock)
+        self.rule_counters.refusal_outstanding(self.chain_source.outstanding_source)
         try:
             self.chain_source.load()  # ConfigError: rules.file refused, nothing to fall back on
         except BaseException:

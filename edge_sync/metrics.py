@@ -9,6 +9,11 @@ What this facade adds to the library, and nothing else:
 - ``gauge`` / ``gauge_family`` register gauges read when scraped (queue depth, link state), a
   gauge whose source is restarting being absent from that scrape; registering a name again
   replaces the reader (a restarted actor brings its own);
+- ``read_counter`` registers a counter kept elsewhere (a tally since the start), read when
+  scraped the same way;
+- ``info`` registers an info metric (``<name>_info``, the library's ``InfoMetricFamily``: one
+  sample of value 1 whose labels describe something, such as the rule chain in force), read
+  when scraped the same way, absent while there is nothing to describe;
 - ``histogram`` returns a ``BatchHistogram``: the link observes a whole acknowledged batch under
   one lock instead of one lock per event.
 
@@ -32,7 +37,12 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -48,6 +58,7 @@ disable_created_metrics()
 
 GaugeReader = Callable[[], float]
 FamilyReader = Callable[[], Mapping[tuple[str, ...], float]]
+InfoReader = Callable[[], Mapping[str, str] | None]
 
 
 class _ReadGauges(Collector):
@@ -68,6 +79,46 @@ class _ReadGauges(Collector):
         family = GaugeMetricFamily(self.name, self.help, labels=self.labels)
         for label_values, value in values.items():
             family.add_metric(list(label_values), float(value))
+        return [family]
+
+
+class _ReadCounter(Collector):
+    """A counter without labels whose value, kept elsewhere since the start, is read when
+    scraped (the library's ``CounterMetricFamily``); an exception leaves it out of that
+    scrape."""
+
+    def __init__(self, name: str, help_text: str, read: GaugeReader) -> None:
+        self.name, self.help, self.read = name, help_text, read
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self.name, self.help)]
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            value = float(self.read())
+        except Exception:
+            return []
+        return [CounterMetricFamily(self.name, self.help, value=value)]
+
+
+class _ReadInfo(Collector):
+    """An info metric computed when scraped: ``read`` answers its labels (in ``labels``), or
+    None when there is nothing to describe; an exception leaves it out of that scrape too."""
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str], read: InfoReader) -> None:
+        self.name, self.help, self.labels, self.read = name, help_text, tuple(labels), read
+
+    def describe(self) -> Iterable[Metric]:
+        return [InfoMetricFamily(self.name, self.help, labels=self.labels)]
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            values = self.read()
+        except Exception:
+            return []
+        family = InfoMetricFamily(self.name, self.help, labels=self.labels)
+        if values is not None:
+            family.add_metric([values[label] for label in self.labels], {})
         return [family]
 
 
@@ -146,7 +197,27 @@ class Metrics:
                      read: FamilyReader) -> None:
         """A labelled gauge: ``read`` answers {label values (in ``labels`` order): value}."""
         self._check(name)
-        collector = _ReadGauges(name, help_text, labels, read)
+        self._register_read(name, _ReadGauges(name, help_text, labels, read))
+
+    def read_counter(self, name: str, help_text: str, read: GaugeReader) -> None:
+        """A counter (``name`` ending in ``_total``) whose value another component keeps since
+        the start and ``read`` answers when scraped: it must never decrease."""
+        self._check(name)
+        if not name.endswith("_total"):
+            raise ValueError(f"counter {name!r} must end in _total")
+        self._register_read(name, _ReadCounter(name, help_text, read))
+
+    def info(self, name: str, help_text: str, labels: Sequence[str], read: InfoReader) -> None:
+        """The info metric ``<name>_info``: one sample of value 1 with the labels ``read``
+        answers when scraped ({label: value}, every one of ``labels``), none when it answers
+        None (Prometheus' convention for metadata that changes: an info metric joined on
+        ``instance``)."""
+        self._check(name)
+        if name.endswith("_info"):
+            raise ValueError(f"info metric {name!r}: give the name without _info")
+        self._register_read(name, _ReadInfo(name, help_text, labels, read))
+
+    def _register_read(self, name: str, collector: Collector) -> None:
         with self._lock:
             old = self._gauges.pop(name, None)
             if old is not None:

@@ -23,6 +23,28 @@ Owns the mapping, one outcome at a time, in the chain's order:
 - ``Visited`` / ``Failed``: per-node counts; a failure is logged at most once a minute per node
   with the number of failures not logged since.
 
+The rule chain metrics (``RuleCounters``, docs/metrics.md):
+
+- ``edge_sync_rule_node_messages_total{chain,digest,node}`` and
+  ``edge_sync_rule_node_failures_total{chain,digest,node}``: every node of a chain has its two
+  series from the moment the chain goes in force, at 0 (a first failure is an increase
+  Prometheus sees). The chain's name and digest are labels: a swap starts new series rather
+  than continuing (or resetting) those of a node of the same name in the chain before, so a
+  series never goes backwards. The series of the chain in force and of the one before it are
+  kept (that one's last counts stay scrapeable); older ones are removed at a swap. A message an
+  earlier chain's engine was running at the swap counts in that chain's series when the node
+  is not in the new chain, else in the new chain's (as the runtime counts it).
+- ``edge_sync_rule_chain_info{chain,source,digest}`` (1; absent without a chain),
+  ``edge_sync_rule_chain_version`` (absent without a chain) and
+  ``edge_sync_rule_chain_in_force`` (1 or 0): read from the runtime when scraped.
+- ``edge_sync_rule_chain_refusals_total{source}``: chains refused, from the file or the cloud,
+  both series there from the start.
+- ``edge_sync_rule_chain_refusal_outstanding{source}`` (1 or 0, read from the chain source):
+  a refusal that still holds, whenever it was counted (at start too, before any scrape).
+- ``edge_sync_rule_window_messages_dropped_total``: the window tally's messages lost with
+  windows dropped because their node left the chain (one series, there from the start; the
+  node is in the log line and the status).
+
 What a save or push node is handed must be what a device could have posted (keys of at most
 255 bytes, 64-bit integers, timestamps from 0 to 2^63-1, text without lone surrogates: the
 device API's own checks, storable.py); a script may make anything, and data the store
@@ -75,7 +97,7 @@ from edge_sync.rules.message import (
     Originator,
     RuleMsg,
 )
-from edge_sync.rules.runtime import RulesRuntime
+from edge_sync.rules.runtime import ChainInForce, Refusal, RulesRuntime
 from edge_sync.storable import check_json_value, check_timestamp, check_values
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope
 
@@ -155,27 +177,142 @@ class RuleCounters:
         node's first failure not logged in a minute, and when lines are logged)."""
         self._in: Counter | None = None
         self._failed: Counter | None = None
-        self._in_by_node: dict[str, Counter] = {}  # bound children: no label lookup per message
-        if metrics is not None:
-            self._in = metrics.counter(
-                "edge_sync_rule_node_messages_total", "messages a rule node of the chain in force "
-                "received", ("node",))
-            self._failed = metrics.counter(
-                "edge_sync_rule_node_failures_total", "messages a rule node failed (script error, "
-                "time-out, unsupported message) and sent by its Failure connection", ("node",))
+        self._lock = threading.Lock()
+        self._refusals: Counter | None = None
+        # bound children (no label lookup per message): node -> (messages, failures) of the
+        # chain in force; by digest, those of the chains whose series are kept, oldest first
+        self._nodes: dict[str, tuple[Counter, Counter]] = {}
+        self._kept: dict[str, tuple[str, dict[str, tuple[Counter, Counter]]]] = {}
+        self._metrics = metrics
+        if metrics is None:
+            return
+        self._in = metrics.counter(
+            "edge_sync_rule_node_messages_total", "messages a rule node received, by chain "
+            "(name and digest) and node", _NODE_LABELS)
+        self._failed = metrics.counter(
+            "edge_sync_rule_node_failures_total", "messages a rule node failed (script error, "
+            "time-out, unsupported message) and sent by its Failure connection, by chain (name "
+            "and digest) and node", _NODE_LABELS)
+        self._refusals = metrics.counter(
+            "edge_sync_rule_chain_refusals_total", "rule chains refused (unreadable, invalid): "
+            "from rules.file (file) or the cloud's root chain (cloud)", ("source",))
+        for source in SOURCES:
+            self._refusals.labels(source=source)
+        metrics.info("edge_sync_rule_chain", "the rule chain in force: its name, source (file "
+                     "or cloud) and digest", ("chain", "source", "digest"), self._info)
+        metrics.gauge("edge_sync_rule_chain_version", "the version of the rule chain in force "
+                      "(1, 2, ... at every swap since the start)", self._version)
+        metrics.gauge("edge_sync_rule_chain_in_force", "1 when a rule chain is in force, else 0",
+                      lambda: 0.0 if runtime.current() is None else 1.0)
+        windows = self.windows
+        metrics.read_counter(
+            "edge_sync_rule_window_messages_dropped_total", "acknowledged messages lost with rule "
+            "windows dropped at their deadline because their node is not in the chain in force",
+            lambda: float(windows.dropped_messages_total))
+        runtime.listen(self._changed)
+        self._changed(runtime.current())
+
+    def refusal_outstanding(self, read: Callable[[], str | None]) -> None:
+        """``edge_sync_rule_chain_refusal_outstanding{source}``: 1 for the source whose current
+        chain is refused (``read``: its source, or None) until a chain from it goes in force,
+        else 0; both sources there from the start."""
+        if self._metrics is None:
+            return
+
+        def by_source() -> dict[tuple[str, ...], float]:
+            source = read()
+            refused = None if source is None else source_kind(source)
+            return {(s,): 1.0 if s == refused else 0.0 for s in SOURCES}
+
+        self._metrics.gauge_family(
+            "edge_sync_rule_chain_refusal_outstanding", "1 while the current chain of a source "
+            "(file or cloud) is refused and no chain from it went in force since, else 0",
+            ("source",), by_source)
+
+    def _info(self) -> dict[str, str] | None:
+        current = self.runtime.current()
+        if current is None:
+            return None
+        return {"chain": current.chain.name, "source": source_kind(current.source),
+                "digest": current.digest}
+
+    def _version(self) -> float:
+        current = self.runtime.current()
+        if current is None:
+            raise LookupError("no rule chain in force")  # the gauge is absent
+        return float(current.version)
+
+    def _changed(self, event: ChainInForce | Refusal | None) -> None:
+        """The runtime's listener (under its lock: the series exist before any thread sees
+        the chain in force): series for a new chain's nodes, a refusal counted."""
+        if isinstance(event, Refusal):
+            if self._refusals is not None:
+                self._refusals.labels(source=source_kind(event.source)).inc()
+            return
+        with self._lock:
+            self._nodes = {} if event is None else self._chain_series(event)
+
+    def _chain_series(self, chain: ChainInForce) -> dict[str, tuple[Counter, Counter]]:
+        """Under the lock: the bound children of ``chain``'s nodes, made at 0 when new; the
+        series of chains before the one before it removed."""
+        assert self._in is not None and self._failed is not None
+        digest, title = chain.digest, chain.chain.name
+        found = self._kept.pop(digest, None)
+        nodes = found[1] if found is not None else {}
+        for node in chain.meta.nodes:
+            name = node.describe()
+            if name not in nodes:
+                nodes[name] = (self._in.labels(title, digest, name),
+                               self._failed.labels(title, digest, name))
+        self._kept[digest] = (title, nodes)  # the most recent last
+        while len(self._kept) > 2:
+            old_digest = next(iter(self._kept))
+            old_title, old_nodes = self._kept.pop(old_digest)
+            for name in old_nodes:
+                self._in.remove(old_title, old_digest, name)
+                self._failed.remove(old_title, old_digest, name)
+        return nodes
+
+    def _bind(self, node: str) -> tuple[Counter, Counter] | None:
+        """A node not in the chain in force's map: a message of a chain swapped out while it
+        ran (its series if kept), else a node the runtime counts all the same (in the chain in
+        force's series). The runtime is read before this lock: its listener takes this lock
+        under the runtime's."""
+        if self._in is None or self._failed is None:
+            return None
+        current = self.runtime.current()
+        with self._lock:
+            pair = next((kept[node] for _, kept in reversed(self._kept.values())
+                         if node in kept), None)
+            if pair is None and current is not None and current.digest in self._kept:
+                title, dig = current.chain.name, current.digest
+                pair = self._kept[dig][1][node] = (self._in.labels(title, dig, node),
+                                                   self._failed.labels(title, dig, node))
+            return pair
 
     def visited(self, node: str, n: int = 1) -> None:
         self.runtime.count(node, visited=n)
-        if self._in is not None:
-            child = self._in_by_node.get(node)
-            if child is None:
-                child = self._in_by_node[node] = self._in.labels(node=node)
-            child.inc(n)
+        pair = self._nodes.get(node) or self._bind(node)
+        if pair is not None:
+            pair[0].inc(n)
 
     def failed(self, node: str) -> None:
         self.runtime.count(node, failed=1)
-        if self._failed is not None:
-            self._failed.labels(node=node).inc()
+        pair = self._nodes.get(node) or self._bind(node)
+        if pair is not None:
+            pair[1].inc()
+
+
+SOURCES = ("file", "cloud")
+"""The ``source`` label of the rule chain metrics: where a chain came from (rules.file or the
+cloud's root chain), without the file's path (the status names it)."""
+
+_NODE_LABELS = ("chain", "digest", "node")
+
+
+def source_kind(source: str) -> str:
+    """``file`` for ``file:/path/x.json``, else the source as it is (``cloud``)."""
+    return "file" if source.startswith("file:") else source
 
 
 def device_metadata(name: str | None, device_type: str | None, ts: int) -> dict[str, str]:

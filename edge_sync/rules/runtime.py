@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,8 +76,13 @@ def digest(chain: RuleChain, meta: RuleChainMetaData) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DIGEST_HEX]
 
 
+ChainListener = Callable[[ChainInForce | Refusal | None], None]
+"""Told a new chain in force (``ChainInForce``), a refusal (``Refusal``) or a clear (None)."""
+
+
 class RulesRuntime:
-    """The chain in force, the last refusal, the counts; any thread."""
+    """The chain in force, the last refusal, the counts; any thread. Listeners (``listen``:
+    the metrics) are told of every swap, refusal and clear."""
 
     def __init__(self, limits: ScriptLimits | None = None) -> None:
         """``limits``: the script limits the shards run scripts under, which validation
@@ -90,6 +95,21 @@ class RulesRuntime:
         self._cleared: str | None = None
         self._counts: dict[str, dict[str, int]] = {}
         self._logged: dict[str, tuple[int, int]] = {}  # node -> (last line at, suppressed)
+        self._listeners: list[ChainListener] = []
+
+    def listen(self, listener: ChainListener) -> None:
+        """Tell ``listener`` of every change from now on, in the order they are made: a chain
+        put in force, a refusal recorded with ``refuse`` (once per refusal the chain source
+        logs: a chain ``install`` finds invalid is the caller's to record), a clear. Called on
+        the thread that made it, under this runtime's lock (so it must not call the runtime);
+        installing the same chain again tells nothing."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _tell(self, event: ChainInForce | Refusal | None) -> None:
+        """With the lock held."""
+        for listener in self._listeners:
+            listener(event)
 
     def current(self) -> ChainInForce | None:
         with self._lock:
@@ -144,6 +164,7 @@ class RulesRuntime:
             self._cleared = None
             self._counts = {}
             self._logged = {}
+            self._tell(self._current)
             return self._current
 
     def refuse(self, source: str, problems: list[str] | tuple[str, ...],
@@ -153,6 +174,7 @@ class RulesRuntime:
         refusal = Refusal(source, now_ms, tuple(problems))
         with self._lock:
             self._refusal = refusal
+            self._tell(refusal)
         return refusal
 
     def clear(self, reason: str) -> None:
@@ -163,6 +185,7 @@ class RulesRuntime:
             self._cleared = reason
             self._counts = {}
             self._logged = {}
+            self._tell(None)
 
     def count(self, node: str, visited: int = 0, failed: int = 0) -> None:
         """Add to a node's counts (``node``: the outcomes' ``node``, its describe())."""

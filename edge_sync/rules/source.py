@@ -362,6 +362,12 @@ class ChainSource:
 
     # -- status -----------------------------------------------------------------------------
 
+    def outstanding_source(self) -> str | None:
+        """The source (``file:/path`` or ``cloud``) whose current chain is refused while an
+        older chain or none is in force, else None (for /metrics)."""
+        outstanding = self._outstanding
+        return None if outstanding is None else outstanding.refusal.source
+
     def status(self) -> dict[str, Any]:
         """The runtime's snapshot, with times as ISO 8601 UTC too, and: ``file`` (rules.file
         on disk against the chain in force), ``shadowed`` (the cloud's root chain while the

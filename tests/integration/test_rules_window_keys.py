@@ -19,12 +19,14 @@ from __future__ import annotations
 import copy
 import json
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_sync.rules.nodes import (
     AGGREGATE,
@@ -138,6 +140,15 @@ INTERVAL_S = 12
 COUNT = 40
 
 
+def dropped_metric(agent: Agent) -> float:
+    """``edge_sync_rule_window_messages_dropped_total`` of the agent's GET /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{agent.admin_port}/metrics",
+                                timeout=DEADLINE_S) as resp:
+        text = resp.read().decode()
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "edge_sync_rule_window_messages_dropped_total")
+
+
 def post_and_restart(tmp_path: Path, procs: Any, edited: dict[str, Any]
                      ) -> tuple[CloudProc, Agent, str, int]:
     """The windows chain in force from a file; a device posts COUNT readings v = 0, 1, ...
@@ -192,6 +203,7 @@ def test_a_node_removed_is_warned_about_at_load_and_its_messages_counted_when_dr
                                           "entities": 1, "open_windows": 1,
                                           "held_messages": COUNT}]
     assert rules["dropped_messages"] == {}
+    assert dropped_metric(agent) == 0
 
     [dropped] = wait_until(
         lambda: records(agent, "rules", "WARNING", "1 rule windows dropped"),
@@ -204,6 +216,7 @@ def test_a_node_removed_is_warned_about_at_load_and_its_messages_counted_when_dr
     rules = edge_status(agent)["rules"]
     assert (rules["orphaned_windows"], rules["dropped_messages"]) == (
         [], {"'agg' (AggregateNode)": COUNT})
+    assert dropped_metric(agent) == COUNT
     assert warned["drop_at_ms"] <= int(time.time() * 1000)
 
 

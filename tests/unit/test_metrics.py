@@ -73,6 +73,44 @@ def test_gauges_are_read_when_scraped_absent_while_failing_and_replaced() -> Non
     assert parsed(m)["edge_sync_g"] == [("edge_sync_g", {}, 7.0)]
 
 
+def test_an_info_metric_is_read_when_scraped_and_absent_without_a_value() -> None:
+    """``info`` exposes ``<name>_info`` (value 1, the labels read) as the library's
+    InfoMetricFamily; None leaves no sample, a failing reader no family."""
+    m = Metrics()
+    state: dict[str, dict[str, str] | None] = {"v": None}
+    m.info("edge_sync_rule_chain", "chain", ("chain", "source", "digest"), lambda: state["v"])
+    text = m.exposition().decode()
+    assert "# TYPE edge_sync_rule_chain_info gauge" in text
+    assert parsed(m) == {"edge_sync_rule_chain_info": []}
+    state["v"] = {"chain": "Boiler ops", "source": "file", "digest": "e5203266035e"}
+    assert parsed(m) == {"edge_sync_rule_chain_info": [
+        ("edge_sync_rule_chain_info",
+         {"chain": "Boiler ops", "source": "file", "digest": "e5203266035e"}, 1.0)]}
+    assert m.value("edge_sync_rule_chain_info", chain="Boiler ops", source="file",
+                   digest="e5203266035e") == 1
+    with pytest.raises(ValueError, match="without _info"):
+        m.info("edge_sync_x_info", "x", (), lambda: None)
+
+    def failing() -> dict[str, str]:
+        raise RuntimeError("restarting")
+
+    m.info("edge_sync_rule_chain", "chain", ("chain", "source", "digest"), failing)
+    assert "edge_sync_rule_chain_info" not in parsed(m)
+
+
+def test_a_counter_read_when_scraped_is_a_counter_family() -> None:
+    m = Metrics()
+    tally = {"n": 0}
+    m.read_counter("edge_sync_lost_total", "lost", lambda: tally["n"])
+    assert parsed(m) == {"edge_sync_lost": [("edge_sync_lost_total", {}, 0.0)]}
+    tally["n"] = 12
+    assert parsed(m) == {"edge_sync_lost": [("edge_sync_lost_total", {}, 12.0)]}
+    assert "# TYPE edge_sync_lost_total counter" in m.exposition().decode()
+    assert m.value("edge_sync_lost_total") == 12
+    with pytest.raises(ValueError, match="must end in _total"):
+        m.read_counter("edge_sync_lost", "lost", lambda: 0)
+
+
 def test_a_batch_histogram_has_cumulative_buckets_sum_and_count() -> None:
     m = Metrics()
     h = m.histogram("edge_sync_sync_latency_seconds", "latency", (0.5, 5.0))

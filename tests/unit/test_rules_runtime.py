@@ -175,3 +175,20 @@ def test_failure_logs_are_limited_to_one_line_per_node_per_minute() -> None:
     assert rt.should_log_failure(save, T0 + 60_000) == (True, 4)  # 4 not logged meanwhile
     assert rt.should_log_failure(save, T0 + 60_001) == (False, 1)
     assert rt.should_log_failure(save, T0 + 10) == (True, 1)  # the clock went back
+
+
+def test_listeners_are_told_of_each_swap_recorded_refusal_and_clear() -> None:
+    """Not of the same chain installed again, nor of a chain install finds invalid until the
+    caller records the refusal (rules/source.py records each refusal it logs once)."""
+    rt = RulesRuntime()
+    told: list[ChainInForce | Refusal | None] = []
+    rt.listen(told.append)
+    rc, meta = chain()
+    first = rt.install(rc, meta, "cloud", T0)
+    assert rt.install(rc, meta, "cloud", T0 + 1) is first  # no swap: nothing told
+    invalid = rt.install(*chain(conns=[(0, 1), (1, 0)]), "cloud", T0 + 2)
+    assert isinstance(invalid, Refusal) and told == [first]
+    refused = rt.refuse("cloud", invalid.problems, T0 + 2)
+    unread = rt.refuse("file:/x.json", ["cannot read /x.json"], T0 + 3)
+    rt.clear("no root rule chain synced from the cloud")
+    assert told == [first, refused, unread, None]
