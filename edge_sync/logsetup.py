@@ -80,7 +80,7 @@ def configure_logging(log: LogConfig, *, component: str, stream: TextIO | None =
     logger.add(stream if stream is not None else sys.stderr, **common)
     if log.file is not None:
         _add_file_sink(log, common)
-    _forward_stdlib_logging()
+    forward_stdlib_logging()
 
 
 def _add_file_sink(log: LogConfig, common: dict[str, Any]) -> None:
@@ -180,6 +180,15 @@ class _ToLoguru(logging.Handler):
             logger.bind(logger=record.name).warning(
                 "HTTP request refused by the parser: {}: {}", type(exc).__name__, str(exc)[:200])
             return
+        if record.name == "grpc._common" and _undecodable(exc):
+            # grpc could not parse a message the peer sent (garbage on the stream): the peer's
+            # error, which grpc answers by ending the call (INTERNAL, "Exception deserializing
+            # request!"); one WARNING line, not a traceback a hostile peer could fill the log
+            # with. A deserializer failing otherwise is ours: ERROR with its traceback, below.
+            logger.bind(logger=record.name).warning(
+                "gRPC message refused: not a valid protobuf message: {}: {}",
+                type(exc).__name__, str(exc)[:200])
+            return
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
@@ -206,7 +215,16 @@ def _refused_by_parser(exc: BaseException | None) -> bool:
     return False
 
 
-def _forward_stdlib_logging() -> None:
+def _undecodable(exc: BaseException | None) -> bool:
+    """Whether grpc logged ``exc`` for bytes that are not the protobuf message expected."""
+    from google.protobuf.message import DecodeError  # loaded already when grpc logs
+
+    return isinstance(exc, DecodeError)
+
+
+def forward_stdlib_logging() -> None:
+    """Standard-library ``logging`` records at WARNING and above go to loguru's sinks (called
+    by ``configure_logging``; idempotent)."""
     root = logging.getLogger()
     if not any(isinstance(h, _ToLoguru) for h in root.handlers):
         root.addHandler(_ToLoguru())

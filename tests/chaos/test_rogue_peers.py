@@ -53,6 +53,7 @@ from edge_sync.cloud import CloudServer
 from edge_sync.cloud.session import LinkSettings
 from edge_sync.common.wire import to_kv, uuid_halves
 from edge_sync.config import load_cloud_config, load_edge_config
+from edge_sync.logsetup import forward_stdlib_logging
 from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Status
@@ -86,7 +87,9 @@ def examples(soak: bool, default: int, long: int) -> settings:
 
 @pytest.fixture
 def errors() -> Iterator[list[dict[str, Any]]]:
-    """Every ERROR (and worse) loguru record, and every record with an exception, of the test."""
+    """Every ERROR (and worse) loguru record, and every record with an exception, of the test;
+    grpc's own (stdlib) records included, whichever test of this process configured logging."""
+    forward_stdlib_logging()
     records: list[dict[str, Any]] = []
 
     def sink(message: Any) -> None:

@@ -249,6 +249,29 @@ def test_aiohttp_parser_refusal_is_a_warning_a_handler_failure_an_error() -> Non
     assert str(failed["exception"]).endswith("OverflowError: int too large to convert")
 
 
+def test_a_peer_message_grpc_cannot_parse_is_a_warning_a_deserializer_bug_an_error() -> None:
+    """grpc logs "Exception deserializing message!" with its traceback for any deserializer
+    failure (grpc/_common.py ``_transform``). Bytes that are not the protobuf message expected
+    are the peer's error: one WARNING line without a traceback. Anything else is ours: ERROR."""
+    from edge_sync.proto import edge_pb2
+
+    buf = configure(LogFormat.JSON)
+    common = logging.getLogger("grpc._common")
+    for deserialize in (edge_pb2.RequestMsg.FromString, lambda b: b.decode("ascii").upper(1)):
+        try:
+            deserialize(b"\x00")
+        except Exception:
+            common.exception("Exception deserializing message!")
+    refused, failed = json_lines(buf)
+    assert (refused["level"], refused["logger"]) == ("WARNING", "grpc._common")
+    assert refused["message"].startswith(
+        "gRPC message refused: not a valid protobuf message: DecodeError: Error parsing message")
+    assert "exception" not in refused
+    assert (failed["level"], failed["message"], failed["logger"]) == (
+        "ERROR", "Exception deserializing message!", "grpc._common")
+    assert "TypeError" in str(failed["exception"])
+
+
 def test_a_body_aiohttp_cannot_decode_is_a_refusal_even_met_after_the_handler() -> None:
     """A gzip body that is not gzip: the handler answered 400, then aiohttp drains the rest of
     the body and logs "Unhandled exception" with a RequestPayloadError caused by the parser's
