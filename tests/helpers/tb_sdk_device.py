@@ -5,9 +5,11 @@ venv with paho-mqtt): ``python tb_sdk_device.py PORT TOKEN``. It prints one JSON
 attribute request for the client key ``fw``), ``ready`` (subscribed to RPC requests), then
 ``rpc`` with the request it answered (its answer: ``{"done": <params>}``). It disconnects and
 exits once a line (or end of input) arrives on its stdin: the test sends it after it has seen
-the answer reach the edge, so the disconnect cannot overtake the answer.
+the answer reach the edge, so the disconnect cannot overtake the answer. No RPC within 20 s, or
+no line within 30 s of it, and it disconnects and exits at once.
 """
 
+import select
 import sys
 import threading
 
@@ -22,10 +24,12 @@ class Device(SignalsConnect, TBDeviceMqttClient):  # type: ignore[misc]
 def main() -> None:
     port, token = int(sys.argv[1]), sys.argv[2]
     client = Device(port, token)
+    rpc = threading.Event()
 
     def on_rpc(request_id: str, body: dict) -> None:
         client.send_rpc_reply(request_id, {"done": body.get("params")})
         say(rpc={"id": request_id, "method": body.get("method")})
+        rpc.set()
 
     client.set_server_side_rpc_request_handler(on_rpc)
     client.connect()
@@ -43,7 +47,10 @@ def main() -> None:
     answered.wait(20)
     say(attributes=answer)
     say(ready=True)
-    sys.stdin.readline()  # the test has seen the RPC answer at the edge
+    # every wait is bounded: a step that does not come ends the script, so the test's next
+    # read meets the end of its output at once instead of waiting for pytest's timeout
+    if rpc.wait(20) and select.select([sys.stdin], [], [], 30)[0]:
+        sys.stdin.readline()  # the test has seen the RPC answer at the edge
     client.disconnect()
 
 
