@@ -32,8 +32,10 @@ from edge_sync.rules.chain import parse
 from edge_sync.rules.runtime import RulesRuntime
 from edge_sync.rules.sandbox import ScriptLimits
 from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.rule_chains import CLOUD
 from edge_sync.storage.rule_store import RuleStore
 from tests.helpers.log_capture import log_records
+from tests.helpers.wait import wait_until
 
 T0 = 1_700_000_000_000
 INTERVAL_S = 60
@@ -229,3 +231,25 @@ def test_script_limits_of_the_configuration_carry_the_blocklist_settings() -> No
     limits = ScriptLimits.of_config(rules)
     assert (limits.time_limit_s, limits.memory_limit_bytes, limits.max_errors,
             limits.block_s) == (0.25, 16 * 1024 * 1024, 5, 120)
+
+
+def test_shards_are_told_when_the_chain_is_cleared_and_their_windows_wait(tmp_path: Path
+                                                                          ) -> None:
+    """The cloud removed its root chain: the chain in force is cleared and every shard is told,
+    so windows on disk it had not loaded are tallied (waiting for a chain)."""
+    _, queue, _, _, shard = rig(tmp_path / "rig")
+    assert post(shard, DEVICES[0], [1, 2, 3]).result(0) == range(1, 2)
+    with queue.store.read() as txn:
+        record = queue.rules.state(txn, DEVICES[0])
+    edge = app(tmp_path).start()
+    try:
+        edge.rules.install(*parse(windows_chain(with_agg=True)), CLOUD, T0)
+        edge.store.write(lambda txn: RuleStore(edge.store).put_state(txn, DEVICES[0], record))
+        assert edge._rules_status()["orphaned_windows"] == []  # not loaded: nothing told
+        edge._rules_changed()  # no root chain in the store: cleared
+        assert edge.rules.current() is None
+        waiting = wait_until(lambda: edge._rules_status()["waiting_windows"], timeout=10,
+                             what="the shard's windows tallied after the clear")
+        assert waiting == [{"node": AGG, "entities": 1, "open_windows": 1, "held_messages": 3}]
+    finally:
+        edge.stop()
