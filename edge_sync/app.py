@@ -243,19 +243,22 @@ class EdgeApp:
     def _rules_changed(self) -> None:
         """A downlink changed a rule chain: the chain in force is read again; when another one
         went in force, every shard binds its entities' windows to it now (a window whose node
-        is not in it is warned about at once, not only when it is dropped)."""
+        is not in it is warned about at once, not only when it is dropped); when the chain was
+        cleared, every shard tallies its entities' windows again (they wait on disk)."""
         before = self.rules.current()
         self.chain_source.cloud_changed()
         after = self.rules.current()
-        if after is not None and after is not before:
+        if after is not before:
             for shard in self._shard_addresses:
                 shard.tell(RuleChainChanged())
 
     def _rules_status(self) -> dict[str, Any]:
         """The chain in force, its counts and health (``ChainSource.status``), with each window
         node's open windows and the messages they hold (``open_windows``, ``held_messages``,
-        summed over the devices), windows of nodes not in the chain (``orphaned_windows``) and
-        the messages lost with windows dropped at their deadline (``dropped_messages``)."""
+        summed over the devices), windows of nodes not in the chain (``orphaned_windows``:
+        dropped at their deadline), or, with no chain in force, every open window
+        (``waiting_windows``: they wait on disk for a chain), and the windows dropped at their
+        deadline and the messages lost with them (``dropped_windows``, ``dropped_messages``)."""
         out = self.chain_source.status()
         tally = self.rule_counters.windows
         held = tally.snapshot()
@@ -264,7 +267,11 @@ class EdgeApp:
                 counts = held.pop(node["node"], {})
                 node["open_windows"] = counts.get("open_windows", 0)
                 node["held_messages"] = counts.get("held_messages", 0)
-        out["orphaned_windows"] = [{"node": name, **counts} for name, counts in sorted(held.items())]
+        left = [{"node": name, **counts} for name, counts in sorted(held.items())]
+        waiting = out["chain"] is None  # expire_due does nothing without a chain: they wait
+        out["orphaned_windows"] = [] if waiting else left
+        out["waiting_windows"] = left if waiting else []
+        out["dropped_windows"] = dict(tally.dropped_windows)
         out["dropped_messages"] = dict(tally.dropped_messages)
         return out
 
@@ -272,9 +279,7 @@ class EdgeApp:
         """``rules.script_timeout_ms``, ``rules.script_memory_mb`` and the blocklist's
         ``rules.script_max_errors`` / ``rules.script_block_duration_s``: what rule scripts run
         (and are compiled at validation) under."""
-        rules = self.cfg.rules
-        return ScriptLimits.of_settings(rules.script_timeout_ms, rules.script_memory_mb,
-                                        rules.script_max_errors, rules.script_block_duration_s)
+        return ScriptLimits.of_config(self.cfg.rules)
 
     def _request_sync(self, full: bool, reason: str) -> None:
         """The admin API's ``POST /api/sync``: the link asks the cloud for a sync."""

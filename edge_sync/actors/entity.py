@@ -34,7 +34,6 @@ import contextlib
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
-from datetime import UTC, datetime
 from typing import Any
 
 from loguru import logger
@@ -75,13 +74,14 @@ from edge_sync.actors.messages import (
 )
 from edge_sync.actors.rule_host import ShardRules
 from edge_sync.actors.rule_outcomes import Planned, attributes_msg, plan, telemetry_msgs
+from edge_sync.common.iso_time import iso_ms
 from edge_sync.devices.rpc import RpcStatus, Transition
 from edge_sync.devices.session import DeviceSession
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import EdgeSyncError, InternalError, NotFound, Unavailable, Unstorable
 from edge_sync.rules.engine import Outcome, RuleEngine, saved_originators
 from edge_sync.rules.message import RuleMsg
-from edge_sync.rules.session import EntityRules, Step
+from edge_sync.rules.session import Dropped, EntityRules, Orphaned, Step
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope, lane_for
 
 _log = logger.bind(component="device-session")
@@ -305,35 +305,43 @@ class EntityActor:
             self.rule_state = EntityRules(self.rules.load_state(self.entity_id))
         return self.rule_state
 
-    def load_rules(self, now_ms: int) -> tuple[int, int, int, int]:
+    def load_rules(self, now_ms: int, orphans: OrphanedWindows | None = None
+                   ) -> tuple[int, int, int, int]:
         """At start, and when another chain goes in force: the rule state saved for this
         entity (read once; its open windows close on time), bound to the chain in force (a
-        window whose node is not in it is warned about now). (open windows, messages they
-        hold, windows due at ``now_ms``, messages those hold)."""
+        window whose node is not in it is told of now: added to ``orphans``, which the shard
+        logs as one line for all its entities, this entity's detail at DEBUG; without
+        ``orphans``, one WARNING per node). (open windows, messages they hold, windows due at
+        ``now_ms``, messages those hold)."""
         if self.rules is None:
             return 0, 0, 0, 0
-        state = self._loaded_state()
+        state = self._loaded_state(orphans)
         self._tally(state)
         return (state.open_windows, state.held_messages, *state.due_windows(now_ms))
 
-    def _loaded_state(self) -> EntityRules:
+    def _loaded_state(self, orphans: OrphanedWindows | None = None) -> EntityRules:
         """The entity's rule state (read from the store when not in memory), bound to the chain
         in force when there is one."""
         engine = self._engine()
-        return self._rules_state() if engine is None else self._bound_state(engine)
+        return self._rules_state() if engine is None else self._bound_state(engine, orphans)
 
-    def _bound_state(self, engine: RuleEngine) -> EntityRules:
+    def _bound_state(self, engine: RuleEngine, orphans: OrphanedWindows | None = None
+                     ) -> EntityRules:
         """The entity's rule state bound to ``engine`` (the chain in force): when that binds it
-        anew, each node's open windows not in the chain are logged at WARNING, with the
-        acknowledged messages they hold and when they will be dropped."""
+        anew, each node's open windows not in the chain are told of, with the acknowledged
+        messages they hold and when they will be dropped: added to ``orphans`` (the shard's
+        one line) and logged at DEBUG, or, without ``orphans``, logged at WARNING."""
         state = self._rules_state()
         for orphan in state.bind(engine):
+            if orphans is not None:
+                orphans.add(self.entity_id, orphan, engine.chain.name)
             _rules_log.bind(entity=str(self.entity_id), node=orphan.node, windows=orphan.windows,
-                            messages=orphan.messages, drop_at_ms=orphan.deadline).warning(
+                            messages=orphan.messages, drop_at_ms=orphan.deadline).log(
+                "WARNING" if orphans is None else "DEBUG",
                 "{} open rule windows of node {} hold {} acknowledged messages: the node is not "
                 "in the chain in force {!r}; they will be dropped at {} unless a chain with that "
                 "node goes in force before", orphan.windows, orphan.node, orphan.messages,
-                engine.chain.name, _iso(orphan.deadline))
+                engine.chain.name, iso_ms(orphan.deadline, f"{orphan.deadline} ms"))
         return state
 
     def _tally(self, state: EntityRules) -> None:
@@ -368,7 +376,7 @@ class EntityActor:
         required = (RequireDevice(eid),) if requires_device else ()
         saved = (PutRuleState(eid, step.record),) if step.changed else ()
         self._append_rules(planned, reply, (*required, *planned.mutations, *saved), bool(saved),
-                           engine, step.outcomes)
+                           engine, step.outcomes, step.dropped)
 
     def _close_windows(self, now: int) -> None:
         """The shard's timer: windows due now close, their outputs go on through the chain."""
@@ -386,7 +394,7 @@ class EntityActor:
             return
         saved = (PutRuleState(self.entity_id, step.record),) if step.changed else ()
         self._append_rules(planned, None, (*planned.mutations, *saved), bool(saved),
-                           engine, step.outcomes)
+                           engine, step.outcomes, step.dropped)
 
     def _report(self, step: Step, engine: RuleEngine) -> None:
         eid = str(self.entity_id)
@@ -396,29 +404,33 @@ class EntityActor:
                 "edge clock jumped {} by {} ms while a rule window was open: {}", jump.direction,
                 jump.by_ms, "the window keeps the time it had left" if jump.direction ==
                 "backward" else "the window wakes once; the skipped intervals give nothing")
-        for dropped in step.dropped:
-            assert self.rules is not None
-            self.rules.counters.windows.dropped(dropped.node, dropped.windows, dropped.messages)
-            _rules_log.bind(entity=eid, node=dropped.node, windows=dropped.windows,
-                            messages=dropped.messages).warning(
-                "{} rule windows dropped at their deadline with the {} acknowledged messages "
-                "they held: node {} is not in the chain in force {!r}", dropped.windows,
-                dropped.messages, dropped.node, engine.chain.name)
 
     def _append_rules(self, planned: Planned, reply: Future[range] | None,
                       mutations: tuple[Any, ...], saves_state: bool,
-                      engine: RuleEngine, outcomes: tuple[Outcome, ...]) -> None:
+                      engine: RuleEngine, outcomes: tuple[Outcome, ...],
+                      dropped: tuple[Dropped, ...] = ()) -> None:
         """Append the outcomes; when the commit fails, the in-memory state is dropped when it
         was part of it (read again from the store next time), and ``engine`` (the one that
         ran), when a save node of it deduplicates, forgets what it decided for the
         originators of the saves (their retry is saved). Both are told to this entity before
         ``reply`` fails, so they come before the device's retry. An Unstorable refusal is the
-        chain's: logged at ERROR, answered as InternalError."""
+        chain's: logged at ERROR, answered as InternalError. Windows ``dropped`` (their node
+        not in the chain) are logged and counted once the commit is done: when it fails, the
+        state read again still holds them, and they are dropped (and counted) at the retry."""
         eid = self.entity_id
         tell_self, outer = self.tell_self, reply
+        assert self.rules is not None
+        tally, chain = self.rules.counters.windows, engine.chain.name
 
         def committed(done: Future[range]) -> None:  # on the queue's thread
             exc = done.exception()
+            for gone in dropped if exc is None else ():
+                tally.dropped(gone.node, gone.windows, gone.messages)
+                _rules_log.bind(entity=str(eid), node=gone.node, windows=gone.windows,
+                                messages=gone.messages).warning(
+                    "{} rule windows dropped at their deadline with the {} acknowledged "
+                    "messages they held: node {} is not in the chain in force {!r}",
+                    gone.windows, gone.messages, gone.node, chain)
             if exc is not None and saves_state:
                 tell_self(RuleStateStale(eid))
             if exc is not None and engine.deduplicates:
@@ -708,6 +720,47 @@ class EntityActor:
         self.queue.tell(Append(d.id, (added, credentials), cmd.reply, (CreateDevice(d),)))
 
 
+class OrphanedWindows:
+    """The open windows of nodes not in the chain in force, over the entities one shard binds
+    to a chain (at start, at a chain swap): one WARNING line for them all (``log``), each
+    entity's detail at DEBUG, so a swap that removes a window node used by thousands of
+    devices does not write thousands of lines."""
+
+    def __init__(self) -> None:
+        self.chain = ""
+        self.nodes: set[str] = set()
+        self.entities: set[uuid.UUID] = set()
+        self.windows = 0
+        self.messages = 0
+        self.first_drop_ms: int | None = None
+        self.last_drop_ms: int | None = None
+
+    def add(self, entity_id: uuid.UUID, orphan: Orphaned, chain: str) -> None:
+        self.chain = chain
+        self.nodes.add(orphan.node)
+        self.entities.add(entity_id)
+        self.windows += orphan.windows
+        self.messages += orphan.messages
+        first, last = self.first_drop_ms, self.last_drop_ms
+        self.first_drop_ms = orphan.deadline if first is None else min(first, orphan.deadline)
+        self.last_drop_ms = orphan.deadline if last is None else max(last, orphan.deadline)
+
+    def log(self, shard: int) -> None:
+        """One WARNING for shard ``shard`` when windows were orphaned; nothing otherwise."""
+        if self.first_drop_ms is None or self.last_drop_ms is None:
+            return
+        first, last = self.first_drop_ms, self.last_drop_ms
+        nodes = sorted(self.nodes)
+        _rules_log.bind(shard=shard, nodes=nodes, entities=len(self.entities),
+                        windows=self.windows, messages=self.messages, drop_at_ms=first,
+                        last_drop_at_ms=last).warning(
+            "{} open rule windows of {} entities hold {} acknowledged messages: their nodes "
+            "({}) are not in the chain in force {!r}; they will be dropped from {} to {} "
+            "unless a chain with those nodes goes in force before (each entity at DEBUG)",
+            self.windows, len(self.entities), self.messages, ", ".join(nodes), self.chain,
+            iso_ms(first, f"{first} ms"), iso_ms(last, f"{last} ms"))
+
+
 def _settle(reply: Future[range], done: Future[range]) -> None:
     """Pass ``done``'s outcome on to ``reply`` (which its sender may have cancelled)."""
     with contextlib.suppress(InvalidStateError):
@@ -716,15 +769,6 @@ def _settle(reply: Future[range], done: Future[range]) -> None:
             reply.set_result(done.result())
         else:
             reply.set_exception(exc)
-
-
-def _iso(ms: int) -> str:
-    """A time in ms since the epoch, for a log line: 2024-05-01T12:00:00.123Z."""
-    try:
-        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
-            f"{ms % 1000:03d}Z"
-    except (OverflowError, OSError, ValueError):
-        return f"{ms} ms"
 
 
 def _no_clock() -> int:

@@ -26,12 +26,12 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import lmdb
 
 from edge_sync.api.entity_service import parse_uuid
+from edge_sync.common.iso_time import iso_ms as iso_ms  # also this module's: callers import it here
 from edge_sync.errors import BadRequest
 from edge_sync.storage import codec
 from edge_sync.storage.entity_store import EntityStore
@@ -147,15 +147,6 @@ def query_int(raw: Any, name: str, low: int, high: int = INT64_MAX) -> int:
     if not low <= value <= high:
         raise BadRequest(f"{name}: {str(raw).strip()[:32]} is out of range {low}..{high}")
     return value
-
-
-def iso_ms(ms: int) -> str:
-    """A time in ms since the epoch as ISO 8601 UTC with milliseconds: 2024-05-01T12:00:00.123Z."""
-    try:
-        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
-            f"{ms % 1000:03d}Z"
-    except (OverflowError, OSError, ValueError):
-        return ""
 
 
 class _Names:

@@ -513,9 +513,14 @@ def _rules_text(rules: dict[str, Any] | None, *, running: bool) -> list[str]:
     lines += [f"  {o['node']}: open windows {o['open_windows']} ({o['held_messages']} "
               "messages held), dropped at their deadline"
               for o in rules.get("orphaned_windows", [])]
+    lines += [f"  {o['node']}: open windows {o['open_windows']} ({o['held_messages']} "
+              "messages held), wait for a chain in force"
+              for o in rules.get("waiting_windows", [])]
+    windows = sum((rules.get("dropped_windows") or {}).values())
     lost = sum((rules.get("dropped_messages") or {}).values())
-    if lost:
-        lines.append(f"  messages lost with dropped windows (node not in the chain): {lost}")
+    if windows or lost:
+        lines.append(f"  dropped at their deadline (node not in the chain): {windows} windows, "
+                     f"{lost} messages lost")
     refusal = rules.get("last_refusal")
     if refusal:
         at = refusal.get("at") or refusal["at_ms"]
@@ -907,10 +912,8 @@ def _rules_file_errors(cfg: EdgeConfig) -> list[str]:
     from edge_sync.rules.sandbox import ScriptLimits
     from edge_sync.rules.source import check_chain_file
 
-    rules = cfg.rules
-    assert rules.file is not None
-    limits = ScriptLimits.of_settings(rules.script_timeout_ms, rules.script_memory_mb)
-    found = check_chain_file(rules.file, limits)
+    assert cfg.rules.file is not None
+    found = check_chain_file(cfg.rules.file, ScriptLimits.of_config(cfg.rules))
     return [f"rules.file: {p}" for p in found] if isinstance(found, list) else []
 
 
@@ -991,8 +994,7 @@ def _rules_check(args: argparse.Namespace) -> int:
             rules = load_edge_config(args.config).rules
         except ConfigError as exc:
             return fail(f"configuration: {exc}", EXIT_CONFIG)
-        limits = ScriptLimits.of_settings(rules.script_timeout_ms, rules.script_memory_mb,
-                                          rules.script_max_errors, rules.script_block_duration_s)
+        limits = ScriptLimits.of_config(rules)
     try:
         with open(args.file, "rb") as f:
             raw = f.read()

@@ -24,12 +24,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import _quickjs  # type: ignore[import-not-found]  # quickjs-ng's C extension, no stubs
 from loguru import logger
 
 from edge_sync.rules.patterns import java_double
+
+if TYPE_CHECKING:
+    from edge_sync.config import RulesConfig
 
 ScriptLang = Literal["JS", "TBEL"]
 
@@ -106,6 +109,14 @@ class ScriptLimits:
         ``rules.script_max_errors`` and ``rules.script_block_s``."""
         return cls(time_limit_s=timeout_ms / 1000, memory_limit_bytes=memory_mb * 1024 * 1024,
                    max_errors=max_errors, block_s=block_s)
+
+    @classmethod
+    def of_config(cls, rules: RulesConfig) -> ScriptLimits:
+        """The limits a site's ``rules`` section sets: time and memory, and the blocklist's
+        max errors and block duration. The agent, ``rules check --config`` and ``check-config``
+        all build their limits here, so a script is compiled and blocked the same way by each."""
+        return cls.of_settings(rules.script_timeout_ms, rules.script_memory_mb,
+                               rules.script_max_errors, rules.script_block_duration_s)
 
 
 @dataclass(slots=True)  # not frozen: one per message out of a transform, a frozen one costs more

@@ -18,6 +18,7 @@ def test_window_nodes_show_their_open_windows_and_held_messages() -> None:
         ],
         "orphaned_windows": [{"node": "'agg' (AggregateNode) (not in the chain)",
                               "entities": 1, "open_windows": 1, "held_messages": 40}],
+        "dropped_windows": {"'agg' (AggregateNode)": 1, "#3 (AggregateNode)": 1},
         "dropped_messages": {"'agg' (AggregateNode)": 12, "#3 (AggregateNode)": 5},
         "last_refusal": None,
     }
@@ -27,5 +28,5 @@ def test_window_nodes_show_their_open_windows_and_held_messages() -> None:
         "  nodes[1] 'dedup all': in 40, failed 0, open windows 2 (70 messages held)",
         "  'agg' (AggregateNode) (not in the chain): open windows 1 (40 messages held), dropped "
         "at their deadline",
-        "  messages lost with dropped windows (node not in the chain): 17",
+        "  dropped at their deadline (node not in the chain): 2 windows, 17 messages lost",
     ]
