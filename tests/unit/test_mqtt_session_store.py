@@ -518,7 +518,7 @@ def holding(session: Session, written: int, waiting: int) -> Session:
     for n in range(written):
         send(box, "v1/devices/me/rpc/request/1", str(n).encode())
     box.restart(written or 1)  # the written ones wait again, sent before: none is due now
-    for n in range(written):
+    for _ in range(written):
         message = box.due()
         assert message is not None and box.sending(message) is True
     for n in range(waiting):
