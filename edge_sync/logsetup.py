@@ -33,7 +33,7 @@ from edge_sync.errors import ConfigError
 if TYPE_CHECKING:
     from loguru import Record
 
-__all__ = ["configure_logging", "redact"]
+__all__ = ["configure_logging", "forward_stdlib_logging", "redact"]
 
 _PRIVATE = "_edge_sync_rendered"
 """The extra key a formatter stores its rendered line under (loguru's documented recipe for

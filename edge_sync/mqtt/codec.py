@@ -241,6 +241,11 @@ class Mqtt311:
         return None
 
 
+_ZERO_LIMITS = {"Receive maximum must be != 0": "Receive Maximum",
+                "Maximum packet size must be != 0": "Maximum Packet Size"}
+"""The ``mqtt5`` decoder's errors for a CONNECT property whose 0 is a Protocol Error."""
+
+
 class Mqtt5:
     """The ``mqtt5`` package's codec: MQTT 5. ``max_body``: mqtt.max_message_bytes (the
     largest remaining length read); ``receive_max``: mqtt.max_inflight_per_client;
@@ -270,7 +275,18 @@ class Mqtt5:
         return packet
 
     def connect(self, frame: Frame) -> Connect:
-        packet = self.decode(frame)
+        """The CONNECT. A Receive Maximum or Maximum Packet Size of 0 is a Protocol Error
+        (§3.1.2.11.3, §3.1.2.11.4): ProtocolViolation 0x82, which the connection answers with
+        CONNACK 0x82 (§3.1.4: a CONNACK of 0x80 or more, then the close); any other CONNECT
+        the codec refuses is Malformed."""
+        try:
+            packet = self.decode(frame)
+        except Malformed as exc:
+            cause = str(exc.__cause__)
+            if isinstance(exc.__cause__, ValueError) and cause in _ZERO_LIMITS:
+                raise ProtocolViolation(f"CONNECT with a {_ZERO_LIMITS[cause]} of 0",
+                                        Reason.PROTOCOL_ERROR) from exc
+            raise
         if not isinstance(packet, mqtt5.ConnectPacket):
             raise Malformed("CONNECT expected")
         assigned = not packet.client_id

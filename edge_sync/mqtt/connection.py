@@ -186,10 +186,10 @@ class MqttConnection:
     topics, the held publishes, a bound logger) are made on first use."""
 
     __slots__ = ("_accepted", "_acks", "_alive", "_burst", "_clean", "_codec", "_device",
-                 "_dropped", "_ended", "_ending", "_expired", "_failed", "_finished", "_frames",
+                 "_discarded", "_dropped", "_ended", "_ending", "_expired", "_failed", "_finished", "_frames",
                  "_gateway", "_goodbye", "_idle", "_inbound", "_interrupted", "_key",
                  "_last_packet", "_limits", "_link_connected", "_loop", "_not_committed",
-                 "_on_pause", "_paused", "_polls", "_reader", "_registry", "_revoked",
+                 "_on_pause", "_oversize", "_paused", "_polls", "_reader", "_registry", "_revoked",
                  "_service", "_session", "_subscriptions", "_taken_over", "_task", "_writer",
                  "peer")
 
@@ -244,6 +244,8 @@ class MqttConnection:
         self._failed = False
         self._not_committed = 0  # publishes whose commit failed or was not confirmed in time
         self._dropped = 0  # QoS 1 messages dropped unacknowledged (mqtt.max_unacked_per_session)
+        self._oversize = 0  # messages not sent: over the client's Maximum Packet Size (MQTT 5)
+        self._discarded = (0, 0)  # the session's QoS 1 messages lost with it: unsent, unacked
         self._ending = False
         self._finished = False
         self._ended: asyncio.Event | None = None  # made when the registry waits for the end
@@ -525,7 +527,12 @@ class MqttConnection:
             codec = Mqtt5(max_body=limits.max_message_bytes, receive_max=limits.max_inflight,
                           session_expiry_s=self._registry.store.expiry_s)
             self._codec = codec
-            return codec.connect(frame)
+            try:
+                return codec.connect(frame)
+            except ProtocolViolation as exc:  # MQTT 5 §3.1.4: CONNACK with its reason code
+                self._registry.connack(exc.reason)
+                self._write(codec.connack(exc.reason, False))
+                raise _Close(f"{exc}: refused with CONNACK {exc.reason:#04x}", code=None) from exc
         return Mqtt311.connect(frames.packet(frame))
 
     async def _connect(self, connect: Connect) -> int:
@@ -577,8 +584,8 @@ class MqttConnection:
         log = _log.bind(peer=self.peer, device=str(device.id), client_id=self._key[1][:64],
                         clean=self._clean, session_present=present, protocol_level=connect.level)
         if present:  # one line: the resumed session's figures are its fields
-            resent = self._resume(session)
-            log = log.bind(resent=resent, waiting=session.outbox.waiting,
+            resent, sent = self._resume(session)
+            log = log.bind(resent=resent, sent=sent, waiting=session.outbox.waiting,
                            subscriptions=len(session.subscriptions))
         log.info("device {} connected over MQTT", device.name)
         return int(connect.keep_alive)
@@ -613,16 +620,17 @@ class MqttConnection:
         except provision.Refused as exc:
             raise _Close(str(exc), code=exc.reason) from exc
 
-    def _resume(self, session: Session) -> int:
+    def _resume(self, session: Session) -> tuple[int, int]:
         """A kept session: what awaited its PUBACK is sent again (DUP; as the client's Receive
         Maximum leaves room, and not what is over its Maximum Packet Size: ``_send_due``), and
         its subscriptions serve again (RPC requests queued meanwhile in the device's session
-        come now). The messages sent again."""
-        resent = self._send_due()
+        come now). The messages sent again (DUP) and those sent for the first time (they
+        waited under the Receive Maximum of an earlier connection)."""
+        sent, resent = self._send_due()
         for topic_filter in list(session.subscriptions):
             if not self._serve_filter(topic_filter):
                 del session.subscriptions[topic_filter]
-        return resent
+        return resent, sent - resent
 
     # -- publishes from the client -------------------------------------------------------------
 
@@ -846,38 +854,46 @@ class MqttConnection:
                     "not logged)", dropped.packet_id or "(not yet sent)")
         self._send_due()
 
-    def _send_due(self) -> int:
+    def _send_due(self) -> tuple[int, int]:
         """Send the QoS 1 messages of the session's outbox that are due, oldest first: all of
         them over MQTT 3.1.1; over MQTT 5 only while fewer than the client's Receive Maximum
         await their PUBACK (MQTT 5 §4.9: the rest wait, in order, for PUBACKs to free room).
         One sent on an earlier connection goes with DUP; one over the Maximum Packet Size of
         this connection's client is not sent, and no longer kept (``_too_large``): it does
-        not hold back the ones after it. The messages sent."""
+        not hold back the ones after it. The messages sent, and of them those sent again (DUP)."""
         session, codec = self._session, self._codec
         assert session is not None
         outbox = session.outbox
-        sent = 0
+        sent = resent = 0
         while (message := outbox.due()) is not None:
             if self._too_large(message.topic, message.payload, 1):
                 continue
             dup = outbox.sending(message)
             self._write(codec.outgoing(message.topic, message.payload, message.packet_id, dup, 1))
             sent += 1
-        return sent
+            resent += dup
+        return sent, resent
 
     def _too_large(self, topic: str, payload: bytes, qos: int) -> bool:
         """Over MQTT 5, whether the PUBLISH of ``topic`` is over the client's Maximum Packet
-        Size (MQTT 5 §3.1.2.11.4: the server must not send it): it is not sent, one WARNING
-        line with the topic and the size."""
+        Size (MQTT 5 §3.1.2.11.4: the server must not send it): it is not sent, and counted
+        (``edge_sync_mqtt_messages_discarded_total{reason="max_packet_size"}``, the disconnect
+        line's ``dropped_too_large``); the first of the connection is one WARNING line with
+        its topic and size, the others are not logged (a resumed session may hold a thousand
+        of them)."""
         codec = self._codec
         if not isinstance(codec, Mqtt5) or codec.client_max_packet is None:
             return False
         size = codec.outgoing_size(topic, payload, qos)
         if size <= codec.client_max_packet:
             return False
-        self._logger().bind(topic=topic[:128], size=size).warning(
-            "message not sent: {} bytes, more than the client's Maximum Packet Size of {}",
-            size, codec.client_max_packet)
+        self._oversize += 1
+        self._registry.too_large.inc()
+        if self._oversize == 1:
+            self._logger().bind(topic=topic[:128], size=size).warning(
+                "message not sent: {} bytes, more than the client's Maximum Packet Size of {} "
+                "(further ones on this connection are counted, not logged)",
+                size, codec.client_max_packet)
         return True
 
     # -- the end -------------------------------------------------------------------------------
@@ -916,8 +932,8 @@ class MqttConnection:
             if self._key is not None:
                 self._registry.leave(self._key[0], self)
             if self._key is not None and self._session is not None:
-                self._registry.detach(self._key, self, self._session, clean=self._clean,
-                                      now=self._loop.time())
+                self._discarded = self._registry.detach(self._key, self, self._session,
+                                                        clean=self._clean, now=self._loop.time())
             self._finished = True
             if self._ended is not None:
                 self._ended.set()
@@ -925,10 +941,14 @@ class MqttConnection:
         if self._device is not None:
             # a takeover is one line, the registry's WARNING: this one only when it tells more
             # (a revocation's too)
+            unsent, unacked = self._discarded
             quiet = ((self._taken_over or self._revoked)
-                     and not (self._dropped or self._not_committed))
+                     and not (self._dropped or self._not_committed or self._oversize
+                              or unsent or unacked))
             _log.bind(peer=self.peer, device=str(self._device.id),
-                      dropped_unacked=self._dropped, not_committed=self._not_committed).log(
+                      dropped_unacked=self._dropped, dropped_too_large=self._oversize,
+                      discarded_unsent=unsent, discarded_unacked=unacked,
+                      not_committed=self._not_committed).log(
                 "DEBUG" if quiet else "INFO", "device {} disconnected from MQTT",
                 self._device.name)
 

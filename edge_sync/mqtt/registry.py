@@ -60,7 +60,14 @@ class SessionRegistry:
     (the one away longest, beyond ``mqtt.max_sessions``), ``expired``
     (``mqtt.session_expiry_s`` after its client left), ``takeover`` (its older connection did
     not end in time); each QoS 1 message a session drops unacknowledged (beyond
-    ``mqtt.max_unacked_per_session``) in ``edge_sync_mqtt_unacked_dropped_total``. It also
+    ``mqtt.max_unacked_per_session``) in ``edge_sync_mqtt_unacked_dropped_total``. The QoS 1
+    messages a session still keeps when it is discarded (not kept at its connection's end,
+    discarded by a clean start, dropped as above) are lost with it: each is counted in
+    ``edge_sync_mqtt_messages_discarded_total{reason}``, ``session_unsent`` (never written to
+    the client: it waited under the client's Receive Maximum) or ``session_unacked`` (written,
+    its PUBACK not come), and their numbers are fields of the line that tells of the discard
+    (the connection's disconnect line when the session ends with it); the connections count
+    there too what is over a client's Maximum Packet Size (``max_packet_size``). It also
     holds the server's ``edge_sync_mqtt_publishes_dropped_total{reason}`` (``publishes_dropped``),
     which the connections count in: publishes acknowledged and dropped (mqtt/dropped.py)."""
 
@@ -81,6 +88,15 @@ class SessionRegistry:
             "edge_sync_mqtt_unacked_dropped_total",
             "QoS 1 messages to MQTT clients dropped unacknowledged: more than "
             "mqtt.max_unacked_per_session were kept for the client")
+        discarded = metrics.counter(
+            "edge_sync_mqtt_messages_discarded_total",
+            "messages for MQTT clients discarded without their PUBACK: over the client's "
+            "Maximum Packet Size (max_packet_size, not sent), or kept in a session discarded "
+            "(session_unsent: never written to the client; session_unacked: written, no PUBACK)",
+            ("reason",))
+        self.too_large = discarded.labels(reason="max_packet_size")
+        self._unsent = discarded.labels(reason="session_unsent")
+        self._unacked = discarded.labels(reason="session_unacked")
         self.publishes_dropped = metrics.counter(
             "edge_sync_mqtt_publishes_dropped_total",
             "MQTT publishes acknowledged and dropped: on a topic outside the device API "
@@ -117,21 +133,48 @@ class SessionRegistry:
                 del self._holders[key]
         self._holders[key] = holder
         self.expire(now)
+        if clean and (gone := self.store.discard(key)) is not None:
+            unsent, unacked = self.discarded(gone)
+            if unsent or unacked:
+                _log.bind(device=str(key[0]), client_id=key[1][:64], unsent=unsent,
+                          unacked=unacked).info(
+                    "kept MQTT session discarded: its client connected with a clean start; "
+                    "{} messages kept for it never sent, {} sent and not acknowledged",
+                    unsent, unacked)
         return self.store.open(key, clean=clean, now=now)
 
     def detach(self, key: Key, holder: Holder, session: Session, *, clean: bool,
-               now: float) -> None:
-        """``holder`` ended: a session that is not clean is kept (when it still held it)."""
+               now: float) -> tuple[int, int]:
+        """``holder`` ended: a session that is not clean is kept (when it still held it).
+        What is lost with the session when it is not kept, counted: its QoS 1 messages never
+        written to the client, and those written and not acknowledged ((0, 0) when kept)."""
         if self._holders.get(key) is not holder:
-            return  # taken over without waiting for it: its session is not the current one
+            # taken over without waiting for it: its session is not the current one
+            return self.discarded(session)
         del self._holders[key]
         self.expire(now)
         if clean:
-            return
-        for dropped in self.store.keep(key, session, now=now):
+            return self.discarded(session)
+        lost = (0, 0)
+        for dropped_key, dropped in self.store.keep(key, session, now=now):
             self.sessions_dropped.labels(reason="max_sessions").inc()
-            _log.bind(device=str(dropped[0]), client_id=dropped[1][:64]).warning(
+            unsent, unacked = self.discarded(dropped)
+            if dropped is session:
+                lost = (unsent, unacked)
+            _log.bind(device=str(dropped_key[0]), client_id=dropped_key[1][:64], unsent=unsent,
+                      unacked=unacked).warning(
                 "kept MQTT session dropped: more than mqtt.max_sessions are kept")
+        return lost
+
+    def discarded(self, session: Session) -> tuple[int, int]:
+        """``session`` is discarded: its QoS 1 messages are counted as lost (never written
+        to the client, written and not acknowledged), and returned."""
+        unsent, unacked = session.outbox.kept()
+        if unsent:
+            self._unsent.inc(unsent)
+        if unacked:
+            self._unacked.inc(unacked)
+        return unsent, unacked
 
     def enter(self, device_id: uuid.UUID, holder: Holder, *, gateway: bool) -> None:
         """``holder`` authenticated as ``device_id`` (a gateway: serves other devices): a
@@ -162,7 +205,8 @@ class SessionRegistry:
         return closed
 
     def expire(self, now: float) -> None:
-        for dropped in self.store.expire(now):
+        for key, session in self.store.expire(now):
             self.sessions_dropped.labels(reason="expired").inc()
-            _log.bind(device=str(dropped[0]), client_id=dropped[1][:64]).info(
-                "kept MQTT session expired (mqtt.session_expiry_s)")
+            unsent, unacked = self.discarded(session)
+            _log.bind(device=str(key[0]), client_id=key[1][:64], unsent=unsent,
+                      unacked=unacked).info("kept MQTT session expired (mqtt.session_expiry_s)")

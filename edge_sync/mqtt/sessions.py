@@ -59,34 +59,50 @@ class Outbox:
     Without a quota (MQTT 3.1 and 3.1.1) every message is due at once and a dropped one is
     forgotten. A packet id is given when a message is first sent: the ids taken then are only
     those in flight (a message sent on an earlier connection is older than any never sent, and
-    goes first), fewer than 65535."""
+    goes first), fewer than 65535.
 
-    __slots__ = ("_held", "_inflight", "_limit", "_next_id", "_quota", "_waiting")
+    Small while idle (every session has one): the wait list and the held ids are made on
+    first use."""
+
+    __slots__ = ("_earlier", "_held", "_inflight", "_limit", "_next_id", "_quota", "_waiting")
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._inflight: dict[int, OutMessage] = {}  # sent on this connection, by packet id
-        self._waiting: deque[OutMessage] = deque()  # not sent on this connection, oldest first
-        self._held: set[int] = set()  # ids dropped in flight, still held by the client
+        # not sent on this connection, oldest first: first the ``_earlier`` ones, sent on an
+        # earlier connection (they keep their packet id), then ones never sent (id 0)
+        self._waiting: deque[OutMessage] | None = None
+        self._earlier = 0
+        self._held: set[int] | None = None  # ids dropped in flight, still held by the client
         self._quota: int | None = None
         self._next_id = 1
 
     def __len__(self) -> int:
-        return len(self._inflight) + len(self._waiting)
+        waiting = self._waiting
+        return len(self._inflight) + (len(waiting) if waiting is not None else 0)
 
     @property
     def waiting(self) -> int:
         """Messages kept and not sent on this connection (beyond the quota)."""
-        return len(self._waiting)
+        return len(self._waiting) if self._waiting is not None else 0
+
+    def kept(self) -> tuple[int, int]:
+        """What is kept, as (unsent, unacked): the messages never written to the client, and
+        the ones written (on this connection or an earlier one) that await their PUBACK."""
+        unsent = self.waiting - self._earlier
+        return unsent, len(self._inflight) + self._earlier
 
     def restart(self, quota: int | None) -> None:
         """A connection takes the session: nothing is in flight on it yet, every message kept
         is due again, oldest first (those sent before go with DUP); at most ``quota`` in
         flight at once (capped at ``limit``; None: no quota)."""
         if self._inflight:
+            if self._waiting is None:
+                self._waiting = deque()
             self._waiting.extendleft(reversed(self._inflight.values()))
+            self._earlier += len(self._inflight)
             self._inflight = {}
-        self._held.clear()
+        self._held = None
         self._quota = None if quota is None else max(1, min(quota, self._limit))
 
     def add(self, topic: str, payload: bytes) -> OutMessage | None:
@@ -98,9 +114,13 @@ class Outbox:
                 packet_id = next(iter(self._inflight))
                 dropped = self._inflight.pop(packet_id)
                 if self._quota is not None:
+                    if self._held is None:
+                        self._held = set()
                     self._held.add(packet_id)
             else:
-                dropped = self._waiting.popleft()
+                dropped = self._pop_waiting()
+        if self._waiting is None:
+            self._waiting = deque()
         self._waiting.append(OutMessage(topic, payload))
         return dropped
 
@@ -109,9 +129,17 @@ class Outbox:
         taken off the wait: the caller sends it (``sending``) or gives it up."""
         if not self._waiting:
             return None
-        if self._quota is not None and len(self._inflight) + len(self._held) >= self._quota:
+        if self._quota is not None and len(self._inflight) + (
+                len(self._held) if self._held else 0) >= self._quota:
             return None
-        return self._waiting.popleft()
+        return self._pop_waiting()
+
+    def _pop_waiting(self) -> OutMessage:
+        assert self._waiting is not None
+        message = self._waiting.popleft()
+        if self._earlier:
+            self._earlier -= 1
+        return message
 
     def sending(self, message: OutMessage) -> bool:
         """``message`` (from ``due``) is sent: in flight until its PUBACK, under a packet id
@@ -120,7 +148,7 @@ class Outbox:
         if not dup:
             packet_id = self._next_id
             taken = self._inflight
-            held = self._held
+            held = self._held or ()
             while packet_id in taken or packet_id in held:  # fewer than 65535 are taken
                 packet_id = packet_id % MAX_PACKET_ID + 1
             self._next_id = packet_id % MAX_PACKET_ID + 1
@@ -130,23 +158,29 @@ class Outbox:
 
     def acked(self, packet_id: int) -> bool:
         """The client's PUBACK: forget the message (False when none kept had that id), and
-        free its place in the quota."""
+        free its place in the quota. Only the messages sent on an earlier connection and not
+        yet again are searched beyond those in flight: an unknown id costs nothing more while
+        there are none."""
         if self._inflight.pop(packet_id, None) is not None:
             return True
-        if packet_id in self._held:
-            self._held.discard(packet_id)
+        held = self._held
+        if held and packet_id in held:
+            held.discard(packet_id)
             return False
-        if not packet_id:
+        if not packet_id or not self._earlier:
             return False
-        for message in self._waiting:  # sent on an earlier connection, not yet again
-            if message.packet_id == packet_id:
-                self._waiting.remove(message)
+        waiting = self._waiting
+        assert waiting is not None
+        for index in range(self._earlier):  # sent on an earlier connection, not yet again
+            if waiting[index].packet_id == packet_id:
+                del waiting[index]
+                self._earlier -= 1
                 return True
         return False
 
     def unacked(self) -> list[OutMessage]:
         """What is kept unacknowledged, oldest first: in flight, then waiting."""
-        return [*self._inflight.values(), *self._waiting]
+        return [*self._inflight.values(), *(self._waiting or ())]
 
 
 class Session:
@@ -218,24 +252,30 @@ class SessionStore:
             return Session(self._unacked_limit), False
         return kept[0], True
 
-    def keep(self, key: Key, session: Session, *, now: float) -> list[Key]:
-        """A clean-session-false client went away: keep its session; the keys of the sessions
-        dropped to stay within ``max_kept`` (this one, when none may be kept)."""
+    def discard(self, key: Key) -> Session | None:
+        """Drop the session kept for ``key`` (a clean start discards it): the session, None
+        when none was kept."""
+        kept = self._kept.pop(key, None)
+        return None if kept is None else kept[0]
+
+    def keep(self, key: Key, session: Session, *, now: float) -> list[tuple[Key, Session]]:
+        """A clean-session-false client went away: keep its session; the sessions dropped to
+        stay within ``max_kept`` (this one, when none may be kept), with their keys."""
         self._kept.pop(key, None)
         self._kept[key] = (session, now)
         dropped = []
         while len(self._kept) > self._max_kept:
-            oldest, _ = self._kept.popitem(last=False)
-            dropped.append(oldest)
+            oldest, (kept, _) = self._kept.popitem(last=False)
+            dropped.append((oldest, kept))
         return dropped
 
-    def expire(self, now: float) -> list[Key]:
-        """Drop the sessions left ``expiry_s`` ago or longer; their keys."""
+    def expire(self, now: float) -> list[tuple[Key, Session]]:
+        """Drop the sessions left ``expiry_s`` ago or longer; them, with their keys."""
         dropped = []
         while self._kept:
-            key, (_, left_at) = next(iter(self._kept.items()))
+            key, (session, left_at) = next(iter(self._kept.items()))
             if now - left_at < self._expiry_s:
                 break
             del self._kept[key]
-            dropped.append(key)
+            dropped.append((key, session))
         return dropped

@@ -697,6 +697,129 @@ def test_a_resend_over_the_new_maximum_packet_size_is_not_sent_nor_holds_back_th
     assert [(r["extra"]["resent"], r["extra"]["waiting"]) for r in connected] == [(2, 1)]
 
 
+def discarded(app: EdgeApp) -> dict[str, float]:
+    """edge_sync_mqtt_messages_discarded_total by reason (those above 0)."""
+    return {reason: value for reason in ("session_unsent", "session_unacked", "max_packet_size")
+            if (value := app.metrics.value("edge_sync_mqtt_messages_discarded_total",
+                                           reason=reason))}
+
+
+def test_messages_waiting_under_the_receive_maximum_are_counted_when_the_session_ends(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """Receive Maximum 1, three RPC requests: 1 is written, 2 and 3 wait. The client leaves
+    with a session that is not kept (session expiry 0): the three are lost with it, each
+    counted (2 never written, 1 written and not acknowledged), and said in the disconnect
+    line, which is INFO."""
+    fake, app, dev = linked
+    logs = Logs()
+    try:
+        with v5(app.mqtt_port, dev.token, manual_ack=True, receive_max=1) as client:
+            assert client.connect() == 0
+            assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+            assert client.subscribe(RESPONSES) == [0]
+            for n in (1, 2, 3):
+                deliver(fake, rpc_downlink(fake, dev, n, "ping"))
+            handed_over(app, dev, 3)
+            round_trip(client, 1)
+            assert requests_received(client) == [(1, False)]
+        no_connections(app)
+    finally:
+        logs.close()
+    assert discarded(app) == {"session_unsent": 2, "session_unacked": 1}
+    (line,) = logs.matching("disconnected from MQTT")
+    assert line["level"].name == "INFO"
+    assert {k: line["extra"][k] for k in ("discarded_unsent", "discarded_unacked",
+                                          "dropped_unacked", "dropped_too_large")} == {
+        "discarded_unsent": 2, "discarded_unacked": 1, "dropped_unacked": 0,
+        "dropped_too_large": 0}
+
+
+def test_a_resumed_session_says_apart_what_it_sends_again_and_what_it_sends_first(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """Receive Maximum 1, three requests: 1 is sent, 2 and 3 wait. Back with Receive Maximum
+    10 (clean start 0): 1 goes again with DUP, 2 and 3 for the first time without it; the
+    connect line says resent 1, sent 2. Nothing was lost."""
+    fake, app, dev = linked
+    session = {"client_id": "firsts5", "clean_start": False, "session_expiry": 600,
+               "manual_ack": True}
+    with v5(app.mqtt_port, dev.token, receive_max=1, **session) as first:
+        assert first.connect() == 0
+        assert first.subscribe(RPC_REQUESTS, qos=1) == [1]
+        assert first.subscribe(RESPONSES) == [0]
+        for n in (1, 2, 3):
+            deliver(fake, rpc_downlink(fake, dev, n, "ping"))
+        handed_over(app, dev, 3)
+        round_trip(first, 1)
+        assert requests_received(first) == [(1, False)]
+    no_connections(app)
+    logs = Logs()
+    try:
+        with v5(app.mqtt_port, dev.token, receive_max=10, **session) as again:
+            assert again.connect() == 0
+            assert again.session_present is True
+            assert again.subscribe(RESPONSES) == [0]
+            round_trip(again, 1)
+            assert requests_received(again) == [(1, True), (2, False), (3, False)]
+    finally:
+        logs.close()
+    connected = logs.matching("connected over MQTT", client_id="firsts5")
+    assert [(r["extra"]["resent"], r["extra"]["sent"], r["extra"]["waiting"])
+            for r in connected] == [(1, 2, 0)]
+    assert discarded(app) == {}
+
+
+def test_resends_over_the_maximum_packet_size_are_one_warning_and_all_counted(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """Three large requests and a small one, not acknowledged; back with Maximum Packet Size
+    200: the three are not sent (one WARNING for the first; each counted, and in the
+    disconnect line), the small one is."""
+    fake, app, dev = linked
+    session = {"client_id": "large5", "clean_start": False, "session_expiry": 600,
+               "manual_ack": True}
+    with v5(app.mqtt_port, dev.token, **session) as first:
+        assert first.connect() == 0
+        assert first.subscribe(RPC_REQUESTS, qos=1) == [1]
+        for n in (1, 2, 3):
+            deliver(fake, rpc_downlink(fake, dev, n, "ping", {"blob": "b" * 300}))
+        deliver(fake, rpc_downlink(fake, dev, 4, "ping"))
+        wait_until(lambda: len(requests_received(first)) == 4, timeout=DEADLINE_S,
+                   what="four requests")
+    no_connections(app)
+    logs = Logs()
+    try:
+        with v5(app.mqtt_port, dev.token, max_packet_size=200, **session) as again:
+            assert again.connect() == 0
+            assert again.subscribe(RESPONSES) == [0]
+            round_trip(again, 1)
+            assert requests_received(again) == [(4, True)]
+        no_connections(app)
+    finally:
+        logs.close()
+    (warning,) = logs.matching("more than the client's Maximum Packet Size")
+    assert warning["extra"]["topic"] == f"{RPC_PREFIX}1"
+    assert discarded(app) == {"max_packet_size": 3}
+    (line,) = logs.matching("disconnected from MQTT", device=str(dev.id))[-1:]
+    assert line["extra"]["dropped_too_large"] == 3
+
+
+@pytest.mark.parametrize(("limit", "prop"), [("receive_max", b"\x21\x00\x00"),
+                                             ("max_packet_size", b"\x27\x00\x00\x00\x00")])
+def test_a_receive_maximum_or_maximum_packet_size_of_0_gets_connack_0x82(
+        app: EdgeApp, device_id: uuid.UUID, limit: str, prop: bytes) -> None:
+    """MQTT 5 §3.1.2.11.3 and §3.1.2.11.4: either of them 0 is a Protocol Error; the edge
+    answers CONNACK 0x82 and closes (§3.1.4), counted as that CONNACK."""
+    good = {"receive_max": b"\x21\x00\x05", "max_packet_size": b"\x27\x00\x00\x00\x05"}[limit]
+    connect = bytes(mqtt5.ConnectPacket("zero", username=TOKEN,
+                                        **{limit: 5}).write())  # type: ignore[arg-type]
+    assert connect.count(good) == 1
+    (connack,) = packets_after_connect(app.mqtt_port, connect.replace(good, prop))
+    assert connack.reason_code == mqtt5.ConnAckReasonCode.PROTOCOL_ERROR
+    assert connack.session_present is False
+    no_connections(app)
+    assert app.metrics.value("edge_sync_device_requests_total", protocol="mqtt",
+                             code="130") == 1
+
+
 # -- a provision-only session ----------------------------------------------------------------
 
 NOT_FOUND = b'{"errorMsg":"Provision data was not found!","status":"NOT_FOUND"}'
