@@ -135,17 +135,16 @@ class RulesRuntime:
     def install(self, chain: RuleChain, meta: RuleChainMetaData, source: str,
                 now_ms: int, *, kept: tuple[str, int, int] | None = None
                 ) -> ChainInForce | Refusal:
-        """The chain in force after installing this one: refused (kept as ``last_refusal``,
-        the chain in force unchanged) when it has problems; the current one, version unchanged,
-        when it is the same chain (digest) from the same source; else a new version.
+        """The chain in force after installing this one: refused when it has problems (the
+        chain in force unchanged; the refusal is returned, not recorded: ``refuse`` records
+        the one the caller logs, so ``last_refusal`` is always a refusal somebody was told
+        of); the current one, version unchanged, when it is the same chain (digest) from the
+        same source; else a new version.
         ``kept``: (digest, version, since_ms) of the last chain in force from this source in an
         earlier run; when this chain has that digest it takes that version and since again."""
         problems = validate(chain, meta, self._limits)
         if problems:
-            refusal = Refusal(source, now_ms, tuple(str(p) for p in problems))
-            with self._lock:
-                self._refusal = refusal
-            return refusal
+            return Refusal(source, now_ms, tuple(str(p) for p in problems))
         fingerprint = digest(chain, meta)
         with self._lock:
             current = self._current

@@ -39,6 +39,9 @@ def test_install_then_a_refusal_keeps_the_chain_in_force() -> None:
     refused = rt.install(bad_rc, bad_meta, "cloud", T0 + 5)
     assert refused == Refusal("cloud", T0 + 5, (
         "metadata.connections: cycle: nodes[0] 'Save' -> nodes[1] 'Push' -> nodes[0] 'Save'",))
+    # returned, not recorded: the caller records the refusal it logs (``refuse``)
+    assert (rt.current(), rt.last_refusal) == (first, None)
+    assert rt.refuse("cloud", refused.problems, T0 + 5) == refused
     assert (rt.current(), rt.last_refusal) == (first, refused)
 
     parse_error = rt.refuse("cloud", ["RULE_CHAIN.name: missing"], T0 + 6)
@@ -62,7 +65,7 @@ def test_a_chain_whose_script_the_sandbox_refuses_is_refused_and_the_chain_stays
         "refused: ScriptSyntaxError: TBEL: Java collection/string methods (size, get, put, "
         "containsKey, equals, ...) is not in the supported subset (line 1: '.size('); see "
         "docs/rules-scripts.md",))
-    assert (rt.current(), rt.last_refusal, rt.version) == (first, refused, 1)
+    assert (rt.current(), rt.last_refusal, rt.version) == (first, None, 1)
 
 
 def test_scripts_are_compiled_under_the_runtimes_limits() -> None:
