@@ -164,17 +164,17 @@ class WindowTally:
 class RuleCounters:
     """Per-node counts of the chain in force: in the runtime (status, admin API) and in
     /metrics (``edge_sync_rule_node_messages_total``, ``edge_sync_rule_node_failures_total``).
-    ``windows``: the open rule windows and the messages lost with dropped ones."""
+    ``windows``: the open rule windows and the messages lost with dropped ones.
+
+    Lock order: ``RulesRuntime``'s lock, then this one's (``_changed`` is the runtime's
+    listener, called under its lock), then prometheus_client's child locks (labels, remove,
+    inc). So nothing under this lock calls the runtime: ``_bind`` reads it before taking it.
+    The scrape's callbacks (``_info``, ``_version``, the in-force gauge, the window tally)
+    take one lock at a time. ``WindowTally``'s lock is a leaf (nothing is called under it)."""
 
     def __init__(self, runtime: RulesRuntime, metrics: Metrics | None = None) -> None:
         self.runtime = runtime
         self.windows = WindowTally()
-        self.failure_lines_due: int | None = None
-        """When (ms) a node's minute of failure lines ends with failures not logged: the
-        shards wake then to log them (``log_failure_lines``), no new failure needed."""
-        self.lines_lock = threading.Lock()
-        """Shards set ``failure_lines_due`` from the runtime's state under it (rarely: at a
-        node's first failure not logged in a minute, and when lines are logged)."""
         self._in: Counter | None = None
         self._failed: Counter | None = None
         self._lock = threading.Lock()
@@ -634,10 +634,9 @@ def _fail(counters: RuleCounters, entity_id: uuid.UUID, failed: Failed, now_ms: 
     """A node failed on a message: counted, and logged at most as often as the runtime
     allows (with the count of the failures not logged), on one line, with the chain's name."""
     counters.failed(failed.node)
+    # the first failure not logged makes a line due at the minute's end (the runtime's
+    # failure_lines_due, which the shard schedules)
     log_now, suppressed = counters.runtime.should_log_failure(failed.node, now_ms)
-    if suppressed == 1 and not log_now:  # the first not logged: a line is due at the minute's end
-        with counters.lines_lock:
-            counters.failure_lines_due = counters.runtime.failure_lines_due()
     if log_now:
         more = f" ({suppressed} more failures of this node since the last line)" \
             if suppressed else ""
@@ -650,17 +649,12 @@ def _fail(counters: RuleCounters, entity_id: uuid.UUID, failed: Failed, now_ms: 
 
 def log_failure_lines(counters: RuleCounters, now_ms: int) -> None:
     """The failures not logged of each node whose minute of failure lines has ended, one line
-    per node (a burst followed by silence is told in full); when the next such minute ends."""
-    lines = counters.runtime.take_failure_lines(now_ms)
-    if lines:
-        current = counters.runtime.current()
-        chain = None if current is None else current.chain.name
-        for node, count in lines:
-            _log.bind(node=node, chain=chain, suppressed=count).warning(
-                "rule node {} failed {} more times in the minute after its last failure line; "
-                "those messages went by Failure", node, count)
-    with counters.lines_lock:
-        counters.failure_lines_due = counters.runtime.failure_lines_due()
+    per node (a burst followed by silence is told in full). The runtime then knows when the
+    next such minute ends (``RulesRuntime.failure_lines_due``)."""
+    for node, count, chain in counters.runtime.take_failure_lines(now_ms):
+        _log.bind(node=node, chain=chain, suppressed=count).warning(
+            "rule node {} failed {} more times in the minute after its last failure line; "
+            "those messages went by Failure", node, count)
 
 
 def one_line(text: str) -> str:

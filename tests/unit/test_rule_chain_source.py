@@ -184,3 +184,28 @@ def test_a_downlink_of_another_chain_while_the_root_is_refused_changes_no_refusa
     finally:
         store.close()
 
+
+def test_a_listener_that_raises_does_not_stop_the_chain_from_being_kept(
+        tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=32)
+    try:
+        runtime = RulesRuntime()
+
+        def broken(event: ChainInForce | Refusal | None) -> None:
+            raise RuntimeError("series not made")
+
+        runtime.listen(broken)
+        put_root(store, ROOT, "Root", FIXTURES / "selective_sync.json", T0)
+        with log_records() as records:
+            result = ChainSource(runtime, store, None, clock=Fixed(T0)).load()
+        assert isinstance(result, ChainInForce)
+        assert [(r["level"].name, r["message"]) for r in records
+                if r["extra"].get("component") == "rules"] == [
+            ("ERROR", "rule chain listener failed on ChainInForce: RuntimeError: series not made"),
+            ("INFO", f"rule chain 'Root' in force from cloud (version 1, 3 nodes, digest "
+                     f"{result.digest})")]
+        with store.read() as txn:
+            kept = RuleChainStore(store).get(txn, CLOUD)
+        assert kept is not None and (kept.digest, kept.version) == (result.digest, 1)
+    finally:
+        store.close()
