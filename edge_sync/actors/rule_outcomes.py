@@ -100,6 +100,7 @@ from edge_sync.rules.message import (
 from edge_sync.rules.runtime import ChainInForce, Refusal, RulesRuntime
 from edge_sync.storable import check_json_value, check_timestamp, check_values
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope
+from edge_sync.storage.rule_chains import CLOUD, FILE, kind_of
 
 _log = logger.bind(component="rules")
 
@@ -201,7 +202,7 @@ class RuleCounters:
         metrics.info("edge_sync_rule_chain", "the rule chain in force: its name, source (file "
                      "or cloud) and digest", ("chain", "source", "digest"), self._info)
         metrics.gauge("edge_sync_rule_chain_version", "the version of the rule chain in force "
-                      "(1, 2, ... at every swap since the start)", self._version)
+                      "(1, 2, ... one more at every swap, going on across restarts)", self._version)
         metrics.gauge("edge_sync_rule_chain_in_force", "1 when a rule chain is in force, else 0",
                       lambda: 0.0 if runtime.current() is None else 1.0)
         windows = self.windows
@@ -214,26 +215,27 @@ class RuleCounters:
 
     def refusal_outstanding(self, read: Callable[[], str | None]) -> None:
         """``edge_sync_rule_chain_refusal_outstanding{source}``: 1 for the source whose current
-        chain is refused (``read``: its source, or None) until a chain from it goes in force,
-        else 0; both sources there from the start."""
+        chain is refused (``read``: its source, or None) until a chain from it goes in force
+        (or the cloud removes its root chain), else 0; both sources there from the start."""
         if self._metrics is None:
             return
 
         def by_source() -> dict[tuple[str, ...], float]:
             source = read()
-            refused = None if source is None else source_kind(source)
+            refused = None if source is None else kind_of(source)
             return {(s,): 1.0 if s == refused else 0.0 for s in SOURCES}
 
         self._metrics.gauge_family(
             "edge_sync_rule_chain_refusal_outstanding", "1 while the current chain of a source "
-            "(file or cloud) is refused and no chain from it went in force since, else 0",
+            "(file or cloud) is refused and no chain from it went in force since (nor did the "
+            "cloud remove its root chain), else 0",
             ("source",), by_source)
 
     def _info(self) -> dict[str, str] | None:
         current = self.runtime.current()
         if current is None:
             return None
-        return {"chain": current.chain.name, "source": source_kind(current.source),
+        return {"chain": current.chain.name, "source": kind_of(current.source),
                 "digest": current.digest}
 
     def _version(self) -> float:
@@ -247,7 +249,7 @@ class RuleCounters:
         the chain in force): series for a new chain's nodes, a refusal counted."""
         if isinstance(event, Refusal):
             if self._refusals is not None:
-                self._refusals.labels(source=source_kind(event.source)).inc()
+                self._refusals.labels(source=kind_of(event.source)).inc()
             return
         with self._lock:
             self._nodes = {} if event is None else self._chain_series(event)
@@ -303,16 +305,11 @@ class RuleCounters:
             pair[1].inc()
 
 
-SOURCES = ("file", "cloud")
+SOURCES = (FILE, CLOUD)
 """The ``source`` label of the rule chain metrics: where a chain came from (rules.file or the
-cloud's root chain), without the file's path (the status names it)."""
+cloud's root chain), without the file's path (the status names it): ``kind_of(source)``."""
 
 _NODE_LABELS = ("chain", "digest", "node")
-
-
-def source_kind(source: str) -> str:
-    """``file`` for ``file:/path/x.json``, else the source as it is (``cloud``)."""
-    return "file" if source.startswith("file:") else source
 
 
 def device_metadata(name: str | None, device_type: str | None, ts: int) -> dict[str, str]:
