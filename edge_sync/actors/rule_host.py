@@ -15,6 +15,7 @@ from loguru import logger
 
 from edge_sync.actors.rule_outcomes import RuleCounters, log_failure_lines
 from edge_sync.rules.engine import RuleEngine
+from edge_sync.rules.runtime import ChainInForce
 from edge_sync.rules.sandbox import ScriptLimits
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
@@ -36,26 +37,29 @@ class ShardRules:
         self._new_id = new_id
         self._limits = limits
         self._engine: RuleEngine | None = None
-        self._version = 0
+        self._chain: ChainInForce | None = None  # the chain self._engine runs
         self._log = logger.bind(component="rules", shard=shard)
 
     def engine(self) -> RuleEngine | None:
-        """The engine of the chain in force (None: no chain, today's behaviour)."""
+        """The engine of the chain in force (None: no chain, today's behaviour); built again
+        whenever another chain is in force. Compared by identity: the runtime makes a new
+        ``ChainInForce`` at every swap only, and a version alone does not name one chain (a
+        chain kept in the store takes its kept version again)."""
         current = self.runtime.current()
         if current is None:
-            self._engine, self._version = None, 0
+            self._engine, self._chain = None, None
             return None
-        if self._engine is None or self._version != current.version:
+        if self._engine is None or current is not self._chain:
             self._engine = RuleEngine(current.chain, current.meta, clock=self._now_ms,
                                       limits=self._limits, new_id=self._new_id)
-            self._version = current.version
+            self._chain = current
             self._log.bind(chain=current.chain.name, version=current.version).debug(
                 "rule chain compiled on this shard")
         return self._engine
 
     def failure_lines_due(self) -> int | None:
         """When (ms) failures not logged are due a line (``log_failure_lines``); O(1)."""
-        return self.counters.failure_lines_due
+        return self.runtime.failure_lines_due()
 
     def log_failure_lines(self, now_ms: int) -> None:
         log_failure_lines(self.counters, now_ms)

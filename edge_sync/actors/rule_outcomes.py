@@ -100,6 +100,7 @@ from edge_sync.rules.message import (
 from edge_sync.rules.runtime import ChainInForce, Refusal, RulesRuntime
 from edge_sync.storable import check_json_value, check_timestamp, check_values
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope
+from edge_sync.storage.rule_chains import CLOUD, FILE, kind_of
 
 _log = logger.bind(component="rules")
 
@@ -164,17 +165,17 @@ class WindowTally:
 class RuleCounters:
     """Per-node counts of the chain in force: in the runtime (status, admin API) and in
     /metrics (``edge_sync_rule_node_messages_total``, ``edge_sync_rule_node_failures_total``).
-    ``windows``: the open rule windows and the messages lost with dropped ones."""
+    ``windows``: the open rule windows and the messages lost with dropped ones.
+
+    Lock order: ``RulesRuntime``'s lock, then this one's (``_changed`` is the runtime's
+    listener, called under its lock), then prometheus_client's child locks (labels, remove,
+    inc). So nothing under this lock calls the runtime: ``_bind`` reads it before taking it.
+    The scrape's callbacks (``_info``, ``_version``, the in-force gauge, the window tally)
+    take one lock at a time. ``WindowTally``'s lock is a leaf (nothing is called under it)."""
 
     def __init__(self, runtime: RulesRuntime, metrics: Metrics | None = None) -> None:
         self.runtime = runtime
         self.windows = WindowTally()
-        self.failure_lines_due: int | None = None
-        """When (ms) a node's minute of failure lines ends with failures not logged: the
-        shards wake then to log them (``log_failure_lines``), no new failure needed."""
-        self.lines_lock = threading.Lock()
-        """Shards set ``failure_lines_due`` from the runtime's state under it (rarely: at a
-        node's first failure not logged in a minute, and when lines are logged)."""
         self._in: Counter | None = None
         self._failed: Counter | None = None
         self._lock = threading.Lock()
@@ -201,7 +202,7 @@ class RuleCounters:
         metrics.info("edge_sync_rule_chain", "the rule chain in force: its name, source (file "
                      "or cloud) and digest", ("chain", "source", "digest"), self._info)
         metrics.gauge("edge_sync_rule_chain_version", "the version of the rule chain in force "
-                      "(1, 2, ... at every swap since the start)", self._version)
+                      "(1, 2, ... one more at every swap, going on across restarts)", self._version)
         metrics.gauge("edge_sync_rule_chain_in_force", "1 when a rule chain is in force, else 0",
                       lambda: 0.0 if runtime.current() is None else 1.0)
         windows = self.windows
@@ -214,26 +215,27 @@ class RuleCounters:
 
     def refusal_outstanding(self, read: Callable[[], str | None]) -> None:
         """``edge_sync_rule_chain_refusal_outstanding{source}``: 1 for the source whose current
-        chain is refused (``read``: its source, or None) until a chain from it goes in force,
-        else 0; both sources there from the start."""
+        chain is refused (``read``: its source, or None) until a chain from it goes in force
+        (or the cloud removes its root chain), else 0; both sources there from the start."""
         if self._metrics is None:
             return
 
         def by_source() -> dict[tuple[str, ...], float]:
             source = read()
-            refused = None if source is None else source_kind(source)
+            refused = None if source is None else kind_of(source)
             return {(s,): 1.0 if s == refused else 0.0 for s in SOURCES}
 
         self._metrics.gauge_family(
             "edge_sync_rule_chain_refusal_outstanding", "1 while the current chain of a source "
-            "(file or cloud) is refused and no chain from it went in force since, else 0",
+            "(file or cloud) is refused and no chain from it went in force since (nor did the "
+            "cloud remove its root chain), else 0",
             ("source",), by_source)
 
     def _info(self) -> dict[str, str] | None:
         current = self.runtime.current()
         if current is None:
             return None
-        return {"chain": current.chain.name, "source": source_kind(current.source),
+        return {"chain": current.chain.name, "source": kind_of(current.source),
                 "digest": current.digest}
 
     def _version(self) -> float:
@@ -247,7 +249,7 @@ class RuleCounters:
         the chain in force): series for a new chain's nodes, a refusal counted."""
         if isinstance(event, Refusal):
             if self._refusals is not None:
-                self._refusals.labels(source=source_kind(event.source)).inc()
+                self._refusals.labels(source=kind_of(event.source)).inc()
             return
         with self._lock:
             self._nodes = {} if event is None else self._chain_series(event)
@@ -303,16 +305,11 @@ class RuleCounters:
             pair[1].inc()
 
 
-SOURCES = ("file", "cloud")
+SOURCES = (FILE, CLOUD)
 """The ``source`` label of the rule chain metrics: where a chain came from (rules.file or the
-cloud's root chain), without the file's path (the status names it)."""
+cloud's root chain), without the file's path (the status names it): ``kind_of(source)``."""
 
 _NODE_LABELS = ("chain", "digest", "node")
-
-
-def source_kind(source: str) -> str:
-    """``file`` for ``file:/path/x.json``, else the source as it is (``cloud``)."""
-    return "file" if source.startswith("file:") else source
 
 
 def device_metadata(name: str | None, device_type: str | None, ts: int) -> dict[str, str]:
@@ -634,10 +631,9 @@ def _fail(counters: RuleCounters, entity_id: uuid.UUID, failed: Failed, now_ms: 
     """A node failed on a message: counted, and logged at most as often as the runtime
     allows (with the count of the failures not logged), on one line, with the chain's name."""
     counters.failed(failed.node)
+    # the first failure not logged makes a line due at the minute's end (the runtime's
+    # failure_lines_due, which the shard schedules)
     log_now, suppressed = counters.runtime.should_log_failure(failed.node, now_ms)
-    if suppressed == 1 and not log_now:  # the first not logged: a line is due at the minute's end
-        with counters.lines_lock:
-            counters.failure_lines_due = counters.runtime.failure_lines_due()
     if log_now:
         more = f" ({suppressed} more failures of this node since the last line)" \
             if suppressed else ""
@@ -650,17 +646,12 @@ def _fail(counters: RuleCounters, entity_id: uuid.UUID, failed: Failed, now_ms: 
 
 def log_failure_lines(counters: RuleCounters, now_ms: int) -> None:
     """The failures not logged of each node whose minute of failure lines has ended, one line
-    per node (a burst followed by silence is told in full); when the next such minute ends."""
-    lines = counters.runtime.take_failure_lines(now_ms)
-    if lines:
-        current = counters.runtime.current()
-        chain = None if current is None else current.chain.name
-        for node, count in lines:
-            _log.bind(node=node, chain=chain, suppressed=count).warning(
-                "rule node {} failed {} more times in the minute after its last failure line; "
-                "those messages went by Failure", node, count)
-    with counters.lines_lock:
-        counters.failure_lines_due = counters.runtime.failure_lines_due()
+    per node (a burst followed by silence is told in full). The runtime then knows when the
+    next such minute ends (``RulesRuntime.failure_lines_due``)."""
+    for node, count, chain in counters.runtime.take_failure_lines(now_ms):
+        _log.bind(node=node, chain=chain, suppressed=count).warning(
+            "rule node {} failed {} more times in the minute after its last failure line; "
+            "those messages went by Failure", node, count)
 
 
 def one_line(text: str) -> str:

@@ -150,6 +150,7 @@ class ShardActor(SupervisedActor):
                 after = entity.next_deadline()
             if after is not None:
                 self._schedule(after, entity_id)
+        self._schedule_failure_lines()  # windows closed now may have failed
         if mine and at_start:
             closed = (f"{overdue} overdue (their deadline passed while the agent was down): "
                       f"closed now" if self._rules.engine() is not None else
@@ -219,6 +220,12 @@ class ShardActor(SupervisedActor):
         after = entity.next_deadline()
         if after is not None:
             self._schedule(after, entity_id)
+        self._schedule_failure_lines()
+
+    def _schedule_failure_lines(self) -> None:
+        """Wake when a minute of rule failures not logged ends (their line is due), after
+        anything that may have run the chain: a command, windows closed (on time, or overdue
+        when loaded), the lines logged. O(1)."""
         if self._rules is not None:
             lines_due = self._rules.failure_lines_due()
             if lines_due is not None:
@@ -273,9 +280,6 @@ class ShardActor(SupervisedActor):
         for entity_id in due:
             if entity_id == FAILURE_LINES and self._rules is not None:
                 self._rules.log_failure_lines(now_ms)
-                lines_due = self._rules.failure_lines_due()
-                if lines_due is not None:
-                    self._schedule(lines_due, FAILURE_LINES)
                 continue
             entity = self._entities.get(entity_id)
             if entity is None:
@@ -284,6 +288,7 @@ class ShardActor(SupervisedActor):
             nxt = entity.next_deadline()
             if nxt is not None:
                 self._schedule(nxt, entity_id)
+        self._schedule_failure_lines()  # after the lines logged, or windows that failed
         if self._timer is not None and self._deadlines:
             self._timer.arm(max(0.0, (self._deadlines[0][0] - now_ms) / 1000))
 

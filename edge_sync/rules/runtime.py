@@ -1,7 +1,12 @@
 """The rule chain in force and what it did, held for every thread (one lock, no I/O, no clock
 reads: times are given): which chain runs (``ChainInForce``: source, version, digest), the last
 chain refused and why (``Refusal``), per-node counts (messages in, failures) for status and
-metrics, and a per-node rate limit on failure log lines.
+metrics, and a per-node rate limit on failure log lines (with when the next line of failures
+not logged is due).
+
+Lock order: this runtime's lock is taken first, its listeners are called under it (the
+metrics' ``RuleCounters`` takes its own lock there, and prometheus_client its child locks
+under that); nothing called under those calls back into the runtime. Nothing else nests.
 
 Owns: installing a chain (validated first, its scripts compiled: a chain with problems is
 refused as a whole and the chain in force stays), its version (1, 2, ... at every swap,
@@ -24,12 +29,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from loguru import logger
+
 from edge_sync.rules.chain import RuleChain, RuleChainMetaData
 from edge_sync.rules.sandbox import ScriptLimits
 from edge_sync.rules.validate import validate
 
 FAILURE_LOG_INTERVAL_MS = 60_000
 DIGEST_HEX = 12
+
+_log = logger.bind(component="rules")
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,10 @@ class RulesRuntime:
         self._cleared: str | None = None
         self._counts: dict[str, dict[str, int]] = {}
         self._logged: dict[str, tuple[int, int]] = {}  # node -> (last line at, suppressed)
+        self._left: list[tuple[int, str, int, str]] = []  # failures not logged of chains
+        # swapped out or cleared, still to be told: (last line at, node, suppressed, chain)
+        self._lines_due: int | None = None  # the earliest end of a minute of failures not
+        # logged (written under the lock; read without: one attribute, O(1))
         self._listeners: list[ChainListener] = []
 
     def listen(self, listener: ChainListener) -> None:
@@ -102,14 +115,21 @@ class RulesRuntime:
         put in force, a refusal recorded with ``refuse`` (once per refusal the chain source
         logs: a chain ``install`` finds invalid is the caller's to record), a clear. Called on
         the thread that made it, under this runtime's lock (so it must not call the runtime);
-        installing the same chain again tells nothing."""
+        installing the same chain again tells nothing. A listener that raises is logged and
+        the change stands (the others are told all the same)."""
         with self._lock:
             self._listeners.append(listener)
 
     def _tell(self, event: ChainInForce | Refusal | None) -> None:
-        """With the lock held."""
+        """With the lock held. The change is made already: a listener's failure must not
+        stop the caller from finishing it (keeping the chain, its log line)."""
         for listener in self._listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception as exc:  # logged: the change stands
+                what = "a clear" if event is None else type(event).__name__
+                _log.bind(error=str(exc)).error(
+                    "rule chain listener failed on {}: {}: {}", what, type(exc).__name__, exc)
 
     def current(self) -> ChainInForce | None:
         with self._lock:
@@ -135,17 +155,16 @@ class RulesRuntime:
     def install(self, chain: RuleChain, meta: RuleChainMetaData, source: str,
                 now_ms: int, *, kept: tuple[str, int, int] | None = None
                 ) -> ChainInForce | Refusal:
-        """The chain in force after installing this one: refused (kept as ``last_refusal``,
-        the chain in force unchanged) when it has problems; the current one, version unchanged,
-        when it is the same chain (digest) from the same source; else a new version.
+        """The chain in force after installing this one: refused when it has problems (the
+        chain in force unchanged; the refusal is returned, not recorded: ``refuse`` records
+        the one the caller logs, so ``last_refusal`` is always a refusal somebody was told
+        of); the current one, version unchanged, when it is the same chain (digest) from the
+        same source; else a new version.
         ``kept``: (digest, version, since_ms) of the last chain in force from this source in an
         earlier run; when this chain has that digest it takes that version and since again."""
         problems = validate(chain, meta, self._limits)
         if problems:
-            refusal = Refusal(source, now_ms, tuple(str(p) for p in problems))
-            with self._lock:
-                self._refusal = refusal
-            return refusal
+            return Refusal(source, now_ms, tuple(str(p) for p in problems))
         fingerprint = digest(chain, meta)
         with self._lock:
             current = self._current
@@ -163,14 +182,14 @@ class RulesRuntime:
                                          since)
             self._cleared = None
             self._counts = {}
-            self._logged = {}
+            self._carry(current)
             self._tell(self._current)
             return self._current
 
     def refuse(self, source: str, problems: list[str] | tuple[str, ...],
                now_ms: int) -> Refusal:
-        """Record a chain refused before it could be installed (a file or entity that does not
-        parse): kept as ``last_refusal``; the chain in force stays."""
+        """Record a chain refused (one that does not parse, or that ``install`` refused): kept
+        as ``last_refusal`` and told to the listeners; the chain in force stays."""
         refusal = Refusal(source, now_ms, tuple(problems))
         with self._lock:
             self._refusal = refusal
@@ -181,10 +200,10 @@ class RulesRuntime:
         """No chain in force (the edge does what it does without rules); ``reason`` shows in
         the snapshot."""
         with self._lock:
+            self._carry(self._current)
             self._current = None
             self._cleared = reason
             self._counts = {}
-            self._logged = {}
             self._tell(None)
 
     def count(self, node: str, visited: int = 0, failed: int = 0) -> None:
@@ -229,29 +248,58 @@ class RulesRuntime:
 
     def should_log_failure(self, node: str, now_ms: int) -> tuple[bool, int]:
         """At most one failure log line per node per 60 s: (log now?, failures not logged since
-        that node's last line). The first failure of a node logs; a clock gone back logs."""
+        that node's last line). The first failure of a node logs; a clock gone back logs.
+        The first failure not logged after a line makes a line due at that minute's end
+        (``failure_lines_due``)."""
         with self._lock:
             last = self._logged.get(node)
             if last is None or now_ms - last[0] >= FAILURE_LOG_INTERVAL_MS or now_ms < last[0]:
                 self._logged[node] = (now_ms, 0)
+                if last is not None and last[1]:  # its failures not logged are in this line
+                    self._lines_due = self._earliest_due()
                 return True, 0 if last is None else last[1]
             self._logged[node] = (last[0], last[1] + 1)
+            if not last[1]:
+                due = last[0] + FAILURE_LOG_INTERVAL_MS
+                if self._lines_due is None or due < self._lines_due:
+                    self._lines_due = due
             return False, last[1] + 1
 
-    def take_failure_lines(self, now_ms: int) -> list[tuple[str, int]]:
-        """The nodes whose minute of failure lines has ended with failures not logged, and how
-        many: (node, count), oldest line first; taken (the node's next line says none)."""
+    def _carry(self, going: ChainInForce | None) -> None:
+        """Under the lock, at a swap or a clear: the failure lines start afresh for the chain
+        coming in; the failures not logged of the one going out are still told when their
+        minute ends (``take_failure_lines``, with its name)."""
+        if going is not None:
+            self._left.extend((last, node, n, going.chain.name)
+                              for node, (last, n) in self._logged.items() if n)
+        self._logged = {}
+        self._lines_due = self._earliest_due()
+
+    def take_failure_lines(self, now_ms: int) -> list[tuple[str, int, str | None]]:
+        """The nodes whose minute of failure lines has ended with failures not logged, how
+        many, and their chain's name: (node, count, chain), oldest line first; taken (the
+        node's next line says none). A chain swapped out or cleared since has its own."""
         with self._lock:
-            due = sorted((last, node) for node, (last, n) in self._logged.items()
-                         if n and now_ms - last >= FAILURE_LOG_INTERVAL_MS)
-            out = []
-            for last, node in due:
-                out.append((node, self._logged[node][1]))
+            chain = None if self._current is None else self._current.chain.name
+            due = [(last, node, n, chain) for node, (last, n) in self._logged.items()
+                   if n and now_ms - last >= FAILURE_LOG_INTERVAL_MS]
+            for last, node, _, _ in due:
                 self._logged[node] = (last, 0)
-            return out
+            left = [e for e in self._left if now_ms - e[0] >= FAILURE_LOG_INTERVAL_MS]
+            if left:
+                self._left = [e for e in self._left if now_ms - e[0] < FAILURE_LOG_INTERVAL_MS]
+            if due or left:
+                self._lines_due = self._earliest_due()
+            return [(node, n, name) for _, node, n, name in sorted(left + due,
+                                                                    key=lambda e: e[0])]
 
     def failure_lines_due(self) -> int | None:
-        """When the first minute of failure lines with failures not logged ends (ms), if any."""
-        with self._lock:
-            return min((last + FAILURE_LOG_INTERVAL_MS for last, n in self._logged.values()
-                        if n), default=None)
+        """When the first minute of failure lines with failures not logged ends (ms), if any.
+        O(1), no lock: the shards ask after every command."""
+        return self._lines_due
+
+    def _earliest_due(self) -> int | None:
+        """Under the lock (when failures not logged are told, at a swap: rare)."""
+        lasts = [last for last, n in self._logged.values() if n]
+        lasts.extend(entry[0] for entry in self._left)
+        return min(lasts) + FAILURE_LOG_INTERVAL_MS if lasts else None

@@ -106,7 +106,7 @@ class ScriptLimits:
     def of_settings(cls, timeout_ms: int, memory_mb: int, max_errors: int = DEFAULT_MAX_ERRORS,
                     block_s: float = DEFAULT_BLOCK_S) -> ScriptLimits:
         """The limits of ``rules.script_timeout_ms``, ``rules.script_memory_mb``,
-        ``rules.script_max_errors`` and ``rules.script_block_s``."""
+        ``rules.script_max_errors`` and ``rules.script_block_duration_s``."""
         return cls(time_limit_s=timeout_ms / 1000, memory_limit_bytes=memory_mb * 1024 * 1024,
                    max_errors=max_errors, block_s=block_s)
 

@@ -191,12 +191,23 @@ class ChainSource:
         found = self._cloud_root()
         current = self.runtime.current()
         if isinstance(found, str):
-            if current is not None and current.source == CLOUD and found.startswith("no root"):
+            removed = found.startswith("no root")
+            refused = self._outstanding is not None \
+                and kind_of(self._outstanding.refusal.source) == CLOUD
+            if removed:  # a refusal of the cloud's root chain no longer holds: it is gone
+                self._refused = None
+                if refused:
+                    self._outstanding = None
+            if current is not None and current.source == CLOUD and removed:
                 self.runtime.clear(found)
-                self._outstanding = None
                 self._forget(CLOUD)
                 _log.bind(source=CLOUD).warning("rule chain no longer in force: {}", found)
                 return None
+            if removed and refused and not at_start:
+                _log.bind(source=CLOUD).info(
+                    "the refused cloud root rule chain is gone ({}): the refusal no longer "
+                    "holds; {}", found, _still(current))
+                return current
             if at_start and not found.startswith("no root"):
                 kept = self._restore(CLOUD)
                 if isinstance(kept, ChainInForce):
@@ -214,6 +225,8 @@ class ChainSource:
                 _log.bind(source=CLOUD, chain=current.chain.name).info(
                     "rule chain {!r} stays in force: {}", current.chain.name, found)
             return current
+        if not at_start and self._refused == (found.meta_key, found.chain_key):
+            return current  # the root chain refused before, unchanged: another chain changed
         if found.parsed is not None:
             result = self._install(*found.parsed, CLOUD)
             if isinstance(result, ChainInForce):
@@ -223,19 +236,18 @@ class ChainSource:
         else:
             problems = found.problems
         if not at_start and self._refused is not None and self._refused[0] == found.meta_key:
-            # the metadata refused before, unchanged: no new refusal. Another rule chain
-            # changed: nothing to say. The root RULE_CHAIN changed: its new metadata is on its
-            # way. ThingsBoard Edge asks for a chain's metadata after every RULE_CHAIN update
+            # the metadata refused before, unchanged: no new refusal. The root RULE_CHAIN
+            # changed (still refused with it): its new metadata is on its way. ThingsBoard
+            # Edge asks for a chain's metadata after every RULE_CHAIN update
             # (RuleChainCloudProcessor.processRuleChainMsgFromCloud queues a
             # RULE_CHAIN_METADATA_REQUEST), and ThingsBoard sends RULE_CHAIN before its
             # RULE_CHAIN_METADATA (RuleChainEdgeProcessor.convertRuleChainEventToDownlink; the
             # edge's DefaultDownlinkMessageService.processDownlinkMsg applies them in that
             # order): the metadata refused before is about to be replaced, not refused again
-            if self._refused[1] != found.chain_key:
-                self._refused = (found.meta_key, found.chain_key)
-                _log.bind(source=CLOUD, chain=found.name).info(
-                    "cloud root rule chain {!r} changed; its metadata, refused before, is "
-                    "unchanged: waiting for new metadata ({})", found.name, _still(current))
+            self._refused = (found.meta_key, found.chain_key)
+            _log.bind(source=CLOUD, chain=found.name).info(
+                "cloud root rule chain {!r} changed; its metadata, refused before, is "
+                "unchanged: waiting for new metadata ({})", found.name, _still(current))
             return current
         self._refused = (found.meta_key, found.chain_key)
         kept = self._restore(CLOUD) if at_start and current is None else current

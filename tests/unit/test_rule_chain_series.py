@@ -11,12 +11,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_sync.actors.rule_outcomes import RuleCounters, plan, source_kind
+from edge_sync.actors.rule_outcomes import SOURCES, RuleCounters, plan
 from edge_sync.metrics import Metrics
 from edge_sync.rules import nodes as n
 from edge_sync.rules.chain import RuleChain, RuleChainMetaData, parse
 from edge_sync.rules.engine import Failed, Visited
 from edge_sync.rules.runtime import Refusal, RulesRuntime, digest
+from edge_sync.storage.rule_chains import kind_of
 
 T0 = 1_700_000_000_000
 FILE = "file:/etc/edge-sync/rules.json"
@@ -170,7 +171,7 @@ def test_a_chain_installed_before_the_counters_has_its_series() -> None:
 
 
 def test_the_source_label_is_file_or_cloud() -> None:
-    assert (source_kind(FILE), source_kind("cloud")) == ("file", "cloud")
+    assert (kind_of(FILE), kind_of("cloud"), SOURCES) == ("file", "cloud", ("file", "cloud"))
 
 
 def test_messages_lost_with_orphaned_windows_are_one_counter_from_the_start() -> None:

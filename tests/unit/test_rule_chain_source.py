@@ -109,3 +109,103 @@ def test_a_restart_keeps_the_last_cloud_chain_when_the_root_has_no_metadata_or_i
             assert RuleChainStore(store).get(txn, CLOUD) is None
     finally:
         store.close()
+
+
+def test_a_refused_root_chain_the_cloud_removes_is_no_longer_outstanding(
+        tmp_path: Path) -> None:
+    """The cloud's first root chain is refused (no chain in force), then the cloud removes it:
+    the refusal no longer holds (no alert, health back), though no chain is in force."""
+    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=32)
+    try:
+        clock = Fixed(T0)
+        source = ChainSource(RulesRuntime(), store, None, clock=clock)
+        assert source.load() is None
+        put_root(store, ROOT, "Edge Root Rule Chain", FIXTURES / "unknown_node_type.json",
+                 T0 + 10)
+        clock.ms = T0 + 10
+        assert isinstance(source.cloud_changed(), Refusal)
+        assert (source.outstanding_source(), source.status()["health"]["level"]) == (
+            CLOUD, "degraded")
+
+        store.write(lambda txn: GraphStore(store).delete_entity(
+            txn, "RULE_CHAIN", ROOT, now_ms=T0 + 20))
+        clock.ms = T0 + 20
+        with log_records() as records:
+            assert source.cloud_changed() is None
+        assert [(r["level"].name, r["message"]) for r in records
+                if r["extra"].get("component") == "rules"] == [
+            ("INFO", "the refused cloud root rule chain is gone (no root rule chain synced from "
+                     "the cloud): the refusal no longer holds; no rule chain in force")]
+        status = source.status()
+        assert (source.outstanding_source(), status["health"], status["last_refusal"]["at_ms"],
+                status["last_refusal"]["outstanding"]) == (
+            None, {"level": "healthy", "reasons": []}, T0 + 10, False)
+
+        # the same chain sent again is a new refusal, not one "refused before, unchanged"
+        put_root(store, ROOT, "Edge Root Rule Chain", FIXTURES / "unknown_node_type.json",
+                 T0 + 30)
+        clock.ms = T0 + 30
+        assert isinstance(source.cloud_changed(), Refusal)
+        assert (source.outstanding_source(), source.status()["last_refusal"]["at_ms"]) == (
+            CLOUD, T0 + 30)
+    finally:
+        store.close()
+
+
+def test_a_downlink_of_another_chain_while_the_root_is_refused_changes_no_refusal(
+        tmp_path: Path) -> None:
+    """The refusal the status shows stays the one logged (its time, what stays in force, its
+    health reason); nothing is validated or logged again."""
+    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=32)
+    try:
+        clock = Fixed(T0)
+        runtime = RulesRuntime()
+        source = ChainSource(runtime, store, None, clock=clock)
+        put_root(store, ROOT, "Root", FIXTURES / "selective_sync.json", T0)
+        first = source.load()
+        assert isinstance(first, ChainInForce)
+        clock.ms = T0 + 1000
+        put_root(store, ROOT, "Root", FIXTURES / "unknown_node_type.json", T0 + 1000)
+        refused = source.cloud_changed()
+        assert isinstance(refused, Refusal)
+        before = source.status()
+        still = (f"rule chain 'Root' from cloud stays in force: version 1, digest "
+                 f"{first.digest}, in force since {iso_ms(T0)}")
+        assert (before["last_refusal"]["at_ms"], before["last_refusal"]["outstanding"],
+                before["last_refusal"]["still"]) == (T0 + 1000, True, still)
+
+        clock.ms = T0 + 2000
+        put_root(store, uuid.uuid4(), "Other", None, T0 + 2000, root=False)
+        with log_records() as records:
+            assert source.cloud_changed() is first
+        assert [r["message"] for r in records if r["extra"].get("component") == "rules"] == []
+        assert source.status() == before
+        assert runtime.last_refusal == refused
+    finally:
+        store.close()
+
+
+def test_a_listener_that_raises_does_not_stop_the_chain_from_being_kept(
+        tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=32)
+    try:
+        runtime = RulesRuntime()
+
+        def broken(event: ChainInForce | Refusal | None) -> None:
+            raise RuntimeError("series not made")
+
+        runtime.listen(broken)
+        put_root(store, ROOT, "Root", FIXTURES / "selective_sync.json", T0)
+        with log_records() as records:
+            result = ChainSource(runtime, store, None, clock=Fixed(T0)).load()
+        assert isinstance(result, ChainInForce)
+        assert [(r["level"].name, r["message"]) for r in records
+                if r["extra"].get("component") == "rules"] == [
+            ("ERROR", "rule chain listener failed on ChainInForce: RuntimeError: series not made"),
+            ("INFO", f"rule chain 'Root' in force from cloud (version 1, 3 nodes, digest "
+                     f"{result.digest})")]
+        with store.read() as txn:
+            kept = RuleChainStore(store).get(txn, CLOUD)
+        assert kept is not None and (kept.digest, kept.version) == (result.digest, 1)
+    finally:
+        store.close()

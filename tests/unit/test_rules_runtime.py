@@ -11,6 +11,7 @@ from edge_sync.rules import nodes as n
 from edge_sync.rules.chain import RuleChain, RuleChainMetaData, parse
 from edge_sync.rules.runtime import ChainInForce, Refusal, RulesRuntime, digest
 from edge_sync.rules.sandbox import ScriptLimits
+from tests.helpers.log_capture import log_records
 
 T0 = 1_700_000_000_000
 
@@ -39,6 +40,9 @@ def test_install_then_a_refusal_keeps_the_chain_in_force() -> None:
     refused = rt.install(bad_rc, bad_meta, "cloud", T0 + 5)
     assert refused == Refusal("cloud", T0 + 5, (
         "metadata.connections: cycle: nodes[0] 'Save' -> nodes[1] 'Push' -> nodes[0] 'Save'",))
+    # returned, not recorded: the caller records the refusal it logs (``refuse``)
+    assert (rt.current(), rt.last_refusal) == (first, None)
+    assert rt.refuse("cloud", refused.problems, T0 + 5) == refused
     assert (rt.current(), rt.last_refusal) == (first, refused)
 
     parse_error = rt.refuse("cloud", ["RULE_CHAIN.name: missing"], T0 + 6)
@@ -62,7 +66,7 @@ def test_a_chain_whose_script_the_sandbox_refuses_is_refused_and_the_chain_stays
         "refused: ScriptSyntaxError: TBEL: Java collection/string methods (size, get, put, "
         "containsKey, equals, ...) is not in the supported subset (line 1: '.size('); see "
         "docs/rules-scripts.md",))
-    assert (rt.current(), rt.last_refusal, rt.version) == (first, refused, 1)
+    assert (rt.current(), rt.last_refusal, rt.version) == (first, None, 1)
 
 
 def test_scripts_are_compiled_under_the_runtimes_limits() -> None:
@@ -177,6 +181,51 @@ def test_failure_logs_are_limited_to_one_line_per_node_per_minute() -> None:
     assert rt.should_log_failure(save, T0 + 10) == (True, 1)  # the clock went back
 
 
+def test_the_runtime_says_when_the_failures_not_logged_are_due_a_line() -> None:
+    """When a node's minute of failure lines ends with failures not logged (the shards wake
+    then); taken lines move it on; a swap or a clear starts afresh."""
+    rt = RulesRuntime()
+    rt.install(*chain(), "cloud", T0)
+    save, push = "nodes[0] 'Save'", "nodes[1] 'Push'"
+    assert rt.failure_lines_due() is None
+    assert rt.should_log_failure(save, T0) == (True, 0)
+    assert rt.failure_lines_due() is None  # logged: nothing due
+    assert rt.should_log_failure(push, T0 + 5_000) == (True, 0)
+    assert rt.should_log_failure(push, T0 + 6_000) == (False, 1)
+    assert rt.failure_lines_due() == T0 + 65_000
+    assert rt.should_log_failure(save, T0 + 7_000) == (False, 1)
+    assert rt.failure_lines_due() == T0 + 60_000  # the earlier minute
+    assert rt.take_failure_lines(T0 + 60_000) == [(save, 1, "Edge root")]
+    assert rt.failure_lines_due() == T0 + 65_000
+    assert rt.should_log_failure(push, T0 + 65_000) == (True, 1)  # its line tells them
+    assert rt.failure_lines_due() is None
+    assert rt.should_log_failure(push, T0 + 65_001) == (False, 1)
+    assert rt.failure_lines_due() == T0 + 125_000
+    rt.clear("no root rule chain synced from the cloud")
+    assert (rt.failure_lines_due(), rt.take_failure_lines(T0 + 125_000)) == (
+        T0 + 125_000, [(push, 1, "Edge root")])  # the chain cleared: still told, its name
+    assert (rt.failure_lines_due(), rt.take_failure_lines(T0 + 200_000)) == (None, [])
+
+
+def test_failures_not_logged_of_a_chain_swapped_out_are_still_told_with_its_name() -> None:
+    rt = RulesRuntime()
+    rt.install(*chain(name="Old"), "cloud", T0)
+    save = "nodes[0] 'Save'"
+    assert rt.should_log_failure(save, T0) == (True, 0)
+    assert rt.should_log_failure(save, T0 + 1) == (False, 1)
+    assert rt.should_log_failure(save, T0 + 2) == (False, 2)
+    rt.install(*chain(name="New"), "cloud", T0 + 3)
+    assert rt.failure_lines_due() == T0 + 60_000
+    # the new chain's node of the same name has its own lines from the swap on
+    assert rt.should_log_failure(save, T0 + 4) == (True, 0)
+    assert rt.should_log_failure(save, T0 + 5) == (False, 1)
+    assert rt.take_failure_lines(T0 + 59_999) == []
+    assert rt.take_failure_lines(T0 + 60_000) == [(save, 2, "Old")]
+    assert rt.failure_lines_due() == T0 + 60_004
+    assert rt.take_failure_lines(T0 + 60_004) == [(save, 1, "New")]
+    assert rt.failure_lines_due() is None
+
+
 def test_listeners_are_told_of_each_swap_recorded_refusal_and_clear() -> None:
     """Not of the same chain installed again, nor of a chain install finds invalid until the
     caller records the refusal (rules/source.py records each refusal it logs once)."""
@@ -192,3 +241,25 @@ def test_listeners_are_told_of_each_swap_recorded_refusal_and_clear() -> None:
     unread = rt.refuse("file:/x.json", ["cannot read /x.json"], T0 + 3)
     rt.clear("no root rule chain synced from the cloud")
     assert told == [first, refused, unread, None]
+
+
+def test_a_listener_that_raises_is_logged_and_the_change_stands() -> None:
+    """The chain goes in force (and the other listeners are told) all the same: the caller
+    goes on to keep it and log it."""
+    rt = RulesRuntime()
+
+    def broken(event: ChainInForce | Refusal | None) -> None:
+        raise RuntimeError("series not made")
+
+    told: list[ChainInForce | Refusal | None] = []
+    rt.listen(broken)
+    rt.listen(told.append)
+    with log_records() as records:
+        first = rt.install(*chain(), "cloud", T0)
+        refused = rt.refuse("cloud", ["x"], T0 + 1)
+        rt.clear("gone")
+    assert isinstance(first, ChainInForce)
+    assert (rt.current(), rt.last_refusal, told) == (None, refused, [first, refused, None])
+    assert [(r["level"].name, r["message"]) for r in records] == [
+        ("ERROR", f"rule chain listener failed on {what}: RuntimeError: series not made")
+        for what in ("ChainInForce", "Refusal", "a clear")]
