@@ -24,7 +24,7 @@ from loguru import logger
 
 from edge_sync.actors.address import Address, fail_subscriber
 from edge_sync.actors.deadline_timer import DeadlineTimer
-from edge_sync.actors.entity import EntityActor
+from edge_sync.actors.entity import EntityActor, OrphanedWindows
 from edge_sync.actors.messages import (
     ENTITY_COMMANDS,
     GRAPH_COMMANDS,
@@ -139,9 +139,10 @@ class ShardActor(SupervisedActor):
         now = time.monotonic()
         now_ms = self._clock.now_ms()
         windows = held = overdue = overdue_held = 0
+        orphans = OrphanedWindows()  # one line for the shard, each entity at DEBUG
         for entity_id in mine:
             entity = self._activate(entity_id, now)
-            opened, kept, due, due_kept = entity.load_rules(now_ms)
+            opened, kept, due, due_kept = entity.load_rules(now_ms, orphans)
             windows, held = windows + opened, held + kept
             overdue, overdue_held = overdue + due, overdue_held + due_kept
             after = entity.next_deadline()
@@ -150,6 +151,7 @@ class ShardActor(SupervisedActor):
                 after = entity.next_deadline()
             if after is not None:
                 self._schedule(after, entity_id)
+        orphans.log(self.index)
         self._schedule_failure_lines()  # windows closed now may have failed
         if mine and at_start:
             closed = (f"{overdue} overdue (their deadline passed while the agent was down): "

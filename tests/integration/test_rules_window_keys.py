@@ -192,12 +192,13 @@ def test_a_node_removed_is_warned_about_at_load_and_its_messages_counted_when_dr
         tmp_path, procs, windows_meta(INTERVAL_S, with_agg=False))
     line = loaded_line(agent)
     assert (line["windows"], line["held_messages"], line["overdue"]) == (2, 2 * COUNT, 0)
-    [warned] = records(agent, "rules", "WARNING", "1 open rule windows of node")
+    [warned] = records(agent, "rules", "WARNING", "1 open rule windows of")
     assert warned["message"].startswith(
-        f"1 open rule windows of node 'agg' (AggregateNode) hold {COUNT} acknowledged messages: "
-        f"the node is not in the chain in force '{CHAIN}'; they will be dropped at ")
-    assert (warned["entity"], warned["node"], warned["windows"], warned["messages"]) == (
-        device_id, "'agg' (AggregateNode)", 1, COUNT)
+        f"1 open rule windows of 1 entities hold {COUNT} acknowledged messages: their nodes "
+        f"('agg' (AggregateNode)) are not in the chain in force '{CHAIN}'; they will be dropped "
+        f"from ")
+    assert (warned["nodes"], warned["entities"], warned["windows"], warned["messages"]) == (
+        ["'agg' (AggregateNode)"], 1, 1, COUNT)
     rules = edge_status(agent)["rules"]
     assert rules["orphaned_windows"] == [{"node": "'agg' (AggregateNode) (not in the chain)",
                                           "entities": 1, "open_windows": 1,
@@ -253,8 +254,8 @@ def test_the_cloud_sending_the_same_chain_with_new_node_ids_keeps_the_windows(tm
     [warned] = wait_until(lambda: records(agent, "rules", "WARNING", "1 open rule windows"),
                           timeout=DEADLINE_S, what="the warning as the chain goes in force")
     assert int(time.time() * 1000) < warned["drop_at_ms"]
-    assert (warned["node"], warned["messages"], warned["entity"]) == (
-        "'agg' (AggregateNode)", 10, device_id)
+    assert (warned["nodes"], warned["messages"], warned["entities"]) == (
+        ["'agg' (AggregateNode)"], 10, 1)
     assert window_counts(agent) == {"nodes[1] 'dedup all'": (1, 10)}
     wait_until(lambda: records(agent, "rules", "WARNING", "1 rule windows dropped"),
                timeout=20 + DEADLINE_S, what="the drop at the deadline")
