@@ -16,7 +16,6 @@ from loguru import logger
 
 from edge_sync.actors.entity import EntityActor
 from edge_sync.actors.messages import (
-    Append,
     PostTelemetry,
     PutLatestTelemetry,
     PutLocalTimeseries,
@@ -29,6 +28,7 @@ from edge_sync.rules.runtime import RulesRuntime
 from edge_sync.rules.session import EntityRules
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Action
+from tests.helpers.instant_queue import InstantQueue
 
 DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000e1")
 T0 = 1_700_000_000_000
@@ -38,16 +38,6 @@ PUSH_ALL = {"ruleChain": {"name": "push all", "type": "CORE"}, "metadata": {
          "configuration": {"scope": "SERVER_SCOPE"}}]}}
 
 
-class Queue:
-    def __init__(self) -> None:
-        self.appends: list[Append] = []
-
-    def tell(self, message: Append) -> None:
-        self.appends.append(message)
-        assert message.reply is not None
-        message.reply.set_result(range(len(self.appends), len(self.appends) + 1))
-
-
 def test_an_engine_defect_fails_the_request_only(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
@@ -55,7 +45,7 @@ def test_an_engine_defect_fails_the_request_only(tmp_path: Path,
     runtime.install(*parse(PUSH_ALL), "file:push.json", T0)
     rules = ShardRules(RuleCounters(runtime), store, now_ms=lambda: T0,
                        new_id=lambda: str(uuid.uuid4()))
-    queue = Queue()
+    queue = InstantQueue()
     entity = EntityActor(DEVICE, queue, 0.0, now_ms=lambda: T0,  # type: ignore[arg-type]
                          rules=rules)
     errors: list[str] = []
@@ -99,7 +89,7 @@ def test_a_defect_after_a_deduplicating_save_decided_lets_the_retry_be_saved(
     runtime.install(*parse(DEDUP_SAVE), "file:save.json", T0)
     rules = ShardRules(RuleCounters(runtime), store, now_ms=lambda: T0,
                        new_id=lambda: str(uuid.uuid4()))
-    queue = Queue()
+    queue = InstantQueue()
     entity = EntityActor(DEVICE, queue, 0.0, now_ms=lambda: T0,  # type: ignore[arg-type]
                          rules=rules)
     ran = EntityRules.on_messages

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from edge_sync.actors.messages import (
-    Append,
     ExpireRpcs,
     PostTelemetry,
     PutRuleState,
@@ -25,6 +24,7 @@ from edge_sync.rules.chain import parse
 from edge_sync.rules.runtime import ChainInForce, RulesRuntime, digest
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.rule_store import RuleStore
+from tests.helpers.instant_queue import InstantQueue
 from tests.helpers.log_capture import log_records
 
 T0 = 1_700_000_000_000
@@ -57,19 +57,7 @@ class Clock:
         return self.ms
 
 
-class Queue:
-    """Commits every Append at once (seqs 1, 2, ...), keeping it."""
-
-    def __init__(self) -> None:
-        self.appends: list[Append] = []
-
-    def tell(self, message: Append) -> None:
-        self.appends.append(message)
-        assert message.reply is not None
-        message.reply.set_result(range(len(self.appends), len(self.appends) + 1))
-
-
-def shard_of(store: LmdbStore, clock: Clock, queue: Queue) -> tuple[ShardActor, RulesRuntime]:
+def shard_of(store: LmdbStore, clock: Clock, queue: InstantQueue) -> tuple[ShardActor, RulesRuntime]:
     runtime = RulesRuntime()
     runtime.install(*parse(chain()), "file:boiler.json", T0)
     counters = RuleCounters(runtime)
@@ -93,7 +81,7 @@ def failure_lines(records: list[Any]) -> list[tuple[str, Any]]:
 
 def test_failures_of_windows_closed_on_the_deadline_timer_are_told_when_their_minute_ends(
         tmp_path: Path) -> None:
-    clock, queue = Clock(), Queue()
+    clock, queue = Clock(), InstantQueue()
     store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
     try:
         shard, runtime = shard_of(store, clock, queue)
@@ -122,7 +110,7 @@ def test_failures_of_windows_closed_on_the_deadline_timer_are_told_when_their_mi
 
 def test_failures_of_overdue_windows_closed_when_loaded_are_told_when_their_minute_ends(
         tmp_path: Path) -> None:
-    clock, queue = Clock(), Queue()
+    clock, queue = Clock(), InstantQueue()
     store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
     try:
         before, _ = shard_of(store, clock, queue)
@@ -139,7 +127,7 @@ def test_failures_of_overdue_windows_closed_when_loaded_are_told_when_their_minu
         store.write(keep)
         # a new incarnation (a restart) finds both windows overdue and closes them at once
         clock.ms = T0 + 10_000
-        shard, runtime = shard_of(store, clock, Queue())
+        shard, runtime = shard_of(store, clock, InstantQueue())
         with log_records() as records:
             shard.on_receive(RuleChainChanged())
         assert runtime.counts()[CHECK] == {"in": 2, "failed": 2}

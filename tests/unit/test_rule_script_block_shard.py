@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from edge_sync.actors.messages import Append, ExpireRpcs, PostTelemetry
+from edge_sync.actors.messages import ExpireRpcs, PostTelemetry
 from edge_sync.actors.rule_host import ShardRules
 from edge_sync.actors.rule_outcomes import RuleCounters
 from edge_sync.actors.shard import FAILURE_LINES, ShardActor
@@ -21,6 +21,7 @@ from edge_sync.rules.chain import parse
 from edge_sync.rules.runtime import RulesRuntime
 from edge_sync.rules.sandbox import ScriptLimits
 from edge_sync.storage.env import LmdbStore
+from tests.helpers.instant_queue import InstantQueue
 from tests.helpers.log_capture import log_records
 
 T0 = 1_700_000_000_000
@@ -53,18 +54,6 @@ class Clock:
         return self.ms / 1000
 
 
-class Queue:
-    """Commits every Append at once (seqs 1, 2, ...), keeping it."""
-
-    def __init__(self) -> None:
-        self.appends: list[Append] = []
-
-    def tell(self, message: Append) -> None:
-        self.appends.append(message)
-        assert message.reply is not None
-        message.reply.set_result(range(len(self.appends), len(self.appends) + 1))
-
-
 def post(shard: ShardActor, device: uuid.UUID, temperatures: list[int], ts: int) -> Future[Any]:
     reply: Future[Any] = Future()
     shard.on_receive(PostTelemetry(device, tuple(
@@ -74,7 +63,7 @@ def post(shard: ShardActor, device: uuid.UUID, temperatures: list[int], ts: int)
 
 def test_a_looping_script_holds_its_shard_for_max_errors_limits_and_the_shard_goes_on(
         tmp_path: Path) -> None:
-    clock, queue = Clock(), Queue()
+    clock, queue = Clock(), InstantQueue()
     store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
     runtime = RulesRuntime()
     runtime.install(*parse(CHAIN), "file:boiler.json", T0)
