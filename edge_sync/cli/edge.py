@@ -52,9 +52,17 @@ from edge_sync.cli.common import (
 from edge_sync.clock import SYSTEM_CLOCK
 from edge_sync.config import EdgeConfig, load_edge_config
 from edge_sync.devices.rpc import RpcStatus, by_status
-from edge_sync.errors import BadRequest, ConfigError, EdgeSyncError, NotFound, StorageError
+from edge_sync.errors import (
+    BadRequest,
+    ConfigError,
+    EdgeSyncError,
+    NotFound,
+    StorageCorrupt,
+    StorageError,
+)
 from edge_sync.logsetup import configure_logging
 from edge_sync.status import collect_status
+from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Status
 from edge_sync.storage.rpc_store import RpcStore
@@ -385,12 +393,41 @@ def _collect(cfg: EdgeConfig) -> dict[str, Any]:
         try:
             status = collect_status(store, now_ms=SYSTEM_CLOCK.now_ms(), health=cfg.health,
                                     clock_skew_warn_s=cfg.cloud.clock_skew_warn_s)
+            status["rules"] = _stopped_rules(cfg, store)
         finally:
             store.close()
         status["agent"] = "not running"
     else:
         status["agent"] = "running"
     return dict(status)
+
+
+def _stopped_rules(cfg: EdgeConfig, store: LmdbStore) -> dict[str, Any]:
+    """With the agent stopped: which chain its start would put in force (``at_start``) and the
+    chains kept in the store from each source (``kept``: what stays in force when the source's
+    chain is refused at start; rules/source.py)."""
+    from edge_sync.common.iso_time import iso_ms
+    from edge_sync.storage.rule_chains import CLOUD, FILE, RuleChainStore
+
+    kept_store, kept, problems = RuleChainStore(store), [], []
+    with store.read() as txn:
+        for kind in (FILE, CLOUD):
+            try:
+                chain = kept_store.get(txn, kind)
+            except StorageCorrupt as exc:  # the status still answers; the agent says the same
+                problems.append(str(exc))
+                continue
+            if chain is not None:
+                kept.append({"source": chain.source, "name": chain.name,
+                             "version": chain.version, "digest": chain.digest,
+                             "since_ms": chain.since_ms, "since": iso_ms(chain.since_ms)})
+    if cfg.rules.file is not None:
+        at_start = (f"rules.file {cfg.rules.file} is loaded; if it is refused, the chain kept "
+                    "from the file goes in force (none kept: the agent does not start)")
+    else:
+        at_start = ("the cloud's root rule chain in the store; if it is refused, the chain kept "
+                    "from the cloud goes in force (none kept: no chain)")
+    return {"chain": None, "at_start": at_start, "kept": kept, "problems": problems}
 
 
 def _status_watch(cfg: EdgeConfig, args: argparse.Namespace) -> int:
@@ -488,7 +525,14 @@ def _rules_text(rules: dict[str, Any] | None, *, running: bool) -> list[str]:
     force, the cloud's root chain while rules.file wins, and the last refusal (a running agent
     only)."""
     if not running:
-        return ["rule chain:   (the agent is not running: the chain in force is the agent's)"]
+        stopped = rules or {}
+        lines = ["rule chain:   (the agent is not running: the chain in force is the agent's)"]
+        if stopped.get("at_start"):
+            lines.append(f"  at start: {stopped['at_start']}")
+        lines += [f"  kept from {k['source']}: {k['name']!r} (version {k['version']}, digest "
+                  f"{k['digest']}, in force since {k['since']})" for k in stopped.get("kept", [])]
+        lines += [f"  kept chain unreadable: {p}" for p in stopped.get("problems", [])]
+        return lines
     if rules is None or rules.get("chain") is None:
         lines = ["rule chain:   none in force: every accepted message goes to the cloud"]
     else:
