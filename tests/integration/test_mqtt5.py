@@ -572,6 +572,20 @@ def handed_over(app: EdgeApp, dev: Device, count: int) -> None:
                timeout=DEADLINE_S, what=f"{count} requests handed to the connection")
 
 
+def requests_held_back(fake: FakeCloud, app: EdgeApp, dev: Device, client: MqttDevice,
+                       count: int, sent: int) -> None:
+    """``client`` (connected, holding its PUBACKs back) subscribes to RPC requests at QoS 1 and
+    to attribute responses at QoS 0 (so round_trip is not held back); ``count`` requests are
+    delivered and handed to its connection, and only the first ``sent`` of them reach it."""
+    assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+    assert client.subscribe(RESPONSES) == [0]
+    for n in range(1, count + 1):
+        deliver(fake, rpc_downlink(fake, dev, n, "ping"))
+    handed_over(app, dev, count)
+    round_trip(client, 1)
+    assert requests_received(client) == [(n, False) for n in range(1, sent + 1)]
+
+
 def puback(client: MqttDevice, request_id: int) -> None:
     (message,) = [m for m in client.received_on(f"{RPC_PREFIX}{request_id}") if m.qos == 1][-1:]
     client.client.ack(message.mid, message.qos)
@@ -585,13 +599,7 @@ def test_no_more_qos1_messages_await_their_puback_than_the_clients_receive_maxim
     fake, app, dev = linked
     with v5(app.mqtt_port, dev.token, manual_ack=True, receive_max=2) as client:
         assert client.connect() == 0
-        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
-        assert client.subscribe(RESPONSES) == [0]  # QoS 0: round_trip is not held back
-        for n in range(1, 6):
-            deliver(fake, rpc_downlink(fake, dev, n, "ping"))
-        handed_over(app, dev, 5)
-        round_trip(client, 1)
-        assert requests_received(client) == [(1, False), (2, False)]
+        requests_held_back(fake, app, dev, client, 5, sent=2)
         puback(client, 2)  # the room of any PUBACK, not only the oldest one's
         wait_until(lambda: len(requests_received(client)) == 3, timeout=DEADLINE_S,
                    what="request 3 after one PUBACK")
@@ -618,13 +626,7 @@ def test_a_message_dropped_in_flight_holds_its_place_until_its_puback(
     try:
         with v5(app.mqtt_port, dev.token, manual_ack=True, receive_max=1) as client:
             assert client.connect() == 0
-            assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
-            assert client.subscribe(RESPONSES) == [0]
-            for n in (1, 2, 3):
-                deliver(fake, rpc_downlink(fake, dev, n, "ping"))
-            handed_over(app, dev, 3)
-            round_trip(client, 1)
-            assert requests_received(client) == [(1, False)]
+            requests_held_back(fake, app, dev, client, 3, sent=1)
             assert app.metrics.value("edge_sync_mqtt_unacked_dropped_total") == 1
             for n in (1, 2):
                 puback(client, n)
@@ -715,13 +717,7 @@ def test_messages_waiting_under_the_receive_maximum_are_counted_when_the_session
     try:
         with v5(app.mqtt_port, dev.token, manual_ack=True, receive_max=1) as client:
             assert client.connect() == 0
-            assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
-            assert client.subscribe(RESPONSES) == [0]
-            for n in (1, 2, 3):
-                deliver(fake, rpc_downlink(fake, dev, n, "ping"))
-            handed_over(app, dev, 3)
-            round_trip(client, 1)
-            assert requests_received(client) == [(1, False)]
+            requests_held_back(fake, app, dev, client, 3, sent=1)
         no_connections(app)
     finally:
         logs.close()
@@ -744,13 +740,7 @@ def test_a_resumed_session_says_apart_what_it_sends_again_and_what_it_sends_firs
                "manual_ack": True}
     with v5(app.mqtt_port, dev.token, receive_max=1, **session) as first:
         assert first.connect() == 0
-        assert first.subscribe(RPC_REQUESTS, qos=1) == [1]
-        assert first.subscribe(RESPONSES) == [0]
-        for n in (1, 2, 3):
-            deliver(fake, rpc_downlink(fake, dev, n, "ping"))
-        handed_over(app, dev, 3)
-        round_trip(first, 1)
-        assert requests_received(first) == [(1, False)]
+        requests_held_back(fake, app, dev, first, 3, sent=1)
     no_connections(app)
     logs = Logs()
     try:
