@@ -45,7 +45,6 @@ from tests.integration.test_device_sessions import (
     rpc_downlink,
     rpc_uplinks,
     rpcs,
-    shared_downlink,
 )
 
 DEADLINE_S = 10.0
@@ -298,24 +297,6 @@ def test_rpc_request_delivered_and_answered(linked: tuple[FakeCloud, EdgeApp, De
         assert (up.requestId, json.loads(up.responseMsg.response)) == (
             7, {"pin": 1, "value": True})
     assert [r.status for r in rpcs(app, dev)] == [RpcStatus.SUCCESSFUL]
-    no_connections(app)
-
-
-def test_attribute_updates_and_requests(linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
-    fake, app, dev = linked
-    with v5(app.mqtt_port, dev.token) as client:
-        assert client.connect() == 0
-        assert client.subscribe(ATTRIBUTES) == [0]
-        assert client.subscribe("v1/devices/me/attributes/response/+") == [0]
-        deliver(fake, shared_downlink(fake, dev, {"setpoint": 21}))
-        assert client.wait_message(ATTRIBUTES) == {"setpoint": 21}
-        posted = client.publish(ATTRIBUTES, {"firmware": "1.2.0"})
-        wait_until(lambda: posted.mid in client.acked_ids(), timeout=DEADLINE_S,
-                   what="PUBACK of the client attributes")
-        client.publish("v1/devices/me/attributes/request/1",
-                       {"clientKeys": "firmware", "sharedKeys": "setpoint"})
-        assert client.wait_message("v1/devices/me/attributes/response/1") == {
-            "client": {"firmware": "1.2.0"}, "shared": {"setpoint": 21}}
     no_connections(app)
 
 

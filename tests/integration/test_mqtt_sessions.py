@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from edge_sync.app import EdgeApp
@@ -86,10 +87,11 @@ def test_rpc_request_published_and_its_answer_uplinked(
     no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["3.1.1", "5"])
 def test_shared_attribute_updates_and_attribute_requests(
-        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+        linked: tuple[FakeCloud, EdgeApp, Device], protocol: int) -> None:
     fake, app, dev = linked
-    with MqttDevice(app.mqtt_port, dev.token) as client:
+    with MqttDevice(app.mqtt_port, dev.token, protocol=protocol) as client:
         assert client.connect() == 0
         assert client.subscribe(ATTRIBUTES) == [0]
         assert client.subscribe("v1/devices/me/attributes/response/+") == [0]
