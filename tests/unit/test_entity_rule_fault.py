@@ -38,16 +38,24 @@ PUSH_ALL = {"ruleChain": {"name": "push all", "type": "CORE"}, "metadata": {
          "configuration": {"scope": "SERVER_SCOPE"}}]}}
 
 
-def test_an_engine_defect_fails_the_request_only(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def device_under_chain(tmp_path: Path, doc: dict[str, Any],
+                       source: str) -> tuple[LmdbStore, InstantQueue, EntityActor]:
+    """A device's entity actor on a real store, with ``doc`` in force and a queue that commits
+    every Append at once (the caller closes the store)."""
     store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
     runtime = RulesRuntime()
-    runtime.install(*parse(PUSH_ALL), "file:push.json", T0)
+    runtime.install(*parse(doc), source, T0)
     rules = ShardRules(RuleCounters(runtime), store, now_ms=lambda: T0,
                        new_id=lambda: str(uuid.uuid4()))
     queue = InstantQueue()
     entity = EntityActor(DEVICE, queue, 0.0, now_ms=lambda: T0,  # type: ignore[arg-type]
                          rules=rules)
+    return store, queue, entity
+
+
+def test_an_engine_defect_fails_the_request_only(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store, queue, entity = device_under_chain(tmp_path, PUSH_ALL, "file:push.json")
     errors: list[str] = []
     sink = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
 
@@ -84,14 +92,7 @@ def test_a_defect_after_a_deduplicating_save_decided_lets_the_retry_be_saved(
     """The engine ran (its save node decided to save the message's interval), then a defect:
     nothing was appended and the device is told to retry; the retry is saved, not taken for
     a repeat of the interval."""
-    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
-    runtime = RulesRuntime()
-    runtime.install(*parse(DEDUP_SAVE), "file:save.json", T0)
-    rules = ShardRules(RuleCounters(runtime), store, now_ms=lambda: T0,
-                       new_id=lambda: str(uuid.uuid4()))
-    queue = InstantQueue()
-    entity = EntityActor(DEVICE, queue, 0.0, now_ms=lambda: T0,  # type: ignore[arg-type]
-                         rules=rules)
+    store, queue, entity = device_under_chain(tmp_path, DEDUP_SAVE, "file:save.json")
     ran = EntityRules.on_messages
 
     def broken(self: EntityRules, *args: Any) -> None:
