@@ -33,13 +33,24 @@ from edge_sync.errors import ConfigError
 if TYPE_CHECKING:
     from loguru import Record
 
-__all__ = ["configure_logging", "forward_stdlib_logging", "redact"]
+__all__ = ["configure_logging", "forward_stdlib_logging", "mark_told", "redact"]
 
 _PRIVATE = "_edge_sync_rendered"
 """The extra key a formatter stores its rendered line under (loguru's documented recipe for
 custom formats); it is never rendered itself."""
 
 _CORE_KEYS = ("ts", "level", "component", "message", "exception")
+
+_TOLD = "_edge_sync_told"
+"""The attribute `mark_told` sets on an exception."""
+
+
+def mark_told(exc: BaseException) -> BaseException:
+    """``exc`` is counted and logged by its raiser already (the link's undecodable cloud
+    messages): the record a library logs for it (grpc's "Exception deserializing message!")
+    is not forwarded. ``exc`` itself, for ``raise mark_told(...)``."""
+    setattr(exc, _TOLD, True)
+    return exc
 
 
 def redact(value: str) -> str:
@@ -180,6 +191,8 @@ class _ToLoguru(logging.Handler):
             logger.bind(logger=record.name).warning(
                 "HTTP request refused by the parser: {}: {}", type(exc).__name__, str(exc)[:200])
             return
+        if record.name == "grpc._common" and getattr(exc, _TOLD, False):
+            return  # its raiser counted it and logged it, at most once a minute
         if record.name == "grpc._common" and _undecodable(exc):
             # grpc could not parse a message the peer sent (garbage on the stream): the peer's
             # error, which grpc answers by ending the call (INTERNAL, "Exception deserializing

@@ -11,11 +11,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from edge_sync.config import CloudLinkConfig
 from edge_sync.errors import ConfigError
 from edge_sync.link.peer_text import MAX_LOGGED_ERROR_CHARS, one_line
-from edge_sync.proto import edge_pb2, edge_pb2_grpc
+from edge_sync.logsetup import mark_told
+from edge_sync.proto import edge_pb2
+
+METHOD = "/edge.EdgeRpcService/handleMsgs"
 
 _CLOSE = object()
 
@@ -53,7 +57,12 @@ def make_channel(cfg: CloudLinkConfig) -> grpc.Channel:
 
 class Stream:
     """One handleMsgs call. send() from the actor's thread; responses and the end of the stream
-    are delivered by the reader thread to on_response / on_end (which only tell the actor)."""
+    are delivered by the reader thread to on_response / on_end (which only tell the actor).
+
+    A response that is not a valid ResponseMsg is told to on_undecodable (the stream id and
+    the decoder's error, on gRPC's thread) before gRPC ends the call (INTERNAL, "Exception
+    deserializing response!"): the actor counts and logs it, so gRPC's own record of it is
+    not forwarded to the log (logsetup.mark_told)."""
 
     def __init__(
         self,
@@ -62,17 +71,35 @@ class Stream:
         *,
         on_response: Callable[[int, Any], None],
         on_end: Callable[[int, str, str], None],
+        on_undecodable: Callable[[int, str], None] | None = None,
     ) -> None:
         self.id = stream_id
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._on_response = on_response
         self._on_end = on_end
-        stub = edge_pb2_grpc.EdgeRpcServiceStub(channel)
-        self._call = stub.handleMsgs(self._requests())
+        self._on_undecodable = on_undecodable
+        # edge_pb2_grpc.EdgeRpcServiceStub's call, with a decoder that tells what it refuses
+        handle_msgs = channel.stream_stream(
+            METHOD, request_serializer=edge_pb2.RequestMsg.SerializeToString,
+            response_deserializer=self._decode)
+        self._call = handle_msgs(self._requests())
         self._closed = False
         self._reader = threading.Thread(target=self._read, name=f"link-reader-{stream_id}",
                                         daemon=True)
         self._reader.start()
+
+    def _decode(self, data: bytes) -> edge_pb2.ResponseMsg:
+        """gRPC's thread: a response's bytes as a ResponseMsg. Bytes that are not one are told
+        (``on_undecodable``), and the DecodeError goes on to gRPC, which ends the call."""
+        try:
+            msg: edge_pb2.ResponseMsg = edge_pb2.ResponseMsg.FromString(data)
+        except DecodeError as exc:
+            if self._on_undecodable is not None:
+                self._on_undecodable(self.id, one_line(f"{type(exc).__name__}: {exc}",
+                                                       MAX_LOGGED_ERROR_CHARS))
+                mark_told(exc)
+            raise
+        return msg
 
     def _requests(self) -> Iterator[edge_pb2.RequestMsg]:
         """gRPC's sending thread pulls from here."""

@@ -43,6 +43,7 @@ from edge_sync.actors.messages import (
 )
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.limits import DEFAULT_MAX_MESSAGE_BYTES
+from edge_sync.common.log_throttle import LogThrottle
 from edge_sync.common.wire import Owner, uuid_of
 from edge_sync.config import CloudLinkConfig
 from edge_sync.errors import EdgeSyncError, InjectedFault, StorageCorrupt
@@ -89,6 +90,10 @@ LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.
                      3600.0, 21600.0, 86400.0)
 """``edge_sync_sync_latency_seconds``' buckets: sub-second while connected, the health
 thresholds (5 s healthy, 30 s warning), and minutes to a day for a drain after an outage."""
+UNDECODABLE_LOG_INTERVAL_S = 60.0
+"""At most one line per this long for messages from the cloud that are not valid protobuf (each
+ends its stream, and the link reconnects): the first is logged, the others counted
+(``edge_sync_cloud_undecodable_messages_total``) and told in one line when the minute ends."""
 ROUND_TRIP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """``edge_sync_uplink_ack_seconds``' buckets: an uplink message's send to its acknowledgement,
 the network's and the cloud's share of the latency (1 s: the network quality alert)."""
@@ -103,6 +108,14 @@ class _Wake:
 class _ResponseArrived:
     stream_id: int
     msg: Any = field(compare=False)  # edge_pb2.ResponseMsg, handed over by the reader thread
+
+
+@dataclass(frozen=True, slots=True)
+class _Undecodable:
+    """The reader's decoder: a response that is not a valid ResponseMsg (gRPC ends the call)."""
+
+    stream_id: int
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +267,10 @@ class ConnectionActor(SupervisedActor):
             ("reason",))
         self._m_breaker = m.counter("edge_sync_link_breaker_opened_total",
                                     "circuit breaker openings")
+        self._m_undecodable = m.counter(
+            "edge_sync_cloud_undecodable_messages_total", "messages from the cloud that are not "
+            "a valid protobuf ResponseMsg (each ended its stream: the link reconnected)")
+        self._undecodable = LogThrottle(UNDECODABLE_LOG_INTERVAL_S)
         self._m_latency = m.histogram(
             "edge_sync_sync_latency_seconds", "accept-to-acknowledge latency of uplink events: "
             "the cloud's acknowledgement time minus the event's created_time", LATENCY_BUCKETS_S)
@@ -293,6 +310,7 @@ class ConnectionActor(SupervisedActor):
     def _wind_down(self, why: str) -> None:
         if self._timer:
             self._timer.stop()
+        self._tell_undecodable(self._undecodable.flush())  # a burst is told in full
         self._close_stream()
         if self._sm.state is not LinkState.DISCONNECTED:
             self._sm.to(LinkState.DISCONNECTED, why)
@@ -308,6 +326,8 @@ class ConnectionActor(SupervisedActor):
             case _ResponseArrived(stream_id=sid, msg=msg):
                 if self._stream is not None and sid == self._stream.id:
                     self._on_response(msg)
+            case _Undecodable(error=error):  # counted whichever stream it ended
+                self._on_undecodable(error)
             case _StreamEnded(stream_id=sid, code=code, detail=detail):
                 if self._stream is not None and sid == self._stream.id:
                     self._on_stream_ended(code, detail)
@@ -355,6 +375,7 @@ class ConnectionActor(SupervisedActor):
             self._stream_seq, self._channel,
             on_response=lambda sid, msg: _tell(ref, _ResponseArrived(sid, msg)),
             on_end=lambda sid, code, detail: _tell(ref, _StreamEnded(sid, code, detail)),
+            on_undecodable=lambda sid, error: _tell(ref, _Undecodable(sid, error)),
         )
         self._accepted = False
         self._syncs_sent = 0
@@ -514,6 +535,24 @@ class ConnectionActor(SupervisedActor):
                      "(a cloud may not count it as over yet); {} sync pending", kind,
                      request.reason, quiet_in, last, pending)
         self._last_sync = {**self._last_sync, "pending": held.view()}
+
+    def _on_undecodable(self, error: str) -> None:
+        """The cloud sent bytes that are not a ResponseMsg: counted, and logged at most once a
+        minute (the others told in one line when that minute ends, or before the next line);
+        gRPC ends the stream (its end comes next, and the link reconnects)."""
+        self._m_undecodable.inc()
+        log_now, told = self._undecodable.event(self._clock.monotonic())
+        self._tell_undecodable(told)
+        if log_now:
+            _log.bind(error=error).warning(
+                "the cloud sent a message that is not valid protobuf ({}): the stream ends and "
+                "the link reconnects; further ones within a minute are only counted "
+                "(edge_sync_cloud_undecodable_messages_total) and told in one line", error)
+
+    def _tell_undecodable(self, count: int) -> None:
+        if count:
+            _log.bind(count=count).warning(
+                "{} more undecodable messages from the cloud in the last minute", count)
 
     def _on_stream_ended(self, code: str, detail: str) -> None:
         if self._sm.state is LinkState.AUTH_FAILED:
@@ -886,6 +925,7 @@ class ConnectionActor(SupervisedActor):
     def _on_time(self) -> None:
         """The timer fired: act on every deadline that has passed."""
         now = self._clock.monotonic()
+        self._tell_undecodable(self._undecodable.take(now))
         if self._unrecorded and now >= self._rewrite_at:
             retry, self._unrecorded = self._unrecorded, []
             for command in retry:
@@ -931,6 +971,8 @@ class ConnectionActor(SupervisedActor):
             due.append(self._rewrite_at)
         if self._pages_read:
             due.append(self._released_at + _RELEASE_INTERVAL_S)
+        if (told_at := self._undecodable.due()) is not None:
+            due.append(told_at)
         state = self._sm.state
         if state in (LinkState.BACKOFF, LinkState.AUTH_FAILED, LinkState.DISCONNECTED):
             due.append(self._next_attempt)

@@ -33,6 +33,7 @@ import itertools
 import json
 import queue
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -1183,3 +1184,90 @@ def test_edge_survives_an_unknown_connect_response_code(tmp_path: Path) -> None:
     finally:
         app.stop(timeout=30)
         fake.stop()
+
+
+class SteppedClock:
+    """The real clocks, the monotonic one a test steps forward at once (a minute passing)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._step = 0.0
+
+    def step(self, seconds: float) -> None:
+        with self._lock:
+            self._step += seconds
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return time.monotonic() + self._step
+
+
+UNDECODABLE = "Error parsing message with type 'edge.ResponseMsg': Wire format was corrupt"
+
+
+def test_undecodable_messages_from_the_cloud_are_one_line_a_minute_and_all_counted(
+        tmp_path: Path, rogue_cloud: RogueCloud) -> None:
+    """Each message the rogue cloud sends that is not a ResponseMsg ends the edge's stream (the
+    edge reconnects). Only the first of a minute is logged (grpc's own "Exception deserializing
+    message!" record not at all); the others are counted in
+    edge_sync_cloud_undecodable_messages_total and told in one line: before the next line when
+    one comes after the minute, when the minute ends, and when the agent stops."""
+    forward_stdlib_logging()  # grpc's record would come through, as in the agent
+    clock = SteppedClock()
+    app = EdgeApp(load_edge_config(env=edge_env(tmp_path, rogue_cloud.port)), clock=clock).start()
+    lines: list[tuple[str, str]] = []
+
+    def sink(message: Any) -> None:
+        r = message.record
+        if r["extra"].get("logger") == "grpc._common" \
+                or any(w in r["message"] for w in ("protobuf", "undecodable")):
+            lines.append((r["level"].name, r["message"]))
+
+    handle = logger.add(sink, level="DEBUG", format="{message}")
+    stream = rogue_cloud.wait_ready()
+
+    def garbage(count: int) -> None:
+        nonlocal stream
+        for _ in range(count):
+            rogue_cloud.inject(b"\xff", end=True)  # not a protobuf message: a bad tag
+            stream = rogue_cloud.wait_ready(after=stream)  # the edge reconnected
+        wait_until(lambda: app.link_board.value["state"] == "CONNECTED", timeout=DEADLINE_S,
+                   what="link CONNECTED")
+
+    def counted() -> float:
+        return app.metrics.value("edge_sync_cloud_undecodable_messages_total")
+
+    first = ("WARNING", f"the cloud sent a message that is not valid protobuf (DecodeError: "
+             f"{UNDECODABLE}): the stream ends and the link reconnects; further ones within a "
+             "minute are only counted (edge_sync_cloud_undecodable_messages_total) and told in "
+             "one line")
+
+    def more(n: int) -> tuple[str, str]:
+        return "WARNING", f"{n} more undecodable messages from the cloud in the last minute"
+
+    try:
+        _, done = app.service.create_device("sensor", token="tok-sensor")
+        done.result(DEADLINE_S)
+        garbage(4)
+        assert (lines, counted()) == ([first], 4)
+
+        clock.step(61)  # the minute ends; the next one tells the three first
+        garbage(1)
+        assert (lines, counted()) == ([first, more(3), first], 5)
+
+        garbage(2)
+        clock.step(61)  # the minute ends: the edge wakes for it (a post makes it look at once)
+        with HttpClient(app.http_port) as http:
+            assert http.post_telemetry("tok-sensor", {"n": 1}) == 200
+        wait_until(lambda: len(lines) == 4, timeout=DEADLINE_S, what="the minute's line")
+        assert (lines, counted()) == ([first, more(3), first, more(2)], 7)
+
+        garbage(3)
+        assert lines == [first, more(3), first, more(2), first]
+    finally:
+        app.stop(timeout=30)
+        logger.remove(handle)
+    assert (lines, counted()) == ([first, more(3), first, more(2), first, more(2)], 10)

@@ -16,7 +16,7 @@ from loguru import logger
 
 from edge_sync.config import LogConfig, LogFormat, LogLevel
 from edge_sync.errors import ConfigError
-from edge_sync.logsetup import configure_logging, redact
+from edge_sync.logsetup import configure_logging, mark_told, redact
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -270,6 +270,29 @@ def test_a_peer_message_grpc_cannot_parse_is_a_warning_a_deserializer_bug_an_err
     assert (failed["level"], failed["message"], failed["logger"]) == (
         "ERROR", "Exception deserializing message!", "grpc._common")
     assert "TypeError" in str(failed["exception"])
+
+
+def test_grpc_record_of_an_exception_its_raiser_told_is_not_forwarded() -> None:
+    """The link counts and logs an undecodable message from the cloud itself (at most one line
+    a minute) and marks the DecodeError (``mark_told``): grpc's record of it is not forwarded.
+    The same exception unmarked still is, as a WARNING."""
+    from edge_sync.proto import edge_pb2
+
+    buf = configure(LogFormat.JSON)
+    common = logging.getLogger("grpc._common")
+    for told in (True, False):
+        try:
+            try:
+                edge_pb2.ResponseMsg.FromString(b"\xff")
+            except Exception as exc:
+                if told:
+                    mark_told(exc)
+                raise
+        except Exception:
+            common.exception("Exception deserializing message!")
+    (line,) = json_lines(buf)
+    assert (line["level"], line["logger"]) == ("WARNING", "grpc._common")
+    assert str(line["message"]).startswith("gRPC message refused: not a valid protobuf message")
 
 
 def test_a_body_aiohttp_cannot_decode_is_a_refusal_even_met_after_the_handler() -> None:
