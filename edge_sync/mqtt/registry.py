@@ -59,7 +59,8 @@ class SessionRegistry:
     drops is logged and counted in ``edge_sync_mqtt_sessions_dropped_total{reason}``: ``max_sessions``
     (the one away longest, beyond ``mqtt.max_sessions``), ``expired``
     (``mqtt.session_expiry_s`` after its client left), ``takeover`` (its older connection did
-    not end in time); each QoS 1 message a session drops unacknowledged (beyond
+    not end in time), ``server_stop`` (kept in memory only, lost when the server stops or
+    restarts: ``stopped``, one line for them all); each QoS 1 message a session drops unacknowledged (beyond
     ``mqtt.max_unacked_per_session``) in ``edge_sync_mqtt_unacked_dropped_total``. The QoS 1
     messages a session still keeps when it is discarded (not kept at its connection's end,
     discarded by a clean start, dropped as above) are lost with it: each is counted in
@@ -76,6 +77,7 @@ class SessionRegistry:
         self.store = store
         self._takeover_timeout = takeover_timeout_s
         self._holders: dict[Key, Holder] = {}
+        self._stopped = False  # the server stopped: no session is kept any more
         # every authenticated connection by device, until it ends; the gateways among them
         self._authenticated: dict[uuid.UUID, set[Holder]] = {}
         self._gateways: set[Holder] = set()
@@ -83,7 +85,8 @@ class SessionRegistry:
         self.sessions_dropped = metrics.counter(
             "edge_sync_mqtt_sessions_dropped_total",
             "kept MQTT sessions dropped: beyond mqtt.max_sessions, expired "
-            "(mqtt.session_expiry_s), or their older connection did not end in time", ("reason",))
+            "(mqtt.session_expiry_s), their older connection did not end in time, or lost when "
+            "the MQTT server stopped (server_stop)", ("reason",))
         self.unacked_dropped = metrics.counter(
             "edge_sync_mqtt_unacked_dropped_total",
             "QoS 1 messages to MQTT clients dropped unacknowledged: more than "
@@ -155,6 +158,9 @@ class SessionRegistry:
         self.expire(now)
         if clean:
             return self.discarded(session)
+        if self._stopped:  # ended after the server's stop (``stopped``): nothing is kept now
+            self.sessions_dropped.labels(reason="server_stop").inc()
+            return self.discarded(session)
         lost = (0, 0)
         for dropped_key, dropped in self.store.keep(key, session, now=now):
             self.sessions_dropped.labels(reason="max_sessions").inc()
@@ -165,6 +171,27 @@ class SessionRegistry:
                       unacked=unacked).warning(
                 "kept MQTT session dropped: more than mqtt.max_sessions are kept")
         return lost
+
+    def stopped(self) -> None:
+        """The server stopped, its connections ended (those that gave their session back):
+        the sessions kept are lost with it (memory only). Each is counted in
+        ``sessions_dropped{reason="server_stop"}``, the QoS 1 messages they kept as every
+        discarded session's are (``discarded``), and one line tells them all: WARNING when
+        messages were lost, INFO otherwise. A connection that ends later keeps nothing."""
+        self._stopped = True
+        lost = self.store.take_all()
+        if not lost:
+            return
+        self.sessions_dropped.labels(reason="server_stop").inc(len(lost))
+        unsent = unacked = 0
+        for _, session in lost:
+            u, a = self.discarded(session)
+            unsent, unacked = unsent + u, unacked + a
+        _log.bind(sessions=len(lost), unsent=unsent, unacked=unacked).log(
+            "WARNING" if unsent or unacked else "INFO",
+            "MQTT server stopped: {} kept sessions lost with it (kept in memory only); {} "
+            "messages kept for them never sent, {} sent and not acknowledged",
+            len(lost), unsent, unacked)
 
     def discarded(self, session: Session) -> tuple[int, int]:
         """``session`` is discarded: its QoS 1 messages are counted as lost (never written

@@ -3,7 +3,8 @@ accepts every connection (asyncio streams, no thread per connection), as the HTT
 a plain listener (``mqtt.port``), a TLS one (``mqtt.tls.port``), or both, as ThingsBoard runs
 1883 and 8883 side by side. It owns the clients' sessions (mqtt/registry.py): kept in memory
 for clean-session-false clients, dropped past ``mqtt.session_expiry_s`` (checked every minute
-at most) or beyond ``mqtt.max_sessions``, and lost when the server stops or restarts. A commit
+at most) or beyond ``mqtt.max_sessions``, and lost when the server stops or restarts (counted,
+with the messages they kept, and told in one line: registry.stopped). A commit
 that changes or removes a device's access token, or removes the device, closes the device's
 connections at once (the device service tells the registry, which closes them on this loop).
 
@@ -135,6 +136,7 @@ class MqttServer(LoopThreadServer):
                 task.cancel()
             if self._connections:  # cancelled, a connection waits for its subscriptions only
                 await asyncio.wait(self._connections, timeout=DRAIN_S + CLOSE_MARGIN_S)
+            self.registry.stopped()  # the sessions kept are lost: counted, one line
             for server in servers:
                 await server.wait_closed()
             self._log.info("mqtt stopped")

@@ -269,6 +269,12 @@ class SessionStore:
             dropped.append((oldest, kept))
         return dropped
 
+    def take_all(self) -> list[tuple[Key, Session]]:
+        """Every session kept, taken, with its key (the server stops: they are lost)."""
+        kept = [(key, session) for key, (session, _) in self._kept.items()]
+        self._kept.clear()
+        return kept
+
     def expire(self, now: float) -> list[tuple[Key, Session]]:
         """Drop the sessions left ``expiry_s`` ago or longer; them, with their keys."""
         dropped = []

@@ -711,6 +711,44 @@ def test_messages_waiting_under_the_receive_maximum_are_counted_when_the_session
         "dropped_too_large": 0}
 
 
+def test_sessions_lost_when_the_mqtt_server_stops_are_counted_and_told_in_one_line(
+        harness: Harness) -> None:
+    """Sessions are kept in memory only. Client "away5" subscribed and left (its session kept,
+    holding no message); client "stop5" (Receive Maximum 1, clean start 0) holds three RPC
+    requests, 1 written and not acknowledged, 2 and 3 waiting, when the agent stops: its
+    connection's end keeps its session, and the server's stop loses both. Counted as every
+    discarded session's messages are (2 session_unsent, 1 session_unacked), the two sessions
+    in edge_sync_mqtt_sessions_dropped_total{reason="server_stop"}, and told in one WARNING."""
+    fake, app = harness.connected_edge(**MQTT_ON)
+    dev = make_device(app, "mqtt5-stop")
+    kept = {"clean_start": False, "session_expiry": 600, "manual_ack": True}
+    with v5(app.mqtt_port, dev.token, client_id="away5", **kept) as away:
+        assert away.connect() == 0
+        assert away.subscribe(RESPONSES) == [0]
+    no_connections(app)
+    logs = Logs()
+    try:
+        with v5(app.mqtt_port, dev.token, client_id="stop5", receive_max=1, **kept) as client:
+            assert client.connect() == 0
+            requests_held_back(fake, app, dev, client, 3, sent=1)
+            assert discarded(app) == {}
+            harness.stop(app)
+    finally:
+        logs.close()
+    assert discarded(app) == {"session_unsent": 2, "session_unacked": 1}
+    assert {reason: app.metrics.value("edge_sync_mqtt_sessions_dropped_total", reason=reason)
+            for reason in ("server_stop", "expired", "max_sessions", "takeover")} == {
+        "server_stop": 2, "expired": 0, "max_sessions": 0, "takeover": 0}
+    (line,) = logs.matching("MQTT server stopped")
+    assert (line["level"].name, line["message"]) == (
+        "WARNING", "MQTT server stopped: 2 kept sessions lost with it (kept in memory only); 2 "
+        "messages kept for them never sent, 1 sent and not acknowledged")
+    assert {k: line["extra"][k] for k in ("sessions", "unsent", "unacked")} == {
+        "sessions": 2, "unsent": 2, "unacked": 1}
+    (gone,) = logs.matching("disconnected from MQTT")  # its session was kept at its end
+    assert (gone["extra"]["discarded_unsent"], gone["extra"]["discarded_unacked"]) == (0, 0)
+
+
 def test_a_resumed_session_says_apart_what_it_sends_again_and_what_it_sends_first(
         linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
     """Receive Maximum 1, three requests: 1 is sent, 2 and 3 wait. Back with Receive Maximum

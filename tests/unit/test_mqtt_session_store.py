@@ -576,3 +576,43 @@ def test_registry_counts_and_tells_the_messages_of_every_session_it_discards() -
     (expired,) = logs.matching("kept MQTT session expired")
     assert (expired["extra"]["client_id"], expired["extra"]["unsent"],
             expired["extra"]["unacked"]) == ("e", 1, 2)
+
+
+def test_the_server_stop_loses_the_kept_sessions_counted_and_told_in_one_line() -> None:
+    """``stopped``: the sessions kept are lost (memory only): each counted as server_stop, their
+    messages as every discarded session's, one line for them all (INFO when they held no
+    message). A connection that ends after the stop keeps nothing: its session is counted
+    too, and said in its own disconnect line (the counts ``detach`` returns)."""
+    async def scenario() -> None:
+        metrics = Metrics()
+        registry = SessionRegistry(store(), takeover_timeout_s=0.01, metrics=metrics)
+        holder, late = FakeHolder("a:1"), FakeHolder("b:2")
+        for client_id, written, waiting in (("one", 1, 2), ("two", 0, 1), ("empty", 0, 0)):
+            session, _ = await registry.attach((DEV, client_id), holder, clean=False, now=0.0)
+            registry.detach((DEV, client_id), holder, holding(session, written, waiting),
+                            clean=False, now=0.0)
+        still, _ = await registry.attach((DEV, "late"), late, clean=False, now=0.0)
+        registry.stopped()
+        assert len(registry.store) == 0
+        assert lost(metrics) == {f'{DISCARDED}{{reason="session_unsent"}}': 3,
+                                 f'{DISCARDED}{{reason="session_unacked"}}': 1}
+        assert registry.detach((DEV, "late"), late, holding(still, 1, 1), clean=False,
+                               now=1.0) == (1, 1)
+        assert len(registry.store) == 0
+        assert lost(metrics) == {f'{DISCARDED}{{reason="session_unsent"}}': 4,
+                                 f'{DISCARDED}{{reason="session_unacked"}}': 2}
+        assert dropped(metrics) == {f'{DROPPED}{{reason="server_stop"}}': 4}
+        quiet = SessionRegistry(store(), takeover_timeout_s=0.01, metrics=Metrics())
+        session, _ = await quiet.attach((DEV, "q"), holder, clean=False, now=0.0)
+        quiet.detach((DEV, "q"), holder, session, clean=False, now=0.0)
+        quiet.stopped()
+        SessionRegistry(store(), takeover_timeout_s=0.01, metrics=Metrics()).stopped()  # none
+
+    logs = Logs()
+    try:
+        asyncio.run(scenario())
+    finally:
+        logs.close()
+    lines = logs.matching("MQTT server stopped")
+    assert [(r["level"].name, r["extra"]["sessions"], r["extra"]["unsent"], r["extra"]["unacked"])
+            for r in lines] == [("WARNING", 3, 3, 1), ("INFO", 1, 0, 0)]
