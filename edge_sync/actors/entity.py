@@ -7,7 +7,10 @@ entity-store changes) of one atomic Append to the QueueActor.
 A device's session (devices/session.py) lives here too, made on first use: its open server-side
 RPC requests and who waits for them, who waits for shared attribute updates. Every RPC state
 change is one Append (the record, and the RPC_CALL event that tells the cloud when it does), and
-a request is handed to a waiting device only once its delivery is on disk.
+a request is handed to a waiting device only once its delivery is on disk; to an MQTT
+subscription at QoS 1 it is sent in flight, still QUEUED, and DELIVERED is recorded when the
+connection reports the PUBACK (RpcAcknowledged), or the request is QUEUED again when the
+client's session loses it (RpcUnsent).
 
 Edge-made changes of the entity graph (ChangeGraph: assets, relations, deletes of devices and
 of attribute and timeseries keys) pass through the entity's actor only for its order: the
@@ -612,8 +615,6 @@ class EntityActor:
                 if sent is None:  # not expected: has_next said there was one
                     waiter.release()
                     return
-                _log.bind(device=str(sent.device_id), rpc_id=sent.request_id).debug(
-                    "RPC {} sent, DELIVERED on the device's acknowledgement", sent.request_id)
                 waiter.resolve(sent)
                 continue
             change = session.rpc.take_next(self.now_ms())
@@ -626,14 +627,12 @@ class EntityActor:
         """The device acknowledged a request sent in flight: DELIVERED (SUCCESSFUL when
         one-way), recorded; nothing when it was answered, expired or sent again since."""
         change = self._session().rpc.acknowledged(cmd.sent, self.now_ms())
-        if change is None:
-            _log.bind(device=str(cmd.device_id), rpc_id=cmd.sent.request_id).debug(
-                "RPC {} acknowledged by the device: no longer in flight (answered, expired, or "
-                "sent again)", cmd.sent.request_id)
-            return
         _log.bind(device=str(cmd.device_id), rpc_id=cmd.sent.request_id).debug(
-            "RPC {} acknowledged by the device", cmd.sent.request_id)
-        self._record(change)
+            "RPC {} acknowledged by the device{}", cmd.sent.request_id,
+            "" if change is not None else ": no longer in flight (answered, expired, or sent "
+            "again)")
+        if change is not None:
+            self._record(change)
 
     def _rpc_unsent(self, cmd: RpcUnsent) -> None:
         """Requests sent in flight were lost without the device's acknowledgement: QUEUED
