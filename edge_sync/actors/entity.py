@@ -7,7 +7,10 @@ entity-store changes) of one atomic Append to the QueueActor.
 A device's session (devices/session.py) lives here too, made on first use: its open server-side
 RPC requests and who waits for them, who waits for shared attribute updates. Every RPC state
 change is one Append (the record, and the RPC_CALL event that tells the cloud when it does), and
-a request is handed to a waiting device only once its delivery is on disk.
+a request is handed to a waiting device only once its delivery is on disk; to an MQTT
+subscription at QoS 1 it is sent in flight, still QUEUED, and DELIVERED is recorded when the
+connection reports the PUBACK (RpcAcknowledged), or the request is QUEUED again when the
+client's session loses it (RpcUnsent).
 
 Edge-made changes of the entity graph (ChangeGraph: assets, relations, deletes of devices and
 of attribute and timeseries keys) pass through the entity's actor only for its order: the
@@ -63,10 +66,12 @@ from edge_sync.actors.messages import (
     RaiseAlarm,
     RequestRuleChainMetadata,
     RequireDevice,
+    RpcAcknowledged,
     RpcDeliveredLate,
     RpcHanded,
     RpcNotRecorded,
     RpcQueued,
+    RpcUnsent,
     RuleStateStale,
     SavesNotStored,
     SharedAttributesApplied,
@@ -210,6 +215,10 @@ class EntityActor:
                 self._expire(self.now_ms())  # it may have expired meanwhile: TIMEOUT now
             case RpcDeliveredLate():
                 self._rpc_delivered_late(command)
+            case RpcAcknowledged():
+                self._rpc_acknowledged(command)
+            case RpcUnsent():
+                self._rpc_unsent(command)
             case AttributesRequestQueued():
                 self._session().fetch.queued(command.seq)
             case ChangeGraph():
@@ -588,17 +597,63 @@ class EntityActor:
         self._deliver()
 
     def _deliver(self) -> None:
-        """Hand queued requests to waiting devices, one each, oldest first."""
+        """Hand queued requests to waiting devices, one each, oldest first. A waiter whose
+        transport reports the delivery (``acks``: an MQTT subscription at QoS 1) is handed the
+        request at once, in flight and still QUEUED (nothing recorded): DELIVERED comes with
+        the device's acknowledgement (RpcAcknowledged), as ThingsBoard's device actor learns it
+        from MqttTransportHandler's PUBACK (DeviceActorMessageProcessor
+        .processRpcResponseStatus). Any other is handed it once DELIVERED is recorded."""
         session = self._session()
         while session.rpc_waiters:
-            change = session.rpc.take_next(self.now_ms())
-            if change is None:
+            if not session.rpc.has_next(self.now_ms()):
                 return
             waiter = session.next_rpc_waiter()
             if waiter is None:
-                session.rpc.restore(change)
+                return
+            if getattr(waiter, "acks", False):
+                sent = session.rpc.send_next(self.now_ms())
+                if sent is None:  # not expected: has_next said there was one
+                    waiter.release()
+                    return
+                waiter.resolve(sent)
+                continue
+            change = session.rpc.take_next(self.now_ms())
+            if change is None:  # not expected: has_next said there was one
+                waiter.release()
                 return
             self._record(change, then=self._hand_over(change, waiter))
+
+    def _rpc_acknowledged(self, cmd: RpcAcknowledged) -> None:
+        """The device acknowledged a request sent in flight: DELIVERED (SUCCESSFUL when
+        one-way), recorded; nothing when it was answered, expired or sent again since."""
+        change = self._session().rpc.acknowledged(cmd.sent, self.now_ms())
+        _log.bind(device=str(cmd.device_id), rpc_id=cmd.sent.request_id).debug(
+            "RPC {} acknowledged by the device{}", cmd.sent.request_id,
+            "" if change is not None else ": no longer in flight (answered, expired, or sent "
+            "again)")
+        if change is not None:
+            self._record(change)
+
+    def _rpc_unsent(self, cmd: RpcUnsent) -> None:
+        """Requests sent in flight were lost without the device's acknowledgement: QUEUED
+        again for the next subscriber (EXPIRED when their time has come), one INFO line; or
+        FAILED when the transport can never send them."""
+        session = self._session()
+        now = self.now_ms()
+        if cmd.failed:
+            for sent in cmd.sent:
+                change = session.rpc.unsendable(sent, cmd.reason, now)
+                if change is not None:
+                    self._record(change)
+            return
+        back = [sent.request_id for sent in cmd.sent if session.rpc.unsent(sent)]
+        if back:
+            _log.bind(device=str(cmd.device_id), rpc_ids=back, count=len(back),
+                      reason=cmd.reason).info(
+                "{} RPC requests sent and not acknowledged back in the queue: {}", len(back),
+                cmd.reason)
+        self._expire(now)  # their time may have come: EXPIRED, never delivered
+        self._deliver()
 
     def _hand_over(self, change: Transition,
                    waiter: Subscriber) -> Callable[[BaseException | None], None]:

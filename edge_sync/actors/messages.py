@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edge_sync.devices.rpc import RpcRequest, Transition
+from edge_sync.devices.rpc import RpcRequest, RpcSent, Transition
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.storage.dead_letters import Selection
 from edge_sync.storage.records import Device, NewEvent, Scope
@@ -286,10 +286,33 @@ class PostRpcResponse:
 @dataclass(frozen=True, slots=True)
 class PollRpc:
     """A device waits for its next server-side RPC request (resolved with the request's
-    device JSON once it is recorded as delivered)."""
+    device JSON once it is recorded as delivered; a subscriber whose transport reports the
+    delivery, ``acks`` true, is resolved at once with an RpcSent, the request in flight)."""
 
     device_id: uuid.UUID
     subscriber: Subscriber = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RpcAcknowledged:
+    """The device acknowledged a request sent in flight (MQTT: the PUBACK of the packet that
+    carried it): DELIVERED, or SUCCESSFUL when one-way."""
+
+    device_id: uuid.UUID
+    sent: RpcSent
+
+
+@dataclass(frozen=True, slots=True)
+class RpcUnsent:
+    """Requests sent in flight were lost without the device's acknowledgement (``reason``:
+    the MQTT session that held them was discarded, or its connection ended before they were
+    written): QUEUED again, for the next subscriber. ``failed``: the transport can never send
+    them (larger than the client's Maximum Packet Size): FAILED instead."""
+
+    device_id: uuid.UUID
+    sent: tuple[RpcSent, ...]
+    reason: str
+    failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +474,8 @@ class SavesNotStored:
 EntityCommand = (
     PostTelemetry | PostClientAttributes | ProvisionDevice | RaiseAlarm | PostRpcResponse
     | PollRpc | PollAttributes | FetchSharedAttributes | RpcQueued | SharedAttributesApplied
-    | RpcNotRecorded | RpcHanded | RpcDeliveredLate | AttributesRequestQueued
+    | RpcNotRecorded | RpcHanded | RpcDeliveredLate | RpcAcknowledged | RpcUnsent
+    | AttributesRequestQueued
     | ChangeGraph | RequestRuleChainMetadata | MetadataRequestQueued | EntityDeleted
     | SharedAttributesDeleted | RuleStateStale | SavesNotStored
 )
@@ -461,7 +485,8 @@ GRAPH_COMMANDS = (ChangeGraph, RequestRuleChainMetadata, MetadataRequestQueued, 
 ENTITY_COMMANDS = (
     PostTelemetry, PostClientAttributes, ProvisionDevice, RaiseAlarm, PostRpcResponse, PollRpc,
     PollAttributes, FetchSharedAttributes, RpcQueued, SharedAttributesApplied, RpcNotRecorded,
-    RpcHanded, RpcDeliveredLate, AttributesRequestQueued, RuleStateStale, SavesNotStored,
+    RpcHanded, RpcDeliveredLate, RpcAcknowledged, RpcUnsent, AttributesRequestQueued,
+    RuleStateStale, SavesNotStored,
     *GRAPH_COMMANDS,
 )
 

@@ -11,7 +11,7 @@ import contextlib
 import secrets
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,6 +27,8 @@ from edge_sync.actors.messages import (
     PostTelemetry,
     ProvisionDevice,
     RaiseAlarm,
+    RpcAcknowledged,
+    RpcUnsent,
 )
 from edge_sync.actors.shard import EntityRouter
 from edge_sync.api.null_values import NullValues
@@ -39,7 +41,7 @@ from edge_sync.api.payloads import (
 )
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common import ids
-from edge_sync.devices.rpc import TextAnswer
+from edge_sync.devices.rpc import RpcSent, TextAnswer
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import BadRequest, Conflict, NotFound, Unauthorized
 from edge_sync.metrics import Metrics
@@ -225,6 +227,19 @@ class DeviceService:
         """``subscriber`` gets the device's next server-side RPC request, once recorded as
         delivered."""
         self._router.tell(PollRpc(device_id, subscriber))
+
+    def rpc_acknowledged(self, sent: RpcSent) -> None:
+        """The device acknowledged a request it was sent in flight (MQTT: its PUBACK): the
+        device's entity actor records it DELIVERED. Returns at once (a mailbox, no wait)."""
+        self._router.tell(RpcAcknowledged(sent.device_id, sent))
+
+    def rpc_unsent(self, device_id: uuid.UUID, sent: Sequence[RpcSent], reason: str, *,
+                   failed: bool = False) -> None:
+        """Requests sent in flight to ``device_id`` were lost unacknowledged (``reason``): the
+        entity actor queues them again (``failed``: can never be sent, FAILED). Returns at
+        once."""
+        if sent:
+            self._router.tell(RpcUnsent(device_id, tuple(sent), reason, failed))
 
     def poll_attributes(self, device_id: uuid.UUID, subscriber: Subscriber) -> None:
         """``subscriber`` gets the device's next shared attribute update (changed keys only)."""

@@ -22,11 +22,28 @@ next deadline acts again). A delivery is in flight from ``take_next`` until the 
 device was handed the request (``handed``), or that it was not (``restore``: its record failed;
 ``expire_late``: it was recorded only once expired): meanwhile its expiry waits, so a request
 is TIMEOUT only once a device really got it, and EXPIRED otherwise.
+
+A transport that learns of the delivery from the device itself (MQTT at QoS 1: the PUBACK)
+takes a request with ``send_next`` instead: it is sent, in flight, and stays QUEUED (on disk
+too, so an agent killed meanwhile finds it QUEUED and delivers it again) until the transport
+says the device acknowledged it (``acknowledged``: DELIVERED, or SUCCESSFUL when one-way) or
+lost it (``unsent``: QUEUED again, in its place among the queued ones, for the next taker). An
+answer that comes before the acknowledgement implies it (the device had the request). Each
+sending has its own number (an RpcSent's ``attempt``): what is said of an earlier one (a PUBACK
+of a session discarded since) changes nothing. A request in flight is EXPIRED at its
+expirationTime (the device is not known to have got it). This is ThingsBoard's persistent RPC
+over MQTT: MqttTransportHandler.sendToDeviceRpcRequest keeps a QoS 1 request in
+``rpcAwaitingAck`` (RpcStatus.SENT) and reports RpcStatus.DELIVERED on its PUBACK
+(processMqttMsg, case PUBACK); DeviceActorMessageProcessor keeps it in
+``toDeviceRpcPendingMap`` not delivered until then (processRpcResponseStatus), sends it again
+to a session that subscribes (sendPendingRequests), and processServerSideRpcTimeout makes it
+EXPIRED at its expirationTime.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import uuid
 from collections.abc import Iterable
@@ -42,6 +59,9 @@ DEFAULT_RPC_TIMEOUT_MS = 10_000
 (ThingsBoard's default RPC timeout)."""
 
 _RECENT_FINAL = 64  # finished requests remembered per device, to explain a late answer
+
+_ATTEMPTS = itertools.count(1)  # every sending's number, unique in the process (a book made
+# again, after its shard restarted, never reuses one)
 
 NO_METHOD = "no method"
 """The reason a request without a method is FAILED (reported to the cloud as INTERNAL)."""
@@ -125,6 +145,22 @@ class RpcRequest:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class RpcSent:
+    """A request sent to a transport that reports its delivery (``send_next``): what the
+    device gets (``body``, its device JSON) and what names this sending when the transport
+    reports back (RpcBook.acknowledged / unsent)."""
+
+    device_id: uuid.UUID
+    request_uuid: uuid.UUID
+    attempt: int
+    body: dict[str, Any]
+
+    @property
+    def request_id(self) -> int:
+        return int(self.body["id"])
+
+
 def expiration_of(expiration_time: int, now_ms: int) -> int:
     """The expiry the edge keeps: the cloud's, or DEFAULT_RPC_TIMEOUT_MS from now when none.
     Any far-future expiry is kept as it is (ThingsBoard's AbstractRpcController takes any long):
@@ -145,12 +181,13 @@ class Transition:
 class RpcBook:
     """The open RPC requests of one device, in arrival order, and the last finished ones."""
 
-    __slots__ = ("_delivering", "_open", "_recent")
+    __slots__ = ("_delivering", "_open", "_recent", "_sent")
 
     def __init__(self) -> None:
         self._open: dict[uuid.UUID, RpcRequest] = {}
         self._recent: dict[int, RpcRequest] = {}
         self._delivering: set[uuid.UUID] = set()  # delivered, not yet known to be handed over
+        self._sent: dict[uuid.UUID, int] = {}  # sent, QUEUED until acknowledged: its attempt
 
     def __len__(self) -> int:
         return len(self._open)
@@ -169,26 +206,94 @@ class RpcBook:
 
     def next_deadline(self) -> int | None:
         """When ``expire_due`` has work next (ms): the earliest expirationTime of an open
-        request not in flight to a device (at once for one without a method, to be FAILED),
+        request whose delivery is not being recorded (at once for one without a method, to be FAILED),
         None when there is none."""
         return min((r.expiration_time if r.method else r.queued_at
                     for u, r in self._open.items() if u not in self._delivering), default=None)
 
+    def _next_queued(self, now_ms: int) -> RpcRequest | None:
+        for request in self._open.values():
+            if request.status is RpcStatus.QUEUED and request.method \
+                    and now_ms < request.expiration_time and request.request_uuid not in self._sent:
+                return request
+        return None
+
+    def has_next(self, now_ms: int) -> bool:
+        """Whether ``take_next`` or ``send_next`` has a request to give."""
+        return self._next_queued(now_ms) is not None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet acknowledged (``send_next``)."""
+        return len(self._sent)
+
+    def send_next(self, now_ms: int) -> RpcSent | None:
+        """The oldest QUEUED request that has not expired, now sent to a transport that reports
+        its delivery: in flight, still QUEUED (nothing to record) until ``acknowledged`` or
+        ``unsent``. None when there is none."""
+        request = self._next_queued(now_ms)
+        if request is None:
+            return None
+        attempt = self._sent[request.request_uuid] = next(_ATTEMPTS)
+        return RpcSent(request.device_id, request.request_uuid, attempt, request.device_json())
+
+    def acknowledged(self, sent: RpcSent, now_ms: int) -> Transition | None:
+        """The device acknowledged ``sent``: DELIVERED (SUCCESSFUL, reported with an empty
+        answer, when one-way), as ``take_next`` makes it; EXPIRED, reported, when that came at
+        or after its expirationTime. None when the request is no longer in flight by that
+        sending (answered, expired, or sent again since)."""
+        request = self._open.get(sent.request_uuid)
+        if request is None or self._sent.get(sent.request_uuid) != sent.attempt:
+            return None
+        del self._sent[sent.request_uuid]
+        if now_ms >= request.expiration_time:
+            done = replace(request, status=RpcStatus.EXPIRED, updated_at=now_ms, error="TIMEOUT")
+            self._finish(done)
+            return Transition(done, {**done.echo(), "error": "TIMEOUT"}, request)
+        if request.oneway:
+            done = replace(request, status=RpcStatus.SUCCESSFUL, updated_at=now_ms)
+            self._finish(done)
+            return Transition(done, {**done.echo(), "response": {}}, request)
+        delivered = replace(request, status=RpcStatus.DELIVERED, updated_at=now_ms)
+        self._open[request.request_uuid] = delivered
+        return Transition(delivered, None, request)
+
+    def unsent(self, sent: RpcSent) -> bool:
+        """The transport lost ``sent`` without the device's acknowledgement: QUEUED again, in
+        its place by arrival, for the next taker. False when it is no longer in flight by that
+        sending."""
+        if self._sent.get(sent.request_uuid) != sent.attempt:
+            return False
+        del self._sent[sent.request_uuid]
+        return True
+
+    def unsendable(self, sent: RpcSent, error: str, now_ms: int) -> Transition | None:
+        """The transport can never send ``sent`` to this device (larger than the client takes):
+        FAILED with ``error``, reported as INTERNAL (as a request without a method; ThingsBoard
+        answers a request whose publish failed with an error: MqttTransportHandler
+        .sendToDeviceRpcRequest, sendErrorRpcResponse). None when it is no longer in flight by
+        that sending."""
+        request = self._open.get(sent.request_uuid)
+        if request is None or self._sent.get(sent.request_uuid) != sent.attempt:
+            return None
+        done = replace(request, status=RpcStatus.FAILED, updated_at=now_ms, error=error)
+        self._finish(done)
+        return Transition(done, {**done.echo(), "error": "INTERNAL"}, request)
+
     def take_next(self, now_ms: int) -> Transition | None:
         """The oldest QUEUED request that has not expired, now delivered: DELIVERED (or
         SUCCESSFUL, reported with an empty answer, when one-way). None when there is none."""
-        for request in self._open.values():
-            if request.status is RpcStatus.QUEUED and request.method \
-                    and now_ms < request.expiration_time:
-                if request.oneway:
-                    done = replace(request, status=RpcStatus.SUCCESSFUL, updated_at=now_ms)
-                    self._finish(done)
-                    return Transition(done, {**done.echo(), "response": {}}, request)
-                delivered = replace(request, status=RpcStatus.DELIVERED, updated_at=now_ms)
-                self._open[request.request_uuid] = delivered
-                self._delivering.add(request.request_uuid)
-                return Transition(delivered, None, request)
-        return None
+        request = self._next_queued(now_ms)
+        if request is None:
+            return None
+        if request.oneway:
+            done = replace(request, status=RpcStatus.SUCCESSFUL, updated_at=now_ms)
+            self._finish(done)
+            return Transition(done, {**done.echo(), "response": {}}, request)
+        delivered = replace(request, status=RpcStatus.DELIVERED, updated_at=now_ms)
+        self._open[request.request_uuid] = delivered
+        self._delivering.add(request.request_uuid)
+        return Transition(delivered, None, request)
 
     def handed(self, request_uuid: uuid.UUID) -> None:
         """The delivered request reached the device: from now on it times out unanswered."""
@@ -227,12 +332,17 @@ class RpcBook:
     def answer(self, request_id: int, response: Any, now_ms: int) -> Transition:
         """The device's answer to ``request_id``: SUCCESSFUL, reported with the answer.
         NotFound when no delivered request has that id; Conflict when it has finished
-        (expired, timed out, answered) or was never delivered."""
+        (expired, timed out, answered) or was never delivered. A request in flight
+        (``send_next``) takes its answer: the device had it, its acknowledgement is still to
+        come (an MQTT client may answer before its PUBACK)."""
         matching = [r for r in self._open.values() if r.request_id == request_id]
-        # a delivered one first (a cloud may reuse an id while an older request is open)
-        matching.sort(key=lambda r: r.status is not RpcStatus.DELIVERED)
+        # a delivered one first (a cloud may reuse an id while an older request is open); one
+        # in flight counts as delivered: the device answers what it got, PUBACK or not
+        sent = self._sent
+        matching.sort(key=lambda r: r.status is not RpcStatus.DELIVERED
+                      and r.request_uuid not in sent)
         for request in matching[:1]:
-            if request.status is not RpcStatus.DELIVERED:
+            if request.status is not RpcStatus.DELIVERED and request.request_uuid not in sent:
                 raise Conflict(f"RPC request {request_id} was not delivered yet; nothing to answer")
             if now_ms >= request.expiration_time:
                 raise Conflict(f"RPC request {request_id} expired at {request.expiration_time}; "
@@ -255,11 +365,12 @@ class RpcBook:
     def expire_due(self, now_ms: int) -> list[Transition]:
         """Requests whose expirationTime has come: EXPIRED (never delivered) or TIMEOUT
         (delivered, not answered), each reported to the cloud with error TIMEOUT, as
-        ThingsBoard Edge reports both; a request in flight to a device waits until it is known
-        whether the device got it. And a request the edge cannot deliver at all (no method):
-        FAILED with that reason, reported as INTERNAL (an RpcError name; ThingsBoard's REST
-        caller gets its timeout status for any error but NO_ACTIVE_CONNECTION,
-        AbstractRpcController.reply)."""
+        ThingsBoard Edge reports both; a request whose delivery is being recorded waits until
+        it is known whether the device got it, one sent and not yet acknowledged
+        (``send_next``) is EXPIRED (processServerSideRpcTimeout). And a request the edge
+        cannot deliver at all (no method): FAILED with that reason, reported as INTERNAL (an
+        RpcError name; ThingsBoard's REST caller gets its timeout status for any error but
+        NO_ACTIVE_CONNECTION, AbstractRpcController.reply)."""
         out: list[Transition] = []
         for request in list(self._open.values()):
             if request.request_uuid in self._delivering:
@@ -279,6 +390,7 @@ class RpcBook:
 
     def _finish(self, done: RpcRequest) -> None:
         self._open.pop(done.request_uuid, None)
+        self._sent.pop(done.request_uuid, None)
         self._recent[done.request_id] = done
         while len(self._recent) > _RECENT_FINAL:
             del self._recent[next(iter(self._recent))]

@@ -11,8 +11,9 @@ the session hands out between two results is missed, as it was between two waits
 long polls.
 
 - ``resolve``: the value is handed to ``on_value`` on the loop, even after ``close`` (it was
-  claimed while the subscriber was open: a server-side RPC request is DELIVERED by then, and is
-  the owner's to publish or to report).
+  claimed while the subscriber was open: a server-side RPC request is DELIVERED by then, or in
+  flight when the subscriber ``acks``, and is the owner's to publish, to report delivered or
+  to give back).
 - ``release``: nothing comes for that claim; the subscriber stays as it was.
 - ``fail``: the session could not serve it (its shard is restarting and dropped its waiters, or
   a delivery could not be recorded): the subscriber closes (``live`` False, so the session
@@ -39,7 +40,7 @@ class StandingSubscriber:
     """A Subscriber (devices/subscribers.py) that stays live until closed or failed."""
 
     __slots__ = ("_claims", "_closed", "_failed", "_idle", "_lock", "_loop", "_on_failure",
-                 "_on_value", "_settled")
+                 "_on_value", "_settled", "acks")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_value: Callable[[Any], None],
                  on_failure: Callable[[BaseException], None]) -> None:
@@ -52,6 +53,11 @@ class StandingSubscriber:
         self._claims = 0  # successful claims (any thread, under the lock)
         self._settled = 0  # of them, those whose outcome reached the loop (the loop only)
         self._idle = asyncio.Event()  # the loop only: set whenever nothing claimed is pending
+        self.acks = False
+        """Set by the owner (on its loop; read by the session's thread at a claim): whether it
+        reports the delivery of an RPC request itself (an MQTT subscription at QoS 1: the
+        PUBACK). The session then hands it a request in flight (an RpcSent, still QUEUED)
+        instead of one recorded DELIVERED first."""
 
     # -- the session's side (any thread) ---------------------------------------------------------
 

@@ -72,6 +72,7 @@ from loguru import logger
 
 from edge_sync.api import client_rpc
 from edge_sync.api.device_service import DeviceService
+from edge_sync.devices.rpc import RpcSent
 from edge_sync.devices.subscribers import LongPoll
 from edge_sync.errors import BadRequest, Unauthorized
 from edge_sync.mqtt import provision, topics
@@ -257,6 +258,12 @@ class MqttConnection:
         delivery being recorded)."""
         own = self._subscriptions.pending if self._subscriptions is not None else 0
         return own + (self._gateway.results_pending if self._gateway is not None else 0)
+
+    @property
+    def unacked(self) -> int:
+        """QoS 1 messages its session keeps for the client: written and awaiting their PUBACK,
+        or waiting to be written under the client's Receive Maximum."""
+        return len(self._session.outbox) if self._session is not None else 0
 
     async def run(self) -> None:
         self._task = asyncio.current_task()
@@ -452,7 +459,11 @@ class MqttConnection:
             elif kind == PUBACK:
                 assert self._session is not None
                 outbox = self._session.outbox
-                outbox.acked(self._codec.packet_id(frame))
+                acked = outbox.acked(self._codec.packet_id(frame))
+                if acked is not None and acked.rpc is not None:
+                    # the RPC request it carried is DELIVERED (MqttTransportHandler
+                    # .processMqttMsg, case PUBACK: rpcAwaitingAck, RpcStatus.DELIVERED)
+                    self._service.rpc_acknowledged(acked.rpc)
                 if outbox.waiting:  # room under the client's Receive Maximum (MQTT 5)
                     self._send_due()
             else:
@@ -627,8 +638,8 @@ class MqttConnection:
         come now). The messages sent again (DUP) and those sent for the first time (they
         waited under the Receive Maximum of an earlier connection)."""
         sent, resent = self._send_due()
-        for topic_filter in list(session.subscriptions):
-            if not self._serve_filter(topic_filter):
+        for topic_filter, qos in list(session.subscriptions.items()):
+            if not self._serve_filter(topic_filter, qos):
                 del session.subscriptions[topic_filter]
         return resent, sent - resent
 
@@ -799,8 +810,7 @@ class MqttConnection:
                 codes.append(every)
             elif v5 and topic_filter.startswith("$share/"):
                 codes.append(Reason.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
-            elif self._serve_filter(topic_filter):
-                granted = min(int(qos), MAX_GRANTED_QOS)
+            elif self._serve_filter(topic_filter, granted := min(int(qos), MAX_GRANTED_QOS)):
                 session.subscriptions[topic_filter] = granted
                 codes.append(granted)
             else:
@@ -809,10 +819,10 @@ class MqttConnection:
                     "subscription to a topic the edge does not serve refused")
         self._write(self._codec.suback(packet_id, codes))
 
-    def _serve_filter(self, topic_filter: str) -> bool:
+    def _serve_filter(self, topic_filter: str, qos: int) -> bool:
         if topic_filter.startswith(topics.GATEWAY_PREFIX):
             return self._gateway_api().subscribe(topic_filter)
-        return self._subscriptions_of().subscribe(topic_filter)
+        return self._subscriptions_of().subscribe(topic_filter, qos)
 
     def _unsubscribe(self, frame: Frame) -> None:
         """UNSUBACK; over MQTT 5 with 0x00 for a filter subscribed, 0x11 (no subscription
@@ -830,20 +840,32 @@ class MqttConnection:
                 self._subscriptions.unsubscribe(topic_filter)
         self._write(self._codec.unsuback(packet_id, codes))
 
-    def _publish_to_device(self, topic: str, payload: bytes) -> None:
+    def _publish_to_device(self, topic: str, payload: bytes, rpc: RpcSent | None = None) -> None:
         """At the QoS granted to the subscription the topic falls under; a QoS 1 message is
         kept in the session until its PUBACK (and sent again on a clean-session-false
         reconnect), and sent once the client's Receive Maximum leaves room (``_send_due``).
         An MQTT 5 client's Maximum Packet Size is honoured: a message larger is not sent
-        (``_too_large``)."""
+        (``_too_large``).
+
+        ``rpc``: the server-side RPC request the message carries, in flight (still QUEUED),
+        as ThingsBoard's MqttTransportHandler.sendToDeviceRpcRequest sends it: at QoS 1
+        DELIVERED on its PUBACK (``rpcAwaitingAck``), at QoS 0 once written. One the client
+        can never take (over its Maximum Packet Size) is FAILED. One dropped unacknowledged
+        beyond ``mqtt.max_unacked_per_session`` (a client that does not acknowledge) stays in
+        flight and is EXPIRED at its expirationTime: given back to the queue, it would be sent
+        to the same client again at once, and drop another."""
         session, codec = self._session, self._codec
         qos = 0 if session is None else session.qos_for(topic)
         if self._too_large(topic, payload, qos):
+            if rpc is not None:
+                self._unsendable(rpc)
             return
         if session is None or qos == 0:
             self._write(codec.outgoing(topic, payload, None, False, 0))
+            if rpc is not None:
+                self._service.rpc_acknowledged(rpc)
             return
-        dropped = session.outbox.add(topic, payload)
+        dropped = session.outbox.add(topic, payload, rpc)
         if dropped is not None:
             self._dropped += 1
             self._registry.unacked_dropped.inc()
@@ -853,6 +875,15 @@ class MqttConnection:
                     "are kept for the client (further drops on this connection are counted, "
                     "not logged)", dropped.packet_id or "(not yet sent)")
         self._send_due()
+
+    def _unsendable(self, rpc: RpcSent) -> None:
+        """An RPC request over the client's Maximum Packet Size: FAILED (sent again, it would
+        be too large again)."""
+        codec = self._codec
+        limit = codec.client_max_packet if isinstance(codec, Mqtt5) else None
+        self._service.rpc_unsent(rpc.device_id, (rpc,),
+                                 f"larger than the client's Maximum Packet Size of {limit}",
+                                 failed=True)
 
     def _send_due(self) -> tuple[int, int]:
         """Send the QoS 1 messages of the session's outbox that are due, oldest first: all of
@@ -867,6 +898,8 @@ class MqttConnection:
         sent = resent = 0
         while (message := outbox.due()) is not None:
             if self._too_large(message.topic, message.payload, 1):
+                if message.rpc is not None:
+                    self._unsendable(message.rpc)
                 continue
             dup = outbox.sending(message)
             self._write(codec.outgoing(message.topic, message.payload, message.packet_id, dup, 1))
@@ -993,7 +1026,8 @@ class MqttConnection:
         if self._subscriptions is None:
             assert self._device is not None
             self._subscriptions = Subscriptions(self._service, self._device.id,
-                                                self._publish_to_device)
+                                                self._publish_to_device,
+                                                send_rpc=self._publish_to_device)
         return self._subscriptions
 
     def _gateway_api(self) -> Gateway:

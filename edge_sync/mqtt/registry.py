@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from loguru import logger
 
+from edge_sync.devices.rpc import RpcSent
 from edge_sync.metrics import Metrics, device_answers
 from edge_sync.mqtt.sessions import Key, Session, SessionStore
 from edge_sync.storage.entity_store import Revocation, Revoked
 
-__all__ = ["Holder", "SessionRegistry"]
+__all__ = ["Holder", "Lost", "SessionRegistry"]
+
+Lost = Callable[[uuid.UUID, Sequence[RpcSent], str], None]
+"""Told the RPC requests in flight a discarded session held for a device, and why."""
 
 _log = logger.bind(component="mqtt")
 
@@ -68,13 +73,20 @@ class SessionRegistry:
     the client: it waited under the client's Receive Maximum) or ``session_unacked`` (written,
     its PUBACK not come), and their numbers are fields of the line that tells of the discard
     (the connection's disconnect line when the session ends with it); the connections count
-    there too what is over a client's Maximum Packet Size (``max_packet_size``). It also
+    there too what is over a client's Maximum Packet Size (``max_packet_size``). A
+    server-side RPC request among the messages a discarded session held is not lost for its
+    device: it goes back to the device's queue (``lost``: the device service's rpc_unsent),
+    QUEUED for the next subscriber, as ThingsBoard's device actor keeps a request not yet
+    delivered for the next session (DeviceActorMessageProcessor.sendPendingRequests). It also
     holds the server's ``edge_sync_mqtt_publishes_dropped_total{reason}`` (``publishes_dropped``),
     which the connections count in: publishes acknowledged and dropped (mqtt/dropped.py)."""
 
     def __init__(self, store: SessionStore, *, takeover_timeout_s: float,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, lost: Lost | None = None) -> None:
+        """``lost``: told the RPC requests of each device a discarded session held
+        unacknowledged, and why (None: nobody is told)."""
         self.store = store
+        self._lost = lost
         self._takeover_timeout = takeover_timeout_s
         self._holders: dict[Key, Holder] = {}
         self._stopped = False  # the server stopped: no session is kept any more
@@ -137,7 +149,8 @@ class SessionRegistry:
         self._holders[key] = holder
         self.expire(now)
         if clean and (gone := self.store.discard(key)) is not None:
-            unsent, unacked = self.discarded(gone)
+            unsent, unacked = self.discarded(gone, "its kept MQTT session was discarded by a "
+                                             "clean start")
             if unsent or unacked:
                 _log.bind(device=str(key[0]), client_id=key[1][:64], unsent=unsent,
                           unacked=unacked).info(
@@ -153,18 +166,20 @@ class SessionRegistry:
         written to the client, and those written and not acknowledged ((0, 0) when kept)."""
         if self._holders.get(key) is not holder:
             # taken over without waiting for it: its session is not the current one
-            return self.discarded(session)
+            return self.discarded(session, "its MQTT session was taken over")
         del self._holders[key]
         self.expire(now)
         if clean:
-            return self.discarded(session)
+            return self.discarded(session, "its MQTT session ended with its connection (clean "
+                                  "session)")
         if self._stopped:  # ended after the server's stop (``stopped``): nothing is kept now
             self.sessions_dropped.labels(reason="server_stop").inc()
-            return self.discarded(session)
+            return self.discarded(session, "the MQTT server stopped")
         lost = (0, 0)
         for dropped_key, dropped in self.store.keep(key, session, now=now):
             self.sessions_dropped.labels(reason="max_sessions").inc()
-            unsent, unacked = self.discarded(dropped)
+            unsent, unacked = self.discarded(dropped, "its kept MQTT session was dropped "
+                                             "(mqtt.max_sessions)")
             if dropped is session:
                 lost = (unsent, unacked)
             _log.bind(device=str(dropped_key[0]), client_id=dropped_key[1][:64], unsent=unsent,
@@ -185,7 +200,7 @@ class SessionRegistry:
         self.sessions_dropped.labels(reason="server_stop").inc(len(lost))
         unsent = unacked = 0
         for _, session in lost:
-            u, a = self.discarded(session)
+            u, a = self.discarded(session, "the MQTT server stopped")
             unsent, unacked = unsent + u, unacked + a
         _log.bind(sessions=len(lost), unsent=unsent, unacked=unacked).log(
             "WARNING" if unsent or unacked else "INFO",
@@ -193,14 +208,22 @@ class SessionRegistry:
             "messages kept for them never sent, {} sent and not acknowledged",
             len(lost), unsent, unacked)
 
-    def discarded(self, session: Session) -> tuple[int, int]:
-        """``session`` is discarded: its QoS 1 messages are counted as lost (never written
-        to the client, written and not acknowledged), and returned."""
+    def discarded(self, session: Session, reason: str) -> tuple[int, int]:
+        """``session`` is discarded (``reason``): its QoS 1 messages are counted as lost
+        (never written to the client, written and not acknowledged), and returned; the RPC
+        requests among them go back to their device's queue."""
         unsent, unacked = session.outbox.kept()
         if unsent:
             self._unsent.inc(unsent)
         if unacked:
             self._unacked.inc(unacked)
+        if (unsent or unacked) and self._lost is not None:
+            by_device: dict[uuid.UUID, list[RpcSent]] = {}
+            for message in session.outbox.unacked():
+                if message.rpc is not None:
+                    by_device.setdefault(message.rpc.device_id, []).append(message.rpc)
+            for device_id, sent in by_device.items():
+                self._lost(device_id, sent, reason)
         return unsent, unacked
 
     def enter(self, device_id: uuid.UUID, holder: Holder, *, gateway: bool) -> None:
@@ -234,6 +257,7 @@ class SessionRegistry:
     def expire(self, now: float) -> None:
         for key, session in self.store.expire(now):
             self.sessions_dropped.labels(reason="expired").inc()
-            unsent, unacked = self.discarded(session)
+            unsent, unacked = self.discarded(session, "its kept MQTT session expired "
+                                             "(mqtt.session_expiry_s)")
             _log.bind(device=str(key[0]), client_id=key[1][:64], unsent=unsent,
                       unacked=unacked).info("kept MQTT session expired (mqtt.session_expiry_s)")

@@ -92,7 +92,8 @@ class MqttServer(LoopThreadServer):
         self.registry = SessionRegistry(
             SessionStore(max_kept=max_sessions, expiry_s=session_expiry_s,
                          unacked_limit=max_unacked_per_session),
-            takeover_timeout_s=limits.close_s + CLOSE_MARGIN_S, metrics=metrics)
+            takeover_timeout_s=limits.close_s + CLOSE_MARGIN_S, metrics=metrics,
+            lost=service.rpc_unsent)
         self.tls_port = 0
         self._connections: set[asyncio.Task[None]] = set()
         self._live: set[MqttConnection] = set()
@@ -107,6 +108,12 @@ class MqttServer(LoopThreadServer):
         """What the devices' sessions took for the subscriptions of the open connections and
         have not handed over yet (read on any thread: a snapshot)."""
         return sum(c.results_pending for c in list(self._live))
+
+    @property
+    def unacked(self) -> int:
+        """QoS 1 messages the sessions of the open connections keep for their clients, awaiting
+        their PUBACK (read on any thread: a snapshot)."""
+        return sum(c.unacked for c in list(self._live))
 
     async def _serve(self) -> None:
         servers: list[asyncio.Server] = []

@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from edge_sync.devices.rpc import RpcSent
 from edge_sync.mqtt.topics import matches
 
 __all__ = ["MAX_AWAITING_RELEASE", "Key", "OutMessage", "Outbox", "Session", "SessionStore"]
@@ -40,11 +41,14 @@ publish would go beyond it)."""
 @dataclass(slots=True)
 class OutMessage:
     """A QoS 1 PUBLISH the edge keeps for a client until its PUBACK. ``packet_id`` is 0 until
-    it is first sent; it keeps its id when it is sent again (DUP) on a later connection."""
+    it is first sent; it keeps its id when it is sent again (DUP) on a later connection.
+    ``rpc``: the server-side RPC request it carries, in flight until that PUBACK (delivered
+    then; given back to the device's queue when the message is lost)."""
 
     topic: str
     payload: bytes
     packet_id: int = 0
+    rpc: RpcSent | None = None
 
 
 class Outbox:
@@ -105,7 +109,7 @@ class Outbox:
         self._held = None
         self._quota = None if quota is None else max(1, min(quota, self._limit))
 
-    def add(self, topic: str, payload: bytes) -> OutMessage | None:
+    def add(self, topic: str, payload: bytes, rpc: RpcSent | None = None) -> OutMessage | None:
         """Keep a message, to be sent once ``due``; the oldest message kept, dropped to stay
         within the limit (None when none was)."""
         dropped = None
@@ -121,7 +125,7 @@ class Outbox:
                 dropped = self._pop_waiting()
         if self._waiting is None:
             self._waiting = deque()
-        self._waiting.append(OutMessage(topic, payload))
+        self._waiting.append(OutMessage(topic, payload, rpc=rpc))
         return dropped
 
     def due(self) -> OutMessage | None:
@@ -156,27 +160,29 @@ class Outbox:
         self._inflight[message.packet_id] = message
         return dup
 
-    def acked(self, packet_id: int) -> bool:
-        """The client's PUBACK: forget the message (False when none kept had that id), and
-        free its place in the quota. Only the messages sent on an earlier connection and not
-        yet again are searched beyond those in flight: an unknown id costs nothing more while
-        there are none."""
-        if self._inflight.pop(packet_id, None) is not None:
-            return True
+    def acked(self, packet_id: int) -> OutMessage | None:
+        """The client's PUBACK: forget the message and return it (None when none kept had that
+        id), and free its place in the quota. Only the messages sent on an earlier connection
+        and not yet again are searched beyond those in flight: an unknown id costs nothing more
+        while there are none."""
+        message = self._inflight.pop(packet_id, None)
+        if message is not None:
+            return message
         held = self._held
         if held and packet_id in held:
             held.discard(packet_id)
-            return False
+            return None
         if not packet_id or not self._earlier:
-            return False
+            return None
         waiting = self._waiting
         assert waiting is not None
         for index in range(self._earlier):  # sent on an earlier connection, not yet again
             if waiting[index].packet_id == packet_id:
+                message = waiting[index]
                 del waiting[index]
                 self._earlier -= 1
-                return True
-        return False
+                return message
+        return None
 
     def unacked(self) -> list[OutMessage]:
         """What is kept unacknowledged, oldest first: in flight, then waiting."""

@@ -9,6 +9,11 @@ attribute flows stay in the device session (docs/device-rpc.md). No thread waits
 
 What a subscription gets is handed to ``send``, which publishes it at the QoS the subscription
 was granted (mqtt/connection.py): at QoS 1 it stays in the client's session until the PUBACK.
+An RPC subscription granted QoS 1 says so to the device's session (its subscriber ``acks``):
+the session hands it each request in flight, still QUEUED (an RpcSent), and it goes to
+``send_rpc`` with the request's identity, so the connection reports the PUBACK that delivers
+it, or gives it back to the device's queue when its MQTT session loses it unacknowledged
+(docs/device-rpc.md). At QoS 0 a request is recorded DELIVERED before it comes, as before.
 As in ThingsBoard (MqttTransportHandler.processRpcSubscribe / processAttributesSubscribe),
 a device has one subscription to its RPC requests and one to its attribute updates, whichever
 forms it subscribes to: what comes is published on the topics of the form subscribed to last,
@@ -20,12 +25,13 @@ subscribes again, or resumes a kept session; shared attribute updates are not ke
 
 - **Unsubscribe, connection closed**: the subscriber is closed (the session forgets it and no
   longer counts it as a reason to keep the entity active). An RPC request the session took for
-  it before (recorded DELIVERED, its delivery commit on its way) is still handed to ``send``:
-  on close, ``close`` waits up to ``drain_s`` (or the connection's one deadline, shared with
-  its gateway's sub-devices) for such results before the connection gives its session back,
-  so at QoS 1 a kept session sends it again on reconnect; at QoS 0 it is lost with the
-  connection and its expiry is reported. One that comes later still is logged at WARNING and
-  dropped (it times out).
+  it before (in flight, or recorded DELIVERED with its delivery commit on its way) is still
+  handed to ``send``: on close, ``close`` waits up to ``drain_s`` (or the connection's one
+  deadline, shared with its gateway's sub-devices) for such results before the connection
+  gives its session back, so at QoS 1 a kept session sends it again on reconnect, and one not
+  kept gives it back to the device's queue; at QoS 0 it is lost with the connection and its
+  expiry is reported. One in flight that comes later still goes back to the device's queue;
+  one recorded DELIVERED is logged at WARNING and dropped (it times out).
 - **The session fails the subscriber** (its shard restarting, or a delivery that could not be
   recorded): a new subscriber is registered after ``retry_s``; queued RPC requests come then,
   shared attribute updates of the gap are not kept (as for a device that was not subscribed).
@@ -43,6 +49,7 @@ from typing import Any
 from loguru import logger
 
 from edge_sync.api.device_service import DeviceService
+from edge_sync.devices.rpc import RpcSent
 from edge_sync.devices.standing import StandingSubscriber
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import Unavailable
@@ -57,6 +64,8 @@ DRAIN_S = 5.0
 stuck one."""
 
 Send = Callable[[str, bytes], None]
+SendRpc = Callable[[str, bytes, RpcSent], None]
+"""Publish an RPC request sent in flight: the connection reports its PUBACK (or its loss)."""
 Poll = Callable[[uuid.UUID, Subscriber], None]
 Shape = Callable[[Any, topics.Form], tuple[str, Any]]
 
@@ -69,10 +78,14 @@ class Subscriptions:
     """One device's subscriptions on one connection. The server's loop thread only."""
 
     def __init__(self, service: DeviceService, device_id: uuid.UUID, send: Send, *,
-                 retry_s: float = RETRY_S, drain_s: float = DRAIN_S) -> None:
+                 send_rpc: SendRpc | None = None, retry_s: float = RETRY_S,
+                 drain_s: float = DRAIN_S) -> None:
+        """``send_rpc``: where RPC requests sent in flight go (None: this owner never asks for
+        them; one that comes all the same is published with ``send`` and reported delivered)."""
         self._service = service
         self._device = device_id
         self._send = send
+        self._send_rpc = send_rpc
         self._retry_s = retry_s
         self._drain_s = drain_s
         self._loop = asyncio.get_running_loop()
@@ -80,17 +93,19 @@ class Subscriptions:
         self._ended: list[_Subscription] = []  # unsubscribed, earlier results still on their way
         self._closed = False
 
-    def subscribe(self, topic_filter: str) -> bool:
-        """Serve ``topic_filter`` (registered with the device's session before this returns);
-        False when the edge does not serve it."""
+    def subscribe(self, topic_filter: str, qos: int = 0) -> bool:
+        """Serve ``topic_filter``, granted ``qos`` (registered with the device's session before
+        this returns); False when the edge does not serve it. An RPC subscription at QoS 1
+        takes its requests in flight when this owner has ``send_rpc``."""
         form = topics.RPC_SUBSCRIPTIONS.get(topic_filter)
         if form is not None:
-            self._start(RPC, topic_filter, form, self._service.poll_rpc, _rpc_request)
+            self._start(RPC, topic_filter, form, self._service.poll_rpc, _rpc_request,
+                        qos if self._send_rpc is not None else 0)
             return True
         form = topics.ATTRIBUTE_SUBSCRIPTIONS.get(topic_filter)
         if form is not None:
             self._start(ATTRIBUTES, topic_filter, form, self._service.poll_attributes,
-                        _attribute_update)
+                        _attribute_update, 0)
             return True
         return topic_filter in topics.ANSWER_SUBSCRIPTIONS  # answers are always sent
 
@@ -145,15 +160,16 @@ class Subscriptions:
                 subscription.finish()
 
     def _start(self, kind: str, topic_filter: str, form: topics.Form, poll: Poll,
-               shape: Shape) -> None:
+               shape: Shape, qos: int) -> None:
         if self._closed:
             return
         subscription = self._serving.get(kind)
         if subscription is not None:  # another form, or the same again: its topics from now
-            subscription.add_filter(topic_filter, form)
+            subscription.add_filter(topic_filter, form, qos)
             return
-        subscription = _Subscription(self._loop, self._device, kind, topic_filter, form, poll,
-                                     shape, self._send, self._retry_s)
+        subscription = _Subscription(self._loop, self._device, kind, topic_filter, form, qos,
+                                     poll, shape, self._send, self._send_rpc, self._service,
+                                     self._retry_s)
         self._serving[kind] = subscription
         subscription.register()
 
@@ -168,16 +184,20 @@ class _Subscription:
     """One topic filter's standing subscription to the device's session. The loop only."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, device: uuid.UUID, kind: str,
-                 topic_filter: str, form: topics.Form, poll: Poll, shape: Shape, send: Send,
+                 topic_filter: str, form: topics.Form, qos: int, poll: Poll, shape: Shape,
+                 send: Send, send_rpc: SendRpc | None, service: DeviceService,
                  retry_s: float) -> None:
         self._loop = loop
         self._device = device
         self._poll = poll
         self._shape = shape
         self._send = send
+        self._send_rpc = send_rpc
+        self._service = service
         self._retry_s = retry_s
         self._rpc = kind == RPC
         self._filters = {topic_filter: form}  # the forms subscribed to, the last one last
+        self._qos = {topic_filter: qos}  # the QoS granted to each
         self._form = form  # what is published goes in it (kept once all are unsubscribed)
         self._state = _State.OPEN
         self._current: StandingSubscriber | None = None
@@ -192,19 +212,32 @@ class _Subscription:
         """Results claimed by the session and not yet come."""
         return sum(s.pending for s in self._subscribers)
 
-    def add_filter(self, topic_filter: str, form: topics.Form) -> None:
+    @property
+    def _acks(self) -> bool:
+        """Whether its requests are to come in flight: an RPC subscription granted QoS 1 in
+        any of its forms (what is published goes at the highest QoS of the filters it
+        matches: Session.qos_for)."""
+        return self._rpc and max(self._qos.values(), default=0) >= 1
+
+    def add_filter(self, topic_filter: str, form: topics.Form, qos: int) -> None:
         """Another form subscribed to (or the same again): what comes is published in it."""
         self._filters.pop(topic_filter, None)
         self._filters[topic_filter] = self._form = form
+        self._qos[topic_filter] = qos
+        if self._current is not None:
+            self._current.acks = self._acks
 
     def drop_filter(self, topic_filter: str) -> bool:
         """A form unsubscribed: True when none is left (the subscription ends); else what
         comes goes in the last form still subscribed to."""
         if self._filters.pop(topic_filter, None) is None:
             return False
+        self._qos.pop(topic_filter, None)
         if not self._filters:
             return True
         self._form = next(reversed(self._filters.values()))
+        if self._current is not None:
+            self._current.acks = self._acks
         return False
 
     def register(self) -> None:
@@ -218,6 +251,7 @@ class _Subscription:
             self._failed(subscriber, exc)
 
         subscriber = StandingSubscriber(self._loop, self._published, failed)
+        subscriber.acks = self._acks
         self._current = subscriber
         self._subscribers = [s for s in self._subscribers if s.pending]
         self._subscribers.append(subscriber)
@@ -263,6 +297,9 @@ class _Subscription:
     def _published(self, value: Any) -> None:
         """A result, on the loop, in the order the session gave it."""
         self._failures = 0
+        if isinstance(value, RpcSent):
+            self._sent(value)
+            return
         topic, body = self._shape(value, self._form)
         if self._state is _State.FINISHED:
             if self._rpc:
@@ -280,6 +317,33 @@ class _Subscription:
             self._send(topic, json.dumps(body, separators=(",", ":")).encode())
         except Exception as exc:  # the connection's writer: never expected to raise
             self._log.opt(exception=exc).error("publish to the device failed: {}", exc)
+
+
+    def _sent(self, sent: RpcSent) -> None:
+        """An RPC request in flight: published for the connection to report its PUBACK; given
+        back to the device's queue when the connection has closed (never written)."""
+        if self._state is _State.FINISHED:
+            self._log.bind(rpc_id=sent.request_id).info(
+                "RPC request {} was sent for a connection that has closed since: back in the "
+                "device's queue", sent.request_id)
+            self._service.rpc_unsent(self._device, (sent,), "its connection closed before it "
+                                     "was written")
+            return
+        if self._state is _State.ENDED:
+            self._log.bind(rpc_id=sent.request_id).info(
+                "RPC request {} was taken before its subscription ended: published all the "
+                "same", sent.request_id)
+        topic, body = self._shape(sent.body, self._form)
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        try:
+            if self._send_rpc is not None:
+                self._send_rpc(topic, payload, sent)
+            else:  # not expected: this owner does not take requests in flight
+                self._send(topic, payload)
+                self._service.rpc_acknowledged(sent)
+        except Exception as exc:  # the connection's writer: never expected to raise
+            self._log.opt(exception=exc).error("publish to the device failed: {}", exc)
+            self._service.rpc_unsent(self._device, (sent,), f"its publish failed: {exc}")
 
 
 def _rpc_request(request: dict[str, Any], form: topics.Form) -> tuple[str, Any]:

@@ -542,27 +542,31 @@ def requests_received(client: MqttDevice) -> list[tuple[int, bool]]:
             for m in list(client.received) if m.topic.startswith(RPC_PREFIX)]
 
 
-def handed_over(app: EdgeApp, dev: Device, count: int) -> None:
-    """Wait until ``count`` RPC requests are DELIVERED and handed to the connection (none
-    taken for a subscription and not handed over): what the connection sends of them is
+def handed_over(app: EdgeApp, dev: Device, count: int, kept: int | None = None) -> None:
+    """Wait until ``count`` RPC requests are handed to the connection at QoS 1, in flight
+    (QUEUED until their PUBACK) and ``kept`` of them (all when None) in the client's session
+    (written, or waiting under its Receive Maximum): what the connection sends of them is
     written before the answer to a later attribute request (round_trip)."""
     server = app.mqtt_server
     assert server is not None
-    wait_until(lambda: ([r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED] * count
-                        and server.results_pending == 0),
-               timeout=DEADLINE_S, what=f"{count} requests handed to the connection")
+    kept = count if kept is None else kept
+    wait_until(lambda: ([r.status for r in rpcs(app, dev)] == [RpcStatus.QUEUED] * count
+                        and server.results_pending == 0 and server.unacked == kept),
+               timeout=DEADLINE_S, what=f"{count} requests handed to the connection",
+               show=lambda: (server.unacked, [r.status for r in rpcs(app, dev)]))
 
 
 def requests_held_back(fake: FakeCloud, app: EdgeApp, dev: Device, client: MqttDevice,
-                       count: int, sent: int) -> None:
+                       count: int, sent: int, kept: int | None = None) -> None:
     """``client`` (connected, holding its PUBACKs back) subscribes to RPC requests at QoS 1 and
     to attribute responses at QoS 0 (so round_trip is not held back); ``count`` requests are
-    delivered and handed to its connection, and only the first ``sent`` of them reach it."""
+    delivered and handed to its connection (``kept`` of them kept in its session), and only
+    the first ``sent`` of them reach it."""
     assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
     assert client.subscribe(RESPONSES) == [0]
     for n in range(1, count + 1):
         deliver(fake, rpc_downlink(fake, dev, n, "ping"))
-    handed_over(app, dev, count)
+    handed_over(app, dev, count, kept)
     round_trip(client, 1)
     assert requests_received(client) == [(n, False) for n in range(1, sent + 1)]
 
@@ -596,6 +600,34 @@ def test_no_more_qos1_messages_await_their_puback_than_the_clients_receive_maxim
     no_connections(app)
 
 
+def statuses(app: EdgeApp, dev: Device) -> list[RpcStatus]:
+    return [r.status for r in rpcs(app, dev)]
+
+
+def test_a_request_waiting_under_the_receive_maximum_is_delivered_once_written_and_acked(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """Receive Maximum 1, two requests: the second waits in the session, QUEUED, until the
+    first's PUBACK frees room; written, it is still QUEUED until its own PUBACK. (Both used to
+    be DELIVERED as soon as they were handed to the connection.)"""
+    fake, app, dev = linked
+    with v5(app.mqtt_port, dev.token, manual_ack=True, receive_max=1) as client:
+        assert client.connect() == 0
+        requests_held_back(fake, app, dev, client, 2, sent=1)
+        assert statuses(app, dev) == [RpcStatus.QUEUED, RpcStatus.QUEUED]
+        puback(client, 1)
+        wait_until(lambda: len(requests_received(client)) == 2, timeout=DEADLINE_S,
+                   what="request 2 after PUBACK 1")
+        wait_until(lambda: statuses(app, dev) == [RpcStatus.DELIVERED, RpcStatus.QUEUED],
+                   timeout=DEADLINE_S, what="request 1 DELIVERED", show=lambda: statuses(app, dev))
+        round_trip(client, 2)
+        assert statuses(app, dev) == [RpcStatus.DELIVERED, RpcStatus.QUEUED]  # written, no PUBACK
+        puback(client, 2)
+        wait_until(lambda: statuses(app, dev) == [RpcStatus.DELIVERED] * 2, timeout=DEADLINE_S,
+                   what="request 2 DELIVERED", show=lambda: statuses(app, dev))
+        assert requests_received(client) == [(1, False), (2, False)]
+    no_connections(app)
+
+
 def test_a_message_dropped_in_flight_holds_its_place_until_its_puback(
         harness: Harness) -> None:
     """mqtt.max_unacked_per_session 2 and Receive Maximum 1: request 1 is sent, 2 and 3 wait;
@@ -607,7 +639,7 @@ def test_a_message_dropped_in_flight_holds_its_place_until_its_puback(
     try:
         with v5(app.mqtt_port, dev.token, manual_ack=True, receive_max=1) as client:
             assert client.connect() == 0
-            requests_held_back(fake, app, dev, client, 3, sent=1)
+            requests_held_back(fake, app, dev, client, 3, sent=1, kept=2)
             assert app.metrics.value("edge_sync_mqtt_unacked_dropped_total") == 1
             for n in (1, 2):
                 puback(client, n)
@@ -678,6 +710,14 @@ def test_a_resend_over_the_new_maximum_packet_size_is_not_sent_nor_holds_back_th
     assert warning["extra"]["topic"] == f"{RPC_PREFIX}2"
     connected = logs.matching("connected over MQTT", client_id="resend5")
     assert [(r["extra"]["resent"], r["extra"]["waiting"]) for r in connected] == [(2, 1)]
+    # the one the client can never take is FAILED (sent again, it would be too large again);
+    # 1 is DELIVERED by its PUBACK; 3 and 4 are in flight in the kept session, QUEUED
+    wait_until(lambda: [(r.request_id, r.status, r.error) for r in rpcs(app, dev)] == [
+        (1, RpcStatus.DELIVERED, ""),
+        (2, RpcStatus.FAILED, "larger than the client's Maximum Packet Size of 200"),
+        (3, RpcStatus.QUEUED, ""), (4, RpcStatus.QUEUED, "")], timeout=DEADLINE_S,
+        what="request 1 DELIVERED, 2 FAILED",
+        show=lambda: [(r.request_id, r.status, r.error) for r in rpcs(app, dev)])
 
 
 def discarded(app: EdgeApp) -> dict[str, float]:
@@ -700,9 +740,16 @@ def test_messages_waiting_under_the_receive_maximum_are_counted_when_the_session
             assert client.connect() == 0
             requests_held_back(fake, app, dev, client, 3, sent=1)
         no_connections(app)
+        # the three requests are not lost for the device: back in its queue, for the next
+        # subscriber
+        back = logs.wait_for("back in the queue", device=str(dev.id))
     finally:
         logs.close()
     assert discarded(app) == {"session_unsent": 2, "session_unacked": 1}
+    assert logs.matching("back in the queue", device=str(dev.id)) == [back]
+    assert (back["level"].name, back["extra"]["rpc_ids"], back["extra"]["reason"]) == (
+        "INFO", [1, 2, 3], "its MQTT session ended with its connection (clean session)")
+    assert statuses(app, dev) == [RpcStatus.QUEUED] * 3
     (line,) = logs.matching("disconnected from MQTT")
     assert line["level"].name == "INFO"
     assert {k: line["extra"][k] for k in ("discarded_unsent", "discarded_unacked",

@@ -180,7 +180,9 @@ def test_a_burst_of_rpc_requests_is_published_whole_in_order_once(
                    what="every request published", show=published)
         round_trip(client, 1)
         assert published() == list(range(1, 6 + BURST))
-    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED] * (5 + BURST)
+        # DELIVERED by their PUBACKs (QoS 1), which the client has sent or is sending
+        wait_until(lambda: [r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED] * (
+            5 + BURST), timeout=DEADLINE_S, what="every request DELIVERED by its PUBACK")
     no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
@@ -195,42 +197,46 @@ def results_taken(app: EdgeApp, n: int) -> None:
                show=lambda: server.results_pending)
 
 
-def test_a_request_taken_as_the_connection_closes_is_sent_again_to_the_kept_session(
+def test_a_qos1_request_is_sent_without_a_commit_and_sent_again_to_the_kept_session(
         linked: tuple[FakeCloud, EdgeApp]) -> None:
-    """Its delivery is being recorded when the client disconnects: the closing connection
-    waits for it and keeps it in the session (QoS 1), which sends it again on reconnect. (A
+    """At QoS 1 nothing is recorded when a request is sent (DELIVERED comes with its PUBACK):
+    it reaches the client while the store's commits are held. The client leaves without a
+    PUBACK; its kept session sends it again on reconnect (DUP), and that PUBACK delivers it.
+    (It used to be recorded DELIVERED first: the client got nothing until the commit, and a
     loop of one-shot waits dropped it: DELIVERED, never published, then TIMEOUT.)"""
     fake, app = linked
     dev = make_device(app, "closing")
     fake.send_downlink(rpc_downlink(fake, dev, 11, "reboot"))  # QUEUED: nobody subscribes
     wait_until(lambda: [r.status for r in rpcs(app, dev)] == [RpcStatus.QUEUED],
                timeout=DEADLINE_S, what="the request queued")
-    logs = Logs()
-    try:
-        with held_commits(app.store):  # the delivery's commit waits
-            first = MqttDevice(app.mqtt_port, dev.token, client_id="closing", clean_session=False)
+    with held_commits(app.store):  # no commit is needed to send it
+        first = MqttDevice(app.mqtt_port, dev.token, client_id="closing", clean_session=False,
+                           manual_ack=True)
+        try:
             assert first.connect() == 0
             assert first.subscribe(RPC_REQUESTS, qos=1) == [1]
-            results_taken(app, 1)  # the request is taken (its delivery's record waits)
+            assert first.wait_message(f"{RPC_PREFIX}11") == {"method": "reboot", "params": None}
+        finally:
             first.close()
-            logs.wait_for("subscriptions of a closing connection", device=str(dev.id))
-        logs.wait_for("disconnected from MQTT", device=str(dev.id))
-    finally:
-        logs.close()
-    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED]
+        no_connections(app)
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.QUEUED]  # no PUBACK came
     with MqttDevice(app.mqtt_port, dev.token, client_id="closing", clean_session=False) as again:
         assert again.connect() == 0
         assert again.session_present is True
         assert again.wait_message(f"{RPC_PREFIX}11") == {"method": "reboot", "params": None}
         (message,) = again.received_on(f"{RPC_PREFIX}11")
         assert (message.qos, message.dup) == (1, True)
+        wait_until(lambda: [r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED],
+                   timeout=DEADLINE_S, what="the request DELIVERED by the resend's PUBACK")
     no_connections(app)  # nothing of the test still runs (or logs) once it returns
 
 
 def test_a_closing_gateway_waits_for_its_own_and_its_sub_devices_requests_together(
         linked: tuple[FakeCloud, EdgeApp]) -> None:
-    """A gateway subscribed for itself and for two sub-devices, each with an RPC request taken
-    as the connection closes (its delivery's commit held): the three waits run together under
+    """A gateway subscribed for itself (at QoS 0: its requests are recorded DELIVERED before
+    they are handed over; at QoS 1 they are sent at once, DELIVERED on their PUBACK) and for
+    two sub-devices, each with an RPC request taken as the connection closes (its delivery's
+    commit held): the three waits run together under
     one deadline (subscriptions.DRAIN_S, 5 s), not one after another (15 s); the connection
     has ended within the newer connection's takeover timeout."""
     fake, app = linked
@@ -247,7 +253,7 @@ def test_a_closing_gateway_waits_for_its_own_and_its_sub_devices_requests_togeth
         with held_commits(app.store):  # the deliveries' commits wait
             gateway = MqttGateway(app.mqtt_port, "gw-closing")
             assert gateway.connect() == 0
-            assert gateway.subscribe(RPC_REQUESTS, qos=1) == [1]  # its own request is taken
+            assert gateway.subscribe(RPC_REQUESTS) == [0]  # its own request is taken
             assert gateway.subscribe(GATEWAY_RPC, qos=1) == [1]
             for device in devices[1:]:  # each sub-device's request is taken as it connects
                 gateway.send(CONNECT, {"device": device.name})

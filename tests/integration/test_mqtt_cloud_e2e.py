@@ -17,6 +17,9 @@ Proved:
   the device publishes anyway is acknowledged and goes nowhere;
 - a persistent RPC sent while the device is offline waits on the edge (QUEUED) while the device
   is connected but not subscribed, and is delivered the moment it subscribes;
+- a QoS 1 request written to the device and not acknowledged when the edge is killed (kill -9)
+  is QUEUED on the edge (DELIVERED comes with the PUBACK), so after the restart a subscriber
+  gets it again and its answer makes it SUCCESSFUL;
 - shared attributes set in the cloud (CLI and admin API) reach the device subscribed to
   `v1/devices/me/attributes` (at QoS 0, and at QoS 1): the first set with all its keys, later
   sets with the changed keys only, in order, once each; every key of a burst of sets reaches the
@@ -30,6 +33,7 @@ Proved:
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +43,7 @@ import pytest
 
 from edge_sync.storage.records import Action
 from tests.helpers.agent import HttpClient, Response
-from tests.helpers.cloud_proc import check_delivered, wait_drained
+from tests.helpers.cloud_proc import check_delivered, wait_connected, wait_drained
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
 from tests.helpers.wait import wait_until
 from tests.integration.test_device_rpc_e2e import RK, Dev, Rig
@@ -224,6 +228,46 @@ def test_a_persistent_rpc_sent_while_the_device_is_offline_is_delivered_when_it_
     cloud = rig.cloud_rpc(rpc_id)
     assert (cloud["status"], cloud["response"], cloud["request"]["persisted"]) == \
         ("SUCCESSFUL", {"open": True}, True)
+    assert [(r["request_uuid"], r["status"]) for r in rig.edge_rpcs(dev)] == \
+        [(rpc_id, "SUCCESSFUL")]
+
+
+def test_a_qos1_request_unacknowledged_at_a_kill_9_is_delivered_again_after_the_restart(
+        rig: Rig) -> None:
+    """The device got the request at QoS 1 and had not sent its PUBACK when the edge was
+    killed: the edge holds it QUEUED (it used to be DELIVERED at once, and after the restart it
+    was never sent again and ended TIMEOUT). Restarted, the edge sends it to the next
+    subscriber; its answer reaches the cloud."""
+    dev = rig.device("valve")
+    sent = rest(rig, "POST", f"/api/rpc/twoway/{dev.id}",
+                {"method": "close", "params": {"valve": 3}, "persistent": True,
+                 "timeout": 120_000})
+    assert sent.status == 200
+    rpc_id = sent.json()["rpcId"]
+    wait_until(lambda: rig.cloud_status(rpc_id) == "DELIVERED", timeout=DEADLINE_S,
+               what="the request held by the edge")
+    deaf = MqttDevice(rig.agent.mqtt_port, dev.token, manual_ack=True)
+    try:
+        assert deaf.connect() == 0
+        assert deaf.subscribe(RPC_REQUESTS, qos=1) == [1]
+        assert deaf.wait_message(f"{RPC_REQUEST}1", timeout=DEADLINE_S) == \
+            {"method": "close", "params": {"valve": 3}}
+        assert [r["status"] for r in rig.edge_rpcs(dev)] == ["QUEUED"]  # no PUBACK yet
+        assert rig.agent.kill9() == -signal.SIGKILL
+    finally:
+        deaf.close()
+    rig.agent.start()
+    wait_connected(rig.agent)
+    assert [r["status"] for r in rig.edge_rpcs(dev)] == ["QUEUED"]
+    with connected(rig, dev, RPC_REQUESTS, qos=1) as client:
+        assert client.wait_message(f"{RPC_REQUEST}1", timeout=DEADLINE_S) == \
+            {"method": "close", "params": {"valve": 3}}
+        wait_acked(client, client.publish(f"{RPC_RESPONSE}1", {"closed": True}).mid)
+        wait_until(lambda: rig.cloud_status(rpc_id) == "SUCCESSFUL", timeout=DEADLINE_S,
+                   what="the answer in the cloud")
+        assert received(client, RPC_REQUEST) == \
+            [(f"{RPC_REQUEST}1", {"method": "close", "params": {"valve": 3}})]
+    assert rig.cloud_rpc(rpc_id)["response"] == {"closed": True}
     assert [(r["request_uuid"], r["status"]) for r in rig.edge_rpcs(dev)] == \
         [(rpc_id, "SUCCESSFUL")]
 

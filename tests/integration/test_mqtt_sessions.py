@@ -9,6 +9,12 @@ Kept sessions (clean session 0, same client id): the reconnecting client finds s
 1, its subscriptions serving without a new SUBSCRIBE, and the RPC requests queued meanwhile
 published to it; a QoS 1 request it never acknowledged is published again (DUP) on reconnect;
 a clean-session connect discards the kept session.
+
+A QoS 1 request is in flight, QUEUED, until the PUBACK of the packet that carried it, then
+DELIVERED (ThingsBoard's MqttTransportHandler: rpcAwaitingAck, RpcStatus.DELIVERED on the
+PUBACK); one never acknowledged goes back to the device's queue when its session ends, for the
+next subscriber (DeviceActorMessageProcessor.sendPendingRequests); an answer before the PUBACK
+is taken. At QoS 0 a request is DELIVERED when handed to the connection.
 """
 
 from __future__ import annotations
@@ -159,7 +165,9 @@ def test_an_unacknowledged_qos1_request_is_published_again_on_reconnect(
         assert first.wait_message("v1/devices/me/rpc/request/31") == {"method": "ping",
                                                                       "params": None}
         # no PUBACK: the client goes away with the message unacknowledged
-    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED]
+    no_connections(app)
+    # in flight in the kept session: not DELIVERED before its PUBACK, not given back either
+    assert [r.status for r in rpcs(app, dev)] == [RpcStatus.QUEUED]
     with MqttDevice(app.mqtt_port, dev.token, client_id="forgetful",
                     clean_session=False) as again:
         assert again.connect() == 0
@@ -168,6 +176,8 @@ def test_an_unacknowledged_qos1_request_is_published_again_on_reconnect(
         (message,) = again.received_on("v1/devices/me/rpc/request/31")
         assert (message.qos, message.dup) == (1, True)
         round_trip(again, 1)  # paho has acknowledged it by now
+        wait_until(lambda: [r.status for r in rpcs(app, dev)] == [RpcStatus.DELIVERED],
+                   timeout=DEADLINE_S, what="the request DELIVERED by the resend's PUBACK")
     with MqttDevice(app.mqtt_port, dev.token, client_id="forgetful",
                     clean_session=False) as third:
         assert third.connect() == 0
@@ -228,3 +238,119 @@ def test_qos1_messages_dropped_unacknowledged_are_logged_once_and_counted(
     assert warning["level"].name == "WARNING"
     first, _ = logs.matching("disconnected from MQTT", device=str(dev.id))
     assert first["extra"]["dropped_unacked"] == 1
+
+
+# -- QoS 1 requests: DELIVERED on the PUBACK ----------------------------------------------------
+
+
+def puback(client: MqttDevice, request_id: int) -> None:
+    """The PUBACK a ``manual_ack`` client held back for request ``request_id``."""
+    (message,) = client.received_on(f"v1/devices/me/rpc/request/{request_id}")
+    client.client.ack(message.mid, message.qos)
+
+
+def statuses(app: EdgeApp, dev: Device) -> list[RpcStatus]:
+    return [r.status for r in rpcs(app, dev)]
+
+
+def test_a_qos1_request_is_delivered_by_its_puback_not_by_its_publish(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """Written and not acknowledged, the request stays QUEUED (it used to be DELIVERED when
+    handed to the connection); the client's PUBACK makes it DELIVERED."""
+    fake, app, dev = linked
+    with MqttDevice(app.mqtt_port, dev.token, manual_ack=True) as client:
+        assert client.connect() == 0
+        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+        deliver(fake, rpc_downlink(fake, dev, 61, "ping"))
+        assert client.wait_message("v1/devices/me/rpc/request/61") == {"method": "ping",
+                                                                      "params": None}
+        assert statuses(app, dev) == [RpcStatus.QUEUED]
+        round_trip(client, 1)
+        assert statuses(app, dev) == [RpcStatus.QUEUED]
+        puback(client, 61)
+        wait_until(lambda: statuses(app, dev) == [RpcStatus.DELIVERED], timeout=DEADLINE_S,
+                   what="the request DELIVERED on its PUBACK", show=lambda: statuses(app, dev))
+    no_connections(app)
+
+
+def test_a_qos1_request_never_acknowledged_goes_to_the_next_subscriber_when_its_session_ends(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """A clean session ends with the request written and its PUBACK not come: the request
+    goes back to the device's queue (one INFO line), a new connection subscribing gets it, and
+    its answer makes it SUCCESSFUL. (It used to stay DELIVERED, never sent again, and end
+    TIMEOUT.)"""
+    fake, app, dev = linked
+    logs = Logs()
+    try:
+        with MqttDevice(app.mqtt_port, dev.token, client_id="deaf", manual_ack=True) as first:
+            assert first.connect() == 0
+            assert first.subscribe(RPC_REQUESTS, qos=1) == [1]
+            deliver(fake, rpc_downlink(fake, dev, 62, "reboot", {"delay": 1}))
+            assert first.wait_message("v1/devices/me/rpc/request/62") == {
+                "method": "reboot", "params": {"delay": 1}}
+            assert statuses(app, dev) == [RpcStatus.QUEUED]
+        no_connections(app)
+        line = logs.wait_for("back in the queue", device=str(dev.id))
+        assert line["level"].name == "INFO"
+        assert (line["extra"]["count"], line["extra"]["rpc_ids"], line["extra"]["reason"]) == (
+            1, [62], "its MQTT session ended with its connection (clean session)")
+    finally:
+        logs.close()
+    assert statuses(app, dev) == [RpcStatus.QUEUED]
+    with MqttDevice(app.mqtt_port, dev.token, client_id="awake") as second:
+        assert second.connect() == 0
+        assert second.subscribe(RPC_REQUESTS, qos=1) == [1]
+        assert second.wait_message("v1/devices/me/rpc/request/62") == {
+            "method": "reboot", "params": {"delay": 1}}
+        (message,) = second.received_on("v1/devices/me/rpc/request/62")
+        assert (message.qos, message.dup) == (1, False)
+        answer = second.publish("v1/devices/me/rpc/response/62", {"rebooting": True})
+        wait_until(lambda: answer.mid in second.acked_ids(), timeout=DEADLINE_S,
+                   what="PUBACK of the answer")
+        up = fake.wait_for(lambda: rpc_uplinks(fake), what="the RPC answer uplinked")[0]
+        assert (up.requestId, json.loads(up.responseMsg.response)) == (62, {"rebooting": True})
+    assert [(r.status, r.response) for r in rpcs(app, dev)] == [
+        (RpcStatus.SUCCESSFUL, {"rebooting": True})]
+    no_connections(app)
+
+
+def test_an_answer_before_the_puback_is_taken_and_the_late_puback_changes_nothing(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """Clients answer before they acknowledge: the answer implies the delivery."""
+    fake, app, dev = linked
+    with MqttDevice(app.mqtt_port, dev.token, manual_ack=True) as client:
+        assert client.connect() == 0
+        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+        deliver(fake, rpc_downlink(fake, dev, 63, "read"))
+        client.wait_message("v1/devices/me/rpc/request/63")
+        assert statuses(app, dev) == [RpcStatus.QUEUED]  # in flight: no PUBACK yet
+        dropped_before = dropped(app)
+        answer = client.publish("v1/devices/me/rpc/response/63", {"value": 5})
+        wait_until(lambda: answer.mid in client.acked_ids(), timeout=DEADLINE_S,
+                   what="PUBACK of the answer")
+        up = fake.wait_for(lambda: rpc_uplinks(fake), what="the RPC answer uplinked")[0]
+        assert (up.requestId, json.loads(up.responseMsg.response)) == (63, {"value": 5})
+        assert statuses(app, dev) == [RpcStatus.SUCCESSFUL]
+        puback(client, 63)
+        round_trip(client, 1)
+        assert not client.disconnected.is_set()
+    no_connections(app)
+    assert [(r.status, r.response) for r in rpcs(app, dev)] == [
+        (RpcStatus.SUCCESSFUL, {"value": 5})]
+    assert dropped(app) == dropped_before
+
+
+def test_a_qos0_request_is_delivered_when_handed_to_the_connection(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """QoS 0 has no PUBACK: DELIVERED is recorded before the request is published, as before
+    (ThingsBoard reports it DELIVERED once written)."""
+    fake, app, dev = linked
+    with MqttDevice(app.mqtt_port, dev.token) as client:
+        assert client.connect() == 0
+        assert client.subscribe(RPC_REQUESTS, qos=0) == [0]
+        deliver(fake, rpc_downlink(fake, dev, 64, "ping"))
+        client.wait_message("v1/devices/me/rpc/request/64")
+        (message,) = client.received_on("v1/devices/me/rpc/request/64")
+        assert message.qos == 0
+        assert statuses(app, dev) == [RpcStatus.DELIVERED]
+    no_connections(app)

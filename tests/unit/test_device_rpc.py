@@ -52,6 +52,93 @@ def test_two_way_queued_delivered_answered_reports_the_answer_with_the_echo() ->
         book.answer(1, {"again": 1}, T0 + 300)
 
 
+# -- sent in flight: DELIVERED on the device's acknowledgement (MQTT QoS 1) ------------------
+
+
+def test_a_request_sent_in_flight_stays_queued_until_acknowledged() -> None:
+    book = RpcBook()
+    book.add(request(1))
+    book.add(request(2))
+    sent = book.send_next(T0 + 10)
+    assert sent is not None and sent.body == {"id": 1, "method": "m", "params": {"n": 1}}
+    assert [r.status for r in book.open_requests()] == [RpcStatus.QUEUED, RpcStatus.QUEUED]
+    second = book.send_next(T0 + 11)  # the next one, not the one in flight
+    assert second is not None and second.request_id == 2
+    assert book.send_next(T0 + 12) is None and not book.has_next(T0 + 12)
+    assert book.in_flight == 2
+    change = book.acknowledged(sent, T0 + 20)
+    assert change is not None and change.report is None
+    assert (change.request.status, change.request.updated_at) == (RpcStatus.DELIVERED, T0 + 20)
+    assert change.previous is not None and change.previous.status is RpcStatus.QUEUED
+    assert book.acknowledged(sent, T0 + 21) is None  # a PUBACK twice: nothing more
+    assert book.in_flight == 1
+
+
+def test_a_one_way_request_in_flight_is_successful_on_its_acknowledgement() -> None:
+    book = RpcBook()
+    book.add(request(3, oneway=True))
+    sent = book.send_next(T0)
+    assert sent is not None
+    change = book.acknowledged(sent, T0 + 5)
+    assert change is not None and change.request.status is RpcStatus.SUCCESSFUL
+    assert change.report is not None and change.report["response"] == {}
+    assert len(book) == 0
+
+
+def test_a_request_lost_in_flight_is_queued_again_in_its_place_and_sent_anew() -> None:
+    book = RpcBook()
+    for n in (1, 2):
+        book.add(request(n))
+    first = book.send_next(T0)
+    assert first is not None
+    assert book.unsent(first) is True
+    assert book.unsent(first) is False  # said twice: once is enough
+    again = book.send_next(T0 + 1)  # the oldest again, before 2
+    assert again is not None and again.request_id == 1 and again.attempt != first.attempt
+    assert book.acknowledged(first, T0 + 2) is None  # the PUBACK of the lost sending
+    assert book.unsent(first) is False
+    change = book.acknowledged(again, T0 + 3)
+    assert change is not None and change.request.status is RpcStatus.DELIVERED
+
+
+def test_an_answer_before_the_acknowledgement_is_taken() -> None:
+    book = RpcBook()
+    book.add(request(4))
+    sent = book.send_next(T0)
+    assert sent is not None
+    done = book.answer(4, {"v": 1}, T0 + 1)
+    assert (done.request.status, done.request.response) == (RpcStatus.SUCCESSFUL, {"v": 1})
+    assert book.acknowledged(sent, T0 + 2) is None and book.in_flight == 0
+
+
+def test_a_request_in_flight_expires_at_its_time_and_a_late_acknowledgement_too() -> None:
+    book = RpcBook()
+    book.add(request(5, expires=T0 + 100))
+    book.add(request(6, expires=T0 + 100))
+    sent5, sent6 = book.send_next(T0), book.send_next(T0)
+    assert sent5 is not None and sent6 is not None
+    assert book.next_deadline() == T0 + 100
+    late = book.acknowledged(sent6, T0 + 100)  # acknowledged at its expirationTime
+    assert late is not None and late.request.status is RpcStatus.EXPIRED
+    assert late.report is not None and late.report["error"] == "TIMEOUT"
+    (expired,) = book.expire_due(T0 + 100)
+    assert (expired.request.request_id, expired.request.status) == (5, RpcStatus.EXPIRED)
+    assert book.acknowledged(sent5, T0 + 101) is None and len(book) == 0
+
+
+def test_a_request_the_transport_can_never_send_fails() -> None:
+    book = RpcBook()
+    book.add(request(7))
+    sent = book.send_next(T0)
+    assert sent is not None
+    failed = book.unsendable(sent, "too large", T0 + 1)
+    assert failed is not None
+    assert (failed.request.status, failed.request.error) == (RpcStatus.FAILED, "too large")
+    assert failed.report is not None and failed.report["error"] == "INTERNAL"
+    assert failed.report["error"] in RPC_ERRORS
+    assert len(book) == 0
+
+
 def test_one_way_is_successful_on_delivery_and_reported_with_an_empty_answer() -> None:
     book = RpcBook()
     book.add(request(2, oneway=True))

@@ -86,8 +86,9 @@ def test_outbox_keeps_until_puback_in_order_and_drops_the_oldest_beyond_its_limi
         assert dropped is None and message is not None
         ids.append(message.packet_id)
     assert ids == [1, 2, 3]
-    assert box.acked(2) is True
-    assert box.acked(2) is False  # a PUBACK twice, or for an unknown id: nothing to forget
+    acked = box.acked(2)
+    assert acked is not None and (acked.topic, acked.payload, acked.packet_id) == ("t", b"\x01", 2)
+    assert box.acked(2) is None  # a PUBACK twice, or for an unknown id: nothing to forget
     assert [m.packet_id for m in box.unacked()] == [1, 3]
     send(box, "t", b"x")  # 4
     message, dropped = send(box, "t", b"y")  # full: the oldest (1) goes
@@ -119,7 +120,8 @@ def test_outbox_quota_holds_back_what_is_beyond_the_receive_maximum_in_order() -
     assert [m.payload if m else None for m in sent] == [b"\x00", b"\x01", None, None, None]
     assert (len(box), box.waiting) == (5, 3)
     assert box.due() is None
-    assert box.acked(2) is True
+    acked = box.acked(2)
+    assert acked is not None and (acked.topic, acked.payload, acked.packet_id) == ("t", b"\x01", 2)
     message = box.due()
     assert message is not None and message.payload == b"\x02" and message.packet_id == 0
     assert box.sending(message) is False and message.packet_id == 3
@@ -147,7 +149,7 @@ def test_a_message_dropped_in_flight_holds_its_place_in_the_quota_until_its_puba
     sent, dropped = send(box, "t", b"c")  # full: a (in flight) dropped; c waits
     assert first is not None and dropped is first and sent is None
     assert [m.payload for m in box.unacked()] == [b"b", b"c"]
-    assert box.acked(1) is False  # nothing kept under it: but the room is free
+    assert box.acked(1) is None  # nothing kept under it: but the room is free
     message = box.due()
     assert message is not None and message.payload == b"c"
     box.sending(message)
@@ -175,7 +177,8 @@ def test_a_restart_makes_everything_due_again_oldest_first_with_dup() -> None:
         due.append((message.payload, box.sending(message), message.packet_id))
     assert due == [(b"\x00", True, 1), (b"\x01", True, 2), (b"\x02", False, 3)]
     box.restart(1)
-    assert box.acked(2) is True  # sent on an earlier connection, not yet again
+    acked = box.acked(2)  # sent on an earlier connection, not yet again
+    assert acked is not None and acked.payload == b"\x01"
     message = box.due()
     assert message is not None and message.payload == b"\x00"
     assert box.sending(message) is True
@@ -447,7 +450,7 @@ def test_outbox_says_what_it_keeps_never_written_and_written_unacknowledged() ->
     message = box.due()
     assert message is not None and box.sending(message) is True
     assert box.kept() == (2, 1)
-    assert box.acked(message.packet_id) is True
+    assert box.acked(message.packet_id) is message
     assert box.kept() == (2, 0)
 
 
@@ -477,14 +480,15 @@ def test_a_puback_for_an_unknown_id_reads_no_waiting_message_unless_one_was_sent
     box._waiting = CountingDeque(box._waiting or ())
     CountingDeque.reads = 0
     for packet_id in (7, 500, 65535):
-        assert box.acked(packet_id) is False
+        assert box.acked(packet_id) is None
     assert CountingDeque.reads == 0
     box.restart(1)  # the written one waits again, at the front, with its id
     box._waiting = CountingDeque(box._waiting or ())
     CountingDeque.reads = 0
-    assert box.acked(7) is False
+    assert box.acked(7) is None
     assert CountingDeque.reads == 1
-    assert box.acked(1) is True and box.kept() == (999, 0)
+    acked = box.acked(1)
+    assert acked is not None and acked.payload == b"0" and box.kept() == (999, 0)
 
 
 def test_an_idle_session_is_small() -> None:
