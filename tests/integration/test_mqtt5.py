@@ -786,7 +786,7 @@ def test_sessions_lost_when_the_mqtt_server_stops_are_counted_and_told_in_one_li
     assert {reason: app.metrics.value("edge_sync_mqtt_sessions_dropped_total", reason=reason)
             for reason in ("server_stop", "expired", "max_sessions", "takeover")} == {
         "server_stop": 2, "expired": 0, "max_sessions": 0, "takeover": 0}
-    (line,) = logs.matching("MQTT server stopped")
+    (line,) = logs.matching("MQTT server stopped:")
     assert (line["level"].name, line["message"]) == (
         "WARNING", "MQTT server stopped: 2 kept sessions lost with it (kept in memory only); 2 "
         "messages kept for them never sent, 1 sent and not acknowledged")
@@ -794,6 +794,10 @@ def test_sessions_lost_when_the_mqtt_server_stops_are_counted_and_told_in_one_li
         "sessions": 2, "unsent": 2, "unacked": 1}
     (gone,) = logs.matching("disconnected from MQTT")  # its session was kept at its end
     assert (gone["extra"]["discarded_unsent"], gone["extra"]["discarded_unacked"]) == (0, 0)
+    # the three requests go back to the device's queue (QUEUED on disk all along)
+    (back,) = logs.matching("back in the queue", device=str(dev.id))
+    assert (back["extra"]["rpc_ids"], back["extra"]["reason"]) == (
+        [1, 2, 3], "the MQTT server stopped")
 
 
 def test_a_resumed_session_says_apart_what_it_sends_again_and_what_it_sends_first(
