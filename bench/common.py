@@ -464,8 +464,9 @@ class EdgeProcess:
             return ""
 
     def accepted(self) -> int:
-        """Connections accepted on the device port (ESTABLISHED with a socket inode)."""
-        return established(self.http_port)
+        """Connections accepted on the device port (ESTABLISHED with a socket inode) that
+        the agent holds."""
+        return established(self.http_port, None if self.proc is None else self.proc.pid)
 
 
 # -- Mosquitto -----------------------------------------------------------------------------------
@@ -524,15 +525,33 @@ def mosquitto_config(title: str, port: int, data_dir: Path, settings: Sequence[s
     return "\n".join(lines) + "\n"
 
 
-def established(port: int) -> int:
+def established(port: int, pid: int | None = None) -> int:
     """TCP connections to local ``port`` that a server accepted (ESTABLISHED, with a socket
-    inode: what the kernel lists in /proc/net/tcp{,6})."""
+    inode: what the kernel lists in /proc/net/tcp{,6}); with ``pid``, only the sockets that
+    process holds. The tables are the whole network namespace's: on a busy machine (a test
+    suite running beside the benchmark) they can list other processes' sockets on the same
+    local port, which only the owner's file descriptors tell apart."""
+    owned = None if pid is None else socket_inodes(pid)
     hex_port = f":{port:04X}"
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(FileNotFoundError), open(table, encoding="ascii") as f:
             for line in f.readlines()[1:]:
                 fields = line.split()
-                if fields[1].endswith(hex_port) and fields[3] == "01" and fields[9] != "0":
+                if (fields[1].endswith(hex_port) and fields[3] == "01" and fields[9] != "0"
+                        and (owned is None or fields[9] in owned)):
                     count += 1
     return count
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds open (its /proc/PID/fd links
+    ``socket:[INODE]``); empty once it has ended."""
+    inodes: set[str] = set()
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd.path)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes

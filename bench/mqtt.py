@@ -288,7 +288,7 @@ class IdleProbe:
 
     def __call__(self) -> None:
         time.sleep(self.hold)
-        self.out["established"] = established(self.port)
+        self.out["established"] = established(self.port, self.pid)
         self.out["rss_mb"] = rss_parts_mb(self.pid).get("rss", float("nan"))
         self.out["peak_rss_mb"] = peak_rss_mb(self.pid)
         if self.out["established"] < self.clients:
@@ -303,7 +303,7 @@ from the server (a client's close reaches the server a moment after the client r
 
 def run_idle(opts: Options, pid: int, port: int, base: Job) -> dict[str, Any]:
     quiet_by = time.monotonic() + IDLE_QUIET_S
-    while (left := established(port)) and time.monotonic() < quiet_by:
+    while (left := established(port, pid)) and time.monotonic() < quiet_by:
         time.sleep(0.05)  # polling the kernel's table: there is nothing to wait on
     if left:
         progress(f"    {left} earlier connections still ESTABLISHED on the server after "

@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.common import established
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.records import Action, Scope
@@ -137,17 +138,8 @@ class Rig:
 
     def accepted(self) -> int:
         """Connections the agent has accepted on its device port (ESTABLISHED, with a socket
-        inode: a connection still in the listen backlog has none)."""
-        port = f"{self.agent.http_port:04X}"
-        count = 0
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with open(table, encoding="ascii") as f:
-                for line in f.readlines()[1:]:
-                    fields = line.split()
-                    if (fields[1].endswith(":" + port) and fields[3] == "01"
-                            and fields[9] != "0"):
-                        count += 1
-        return count
+        inode: a connection still in the listen backlog has none), its own sockets only."""
+        return established(self.agent.http_port, self.agent.pid)
 
     def threads(self) -> int:
         with open(f"/proc/{self.agent.pid}/status", encoding="ascii") as f:
