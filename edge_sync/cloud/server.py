@@ -29,11 +29,12 @@ from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.servicer import EdgeRpcServicer
 from edge_sync.cloud.session import LinkSettings
 from edge_sync.cloud.store import CloudStore
+from edge_sync.cloud.undecodable import UndecodableRequests
 from edge_sync.common.admin_guard import check_bind
 from edge_sync.common.http_host import HttpHost
 from edge_sync.config import CloudConfig, EdgesRpcConfig
 from edge_sync.errors import ConfigError, EdgeSyncError
-from edge_sync.proto import edge_pb2_grpc
+from edge_sync.proto import edge_pb2
 
 _log = logger.bind(component="cloud")
 
@@ -58,6 +59,10 @@ def grpc_options(rpc: EdgesRpcConfig) -> list[tuple[str, Any]]:
     ]
 
 
+SERVICE = edge_pb2.DESCRIPTOR.services_by_name["EdgeRpcService"].full_name
+"""The gRPC service the cloud serves (``edge.EdgeRpcService``), from the protocol's own
+descriptor."""
+
 class CloudServer:
     def __init__(self, cfg: CloudConfig, *, clock: Clock = SYSTEM_CLOCK,
                  store: CloudStore | None = None, link: LinkSettings | None = None) -> None:
@@ -77,6 +82,7 @@ class CloudServer:
         self.rpc = RpcService(self.service, RpcWaiters(self.counters), clock=clock)
         self.servicer = EdgeRpcServicer(self.service, self.registry, self.settings, clock=clock,
                                         counters=self.counters, rpc=self.rpc)
+        self.undecodable = UndecodableRequests(self.counters.metrics, clock=clock)
         self.admin = CloudAdminApi(self.service, self.registry, status_extra=self._status_extra,
                                    token=cfg.admin.token, readiness=self._readiness,
                                    metrics=self.counters.metrics, rpc=self.rpc)
@@ -112,7 +118,12 @@ class CloudServer:
             options=grpc_options(rpc),
             maximum_concurrent_rpcs=MAX_STREAMS,
         )
-        edge_pb2_grpc.add_EdgeRpcServiceServicer_to_server(self.servicer, server)
+        # edge_pb2_grpc.add_EdgeRpcServiceServicer_to_server, with a request decoder that
+        # counts what it refuses and logs it at most once a minute (cloud/undecodable.py)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            SERVICE, {"handleMsgs": grpc.stream_stream_rpc_method_handler(
+                self.servicer.handleMsgs, request_deserializer=self.undecodable.decode,
+                response_serializer=edge_pb2.ResponseMsg.SerializeToString)}),))
         address = f"{rpc.host}:{rpc.port}"
         try:
             if rpc.ssl_enabled:
@@ -144,6 +155,7 @@ class CloudServer:
                 _log.warning("some streams did not finish within 5 s of the stop")
         if self._http is not None:
             self._http.stop()
+        self.undecodable.close()
         self.store.close()
         _log.info("cloud stopped")
 

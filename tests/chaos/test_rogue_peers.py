@@ -646,6 +646,60 @@ def test_rogue_edge_streams_never_break_the_cloud(rogue: Rogue, soak: bool,
         assert rogue.applied_from_rogue > 0
 
 
+def test_requests_that_are_not_protobuf_are_one_line_a_minute_at_the_cloud_and_all_counted(
+        tmp_path: Path) -> None:
+    """Anything that reaches the cloud's gRPC port can send bytes that are not a RequestMsg,
+    before any connect, one stream after another. Each is counted in
+    edge_cloud_undecodable_requests_total; only the first of a minute is logged (grpc's own
+    "Exception deserializing request!" record not at all), the others told in one line: with
+    the next line once the minute has ended, and at the cloud's stop. (The timer that tells
+    them when the minute ends is tested with the class itself, in
+    tests/unit/test_cloud_undecodable.py.)"""
+    forward_stdlib_logging()  # grpc's record would come through, as in the cloud's process
+    clock = SteppedClock()
+    cfg = load_cloud_config(env={
+        "CLOUD_DATA_DIR": str(tmp_path / "cloud"), "EDGES_RPC_HOST": "127.0.0.1",
+        "EDGES_RPC_PORT": "0", "CLOUD_ADMIN_HOST": "127.0.0.1", "CLOUD_ADMIN_PORT": "0"})
+    server = CloudServer(cfg, clock=clock).start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    lines: list[tuple[str, str]] = []
+
+    def sink(message: Any) -> None:
+        r = message.record
+        if r["extra"].get("logger") == "grpc._common" or "protobuf" in r["message"]:
+            lines.append((r["level"].name, r["message"]))
+
+    handle = logger.add(sink, level="DEBUG", format="{message}")
+
+    def garbage(count: int) -> None:
+        for _ in range(count):
+            code, _, responses = RawStream(channel, [b"\xff"]).finish()  # a bad tag
+            assert (code, responses) == (grpc.StatusCode.INTERNAL, [])
+
+    def counted() -> float:
+        return server.counters.metrics.value("edge_cloud_undecodable_requests_total")
+
+    first = ("WARNING", "a peer sent a message that is not valid protobuf (DecodeError: Error "
+             "parsing message with type 'edge.RequestMsg': Wire format was corrupt, 1 bytes): "
+             "its stream ends; further ones within a minute are only counted "
+             "(edge_cloud_undecodable_requests_total) and told in one line")
+
+    def more(n: int) -> tuple[str, str]:
+        return "WARNING", f"{n} more messages that are not valid protobuf from peers in the last minute"
+
+    try:
+        garbage(4)
+        assert (lines, counted()) == ([first], 4)
+        clock.step(61)  # the minute ends; the next one tells the three first
+        garbage(3)
+        assert (lines, counted()) == ([first, more(3), first], 7)
+    finally:
+        channel.close()
+        server.stop(grace_s=0.5)
+        logger.remove(handle)
+    assert (lines, counted()) == ([first, more(3), first, more(2)], 7)
+
+
 # == b. a rogue cloud against the edge =============================================================
 
 EDGE_RK, EDGE_SECRET = "rk-edge", "edge-secret"
