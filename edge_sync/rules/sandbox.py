@@ -471,13 +471,16 @@ class ScriptEngine:
                 raise blocked
             if self._run is None or self._owner != threading.get_ident():
                 self._build()
-            started = time.monotonic()
             try:
                 out = self._run(args)
             except _quickjs.JSException as exc:
                 text = str(exc).rstrip()
                 self._reset()  # the next call runs on a fresh context
-                if "interrupted" in text or time.monotonic() - started >= self.limits.time_limit_s:
+                # a timeout is the engine's interrupt alone, never a call that took long on
+                # the wall clock: its thread may have waited (for the GIL the binding releases
+                # during the call, for a CPU) while the script threw past its try (a value
+                # JSON.stringify refuses), a runtime error however long it waited
+                if "interrupted" in text:
                     raise self._timeout() from None
                 if _is_oom(text):
                     raise self._memory_exceeded() from None
