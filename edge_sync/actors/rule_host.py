@@ -13,7 +13,7 @@ from typing import Any
 
 from loguru import logger
 
-from edge_sync.actors.rule_outcomes import RuleCounters, log_failure_lines
+from edge_sync.actors.rule_outcomes import BlockedScript, RuleCounters, log_failure_lines
 from edge_sync.rules.engine import RuleEngine
 from edge_sync.rules.runtime import ChainInForce
 from edge_sync.rules.sandbox import ScriptLimits
@@ -38,7 +38,11 @@ class ShardRules:
         self._limits = limits
         self._engine: RuleEngine | None = None
         self._chain: ChainInForce | None = None  # the chain self._engine runs
+        # both as one value, replaced whole: read by other threads (``script_blocks``)
+        self._running: tuple[RuleEngine, ChainInForce] | None = None
+        self._shard = shard
         self._log = logger.bind(component="rules", shard=shard)
+        counters.blocks.attach(shard, self.script_blocks)
 
     def engine(self) -> RuleEngine | None:
         """The engine of the chain in force (None: no chain, today's behaviour); built again
@@ -47,15 +51,36 @@ class ShardRules:
         chain kept in the store takes its kept version again)."""
         current = self.runtime.current()
         if current is None:
-            self._engine, self._chain = None, None
+            self._engine, self._chain, self._running = None, None, None
             return None
         if self._engine is None or current is not self._chain:
             self._engine = RuleEngine(current.chain, current.meta, clock=self._now_ms,
                                       limits=self._limits, new_id=self._new_id)
             self._chain = current
+            self._running = (self._engine, current)
             self._log.bind(chain=current.chain.name, version=current.version).debug(
                 "rule chain compiled on this shard")
         return self._engine
+
+    def script_blocks(self) -> list[BlockedScript]:
+        """The scripts this shard's engine has blocked now, when it runs the chain in force
+        (an engine of a chain swapped out blocks nothing any more: its next message builds the
+        new one). Any thread: called when the status or the metrics ask, never per message."""
+        running = self._running
+        if running is None:
+            return []
+        engine, chain = running
+        if chain is not self.runtime.current():
+            return []
+        blocks = engine.script_blocks()
+        if not blocks:
+            return []
+        now_ms = self._now_ms()
+        return [BlockedScript(chain.chain.name, chain.digest, node.describe(), node.index,
+                              self._shard, now_ms - round(block.blocked_for_s * 1000),
+                              now_ms + round(block.left_s * 1000), block.errors,
+                              block.last_error)
+                for node, block in blocks]
 
     def failure_lines_due(self) -> int | None:
         """When (ms) failures not logged are due a line (``log_failure_lines``); O(1)."""

@@ -63,7 +63,13 @@ from edge_sync.rules.message import (
     RuleMsg,
 )
 from edge_sync.rules.patterns import process_pattern
-from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits, TransformResult
+from edge_sync.rules.sandbox import (
+    ScriptBlock,
+    ScriptEngine,
+    ScriptError,
+    ScriptLimits,
+    TransformResult,
+)
 from edge_sync.rules.validate import check
 from edge_sync.validators import INT64_MAX, INT64_MIN
 
@@ -475,6 +481,16 @@ class RuleEngine:
         """A node's stable key (``window_key``): the same for the same node of an edited chain
         (renumbered, or sent again by the cloud with new node ids)."""
         return self._keys[index]
+
+    def script_blocks(self) -> list[tuple[RuleNode, ScriptBlock]]:
+        """The nodes whose script is blocked now (``ScriptEngine.block``), in node order: read
+        when the status or the metrics ask (any thread), never per message."""
+        out = []
+        for index in sorted(self._scripts):
+            block = self._scripts[index].block()
+            if block is not None:
+                out.append((self.meta.nodes[index], block))
+        return out
 
     def node_index(self, key: str) -> int | None:
         """The index of the node of that key in this chain; None when it is not in it."""
