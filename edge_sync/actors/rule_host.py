@@ -7,6 +7,7 @@ Owns nothing durable: the chain is the RulesRuntime's, the rule state the store'
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,10 @@ class ShardRules:
         # both as one value, replaced whole: read by other threads (``script_blocks``)
         self._running: tuple[RuleEngine, ChainInForce] | None = None
         self._shard = shard
+        # a block's since/until in edge time (ms), taken at its first read: the block's own
+        # clock is monotonic, and converting it again at each read would move them by a ms
+        self._block_times: dict[tuple[int, float, float], tuple[int, int]] = {}
+        self._block_lock = threading.Lock()
         self._log = logger.bind(component="rules", shard=shard)
         counters.blocks.attach(shard, self.script_blocks)
 
@@ -73,14 +78,20 @@ class ShardRules:
         if chain is not self.runtime.current():
             return []
         blocks = engine.script_blocks()
-        if not blocks:
-            return []
         now_ms = self._now_ms()
-        return [BlockedScript(chain.chain.name, chain.digest, node.describe(), node.index,
-                              self._shard, now_ms - round(block.blocked_for_s * 1000),
-                              now_ms + round(block.left_s * 1000), block.errors,
-                              block.last_error)
-                for node, block in blocks]
+        out = []
+        with self._block_lock:
+            seen = self._block_times
+            self._block_times = {}  # the blocks over (or of an engine gone) are forgotten
+            for node, block in blocks:
+                key = (node.index, block.since, block.until)
+                times = seen.get(key) or (now_ms - round(block.blocked_for_s * 1000),
+                                          now_ms + round(block.left_s * 1000))
+                self._block_times[key] = times
+                out.append(BlockedScript(chain.chain.name, chain.digest, node.describe(),
+                                         node.index, self._shard, *times, block.errors,
+                                         block.last_error))
+        return out
 
     def failure_lines_due(self) -> int | None:
         """When (ms) failures not logged are due a line (``log_failure_lines``); O(1)."""

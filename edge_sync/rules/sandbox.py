@@ -79,12 +79,15 @@ class ScriptBlocked(ScriptError):
 @dataclass(frozen=True, slots=True)
 class ScriptBlock:
     """A block in force, as ``ScriptEngine.block`` reads it: how long ago it started and how
-    long it has left (seconds), the errors counted, the last one (type and text)."""
+    long it has left (seconds), the errors counted, the last one (type and text); ``since``
+    and ``until`` on the limits' clock (the same at every read of one block)."""
 
     blocked_for_s: float
     left_s: float
     errors: int
     last_error: str
+    since: float
+    until: float
 
 
 @dataclass(frozen=True)
@@ -459,7 +462,7 @@ class ScriptEngine:
         now = self.limits.clock()
         if now >= until:
             return None
-        return ScriptBlock(now - since, until - now, errors, last_error)
+        return ScriptBlock(now - since, until - now, errors, last_error, since, until)
 
     def _count_error(self, error: ScriptError) -> None:
         """A timeout or a memory blow-up: counted, and the count lives ``block_s`` from now

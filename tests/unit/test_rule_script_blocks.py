@@ -98,7 +98,7 @@ def test_the_sandbox_tells_its_block_without_changing_it() -> None:
     clocks.advance(1.0)
     assert [type(v) for v in engine.call_many([({"v": LOOP}, {}, "T")])] == [ScriptTimeout]
     clocks.advance(20.0)
-    assert engine.block() == ScriptBlock(20.0, 40.0, 2, TIMEOUT)
+    assert engine.block() == ScriptBlock(20.0, 40.0, 2, TIMEOUT, 1_001.0, 1_061.0)
     clocks.advance(40.0)
     assert engine.block() is None  # expired: read as such before any call ends it
     assert engine.call({"v": 1}, {}, "T") == 1
@@ -123,6 +123,10 @@ def test_blocks_of_every_shard_are_one_entry_per_node_and_one_gauge(tmp_path: Pa
         first = clocks.ms
         assert counters.blocks.read() == [
             BlockedScript("Boiler ops", d, FILTER, 0, 0, first, first + 60_000, 2, TIMEOUT)]
+        clocks.ms += 3  # the edge's clock drifts from the blocklist's: a block reads the same
+        assert [(b.since_ms, b.until_ms) for b in counters.blocks.read()] == [
+            (first, first + 60_000)]
+        clocks.ms -= 3
         clocks.advance(10.0)
         loop_twice(shards[1])  # blocked on shard 1 too, 10 s later
         assert counters.blocks.snapshot() == [
