@@ -41,6 +41,7 @@ from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common import ids
 from edge_sync.common.admin_guard import check_bind
 from edge_sync.common.http_host import HttpHost
+from edge_sync.common.iso_time import iso_ms
 from edge_sync.config import EdgeConfig
 from edge_sync.errors import ConfigError, EdgeSyncError
 from edge_sync.link.connection import ConnectionActor
@@ -258,7 +259,10 @@ class EdgeApp:
         summed over the devices), windows of nodes not in the chain (``orphaned_windows``:
         dropped at their deadline), or, with no chain in force, every open window
         (``waiting_windows``: they wait on disk for a chain), and the windows dropped at their
-        deadline and the messages lost with them (``dropped_windows``, ``dropped_messages``)."""
+        deadline and the messages lost with them (``dropped_windows``, ``dropped_messages``),
+        and the scripts blocked on any shard (``blocked_scripts``: node, chain, since, until,
+        the shards, the errors counted and the last one; read from the shards' engines now,
+        ``ScriptBlocks.snapshot``)."""
         out = self.chain_source.status()
         tally = self.rule_counters.windows
         held = tally.snapshot()
@@ -273,6 +277,9 @@ class EdgeApp:
         out["waiting_windows"] = left if waiting else []
         out["dropped_windows"] = dict(tally.dropped_windows)
         out["dropped_messages"] = dict(tally.dropped_messages)
+        out["blocked_scripts"] = [
+            {**block, "since": iso_ms(block["since_ms"]), "until": iso_ms(block["until_ms"])}
+            for block in self.rule_counters.blocks.snapshot()]
         return out
 
     def _script_limits(self) -> ScriptLimits:

@@ -406,7 +406,17 @@ class EntityActor:
                            engine, step.outcomes, step.dropped)
 
     def _report(self, step: Step, engine: RuleEngine) -> None:
+        """The windows' log lines: each window that woke (DEBUG, with how late), each clock
+        jump a window saw (WARNING). Only when windows woke or jumped: nothing per message."""
         eid = str(self.entity_id)
+        for woke in step.closed:
+            _rules_log.bind(entity=eid, node=woke.node, messages=woke.messages,
+                            outputs=woke.outputs, kept=woke.kept, deadline_ms=woke.deadline,
+                            late_ms=woke.late_ms).debug(
+                "rule window of node {} for device {} woke: {} messages sent on in {} outputs, "
+                "{} kept; due at {}, {} ms late", woke.node, woke.originator, woke.messages,
+                woke.outputs, woke.kept, iso_ms(woke.deadline, f"{woke.deadline} ms"),
+                woke.late_ms)
         for jump in step.jumps:  # key[0]: the node as rules lines name it
             _rules_log.bind(entity=eid, node=jump.key[0], direction=jump.direction,
                             by_ms=jump.by_ms).warning(

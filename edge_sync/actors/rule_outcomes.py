@@ -44,6 +44,9 @@ The rule chain metrics (``RuleCounters``, docs/metrics.md):
 - ``edge_sync_rule_window_messages_dropped_total``: the window tally's messages lost with
   windows dropped because their node left the chain (one series, there from the start; the
   node is in the log line and the status).
+- ``edge_sync_rule_script_blocked{chain,digest,node}`` (1 or 0, read from the shards' engines
+  when scraped: ``ScriptBlocks``): 1 while the node's script is blocked on any shard, for every
+  script node of the chain in force (from its install, at 0).
 
 What a save or push node is handed must be what a device could have posted (keys of at most
 255 bytes, 64-bit integers, timestamps from 0 to 2^63-1, text without lone surrogates: the
@@ -97,6 +100,7 @@ from edge_sync.rules.message import (
     Originator,
     RuleMsg,
 )
+from edge_sync.rules.nodes import script_of
 from edge_sync.rules.runtime import ChainInForce, Refusal, RulesRuntime
 from edge_sync.storable import check_json_value, check_timestamp, check_values
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope
@@ -162,6 +166,65 @@ class WindowTally:
         return out
 
 
+@dataclass(frozen=True)
+class BlockedScript:
+    """One shard's block of a node's script (``ShardRules.script_blocks``): since and until
+    (ms, edge time), the timeouts or memory blow-ups counted, the last one (type and text)."""
+
+    chain: str
+    digest: str
+    node: str
+    """as the per-node counts name it (``RuleNode.describe``)"""
+    index: int
+    shard: int
+    since_ms: int
+    until_ms: int
+    errors: int
+    last_error: str
+
+
+class ScriptBlocks:
+    """The rule scripts blocked now, over the shards: each shard runs its own copy of the
+    chain's scripts and blocks them on its own (``ScriptEngine.block``). Each shard incarnation
+    attaches its reader (``attach``: the latest of a shard replaces the one before); they are
+    read only when the status or the metrics ask, never per message. Any thread; the lock is a
+    leaf (the readers are called outside it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._readers: dict[int, Callable[[], list[BlockedScript]]] = {}
+
+    def attach(self, shard: int, read: Callable[[], list[BlockedScript]]) -> None:
+        with self._lock:
+            self._readers[shard] = read
+
+    def read(self) -> list[BlockedScript]:
+        """Every shard's blocks in force, by shard."""
+        with self._lock:
+            readers = sorted(self._readers.items())
+        return [block for _, read in readers for block in read()]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per node whose script is blocked on any shard, in chain and node order: ``chain``,
+        ``digest``, ``node``, ``shards`` (those where it is blocked), ``since_ms`` (the earliest
+        block's start), ``until_ms`` (the latest block's end), and of the shard that blocked it
+        last, ``errors`` and ``last_error`` (why: the timeout or memory blow-up that blocked
+        it)."""
+        by_node: dict[tuple[str, str, int], list[BlockedScript]] = {}
+        for block in self.read():
+            by_node.setdefault((block.chain, block.digest, block.index), []).append(block)
+        out = []
+        for key in sorted(by_node):
+            blocks = by_node[key]
+            last = max(blocks, key=lambda b: (b.since_ms, b.shard))
+            out.append({"chain": last.chain, "digest": last.digest, "node": last.node,
+                        "shards": sorted(b.shard for b in blocks),
+                        "since_ms": min(b.since_ms for b in blocks),
+                        "until_ms": max(b.until_ms for b in blocks),
+                        "errors": last.errors, "last_error": last.last_error})
+        return out
+
+
 class RuleCounters:
     """Per-node counts of the chain in force: in the runtime (status, admin API) and in
     /metrics (``edge_sync_rule_node_messages_total``, ``edge_sync_rule_node_failures_total``).
@@ -176,6 +239,7 @@ class RuleCounters:
     def __init__(self, runtime: RulesRuntime, metrics: Metrics | None = None) -> None:
         self.runtime = runtime
         self.windows = WindowTally()
+        self.blocks = ScriptBlocks()
         self._in: Counter | None = None
         self._failed: Counter | None = None
         self._lock = threading.Lock()
@@ -210,6 +274,11 @@ class RuleCounters:
             "edge_sync_rule_window_messages_dropped_total", "acknowledged messages lost with rule "
             "windows dropped at their deadline because their node is not in the chain in force",
             lambda: float(windows.dropped_messages_total))
+        metrics.gauge_family(
+            "edge_sync_rule_script_blocked", "1 while a rule node's script is blocked (after "
+            "rules.script_max_errors timeouts or memory blow-ups) on any shard, its messages "
+            "going by Failure at once, else 0; by chain (name and digest) and node, every "
+            "script node of the chain in force", _NODE_LABELS, self._blocked)
         runtime.listen(self._changed)
         self._changed(runtime.current())
 
@@ -237,6 +306,21 @@ class RuleCounters:
             return None
         return {"chain": current.chain.name, "source": kind_of(current.source),
                 "digest": current.digest}
+
+    def _blocked(self) -> dict[tuple[str, ...], float]:
+        """The scrape's ``edge_sync_rule_script_blocked``: every script node of the chain in
+        force, 1 when blocked on any shard."""
+        current = self.runtime.current()
+        if current is None:
+            return {}
+        title, digest = current.chain.name, current.digest
+        out: dict[tuple[str, ...], float] = {
+            (title, digest, node.describe()): 0.0 for node in current.meta.nodes
+            if script_of(node.type, node.configuration) is not None}
+        for block in self.blocks.read():
+            if block.digest == digest and (title, digest, block.node) in out:
+                out[(title, digest, block.node)] = 1.0
+        return out
 
     def _version(self) -> float:
         current = self.runtime.current()

@@ -16,7 +16,8 @@ the link for a sync. 400 malformed, 404 unknown entity (named), 409 a name taken
 
 The rule engine: ``GET /api/rules`` (the chain in force, its source, version, per-node counts,
 each window node's open windows and held messages, windows of nodes not in the chain, messages
-lost with dropped windows, the last refusal; also under ``rules`` in ``GET /api/status``) and
+lost with dropped windows, the scripts blocked on any shard, the last refusal; also under
+``rules`` in ``GET /api/status``) and
 ``GET /api/devices/{id}/timeseries`` (the points a chain saved on the edge only)."""
 
 from __future__ import annotations
@@ -183,7 +184,8 @@ class AdminHttpApi:
 
     async def _rules(self, request: web.Request) -> web.StreamResponse:
         """``GET /api/rules``: the chain in force (name, id, source, version, digest), its
-        per-node counts, and the last refusal."""
+        per-node counts, the scripts blocked now (``blocked_scripts``), and the last
+        refusal."""
         return web.json_response(self._rules_status() if self._rules_status else None)
 
     async def _timeseries(self, request: web.Request) -> web.StreamResponse:

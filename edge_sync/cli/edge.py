@@ -560,6 +560,11 @@ def _rules_text(rules: dict[str, Any] | None, *, running: bool) -> list[str]:
     lines += [f"  {o['node']}: open windows {o['open_windows']} ({o['held_messages']} "
               "messages held), wait for a chain in force"
               for o in rules.get("waiting_windows", [])]
+    lines += [f"  {b['node']}: script blocked since {b.get('since') or b['since_ms']} until "
+              f"{b.get('until') or b['until_ms']} on shard{'s' if len(b['shards']) > 1 else ''} "
+              f"{', '.join(map(str, b['shards']))} after {b['errors']} timeouts or memory "
+              f"blow-ups (last: {_first_line(b['last_error'])}): its messages go by Failure"
+              for b in rules.get("blocked_scripts", [])]
     windows = sum((rules.get("dropped_windows") or {}).values())
     lost = sum((rules.get("dropped_messages") or {}).values())
     if windows or lost:
@@ -572,6 +577,11 @@ def _rules_text(rules: dict[str, Any] | None, *, running: bool) -> list[str]:
         lines.append(f"  last refusal from {refusal['source']} at {at}{still}: "
                      + "; ".join(refusal["problems"]))
     return lines
+
+
+def _first_line(text: str) -> str:
+    """A script error's message without its stack."""
+    return text.splitlines()[0] if text else text
 
 
 def _events(cfg: EdgeConfig, args: argparse.Namespace) -> int:

@@ -63,7 +63,13 @@ from edge_sync.rules.message import (
     RuleMsg,
 )
 from edge_sync.rules.patterns import process_pattern
-from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits, TransformResult
+from edge_sync.rules.sandbox import (
+    ScriptBlock,
+    ScriptEngine,
+    ScriptError,
+    ScriptLimits,
+    TransformResult,
+)
 from edge_sync.rules.validate import check
 from edge_sync.validators import INT64_MAX, INT64_MIN
 
@@ -387,18 +393,29 @@ def window_keys(nodes: Sequence[RuleNode]) -> list[str]:
     return keys
 
 
-def describe_key(key: str, node_type: str) -> str:
-    """How a log line names a node by its key when the chain in force has no such node:
-    ``'dedup all 20s' (TbMsgDeduplicationNode)`` (``#2`` after the name when it is the second
-    of that type and name); a key of an earlier edge version (``#<index>`` or the node's id)
-    as it is."""
+def window_node_name(node_type: str, name: str, index: int | None = None,
+                     occurrence: int = 1) -> str:
+    """How every log line names a window node (deduplication, aggregation): its index in the
+    chain when it is bound to the chain in force, its name and its type:
+    ``nodes[2] 'dedup all 20s' (TbMsgDeduplicationNode)``; a node not in the chain in force
+    without the index, ``'dedup all 20s' (TbMsgDeduplicationNode)`` (``#2`` after the name when
+    it was the second of that type and name). So one grep of ``'dedup all 20s'
+    (TbMsgDeduplicationNode)`` finds the node's windows whether bound or orphaned."""
     short = node_type.rsplit(".", 1)[-1]
+    place = f" #{occurrence}" if occurrence != 1 and index is None else ""
+    at = "" if index is None else f"nodes[{index}] "
+    return f"{at}{name!r}{place} ({short})"
+
+
+def describe_key(key: str, node_type: str) -> str:
+    """How a log line names a node by its key when the chain in force has no such node
+    (``window_node_name`` without the index); a key of an earlier edge version (``#<index>``
+    or the node's id) as it is, with the type."""
     try:
         kind, name, occurrence = json.loads(key)
     except (ValueError, TypeError):
-        return f"{key} ({short})"
-    place = f" #{occurrence}" if occurrence != 1 else ""
-    return f"{name!r}{place} ({kind})"
+        return f"{key} ({node_type.rsplit('.', 1)[-1]})"
+    return window_node_name(str(kind), str(name), None, int(occurrence))
 
 
 WINDOW_TYPES = (n.DEDUPLICATION, n.AGGREGATE)
@@ -464,6 +481,16 @@ class RuleEngine:
         """A node's stable key (``window_key``): the same for the same node of an edited chain
         (renumbered, or sent again by the cloud with new node ids)."""
         return self._keys[index]
+
+    def script_blocks(self) -> list[tuple[RuleNode, ScriptBlock]]:
+        """The nodes whose script is blocked now (``ScriptEngine.block``), in node order: read
+        when the status or the metrics ask (any thread), never per message."""
+        out = []
+        for index in sorted(self._scripts):
+            block = self._scripts[index].block()
+            if block is not None:
+                out.append((self.meta.nodes[index], block))
+        return out
 
     def node_index(self, key: str) -> int | None:
         """The index of the node of that key in this chain; None when it is not in it."""

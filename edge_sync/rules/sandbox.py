@@ -76,6 +76,20 @@ class ScriptBlocked(ScriptError):
     made (ThingsBoard's AbstractScriptInvokeService.invokeScript, its text)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ScriptBlock:
+    """A block in force, as ``ScriptEngine.block`` reads it: how long ago it started and how
+    long it has left (seconds), the errors counted, the last one (type and text); ``since``
+    and ``until`` on the limits' clock (the same at every read of one block)."""
+
+    blocked_for_s: float
+    left_s: float
+    errors: int
+    last_error: str
+    since: float
+    until: float
+
+
 @dataclass(frozen=True)
 class ScriptLimits:
     """Per-engine limits: wall time of one call, memory of the whole context, the JS stack; and
@@ -378,6 +392,10 @@ class ScriptEngine:
         self._errors = 0
         self._expires = 0.0
         self._blocked_at: float | None = None
+        self._last_error = ""
+        # the block in force as one value, (since, until, errors, last error), replaced whole:
+        # ``block`` reads it from any thread without the lock
+        self._block: tuple[float, float, int, str] | None = None
         body = tbel_to_js(script) if lang == "TBEL" else script
         self._body_lines = body.count("\n") + 1
         self._source = (_PROLOGUE_TBEL if lang == "TBEL" else _PROLOGUE) + body + _EPILOGUE
@@ -420,6 +438,7 @@ class ScriptEngine:
         now = self.limits.clock()
         if now >= self._expires:
             self._errors = 0
+            self._block = None
             if self._blocked_at is not None:
                 blocked_for, self._blocked_at = now - self._blocked_at, None
                 _log.bind(node=self.node, chain=self.chain).info(
@@ -432,7 +451,20 @@ class ScriptEngine:
             f"Script invocation is blocked due to maximum error count "
             f"{self.limits.max_errors}!")
 
-    def _count_error(self) -> None:
+    def block(self) -> ScriptBlock | None:
+        """The block in force now, else None: for the status and the metrics, read when they
+        are asked (any thread, no lock, nothing changed: the script's next call ends an
+        expired block, as ``blocked`` does)."""
+        block = self._block
+        if block is None:
+            return None
+        since, until, errors, last_error = block
+        now = self.limits.clock()
+        if now >= until:
+            return None
+        return ScriptBlock(now - since, until - now, errors, last_error, since, until)
+
+    def _count_error(self, error: ScriptError) -> None:
         """A timeout or a memory blow-up: counted, and the count lives ``block_s`` from now
         (BlockedScriptInfo.incrementAndGet). A script that throws is not counted (ThingsBoard
         counts every error but a RUNTIME one)."""
@@ -442,6 +474,10 @@ class ScriptEngine:
         now = limits.clock()
         self._errors += 1
         self._expires = now + limits.block_s
+        self._last_error = f"{type(error).__name__}: {error}"
+        if self._errors >= limits.max_errors:
+            self._block = (now if self._blocked_at is None else self._blocked_at,
+                           self._expires, self._errors, self._last_error)
         if self._errors >= limits.max_errors and self._blocked_at is None:
             self._blocked_at = now
             _log.bind(node=self.node, chain=self.chain, errors=self._errors,
@@ -451,13 +487,15 @@ class ScriptEngine:
                 self.node, self.chain, limits.block_s, self._errors)
 
     def _timeout(self) -> ScriptTimeout:
-        self._count_error()
-        return ScriptTimeout(f"the script ran over its {self.limits.time_limit_s:g} s limit")
+        error = ScriptTimeout(f"the script ran over its {self.limits.time_limit_s:g} s limit")
+        self._count_error(error)
+        return error
 
     def _memory_exceeded(self) -> ScriptMemoryExceeded:
-        self._count_error()
-        return ScriptMemoryExceeded(
+        error = ScriptMemoryExceeded(
             f"the script exceeded its {self.limits.memory_limit_bytes} byte memory cap")
+        self._count_error(error)
+        return error
 
     def call(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> Any:
         """The script's return value (JSON: None for undefined) for one message."""
@@ -471,13 +509,16 @@ class ScriptEngine:
                 raise blocked
             if self._run is None or self._owner != threading.get_ident():
                 self._build()
-            started = time.monotonic()
             try:
                 out = self._run(args)
             except _quickjs.JSException as exc:
                 text = str(exc).rstrip()
                 self._reset()  # the next call runs on a fresh context
-                if "interrupted" in text or time.monotonic() - started >= self.limits.time_limit_s:
+                # a timeout is the engine's interrupt alone, never a call that took long on
+                # the wall clock: its thread may have waited (for the GIL the binding releases
+                # during the call, for a CPU) while the script threw past its try (a value
+                # JSON.stringify refuses), a runtime error however long it waited
+                if "interrupted" in text:
                     raise self._timeout() from None
                 if _is_oom(text):
                     raise self._memory_exceeded() from None

@@ -53,6 +53,7 @@ from edge_sync.rules.engine import (
     RuleEngine,
     count_visits,
     describe_key,
+    window_node_name,
 )
 from edge_sync.rules.message import Originator, RuleMsg
 from edge_sync.rules.window import (
@@ -95,6 +96,25 @@ class Dropped:
 
 
 @dataclass(frozen=True)
+class WindowClosed:
+    """A window of a node in the chain woke at its deadline (or later) and sent its output on:
+    for the caller's DEBUG line."""
+
+    node: str
+    """as log lines name a window node (``engine.window_node_name``)"""
+    originator: str
+    messages: int
+    """the messages its outputs stand for"""
+    outputs: int
+    deadline: int
+    """the time it was due (ms, edge time)"""
+    late_ms: int
+    """how long after its deadline it woke"""
+    kept: int
+    """messages it keeps for a later deduplication pack (0: it closed)"""
+
+
+@dataclass(frozen=True)
 class Step:
     """What one call decided."""
 
@@ -106,24 +126,33 @@ class Step:
     """whether ``record`` differs from the last one (persist only then)"""
     jumps: tuple[ClockJump, ...]
     """clock jumps the windows saw (for the caller to log); ``key[0]`` names the node as log
-    lines do (``nodes[0] 'dedup all 20s'``), not by its key"""
+    lines do (``nodes[0] 'dedup all 20s' (TbMsgDeduplicationNode)``), not by its key"""
     dropped: tuple[Dropped, ...]
     """windows whose node left the chain, closed now: their output went nowhere (per node,
     for the log and the count of messages lost)"""
     visits: dict[str, int] = field(default_factory=dict)
     """messages each node received, when ``outcomes`` leaves out the ``Visited`` markers
     (``on_messages``); empty otherwise"""
+    closed: tuple[WindowClosed, ...] = ()
+    """windows of nodes in the chain that woke and sent their output on, in the order they
+    did (for the caller's DEBUG line; the output is in ``outcomes``)"""
 
 
 @dataclass
 class _Node:
-    """One node's windows for this entity: the node's key and type, and how log lines name
-    it (its ``describe()`` in the chain bound, else ``describe_key``)."""
+    """One node's windows for this entity: the node's key and type, how log lines name it
+    (``window_node_name``: with its index in the chain bound, else ``describe_key``) and how
+    the status counts it (its ``describe()`` in the chain bound, as the per-node counts and
+    metrics do; else the label)."""
 
     key: str
     type: str
     windows: Windows
     label: str
+    counted: str = ""
+
+    def __post_init__(self) -> None:
+        self.counted = self.counted or self.label
 
     def to_record(self) -> dict[str, Any]:
         return {"node": self.key, "type": self.type, "windows": self.windows.to_record()}
@@ -165,6 +194,17 @@ def _mapped(engine: RuleEngine, raw: dict[str, Any]) -> dict[str, Any]:
         **windows,
         "windows": [{**w, "node": new} for w in windows["windows"]],
         "closed_seq": [[new, originator, seq] for _, originator, seq in windows["closed_seq"]]}}
+
+
+def _woken(label: str, closed: Sequence[Closed]) -> list[WindowClosed]:
+    """One ``WindowClosed`` per window woken among ``closed`` (one node's: a deduplication
+    window's packs together), in their order."""
+    by_window: dict[tuple[str, str], list[Closed]] = {}
+    for c in closed:
+        by_window.setdefault(c.key, []).append(c)
+    return [WindowClosed(label, key[1], sum(c.count for c in cs), len(cs), cs[0].due,
+                         cs[0].closed - cs[0].due, cs[0].kept)
+            for key, cs in by_window.items()]
 
 
 def _named(jump: ClockJump, label: str) -> ClockJump:
@@ -231,12 +271,12 @@ class EntityRules:
         return windows, messages
 
     def window_counts(self) -> dict[str, tuple[int, int]]:
-        """Per node with open windows, (open windows, messages they hold), by how log lines
-        name it (bound: its ``describe()`` in the chain; an orphan: ``describe_key`` and
-        `` (not in the chain)``; not bound yet: its key)."""
+        """Per node with open windows, (open windows, messages they hold), by how the status
+        names it (bound: its ``describe()`` in the chain, as its counts; an orphan:
+        ``describe_key`` and `` (not in the chain)``; not bound yet: ``describe_key``)."""
         out: dict[str, tuple[int, int]] = {}
         for x in self._nodes.values():
-            out[x.label] = (len(x.windows.open_keys()), x.windows.held())
+            out[x.counted] = (len(x.windows.open_keys()), x.windows.held())
         for x in self._orphans:
             label = f"{x.label} (not in the chain)"
             windows, held = out.get(label, (0, 0))
@@ -262,12 +302,13 @@ class EntityRules:
         self._originator = msg.originator
         out: list[Outcome] = []
         jumps: list[ClockJump] = []
-        dropped = self._close_due(engine, now_ms, out, jumps)
+        closes: list[WindowClosed] = []
+        dropped = self._close_due(engine, now_ms, out, jumps, closes)
         for outcome in engine.run(msg, self._alarms):
             out.append(outcome)
             if isinstance(outcome, Deferred):
                 self._defer(engine, outcome, now_ms, out, jumps)
-        return self._step(out, jumps, dropped)
+        return self._step(out, jumps, dropped, closes=closes)
 
     def on_messages(self, engine: RuleEngine, msgs: Sequence[RuleMsg], now_ms: int) -> Step:
         """``on_message`` for each of ``msgs`` in turn, as one Step: the outcomes of every call
@@ -286,11 +327,13 @@ class EntityRules:
             outcomes = count_visits([o for step in steps for o in step.outcomes], visits)
             return Step(tuple(outcomes), steps[-1].record, any(step.changed for step in steps),
                         tuple(j for step in steps for j in step.jumps),
-                        tuple(d for step in steps for d in step.dropped), visits)
+                        tuple(d for step in steps for d in step.dropped), visits,
+                        tuple(c for step in steps for c in step.closed))
         self._bind(engine)
         runs = engine.run_many(msgs, self._alarms, visits)
         out: list[Outcome] = []
         jumps: list[ClockJump] = []
+        closes: list[WindowClosed] = []
         dropped: list[Dropped] = []
         changed = False
         last = self._last
@@ -301,7 +344,7 @@ class EntityRules:
                 out.extend(outcomes)  # no window to close or feed: the outcomes as they are
             else:
                 resumed = True
-                dropped += self._close_due(engine, now_ms, out, jumps)
+                dropped += self._close_due(engine, now_ms, out, jumps, closes)
                 for outcome in outcomes:
                     out.append(outcome)
                     if isinstance(outcome, Deferred):
@@ -313,15 +356,16 @@ class EntityRules:
                 changed = record != last
                 last = record
         return self._step(count_visits(out, visits) if resumed else out, jumps, dropped, changed,
-                          visits)
+                          visits, closes)
 
     def on_due(self, engine: RuleEngine, now_ms: int) -> Step:
         """Close the windows due at ``now_ms``; each output goes on by its node's Success."""
         self._bind(engine)
         out: list[Outcome] = []
         jumps: list[ClockJump] = []
-        dropped = self._close_due(engine, now_ms, out, jumps)
-        return self._step(out, jumps, dropped)
+        closes: list[WindowClosed] = []
+        dropped = self._close_due(engine, now_ms, out, jumps, closes)
+        return self._step(out, jumps, dropped, closes=closes)
 
     def bind(self, engine: RuleEngine) -> tuple[Orphaned, ...]:
         """Attach the windows to ``engine``'s nodes (again after a chain swap; nothing to do for
@@ -342,6 +386,7 @@ class EntityRules:
             if rule_node is not None and rule_node.type == kind and key not in self._nodes:
                 self._nodes[key] = _Node(key, kind, _build(kind, rule_node.configuration,
                                                            raw["windows"]),
+                                         window_node_name(kind, rule_node.name, rule_node.index),
                                          rule_node.describe())
             else:
                 self._orphans.append(_Node(key, kind, _build(kind, _ORPHAN_CONFIG[kind],
@@ -373,7 +418,9 @@ class EntityRules:
         if node is None:
             rule_node = engine.meta.nodes[deferred.node_index]
             node = _Node(key, rule_node.type, _build(rule_node.type, rule_node.configuration,
-                                                     None), rule_node.describe())
+                                                     None),
+                         window_node_name(rule_node.type, rule_node.name, rule_node.index),
+                         rule_node.describe())
             self._nodes[key] = node
         msg = deferred.msg
         self._seq += 1
@@ -389,7 +436,7 @@ class EntityRules:
             out.extend(engine.resume(deferred.node_index, FAILURE, msg, self._alarms))
 
     def _close_due(self, engine: RuleEngine, now_ms: int, out: list[Outcome],
-                   jumps: list[ClockJump]) -> list[Dropped]:
+                   jumps: list[ClockJump], closes: list[WindowClosed]) -> list[Dropped]:
         if not self._nodes and not self._orphans:
             return []  # no window open (the per-message case of a chain without windows)
         closed: list[tuple[str, Closed]] = []
@@ -404,7 +451,9 @@ class EntityRules:
         for key, node in sorted(self._nodes.items()):
             result = node.windows.due(now_ms)
             jumps.extend(_named(j, node.label) for j in result.jumps)
-            closed.extend((key, c) for c in result.closed)
+            if result.closed:
+                closed.extend((key, c) for c in result.closed)
+                closes.extend(_woken(node.label, result.closed))
         for key, c in sorted(closed, key=lambda kc: (kc[1].opened, kc[0])):
             index = engine.node_index(key)
             assert index is not None  # bound to this engine's nodes
@@ -442,11 +491,12 @@ class EntityRules:
         }
 
     def _step(self, out: list[Outcome], jumps: list[ClockJump], dropped: list[Dropped],
-              changed: bool = False, visits: dict[str, int] | None = None) -> Step:
+              changed: bool = False, visits: dict[str, int] | None = None,
+              closes: list[WindowClosed] | None = None) -> Step:
         """The Step of a call; ``changed`` given: an earlier record of the call already
         differed."""
         record = self._record()
         changed = changed or record != self._last
         self._last = record
         return Step(tuple(out), record, changed, tuple(jumps), tuple(dropped),
-                    {} if visits is None else visits)
+                    {} if visits is None else visits, tuple(closes) if closes else ())

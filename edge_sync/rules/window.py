@@ -140,12 +140,19 @@ class AddResult:
 
 @dataclass(frozen=True)
 class Closed:
+    """One output of a wake-up (a deduplication wake-up may send several packs)."""
+
     key: Key
     output: OutMsg
     count: int
     overflow: int
     opened: int
     closed: int
+    """the wake-up's time (``now``)"""
+    due: int = 0
+    """the deadline the window woke for (``closed - due``: how late it woke)"""
+    kept: int = 0
+    """messages the window keeps after the wake-up (a later deduplication pack); 0: closed"""
 
 
 @dataclass(frozen=True)
@@ -262,10 +269,11 @@ class _Windows(Generic[S]):
                 continue
             if now >= w.deadline + self.interval_ms:
                 jumps.append(ClockJump(key, "forward", now - w.deadline))
+            due_at = w.deadline
             released, left, deadline = release(key, w, now)
             overflow = w.overflow
             for output, count in released:
-                closed.append(Closed(key, output, count, overflow, w.opened, now))
+                closed.append(Closed(key, output, count, overflow, w.opened, now, due_at, left))
                 overflow = 0  # reported once, with the wake-up's first output
             if deadline is None:
                 del self._open[key]

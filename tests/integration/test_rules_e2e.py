@@ -491,6 +491,13 @@ def test_hostile_script_fails_each_message_and_logs_once(tmp_path, procs, fixtur
     assert len(warnings) == 1, [w["message"] for w in warnings]  # not once per message
     assert warnings[0]["node"] == node
     assert error in warnings[0]["message"], warnings[0]["message"]
+    # blocked after 3 of them, for 60 s: the status and /metrics say so, with the last error
+    rules = rules_of(agent)
+    assert [(b["node"], b["errors"], b["last_error"].split(":")[0], len(b["shards"]))
+            for b in rules["blocked_scripts"]] == [(node, 3, error, 1)]
+    metrics = agent.admin("GET", "/metrics").body.decode()
+    assert (f'edge_sync_rule_script_blocked{{chain="{rules["chain"]}",digest="{rules["digest"]}",'
+            f'node="{node}"}} 1.0') in metrics.splitlines()
 
 
 # -- output the store cannot hold ---------------------------------------------------------------

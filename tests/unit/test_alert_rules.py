@@ -31,7 +31,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_alert_rules_are_valid() -> None:
     done = promtool("check", "rules", str(RULES))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 13 rules found" in done.stdout
+    assert "SUCCESS: 14 rules found" in done.stdout
 
 
 @needs_promtool
@@ -49,7 +49,8 @@ def test_every_alert_has_a_rule_test_and_names_only_exposed_metrics() -> None:
                       "EdgeSyncStorageAlmostFull", "EdgeSyncLinkDownLong",
                       "EdgeSyncConnectionFlapping", "EdgeSyncClockSkew", "EdgeSyncLatencyHigh",
                       "EdgeSyncNetworkSlow", "EdgeSyncRuleChainRefused",
-                      "EdgeSyncNoRuleChainInForce", "EdgeSyncRuleNodeFailing"]
+                      "EdgeSyncNoRuleChainInForce", "EdgeSyncRuleNodeFailing",
+                      "EdgeSyncRuleScriptBlocked"]
     assert {a for a in alerts if f"alertname: {a}" not in tests} == set()
     # the metric names the rules use are the agent's (docs/metrics.md lists them; a histogram's
     # buckets by its own name)

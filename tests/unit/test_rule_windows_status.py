@@ -253,3 +253,58 @@ def test_shards_are_told_when_the_chain_is_cleared_and_their_windows_wait(tmp_pa
         assert waiting == [{"node": AGG, "entities": 1, "open_windows": 1, "held_messages": 3}]
     finally:
         edge.stop()
+
+
+AGG_BOUND = "nodes[2] 'agg' (AggregateNode)"
+
+
+def test_each_window_that_wakes_is_one_debug_line_and_late_ones_keep_their_warnings(
+        tmp_path: Path) -> None:
+    """A window closing on time says so at DEBUG (device, node, messages, deadline, how late);
+    one woken late keeps its WARNING (the clock jumped) or, loaded overdue at start, the
+    shard's INFO line."""
+    clock, queue, _, counters, shard = rig(tmp_path)
+    device = DEVICES[0]
+    assert post(shard, device, [1, 2, 3]).result(0) == range(1, 2)
+    due = T0 + INTERVAL_S * 1000
+    clock.ms = due
+    with log_records() as records:
+        shard.on_receive(ExpireRpcs())
+    woke = [r for r in records if r["message"].startswith("rule window")]
+    assert [(r["level"].name, r["message"]) for r in woke] == [(
+        "DEBUG", f"rule window of node {AGG_BOUND} for device {device} woke: 3 messages sent "
+                 f"on in 1 outputs, 0 kept; due at {iso_ms(due)}, 0 ms late")]
+    assert {k: woke[0]["extra"][k] for k in ("entity", "node", "messages", "kept",
+                                               "deadline_ms", "late_ms")} == {
+        "entity": str(device), "node": AGG_BOUND, "messages": 3, "kept": 0,
+        "deadline_ms": due, "late_ms": 0}
+
+    post(shard, device, [4, 5]).result(0)  # committed; its window opens at `due`
+    clock.ms = due + 3 * INTERVAL_S * 1000 + 500  # the clock jumped past two more intervals
+    with log_records() as records:
+        shard.on_receive(ExpireRpcs())
+    late = 2 * INTERVAL_S * 1000 + 500
+    assert [(r["level"].name, r["message"]) for r in records
+            if r["extra"].get("component") == "rules"] == [
+        ("DEBUG", f"rule window of node {AGG_BOUND} for device {device} woke: 2 messages sent "
+                  f"on in 1 outputs, 0 kept; due at {iso_ms(due + INTERVAL_S * 1000)}, {late} "
+                  f"ms late"),
+        ("WARNING", f"edge clock jumped forward by {late} ms while a rule window was open: the "
+                    f"window wakes once; the skipped intervals give nothing")]
+
+    post(shard, device, [6]).result(0)  # its window is left open: the agent stops
+    opened = clock.ms
+    clock.ms = opened + INTERVAL_S * 1000 + 7_000  # started again after its deadline
+    again = ShardActor(lambda _reason: None, 0, queue, passivate_after_s=600.0,  # type: ignore[arg-type]
+                       store=queue.store, shards=1, clock=clock,  # type: ignore[arg-type]
+                       rules=lambda i: ShardRules(counters, queue.store, now_ms=clock.now_ms,
+                                                  new_id=lambda: str(uuid.uuid4()), shard=i))
+    with log_records() as records:
+        again._load_rule_states()
+    assert [(r["level"].name, r["message"]) for r in records
+            if r["message"].startswith(("rule window", "rule state"))] == [
+        ("DEBUG", f"rule window of node {AGG_BOUND} for device {device} woke: 1 messages sent "
+                  f"on in 1 outputs, 0 kept; due at {iso_ms(opened + INTERVAL_S * 1000)}, "
+                  f"7000 ms late"),
+        ("INFO", "rule state of 1 entities loaded: 1 open rule windows (1 held messages), 1 "
+                 "overdue (their deadline passed while the agent was down): closed now")]

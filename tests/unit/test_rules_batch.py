@@ -206,7 +206,7 @@ def test_run_many_equals_run_one_after_the_other(seed: int) -> None:
 
 def sequential(rules: EntityRules, engine: RuleEngine, msgs: list[RuleMsg], now: int) -> Step:
     """What on_messages must give: the on_message steps in turn, the Visited markers of their
-    outcomes counted per node instead."""
+    outcomes counted per node instead, the windows that woke in their order."""
     steps = [rules.on_message(engine, m, now) for m in msgs]
     visits: dict[str, int] = {}
     for s in steps:
@@ -216,7 +216,7 @@ def sequential(rules: EntityRules, engine: RuleEngine, msgs: list[RuleMsg], now:
     return Step(tuple(o for s in steps for o in s.outcomes if not isinstance(o, Visited)),
                 steps[-1].record if steps else None, any(s.changed for s in steps),
                 tuple(j for s in steps for j in s.jumps), tuple(d for s in steps for d in s.dropped),
-                visits)
+                visits, tuple(c for s in steps for c in s.closed))
 
 
 @pytest.mark.parametrize("seed", SEEDS)

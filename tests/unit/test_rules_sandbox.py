@@ -182,6 +182,39 @@ def test_a_catch_in_the_script_does_not_swallow_the_timeout() -> None:
         engine.call({}, META, TELEMETRY)
 
 
+def test_an_error_past_the_scripts_try_is_a_runtime_error_however_long_the_call_waited() -> None:
+    """A value JSON.stringify refuses (a BigInt) throws in the wrapper, past any try of the
+    script: a runtime error, also when the call took longer than the time limit on the wall
+    clock because its thread waited (for the GIL here, for a CPU on a loaded machine). Only the
+    engine's interrupt is a timeout: its limit counts CPU time (C clock()), and a timeout
+    counts towards the blocklist, which a script that throws never does."""
+    limit_s = 0.05
+    engine = ScriptEngine("var t = Date.now(); while (Date.now() - t < 5) {}\nreturn {big: 1n};",
+                          limits=ScriptLimits(time_limit_s=limit_s, max_errors=1, clock=_Clock()))
+    stop = threading.Event()
+
+    def hold_the_gil() -> None:  # takes the GIL the call releases, and keeps it ~0.1 s
+        while not stop.is_set():
+            sum(range(5_000_000))
+
+    holder = threading.Thread(target=hold_the_gil)
+    holder.start()
+    calls: list[tuple[float, type, str]] = []
+    try:
+        for _ in range(5):
+            started = time.monotonic()
+            try:
+                engine.call({}, META, TELEMETRY)
+            except (ScriptRuntimeError, ScriptTimeout, ScriptBlocked) as exc:
+                calls.append((time.monotonic() - started, type(exc), str(exc).splitlines()[0]))
+    finally:
+        stop.set()
+        holder.join()
+    assert max(spent for spent, _, _ in calls) >= limit_s, calls  # the calls did wait
+    assert [(kind, text) for _, kind, text in calls] == [
+        (ScriptRuntimeError, "TypeError: BigInt are forbidden in JSON.stringify")] * 5
+
+
 def test_an_unbounded_allocation_is_stopped_as_memory_exceeded_and_the_next_call_works() -> None:
     engine = ScriptEngine(
         "if (msg.grow) { var a = []; while (true) { a.push('xxxxxxxxxxxxxxxx' + a.length); } }\n"

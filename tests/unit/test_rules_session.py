@@ -22,9 +22,10 @@ from edge_sync.rules.engine import (
     SaveTimeseries,
     Visited,
     window_key,
+    window_node_name,
 )
 from edge_sync.rules.message import Originator, RuleMsg
-from edge_sync.rules.session import Dropped, EntityRules, Orphaned, Step
+from edge_sync.rules.session import Dropped, EntityRules, Orphaned, Step, WindowClosed
 from edge_sync.rules.window import ClockJump
 
 DEV = Originator("DEVICE", "d1")
@@ -312,13 +313,62 @@ def test_clock_jumps_are_reported() -> None:
     eng, rules = aggregating(interval=10), EntityRules()
     rules.on_message(eng, telemetry({"v": 1}), T0 + 3_000)
     step = rules.on_message(eng, telemetry({"v": 2}), T0)  # set back 3 s: 10 s were left
-    assert step.jumps == (ClockJump(("nodes[0] 'Agg'", "d1"), "backward", 3_000),)
+    assert step.jumps == (ClockJump((AGG_BOUND, "d1"), "backward", 3_000),)
     assert rules.next_deadline() == T0 + 10_000
     assert rules.on_due(eng, T0 + 9_999).outcomes == ()
     step = rules.on_due(eng, T0 + 45_000)  # 3.5 intervals late: closes once
-    assert step.jumps == (ClockJump(("nodes[0] 'Agg'", "d1"), "forward", 35_000),)
+    assert step.jumps == (ClockJump((AGG_BOUND, "d1"), "forward", 35_000),)
+    assert step.closed == (WindowClosed(AGG_BOUND, "d1", 2, 1, T0 + 10_000, 35_000, 0),)
     [saved] = [o for o in step.outcomes if isinstance(o, SaveTimeseries)]
     assert saved.data["v_count"] == 2
+
+
+AGG_BOUND = "nodes[0] 'Agg' (AggregateNode)"
+"""How log lines name ``aggregating()``'s window node: index, name and type."""
+
+
+def test_a_window_that_wakes_on_time_is_reported_with_its_messages_and_no_lateness() -> None:
+    eng, rules = aggregating(interval=10), EntityRules()
+    step = rules.on_messages(eng, [telemetry({"v": v}) for v in range(3)], T0)
+    assert step.closed == ()  # nothing woke: a message never reports one
+    assert rules.on_due(eng, T0 + 9_999).closed == ()
+    step = rules.on_due(eng, T0 + 10_000)
+    assert step.closed == (WindowClosed(AGG_BOUND, "d1", 3, 1, T0 + 10_000, 0, 0),)
+    # a window due when a message comes (before the timer) wakes first, and says so
+    rules.on_message(eng, telemetry({"v": 1}), T0 + 20_000)
+    step = rules.on_messages(eng, [telemetry({"v": 2})], T0 + 30_250)
+    assert step.closed == (WindowClosed(AGG_BOUND, "d1", 1, 1, T0 + 30_000, 250, 0),)
+
+
+def test_a_deduplication_wake_up_is_one_report_for_its_packs_with_what_it_keeps() -> None:
+    eng, rules = deduplicating("LAST", 10, 100), EntityRules()
+    rules.on_messages(eng, [point(1, T0 - 30_000), point(2, T0 - 21_000), point(3, T0 - 15_000),
+                            point(4, T0 + 4_000)], T0)
+    step = rules.on_due(eng, T0 + 10_000)  # two packs due, [4 s, 14 s) not yet
+    dedup = "nodes[0] 'Dedup' (TbMsgDeduplicationNode)"
+    assert step.closed == (WindowClosed(dedup, "d1", 3, 2, T0 + 10_000, 0, 1),)
+    assert rules.on_due(eng, T0 + 14_000).closed == (
+        WindowClosed(dedup, "d1", 1, 1, T0 + 14_000, 0, 0),)
+
+
+def test_a_window_node_is_named_one_way_bound_or_orphaned() -> None:
+    """Index (when bound), name and type, from one helper: the orphan's name is the bound
+    one's without the index, so one grep finds the node's lines either way."""
+    rules = EntityRules()
+    eng = windowed()
+    fill(rules, eng, 5)
+    rules.on_message(eng, telemetry({"v": 9}, ts=T0), T0 - 1_000)  # the clock went back
+    step = rules.on_message(eng, telemetry({"v": 10}, ts=T0), T0 - 2_000)
+    bound = sorted(jump.key[0] for jump in step.jumps)
+    assert bound == ["nodes[1] 'dedup all' (TbMsgDeduplicationNode)",
+                     "nodes[2] 'agg' (AggregateNode)"]
+    assert bound == [window_node_name(n.DEDUPLICATION, "dedup all", 1),
+                     window_node_name(n.AGGREGATE, "agg", 2)]
+    edited = windowed(second=(n.LOG, "log", {"jsScript": "return 'x';"}))
+    [orphan] = rules.bind(edited)
+    assert orphan.node == "'agg' (AggregateNode)" == window_node_name(n.AGGREGATE, "agg")
+    assert bound[1].endswith(orphan.node)
+    assert window_node_name(n.AGGREGATE, "agg", None, 2) == "'agg' #2 (AggregateNode)"
 
 
 def deduplicating(strategy: str, interval: int, max_pending: int) -> RuleEngine:
