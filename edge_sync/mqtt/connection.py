@@ -1027,8 +1027,18 @@ class MqttConnection:
             assert self._device is not None
             self._subscriptions = Subscriptions(self._service, self._device.id,
                                                 self._publish_to_device,
-                                                send_rpc=self._publish_to_device)
+                                                send_rpc=self._publish_to_device,
+                                                held=self._rpc_held)
         return self._subscriptions
+
+    def _rpc_held(self) -> list[RpcSent]:
+        """The RPC requests in flight the session holds unacknowledged (written and awaiting
+        their PUBACK, or waiting to be written): told to the device's session when the RPC
+        subscription registers (again), so they are not sent a second time."""
+        session = self._session
+        if session is None:
+            return []
+        return [m.rpc for m in session.outbox.unacked() if m.rpc is not None]
 
     def _gateway_api(self) -> Gateway:
         if self._gateway is None:

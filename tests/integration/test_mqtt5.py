@@ -794,10 +794,13 @@ def test_sessions_lost_when_the_mqtt_server_stops_are_counted_and_told_in_one_li
         "sessions": 2, "unsent": 2, "unacked": 1}
     (gone,) = logs.matching("disconnected from MQTT")  # its session was kept at its end
     assert (gone["extra"]["discarded_unsent"], gone["extra"]["discarded_unacked"]) == (0, 0)
-    # the three requests go back to the device's queue (QUEUED on disk all along)
+    # the three requests go back to the device's queue (QUEUED on disk all along): a DEBUG
+    # line, the stop's own line says it (a line per device at INFO would be thousands)
     (back,) = logs.matching("back in the queue", device=str(dev.id))
-    assert (back["extra"]["rpc_ids"], back["extra"]["reason"]) == (
-        [1, 2, 3], "the MQTT server stopped")
+    assert (back["level"].name, back["message"], back["extra"]["rpc_ids"],
+            back["extra"]["reason"]) == (
+        "DEBUG", "3 RPC requests sent and not acknowledged back in the queue: the MQTT server "
+        "stopped", [1, 2, 3], "the MQTT server stopped")
 
 
 def test_a_resumed_session_says_apart_what_it_sends_again_and_what_it_sends_first(
