@@ -850,10 +850,13 @@ class MqttConnection:
         ``rpc``: the server-side RPC request the message carries, in flight (still QUEUED),
         as ThingsBoard's MqttTransportHandler.sendToDeviceRpcRequest sends it: at QoS 1
         DELIVERED on its PUBACK (``rpcAwaitingAck``), at QoS 0 once written. One the client
-        can never take (over its Maximum Packet Size) is FAILED. One dropped unacknowledged
-        beyond ``mqtt.max_unacked_per_session`` (a client that does not acknowledge) stays in
-        flight and is EXPIRED at its expirationTime: given back to the queue, it would be sent
-        to the same client again at once, and drop another."""
+        can never take (over its Maximum Packet Size) is FAILED. Beyond
+        ``mqtt.max_unacked_per_session`` the session drops the oldest message that carries no
+        RPC request (Outbox.add), so a request's PUBACK still delivers it and its loss still
+        gives it back; only when every message kept carries one (that many requests
+        unacknowledged by one client) is the oldest dropped, its request then in flight until
+        its expirationTime and EXPIRED (given back to the queue, it would be sent to the same
+        client again at once, and drop another)."""
         session, codec = self._session, self._codec
         qos = 0 if session is None else session.qos_for(topic)
         if self._too_large(topic, payload, qos):

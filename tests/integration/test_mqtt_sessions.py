@@ -411,3 +411,31 @@ def test_after_a_shard_restart_the_request_in_flight_is_acknowledged_answered_an
         (71, RpcStatus.SUCCESSFUL), (72, RpcStatus.SUCCESSFUL)]
     no_connections(app)
 
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["3.1.1", "5"])
+def test_beyond_the_unacked_limit_an_rpc_request_is_kept_and_its_puback_delivers_it(
+        harness: Harness, protocol: int) -> None:
+    """mqtt.max_unacked_per_session 2: a request written and not acknowledged, then three
+    shared attribute updates at QoS 1. The attribute updates are dropped to make room, not
+    the request, so its late PUBACK still makes it DELIVERED. The request's message used to
+    be dropped as the oldest: its PUBACK was ignored and it stayed in flight until it was
+    reported EXPIRED."""
+    fake, app = harness.connected_edge(**MQTT_ON, EDGE_MQTT_MAX_UNACKED_PER_SESSION="2")
+    dev = make_device(app, "mqtt-unacked-rpc")
+    with MqttDevice(app.mqtt_port, dev.token, manual_ack=True, protocol=protocol) as client:
+        assert client.connect() == 0
+        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+        assert client.subscribe(ATTRIBUTES, qos=1) == [1]
+        deliver(fake, rpc_downlink(fake, dev, 81, "ping"))
+        client.wait_message("v1/devices/me/rpc/request/81")
+        for n in range(3):
+            deliver(fake, shared_downlink(fake, dev, {"setpoint": n}))
+        wait_until(lambda: app.metrics.value("edge_sync_mqtt_unacked_dropped_total") == 2,
+                   timeout=DEADLINE_S, what="two attribute updates dropped",
+                   show=lambda: app.metrics.value("edge_sync_mqtt_unacked_dropped_total"))
+        assert statuses(app, dev) == [RpcStatus.QUEUED]
+        puback(client, 81)
+        wait_until(lambda: statuses(app, dev) == [RpcStatus.DELIVERED], timeout=DEADLINE_S,
+                   what="the request DELIVERED by its PUBACK", show=lambda: statuses(app, dev))
+        assert len(client.received_on("v1/devices/me/rpc/request/81")) == 1
+    no_connections(app)
