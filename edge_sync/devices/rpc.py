@@ -164,6 +164,8 @@ class RpcSent:
     request_uuid: uuid.UUID
     attempt: int
     body: dict[str, Any]
+    expiration_time: int = 0  # ms since the epoch: once past, a transport that has not
+    # written it yet gives it up (the request is EXPIRED, never delivered); 0: never
 
     @property
     def request_id(self) -> int:
@@ -244,7 +246,8 @@ class RpcBook:
         if request is None:
             return None
         attempt = self._sent[request.request_uuid] = next(_ATTEMPTS)
-        return RpcSent(request.device_id, request.request_uuid, attempt, request.device_json())
+        return RpcSent(request.device_id, request.request_uuid, attempt, request.device_json(),
+                       request.expiration_time)
 
     def holding(self, held: Iterable[RpcSent]) -> list[RpcSent]:
         """A transport asks for requests again while it still holds ``held`` sendings

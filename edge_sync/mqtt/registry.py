@@ -113,10 +113,12 @@ class SessionRegistry:
         discarded = metrics.counter(
             "edge_sync_mqtt_messages_discarded_total",
             "messages for MQTT clients discarded without their PUBACK: over the client's "
-            "Maximum Packet Size (max_packet_size, not sent), or kept in a session discarded "
-            "(session_unsent: never written to the client; session_unacked: written, no PUBACK)",
-            ("reason",))
+            "Maximum Packet Size (max_packet_size, not sent), an RPC request whose "
+            "expirationTime passed before it was written (rpc_expired, not sent), or kept in a "
+            "session discarded (session_unsent: never written to the client; session_unacked: "
+            "written, no PUBACK)", ("reason",))
         self.too_large = discarded.labels(reason="max_packet_size")
+        self.rpc_expired = discarded.labels(reason="rpc_expired")
         self._unsent = discarded.labels(reason="session_unsent")
         self._unacked = discarded.labels(reason="session_unacked")
         self.publishes_dropped = metrics.counter(
