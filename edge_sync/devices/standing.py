@@ -122,10 +122,14 @@ class StandingSubscriber:
     # -- the loop --------------------------------------------------------------------------------
 
     def _call(self, fn: Callable[[Any], None], value: Any) -> bool:
-        """False when the loop has closed: nobody waits any more."""
+        """False when the loop has closed: nobody waits any more, so the subscriber closes (the
+        session claims it no more: a request given back through ``on_lost`` is not handed to
+        it again)."""
         try:
             self._loop.call_soon_threadsafe(fn, value)
         except RuntimeError:
+            with self._lock:
+                self._closed = True
             return False
         return True
 

@@ -125,6 +125,9 @@ def test_a_result_after_the_loop_closed_goes_to_its_on_lost() -> None:
     assert subscriber.claim() and subscriber.claim() and subscriber.claim()
     loop.close()
     subscriber.resolve("request")
+    # closed with its loop: the session claims it no more (a request given back would
+    # otherwise come to it again, and back, for ever)
+    assert not subscriber.live and not subscriber.claim()
     subscriber.release()
     subscriber.fail(Unavailable("gone"))
     assert (values, lost) == ([], ["request"])
