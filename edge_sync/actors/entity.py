@@ -548,8 +548,20 @@ class EntityActor:
         self._record(change, cmd.reply)
 
     def _poll_rpc(self, cmd: PollRpc) -> None:
+        """A device waits for its next request. A subscriber whose transport still holds
+        requests in flight unacknowledged (``holding``: its MQTT session's messages) has them
+        counted in flight again when the record says QUEUED and nothing is in flight (the
+        shard restarted since they were sent): they are not sent to it a second time."""
         session = self._session()
         session.prune()
+        held = getattr(cmd.subscriber, "holding", ())
+        if held:
+            taken = session.rpc.holding(held)
+            if taken:
+                ids = [sent.request_id for sent in taken]
+                _log.bind(device=str(cmd.device_id), rpc_ids=ids).debug(
+                    "RPC requests {} still await the acknowledgement of the device's "
+                    "connection: in flight by it, not sent again", ids)
         session.rpc_waiters.append(cmd.subscriber)
         self._deliver()
 
@@ -625,6 +637,9 @@ class EntityActor:
                 if sent is None:  # not expected: has_next said there was one
                     waiter.release()
                     return
+                _log.bind(device=str(sent.device_id), rpc_id=sent.request_id).debug(
+                    "RPC {} sent to the device: in flight, QUEUED until its acknowledgement",
+                    sent.request_id)
                 waiter.resolve(sent)
                 continue
             change = session.rpc.take_next(self.now_ms())
@@ -634,20 +649,21 @@ class EntityActor:
             self._record(change, then=self._hand_over(change, waiter))
 
     def _rpc_acknowledged(self, cmd: RpcAcknowledged) -> None:
-        """The device acknowledged a request sent in flight: DELIVERED (SUCCESSFUL when
-        one-way), recorded; nothing when it was answered, expired or sent again since."""
+        """The device acknowledged a request sent to it: DELIVERED (SUCCESSFUL when one-way),
+        recorded, whichever sending it acknowledged while the request is QUEUED; nothing when
+        it was answered, expired or acknowledged already."""
         change = self._session().rpc.acknowledged(cmd.sent, self.now_ms())
         _log.bind(device=str(cmd.device_id), rpc_id=cmd.sent.request_id).debug(
             "RPC {} acknowledged by the device{}", cmd.sent.request_id,
-            "" if change is not None else ": no longer in flight (answered, expired, or sent "
-            "again)")
+            "" if change is not None else ": no longer QUEUED (answered, expired, or "
+            "acknowledged already)")
         if change is not None:
             self._record(change)
 
     def _rpc_unsent(self, cmd: RpcUnsent) -> None:
         """Requests sent in flight were lost without the device's acknowledgement: QUEUED
-        again for the next subscriber (EXPIRED when their time has come), one INFO line; or
-        FAILED when the transport can never send them."""
+        again for the next subscriber (EXPIRED when their time has come), one INFO line (DEBUG
+        when ``quiet``); or FAILED when the transport can never send them."""
         session = self._session()
         now = self.now_ms()
         if cmd.failed:
@@ -657,11 +673,12 @@ class EntityActor:
                     self._record(change)
             return
         back = [sent.request_id for sent in cmd.sent if session.rpc.unsent(sent)]
-        if back:
+        if back:  # DEBUG when the loss has a line of its own (the MQTT server's stop)
             _log.bind(device=str(cmd.device_id), rpc_ids=back, count=len(back),
-                      reason=cmd.reason).info(
-                "{} RPC requests sent and not acknowledged back in the queue: {}", len(back),
-                cmd.reason)
+                      reason=cmd.reason).log(
+                "DEBUG" if cmd.quiet else "INFO",
+                "{} RPC {} sent and not acknowledged back in the queue: {}", len(back),
+                "request" if len(back) == 1 else "requests", cmd.reason)
         self._expire(now)  # their time may have come: EXPIRED, never delivered
         self._deliver()
 

@@ -307,12 +307,14 @@ class RpcUnsent:
     """Requests sent in flight were lost without the device's acknowledgement (``reason``:
     the MQTT session that held them was discarded, or its connection ended before they were
     written): QUEUED again, for the next subscriber. ``failed``: the transport can never send
-    them (larger than the client's Maximum Packet Size): FAILED instead."""
+    them (larger than the client's Maximum Packet Size): FAILED instead. ``quiet``: the loss
+    is told in a line of its own (the MQTT server's stop): the requeue is logged at DEBUG."""
 
     device_id: uuid.UUID
     sent: tuple[RpcSent, ...]
     reason: str
     failed: bool = False
+    quiet: bool = False
 
 
 @dataclass(frozen=True, slots=True)

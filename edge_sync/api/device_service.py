@@ -234,12 +234,12 @@ class DeviceService:
         self._router.tell(RpcAcknowledged(sent.device_id, sent))
 
     def rpc_unsent(self, device_id: uuid.UUID, sent: Sequence[RpcSent], reason: str, *,
-                   failed: bool = False) -> None:
+                   failed: bool = False, quiet: bool = False) -> None:
         """Requests sent in flight to ``device_id`` were lost unacknowledged (``reason``): the
-        entity actor queues them again (``failed``: can never be sent, FAILED). Returns at
-        once."""
+        entity actor queues them again (``failed``: can never be sent, FAILED; ``quiet``: the
+        loss is told in a line of its own, the requeue is a DEBUG line). Returns at once."""
         if sent:
-            self._router.tell(RpcUnsent(device_id, tuple(sent), reason, failed))
+            self._router.tell(RpcUnsent(device_id, tuple(sent), reason, failed, quiet))
 
     def poll_attributes(self, device_id: uuid.UUID, subscriber: Subscriber) -> None:
         """``subscriber`` gets the device's next shared attribute update (changed keys only)."""

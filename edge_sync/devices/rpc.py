@@ -3,6 +3,7 @@
     QUEUED --delivered--> DELIVERED --answered--> SUCCESSFUL
        |                     |
        |                     +--expirationTime passed, no answer--> TIMEOUT
+       +--answered (the device got it, its delivery not recorded)--> SUCCESSFUL
        +--expirationTime passed before delivery--> EXPIRED
     a request the edge cannot deliver at all (no method) is FAILED at once.
 
@@ -27,17 +28,25 @@ A transport that learns of the delivery from the device itself (MQTT at QoS 1: t
 takes a request with ``send_next`` instead: it is sent, in flight, and stays QUEUED (on disk
 too, so an agent killed meanwhile finds it QUEUED and delivers it again) until the transport
 says the device acknowledged it (``acknowledged``: DELIVERED, or SUCCESSFUL when one-way) or
-lost it (``unsent``: QUEUED again, in its place among the queued ones, for the next taker). An
-answer that comes before the acknowledgement implies it (the device had the request). Each
-sending has its own number (an RpcSent's ``attempt``): what is said of an earlier one (a PUBACK
-of a session discarded since) changes nothing. A request in flight is EXPIRED at its
-expirationTime (the device is not known to have got it). This is ThingsBoard's persistent RPC
-over MQTT: MqttTransportHandler.sendToDeviceRpcRequest keeps a QoS 1 request in
-``rpcAwaitingAck`` (RpcStatus.SENT) and reports RpcStatus.DELIVERED on its PUBACK
-(processMqttMsg, case PUBACK); DeviceActorMessageProcessor keeps it in
+lost it (``unsent``: QUEUED again, in its place among the queued ones, for the next taker).
+Each sending has its own number (an RpcSent's ``attempt``): a loss reported of an earlier one
+(a session discarded since) changes nothing, but an acknowledgement of any sending delivers a
+request still QUEUED, in flight or not: the device has it (a book made again after its shard
+restarted finds the request QUEUED, not in flight, while the device's PUBACK is on its way). A
+transport that still holds sendings unacknowledged says so when it asks again (``holding``):
+they are in flight again, not sent a second time on the same connection. A request in flight
+is EXPIRED at its expirationTime (the device is not known to have got it). This is
+ThingsBoard's persistent RPC over MQTT: MqttTransportHandler.sendToDeviceRpcRequest keeps a
+QoS 1 request in ``rpcAwaitingAck`` (RpcStatus.SENT) and reports RpcStatus.DELIVERED on its
+PUBACK (processMqttMsg, case PUBACK); DeviceActorMessageProcessor keeps it in
 ``toDeviceRpcPendingMap`` not delivered until then (processRpcResponseStatus), sends it again
 to a session that subscribes (sendPendingRequests), and processServerSideRpcTimeout makes it
 EXPIRED at its expirationTime.
+
+An answer is taken for any open request, delivered or still QUEUED (in flight, or not known to
+be: after a restart, or from a device that got it over a connection since lost), as
+DeviceActorMessageProcessor.processRpcResponses takes a response for any request in
+``toDeviceRpcPendingMap``, delivered or not.
 """
 
 from __future__ import annotations
@@ -155,6 +164,8 @@ class RpcSent:
     request_uuid: uuid.UUID
     attempt: int
     body: dict[str, Any]
+    expiration_time: int = 0  # ms since the epoch: once past, a transport that has not
+    # written it yet gives it up (the request is EXPIRED, never delivered); 0: never
 
     @property
     def request_id(self) -> int:
@@ -235,17 +246,36 @@ class RpcBook:
         if request is None:
             return None
         attempt = self._sent[request.request_uuid] = next(_ATTEMPTS)
-        return RpcSent(request.device_id, request.request_uuid, attempt, request.device_json())
+        return RpcSent(request.device_id, request.request_uuid, attempt, request.device_json(),
+                       request.expiration_time)
+
+    def holding(self, held: Iterable[RpcSent]) -> list[RpcSent]:
+        """A transport asks for requests again while it still holds ``held`` sendings
+        unacknowledged (an MQTT session's messages awaiting their PUBACK): each whose request
+        is open, QUEUED and not in flight is in flight again by that sending (after its shard
+        restarted, the book is made again from disk, where the request is QUEUED), so it is
+        not sent a second time on the connection that has it. Those taken back."""
+        taken = []
+        for sent in held:
+            request = self._open.get(sent.request_uuid)
+            if request is not None and request.status is RpcStatus.QUEUED \
+                    and sent.request_uuid not in self._sent:
+                self._sent[sent.request_uuid] = sent.attempt
+                taken.append(sent)
+        return taken
 
     def acknowledged(self, sent: RpcSent, now_ms: int) -> Transition | None:
         """The device acknowledged ``sent``: DELIVERED (SUCCESSFUL, reported with an empty
         answer, when one-way), as ``take_next`` makes it; EXPIRED, reported, when that came at
-        or after its expirationTime. None when the request is no longer in flight by that
-        sending (answered, expired, or sent again since)."""
+        or after its expirationTime. Any sending of a request still QUEUED counts, in flight or
+        not (the device has it: a book made again after a shard restart, or a sending lost and
+        sent again since, whose first PUBACK comes late); one sent again meanwhile is no longer
+        in flight. None when the request is no longer QUEUED (answered, expired, acknowledged
+        already)."""
         request = self._open.get(sent.request_uuid)
-        if request is None or self._sent.get(sent.request_uuid) != sent.attempt:
+        if request is None or request.status is not RpcStatus.QUEUED:
             return None
-        del self._sent[sent.request_uuid]
+        self._sent.pop(sent.request_uuid, None)
         if now_ms >= request.expiration_time:
             done = replace(request, status=RpcStatus.EXPIRED, updated_at=now_ms, error="TIMEOUT")
             self._finish(done)
@@ -331,19 +361,19 @@ class RpcBook:
 
     def answer(self, request_id: int, response: Any, now_ms: int) -> Transition:
         """The device's answer to ``request_id``: SUCCESSFUL, reported with the answer.
-        NotFound when no delivered request has that id; Conflict when it has finished
-        (expired, timed out, answered) or was never delivered. A request in flight
-        (``send_next``) takes its answer: the device had it, its acknowledgement is still to
-        come (an MQTT client may answer before its PUBACK)."""
+        NotFound when no open request has that id; Conflict when it has finished (expired,
+        timed out, answered). Any open request takes it, delivered or still QUEUED, as
+        DeviceActorMessageProcessor.processRpcResponses takes a response for any pending
+        request: one in flight (``send_next``; an MQTT client may answer before its PUBACK),
+        and one QUEUED the device got over a connection the edge no longer counts (its shard,
+        or the agent, restarted since: the record says QUEUED until the PUBACK)."""
         matching = [r for r in self._open.values() if r.request_id == request_id]
-        # a delivered one first (a cloud may reuse an id while an older request is open); one
-        # in flight counts as delivered: the device answers what it got, PUBACK or not
+        # a delivered one first, or one in flight (a cloud may reuse an id while an older
+        # request is open): the device answers what it got, PUBACK or not
         sent = self._sent
         matching.sort(key=lambda r: r.status is not RpcStatus.DELIVERED
                       and r.request_uuid not in sent)
         for request in matching[:1]:
-            if request.status is not RpcStatus.DELIVERED and request.request_uuid not in sent:
-                raise Conflict(f"RPC request {request_id} was not delivered yet; nothing to answer")
             if now_ms >= request.expiration_time:
                 raise Conflict(f"RPC request {request_id} expired at {request.expiration_time}; "
                                "the answer is too late")

@@ -13,7 +13,8 @@ long polls.
 - ``resolve``: the value is handed to ``on_value`` on the loop, even after ``close`` (it was
   claimed while the subscriber was open: a server-side RPC request is DELIVERED by then, or in
   flight when the subscriber ``acks``, and is the owner's to publish, to report delivered or
-  to give back).
+  to give back). When the loop has closed meanwhile, ``on_lost`` is told the value instead
+  (on the resolving thread), so a request in flight is given back rather than lost.
 - ``release``: nothing comes for that claim; the subscriber stays as it was.
 - ``fail``: the session could not serve it (its shard is restarting and dropped its waiters, or
   a delivery could not be recorded): the subscriber closes (``live`` False, so the session
@@ -28,7 +29,6 @@ Every method but ``drained`` may be called from any thread; the callbacks run on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -40,13 +40,18 @@ class StandingSubscriber:
     """A Subscriber (devices/subscribers.py) that stays live until closed or failed."""
 
     __slots__ = ("_claims", "_closed", "_failed", "_idle", "_lock", "_loop", "_on_failure",
-                 "_on_value", "_settled", "acks")
+                 "_on_lost", "_on_value", "_settled", "acks", "holding")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_value: Callable[[Any], None],
-                 on_failure: Callable[[BaseException], None]) -> None:
+                 on_failure: Callable[[BaseException], None], *,
+                 on_lost: Callable[[Any], None] | None = None) -> None:
+        """``on_lost``: told, on the resolving thread, a value resolved once the loop has
+        closed (it never reaches ``on_value``): what the owner must not lose with its loop
+        (an RPC request in flight goes back to the device's queue)."""
         self._loop = loop
         self._on_value = on_value
         self._on_failure = on_failure
+        self._on_lost = on_lost
         self._lock = threading.Lock()
         self._closed = False
         self._failed = False
@@ -58,6 +63,10 @@ class StandingSubscriber:
         reports the delivery of an RPC request itself (an MQTT subscription at QoS 1: the
         PUBACK). The session then hands it a request in flight (an RpcSent, still QUEUED)
         instead of one recorded DELIVERED first."""
+        self.holding: tuple[Any, ...] = ()
+        """Set by the owner before it registers: the RPC requests in flight its transport
+        still holds unacknowledged (RpcSent): the session counts them in flight by it (not
+        sent again) when its record says QUEUED and nothing in flight (its shard restarted)."""
 
     # -- the session's side (any thread) ---------------------------------------------------------
 
@@ -73,7 +82,8 @@ class StandingSubscriber:
             return True
 
     def resolve(self, value: Any) -> None:
-        self._call(self._resolved, value)
+        if not self._call(self._resolved, value) and self._on_lost is not None:
+            self._on_lost(value)
 
     def release(self) -> None:
         self._call(self._released, None)
@@ -111,9 +121,17 @@ class StandingSubscriber:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def _call(self, fn: Callable[[Any], None], value: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+    def _call(self, fn: Callable[[Any], None], value: Any) -> bool:
+        """False when the loop has closed: nobody waits any more, so the subscriber closes (the
+        session claims it no more: a request given back through ``on_lost`` is not handed to
+        it again)."""
+        try:
             self._loop.call_soon_threadsafe(fn, value)
+        except RuntimeError:
+            with self._lock:
+                self._closed = True
+            return False
+        return True
 
     def _settle(self) -> None:
         self._settled += 1

@@ -850,10 +850,13 @@ class MqttConnection:
         ``rpc``: the server-side RPC request the message carries, in flight (still QUEUED),
         as ThingsBoard's MqttTransportHandler.sendToDeviceRpcRequest sends it: at QoS 1
         DELIVERED on its PUBACK (``rpcAwaitingAck``), at QoS 0 once written. One the client
-        can never take (over its Maximum Packet Size) is FAILED. One dropped unacknowledged
-        beyond ``mqtt.max_unacked_per_session`` (a client that does not acknowledge) stays in
-        flight and is EXPIRED at its expirationTime: given back to the queue, it would be sent
-        to the same client again at once, and drop another."""
+        can never take (over its Maximum Packet Size) is FAILED. Beyond
+        ``mqtt.max_unacked_per_session`` the session drops the oldest message that carries no
+        RPC request (Outbox.add), so a request's PUBACK still delivers it and its loss still
+        gives it back; only when every message kept carries one (that many requests
+        unacknowledged by one client) is the oldest dropped, its request then in flight until
+        its expirationTime and EXPIRED (given back to the queue, it would be sent to the same
+        client again at once, and drop another)."""
         session, codec = self._session, self._codec
         qos = 0 if session is None else session.qos_for(topic)
         if self._too_large(topic, payload, qos):
@@ -891,21 +894,41 @@ class MqttConnection:
         await their PUBACK (MQTT 5 §4.9: the rest wait, in order, for PUBACKs to free room).
         One sent on an earlier connection goes with DUP; one over the Maximum Packet Size of
         this connection's client is not sent, and no longer kept (``_too_large``): it does
-        not hold back the ones after it. The messages sent, and of them those sent again (DUP)."""
+        not hold back the ones after it; nor is an RPC request never written whose
+        expirationTime has passed (``_expired_unsent``). The messages sent, and of them those
+        sent again (DUP)."""
         session, codec = self._session, self._codec
         assert session is not None
         outbox = session.outbox
         sent = resent = 0
+        now_ms: int | None = None
         while (message := outbox.due()) is not None:
             if self._too_large(message.topic, message.payload, 1):
                 if message.rpc is not None:
                     self._unsendable(message.rpc)
                 continue
+            rpc = message.rpc
+            if rpc is not None and not message.packet_id and rpc.expiration_time:
+                now_ms = self._service.now_ms() if now_ms is None else now_ms
+                if now_ms >= rpc.expiration_time:
+                    self._expired_unsent(rpc)
+                    continue
             dup = outbox.sending(message)
             self._write(codec.outgoing(message.topic, message.payload, message.packet_id, dup, 1))
             sent += 1
             resent += dup
         return sent, resent
+
+    def _expired_unsent(self, rpc: RpcSent) -> None:
+        """An RPC request that waited unwritten (under the client's Receive Maximum, or in a
+        kept session) until its expirationTime: not written, so a request reported EXPIRED
+        ("never delivered") never reaches the device afterwards; its device's entity records
+        the expiry. Counted in ``edge_sync_mqtt_messages_discarded_total{reason="rpc_expired"}``,
+        one DEBUG line. A message written before is sent again all the same (MQTT §4.4)."""
+        self._registry.rpc_expired.inc()
+        self._logger().bind(rpc_id=rpc.request_id).debug(
+            "RPC request {} not written: its expirationTime passed while it waited",
+            rpc.request_id)
 
     def _too_large(self, topic: str, payload: bytes, qos: int) -> bool:
         """Over MQTT 5, whether the PUBLISH of ``topic`` is over the client's Maximum Packet
@@ -1027,8 +1050,18 @@ class MqttConnection:
             assert self._device is not None
             self._subscriptions = Subscriptions(self._service, self._device.id,
                                                 self._publish_to_device,
-                                                send_rpc=self._publish_to_device)
+                                                send_rpc=self._publish_to_device,
+                                                held=self._rpc_held)
         return self._subscriptions
+
+    def _rpc_held(self) -> list[RpcSent]:
+        """The RPC requests in flight the session holds unacknowledged (written and awaiting
+        their PUBACK, or waiting to be written): told to the device's session when the RPC
+        subscription registers (again), so they are not sent a second time."""
+        session = self._session
+        if session is None:
+            return []
+        return [m.rpc for m in session.outbox.unacked() if m.rpc is not None]
 
     def _gateway_api(self) -> Gateway:
         if self._gateway is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from loguru import logger
@@ -30,10 +30,17 @@ from edge_sync.storage.entity_store import Revocation, Revoked
 
 __all__ = ["Holder", "Lost", "SessionRegistry"]
 
-Lost = Callable[[uuid.UUID, Sequence[RpcSent], str], None]
-"""Told the RPC requests in flight a discarded session held for a device, and why."""
+class Lost(Protocol):
+    """Told the RPC requests in flight a discarded session held for a device, and why
+    (``quiet``: the discard is told in a line of its own, the server's stop: each device's
+    requeue is a DEBUG line)."""
+
+    def __call__(self, device_id: uuid.UUID, sent: Sequence[RpcSent], reason: str, *,
+                 quiet: bool = False) -> None: ...
 
 _log = logger.bind(component="mqtt")
+
+SERVER_STOPPED = "the MQTT server stopped"
 
 
 class Holder(Protocol):
@@ -106,10 +113,12 @@ class SessionRegistry:
         discarded = metrics.counter(
             "edge_sync_mqtt_messages_discarded_total",
             "messages for MQTT clients discarded without their PUBACK: over the client's "
-            "Maximum Packet Size (max_packet_size, not sent), or kept in a session discarded "
-            "(session_unsent: never written to the client; session_unacked: written, no PUBACK)",
-            ("reason",))
+            "Maximum Packet Size (max_packet_size, not sent), an RPC request whose "
+            "expirationTime passed before it was written (rpc_expired, not sent), or kept in a "
+            "session discarded (session_unsent: never written to the client; session_unacked: "
+            "written, no PUBACK)", ("reason",))
         self.too_large = discarded.labels(reason="max_packet_size")
+        self.rpc_expired = discarded.labels(reason="rpc_expired")
         self._unsent = discarded.labels(reason="session_unsent")
         self._unacked = discarded.labels(reason="session_unacked")
         self.publishes_dropped = metrics.counter(
@@ -174,7 +183,7 @@ class SessionRegistry:
                                   "session)")
         if self._stopped:  # ended after the server's stop (``stopped``): nothing is kept now
             self.sessions_dropped.labels(reason="server_stop").inc()
-            return self.discarded(session, "the MQTT server stopped")
+            return self.discarded(session, SERVER_STOPPED, quiet=True)
         lost = (0, 0)
         for dropped_key, dropped in self.store.keep(key, session, now=now):
             self.sessions_dropped.labels(reason="max_sessions").inc()
@@ -200,7 +209,7 @@ class SessionRegistry:
         self.sessions_dropped.labels(reason="server_stop").inc(len(lost))
         unsent = unacked = 0
         for _, session in lost:
-            u, a = self.discarded(session, "the MQTT server stopped")
+            u, a = self.discarded(session, SERVER_STOPPED, quiet=True)
             unsent, unacked = unsent + u, unacked + a
         _log.bind(sessions=len(lost), unsent=unsent, unacked=unacked).log(
             "WARNING" if unsent or unacked else "INFO",
@@ -208,10 +217,11 @@ class SessionRegistry:
             "messages kept for them never sent, {} sent and not acknowledged",
             len(lost), unsent, unacked)
 
-    def discarded(self, session: Session, reason: str) -> tuple[int, int]:
+    def discarded(self, session: Session, reason: str, *, quiet: bool = False) -> tuple[int, int]:
         """``session`` is discarded (``reason``): its QoS 1 messages are counted as lost
         (never written to the client, written and not acknowledged), and returned; the RPC
-        requests among them go back to their device's queue."""
+        requests among them go back to their device's queue (``quiet``: the discard has a line
+        of its own, so each device's requeue is logged at DEBUG)."""
         unsent, unacked = session.outbox.kept()
         if unsent:
             self._unsent.inc(unsent)
@@ -223,7 +233,7 @@ class SessionRegistry:
                 if message.rpc is not None:
                     by_device.setdefault(message.rpc.device_id, []).append(message.rpc)
             for device_id, sent in by_device.items():
-                self._lost(device_id, sent, reason)
+                self._lost(device_id, sent, reason, quiet=quiet)
         return unsent, unacked
 
     def enter(self, device_id: uuid.UUID, holder: Holder, *, gateway: bool) -> None:

@@ -110,19 +110,34 @@ class Outbox:
         self._quota = None if quota is None else max(1, min(quota, self._limit))
 
     def add(self, topic: str, payload: bytes, rpc: RpcSent | None = None) -> OutMessage | None:
-        """Keep a message, to be sent once ``due``; the oldest message kept, dropped to stay
-        within the limit (None when none was)."""
+        """Keep a message, to be sent once ``due``; the message dropped to stay within the
+        limit (None when none was): the oldest that carries no RPC request, so a request's
+        PUBACK still delivers it and the session's loss still gives it back to its device's
+        queue; the oldest of all only when every message kept carries one."""
         dropped = None
         if len(self) >= self._limit:
-            if self._inflight:
-                packet_id = next(iter(self._inflight))
-                dropped = self._inflight.pop(packet_id)
+            inflight, waiting = self._inflight, self._waiting
+            packet_id = next((i for i, m in inflight.items() if m.rpc is None), 0)
+            index = -1
+            if not packet_id and waiting:
+                index = next((n for n, m in enumerate(waiting) if m.rpc is None), -1)
+            if index < 0 and not packet_id:  # every message kept carries a request
+                if inflight:
+                    packet_id = next(iter(inflight))
+                else:
+                    index = 0
+            if packet_id:
+                dropped = inflight.pop(packet_id)
                 if self._quota is not None:
                     if self._held is None:
                         self._held = set()
                     self._held.add(packet_id)
             else:
-                dropped = self._pop_waiting()
+                assert waiting is not None
+                dropped = waiting[index]
+                del waiting[index]
+                if index < self._earlier:
+                    self._earlier -= 1
         if self._waiting is None:
             self._waiting = deque()
         self._waiting.append(OutMessage(topic, payload, rpc=rpc))

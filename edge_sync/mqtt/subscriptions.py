@@ -35,6 +35,12 @@ subscribes again, or resumes a kept session; shared attribute updates are not ke
 - **The session fails the subscriber** (its shard restarting, or a delivery that could not be
   recorded): a new subscriber is registered after ``retry_s``; queued RPC requests come then,
   shared attribute updates of the gap are not kept (as for a device that was not subscribed).
+  An RPC subscriber that ``acks`` registers with the requests its connection's session still
+  holds unacknowledged (``held``): a shard made again from disk, where they are QUEUED, counts
+  them in flight by that session instead of sending them a second time on the connection.
+- **The loop has closed** (the MQTT server stopped) before a request in flight reached it:
+  it goes back to the device's queue (the subscriber's ``on_lost``), as one that comes after
+  the connection's end.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import asyncio
 import enum
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from loguru import logger
@@ -66,6 +72,8 @@ stuck one."""
 Send = Callable[[str, bytes], None]
 SendRpc = Callable[[str, bytes, RpcSent], None]
 """Publish an RPC request sent in flight: the connection reports its PUBACK (or its loss)."""
+Held = Callable[[], Sequence[RpcSent]]
+"""The RPC requests in flight the connection's session still holds unacknowledged."""
 Poll = Callable[[uuid.UUID, Subscriber], None]
 Shape = Callable[[Any, topics.Form], tuple[str, Any]]
 
@@ -78,14 +86,17 @@ class Subscriptions:
     """One device's subscriptions on one connection. The server's loop thread only."""
 
     def __init__(self, service: DeviceService, device_id: uuid.UUID, send: Send, *,
-                 send_rpc: SendRpc | None = None, retry_s: float = RETRY_S,
-                 drain_s: float = DRAIN_S) -> None:
+                 send_rpc: SendRpc | None = None, held: Held | None = None,
+                 retry_s: float = RETRY_S, drain_s: float = DRAIN_S) -> None:
         """``send_rpc``: where RPC requests sent in flight go (None: this owner never asks for
-        them; one that comes all the same is published with ``send`` and reported delivered)."""
+        them; one that comes all the same is published with ``send`` and reported delivered).
+        ``held``: the requests in flight its session still holds unacknowledged, told to the
+        device's session at each registration (None: none)."""
         self._service = service
         self._device = device_id
         self._send = send
         self._send_rpc = send_rpc
+        self._held = held
         self._retry_s = retry_s
         self._drain_s = drain_s
         self._loop = asyncio.get_running_loop()
@@ -168,8 +179,8 @@ class Subscriptions:
             subscription.add_filter(topic_filter, form, qos)
             return
         subscription = _Subscription(self._loop, self._device, kind, topic_filter, form, qos,
-                                     poll, shape, self._send, self._send_rpc, self._service,
-                                     self._retry_s)
+                                     poll, shape, self._send, self._send_rpc, self._held,
+                                     self._service, self._retry_s)
         self._serving[kind] = subscription
         subscription.register()
 
@@ -185,14 +196,15 @@ class _Subscription:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, device: uuid.UUID, kind: str,
                  topic_filter: str, form: topics.Form, qos: int, poll: Poll, shape: Shape,
-                 send: Send, send_rpc: SendRpc | None, service: DeviceService,
-                 retry_s: float) -> None:
+                 send: Send, send_rpc: SendRpc | None, held: Held | None,
+                 service: DeviceService, retry_s: float) -> None:
         self._loop = loop
         self._device = device
         self._poll = poll
         self._shape = shape
         self._send = send
         self._send_rpc = send_rpc
+        self._held = held
         self._service = service
         self._retry_s = retry_s
         self._rpc = kind == RPC
@@ -250,8 +262,11 @@ class _Subscription:
         def failed(exc: BaseException) -> None:
             self._failed(subscriber, exc)
 
-        subscriber = StandingSubscriber(self._loop, self._published, failed)
+        subscriber = StandingSubscriber(self._loop, self._published, failed,
+                                        on_lost=self._lost)
         subscriber.acks = self._acks
+        if subscriber.acks and self._held is not None:
+            subscriber.holding = tuple(self._held())
         self._current = subscriber
         self._subscribers = [s for s in self._subscribers if s.pending]
         self._subscribers.append(subscriber)
@@ -322,10 +337,7 @@ class _Subscription:
     def _sent(self, sent: RpcSent) -> None:
         """An RPC request in flight: published for the connection to report its PUBACK; given
         back to the device's queue when the connection has closed (never written)."""
-        if self._state is _State.FINISHED:
-            self._log.bind(rpc_id=sent.request_id).info(
-                "RPC request {} was sent for a connection that has closed since: back in the "
-                "device's queue", sent.request_id)
+        if self._state is _State.FINISHED:  # the device's entity logs it back in the queue
             self._service.rpc_unsent(self._device, (sent,), "its connection closed before it "
                                      "was written")
             return
@@ -344,6 +356,14 @@ class _Subscription:
         except Exception as exc:  # the connection's writer: never expected to raise
             self._log.opt(exception=exc).error("publish to the device failed: {}", exc)
             self._service.rpc_unsent(self._device, (sent,), f"its publish failed: {exc}")
+
+    def _lost(self, value: Any) -> None:
+        """A result that came once the loop had closed (any thread): a request in flight goes
+        back to the device's queue, never written; anything else is dropped with the loop (a
+        request recorded DELIVERED times out, as one that comes after the connection's end)."""
+        if isinstance(value, RpcSent):
+            self._service.rpc_unsent(self._device, (value,), "its MQTT server stopped before "
+                                     "it was written")
 
 
 def _rpc_request(request: dict[str, Any], form: topics.Form) -> tuple[str, Any]:

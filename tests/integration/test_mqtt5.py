@@ -628,6 +628,36 @@ def test_a_request_waiting_under_the_receive_maximum_is_delivered_once_written_a
     no_connections(app)
 
 
+def test_a_request_that_expired_waiting_under_the_receive_maximum_is_not_written(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """Receive Maximum 1: request 2 waits in the session behind request 1, and its
+    expirationTime passes: it is EXPIRED ("never delivered"), and when 1's PUBACK frees room
+    it is not written (counted in messages_discarded_total{reason="rpc_expired"}), so the
+    device never executes a request the cloud was told expired. It used to be written all the
+    same, and its answer refused."""
+    fake, app, dev = linked
+    with v5(app.mqtt_port, dev.token, manual_ack=True, receive_max=1) as client:
+        assert client.connect() == 0
+        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+        assert client.subscribe(RESPONSES) == [0]
+        deliver(fake, rpc_downlink(fake, dev, 1, "ping"))
+        deliver(fake, rpc_downlink(fake, dev, 2, "ping", expires_in_ms=1_000))
+        handed_over(app, dev, 2)
+        wait_until(lambda: statuses(app, dev) == [RpcStatus.QUEUED, RpcStatus.EXPIRED],
+                   timeout=DEADLINE_S, what="request 2 EXPIRED while it waits",
+                   show=lambda: statuses(app, dev))
+        puback(client, 1)
+        wait_until(lambda: statuses(app, dev) == [RpcStatus.DELIVERED, RpcStatus.EXPIRED],
+                   timeout=DEADLINE_S, what="request 1 DELIVERED", show=lambda: statuses(app, dev))
+        round_trip(client, 1)
+        assert requests_received(client) == [(1, False)]
+        assert app.metrics.value("edge_sync_mqtt_messages_discarded_total",
+                                 reason="rpc_expired") == 1
+        server = app.mqtt_server
+        assert server is not None and server.unacked == 0
+    no_connections(app)
+
+
 def test_a_message_dropped_in_flight_holds_its_place_until_its_puback(
         harness: Harness) -> None:
     """mqtt.max_unacked_per_session 2 and Receive Maximum 1: request 1 is sent, 2 and 3 wait;
@@ -794,10 +824,13 @@ def test_sessions_lost_when_the_mqtt_server_stops_are_counted_and_told_in_one_li
         "sessions": 2, "unsent": 2, "unacked": 1}
     (gone,) = logs.matching("disconnected from MQTT")  # its session was kept at its end
     assert (gone["extra"]["discarded_unsent"], gone["extra"]["discarded_unacked"]) == (0, 0)
-    # the three requests go back to the device's queue (QUEUED on disk all along)
+    # the three requests go back to the device's queue (QUEUED on disk all along): a DEBUG
+    # line, the stop's own line says it (a line per device at INFO would be thousands)
     (back,) = logs.matching("back in the queue", device=str(dev.id))
-    assert (back["extra"]["rpc_ids"], back["extra"]["reason"]) == (
-        [1, 2, 3], "the MQTT server stopped")
+    assert (back["level"].name, back["message"], back["extra"]["rpc_ids"],
+            back["extra"]["reason"]) == (
+        "DEBUG", "3 RPC requests sent and not acknowledged back in the queue: the MQTT server "
+        "stopped", [1, 2, 3], "the MQTT server stopped")
 
 
 def test_a_resumed_session_says_apart_what_it_sends_again_and_what_it_sends_first(

@@ -26,6 +26,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from edge_sync.actors.shard import shard_of
 from edge_sync.app import EdgeApp
 from edge_sync.devices.rpc import RpcStatus
 from edge_sync.storage.records import Device
@@ -291,7 +292,12 @@ def test_a_qos1_request_never_acknowledged_goes_to_the_next_subscriber_when_its_
             assert statuses(app, dev) == [RpcStatus.QUEUED]
         no_connections(app)
         line = logs.wait_for("back in the queue", device=str(dev.id))
-        assert line["level"].name == "INFO"
+        assert (line["level"].name, line["message"]) == (
+            "INFO", "1 RPC request sent and not acknowledged back in the queue: its MQTT "
+            "session ended with its connection (clean session)")
+        # the one line of the event: the request was sent in flight (DEBUG) before
+        (sent,) = logs.matching("RPC 62 sent to the device", device=str(dev.id))
+        assert sent["level"].name == "DEBUG"
         assert (line["extra"]["count"], line["extra"]["rpc_ids"], line["extra"]["reason"]) == (
             1, [62], "its MQTT session ended with its connection (clean session)")
     finally:
@@ -353,4 +359,83 @@ def test_a_qos0_request_is_delivered_when_handed_to_the_connection(
         (message,) = client.received_on("v1/devices/me/rpc/request/64")
         assert message.qos == 0
         assert statuses(app, dev) == [RpcStatus.DELIVERED]
+    no_connections(app)
+
+
+def test_after_a_shard_restart_the_request_in_flight_is_acknowledged_answered_and_not_sent_again(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """The device's shard restarts while a QoS 1 request is written and not acknowledged: the
+    shard finds it QUEUED on disk (nothing is recorded before the PUBACK). The subscription
+    registers again with what its session still holds, so the request is not sent a second
+    time on the same connection (the next request comes alone), the device's PUBACK of the
+    first sending delivers it, and its answer is taken (DeviceActorMessageProcessor
+    .processRpcResponses takes any pending request's). It used to be sent again, its PUBACK
+    ignored and its answer refused as "not delivered yet"."""
+    fake, app, dev = linked
+    shard = f"shard-{shard_of(dev.id, 2)}"
+    logs = Logs()
+    with MqttDevice(app.mqtt_port, dev.token, manual_ack=True) as client:
+        assert client.connect() == 0
+        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+        deliver(fake, rpc_downlink(fake, dev, 71, "open", {"valve": 1}))
+        client.wait_message("v1/devices/me/rpc/request/71")
+        assert statuses(app, dev) == [RpcStatus.QUEUED]
+        try:
+            assert app._crash(shard)
+            logs.wait_for("subscription dropped by the device's session", device=str(dev.id))
+        finally:
+            logs.close()
+        wait_until(lambda: app.readiness()[shard], timeout=DEADLINE_S, what="the shard back")
+        deliver(fake, rpc_downlink(fake, dev, 72, "close", {"valve": 2}))
+        # 72 comes once the subscription is registered again: 71, older, would come before it
+        assert client.wait_message("v1/devices/me/rpc/request/72") == {
+            "method": "close", "params": {"valve": 2}}
+        assert len(client.received_on("v1/devices/me/rpc/request/71")) == 1
+        puback(client, 71)
+        wait_until(lambda: statuses(app, dev) == [RpcStatus.DELIVERED, RpcStatus.QUEUED],
+                   timeout=DEADLINE_S, what="71 DELIVERED by the PUBACK of its first sending",
+                   show=lambda: statuses(app, dev))
+        for request_id in (71, 72):  # 72 answered before its PUBACK
+            answer = client.publish(f"v1/devices/me/rpc/response/{request_id}",
+                                    {"done": request_id})
+            wait_until(lambda a=answer: a.mid in client.acked_ids(), timeout=DEADLINE_S,
+                       what="PUBACK of the answer")
+        ups = fake.wait_for(lambda: len(rpc_uplinks(fake)) == 2 and rpc_uplinks(fake),
+                            what="both answers uplinked")
+        assert sorted((u.requestId, json.loads(u.responseMsg.response)) for u in ups) == [
+            (71, {"done": 71}), (72, {"done": 72})]
+        round_trip(client, 1)
+        assert len(client.received_on("v1/devices/me/rpc/request/71")) == 1
+        assert len(client.received_on("v1/devices/me/rpc/request/72")) == 1
+    assert [(r.request_id, r.status) for r in rpcs(app, dev)] == [
+        (71, RpcStatus.SUCCESSFUL), (72, RpcStatus.SUCCESSFUL)]
+    no_connections(app)
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["3.1.1", "5"])
+def test_beyond_the_unacked_limit_an_rpc_request_is_kept_and_its_puback_delivers_it(
+        harness: Harness, protocol: int) -> None:
+    """mqtt.max_unacked_per_session 2: a request written and not acknowledged, then three
+    shared attribute updates at QoS 1. The attribute updates are dropped to make room, not
+    the request, so its late PUBACK still makes it DELIVERED. The request's message used to
+    be dropped as the oldest: its PUBACK was ignored and it stayed in flight until it was
+    reported EXPIRED."""
+    fake, app = harness.connected_edge(**MQTT_ON, EDGE_MQTT_MAX_UNACKED_PER_SESSION="2")
+    dev = make_device(app, "mqtt-unacked-rpc")
+    with MqttDevice(app.mqtt_port, dev.token, manual_ack=True, protocol=protocol) as client:
+        assert client.connect() == 0
+        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+        assert client.subscribe(ATTRIBUTES, qos=1) == [1]
+        deliver(fake, rpc_downlink(fake, dev, 81, "ping"))
+        client.wait_message("v1/devices/me/rpc/request/81")
+        for n in range(3):
+            deliver(fake, shared_downlink(fake, dev, {"setpoint": n}))
+        wait_until(lambda: app.metrics.value("edge_sync_mqtt_unacked_dropped_total") == 2,
+                   timeout=DEADLINE_S, what="two attribute updates dropped",
+                   show=lambda: app.metrics.value("edge_sync_mqtt_unacked_dropped_total"))
+        assert statuses(app, dev) == [RpcStatus.QUEUED]
+        puback(client, 81)
+        wait_until(lambda: statuses(app, dev) == [RpcStatus.DELIVERED], timeout=DEADLINE_S,
+                   what="the request DELIVERED by its PUBACK", show=lambda: statuses(app, dev))
+        assert len(client.received_on("v1/devices/me/rpc/request/81")) == 1
     no_connections(app)

@@ -95,10 +95,76 @@ def test_a_request_lost_in_flight_is_queued_again_in_its_place_and_sent_anew() -
     assert book.unsent(first) is False  # said twice: once is enough
     again = book.send_next(T0 + 1)  # the oldest again, before 2
     assert again is not None and again.request_id == 1 and again.attempt != first.attempt
-    assert book.acknowledged(first, T0 + 2) is None  # the PUBACK of the lost sending
-    assert book.unsent(first) is False
+    assert book.unsent(first) is False  # the loss of the earlier sending changes nothing
     change = book.acknowledged(again, T0 + 3)
     assert change is not None and change.request.status is RpcStatus.DELIVERED
+
+
+def test_the_acknowledgement_of_any_sending_delivers_a_request_still_queued() -> None:
+    """The device has the request whichever sending it acknowledges: a PUBACK of the sending
+    lost (it comes late) delivers it though it was sent again since; the newer sending's own
+    PUBACK, or its loss, then changes nothing."""
+    book = RpcBook()
+    book.add(request(1))
+    first = book.send_next(T0)
+    assert first is not None and book.unsent(first)
+    again = book.send_next(T0 + 1)
+    assert again is not None
+    change = book.acknowledged(first, T0 + 2)
+    assert change is not None and change.request.status is RpcStatus.DELIVERED
+    assert book.in_flight == 0
+    assert book.acknowledged(again, T0 + 3) is None
+    assert book.unsent(again) is False and not book.has_next(T0 + 3)
+
+
+def test_a_book_made_again_takes_the_acknowledgement_and_the_answer_of_an_earlier_sending() -> None:
+    """After its shard restarts a device's book is made again from disk, where a request in
+    flight is QUEUED (nothing is recorded before the PUBACK): the device's PUBACK of the
+    earlier sending delivers it, and its answer is taken, before or after that PUBACK
+    (DeviceActorMessageProcessor.processRpcResponses takes a response for any pending
+    request). They used to be ignored and refused ("not delivered yet")."""
+    old = RpcBook()
+    old.add(request(1))
+    old.add(request(2))
+    sent1, sent2 = old.send_next(T0), old.send_next(T0)
+    assert sent1 is not None and sent2 is not None
+    book = RpcBook()  # the shard restarted: both QUEUED on disk
+    book.add(request(1))
+    book.add(request(2))
+    change = book.acknowledged(sent1, T0 + 5)
+    assert change is not None and change.request.status is RpcStatus.DELIVERED
+    answered = book.answer(2, {"v": 2}, T0 + 6)  # its PUBACK still to come
+    assert (answered.request.status, answered.request.response) == (RpcStatus.SUCCESSFUL,
+                                                                   {"v": 2})
+    assert answered.report is not None and answered.report["response"] == {"v": 2}
+    assert book.acknowledged(sent2, T0 + 7) is None
+    assert book.answer(1, {"v": 1}, T0 + 8).request.status is RpcStatus.SUCCESSFUL
+
+
+def test_requests_the_transport_still_holds_are_in_flight_again_not_sent_again() -> None:
+    """``holding``: a transport asks again while it holds sendings unacknowledged (after the
+    shard restarted): each request still QUEUED and not in flight is in flight by it, its
+    acknowledgement or loss counts, and it is not given to anyone else meanwhile. A request
+    answered, or in flight by another sending, is left as it is."""
+    old = RpcBook()
+    for n in (1, 2, 3, 4):
+        old.add(request(n))
+    sent = [old.send_next(T0) for _ in range(3)]
+    assert all(s is not None for s in sent)
+    s1, s2, s3 = (s for s in sent if s is not None)
+    book = RpcBook()
+    for n in (1, 2, 3, 4):
+        book.add(request(n))
+    book.answer(2, {"ok": 1}, T0 + 1)  # answered meanwhile: closed
+    other = book.send_next(T0 + 1)  # 1 went to another subscriber first
+    assert other is not None and other.request_id == 1
+    assert [s.request_id for s in book.holding([s1, s2, s3])] == [3]
+    nxt = book.send_next(T0 + 2)  # 3 is not sent again: 4 is next
+    assert nxt is not None and nxt.request_id == 4
+    assert book.in_flight == 3
+    assert book.unsent(s3) is True  # the session that held it lost it: queued again
+    again = book.send_next(T0 + 3)
+    assert again is not None and again.request_id == 3
 
 
 def test_an_answer_before_the_acknowledgement_is_taken() -> None:
@@ -204,13 +270,18 @@ def test_a_delivered_request_not_answered_in_time_times_out_and_a_late_answer_is
         book.answer(1, "x", T0 + 1_001)
 
 
-def test_unknown_and_undelivered_ids_are_refused() -> None:
+def test_an_unknown_id_is_refused_and_a_queued_request_takes_its_answer() -> None:
+    """An answer to a request still QUEUED is taken (the device got it over a connection the
+    edge no longer counts), as DeviceActorMessageProcessor.processRpcResponses takes any
+    pending request's; it used to be refused as not delivered yet."""
     book = RpcBook()
     book.add(request(1))
     with pytest.raises(NotFound, match="no RPC request 9"):
         book.answer(9, None, T0)
-    with pytest.raises(Conflict, match="not delivered"):
-        book.answer(1, None, T0)
+    done = book.answer(1, {"ok": True}, T0)
+    assert (done.request.status, done.request.response) == (RpcStatus.SUCCESSFUL, {"ok": True})
+    assert done.previous is not None and done.previous.status is RpcStatus.QUEUED
+    assert not book.has_next(T0)
 
 
 def test_a_known_or_finished_request_is_not_taken_again() -> None:

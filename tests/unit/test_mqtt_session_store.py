@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from edge_sync.devices.rpc import RpcSent
 from edge_sync.metrics import Metrics
 from edge_sync.mqtt.registry import SessionRegistry
 from edge_sync.mqtt.sessions import MAX_PACKET_ID, Outbox, OutMessage, Session, SessionStore
@@ -161,6 +162,44 @@ def test_a_message_dropped_in_flight_holds_its_place_in_the_quota_until_its_puba
     sent, dropped = send(old, "t", b"c")  # 3.1.1: a forgotten, c sent at once
     assert dropped is not None and dropped.packet_id == 1
     assert sent is not None and sent.packet_id == 3
+
+
+def rpc_sent(n: int) -> RpcSent:
+    return RpcSent(DEV, uuid.UUID(int=n), n, {"id": n, "method": "m", "params": None})
+
+
+@pytest.mark.parametrize("quota", [None, 3], ids=["3.1.1", "5"])
+def test_beyond_its_limit_the_outbox_drops_the_oldest_message_that_carries_no_rpc_request(
+        quota: int | None) -> None:
+    """A message that carries an RPC request is kept while another can go: its PUBACK still
+    delivers the request, and a discarded session still gives it back. In flight first, then
+    waiting (one sent on an earlier connection keeps the count of those right); only when
+    every message kept carries one does the oldest go."""
+    box = Outbox(limit=3)
+    box.restart(quota)
+    box.add("rpc", b"r1", rpc_sent(1))
+    box.add("attr", b"a1")
+    box.add("rpc", b"r2", rpc_sent(2))
+    for _ in range(3):
+        message = box.due()
+        assert message is not None
+        box.sending(message)
+    dropped = box.add("attr", b"a2")  # a1 goes, in flight
+    assert dropped is not None and dropped.payload == b"a1"
+    dropped = box.add("attr", b"a3")  # a2 goes, waiting or in flight
+    assert dropped is not None and dropped.payload == b"a2"
+    assert [m.payload for m in box.unacked()] == [b"r1", b"r2", b"a3"]
+    acked = box.acked(1)
+    assert acked is not None and acked.rpc == rpc_sent(1)
+    box.restart(quota)  # a new connection: r2 and a3 (if sent) wait again, sent before
+    box.add("rpc", b"r3", rpc_sent(3))
+    dropped = box.add("rpc", b"r4", rpc_sent(4))  # a3 goes, the one without a request
+    assert dropped is not None and dropped.payload == b"a3"
+    assert [m.payload for m in box.unacked()] == [b"r2", b"r3", b"r4"]
+    assert box.kept() == (2, 1)  # r3 and r4 never written, r2 written before
+    dropped = box.add("rpc", b"r5", rpc_sent(5))  # all carry a request: the oldest goes
+    assert dropped is not None and dropped.payload == b"r2"
+    assert box.kept() == (3, 0)
 
 
 def test_a_restart_makes_everything_due_again_oldest_first_with_dup() -> None:

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_sync.actors.messages import PollAttributes, PollRpc, SharedAttributesApplied
+from edge_sync.devices.rpc import RpcSent
 from edge_sync.devices.session import DeviceSession
 from edge_sync.devices.standing import StandingSubscriber
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import QueueFull, Unavailable
 from edge_sync.mqtt import topics
 from edge_sync.mqtt.subscriptions import Subscriptions
+from tests.helpers.mqtt_gateway import Logs
 from tests.unit.test_rpc_commit_failures import DEVICE, T0, Rig
 
 Outcome = tuple[list[Any], list[BaseException]]
@@ -111,6 +113,24 @@ def test_a_result_after_the_loop_closed_is_dropped_quietly() -> None:
     subscriber.resolve("nobody")
     subscriber.fail(Unavailable("gone"))
     assert values == []
+
+
+def test_a_result_after_the_loop_closed_goes_to_its_on_lost() -> None:
+    """What the owner must not lose with its loop (a request in flight) is told to
+    ``on_lost``, on the resolving thread; a release or a failure is not."""
+    loop = asyncio.new_event_loop()
+    values: list[Any] = []
+    lost: list[Any] = []
+    subscriber = StandingSubscriber(loop, values.append, lambda _exc: None, on_lost=lost.append)
+    assert subscriber.claim() and subscriber.claim() and subscriber.claim()
+    loop.close()
+    subscriber.resolve("request")
+    # closed with its loop: the session claims it no more (a request given back would
+    # otherwise come to it again, and back, for ever)
+    assert not subscriber.live and not subscriber.claim()
+    subscriber.release()
+    subscriber.fail(Unavailable("gone"))
+    assert (values, lost) == ([], ["request"])
 
 
 # -- in the device's session and entity actor ------------------------------------------------------
@@ -242,6 +262,7 @@ class Service:
 
     def __init__(self) -> None:
         self.polls: list[tuple[str, Subscriber]] = []
+        self.unsent: list[tuple[uuid.UUID, tuple[Any, ...], str]] = []
         self.refuse: Callable[[Subscriber], None] | None = None
         self._polled = asyncio.Event()
 
@@ -256,6 +277,10 @@ class Service:
 
     def poll_attributes(self, device_id: uuid.UUID, subscriber: Subscriber) -> None:
         self._poll("attributes", subscriber)
+
+    def rpc_unsent(self, device_id: uuid.UUID, sent: Any, reason: str, *,
+                   failed: bool = False, quiet: bool = False) -> None:
+        self.unsent.append((device_id, tuple(sent), reason))
 
     def _poll(self, kind: str, subscriber: Subscriber) -> None:
         self.polls.append((kind, subscriber))
@@ -409,3 +434,66 @@ def test_close_with_nothing_on_its_way_returns_at_once() -> None:
 
     asyncio.run(scenario())
 
+
+
+def test_a_request_in_flight_that_comes_after_the_loop_closed_goes_back_to_the_queue() -> None:
+    """The MQTT server's loop closed (a stop, a restart of the server) before a request the
+    device's session sent in flight reached it: it is given back to the device's queue
+    (rpc_unsent), never written. It used to be dropped silently, in flight until its expiry.
+    The subscriber registers with what its connection's session still holds (``held``)."""
+    service = Service()
+    sent: list[tuple[str, bytes]] = []
+    request = RpcSent(DEVICE, uuid.UUID(int=9), 1, {"id": 9, "method": "m", "params": None})
+    still = RpcSent(DEVICE, uuid.UUID(int=8), 2, {"id": 8, "method": "m", "params": None})
+
+    async def scenario() -> Subscriber:
+        def send_rpc(topic: str, payload: bytes, _rpc: RpcSent) -> None:
+            sent.append((topic, payload))
+
+        subs = Subscriptions(service, DEVICE, lambda t, p: None,  # type: ignore[arg-type]
+                             send_rpc=send_rpc, held=lambda: [still])
+        assert subs.subscribe(topics.RPC_REQUEST_FILTER, 1)
+        subscriber = service.current("rpc")
+        assert getattr(subscriber, "acks", False) is True
+        assert getattr(subscriber, "holding", ()) == (still,)
+        assert subscriber.claim()
+        return subscriber
+
+    loop = asyncio.new_event_loop()
+    try:
+        subscriber = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    subscriber.resolve(request)
+    assert sent == []
+    assert service.unsent == [(DEVICE, (request,), "its MQTT server stopped before it was "
+                                                   "written")]
+
+
+def test_a_request_in_flight_that_comes_after_the_connection_ended_goes_back_unlogged_here() -> None:
+    """Given back to the device's queue (rpc_unsent), never written; the device's entity
+    logs the requeue, so the subscription adds no line of its own (it used to add a second
+    INFO line for the same event)."""
+    service = Service()
+    request = RpcSent(DEVICE, uuid.UUID(int=9), 1, {"id": 9, "method": "m", "params": None})
+    sent: list[tuple[str, bytes]] = []
+    logs = Logs()
+
+    async def scenario() -> None:
+        subs = Subscriptions(service, DEVICE, lambda t, p: None,  # type: ignore[arg-type]
+                             send_rpc=lambda t, p, _r: sent.append((t, p)), drain_s=0.01)
+        assert subs.subscribe(topics.RPC_REQUEST_FILTER, 1)
+        subscriber = service.current("rpc")
+        assert subscriber.claim()
+        await subs.close()  # gives up waiting after drain_s: the subscription is finished
+        subscriber.resolve(request)
+        await settled()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        logs.close()
+    assert sent == []
+    assert service.unsent == [(DEVICE, (request,), "its connection closed before it was "
+                                                   "written")]
+    assert [r["message"] for r in logs.records if "RPC request 9" in r["message"]] == []
