@@ -364,19 +364,18 @@ async def _worker(job: Job, conn: Connection) -> None:
 
 
 async def _measure_cpu(start: float, end: float, result: WorkerResult) -> None:
-    """CPU time of this process between the monotonic times start and end. A loop too busy to
-    wake this task before ``end`` (a loaded machine, a short --quick interval) would measure
-    nothing: it then measures from the task's own start, warm-up included."""
-    t = os.times()
-    early = (t.user + t.system, time.monotonic())
+    """CPU time of this process between the monotonic times start and end, read with
+    ``time.process_time`` (nanoseconds; ``os.times`` counts clock ticks of 10 ms, and a worker
+    that used less than one in a --quick interval on a loaded machine measured 0). A loop too
+    busy to wake this task before ``end`` (a loaded machine, a short --quick interval) would
+    measure nothing: it then measures from the task's own start, warm-up included."""
+    early = (time.process_time(), time.monotonic())
     await asyncio.sleep(max(0.0, start - time.monotonic()))
-    t = os.times()
-    before, wall = t.user + t.system, time.monotonic()
+    before, wall = time.process_time(), time.monotonic()
     if wall >= end:
         before, wall = early
     await asyncio.sleep(max(0.0, end - time.monotonic()))
-    t = os.times()
-    result.cpu_s = t.user + t.system - before
+    result.cpu_s = time.process_time() - before
     result.wall_s = time.monotonic() - wall
 
 
