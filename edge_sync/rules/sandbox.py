@@ -289,7 +289,7 @@ var __tbelRemove = Symbol("remove");
 # The body starts on the wrapper's second line: _locate turns the engine's positions into the body's.
 _PROLOGUE = (
     "var __edgeAt = 0, __edgeRunMany, __edgeRun = (function () { var __parse = JSON.parse, "
-    "__stringify = JSON.stringify; "
+    "__stringify = JSON.stringify, __InternalError = InternalError; "
     "function __script(msg, metadata, msgType) {\n"
 )
 _PROLOGUE_TBEL = _PROLOGUE.replace("function __script", _TBEL_RUNTIME + " function __script")
@@ -321,16 +321,22 @@ def _locate(text: str, body_lines: int) -> str:
 # {ok: false, error}.
 _EPILOGUE = """
 }
+function __oom(e) {  // the engine's own memory blow-up, not an error the script made or threw:
+  // its InternalError "out of memory", or null when it could not even make that error (a
+  // script's own "throw null" reads the same, and is taken as one)
+  return e === null || (e instanceof __InternalError && e.message === "out of memory");
+}
 __edgeRunMany = [function (argsJson, budgetMs) {
   __edgeAt = -1;
   var items = __parse(argsJson), parts = [], values = [], started = Date.now(), stop = "";
   for (var i = 0; i < items.length; i++) {
     if (i > 0 && Date.now() - started > budgetMs) { stop = "budget"; break; }
-    var a = items[i], value, text = null, out;
+    var a = items[i], value, text = null, oom = false, out;
     __edgeAt = i;  // read after an interrupt: which item ran over the limit
     try {
       value = __script(a[0], a[1], a[2]);
     } catch (e) {
+      oom = __oom(e);
       text = "unprintable error";
       try { text = String(e) + ((e && e.stack) ? "\\n" + e.stack : ""); } catch (e2) {}
     }
@@ -339,8 +345,8 @@ __edgeRunMany = [function (argsJson, budgetMs) {
         for (var k = 0; k < values.length; k++) { parts.push('{"ok":true,"value":' + values[k] + '}'); }
         values = null;
       }
-      parts.push(__stringify({ok: false, error: text}));
-      if (text.indexOf("out of memory") >= 0 || text === "null") { stop = "memory"; break; }
+      parts.push(__stringify(oom ? {ok: false, error: text, oom: true} : {ok: false, error: text}));
+      if (oom) { stop = "memory"; break; }
       continue;
     }
     // under the key "value", as the per-item result has it (a toJSON method sees that key)
@@ -358,20 +364,33 @@ return function (argsJson) {
   try {
     value = __script(a[0], a[1], a[2]);
   } catch (e) {
-    var text = "unprintable error";
+    var oom = __oom(e), text = "unprintable error";
     try { text = String(e) + ((e && e.stack) ? "\\n" + e.stack : ""); } catch (e2) {}
-    return __stringify({ok: false, error: text});
+    return __stringify(oom ? {ok: false, error: text, oom: true} : {ok: false, error: text});
   }
-  return __stringify({ok: true, value: value});
+  try {
+    return __stringify({ok: true, value: value});
+  } catch (e) {  // a value JSON.stringify refuses (a BigInt, a toJSON that throws)
+    var oom = __oom(e), text = "unprintable error";
+    try { text = String(e) + ((e && e.stack) ? "\\n" + e.stack : ""); } catch (e2) {}
+    return __stringify(oom ? {ok: false, error: text, oom: true} : {ok: false, error: text});
+  }
 };
 })();
 """
 
 
 def _is_oom(text: str) -> bool:
-    # QuickJS reports a memory blow-up as "InternalError: out of memory", or as "null" when it
-    # cannot even allocate the error object.
-    return "out of memory" in text or text.strip() == "null"
+    """An exception the engine raised past the wrapper's catch is a memory blow-up: QuickJS's
+    "InternalError: out of memory", or "null" when it could not even make the error object.
+    (Inside the wrapper, ``__oom`` decides on the error itself: QuickJS's own InternalError
+    "out of memory", or null; a text a script throws is its error, whatever it says.)"""
+    return text.startswith("InternalError: out of memory") or text.strip() == "null"
+
+
+def _is_interrupt(text: str) -> bool:
+    """The engine's time limit interrupted the call (an interrupt cannot be caught in JS)."""
+    return text.startswith("InternalError: interrupted")
 
 
 class ScriptEngine:
@@ -518,7 +537,7 @@ class ScriptEngine:
                 # the wall clock: its thread may have waited (for the GIL the binding releases
                 # during the call, for a CPU) while the script threw past its try (a value
                 # JSON.stringify refuses), a runtime error however long it waited
-                if "interrupted" in text:
+                if _is_interrupt(text):
                     raise self._timeout() from None
                 if _is_oom(text):
                     raise self._memory_exceeded() from None
@@ -529,7 +548,7 @@ class ScriptEngine:
             raise ScriptRuntimeError(f"the script's value is not JSON-able: {out!r}")
         result = json.loads(out)
         if not result["ok"]:
-            if _is_oom(result["error"]):
+            if result.get("oom"):
                 with self._lock:
                     self._reset()
                 raise self._memory_exceeded()
@@ -586,7 +605,7 @@ class ScriptEngine:
                 try:
                     text = self._run_many(args, self.limits.time_limit_s * 1000 * BATCH_BUDGET)
                 except _quickjs.JSException as exc:
-                    at = self._context.get("__edgeAt") if "interrupted" in str(exc) else None
+                    at = self._context.get("__edgeAt") if _is_interrupt(str(exc)) else None
                     self._reset()
         if at == 0:  # the first item had the whole limit: it timed out
             out[start] = self._timeout()
@@ -623,7 +642,7 @@ class ScriptEngine:
                 out[start + k] = result.get("value")
                 continue
             error = result["error"]
-            if _is_oom(error):
+            if result.get("oom"):
                 with self._lock:
                     self._reset()
                 out[start + k] = self._memory_exceeded()

@@ -472,6 +472,30 @@ def test_a_script_that_throws_is_never_blocked() -> None:
     assert engine.call({}, META, TELEMETRY) == 1
 
 
+@pytest.mark.parametrize("thrown", [
+    "new Error('modem: out of memory')", "'out of memory'",
+    "new Error('interrupted')", "'InternalError: interrupted'",
+    "new InternalError('not the engine')"])
+def test_what_a_script_throws_is_its_error_whatever_it_says(thrown: str) -> None:
+    """Only the engine's own memory blow-up (its InternalError "out of memory", or null when
+    it could not make one) and its interrupt are counted towards the block: a script throwing
+    a text that says "out of memory" or "interrupted" threw; with max_errors 1 one count
+    would block it. The same alone and in a batch, and from a toJSON the wrapper calls."""
+    limits = ScriptLimits(max_errors=1, clock=_Clock())
+    engine = ScriptEngine(f"if (msg.bad) {{ throw {thrown}; }}\nreturn 1;", limits=limits)
+    got = engine.call_many([({"bad": True}, META, TELEMETRY)] * 3 + [({}, META, TELEMETRY)])
+    assert [type(v) for v in got] == [ScriptRuntimeError] * 3 + [int]
+    with pytest.raises(ScriptRuntimeError):
+        engine.call({"bad": True}, META, TELEMETRY)
+    assert engine.call({}, META, TELEMETRY) == 1
+    to_json = ScriptEngine(f"return {{toJSON: function () {{ throw {thrown}; }}}};",
+                           limits=limits)
+    with pytest.raises(ScriptRuntimeError):
+        to_json.call({}, META, TELEMETRY)
+    assert [type(v) for v in to_json.call_many([({}, META, TELEMETRY)] * 2)] == \
+        [ScriptRuntimeError] * 2
+
+
 def test_memory_blow_ups_count_towards_the_block() -> None:
     engine = ScriptEngine(
         "if (msg.grow) { var a = []; while (true) { a.push('xxxxxxxxxxxxxxxx' + a.length); } }\n"
