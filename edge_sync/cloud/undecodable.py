@@ -22,7 +22,6 @@ from loguru import logger
 
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.common.log_throttle import LogThrottle
-from edge_sync.link.peer_text import MAX_LOGGED_ERROR_CHARS, one_line
 from edge_sync.logsetup import mark_told
 from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2
@@ -33,6 +32,7 @@ _log = logger.bind(component="cloud-rpc")
 
 LOG_INTERVAL_S = 60.0
 """At most one line per this long for requests that are not valid protobuf."""
+_MAX_ERROR_CHARS = 200
 
 Arm = Callable[[float, Callable[[], None]], None]
 """Run the callable after that many seconds (a daemon timer; a test passes its own)."""
@@ -67,8 +67,8 @@ class UndecodableRequests:
             msg: edge_pb2.RequestMsg = edge_pb2.RequestMsg.FromString(data)
         except DecodeError as exc:
             self._count.inc()
-            self._event(one_line(f"{type(exc).__name__}: {exc}", MAX_LOGGED_ERROR_CHARS),
-                        len(data))
+            # the decoder's own text (it names the message type, never the peer's bytes)
+            self._event(f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS], len(data))
             mark_told(exc)
             raise
         return msg
