@@ -398,13 +398,13 @@ def window_node_name(node_type: str, name: str, index: int | None = None,
     """How every log line names a window node (deduplication, aggregation): its index in the
     chain when it is bound to the chain in force, its name and its type:
     ``nodes[2] 'dedup all 20s' (TbMsgDeduplicationNode)``; a node not in the chain in force
-    without the index, ``'dedup all 20s' (TbMsgDeduplicationNode)`` (``#2`` after the name when
+    without the index, ``'dedup all 20s' (TbMsgDeduplicationNode)`` (`` #2`` at the end when
     it was the second of that type and name). So one grep of ``'dedup all 20s'
     (TbMsgDeduplicationNode)`` finds the node's windows whether bound or orphaned."""
     short = node_type.rsplit(".", 1)[-1]
     place = f" #{occurrence}" if occurrence != 1 and index is None else ""
     at = "" if index is None else f"nodes[{index}] "
-    return f"{at}{name!r}{place} ({short})"
+    return f"{at}{name!r} ({short}){place}"
 
 
 def describe_key(key: str, node_type: str) -> str:

@@ -418,7 +418,7 @@ def test_node_keys_are_type_name_and_place_not_ids_or_indexes() -> None:
     assert [twice.node_index(k) for k in (*keys, "n-agg", "#0")] == [0, 1, 2, None, None]
     moved = chain([PUSH, SAVE_TS, AGG], [], ids=["a", "b", "c"])
     assert moved.node_key(2) == keys[0] and moved.node_index(keys[0]) == 2
-    assert describe_key(keys[2], AGG[0]) == "'Agg' #2 (AggregateNode)"
+    assert describe_key(keys[2], AGG[0]) == "'Agg' (AggregateNode) #2"
     assert describe_key("#3", AGG[0]) == "#3 (AggregateNode)"
 
 

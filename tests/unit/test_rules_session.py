@@ -368,7 +368,7 @@ def test_a_window_node_is_named_one_way_bound_or_orphaned() -> None:
     [orphan] = rules.bind(edited)
     assert orphan.node == "'agg' (AggregateNode)" == window_node_name(n.AGGREGATE, "agg")
     assert bound[1].endswith(orphan.node)
-    assert window_node_name(n.AGGREGATE, "agg", None, 2) == "'agg' #2 (AggregateNode)"
+    assert window_node_name(n.AGGREGATE, "agg", None, 2) == "'agg' (AggregateNode) #2"
 
 
 def deduplicating(strategy: str, interval: int, max_pending: int) -> RuleEngine:
