@@ -280,6 +280,11 @@ class RpcBook:
             done = replace(request, status=RpcStatus.EXPIRED, updated_at=now_ms, error="TIMEOUT")
             self._finish(done)
             return Transition(done, {**done.echo(), "error": "TIMEOUT"}, request)
+        return self._delivered(request, now_ms)
+
+    def _delivered(self, request: RpcRequest, now_ms: int) -> Transition:
+        """``request`` reached its device: DELIVERED, or SUCCESSFUL (reported with an empty
+        answer) when one-way."""
         if request.oneway:
             done = replace(request, status=RpcStatus.SUCCESSFUL, updated_at=now_ms)
             self._finish(done)
@@ -316,14 +321,10 @@ class RpcBook:
         request = self._next_queued(now_ms)
         if request is None:
             return None
-        if request.oneway:
-            done = replace(request, status=RpcStatus.SUCCESSFUL, updated_at=now_ms)
-            self._finish(done)
-            return Transition(done, {**done.echo(), "response": {}}, request)
-        delivered = replace(request, status=RpcStatus.DELIVERED, updated_at=now_ms)
-        self._open[request.request_uuid] = delivered
-        self._delivering.add(request.request_uuid)
-        return Transition(delivered, None, request)
+        transition = self._delivered(request, now_ms)
+        if not request.oneway:
+            self._delivering.add(request.request_uuid)
+        return transition
 
     def handed(self, request_uuid: uuid.UUID) -> None:
         """The delivered request reached the device: from now on it times out unanswered."""
