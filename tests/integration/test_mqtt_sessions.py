@@ -439,3 +439,116 @@ def test_beyond_the_unacked_limit_an_rpc_request_is_kept_and_its_puback_delivers
                    what="the request DELIVERED by its PUBACK", show=lambda: statuses(app, dev))
         assert len(client.received_on("v1/devices/me/rpc/request/81")) == 1
     no_connections(app)
+
+
+def refused_appends(logs: Logs, dev: Device) -> int:
+    return len(logs.matching("append refused: storage full", entity=str(dev.id)))
+
+
+def test_a_puback_whose_record_the_full_store_refuses_is_not_sent_again_and_recorded_later(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """The store is at its size cap (storage.max_size_mb, policy refuse) when the device
+    PUBACKs a QoS 1 request: DELIVERED is not recorded. The device has the request, so it
+    stays DELIVERED and is not sent again; only its record is tried again, once a second (the
+    expiry retry's RECORD_RETRY_MS), one WARNING for the failure and one INFO once the store
+    takes it; the device's answer then makes it SUCCESSFUL. It used to go back to QUEUED and
+    be sent again at once: thousands of PUBLISHes (and log lines) a second while storage was
+    full. ThingsBoard keeps a request delivered whatever its save does
+    (DeviceActorMessageProcessor.processRpcResponseStatus)."""
+    fake, app, dev = linked
+    deliver(fake, rpc_downlink(fake, dev, 91, "open", {"valve": 1}))
+    assert statuses(app, dev) == [RpcStatus.QUEUED]
+    store, cap = app.store, app.store.max_size
+    logs = Logs()
+    try:
+        with MqttDevice(app.mqtt_port, dev.token) as client:
+            assert client.connect() == 0
+            store.max_size = 0  # the cap reached: every new record is refused
+            assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+            client.wait_message("v1/devices/me/rpc/request/91")
+            # the first record and two tries more: over about two seconds
+            wait_until(lambda: refused_appends(logs, dev) >= 3, timeout=DEADLINE_S,
+                       what="the DELIVERED record refused three times")
+            round_trip(client, 1)
+            assert len(client.received_on("v1/devices/me/rpc/request/91")) == 1
+            assert statuses(app, dev) == [RpcStatus.QUEUED]  # on disk: nothing recorded yet
+            store.max_size = cap  # room again
+            logs.wait_for("RPC 91 DELIVERED recorded: the store took it again")
+            assert statuses(app, dev) == [RpcStatus.DELIVERED]
+            answer = client.publish("v1/devices/me/rpc/response/91", {"open": True})
+            wait_until(lambda: answer.mid in client.acked_ids(), timeout=DEADLINE_S,
+                       what="PUBACK of the answer")
+            up = fake.wait_for(lambda: rpc_uplinks(fake), what="the RPC answer uplinked")[0]
+            assert (up.requestId, json.loads(up.responseMsg.response)) == (91, {"open": True})
+            round_trip(client, 2)
+            assert len(client.received_on("v1/devices/me/rpc/request/91")) == 1
+        no_connections(app)
+    finally:
+        store.max_size = cap
+        logs.close()
+    assert [(r.status, r.response) for r in rpcs(app, dev)] == [
+        (RpcStatus.SUCCESSFUL, {"open": True})]
+    lines = [r for r in logs.records if r["extra"].get("rpc_id") == 91
+             and r["level"].name != "DEBUG"]
+    tries = refused_appends(logs, dev)
+    assert [(r["level"].name, r["message"]) for r in lines] == [
+        ("INFO", "RPC 91 DELIVERED"),
+        ("WARNING", "RPC 91 DELIVERED not recorded: the device has it, so it stays DELIVERED "
+                    "(not sent again) and DELIVERED is recorded again every 1 s until the store "
+                    "takes it"),
+        ("INFO", "RPC 91 DELIVERED recorded: the store took it again"),
+        ("INFO", "RPC 91 SUCCESSFUL"),
+    ]
+    assert 3 <= tries <= 20  # about one a second, not thousands
+
+
+def test_an_answer_before_the_puback_whose_record_is_refused_leaves_the_request_delivered(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """The device answers a QoS 1 request before its PUBACK while the store is at its cap:
+    the answer's commit fails, so its connection closes unacknowledged (the device sends its
+    answer again). The device has the request, so it stays DELIVERED (recorded once the store
+    takes it) and is not sent again to the device's next connection, whose answer is taken.
+    It used to go back to QUEUED and be sent again at once, to every connection, in a loop
+    while storage was full."""
+    fake, app, dev = linked
+    deliver(fake, rpc_downlink(fake, dev, 92, "reboot"))
+    store, cap = app.store, app.store.max_size
+    logs = Logs()
+    try:
+        with MqttDevice(app.mqtt_port, dev.token, manual_ack=True) as client:
+            assert client.connect() == 0
+            store.max_size = 0  # the cap reached: every new record is refused
+            assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+            client.wait_message("v1/devices/me/rpc/request/92")
+            client.publish("v1/devices/me/rpc/response/92", {"rebooting": True})
+            assert client.disconnected.wait(DEADLINE_S)  # the answer not taken: closed
+        wait_until(lambda: refused_appends(logs, dev) >= 1, timeout=DEADLINE_S,
+                   what="the answer's record refused")
+        with MqttDevice(app.mqtt_port, dev.token) as again:
+            assert again.connect() == 0
+            assert again.subscribe(RPC_REQUESTS, qos=1) == [1]
+            wait_until(lambda: refused_appends(logs, dev) >= 3, timeout=DEADLINE_S,
+                       what="the DELIVERED record refused twice after the answer's")
+            round_trip(again, 1)
+            assert again.received_on("v1/devices/me/rpc/request/92") == []
+            assert statuses(app, dev) == [RpcStatus.QUEUED]  # on disk: nothing recorded yet
+            store.max_size = cap  # room again
+            logs.wait_for("RPC 92 DELIVERED recorded: the store took it again")
+            assert statuses(app, dev) == [RpcStatus.DELIVERED]
+            answer = again.publish("v1/devices/me/rpc/response/92", {"rebooting": True})
+            wait_until(lambda: answer.mid in again.acked_ids(), timeout=DEADLINE_S,
+                       what="PUBACK of the answer")
+            up = fake.wait_for(lambda: rpc_uplinks(fake), what="the RPC answer uplinked")[0]
+            assert (up.requestId, json.loads(up.responseMsg.response)) == (
+                92, {"rebooting": True})
+            round_trip(again, 2)
+            assert again.received_on("v1/devices/me/rpc/request/92") == []
+        no_connections(app)
+    finally:
+        store.max_size = cap
+        logs.close()
+    assert [(r.status, r.response) for r in rpcs(app, dev)] == [
+        (RpcStatus.SUCCESSFUL, {"rebooting": True})]
+    assert len(logs.matching("RPC 92 SUCCESSFUL not recorded: the device has it, so it stays "
+                             "DELIVERED")) == 1  # WARNING once; each try after at DEBUG
+    assert 3 <= refused_appends(logs, dev) <= 20  # about one a second, not thousands
