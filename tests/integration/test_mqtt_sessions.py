@@ -441,6 +441,35 @@ def test_beyond_the_unacked_limit_an_rpc_request_is_kept_and_its_puback_delivers
     no_connections(app)
 
 
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["3.1.1", "5"])
+def test_when_every_message_kept_is_a_request_an_attribute_update_is_dropped_not_the_request(
+        harness: Harness, protocol: int) -> None:
+    """mqtt.max_unacked_per_session 1: a request written and not acknowledged, then a shared
+    attribute update at QoS 1. Every message kept carries a request, so the update is dropped
+    (counted), never written, and the request's PUBACK still makes it DELIVERED. The update
+    used to evict the request: its PUBACK did nothing and it ended EXPIRED though the device
+    had it."""
+    fake, app = harness.connected_edge(**MQTT_ON, EDGE_MQTT_MAX_UNACKED_PER_SESSION="1")
+    dev = make_device(app, "mqtt-unacked-all-rpc")
+    with MqttDevice(app.mqtt_port, dev.token, manual_ack=True, protocol=protocol) as client:
+        assert client.connect() == 0
+        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+        assert client.subscribe(ATTRIBUTES, qos=1) == [1]
+        deliver(fake, rpc_downlink(fake, dev, 85, "ping"))
+        client.wait_message("v1/devices/me/rpc/request/85")
+        deliver(fake, shared_downlink(fake, dev, {"setpoint": 1}))
+        wait_until(lambda: app.metrics.value("edge_sync_mqtt_unacked_dropped_total") == 1,
+                   timeout=DEADLINE_S, what="the attribute update dropped",
+                   show=lambda: app.metrics.value("edge_sync_mqtt_unacked_dropped_total"))
+        puback(client, 85)
+        wait_until(lambda: statuses(app, dev) == [RpcStatus.DELIVERED], timeout=DEADLINE_S,
+                   what="the request DELIVERED by its PUBACK", show=lambda: statuses(app, dev))
+        round_trip(client, 1)
+        assert client.received_on(ATTRIBUTES) == []
+        assert len(client.received_on("v1/devices/me/rpc/request/85")) == 1
+    no_connections(app)
+
+
 def refused_appends(logs: Logs, dev: Device) -> int:
     return len(logs.matching("append refused: storage full", entity=str(dev.id)))
 
