@@ -208,9 +208,11 @@ def test_a_clean_session_discards_the_kept_one(
 
 def test_qos1_messages_dropped_unacknowledged_are_logged_once_and_counted(
         harness: Harness) -> None:
-    """mqtt.max_unacked_per_session 2, three QoS 1 requests never acknowledged: the oldest is
-    dropped (one WARNING, counted in edge_sync_mqtt_unacked_dropped_total and in the disconnect
-    line); the two kept are sent again on reconnect."""
+    """mqtt.max_unacked_per_session 2, three QoS 1 requests never acknowledged: every message
+    kept carries a request, so the third is dropped, never written (one WARNING, counted in
+    edge_sync_mqtt_unacked_dropped_total and in the disconnect line), and stays in flight
+    (EXPIRED at its expirationTime); the two kept, which the client holds, are sent again on
+    reconnect."""
     fake, app = harness.connected_edge(**MQTT_ON, EDGE_MQTT_MAX_UNACKED_PER_SESSION="2")
     dev = make_device(app, "mqtt-unacked")
     server = app.mqtt_server
@@ -221,16 +223,21 @@ def test_qos1_messages_dropped_unacknowledged_are_logged_once_and_counted(
                         manual_ack=True) as client:
             assert client.connect() == 0
             assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
-            for n in (51, 52, 53):
+            for n in (51, 52):
                 deliver(fake, rpc_downlink(fake, dev, n, "ping"))
                 client.wait_message(f"v1/devices/me/rpc/request/{n}")
+            deliver(fake, rpc_downlink(fake, dev, 53, "ping"))
+            wait_until(lambda: app.metrics.value("edge_sync_mqtt_unacked_dropped_total") == 1,
+                       timeout=DEADLINE_S, what="request 53 dropped")
+            round_trip(client, 1)
+            assert client.received_on("v1/devices/me/rpc/request/53") == []
         no_connections(app)
         with MqttDevice(app.mqtt_port, dev.token, client_id="deaf",
                         clean_session=False) as again:
             assert again.connect() == 0 and again.session_present is True
-            round_trip(again, 1)
+            round_trip(again, 2)
             assert [m.topic[-2:] for m in again.received if "rpc/request" in m.topic] == [
-                "52", "53"]
+                "51", "52"]
         no_connections(app)
     finally:
         logs.close()
