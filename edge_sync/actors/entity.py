@@ -740,11 +740,11 @@ class EntityActor:
         if change.report is not None:
             events = (NewEvent("DEVICE", "DEVICE", r.device_id, Action.RPC_CALL, change.report,
                                r.updated_at or self.now_ms(), lane_for("DEVICE", Action.RPC_CALL)),)
-        level = "WARNING" if r.status in (RpcStatus.EXPIRED, RpcStatus.TIMEOUT,
-                                          RpcStatus.FAILED) else "INFO"
-        log = _log.bind(device=str(r.device_id), rpc_id=r.request_id, status=r.status.value)
-        log.log("DEBUG" if again else level, "RPC {} {}{}{}", r.request_id, r.status.value,
-                f" ({r.error})" if r.error else "", ": recorded again" if again else "")
+        level = "DEBUG" if again else "WARNING" if r.status in (
+            RpcStatus.EXPIRED, RpcStatus.TIMEOUT, RpcStatus.FAILED) else "INFO"
+        _log.bind(device=str(r.device_id), rpc_id=r.request_id, status=r.status.value).log(
+            level, "RPC {} {}{}", r.request_id, r.status.value,
+            (f" ({r.error})" if r.error else "") + (": recorded again" if again else ""))
         count, tell_self = self.count_rpc, self.tell_self
 
         def committed(done: Future[range]) -> None:
@@ -752,8 +752,10 @@ class EntityActor:
             if exc is None:
                 count(r.status.value)
                 if again:
-                    log.info("RPC {} {} recorded: the store took it again", r.request_id,
-                             r.status.value)
+                    _log.bind(device=str(r.device_id), rpc_id=r.request_id,
+                              status=r.status.value).info(
+                        "RPC {} {} recorded: the store took it again", r.request_id,
+                        r.status.value)
             else:  # before ``reply``: a retry of the sender finds the request put back
                 tell_self(RpcNotRecorded(r.device_id, change, again))
             if then is not None:
