@@ -94,7 +94,8 @@ _rules_log = logger.bind(component="rules")
 
 RECORD_RETRY_MS = 1_000
 """An expiry whose commit failed (storage full, say) is tried again this much later, not on every
-wake-up of the shard's timer."""
+wake-up of the shard's timer; so is the record of a delivery the device made known (its PUBACK,
+or its answer) whose commit failed."""
 
 
 class EntityActor:
@@ -584,6 +585,8 @@ class EntityActor:
         now = self.now_ms()
         if self.session is not None and now >= self._retry_at:
             self._expire(now)
+            for change in self.session.rpc.unrecorded():  # kept delivered: recorded again
+                self._record(change, again=True)
         self._close_windows(now)
 
     def _expire(self, now: int) -> None:
@@ -592,10 +595,27 @@ class EntityActor:
 
     def _rpc_not_recorded(self, cmd: RpcNotRecorded) -> None:
         """A change of a request could not be committed: it is put back as it was, so the
-        device's retry of an answer, a later poll, or the next deadline acts on it again."""
+        device's retry of an answer, a later poll, or the next deadline acts on it again. A
+        change the device made known (``kept``: its PUBACK, or its answer while the request was
+        QUEUED) is not undone: the request stays delivered, never sent again, and only its
+        record is tried again every RECORD_RETRY_MS (one WARNING line when it first fails, a
+        DEBUG line for each try after), as ThingsBoard's device actor keeps a request delivered
+        whatever its save does (DeviceActorMessageProcessor.processRpcResponseStatus)."""
         session = self._session()
         change, now = cmd.change, self.now_ms()
         r, before = change.request, change.previous
+        if change.kept:
+            again = session.rpc.keep(change)
+            if again is None:  # changed since: that change is recorded
+                return
+            self._retry_at = now + RECORD_RETRY_MS
+            kept = again.request.status.value
+            _log.bind(device=str(r.device_id), rpc_id=r.request_id, status=kept).log(
+                "DEBUG" if cmd.again else "WARNING",
+                "RPC {} {} not recorded: the device has it, so it stays {} (not sent again) "
+                "and {} is recorded again every {} s until the store takes it", r.request_id,
+                r.status.value, kept, kept, RECORD_RETRY_MS // 1000)
+            return
         if not session.rpc.restore(change) or before is None:
             return
         _log.bind(device=str(r.device_id), rpc_id=r.request_id, status=before.status.value).warning(
@@ -708,29 +728,36 @@ class EntityActor:
         return then
 
     def _record(self, change: Transition, reply: Future[range] | None = None, *,
-                then: Callable[[BaseException | None], None] | None = None) -> None:
+                then: Callable[[BaseException | None], None] | None = None,
+                again: bool = False) -> None:
         """Persist a request's new state, with the RPC_CALL event that reports it when any.
         After the commit (on the queue's thread) the status is counted, or, when the commit
         failed, the entity is told to put the request back as it was; then ``then`` runs and
-        ``reply`` is settled."""
+        ``reply`` is settled. ``again``: a record tried again (``_rpc_not_recorded``): its
+        line is DEBUG, and one INFO line says when it is recorded at last."""
         r = change.request
         events: tuple[NewEvent, ...] = ()
         if change.report is not None:
             events = (NewEvent("DEVICE", "DEVICE", r.device_id, Action.RPC_CALL, change.report,
                                r.updated_at or self.now_ms(), lane_for("DEVICE", Action.RPC_CALL)),)
-        level = "WARNING" if r.status in (RpcStatus.EXPIRED, RpcStatus.TIMEOUT,
-                                          RpcStatus.FAILED) else "INFO"
+        level = "DEBUG" if again else "WARNING" if r.status in (
+            RpcStatus.EXPIRED, RpcStatus.TIMEOUT, RpcStatus.FAILED) else "INFO"
         _log.bind(device=str(r.device_id), rpc_id=r.request_id, status=r.status.value).log(
             level, "RPC {} {}{}", r.request_id, r.status.value,
-            f" ({r.error})" if r.error else "")
+            (f" ({r.error})" if r.error else "") + (": recorded again" if again else ""))
         count, tell_self = self.count_rpc, self.tell_self
 
         def committed(done: Future[range]) -> None:
             exc = done.exception()
             if exc is None:
                 count(r.status.value)
+                if again:
+                    _log.bind(device=str(r.device_id), rpc_id=r.request_id,
+                              status=r.status.value).info(
+                        "RPC {} {} recorded: the store took it again", r.request_id,
+                        r.status.value)
             else:  # before ``reply``: a retry of the sender finds the request put back
-                tell_self(RpcNotRecorded(r.device_id, change))
+                tell_self(RpcNotRecorded(r.device_id, change, again))
             if then is not None:
                 then(exc)
             if reply is not None:

@@ -358,10 +358,13 @@ class SharedAttributesApplied:
 @dataclass(frozen=True, slots=True)
 class RpcNotRecorded:
     """Internal to an entity: the commit of an RPC request's change failed; the request is put
-    back as it was (a delivery queued again, an answer awaited again, an expiry retried)."""
+    back as it was (a delivery queued again, an answer awaited again, an expiry retried), or,
+    when the device is known to have it (``change.kept``), kept delivered and its record tried
+    again. ``again``: the failed commit was such a retry."""
 
     device_id: uuid.UUID
     change: Transition
+    again: bool = False
 
 
 @dataclass(frozen=True, slots=True)

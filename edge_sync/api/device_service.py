@@ -317,8 +317,9 @@ class DeviceService:
 
     def post_rpc_response(self, token: str, request_id: int, body: Any) -> Future[range]:
         """A device's answer to RPC request ``request_id`` (high lane: it overtakes telemetry).
-        An answer no request awaits (no delivered request has that id, or it has expired or
-        was answered) is taken all the same, whichever transport brought it: nothing queued
+        An answer no request awaits (no open request has that id: unknown, expired, timed out
+        or answered already; any open request takes it, QUEUED included) is taken all the
+        same, whichever transport brought it: nothing queued
         (the future resolves with no seqs), one WARNING line, counted in
         ``edge_sync_rpc_answers_dropped_total``. A resend could not help, and ThingsBoard's
         transports take such an answer too (HTTP 200, an MQTT acknowledgement)."""

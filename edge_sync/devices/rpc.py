@@ -19,7 +19,10 @@ as its text (``responseText`` in the report, sent to the cloud as it is).
 Nothing here reads a clock or touches storage: time is passed in (ms since the epoch, the
 cloud's expirationTime is wall-clock), the owner persists each record it gets back. A change the
 owner could not persist is undone with ``restore`` (the request is as it was, so a retry or the
-next deadline acts again). A delivery is in flight from ``take_next`` until the owner says the
+next deadline acts again), unless the device is known to have the request (its acknowledgement,
+or its answer while QUEUED: ``Transition.kept``): that one stays delivered and only its record is
+tried again (``keep``, ``unrecorded``), or the request would be sent again, and again, as long
+as storage refuses its record. A delivery is in flight from ``take_next`` until the owner says the
 device was handed the request (``handed``), or that it was not (``restore``: its record failed;
 ``expire_late``: it was recorded only once expired): meanwhile its expiry waits, so a request
 is TIMEOUT only once a device really got it, and EXPIRED otherwise.
@@ -187,18 +190,21 @@ class Transition:
     request: RpcRequest
     report: dict[str, Any] | None
     previous: RpcRequest | None = None  # the record it replaces (what ``restore`` puts back)
+    kept: bool = False  # the device is known to have the request (its acknowledgement, or
+    # its answer while QUEUED): a record that fails is not undone but tried again (``keep``)
 
 
 class RpcBook:
     """The open RPC requests of one device, in arrival order, and the last finished ones."""
 
-    __slots__ = ("_delivering", "_open", "_recent", "_sent")
+    __slots__ = ("_delivering", "_open", "_recent", "_sent", "_unrecorded")
 
     def __init__(self) -> None:
         self._open: dict[uuid.UUID, RpcRequest] = {}
         self._recent: dict[int, RpcRequest] = {}
         self._delivering: set[uuid.UUID] = set()  # delivered, not yet known to be handed over
         self._sent: dict[uuid.UUID, int] = {}  # sent, QUEUED until acknowledged: its attempt
+        self._unrecorded: dict[uuid.UUID, Transition] = {}  # kept (``keep``), to record again
 
     def __len__(self) -> int:
         return len(self._open)
@@ -218,9 +224,16 @@ class RpcBook:
     def next_deadline(self) -> int | None:
         """When ``expire_due`` has work next (ms): the earliest expirationTime of an open
         request whose delivery is not being recorded (at once for one without a method, to be FAILED),
-        None when there is none."""
-        return min((r.expiration_time if r.method else r.queued_at
-                    for u, r in self._open.items() if u not in self._delivering), default=None)
+        None when there is none; 0 (now: the owner spaces its tries) while a change kept
+        (``keep``) waits to be recorded again."""
+        due = min((r.expiration_time if r.method else r.queued_at
+                   for u, r in self._open.items() if u not in self._delivering), default=None)
+        return 0 if self._unrecorded else due  # a change kept (``keep``): recorded again now
+
+    @property
+    def unrecorded_count(self) -> int:
+        """Changes kept to be recorded again (``keep``): the owner must not forget the book."""
+        return len(self._unrecorded)
 
     def _next_queued(self, now_ms: int) -> RpcRequest | None:
         for request in self._open.values():
@@ -280,18 +293,18 @@ class RpcBook:
             done = replace(request, status=RpcStatus.EXPIRED, updated_at=now_ms, error="TIMEOUT")
             self._finish(done)
             return Transition(done, {**done.echo(), "error": "TIMEOUT"}, request)
-        return self._delivered(request, now_ms)
+        return self._delivered(request, now_ms, kept=True)
 
-    def _delivered(self, request: RpcRequest, now_ms: int) -> Transition:
+    def _delivered(self, request: RpcRequest, now_ms: int, *, kept: bool = False) -> Transition:
         """``request`` reached its device: DELIVERED, or SUCCESSFUL (reported with an empty
-        answer) when one-way."""
+        answer) when one-way. ``kept``: the device said so (Transition.kept)."""
         if request.oneway:
             done = replace(request, status=RpcStatus.SUCCESSFUL, updated_at=now_ms)
             self._finish(done)
-            return Transition(done, {**done.echo(), "response": {}}, request)
+            return Transition(done, {**done.echo(), "response": {}}, request, kept)
         delivered = replace(request, status=RpcStatus.DELIVERED, updated_at=now_ms)
         self._open[request.request_uuid] = delivered
-        return Transition(delivered, None, request)
+        return Transition(delivered, None, request, kept)
 
     def unsent(self, sent: RpcSent) -> bool:
         """The transport lost ``sent`` without the device's acknowledgement: QUEUED again, in
@@ -348,6 +361,41 @@ class RpcBook:
         self._open = dict(sorted(self._open.items(), key=lambda kv: kv[1].queued_at))
         return True
 
+    def keep(self, change: Transition) -> Transition | None:
+        """``change`` (``kept``: the device acknowledged the request, or answered it while it
+        was QUEUED) could not be recorded (storage full, say). The device has the request, so
+        it is not QUEUED again: sent again, acknowledged again, its record refused again, that
+        would loop as long as storage refuses. It stays delivered and only its record is
+        tried again, as ThingsBoard keeps a request delivered whatever its save does
+        (DeviceActorMessageProcessor.processRpcResponseStatus sets it delivered, then saves).
+        The change to record again, which ``unrecorded`` gives back: ``change`` itself for an
+        acknowledgement and a one-way request's answer (SUCCESSFUL either way); for a two-way
+        request's answer, the delivery it shows: DELIVERED, so the device's retry of its answer
+        is taken, as for any delivered request whose answer was not recorded. None when the
+        request has changed since (a later change records it)."""
+        after, before = change.request, change.previous
+        if before is None or not self._current(after):
+            return None
+        again = change
+        if after.status is RpcStatus.SUCCESSFUL and not before.oneway:  # an answer
+            del self._recent[after.request_id]
+            again = self._delivered(before, after.updated_at, kept=True)
+            self._open = dict(sorted(self._open.items(), key=lambda kv: kv[1].queued_at))
+        self._unrecorded[after.request_uuid] = again
+        return again
+
+    def unrecorded(self) -> list[Transition]:
+        """The changes kept (``keep``) whose request is still as they left it, to record
+        again; forgotten here (a failure keeps them again)."""
+        pending, self._unrecorded = self._unrecorded, {}
+        return [c for c in pending.values() if self._current(c.request)]
+
+    def _current(self, request: RpcRequest) -> bool:
+        """Whether ``request`` is the book's own state of its request (not changed since)."""
+        if request.status.final:
+            return self._recent.get(request.request_id) is request
+        return self._open.get(request.request_uuid) is request
+
     def expire_late(self, change: Transition, now_ms: int) -> Transition | None:
         """A delivery (``change``, as take_next returned it) was recorded only at or after the
         request's expirationTime, so the device was not given it: EXPIRED, reported as any
@@ -386,7 +434,8 @@ class RpcBook:
                            response=stored)
             self._delivering.discard(request.request_uuid)
             self._finish(done)
-            return Transition(done, {**done.echo(), **report}, request)
+            return Transition(done, {**done.echo(), **report}, request,
+                              request.status is RpcStatus.QUEUED)
         recent = self._recent.get(request_id)
         if recent is not None:
             raise Conflict(f"RPC request {request_id} is {recent.status.value}; it takes no "

@@ -26,10 +26,10 @@ class DeviceSession:
 
     @property
     def busy(self) -> bool:
-        """Whether the session holds anything that must outlive an idle entity (open requests
-        or live waiters): such an entity is not passivated."""
+        """Whether the session holds anything that must outlive an idle entity (open requests,
+        records to try again, or live waiters): such an entity is not passivated."""
         self.prune()
-        return bool(len(self.rpc) or self.rpc_waiters or self.attribute_waiters
+        return bool(len(self.rpc) or self.rpc.unrecorded_count or self.rpc_waiters or self.attribute_waiters
                     or self.fetch_waiters)
 
     def next_rpc_waiter(self) -> Subscriber | None:

@@ -853,10 +853,11 @@ class MqttConnection:
         can never take (over its Maximum Packet Size) is FAILED. Beyond
         ``mqtt.max_unacked_per_session`` the session drops the oldest message that carries no
         RPC request (Outbox.add), so a request's PUBACK still delivers it and its loss still
-        gives it back; only when every message kept carries one (that many requests
-        unacknowledged by one client) is the oldest dropped, its request then in flight until
-        its expirationTime and EXPIRED (given back to the queue, it would be sent to the same
-        client again at once, and drop another)."""
+        gives it back; when every message kept carries one (that many requests
+        unacknowledged by one client) the new message is dropped, never written: an attribute
+        update is lost, a request stays in flight until its expirationTime and is EXPIRED,
+        never delivered (given back to the queue, it would be sent to the same client again at
+        once, and dropped again)."""
         session, codec = self._session, self._codec
         qos = 0 if session is None else session.qos_for(topic)
         if self._too_large(topic, payload, qos):

@@ -113,7 +113,11 @@ class Outbox:
         """Keep a message, to be sent once ``due``; the message dropped to stay within the
         limit (None when none was): the oldest that carries no RPC request, so a request's
         PUBACK still delivers it and the session's loss still gives it back to its device's
-        queue; the oldest of all only when every message kept carries one."""
+        queue. When every message kept carries one, the new message itself is dropped, never
+        written: an attribute update then goes rather than a request the client may hold, and
+        a request dropped so stays in flight until its expirationTime and is EXPIRED, truly
+        never delivered (given back to the queue, it would come back here at once)."""
+        message = OutMessage(topic, payload, rpc=rpc)
         dropped = None
         if len(self) >= self._limit:
             inflight, waiting = self._inflight, self._waiting
@@ -122,10 +126,7 @@ class Outbox:
             if not packet_id and waiting:
                 index = next((n for n, m in enumerate(waiting) if m.rpc is None), -1)
             if index < 0 and not packet_id:  # every message kept carries a request
-                if inflight:
-                    packet_id = next(iter(inflight))
-                else:
-                    index = 0
+                return message
             if packet_id:
                 dropped = inflight.pop(packet_id)
                 if self._quota is not None:
@@ -140,7 +141,7 @@ class Outbox:
                     self._earlier -= 1
         if self._waiting is None:
             self._waiting = deque()
-        self._waiting.append(OutMessage(topic, payload, rpc=rpc))
+        self._waiting.append(message)
         return dropped
 
     def due(self) -> OutMessage | None:

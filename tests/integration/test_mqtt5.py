@@ -45,6 +45,7 @@ from tests.integration.test_device_sessions import (
     rpc_downlink,
     rpc_uplinks,
     rpcs,
+    shared_downlink,
 )
 
 DEADLINE_S = 10.0
@@ -660,23 +661,29 @@ def test_a_request_that_expired_waiting_under_the_receive_maximum_is_not_written
 
 def test_a_message_dropped_in_flight_holds_its_place_until_its_puback(
         harness: Harness) -> None:
-    """mqtt.max_unacked_per_session 2 and Receive Maximum 1: request 1 is sent, 2 and 3 wait;
-    keeping 3 drops the oldest, 1, in flight (counted, one WARNING). The client still holds
-    1: nothing more is sent until its PUBACK, then 2, then 3 after 2's."""
+    """mqtt.max_unacked_per_session 2 and Receive Maximum 1: a shared attribute update is sent,
+    requests 1 and 2 wait; keeping 2 drops the oldest message without a request, the update,
+    in flight (counted, one WARNING). The client still holds it: nothing more is sent until
+    its PUBACK, then 1, then 2 after 1's."""
     fake, app = harness.connected_edge(**MQTT_ON, EDGE_MQTT_MAX_UNACKED_PER_SESSION="2")
     dev = make_device(app, "mqtt5-dropped")
     logs = Logs()
     try:
         with v5(app.mqtt_port, dev.token, manual_ack=True, receive_max=1) as client:
             assert client.connect() == 0
-            requests_held_back(fake, app, dev, client, 3, sent=1, kept=2)
+            assert client.subscribe(ATTRIBUTES, qos=1) == [1]
+            deliver(fake, shared_downlink(fake, dev, {"setpoint": 1}))
+            assert client.wait_message(ATTRIBUTES) == {"setpoint": 1}
+            requests_held_back(fake, app, dev, client, 2, sent=0, kept=2)
             assert app.metrics.value("edge_sync_mqtt_unacked_dropped_total") == 1
+            (update,) = client.received_on(ATTRIBUTES)
+            client.client.ack(update.mid, update.qos)
             for n in (1, 2):
-                puback(client, n)
-                wait_until(lambda n=n: len(requests_received(client)) == n + 1,
-                           timeout=DEADLINE_S, what=f"request {n + 1} after PUBACK {n}")
+                wait_until(lambda n=n: len(requests_received(client)) == n,
+                           timeout=DEADLINE_S, what=f"request {n} after a PUBACK")
                 round_trip(client, n + 1)
-            assert requests_received(client) == [(1, False), (2, False), (3, False)]
+                puback(client, n)
+            assert requests_received(client) == [(1, False), (2, False)]
         no_connections(app)
     finally:
         logs.close()

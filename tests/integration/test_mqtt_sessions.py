@@ -208,9 +208,11 @@ def test_a_clean_session_discards_the_kept_one(
 
 def test_qos1_messages_dropped_unacknowledged_are_logged_once_and_counted(
         harness: Harness) -> None:
-    """mqtt.max_unacked_per_session 2, three QoS 1 requests never acknowledged: the oldest is
-    dropped (one WARNING, counted in edge_sync_mqtt_unacked_dropped_total and in the disconnect
-    line); the two kept are sent again on reconnect."""
+    """mqtt.max_unacked_per_session 2, three QoS 1 requests never acknowledged: every message
+    kept carries a request, so the third is dropped, never written (one WARNING, counted in
+    edge_sync_mqtt_unacked_dropped_total and in the disconnect line), and stays in flight
+    (EXPIRED at its expirationTime); the two kept, which the client holds, are sent again on
+    reconnect."""
     fake, app = harness.connected_edge(**MQTT_ON, EDGE_MQTT_MAX_UNACKED_PER_SESSION="2")
     dev = make_device(app, "mqtt-unacked")
     server = app.mqtt_server
@@ -221,16 +223,21 @@ def test_qos1_messages_dropped_unacknowledged_are_logged_once_and_counted(
                         manual_ack=True) as client:
             assert client.connect() == 0
             assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
-            for n in (51, 52, 53):
+            for n in (51, 52):
                 deliver(fake, rpc_downlink(fake, dev, n, "ping"))
                 client.wait_message(f"v1/devices/me/rpc/request/{n}")
+            deliver(fake, rpc_downlink(fake, dev, 53, "ping"))
+            wait_until(lambda: app.metrics.value("edge_sync_mqtt_unacked_dropped_total") == 1,
+                       timeout=DEADLINE_S, what="request 53 dropped")
+            round_trip(client, 1)
+            assert client.received_on("v1/devices/me/rpc/request/53") == []
         no_connections(app)
         with MqttDevice(app.mqtt_port, dev.token, client_id="deaf",
                         clean_session=False) as again:
             assert again.connect() == 0 and again.session_present is True
-            round_trip(again, 1)
+            round_trip(again, 2)
             assert [m.topic[-2:] for m in again.received if "rpc/request" in m.topic] == [
-                "52", "53"]
+                "51", "52"]
         no_connections(app)
     finally:
         logs.close()
@@ -439,3 +446,145 @@ def test_beyond_the_unacked_limit_an_rpc_request_is_kept_and_its_puback_delivers
                    what="the request DELIVERED by its PUBACK", show=lambda: statuses(app, dev))
         assert len(client.received_on("v1/devices/me/rpc/request/81")) == 1
     no_connections(app)
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["3.1.1", "5"])
+def test_when_every_message_kept_is_a_request_an_attribute_update_is_dropped_not_the_request(
+        harness: Harness, protocol: int) -> None:
+    """mqtt.max_unacked_per_session 1: a request written and not acknowledged, then a shared
+    attribute update at QoS 1. Every message kept carries a request, so the update is dropped
+    (counted), never written, and the request's PUBACK still makes it DELIVERED. The update
+    used to evict the request: its PUBACK did nothing and it ended EXPIRED though the device
+    had it."""
+    fake, app = harness.connected_edge(**MQTT_ON, EDGE_MQTT_MAX_UNACKED_PER_SESSION="1")
+    dev = make_device(app, "mqtt-unacked-all-rpc")
+    with MqttDevice(app.mqtt_port, dev.token, manual_ack=True, protocol=protocol) as client:
+        assert client.connect() == 0
+        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+        assert client.subscribe(ATTRIBUTES, qos=1) == [1]
+        deliver(fake, rpc_downlink(fake, dev, 85, "ping"))
+        client.wait_message("v1/devices/me/rpc/request/85")
+        deliver(fake, shared_downlink(fake, dev, {"setpoint": 1}))
+        wait_until(lambda: app.metrics.value("edge_sync_mqtt_unacked_dropped_total") == 1,
+                   timeout=DEADLINE_S, what="the attribute update dropped",
+                   show=lambda: app.metrics.value("edge_sync_mqtt_unacked_dropped_total"))
+        puback(client, 85)
+        wait_until(lambda: statuses(app, dev) == [RpcStatus.DELIVERED], timeout=DEADLINE_S,
+                   what="the request DELIVERED by its PUBACK", show=lambda: statuses(app, dev))
+        round_trip(client, 1)
+        assert client.received_on(ATTRIBUTES) == []
+        assert len(client.received_on("v1/devices/me/rpc/request/85")) == 1
+    no_connections(app)
+
+
+def refused_appends(logs: Logs, dev: Device) -> int:
+    return len(logs.matching("append refused: storage full", entity=str(dev.id)))
+
+
+def test_a_puback_whose_record_the_full_store_refuses_is_not_sent_again_and_recorded_later(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """The store is at its size cap (storage.max_size_mb, policy refuse) when the device
+    PUBACKs a QoS 1 request: DELIVERED is not recorded. The device has the request, so it
+    stays DELIVERED and is not sent again; only its record is tried again, once a second (the
+    expiry retry's RECORD_RETRY_MS), one WARNING for the failure and one INFO once the store
+    takes it; the device's answer then makes it SUCCESSFUL. It used to go back to QUEUED and
+    be sent again at once: thousands of PUBLISHes (and log lines) a second while storage was
+    full. ThingsBoard keeps a request delivered whatever its save does
+    (DeviceActorMessageProcessor.processRpcResponseStatus)."""
+    fake, app, dev = linked
+    deliver(fake, rpc_downlink(fake, dev, 91, "open", {"valve": 1}))
+    assert statuses(app, dev) == [RpcStatus.QUEUED]
+    store, cap = app.store, app.store.max_size
+    logs = Logs()
+    try:
+        with MqttDevice(app.mqtt_port, dev.token) as client:
+            assert client.connect() == 0
+            store.max_size = 0  # the cap reached: every new record is refused
+            assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+            client.wait_message("v1/devices/me/rpc/request/91")
+            # the first record and two tries more: over about two seconds
+            wait_until(lambda: refused_appends(logs, dev) >= 3, timeout=DEADLINE_S,
+                       what="the DELIVERED record refused three times")
+            round_trip(client, 1)
+            assert len(client.received_on("v1/devices/me/rpc/request/91")) == 1
+            assert statuses(app, dev) == [RpcStatus.QUEUED]  # on disk: nothing recorded yet
+            store.max_size = cap  # room again
+            logs.wait_for("RPC 91 DELIVERED recorded: the store took it again")
+            assert statuses(app, dev) == [RpcStatus.DELIVERED]
+            answer = client.publish("v1/devices/me/rpc/response/91", {"open": True})
+            wait_until(lambda: answer.mid in client.acked_ids(), timeout=DEADLINE_S,
+                       what="PUBACK of the answer")
+            up = fake.wait_for(lambda: rpc_uplinks(fake), what="the RPC answer uplinked")[0]
+            assert (up.requestId, json.loads(up.responseMsg.response)) == (91, {"open": True})
+            round_trip(client, 2)
+            assert len(client.received_on("v1/devices/me/rpc/request/91")) == 1
+        no_connections(app)
+    finally:
+        store.max_size = cap
+        logs.close()
+    assert [(r.status, r.response) for r in rpcs(app, dev)] == [
+        (RpcStatus.SUCCESSFUL, {"open": True})]
+    lines = [r for r in logs.records if r["extra"].get("rpc_id") == 91
+             and r["level"].name != "DEBUG"]
+    tries = refused_appends(logs, dev)
+    assert [(r["level"].name, r["message"]) for r in lines] == [
+        ("INFO", "RPC 91 DELIVERED"),
+        ("WARNING", "RPC 91 DELIVERED not recorded: the device has it, so it stays DELIVERED "
+                    "(not sent again) and DELIVERED is recorded again every 1 s until the store "
+                    "takes it"),
+        ("INFO", "RPC 91 DELIVERED recorded: the store took it again"),
+        ("INFO", "RPC 91 SUCCESSFUL"),
+    ]
+    assert 3 <= tries <= 20  # about one a second, not thousands
+
+
+def test_an_answer_before_the_puback_whose_record_is_refused_leaves_the_request_delivered(
+        linked: tuple[FakeCloud, EdgeApp, Device]) -> None:
+    """The device answers a QoS 1 request before its PUBACK while the store is at its cap:
+    the answer's commit fails, so its connection closes unacknowledged (the device sends its
+    answer again). The device has the request, so it stays DELIVERED (recorded once the store
+    takes it) and is not sent again to the device's next connection, whose answer is taken.
+    It used to go back to QUEUED and be sent again at once, to every connection, in a loop
+    while storage was full."""
+    fake, app, dev = linked
+    deliver(fake, rpc_downlink(fake, dev, 92, "reboot"))
+    store, cap = app.store, app.store.max_size
+    logs = Logs()
+    try:
+        with MqttDevice(app.mqtt_port, dev.token, manual_ack=True) as client:
+            assert client.connect() == 0
+            store.max_size = 0  # the cap reached: every new record is refused
+            assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+            client.wait_message("v1/devices/me/rpc/request/92")
+            client.publish("v1/devices/me/rpc/response/92", {"rebooting": True})
+            assert client.disconnected.wait(DEADLINE_S)  # the answer not taken: closed
+        wait_until(lambda: refused_appends(logs, dev) >= 1, timeout=DEADLINE_S,
+                   what="the answer's record refused")
+        with MqttDevice(app.mqtt_port, dev.token) as again:
+            assert again.connect() == 0
+            assert again.subscribe(RPC_REQUESTS, qos=1) == [1]
+            wait_until(lambda: refused_appends(logs, dev) >= 3, timeout=DEADLINE_S,
+                       what="the DELIVERED record refused twice after the answer's")
+            round_trip(again, 1)
+            assert again.received_on("v1/devices/me/rpc/request/92") == []
+            assert statuses(app, dev) == [RpcStatus.QUEUED]  # on disk: nothing recorded yet
+            store.max_size = cap  # room again
+            logs.wait_for("RPC 92 DELIVERED recorded: the store took it again")
+            assert statuses(app, dev) == [RpcStatus.DELIVERED]
+            answer = again.publish("v1/devices/me/rpc/response/92", {"rebooting": True})
+            wait_until(lambda: answer.mid in again.acked_ids(), timeout=DEADLINE_S,
+                       what="PUBACK of the answer")
+            up = fake.wait_for(lambda: rpc_uplinks(fake), what="the RPC answer uplinked")[0]
+            assert (up.requestId, json.loads(up.responseMsg.response)) == (
+                92, {"rebooting": True})
+            round_trip(again, 2)
+            assert again.received_on("v1/devices/me/rpc/request/92") == []
+        no_connections(app)
+    finally:
+        store.max_size = cap
+        logs.close()
+    assert [(r.status, r.response) for r in rpcs(app, dev)] == [
+        (RpcStatus.SUCCESSFUL, {"rebooting": True})]
+    assert len(logs.matching("RPC 92 SUCCESSFUL not recorded: the device has it, so it stays "
+                             "DELIVERED")) == 1  # WARNING once; each try after at DEBUG
+    assert 3 <= refused_appends(logs, dev) <= 20  # about one a second, not thousands

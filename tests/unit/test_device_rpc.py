@@ -342,6 +342,62 @@ def test_an_answer_or_expiry_not_recorded_is_restored_so_it_can_happen_again() -
     assert [c.request.status for c in book.expire_due(T0 + 11)] == [RpcStatus.EXPIRED]
 
 
+def test_a_delivery_the_device_acknowledged_is_kept_when_its_record_fails_and_recorded_again(
+) -> None:
+    """The record of a PUBACK's DELIVERED (a one-way request's SUCCESSFUL) fails, storage
+    full: the device has the request, so it stays delivered and is not sent again; only the
+    record is tried again (``unrecorded``), as ThingsBoard keeps it delivered whatever its save
+    does (DeviceActorMessageProcessor.processRpcResponseStatus). It used to be QUEUED again:
+    sent again, acknowledged again, refused again, thousands of times a second."""
+    book = RpcBook()
+    book.add(request(1))
+    book.add(request(2, oneway=True))
+    sent1, sent2 = book.send_next(T0), book.send_next(T0)
+    assert sent1 is not None and sent2 is not None
+    delivered, done = book.acknowledged(sent1, T0 + 1), book.acknowledged(sent2, T0 + 1)
+    assert delivered is not None and done is not None and delivered.kept and done.kept
+    assert book.keep(delivered) is delivered and book.keep(done) is done
+    assert [r.status for r in book.open_requests()] == [RpcStatus.DELIVERED]
+    assert not book.has_next(T0 + 2) and book.send_next(T0 + 2) is None and book.in_flight == 0
+    assert (book.next_deadline(), book.unrecorded_count) == (0, 2)  # due: the owner's backoff
+    assert book.unrecorded() == [delivered, done]
+    assert (book.unrecorded(), book.unrecorded_count) == ([], 0)  # handed out once
+    assert book.next_deadline() == T0 + 10_000
+    assert book.keep(delivered) is delivered  # its retry failed too: kept again
+    answered = book.answer(1, {"ok": 1}, T0 + 3)  # the device answers meanwhile
+    assert answered.request.status is RpcStatus.SUCCESSFUL and not answered.kept
+    assert book.unrecorded() == []  # recorded with the answer: the delivery is not
+    assert book.keep(delivered) is None  # changed since: nothing kept
+
+
+def test_an_answer_to_a_queued_request_not_recorded_leaves_it_delivered_not_queued() -> None:
+    """A two-way request answered while QUEUED (before its PUBACK, or after a restart): its
+    answer is not recorded, so the request is DELIVERED (the device has it; the device's retry
+    of its answer is taken) and that is recorded again; never QUEUED and sent again. An answer
+    to a request delivered already is undone as before (DELIVERED: the retry is taken)."""
+    book = RpcBook()
+    book.add(request(1))
+    book.add(request(2))
+    sent = book.send_next(T0)
+    assert sent is not None
+    answered = book.answer(1, {"v": 1}, T0 + 1)
+    assert answered.kept
+    kept = book.keep(answered)
+    assert kept is not None and kept.kept and kept.report is None
+    assert (kept.request.status, kept.request.updated_at, kept.previous) == (
+        RpcStatus.DELIVERED, T0 + 1, request(1))
+    assert [(r.request_id, r.status) for r in book.open_requests()] == [
+        (1, RpcStatus.DELIVERED), (2, RpcStatus.QUEUED)]  # in arrival order
+    nxt = book.send_next(T0 + 2)
+    assert nxt is not None and nxt.request_id == 2  # 1 is not sent again
+    assert book.acknowledged(sent, T0 + 3) is None  # its late PUBACK: nothing more
+    assert book.unrecorded() == [kept]
+    retry = book.answer(1, {"v": 1}, T0 + 4)
+    assert (retry.request.status, retry.kept) == (RpcStatus.SUCCESSFUL, False)
+    assert book.restore(retry)  # not recorded: DELIVERED again, as kept
+    assert [r.status for r in book.open_requests()] == [RpcStatus.DELIVERED, RpcStatus.QUEUED]
+
+
 def test_a_request_without_expiration_gets_the_default_timeout() -> None:
     assert expiration_of(0, T0) == T0 + DEFAULT_RPC_TIMEOUT_MS
     assert expiration_of(T0 + 5, T0) == T0 + 5

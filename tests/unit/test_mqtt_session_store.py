@@ -173,8 +173,10 @@ def test_beyond_its_limit_the_outbox_drops_the_oldest_message_that_carries_no_rp
         quota: int | None) -> None:
     """A message that carries an RPC request is kept while another can go: its PUBACK still
     delivers the request, and a discarded session still gives it back. In flight first, then
-    waiting (one sent on an earlier connection keeps the count of those right); only when
-    every message kept carries one does the oldest go."""
+    waiting (one sent on an earlier connection keeps the count of those right). When every
+    message kept carries one, the new message goes, never written, whatever it carries: an
+    attribute update used to evict the oldest request, whose PUBACK then did nothing (it was
+    EXPIRED though the device had it)."""
     box = Outbox(limit=3)
     box.restart(quota)
     box.add("rpc", b"r1", rpc_sent(1))
@@ -197,9 +199,20 @@ def test_beyond_its_limit_the_outbox_drops_the_oldest_message_that_carries_no_rp
     assert dropped is not None and dropped.payload == b"a3"
     assert [m.payload for m in box.unacked()] == [b"r2", b"r3", b"r4"]
     assert box.kept() == (2, 1)  # r3 and r4 never written, r2 written before
-    dropped = box.add("rpc", b"r5", rpc_sent(5))  # all carry a request: the oldest goes
-    assert dropped is not None and dropped.payload == b"r2"
-    assert box.kept() == (3, 0)
+    dropped = box.add("rpc", b"r5", rpc_sent(5))  # all carry a request: the new one goes
+    assert dropped is not None and (dropped.payload, dropped.packet_id) == (b"r5", 0)
+    assert dropped.rpc == rpc_sent(5)
+    dropped = box.add("attr", b"a4")  # and an attribute update too, not a request kept
+    assert dropped is not None and (dropped.payload, dropped.rpc) == (b"a4", None)
+    assert [m.payload for m in box.unacked()] == [b"r2", b"r3", b"r4"]
+    assert box.kept() == (2, 1)
+    for _ in range(3):  # r2 (DUP), r3, r4
+        message = box.due()
+        assert message is not None
+        box.sending(message)
+    r2 = next(m for m in box.unacked() if m.payload == b"r2")
+    acked = box.acked(r2.packet_id)  # its PUBACK still delivers it
+    assert acked is not None and acked.rpc == rpc_sent(2)
 
 
 def test_a_restart_makes_everything_due_again_oldest_first_with_dup() -> None:
