@@ -16,7 +16,6 @@ hold a device's readings in a window. The windows are the nodes', known by their
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 import urllib.request
@@ -40,6 +39,7 @@ from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.rule_store import RuleStore
 from tests.helpers.agent import Agent
 from tests.helpers.cloud_proc import CloudProc, edge_status, link_env, wait_connected
+from tests.helpers.rule_state import as_version_1
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -283,15 +283,7 @@ def test_windows_saved_by_an_earlier_version_under_index_keys_load(tmp_path, pro
         def to_version_1(txn: Any) -> None:
             record = rules.state(txn, uuid.UUID(device_id))
             assert record is not None and record["v"] == 2
-            old = copy.deepcopy(record)
-            old["v"] = 1
-            for entry in old["windows"]:
-                key = old_keys[entry["node"]]
-                entry["node"] = key
-                for w in entry["windows"]["windows"]:
-                    w["node"] = key
-                entry["windows"]["closed_seq"] = [[key, o, s] for _, o, s in
-                                                  entry["windows"]["closed_seq"]]
+            old = as_version_1(record, old_keys)
             assert msgpack.unpackb(msgpack.packb(old)) == old
             rules.put_state(txn, uuid.UUID(device_id), old)
 

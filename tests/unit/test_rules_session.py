@@ -27,6 +27,7 @@ from edge_sync.rules.engine import (
 from edge_sync.rules.message import Originator, RuleMsg
 from edge_sync.rules.session import Dropped, EntityRules, Orphaned, Step, WindowClosed
 from edge_sync.rules.window import ClockJump
+from tests.helpers.rule_state import as_version_1
 
 DEV = Originator("DEVICE", "d1")
 ORIGIN = ("DEVICE", "d1")
@@ -546,21 +547,6 @@ def test_nodes_of_the_same_type_and_name_are_told_apart_by_their_place() -> None
                     [(1, 2, "Post telemetry"), (2, 4, "Success"), (3, 4, "Success")])
     assert rules.bind(edited) == ()
     assert rules.window_counts() == {"nodes[2] 'agg'": (1, 1)}
-
-
-def as_version_1(record: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
-    """``record`` as an earlier edge version kept it: version 1, each node's windows under its
-    old key (``keys``: new key -> old key)."""
-    old = json.loads(json.dumps(record))
-    old["v"] = 1
-    for entry in old["windows"]:
-        key = keys[entry["node"]]
-        entry["node"] = key
-        for w in entry["windows"]["windows"]:
-            w["node"] = key
-        entry["windows"]["closed_seq"] = [[key, o, s] for _, o, s in
-                                          entry["windows"]["closed_seq"]]
-    return dict(msgpack.unpackb(msgpack.packb(old)))
 
 
 DEDUP_KEY = '["TbMsgDeduplicationNode", "dedup all", 1]'
