@@ -6,7 +6,7 @@ authentication: gRPC ends that stream (INTERNAL, "Exception deserializing reques
 peer can open the next one at once on the same connection. Each is counted
 (``edge_cloud_undecodable_requests_total``); the first of a minute is logged at WARNING, the
 others are told in one line when their minute ends (a timer), or with the next first line, or at
-the server's stop. gRPC's own record of the error is not forwarded to the log
+the server's stop (which cancels the timer). gRPC's own record of the error is not forwarded to the log
 (``logsetup.mark_told``).
 
 The decoder runs on gRPC's threads: the throttle is shared under a lock.
@@ -34,14 +34,16 @@ LOG_INTERVAL_S = 60.0
 """At most one line per this long for requests that are not valid protobuf."""
 _MAX_ERROR_CHARS = 200
 
-Arm = Callable[[float, Callable[[], None]], None]
-"""Run the callable after that many seconds (a daemon timer; a test passes its own)."""
+Arm = Callable[[float, Callable[[], None]], Callable[[], None]]
+"""Run the callable after that many seconds (a daemon timer; a test passes its own); returns
+what cancels it."""
 
 
-def _timer(delay_s: float, action: Callable[[], None]) -> None:
+def _timer(delay_s: float, action: Callable[[], None]) -> Callable[[], None]:
     timer = threading.Timer(delay_s, action)
     timer.daemon = True
     timer.start()
+    return timer.cancel
 
 
 class UndecodableRequests:
@@ -58,6 +60,8 @@ class UndecodableRequests:
         self._lock = threading.Lock()
         self._throttle = LogThrottle(LOG_INTERVAL_S)
         self._armed = False  # a timer is set for the end of the current minute
+        self._cancel: Callable[[], None] | None = None  # cancels the timer set last
+        self._closed = False
 
     def decode(self, data: bytes) -> edge_pb2.RequestMsg:
         """gRPC's thread: ``data`` as a RequestMsg; bytes that are not one are counted and
@@ -86,11 +90,21 @@ class UndecodableRequests:
                 "ends; further ones within a minute are only counted "
                 "(edge_cloud_undecodable_requests_total) and told in one line", error, size)
         if arm and due is not None:
-            self._arm(max(0.0, due - self._clock.monotonic()), self._minute_ended)
+            self._set_timer(due)
+
+    def _set_timer(self, due: float) -> None:
+        cancel = self._arm(max(0.0, due - self._clock.monotonic()), self._minute_ended)
+        with self._lock:
+            closed = self._closed
+            self._cancel = None if closed else cancel
+        if closed:  # the server stopped meanwhile: close told what there was
+            cancel()
 
     def _minute_ended(self) -> None:
         """The timer: the count of the minute that ended, told once."""
         with self._lock:
+            if self._closed:
+                return
             self._armed = False
             told = self._throttle.take(self._clock.monotonic())
             due = self._throttle.due()  # events after the minute that ended (none, normally)
@@ -98,12 +112,17 @@ class UndecodableRequests:
             self._armed = arm
         _tell(told)
         if arm and due is not None:
-            self._arm(max(0.0, due - self._clock.monotonic()), self._minute_ended)
+            self._set_timer(due)
 
     def close(self) -> None:
-        """The server stops: what has not been told yet is told now."""
+        """The server stops: what has not been told yet is told now, and the timer is
+        cancelled (it would find nothing)."""
         with self._lock:
+            self._closed = True
             told = self._throttle.flush()
+            cancel, self._cancel = self._cancel, None
+        if cancel is not None:
+            cancel()
         _tell(told)
 
 

@@ -26,6 +26,21 @@ class Clock:
         return self.now
 
 
+class Timers:
+    """The timers armed, in order: (delay, action); ``cancelled`` counts the cancels."""
+
+    def __init__(self) -> None:
+        self.armed: list[tuple[float, Callable[[], None]]] = []
+        self.cancelled = 0
+
+    def arm(self, delay: float, action: Callable[[], None]) -> Callable[[], None]:
+        self.armed.append((delay, action))
+        return self.cancel
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+
 @pytest.fixture
 def lines() -> Iterator[list[str]]:
     got: list[str] = []
@@ -37,10 +52,10 @@ def lines() -> Iterator[list[str]]:
 
 def test_the_minutes_count_is_told_by_the_timer_when_it_ends(lines: list[str]) -> None:
     clock = Clock()
-    timers: list[tuple[float, Callable[[], None]]] = []
+    fake = Timers()
+    timers = fake.armed
     metrics = Metrics("edge_cloud")
-    undecodable = UndecodableRequests(metrics, clock=clock,
-                                      arm=lambda delay, action: timers.append((delay, action)))
+    undecodable = UndecodableRequests(metrics, clock=clock, arm=fake.arm)
 
     def bad() -> None:
         with pytest.raises(DecodeError):
@@ -65,9 +80,9 @@ def test_the_minutes_count_is_told_by_the_timer_when_it_ends(lines: list[str]) -
 
 def test_a_timer_that_fires_early_waits_for_the_rest_of_the_minute(lines: list[Any]) -> None:
     clock = Clock()
-    timers: list[tuple[float, Callable[[], None]]] = []
-    undecodable = UndecodableRequests(Metrics("edge_cloud"), clock=clock,
-                                      arm=lambda delay, action: timers.append((delay, action)))
+    fake = Timers()
+    timers = fake.armed
+    undecodable = UndecodableRequests(Metrics("edge_cloud"), clock=clock, arm=fake.arm)
     for _ in range(2):
         with pytest.raises(DecodeError):
             undecodable.decode(b"\xff")
@@ -79,3 +94,23 @@ def test_a_timer_that_fires_early_waits_for_the_rest_of_the_minute(lines: list[A
     timers.pop()[1]()
     assert lines[1:] == ["1 more messages that are not valid protobuf from peers in the last "
                          "minute"]
+
+
+def test_the_stop_tells_the_count_and_cancels_the_timer(lines: list[str]) -> None:
+    """The server stops within a minute of undecodable requests: the count is told at once and
+    the timer set for the minute's end is cancelled; were it to fire all the same (a timer
+    already running), it tells nothing more."""
+    clock = Clock()
+    fake = Timers()
+    undecodable = UndecodableRequests(Metrics("edge_cloud"), clock=clock, arm=fake.arm)
+    for _ in range(3):
+        with pytest.raises(DecodeError):
+            undecodable.decode(b"\xff")
+    assert (len(lines), len(fake.armed), fake.cancelled) == (1, 1, 0)
+    undecodable.close()
+    assert lines[1:] == ["2 more messages that are not valid protobuf from peers in the last "
+                         "minute"]
+    assert fake.cancelled == 1
+    clock.now += LOG_INTERVAL_S
+    fake.armed.pop()[1]()
+    assert (len(lines), fake.armed) == (2, [])
