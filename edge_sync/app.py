@@ -262,7 +262,7 @@ class EdgeApp:
         deadline and the messages lost with them (``dropped_windows``, ``dropped_messages``),
         and the scripts blocked on any shard (``blocked_scripts``: node, chain, since, until,
         the shards, the errors counted and the last one; read from the shards' engines now,
-        ``ScriptBlocks.snapshot``)."""
+        ``ScriptBlocks.snapshot``), each a reason of the rules' health (degraded)."""
         out = self.chain_source.status()
         tally = self.rule_counters.windows
         held = tally.snapshot()
@@ -280,6 +280,7 @@ class EdgeApp:
         out["blocked_scripts"] = [
             {**block, "since": iso_ms(block["since_ms"]), "until": iso_ms(block["until_ms"])}
             for block in self.rule_counters.blocks.snapshot()]
+        _blocks_degrade(out)
         return out
 
     def _script_limits(self) -> ScriptLimits:
@@ -429,3 +430,18 @@ class EdgeApp:
     def _mqtt_figure(self, read: Callable[[MqttServer], int]) -> float:
         server = self.mqtt_server
         return float(read(server)) if server is not None else 0.0
+
+
+def _blocks_degrade(rules: dict[str, Any]) -> None:
+    """A script blocked on any shard makes the rules' health degraded, one reason each: its
+    messages go by ``Failure`` without running it until the block ends."""
+    blocks = rules["blocked_scripts"]
+    if not blocks:
+        return
+    health = rules.setdefault("health", {"level": "healthy", "reasons": []})
+    if health.get("level") in (None, "healthy"):
+        health["level"] = "degraded"
+    health["reasons"] = [*health.get("reasons", []), *(
+        f"the script of rule node {b['node']} of chain '{b['chain']}' is blocked until "
+        f"{b['until']} after {b['errors']} timeouts or memory blow-ups (last: "
+        f"{b['last_error']}): its messages go by Failure" for b in blocks)]

@@ -73,7 +73,8 @@ def judge_health(
     """Every health indicator (value, level, thresholds) and ``overall``: the worst of queue
     depth, sync latency, the link and the rule chain (``rules``: the running agent's
     rules/source.py ``ChainSource.status``; degraded while a chain refusal leaves an older
-    chain or none in force, or while rules.file on disk is not the chain in force; None:
+    chain or none in force, while rules.file on disk is not the chain in force, or while a
+    script is blocked; None:
     not judged, e.g. the agent is not running). Sync latency is accept-to-acknowledge as the link last
     measured it (``link.sync_latency_ms``); the oldest pending event's age, a lower bound of
     its own latency, counts when it is larger (or when the link has measured nothing)."""

@@ -498,6 +498,14 @@ def test_hostile_script_fails_each_message_and_logs_once(tmp_path, procs, fixtur
     metrics = agent.admin("GET", "/metrics").body.decode()
     assert (f'edge_sync_rule_script_blocked{{chain="{rules["chain"]}",digest="{rules["digest"]}",'
             f'node="{node}"}} 1.0') in metrics.splitlines()
+    # and the rules' health is degraded while it is, with the block as its reason
+    block = rules["blocked_scripts"][0]
+    reason = (f"the script of rule node {node} of chain '{rules['chain']}' is blocked until "
+              f"{block['until']} after 3 timeouts or memory blow-ups (last: "
+              f"{block['last_error']}): its messages go by Failure")
+    assert rules["health"] == {"level": "degraded", "reasons": [reason]}
+    assert edge_status(agent)["health_detail"]["rules"] == {"level": "degraded",
+                                                            "reasons": [reason]}
 
 
 # -- output the store cannot hold ---------------------------------------------------------------
