@@ -55,6 +55,10 @@ __all__ = [
     "actor_child",
 ]
 
+# the start gate of the actors a Supervisor's _start_slot creates (on its thread): they are
+# constructed on the thread that calls the spec's start, so SupervisedActor.__init__ finds it here
+_starting = threading.local()
+
 _EXIT_STOPPED = 0
 _EXIT_GAVE_UP = 3
 
@@ -376,11 +380,19 @@ class Supervisor:
             """Queue this incarnation's exit; runs on the child's thread."""
             self._inbox.put(_Exited(child_id, incarnation, reason))
 
-        handle = slot.spec.start(report_exit)
-        with self._lock:
-            slot.handle = handle
-            if restart:
-                self._restart_counts[child_id] += 1
+        # the actors this start creates run on_start only once the slot holds their handle
+        # (SupervisedActor): what they tell at once may be answered through child(child_id)
+        gate, outer = threading.Event(), getattr(_starting, "gate", None)
+        _starting.gate = gate
+        try:
+            handle = slot.spec.start(report_exit)
+            with self._lock:
+                slot.handle = handle
+                if restart:
+                    self._restart_counts[child_id] += 1
+        finally:
+            _starting.gate = outer
+            gate.set()
         if restart and self._on_restart is not None:
             self._on_restart(child_id)
         self._log.bind(child=child_id).info("started {}", child_id)
@@ -426,6 +438,20 @@ class SupervisedActor(pykka.ThreadingActor):
         super().__init__()
         self._report_exit = report_exit
         self._exit_reported = False
+        # started by a Supervisor: set once its slot holds this incarnation (_start_slot)
+        self._registered: threading.Event | None = getattr(_starting, "gate", None)
+
+    def on_start(self) -> None:
+        """Runs on the actor's thread first; waits until the supervisor has the incarnation."""
+        self._await_registration()
+
+    def _await_registration(self) -> None:
+        """An actor started by a Supervisor runs on_start only once the supervisor's slot holds
+        it. on_start often reaches out at once (the link connects, and the downlink applied
+        is answered to the link through the supervisor's child("connection")): before,
+        on a loaded machine, such an answer could find no running child and be dropped."""
+        if self._registered is not None:
+            self._registered.wait()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -482,6 +508,7 @@ class SupervisedActor(pykka.ThreadingActor):
 
 def _guard_on_start(hook: Callable[[Any], None]) -> Callable[[SupervisedActor], None]:
     def on_start(self: SupervisedActor) -> None:
+        self._await_registration()
         try:
             hook(self)
         except Exception as exc:

@@ -680,6 +680,64 @@ def test_a_child_that_fails_to_start_stops_the_ones_started_before(
 
 
 
+class FindsItself(SupervisedActor):
+    """on_start looks the actor up in its supervisor, as what the link tells at once is answered
+    to it (edge_sync/actors/address.py resolves the connection through Supervisor.child)."""
+
+    def __init__(self, report_exit: ExitReporter, supervisor: list[Supervisor],
+                 found: concurrent.futures.Future[Any], ran: threading.Event) -> None:
+        super().__init__(report_exit)
+        self.supervisor, self.found, self.ran = supervisor, found, ran
+
+    def on_start(self) -> None:
+        child = self.supervisor[0].child("me")
+        self.found.set_result(getattr(child, "ref", None))
+        self.ran.set()
+
+
+def test_an_actor_starts_once_its_supervisor_holds_it() -> None:
+    """The actor's on_start runs only once the supervisor's slot holds its incarnation, however
+    late the supervisor's thread gets there. The link's on_start connects at once, and the
+    downlink applied is answered to it through the supervisor: on a loaded machine the answer
+    to the cloud's first downlink used to find no running connection and be dropped (no ack,
+    the link stuck in SYNCING)."""
+    holder: list[Supervisor] = []
+    found: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    ran = threading.Event()
+    children: list[Child] = []
+
+    def start_late(report_exit: ExitReporter) -> Child:
+        child = actor_child(FindsItself, holder, found, ran)(report_exit)
+        children.append(child)
+        # a slow supervisor thread: the actor's thread had time to run on_start before the
+        # slot holds it (with the start gate it waits, so this wait runs to its end)
+        ran.wait(0.5)
+        return child
+
+    supervisor = Supervisor("test", [ChildSpec("me", start_late)], strategy=Strategy.ONE_FOR_ONE,
+                            intensity=Intensity(), clock=FakeClock())
+    holder.append(supervisor)
+    try:
+        supervisor.start()
+        assert found.result(DEADLINE) is cast(Any, children[0]).ref
+    finally:
+        supervisor.stop(timeout=DEADLINE)
+
+
+def test_an_actor_started_outside_a_supervisor_starts_at_once() -> None:
+    """No supervisor started it, so nothing holds its start."""
+    ran = threading.Event()
+    found: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    outside = Supervisor("outside", [], strategy=Strategy.ONE_FOR_ONE, intensity=Intensity(),
+                         clock=FakeClock())
+    child = cast(Any, actor_child(FindsItself, [outside], found, ran)(lambda reason: None))
+    try:
+        assert ran.wait(DEADLINE)
+        assert found.result(DEADLINE) is None
+    finally:
+        child.stop(timeout=DEADLINE)
+
+
 # -- health (the service manager's watchdog) --------------------------------------------------
 
 
