@@ -21,7 +21,7 @@ from edge_sync.cloud.session import LinkSettings
 from edge_sync.common.wire import kv_dict, uuid_of
 from edge_sync.config import AdminConfig, CloudConfig, CloudStorageConfig, DownlinkConfig, EdgesRpcConfig
 from edge_sync.proto import edge_pb2
-from tests.helpers.link_client import DEADLINE_S, LinkClient
+from tests.helpers.link_client import LinkClient
 
 
 def cloud_config(data_dir: Path) -> CloudConfig:
@@ -115,6 +115,11 @@ def test_a_refused_attribute_batch_is_sent_one_by_one_and_only_the_bad_part_is_p
             (numbers[1], "refused", "bad value", 2)]
 
 
+ALL_ANSWERED_S = 60.0
+"""A bound for a thousand concurrent admin calls to be answered: it tells a stuck server from a
+slow one. (5 s was exceeded on a machine with a load of 29 on 2 CPUs.)"""
+
+
 def test_concurrent_admin_attribute_calls_are_all_committed_and_each_answered_once(
         tmp_path, clients):
     count = 1000
@@ -131,7 +136,7 @@ def test_concurrent_admin_attribute_calls_are_all_committed_and_each_answered_on
                                       headers={"Content-Type": "application/json"}) as resp:
                         return resp.status, await resp.json()
                 return list(await asyncio.wait_for(
-                    asyncio.gather(*(one(i, d) for i, d in enumerate(devices))), DEADLINE_S))
+                    asyncio.gather(*(one(i, d) for i, d in enumerate(devices))), ALL_ANSWERED_S))
 
         answers = asyncio.run(set_all())
         assert [status for status, _ in answers] == [200] * count
