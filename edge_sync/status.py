@@ -1,6 +1,7 @@
 """The agent's status as one JSON-able dict: queue depth per lane and status, oldest pending
-event's age, last acknowledgement, dead letters, storage use, the server-side RPC requests
-still open (queued or delivered, not finished), the cloud link's state, and the entity graph:
+event's age, last acknowledgement, dead letters, storage use and its parts (storage/usage.py),
+the server-side RPC requests still open (queued or delivered, not finished), the cloud link's
+state, and the entity graph:
 how many entities of each type and relations the edge holds, what is held back and for what
 (the first HELD_SHOWN), and the sync (the last full sync, one in progress or asked for, and the
 last sync the link reports: full or incremental, when, why full).
