@@ -627,6 +627,11 @@ def test_when_full_local_timeseries_points_give_way_before_any_refusal(small_que
     rules = RuleStore(filler.q.store)
     with filler.q.store.read() as txn:
         assert rules.local_points(txn) == 400
+        kept = storage_usage(filler.q.store, txn)
+    # 400 points of 1 KB: their part of the store, not reclaimable (the health counts them)
+    assert (kept.local_points, kept.pending, kept.delivered) == (400, 0, 0)
+    assert kept.local_timeseries > 400 * 1000
+    assert kept.unreclaimable == kept.used
     accepted = filler.fill()
     assert accepted > 500
     snap = filler.q.metrics.snapshot()
@@ -635,6 +640,9 @@ def test_when_full_local_timeseries_points_give_way_before_any_refusal(small_que
     assert metric_total(snap, "edge_sync_events_total", outcome="refused") >= 1
     with filler.q.store.read() as txn:
         assert rules.local_points(txn) == 0
+        full = storage_usage(filler.q.store, txn)
+    assert (full.local_points, full.local_timeseries, full.delivered) == (0, 0, 0)
+    assert full.pending > 0.9 * filler.q.store.max_size  # the queue took their room
     assert [e.body["tag"] for e in all_events(filler.q.store)] == filler.accepted
 
 
