@@ -1,5 +1,6 @@
 """The agent's gauges, read from their sources when /metrics is scraped: queue depth by lane,
-events by status, the oldest pending event's age, storage used, cap and map size, the cloud
+events by status, the oldest pending event's age, storage used, its parts (storage/usage.py),
+cap and map size, the local timeseries points kept, the cloud
 link's state, circuit breaker state and clock skew (one sample per state, 1 for the current
 one), open MQTT connections and kept sessions; and the supervisors' restart counter. EdgeApp
 wires them (``register``); docs/metrics.md lists them.
@@ -16,6 +17,7 @@ from edge_sync.metrics import Metrics
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Counts
+from edge_sync.storage.usage import storage_usage
 
 
 def one_hot(current: str | None, states: list[str]) -> dict[tuple[str, ...], float]:
@@ -42,6 +44,17 @@ def register(metrics: Metrics, store: LmdbStore, *, now_ms: Callable[[], int],
         with store.read() as txn:
             return float(store.live_bytes(txn))
 
+    def parts() -> dict[tuple[str, ...], float]:
+        with store.read() as txn:
+            usage = storage_usage(store, txn)
+        return {(part,): float(n) for part, n in usage.parts().items()}
+
+    def local_points() -> float:
+        if "rule_local_ts" not in store.dbs:
+            return 0.0
+        with store.read() as txn:
+            return float(store.entries(txn, "rule_local_ts"))
+
     def by_lane() -> dict[tuple[str, ...], float]:
         c = counts()
         return {("high",): c.pending_high, ("normal",): c.pending_normal}
@@ -57,6 +70,12 @@ def register(metrics: Metrics, store: LmdbStore, *, now_ms: Callable[[], int],
     m.gauge("edge_sync_queue_oldest_pending_age_seconds",
             "age of the oldest pending event (0 when none is pending)", oldest_age_s)
     m.gauge("edge_sync_storage_used_bytes", "bytes of live data in the store", used_bytes)
+    m.gauge_family("edge_sync_storage_part_bytes",
+                   "live data by part: pending, delivered (kept for storage.retention_hours, "
+                   "purged on demand when the store is full), local_timeseries, latest, other; "
+                   "they add up to edge_sync_storage_used_bytes", ("part",), parts)
+    m.gauge("edge_sync_rule_local_points", "local timeseries points kept by rule chains",
+            local_points)
     m.gauge("edge_sync_storage_cap_bytes", "the store's size cap (storage.max_size_mb)",
             lambda: float(store.max_size))
     m.gauge("edge_sync_storage_map_bytes", "LMDB map size", lambda: float(store.map_size()))

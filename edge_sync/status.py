@@ -1,6 +1,7 @@
 """The agent's status as one JSON-able dict: queue depth per lane and status, oldest pending
-event's age, last acknowledgement, dead letters, storage use, the server-side RPC requests
-still open (queued or delivered, not finished), the cloud link's state, and the entity graph:
+event's age, last acknowledgement, dead letters, storage use and its parts (storage/usage.py),
+the server-side RPC requests still open (queued or delivered, not finished), the cloud link's
+state, and the entity graph:
 how many entities of each type and relations the edge holds, what is held back and for what
 (the first HELD_SHOWN), and the sync (the last full sync, one in progress or asked for, and the
 last sync the link reports: full or incremental, when, why full).
@@ -29,6 +30,7 @@ from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.graph_store import GraphStore, HeldEntity, SyncState
 from edge_sync.storage.link_contact import LinkContact
 from edge_sync.storage.rpc_store import RpcStore
+from edge_sync.storage.usage import storage_usage
 
 HELD_SHOWN = 20
 """Held entities listed by name in the status (all are counted)."""
@@ -68,7 +70,7 @@ def link_level(link: dict[str, Any], down_warning_s: float) -> str | None:
 def judge_health(
     cfg: HealthConfig, *, pending: int, oldest_age_ms: int | None, dead: int,
     link: dict[str, Any], live_mb: float, cap_mb: float, clock_skew_warn_s: float,
-    rules: dict[str, Any] | None = None,
+    rules: dict[str, Any] | None = None, reclaimable_mb: float = 0.0,
 ) -> dict[str, Any]:
     """Every health indicator (value, level, thresholds) and ``overall``: the worst of queue
     depth, sync latency, the link and the rule chain (``rules``: the running agent's
@@ -77,13 +79,18 @@ def judge_health(
     script is blocked; None:
     not judged, e.g. the agent is not running). Sync latency is accept-to-acknowledge as the link last
     measured it (``link.sync_latency_ms``); the oldest pending event's age, a lower bound of
-    its own latency, counts when it is larger (or when the link has measured nothing)."""
+    its own latency, counts when it is larger (or when the link has measured nothing).
+    Storage is judged on what cannot be reclaimed on demand (``value_pct``): the live data
+    (``used_pct``) minus ``reclaimable_mb``, the delivered events kept, which a full store
+    purges before it drops, refuses or evicts anything (storage/usage.py)."""
     measured = link.get("sync_latency_ms")
     latency_ms = max(measured or 0, oldest_age_ms or 0)
     state = str(link.get("state", "UNKNOWN"))
     link_lv = link_level(link, cfg.link_down_warning_s)
     skew = link.get("clock_skew_ms")
     used_pct = 100.0 * live_mb / cap_mb if cap_mb else 0.0
+    reclaimable_pct = 100.0 * reclaimable_mb / cap_mb if cap_mb else 0.0
+    held_pct = max(0.0, used_pct - reclaimable_pct)
     out: dict[str, Any] = {
         "queue_depth": {"value": pending, "level": level(pending, cfg.queue_depth_healthy,
                                                          cfg.queue_depth_warning),
@@ -106,8 +113,10 @@ def judge_health(
                            WARNING if abs(skew) > clock_skew_warn_s * 1000 else HEALTHY),
                        "warning_over_s": clock_skew_warn_s},
         "dead_letters": {"value": dead, "level": HEALTHY if dead == 0 else DEGRADED},
-        "storage": {"used_pct": round(used_pct, 1),
-                    "level": level(used_pct, cfg.storage_used_healthy_pct,
+        "storage": {"value_pct": round(held_pct, 1),
+                    "used_pct": round(used_pct, 1),
+                    "reclaimable_pct": round(reclaimable_pct, 1),
+                    "level": level(held_pct, cfg.storage_used_healthy_pct,
                                    cfg.storage_used_warning_pct),
                     "healthy_under_pct": cfg.storage_used_healthy_pct,
                     "warning_over_pct": cfg.storage_used_warning_pct},
@@ -137,7 +146,7 @@ def collect_status(
         tenant, edge = log.identity(txn)
         devices = entities.device_count(txn)
         rpc_open = RpcStore(store).open_count(txn)
-        live = store.live_bytes(txn)
+        usage = storage_usage(store, txn)
         by_type = {k.entity_type: n for k in KINDS if (n := graph.count(txn, k.entity_type))}
         relations = graph.relation_count(txn)
         held_count = graph.held_count(txn)
@@ -154,8 +163,9 @@ def collect_status(
     link = link or {"state": "UNKNOWN", "note": "agent not running"}
     detail = judge_health(health or HealthConfig(), pending=counts.pending,
                           oldest_age_ms=oldest_age_ms, dead=counts.dead, link=link,
-                          live_mb=live / MiB, cap_mb=store.max_size / MiB,
-                          clock_skew_warn_s=clock_skew_warn_s, rules=rules)
+                          live_mb=usage.used / MiB, cap_mb=store.max_size / MiB,
+                          clock_skew_warn_s=clock_skew_warn_s, rules=rules,
+                          reclaimable_mb=usage.reclaimable / MiB)
     return {
         "link": link,
         "health": detail["overall"],
@@ -179,7 +189,14 @@ def collect_status(
         "sync_latency_ms": oldest_age_ms or 0,
         "storage": {
             "path": str(store.path),
-            "used_mb": round(live / MiB, 2),
+            "used_mb": round(usage.used / MiB, 2),
+            "used_bytes": usage.used,
+            # what the live data is made of (storage/usage.py; pending and delivered are
+            # estimated from the event counts), and what a full store frees on demand
+            "parts_bytes": usage.parts(),
+            "reclaimable_mb": round(usage.reclaimable / MiB, 2),
+            "unreclaimable_mb": round(usage.unreclaimable / MiB, 2),
+            "local_points": usage.local_points,
             "file_mb": round(store.used_bytes() / MiB, 2),
             "map_mb": round(store.map_size() / MiB, 2),
             "cap_mb": round(store.max_size / MiB, 2),

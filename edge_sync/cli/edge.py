@@ -485,7 +485,7 @@ def _status_text(status: dict[str, Any]) -> str:
         f"last ack:     {status['last_ack_ms']}",
         f"devices:      {status['devices']}",
         f"rpc open:     {status.get('rpc_open', 0)} (queued or delivered to devices)",
-        f"storage:      {status['storage']['used_mb']} MiB used of {status['storage']['cap_mb']} MiB",
+        *_storage_text(status),
     ]
     graph = status.get("graph")
     if graph is not None:
@@ -510,6 +510,28 @@ def _status_text(status: dict[str, Any]) -> str:
             lines.append("last sync:    " + ", ".join(f"{k} {v}" for k, v in last.items()))
     lines += _rules_text(status.get("rules"), running=status.get("agent") == "running")
     return "\n".join(lines)
+
+
+def _storage_text(status: dict[str, Any]) -> list[str]:
+    """The storage lines: used of the cap, then what it is made of (an agent of an earlier
+    release answers no parts: the first line only)."""
+    st = status["storage"]
+    lines = [f"storage:      {st['used_mb']} MiB used of {st['cap_mb']} MiB"]
+    parts = st.get("parts_bytes")
+    if not isinstance(parts, dict):
+        return lines
+    health = (status.get("health_detail") or {}).get("storage") or {}
+
+    def mib(n: int) -> str:
+        return f"{n / (1024 * 1024):.2f}"
+
+    lines[0] += (f"; {st['unreclaimable_mb']} MiB not reclaimable"
+                 f" ({health.get('value_pct')}% of the cap, {health.get('level')})")
+    lines.append(f"  pending {mib(parts['pending'])}, delivered kept {mib(parts['delivered'])}"
+                 " (reclaimable), local timeseries "
+                 f"{mib(parts['local_timeseries'])} ({st['local_points']} points), latest "
+                 f"{mib(parts['latest'])}, other {mib(parts['other'])} MiB")
+    return lines
 
 
 def _rules_health(status: dict[str, Any]) -> str:

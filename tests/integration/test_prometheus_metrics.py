@@ -103,6 +103,15 @@ def test_both_processes_expose_their_metrics_to_prometheus(tmp_path, procs) -> N
     assert value(edge, "edge_sync_uplink_ack_seconds_bucket", le="+Inf") == sent_messages
     assert 0 < value(edge, "edge_sync_uplink_ack_seconds_sum") < DEADLINE_S * sent_messages
     assert value(edge, "edge_sync_storage_cap_bytes") > value(edge, "edge_sync_storage_used_bytes") > 0
+    # the store's parts add up to the used bytes: the drained log is all delivered (kept for
+    # storage.retention_hours); the cloud's root chain saved the 10 points locally (a page of
+    # points, a page of their expiry index), the two devices' latest values fit one page
+    parts = {s.labels["part"]: s.value for s in edge if s.name == "edge_sync_storage_part_bytes"}
+    assert list(parts) == ["pending", "delivered", "local_timeseries", "latest", "other"]
+    assert sum(parts.values()) == value(edge, "edge_sync_storage_used_bytes")
+    assert (parts["pending"], parts["local_timeseries"], parts["latest"]) == (0, 8192, 4096)
+    assert parts["delivered"] > 0
+    assert value(edge, "edge_sync_rule_local_points") == 10
     assert value(edge, "edge_sync_supervisor_restarts_total") == 0
     latency_ms = st["link"]["sync_latency_ms"]
     assert isinstance(latency_ms, int) and latency_ms >= 0

@@ -35,12 +35,14 @@ from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
 from edge_sync.errors import BadRequest, EdgeSyncError, QueueFull
 from edge_sync.metrics import Metrics
+from edge_sync.status import collect_status
 from edge_sync.storage import codec
 from edge_sync.storage.entity_store import Conflict, EntityStore
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Lane, NewEvent, Status, StoredEvent
 from edge_sync.storage.rule_store import RuleStore
+from edge_sync.storage.usage import storage_usage
 from edge_sync.supervisor import actor_child
 from tests.helpers.crashes import crash_and_wait_restarted
 from tests.helpers.log_capture import log_records
@@ -434,6 +436,35 @@ def test_when_full_delivered_events_are_purged_to_make_room(small_queue: Filler)
     assert [e.seq for e in events] == list(range(101, len(filler.accepted) + 1))
 
 
+def test_a_drained_full_store_is_healthy_and_accepts_new_data(small_queue: Filler) -> None:
+    """The cloud drained the queue of a full store: its delivered events, kept for
+    storage.retention_hours, still fill it, but a full store purges them before anything is
+    refused (QueueActor._commit_when_full), so the health judges what is left: healthy, while
+    the raw use stays near the cap. The next append is accepted."""
+    filler = small_queue
+    total = filler.fill()
+    for first in range(1, total + 1, 100):
+        filler.ack(range(first, min(first + 100, total + 1)))
+    store = filler.q.store
+    status = collect_status(store, now_ms=1)
+    st, health = status["storage"], status["health_detail"]["storage"]
+    parts = st["parts_bytes"]
+    assert sum(parts.values()) == st["used_bytes"]
+    assert parts["pending"] == 0 and parts["local_timeseries"] == 0
+    assert st["used_bytes"] > 0.9 * store.max_size
+    assert st["used_bytes"] - parts["delivered"] < 0.05 * store.max_size
+    assert health["used_pct"] > 90.0
+    assert health["value_pct"] < 5.0
+    assert health["level"] == "healthy"
+    # accepted: the delivered events purged to make room
+    assert filler.one(filler.tag).result(DEADLINE) == range(total + 1, total + 2)
+    assert filler.q.metrics.snapshot()["edge_sync_events_purged_total"] == total
+    with store.read() as txn:
+        after = storage_usage(store, txn)
+    assert after.delivered == 0
+    assert after.used < 0.05 * store.max_size
+
+
 def test_evict_policy_keeps_accepting_and_keeps_the_high_lane(make_app: AppFactory) -> None:
     app = make_app(**SMALL, EDGE_STORAGE_FULL_POLICY="evict_oldest_normal")
     devices = []
@@ -596,6 +627,11 @@ def test_when_full_local_timeseries_points_give_way_before_any_refusal(small_que
     rules = RuleStore(filler.q.store)
     with filler.q.store.read() as txn:
         assert rules.local_points(txn) == 400
+        kept = storage_usage(filler.q.store, txn)
+    # 400 points of 1 KB: their part of the store, not reclaimable (the health counts them)
+    assert (kept.local_points, kept.pending, kept.delivered) == (400, 0, 0)
+    assert kept.local_timeseries > 400 * 1000
+    assert kept.unreclaimable == kept.used
     accepted = filler.fill()
     assert accepted > 500
     snap = filler.q.metrics.snapshot()
@@ -604,6 +640,9 @@ def test_when_full_local_timeseries_points_give_way_before_any_refusal(small_que
     assert metric_total(snap, "edge_sync_events_total", outcome="refused") >= 1
     with filler.q.store.read() as txn:
         assert rules.local_points(txn) == 0
+        full = storage_usage(filler.q.store, txn)
+    assert (full.local_points, full.local_timeseries, full.delivered) == (0, 0, 0)
+    assert full.pending > 0.9 * filler.q.store.max_size  # the queue took their room
     assert [e.body["tag"] for e in all_events(filler.q.store)] == filler.accepted
 
 

@@ -31,7 +31,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_alert_rules_are_valid() -> None:
     done = promtool("check", "rules", str(RULES))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 14 rules found" in done.stdout
+    assert "SUCCESS: 15 rules found" in done.stdout
 
 
 @needs_promtool
@@ -46,7 +46,8 @@ def test_every_alert_has_a_rule_test_and_names_only_exposed_metrics() -> None:
     alerts = re.findall(r"- alert: (\w+)", rules)
     assert alerts == ["EdgeSyncQueueDepthHigh", "EdgeSyncOfflineWithQueue",
                       "EdgeSyncDeadLettersGrowing", "EdgeSyncStorageNearCap",
-                      "EdgeSyncStorageAlmostFull", "EdgeSyncLinkDownLong",
+                      "EdgeSyncStorageAlmostFull", "EdgeSyncLocalDataDisplaced",
+                      "EdgeSyncLinkDownLong",
                       "EdgeSyncConnectionFlapping", "EdgeSyncClockSkew", "EdgeSyncLatencyHigh",
                       "EdgeSyncNetworkSlow", "EdgeSyncRuleChainRefused",
                       "EdgeSyncNoRuleChainInForce", "EdgeSyncRuleNodeFailing",

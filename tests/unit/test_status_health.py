@@ -99,3 +99,19 @@ def test_a_rule_chain_refusal_or_a_changed_rules_file_degrades_the_health() -> N
     assert (out["overall"], out["rules"]) == ("degraded", {"level": "degraded",
                                                            "reasons": reasons})
     assert (judge()["overall"], judge()["rules"]) == ("healthy", {"level": None, "reasons": []})
+
+
+def test_storage_is_judged_on_what_cannot_be_reclaimed_on_demand() -> None:
+    """A drained edge keeps its delivered events for storage.retention_hours: at 97% used with
+    90% of them it is healthy (they are purged before anything is refused or evicted); the
+    raw use stays in ``used_pct``."""
+    def storage(used: float, reclaimable: float) -> dict[str, Any]:
+        return dict(judge_health(CFG, pending=0, oldest_age_ms=None, dead=0, link=UP,
+                                 live_mb=used, cap_mb=100.0, clock_skew_warn_s=60.0,
+                                 reclaimable_mb=reclaimable)["storage"])
+    assert storage(97.0, 90.0) == {"value_pct": 7.0, "used_pct": 97.0, "reclaimable_pct": 90.0,
+                                   "level": "healthy", "healthy_under_pct": 80.0,
+                                   "warning_over_pct": 95.0}
+    assert [storage(97.0, r)["level"] for r in (17.1, 17.0, 2.0, 1.9, 0.0)] == [
+        "healthy", "degraded", "degraded", "warning", "warning"]
+    assert storage(101.0, 0.5)["value_pct"] == 100.5  # pending alone past the cap

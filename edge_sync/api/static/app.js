@@ -187,8 +187,10 @@ function renderHealth(status) {
   setCard("h-dead", q.dead.toLocaleString("en"), h.dead_letters.level,
     q.dead ? "replay from the table or with “Replay all dead”" : "");
   const st = status.storage, sh = h.storage;
-  setCard("h-storage", `${sh.used_pct} %`, sh.level,
-    `${st.used_mb} of ${st.cap_mb} MiB (file ${st.file_mb} MiB)`);
+  const reclaim = st.reclaimable_mb === undefined ? ""
+    : `; ${st.reclaimable_mb} MiB of delivered events reclaimable`;
+  setCard("h-storage", `${sh.value_pct === undefined ? sh.used_pct : sh.value_pct} %`, sh.level,
+    `${st.used_mb} of ${st.cap_mb} MiB used${reclaim} (file ${st.file_mb} MiB)`);
   $("replay-all").disabled = q.dead === 0;
 }
 
