@@ -432,6 +432,9 @@ class Planned:
     mutations: list[Mutation] = field(default_factory=list)
     pushed: int = 0
     kept_local: int = 0
+    alarms: list[CreateAlarm | ClearAlarm] = field(default_factory=list)
+    """The alarm changes, logged by ``log_alarms`` once the Append committed: they describe
+    the stored rule state, which a refused Append leaves as it was."""
 
 
 def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
@@ -468,19 +471,32 @@ def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
                 out.mutations.append(PutAttributes(entity_id, Scope(o.scope),
                                                    tuple(data.items()), now_ms))
                 out.kept_local += 1
-            case CreateAlarm():
-                _log.bind(entity=str(entity_id), alarm=o.alarm_id, alarm_type=o.type,
-                          severity=o.severity, node=o.node).info(
-                    "alarm {!r} {} ({})", o.type, "created" if o.new else "updated", o.severity)
-            case ClearAlarm():
-                _log.bind(entity=str(entity_id), alarm=o.alarm_id, alarm_type=o.type,
-                          node=o.node).info("alarm {!r} cleared", o.type)
+            case CreateAlarm() | ClearAlarm():
+                out.alarms.append(o)  # logged once committed (log_alarms)
             case Deferred():
                 pass  # held by its window (the entity's rule state)
     saved.into(entity_id, out)
     for node, n in counts.items():  # one count per node and call, not per message
         counters.visited(node, n)
     return out
+
+
+def log_alarms(entity_id: uuid.UUID, alarms: Sequence[CreateAlarm | ClearAlarm],
+               refused: BaseException | None = None) -> None:
+    """The alarm lines of a command's outcomes, once its Append is done: INFO when it
+    committed (the alarm is as the line says), DEBUG "not stored" when it was refused (the
+    alarm stays as it was; the refusal is the queue's line)."""
+    entity = str(entity_id)
+    for o in alarms:
+        change = ("cleared" if isinstance(o, ClearAlarm)
+                  else f"{'created' if o.new else 'updated'} ({o.severity})")
+        bound = _log.bind(entity=entity, alarm=o.alarm_id, alarm_type=o.type, node=o.node,
+                          **({"severity": o.severity} if isinstance(o, CreateAlarm) else {}))
+        if refused is None:
+            bound.info("alarm {!r} {}", o.type, change)
+        else:
+            bound.bind(error=str(refused)).debug("alarm {!r} {} not stored: {}", o.type, change,
+                                                 refused)
 
 
 def _series(data: Any, ts: int) -> list[tuple[int, tuple[tuple[str, Any], ...]]] | None:
