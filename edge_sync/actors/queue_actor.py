@@ -109,6 +109,7 @@ class QueuePolicy:
     full_policy: FullPolicy = FullPolicy.REFUSE
     retention_ms: int = 7 * 24 * 3600 * 1000
     purge_interval_s: float = 300.0
+    refusal_log_interval_s: float = REFUSAL_LOG_INTERVAL_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +184,7 @@ class QueueActor(SupervisedActor):
         self._group_events = 0
         self._ticker: Ticker | None = None
         self._refusal_ticker: Ticker | None = None
-        self._refusals = RefusalLog()
+        self._refusals = RefusalLog(policy.refusal_log_interval_s)
         self._index_build = EntityIndexBuild(store)
         if store.readonly:
             self._index_build.finished = True
@@ -231,7 +232,7 @@ class QueueActor(SupervisedActor):
         ref = self.actor_ref
         self._ticker = Ticker("purge", self._policy.purge_interval_s, lambda: ref.tell(PurgeDeployed()))
         self._ticker.start()
-        self._refusal_ticker = Ticker("refusals", REFUSAL_LOG_INTERVAL_S,
+        self._refusal_ticker = Ticker("refusals", self._policy.refusal_log_interval_s,
                                       lambda: ref.tell(RefusalsTick()))
         self._refusal_ticker.start()
         _log.bind(next_seq=self._next_seq).info("queue actor started")
@@ -628,8 +629,8 @@ class QueueActor(SupervisedActor):
         log tells of them in a few lines (``RefusalLog``); other refusals are one WARNING
         each."""
         self._appends_refused[refusal_reason(error)].inc()
-        bound = _log.bind(entity=str(command.entity_id), events=len(command.events))
-        if isinstance(error, QueueFull):
+        full = isinstance(error, QueueFull)
+        if full:
             high = sum(e.lane is Lane.HIGH for e in command.events)
             if high:
                 self._refused[Lane.HIGH].inc(high)
@@ -637,9 +638,8 @@ class QueueActor(SupervisedActor):
                 self._refused[Lane.NORMAL].inc(len(command.events) - high)
             self._refusals.refused(command.entity_id, len(command.events), error,
                                    self._clock.now_ms())
-            bound.debug("append refused: {}", error)
-            return
-        bound.warning("append refused: {}", error)
+        _log.bind(entity=str(command.entity_id), events=len(command.events)).log(
+            "DEBUG" if full else "WARNING", "append refused: {}", error)
 
     @staticmethod
     def _fail_all(group: Sequence[WriteCommand], exc: BaseException) -> None:

@@ -21,7 +21,8 @@ from edge_sync.common.iso_time import iso_ms
 __all__ = ["LOG_INTERVAL_S", "MOST_REFUSED", "RefusalLog"]
 
 LOG_INTERVAL_S = 60.0
-"""How often refusals that go on are summarised (the queue's refusal ticker)."""
+"""How often refusals that go on are summarised by default (log.refusal_summary_interval_s:
+the queue's refusal ticker)."""
 
 MOST_REFUSED = 5
 """The entities named in a summary, those refused most in its interval."""
@@ -33,10 +34,11 @@ class RefusalLog:
     """The refusals of one store: a run of them starts at the first, ends at a tick that finds
     commands accepted and none refused since the previous tick."""
 
-    __slots__ = ("_accepted", "_by_entity", "_entities", "_first_ms", "_last_ms", "_total",
-                 "_unlogged")
+    __slots__ = ("_accepted", "_by_entity", "_entities", "_first_ms", "_interval", "_last_ms",
+                 "_total", "_unlogged")
 
-    def __init__(self) -> None:
+    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
+        self._interval = interval_s  # told in the first line (the owner ticks at it)
         self._first_ms: int | None = None  # the run's first refusal (None: no run)
         self._last_ms = 0
         self._total = 0  # refusals of the run
@@ -61,7 +63,7 @@ class RefusalLog:
             self._first_ms = wall_ms
             _log.bind(entity=str(entity), events=events, error=str(error)).warning(
                 "storage full: new data refused from now on ({}); refusals are summarised "
-                "every {:g} s until the store accepts again", error, LOG_INTERVAL_S)
+                "every {:g} s until the store accepts again", error, self._interval)
             return
         self._unlogged += 1
         self._by_entity[entity] += 1

@@ -488,15 +488,22 @@ def log_alarms(entity_id: uuid.UUID, alarms: Sequence[CreateAlarm | ClearAlarm],
     alarm stays as it was; the refusal is the queue's line)."""
     entity = str(entity_id)
     for o in alarms:
-        change = ("cleared" if isinstance(o, ClearAlarm)
-                  else f"{'created' if o.new else 'updated'} ({o.severity})")
-        bound = _log.bind(entity=entity, alarm=o.alarm_id, alarm_type=o.type, node=o.node,
-                          **({"severity": o.severity} if isinstance(o, CreateAlarm) else {}))
-        if refused is None:
-            bound.info("alarm {!r} {}", o.type, change)
+        if isinstance(o, ClearAlarm) and refused is None:
+            _log.bind(entity=entity, alarm=o.alarm_id, alarm_type=o.type, node=o.node).info(
+                "alarm {!r} cleared", o.type)
+        elif isinstance(o, ClearAlarm):
+            _log.bind(entity=entity, alarm=o.alarm_id, alarm_type=o.type, node=o.node,
+                      error=str(refused)).debug("alarm {!r} cleared not stored: {}", o.type,
+                                                refused)
+        elif refused is None:
+            _log.bind(entity=entity, alarm=o.alarm_id, alarm_type=o.type, severity=o.severity,
+                      node=o.node).info(
+                "alarm {!r} {} ({})", o.type, "created" if o.new else "updated", o.severity)
         else:
-            bound.bind(error=str(refused)).debug("alarm {!r} {} not stored: {}", o.type, change,
-                                                 refused)
+            _log.bind(entity=entity, alarm=o.alarm_id, alarm_type=o.type, severity=o.severity,
+                      node=o.node, error=str(refused)).debug(
+                "alarm {!r} {} ({}) not stored: {}", o.type, "created" if o.new else "updated",
+                o.severity, refused)
 
 
 def _series(data: Any, ts: int) -> list[tuple[int, tuple[tuple[str, Any], ...]]] | None:
