@@ -460,7 +460,8 @@ def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
                 _push(entity_id, o, out, checks, counters, now_ms)
             case Failed():
                 _fail(counters, entity_id, o, now_ms)
-            case Log():
+            case Log():  # when the node runs, as TbLogNode.onMsg logs before tellSuccess:
+                # it says the node saw the message, not that anything of it was stored
                 _log.bind(node=o.node, entity=str(entity_id)).info("{}", o.text)
             case SaveAttributes():
                 data = o.data if isinstance(o.data, dict) else {}
