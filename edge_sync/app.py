@@ -164,6 +164,7 @@ class EdgeApp:
             full_policy=cfg.storage.full_policy,
             retention_ms=int(cfg.storage.retention_hours * 3600 * 1000),
             purge_interval_s=cfg.storage.purge_interval_s,
+            refusal_log_interval_s=cfg.storage.refusal_log_interval_s,
         )
         shards = [
             ChildSpec(

@@ -307,6 +307,10 @@ class StorageConfig(_Section):
     retention_hours: float = field(default=168.0, metadata=_meta(lo=0))
     """Deployed events are purged this long after they were acknowledged."""
     purge_interval_s: float = field(default=300.0, metadata=_meta(gt=0))
+    refusal_log_interval_s: float = field(default=60.0, metadata=_meta(gt=0))
+    """While the full store refuses new data: one WARNING when refusals start, then one
+    summary line per this interval (how many, from which devices), and one INFO once it
+    accepts again; each refusal is a DEBUG line."""
 
     def _check(self) -> None:
         if self.max_size_mb < self.map_size_initial_mb:

@@ -78,7 +78,13 @@ from edge_sync.actors.messages import (
     SharedAttributesDeleted,
 )
 from edge_sync.actors.rule_host import ShardRules
-from edge_sync.actors.rule_outcomes import Planned, attributes_msg, plan, telemetry_msgs
+from edge_sync.actors.rule_outcomes import (
+    Planned,
+    attributes_msg,
+    log_alarms,
+    plan,
+    telemetry_msgs,
+)
 from edge_sync.common.iso_time import iso_ms
 from edge_sync.devices.rpc import RpcStatus, Transition
 from edge_sync.devices.session import DeviceSession
@@ -401,6 +407,7 @@ class EntityActor:
             self._tally(state)
         planned = plan(self.entity_id, step.outcomes, self.rules.counters, now)
         if not step.changed and not planned.events and not planned.mutations:
+            log_alarms(self.entity_id, planned.alarms)  # nothing to store: as they are
             return
         saved = (PutRuleState(self.entity_id, step.record),) if step.changed else ()
         self._append_rules(planned, None, (*planned.mutations, *saved), bool(saved),
@@ -436,7 +443,9 @@ class EntityActor:
         ``reply`` fails, so they come before the device's retry. An Unstorable refusal is the
         chain's: logged at ERROR, answered as InternalError. Windows ``dropped`` (their node
         not in the chain) are logged and counted once the commit is done: when it fails, the
-        state read again still holds them, and they are dropped (and counted) at the retry."""
+        state read again still holds them, and they are dropped (and counted) at the retry.
+        The alarm lines too follow the commit (``log_alarms``): a refused Append leaves the
+        alarm as it was, so its line is not "cleared" but "not stored" (DEBUG)."""
         eid = self.entity_id
         tell_self, outer = self.tell_self, reply
         assert self.rules is not None
@@ -444,6 +453,8 @@ class EntityActor:
 
         def committed(done: Future[range]) -> None:  # on the queue's thread
             exc = done.exception()
+            if planned.alarms:
+                log_alarms(eid, planned.alarms, exc)
             for gone in dropped if exc is None else ():
                 tally.dropped(gone.node, gone.windows, gone.messages)
                 _rules_log.bind(entity=str(eid), node=gone.node, windows=gone.windows,

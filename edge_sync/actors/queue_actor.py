@@ -66,6 +66,8 @@ from edge_sync.actors.messages import (
     SetIdentity,
     WriteCommand,
 )
+from edge_sync.actors.refusals import LOG_INTERVAL_S as REFUSAL_LOG_INTERVAL_S
+from edge_sync.actors.refusals import RefusalLog
 from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.config import FullPolicy
@@ -107,6 +109,25 @@ class QueuePolicy:
     full_policy: FullPolicy = FullPolicy.REFUSE
     retention_ms: int = 7 * 24 * 3600 * 1000
     purge_interval_s: float = 300.0
+    refusal_log_interval_s: float = REFUSAL_LOG_INTERVAL_S
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalsTick:
+    """The refusal log's interval ended (``RefusalLog.tick``): its summary or its end."""
+
+
+REFUSAL_REASONS = ("storage_full", "unstorable", "rejected")
+"""The ``reason`` label of ``edge_sync_appends_refused_total``."""
+
+
+def refusal_reason(error: BaseException) -> str:
+    """Why the store refused a command, as ``edge_sync_appends_refused_total`` counts it."""
+    if isinstance(error, QueueFull):
+        return "storage_full"
+    if isinstance(error, Unstorable):
+        return "unstorable"
+    return "rejected"
 
 
 class _Outcome:
@@ -162,6 +183,8 @@ class QueueActor(SupervisedActor):
         self._group: list[WriteCommand] = []
         self._group_events = 0
         self._ticker: Ticker | None = None
+        self._refusal_ticker: Ticker | None = None
+        self._refusals = RefusalLog(policy.refusal_log_interval_s)
         self._index_build = EntityIndexBuild(store)
         if store.readonly:
             self._index_build.finished = True
@@ -174,6 +197,14 @@ class QueueActor(SupervisedActor):
         self._refused = {lane: events.labels(lane=lane.name.lower(), outcome="refused")
                          for lane in Lane}
         self._evicted = events.labels(lane="normal", outcome="evicted")
+        refused = metrics.counter(
+            "edge_sync_appends_refused_total",
+            "commands to the store refused, whatever events they make (local-only data makes "
+            "none), by reason: storage_full (the size cap; HTTP 507, MQTT connection closed "
+            "without PUBACK), unstorable (a rule chain's outcome that cannot be stored), "
+            "rejected (a change the store rejects: a conflict, a missing entity)", ("reason",))
+        self._appends_refused = {reason: refused.labels(reason=reason)
+                                 for reason in REFUSAL_REASONS}
         self._dead = {lane: events.labels(lane=lane.name.lower(), outcome="dead_lettered")
                       for lane in Lane}
         self._replayed = metrics.counter(
@@ -201,6 +232,9 @@ class QueueActor(SupervisedActor):
         ref = self.actor_ref
         self._ticker = Ticker("purge", self._policy.purge_interval_s, lambda: ref.tell(PurgeDeployed()))
         self._ticker.start()
+        self._refusal_ticker = Ticker("refusals", self._policy.refusal_log_interval_s,
+                                      lambda: ref.tell(RefusalsTick()))
+        self._refusal_ticker.start()
         _log.bind(next_seq=self._next_seq).info("queue actor started")
         if not self._index_build.finished:
             ref.tell(BuildEntityIndex())
@@ -209,8 +243,11 @@ class QueueActor(SupervisedActor):
         """Actor thread: commit what is gathered (a clean stop loses nothing), stop the timer."""
         if self._ticker:
             self._ticker.stop()
+        if self._refusal_ticker:
+            self._refusal_ticker.stop()
         if self._group:
             self._flush()
+        self._refusals.flush()
 
     def on_failure(self, exception_type: type[BaseException] | None,
                    exception_value: BaseException | None,
@@ -219,6 +256,8 @@ class QueueActor(SupervisedActor):
         tick at this dead incarnation for ever (its successor starts its own)."""
         if self._ticker:
             self._ticker.stop()
+        if self._refusal_ticker:
+            self._refusal_ticker.stop()
 
     def fail_pending_messages(self, exc: BaseException) -> None:
         """Actor thread, on failure: fail the open group (not committed: the senders may retry)
@@ -249,6 +288,8 @@ class QueueActor(SupervisedActor):
             case BuildEntityIndex():
                 if not self._index_build.step():
                     self.actor_ref.tell(BuildEntityIndex())
+            case RefusalsTick():
+                self._refusals.tick()
             case PurgeDeployed():
                 self._purge(older_than_ms=self._clock.now_ms() - self._policy.retention_ms)
             case Crash(reason=reason):
@@ -392,7 +433,9 @@ class QueueActor(SupervisedActor):
     def _commit_when_full(self, group: list[WriteCommand], exc: QueueFull) -> list[_Outcome]:
         """Storage is full: purge delivered events, apply the policy, then commit each command on
         its own so the ones that still fit get in and only the rest are refused."""
-        _log.bind(error=str(exc)).warning("storage full; purging delivered events")
+        # once per full group: while refusals go on, their summary tells of it
+        _log.bind(error=str(exc)).log("DEBUG" if self._refusals.refusing else "WARNING",
+                                      "storage full; purging delivered events")
         self._purge(older_than_ms=INT64_MAX)
         self._drop_local_for_room()
         outcomes: list[_Outcome] = []
@@ -534,10 +577,12 @@ class QueueActor(SupervisedActor):
 
     def _resolve(self, group: Sequence[WriteCommand], outcomes: Sequence[_Outcome]) -> None:
         appended = high = 0
+        accepted = False
         for command, outcome in zip(group, outcomes, strict=True):
             forget: list[uuid.UUID] = []
             if isinstance(command, Append):
                 if outcome.error is None:
+                    accepted = True
                     appended += len(outcome.value)
                     high += outcome.high
                     forget = outcome.devices_removed
@@ -565,6 +610,8 @@ class QueueActor(SupervisedActor):
                 reply.set_exception(outcome.error)
             else:
                 reply.set_result(outcome.value)
+        if accepted and self._refusals.refusing:
+            self._refusals.accepted()
         if appended:
             if high:
                 self._appended[Lane.HIGH].inc(high)
@@ -577,15 +624,22 @@ class QueueActor(SupervisedActor):
                 self._on_committed(EventsCommitted(self._next_seq))
 
     def _log_refusal(self, command: Append, error: EdgeSyncError) -> None:
-        if isinstance(error, QueueFull):
+        """Every refused command counted (edge_sync_appends_refused_total, and its events);
+        one DEBUG line each. A full store's refusals come at the devices' rate: the refusal
+        log tells of them in a few lines (``RefusalLog``); other refusals are one WARNING
+        each."""
+        self._appends_refused[refusal_reason(error)].inc()
+        full = isinstance(error, QueueFull)
+        if full:
             high = sum(e.lane is Lane.HIGH for e in command.events)
             if high:
                 self._refused[Lane.HIGH].inc(high)
             if len(command.events) > high:
                 self._refused[Lane.NORMAL].inc(len(command.events) - high)
-        _log.bind(entity=str(command.entity_id), events=len(command.events)).warning(
-            "append refused: {}", error
-        )
+            self._refusals.refused(command.entity_id, len(command.events), error,
+                                   self._clock.now_ms())
+        _log.bind(entity=str(command.entity_id), events=len(command.events)).log(
+            "DEBUG" if full else "WARNING", "append refused: {}", error)
 
     @staticmethod
     def _fail_all(group: Sequence[WriteCommand], exc: BaseException) -> None:

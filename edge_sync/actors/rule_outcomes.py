@@ -432,6 +432,9 @@ class Planned:
     mutations: list[Mutation] = field(default_factory=list)
     pushed: int = 0
     kept_local: int = 0
+    alarms: list[CreateAlarm | ClearAlarm] = field(default_factory=list)
+    """The alarm changes, logged by ``log_alarms`` once the Append committed: they describe
+    the stored rule state, which a refused Append leaves as it was."""
 
 
 def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
@@ -457,7 +460,8 @@ def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
                 _push(entity_id, o, out, checks, counters, now_ms)
             case Failed():
                 _fail(counters, entity_id, o, now_ms)
-            case Log():
+            case Log():  # when the node runs, as TbLogNode.onMsg logs before tellSuccess:
+                # it says the node saw the message, not that anything of it was stored
                 _log.bind(node=o.node, entity=str(entity_id)).info("{}", o.text)
             case SaveAttributes():
                 data = o.data if isinstance(o.data, dict) else {}
@@ -468,19 +472,39 @@ def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
                 out.mutations.append(PutAttributes(entity_id, Scope(o.scope),
                                                    tuple(data.items()), now_ms))
                 out.kept_local += 1
-            case CreateAlarm():
-                _log.bind(entity=str(entity_id), alarm=o.alarm_id, alarm_type=o.type,
-                          severity=o.severity, node=o.node).info(
-                    "alarm {!r} {} ({})", o.type, "created" if o.new else "updated", o.severity)
-            case ClearAlarm():
-                _log.bind(entity=str(entity_id), alarm=o.alarm_id, alarm_type=o.type,
-                          node=o.node).info("alarm {!r} cleared", o.type)
+            case CreateAlarm() | ClearAlarm():
+                out.alarms.append(o)  # logged once committed (log_alarms)
             case Deferred():
                 pass  # held by its window (the entity's rule state)
     saved.into(entity_id, out)
     for node, n in counts.items():  # one count per node and call, not per message
         counters.visited(node, n)
     return out
+
+
+def log_alarms(entity_id: uuid.UUID, alarms: Sequence[CreateAlarm | ClearAlarm],
+               refused: BaseException | None = None) -> None:
+    """The alarm lines of a command's outcomes, once its Append is done: INFO when it
+    committed (the alarm is as the line says), DEBUG "not stored" when it was refused (the
+    alarm stays as it was; the refusal is the queue's line)."""
+    entity = str(entity_id)
+    for o in alarms:
+        if isinstance(o, ClearAlarm) and refused is None:
+            _log.bind(entity=entity, alarm=o.alarm_id, alarm_type=o.type, node=o.node).info(
+                "alarm {!r} cleared", o.type)
+        elif isinstance(o, ClearAlarm):
+            _log.bind(entity=entity, alarm=o.alarm_id, alarm_type=o.type, node=o.node,
+                      error=str(refused)).debug("alarm {!r} cleared not stored: {}", o.type,
+                                                refused)
+        elif refused is None:
+            _log.bind(entity=entity, alarm=o.alarm_id, alarm_type=o.type, severity=o.severity,
+                      node=o.node).info(
+                "alarm {!r} {} ({})", o.type, "created" if o.new else "updated", o.severity)
+        else:
+            _log.bind(entity=entity, alarm=o.alarm_id, alarm_type=o.type, severity=o.severity,
+                      node=o.node, error=str(refused)).debug(
+                "alarm {!r} {} ({}) not stored: {}", o.type, "created" if o.new else "updated",
+                o.severity, refused)
 
 
 def _series(data: Any, ts: int) -> list[tuple[int, tuple[tuple[str, Any], ...]]] | None:

@@ -318,7 +318,11 @@ class DeviceHttpApi:
                 device = "unknown"
             except Exception:
                 device = "unavailable"
-        level = "ERROR" if status >= 500 and status not in (501, 503) else "WARNING"
+        # 507 (storage full) at DEBUG: a full store refuses every request at the devices' rate;
+        # the queue's refusal lines tell of them (when they started, how many, from which
+        # devices, when they ended) and device_requests_total{code="507"} counts each
+        level = ("DEBUG" if status == 507 else
+                 "ERROR" if status >= 500 and status not in (501, 503) else "WARNING")
         _log.bind(code=str(status), device=device, what=what).log(
             level, "{} refused with {}: {}", what, status, message
         )

@@ -774,6 +774,7 @@ class MqttConnection:
         commit is known to have failed (Session.settled): one not confirmed in time may still
         be stored."""
         self._not_committed += len(entry.replies)
+        self._registry.not_committed(entry.error, len(entry.replies))
         if self._failed:
             return
         self._failed = True

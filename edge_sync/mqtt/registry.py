@@ -24,6 +24,7 @@ from typing import Protocol
 from loguru import logger
 
 from edge_sync.devices.rpc import RpcSent
+from edge_sync.errors import QueueFull
 from edge_sync.metrics import Metrics, device_answers
 from edge_sync.mqtt.sessions import Key, Session, SessionStore
 from edge_sync.storage.entity_store import Revocation, Revoked
@@ -127,10 +128,25 @@ class SessionRegistry:
             "(unknown_topic) or a gateway topic the edge does not serve (unknown_gateway_topic)",
             ("reason",))
         self._connacks = device_answers(metrics)
+        not_committed = metrics.counter(
+            "edge_sync_mqtt_publishes_not_committed_total",
+            "MQTT publishes (any QoS) the store did not commit, so their connection closed "
+            "without their PUBACK (or PUBREC): storage_full (the size cap, policy refuse), "
+            "not_confirmed (no commit within http.request_timeout_s: it may still be stored), "
+            "failed (any other refusal)", ("reason",))
+        self._not_committed = {reason: not_committed.labels(reason=reason)
+                               for reason in ("storage_full", "not_confirmed", "failed")}
 
     def connack(self, code: int) -> None:
         """Count a CONNACK answered with return code ``code``."""
         self._connacks.labels(protocol="mqtt", code=str(code)).inc()
+
+    def not_committed(self, error: BaseException | None, publishes: int) -> None:
+        """Count ``publishes`` not committed: refused with ``error``, or (None) not confirmed
+        in time."""
+        reason = ("not_confirmed" if error is None else
+                  "storage_full" if isinstance(error, QueueFull) else "failed")
+        self._not_committed[reason].inc(publishes)
 
     def __len__(self) -> int:
         """Sessions held by open connections."""

@@ -40,6 +40,7 @@ RK = "rk-full-disk"
 SECRET = "sec-full-disk-4c1e9a"
 PAD = "f" * 2000
 DEADLINE_S = 60.0
+REFUSAL_LOG_INTERVAL_S = 0.5
 REFUSALS = 6  # posts refused in a row before the cloud comes back
 
 
@@ -104,7 +105,8 @@ def create_devices(agent: Agent, count: int) -> dict[str, str]:
 
 
 def check_refusals(agent: Agent, poster: Poster, full_message: str) -> None:
-    """Every 507: its JSON body; the counters; one WARNING with the reason per refusal."""
+    """Every 507: its JSON body; the counters, one per refused event and one per refused
+    request; the refusal lines (``check_refusal_lines``)."""
     for _device, _values, resp in poster.refused:
         assert resp.status == 507, (resp.status, resp.body)
         assert resp.headers["retry-after"] == "1"
@@ -123,18 +125,52 @@ def check_refusals(agent: Agent, poster: Poster, full_message: str) -> None:
                if s.name == "edge_sync_events_total" and s.labels["outcome"] == "refused"]
     assert sum(s.value for s in refused) == poster.refused_events()
 
+    # every refused command counted, whatever events it makes
+    assert metrics['edge_sync_appends_refused_total{reason="storage_full"}'] == len(poster.refused)
+    check_refusal_lines(agent, poster)
+
+
+def refusal_lines(agent: Agent) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                          list[dict[str, Any]]]:
+    """The queue's refusal lines: the first of each run, the summaries, the ends."""
+    records = [r for r in agent.log_records() if r.get("component") == "queue"]
+    return ([r for r in records if r["message"].startswith("storage full: new data refused")],
+            [r for r in records if " more commands refused from " in r["message"]],
+            [r for r in records if r["message"].startswith("storage accepts again after ")])
+
+
+def check_refusal_lines(agent: Agent, poster: Poster) -> None:
+    """A full store's refusals are a few lines, not one per request: one WARNING with the first
+    refusal in full, then one summary per interval (EDGE_STORAGE_REFUSAL_LOG_INTERVAL_S) that
+    together count every refusal and name the devices refused; no per-request line above
+    DEBUG (the HTTP 507s, the queue's ``append refused``)."""
+    first_device, first_values, first_resp = poster.refused[0]
+    firsts, _, _ = refusal_lines(agent)
+    assert [(r["level"], r["entity"], r["events"], r["error"]) for r in firsts] == [
+        ("WARNING", first_device, len(first_values), first_resp.json()["message"])]
+    assert firsts[0]["message"] == (
+        f"storage full: new data refused from now on ({first_resp.json()['message']}); "
+        f"refusals are summarised every {REFUSAL_LOG_INTERVAL_S:g} s until the store accepts "
+        "again")
+    later = len(poster.refused) - 1
+    summaries = wait_until(
+        lambda: (lines := refusal_lines(agent)[1]) and sum(r["refused"] for r in lines) == later
+        and lines, timeout=DEADLINE_S, what="summaries telling every refusal")
+    assert all(r["level"] == "WARNING" for r in summaries)
+    per_device: dict[str, int] = {}
+    for r in summaries:
+        assert sum(r["most_refused"].values()) == r["refused"]  # two devices: all named
+        for device, n in r["most_refused"].items():
+            per_device[device] = per_device.get(device, 0) + n
+    expected: dict[str, int] = {}
+    for device, _, _ in poster.refused[1:]:
+        expected[device] = expected.get(device, 0) + 1
+    assert per_device == expected
+    assert summaries[-1]["total"] == len(poster.refused)
     records = agent.log_records()
-    refused = [r for r in records if r.get("component") == "queue"
-               and r["message"].startswith("append refused: ")]
-    assert all(r["level"] == "WARNING" for r in refused)
-    assert [(r["entity"], r["events"]) for r in refused] == \
-        [(device, len(values)) for device, values, _ in poster.refused]
-    assert all(r["message"] == "append refused: " + resp.json()["message"]
-               for r, (_, _, resp) in zip(refused, poster.refused, strict=True))
-    answered = [r for r in records if r.get("component") == "device-http" and r.get("code") == "507"]
-    assert [r["device"] for r in answered] == [device for device, _, _ in poster.refused]
-    assert all(r["level"] in ("WARNING", "ERROR") and "refused with 507" in r["message"]
-               for r in answered)
+    assert [r for r in records if r["message"].startswith("append refused: ")] == []
+    assert [r for r in records if r.get("component") == "device-http"
+            and r.get("code") == "507"] == []
 
 
 def stored_values(agent: Agent) -> dict[str, list[int]]:
@@ -225,6 +261,12 @@ def recovery(agent: Agent, cloud: CloudProc, poster: Poster, *, after: int) -> N
     purges = [r for r in agent.log_records() if r.get("component") == "queue"
               and r["message"] == "purged deployed events"]
     assert purges, "room was made without purging delivered events?"
+    # the end of the run, once the store took commands and refused none for an interval
+    ends = wait_until(lambda: refusal_lines(agent)[2], timeout=DEADLINE_S,
+                      what="the end of the refusals")
+    assert [(r["level"], r["total"], r["entities"]) for r in ends] == [
+        ("INFO", len(poster.refused), len({device for device, _, _ in poster.refused}))]
+    assert len(refusal_lines(agent)[0]) == 1  # one run
 
 
 # -- at the size cap ----------------------------------------------------------------------------------
@@ -235,7 +277,8 @@ def edge_at_cap(tmp_path: Path, procs: Callable[[Any], Any]) -> tuple[CloudProc,
     cloud = procs(CloudProc(tmp_path / "cloud"))
     cloud.create_edge("edge-full", RK, SECRET)  # with the server down: straight to its store
     agent = procs(Agent(tmp_path / "edge", env=link_env(
-        cloud, RK, SECRET, EDGE_STORAGE_MAX_MB="1", EDGE_STORAGE_MAP_SIZE_INITIAL_MB="1")))
+        cloud, RK, SECRET, EDGE_STORAGE_MAX_MB="1", EDGE_STORAGE_MAP_SIZE_INITIAL_MB="1",
+        EDGE_STORAGE_REFUSAL_LOG_INTERVAL_S=str(REFUSAL_LOG_INTERVAL_S))))
     agent.start()
     return cloud, agent, Poster(agent, create_devices(agent, 2))
 
@@ -297,7 +340,8 @@ def edge_on(small_fs: Path, tmp_path: Path) -> Iterator[tuple[CloudProc, Agent]]
     exit (before the filesystem is unmounted)."""
     cloud = CloudProc(tmp_path / "cloud")
     agent = Agent(tmp_path / "edge", data_dir=small_fs / "data",
-                  env=link_env(cloud, RK, SECRET))
+                  env=link_env(cloud, RK, SECRET,
+                               EDGE_STORAGE_REFUSAL_LOG_INTERVAL_S=str(REFUSAL_LOG_INTERVAL_S)))
     try:
         cloud.create_edge("edge-small-fs", RK, SECRET)
         agent.start()
