@@ -48,6 +48,32 @@ def relation_fields(raw: bytes) -> list[Any]:
     return codec.unpack_fields(raw, "graph: relation", 10)
 
 
+# what names a relation rather than says something of it; "version" is the sender's own
+# counter, never the relation's content (ThingsBoard bumps it on every save and sends it null:
+# EdgeMsgConstructorUtils.constructRelationUpdatedMsg resets it before JacksonUtil.toString)
+_NOT_CONTENT = frozenset(("from", "to", "type", "typeGroup", "version"))
+
+
+def _content(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a relation says beyond its identity: its additionalInfo (absent is null) and any
+    other field."""
+    return {k: v for k, v in body.items()
+            if k not in _NOT_CONTENT and not (k == "additionalInfo" and v is None)}
+
+
+def same_relation(stored_text: str, json_text: str, body: Mapping[str, Any]) -> bool:
+    """Whether ``body`` (``json_text`` parsed) is the relation stored as ``stored_text``: the
+    same text, or the same ends, type, group and content in other JSON text (spacing, key
+    order, a null version or additionalInfo). The cloud sends the relations the edge made back
+    in its own text when the edge asks for an entity's relations (a RelationRequestMsg's
+    answer): that changes nothing and is no update."""
+    if stored_text == json_text:
+        return True
+    stored = json.loads(stored_text)
+    return (isinstance(stored, dict) and relation_key(stored) == relation_key(body)
+            and _content(stored) == _content(body))
+
+
 class RelationTable:
     """Relations in a store's transactions."""
 
@@ -78,7 +104,8 @@ class RelationTable:
     def put(self, txn: lmdb.Transaction, json_text: str, *, now_ms: int, origin: str = CLOUD,
             origin_seq: int | None = None, body: Mapping[str, Any] | None = None) -> str:
         """Insert or replace a relation (ThingsBoard's EntityRelation JSON): created, updated
-        or unchanged. BadRequest when an end is missing."""
+        or unchanged (the same relation in any JSON text, ``same_relation``: nothing written,
+        nothing in the apply log). BadRequest when an end is missing."""
         if body is None:
             body = parse_entity_json(json_text, "RELATION")
         found = relation_key(body)
@@ -88,7 +115,7 @@ class RelationTable:
         key = relation_db_key(src, dst, rel_type, group)
         self._held.drop(txn, b"R" + key)
         old = txn.get(key, db=self._t.db(RELATIONS))
-        if old is not None and relation_fields(bytes(old))[6] == json_text:
+        if old is not None and same_relation(relation_fields(bytes(old))[6], json_text, body):
             self._sync.mark(txn, b"R" + key)
             return UNCHANGED
         txn.put(key, codec.pack((src.kind, src.key, dst.kind, dst.key, rel_type, group,

@@ -406,21 +406,36 @@ def test_a_full_sync_does_not_remove_the_edges_relations(harness: Harness) -> No
     server.wait_for(lambda: len(server.relations) == 2, what="the edge's relation in the cloud")
     wait_until(lambda: edge_status(agent)["queue"]["pending"] == 0, timeout=DEADLINE_S,
                what="the edge's relation acknowledged", show=lambda: edge_status(agent)["queue"])
-    asked_before = len(relation_requests(server))
+    with server.cond:
+        asked_before = len(relation_requests(server))
+        answered_before = len(server.relation_answers)
 
     log_before = agent.admin("GET", "/api/apply-log?limit=10000").json()
     assert agent.admin("POST", "/api/sync", {"full": True}).status == 202
     # counted once the edge acknowledged the SyncCompletedMsg: after its end was committed
     server.wait_for(lambda: server.sync_completed == 2, what="the full sync completed")
-    # nothing removed, nothing added again (the answers to the requests below change nothing)
+    # the sync carried no relation: the edge asks again for those of what it sent; the
+    # answers (Feeds and Drains, once from each end) are acknowledged after their commit
+    server.wait_for(lambda: {pump[0], tank[0], server.tenant_id}
+                    <= set(relation_requests(server)[asked_before:]),
+                    what="the relation requests after the full sync")
+
+    def answers_applied() -> bool:
+        answers = server.relation_answers[answered_before:]
+        acked = {a.downlinkMsgId for a in server.downlink_acks if a.success}
+        return len(answers) == 4 and {m.downlinkMsgId for m in answers} <= acked
+
+    server.wait_for(answers_applied, what="the answers applied on the edge")
+    with server.cond:
+        answered = [json.loads(m.relationUpdateMsg[0].entity)
+                    for m in server.relation_answers[answered_before:]]
+    assert sorted(r["type"] for r in answered) == ["Drains", "Drains", "Feeds", "Feeds"]
+    # nothing removed, nothing added again: the answers carry what the edge holds (the
+    # cloud's JSON text of it, "version": null) and change nothing
     after = agent.admin("GET", f"/api/apply-log?limit=10000&after={log_before[-1]['index']}")
     assert [e for e in after.json() if e["entity_type"] == "RELATION"] == []
     assert edge_relations(agent, pump[0]) == [(str(pump[0]), "Feeds", str(tank[0]))]
     assert edge_relations(agent, tank[0]) == [(str(tank[0]), "Drains", str(pump[0]))]
-    # the sync carried no relation: the edge asks again for those of what it sent
-    server.wait_for(lambda: {pump[0], tank[0], server.tenant_id}
-                    <= set(relation_requests(server)[asked_before:]),
-                    what="the relation requests after the full sync")
 
 
 def test_a_full_sync_asked_for_during_the_first_sync_runs_once_that_one_completes(

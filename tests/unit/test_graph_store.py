@@ -182,6 +182,36 @@ def test_relations_are_found_from_either_end_and_deleted(g: Graph) -> None:
                        ("RELATION", f"{c}->{a} Manages/COMMON", "DELETED")]
 
 
+def test_the_same_relation_in_the_clouds_json_text_is_unchanged(g: Graph) -> None:
+    """The edge's relation sent back by the cloud (the answer to a RelationRequestMsg) comes in
+    ThingsBoard's JSON text: other spacing and key order, "version": null
+    (EdgeMsgConstructorUtils.constructRelationUpdatedMsg resets it). Nothing changes: no write,
+    no UPDATED in the apply log. A changed additionalInfo, or an end of another type, is an
+    update."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    made = relation_json(("DEVICE", a), ("DEVICE", b), "Drains")
+    assert g.write(lambda txn: g.graph.put_relation(txn, made, now_ms=NOW)) == "created"
+    echoed = json.dumps({"version": None, "additionalInfo": None, "typeGroup": "COMMON",
+                         "type": "Drains", "to": {"id": str(b), "entityType": "DEVICE"},
+                         "from": tid("DEVICE", a)})
+    no_info = compact({"from": tid("DEVICE", a), "to": tid("DEVICE", b), "type": "Drains"})
+    versioned = compact({**json.loads(made), "version": 7})
+    for same in (echoed, no_info, versioned):
+        assert g.write(lambda txn, t=same: g.graph.put_relation(txn, t, now_ms=NOW)) == "unchanged"
+    # the text first stored is kept
+    assert g.read(lambda txn: g.graph.relations(txn, a)) == [json.loads(made)]
+    rel = f"{a}->{b} Drains/COMMON"
+    assert g.log() == [("RELATION", rel, "ADDED")]
+
+    info = compact({**json.loads(made), "additionalInfo": {"flow": 3}})
+    assert g.write(lambda txn: g.graph.put_relation(txn, info, now_ms=NOW)) == "updated"
+    other_end = compact({**json.loads(info), "to": tid("ASSET", b)})
+    assert g.write(lambda txn: g.graph.put_relation(txn, other_end, now_ms=NOW)) == "updated"
+    assert g.read(lambda txn: g.graph.relations(txn, a)) == [json.loads(other_end)]
+    assert g.log() == [("RELATION", rel, "ADDED"), ("RELATION", rel, "UPDATED"),
+                       ("RELATION", rel, "UPDATED")]
+
+
 # -- cascading deletes -----------------------------------------------------------------------------
 
 
