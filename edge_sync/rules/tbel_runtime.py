@@ -1,0 +1,62 @@
+"""The JavaScript that gives a TBEL script its Java collection and string methods, its ``foreach``
+iteration and ThingsBoard's TBEL helper functions (TbUtils), for ``sandbox.tbel_to_js``.
+
+The script's ``x.name(args)`` becomes ``x[__tbelS.name](args)``: a method keyed by a symbol that
+every value inherits from Object.prototype, not enumerable, so no data key can collide with it
+and JSON never sees it; it dispatches on what ``x`` is (a list: ``java.util.ArrayList`` and the
+tbel library's ExecutionArrayList; a map: ``java.util.LinkedHashMap`` and ExecutionHashMap; text:
+``java.lang.String``; an entry of ``entrySet()``: ExecutionEntry) and has the Java semantics.
+``x.size`` (no call) is read as MVEL reads it: MVEL's property access takes a public method of
+that name with no argument before a map's key (PropertyTools.getGetter, ahead of the map lookup
+in ReflectiveAccessorOptimizer.getBeanProperty), so ``list.size`` and ``map.size`` are their
+sizes; ``x[__tbelG.size]`` is a getter keyed the same way.
+
+The helpers are functions of the script's scope (they shadow JavaScript's own ``parseInt``,
+``parseFloat``, ``isNaN``, ``btoa``, ``atob``, whose semantics differ); each names the Java
+method it follows. TBEL helpers not provided here and that JavaScript has under the same name
+throw (``encodeURI``, ``decodeURI``); the others are a ReferenceError, as any unknown name.
+
+The JavaScript is ``tbel_runtime.js``, joined into one line (it goes on the wrapper's first
+line, which keeps the script's line numbers): comments only as whole ``//`` lines, and every
+statement ends with ``;``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+# Methods a script may call: ``.name(`` in code is rewritten to a call of the runtime's method.
+TBEL_METHODS: tuple[str, ...] = (
+    # lists and maps
+    "size", "isEmpty", "get", "remove", "clear", "equals",
+    # lists (java.util.ArrayList, ExecutionArrayList)
+    "set", "add", "addAll", "contains", "indexOf", "lastIndexOf", "length", "push", "pop",
+    "shift", "unshift", "join",
+    # maps (java.util.LinkedHashMap, ExecutionHashMap)
+    "containsKey", "containsValue", "getOrDefault", "put", "putAll", "putIfAbsent", "replace",
+    "keys", "keySet", "values", "entrySet",
+    # map entries (ExecutionEntry)
+    "getKey", "getValue", "setValue",
+    # text (java.lang.String)
+    "equalsIgnoreCase", "startsWith", "endsWith", "substring", "toUpperCase", "toLowerCase",
+    "trim", "split",
+)
+# Names whose read without a call is MVEL's call of the method with no argument (getGetter):
+# ``x.size``, ``x.empty`` / ``x.isEmpty``, ``map.keys``, ``map.values``, ...
+TBEL_GETTERS: dict[str, str] = {
+    "size": "size", "empty": "isEmpty", "isEmpty": "isEmpty", "keys": "keys",
+    "values": "values", "keySet": "keySet", "entrySet": "entrySet",
+}
+# Objects whose methods are JavaScript's and Java's alike: ``Math.max(a, b)``, ``JSON.parse(s)``
+# (java.lang.Math; ThingsBoard's TbJson as ``JSON``).
+TBEL_NAMESPACES: tuple[str, ...] = ("Math", "JSON")
+
+_SOURCE = Path(__file__).with_name("tbel_runtime.js")
+
+
+@cache
+def runtime() -> str:
+    """The runtime as one line of JavaScript (its whole-line ``//`` comments left out)."""
+    lines = (line.strip() for line in _SOURCE.read_text(encoding="utf-8").splitlines())
+    return " ".join(line for line in lines if line and not line.startswith("//"))
