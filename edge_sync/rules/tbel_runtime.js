@@ -101,7 +101,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
   }
 // map keys are text, as JSON's are
   function key(k) { return String(k); }
-  var KINDS = {list: "a list", map: "a map", text: "text", entry: "a map entry"};
+  var KINDS = {list: "a list", map: "a map", text: "text", entry: "a map entry", number: "a number", boolean: "a boolean"};
   function define(name, impl) {
     var s = Symbol(name), allowed = Object.keys(impl).map(function (k) { return KINDS[k]; }).join(" or ");
     __tbelS[name] = s;
@@ -337,6 +337,64 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
     if (parts.length === 1 && parts[0] === "" ) { return []; }
     return parts;
   }});
+// ExecutionArrayList.slice([start[, end]]) (ArrayTools.initStartIndex / initEndIndex, then
+// ArrayList.subList: a start after the end throws), concat(list) (a new list), reverse (in
+// place), toReversed (a new list); String.concat
+  function startIndex(i, n) { return i < -n ? 0 : i < 0 ? i + n : i; }
+  function endIndex(i, n) { return i < -n ? 0 : i < 0 ? i + n : Math.min(i, n); }
+  define("slice", {list: function (a, b) {
+    var n = this.length;
+    var from = arguments.length >= 1 ? startIndex(whole("slice", a), n) : 0;
+    var to = arguments.length >= 2 ? endIndex(whole("slice", b), n) : n;
+    if (from > to) { throw new RangeError("fromIndex(" + from + ") > toIndex(" + to + ")"); }
+    return this.slice(from, to);
+  }});
+  define("concat", {list: function (c) { return this.concat(aList("concat", c)); },
+    text: function (s) { return String(this) + aText("concat", s); }});
+  define("reverse", {list: function () { this.reverse(); return null; }});
+  define("toReversed", {list: function () { return this.slice().reverse(); }});
+// ExecutionArrayList.sort([asc]) / toSorted([asc]): by number (Double.compareTo) when every
+// element's text reads as a double (validateClazzInArrayIsOnlyNumber: Double.parseDouble of
+// decimal text), else by text (String.valueOf, String.compareTo); stable, as List.sort
+  function javaDoubleOf(v) {
+    var t = text(v), a = 0, b = t.length;
+    while (a < b && t.charCodeAt(a) <= 32) { a++; }
+    while (b > a && t.charCodeAt(b - 1) <= 32) { b--; }
+    t = t.slice(a, b);
+    if (!/^[+-]?(NaN|Infinity|((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)[fFdD]?)$/.test(t)) { return null; }
+    return Number(t.replace(/[fFdD]$/, ""));
+  }
+  function compareDoubles(x, y) {
+    if (x < y) { return -1; }
+    if (x > y) { return 1; }
+    if (x === y) { return x !== 0 ? 0 : (1 / x < 0) === (1 / y < 0) ? 0 : 1 / x < 0 ? -1 : 1; }
+    return x !== x ? (y !== y ? 0 : 1) : -1;
+  }
+  function sorted(list, asc) {
+    var nums = list.map(javaDoubleOf), i, keyed = [];
+    var numeric = nums.every(function (x) { return x !== null; });
+    for (i = 0; i < list.length; i++) { keyed.push([numeric ? nums[i] : text(list[i]), list[i]]); }
+    keyed.sort(function (p, q) {
+      var c = numeric ? compareDoubles(p[0], q[0]) : (p[0] < q[0] ? -1 : p[0] > q[0] ? 1 : 0);
+      return asc ? c : -c;
+    });
+    return keyed.map(function (p) { return p[1]; });
+  }
+  function ascending(name, args) {
+    if (args.length === 0) { return true; }
+    if (typeof args[0] !== "boolean") { throw new TypeError(name + "(): asc is not true or false"); }
+    return args[0];
+  }
+  define("sort", {list: function () {
+    var out = sorted(this, ascending("sort", arguments));
+    for (var i = 0; i < out.length; i++) { this[i] = out[i]; }
+    return null;
+  }});
+  define("toSorted", {list: function () { return sorted(this, ascending("toSorted", arguments)); }});
+// Java's toString: String.valueOf of the value (see text)
+  define("toString", {list: function () { return text(this); }, map: function () { return text(this); },
+    entry: function () { return text(this); }, text: function () { return String(this); },
+    number: function () { return text(this); }, boolean: function () { return String(this); }});
 // MVEL reads x.size as x.size(): PropertyTools.getGetter takes a method of that name with no
 // argument before a map's key (ReflectiveAccessorOptimizer.getBeanProperty)
   getter("size", "size");

@@ -32,7 +32,9 @@ TBEL_METHODS: tuple[str, ...] = (
     "size", "isEmpty", "get", "remove", "clear", "equals",
     # lists (java.util.ArrayList, ExecutionArrayList)
     "set", "add", "addAll", "contains", "indexOf", "lastIndexOf", "length", "push", "pop",
-    "shift", "unshift", "join",
+    "shift", "unshift", "join", "slice", "concat", "reverse", "toReversed", "sort", "toSorted",
+    # anything (Java's toString of the value)
+    "toString",
     # maps (java.util.LinkedHashMap, ExecutionHashMap)
     "containsKey", "containsValue", "getOrDefault", "put", "putAll", "putIfAbsent", "replace",
     "keys", "keySet", "values", "entrySet",

@@ -337,10 +337,10 @@ def test_js_scripts_get_no_remove_method() -> None:
      "supported subset (line 1: 'new j'); see docs/rules-scripts.md"),
     ("int x = 5;\nreturn x;", "TBEL: typed declarations (use var) is not in the supported subset "
      "(line 1: 'int x ='); see docs/rules-scripts.md"),
-    ("return msg.list\n  .sort () > 0;", "TBEL: the method sort() is not in the supported subset "
-     "(line 2: '.sort ('); see docs/rules-scripts.md"),
-    ("return msg.s.toString();", "TBEL: the method toString() is not in the supported subset "
-     "(line 1: '.toString('); see docs/rules-scripts.md"),
+    ("return msg.list\n  .stream () > 0;", "TBEL: the method stream() is not in the supported "
+     "subset (line 2: '.stream ('); see docs/rules-scripts.md"),
+    ("return msg.s.charAt(0);", "TBEL: the method charAt() is not in the supported subset "
+     "(line 1: '.charAt('); see docs/rules-scripts.md"),
     ("return msg.?a;", "TBEL: null-safe navigation (.?) is not in the supported subset (line 1: '.?'); "
      "see docs/rules-scripts.md"),
 ])

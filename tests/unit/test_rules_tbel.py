@@ -231,13 +231,50 @@ def test_list_join_as_execution_array_list_join() -> None:
     assert error("return [1, null].join();") == "TypeError: join(): the list holds null"
 
 
+def test_list_sort_reverse_slice_and_concat_as_execution_array_list() -> None:
+    """TbelInvokeDocsIoTest.listSort_Test and listNewListOrStringSort_Test: sort by number when
+    every element reads as one, descending with false, in place (null); toSorted, toReversed,
+    slice (negative indexes from the end) and concat give new lists; a start after the end of
+    a slice throws (ArrayList.subList)."""
+    assert run("""var list = msg.list;
+var r = {};
+r.put("sort", list.sort());
+r.put("sortList", list.slice());
+r.put("sortFalse", list.sort(false));
+r.put("sortFalseList", list.slice());
+r.put("reverse", list.reverse());
+r.put("reverseList", list.slice());
+return r;""", {"list": [2096, "98", 5, "65"]}) == {
+        "sortList": [5, "65", "98", 2096], "sortFalseList": [2096, "98", "65", 5],
+        "reverseList": [5, "65", "98", 2096]}
+    assert run("var list = msg.list;\n"
+               "return [list.toSorted(), list.toSorted(false), list.toReversed(), list.slice(3), "
+               "list.slice(0, 2), list.slice(-2), list.concat(['thigsboard', 4, 67]), list, "
+               "['b', 'a', 10, null, [1]].toSorted(), [1, '1.5', ' 2 ', '1e1'].toSorted(false)];",
+               {"list": [67, 2, 2, 2]}) == [
+        [2, 2, 2, 67], [67, 2, 2, 2], [2, 2, 2, 67], [2], [67, 2], [2, 2],
+        [67, 2, 2, 2, "thigsboard", 4, 67], [67, 2, 2, 2],
+        [10, [1], "a", "b", None], ["1e1", " 2 ", "1.5", 1]]
+    assert error("return [1, 2, 3].slice(3, 1);") == "RangeError: fromIndex(3) > toIndex(1)"
+
+
+def test_to_string_is_javas_text_of_the_value() -> None:
+    """Object.toString as Java writes each: AbstractMap / AbstractCollection.toString (a key
+    whose value is null is not in a TBEL map), numbers, booleans, text as it is."""
+    assert run("return [msg.toString(), msg.l.toString(), msg.l.get(0).toString(), "
+               "(2.5).toString(), true.toString(), 'a'.toString(), 'a'.concat('b'), "
+               "msg.entrySet().get(0).toString()];",
+               {"a": 1, "l": [7, "x", {"k": None, "j": [1]}]}) == [
+        "{a=1, l=[7, x, {j=[1]}]}", "[7, x, {j=[1]}]", "7", "2.5", "true", "a", "ab", "a=1"]
+
+
 def test_list_clear_and_methods_of_another_kind_fail() -> None:
     assert run("msg.l.clear();\nreturn msg;", {"l": [1, 2]}) == {"l": []}
     assert error("return msg.l.containsKey(0);", {"l": [1]}) == (
         "TypeError: containsKey(): a list is not a map")
     assert error("return msg.m.set(0, 1);", {"m": {}}) == "TypeError: set(): a map is not a list"
     assert error("return msg.n.size();", {"n": 5}) == (
-        "TypeError: size(): number is not a list or a map")
+        "TypeError: size(): a number is not a list or a map")
 
 
 # -- text -------------------------------------------------------------------------------------
@@ -285,8 +322,8 @@ def test_text_methods_fail_as_java_does() -> None:
 # -- what stays outside the subset --------------------------------------------------------------
 
 @pytest.mark.parametrize(("script", "message"), [
-    ("return msg.l.sort();", "TBEL: the method sort() is not in the supported subset (line 1: "
-     "'.sort('); see docs/rules-scripts.md"),
+    ("return msg.l.stream();", "TBEL: the method stream() is not in the supported subset (line 1: "
+     "'.stream('); see docs/rules-scripts.md"),
     ("var m = {};\nreturn msg.t.toFixed(2);", "TBEL: the method toFixed() is not in the "
      "supported subset (line 2: '.toFixed('); see docs/rules-scripts.md"),
     ("return msg.m.sortByKey();", "TBEL: the method sortByKey() is not in the supported subset "
