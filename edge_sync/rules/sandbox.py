@@ -30,7 +30,12 @@ import _quickjs  # type: ignore[import-not-found]  # quickjs-ng's C extension, n
 from loguru import logger
 
 from edge_sync.rules.patterns import java_double
-from edge_sync.rules.tbel_runtime import TBEL_GETTERS, TBEL_METHODS, TBEL_NAMESPACES
+from edge_sync.rules.tbel_runtime import (
+    TBEL_GETTERS,
+    TBEL_JAVA_STATICS,
+    TBEL_METHODS,
+    TBEL_NAMESPACES,
+)
 from edge_sync.rules.tbel_runtime import runtime as tbel_runtime
 
 if TYPE_CHECKING:
@@ -164,6 +169,7 @@ _TBEL_MEMBER = re.compile(r"\.\s*([A-Za-z_$][\w$]*)(\s*\()?")
 # what follows a property that is written (``x.size = 1``, ``x.values += ...``), not read
 _TBEL_WRITE = re.compile(r"\s*(?:[-+*/%&|^]|<<|>>>?|\*\*)?=(?!=)")
 _TBEL_NAMESPACE = re.compile(r"(?<![\w$.])(?:" + "|".join(TBEL_NAMESPACES) + r")\s*$")
+_TBEL_STATIC = re.compile(r"(?<![\w$.])(" + "|".join(TBEL_JAVA_STATICS) + r")\s*$")
 _TBEL_CALLS = frozenset(TBEL_METHODS)
 _TBEL_DEF = re.compile(r"\bdef\s+([A-Za-z_$][\w$]*)\s*\(")
 _TBEL_DEF_VAR = re.compile(r"\bdef\s+(?=[A-Za-z_$])")
@@ -281,6 +287,12 @@ def _members_to_js(source: str, start: int, text: str) -> str:
         if call:
             if _TBEL_NAMESPACE.search(text, 0, found.start()):
                 continue
+            java = _TBEL_STATIC.search(text, 0, found.start())
+            if java:
+                if name not in TBEL_JAVA_STATICS[java.group(1)]:
+                    raise _refused(source, start + found.start(),
+                                   f"the method {java.group(1)}.{name}()", found.group(0))
+                continue
             if name not in _TBEL_CALLS:
                 raise _refused(source, start + found.start(), f"the method {name}()",
                                found.group(0))
@@ -304,7 +316,10 @@ _PROLOGUE = (
     "__stringify = JSON.stringify, __InternalError = InternalError; "
     "function __script(msg, metadata, msgType) {\n"
 )
-_PROLOGUE_TBEL = _PROLOGUE.replace("function __script", tbel_runtime() + " function __script")
+# TBEL: the runtime before the script, and Java's classes (``Integer.parseInt``) in its scope
+_PROLOGUE_TBEL = _PROLOGUE.replace("function __script", tbel_runtime() + " function __script").replace(
+    "msgType) {\n", "msgType) { var " + ", ".join(f"{name} = __tbelJava.{name}"
+                                                 for name in TBEL_JAVA_STATICS) + ";\n")
 _POSITION = re.compile(r"<input>:(\d+)(?::(\d+))?")
 _log = logger.bind(component="rules")
 

@@ -430,7 +430,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
 
 var __tbelH = (function () {
   "use strict";
-  var B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  var B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", own = Object.prototype.hasOwnProperty;
   function nfe(message) { var e = new Error(message); e.name = "NumberFormatException"; return e; }
   function iae(message) { var e = new Error(message); e.name = "IllegalArgumentException"; return e; }
   function aText(name, s) {
@@ -628,8 +628,15 @@ var __tbelH = (function () {
     return f;
   }
 // Float.parseFloat / Double.parseDouble of decimal text
+  function javaTrim(s) {
+    var a = 0, b = s.length;
+    while (a < b && s.charCodeAt(a) <= 32) { a++; }
+    while (b > a && s.charCodeAt(b - 1) <= 32) { b--; }
+    return s.slice(a, b);
+  }
   function javaFloatText(s) {
-    var t = s.trim();
+    var t = javaTrim(s);
+    if (t === "") { throw nfe("empty String"); }
     if (!/^[+-]?(NaN|Infinity|((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)[fFdD]?)$/.test(t)) { throw nfe("For input string: \"" + s + "\""); }
     return Number(t.replace(/[fFdD]$/, ""));
   }
@@ -698,7 +705,81 @@ var __tbelH = (function () {
     return b;
   }
   function replaceAll(s, a, b) { return s.split(a).join(b); }
+// java.lang.Integer / Long / Double / String / Boolean static methods a script may call:
+// Integer.parseInt(s[, radix]) and valueOf, toString(i[, radix]) (a radix outside 2..36 is 10),
+// toHexString (the unsigned 32 bits); Long.parseLong(s[, radix]) and valueOf (exact only up to
+// 2^53 here: beyond, an error); Double.parseDouble(s) and valueOf; String.valueOf(x) (Java's
+// text); Boolean.parseBoolean(s) ("true" in any case)
+  function radixOf(name, args) {
+    if (args.length < 2) { return 10; }
+    var r = args[1];
+    if (!isWhole(r)) { throw new TypeError(name + "(): the radix is not a whole number"); }
+    if (r < 2) { throw nfe("radix " + r + " less than Character.MIN_RADIX"); }
+    if (r > 36) { throw nfe("radix " + r + " greater than Character.MAX_RADIX"); }
+    return r;
+  }
+  function nonNull(s) {
+    if (s === null || s === undefined) { throw nfe("Cannot parse null string: null"); }
+    return aText("parse", s);
+  }
+  function javaLong(s, radix) {
+    var under = radix === 10 ? "" : " under radix " + radix, i = 0, neg = false, v = 0n, d, c;
+    if (s.length === 0) { throw nfe("For input string: \"\"" + under); }
+    if (s[0] === "-" || s[0] === "+") { neg = s[0] === "-"; i = 1; }
+    if (i === s.length) { throw nfe("For input string: \"" + s + "\"" + under); }
+    for (; i < s.length; i++) {
+      c = s[i].toLowerCase();
+      d = c >= "0" && c <= "9" ? c.charCodeAt(0) - 48 : c >= "a" && c <= "z" ? c.charCodeAt(0) - 87 : 99;
+      if (d >= radix) { throw nfe("For input string: \"" + s + "\"" + under); }
+      v = v * BigInt(radix) + BigInt(d);
+    }
+    if (neg) { v = -v; }
+    if (v > 9223372036854775807n || v < -9223372036854775808n) { throw nfe("For input string: \"" + s + "\"" + under); }
+    if (v > 9007199254740991n || v < -9007199254740991n) {
+      throw new RangeError("Long.parseLong(\"" + s + "\"): beyond 2^53, not exact as a number here");
+    }
+    return Number(v);
+  }
+  var java = {
+    Integer: {
+      parseInt: function (s) { return javaParseInt(nonNull(s), radixOf("Integer.parseInt", arguments), 32); },
+      valueOf: function (s) { return javaParseInt(nonNull(s), radixOf("Integer.valueOf", arguments), 32); },
+      toString: function (i) {
+        if (!isWhole(i)) { throw new TypeError("Integer.toString(): not a whole number"); }
+        var r = arguments.length >= 2 && isWhole(arguments[1]) && arguments[1] >= 2 && arguments[1] <= 36 ? arguments[1] : 10;
+        return (i | 0).toString(r);
+      },
+      toHexString: function (i) {
+        if (!isWhole(i)) { throw new TypeError("Integer.toHexString(): not a whole number"); }
+        return (i >>> 0).toString(16);
+      }
+    },
+    Long: {
+      parseLong: function (s) { return javaLong(nonNull(s), radixOf("Long.parseLong", arguments)); },
+      valueOf: function (s) { return javaLong(nonNull(s), radixOf("Long.valueOf", arguments)); }
+    },
+    Double: {
+      parseDouble: function (s) { return javaFloatText(aText("Double.parseDouble", s)); },
+      valueOf: function (s) { return javaFloatText(aText("Double.valueOf", s)); }
+    },
+    String: {valueOf: function (x) { return x === null || x === undefined ? "null" : x[__tbelS.toString](); }},
+    Boolean: {parseBoolean: function (s) { return typeof s === "string" && s.toLowerCase() === "true"; }}
+  };
+  java.Integer.MAX_VALUE = 2147483647;
+  java.Integer.MIN_VALUE = -2147483648;
+  java.Double.MAX_VALUE = Number.MAX_VALUE;
+  java.Double.MIN_VALUE = Number.MIN_VALUE;
+  java.Double.POSITIVE_INFINITY = Infinity;
+  java.Double.NEGATIVE_INFINITY = -Infinity;
+  java.Double.NaN = NaN;
+  Object.keys(java).forEach(function (name) {
+    java[name] = new Proxy(Object.freeze(java[name]), {get: function (target, key) {
+      if (typeof key === "symbol" || own.call(target, key)) { return target[key]; }
+      throw new ReferenceError(name + "." + key + " is not supported here (see docs/rules-scripts.md)");
+    }});
+  });
   return {
+    java: java,
 // TbUtils.btoa, atob, stringToBytes(Object[, String]), bytesToString(List[, String]),
 // decodeToString (bytesToString(List)), decodeToJson(List | String) (TbJson.parse)
     btoa: function (input) { return toBase64(utf8(aText("btoa", input))); },
@@ -875,3 +956,4 @@ function padStart(str, length, c) { return __tbelH.padStart(str, length, c); }
 function padEnd(str, length, c) { return __tbelH.padEnd(str, length, c); }
 function encodeURI(uri) { return __tbelH.encodeURI(uri); }
 function decodeURI(uri) { return __tbelH.decodeURI(uri); }
+var __tbelJava = __tbelH.java;

@@ -53,6 +53,15 @@ TBEL_GETTERS: dict[str, str] = {
 # Objects whose methods are JavaScript's and Java's alike: ``Math.max(a, b)``, ``JSON.parse(s)``
 # (java.lang.Math; ThingsBoard's TbJson as ``JSON``).
 TBEL_NAMESPACES: tuple[str, ...] = ("Math", "JSON")
+# Java classes whose static methods a script may call (``Integer.parseInt(s)``): in the script's
+# scope these names are the runtime's (``__tbelJava``), with these methods only.
+TBEL_JAVA_STATICS: dict[str, frozenset[str]] = {
+    "Integer": frozenset({"parseInt", "valueOf", "toString", "toHexString"}),
+    "Long": frozenset({"parseLong", "valueOf"}),
+    "Double": frozenset({"parseDouble", "valueOf"}),
+    "String": frozenset({"valueOf"}),
+    "Boolean": frozenset({"parseBoolean"}),
+}
 
 _SOURCE = Path(__file__).with_name("tbel_runtime.js")
 

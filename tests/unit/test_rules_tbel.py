@@ -454,6 +454,45 @@ def test_rounding_and_other_helpers() -> None:
         encoded, original]
 
 
+def test_java_class_methods_a_script_may_call() -> None:
+    """java.lang.Integer.parseInt / valueOf / toString / toHexString and MAX_VALUE,
+    Long.parseLong (exact up to 2^53 here), Double.parseDouble (Java's trim), String.valueOf
+    (Java's text), Boolean.parseBoolean; also inside a def function."""
+    assert run("def hex(s) { return Integer.parseInt(s, 16); }\n"
+               "return [Integer.parseInt('12'), hex('-FF'), Integer.valueOf('+7'), "
+               "Integer.toString(255, 16), Integer.toString(5, 99), Integer.toHexString(-1), "
+               "Integer.MAX_VALUE, Long.parseLong('9007199254740991'), Double.parseDouble(' 1.5 '), "
+               "String.valueOf(msg), String.valueOf(null), Boolean.parseBoolean('TRUE'), "
+               "Boolean.parseBoolean(null)];", {"a": [1, 2.5]}) == [
+        12, -255, 7, "ff", "5", "ffffffff", 2147483647, 9007199254740991, 1.5, "{a=[1, 2.5]}",
+        "null", True, False]
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("Integer.parseInt('12.5')", 'NumberFormatException: For input string: "12.5"'),
+    ("Integer.parseInt('2147483648')", 'NumberFormatException: For input string: "2147483648"'),
+    ("Integer.parseInt('z', 16)", 'NumberFormatException: For input string: "z" under radix 16'),
+    ("Integer.parseInt(null)", "NumberFormatException: Cannot parse null string: null"),
+    ("Integer.parseInt('1', 40)", "NumberFormatException: radix 40 greater than Character.MAX_RADIX"),
+    ("Double.parseDouble('')", "NumberFormatException: empty String"),
+    ("Long.parseLong('9007199254740993')", 'RangeError: Long.parseLong("9007199254740993"): beyond '
+     "2^53, not exact as a number here"),
+    ("Long.MAX_VALUE", "ReferenceError: Long.MAX_VALUE is not supported here (see "
+     "docs/rules-scripts.md)"),
+])
+def test_java_class_methods_fail_as_java_does(call: str, message: str) -> None:
+    assert error(f"return {call};") == message
+
+
+def test_another_java_class_method_is_refused_at_compile() -> None:
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine("return Integer.bitCount(3);", "TBEL")
+    assert str(caught.value) == (
+        "TBEL: the method Integer.bitCount() is not in the supported subset (line 1: "
+        "'.bitCount('); see docs/rules-scripts.md")
+    assert ScriptEngine("return typeof Integer;").call({}, {}, TELEMETRY) == "undefined"
+
+
 # -- in a chain -------------------------------------------------------------------------------------
 
 SCRIPT = """var out = {};
