@@ -168,8 +168,10 @@ _TBEL_FOREACH = re.compile(
 _TBEL_MEMBER = re.compile(r"\.\s*([A-Za-z_$][\w$]*)(\s*\()?")
 # what follows a property that is written (``x.size = 1``, ``x.values += ...``), not read
 _TBEL_WRITE = re.compile(r"\s*(?:[-+*/%&|^]|<<|>>>?|\*\*)?=(?!=)")
-_TBEL_NAMESPACE = re.compile(r"(?<![\w$.])(?:" + "|".join(TBEL_NAMESPACES) + r")\s*$")
-_TBEL_STATIC = re.compile(r"(?<![\w$.])(" + "|".join(TBEL_JAVA_STATICS) + r")\s*$")
+# a class whose methods a script may call, just before ``.name(``: JavaScript's own (Math, JSON,
+# Date) or the runtime's Java classes (Integer, ...)
+_TBEL_CLASSES: dict[str, frozenset[str] | None] = {**TBEL_NAMESPACES, **TBEL_JAVA_STATICS}
+_TBEL_CLASS = re.compile(r"(?<![\w$.])(" + "|".join(_TBEL_CLASSES) + r")\s*$")
 _TBEL_CALLS = frozenset(TBEL_METHODS)
 _TBEL_DEF = re.compile(r"\bdef\s+([A-Za-z_$][\w$]*)\s*\(")
 _TBEL_DEF_VAR = re.compile(r"\bdef\s+(?=[A-Za-z_$])")
@@ -250,8 +252,9 @@ def tbel_to_js(source: str) -> str:
     and list literals ``[a, b]``, field access ``msg.k`` / ``msg["k"]``, the Java methods of
     maps, lists, text and map entries in ``TBEL_METHODS`` (``x.name(`` becomes a call of the
     runtime's symbol-keyed method: ``tbel_runtime``), ``x.size`` and the other reads MVEL takes
-    as a call (``TBEL_GETTERS``), and ``Math.f(...)`` / ``JSON.f(...)``. Any other method call is
-    refused. Line numbers are kept.
+    as a call (``TBEL_GETTERS``), ``Math.f(...)``, ``JSON.parse`` / ``stringify``, ``Date.now()``
+    and the Java class methods of ``TBEL_JAVA_STATICS``. Any other method call is refused. Line
+    numbers are kept.
     """
     source = _foreach_to_js(source)
     parts = []
@@ -285,13 +288,12 @@ def _members_to_js(source: str, start: int, text: str) -> str:
         name, call = found.group(1), found.group(2)
         breaks = "\n" * found.group(0).count("\n")
         if call:
-            if _TBEL_NAMESPACE.search(text, 0, found.start()):
-                continue
-            java = _TBEL_STATIC.search(text, 0, found.start())
-            if java:
-                if name not in TBEL_JAVA_STATICS[java.group(1)]:
+            cls = _TBEL_CLASS.search(text, 0, found.start())
+            if cls:
+                allowed = _TBEL_CLASSES[cls.group(1)]
+                if allowed is not None and name not in allowed:
                     raise _refused(source, start + found.start(),
-                                   f"the method {java.group(1)}.{name}()", found.group(0))
+                                   f"the method {cls.group(1)}.{name}()", found.group(0))
                 continue
             if name not in _TBEL_CALLS:
                 raise _refused(source, start + found.start(), f"the method {name}()",

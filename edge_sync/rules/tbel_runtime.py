@@ -50,9 +50,13 @@ TBEL_GETTERS: dict[str, str] = {
     "size": "size", "empty": "isEmpty", "isEmpty": "isEmpty", "keys": "keys",
     "values": "values", "keySet": "keySet", "entrySet": "entrySet",
 }
-# Objects whose methods are JavaScript's and Java's alike: ``Math.max(a, b)``, ``JSON.parse(s)``
-# (java.lang.Math; ThingsBoard's TbJson as ``JSON``).
-TBEL_NAMESPACES: tuple[str, ...] = ("Math", "JSON")
+# Objects whose methods are JavaScript's and Java's alike, and which (None: any): ``Math.max(a,
+# b)`` (java.lang.Math), ``JSON.parse(s)`` (ThingsBoard's TbJson), ``Date.now()`` (TbDate.now).
+TBEL_NAMESPACES: dict[str, frozenset[str] | None] = {
+    "Math": None,
+    "JSON": frozenset({"stringify", "parse"}),
+    "Date": frozenset({"now"}),
+}
 # Java classes whose static methods a script may call (``Integer.parseInt(s)``): in the script's
 # scope these names are the runtime's (``__tbelJava``), with these methods only.
 TBEL_JAVA_STATICS: dict[str, frozenset[str]] = {

@@ -337,10 +337,18 @@ def test_a_method_outside_the_subset_is_refused_at_compile(script: str, message:
     assert str(caught.value) == message
 
 
-def test_math_and_json_keep_their_own_methods_and_literals_are_left_alone() -> None:
-    assert run("return [Math.max(1, 2), Math.abs(-3), JSON.parse('[1]'), "
-               "JSON.stringify({a: 'x.size()'}), 'msg.sort() .put('];") == [
-        2, 3, [1], '{"a":"x.size()"}', "msg.sort() .put("]
+def test_math_json_and_date_now_keep_their_own_methods_and_literals_are_left_alone() -> None:
+    """java.lang.Math's methods are JavaScript's; JSON is ThingsBoard's TbJson (stringify,
+    parse); Date.now() is TbDate.now (epoch milliseconds), the one Date method mapped."""
+    assert run("metadata.arrivalTs = Date.now();\n"
+               "return [Math.max(1, 2), Math.abs(-3), JSON.parse('[1]'), "
+               "JSON.stringify({a: 'x.size()'}), 'msg.sort() .put(', "
+               "metadata.arrivalTs > 1700000000000];") == [
+        2, 3, [1], '{"a":"x.size()"}', "msg.sort() .put(", True]
+    for script, method in (("return Date.UTC(2020);", "Date.UTC"), ("return JSON.foo(1);", "JSON.foo")):
+        with pytest.raises(ScriptSyntaxError) as caught:
+            ScriptEngine(script, "TBEL")
+        assert str(caught.value).startswith(f"TBEL: the method {method}() is not in the supported")
     assert tbel_to_js("var a = 'x.put(1)'; /* .sort( */ return a.size;") == (
         "var a = 'x.put(1)'; /* .sort( */ return a[__tbelG.size];")
 
