@@ -699,6 +699,36 @@ var __tbelH = (function () {
   var URI_REPLACE = [["+", "%20"], ["%21", "!"], ["%27", "'"], ["%28", "("], ["%29", ")"], ["%7E", "~"],
     ["%3B", ";"], ["%2C", ","], ["%2F", "/"], ["%3F", "?"], ["%3A", ":"], ["%40", "@"], ["%26", "&"],
     ["%3D", "="], ["%2B", "+"], ["%24", "$"], ["%23", "#"]];
+  function listBytes(name, data) {
+    if (!Array.isArray(data)) { throw new TypeError(name + "(): the argument is not a list"); }
+    return data.map(numberByte);
+  }
+  function hexFloat(value, bigEndian) {
+    var valueP = prepareNumberString(value, bigEndian);
+    if (valueP === null) { return null; }
+    validRadix(valueP, 16, value);
+    var dv = new DataView(new ArrayBuffer(4));
+    dv.setUint32(0, Number(BigInt.asUintN(32, hexBig(valueP))));
+    return float32(dv.getFloat32(0));
+  }
+  function numberHex(number, bigEndian, pref, len, hexLenMax) {
+    var hex = BigInt.asUintN(64, number).toString(16).toUpperCase(), out;
+    out = hex.replace(/^0+(?!$)/, "");
+    if (out.length % 2 > 0) { out = "0" + out; }
+    if (number < 0n) {
+      out = out.replace(/^F+(?!$)/, "");
+      if (out.length % 2 > 0) { out = "F" + out; }
+      if (out.length > hexLenMax) { out = out.slice(out.length - hexLenMax); }
+      else if (out.length < hexLenMax) { out = "FF" + out; }
+    }
+    if (!bigEndian) { out = reverseHex(out); }
+    len = len === -1 ? out.length : len;
+    if (!isWhole(len) || len < 0 || len > out.length) {
+      throw new RangeError("begin " + (out.length - len) + ", end " + out.length + ", length " + out.length);
+    }
+    out = out.slice(out.length - len);
+    return pref ? "0x" + out : out;
+  }
   function hexBig(v) { return v[0] === "-" ? -BigInt("0x" + v.slice(1)) : BigInt("0x" + v); }
   function flag(name, b) {
     if (typeof b !== "boolean") { throw new TypeError(name + "(): bigEndian is not true or false"); }
@@ -873,6 +903,62 @@ var __tbelH = (function () {
     },
 // NumberUtils.toFixed(double, int), toInt(double) (HALF_UP, then intValue), isNaN(double);
 // TbUtils.isMap, isList, raiseError (RuntimeException), padStart, padEnd
+// TbUtils.parseBytesToLong(List[, offset[, length[, bigEndian]]]) (up to 8 bytes, signed 64
+// bits; exact only up to 2^53 here: beyond, an error), parseBytesToFloat (up to 4 bytes as
+// ByteBuffer.getFloat, without parseBytesToInt's length checks: ByteBuffer's exceptions; NaN
+// throws), parseHexToFloat(String[, boolean]) and its endian forms (Float.intBitsToFloat)
+    parseBytesToLong: function (data, offset, length, bigEndian) {
+      var bytes = listBytes("parseBytesToLong", data), n = bytes.length, v = 0n, i;
+      offset = arguments.length >= 2 ? offset : 0;
+      length = arguments.length >= 3 ? length : (n < offset ? n : Math.min(n - offset, 8));
+      bigEndian = arguments.length >= 4 ? flag("parseBytesToLong", bigEndian) : true;
+      if (offset > n) { throw iae("Offset: " + offset + " is out of bounds for array with length: " + n + "!"); }
+      if (offset + length > n) { throw iae("Offset: " + offset + " and Length: " + length + " is out of bounds for array with length: " + n + "!"); }
+      if (length > 8) { throw iae("Length: " + length + " is too large. Maximum 8 bytes is allowed!"); }
+      for (i = 0; i < length; i++) {
+        v = bigEndian ? (v << 8n | BigInt(bytes[offset + i])) : (v | BigInt(bytes[offset + i]) << BigInt(8 * i));
+      }
+      v = BigInt.asIntN(64, v);
+      if (v > 9007199254740991n || v < -9007199254740991n) {
+        throw new RangeError("parseBytesToLong(): " + v + " is beyond 2^53, not exact as a number here");
+      }
+      return Number(v);
+    },
+    parseBytesToFloat: function (data, offset, length, bigEndian) {
+      var bytes = listBytes("parseBytesToFloat", data), n = bytes.length, i;
+      offset = arguments.length >= 2 ? offset : 0;
+      length = arguments.length >= 3 ? length : (n < offset ? n : Math.min(n - offset, 4));
+      bigEndian = arguments.length >= 4 ? flag("parseBytesToFloat", bigEndian) : true;
+      if (length > 4) { throw new RangeError("BufferOverflowException"); }
+      if (offset < 0 || length < 0 || offset + length > n) { throw new RangeError("IndexOutOfBoundsException"); }
+      var dv = new DataView(new ArrayBuffer(4)), at = bigEndian ? 4 - length : 0;
+      for (i = 0; i < length; i++) { dv.setUint8(at + i, bytes[offset + i]); }
+      var f = dv.getFloat32(0, !bigEndian);
+      if (f !== f) { throw nfe("byte[] 0x" + hexOf(bytes) + " is a Not-a-Number (NaN) value"); }
+      return float32(f);
+    },
+    parseHexToFloat: function (hex, bigEndian) {
+      var v = hexFloat(aText("parseHexToFloat", hex), arguments.length >= 2 ? flag("parseHexToFloat", bigEndian) : true);
+      if (v === null && arguments.length < 2) { throw new TypeError("parseHexToFloat(): the value is blank (null)"); }
+      return v;
+    },
+    parseLittleEndianHexToFloat: function (hex) {
+      var v = hexFloat(aText("parseLittleEndianHexToFloat", hex), false);
+      if (v === null) { throw new TypeError("parseLittleEndianHexToFloat(): the value is blank (null)"); }
+      return v;
+    },
+    parseBigEndianHexToFloat: function (hex) {
+      var v = hexFloat(aText("parseBigEndianHexToFloat", hex), true);
+      if (v === null) { throw new TypeError("parseBigEndianHexToFloat(): the value is blank (null)"); }
+      return v;
+    },
+// TbUtils.intToHex(Integer[, bigEndian[, pref[, len]]]) (prepareNumberHexString,
+// removeLeadingZero_FF: at most 8 digits)
+    intToHex: function (i, bigEndian, pref, len) {
+      if (!isWhole(i) || i < -2147483648 || i > 2147483647) { throw new TypeError("intToHex(): not an int"); }
+      return numberHex(BigInt(i), arguments.length >= 2 ? flag("intToHex", bigEndian) : true,
+        arguments.length >= 3 ? flag("intToHex", pref) : false, arguments.length >= 4 ? len : -1, 8);
+    },
     toFixed: function (value, precision) {
       if (!isWhole(precision)) { throw new TypeError("toFixed(): the precision is not a whole number"); }
       return halfUp(value, precision);
@@ -946,6 +1032,12 @@ function parseHexToInt() { return __tbelH.parseHexToInt.apply(null, arguments); 
 function parseLittleEndianHexToInt(hex) { return __tbelH.parseLittleEndianHexToInt(hex); }
 function parseBigEndianHexToInt(hex) { return __tbelH.parseBigEndianHexToInt(hex); }
 function parseBytesToInt() { return __tbelH.parseBytesToInt.apply(null, arguments); }
+function parseBytesToLong() { return __tbelH.parseBytesToLong.apply(null, arguments); }
+function parseBytesToFloat() { return __tbelH.parseBytesToFloat.apply(null, arguments); }
+function parseHexToFloat() { return __tbelH.parseHexToFloat.apply(null, arguments); }
+function parseLittleEndianHexToFloat(hex) { return __tbelH.parseLittleEndianHexToFloat(hex); }
+function parseBigEndianHexToFloat(hex) { return __tbelH.parseBigEndianHexToFloat(hex); }
+function intToHex() { return __tbelH.intToHex.apply(null, arguments); }
 function toFixed(value, precision) { return __tbelH.toFixed(value, precision); }
 function toInt(value) { return __tbelH.toInt(value); }
 function isNaN(value) { return __tbelH.isNaN(value); }

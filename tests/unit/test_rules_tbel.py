@@ -416,6 +416,37 @@ def test_number_parsing_helpers() -> None:
         256]
 
 
+def test_byte_float_and_hex_helpers_as_tbutils_test() -> None:
+    """TbUtilsTest.parseBytesToFloat / parseFloat / intToHex_Test / parseBytesToLong: floats as
+    Java prints them (1.4E-44, 1.1803216E8, 8.0821E-41), intToHex's digits, endianness and
+    length; a long beyond 2^53 is an error here (not exact as a double)."""
+    assert run("""var b = [0x4C, 0xE1, 0x20, 0xE4];
+return [
+  parseBytesToFloat([0x0A]), parseBytesToFloat([65, -22, 98, -52], 0),
+  parseBytesToFloat(b, 0, 4, true), parseBytesToFloat(b, 0, 2, false),
+  parseBytesToFloat(b, 0, 2), parseBytesToFloat(b, 0, 3, false),
+  parseHexToFloat("41EA62CC"), parseLittleEndianHexToFloat("CC62EA41"),
+  parseBigEndianHexToFloat("0x3F800000"),
+  intToHex(-2578), intToHex(-2555994, true, true), intToHex(-2555994, false, true),
+  intToHex(2147483647, true, true), intToHex(-2147483648, true, true),
+  intToHex(0xABCDEF, false, true, 4), intToHex(0xAB, false, false, 2), intToHex(0xABCD, true, true, 2),
+  intToHex(0), parseBytesToLong([0, 0, 1, 0]), parseBytesToLong([1, 2], 0, 2, false),
+  parseBytesToLong([-1, -1, -1, -1, -1, -1, -1, -1])
+];""") == [
+        1.4e-44, 29.29824, 118032160, 8.0821e-41,
+        2.7579e-41, 3.019557e-39,
+        29.29824, 29.29824, 1,
+        "FFF5EE", "0xFFD8FFA6", "0xA6FFD8FF",
+        "0x7FFFFFFF", "0x80000000",
+        "0xCDAB", "AB", "0xCD",
+        "00", 256, 513,
+        -1]
+    assert error("return parseBytesToFloat([-1, -1, -1, -1], 0, 4, true);") == (
+        "NumberFormatException: byte[] 0xFFFFFFFF is a Not-a-Number (NaN) value")
+    assert error("return parseBytesToLong([64, -101, 4, -79, 12, -78, -107, -22], 0, 8);") == (
+        "RangeError: parseBytesToLong(): 4655319798286292458 is beyond 2^53, not exact as a number here")
+
+
 @pytest.mark.parametrize(("call", "message"), [
     ('parseInt("2147483648", 10)', 'NumberFormatException: For input string: "2147483648"'),
     ('parseInt("99", 8)', 'NumberFormatException: Failed radix [8] for value: "99", must be [-1] !'),
@@ -438,6 +469,7 @@ def test_number_parsing_helpers() -> None:
      "(UTF-8, ISO-8859-1, US-ASCII)"),
     ("raiseError('boom')", "Error: boom"),
     ("parseLong('1')", "ReferenceError: parseLong is not defined"),
+    ("intToHex(4292411302)", "TypeError: intToHex(): not an int"),
 ])
 def test_helpers_fail_as_tbutils_does(call: str, message: str) -> None:
     assert error(f"return {call};") == message
