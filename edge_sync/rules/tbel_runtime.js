@@ -13,6 +13,8 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
   __TbelEntry = Entry;
 // java.util's equals: maps and lists by content (AbstractMap.equals, AbstractList.equals)
   function same(a, b) {
+    if (a === undefined) { a = null; }
+    if (b === undefined) { b = null; }
     if (a === b) { return true; }
     if (a === null || b === null || typeof a !== "object" || typeof b !== "object") { return false; }
     var list = Array.isArray(a), i;

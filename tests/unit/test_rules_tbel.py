@@ -198,7 +198,8 @@ r.put("get", list.get(2));
 r.put("indexOf", list.indexOf(4));
 r.put("indexOfFrom", list.indexOf("u2", 2));
 r.put("lastIndexOf", list.lastIndexOf(67));
-r.put("contains", [list.contains(67), list.contains("zz"), [{a: [1]}].contains({a: [1]})]);
+r.put("contains", [list.contains(67), list.contains("zz"), [{a: [1]}].contains({a: [1]}),
+  [1, null].contains(msg.nope), [1, null].indexOf(null)]);
 r.put("sizes", [list.size(), list.length(), list.isEmpty(), [].isEmpty()]);
 return r;"""
     assert run(script, {"list": ["A", "B", "C"]}) == {
@@ -206,7 +207,7 @@ return r;"""
         "removeValue": True, "shift": "u1", "pop": "p",
         "list": ["u2", "first", "65", "B", "x", "thigsboard", 4, 67, "a"],
         "get": "65", "indexOf": 6, "indexOfFrom": -1, "lastIndexOf": 7,
-        "contains": [True, False, True], "sizes": [9, 9, False, True]}
+        "contains": [True, False, True, True, 1], "sizes": [9, 9, False, True]}
 
 
 def test_list_indexes_out_of_range_throw_as_java_does() -> None:
