@@ -32,6 +32,7 @@ from loguru import logger
 from edge_sync.rules.patterns import java_double
 from edge_sync.rules.tbel_runtime import (
     TBEL_GETTERS,
+    TBEL_HELPERS,
     TBEL_JAVA_STATICS,
     TBEL_METHODS,
     TBEL_NAMESPACES,
@@ -160,6 +161,9 @@ _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
                 r"\s+[A-Za-z_$][\w$]*\s*[=;]"), "typed declarations (use var)"),
     (re.compile(r"\.\?"), "null-safe navigation (.?)"),
     (re.compile(r"\bwith\s*\("), "with blocks"),
+    (re.compile(r"`"), "template literals (`...`)"),
+    # ``l["sort"]()``: a call of a computed member would run JavaScript's method of that name
+    (re.compile(r"\]\s*\("), "a call of a computed member (x[\"name\"](...))"),
 )
 # ``foreach (item : collection)`` and MVEL's ``for (item : collection)``, the item's optional type
 _TBEL_FOREACH = re.compile(
@@ -173,8 +177,20 @@ _TBEL_WRITE = re.compile(r"\s*(?:[-+*/%&|^]|<<|>>>?|\*\*)?=(?!=)")
 _TBEL_CLASSES: dict[str, frozenset[str] | None] = {**TBEL_NAMESPACES, **TBEL_JAVA_STATICS}
 _TBEL_CLASS = re.compile(r"(?<![\w$.])(" + "|".join(_TBEL_CLASSES) + r")\s*$")
 _TBEL_CALLS = frozenset(TBEL_METHODS)
+# JavaScript's global functions (and Object.prototype's, which the global object inherits) that
+# TBEL has no function of that name for: a call is refused (MVEL finds no method ``toString(5)``),
+# unless the script defines it (``def toString(x)``)
+_TBEL_JS_GLOBAL_CALL = re.compile(
+    r"(?<![\w$.])(eval|isFinite|escape|unescape|encodeURIComponent|decodeURIComponent|toString|"
+    r"valueOf|hasOwnProperty|isPrototypeOf|propertyIsEnumerable|toLocaleString|Function|Object|"
+    r"Array|Number|Symbol|Error|Proxy|Promise|BigInt|RegExp|Date|Reflect|queueMicrotask)\s*\(")
 _TBEL_DEF = re.compile(r"\bdef\s+([A-Za-z_$][\w$]*)\s*\(")
 _TBEL_DEF_VAR = re.compile(r"\bdef\s+(?=[A-Za-z_$])")
+# ``name = ...`` (not ``==``, ``=>``, nor a member ``x.name = ...``): a variable the script assigns
+_TBEL_ASSIGNED = re.compile(r"(?<![\w$.])([A-Za-z_$][\w$]*)\s*=(?![=>])")
+_TBEL_NAME = re.compile(r"[A-Za-z_$][\w$]*")
+_JS_FUNCTION = re.compile(r"\bfunction\s+([A-Za-z_$][\w$]*)")
+_TBEL_LEXICAL = re.compile(r"\b(?:let|const|class)\s+([A-Za-z_$][\w$]*)")
 
 
 def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
@@ -207,6 +223,18 @@ def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
     return out
 
 
+def _blank_comments(source: str) -> str:
+    """``source`` with each comment's characters made spaces (its line breaks kept): no rewrite
+    or refusal is misled by a comment between ``.`` and a name (``l./* c */sort()``), and line
+    and column numbers stay those of the script."""
+    parts = []
+    for is_code, text in _split_code_and_literals(source):
+        if not is_code and text[:2] in ("//", "/*"):
+            text = re.sub(r"[^\n]", " ", text)
+        parts.append(text)
+    return "".join(parts)
+
+
 def _code_mask(source: str) -> list[bool]:
     """Per character of ``source``: whether it is code (not in a string literal or comment)."""
     mask: list[bool] = []
@@ -216,8 +244,9 @@ def _code_mask(source: str) -> list[bool]:
 
 
 def _foreach_to_js(source: str) -> str:
-    """``foreach (x : c) {`` (and ``for (x : c)``) as ``for (let x of __tbelIter(c)) {``: the
-    iteration of MVEL's ForEachNode (``__tbelIter``); line breaks kept."""
+    """``foreach (x : c) {`` (and ``for (x : c)``) as ``for (var x of __tbelIter(c)) {``: the
+    iteration of MVEL's ForEachNode (``__tbelIter``); line breaks kept. ``var``, not ``let``: the
+    body may declare the item's name again (``var x = ...``), as MVEL allows."""
     mask = _code_mask(source)
     out: list[str] = []
     done = 0
@@ -236,7 +265,7 @@ def _foreach_to_js(source: str) -> str:
                                     "see docs/rules-scripts.md")
         header = source[found.start():found.end()]
         out.append(source[done:found.start()])
-        out.append(f"for (let {found.group(1)} of __tbelIter(" + "\n" * header.count("\n"))
+        out.append(f"for (var {found.group(1)} of __tbelIter(" + "\n" * header.count("\n"))
         out.append(source[found.end():i - 1] + "))")
         done = i
     out.append(source[done:])
@@ -253,10 +282,12 @@ def tbel_to_js(source: str) -> str:
     maps, lists, text and map entries in ``TBEL_METHODS`` (``x.name(`` becomes a call of the
     runtime's symbol-keyed method: ``tbel_runtime``), ``x.size`` and the other reads MVEL takes
     as a call (``TBEL_GETTERS``), ``Math.f(...)``, ``JSON.parse`` / ``stringify``, ``Date.now()``
-    and the Java class methods of ``TBEL_JAVA_STATICS``. Any other method call is refused. Line
-    numbers are kept.
+    and the Java class methods of ``TBEL_JAVA_STATICS``. Any other method call is refused, and so
+    is a call of a computed member (``x["name"]()``). Comments are made spaces first; line and
+    column numbers are kept.
     """
-    source = _foreach_to_js(source)
+    source = _foreach_to_js(_blank_comments(source))
+    defined = set(_TBEL_DEF.findall(source)) | set(_JS_FUNCTION.findall(source))
     parts = []
     offset = 0
     for is_code, text in _split_code_and_literals(source):
@@ -266,11 +297,35 @@ def tbel_to_js(source: str) -> str:
                 found = pattern.search(text)
                 if found:
                     raise _refused(source, start + found.start(), what, found.group(0))
+            for found in _TBEL_JS_GLOBAL_CALL.finditer(text):
+                if found.group(1) not in defined:
+                    raise _refused(source, start + found.start(),
+                                   f"the function {found.group(1)}()", found.group(0))
             text = _TBEL_DEF.sub(r"function \1(", text)
             text = _TBEL_DEF_VAR.sub("var ", text)
             text = _members_to_js(source, start, text)
         parts.append(text)
     return "".join(parts)
+
+
+def tbel_scope(source: str) -> list[str]:
+    """The declarations of a TBEL script's function, made afresh on each call: the Java classes
+    (``Integer = __tbelJava.Integer``) and TbUtils helpers (``toInt = __tbelH.toInt``) the
+    script names, then the names it assigns (``total = 5``), in order of first use, but those
+    it declares with ``let``/``const``; a helper's name the script defines (``def toInt(x)``) is
+    its own function. So, as in MVEL, where each run has fresh variables,
+    nothing a script sets without ``var`` on one message, even a helper's name (``toInt =
+    null``), is still there on the next. Only the names the script uses: a call binds no more
+    than it needs."""
+    code = "".join(text if is_code else " " * len(text)
+                   for is_code, text in _split_code_and_literals(_blank_comments(source)))
+    used = set(_TBEL_NAME.findall(code)) - set(_TBEL_DEF.findall(code)) - set(
+        _JS_FUNCTION.findall(code))
+    lexical = set(_TBEL_LEXICAL.findall(code))
+    out = [f"{name} = __tbelJava.{name}" for name in TBEL_JAVA_STATICS if name in used]
+    out += [f"{name} = __tbelH.{name}" for name in TBEL_HELPERS if name in used]
+    out += dict.fromkeys(name for name in _TBEL_ASSIGNED.findall(code) if name not in lexical)
+    return out
 
 
 def _refused(source: str, at: int, what: str, found: str) -> ScriptSyntaxError:
@@ -318,10 +373,18 @@ _PROLOGUE = (
     "__stringify = JSON.stringify, __InternalError = InternalError; "
     "function __script(msg, metadata, msgType) {\n"
 )
-# TBEL: the runtime before the script, and Java's classes (``Integer.parseInt``) in its scope
-_PROLOGUE_TBEL = _PROLOGUE.replace("function __script", tbel_runtime() + " function __script").replace(
-    "msgType) {\n", "msgType) { var " + ", ".join(f"{name} = __tbelJava.{name}"
-                                                 for name in TBEL_JAVA_STATICS) + ";\n")
+# TBEL: the runtime before the script
+_PROLOGUE_TBEL = _PROLOGUE.replace("function __script", tbel_runtime() + " function __script")
+
+
+def _tbel_prologue(scope: Sequence[str]) -> str:
+    """The TBEL prologue with ``scope`` (``tbel_scope``) declared first in the script's
+    function, on its first line (a ``var`` of a parameter keeps its value)."""
+    if not scope:
+        return _PROLOGUE_TBEL
+    return _PROLOGUE_TBEL[:-1] + " var " + ", ".join(scope) + ";\n"
+
+
 _POSITION = re.compile(r"<input>:(\d+)(?::(\d+))?")
 _log = logger.bind(component="rules")
 
@@ -446,7 +509,8 @@ class ScriptEngine:
         self._block: tuple[float, float, int, str] | None = None
         body = tbel_to_js(script) if lang == "TBEL" else script
         self._body_lines = body.count("\n") + 1
-        self._source = (_PROLOGUE_TBEL if lang == "TBEL" else _PROLOGUE) + body + _EPILOGUE
+        prologue = _tbel_prologue(tbel_scope(script)) if lang == "TBEL" else _PROLOGUE
+        self._source = prologue + body + _EPILOGUE
         self._lock = threading.Lock()
         self._context: Any = None
         self._run: Any = None

@@ -10,6 +10,9 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
   var own = Object.prototype.hasOwnProperty, M = {};
 // ExecutionEntry: public key and value, getKey/getValue/setValue (a copy: setValue leaves the map as it is)
   function Entry(key, value) { this.key = key; this.value = value; }
+// Jackson writes a Map.Entry as an object of its one key: {"a": 1}
+  Object.defineProperty(Entry.prototype, "toJSON", {value: function () {
+    var o = {}; o[this.key] = this.value; return o; }});
   __TbelEntry = Entry;
 // java.util's equals: maps and lists by content (AbstractMap.equals, AbstractList.equals)
   function same(a, b) {
@@ -104,14 +107,24 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
 // map keys are text, as JSON's are
   function key(k) { return String(k); }
   var KINDS = {list: "a list", map: "a map", text: "text", entry: "a map entry", number: "a number", boolean: "a boolean"};
+// a method's overloads: from f.min (else f.length) to f.max (else f.length) arguments; a call
+// with another count is one MVEL finds no method for (an error, never an argument dropped)
+  function opt(min, max, f) { f.min = min; f.max = max; return f; }
   function define(name, impl) {
     var s = Symbol(name), allowed = Object.keys(impl).map(function (k) { return KINDS[k]; }).join(" or ");
     __tbelS[name] = s;
     M[name] = impl;
+    Object.keys(impl).forEach(function (k) {
+      var f = impl[k];
+      if (f.min === undefined) { f.min = f.max = f.length; }
+    });
     Object.defineProperty(Object.prototype, s, {configurable: true, writable: true, enumerable: false,
       value: function () {
-        var k = kind(this), f = impl[k];
+        var k = kind(this), f = impl[k], n = arguments.length;
         if (f === undefined) { throw new TypeError(name + "(): " + (KINDS[k] || k) + " is not " + allowed); }
+        if (n < f.min || n > f.max) {
+          throw new TypeError("unable to resolve method: " + name + "() with " + n + " argument" + (n === 1 ? "" : "s") + " on " + (KINDS[k] || k));
+        }
         return f.apply(this, arguments);
       }});
   }
@@ -132,7 +145,9 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
   define("get", {list: function (i) { return this[checkIndex("get", i, this.length)]; },
     map: function (k) { k = key(k); return own.call(this, k) ? this[k] : null; }});
 // ExecutionArrayList.remove(int) (a whole number: an index) / remove(Object) (the first equal
-// element; true or false); ExecutionHashMap.remove: the value, null when absent
+// element; true or false); ExecutionHashMap.remove(key): the value, null when absent;
+// remove(key, value) (HashMap.remove(Object, Object)): removed only when the value equals, true
+// or false
   define("remove", {list: function (x) {
       if (typeof x === "number" && x % 1 === 0) {
         if (x < 0 || x >= this.length) {
@@ -145,19 +160,26 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
       }
       return false;
     },
-    map: function (k) {
+    map: opt(1, 2, function (k, v) {
       k = key(k);
+      if (arguments.length >= 2) {
+        if (!own.call(this, k) || !same(this[k], v)) { return false; }
+        delete this[k];
+        return true;
+      }
       if (!own.call(this, k)) { return null; }
       var value = this[k];
       delete this[k];
       return value;
-    }});
-// ArrayList.clear, Map.clear; equals: List/Map/String/ExecutionEntry.equals
+    })});
+// ArrayList.clear, Map.clear; equals: List/Map/String/ExecutionEntry/Integer/Double/Boolean.equals
   define("clear", {list: function () { this.length = 0; return null; },
     map: function () { var ks = Object.keys(this); for (var i = 0; i < ks.length; i++) { delete this[ks[i]]; } return null; }});
   define("equals", {list: function (o) { return same(this, o); }, map: function (o) { return same(this, o); },
     entry: function (o) { return o instanceof Entry && same(this.key, o.key) && same(this.value, o.value); },
-    text: function (o) { return typeof o === "string" && o === String(this); }});
+    text: function (o) { return typeof o === "string" && o === String(this); },
+    number: function (o) { return typeof o === "number" && (this === o || (o !== o && this !== this)); },
+    boolean: function (o) { return o === this; }});
 // ExecutionArrayList.set: the element it replaced; add(E): true; add(int, E): inserted;
 // addAll(Collection) / addAll(int, Collection): whether the list changed
   define("set", {list: function (i, v) {
@@ -166,56 +188,63 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
     this[i] = v;
     return old;
   }});
-  define("add", {list: function (a, b) {
+  define("add", {list: opt(1, 2, function (a, b) {
     if (arguments.length < 2) { this.push(a); return true; }
     this.splice(checkAddIndex("add", a, this.length), 0, b);
     return null;
-  }});
-  define("addAll", {list: function (a, b) {
-    var at = this.length, c = a;
+  })});
+  define("addAll", {list: opt(1, 2, function (a, b) {
+    var at = this.length, c = a, i;
     if (arguments.length >= 2) { at = checkAddIndex("addAll", a, this.length); c = b; }
     aList("addAll", c);
-    Array.prototype.splice.apply(this, [at, 0].concat(c));
+    c = c.slice();
+// element by element: a spread of the list into splice's arguments fails past 65535 elements
+    var tail = this.splice(at, this.length - at);
+    for (i = 0; i < c.length; i++) { this.push(c[i]); }
+    for (i = 0; i < tail.length; i++) { this.push(tail[i]); }
     return c.length > 0;
-  }});
+  })});
 // ArrayList.contains, indexOf, lastIndexOf (equals); ExecutionArrayList.indexOf(Object, int)
-// (the index from slice(fromIndex)); String.contains, indexOf, lastIndexOf
+// (the index in slice(fromIndex) plus fromIndex as given: [1, 2, 3].indexOf(3, -1) is 0 + -1);
+// String.contains, indexOf, lastIndexOf
   define("contains", {list: function (x) { return M.indexOf.list.call(this, x) >= 0; },
     text: function (s) { return String(this).indexOf(aText("contains", s)) >= 0; }});
-  define("indexOf", {list: function (x, from) {
-      var start = 0, n = this.length;
-      if (arguments.length >= 2) {
-        whole("indexOf", from);
-        start = from < -n ? 0 : from < 0 ? from + n : from;
-        if (start > n) { throw new RangeError("fromIndex(" + start + ") > toIndex(" + n + ")"); }
+  define("indexOf", {list: opt(1, 2, function (x, from) {
+      var start = 0, n = this.length, i;
+      if (arguments.length < 2) {
+        for (i = 0; i < n; i++) { if (same(this[i], x)) { return i; } }
+        return -1;
       }
-      for (var i = start; i < n; i++) { if (same(this[i], x)) { return i; } }
+      whole("indexOf", from);
+      start = from < -n ? 0 : from < 0 ? from + n : from;
+      if (start > n) { throw new RangeError("fromIndex(" + start + ") > toIndex(" + n + ")"); }
+      for (i = start; i < n; i++) { if (same(this[i], x)) { return i - start + from; } }
       return -1;
-    },
-    text: function (s, from) {
+    }),
+    text: opt(1, 2, function (s, from) {
       aText("indexOf", s);
       return arguments.length >= 2 ? String(this).indexOf(s, whole("indexOf", from)) : String(this).indexOf(s);
-    }});
+    })});
   define("lastIndexOf", {list: function (x) {
       for (var i = this.length - 1; i >= 0; i--) { if (same(this[i], x)) { return i; } }
       return -1;
     },
-    text: function (s, from) {
+    text: opt(1, 2, function (s, from) {
       aText("lastIndexOf", s);
       if (arguments.length < 2) { return String(this).lastIndexOf(s); }
       return whole("lastIndexOf", from) < 0 ? -1 : String(this).lastIndexOf(s, from);
-    }});
+    })});
 // ExecutionArrayList.push (add: true), pop (null when empty), shift (remove(0): an empty
 // list throws), unshift (each argument inserted at the front, in order), join (each element's
 // toString joined, then ", " made "," and "[" "]" taken out; a null element throws)
   define("push", {list: function (v) { this.push(v); return true; }});
   define("pop", {list: function () { return this.length === 0 ? null : this.pop(); }});
   define("shift", {list: function () { checkIndex("shift", 0, this.length); return this.shift(); }});
-  define("unshift", {list: function () {
+  define("unshift", {list: opt(0, Infinity, function () {
     for (var i = 0; i < arguments.length; i++) { this.splice(i, 0, arguments[i]); }
     return null;
-  }});
-  define("join", {list: function (sep) {
+  })});
+  define("join", {list: opt(0, 1, function (sep) {
     if (arguments.length === 0) { sep = ","; }
     var parts = [];
     for (var i = 0; i < this.length; i++) {
@@ -223,7 +252,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
       parts.push(text(this[i]));
     }
     return parts.join(text(sep)).split(", ").join(",").split("[").join("").split("]").join("");
-  }});
+  })});
 // Map.containsKey, containsValue, getOrDefault
   define("containsKey", {map: function (k) { return own.call(this, key(k)); }});
   define("containsValue", {map: function (v) {
@@ -256,7 +285,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
 // HashMap.replace(k, v): the previous value, null (nothing set) when absent; replace(k, old,
 // new): true when the value equals old; String.replace(CharSequence, CharSequence): every
 // occurrence, literally
-  define("replace", {map: function (k, a, b) {
+  define("replace", {map: opt(2, 3, function (k, a, b) {
       k = key(k);
       if (arguments.length >= 3) {
         if (!own.call(this, k) || !same(this[k], a)) { return false; }
@@ -267,7 +296,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
       var old = this[k];
       this[k] = a;
       return old;
-    },
+    }),
     text: function (a, b) {
       aText("replace", a);
       aText("replace", b);
@@ -299,13 +328,13 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
   }});
 // String.startsWith(prefix[, offset]), endsWith; substring (begin/end checked:
 // StringIndexOutOfBoundsException), toUpperCase, toLowerCase, trim (characters <= U+0020)
-  define("startsWith", {text: function (p, from) {
+  define("startsWith", {text: opt(1, 2, function (p, from) {
     aText("startsWith", p);
     var s = String(this), at = arguments.length >= 2 ? whole("startsWith", from) : 0;
     return at >= 0 && at <= s.length - p.length && s.substr(at, p.length) === p;
-  }});
+  })});
   define("endsWith", {text: function (p) { return String(this).endsWith(aText("endsWith", p)); }});
-  define("substring", {text: function (begin, end) {
+  define("substring", {text: opt(1, 2, function (begin, end) {
     var s = String(this);
     if (arguments.length < 2) { end = s.length; }
     whole("substring", begin);
@@ -314,7 +343,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
       throw new RangeError("begin " + begin + ", end " + end + ", length " + s.length);
     }
     return s.substring(begin, end);
-  }});
+  })});
   define("toUpperCase", {text: function () { return String(this).toUpperCase(); }});
   define("toLowerCase", {text: function () { return String(this).toLowerCase(); }});
   define("trim", {text: function () {
@@ -323,34 +352,40 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
     while (b > a && s.charCodeAt(b - 1) <= 32) { b--; }
     return s.slice(a, b);
   }});
-// String.split(regex): only its fast path, a one-character literal separator (or a backslash
-// and a character that is not a letter or digit); trailing empty strings removed
-  define("split", {text: function (regex) {
+// String.split(regex[, limit]): only its fast path, a one-character literal separator (or a
+// backslash and a character that is not a letter or digit), as String.split has it: a limit > 0
+// gives at most limit parts (the last holds the rest), 0 (the default) removes trailing empty
+// strings, < 0 keeps them; no separator found: the text itself
+  define("split", {text: opt(1, 2, function (regex, limit) {
     aText("split", regex);
-    var s = String(this), sep = null;
+    var s = String(this), sep = null, parts = [], off = 0, next;
+    limit = arguments.length >= 2 ? whole("split", limit) : 0;
     if (regex.length === 1 && ".$|()[{^?*+\\".indexOf(regex) < 0) { sep = regex; }
     else if (regex.length === 2 && regex[0] === "\\" && !/[0-9A-Za-z]/.test(regex[1])) { sep = regex[1]; }
     if (sep === null) {
       throw new TypeError("split(" + JSON.stringify(regex) + "): only a one-character separator is supported (see docs/rules-scripts.md)");
     }
-    if (s.length === 0) { return [""]; }
-    var parts = s.split(sep);
-    while (parts.length > 1 && parts[parts.length - 1] === "") { parts.pop(); }
-    if (parts.length === 1 && parts[0] === "" ) { return []; }
+    while ((next = s.indexOf(sep, off)) !== -1) {
+      if (limit <= 0 || parts.length < limit - 1) { parts.push(s.substring(off, next)); off = next + 1; }
+      else { parts.push(s.substring(off)); off = s.length; break; }
+    }
+    if (off === 0) { return [s]; }
+    if (limit <= 0 || parts.length < limit) { parts.push(s.substring(off)); }
+    if (limit === 0) { while (parts.length > 0 && parts[parts.length - 1] === "") { parts.pop(); } }
     return parts;
-  }});
+  })});
 // ExecutionArrayList.slice([start[, end]]) (ArrayTools.initStartIndex / initEndIndex, then
 // ArrayList.subList: a start after the end throws), concat(list) (a new list), reverse (in
 // place), toReversed (a new list); String.concat
   function startIndex(i, n) { return i < -n ? 0 : i < 0 ? i + n : i; }
   function endIndex(i, n) { return i < -n ? 0 : i < 0 ? i + n : Math.min(i, n); }
-  define("slice", {list: function (a, b) {
+  define("slice", {list: opt(0, 2, function (a, b) {
     var n = this.length;
     var from = arguments.length >= 1 ? startIndex(whole("slice", a), n) : 0;
     var to = arguments.length >= 2 ? endIndex(whole("slice", b), n) : n;
     if (from > to) { throw new RangeError("fromIndex(" + from + ") > toIndex(" + to + ")"); }
     return this.slice(from, to);
-  }});
+  })});
   define("concat", {list: function (c) { return this.concat(aList("concat", c)); },
     text: function (s) { return String(this) + aText("concat", s); }});
   define("reverse", {list: function () { this.reverse(); return null; }});
@@ -387,12 +422,12 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
     if (typeof args[0] !== "boolean") { throw new TypeError(name + "(): asc is not true or false"); }
     return args[0];
   }
-  define("sort", {list: function () {
+  define("sort", {list: opt(0, 1, function () {
     var out = sorted(this, ascending("sort", arguments));
     for (var i = 0; i < out.length; i++) { this[i] = out[i]; }
     return null;
-  }});
-  define("toSorted", {list: function () { return sorted(this, ascending("toSorted", arguments)); }});
+  })});
+  define("toSorted", {list: opt(0, 1, function () { return sorted(this, ascending("toSorted", arguments)); })});
 // Java's toString: String.valueOf of the value (see text)
   define("toString", {list: function () { return text(this); }, map: function () { return text(this); },
     entry: function () { return text(this); }, text: function () { return String(this); },
@@ -408,7 +443,8 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
   getter("entrySet", "entrySet");
 // MVEL's ForEachNode: a list (Iterable; ArrayList's iterator throws
 // ConcurrentModificationException when the list changes size meanwhile), text (its chars),
-// an integer n (1 to n), a map (its entries)
+// an integer n (1 to n, counted as it goes: for (i = 1; i != n + 1; i++), so a negative n runs
+// until the int wraps, as in Java), a map (its entries)
   __tbelIter = function (c) {
     if (Array.isArray(c)) {
       return (function* () {
@@ -421,9 +457,9 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
     }
     if (typeof c === "string") { return c.split(""); }
     if (typeof c === "number" && c % 1 === 0 && c >= -2147483648 && c <= 2147483647) {
-      var out = [];
-      for (var i = 1; i <= c; i++) { out.push(i); }
-      return out;
+      return (function* () {
+        for (var i = 1, max = (c + 1) | 0; i !== max; i = (i + 1) | 0) { yield i; }
+      })();
     }
     if (kind(c) === "map") { return M.entrySet.map.call(c); }
     throw new TypeError("foreach: non-iterable type: " + (c === null ? "null" : text(c)));
@@ -440,6 +476,27 @@ var __tbelH = (function () {
     return s;
   }
   function isWhole(x) { return typeof x === "number" && x % 1 === 0; }
+// ByteBuffer.allocate(size).position(bigEndian ? size - length : 0).put(data, offset, length), as
+// TbUtils.parseBytesToInt/Long do after their checks: Buffer.position's IllegalArgumentException,
+// then put's IndexOutOfBoundsException (Objects.checkFromIndexSize)
+  function byteBufferPut(size, offset, length, n, bigEndian) {
+    if (bigEndian && size - length > size) { throw iae("newPosition > limit: (" + (size - length) + " > " + size + ")"); }
+    if (offset < 0 || length < 0 || offset + length > n) {
+      var e = new RangeError("Range [" + offset + ", " + offset + " + " + length + ") out of bounds for length " + n);
+      e.name = "IndexOutOfBoundsException";
+      throw e;
+    }
+  }
+// a call with an argument count MVEL finds no overload for is an error (never an argument dropped)
+  function arity(name, min, max, f) {
+    return function () {
+      var n = arguments.length;
+      if (n < min || n > max) {
+        throw new TypeError("unable to resolve method: " + name + "() with " + n + " argument" + (n === 1 ? "" : "s"));
+      }
+      return f.apply(null, arguments);
+    };
+  }
 // String.getBytes in UTF-8 (ThingsBoard's default charset): an unpaired surrogate is "?"
   function utf8(s) {
     var out = [], i, c, d;
@@ -775,7 +832,13 @@ var __tbelH = (function () {
   var java = {
     Integer: {
       parseInt: function (s) { return javaParseInt(nonNull(s), radixOf("Integer.parseInt", arguments), 32); },
-      valueOf: function (s) { return javaParseInt(nonNull(s), radixOf("Integer.valueOf", arguments), 32); },
+      valueOf: function (s) {
+        if (typeof s === "number" && arguments.length === 1) {
+          if (!isWhole(s) || s < -2147483648 || s > 2147483647) { throw new TypeError("Integer.valueOf(): " + s + " is not an int"); }
+          return s;
+        }
+        return javaParseInt(nonNull(s), radixOf("Integer.valueOf", arguments), 32);
+      },
       toString: function (i) {
         if (!isWhole(i)) { throw new TypeError("Integer.toString(): not a whole number"); }
         var r = arguments.length >= 2 && isWhole(arguments[1]) && arguments[1] >= 2 && arguments[1] <= 36 ? arguments[1] : 10;
@@ -788,15 +851,30 @@ var __tbelH = (function () {
     },
     Long: {
       parseLong: function (s) { return javaLong(nonNull(s), radixOf("Long.parseLong", arguments)); },
-      valueOf: function (s) { return javaLong(nonNull(s), radixOf("Long.valueOf", arguments)); }
+      valueOf: function (s) {
+        if (typeof s === "number" && arguments.length === 1) {
+          if (!isWhole(s)) { throw new TypeError("Long.valueOf(): " + s + " is not a long"); }
+          return s;
+        }
+        return javaLong(nonNull(s), radixOf("Long.valueOf", arguments));
+      }
     },
     Double: {
       parseDouble: function (s) { return javaFloatText(aText("Double.parseDouble", s)); },
-      valueOf: function (s) { return javaFloatText(aText("Double.valueOf", s)); }
+      valueOf: function (s) { return typeof s === "number" ? s : javaFloatText(aText("Double.valueOf", s)); }
     },
     String: {valueOf: function (x) { return x === null || x === undefined ? "null" : x[__tbelS.toString](); }},
     Boolean: {parseBoolean: function (s) { return typeof s === "string" && s.toLowerCase() === "true"; }}
   };
+// each method's overloads by argument count (java.lang's): another count is an error
+  var ARITY = {Integer: {parseInt: [1, 2], valueOf: [1, 2], toString: [1, 2], toHexString: [1, 1]},
+    Long: {parseLong: [1, 2], valueOf: [1, 2]}, Double: {parseDouble: [1, 1], valueOf: [1, 1]},
+    String: {valueOf: [1, 1]}, Boolean: {parseBoolean: [1, 1]}};
+  Object.keys(ARITY).forEach(function (cls) {
+    Object.keys(ARITY[cls]).forEach(function (m) {
+      java[cls][m] = arity(cls + "." + m, ARITY[cls][m][0], ARITY[cls][m][1], java[cls][m]);
+    });
+  });
   java.Integer.MAX_VALUE = 2147483647;
   java.Integer.MIN_VALUE = -2147483648;
   java.Double.MAX_VALUE = Number.MAX_VALUE;
@@ -810,8 +888,8 @@ var __tbelH = (function () {
       throw new ReferenceError(name + "." + key + " is not supported here (see docs/rules-scripts.md)");
     }});
   });
-  return {
-    java: java,
+  var h = {
+// (each of TBEL_HELPERS, tbel_runtime.py)
 // TbUtils.btoa, atob, stringToBytes(Object[, String]), bytesToString(List[, String]),
 // decodeToString (bytesToString(List)), decodeToJson(List | String) (TbJson.parse)
     btoa: function (input) { return toBase64(utf8(aText("btoa", input))); },
@@ -897,6 +975,7 @@ var __tbelH = (function () {
       if (offset > n) { throw iae("Offset: " + offset + " is out of bounds for array with length: " + n + "!"); }
       if (offset + length > n) { throw iae("Offset: " + offset + " and Length: " + length + " is out of bounds for array with length: " + n + "!"); }
       if (length > 4) { throw iae("Length: " + length + " is too large. Maximum 4 bytes is allowed!"); }
+      byteBufferPut(4, offset, length, n, bigEndian);
       var v = 0, i;
       for (i = 0; i < length; i++) {
         v = bigEndian ? (v << 8 | bytes[offset + i]) : (v | bytes[offset + i] << (8 * i));
@@ -917,6 +996,7 @@ var __tbelH = (function () {
       if (offset > n) { throw iae("Offset: " + offset + " is out of bounds for array with length: " + n + "!"); }
       if (offset + length > n) { throw iae("Offset: " + offset + " and Length: " + length + " is out of bounds for array with length: " + n + "!"); }
       if (length > 8) { throw iae("Length: " + length + " is too large. Maximum 8 bytes is allowed!"); }
+      byteBufferPut(8, offset, length, n, bigEndian);
       for (i = 0; i < length; i++) {
         v = bigEndian ? (v << 8n | BigInt(bytes[offset + i])) : (v | BigInt(bytes[offset + i]) << BigInt(8 * i));
       }
@@ -1014,40 +1094,22 @@ var __tbelH = (function () {
       return out;
     }
   };
+// TbUtils's overloads of each helper by argument count (its parserConfig.addImport stubs, less the
+// ExecutionContext some take first): another count is an error, as MVEL finds no method
+  var HELPERS = {btoa: [1, 1], atob: [1, 1], stringToBytes: [1, 2], bytesToString: [1, 2],
+    decodeToString: [1, 1], decodeToJson: [1, 1], bytesToHex: [1, 1], hexToBytes: [1, 1],
+    base64ToHex: [1, 1], hexToBase64: [1, 1], base64ToBytesList: [1, 1], parseInt: [1, 2],
+    parseFloat: [1, 2], parseDouble: [1, 1], parseHexToInt: [1, 2], parseLittleEndianHexToInt: [1, 1],
+    parseBigEndianHexToInt: [1, 1], parseBytesToInt: [1, 4], parseBytesToLong: [1, 4],
+    parseBytesToFloat: [1, 4], parseHexToFloat: [1, 2], parseLittleEndianHexToFloat: [1, 1],
+    parseBigEndianHexToFloat: [1, 1], intToHex: [1, 4], toFixed: [2, 2], toInt: [1, 1], isNaN: [1, 1],
+    isMap: [1, 1], isList: [1, 1], raiseError: [1, 1], padStart: [3, 3], padEnd: [3, 3],
+    encodeURI: [1, 1], decodeURI: [1, 1]};
+  var out = {java: java};
+  Object.keys(HELPERS).forEach(function (name) {
+    out[name] = arity(name, HELPERS[name][0], HELPERS[name][1], h[name]);
+  });
+  return Object.freeze(out);
 })();
-// the helpers as functions of the script's scope (shadowing JavaScript's own of those names)
-function btoa(input) { return __tbelH.btoa(input); }
-function atob(encoded) { return __tbelH.atob(encoded); }
-function stringToBytes() { return __tbelH.stringToBytes.apply(null, arguments); }
-function bytesToString() { return __tbelH.bytesToString.apply(null, arguments); }
-function decodeToString(list) { return __tbelH.decodeToString(list); }
-function decodeToJson(v) { return __tbelH.decodeToJson(v); }
-function bytesToHex(list) { return __tbelH.bytesToHex(list); }
-function hexToBytes(value) { return __tbelH.hexToBytes(value); }
-function base64ToHex(s) { return __tbelH.base64ToHex(s); }
-function hexToBase64(s) { return __tbelH.hexToBase64(s); }
-function base64ToBytesList(s) { return __tbelH.base64ToBytesList(s); }
-function parseInt() { return __tbelH.parseInt.apply(null, arguments); }
-function parseFloat() { return __tbelH.parseFloat.apply(null, arguments); }
-function parseDouble() { return __tbelH.parseDouble.apply(null, arguments); }
-function parseHexToInt() { return __tbelH.parseHexToInt.apply(null, arguments); }
-function parseLittleEndianHexToInt(hex) { return __tbelH.parseLittleEndianHexToInt(hex); }
-function parseBigEndianHexToInt(hex) { return __tbelH.parseBigEndianHexToInt(hex); }
-function parseBytesToInt() { return __tbelH.parseBytesToInt.apply(null, arguments); }
-function parseBytesToLong() { return __tbelH.parseBytesToLong.apply(null, arguments); }
-function parseBytesToFloat() { return __tbelH.parseBytesToFloat.apply(null, arguments); }
-function parseHexToFloat() { return __tbelH.parseHexToFloat.apply(null, arguments); }
-function parseLittleEndianHexToFloat(hex) { return __tbelH.parseLittleEndianHexToFloat(hex); }
-function parseBigEndianHexToFloat(hex) { return __tbelH.parseBigEndianHexToFloat(hex); }
-function intToHex() { return __tbelH.intToHex.apply(null, arguments); }
-function toFixed(value, precision) { return __tbelH.toFixed(value, precision); }
-function toInt(value) { return __tbelH.toInt(value); }
-function isNaN(value) { return __tbelH.isNaN(value); }
-function isMap(v) { return __tbelH.isMap(v); }
-function isList(v) { return __tbelH.isList(v); }
-function raiseError(message) { return __tbelH.raiseError(message); }
-function padStart(str, length, c) { return __tbelH.padStart(str, length, c); }
-function padEnd(str, length, c) { return __tbelH.padEnd(str, length, c); }
-function encodeURI(uri) { return __tbelH.encodeURI(uri); }
-function decodeURI(uri) { return __tbelH.decodeURI(uri); }
+// the script's scope binds each helper afresh per call (sandbox.py: var btoa = __tbelH.btoa, ...)
 var __tbelJava = __tbelH.java;

@@ -11,10 +11,13 @@ that name with no argument before a map's key (PropertyTools.getGetter, ahead of
 in ReflectiveAccessorOptimizer.getBeanProperty), so ``list.size`` and ``map.size`` are their
 sizes; ``x[__tbelG.size]`` is a getter keyed the same way.
 
-The helpers are functions of the script's scope (they shadow JavaScript's own ``parseInt``,
-``parseFloat``, ``isNaN``, ``btoa``, ``atob``, whose semantics differ); each names the Java
-method it follows. TBEL helpers not provided here and that JavaScript has under the same name
-throw (``encodeURI``, ``decodeURI``); the others are a ReferenceError, as any unknown name.
+The helpers (``TBEL_HELPERS``) are variables of the script's function, bound afresh on each call
+(``var toInt = __tbelH.toInt, ...``: a script that assigns one, ``toInt = null``, changes it for
+that call only); they shadow JavaScript's own ``parseInt``, ``parseFloat``, ``isNaN``, ``btoa``,
+``atob``, ``encodeURI``, ``decodeURI``, whose semantics differ; each names the Java method it
+follows. A call of a method or helper with an argument count Java has no overload for is an error
+(MVEL finds no method), never a call with the extra arguments dropped. Other names are a
+ReferenceError, as any unknown name.
 
 The JavaScript is ``tbel_runtime.js``, joined into one line (it goes on the wrapper's first
 line, which keeps the script's line numbers): comments only as whole ``//`` lines, and every
@@ -66,6 +69,17 @@ TBEL_JAVA_STATICS: dict[str, frozenset[str]] = {
     "String": frozenset({"valueOf"}),
     "Boolean": frozenset({"parseBoolean"}),
 }
+
+# TbUtils's helpers, functions of the script's scope (the runtime's ``__tbelH``)
+TBEL_HELPERS: tuple[str, ...] = (
+    "btoa", "atob", "stringToBytes", "bytesToString", "decodeToString", "decodeToJson",
+    "bytesToHex", "hexToBytes", "base64ToHex", "hexToBase64", "base64ToBytesList", "parseInt",
+    "parseFloat", "parseDouble", "parseHexToInt", "parseLittleEndianHexToInt",
+    "parseBigEndianHexToInt", "parseBytesToInt", "parseBytesToLong", "parseBytesToFloat",
+    "parseHexToFloat", "parseLittleEndianHexToFloat", "parseBigEndianHexToFloat", "intToHex",
+    "toFixed", "toInt", "isNaN", "isMap", "isList", "raiseError", "padStart", "padEnd",
+    "encodeURI", "decodeURI",
+)
 
 _SOURCE = Path(__file__).with_name("tbel_runtime.js")
 

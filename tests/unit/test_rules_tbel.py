@@ -7,6 +7,7 @@ documentation (application/src/test/java/.../script/TbelInvokeDocsIoTest.java)."
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -99,8 +100,8 @@ def test_foreach_keeps_line_numbers_and_leaves_strings_and_comments_alone() -> N
     source = ("var s = 'foreach (x : y)'; // foreach (a : b)\n"
               "foreach (x :\n  msg.l) { s = s + x; }\nreturn s.size();")
     assert tbel_to_js(source) == (
-        "var s = 'foreach (x : y)'; // foreach (a : b)\n"
-        "for (let x of __tbelIter(\n  msg.l)) { s = s + x; }\nreturn s[__tbelS.size]();")
+        "var s = 'foreach (x : y)';                   \n"
+        "for (var x of __tbelIter(\n  msg.l)) { s = s + x; }\nreturn s[__tbelS.size]();")
     assert error(source, {"l": [1]}) == "TypeError: size(): text is not a list or a map"
 
 
@@ -351,7 +352,7 @@ def test_math_json_and_date_now_keep_their_own_methods_and_literals_are_left_alo
             ScriptEngine(script, "TBEL")
         assert str(caught.value).startswith(f"TBEL: the method {method}() is not in the supported")
     assert tbel_to_js("var a = 'x.put(1)'; /* .sort( */ return a.size;") == (
-        "var a = 'x.put(1)'; /* .sort( */ return a[__tbelG.size];")
+        "var a = 'x.put(1)';              return a[__tbelG.size];")
 
 
 def test_js_scripts_keep_javascripts_own_semantics() -> None:
@@ -578,3 +579,148 @@ def test_a_tbel_transform_with_foreach_and_map_methods_runs_in_a_chain() -> None
     assert ScriptEngine(SCRIPT, "TBEL").transform(data, {"ts": "5"}, TELEMETRY) == [
         TransformResult({"temp": 21.46, "hum": 40.1, "co2": 412.6}, {"ts": "5", "count": "3"},
                         TELEMETRY)]
+
+
+# -- argument counts, comments, foreach over an integer, per-call state -------------------------
+
+
+def test_split_with_a_limit_as_java_lang_string_split() -> None:
+    """String.split(regex, limit): a limit > 0 gives at most limit parts (the last holds the
+    rest), 0 removes trailing empty strings, < 0 keeps them; no separator found: the text."""
+    assert run('return ["k=v=w".split("=", 2), "k=v=w".split("=", 1), "a,b,,".split(",", -1),\n'
+               '  "a,b,,".split(",", 0), "a,b,,".split(",", 10), "abc".split(",", 2), ",".split(","),\n'
+               '  "".split(",")];') == [
+        ["k", "v=w"], ["k=v=w"], ["a", "b", "", ""], ["a", "b"], ["a", "b", "", ""], ["abc"],
+        [], [""]]
+
+
+def test_map_remove_of_a_key_and_value_removes_only_on_a_match() -> None:
+    """Map.remove(key, value) (HashMap.remove(Object, Object)): true and removed when the
+    value equals, else false and the map as it was."""
+    assert run('var m = {"a": 1, "b": 2};\nvar r1 = m.remove("a", 2);\nvar r2 = m.remove("b", 2);\n'
+               'return [r1, r2, m, m.remove("zz", null)];') == [False, True, {"a": 1}, False]
+
+
+@pytest.mark.parametrize(("script", "message"), [
+    ("return msg.toString(5);",
+     "TypeError: unable to resolve method: toString() with 1 argument on a map"),
+    ("var l = [3, 1];\nl.sort(true, 5);\nreturn l;",
+     "TypeError: unable to resolve method: sort() with 2 arguments on a list"),
+    ("return [1].get();", "TypeError: unable to resolve method: get() with 0 arguments on a list"),
+    ('return "ab".substring(0, 1, 2);',
+     "TypeError: unable to resolve method: substring() with 3 arguments on text"),
+    ("return toInt(1.5, 2);", "TypeError: unable to resolve method: toInt() with 2 arguments"),
+    ("return padStart('1', 3);", "TypeError: unable to resolve method: padStart() with 2 arguments"),
+    ("return Integer.parseInt('1', 10, 3);",
+     "TypeError: unable to resolve method: Integer.parseInt() with 3 arguments"),
+])
+def test_a_call_with_an_argument_count_java_has_no_overload_for_fails(script: str,
+                                                                       message: str) -> None:
+    """MVEL finds no method for a call whose argument count no overload has (ExecutionArrayList,
+    ExecutionHashMap, java.lang.String, TbUtils's stubs): an error, never the extra arguments
+    dropped."""
+    assert error(script, {"a": 1}) == message
+
+
+@pytest.mark.parametrize("script", [
+    "return toString(5);", "return eval('1');", "return isFinite(1);", "return Array(3);",
+])
+def test_a_call_of_a_javascript_global_function_is_refused_at_compile(script: str) -> None:
+    """TBEL has no function of these names (MVEL finds no method): refused, not JavaScript's."""
+    with pytest.raises(ScriptSyntaxError, match="is not in the supported subset"):
+        ScriptEngine(script, "TBEL")
+    assert run("def toString(x) { return 'v' + x; }\nreturn toString(5);") == "v5"
+
+
+def test_a_comment_between_the_dot_and_the_method_name_is_seen_through() -> None:
+    """ExecutionArrayList.sort by number whatever the comments; a method outside the subset
+    is refused behind a comment too; Math's methods stay Math's across a line comment."""
+    assert run("var l = [10, 9, 1];\nl./* c */sort();\nl .  // c\n  add(2);\nreturn l;") == [
+        1, 9, 10, 2]
+    assert run("return Math // c\n  .max(1, 2);") == 2
+    with pytest.raises(ScriptSyntaxError, match=r"the method charAt\(\) is not in the supported"):
+        ScriptEngine('return "abc"./**/charAt(1);', "TBEL")
+
+
+@pytest.mark.parametrize("script", [
+    'var l = [10, 9, 1];\nl["sort"]();\nreturn l;', 'return msg["toString"]();',
+    "return `a`;",
+])
+def test_a_computed_member_call_and_a_template_literal_are_refused(script: str) -> None:
+    """``l["sort"]()`` would be JavaScript's sort (by text: [1, 10, 9]); MVEL has neither it
+    nor template literals."""
+    with pytest.raises(ScriptSyntaxError, match="is not in the supported subset"):
+        ScriptEngine(script, "TBEL")
+
+
+def test_foreach_over_an_integer_counts_as_it_goes() -> None:
+    """MVEL's ForEachNode counts 1..n in a loop (no list of n elements): a break after 10 of
+    a million is cheap, within the default 16 MiB memory cap."""
+    assert run("var n = 0;\nforeach (i : msg.n) { n = n + i; if (i == 10) { break; } }\nreturn n;",
+               {"n": 1_000_000}) == 55
+    assert run("var n = 0;\nforeach (i : 0) { n = n + 1; }\nreturn n;") == 0
+
+
+def test_foreach_body_may_declare_the_items_name_again() -> None:
+    """MVEL lets the body of ``foreach (x : l)`` declare ``var x``."""
+    assert run("var s = 0;\nforeach (x : [1, 2]) { var x = x * 10; s = s + x; }\nreturn s;") == 30
+
+
+def test_a_helper_assigned_by_a_script_is_fresh_on_the_next_message() -> None:
+    """Each run has fresh variables (MVEL's variable factory per invocation): ``toInt = null``
+    on one message leaves NumberUtils.toInt (HALF_UP) for the next; a name set without ``var``
+    is not there on the next message."""
+    engine = ScriptEngine("var r = [toInt(2.5), flag == true];\n"
+                          "if (msg.first) { toInt = null; flag = true; }\nreturn r;", "TBEL")
+    assert engine.call({"first": True}, {}, TELEMETRY) == [3, False]
+    assert engine.call({}, {}, TELEMETRY) == [3, False]
+    assert engine.call_many([({}, {}, TELEMETRY), ({"first": True}, {}, TELEMETRY),
+                             ({}, {}, TELEMETRY)]) == [[3, False]] * 3
+    assert run("def toInt(x) { return 'mine'; }\nreturn [toInt(1.5), parseInt('12')];") == [
+        "mine", 12]
+
+
+def test_add_all_of_more_than_65535_elements() -> None:
+    """ArrayList.addAll has no limit on the collection's size."""
+    assert run("var big = [];\nforeach (i : 70000) { big.add(i); }\nvar l = [0];\nl.addAll(big);\n"
+               "l.addAll(1, [-1]);\nreturn [l.size(), l[0], l[1], l[2], l[70001]];") == [
+        70002, 0, -1, 1, 70000]
+
+
+def test_the_small_java_details() -> None:
+    """ExecutionArrayList.indexOf(o, fromIndex) is the index in slice(fromIndex) plus fromIndex
+    as given ([1, 2, 3].indexOf(3, -1): 0 + -1); Integer/Boolean.equals; Integer.valueOf(int),
+    Long.valueOf(long), Double.valueOf(double); Jackson writes a Map.Entry as {"a": 1}."""
+    assert run("return [[1, 2, 3].indexOf(3, -1), [1, 2, 3].indexOf(3, 1), [1, 2, 3].indexOf(9, -1),\n"
+               "  (1).equals(1), (1).equals(2), (1).equals('1'), true.equals(true),\n"
+               "  Integer.valueOf(5), Long.valueOf(7), Double.valueOf(1.5)];") == [
+        -1, 2, -1, True, False, False, True, 5, 7, 1.5]
+    assert run("return msg.entrySet();", {"a": 1, "b": "x"}) == [{"a": 1}, {"b": "x"}]
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("parseBytesToInt([1, 2, 3], -1, 2)",
+     "IndexOutOfBoundsException: Range [-1, -1 + 2) out of bounds for length 3"),
+    ("parseBytesToInt([1, 2, 3], 0, -1)", "IllegalArgumentException: newPosition > limit: (5 > 4)"),
+    ("parseBytesToInt([1, 2, 3], 0, -1, false)",
+     "IndexOutOfBoundsException: Range [0, 0 + -1) out of bounds for length 3"),
+    ("parseBytesToLong([1, 2, 3], -1, 2)",
+     "IndexOutOfBoundsException: Range [-1, -1 + 2) out of bounds for length 3"),
+])
+def test_parse_bytes_with_a_negative_offset_or_length_fails_as_byte_buffer_does(
+        call: str, message: str) -> None:
+    """TbUtils.parseBytesToInt/Long pass a negative offset or length through their checks to
+    ByteBuffer: position(size - length) throws IllegalArgumentException, put(data, offset,
+    length) IndexOutOfBoundsException."""
+    assert error(f"return {call};") == message
+
+
+def test_the_helpers_python_names_are_the_runtimes() -> None:
+    """TBEL_HELPERS (bound per call in the script's function) lists exactly the runtime's."""
+    import _quickjs  # type: ignore[import-not-found]
+
+    from edge_sync.rules.tbel_runtime import TBEL_HELPERS, runtime
+    context = _quickjs.Context()
+    context.eval(runtime())
+    assert context.eval("JSON.stringify(Object.keys(__tbelH).filter(k => k !== 'java'))") == (
+        json.dumps(list(TBEL_HELPERS), separators=(",", ":")))
