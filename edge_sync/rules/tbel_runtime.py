@@ -11,9 +11,9 @@ that name with no argument before a map's key (PropertyTools.getGetter, ahead of
 in ReflectiveAccessorOptimizer.getBeanProperty), so ``list.size`` and ``map.size`` are their
 sizes; ``x[__tbelG.size]`` is a getter keyed the same way.
 
-The helpers (``TBEL_HELPERS``) are variables of the script's function, bound afresh on each call
-(``var toInt = __tbelH.toInt, ...``: a script that assigns one, ``toInt = null``, changes it for
-that call only); they shadow JavaScript's own ``parseInt``, ``parseFloat``, ``isNaN``, ``btoa``,
+The helpers (``TBEL_HELPERS``) a script names are variables of the script's function, bound
+afresh on each call (``var toInt = __tbelH.toInt, ...``: ``sandbox.tbel_scope``; a script that
+assigns one, ``toInt = null``, changes it for that call only); they shadow JavaScript's own ``parseInt``, ``parseFloat``, ``isNaN``, ``btoa``,
 ``atob``, ``encodeURI``, ``decodeURI``, whose semantics differ; each names the Java method it
 follows. A call of a method or helper with an argument count Java has no overload for is an error
 (MVEL finds no method), never a call with the extra arguments dropped. Other names are a
