@@ -298,7 +298,7 @@ def tbel_to_js(source: str) -> str:
                 if found:
                     raise _refused(source, start + found.start(), what, found.group(0))
             for found in _TBEL_JS_GLOBAL_CALL.finditer(text):
-                if found.group(1) not in defined:
+                if found.group(1) not in defined and not text[:found.start()].rstrip().endswith("."):
                     raise _refused(source, start + found.start(),
                                    f"the function {found.group(1)}()", found.group(0))
             text = _TBEL_DEF.sub(r"function \1(", text)

@@ -13,11 +13,11 @@ sizes; ``x[__tbelG.size]`` is a getter keyed the same way.
 
 The helpers (``TBEL_HELPERS``) a script names are variables of the script's function, bound
 afresh on each call (``var toInt = __tbelH.toInt, ...``: ``sandbox.tbel_scope``; a script that
-assigns one, ``toInt = null``, changes it for that call only); they shadow JavaScript's own ``parseInt``, ``parseFloat``, ``isNaN``, ``btoa``,
-``atob``, ``encodeURI``, ``decodeURI``, whose semantics differ; each names the Java method it
-follows. A call of a method or helper with an argument count Java has no overload for is an error
-(MVEL finds no method), never a call with the extra arguments dropped. Other names are a
-ReferenceError, as any unknown name.
+assigns one, ``toInt = null``, changes it for that call only); they shadow JavaScript's own
+``parseInt``, ``parseFloat``, ``isNaN``, ``btoa``, ``atob``, ``encodeURI``, ``decodeURI``, whose
+semantics differ; each names the Java method it follows. A call of a method or helper with an
+argument count Java has no overload for is an error (MVEL finds no method), never a call with
+the extra arguments dropped. Other names are a ReferenceError, as any unknown name.
 
 The JavaScript is ``tbel_runtime.js``, joined into one line (it goes on the wrapper's first
 line, which keeps the script's line numbers): comments only as whole ``//`` lines, and every

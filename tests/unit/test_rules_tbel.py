@@ -630,6 +630,7 @@ def test_a_call_of_a_javascript_global_function_is_refused_at_compile(script: st
     with pytest.raises(ScriptSyntaxError, match="is not in the supported subset"):
         ScriptEngine(script, "TBEL")
     assert run("def toString(x) { return 'v' + x; }\nreturn toString(5);") == "v5"
+    assert run("return [Integer. toString(5), msg ./* c */ toString()];", {"a": 1}) == ["5", "{a=1}"]
 
 
 def test_a_comment_between_the_dot_and_the_method_name_is_seen_through() -> None:
