@@ -30,6 +30,14 @@ import _quickjs  # type: ignore[import-not-found]  # quickjs-ng's C extension, n
 from loguru import logger
 
 from edge_sync.rules.patterns import java_double
+from edge_sync.rules.tbel_runtime import (
+    TBEL_GETTERS,
+    TBEL_HELPERS,
+    TBEL_JAVA_STATICS,
+    TBEL_METHODS,
+    TBEL_NAMESPACES,
+)
+from edge_sync.rules.tbel_runtime import runtime as tbel_runtime
 
 if TYPE_CHECKING:
     from edge_sync.config import RulesConfig
@@ -146,24 +154,43 @@ class TransformResult:
 
 # TBEL (MVEL) constructs with no JavaScript counterpart in the subset: refused at compile.
 _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\bforeach\b"), "foreach loops"),
-    (re.compile(r"\bfor\s*\(\s*(?:var\s+|def\s+)?[A-Za-z_$][\w$]*\s*:"),
-     "for (item : collection) iteration"),
+    (re.compile(r"\bforeach\b"), "foreach without (item : collection)"),
     (re.compile(r"\bimport\b"), "import"),
     (re.compile(r"\bnew\s+[A-Za-z_]"), "new (Java object construction)"),
     (re.compile(r"\b(?:int|long|double|float|boolean|byte|short|char|String|Map|List|Object)"
                 r"\s+[A-Za-z_$][\w$]*\s*[=;]"), "typed declarations (use var)"),
     (re.compile(r"\.\?"), "null-safe navigation (.?)"),
     (re.compile(r"\bwith\s*\("), "with blocks"),
-    (re.compile(r"\.\s*(?:size|isEmpty|containsKey|containsValue|keySet|entrySet|values|put|putAll|"
-                r"get|getOrDefault|add|addAll|clear|equals|equalsIgnoreCase|contains)\s*\("),
-     "Java collection/string methods (size, get, put, containsKey, equals, ...)"),
+    (re.compile(r"`"), "template literals (`...`)"),
+    # ``l["sort"]()``: a call of a computed member would run JavaScript's method of that name
+    (re.compile(r"\]\s*\("), "a call of a computed member (x[\"name\"](...))"),
 )
-# ``x.remove(k)``: called through a symbol-keyed method every object inherits (_TBEL_RUNTIME),
-# so a data key named "remove" neither shadows it nor is shadowed by it
-_TBEL_REMOVE = re.compile(r"\.\s*remove\s*\(")
+# ``foreach (item : collection)`` and MVEL's ``for (item : collection)``, the item's optional type
+_TBEL_FOREACH = re.compile(
+    r"\b(?:foreach|for)\s*\(\s*(?:[A-Za-z_$][\w$.]*(?:\[\])?\s+)?([A-Za-z_$][\w$]*)\s*:")
+# ``.name`` then maybe ``(``: a method call, or a property read
+_TBEL_MEMBER = re.compile(r"\.\s*([A-Za-z_$][\w$]*)(\s*\()?")
+# what follows a property that is written (``x.size = 1``, ``x.values += ...``), not read
+_TBEL_WRITE = re.compile(r"\s*(?:[-+*/%&|^]|<<|>>>?|\*\*)?=(?!=)")
+# a class whose methods a script may call, just before ``.name(``: JavaScript's own (Math, JSON,
+# Date) or the runtime's Java classes (Integer, ...)
+_TBEL_CLASSES: dict[str, frozenset[str] | None] = {**TBEL_NAMESPACES, **TBEL_JAVA_STATICS}
+_TBEL_CLASS = re.compile(r"(?<![\w$.])(" + "|".join(_TBEL_CLASSES) + r")\s*$")
+_TBEL_CALLS = frozenset(TBEL_METHODS)
+# JavaScript's global functions (and Object.prototype's, which the global object inherits) that
+# TBEL has no function of that name for: a call is refused (MVEL finds no method ``toString(5)``),
+# unless the script defines it (``def toString(x)``)
+_TBEL_JS_GLOBAL_CALL = re.compile(
+    r"(?<![\w$.])(eval|isFinite|escape|unescape|encodeURIComponent|decodeURIComponent|toString|"
+    r"valueOf|hasOwnProperty|isPrototypeOf|propertyIsEnumerable|toLocaleString|Function|Object|"
+    r"Array|Number|Symbol|Error|Proxy|Promise|BigInt|RegExp|Date|Reflect|queueMicrotask)\s*\(")
 _TBEL_DEF = re.compile(r"\bdef\s+([A-Za-z_$][\w$]*)\s*\(")
 _TBEL_DEF_VAR = re.compile(r"\bdef\s+(?=[A-Za-z_$])")
+# ``name = ...`` (not ``==``, ``=>``, nor a member ``x.name = ...``): a variable the script assigns
+_TBEL_ASSIGNED = re.compile(r"(?<![\w$.])([A-Za-z_$][\w$]*)\s*=(?![=>])")
+_TBEL_NAME = re.compile(r"[A-Za-z_$][\w$]*")
+_JS_FUNCTION = re.compile(r"\bfunction\s+([A-Za-z_$][\w$]*)")
+_TBEL_LEXICAL = re.compile(r"\b(?:let|const|class)\s+([A-Za-z_$][\w$]*)")
 
 
 def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
@@ -196,15 +223,71 @@ def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
     return out
 
 
+def _blank_comments(source: str) -> str:
+    """``source`` with each comment's characters made spaces (its line breaks kept): no rewrite
+    or refusal is misled by a comment between ``.`` and a name (``l./* c */sort()``), and line
+    and column numbers stay those of the script."""
+    parts = []
+    for is_code, text in _split_code_and_literals(source):
+        if not is_code and text[:2] in ("//", "/*"):
+            text = re.sub(r"[^\n]", " ", text)
+        parts.append(text)
+    return "".join(parts)
+
+
+def _code_mask(source: str) -> list[bool]:
+    """Per character of ``source``: whether it is code (not in a string literal or comment)."""
+    mask: list[bool] = []
+    for is_code, text in _split_code_and_literals(source):
+        mask.extend([is_code] * len(text))
+    return mask
+
+
+def _foreach_to_js(source: str) -> str:
+    """``foreach (x : c) {`` (and ``for (x : c)``) as ``for (var x of __tbelIter(c)) {``: the
+    iteration of MVEL's ForEachNode (``__tbelIter``); line breaks kept. ``var``, not ``let``: the
+    body may declare the item's name again (``var x = ...``), as MVEL allows."""
+    mask = _code_mask(source)
+    out: list[str] = []
+    done = 0
+    for found in _TBEL_FOREACH.finditer(source):
+        if found.start() < done or not mask[found.start()]:
+            continue
+        # the header's closing parenthesis, counting code parentheses only
+        depth, i = 1, found.end()
+        while i < len(source) and depth:
+            if mask[i]:
+                depth += {"(": 1, ")": -1}.get(source[i], 0)
+            i += 1
+        if depth:
+            line = source[: found.start()].count("\n") + 1
+            raise ScriptSyntaxError(f"TBEL: foreach without its closing parenthesis (line {line}); "
+                                    "see docs/rules-scripts.md")
+        header = source[found.start():found.end()]
+        out.append(source[done:found.start()])
+        out.append(f"for (var {found.group(1)} of __tbelIter(" + "\n" * header.count("\n"))
+        out.append(source[found.end():i - 1] + "))")
+        done = i
+    out.append(source[done:])
+    return "".join(out)
+
+
 def tbel_to_js(source: str) -> str:
     """The JavaScript of a TBEL script in the supported subset; ScriptSyntaxError for the rest.
 
     Supported: expressions (arithmetic, comparison, logic, ternary, string concatenation), ``var``
     declarations, ``def name(args) { ... }`` functions (and ``def x = ...`` as ``var``), if/else,
-    while and C-style for loops, return, map literals ``{"k": v}`` and list literals ``[a, b]``,
-    field access ``msg.k`` / ``msg["k"]``, and ``x.remove(k)`` on a map or a list (as
-    ``java.util.Map.remove`` / ``List.remove``: see ``_TBEL_RUNTIME``). Line numbers are kept.
+    while, C-style for loops and ``foreach (x : collection)``, return, map literals ``{"k": v}``
+    and list literals ``[a, b]``, field access ``msg.k`` / ``msg["k"]``, the Java methods of
+    maps, lists, text and map entries in ``TBEL_METHODS`` (``x.name(`` becomes a call of the
+    runtime's symbol-keyed method: ``tbel_runtime``), ``x.size`` and the other reads MVEL takes
+    as a call (``TBEL_GETTERS``), ``Math.f(...)``, ``JSON.parse`` / ``stringify``, ``Date.now()``
+    and the Java class methods of ``TBEL_JAVA_STATICS``. Any other method call is refused, and so
+    is a call of a computed member (``x["name"]()``). Comments are made spaces first; line and
+    column numbers are kept.
     """
+    source = _foreach_to_js(_blank_comments(source))
+    defined = set(_TBEL_DEF.findall(source)) | set(_JS_FUNCTION.findall(source))
     parts = []
     offset = 0
     for is_code, text in _split_code_and_literals(source):
@@ -213,75 +296,73 @@ def tbel_to_js(source: str) -> str:
             for pattern, what in _TBEL_REFUSED:
                 found = pattern.search(text)
                 if found:
-                    line = source[: start + found.start()].count("\n") + 1
-                    raise ScriptSyntaxError(
-                        f"TBEL: {what} is not in the supported subset (line {line}: "
-                        f"{found.group(0).strip()!r}); see docs/rules-scripts.md")
+                    raise _refused(source, start + found.start(), what, found.group(0))
+            for found in _TBEL_JS_GLOBAL_CALL.finditer(text):
+                if found.group(1) not in defined and not text[:found.start()].rstrip().endswith("."):
+                    raise _refused(source, start + found.start(),
+                                   f"the function {found.group(1)}()", found.group(0))
             text = _TBEL_DEF.sub(r"function \1(", text)
             text = _TBEL_DEF_VAR.sub("var ", text)
-            text = _TBEL_REMOVE.sub(_remove_call, text)
+            text = _members_to_js(source, start, text)
         parts.append(text)
     return "".join(parts)
 
 
-def _remove_call(found: re.Match[str]) -> str:
-    """``.remove(`` as a call of the runtime's method, the line breaks it spanned kept."""
-    return "[__tbelRemove](" + "\n" * found.group(0).count("\n")
+def tbel_scope(source: str) -> list[str]:
+    """The declarations of a TBEL script's function, made afresh on each call: the Java classes
+    (``Integer = __tbelJava.Integer``) and TbUtils helpers (``toInt = __tbelH.toInt``) the
+    script names, then the names it assigns (``total = 5``), in order of first use, but those
+    it declares with ``let``/``const``; a helper's name the script defines (``def toInt(x)``) is
+    its own function. So, as in MVEL, where each run has fresh variables,
+    nothing a script sets without ``var`` on one message, even a helper's name (``toInt =
+    null``), is still there on the next. Only the names the script uses: a call binds no more
+    than it needs."""
+    code = "".join(text if is_code else " " * len(text)
+                   for is_code, text in _split_code_and_literals(_blank_comments(source)))
+    used = set(_TBEL_NAME.findall(code)) - set(_TBEL_DEF.findall(code)) - set(
+        _JS_FUNCTION.findall(code))
+    lexical = set(_TBEL_LEXICAL.findall(code))
+    out = [f"{name} = __tbelJava.{name}" for name in TBEL_JAVA_STATICS if name in used]
+    out += [f"{name} = __tbelH.{name}" for name in TBEL_HELPERS if name in used]
+    out += dict.fromkeys(name for name in _TBEL_ASSIGNED.findall(code) if name not in lexical)
+    return out
 
 
-# TBEL's ``x.remove(k)`` (the tbel library's ExecutionHashMap.remove / ExecutionArrayList.remove,
-# java.util semantics): on a map, removes the key and returns its value, null when absent; on a
-# list, an integral number is an index (List.remove(int): the element, an index out of range
-# throws), anything else a value (List.remove(Object): the first element equal to it, as
-# java.util's equals compares maps and lists, removed; true, or false when none); on anything
-# else a TypeError. A method keyed by a symbol that every object inherits, not enumerable: no
-# data key can collide with it and JSON never sees it. One line: it goes on the prologue's.
-_TBEL_RUNTIME = " ".join(line.strip() for line in """
-var __tbelRemove = Symbol("remove");
-(function () {
-  var own = Object.prototype.hasOwnProperty;
-  function same(a, b) {
-    if (a === b) { return true; }
-    if (a === null || b === null || typeof a !== "object" || typeof b !== "object") { return false; }
-    var list = Array.isArray(a), i;
-    if (list !== Array.isArray(b)) { return false; }
-    if (list) {
-      if (a.length !== b.length) { return false; }
-      for (i = 0; i < a.length; i++) { if (!same(a[i], b[i])) { return false; } }
-      return true;
-    }
-    var keys = Object.keys(a);
-    if (keys.length !== Object.keys(b).length) { return false; }
-    for (i = 0; i < keys.length; i++) {
-      if (!own.call(b, keys[i]) || !same(a[keys[i]], b[keys[i]])) { return false; }
-    }
-    return true;
-  }
-  Object.defineProperty(Object.prototype, __tbelRemove, {configurable: true, writable: true,
-      enumerable: false, value: function (key) {
-    "use strict";
-    if (Array.isArray(this)) {
-      if (typeof key === "number" && key % 1 === 0) {
-        if (key < 0 || key >= this.length) {
-          throw new RangeError("remove(" + key + "): index out of bounds for length " + this.length);
-        }
-        return this.splice(key, 1)[0];
-      }
-      for (var i = 0; i < this.length; i++) {
-        if (same(this[i], key)) { this.splice(i, 1); return true; }
-      }
-      return false;
-    }
-    if (this === null || typeof this !== "object") {
-      throw new TypeError("remove(): " + typeof this + " is not a map or a list");
-    }
-    if (!own.call(this, key)) { return null; }
-    var value = this[key];
-    delete this[key];
-    return value;
-  }});
-})();
-""".strip().splitlines())
+def _refused(source: str, at: int, what: str, found: str) -> ScriptSyntaxError:
+    line = source[:at].count("\n") + 1
+    return ScriptSyntaxError(f"TBEL: {what} is not in the supported subset (line {line}: "
+                             f"{found.strip()!r}); see docs/rules-scripts.md")
+
+
+def _members_to_js(source: str, start: int, text: str) -> str:
+    """A code part's ``.name(`` calls and ``.size``-like reads as the runtime's (line breaks
+    kept); a call of any other method refused, but on ``Math`` and ``JSON``."""
+    out: list[str] = []
+    done = 0
+    for found in _TBEL_MEMBER.finditer(text):
+        name, call = found.group(1), found.group(2)
+        breaks = "\n" * found.group(0).count("\n")
+        if call:
+            cls = _TBEL_CLASS.search(text, 0, found.start())
+            if cls:
+                allowed = _TBEL_CLASSES[cls.group(1)]
+                if allowed is not None and name not in allowed:
+                    raise _refused(source, start + found.start(),
+                                   f"the method {cls.group(1)}.{name}()", found.group(0))
+                continue
+            if name not in _TBEL_CALLS:
+                raise _refused(source, start + found.start(), f"the method {name}()",
+                               found.group(0))
+            js = f"[__tbelS.{name}](" + breaks
+        elif name in TBEL_GETTERS and not _TBEL_WRITE.match(text, found.end()):
+            js = f"[__tbelG.{name}]" + breaks
+        else:
+            continue
+        out.append(text[done:found.start()])
+        out.append(js)
+        done = found.end()
+    out.append(text[done:])
+    return "".join(out)
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -292,7 +373,18 @@ _PROLOGUE = (
     "__stringify = JSON.stringify, __InternalError = InternalError; "
     "function __script(msg, metadata, msgType) {\n"
 )
-_PROLOGUE_TBEL = _PROLOGUE.replace("function __script", _TBEL_RUNTIME + " function __script")
+# TBEL: the runtime before the script
+_PROLOGUE_TBEL = _PROLOGUE.replace("function __script", tbel_runtime() + " function __script")
+
+
+def _tbel_prologue(scope: Sequence[str]) -> str:
+    """The TBEL prologue with ``scope`` (``tbel_scope``) declared first in the script's
+    function, on its first line (a ``var`` of a parameter keeps its value)."""
+    if not scope:
+        return _PROLOGUE_TBEL
+    return _PROLOGUE_TBEL[:-1] + " var " + ", ".join(scope) + ";\n"
+
+
 _POSITION = re.compile(r"<input>:(\d+)(?::(\d+))?")
 _log = logger.bind(component="rules")
 
@@ -417,7 +509,8 @@ class ScriptEngine:
         self._block: tuple[float, float, int, str] | None = None
         body = tbel_to_js(script) if lang == "TBEL" else script
         self._body_lines = body.count("\n") + 1
-        self._source = (_PROLOGUE_TBEL if lang == "TBEL" else _PROLOGUE) + body + _EPILOGUE
+        prologue = _tbel_prologue(tbel_scope(script)) if lang == "TBEL" else _PROLOGUE
+        self._source = prologue + body + _EPILOGUE
         self._lock = threading.Lock()
         self._context: Any = None
         self._run: Any = None

@@ -171,14 +171,13 @@ def test_a_script_the_sandbox_refuses_exits_1_naming_node_and_reason(tmp_path: P
     assert done.returncode == 1
     assert done.stdout.splitlines() == [
         "metadata.nodes[1].configuration.tbelScript: nodes[1] 'Sum': the TBEL script is "
-        "refused: ScriptSyntaxError: TBEL: foreach loops is not in the supported subset "
-        "(line 2: 'foreach'); see docs/rules-scripts.md",
+        "refused: ScriptSyntaxError: TBEL: import is not in the supported subset "
+        "(line 2: 'import'); see docs/rules-scripts.md",
         "metadata.nodes[2].configuration.jsScript: nodes[2] 'Hot?': the JS script is refused: "
         "ScriptSyntaxError: SyntaxError: unexpected token in expression: ';' at script:1:25",
         "metadata.nodes[3].configuration.alarmDetailsBuildTbel: nodes[3] 'Raise': the TBEL "
-        "script is refused: ScriptSyntaxError: TBEL: Java collection/string methods (size, "
-        "get, put, containsKey, equals, ...) is not in the supported subset (line 1: "
-        "'.size('); see docs/rules-scripts.md",
+        "script is refused: ScriptSyntaxError: TBEL: the method stream() is not in the "
+        "supported subset (line 1: '.stream('); see docs/rules-scripts.md",
     ]
     defaults = check(tmp_path, str(FIXTURES / "thingsboard_defaults.json"))
     assert (defaults.returncode, defaults.stdout) == (0, (

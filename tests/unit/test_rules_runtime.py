@@ -59,13 +59,12 @@ def test_a_chain_whose_script_the_sandbox_refuses_is_refused_and_the_chain_stays
     bad_rc, bad_meta = parse({"ruleChain": {"name": "Bad", "type": "EDGE"}, "metadata": {
         "firstNodeIndex": 0, "connections": [], "nodes": [
             {"type": n.TRANSFORM, "name": "Sum", "configuration": {
-                "scriptLang": "TBEL", "tbelScript": "return msg.list.size();"}}]}})
+                "scriptLang": "TBEL", "tbelScript": "return msg.list.stream();"}}]}})
     refused = rt.install(bad_rc, bad_meta, "cloud", T0 + 1)
     assert refused == Refusal("cloud", T0 + 1, (
         "metadata.nodes[0].configuration.tbelScript: nodes[0] 'Sum': the TBEL script is "
-        "refused: ScriptSyntaxError: TBEL: Java collection/string methods (size, get, put, "
-        "containsKey, equals, ...) is not in the supported subset (line 1: '.size('); see "
-        "docs/rules-scripts.md",))
+        "refused: ScriptSyntaxError: TBEL: the method stream() is not in the supported "
+        "subset (line 1: '.stream('); see docs/rules-scripts.md",))
     assert (rt.current(), rt.last_refusal, rt.version) == (first, None, 1)
 
 

@@ -77,14 +77,13 @@ def test_script_nodes_need_the_script_of_their_language() -> None:
 
 SCRIPT_REFUSED = [
     "metadata.nodes[1].configuration.tbelScript: nodes[1] 'Sum': the TBEL script is refused: "
-    "ScriptSyntaxError: TBEL: foreach loops is not in the supported subset (line 2: "
-    "'foreach'); see docs/rules-scripts.md",
+    "ScriptSyntaxError: TBEL: import is not in the supported subset (line 2: "
+    "'import'); see docs/rules-scripts.md",
     "metadata.nodes[2].configuration.jsScript: nodes[2] 'Hot?': the JS script is refused: "
     "ScriptSyntaxError: SyntaxError: unexpected token in expression: ';' at script:1:25",
     "metadata.nodes[3].configuration.alarmDetailsBuildTbel: nodes[3] 'Raise': the TBEL script "
-    "is refused: ScriptSyntaxError: TBEL: Java collection/string methods (size, get, put, "
-    "containsKey, equals, ...) is not in the supported subset (line 1: '.size('); see "
-    "docs/rules-scripts.md",
+    "is refused: ScriptSyntaxError: TBEL: the method stream() is not in the supported "
+    "subset (line 1: '.stream('); see docs/rules-scripts.md",
 ]
 
 

@@ -1,0 +1,1115 @@
+// TBEL's Java methods, foreach and TbUtils helpers for a TBEL script run as JavaScript
+// (edge_sync/rules/tbel_runtime.py says how it is used). Whole-line // comments only: the file is
+// joined into one line. Sources followed: the tbel library's org.mvel2.execution.ExecutionArrayList,
+// ExecutionHashMap and ExecutionEntry, java.util.ArrayList / LinkedHashMap / java.lang.String,
+// MVEL's ForEachNode, ThingsBoard's org.thingsboard.script.api.tbel.TbUtils and
+// org.thingsboard.common.util.NumberUtils.
+var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
+(function () {
+  "use strict";
+  var own = Object.prototype.hasOwnProperty, M = {};
+// ExecutionEntry: public key and value, getKey/getValue/setValue (a copy: setValue leaves the map as it is)
+  function Entry(key, value) { this.key = key; this.value = value; }
+// Jackson writes a Map.Entry as an object of its one key: {"a": 1}
+  Object.defineProperty(Entry.prototype, "toJSON", {value: function () {
+    var o = {}; o[this.key] = this.value; return o; }});
+  __TbelEntry = Entry;
+// java.util's equals: maps and lists by content (AbstractMap.equals, AbstractList.equals)
+  function same(a, b) {
+    if (a === undefined) { a = null; }
+    if (b === undefined) { b = null; }
+    if (a === b) { return true; }
+    if (a === null || b === null || typeof a !== "object" || typeof b !== "object") { return false; }
+    var list = Array.isArray(a), i;
+    if (list !== Array.isArray(b)) { return false; }
+    if (list) {
+      if (a.length !== b.length) { return false; }
+      for (i = 0; i < a.length; i++) { if (!same(a[i], b[i])) { return false; } }
+      return true;
+    }
+    var keys = Object.keys(a);
+    if (keys.length !== Object.keys(b).length) { return false; }
+    for (i = 0; i < keys.length; i++) {
+      if (!own.call(b, keys[i]) || !same(a[keys[i]], b[keys[i]])) { return false; }
+    }
+    return true;
+  }
+  function kind(x) {
+    if (Array.isArray(x)) { return "list"; }
+    if (typeof x === "string") { return "text"; }
+    if (x instanceof Entry) { return "entry"; }
+    if (x !== null && typeof x === "object") { return "map"; }
+    return x === null ? "null" : typeof x;
+  }
+// Java's toString: String.valueOf, AbstractCollection / AbstractMap.toString (a whole number
+// is printed without ".0": JSON does not say whether it was a double)
+  function text(v) {
+    if (v === null || v === undefined) { return "null"; }
+    if (typeof v === "number") {
+      if (v % 1 === 0 && Math.abs(v) < 1e21) { return String(v); }
+      return javaDouble(v);
+    }
+    if (Array.isArray(v)) { return "[" + v.map(text).join(", ") + "]"; }
+    if (v instanceof Entry) { return text(v.key) + "=" + text(v.value); }
+    if (typeof v === "object") {
+      return "{" + Object.keys(v).filter(function (k) { return v[k] !== null; }).map(function (k) {
+        return k + "=" + text(v[k]); }).join(", ") + "}";
+    }
+    return String(v);
+  }
+  function javaDouble(v) {
+    if (v !== v) { return "NaN"; }
+    if (v === Infinity) { return "Infinity"; }
+    if (v === -Infinity) { return "-Infinity"; }
+    if (v === 0) { return 1 / v < 0 ? "-0.0" : "0.0"; }
+    var sign = v < 0 ? "-" : "", e = Math.abs(v).toExponential(), at = e.indexOf("e");
+    var digits = e.slice(0, at).replace(".", "").replace(/0+$/, "") || "0", exp = Number(e.slice(at + 1));
+    if (exp >= -3 && exp < 7) {
+      if (exp >= 0) {
+        var whole = digits.slice(0, exp + 1);
+        while (whole.length < exp + 1) { whole += "0"; }
+        return sign + whole + "." + (digits.slice(exp + 1) || "0");
+      }
+      return sign + "0." + "0".repeat(-exp - 1) + digits;
+    }
+    return sign + digits[0] + "." + (digits.slice(1) || "0") + "E" + exp;
+  }
+  function whole(name, i) {
+    if (typeof i !== "number" || i % 1 !== 0) {
+      throw new TypeError(name + "(" + text(i) + "): the index is not a whole number");
+    }
+    return i;
+  }
+// Objects.checkIndex (ArrayList.get/set/remove): IndexOutOfBoundsException
+  function checkIndex(name, i, n) {
+    whole(name, i);
+    if (i < 0 || i >= n) { throw new RangeError("Index " + i + " out of bounds for length " + n); }
+    return i;
+  }
+// ArrayList.rangeCheckForAdd (add(int, E), addAll(int, Collection))
+  function checkAddIndex(name, i, n) {
+    whole(name, i);
+    if (i < 0 || i > n) { throw new RangeError("Index: " + i + ", Size: " + n); }
+    return i;
+  }
+  function aList(name, c) {
+    if (!Array.isArray(c)) { throw new TypeError(name + "(): " + text(c) + " is not a list"); }
+    return c;
+  }
+  function aMap(name, m) {
+    if (kind(m) !== "map") { throw new TypeError(name + "(): " + text(m) + " is not a map"); }
+    return m;
+  }
+  function aText(name, s) {
+    if (typeof s !== "string") { throw new TypeError(name + "(): " + text(s) + " is not text"); }
+    return s;
+  }
+// map keys are text, as JSON's are
+  function key(k) { return String(k); }
+  var KINDS = {list: "a list", map: "a map", text: "text", entry: "a map entry", number: "a number", boolean: "a boolean"};
+// a method's overloads: from f.min (else f.length) to f.max (else f.length) arguments; a call
+// with another count is one MVEL finds no method for (an error, never an argument dropped)
+  function opt(min, max, f) { f.min = min; f.max = max; return f; }
+  function define(name, impl) {
+    var s = Symbol(name), allowed = Object.keys(impl).map(function (k) { return KINDS[k]; }).join(" or ");
+    __tbelS[name] = s;
+    M[name] = impl;
+    Object.keys(impl).forEach(function (k) {
+      var f = impl[k];
+      if (f.min === undefined) { f.min = f.max = f.length; }
+    });
+    Object.defineProperty(Object.prototype, s, {configurable: true, writable: true, enumerable: false,
+      value: function () {
+        var k = kind(this), f = impl[k], n = arguments.length;
+        if (f === undefined) { throw new TypeError(name + "(): " + (KINDS[k] || k) + " is not " + allowed); }
+        if (n < f.min || n > f.max) {
+          throw new TypeError("unable to resolve method: " + name + "() with " + n + " argument" + (n === 1 ? "" : "s") + " on " + (KINDS[k] || k));
+        }
+        return f.apply(this, arguments);
+      }});
+  }
+  function getter(name, method) {
+    var s = Symbol(name);
+    __tbelG[name] = s;
+    Object.defineProperty(Object.prototype, s, {configurable: true, enumerable: false,
+      get: function () { return this[__tbelS[method]](); }});
+  }
+// java.util.List / Map.size, isEmpty; ExecutionArrayList.length; String.length, isEmpty
+  define("size", {list: function () { return this.length; },
+    map: function () { return Object.keys(this).length; }});
+  define("isEmpty", {list: function () { return this.length === 0; },
+    map: function () { return Object.keys(this).length === 0; },
+    text: function () { return this.length === 0; }});
+  define("length", {list: function () { return this.length; }, text: function () { return this.length; }});
+// ArrayList.get (index checked); Map.get: null when absent
+  define("get", {list: function (i) { return this[checkIndex("get", i, this.length)]; },
+    map: function (k) { k = key(k); return own.call(this, k) ? this[k] : null; }});
+// ExecutionArrayList.remove(int) (a whole number: an index) / remove(Object) (the first equal
+// element; true or false); ExecutionHashMap.remove(key): the value, null when absent;
+// remove(key, value) (HashMap.remove(Object, Object)): removed only when the value equals, true
+// or false
+  define("remove", {list: function (x) {
+      if (typeof x === "number" && x % 1 === 0) {
+        if (x < 0 || x >= this.length) {
+          throw new RangeError("remove(" + x + "): index out of bounds for length " + this.length);
+        }
+        return this.splice(x, 1)[0];
+      }
+      for (var i = 0; i < this.length; i++) {
+        if (same(this[i], x)) { this.splice(i, 1); return true; }
+      }
+      return false;
+    },
+    map: opt(1, 2, function (k, v) {
+      k = key(k);
+      if (arguments.length >= 2) {
+        if (!own.call(this, k) || !same(this[k], v)) { return false; }
+        delete this[k];
+        return true;
+      }
+      if (!own.call(this, k)) { return null; }
+      var value = this[k];
+      delete this[k];
+      return value;
+    })});
+// ArrayList.clear, Map.clear; equals: List/Map/String/ExecutionEntry/Integer/Double/Boolean.equals
+  define("clear", {list: function () { this.length = 0; return null; },
+    map: function () { var ks = Object.keys(this); for (var i = 0; i < ks.length; i++) { delete this[ks[i]]; } return null; }});
+  define("equals", {list: function (o) { return same(this, o); }, map: function (o) { return same(this, o); },
+    entry: function (o) { return o instanceof Entry && same(this.key, o.key) && same(this.value, o.value); },
+    text: function (o) { return typeof o === "string" && o === String(this); },
+    number: function (o) { return typeof o === "number" && (this === o || (o !== o && this !== this)); },
+    boolean: function (o) { return o === this; }});
+// ExecutionArrayList.set: the element it replaced; add(E): true; add(int, E): inserted;
+// addAll(Collection) / addAll(int, Collection): whether the list changed
+  define("set", {list: function (i, v) {
+    checkIndex("set", i, this.length);
+    var old = this[i];
+    this[i] = v;
+    return old;
+  }});
+  define("add", {list: opt(1, 2, function (a, b) {
+    if (arguments.length < 2) { this.push(a); return true; }
+    this.splice(checkAddIndex("add", a, this.length), 0, b);
+    return null;
+  })});
+  define("addAll", {list: opt(1, 2, function (a, b) {
+    var at = this.length, c = a, i;
+    if (arguments.length >= 2) { at = checkAddIndex("addAll", a, this.length); c = b; }
+    aList("addAll", c);
+    c = c.slice();
+// element by element: a spread of the list into splice's arguments fails past 65535 elements
+    var tail = this.splice(at, this.length - at);
+    for (i = 0; i < c.length; i++) { this.push(c[i]); }
+    for (i = 0; i < tail.length; i++) { this.push(tail[i]); }
+    return c.length > 0;
+  })});
+// ArrayList.contains, indexOf, lastIndexOf (equals); ExecutionArrayList.indexOf(Object, int)
+// (the index in slice(fromIndex) plus fromIndex as given: [1, 2, 3].indexOf(3, -1) is 0 + -1);
+// String.contains, indexOf, lastIndexOf
+  define("contains", {list: function (x) { return M.indexOf.list.call(this, x) >= 0; },
+    text: function (s) { return String(this).indexOf(aText("contains", s)) >= 0; }});
+  define("indexOf", {list: opt(1, 2, function (x, from) {
+      var start = 0, n = this.length, i;
+      if (arguments.length < 2) {
+        for (i = 0; i < n; i++) { if (same(this[i], x)) { return i; } }
+        return -1;
+      }
+      whole("indexOf", from);
+      start = from < -n ? 0 : from < 0 ? from + n : from;
+      if (start > n) { throw new RangeError("fromIndex(" + start + ") > toIndex(" + n + ")"); }
+      for (i = start; i < n; i++) { if (same(this[i], x)) { return i - start + from; } }
+      return -1;
+    }),
+    text: opt(1, 2, function (s, from) {
+      aText("indexOf", s);
+      return arguments.length >= 2 ? String(this).indexOf(s, whole("indexOf", from)) : String(this).indexOf(s);
+    })});
+  define("lastIndexOf", {list: function (x) {
+      for (var i = this.length - 1; i >= 0; i--) { if (same(this[i], x)) { return i; } }
+      return -1;
+    },
+    text: opt(1, 2, function (s, from) {
+      aText("lastIndexOf", s);
+      if (arguments.length < 2) { return String(this).lastIndexOf(s); }
+      return whole("lastIndexOf", from) < 0 ? -1 : String(this).lastIndexOf(s, from);
+    })});
+// ExecutionArrayList.push (add: true), pop (null when empty), shift (remove(0): an empty
+// list throws), unshift (each argument inserted at the front, in order), join (each element's
+// toString joined, then ", " made "," and "[" "]" taken out; a null element throws)
+  define("push", {list: function (v) { this.push(v); return true; }});
+  define("pop", {list: function () { return this.length === 0 ? null : this.pop(); }});
+  define("shift", {list: function () { checkIndex("shift", 0, this.length); return this.shift(); }});
+  define("unshift", {list: opt(0, Infinity, function () {
+    for (var i = 0; i < arguments.length; i++) { this.splice(i, 0, arguments[i]); }
+    return null;
+  })});
+  define("join", {list: opt(0, 1, function (sep) {
+    if (arguments.length === 0) { sep = ","; }
+    var parts = [];
+    for (var i = 0; i < this.length; i++) {
+      if (this[i] === null || this[i] === undefined) { throw new TypeError("join(): the list holds null"); }
+      parts.push(text(this[i]));
+    }
+    return parts.join(text(sep)).split(", ").join(",").split("[").join("").split("]").join("");
+  })});
+// Map.containsKey, containsValue, getOrDefault
+  define("containsKey", {map: function (k) { return own.call(this, key(k)); }});
+  define("containsValue", {map: function (v) {
+    var ks = Object.keys(this);
+    for (var i = 0; i < ks.length; i++) { if (same(this[ks[i]], v)) { return true; } }
+    return false;
+  }});
+  define("getOrDefault", {map: function (k, d) { k = key(k); return own.call(this, k) ? this[k] : d; }});
+// ExecutionHashMap.put: the previous value or null; a null value removes the key
+  define("put", {map: function (k, v) {
+    k = key(k);
+    var old = own.call(this, k) ? this[k] : null;
+    if (v === null || v === undefined) { delete this[k]; } else { this[k] = v; }
+    return old;
+  }});
+// ExecutionHashMap.putAll (HashMap.putAll: every key, null values too), putIfAbsent
+// (HashMap.putIfAbsent: set when absent or null; the previous value)
+  define("putAll", {map: function (m) {
+    aMap("putAll", m);
+    var ks = Object.keys(m);
+    for (var i = 0; i < ks.length; i++) { this[ks[i]] = m[ks[i]]; }
+    return null;
+  }});
+  define("putIfAbsent", {map: function (k, v) {
+    k = key(k);
+    var old = own.call(this, k) ? this[k] : null;
+    if (old === null || old === undefined) { this[k] = v; }
+    return old;
+  }});
+// HashMap.replace(k, v): the previous value, null (nothing set) when absent; replace(k, old,
+// new): true when the value equals old; String.replace(CharSequence, CharSequence): every
+// occurrence, literally
+  define("replace", {map: opt(2, 3, function (k, a, b) {
+      k = key(k);
+      if (arguments.length >= 3) {
+        if (!own.call(this, k) || !same(this[k], a)) { return false; }
+        this[k] = b;
+        return true;
+      }
+      if (!own.call(this, k)) { return null; }
+      var old = this[k];
+      this[k] = a;
+      return old;
+    }),
+    text: function (a, b) {
+      aText("replace", a);
+      aText("replace", b);
+      return String(this).replaceAll(a, function () { return b; });
+    }});
+// ExecutionHashMap.keys / values (new lists), keySet and entrySet (copies: LinkedHashSet of
+// ExecutionEntry); ExecutionEntry's getters
+  define("keys", {map: function () { return Object.keys(this); }});
+  define("keySet", {map: function () { return Object.keys(this); }});
+  define("values", {map: function () { var m = this; return Object.keys(m).map(function (k) { return m[k]; }); }});
+  define("entrySet", {map: function () { var m = this; return Object.keys(m).map(function (k) { return new Entry(k, m[k]); }); }});
+  define("getKey", {entry: function () { return this.key; }});
+  define("getValue", {entry: function () { return this.value; }});
+  define("setValue", {entry: function (v) { var old = this.value; this.value = v; return old; }});
+// String.equalsIgnoreCase (regionMatches: per char, upper case then lower case)
+  define("equalsIgnoreCase", {text: function (o) {
+    var s = String(this), i, a, b, ua, ub;
+    if (typeof o !== "string" || o.length !== s.length) { return false; }
+    function up(c) { var u = c.toUpperCase(); return u.length === 1 ? u : c; }
+    function low(c) { var l = c.toLowerCase(); return l.length === 1 ? l : c; }
+    for (i = 0; i < s.length; i++) {
+      a = s[i]; b = o[i];
+      if (a === b) { continue; }
+      ua = up(a); ub = up(b);
+      if (ua === ub || low(ua) === low(ub)) { continue; }
+      return false;
+    }
+    return true;
+  }});
+// String.startsWith(prefix[, offset]), endsWith; substring (begin/end checked:
+// StringIndexOutOfBoundsException), toUpperCase, toLowerCase, trim (characters <= U+0020)
+  define("startsWith", {text: opt(1, 2, function (p, from) {
+    aText("startsWith", p);
+    var s = String(this), at = arguments.length >= 2 ? whole("startsWith", from) : 0;
+    return at >= 0 && at <= s.length - p.length && s.substr(at, p.length) === p;
+  })});
+  define("endsWith", {text: function (p) { return String(this).endsWith(aText("endsWith", p)); }});
+  define("substring", {text: opt(1, 2, function (begin, end) {
+    var s = String(this);
+    if (arguments.length < 2) { end = s.length; }
+    whole("substring", begin);
+    whole("substring", end);
+    if (begin < 0 || end > s.length || begin > end) {
+      throw new RangeError("begin " + begin + ", end " + end + ", length " + s.length);
+    }
+    return s.substring(begin, end);
+  })});
+  define("toUpperCase", {text: function () { return String(this).toUpperCase(); }});
+  define("toLowerCase", {text: function () { return String(this).toLowerCase(); }});
+  define("trim", {text: function () {
+    var s = String(this), a = 0, b = s.length;
+    while (a < b && s.charCodeAt(a) <= 32) { a++; }
+    while (b > a && s.charCodeAt(b - 1) <= 32) { b--; }
+    return s.slice(a, b);
+  }});
+// String.split(regex[, limit]): only its fast path, a one-character literal separator (or a
+// backslash and a character that is not a letter or digit), as String.split has it: a limit > 0
+// gives at most limit parts (the last holds the rest), 0 (the default) removes trailing empty
+// strings, < 0 keeps them; no separator found: the text itself
+  define("split", {text: opt(1, 2, function (regex, limit) {
+    aText("split", regex);
+    var s = String(this), sep = null, parts = [], off = 0, next;
+    limit = arguments.length >= 2 ? whole("split", limit) : 0;
+    if (regex.length === 1 && ".$|()[{^?*+\\".indexOf(regex) < 0) { sep = regex; }
+    else if (regex.length === 2 && regex[0] === "\\" && !/[0-9A-Za-z]/.test(regex[1])) { sep = regex[1]; }
+    if (sep === null) {
+      throw new TypeError("split(" + JSON.stringify(regex) + "): only a one-character separator is supported (see docs/rules-scripts.md)");
+    }
+    while ((next = s.indexOf(sep, off)) !== -1) {
+      if (limit <= 0 || parts.length < limit - 1) { parts.push(s.substring(off, next)); off = next + 1; }
+      else { parts.push(s.substring(off)); off = s.length; break; }
+    }
+    if (off === 0) { return [s]; }
+    if (limit <= 0 || parts.length < limit) { parts.push(s.substring(off)); }
+    if (limit === 0) { while (parts.length > 0 && parts[parts.length - 1] === "") { parts.pop(); } }
+    return parts;
+  })});
+// ExecutionArrayList.slice([start[, end]]) (ArrayTools.initStartIndex / initEndIndex, then
+// ArrayList.subList: a start after the end throws), concat(list) (a new list), reverse (in
+// place), toReversed (a new list); String.concat
+  function startIndex(i, n) { return i < -n ? 0 : i < 0 ? i + n : i; }
+  function endIndex(i, n) { return i < -n ? 0 : i < 0 ? i + n : Math.min(i, n); }
+  define("slice", {list: opt(0, 2, function (a, b) {
+    var n = this.length;
+    var from = arguments.length >= 1 ? startIndex(whole("slice", a), n) : 0;
+    var to = arguments.length >= 2 ? endIndex(whole("slice", b), n) : n;
+    if (from > to) { throw new RangeError("fromIndex(" + from + ") > toIndex(" + to + ")"); }
+    return this.slice(from, to);
+  })});
+  define("concat", {list: function (c) { return this.concat(aList("concat", c)); },
+    text: function (s) { return String(this) + aText("concat", s); }});
+  define("reverse", {list: function () { this.reverse(); return null; }});
+  define("toReversed", {list: function () { return this.slice().reverse(); }});
+// ExecutionArrayList.sort([asc]) / toSorted([asc]): by number (Double.compareTo) when every
+// element's text reads as a double (validateClazzInArrayIsOnlyNumber: Double.parseDouble of
+// decimal text), else by text (String.valueOf, String.compareTo); stable, as List.sort
+  function javaDoubleOf(v) {
+    var t = text(v), a = 0, b = t.length;
+    while (a < b && t.charCodeAt(a) <= 32) { a++; }
+    while (b > a && t.charCodeAt(b - 1) <= 32) { b--; }
+    t = t.slice(a, b);
+    if (!/^[+-]?(NaN|Infinity|((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)[fFdD]?)$/.test(t)) { return null; }
+    return Number(t.replace(/[fFdD]$/, ""));
+  }
+  function compareDoubles(x, y) {
+    if (x < y) { return -1; }
+    if (x > y) { return 1; }
+    if (x === y) { return x !== 0 ? 0 : (1 / x < 0) === (1 / y < 0) ? 0 : 1 / x < 0 ? -1 : 1; }
+    return x !== x ? (y !== y ? 0 : 1) : -1;
+  }
+  function sorted(list, asc) {
+    var nums = list.map(javaDoubleOf), i, keyed = [];
+    var numeric = nums.every(function (x) { return x !== null; });
+    for (i = 0; i < list.length; i++) { keyed.push([numeric ? nums[i] : text(list[i]), list[i]]); }
+    keyed.sort(function (p, q) {
+      var c = numeric ? compareDoubles(p[0], q[0]) : (p[0] < q[0] ? -1 : p[0] > q[0] ? 1 : 0);
+      return asc ? c : -c;
+    });
+    return keyed.map(function (p) { return p[1]; });
+  }
+  function ascending(name, args) {
+    if (args.length === 0) { return true; }
+    if (typeof args[0] !== "boolean") { throw new TypeError(name + "(): asc is not true or false"); }
+    return args[0];
+  }
+  define("sort", {list: opt(0, 1, function () {
+    var out = sorted(this, ascending("sort", arguments));
+    for (var i = 0; i < out.length; i++) { this[i] = out[i]; }
+    return null;
+  })});
+  define("toSorted", {list: opt(0, 1, function () { return sorted(this, ascending("toSorted", arguments)); })});
+// Java's toString: String.valueOf of the value (see text)
+  define("toString", {list: function () { return text(this); }, map: function () { return text(this); },
+    entry: function () { return text(this); }, text: function () { return String(this); },
+    number: function () { return text(this); }, boolean: function () { return String(this); }});
+// MVEL reads x.size as x.size(): PropertyTools.getGetter takes a method of that name with no
+// argument before a map's key (ReflectiveAccessorOptimizer.getBeanProperty)
+  getter("size", "size");
+  getter("empty", "isEmpty");
+  getter("isEmpty", "isEmpty");
+  getter("keys", "keys");
+  getter("values", "values");
+  getter("keySet", "keySet");
+  getter("entrySet", "entrySet");
+// MVEL's ForEachNode: a list (Iterable; ArrayList's iterator throws
+// ConcurrentModificationException when the list changes size meanwhile), text (its chars),
+// an integer n (1 to n, counted as it goes: for (i = 1; i != n + 1; i++), so a negative n runs
+// until the int wraps, as in Java), a map (its entries)
+  __tbelIter = function (c) {
+    if (Array.isArray(c)) {
+      return (function* () {
+        var n = c.length, i = 0;
+        while (i !== c.length) {
+          if (c.length !== n) { throw new Error("ConcurrentModificationException: the list changed while foreach ran over it"); }
+          yield c[i++];
+        }
+      })();
+    }
+    if (typeof c === "string") { return c.split(""); }
+    if (typeof c === "number" && c % 1 === 0 && c >= -2147483648 && c <= 2147483647) {
+      return (function* () {
+        for (var i = 1, max = (c + 1) | 0; i !== max; i = (i + 1) | 0) { yield i; }
+      })();
+    }
+    if (kind(c) === "map") { return M.entrySet.map.call(c); }
+    throw new TypeError("foreach: non-iterable type: " + (c === null ? "null" : text(c)));
+  };
+})();
+
+var __tbelH = (function () {
+  "use strict";
+  var B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", own = Object.prototype.hasOwnProperty;
+  function nfe(message) { var e = new Error(message); e.name = "NumberFormatException"; return e; }
+  function iae(message) { var e = new Error(message); e.name = "IllegalArgumentException"; return e; }
+  function aText(name, s) {
+    if (typeof s !== "string") { throw new TypeError(name + "(): the argument is not text"); }
+    return s;
+  }
+  function isWhole(x) { return typeof x === "number" && x % 1 === 0; }
+// ByteBuffer.allocate(size).position(bigEndian ? size - length : 0).put(data, offset, length), as
+// TbUtils.parseBytesToInt/Long do after their checks: Buffer.position's IllegalArgumentException,
+// then put's IndexOutOfBoundsException (Objects.checkFromIndexSize)
+  function byteBufferPut(size, offset, length, n, bigEndian) {
+    if (bigEndian && size - length > size) { throw iae("newPosition > limit: (" + (size - length) + " > " + size + ")"); }
+    if (offset < 0 || length < 0 || offset + length > n) {
+      var e = new RangeError("Range [" + offset + ", " + offset + " + " + length + ") out of bounds for length " + n);
+      e.name = "IndexOutOfBoundsException";
+      throw e;
+    }
+  }
+// a call with an argument count MVEL finds no overload for is an error (never an argument dropped)
+  function arity(name, min, max, f) {
+    return function () {
+      var n = arguments.length;
+      if (n < min || n > max) {
+        throw new TypeError("unable to resolve method: " + name + "() with " + n + " argument" + (n === 1 ? "" : "s"));
+      }
+      return f.apply(null, arguments);
+    };
+  }
+// String.getBytes in UTF-8 (ThingsBoard's default charset): an unpaired surrogate is "?"
+  function utf8(s) {
+    var out = [], i, c, d;
+    for (i = 0; i < s.length; i++) {
+      c = s.charCodeAt(i);
+      if (c >= 0xD800 && c <= 0xDBFF && i + 1 < s.length && (d = s.charCodeAt(i + 1)) >= 0xDC00 && d <= 0xDFFF) {
+        c = 0x10000 + ((c - 0xD800) << 10) + (d - 0xDC00);
+        i++;
+      } else if (c >= 0xD800 && c <= 0xDFFF) {
+        c = 0x3F;
+      }
+      if (c < 0x80) { out.push(c); }
+      else if (c < 0x800) { out.push(0xC0 | c >> 6, 0x80 | c & 63); }
+      else if (c < 0x10000) { out.push(0xE0 | c >> 12, 0x80 | c >> 6 & 63, 0x80 | c & 63); }
+      else { out.push(0xF0 | c >> 18, 0x80 | c >> 12 & 63, 0x80 | c >> 6 & 63, 0x80 | c & 63); }
+    }
+    return out;
+  }
+// new String(bytes, UTF-8): each malformed sequence is U+FFFD
+  function fromUtf8(b) {
+    var out = "", i = 0, n = b.length, c, need, cp, lo, hi, k;
+    while (i < n) {
+      c = b[i] & 255;
+      if (c < 0x80) { out += String.fromCharCode(c); i++; continue; }
+      if (c >= 0xC2 && c <= 0xDF) { need = 1; cp = c & 31; }
+      else if (c >= 0xE0 && c <= 0xEF) { need = 2; cp = c & 15; }
+      else if (c >= 0xF0 && c <= 0xF4) { need = 3; cp = c & 7; }
+      else { out += "\uFFFD"; i++; continue; }
+      lo = 0x80; hi = 0xBF;
+      if (c === 0xE0) { lo = 0xA0; } else if (c === 0xED) { hi = 0x9F; }
+      else if (c === 0xF0) { lo = 0x90; } else if (c === 0xF4) { hi = 0x8F; }
+      for (k = 1; k <= need; k++) {
+        if (i + k >= n) { break; }
+        var t = b[i + k] & 255;
+        if (t < lo || t > hi) { break; }
+        lo = 0x80; hi = 0xBF;
+        cp = cp << 6 | t & 63;
+      }
+      if (k <= need) { out += "\uFFFD"; i += k; continue; }
+      out += String.fromCodePoint(cp);
+      i += need + 1;
+    }
+    return out;
+  }
+// the charsets a script may name: UTF-8, ISO-8859-1, US-ASCII (unmappable characters "?")
+  function charset(name) {
+    var n = aText("charset", name).toUpperCase().replace(/[-_]/g, "");
+    if (n === "UTF8") { return "utf8"; }
+    if (n === "ISO88591" || n === "LATIN1" || n === "ISO8859_1" || n === "L1") { return "latin1"; }
+    if (n === "USASCII" || n === "ASCII") { return "ascii"; }
+    throw new TypeError("charset " + JSON.stringify(name) + " is not supported here (UTF-8, ISO-8859-1, US-ASCII)");
+  }
+  function encode(s, cs) {
+    if (cs === "utf8") { return utf8(s); }
+    var max = cs === "latin1" ? 255 : 127, out = [], i, c;
+    for (i = 0; i < s.length; i++) {
+      c = s.charCodeAt(i);
+      if (c >= 0xD800 && c <= 0xDBFF && i + 1 < s.length && s.charCodeAt(i + 1) >= 0xDC00 && s.charCodeAt(i + 1) <= 0xDFFF) { i++; c = 0x3F; }
+      out.push(c <= max ? c : 0x3F);
+    }
+    return out;
+  }
+  function decode(bytes, cs) {
+    if (cs === "utf8") { return fromUtf8(bytes); }
+    var out = "", i, c;
+    for (i = 0; i < bytes.length; i++) {
+      c = bytes[i] & 255;
+      out += cs === "ascii" && c > 127 ? "\uFFFD" : String.fromCharCode(c);
+    }
+    return out;
+  }
+  function signed(bytes) { return bytes.map(function (b) { return b > 127 ? b - 256 : b; }); }
+// java.util.Base64 basic encoder / decoder (decode0: its errors)
+  function toBase64(bytes) {
+    var out = "", i, n;
+    for (i = 0; i < bytes.length; i += 3) {
+      n = (bytes[i] & 255) << 16 | (i + 1 < bytes.length ? (bytes[i + 1] & 255) << 8 : 0) | (i + 2 < bytes.length ? bytes[i + 2] & 255 : 0);
+      out += B64[n >> 18 & 63] + B64[n >> 12 & 63] + (i + 1 < bytes.length ? B64[n >> 6 & 63] : "=") + (i + 2 < bytes.length ? B64[n & 63] : "=");
+    }
+    return out;
+  }
+  function fromBase64(s) {
+    var out = [], bits = 0, n = 0, i, c, v, end = s.length;
+    for (i = 0; i < s.length; i++) {
+      c = s[i];
+      if (c === "=") { end = i; break; }
+      v = B64.indexOf(c);
+      if (v < 0) { throw iae("Illegal base64 character " + s.charCodeAt(i).toString(16)); }
+      bits = bits << 6 | v;
+      n += 6;
+      if (n >= 8) { n -= 8; out.push(bits >> n & 255); bits &= (1 << n) - 1; }
+    }
+    var units = end % 4, sp = s.length;
+    if (end < s.length) {
+      sp = end + 1;
+      if (units === 0) { throw iae("Input byte array has wrong 4-byte ending unit"); }
+      if (units === 2) {
+        if (sp === s.length || s[sp] !== "=") { throw iae("Input byte array has wrong 4-byte ending unit"); }
+        sp++;
+      }
+    }
+    if (units === 1) { throw iae("Last unit does not have enough valid bits"); }
+    if (sp < s.length) { throw iae("Input byte array has incorrect ending byte at " + sp); }
+    return out;
+  }
+// Integer.parseInt(s, radix): NumberFormatException.forInputString
+  function javaParseInt(s, radix, bits) {
+    var max = bits === 32 ? 2147483647 : 9007199254740991, i = 0, neg = false, v = 0, d, c;
+    if (s.length === 0) { throw nfe("For input string: \"\"" + (radix === 10 ? "" : " under radix " + radix)); }
+    if (s[0] === "-" || s[0] === "+") { neg = s[0] === "-"; i = 1; if (s.length === 1) { throw nfe("For input string: \"" + s + "\"" + (radix === 10 ? "" : " under radix " + radix)); } }
+    for (; i < s.length; i++) {
+      c = s[i].toLowerCase();
+      d = c >= "0" && c <= "9" ? c.charCodeAt(0) - 48 : c >= "a" && c <= "z" ? c.charCodeAt(0) - 87 : 99;
+      if (d >= radix) { throw nfe("For input string: \"" + s + "\"" + (radix === 10 ? "" : " under radix " + radix)); }
+      v = v * radix + d;
+      if (v > max + (neg ? 1 : 0)) { throw nfe("For input string: \"" + s + "\"" + (radix === 10 ? "" : " under radix " + radix)); }
+    }
+    return neg ? (v === 0 ? 0 : -v) : v;
+  }
+// TbUtils.prepareNumberString, reverseHexStringByOrder, isBinary/isOctal/isDecimal/
+// isHexadecimal, getRadix10_16, isValidStringAndRadix, parseInt(String, int, boolean)
+  function prepareNumberString(value, bigEndian) {
+    if (value === null || value === undefined || aText("parse", value).trim() === "") { return null; }
+    value = value.trim().split("0x").join("").split("0X").join("").split(",").join(".");
+    return bigEndian ? value : reverseHex(value);
+  }
+  function reverseHex(value) {
+    if (value.startsWith("-")) { throw iae("The hexadecimal string must be without a negative sign."); }
+    var pref = value.startsWith("0x"), hex = pref ? value.slice(2) : value, out = "", i;
+    if (hex.length % 2 > 0) { throw iae("The hexadecimal string must be even-length."); }
+    for (i = hex.length - 2; i >= 0; i -= 2) { out += hex.slice(i, i + 2); }
+    return pref ? "0x" + out : out;
+  }
+  function isBinary(s) { return s !== null && /^[01]+$/.test(s) ? 2 : -1; }
+  function isOctal(s) { return s !== null && /^[0-7]+$/.test(s) ? 8 : -1; }
+  function isDecimal(s) { return s !== null && /^[+-]?\d+(\.\d+)?([eE][+-]?\d+)?$/.test(s) ? 10 : -1; }
+  function isHexadecimal(s) { return s !== null && /^-?(0[xX])?[0-9a-fA-F]+$/.test(s) ? 16 : -1; }
+  function radix1016(value) {
+    var r = isDecimal(value) > 0 ? 10 : isHexadecimal(value);
+    if (r > 0) { return r; }
+    throw nfe("Value: \"" + value + "\" is not numeric or hexDecimal format!");
+  }
+  function validRadix(valueP, radix, value) {
+    var r;
+    if (radix === 0) { r = radix1016(valueP); }
+    else if (radix >= 25 && radix <= 36) { return radix; }
+    else if (radix === 2) { r = isBinary(valueP); }
+    else if (radix === 8) { r = isOctal(valueP); }
+    else if (radix === 10) { r = isDecimal(valueP); }
+    else if (radix === 16) { r = isHexadecimal(valueP); }
+    else { throw iae("Invalid radix: [" + radix + "]"); }
+    if (r > 0) {
+      if (value.startsWith("0x")) { r = 16; }
+      if (r === 16) {
+        var digits = value.startsWith("-") ? value.slice(1) : value;
+        if (digits.length % 2 > 0) {
+          throw nfe("The hexadecimal value: \"" + value + "\" must be of even length, or if the decimal value must be a number!");
+        }
+      }
+      return r;
+    }
+    if (radix > 0) { throw nfe("Failed radix [" + radix + "] for value: \"" + value + "\", must be [" + r + "] !"); }
+    throw nfe("Invalid \"" + value + "\". It is not numeric or hexadecimal format!");
+  }
+  function parseInt32(value, radix, bigEndian) {
+    var valueP = prepareNumberString(value, bigEndian);
+    if (valueP === null) { return null; }
+    var r = validRadix(valueP, radix, value);
+    if (r === 2) {
+      var bin = valueP.length !== 32 ? valueP.padStart(32, "0") : valueP;
+      if (bin[0] === "1") {
+        var inv = bin.replace(/[01]/g, function (b) { return b === "0" ? "1" : "0"; });
+        return -(javaParseInt(inv, 2, 32) + 1) | 0;
+      }
+      return javaParseInt(bin, 2, 32);
+    }
+    return javaParseInt(valueP, r, 32);
+  }
+// a Java float as Jackson writes it (Float.toString: the shortest digits that read back as
+// the same float), held as a double
+  function float32(x) {
+    var f = Math.fround(x), p, s;
+    if (f !== f || f === Infinity || f === -Infinity || f === 0) { return f; }
+    for (p = 1; p <= 9; p++) {
+      s = f.toPrecision(p);
+      if (Math.fround(Number(s)) === f) { return Number(s); }
+    }
+    return f;
+  }
+// Float.parseFloat / Double.parseDouble of decimal text
+  function javaTrim(s) {
+    var a = 0, b = s.length;
+    while (a < b && s.charCodeAt(a) <= 32) { a++; }
+    while (b > a && s.charCodeAt(b - 1) <= 32) { b--; }
+    return s.slice(a, b);
+  }
+  function javaFloatText(s) {
+    var t = javaTrim(s);
+    if (t === "") { throw nfe("empty String"); }
+    if (!/^[+-]?(NaN|Infinity|((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)[fFdD]?)$/.test(t)) { throw nfe("For input string: \"" + s + "\""); }
+    return Number(t.replace(/[fFdD]$/, ""));
+  }
+// BigDecimal.valueOf(double).setScale(scale, RoundingMode.HALF_UP).doubleValue()
+  function halfUp(value, scale) {
+    if (typeof value !== "number") { throw new TypeError("the value is not a number"); }
+    if (value !== value || value === Infinity || value === -Infinity) { throw nfe("Infinite or NaN"); }
+    var neg = value < 0, e = Math.abs(value).toExponential(), at = e.indexOf("e");
+    var digits = e.slice(0, at).replace(".", ""), exp = Number(e.slice(at + 1));
+    var keep = exp + 1 + scale;
+    if (keep >= digits.length) { return value; }
+    var kept = keep > 0 ? digits.slice(0, keep) : "0", up = keep >= 0 && digits.charCodeAt(keep) >= 53;
+    var n = keep > 0 ? BigInt(kept) : 0n;
+    if (up) { n = n + 1n; }
+    var text = n.toString() + "e" + (-scale);
+    var out = Number(text);
+    return neg ? -out : out;
+  }
+// TbUtils.bytesFromList / isValidIntegerToByte (-128..255; text through parseInt)
+  function byteOf(name, v) {
+    if (isWhole(v)) {
+      if (v > 255 || v < -128) { throw nfe("The value '" + v + "' could not be correctly converted to a byte. Integer to byte conversion requires the use of only 8 bits (with a range of min/max = -128/255)!"); }
+      return v & 255;
+    }
+    if (typeof v === "string") { return byteOf(name, parseInt32(v, 0, true)); }
+    throw nfe("The value '" + v + "' could not be correctly converted to a byte. Must be a HexDecimal/String/Integer/Byte format !");
+  }
+  function bytesFromList(name, list) {
+    if (!Array.isArray(list)) { throw new TypeError(name + "(): the argument is not a list"); }
+    return list.map(function (v) { return byteOf(name, v); });
+  }
+// Guava Bytes.toArray: Number.byteValue
+  function numberByte(v) {
+    if (typeof v !== "number") { throw new TypeError("the list holds " + JSON.stringify(v) + ", not a number"); }
+    var t = Math.trunc(v);
+    t = t !== t ? 0 : Math.max(-2147483648, Math.min(2147483647, t));
+    return t & 255;
+  }
+// TbUtils.validateAndPrepareHex, hexToBytes(String); bytesToHex(byte[])
+  function hexToBytes(value) {
+    var hex = prepareNumberString(value, true);
+    if (hex === null) { throw iae("Hex string must be not empty!"); }
+    if (hex.length % 2 > 0) { throw iae("Hex string must be even-length."); }
+    if (isHexadecimal(value) !== 16) { throw nfe("Value: \"" + value + "\" is not numeric or hexDecimal format!"); }
+    return rawHexToBytes(hex);
+  }
+  function rawHexToBytes(hex) {
+    var out = [], i;
+    for (i = 0; i < hex.length; i += 2) {
+      if (i + 2 > hex.length) { throw new RangeError("begin " + i + ", end " + (i + 2) + ", length " + hex.length); }
+      out.push(javaParseInt(hex.slice(i, i + 2), 16, 32) & 255);
+    }
+    return out;
+  }
+  function hexOf(bytes) {
+    return bytes.map(function (b) { return "0123456789ABCDEF"[(b & 255) >> 4] + "0123456789ABCDEF"[b & 15]; }).join("");
+  }
+// TbUtils.encodeURI / decodeURI: URLEncoder / URLDecoder (UTF-8) and mdnEncodingReplacements
+  var FORM_SAFE = /[A-Za-z0-9.\-*_]/;
+  var URI_REPLACE = [["+", "%20"], ["%21", "!"], ["%27", "'"], ["%28", "("], ["%29", ")"], ["%7E", "~"],
+    ["%3B", ";"], ["%2C", ","], ["%2F", "/"], ["%3F", "?"], ["%3A", ":"], ["%40", "@"], ["%26", "&"],
+    ["%3D", "="], ["%2B", "+"], ["%24", "$"], ["%23", "#"]];
+  function listBytes(name, data) {
+    if (!Array.isArray(data)) { throw new TypeError(name + "(): the argument is not a list"); }
+    return data.map(numberByte);
+  }
+  function hexFloat(value, bigEndian) {
+    var valueP = prepareNumberString(value, bigEndian);
+    if (valueP === null) { return null; }
+    validRadix(valueP, 16, value);
+    var dv = new DataView(new ArrayBuffer(4));
+    dv.setUint32(0, Number(BigInt.asUintN(32, hexBig(valueP))));
+    return float32(dv.getFloat32(0));
+  }
+  function numberHex(number, bigEndian, pref, len, hexLenMax) {
+    var hex = BigInt.asUintN(64, number).toString(16).toUpperCase(), out;
+    out = hex.replace(/^0+(?!$)/, "");
+    if (out.length % 2 > 0) { out = "0" + out; }
+    if (number < 0n) {
+      out = out.replace(/^F+(?!$)/, "");
+      if (out.length % 2 > 0) { out = "F" + out; }
+      if (out.length > hexLenMax) { out = out.slice(out.length - hexLenMax); }
+      else if (out.length < hexLenMax) { out = "FF" + out; }
+    }
+    if (!bigEndian) { out = reverseHex(out); }
+    len = len === -1 ? out.length : len;
+    if (!isWhole(len) || len < 0 || len > out.length) {
+      throw new RangeError("begin " + (out.length - len) + ", end " + out.length + ", length " + out.length);
+    }
+    out = out.slice(out.length - len);
+    return pref ? "0x" + out : out;
+  }
+  function hexBig(v) { return v[0] === "-" ? -BigInt("0x" + v.slice(1)) : BigInt("0x" + v); }
+  function flag(name, b) {
+    if (typeof b !== "boolean") { throw new TypeError(name + "(): bigEndian is not true or false"); }
+    return b;
+  }
+  function replaceAll(s, a, b) { return s.split(a).join(b); }
+// java.lang.Integer / Long / Double / String / Boolean static methods a script may call:
+// Integer.parseInt(s[, radix]) and valueOf, toString(i[, radix]) (a radix outside 2..36 is 10),
+// toHexString (the unsigned 32 bits); Long.parseLong(s[, radix]) and valueOf (exact only up to
+// 2^53 here: beyond, an error); Double.parseDouble(s) and valueOf; String.valueOf(x) (Java's
+// text); Boolean.parseBoolean(s) ("true" in any case)
+  function radixOf(name, args) {
+    if (args.length < 2) { return 10; }
+    var r = args[1];
+    if (!isWhole(r)) { throw new TypeError(name + "(): the radix is not a whole number"); }
+    if (r < 2) { throw nfe("radix " + r + " less than Character.MIN_RADIX"); }
+    if (r > 36) { throw nfe("radix " + r + " greater than Character.MAX_RADIX"); }
+    return r;
+  }
+  function nonNull(s) {
+    if (s === null || s === undefined) { throw nfe("Cannot parse null string: null"); }
+    return aText("parse", s);
+  }
+  function javaLong(s, radix) {
+    var under = radix === 10 ? "" : " under radix " + radix, i = 0, neg = false, v = 0n, d, c;
+    if (s.length === 0) { throw nfe("For input string: \"\"" + under); }
+    if (s[0] === "-" || s[0] === "+") { neg = s[0] === "-"; i = 1; }
+    if (i === s.length) { throw nfe("For input string: \"" + s + "\"" + under); }
+    for (; i < s.length; i++) {
+      c = s[i].toLowerCase();
+      d = c >= "0" && c <= "9" ? c.charCodeAt(0) - 48 : c >= "a" && c <= "z" ? c.charCodeAt(0) - 87 : 99;
+      if (d >= radix) { throw nfe("For input string: \"" + s + "\"" + under); }
+      v = v * BigInt(radix) + BigInt(d);
+    }
+    if (neg) { v = -v; }
+    if (v > 9223372036854775807n || v < -9223372036854775808n) { throw nfe("For input string: \"" + s + "\"" + under); }
+    if (v > 9007199254740991n || v < -9007199254740991n) {
+      throw new RangeError("Long.parseLong(\"" + s + "\"): beyond 2^53, not exact as a number here");
+    }
+    return Number(v);
+  }
+  var java = {
+    Integer: {
+      parseInt: function (s) { return javaParseInt(nonNull(s), radixOf("Integer.parseInt", arguments), 32); },
+      valueOf: function (s) {
+        if (typeof s === "number" && arguments.length === 1) {
+          if (!isWhole(s) || s < -2147483648 || s > 2147483647) { throw new TypeError("Integer.valueOf(): " + s + " is not an int"); }
+          return s;
+        }
+        return javaParseInt(nonNull(s), radixOf("Integer.valueOf", arguments), 32);
+      },
+      toString: function (i) {
+        if (!isWhole(i)) { throw new TypeError("Integer.toString(): not a whole number"); }
+        var r = arguments.length >= 2 && isWhole(arguments[1]) && arguments[1] >= 2 && arguments[1] <= 36 ? arguments[1] : 10;
+        return (i | 0).toString(r);
+      },
+      toHexString: function (i) {
+        if (!isWhole(i)) { throw new TypeError("Integer.toHexString(): not a whole number"); }
+        return (i >>> 0).toString(16);
+      }
+    },
+    Long: {
+      parseLong: function (s) { return javaLong(nonNull(s), radixOf("Long.parseLong", arguments)); },
+      valueOf: function (s) {
+        if (typeof s === "number" && arguments.length === 1) {
+          if (!isWhole(s)) { throw new TypeError("Long.valueOf(): " + s + " is not a long"); }
+          return s;
+        }
+        return javaLong(nonNull(s), radixOf("Long.valueOf", arguments));
+      }
+    },
+    Double: {
+      parseDouble: function (s) { return javaFloatText(aText("Double.parseDouble", s)); },
+      valueOf: function (s) { return typeof s === "number" ? s : javaFloatText(aText("Double.valueOf", s)); }
+    },
+    String: {valueOf: function (x) { return x === null || x === undefined ? "null" : x[__tbelS.toString](); }},
+    Boolean: {parseBoolean: function (s) { return typeof s === "string" && s.toLowerCase() === "true"; }}
+  };
+// each method's overloads by argument count (java.lang's): another count is an error
+  var ARITY = {Integer: {parseInt: [1, 2], valueOf: [1, 2], toString: [1, 2], toHexString: [1, 1]},
+    Long: {parseLong: [1, 2], valueOf: [1, 2]}, Double: {parseDouble: [1, 1], valueOf: [1, 1]},
+    String: {valueOf: [1, 1]}, Boolean: {parseBoolean: [1, 1]}};
+  Object.keys(ARITY).forEach(function (cls) {
+    Object.keys(ARITY[cls]).forEach(function (m) {
+      java[cls][m] = arity(cls + "." + m, ARITY[cls][m][0], ARITY[cls][m][1], java[cls][m]);
+    });
+  });
+  java.Integer.MAX_VALUE = 2147483647;
+  java.Integer.MIN_VALUE = -2147483648;
+  java.Double.MAX_VALUE = Number.MAX_VALUE;
+  java.Double.MIN_VALUE = Number.MIN_VALUE;
+  java.Double.POSITIVE_INFINITY = Infinity;
+  java.Double.NEGATIVE_INFINITY = -Infinity;
+  java.Double.NaN = NaN;
+  Object.keys(java).forEach(function (name) {
+    java[name] = new Proxy(Object.freeze(java[name]), {get: function (target, key) {
+      if (typeof key === "symbol" || own.call(target, key)) { return target[key]; }
+      throw new ReferenceError(name + "." + key + " is not supported here (see docs/rules-scripts.md)");
+    }});
+  });
+  var h = {
+// (each of TBEL_HELPERS, tbel_runtime.py)
+// TbUtils.btoa, atob, stringToBytes(Object[, String]), bytesToString(List[, String]),
+// decodeToString (bytesToString(List)), decodeToJson(List | String) (TbJson.parse)
+    btoa: function (input) { return toBase64(utf8(aText("btoa", input))); },
+    atob: function (encoded) { return fromUtf8(fromBase64(aText("atob", encoded))); },
+    stringToBytes: function (str, cs) {
+      if (typeof str !== "string") { throw new TypeError("Invalid type parameter [" + (str === null ? "null" : typeof str) + "]. Expected 'String'"); }
+      return signed(encode(str, arguments.length >= 2 ? charset(cs) : "utf8"));
+    },
+    bytesToString: function (list, cs) {
+      return decode(bytesFromList("bytesToString", list), arguments.length >= 2 ? charset(cs) : "utf8");
+    },
+    decodeToString: function (list) { return fromUtf8(bytesFromList("decodeToString", list)); },
+    decodeToJson: function (v) {
+      var s = Array.isArray(v) ? fromUtf8(bytesFromList("decodeToJson", v)) : aText("decodeToJson", v);
+      return JSON.parse(s);
+    },
+// TbUtils.bytesToHex(ExecutionArrayList): Byte.parseByte of each element's text
+    bytesToHex: function (list) {
+      if (!Array.isArray(list)) { throw new TypeError("bytesToHex(): the argument is not a list"); }
+      return hexOf(list.map(function (v) {
+        var t = typeof v === "string" ? v : isWhole(v) ? String(v) : JSON.stringify(v);
+        if (!/^[+-]?\d+$/.test(t) || Number(t) < -128 || Number(t) > 127) {
+          throw nfe("Value out of range. Value:\"" + t + "\" Radix:10");
+        }
+        return Number(t) & 255;
+      }));
+    },
+// TbUtils.hexToBytes, base64ToHex, hexToBase64 (its hexToBytes unchecked), base64ToBytesList
+    hexToBytes: function (value) { return signed(hexToBytes(aText("hexToBytes", value))); },
+    base64ToHex: function (s) { return hexOf(fromBase64(aText("base64ToHex", s))); },
+    hexToBase64: function (hex) { return toBase64(rawHexToBytes(aText("hexToBase64", hex))); },
+    base64ToBytesList: function (s) { return signed(fromBase64(aText("base64ToBytesList", s))); },
+// TbUtils.parseInt(String[, int]), parseFloat(String[, int]) (Float.intBitsToFloat for hex),
+// parseDouble(String) (Double.longBitsToDouble for hex)
+    parseInt: function (value, radix) {
+      if (arguments.length >= 2 && !isWhole(radix)) { throw new TypeError("parseInt(): the radix is not a whole number"); }
+      return parseInt32(value, arguments.length >= 2 ? radix : 0, true);
+    },
+    parseFloat: function (value, radix) {
+      var valueP = prepareNumberString(value, true);
+      if (valueP === null) { return null; }
+      var r = validRadix(valueP, arguments.length >= 2 ? radix : 0, value);
+      if (r === 16) { var dv = new DataView(new ArrayBuffer(4)); dv.setUint32(0, Number(BigInt.asUintN(32, hexBig(valueP)))); return float32(dv.getFloat32(0)); }
+      return float32(javaFloatText(value));
+    },
+    parseDouble: function (value) {
+      if (arguments.length !== 1) { throw new TypeError("parseDouble() takes one argument"); }
+      var r0 = radix1016(aText("parseDouble", value));
+      var valueP = prepareNumberString(value, true);
+      if (valueP === null) { return null; }
+      var r = validRadix(valueP, r0, value);
+      if (r === 10) { return javaFloatText(valueP); }
+      var dv = new DataView(new ArrayBuffer(8));
+      if (valueP[0] === "-") { throw nfe("Illegal leading minus sign on unsigned string " + valueP + "."); }
+      dv.setBigUint64(0, BigInt.asUintN(64, hexBig(valueP)));
+      return dv.getFloat64(0);
+    },
+// TbUtils.parseHexToInt(String[, boolean]), parseLittleEndianHexToInt, parseBigEndianHexToInt
+// (the one-argument forms return int: blank text throws)
+    parseHexToInt: function (hex, bigEndian) {
+      var v = parseInt32(aText("parseHexToInt", hex), 16, arguments.length >= 2 ? flag("parseHexToInt", bigEndian) : true);
+      if (v === null && arguments.length < 2) { throw new TypeError("parseHexToInt(): the value is blank (null)"); }
+      return v;
+    },
+    parseLittleEndianHexToInt: function (hex) {
+      var v = parseInt32(aText("parseLittleEndianHexToInt", hex), 16, false);
+      if (v === null) { throw new TypeError("parseLittleEndianHexToInt(): the value is blank (null)"); }
+      return v;
+    },
+    parseBigEndianHexToInt: function (hex) {
+      var v = parseInt32(aText("parseBigEndianHexToInt", hex), 16, true);
+      if (v === null) { throw new TypeError("parseBigEndianHexToInt(): the value is blank (null)"); }
+      return v;
+    },
+// TbUtils.parseBytesToInt(List[, offset[, length[, bigEndian]]]) (validateLength,
+// validationNumberByLength, ByteBuffer.getInt)
+    parseBytesToInt: function (data, offset, length, bigEndian) {
+      if (!Array.isArray(data)) { throw new TypeError("parseBytesToInt(): the argument is not a list"); }
+      var bytes = data.map(numberByte), n = bytes.length;
+      offset = arguments.length >= 2 ? offset : 0;
+      length = arguments.length >= 3 ? length : (n < offset ? n : Math.min(n - offset, 4));
+      bigEndian = arguments.length >= 4 ? flag("parseBytesToInt", bigEndian) : true;
+      if (offset > n) { throw iae("Offset: " + offset + " is out of bounds for array with length: " + n + "!"); }
+      if (offset + length > n) { throw iae("Offset: " + offset + " and Length: " + length + " is out of bounds for array with length: " + n + "!"); }
+      if (length > 4) { throw iae("Length: " + length + " is too large. Maximum 4 bytes is allowed!"); }
+      byteBufferPut(4, offset, length, n, bigEndian);
+      var v = 0, i;
+      for (i = 0; i < length; i++) {
+        v = bigEndian ? (v << 8 | bytes[offset + i]) : (v | bytes[offset + i] << (8 * i));
+      }
+      return v | 0;
+    },
+// NumberUtils.toFixed(double, int), toInt(double) (HALF_UP, then intValue), isNaN(double);
+// TbUtils.isMap, isList, raiseError (RuntimeException), padStart, padEnd
+// TbUtils.parseBytesToLong(List[, offset[, length[, bigEndian]]]) (up to 8 bytes, signed 64
+// bits; exact only up to 2^53 here: beyond, an error), parseBytesToFloat (up to 4 bytes as
+// ByteBuffer.getFloat, without parseBytesToInt's length checks: ByteBuffer's exceptions; NaN
+// throws), parseHexToFloat(String[, boolean]) and its endian forms (Float.intBitsToFloat)
+    parseBytesToLong: function (data, offset, length, bigEndian) {
+      var bytes = listBytes("parseBytesToLong", data), n = bytes.length, v = 0n, i;
+      offset = arguments.length >= 2 ? offset : 0;
+      length = arguments.length >= 3 ? length : (n < offset ? n : Math.min(n - offset, 8));
+      bigEndian = arguments.length >= 4 ? flag("parseBytesToLong", bigEndian) : true;
+      if (offset > n) { throw iae("Offset: " + offset + " is out of bounds for array with length: " + n + "!"); }
+      if (offset + length > n) { throw iae("Offset: " + offset + " and Length: " + length + " is out of bounds for array with length: " + n + "!"); }
+      if (length > 8) { throw iae("Length: " + length + " is too large. Maximum 8 bytes is allowed!"); }
+      byteBufferPut(8, offset, length, n, bigEndian);
+      for (i = 0; i < length; i++) {
+        v = bigEndian ? (v << 8n | BigInt(bytes[offset + i])) : (v | BigInt(bytes[offset + i]) << BigInt(8 * i));
+      }
+      v = BigInt.asIntN(64, v);
+      if (v > 9007199254740991n || v < -9007199254740991n) {
+        throw new RangeError("parseBytesToLong(): " + v + " is beyond 2^53, not exact as a number here");
+      }
+      return Number(v);
+    },
+    parseBytesToFloat: function (data, offset, length, bigEndian) {
+      var bytes = listBytes("parseBytesToFloat", data), n = bytes.length, i;
+      offset = arguments.length >= 2 ? offset : 0;
+      length = arguments.length >= 3 ? length : (n < offset ? n : Math.min(n - offset, 4));
+      bigEndian = arguments.length >= 4 ? flag("parseBytesToFloat", bigEndian) : true;
+      if (length > 4) { throw new RangeError("BufferOverflowException"); }
+      if (offset < 0 || length < 0 || offset + length > n) { throw new RangeError("IndexOutOfBoundsException"); }
+      var dv = new DataView(new ArrayBuffer(4)), at = bigEndian ? 4 - length : 0;
+      for (i = 0; i < length; i++) { dv.setUint8(at + i, bytes[offset + i]); }
+      var f = dv.getFloat32(0, !bigEndian);
+      if (f !== f) { throw nfe("byte[] 0x" + hexOf(bytes) + " is a Not-a-Number (NaN) value"); }
+      return float32(f);
+    },
+    parseHexToFloat: function (hex, bigEndian) {
+      var v = hexFloat(aText("parseHexToFloat", hex), arguments.length >= 2 ? flag("parseHexToFloat", bigEndian) : true);
+      if (v === null && arguments.length < 2) { throw new TypeError("parseHexToFloat(): the value is blank (null)"); }
+      return v;
+    },
+    parseLittleEndianHexToFloat: function (hex) {
+      var v = hexFloat(aText("parseLittleEndianHexToFloat", hex), false);
+      if (v === null) { throw new TypeError("parseLittleEndianHexToFloat(): the value is blank (null)"); }
+      return v;
+    },
+    parseBigEndianHexToFloat: function (hex) {
+      var v = hexFloat(aText("parseBigEndianHexToFloat", hex), true);
+      if (v === null) { throw new TypeError("parseBigEndianHexToFloat(): the value is blank (null)"); }
+      return v;
+    },
+// TbUtils.intToHex(Integer[, bigEndian[, pref[, len]]]) (prepareNumberHexString,
+// removeLeadingZero_FF: at most 8 digits)
+    intToHex: function (i, bigEndian, pref, len) {
+      if (!isWhole(i) || i < -2147483648 || i > 2147483647) { throw new TypeError("intToHex(): not an int"); }
+      return numberHex(BigInt(i), arguments.length >= 2 ? flag("intToHex", bigEndian) : true,
+        arguments.length >= 3 ? flag("intToHex", pref) : false, arguments.length >= 4 ? len : -1, 8);
+    },
+    toFixed: function (value, precision) {
+      if (!isWhole(precision)) { throw new TypeError("toFixed(): the precision is not a whole number"); }
+      return halfUp(value, precision);
+    },
+    toInt: function (value) { return halfUp(value, 0) | 0; },
+    isNaN: function (value) {
+      if (typeof value !== "number") { throw new TypeError("isNaN(): the argument is not a number"); }
+      return value !== value;
+    },
+    isMap: function (v) { return v !== null && typeof v === "object" && !Array.isArray(v) && !(v instanceof __TbelEntry); },
+    isList: function (v) { return Array.isArray(v); },
+    raiseError: function (message) { throw new Error(message === null || message === undefined ? "null" : String(message)); },
+    padStart: function (str, length, c) {
+      aText("padStart", str);
+      if (typeof c !== "string" || c.length !== 1) { throw new TypeError("padStart(): the pad is not one character"); }
+      while (str.length < length) { str = c + str; }
+      return str;
+    },
+    padEnd: function (str, length, c) {
+      aText("padEnd", str);
+      if (typeof c !== "string" || c.length !== 1) { throw new TypeError("padEnd(): the pad is not one character"); }
+      while (str.length < length) { str = str + c; }
+      return str;
+    },
+    encodeURI: function (uri) {
+      var bytes = utf8(aText("encodeURI", uri)), out = "", i, c;
+      for (i = 0; i < bytes.length; i++) {
+        c = String.fromCharCode(bytes[i]);
+        out += bytes[i] < 128 && FORM_SAFE.test(c) ? c : c === " " ? "+" : "%" + hexOf([bytes[i]]);
+      }
+      for (i = 0; i < URI_REPLACE.length; i++) { out = replaceAll(out, URI_REPLACE[i][0], URI_REPLACE[i][1]); }
+      return out;
+    },
+    decodeURI: function (uri) {
+      var s = aText("decodeURI", uri), i, bytes = [], out = "", c;
+      for (i = URI_REPLACE.length - 1; i >= 0; i--) { s = replaceAll(s, URI_REPLACE[i][1], URI_REPLACE[i][0]); }
+      function flush() { if (bytes.length) { out += fromUtf8(bytes); bytes = []; } }
+      for (i = 0; i < s.length; i++) {
+        c = s[i];
+        if (c === "%") {
+          var h = s.slice(i + 1, i + 3);
+          if (!/^[0-9A-Fa-f]{2}$/.test(h)) { throw iae("URLDecoder: Illegal hex characters in escape (%) pattern"); }
+          bytes.push(Number("0x" + h));
+          i += 2;
+          continue;
+        }
+        flush();
+        out += c === "+" ? " " : c;
+      }
+      flush();
+      return out;
+    }
+  };
+// TbUtils's overloads of each helper by argument count (its parserConfig.addImport stubs, less the
+// ExecutionContext some take first): another count is an error, as MVEL finds no method
+  var HELPERS = {btoa: [1, 1], atob: [1, 1], stringToBytes: [1, 2], bytesToString: [1, 2],
+    decodeToString: [1, 1], decodeToJson: [1, 1], bytesToHex: [1, 1], hexToBytes: [1, 1],
+    base64ToHex: [1, 1], hexToBase64: [1, 1], base64ToBytesList: [1, 1], parseInt: [1, 2],
+    parseFloat: [1, 2], parseDouble: [1, 1], parseHexToInt: [1, 2], parseLittleEndianHexToInt: [1, 1],
+    parseBigEndianHexToInt: [1, 1], parseBytesToInt: [1, 4], parseBytesToLong: [1, 4],
+    parseBytesToFloat: [1, 4], parseHexToFloat: [1, 2], parseLittleEndianHexToFloat: [1, 1],
+    parseBigEndianHexToFloat: [1, 1], intToHex: [1, 4], toFixed: [2, 2], toInt: [1, 1], isNaN: [1, 1],
+    isMap: [1, 1], isList: [1, 1], raiseError: [1, 1], padStart: [3, 3], padEnd: [3, 3],
+    encodeURI: [1, 1], decodeURI: [1, 1]};
+  var out = {java: java};
+  Object.keys(HELPERS).forEach(function (name) {
+    out[name] = arity(name, HELPERS[name][0], HELPERS[name][1], h[name]);
+  });
+  return Object.freeze(out);
+})();
+// the script's scope binds each helper afresh per call (sandbox.py: var btoa = __tbelH.btoa, ...)
+var __tbelJava = __tbelH.java;

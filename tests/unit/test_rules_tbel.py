@@ -1,0 +1,727 @@
+"""TBEL scripts as ThingsBoard runs them: foreach (MVEL's ForEachNode), the Java methods of maps,
+lists, text and map entries (the tbel library's ExecutionHashMap / ExecutionArrayList /
+ExecutionEntry, java.util and java.lang.String), MVEL's reads of ``x.size`` and the like, and
+ThingsBoard's TbUtils helpers; each through ``ScriptEngine(..., "TBEL")``, with exact results.
+Expected values marked "TbelInvokeDocsIoTest" are those of ThingsBoard's own test of its TBEL
+documentation (application/src/test/java/.../script/TbelInvokeDocsIoTest.java)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from edge_sync.rules import nodes as n
+from edge_sync.rules.chain import parse
+from edge_sync.rules.engine import Failed, Outcome, RuleEngine, SaveTimeseries, Visited
+from edge_sync.rules.message import Originator, RuleMsg
+from edge_sync.rules.sandbox import (
+    ScriptEngine,
+    ScriptRuntimeError,
+    ScriptSyntaxError,
+    TransformResult,
+    tbel_to_js,
+)
+
+TELEMETRY = "POST_TELEMETRY_REQUEST"
+
+
+def run(script: str, msg: Any = None, metadata: dict[str, str] | None = None) -> Any:
+    return ScriptEngine(script, "TBEL").call({} if msg is None else msg, metadata or {}, TELEMETRY)
+
+
+def error(script: str, msg: Any = None) -> str:
+    """The first line of the script's run-time error."""
+    with pytest.raises(ScriptRuntimeError) as caught:
+        run(script, msg)
+    return str(caught.value).splitlines()[0]
+
+
+# -- foreach ----------------------------------------------------------------------------------
+
+def test_foreach_over_a_list_sums_breaks_and_returns() -> None:
+    """TbelInvokeDocsIoTest.foreach_Test: [1, 2, 3] sums to 6; break leaves the loop, return in
+    the body returns from the script (ForEachNode: breakFlag, tiltFlag)."""
+    assert run("var numbers = [1, 2, 3];\nvar sum = 0;\nforeach (n : numbers) {\n  sum+=n;\n}\n"
+               "return sum;") == 6
+    assert run("var seen = [];\nforeach (x : msg.l) { if (x == 3) { break; } seen.add(x); }\n"
+               "return seen;", {"l": [1, 2, 3, 4]}) == [1, 2]
+    assert run("foreach (x : msg.l) { if (x > 1) { return x * 10; } }\nreturn 0;",
+               {"l": [1, 2, 3]}) == 20
+
+
+def test_foreach_over_text_an_integer_and_mvels_for_colon_form() -> None:
+    """ForEachNode: text by character, an integer n as 1..n; ``for (x : c)`` is the same loop,
+    and an item's type (``String s``) is accepted."""
+    assert run("var out = [];\nforeach (c : msg.s) { out.add(c); }\nreturn out;",
+               {"s": "abc"}) == ["a", "b", "c"]
+    assert run("var n = 0;\nforeach (i : 4) { n = n + i; }\nreturn n;") == 10
+    assert run("var n = '';\nfor (x : msg.l) { n = n + x; }\nreturn n;", {"l": ["a", "b"]}) == "ab"
+    assert run("var n = '';\nforeach (String s : msg.l) { n = n + s; }\nreturn n;",
+               {"l": ["a", "b"]}) == "ab"
+
+
+def test_foreach_over_a_map_and_its_keys_values_and_entries() -> None:
+    """TbelInvokeDocsIoTest.mapsIterateThrough_Test / mapsImplicitIterationWithoutEntrySet: a
+    map and its entrySet() give entries with key / getKey() and value / getValue(); keys() and
+    values() are lists (ExecutionHashMap)."""
+    script = ("var out = [];\n"
+              "foreach (e : msg) { out.add(e.key + '=' + e.getValue()); }\n"
+              "foreach (e : msg.entrySet()) { out.add(e.getKey() + ':' + e.value); }\n"
+              "foreach (k : msg.keys()) { out.add(k); }\n"
+              "foreach (v : msg.values()) { out.add(v); }\n"
+              "return out;")
+    assert run(script, {"a": 1, "b": "x"}) == ["a=1", "b=x", "a:1", "b:x", "a", "b", 1, "x"]
+
+
+def test_an_entry_is_a_copy_whose_set_value_returns_the_old_value() -> None:
+    """ExecutionHashMap.entrySet: new ExecutionEntry copies; setValue changes the entry only;
+    ExecutionEntry.equals compares key and value."""
+    assert run("var es = msg.entrySet();\nvar e = null;\nforeach (x : es) { e = x; }\n"
+               "var old = e.setValue(5);\nvar same = false;\n"
+               "foreach (x : es) { same = e.equals(x); }\n"
+               "return [old, e.getValue(), e.key, msg, same, es.size(), e.toString()];",
+               {"a": 1}) == [1, 5, "a", {"a": 1}, True, 1, "a=5"]
+
+
+def test_foreach_over_what_cannot_be_iterated_or_a_list_changed_meanwhile_fails() -> None:
+    """ForEachNode: "non-iterable type" for null, a boolean or a fraction; ArrayList's
+    iterator throws ConcurrentModificationException when the list's size changed."""
+    assert error("foreach (x : msg.nope) { }\nreturn 1;") == (
+        "TypeError: foreach: non-iterable type: null")
+    assert error("foreach (x : 1.5) { }\nreturn 1;") == (
+        "TypeError: foreach: non-iterable type: 1.5")
+    assert error("foreach (x : msg.l) { msg.l.add(x); }\nreturn 1;", {"l": [1, 2]}) == (
+        "Error: ConcurrentModificationException: the list changed while foreach ran over it")
+
+
+def test_foreach_keeps_line_numbers_and_leaves_strings_and_comments_alone() -> None:
+    source = ("var s = 'foreach (x : y)'; // foreach (a : b)\n"
+              "foreach (x :\n  msg.l) { s = s + x; }\nreturn s.size();")
+    assert tbel_to_js(source) == (
+        "var s = 'foreach (x : y)';                   \n"
+        "for (var x of __tbelIter(\n  msg.l)) { s = s + x; }\nreturn s[__tbelS.size]();")
+    assert error(source, {"l": [1]}) == "TypeError: size(): text is not a list or a map"
+
+
+# -- maps -------------------------------------------------------------------------------------
+
+def test_map_methods_as_execution_hash_map_and_java_util_map() -> None:
+    """get: the value or null; put: the previous value or null, a null value removes the key
+    (ExecutionHashMap.put); putIfAbsent, getOrDefault, containsKey, containsValue (equals:
+    by content), replace (HashMap.replace), putAll, size, isEmpty."""
+    script = """var m = msg;
+return [
+  m.get('a'), m.get('nope'), m.getOrDefault('nope', 7), m.getOrDefault('a', 7),
+  m.put('a', 2), m.put('new', 'n'), m.put('b', null), m.containsKey('b'),
+  m.putIfAbsent('a', 9), m.putIfAbsent('c', 3),
+  m.containsKey('c'), m.containsValue({x: [1]}), m.containsValue(42),
+  m.replace('a', 5), m.replace('zz', 1), m.containsKey('zz'),
+  m.replace('a', 5, 6), m.replace('a', 5, 7),
+  m.size(), m.isEmpty(), {}.isEmpty(),
+  m
+];"""
+    assert run(script, {"a": 1, "b": "x", "l": {"x": [1]}}) == [
+        1, None, 7, 1,
+        1, None, "x", False,
+        2, None,
+        True, True, False,
+        2, None, False,
+        True, False,
+        4, False, True,
+        {"a": 6, "l": {"x": [1]}, "new": "n", "c": 3},
+    ]
+
+
+def test_map_put_all_keys_values_and_clear() -> None:
+    """TbelInvokeDocsIoTest.mapsAddNewEntry_Test / mapsGetKeysValues_Test: putAll adds the
+    entries in order; keys() and values() are new lists; clear() empties the map."""
+    assert run("msg.putAll({'test': 12, 'input': {'http': 130}});\n"
+               "var keys = msg.keys();\nkeys.add('not in the map');\n"
+               "return [msg, keys, msg.values(), msg.keySet()];", {"a": 1}) == [
+        {"a": 1, "test": 12, "input": {"http": 130}}, ["a", "test", "input", "not in the map"],
+        [1, 12, {"http": 130}], ["a", "test", "input"]]
+    assert run("metadata.clear();\nreturn [metadata, metadata.size()];", {}) == [{}, 0]
+
+
+def test_map_and_list_equals_compare_content() -> None:
+    assert run("return [msg.equals({b: [1, {c: 2}], a: 1}), msg.equals({a: 1}), "
+               "msg.b.equals([1, {c: 2}]), msg.b.equals([{c: 2}, 1])];",
+               {"a": 1, "b": [1, {"c": 2}]}) == [True, False, True, False]
+
+
+def test_size_and_the_other_reads_mvel_makes_calls() -> None:
+    """MVEL's property read takes a method of that name with no argument before a map's key
+    (PropertyTools.getGetter, ReflectiveAccessorOptimizer.getBeanProperty): msg.size is the
+    map's size even with a data key "size", msg.values its values, list.size the list's
+    (TbelInvokeDocsIoTest.listsCreateNewList_Test: ``i < list.size``). msg["size"] reads the
+    key, and a write sets it."""
+    data = {"size": 9, "values": "v", "l": ["A", "B", "C"]}
+    assert run("var s = '';\nfor (var i = 0; i < msg.l.size; i++) { s += msg.l[i]; }\n"
+               "return [s, msg.size, msg['size'], msg.values, msg.keys, msg.l.empty, "
+               "msg.isEmpty, msg.size == 3, msg.size >= 3, msg['values']];", data) == [
+        "ABC", 3, 9, [9, "v", ["A", "B", "C"]], ["size", "values", "l"], False, False, True,
+        True, "v"]
+    assert run("msg.size = 5;\nmsg.values += '!';\nreturn msg;", {"size": 1, "values": "v"}) == {
+        "size": 5, "values": "v!"}
+
+
+def test_method_names_as_data_keys_are_data_and_json_sees_no_method() -> None:
+    """The methods are keyed by symbols every value inherits: a data key named get, put,
+    remove or containsKey is data, and the message goes out as it came."""
+    data = {"get": 1, "put": [2], "remove": {"x": 3}, "containsKey": "k"}
+    assert run("return [msg.get('get'), msg.put.get(0), msg.remove.x, msg['containsKey'], "
+               "msg.containsKey('put'), JSON.stringify(msg), msg];", data) == [
+        1, 2, 3, "k", True, '{"get":1,"put":[2],"remove":{"x":3},"containsKey":"k"}', data]
+
+
+# -- lists ------------------------------------------------------------------------------------
+
+def test_list_methods_as_execution_array_list() -> None:
+    """TbelInvokeDocsIoTest.listAddPushDelete_Test / listChange_Test / listGetInfo_Test: add
+    (true), add(index, v), addAll, addAll(index, c), set (the element replaced), push (true),
+    unshift, remove, shift, pop, indexOf(v, from), contains, length."""
+    script = """var list = msg.list;
+var r = {};
+r.put("addAll", list.addAll(["thigsboard", 4, 67]));
+r.put("addAllIndex", list.addAll(2, ["x"]));
+r.put("add", list.add("a"));
+r.put("addIndex", list.add(0, "first"));
+r.put("set", list.set(1, "65"));
+r.put("push", list.push("p"));
+list.unshift("u1", "u2");
+r.put("removeValue", list.remove("C"));
+r.put("shift", list.shift());
+r.put("pop", list.pop());
+r.put("list", list);
+r.put("get", list.get(2));
+r.put("indexOf", list.indexOf(4));
+r.put("indexOfFrom", list.indexOf("u2", 2));
+r.put("lastIndexOf", list.lastIndexOf(67));
+r.put("contains", [list.contains(67), list.contains("zz"), [{a: [1]}].contains({a: [1]}),
+  [1, null].contains(msg.nope), [1, null].indexOf(null)]);
+r.put("sizes", [list.size(), list.length(), list.isEmpty(), [].isEmpty()]);
+return r;"""
+    assert run(script, {"list": ["A", "B", "C"]}) == {
+        "addAll": True, "addAllIndex": True, "add": True, "set": "A", "push": True,
+        "removeValue": True, "shift": "u1", "pop": "p",
+        "list": ["u2", "first", "65", "B", "x", "thigsboard", 4, 67, "a"],
+        "get": "65", "indexOf": 6, "indexOfFrom": -1, "lastIndexOf": 7,
+        "contains": [True, False, True, True, 1], "sizes": [9, 9, False, True]}
+
+
+def test_list_indexes_out_of_range_throw_as_java_does() -> None:
+    """ArrayList: get/set check the index (IndexOutOfBoundsException, Objects.checkIndex), add
+    at an index rangeCheckForAdd; shift of an empty list is remove(0); pop of one is null."""
+    assert error("return msg.l.get(3);", {"l": [1, 2, 3]}) == (
+        "RangeError: Index 3 out of bounds for length 3")
+    assert error("return msg.l.get(-1);", {"l": [1]}) == (
+        "RangeError: Index -1 out of bounds for length 1")
+    assert error("return msg.l.set(1, 0);", {"l": [1]}) == (
+        "RangeError: Index 1 out of bounds for length 1")
+    assert error("return msg.l.add(5, 0);", {"l": [1, 2]}) == "RangeError: Index: 5, Size: 2"
+    assert error("return [].shift();") == "RangeError: Index 0 out of bounds for length 0"
+    assert error("return msg.l.get('0');", {"l": [1]}) == (
+        "TypeError: get(0): the index is not a whole number")
+    assert run("return [[].pop(), [1, 2].add(2, 3)];") == [None, None]
+
+
+def test_list_join_as_execution_array_list_join() -> None:
+    """ExecutionArrayList.join: each element's toString joined, then ", " made "," and the
+    brackets taken out; a null element throws (Object::toString)."""
+    assert run("return [msg.l.join(), msg.l.join(' | '), [1, 2].join(', ')];",
+               {"l": [1, 2.5, "a", [3, 4], {"k": "v"}]}) == [
+        "1,2.5,a,3,4,{k=v}", "1 | 2.5 | a | 3,4 | {k=v}", "1,2"]
+    assert error("return [1, null].join();") == "TypeError: join(): the list holds null"
+
+
+def test_list_sort_reverse_slice_and_concat_as_execution_array_list() -> None:
+    """TbelInvokeDocsIoTest.listSort_Test and listNewListOrStringSort_Test: sort by number when
+    every element reads as one, descending with false, in place (null); toSorted, toReversed,
+    slice (negative indexes from the end) and concat give new lists; a start after the end of
+    a slice throws (ArrayList.subList)."""
+    assert run("""var list = msg.list;
+var r = {};
+r.put("sort", list.sort());
+r.put("sortList", list.slice());
+r.put("sortFalse", list.sort(false));
+r.put("sortFalseList", list.slice());
+r.put("reverse", list.reverse());
+r.put("reverseList", list.slice());
+return r;""", {"list": [2096, "98", 5, "65"]}) == {
+        "sortList": [5, "65", "98", 2096], "sortFalseList": [2096, "98", "65", 5],
+        "reverseList": [5, "65", "98", 2096]}
+    assert run("var list = msg.list;\n"
+               "return [list.toSorted(), list.toSorted(false), list.toReversed(), list.slice(3), "
+               "list.slice(0, 2), list.slice(-2), list.concat(['thigsboard', 4, 67]), list, "
+               "['b', 'a', 10, null, [1]].toSorted(), [1, '1.5', ' 2 ', '1e1'].toSorted(false)];",
+               {"list": [67, 2, 2, 2]}) == [
+        [2, 2, 2, 67], [67, 2, 2, 2], [2, 2, 2, 67], [2], [67, 2], [2, 2],
+        [67, 2, 2, 2, "thigsboard", 4, 67], [67, 2, 2, 2],
+        [10, [1], "a", "b", None], ["1e1", " 2 ", "1.5", 1]]
+    assert error("return [1, 2, 3].slice(3, 1);") == "RangeError: fromIndex(3) > toIndex(1)"
+
+
+def test_to_string_is_javas_text_of_the_value() -> None:
+    """Object.toString as Java writes each: AbstractMap / AbstractCollection.toString (a key
+    whose value is null is not in a TBEL map), numbers, booleans, text as it is."""
+    assert run("return [msg.toString(), msg.l.toString(), msg.l.get(0).toString(), "
+               "(2.5).toString(), true.toString(), 'a'.toString(), 'a'.concat('b')];",
+               {"a": 1, "l": [7, "x", {"k": None, "j": [1]}]}) == [
+        "{a=1, l=[7, x, {j=[1]}]}", "[7, x, {j=[1]}]", "7", "2.5", "true", "a", "ab"]
+
+
+def test_list_clear_and_methods_of_another_kind_fail() -> None:
+    assert run("msg.l.clear();\nreturn msg;", {"l": [1, 2]}) == {"l": []}
+    assert error("return msg.l.containsKey(0);", {"l": [1]}) == (
+        "TypeError: containsKey(): a list is not a map")
+    assert error("return msg.m.set(0, 1);", {"m": {}}) == "TypeError: set(): a map is not a list"
+    assert error("return msg.n.size();", {"n": 5}) == (
+        "TypeError: size(): a number is not a list or a map")
+
+
+# -- text -------------------------------------------------------------------------------------
+
+def test_text_methods_as_java_lang_string() -> None:
+    """String.length, isEmpty, equals, equalsIgnoreCase, contains, startsWith(p[, offset]),
+    endsWith, substring, toUpperCase, toLowerCase, trim (only characters up to U+0020: a
+    no-break space stays), indexOf, lastIndexOf (a negative start finds nothing), replace
+    (every occurrence, literally), split (a one-character separator, trailing empty strings
+    removed)."""
+    script = """var s = msg.s;
+return [
+  s.length(), s.isEmpty(), ''.isEmpty(), s.equals('Hello, World'), s.equals(msg.n),
+  s.equalsIgnoreCase('hELLO, wORLD'), s.equalsIgnoreCase(null), s.contains('lo, W'),
+  s.startsWith('Hell'), s.startsWith('World', 7), s.startsWith('H', -1), s.endsWith('ld'),
+  s.substring(7), s.substring(0, 5), s.toUpperCase(), s.toLowerCase(),
+  msg.padded.trim(), s.indexOf('o'), s.indexOf('o', 5), s.lastIndexOf('o'),
+  s.lastIndexOf('o', -1), 'a$b$'.replace('$', '$$&'), 'a,b,,c,,'.split(','),
+  ','.split(','), ''.split(','), 'a.b'.split('\\\\.')
+];"""
+    assert run(script, {"s": "Hello, World", "n": 5, "padded": "\t x \u00a0\n"}) == [
+        12, False, True, True, False,
+        True, False, True,
+        True, True, False, True,
+        "World", "Hello", "HELLO, WORLD", "hello, world",
+        "x \u00a0", 4, 8, 8,
+        -1, "a$$&b$$&", ["a", "b", "", "c"],
+        [], [""], ["a", "b"],
+    ]
+
+
+def test_text_methods_fail_as_java_does() -> None:
+    """substring's bounds (StringIndexOutOfBoundsException); split by a regular expression is
+    not supported here (only String.split's one-character fast path)."""
+    assert error("return msg.s.substring(2, 9);", {"s": "abc"}) == (
+        "RangeError: begin 2, end 9, length 3")
+    assert error("return msg.s.substring(2, 1);", {"s": "abc"}) == (
+        "RangeError: begin 2, end 1, length 3")
+    assert error("return msg.s.split('[,;]');", {"s": "a,b"}) == (
+        'TypeError: split("[,;]"): only a one-character separator is supported '
+        "(see docs/rules-scripts.md)")
+    assert error("return msg.s.contains(5);", {"s": "a5"}) == "TypeError: contains(): 5 is not text"
+
+
+# -- what stays outside the subset --------------------------------------------------------------
+
+@pytest.mark.parametrize(("script", "message"), [
+    ("return msg.l.stream();", "TBEL: the method stream() is not in the supported subset (line 1: "
+     "'.stream('); see docs/rules-scripts.md"),
+    ("var m = {};\nreturn msg.t.toFixed(2);", "TBEL: the method toFixed() is not in the "
+     "supported subset (line 2: '.toFixed('); see docs/rules-scripts.md"),
+    ("return msg.m.sortByKey();", "TBEL: the method sortByKey() is not in the supported subset "
+     "(line 1: '.sortByKey('); see docs/rules-scripts.md"),
+])
+def test_a_method_outside_the_subset_is_refused_at_compile(script: str, message: str) -> None:
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine(script, "TBEL")
+    assert str(caught.value) == message
+
+
+def test_math_json_and_date_now_keep_their_own_methods_and_literals_are_left_alone() -> None:
+    """java.lang.Math's methods are JavaScript's; JSON is ThingsBoard's TbJson (stringify,
+    parse); Date.now() is TbDate.now (epoch milliseconds), the one Date method mapped."""
+    assert run("metadata.arrivalTs = Date.now();\n"
+               "return [Math.max(1, 2), Math.abs(-3), JSON.parse('[1]'), "
+               "JSON.stringify({a: 'x.size()'}), 'msg.sort() .put(', "
+               "metadata.arrivalTs > 1700000000000];") == [
+        2, 3, [1], '{"a":"x.size()"}', "msg.sort() .put(", True]
+    for script, method in (("return Date.UTC(2020);", "Date.UTC"), ("return JSON.foo(1);", "JSON.foo")):
+        with pytest.raises(ScriptSyntaxError) as caught:
+            ScriptEngine(script, "TBEL")
+        assert str(caught.value).startswith(f"TBEL: the method {method}() is not in the supported")
+    assert tbel_to_js("var a = 'x.put(1)'; /* .sort( */ return a.size;") == (
+        "var a = 'x.put(1)';              return a[__tbelG.size];")
+
+
+def test_js_scripts_keep_javascripts_own_semantics() -> None:
+    """Only TBEL gets the runtime: in JS msg.size is the data, size() is no method, and
+    parseInt is JavaScript's."""
+    js = ScriptEngine("return [msg.size, parseInt('12.5'), typeof btoa];")
+    assert js.call({"size": 9}, {}, TELEMETRY) == [9, 12, "function"]
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine("return msg.l.size();").call({"l": [1]}, {}, TELEMETRY)
+    assert str(caught.value).splitlines()[0] == "TypeError: not a function"
+
+
+# -- TbUtils helpers -----------------------------------------------------------------------------
+
+def test_base64_text_and_bytes_helpers() -> None:
+    """TbelInvokeDocsIoTest.atobBtoa_Test, stringToBytesBinaryString_Test, bytesToString_Test,
+    decodeToJson_Test; TbUtils.btoa/atob (UTF-8), stringToBytes (signed bytes),
+    bytesToString / decodeToString (-128..255, text through parseInt), decodeToJson."""
+    script = """var e = btoa(msg.s);
+return [e, atob(e), stringToBytes('hé'), stringToBytes('hé', 'ISO-8859-1'),
+  bytesToString([0x48, 0x45, 0x4C, 0x4C, 0x4F]), bytesToString([104, 195, 169]),
+  bytesToString([-61, -87, '0x41', '66']), decodeToString([104, 105]), bytesToString([233], 'latin1'),
+  decodeToJson(stringToBytes(atob('eyJoZWxsbyI6ICJ3b3JsZCJ9'))), decodeToJson('[1, "a"]'),
+  atob('w6k'), bytesToString([0xC3])];"""
+    assert run(script, {"s": "Hello, world"}) == [
+        "SGVsbG8sIHdvcmxk", "Hello, world", [104, -61, -87], [104, -23],
+        "HELLO", "hé",
+        "éAB", "hi", "é",
+        {"hello": "world"}, [1, "a"],
+        "é", "\ufffd"]
+
+
+def test_hex_helpers() -> None:
+    """TbelInvokeDocsIoTest.hexToBytes_Test; TbUtils.bytesToHex (Byte.parseByte of each
+    element), base64ToHex, hexToBase64, base64ToBytesList."""
+    assert run("return [hexToBytes('0x01752B0367FA000500010488FFFFFFFFFFFFFFFF33'), "
+               "bytesToHex([1, -1, 127, '12']), base64ToHex('AQID/w=='), hexToBase64('010203FF'), "
+               "base64ToBytesList('AQID/w==')];") == [
+        [1, 117, 43, 3, 103, -6, 0, 5, 0, 1, 4, -120, -1, -1, -1, -1, -1, -1, -1, -1, 51],
+        "01FF7F0C", "010203FF", "AQID/w==", [1, 2, 3, -1]]
+
+
+def test_number_parsing_helpers() -> None:
+    """TbelInvokeDocsIoTest.parseInt_Test, parseFloat_Test, parseDouble_Test; TbUtils
+    parseHexToInt (big- and little-endian), parseBytesToInt (ByteBuffer.getInt)."""
+    assert run("""return [
+  parseInt("0"), parseInt("473"), parseInt("+42"), parseInt("-0", 10), parseInt("-0xFF"),
+  parseInt("-FF", 16), parseInt("1100110", 2), parseInt("2147483647", 10),
+  parseInt("-2147483648", 10), parseInt("Kona", 27), parseInt("11111111111111111111111111111110", 2),
+  parseInt(""), parseFloat("4.2"), parseFloat("0x41200000"), parseDouble("4.2"),
+  parseDouble("0x400921FB54442D18"), parseHexToInt("AABB"), parseHexToInt("BBAA", false),
+  parseLittleEndianHexToInt("BBAA"), parseBigEndianHexToInt("0x00FF"),
+  parseBytesToInt([0xAA, 0xBB, 0xCC, 0xDD]), parseBytesToInt([1, 2, 3, 4], 1, 2, false),
+  parseBytesToInt([0, 0, 1, 0], 2)
+];""") == [
+        0, 473, 42, 0, -255,
+        -255, 102, 2147483647,
+        -2147483648, 411787, -2,
+        None, 4.2, 10, 4.2,
+        3.141592653589793, 43707, 43707,
+        43707, 255,
+        -1430532899, 770,
+        256]
+
+
+def test_byte_float_and_hex_helpers_as_tbutils_test() -> None:
+    """TbUtilsTest.parseBytesToFloat / parseFloat / intToHex_Test / parseBytesToLong: floats as
+    Java prints them (1.4E-44, 1.1803216E8, 8.0821E-41), intToHex's digits, endianness and
+    length; a long beyond 2^53 is an error here (not exact as a double)."""
+    assert run("""var b = [0x4C, 0xE1, 0x20, 0xE4];
+return [
+  parseBytesToFloat([0x0A]), parseBytesToFloat([65, -22, 98, -52], 0),
+  parseBytesToFloat(b, 0, 4, true), parseBytesToFloat(b, 0, 2, false),
+  parseBytesToFloat(b, 0, 2), parseBytesToFloat(b, 0, 3, false),
+  parseHexToFloat("41EA62CC"), parseLittleEndianHexToFloat("CC62EA41"),
+  parseBigEndianHexToFloat("0x3F800000"),
+  intToHex(-2578), intToHex(-2555994, true, true), intToHex(-2555994, false, true),
+  intToHex(2147483647, true, true), intToHex(-2147483648, true, true),
+  intToHex(0xABCDEF, false, true, 4), intToHex(0xAB, false, false, 2), intToHex(0xABCD, true, true, 2),
+  intToHex(0), parseBytesToLong([0, 0, 1, 0]), parseBytesToLong([1, 2], 0, 2, false),
+  parseBytesToLong([-1, -1, -1, -1, -1, -1, -1, -1])
+];""") == [
+        1.4e-44, 29.29824, 118032160, 8.0821e-41,
+        2.7579e-41, 3.019557e-39,
+        29.29824, 29.29824, 1,
+        "FFF5EE", "0xFFD8FFA6", "0xA6FFD8FF",
+        "0x7FFFFFFF", "0x80000000",
+        "0xCDAB", "AB", "0xCD",
+        "00", 256, 513,
+        -1]
+    assert error("return parseBytesToFloat([-1, -1, -1, -1], 0, 4, true);") == (
+        "NumberFormatException: byte[] 0xFFFFFFFF is a Not-a-Number (NaN) value")
+    assert error("return parseBytesToLong([64, -101, 4, -79, 12, -78, -107, -22], 0, 8);") == (
+        "RangeError: parseBytesToLong(): 4655319798286292458 is beyond 2^53, not exact as a number here")
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ('parseInt("2147483648", 10)', 'NumberFormatException: For input string: "2147483648"'),
+    ('parseInt("99", 8)', 'NumberFormatException: Failed radix [8] for value: "99", must be [-1] !'),
+    ('parseInt("12.5")', 'NumberFormatException: For input string: "12.5"'),
+    ('parseInt("A")', 'NumberFormatException: The hexadecimal value: "A" must be of even length, '
+     "or if the decimal value must be a number!"),
+    ('parseInt("1", 7)', "IllegalArgumentException: Invalid radix: [7]"),
+    ('parseDouble(" 1.5")', 'NumberFormatException: Value: " 1.5" is not numeric or hexDecimal format!'),
+    ("atob('QQ=')", "IllegalArgumentException: Input byte array has wrong 4-byte ending unit"),
+    ("atob('Q')", "IllegalArgumentException: Last unit does not have enough valid bits"),
+    ("atob('a b')", "IllegalArgumentException: Illegal base64 character 20"),
+    ("hexToBytes('ABC')", "IllegalArgumentException: Hex string must be even-length."),
+    ("bytesToString([256])", "NumberFormatException: The value '256' could not be correctly "
+     "converted to a byte. Integer to byte conversion requires the use of only 8 bits (with a "
+     "range of min/max = -128/255)!"),
+    ("bytesToHex([200])", 'NumberFormatException: Value out of range. Value:"200" Radix:10'),
+    ("parseBytesToInt([1, 2, 3, 4, 5], 0, 5)",
+     "IllegalArgumentException: Length: 5 is too large. Maximum 4 bytes is allowed!"),
+    ("stringToBytes('x', 'UTF-16')", 'TypeError: charset "UTF-16" is not supported here '
+     "(UTF-8, ISO-8859-1, US-ASCII)"),
+    ("raiseError('boom')", "Error: boom"),
+    ("parseLong('1')", "ReferenceError: parseLong is not defined"),
+    ("intToHex(4292411302)", "TypeError: intToHex(): not an int"),
+])
+def test_helpers_fail_as_tbutils_does(call: str, message: str) -> None:
+    assert error(f"return {call};") == message
+
+
+def test_rounding_and_other_helpers() -> None:
+    """TbelInvokeDocsIoTest.toFixed_Test / toInt_Test; NumberUtils.toFixed (HALF_UP of the
+    double's decimal text), toInt (HALF_UP), isNaN; TbUtils.isMap, isList, padStart, padEnd,
+    encodeURI / decodeURI (TbelInvokeDocsIoTest.encodeDecodeUri_Test)."""
+    assert run("return [toFixed(0.345, 1), toFixed(0.345, 2), toFixed(2.5, 0), toFixed(-2.5, 0), "
+               "toFixed(1.005, 2), toFixed(1234.5678, -2), toInt(0.3), toInt(0.5), toInt(2.7), "
+               "toInt(-2.5), isNaN(1), isNaN(0.0 / 0.0), isMap({}), isMap([]), isList([]), "
+               "isList('a'), padStart('5', 3, '0'), padEnd('5', 3, 'x')];") == [
+        0.3, 0.35, 3, -3, 1.01, 1200, 0, 1, 3, -3, False, True, True, False, True, False,
+        "005", "5xx"]
+    original = ("-_.!~*'();/?:@&=+$,#ht://example.ж д a/path with spaces/?param1=Київ 1"
+                "&param2=Україна2")  # noqa: RUF001 (ThingsBoard's test text)
+    encoded = ("-_.!~*'();/?:@&=+$,#ht://example.%D0%B6%20%D0%B4%20a/path%20with%20spaces/"
+               "?param1=%D0%9A%D0%B8%D1%97%D0%B2%201&param2=%D0%A3%D0%BA%D1%80%D0%B0%D1%97"
+               "%D0%BD%D0%B02")
+    assert run("return [encodeURI(msg.o), decodeURI(msg.e)];", {"o": original, "e": encoded}) == [
+        encoded, original]
+
+
+def test_java_class_methods_a_script_may_call() -> None:
+    """java.lang.Integer.parseInt / valueOf / toString / toHexString and MAX_VALUE,
+    Long.parseLong (exact up to 2^53 here), Double.parseDouble (Java's trim), String.valueOf
+    (Java's text), Boolean.parseBoolean; also inside a def function."""
+    assert run("def hex(s) { return Integer.parseInt(s, 16); }\n"
+               "return [Integer.parseInt('12'), hex('-FF'), Integer.valueOf('+7'), "
+               "Integer.toString(255, 16), Integer.toString(5, 99), Integer.toHexString(-1), "
+               "Integer.MAX_VALUE, Long.parseLong('9007199254740991'), Double.parseDouble(' 1.5 '), "
+               "String.valueOf(msg), String.valueOf(null), Boolean.parseBoolean('TRUE'), "
+               "Boolean.parseBoolean(null)];", {"a": [1, 2.5]}) == [
+        12, -255, 7, "ff", "5", "ffffffff", 2147483647, 9007199254740991, 1.5, "{a=[1, 2.5]}",
+        "null", True, False]
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("Integer.parseInt('12.5')", 'NumberFormatException: For input string: "12.5"'),
+    ("Integer.parseInt('2147483648')", 'NumberFormatException: For input string: "2147483648"'),
+    ("Integer.parseInt('z', 16)", 'NumberFormatException: For input string: "z" under radix 16'),
+    ("Integer.parseInt(null)", "NumberFormatException: Cannot parse null string: null"),
+    ("Integer.parseInt('1', 40)", "NumberFormatException: radix 40 greater than Character.MAX_RADIX"),
+    ("Double.parseDouble('')", "NumberFormatException: empty String"),
+    ("Long.parseLong('9007199254740993')", 'RangeError: Long.parseLong("9007199254740993"): beyond '
+     "2^53, not exact as a number here"),
+    ("Long.MAX_VALUE", "ReferenceError: Long.MAX_VALUE is not supported here (see "
+     "docs/rules-scripts.md)"),
+])
+def test_java_class_methods_fail_as_java_does(call: str, message: str) -> None:
+    assert error(f"return {call};") == message
+
+
+def test_another_java_class_method_is_refused_at_compile() -> None:
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine("return Integer.bitCount(3);", "TBEL")
+    assert str(caught.value) == (
+        "TBEL: the method Integer.bitCount() is not in the supported subset (line 1: "
+        "'.bitCount('); see docs/rules-scripts.md")
+    assert ScriptEngine("return typeof Integer;").call({}, {}, TELEMETRY) == "undefined"
+
+
+# -- in a chain -------------------------------------------------------------------------------------
+
+SCRIPT = """var out = {};
+foreach (e : msg.entrySet()) {
+  if (e.getValue() != null && !e.key.startsWith("_")) {
+    out.put(e.getKey().toLowerCase(), e.value);
+  }
+}
+foreach (r : msg.getOrDefault("readings", [])) {
+  out.put(r.get("name"), toFixed(r.value, 1));
+}
+out.remove("readings");
+metadata.put("count", "" + out.size());
+return {msg: out, metadata: metadata, msgType: msgType};"""
+
+
+def test_a_tbel_transform_with_foreach_and_map_methods_runs_in_a_chain() -> None:
+    """A transform node whose TBEL script flattens readings with foreach and map methods, then
+    save timeseries: what is saved and the metadata the script set, one by one and batched."""
+    docs = [{"type": n.TRANSFORM, "name": "Flatten",
+             "configuration": {"scriptLang": "TBEL", "tbelScript": SCRIPT}},
+            {"type": n.SAVE_TIMESERIES, "name": "Save", "configuration": {"defaultTTL": 0}}]
+    rc, meta = parse({"ruleChain": {"name": "t", "type": "EDGE"},
+                      "metadata": {"firstNodeIndex": 0, "nodes": docs, "connections": [
+                          {"fromIndex": 0, "toIndex": 1, "type": "Success"}]}})
+    engine = RuleEngine(rc, meta, clock=lambda: 777)
+    data = {"Temp": 21.46, "_raw": "x", "readings": [{"name": "hum", "value": 40.06},
+                                                     {"name": "co2", "value": 412.55}]}
+    msg = RuleMsg(TELEMETRY, Originator("DEVICE", "d1"), data, {"ts": "5"}, ts=1000)
+    saved = SaveTimeseries("nodes[1] 'Save'", ("DEVICE", "d1"), 5,
+                           {"temp": 21.46, "hum": 40.1, "co2": 412.6}, 0, True, True)
+
+    def effects(out: list[Outcome]) -> list[Outcome]:
+        return [o for o in out if not isinstance(o, Visited)]
+
+    assert effects(engine.run(msg)) == [saved]
+    assert [effects(out) for out in engine.run_many([msg, msg])] == [[saved], [saved]]
+    bad = RuleMsg(TELEMETRY, Originator("DEVICE", "d1"), {"readings": [{"name": "x"}]},
+                  {"ts": "5"}, ts=1000)
+    failed = effects(engine.run(bad))
+    assert [type(o) for o in failed] == [Failed]
+    assert ScriptEngine(SCRIPT, "TBEL").transform(data, {"ts": "5"}, TELEMETRY) == [
+        TransformResult({"temp": 21.46, "hum": 40.1, "co2": 412.6}, {"ts": "5", "count": "3"},
+                        TELEMETRY)]
+
+
+# -- argument counts, comments, foreach over an integer, per-call state -------------------------
+
+
+def test_split_with_a_limit_as_java_lang_string_split() -> None:
+    """String.split(regex, limit): a limit > 0 gives at most limit parts (the last holds the
+    rest), 0 removes trailing empty strings, < 0 keeps them; no separator found: the text."""
+    assert run('return ["k=v=w".split("=", 2), "k=v=w".split("=", 1), "a,b,,".split(",", -1),\n'
+               '  "a,b,,".split(",", 0), "a,b,,".split(",", 10), "abc".split(",", 2), ",".split(","),\n'
+               '  "".split(",")];') == [
+        ["k", "v=w"], ["k=v=w"], ["a", "b", "", ""], ["a", "b"], ["a", "b", "", ""], ["abc"],
+        [], [""]]
+
+
+def test_map_remove_of_a_key_and_value_removes_only_on_a_match() -> None:
+    """Map.remove(key, value) (HashMap.remove(Object, Object)): true and removed when the
+    value equals, else false and the map as it was."""
+    assert run('var m = {"a": 1, "b": 2};\nvar r1 = m.remove("a", 2);\nvar r2 = m.remove("b", 2);\n'
+               'return [r1, r2, m, m.remove("zz", null)];') == [False, True, {"a": 1}, False]
+
+
+@pytest.mark.parametrize(("script", "message"), [
+    ("return msg.toString(5);",
+     "TypeError: unable to resolve method: toString() with 1 argument on a map"),
+    ("var l = [3, 1];\nl.sort(true, 5);\nreturn l;",
+     "TypeError: unable to resolve method: sort() with 2 arguments on a list"),
+    ("return [1].get();", "TypeError: unable to resolve method: get() with 0 arguments on a list"),
+    ('return "ab".substring(0, 1, 2);',
+     "TypeError: unable to resolve method: substring() with 3 arguments on text"),
+    ("return toInt(1.5, 2);", "TypeError: unable to resolve method: toInt() with 2 arguments"),
+    ("return padStart('1', 3);", "TypeError: unable to resolve method: padStart() with 2 arguments"),
+    ("return Integer.parseInt('1', 10, 3);",
+     "TypeError: unable to resolve method: Integer.parseInt() with 3 arguments"),
+])
+def test_a_call_with_an_argument_count_java_has_no_overload_for_fails(script: str,
+                                                                       message: str) -> None:
+    """MVEL finds no method for a call whose argument count no overload has (ExecutionArrayList,
+    ExecutionHashMap, java.lang.String, TbUtils's stubs): an error, never the extra arguments
+    dropped."""
+    assert error(script, {"a": 1}) == message
+
+
+@pytest.mark.parametrize("script", [
+    "return toString(5);", "return eval('1');", "return isFinite(1);", "return Array(3);",
+])
+def test_a_call_of_a_javascript_global_function_is_refused_at_compile(script: str) -> None:
+    """TBEL has no function of these names (MVEL finds no method): refused, not JavaScript's."""
+    with pytest.raises(ScriptSyntaxError, match="is not in the supported subset"):
+        ScriptEngine(script, "TBEL")
+    assert run("def toString(x) { return 'v' + x; }\nreturn toString(5);") == "v5"
+    assert run("return [Integer. toString(5), msg ./* c */ toString()];", {"a": 1}) == ["5", "{a=1}"]
+
+
+def test_a_comment_between_the_dot_and_the_method_name_is_seen_through() -> None:
+    """ExecutionArrayList.sort by number whatever the comments; a method outside the subset
+    is refused behind a comment too; Math's methods stay Math's across a line comment."""
+    assert run("var l = [10, 9, 1];\nl./* c */sort();\nl .  // c\n  add(2);\nreturn l;") == [
+        1, 9, 10, 2]
+    assert run("return Math // c\n  .max(1, 2);") == 2
+    with pytest.raises(ScriptSyntaxError, match=r"the method charAt\(\) is not in the supported"):
+        ScriptEngine('return "abc"./**/charAt(1);', "TBEL")
+
+
+@pytest.mark.parametrize("script", [
+    'var l = [10, 9, 1];\nl["sort"]();\nreturn l;', 'return msg["toString"]();',
+    "return `a`;",
+])
+def test_a_computed_member_call_and_a_template_literal_are_refused(script: str) -> None:
+    """``l["sort"]()`` would be JavaScript's sort (by text: [1, 10, 9]); MVEL has neither it
+    nor template literals."""
+    with pytest.raises(ScriptSyntaxError, match="is not in the supported subset"):
+        ScriptEngine(script, "TBEL")
+
+
+def test_foreach_over_an_integer_counts_as_it_goes() -> None:
+    """MVEL's ForEachNode counts 1..n in a loop (no list of n elements): a break after 10 of
+    a million is cheap, within the default 16 MiB memory cap."""
+    assert run("var n = 0;\nforeach (i : msg.n) { n = n + i; if (i == 10) { break; } }\nreturn n;",
+               {"n": 1_000_000}) == 55
+    assert run("var n = 0;\nforeach (i : 0) { n = n + 1; }\nreturn n;") == 0
+
+
+def test_foreach_body_may_declare_the_items_name_again() -> None:
+    """MVEL lets the body of ``foreach (x : l)`` declare ``var x``."""
+    assert run("var s = 0;\nforeach (x : [1, 2]) { var x = x * 10; s = s + x; }\nreturn s;") == 30
+
+
+def test_a_helper_assigned_by_a_script_is_fresh_on_the_next_message() -> None:
+    """Each run has fresh variables (MVEL's variable factory per invocation): ``toInt = null``
+    on one message leaves NumberUtils.toInt (HALF_UP) for the next; a name set without ``var``
+    is not there on the next message."""
+    engine = ScriptEngine("var r = [toInt(2.5), flag == true];\n"
+                          "if (msg.first) { toInt = null; flag = true; }\nreturn r;", "TBEL")
+    assert engine.call({"first": True}, {}, TELEMETRY) == [3, False]
+    assert engine.call({}, {}, TELEMETRY) == [3, False]
+    assert engine.call_many([({}, {}, TELEMETRY), ({"first": True}, {}, TELEMETRY),
+                             ({}, {}, TELEMETRY)]) == [[3, False]] * 3
+    assert run("def toInt(x) { return 'mine'; }\nreturn [toInt(1.5), parseInt('12')];") == [
+        "mine", 12]
+
+
+def test_add_all_of_more_than_65535_elements() -> None:
+    """ArrayList.addAll has no limit on the collection's size."""
+    assert run("var big = [];\nforeach (i : 70000) { big.add(i); }\nvar l = [0];\nl.addAll(big);\n"
+               "l.addAll(1, [-1]);\nreturn [l.size(), l[0], l[1], l[2], l[70001]];") == [
+        70002, 0, -1, 1, 70000]
+
+
+def test_the_small_java_details() -> None:
+    """ExecutionArrayList.indexOf(o, fromIndex) is the index in slice(fromIndex) plus fromIndex
+    as given ([1, 2, 3].indexOf(3, -1): 0 + -1); Integer/Boolean.equals; Integer.valueOf(int),
+    Long.valueOf(long), Double.valueOf(double); Jackson writes a Map.Entry as {"a": 1}."""
+    assert run("return [[1, 2, 3].indexOf(3, -1), [1, 2, 3].indexOf(3, 1), [1, 2, 3].indexOf(9, -1),\n"
+               "  (1).equals(1), (1).equals(2), (1).equals('1'), true.equals(true),\n"
+               "  Integer.valueOf(5), Long.valueOf(7), Double.valueOf(1.5)];") == [
+        -1, 2, -1, True, False, False, True, 5, 7, 1.5]
+    assert run("return msg.entrySet();", {"a": 1, "b": "x"}) == [{"a": 1}, {"b": "x"}]
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("parseBytesToInt([1, 2, 3], -1, 2)",
+     "IndexOutOfBoundsException: Range [-1, -1 + 2) out of bounds for length 3"),
+    ("parseBytesToInt([1, 2, 3], 0, -1)", "IllegalArgumentException: newPosition > limit: (5 > 4)"),
+    ("parseBytesToInt([1, 2, 3], 0, -1, false)",
+     "IndexOutOfBoundsException: Range [0, 0 + -1) out of bounds for length 3"),
+    ("parseBytesToLong([1, 2, 3], -1, 2)",
+     "IndexOutOfBoundsException: Range [-1, -1 + 2) out of bounds for length 3"),
+])
+def test_parse_bytes_with_a_negative_offset_or_length_fails_as_byte_buffer_does(
+        call: str, message: str) -> None:
+    """TbUtils.parseBytesToInt/Long pass a negative offset or length through their checks to
+    ByteBuffer: position(size - length) throws IllegalArgumentException, put(data, offset,
+    length) IndexOutOfBoundsException."""
+    assert error(f"return {call};") == message
+
+
+def test_the_helpers_python_names_are_the_runtimes() -> None:
+    """TBEL_HELPERS (bound per call in the script's function) lists exactly the runtime's."""
+    import _quickjs  # type: ignore[import-not-found]
+
+    from edge_sync.rules.tbel_runtime import TBEL_HELPERS, runtime
+    context = _quickjs.Context()
+    context.eval(runtime())
+    assert context.eval("JSON.stringify(Object.keys(__tbelH).filter(k => k !== 'java'))") == (
+        json.dumps(list(TBEL_HELPERS), separators=(",", ":")))
