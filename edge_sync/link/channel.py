@@ -39,8 +39,16 @@ def make_channel(cfg: CloudLinkConfig) -> grpc.Channel:
         ("grpc.max_send_message_length", -1),
         # Reconnection pacing is the ConnectionActor's job; keep gRPC's own short.
         ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 1000),
+        # Not a backoff: gRPC's subchannel gives each connection attempt (TCP connect, TLS
+        # handshake, HTTP/2 preface) max(its next backoff delay, this) before it shuts the
+        # attempt down (Subchannel::StartConnectingLocked). At 200 ms a TLS handshake on a
+        # loaded host or over a link with a round trip near 100 ms was cut short and reported
+        # as "Handshake read failed (Endpoint closing)", hiding its real outcome (a certificate
+        # the edge does not trust, say), or never connected at all. The attempt gets the
+        # edge's own connect deadline, cloud.rpc.timeout_ms, instead. (ThingsBoard Edge's
+        # EdgeGrpcClient.connect sets no connect limit: Netty's default is 30 s.)
+        ("grpc.min_reconnect_backoff_ms", cfg.rpc.timeout_ms),
         ("grpc.enable_retries", 0),
     ]
     if cfg.rpc.ssl_enabled:

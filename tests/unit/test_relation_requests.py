@@ -133,12 +133,21 @@ def customer_msg(dl_id: int, customer: uuid.UUID, title: str,
         edge_pb2.CustomerUpdateMsg(msgType=kind, idMSB=msb, idLSB=lsb, entity=json.dumps(entity))])
 
 
+def appended(rig: TbRig, n: int) -> list[StoredEvent]:
+    """The RELATION_REQUEST events, once there are ``n`` of them and nothing is recorded any
+    more. The DownlinkActor answers a downlink once its transaction (which records the
+    requests) commits; the events are appended after that, by the QueueActor: a test reads
+    them only through this wait."""
+    wait_until(lambda: len(rig.requests()) >= n and not rig.recorded(), timeout=DEADLINE_S,
+               what=f"{n} relation requests appended",
+               show=lambda: (rig.requests(), rig.recorded()))
+    return rig.requests()
+
+
 def asked(rig: TbRig, n: int) -> list[tuple[str, uuid.UUID]]:
     """The (type, entity) of the RELATION_REQUEST events, once there are ``n`` of them and
     nothing is recorded any more."""
-    wait_until(lambda: len(rig.requests()) >= n and not rig.recorded(), timeout=DEADLINE_S,
-               what=f"{n} relation requests appended")
-    return [(e.entity_type, e.entity_id) for e in rig.requests()]
+    return [(e.entity_type, e.entity_id) for e in appended(rig, n)]
 
 
 # -- which entities -----------------------------------------------------------------------------
@@ -163,7 +172,7 @@ def test_what_thingsboard_edge_asks_for() -> None:
 def test_a_relation_request_is_a_relation_request_msg_in_the_normal_lane(rig: TbRig) -> None:
     device = uuid.uuid4()
     rig.tb(device_msg(1, device, "pump-1"))
-    (event,) = rig.requests()
+    (event,) = appended(rig, 1)
     assert (event.type, event.entity_type, event.entity_id, event.lane) == (
         "DEVICE", "DEVICE", device, Lane.NORMAL)
     msb, lsb = halves(device)
@@ -295,4 +304,7 @@ def test_the_reference_clouds_full_sync_still_removes_the_relations_it_did_not_s
     rig.reference(relation_msg(20, a, b))
     rig.reference(sync_done(21))
     assert rig.relations() == [(str(a), "Contains", str(b))]
+    # nothing recorded in any of those transactions (a request is recorded until its event is
+    # in the log), and no event: nothing was asked, and nothing is still to be appended
+    assert rig.recorded() == []
     assert rig.requests() == []
