@@ -12,9 +12,6 @@ device HTTP API and the MQTT server on loopback):
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 import pytest
 
 from edge_sync.app import EdgeApp
+from tests.helpers.agent import HttpClient
 from tests.helpers.metric_values import metric_total
 from tests.helpers.mqtt_app import DEADLINE_S, AppFactory, no_connections
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
@@ -38,15 +36,9 @@ def app(tmp_path: Path) -> Iterator[EdgeApp]:
 
 
 def post(app: EdgeApp, token: str, body: Any, kind: str = "telemetry") -> int:
-    req = urllib.request.Request(f"http://127.0.0.1:{app.http_port}/api/v1/{token}/{kind}",
-                                 data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=DEADLINE_S) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return int(exc.code)
+    """The device's HTTP post of ``kind`` (telemetry, attributes); its status."""
+    with HttpClient(app.http_port, timeout=DEADLINE_S) as http:
+        return http.post_json(f"/api/v1/{token}/{kind}", body).status
 
 
 def alarm_lines(logs: Logs) -> list[tuple[str, str]]:

@@ -13,8 +13,6 @@ filler's events lets the next commit purge them and make room for the retry.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from pathlib import Path
@@ -31,6 +29,7 @@ from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action
 from edge_sync.storage.rule_store import RuleStore
+from tests.helpers.agent import HttpClient
 
 DEADLINE = 10.0
 T = 1_700_000_000_000
@@ -65,15 +64,8 @@ def app(tmp_path: Path) -> Iterator[EdgeApp]:
 
 def post(app: EdgeApp, token: str, body: Any) -> int:
     """The device's HTTP telemetry post; its status."""
-    req = urllib.request.Request(f"http://127.0.0.1:{app.http_port}/api/v1/{token}/telemetry",
-                                 data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=DEADLINE) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return int(exc.code)
+    with HttpClient(app.http_port, timeout=DEADLINE) as http:
+        return http.post_telemetry(token, body)
 
 
 def fill(app: EdgeApp, token: str) -> list[int]:
