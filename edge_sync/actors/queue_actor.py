@@ -200,8 +200,9 @@ class QueueActor(SupervisedActor):
         refused = metrics.counter(
             "edge_sync_appends_refused_total",
             "commands to the store refused, whatever events they make (local-only data makes "
-            "none), by reason: storage_full (the size cap; HTTP 507, MQTT connection closed "
-            "without PUBACK), unstorable (a rule chain's outcome that cannot be stored), "
+            "none), by reason: storage_full (no room: the size cap under policy refuse, or under "
+            "evict_oldest_normal with nothing to evict, or the disk full; HTTP 507, MQTT "
+            "connection closed without PUBACK), unstorable (a rule chain's outcome that cannot be stored), "
             "rejected (a change the store rejects: a conflict, a missing entity)", ("reason",))
         self._appends_refused = {reason: refused.labels(reason=reason)
                                  for reason in REFUSAL_REASONS}
