@@ -200,8 +200,9 @@ class QueueActor(SupervisedActor):
         refused = metrics.counter(
             "edge_sync_appends_refused_total",
             "commands to the store refused, whatever events they make (local-only data makes "
-            "none), by reason: storage_full (the size cap; HTTP 507, MQTT connection closed "
-            "without PUBACK), unstorable (a rule chain's outcome that cannot be stored), "
+            "none), by reason: storage_full (no room: the size cap under policy refuse, or under "
+            "evict_oldest_normal with nothing to evict, or the disk full; HTTP 507, MQTT "
+            "connection closed without PUBACK), unstorable (a rule chain's outcome that cannot be stored), "
             "rejected (a change the store rejects: a conflict, a missing entity)", ("reason",))
         self._appends_refused = {reason: refused.labels(reason=reason)
                                  for reason in REFUSAL_REASONS}
@@ -253,11 +254,13 @@ class QueueActor(SupervisedActor):
                    exception_value: BaseException | None,
                    traceback: TracebackType | None) -> None:
         """Actor thread, after an unhandled exception: stop the timer, which would otherwise
-        tick at this dead incarnation for ever (its successor starts its own)."""
+        tick at this dead incarnation for ever (its successor starts its own), and tell the
+        refusals not told yet (the successor starts a run of its own)."""
         if self._ticker:
             self._ticker.stop()
         if self._refusal_ticker:
             self._refusal_ticker.stop()
+        self._refusals.flush()
 
     def fail_pending_messages(self, exc: BaseException) -> None:
         """Actor thread, on failure: fail the open group (not committed: the senders may retry)
@@ -439,8 +442,12 @@ class QueueActor(SupervisedActor):
         self._purge(older_than_ms=INT64_MAX)
         self._drop_local_for_room()
         outcomes: list[_Outcome] = []
-        for command in group:
-            outcomes.append(self._commit_one_when_full(command))
+        for i, command in enumerate(group):
+            try:
+                outcomes.append(self._commit_one_when_full(command))
+            except BaseException:  # the commands before it are committed: answered as such
+                self._resolve(group[:i], outcomes)
+                raise
         return outcomes
 
     def _commit_one_when_full(self, command: WriteCommand) -> _Outcome:
@@ -577,12 +584,12 @@ class QueueActor(SupervisedActor):
 
     def _resolve(self, group: Sequence[WriteCommand], outcomes: Sequence[_Outcome]) -> None:
         appended = high = 0
-        accepted = False
         for command, outcome in zip(group, outcomes, strict=True):
             forget: list[uuid.UUID] = []
             if isinstance(command, Append):
                 if outcome.error is None:
-                    accepted = True
+                    # in command order: a group "Y fits, then X refused" leaves the run refusing
+                    self._refusals.accepted()
                     appended += len(outcome.value)
                     high += outcome.high
                     forget = outcome.devices_removed
@@ -610,8 +617,6 @@ class QueueActor(SupervisedActor):
                 reply.set_exception(outcome.error)
             else:
                 reply.set_result(outcome.value)
-        if accepted and self._refusals.refusing:
-            self._refusals.accepted()
         if appended:
             if high:
                 self._appended[Lane.HIGH].inc(high)

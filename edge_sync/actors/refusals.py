@@ -21,7 +21,7 @@ from edge_sync.common.iso_time import iso_ms
 __all__ = ["LOG_INTERVAL_S", "MOST_REFUSED", "RefusalLog"]
 
 LOG_INTERVAL_S = 60.0
-"""How often refusals that go on are summarised by default (log.refusal_summary_interval_s:
+"""How often refusals that go on are summarised by default (storage.refusal_log_interval_s:
 the queue's refusal ticker)."""
 
 MOST_REFUSED = 5

@@ -56,16 +56,21 @@ class Acknowledger:
     holds two empty lists: the futures it waits on are made when it waits."""
 
     __slots__ = ("_acks", "_closed", "_commit_timeout", "_drained", "_fail", "_failed", "_loop",
-                 "_max", "_outcomes", "_room", "_send", "_timer", "_wake_scheduled")
+                 "_lost", "_max", "_orphans", "_outcomes", "_room", "_send", "_timer",
+                 "_wake_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, send: Callable[[bytes], None],
                  fail: Callable[[Pending, str], None], commit_timeout_s: float,
-                 max_inflight: int) -> None:
+                 max_inflight: int, lost: Callable[[Pending], None] | None = None) -> None:
         self._loop = loop
         self._send = send  # writes frames
         # publishes were not committed (any QoS): the connection closes without their replies
         # or any after them; told once per failed entry, with why
         self._fail = fail
+        # publishes owed when the connection closed whose commit failed, then or later: never
+        # answered, told once per entry (counted as not committed)
+        self._lost = lost
+        self._orphans: dict[int, Pending] = {}  # by id: owed at close, outcome not known yet
         self._commit_timeout = commit_timeout_s
         self._max = max_inflight
         self._acks = AckQueue()
@@ -124,14 +129,22 @@ class Acknowledger:
                 self._drained = None
 
     def close(self) -> list[Pending]:
-        """The connection ends: nothing more is sent; what was still owed."""
+        """The connection ends: nothing more is sent; what was still owed. Its entries whose
+        commit failed go to ``lost``: at once when known, else when their outcome comes."""
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         _wake(self._room)
         _wake(self._drained)
-        return self._acks.drain()
+        owed = self._acks.drain()
+        if self._lost is not None:
+            for entry in owed:
+                if not entry.settled:
+                    self._orphans[id(entry)] = entry
+                elif entry.error is not None:
+                    self._lost(entry)
+        return owed
 
     def _committed(self, entry: Pending, done: Future[Any]) -> None:
         """Any thread (the committing actor's)."""
@@ -149,6 +162,9 @@ class Acknowledger:
         del outcomes[:len(taken)]  # what a committing thread appended meanwhile stays
         for entry, error in taken:
             entry.settle(error)
+            orphan = self._orphans.pop(id(entry), None) if self._orphans else None
+            if orphan is not None and entry.error is not None and self._lost is not None:
+                self._lost(entry)
         self.send_due()
 
     def send_due(self) -> None:

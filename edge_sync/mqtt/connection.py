@@ -232,7 +232,7 @@ class MqttConnection:
         self._burst: Burst | None = None
         self._acks = Acknowledger(self._loop, send=self._write, fail=self._fail,
                                   commit_timeout_s=limits.commit_timeout_s,
-                                  max_inflight=limits.max_inflight)
+                                  max_inflight=limits.max_inflight, lost=self._lost)
         self._task: asyncio.Task[Any] | None = None
         self._taken_over = False
         self._revoked = False  # its device's token was changed or removed, or the device deleted
@@ -766,6 +766,13 @@ class MqttConnection:
             return
         self._acks.expect_all(replies, committed)
 
+    def _lost(self, entry: Pending) -> None:
+        """Publishes owed when the connection closed were not committed (refused then or
+        later, e.g. the bursts read after the one whose failure closed it): counted as the
+        queue counts their commands, in the disconnect line too when it is not logged yet."""
+        self._not_committed += len(entry.replies)
+        self._registry.not_committed(entry.error, len(entry.replies))
+
     def _fail(self, entry: Pending, reason: str) -> None:
         """The publishes of ``entry`` were not committed (``reason``): close without their
         acknowledgements or any after them (nothing more is written), whatever their QoS, as
@@ -980,7 +987,9 @@ class MqttConnection:
             elif waits:
                 await asyncio.gather(*waits)
         finally:
-            self._acks.close()  # what is still owed is not sent; the commits go on
+            # what is still owed is not sent; the commits go on, and those that fail are
+            # counted not committed (_lost)
+            self._acks.close()
             # MQTT 5: after the acknowledgements due; never before CONNACK 0x00 (§4.13.1)
             if self._goodbye is not None and self._accepted:
                 disconnect = self._codec.disconnect(self._goodbye)

@@ -131,7 +131,8 @@ class SessionRegistry:
         not_committed = metrics.counter(
             "edge_sync_mqtt_publishes_not_committed_total",
             "MQTT publishes (any QoS) the store did not commit, so their connection closed "
-            "without their PUBACK (or PUBREC): storage_full (the size cap, policy refuse), "
+            "without their PUBACK (or PUBREC), also those still owed when it closed: storage_full "
+            "(no room, as edge_sync_appends_refused_total counts it), "
             "not_confirmed (no commit within http.request_timeout_s: it may still be stored), "
             "failed (any other refusal)", ("reason",))
         self._not_committed = {reason: not_committed.labels(reason=reason)

@@ -61,17 +61,27 @@ def _content(body: Mapping[str, Any]) -> dict[str, Any]:
             if k not in _NOT_CONTENT and not (k == "additionalInfo" and v is None)}
 
 
+def _canonical(content: Mapping[str, Any]) -> str:
+    """A relation's content as text that tells JSON values apart as ThingsBoard's JsonNode
+    does (Jackson's ObjectMapper in JacksonUtil.toJsonNode, compared by JsonNode.equals):
+    true is not 1, 1 (an IntNode) is not 1.0 (a DoubleNode), -0.0 is not 0.0; key order does
+    not matter (ObjectNode compares its fields as a map). Python's ``==`` takes
+    True == 1 == 1.0."""
+    return json.dumps(content, sort_keys=True)
+
+
 def same_relation(stored_text: str, json_text: str, body: Mapping[str, Any]) -> bool:
     """Whether ``body`` (``json_text`` parsed) is the relation stored as ``stored_text``: the
     same text, or the same ends, type, group and content in other JSON text (spacing, key
-    order, a null version or additionalInfo). The cloud sends the relations the edge made back
-    in its own text when the edge asks for an entity's relations (a RelationRequestMsg's
-    answer): that changes nothing and is no update."""
+    order, a null version or additionalInfo; values of other JSON types differ, ``_canonical``).
+    The cloud sends the relations the edge made back in its own text when the edge asks for an
+    entity's relations (a RelationRequestMsg's answer): that changes nothing and is no
+    update."""
     if stored_text == json_text:
         return True
     stored = json.loads(stored_text)
     return (isinstance(stored, dict) and relation_key(stored) == relation_key(body)
-            and _content(stored) == _content(body))
+            and _canonical(_content(stored)) == _canonical(_content(body)))
 
 
 class RelationTable:

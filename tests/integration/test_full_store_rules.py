@@ -7,7 +7,8 @@ device HTTP API and the MQTT server on loopback):
 - every refused device message is counted in /metrics, also one the chain keeps local (it
   makes no event): ``edge_sync_appends_refused_total{reason="storage_full"}``, the HTTP 507
   answers, and the MQTT publishes whose connection closed without their PUBACK
-  (``edge_sync_mqtt_publishes_not_committed_total{reason="storage_full"}``).
+  (``edge_sync_mqtt_publishes_not_committed_total{reason="storage_full"}``), also those of the
+  bursts still owed when the first refusal closed the connection.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from tests.helpers.metric_values import metric_total
 from tests.helpers.mqtt_app import DEADLINE_S, AppFactory, no_connections
 from tests.helpers.mqtt_device import ATTRIBUTES, TELEMETRY, MqttDevice
 from tests.helpers.mqtt_gateway import Logs
+from tests.helpers.mqtt_raw import RawClient, publish_packet
+from tests.helpers.wait import wait_until
 
 CHAIN = Path(__file__).resolve().parents[1] / "fixtures" / "rules" / "alarm_threshold.json"
 ALARM = "High Temperature"
@@ -95,3 +98,35 @@ def test_every_refused_device_message_is_counted_also_local_only_and_mqtt(app: E
     assert snap['edge_sync_device_requests_total{protocol="http",code="507"}'] == 2
     assert snap['edge_sync_mqtt_publishes_not_committed_total{reason="storage_full"}'] == 2
     assert metric_total(snap, "edge_sync_events_total", outcome="refused") == 0  # no events
+
+
+def test_publishes_owed_when_a_refusal_closes_the_connection_are_counted_not_committed(
+        app: EdgeApp) -> None:
+    """Six publishes in one read, telemetry and attributes in turn: six commands (a burst holds
+    one kind), all handed to the store before the first refusal closes the connection. The
+    five owed then are refused too: each publish is counted not committed, as each command
+    is counted refused."""
+    device, created = app.service.create_device("boiler")
+    created.result(DEADLINE_S)
+    store, cap = app.store, app.store.max_size
+    try:
+        store.max_size = 0
+        with RawClient(app.mqtt_port, timeout=DEADLINE_S) as raw:
+            assert raw.connect("burst", device.token) == (0, 0)
+            raw.send(b"".join(
+                publish_packet((TELEMETRY, ATTRIBUTES)[n % 2],
+                               json.dumps({"temperature": 20, "fw": f"1.{n}"}).encode(),
+                               qos=1, packet_id=n + 1) for n in range(6)))
+            assert raw.closed_by_server()
+        no_connections(app)
+
+        def counted() -> int:
+            return int(app.metrics.snapshot()[
+                'edge_sync_mqtt_publishes_not_committed_total{reason="storage_full"}'])
+        wait_until(lambda: counted() == 6, timeout=DEADLINE_S,
+                   what="the six publishes counted not committed", show=counted)
+    finally:
+        store.max_size = cap
+    snap = app.metrics.snapshot()
+    assert snap['edge_sync_appends_refused_total{reason="storage_full"}'] == 6
+    assert snap['edge_sync_mqtt_publishes_not_committed_total{reason="storage_full"}'] == 6

@@ -8,6 +8,7 @@ The clock is injected; tests wait on futures with deadlines, never sleep.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -55,16 +56,22 @@ class FakeClock:
 class Queue:
     """A QueueActor on its own store with a fake clock (its purge timer never fires)."""
 
-    def __init__(self, path: Path) -> None:
-        self.store = LmdbStore(path, initial_map_mb=4, max_size_mb=64)
-        self.clock = FakeClock(T0)
+    def __init__(self, path: Path, clock: FakeClock | None = None,
+                 store_class: type[LmdbStore] = LmdbStore) -> None:
+        self.store = store_class(path, initial_map_mb=4, max_size_mb=64)
+        self.clock = clock or FakeClock(T0)
         self.metrics = Metrics()
         self.exits: list[BaseException | None] = []
+        self.exited = threading.Event()  # set once the actor reported its exit
         self.child: Any = actor_child(
             QueueActor, self.store, policy=QueuePolicy(purge_interval_s=3600.0),
             metrics=self.metrics, clock=self.clock, local_retention_s=RETENTION_S,
-        )(self.exits.append)
+        )(self._exit)
         self.rules = RuleStore(self.store)
+
+    def _exit(self, reason: BaseException | None) -> None:
+        self.exits.append(reason)
+        self.exited.set()
 
     def append(self, entity: uuid.UUID, events: tuple[NewEvent, ...],
                *mutations: Mutation) -> Future[Any]:

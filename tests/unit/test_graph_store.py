@@ -212,6 +212,35 @@ def test_the_same_relation_in_the_clouds_json_text_is_unchanged(g: Graph) -> Non
                        ("RELATION", rel, "UPDATED")]
 
 
+def test_a_relation_whose_additional_info_changes_json_type_is_updated(g: Graph) -> None:
+    """ThingsBoard reads additionalInfo as a JsonNode (JacksonUtil.toJsonNode) and compares and
+    writes it as such: true is a BooleanNode, 1 an IntNode, 1.0 a DoubleNode, each its own
+    text. A change from one to another is an update, though Python's == takes them equal; the
+    same values in another key order are not."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    base = json.loads(relation_json(("DEVICE", a), ("DEVICE", b), "Drains"))
+
+    def put(info: dict[str, Any]) -> str:
+        text = compact({**base, "additionalInfo": info})
+        return g.write(lambda txn: g.graph.put_relation(txn, text, now_ms=NOW))
+
+    assert put({"flag": 1, "n": 0, "x": 2}) == "created"
+    assert put({"x": 2, "n": 0, "flag": 1}) == "unchanged"
+    assert put({"flag": True, "n": 0, "x": 2}) == "updated"
+    assert put({"flag": True, "n": False, "x": 2}) == "updated"
+    assert put({"flag": True, "n": False, "x": 2.0}) == "updated"
+    assert put({"x": 2.0, "flag": True, "n": False}) == "unchanged"
+    assert put({"flag": True, "n": False, "x": 2.0, "list": [1, {"b": 1, "a": True}]}) == "updated"
+    assert put({"list": [1, {"a": True, "b": 1}], "x": 2.0, "n": False, "flag": True}) == "unchanged"
+    assert put({"list": [1.0, {"a": True, "b": 1}], "x": 2.0, "n": False, "flag": True}) == "updated"
+    assert put({"list": [1.0, {"a": 1, "b": 1}], "x": 2.0, "n": False, "flag": True}) == "updated"
+    stored = g.read(lambda txn: g.graph.relations(txn, a))
+    assert json.dumps(stored[0]["additionalInfo"], sort_keys=True) == json.dumps(
+        {"list": [1.0, {"a": 1, "b": 1}], "x": 2.0, "n": False, "flag": True}, sort_keys=True)
+    rel = f"{a}->{b} Drains/COMMON"
+    assert g.log() == [("RELATION", rel, "ADDED")] + [("RELATION", rel, "UPDATED")] * 6
+
+
 # -- cascading deletes -----------------------------------------------------------------------------
 
 
