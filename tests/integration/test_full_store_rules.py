@@ -13,6 +13,7 @@ device HTTP API and the MQTT server on loopback):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
