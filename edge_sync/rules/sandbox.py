@@ -161,6 +161,8 @@ _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
                 r"\s+[A-Za-z_$][\w$]*\s*[=;]"), "typed declarations (use var)"),
     (re.compile(r"\.\?"), "null-safe navigation (.?)"),
     (re.compile(r"\bwith\s*\("), "with blocks"),
+    # MVEL declares with ``var`` (or a type) only; a ``let`` would also escape the per-call scope
+    (re.compile(r"\b(?:let|const|class)\s+[A-Za-z_$]"), "let, const and class declarations (use var)"),
     (re.compile(r"`"), "template literals (`...`)"),
     # ``l["sort"]()``: a call of a computed member would run JavaScript's method of that name
     (re.compile(r"\]\s*\("), "a call of a computed member (x[\"name\"](...))"),
@@ -186,11 +188,11 @@ _TBEL_JS_GLOBAL_CALL = re.compile(
     r"Array|Number|Symbol|Error|Proxy|Promise|BigInt|RegExp|Date|Reflect|queueMicrotask)\s*\(")
 _TBEL_DEF = re.compile(r"\bdef\s+([A-Za-z_$][\w$]*)\s*\(")
 _TBEL_DEF_VAR = re.compile(r"\bdef\s+(?=[A-Za-z_$])")
-# ``name = ...`` (not ``==``, ``=>``, nor a member ``x.name = ...``): a variable the script assigns
-_TBEL_ASSIGNED = re.compile(r"(?<![\w$.])([A-Za-z_$][\w$]*)\s*=(?![=>])")
+# ``name = ...`` (not ``==``, ``=>``): a variable the script assigns; a member ``x.name = ...``
+# (``x. name``, spaces after the dot too) matches with its dot in group 1, and is no variable
+_TBEL_ASSIGNED = re.compile(r"(?:(\.\s*)|(?<![\w$.]))([A-Za-z_$][\w$]*)\s*=(?![=>])")
 _TBEL_NAME = re.compile(r"[A-Za-z_$][\w$]*")
 _JS_FUNCTION = re.compile(r"\bfunction\s+([A-Za-z_$][\w$]*)")
-_TBEL_LEXICAL = re.compile(r"\b(?:let|const|class)\s+([A-Za-z_$][\w$]*)")
 
 
 def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
@@ -311,20 +313,20 @@ def tbel_to_js(source: str) -> str:
 def tbel_scope(source: str) -> list[str]:
     """The declarations of a TBEL script's function, made afresh on each call: the Java classes
     (``Integer = __tbelJava.Integer``) and TbUtils helpers (``toInt = __tbelH.toInt``) the
-    script names, then the names it assigns (``total = 5``), in order of first use, but those
-    it declares with ``let``/``const``; a helper's name the script defines (``def toInt(x)``) is
-    its own function. So, as in MVEL, where each run has fresh variables,
-    nothing a script sets without ``var`` on one message, even a helper's name (``toInt =
-    null``), is still there on the next. Only the names the script uses: a call binds no more
-    than it needs."""
+    script names, then the names it assigns (``total = 5``, not a member ``x.total = 5``), in
+    order of first use (``let``, ``const`` and ``class`` are refused: TBEL has none); a
+    helper's name the script defines (``def toInt(x)``) is its own function. So, as in MVEL,
+    where each run has fresh variables, nothing a script sets without ``var`` on one message,
+    even a helper's name (``toInt = null``), is still there on the next. Only the names the
+    script uses: a call binds no more than it needs."""
     code = "".join(text if is_code else " " * len(text)
                    for is_code, text in _split_code_and_literals(_blank_comments(source)))
     used = set(_TBEL_NAME.findall(code)) - set(_TBEL_DEF.findall(code)) - set(
         _JS_FUNCTION.findall(code))
-    lexical = set(_TBEL_LEXICAL.findall(code))
     out = [f"{name} = __tbelJava.{name}" for name in TBEL_JAVA_STATICS if name in used]
     out += [f"{name} = __tbelH.{name}" for name in TBEL_HELPERS if name in used]
-    out += dict.fromkeys(name for name in _TBEL_ASSIGNED.findall(code) if name not in lexical)
+    out += dict.fromkeys(name for member, name in _TBEL_ASSIGNED.findall(code)
+                         if not member)
     return out
 
 

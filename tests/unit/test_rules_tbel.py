@@ -725,3 +725,23 @@ def test_the_helpers_python_names_are_the_runtimes() -> None:
     context.eval(runtime())
     assert context.eval("JSON.stringify(Object.keys(__tbelH).filter(k => k !== 'java'))") == (
         json.dumps(list(TBEL_HELPERS), separators=(",", ":")))
+
+
+def test_a_member_written_after_a_spaced_dot_is_no_variable_of_the_script() -> None:
+    """``msg. JSON = 1`` writes the message's key JSON: the global JSON stays JSON's (it was
+    taken for a variable the script assigns, declared afresh per call, and hid it)."""
+    assert run("msg. JSON = 1; msg.j = JSON.stringify([1]); return msg;", {"a": 1}) == {
+        "a": 1, "JSON": 1, "j": "[1]"}
+    assert run("msg . Math = 2; msg.m = Math.max(1, 3); return msg;", {}) == {"Math": 2, "m": 3}
+
+
+@pytest.mark.parametrize("script", [
+    "let toInt = 5; return toInt;",
+    "const limit = 3; return limit;",
+    "class A {}\nreturn 1;",
+])
+def test_let_const_and_class_are_refused_as_tbel_has_none(script: str) -> None:
+    """MVEL declares with ``var`` (or a type): JavaScript's lexical declarations are refused, so
+    none escapes the per-call scope of the names a script assigns."""
+    with pytest.raises(ScriptSyntaxError, match="let, const and class declarations"):
+        ScriptEngine(script, "TBEL")
