@@ -241,11 +241,8 @@ class QueueActor(SupervisedActor):
             ref.tell(BuildEntityIndex())
 
     def on_stop(self) -> None:
-        """Actor thread: commit what is gathered (a clean stop loses nothing), stop the timer."""
-        if self._ticker:
-            self._ticker.stop()
-        if self._refusal_ticker:
-            self._refusal_ticker.stop()
+        """Actor thread: commit what is gathered (a clean stop loses nothing), stop the timers."""
+        self._stop_timers()
         if self._group:
             self._flush()
         self._refusals.flush()
@@ -253,14 +250,17 @@ class QueueActor(SupervisedActor):
     def on_failure(self, exception_type: type[BaseException] | None,
                    exception_value: BaseException | None,
                    traceback: TracebackType | None) -> None:
-        """Actor thread, after an unhandled exception: stop the timer, which would otherwise
+        """Actor thread, after an unhandled exception: stop the timers, which would otherwise
         tick at this dead incarnation for ever (its successor starts its own), and tell the
         refusals not told yet (the successor starts a run of its own)."""
-        if self._ticker:
-            self._ticker.stop()
-        if self._refusal_ticker:
-            self._refusal_ticker.stop()
+        self._stop_timers()
         self._refusals.flush()
+
+    def _stop_timers(self) -> None:
+        """The purge and refusal-log timers, each telling this incarnation to work."""
+        for ticker in (self._ticker, self._refusal_ticker):
+            if ticker:
+                ticker.stop()
 
     def fail_pending_messages(self, exc: BaseException) -> None:
         """Actor thread, on failure: fail the open group (not committed: the senders may retry)
