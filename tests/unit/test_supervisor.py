@@ -685,9 +685,16 @@ class FindsItself(SupervisedActor):
     to it (edge_sync/actors/address.py resolves the connection through Supervisor.child)."""
 
     def __init__(self, report_exit: ExitReporter, supervisor: list[Supervisor],
-                 found: concurrent.futures.Future[Any], ran: threading.Event) -> None:
+                 found: concurrent.futures.Future[Any], ran: threading.Event,
+                 at_gate: threading.Event | None = None) -> None:
         super().__init__(report_exit)
         self.supervisor, self.found, self.ran = supervisor, found, ran
+        self.at_gate = at_gate
+
+    def _await_registration(self) -> None:
+        if self.at_gate is not None:
+            self.at_gate.set()  # the actor's thread is about to run on_start
+        super()._await_registration()
 
     def on_start(self) -> None:
         child = self.supervisor[0].child("me")
@@ -703,15 +710,16 @@ def test_an_actor_starts_once_its_supervisor_holds_it() -> None:
     the link stuck in SYNCING)."""
     holder: list[Supervisor] = []
     found: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    ran = threading.Event()
+    ran, at_gate = threading.Event(), threading.Event()
     children: list[Child] = []
 
     def start_late(report_exit: ExitReporter) -> Child:
-        child = actor_child(FindsItself, holder, found, ran)(report_exit)
+        child = actor_child(FindsItself, holder, found, ran, at_gate)(report_exit)
         children.append(child)
-        # a slow supervisor thread: the actor's thread had time to run on_start before the
-        # slot holds it (with the start gate it waits, so this wait runs to its end)
-        ran.wait(0.5)
+        # a slow supervisor thread: the actor's thread reaches on_start before the slot holds
+        # it, and on_start waits
+        assert at_gate.wait(DEADLINE)
+        assert not ran.is_set()
         return child
 
     supervisor = Supervisor("test", [ChildSpec("me", start_late)], strategy=Strategy.ONE_FOR_ONE,
