@@ -22,6 +22,7 @@ Nothing else in the project knows the byte layout of a value.
 from __future__ import annotations
 
 import struct
+import threading
 import uuid
 import zlib
 from typing import Any
@@ -77,11 +78,24 @@ def from_time_seq_key(raw: Raw) -> tuple[int, int]:
     return t, s
 
 
+class _Packers(threading.local):
+    """One msgpack Packer per thread, reused: ``msgpack.packb`` builds a Packer (and its
+    256 KiB buffer) on every call, which cost more than the packing itself for the small
+    records stored here (about 0.5 µs a record against 0.2). A Packer is not thread-safe, hence
+    one per thread; it resets its buffer after each ``pack``, on an error too."""
+
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer(use_bin_type=True)
+
+
+_PACKERS = _Packers()
+
+
 def pack(value: Any) -> bytes:
     """Encode a record value; Unstorable when msgpack cannot hold it (an integer beyond 64 bits,
     text with a lone surrogate, an unsupported type)."""
     try:
-        body: bytes = msgpack.packb(value, use_bin_type=True)
+        body: bytes = _PACKERS.packer.pack(value)
     except (OverflowError, TypeError, ValueError) as exc:
         raise Unstorable(f"value cannot be stored ({exc})") from exc
     return _HEADER.pack(VALUE_VERSION, zlib.crc32(body)) + body

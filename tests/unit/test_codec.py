@@ -3,6 +3,7 @@ stores, and what a damaged value raises (StorageCorrupt naming the record)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,29 @@ def test_a_value_msgpack_cannot_hold_is_refused_when_packed(value: object) -> No
         codec.pack(value)
     with pytest.raises(Unstorable, match="text cannot be stored"):
         codec.text_key("k\udfff")
+
+
+def test_packing_after_a_refused_value_and_from_several_threads_gives_msgpacks_bytes() -> None:
+    """pack reuses one msgpack Packer per thread: a value it refused leaves nothing behind in
+    the buffer, and threads packing at once never see each other's bytes."""
+    with pytest.raises(Unstorable):
+        codec.pack([1, 2**70])
+    assert codec.pack([1, "a"])[5:] == msgpack.packb([1, "a"], use_bin_type=True)
+
+    def expected(i: int) -> bytes:
+        return msgpack.packb((i, "x" * (i % 50), [i] * (i % 7)), use_bin_type=True)
+
+    def pack_many(worker: int) -> list[int]:
+        wrong = []
+        for i in range(worker, 20_000, 4):
+            value = (i, "x" * (i % 50), [i] * (i % 7))
+            if codec.pack(value)[5:] != expected(i):
+                wrong.append(i)
+        return wrong
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(pack_many, range(4)))
+    assert results == [[], [], [], []]
 
 
 def test_u64_of_the_wrong_length_is_corrupt() -> None:
