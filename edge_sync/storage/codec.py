@@ -25,6 +25,7 @@ import struct
 import threading
 import uuid
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
@@ -99,6 +100,22 @@ def pack(value: Any) -> bytes:
     except (OverflowError, TypeError, ValueError) as exc:
         raise Unstorable(f"value cannot be stored ({exc})") from exc
     return _HEADER.pack(VALUE_VERSION, zlib.crc32(body)) + body
+
+
+def pack_led(first: Any, values: Iterable[Any]) -> list[bytes]:
+    """``[pack((first, value)) for value in values]``, byte for byte, for records written many
+    at a time (the local timeseries' points of a post, which share their expiry): the array
+    header and ``first`` are encoded once and the checksum goes on from theirs, which makes it
+    about four times cheaper a record. Unstorable as pack()."""
+    packer = _PACKERS.packer
+    try:
+        head: bytes = packer.pack_array_header(2) + packer.pack(first)
+        head_crc = zlib.crc32(head)
+        header, crc32 = _HEADER.pack, zlib.crc32
+        return [header(VALUE_VERSION, crc32(tail, head_crc)) + head + tail
+                for tail in map(packer.pack, values)]
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise Unstorable(f"value cannot be stored ({exc})") from exc
 
 
 def text_key(text: str) -> bytes:

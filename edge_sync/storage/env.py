@@ -73,6 +73,9 @@ DB_NAMES = (
     # the event log's entity index (storage/event_log.py): the same way; the agent's
     # QueueActor builds it for a store made before it (EntityIndexBuild), after it starts
     "events_by_entity",
+    # the local timeseries' expiry index by write (storage/rule_store.py): the same way;
+    # rule_local_expiry, the index by point it replaces, is still read until it is empty
+    "rule_local_expiry_sets",
 )
 LATER_DB_NAMES = frozenset(name for name in DB_NAMES
                            if name.startswith(("graph_", "rule_")) or name == "events_by_entity")

@@ -4,17 +4,30 @@ timeseries the rule chain keeps on the edge, with their expiry.
 
 Layout (named databases of the edge's LMDB environment, storage/env.py LATER_DB_NAMES: a store
 of an earlier release gets them at its first writable open, a read-only open of such a store
-finds nothing; every value in codec.py's checksummed envelope):
-  rule_state         entity(16)                               -> the state record (msgpack)
-  rule_local_ts      entity(16) + len(u16) + key + ts(u64)    -> (expires_at_ms | None, value)
-  rule_local_expiry  expires_at(u64) + entity(16) + len(u16) + key + ts(u64) -> b""
+finds nothing; every value but the empty ones in codec.py's checksummed envelope):
+  rule_state              entity(16)                               -> the state record (msgpack)
+  rule_local_ts           entity(16) + len(u16) + key + ts(u64)    -> (expires_at_ms | None, value)
+  rule_local_expiry_sets  expires_at(u64) + entity(16) + len(u16) + key + ts(u64)
+                                                                   -> the ts(u64) of the points
+  rule_local_expiry       expires_at(u64) + entity(16) + len(u16) + key + ts(u64) -> b""
 A point's key is length-prefixed (not separated), so no key is a prefix of another key's rows
 whatever bytes it holds: one entity's points are one range, one key's points one range in
-ascending ts, and a time range of a key one cursor scan. The expiry index orders points by the
-time they expire, so the purge reads from its start and stops at the first point still due.
-A point kept until its entity is deleted (``expires_at_ms`` None) has no expiry index entry.
-A point written again (same entity, key and ts) replaces the previous value and expiry.
+ascending ts, and a time range of a key one cursor scan.
 
+The expiry index orders points by the time they expire, so the purge reads from its start and
+stops at the first entry still due. A write of a post's points (one expiry) adds one entry to
+``rule_local_expiry_sets`` per key: named by its expiry, the series and the first of its points'
+ts, listing the ts of all of them (8 bytes each, in the order written). An entry is not updated
+when a point it lists is written again or deleted: a point is purged only when its own
+expiry (in its row) is the entry's, so an entry left behind by a replaced point deletes nothing.
+A point kept until its entity is deleted (``expires_at_ms`` None) is in no entry.
+
+``rule_local_expiry`` is the index of an earlier release: one entry per point, named by the
+point's expiry and row. Nothing writes it any more; the purge reads it beside the new one, in
+expiry order, until its entries are gone (a store of that release, or one that release ran on
+again, keeps its points' expiry).
+
+A point written again (same entity, key and ts) replaces the previous value and expiry.
 Nothing here is read outside a transaction the caller holds (LmdbStore.read / write).
 """
 
@@ -31,15 +44,19 @@ from edge_sync.errors import StorageCorrupt, Unstorable
 from edge_sync.storage import codec
 from edge_sync.storage.env import LmdbStore
 
-STATE, LOCAL_TS, LOCAL_EXPIRY = "rule_state", "rule_local_ts", "rule_local_expiry"
-TABLES = (STATE, LOCAL_TS, LOCAL_EXPIRY)
+STATE, LOCAL_TS = "rule_state", "rule_local_ts"
+LOCAL_EXPIRY_SETS, LOCAL_EXPIRY = "rule_local_expiry_sets", "rule_local_expiry"
+TABLES = (STATE, LOCAL_TS, LOCAL_EXPIRY_SETS, LOCAL_EXPIRY)
 
 _LMDB_MAX_KEY = 511
 _U16 = struct.Struct(">H")
+_U64 = struct.Struct(">Q")
 _U64_MAX = (1 << 64) - 1
 MAX_LOCAL_KEY_BYTES = _LMDB_MAX_KEY - 8 - 16 - _U16.size - 8
 """The longest timeseries key (UTF-8 bytes) a local point may have: its expiry index key must
 fit LMDB's key size. A longer one is Unstorable."""
+
+_SET_KEY_MIN = 8 + 16 + _U16.size + 8
 
 Entries = Sequence[tuple[int, Sequence[tuple[str, Any]]]]
 """Points as a telemetry post carries them: (ts, ((key, value), ...)), ..."""
@@ -81,7 +98,9 @@ class RuleStore:
 
     def __init__(self, store: LmdbStore) -> None:
         self.store = store
-        self.present = all(name in store.dbs for name in TABLES)
+        # what the reads need: a read-only open of a store of the release before the expiry
+        # sets has the points without them (a writable open has every table)
+        self.present = STATE in store.dbs and LOCAL_TS in store.dbs
         self._dbs = store.dbs
 
     # -- rule state ---------------------------------------------------------------------------
@@ -124,28 +143,44 @@ class RuleStore:
         """Keep the points until ``expires_at_ms`` (None: until the entity is deleted). A point
         already kept (same key and ts) is replaced, its expiry too. How many points were
         written. Unstorable for a value msgpack cannot hold or a key longer than
-        MAX_LOCAL_KEY_BYTES."""
-        rows, index = self._dbs[LOCAL_TS], self._dbs[LOCAL_EXPIRY]
+        MAX_LOCAL_KEY_BYTES.
+
+        The rows go in with one putmulti (LMDB's loop, not Python's), the values packed in one
+        call (codec.pack_led), and the expiry index gets one entry per key (see the module doc):
+        nothing is read, the replaced points included."""
         expiry = None if expires_at_ms is None else _u64(expires_at_ms, "expiry")
         entity = entity_id.bytes
-        prefixes: dict[str, bytes] = {}  # a post's points share a few keys
-        written = 0
-        for ts, values in entries:
-            stamp = _u64(ts, "timestamp")
-            for key, value in values:
-                prefix = prefixes.get(key)
-                if prefix is None:
-                    prefix = prefixes[key] = _series_prefix(entity, key)
-                row = prefix + stamp
-                old = txn.replace(row, codec.pack((expires_at_ms, value)), db=rows)
-                if old is not None:  # a point written again: its old expiry entry goes
-                    old_expiry = self._expiry_of(row, old)
-                    if old_expiry is not None:
-                        txn.delete(codec.u64(old_expiry) + row, db=index)
-                if expiry is not None:
-                    txn.put(expiry + row, b"", db=index)
-                written += 1
-        return written
+        series: dict[str, tuple[bytes, list[bytes]]] = {}  # key: (row prefix, its points' ts)
+        rows: list[bytes] = []
+        values: list[Any] = []
+        pack_ts = _U64.pack
+        for ts, pairs in entries:
+            try:
+                stamp = pack_ts(ts)
+            except struct.error:
+                raise Unstorable(f"timestamp {ts!r} cannot be stored (0 .. 2^64-1)") from None
+            for key, value in pairs:
+                found = series.get(key)
+                if found is None:
+                    found = series[key] = (_series_prefix(entity, key), [])
+                rows.append(found[0] + stamp)
+                found[1].append(stamp)
+                values.append(value)
+        if not rows:
+            return 0
+        packed = codec.pack_led(expires_at_ms, values)
+        with txn.cursor(db=self._dbs[LOCAL_TS]) as cur:
+            cur.putmulti(zip(rows, packed, strict=True))
+        if expiry is not None:
+            index = self._dbs[LOCAL_EXPIRY_SETS]
+            for prefix, stamps in series.values():
+                name = expiry + prefix + stamps[0]
+                listed = b"".join(stamps)
+                if not txn.put(name, codec.pack(listed), overwrite=False, db=index):
+                    # (the same series, expiry and first ts written twice in one commit)
+                    listed = self._listed(name, txn.get(name, db=index)) + listed
+                    txn.put(name, codec.pack(listed), db=index)
+        return len(rows)
 
     def local_series(self, txn: lmdb.Transaction, entity_id: uuid.UUID,
                      keys: Iterable[str] | None, start_ms: int, end_ms: int, limit: int
@@ -189,41 +224,66 @@ class RuleStore:
 
     def purge_expired(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> int:
         """Delete up to ``limit`` points whose expiry is at or before ``now_ms``, the earliest
-        expiring first; how many went."""
-        rows, index = self._dbs[LOCAL_TS], self._dbs[LOCAL_EXPIRY]
+        expiring first; how many went. The entries of both expiry indexes are taken in expiry
+        order (the earlier release's first on a tie)."""
+        if limit <= 0:
+            return 0
+        rows = self._dbs[LOCAL_TS]
         purged = 0
-        with txn.cursor(db=index) as cur:
-            if not cur.first():
-                return 0
-            while purged < limit:
-                key = bytes(cur.key())
-                if not key or codec.from_u64(key[:8], f"{LOCAL_EXPIRY}: time") > now_ms:
+        with txn.cursor(db=self._dbs[LOCAL_EXPIRY_SETS]) as sets, \
+                txn.cursor(db=self._dbs[LOCAL_EXPIRY]) as points:
+            set_key = bytes(sets.key()) if sets.first() else b""
+            point_key = bytes(points.key()) if points.first() else b""
+            while purged < limit and (set_key or point_key):
+                if point_key and (not set_key or point_key[:8] <= set_key[:8]):
+                    expires = codec.from_u64(point_key[:8], f"{LOCAL_EXPIRY}: time")
+                    if expires > now_ms:
+                        break
+                    purged += self._purge_row(txn, rows, point_key[8:], expires)
+                    points.delete()  # moves to the next entry (an empty key past the end)
+                    point_key = bytes(points.key())
+                    continue
+                if len(set_key) < _SET_KEY_MIN:
+                    raise StorageCorrupt(f"{LOCAL_EXPIRY_SETS}: key of {len(set_key)} bytes")
+                expires = codec.from_u64(set_key[:8])
+                if expires > now_ms:
                     break
-                row = key[8:]
-                raw = txn.get(row, db=rows)
-                # (the row's own expiry is this one while the two tables are kept in step)
-                if raw is not None and self._expiry_of(row, raw) == codec.from_u64(key[:8]):
-                    txn.delete(row, db=rows)
-                    purged += 1
-                if not cur.delete():  # moves to the next entry; False past the end
-                    break
+                prefix = set_key[8:-8]
+                listed = self._listed(set_key, sets.value())
+                for at in range(0, len(listed), 8):
+                    if purged >= limit:  # the rest of the entry stays for the next batch
+                        sets.put(set_key, codec.pack(listed[at:]))
+                        return purged
+                    purged += self._purge_row(txn, rows, prefix + listed[at:at + 8], expires)
+                sets.delete()
+                set_key = bytes(sets.key())
         return purged
 
     def delete_entity(self, txn: lmdb.Transaction, entity_id: uuid.UUID) -> int:
-        """The entity is gone: its rule state and every local point go. How many records went
-        (points, plus one for the state)."""
-        rows, index = self._dbs[LOCAL_TS], self._dbs[LOCAL_EXPIRY]
-        removed = 1 if txn.delete(entity_id.bytes, db=self._dbs[STATE]) else 0
+        """The entity is gone: its rule state and every local point go, and the expiry index's
+        entries of the expiries its points had. How many records went (points, plus one for
+        the state)."""
+        rows = self._dbs[LOCAL_TS]
+        points = self._dbs[LOCAL_EXPIRY] if self.store.entries(txn, LOCAL_EXPIRY) else None
+        entity = entity_id.bytes
+        removed = 1 if txn.delete(entity, db=self._dbs[STATE]) else 0
+        expiries: set[int] = set()
         with txn.cursor(db=rows) as cur:
-            if not cur.set_range(entity_id.bytes):
-                return removed
-            while bytes(cur.key()).startswith(entity_id.bytes):
-                row = bytes(cur.key())
-                expiry = self._expiry_of(row, cur.value())
-                if expiry is not None:
-                    txn.delete(codec.u64(expiry) + row, db=index)
-                cur.delete()  # moves to the next entry (an empty key past the end)
-                removed += 1
+            if cur.set_range(entity):
+                while (row := bytes(cur.key())).startswith(entity):
+                    expiry = self._expiry_of(row, cur.value())
+                    if expiry is not None:
+                        expiries.add(expiry)
+                        if points is not None:  # an entry of the earlier release's index
+                            txn.delete(codec.u64(expiry) + row, db=points)
+                    cur.delete()  # moves to the next entry (an empty key past the end)
+                    removed += 1
+        with txn.cursor(db=self._dbs[LOCAL_EXPIRY_SETS]) as sets:
+            for expiry in sorted(expiries):
+                start = codec.u64(expiry) + entity
+                if sets.set_range(start):
+                    while bytes(sets.key()).startswith(start):
+                        sets.delete()
         return removed
 
     # -- helpers ------------------------------------------------------------------------------
@@ -251,6 +311,39 @@ class RuleStore:
         if expires is not None and not isinstance(expires, int):
             raise StorageCorrupt(f"{what}: malformed expiry {expires!r}")
         return expires, value
+
+    def _purge_row(self, txn: lmdb.Transaction, rows: lmdb._Database, row: bytes,
+                   expires: int) -> int:
+        """Delete the point of ``row`` when its own expiry is ``expires`` (an index entry left
+        behind by a point written again, or one already gone, deletes nothing): 1 if it went."""
+        raw = txn.get(row, db=rows)
+        if raw is None or self._expiry_of(row, raw) != expires:
+            return 0
+        txn.delete(row, db=rows)
+        return 1
+
+    @staticmethod
+    def _listed(name: bytes, raw: codec.Raw | None) -> bytes:
+        """The ts (8 bytes each) the expiry set entry ``name`` lists; StorageCorrupt naming the
+        entry (its expiry, entity and key) when it is damaged."""
+        listed: Any = None
+        if raw is not None:
+            try:  # the entry's name is made only for a damaged entry's message
+                listed = codec.unpack(raw, LOCAL_EXPIRY_SETS)
+            except StorageCorrupt:
+                listed = None
+        if isinstance(listed, bytes) and listed and not len(listed) % 8:
+            return listed
+        try:
+            key, first = _split_row_key(name[8:])
+            what = (f"{LOCAL_EXPIRY_SETS}: {uuid.UUID(bytes=name[8:24])} {key!r} from {first} "
+                    f"expiring at {codec.from_u64(name[:8])}")
+        except StorageCorrupt:
+            what = f"{LOCAL_EXPIRY_SETS}: key of {len(name)} bytes"
+        if raw is None:
+            raise StorageCorrupt(f"{what}: missing")
+        codec.unpack(raw, what)  # raises naming the entry when the envelope is damaged
+        raise StorageCorrupt(f"{what}: record of an unexpected shape")
 
     def _expiry_of(self, row: bytes, raw: codec.Raw) -> int | None:
         try:  # the row's name is made only for a damaged record's message

@@ -10,7 +10,8 @@ The parts add up to LmdbStore.live_bytes exactly:
   reclaimable on demand: a commit that finds the store full purges them all before anything
   is dropped, refused or evicted (actors/queue_actor.py ``_commit_when_full``);
 - ``local_timeseries``: the points rule chains keep on the edge (``rule_local_ts``) and their
-  expiry index (``rule_local_expiry``). At the cap they are dropped, soonest-expiring first,
+  expiry index (``rule_local_expiry_sets``, and ``rule_local_expiry``, the one of an earlier
+  release, until its entries are purged). At the cap they are dropped, soonest-expiring first,
   before any new data is refused or any event evicted, but they are data an operator asked to
   keep, so they are not counted as reclaimable;
 - ``latest``: the devices' latest values (``latest_ts``);
@@ -39,7 +40,8 @@ PARTS = ("pending", "delivered", "local_timeseries", "latest", "other")
 
 _SHARED = ("events", "events_by_entity")
 _OWN = {"pending_high": "pending", "pending_normal": "pending", "deployed_by_time": "delivered",
-        "rule_local_ts": "local_timeseries", "rule_local_expiry": "local_timeseries",
+        "rule_local_ts": "local_timeseries", "rule_local_expiry_sets": "local_timeseries",
+        "rule_local_expiry": "local_timeseries",
         "latest_ts": "latest"}
 
 

@@ -95,6 +95,32 @@ def test_packing_after_a_refused_value_and_from_several_threads_gives_msgpacks_b
     assert results == [[], [], [], []]
 
 
+LED_VALUES = [0, -1, 2**64 - 1, -(2**63), 21.5, float("nan"), True, None, "", "t\u00e9xt",
+              "x" * 70_000, b"\x00raw", [1, [2, {"a": None}]], {"k": (1, 2), 3: "int key"},
+              list(range(40))]
+
+
+@pytest.mark.parametrize("first", [None, 0, 1_700_086_400_000, 2**64 - 1, "lead"])
+def test_pack_led_is_pack_of_each_pair_byte_for_byte(first: object) -> None:
+    """The local timeseries' points are written with pack_led and read with unpack_fields: the
+    bytes must be pack()'s, the checksum included."""
+    packed = codec.pack_led(first, LED_VALUES)
+    assert packed == [codec.pack((first, value)) for value in LED_VALUES]
+    decoded = [codec.unpack_fields(raw, "v", 2) for raw in packed]
+    assert [lead for lead, _ in decoded] == [first] * len(LED_VALUES)
+    assert repr([value for _, value in decoded]) == repr(
+        [codec.unpack(codec.pack(value), "v") for value in LED_VALUES])  # (nan != nan)
+    assert codec.pack_led(first, []) == []
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, "\ud800", object()])
+def test_pack_led_refuses_what_msgpack_cannot_hold(value: object) -> None:
+    with pytest.raises(Unstorable, match="value cannot be stored"):
+        codec.pack_led(5, [1, value, 2])
+    with pytest.raises(Unstorable, match="value cannot be stored"):
+        codec.pack_led(value, [1])
+
+
 def test_u64_of_the_wrong_length_is_corrupt() -> None:
     assert codec.from_u64(codec.u64(42)) == 42
     with pytest.raises(StorageCorrupt, match="meta: next_seq"):

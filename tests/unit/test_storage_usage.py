@@ -137,7 +137,8 @@ def test_local_points_and_latest_values_have_their_parts(store: LmdbStore) -> No
     u = usage(store)
     check_sum(u, store)
     assert u.local_points == 500  # two keys, 250 ts
-    assert u.local_timeseries == table_bytes(store, "rule_local_ts", "rule_local_expiry")
+    assert u.local_timeseries == table_bytes(
+        store, "rule_local_ts", "rule_local_expiry_sets", "rule_local_expiry")
     assert u.local_timeseries > 250 * 400
     # the events' parts did not move, nor did the rest
     assert (u.pending, u.delivered, u.latest, u.other) == (
