@@ -79,13 +79,23 @@ def from_time_seq_key(raw: Raw) -> tuple[int, int]:
     return t, s
 
 
+_KEEP_BUFFER_BYTES = 1 << 20
+
+
 class _Packers(threading.local):
     """One msgpack Packer per thread, reused: ``msgpack.packb`` builds a Packer (and its
     256 KiB buffer) on every call, which cost more than the packing itself for the small
     records stored here (about 0.5 µs a record against 0.2). A Packer is not thread-safe, hence
-    one per thread; it resets its buffer after each ``pack``, on an error too."""
+    one per thread; it resets its buffer after each ``pack``, on an error too, but never
+    shrinks it, so after a record over ``_KEEP_BUFFER_BYTES`` (a large entity from the cloud)
+    the thread gets a fresh one (``shed``) instead of keeping that memory for its life. Not
+    reentrant: nothing packed here calls back into Python (plain types only, no ``default``
+    hook), so no pack starts inside another."""
 
     def __init__(self) -> None:
+        self.packer = msgpack.Packer(use_bin_type=True)
+
+    def shed(self) -> None:
         self.packer = msgpack.Packer(use_bin_type=True)
 
 
@@ -98,7 +108,10 @@ def pack(value: Any) -> bytes:
     try:
         body: bytes = _PACKERS.packer.pack(value)
     except (OverflowError, TypeError, ValueError) as exc:
+        _PACKERS.shed()  # (its buffer may have grown before the refusal)
         raise Unstorable(f"value cannot be stored ({exc})") from exc
+    if len(body) > _KEEP_BUFFER_BYTES:
+        _PACKERS.shed()
     return _HEADER.pack(VALUE_VERSION, zlib.crc32(body)) + body
 
 
@@ -115,6 +128,7 @@ def pack_led(first: Any, values: Iterable[Any]) -> list[bytes]:
         return [header(VALUE_VERSION, crc32(tail, head_crc)) + head + tail
                 for tail in map(packer.pack, values)]
     except (OverflowError, TypeError, ValueError) as exc:
+        _PACKERS.shed()
         raise Unstorable(f"value cannot be stored ({exc})") from exc
 
 

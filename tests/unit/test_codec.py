@@ -121,6 +121,22 @@ def test_pack_led_refuses_what_msgpack_cannot_hold(value: object) -> None:
         codec.pack_led(value, [1])
 
 
+def test_a_thread_does_not_keep_the_buffer_of_a_large_record() -> None:
+    """The thread's Packer never shrinks its buffer: after a record over 1 MiB (or a refused
+    one) it is replaced, so the memory goes; after a small one it is kept (the cheap path)."""
+    small = codec._PACKERS.packer
+    codec.pack({"k": "v"})
+    assert codec._PACKERS.packer is small
+    large = "x" * (2 << 20)
+    assert codec.unpack(codec.pack(large), "large") == large
+    after_large = codec._PACKERS.packer
+    assert after_large is not small
+    with pytest.raises(Unstorable):
+        codec.pack(["y" * (2 << 20), 2**70])
+    assert codec._PACKERS.packer is not after_large
+    assert codec.pack([1, "a"])[5:] == msgpack.packb([1, "a"], use_bin_type=True)
+
+
 def test_u64_of_the_wrong_length_is_corrupt() -> None:
     assert codec.from_u64(codec.u64(42)) == 42
     with pytest.raises(StorageCorrupt, match="meta: next_seq"):
