@@ -177,7 +177,6 @@ _TBEL_WRITE = re.compile(r"\s*(?:[-+*/%&|^]|<<|>>>?|\*\*)?=(?!=)")
 # a class whose methods a script may call, just before ``.name(``: JavaScript's own (Math, JSON,
 # Date) or the runtime's Java classes (Integer, ...)
 _TBEL_CLASSES: dict[str, frozenset[str] | None] = {**TBEL_NAMESPACES, **TBEL_JAVA_STATICS}
-_TBEL_CLASS = re.compile(r"(?<![\w$.])(" + "|".join(_TBEL_CLASSES) + r")\s*$")
 _TBEL_CALLS = frozenset(TBEL_METHODS)
 # JavaScript's global functions (and Object.prototype's, which the global object inherits) that
 # TBEL has no function of that name for: a call is refused (MVEL finds no method ``toString(5)``),
@@ -193,29 +192,35 @@ _TBEL_DEF_VAR = re.compile(r"\bdef\s+(?=[A-Za-z_$])")
 _TBEL_ASSIGNED = re.compile(r"(?:(\.\s*)|(?<![\w$.]))([A-Za-z_$][\w$]*)\s*=(?![=>])")
 _TBEL_NAME = re.compile(r"[A-Za-z_$][\w$]*")
 _JS_FUNCTION = re.compile(r"\bfunction\s+([A-Za-z_$][\w$]*)")
+# where a string literal or a comment starts, and where a literal ends (its closing quote, a
+# backslash escaping any one character, the line break included)
+_LITERAL_START = re.compile(r"['\"]|//|/\*")
+_LITERAL_END = {q: re.compile(r"[^\\" + q + r"]*(?:\\.[^\\" + q + r"]*)*" + q, re.S)
+                for q in "'\""}
 
 
 def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
-    """(is_code, text) runs: string literals and comments are not code and are kept verbatim."""
+    """(is_code, text) runs: string literals and comments are not code and are kept verbatim.
+    Linear in the source: each step jumps to the next quote or comment start (a regex search),
+    and a literal's end is found by ``_LITERAL_END`` in one search."""
     out: list[tuple[bool, str]] = []
-    i, start, n = 0, 0, len(source)
-    while i < n:
-        c = source[i]
-        end = -1
-        if c in "'\"":
-            j = i + 1
-            while j < n and source[j] != c:
-                j += 2 if source[j] == "\\" else 1
-            end = min(j + 1, n)
-        elif source.startswith("//", i):
+    start, n = 0, len(source)
+    i = 0
+    while True:
+        found = _LITERAL_START.search(source, i)
+        if found is None:
+            break
+        i = found.start()
+        c = found.group(0)
+        if c == "//":
             j = source.find("\n", i)
             end = n if j < 0 else j
-        elif source.startswith("/*", i):
+        elif c == "/*":
             j = source.find("*/", i + 2)
             end = n if j < 0 else j + 2
-        if end < 0:
-            i += 1
-            continue
+        else:
+            closing = _LITERAL_END[c].match(source, i + 1)
+            end = n if closing is None else closing.end()
         if i > start:
             out.append((True, source[start:i]))
         out.append((False, source[i:end]))
@@ -300,7 +305,7 @@ def tbel_to_js(source: str) -> str:
                 if found:
                     raise _refused(source, start + found.start(), what, found.group(0))
             for found in _TBEL_JS_GLOBAL_CALL.finditer(text):
-                if found.group(1) not in defined and not text[:found.start()].rstrip().endswith("."):
+                if found.group(1) not in defined and _char_before(text, found.start()) != ".":
                     raise _refused(source, start + found.start(),
                                    f"the function {found.group(1)}()", found.group(0))
             text = _TBEL_DEF.sub(r"function \1(", text)
@@ -336,6 +341,28 @@ def _refused(source: str, at: int, what: str, found: str) -> ScriptSyntaxError:
                              f"{found.strip()!r}); see docs/rules-scripts.md")
 
 
+def _char_before(text: str, at: int) -> str:
+    """The last character of ``text[:at]`` that is not white space ("" when none). Read
+    backwards from ``at`` (never a copy of the text before it): the translation stays linear in
+    the script's length."""
+    while at > 0 and text[at - 1].isspace():
+        at -= 1
+    return text[at - 1] if at > 0 else ""
+
+
+def _name_before(text: str, at: int) -> str:
+    """The name just before ``at`` (white space between allowed), when it is a name of its own
+    (not a member ``x.Math``): ``Math`` for ``Math .`` at ``at``; else ""."""
+    while at > 0 and text[at - 1].isspace():
+        at -= 1
+    end = at
+    while at > 0 and (text[at - 1].isalnum() or text[at - 1] in "_$"):
+        at -= 1
+    if at == end or (at > 0 and text[at - 1] == "."):
+        return ""
+    return text[at:end]
+
+
 def _members_to_js(source: str, start: int, text: str) -> str:
     """A code part's ``.name(`` calls and ``.size``-like reads as the runtime's (line breaks
     kept); a call of any other method refused, but on ``Math`` and ``JSON``."""
@@ -345,12 +372,12 @@ def _members_to_js(source: str, start: int, text: str) -> str:
         name, call = found.group(1), found.group(2)
         breaks = "\n" * found.group(0).count("\n")
         if call:
-            cls = _TBEL_CLASS.search(text, 0, found.start())
-            if cls:
-                allowed = _TBEL_CLASSES[cls.group(1)]
+            cls = _name_before(text, found.start())
+            if cls in _TBEL_CLASSES:
+                allowed = _TBEL_CLASSES[cls]
                 if allowed is not None and name not in allowed:
                     raise _refused(source, start + found.start(),
-                                   f"the method {cls.group(1)}.{name}()", found.group(0))
+                                   f"the method {cls}.{name}()", found.group(0))
                 continue
             if name not in _TBEL_CALLS:
                 raise _refused(source, start + found.start(), f"the method {name}()",
