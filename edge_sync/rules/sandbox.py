@@ -191,6 +191,9 @@ _TBEL_DEF_VAR = re.compile(r"\bdef\s+(?=[A-Za-z_$])")
 # (``x. name``, spaces after the dot too) matches with its dot in group 1, and is no variable
 _TBEL_ASSIGNED = re.compile(r"(?:(\.\s*)|(?<![\w$.]))([A-Za-z_$][\w$]*)\s*=(?![=>])")
 _TBEL_NAME = re.compile(r"[A-Za-z_$][\w$]*")
+# ``.split("regex"`` / ``.matches('regex')``: a literal regular expression, checked at compile
+_TBEL_REGEX_ARG = re.compile(
+    r"\.\s*(?:split|matches)\s*\(\s*(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*')\s*[,)]")
 _JS_FUNCTION = re.compile(r"\bfunction\s+([A-Za-z_$][\w$]*)")
 # where a string literal or a comment starts, and where a literal ends (its closing quote, a
 # backslash escaping any one character, the line break included)
@@ -403,7 +406,10 @@ _PROLOGUE = (
     "function __script(msg, metadata, msgType) {\n"
 )
 # TBEL: the runtime before the script
-_PROLOGUE_TBEL = _PROLOGUE.replace("function __script", tbel_runtime() + " function __script")
+# (``__edgeRegex``: the runtime's check of a regular expression, which compile calls on the
+# script's literal ones)
+_PROLOGUE_TBEL = _PROLOGUE.replace("var __edgeAt = 0,", "var __edgeRegex, __edgeAt = 0,").replace(
+    "function __script", tbel_runtime() + " __edgeRegex = __tbelRegex; function __script")
 
 
 def _tbel_prologue(scope: Sequence[str]) -> str:
@@ -547,6 +553,26 @@ class ScriptEngine:
         self._owner = 0
         with self._lock:
             self._build()
+            if lang == "TBEL":
+                self._check_regexes(script)
+
+    def _check_regexes(self, script: str) -> None:
+        """A literal regular expression of ``split`` / ``matches`` that Java refuses, or that
+        the runtime cannot translate, refuses the script at compile, naming its line (one given
+        at run time fails that call with the same error)."""
+        source = _blank_comments(script)
+        mask = _code_mask(source)
+        for found in _TBEL_REGEX_ARG.finditer(source):
+            if not mask[found.start()]:
+                continue
+            try:
+                self._context.eval(f"__edgeRegex({found.group(1)})")
+            except _quickjs.JSException as exc:
+                line = source[:found.start()].count("\n") + 1
+                text = str(exc).splitlines()[0]
+                see = "" if "docs/rules-scripts.md" in text else "; see docs/rules-scripts.md"
+                raise ScriptSyntaxError(
+                    f"TBEL: {text} (line {line}: {found.group(0).strip()!r}){see}") from None
 
     def _build(self) -> None:
         context = _quickjs.Context()

@@ -4,7 +4,7 @@
 // ExecutionHashMap and ExecutionEntry, java.util.ArrayList / LinkedHashMap / java.lang.String,
 // MVEL's ForEachNode, ThingsBoard's org.thingsboard.script.api.tbel.TbUtils and
 // org.thingsboard.common.util.NumberUtils.
-var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
+var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex;
 (function () {
   "use strict";
   var own = Object.prototype.hasOwnProperty, M = {};
@@ -352,28 +352,227 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
     while (b > a && s.charCodeAt(b - 1) <= 32) { b--; }
     return s.slice(a, b);
   }});
-// String.split(regex[, limit]): only its fast path, a one-character literal separator (or a
-// backslash and a character that is not a letter or digit), as String.split has it: a limit > 0
-// gives at most limit parts (the last holds the rest), 0 (the default) removes trailing empty
-// strings, < 0 keeps them; no separator found: the text itself
+// java.util.regex.Pattern as a JavaScript RegExp (flag "u": a character is a code point, as in
+// Java). The common subset is translated where the two read the same text differently: "." is
+// any character but Java's line terminators (\n \r \u0085 \u2028 \u2029), "$" also matches
+// before a final line terminator (Pattern.Dollar), \s is Java's [ \t\n\x0B\f\r], \Q...\E is
+// quoted, \A \z \Z, \a \e \0oo \cX \x{h...} and the ASCII \p{Lower}-like classes are written out,
+// a "]" first in a class is a literal, a leading (?i) / (?s) are flags. Java's errors are
+// PatternSyntaxException (a dangling quantifier, "{" that is no repetition, an unknown escape,
+// an unclosed class); what Java reads but this translation cannot is an error naming it
+// (possessive quantifiers, atomic groups, back references, inline flags elsewhere, nested
+// classes and &&, \G \h \v \R \X and Unicode properties).
+  var REGEX_CACHE = new Map();
+  var SPACE = " \\t\\n\\x0B\\f\\r";
+  var DOT = "[^\\n\\r\\u0085\\u2028\\u2029]";
+  var DOLLAR = "(?=(?:\\r\\n|[\\n\\r\\u0085\\u2028\\u2029])?$)(?!(?<=\\r)\\n)";
+  var POSIX = {Lower: "a-z", Upper: "A-Z", ASCII: "\\x00-\\x7F", Alpha: "a-zA-Z", Digit: "0-9",
+    Alnum: "a-zA-Z0-9", Punct: "!-\\/:-@\\[-`{-~", Graph: "!-~", Print: " -~", Blank: " \\t",
+    Cntrl: "\\x00-\\x1F\\x7F", XDigit: "0-9a-fA-F", Space: SPACE};
+  var SYNTAX = "^$\\.*+?()[]{}|/";
+// PatternSyntaxException's message: its description, the index, the pattern on the next line
+  function patternError(regex, at, what) {
+    var e = new SyntaxError(what + " near index " + at + "\n" + regex);
+    e.name = "PatternSyntaxException";
+    return e;
+  }
+  function notHere(regex, what) {
+    return new SyntaxError("the regular expression " + JSON.stringify(regex) + ": " + what + " is not supported here (see docs/rules-scripts.md)");
+  }
+  function codePoint(cp) { return "\\u{" + cp.toString(16) + "}"; }
+  function translateRegex(regex) {
+    var i = 0, n = regex.length, out = "", flags = "u", dotAll = false, atom = false, c, m;
+    m = /^\(\?([a-zA-Z]+)\)/.exec(regex);
+    if (m) {
+      if (!/^[is]+$/.test(m[1])) { throw notHere(regex, "the inline flag group (?" + m[1] + ")"); }
+      if (m[1].indexOf("i") >= 0) { flags += "i"; }
+      dotAll = m[1].indexOf("s") >= 0;
+      i = m[0].length;
+    }
+    function esc(inClass) {
+      var d = regex[i + 1], at = i, k, v, name;
+      if (d === undefined) { throw patternError(regex, n, "Unexpected internal error"); }
+      if (!/[0-9A-Za-z]/.test(d)) {
+        i += 2;
+        if (SYNTAX.indexOf(d) >= 0 || (inClass && d === "-")) { return "\\" + d; }
+        return d;
+      }
+      i += 2;
+      switch (d) {
+        case "d": case "D": case "w": case "W": case "t": case "n": case "r": case "f": return "\\" + d;
+        case "s": return inClass ? SPACE : "[" + SPACE + "]";
+        case "S":
+          if (inClass) { throw notHere(regex, "\\S inside a character class"); }
+          return "[^" + SPACE + "]";
+        case "b": case "B":
+          if (inClass) { throw notHere(regex, "\\" + d + " inside a character class"); }
+          return "\\" + d;
+        case "a": return "\\x07";
+        case "e": return "\\x1B";
+        case "A": case "z": case "Z":
+          if (inClass) { throw patternError(regex, at + 1, "Illegal/unsupported escape sequence"); }
+          return d === "A" ? "^" : d === "z" ? "$" : DOLLAR;
+        case "x":
+          m = /^([0-9a-fA-F]{2})|^\{([0-9a-fA-F]+)\}/.exec(regex.slice(i));
+          if (!m) { throw patternError(regex, at, "Illegal hexadecimal escape sequence"); }
+          i += m[0].length;
+          v = parseInt(m[1] || m[2], 16);
+          if (v > 0x10FFFF) { throw patternError(regex, at, "Hexadecimal codepoint is too big"); }
+          return codePoint(v);
+        case "u":
+          m = /^[0-9a-fA-F]{4}/.exec(regex.slice(i));
+          if (!m) { throw patternError(regex, at, "Illegal Unicode escape sequence"); }
+          i += 4;
+          return codePoint(parseInt(m[0], 16));
+        case "0":
+          m = /^[0-7]{1,3}/.exec(regex.slice(i));
+          if (!m) { throw patternError(regex, at, "Illegal octal escape sequence"); }
+          k = m[0].length === 3 && m[0][0] > "3" ? m[0].slice(0, 2) : m[0];
+          i += k.length;
+          return codePoint(parseInt(k, 8));
+        case "c":
+          if (i >= n) { throw patternError(regex, at, "Illegal control escape sequence"); }
+          v = regex.codePointAt(i);
+          i += v > 0xFFFF ? 2 : 1;
+          return codePoint(v ^ 64);
+        case "Q":
+          k = regex.indexOf("\\E", i);
+          if (k < 0) { k = n; }
+          v = Array.from(regex.slice(i, k)).map(function (ch) {
+            return SYNTAX.indexOf(ch) >= 0 || ch === "-" ? "\\" + ch : ch; }).join("");
+          i = Math.min(k + 2, n);
+          return inClass ? v : "(?:" + v + ")";
+        case "p": case "P":
+          m = /^\{([A-Za-z]+)\}/.exec(regex.slice(i));
+          name = m ? m[1] : "";
+          if (!m || !own.call(POSIX, name)) { throw notHere(regex, "the character property \\" + d + regex.slice(i, i + (m ? m[0].length : 1))); }
+          i += m[0].length;
+          if (d === "p") { return inClass ? POSIX[name] : "[" + POSIX[name] + "]"; }
+          if (inClass) { throw notHere(regex, "\\P{...} inside a character class"); }
+          return "[^" + POSIX[name] + "]";
+        case "1": case "2": case "3": case "4": case "5": case "6": case "7": case "8": case "9":
+          throw notHere(regex, "the back reference \\" + d);
+        case "k": throw notHere(regex, "the named back reference \\k");
+        case "G": case "h": case "H": case "v": case "V": case "R": case "X": case "N": case "E":
+          throw notHere(regex, "\\" + d);
+      }
+      throw patternError(regex, at + 1, "Illegal/unsupported escape sequence");
+    }
+    function klass() {
+      var start = i, s = "[";
+      i++;
+      if (regex[i] === "^") { s += "^"; i++; }
+      if (regex[i] === "]") { s += "\\]"; i++; }
+      for (;;) {
+        if (i >= n) { throw patternError(regex, n - 1, "Unclosed character class"); }
+        c = regex[i];
+        if (c === "]") { i++; return s + "]"; }
+        if (c === "[") { throw notHere(regex, "a class inside a character class ([a[b]])"); }
+        if (c === "&" && regex[i + 1] === "&") { throw notHere(regex, "an intersection of character classes (&&)"); }
+        if (c === "\\") { s += esc(true); continue; }
+        s += c;
+        i++;
+      }
+    }
+    while (i < n) {
+      c = regex[i];
+      if (c === "\\") { out += esc(false); atom = true; continue; }
+      if (c === "[") { out += klass(); atom = true; continue; }
+      if (c === "(") {
+        if (regex[i + 1] === "?") {
+          m = /^\(\?(?::|=|!|<=|<!|<[a-zA-Z][a-zA-Z0-9]*>)/.exec(regex.slice(i));
+          if (!m) {
+            throw notHere(regex, regex[i + 2] === ">" ? "an atomic group (?>...)" : "an inline flag group (?...) other than a leading (?i) or (?s)");
+          }
+          out += m[0];
+          i += m[0].length;
+        } else { out += "("; i++; }
+        atom = false;
+        continue;
+      }
+      if (c === "*" || c === "+" || c === "?" || c === "{") {
+        m = c === "{" ? /^\{\d+(?:,\d*)?\}/.exec(regex.slice(i)) : [c];
+        if (!m) { throw patternError(regex, i, "Illegal repetition"); }
+        if (!atom) { throw patternError(regex, i, "Dangling meta character '" + c + "'"); }
+        out += m[0];
+        i += m[0].length;
+        if (regex[i] === "?") { out += "?"; i++; }
+        else if (regex[i] === "+") { throw notHere(regex, "the possessive quantifier " + m[0] + "+"); }
+        atom = false;
+        continue;
+      }
+      atom = c !== "|" && c !== "^" && c !== "$";
+      out += c === "." ? (dotAll ? "[^]" : DOT) : c === "$" ? DOLLAR : c === "]" || c === "}" ? "\\" + c : c;
+      i++;
+    }
+    return {source: out, flags: flags};
+  }
+// the RegExp of a Java regex, compiled once per context (whole: anchored, for String.matches;
+// else global, for Pattern.split's find loop); a few hundred patterns at most are kept
+  function javaRegExp(regex, whole) {
+    var k = (whole ? "m" : "f") + regex, r = REGEX_CACHE.get(k), t;
+    if (r === undefined) {
+      t = translateRegex(regex);
+      try {
+        r = new RegExp(whole ? "^(?:" + t.source + ")$" : t.source, whole ? t.flags : t.flags + "g");
+      } catch (e) {
+        throw patternError(regex, 0, String(e.message));
+      }
+      if (REGEX_CACHE.size >= 256) { REGEX_CACHE.clear(); }
+      REGEX_CACHE.set(k, r);
+    }
+    r.lastIndex = 0;
+    return r;
+  }
+// a script's literal regex, checked when it is compiled (sandbox.py): its error, if any
+  __tbelRegex = function (regex) { javaRegExp(regex, true); javaRegExp(regex, false); return null; };
+// String.split(regex[, limit]) (Pattern.split, with String.split's fast path for a one-character
+// literal): a limit > 0 gives at most limit parts (the last holds the rest), 0 (the default)
+// removes trailing empty strings, < 0 keeps them; no match: the text itself; a zero-width match
+// at the start gives no leading empty string
   define("split", {text: opt(1, 2, function (regex, limit) {
     aText("split", regex);
-    var s = String(this), sep = null, parts = [], off = 0, next;
+    var s = String(this), sep = null, parts = [], index = 0, next, end, r, m;
     limit = arguments.length >= 2 ? whole("split", limit) : 0;
     if (regex.length === 1 && ".$|()[{^?*+\\".indexOf(regex) < 0) { sep = regex; }
     else if (regex.length === 2 && regex[0] === "\\" && !/[0-9A-Za-z]/.test(regex[1])) { sep = regex[1]; }
-    if (sep === null) {
-      throw new TypeError("split(" + JSON.stringify(regex) + "): only a one-character separator is supported (see docs/rules-scripts.md)");
+    if (sep !== null && sep.charCodeAt(0) >= 0xD800 && sep.charCodeAt(0) <= 0xDFFF) { sep = null; }
+    if (sep === null) { r = javaRegExp(regex, false); }
+    for (;;) {
+      if (sep !== null) {
+        next = s.indexOf(sep, index);
+        if (next < 0) { break; }
+        end = next + 1;
+      } else {
+        m = r.exec(s);
+        if (m === null) { break; }
+        next = m.index;
+        end = next + m[0].length;
+        if (end === next) { r.lastIndex = end < s.length && s.codePointAt(end) > 0xFFFF ? end + 2 : end + 1; }
+      }
+      if (limit > 0 && parts.length >= limit - 1) {
+        parts.push(s.substring(index));
+        index = end;
+        break;
+      }
+      if (index === 0 && next === 0 && end === 0) { continue; }
+      parts.push(s.substring(index, next));
+      index = end;
     }
-    while ((next = s.indexOf(sep, off)) !== -1) {
-      if (limit <= 0 || parts.length < limit - 1) { parts.push(s.substring(off, next)); off = next + 1; }
-      else { parts.push(s.substring(off)); off = s.length; break; }
-    }
-    if (off === 0) { return [s]; }
-    if (limit <= 0 || parts.length < limit) { parts.push(s.substring(off)); }
+    if (index === 0) { return [s]; }
+    if (limit <= 0 || parts.length < limit) { parts.push(s.substring(index)); }
     if (limit === 0) { while (parts.length > 0 && parts[parts.length - 1] === "") { parts.pop(); } }
     return parts;
   })});
+// String.matches(regex) (Pattern.matches: the whole text), charAt(index) (a one-character text;
+// StringIndexOutOfBoundsException as Java 17's String.charAt words it)
+  define("matches", {text: function (regex) { return javaRegExp(aText("matches", regex), true).test(String(this)); }});
+  define("charAt", {text: function (i) {
+    var s = String(this);
+    whole("charAt", i);
+    if (i < 0 || i >= s.length) { throw new RangeError("String index out of range: " + i); }
+    return s[i];
+  }});
 // ExecutionArrayList.slice([start[, end]]) (ArrayTools.initStartIndex / initEndIndex, then
 // ArrayList.subList: a start after the end throws), concat(list) (a new list), reverse (in
 // place), toReversed (a new list); String.concat

@@ -45,7 +45,7 @@ TBEL_METHODS: tuple[str, ...] = (
     "getKey", "getValue", "setValue",
     # text (java.lang.String)
     "equalsIgnoreCase", "startsWith", "endsWith", "substring", "toUpperCase", "toLowerCase",
-    "trim", "split",
+    "trim", "split", "matches", "charAt",
 )
 # Names whose read without a call is MVEL's call of the method with no argument (getGetter):
 # ``x.size``, ``x.empty`` / ``x.isEmpty``, ``map.keys``, ``map.values``, ...

@@ -313,15 +313,15 @@ return [
 
 
 def test_text_methods_fail_as_java_does() -> None:
-    """substring's bounds (StringIndexOutOfBoundsException); split by a regular expression is
-    not supported here (only String.split's one-character fast path)."""
+    """substring's bounds (StringIndexOutOfBoundsException); a regular expression outside the
+    translated subset, given at run time, fails the call naming what is not supported."""
     assert error("return msg.s.substring(2, 9);", {"s": "abc"}) == (
         "RangeError: begin 2, end 9, length 3")
     assert error("return msg.s.substring(2, 1);", {"s": "abc"}) == (
         "RangeError: begin 2, end 1, length 3")
-    assert error("return msg.s.split('[,;]');", {"s": "a,b"}) == (
-        'TypeError: split("[,;]"): only a one-character separator is supported '
-        "(see docs/rules-scripts.md)")
+    assert error("return msg.s.split(msg.re);", {"s": "a,b", "re": "a++"}) == (
+        'SyntaxError: the regular expression "a++": the possessive quantifier ++ is not '
+        "supported here (see docs/rules-scripts.md)")
     assert error("return msg.s.contains(5);", {"s": "a5"}) == "TypeError: contains(): 5 is not text"
 
 
@@ -641,8 +641,8 @@ def test_a_comment_between_the_dot_and_the_method_name_is_seen_through() -> None
     assert run("var l = [10, 9, 1];\nl./* c */sort();\nl .  // c\n  add(2);\nreturn l;") == [
         1, 9, 10, 2]
     assert run("return Math // c\n  .max(1, 2);") == 2
-    with pytest.raises(ScriptSyntaxError, match=r"the method charAt\(\) is not in the supported"):
-        ScriptEngine('return "abc"./**/charAt(1);', "TBEL")
+    with pytest.raises(ScriptSyntaxError, match=r"the method chars\(\) is not in the supported"):
+        ScriptEngine('return "abc"./**/chars();', "TBEL")
 
 
 @pytest.mark.parametrize("script", [
@@ -776,3 +776,82 @@ def test_a_long_script_translates_in_time_linear_in_its_length() -> None:
     spent = time.process_time() - started
     assert js.count("\n") == 4000 and "Math.max(" in js and "[__tbelS.put](" in js
     assert spent < 0.5, spent
+
+
+# -- java.lang.String: charAt, matches and split by a regular expression ------------------------
+
+def test_split_by_a_regular_expression_as_java_lang_string_split() -> None:
+    """String.split(regex, limit) is Pattern.split: the JDK's own examples of String.split
+    ("boo:and:foo" by "o" and ":" with limits 2, 5, -2 and 0), a regex of several characters,
+    a zero-width match at the start gives no leading empty string (Java 8 and later), a match
+    of width > 0 there does; "." is a regex (every character a separator: no part left)."""
+    assert run('var s = "boo:and:foo";\nreturn [s.split(":", 2), s.split(":", 5), s.split(":", -2),\n'
+               '  s.split("o", 5), s.split("o", -2), s.split("o", 0), s.split("o", 2)];') == [
+        ["boo", "and:foo"], ["boo", "and", "foo"], ["boo", "and", "foo"],
+        ["b", "", ":and:f", "", ""], ["b", "", ":and:f", "", ""], ["b", "", ":and:f"],
+        ["b", "o:and:foo"]]
+    assert run('return ["a1b22c333".split("\\\\d+"), "a1b22c333".split("\\\\d+", -1),\n'
+               '  " a  b ".split("\\\\s+"), "abc".split(""), "a.b.c".split("."),\n'
+               '  "2023-01-02T03:04".split("[-T:]"), "a,b;c".split("[,;]", 2), "x".split("y")];') == [
+        ["a", "b", "c"], ["a", "b", "c", ""], ["", "a", "b"], ["a", "b", "c"], [],
+        ["2023", "01", "02", "03", "04"], ["a", "b;c"], ["x"]]
+
+
+def test_java_regex_reads_differ_from_javascripts_and_are_translated() -> None:
+    """What Java's Pattern reads otherwise than JavaScript: \\s is [ \\t\\n\\x0B\\f\\r] (a
+    no-break space is no space), "." stops at Java's line terminators (\\u0085 too) and
+    (?s) lifts that, "$" matches before a final line terminator, a "]" first in a class is a
+    literal, \\Q...\\E quotes, \\p{Digit}-like POSIX classes, (?i) ignores case; matches()
+    takes the whole text."""
+    assert run('return ["a b\\u00a0c".split("\\\\s"), "a\\u0085b".matches("a.b"),\n'
+               '  "a\\u0085b".matches("(?s)a.b"), "ab]c".split("[]]"), "a*b".split("\\\\Q*\\\\E"),\n'
+               '  "x1y".split("\\\\p{Digit}"), "caT".matches("(?i)[a-z]+"), "abc".matches("b"),\n'
+               '  "abc".matches("a.c"), "ab\\n".split("b$"), "ab".matches("a|ab")];') == [
+        ["a", "b\u00a0c"], False, True, ["ab", "c"], ["a", "b"], ["x", "y"], True, False,
+        True, ["a", "\n"], True]
+
+
+def test_char_at_as_java_lang_string() -> None:
+    """String.charAt: the character (a one-character text); an index outside the text is
+    StringIndexOutOfBoundsException, as Java 17 words it."""
+    assert run('var s = "abc";\nreturn [s.charAt(0), s.charAt(2), s.charAt(1) == "b"];') == [
+        "a", "c", True]
+    assert error('return "abc".charAt(3);') == "RangeError: String index out of range: 3"
+    assert error('return "abc".charAt(-1);') == "RangeError: String index out of range: -1"
+
+
+@pytest.mark.parametrize(("script", "message"), [
+    ('return "abc".split("a++");', 'TBEL: SyntaxError: the regular expression "a++": the '
+     "possessive quantifier ++ is not supported here (see docs/rules-scripts.md) (line 1: "
+     "'.split(\"a++\")')"),
+    ('var x = 1;\nreturn "abc".matches("(?>a)bc");', 'TBEL: SyntaxError: the regular expression '
+     '"(?>a)bc": an atomic group (?>...) is not supported here (see docs/rules-scripts.md) '
+     "(line 2: '.matches(\"(?>a)bc\")')"),
+    ("return 'abc'.split('a[b[c]]', 2);", 'TBEL: SyntaxError: the regular expression "a[b[c]]": a '
+     "class inside a character class ([a[b]]) is not supported here (see "
+     "docs/rules-scripts.md) (line 1: \".split('a[b[c]]',\")"),
+    ('return "abc".split("\\\\y");', "TBEL: PatternSyntaxException: Illegal/unsupported escape "
+     "sequence near index 1 (line 1: '.split(\"\\\\\\\\y\")'); see docs/rules-scripts.md"),
+    ('return "abc".split("*");', "TBEL: PatternSyntaxException: Dangling meta character '*' "
+     "near index 0 (line 1: '.split(\"*\")'); see docs/rules-scripts.md"),
+    ('return "abc".split("[a");', "TBEL: PatternSyntaxException: Unclosed character class near "
+     "index 1 (line 1: '.split(\"[a\")'); see docs/rules-scripts.md"),
+    ('return "abc".matches("(?m)a");', 'TBEL: SyntaxError: the regular expression "(?m)a": the '
+     "inline flag group (?m) is not supported here (see docs/rules-scripts.md) (line 1: "
+     "'.matches(\"(?m)a\")')"),
+    ('return "abc".split("\\\\p{L}");', 'TBEL: SyntaxError: the regular expression "\\\\p{L}": the '
+     "character property \\p{L} is not supported here (see docs/rules-scripts.md) (line 1: "
+     "'.split(\"\\\\\\\\p{L}\")')"),
+])
+def test_a_literal_regular_expression_java_refuses_or_that_differs_is_refused_at_compile(
+        script: str, message: str) -> None:
+    """Java's PatternSyntaxException (its description and index) or what is not translated:
+    refused when the script is compiled, naming the line."""
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine(script, "TBEL")
+    assert str(caught.value) == message
+
+
+def test_a_regular_expression_in_a_string_literal_is_no_call() -> None:
+    """``.split("[")`` inside a string literal is text, not checked."""
+    assert run("return \"a.split('[')\";") == "a.split('[')"
