@@ -971,6 +971,7 @@ var __tbelH = (function () {
   }
   function numberHex(number, bigEndian, pref, len, hexLenMax) {
     var hex = BigInt.asUintN(64, number).toString(16).toUpperCase(), out;
+    if (hexLenMax < 0) { hexLenMax = hex.length; }
     out = hex.replace(/^0+(?!$)/, "");
     if (out.length % 2 > 0) { out = "0" + out; }
     if (number < 0n) {
@@ -1010,7 +1011,9 @@ var __tbelH = (function () {
     if (s === null || s === undefined) { throw nfe("Cannot parse null string: null"); }
     return aText("parse", s);
   }
-  function javaLong(s, radix) {
+// Long.parseLong(s, radix) as a BigInt (its NumberFormatException); javaLong: as a number, exact
+// only up to 2^53 here (beyond, an error)
+  function javaLongBig(s, radix) {
     var under = radix === 10 ? "" : " under radix " + radix, i = 0, neg = false, v = 0n, d, c;
     if (s.length === 0) { throw nfe("For input string: \"\"" + under); }
     if (s[0] === "-" || s[0] === "+") { neg = s[0] === "-"; i = 1; }
@@ -1023,10 +1026,87 @@ var __tbelH = (function () {
     }
     if (neg) { v = -v; }
     if (v > 9223372036854775807n || v < -9223372036854775808n) { throw nfe("For input string: \"" + s + "\"" + under); }
+    return v;
+  }
+  function javaLong(s, radix) {
+    var v = javaLongBig(s, radix);
     if (v > 9007199254740991n || v < -9007199254740991n) {
       throw new RangeError("Long.parseLong(\"" + s + "\"): beyond 2^53, not exact as a number here");
     }
     return Number(v);
+  }
+// a Java long given back as a number: exact up to 2^53 only, beyond it an error
+  function exactLong(name, v) {
+    if (v > 9007199254740991n || v < -9007199254740991n) {
+      throw new RangeError(name + "(): " + v + " is beyond 2^53, not exact as a number here");
+    }
+    return Number(v);
+  }
+// a script's number as a Java long (a whole number; exact up to 2^53 as every number here)
+  function longArg(name, v) {
+    if (!isWhole(v)) { throw new TypeError(name + "(): " + v + " is not a whole number"); }
+    return BigInt(v);
+  }
+// TbUtils.parseLong(String, int, boolean): compareIntLongValueMinMax for radix 25..36,
+// parseBinaryStringAsSignedLong (64-bit two's complement), Long.parseLong for 8, 10, 16
+  function parseLong64(value, radix, bigEndian) {
+    var valueP = prepareNumberString(value, bigEndian), r, bin, big;
+    if (valueP === null) { return null; }
+    r = validRadix(valueP, radix, value);
+    if (r >= 25 && r <= 36) {
+      try { return javaLongBig(valueP, r); } catch (e) {
+        var digits = valueP.replace(/^[-+]/, ""), i, d;
+        big = 0n;
+        for (i = 0; i < digits.length; i++) {
+          d = parseInt(digits[i], 36);
+          if (!(d < r)) { throw e; }
+          big = big * BigInt(r) + BigInt(d);
+        }
+        if (valueP[0] === "-") { big = -big; }
+        if (big > 9223372036854775807n) { throw nfe("Value \"" + valueP + "\"is greater than the maximum Long value 9223372036854775807 !"); }
+        if (big < -9223372036854775808n) { throw nfe("Value \"" + valueP + "\" is  less than the minimum Long value -9223372036854775808 !"); }
+        throw e;
+      }
+    }
+    if (r === 2) {
+      bin = valueP.length !== 64 ? valueP.padStart(64, "0") : valueP;
+      if (bin[0] === "1") {
+        var inv = bin.replace(/[01]/g, function (b) { return b === "0" ? "1" : "0"; });
+        return BigInt.asIntN(64, -BigInt.asIntN(64, javaLongBig(inv, 2) + 1n));
+      }
+      return javaLongBig(bin, 2);
+    }
+    return javaLongBig(valueP, r);
+  }
+// Long.parseUnsignedLong(hex, 16) then Double.longBitsToDouble (TbUtils.parseDouble's hex form)
+  function hexDouble(valueP) {
+    if (valueP[0] === "-") { throw nfe("Illegal leading minus sign on unsigned string " + valueP + "."); }
+    var bits = hexBig(valueP);
+    if (bits > 0xFFFFFFFFFFFFFFFFn) { throw nfe("String value " + valueP + " exceeds range of unsigned long."); }
+    var dv = new DataView(new ArrayBuffer(8));
+    dv.setBigUint64(0, bits);
+    return dv.getFloat64(0);
+  }
+// TbUtils.validationNumberByLength (and validateLength's default length)
+  function checkNumberBytes(n, offset, length, max) {
+    if (offset > n) { throw iae("Offset: " + offset + " is out of bounds for array with length: " + n + "!"); }
+    if (offset + length > n) { throw iae("Offset: " + offset + " and Length: " + length + " is out of bounds for array with length: " + n + "!"); }
+    if (length > max) { throw iae("Length: " + length + " is too large. Maximum " + max + " bytes is allowed!"); }
+  }
+  function defaultLength(n, offset, max) { return n < offset ? n : Math.min(n - offset, max); }
+// TbUtils.prepareBytesToNumber: the bytes as an unsigned big-endian BigInt
+  function unsignedOf(bytes, offset, length, bigEndian) {
+    var v = 0n, i, b;
+    for (i = 0; i < length; i++) {
+      b = bytes[bigEndian ? offset + i : offset + length - 1 - i];
+      v = v << 8n | BigInt(b & 255);
+    }
+    return v;
+  }
+  var HEX_DIGITS = "0123456789ABCDEF";
+  function fixedHex(v, digits) {
+    var out = BigInt.asUintN(digits * 4, v).toString(16).toUpperCase();
+    return "0x" + "0".repeat(digits - out.length) + out;
   }
   var java = {
     Integer: {
@@ -1233,6 +1313,141 @@ var __tbelH = (function () {
       if (v === null) { throw new TypeError("parseBigEndianHexToFloat(): the value is blank (null)"); }
       return v;
     },
+// TbUtils.parseLong(String[, int]), parseHexToLong(String[, boolean]) and its endian forms (a
+// Java long: exact up to 2^53 here, beyond it an error; the one-argument hex forms return long:
+// blank text throws), parseHexToDouble(String[, boolean]) and its endian forms (the double's
+// bits), parseHexIntLongToFloat(String, boolean) (the hex as an int, then a float: a whole
+// number, held exactly, so that a division by a factor gives Java's float)
+    parseLong: function (value, radix) {
+      if (arguments.length >= 2 && !isWhole(radix)) { throw new TypeError("parseLong(): the radix is not a whole number"); }
+      var v = parseLong64(value, arguments.length >= 2 ? radix : 0, true);
+      return v === null ? null : exactLong("parseLong", v);
+    },
+    parseHexToLong: function (hex, bigEndian) {
+      var v = parseLong64(aText("parseHexToLong", hex), 16, arguments.length >= 2 ? flag("parseHexToLong", bigEndian) : true);
+      if (v === null) {
+        if (arguments.length < 2) { throw new TypeError("parseHexToLong(): the value is blank (null)"); }
+        return null;
+      }
+      return exactLong("parseHexToLong", v);
+    },
+    parseLittleEndianHexToLong: function (hex) {
+      var v = parseLong64(aText("parseLittleEndianHexToLong", hex), 16, false);
+      if (v === null) { throw new TypeError("parseLittleEndianHexToLong(): the value is blank (null)"); }
+      return exactLong("parseLittleEndianHexToLong", v);
+    },
+    parseBigEndianHexToLong: function (hex) {
+      var v = parseLong64(aText("parseBigEndianHexToLong", hex), 16, true);
+      if (v === null) { throw new TypeError("parseBigEndianHexToLong(): the value is blank (null)"); }
+      return exactLong("parseBigEndianHexToLong", v);
+    },
+    parseHexToDouble: function (hex, bigEndian) {
+      var valueP = prepareNumberString(aText("parseHexToDouble", hex), arguments.length >= 2 ? flag("parseHexToDouble", bigEndian) : true);
+      if (valueP === null) { throw new TypeError("parseHexToDouble(): the value is blank (null)"); }
+      validRadix(valueP, 16, hex);
+      return hexDouble(valueP);
+    },
+    parseLittleEndianHexToDouble: function (hex) {
+      var valueP = prepareNumberString(aText("parseLittleEndianHexToDouble", hex), false);
+      if (valueP === null) { throw new TypeError("parseLittleEndianHexToDouble(): the value is blank (null)"); }
+      validRadix(valueP, 16, hex);
+      return hexDouble(valueP);
+    },
+    parseBigEndianHexToDouble: function (hex) {
+      var valueP = prepareNumberString(aText("parseBigEndianHexToDouble", hex), true);
+      if (valueP === null) { throw new TypeError("parseBigEndianHexToDouble(): the value is blank (null)"); }
+      validRadix(valueP, 16, hex);
+      return hexDouble(valueP);
+    },
+    parseHexIntLongToFloat: function (hex, bigEndian) {
+      var valueP = prepareNumberString(aText("parseHexIntLongToFloat", hex), flag("parseHexIntLongToFloat", bigEndian));
+      if (valueP === null) { return null; }
+      validRadix(valueP, 16, hex);
+      return Math.fround(Number(BigInt.asIntN(32, javaLongBig(valueP, 16))));
+    },
+// TbUtils.parseBytesToDouble(List[, offset[, length[, bigEndian]]]) (up to 8 bytes as
+// ByteBuffer.getDouble, without length checks: ByteBuffer's exceptions; NaN throws),
+// parseBytesLongToDouble (validationNumberByLength, the bytes as an unsigned BigInteger, its
+// doubleValue), parseBytesIntToFloat (up to 4 bytes, unsigned, its floatValue: a whole number,
+// held exactly, so that a division by a factor gives Java's float: 118030576 / 1e6 is 118.030576)
+    parseBytesToDouble: function (data, offset, length, bigEndian) {
+      var bytes = listBytes("parseBytesToDouble", data), n = bytes.length, i;
+      offset = arguments.length >= 2 ? offset : 0;
+      length = arguments.length >= 3 ? length : defaultLength(n, offset, 8);
+      bigEndian = arguments.length >= 4 ? flag("parseBytesToDouble", bigEndian) : true;
+      if (length > 8) { throw new RangeError("BufferOverflowException"); }
+      if (offset < 0 || length < 0 || offset + length > n) { throw new RangeError("IndexOutOfBoundsException"); }
+      var dv = new DataView(new ArrayBuffer(8)), at = bigEndian ? 8 - length : 0;
+      for (i = 0; i < length; i++) { dv.setUint8(at + i, bytes[offset + i]); }
+      var d = dv.getFloat64(0, !bigEndian);
+      if (d !== d) { throw nfe("byte[] 0x" + hexOf(bytes) + " is a Not-a-Number (NaN) value"); }
+      return d;
+    },
+    parseBytesLongToDouble: function (data, offset, length, bigEndian) {
+      var bytes = listBytes("parseBytesLongToDouble", data), n = bytes.length;
+      offset = arguments.length >= 2 ? offset : 0;
+      length = arguments.length >= 3 ? length : defaultLength(n, offset, 8);
+      bigEndian = arguments.length >= 4 ? flag("parseBytesLongToDouble", bigEndian) : true;
+      checkNumberBytes(n, offset, length, 8);
+      byteBufferPut(8, offset, length, n, true);
+      return Number(unsignedOf(bytes, offset, length, bigEndian));
+    },
+    parseBytesIntToFloat: function (data, offset, length, bigEndian) {
+      var bytes = listBytes("parseBytesIntToFloat", data), n = bytes.length;
+      offset = arguments.length >= 2 ? offset : 0;
+      length = arguments.length >= 3 ? length : defaultLength(n, offset, 4);
+      bigEndian = arguments.length >= 4 ? flag("parseBytesIntToFloat", bigEndian) : true;
+      checkNumberBytes(n, offset, length, 4);
+      byteBufferPut(4, offset, length, n, true);
+      return Math.fround(Number(unsignedOf(bytes, offset, length, bigEndian)));
+    },
+// TbUtils.base64ToBytes (a byte[]: the signed bytes as a list), bytesToBase64(byte[]) (a list of
+// numbers, each as Number.byteValue), hexToBytesArray (hexToBytes as a byte[]), printUnsignedBytes
+// (Byte.toUnsignedInt of each)
+    base64ToBytes: function (s) { return signed(fromBase64(aText("base64ToBytes", s))); },
+    bytesToBase64: function (list) { return toBase64(listBytes("bytesToBase64", list)); },
+    hexToBytesArray: function (value) { return signed(hexToBytes(aText("hexToBytesArray", value))); },
+    printUnsignedBytes: function (list) { return listBytes("printUnsignedBytes", list); },
+// TbUtils.longToHex(Long[, bigEndian[, pref[, len]]]) (at most 16 digits), floatToHex(Float[,
+// bigEndian]) ("0x%08X" of Float.floatToIntBits), doubleToHex(Double[, bigEndian]) ("0x%016X" of
+// Double.doubleToRawLongBits), intLongToRadixString(Long[, radix[, bigEndian[, pref]]])
+// (Long.toString for 10 and 25..36, the unsigned Long.toBinaryString padded to 8/16/32/64
+// digits, Long.toOctalString, prepareNumberHexString for 16)
+    longToHex: function (l, bigEndian, pref, len) {
+      return numberHex(longArg("longToHex", l), arguments.length >= 2 ? flag("longToHex", bigEndian) : true,
+        arguments.length >= 3 ? flag("longToHex", pref) : false, arguments.length >= 4 ? len : -1, 16);
+    },
+    floatToHex: function (f, bigEndian) {
+      if (typeof f !== "number") { throw new TypeError("floatToHex(): the argument is not a number"); }
+      var dv = new DataView(new ArrayBuffer(4));
+      dv.setFloat32(0, f);
+      var out = fixedHex(BigInt(f !== f ? 0x7FC00000 : dv.getUint32(0)), 8);
+      return arguments.length < 2 || flag("floatToHex", bigEndian) ? out : reverseHex(out);
+    },
+    doubleToHex: function (d, bigEndian) {
+      if (typeof d !== "number") { throw new TypeError("doubleToHex(): the argument is not a number"); }
+      var dv = new DataView(new ArrayBuffer(8));
+      dv.setFloat64(0, d);
+      var out = fixedHex(dv.getBigUint64(0), 16);
+      return arguments.length < 2 || flag("doubleToHex", bigEndian) ? out : reverseHex(out);
+    },
+    intLongToRadixString: function (number, radix, bigEndian, pref) {
+      var v = longArg("intLongToRadixString", number), out;
+      radix = arguments.length >= 2 ? radix : 10;
+      if (!isWhole(radix)) { throw new TypeError("intLongToRadixString(): the radix is not a whole number"); }
+      if ((radix >= 25 && radix <= 36) || radix === 10) { return v.toString(radix); }
+      if (radix === 2) {
+        out = BigInt.asUintN(64, v).toString(2);
+        var width = out.length < 8 ? 8 : out.length < 16 ? 16 : out.length < 32 ? 32 : 64;
+        return out.padStart(width, "0");
+      }
+      if (radix === 8) { return BigInt.asUintN(64, v).toString(8); }
+      if (radix === 16) {
+        return numberHex(v, arguments.length >= 3 ? flag("intLongToRadixString", bigEndian) : true,
+          arguments.length >= 4 ? flag("intLongToRadixString", pref) : false, -1, -1);
+      }
+      throw iae("Invalid radix: [" + radix + "]");
+    },
 // TbUtils.intToHex(Integer[, bigEndian[, pref[, len]]]) (prepareNumberHexString,
 // removeLeadingZero_FF: at most 8 digits)
     intToHex: function (i, bigEndian, pref, len) {
@@ -1303,7 +1518,13 @@ var __tbelH = (function () {
     parseBytesToFloat: [1, 4], parseHexToFloat: [1, 2], parseLittleEndianHexToFloat: [1, 1],
     parseBigEndianHexToFloat: [1, 1], intToHex: [1, 4], toFixed: [2, 2], toInt: [1, 1], isNaN: [1, 1],
     isMap: [1, 1], isList: [1, 1], raiseError: [1, 1], padStart: [3, 3], padEnd: [3, 3],
-    encodeURI: [1, 1], decodeURI: [1, 1]};
+    encodeURI: [1, 1], decodeURI: [1, 1], parseLong: [1, 2], parseHexToLong: [1, 2],
+    parseLittleEndianHexToLong: [1, 1], parseBigEndianHexToLong: [1, 1], parseHexToDouble: [1, 2],
+    parseLittleEndianHexToDouble: [1, 1], parseBigEndianHexToDouble: [1, 1],
+    parseHexIntLongToFloat: [2, 2], parseBytesToDouble: [1, 4], parseBytesLongToDouble: [1, 4],
+    parseBytesIntToFloat: [1, 4], base64ToBytes: [1, 1], bytesToBase64: [1, 1],
+    hexToBytesArray: [1, 1], printUnsignedBytes: [1, 1], longToHex: [1, 4], floatToHex: [1, 2],
+    doubleToHex: [1, 2], intLongToRadixString: [1, 4]};
   var out = {java: java};
   Object.keys(HELPERS).forEach(function (name) {
     out[name] = arity(name, HELPERS[name][0], HELPERS[name][1], h[name]);

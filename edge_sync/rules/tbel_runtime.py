@@ -78,7 +78,12 @@ TBEL_HELPERS: tuple[str, ...] = (
     "parseBigEndianHexToInt", "parseBytesToInt", "parseBytesToLong", "parseBytesToFloat",
     "parseHexToFloat", "parseLittleEndianHexToFloat", "parseBigEndianHexToFloat", "intToHex",
     "toFixed", "toInt", "isNaN", "isMap", "isList", "raiseError", "padStart", "padEnd",
-    "encodeURI", "decodeURI",
+    "encodeURI", "decodeURI", "parseLong", "parseHexToLong", "parseLittleEndianHexToLong",
+    "parseBigEndianHexToLong", "parseHexToDouble", "parseLittleEndianHexToDouble",
+    "parseBigEndianHexToDouble", "parseHexIntLongToFloat", "parseBytesToDouble",
+    "parseBytesLongToDouble", "parseBytesIntToFloat", "base64ToBytes", "bytesToBase64",
+    "hexToBytesArray", "printUnsignedBytes", "longToHex", "floatToHex", "doubleToHex",
+    "intLongToRadixString",
 )
 
 _SOURCE = Path(__file__).with_name("tbel_runtime.js")

@@ -472,7 +472,7 @@ return [
     ("stringToBytes('x', 'UTF-16')", 'TypeError: charset "UTF-16" is not supported here '
      "(UTF-8, ISO-8859-1, US-ASCII)"),
     ("raiseError('boom')", "Error: boom"),
-    ("parseLong('1')", "ReferenceError: parseLong is not defined"),
+    ("toFlatMap({})", "ReferenceError: toFlatMap is not defined"),
     ("intToHex(4292411302)", "TypeError: intToHex(): not an int"),
 ])
 def test_helpers_fail_as_tbutils_does(call: str, message: str) -> None:
@@ -855,3 +855,126 @@ def test_a_literal_regular_expression_java_refuses_or_that_differs_is_refused_at
 def test_a_regular_expression_in_a_string_literal_is_no_call() -> None:
     """``.split("[")`` inside a string literal is text, not checked."""
     assert run("return \"a.split('[')\";") == "a.split('[')"
+
+
+# -- TbUtils: longs, doubles, bytes ----------------------------------------------------------------
+
+def test_parse_long_as_tbutils() -> None:
+    """TbelInvokeDocsIoTest.parseLong_Test and TbUtilsTest.parseLong: radix 0 (decimal, else
+    hex), 2 (64-bit two's complement), 8, 16, 27; blank text null. Java's long beyond 2^53 (the
+    tests' Long.MAX_VALUE cases) is an error here, not an inexact number."""
+    assert run('return [parseLong("0"), parseLong("473"), parseLong("+42"), parseLong("-0", 10),\n'
+               '  parseLong("-0xFFFF"), parseLong("-FFFF", 16), parseLong("11001101100110", 2),\n'
+               '  parseLong("KonaLong", 27), parseLong("FFFFFFFF"), parseLong(""), parseLong(" "),\n'
+               '  parseLong("1111111111111111111111111111111111111111111111111100110010011010", 2)];'
+               ) == [0, 473, 42, 0, -65535, -65535, 13158, 218840926543, 4294967295, None, None,
+                     -13158]
+    assert error('return parseLong("777777777777777777777", 8);') == (
+        "RangeError: parseLong(): 9223372036854775807 is beyond 2^53, not exact as a number here")
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    # TbelInvokeDocsIoTest.parseLong_Test's errors
+    ('parseLong("9223372036854775808", 10)',
+     'NumberFormatException: For input string: "9223372036854775808"'),
+    ('parseLong("0xFGFFFFFF", 16)',
+     'NumberFormatException: Failed radix [16] for value: "0xFGFFFFFF", must be [-1] !'),
+    ('parseLong("FFFFFFFFF", 16)', 'NumberFormatException: The hexadecimal value: "FFFFFFFFF" '
+     "must be of even length, or if the decimal value must be a number!"),
+    ('parseLong("1787", 8)',
+     'NumberFormatException: Failed radix [8] for value: "1787", must be [-1] !'),
+    ('parseLong("KonaLong", 10)',
+     'NumberFormatException: Failed radix [10] for value: "KonaLong", must be [-1] !'),
+    # compareIntLongValueMinMax
+    ('parseLong("zzzzzzzzzzzzzzzzzzz", 36)', 'NumberFormatException: Value "zzzzzzzzzzzzzzzzzzz"'
+     "is greater than the maximum Long value 9223372036854775807 !"),
+    ('parseHexToLong("409B04B10CB295EA")', "RangeError: parseHexToLong(): 4655319798286292458 "
+     "is beyond 2^53, not exact as a number here"),
+    ('parseHexToLong("")', "TypeError: parseHexToLong(): the value is blank (null)"),
+    ("parseBytesToDouble([-1, -1, -1, -1, -1, -1, -1, -1], 0, 8, true)",
+     "NumberFormatException: byte[] 0xFFFFFFFFFFFFFFFF is a Not-a-Number (NaN) value"),
+    ("parseBytesIntToFloat([1, 2], 3)",
+     "IllegalArgumentException: Offset: 3 is out of bounds for array with length: 2!"),
+    ("parseBytesLongToDouble([1, 2, 3, 4, 5, 6, 7, 8, 9], 0, 9)",
+     "IllegalArgumentException: Length: 9 is too large. Maximum 8 bytes is allowed!"),
+    ('intLongToRadixString(5, 3)', "IllegalArgumentException: Invalid radix: [3]"),
+    ("longToHex(1.5)", "TypeError: longToHex(): 1.5 is not a whole number"),
+])
+def test_long_double_and_byte_helpers_fail_as_tbutils_does(call: str, message: str) -> None:
+    assert error(f"return {call};") == message
+
+
+def test_hex_to_long_and_double_helpers_as_tbutils_test() -> None:
+    """TbUtilsTest.parsDouble / doubleToHex_Test (longValHex "409B04B10CB295EA" is the double
+    1729.1729, reversed -2.7208640774822924E205), parseHexToLong's endian forms,
+    parseHexIntLongToFloat_Test."""
+    assert run('return [parseHexToLong("0x1F2E"), parseHexToLong("2E1F", false),\n'
+               '  parseBigEndianHexToLong("FFFFFFFF"), parseLittleEndianHexToLong("FFFFFF7F")];'
+               ) == [7982, 7982, 4294967295, 2147483647]
+    assert run('var h = "409B04B10CB295EA";\nreturn [parseHexToDouble(h), parseHexToDouble(h, false),\n'
+               '  parseBigEndianHexToDouble(h), parseLittleEndianHexToDouble("EA95B20CB1049B40"),\n'
+               '  parseHexToDouble("0x000000000000000A")];') == [
+        1729.1729, -2.7208640774822924E205, 1729.1729, 1729.1729, 4.9E-323]
+    assert run('return [parseHexIntLongToFloat("0x0A", true), parseHexIntLongToFloat("0x0A", false),\n'
+               '  parseHexIntLongToFloat("0x00000A", true), parseHexIntLongToFloat("0x0A0000", false),\n'
+               '  parseHexIntLongToFloat("0x000A0A", true), parseHexIntLongToFloat("0x0A0A00", false)];'
+               ) == [10.0, 10.0, 10.0, 10.0, 2570.0, 2570.0]
+
+
+def test_bytes_to_double_and_float_helpers_as_tbutils_test() -> None:
+    """TbUtilsTest.parseBytesToDouble, parseBytesLongToDouble (the AT101 coordinates) and
+    parseBytesIntToFloat, and TbelInvokeDocsIoTest's bytesIntToFloat7/8 and
+    bytesLongToDouble1/2. parseBytesIntToFloat's float is a whole number, held exactly
+    (918517504, which Java prints 9.185175E8), so that its division by a factor is Java's."""
+    assert run("var d = [64, -101, 4, -79, 12, -78, -107, -22];\n"
+               "return [parseBytesToDouble([0x0A]), parseBytesToDouble(d, 0),\n"
+               "  parseBytesToDouble(d, 0, 8, false),\n"
+               "  parseBytesToDouble([0x7F, 0xC0, 0xFF, 0x00, 0x7F, 0xC0, 0xFF, 0x00], 0, 8, false)];"
+               ) == [4.9E-323, 1729.1729, -2.7208640774822924E205, 7.234601680440024E-304]
+    assert run("var l = [0, 0, 0, 0, 0, 0, 0, 0x0A];\n"
+               'var c = hexToBytes("0x32D009423F23B300B0106E08D96B6C00");\n'
+               "return [parseBytesLongToDouble(l), parseBytesLongToDouble(l, 7, 1, true),\n"
+               "  parseBytesLongToDouble(l, 7, 1, false), parseBytesLongToDouble(l, 6, 2, false),\n"
+               "  parseBytesLongToDouble(c, 0, 8, false) / 1e15,\n"
+               "  parseBytesLongToDouble(c, 8, 8, false) / 1e15,\n"
+               "  parseBytesLongToDouble(l, 0, 8, false) == 7.2057594037927936E17];") == [
+        10.0, 10.0, 10.0, 2560.0, 50.422775429058610, 30.517877378257072, True]
+    assert run("var i = [0x00, 0x00, 0x00, 0x0A];\n"
+               'var b = hexToBytes("0x01756403671B01048836BF7701F000090722050000");\n'
+               "return [parseBytesIntToFloat(i, 3, 1, true), parseBytesIntToFloat(i, 2, 2, false),\n"
+               "  parseBytesIntToFloat(i, 0, 4, false) / 1e3, parseBytesIntToFloat(b, 9, 4, false) / 1e6,\n"
+               "  parseBytesIntToFloat(b, 13, 4, false) / 1e6, parseBytesIntToFloat(b, 9),\n"
+               "  parseBytesIntToFloat(b, 9, 2), parseBytesIntToFloat(b, 9, 2, false),\n"
+               "  parseBytesIntToFloat(b, b.size())];") == [
+        10.0, 2560.0, 167772.16, 24.62495, 118.030576, 918517504, 14015.0, 48950.0, 0.0]
+
+
+def test_base64_bytes_and_hex_text_helpers_as_tbutils() -> None:
+    """TbelInvokeDocsIoTest.base64_Test; TbUtilsTest.longToHex_Test (those within 2^53),
+    floatToHex_Test, doubleToHex_Test, numberToString_Test, intToHexWithPrintUnsignedBytes_Test."""
+    assert run('return [base64ToHex("Kkk="), bytesToBase64([42, 73]), base64ToBytes("Kkk="),\n'
+               '  base64ToBytesList("AQIDBAU="), hexToBytesArray("0x0102FF"),\n'
+               "  printUnsignedBytes(hexToBytes(intToHex(-40, false, true))),\n"
+               "  printUnsignedBytes(hexToBytes(intToHex(-40, true, true)))];") == [
+        "2A49", "Kkk=", [42, 73], [1, 2, 3, 4, 5], [1, 2, -1], [216, 255], [255, 216]]
+    assert run("return [longToHex(0xAB, true, true), longToHex(0xABCD, true, true),\n"
+               "  longToHex(0xABCDEF, true, true), longToHex(188900977659375, false, true, 8),\n"
+               "  longToHex(0xAB, true, true, 2), longToHex(0xAB, false, false, 2),\n"
+               "  longToHex(-10977906346360922, true, true, 4),\n"
+               "  longToHex(-10977906346360922, false, false, 4)];"
+               ) == ["0xAB", "0xABCD", "0xABCDEF", "0xABEFCDAB", "0xAB", "AB", "0xFFA6", "D8FF"]
+    assert run("return [floatToHex(123456789.00), floatToHex(123456789.67), floatToHex(10.0),\n"
+               "  floatToHex(1.4E-44), floatToHex(10.0, false), doubleToHex(1729.1729),\n"
+               "  doubleToHex(1729.1729, false), doubleToHex(4.9E-323)];") == [
+        "0x4CEB79A3", "0x4CEB79A3", "0x41200000", "0x0000000A", "0x00002041",
+        "0x409B04B10CB295EA", "0xEA95B20CB1049B40", "0x000000000000000A"]
+    assert run("return [intLongToRadixString(58, 2), intLongToRadixString(158, 2),\n"
+               "  intLongToRadixString(131585, 2), intLongToRadixString(-102, 2),\n"
+               "  intLongToRadixString(-13158, 2), intLongToRadixString(13158, 16),\n"
+               "  intLongToRadixString(-13158, 16), intLongToRadixString(-13158, 16, true, true),\n"
+               "  intLongToRadixString(1024, 16, true, true), intLongToRadixString(-1024, 16, true, true),\n"
+               "  intLongToRadixString(1356099454469, 36)];") == [
+        "00111010", "0000000010011110", "00000000000000100000001000000001",
+        "1111111111111111111111111111111111111111111111111111111110011010",
+        "1111111111111111111111111111111111111111111111111100110010011010", "3366", "FFCC9A",
+        "0xFFCC9A", "0x0400", "0xFFFC00", "hazelnut"]
