@@ -606,16 +606,46 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex;
     if (x === y) { return x !== 0 ? 0 : (1 / x < 0) === (1 / y < 0) ? 0 : 1 / x < 0 ? -1 : 1; }
     return x !== x ? (y !== y ? 0 : 1) : -1;
   }
-  function sorted(list, asc) {
-    var nums = list.map(javaDoubleOf), i, keyed = [];
+  function sorted(list, asc) { return sortedBy(list, list, asc); }
+// items in the order of their values (values[i] is items[i]'s), as sorted sorts a list
+  function sortedBy(items, values, asc) {
+    var nums = values.map(javaDoubleOf), i, keyed = [];
     var numeric = nums.every(function (x) { return x !== null; });
-    for (i = 0; i < list.length; i++) { keyed.push([numeric ? nums[i] : text(list[i]), list[i]]); }
+    for (i = 0; i < items.length; i++) { keyed.push([numeric ? nums[i] : text(values[i]), items[i]]); }
     keyed.sort(function (p, q) {
       var c = numeric ? compareDoubles(p[0], q[0]) : (p[0] < q[0] ? -1 : p[0] > q[0] ? 1 : 0);
       return asc ? c : -c;
     });
     return keyed.map(function (p) { return p[1]; });
   }
+// ExecutionHashMap.sortByKey([asc]) / sortByValue([asc]): the map's entries put back in the
+// order of its keys (keys().sort(asc), as a list sorts) or of its values (sortMapByValue: by
+// number when every value reads as one, else by String.valueOf; stable), in place, null;
+// toSortedByKey / toSortedByValue: a new map in that order. (A key that is a whole number, "7",
+// comes first in ascending order whatever the sort: JavaScript objects order such keys so.)
+  function keysByKey(m, asc) { var ks = Object.keys(m); return sortedBy(ks, ks, asc); }
+  function keysByValue(m, asc) {
+    var ks = Object.keys(m);
+    return sortedBy(ks, ks.map(function (k) { return m[k]; }), asc);
+  }
+  function reordered(m, ks) {
+    var out = {};
+    for (var i = 0; i < ks.length; i++) { out[ks[i]] = m[ks[i]]; }
+    return out;
+  }
+  function reorder(m, ks) {
+    var vals = ks.map(function (k) { return m[k]; }), i;
+    for (i = 0; i < ks.length; i++) { delete m[ks[i]]; }
+    for (i = 0; i < ks.length; i++) { m[ks[i]] = vals[i]; }
+    return null;
+  }
+  define("sortByKey", {map: opt(0, 1, function () { return reorder(this, keysByKey(this, ascending("sortByKey", arguments))); })});
+  define("sortByValue", {map: opt(0, 1, function () { return reorder(this, keysByValue(this, ascending("sortByValue", arguments))); })});
+  define("toSortedByKey", {map: opt(0, 1, function () { return reordered(this, keysByKey(this, ascending("toSortedByKey", arguments))); })});
+  define("toSortedByValue", {map: opt(0, 1, function () { return reordered(this, keysByValue(this, ascending("toSortedByValue", arguments))); })});
+// ExecutionHashMap.clone (slice(): a new map, the same values), ArrayList.clone (a new list)
+  define("clone", {map: function () { return reordered(this, Object.keys(this)); },
+    list: function () { return this.slice(); }});
   function ascending(name, args) {
     if (args.length === 0) { return true; }
     if (typeof args[0] !== "boolean") { throw new TypeError(name + "(): asc is not true or false"); }

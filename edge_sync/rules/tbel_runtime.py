@@ -40,7 +40,8 @@ TBEL_METHODS: tuple[str, ...] = (
     "toString",
     # maps (java.util.LinkedHashMap, ExecutionHashMap)
     "containsKey", "containsValue", "getOrDefault", "put", "putAll", "putIfAbsent", "replace",
-    "keys", "keySet", "values", "entrySet",
+    "keys", "keySet", "values", "entrySet", "sortByKey", "sortByValue", "toSortedByKey",
+    "toSortedByValue", "clone",
     # map entries (ExecutionEntry)
     "getKey", "getValue", "setValue",
     # text (java.lang.String)

@@ -332,8 +332,8 @@ def test_text_methods_fail_as_java_does() -> None:
      "'.stream('); see docs/rules-scripts.md"),
     ("var m = {};\nreturn msg.t.toFixed(2);", "TBEL: the method toFixed() is not in the "
      "supported subset (line 2: '.toFixed('); see docs/rules-scripts.md"),
-    ("return msg.m.sortByKey();", "TBEL: the method sortByKey() is not in the supported subset "
-     "(line 1: '.sortByKey('); see docs/rules-scripts.md"),
+    ("return msg.m.invert();", "TBEL: the method invert() is not in the supported subset "
+     "(line 1: '.invert('); see docs/rules-scripts.md"),
 ])
 def test_a_method_outside_the_subset_is_refused_at_compile(script: str, message: str) -> None:
     with pytest.raises(ScriptSyntaxError) as caught:
@@ -978,3 +978,34 @@ def test_base64_bytes_and_hex_text_helpers_as_tbutils() -> None:
         "1111111111111111111111111111111111111111111111111111111110011010",
         "1111111111111111111111111111111111111111111111111100110010011010", "3366", "FFCC9A",
         "0xFFCC9A", "0x0400", "0xFFFC00", "hazelnut"]
+
+
+# -- ExecutionHashMap: sortByKey, sortByValue ------------------------------------------------------
+
+def test_map_sort_by_key_and_by_value_as_execution_hash_map() -> None:
+    """TbelInvokeDocsIoTest.mapsSort_Test: sortByKey orders the map by its keys, clone copies
+    it, sortByValue orders it by its values (73, 73, "508": all numbers, so by number; equal
+    values keep their order) and gives null (ExecutionHashMap.sortByValue is void)."""
+    script = (
+        'msg.put("humidity", 73);\nmsg.putIfAbsent("temperature1", 73);\nmsg.remove("temperature");\n'
+        "msg.sortByKey();\nvar mapSortByKey = msg.clone();\nvar sortByValue = msg.sortByValue();\n"
+        "return {mapSortByKey: mapSortByKey, sortByValue: sortByValue, mapSortByValue: msg};")
+    out = run(script, {"temperature": 42, "nested": "508"})
+    assert out == {"mapSortByKey": {"humidity": 73, "nested": "508", "temperature1": 73},
+                   "sortByValue": None,
+                   "mapSortByValue": {"humidity": 73, "temperature1": 73, "nested": "508"}}
+    assert list(out["mapSortByKey"]) == ["humidity", "nested", "temperature1"]
+    assert list(out["mapSortByValue"]) == ["humidity", "temperature1", "nested"]
+
+
+def test_map_sorts_descending_by_text_and_into_a_new_map() -> None:
+    """sortByKey(false) / sortByValue(false) sort descending; values that are not all numbers
+    sort by their text (String.valueOf, compareTo); toSortedByKey / toSortedByValue leave the
+    map as it is and give a sorted copy (ExecutionHashMap.toSortedByKey / toSortedByValue)."""
+    out = run('var m = {"b": "x", "c": 10, "a": "y"};\nvar byKey = m.toSortedByKey(false);\n'
+              "var byValue = m.toSortedByValue();\nm.sortByValue(false);\n"
+              "return [m, byKey, byValue, [3, 1].clone()];")
+    assert [list(x) for x in out[:3]] == [["a", "b", "c"], ["c", "b", "a"], ["c", "b", "a"]]
+    assert out[3] == [3, 1]
+    assert error("var m = {a: 1};\nm.sortByKey(1);\nreturn m;") == (
+        "TypeError: sortByKey(): asc is not true or false")
