@@ -282,6 +282,55 @@ def _foreach_to_js(source: str) -> str:
     return "".join(out)
 
 
+_TBEL_VAR = re.compile(r"\bvar\s+([A-Za-z_$][\w$]*)")
+
+
+def _assigned(code: str) -> set[str]:
+    """The names ``code`` assigns or declares with ``var`` (not members ``x.name = ...``)."""
+    names = {name for member, name in _TBEL_ASSIGNED.findall(code) if not member}
+    return names | set(_TBEL_VAR.findall(code))
+
+
+def _def_locals(source: str) -> str:
+    """Each ``def name(params) { body }``'s own variables declared at the top of its body
+    (``{ var total, i; ...``, on the same line): the names its body assigns that the script
+    has not assigned or declared before the ``def``. MVEL compiles a function's body with its
+    own variables (org.mvel2.ast.Function: the body's variables that are not the enclosing
+    script's become indexed inputs) and gives each call a FunctionVariableResolverFactory of
+    its own, so a recursive call has its own ``total``, and the script's does not change; a
+    name the script set before the ``def`` is the script's, shared. Linear: one pass over the
+    code, each body scanned once."""
+    mask = _code_mask(source)
+    code = "".join(c if m else " " for c, m in zip(source, mask, strict=True))
+    out: list[str] = []
+    outer: set[str] = set()
+    done = 0  # the end of the last def's body
+    for found in _TBEL_DEF.finditer(code):
+        if found.start() < done:
+            continue  # a def inside a def: its names are the enclosing def's locals
+        # the parameters, up to the closing parenthesis
+        close = code.find(")", found.end())
+        brace = close + 1
+        while close >= 0 and brace < len(code) and code[brace].isspace():
+            brace += 1
+        if close < 0 or brace >= len(code) or code[brace] != "{":
+            continue
+        depth, end = 1, brace + 1
+        while end < len(code) and depth:
+            depth += {"{": 1, "}": -1}.get(code[end], 0)
+            end += 1
+        outer |= _assigned(code[done:found.start()])
+        params = set(_TBEL_NAME.findall(code[found.end():close]))
+        own = sorted(_assigned(code[brace + 1:end]) - params - outer - {found.group(1)})
+        out.append(source[done:brace + 1])
+        if own:
+            out.append(" var " + ", ".join(own) + ";")
+        out.append(source[brace + 1:end])
+        done = end
+    out.append(source[done:])
+    return "".join(out)
+
+
 def tbel_to_js(source: str) -> str:
     """The JavaScript of a TBEL script in the supported subset; ScriptSyntaxError for the rest.
 
@@ -296,7 +345,7 @@ def tbel_to_js(source: str) -> str:
     is a call of a computed member (``x["name"]()``). Comments are made spaces first; line and
     column numbers are kept.
     """
-    source = _foreach_to_js(_blank_comments(source))
+    source = _def_locals(_foreach_to_js(_blank_comments(source)))
     defined = set(_TBEL_DEF.findall(source)) | set(_JS_FUNCTION.findall(source))
     parts = []
     offset = 0

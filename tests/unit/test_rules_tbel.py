@@ -1009,3 +1009,28 @@ def test_map_sorts_descending_by_text_and_into_a_new_map() -> None:
     assert out[3] == [3, 1]
     assert error("var m = {a: 1};\nm.sortByKey(1);\nreturn m;") == (
         "TypeError: sortByKey(): asc is not true or false")
+
+
+# -- def: each call's own variables ---------------------------------------------------------------
+
+def test_a_name_a_def_assigns_is_its_own_on_each_call() -> None:
+    """MVEL gives each call of a ``def`` function its own variables (org.mvel2.ast.Function.call:
+    a FunctionVariableResolverFactory per call, the body's variables indexed in it): a recursive
+    call does not overwrite its caller's ``a`` (fib(10) is 55; with one shared ``a`` it was
+    wrong), nor its caller's ``x``; and the script's own ``t``, set after the ``def``, is not
+    the function's."""
+    assert run("def fib(n) { if (n < 2) { return n; } a = fib(n - 1); b = fib(n - 2); "
+               "return a + b; }\nreturn fib(10);") == 55
+    assert run("def first(l, i) { x = l[i]; if (i + 1 < l.size()) { first(l, i + 1); } "
+               "return x; }\nreturn first([1, 2, 3], 0);") == 1
+    assert run("def f(a) { t = a * 2; return t; }\nt = 1;\nvar y = f(5);\nreturn [t, y];") == [
+        1, 10]
+
+
+def test_a_name_the_script_set_before_a_def_is_shared_with_it() -> None:
+    """A variable the script declared or assigned before the ``def`` is the script's: the
+    function reads and sets it (Function: the enclosing context's variables are its inputs)."""
+    assert run("count = 0;\ndef inc() { count = count + 1; return count; }\ninc(); inc();\n"
+               "return count;") == 2
+    assert run("var seen = [];\ndef visit(n) { seen.add(n); if (n > 0) { visit(n - 1); } }\n"
+               "visit(2);\nreturn seen;") == [2, 1, 0]
