@@ -164,8 +164,13 @@ _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
     # MVEL declares with ``var`` (or a type) only; a ``let`` would also escape the per-call scope
     (re.compile(r"\b(?:let|const|class)\s+[A-Za-z_$]"), "let, const and class declarations (use var)"),
     (re.compile(r"`"), "template literals (`...`)"),
-    # ``l["sort"]()``: a call of a computed member would run JavaScript's method of that name
-    (re.compile(r"\]\s*\("), "a call of a computed member (x[\"name\"](...))"),
+    # ``l["sort"]()``, ``(l["sort"])()``: a call of a computed member would run JavaScript's
+    # method of that name
+    (re.compile(r"\][\s)]*\("), "a call of a computed member (x[\"name\"](...))"),
+    # ``(l.sort)()``: a member read, then called, would be JavaScript's method of that name
+    # (MVEL has no such call: it reads a property named sort)
+    (re.compile(r"\.\s*[A-Za-z_$][\w$]*\s*\)[\s)]*\("),
+     "a call of a parenthesized member ((x.name)(...))"),
 )
 # ``foreach (item : collection)`` and MVEL's ``for (item : collection)``, the item's optional type
 _TBEL_FOREACH = re.compile(

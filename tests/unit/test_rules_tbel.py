@@ -647,11 +647,13 @@ def test_a_comment_between_the_dot_and_the_method_name_is_seen_through() -> None
 
 @pytest.mark.parametrize("script", [
     'var l = [10, 9, 1];\nl["sort"]();\nreturn l;', 'return msg["toString"]();',
+    'var l = [10, 9, 1];\n(l.sort)();\nreturn l;', 'var l = [10, 9, 1];\n((l . sort))();\nreturn l;',
+    'var l = [10, 9, 1];\n(l["sort"])();\nreturn l;',
     "return `a`;",
 ])
 def test_a_computed_member_call_and_a_template_literal_are_refused(script: str) -> None:
-    """``l["sort"]()`` would be JavaScript's sort (by text: [1, 10, 9]); MVEL has neither it
-    nor template literals."""
+    """``l["sort"]()`` and ``(l.sort)()`` would be JavaScript's sort (by text: [1, 10, 9]);
+    MVEL has neither them nor template literals."""
     with pytest.raises(ScriptSyntaxError, match="is not in the supported subset"):
         ScriptEngine(script, "TBEL")
 
