@@ -156,7 +156,8 @@ class TransformResult:
 _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bforeach\b"), "foreach without (item : collection)"),
     (re.compile(r"\bimport\b"), "import"),
-    (re.compile(r"\bnew\s+[A-Za-z_]"), "new (Java object construction)"),
+    # (but ``new Date(...)``: ThingsBoard's TbDate, the runtime's)
+    (re.compile(r"\bnew\s+(?!Date\s*\()[A-Za-z_]"), "new (Java object construction)"),
     (re.compile(r"\b(?:int|long|double|float|boolean|byte|short|char|String|Map|List|Object)"
                 r"\s+[A-Za-z_$][\w$]*\s*[=;]"), "typed declarations (use var)"),
     (re.compile(r"\.\?"), "null-safe navigation (.?)"),
@@ -362,6 +363,8 @@ def tbel_to_js(source: str) -> str:
                 if found:
                     raise _refused(source, start + found.start(), what, found.group(0))
             for found in _TBEL_JS_GLOBAL_CALL.finditer(text):
+                if found.group(1) == "Date" and _name_before(text, found.start()) == "new":
+                    continue  # new Date(...): TbDate
                 if found.group(1) not in defined and _char_before(text, found.start()) != ".":
                     raise _refused(source, start + found.start(),
                                    f"the function {found.group(1)}()", found.group(0))

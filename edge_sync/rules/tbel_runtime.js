@@ -4,7 +4,7 @@
 // ExecutionHashMap and ExecutionEntry, java.util.ArrayList / LinkedHashMap / java.lang.String,
 // MVEL's ForEachNode, ThingsBoard's org.thingsboard.script.api.tbel.TbUtils and
 // org.thingsboard.common.util.NumberUtils.
-var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex;
+var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate, __tbelNewDate, __tbelDateStatics;
 (function () {
   "use strict";
   var own = Object.prototype.hasOwnProperty, M = {};
@@ -38,6 +38,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex;
     if (Array.isArray(x)) { return "list"; }
     if (typeof x === "string") { return "text"; }
     if (x instanceof Entry) { return "entry"; }
+    if (x instanceof TbDate) { return "date"; }
     if (x !== null && typeof x === "object") { return "map"; }
     return x === null ? "null" : typeof x;
   }
@@ -51,6 +52,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex;
     }
     if (Array.isArray(v)) { return "[" + v.map(text).join(", ") + "]"; }
     if (v instanceof Entry) { return text(v.key) + "=" + text(v.value); }
+    if (v instanceof TbDate) { throw new TypeError("the text of a Date (TbDate.toString: localized) is not made here: use toISOString() (see docs/rules-scripts.md)"); }
     if (typeof v === "object") {
       return "{" + Object.keys(v).filter(function (k) { return v[k] !== null; }).map(function (k) {
         return k + "=" + text(v[k]); }).join(", ") + "}";
@@ -106,7 +108,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex;
   }
 // map keys are text, as JSON's are
   function key(k) { return String(k); }
-  var KINDS = {list: "a list", map: "a map", text: "text", entry: "a map entry", number: "a number", boolean: "a boolean"};
+  var KINDS = {list: "a list", map: "a map", text: "text", entry: "a map entry", number: "a number", boolean: "a boolean", date: "a Date"};
 // a method's overloads: from f.min (else f.length) to f.max (else f.length) arguments; a call
 // with another count is one MVEL finds no method for (an error, never an argument dropped)
   function opt(min, max, f) { f.min = min; f.max = max; return f; }
@@ -660,7 +662,8 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex;
 // Java's toString: String.valueOf of the value (see text)
   define("toString", {list: function () { return text(this); }, map: function () { return text(this); },
     entry: function () { return text(this); }, text: function () { return String(this); },
-    number: function () { return text(this); }, boolean: function () { return String(this); }});
+    number: function () { return text(this); }, boolean: function () { return String(this); },
+    date: function () { return text(this); }});
 // MVEL reads x.size as x.size(): PropertyTools.getGetter takes a method of that name with no
 // argument before a map's key (ReflectiveAccessorOptimizer.getBeanProperty)
   getter("size", "size");
@@ -670,6 +673,187 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex;
   getter("values", "values");
   getter("keySet", "keySet");
   getter("entrySet", "entrySet");
+// ThingsBoard's TbDate (TBEL's Date): an instant, epoch milliseconds plus the nanoseconds past
+// them (addNanos). The server's zone (ZoneId.systemDefault) is UTC here, as on ThingsBoard's
+// images: getFullYear and getUTCFullYear agree. Months are 1 to 12 and days of the week 1
+// (Monday) to 7, as java.time gives them. Its localized texts (toString, toLocaleString, ...)
+// are not made here: a Date in the script's value, or its toString, is an error.
+  function TbDate(ms, ns) { this.ms = ms; this.ns = ns; }
+  function dateError(message) { var e = new Error(message); e.name = "DateTimeException"; return e; }
+  function notParsed(s) { var e = new Error("Cannot parse value [" + s + "] as instant"); e.name = "ConversionException"; return e; }
+  var MONTHS = ["JANUARY", "FEBRUARY", "MARCH", "APRIL", "MAY", "JUNE", "JULY", "AUGUST", "SEPTEMBER", "OCTOBER", "NOVEMBER", "DECEMBER"];
+  var MON = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+  var DOW = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+  function leap(y) { return (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0; }
+  function monthDays(y, m) { return m === 2 ? (leap(y) ? 29 : 28) : [4, 6, 9, 11].indexOf(m) >= 0 ? 30 : 31; }
+  function field(name, v, lo, hi) {
+    if (!(v >= lo && v <= hi)) { throw dateError("Invalid value for " + name + " (valid values " + lo + " - " + hi + "): " + v); }
+  }
+// ZonedDateTime.of(...) in a zone of a fixed offset (seconds east of UTC): its checks, its instant
+  function epochOf(y, m, d, h, mi, s, ms, offset) {
+    field("MonthOfYear", m, 1, 12);
+    field("DayOfMonth", d, 1, 31);
+    field("HourOfDay", h, 0, 23);
+    field("MinuteOfHour", mi, 0, 59);
+    field("SecondOfMinute", s, 0, 59);
+    field("NanoOfSecond", ms * 1000000, 0, 999999999);
+    if (d > monthDays(y, m)) {
+      throw dateError(m === 2 && d === 29 ? "Invalid date 'February 29' as '" + y + "' is not a leap year" : "Invalid date '" + MONTHS[m - 1] + " " + d + "'");
+    }
+    var t = new Date(0);
+    t.setUTCFullYear(y, m - 1, d);
+    t.setUTCHours(h, mi, s, ms);
+    return t.getTime() - offset * 1000;
+  }
+// ZoneId.of of a fixed offset (+03:00, -02, +0530, UTC, GMT, Z); region ids need the time-zone
+// database, which is not here
+  function zoneOffset(tz) {
+    if (tz === null || tz === undefined || tz === "") { return 0; }
+    if (typeof tz !== "string") { throw new TypeError("the time zone is not text"); }
+    if (/^(?:Z|UTC|GMT|UT)$/.test(tz)) { return 0; }
+    var m = /^(?:UTC|GMT|UT)?([+-])(\d{1,2})(?::?(\d{2})(?::?(\d{2}))?)?$/.exec(tz);
+    if (!m) { throw new TypeError("the time zone " + JSON.stringify(tz) + " is not supported here (UTC or an offset such as +02:00; see docs/rules-scripts.md)"); }
+    var secs = Number(m[2]) * 3600 + Number(m[3] || 0) * 60 + Number(m[4] || 0);
+    if (Number(m[2]) > 18 || secs > 18 * 3600) { throw dateError("Zone offset not in valid range: -18:00 to +18:00"); }
+    return m[1] === "-" ? -secs : secs;
+  }
+  function offsetText(t) {
+    if (t === undefined || /^[Zz]$|^GMT$|^UTC$/.test(t)) { return 0; }
+    var m = /^([+-])(\d{2})(?::?(\d{2})(?::?(\d{2}))?)?$/.exec(t);
+    if (!m) { return null; }
+    var secs = Number(m[2]) * 3600 + Number(m[3] || 0) * 60 + Number(m[4] || 0);
+    return m[1] === "-" ? -secs : secs;
+  }
+  function fraction(f) { return f ? Number((f + "00000000").slice(0, 9)) : 0; }
+// TbDate(String): ISO_OFFSET_DATE_TIME, else TbDate.parse (the pattern
+// "yyyy-MM-dd[[ ]['T']HH:mm[:ss[.SSS]][ ][XXX][Z]...]", no zone: the server's), when the text
+// starts with a digit; else RFC_1123_DATE_TIME (no zone: the server's)
+  function parseIso(s) {
+    var m = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{0,9}))?)?([Zz]|[+-]\d{2}(?::\d{2}(?::\d{2})?)?)$/.exec(s);
+    if (!m) { return null; }
+    var off = offsetText(m[8]), n = fraction(m[7]);
+    return new TbDate(epochOf(Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6] || 0), Math.floor(n / 1000000), off), n % 1000000);
+  }
+  function parseLenient(s) {
+    var m = /^(\d{4})-(\d{2})-(\d{2}) ?T?(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{3}))?)? ?(Z|[+-]\d{2}:\d{2}|[+-]\d{4}|GMT|UTC)?$/.exec(s);
+    if (!m) { return null; }
+    try {
+      return epochOf(Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6] || 0), Number(m[7] || 0), offsetText(m[8]));
+    } catch (e) { return null; }
+  }
+  function parseRfc(s) {
+    var m = /^(?:(Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?(\d{1,2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (\d{4}) (\d{2}):(\d{2})(?::(\d{2}))?(?: (GMT|[+-]\d{2}(?:\d{2}(?:\d{2})?)?))?$/i.exec(s.trim());
+    if (!m) { return null; }
+    var ms = epochOf(Number(m[4]), MON.indexOf(m[3].toLowerCase()) + 1, Number(m[2]), Number(m[5]), Number(m[6]), Number(m[7] || 0), 0, offsetText(m[8]));
+    if (m[1] && DOW[(new Date(ms + offsetText(m[8]) * 1000).getUTCDay() + 6) % 7] !== m[1].toLowerCase()) { return null; }
+    return ms;
+  }
+  function parseDate(s) {
+    var d = null, ms;
+    try {
+      if (s.length > 0 && s[0] >= "0" && s[0] <= "9") {
+        d = parseIso(s);
+        if (d === null) { ms = parseLenient(s); d = ms === null ? null : new TbDate(ms, 0); }
+      } else {
+        ms = parseRfc(s);
+        d = ms === null ? null : new TbDate(ms, 0);
+      }
+    } catch (e) { d = null; }
+    if (d === null) { throw notParsed(s); }
+    return d;
+  }
+  function wholeArg(name, v) {
+    if (!(typeof v === "number" && v % 1 === 0)) { throw new TypeError(name + ": " + text(v) + " is not a whole number"); }
+    return v;
+  }
+// new Date(), new Date(ms), new Date(text), new Date(year, month, date[, hrs, min[, sec[, ms]]][, tz])
+// (a year below 70 is 20yy, below 100 19yy: TbDate.parseInstant)
+  function newDate() {
+    var a = Array.prototype.slice.call(arguments), n = a.length, tz = null;
+    if (n === 0) { return new TbDate(Date.now(), 0); }
+    if (n === 1) {
+      if (typeof a[0] === "string") { return parseDate(a[0]); }
+      return new TbDate(wholeArg("new Date()", a[0]), 0);
+    }
+    if (typeof a[0] === "string") { throw new TypeError("new Date(text, pattern...) is not supported here (see docs/rules-scripts.md)"); }
+    if (n > 3 && typeof a[n - 1] === "string") { tz = a.pop(); n--; }
+    if (n !== 3 && n !== 5 && n !== 6 && n !== 7) { throw new TypeError("unable to resolve constructor: new Date() with " + arguments.length + " arguments"); }
+    a.forEach(function (v) { wholeArg("new Date()", v); });
+    var y = a[0] < 70 ? 2000 + a[0] : a[0] <= 99 ? 1900 + a[0] : a[0];
+    return new TbDate(epochOf(y, a[1], a[2], a[3] || 0, a[4] || 0, a[5] || 0, a[6] || 0, zoneOffset(tz)), 0);
+  }
+  newDate.prototype = TbDate.prototype;
+  __TbelDate = TbDate;
+  __tbelNewDate = newDate;
+  Object.defineProperty(TbDate.prototype, "toJSON", {value: function () {
+    throw new TypeError("a Date in the script's value: ThingsBoard writes its localized text, which is not made here; give toISOString() or getTime() (see docs/rules-scripts.md)");
+  }});
+  function civil(d) {
+    var t = new Date(d.ms);
+    return {y: t.getUTCFullYear(), m: t.getUTCMonth() + 1, d: t.getUTCDate(), h: t.getUTCHours(), mi: t.getUTCMinutes(),
+      s: t.getUTCSeconds(), ms: t.getUTCMilliseconds(), dow: (t.getUTCDay() + 6) % 7 + 1};
+  }
+  function pad(v, n) { var s = String(Math.abs(v)); while (s.length < n) { s = "0" + s; } return (v < 0 ? "-" : "") + s; }
+// Instant.toString (ISO_INSTANT): the fraction in 3, 6 or 9 digits, none when zero
+  function isoText(d) {
+    var c = civil(d), nanos = c.ms * 1000000 + d.ns, f = "";
+    if (nanos !== 0) {
+      f = "." + pad(nanos, 9);
+      f = nanos % 1000000 === 0 ? f.slice(0, 4) : nanos % 1000 === 0 ? f.slice(0, 7) : f;
+    }
+    var y = c.y > 9999 ? "+" + c.y : pad(c.y, 4);
+    return y + "-" + pad(c.m, 2) + "-" + pad(c.d, 2) + "T" + pad(c.h, 2) + ":" + pad(c.mi, 2) + ":" + pad(c.s, 2) + f + "Z";
+  }
+// ZonedDateTime.plusYears / plusMonths (the day kept, else the month's last), plusWeeks ...
+  function plusMonths(d, months) {
+    var c = civil(d), total = c.y * 12 + (c.m - 1) + months, y = Math.floor(total / 12), m = total - y * 12 + 1;
+    d.ms = epochOf(y, m, Math.min(c.d, monthDays(y, m)), c.h, c.mi, c.s, c.ms, 0);
+    return null;
+  }
+  function plusMs(d, ms) { d.ms += ms; return null; }
+  var DATE_GETTERS = {FullYear: "y", Month: "m", Date: "d", Day: "dow", Hours: "h", Minutes: "mi", Seconds: "s", Milliseconds: "ms"};
+  Object.keys(DATE_GETTERS).forEach(function (k) {
+    var f = function () { return civil(this)[DATE_GETTERS[k]]; };
+    define("get" + k, {date: f});
+    define("getUTC" + k, {date: f});
+  });
+  define("getTime", {date: function () { return this.ms; }});
+  define("valueOf", {date: function () { return this.ms; }});
+  define("parseSecondMilli", {date: function () { return this.ms; }});
+  define("parseSecond", {date: function () { return Math.floor(this.ms / 1000); }});
+  define("toISOString", {date: function () { return isoText(this); }});
+  define("toJSON", {date: function () { return isoText(this); }});
+  define("setTime", {date: function (ms) { this.ms = wholeArg("setTime()", ms); this.ns = 0; return null; }});
+  define("addYears", {date: function (n) { return plusMonths(this, 12 * wholeArg("addYears()", n)); }});
+  define("addMonths", {date: function (n) { return plusMonths(this, wholeArg("addMonths()", n)); }});
+  define("addWeeks", {date: function (n) { return plusMs(this, 604800000 * wholeArg("addWeeks()", n)); }});
+  define("addDays", {date: function (n) { return plusMs(this, 86400000 * wholeArg("addDays()", n)); }});
+  define("addHours", {date: function (n) { return plusMs(this, 3600000 * wholeArg("addHours()", n)); }});
+  define("addMinutes", {date: function (n) { return plusMs(this, 60000 * wholeArg("addMinutes()", n)); }});
+  define("addSeconds", {date: function (n) { return plusMs(this, 1000 * wholeArg("addSeconds()", n)); }});
+  define("addNanos", {date: function (n) {
+    var total = this.ns + wholeArg("addNanos()", n), carry = Math.floor(total / 1000000);
+    this.ns = total - carry * 1000000;
+    this.ms += carry;
+    return null;
+  }});
+// TbDate.now(), UTC(year[, month[, date[, hrs[, min[, sec[, ms]]]]]]) (0 for year, month or date
+// is 1899, 12, 31), parse(text) (TbDate.parse: -1 when the text does not read)
+  __tbelDateStatics = {
+    now: function () { return Date.now(); },
+    UTC: function (year, month, date, hrs, min, sec, ms) {
+      var a = [year, month || 0, date || 0, hrs || 0, min || 0, sec || 0, ms || 0].map(function (v) { return wholeArg("Date.UTC()", v); });
+      var y = a[0] === 0 ? 1899 : a[0];
+      y = y < 70 ? 2000 + y : y <= 99 ? 1900 + y : y;
+      return epochOf(y, a[1] === 0 ? 12 : a[1], a[2] === 0 ? 31 : a[2], a[3], a[4], a[5], a[6], 0);
+    },
+    parse: function (s) {
+      if (arguments.length > 1) { throw new TypeError("Date.parse(text, format) is not supported here (see docs/rules-scripts.md)"); }
+      if (typeof s !== "string") { throw new TypeError("Date.parse(): the argument is not text"); }
+      var ms = parseLenient(s);
+      return ms === null ? -1 : ms;
+    }
+  };
 // MVEL's ForEachNode: a list (Iterable; ArrayList's iterator throws
 // ConcurrentModificationException when the list changes size meanwhile), text (its chars),
 // an integer n (1 to n, counted as it goes: for (i = 1; i != n + 1; i++), so a negative n runs
@@ -1178,7 +1362,9 @@ var __tbelH = (function () {
 // each method's overloads by argument count (java.lang's): another count is an error
   var ARITY = {Integer: {parseInt: [1, 2], valueOf: [1, 2], toString: [1, 2], toHexString: [1, 1]},
     Long: {parseLong: [1, 2], valueOf: [1, 2]}, Double: {parseDouble: [1, 1], valueOf: [1, 1]},
-    String: {valueOf: [1, 1]}, Boolean: {parseBoolean: [1, 1]}};
+    String: {valueOf: [1, 1]}, Boolean: {parseBoolean: [1, 1]}, Date: {now: [0, 0], UTC: [1, 7], parse: [1, 2]}};
+  java.Date = __tbelNewDate;
+  Object.keys(__tbelDateStatics).forEach(function (k) { java.Date[k] = __tbelDateStatics[k]; });
   Object.keys(ARITY).forEach(function (cls) {
     Object.keys(ARITY[cls]).forEach(function (m) {
       java[cls][m] = arity(cls + "." + m, ARITY[cls][m][0], ARITY[cls][m][1], java[cls][m]);
@@ -1494,7 +1680,7 @@ var __tbelH = (function () {
       if (typeof value !== "number") { throw new TypeError("isNaN(): the argument is not a number"); }
       return value !== value;
     },
-    isMap: function (v) { return v !== null && typeof v === "object" && !Array.isArray(v) && !(v instanceof __TbelEntry); },
+    isMap: function (v) { return v !== null && typeof v === "object" && !Array.isArray(v) && !(v instanceof __TbelEntry) && !(v instanceof __TbelDate); },
     isList: function (v) { return Array.isArray(v); },
     raiseError: function (message) { throw new Error(message === null || message === undefined ? "null" : String(message)); },
     padStart: function (str, length, c) {

@@ -47,6 +47,12 @@ TBEL_METHODS: tuple[str, ...] = (
     # text (java.lang.String)
     "equalsIgnoreCase", "startsWith", "endsWith", "substring", "toUpperCase", "toLowerCase",
     "trim", "split", "matches", "charAt",
+    # ThingsBoard's TbDate (TBEL's Date)
+    "getTime", "valueOf", "parseSecond", "parseSecondMilli", "toISOString", "toJSON", "setTime",
+    "getFullYear", "getMonth", "getDate", "getDay", "getHours", "getMinutes", "getSeconds",
+    "getMilliseconds", "getUTCFullYear", "getUTCMonth", "getUTCDate", "getUTCDay", "getUTCHours",
+    "getUTCMinutes", "getUTCSeconds", "getUTCMilliseconds", "addYears", "addMonths", "addWeeks",
+    "addDays", "addHours", "addMinutes", "addSeconds", "addNanos",
 )
 # Names whose read without a call is MVEL's call of the method with no argument (getGetter):
 # ``x.size``, ``x.empty`` / ``x.isEmpty``, ``map.keys``, ``map.values``, ...
@@ -55,11 +61,10 @@ TBEL_GETTERS: dict[str, str] = {
     "values": "values", "keySet": "keySet", "entrySet": "entrySet",
 }
 # Objects whose methods are JavaScript's and Java's alike, and which (None: any): ``Math.max(a,
-# b)`` (java.lang.Math), ``JSON.parse(s)`` (ThingsBoard's TbJson), ``Date.now()`` (TbDate.now).
+# b)`` (java.lang.Math), ``JSON.parse(s)`` (ThingsBoard's TbJson).
 TBEL_NAMESPACES: dict[str, frozenset[str] | None] = {
     "Math": None,
     "JSON": frozenset({"stringify", "parse"}),
-    "Date": frozenset({"now"}),
 }
 # Java classes whose static methods a script may call (``Integer.parseInt(s)``): in the script's
 # scope these names are the runtime's (``__tbelJava``), with these methods only.
@@ -69,6 +74,8 @@ TBEL_JAVA_STATICS: dict[str, frozenset[str]] = {
     "Double": frozenset({"parseDouble", "valueOf"}),
     "String": frozenset({"valueOf"}),
     "Boolean": frozenset({"parseBoolean"}),
+    # ThingsBoard's TbDate: ``new Date(...)`` and its static methods
+    "Date": frozenset({"now", "UTC", "parse"}),
 }
 
 # TbUtils's helpers, functions of the script's scope (the runtime's ``__tbelH``)

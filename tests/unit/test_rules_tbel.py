@@ -343,13 +343,14 @@ def test_a_method_outside_the_subset_is_refused_at_compile(script: str, message:
 
 def test_math_json_and_date_now_keep_their_own_methods_and_literals_are_left_alone() -> None:
     """java.lang.Math's methods are JavaScript's; JSON is ThingsBoard's TbJson (stringify,
-    parse); Date.now() is TbDate.now (epoch milliseconds), the one Date method mapped."""
+    parse); Date.now() is TbDate.now (epoch milliseconds); another method of Date than now,
+    UTC and parse is refused."""
     assert run("metadata.arrivalTs = Date.now();\n"
                "return [Math.max(1, 2), Math.abs(-3), JSON.parse('[1]'), "
                "JSON.stringify({a: 'x.size()'}), 'msg.sort() .put(', "
                "metadata.arrivalTs > 1700000000000];") == [
         2, 3, [1], '{"a":"x.size()"}', "msg.sort() .put(", True]
-    for script, method in (("return Date.UTC(2020);", "Date.UTC"), ("return JSON.foo(1);", "JSON.foo")):
+    for script, method in (("return Date.from(2020);", "Date.from"), ("return JSON.foo(1);", "JSON.foo")):
         with pytest.raises(ScriptSyntaxError) as caught:
             ScriptEngine(script, "TBEL")
         assert str(caught.value).startswith(f"TBEL: the method {method}() is not in the supported")
@@ -1036,3 +1037,109 @@ def test_a_name_the_script_set_before_a_def_is_shared_with_it() -> None:
                "return count;") == 2
     assert run("var seen = [];\ndef visit(n) { seen.add(n); if (n > 0) { visit(n - 1); } }\n"
                "visit(2);\nreturn seen;") == [2, 1, 0]
+
+
+# -- Date: ThingsBoard's TbDate ---------------------------------------------------------------------
+
+def test_new_date_of_text_as_tb_date() -> None:
+    """TbelInvokeDocsIoTest.tbDateStringTZ_Test: ISO text with an offset (Z, -04, +02:00,
+    +03:00:00) or none (the server's zone, UTC here), RFC 1123 text (GMT, +043056); and
+    TbDateTest.TestFromString's other texts."""
+    assert run('var d1 = new Date("2023-08-06T04:04:05.123Z");\n'
+               'var d2 = new Date("2023-08-06T12:04:05.123");\n'
+               'var d3 = new Date("2023-08-06T04:04:05.00-04");\n'
+               'var d4 = new Date("2023-08-06T04:04:05.00+02:00");\n'
+               'var d5 = new Date("2023-08-06T04:04:05.00+03:00:00");\n'
+               'var d6 = new Date("Tue, 3 Jun 2008 11:05:30 GMT");\n'
+               'var d7 = new Date("Tue, 3 Jun 2008 11:05:30 +043056");\n'
+               "return [d1.toISOString(), d2.toISOString(), d3.toISOString(), d4.toISOString(),\n"
+               "  d5.toISOString(), d6.toISOString(), d7.toISOString()];") == [
+        "2023-08-06T04:04:05.123Z", "2023-08-06T12:04:05.123Z", "2023-08-06T08:04:05Z",
+        "2023-08-06T02:04:05Z", "2023-08-06T01:04:05Z", "2008-06-03T11:05:30Z",
+        "2008-06-03T06:34:34Z"]
+    assert run('return [new Date("2023-09-06T01:04:05.00+04:30:56").toISOString(),\n'
+               '  new Date("Sat, 3 Jun 2023 11:05:30 +0400").toISOString(),\n'
+               '  new Date("Thu, 29 Feb 2024 11:05:30 -03").toISOString(),\n'
+               '  new Date("Sat, 3 Jun 2023 11:05:30").toISOString(), new Date(0).getTime(),\n'
+               '  Date.parse("1970-01-01 T00:00:00"), Date.parse("x")];') == [
+        "2023-09-05T20:33:09Z", "2023-06-03T07:05:30Z", "2024-02-29T14:05:30Z",
+        "2023-06-03T11:05:30Z", 0, 0, -1]
+
+
+def test_date_add_functions_as_tb_date() -> None:
+    """TbelInvokeDocsIoTest.tbDateFunction_Test: addYears ... addNanos from
+    2024-01-01T10:00:00Z, each ISO text as its comments give it (Instant.toString: no fraction
+    when zero, else 3, 6 or 9 digits)."""
+    steps = [("addYears", 1), ("addYears", -2), ("addMonths", 2), ("addMonths", 10),
+             ("addMonths", -13), ("addWeeks", 4), ("addWeeks", -5), ("addDays", 6),
+             ("addDays", 45), ("addDays", -50), ("addHours", 23), ("addHours", -47),
+             ("addMinutes", 59), ("addMinutes", -60), ("addSeconds", 59), ("addSeconds", -60),
+             ("addNanos", 999999), ("addNanos", -1000000)]
+    script = 'var d = new Date("2024-01-01T10:00:00.00Z");\nvar out = [d.toISOString()];\n' + "".join(
+        f"d.{name}({n}); out.add(d.toISOString());\n" for name, n in steps) + "return out;"
+    assert run(script) == [
+        "2024-01-01T10:00:00Z", "2025-01-01T10:00:00Z", "2023-01-01T10:00:00Z",
+        "2023-03-01T10:00:00Z", "2024-01-01T10:00:00Z", "2022-12-01T10:00:00Z",
+        "2022-12-29T10:00:00Z", "2022-11-24T10:00:00Z", "2022-11-30T10:00:00Z",
+        "2023-01-14T10:00:00Z", "2022-11-25T10:00:00Z", "2022-11-26T09:00:00Z",
+        "2022-11-24T10:00:00Z", "2022-11-24T10:59:00Z", "2022-11-24T09:59:00Z",
+        "2022-11-24T09:59:59Z", "2022-11-24T09:58:59Z", "2022-11-24T09:58:59.000999999Z",
+        "2022-11-24T09:58:58.999999999Z"]
+
+
+def test_date_utc_fields_and_set_time_as_tb_date_test() -> None:
+    """TbDateTest.TestToUTC (0 for year, month or date is 1899, 12, 31; a two-digit year is
+    19yy or 20yy), TestMethodGetTimeUTC, TestMethodSetTime (getUTCDay: Monday 1 ... Sunday 7;
+    getUTCMonth 1 to 12), Test_Year_Moth_Date_Hours_Min_Sec_Without_TZ."""
+    assert run("return [Date.UTC(0), new Date(Date.UTC(0)).toJSON(),\n"
+               "  new Date(Date.UTC(96, 2, 2, 3, 4, 5)).toJSON(),\n"
+               "  new Date(Date.UTC(22, 0, 0, 3, 4, 5, 678)).toJSON(),\n"
+               "  new Date(Date.UTC(903, 0, 0, 3, 4, 5, 678)).toJSON(),\n"
+               "  new Date(Date.UTC(2024, 2, 29, 3, 4, 5, 678)).toJSON(),\n"
+               "  new Date(Date.UTC(1996, 1, 2, 3, 4, 5)).valueOf(),\n"
+               "  new Date(Date.UTC(1969, 7, 20, 20, 17, 40)).valueOf(),\n"
+               "  new Date(23, 9, 7, 8, 4, 5, 567).toISOString(), new Date(2023, 8, 18).getTime()];"
+               ) == [-2209075200000, "1899-12-31T00:00:00Z", "1996-02-02T03:04:05Z",
+                     "2022-12-31T03:04:05.678Z", "0903-12-31T03:04:05.678Z",
+                     "2024-02-29T03:04:05.678Z", 820551845000, -14182940000,
+                     "2023-09-07T08:04:05.567Z", 1692316800000]
+    assert run('var d1 = new Date(1975, 12, 31, 23, 15, 30, 567, "-03:00");\n'
+               "var out = [d1.getUTCMinutes(), d1.getUTCDay()];\n"
+               "d1.setTime(d1.getTime() + 5 * 60 * 1000);\nout.add(d1.getUTCMinutes());\n"
+               "out.add(d1.getUTCDay());\nd1.setTime(-378682769433);\n"
+               "out.addAll([d1.getUTCFullYear(), d1.getUTCMonth(), d1.getUTCDate(), d1.getUTCHours(),\n"
+               "  d1.getUTCMinutes(), d1.getUTCSeconds(), d1.getUTCMilliseconds(), d1.getUTCDay(),\n"
+               "  d1.getFullYear(), d1.getHours(), d1.parseSecond()]);\nreturn out;") == [
+        15, 4, 20, 4, 1958, 1, 1, 2, 20, 30, 567, 3, 1958, 2, -378682770]
+
+
+@pytest.mark.parametrize(("script", "message"), [
+    ("return Date.UTC(2023, 2, 29, 3, 4, 5, 678);",
+     "DateTimeException: Invalid date 'February 29' as '2023' is not a leap year"),
+    ('return new Date("2023-09-06T01:04:05.00+045");',
+     "ConversionException: Cannot parse value [2023-09-06T01:04:05.00+045] as instant"),
+    ('return new Date("Tue, 3 Jun 2023 11:05:30 GMT");',
+     "ConversionException: Cannot parse value [Tue, 3 Jun 2023 11:05:30 GMT] as instant"),
+    ('return new Date(2023, 8, 6, 4, 4, 5, "Europe/Berlin");', 'TypeError: the time zone '
+     '"Europe/Berlin" is not supported here (UTC or an offset such as +02:00; see '
+     "docs/rules-scripts.md)"),
+    ("return {d: new Date(0)};", "TypeError: a Date in the script's value: ThingsBoard writes its "
+     "localized text, which is not made here; give toISOString() or getTime() (see "
+     "docs/rules-scripts.md)"),
+    ("return new Date(0).toString();", "TypeError: the text of a Date (TbDate.toString: "
+     "localized) is not made here: use toISOString() (see docs/rules-scripts.md)"),
+    ('return new Date("1/2/2023", "M/d/yyyy");', "TypeError: new Date(text, pattern...) is not "
+     "supported here (see docs/rules-scripts.md)"),
+])
+def test_dates_fail_as_tb_date_does_or_name_what_is_not_here(script: str, message: str) -> None:
+    assert error(script) == message
+
+
+def test_a_date_method_outside_the_subset_is_refused_at_compile() -> None:
+    """TbDate's localized texts and setters are not mapped: refused at compile."""
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine("var d = new Date(0);\nreturn d.toLocaleString();", "TBEL")
+    assert str(caught.value) == ("TBEL: the method toLocaleString() is not in the supported "
+                                 "subset (line 2: '.toLocaleString('); see docs/rules-scripts.md")
+    with pytest.raises(ScriptSyntaxError, match=r"new \(Java object construction\)"):
+        ScriptEngine("return new Dates(0);", "TBEL")
