@@ -38,7 +38,6 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
     if (Array.isArray(x)) { return "list"; }
     if (typeof x === "string") { return "text"; }
     if (x instanceof Entry) { return "entry"; }
-    if (x instanceof TbDate) { return "date"; }
     if (x !== null && typeof x === "object") { return "map"; }
     return x === null ? "null" : typeof x;
   }
@@ -854,6 +853,22 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
       return ms === null ? -1 : ms;
     }
   };
+// a Date's methods: its own symbol-keyed properties, ahead of Object.prototype's, so that the
+// dispatch of every other value (kind) has no Date to test for; a method a Date has not is
+// an error, as on any value of another kind
+  Object.keys(__tbelS).forEach(function (name) {
+    var impl = M[name], f = impl.date;
+    var allowed = Object.keys(impl).map(function (k) { return KINDS[k]; }).join(" or ");
+    Object.defineProperty(TbDate.prototype, __tbelS[name], {configurable: true, writable: true, enumerable: false,
+      value: function () {
+        var n = arguments.length;
+        if (f === undefined) { throw new TypeError(name + "(): a Date is not " + allowed); }
+        if (n < f.min || n > f.max) {
+          throw new TypeError("unable to resolve method: " + name + "() with " + n + " argument" + (n === 1 ? "" : "s") + " on a Date");
+        }
+        return f.apply(this, arguments);
+      }});
+  });
 // MVEL's ForEachNode: a list (Iterable; ArrayList's iterator throws
 // ConcurrentModificationException when the list changes size meanwhile), text (its chars),
 // an integer n (1 to n, counted as it goes: for (i = 1; i != n + 1; i++), so a negative n runs
