@@ -327,7 +327,9 @@ def _def_locals(source: str) -> str:
             end += 1
         outer |= _assigned(code[done:found.start()])
         params = set(_TBEL_NAME.findall(code[found.end():close]))
-        own = sorted(_assigned(code[brace + 1:end]) - params - outer - {found.group(1)})
+        # (msg, metadata and msgType, the script's arguments, stay the script's)
+        own = sorted(_assigned(code[brace + 1:end]) - params - outer - {found.group(1)}
+                     - set(ARG_NAMES))
         out.append(source[done:brace + 1])
         if own:
             out.append(" var " + ", ".join(own) + ";")

@@ -1032,11 +1032,13 @@ def test_a_name_a_def_assigns_is_its_own_on_each_call() -> None:
 
 def test_a_name_the_script_set_before_a_def_is_shared_with_it() -> None:
     """A variable the script declared or assigned before the ``def`` is the script's: the
-    function reads and sets it (Function: the enclosing context's variables are its inputs)."""
+    function reads and sets it (Function: the enclosing context's variables are its inputs);
+    so are the script's arguments msg, metadata and msgType."""
     assert run("count = 0;\ndef inc() { count = count + 1; return count; }\ninc(); inc();\n"
                "return count;") == 2
     assert run("var seen = [];\ndef visit(n) { seen.add(n); if (n > 0) { visit(n - 1); } }\n"
                "visit(2);\nreturn seen;") == [2, 1, 0]
+    assert run("def f(x) { msg = {'v': x}; }\nf(5);\nreturn msg;", {"v": 1}) == {"v": 5}
 
 
 # -- Date: ThingsBoard's TbDate ---------------------------------------------------------------------
