@@ -197,9 +197,10 @@ _TBEL_DEF_VAR = re.compile(r"\bdef\s+(?=[A-Za-z_$])")
 # (``x. name``, spaces after the dot too) matches with its dot in group 1, and is no variable
 _TBEL_ASSIGNED = re.compile(r"(?:(\.\s*)|(?<![\w$.]))([A-Za-z_$][\w$]*)\s*=(?![=>])")
 _TBEL_NAME = re.compile(r"[A-Za-z_$][\w$]*")
-# ``.split("regex"`` / ``.matches('regex')``: a literal regular expression, checked at compile
+# ``.split("regex"`` / ``.matches('regex')`` / ``.replaceAll("regex"``: a literal regular
+# expression, checked at compile
 _TBEL_REGEX_ARG = re.compile(
-    r"\.\s*(?:split|matches)\s*\(\s*(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*')\s*[,)]")
+    r"\.\s*(?:split|matches|replaceAll|replaceFirst)\s*\(\s*(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*')\s*[,)]")
 _JS_FUNCTION = re.compile(r"\bfunction\s+([A-Za-z_$][\w$]*)")
 # where a string literal or a comment starts, and where a literal ends (its closing quote, a
 # backslash escaping any one character, the line break included)

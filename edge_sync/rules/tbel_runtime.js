@@ -565,6 +565,62 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
     if (limit === 0) { while (parts.length > 0 && parts[parts.length - 1] === "") { parts.pop(); } }
     return parts;
   })});
+// String.replaceAll(regex, replacement) / replaceFirst (Matcher.replaceAll / replaceFirst):
+// the replacement as Matcher.appendReplacement reads it: \\x is x, $n the group n (as many
+// digits as name a group), ${name} a named group, an unmatched group nothing; its errors
+// (IllegalArgumentException, IndexOutOfBoundsException) at the first match, as in Java
+  function expandReplacement(rep, m) {
+    var out = "", i = 0, c, ref, name, next, groups = m.length - 1, v;
+    while (i < rep.length) {
+      c = rep[i];
+      if (c === "\\") {
+        i++;
+        if (i === rep.length) { throw iae("character to be escaped is missing"); }
+        out += rep[i++];
+        continue;
+      }
+      if (c !== "$") { out += c; i++; continue; }
+      i++;
+      if (i === rep.length) { throw iae("Illegal group reference: group index is missing"); }
+      if (rep[i] === "{") {
+        i++;
+        name = "";
+        while (i < rep.length && /[A-Za-z0-9]/.test(rep[i])) { name += rep[i++]; }
+        if (name.length === 0) { throw iae("named capturing group has 0 length name"); }
+        if (rep[i] !== "}") { throw iae("named capturing group is missing trailing '}'"); }
+        if (/^[0-9]/.test(name)) { throw iae("capturing group name {" + name + "} starts with digit character"); }
+        if (!m.groups || !own.call(m.groups, name)) { throw iae("No group with name {" + name + "}"); }
+        i++;
+        v = m.groups[name];
+      } else {
+        ref = rep.charCodeAt(i) - 48;
+        if (ref < 0 || ref > 9) { throw iae("Illegal group reference"); }
+        i++;
+        while (i < rep.length && (next = rep.charCodeAt(i) - 48) >= 0 && next <= 9 && ref * 10 + next <= groups) {
+          ref = ref * 10 + next;
+          i++;
+        }
+        if (ref > groups) { var e = new RangeError("No group " + ref); e.name = "IndexOutOfBoundsException"; throw e; }
+        v = m[ref];
+      }
+      if (v !== undefined) { out += v; }
+    }
+    return out;
+  }
+  function iae(message) { var e = new Error(message); e.name = "IllegalArgumentException"; return e; }
+  function javaReplace(name, s, regex, rep, all) {
+    var r = javaRegExp(aText(name, regex), false), out = "", index = 0, m;
+    aText(name, rep);
+    while ((m = r.exec(s)) !== null) {
+      out += s.substring(index, m.index) + expandReplacement(rep, m);
+      index = m.index + m[0].length;
+      if (!all) { break; }
+      if (m[0].length === 0) { r.lastIndex = index < s.length && s.codePointAt(index) > 0xFFFF ? index + 2 : index + 1; }
+    }
+    return out + s.substring(index);
+  }
+  define("replaceAll", {text: function (regex, rep) { return javaReplace("replaceAll", String(this), regex, rep, true); }});
+  define("replaceFirst", {text: function (regex, rep) { return javaReplace("replaceFirst", String(this), regex, rep, false); }});
 // String.matches(regex) (Pattern.matches: the whole text), charAt(index) (a one-character text;
 // StringIndexOutOfBoundsException as Java 17's String.charAt words it)
   define("matches", {text: function (regex) { return javaRegExp(aText("matches", regex), true).test(String(this)); }});

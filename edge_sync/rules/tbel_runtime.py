@@ -46,7 +46,7 @@ TBEL_METHODS: tuple[str, ...] = (
     "getKey", "getValue", "setValue",
     # text (java.lang.String)
     "equalsIgnoreCase", "startsWith", "endsWith", "substring", "toUpperCase", "toLowerCase",
-    "trim", "split", "matches", "charAt",
+    "trim", "split", "matches", "charAt", "replaceAll", "replaceFirst",
     # ThingsBoard's TbDate (TBEL's Date)
     "getTime", "valueOf", "parseSecond", "parseSecondMilli", "toISOString", "toJSON", "setTime",
     "getFullYear", "getMonth", "getDate", "getDay", "getHours", "getMinutes", "getSeconds",

@@ -814,6 +814,26 @@ def test_java_regex_reads_differ_from_javascripts_and_are_translated() -> None:
         True, ["a", "\n"], True]
 
 
+def test_replace_all_and_first_as_java_lang_string() -> None:
+    """String.replaceAll / replaceFirst (Matcher.replaceAll / replaceFirst): a Java regex; in
+    the replacement $n is group n (as many digits as name a group: "$11" with one group is
+    group 1 then "1"), ${name} a named group, an unmatched group nothing, \\$ a dollar; an
+    empty match between every character; the replacement's errors only at a match."""
+    assert run('return ["a1b22c".replaceAll("\\\\d+", "#"), "abc".replaceAll("", "-"),\n'
+               '  "John Smith".replaceAll("(\\\\w+) (\\\\w+)", "$2, $1"),\n'
+               '  "a.b".replaceFirst("\\\\.", "\\\\$"), "aaa".replaceFirst("a", "b"),\n'
+               '  "2024-01-02".replaceAll("(?<y>\\\\d{4})-(\\\\d\\\\d)-(\\\\d\\\\d)", "$3/$2/${y}"),\n'
+               '  "ab".replaceAll("(a)|b", "[$1]"), "abc".replaceAll("(b)", "$11"),\n'
+               '  " x  y ".replaceAll("\\\\s+", ""), "abc".replaceAll("z", "$2")];') == [
+        "a#b#c", "-a-b-c-", "Smith, John", "a$b", "baa", "02/01/2024", "[a][]", "ab1c", "xy",
+        "abc"]
+    assert error('return "abc".replaceAll("b", "$2");') == "IndexOutOfBoundsException: No group 2"
+    assert error('return "abc".replaceAll("b", "x\\\\");') == (
+        "IllegalArgumentException: character to be escaped is missing")
+    assert error('return "abc".replaceAll("b", "${x}");') == (
+        "IllegalArgumentException: No group with name {x}")
+
+
 def test_char_at_as_java_lang_string() -> None:
     """String.charAt: the character (a one-character text); an index outside the text is
     StringIndexOutOfBoundsException, as Java 17 words it."""
