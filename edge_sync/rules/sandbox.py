@@ -344,15 +344,18 @@ def tbel_to_js(source: str) -> str:
     """The JavaScript of a TBEL script in the supported subset; ScriptSyntaxError for the rest.
 
     Supported: expressions (arithmetic, comparison, logic, ternary, string concatenation), ``var``
-    declarations, ``def name(args) { ... }`` functions (and ``def x = ...`` as ``var``), if/else,
+    declarations, ``def name(args) { ... }`` functions (each call with its own variables:
+    ``_def_locals``; and ``def x = ...`` as ``var``), if/else,
     while, C-style for loops and ``foreach (x : collection)``, return, map literals ``{"k": v}``
     and list literals ``[a, b]``, field access ``msg.k`` / ``msg["k"]``, the Java methods of
-    maps, lists, text and map entries in ``TBEL_METHODS`` (``x.name(`` becomes a call of the
+    maps, lists, text, map entries and TbDate in ``TBEL_METHODS`` (``x.name(`` becomes a call of the
     runtime's symbol-keyed method: ``tbel_runtime``), ``x.size`` and the other reads MVEL takes
-    as a call (``TBEL_GETTERS``), ``Math.f(...)``, ``JSON.parse`` / ``stringify``, ``Date.now()``
-    and the Java class methods of ``TBEL_JAVA_STATICS``. Any other method call is refused, and so
-    is a call of a computed member (``x["name"]()``). Comments are made spaces first; line and
-    column numbers are kept.
+    as a call (``TBEL_GETTERS``), ``Math.f(...)``, ``JSON.parse`` / ``stringify``, ``new
+    Date(...)`` and the class methods of ``TBEL_JAVA_STATICS`` (``Date.now()``, ...). Any other
+    method call is refused, and so is a call of a computed or parenthesized member
+    (``x["name"]()``, ``(x.name)()``). Comments are made spaces first; line numbers are kept
+    (and columns, but on the line of a ``def``'s ``{``, where its own variables are declared).
+    Linear in the script's length.
     """
     source = _def_locals(_foreach_to_js(_blank_comments(source)))
     defined = set(_TBEL_DEF.findall(source)) | set(_JS_FUNCTION.findall(source))
