@@ -156,7 +156,8 @@ class TransformResult:
 _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bforeach\b"), "foreach without (item : collection)"),
     (re.compile(r"\bimport\b"), "import"),
-    (re.compile(r"\bnew\s+[A-Za-z_]"), "new (Java object construction)"),
+    # (but ``new Date(...)``: ThingsBoard's TbDate, the runtime's)
+    (re.compile(r"\bnew\s+(?!Date\s*\()[A-Za-z_]"), "new (Java object construction)"),
     (re.compile(r"\b(?:int|long|double|float|boolean|byte|short|char|String|Map|List|Object)"
                 r"\s+[A-Za-z_$][\w$]*\s*[=;]"), "typed declarations (use var)"),
     (re.compile(r"\.\?"), "null-safe navigation (.?)"),
@@ -164,8 +165,13 @@ _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
     # MVEL declares with ``var`` (or a type) only; a ``let`` would also escape the per-call scope
     (re.compile(r"\b(?:let|const|class)\s+[A-Za-z_$]"), "let, const and class declarations (use var)"),
     (re.compile(r"`"), "template literals (`...`)"),
-    # ``l["sort"]()``: a call of a computed member would run JavaScript's method of that name
-    (re.compile(r"\]\s*\("), "a call of a computed member (x[\"name\"](...))"),
+    # ``l["sort"]()``, ``(l["sort"])()``: a call of a computed member would run JavaScript's
+    # method of that name
+    (re.compile(r"\][\s)]*\("), "a call of a computed member (x[\"name\"](...))"),
+    # ``(l.sort)()``: a member read, then called, would be JavaScript's method of that name
+    # (MVEL has no such call: it reads a property named sort)
+    (re.compile(r"\.\s*[A-Za-z_$][\w$]*\s*\)[\s)]*\("),
+     "a call of a parenthesized member ((x.name)(...))"),
 )
 # ``foreach (item : collection)`` and MVEL's ``for (item : collection)``, the item's optional type
 _TBEL_FOREACH = re.compile(
@@ -177,7 +183,6 @@ _TBEL_WRITE = re.compile(r"\s*(?:[-+*/%&|^]|<<|>>>?|\*\*)?=(?!=)")
 # a class whose methods a script may call, just before ``.name(``: JavaScript's own (Math, JSON,
 # Date) or the runtime's Java classes (Integer, ...)
 _TBEL_CLASSES: dict[str, frozenset[str] | None] = {**TBEL_NAMESPACES, **TBEL_JAVA_STATICS}
-_TBEL_CLASS = re.compile(r"(?<![\w$.])(" + "|".join(_TBEL_CLASSES) + r")\s*$")
 _TBEL_CALLS = frozenset(TBEL_METHODS)
 # JavaScript's global functions (and Object.prototype's, which the global object inherits) that
 # TBEL has no function of that name for: a call is refused (MVEL finds no method ``toString(5)``),
@@ -192,30 +197,40 @@ _TBEL_DEF_VAR = re.compile(r"\bdef\s+(?=[A-Za-z_$])")
 # (``x. name``, spaces after the dot too) matches with its dot in group 1, and is no variable
 _TBEL_ASSIGNED = re.compile(r"(?:(\.\s*)|(?<![\w$.]))([A-Za-z_$][\w$]*)\s*=(?![=>])")
 _TBEL_NAME = re.compile(r"[A-Za-z_$][\w$]*")
+# ``.split("regex"`` / ``.matches('regex')`` / ``.replaceAll("regex"``: a literal regular
+# expression, checked at compile
+_TBEL_REGEX_ARG = re.compile(
+    r"\.\s*(?:split|matches|replaceAll|replaceFirst)\s*\(\s*(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*')\s*[,)]")
 _JS_FUNCTION = re.compile(r"\bfunction\s+([A-Za-z_$][\w$]*)")
+# where a string literal or a comment starts, and where a literal ends (its closing quote, a
+# backslash escaping any one character, the line break included)
+_LITERAL_START = re.compile(r"['\"]|//|/\*")
+_LITERAL_END = {q: re.compile(r"[^\\" + q + r"]*(?:\\.[^\\" + q + r"]*)*" + q, re.S)
+                for q in "'\""}
 
 
 def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
-    """(is_code, text) runs: string literals and comments are not code and are kept verbatim."""
+    """(is_code, text) runs: string literals and comments are not code and are kept verbatim.
+    Linear in the source: each step jumps to the next quote or comment start (a regex search),
+    and a literal's end is found by ``_LITERAL_END`` in one search."""
     out: list[tuple[bool, str]] = []
-    i, start, n = 0, 0, len(source)
-    while i < n:
-        c = source[i]
-        end = -1
-        if c in "'\"":
-            j = i + 1
-            while j < n and source[j] != c:
-                j += 2 if source[j] == "\\" else 1
-            end = min(j + 1, n)
-        elif source.startswith("//", i):
+    start, n = 0, len(source)
+    i = 0
+    while True:
+        found = _LITERAL_START.search(source, i)
+        if found is None:
+            break
+        i = found.start()
+        c = found.group(0)
+        if c == "//":
             j = source.find("\n", i)
             end = n if j < 0 else j
-        elif source.startswith("/*", i):
+        elif c == "/*":
             j = source.find("*/", i + 2)
             end = n if j < 0 else j + 2
-        if end < 0:
-            i += 1
-            continue
+        else:
+            closing = _LITERAL_END[c].match(source, i + 1)
+            end = n if closing is None else closing.end()
         if i > start:
             out.append((True, source[start:i]))
         out.append((False, source[i:end]))
@@ -274,21 +289,75 @@ def _foreach_to_js(source: str) -> str:
     return "".join(out)
 
 
+_TBEL_VAR = re.compile(r"\bvar\s+([A-Za-z_$][\w$]*)")
+
+
+def _assigned(code: str) -> set[str]:
+    """The names ``code`` assigns or declares with ``var`` (not members ``x.name = ...``)."""
+    names = {name for member, name in _TBEL_ASSIGNED.findall(code) if not member}
+    return names | set(_TBEL_VAR.findall(code))
+
+
+def _def_locals(source: str) -> str:
+    """Each ``def name(params) { body }``'s own variables declared at the top of its body
+    (``{ var total, i; ...``, on the same line): the names its body assigns that the script
+    has not assigned or declared before the ``def``. MVEL compiles a function's body with its
+    own variables (org.mvel2.ast.Function: the body's variables that are not the enclosing
+    script's become indexed inputs) and gives each call a FunctionVariableResolverFactory of
+    its own, so a recursive call has its own ``total``, and the script's does not change; a
+    name the script set before the ``def`` is the script's, shared. Linear: one pass over the
+    code, each body scanned once."""
+    mask = _code_mask(source)
+    code = "".join(c if m else " " for c, m in zip(source, mask, strict=True))
+    out: list[str] = []
+    outer: set[str] = set()
+    done = 0  # the end of the last def's body
+    for found in _TBEL_DEF.finditer(code):
+        if found.start() < done:
+            continue  # a def inside a def: its names are the enclosing def's locals
+        # the parameters, up to the closing parenthesis
+        close = code.find(")", found.end())
+        brace = close + 1
+        while close >= 0 and brace < len(code) and code[brace].isspace():
+            brace += 1
+        if close < 0 or brace >= len(code) or code[brace] != "{":
+            continue
+        depth, end = 1, brace + 1
+        while end < len(code) and depth:
+            depth += {"{": 1, "}": -1}.get(code[end], 0)
+            end += 1
+        outer |= _assigned(code[done:found.start()])
+        params = set(_TBEL_NAME.findall(code[found.end():close]))
+        # (msg, metadata and msgType, the script's arguments, stay the script's)
+        own = sorted(_assigned(code[brace + 1:end]) - params - outer - {found.group(1)}
+                     - set(ARG_NAMES))
+        out.append(source[done:brace + 1])
+        if own:
+            out.append(" var " + ", ".join(own) + ";")
+        out.append(source[brace + 1:end])
+        done = end
+    out.append(source[done:])
+    return "".join(out)
+
+
 def tbel_to_js(source: str) -> str:
     """The JavaScript of a TBEL script in the supported subset; ScriptSyntaxError for the rest.
 
     Supported: expressions (arithmetic, comparison, logic, ternary, string concatenation), ``var``
-    declarations, ``def name(args) { ... }`` functions (and ``def x = ...`` as ``var``), if/else,
+    declarations, ``def name(args) { ... }`` functions (each call with its own variables:
+    ``_def_locals``; and ``def x = ...`` as ``var``), if/else,
     while, C-style for loops and ``foreach (x : collection)``, return, map literals ``{"k": v}``
     and list literals ``[a, b]``, field access ``msg.k`` / ``msg["k"]``, the Java methods of
-    maps, lists, text and map entries in ``TBEL_METHODS`` (``x.name(`` becomes a call of the
+    maps, lists, text, map entries and TbDate in ``TBEL_METHODS`` (``x.name(`` becomes a call of the
     runtime's symbol-keyed method: ``tbel_runtime``), ``x.size`` and the other reads MVEL takes
-    as a call (``TBEL_GETTERS``), ``Math.f(...)``, ``JSON.parse`` / ``stringify``, ``Date.now()``
-    and the Java class methods of ``TBEL_JAVA_STATICS``. Any other method call is refused, and so
-    is a call of a computed member (``x["name"]()``). Comments are made spaces first; line and
-    column numbers are kept.
+    as a call (``TBEL_GETTERS``), ``Math.f(...)``, ``JSON.parse`` / ``stringify``, ``new
+    Date(...)`` and the class methods of ``TBEL_JAVA_STATICS`` (``Date.now()``, ...). Any other
+    method call is refused, and so is a call of a computed or parenthesized member
+    (``x["name"]()``, ``(x.name)()``). Comments are made spaces first; line numbers are kept
+    (and columns, but on the line of a ``def``'s ``{``, where its own variables are declared).
+    Linear in the script's length.
     """
-    source = _foreach_to_js(_blank_comments(source))
+    source = _def_locals(_foreach_to_js(_blank_comments(source)))
     defined = set(_TBEL_DEF.findall(source)) | set(_JS_FUNCTION.findall(source))
     parts = []
     offset = 0
@@ -300,7 +369,9 @@ def tbel_to_js(source: str) -> str:
                 if found:
                     raise _refused(source, start + found.start(), what, found.group(0))
             for found in _TBEL_JS_GLOBAL_CALL.finditer(text):
-                if found.group(1) not in defined and not text[:found.start()].rstrip().endswith("."):
+                if found.group(1) == "Date" and _name_before(text, found.start()) == "new":
+                    continue  # new Date(...): TbDate
+                if found.group(1) not in defined and _char_before(text, found.start()) != ".":
                     raise _refused(source, start + found.start(),
                                    f"the function {found.group(1)}()", found.group(0))
             text = _TBEL_DEF.sub(r"function \1(", text)
@@ -336,6 +407,28 @@ def _refused(source: str, at: int, what: str, found: str) -> ScriptSyntaxError:
                              f"{found.strip()!r}); see docs/rules-scripts.md")
 
 
+def _char_before(text: str, at: int) -> str:
+    """The last character of ``text[:at]`` that is not white space ("" when none). Read
+    backwards from ``at`` (never a copy of the text before it): the translation stays linear in
+    the script's length."""
+    while at > 0 and text[at - 1].isspace():
+        at -= 1
+    return text[at - 1] if at > 0 else ""
+
+
+def _name_before(text: str, at: int) -> str:
+    """The name just before ``at`` (white space between allowed), when it is a name of its own
+    (not a member ``x.Math``): ``Math`` for ``Math .`` at ``at``; else ""."""
+    while at > 0 and text[at - 1].isspace():
+        at -= 1
+    end = at
+    while at > 0 and (text[at - 1].isalnum() or text[at - 1] in "_$"):
+        at -= 1
+    if at == end or (at > 0 and text[at - 1] == "."):
+        return ""
+    return text[at:end]
+
+
 def _members_to_js(source: str, start: int, text: str) -> str:
     """A code part's ``.name(`` calls and ``.size``-like reads as the runtime's (line breaks
     kept); a call of any other method refused, but on ``Math`` and ``JSON``."""
@@ -345,12 +438,12 @@ def _members_to_js(source: str, start: int, text: str) -> str:
         name, call = found.group(1), found.group(2)
         breaks = "\n" * found.group(0).count("\n")
         if call:
-            cls = _TBEL_CLASS.search(text, 0, found.start())
-            if cls:
-                allowed = _TBEL_CLASSES[cls.group(1)]
+            cls = _name_before(text, found.start())
+            if cls in _TBEL_CLASSES:
+                allowed = _TBEL_CLASSES[cls]
                 if allowed is not None and name not in allowed:
                     raise _refused(source, start + found.start(),
-                                   f"the method {cls.group(1)}.{name}()", found.group(0))
+                                   f"the method {cls}.{name}()", found.group(0))
                 continue
             if name not in _TBEL_CALLS:
                 raise _refused(source, start + found.start(), f"the method {name}()",
@@ -376,7 +469,10 @@ _PROLOGUE = (
     "function __script(msg, metadata, msgType) {\n"
 )
 # TBEL: the runtime before the script
-_PROLOGUE_TBEL = _PROLOGUE.replace("function __script", tbel_runtime() + " function __script")
+# (``__edgeRegex``: the runtime's check of a regular expression, which compile calls on the
+# script's literal ones)
+_PROLOGUE_TBEL = _PROLOGUE.replace("var __edgeAt = 0,", "var __edgeRegex, __edgeAt = 0,").replace(
+    "function __script", tbel_runtime() + " __edgeRegex = __tbelRegex; function __script")
 
 
 def _tbel_prologue(scope: Sequence[str]) -> str:
@@ -520,6 +616,26 @@ class ScriptEngine:
         self._owner = 0
         with self._lock:
             self._build()
+            if lang == "TBEL":
+                self._check_regexes(script)
+
+    def _check_regexes(self, script: str) -> None:
+        """A literal regular expression of ``split`` / ``matches`` that Java refuses, or that
+        the runtime cannot translate, refuses the script at compile, naming its line (one given
+        at run time fails that call with the same error)."""
+        source = _blank_comments(script)
+        mask = _code_mask(source)
+        for found in _TBEL_REGEX_ARG.finditer(source):
+            if not mask[found.start()]:
+                continue
+            try:
+                self._context.eval(f"__edgeRegex({found.group(1)})")
+            except _quickjs.JSException as exc:
+                line = source[:found.start()].count("\n") + 1
+                text = str(exc).splitlines()[0]
+                see = "" if "docs/rules-scripts.md" in text else "; see docs/rules-scripts.md"
+                raise ScriptSyntaxError(
+                    f"TBEL: {text} (line {line}: {found.group(0).strip()!r}){see}") from None
 
     def _build(self) -> None:
         context = _quickjs.Context()

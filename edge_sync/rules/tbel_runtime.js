@@ -4,7 +4,7 @@
 // ExecutionHashMap and ExecutionEntry, java.util.ArrayList / LinkedHashMap / java.lang.String,
 // MVEL's ForEachNode, ThingsBoard's org.thingsboard.script.api.tbel.TbUtils and
 // org.thingsboard.common.util.NumberUtils.
-var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
+var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate, __tbelNewDate, __tbelDateStatics;
 (function () {
   "use strict";
   var own = Object.prototype.hasOwnProperty, M = {};
@@ -51,6 +51,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
     }
     if (Array.isArray(v)) { return "[" + v.map(text).join(", ") + "]"; }
     if (v instanceof Entry) { return text(v.key) + "=" + text(v.value); }
+    if (v instanceof TbDate) { throw new TypeError("the text of a Date (TbDate.toString: localized) is not made here: use toISOString() (see docs/rules-scripts.md)"); }
     if (typeof v === "object") {
       return "{" + Object.keys(v).filter(function (k) { return v[k] !== null; }).map(function (k) {
         return k + "=" + text(v[k]); }).join(", ") + "}";
@@ -106,7 +107,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
   }
 // map keys are text, as JSON's are
   function key(k) { return String(k); }
-  var KINDS = {list: "a list", map: "a map", text: "text", entry: "a map entry", number: "a number", boolean: "a boolean"};
+  var KINDS = {list: "a list", map: "a map", text: "text", entry: "a map entry", number: "a number", boolean: "a boolean", date: "a Date"};
 // a method's overloads: from f.min (else f.length) to f.max (else f.length) arguments; a call
 // with another count is one MVEL finds no method for (an error, never an argument dropped)
   function opt(min, max, f) { f.min = min; f.max = max; return f; }
@@ -352,28 +353,283 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
     while (b > a && s.charCodeAt(b - 1) <= 32) { b--; }
     return s.slice(a, b);
   }});
-// String.split(regex[, limit]): only its fast path, a one-character literal separator (or a
-// backslash and a character that is not a letter or digit), as String.split has it: a limit > 0
-// gives at most limit parts (the last holds the rest), 0 (the default) removes trailing empty
-// strings, < 0 keeps them; no separator found: the text itself
+// java.util.regex.Pattern as a JavaScript RegExp (flag "u": a character is a code point, as in
+// Java). The common subset is translated where the two read the same text differently: "." is
+// any character but Java's line terminators (\n \r \u0085 \u2028 \u2029), "$" also matches
+// before a final line terminator (Pattern.Dollar), \s is Java's [ \t\n\x0B\f\r], \Q...\E is
+// quoted, \A \z \Z, \a \e \0oo \cX \x{h...} and the ASCII \p{Lower}-like classes are written out,
+// a "]" first in a class is a literal, a leading (?i) / (?s) are flags. Java's errors are
+// PatternSyntaxException (a dangling quantifier, "{" that is no repetition, an unknown escape,
+// an unclosed class); what Java reads but this translation cannot is an error naming it
+// (possessive quantifiers, atomic groups, back references, inline flags elsewhere, nested
+// classes and &&, \G \h \v \R \X and Unicode properties).
+  var REGEX_CACHE = new Map();
+  var SPACE = " \\t\\n\\x0B\\f\\r";
+  var DOT = "[^\\n\\r\\u0085\\u2028\\u2029]";
+  var DOLLAR = "(?=(?:\\r\\n|[\\n\\r\\u0085\\u2028\\u2029])?$)(?!(?<=\\r)\\n)";
+  var POSIX = {Lower: "a-z", Upper: "A-Z", ASCII: "\\x00-\\x7F", Alpha: "a-zA-Z", Digit: "0-9",
+    Alnum: "a-zA-Z0-9", Punct: "!-\\/:-@\\[-`{-~", Graph: "!-~", Print: " -~", Blank: " \\t",
+    Cntrl: "\\x00-\\x1F\\x7F", XDigit: "0-9a-fA-F", Space: SPACE};
+  var SYNTAX = "^$\\.*+?()[]{}|/";
+// PatternSyntaxException's message: its description, the index, the pattern on the next line
+  function patternError(regex, at, what) {
+    var e = new SyntaxError(what + " near index " + at + "\n" + regex);
+    e.name = "PatternSyntaxException";
+    return e;
+  }
+  function notHere(regex, what) {
+    return new SyntaxError("the regular expression " + JSON.stringify(regex) + ": " + what + " is not supported here (see docs/rules-scripts.md)");
+  }
+  function codePoint(cp) { return "\\u{" + cp.toString(16) + "}"; }
+  function translateRegex(regex) {
+    var i = 0, n = regex.length, out = "", flags = "u", dotAll = false, atom = false, c, m;
+    m = /^\(\?([a-zA-Z]+)\)/.exec(regex);
+    if (m) {
+      if (!/^[is]+$/.test(m[1])) { throw notHere(regex, "the inline flag group (?" + m[1] + ")"); }
+      if (m[1].indexOf("i") >= 0) { flags += "i"; }
+      dotAll = m[1].indexOf("s") >= 0;
+      i = m[0].length;
+    }
+    function esc(inClass) {
+      var d = regex[i + 1], at = i, k, v, name;
+      if (d === undefined) { throw patternError(regex, n, "Unexpected internal error"); }
+      if (!/[0-9A-Za-z]/.test(d)) {
+        i += 2;
+        if (SYNTAX.indexOf(d) >= 0 || (inClass && d === "-")) { return "\\" + d; }
+        return d;
+      }
+      i += 2;
+      switch (d) {
+        case "d": case "D": case "w": case "W": case "t": case "n": case "r": case "f": return "\\" + d;
+        case "s": return inClass ? SPACE : "[" + SPACE + "]";
+        case "S":
+          if (inClass) { throw notHere(regex, "\\S inside a character class"); }
+          return "[^" + SPACE + "]";
+        case "b": case "B":
+          if (inClass) { throw notHere(regex, "\\" + d + " inside a character class"); }
+          return "\\" + d;
+        case "a": return "\\x07";
+        case "e": return "\\x1B";
+        case "A": case "z": case "Z":
+          if (inClass) { throw patternError(regex, at + 1, "Illegal/unsupported escape sequence"); }
+          return d === "A" ? "^" : d === "z" ? "$" : DOLLAR;
+        case "x":
+          m = /^([0-9a-fA-F]{2})|^\{([0-9a-fA-F]+)\}/.exec(regex.slice(i));
+          if (!m) { throw patternError(regex, at, "Illegal hexadecimal escape sequence"); }
+          i += m[0].length;
+          v = parseInt(m[1] || m[2], 16);
+          if (v > 0x10FFFF) { throw patternError(regex, at, "Hexadecimal codepoint is too big"); }
+          return codePoint(v);
+        case "u":
+          m = /^[0-9a-fA-F]{4}/.exec(regex.slice(i));
+          if (!m) { throw patternError(regex, at, "Illegal Unicode escape sequence"); }
+          i += 4;
+          return codePoint(parseInt(m[0], 16));
+        case "0":
+          m = /^[0-7]{1,3}/.exec(regex.slice(i));
+          if (!m) { throw patternError(regex, at, "Illegal octal escape sequence"); }
+          k = m[0].length === 3 && m[0][0] > "3" ? m[0].slice(0, 2) : m[0];
+          i += k.length;
+          return codePoint(parseInt(k, 8));
+        case "c":
+          if (i >= n) { throw patternError(regex, at, "Illegal control escape sequence"); }
+          v = regex.codePointAt(i);
+          i += v > 0xFFFF ? 2 : 1;
+          return codePoint(v ^ 64);
+        case "Q":
+          k = regex.indexOf("\\E", i);
+          if (k < 0) { k = n; }
+          v = Array.from(regex.slice(i, k)).map(function (ch) {
+            return SYNTAX.indexOf(ch) >= 0 || ch === "-" ? "\\" + ch : ch; }).join("");
+          i = Math.min(k + 2, n);
+          return inClass ? v : "(?:" + v + ")";
+        case "p": case "P":
+          m = /^\{([A-Za-z]+)\}/.exec(regex.slice(i));
+          name = m ? m[1] : "";
+          if (!m || !own.call(POSIX, name)) { throw notHere(regex, "the character property \\" + d + regex.slice(i, i + (m ? m[0].length : 1))); }
+          i += m[0].length;
+          if (d === "p") { return inClass ? POSIX[name] : "[" + POSIX[name] + "]"; }
+          if (inClass) { throw notHere(regex, "\\P{...} inside a character class"); }
+          return "[^" + POSIX[name] + "]";
+        case "1": case "2": case "3": case "4": case "5": case "6": case "7": case "8": case "9":
+          throw notHere(regex, "the back reference \\" + d);
+        case "k": throw notHere(regex, "the named back reference \\k");
+        case "G": case "h": case "H": case "v": case "V": case "R": case "X": case "N": case "E":
+          throw notHere(regex, "\\" + d);
+      }
+      throw patternError(regex, at + 1, "Illegal/unsupported escape sequence");
+    }
+    function klass() {
+      var start = i, s = "[";
+      i++;
+      if (regex[i] === "^") { s += "^"; i++; }
+      if (regex[i] === "]") { s += "\\]"; i++; }
+      for (;;) {
+        if (i >= n) { throw patternError(regex, n - 1, "Unclosed character class"); }
+        c = regex[i];
+        if (c === "]") { i++; return s + "]"; }
+        if (c === "[") { throw notHere(regex, "a class inside a character class ([a[b]])"); }
+        if (c === "&" && regex[i + 1] === "&") { throw notHere(regex, "an intersection of character classes (&&)"); }
+        if (c === "\\") { s += esc(true); continue; }
+        s += c;
+        i++;
+      }
+    }
+    while (i < n) {
+      c = regex[i];
+      if (c === "\\") { out += esc(false); atom = true; continue; }
+      if (c === "[") { out += klass(); atom = true; continue; }
+      if (c === "(") {
+        if (regex[i + 1] === "?") {
+          m = /^\(\?(?::|=|!|<=|<!|<[a-zA-Z][a-zA-Z0-9]*>)/.exec(regex.slice(i));
+          if (!m) {
+            throw notHere(regex, regex[i + 2] === ">" ? "an atomic group (?>...)" : "an inline flag group (?...) other than a leading (?i) or (?s)");
+          }
+          out += m[0];
+          i += m[0].length;
+        } else { out += "("; i++; }
+        atom = false;
+        continue;
+      }
+      if (c === "*" || c === "+" || c === "?" || c === "{") {
+        m = c === "{" ? /^\{\d+(?:,\d*)?\}/.exec(regex.slice(i)) : [c];
+        if (!m) { throw patternError(regex, i, "Illegal repetition"); }
+        if (!atom) { throw patternError(regex, i, "Dangling meta character '" + c + "'"); }
+        out += m[0];
+        i += m[0].length;
+        if (regex[i] === "?") { out += "?"; i++; }
+        else if (regex[i] === "+") { throw notHere(regex, "the possessive quantifier " + m[0] + "+"); }
+        atom = false;
+        continue;
+      }
+      atom = c !== "|" && c !== "^" && c !== "$";
+      out += c === "." ? (dotAll ? "[^]" : DOT) : c === "$" ? DOLLAR : c === "]" || c === "}" ? "\\" + c : c;
+      i++;
+    }
+    return {source: out, flags: flags};
+  }
+// the RegExp of a Java regex, compiled once per context (whole: anchored, for String.matches;
+// else global, for Pattern.split's find loop); a few hundred patterns at most are kept
+  function javaRegExp(regex, whole) {
+    var k = (whole ? "m" : "f") + regex, r = REGEX_CACHE.get(k), t;
+    if (r === undefined) {
+      t = translateRegex(regex);
+      try {
+        r = new RegExp(whole ? "^(?:" + t.source + ")$" : t.source, whole ? t.flags : t.flags + "g");
+      } catch (e) {
+        throw patternError(regex, 0, String(e.message));
+      }
+      if (REGEX_CACHE.size >= 256) { REGEX_CACHE.clear(); }
+      REGEX_CACHE.set(k, r);
+    }
+    r.lastIndex = 0;
+    return r;
+  }
+// a script's literal regex, checked when it is compiled (sandbox.py): its error, if any
+  __tbelRegex = function (regex) { javaRegExp(regex, true); javaRegExp(regex, false); return null; };
+// String.split(regex[, limit]) (Pattern.split, with String.split's fast path for a one-character
+// literal): a limit > 0 gives at most limit parts (the last holds the rest), 0 (the default)
+// removes trailing empty strings, < 0 keeps them; no match: the text itself; a zero-width match
+// at the start gives no leading empty string
   define("split", {text: opt(1, 2, function (regex, limit) {
     aText("split", regex);
-    var s = String(this), sep = null, parts = [], off = 0, next;
+    var s = String(this), sep = null, parts = [], index = 0, next, end, r, m;
     limit = arguments.length >= 2 ? whole("split", limit) : 0;
     if (regex.length === 1 && ".$|()[{^?*+\\".indexOf(regex) < 0) { sep = regex; }
     else if (regex.length === 2 && regex[0] === "\\" && !/[0-9A-Za-z]/.test(regex[1])) { sep = regex[1]; }
-    if (sep === null) {
-      throw new TypeError("split(" + JSON.stringify(regex) + "): only a one-character separator is supported (see docs/rules-scripts.md)");
+    if (sep !== null && sep.charCodeAt(0) >= 0xD800 && sep.charCodeAt(0) <= 0xDFFF) { sep = null; }
+    if (sep === null) { r = javaRegExp(regex, false); }
+    for (;;) {
+      if (sep !== null) {
+        next = s.indexOf(sep, index);
+        if (next < 0) { break; }
+        end = next + 1;
+      } else {
+        m = r.exec(s);
+        if (m === null) { break; }
+        next = m.index;
+        end = next + m[0].length;
+        if (end === next) { r.lastIndex = end < s.length && s.codePointAt(end) > 0xFFFF ? end + 2 : end + 1; }
+      }
+      if (limit > 0 && parts.length >= limit - 1) {
+        parts.push(s.substring(index));
+        index = end;
+        break;
+      }
+      if (index === 0 && next === 0 && end === 0) { continue; }
+      parts.push(s.substring(index, next));
+      index = end;
     }
-    while ((next = s.indexOf(sep, off)) !== -1) {
-      if (limit <= 0 || parts.length < limit - 1) { parts.push(s.substring(off, next)); off = next + 1; }
-      else { parts.push(s.substring(off)); off = s.length; break; }
-    }
-    if (off === 0) { return [s]; }
-    if (limit <= 0 || parts.length < limit) { parts.push(s.substring(off)); }
+    if (index === 0) { return [s]; }
+    if (limit <= 0 || parts.length < limit) { parts.push(s.substring(index)); }
     if (limit === 0) { while (parts.length > 0 && parts[parts.length - 1] === "") { parts.pop(); } }
     return parts;
   })});
+// String.replaceAll(regex, replacement) / replaceFirst (Matcher.replaceAll / replaceFirst):
+// the replacement as Matcher.appendReplacement reads it: \\x is x, $n the group n (as many
+// digits as name a group), ${name} a named group, an unmatched group nothing; its errors
+// (IllegalArgumentException, IndexOutOfBoundsException) at the first match, as in Java
+  function expandReplacement(rep, m) {
+    var out = "", i = 0, c, ref, name, next, groups = m.length - 1, v;
+    while (i < rep.length) {
+      c = rep[i];
+      if (c === "\\") {
+        i++;
+        if (i === rep.length) { throw iae("character to be escaped is missing"); }
+        out += rep[i++];
+        continue;
+      }
+      if (c !== "$") { out += c; i++; continue; }
+      i++;
+      if (i === rep.length) { throw iae("Illegal group reference: group index is missing"); }
+      if (rep[i] === "{") {
+        i++;
+        name = "";
+        while (i < rep.length && /[A-Za-z0-9]/.test(rep[i])) { name += rep[i++]; }
+        if (name.length === 0) { throw iae("named capturing group has 0 length name"); }
+        if (rep[i] !== "}") { throw iae("named capturing group is missing trailing '}'"); }
+        if (/^[0-9]/.test(name)) { throw iae("capturing group name {" + name + "} starts with digit character"); }
+        if (!m.groups || !own.call(m.groups, name)) { throw iae("No group with name {" + name + "}"); }
+        i++;
+        v = m.groups[name];
+      } else {
+        ref = rep.charCodeAt(i) - 48;
+        if (ref < 0 || ref > 9) { throw iae("Illegal group reference"); }
+        i++;
+        while (i < rep.length && (next = rep.charCodeAt(i) - 48) >= 0 && next <= 9 && ref * 10 + next <= groups) {
+          ref = ref * 10 + next;
+          i++;
+        }
+        if (ref > groups) { var e = new RangeError("No group " + ref); e.name = "IndexOutOfBoundsException"; throw e; }
+        v = m[ref];
+      }
+      if (v !== undefined) { out += v; }
+    }
+    return out;
+  }
+  function iae(message) { var e = new Error(message); e.name = "IllegalArgumentException"; return e; }
+  function javaReplace(name, s, regex, rep, all) {
+    var r = javaRegExp(aText(name, regex), false), out = "", index = 0, m;
+    aText(name, rep);
+    while ((m = r.exec(s)) !== null) {
+      out += s.substring(index, m.index) + expandReplacement(rep, m);
+      index = m.index + m[0].length;
+      if (!all) { break; }
+      if (m[0].length === 0) { r.lastIndex = index < s.length && s.codePointAt(index) > 0xFFFF ? index + 2 : index + 1; }
+    }
+    return out + s.substring(index);
+  }
+  define("replaceAll", {text: function (regex, rep) { return javaReplace("replaceAll", String(this), regex, rep, true); }});
+  define("replaceFirst", {text: function (regex, rep) { return javaReplace("replaceFirst", String(this), regex, rep, false); }});
+// String.matches(regex) (Pattern.matches: the whole text), charAt(index) (a one-character text;
+// StringIndexOutOfBoundsException as Java 17's String.charAt words it)
+  define("matches", {text: function (regex) { return javaRegExp(aText("matches", regex), true).test(String(this)); }});
+  define("charAt", {text: function (i) {
+    var s = String(this);
+    whole("charAt", i);
+    if (i < 0 || i >= s.length) { throw new RangeError("String index out of range: " + i); }
+    return s[i];
+  }});
 // ExecutionArrayList.slice([start[, end]]) (ArrayTools.initStartIndex / initEndIndex, then
 // ArrayList.subList: a start after the end throws), concat(list) (a new list), reverse (in
 // place), toReversed (a new list); String.concat
@@ -407,16 +663,46 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
     if (x === y) { return x !== 0 ? 0 : (1 / x < 0) === (1 / y < 0) ? 0 : 1 / x < 0 ? -1 : 1; }
     return x !== x ? (y !== y ? 0 : 1) : -1;
   }
-  function sorted(list, asc) {
-    var nums = list.map(javaDoubleOf), i, keyed = [];
+  function sorted(list, asc) { return sortedBy(list, list, asc); }
+// items in the order of their values (values[i] is items[i]'s), as sorted sorts a list
+  function sortedBy(items, values, asc) {
+    var nums = values.map(javaDoubleOf), i, keyed = [];
     var numeric = nums.every(function (x) { return x !== null; });
-    for (i = 0; i < list.length; i++) { keyed.push([numeric ? nums[i] : text(list[i]), list[i]]); }
+    for (i = 0; i < items.length; i++) { keyed.push([numeric ? nums[i] : text(values[i]), items[i]]); }
     keyed.sort(function (p, q) {
       var c = numeric ? compareDoubles(p[0], q[0]) : (p[0] < q[0] ? -1 : p[0] > q[0] ? 1 : 0);
       return asc ? c : -c;
     });
     return keyed.map(function (p) { return p[1]; });
   }
+// ExecutionHashMap.sortByKey([asc]) / sortByValue([asc]): the map's entries put back in the
+// order of its keys (keys().sort(asc), as a list sorts) or of its values (sortMapByValue: by
+// number when every value reads as one, else by String.valueOf; stable), in place, null;
+// toSortedByKey / toSortedByValue: a new map in that order. (A key that is a whole number, "7",
+// comes first in ascending order whatever the sort: JavaScript objects order such keys so.)
+  function keysByKey(m, asc) { var ks = Object.keys(m); return sortedBy(ks, ks, asc); }
+  function keysByValue(m, asc) {
+    var ks = Object.keys(m);
+    return sortedBy(ks, ks.map(function (k) { return m[k]; }), asc);
+  }
+  function reordered(m, ks) {
+    var out = {};
+    for (var i = 0; i < ks.length; i++) { out[ks[i]] = m[ks[i]]; }
+    return out;
+  }
+  function reorder(m, ks) {
+    var vals = ks.map(function (k) { return m[k]; }), i;
+    for (i = 0; i < ks.length; i++) { delete m[ks[i]]; }
+    for (i = 0; i < ks.length; i++) { m[ks[i]] = vals[i]; }
+    return null;
+  }
+  define("sortByKey", {map: opt(0, 1, function () { return reorder(this, keysByKey(this, ascending("sortByKey", arguments))); })});
+  define("sortByValue", {map: opt(0, 1, function () { return reorder(this, keysByValue(this, ascending("sortByValue", arguments))); })});
+  define("toSortedByKey", {map: opt(0, 1, function () { return reordered(this, keysByKey(this, ascending("toSortedByKey", arguments))); })});
+  define("toSortedByValue", {map: opt(0, 1, function () { return reordered(this, keysByValue(this, ascending("toSortedByValue", arguments))); })});
+// ExecutionHashMap.clone (slice(): a new map, the same values), ArrayList.clone (a new list)
+  define("clone", {map: function () { return reordered(this, Object.keys(this)); },
+    list: function () { return this.slice(); }});
   function ascending(name, args) {
     if (args.length === 0) { return true; }
     if (typeof args[0] !== "boolean") { throw new TypeError(name + "(): asc is not true or false"); }
@@ -431,7 +717,8 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
 // Java's toString: String.valueOf of the value (see text)
   define("toString", {list: function () { return text(this); }, map: function () { return text(this); },
     entry: function () { return text(this); }, text: function () { return String(this); },
-    number: function () { return text(this); }, boolean: function () { return String(this); }});
+    number: function () { return text(this); }, boolean: function () { return String(this); },
+    date: function () { return text(this); }});
 // MVEL reads x.size as x.size(): PropertyTools.getGetter takes a method of that name with no
 // argument before a map's key (ReflectiveAccessorOptimizer.getBeanProperty)
   getter("size", "size");
@@ -441,6 +728,203 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry;
   getter("values", "values");
   getter("keySet", "keySet");
   getter("entrySet", "entrySet");
+// ThingsBoard's TbDate (TBEL's Date): an instant, epoch milliseconds plus the nanoseconds past
+// them (addNanos). The server's zone (ZoneId.systemDefault) is UTC here, as on ThingsBoard's
+// images: getFullYear and getUTCFullYear agree. Months are 1 to 12 and days of the week 1
+// (Monday) to 7, as java.time gives them. Its localized texts (toString, toLocaleString, ...)
+// are not made here: a Date in the script's value, or its toString, is an error.
+  function TbDate(ms, ns) { this.ms = ms; this.ns = ns; }
+  function dateError(message) { var e = new Error(message); e.name = "DateTimeException"; return e; }
+  function notParsed(s) { var e = new Error("Cannot parse value [" + s + "] as instant"); e.name = "ConversionException"; return e; }
+  var MONTHS = ["JANUARY", "FEBRUARY", "MARCH", "APRIL", "MAY", "JUNE", "JULY", "AUGUST", "SEPTEMBER", "OCTOBER", "NOVEMBER", "DECEMBER"];
+  var MON = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+  var DOW = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+  function leap(y) { return (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0; }
+  function monthDays(y, m) { return m === 2 ? (leap(y) ? 29 : 28) : [4, 6, 9, 11].indexOf(m) >= 0 ? 30 : 31; }
+  function field(name, v, lo, hi) {
+    if (!(v >= lo && v <= hi)) { throw dateError("Invalid value for " + name + " (valid values " + lo + " - " + hi + "): " + v); }
+  }
+// ZonedDateTime.of(...) in a zone of a fixed offset (seconds east of UTC): its checks, its instant
+  function epochOf(y, m, d, h, mi, s, ms, offset) {
+    field("MonthOfYear", m, 1, 12);
+    field("DayOfMonth", d, 1, 31);
+    field("HourOfDay", h, 0, 23);
+    field("MinuteOfHour", mi, 0, 59);
+    field("SecondOfMinute", s, 0, 59);
+    field("NanoOfSecond", ms * 1000000, 0, 999999999);
+    if (d > monthDays(y, m)) {
+      throw dateError(m === 2 && d === 29 ? "Invalid date 'February 29' as '" + y + "' is not a leap year" : "Invalid date '" + MONTHS[m - 1] + " " + d + "'");
+    }
+    var t = new Date(0);
+    t.setUTCFullYear(y, m - 1, d);
+    t.setUTCHours(h, mi, s, ms);
+    return t.getTime() - offset * 1000;
+  }
+// ZoneId.of of a fixed offset (+03:00, -02, +0530, UTC, GMT, Z); region ids need the time-zone
+// database, which is not here
+  function zoneOffset(tz) {
+    if (tz === null || tz === undefined || tz === "") { return 0; }
+    if (typeof tz !== "string") { throw new TypeError("the time zone is not text"); }
+    if (/^(?:Z|UTC|GMT|UT)$/.test(tz)) { return 0; }
+    var m = /^(?:UTC|GMT|UT)?([+-])(\d{1,2})(?::?(\d{2})(?::?(\d{2}))?)?$/.exec(tz);
+    if (!m) { throw new TypeError("the time zone " + JSON.stringify(tz) + " is not supported here (UTC or an offset such as +02:00; see docs/rules-scripts.md)"); }
+    var secs = Number(m[2]) * 3600 + Number(m[3] || 0) * 60 + Number(m[4] || 0);
+    if (Number(m[2]) > 18 || secs > 18 * 3600) { throw dateError("Zone offset not in valid range: -18:00 to +18:00"); }
+    return m[1] === "-" ? -secs : secs;
+  }
+  function offsetText(t) {
+    if (t === undefined || /^[Zz]$|^GMT$|^UTC$/.test(t)) { return 0; }
+    var m = /^([+-])(\d{2})(?::?(\d{2})(?::?(\d{2}))?)?$/.exec(t);
+    if (!m) { return null; }
+    var secs = Number(m[2]) * 3600 + Number(m[3] || 0) * 60 + Number(m[4] || 0);
+    return m[1] === "-" ? -secs : secs;
+  }
+  function fraction(f) { return f ? Number((f + "00000000").slice(0, 9)) : 0; }
+// TbDate(String): ISO_OFFSET_DATE_TIME, else TbDate.parse (the pattern
+// "yyyy-MM-dd[[ ]['T']HH:mm[:ss[.SSS]][ ][XXX][Z]...]", no zone: the server's), when the text
+// starts with a digit; else RFC_1123_DATE_TIME (no zone: the server's)
+  function parseIso(s) {
+    var m = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{0,9}))?)?([Zz]|[+-]\d{2}(?::\d{2}(?::\d{2})?)?)$/.exec(s);
+    if (!m) { return null; }
+    var off = offsetText(m[8]), n = fraction(m[7]);
+    return new TbDate(epochOf(Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6] || 0), Math.floor(n / 1000000), off), n % 1000000);
+  }
+  function parseLenient(s) {
+    var m = /^(\d{4})-(\d{2})-(\d{2}) ?T?(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{3}))?)? ?(Z|[+-]\d{2}:\d{2}|[+-]\d{4}|GMT|UTC)?$/.exec(s);
+    if (!m) { return null; }
+    try {
+      return epochOf(Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6] || 0), Number(m[7] || 0), offsetText(m[8]));
+    } catch (e) { return null; }
+  }
+  function parseRfc(s) {
+    var m = /^(?:(Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?(\d{1,2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (\d{4}) (\d{2}):(\d{2})(?::(\d{2}))?(?: (GMT|[+-]\d{2}(?:\d{2}(?:\d{2})?)?))?$/i.exec(s.trim());
+    if (!m) { return null; }
+    var ms = epochOf(Number(m[4]), MON.indexOf(m[3].toLowerCase()) + 1, Number(m[2]), Number(m[5]), Number(m[6]), Number(m[7] || 0), 0, offsetText(m[8]));
+    if (m[1] && DOW[(new Date(ms + offsetText(m[8]) * 1000).getUTCDay() + 6) % 7] !== m[1].toLowerCase()) { return null; }
+    return ms;
+  }
+  function parseDate(s) {
+    var d = null, ms;
+    try {
+      if (s.length > 0 && s[0] >= "0" && s[0] <= "9") {
+        d = parseIso(s);
+        if (d === null) { ms = parseLenient(s); d = ms === null ? null : new TbDate(ms, 0); }
+      } else {
+        ms = parseRfc(s);
+        d = ms === null ? null : new TbDate(ms, 0);
+      }
+    } catch (e) { d = null; }
+    if (d === null) { throw notParsed(s); }
+    return d;
+  }
+  function wholeArg(name, v) {
+    if (!(typeof v === "number" && v % 1 === 0)) { throw new TypeError(name + ": " + text(v) + " is not a whole number"); }
+    return v;
+  }
+// new Date(), new Date(ms), new Date(text), new Date(year, month, date[, hrs, min[, sec[, ms]]][, tz])
+// (a year below 70 is 20yy, below 100 19yy: TbDate.parseInstant)
+  function newDate() {
+    var a = Array.prototype.slice.call(arguments), n = a.length, tz = null;
+    if (n === 0) { return new TbDate(Date.now(), 0); }
+    if (n === 1) {
+      if (typeof a[0] === "string") { return parseDate(a[0]); }
+      return new TbDate(wholeArg("new Date()", a[0]), 0);
+    }
+    if (typeof a[0] === "string") { throw new TypeError("new Date(text, pattern...) is not supported here (see docs/rules-scripts.md)"); }
+    if (n > 3 && typeof a[n - 1] === "string") { tz = a.pop(); n--; }
+    if (n !== 3 && n !== 5 && n !== 6 && n !== 7) { throw new TypeError("unable to resolve constructor: new Date() with " + arguments.length + " arguments"); }
+    a.forEach(function (v) { wholeArg("new Date()", v); });
+    var y = a[0] < 70 ? 2000 + a[0] : a[0] <= 99 ? 1900 + a[0] : a[0];
+    return new TbDate(epochOf(y, a[1], a[2], a[3] || 0, a[4] || 0, a[5] || 0, a[6] || 0, zoneOffset(tz)), 0);
+  }
+  newDate.prototype = TbDate.prototype;
+  __TbelDate = TbDate;
+  __tbelNewDate = newDate;
+  Object.defineProperty(TbDate.prototype, "toJSON", {value: function () {
+    throw new TypeError("a Date in the script's value: ThingsBoard writes its localized text, which is not made here; give toISOString() or getTime() (see docs/rules-scripts.md)");
+  }});
+  function civil(d) {
+    var t = new Date(d.ms);
+    return {y: t.getUTCFullYear(), m: t.getUTCMonth() + 1, d: t.getUTCDate(), h: t.getUTCHours(), mi: t.getUTCMinutes(),
+      s: t.getUTCSeconds(), ms: t.getUTCMilliseconds(), dow: (t.getUTCDay() + 6) % 7 + 1};
+  }
+  function pad(v, n) { var s = String(Math.abs(v)); while (s.length < n) { s = "0" + s; } return (v < 0 ? "-" : "") + s; }
+// Instant.toString (ISO_INSTANT): the fraction in 3, 6 or 9 digits, none when zero
+  function isoText(d) {
+    var c = civil(d), nanos = c.ms * 1000000 + d.ns, f = "";
+    if (nanos !== 0) {
+      f = "." + pad(nanos, 9);
+      f = nanos % 1000000 === 0 ? f.slice(0, 4) : nanos % 1000 === 0 ? f.slice(0, 7) : f;
+    }
+    var y = c.y > 9999 ? "+" + c.y : pad(c.y, 4);
+    return y + "-" + pad(c.m, 2) + "-" + pad(c.d, 2) + "T" + pad(c.h, 2) + ":" + pad(c.mi, 2) + ":" + pad(c.s, 2) + f + "Z";
+  }
+// ZonedDateTime.plusYears / plusMonths (the day kept, else the month's last), plusWeeks ...
+  function plusMonths(d, months) {
+    var c = civil(d), total = c.y * 12 + (c.m - 1) + months, y = Math.floor(total / 12), m = total - y * 12 + 1;
+    d.ms = epochOf(y, m, Math.min(c.d, monthDays(y, m)), c.h, c.mi, c.s, c.ms, 0);
+    return null;
+  }
+  function plusMs(d, ms) { d.ms += ms; return null; }
+  var DATE_GETTERS = {FullYear: "y", Month: "m", Date: "d", Day: "dow", Hours: "h", Minutes: "mi", Seconds: "s", Milliseconds: "ms"};
+  Object.keys(DATE_GETTERS).forEach(function (k) {
+    var f = function () { return civil(this)[DATE_GETTERS[k]]; };
+    define("get" + k, {date: f});
+    define("getUTC" + k, {date: f});
+  });
+  define("getTime", {date: function () { return this.ms; }});
+  define("valueOf", {date: function () { return this.ms; }});
+  define("parseSecondMilli", {date: function () { return this.ms; }});
+  define("parseSecond", {date: function () { return Math.floor(this.ms / 1000); }});
+  define("toISOString", {date: function () { return isoText(this); }});
+  define("toJSON", {date: function () { return isoText(this); }});
+  define("setTime", {date: function (ms) { this.ms = wholeArg("setTime()", ms); this.ns = 0; return null; }});
+  define("addYears", {date: function (n) { return plusMonths(this, 12 * wholeArg("addYears()", n)); }});
+  define("addMonths", {date: function (n) { return plusMonths(this, wholeArg("addMonths()", n)); }});
+  define("addWeeks", {date: function (n) { return plusMs(this, 604800000 * wholeArg("addWeeks()", n)); }});
+  define("addDays", {date: function (n) { return plusMs(this, 86400000 * wholeArg("addDays()", n)); }});
+  define("addHours", {date: function (n) { return plusMs(this, 3600000 * wholeArg("addHours()", n)); }});
+  define("addMinutes", {date: function (n) { return plusMs(this, 60000 * wholeArg("addMinutes()", n)); }});
+  define("addSeconds", {date: function (n) { return plusMs(this, 1000 * wholeArg("addSeconds()", n)); }});
+  define("addNanos", {date: function (n) {
+    var total = this.ns + wholeArg("addNanos()", n), carry = Math.floor(total / 1000000);
+    this.ns = total - carry * 1000000;
+    this.ms += carry;
+    return null;
+  }});
+// TbDate.now(), UTC(year[, month[, date[, hrs[, min[, sec[, ms]]]]]]) (0 for year, month or date
+// is 1899, 12, 31), parse(text) (TbDate.parse: -1 when the text does not read)
+  __tbelDateStatics = {
+    now: function () { return Date.now(); },
+    UTC: function (year, month, date, hrs, min, sec, ms) {
+      var a = [year, month || 0, date || 0, hrs || 0, min || 0, sec || 0, ms || 0].map(function (v) { return wholeArg("Date.UTC()", v); });
+      var y = a[0] === 0 ? 1899 : a[0];
+      y = y < 70 ? 2000 + y : y <= 99 ? 1900 + y : y;
+      return epochOf(y, a[1] === 0 ? 12 : a[1], a[2] === 0 ? 31 : a[2], a[3], a[4], a[5], a[6], 0);
+    },
+    parse: function (s) {
+      if (arguments.length > 1) { throw new TypeError("Date.parse(text, format) is not supported here (see docs/rules-scripts.md)"); }
+      if (typeof s !== "string") { throw new TypeError("Date.parse(): the argument is not text"); }
+      var ms = parseLenient(s);
+      return ms === null ? -1 : ms;
+    }
+  };
+// a Date's methods: its own symbol-keyed properties, ahead of Object.prototype's, so that the
+// dispatch of every other value (kind) has no Date to test for; a method a Date has not is
+// an error, as on any value of another kind
+  Object.keys(__tbelS).forEach(function (name) {
+    var impl = M[name], f = impl.date;
+    var allowed = Object.keys(impl).map(function (k) { return KINDS[k]; }).join(" or ");
+    Object.defineProperty(TbDate.prototype, __tbelS[name], {configurable: true, writable: true, enumerable: false,
+      value: function () {
+        var n = arguments.length;
+        if (f === undefined) { throw new TypeError(name + "(): a Date is not " + allowed); }
+        if (n < f.min || n > f.max) {
+          throw new TypeError("unable to resolve method: " + name + "() with " + n + " argument" + (n === 1 ? "" : "s") + " on a Date");
+        }
+        return f.apply(this, arguments);
+      }});
+  });
 // MVEL's ForEachNode: a list (Iterable; ArrayList's iterator throws
 // ConcurrentModificationException when the list changes size meanwhile), text (its chars),
 // an integer n (1 to n, counted as it goes: for (i = 1; i != n + 1; i++), so a negative n runs
@@ -772,6 +1256,7 @@ var __tbelH = (function () {
   }
   function numberHex(number, bigEndian, pref, len, hexLenMax) {
     var hex = BigInt.asUintN(64, number).toString(16).toUpperCase(), out;
+    if (hexLenMax < 0) { hexLenMax = hex.length; }
     out = hex.replace(/^0+(?!$)/, "");
     if (out.length % 2 > 0) { out = "0" + out; }
     if (number < 0n) {
@@ -811,7 +1296,9 @@ var __tbelH = (function () {
     if (s === null || s === undefined) { throw nfe("Cannot parse null string: null"); }
     return aText("parse", s);
   }
-  function javaLong(s, radix) {
+// Long.parseLong(s, radix) as a BigInt (its NumberFormatException); javaLong: as a number, exact
+// only up to 2^53 here (beyond, an error)
+  function javaLongBig(s, radix) {
     var under = radix === 10 ? "" : " under radix " + radix, i = 0, neg = false, v = 0n, d, c;
     if (s.length === 0) { throw nfe("For input string: \"\"" + under); }
     if (s[0] === "-" || s[0] === "+") { neg = s[0] === "-"; i = 1; }
@@ -824,10 +1311,87 @@ var __tbelH = (function () {
     }
     if (neg) { v = -v; }
     if (v > 9223372036854775807n || v < -9223372036854775808n) { throw nfe("For input string: \"" + s + "\"" + under); }
+    return v;
+  }
+  function javaLong(s, radix) {
+    var v = javaLongBig(s, radix);
     if (v > 9007199254740991n || v < -9007199254740991n) {
       throw new RangeError("Long.parseLong(\"" + s + "\"): beyond 2^53, not exact as a number here");
     }
     return Number(v);
+  }
+// a Java long given back as a number: exact up to 2^53 only, beyond it an error
+  function exactLong(name, v) {
+    if (v > 9007199254740991n || v < -9007199254740991n) {
+      throw new RangeError(name + "(): " + v + " is beyond 2^53, not exact as a number here");
+    }
+    return Number(v);
+  }
+// a script's number as a Java long (a whole number; exact up to 2^53 as every number here)
+  function longArg(name, v) {
+    if (!isWhole(v)) { throw new TypeError(name + "(): " + v + " is not a whole number"); }
+    return BigInt(v);
+  }
+// TbUtils.parseLong(String, int, boolean): compareIntLongValueMinMax for radix 25..36,
+// parseBinaryStringAsSignedLong (64-bit two's complement), Long.parseLong for 8, 10, 16
+  function parseLong64(value, radix, bigEndian) {
+    var valueP = prepareNumberString(value, bigEndian), r, bin, big;
+    if (valueP === null) { return null; }
+    r = validRadix(valueP, radix, value);
+    if (r >= 25 && r <= 36) {
+      try { return javaLongBig(valueP, r); } catch (e) {
+        var digits = valueP.replace(/^[-+]/, ""), i, d;
+        big = 0n;
+        for (i = 0; i < digits.length; i++) {
+          d = parseInt(digits[i], 36);
+          if (!(d < r)) { throw e; }
+          big = big * BigInt(r) + BigInt(d);
+        }
+        if (valueP[0] === "-") { big = -big; }
+        if (big > 9223372036854775807n) { throw nfe("Value \"" + valueP + "\"is greater than the maximum Long value 9223372036854775807 !"); }
+        if (big < -9223372036854775808n) { throw nfe("Value \"" + valueP + "\" is  less than the minimum Long value -9223372036854775808 !"); }
+        throw e;
+      }
+    }
+    if (r === 2) {
+      bin = valueP.length !== 64 ? valueP.padStart(64, "0") : valueP;
+      if (bin[0] === "1") {
+        var inv = bin.replace(/[01]/g, function (b) { return b === "0" ? "1" : "0"; });
+        return BigInt.asIntN(64, -BigInt.asIntN(64, javaLongBig(inv, 2) + 1n));
+      }
+      return javaLongBig(bin, 2);
+    }
+    return javaLongBig(valueP, r);
+  }
+// Long.parseUnsignedLong(hex, 16) then Double.longBitsToDouble (TbUtils.parseDouble's hex form)
+  function hexDouble(valueP) {
+    if (valueP[0] === "-") { throw nfe("Illegal leading minus sign on unsigned string " + valueP + "."); }
+    var bits = hexBig(valueP);
+    if (bits > 0xFFFFFFFFFFFFFFFFn) { throw nfe("String value " + valueP + " exceeds range of unsigned long."); }
+    var dv = new DataView(new ArrayBuffer(8));
+    dv.setBigUint64(0, bits);
+    return dv.getFloat64(0);
+  }
+// TbUtils.validationNumberByLength (and validateLength's default length)
+  function checkNumberBytes(n, offset, length, max) {
+    if (offset > n) { throw iae("Offset: " + offset + " is out of bounds for array with length: " + n + "!"); }
+    if (offset + length > n) { throw iae("Offset: " + offset + " and Length: " + length + " is out of bounds for array with length: " + n + "!"); }
+    if (length > max) { throw iae("Length: " + length + " is too large. Maximum " + max + " bytes is allowed!"); }
+  }
+  function defaultLength(n, offset, max) { return n < offset ? n : Math.min(n - offset, max); }
+// TbUtils.prepareBytesToNumber: the bytes as an unsigned big-endian BigInt
+  function unsignedOf(bytes, offset, length, bigEndian) {
+    var v = 0n, i, b;
+    for (i = 0; i < length; i++) {
+      b = bytes[bigEndian ? offset + i : offset + length - 1 - i];
+      v = v << 8n | BigInt(b & 255);
+    }
+    return v;
+  }
+  var HEX_DIGITS = "0123456789ABCDEF";
+  function fixedHex(v, digits) {
+    var out = BigInt.asUintN(digits * 4, v).toString(16).toUpperCase();
+    return "0x" + "0".repeat(digits - out.length) + out;
   }
   var java = {
     Integer: {
@@ -869,7 +1433,9 @@ var __tbelH = (function () {
 // each method's overloads by argument count (java.lang's): another count is an error
   var ARITY = {Integer: {parseInt: [1, 2], valueOf: [1, 2], toString: [1, 2], toHexString: [1, 1]},
     Long: {parseLong: [1, 2], valueOf: [1, 2]}, Double: {parseDouble: [1, 1], valueOf: [1, 1]},
-    String: {valueOf: [1, 1]}, Boolean: {parseBoolean: [1, 1]}};
+    String: {valueOf: [1, 1]}, Boolean: {parseBoolean: [1, 1]}, Date: {now: [0, 0], UTC: [1, 7], parse: [1, 2]}};
+  java.Date = __tbelNewDate;
+  Object.keys(__tbelDateStatics).forEach(function (k) { java.Date[k] = __tbelDateStatics[k]; });
   Object.keys(ARITY).forEach(function (cls) {
     Object.keys(ARITY[cls]).forEach(function (m) {
       java[cls][m] = arity(cls + "." + m, ARITY[cls][m][0], ARITY[cls][m][1], java[cls][m]);
@@ -1034,6 +1600,141 @@ var __tbelH = (function () {
       if (v === null) { throw new TypeError("parseBigEndianHexToFloat(): the value is blank (null)"); }
       return v;
     },
+// TbUtils.parseLong(String[, int]), parseHexToLong(String[, boolean]) and its endian forms (a
+// Java long: exact up to 2^53 here, beyond it an error; the one-argument hex forms return long:
+// blank text throws), parseHexToDouble(String[, boolean]) and its endian forms (the double's
+// bits), parseHexIntLongToFloat(String, boolean) (the hex as an int, then a float: a whole
+// number, held exactly, so that a division by a factor gives Java's float)
+    parseLong: function (value, radix) {
+      if (arguments.length >= 2 && !isWhole(radix)) { throw new TypeError("parseLong(): the radix is not a whole number"); }
+      var v = parseLong64(value, arguments.length >= 2 ? radix : 0, true);
+      return v === null ? null : exactLong("parseLong", v);
+    },
+    parseHexToLong: function (hex, bigEndian) {
+      var v = parseLong64(aText("parseHexToLong", hex), 16, arguments.length >= 2 ? flag("parseHexToLong", bigEndian) : true);
+      if (v === null) {
+        if (arguments.length < 2) { throw new TypeError("parseHexToLong(): the value is blank (null)"); }
+        return null;
+      }
+      return exactLong("parseHexToLong", v);
+    },
+    parseLittleEndianHexToLong: function (hex) {
+      var v = parseLong64(aText("parseLittleEndianHexToLong", hex), 16, false);
+      if (v === null) { throw new TypeError("parseLittleEndianHexToLong(): the value is blank (null)"); }
+      return exactLong("parseLittleEndianHexToLong", v);
+    },
+    parseBigEndianHexToLong: function (hex) {
+      var v = parseLong64(aText("parseBigEndianHexToLong", hex), 16, true);
+      if (v === null) { throw new TypeError("parseBigEndianHexToLong(): the value is blank (null)"); }
+      return exactLong("parseBigEndianHexToLong", v);
+    },
+    parseHexToDouble: function (hex, bigEndian) {
+      var valueP = prepareNumberString(aText("parseHexToDouble", hex), arguments.length >= 2 ? flag("parseHexToDouble", bigEndian) : true);
+      if (valueP === null) { throw new TypeError("parseHexToDouble(): the value is blank (null)"); }
+      validRadix(valueP, 16, hex);
+      return hexDouble(valueP);
+    },
+    parseLittleEndianHexToDouble: function (hex) {
+      var valueP = prepareNumberString(aText("parseLittleEndianHexToDouble", hex), false);
+      if (valueP === null) { throw new TypeError("parseLittleEndianHexToDouble(): the value is blank (null)"); }
+      validRadix(valueP, 16, hex);
+      return hexDouble(valueP);
+    },
+    parseBigEndianHexToDouble: function (hex) {
+      var valueP = prepareNumberString(aText("parseBigEndianHexToDouble", hex), true);
+      if (valueP === null) { throw new TypeError("parseBigEndianHexToDouble(): the value is blank (null)"); }
+      validRadix(valueP, 16, hex);
+      return hexDouble(valueP);
+    },
+    parseHexIntLongToFloat: function (hex, bigEndian) {
+      var valueP = prepareNumberString(aText("parseHexIntLongToFloat", hex), flag("parseHexIntLongToFloat", bigEndian));
+      if (valueP === null) { return null; }
+      validRadix(valueP, 16, hex);
+      return Math.fround(Number(BigInt.asIntN(32, javaLongBig(valueP, 16))));
+    },
+// TbUtils.parseBytesToDouble(List[, offset[, length[, bigEndian]]]) (up to 8 bytes as
+// ByteBuffer.getDouble, without length checks: ByteBuffer's exceptions; NaN throws),
+// parseBytesLongToDouble (validationNumberByLength, the bytes as an unsigned BigInteger, its
+// doubleValue), parseBytesIntToFloat (up to 4 bytes, unsigned, its floatValue: a whole number,
+// held exactly, so that a division by a factor gives Java's float: 118030576 / 1e6 is 118.030576)
+    parseBytesToDouble: function (data, offset, length, bigEndian) {
+      var bytes = listBytes("parseBytesToDouble", data), n = bytes.length, i;
+      offset = arguments.length >= 2 ? offset : 0;
+      length = arguments.length >= 3 ? length : defaultLength(n, offset, 8);
+      bigEndian = arguments.length >= 4 ? flag("parseBytesToDouble", bigEndian) : true;
+      if (length > 8) { throw new RangeError("BufferOverflowException"); }
+      if (offset < 0 || length < 0 || offset + length > n) { throw new RangeError("IndexOutOfBoundsException"); }
+      var dv = new DataView(new ArrayBuffer(8)), at = bigEndian ? 8 - length : 0;
+      for (i = 0; i < length; i++) { dv.setUint8(at + i, bytes[offset + i]); }
+      var d = dv.getFloat64(0, !bigEndian);
+      if (d !== d) { throw nfe("byte[] 0x" + hexOf(bytes) + " is a Not-a-Number (NaN) value"); }
+      return d;
+    },
+    parseBytesLongToDouble: function (data, offset, length, bigEndian) {
+      var bytes = listBytes("parseBytesLongToDouble", data), n = bytes.length;
+      offset = arguments.length >= 2 ? offset : 0;
+      length = arguments.length >= 3 ? length : defaultLength(n, offset, 8);
+      bigEndian = arguments.length >= 4 ? flag("parseBytesLongToDouble", bigEndian) : true;
+      checkNumberBytes(n, offset, length, 8);
+      byteBufferPut(8, offset, length, n, true);
+      return Number(unsignedOf(bytes, offset, length, bigEndian));
+    },
+    parseBytesIntToFloat: function (data, offset, length, bigEndian) {
+      var bytes = listBytes("parseBytesIntToFloat", data), n = bytes.length;
+      offset = arguments.length >= 2 ? offset : 0;
+      length = arguments.length >= 3 ? length : defaultLength(n, offset, 4);
+      bigEndian = arguments.length >= 4 ? flag("parseBytesIntToFloat", bigEndian) : true;
+      checkNumberBytes(n, offset, length, 4);
+      byteBufferPut(4, offset, length, n, true);
+      return Math.fround(Number(unsignedOf(bytes, offset, length, bigEndian)));
+    },
+// TbUtils.base64ToBytes (a byte[]: the signed bytes as a list), bytesToBase64(byte[]) (a list of
+// numbers, each as Number.byteValue), hexToBytesArray (hexToBytes as a byte[]), printUnsignedBytes
+// (Byte.toUnsignedInt of each)
+    base64ToBytes: function (s) { return signed(fromBase64(aText("base64ToBytes", s))); },
+    bytesToBase64: function (list) { return toBase64(listBytes("bytesToBase64", list)); },
+    hexToBytesArray: function (value) { return signed(hexToBytes(aText("hexToBytesArray", value))); },
+    printUnsignedBytes: function (list) { return listBytes("printUnsignedBytes", list); },
+// TbUtils.longToHex(Long[, bigEndian[, pref[, len]]]) (at most 16 digits), floatToHex(Float[,
+// bigEndian]) ("0x%08X" of Float.floatToIntBits), doubleToHex(Double[, bigEndian]) ("0x%016X" of
+// Double.doubleToRawLongBits), intLongToRadixString(Long[, radix[, bigEndian[, pref]]])
+// (Long.toString for 10 and 25..36, the unsigned Long.toBinaryString padded to 8/16/32/64
+// digits, Long.toOctalString, prepareNumberHexString for 16)
+    longToHex: function (l, bigEndian, pref, len) {
+      return numberHex(longArg("longToHex", l), arguments.length >= 2 ? flag("longToHex", bigEndian) : true,
+        arguments.length >= 3 ? flag("longToHex", pref) : false, arguments.length >= 4 ? len : -1, 16);
+    },
+    floatToHex: function (f, bigEndian) {
+      if (typeof f !== "number") { throw new TypeError("floatToHex(): the argument is not a number"); }
+      var dv = new DataView(new ArrayBuffer(4));
+      dv.setFloat32(0, f);
+      var out = fixedHex(BigInt(f !== f ? 0x7FC00000 : dv.getUint32(0)), 8);
+      return arguments.length < 2 || flag("floatToHex", bigEndian) ? out : reverseHex(out);
+    },
+    doubleToHex: function (d, bigEndian) {
+      if (typeof d !== "number") { throw new TypeError("doubleToHex(): the argument is not a number"); }
+      var dv = new DataView(new ArrayBuffer(8));
+      dv.setFloat64(0, d);
+      var out = fixedHex(dv.getBigUint64(0), 16);
+      return arguments.length < 2 || flag("doubleToHex", bigEndian) ? out : reverseHex(out);
+    },
+    intLongToRadixString: function (number, radix, bigEndian, pref) {
+      var v = longArg("intLongToRadixString", number), out;
+      radix = arguments.length >= 2 ? radix : 10;
+      if (!isWhole(radix)) { throw new TypeError("intLongToRadixString(): the radix is not a whole number"); }
+      if ((radix >= 25 && radix <= 36) || radix === 10) { return v.toString(radix); }
+      if (radix === 2) {
+        out = BigInt.asUintN(64, v).toString(2);
+        var width = out.length < 8 ? 8 : out.length < 16 ? 16 : out.length < 32 ? 32 : 64;
+        return out.padStart(width, "0");
+      }
+      if (radix === 8) { return BigInt.asUintN(64, v).toString(8); }
+      if (radix === 16) {
+        return numberHex(v, arguments.length >= 3 ? flag("intLongToRadixString", bigEndian) : true,
+          arguments.length >= 4 ? flag("intLongToRadixString", pref) : false, -1, -1);
+      }
+      throw iae("Invalid radix: [" + radix + "]");
+    },
 // TbUtils.intToHex(Integer[, bigEndian[, pref[, len]]]) (prepareNumberHexString,
 // removeLeadingZero_FF: at most 8 digits)
     intToHex: function (i, bigEndian, pref, len) {
@@ -1050,7 +1751,7 @@ var __tbelH = (function () {
       if (typeof value !== "number") { throw new TypeError("isNaN(): the argument is not a number"); }
       return value !== value;
     },
-    isMap: function (v) { return v !== null && typeof v === "object" && !Array.isArray(v) && !(v instanceof __TbelEntry); },
+    isMap: function (v) { return v !== null && typeof v === "object" && !Array.isArray(v) && !(v instanceof __TbelEntry) && !(v instanceof __TbelDate); },
     isList: function (v) { return Array.isArray(v); },
     raiseError: function (message) { throw new Error(message === null || message === undefined ? "null" : String(message)); },
     padStart: function (str, length, c) {
@@ -1104,7 +1805,13 @@ var __tbelH = (function () {
     parseBytesToFloat: [1, 4], parseHexToFloat: [1, 2], parseLittleEndianHexToFloat: [1, 1],
     parseBigEndianHexToFloat: [1, 1], intToHex: [1, 4], toFixed: [2, 2], toInt: [1, 1], isNaN: [1, 1],
     isMap: [1, 1], isList: [1, 1], raiseError: [1, 1], padStart: [3, 3], padEnd: [3, 3],
-    encodeURI: [1, 1], decodeURI: [1, 1]};
+    encodeURI: [1, 1], decodeURI: [1, 1], parseLong: [1, 2], parseHexToLong: [1, 2],
+    parseLittleEndianHexToLong: [1, 1], parseBigEndianHexToLong: [1, 1], parseHexToDouble: [1, 2],
+    parseLittleEndianHexToDouble: [1, 1], parseBigEndianHexToDouble: [1, 1],
+    parseHexIntLongToFloat: [2, 2], parseBytesToDouble: [1, 4], parseBytesLongToDouble: [1, 4],
+    parseBytesIntToFloat: [1, 4], base64ToBytes: [1, 1], bytesToBase64: [1, 1],
+    hexToBytesArray: [1, 1], printUnsignedBytes: [1, 1], longToHex: [1, 4], floatToHex: [1, 2],
+    doubleToHex: [1, 2], intLongToRadixString: [1, 4]};
   var out = {java: java};
   Object.keys(HELPERS).forEach(function (name) {
     out[name] = arity(name, HELPERS[name][0], HELPERS[name][1], h[name]);

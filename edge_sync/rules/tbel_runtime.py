@@ -40,12 +40,19 @@ TBEL_METHODS: tuple[str, ...] = (
     "toString",
     # maps (java.util.LinkedHashMap, ExecutionHashMap)
     "containsKey", "containsValue", "getOrDefault", "put", "putAll", "putIfAbsent", "replace",
-    "keys", "keySet", "values", "entrySet",
+    "keys", "keySet", "values", "entrySet", "sortByKey", "sortByValue", "toSortedByKey",
+    "toSortedByValue", "clone",
     # map entries (ExecutionEntry)
     "getKey", "getValue", "setValue",
     # text (java.lang.String)
     "equalsIgnoreCase", "startsWith", "endsWith", "substring", "toUpperCase", "toLowerCase",
-    "trim", "split",
+    "trim", "split", "matches", "charAt", "replaceAll", "replaceFirst",
+    # ThingsBoard's TbDate (TBEL's Date)
+    "getTime", "valueOf", "parseSecond", "parseSecondMilli", "toISOString", "toJSON", "setTime",
+    "getFullYear", "getMonth", "getDate", "getDay", "getHours", "getMinutes", "getSeconds",
+    "getMilliseconds", "getUTCFullYear", "getUTCMonth", "getUTCDate", "getUTCDay", "getUTCHours",
+    "getUTCMinutes", "getUTCSeconds", "getUTCMilliseconds", "addYears", "addMonths", "addWeeks",
+    "addDays", "addHours", "addMinutes", "addSeconds", "addNanos",
 )
 # Names whose read without a call is MVEL's call of the method with no argument (getGetter):
 # ``x.size``, ``x.empty`` / ``x.isEmpty``, ``map.keys``, ``map.values``, ...
@@ -54,11 +61,10 @@ TBEL_GETTERS: dict[str, str] = {
     "values": "values", "keySet": "keySet", "entrySet": "entrySet",
 }
 # Objects whose methods are JavaScript's and Java's alike, and which (None: any): ``Math.max(a,
-# b)`` (java.lang.Math), ``JSON.parse(s)`` (ThingsBoard's TbJson), ``Date.now()`` (TbDate.now).
+# b)`` (java.lang.Math), ``JSON.parse(s)`` (ThingsBoard's TbJson).
 TBEL_NAMESPACES: dict[str, frozenset[str] | None] = {
     "Math": None,
     "JSON": frozenset({"stringify", "parse"}),
-    "Date": frozenset({"now"}),
 }
 # Java classes whose static methods a script may call (``Integer.parseInt(s)``): in the script's
 # scope these names are the runtime's (``__tbelJava``), with these methods only.
@@ -68,6 +74,8 @@ TBEL_JAVA_STATICS: dict[str, frozenset[str]] = {
     "Double": frozenset({"parseDouble", "valueOf"}),
     "String": frozenset({"valueOf"}),
     "Boolean": frozenset({"parseBoolean"}),
+    # ThingsBoard's TbDate: ``new Date(...)`` and its static methods
+    "Date": frozenset({"now", "UTC", "parse"}),
 }
 
 # TbUtils's helpers, functions of the script's scope (the runtime's ``__tbelH``)
@@ -78,7 +86,12 @@ TBEL_HELPERS: tuple[str, ...] = (
     "parseBigEndianHexToInt", "parseBytesToInt", "parseBytesToLong", "parseBytesToFloat",
     "parseHexToFloat", "parseLittleEndianHexToFloat", "parseBigEndianHexToFloat", "intToHex",
     "toFixed", "toInt", "isNaN", "isMap", "isList", "raiseError", "padStart", "padEnd",
-    "encodeURI", "decodeURI",
+    "encodeURI", "decodeURI", "parseLong", "parseHexToLong", "parseLittleEndianHexToLong",
+    "parseBigEndianHexToLong", "parseHexToDouble", "parseLittleEndianHexToDouble",
+    "parseBigEndianHexToDouble", "parseHexIntLongToFloat", "parseBytesToDouble",
+    "parseBytesLongToDouble", "parseBytesIntToFloat", "base64ToBytes", "bytesToBase64",
+    "hexToBytesArray", "printUnsignedBytes", "longToHex", "floatToHex", "doubleToHex",
+    "intLongToRadixString",
 )
 
 _SOURCE = Path(__file__).with_name("tbel_runtime.js")

@@ -339,8 +339,8 @@ def test_js_scripts_get_no_remove_method() -> None:
      "(line 1: 'int x ='); see docs/rules-scripts.md"),
     ("return msg.list\n  .stream () > 0;", "TBEL: the method stream() is not in the supported "
      "subset (line 2: '.stream ('); see docs/rules-scripts.md"),
-    ("return msg.s.charAt(0);", "TBEL: the method charAt() is not in the supported subset "
-     "(line 1: '.charAt('); see docs/rules-scripts.md"),
+    ("return msg.s.codePointAt(0);", "TBEL: the method codePointAt() is not in the supported "
+     "subset (line 1: '.codePointAt('); see docs/rules-scripts.md"),
     ("return msg.?a;", "TBEL: null-safe navigation (.?) is not in the supported subset (line 1: '.?'); "
      "see docs/rules-scripts.md"),
 ])
