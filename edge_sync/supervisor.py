@@ -55,8 +55,9 @@ __all__ = [
     "actor_child",
 ]
 
-# the start gate of the actors a Supervisor's _start_slot creates (on its thread): they are
-# constructed on the thread that calls the spec's start, so SupervisedActor.__init__ finds it here
+# the start gates of the actors a Supervisor's _start_slot creates (on its thread), one per slot
+# on the path from the root: they are constructed on the thread that calls the spec's start, so
+# SupervisedActor.__init__ finds them here
 _starting = threading.local()
 
 _EXIT_STOPPED = 0
@@ -208,6 +209,10 @@ class Supervisor:
                     exc,
                 )
                 slot.incarnation = 0
+                # the children started wait in on_start for the parent's slot (a nested
+                # supervisor): let them on, or each would answer its stop only at its timeout
+                for gate in getattr(_starting, "gates", ()):
+                    gate.set()
                 for started in reversed(self._slots[:index]):
                     self._stop_slot(started)
                 with self._lock:
@@ -381,9 +386,14 @@ class Supervisor:
             self._inbox.put(_Exited(child_id, incarnation, reason))
 
         # the actors this start creates run on_start only once the slot holds their handle
-        # (SupervisedActor): what they tell at once may be answered through child(child_id)
-        gate, outer = threading.Event(), getattr(_starting, "gate", None)
-        _starting.gate = gate
+        # (SupervisedActor): what they tell at once may be answered through child(child_id).
+        # A nested supervisor's actors wait for every slot on their path, its parent's too:
+        # an Address resolves them from the root, and until the root's slot holds the nested
+        # supervisor, what is told to them is refused; had they started, what they read at
+        # start would miss what was written meanwhile (a downlink's RPC request, whose
+        # notification was refused)
+        gate, outer = threading.Event(), getattr(_starting, "gates", ())
+        _starting.gates = (*outer, gate)
         try:
             handle = slot.spec.start(report_exit)
             with self._lock:
@@ -391,7 +401,7 @@ class Supervisor:
                 if restart:
                     self._restart_counts[child_id] += 1
         finally:
-            _starting.gate = outer
+            _starting.gates = outer
             gate.set()
         if restart and self._on_restart is not None:
             self._on_restart(child_id)
@@ -438,8 +448,9 @@ class SupervisedActor(pykka.ThreadingActor):
         super().__init__()
         self._report_exit = report_exit
         self._exit_reported = False
-        # started by a Supervisor: set once its slot holds this incarnation (_start_slot)
-        self._registered: threading.Event | None = getattr(_starting, "gate", None)
+        # started by a Supervisor: set once its slot (and each enclosing one) holds this
+        # incarnation (_start_slot)
+        self._registered: tuple[threading.Event, ...] = getattr(_starting, "gates", ())
 
     def on_start(self) -> None:
         """Runs on the actor's thread first; waits until the supervisor has the incarnation."""
@@ -449,9 +460,10 @@ class SupervisedActor(pykka.ThreadingActor):
         """An actor started by a Supervisor runs on_start only once the supervisor's slot holds
         it. on_start often reaches out at once (the link connects, and the downlink applied
         is answered to the link through the supervisor's child("connection")): before,
-        on a loaded machine, such an answer could find no running child and be dropped."""
-        if self._registered is not None:
-            self._registered.wait()
+        on a loaded machine, such an answer could find no running child and be dropped.
+        Under a nested supervisor it waits for its parent's slot too (_start_slot)."""
+        for gate in self._registered:
+            gate.wait()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
