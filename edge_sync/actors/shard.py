@@ -173,16 +173,14 @@ class ShardActor(SupervisedActor):
         lost with this incarnation; its successor loads the open RPC requests again."""
         self._wind_down("restarting")
 
-    def fail_pending_messages(self, exc: BaseException) -> None:
-        """A poll still in the inbox is answered too, not only the replies."""
-        error = Unavailable(f"shard-{self.index} is restarting; poll again")
-        pending = []
-        while not self.actor_inbox.empty():
-            pending.append(self.actor_inbox.get())
-        for envelope in pending:
-            fail_subscriber(getattr(envelope.message, "subscriber", None), error)
-            self.actor_inbox.put(envelope)
-        super().fail_pending_messages(exc)
+    @property
+    def label(self) -> str:
+        return f"shard-{self.index}"
+
+    def refuse(self, message: Any, error: Unavailable) -> None:
+        """A poll in the inbox as the shard exits is answered too, not only a reply."""
+        fail_subscriber(getattr(message, "subscriber", None), Unavailable(f"{error}; poll again"))
+        super().refuse(message, error)
 
     def _wind_down(self, why: str) -> None:
         """Stop the timers, and answer every device waiting on an entity of this shard at once

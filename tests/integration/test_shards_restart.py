@@ -2,6 +2,10 @@
 past the restart intensity) while devices post: with the real agent (real LMDB, real actors),
 every post is either committed (in the event log exactly once, answered with its seqs) or
 answered Unavailable (HTTP 503) at once, never left to wait for ``http.request_timeout_s``.
+
+Faults that cannot be produced on purpose for real are injected: a shard's thread is held on
+an Event through pykka's public proxy messages, so that posts queue up in its inbox before and
+after its supervisor asked it to stop.
 """
 
 from __future__ import annotations
@@ -19,19 +23,27 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
+from pykka.messages import ProxyCall, ProxySetAttr
 
 from edge_sync.actors.messages import (
+    BuildEntityIndex,
+    FlushGroup,
+    PassivateIdle,
+    PurgeDeployed,
     RpcQueued,
 )
+from edge_sync.actors.queue_actor import RefusalsTick
 from edge_sync.actors.shard import shard_of
 from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
 from edge_sync.devices.rpc import RpcRequest
+from edge_sync.errors import Unavailable
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device
 from edge_sync.storage.rpc_store import RpcStore
-from edge_sync.supervisor import Supervisor
+from edge_sync.supervisor import Supervisor, _is_stop_request
 from tests.helpers.log_capture import log_records
 from tests.helpers.wait import wait_until
 
@@ -40,6 +52,19 @@ DEADLINE_S = 10.0
 post left waiting for it fails the test."""
 
 REQUEST_TIMEOUT_S = 30.0
+
+
+class Hold:
+    """Set on a shard (ProxySetAttr) and called on its thread (ProxyCall): the shard waits in
+    ``hold`` until the test releases it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.released = threading.Event()
+
+    def hold(self) -> None:
+        self.entered.set()
+        self.released.wait(60)
 
 
 @pytest.fixture
@@ -73,6 +98,31 @@ def shards_supervisor(app: EdgeApp) -> Supervisor:
     return sup
 
 
+def shard_ref(app: EdgeApp, index: int) -> pykka.ActorRef[Any]:
+    ref = app._actor_ref("shards", f"shard-{index}")
+    assert ref is not None and ref.is_alive()
+    return ref
+
+
+def hold(ref: pykka.ActorRef[Any]) -> Hold:
+    """The shard's thread held in Hold.hold until released."""
+    held = Hold()
+    ref.tell(ProxySetAttr(attr_path=("_test_hold",), value=held))
+    ref.tell(ProxyCall(attr_path=("_test_hold", "hold"), args=(), kwargs={}))
+    assert held.entered.wait(DEADLINE_S)
+    return held
+
+
+def inbox(ref: pykka.ActorRef[Any]) -> list[str]:
+    """The kinds of the messages waiting in the actor's inbox, in order (its own timers' ticks
+    left out: they may come at any time)."""
+    with ref.actor_inbox.mutex:  # type: ignore[attr-defined]
+        messages = [envelope.message for envelope in ref.actor_inbox.queue]  # type: ignore[attr-defined]
+    return ["stop" if _is_stop_request(m) else type(m).__name__ for m in messages
+            if not isinstance(m, PassivateIdle | FlushGroup | PurgeDeployed | RefusalsTick
+                              | BuildEntityIndex)]
+
+
 def post(app: EdgeApp, device: Device, value: int) -> Future[range]:
     return app.service.post_telemetry(device.token, {"ts": 1_000 + value, "values": {"v": value}})
 
@@ -96,6 +146,60 @@ def values_in_log(app: EdgeApp, device: Device) -> list[int]:
     with app.store.read() as txn:
         return [e.body["values"]["v"] for e in EventLog(app.store).iter_events(txn)
                 if e.entity_id == device.id and e.action == Action.TIMESERIES_UPDATED.value]
+
+
+def test_posts_caught_in_a_restart_of_the_shards_supervisor_are_committed_or_refused_at_once(
+        app: EdgeApp) -> None:
+    held_shard, other_shard = 0, 1  # the supervisor stops shard-1 first, then shard-0
+    a = device_on(app, held_shard, "held")
+    b = device_on(app, other_shard, "other")
+    old_shards = shards_supervisor(app)
+    held_ref = shard_ref(app, held_shard)
+    held = hold(held_ref)
+
+    # 1. posts queued in the held shard's inbox before its supervisor gives up
+    before = {v: post(app, a, v) for v in range(1, 6)}
+    wait_until(lambda: inbox(held_ref) == ["PostTelemetry"] * 5, timeout=DEADLINE_S,
+               what="five posts queued in the held shard", show=lambda: inbox(held_ref))
+
+    with log_records() as records:
+        # 2. the other shard crashes twice: past the intensity, the shards supervisor gives up
+        #    and stops its shards (shard-1, crashed already, then shard-0: held, so its stop
+        #    request waits in its inbox behind the posts)
+        assert app._crash(f"shard-{other_shard}")
+        wait_until(lambda: old_shards.restarts(f"shard-{other_shard}") == 1, timeout=DEADLINE_S,
+                   what="shard-1 restarted once")
+        wait_until(lambda: app._actor_ref("shards", f"shard-{other_shard}") is not None,
+                   timeout=DEADLINE_S, what="shard-1 running again")
+        assert app._crash(f"shard-{other_shard}")
+        wait_until(lambda: inbox(held_ref) == ["PostTelemetry"] * 5 + ["stop"],
+                   timeout=DEADLINE_S, what="the held shard asked to stop",
+                   show=lambda: inbox(held_ref))
+
+        # 3. posts told to the held shard after it was asked to stop (its ref is still alive)
+        after = {v: post(app, a, v) for v in range(6, 9)}
+        assert inbox(held_ref) == ["PostTelemetry"] * 5 + ["stop"] + ["PostTelemetry"] * 3
+        held.released.set()
+
+        # 4. while the shards are down (between the old supervisor's give-up and the new one in
+        #    place) a post is refused at once; once the new shards run, posts are committed
+        answers = outcomes(before | after)
+        wait_until(lambda: app.supervisor.restarts("shards") == 1, timeout=DEADLINE_S,
+                   what="the root supervisor restarted the shards supervisor")
+        wait_until(lambda: all(app.readiness()[f"shard-{i}"] for i in range(2)),
+                   timeout=DEADLINE_S, what="the new shards running")
+        assert outcomes({9: post(app, a, 9), 1: post(app, b, 1)}) == {
+            9: "committed 1", 1: "committed 1"}
+
+    assert answers == {**dict.fromkeys(range(1, 6), "committed 1"),
+                       **dict.fromkeys(range(6, 9), "Unavailable")}
+    assert isinstance(after[6].exception(), Unavailable)
+    assert values_in_log(app, a) == [1, 2, 3, 4, 5, 9]
+    assert values_in_log(app, b) == [1]
+    refused = [r for r in records if "answered Unavailable" in r["message"]]
+    assert [(r["level"].name, r["message"]) for r in refused] == [
+        ("WARNING", "shard-0 stopped with 3 messages in its inbox: answered Unavailable "
+                    "(HTTP 503, try again)")]
 
 
 def test_shards_start_once_the_root_holds_their_supervisor_so_nothing_refused_meanwhile_is_missed(
