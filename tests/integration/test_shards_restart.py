@@ -40,6 +40,7 @@ from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
 from edge_sync.devices.rpc import RpcRequest
 from edge_sync.errors import Unavailable
+from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device
 from edge_sync.storage.rpc_store import RpcStore
@@ -269,3 +270,25 @@ def http_get(app: EdgeApp, path: str) -> tuple[int, bytes]:
             return answer.status, answer.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def test_a_change_committed_after_its_shard_restarted_is_answered(app: EdgeApp) -> None:
+    """A device's deletion goes through its entity actor to the queue; the commit's callback
+    tells the entity (its waiting polls are answered) and then the sender. Its shard restarted
+    while the commit waited: the told incarnation is gone, and the sender is answered all the
+    same (it used to wait for its timeout, the deletion committed)."""
+    d = device_on(app, 0, "gone")
+    queue_ref = app._actor_ref("queue")
+    assert queue_ref is not None
+    held = hold(queue_ref)
+    deleted = app.entities.delete_device(d.id)
+    wait_until(lambda: inbox(queue_ref) == ["Append"], timeout=DEADLINE_S,
+               what="the deletion waiting in the queue's inbox", show=lambda: inbox(queue_ref))
+    dead = shard_ref(app, 0)
+    assert app._crash("shard-0")
+    wait_until(lambda: app._actor_ref("shards", "shard-0") not in (None, dead),
+               timeout=DEADLINE_S, what="shard-0 restarted")
+    held.released.set()
+    assert outcomes({1: deleted}) == {1: "committed 1"}
+    with app.store.read() as txn:
+        assert EntityStore(app.store).device(txn, d.id) is None
