@@ -55,8 +55,9 @@ __all__ = [
     "actor_child",
 ]
 
-# the start gate of the actors a Supervisor's _start_slot creates (on its thread): they are
-# constructed on the thread that calls the spec's start, so SupervisedActor.__init__ finds it here
+# the start gates of the actors a Supervisor's _start_slot creates (on its thread), one per slot
+# on the path from the root: they are constructed on the thread that calls the spec's start, so
+# SupervisedActor.__init__ finds them here
 _starting = threading.local()
 
 _EXIT_STOPPED = 0
@@ -208,6 +209,10 @@ class Supervisor:
                     exc,
                 )
                 slot.incarnation = 0
+                # the children started wait in on_start for the parent's slot (a nested
+                # supervisor): let them on, or each would answer its stop only at its timeout
+                for gate in getattr(_starting, "gates", ()):
+                    gate.set()
                 for started in reversed(self._slots[:index]):
                     self._stop_slot(started)
                 with self._lock:
@@ -381,9 +386,14 @@ class Supervisor:
             self._inbox.put(_Exited(child_id, incarnation, reason))
 
         # the actors this start creates run on_start only once the slot holds their handle
-        # (SupervisedActor): what they tell at once may be answered through child(child_id)
-        gate, outer = threading.Event(), getattr(_starting, "gate", None)
-        _starting.gate = gate
+        # (SupervisedActor): what they tell at once may be answered through child(child_id).
+        # A nested supervisor's actors wait for every slot on their path, its parent's too:
+        # an Address resolves them from the root, and until the root's slot holds the nested
+        # supervisor, what is told to them is refused; had they started, what they read at
+        # start would miss what was written meanwhile (a downlink's RPC request, whose
+        # notification was refused)
+        gate, outer = threading.Event(), getattr(_starting, "gates", ())
+        _starting.gates = (*outer, gate)
         try:
             handle = slot.spec.start(report_exit)
             with self._lock:
@@ -391,7 +401,7 @@ class Supervisor:
                 if restart:
                     self._restart_counts[child_id] += 1
         finally:
-            _starting.gate = outer
+            _starting.gates = outer
             gate.set()
         if restart and self._on_restart is not None:
             self._on_restart(child_id)
@@ -424,8 +434,10 @@ class SupervisedActor(pykka.ThreadingActor):
 
     The actor reports its exit exactly once: the exception after an unhandled failure (in
     on_start, on_receive, on_stop or on_failure), None after it stopped itself. Before an
-    abnormal exit it logs the failure once and calls fail_pending_messages(). A stop requested
-    by the supervisor is not reported (actor_child filters it).
+    abnormal exit it logs the failure once and calls fail_pending_messages(). Before any exit
+    its inbox is closed: what waits in it, and what is put in it later, is refused (its reply
+    fails with Unavailable, ``refuse``), so no sender waits on a message nobody will read. A
+    stop requested by the supervisor is not reported (actor_child filters it).
 
     Subclasses override on_start, on_stop and on_failure as with any pykka actor; calling
     super() is not needed, because __init_subclass__ wraps each override so the exit is still
@@ -438,8 +450,20 @@ class SupervisedActor(pykka.ThreadingActor):
         super().__init__()
         self._report_exit = report_exit
         self._exit_reported = False
-        # started by a Supervisor: set once its slot holds this incarnation (_start_slot)
-        self._registered: threading.Event | None = getattr(_starting, "gate", None)
+        # what a message put in the closed inbox is answered with (set as the inbox closes)
+        self._refusal: Unavailable | None = None
+        # started by a Supervisor: set once its slot (and each enclosing one) holds this
+        # incarnation (_start_slot)
+        self._registered: tuple[threading.Event, ...] = getattr(_starting, "gates", ())
+
+    @property
+    def label(self) -> str:
+        """How the log lines and the errors of this actor name it (a subclass: its role)."""
+        return type(self).__name__
+
+    def _create_actor_inbox(self) -> _Inbox:  # type: ignore[override]
+        """pykka's hook (its own: a static method): a closable inbox (_Inbox)."""
+        return _Inbox(self._refuse_late)
 
     def on_start(self) -> None:
         """Runs on the actor's thread first; waits until the supervisor has the incarnation."""
@@ -449,9 +473,10 @@ class SupervisedActor(pykka.ThreadingActor):
         """An actor started by a Supervisor runs on_start only once the supervisor's slot holds
         it. on_start often reaches out at once (the link connects, and the downlink applied
         is answered to the link through the supervisor's child("connection")): before,
-        on a loaded machine, such an answer could find no running child and be dropped."""
-        if self._registered is not None:
-            self._registered.wait()
+        on a loaded machine, such an answer could find no running child and be dropped.
+        Under a nested supervisor it waits for its parent's slot too (_start_slot)."""
+        for gate in self._registered:
+            gate.wait()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -474,26 +499,53 @@ class SupervisedActor(pykka.ThreadingActor):
         self._exited(exception_value)
 
     def fail_pending_messages(self, exc: BaseException) -> None:
-        """Fail every reply still waiting in the inbox with Unavailable.
+        """After an abnormal exit: close the inbox and refuse what waits in it (``refuse``).
 
-        Runs on the actor's thread, before it dies. Covers a ``reply`` Future attribute on a
-        told message (concurrent.futures or pykka) and the reply_to of an ask. Subclasses may
-        extend it (calling super()) to fail work they buffered themselves.
+        Runs on the actor's thread, before it dies. Subclasses may extend it (calling super())
+        to fail work they buffered themselves.
         """
-        message = f"{self} restarting: {exc}"
-        stops = []
-        while not self.actor_inbox.empty():
-            envelope = self.actor_inbox.get()
-            if _is_stop_request(envelope.message):
-                stops.append(envelope)  # pykka answers these itself as the actor dies
-                continue
-            _fail_future(getattr(envelope.message, "reply", None), message)
-            _fail_future(envelope.reply_to, message)
-        for envelope in stops:
-            self.actor_inbox.put(envelope)
+        self._close_inbox(Unavailable(f"{self.label} restarting: {exc}"), "failed")
+
+    def refuse(self, message: Any, error: Unavailable) -> None:
+        """Answer a message this incarnation will not handle: its ``reply`` (a concurrent or
+        pykka Future) fails with ``error``, unless it is done already. Subclasses extend it
+        (calling super()) for other ways a sender waits (ShardActor: a device's poll)."""
+        _fail_future(getattr(message, "reply", None), error)
+
+    def _close_inbox(self, error: Unavailable, how: str) -> None:
+        """Close the inbox and refuse every message in it with ``error``; a message put in it
+        from now on (its sender found the actor alive an instant before it stopped) is refused
+        at once on the sender's thread. pykka itself answers only the asks left in an inbox
+        (ActorDeadError); a told message's reply was left unanswered, and its sender waited
+        for its own timeout. One line when messages were refused."""
+        self._refusal = error
+        inbox = self.actor_inbox
+        pending = inbox.close() if isinstance(inbox, _Inbox) else []
+        refused = sum(self._refuse_envelope(envelope, error) for envelope in pending)
+        if refused:
+            logger.bind(actor=self.label, messages=refused).warning(
+                "{} {} with {} messages in its inbox: answered Unavailable (HTTP 503, try "
+                "again)", self.label, how, refused)
+
+    def _refuse_late(self, envelope: Any) -> None:
+        """A message put in the closed inbox; runs on its sender's thread."""
+        self._refuse_envelope(envelope, self._refusal or Unavailable(f"{self.label} stopped"))
+
+    def _refuse_envelope(self, envelope: Any, error: Unavailable) -> bool:
+        """Refuse one envelope; a stop request is answered as pykka answers it once the actor
+        stopped (done). Whether a message was refused."""
+        if _is_stop_request(envelope.message):
+            if envelope.reply_to is not None:
+                with contextlib.suppress(queue.Full):  # pykka's "already set"
+                    envelope.reply_to.set(None)
+            return False
+        self.refuse(envelope.message, error)
+        _fail_future(envelope.reply_to, error)
+        return True
 
     def _exited(self, reason: BaseException | None) -> None:
-        """Report the exit once; runs on the actor's thread."""
+        """Report the exit once, after the inbox is closed and what it held refused; runs on
+        the actor's thread."""
         if self._exit_reported:
             return
         self._exit_reported = True
@@ -502,8 +554,40 @@ class SupervisedActor(pykka.ThreadingActor):
                 name = type(self).__name__
                 logger.bind(actor=name).opt(exception=reason).error("{} failed: {!r}", name, reason)
                 self.fail_pending_messages(reason)
+            else:
+                self._close_inbox(Unavailable(f"{self.label} stopped"), "stopped")
         finally:
             self._report_exit(reason)
+
+
+class _Inbox(queue.Queue[Any]):
+    """A SupervisedActor's inbox, closed as the actor exits (``close``): what is put in it
+    after that is handed to ``refuse`` at once, on the sender's thread. pykka's ActorRef.tell
+    checks that the actor is alive and then puts, so without this a message could land, after
+    that check, in an inbox nobody reads any more."""
+
+    def __init__(self, refuse: Callable[[Any], None]) -> None:
+        super().__init__()
+        self._refuse = refuse
+        self._closed = False
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Any thread; never blocks (the inbox is unbounded)."""
+        with self.mutex:
+            if not self._closed:
+                self._put(item)
+                self.unfinished_tasks += 1
+                self.not_empty.notify()
+                return
+        self._refuse(item)
+
+    def close(self) -> list[Any]:
+        """Refuse what is put from now on; take out and return what waits, in order."""
+        with self.mutex:
+            self._closed = True
+            pending = list(self.queue)
+            self.queue.clear()
+        return pending
 
 
 def _guard_on_start(hook: Callable[[Any], None]) -> Callable[[SupervisedActor], None]:
@@ -566,9 +650,8 @@ def _is_stop_request(message: object) -> bool:
     return isinstance(message, _ActorStop)
 
 
-def _fail_future(future: object, message: str) -> None:
-    """Set Unavailable on a future that is not done yet; anything else is left alone."""
-    error = Unavailable(message)
+def _fail_future(future: object, error: Unavailable) -> None:
+    """Set ``error`` on a future that is not done yet; anything else is left alone."""
     if isinstance(future, concurrent.futures.Future):
         with contextlib.suppress(concurrent.futures.InvalidStateError):
             future.set_exception(error)

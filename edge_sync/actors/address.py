@@ -4,17 +4,28 @@ A supervisor replaces an actor's ActorRef when it restarts it; an Address resolv
 one at every ``tell``. A message sent while its target is down is not lost silently: its reply
 future fails with Unavailable, and the sender reports that (HTTP 503); a device waiting on it
 (its ``subscriber``, a long poll) gets the same Unavailable ("poll again") at once instead of
-waiting for its timeout.
+waiting for its timeout. The sender is answered at once rather than held until the target is
+back: ``tell`` runs on the HTTP and MQTT servers' event loops, where a wait would stall every
+connection, and a device retries a 503 (Retry-After: 1).
+
+A message that reaches the target's inbox as the target stops or fails is refused by the target
+itself (SupervisedActor closes its inbox as it exits), so it is never left unanswered either.
+
+Each time the target is found down, one WARNING line; once it is back, one INFO line with the
+messages refused meanwhile. Nothing is logged per message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import pykka
+from loguru import logger
 
 from edge_sync.errors import Unavailable
 
@@ -24,24 +35,53 @@ class Address:
         self.name = name
         self._resolve = resolve
         self._cached: pykka.ActorRef[Any] | None = None
+        # the current run of refusals (slow path only): when it began, how many so far
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._refused = 0
 
     def tell(self, message: Any) -> None:
         """Any thread. Deliver, or fail the message's reply and subscriber with Unavailable."""
         ref = self._cached  # resolved again only once that incarnation has stopped
         if ref is None or not ref.is_alive():
             ref = self._cached = self._resolve()
+            if ref is not None and self._down_since is not None and ref.is_alive():
+                self._back()
         if ref is not None:
             try:
                 ref.tell(message)
                 return
             except pykka.ActorDeadError:
                 pass
+        self._count_refusal()
         error = Unavailable(f"{self.name} is restarting; try again")
         reply: Future[Any] | None = getattr(message, "reply", None)
         if reply is not None:
             with contextlib.suppress(InvalidStateError):  # done, or cancelled by its sender
                 reply.set_exception(error)
         fail_subscriber(getattr(message, "subscriber", None), error)
+
+    def _count_refusal(self) -> None:
+        """One more message refused; the first of a run is logged."""
+        with self._lock:
+            self._refused += 1
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+        logger.bind(actor=self.name).warning(
+            "{} is not running: messages to it are answered Unavailable (HTTP 503, try again) "
+            "until it is back", self.name)
+
+    def _back(self) -> None:
+        """The target runs again: the run of refusals ends with one line."""
+        with self._lock:
+            since, refused = self._down_since, self._refused
+            if since is None:
+                return
+            self._down_since, self._refused = None, 0
+        logger.bind(actor=self.name, messages=refused).info(
+            "{} is back after {:.1f} s: {} messages to it were answered Unavailable meanwhile",
+            self.name, time.monotonic() - since, refused)
 
 
 def fail_subscriber(subscriber: Any, error: BaseException) -> None:

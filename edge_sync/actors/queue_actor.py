@@ -150,6 +150,8 @@ class _Outcome:
 
 
 class QueueActor(SupervisedActor):
+    label = "queue"  # as its Address names it (log lines, Unavailable errors)
+
     def __init__(
         self,
         report_exit: ExitReporter,

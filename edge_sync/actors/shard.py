@@ -12,6 +12,7 @@ the earliest deadline among its entities (an RPC's expirationTime, a rule window
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import time
 import uuid
@@ -20,6 +21,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
+import pykka
 from loguru import logger
 
 from edge_sync.actors.address import Address, fail_subscriber
@@ -173,16 +175,14 @@ class ShardActor(SupervisedActor):
         lost with this incarnation; its successor loads the open RPC requests again."""
         self._wind_down("restarting")
 
-    def fail_pending_messages(self, exc: BaseException) -> None:
-        """A poll still in the inbox is answered too, not only the replies."""
-        error = Unavailable(f"shard-{self.index} is restarting; poll again")
-        pending = []
-        while not self.actor_inbox.empty():
-            pending.append(self.actor_inbox.get())
-        for envelope in pending:
-            fail_subscriber(getattr(envelope.message, "subscriber", None), error)
-            self.actor_inbox.put(envelope)
-        super().fail_pending_messages(exc)
+    @property
+    def label(self) -> str:
+        return f"shard-{self.index}"
+
+    def refuse(self, message: Any, error: Unavailable) -> None:
+        """A poll in the inbox as the shard exits is answered too, not only a reply."""
+        fail_subscriber(getattr(message, "subscriber", None), Unavailable(f"{error}; poll again"))
+        super().refuse(message, error)
 
     def _wind_down(self, why: str) -> None:
         """Stop the timers, and answer every device waiting on an entity of this shard at once
@@ -236,14 +236,22 @@ class ShardActor(SupervisedActor):
     def _activate(self, entity_id: uuid.UUID, now: float) -> EntityActor:
         entity = self._entities.get(entity_id)
         if entity is None:
-            ref = self.actor_ref
             entity = self._entities[entity_id] = EntityActor(
-                entity_id, self._queue, now, now_ms=self._clock.now_ms, tell_self=ref.tell,
+                entity_id, self._queue, now, now_ms=self._clock.now_ms, tell_self=self._tell_self,
                 count_rpc=self._count_rpc if self._rpc_family is not None else None,
                 event_pending=self._event_pending if self._store is not None else None,
                 rules=self._rules)
             self._log.bind(entity=str(entity_id)).trace("entity activated")
         return entity
+
+    def _tell_self(self, message: Any) -> None:
+        """Any thread (an entity's commit callbacks, on the queue's thread): tell this
+        incarnation about its own entities. Once it is gone the message is dropped: it was
+        about the state this incarnation held in memory, and its successor reads the store.
+        (Raised on, the callback stopped short of answering its sender, who then waited for
+        its timeout although the change was committed.)"""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(message)
 
     def _event_pending(self, seq: int) -> bool:
         """Whether event ``seq`` still waits in the queue (purged or dead-lettered: no)."""

@@ -170,6 +170,8 @@ class _Peer:
 
 
 class ConnectionActor(SupervisedActor):
+    label = "connection"  # as its Address names it (log lines, Unavailable errors)
+
     def __init__(
         self,
         report_exit: ExitReporter,

@@ -147,6 +147,8 @@ _UNSTORED_NAMED = 10  # of those, the ids a full sync's end names in its warning
 
 
 class DownlinkActor(SupervisedActor):
+    label = "downlink"  # as its Address names it (log lines, Unavailable errors)
+
     def __init__(
         self,
         report_exit: ExitReporter,

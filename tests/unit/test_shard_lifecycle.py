@@ -5,15 +5,19 @@ shard's RPC deadlines: one per entity, however many requests come."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from concurrent.futures import Future
 from typing import Any
+
+import pykka
 
 from edge_sync.actors.address import Address
 from edge_sync.actors.messages import Append, ExpireRpcs, PollRpc, PostRpcResponse, PutRpc, RpcQueued
 from edge_sync.actors.shard import ShardActor
 from edge_sync.devices.rpc import RpcRequest, RpcStatus
 from edge_sync.errors import Unavailable
+from tests.helpers.log_capture import log_records
 
 DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000d2")
 
@@ -105,3 +109,33 @@ def test_the_deadline_heap_holds_one_entry_per_entity_whatever_the_request_rate(
                if isinstance(m, PutRpc)]
     assert expired == [RpcStatus.EXPIRED] * 2_050
     assert shard._deadlines == [] and shard._scheduled == {}
+
+
+class Sleeper(pykka.ThreadingActor):
+    """A live target for an Address."""
+
+
+def test_an_address_logs_when_its_target_is_found_down_and_when_it_is_back() -> None:
+    """One WARNING at the first message refused, one INFO with the count once the target is
+    back; nothing per message."""
+    target: list[pykka.ActorRef[Any]] = []
+    address = Address("shard-3", lambda: target[0] if target else None)
+    replies = [Future[range]() for _ in range(3)]
+    with log_records() as records:
+        for reply in replies:
+            address.tell(PostRpcResponse(DEVICE, 1, {}, 0, reply))
+        target.append(Sleeper.start())
+        try:
+            address.tell(PostRpcResponse(DEVICE, 1, {}, 0, Future()))
+            address.tell(PostRpcResponse(DEVICE, 1, {}, 0, Future()))
+        finally:
+            target[0].stop()
+    assert [type(r.exception()) for r in replies] == [Unavailable] * 3
+    lines = [(r["level"].name, r["message"], r["extra"]) for r in records]
+    assert lines[0] == ("WARNING", "shard-3 is not running: messages to it are answered "
+                                   "Unavailable (HTTP 503, try again) until it is back",
+                        {"actor": "shard-3"})
+    assert len(lines) == 2 and lines[1][0] == "INFO" and lines[1][2] == {
+        "actor": "shard-3", "messages": 3}
+    assert re.fullmatch(r"shard-3 is back after \d+\.\d s: 3 messages to it were answered "
+                        r"Unavailable meanwhile", lines[1][1])
