@@ -33,6 +33,12 @@ class Unavailable(EdgeSyncError):
     """A component is restarting or stopping; the request was not accepted and may be retried."""
 
 
+class Restarting(Unavailable):
+    """Unavailable because the actor the request is for is not running (restarting, stopped):
+    refused at once, for as long as that lasts, at the devices' rate. Its run is logged by the
+    Address and the supervisor (when it began, how many, when it ended), not per request."""
+
+
 class InternalError(EdgeSyncError):
     """Something failed that should not have (a bug): the request was not carried out, the
     component that failed is restarted. HTTP 500."""

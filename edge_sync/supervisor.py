@@ -40,7 +40,7 @@ import pykka
 from loguru import logger
 from pykka.messages import _ActorStop  # private, no public equivalent: see _is_stop_request
 
-from edge_sync.errors import SupervisorGaveUp, Unavailable
+from edge_sync.errors import Restarting, SupervisorGaveUp, Unavailable
 
 __all__ = [
     "Child",
@@ -504,13 +504,15 @@ class SupervisedActor(pykka.ThreadingActor):
         Runs on the actor's thread, before it dies. Subclasses may extend it (calling super())
         to fail work they buffered themselves.
         """
-        self._close_inbox(Unavailable(f"{self.label} restarting: {exc}"), "failed")
+        self._close_inbox(Restarting(f"{self.label} restarting: {exc}"), "failed")
 
-    def refuse(self, message: Any, error: Unavailable) -> None:
+    def refuse(self, message: Any, error: Unavailable) -> bool:
         """Answer a message this incarnation will not handle: its ``reply`` (a concurrent or
-        pykka Future) fails with ``error``, unless it is done already. Subclasses extend it
-        (calling super()) for other ways a sender waits (ShardActor: a device's poll)."""
-        _fail_future(getattr(message, "reply", None), error)
+        pykka Future) fails with ``error``, unless it is done already. Whether a sender was
+        waiting on it and is now answered (a timer tick or the actor's own flush has nobody
+        waiting: not counted as refused). Subclasses extend it (calling super()) for other
+        ways a sender waits (ShardActor: a device's poll)."""
+        return _fail_future(getattr(message, "reply", None), error)
 
     def _close_inbox(self, error: Unavailable, how: str) -> None:
         """Close the inbox and refuse every message in it with ``error``; a message put in it
@@ -524,24 +526,23 @@ class SupervisedActor(pykka.ThreadingActor):
         refused = sum(self._refuse_envelope(envelope, error) for envelope in pending)
         if refused:
             logger.bind(actor=self.label, messages=refused).warning(
-                "{} {} with {} messages in its inbox: answered Unavailable (HTTP 503, try "
-                "again)", self.label, how, refused)
+                "{} {} with {} requests waiting in its inbox: answered Unavailable (HTTP 503, "
+                "try again)", self.label, how, refused)
 
     def _refuse_late(self, envelope: Any) -> None:
         """A message put in the closed inbox; runs on its sender's thread."""
-        self._refuse_envelope(envelope, self._refusal or Unavailable(f"{self.label} stopped"))
+        self._refuse_envelope(envelope, self._refusal or Restarting(f"{self.label} stopped"))
 
     def _refuse_envelope(self, envelope: Any, error: Unavailable) -> bool:
         """Refuse one envelope; a stop request is answered as pykka answers it once the actor
-        stopped (done). Whether a message was refused."""
+        stopped (done). Whether a waiting sender was answered Unavailable."""
         if _is_stop_request(envelope.message):
             if envelope.reply_to is not None:
                 with contextlib.suppress(queue.Full):  # pykka's "already set"
                     envelope.reply_to.set(None)
             return False
-        self.refuse(envelope.message, error)
-        _fail_future(envelope.reply_to, error)
-        return True
+        refused = self.refuse(envelope.message, error)
+        return _fail_future(envelope.reply_to, error) or refused
 
     def _exited(self, reason: BaseException | None) -> None:
         """Report the exit once, after the inbox is closed and what it held refused; runs on
@@ -555,7 +556,7 @@ class SupervisedActor(pykka.ThreadingActor):
                 logger.bind(actor=name).opt(exception=reason).error("{} failed: {!r}", name, reason)
                 self.fail_pending_messages(reason)
             else:
-                self._close_inbox(Unavailable(f"{self.label} stopped"), "stopped")
+                self._close_inbox(Restarting(f"{self.label} stopped"), "stopped")
         finally:
             self._report_exit(reason)
 
@@ -650,14 +651,22 @@ def _is_stop_request(message: object) -> bool:
     return isinstance(message, _ActorStop)
 
 
-def _fail_future(future: object, error: Unavailable) -> None:
-    """Set ``error`` on a future that is not done yet; anything else is left alone."""
+def _fail_future(future: object, error: Unavailable) -> bool:
+    """Set ``error`` on a future that is not done yet; anything else is left alone. Whether
+    it was set."""
     if isinstance(future, concurrent.futures.Future):
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
+        try:
             future.set_exception(error)
-    elif isinstance(future, pykka.Future):
-        with contextlib.suppress(queue.Full):  # pykka's "already set"
-            future.set_exception((Unavailable, error, None))
+        except concurrent.futures.InvalidStateError:  # done, or cancelled by its sender
+            return False
+        return True
+    if isinstance(future, pykka.Future):
+        try:
+            future.set_exception((type(error), error, None))
+        except queue.Full:  # pykka's "already set"
+            return False
+        return True
+    return False
 
 
 class _ActorChild:

@@ -17,7 +17,6 @@ messages refused meanwhile. Nothing is logged per message.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from edge_sync.errors import Unavailable
+from edge_sync.errors import Restarting
 
 
 class Address:
@@ -50,21 +49,30 @@ class Address:
         if ref is not None:
             try:
                 ref.tell(message)
-                return
             except pykka.ActorDeadError:
                 pass
-        self._count_refusal()
-        error = Unavailable(f"{self.name} is restarting; try again")
+            else:
+                if self._down_since is not None:  # (another thread found it back first)
+                    self._back()
+                return
+        error = Restarting(f"{self.name} is restarting; try again")
+        answered = False
         reply: Future[Any] | None = getattr(message, "reply", None)
         if reply is not None:
-            with contextlib.suppress(InvalidStateError):  # done, or cancelled by its sender
+            try:
                 reply.set_exception(error)
-        fail_subscriber(getattr(message, "subscriber", None), error)
+                answered = True
+            except InvalidStateError:  # done, or cancelled by its sender
+                pass
+        answered = fail_subscriber(getattr(message, "subscriber", None), error) or answered
+        self._count_refusal(answered)
 
-    def _count_refusal(self) -> None:
-        """One more message refused; the first of a run is logged."""
+    def _count_refusal(self, answered: bool) -> None:
+        """One more message not delivered (``answered``: a sender waiting on it was answered
+        Unavailable; a notification nobody waits on is not counted); the first of a run is
+        logged."""
         with self._lock:
-            self._refused += 1
+            self._refused += answered
             if self._down_since is not None:
                 return
             self._down_since = time.monotonic()
@@ -80,12 +88,15 @@ class Address:
                 return
             self._down_since, self._refused = None, 0
         logger.bind(actor=self.name, messages=refused).info(
-            "{} is back after {:.1f} s: {} messages to it were answered Unavailable meanwhile",
+            "{} is back after {:.1f} s: {} requests to it were answered Unavailable meanwhile",
             self.name, time.monotonic() - since, refused)
 
 
-def fail_subscriber(subscriber: Any, error: BaseException) -> None:
+def fail_subscriber(subscriber: Any, error: BaseException) -> bool:
     """End the wait of a device's subscriber (devices/subscribers.py) with ``error``, unless it
-    is gone already (timed out, disconnected, or claimed for a result on its way)."""
+    is gone already (timed out, disconnected, or claimed for a result on its way). Whether it
+    was ended here."""
     if subscriber is not None and subscriber.claim():
         subscriber.fail(error)
+        return True
+    return False

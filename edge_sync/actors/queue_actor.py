@@ -77,8 +77,8 @@ from edge_sync.errors import (
     InternalError,
     NotFound,
     QueueFull,
+    Restarting,
     StorageError,
-    Unavailable,
     Unstorable,
 )
 from edge_sync.metrics import Metrics
@@ -267,7 +267,7 @@ class QueueActor(SupervisedActor):
     def fail_pending_messages(self, exc: BaseException) -> None:
         """Actor thread, on failure: fail the open group (not committed: the senders may retry)
         as well as the queued messages."""
-        self._fail_all(self._group, Unavailable(f"queue restarting after a failure: {exc}"))
+        self._fail_all(self._group, Restarting(f"queue restarting after a failure: {exc}"))
         self._group = []
         super().fail_pending_messages(exc)
 

@@ -41,7 +41,7 @@ from edge_sync.actors.messages import (
 from edge_sync.actors.rule_host import ShardRules
 from edge_sync.actors.ticker import Ticker
 from edge_sync.clock import SYSTEM_CLOCK, Clock
-from edge_sync.errors import InjectedFault, Unavailable
+from edge_sync.errors import InjectedFault, Restarting, Unavailable
 from edge_sync.metrics import Metrics
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
@@ -179,10 +179,11 @@ class ShardActor(SupervisedActor):
     def label(self) -> str:
         return f"shard-{self.index}"
 
-    def refuse(self, message: Any, error: Unavailable) -> None:
+    def refuse(self, message: Any, error: Unavailable) -> bool:
         """A poll in the inbox as the shard exits is answered too, not only a reply."""
-        fail_subscriber(getattr(message, "subscriber", None), Unavailable(f"{error}; poll again"))
-        super().refuse(message, error)
+        polled = fail_subscriber(getattr(message, "subscriber", None),
+                                 Restarting(f"{error}; poll again"))
+        return super().refuse(message, error) or polled
 
     def _wind_down(self, why: str) -> None:
         """Stop the timers, and answer every device waiting on an entity of this shard at once
@@ -191,7 +192,7 @@ class ShardActor(SupervisedActor):
             self._ticker.stop()
         if self._timer:
             self._timer.stop()
-        error = Unavailable(f"shard-{self.index} is {why}; poll again")
+        error = Restarting(f"shard-{self.index} is {why}; poll again")
         told = sum(entity.abandon_waiters(error) for entity in self._entities.values())
         if told:
             self._log.bind(polls=told).warning("{} waiting polls answered: shard {}", told, why)

@@ -39,7 +39,7 @@ from edge_sync.common.http_host import HANDLER_CANCELLATION
 from edge_sync.common.json_body import parse_json, parse_values_json
 from edge_sync.devices.rpc import answer_of
 from edge_sync.devices.subscribers import LongPoll
-from edge_sync.errors import BadRequest, Unauthorized, Unavailable
+from edge_sync.errors import BadRequest, Restarting, Unauthorized, Unavailable
 from edge_sync.metrics import Metrics, device_answers
 from edge_sync.storage.entity_store import Revoked
 from edge_sync.storage.records import Device
@@ -161,7 +161,7 @@ class DeviceHttpApi:
                 self._polls.discard(poll)
                 del self._device_polls[poll]
         except Exception as exc:
-            return self._refuse(status_of(exc), _message(exc), what, token)
+            return self._refuse_error(exc, what, token)
         if not answered:
             self._answers.labels(protocol="http", code="408").inc()
             return web.Response(status=408)
@@ -227,7 +227,7 @@ class DeviceHttpApi:
         except _TooLarge as exc:
             return self._refuse(413, str(exc), "client-side rpc", token)
         except Exception as exc:
-            return self._refuse(status_of(exc), _message(exc), "client-side rpc", token)
+            return self._refuse_error(exc, "client-side rpc", token)
         _log.bind(device=str(device.id)).info(
             "client-side RPC {!r} of device {} answered with an error: {}", method[:64],
             device.name, client_rpc.NOT_SERVED)
@@ -246,7 +246,7 @@ class DeviceHttpApi:
         except _TooLarge as exc:
             return self._refuse(413, str(exc), "claim", token)
         except Exception as exc:
-            return self._refuse(status_of(exc), _message(exc), "claim", token)
+            return self._refuse_error(exc, "claim", token)
         return self._refuse(501, "device claiming is not served by the edge: claim the device "
                             "through ThingsBoard", "claim", token)
 
@@ -259,7 +259,7 @@ class DeviceHttpApi:
         except _TooLarge as exc:
             return self._refuse(413, str(exc), "provision", "")
         except Exception as exc:
-            return self._refuse(status_of(exc), _message(exc), "provision", "")
+            return self._refuse_error(exc, "provision", "")
         _log.bind(peer=str(request.remote)).info(
             "provisioning request answered NOT_FOUND: the edge does not provision devices "
             "(create the device and give it its access token)")
@@ -282,7 +282,7 @@ class DeviceHttpApi:
         except _TooLarge as exc:
             return self._refuse(413, str(exc), what, token)
         except Exception as exc:
-            return self._refuse(status_of(exc), _message(exc), what, token)
+            return self._refuse_error(exc, what, token)
         self._accepted.inc()
         return web.Response(status=200)
 
@@ -301,14 +301,21 @@ class DeviceHttpApi:
                 shared_keys=parse_keys(request.query.get("sharedKeys")) or None,
                 link_connected=self._link_connected, timeout_s=self._timeout, polls=self._polls)
         except Exception as exc:
-            return self._refuse(status_of(exc), _message(exc), "attributes read", token)
+            return self._refuse_error(exc, "attributes read", token)
         headers = {MISSING_HEADER: _header_list(missing)} if missing else None
         if missing:
             _log.bind(device=str(device.id), missing=len(missing)).debug(
                 "attributes answered without {} shared keys the edge does not hold", len(missing))
         return web.json_response(result, headers=headers)
 
-    def _refuse(self, status: int, message: str, what: str, token: str) -> web.Response:
+    def _refuse_error(self, exc: BaseException, what: str, token: str) -> web.Response:
+        """``_refuse`` with the answer ``exc`` maps to; an actor not running (Restarting) is
+        logged at DEBUG: its run has lines of its own, and it refuses at the devices' rate."""
+        return self._refuse(status_of(exc), _message(exc), what, token,
+                            quiet=isinstance(exc, Restarting))
+
+    def _refuse(self, status: int, message: str, what: str, token: str, *,
+                quiet: bool = False) -> web.Response:
         self._answers.labels(protocol="http", code=str(status)).inc()
         device = "unknown"
         if status != 401:
@@ -318,10 +325,11 @@ class DeviceHttpApi:
                 device = "unknown"
             except Exception:
                 device = "unavailable"
-        # 507 (storage full) at DEBUG: a full store refuses every request at the devices' rate;
-        # the queue's refusal lines tell of them (when they started, how many, from which
-        # devices, when they ended) and device_requests_total{code="507"} counts each
-        level = ("DEBUG" if status == 507 else
+        # 507 (storage full) and a 503 for an actor not running (``quiet``) at DEBUG: both
+        # refuse every request at the devices' rate while they last; the queue's refusal
+        # lines, and the Address and supervisor lines (when it started, how many, when it
+        # ended) tell of them, and device_requests_total{code} counts each
+        level = ("DEBUG" if status == 507 or quiet else
                  "ERROR" if status >= 500 and status not in (501, 503) else "WARNING")
         _log.bind(code=str(status), device=device, what=what).log(
             level, "{} refused with {}: {}", what, status, message

@@ -39,7 +39,7 @@ from edge_sync.actors.shard import shard_of
 from edge_sync.app import EdgeApp
 from edge_sync.config import load_edge_config
 from edge_sync.devices.rpc import RpcRequest
-from edge_sync.errors import Unavailable
+from edge_sync.errors import Restarting
 from edge_sync.storage.entity_store import EntityStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device
@@ -130,7 +130,7 @@ def post(app: EdgeApp, device: Device, value: int) -> Future[range]:
 
 def outcomes(posts: dict[int, Future[range]]) -> dict[int, str]:
     """What each poster was told within DEADLINE_S: 'committed' (one seq), or its error's name
-    ('Unavailable': HTTP 503); 'left waiting' when it got no answer by then."""
+    ('Restarting', a kind of Unavailable: HTTP 503); 'left waiting' when it got no answer by then."""
     concurrent.futures.wait(posts.values(), timeout=DEADLINE_S)
     out = {}
     for value, future in posts.items():
@@ -193,13 +193,13 @@ def test_posts_caught_in_a_restart_of_the_shards_supervisor_are_committed_or_ref
             9: "committed 1", 1: "committed 1"}
 
     assert answers == {**dict.fromkeys(range(1, 6), "committed 1"),
-                       **dict.fromkeys(range(6, 9), "Unavailable")}
-    assert isinstance(after[6].exception(), Unavailable)
+                       **dict.fromkeys(range(6, 9), "Restarting")}
+    assert isinstance(after[6].exception(), Restarting)
     assert values_in_log(app, a) == [1, 2, 3, 4, 5, 9]
     assert values_in_log(app, b) == [1]
     refused = [r for r in records if "answered Unavailable" in r["message"]]
     assert [(r["level"].name, r["message"]) for r in refused] == [
-        ("WARNING", "shard-0 stopped with 3 messages in its inbox: answered Unavailable "
+        ("WARNING", "shard-0 stopped with 3 requests waiting in its inbox: answered Unavailable "
                     "(HTTP 503, try again)")]
 
 
@@ -235,7 +235,11 @@ def test_shards_start_once_the_root_holds_their_supervisor_so_nothing_refused_me
 
         # the new shards run, but the root does not hold them yet: refused at once
         assert outcomes({1: post(app, a, 1), 2: post(app, a, 2)}) == {
-            1: "Unavailable", 2: "Unavailable"}
+            1: "Restarting", 2: "Restarting"}
+        # over HTTP too: 503, and the device API's line for it at DEBUG only (the run has its
+        # WARNING and INFO; a line per request would flood the log at the devices' rate)
+        status, _ = http_post(app, f"/api/v1/{a.token}/telemetry", b'{"v": 0}')
+        assert status == 503
         # what the downlink does with a server-side RPC request: commit it, then tell the
         # device's entity actor (refused here: nobody is told)
         now = app.clock.now_ms()
@@ -254,12 +258,15 @@ def test_shards_start_once_the_root_holds_their_supervisor_so_nothing_refused_me
         assert outcomes({3: post(app, a, 3)}) == {3: "committed 1"}
 
     assert values_in_log(app, a) == [3]
+    assert [(r["level"].name, r["extra"]["code"]) for r in records
+            if " refused with " in r["message"]] == [("DEBUG", "503")]
     lines = [(r["level"].name, r["message"]) for r in records
              if r["extra"].get("actor") == "shard-0" and "Unavailable" in r["message"]]
     assert lines[0] == ("WARNING", "shard-0 is not running: messages to it are answered "
                                    "Unavailable (HTTP 503, try again) until it is back")
     assert len(lines) == 2 and lines[1][0] == "INFO"
-    assert re.fullmatch(r"shard-0 is back after \d+\.\d s: 3 messages to it were answered "
+    # the three posts: the RPC notification had nobody waiting on it, so it is not counted
+    assert re.fullmatch(r"shard-0 is back after \d+\.\d s: 3 requests to it were answered "
                         r"Unavailable meanwhile", lines[1][1])
 
 
@@ -267,6 +274,16 @@ def http_get(app: EdgeApp, path: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{app.http_port}{path}",
                                     timeout=DEADLINE_S) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def http_post(app: EdgeApp, path: str, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{app.http_port}{path}", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=DEADLINE_S) as answer:
             return answer.status, answer.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

@@ -16,7 +16,7 @@ from edge_sync.actors.address import Address
 from edge_sync.actors.messages import Append, ExpireRpcs, PollRpc, PostRpcResponse, PutRpc, RpcQueued
 from edge_sync.actors.shard import ShardActor
 from edge_sync.devices.rpc import RpcRequest, RpcStatus
-from edge_sync.errors import Unavailable
+from edge_sync.errors import Restarting
 from tests.helpers.log_capture import log_records
 
 DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000d2")
@@ -54,9 +54,9 @@ def test_a_poll_told_to_a_shard_that_is_down_fails_at_once_with_unavailable() ->
     reply: Future[range] = Future()
     down.tell(PostRpcResponse(DEVICE, 1, {}, 0, reply))
     assert [(type(e), str(e)) for e in poll.got] == [
-        (Unavailable, "shard-0 is restarting; try again")]
+        (Restarting, "shard-0 is restarting; try again")]
     assert gone.got == []  # timed out already: nothing to tell it
-    assert isinstance(reply.exception(), Unavailable)
+    assert isinstance(reply.exception(), Restarting)
 
 
 # -- the shard's RPC deadlines -------------------------------------------------------------------
@@ -130,12 +130,49 @@ def test_an_address_logs_when_its_target_is_found_down_and_when_it_is_back() -> 
             address.tell(PostRpcResponse(DEVICE, 1, {}, 0, Future()))
         finally:
             target[0].stop()
-    assert [type(r.exception()) for r in replies] == [Unavailable] * 3
+    assert [type(r.exception()) for r in replies] == [Restarting] * 3
     lines = [(r["level"].name, r["message"], r["extra"]) for r in records]
     assert lines[0] == ("WARNING", "shard-3 is not running: messages to it are answered "
                                    "Unavailable (HTTP 503, try again) until it is back",
                         {"actor": "shard-3"})
     assert len(lines) == 2 and lines[1][0] == "INFO" and lines[1][2] == {
         "actor": "shard-3", "messages": 3}
-    assert re.fullmatch(r"shard-3 is back after \d+\.\d s: 3 messages to it were answered "
+    assert re.fullmatch(r"shard-3 is back after \d+\.\d s: 3 requests to it were answered "
                         r"Unavailable meanwhile", lines[1][1])
+
+
+def test_a_refusal_counted_after_another_thread_found_the_target_back_still_ends_its_run() -> None:
+    """Two threads: one resolves the restarted target and delivers, the other had found it
+    down an instant before and counts its refusal only then. The next delivery ends that run
+    with its INFO line (before, the address stayed "down" for good: no INFO, and no WARNING at
+    the next real outage)."""
+    target = Sleeper.start()
+    address = Address("shard-5", lambda: target)
+    try:
+        with log_records() as records:
+            address.tell(PostRpcResponse(DEVICE, 1, {}, 0, Future()))  # caches the live target
+            address._count_refusal(True)  # the late thread's count, after the target was back
+            address.tell(PostRpcResponse(DEVICE, 1, {}, 0, Future()))
+    finally:
+        target.stop()
+    lines = [(r["level"].name, r["extra"]) for r in records]
+    assert lines == [("WARNING", {"actor": "shard-5"}),
+                     ("INFO", {"actor": "shard-5", "messages": 1})]
+
+
+def test_only_requests_someone_waits_on_are_counted_as_refused() -> None:
+    """A notification (nobody waits on its answer) told while the target is down starts the
+    run's WARNING but is not counted among the requests answered Unavailable."""
+    target: list[pykka.ActorRef[Any]] = []
+    address = Address("shard-6", lambda: target[0] if target else None)
+    with log_records() as records:
+        address.tell(ExpireRpcs())  # no reply, no subscriber
+        address.tell(PostRpcResponse(DEVICE, 1, {}, 0, Future()))
+        target.append(Sleeper.start())
+        try:
+            address.tell(PostRpcResponse(DEVICE, 1, {}, 0, Future()))
+        finally:
+            target[0].stop()
+    lines = [(r["level"].name, r["extra"]) for r in records]
+    assert lines == [("WARNING", {"actor": "shard-6"}),
+                     ("INFO", {"actor": "shard-6", "messages": 1})]
