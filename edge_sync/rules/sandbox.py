@@ -165,6 +165,9 @@ _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
     # MVEL declares with ``var`` (or a type) only; a ``let`` would also escape the per-call scope
     (re.compile(r"\b(?:let|const|class)\s+[A-Za-z_$]"), "let, const and class declarations (use var)"),
     (re.compile(r"`"), "template literals (`...`)"),
+    # JavaScript's global object: what a script set on it would outlive the call (the runtime
+    # freezes it too: tbel_runtime.js, __tbelLock)
+    (re.compile(r"(?<![\w$.])(?:globalThis|this)(?![\w$])"), "this and globalThis"),
     # ``l["sort"]()``, ``(l["sort"])()``: a call of a computed member would run JavaScript's
     # method of that name
     (re.compile(r"\][\s)]*\("), "a call of a computed member (x[\"name\"](...))"),
@@ -470,9 +473,12 @@ _PROLOGUE = (
 )
 # TBEL: the runtime before the script
 # (``__edgeRegex``: the runtime's check of a regular expression, which compile calls on the
-# script's literal ones)
-_PROLOGUE_TBEL = _PROLOGUE.replace("var __edgeAt = 0,", "var __edgeRegex, __edgeAt = 0,").replace(
-    "function __script", tbel_runtime() + " __edgeRegex = __tbelRegex; function __script")
+# script's literal ones; ``__edgeLock``: called after the epilogue, it freezes what a script
+# could change for the next call)
+_PROLOGUE_TBEL = _PROLOGUE.replace(
+    "var __edgeAt = 0,", "var __edgeRegex, __edgeLock, __edgeAt = 0,").replace(
+    "function __script",
+    tbel_runtime() + " __edgeRegex = __tbelRegex; __edgeLock = __tbelLock; function __script")
 
 
 def _tbel_prologue(scope: Sequence[str]) -> str:
@@ -608,7 +614,8 @@ class ScriptEngine:
         body = tbel_to_js(script) if lang == "TBEL" else script
         self._body_lines = body.count("\n") + 1
         prologue = _tbel_prologue(tbel_scope(script)) if lang == "TBEL" else _PROLOGUE
-        self._source = prologue + body + _EPILOGUE
+        # TBEL: the intrinsics frozen once the wrapper is built (tbel_runtime.js, __tbelLock)
+        self._source = prologue + body + _EPILOGUE + ("__edgeLock();\n" if lang == "TBEL" else "")
         self._lock = threading.Lock()
         self._context: Any = None
         self._run: Any = None

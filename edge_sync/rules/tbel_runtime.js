@@ -1820,3 +1820,55 @@ var __tbelH = (function () {
 })();
 // the script's scope binds each helper afresh per call (sandbox.py: var btoa = __tbelH.btoa, ...)
 var __tbelJava = __tbelH.java;
+// Called once the wrapper is built (sandbox.py, after the epilogue): each call of a TBEL script
+// starts from the same state, as each MVEL run has fresh variables. No code made from text: the
+// global eval and Function go, and the constructor of every kind of function (reachable as
+// x.constructor.constructor) is undefined. Nothing a script reaches persists: the intrinsics
+// (every object reachable from the global object) are frozen, and the global object takes no new
+// property and has its own ones read-only (but __edgeAt, the wrapper's). A frozen
+// Object.prototype or Error.prototype would make an assignment of a key of the same name
+// (m.constructor = 1, e.name = ...) fail: their data properties become accessors whose setter
+// makes the key the object's own (the "override mistake"), so a map's key "constructor" or
+// "toString" still reads and writes as any other.
+var __tbelLock = function () {
+  "use strict";
+  var G = globalThis;
+  delete G.eval;
+  delete G.Function;
+  [function () {}, async function () {}, function* () {}, async function* () {}].forEach(function (f) {
+    Object.defineProperty(Object.getPrototypeOf(f), "constructor", {value: undefined, writable: false, configurable: false});
+  });
+  function tame(o) {
+    Object.getOwnPropertyNames(o).forEach(function (k) {
+      var d = Object.getOwnPropertyDescriptor(o, k);
+      if (!("value" in d) || !d.writable || !d.configurable) { return; }
+      var value = d.value;
+      Object.defineProperty(o, k, {configurable: false, enumerable: d.enumerable,
+        get: function () { return value; },
+        set: function (v) {
+          if (this === o) { throw new TypeError("Cannot assign to read only property '" + k + "'"); }
+          Object.defineProperty(this, k, {value: v, writable: true, enumerable: true, configurable: true});
+        }});
+    });
+  }
+  tame(Object.prototype);
+  [Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError, InternalError, AggregateError].forEach(function (E) { tame(E.prototype); });
+  var seen = new Set(), todo = [];
+  function add(v) {
+    if (v !== null && (typeof v === "object" || typeof v === "function") && v !== G && !seen.has(v)) { seen.add(v); todo.push(v); }
+  }
+  Object.getOwnPropertyNames(G).forEach(function (k) { if (k !== "__edgeAt") { add(G[k]); } });
+  while (todo.length) {
+    var o = todo.pop();
+    add(Object.getPrototypeOf(o));
+    Reflect.ownKeys(o).forEach(function (k) {
+      var d = Object.getOwnPropertyDescriptor(o, k);
+      if ("value" in d) { add(d.value); } else { add(d.get); add(d.set); }
+    });
+    Object.freeze(o);
+  }
+  Object.getOwnPropertyNames(G).forEach(function (k) {
+    if (k !== "__edgeAt") { Object.defineProperty(G, k, {writable: false, configurable: false}); }
+  });
+  Object.preventExtensions(G);
+};

@@ -1165,3 +1165,52 @@ def test_a_date_method_outside_the_subset_is_refused_at_compile() -> None:
                                  "subset (line 2: '.toLocaleString('); see docs/rules-scripts.md")
     with pytest.raises(ScriptSyntaxError, match=r"new \(Java object construction\)"):
         ScriptEngine("return new Dates(0);", "TBEL")
+
+
+# -- each call's state is its own ---------------------------------------------------------------
+
+def test_no_code_from_text_through_a_constructor_or_eval() -> None:
+    """MVEL has no Function constructor nor eval: ``x.constructor.constructor`` (JavaScript's
+    Function, of any kind of function) is nothing, and ``eval`` is no name."""
+    assert error('var F = msg.constructor.constructor; return F("return 1")();') == (
+        "TypeError: not a function")
+    assert run('def g() { return 1; }\nreturn [g.constructor == null, '
+               'msg["constructor"]["constructor"] == null];') == [True, True]
+    assert error('var e = eval; return e("1");') == "ReferenceError: eval is not defined"
+
+
+def test_what_a_call_sets_on_a_shared_object_is_gone_on_the_next_call() -> None:
+    """Each MVEL run has fresh variables: nothing one message's script sets on a value it
+    reaches (a constructor, a prototype, a global by a destructuring) is there on the next."""
+    for script in ('var o = msg["constructor"]; if (msg.first) { o.leak = 42; } return o.leak;',
+                   'var o = [].__proto__; if (msg.first) { o.leak = 42; } return o.leak;',
+                   'if (msg.first) { msg.__proto__.leak = 42; } return {}.leak;'):
+        engine = ScriptEngine(script, "TBEL")
+        engine.call({"first": True}, {}, TELEMETRY)
+        assert engine.call({}, {}, TELEMETRY) is None, script
+    engine = ScriptEngine("if (msg.first) { [leak] = [42]; return 0; } return leak;", "TBEL")
+    assert engine.call({"first": True}, {}, TELEMETRY) == 0
+    with pytest.raises(ScriptRuntimeError, match="ReferenceError: leak is not defined"):
+        engine.call({}, {}, TELEMETRY)
+
+
+@pytest.mark.parametrize("script", ["return globalThis;", "return this;",
+                                    "def f() { return this.x; } return f();"])
+def test_this_and_global_this_are_refused(script: str) -> None:
+    with pytest.raises(ScriptSyntaxError, match="this and globalThis"):
+        tbel_to_js(script)
+
+
+def test_a_map_key_named_as_an_object_method_reads_and_writes_as_any_key() -> None:
+    """A TBEL map is a LinkedHashMap: "constructor", "toString", "valueOf" are keys as any."""
+    assert run('var m = {}; m.constructor = 5; m.toString = 3; m.put("valueOf", 7);\n'
+               'return [m.constructor, m.toString, m.get("valueOf"), m];') == [
+        5, 3, 7, {"constructor": 5, "toString": 3, "valueOf": 7}]
+    assert run('return [msg.constructor, msg.get("constructor"), msg["toString"]];',
+               {"constructor": "data", "toString": 1}) == ["data", "data", 1]
+
+
+def test_a_js_script_keeps_javascripts_function_constructor() -> None:
+    """scriptLang JS is ThingsBoard's JavaScript engine: its Function constructor is there."""
+    engine = ScriptEngine('return msg.constructor.constructor("return 7")();', "JS")
+    assert engine.call({}, {}, TELEMETRY) == 7
