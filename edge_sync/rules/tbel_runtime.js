@@ -371,6 +371,14 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
     Alnum: "a-zA-Z0-9", Punct: "!-\\/:-@\\[-`{-~", Graph: "!-~", Print: " -~", Blank: " \\t",
     Cntrl: "\\x00-\\x1F\\x7F", XDigit: "0-9a-fA-F", Space: SPACE};
   var SYNTAX = "^$\\.*+?()[]{}|/";
+// \b and \B as Java 17's Pattern.Bound: a word character is a letter, a decimal digit or "_"
+// (Bound.isWord: Character.isLetterOrDigit), and a non-spacing mark after a letter or digit (and
+// marks) counts as one (Bound.check, hasBaseCharacter); JavaScript's \b is ASCII only
+  var WORD_BEFORE = "(?<=[\\p{L}\\p{Nd}_]|[\\p{L}\\p{Nd}]\\p{Mn}+)", NOT_WORD_BEFORE = "(?<![\\p{L}\\p{Nd}_]|[\\p{L}\\p{Nd}]\\p{Mn}+)";
+  var WORD_AFTER = "(?:(?=[\\p{L}\\p{Nd}_])|(?=\\p{Mn})(?<=[\\p{L}\\p{Nd}]\\p{Mn}*))";
+  var NOT_WORD_AFTER = "(?![\\p{L}\\p{Nd}_])(?:(?!\\p{Mn})|(?<![\\p{L}\\p{Nd}]\\p{Mn}*))";
+  var BOUND = "(?:" + WORD_BEFORE + NOT_WORD_AFTER + "|" + NOT_WORD_BEFORE + WORD_AFTER + ")";
+  var NOT_BOUND = "(?:" + WORD_BEFORE + WORD_AFTER + "|" + NOT_WORD_BEFORE + NOT_WORD_AFTER + ")";
 // PatternSyntaxException's message: its description, the index, the pattern on the next line
   function patternError(regex, at, what) {
     var e = new SyntaxError(what + " near index " + at + "\n" + regex);
@@ -381,20 +389,40 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
     return new SyntaxError("the regular expression " + JSON.stringify(regex) + ": " + what + " is not supported here (see docs/rules-scripts.md)");
   }
   function codePoint(cp) { return "\\u{" + cp.toString(16) + "}"; }
+// an ASCII letter's other case (else -1): CASE_INSENSITIVE without UNICODE_CASE folds US-ASCII only
+  function otherCase(cp) { return cp >= 65 && cp <= 90 ? cp + 32 : cp >= 97 && cp <= 122 ? cp - 32 : -1; }
+// the other case of the ASCII letters of the range lo-hi (Pattern.CIRange: ch, or its ASCII upper or
+// lower case, in the range)
+  function otherCaseRange(lo, hi) {
+    var s = "", a = Math.max(lo, 65), b = Math.min(hi, 90);
+    if (a <= b) { s += codePoint(a + 32) + "-" + codePoint(b + 32); }
+    a = Math.max(lo, 97); b = Math.min(hi, 122);
+    if (a <= b) { s += codePoint(a - 32) + "-" + codePoint(b - 32); }
+    return s;
+  }
   function translateRegex(regex) {
     var i = 0, n = regex.length, out = "", flags = "u", dotAll = false, atom = false, c, m;
+// assertion: the last atom is an anchor or a lookaround (Java repeats one, JavaScript refuses it);
+// groups: per open group, whether it is a lookaround
+    var assertion = false, groups = [];
+// (?i): fold, each ASCII letter as a class of its two cases (not JavaScript's "i" flag, which folds
+// all of Unicode: "é" would match "(?i)É", Java's does not); lastCp: the code point of the one
+// character esc() just read (-1: a class of characters, or none)
+    var fold = false, lastCp = -1;
     m = /^\(\?([a-zA-Z]+)\)/.exec(regex);
     if (m) {
       if (!/^[is]+$/.test(m[1])) { throw notHere(regex, "the inline flag group (?" + m[1] + ")"); }
-      if (m[1].indexOf("i") >= 0) { flags += "i"; }
+      fold = m[1].indexOf("i") >= 0;
       dotAll = m[1].indexOf("s") >= 0;
       i = m[0].length;
     }
     function esc(inClass) {
       var d = regex[i + 1], at = i, k, v, name;
+      lastCp = -1;
       if (d === undefined) { throw patternError(regex, n, "Unexpected internal error"); }
       if (!/[0-9A-Za-z]/.test(d)) {
         i += 2;
+        lastCp = d.codePointAt(0);
         if (SYNTAX.indexOf(d) >= 0 || (inClass && d === "-")) { return "\\" + d; }
         return d;
       }
@@ -407,11 +435,12 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
           return "[^" + SPACE + "]";
         case "b": case "B":
           if (inClass) { throw notHere(regex, "\\" + d + " inside a character class"); }
-          return "\\" + d;
+          return d === "b" ? BOUND : NOT_BOUND;
         case "a": return "\\x07";
         case "e": return "\\x1B";
         case "A": case "z": case "Z":
           if (inClass) { throw patternError(regex, at + 1, "Illegal/unsupported escape sequence"); }
+          assertion = true;
           return d === "A" ? "^" : d === "z" ? "$" : DOLLAR;
         case "x":
           m = /^([0-9a-fA-F]{2})|^\{([0-9a-fA-F]+)\}/.exec(regex.slice(i));
@@ -419,27 +448,39 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
           i += m[0].length;
           v = parseInt(m[1] || m[2], 16);
           if (v > 0x10FFFF) { throw patternError(regex, at, "Hexadecimal codepoint is too big"); }
+          lastCp = v;
           return codePoint(v);
         case "u":
           m = /^[0-9a-fA-F]{4}/.exec(regex.slice(i));
           if (!m) { throw patternError(regex, at, "Illegal Unicode escape sequence"); }
           i += 4;
-          return codePoint(parseInt(m[0], 16));
+          lastCp = parseInt(m[0], 16);
+// a high surrogate's escape then a low one's is the one code point (Pattern.uxxxx)
+          k = /^\\u(d[c-f][0-9a-f]{2})/i.exec(regex.slice(i));
+          if (lastCp >= 0xD800 && lastCp <= 0xDBFF && k) {
+            i += 6;
+            lastCp = 0x10000 + ((lastCp - 0xD800) << 10) + (parseInt(k[1], 16) - 0xDC00);
+          }
+          return codePoint(lastCp);
         case "0":
           m = /^[0-7]{1,3}/.exec(regex.slice(i));
           if (!m) { throw patternError(regex, at, "Illegal octal escape sequence"); }
           k = m[0].length === 3 && m[0][0] > "3" ? m[0].slice(0, 2) : m[0];
           i += k.length;
-          return codePoint(parseInt(k, 8));
+          lastCp = parseInt(k, 8);
+          return codePoint(lastCp);
         case "c":
           if (i >= n) { throw patternError(regex, at, "Illegal control escape sequence"); }
           v = regex.codePointAt(i);
           i += v > 0xFFFF ? 2 : 1;
-          return codePoint(v ^ 64);
+          lastCp = v ^ 64;
+          return codePoint(lastCp);
         case "Q":
           k = regex.indexOf("\\E", i);
           if (k < 0) { k = n; }
           v = Array.from(regex.slice(i, k)).map(function (ch) {
+            var o = fold ? otherCase(ch.codePointAt(0)) : -1;
+            if (o >= 0) { return inClass ? ch + codePoint(o) : "[" + ch + codePoint(o) + "]"; }
             return SYNTAX.indexOf(ch) >= 0 || ch === "-" ? "\\" + ch : ch; }).join("");
           i = Math.min(k + 2, n);
           return inClass ? v : "(?:" + v + ")";
@@ -448,6 +489,8 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
           name = m ? m[1] : "";
           if (!m || !own.call(POSIX, name)) { throw notHere(regex, "the character property \\" + d + regex.slice(i, i + (m ? m[0].length : 1))); }
           i += m[0].length;
+// (case-insensitive, \p{Lower} and \p{Upper} are either case: CharPredicates.forPOSIXName)
+          if (fold && (name === "Lower" || name === "Upper")) { name = "Alpha"; }
           if (d === "p") { return inClass ? POSIX[name] : "[" + POSIX[name] + "]"; }
           if (inClass) { throw notHere(regex, "\\P{...} inside a character class"); }
           return "[^" + POSIX[name] + "]";
@@ -470,15 +513,37 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
         if (c === "]") { i++; return s + "]"; }
         if (c === "[") { throw notHere(regex, "a class inside a character class ([a[b]])"); }
         if (c === "&" && regex[i + 1] === "&") { throw notHere(regex, "an intersection of character classes (&&)"); }
-        if (c === "\\") { s += esc(true); continue; }
-        s += c;
-        i++;
+        var item, cp, hi;
+        if (c === "\\") {
+          item = esc(true);
+          cp = lastCp;
+// after a class escape (\w, \p{Digit}) "-" is a literal (Pattern.range: no range from a class)
+          if (cp < 0 && regex[i] === "-" && i + 1 < n && regex[i + 1] !== "]") { s += item + "\\-"; i++; continue; }
+        } else {
+          cp = regex.codePointAt(i); item = String.fromCodePoint(cp); i += cp > 0xFFFF ? 2 : 1;
+        }
+        if (!fold || cp < 0) { s += item; continue; }
+        if (regex[i] === "-" && i + 1 < n && regex[i + 1] !== "]") {
+          i++;
+          if (regex[i] === "\\") { item += "-" + esc(true); hi = lastCp; } else {
+            hi = regex.codePointAt(i); item += "-" + String.fromCodePoint(hi); i += hi > 0xFFFF ? 2 : 1;
+          }
+          s += item + (hi >= cp ? otherCaseRange(cp, hi) : "");
+          continue;
+        }
+        s += item + (otherCase(cp) >= 0 ? codePoint(otherCase(cp)) : "");
       }
     }
     while (i < n) {
       c = regex[i];
-      if (c === "\\") { out += esc(false); atom = true; continue; }
-      if (c === "[") { out += klass(); atom = true; continue; }
+      if (c === "\\") {
+        assertion = false;
+        m = esc(false);
+        out += fold && otherCase(lastCp) >= 0 ? "[" + m + codePoint(otherCase(lastCp)) + "]" : m;
+        atom = true;
+        continue;
+      }
+      if (c === "[") { out += klass(); atom = true; assertion = false; continue; }
       if (c === "(") {
         if (regex[i + 1] === "?") {
           m = /^\(\?(?::|=|!|<=|<!|<[a-zA-Z][a-zA-Z0-9]*>)/.exec(regex.slice(i));
@@ -487,7 +552,8 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
           }
           out += m[0];
           i += m[0].length;
-        } else { out += "("; i++; }
+          groups.push(/^\(\?<?[=!]$/.test(m[0]));
+        } else { out += "("; i++; groups.push(false); }
         atom = false;
         continue;
       }
@@ -495,6 +561,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
         m = c === "{" ? /^\{\d+(?:,\d*)?\}/.exec(regex.slice(i)) : [c];
         if (!m) { throw patternError(regex, i, "Illegal repetition"); }
         if (!atom) { throw patternError(regex, i, "Dangling meta character '" + c + "'"); }
+        if (assertion) { throw notHere(regex, "a quantifier (" + m[0] + ") on an anchor or a lookaround"); }
         out += m[0];
         i += m[0].length;
         if (regex[i] === "?") { out += "?"; i++; }
@@ -502,7 +569,9 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
         atom = false;
         continue;
       }
-      atom = c !== "|" && c !== "^" && c !== "$";
+      atom = c !== "|";
+      assertion = c === "^" || c === "$" || (c === ")" && groups.pop() === true);
+      if (fold && otherCase(c.charCodeAt(0)) >= 0) { out += "[" + c + String.fromCharCode(otherCase(c.charCodeAt(0))) + "]"; i++; continue; }
       out += c === "." ? (dotAll ? "[^]" : DOT) : c === "$" ? DOLLAR : c === "]" || c === "}" ? "\\" + c : c;
       i++;
     }

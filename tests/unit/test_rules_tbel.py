@@ -1214,3 +1214,58 @@ def test_a_js_script_keeps_javascripts_function_constructor() -> None:
     """scriptLang JS is ThingsBoard's JavaScript engine: its Function constructor is there."""
     engine = ScriptEngine('return msg.constructor.constructor("return 7")();', "JS")
     assert engine.call({}, {}, TELEMETRY) == 7
+
+
+# -- Java regular expressions: case, word bounds, surrogates (results of Java 17's Pattern) ---------
+
+def test_case_insensitive_folds_ascii_letters_only_as_java() -> None:
+    """Pattern.CASE_INSENSITIVE without UNICODE_CASE: US-ASCII letters only (é is not É, ſ is
+    not s, the Kelvin sign is not k); a class's ASCII letter range takes the other case of the
+    letters it holds (CIRange: [Z-a] holds z, so _ and Z..a both cases); \\p{Lower} is either
+    case (CharPredicates.forPOSIXName)."""
+    assert run('return ["é".matches("(?i)É"), "Ä".matches("(?i)ä"), "ſ".matches("(?i)s"),\n'
+               '  "\\u212A".matches("(?i)k"), "ſ".matches("(?i)\\\\w"), "É".matches("(?i)[é]"),\n'
+               '  "k".matches("(?i)[\\\\u212A]")];') == [False] * 7
+    assert run('return ["caT".matches("(?i)[a-z]+"), "_".matches("(?i)[Z-a]"),\n'
+               '  "z".matches("(?i)[Y-\\\\x5F]"), "A".matches("(?i)\\\\x61"),\n'
+               '  "aB".matches("(?i)\\\\QAb\\\\E"), "A".matches("(?i)\\\\p{Lower}"),\n'
+               '  "1".matches("(?i)\\\\P{Upper}"), "Kk".matches("(?i)[K]+"),\n'
+               '  "Q".matches("(?i)[^q]"), "a".matches("(?i)\\\\P{Upper}")];') == [True] * 8 + [
+        False, False]
+
+
+def test_word_bounds_are_unicode_letters_and_digits_as_java_17() -> None:
+    """Java 17's Pattern.Bound: a word character is Character.isLetterOrDigit or "_", and a
+    non-spacing mark after one counts with it (JavaScript's \\b is ASCII)."""
+    assert run('return ["café x".split("\\\\b"), "naïve".replaceAll("\\\\b", "|"),\n'
+               '  "a1_é b".replaceAll("\\\\B", "|"), "x\\u0663y z".split("\\\\b"),\n'
+               '  "ab\\u0301c d".replaceAll("\\\\b", "|")];') == [
+        ["café", " ", "x"], "|naïve|", "a|1|_|é b", ["x\u0663y", " ", "z"], "|ab\u0301c| |d|"]
+
+
+def test_a_surrogate_pair_of_escapes_is_one_code_point_as_java() -> None:
+    """Pattern.uxxxx: a high surrogate's escape then a low one's match the one code point."""
+    assert run('return [msg.s.matches("\\\\uD83D\\\\uDE00"), msg.s.matches("[\\\\uD83D\\\\uDE00]"),\n'
+               '  msg.s.matches("\\\\uD83D"), (msg.s + "x").matches("\\\\uD83D\\\\uDE00x")];',
+               {"s": "\U0001F600"}) == [True, True, False, True]
+
+
+def test_a_class_escape_then_a_dash_is_a_literal_dash_as_java() -> None:
+    """Pattern.range: "-" after \\w or \\p{...} in a class makes no range (Java accepts
+    [\\w-z]: \\w, "-" and "z")."""
+    assert run('return ["x".matches("[\\\\w-z]"), "-".matches("[\\\\w-z]"),\n'
+               '  "-".matches("[\\\\p{Digit}-z]"), "b".matches("[\\\\w-a-c]"), "+".matches("[\\\\w-z]")];'
+               ) == [True, True, True, True, False]
+
+
+@pytest.mark.parametrize(("regex", "quantifier"), [("^*", "*"), ("$*", "*"), ("(?=a)*a", "*"),
+                                                   ("a(?<=a)+", "+"), ("\\\\A*a", "*")])
+def test_a_quantified_anchor_or_lookaround_is_named_as_not_supported(
+        regex: str, quantifier: str) -> None:
+    """Java repeats an anchor or a lookaround ("".matches("^*") is true); JavaScript cannot:
+    refused as not supported here, not as a Java syntax error."""
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine(f'return "a".matches("{regex}");', "TBEL")
+    assert f"a quantifier ({quantifier}) on an anchor or a lookaround is not supported here" in str(
+        caught.value)
+    assert "PatternSyntaxException" not in str(caught.value)
