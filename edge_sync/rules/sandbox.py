@@ -161,6 +161,9 @@ _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(?:int|long|double|float|boolean|byte|short|char|String|Map|List|Object)"
                 r"\s+[A-Za-z_$][\w$]*\s*[=;]"), "typed declarations (use var)"),
     (re.compile(r"\.\?"), "null-safe navigation (.?)"),
+    # JavaScript's optional chaining (``l.sort?.()``, ``(l.sort)?.()`` would call JavaScript's
+    # method); MVEL has none. Not before a digit: ``c ?.5 : 1`` is a ternary
+    (re.compile(r"\?\.(?!\d)"), "optional chaining (?.)"),
     (re.compile(r"\bwith\s*\("), "with blocks"),
     # MVEL declares with ``var`` (or a type) only; a ``let`` would also escape the per-call scope
     (re.compile(r"\b(?:let|const|class)\s+[A-Za-z_$]"), "let, const and class declarations (use var)"),

@@ -1269,3 +1269,17 @@ def test_a_quantified_anchor_or_lookaround_is_named_as_not_supported(
     assert f"a quantifier ({quantifier}) on an anchor or a lookaround is not supported here" in str(
         caught.value)
     assert "PatternSyntaxException" not in str(caught.value)
+
+
+@pytest.mark.parametrize("script", ["var l = [3, 10, 2]; return (l.sort)?.();",
+                                    "var l = [3, 10, 2]; return l.sort?.();",
+                                    "return msg?.a;"])
+def test_optional_chaining_is_refused_as_mvel_cannot_parse_it(script: str) -> None:
+    """``?.`` is JavaScript's (a call through it would be JavaScript's own method, a text
+    sort); MVEL has ``.?`` null-safe navigation, refused too."""
+    with pytest.raises(ScriptSyntaxError, match=r"optional chaining \(\?\.\)"):
+        tbel_to_js(script)
+
+
+def test_a_ternary_before_a_fraction_is_no_optional_chaining() -> None:
+    assert run("var c = msg.c; return c ?.5 : 1;", {"c": True}) == 0.5
