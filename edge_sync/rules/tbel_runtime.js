@@ -802,7 +802,10 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
 // images: getFullYear and getUTCFullYear agree. Months are 1 to 12 and days of the week 1
 // (Monday) to 7, as java.time gives them. Its localized texts (toString, toLocaleString, ...)
 // are not made here: a Date in the script's value, or its toString, is an error.
-  function TbDate(ms, ns) { this.ms = ms; this.ns = ns; }
+  // the instant under symbol keys: no script reads or writes it but through the methods (MVEL
+// has no property ms on a TbDate)
+  var MS = Symbol("ms"), NS = Symbol("ns");
+  function TbDate(ms, ns) { this[MS] = ms; this[NS] = ns; }
   function dateError(message) { var e = new Error(message); e.name = "DateTimeException"; return e; }
   function notParsed(s) { var e = new Error("Cannot parse value [" + s + "] as instant"); e.name = "ConversionException"; return e; }
   var MONTHS = ["JANUARY", "FEBRUARY", "MARCH", "APRIL", "MAY", "JUNE", "JULY", "AUGUST", "SEPTEMBER", "OCTOBER", "NOVEMBER", "DECEMBER"];
@@ -913,14 +916,14 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
     throw new TypeError("a Date in the script's value: ThingsBoard writes its localized text, which is not made here; give toISOString() or getTime() (see docs/rules-scripts.md)");
   }});
   function civil(d) {
-    var t = new Date(d.ms);
+    var t = new Date(d[MS]);
     return {y: t.getUTCFullYear(), m: t.getUTCMonth() + 1, d: t.getUTCDate(), h: t.getUTCHours(), mi: t.getUTCMinutes(),
       s: t.getUTCSeconds(), ms: t.getUTCMilliseconds(), dow: (t.getUTCDay() + 6) % 7 + 1};
   }
   function pad(v, n) { var s = String(Math.abs(v)); while (s.length < n) { s = "0" + s; } return (v < 0 ? "-" : "") + s; }
 // Instant.toString (ISO_INSTANT): the fraction in 3, 6 or 9 digits, none when zero
   function isoText(d) {
-    var c = civil(d), nanos = c.ms * 1000000 + d.ns, f = "";
+    var c = civil(d), nanos = c.ms * 1000000 + d[NS], f = "";
     if (nanos !== 0) {
       f = "." + pad(nanos, 9);
       f = nanos % 1000000 === 0 ? f.slice(0, 4) : nanos % 1000 === 0 ? f.slice(0, 7) : f;
@@ -931,23 +934,23 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
 // ZonedDateTime.plusYears / plusMonths (the day kept, else the month's last), plusWeeks ...
   function plusMonths(d, months) {
     var c = civil(d), total = c.y * 12 + (c.m - 1) + months, y = Math.floor(total / 12), m = total - y * 12 + 1;
-    d.ms = epochOf(y, m, Math.min(c.d, monthDays(y, m)), c.h, c.mi, c.s, c.ms, 0);
+    d[MS] = epochOf(y, m, Math.min(c.d, monthDays(y, m)), c.h, c.mi, c.s, c.ms, 0);
     return null;
   }
-  function plusMs(d, ms) { d.ms += ms; return null; }
+  function plusMs(d, ms) { d[MS] += ms; return null; }
   var DATE_GETTERS = {FullYear: "y", Month: "m", Date: "d", Day: "dow", Hours: "h", Minutes: "mi", Seconds: "s", Milliseconds: "ms"};
   Object.keys(DATE_GETTERS).forEach(function (k) {
     var f = function () { return civil(this)[DATE_GETTERS[k]]; };
     define("get" + k, {date: f});
     define("getUTC" + k, {date: f});
   });
-  define("getTime", {date: function () { return this.ms; }});
-  define("valueOf", {date: function () { return this.ms; }});
-  define("parseSecondMilli", {date: function () { return this.ms; }});
-  define("parseSecond", {date: function () { return Math.floor(this.ms / 1000); }});
+  define("getTime", {date: function () { return this[MS]; }});
+  define("valueOf", {date: function () { return this[MS]; }});
+  define("parseSecondMilli", {date: function () { return this[MS]; }});
+  define("parseSecond", {date: function () { return Math.floor(this[MS] / 1000); }});
   define("toISOString", {date: function () { return isoText(this); }});
   define("toJSON", {date: function () { return isoText(this); }});
-  define("setTime", {date: function (ms) { this.ms = wholeArg("setTime()", ms); this.ns = 0; return null; }});
+  define("setTime", {date: function (ms) { this[MS] = wholeArg("setTime()", ms); this[NS] = 0; return null; }});
   define("addYears", {date: function (n) { return plusMonths(this, 12 * wholeArg("addYears()", n)); }});
   define("addMonths", {date: function (n) { return plusMonths(this, wholeArg("addMonths()", n)); }});
   define("addWeeks", {date: function (n) { return plusMs(this, 604800000 * wholeArg("addWeeks()", n)); }});
@@ -956,9 +959,9 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
   define("addMinutes", {date: function (n) { return plusMs(this, 60000 * wholeArg("addMinutes()", n)); }});
   define("addSeconds", {date: function (n) { return plusMs(this, 1000 * wholeArg("addSeconds()", n)); }});
   define("addNanos", {date: function (n) {
-    var total = this.ns + wholeArg("addNanos()", n), carry = Math.floor(total / 1000000);
-    this.ns = total - carry * 1000000;
-    this.ms += carry;
+    var total = this[NS] + wholeArg("addNanos()", n), carry = Math.floor(total / 1000000);
+    this[NS] = total - carry * 1000000;
+    this[MS] += carry;
     return null;
   }});
 // TbDate.now(), UTC(year[, month[, date[, hrs[, min[, sec[, ms]]]]]]) (0 for year, month or date
@@ -994,6 +997,23 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
         return f.apply(this, arguments);
       }});
   });
+// MVEL reads d.time as d.getTime() (its getter rule: getTime for a property time; and so
+// d.fullYear, d.UTCHours, ...), and d.time = x is d.setTime(x)
+  Object.keys(__tbelS).forEach(function (name) {
+    if (!/^get[A-Z]/.test(name) || !M[name].date) { return; }
+    var get = function () { return this[__tbelS[name]](); }, set;
+    if (name === "getTime") { set = function (v) { this[__tbelS.setTime](v); }; }
+    [name[3].toLowerCase() + name.slice(4), name.slice(3)].forEach(function (prop) {
+      Object.defineProperty(TbDate.prototype, prop, {configurable: true, enumerable: false, get: get, set: set});
+    });
+  });
+// a Date in a concatenation or String(d): TbDate.toString is localized text, which is not made
+// here (the error of d.toString()); as a number (d1 < d2) NaN, so that a comparison is false, as
+// MVEL's of two objects that are not Comparable (MathProcessor.doOperationNonNumeric)
+  function noText() { return text(this); }
+  Object.defineProperty(TbDate.prototype, "toString", {configurable: true, writable: true, enumerable: false, value: noText});
+  Object.defineProperty(TbDate.prototype, Symbol.toPrimitive, {configurable: true, enumerable: false,
+    value: function (hint) { return hint === "number" ? NaN : text(this); }});
 // MVEL's ForEachNode: a list (Iterable; ArrayList's iterator throws
 // ConcurrentModificationException when the list changes size meanwhile), text (its chars),
 // an integer n (1 to n, counted as it goes: for (i = 1; i != n + 1; i++), so a negative n runs

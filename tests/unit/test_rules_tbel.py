@@ -1283,3 +1283,32 @@ def test_optional_chaining_is_refused_as_mvel_cannot_parse_it(script: str) -> No
 
 def test_a_ternary_before_a_fraction_is_no_optional_chaining() -> None:
     assert run("var c = msg.c; return c ?.5 : 1;", {"c": True}) == 0.5
+
+
+DATE_TEXT = ("TypeError: the text of a Date (TbDate.toString: localized) is not made here: use "
+             "toISOString() (see docs/rules-scripts.md)")
+
+
+@pytest.mark.parametrize("script", ['var d = new Date(0); return "t=" + d;',
+                                    "var d = new Date(0); return d + 1;",
+                                    "var d = new Date(0); return d.toString();"])
+def test_a_date_in_a_concatenation_fails_as_its_to_string(script: str) -> None:
+    """MVEL concatenates String.valueOf(d), TbDate.toString's localized text: not made here,
+    the same error whichever way the text is asked for (never "[object Object]")."""
+    assert error(script) == DATE_TEXT
+
+
+def test_dates_compare_as_mvels_objects_that_are_not_comparable() -> None:
+    """TbDate is not Comparable: MVEL's < > <= >= of two are false
+    (MathProcessor.doOperationNonNumeric); getTime() compares the instants."""
+    assert run("var a = new Date(1), b = new Date(2);\n"
+               "return [a < b, a > b, a <= b, b >= a, a.getTime() < b.getTime(), a == a];") == [
+        False, False, False, False, True, True]
+
+
+def test_a_dates_instant_is_no_property_and_its_getters_read_as_mvel() -> None:
+    """MVEL has no property ms on a TbDate; d.time is d.getTime() (its getter rule), d.time = x
+    is d.setTime(x), d.fullYear is d.getFullYear()."""
+    assert run('var d = new Date(0);\nd.ms = "x";\nreturn [d.getTime(), d.ns];') == [0, None]
+    assert run("var d = new Date(5);\nvar r = [d.time, d.fullYear, d.UTCFullYear, d.month];\n"
+               "d.time = 7;\nr.add(d.getTime());\nreturn r;") == [5, 1970, 1970, 1, 7]
