@@ -304,45 +304,80 @@ def _assigned(code: str) -> set[str]:
     return names | set(_TBEL_VAR.findall(code))
 
 
+_MAX_DEF_NESTING = 64
+
+
 def _def_locals(source: str) -> str:
     """Each ``def name(params) { body }``'s own variables declared at the top of its body
-    (``{ var total, i; ...``, on the same line): the names its body assigns that the script
-    has not assigned or declared before the ``def``. MVEL compiles a function's body with its
+    (``{ var total, i; ...``, on the same line): the names its body assigns that the enclosing
+    code has not assigned or declared before the ``def``. MVEL compiles a function's body with its
     own variables (org.mvel2.ast.Function: the body's variables that are not the enclosing
-    script's become indexed inputs) and gives each call a FunctionVariableResolverFactory of
+    context's become indexed inputs) and gives each call a FunctionVariableResolverFactory of
     its own, so a recursive call has its own ``total``, and the script's does not change; a
-    name the script set before the ``def`` is the script's, shared. Linear: one pass over the
-    code, each body scanned once."""
+    name the script set before the ``def`` is the script's, shared. A ``def`` inside a ``def``
+    follows the same rule in the enclosing one's context (its ParserContext is the enclosing
+    function's): the enclosing one's parameters and the names it assigned before the inner
+    ``def`` are shared, the rest are the inner one's own. Linear: the braces are matched once,
+    and each def's code is scanned once, its inner defs' bodies skipped."""
     mask = _code_mask(source)
     code = "".join(c if m else " " for c, m in zip(source, mask, strict=True))
-    out: list[str] = []
-    outer: set[str] = set()
-    done = 0  # the end of the last def's body
+    # each "{"'s matching end (past its "}"), in one pass
+    ends: dict[int, int] = {}
+    opened: list[int] = []
+    for i, c in enumerate(code):
+        if c == "{":
+            opened.append(i)
+        elif c == "}" and opened:
+            ends[opened.pop()] = i + 1
+    # the defs with a body: (start, name, params, brace, end), in order of start
+    defs: list[tuple[int, str, set[str], int, int]] = []
     for found in _TBEL_DEF.finditer(code):
-        if found.start() < done:
-            continue  # a def inside a def: its names are the enclosing def's locals
-        # the parameters, up to the closing parenthesis
         close = code.find(")", found.end())
         brace = close + 1
         while close >= 0 and brace < len(code) and code[brace].isspace():
             brace += 1
         if close < 0 or brace >= len(code) or code[brace] != "{":
             continue
-        depth, end = 1, brace + 1
-        while end < len(code) and depth:
-            depth += {"{": 1, "}": -1}.get(code[end], 0)
-            end += 1
-        outer |= _assigned(code[done:found.start()])
-        params = set(_TBEL_NAME.findall(code[found.end():close]))
-        # (msg, metadata and msgType, the script's arguments, stay the script's)
-        own = sorted(_assigned(code[brace + 1:end]) - params - outer - {found.group(1)}
-                     - set(ARG_NAMES))
-        out.append(source[done:brace + 1])
-        if own:
-            out.append(" var " + ", ".join(own) + ";")
-        out.append(source[brace + 1:end])
-        done = end
-    out.append(source[done:])
+        end = ends.get(brace, len(code))
+        defs.append((found.start(), found.group(1), set(_TBEL_NAME.findall(code[found.end():close])),
+                     brace, end))
+    out: list[str] = []
+    at = 0  # the next def of ``defs`` to place
+
+    def region(lo: int, hi: int, shared: set[str], depth: int) -> set[str]:
+        """Copy source[lo:hi] to ``out``, each def directly in it with its own variables
+        declared (``shared``: the names visible to a def at ``lo``); the names the region itself
+        assigns (not its defs' bodies)."""
+        nonlocal at
+        if depth > _MAX_DEF_NESTING:
+            line = source[:lo].count("\n") + 1
+            raise ScriptSyntaxError(f"TBEL: a def nested more than {_MAX_DEF_NESTING} deep "
+                                    f"(line {line}); see docs/rules-scripts.md")
+        assigned: set[str] = set()
+        done = lo
+        while at < len(defs) and defs[at][0] < hi:
+            start, name, params, brace, end = defs[at]
+            at += 1
+            if start < done:
+                continue  # a def in a def's parameters: not one
+            assigned |= _assigned(code[done:start])
+            out.append(source[done:brace + 1])
+            marker = len(out)
+            out.append("")
+            # the body, up to its "}" (an unclosed one: to the end of the script)
+            body_hi = end - 1 if brace in ends else end
+            inner = region(brace + 1, body_hi, shared | assigned | params, depth + 1)
+            # (msg, metadata and msgType, the script's arguments, stay the script's)
+            own = sorted(inner - params - shared - assigned - {name} - set(ARG_NAMES))
+            if own:
+                out[marker] = " var " + ", ".join(own) + ";"
+            out.append(source[body_hi:end])
+            done = end
+        assigned |= _assigned(code[done:hi])
+        out.append(source[done:hi])
+        return assigned
+
+    region(0, len(code), set(), 0)
     return "".join(out)
 
 

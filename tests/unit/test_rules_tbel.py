@@ -1312,3 +1312,18 @@ def test_a_dates_instant_is_no_property_and_its_getters_read_as_mvel() -> None:
     assert run('var d = new Date(0);\nd.ms = "x";\nreturn [d.getTime(), d.ns];') == [0, None]
     assert run("var d = new Date(5);\nvar r = [d.time, d.fullYear, d.UTCFullYear, d.month];\n"
                "d.time = 7;\nr.add(d.getTime());\nreturn r;") == [5, 1970, 1970, 1, 7]
+
+
+def test_a_def_in_a_def_has_its_own_variables_as_mvel() -> None:
+    """org.mvel2.ast.Function compiles an inner def in the enclosing function's context: a
+    name the enclosing def assigned before the inner def is shared (20), one it assigns only
+    after is the inner def's own (11: inner's k is not outer's)."""
+    assert run("def outer(n) { def inner(m) { k = m * 2; return k; } k = 1; "
+               "return inner(n) + k; }\nreturn outer(5);") == 11
+    assert run("def outer(n) { k = 1; def inner(m) { k = m * 2; return k; } "
+               "return inner(n) + k; }\nreturn outer(5);") == 20
+
+
+def test_defs_nested_too_deep_are_refused() -> None:
+    with pytest.raises(ScriptSyntaxError, match="a def nested more than 64 deep"):
+        tbel_to_js("def f() {" * 70 + "}" * 70)
