@@ -4,7 +4,9 @@
 // ExecutionHashMap and ExecutionEntry, java.util.ArrayList / LinkedHashMap / java.lang.String,
 // MVEL's ForEachNode, ThingsBoard's org.thingsboard.script.api.tbel.TbUtils and
 // org.thingsboard.common.util.NumberUtils.
-var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate, __tbelNewDate, __tbelDateStatics;
+// __tbelBytes: the lists whose items are Java Bytes (List<Byte> of hexToBytes, stringToBytes, ...,
+// and their copies); a list literal's numbers are Integers
+var __tbelBytes = new WeakSet(), __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate, __tbelNewDate, __tbelDateStatics;
 (function () {
   "use strict";
   var own = Object.prototype.hasOwnProperty, M = {};
@@ -702,6 +704,8 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
 // ExecutionArrayList.slice([start[, end]]) (ArrayTools.initStartIndex / initEndIndex, then
 // ArrayList.subList: a start after the end throws), concat(list) (a new list), reverse (in
 // place), toReversed (a new list); String.concat
+// a copy of a list of Bytes holds Bytes
+  function bytesIf(list, copy) { if (__tbelBytes.has(list)) { __tbelBytes.add(copy); } return copy; }
   function startIndex(i, n) { return i < -n ? 0 : i < 0 ? i + n : i; }
   function endIndex(i, n) { return i < -n ? 0 : i < 0 ? i + n : Math.min(i, n); }
   define("slice", {list: opt(0, 2, function (a, b) {
@@ -709,12 +713,12 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
     var from = arguments.length >= 1 ? startIndex(whole("slice", a), n) : 0;
     var to = arguments.length >= 2 ? endIndex(whole("slice", b), n) : n;
     if (from > to) { throw new RangeError("fromIndex(" + from + ") > toIndex(" + to + ")"); }
-    return this.slice(from, to);
+    return bytesIf(this, this.slice(from, to));
   })});
   define("concat", {list: function (c) { return this.concat(aList("concat", c)); },
     text: function (s) { return String(this) + aText("concat", s); }});
   define("reverse", {list: function () { this.reverse(); return null; }});
-  define("toReversed", {list: function () { return this.slice().reverse(); }});
+  define("toReversed", {list: function () { return bytesIf(this, this.slice().reverse()); }});
 // ExecutionArrayList.sort([asc]) / toSorted([asc]): by number (Double.compareTo) when every
 // element's text reads as a double (validateClazzInArrayIsOnlyNumber: Double.parseDouble of
 // decimal text), else by text (String.valueOf, String.compareTo); stable, as List.sort
@@ -771,7 +775,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
   define("toSortedByValue", {map: opt(0, 1, function () { return reordered(this, keysByValue(this, ascending("toSortedByValue", arguments))); })});
 // ExecutionHashMap.clone (slice(): a new map, the same values), ArrayList.clone (a new list)
   define("clone", {map: function () { return reordered(this, Object.keys(this)); },
-    list: function () { return this.slice(); }});
+    list: function () { return bytesIf(this, this.slice()); }});
   function ascending(name, args) {
     if (args.length === 0) { return true; }
     if (typeof args[0] !== "boolean") { throw new TypeError(name + "(): asc is not true or false"); }
@@ -782,7 +786,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
     for (var i = 0; i < out.length; i++) { this[i] = out[i]; }
     return null;
   })});
-  define("toSorted", {list: opt(0, 1, function () { return sorted(this, ascending("toSorted", arguments)); })});
+  define("toSorted", {list: opt(0, 1, function () { return bytesIf(this, sorted(this, ascending("toSorted", arguments))); })});
 // Java's toString: String.valueOf of the value (see text)
   define("toString", {list: function () { return text(this); }, map: function () { return text(this); },
     entry: function () { return text(this); }, text: function () { return String(this); },
@@ -1141,7 +1145,11 @@ var __tbelH = (function () {
     }
     return out;
   }
-  function signed(bytes) { return bytes.map(function (b) { return b > 127 ? b - 256 : b; }); }
+  function signed(bytes) {
+    var out = bytes.map(function (b) { return b > 127 ? b - 256 : b; });
+    __tbelBytes.add(out);
+    return out;
+  }
 // java.util.Base64 basic encoder / decoder (decode0: its errors)
   function toBase64(bytes) {
     var out = "", i, n;
@@ -1301,6 +1309,16 @@ var __tbelH = (function () {
     return list.map(function (v) { return byteOf(name, v); });
   }
 // Guava Bytes.toArray: Number.byteValue
+// Java's ClassCastException of a value (its class as MVEL has it: a whole number an Integer, or a
+// Long past int, else a Double) cast to the class "to"
+  function classCast(v, to) {
+    var cls = typeof v === "string" ? "java.lang.String" : typeof v === "boolean" ? "java.lang.Boolean"
+      : typeof v !== "number" ? (Array.isArray(v) ? "java.util.ArrayList" : "java.util.LinkedHashMap")
+      : v % 1 !== 0 ? "java.lang.Double" : Math.abs(v) <= 2147483647 ? "java.lang.Integer" : "java.lang.Long";
+    var e = new TypeError("class " + cls + " cannot be cast to class " + to);
+    e.name = "ClassCastException";
+    return e;
+  }
   function numberByte(v) {
     if (typeof v !== "number") { throw new TypeError("the list holds " + JSON.stringify(v) + ", not a number"); }
     var t = Math.trunc(v);
@@ -1783,7 +1801,11 @@ var __tbelH = (function () {
     base64ToBytes: function (s) { return signed(fromBase64(aText("base64ToBytes", s))); },
     bytesToBase64: function (list) { return toBase64(listBytes("bytesToBase64", list)); },
     hexToBytesArray: function (value) { return signed(hexToBytes(aText("hexToBytesArray", value))); },
-    printUnsignedBytes: function (list) { return listBytes("printUnsignedBytes", list); },
+    printUnsignedBytes: function (list) {
+// for (Byte b : byteArray): an item of a list that is not of Bytes is a ClassCastException
+      if (Array.isArray(list) && list.length > 0 && !__tbelBytes.has(list)) { throw classCast(list[0], "java.lang.Byte"); }
+      return listBytes("printUnsignedBytes", list);
+    },
 // TbUtils.longToHex(Long[, bigEndian[, pref[, len]]]) (at most 16 digits), floatToHex(Float[,
 // bigEndian]) ("0x%08X" of Float.floatToIntBits), doubleToHex(Double[, bigEndian]) ("0x%016X" of
 // Double.doubleToRawLongBits), intLongToRadixString(Long[, radix[, bigEndian[, pref]]])

@@ -1327,3 +1327,18 @@ def test_a_def_in_a_def_has_its_own_variables_as_mvel() -> None:
 def test_defs_nested_too_deep_are_refused() -> None:
     with pytest.raises(ScriptSyntaxError, match="a def nested more than 64 deep"):
         tbel_to_js("def f() {" * 70 + "}" * 70)
+
+
+def test_print_unsigned_bytes_takes_a_list_of_bytes_only_as_tb_utils() -> None:
+    """TbUtils.printUnsignedBytes(List<Byte>) iterates ``for (Byte b : byteArray)``: a list of
+    the byte helpers (hexToBytes, stringToBytes, base64ToBytesList, a slice of one) works
+    (TbelInvokeDocsIoTest.printUnsignedBytes_Test); a list literal's Integers are a
+    ClassCastException; an empty list has no item to cast."""
+    assert run('return [printUnsignedBytes(hexToBytes("01FF")), printUnsignedBytes([]),\n'
+               '  printUnsignedBytes(stringToBytes("é")), printUnsignedBytes(base64ToBytesList("AP8=")),\n'
+               '  printUnsignedBytes(hexToBytes("01FF7F").slice(1))];') == [
+        [1, 255], [], [195, 169], [0, 255], [255, 127]]
+    assert error("return printUnsignedBytes([-1, 1, 300]);") == (
+        "ClassCastException: class java.lang.Integer cannot be cast to class java.lang.Byte")
+    assert error('return printUnsignedBytes(["a"]);') == (
+        "ClassCastException: class java.lang.String cannot be cast to class java.lang.Byte")
