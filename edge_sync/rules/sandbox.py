@@ -394,7 +394,8 @@ def tbel_to_js(source: str) -> str:
     as a call (``TBEL_GETTERS``), ``Math.f(...)``, ``JSON.parse`` / ``stringify``, ``new
     Date(...)`` and the class methods of ``TBEL_JAVA_STATICS`` (``Date.now()``, ...). Any other
     method call is refused, and so is a call of a computed or parenthesized member
-    (``x["name"]()``, ``(x.name)()``). Comments are made spaces first; line numbers are kept
+    (``x["name"]()``, ``(x.name)()``), optional chaining (``x?.y``), ``this`` and
+    ``globalThis``. Comments are made spaces first; line numbers are kept
     (and columns, but on the line of a ``def``'s ``{``, where its own variables are declared).
     Linear in the script's length.
     """
