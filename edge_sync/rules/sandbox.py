@@ -161,10 +161,16 @@ _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(?:int|long|double|float|boolean|byte|short|char|String|Map|List|Object)"
                 r"\s+[A-Za-z_$][\w$]*\s*[=;]"), "typed declarations (use var)"),
     (re.compile(r"\.\?"), "null-safe navigation (.?)"),
+    # JavaScript's optional chaining (``l.sort?.()``, ``(l.sort)?.()`` would call JavaScript's
+    # method); MVEL has none. Not before a digit: ``c ?.5 : 1`` is a ternary
+    (re.compile(r"\?\.(?!\d)"), "optional chaining (?.)"),
     (re.compile(r"\bwith\s*\("), "with blocks"),
     # MVEL declares with ``var`` (or a type) only; a ``let`` would also escape the per-call scope
     (re.compile(r"\b(?:let|const|class)\s+[A-Za-z_$]"), "let, const and class declarations (use var)"),
     (re.compile(r"`"), "template literals (`...`)"),
+    # JavaScript's global object: what a script set on it would outlive the call (the runtime
+    # freezes it too: tbel_runtime.js, __tbelLock)
+    (re.compile(r"(?<![\w$.])(?:globalThis|this)(?![\w$])"), "this and globalThis"),
     # ``l["sort"]()``, ``(l["sort"])()``: a call of a computed member would run JavaScript's
     # method of that name
     (re.compile(r"\][\s)]*\("), "a call of a computed member (x[\"name\"](...))"),
@@ -298,45 +304,80 @@ def _assigned(code: str) -> set[str]:
     return names | set(_TBEL_VAR.findall(code))
 
 
+_MAX_DEF_NESTING = 64
+
+
 def _def_locals(source: str) -> str:
     """Each ``def name(params) { body }``'s own variables declared at the top of its body
-    (``{ var total, i; ...``, on the same line): the names its body assigns that the script
-    has not assigned or declared before the ``def``. MVEL compiles a function's body with its
+    (``{ var total, i; ...``, on the same line): the names its body assigns that the enclosing
+    code has not assigned or declared before the ``def``. MVEL compiles a function's body with its
     own variables (org.mvel2.ast.Function: the body's variables that are not the enclosing
-    script's become indexed inputs) and gives each call a FunctionVariableResolverFactory of
+    context's become indexed inputs) and gives each call a FunctionVariableResolverFactory of
     its own, so a recursive call has its own ``total``, and the script's does not change; a
-    name the script set before the ``def`` is the script's, shared. Linear: one pass over the
-    code, each body scanned once."""
+    name the script set before the ``def`` is the script's, shared. A ``def`` inside a ``def``
+    follows the same rule in the enclosing one's context (its ParserContext is the enclosing
+    function's): the enclosing one's parameters and the names it assigned before the inner
+    ``def`` are shared, the rest are the inner one's own. Linear: the braces are matched once,
+    and each def's code is scanned once, its inner defs' bodies skipped."""
     mask = _code_mask(source)
     code = "".join(c if m else " " for c, m in zip(source, mask, strict=True))
-    out: list[str] = []
-    outer: set[str] = set()
-    done = 0  # the end of the last def's body
+    # each "{"'s matching end (past its "}"), in one pass
+    ends: dict[int, int] = {}
+    opened: list[int] = []
+    for i, c in enumerate(code):
+        if c == "{":
+            opened.append(i)
+        elif c == "}" and opened:
+            ends[opened.pop()] = i + 1
+    # the defs with a body: (start, name, params, brace, end), in order of start
+    defs: list[tuple[int, str, set[str], int, int]] = []
     for found in _TBEL_DEF.finditer(code):
-        if found.start() < done:
-            continue  # a def inside a def: its names are the enclosing def's locals
-        # the parameters, up to the closing parenthesis
         close = code.find(")", found.end())
         brace = close + 1
         while close >= 0 and brace < len(code) and code[brace].isspace():
             brace += 1
         if close < 0 or brace >= len(code) or code[brace] != "{":
             continue
-        depth, end = 1, brace + 1
-        while end < len(code) and depth:
-            depth += {"{": 1, "}": -1}.get(code[end], 0)
-            end += 1
-        outer |= _assigned(code[done:found.start()])
-        params = set(_TBEL_NAME.findall(code[found.end():close]))
-        # (msg, metadata and msgType, the script's arguments, stay the script's)
-        own = sorted(_assigned(code[brace + 1:end]) - params - outer - {found.group(1)}
-                     - set(ARG_NAMES))
-        out.append(source[done:brace + 1])
-        if own:
-            out.append(" var " + ", ".join(own) + ";")
-        out.append(source[brace + 1:end])
-        done = end
-    out.append(source[done:])
+        end = ends.get(brace, len(code))
+        defs.append((found.start(), found.group(1), set(_TBEL_NAME.findall(code[found.end():close])),
+                     brace, end))
+    out: list[str] = []
+    at = 0  # the next def of ``defs`` to place
+
+    def region(lo: int, hi: int, shared: set[str], depth: int) -> set[str]:
+        """Copy source[lo:hi] to ``out``, each def directly in it with its own variables
+        declared (``shared``: the names visible to a def at ``lo``); the names the region itself
+        assigns (not its defs' bodies)."""
+        nonlocal at
+        if depth > _MAX_DEF_NESTING:
+            line = source[:lo].count("\n") + 1
+            raise ScriptSyntaxError(f"TBEL: a def nested more than {_MAX_DEF_NESTING} deep "
+                                    f"(line {line}); see docs/rules-scripts.md")
+        assigned: set[str] = set()
+        done = lo
+        while at < len(defs) and defs[at][0] < hi:
+            start, name, params, brace, end = defs[at]
+            at += 1
+            if start < done:
+                continue  # a def in a def's parameters: not one
+            assigned |= _assigned(code[done:start])
+            out.append(source[done:brace + 1])
+            marker = len(out)
+            out.append("")
+            # the body, up to its "}" (an unclosed one: to the end of the script)
+            body_hi = end - 1 if brace in ends else end
+            inner = region(brace + 1, body_hi, shared | assigned | params, depth + 1)
+            # (msg, metadata and msgType, the script's arguments, stay the script's)
+            own = sorted(inner - params - shared - assigned - {name} - set(ARG_NAMES))
+            if own:
+                out[marker] = " var " + ", ".join(own) + ";"
+            out.append(source[body_hi:end])
+            done = end
+        assigned |= _assigned(code[done:hi])
+        out.append(source[done:hi])
+        return assigned
+
+    region(0, len(code), set(), 0)
     return "".join(out)
 
 
@@ -353,7 +394,8 @@ def tbel_to_js(source: str) -> str:
     as a call (``TBEL_GETTERS``), ``Math.f(...)``, ``JSON.parse`` / ``stringify``, ``new
     Date(...)`` and the class methods of ``TBEL_JAVA_STATICS`` (``Date.now()``, ...). Any other
     method call is refused, and so is a call of a computed or parenthesized member
-    (``x["name"]()``, ``(x.name)()``). Comments are made spaces first; line numbers are kept
+    (``x["name"]()``, ``(x.name)()``), optional chaining (``x?.y``), ``this`` and
+    ``globalThis``. Comments are made spaces first; line numbers are kept
     (and columns, but on the line of a ``def``'s ``{``, where its own variables are declared).
     Linear in the script's length.
     """
@@ -470,9 +512,12 @@ _PROLOGUE = (
 )
 # TBEL: the runtime before the script
 # (``__edgeRegex``: the runtime's check of a regular expression, which compile calls on the
-# script's literal ones)
-_PROLOGUE_TBEL = _PROLOGUE.replace("var __edgeAt = 0,", "var __edgeRegex, __edgeAt = 0,").replace(
-    "function __script", tbel_runtime() + " __edgeRegex = __tbelRegex; function __script")
+# script's literal ones; ``__edgeLock``: called after the epilogue, it freezes what a script
+# could change for the next call)
+_PROLOGUE_TBEL = _PROLOGUE.replace(
+    "var __edgeAt = 0,", "var __edgeRegex, __edgeLock, __edgeAt = 0,").replace(
+    "function __script",
+    tbel_runtime() + " __edgeRegex = __tbelRegex; __edgeLock = __tbelLock; function __script")
 
 
 def _tbel_prologue(scope: Sequence[str]) -> str:
@@ -608,7 +653,8 @@ class ScriptEngine:
         body = tbel_to_js(script) if lang == "TBEL" else script
         self._body_lines = body.count("\n") + 1
         prologue = _tbel_prologue(tbel_scope(script)) if lang == "TBEL" else _PROLOGUE
-        self._source = prologue + body + _EPILOGUE
+        # TBEL: the intrinsics frozen once the wrapper is built (tbel_runtime.js, __tbelLock)
+        self._source = prologue + body + _EPILOGUE + ("__edgeLock();\n" if lang == "TBEL" else "")
         self._lock = threading.Lock()
         self._context: Any = None
         self._run: Any = None

@@ -4,7 +4,9 @@
 // ExecutionHashMap and ExecutionEntry, java.util.ArrayList / LinkedHashMap / java.lang.String,
 // MVEL's ForEachNode, ThingsBoard's org.thingsboard.script.api.tbel.TbUtils and
 // org.thingsboard.common.util.NumberUtils.
-var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate, __tbelNewDate, __tbelDateStatics;
+// __tbelBytes: the lists whose items are Java Bytes (List<Byte> of hexToBytes, stringToBytes, ...,
+// and their copies); a list literal's numbers are Integers
+var __tbelBytes = new WeakSet(), __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate, __tbelNewDate, __tbelDateStatics;
 (function () {
   "use strict";
   var own = Object.prototype.hasOwnProperty, M = {};
@@ -371,6 +373,14 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
     Alnum: "a-zA-Z0-9", Punct: "!-\\/:-@\\[-`{-~", Graph: "!-~", Print: " -~", Blank: " \\t",
     Cntrl: "\\x00-\\x1F\\x7F", XDigit: "0-9a-fA-F", Space: SPACE};
   var SYNTAX = "^$\\.*+?()[]{}|/";
+// \b and \B as Java 17's Pattern.Bound: a word character is a letter, a decimal digit or "_"
+// (Bound.isWord: Character.isLetterOrDigit), and a non-spacing mark after a letter or digit (and
+// marks) counts as one (Bound.check, hasBaseCharacter); JavaScript's \b is ASCII only
+  var WORD_BEFORE = "(?<=[\\p{L}\\p{Nd}_]|[\\p{L}\\p{Nd}]\\p{Mn}+)", NOT_WORD_BEFORE = "(?<![\\p{L}\\p{Nd}_]|[\\p{L}\\p{Nd}]\\p{Mn}+)";
+  var WORD_AFTER = "(?:(?=[\\p{L}\\p{Nd}_])|(?=\\p{Mn})(?<=[\\p{L}\\p{Nd}]\\p{Mn}*))";
+  var NOT_WORD_AFTER = "(?![\\p{L}\\p{Nd}_])(?:(?!\\p{Mn})|(?<![\\p{L}\\p{Nd}]\\p{Mn}*))";
+  var BOUND = "(?:" + WORD_BEFORE + NOT_WORD_AFTER + "|" + NOT_WORD_BEFORE + WORD_AFTER + ")";
+  var NOT_BOUND = "(?:" + WORD_BEFORE + WORD_AFTER + "|" + NOT_WORD_BEFORE + NOT_WORD_AFTER + ")";
 // PatternSyntaxException's message: its description, the index, the pattern on the next line
   function patternError(regex, at, what) {
     var e = new SyntaxError(what + " near index " + at + "\n" + regex);
@@ -381,20 +391,40 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
     return new SyntaxError("the regular expression " + JSON.stringify(regex) + ": " + what + " is not supported here (see docs/rules-scripts.md)");
   }
   function codePoint(cp) { return "\\u{" + cp.toString(16) + "}"; }
+// an ASCII letter's other case (else -1): CASE_INSENSITIVE without UNICODE_CASE folds US-ASCII only
+  function otherCase(cp) { return cp >= 65 && cp <= 90 ? cp + 32 : cp >= 97 && cp <= 122 ? cp - 32 : -1; }
+// the other case of the ASCII letters of the range lo-hi (Pattern.CIRange: ch, or its ASCII upper or
+// lower case, in the range)
+  function otherCaseRange(lo, hi) {
+    var s = "", a = Math.max(lo, 65), b = Math.min(hi, 90);
+    if (a <= b) { s += codePoint(a + 32) + "-" + codePoint(b + 32); }
+    a = Math.max(lo, 97); b = Math.min(hi, 122);
+    if (a <= b) { s += codePoint(a - 32) + "-" + codePoint(b - 32); }
+    return s;
+  }
   function translateRegex(regex) {
     var i = 0, n = regex.length, out = "", flags = "u", dotAll = false, atom = false, c, m;
+// assertion: the last atom is an anchor or a lookaround (Java repeats one, JavaScript refuses it);
+// groups: per open group, whether it is a lookaround
+    var assertion = false, groups = [];
+// (?i): fold, each ASCII letter as a class of its two cases (not JavaScript's "i" flag, which folds
+// all of Unicode: "é" would match "(?i)É", Java's does not); lastCp: the code point of the one
+// character esc() just read (-1: a class of characters, or none)
+    var fold = false, lastCp = -1;
     m = /^\(\?([a-zA-Z]+)\)/.exec(regex);
     if (m) {
       if (!/^[is]+$/.test(m[1])) { throw notHere(regex, "the inline flag group (?" + m[1] + ")"); }
-      if (m[1].indexOf("i") >= 0) { flags += "i"; }
+      fold = m[1].indexOf("i") >= 0;
       dotAll = m[1].indexOf("s") >= 0;
       i = m[0].length;
     }
     function esc(inClass) {
       var d = regex[i + 1], at = i, k, v, name;
+      lastCp = -1;
       if (d === undefined) { throw patternError(regex, n, "Unexpected internal error"); }
       if (!/[0-9A-Za-z]/.test(d)) {
         i += 2;
+        lastCp = d.codePointAt(0);
         if (SYNTAX.indexOf(d) >= 0 || (inClass && d === "-")) { return "\\" + d; }
         return d;
       }
@@ -407,11 +437,12 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
           return "[^" + SPACE + "]";
         case "b": case "B":
           if (inClass) { throw notHere(regex, "\\" + d + " inside a character class"); }
-          return "\\" + d;
+          return d === "b" ? BOUND : NOT_BOUND;
         case "a": return "\\x07";
         case "e": return "\\x1B";
         case "A": case "z": case "Z":
           if (inClass) { throw patternError(regex, at + 1, "Illegal/unsupported escape sequence"); }
+          assertion = true;
           return d === "A" ? "^" : d === "z" ? "$" : DOLLAR;
         case "x":
           m = /^([0-9a-fA-F]{2})|^\{([0-9a-fA-F]+)\}/.exec(regex.slice(i));
@@ -419,27 +450,39 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
           i += m[0].length;
           v = parseInt(m[1] || m[2], 16);
           if (v > 0x10FFFF) { throw patternError(regex, at, "Hexadecimal codepoint is too big"); }
+          lastCp = v;
           return codePoint(v);
         case "u":
           m = /^[0-9a-fA-F]{4}/.exec(regex.slice(i));
           if (!m) { throw patternError(regex, at, "Illegal Unicode escape sequence"); }
           i += 4;
-          return codePoint(parseInt(m[0], 16));
+          lastCp = parseInt(m[0], 16);
+// a high surrogate's escape then a low one's is the one code point (Pattern.uxxxx)
+          k = /^\\u(d[c-f][0-9a-f]{2})/i.exec(regex.slice(i));
+          if (lastCp >= 0xD800 && lastCp <= 0xDBFF && k) {
+            i += 6;
+            lastCp = 0x10000 + ((lastCp - 0xD800) << 10) + (parseInt(k[1], 16) - 0xDC00);
+          }
+          return codePoint(lastCp);
         case "0":
           m = /^[0-7]{1,3}/.exec(regex.slice(i));
           if (!m) { throw patternError(regex, at, "Illegal octal escape sequence"); }
           k = m[0].length === 3 && m[0][0] > "3" ? m[0].slice(0, 2) : m[0];
           i += k.length;
-          return codePoint(parseInt(k, 8));
+          lastCp = parseInt(k, 8);
+          return codePoint(lastCp);
         case "c":
           if (i >= n) { throw patternError(regex, at, "Illegal control escape sequence"); }
           v = regex.codePointAt(i);
           i += v > 0xFFFF ? 2 : 1;
-          return codePoint(v ^ 64);
+          lastCp = v ^ 64;
+          return codePoint(lastCp);
         case "Q":
           k = regex.indexOf("\\E", i);
           if (k < 0) { k = n; }
           v = Array.from(regex.slice(i, k)).map(function (ch) {
+            var o = fold ? otherCase(ch.codePointAt(0)) : -1;
+            if (o >= 0) { return inClass ? ch + codePoint(o) : "[" + ch + codePoint(o) + "]"; }
             return SYNTAX.indexOf(ch) >= 0 || ch === "-" ? "\\" + ch : ch; }).join("");
           i = Math.min(k + 2, n);
           return inClass ? v : "(?:" + v + ")";
@@ -448,6 +491,8 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
           name = m ? m[1] : "";
           if (!m || !own.call(POSIX, name)) { throw notHere(regex, "the character property \\" + d + regex.slice(i, i + (m ? m[0].length : 1))); }
           i += m[0].length;
+// (case-insensitive, \p{Lower} and \p{Upper} are either case: CharPredicates.forPOSIXName)
+          if (fold && (name === "Lower" || name === "Upper")) { name = "Alpha"; }
           if (d === "p") { return inClass ? POSIX[name] : "[" + POSIX[name] + "]"; }
           if (inClass) { throw notHere(regex, "\\P{...} inside a character class"); }
           return "[^" + POSIX[name] + "]";
@@ -470,15 +515,37 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
         if (c === "]") { i++; return s + "]"; }
         if (c === "[") { throw notHere(regex, "a class inside a character class ([a[b]])"); }
         if (c === "&" && regex[i + 1] === "&") { throw notHere(regex, "an intersection of character classes (&&)"); }
-        if (c === "\\") { s += esc(true); continue; }
-        s += c;
-        i++;
+        var item, cp, hi;
+        if (c === "\\") {
+          item = esc(true);
+          cp = lastCp;
+// after a class escape (\w, \p{Digit}) "-" is a literal (Pattern.range: no range from a class)
+          if (cp < 0 && regex[i] === "-" && i + 1 < n && regex[i + 1] !== "]") { s += item + "\\-"; i++; continue; }
+        } else {
+          cp = regex.codePointAt(i); item = String.fromCodePoint(cp); i += cp > 0xFFFF ? 2 : 1;
+        }
+        if (!fold || cp < 0) { s += item; continue; }
+        if (regex[i] === "-" && i + 1 < n && regex[i + 1] !== "]") {
+          i++;
+          if (regex[i] === "\\") { item += "-" + esc(true); hi = lastCp; } else {
+            hi = regex.codePointAt(i); item += "-" + String.fromCodePoint(hi); i += hi > 0xFFFF ? 2 : 1;
+          }
+          s += item + (hi >= cp ? otherCaseRange(cp, hi) : "");
+          continue;
+        }
+        s += item + (otherCase(cp) >= 0 ? codePoint(otherCase(cp)) : "");
       }
     }
     while (i < n) {
       c = regex[i];
-      if (c === "\\") { out += esc(false); atom = true; continue; }
-      if (c === "[") { out += klass(); atom = true; continue; }
+      if (c === "\\") {
+        assertion = false;
+        m = esc(false);
+        out += fold && otherCase(lastCp) >= 0 ? "[" + m + codePoint(otherCase(lastCp)) + "]" : m;
+        atom = true;
+        continue;
+      }
+      if (c === "[") { out += klass(); atom = true; assertion = false; continue; }
       if (c === "(") {
         if (regex[i + 1] === "?") {
           m = /^\(\?(?::|=|!|<=|<!|<[a-zA-Z][a-zA-Z0-9]*>)/.exec(regex.slice(i));
@@ -487,7 +554,8 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
           }
           out += m[0];
           i += m[0].length;
-        } else { out += "("; i++; }
+          groups.push(/^\(\?<?[=!]$/.test(m[0]));
+        } else { out += "("; i++; groups.push(false); }
         atom = false;
         continue;
       }
@@ -495,6 +563,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
         m = c === "{" ? /^\{\d+(?:,\d*)?\}/.exec(regex.slice(i)) : [c];
         if (!m) { throw patternError(regex, i, "Illegal repetition"); }
         if (!atom) { throw patternError(regex, i, "Dangling meta character '" + c + "'"); }
+        if (assertion) { throw notHere(regex, "a quantifier (" + m[0] + ") on an anchor or a lookaround"); }
         out += m[0];
         i += m[0].length;
         if (regex[i] === "?") { out += "?"; i++; }
@@ -502,7 +571,9 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
         atom = false;
         continue;
       }
-      atom = c !== "|" && c !== "^" && c !== "$";
+      atom = c !== "|";
+      assertion = c === "^" || c === "$" || (c === ")" && groups.pop() === true);
+      if (fold && otherCase(c.charCodeAt(0)) >= 0) { out += "[" + c + String.fromCharCode(otherCase(c.charCodeAt(0))) + "]"; i++; continue; }
       out += c === "." ? (dotAll ? "[^]" : DOT) : c === "$" ? DOLLAR : c === "]" || c === "}" ? "\\" + c : c;
       i++;
     }
@@ -633,6 +704,8 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
 // ExecutionArrayList.slice([start[, end]]) (ArrayTools.initStartIndex / initEndIndex, then
 // ArrayList.subList: a start after the end throws), concat(list) (a new list), reverse (in
 // place), toReversed (a new list); String.concat
+// a copy of a list of Bytes holds Bytes
+  function bytesIf(list, copy) { if (__tbelBytes.has(list)) { __tbelBytes.add(copy); } return copy; }
   function startIndex(i, n) { return i < -n ? 0 : i < 0 ? i + n : i; }
   function endIndex(i, n) { return i < -n ? 0 : i < 0 ? i + n : Math.min(i, n); }
   define("slice", {list: opt(0, 2, function (a, b) {
@@ -640,12 +713,12 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
     var from = arguments.length >= 1 ? startIndex(whole("slice", a), n) : 0;
     var to = arguments.length >= 2 ? endIndex(whole("slice", b), n) : n;
     if (from > to) { throw new RangeError("fromIndex(" + from + ") > toIndex(" + to + ")"); }
-    return this.slice(from, to);
+    return bytesIf(this, this.slice(from, to));
   })});
   define("concat", {list: function (c) { return this.concat(aList("concat", c)); },
     text: function (s) { return String(this) + aText("concat", s); }});
   define("reverse", {list: function () { this.reverse(); return null; }});
-  define("toReversed", {list: function () { return this.slice().reverse(); }});
+  define("toReversed", {list: function () { return bytesIf(this, this.slice().reverse()); }});
 // ExecutionArrayList.sort([asc]) / toSorted([asc]): by number (Double.compareTo) when every
 // element's text reads as a double (validateClazzInArrayIsOnlyNumber: Double.parseDouble of
 // decimal text), else by text (String.valueOf, String.compareTo); stable, as List.sort
@@ -702,7 +775,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
   define("toSortedByValue", {map: opt(0, 1, function () { return reordered(this, keysByValue(this, ascending("toSortedByValue", arguments))); })});
 // ExecutionHashMap.clone (slice(): a new map, the same values), ArrayList.clone (a new list)
   define("clone", {map: function () { return reordered(this, Object.keys(this)); },
-    list: function () { return this.slice(); }});
+    list: function () { return bytesIf(this, this.slice()); }});
   function ascending(name, args) {
     if (args.length === 0) { return true; }
     if (typeof args[0] !== "boolean") { throw new TypeError(name + "(): asc is not true or false"); }
@@ -713,7 +786,7 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
     for (var i = 0; i < out.length; i++) { this[i] = out[i]; }
     return null;
   })});
-  define("toSorted", {list: opt(0, 1, function () { return sorted(this, ascending("toSorted", arguments)); })});
+  define("toSorted", {list: opt(0, 1, function () { return bytesIf(this, sorted(this, ascending("toSorted", arguments))); })});
 // Java's toString: String.valueOf of the value (see text)
   define("toString", {list: function () { return text(this); }, map: function () { return text(this); },
     entry: function () { return text(this); }, text: function () { return String(this); },
@@ -733,7 +806,10 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
 // images: getFullYear and getUTCFullYear agree. Months are 1 to 12 and days of the week 1
 // (Monday) to 7, as java.time gives them. Its localized texts (toString, toLocaleString, ...)
 // are not made here: a Date in the script's value, or its toString, is an error.
-  function TbDate(ms, ns) { this.ms = ms; this.ns = ns; }
+  // the instant under symbol keys: no script reads or writes it but through the methods (MVEL
+// has no property ms on a TbDate)
+  var MS = Symbol("ms"), NS = Symbol("ns");
+  function TbDate(ms, ns) { this[MS] = ms; this[NS] = ns; }
   function dateError(message) { var e = new Error(message); e.name = "DateTimeException"; return e; }
   function notParsed(s) { var e = new Error("Cannot parse value [" + s + "] as instant"); e.name = "ConversionException"; return e; }
   var MONTHS = ["JANUARY", "FEBRUARY", "MARCH", "APRIL", "MAY", "JUNE", "JULY", "AUGUST", "SEPTEMBER", "OCTOBER", "NOVEMBER", "DECEMBER"];
@@ -844,14 +920,14 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
     throw new TypeError("a Date in the script's value: ThingsBoard writes its localized text, which is not made here; give toISOString() or getTime() (see docs/rules-scripts.md)");
   }});
   function civil(d) {
-    var t = new Date(d.ms);
+    var t = new Date(d[MS]);
     return {y: t.getUTCFullYear(), m: t.getUTCMonth() + 1, d: t.getUTCDate(), h: t.getUTCHours(), mi: t.getUTCMinutes(),
       s: t.getUTCSeconds(), ms: t.getUTCMilliseconds(), dow: (t.getUTCDay() + 6) % 7 + 1};
   }
   function pad(v, n) { var s = String(Math.abs(v)); while (s.length < n) { s = "0" + s; } return (v < 0 ? "-" : "") + s; }
 // Instant.toString (ISO_INSTANT): the fraction in 3, 6 or 9 digits, none when zero
   function isoText(d) {
-    var c = civil(d), nanos = c.ms * 1000000 + d.ns, f = "";
+    var c = civil(d), nanos = c.ms * 1000000 + d[NS], f = "";
     if (nanos !== 0) {
       f = "." + pad(nanos, 9);
       f = nanos % 1000000 === 0 ? f.slice(0, 4) : nanos % 1000 === 0 ? f.slice(0, 7) : f;
@@ -862,23 +938,23 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
 // ZonedDateTime.plusYears / plusMonths (the day kept, else the month's last), plusWeeks ...
   function plusMonths(d, months) {
     var c = civil(d), total = c.y * 12 + (c.m - 1) + months, y = Math.floor(total / 12), m = total - y * 12 + 1;
-    d.ms = epochOf(y, m, Math.min(c.d, monthDays(y, m)), c.h, c.mi, c.s, c.ms, 0);
+    d[MS] = epochOf(y, m, Math.min(c.d, monthDays(y, m)), c.h, c.mi, c.s, c.ms, 0);
     return null;
   }
-  function plusMs(d, ms) { d.ms += ms; return null; }
+  function plusMs(d, ms) { d[MS] += ms; return null; }
   var DATE_GETTERS = {FullYear: "y", Month: "m", Date: "d", Day: "dow", Hours: "h", Minutes: "mi", Seconds: "s", Milliseconds: "ms"};
   Object.keys(DATE_GETTERS).forEach(function (k) {
     var f = function () { return civil(this)[DATE_GETTERS[k]]; };
     define("get" + k, {date: f});
     define("getUTC" + k, {date: f});
   });
-  define("getTime", {date: function () { return this.ms; }});
-  define("valueOf", {date: function () { return this.ms; }});
-  define("parseSecondMilli", {date: function () { return this.ms; }});
-  define("parseSecond", {date: function () { return Math.floor(this.ms / 1000); }});
+  define("getTime", {date: function () { return this[MS]; }});
+  define("valueOf", {date: function () { return this[MS]; }});
+  define("parseSecondMilli", {date: function () { return this[MS]; }});
+  define("parseSecond", {date: function () { return Math.floor(this[MS] / 1000); }});
   define("toISOString", {date: function () { return isoText(this); }});
   define("toJSON", {date: function () { return isoText(this); }});
-  define("setTime", {date: function (ms) { this.ms = wholeArg("setTime()", ms); this.ns = 0; return null; }});
+  define("setTime", {date: function (ms) { this[MS] = wholeArg("setTime()", ms); this[NS] = 0; return null; }});
   define("addYears", {date: function (n) { return plusMonths(this, 12 * wholeArg("addYears()", n)); }});
   define("addMonths", {date: function (n) { return plusMonths(this, wholeArg("addMonths()", n)); }});
   define("addWeeks", {date: function (n) { return plusMs(this, 604800000 * wholeArg("addWeeks()", n)); }});
@@ -887,9 +963,9 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
   define("addMinutes", {date: function (n) { return plusMs(this, 60000 * wholeArg("addMinutes()", n)); }});
   define("addSeconds", {date: function (n) { return plusMs(this, 1000 * wholeArg("addSeconds()", n)); }});
   define("addNanos", {date: function (n) {
-    var total = this.ns + wholeArg("addNanos()", n), carry = Math.floor(total / 1000000);
-    this.ns = total - carry * 1000000;
-    this.ms += carry;
+    var total = this[NS] + wholeArg("addNanos()", n), carry = Math.floor(total / 1000000);
+    this[NS] = total - carry * 1000000;
+    this[MS] += carry;
     return null;
   }});
 // TbDate.now(), UTC(year[, month[, date[, hrs[, min[, sec[, ms]]]]]]) (0 for year, month or date
@@ -925,6 +1001,23 @@ var __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate
         return f.apply(this, arguments);
       }});
   });
+// MVEL reads d.time as d.getTime() (its getter rule: getTime for a property time; and so
+// d.fullYear, d.UTCHours, ...), and d.time = x is d.setTime(x)
+  Object.keys(__tbelS).forEach(function (name) {
+    if (!/^get[A-Z]/.test(name) || !M[name].date) { return; }
+    var get = function () { return this[__tbelS[name]](); }, set;
+    if (name === "getTime") { set = function (v) { this[__tbelS.setTime](v); }; }
+    [name[3].toLowerCase() + name.slice(4), name.slice(3)].forEach(function (prop) {
+      Object.defineProperty(TbDate.prototype, prop, {configurable: true, enumerable: false, get: get, set: set});
+    });
+  });
+// a Date in a concatenation or String(d): TbDate.toString is localized text, which is not made
+// here (the error of d.toString()); as a number (d1 < d2) NaN, so that a comparison is false, as
+// MVEL's of two objects that are not Comparable (MathProcessor.doOperationNonNumeric)
+  function noText() { return text(this); }
+  Object.defineProperty(TbDate.prototype, "toString", {configurable: true, writable: true, enumerable: false, value: noText});
+  Object.defineProperty(TbDate.prototype, Symbol.toPrimitive, {configurable: true, enumerable: false,
+    value: function (hint) { return hint === "number" ? NaN : text(this); }});
 // MVEL's ForEachNode: a list (Iterable; ArrayList's iterator throws
 // ConcurrentModificationException when the list changes size meanwhile), text (its chars),
 // an integer n (1 to n, counted as it goes: for (i = 1; i != n + 1; i++), so a negative n runs
@@ -1052,7 +1145,11 @@ var __tbelH = (function () {
     }
     return out;
   }
-  function signed(bytes) { return bytes.map(function (b) { return b > 127 ? b - 256 : b; }); }
+  function signed(bytes) {
+    var out = bytes.map(function (b) { return b > 127 ? b - 256 : b; });
+    __tbelBytes.add(out);
+    return out;
+  }
 // java.util.Base64 basic encoder / decoder (decode0: its errors)
   function toBase64(bytes) {
     var out = "", i, n;
@@ -1212,6 +1309,16 @@ var __tbelH = (function () {
     return list.map(function (v) { return byteOf(name, v); });
   }
 // Guava Bytes.toArray: Number.byteValue
+// Java's ClassCastException of a value (its class as MVEL has it: a whole number an Integer, or a
+// Long past int, else a Double) cast to the class "to"
+  function classCast(v, to) {
+    var cls = typeof v === "string" ? "java.lang.String" : typeof v === "boolean" ? "java.lang.Boolean"
+      : typeof v !== "number" ? (Array.isArray(v) ? "java.util.ArrayList" : "java.util.LinkedHashMap")
+      : v % 1 !== 0 ? "java.lang.Double" : Math.abs(v) <= 2147483647 ? "java.lang.Integer" : "java.lang.Long";
+    var e = new TypeError("class " + cls + " cannot be cast to class " + to);
+    e.name = "ClassCastException";
+    return e;
+  }
   function numberByte(v) {
     if (typeof v !== "number") { throw new TypeError("the list holds " + JSON.stringify(v) + ", not a number"); }
     var t = Math.trunc(v);
@@ -1694,7 +1801,11 @@ var __tbelH = (function () {
     base64ToBytes: function (s) { return signed(fromBase64(aText("base64ToBytes", s))); },
     bytesToBase64: function (list) { return toBase64(listBytes("bytesToBase64", list)); },
     hexToBytesArray: function (value) { return signed(hexToBytes(aText("hexToBytesArray", value))); },
-    printUnsignedBytes: function (list) { return listBytes("printUnsignedBytes", list); },
+    printUnsignedBytes: function (list) {
+// for (Byte b : byteArray): an item of a list that is not of Bytes is a ClassCastException
+      if (Array.isArray(list) && list.length > 0 && !__tbelBytes.has(list)) { throw classCast(list[0], "java.lang.Byte"); }
+      return listBytes("printUnsignedBytes", list);
+    },
 // TbUtils.longToHex(Long[, bigEndian[, pref[, len]]]) (at most 16 digits), floatToHex(Float[,
 // bigEndian]) ("0x%08X" of Float.floatToIntBits), doubleToHex(Double[, bigEndian]) ("0x%016X" of
 // Double.doubleToRawLongBits), intLongToRadixString(Long[, radix[, bigEndian[, pref]]])
@@ -1820,3 +1931,55 @@ var __tbelH = (function () {
 })();
 // the script's scope binds each helper afresh per call (sandbox.py: var btoa = __tbelH.btoa, ...)
 var __tbelJava = __tbelH.java;
+// Called once the wrapper is built (sandbox.py, after the epilogue): each call of a TBEL script
+// starts from the same state, as each MVEL run has fresh variables. No code made from text: the
+// global eval and Function go, and the constructor of every kind of function (reachable as
+// x.constructor.constructor) is undefined. Nothing a script reaches persists: the intrinsics
+// (every object reachable from the global object) are frozen, and the global object takes no new
+// property and has its own ones read-only (but __edgeAt, the wrapper's). A frozen
+// Object.prototype or Error.prototype would make an assignment of a key of the same name
+// (m.constructor = 1, e.name = ...) fail: their data properties become accessors whose setter
+// makes the key the object's own (the "override mistake"), so a map's key "constructor" or
+// "toString" still reads and writes as any other.
+var __tbelLock = function () {
+  "use strict";
+  var G = globalThis;
+  delete G.eval;
+  delete G.Function;
+  [function () {}, async function () {}, function* () {}, async function* () {}].forEach(function (f) {
+    Object.defineProperty(Object.getPrototypeOf(f), "constructor", {value: undefined, writable: false, configurable: false});
+  });
+  function tame(o) {
+    Object.getOwnPropertyNames(o).forEach(function (k) {
+      var d = Object.getOwnPropertyDescriptor(o, k);
+      if (!("value" in d) || !d.writable || !d.configurable) { return; }
+      var value = d.value;
+      Object.defineProperty(o, k, {configurable: false, enumerable: d.enumerable,
+        get: function () { return value; },
+        set: function (v) {
+          if (this === o) { throw new TypeError("Cannot assign to read only property '" + k + "'"); }
+          Object.defineProperty(this, k, {value: v, writable: true, enumerable: true, configurable: true});
+        }});
+    });
+  }
+  tame(Object.prototype);
+  [Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError, InternalError, AggregateError].forEach(function (E) { tame(E.prototype); });
+  var seen = new Set(), todo = [];
+  function add(v) {
+    if (v !== null && (typeof v === "object" || typeof v === "function") && v !== G && !seen.has(v)) { seen.add(v); todo.push(v); }
+  }
+  Object.getOwnPropertyNames(G).forEach(function (k) { if (k !== "__edgeAt") { add(G[k]); } });
+  while (todo.length) {
+    var o = todo.pop();
+    add(Object.getPrototypeOf(o));
+    Reflect.ownKeys(o).forEach(function (k) {
+      var d = Object.getOwnPropertyDescriptor(o, k);
+      if ("value" in d) { add(d.value); } else { add(d.get); add(d.set); }
+    });
+    Object.freeze(o);
+  }
+  Object.getOwnPropertyNames(G).forEach(function (k) {
+    if (k !== "__edgeAt") { Object.defineProperty(G, k, {writable: false, configurable: false}); }
+  });
+  Object.preventExtensions(G);
+};

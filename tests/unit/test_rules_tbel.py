@@ -1165,3 +1165,180 @@ def test_a_date_method_outside_the_subset_is_refused_at_compile() -> None:
                                  "subset (line 2: '.toLocaleString('); see docs/rules-scripts.md")
     with pytest.raises(ScriptSyntaxError, match=r"new \(Java object construction\)"):
         ScriptEngine("return new Dates(0);", "TBEL")
+
+
+# -- each call's state is its own ---------------------------------------------------------------
+
+def test_no_code_from_text_through_a_constructor_or_eval() -> None:
+    """MVEL has no Function constructor nor eval: ``x.constructor.constructor`` (JavaScript's
+    Function, of any kind of function) is nothing, and ``eval`` is no name."""
+    assert error('var F = msg.constructor.constructor; return F("return 1")();') == (
+        "TypeError: not a function")
+    assert run('def g() { return 1; }\nreturn [g.constructor == null, '
+               'msg["constructor"]["constructor"] == null];') == [True, True]
+    assert error('var e = eval; return e("1");') == "ReferenceError: eval is not defined"
+
+
+def test_what_a_call_sets_on_a_shared_object_is_gone_on_the_next_call() -> None:
+    """Each MVEL run has fresh variables: nothing one message's script sets on a value it
+    reaches (a constructor, a prototype, a global by a destructuring) is there on the next."""
+    for script in ('var o = msg["constructor"]; if (msg.first) { o.leak = 42; } return o.leak;',
+                   'var o = [].__proto__; if (msg.first) { o.leak = 42; } return o.leak;',
+                   'if (msg.first) { msg.__proto__.leak = 42; } return {}.leak;'):
+        engine = ScriptEngine(script, "TBEL")
+        engine.call({"first": True}, {}, TELEMETRY)
+        assert engine.call({}, {}, TELEMETRY) is None, script
+    engine = ScriptEngine("if (msg.first) { [leak] = [42]; return 0; } return leak;", "TBEL")
+    assert engine.call({"first": True}, {}, TELEMETRY) == 0
+    with pytest.raises(ScriptRuntimeError, match="ReferenceError: leak is not defined"):
+        engine.call({}, {}, TELEMETRY)
+
+
+@pytest.mark.parametrize("script", ["return globalThis;", "return this;",
+                                    "def f() { return this.x; } return f();"])
+def test_this_and_global_this_are_refused(script: str) -> None:
+    with pytest.raises(ScriptSyntaxError, match="this and globalThis"):
+        tbel_to_js(script)
+
+
+def test_a_map_key_named_as_an_object_method_reads_and_writes_as_any_key() -> None:
+    """A TBEL map is a LinkedHashMap: "constructor", "toString", "valueOf" are keys as any."""
+    assert run('var m = {}; m.constructor = 5; m.toString = 3; m.put("valueOf", 7);\n'
+               'return [m.constructor, m.toString, m.get("valueOf"), m];') == [
+        5, 3, 7, {"constructor": 5, "toString": 3, "valueOf": 7}]
+    assert run('return [msg.constructor, msg.get("constructor"), msg["toString"]];',
+               {"constructor": "data", "toString": 1}) == ["data", "data", 1]
+
+
+def test_a_js_script_keeps_javascripts_function_constructor() -> None:
+    """scriptLang JS is ThingsBoard's JavaScript engine: its Function constructor is there."""
+    engine = ScriptEngine('return msg.constructor.constructor("return 7")();', "JS")
+    assert engine.call({}, {}, TELEMETRY) == 7
+
+
+# -- Java regular expressions: case, word bounds, surrogates (results of Java 17's Pattern) ---------
+
+def test_case_insensitive_folds_ascii_letters_only_as_java() -> None:
+    """Pattern.CASE_INSENSITIVE without UNICODE_CASE: US-ASCII letters only (é is not É, the long s
+    U+017F is not s, the Kelvin sign is not k); a class's ASCII letter range takes the other case of the
+    letters it holds (CIRange: [Z-a] holds z, so _ and Z..a both cases); \\p{Lower} is either
+    case (CharPredicates.forPOSIXName)."""
+    assert run('return ["é".matches("(?i)É"), "Ä".matches("(?i)ä"), "\\u017F".matches("(?i)s"),\n'
+               '  "\\u212A".matches("(?i)k"), "\\u017F".matches("(?i)\\\\w"), "É".matches("(?i)[é]"),\n'
+               '  "k".matches("(?i)[\\\\u212A]")];') == [False] * 7
+    assert run('return ["caT".matches("(?i)[a-z]+"), "_".matches("(?i)[Z-a]"),\n'
+               '  "z".matches("(?i)[Y-\\\\x5F]"), "A".matches("(?i)\\\\x61"),\n'
+               '  "aB".matches("(?i)\\\\QAb\\\\E"), "A".matches("(?i)\\\\p{Lower}"),\n'
+               '  "1".matches("(?i)\\\\P{Upper}"), "Kk".matches("(?i)[K]+"),\n'
+               '  "Q".matches("(?i)[^q]"), "a".matches("(?i)\\\\P{Upper}")];') == [True] * 8 + [
+        False, False]
+
+
+def test_word_bounds_are_unicode_letters_and_digits_as_java_17() -> None:
+    """Java 17's Pattern.Bound: a word character is Character.isLetterOrDigit or "_", and a
+    non-spacing mark after one counts with it (JavaScript's \\b is ASCII)."""
+    assert run('return ["café x".split("\\\\b"), "naïve".replaceAll("\\\\b", "|"),\n'
+               '  "a1_é b".replaceAll("\\\\B", "|"), "x\\u0663y z".split("\\\\b"),\n'
+               '  "ab\\u0301c d".replaceAll("\\\\b", "|")];') == [
+        ["café", " ", "x"], "|naïve|", "a|1|_|é b", ["x\u0663y", " ", "z"], "|ab\u0301c| |d|"]
+
+
+def test_a_surrogate_pair_of_escapes_is_one_code_point_as_java() -> None:
+    """Pattern.uxxxx: a high surrogate's escape then a low one's match the one code point."""
+    assert run('return [msg.s.matches("\\\\uD83D\\\\uDE00"), msg.s.matches("[\\\\uD83D\\\\uDE00]"),\n'
+               '  msg.s.matches("\\\\uD83D"), (msg.s + "x").matches("\\\\uD83D\\\\uDE00x")];',
+               {"s": "\U0001F600"}) == [True, True, False, True]
+
+
+def test_a_class_escape_then_a_dash_is_a_literal_dash_as_java() -> None:
+    """Pattern.range: "-" after \\w or \\p{...} in a class makes no range (Java accepts
+    [\\w-z]: \\w, "-" and "z")."""
+    assert run('return ["x".matches("[\\\\w-z]"), "-".matches("[\\\\w-z]"),\n'
+               '  "-".matches("[\\\\p{Digit}-z]"), "b".matches("[\\\\w-a-c]"), "+".matches("[\\\\w-z]")];'
+               ) == [True, True, True, True, False]
+
+
+@pytest.mark.parametrize(("regex", "quantifier"), [("^*", "*"), ("$*", "*"), ("(?=a)*a", "*"),
+                                                   ("a(?<=a)+", "+"), ("\\\\A*a", "*")])
+def test_a_quantified_anchor_or_lookaround_is_named_as_not_supported(
+        regex: str, quantifier: str) -> None:
+    """Java repeats an anchor or a lookaround ("".matches("^*") is true); JavaScript cannot:
+    refused as not supported here, not as a Java syntax error."""
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine(f'return "a".matches("{regex}");', "TBEL")
+    assert f"a quantifier ({quantifier}) on an anchor or a lookaround is not supported here" in str(
+        caught.value)
+    assert "PatternSyntaxException" not in str(caught.value)
+
+
+@pytest.mark.parametrize("script", ["var l = [3, 10, 2]; return (l.sort)?.();",
+                                    "var l = [3, 10, 2]; return l.sort?.();",
+                                    "return msg?.a;"])
+def test_optional_chaining_is_refused_as_mvel_cannot_parse_it(script: str) -> None:
+    """``?.`` is JavaScript's (a call through it would be JavaScript's own method, a text
+    sort); MVEL has ``.?`` null-safe navigation, refused too."""
+    with pytest.raises(ScriptSyntaxError, match=r"optional chaining \(\?\.\)"):
+        tbel_to_js(script)
+
+
+def test_a_ternary_before_a_fraction_is_no_optional_chaining() -> None:
+    assert run("var c = msg.c; return c ?.5 : 1;", {"c": True}) == 0.5
+
+
+DATE_TEXT = ("TypeError: the text of a Date (TbDate.toString: localized) is not made here: use "
+             "toISOString() (see docs/rules-scripts.md)")
+
+
+@pytest.mark.parametrize("script", ['var d = new Date(0); return "t=" + d;',
+                                    "var d = new Date(0); return d + 1;",
+                                    "var d = new Date(0); return d.toString();"])
+def test_a_date_in_a_concatenation_fails_as_its_to_string(script: str) -> None:
+    """MVEL concatenates String.valueOf(d), TbDate.toString's localized text: not made here,
+    the same error whichever way the text is asked for (never "[object Object]")."""
+    assert error(script) == DATE_TEXT
+
+
+def test_dates_compare_as_mvels_objects_that_are_not_comparable() -> None:
+    """TbDate is not Comparable: MVEL's < > <= >= of two are false
+    (MathProcessor.doOperationNonNumeric); getTime() compares the instants."""
+    assert run("var a = new Date(1), b = new Date(2);\n"
+               "return [a < b, a > b, a <= b, b >= a, a.getTime() < b.getTime(), a == a];") == [
+        False, False, False, False, True, True]
+
+
+def test_a_dates_instant_is_no_property_and_its_getters_read_as_mvel() -> None:
+    """MVEL has no property ms on a TbDate; d.time is d.getTime() (its getter rule), d.time = x
+    is d.setTime(x), d.fullYear is d.getFullYear()."""
+    assert run('var d = new Date(0);\nd.ms = "x";\nreturn [d.getTime(), d.ns];') == [0, None]
+    assert run("var d = new Date(5);\nvar r = [d.time, d.fullYear, d.UTCFullYear, d.month];\n"
+               "d.time = 7;\nr.add(d.getTime());\nreturn r;") == [5, 1970, 1970, 1, 7]
+
+
+def test_a_def_in_a_def_has_its_own_variables_as_mvel() -> None:
+    """org.mvel2.ast.Function compiles an inner def in the enclosing function's context: a
+    name the enclosing def assigned before the inner def is shared (20), one it assigns only
+    after is the inner def's own (11: inner's k is not outer's)."""
+    assert run("def outer(n) { def inner(m) { k = m * 2; return k; } k = 1; "
+               "return inner(n) + k; }\nreturn outer(5);") == 11
+    assert run("def outer(n) { k = 1; def inner(m) { k = m * 2; return k; } "
+               "return inner(n) + k; }\nreturn outer(5);") == 20
+
+
+def test_defs_nested_too_deep_are_refused() -> None:
+    with pytest.raises(ScriptSyntaxError, match="a def nested more than 64 deep"):
+        tbel_to_js("def f() {" * 70 + "}" * 70)
+
+
+def test_print_unsigned_bytes_takes_a_list_of_bytes_only_as_tb_utils() -> None:
+    """TbUtils.printUnsignedBytes(List<Byte>) iterates ``for (Byte b : byteArray)``: a list of
+    the byte helpers (hexToBytes, stringToBytes, base64ToBytesList, a slice of one) works
+    (TbelInvokeDocsIoTest.printUnsignedBytes_Test); a list literal's Integers are a
+    ClassCastException; an empty list has no item to cast."""
+    assert run('return [printUnsignedBytes(hexToBytes("01FF")), printUnsignedBytes([]),\n'
+               '  printUnsignedBytes(stringToBytes("é")), printUnsignedBytes(base64ToBytesList("AP8=")),\n'
+               '  printUnsignedBytes(hexToBytes("01FF7F").slice(1))];') == [
+        [1, 255], [], [195, 169], [0, 255], [255, 127]]
+    assert error("return printUnsignedBytes([-1, 1, 300]);") == (
+        "ClassCastException: class java.lang.Integer cannot be cast to class java.lang.Byte")
+    assert error('return printUnsignedBytes(["a"]);') == (
+        "ClassCastException: class java.lang.String cannot be cast to class java.lang.Byte")
