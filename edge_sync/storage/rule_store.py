@@ -27,7 +27,8 @@ such points without reading: its putmulti overwrites nothing, and only when LMDB
 every row is the post written again row by row, reading what it replaces. A point is purged
 only when its own expiry (in its row) is the entry's, so a listing left behind (by an earlier
 release that wrote the point again, or by one that did not yet take it out) deletes nothing; the
-purge takes it out all the same.
+purge takes it out all the same, and counts it against the listings one batch may visit
+(VISITS_PER_POINT per point it may delete).
 
 ``rule_local_expiry`` is the index of an earlier release: one entry per point, named by the
 point's expiry and row. Nothing writes it any more; the purge reads it beside the new one, in
@@ -42,6 +43,7 @@ from __future__ import annotations
 import struct
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lmdb
@@ -63,6 +65,22 @@ MAX_LOCAL_KEY_BYTES = _LMDB_MAX_KEY - 8 - 16 - _U16.size - 8
 fit LMDB's key size. A longer one is Unstorable."""
 
 _SET_KEY_MIN = 8 + 16 + _U16.size + 8
+
+VISITS_PER_POINT = 4
+"""How many expiry index listings one purge may visit per point it may delete: listings left
+behind (a point written again by an earlier release, or by this one before it took a replaced
+point out of its entry) delete nothing, yet a purge's transaction stays bounded."""
+
+@dataclass(frozen=True, slots=True)
+class LocalPurge:
+    """What one purge batch did: ``points`` deleted, ``stale`` index listings visited that
+    deleted nothing (gone from the index all the same), and ``more``: it stopped at its limit
+    of points or of visits, so due entries may be left for the next batch."""
+
+    points: int
+    stale: int
+    more: bool
+
 
 Entries = Sequence[tuple[int, Sequence[tuple[str, Any]]]]
 """Points as a telemetry post carries them: (ts, ((key, value), ...)), ..."""
@@ -284,22 +302,33 @@ class RuleStore:
 
     def purge_expired(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> int:
         """Delete up to ``limit`` points whose expiry is at or before ``now_ms``, the earliest
-        expiring first; how many went. The entries of both expiry indexes are taken in expiry
-        order (the earlier release's first on a tie)."""
+        expiring first; how many went (purge_expired_batch's ``points``)."""
+        return self.purge_expired_batch(txn, now_ms, limit).points
+
+    def purge_expired_batch(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> LocalPurge:
+        """Delete up to ``limit`` points whose expiry is at or before ``now_ms``, the earliest
+        expiring first, visiting at most ``VISITS_PER_POINT * limit`` listings of the expiry
+        indexes (a listing that deletes nothing counts too), so one transaction's work is
+        bounded whatever the indexes hold. The entries of both indexes are taken in expiry
+        order (the earlier release's first on a tie); every listing visited leaves its index."""
         if limit <= 0:
-            return 0
+            return LocalPurge(0, 0, False)
         rows = self._dbs[LOCAL_TS]
-        purged = 0
+        purged = visits = 0
+        budget = VISITS_PER_POINT * limit
         with txn.cursor(db=self._dbs[LOCAL_EXPIRY_SETS]) as sets, \
                 txn.cursor(db=self._dbs[LOCAL_EXPIRY]) as points:
             set_key = bytes(sets.key()) if sets.first() else b""
             point_key = bytes(points.key()) if points.first() else b""
-            while purged < limit and (set_key or point_key):
+            while set_key or point_key:
+                if purged >= limit or visits >= budget:
+                    return LocalPurge(purged, visits - purged, True)
                 if point_key and (not set_key or point_key[:8] <= set_key[:8]):
                     expires = codec.from_u64(point_key[:8], f"{LOCAL_EXPIRY}: time")
                     if expires > now_ms:
                         break
                     purged += self._purge_row(txn, rows, point_key[8:], expires)
+                    visits += 1
                     points.delete()  # moves to the next entry (an empty key past the end)
                     point_key = bytes(points.key())
                     continue
@@ -311,13 +340,15 @@ class RuleStore:
                 prefix = set_key[8:-8]
                 listed = self._listed(set_key, sets.value())
                 for at in range(0, len(listed), 8):
-                    if purged >= limit:  # the rest of the entry stays for the next batch
+                    if purged >= limit or visits >= budget:
+                        # the rest of the entry stays for the next batch
                         sets.put(set_key, codec.pack(listed[at:]))
-                        return purged
+                        return LocalPurge(purged, visits - purged, True)
                     purged += self._purge_row(txn, rows, prefix + listed[at:at + 8], expires)
+                    visits += 1
                 sets.delete()
                 set_key = bytes(sets.key())
-        return purged
+        return LocalPurge(purged, visits - purged, False)
 
     def delete_entity(self, txn: lmdb.Transaction, entity_id: uuid.UUID) -> int:
         """The entity is gone: its rule state and every local point go, and the expiry index's

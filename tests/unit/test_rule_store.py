@@ -25,6 +25,7 @@ from edge_sync.storage.rule_store import (
     MAX_LOCAL_KEY_BYTES,
     STATE,
     TABLES,
+    LocalPurge,
     RuleStore,
 )
 from edge_sync.storage.usage import storage_usage
@@ -652,3 +653,53 @@ def test_a_point_of_the_earlier_index_written_again_leaves_that_index(tmp_path: 
     finally:
         store.close()
 
+
+def stale_ahead(store: LmdbStore, rules: RuleStore) -> None:
+    """E1's ten points written at expiry 1000, then written again by an earlier release run on
+    the store (expiry 5000, in its own index only: the entry at 1000 lists ten ts that delete
+    nothing), and E2's three points expiring at 2000 behind them."""
+    write(store, lambda txn: rules.put_local(
+        txn, E1, tuple((ts, (("t", ts),)) for ts in range(10)), 1_000))
+    write(store, lambda txn: earlier_put_local(
+        txn, store.dbs, E1, tuple((ts, (("t", -ts),)) for ts in range(10)), 5_000))
+    write(store, lambda txn: rules.put_local(
+        txn, E2, tuple((ts, (("t", ts),)) for ts in range(3)), 2_000))
+
+
+def test_a_purge_visits_at_most_four_listings_per_point_it_may_delete(
+        store: LmdbStore, rules: RuleStore) -> None:
+    stale_ahead(store, rules)
+    e1, e2 = row_prefix(E1, "t"), row_prefix(E2, "t")
+    # limit 2: 8 listings, all of them stale; the entry keeps the two it did not visit
+    assert purge(store, rules, 3_000, 2) == 0
+    assert expiry_sets(store) == [(u64(1_000) + e1 + u64(0), u64(8) + u64(9)),
+                                  (u64(2_000) + e2 + u64(0), u64(0) + u64(1) + u64(2))]
+    # the next batch goes on: the last two stale listings, then two of E2's points
+    assert purge(store, rules, 3_000, 2) == 2
+    assert expiry_sets(store) == [(u64(2_000) + e2 + u64(0), u64(2))]
+    assert purge(store, rules, 3_000, 2) == 1
+    assert purge(store, rules, 3_000, 2) == 0
+    assert series(store, rules, E1, None) == {"t": [(ts, -ts) for ts in range(10)]}
+    assert series(store, rules, E2, None) == {}
+    assert counts(store) == {STATE: 0, LOCAL_TS: 10, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 10}
+    # the earlier release's entries count as visits too: 1 point, then the limit
+    assert purge(store, rules, 5_000, 1) == 1
+    assert purge(store, rules, 5_000, 100) == 9
+    assert counts(store) == {STATE: 0, LOCAL_TS: 0, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
+
+
+def test_a_purge_batch_tells_points_stale_listings_and_whether_it_stopped_short(
+        store: LmdbStore, rules: RuleStore) -> None:
+    stale_ahead(store, rules)
+
+    def batch(now_ms: int, limit: int) -> LocalPurge:
+        return write(store, lambda txn: rules.purge_expired_batch(txn, now_ms, limit))
+
+    assert batch(3_000, 0) == LocalPurge(points=0, stale=0, more=False)
+    assert batch(3_000, 2) == LocalPurge(points=0, stale=8, more=True)
+    assert batch(3_000, 2) == LocalPurge(points=2, stale=2, more=True)
+    assert batch(3_000, 1) == LocalPurge(points=1, stale=0, more=True)  # at its limit
+    assert batch(3_000, 1) == LocalPurge(points=0, stale=0, more=False)  # next not due
+    # at its limit with no entry left: nothing more
+    assert batch(5_000, 10) == LocalPurge(points=10, stale=0, more=False)
+    assert counts(store) == {STATE: 0, LOCAL_TS: 0, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
