@@ -221,24 +221,31 @@ class RuleStore:
         db = self._dbs[LOCAL_TS]
         earlier = self._dbs[LOCAL_EXPIRY] if self.store.entries(txn, LOCAL_EXPIRY) else None
         done: set[bytes] = set()
+        listed: dict[bytes, set[bytes]] = {}  # expiry + row prefix: the ts to take out
+        for row, value in zip(rows, packed, strict=True):
+            previous = txn.replace(row, value, db=db)
+            if row in done or previous is None:
+                continue
+            done.add(row)
+            try:
+                expires = self._expiry_of(row, previous)
+            except StorageCorrupt:  # a damaged point is replaced; its listing purges nothing
+                continue
+            if expires is None:
+                continue
+            start = codec.u64(expires) + row[:-8]
+            found = listed.get(start)
+            if found is None:
+                found = listed[start] = set()
+            found.add(row[-8:])
+            if earlier is not None:
+                txn.delete(start + row[-8:], db=earlier)
         with txn.cursor(db=self._dbs[LOCAL_EXPIRY_SETS]) as sets:
-            for row, value in zip(rows, packed, strict=True):
-                previous = txn.replace(row, value, db=db)
-                if row in done or previous is None:
-                    continue
-                done.add(row)
-                try:
-                    expires = self._expiry_of(row, previous)
-                except StorageCorrupt:  # a damaged point is replaced; its listing purges nothing
-                    continue
-                if expires is None:
-                    continue
-                self._unlist(sets, codec.u64(expires) + row[:-8], row[-8:])
-                if earlier is not None:
-                    txn.delete(codec.u64(expires) + row, db=earlier)
+            for start, stamps in listed.items():
+                self._unlist(sets, start, stamps)
 
-    def _unlist(self, sets: lmdb.Cursor, start: bytes, stamp: bytes) -> None:
-        """Take ``stamp`` out of the expiry set entries named ``start`` (expiry + row prefix)
+    def _unlist(self, sets: lmdb.Cursor, start: bytes, stamps: set[bytes]) -> None:
+        """Take ``stamps`` out of the expiry set entries named ``start`` (expiry + row prefix)
         + a first ts; an entry left listing nothing goes."""
         found = sets.set_range(start)
         while found:
@@ -246,14 +253,11 @@ class RuleStore:
             if not name.startswith(start):
                 return
             listed = self._listed(name, sets.value())
-            at = listed.find(stamp)
-            while at >= 0 and at % 8:
-                at = listed.find(stamp, at + 1)
-            if at < 0:
+            rest = b"".join(stamp for at in range(0, len(listed), 8)
+                            if (stamp := listed[at:at + 8]) not in stamps)
+            if len(rest) == len(listed):
                 found = sets.next()
-                continue
-            rest = listed[:at] + listed[at + 8:]
-            if rest:
+            elif rest:
                 sets.put(name, codec.pack(rest))
                 found = sets.next()
             else:

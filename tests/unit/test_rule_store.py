@@ -385,6 +385,26 @@ def test_a_point_written_again_leaves_its_neighbours_listed(store: LmdbStore,
     assert counts(store) == {STATE: 0, LOCAL_TS: 2, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
 
 
+def test_points_written_again_leave_each_entry_of_their_expiry(store: LmdbStore,
+                                                              rules: RuleStore) -> None:
+    """Two posts of one commit (one expiry) make two entries of one series; one post writing a
+    point of each again takes it out of both."""
+    t = row_prefix(E1, "t")
+
+    def two_posts(txn: Any) -> None:
+        rules.put_local(txn, E1, ((1, (("t", 1),)), (2, (("t", 2),))), 1_000)
+        rules.put_local(txn, E1, ((3, (("t", 3),)), (4, (("t", 4),))), 1_000)
+
+    write(store, two_posts)
+    write(store, lambda txn: rules.put_local(txn, E1, ((3, (("t", "c"),)), (2, (("t", "b"),))),
+                                             2_000))
+    assert expiry_sets(store) == [(u64(1_000) + t + u64(1), u64(1)),
+                                  (u64(1_000) + t + u64(3), u64(4)),
+                                  (u64(2_000) + t + u64(3), u64(3) + u64(2))]
+    assert purge(store, rules, 1_000, 100) == 2
+    assert series(store, rules, E1, None) == {"t": [(2, "b"), (3, "c")]}
+
+
 @pytest.mark.parametrize(("second", "purges"), [
     (5_000, [(4_999, 0), (5_000, 1)]),  # later
     (500, [(499, 0), (500, 1)]),  # earlier
