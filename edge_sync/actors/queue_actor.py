@@ -93,7 +93,7 @@ from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EntityIndexBuild, EventLog
 from edge_sync.storage.records import Action, Lane, NewEvent, StoredEvent
 from edge_sync.storage.rpc_store import RpcStore
-from edge_sync.storage.rule_store import RuleStore
+from edge_sync.storage.rule_store import LocalPurge, RuleStore
 from edge_sync.supervisor import ExitReporter, SupervisedActor
 from edge_sync.validators import INT64_MAX
 
@@ -545,34 +545,56 @@ class QueueActor(SupervisedActor):
             _log.bind(count=n).info("purged finished RPC requests")
 
     def _purge_local(self, now_ms: int) -> None:
-        """Expired local timeseries points, in batches of _PURGE_BATCH (one transaction each)."""
-        total = 0
-        while (n := self._local_batch(now_ms, "local timeseries purge postponed")) is not None:
-            total += n
-            if n < _PURGE_BATCH:
+        """Expired local timeseries points, in batches of at most _PURGE_BATCH points (one
+        transaction each, its expiry index visits bounded too: RuleStore.purge_expired_batch)."""
+        total = stale = 0
+        while (batch := self._local_batch(now_ms, "local timeseries purge postponed")) is not None:
+            total += batch.points
+            stale += batch.stale
+            if not batch.more:
                 break
         if total:
             self._local_purged.inc(total)
-            _log.bind(count=total).info("purged expired local timeseries points")
+            _log.bind(count=total, stale_listings=stale).info(
+                "purged expired local timeseries points")
+        elif stale:
+            _log.bind(stale_listings=stale).info(
+                "removed stale expiry index listings of the local timeseries, no point was due")
+        if total or stale:
             self._store.room_made()
 
     def _drop_local_for_room(self) -> None:
         """Storage full: the local timeseries points that expire soonest go first (one batch),
-        before any new data is refused or any event evicted; counted and logged."""
-        n = self._local_batch(INT64_MAX, "local timeseries points cannot be dropped")
-        if n:
-            self._local_dropped.inc(n)
-            _log.bind(count=n).warning(
-                "storage full: dropped the {} local timeseries points that expire soonest", n)
+        before any new data is refused or any event evicted; counted and logged. A batch that
+        only took stale expiry index listings out (they delete nothing; a batch visits a
+        bounded number) is followed by the next, until one drops a point or the index has no
+        entry left: each takes its listings out, so this ends."""
+        dropped = stale = 0
+        while (batch := self._local_batch(INT64_MAX, "local timeseries points cannot be dropped")
+               ) is not None:
+            dropped += batch.points
+            stale += batch.stale
+            if batch.points or not batch.more:
+                break
+        if dropped:
+            self._local_dropped.inc(dropped)
+            _log.bind(count=dropped, stale_listings=stale).warning(
+                "storage full: dropped the {} local timeseries points that expire soonest",
+                dropped)
+        elif stale:
+            _log.bind(stale_listings=stale).warning(
+                "storage full: no local timeseries point dropped; removed {} stale expiry index "
+                "listings", stale)
+        if dropped or stale:
             self._store.room_made()
 
-    def _local_batch(self, expired_by_ms: int, postponed: str) -> int | None:
+    def _local_batch(self, expired_by_ms: int, postponed: str) -> LocalPurge | None:
         """Delete up to _PURGE_BATCH local points expiring before ``expired_by_ms``, soonest
-        first, in one transaction: how many; None (logged) when the store refused it."""
+        first, in one transaction: what it did; None (logged) when the store refused it."""
         try:
-            return int(self._store.write(
-                lambda txn: self._rules.purge_expired(txn, expired_by_ms, _PURGE_BATCH),
-                maintenance=True))
+            return self._store.write(
+                lambda txn: self._rules.purge_expired_batch(txn, expired_by_ms, _PURGE_BATCH),
+                maintenance=True)
         except QueueFull as exc:
             _log.bind(error=str(exc)).warning("{}: {}", postponed, exc)
             return None

@@ -17,17 +17,24 @@ ascending ts, and a time range of a key one cursor scan.
 The expiry index orders points by the time they expire, so the purge reads from its start and
 stops at the first entry still due. A write of a post's points (one expiry) adds one entry to
 ``rule_local_expiry_sets`` per key: named by its expiry, the series and the first of its points'
-ts, listing the ts of all of them (8 bytes each, in the order written). An entry is not updated
-when a point it lists is written again or deleted: a point is purged only when its own
-expiry (in its row) is the entry's, so an entry left behind by a replaced point deletes nothing.
-A point kept until its entity is deleted (``expires_at_ms`` None) is in no entry.
+ts, listing the ts of all of them (8 bytes each, in the order written, each once). A point
+kept until its entity is deleted (``expires_at_ms`` None) is in no entry.
+
+A point written again (same entity, key and ts) replaces the previous value and expiry, and
+its ts is taken out of the entry that listed it under the previous expiry (the entry goes when
+it lists nothing else), so a point written again and again is listed once. The write finds
+such points without reading: its putmulti overwrites nothing, and only when LMDB did not add
+every row is the post written again row by row, reading what it replaces. A point is purged
+only when its own expiry (in its row) is the entry's, so a listing left behind (by an earlier
+release that wrote the point again, or by one that did not yet take it out) deletes nothing; the
+purge takes it out all the same, and counts it against the listings one batch may visit
+(VISITS_PER_POINT per point it may delete).
 
 ``rule_local_expiry`` is the index of an earlier release: one entry per point, named by the
 point's expiry and row. Nothing writes it any more; the purge reads it beside the new one, in
 expiry order, until its entries are gone (a store of that release, or one that release ran on
-again, keeps its points' expiry).
+again, keeps its points' expiry), and a point of it written again leaves it.
 
-A point written again (same entity, key and ts) replaces the previous value and expiry.
 Nothing here is read outside a transaction the caller holds (LmdbStore.read / write).
 """
 
@@ -36,6 +43,7 @@ from __future__ import annotations
 import struct
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lmdb
@@ -57,6 +65,22 @@ MAX_LOCAL_KEY_BYTES = _LMDB_MAX_KEY - 8 - 16 - _U16.size - 8
 fit LMDB's key size. A longer one is Unstorable."""
 
 _SET_KEY_MIN = 8 + 16 + _U16.size + 8
+
+VISITS_PER_POINT = 4
+"""How many expiry index listings one purge may visit per point it may delete: listings left
+behind (a point written again by an earlier release, or by this one before it took a replaced
+point out of its entry) delete nothing, yet a purge's transaction stays bounded."""
+
+@dataclass(frozen=True, slots=True)
+class LocalPurge:
+    """What one purge batch did: ``points`` deleted, ``stale`` index listings visited that
+    deleted nothing (gone from the index all the same), and ``more``: it stopped at its limit
+    of points or of visits, so due entries may be left for the next batch."""
+
+    points: int
+    stale: int
+    more: bool
+
 
 Entries = Sequence[tuple[int, Sequence[tuple[str, Any]]]]
 """Points as a telemetry post carries them: (ts, ((key, value), ...)), ..."""
@@ -141,13 +165,15 @@ class RuleStore:
     def put_local(self, txn: lmdb.Transaction, entity_id: uuid.UUID, entries: Entries,
                   expires_at_ms: int | None) -> int:
         """Keep the points until ``expires_at_ms`` (None: until the entity is deleted). A point
-        already kept (same key and ts) is replaced, its expiry too. How many points were
-        written. Unstorable for a value msgpack cannot hold or a key longer than
-        MAX_LOCAL_KEY_BYTES.
+        already kept (same key and ts) is replaced, its expiry too, and taken out of the expiry
+        index entry that listed it; a point twice in ``entries`` keeps the later value. How
+        many points were written. Unstorable for a value msgpack cannot hold or a key longer
+        than MAX_LOCAL_KEY_BYTES.
 
-        The rows go in with one putmulti (LMDB's loop, not Python's), the values packed in one
-        call (codec.pack_led), and the expiry index gets one entry per key (see the module doc):
-        nothing is read, the replaced points included."""
+        The rows go in with one putmulti that overwrites nothing (LMDB's loop, not Python's),
+        the values packed in one call (codec.pack_led), and the expiry index gets one entry per
+        key (see the module doc). When LMDB added every row, nothing was replaced and nothing
+        is read; otherwise the post is written again row by row (_rewrite)."""
         expiry = None if expires_at_ms is None else _u64(expires_at_ms, "expiry")
         entity = entity_id.bytes
         series: dict[str, tuple[bytes, list[bytes]]] = {}  # key: (row prefix, its points' ts)
@@ -170,7 +196,11 @@ class RuleStore:
             return 0
         packed = codec.pack_led(expires_at_ms, values)
         with txn.cursor(db=self._dbs[LOCAL_TS]) as cur:
-            cur.putmulti(zip(rows, packed, strict=True))
+            added = cur.putmulti(zip(rows, packed, strict=True), overwrite=False)[1]
+        if added != len(rows):  # a point kept already, or one twice in the post
+            self._rewrite(txn, rows, packed)
+            for _, stamps in series.values():
+                stamps[:] = dict.fromkeys(stamps)
         if expiry is not None:
             index = self._dbs[LOCAL_EXPIRY_SETS]
             for prefix, stamps in series.values():
@@ -181,6 +211,58 @@ class RuleStore:
                     listed = self._listed(name, txn.get(name, db=index)) + listed
                     txn.put(name, codec.pack(listed), db=index)
         return len(rows)
+
+    def _rewrite(self, txn: lmdb.Transaction, rows: list[bytes], packed: list[bytes]) -> None:
+        """The rows of a post that putmulti did not all add: each written again in order (the
+        later of a row twice in the post wins), and a point kept before this post taken out of
+        the index entries that list it under its previous expiry, so that a point written again
+        and again stays listed once (and its earlier release's entry goes too). A row added by
+        this post's putmulti reads back with this post's expiry, where no entry lists it yet."""
+        db = self._dbs[LOCAL_TS]
+        earlier = self._dbs[LOCAL_EXPIRY] if self.store.entries(txn, LOCAL_EXPIRY) else None
+        done: set[bytes] = set()
+        listed: dict[bytes, set[bytes]] = {}  # expiry + row prefix: the ts to take out
+        for row, value in zip(rows, packed, strict=True):
+            previous = txn.replace(row, value, db=db)
+            if row in done or previous is None:
+                continue
+            done.add(row)
+            try:
+                expires = self._expiry_of(row, previous)
+            except StorageCorrupt:  # a damaged point is replaced; its listing purges nothing
+                continue
+            if expires is None:
+                continue
+            start = codec.u64(expires) + row[:-8]
+            found = listed.get(start)
+            if found is None:
+                found = listed[start] = set()
+            found.add(row[-8:])
+            if earlier is not None:
+                txn.delete(start + row[-8:], db=earlier)
+        with txn.cursor(db=self._dbs[LOCAL_EXPIRY_SETS]) as sets:
+            for start, stamps in listed.items():
+                self._unlist(sets, start, stamps)
+
+    def _unlist(self, sets: lmdb.Cursor, start: bytes, stamps: set[bytes]) -> None:
+        """Take ``stamps`` out of the expiry set entries named ``start`` (expiry + row prefix)
+        + a first ts; an entry left listing nothing goes."""
+        found = sets.set_range(start)
+        while found:
+            name = bytes(sets.key())
+            if not name.startswith(start):
+                return
+            listed = self._listed(name, sets.value())
+            rest = b"".join(stamp for at in range(0, len(listed), 8)
+                            if (stamp := listed[at:at + 8]) not in stamps)
+            if len(rest) == len(listed):
+                found = sets.next()
+            elif rest:
+                sets.put(name, codec.pack(rest))
+                found = sets.next()
+            else:
+                sets.delete()  # moves to the next entry (an empty key past the end)
+                found = bool(sets.key())
 
     def local_series(self, txn: lmdb.Transaction, entity_id: uuid.UUID,
                      keys: Iterable[str] | None, start_ms: int, end_ms: int, limit: int
@@ -224,22 +306,33 @@ class RuleStore:
 
     def purge_expired(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> int:
         """Delete up to ``limit`` points whose expiry is at or before ``now_ms``, the earliest
-        expiring first; how many went. The entries of both expiry indexes are taken in expiry
-        order (the earlier release's first on a tie)."""
+        expiring first; how many went (purge_expired_batch's ``points``)."""
+        return self.purge_expired_batch(txn, now_ms, limit).points
+
+    def purge_expired_batch(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> LocalPurge:
+        """Delete up to ``limit`` points whose expiry is at or before ``now_ms``, the earliest
+        expiring first, visiting at most ``VISITS_PER_POINT * limit`` listings of the expiry
+        indexes (a listing that deletes nothing counts too), so one transaction's work is
+        bounded whatever the indexes hold. The entries of both indexes are taken in expiry
+        order (the earlier release's first on a tie); every listing visited leaves its index."""
         if limit <= 0:
-            return 0
+            return LocalPurge(0, 0, False)
         rows = self._dbs[LOCAL_TS]
-        purged = 0
+        purged = visits = 0
+        budget = VISITS_PER_POINT * limit
         with txn.cursor(db=self._dbs[LOCAL_EXPIRY_SETS]) as sets, \
                 txn.cursor(db=self._dbs[LOCAL_EXPIRY]) as points:
             set_key = bytes(sets.key()) if sets.first() else b""
             point_key = bytes(points.key()) if points.first() else b""
-            while purged < limit and (set_key or point_key):
+            while set_key or point_key:
+                if purged >= limit or visits >= budget:
+                    return LocalPurge(purged, visits - purged, True)
                 if point_key and (not set_key or point_key[:8] <= set_key[:8]):
                     expires = codec.from_u64(point_key[:8], f"{LOCAL_EXPIRY}: time")
                     if expires > now_ms:
                         break
                     purged += self._purge_row(txn, rows, point_key[8:], expires)
+                    visits += 1
                     points.delete()  # moves to the next entry (an empty key past the end)
                     point_key = bytes(points.key())
                     continue
@@ -251,13 +344,15 @@ class RuleStore:
                 prefix = set_key[8:-8]
                 listed = self._listed(set_key, sets.value())
                 for at in range(0, len(listed), 8):
-                    if purged >= limit:  # the rest of the entry stays for the next batch
+                    if purged >= limit or visits >= budget:
+                        # the rest of the entry stays for the next batch
                         sets.put(set_key, codec.pack(listed[at:]))
-                        return purged
+                        return LocalPurge(purged, visits - purged, True)
                     purged += self._purge_row(txn, rows, prefix + listed[at:at + 8], expires)
+                    visits += 1
                 sets.delete()
                 set_key = bytes(sets.key())
-        return purged
+        return LocalPurge(purged, visits - purged, False)
 
     def delete_entity(self, txn: lmdb.Transaction, entity_id: uuid.UUID) -> int:
         """The entity is gone: its rule state and every local point go, and the expiry index's

@@ -9,9 +9,11 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import select
+import struct
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -22,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from edge_sync.actors import queue_actor
 from edge_sync.actors.messages import (
     Append,
     DeadLetter,
@@ -644,6 +647,76 @@ def test_when_full_local_timeseries_points_give_way_before_any_refusal(small_que
     assert (full.local_points, full.local_timeseries, full.delivered) == (0, 0, 0)
     assert full.pending > 0.9 * filler.q.store.max_size  # the queue took their room
     assert [e.body["tag"] for e in all_events(filler.q.store)] == filler.accepted
+
+
+def _stale_listings_ahead(path: Path, kept: int) -> None:
+    """A store whose local timeseries expiry index starts with 50 listings that delete nothing
+    (a device's points written at one expiry, then written again, kept until deleted, by an
+    earlier release run on the store: it knows only its own index), and ``kept`` points of 5 KB
+    of another device expiring after them."""
+    store = LmdbStore(path, initial_map_mb=1, max_size_mb=2)
+    rules = RuleStore(store)
+    soon = int(time.time() * 1000) + 86_400_000
+    stale, device = uuid.UUID(int=0x51), uuid.UUID(int=0xD5)
+    store.write(lambda txn: rules.put_local(
+        txn, stale, tuple((ts, (("v", ts),)) for ts in range(50)), soon))
+    row = stale.bytes + struct.pack(">H", 1) + b"v"
+    store.write(lambda txn: [txn.put(row + codec.u64(ts), codec.pack((None, -ts)),
+                                     db=store.dbs["rule_local_ts"]) for ts in range(50)])
+    if kept:
+        store.write(lambda txn: rules.put_local(
+            txn, device, tuple((ts, (("v", "x" * 5000),)) for ts in range(kept)),
+            soon + 60_000))
+    store.close()
+
+
+def test_when_full_stale_index_listings_ahead_are_passed_in_bounded_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch visits at most 4 listings per point it may drop (5 points: 20 listings): the
+    store-full path goes on past batches that only took stale listings out, until one drops a
+    point, and logs what it did."""
+    monkeypatch.setattr(queue_actor, "_PURGE_BATCH", 5)
+    path = tmp_path / "queue"
+    _stale_listings_ahead(path, kept=10)
+    q = QueueUnderTest(path, initial_mb=1, max_mb=2)
+    try:
+        filler = Filler(q)
+        with log_records() as records:
+            assert filler.fill() > 0
+        snap = q.metrics.snapshot()
+        assert snap['edge_sync_rule_local_points_removed_total{reason="storage_full"}'] == 10
+        dropped = [(r["extra"]["count"], r["extra"]["stale_listings"]) for r in records
+                   if r["message"].startswith("storage full: dropped the")]
+        # 20 + 20 stale, then 10 stale and 5 points; then 5 points
+        assert dropped == [(5, 50), (5, 0)]
+        assert not [r for r in records if "stale expiry index listings" in r["message"]]
+        with q.store.read() as txn:
+            assert RuleStore(q.store).local_points(txn) == 50  # kept until deleted
+            assert q.store.entries(txn, "rule_local_expiry_sets") == 0
+    finally:
+        q.stop()
+
+
+def test_when_full_a_drop_that_finds_only_stale_listings_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_actor, "_PURGE_BATCH", 5)
+    path = tmp_path / "queue"
+    _stale_listings_ahead(path, kept=0)
+    q = QueueUnderTest(path, initial_mb=1, max_mb=2)
+    try:
+        filler = Filler(q)
+        with log_records() as records:
+            assert filler.fill() > 0
+        snap = q.metrics.snapshot()
+        assert snap['edge_sync_rule_local_points_removed_total{reason="storage_full"}'] == 0
+        assert [r["message"] for r in records if "local timeseries" in r["message"]] == [
+            "storage full: no local timeseries point dropped; removed 50 stale expiry index "
+            "listings"]
+        with q.store.read() as txn:
+            assert RuleStore(q.store).local_points(txn) == 50
+            assert q.store.entries(txn, "rule_local_expiry_sets") == 0
+    finally:
+        q.stop()
 
 
 def test_the_queue_builds_the_entity_index_of_a_store_made_before_it_while_it_appends(

@@ -8,6 +8,7 @@ The clock is injected; tests wait on futures with deadlines, never sleep.
 
 from __future__ import annotations
 
+import struct
 import threading
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from edge_sync.actors import queue_actor
 from edge_sync.actors.messages import (
     Append,
     CreateDevice,
@@ -30,11 +32,13 @@ from edge_sync.actors.messages import (
 from edge_sync.actors.queue_actor import QueueActor, QueuePolicy
 from edge_sync.errors import BadRequest, NotFound
 from edge_sync.metrics import Metrics
+from edge_sync.storage import codec
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import Action, Device, Lane, NewEvent
 from edge_sync.storage.rule_store import RuleStore
 from edge_sync.supervisor import actor_child
+from tests.helpers.log_capture import log_records
 
 DEADLINE = 10.0
 T0 = 1_700_000_000_000
@@ -230,3 +234,44 @@ def test_local_retention_must_be_positive(tmp_path: Path) -> None:
                        local_retention_s=0)
     finally:
         store.close()
+
+
+def test_the_purge_passes_stale_index_listings_in_bounded_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listings that delete nothing (a device's points written at T0 + 1 s, then written again,
+    kept until deleted, by an earlier release run on the store: it knows only its own index)
+    count against a batch's visits (4 per point: 20 here); the purge goes on to the next batch
+    and says what it took out."""
+    monkeypatch.setattr(queue_actor, "_PURGE_BATCH", 5)
+    path = tmp_path / "queue"
+    store = LmdbStore(path, initial_map_mb=4, max_size_mb=64)
+    rules = RuleStore(store)
+    stale, device = uuid.UUID(int=0x51), uuid.UUID(int=0xD5)
+    store.write(lambda txn: rules.put_local(
+        txn, stale, tuple((ts, (("v", ts),)) for ts in range(50)), T0 + 1_000))
+    row = stale.bytes + struct.pack(">H", 1) + b"v"
+    store.write(lambda txn: [txn.put(row + codec.u64(ts), codec.pack((None, -ts)),
+                                     db=store.dbs["rule_local_ts"]) for ts in range(50)])
+    store.write(lambda txn: rules.put_local(
+        txn, device, tuple((ts, (("v", ts),)) for ts in range(12)), T0 + 9_000))
+    store.close()
+    queue = Queue(path, FakeClock(T0 + 5_000))
+    try:
+        with log_records() as records:
+            queue.purge()  # only stale listings due: 20, 20, 10
+            queue.clock.now = T0 + 9_000
+            queue.purge()  # 12 points: 5, 5, 2
+        assert [(r["message"], r["extra"]) for r in records
+                if "local timeseries" in r["message"]] == [
+            ("removed stale expiry index listings of the local timeseries, no point was due",
+             {"component": "queue", "stale_listings": 50}),
+            ("purged expired local timeseries points",
+             {"component": "queue", "count": 12, "stale_listings": 0})]
+        assert queue.metrics.snapshot()[
+            'edge_sync_rule_local_points_removed_total{reason="expired"}'] == 12
+        assert queue.points() == 50
+        with queue.store.read() as txn:
+            assert queue.store.entries(txn, "rule_local_expiry_sets") == 0
+    finally:
+        queue.stop()
+    assert queue.exits == []

@@ -25,6 +25,7 @@ from edge_sync.storage.rule_store import (
     MAX_LOCAL_KEY_BYTES,
     STATE,
     TABLES,
+    LocalPurge,
     RuleStore,
 )
 from edge_sync.storage.usage import storage_usage
@@ -179,17 +180,16 @@ def test_point_written_again_replaces_value_and_expiry(store: LmdbStore,
     write(store, lambda txn: rules.put_local(txn, E1, ((1, (("t", "old"),)),), 1_000))
     write(store, lambda txn: rules.put_local(txn, E1, ((1, (("t", "new"),)),), 5_000))
     assert series(store, rules, E1, None) == {"t": [(1, "new")]}
-    # the first write's entry stays until its time, and then deletes nothing
-    assert counts(store) == {STATE: 0, LOCAL_TS: 1, LOCAL_EXPIRY_SETS: 2, LOCAL_EXPIRY: 0}
+    # the first write's entry went with the point it listed
+    assert [(k, codec.unpack(v, "entry")) for k, v in raw_table(store, LOCAL_EXPIRY_SETS)] == [
+        (u64(5_000) + row_prefix(E1, "t") + u64(1), u64(1))]
     assert write(store, lambda txn: rules.purge_expired(txn, 4_999, 100)) == 0
     assert series(store, rules, E1, None) == {"t": [(1, "new")]}
-    assert counts(store) == {STATE: 0, LOCAL_TS: 1, LOCAL_EXPIRY_SETS: 1, LOCAL_EXPIRY: 0}
-    # kept until deleted now: the second write's entry deletes nothing either
+    # kept until deleted now: in no entry
     write(store, lambda txn: rules.put_local(txn, E1, ((1, (("t", "kept"),)),), None))
-    assert counts(store) == {STATE: 0, LOCAL_TS: 1, LOCAL_EXPIRY_SETS: 1, LOCAL_EXPIRY: 0}
+    assert counts(store) == {STATE: 0, LOCAL_TS: 1, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
     assert write(store, lambda txn: rules.purge_expired(txn, 1 << 62, 100)) == 0
     assert series(store, rules, E1, None) == {"t": [(1, "kept")]}
-    assert counts(store) == {STATE: 0, LOCAL_TS: 1, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
 
 
 def test_unstorable_points(store: LmdbStore, rules: RuleStore) -> None:
@@ -242,7 +242,7 @@ def test_writes_of_one_series_expiry_and_first_ts_share_an_entry(store: LmdbStor
     write(store, both)
     assert series(store, rules, E1, None) == {"t": [(1, "c"), (2, "b"), (3, "d")]}
     assert [(k, codec.unpack(v, "entry")) for k, v in raw_table(store, LOCAL_EXPIRY_SETS)] == [
-        (u64(1_000) + row_prefix(E1, "t") + u64(1), u64(1) + u64(2) + u64(1) + u64(3))]
+        (u64(1_000) + row_prefix(E1, "t") + u64(1), u64(2) + u64(1) + u64(3))]
     assert purge(store, rules, 1_000, 100) == 3
     assert counts(store) == {STATE: 0, LOCAL_TS: 0, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
 
@@ -331,6 +331,125 @@ def test_a_point_written_again_is_purged_at_its_new_expiry_only(store: LmdbStore
     assert purge(store, rules, 4_999, 10) == 0
     assert purge(store, rules, 5_000, 10) == 1
     assert purge(store, rules, 9_000, 10) == 0
+    assert counts(store) == {STATE: 0, LOCAL_TS: 0, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
+
+
+def expiry_sets(store: LmdbStore) -> list[tuple[bytes, bytes]]:
+    """rule_local_expiry_sets as (name, the ts it lists), in key order."""
+    return [(k, codec.unpack(v, "entry")) for k, v in raw_table(store, LOCAL_EXPIRY_SETS)]
+
+
+def test_a_point_written_again_n_times_is_listed_once(store: LmdbStore,
+                                                      rules: RuleStore) -> None:
+    """A bucket the chain updates on every message: the index holds one entry for the point,
+    not one per write (the space counted against storage.max_size_mb stays that of one)."""
+    t = row_prefix(E1, "t")
+    for i in range(60):  # 60 commits, each a later expiry
+        write(store, lambda txn, i=i: rules.put_local(txn, E1, ((7, (("t", i),)),), 1_000 + i))
+    assert counts(store) == {STATE: 0, LOCAL_TS: 1, LOCAL_EXPIRY_SETS: 1, LOCAL_EXPIRY: 0}
+    assert expiry_sets(store) == [(u64(1_059) + t + u64(7), u64(7))]
+
+    def burst(txn: Any) -> None:  # 40 writes in one commit, one expiry: one entry's name
+        for i in range(40):
+            rules.put_local(txn, E1, ((7, (("t", -i),)),), 2_000)
+
+    write(store, burst)
+    assert counts(store) == {STATE: 0, LOCAL_TS: 1, LOCAL_EXPIRY_SETS: 1, LOCAL_EXPIRY: 0}
+    assert expiry_sets(store) == [(u64(2_000) + t + u64(7), u64(7))]
+    assert series(store, rules, E1, None) == {"t": [(7, -39)]}
+    assert purge(store, rules, 1_999, 100) == 0
+    assert purge(store, rules, 2_000, 100) == 1
+    assert counts(store) == {STATE: 0, LOCAL_TS: 0, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
+
+
+def test_a_point_written_again_leaves_its_neighbours_listed(store: LmdbStore,
+                                                            rules: RuleStore) -> None:
+    t, h = row_prefix(E1, "t"), row_prefix(E1, "h")
+    write(store, lambda txn: rules.put_local(
+        txn, E1, tuple((ts, (("t", ts), ("h", ts))) for ts in (1, 2, 3)), 1_000))
+    # ts 2 of t again, with ts 4 new: one post that replaces a point and adds one
+    write(store, lambda txn: rules.put_local(txn, E1, ((2, (("t", "b"),)), (4, (("t", 4),))),
+                                             3_000))
+    assert expiry_sets(store) == [(u64(1_000) + h + u64(1), u64(1) + u64(2) + u64(3)),
+                                  (u64(1_000) + t + u64(1), u64(1) + u64(3)),
+                                  (u64(3_000) + t + u64(2), u64(2) + u64(4))]
+    # the first and last of t again, kept until deleted: the entry at 1000 of t goes
+    write(store, lambda txn: rules.put_local(txn, E1, ((1, (("t", "a"),)), (3, (("t", "c"),))),
+                                             None))
+    assert expiry_sets(store) == [(u64(1_000) + h + u64(1), u64(1) + u64(2) + u64(3)),
+                                  (u64(3_000) + t + u64(2), u64(2) + u64(4))]
+    assert purge(store, rules, 1_000, 100) == 3
+    assert series(store, rules, E1, None) == {"t": [(1, "a"), (2, "b"), (3, "c"), (4, 4)]}
+    assert purge(store, rules, 3_000, 100) == 2
+    assert series(store, rules, E1, None) == {"t": [(1, "a"), (3, "c")]}
+    assert counts(store) == {STATE: 0, LOCAL_TS: 2, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
+
+
+def test_points_written_again_leave_each_entry_of_their_expiry(store: LmdbStore,
+                                                              rules: RuleStore) -> None:
+    """Two posts of one commit (one expiry) make two entries of one series; one post writing a
+    point of each again takes it out of both."""
+    t = row_prefix(E1, "t")
+
+    def two_posts(txn: Any) -> None:
+        rules.put_local(txn, E1, ((1, (("t", 1),)), (2, (("t", 2),))), 1_000)
+        rules.put_local(txn, E1, ((3, (("t", 3),)), (4, (("t", 4),))), 1_000)
+
+    write(store, two_posts)
+    write(store, lambda txn: rules.put_local(txn, E1, ((3, (("t", "c"),)), (2, (("t", "b"),))),
+                                             2_000))
+    assert expiry_sets(store) == [(u64(1_000) + t + u64(1), u64(1)),
+                                  (u64(1_000) + t + u64(3), u64(4)),
+                                  (u64(2_000) + t + u64(3), u64(3) + u64(2))]
+    assert purge(store, rules, 1_000, 100) == 2
+    assert series(store, rules, E1, None) == {"t": [(2, "b"), (3, "c")]}
+
+
+@pytest.mark.parametrize(("second", "purges"), [
+    (5_000, [(4_999, 0), (5_000, 1)]),  # later
+    (500, [(499, 0), (500, 1)]),  # earlier
+    (None, [(1 << 62, 0)]),  # kept until the entity is deleted
+])
+def test_a_point_written_again_is_purged_at_its_second_expiry(
+        store: LmdbStore, rules: RuleStore, second: int | None,
+        purges: list[tuple[int, int]]) -> None:
+    t = row_prefix(E1, "t")
+    write(store, lambda txn: rules.put_local(txn, E1, ((9, (("t", "first"),)),), 1_000))
+    write(store, lambda txn: rules.put_local(txn, E1, ((9, (("t", "second"),)),), second))
+    assert expiry_sets(store) == ([] if second is None else [(u64(second) + t + u64(9), u64(9))])
+    assert raw_table(store, LOCAL_TS) == [(t + u64(9), codec.pack((second, "second")))]
+    for now, purged in purges:
+        assert purge(store, rules, now, 100) == purged
+    assert counts(store) == {STATE: 0, LOCAL_TS: 0 if second else 1, LOCAL_EXPIRY_SETS: 0,
+                             LOCAL_EXPIRY: 0}
+
+
+def test_a_post_with_a_point_twice_keeps_the_later_value_listed_once(store: LmdbStore,
+                                                                     rules: RuleStore) -> None:
+    t = row_prefix(E1, "t")
+    twice = ((5, (("t", "a"),)), (6, (("t", "b"),)), (5, (("t", "c"), ("t", "d"))))
+    assert write(store, lambda txn: rules.put_local(txn, E1, twice, 1_000)) == 4
+    assert series(store, rules, E1, None) == {"t": [(5, "d"), (6, "b")]}
+    assert expiry_sets(store) == [(u64(1_000) + t + u64(5), u64(5) + u64(6))]
+    # again, over points kept already: their entry at 1000 goes, the new one lists each once
+    again = ((6, (("t", "e"),)), (5, (("t", "f"),)), (6, (("t", "g"),)))
+    assert write(store, lambda txn: rules.put_local(txn, E1, again, 2_000)) == 3
+    assert series(store, rules, E1, None) == {"t": [(5, "f"), (6, "g")]}
+    assert expiry_sets(store) == [(u64(2_000) + t + u64(6), u64(6) + u64(5))]
+    assert counts(store) == {STATE: 0, LOCAL_TS: 2, LOCAL_EXPIRY_SETS: 1, LOCAL_EXPIRY: 0}
+    assert purge(store, rules, 2_000, 100) == 2
+    assert counts(store) == {STATE: 0, LOCAL_TS: 0, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
+
+
+def test_a_damaged_point_written_again_is_replaced(store: LmdbStore, rules: RuleStore) -> None:
+    """Its previous expiry cannot be read: the write replaces it all the same."""
+    row = row_prefix(E1, "t") + u64(1)
+    write(store, lambda txn: rules.put_local(txn, E1, ((1, (("t", 1),)),), 1_000))
+    write(store, lambda txn: txn.put(row, b"\x00garbage", db=store.dbs[LOCAL_TS]))
+    write(store, lambda txn: rules.put_local(txn, E1, ((1, (("t", 2),)),), 2_000))
+    assert series(store, rules, E1, None) == {"t": [(1, 2)]}
+    assert purge(store, rules, 1_000, 100) == 0  # the entry at 1000 deletes nothing
+    assert purge(store, rules, 2_000, 100) == 1
     assert counts(store) == {STATE: 0, LOCAL_TS: 0, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
 
 
@@ -485,10 +604,10 @@ def test_a_store_of_the_earlier_index_is_read_and_purged_after_the_upgrade(
     try:
         rules = RuleStore(store)
         assert counts(store) == {STATE: 0, LOCAL_TS: 5, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 4}
-        # a new write between the old expiries, E1's ts 2 again among it
+        # a new write between the old expiries, E1's ts 2 again among it (its old entry goes)
         write(store, lambda txn: rules.put_local(
             txn, E1, ((2, (("t", "n2"),)), (4, (("t", "n4"),))), 2_000))
-        assert counts(store) == {STATE: 0, LOCAL_TS: 6, LOCAL_EXPIRY_SETS: 1, LOCAL_EXPIRY: 4}
+        assert counts(store) == {STATE: 0, LOCAL_TS: 6, LOCAL_EXPIRY_SETS: 1, LOCAL_EXPIRY: 3}
         with store.read() as txn:
             u = storage_usage(store, txn)
             assert u.local_points == 6
@@ -496,7 +615,7 @@ def test_a_store_of_the_earlier_index_is_read_and_purged_after_the_upgrade(
                 (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
                 for st in (txn.stat(store.dbs[name])
                            for name in (LOCAL_TS, LOCAL_EXPIRY_SETS, LOCAL_EXPIRY)))
-        # at 1000: ts 1 only (ts 2 expires at 2000 now); both old entries at 1000 are gone
+        # at 1000: ts 1 only (ts 2 expires at 2000 now); the old entries at 1000 are gone
         assert purge(store, rules, 1_000, 10) == 1
         assert series(store, rules, E1, None) == {"t": [(2, "n2"), (3, "o3"), (4, "n4")]}
         assert counts(store) == {STATE: 0, LOCAL_TS: 5, LOCAL_EXPIRY_SETS: 1, LOCAL_EXPIRY: 2}
@@ -529,3 +648,78 @@ def test_old_and_new_entries_of_one_expiry_purge_the_old_first(tmp_path: Path) -
         assert counts(store) == {STATE: 0, LOCAL_TS: 0, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
     finally:
         store.close()
+
+
+def test_a_point_of_the_earlier_index_written_again_leaves_that_index(tmp_path: Path) -> None:
+    """The earlier release's entry of a point written again goes with the write, as that
+    release's own write did, rather than wait for its time."""
+    path = tmp_path / "store"
+    old = LmdbStore(path, initial_map_mb=4, max_size_mb=16, db_names=EARLIER_NAMES)
+    old.write(lambda txn: earlier_put_local(
+        txn, old.dbs, E1, ((1, (("t", "o1"),)), (2, (("t", "o2"),)), (3, (("t", "o3"),))), 1_000))
+    old.close()
+    store = LmdbStore(path, initial_map_mb=4, max_size_mb=16)
+    try:
+        rules = RuleStore(store)
+        t = row_prefix(E1, "t")
+        write(store, lambda txn: rules.put_local(txn, E1, ((1, (("t", "n1"),)),), 5_000))
+        write(store, lambda txn: rules.put_local(txn, E1, ((2, (("t", "n2"),)),), None))
+        assert raw_table(store, LOCAL_EXPIRY) == [(u64(1_000) + t + u64(3), b"")]
+        assert expiry_sets(store) == [(u64(5_000) + t + u64(1), u64(1))]
+        assert purge(store, rules, 1_000, 100) == 1
+        assert series(store, rules, E1, None) == {"t": [(1, "n1"), (2, "n2")]}
+        assert purge(store, rules, 5_000, 100) == 1
+        assert counts(store) == {STATE: 0, LOCAL_TS: 1, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
+    finally:
+        store.close()
+
+
+def stale_ahead(store: LmdbStore, rules: RuleStore) -> None:
+    """E1's ten points written at expiry 1000, then written again by an earlier release run on
+    the store (expiry 5000, in its own index only: the entry at 1000 lists ten ts that delete
+    nothing), and E2's three points expiring at 2000 behind them."""
+    write(store, lambda txn: rules.put_local(
+        txn, E1, tuple((ts, (("t", ts),)) for ts in range(10)), 1_000))
+    write(store, lambda txn: earlier_put_local(
+        txn, store.dbs, E1, tuple((ts, (("t", -ts),)) for ts in range(10)), 5_000))
+    write(store, lambda txn: rules.put_local(
+        txn, E2, tuple((ts, (("t", ts),)) for ts in range(3)), 2_000))
+
+
+def test_a_purge_visits_at_most_four_listings_per_point_it_may_delete(
+        store: LmdbStore, rules: RuleStore) -> None:
+    stale_ahead(store, rules)
+    e1, e2 = row_prefix(E1, "t"), row_prefix(E2, "t")
+    # limit 2: 8 listings, all of them stale; the entry keeps the two it did not visit
+    assert purge(store, rules, 3_000, 2) == 0
+    assert expiry_sets(store) == [(u64(1_000) + e1 + u64(0), u64(8) + u64(9)),
+                                  (u64(2_000) + e2 + u64(0), u64(0) + u64(1) + u64(2))]
+    # the next batch goes on: the last two stale listings, then two of E2's points
+    assert purge(store, rules, 3_000, 2) == 2
+    assert expiry_sets(store) == [(u64(2_000) + e2 + u64(0), u64(2))]
+    assert purge(store, rules, 3_000, 2) == 1
+    assert purge(store, rules, 3_000, 2) == 0
+    assert series(store, rules, E1, None) == {"t": [(ts, -ts) for ts in range(10)]}
+    assert series(store, rules, E2, None) == {}
+    assert counts(store) == {STATE: 0, LOCAL_TS: 10, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 10}
+    # the earlier release's entries count as visits too: 1 point, then the limit
+    assert purge(store, rules, 5_000, 1) == 1
+    assert purge(store, rules, 5_000, 100) == 9
+    assert counts(store) == {STATE: 0, LOCAL_TS: 0, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
+
+
+def test_a_purge_batch_tells_points_stale_listings_and_whether_it_stopped_short(
+        store: LmdbStore, rules: RuleStore) -> None:
+    stale_ahead(store, rules)
+
+    def batch(now_ms: int, limit: int) -> LocalPurge:
+        return write(store, lambda txn: rules.purge_expired_batch(txn, now_ms, limit))
+
+    assert batch(3_000, 0) == LocalPurge(points=0, stale=0, more=False)
+    assert batch(3_000, 2) == LocalPurge(points=0, stale=8, more=True)
+    assert batch(3_000, 2) == LocalPurge(points=2, stale=2, more=True)
+    assert batch(3_000, 1) == LocalPurge(points=1, stale=0, more=True)  # at its limit
+    assert batch(3_000, 1) == LocalPurge(points=0, stale=0, more=False)  # next not due
+    # at its limit with no entry left: nothing more
+    assert batch(5_000, 10) == LocalPurge(points=10, stale=0, more=False)
+    assert counts(store) == {STATE: 0, LOCAL_TS: 0, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
