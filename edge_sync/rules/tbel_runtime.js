@@ -1486,6 +1486,22 @@ var __tbelH = (function () {
     if (length > max) { throw iae("Length: " + length + " is too large. Maximum " + max + " bytes is allowed!"); }
   }
   function defaultLength(n, offset, max) { return n < offset ? n : Math.min(n - offset, max); }
+// TbUtils.parseBytesToFloat / parseBytesToDouble: ``width`` bytes (4 or 8) of an IEEE number,
+// ``argc`` the arguments the script gave (Java's overloads: offset 0, the default length,
+// big-endian); a NaN is Java's NumberFormatException
+  function bytesToFloating(name, width, argc, data, offset, length, bigEndian) {
+    var bytes = listBytes(name, data), n = bytes.length, i;
+    offset = argc >= 2 ? offset : 0;
+    length = argc >= 3 ? length : defaultLength(n, offset, width);
+    bigEndian = argc >= 4 ? flag(name, bigEndian) : true;
+    if (length > width) { throw new RangeError("BufferOverflowException"); }
+    if (offset < 0 || length < 0 || offset + length > n) { throw new RangeError("IndexOutOfBoundsException"); }
+    var dv = new DataView(new ArrayBuffer(width)), at = bigEndian ? width - length : 0;
+    for (i = 0; i < length; i++) { dv.setUint8(at + i, bytes[offset + i]); }
+    var v = width === 4 ? dv.getFloat32(0, !bigEndian) : dv.getFloat64(0, !bigEndian);
+    if (v !== v) { throw nfe("byte[] 0x" + hexOf(bytes) + " is a Not-a-Number (NaN) value"); }
+    return v;
+  }
 // TbUtils.prepareBytesToNumber: the bytes as an unsigned big-endian BigInt
   function unsignedOf(bytes, offset, length, bigEndian) {
     var v = 0n, i, b;
@@ -1680,17 +1696,8 @@ var __tbelH = (function () {
       return Number(v);
     },
     parseBytesToFloat: function (data, offset, length, bigEndian) {
-      var bytes = listBytes("parseBytesToFloat", data), n = bytes.length, i;
-      offset = arguments.length >= 2 ? offset : 0;
-      length = arguments.length >= 3 ? length : (n < offset ? n : Math.min(n - offset, 4));
-      bigEndian = arguments.length >= 4 ? flag("parseBytesToFloat", bigEndian) : true;
-      if (length > 4) { throw new RangeError("BufferOverflowException"); }
-      if (offset < 0 || length < 0 || offset + length > n) { throw new RangeError("IndexOutOfBoundsException"); }
-      var dv = new DataView(new ArrayBuffer(4)), at = bigEndian ? 4 - length : 0;
-      for (i = 0; i < length; i++) { dv.setUint8(at + i, bytes[offset + i]); }
-      var f = dv.getFloat32(0, !bigEndian);
-      if (f !== f) { throw nfe("byte[] 0x" + hexOf(bytes) + " is a Not-a-Number (NaN) value"); }
-      return float32(f);
+      return float32(bytesToFloating("parseBytesToFloat", 4, arguments.length, data, offset,
+                                     length, bigEndian));
     },
     parseHexToFloat: function (hex, bigEndian) {
       var v = hexFloat(aText("parseHexToFloat", hex), arguments.length >= 2 ? flag("parseHexToFloat", bigEndian) : true);
@@ -1765,17 +1772,8 @@ var __tbelH = (function () {
 // doubleValue), parseBytesIntToFloat (up to 4 bytes, unsigned, its floatValue: a whole number,
 // held exactly, so that a division by a factor gives Java's float: 118030576 / 1e6 is 118.030576)
     parseBytesToDouble: function (data, offset, length, bigEndian) {
-      var bytes = listBytes("parseBytesToDouble", data), n = bytes.length, i;
-      offset = arguments.length >= 2 ? offset : 0;
-      length = arguments.length >= 3 ? length : defaultLength(n, offset, 8);
-      bigEndian = arguments.length >= 4 ? flag("parseBytesToDouble", bigEndian) : true;
-      if (length > 8) { throw new RangeError("BufferOverflowException"); }
-      if (offset < 0 || length < 0 || offset + length > n) { throw new RangeError("IndexOutOfBoundsException"); }
-      var dv = new DataView(new ArrayBuffer(8)), at = bigEndian ? 8 - length : 0;
-      for (i = 0; i < length; i++) { dv.setUint8(at + i, bytes[offset + i]); }
-      var d = dv.getFloat64(0, !bigEndian);
-      if (d !== d) { throw nfe("byte[] 0x" + hexOf(bytes) + " is a Not-a-Number (NaN) value"); }
-      return d;
+      return bytesToFloating("parseBytesToDouble", 8, arguments.length, data, offset, length,
+                             bigEndian);
     },
     parseBytesLongToDouble: function (data, offset, length, bigEndian) {
       var bytes = listBytes("parseBytesLongToDouble", data), n = bytes.length;
