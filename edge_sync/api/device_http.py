@@ -39,7 +39,7 @@ from edge_sync.common.http_host import HANDLER_CANCELLATION
 from edge_sync.common.json_body import parse_json, parse_values_json
 from edge_sync.devices.rpc import answer_of
 from edge_sync.devices.subscribers import LongPoll
-from edge_sync.errors import BadRequest, Restarting, Unauthorized, Unavailable
+from edge_sync.errors import BadRequest, Restarting, Unauthorized
 from edge_sync.metrics import Metrics, device_answers
 from edge_sync.storage.entity_store import Revoked
 from edge_sync.storage.records import Device
@@ -133,7 +133,7 @@ class DeviceHttpApi:
 
     async def _end_polls(self, _app: web.Application) -> None:
         for poll in list(self._polls):
-            poll.abandon(Unavailable("the agent is stopping; poll again"))
+            poll.abandon(Restarting("the agent is stopping; poll again"))
 
     async def _rpc_poll(self, request: web.Request) -> web.StreamResponse:
         return await self._long_poll(request, "rpc poll", self._service.poll_rpc)

@@ -309,3 +309,29 @@ def test_a_change_committed_after_its_shard_restarted_is_answered(app: EdgeApp) 
     assert outcomes({1: deleted}) == {1: "committed 1"}
     with app.store.read() as txn:
         assert EntityStore(app.store).device(txn, d.id) is None
+
+
+def test_long_polls_open_when_the_agent_stops_get_503_with_no_line_each(tmp_path: Path) -> None:
+    """The agent stopping ends every open long poll at once with 503 ("poll again"): an actor
+    not running (Restarting), so each answer is a DEBUG line, not a WARNING per poll."""
+    cfg = load_edge_config(env={
+        "EDGE_DATA_DIR": str(tmp_path / "edge"), "EDGE_HTTP_PORT": "0", "EDGE_ADMIN_PORT": "0",
+        "EDGE_HTTP_HOST": "127.0.0.1", "EDGE_MQTT_ENABLED": "false"})
+    edge = EdgeApp(cfg).start()
+    stopped = False
+    try:
+        devices = [device_on(edge, shard, f"poller-{shard}") for shard in (0, 1)]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool, log_records() as records:
+            polls = [pool.submit(http_get, edge, f"/api/v1/{d.token}/rpc?timeout=20000")
+                     for d in devices]
+            wait_until(lambda: len(edge.device_api._polls) == 2, timeout=DEADLINE_S,
+                       what="both long polls open")
+            edge.stop(timeout=30)
+            stopped = True
+            answers = [future.result(DEADLINE_S) for future in polls]
+    finally:
+        if not stopped:
+            edge.stop(timeout=30)
+    assert [status for status, _ in answers] == [503, 503]
+    assert sorted((r["level"].name, r["extra"]["code"]) for r in records
+                  if " refused with " in r["message"]) == [("DEBUG", "503")] * 2
