@@ -529,18 +529,28 @@ def established(port: int, pid: int | None = None) -> int:
     inode: what the kernel lists in /proc/net/tcp{,6}); with ``pid``, only the sockets that
     process holds. The tables are the whole network namespace's: on a busy machine (a test
     suite running beside the benchmark) they can list other processes' sockets on the same
-    local port, which only the owner's file descriptors tell apart."""
+    local port, which only the owner's file descriptors tell apart. Counted by socket inode:
+    the kernel lists the table in pieces, not as one snapshot, so while other sockets come and
+    go a row can be listed twice."""
     owned = None if pid is None else socket_inodes(pid)
-    hex_port = f":{port:04X}"
-    count = 0
+    rows: list[str] = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(FileNotFoundError), open(table, encoding="ascii") as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if (fields[1].endswith(hex_port) and fields[3] == "01" and fields[9] != "0"
-                        and (owned is None or fields[9] in owned)):
-                    count += 1
-    return count
+            rows += f.readlines()[1:]
+    return len(established_inodes(rows, port, owned))
+
+
+def established_inodes(rows: Sequence[str], port: int, owned: set[str] | None) -> set[str]:
+    """The inodes of the ESTABLISHED sockets on local ``port`` among /proc/net/tcp rows (of
+    ``owned`` only, when given), each once however often it is listed."""
+    hex_port = f":{port:04X}"
+    inodes: set[str] = set()
+    for row in rows:
+        fields = row.split()
+        if (fields[1].endswith(hex_port) and fields[3] == "01" and fields[9] != "0"
+                and (owned is None or fields[9] in owned)):
+            inodes.add(fields[9])
+    return inodes
 
 
 def socket_inodes(pid: int) -> set[str]:
