@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from bench.common import established_inodes
 
+
 def row(sl: int, local_port: int, state: str, inode: str) -> str:
     """A row as the kernel writes it: sl, local, remote, state, queues, timer, retransmits,
     uid, timeout, inode, ..."""
