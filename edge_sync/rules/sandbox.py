@@ -179,6 +179,18 @@ _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\.\s*[A-Za-z_$][\w$]*\s*\)[\s)]*\("),
      "a call of a parenthesized member ((x.name)(...))"),
 )
+# Checked on the script as written (comments blanked, before any rewrite: the translation's own
+# code names the runtime's ``__tbel...``). A name (not a member ``x.__proto__``, a map key) that
+# starts with ``__`` is the runtime's or the wrapper's (MVEL would take it as any name, but no
+# ThingsBoard script needs one): a script that named one could reach or shadow the runtime. An
+# escape in a name (``\u005f_tbelS``) would hide one. MVEL has no async functions nor generators:
+# an awaiting call leaves a job queued per call, its memory held until the cap.
+_TBEL_RESERVED: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?<![\w$])__[\w$]*"), "a name starting with __ (the runtime's names)"),
+    (re.compile(r"\\u"), "an escape in a name (\\u)"),
+    (re.compile(r"(?<![\w$])(?:async|await|yield)(?![\w$])|\bfunction\s*\*"),
+     "an async function, await, yield or a generator function"),
+)
 # ``foreach (item : collection)`` and MVEL's ``for (item : collection)``, the item's optional type
 _TBEL_FOREACH = re.compile(
     r"\b(?:foreach|for)\s*\(\s*(?:[A-Za-z_$][\w$.]*(?:\[\])?\s+)?([A-Za-z_$][\w$]*)\s*:")
@@ -381,6 +393,36 @@ def _def_locals(source: str) -> str:
     return "".join(out)
 
 
+def _refuse_reserved(source: str) -> None:
+    """ScriptSyntaxError at the first of ``_TBEL_RESERVED`` in ``source``'s code (comments
+    blanked; string literals are data); a name after a dot is a member (a map key)."""
+    offset = 0
+    for is_code, text in _split_code_and_literals(source):
+        start, offset = offset, offset + len(text)
+        if not is_code:
+            continue
+        for pattern, what in _TBEL_RESERVED:
+            for found in pattern.finditer(text):
+                if found.group(0)[0] != "\\" and _char_before(text, found.start()) == ".":
+                    continue
+                raise _refused(source, start + found.start(), what, found.group(0))
+
+
+def _proto_key(source: str, start: int, text: str) -> str:
+    """A string literal that is a key of an object literal (after ``{`` or ``,``, before ``:``)
+    and reads ``__proto__`` (or holds an escape, which may spell it) as a computed key
+    (``["__proto__"]: v``): JavaScript's literal ``"__proto__": v`` sets the object's prototype
+    instead of a key."""
+    if text[1:-1] != "__proto__" and "\\" not in text:
+        return text
+    after = start + len(text)
+    while after < len(source) and source[after].isspace():
+        after += 1
+    if after < len(source) and source[after] == ":" and _char_before(source, start) in ("{", ","):
+        return "[" + text + "]"
+    return text
+
+
 def tbel_to_js(source: str) -> str:
     """The JavaScript of a TBEL script in the supported subset; ScriptSyntaxError for the rest.
 
@@ -395,11 +437,16 @@ def tbel_to_js(source: str) -> str:
     Date(...)`` and the class methods of ``TBEL_JAVA_STATICS`` (``Date.now()``, ...). Any other
     method call is refused, and so is a call of a computed or parenthesized member
     (``x["name"]()``, ``(x.name)()``), optional chaining (``x?.y``), ``this`` and
-    ``globalThis``. Comments are made spaces first; line numbers are kept
+    ``globalThis``, names starting with ``__`` (the runtime's), escapes in names, ``async``,
+    ``await``, ``yield`` and generators (``_TBEL_RESERVED``). A quoted ``"__proto__"`` key of a
+    map literal becomes a computed key (a key, not the prototype: ``_proto_key``). Comments are
+    made spaces first; line numbers are kept
     (and columns, but on the line of a ``def``'s ``{``, where its own variables are declared).
     Linear in the script's length.
     """
-    source = _def_locals(_foreach_to_js(_blank_comments(source)))
+    source = _blank_comments(source)
+    _refuse_reserved(source)
+    source = _def_locals(_foreach_to_js(source))
     defined = set(_TBEL_DEF.findall(source)) | set(_JS_FUNCTION.findall(source))
     parts = []
     offset = 0
@@ -419,6 +466,8 @@ def tbel_to_js(source: str) -> str:
             text = _TBEL_DEF.sub(r"function \1(", text)
             text = _TBEL_DEF_VAR.sub("var ", text)
             text = _members_to_js(source, start, text)
+        elif text[:1] in "'\"":
+            text = _proto_key(source, start, text)
         parts.append(text)
     return "".join(parts)
 
@@ -513,11 +562,12 @@ _PROLOGUE = (
 # TBEL: the runtime before the script
 # (``__edgeRegex``: the runtime's check of a regular expression, which compile calls on the
 # script's literal ones; ``__edgeLock``: called after the epilogue, it freezes what a script
-# could change for the next call)
+# could change for the next call, the script's function among it: ``arguments.callee``)
 _PROLOGUE_TBEL = _PROLOGUE.replace(
     "var __edgeAt = 0,", "var __edgeRegex, __edgeLock, __edgeAt = 0,").replace(
     "function __script",
-    tbel_runtime() + " __edgeRegex = __tbelRegex; __edgeLock = __tbelLock; function __script")
+    tbel_runtime() + " __edgeRegex = __tbelRegex; "
+    "__edgeLock = function () { __tbelLock([__script]); }; function __script")
 
 
 def _tbel_prologue(scope: Sequence[str]) -> str:

@@ -1939,9 +1939,20 @@ var __tbelJava = __tbelH.java;
 // (m.constructor = 1, e.name = ...) fail: their data properties become accessors whose setter
 // makes the key the object's own (the "override mistake"), so a map's key "constructor" or
 // "toString" still reads and writes as any other.
-var __tbelLock = function () {
+// The runtime's own objects (the helpers, __tbelS, the Java classes, TbDate's prototype, ...)
+// and the wrapper's functions it is given (``roots``) are frozen by the same walk: a script
+// could reach them by a helper's name, a value's constructor, or arguments.callee.
+// Object.prototype's __proto__ becomes a key as any other (a TBEL map is a LinkedHashMap): a
+// read of a map with no such key is undefined (null), a write defines the map's own key.
+var __tbelLock = function (roots) {
   "use strict";
   var G = globalThis;
+  Object.defineProperty(Object.prototype, "__proto__", {configurable: false, enumerable: false,
+    get: function () { return undefined; },
+    set: function (v) {
+      if (this === Object.prototype) { throw new TypeError("Cannot assign to read only property '__proto__'"); }
+      Object.defineProperty(this, "__proto__", {value: v, writable: true, enumerable: true, configurable: true});
+    }});
   delete G.eval;
   delete G.Function;
   [function () {}, async function () {}, function* () {}, async function* () {}].forEach(function (f) {
@@ -1967,6 +1978,8 @@ var __tbelLock = function () {
     if (v !== null && (typeof v === "object" || typeof v === "function") && v !== G && !seen.has(v)) { seen.add(v); todo.push(v); }
   }
   Object.getOwnPropertyNames(G).forEach(function (k) { if (k !== "__edgeAt") { add(G[k]); } });
+  [__tbelBytes, __tbelS, __tbelG, __tbelH, __tbelJava, __TbelEntry, __tbelIter, __tbelRegex, __TbelDate,
+    __tbelNewDate, __tbelDateStatics].concat(roots || []).forEach(add);
   while (todo.length) {
     var o = todo.pop();
     add(Object.getPrototypeOf(o));

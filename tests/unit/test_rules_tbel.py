@@ -1183,15 +1183,98 @@ def test_what_a_call_sets_on_a_shared_object_is_gone_on_the_next_call() -> None:
     """Each MVEL run has fresh variables: nothing one message's script sets on a value it
     reaches (a constructor, a prototype, a global by a destructuring) is there on the next."""
     for script in ('var o = msg["constructor"]; if (msg.first) { o.leak = 42; } return o.leak;',
-                   'var o = [].__proto__; if (msg.first) { o.leak = 42; } return o.leak;',
-                   'if (msg.first) { msg.__proto__.leak = 42; } return {}.leak;'):
+                   'var o = [].constructor.prototype; if (msg.first) { o.leak = 42; } return o.leak;',
+                   'if (msg.first) { msg.constructor.prototype.leak = 42; } return {}.leak;',
+                   # the runtime's own (a helper, TbDate's prototype), the script's function
+                   'if (msg.first) { toInt.leak = 42; } return toInt.leak;',
+                   'var p = new Date(0).constructor.prototype; if (msg.first) { p.leak = 42; }\n'
+                   'return p.leak;',
+                   'if (msg.first) { arguments.callee.leak = 42; } return arguments.callee.leak;',
+                   'var f = Reflect.defineProperty;\n'
+                   'if (msg.first) { f(toInt, "leak", {value: 42}); } return toInt.leak;'):
         engine = ScriptEngine(script, "TBEL")
-        engine.call({"first": True}, {}, TELEMETRY)
-        assert engine.call({}, {}, TELEMETRY) is None, script
+        # (the write to a frozen object is ignored, as the script is not strict code)
+        assert [engine.call({"first": True}, {}, TELEMETRY),
+                engine.call({}, {}, TELEMETRY)] == [None, None], script
     engine = ScriptEngine("if (msg.first) { [leak] = [42]; return 0; } return leak;", "TBEL")
     assert engine.call({"first": True}, {}, TELEMETRY) == 0
     with pytest.raises(ScriptRuntimeError, match="ReferenceError: leak is not defined"):
         engine.call({}, {}, TELEMETRY)
+
+
+@pytest.mark.parametrize(("script", "found"), [
+    ("return __tbelS;", "__tbelS"),
+    ("var x = 1;\n__tbelH = null; return x;", "__tbelH"),
+    ("var __x = 1; return __x;", "__x"),
+    ("return {__proto__: 5};", "__proto__"),
+    ("return msg. __proto__ + __edgeAt;", "__edgeAt"),
+    ("return \\u005f_tbelS;", "\\u005f"),
+])
+def test_a_name_starting_with_two_underscores_is_refused(script: str, found: str) -> None:
+    """Names that start with ``__`` are the runtime's: refused where they are names (a member
+    ``msg.__proto__`` or a key in quotes is a map key, and allowed), as are escapes in names."""
+    with pytest.raises(ScriptSyntaxError) as caught:
+        tbel_to_js(script)
+    line = script[:script.index(found.replace("\\\\", "\\"))].count("\n") + 1
+    assert f"(line {line}: " in str(caught.value), str(caught.value)
+    assert "the runtime's names" in str(caught.value) or "escape" in str(caught.value)
+    assert run('return [msg.__proto__, msg["__x"], "__tbelS"];', {"__proto__": 1, "__x": 2}) == [
+        1, 2, "__tbelS"]
+
+
+@pytest.mark.parametrize("script", [
+    "var f = async function() { return 1; }; f(); return 1;",
+    "def g() { return 1; } var await = 1; return await;",
+    "var f = function* () { yield 1; }; return 1;",
+    "var f = function *g() { return 1; }; return 1;",
+    "var f = async () => 1; return 1;",
+])
+def test_async_await_and_generators_are_refused(script: str) -> None:
+    """MVEL has no async functions nor generators: an awaiting call would leave a job queued per
+    call (its memory kept until the cap): refused at compile. In text, comments and as a map
+    key after a dot they are data."""
+    with pytest.raises(ScriptSyntaxError,
+                       match="an async function, await, yield or a generator function"):
+        tbel_to_js(script)
+    assert run('// async await\nreturn [msg.async, "await yield function*"];', {"async": 1}) == [
+        1, "await yield function*"]
+
+
+def test_an_awaiting_function_leaves_nothing_queued_per_call() -> None:
+    """The refusal is what keeps memory flat: no TBEL script can queue a job."""
+    with pytest.raises(ScriptSyntaxError):
+        ScriptEngine("var f = async function() { await null; return 1; }; f(); return 1;", "TBEL")
+
+
+def test_a_key_named_proto_is_a_key_as_any_in_a_map_the_script_makes() -> None:
+    """A TBEL map is a LinkedHashMap: "__proto__" is a key as any (put, putAll, putIfAbsent, a
+    literal, a member or index write), read back by get, a member or an index, and never the
+    map's prototype."""
+    assert run('var m = {}; m.put("__proto__", 5); return [m, m.get("__proto__"), m.size()];') == [
+        {"__proto__": 5}, 5, 1]
+    assert run('var m = {"__proto__": 5, "a": 1}; return [m, m["__proto__"], m.keys()];') == [
+        {"__proto__": 5, "a": 1}, 5, ["__proto__", "a"]]
+    assert run("var m = {'__proto__': {x: 1}}; return [m.x, m];") == [None, {"__proto__": {"x": 1}}]
+    assert run('var m = {}; m.__proto__ = {x: 1}; return [m.x, m, m.containsKey("__proto__")];') == [
+        None, {"__proto__": {"x": 1}}, True]
+    assert run('var m = {}; var k = "__proto__"; m[k] = [1]; return [m.x, m];') == [
+        None, {"__proto__": [1]}]
+    assert run('var m = {}; m.putAll({"__proto__": 2}); var n = {}; n.putIfAbsent("__proto__", 3);\n'
+               'return [m, n, {}.__proto__, {}.get("__proto__"), [].__proto__];') == [
+        {"__proto__": 2}, {"__proto__": 3}, None, None, None]
+    # scriptLang JS keeps JavaScript's __proto__, names and async functions
+    engine = ScriptEngine('var __m = {}; __m.__proto__ = {x: 1}; var f = async function () {};\n'
+                          'return [__m.x, {"__proto__": 5}];', "JS")
+    assert engine.call({}, {}, TELEMETRY) == [1, {}]
+
+
+def test_a_proto_key_from_json_round_trips_out_of_a_transform() -> None:
+    """A device's JSON key "__proto__" reads, writes and comes out of a transform unchanged."""
+    engine = ScriptEngine('msg.n = msg["__proto__"].a + 1; msg.__proto__.b = 2;\n'
+                          'return {msg: msg, metadata: metadata, msgType: msgType};', "TBEL")
+    out = engine.call({"__proto__": {"a": 1}}, {}, TELEMETRY)
+    assert json.dumps(out) == ('{"msg": {"__proto__": {"a": 1, "b": 2}, "n": 2}, "metadata": {}, '
+                               '"msgType": "POST_TELEMETRY_REQUEST"}')
 
 
 @pytest.mark.parametrize("script", ["return globalThis;", "return this;",
