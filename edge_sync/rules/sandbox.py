@@ -221,18 +221,75 @@ _TBEL_REGEX_ARG = re.compile(
     r"\.\s*(?:split|matches|replaceAll|replaceFirst)\s*\(\s*(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*')\s*[,)]")
 _JS_FUNCTION = re.compile(r"\bfunction\s+([A-Za-z_$][\w$]*)")
 # where a string literal or a comment starts, and where a literal ends (its closing quote, a
-# backslash escaping any one character, the line break included)
-_LITERAL_START = re.compile(r"['\"]|//|/\*")
+# backslash escaping any one character, the line break included); a lone ``/`` and JavaScript's
+# HTML-like comments (``<!--``, ``-->``) are stopped at too (``_split_code_and_literals``)
+_LITERAL_START = re.compile(r"['\"]|//|/\*|/|<!--|-->")
 _LITERAL_END = {q: re.compile(r"[^\\" + q + r"]*(?:\\.[^\\" + q + r"]*)*" + q, re.S)
                 for q in "'\""}
+# a token of code, for what precedes a ``/``: a name, a number, or one other character
+_CODE_TOKEN = re.compile(r"[A-Za-z_$][\w$]*|\d[\w.]*|\S")
+# JavaScript's keywords after which a ``/`` starts a regular expression literal
+_JS_KEYWORDS_BEFORE_EXPRESSION = frozenset({
+    "return", "typeof", "case", "do", "else", "in", "of", "instanceof", "new", "void", "delete",
+    "throw", "yield", "await"})
+# the keywords whose ``(...)`` is a statement's head: a ``/`` after its ``)`` starts a regular
+# expression literal in JavaScript
+_JS_HEAD_KEYWORDS = frozenset({"if", "while", "for", "with"})
+
+
+class _CodeState:
+    """What the code read so far ends with, for a ``/``: whether JavaScript reads a ``/`` there as
+    a division (after a value: a name, a number, a string literal, ``]``, or a ``)`` that closes
+    an expression) or as the start of a regular expression literal (anywhere else: after an
+    operator, ``(``, ``{``, a keyword such as ``return``, or the ``)`` of an ``if``/``while``/
+    ``for``/``with`` head). Fed the code in order; each character once."""
+
+    __slots__ = ("last", "parens", "value")
+
+    def __init__(self) -> None:
+        self.value = False  # a / here would be a division
+        self.last = ""  # the last token
+        self.parens: list[str] = []  # per open "(": the name just before it
+
+    def read(self, code: str) -> None:
+        for found in _CODE_TOKEN.finditer(code):
+            token = found.group(0)
+            first = token[0]
+            if first.isalpha() or first in "_$":
+                # a member's name (``x.return``) is a value, as any name but a keyword
+                self.value = self.last == "." or token not in _JS_KEYWORDS_BEFORE_EXPRESSION
+            elif first.isdigit():
+                self.value = True
+            elif token == "(":
+                last = self.last
+                self.parens.append(last if last[:1].isalpha() else "")
+                self.value = False
+            elif token == ")":
+                head = self.parens.pop() if self.parens else ""
+                self.value = head not in _JS_HEAD_KEYWORDS
+            else:
+                self.value = token == "]"
+            self.last = token
+
+    def literal(self) -> None:
+        """A string literal was read: a value."""
+        self.value, self.last = True, "''"
 
 
 def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
     """(is_code, text) runs: string literals and comments are not code and are kept verbatim.
-    Linear in the source: each step jumps to the next quote or comment start (a regex search),
-    and a literal's end is found by ``_LITERAL_END`` in one search."""
+    Linear in the source: each step jumps to the next quote, comment start or ``/`` (a regex
+    search), and a literal's end is found by ``_LITERAL_END`` in one search.
+
+    MVEL has no regular expression literals and no HTML-like comments, but JavaScript reads
+    ``/"/`` as one and ``<!-- "`` as a comment: a quote in them would make this split (and so
+    every check of the script) take code for a string. So a ``/`` where JavaScript could start a
+    regular expression literal (``_CodeState``), ``<!--`` and ``-->`` are refused
+    (ScriptSyntaxError, with the line); a division is code."""
     out: list[tuple[bool, str]] = []
     start, n = 0, len(source)
+    state = _CodeState()
+    read = 0  # the code up to here is in ``state``
     i = 0
     while True:
         found = _LITERAL_START.search(source, i)
@@ -240,6 +297,18 @@ def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
             break
         i = found.start()
         c = found.group(0)
+        if c in ("<!--", "-->"):
+            raise _refused(source, i, "an HTML-like comment (<!-- or -->)", c)
+        if c == "/":
+            state.read(source[read:i])
+            if not state.value:
+                line_end = source.find("\n", i)
+                raise _refused(source, i, "a regular expression literal (/.../)",
+                               source[i:i + 20 if line_end < 0 else min(line_end, i + 20)])
+            state.read("/")
+            read = i = i + 1
+            continue
+        state.read(source[read:i])
         if c == "//":
             j = source.find("\n", i)
             end = n if j < 0 else j
@@ -249,10 +318,11 @@ def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
         else:
             closing = _LITERAL_END[c].match(source, i + 1)
             end = n if closing is None else closing.end()
+            state.literal()
         if i > start:
             out.append((True, source[start:i]))
         out.append((False, source[i:end]))
-        i = start = end
+        i = start = read = end
     if start < n:
         out.append((True, source[start:]))
     return out

@@ -1425,3 +1425,48 @@ def test_print_unsigned_bytes_takes_a_list_of_bytes_only_as_tb_utils() -> None:
         "ClassCastException: class java.lang.Integer cannot be cast to class java.lang.Byte")
     assert error('return printUnsignedBytes(["a"]);') == (
         "ClassCastException: class java.lang.String cannot be cast to class java.lang.Byte")
+
+
+@pytest.mark.parametrize(("script", "found"), [
+    # a quote in a regular expression literal would hide the code after it from every check
+    ('var r = /"/; var prev = __edgeAt; __edgeAt = {n: 0}; var r2 = /"/; return prev;', '/"/'),
+    ("var r = /'/; var g = globalThis; var r2 = /'/; return 1;", "/'/"),
+    ('var x = 1;\nreturn /"/.test("a");', '/"/'),
+    ('var a = [1, /x/];', "/x/"),
+    ('if (msg.a) /"/.test(1); var g = globalThis; var r = /"/; return 1;', '/"/'),
+    ('var x = 4; return typeof /x/;', "/x/"),
+    ('var s = "a"; var t = msg.a ? /"/ : 1;', '/"/'),
+])
+def test_a_regular_expression_literal_is_refused(script: str, found: str) -> None:
+    """MVEL has no regular expression literals: a ``/`` where JavaScript would start one is
+    refused at compile, with its line (after an ``if (...)`` head too)."""
+    with pytest.raises(ScriptSyntaxError, match="a regular expression literal") as caught:
+        tbel_to_js(script)
+    line = script[:script.index(found)].count("\n") + 1
+    assert f"(line {line}: " in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("script", [
+    'var a = 1; a <!-- "\nvar p = typeof __edgeAt; var s = "x";\nreturn p;',
+    'var a = 1;\n--> "\nvar g = globalThis; "\nreturn 1;',
+])
+def test_an_html_like_comment_is_refused(script: str) -> None:
+    """JavaScript reads ``<!--`` and ``-->`` as comments (MVEL has none): refused at compile."""
+    with pytest.raises(ScriptSyntaxError, match="an HTML-like comment"):
+        tbel_to_js(script)
+
+
+@pytest.mark.parametrize(("script", "value"), [
+    ("var a = msg.a; var b = msg.b; return a / b;", 1.5),
+    ("var a = 1; var b = 3; return (a + b) / 2;", 2),
+    ("var x = [9]; var i = 0; return x[i] / 3;", 3),
+    ("return msg.t / 10;", 2),
+    ("return 10 / 4;", 2.5),
+    ('return "ssss".length / 2;', 2),
+    ("var a = 8; a /= 2; return a; // a / b", 4),
+    ("return msg.t /* t */ / 10;", 2),
+    ("if (msg.t > 1) { return msg.t / 4; } return 0;", 5),
+    ('var m = {"k": 6}; return m["k"] / 3 / 2;', 1),
+])
+def test_a_division_compiles_and_computes(script: str, value: float) -> None:
+    assert run(script, {"a": 6, "b": 4, "t": 20}) == value
