@@ -1470,3 +1470,34 @@ def test_an_html_like_comment_is_refused(script: str) -> None:
 ])
 def test_a_division_compiles_and_computes(script: str, value: float) -> None:
     assert run(script, {"a": 6, "b": 4, "t": 20}) == value
+
+
+def test_error_stack_settings_a_call_makes_are_gone_on_the_next_call() -> None:
+    """quickjs-ng keeps ``Error.prepareStackTrace`` and ``Error.stackTraceLimit`` in the
+    context: a TBEL script's write is ignored, so call 1 sees what call 0 saw."""
+    script = ('var before = [typeof Error.prepareStackTrace, Error.stackTraceLimit];\n'
+              'def f(e, s) { return "seen " + msg.i; }\n'
+              'if (msg.i == 0) { Error.prepareStackTrace = f; Error.stackTraceLimit = 0; }\n'
+              'var stack = ""; try { var x = null; x.y = 1; } catch (e) { stack = e.stack; }\n'
+              'return [before, stack.indexOf("__script") >= 0];')
+    engine = ScriptEngine(script, "TBEL")
+    assert [engine.call({"i": i}, {}, TELEMETRY) for i in range(3)] == [
+        [["undefined", 10], True]] * 3
+
+
+def test_no_promise_job_can_be_queued_by_a_tbel_script() -> None:
+    """A promise's job (``then``, ``queueMicrotask``) would outlive the call, its memory held:
+    TBEL engines have no ``Promise``, ``queueMicrotask``, ``FinalizationRegistry`` nor
+    ``WeakRef`` (MVEL has none of them)."""
+    assert run("return [typeof Promise, typeof queueMicrotask, typeof FinalizationRegistry, "
+               "typeof WeakRef];") == ["undefined"] * 4
+    script = ("var ap = Reflect.apply; var P = Promise; var p = ap(P.resolve, P, [1]);\n"
+              "def f(v) { return 1; } ap(p.then, p, [f]); return 1;")
+    with pytest.raises(ScriptRuntimeError, match="ReferenceError: Promise is not defined"):
+        ScriptEngine(script, "TBEL").call({}, {}, TELEMETRY)
+    # (before, with a 20000-item list kept by the job, the memory cap came at call 13)
+    with pytest.raises(ScriptRuntimeError,
+                       match="ReferenceError: queueMicrotask is not defined"):
+        ScriptEngine("var q = queueMicrotask; def f() { return 1; } q(f); return 1;",
+                     "TBEL").call({}, {}, TELEMETRY)
+    assert ScriptEngine("return typeof Promise;", "JS").call({}, {}, TELEMETRY) == "function"
