@@ -188,8 +188,11 @@ _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
 _TBEL_RESERVED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![\w$])__[\w$]*"), "a name starting with __ (the runtime's names)"),
     (re.compile(r"\\u"), "an escape in a name (\\u)"),
-    (re.compile(r"(?<![\w$])(?:async|await|yield)(?![\w$])|\bfunction\s*\*"),
-     "an async function, await, yield or a generator function"),
+    # ``async`` before ``function``, a name (``async x => ...``, an async method ``{async f()
+    # {...}}``), ``(`` or ``*``; ``async``, ``await`` and ``yield`` as plain names or keys stay
+    # names (the script's function is neither async, a generator nor strict code)
+    (re.compile(r"(?<![\w$])async(?=\s*[A-Za-z_$(*])|\bfunction\s*\*"),
+     "an async function or a generator function"),
 )
 # ``foreach (item : collection)`` and MVEL's ``for (item : collection)``, the item's optional type
 _TBEL_FOREACH = re.compile(
@@ -507,8 +510,9 @@ def tbel_to_js(source: str) -> str:
     Date(...)`` and the class methods of ``TBEL_JAVA_STATICS`` (``Date.now()``, ...). Any other
     method call is refused, and so is a call of a computed or parenthesized member
     (``x["name"]()``, ``(x.name)()``), optional chaining (``x?.y``), ``this`` and
-    ``globalThis``, names starting with ``__`` (the runtime's), escapes in names, ``async``,
-    ``await``, ``yield`` and generators (``_TBEL_RESERVED``). A quoted ``"__proto__"`` key of a
+    ``globalThis``, names starting with ``__`` (the runtime's), escapes in names, async
+    functions and generator functions (``_TBEL_RESERVED``); regular expression literals and
+    HTML-like comments (``_split_code_and_literals``). A quoted ``"__proto__"`` key of a
     map literal becomes a computed key (a key, not the prototype: ``_proto_key``). Comments are
     made spaces first; line numbers are kept
     (and columns, but on the line of a ``def``'s ``{``, where its own variables are declared).
