@@ -38,6 +38,7 @@ from edge_sync.rules.tbel_runtime import (
     TBEL_NAMESPACES,
 )
 from edge_sync.rules.tbel_runtime import runtime as tbel_runtime
+from edge_sync.rules.tbel_runtime import runtime_names as tbel_runtime_names
 
 if TYPE_CHECKING:
     from edge_sync.config import RulesConfig
@@ -637,11 +638,27 @@ _PROLOGUE = (
 # (``__edgeRegex``: the runtime's check of a regular expression, which compile calls on the
 # script's literal ones; ``__edgeLock``: called after the epilogue, it freezes what a script
 # could change for the next call, the script's function among it: ``arguments.callee``)
+# The TBEL script's function is compiled where each name of the wrapper's (the runtime's, the
+# runner's, the engine's globals) is a ``const``: the runtime's objects the translation calls
+# (``__tbelS``, ...) as themselves, the rest undefined. A script that named one (the compile
+# checks refuse ``__`` names; this is for a gap in them) can neither replace it nor keep
+# anything in it from one call to the next; ``__script`` itself is its function expression's own
+# name, which an assignment does not change.
+_TBEL_USED = ("__tbelS", "__tbelG", "__tbelIter", "__tbelH", "__tbelJava")
+_TBEL_WRAPPER_NAMES = tuple(dict.fromkeys((*tbel_runtime_names(), "__parse", "__stringify",
+                                           "__InternalError", "__oom", "__edgeAt", "__edgeRegex",
+                                           "__edgeLock", "__edgeRunMany", "__edgeRun")))
+_TBEL_SHIELD = (
+    "{ const __edgeT = Object.freeze([" + ", ".join(_TBEL_USED) + "]); { const "
+    + ", ".join([f"{name} = __edgeT[{i}]" for i, name in enumerate(_TBEL_USED)]
+                + [f"{name} = void 0" for name in _TBEL_WRAPPER_NAMES if name not in _TBEL_USED])
+    + "; ")
 _PROLOGUE_TBEL = _PROLOGUE.replace(
     "var __edgeAt = 0,", "var __edgeRegex, __edgeLock, __edgeAt = 0,").replace(
     "function __script",
     tbel_runtime() + " __edgeRegex = __tbelRegex; "
-    "__edgeLock = function () { __tbelLock([__script]); }; function __script")
+    "__edgeLock = function () { __tbelLock([__script]); }; " + _TBEL_SHIELD
+    + "var __script = function __script")
 
 
 def _tbel_prologue(scope: Sequence[str]) -> str:
@@ -738,6 +755,8 @@ return function (argsJson) {
 })();
 """
 
+_EPILOGUE_TBEL = _EPILOGUE.replace("\n}\n", "\n};}}\n", 1)
+
 
 def _is_oom(text: str) -> bool:
     """An exception the engine raised past the wrapper's catch is a memory blow-up: QuickJS's
@@ -778,7 +797,9 @@ class ScriptEngine:
         self._body_lines = body.count("\n") + 1
         prologue = _tbel_prologue(tbel_scope(script)) if lang == "TBEL" else _PROLOGUE
         # TBEL: the intrinsics frozen once the wrapper is built (tbel_runtime.js, __tbelLock)
-        self._source = prologue + body + _EPILOGUE + ("__edgeLock();\n" if lang == "TBEL" else "")
+        # (TBEL: the script's function closes the two blocks of _TBEL_SHIELD)
+        self._source = prologue + body + (
+            _EPILOGUE_TBEL + "__edgeLock();\n" if lang == "TBEL" else _EPILOGUE)
         self._lock = threading.Lock()
         self._context: Any = None
         self._run: Any = None

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from edge_sync.rules import nodes as n
+from edge_sync.rules import sandbox
 from edge_sync.rules.chain import parse
 from edge_sync.rules.engine import Failed, Outcome, RuleEngine, SaveTimeseries, Visited
 from edge_sync.rules.message import Originator, RuleMsg
@@ -1512,3 +1513,29 @@ def test_async_await_and_yield_as_plain_names_and_keys() -> None:
     assert run("var yield = msg.y; return {yield: yield};", {"y": 3}) == {"yield": 3}
     assert run("var await = 2; var async = 3; return {async: 1, await: await + async};") == {
         "async": 1, "await": 5}
+
+
+def test_no_name_of_the_wrappers_keeps_anything_from_one_call_to_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Were a script to name one of the wrapper's names past the compile checks and the scope's
+    declarations (both turned off here, as a gap in the scanner would), it could not replace it,
+    nor keep anything in it: each is a ``const`` of the script's scope (or the script function's
+    own name)."""
+    monkeypatch.setattr(sandbox, "_TBEL_RESERVED", ())
+    monkeypatch.setattr(sandbox, "tbel_scope", lambda source: [])
+    names = (*sandbox._TBEL_WRAPPER_NAMES, "__script", "__edgeT")
+    assert {"__tbelS", "__tbelLock", "__stringify", "__parse", "__oom", "__edgeAt"} <= set(names)
+    for name in names:
+        script = (f"var before = typeof {name}; var kept = null;\n"
+                  f"try {{ kept = {name}.kept; }} catch (e) {{}}\n"
+                  f"if (msg.i == 0) {{ try {{ {name} = {{kept: 1}}; }} catch (e) {{}}\n"
+                  f"  try {{ {name}.kept = 1; }} catch (e) {{}} }}\n"
+                  "return [before, kept];")
+        engine = ScriptEngine(script, "TBEL")
+        results = [engine.call({"i": i}, {}, TELEMETRY) for i in range(3)]
+        assert results[0] == results[1] == results[2], (name, results)
+        assert results[0][1] is None, (name, results)
+    # the runner's own JSON.stringify is the one that serializes a result
+    engine = ScriptEngine("if (msg.i == 0) { try { __stringify = function (v) { return \"1\"; }; }"
+                          " catch (e) {} } return msg.i;", "TBEL")
+    assert [engine.call({"i": i}, {}, TELEMETRY) for i in range(3)] == [0, 1, 2]
