@@ -38,6 +38,7 @@ from edge_sync.rules.tbel_runtime import (
     TBEL_NAMESPACES,
 )
 from edge_sync.rules.tbel_runtime import runtime as tbel_runtime
+from edge_sync.rules.tbel_runtime import runtime_names as tbel_runtime_names
 
 if TYPE_CHECKING:
     from edge_sync.config import RulesConfig
@@ -188,8 +189,11 @@ _TBEL_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
 _TBEL_RESERVED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![\w$])__[\w$]*"), "a name starting with __ (the runtime's names)"),
     (re.compile(r"\\u"), "an escape in a name (\\u)"),
-    (re.compile(r"(?<![\w$])(?:async|await|yield)(?![\w$])|\bfunction\s*\*"),
-     "an async function, await, yield or a generator function"),
+    # ``async`` before ``function``, a name (``async x => ...``, an async method ``{async f()
+    # {...}}``), ``(`` or ``*``; ``async``, ``await`` and ``yield`` as plain names or keys stay
+    # names (the script's function is neither async, a generator nor strict code)
+    (re.compile(r"(?<![\w$])async(?=\s*[A-Za-z_$(*])|\bfunction\s*\*"),
+     "an async function or a generator function"),
 )
 # ``foreach (item : collection)`` and MVEL's ``for (item : collection)``, the item's optional type
 _TBEL_FOREACH = re.compile(
@@ -221,18 +225,75 @@ _TBEL_REGEX_ARG = re.compile(
     r"\.\s*(?:split|matches|replaceAll|replaceFirst)\s*\(\s*(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*')\s*[,)]")
 _JS_FUNCTION = re.compile(r"\bfunction\s+([A-Za-z_$][\w$]*)")
 # where a string literal or a comment starts, and where a literal ends (its closing quote, a
-# backslash escaping any one character, the line break included)
-_LITERAL_START = re.compile(r"['\"]|//|/\*")
+# backslash escaping any one character, the line break included); a lone ``/`` and JavaScript's
+# HTML-like comments (``<!--``, ``-->``) are stopped at too (``_split_code_and_literals``)
+_LITERAL_START = re.compile(r"['\"]|//|/\*|/|<!--|-->")
 _LITERAL_END = {q: re.compile(r"[^\\" + q + r"]*(?:\\.[^\\" + q + r"]*)*" + q, re.S)
                 for q in "'\""}
+# a token of code, for what precedes a ``/``: a name, a number, or one other character
+_CODE_TOKEN = re.compile(r"[A-Za-z_$][\w$]*|\d[\w.]*|\S")
+# JavaScript's keywords after which a ``/`` starts a regular expression literal
+_JS_KEYWORDS_BEFORE_EXPRESSION = frozenset({
+    "return", "typeof", "case", "do", "else", "in", "of", "instanceof", "new", "void", "delete",
+    "throw", "yield", "await"})
+# the keywords whose ``(...)`` is a statement's head: a ``/`` after its ``)`` starts a regular
+# expression literal in JavaScript
+_JS_HEAD_KEYWORDS = frozenset({"if", "while", "for", "with"})
+
+
+class _CodeState:
+    """What the code read so far ends with, for a ``/``: whether JavaScript reads a ``/`` there as
+    a division (after a value: a name, a number, a string literal, ``]``, or a ``)`` that closes
+    an expression) or as the start of a regular expression literal (anywhere else: after an
+    operator, ``(``, ``{``, a keyword such as ``return``, or the ``)`` of an ``if``/``while``/
+    ``for``/``with`` head). Fed the code in order; each character once."""
+
+    __slots__ = ("last", "parens", "value")
+
+    def __init__(self) -> None:
+        self.value = False  # a / here would be a division
+        self.last = ""  # the last token
+        self.parens: list[str] = []  # per open "(": the name just before it
+
+    def read(self, code: str) -> None:
+        for found in _CODE_TOKEN.finditer(code):
+            token = found.group(0)
+            first = token[0]
+            if first.isalpha() or first in "_$":
+                # a member's name (``x.return``) is a value, as any name but a keyword
+                self.value = self.last == "." or token not in _JS_KEYWORDS_BEFORE_EXPRESSION
+            elif first.isdigit():
+                self.value = True
+            elif token == "(":
+                last = self.last
+                self.parens.append(last if last[:1].isalpha() else "")
+                self.value = False
+            elif token == ")":
+                head = self.parens.pop() if self.parens else ""
+                self.value = head not in _JS_HEAD_KEYWORDS
+            else:
+                self.value = token == "]"
+            self.last = token
+
+    def literal(self) -> None:
+        """A string literal was read: a value."""
+        self.value, self.last = True, "''"
 
 
 def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
     """(is_code, text) runs: string literals and comments are not code and are kept verbatim.
-    Linear in the source: each step jumps to the next quote or comment start (a regex search),
-    and a literal's end is found by ``_LITERAL_END`` in one search."""
+    Linear in the source: each step jumps to the next quote, comment start or ``/`` (a regex
+    search), and a literal's end is found by ``_LITERAL_END`` in one search.
+
+    MVEL has no regular expression literals and no HTML-like comments, but JavaScript reads
+    ``/"/`` as one and ``<!-- "`` as a comment: a quote in them would make this split (and so
+    every check of the script) take code for a string. So a ``/`` where JavaScript could start a
+    regular expression literal (``_CodeState``), ``<!--`` and ``-->`` are refused
+    (ScriptSyntaxError, with the line); a division is code."""
     out: list[tuple[bool, str]] = []
     start, n = 0, len(source)
+    state = _CodeState()
+    read = 0  # the code up to here is in ``state``
     i = 0
     while True:
         found = _LITERAL_START.search(source, i)
@@ -240,6 +301,18 @@ def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
             break
         i = found.start()
         c = found.group(0)
+        if c in ("<!--", "-->"):
+            raise _refused(source, i, "an HTML-like comment (<!-- or -->)", c)
+        if c == "/":
+            state.read(source[read:i])
+            if not state.value:
+                line_end = source.find("\n", i)
+                raise _refused(source, i, "a regular expression literal (/.../)",
+                               source[i:i + 20 if line_end < 0 else min(line_end, i + 20)])
+            state.read("/")
+            read = i = i + 1
+            continue
+        state.read(source[read:i])
         if c == "//":
             j = source.find("\n", i)
             end = n if j < 0 else j
@@ -249,10 +322,11 @@ def _split_code_and_literals(source: str) -> list[tuple[bool, str]]:
         else:
             closing = _LITERAL_END[c].match(source, i + 1)
             end = n if closing is None else closing.end()
+            state.literal()
         if i > start:
             out.append((True, source[start:i]))
         out.append((False, source[i:end]))
-        i = start = end
+        i = start = read = end
     if start < n:
         out.append((True, source[start:]))
     return out
@@ -437,8 +511,9 @@ def tbel_to_js(source: str) -> str:
     Date(...)`` and the class methods of ``TBEL_JAVA_STATICS`` (``Date.now()``, ...). Any other
     method call is refused, and so is a call of a computed or parenthesized member
     (``x["name"]()``, ``(x.name)()``), optional chaining (``x?.y``), ``this`` and
-    ``globalThis``, names starting with ``__`` (the runtime's), escapes in names, ``async``,
-    ``await``, ``yield`` and generators (``_TBEL_RESERVED``). A quoted ``"__proto__"`` key of a
+    ``globalThis``, names starting with ``__`` (the runtime's), escapes in names, async
+    functions and generator functions (``_TBEL_RESERVED``); regular expression literals and
+    HTML-like comments (``_split_code_and_literals``). A quoted ``"__proto__"`` key of a
     map literal becomes a computed key (a key, not the prototype: ``_proto_key``). Comments are
     made spaces first; line numbers are kept
     (and columns, but on the line of a ``def``'s ``{``, where its own variables are declared).
@@ -563,11 +638,27 @@ _PROLOGUE = (
 # (``__edgeRegex``: the runtime's check of a regular expression, which compile calls on the
 # script's literal ones; ``__edgeLock``: called after the epilogue, it freezes what a script
 # could change for the next call, the script's function among it: ``arguments.callee``)
+# The TBEL script's function is compiled where each name of the wrapper's (the runtime's, the
+# runner's, the engine's globals) is a ``const``: the runtime's objects the translation calls
+# (``__tbelS``, ...) as themselves, the rest undefined. A script that named one (the compile
+# checks refuse ``__`` names; this is for a gap in them) can neither replace it nor keep
+# anything in it from one call to the next; ``__script`` itself is its function expression's own
+# name, which an assignment does not change.
+_TBEL_USED = ("__tbelS", "__tbelG", "__tbelIter", "__tbelH", "__tbelJava")
+_TBEL_WRAPPER_NAMES = tuple(dict.fromkeys((*tbel_runtime_names(), "__parse", "__stringify",
+                                           "__InternalError", "__oom", "__edgeAt", "__edgeRegex",
+                                           "__edgeLock", "__edgeRunMany", "__edgeRun")))
+_TBEL_SHIELD = (
+    "{ const __edgeT = Object.freeze([" + ", ".join(_TBEL_USED) + "]); { const "
+    + ", ".join([f"{name} = __edgeT[{i}]" for i, name in enumerate(_TBEL_USED)]
+                + [f"{name} = void 0" for name in _TBEL_WRAPPER_NAMES if name not in _TBEL_USED])
+    + "; ")
 _PROLOGUE_TBEL = _PROLOGUE.replace(
     "var __edgeAt = 0,", "var __edgeRegex, __edgeLock, __edgeAt = 0,").replace(
     "function __script",
     tbel_runtime() + " __edgeRegex = __tbelRegex; "
-    "__edgeLock = function () { __tbelLock([__script]); }; function __script")
+    "__edgeLock = function () { __tbelLock([__script]); }; " + _TBEL_SHIELD
+    + "var __script = function __script")
 
 
 def _tbel_prologue(scope: Sequence[str]) -> str:
@@ -664,6 +755,8 @@ return function (argsJson) {
 })();
 """
 
+_EPILOGUE_TBEL = _EPILOGUE.replace("\n}\n", "\n};}}\n", 1)
+
 
 def _is_oom(text: str) -> bool:
     """An exception the engine raised past the wrapper's catch is a memory blow-up: QuickJS's
@@ -704,7 +797,9 @@ class ScriptEngine:
         self._body_lines = body.count("\n") + 1
         prologue = _tbel_prologue(tbel_scope(script)) if lang == "TBEL" else _PROLOGUE
         # TBEL: the intrinsics frozen once the wrapper is built (tbel_runtime.js, __tbelLock)
-        self._source = prologue + body + _EPILOGUE + ("__edgeLock();\n" if lang == "TBEL" else "")
+        # (TBEL: the script's function closes the two blocks of _TBEL_SHIELD)
+        self._source = prologue + body + (
+            _EPILOGUE_TBEL + "__edgeLock();\n" if lang == "TBEL" else _EPILOGUE)
         self._lock = threading.Lock()
         self._context: Any = None
         self._run: Any = None

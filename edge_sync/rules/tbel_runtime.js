@@ -1971,6 +1971,16 @@ var __tbelLock = function (roots) {
         }});
     });
   }
+  // quickjs-ng keeps these two in the context, not on Error (its freeze does not stop a write):
+  // a function set as prepareStackTrace would run, with what it closed over, in later calls
+  Object.defineProperty(Error, "prepareStackTrace", {value: undefined, writable: false, configurable: false});
+  Object.defineProperty(Error, "stackTraceLimit", {value: 10, writable: false, configurable: false});
+  // a promise's job outlives the call (the engine never runs it), its memory held until the cap;
+  // the runtime uses none of these
+  delete G.Promise;
+  delete G.queueMicrotask;
+  delete G.FinalizationRegistry;
+  delete G.WeakRef;
   tame(Object.prototype);
   [Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError, InternalError, AggregateError].forEach(function (E) { tame(E.prototype); });
   var seen = new Set(), todo = [];

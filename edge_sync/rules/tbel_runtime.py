@@ -26,6 +26,7 @@ statement ends with ``;``.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 
@@ -102,3 +103,13 @@ def runtime() -> str:
     """The runtime as one line of JavaScript (its whole-line ``//`` comments left out)."""
     lines = (line.strip() for line in _SOURCE.read_text(encoding="utf-8").splitlines())
     return " ".join(line for line in lines if line and not line.startswith("//"))
+
+
+@cache
+def runtime_names() -> tuple[str, ...]:
+    """The names the runtime declares at its top level (``var __tbelS = ...``), in order."""
+    names: list[str] = []
+    for line in _SOURCE.read_text(encoding="utf-8").splitlines():
+        if line.startswith("var "):
+            names += re.findall(r"(?:^var |, )(__[\w$]+)", line)
+    return tuple(names)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from edge_sync.rules import nodes as n
+from edge_sync.rules import sandbox
 from edge_sync.rules.chain import parse
 from edge_sync.rules.engine import Failed, Outcome, RuleEngine, SaveTimeseries, Visited
 from edge_sync.rules.message import Originator, RuleMsg
@@ -1224,7 +1225,10 @@ def test_a_name_starting_with_two_underscores_is_refused(script: str, found: str
 
 @pytest.mark.parametrize("script", [
     "var f = async function() { return 1; }; f(); return 1;",
-    "def g() { return 1; } var await = 1; return await;",
+    "var o = {async f() { return 1; }}; return 1;",
+    "var o = {async *f() { return 1; }}; return 1;",
+    "var f = async x => 1; return 1;",
+    "var f = async\nfunction () { return 1; }; return 1;",
     "var f = function* () { yield 1; }; return 1;",
     "var f = function *g() { return 1; }; return 1;",
     "var f = async () => 1; return 1;",
@@ -1234,7 +1238,7 @@ def test_async_await_and_generators_are_refused(script: str) -> None:
     call (its memory kept until the cap): refused at compile. In text, comments and as a map
     key after a dot they are data."""
     with pytest.raises(ScriptSyntaxError,
-                       match="an async function, await, yield or a generator function"):
+                       match="an async function or a generator function"):
         tbel_to_js(script)
     assert run('// async await\nreturn [msg.async, "await yield function*"];', {"async": 1}) == [
         1, "await yield function*"]
@@ -1425,3 +1429,113 @@ def test_print_unsigned_bytes_takes_a_list_of_bytes_only_as_tb_utils() -> None:
         "ClassCastException: class java.lang.Integer cannot be cast to class java.lang.Byte")
     assert error('return printUnsignedBytes(["a"]);') == (
         "ClassCastException: class java.lang.String cannot be cast to class java.lang.Byte")
+
+
+@pytest.mark.parametrize(("script", "found"), [
+    # a quote in a regular expression literal would hide the code after it from every check
+    ('var r = /"/; var prev = __edgeAt; __edgeAt = {n: 0}; var r2 = /"/; return prev;', '/"/'),
+    ("var r = /'/; var g = globalThis; var r2 = /'/; return 1;", "/'/"),
+    ('var x = 1;\nreturn /"/.test("a");', '/"/'),
+    ('var a = [1, /x/];', "/x/"),
+    ('if (msg.a) /"/.test(1); var g = globalThis; var r = /"/; return 1;', '/"/'),
+    ('var x = 4; return typeof /x/;', "/x/"),
+    ('var s = "a"; var t = msg.a ? /"/ : 1;', '/"/'),
+])
+def test_a_regular_expression_literal_is_refused(script: str, found: str) -> None:
+    """MVEL has no regular expression literals: a ``/`` where JavaScript would start one is
+    refused at compile, with its line (after an ``if (...)`` head too)."""
+    with pytest.raises(ScriptSyntaxError, match="a regular expression literal") as caught:
+        tbel_to_js(script)
+    line = script[:script.index(found)].count("\n") + 1
+    assert f"(line {line}: " in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("script", [
+    'var a = 1; a <!-- "\nvar p = typeof __edgeAt; var s = "x";\nreturn p;',
+    'var a = 1;\n--> "\nvar g = globalThis; "\nreturn 1;',
+])
+def test_an_html_like_comment_is_refused(script: str) -> None:
+    """JavaScript reads ``<!--`` and ``-->`` as comments (MVEL has none): refused at compile."""
+    with pytest.raises(ScriptSyntaxError, match="an HTML-like comment"):
+        tbel_to_js(script)
+
+
+@pytest.mark.parametrize(("script", "value"), [
+    ("var a = msg.a; var b = msg.b; return a / b;", 1.5),
+    ("var a = 1; var b = 3; return (a + b) / 2;", 2),
+    ("var x = [9]; var i = 0; return x[i] / 3;", 3),
+    ("return msg.t / 10;", 2),
+    ("return 10 / 4;", 2.5),
+    ('return "ssss".length / 2;', 2),
+    ("var a = 8; a /= 2; return a; // a / b", 4),
+    ("return msg.t /* t */ / 10;", 2),
+    ("if (msg.t > 1) { return msg.t / 4; } return 0;", 5),
+    ('var m = {"k": 6}; return m["k"] / 3 / 2;', 1),
+])
+def test_a_division_compiles_and_computes(script: str, value: float) -> None:
+    assert run(script, {"a": 6, "b": 4, "t": 20}) == value
+
+
+def test_error_stack_settings_a_call_makes_are_gone_on_the_next_call() -> None:
+    """quickjs-ng keeps ``Error.prepareStackTrace`` and ``Error.stackTraceLimit`` in the
+    context: a TBEL script's write is ignored, so call 1 sees what call 0 saw."""
+    script = ('var before = [typeof Error.prepareStackTrace, Error.stackTraceLimit];\n'
+              'def f(e, s) { return "seen " + msg.i; }\n'
+              'if (msg.i == 0) { Error.prepareStackTrace = f; Error.stackTraceLimit = 0; }\n'
+              'var stack = ""; try { var x = null; x.y = 1; } catch (e) { stack = e.stack; }\n'
+              'return [before, stack.indexOf("__script") >= 0];')
+    engine = ScriptEngine(script, "TBEL")
+    assert [engine.call({"i": i}, {}, TELEMETRY) for i in range(3)] == [
+        [["undefined", 10], True]] * 3
+
+
+def test_no_promise_job_can_be_queued_by_a_tbel_script() -> None:
+    """A promise's job (``then``, ``queueMicrotask``) would outlive the call, its memory held:
+    TBEL engines have no ``Promise``, ``queueMicrotask``, ``FinalizationRegistry`` nor
+    ``WeakRef`` (MVEL has none of them)."""
+    assert run("return [typeof Promise, typeof queueMicrotask, typeof FinalizationRegistry, "
+               "typeof WeakRef];") == ["undefined"] * 4
+    script = ("var ap = Reflect.apply; var P = Promise; var p = ap(P.resolve, P, [1]);\n"
+              "def f(v) { return 1; } ap(p.then, p, [f]); return 1;")
+    with pytest.raises(ScriptRuntimeError, match="ReferenceError: Promise is not defined"):
+        ScriptEngine(script, "TBEL").call({}, {}, TELEMETRY)
+    # (before, with a 20000-item list kept by the job, the memory cap came at call 13)
+    with pytest.raises(ScriptRuntimeError,
+                       match="ReferenceError: queueMicrotask is not defined"):
+        ScriptEngine("var q = queueMicrotask; def f() { return 1; } q(f); return 1;",
+                     "TBEL").call({}, {}, TELEMETRY)
+    assert ScriptEngine("return typeof Promise;", "JS").call({}, {}, TELEMETRY) == "function"
+
+
+def test_async_await_and_yield_as_plain_names_and_keys() -> None:
+    """MVEL takes them as any name: the script's function is neither async, a generator nor strict
+    code, so JavaScript does too."""
+    assert run("var yield = msg.y; return {yield: yield};", {"y": 3}) == {"yield": 3}
+    assert run("var await = 2; var async = 3; return {async: 1, await: await + async};") == {
+        "async": 1, "await": 5}
+
+
+def test_no_name_of_the_wrappers_keeps_anything_from_one_call_to_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Were a script to name one of the wrapper's names past the compile checks and the scope's
+    declarations (both turned off here, as a gap in the scanner would), it could not replace it,
+    nor keep anything in it: each is a ``const`` of the script's scope (or the script function's
+    own name)."""
+    monkeypatch.setattr(sandbox, "_TBEL_RESERVED", ())
+    monkeypatch.setattr(sandbox, "tbel_scope", lambda source: [])
+    names = (*sandbox._TBEL_WRAPPER_NAMES, "__script", "__edgeT")
+    assert {"__tbelS", "__tbelLock", "__stringify", "__parse", "__oom", "__edgeAt"} <= set(names)
+    for name in names:
+        script = (f"var before = typeof {name}; var kept = null;\n"
+                  f"try {{ kept = {name}.kept; }} catch (e) {{}}\n"
+                  f"if (msg.i == 0) {{ try {{ {name} = {{kept: 1}}; }} catch (e) {{}}\n"
+                  f"  try {{ {name}.kept = 1; }} catch (e) {{}} }}\n"
+                  "return [before, kept];")
+        engine = ScriptEngine(script, "TBEL")
+        results = [engine.call({"i": i}, {}, TELEMETRY) for i in range(3)]
+        assert results[0] == results[1] == results[2], (name, results)
+        assert results[0][1] is None, (name, results)
+    # the runner's own JSON.stringify is the one that serializes a result
+    engine = ScriptEngine("if (msg.i == 0) { try { __stringify = function (v) { return \"1\"; }; }"
+                          " catch (e) {} } return msg.i;", "TBEL")
+    assert [engine.call({"i": i}, {}, TELEMETRY) for i in range(3)] == [0, 1, 2]
