@@ -1486,14 +1486,29 @@ var __tbelH = (function () {
     if (length > max) { throw iae("Length: " + length + " is too large. Maximum " + max + " bytes is allowed!"); }
   }
   function defaultLength(n, offset, max) { return n < offset ? n : Math.min(n - offset, max); }
+// the arguments of TbUtils' byte readers of ``width`` bytes, as Java's overloads default them
+// (``argc``: how many the script gave): offset 0, the bytes left up to ``width``, big-endian
+  function byteArgs(name, width, argc, data, offset, length, bigEndian) {
+    var bytes = listBytes(name, data), n = bytes.length;
+    offset = argc >= 2 ? offset : 0;
+    return {bytes: bytes, n: n, offset: offset,
+            length: argc >= 3 ? length : defaultLength(n, offset, width),
+            bigEndian: argc >= 4 ? flag(name, bigEndian) : true};
+  }
+// the whole number of ``width`` bytes a byteArgs reads (TbUtils.parseBytesLongToDouble,
+// parseBytesIntToFloat), checked and bounded as TbUtils checks them
+  function unsignedBytes(a, width) {
+    checkNumberBytes(a.n, a.offset, a.length, width);
+    byteBufferPut(width, a.offset, a.length, a.n, true);
+    return unsignedOf(a.bytes, a.offset, a.length, a.bigEndian);
+  }
 // TbUtils.parseBytesToFloat / parseBytesToDouble: ``width`` bytes (4 or 8) of an IEEE number,
 // ``argc`` the arguments the script gave (Java's overloads: offset 0, the default length,
 // big-endian); a NaN is Java's NumberFormatException
   function bytesToFloating(name, width, argc, data, offset, length, bigEndian) {
-    var bytes = listBytes(name, data), n = bytes.length, i;
-    offset = argc >= 2 ? offset : 0;
-    length = argc >= 3 ? length : defaultLength(n, offset, width);
-    bigEndian = argc >= 4 ? flag(name, bigEndian) : true;
+    var a = byteArgs(name, width, argc, data, offset, length, bigEndian), i;
+    var bytes = a.bytes, n = a.n;
+    offset = a.offset; length = a.length; bigEndian = a.bigEndian;
     if (length > width) { throw new RangeError("BufferOverflowException"); }
     if (offset < 0 || length < 0 || offset + length > n) { throw new RangeError("IndexOutOfBoundsException"); }
     var dv = new DataView(new ArrayBuffer(width)), at = bigEndian ? width - length : 0;
@@ -1776,22 +1791,13 @@ var __tbelH = (function () {
                              bigEndian);
     },
     parseBytesLongToDouble: function (data, offset, length, bigEndian) {
-      var bytes = listBytes("parseBytesLongToDouble", data), n = bytes.length;
-      offset = arguments.length >= 2 ? offset : 0;
-      length = arguments.length >= 3 ? length : defaultLength(n, offset, 8);
-      bigEndian = arguments.length >= 4 ? flag("parseBytesLongToDouble", bigEndian) : true;
-      checkNumberBytes(n, offset, length, 8);
-      byteBufferPut(8, offset, length, n, true);
-      return Number(unsignedOf(bytes, offset, length, bigEndian));
+      return Number(unsignedBytes(byteArgs("parseBytesLongToDouble", 8, arguments.length, data,
+                                           offset, length, bigEndian), 8));
     },
     parseBytesIntToFloat: function (data, offset, length, bigEndian) {
-      var bytes = listBytes("parseBytesIntToFloat", data), n = bytes.length;
-      offset = arguments.length >= 2 ? offset : 0;
-      length = arguments.length >= 3 ? length : defaultLength(n, offset, 4);
-      bigEndian = arguments.length >= 4 ? flag("parseBytesIntToFloat", bigEndian) : true;
-      checkNumberBytes(n, offset, length, 4);
-      byteBufferPut(4, offset, length, n, true);
-      return Math.fround(Number(unsignedOf(bytes, offset, length, bigEndian)));
+      return Math.fround(Number(unsignedBytes(byteArgs("parseBytesIntToFloat", 4,
+                                                       arguments.length, data, offset, length,
+                                                       bigEndian), 4)));
     },
 // TbUtils.base64ToBytes (a byte[]: the signed bytes as a list), bytesToBase64(byte[]) (a list of
 // numbers, each as Number.byteValue), hexToBytesArray (hexToBytes as a byte[]), printUnsignedBytes
