@@ -1495,6 +1495,14 @@ var __tbelH = (function () {
             length: argc >= 3 ? length : defaultLength(n, offset, width),
             bigEndian: argc >= 4 ? flag(name, bigEndian) : true};
   }
+// byteArgs checked as TbUtils.parseBytesToInt / parseBytesToLong check theirs
+// (validationNumberByLength, then ByteBuffer's own bounds for the byte order)
+  function checkedBytes(name, width, argc, data, offset, length, bigEndian) {
+    var a = byteArgs(name, width, argc, data, offset, length, bigEndian);
+    checkNumberBytes(a.n, a.offset, a.length, width);
+    byteBufferPut(width, a.offset, a.length, a.n, a.bigEndian);
+    return a;
+  }
 // the whole number of ``width`` bytes a byteArgs reads (TbUtils.parseBytesLongToDouble,
 // parseBytesIntToFloat), checked and bounded as TbUtils checks them
   function unsignedBytes(a, width) {
@@ -1671,16 +1679,10 @@ var __tbelH = (function () {
 // TbUtils.parseBytesToInt(List[, offset[, length[, bigEndian]]]) (validateLength,
 // validationNumberByLength, ByteBuffer.getInt)
     parseBytesToInt: function (data, offset, length, bigEndian) {
-      if (!Array.isArray(data)) { throw new TypeError("parseBytesToInt(): the argument is not a list"); }
-      var bytes = data.map(numberByte), n = bytes.length;
-      offset = arguments.length >= 2 ? offset : 0;
-      length = arguments.length >= 3 ? length : (n < offset ? n : Math.min(n - offset, 4));
-      bigEndian = arguments.length >= 4 ? flag("parseBytesToInt", bigEndian) : true;
-      if (offset > n) { throw iae("Offset: " + offset + " is out of bounds for array with length: " + n + "!"); }
-      if (offset + length > n) { throw iae("Offset: " + offset + " and Length: " + length + " is out of bounds for array with length: " + n + "!"); }
-      if (length > 4) { throw iae("Length: " + length + " is too large. Maximum 4 bytes is allowed!"); }
-      byteBufferPut(4, offset, length, n, bigEndian);
-      var v = 0, i;
+      var a = checkedBytes("parseBytesToInt", 4, arguments.length, data, offset, length,
+                           bigEndian);
+      var bytes = a.bytes, v = 0, i;
+      offset = a.offset; length = a.length; bigEndian = a.bigEndian;
       for (i = 0; i < length; i++) {
         v = bigEndian ? (v << 8 | bytes[offset + i]) : (v | bytes[offset + i] << (8 * i));
       }
@@ -1693,14 +1695,10 @@ var __tbelH = (function () {
 // ByteBuffer.getFloat, without parseBytesToInt's length checks: ByteBuffer's exceptions; NaN
 // throws), parseHexToFloat(String[, boolean]) and its endian forms (Float.intBitsToFloat)
     parseBytesToLong: function (data, offset, length, bigEndian) {
-      var bytes = listBytes("parseBytesToLong", data), n = bytes.length, v = 0n, i;
-      offset = arguments.length >= 2 ? offset : 0;
-      length = arguments.length >= 3 ? length : (n < offset ? n : Math.min(n - offset, 8));
-      bigEndian = arguments.length >= 4 ? flag("parseBytesToLong", bigEndian) : true;
-      if (offset > n) { throw iae("Offset: " + offset + " is out of bounds for array with length: " + n + "!"); }
-      if (offset + length > n) { throw iae("Offset: " + offset + " and Length: " + length + " is out of bounds for array with length: " + n + "!"); }
-      if (length > 8) { throw iae("Length: " + length + " is too large. Maximum 8 bytes is allowed!"); }
-      byteBufferPut(8, offset, length, n, bigEndian);
+      var a = checkedBytes("parseBytesToLong", 8, arguments.length, data, offset, length,
+                           bigEndian);
+      var bytes = a.bytes, v = 0n, i;
+      offset = a.offset; length = a.length; bigEndian = a.bigEndian;
       for (i = 0; i < length; i++) {
         v = bigEndian ? (v << 8n | BigInt(bytes[offset + i])) : (v | BigInt(bytes[offset + i]) << BigInt(8 * i));
       }
