@@ -7,6 +7,7 @@ Tests wait on futures with deadlines, never sleep.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import select
 import struct
@@ -670,19 +671,30 @@ def _stale_listings_ahead(path: Path, kept: int) -> None:
     store.close()
 
 
-def test_when_full_stale_index_listings_ahead_are_passed_in_bounded_batches(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each batch visits at most 4 listings per point it may drop (5 points: 20 listings): the
-    store-full path goes on past batches that only took stale listings out, until one drops a
-    point, and logs what it did."""
+@contextlib.contextmanager
+def _filled_with_stale_listings_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: int
+                                      ) -> Iterator[tuple[QueueUnderTest, list[Any]]]:
+    """A QueueActor on ``_stale_listings_ahead``'s store (batches of 5 points), filled until it
+    refused: the queue and the records logged while it filled; stopped afterwards."""
     monkeypatch.setattr(queue_actor, "_PURGE_BATCH", 5)
     path = tmp_path / "queue"
-    _stale_listings_ahead(path, kept=10)
+    _stale_listings_ahead(path, kept=kept)
     q = QueueUnderTest(path, initial_mb=1, max_mb=2)
     try:
         filler = Filler(q)
         with log_records() as records:
             assert filler.fill() > 0
+        yield q, records
+    finally:
+        q.stop()
+
+
+def test_when_full_stale_index_listings_ahead_are_passed_in_bounded_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch visits at most 4 listings per point it may drop (5 points: 20 listings): the
+    store-full path goes on past batches that only took stale listings out, until one drops a
+    point, and logs what it did."""
+    with _filled_with_stale_listings_ahead(tmp_path, monkeypatch, kept=10) as (q, records):
         snap = q.metrics.snapshot()
         assert snap['edge_sync_rule_local_points_removed_total{reason="storage_full"}'] == 10
         dropped = [(r["extra"]["count"], r["extra"]["stale_listings"]) for r in records
@@ -693,20 +705,11 @@ def test_when_full_stale_index_listings_ahead_are_passed_in_bounded_batches(
         with q.store.read() as txn:
             assert RuleStore(q.store).local_points(txn) == 50  # kept until deleted
             assert q.store.entries(txn, "rule_local_expiry_sets") == 0
-    finally:
-        q.stop()
 
 
 def test_when_full_a_drop_that_finds_only_stale_listings_says_so(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queue_actor, "_PURGE_BATCH", 5)
-    path = tmp_path / "queue"
-    _stale_listings_ahead(path, kept=0)
-    q = QueueUnderTest(path, initial_mb=1, max_mb=2)
-    try:
-        filler = Filler(q)
-        with log_records() as records:
-            assert filler.fill() > 0
+    with _filled_with_stale_listings_ahead(tmp_path, monkeypatch, kept=0) as (q, records):
         snap = q.metrics.snapshot()
         assert snap['edge_sync_rule_local_points_removed_total{reason="storage_full"}'] == 0
         assert [r["message"] for r in records if "local timeseries" in r["message"]] == [
@@ -715,8 +718,6 @@ def test_when_full_a_drop_that_finds_only_stale_listings_says_so(
         with q.store.read() as txn:
             assert RuleStore(q.store).local_points(txn) == 50
             assert q.store.entries(txn, "rule_local_expiry_sets") == 0
-    finally:
-        q.stop()
 
 
 def test_the_queue_builds_the_entity_index_of_a_store_made_before_it_while_it_appends(
