@@ -304,11 +304,6 @@ class RuleStore:
         """How many local points are kept, O(1)."""
         return self.store.entries(txn, LOCAL_TS) if self.present else 0
 
-    def purge_expired(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> int:
-        """Delete up to ``limit`` points whose expiry is at or before ``now_ms``, the earliest
-        expiring first; how many went (purge_expired_batch's ``points``)."""
-        return self.purge_expired_batch(txn, now_ms, limit).points
-
     def purge_expired_batch(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> LocalPurge:
         """Delete up to ``limit`` points whose expiry is at or before ``now_ms``, the earliest
         expiring first, visiting at most ``VISITS_PER_POINT * limit`` listings of the expiry

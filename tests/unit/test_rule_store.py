@@ -78,7 +78,7 @@ def row_prefix(entity: uuid.UUID, key: str) -> bytes:
 
 
 def purge(store: LmdbStore, rules: RuleStore, now_ms: int, limit: int) -> int:
-    return int(write(store, lambda txn: rules.purge_expired(txn, now_ms, limit)))
+    return int(write(store, lambda txn: rules.purge_expired_batch(txn, now_ms, limit).points))
 
 
 # -- rule state ---------------------------------------------------------------------------------
@@ -183,12 +183,12 @@ def test_point_written_again_replaces_value_and_expiry(store: LmdbStore,
     # the first write's entry went with the point it listed
     assert [(k, codec.unpack(v, "entry")) for k, v in raw_table(store, LOCAL_EXPIRY_SETS)] == [
         (u64(5_000) + row_prefix(E1, "t") + u64(1), u64(1))]
-    assert write(store, lambda txn: rules.purge_expired(txn, 4_999, 100)) == 0
+    assert write(store, lambda txn: rules.purge_expired_batch(txn, 4_999, 100).points) == 0
     assert series(store, rules, E1, None) == {"t": [(1, "new")]}
     # kept until deleted now: in no entry
     write(store, lambda txn: rules.put_local(txn, E1, ((1, (("t", "kept"),)),), None))
     assert counts(store) == {STATE: 0, LOCAL_TS: 1, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
-    assert write(store, lambda txn: rules.purge_expired(txn, 1 << 62, 100)) == 0
+    assert write(store, lambda txn: rules.purge_expired_batch(txn, 1 << 62, 100).points) == 0
     assert series(store, rules, E1, None) == {"t": [(1, "kept")]}
 
 
@@ -203,7 +203,7 @@ def test_unstorable_points(store: LmdbStore, rules: RuleStore) -> None:
     write(store, lambda txn: rules.put_local(txn, E1, ((1, ((longest, 1),)),), 10))
     assert series(store, rules, E1, [longest, "k" * 600]) == {longest: [(1, 1)]}
     assert counts(store) == {STATE: 0, LOCAL_TS: 1, LOCAL_EXPIRY_SETS: 1, LOCAL_EXPIRY: 0}
-    assert write(store, lambda txn: rules.purge_expired(txn, 10, 5)) == 1
+    assert write(store, lambda txn: rules.purge_expired_batch(txn, 10, 5).points) == 1
     assert counts(store) == {STATE: 0, LOCAL_TS: 0, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
 
 
@@ -281,8 +281,8 @@ def test_writes_and_purges_are_the_callers_transaction(store: LmdbStore, rules: 
     entries = tuple((ts, (("t", ts),)) for ts in range(4))
     write(store, lambda txn: rules.put_local(txn, E1, entries, 1_000))
     before = (raw_table(store, LOCAL_TS), raw_table(store, LOCAL_EXPIRY_SETS))
-    then_fail(lambda txn: rules.purge_expired(txn, 1_000, 2))  # would rewrite the entry
-    then_fail(lambda txn: rules.purge_expired(txn, 1_000, 10))
+    then_fail(lambda txn: rules.purge_expired_batch(txn, 1_000, 2).points)  # would rewrite the entry
+    then_fail(lambda txn: rules.purge_expired_batch(txn, 1_000, 10).points)
     then_fail(lambda txn: rules.delete_entity(txn, E1))
     assert (raw_table(store, LOCAL_TS), raw_table(store, LOCAL_EXPIRY_SETS)) == before
 
@@ -477,16 +477,16 @@ def test_purge_expired_exact_counts_in_bounded_batches(store: LmdbStore,
     write(store, lambda txn: rules.put_local(
         txn, E2, tuple((ts, (("t", ts),)) for ts in range(3)), 2_000))
     write(store, lambda txn: rules.put_local(txn, E2, ((99, (("k", 0), ("j", 1))),), None))
-    assert write(store, lambda txn: rules.purge_expired(txn, 999, 100)) == 0
-    assert write(store, lambda txn: rules.purge_expired(txn, 1_000, 2)) == 2
+    assert write(store, lambda txn: rules.purge_expired_batch(txn, 999, 100).points) == 0
+    assert write(store, lambda txn: rules.purge_expired_batch(txn, 1_000, 2).points) == 2
     assert series(store, rules, E1, None) == {"t": [(2, 2), (3, 3), (4, 4)]}
     assert counts(store)[LOCAL_EXPIRY_SETS] == 2  # E1's entry keeps the three points left
-    assert write(store, lambda txn: rules.purge_expired(txn, 1_000, 2)) == 2
-    assert write(store, lambda txn: rules.purge_expired(txn, 1_000, 2)) == 1
-    assert write(store, lambda txn: rules.purge_expired(txn, 1_000, 2)) == 0
+    assert write(store, lambda txn: rules.purge_expired_batch(txn, 1_000, 2).points) == 2
+    assert write(store, lambda txn: rules.purge_expired_batch(txn, 1_000, 2).points) == 1
+    assert write(store, lambda txn: rules.purge_expired_batch(txn, 1_000, 2).points) == 0
     assert series(store, rules, E1, None) == {}
     assert counts(store) == {STATE: 0, LOCAL_TS: 5, LOCAL_EXPIRY_SETS: 1, LOCAL_EXPIRY: 0}
-    assert write(store, lambda txn: rules.purge_expired(txn, 10_000, 100)) == 3
+    assert write(store, lambda txn: rules.purge_expired_batch(txn, 10_000, 100).points) == 3
     assert series(store, rules, E2, None) == {"j": [(99, 1)], "k": [(99, 0)]}
     assert counts(store) == {STATE: 0, LOCAL_TS: 2, LOCAL_EXPIRY_SETS: 0, LOCAL_EXPIRY: 0}
 

@@ -154,7 +154,7 @@ def test_local_points_and_latest_values_have_their_parts(store: LmdbStore) -> No
     assert with_latest.local_timeseries == u.local_timeseries
 
     # expired points purged: their part is freed, the count follows
-    store.write(lambda txn: rules.purge_expired(txn, NOW + 60_000, 10_000), maintenance=True)
+    store.write(lambda txn: rules.purge_expired_batch(txn, NOW + 60_000, 10_000).points, maintenance=True)
     purged = usage(store)
     check_sum(purged, store)
     assert (purged.local_points, purged.local_timeseries) == (0, 0)
