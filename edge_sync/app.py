@@ -172,7 +172,7 @@ class EdgeApp:
                 actor_child(ShardActor, i, self.queue,
                             passivate_after_s=cfg.actors.passivate_after_s, store=self.store,
                             shards=len(shard_names), clock=clock, metrics=self.metrics,
-                            rules=self._shard_rules),
+                            rules=self._shard_rules, address=self._shard_addresses[i]),
             )
             for i, name in enumerate(shard_names)
         ]

@@ -80,17 +80,18 @@ from edge_sync.actors.messages import (
 from edge_sync.actors.rule_host import ShardRules
 from edge_sync.actors.rule_outcomes import (
     Planned,
+    RuleRpcRequests,
     attributes_msg,
     log_alarms,
     plan,
     telemetry_msgs,
 )
 from edge_sync.common.iso_time import iso_ms
-from edge_sync.devices.rpc import RpcStatus, Transition
+from edge_sync.devices.rpc import RpcRequest, RpcStatus, Transition
 from edge_sync.devices.session import DeviceSession
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import EdgeSyncError, InternalError, NotFound, Unavailable, Unstorable
-from edge_sync.rules.engine import Outcome, RuleEngine, saved_originators
+from edge_sync.rules.engine import Outcome, RuleEngine, SendRpc, saved_originators
 from edge_sync.rules.message import RuleMsg
 from edge_sync.rules.session import Dropped, EntityRules, Orphaned, Step
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope, lane_for
@@ -107,13 +108,14 @@ or its answer) whose commit failed."""
 class EntityActor:
     """State and behaviour of one entity. Runs on its shard's thread only."""
 
-    __slots__ = ("_retry_at", "count_rpc", "device_info", "entity_id", "event_pending",
-                 "last_used", "metadata", "now_ms", "queue", "rule_state", "rules", "session",
-                 "tell_self")
+    __slots__ = ("_retry_at", "_rule_rpcs", "count_rpc", "device_info", "entity_id",
+                 "event_pending", "last_used", "metadata", "now_ms", "queue", "rule_state",
+                 "rules", "session", "tell_self", "tell_shard")
 
     def __init__(self, entity_id: uuid.UUID, queue: Address, now: float, *,
                  now_ms: Callable[[], int] | None = None,
                  tell_self: Callable[[Any], None] | None = None,
+                 tell_shard: Callable[[Any], None] | None = None,
                  count_rpc: Callable[[str], None] | None = None,
                  event_pending: Callable[[int], bool] | None = None,
                  rules: ShardRules | None = None) -> None:
@@ -122,6 +124,10 @@ class EntityActor:
         self.last_used = now
         self.now_ms = now_ms or _no_clock
         self.tell_self = tell_self or (lambda _msg: None)
+        # the device's shard whatever its incarnation (its address): what a commit made durable
+        # and the shard must act on even if it restarted meanwhile (a rule-made RPC request)
+        self.tell_shard = tell_shard or self.tell_self
+        self._rule_rpcs: RuleRpcRequests | None = None  # numbers this device's rule-made RPC
         self.count_rpc = count_rpc or (lambda _status: None)
         # whether the event of a seq still waits in the queue (not yet deployed)
         self.event_pending = event_pending or (lambda _seq: False)
@@ -385,7 +391,8 @@ class EntityActor:
                 with contextlib.suppress(InvalidStateError):
                     reply.set_exception(Unavailable(f"the rule chain failed: {exc}"))
             return
-        planned = plan(eid, step.outcomes, self.rules.counters, now, step.visits)
+        planned = plan(eid, step.outcomes, self.rules.counters, now, step.visits,
+                       self._rule_rpc(now) if engine.sends_rpc else None)
         self._report(step, engine)
         if step.changed and (engine.has_window_nodes or step.dropped or state.open_windows):
             self._tally(state)
@@ -405,13 +412,29 @@ class EntityActor:
         self._report(step, engine)
         if step.changed:
             self._tally(state)
-        planned = plan(self.entity_id, step.outcomes, self.rules.counters, now)
+        planned = plan(self.entity_id, step.outcomes, self.rules.counters, now,
+                       rpc=self._rule_rpc(now) if engine.sends_rpc else None)
         if not step.changed and not planned.events and not planned.mutations:
             log_alarms(self.entity_id, planned.alarms)  # nothing to store: as they are
             return
         saved = (PutRuleState(self.entity_id, step.record),) if step.changed else ()
         self._append_rules(planned, None, (*planned.mutations, *saved), bool(saved),
                            engine, step.outcomes, step.dropped)
+
+    def _rule_rpc(self, now: int) -> Callable[[SendRpc], RpcRequest]:
+        """Makes the RPC requests of one Append of a chain that can make some: numbered
+        against the device's open requests (``RuleRpcRequests``), read only when one is made."""
+        made: list[Callable[[SendRpc], RpcRequest]] = []
+
+        def make(o: SendRpc) -> RpcRequest:
+            if not made:
+                if self._rule_rpcs is None:
+                    self._rule_rpcs = RuleRpcRequests()
+                made.append(self._rule_rpcs.maker(self.entity_id, now,
+                                                  self._session().rpc.open_requests()))
+            return made[0](o)
+
+        return make
 
     def _report(self, step: Step, engine: RuleEngine) -> None:
         """The windows' log lines: each window that woke (DEBUG, with how late), each clock
@@ -447,7 +470,8 @@ class EntityActor:
         The alarm lines too follow the commit (``log_alarms``): a refused Append leaves the
         alarm as it was, so its line is not "cleared" but "not stored" (DEBUG)."""
         eid = self.entity_id
-        tell_self, outer = self.tell_self, reply
+        tell_self, tell_shard, count_rpc, outer = (self.tell_self, self.tell_shard,
+                                                   self.count_rpc, reply)
         assert self.rules is not None
         tally, chain = self.rules.counters.windows, engine.chain.name
 
@@ -462,8 +486,10 @@ class EntityActor:
                     "{} rule windows dropped at their deadline with the {} acknowledged "
                     "messages they held: node {} is not in the chain in force {!r}",
                     gone.windows, gone.messages, gone.node, chain)
-            if exc is None and planned.rpc_requests:  # stored: delivered as the cloud's are
-                tell_self(RpcQueued(eid, tuple(planned.rpc_requests)))
+            if exc is None and planned.rpc_requests:  # stored: delivered as the cloud's are,
+                for _ in planned.rpc_requests:  # by the shard even if it restarted meanwhile
+                    count_rpc(RpcStatus.QUEUED.value)
+                tell_shard(RpcQueued(eid, tuple(planned.rpc_requests)))
             if exc is not None and saves_state:
                 tell_self(RuleStateStale(eid))
             if exc is not None and engine.deduplicates:

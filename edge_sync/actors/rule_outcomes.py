@@ -19,9 +19,9 @@ Owns the mapping, one outcome at a time, in the chain's order:
   TO_SERVER_RPC_REQUEST an RPC_CALL request event (method, params, requestId).
 - ``CreateAlarm`` / ``ClearAlarm``: the alarm's state lives in the entity's rule state (saved
   with the Append); the cloud hears of it only when the ALARM message is pushed.
-- ``SendRpc``: an RPC request to the device, QUEUED with the Append (``PutRpc``) and handed to
-  the entity's RPC session once it committed, as a cloud request is; made by the edge, it is
-  never reported to the cloud.
+- ``SendRpc``: an RPC request to the device, numbered by the device (``RuleRpcRequests``),
+  QUEUED with the Append (``PutRpc``) and handed to the device's shard once it committed, as a
+  cloud request is; made by the edge, it is never reported to the cloud.
 - ``Log``: one log line (ThingsBoard's TbLogNode logs at INFO).
 - ``Visited`` / ``Failed``: per-node counts; a failure is logged at most once a minute per node
   with the number of failures not logged since.
@@ -63,8 +63,10 @@ Nothing here reads or writes storage; the entity actor sends the Append.
 from __future__ import annotations
 
 import re
+import secrets
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -447,12 +449,14 @@ class Planned:
 
 
 def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
-         counters: RuleCounters, now_ms: int, visits: Mapping[str, int] | None = None
-         ) -> Planned:
+         counters: RuleCounters, now_ms: int, visits: Mapping[str, int] | None = None,
+         rpc: Callable[[SendRpc], RpcRequest] | None = None) -> Planned:
     """The events and mutations of ``outcomes`` (in order); counts and logs as it goes.
     ``visits``: messages per node counted already (``Step.visits``), added to those of the
-    ``Visited`` outcomes. The saved timeseries of consecutive ``SaveTimeseries`` with the same
-    TTL go in one local timeseries mutation, and all of them in one latest-values mutation:
+    ``Visited`` outcomes. ``rpc`` makes the request of a ``SendRpc`` (the device's
+    ``RuleRpcRequests``; without it, numbered as if the device had no other request). The
+    saved timeseries of consecutive ``SaveTimeseries`` with the same TTL go in one local
+    timeseries mutation, and all of them in one latest-values mutation:
     the same rows as one mutation each (later points replace earlier ones, the latest value of
     a key is its highest ts, the later on a tie)."""
     out = Planned()
@@ -484,9 +488,9 @@ def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
             case CreateAlarm() | ClearAlarm():
                 out.alarms.append(o)  # logged once committed (log_alarms)
             case SendRpc():
-                request = RpcRequest(
-                    entity_id, uuid.UUID(o.request_uuid), o.request_id, o.method, o.params,
-                    o.oneway, o.expiration_time, now_ms, origin=RpcOrigin.RULE)
+                if rpc is None:
+                    rpc = RuleRpcRequests().maker(entity_id, now_ms, ())
+                request = rpc(o)
                 out.mutations.append(PutRpc(request))
                 out.rpc_requests.append(request)
             case Deferred():
@@ -495,6 +499,59 @@ def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
     for node, n in counts.items():  # one count per node and call, not per message
         counters.visited(node, n)
     return out
+
+
+def _draw_rpc_id() -> int:
+    return secrets.randbelow(_RPC_ID_MAX) + 1
+
+
+_RPC_ID_MAX = 2**31 - 1
+_RPC_IDS_KEPT = 256
+
+
+class RuleRpcRequests:
+    """The RPC requests one device's rule chain makes, numbered for that device (pure: the
+    device's open requests and the time are passed in).
+
+    - **The id the device sees**: one none of the device's open requests has (a cloud
+      request's included) nor any this device's chain made lately, drawn at random from 1 to
+      2^31-1. ThingsBoard's device actor numbers the requests it sends with a counter of its
+      own (DeviceActorMessageProcessor, ``rpcSeq++``), so two open requests of a device never
+      share an id, and an answer is taken by the request it answers (RpcBook.answer matches
+      by id). On the edge a cloud request keeps the cloud's id (small numbers, counted per
+      device by the cloud), so a counter of the edge's own would meet them; a random draw
+      away from the open ones does not, but by a chance of about one in 2^31 per request.
+    - **The queued time**: after every open request's and every one made before, so the
+      store, which orders a device's requests by (queued time, uuid), gives them back after a
+      restart in the order they were made.
+    - **The uuid**: a new random one (``uuid4``)."""
+
+    __slots__ = ("_draw", "_issued", "_last_queued", "_new_uuid")
+
+    def __init__(self, draw: Callable[[], int] = _draw_rpc_id,
+                 new_uuid: Callable[[], uuid.UUID] = uuid.uuid4) -> None:
+        self._draw, self._new_uuid = draw, new_uuid
+        self._issued: deque[int] = deque(maxlen=_RPC_IDS_KEPT)  # ids made, newest last
+        self._last_queued = 0
+
+    def maker(self, device_id: uuid.UUID, now_ms: int, open_requests: Sequence[RpcRequest]
+              ) -> Callable[[SendRpc], RpcRequest]:
+        """What makes each request of one Append, given the device's open requests now."""
+        taken = {r.request_id for r in open_requests}
+        latest = max((r.queued_at for r in open_requests), default=0)
+
+        def make(o: SendRpc) -> RpcRequest:
+            request_id = self._draw()
+            while request_id in taken or request_id in self._issued:
+                request_id = self._draw()
+            taken.add(request_id)
+            self._issued.append(request_id)
+            queued = self._last_queued = max(now_ms, latest + 1, self._last_queued + 1)
+            return RpcRequest(device_id, self._new_uuid(), request_id, o.method, o.params,
+                              o.oneway, o.expiration_time, queued, updated_at=queued,
+                              origin=RpcOrigin.RULE)
+
+        return make
 
 
 def log_alarms(entity_id: uuid.UUID, alarms: Sequence[CreateAlarm | ClearAlarm],

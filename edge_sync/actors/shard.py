@@ -81,9 +81,13 @@ class ShardActor(SupervisedActor):
         clock: Clock = SYSTEM_CLOCK,
         metrics: Metrics | None = None,
         rules: Callable[[int], ShardRules] | None = None,
+        address: Address | None = None,
     ) -> None:
         super().__init__(report_exit)
         self.index = index
+        # this shard's address, whatever its incarnation: what a commit made durable reaches
+        # the incarnation running when it lands (``_tell_self`` reaches only this one)
+        self._address = address
         # this incarnation's view of the rule chain in force (its scripts compile on this thread)
         self._rules = rules(index) if rules is not None and store is not None else None
         self._queue = queue
@@ -239,6 +243,7 @@ class ShardActor(SupervisedActor):
         if entity is None:
             entity = self._entities[entity_id] = EntityActor(
                 entity_id, self._queue, now, now_ms=self._clock.now_ms, tell_self=self._tell_self,
+                tell_shard=self._address.tell if self._address is not None else None,
                 count_rpc=self._count_rpc if self._rpc_family is not None else None,
                 event_pending=self._event_pending if self._store is not None else None,
                 rules=self._rules)

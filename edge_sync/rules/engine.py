@@ -2,7 +2,7 @@
 the chain decided, as an ordered list of outcome values (visited, save timeseries, save
 attributes, push to cloud, create/clear alarm, send an RPC request to the device, log, failed,
 deferred). Pure: no I/O, no threads, no clock but the injected one, no ids but the injected
-``new_id`` and ``new_rpc_id``; acting on the outcomes is the
+``new_id``; acting on the outcomes is the
 caller's. Its one memory of earlier messages is what ThingsBoard too keeps in memory per node: a
 save timeseries node's DEDUPLICATE strategy (the intervals it has saved in, per originator),
 gone when the engine is rebuilt (another chain, a restart), as a ThingsBoard node's on restart.
@@ -44,7 +44,6 @@ from __future__ import annotations
 import heapq
 import json
 import re
-import secrets
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -219,13 +218,13 @@ class ClearAlarm:
 @dataclass(frozen=True, slots=True)
 class SendRpc:
     """An RPC request to the originator device (an RPC call request node): stored with the
-    message's outcome, delivered as a cloud request is, its answer kept on the edge.
-    ``params``: the text the device's JSON parses back (``RpcRequest.params``)."""
+    message's outcome, delivered as a cloud request is, its answer kept on the edge. Its id
+    and uuid are the device's to give (``rule_outcomes.RuleRpcRequests``), as ThingsBoard's
+    device actor numbers the requests it sends. ``params``: the text the device's JSON parses
+    back (``RpcRequest.params``)."""
 
     node: str
     originator: tuple[str, str]
-    request_uuid: str
-    request_id: int
     method: str
     params: str
     oneway: bool
@@ -392,14 +391,7 @@ def _new_uuid() -> str:
     return str(uuid.uuid4())
 
 
-_INT32_MAX = 2**31 - 1
 _LONG_TEXT = re.compile(r"[+-]?[0-9]+\Z")
-
-
-def _new_rpc_id() -> int:
-    """An RPC call request's id when its message names none: ThingsBoard draws any ``int``
-    (``Random.nextInt``); the edge draws a positive one, as cloud requests' ids are."""
-    return secrets.randbelow(_INT32_MAX) + 1
 
 
 def _json_text(value: Any) -> str:
@@ -413,16 +405,6 @@ def _rpc_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return _json_text(value)
-
-
-def _rpc_request_id(value: Any) -> int:
-    """``json.get("requestId").getAsInt()``: a whole number, or the text of one, within int."""
-    if isinstance(value, str) and _LONG_TEXT.match(value.strip()):
-        value = int(value.strip())
-    if isinstance(value, int) and not isinstance(value, bool) and \
-            -_INT32_MAX - 1 <= value <= _INT32_MAX:
-        return value
-    raise NodeFailure(f"requestId {_json_text(value)[:40]} is not a whole number within int")
 
 
 def _meta_long(msg: RuleMsg, key: str) -> int | None:
@@ -488,8 +470,7 @@ class RuleEngine:
 
     def __init__(self, chain: RuleChain, meta: RuleChainMetaData, *, clock: Callable[[], int],
                  limits: ScriptLimits | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-                 new_id: Callable[[], str] = _new_uuid,
-                 new_rpc_id: Callable[[], int] = _new_rpc_id) -> None:
+                 new_id: Callable[[], str] = _new_uuid) -> None:
         problems, scripts = check(chain, meta, limits)
         if problems:
             raise ValueError("the chain cannot be run: " + "; ".join(map(str, problems)))
@@ -498,7 +479,6 @@ class RuleEngine:
         self.clock = clock
         self.max_steps = max_steps
         self.new_id = new_id
-        self.new_rpc_id = new_rpc_id
         self._next: dict[tuple[int, str], list[int]] = {}
         for conn in meta.connections:
             self._next.setdefault((conn.from_index, conn.type), []).append(conn.to_index)
@@ -514,6 +494,8 @@ class RuleEngine:
                                    for node in meta.nodes)
         """Alarm nodes share state across messages (and read the clock, make ids) in message
         order: ``run_many`` then runs the messages one by one."""
+        self.sends_rpc = any(node.type == n.RPC_REQUEST for node in meta.nodes)
+        """RPC call request nodes make requests (``SendRpc``) the caller numbers."""
         self.has_window_nodes = any(node.type in WINDOW_TYPES for node in meta.nodes)
         """Messages stop at window nodes (``Deferred``), for the caller's windows."""
         self._field_checks = {node.index: _FieldCheck.of(node.configuration)
@@ -909,18 +891,21 @@ class RuleEngine:
 
     def _send_rpc(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                   ) -> list[tuple[str, RuleMsg]]:
-        """ThingsBoard's TbSendRPCRequestNode.onMsg: the originator a device, the data an object
-        with ``method`` and ``params`` (else Failure, with its texts); ``requestId`` from the
-        data (else drawn), ``oneway`` and ``expirationTime`` from the metadata (else now plus
-        the node's timeout). The message goes no further: ThingsBoard acknowledges it and sends
-        the answer on later, which the edge does not (validation refuses connections out of
-        this node). The request's uuid is always new: the metadata's ``requestUUID`` names a
-        REST call waiting on a ThingsBoard server, which the edge has none of."""
-        if msg.originator.entity_type != "DEVICE":
-            raise NodeFailure("Message originator is not a device entity!")
+        """ThingsBoard's TbSendRPCRequestNode.onMsg: the data an object (parsed first), the
+        originator a device, ``method`` and ``params`` present (else Failure, with its texts);
+        ``oneway`` and ``expirationTime`` from the metadata (else now plus the node's timeout).
+        The message goes no further: ThingsBoard acknowledges it and sends the answer on later,
+        which the edge does not (validation refuses connections out of this node).
+
+        Not read: the data's ``requestId`` (ThingsBoard labels the answer it hands back to the
+        node with it; the device gets its device actor's own number, as here) and the
+        metadata's ``requestUUID`` (a REST call waiting on a ThingsBoard server, which the edge
+        has none of). An empty method fails here: the edge delivers no request without one."""
         data = msg.data
         if not isinstance(data, dict):
             raise NodeFailure(f"the message's data is not a JSON object: {_json_text(data)[:60]}")
+        if msg.originator.entity_type != "DEVICE":
+            raise NodeFailure("Message originator is not a device entity!")
         if "method" not in data:
             raise NodeFailure("Method is not present in the message!")
         if "params" not in data:
@@ -928,14 +913,14 @@ class RuleEngine:
         method = data["method"]
         if method is None or isinstance(method, dict | list):  # getAsString throws
             raise NodeFailure(f"method {_json_text(method)[:40]} is not a text")
-        request_id = (_rpc_request_id(data["requestId"]) if "requestId" in data
-                      else self.new_rpc_id())
+        if method == "":
+            raise NodeFailure("the method is empty: the edge sends no request without one")
         expiration = _meta_long(msg, "expirationTime")
         if expiration is None:
             expiration = self.clock() + 1000 * n.rpc_timeout_s(node.configuration)
         out.append(SendRpc(self._where[node.index],
-                           (msg.originator.entity_type, msg.originator.id), self.new_id(),
-                           request_id, _rpc_text(method), _rpc_text(data["params"]),
+                           (msg.originator.entity_type, msg.originator.id), _rpc_text(method),
+                           _rpc_text(data["params"]),
                            msg.metadata.get("oneway", "").lower() == "true", expiration))
         return []
 

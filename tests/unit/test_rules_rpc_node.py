@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from edge_sync.actors.messages import PutRpc
-from edge_sync.actors.rule_outcomes import RuleCounters, plan
+from edge_sync.actors.rule_outcomes import RuleCounters, RuleRpcRequests, plan
 from edge_sync.devices.rpc import RpcOrigin, RpcRequest, RpcStatus
 from edge_sync.errors import StorageCorrupt
 from edge_sync.rules import nodes as n
@@ -41,10 +41,7 @@ def engine(config: dict[str, Any] | None = None) -> RuleEngine:
                            else config}],
                           "connections": [{"fromIndex": 0, "toIndex": 1,
                                            "type": "Post telemetry"}]}})
-    uuids = iter(f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 100))
-    ids = iter(range(501, 600))
-    return RuleEngine(rc, meta, clock=lambda: NOW, new_id=lambda: next(uuids),
-                      new_rpc_id=lambda: next(ids))
+    return RuleEngine(rc, meta, clock=lambda: NOW)
 
 
 def msg(data: Any, *, originator: Originator = DEV, **meta: str) -> RuleMsg:
@@ -55,16 +52,15 @@ def effects(out: list[Outcome]) -> list[Outcome]:
     return [o for o in out if not isinstance(o, Visited)]
 
 
-def sent(request_uuid: int, request_id: int, method: str, params: str, *,
-         oneway: bool = False, expiration: int = NOW + 60_000) -> SendRpc:
-    return SendRpc(RPC_NODE, ("DEVICE", str(DEVICE)), f"00000000-0000-4000-8000-{request_uuid:012d}",
-                   request_id, method, params, oneway, expiration)
+def sent(method: str, params: str, *, oneway: bool = False,
+         expiration: int = NOW + 60_000) -> SendRpc:
+    return SendRpc(RPC_NODE, ("DEVICE", str(DEVICE)), method, params, oneway, expiration)
 
 
 def test_a_message_with_method_and_params_becomes_a_request_and_goes_no_further() -> None:
     out = engine().run(msg({"method": "setFan", "params": {"speed": 3}}))
     assert out == [Visited("nodes[0] 'Switch'"), Visited(RPC_NODE),
-                   sent(1, 501, "setFan", '{"speed":3}')]
+                   sent("setFan", '{"speed":3}')]
 
 
 @pytest.mark.parametrize(("params", "text"), [
@@ -79,14 +75,14 @@ def test_a_message_with_method_and_params_becomes_a_request_and_goes_no_further(
 def test_params_are_kept_as_thingsboard_parses_them(params: Any, text: str) -> None:
     """TbSendRPCRequestNode.parseJsonData: a primitive's getAsString, anything else its JSON."""
     out = effects(engine().run(msg({"method": "m", "params": params})))
-    assert out == [sent(1, 501, "m", text)]
+    assert out == [sent("m", text)]
 
 
 @pytest.mark.parametrize(("method", "text"), [("reboot", "reboot"), (12, "12"),
                                               (False, "false")])
 def test_a_primitive_method_is_its_text(method: Any, text: str) -> None:
     assert effects(engine().run(msg({"method": method, "params": {}}))) == [
-        sent(1, 501, text, "{}")]
+        sent(text, "{}")]
 
 
 @pytest.mark.parametrize(("data", "meta", "error"), [
@@ -95,41 +91,40 @@ def test_a_primitive_method_is_its_text(method: Any, text: str) -> None:
     ({"method": None, "params": {}}, {}, "method null is not a text"),
     ({"method": {"x": 1}, "params": {}}, {}, 'method {"x":1} is not a text'),
     ([1, 2], {}, "the message's data is not a JSON object: [1,2]"),
-    ({"method": "m", "params": {}, "requestId": "x1"}, {},
-     'requestId "x1" is not a whole number within int'),
-    ({"method": "m", "params": {}, "requestId": 2**31}, {},
-     "requestId 2147483648 is not a whole number within int"),
-    ({"method": "m", "params": {}, "requestId": 1.5}, {},
-     "requestId 1.5 is not a whole number within int"),
+    ({"method": "", "params": {}}, {},
+     "the method is empty: the edge sends no request without one"),
     ({"method": "m", "params": {}}, {"expirationTime": "soon"},
      "metadata expirationTime 'soon' is not a whole number (Long.parseLong)"),
 ])
 def test_what_thingsboard_fails_goes_by_failure(data: Any, meta: dict[str, str],
                                                  error: str) -> None:
     """TbSendRPCRequestNode.onMsg: no method, no params (its own texts), and what its JSON
-    reads throw on (getAsString of null or an object, getAsInt, Long.parseLong) fail the
-    message; nothing is sent."""
+    reads throw on (getAsString of null or an object, Long.parseLong) fail the message;
+    nothing is sent. An empty method too, on the edge (ThingsBoard would send it)."""
     message = RuleMsg("POST_TELEMETRY_REQUEST", DEV, data, meta, ts=1000)
     assert effects(engine().run(message)) == [Failed(RPC_NODE, error)]
 
 
-def test_an_originator_that_is_not_a_device_fails() -> None:
+def test_an_originator_that_is_not_a_device_fails_once_its_data_is_read() -> None:
+    """onMsg parses the data as an object before it looks at the originator."""
     asset = Originator("ASSET", str(uuid.uuid4()))
     assert effects(engine().run(msg({"method": "m", "params": {}}, originator=asset))) == [
         Failed(RPC_NODE, "Message originator is not a device entity!")]
+    assert effects(engine().run(msg([1], originator=asset))) == [
+        Failed(RPC_NODE, "the message's data is not a JSON object: [1]")]
 
 
-def test_request_id_oneway_and_expiration_come_from_the_message() -> None:
-    """requestId from the data (a number or its text, getAsInt), oneway from the metadata
-    (Boolean.parseBoolean: any case of "true"), expirationTime from the metadata; the
-    metadata's requestUUID is not taken (a new one every time)."""
+def test_oneway_and_expiration_come_from_the_metadata_and_request_ids_are_not_read() -> None:
+    """oneway from the metadata (Boolean.parseBoolean: any case of "true"), expirationTime from
+    the metadata; the data's requestId and the metadata's requestUUID are not the device's
+    (ThingsBoard's device actor numbers what it sends: RuleRpcRequests does here)."""
     out = effects(engine().run(msg(
         {"method": "m", "params": {}, "requestId": "42"}, oneway="TRUE",
         expirationTime=str(NOW + 5), requestUUID=str(uuid.uuid4()))))
-    assert out == [sent(1, 42, "m", "{}", oneway=True, expiration=NOW + 5)]
+    assert out == [sent("m", "{}", oneway=True, expiration=NOW + 5)]
     out = effects(engine().run(msg({"method": "m", "params": {}, "requestId": -7},
                                    oneway="yes")))
-    assert out == [sent(1, -7, "m", "{}")]
+    assert out == [sent("m", "{}")]
 
 
 @pytest.mark.parametrize(("config", "expiration"), [
@@ -141,7 +136,7 @@ def test_request_id_oneway_and_expiration_come_from_the_message() -> None:
 def test_without_expiration_time_the_node_timeout_counts_from_now(
         config: dict[str, Any], expiration: int) -> None:
     out = effects(engine(config).run(msg({"method": "m", "params": 1})))
-    assert out == [sent(1, 501, "m", "1", expiration=expiration)]
+    assert out == [sent("m", "1", expiration=expiration)]
 
 
 def test_a_batch_gives_each_message_what_run_gives_it() -> None:
@@ -151,23 +146,69 @@ def test_a_batch_gives_each_message_what_run_gives_it() -> None:
     got = engine().run_many(batch, visits=visits)
     one_by_one = engine()
     assert got == [effects(one_by_one.run(m)) for m in batch]
-    assert got == [[sent(1, 501, "a", "1")],
+    assert got == [[sent("a", "1")],
                    [Failed(RPC_NODE, "Method is not present in the message!")],
-                   [sent(2, 9, "c", "3")]]
+                   [sent("c", "3")]]
     assert visits == {"nodes[0] 'Switch'": 3, RPC_NODE: 3}
+
+
+def numbered(*ids: int) -> RuleRpcRequests:
+    """Draws ``ids`` in turn; uuids 1, 2, ..."""
+    draws, uuids = iter(ids), iter(range(1, 100))
+    return RuleRpcRequests(draw=lambda: next(draws), new_uuid=lambda: uuid.UUID(int=next(uuids)))
 
 
 def test_plan_stores_a_rule_request_queued_and_hands_it_over_after_the_commit() -> None:
     counters = RuleCounters(RulesRuntime())
-    out = plan(DEVICE, [Visited(RPC_NODE), sent(1, 501, "setFan", '{"speed":3}')], counters,
-               NOW + 3)
-    request = RpcRequest(DEVICE, uuid.UUID("00000000-0000-4000-8000-000000000001"), 501,
-                         "setFan", '{"speed":3}', False, NOW + 60_000, NOW + 3,
-                         origin=RpcOrigin.RULE)
+    make = numbered(501).maker(DEVICE, NOW + 3, ())
+    out = plan(DEVICE, [Visited(RPC_NODE), sent("setFan", '{"speed":3}')], counters,
+               NOW + 3, rpc=make)
+    request = RpcRequest(DEVICE, uuid.UUID(int=1), 501, "setFan", '{"speed":3}', False,
+                         NOW + 60_000, NOW + 3, updated_at=NOW + 3, origin=RpcOrigin.RULE)
     assert out.mutations == [PutRpc(request)]
     assert out.rpc_requests == [request]
     assert (out.events, out.pushed, out.kept_local) == ([], 0, 0)
     assert request.status is RpcStatus.QUEUED and not request.reported
+
+
+def test_ids_avoid_the_devices_open_requests_and_those_made_lately() -> None:
+    """An answer is taken by the open request of its id (RpcBook.answer): a rule-made request
+    never takes the id of an open one, the cloud's included, nor of one made lately whose
+    Append has not reached the device's book yet (ThingsBoard's device actor numbers what it
+    sends, DeviceActorMessageProcessor rpcSeq)."""
+    cloud = RpcRequest(DEVICE, uuid.uuid4(), 3, "getState", "{}", False, NOW + 9, NOW)
+    requests = numbered(3, 7, 3, 7, 8, 7, 3, 9)
+    make = requests.maker(DEVICE, NOW, (cloud,))
+    assert [make(sent("a", "1")).request_id, make(sent("b", "2")).request_id] == [7, 8]
+    later = requests.maker(DEVICE, NOW, (cloud,))  # the next Append
+    assert later(sent("c", "3")).request_id == 9
+
+
+def test_queued_times_follow_the_order_the_requests_are_made() -> None:
+    cloud = RpcRequest(DEVICE, uuid.uuid4(), 3, "getState", "{}", False, NOW + 9, NOW + 5)
+    requests = numbered(1, 2, 4)
+    make = requests.maker(DEVICE, NOW, (cloud,))
+    assert [make(sent("a", "1")).queued_at, make(sent("b", "2")).queued_at] == [NOW + 6,
+                                                                                NOW + 7]
+    assert requests.maker(DEVICE, NOW + 100, ())(sent("c", "3")).queued_at == NOW + 100
+
+
+def test_the_requests_of_one_append_come_back_in_their_order_after_a_restart(
+        tmp_path: Path) -> None:
+    """The store orders a device's requests by (queued time, uuid): two made in the same
+    millisecond, the second with the lower uuid, are loaded at start in the order made."""
+    uuids = iter((uuid.UUID(int=0xFF << 120), uuid.UUID(int=1)))
+    make = RuleRpcRequests(draw=iter((11, 12)).__next__, new_uuid=uuids.__next__).maker(
+        DEVICE, NOW, ())
+    planned = plan(DEVICE, [sent("setFan", "1"), sent("setFan", "0")],
+                   RuleCounters(RulesRuntime()), NOW, rpc=make)
+    store = LmdbStore(tmp_path / "s", initial_map_mb=8, max_size_mb=64)
+    rpc = RpcStore(store)
+    store.write(lambda txn: [rpc.put(txn, r) for r in planned.rpc_requests])  # type: ignore[func-returns-value]
+    with store.read() as txn:
+        assert [(r.request_id, r.params) for r in rpc.open_requests(txn)] == [
+            (11, "1"), (12, "0")]
+    store.close()
 
 
 def _raw(store: LmdbStore, r: RpcRequest) -> Any:

@@ -1,0 +1,229 @@
+"""Requests made by a rule chain's RPC call request node, on a real entity actor and shard with a
+real LMDB store (the queue commits at once, or refuses, in the test): the message's Append
+carries the request QUEUED and no event; it is handed over after the commit, counted QUEUED,
+delivered, answered or expired, and never reported to the cloud (no event in any Append). An
+Append refused hands nothing over and the device's retry makes one request. A shard that
+restarts while the Append is on its way still delivers the request once it commits (the
+request is handed to the shard's address, not to the incarnation that made the Append)."""
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from edge_sync.actors.address import Address
+from edge_sync.actors.entity import EntityActor
+from edge_sync.actors.messages import (
+    Append,
+    PollRpc,
+    PostRpcResponse,
+    PostTelemetry,
+    PutRpc,
+    RpcQueued,
+)
+from edge_sync.actors.rule_host import ShardRules
+from edge_sync.actors.rule_outcomes import RuleCounters
+from edge_sync.actors.shard import ShardActor
+from edge_sync.errors import Unavailable
+from edge_sync.rules.chain import parse
+from edge_sync.rules.runtime import RulesRuntime
+from edge_sync.storage.env import LmdbStore
+from edge_sync.storage.rpc_store import RpcStore
+
+DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000e1")
+T0 = 1_700_000_000_000
+CHAIN = {"ruleChain": {"name": "rpc", "type": "CORE"}, "metadata": {
+    "firstNodeIndex": 0, "connections": [], "nodes": [
+        {"type": "org.thingsboard.rule.engine.rpc.TbSendRPCRequestNode", "name": "Fan",
+         "configuration": {"timeoutInSeconds": 60}}]}}
+
+
+class Poll:
+    def __init__(self) -> None:
+        self.state = "waiting"
+        self.got: list[Any] = []
+
+    @property
+    def live(self) -> bool:
+        return self.state == "waiting"
+
+    def claim(self) -> bool:
+        if self.state != "waiting":
+            return False
+        self.state = "claimed"
+        return True
+
+    def resolve(self, value: Any) -> None:
+        self.state = "done"
+        self.got.append(value)
+
+    def fail(self, exc: BaseException) -> None:
+        self.state = "done"
+        self.got.append(exc)
+
+    def release(self) -> None:
+        self.state = "waiting"
+
+
+class Queue:
+    """Commits at once, or fails the next ``failing`` Appends (storage full)."""
+
+    def __init__(self) -> None:
+        self.appends: list[Append] = []
+        self.failing = 0
+
+    def tell(self, message: Append) -> None:
+        self.appends.append(message)
+        if self.failing:
+            self.failing -= 1
+            message.reply.set_exception(Unavailable("storage full"))
+        else:
+            message.reply.set_result(range(len(self.appends), len(self.appends) + 1))
+
+
+def rig(tmp_path: Path, now: list[int], counted: list[str] | None = None
+        ) -> tuple[LmdbStore, Queue, EntityActor, list[Any]]:
+    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
+    runtime = RulesRuntime()
+    runtime.install(*parse(CHAIN), "file:x.json", T0)
+    rules = ShardRules(RuleCounters(runtime), store, now_ms=lambda: now[0],
+                       new_id=lambda: str(uuid.uuid4()))
+    queue = Queue()
+    told: list[Any] = []
+    entity = EntityActor(DEVICE, queue, 0.0, now_ms=lambda: now[0],  # type: ignore[arg-type]
+                         rules=rules, tell_self=told.append,
+                         count_rpc=None if counted is None else counted.append)
+    return store, queue, entity, told
+
+
+def pump(entity: EntityActor, told: list[Any]) -> None:
+    while told:
+        entity.handle(told.pop(0), 0.0)
+
+
+def puts(queue: Queue) -> list[tuple[str, str, int]]:
+    return [(m.request.status.value, m.request.origin.value, len(a.events))
+            for a in queue.appends for m in a.mutations if isinstance(m, PutRpc)]
+
+
+def test_rule_request_lifecycle_makes_no_event(tmp_path: Path) -> None:
+    now, counted = [T0], []
+    store, queue, entity, told = rig(tmp_path, now, counted)
+    try:
+        reply: Future[range] = Future()
+        entity.handle(PostTelemetry(DEVICE, ((T0, (("method", "setFan"), ("params", 3))),),
+                                    reply), 0.0)
+        assert reply.result(0)
+        assert [len(a.events) for a in queue.appends] == [0]
+        assert [type(m) for m in told] == [RpcQueued]
+        pump(entity, told)
+        poll = Poll()
+        entity.handle(PollRpc(DEVICE, poll), 0.0)
+        pump(entity, told)
+        assert len(poll.got) == 1 and poll.got[0]["method"] == "setFan", poll.got
+        rid = poll.got[0]["id"]
+        answered: Future[range] = Future()
+        entity.handle(PostRpcResponse(DEVICE, rid, {"ok": 1}, now[0], answered), 0.0)
+        pump(entity, told)
+        assert answered.result(0)
+        # a second one, never polled: it expires
+        entity.handle(PostTelemetry(DEVICE, ((T0 + 1, (("method", "setFan"), ("params", 0))),),
+                                    Future()), 0.0)
+        pump(entity, told)
+        now[0] = T0 + 61_000
+        entity.expire_due()
+        pump(entity, told)
+        assert puts(queue) == [("QUEUED", "rule", 0), ("DELIVERED", "rule", 0),
+                               ("SUCCESSFUL", "rule", 0), ("QUEUED", "rule", 0),
+                               ("EXPIRED", "rule", 0)]
+        assert all(not a.events for a in queue.appends)
+        assert counted == ["QUEUED", "DELIVERED", "SUCCESSFUL", "QUEUED", "EXPIRED"]
+    finally:
+        store.close()
+
+
+def test_a_refused_append_hands_nothing_over_and_the_retry_makes_one(tmp_path: Path) -> None:
+    now = [T0]
+    store, queue, entity, told = rig(tmp_path, now)
+    try:
+        queue.failing = 1
+        first: Future[range] = Future()
+        entry = ((T0, (("method", "setFan"), ("params", 3))),)
+        entity.handle(PostTelemetry(DEVICE, entry, first), 0.0)
+        assert isinstance(first.exception(0), Unavailable)
+        assert not any(isinstance(m, RpcQueued) for m in told)
+        pump(entity, told)
+        retry: Future[range] = Future()
+        entity.handle(PostTelemetry(DEVICE, entry, retry), 0.0)
+        assert retry.result(0)
+        pump(entity, told)
+        session = entity.session
+        assert session is not None and len(session.rpc) == 1
+    finally:
+        store.close()
+
+
+class Held:
+    """A queue whose commits the test makes (writing the PutRpc mutations itself)."""
+
+    def __init__(self, store: LmdbStore) -> None:
+        self.appends: list[Append] = []
+        self.store = store
+
+    def tell(self, message: Append) -> None:
+        self.appends.append(message)
+        if len(self.appends) > 1:  # later ones: committed at once (PutRpc written)
+            rpcs = RpcStore(self.store)
+            self.store.write(lambda txn: [rpcs.put(txn, m.request) for m in message.mutations
+                                          if isinstance(m, PutRpc)])
+            message.reply.set_result(range(len(self.appends), len(self.appends) + 1))
+
+
+def test_a_request_committed_after_its_shard_restarted_is_delivered_by_the_successor(
+        tmp_path: Path) -> None:
+    """The successor read the open requests from the store before the commit landed: the
+    request reaches it through the shard's address."""
+    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
+    runtime = RulesRuntime()
+    now = int(time.time() * 1000)
+    runtime.install(*parse(CHAIN), "file:x.json", now)
+
+    def rules(index: int) -> ShardRules:
+        return ShardRules(RuleCounters(runtime), store, now_ms=lambda: int(time.time() * 1000),
+                          new_id=lambda: str(uuid.uuid4()))
+
+    queue = Held(store)
+    current: list[pykka.ActorRef[Any]] = []
+    address = Address("shard-0", lambda: current[-1] if current else None)
+    old = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
+                           rules=rules, address=address)
+    current.append(old)
+    reply: Future[range] = Future()
+    old.ask(PostTelemetry(DEVICE, ((now, (("method", "setFan"), ("params", 3))),), reply))
+    old.stop()  # the shard goes (a crash; the supervisor starts its successor)
+    new = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
+                           rules=rules, address=address)
+    current.append(new)
+    # the queue commits the Append now
+    append = queue.appends[0]
+    rpcs = RpcStore(store)
+    store.write(lambda txn: [rpcs.put(txn, m.request) for m in append.mutations
+                             if isinstance(m, PutRpc)])
+    append.reply.set_result(range(1, 2))
+    assert reply.result(1)  # the device's 200
+    with store.read() as txn:
+        stored = rpcs.open_requests(txn)
+    assert [r.method for r in stored] == ["setFan"]
+    poll = Poll()
+    new.ask(PollRpc(DEVICE, poll))
+    new.ask(PollRpc(DEVICE, Poll()))  # let anything told meanwhile run
+    got = list(poll.got)
+    new.stop()
+    store.close()
+    assert [g["method"] for g in got if isinstance(g, dict)] == ["setFan"], (
+        f"the stored request is not delivered by the new incarnation: the poll got {got}")
+    assert len(got) == 1
