@@ -462,6 +462,8 @@ class EntityActor:
                     "{} rule windows dropped at their deadline with the {} acknowledged "
                     "messages they held: node {} is not in the chain in force {!r}",
                     gone.windows, gone.messages, gone.node, chain)
+            if exc is None and planned.rpc_requests:  # stored: delivered as the cloud's are
+                tell_self(RpcQueued(eid, tuple(planned.rpc_requests)))
             if exc is not None and saves_state:
                 tell_self(RuleStateStale(eid))
             if exc is not None and engine.deduplicates:
@@ -584,9 +586,10 @@ class EntityActor:
             if not session.rpc.add(request):
                 continue
             _log.bind(device=str(request.device_id), rpc_id=request.request_id,
-                      status=request.status.value).info(
-                "RPC {} {} ({}): {}", request.request_id, request.method,
-                "one-way" if request.oneway else "two-way", request.status.value)
+                      status=request.status.value, origin=request.origin.value).info(
+                "RPC {} {} ({}{}): {}", request.request_id, request.method,
+                "one-way" if request.oneway else "two-way",
+                "" if request.reported else ", from the rule chain", request.status.value)
         self._expire(now)  # expired already, or no method: reported at once
         self._deliver()
 
@@ -748,7 +751,7 @@ class EntityActor:
         line is DEBUG, and one INFO line says when it is recorded at last."""
         r = change.request
         events: tuple[NewEvent, ...] = ()
-        if change.report is not None:
+        if change.report is not None and r.reported:  # a rule-made request: not the cloud's
             events = (NewEvent("DEVICE", "DEVICE", r.device_id, Action.RPC_CALL, change.report,
                                r.updated_at or self.now_ms(), lane_for("DEVICE", Action.RPC_CALL)),)
         level = "DEBUG" if again else "WARNING" if r.status in (

@@ -19,6 +19,9 @@ Owns the mapping, one outcome at a time, in the chain's order:
   TO_SERVER_RPC_REQUEST an RPC_CALL request event (method, params, requestId).
 - ``CreateAlarm`` / ``ClearAlarm``: the alarm's state lives in the entity's rule state (saved
   with the Append); the cloud hears of it only when the ALARM message is pushed.
+- ``SendRpc``: an RPC request to the device, QUEUED with the Append (``PutRpc``) and handed to
+  the entity's RPC session once it committed, as a cloud request is; made by the edge, it is
+  never reported to the cloud.
 - ``Log``: one log line (ThingsBoard's TbLogNode logs at INFO).
 - ``Visited`` / ``Failed``: per-node counts; a failure is logged at most once a minute per node
   with the number of failures not logged since.
@@ -73,8 +76,10 @@ from edge_sync.actors.messages import (
     PutAttributes,
     PutLatestTelemetry,
     PutLocalTimeseries,
+    PutRpc,
 )
 from edge_sync.common.wire import compact_json
+from edge_sync.devices.rpc import RpcOrigin, RpcRequest
 from edge_sync.errors import BadRequest
 from edge_sync.metrics import Counter, Metrics
 from edge_sync.rules.alarms import event_body
@@ -88,6 +93,7 @@ from edge_sync.rules.engine import (
     PushToCloud,
     SaveAttributes,
     SaveTimeseries,
+    SendRpc,
     Visited,
 )
 from edge_sync.rules.message import (
@@ -432,6 +438,9 @@ class Planned:
     mutations: list[Mutation] = field(default_factory=list)
     pushed: int = 0
     kept_local: int = 0
+    rpc_requests: list[RpcRequest] = field(default_factory=list)
+    """The RPC requests the chain made (their PutRpc is among ``mutations``): the entity
+    delivers them once the Append committed."""
     alarms: list[CreateAlarm | ClearAlarm] = field(default_factory=list)
     """The alarm changes, logged by ``log_alarms`` once the Append committed: they describe
     the stored rule state, which a refused Append leaves as it was."""
@@ -474,6 +483,12 @@ def plan(entity_id: uuid.UUID, outcomes: list[Outcome] | tuple[Outcome, ...],
                 out.kept_local += 1
             case CreateAlarm() | ClearAlarm():
                 out.alarms.append(o)  # logged once committed (log_alarms)
+            case SendRpc():
+                request = RpcRequest(
+                    entity_id, uuid.UUID(o.request_uuid), o.request_id, o.method, o.params,
+                    o.oneway, o.expiration_time, now_ms, origin=RpcOrigin.RULE)
+                out.mutations.append(PutRpc(request))
+                out.rpc_requests.append(request)
             case Deferred():
                 pass  # held by its window (the entity's rule state)
     saved.into(entity_id, out)

@@ -46,6 +46,10 @@ PUBACK (processMqttMsg, case PUBACK); DeviceActorMessageProcessor keeps it in
 to a session that subscribes (sendPendingRequests), and processServerSideRpcTimeout makes it
 EXPIRED at its expirationTime.
 
+A request made by the edge's rule chain (an RPC call request node: ``RpcOrigin.RULE``) goes
+through the same lifecycle; the cloud never heard of it, so none of its changes is reported to
+it (the owner makes no event of a ``Transition`` whose request is not the cloud's).
+
 An answer is taken for any open request, delivered or still QUEUED (in flight, or not known to
 be: after a restart, or from a device that got it over a connection since lost), as
 DeviceActorMessageProcessor.processRpcResponses takes a response for any request in
@@ -115,6 +119,14 @@ class RpcStatus(enum.StrEnum):
         return self not in (RpcStatus.QUEUED, RpcStatus.DELIVERED)
 
 
+class RpcOrigin(enum.StrEnum):
+    """Who asked: the cloud (a server-side RPC downlink), or the edge's rule chain (an RPC call
+    request node), whose requests the cloud is never told of."""
+
+    CLOUD = "cloud"
+    RULE = "rule"
+
+
 @dataclass(frozen=True, slots=True)
 class RpcRequest:
     """One server-side RPC request to a device, as the edge keeps it."""
@@ -131,6 +143,12 @@ class RpcRequest:
     updated_at: int = 0
     response: Any = None
     error: str = ""
+    origin: RpcOrigin = RpcOrigin.CLOUD
+
+    @property
+    def reported(self) -> bool:
+        """Whether the cloud is told of this request's changes (it asked for it)."""
+        return self.origin is RpcOrigin.CLOUD
 
     def device_json(self) -> dict[str, Any]:
         """What the device gets: ThingsBoard's ``{"id", "method", "params"}`` (params parsed from
@@ -154,6 +172,7 @@ class RpcRequest:
             "oneway": self.oneway, "expiration_time": self.expiration_time,
             "queued_at": self.queued_at, "status": self.status.value,
             "updated_at": self.updated_at, "response": self.response, "error": self.error,
+            "origin": self.origin.value,
         }
 
 

@@ -1,7 +1,8 @@
 """The rule engine's executor: runs one message through a validated rule chain and returns what
 the chain decided, as an ordered list of outcome values (visited, save timeseries, save
-attributes, push to cloud, create/clear alarm, log, failed, deferred). Pure: no I/O, no threads,
-no clock but the injected one, no ids but the injected ``new_id``; acting on the outcomes is the
+attributes, push to cloud, create/clear alarm, send an RPC request to the device, log, failed,
+deferred). Pure: no I/O, no threads, no clock but the injected one, no ids but the injected
+``new_id`` and ``new_rpc_id``; acting on the outcomes is the
 caller's. Its one memory of earlier messages is what ThingsBoard too keeps in memory per node: a
 save timeseries node's DEDUPLICATE strategy (the intervals it has saved in, per originator),
 gone when the engine is rebuilt (another chain, a restart), as a ThingsBoard node's on restart.
@@ -43,6 +44,7 @@ from __future__ import annotations
 import heapq
 import json
 import re
+import secrets
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -215,6 +217,22 @@ class ClearAlarm:
 
 
 @dataclass(frozen=True, slots=True)
+class SendRpc:
+    """An RPC request to the originator device (an RPC call request node): stored with the
+    message's outcome, delivered as a cloud request is, its answer kept on the edge.
+    ``params``: the text the device's JSON parses back (``RpcRequest.params``)."""
+
+    node: str
+    originator: tuple[str, str]
+    request_uuid: str
+    request_id: int
+    method: str
+    params: str
+    oneway: bool
+    expiration_time: int
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     node: str
     text: str
@@ -244,7 +262,7 @@ class Visited:
 
 
 Outcome = (Visited | SaveTimeseries | SaveAttributes | PushToCloud | CreateAlarm | ClearAlarm
-           | Log | Failed | Deferred)
+           | SendRpc | Log | Failed | Deferred)
 Alarms = dict[str, dict[str, Any]]
 """alarm type -> the originator's ACTIVE alarm (its JSON object)."""
 
@@ -374,6 +392,49 @@ def _new_uuid() -> str:
     return str(uuid.uuid4())
 
 
+_INT32_MAX = 2**31 - 1
+_LONG_TEXT = re.compile(r"[+-]?[0-9]+\Z")
+
+
+def _new_rpc_id() -> int:
+    """An RPC call request's id when its message names none: ThingsBoard draws any ``int``
+    (``Random.nextInt``); the edge draws a positive one, as cloud requests' ids are."""
+    return secrets.randbelow(_INT32_MAX) + 1
+
+
+def _json_text(value: Any) -> str:
+    """Gson's ``toJson`` of a JSON value: compact."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _rpc_text(value: Any) -> str:
+    """A JSON primitive's ``getAsString`` (text as it is, a number or boolean as JSON writes
+    it), else the value's JSON (TbSendRPCRequestNode.parseJsonData)."""
+    if isinstance(value, str):
+        return value
+    return _json_text(value)
+
+
+def _rpc_request_id(value: Any) -> int:
+    """``json.get("requestId").getAsInt()``: a whole number, or the text of one, within int."""
+    if isinstance(value, str) and _LONG_TEXT.match(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and \
+            -_INT32_MAX - 1 <= value <= _INT32_MAX:
+        return value
+    raise NodeFailure(f"requestId {_json_text(value)[:40]} is not a whole number within int")
+
+
+def _meta_long(msg: RuleMsg, key: str) -> int | None:
+    """A metadata value read with ``Long.parseLong`` when not empty; None when empty."""
+    text = msg.metadata.get(key)
+    if not text:
+        return None
+    if _LONG_TEXT.match(text) and INT64_MIN <= int(text) <= INT64_MAX:
+        return int(text)
+    raise NodeFailure(f"metadata {key} {text[:40]!r} is not a whole number (Long.parseLong)")
+
+
 def window_key(node_type: str, name: str, occurrence: int) -> str:
     """A node's identity, the key its per-entity state (windows) is kept under: its type, its
     name and, among the chain's nodes of that type and name, its place (1, 2, ... in node
@@ -427,7 +488,8 @@ class RuleEngine:
 
     def __init__(self, chain: RuleChain, meta: RuleChainMetaData, *, clock: Callable[[], int],
                  limits: ScriptLimits | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-                 new_id: Callable[[], str] = _new_uuid) -> None:
+                 new_id: Callable[[], str] = _new_uuid,
+                 new_rpc_id: Callable[[], int] = _new_rpc_id) -> None:
         problems, scripts = check(chain, meta, limits)
         if problems:
             raise ValueError("the chain cannot be run: " + "; ".join(map(str, problems)))
@@ -436,6 +498,7 @@ class RuleEngine:
         self.clock = clock
         self.max_steps = max_steps
         self.new_id = new_id
+        self.new_rpc_id = new_rpc_id
         self._next: dict[tuple[int, str], list[int]] = {}
         for conn in meta.connections:
             self._next.setdefault((conn.from_index, conn.type), []).append(conn.to_index)
@@ -768,6 +831,7 @@ class RuleEngine:
             n.CLEAR_ALARM: self._clear_alarm,
             n.DEDUPLICATION: self._defer,
             n.AGGREGATE: self._defer,
+            n.RPC_REQUEST: self._send_rpc,
         }.get(kind, self._unsupported)
 
     @staticmethod
@@ -842,6 +906,38 @@ class RuleEngine:
                                (msg.originator.entity_type, msg.originator.id), msg.type,
                                scope, lane, msg.data, msg.metadata, _meta_ts(msg)))
         return [(SUCCESS, msg)]
+
+    def _send_rpc(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
+                  ) -> list[tuple[str, RuleMsg]]:
+        """ThingsBoard's TbSendRPCRequestNode.onMsg: the originator a device, the data an object
+        with ``method`` and ``params`` (else Failure, with its texts); ``requestId`` from the
+        data (else drawn), ``oneway`` and ``expirationTime`` from the metadata (else now plus
+        the node's timeout). The message goes no further: ThingsBoard acknowledges it and sends
+        the answer on later, which the edge does not (validation refuses connections out of
+        this node). The request's uuid is always new: the metadata's ``requestUUID`` names a
+        REST call waiting on a ThingsBoard server, which the edge has none of."""
+        if msg.originator.entity_type != "DEVICE":
+            raise NodeFailure("Message originator is not a device entity!")
+        data = msg.data
+        if not isinstance(data, dict):
+            raise NodeFailure(f"the message's data is not a JSON object: {_json_text(data)[:60]}")
+        if "method" not in data:
+            raise NodeFailure("Method is not present in the message!")
+        if "params" not in data:
+            raise NodeFailure("Params are not present in the message!")
+        method = data["method"]
+        if method is None or isinstance(method, dict | list):  # getAsString throws
+            raise NodeFailure(f"method {_json_text(method)[:40]} is not a text")
+        request_id = (_rpc_request_id(data["requestId"]) if "requestId" in data
+                      else self.new_rpc_id())
+        expiration = _meta_long(msg, "expirationTime")
+        if expiration is None:
+            expiration = self.clock() + 1000 * n.rpc_timeout_s(node.configuration)
+        out.append(SendRpc(self._where[node.index],
+                           (msg.originator.entity_type, msg.originator.id), self.new_id(),
+                           request_id, _rpc_text(method), _rpc_text(data["params"]),
+                           msg.metadata.get("oneway", "").lower() == "true", expiration))
+        return []
 
     def _defer(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                ) -> list[tuple[str, RuleMsg]]:

@@ -52,6 +52,7 @@ CREATE_ALARM = _ENGINE + "action.TbCreateAlarmNode"
 CLEAR_ALARM = _ENGINE + "action.TbClearAlarmNode"
 LOG = _ENGINE + "action.TbLogNode"
 DEDUPLICATION = _ENGINE + "deduplication.TbMsgDeduplicationNode"
+RPC_REQUEST = _ENGINE + "rpc.TbSendRPCRequestNode"
 AGGREGATE = "edge_sync.rules.AggregateNode"
 AGGREGATE_MAX_PENDING = 100_000
 AGGREGATE_DEFAULT_PENDING = 10_000
@@ -341,6 +342,26 @@ def _deduplication(config: Mapping[str, Any]) -> Problems:
     return out
 
 
+def rpc_timeout_s(config: Mapping[str, Any]) -> int:
+    """An RPC call request node's ``timeoutInSeconds`` as ThingsBoard's
+    TbSendRpcRequestNodeConfiguration reads it into its ``int``: absent or null 0, a whole
+    number or the text of one (``_rpc_request`` has checked it)."""
+    value = config.get("timeoutInSeconds")
+    return 0 if value is None else int(value)
+
+
+def _rpc_request(config: Mapping[str, Any]) -> Problems:
+    """``timeoutInSeconds``: whole seconds from 0 to MAX_INTERVAL_S (an expiry kept in 64-bit
+    milliseconds, as a window's deadline), absent or null 0 as ThingsBoard's ``int``."""
+    value = config.get("timeoutInSeconds")
+    if isinstance(value, str) and value.isascii() and value.strip().isdigit():
+        value = int(value)  # Jackson coerces the text of a number into the int field
+    if value is None or _whole(value, minimum=0, maximum=MAX_INTERVAL_S):
+        return []
+    return [("timeoutInSeconds",
+             f"expected whole seconds from 0 to {MAX_INTERVAL_S} (366 days), got {value!r}")]
+
+
 def _aggregate(config: Mapping[str, Any]) -> Problems:
     out = _interval(config)
     pending = config.get("maxPendingMsgs")
@@ -382,6 +403,7 @@ SUPPORTED: Mapping[str, NodeSpec] = {s.type: s for s in (
     NodeSpec(LOG, "log", _scripted),
     NodeSpec(DEDUPLICATION, "deduplication", _deduplication),
     NodeSpec(AGGREGATE, "aggregation (the edge's own)", _aggregate),
+    NodeSpec(RPC_REQUEST, "rpc call request", _rpc_request),
 )}
 """Every node type the edge accepts; a chain with any other is refused as a whole."""
 

@@ -134,34 +134,31 @@ def test_an_interval_or_ttl_beyond_what_the_edge_can_keep_is_refused(tmp_path: P
             f"3162240000 (100 years; 0: no TTL), got {10**30}\n")]
 
 
-def test_thingsboard_s_default_edge_root_chain_is_refused_for_its_rpc_node(
+def test_thingsboard_s_default_edge_root_chain_passes_and_a_connection_out_of_its_rpc_node_not(
         tmp_path: Path) -> None:
     """ThingsBoard 4.x's default edge root chain
     (application/src/main/data/json/edge/rule_chains/edge_root_rule_chain.json, copied as is)
-    has a TbSendRPCRequestNode, outside the edge's subset: the whole chain is refused. The same
-    chain without that node (and its one connection) passes, log nodes included."""
+    passes, its TbSendRPCRequestNode ("RPC Call Request") included. That node sends its answer
+    on by Success / Failure later (TbSendRPCRequestNode.onMsg's callback), which the edge does
+    not: a connection out of it refuses the chain, naming the connection and the node."""
     real = FIXTURES / "thingsboard_edge_root_rule_chain.json"
     done = check(tmp_path, str(real))
     assert (done.returncode, done.stdout) == (
-        1, "metadata.nodes[5].type: org.thingsboard.rule.engine.rpc.TbSendRPCRequestNode "
-           "('RPC Call Request') is not a supported node type: the chain is refused "
-           "(docs/rules.md)\n")
+        0, "'Edge Root Rule Chain' (EDGE): 8 nodes, 9 connections; node types: TbLogNode x2, "
+           "TbMsgAttributesNode, TbMsgPushToCloudNode x2, TbMsgTimeseriesNode, "
+           "TbMsgTypeSwitchNode, TbSendRPCRequestNode\n" + digest_line(real))
 
     doc = json.loads(real.read_text())
     meta = doc["metadata"]
     assert meta["nodes"][5]["type"].endswith("TbSendRPCRequestNode")
-    del meta["nodes"][5]
-    meta["connections"] = [
-        {**c, "fromIndex": c["fromIndex"] - (c["fromIndex"] > 5),
-         "toIndex": c["toIndex"] - (c["toIndex"] > 5)}
-        for c in meta["connections"] if 5 not in (c["fromIndex"], c["toIndex"])]
-    without_rpc = tmp_path / "edge_root_without_rpc.json"
-    without_rpc.write_text(json.dumps(doc))
-    done = check(tmp_path, str(without_rpc))
+    meta["connections"].append({"fromIndex": 5, "toIndex": 4, "type": "Success"})
+    answered_on = tmp_path / "edge_root_rpc_answer_logged.json"
+    answered_on.write_text(json.dumps(doc))
+    done = check(tmp_path, str(answered_on))
     assert (done.returncode, done.stdout) == (
-        0, "'Edge Root Rule Chain' (EDGE): 7 nodes, 8 connections; node types: TbLogNode x2, "
-           "TbMsgAttributesNode, TbMsgPushToCloudNode x2, TbMsgTimeseriesNode, "
-           "TbMsgTypeSwitchNode\n" + digest_line(without_rpc))
+        1, "metadata.connections[9]: 'Success' out of nodes[5] 'RPC Call Request' (an RPC call "
+           "request): the edge does not run the chain on an RPC's answer, so nothing can follow "
+           "this node; the chain is refused (docs/rules.md)\n")
 
 
 def test_a_script_the_sandbox_refuses_exits_1_naming_node_and_reason(tmp_path: Path) -> None:

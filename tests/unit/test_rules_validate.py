@@ -204,6 +204,22 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
         ("outMsgType", "expected a message type, got ' '")]),
     (nodes.AGGREGATE, {"interval": 5, "maxPendingMsgs": 0}, [
         ("maxPendingMsgs", "expected a whole number from 1 to 100000, got 0")]),
+    # TbSendRpcRequestNodeConfiguration: int timeoutInSeconds (absent or null: 0; Jackson
+    # takes the text of a number too)
+    (nodes.RPC_REQUEST, {"timeoutInSeconds": 60}, []),
+    (nodes.RPC_REQUEST, {}, []),
+    (nodes.RPC_REQUEST, {"timeoutInSeconds": None}, []),
+    (nodes.RPC_REQUEST, {"timeoutInSeconds": "30"}, []),
+    (nodes.RPC_REQUEST, {"timeoutInSeconds": 0}, []),
+    (nodes.RPC_REQUEST, {"timeoutInSeconds": -1}, [
+        ("timeoutInSeconds", "expected whole seconds from 0 to 31622400 (366 days), got -1")]),
+    (nodes.RPC_REQUEST, {"timeoutInSeconds": 31_622_401}, [
+        ("timeoutInSeconds",
+         "expected whole seconds from 0 to 31622400 (366 days), got 31622401")]),
+    (nodes.RPC_REQUEST, {"timeoutInSeconds": "soon"}, [
+        ("timeoutInSeconds", "expected whole seconds from 0 to 31622400 (366 days), got 'soon'")]),
+    (nodes.RPC_REQUEST, {"timeoutInSeconds": True}, [
+        ("timeoutInSeconds", "expected whole seconds from 0 to 31622400 (366 days), got True")]),
 ]
 
 
@@ -218,6 +234,6 @@ def test_the_supported_subset() -> None:
         "AggregateNode", "TbCheckMessageNode", "TbClearAlarmNode", "TbCreateAlarmNode", "TbJsFilterNode",
         "TbJsSwitchNode", "TbLogNode", "TbMsgAttributesNode", "TbMsgDeduplicationNode",
         "TbMsgPushToCloudNode", "TbMsgTimeseriesNode", "TbMsgTypeSwitchNode",
-        "TbTransformMsgNode"]
+        "TbSendRPCRequestNode", "TbTransformMsgNode"]
     assert [t for t in nodes.SUPPORTED if not t.startswith("org.thingsboard.rule.engine.")] == [
         "edge_sync.rules.AggregateNode"]  # the edge's own
