@@ -15,6 +15,8 @@ chain made as they take a cloud's: the HTTP long poll ``GET /api/v1/$TOKEN/rpc``
   rpc_on_threshold.json): the device's poll gets exactly that one request, its answer makes the
   request SUCCESSFUL on the edge (listed with ``"origin": "rule"``), and the cloud gets the
   telemetry and never an RPC_CALL event (the request is the edge's own);
+- a chain with a connection out of the RPC node is refused (the edge does not run the chain on
+  an RPC's answer): the first start with it stops;
 - a message without ``method`` or ``params`` fails the node (ThingsBoard's texts), the device
   still gets its 200 and no request is stored;
 - the data's requestId, the metadata's oneway and expirationTime are the request's; a one-way
@@ -40,13 +42,16 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edge_sync.rules.chain import parse_file
 from edge_sync.rules.nodes import (
     JS_FILTER,
     MSG_TYPE_SWITCH,
     PUSH_TO_CLOUD,
+    RPC_REQUEST,
     SAVE_TIMESERIES,
     TRANSFORM,
 )
+from edge_sync.rules.validate import validate
 from edge_sync.storage.records import Action
 from tests.helpers.agent import Agent
 from tests.helpers.cloud_proc import edge_status, wait_connected
@@ -69,7 +74,6 @@ from tests.integration.test_rules_e2e import (
 
 pytestmark = pytest.mark.slow
 
-RPC_NODE = "org.thingsboard.rule.engine.rpc.TbSendRPCRequestNode"
 SAVE_ATTRIBUTES = "org.thingsboard.rule.engine.telemetry.TbMsgAttributesNode"
 LOG = "org.thingsboard.rule.engine.action.TbLogNode"
 ROOT_CHAIN = FIXTURES / "thingsboard_edge_root_rule_chain.json"
@@ -78,9 +82,9 @@ FAN_REQUEST = {"method": "setFan", "params": {"speed": 3}}
 TIMEOUT_MS = 60_000  # the fan chain's timeoutInSeconds
 POLL_MS = 20_000  # a device's long poll, longer than any wait below
 INT_MAX = 2**31 - 1
-RPC_REQUESTS = "v1/devices/me/rpc/request/+"
-RPC_REQUEST = "v1/devices/me/rpc/request/"
-RPC_RESPONSE = "v1/devices/me/rpc/response/"
+RPC_SUBSCRIPTION = "v1/devices/me/rpc/request/+"
+RPC_REQUEST_TOPIC = "v1/devices/me/rpc/request/"
+RPC_RESPONSE_TOPIC = "v1/devices/me/rpc/response/"
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -113,7 +117,7 @@ def fan_counts(*, hot: int, cold: int, rpc_failed: int = 0) -> list[tuple[str, s
         ("nodes[2] 'Push to cloud'", PUSH_TO_CLOUD, readings, 0),
         ("nodes[3] 'Hotter than 80?'", JS_FILTER, readings, 0),
         ("nodes[4] 'Fan command'", TRANSFORM, hot, 0),
-        ("nodes[5] 'RPC Call Request'", RPC_NODE, hot, rpc_failed),
+        ("nodes[5] 'RPC Call Request'", RPC_REQUEST, hot, rpc_failed),
     ]
 
 
@@ -199,7 +203,7 @@ def test_thingsboard_default_edge_root_chain_runs_as_the_rules_file(tmp_path, pr
         ("nodes[2] 'Message Type Switch'", MSG_TYPE_SWITCH, 4, 0),
         ("nodes[3] 'Log RPC from Device'", LOG, 0, 0),
         ("nodes[4] 'Log Other'", LOG, 0, 0),
-        ("nodes[5] 'RPC Call Request'", RPC_NODE, 0, 0),
+        ("nodes[5] 'RPC Call Request'", RPC_REQUEST, 0, 0),
         ("nodes[6] 'Push to cloud'", PUSH_TO_CLOUD, 4, 0),
         ("nodes[7] 'Push to cloud'", PUSH_TO_CLOUD, 0, 0),
     ]
@@ -304,6 +308,28 @@ def test_a_command_without_method_or_params_fails_the_node_not_the_device(tmp_pa
     assert rpc_calls(agent, events) == ([], [])
 
 
+def test_a_chain_that_goes_on_after_the_rpc_node_refuses_the_start(tmp_path, procs):
+    """ThingsBoard routes the RPC's answer out of the node (Success, Failure); the edge does not
+    run the chain on an answer, so a connection out of the node would never be followed: such
+    a chain is refused, the problem naming the connection and the node, and a first start with
+    it stops (exit 1) as any configuration error does."""
+    doc = json.loads(FAN_CHAIN.read_text(encoding="utf-8"))
+    doc["metadata"]["connections"].append({"fromIndex": 5, "toIndex": 2, "type": "Success"})
+    chain = tmp_path / "answer_pushed.json"
+    chain.write_text(json.dumps(doc), encoding="utf-8")
+    problems = validate(*parse_file(chain.read_bytes(), str(chain)))
+    assert [p.where for p in problems] == ["metadata.connections[5]"]
+    assert "'Success' out of nodes[5] 'RPC Call Request'" in problems[0].message, problems
+
+    agent = procs(Agent(tmp_path / "edge", env={"EDGE_RULES_FILE": str(chain)}))
+    code, err = agent.run_to_exit()
+    assert code == 1, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        f"error: configuration: rules.file {chain} refused: {problems[0]} (no chain from "
+        "rules.file was in force before to keep in force; edge-sync rules check names every "
+        "problem)")
+
+
 # -- the message's requestId, oneway and expirationTime; how a request ends ----------------------
 
 COMMAND_SCRIPT = (
@@ -341,7 +367,7 @@ def test_request_id_oneway_and_expiry_come_from_the_message_and_no_end_is_report
     wait_status(42, "SUCCESSFUL")
 
     # two-way, a number as params, an expiry of its own: delivered, unanswered, TIMEOUT
-    expires_b = now_ms() + 1500
+    expires_b = now_ms() + 4000  # time enough to post and poll on a loaded machine
     assert agent.post_telemetry(token, {"ts": BASE_TS + 1, "values": {
         "temperature": 91, "method": "setSpeed", "params": 5, "id": 43,
         "expiresAt": expires_b}}) == 200
@@ -422,7 +448,7 @@ def test_an_mqtt_device_gets_the_request_on_its_subscription_and_answers_it(tmp_
     device_id, token = agent.create_device("fan-mqtt")
     with MqttDevice(agent.mqtt_port, token) as client:
         assert client.connect() == 0
-        assert client.subscribe(RPC_REQUESTS, qos=1) == [1]
+        assert client.subscribe(RPC_SUBSCRIPTION, qos=1) == [1]
         first = now_ms()
         for n, t in enumerate((70, 90)):
             mid = client.publish(TELEMETRY, reading(n, t)).mid
@@ -433,16 +459,16 @@ def test_an_mqtt_device_gets_the_request_on_its_subscription_and_answers_it(tmp_
                               what="the request stored")
         request_id = record["request_id"]
         check_rule_request(record, device_id, request_id, stored_between=(first, last))
-        assert client.wait_message(f"{RPC_REQUEST}{request_id}", timeout=DEADLINE_S) == \
+        assert client.wait_message(f"{RPC_REQUEST_TOPIC}{request_id}", timeout=DEADLINE_S) == \
             FAN_REQUEST
-        mid = client.publish(f"{RPC_RESPONSE}{request_id}", {"ok": True}).mid
+        mid = client.publish(f"{RPC_RESPONSE_TOPIC}{request_id}", {"ok": True}).mid
         wait_until(lambda: mid in client.acked_ids(), timeout=DEADLINE_S,
                    what="the PUBACK of the answer")
         wait_until(lambda: edge_rpcs(agent, device_id)[0]["status"] == "SUCCESSFUL",
                    timeout=DEADLINE_S, what="the request SUCCESSFUL",
                    show=lambda: edge_rpcs(agent, device_id))
-        assert [(t, b) for t, b in list(client.messages) if t.startswith(RPC_REQUEST)] == \
-            [(f"{RPC_REQUEST}{request_id}", FAN_REQUEST)]  # published once
+        assert [(t, b) for t, b in list(client.messages) if t.startswith(RPC_REQUEST_TOPIC)] == \
+            [(f"{RPC_REQUEST_TOPIC}{request_id}", FAN_REQUEST)]  # published once
     [record] = edge_rpcs(agent, device_id)
     assert (record["status"], record["response"], record["origin"]) == \
         ("SUCCESSFUL", {"ok": True}, "rule")
