@@ -650,8 +650,9 @@ def _rpc(cfg: EdgeConfig, args: argparse.Namespace) -> int:
         else:
             way = "one-way" if r.oneway else "two-way"
             err = f"  error={r.error}" if r.error else ""
+            made = "" if r.reported else f"  origin={r.origin.value}"
             print(f"{r.device_id}  {r.request_id:>10}  {r.status.value:<10} {way:<7} "
-                  f"{r.method}  expires={r.expiration_time}{err}")
+                  f"{r.method}  expires={r.expiration_time}{err}{made}")
     return EXIT_OK
 
 

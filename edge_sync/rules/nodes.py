@@ -22,6 +22,10 @@ max / avg / sum / count per numeric key over a window; ``window.py``), configure
 ``interval`` (whole seconds, 1 to MAX_INTERVAL_S), ``maxPendingMsgs`` (1 to 100000, default 10000) and
 ``outMsgType`` (default ``POST_TELEMETRY_REQUEST``).
 
+The RPC call request node (``rpc.TbSendRPCRequestNode``) takes ``timeoutInSeconds`` (whole
+seconds, 0 to MAX_INTERVAL_S, or the text of such a number; absent or null 0, as ThingsBoard's
+``int``); that no connection leaves it is validation's check (``validate.py``).
+
 Durations have a maximum ThingsBoard does not set (its configuration classes declare ``int
 interval`` and ``long defaultTTL`` and check nothing more): a window's deadline and a point's
 expiry are kept as 64-bit milliseconds, and a chain whose every message's outcome could not be

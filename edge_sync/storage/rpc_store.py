@@ -53,8 +53,9 @@ class RpcStore:
     def put(self, txn: lmdb.Transaction, r: RpcRequest) -> None:
         """Insert or update a request (a finished one stays as it finished)."""
         tail = _tail(r)
-        fields: tuple[object, ...] = (r.request_id, r.method, r.params, r.oneway, r.expiration_time, r.status.value,
-                  r.updated_at, r.response, r.error)
+        fields: tuple[object, ...] = (
+            r.request_id, r.method, r.params, r.oneway, r.expiration_time, r.status.value,
+            r.updated_at, r.response, r.error)
         if r.origin is not RpcOrigin.CLOUD:
             fields = (*fields, r.origin.value)
         txn.put(_RPC + tail, codec.pack(fields), db=self._meta)

@@ -119,17 +119,22 @@ def _root_chain(cloud: CloudProc) -> dict[str, Any]:
     return roots[0]
 
 
+def _set_root_chain(cloud: CloudProc, tmp_path: Path, fixture: str) -> None:
+    """The cloud's root chain gets the fixture's metadata (the chain entity kept as it is)."""
+    root = _root_chain(cloud)
+    doc = json.loads((FIXTURES / fixture).read_text())
+    doc["ruleChain"] = json.loads(cloud.cli("entity", "show", root["id"], "--json").stdout)[
+        "entity"]
+    (tmp_path / "root.json").write_text(json.dumps(doc))
+    cloud.cli("entity", "update", root["id"], "--json", str(tmp_path / "root.json"))
+
+
 def test_the_clouds_root_chain_refused_at_the_first_sync_leaves_no_chain(tmp_path, procs):
-    """ThingsBoard's edge root chain as it ships is refused (its RPC node): the edge runs with
-    no chain, and says so."""
+    """A root chain with a node outside the subset is refused: the edge runs with no chain,
+    and says so."""
     cloud = procs(CloudProc(tmp_path / "cloud")).start()
     cloud.create_edge("edge-rule-metrics", RK, SECRET)
-    root = _root_chain(cloud)
-    tb_root = json.loads((FIXTURES / "thingsboard_edge_root_rule_chain.json").read_text())
-    tb_root["ruleChain"] = json.loads(cloud.cli("entity", "show", root["id"], "--json").stdout)[
-        "entity"]
-    (tmp_path / "tb_root.json").write_text(json.dumps(tb_root))
-    cloud.cli("entity", "update", root["id"], "--json", str(tmp_path / "tb_root.json"))
+    _set_root_chain(cloud, tmp_path, "unknown_node_type.json")
     agent = procs(Agent(tmp_path / "edge", env=link_env(cloud, RK, SECRET))).start()
     wait_connected(agent)
     wait_until(lambda: cloud.edge_row(RK)["queued_downlinks"] == 0 and
@@ -137,6 +142,33 @@ def test_the_clouds_root_chain_refused_at_the_first_sync_leaves_no_chain(tmp_pat
                timeout=DEADLINE_S, what="the edge refused the cloud's root chain")
     assert rule_series(agent) == {"edge_sync_rule_chain_in_force": 0,
                                   **refusals(cloud=1, outstanding="cloud")}
+
+
+def test_thingsboard_s_edge_root_chain_as_it_ships_goes_in_force_from_the_cloud(tmp_path,
+                                                                                procs):
+    """ThingsBoard's edge root chain as it ships (its RPC call request node included) is the
+    chain in force once synced, its 8 nodes counted."""
+    cloud = procs(CloudProc(tmp_path / "cloud")).start()
+    cloud.create_edge("edge-rule-metrics", RK, SECRET)
+    _set_root_chain(cloud, tmp_path, "thingsboard_edge_root_rule_chain.json")
+    agent = procs(Agent(tmp_path / "edge", env=link_env(cloud, RK, SECRET))).start()
+    wait_connected(agent)
+    rules = wait_until(lambda: (r := edge_status(agent)["rules"])["chain"] is not None and r,
+                       timeout=DEADLINE_S, what="ThingsBoard's edge root chain in force")
+    assert rules["last_refusal"] is None
+    dig, name = rules["digest"], "Edge Root Rule Chain"
+    _, token = agent.create_device("thermo-tb")
+    assert agent.post_telemetry(token, {"ts": BASE_TS, "values": {"temperature": 20}}) == 200
+    counted = {n["node"]: (0, 0) for n in rules["nodes"]}
+    assert sorted(counted) == [
+        "nodes[0] 'Save Timeseries'", "nodes[1] 'Save Client Attributes'",
+        "nodes[2] 'Message Type Switch'", "nodes[3] 'Log RPC from Device'",
+        "nodes[4] 'Log Other'", "nodes[5] 'RPC Call Request'", "nodes[6] 'Push to cloud'",
+        "nodes[7] 'Push to cloud'"]
+    counted.update({"nodes[2] 'Message Type Switch'": (1, 0),
+                    "nodes[0] 'Save Timeseries'": (1, 0), "nodes[6] 'Push to cloud'": (1, 0)})
+    assert rule_series(agent) == {**in_force(name, "cloud", dig, 1), **refusals(),
+                                  **nodes(name, dig, counted)}
 
 
 def test_the_clouds_chain_in_force_then_a_chain_from_the_cloud_refused(tmp_path, procs):
