@@ -19,15 +19,17 @@ chain made as they take a cloud's: the HTTP long poll ``GET /api/v1/$TOKEN/rpc``
   an RPC's answer): the first start with it stops;
 - a message without ``method`` or ``params`` fails the node (ThingsBoard's texts), the device
   still gets its 200 and no request is stored;
-- the data's requestId, the metadata's oneway and expirationTime are the request's; a one-way
+- the metadata's oneway and expirationTime are the request's, the data's requestId is not (the
+  device numbers its requests, as ThingsBoard's device actor does); a one-way
   request delivered ends SUCCESSFUL, a two-way one unanswered TIMEOUT, one never polled EXPIRED
   (never delivered late), and the cloud hears of none of it;
 - a kill -9 after the device's 200 and before its poll: after the restart the poll still gets
   the request, once (it was stored in the same commit as the message);
 - an MQTT device gets the request on its subscription and answers it on the response topic.
 
-ThingsBoard's TbSendRPCRequestNode.onMsg is the reference: requestId from the data or random,
-``oneway`` and ``expirationTime`` from the metadata, else now + timeoutInSeconds.
+ThingsBoard's TbSendRPCRequestNode.onMsg is the reference: ``oneway`` and ``expirationTime``
+from the metadata, else now + timeoutInSeconds; the id the device sees is its own numbering
+(DeviceActorMessageProcessor, rpcSeq), not the data's ``requestId``.
 """
 
 from __future__ import annotations
@@ -339,41 +341,47 @@ COMMAND_SCRIPT = (
     "return {msg: m, metadata: metadata, msgType: msgType};")
 
 
-def test_request_id_oneway_and_expiry_come_from_the_message_and_no_end_is_reported(tmp_path,
-                                                                                  procs):
-    """TbSendRPCRequestNode.onMsg reads the data's ``requestId``, the metadata's ``oneway``
-    (Boolean.parseBoolean: any case) and ``expirationTime``; primitive params are kept as their
-    text (Gson's getAsString). The requests end as the cloud's do: a one-way request delivered
-    is SUCCESSFUL, a two-way one delivered and never answered is TIMEOUT at its expiry, one
-    never delivered is EXPIRED and never delivered late; the cloud is told of none of these
-    ends (a cloud request's TIMEOUT is reported to it; these are the edge's own)."""
+def test_oneway_and_expiry_come_from_the_message_and_no_end_is_reported(tmp_path, procs):
+    """TbSendRPCRequestNode.onMsg reads the metadata's ``oneway`` (Boolean.parseBoolean: any
+    case) and ``expirationTime``; primitive params are kept as their text (Gson's
+    getAsString). The data's ``requestId`` is not the id the device sees: the device numbers
+    its requests (ThingsBoard's DeviceActorMessageProcessor, rpcSeq). The requests end as the
+    cloud's do: a one-way request delivered is SUCCESSFUL, a two-way one delivered and never
+    answered is TIMEOUT at its expiry, one never delivered is EXPIRED and never delivered late;
+    the cloud is told of none of these ends (a cloud request's TIMEOUT is reported to it; these
+    are the edge's own)."""
     cloud, agent = start_linked(tmp_path, procs, fan_chain_with(tmp_path, COMMAND_SCRIPT))
     device_id, token = agent.create_device("fan-commands")
 
-    def record(request_id: int) -> dict[str, Any]:
-        [found] = [r for r in edge_rpcs(agent, device_id) if r["request_id"] == request_id]
+    def record(method: str) -> dict[str, Any]:
+        [found] = [r for r in edge_rpcs(agent, device_id) if r["method"] == method]
         return found
 
-    def wait_status(request_id: int, status: str) -> None:
-        wait_until(lambda: record(request_id)["status"] == status, timeout=DEADLINE_S,
-                   what=f"request {request_id} {status}", show=lambda: record(request_id))
+    def wait_status(method: str, status: str) -> None:
+        wait_until(lambda: record(method)["status"] == status, timeout=DEADLINE_S,
+                   what=f"request {method} {status}", show=lambda: record(method))
+
+    def polled(expected: dict[str, Any]) -> int:
+        status, body = poll(agent, token, POLL_MS)
+        got = json.loads(body)
+        assert (status, {k: v for k, v in got.items() if k != "id"}) == (200, expected)
+        assert 1 <= got["id"] <= 2**31 - 1
+        return int(got["id"])
 
     # one-way, text params: delivered, so SUCCESSFUL without an answer
     assert agent.post_telemetry(token, {"ts": BASE_TS, "values": {
         "temperature": 90, "method": "setMode", "params": "eco", "id": 42,
         "oneway": True}}) == 200
-    status, body = poll(agent, token, POLL_MS)
-    assert (status, json.loads(body)) == (200, {"id": 42, "method": "setMode", "params": "eco"})
-    wait_status(42, "SUCCESSFUL")
+    first = polled({"method": "setMode", "params": "eco"})
+    wait_status("setMode", "SUCCESSFUL")
 
     # two-way, a number as params, an expiry of its own: delivered, unanswered, TIMEOUT
     expires_b = now_ms() + 4000  # time enough to post and poll on a loaded machine
     assert agent.post_telemetry(token, {"ts": BASE_TS + 1, "values": {
         "temperature": 91, "method": "setSpeed", "params": 5, "id": 43,
         "expiresAt": expires_b}}) == 200
-    status, body = poll(agent, token, POLL_MS)
-    assert (status, json.loads(body)) == (200, {"id": 43, "method": "setSpeed", "params": 5})
-    wait_status(43, "TIMEOUT")
+    second = polled({"method": "setSpeed", "params": 5})
+    wait_status("setSpeed", "TIMEOUT")
     assert now_ms() >= expires_b
 
     # never polled before its expiry: EXPIRED, and not delivered after
@@ -381,17 +389,20 @@ def test_request_id_oneway_and_expiry_come_from_the_message_and_no_end_is_report
     assert agent.post_telemetry(token, {"ts": BASE_TS + 2, "values": {
         "temperature": 92, "method": "late", "params": "x", "id": 44,
         "expiresAt": expires_c}}) == 200
-    wait_status(44, "EXPIRED")
+    wait_status("late", "EXPIRED")
     assert now_ms() >= expires_c
     assert poll(agent, token, 500) == (408, b"")
 
-    assert [(r["request_id"], r["method"], r["params"], r["oneway"], r["status"], r["origin"])
-            for r in edge_rpcs(agent, device_id)] == [
-        (42, "setMode", "eco", True, "SUCCESSFUL", "rule"),
-        (43, "setSpeed", "5", False, "TIMEOUT", "rule"),
-        (44, "late", "x", False, "EXPIRED", "rule"),
+    listed = edge_rpcs(agent, device_id)
+    assert [(r["method"], r["params"], r["oneway"], r["status"], r["origin"])
+            for r in listed] == [
+        ("setMode", "eco", True, "SUCCESSFUL", "rule"),
+        ("setSpeed", "5", False, "TIMEOUT", "rule"),
+        ("late", "x", False, "EXPIRED", "rule"),
     ]
-    assert [record(n)["expiration_time"] for n in (43, 44)] == [expires_b, expires_c]
+    assert [r["request_id"] for r in listed[:2]] == [first, second]
+    assert len({r["request_id"] for r in listed}) == 3
+    assert [record(m)["expiration_time"] for m in ("setSpeed", "late")] == [expires_b, expires_c]
     assert node_counts(agent) == fan_counts(hot=3, cold=0)
     events = settle(cloud, agent)
     assert len(telemetry_at_cloud(events, device_id)) == 3
