@@ -15,6 +15,7 @@ from edge_sync.actors.messages import Append, PollRpc, PostRpcResponse, PutRpc, 
 from edge_sync.devices.rpc import RpcRequest
 from edge_sync.errors import Conflict, QueueFull
 from edge_sync.storage.records import Action
+from tests.helpers.rpc_poll import RecordingPoll
 
 DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000d3")
 T0 = 1_700_000_000_000
@@ -49,34 +50,6 @@ class Queue:
         return [e.body for a in self.committed for e in a.events if e.action == Action.RPC_CALL]
 
 
-class Poll:
-    def __init__(self) -> None:
-        self.state = "waiting"
-        self.got: list[Any] = []
-
-    @property
-    def live(self) -> bool:
-        return self.state == "waiting"
-
-    def claim(self) -> bool:
-        if self.state != "waiting":
-            return False
-        self.state = "claimed"
-        return True
-
-    def resolve(self, value: Any) -> None:
-        self.state = "done"
-        self.got.append(value)
-
-    def fail(self, exc: BaseException) -> None:
-        self.state = "done"
-        self.got.append(exc)
-
-    def release(self) -> None:
-        if self.state == "claimed":
-            self.state = "waiting"
-
-
 class Rig:
     def __init__(self) -> None:
         self.now = T0
@@ -97,9 +70,9 @@ class Rig:
         self.handle(RpcQueued(DEVICE, (RpcRequest(DEVICE, uuid.UUID(int=n), n, "m", "{}", False,
                                                   expires, T0),)))
 
-    def delivered(self, n: int, expires: int) -> Poll:
+    def delivered(self, n: int, expires: int) -> RecordingPoll:
         self.queue_request(n, expires)
-        poll = Poll()
+        poll = RecordingPoll()
         self.handle(PollRpc(DEVICE, poll))
         self.queue.commit()
         self.drain()
@@ -152,7 +125,7 @@ def test_an_expiry_whose_commit_fails_is_recorded_again_after_the_retry_pause() 
 def test_a_delivery_that_fails_and_expires_before_it_is_put_back_is_expired_not_timed_out() -> None:
     rig = Rig()
     rig.queue_request(4, T0 + 1_000)
-    poll = Poll()
+    poll = RecordingPoll()
     rig.handle(PollRpc(DEVICE, poll))
     rig.now = T0 + 1_000
     rig.entity.expire_due()  # the deadline comes while the delivery is being recorded
@@ -168,7 +141,7 @@ def test_a_delivery_recorded_only_after_the_expiration_is_not_given_and_the_poll
     rig = Rig()
     rig.queue_request(5, T0 + 1_000)
     rig.queue_request(6, T0 + 60_000)
-    poll = Poll()
+    poll = RecordingPoll()
     rig.handle(PollRpc(DEVICE, poll))
     rig.now = T0 + 1_000  # the commit completes at the expiration
     rig.queue.commit()

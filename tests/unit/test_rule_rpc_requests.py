@@ -33,6 +33,8 @@ from edge_sync.rules.chain import parse
 from edge_sync.rules.runtime import RulesRuntime
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.rpc_store import RpcStore
+from tests.helpers.instant_queue import InstantQueue
+from tests.helpers.rpc_poll import RecordingPoll
 
 DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000e1")
 T0 = 1_700_000_000_000
@@ -42,47 +44,19 @@ CHAIN = {"ruleChain": {"name": "rpc", "type": "CORE"}, "metadata": {
          "configuration": {"timeoutInSeconds": 60}}]}}
 
 
-class Poll:
-    def __init__(self) -> None:
-        self.state = "waiting"
-        self.got: list[Any] = []
-
-    @property
-    def live(self) -> bool:
-        return self.state == "waiting"
-
-    def claim(self) -> bool:
-        if self.state != "waiting":
-            return False
-        self.state = "claimed"
-        return True
-
-    def resolve(self, value: Any) -> None:
-        self.state = "done"
-        self.got.append(value)
-
-    def fail(self, exc: BaseException) -> None:
-        self.state = "done"
-        self.got.append(exc)
-
-    def release(self) -> None:
-        self.state = "waiting"
-
-
-class Queue:
+class Queue(InstantQueue):
     """Commits at once, or fails the next ``failing`` Appends (storage full)."""
 
     def __init__(self) -> None:
-        self.appends: list[Append] = []
+        super().__init__()
         self.failing = 0
 
     def tell(self, message: Append) -> None:
+        if not self.failing:
+            return super().tell(message)
         self.appends.append(message)
-        if self.failing:
-            self.failing -= 1
-            message.reply.set_exception(Unavailable("storage full"))
-        else:
-            message.reply.set_result(range(len(self.appends), len(self.appends) + 1))
+        self.failing -= 1
+        message.reply.set_exception(Unavailable("storage full"))
 
 
 def rig(tmp_path: Path, now: list[int], counted: list[str] | None = None
@@ -121,7 +95,7 @@ def test_rule_request_lifecycle_makes_no_event(tmp_path: Path) -> None:
         assert [len(a.events) for a in queue.appends] == [0]
         assert [type(m) for m in told] == [RpcQueued]
         pump(entity, told)
-        poll = Poll()
+        poll = RecordingPoll()
         entity.handle(PollRpc(DEVICE, poll), 0.0)
         pump(entity, told)
         assert len(poll.got) == 1 and poll.got[0]["method"] == "setFan", poll.got
@@ -218,9 +192,9 @@ def test_a_request_committed_after_its_shard_restarted_is_delivered_by_the_succe
     with store.read() as txn:
         stored = rpcs.open_requests(txn)
     assert [r.method for r in stored] == ["setFan"]
-    poll = Poll()
+    poll = RecordingPoll()
     new.ask(PollRpc(DEVICE, poll))
-    new.ask(PollRpc(DEVICE, Poll()))  # let anything told meanwhile run
+    new.ask(PollRpc(DEVICE, RecordingPoll()))  # let anything told meanwhile run
     got = list(poll.got)
     new.stop()
     store.close()
