@@ -232,9 +232,12 @@ class RpcBook:
         return list(self._open.values())
 
     def add(self, request: RpcRequest) -> bool:
-        """Take a stored request (new from the cloud, or loaded at start). False when it is
-        already known or already finished (it is then not delivered again)."""
-        if request.request_uuid in self._open or request.status.final:
+        """Take a stored request (new from the cloud, made by the rule chain, or loaded at
+        start). False when it is open already, finished, or one of the last finished here:
+        told of again after the book took it from the store and finished it (a commit that
+        landed while the shard restarted), it is not delivered again."""
+        if request.request_uuid in self._open or request.status.final or any(
+                done.request_uuid == request.request_uuid for done in self._recent.values()):
             return False
         self._open[request.request_uuid] = request
         self._open = dict(sorted(self._open.items(), key=lambda kv: kv[1].queued_at))

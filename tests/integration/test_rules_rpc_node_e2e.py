@@ -401,6 +401,7 @@ def test_oneway_and_expiry_come_from_the_message_and_no_end_is_reported(tmp_path
         ("late", "x", False, "EXPIRED", "rule"),
     ]
     assert [r["request_id"] for r in listed[:2]] == [first, second]
+    assert (first, second) != (42, 43)  # not the data's requestId (a draw: 1 in 2^62 to fail)
     assert len({r["request_id"] for r in listed}) == 3
     assert [record(m)["expiration_time"] for m in ("setSpeed", "late")] == [expires_b, expires_c]
     assert node_counts(agent) == fan_counts(hot=3, cold=0)

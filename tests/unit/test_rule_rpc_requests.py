@@ -19,6 +19,7 @@ from edge_sync.actors.address import Address
 from edge_sync.actors.entity import EntityActor
 from edge_sync.actors.messages import (
     Append,
+    PassivateIdle,
     PollRpc,
     PostRpcResponse,
     PostTelemetry,
@@ -182,6 +183,7 @@ def test_a_request_committed_after_its_shard_restarted_is_delivered_by_the_succe
     new = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
                            rules=rules, address=address)
     current.append(new)
+    new.ask(PassivateIdle())  # answered once its on_start has read the store
     # the queue commits the Append now
     append = queue.appends[0]
     rpcs = RpcStore(store)
@@ -201,3 +203,50 @@ def test_a_request_committed_after_its_shard_restarted_is_delivered_by_the_succe
     assert [g["method"] for g in got if isinstance(g, dict)] == ["setFan"], (
         f"the stored request is not delivered by the new incarnation: the poll got {got}")
     assert len(got) == 1
+
+
+def test_a_request_told_of_again_after_the_successor_finished_it_is_not_delivered_again(
+        tmp_path: Path) -> None:
+    """The commit lands before the successor reads the store, its callback (the hand-over
+    through the shard's address) after the successor delivered and finished the request: the
+    late QUEUED copy is not taken again (RpcBook.add knows the finished ones)."""
+    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
+    runtime = RulesRuntime()
+    now = int(time.time() * 1000)
+    runtime.install(*parse(CHAIN), "file:x.json", now)
+
+    def rules(index: int) -> ShardRules:
+        return ShardRules(RuleCounters(runtime), store, now_ms=lambda: int(time.time() * 1000),
+                          new_id=lambda: str(uuid.uuid4()))
+
+    queue = Held(store)
+    current: list[pykka.ActorRef[Any]] = []
+    address = Address("shard-0", lambda: current[-1] if current else None)
+    old = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
+                           rules=rules, address=address)
+    current.append(old)
+    reply: Future[range] = Future()
+    old.ask(PostTelemetry(DEVICE, ((now, (("method", "setFan"), ("params", 3))),), reply))
+    old.stop()  # the shard goes (a crash; the supervisor starts its successor)
+    append = queue.appends[0]
+    rpcs = RpcStore(store)
+    store.write(lambda txn: [rpcs.put(txn, m.request) for m in append.mutations
+                             if isinstance(m, PutRpc)])  # the commit
+    new = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
+                           rules=rules, address=address)
+    current.append(new)
+    new.ask(PassivateIdle())  # on_start read it
+    first = RecordingPoll()
+    new.ask(PollRpc(DEVICE, first))
+    rid = first.got[0]["id"]
+    answered: Future[range] = Future()
+    new.ask(PostRpcResponse(DEVICE, rid, {"ok": 1}, int(time.time() * 1000), answered))
+    assert answered.result(1)
+    append.reply.set_result(range(1, 2))  # the queue's callback
+    second = RecordingPoll()
+    new.ask(PollRpc(DEVICE, second))
+    new.ask(PollRpc(DEVICE, RecordingPoll()))
+    got = list(second.got)
+    new.stop()
+    store.close()
+    assert got == [], f"answered request {rid} delivered again: {got}"
