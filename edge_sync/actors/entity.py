@@ -72,6 +72,7 @@ from edge_sync.actors.messages import (
     RpcNotRecorded,
     RpcQueued,
     RpcUnsent,
+    RuleRpcFinished,
     RuleStateStale,
     SavesNotStored,
     SharedAttributesApplied,
@@ -84,6 +85,7 @@ from edge_sync.actors.rule_outcomes import (
     attributes_msg,
     log_alarms,
     plan,
+    rpc_end_msg,
     telemetry_msgs,
 )
 from edge_sync.common.iso_time import iso_ms
@@ -245,6 +247,8 @@ class EntityActor:
                 if self.session is not None:
                     self.session.prune()
                     self.session.publish_attributes({"deleted": list(command.keys)})
+            case RuleRpcFinished():
+                self._rule_rpc_finished(command)
             case RuleStateStale():
                 self.rule_state = None  # an Append of it failed: the store has the truth
                 if self.rules is not None:
@@ -408,7 +412,14 @@ class EntityActor:
         if due is None or due > now or engine is None or self.rules is None:
             return
         state = self._bound_state(engine)
-        step = state.on_due(engine, now)
+        self._commit_step(engine, state, state.on_due(engine, now), now)
+
+    def _commit_step(self, engine: RuleEngine, state: EntityRules, step: Step, now: int
+                     ) -> None:
+        """A step nobody waits on (windows that closed, an RPC request's end going on): its
+        outcomes and the entity's new rule state in one Append, when there is anything to
+        store."""
+        assert self.rules is not None
         self._report(step, engine)
         if step.changed:
             self._tally(state)
@@ -420,6 +431,31 @@ class EntityActor:
         saved = (PutRuleState(self.entity_id, step.record),) if step.changed else ()
         self._append_rules(planned, None, (*planned.mutations, *saved), bool(saved),
                            engine, step.outcomes, step.dropped)
+
+    def _rule_rpc_finished(self, cmd: RuleRpcFinished) -> None:
+        """A request the chain made ended, its final status committed: the chain goes on from
+        the node that made it, by Success with the device's answer or by Failure with the
+        error (``rpc_end_msg``), as ThingsBoard's TbSendRPCRequestNode callback does. Not when
+        no chain is in force or its chain has no such node any more (one INFO line), nor when
+        nothing follows the node by that relation."""
+        request, now = cmd.request, self.now_ms()
+        end, engine = rpc_end_msg(request, now), self._engine()
+        if end is None or request.source is None or self.rules is None:
+            return
+        relation, msg = end
+        index = None if engine is None else engine.node_index(request.source.node_key)
+        if engine is None or index is None:
+            _rules_log.bind(entity=str(self.entity_id), rpc_id=request.request_id,
+                            status=request.status.value).info(
+                "RPC {} {}: its end goes no further, the rule node that made it is not in the "
+                "chain in force ({})", request.request_id, request.status.value,
+                "no chain" if engine is None else repr(engine.chain.name))
+            return
+        if not engine.follows(index, relation):
+            return
+        state = self._bound_state(engine)
+        self._commit_step(engine, state, state.on_resumed(engine, index, relation, msg, now),
+                          now)
 
     def _rule_rpc(self, now: int) -> Callable[[SendRpc], RpcRequest]:
         """Makes the RPC requests of one Append of a chain that can make some: numbered
@@ -785,12 +821,14 @@ class EntityActor:
         _log.bind(device=str(r.device_id), rpc_id=r.request_id, status=r.status.value).log(
             level, "RPC {} {}{}", r.request_id, r.status.value,
             (f" ({r.error})" if r.error else "") + (": recorded again" if again else ""))
-        count, tell_self = self.count_rpc, self.tell_self
+        count, tell_self, tell_shard = self.count_rpc, self.tell_self, self.tell_shard
 
         def committed(done: Future[range]) -> None:
             exc = done.exception()
             if exc is None:
                 count(r.status.value)
+                if r.source is not None and r.status.final:  # the chain goes on from its node
+                    tell_shard(RuleRpcFinished(r.device_id, r))
                 if again:
                     _log.bind(device=str(r.device_id), rpc_id=r.request_id,
                               status=r.status.value).info(

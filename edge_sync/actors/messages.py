@@ -466,6 +466,15 @@ class RuleStateStale:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleRpcFinished:
+    """A request the rule chain made finished, its final status committed: the chain goes on
+    from the node that made it with the device's answer (or its error)."""
+
+    device_id: uuid.UUID
+    request: RpcRequest
+
+
+@dataclass(frozen=True, slots=True)
 class SavesNotStored:
     """Internal to an entity: an Append carrying timeseries saves decided by a chain with a
     deduplicating save node failed; ``engine`` (the shard's, which decided them) forgets what
@@ -482,7 +491,7 @@ EntityCommand = (
     | RpcNotRecorded | RpcHanded | RpcDeliveredLate | RpcAcknowledged | RpcUnsent
     | AttributesRequestQueued
     | ChangeGraph | RequestRuleChainMetadata | MetadataRequestQueued | EntityDeleted
-    | SharedAttributesDeleted | RuleStateStale | SavesNotStored
+    | SharedAttributesDeleted | RuleStateStale | SavesNotStored | RuleRpcFinished
 )
 GRAPH_COMMANDS = (ChangeGraph, RequestRuleChainMetadata, MetadataRequestQueued, EntityDeleted,
                   SharedAttributesDeleted)
@@ -491,7 +500,7 @@ ENTITY_COMMANDS = (
     PostTelemetry, PostClientAttributes, ProvisionDevice, RaiseAlarm, PostRpcResponse, PollRpc,
     PollAttributes, FetchSharedAttributes, RpcQueued, SharedAttributesApplied, RpcNotRecorded,
     RpcHanded, RpcDeliveredLate, RpcAcknowledged, RpcUnsent, AttributesRequestQueued,
-    RuleStateStale, SavesNotStored,
+    RuleStateStale, SavesNotStored, RuleRpcFinished,
     *GRAPH_COMMANDS,
 )
 

@@ -81,11 +81,19 @@ from edge_sync.actors.messages import (
     PutRpc,
 )
 from edge_sync.common.wire import compact_json
-from edge_sync.devices.rpc import RpcOrigin, RpcRequest
+from edge_sync.devices.rpc import (
+    RpcOrigin,
+    RpcRequest,
+    RpcStatus,
+    RuleSource,
+    TextAnswer,
+)
 from edge_sync.errors import BadRequest
 from edge_sync.metrics import Counter, Metrics
 from edge_sync.rules.alarms import event_body
 from edge_sync.rules.engine import (
+    FAILURE,
+    SUCCESS,
     ClearAlarm,
     CreateAlarm,
     Deferred,
@@ -549,9 +557,33 @@ class RuleRpcRequests:
             queued = self._last_queued = max(now_ms, latest + 1, self._last_queued + 1)
             return RpcRequest(device_id, self._new_uuid(), request_id, o.method, o.params,
                               o.oneway, o.expiration_time, queued, updated_at=queued,
-                              origin=RpcOrigin.RULE)
+                              origin=RpcOrigin.RULE,
+                              source=RuleSource(o.node_key, o.msg_type,
+                                                tuple(o.metadata.items())))
 
         return make
+
+
+def rpc_end_msg(request: RpcRequest, now_ms: int) -> tuple[str, RuleMsg] | None:
+    """How a finished rule-made request goes on from its node, as ThingsBoard's
+    TbSendRPCRequestNode callback sends it: by ``Success`` the device's answer as the data
+    (``{}`` when there is none: a one-way request), by ``Failure`` ``{"error": NAME}`` with the
+    RpcError name the cloud would hear (TIMEOUT for an expired or unanswered request, INTERNAL
+    for one that could not be delivered); of the type and metadata of the message that made
+    it. None for a request that is not the chain's, or not finished."""
+    source = request.source
+    if source is None or not request.status.final:
+        return None
+    if request.status is RpcStatus.SUCCESSFUL:
+        answer = request.response
+        relation = SUCCESS
+        data: Any = ({} if answer is None else answer.text if isinstance(answer, TextAnswer)
+                     else answer)
+    else:
+        relation = FAILURE
+        data = {"error": "INTERNAL" if request.status is RpcStatus.FAILED else "TIMEOUT"}
+    return relation, RuleMsg(source.msg_type, Originator("DEVICE", str(request.device_id)),
+                             data, dict(source.metadata), now_ms)
 
 
 def log_alarms(entity_id: uuid.UUID, alarms: Sequence[CreateAlarm | ClearAlarm],

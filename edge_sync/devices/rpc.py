@@ -128,6 +128,17 @@ class RpcOrigin(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class RuleSource:
+    """Where a rule-made request's end goes on: the node that made it (its stable key in the
+    chain), and the type and metadata of the message that reached it (ThingsBoard's
+    TbSendRPCRequestNode sends the device's answer on as a message of that type and metadata)."""
+
+    node_key: str
+    msg_type: str
+    metadata: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RpcRequest:
     """One server-side RPC request to a device, as the edge keeps it."""
 
@@ -144,6 +155,7 @@ class RpcRequest:
     response: Any = None
     error: str = ""
     origin: RpcOrigin = RpcOrigin.CLOUD
+    source: RuleSource | None = None  # a rule-made request's: where its end goes on
 
     @property
     def reported(self) -> bool:

@@ -47,7 +47,7 @@ import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
@@ -229,6 +229,9 @@ class SendRpc:
     params: str
     oneway: bool
     expiration_time: int
+    node_key: str = ""  # the node's stable key (``node_key``): where the request's end goes on
+    msg_type: str = ""  # the type and metadata of the message that made it: those of the
+    metadata: Mapping[str, str] = field(default_factory=dict)  # message its end goes on as
 
 
 @dataclass(frozen=True, slots=True)
@@ -590,6 +593,11 @@ class RuleEngine:
             return results if visits is None else [count_visits(r, visits) for r in results]
         return self._walk_many(first, msgs, alarms, visits)
 
+    def follows(self, node_index: int, relation: str) -> bool:
+        """Whether a connection of ``relation`` leaves node ``node_index`` (``resume`` has
+        anywhere to go)."""
+        return bool(self._next.get((node_index, relation)))
+
     def resume(self, node_index: int, relation: str, msg: RuleMsg,
                alarms: Alarms | None = None) -> list[Outcome]:
         """Go on from ``node_index``'s connections of ``relation`` with ``msg`` (a window's
@@ -894,8 +902,9 @@ class RuleEngine:
         """ThingsBoard's TbSendRPCRequestNode.onMsg: the data an object (parsed first), the
         originator a device, ``method`` and ``params`` present (else Failure, with its texts);
         ``oneway`` and ``expirationTime`` from the metadata (else now plus the node's timeout).
-        The message goes no further: ThingsBoard acknowledges it and sends the answer on later,
-        which the edge does not (validation refuses connections out of this node).
+        The message goes no further now: ThingsBoard acknowledges it, and sends the device's
+        answer on by Success (its error by Failure) once the request ends, as a message of this
+        one's type and metadata: the caller does that (``resume``) from what ``SendRpc`` keeps.
 
         Not read: the data's ``requestId`` (ThingsBoard labels the answer it hands back to the
         node with it; the device gets its device actor's own number, as here) and the
@@ -921,7 +930,8 @@ class RuleEngine:
         out.append(SendRpc(self._where[node.index],
                            (msg.originator.entity_type, msg.originator.id), _rpc_text(method),
                            _rpc_text(data["params"]),
-                           msg.metadata.get("oneway", "").lower() == "true", expiration))
+                           msg.metadata.get("oneway", "").lower() == "true", expiration,
+                           self._keys[node.index], msg.type, msg.metadata))
         return []
 
     def _defer(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms

@@ -24,7 +24,7 @@ max / avg / sum / count per numeric key over a window; ``window.py``), configure
 
 The RPC call request node (``rpc.TbSendRPCRequestNode``) takes ``timeoutInSeconds`` (whole
 seconds, 0 to MAX_INTERVAL_S, or the text of such a number; absent or null 0, as ThingsBoard's
-``int``); that no connection leaves it is validation's check (``validate.py``).
+``int``).
 
 Durations have a maximum ThingsBoard does not set (its configuration classes declare ``int
 interval`` and ``long defaultTTL`` and check nothing more): a window's deadline and a point's

@@ -358,6 +358,23 @@ class EntityRules:
         return self._step(count_visits(out, visits) if resumed else out, jumps, dropped, changed,
                           visits, closes)
 
+    def on_resumed(self, engine: RuleEngine, node_index: int, relation: str, msg: RuleMsg,
+                   now_ms: int) -> Step:
+        """``on_message`` for a message that goes on from ``node_index``'s connections of
+        ``relation`` (a finished RPC request's answer, by its node) instead of from the first
+        node."""
+        self._bind(engine)
+        self._originator = msg.originator
+        out: list[Outcome] = []
+        jumps: list[ClockJump] = []
+        closes: list[WindowClosed] = []
+        dropped = self._close_due(engine, now_ms, out, jumps, closes)
+        for outcome in engine.resume(node_index, relation, msg, self._alarms):
+            out.append(outcome)
+            if isinstance(outcome, Deferred):
+                self._defer(engine, outcome, now_ms, out, jumps)
+        return self._step(out, jumps, dropped, closes=closes)
+
     def on_due(self, engine: RuleEngine, now_ms: int) -> Step:
         """Close the windows due at ``now_ms``; each output goes on by its node's Success."""
         self._bind(engine)

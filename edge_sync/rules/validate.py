@@ -7,8 +7,7 @@ supported node's configuration (``nodes.check_configuration``: scripts present f
 (``sandbox.ScriptEngine``: a script it refuses, TBEL outside the subset or a syntax error,
 refuses the chain here rather than failing every message). Problems come in a fixed order:
 the first node, then node by node (configuration, then script), then connections, then
-cycles; each names where (``metadata.nodes[2]...``). A connection out of an RPC call request
-node is refused too: the edge does not run the chain on an RPC's answer (docs/rules.md).
+cycles; each names where (``metadata.nodes[2]...``).
 
 Compiling costs about a millisecond a script, once per chain checked or loaded; ``check``
 gives the compiled scripts to the rule engine, which keeps them.
@@ -20,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from edge_sync.rules.chain import RuleChain, RuleChainMetaData, RuleNode
-from edge_sync.rules.nodes import RPC_REQUEST, SUPPORTED, check_configuration, script_of
+from edge_sync.rules.nodes import SUPPORTED, check_configuration, script_of
 from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits
 
 WHERE = "metadata"
@@ -72,12 +71,6 @@ def check(chain: RuleChain, meta: RuleChainMetaData, limits: ScriptLimits | None
             if not 0 <= index < len(nodes):
                 out.append(Problem(f"{WHERE}.connections[{i}].{key}",
                                    f"dangling: {index} names no node (there are {len(nodes)})"))
-        if 0 <= conn.from_index < len(nodes) and nodes[conn.from_index].type == RPC_REQUEST:
-            out.append(Problem(
-                f"{WHERE}.connections[{i}]",
-                f"{conn.type!r} out of {nodes[conn.from_index].describe()} (an RPC call "
-                "request): the edge does not run the chain on an RPC's answer, so nothing "
-                "can follow this node; the chain is refused (docs/rules.md)"))
     for i, legacy in enumerate(meta.rule_chain_connections):
         if not 0 <= legacy.from_index < len(nodes):
             out.append(Problem(f"{WHERE}.ruleChainConnections[{i}].fromIndex",

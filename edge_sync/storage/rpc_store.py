@@ -5,11 +5,12 @@ Layout: keys in the ``meta`` database (added without a format change, like the `
 keys: a store of an earlier release simply has none and opens read-only as it did):
     rpc/ + device_id(16) + queued_at(u64, ms) + request_uuid(16)
         -> (request_id, method, params, oneway, expiration_time, status, updated_at,
-            response, error[, origin])
-        one device's requests in arrival order, one range read; ``origin`` ("rule") only for a
-        request the edge's rule chain made: a cloud request's record is as an earlier release
-        wrote it, so it reads this store as before (one with rule-made requests it does not
-        read: docs/device-rpc.md);
+            response, error[, origin, node_key, msg_type, metadata])
+        one device's requests in arrival order, one range read; the last four only for a
+        request the edge's rule chain made (origin "rule", and where its end goes on: the
+        node's key, the type and metadata of the message that made it): a cloud request's
+        record is as an earlier release wrote it, so it reads this store as before (one with
+        rule-made requests it does not read: docs/device-rpc.md);
     rpc_id/ + device_id(16) + request_uuid(16) -> queued_at(u64): a request the cloud sends
         again is found with one read, however long the device's history;
     rpc_open/ + device_id(16) + queued_at(u64) + request_uuid(16) -> empty: the requests not
@@ -26,7 +27,7 @@ from dataclasses import replace
 
 import lmdb
 
-from edge_sync.devices.rpc import RpcOrigin, RpcRequest, RpcStatus
+from edge_sync.devices.rpc import RpcOrigin, RpcRequest, RpcStatus, RuleSource
 from edge_sync.errors import StorageCorrupt
 from edge_sync.storage import codec
 from edge_sync.storage.env import LmdbStore
@@ -36,7 +37,8 @@ _RPC = b"rpc/"
 _ID = b"rpc_id/"
 _OPEN = b"rpc_open/"
 _DONE = b"rpc_done/"
-_FIELDS = 9  # a cloud request's record; a rule-made one has its origin as a 10th
+_FIELDS = 9  # a cloud request's record; a rule-made one has 4 more (its origin and source)
+_RULE_FIELDS = _FIELDS + 4
 _TAIL = 16 + 8 + 16  # device, queued_at, request uuid
 
 
@@ -57,7 +59,9 @@ class RpcStore:
             r.request_id, r.method, r.params, r.oneway, r.expiration_time, r.status.value,
             r.updated_at, r.response, r.error)
         if r.origin is not RpcOrigin.CLOUD:
-            fields = (*fields, r.origin.value)
+            source = r.source or RuleSource("", "", ())
+            fields = (*fields, r.origin.value, source.node_key, source.msg_type,
+                      [list(kv) for kv in source.metadata])
         txn.put(_RPC + tail, codec.pack(fields), db=self._meta)
         txn.put(_ID + r.device_id.bytes + r.request_uuid.bytes, codec.u64(r.queued_at),
                 db=self._meta)
@@ -136,16 +140,21 @@ def _decode(tail: bytes, raw: codec.Raw) -> RpcRequest:
     request_uuid = uuid.UUID(bytes=tail[24:])
     what = f"meta: RPC {request_uuid} of device {device_id}"
     value = codec.unpack(raw, what)
-    if not isinstance(value, list) or len(value) not in (_FIELDS, _FIELDS + 1):
+    if not isinstance(value, list) or len(value) not in (_FIELDS, _RULE_FIELDS):
         raise StorageCorrupt(f"{what}: record of an unexpected shape")
     (request_id, method, params, oneway, expiration, status, updated_at, response,
      error) = value[:_FIELDS]
+    origin, source = RpcOrigin.CLOUD, None
     try:
         state = RpcStatus(status)
-        origin = RpcOrigin(value[_FIELDS]) if len(value) > _FIELDS else RpcOrigin.CLOUD
-    except ValueError as exc:
-        raise StorageCorrupt(f"{what}: unknown status {status!r} or origin "
-                             f"{value[_FIELDS:]!r}") from exc
+        if len(value) == _RULE_FIELDS:
+            origin = RpcOrigin(value[_FIELDS])
+            node_key, msg_type, metadata = value[_FIELDS + 1:]
+            source = RuleSource(str(node_key), str(msg_type),
+                                tuple((str(k), str(v)) for k, v in metadata))
+    except (ValueError, TypeError) as exc:
+        raise StorageCorrupt(f"{what}: unknown status {status!r}, or a rule-made request's "
+                             f"origin and source {value[_FIELDS:]!r}") from exc
     return RpcRequest(device_id, request_uuid, int(request_id), str(method), str(params),
                       bool(oneway), int(expiration), queued_at, state, int(updated_at), response,
-                      str(error), origin)
+                      str(error), origin, source)

@@ -134,13 +134,11 @@ def test_an_interval_or_ttl_beyond_what_the_edge_can_keep_is_refused(tmp_path: P
             f"3162240000 (100 years; 0: no TTL), got {10**30}\n")]
 
 
-def test_thingsboard_s_default_edge_root_chain_passes_and_a_connection_out_of_its_rpc_node_not(
-        tmp_path: Path) -> None:
+def test_thingsboard_s_default_edge_root_chain_passes_with_its_rpc_node(tmp_path: Path) -> None:
     """ThingsBoard 4.x's default edge root chain
     (application/src/main/data/json/edge/rule_chains/edge_root_rule_chain.json, copied as is)
-    passes, its TbSendRPCRequestNode ("RPC Call Request") included. That node sends its answer
-    on by Success / Failure later (TbSendRPCRequestNode.onMsg's callback), which the edge does
-    not: a connection out of it refuses the chain, naming the connection and the node."""
+    passes, its TbSendRPCRequestNode ("RPC Call Request") included; so does the chain with a
+    connection out of that node (the device's answer goes on by Success)."""
     real = FIXTURES / "thingsboard_edge_root_rule_chain.json"
     done = check(tmp_path, str(real))
     assert (done.returncode, done.stdout) == (
@@ -155,10 +153,10 @@ def test_thingsboard_s_default_edge_root_chain_passes_and_a_connection_out_of_it
     answered_on = tmp_path / "edge_root_rpc_answer_logged.json"
     answered_on.write_text(json.dumps(doc))
     done = check(tmp_path, str(answered_on))
-    assert (done.returncode, done.stdout) == (
-        1, "metadata.connections[9]: 'Success' out of nodes[5] 'RPC Call Request' (an RPC call "
-           "request): the edge does not run the chain on an RPC's answer, so nothing can follow "
-           "this node; the chain is refused (docs/rules.md)\n")
+    assert (done.returncode, done.stdout.splitlines()[0]) == (
+        0, "'Edge Root Rule Chain' (EDGE): 8 nodes, 10 connections; node types: TbLogNode x2, "
+           "TbMsgAttributesNode, TbMsgPushToCloudNode x2, TbMsgTimeseriesNode, "
+           "TbMsgTypeSwitchNode, TbSendRPCRequestNode")
 
 
 def test_a_script_the_sandbox_refuses_exits_1_naming_node_and_reason(tmp_path: Path) -> None:

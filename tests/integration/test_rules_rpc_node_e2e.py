@@ -15,8 +15,8 @@ chain made as they take a cloud's: the HTTP long poll ``GET /api/v1/$TOKEN/rpc``
   rpc_on_threshold.json): the device's poll gets exactly that one request, its answer makes the
   request SUCCESSFUL on the edge (listed with ``"origin": "rule"``), and the cloud gets the
   telemetry and never an RPC_CALL event (the request is the edge's own);
-- a chain with a connection out of the RPC node is refused (the edge does not run the chain on
-  an RPC's answer): the first start with it stops;
+- the device's answer goes on from the RPC node by Success (here to the cloud, as telemetry of
+  the reading's ts);
 - a message without ``method`` or ``params`` fails the node (ThingsBoard's texts), the device
   still gets its 200 and no request is stored;
 - the metadata's oneway and expirationTime are the request's, the data's requestId is not (the
@@ -44,7 +44,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from edge_sync.rules.chain import parse_file
 from edge_sync.rules.nodes import (
     JS_FILTER,
     MSG_TYPE_SWITCH,
@@ -53,7 +52,6 @@ from edge_sync.rules.nodes import (
     SAVE_TIMESERIES,
     TRANSFORM,
 )
-from edge_sync.rules.validate import validate
 from edge_sync.storage.records import Action
 from tests.helpers.agent import Agent
 from tests.helpers.cloud_proc import edge_status, wait_connected
@@ -310,26 +308,33 @@ def test_a_command_without_method_or_params_fails_the_node_not_the_device(tmp_pa
     assert rpc_calls(agent, events) == ([], [])
 
 
-def test_a_chain_that_goes_on_after_the_rpc_node_refuses_the_start(tmp_path, procs):
-    """ThingsBoard routes the RPC's answer out of the node (Success, Failure); the edge does not
-    run the chain on an answer, so a connection out of the node would never be followed: such
-    a chain is refused, the problem naming the connection and the node, and a first start with
-    it stops (exit 1) as any configuration error does."""
+def test_the_devices_answer_goes_on_by_success_to_the_cloud(tmp_path, procs):
+    """TbSendRPCRequestNode's callback: once the device answered, its answer goes on from the
+    node by Success, as a message of the type and metadata of the reading that made the
+    request. Here Success leads to the push node: the cloud gets the answer as telemetry at
+    the reading's ts, after the reading itself; still no RPC_CALL."""
     doc = json.loads(FAN_CHAIN.read_text(encoding="utf-8"))
+    assert doc["metadata"]["nodes"][2]["name"] == "Push to cloud"
     doc["metadata"]["connections"].append({"fromIndex": 5, "toIndex": 2, "type": "Success"})
     chain = tmp_path / "answer_pushed.json"
     chain.write_text(json.dumps(doc), encoding="utf-8")
-    problems = validate(*parse_file(chain.read_bytes(), str(chain)))
-    assert [p.where for p in problems] == ["metadata.connections[5]"]
-    assert "'Success' out of nodes[5] 'RPC Call Request'" in problems[0].message, problems
+    cloud, agent = start_linked(tmp_path, procs, chain)
+    device_id, token = agent.create_device("fan-answer")
+    assert agent.post_telemetry(token, reading(0, 90)) == 200
+    status, body = poll(agent, token, POLL_MS)
+    request = json.loads(body)
+    assert (status, {k: v for k, v in request.items() if k != "id"}) == (200, FAN_REQUEST)
+    assert answer(agent, token, request["id"], {"fan": "on", "speed": 3})[0] == 200
 
-    agent = procs(Agent(tmp_path / "edge", env={"EDGE_RULES_FILE": str(chain)}))
-    code, err = agent.run_to_exit()
-    assert code == 1, err[-2000:]
-    assert err.strip().splitlines()[-1] == (
-        f"error: configuration: rules.file {chain} refused: {problems[0]} (no chain from "
-        "rules.file was in force before to keep in force; edge-sync rules check names every "
-        "problem)")
+    events = wait_until(
+        lambda: (e := settle(cloud, agent)) and len(telemetry_at_cloud(e, device_id)) == 2
+        and e, timeout=DEADLINE_S, what="the answer pushed to the cloud")
+    assert telemetry_at_cloud(events, device_id) == \
+        [(BASE_TS, {"temperature": 90}), (BASE_TS, {"fan": "on", "speed": 3})]
+    assert rpc_calls(agent, events) == ([], [])
+    counts = fan_counts(hot=1, cold=0)
+    counts[2] = ("nodes[2] 'Push to cloud'", PUSH_TO_CLOUD, 2, 0)  # the reading, the answer
+    assert node_counts(agent) == counts
 
 
 # -- the message's requestId, oneway and expirationTime; how a request ends ----------------------

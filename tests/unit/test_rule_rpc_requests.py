@@ -7,6 +7,7 @@ restarts while the Append is on its way still delivers the request once it commi
 request is handed to the shard's address, not to the incarnation that made the Append)."""
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 from concurrent.futures import Future
@@ -60,11 +61,11 @@ class Queue(InstantQueue):
         message.reply.set_exception(Unavailable("storage full"))
 
 
-def rig(tmp_path: Path, now: list[int], counted: list[str] | None = None
-        ) -> tuple[LmdbStore, Queue, EntityActor, list[Any]]:
+def rig(tmp_path: Path, now: list[int], counted: list[str] | None = None,
+        chain: dict[str, Any] = CHAIN) -> tuple[LmdbStore, Queue, EntityActor, list[Any]]:
     store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
     runtime = RulesRuntime()
-    runtime.install(*parse(CHAIN), "file:x.json", T0)
+    runtime.install(*parse(chain), "file:x.json", T0)
     rules = ShardRules(RuleCounters(runtime), store, now_ms=lambda: now[0],
                        new_id=lambda: str(uuid.uuid4()))
     queue = Queue()
@@ -250,3 +251,80 @@ def test_a_request_told_of_again_after_the_successor_finished_it_is_not_delivere
     new.stop()
     store.close()
     assert got == [], f"answered request {rid} delivered again: {got}"
+
+
+ANSWERED_ON = {"ruleChain": {"name": "rpc answered on", "type": "CORE"}, "metadata": {
+    "firstNodeIndex": 0,
+    "connections": [{"fromIndex": 0, "toIndex": 1, "type": "Success"},
+                    {"fromIndex": 0, "toIndex": 2, "type": "Failure"}],
+    "nodes": [
+        {"type": "org.thingsboard.rule.engine.rpc.TbSendRPCRequestNode", "name": "Fan",
+         "configuration": {"timeoutInSeconds": 60}},
+        {"type": "org.thingsboard.rule.engine.edge.TbMsgPushToCloudNode", "name": "Answer up",
+         "configuration": {"scope": "SERVER_SCOPE"}},
+        {"type": "org.thingsboard.rule.engine.edge.TbMsgPushToCloudNode", "name": "Error up",
+         "configuration": {"scope": "SERVER_SCOPE"}}]}}
+
+
+def test_the_answer_goes_on_by_success_and_an_expiry_by_failure(tmp_path: Path) -> None:
+    """TbSendRPCRequestNode's callback: the device's answer as the data of a message of the
+    type and metadata of the one that made the request, by Success; an error as
+    {"error": NAME} by Failure. Each after the request's end is committed, in an Append of
+    its own; the request's own records carry no event."""
+    now = [T0]
+    store, queue, entity, told = rig(tmp_path, now, chain=ANSWERED_ON)
+    try:
+        entity.handle(PostTelemetry(DEVICE, ((T0, (("method", "setFan"), ("params", 3))),),
+                                    Future()), 0.0)
+        pump(entity, told)
+        poll = RecordingPoll()
+        entity.handle(PollRpc(DEVICE, poll), 0.0)
+        pump(entity, told)
+        now[0] = T0 + 5
+        answered: Future[range] = Future()
+        entity.handle(PostRpcResponse(DEVICE, poll.got[0]["id"], {"fan": "on"}, now[0],
+                                      answered), 0.0)
+        pump(entity, told)
+        assert answered.result(0)
+        # a second request, never polled: it expires, and its error goes on by Failure
+        entity.handle(PostTelemetry(DEVICE, ((T0 + 1, (("method", "setFan"), ("params", 0))),),
+                                    Future()), 0.0)
+        pump(entity, told)
+        now[0] = T0 + 61_000
+        entity.expire_due()
+        pump(entity, told)
+        appended = [([type(m).__name__ for m in a.mutations],
+                     [(e.action.value, e.body, e.ts) for e in a.events]) for a in queue.appends]
+        assert appended == [
+            (["PutRpc"], []),  # QUEUED with the message
+            (["PutRpc"], []),  # DELIVERED
+            (["PutRpc"], []),  # SUCCESSFUL
+            ([], [("TIMESERIES_UPDATED", {"ts": T0, "values": {"fan": "on"}}, T0)]),  # Success
+            (["PutRpc"], []),  # the second, QUEUED
+            (["PutRpc"], []),  # EXPIRED
+            ([], [("TIMESERIES_UPDATED", {"ts": T0 + 1, "values": {"error": "TIMEOUT"}},
+                   T0 + 1)]),  # by Failure
+        ]
+    finally:
+        store.close()
+
+
+def test_the_end_of_a_request_whose_node_left_the_chain_goes_no_further(tmp_path: Path) -> None:
+    now = [T0]
+    store, queue, entity, told = rig(tmp_path, now, chain=ANSWERED_ON)
+    try:
+        entity.handle(PostTelemetry(DEVICE, ((T0, (("method", "setFan"), ("params", 3))),),
+                                    Future()), 0.0)
+        pump(entity, told)
+        assert entity.rules is not None
+        renamed = copy.deepcopy(ANSWERED_ON)
+        renamed["metadata"]["nodes"][0]["name"] = "Pump"  # another node: another key
+        entity.rules.runtime.install(*parse(renamed), "file:x.json", T0)
+        now[0] = T0 + 61_000
+        entity.expire_due()
+        pump(entity, told)
+        assert [[type(m).__name__ for m in a.mutations] for a in queue.appends] == [
+            ["PutRpc"], ["PutRpc"]]  # QUEUED, EXPIRED: no Failure branch of another node
+        assert all(not a.events for a in queue.appends)
+    finally:
+        store.close()

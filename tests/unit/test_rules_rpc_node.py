@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from edge_sync.actors.messages import PutRpc
-from edge_sync.actors.rule_outcomes import RuleCounters, RuleRpcRequests, plan
-from edge_sync.devices.rpc import RpcOrigin, RpcRequest, RpcStatus
+from edge_sync.actors.rule_outcomes import RuleCounters, RuleRpcRequests, plan, rpc_end_msg
+from edge_sync.devices.rpc import RpcOrigin, RpcRequest, RpcStatus, RuleSource, TextAnswer
 from edge_sync.errors import StorageCorrupt
 from edge_sync.rules import nodes as n
 from edge_sync.rules.chain import parse
@@ -52,9 +52,13 @@ def effects(out: list[Outcome]) -> list[Outcome]:
     return [o for o in out if not isinstance(o, Visited)]
 
 
+FAN_KEY = engine().node_key(1)
+
+
 def sent(method: str, params: str, *, oneway: bool = False,
-         expiration: int = NOW + 60_000) -> SendRpc:
-    return SendRpc(RPC_NODE, ("DEVICE", str(DEVICE)), method, params, oneway, expiration)
+         expiration: int = NOW + 60_000, **meta: str) -> SendRpc:
+    return SendRpc(RPC_NODE, ("DEVICE", str(DEVICE)), method, params, oneway, expiration,
+                   FAN_KEY, "POST_TELEMETRY_REQUEST", meta)
 
 
 def test_a_message_with_method_and_params_becomes_a_request_and_goes_no_further() -> None:
@@ -118,13 +122,18 @@ def test_oneway_and_expiration_come_from_the_metadata_and_request_ids_are_not_re
     """oneway from the metadata (Boolean.parseBoolean: any case of "true"), expirationTime from
     the metadata; the data's requestId and the metadata's requestUUID are not the device's
     (ThingsBoard's device actor numbers what it sends: RuleRpcRequests does here)."""
+    request_uuid = str(uuid.uuid4())
     out = effects(engine().run(msg(
         {"method": "m", "params": {}, "requestId": "42"}, oneway="TRUE",
-        expirationTime=str(NOW + 5), requestUUID=str(uuid.uuid4()))))
-    assert out == [sent("m", "{}", oneway=True, expiration=NOW + 5)]
+        expirationTime=str(NOW + 5), requestUUID=request_uuid)))
+    assert out == [SendRpc(RPC_NODE, ("DEVICE", str(DEVICE)), "m", "{}", True, NOW + 5,
+                           FAN_KEY, "POST_TELEMETRY_REQUEST",
+                           {"oneway": "TRUE", "expirationTime": str(NOW + 5),
+                            "requestUUID": request_uuid})]
     out = effects(engine().run(msg({"method": "m", "params": {}, "requestId": -7},
                                    oneway="yes")))
-    assert out == [sent("m", "{}")]
+    assert out == [SendRpc(RPC_NODE, ("DEVICE", str(DEVICE)), "m", "{}", False,
+                           NOW + 60_000, FAN_KEY, "POST_TELEMETRY_REQUEST", {"oneway": "yes"})]
 
 
 @pytest.mark.parametrize(("config", "expiration"), [
@@ -164,7 +173,8 @@ def test_plan_stores_a_rule_request_queued_and_hands_it_over_after_the_commit() 
     out = plan(DEVICE, [Visited(RPC_NODE), sent("setFan", '{"speed":3}')], counters,
                NOW + 3, rpc=make)
     request = RpcRequest(DEVICE, uuid.UUID(int=1), 501, "setFan", '{"speed":3}', False,
-                         NOW + 60_000, NOW + 3, updated_at=NOW + 3, origin=RpcOrigin.RULE)
+                         NOW + 60_000, NOW + 3, updated_at=NOW + 3, origin=RpcOrigin.RULE,
+                         source=RuleSource(FAN_KEY, "POST_TELEMETRY_REQUEST", ()))
     assert out.mutations == [PutRpc(request)]
     assert out.rpc_requests == [request]
     assert (out.events, out.pushed, out.kept_local) == ([], 0, 0)
@@ -224,17 +234,21 @@ def test_a_rule_request_keeps_its_origin_and_a_cloud_one_its_earlier_record(
     store = LmdbStore(tmp_path / "s", initial_map_mb=8, max_size_mb=64)
     rpc = RpcStore(store)
     cloud = RpcRequest(DEVICE, uuid.UUID(int=1), 1, "m", "{}", False, NOW + 10, NOW)
+    source = RuleSource('["TbSendRPCRequestNode", "Fan", 1]', "POST_TELEMETRY_REQUEST",
+                        (("deviceName", "fan-1"), ("ts", "5")))
     rule = RpcRequest(DEVICE, uuid.UUID(int=2), 2, "n", "1", True, NOW + 10, NOW + 1,
-                      origin=RpcOrigin.RULE)
+                      origin=RpcOrigin.RULE, source=source)
     store.write(lambda txn: [rpc.put(txn, r) for r in (cloud, rule)])  # type: ignore[func-returns-value]
     with store.read() as txn:
         assert rpc.open_requests(txn) == [cloud, rule]
     # a cloud request's record is the 9 fields an earlier release writes and reads
     assert _raw(store, cloud) == [1, "m", "{}", False, NOW + 10, "QUEUED", 0, None, ""]
-    assert _raw(store, rule) == [2, "n", "1", True, NOW + 10, "QUEUED", 0, None, "", "rule"]
+    assert _raw(store, rule) == [2, "n", "1", True, NOW + 10, "QUEUED", 0, None, "", "rule",
+                                 '["TbSendRPCRequestNode", "Fan", 1]', "POST_TELEMETRY_REQUEST",
+                                 [["deviceName", "fan-1"], ["ts", "5"]]]
     assert (rule.as_json()["origin"], cloud.as_json()["origin"]) == ("rule", "cloud")
     done = RpcRequest(DEVICE, rule.request_uuid, 2, "n", "1", True, NOW + 10, NOW + 1,
-                      RpcStatus.SUCCESSFUL, NOW + 2, {}, origin=RpcOrigin.RULE)
+                      RpcStatus.SUCCESSFUL, NOW + 2, {}, origin=RpcOrigin.RULE, source=source)
     store.write(lambda txn: rpc.put(txn, done))
     store.close()
     readonly = LmdbStore(tmp_path / "s", readonly=True)
@@ -251,7 +265,41 @@ def test_an_unknown_origin_is_a_corrupt_record(tmp_path: Path) -> None:
     store.write(lambda txn: rpc.put(txn, rule))
     key = b"rpc/" + DEVICE.bytes + codec.u64(NOW) + rule.request_uuid.bytes
     store.write(lambda txn: txn.put(key, codec.pack(
-        (2, "n", "1", True, NOW + 10, "QUEUED", 0, None, "", "someone")), db=store.dbs["meta"]))
-    with store.read() as txn, pytest.raises(StorageCorrupt, match="origin \\['someone'\\]"):
+        (2, "n", "1", True, NOW + 10, "QUEUED", 0, None, "", "someone", "k", "T", [])),
+        db=store.dbs["meta"]))
+    with store.read() as txn, pytest.raises(StorageCorrupt,
+                                            match="origin and source \\['someone', 'k'"):
         rpc.open_requests(txn)
     store.close()
+
+
+SOURCE = RuleSource(FAN_KEY, "POST_TELEMETRY_REQUEST", (("deviceName", "fan-1"), ("ts", "5")))
+
+
+@pytest.mark.parametrize(("status", "response", "relation", "data"), [
+    (RpcStatus.SUCCESSFUL, {"fan": "on"}, "Success", {"fan": "on"}),
+    (RpcStatus.SUCCESSFUL, None, "Success", {}),  # one-way: no answer (TbMsg.EMPTY_JSON_OBJECT)
+    (RpcStatus.SUCCESSFUL, TextAnswer("OK"), "Success", "OK"),  # a body that is not JSON
+    (RpcStatus.TIMEOUT, None, "Failure", {"error": "TIMEOUT"}),
+    (RpcStatus.EXPIRED, None, "Failure", {"error": "TIMEOUT"}),
+    (RpcStatus.FAILED, None, "Failure", {"error": "INTERNAL"}),
+])
+def test_a_finished_request_goes_on_as_thingsboard_s_callback_sends_it(
+        status: RpcStatus, response: Any, relation: str, data: Any) -> None:
+    """TbSendRPCRequestNode's callback: the answer (or ``{}``) by Success, ``{"error": NAME}``
+    by Failure, as a message of the type and metadata of the one that made the request."""
+    request = RpcRequest(DEVICE, uuid.UUID(int=1), 7, "setFan", "3", False, NOW, NOW - 9,
+                         status, NOW, response, origin=RpcOrigin.RULE, source=SOURCE)
+    end = rpc_end_msg(request, NOW + 1)
+    assert end is not None
+    assert (end[0], end[1].type, end[1].originator, end[1].data, dict(end[1].metadata),
+            end[1].ts) == (relation, "POST_TELEMETRY_REQUEST", DEV, data,
+                           {"deviceName": "fan-1", "ts": "5"}, NOW + 1)
+
+
+def test_an_open_or_cloud_request_does_not_go_on() -> None:
+    open_one = RpcRequest(DEVICE, uuid.UUID(int=1), 7, "m", "3", False, NOW, NOW,
+                          origin=RpcOrigin.RULE, source=SOURCE)
+    cloud = RpcRequest(DEVICE, uuid.UUID(int=2), 7, "m", "3", False, NOW, NOW,
+                       RpcStatus.SUCCESSFUL, NOW, {})
+    assert (rpc_end_msg(open_one, NOW), rpc_end_msg(cloud, NOW)) == (None, None)
