@@ -34,6 +34,7 @@ in force.
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
@@ -93,8 +94,9 @@ from edge_sync.devices.rpc import RpcRequest, RpcStatus, Transition
 from edge_sync.devices.session import DeviceSession
 from edge_sync.devices.subscribers import Subscriber
 from edge_sync.errors import EdgeSyncError, InternalError, NotFound, Unavailable, Unstorable
-from edge_sync.rules.engine import Outcome, RuleEngine, SendRpc, saved_originators
+from edge_sync.rules.engine import Outcome, RuleEngine, SendRpc, describe_key, saved_originators
 from edge_sync.rules.message import RuleMsg
+from edge_sync.rules.nodes import RPC_REQUEST
 from edge_sync.rules.session import Dropped, EntityRules, Orphaned, Step
 from edge_sync.storage.records import Action, Lane, NewEvent, Scope, lane_for
 
@@ -110,7 +112,7 @@ or its answer) whose commit failed."""
 class EntityActor:
     """State and behaviour of one entity. Runs on its shard's thread only."""
 
-    __slots__ = ("_retry_at", "_rule_rpcs", "count_rpc", "device_info", "entity_id",
+    __slots__ = ("_retry_at", "_rule_rpc_ends", "_rule_rpcs", "count_rpc", "device_info", "entity_id",
                  "event_pending", "last_used", "metadata", "now_ms", "queue", "rule_state",
                  "rules", "session", "tell_self", "tell_shard")
 
@@ -130,6 +132,8 @@ class EntityActor:
         # and the shard must act on even if it restarted meanwhile (a rule-made RPC request)
         self.tell_shard = tell_shard or self.tell_self
         self._rule_rpcs: RuleRpcRequests | None = None  # numbers this device's rule-made RPC
+        # rule-made requests whose end went on through the chain (the last ones, oldest first)
+        self._rule_rpc_ends: dict[uuid.UUID, None] = {}
         self.count_rpc = count_rpc or (lambda _status: None)
         # whether the event of a seq still waits in the queue (not yet deployed)
         self.event_pending = event_pending or (lambda _seq: False)
@@ -414,11 +418,11 @@ class EntityActor:
         state = self._bound_state(engine)
         self._commit_step(engine, state, state.on_due(engine, now), now)
 
-    def _commit_step(self, engine: RuleEngine, state: EntityRules, step: Step, now: int
-                     ) -> None:
-        """A step nobody waits on (windows that closed, an RPC request's end going on): its
+    def _commit_step(self, engine: RuleEngine, state: EntityRules, step: Step, now: int,
+                     reply: Future[Any] | None = None) -> None:
+        """A step no device waits on (windows that closed, an RPC request's end going on): its
         outcomes and the entity's new rule state in one Append, when there is anything to
-        store."""
+        store (``reply``, when given, is settled as the Append is, or at once with None)."""
         assert self.rules is not None
         self._report(step, engine)
         if step.changed:
@@ -427,35 +431,66 @@ class EntityActor:
                        rpc=self._rule_rpc(now) if engine.sends_rpc else None)
         if not step.changed and not planned.events and not planned.mutations:
             log_alarms(self.entity_id, planned.alarms)  # nothing to store: as they are
+            if reply is not None:
+                _settle_none(reply)
             return
         saved = (PutRuleState(self.entity_id, step.record),) if step.changed else ()
-        self._append_rules(planned, None, (*planned.mutations, *saved), bool(saved),
+        self._append_rules(planned, reply, (*planned.mutations, *saved), bool(saved),
                            engine, step.outcomes, step.dropped)
 
     def _rule_rpc_finished(self, cmd: RuleRpcFinished) -> None:
         """A request the chain made ended, its final status committed: the chain goes on from
         the node that made it, by Success with the device's answer or by Failure with the
-        error (``rpc_end_msg``), as ThingsBoard's TbSendRPCRequestNode callback does. Not when
-        no chain is in force or its chain has no such node any more (one INFO line), nor when
-        nothing follows the node by that relation."""
-        request, now = cmd.request, self.now_ms()
+        error (``rpc_end_msg``), as ThingsBoard's TbSendRPCRequestNode callback does, at most
+        once a request (a second end of it, recorded by a shard that restarted meanwhile,
+        does not go on again). Not when no chain is in force or its chain has no such node
+        any more (one INFO line), nor when nothing follows the node by that relation.
+        ``cmd.reply`` is settled when the run is committed or has nothing to do, and failed
+        when it could not be run or stored (``_end_lost`` logs it)."""
+        request, reply = cmd.request, cmd.reply or Future()
+        if request.request_uuid in self._rule_rpc_ends:
+            _rules_log.bind(entity=str(self.entity_id), rpc_id=request.request_id,
+                            status=request.status.value).debug(
+                "RPC {} {}: its end went on through the chain already", request.request_id,
+                request.status.value)
+            _settle_none(reply)
+            return
+        self._rule_rpc_ends[request.request_uuid] = None
+        while len(self._rule_rpc_ends) > _RULE_RPC_ENDS_KEPT:
+            del self._rule_rpc_ends[next(iter(self._rule_rpc_ends))]
+        try:
+            self._rule_rpc_goes_on(request, reply)
+        except Exception as exc:  # a defect of the engine: logged, the shard lives
+            _rules_log.bind(entity=str(self.entity_id), rpc_id=request.request_id).opt(
+                exception=exc).error("the rule chain could not run on the end of RPC {}",
+                                     request.request_id)
+            self.rule_state = None  # it may be half-changed: read again from the store
+            with contextlib.suppress(InvalidStateError):
+                reply.set_exception(InternalError(f"the rule chain failed: {exc}"))
+
+    def _rule_rpc_goes_on(self, request: RpcRequest, reply: Future[Any]) -> None:
+        now = self.now_ms()
         end, engine = rpc_end_msg(request, now), self._engine()
         if end is None or request.source is None or self.rules is None:
+            _settle_none(reply)
             return
         relation, msg = end
         index = None if engine is None else engine.node_index(request.source.node_key)
         if engine is None or index is None:
             _rules_log.bind(entity=str(self.entity_id), rpc_id=request.request_id,
                             status=request.status.value).info(
-                "RPC {} {}: its end goes no further, the rule node that made it is not in the "
-                "chain in force ({})", request.request_id, request.status.value,
+                "RPC {} {}: its end goes no further, the rule node that made it ({}) is not in "
+                "the chain in force ({})", request.request_id, request.status.value,
+                describe_key(request.source.node_key, RPC_REQUEST),
                 "no chain" if engine is None else repr(engine.chain.name))
+            _settle_none(reply)
             return
         if not engine.follows(index, relation):
+            _settle_none(reply)
             return
         state = self._bound_state(engine)
         self._commit_step(engine, state, state.on_resumed(engine, index, relation, msg, now),
-                          now)
+                          now, reply)
 
     def _rule_rpc(self, now: int) -> Callable[[SendRpc], RpcRequest]:
         """Makes the RPC requests of one Append of a chain that can make some: numbered
@@ -828,7 +863,9 @@ class EntityActor:
             if exc is None:
                 count(r.status.value)
                 if r.source is not None and r.status.final:  # the chain goes on from its node
-                    tell_shard(RuleRpcFinished(r.device_id, r))
+                    gone_on: Future[Any] = Future()
+                    gone_on.add_done_callback(functools.partial(_end_lost, r))
+                    tell_shard(RuleRpcFinished(r.device_id, r, gone_on))
                 if again:
                     _log.bind(device=str(r.device_id), rpc_id=r.request_id,
                               status=r.status.value).info(
@@ -960,3 +997,27 @@ def _settle(reply: Future[range], done: Future[range]) -> None:
 
 def _no_clock() -> int:
     raise RuntimeError("this entity actor was made without a clock")
+
+
+_RULE_RPC_ENDS_KEPT = 256
+"""Rule-made requests per device whose end went on, remembered so a second end of one (its
+shard restarted while the first was being recorded) does not go on again."""
+
+
+def _settle_none(reply: Future[Any]) -> None:
+    with contextlib.suppress(InvalidStateError):
+        reply.set_result(None)
+
+
+def _end_lost(request: RpcRequest, done: Future[Any]) -> None:
+    """Any thread: the end of a rule-made request could not go on through the chain (its
+    shard was not running when the end was committed, or the run's Append was refused): one
+    WARNING naming it. The request's own record is as committed; the run is not tried again
+    (ThingsBoard too runs it once, from memory)."""
+    exc = done.exception()
+    if exc is None:
+        return
+    _rules_log.bind(entity=str(request.device_id), rpc_id=request.request_id,
+                    status=request.status.value).warning(
+        "RPC {} {}: its end did not go on through the rule chain: {}", request.request_id,
+        request.status.value, exc)

@@ -468,10 +468,13 @@ class RuleStateStale:
 @dataclass(frozen=True, slots=True)
 class RuleRpcFinished:
     """A request the rule chain made finished, its final status committed: the chain goes on
-    from the node that made it with the device's answer (or its error)."""
+    from the node that made it with the device's answer (or its error). ``reply``: settled
+    once that run is committed, or found to have nothing to do; failed when it could not be
+    (the shard not running, the run's Append refused)."""
 
     device_id: uuid.UUID
     request: RpcRequest
+    reply: Future[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

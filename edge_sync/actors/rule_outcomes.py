@@ -566,24 +566,32 @@ class RuleRpcRequests:
 
 def rpc_end_msg(request: RpcRequest, now_ms: int) -> tuple[str, RuleMsg] | None:
     """How a finished rule-made request goes on from its node, as ThingsBoard's
-    TbSendRPCRequestNode callback sends it: by ``Success`` the device's answer as the data
-    (``{}`` when there is none: a one-way request), by ``Failure`` ``{"error": NAME}`` with the
-    RpcError name the cloud would hear (TIMEOUT for an expired or unanswered request, INTERNAL
-    for one that could not be delivered); of the type and metadata of the message that made
-    it. None for a request that is not the chain's, or not finished."""
+    TbSendRPCRequestNode callback sends it, of the type and metadata of the message that made
+    it: by ``Success`` the device's answer as the data (``{}`` for a one-way request:
+    ``TbMsg.EMPTY_JSON_OBJECT``; a JSON ``null`` answer stays null); by ``Failure``
+    ``{"error": NAME}`` with the RpcError name ThingsBoard's device actor gives
+    (DeviceActorMessageProcessor.processServerSideRpcTimeout): TIMEOUT for a request delivered
+    and not answered in time, NO_ACTIVE_CONNECTION for one that expired before the device got
+    it; INTERNAL for one that could not be sent at all (too large for the device's MQTT
+    client: the edge's own case). None for a request that is not the chain's, or not
+    finished."""
     source = request.source
     if source is None or not request.status.final:
         return None
     if request.status is RpcStatus.SUCCESSFUL:
         answer = request.response
         relation = SUCCESS
-        data: Any = ({} if answer is None else answer.text if isinstance(answer, TextAnswer)
+        data: Any = ({} if request.oneway else answer.text if isinstance(answer, TextAnswer)
                      else answer)
     else:
         relation = FAILURE
-        data = {"error": "INTERNAL" if request.status is RpcStatus.FAILED else "TIMEOUT"}
+        data = {"error": _RPC_END_ERRORS[request.status]}
     return relation, RuleMsg(source.msg_type, Originator("DEVICE", str(request.device_id)),
                              data, dict(source.metadata), now_ms)
+
+
+_RPC_END_ERRORS = {RpcStatus.TIMEOUT: "TIMEOUT", RpcStatus.EXPIRED: "NO_ACTIVE_CONNECTION",
+                   RpcStatus.FAILED: "INTERNAL"}
 
 
 def log_alarms(entity_id: uuid.UUID, alarms: Sequence[CreateAlarm | ClearAlarm],

@@ -326,9 +326,11 @@ def test_the_devices_answer_goes_on_by_success_to_the_cloud(tmp_path, procs):
     assert (status, {k: v for k, v in request.items() if k != "id"}) == (200, FAN_REQUEST)
     assert answer(agent, token, request["id"], {"fan": "on", "speed": 3})[0] == 200
 
-    events = wait_until(
-        lambda: (e := settle(cloud, agent)) and len(telemetry_at_cloud(e, device_id)) == 2
-        and e, timeout=DEADLINE_S, what="the answer pushed to the cloud")
+    # the answer goes on once its SUCCESSFUL is committed, after the device's 200: wait for
+    # its event in the edge's log before settling (the reading's, then the answer's)
+    wait_until(lambda: [e.action for e in agent.read_log()].count(Action.TIMESERIES_UPDATED)
+               == 2, timeout=DEADLINE_S, what="the answer's event queued")
+    events = settle(cloud, agent)
     assert telemetry_at_cloud(events, device_id) == \
         [(BASE_TS, {"temperature": 90}), (BASE_TS, {"fan": "on", "speed": 3})]
     assert rpc_calls(agent, events) == ([], [])

@@ -30,12 +30,14 @@ from edge_sync.actors.messages import (
 from edge_sync.actors.rule_host import ShardRules
 from edge_sync.actors.rule_outcomes import RuleCounters
 from edge_sync.actors.shard import ShardActor
+from edge_sync.devices.rpc import RpcStatus
 from edge_sync.errors import Unavailable
 from edge_sync.rules.chain import parse
 from edge_sync.rules.runtime import RulesRuntime
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.rpc_store import RpcStore
 from tests.helpers.instant_queue import InstantQueue
+from tests.helpers.log_capture import log_records
 from tests.helpers.rpc_poll import RecordingPoll
 
 DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000e1")
@@ -302,8 +304,9 @@ def test_the_answer_goes_on_by_success_and_an_expiry_by_failure(tmp_path: Path) 
             ([], [("TIMESERIES_UPDATED", {"ts": T0, "values": {"fan": "on"}}, T0)]),  # Success
             (["PutRpc"], []),  # the second, QUEUED
             (["PutRpc"], []),  # EXPIRED
-            ([], [("TIMESERIES_UPDATED", {"ts": T0 + 1, "values": {"error": "TIMEOUT"}},
-                   T0 + 1)]),  # by Failure
+            ([], [("TIMESERIES_UPDATED",
+                   {"ts": T0 + 1, "values": {"error": "NO_ACTIVE_CONNECTION"}},
+                   T0 + 1)]),  # by Failure: never delivered
         ]
     finally:
         store.close()
@@ -327,4 +330,187 @@ def test_the_end_of_a_request_whose_node_left_the_chain_goes_no_further(tmp_path
             ["PutRpc"], ["PutRpc"]]  # QUEUED, EXPIRED: no Failure branch of another node
         assert all(not a.events for a in queue.appends)
     finally:
+        store.close()
+
+
+def _warnings_of_lost_ends(records: list[Any]) -> list[str]:
+    return [str(r["message"]) for r in records if r["level"].name == "WARNING"
+            and "its end did not go on through the rule chain" in str(r["message"])]
+
+
+def test_a_refused_run_of_an_end_is_logged_and_not_stored(tmp_path: Path) -> None:
+    """The request's end is committed; the Append of the chain's run after it is refused
+    (storage full): one WARNING names the request (the run is not tried again: ThingsBoard
+    runs its callback once, from memory)."""
+    now = [T0]
+    store, queue, entity, told = rig(tmp_path, now, chain=ANSWERED_ON)
+    try:
+        entity.handle(PostTelemetry(DEVICE, ((T0, (("method", "setFan"), ("params", 3))),),
+                                    Future()), 0.0)
+        pump(entity, told)
+        now[0] = T0 + 61_000
+        with log_records() as records:
+            entity.expire_due()  # EXPIRED committed; its end told
+            queue.failing = 1  # the run's Append is refused
+            pump(entity, told)
+        assert [(len(a.events), a.reply.exception() is None) for a in queue.appends] == [
+            (0, True), (0, True), (1, False)]
+        [line] = _warnings_of_lost_ends(records)
+        request_id = next(m.request.request_id for m in queue.appends[0].mutations
+                          if isinstance(m, PutRpc))
+        assert line == (f"RPC {request_id} EXPIRED: its end did not go on through the rule "
+                        "chain: storage full")
+    finally:
+        store.close()
+
+
+TWICE = {"ruleChain": {"name": "rpc twice", "type": "CORE"}, "metadata": {
+    "firstNodeIndex": 0,
+    "connections": [{"fromIndex": 0, "toIndex": 1, "type": "Success"}],
+    "nodes": [
+        {"type": "org.thingsboard.rule.engine.rpc.TbSendRPCRequestNode", "name": "A",
+         "configuration": {"timeoutInSeconds": 60}},
+        {"type": "org.thingsboard.rule.engine.rpc.TbSendRPCRequestNode", "name": "B",
+         "configuration": {"timeoutInSeconds": 60}}]}}
+
+
+def test_an_answer_that_reaches_another_rpc_node_makes_its_request(tmp_path: Path) -> None:
+    """A's answer {"method", "params"} goes on by Success to B: B's request has another id, a
+    later queued time, and is delivered."""
+    now = [T0]
+    store, queue, entity, told = rig(tmp_path, now, chain=TWICE)
+    try:
+        entity.handle(PostTelemetry(DEVICE, ((T0, (("method", "setFan"), ("params", 3))),),
+                                    Future()), 0.0)
+        pump(entity, told)
+        poll = RecordingPoll()
+        entity.handle(PollRpc(DEVICE, poll), 0.0)
+        pump(entity, told)
+        first = poll.got[0]
+        now[0] = T0 + 5
+        entity.handle(PostRpcResponse(DEVICE, first["id"], {"method": "setPump", "params": 1},
+                                      now[0], Future()), 0.0)
+        pump(entity, told)
+        second = RecordingPoll()
+        entity.handle(PollRpc(DEVICE, second), 0.0)
+        pump(entity, told)
+        assert [(g["method"], g["params"]) for g in second.got] == [("setPump", 1)]
+        assert second.got[0]["id"] != first["id"]
+        made = [m.request for a in queue.appends for m in a.mutations
+                if isinstance(m, PutRpc) and m.request.status is RpcStatus.QUEUED]
+        assert [r.method for r in made] == ["setFan", "setPump"]
+        assert made[1].queued_at > made[0].queued_at
+    finally:
+        store.close()
+
+
+class Holding(InstantQueue):
+    """Commits at once (writing the PutRpc records), except the first Append carrying a final
+    PutRpc while ``hold_final`` is set: kept in ``held`` for the test to commit."""
+
+    def __init__(self, store: LmdbStore) -> None:
+        super().__init__()
+        self.store, self.held, self.hold_final = store, list[Append](), False
+
+    def commit(self, message: Append) -> None:
+        rpcs = RpcStore(self.store)
+        self.store.write(lambda txn: [rpcs.put(txn, m.request) for m in message.mutations
+                                      if isinstance(m, PutRpc)])
+        message.reply.set_result(range(1, 1 + max(1, len(message.events))))
+
+    def tell(self, message: Append) -> None:
+        self.appends.append(message)
+        if self.hold_final and any(isinstance(m, PutRpc) and m.request.status.final
+                                   for m in message.mutations):
+            self.hold_final = False
+            self.held.append(message)
+            return
+        self.commit(message)
+
+
+EXPIRES_AT_ONCE = copy.deepcopy(ANSWERED_ON)
+EXPIRES_AT_ONCE["metadata"]["nodes"][0]["configuration"]["timeoutInSeconds"] = 0
+
+
+def _restarting(tmp_path: Path) -> tuple[LmdbStore, Holding, Any, list[Any]]:
+    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
+    runtime = RulesRuntime()
+    runtime.install(*parse(EXPIRES_AT_ONCE), "file:x.json", int(time.time() * 1000))
+
+    def rules(index: int) -> ShardRules:
+        return ShardRules(RuleCounters(runtime), store, now_ms=lambda: int(time.time() * 1000),
+                          new_id=lambda: str(uuid.uuid4()))
+
+    queue = Holding(store)
+    current: list[pykka.ActorRef[Any]] = []
+    address = Address("shard-0", lambda: current[-1] if current else None)
+
+    def start() -> pykka.ActorRef[Any]:
+        ref = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
+                               rules=rules, address=address)
+        current.append(ref)
+        ref.ask(PassivateIdle())  # answered after its on_start
+        return ref
+
+    return store, queue, start, current
+
+
+def _expired_on_its_way(queue: Holding, shard: Any) -> None:
+    """A request made, expired at once, its EXPIRED record held on its way to the store."""
+    queue.hold_final = True
+    reply: Future[range] = Future()
+    shard.ask(PostTelemetry(DEVICE, ((int(time.time() * 1000),
+                                      (("method", "setFan"), ("params", 3))),), reply))
+    assert reply.result(1)
+    shard.ask(PassivateIdle())
+    assert len(queue.held) == 1
+
+
+def test_an_end_recorded_twice_across_a_shard_restart_goes_on_once(tmp_path: Path) -> None:
+    """The first EXPIRED record is on its way when the shard restarts: the successor loads the
+    request open, expires it again and runs the Failure branch; the first record then lands
+    and its end reaches the successor too: it does not go on a second time."""
+    store, queue, start, current = _restarting(tmp_path)
+    try:
+        old = start()
+        _expired_on_its_way(queue, old)
+        old.stop()
+        new = start()  # loads the request QUEUED, expires it at once, runs its Failure
+        queue.commit(queue.held.pop())  # the first record lands: its end -> the address
+        new.ask(PassivateIdle())
+        finals = [m.request.status for a in queue.appends for m in a.mutations
+                  if isinstance(m, PutRpc) and m.request.status.final]
+        assert finals == [RpcStatus.EXPIRED, RpcStatus.EXPIRED]
+        assert [e.body["values"] for a in queue.appends for e in a.events] == [
+            {"error": "NO_ACTIVE_CONNECTION"}]
+    finally:
+        for ref in current:
+            if ref.is_alive():
+                ref.stop()
+        store.close()
+
+
+def test_an_end_recorded_while_the_shard_is_down_is_logged_as_not_gone_on(tmp_path: Path
+                                                                          ) -> None:
+    """The EXPIRED record lands while no incarnation of the shard runs: its end cannot go on
+    (the successor finds the request finished); one WARNING names it."""
+    store, queue, start, current = _restarting(tmp_path)
+    try:
+        old = start()
+        _expired_on_its_way(queue, old)
+        old.stop()
+        with log_records() as records:
+            held = queue.held.pop()
+            queue.commit(held)  # between the two incarnations
+        new = start()
+        new.ask(PassivateIdle())
+        assert [e for a in queue.appends for e in a.events] == []
+        request_id = next(m.request.request_id for m in held.mutations if isinstance(m, PutRpc))
+        assert _warnings_of_lost_ends(records) == [
+            f"RPC {request_id} EXPIRED: its end did not go on through the rule chain: shard-0 "
+            "is restarting; try again"]
+    finally:
+        for ref in current:
+            if ref.is_alive():
+                ref.stop()
         store.close()

@@ -276,19 +276,23 @@ def test_an_unknown_origin_is_a_corrupt_record(tmp_path: Path) -> None:
 SOURCE = RuleSource(FAN_KEY, "POST_TELEMETRY_REQUEST", (("deviceName", "fan-1"), ("ts", "5")))
 
 
-@pytest.mark.parametrize(("status", "response", "relation", "data"), [
-    (RpcStatus.SUCCESSFUL, {"fan": "on"}, "Success", {"fan": "on"}),
-    (RpcStatus.SUCCESSFUL, None, "Success", {}),  # one-way: no answer (TbMsg.EMPTY_JSON_OBJECT)
-    (RpcStatus.SUCCESSFUL, TextAnswer("OK"), "Success", "OK"),  # a body that is not JSON
-    (RpcStatus.TIMEOUT, None, "Failure", {"error": "TIMEOUT"}),
-    (RpcStatus.EXPIRED, None, "Failure", {"error": "TIMEOUT"}),
-    (RpcStatus.FAILED, None, "Failure", {"error": "INTERNAL"}),
+@pytest.mark.parametrize(("status", "oneway", "response", "relation", "data"), [
+    (RpcStatus.SUCCESSFUL, False, {"fan": "on"}, "Success", {"fan": "on"}),
+    (RpcStatus.SUCCESSFUL, False, None, "Success", None),  # the device answered null
+    (RpcStatus.SUCCESSFUL, True, None, "Success", {}),  # one-way (TbMsg.EMPTY_JSON_OBJECT)
+    (RpcStatus.SUCCESSFUL, False, TextAnswer("OK"), "Success", "OK"),  # not JSON: its text
+    (RpcStatus.SUCCESSFUL, False, "OK", "Success", "OK"),  # ... as the store gives it back
+    # DeviceActorMessageProcessor.processServerSideRpcTimeout: sent ? TIMEOUT :
+    # NO_ACTIVE_CONNECTION
+    (RpcStatus.TIMEOUT, False, None, "Failure", {"error": "TIMEOUT"}),
+    (RpcStatus.EXPIRED, False, None, "Failure", {"error": "NO_ACTIVE_CONNECTION"}),
+    (RpcStatus.FAILED, False, None, "Failure", {"error": "INTERNAL"}),
 ])
 def test_a_finished_request_goes_on_as_thingsboard_s_callback_sends_it(
-        status: RpcStatus, response: Any, relation: str, data: Any) -> None:
+        status: RpcStatus, oneway: bool, response: Any, relation: str, data: Any) -> None:
     """TbSendRPCRequestNode's callback: the answer (or ``{}``) by Success, ``{"error": NAME}``
     by Failure, as a message of the type and metadata of the one that made the request."""
-    request = RpcRequest(DEVICE, uuid.UUID(int=1), 7, "setFan", "3", False, NOW, NOW - 9,
+    request = RpcRequest(DEVICE, uuid.UUID(int=1), 7, "setFan", "3", oneway, NOW, NOW - 9,
                          status, NOW, response, origin=RpcOrigin.RULE, source=SOURCE)
     end = rpc_end_msg(request, NOW + 1)
     assert end is not None
