@@ -38,7 +38,7 @@ version 2 the next time the entity's state is saved.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,17 +298,7 @@ class EntityRules:
     def on_message(self, engine: RuleEngine, msg: RuleMsg, now_ms: int) -> Step:
         """Windows already due at ``now_ms`` close first; then ``msg`` runs through the chain,
         each ``Deferred`` going to its node's window (a refused one goes on by Failure)."""
-        self._bind(engine)
-        self._originator = msg.originator
-        out: list[Outcome] = []
-        jumps: list[ClockJump] = []
-        closes: list[WindowClosed] = []
-        dropped = self._close_due(engine, now_ms, out, jumps, closes)
-        for outcome in engine.run(msg, self._alarms):
-            out.append(outcome)
-            if isinstance(outcome, Deferred):
-                self._defer(engine, outcome, now_ms, out, jumps)
-        return self._step(out, jumps, dropped, closes=closes)
+        return self._walked(engine, msg, now_ms, lambda: engine.run(msg, self._alarms))
 
     def on_messages(self, engine: RuleEngine, msgs: Sequence[RuleMsg], now_ms: int) -> Step:
         """``on_message`` for each of ``msgs`` in turn, as one Step: the outcomes of every call
@@ -363,13 +353,20 @@ class EntityRules:
         """``on_message`` for a message that goes on from ``node_index``'s connections of
         ``relation`` (a finished RPC request's answer, by its node) instead of from the first
         node."""
+        return self._walked(engine, msg, now_ms,
+                            lambda: engine.resume(node_index, relation, msg, self._alarms))
+
+    def _walked(self, engine: RuleEngine, msg: RuleMsg, now_ms: int,
+                walk: Callable[[], list[Outcome]]) -> Step:
+        """Windows due at ``now_ms`` close, then ``walk`` (``msg``'s run, once they have),
+        each ``Deferred`` going to its node's window."""
         self._bind(engine)
         self._originator = msg.originator
         out: list[Outcome] = []
         jumps: list[ClockJump] = []
         closes: list[WindowClosed] = []
         dropped = self._close_due(engine, now_ms, out, jumps, closes)
-        for outcome in engine.resume(node_index, relation, msg, self._alarms):
+        for outcome in walk():
             out.append(outcome)
             if isinstance(outcome, Deferred):
                 self._defer(engine, outcome, now_ms, out, jumps)

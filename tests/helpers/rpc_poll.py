@@ -7,10 +7,11 @@ from typing import Any
 
 
 class RecordingPoll:
-    """Waiting until claimed; ``got`` holds what it was resolved or failed with."""
+    """Waiting until claimed (``gone``: its client went away before it was told anything);
+    ``got`` holds what it was resolved or failed with."""
 
-    def __init__(self) -> None:
-        self.state = "waiting"
+    def __init__(self, *, gone: bool = False) -> None:
+        self.state = "gone" if gone else "waiting"
         self.got: list[Any] = []
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,32 @@ def pump(entity: EntityActor, told: list[Any]) -> None:
         entity.handle(told.pop(0), 0.0)
 
 
+def post_fan(entity: EntityActor, told: list[Any], ts: int, params: int = 3) -> Future[range]:
+    """A device's reading that makes the chain ask for the fan (``params``), handled."""
+    reply: Future[range] = Future()
+    entity.handle(PostTelemetry(DEVICE, ((ts, (("method", "setFan"), ("params", params))),),
+                                reply), 0.0)
+    pump(entity, told)
+    return reply
+
+
+def poll_next(entity: EntityActor, told: list[Any]) -> RecordingPoll:
+    """A device's long poll, handled: what it got is in ``got``."""
+    poll = RecordingPoll()
+    entity.handle(PollRpc(DEVICE, poll), 0.0)
+    pump(entity, told)
+    return poll
+
+
+def answer(entity: EntityActor, told: list[Any], request_id: int, body: Any, ts: int
+           ) -> Future[range]:
+    """The device's answer to ``request_id``, handled."""
+    answered: Future[range] = Future()
+    entity.handle(PostRpcResponse(DEVICE, request_id, body, ts, answered), 0.0)
+    pump(entity, told)
+    return answered
+
+
 def puts(queue: Queue) -> list[tuple[str, str, int]]:
     return [(m.request.status.value, m.request.origin.value, len(a.events))
             for a in queue.appends for m in a.mutations if isinstance(m, PutRpc)]
@@ -99,19 +126,12 @@ def test_rule_request_lifecycle_makes_no_event(tmp_path: Path) -> None:
         assert [len(a.events) for a in queue.appends] == [0]
         assert [type(m) for m in told] == [RpcQueued]
         pump(entity, told)
-        poll = RecordingPoll()
-        entity.handle(PollRpc(DEVICE, poll), 0.0)
-        pump(entity, told)
+        poll = poll_next(entity, told)
         assert len(poll.got) == 1 and poll.got[0]["method"] == "setFan", poll.got
         rid = poll.got[0]["id"]
-        answered: Future[range] = Future()
-        entity.handle(PostRpcResponse(DEVICE, rid, {"ok": 1}, now[0], answered), 0.0)
-        pump(entity, told)
-        assert answered.result(0)
+        assert answer(entity, told, rid, {"ok": 1}, now[0]).result(0)
         # a second one, never polled: it expires
-        entity.handle(PostTelemetry(DEVICE, ((T0 + 1, (("method", "setFan"), ("params", 0))),),
-                                    Future()), 0.0)
-        pump(entity, told)
+        post_fan(entity, told, T0 + 1, 0)
         now[0] = T0 + 61_000
         entity.expire_due()
         pump(entity, told)
@@ -145,67 +165,96 @@ def test_a_refused_append_hands_nothing_over_and_the_retry_makes_one(tmp_path: P
         store.close()
 
 
-class Held:
-    """A queue whose commits the test makes (writing the PutRpc mutations itself)."""
+class Holding(InstantQueue):
+    """Commits at once, writing the PutRpc records, but for the first Append ``hold`` picks
+    (once): kept in ``held`` for the test to write and commit."""
 
     def __init__(self, store: LmdbStore) -> None:
-        self.appends: list[Append] = []
-        self.store = store
+        super().__init__()
+        self.store, self.held = store, list[Append]()
+        self.hold: Callable[[Append], bool] | None = None
+
+    def write(self, message: Append) -> None:
+        rpcs = RpcStore(self.store)
+        self.store.write(lambda txn: [rpcs.put(txn, m.request) for m in message.mutations
+                                      if isinstance(m, PutRpc)])
+
+    def commit(self, message: Append) -> None:
+        self.write(message)
+        message.reply.set_result(range(1, 1 + max(1, len(message.events))))
 
     def tell(self, message: Append) -> None:
         self.appends.append(message)
-        if len(self.appends) > 1:  # later ones: committed at once (PutRpc written)
-            rpcs = RpcStore(self.store)
-            self.store.write(lambda txn: [rpcs.put(txn, m.request) for m in message.mutations
-                                          if isinstance(m, PutRpc)])
-            message.reply.set_result(range(len(self.appends), len(self.appends) + 1))
+        if self.hold is not None and self.hold(message):
+            self.hold = None
+            self.held.append(message)
+            return
+        self.commit(message)
+
+
+def shard_rig(tmp_path: Path, chain: dict[str, Any]
+              ) -> tuple[LmdbStore, Holding, Callable[[], Any], list[Any]]:
+    """A store, a Holding queue, and ``start``: a ShardActor incarnation of shard 0 behind one
+    address (as the supervisor restarts it), started and past its on_start."""
+    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
+    runtime = RulesRuntime()
+    runtime.install(*parse(chain), "file:x.json", int(time.time() * 1000))
+
+    def rules(index: int) -> ShardRules:
+        return ShardRules(RuleCounters(runtime), store, now_ms=lambda: int(time.time() * 1000),
+                          new_id=lambda: str(uuid.uuid4()))
+
+    queue = Holding(store)
+    current: list[pykka.ActorRef[Any]] = []
+    address = Address("shard-0", lambda: current[-1] if current else None)
+
+    def start() -> pykka.ActorRef[Any]:
+        ref = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
+                               rules=rules, address=address)
+        current.append(ref)
+        ref.ask(PassivateIdle())  # answered after its on_start
+        return ref
+
+    return store, queue, start, current
+
+
+def _stopped(store: LmdbStore, current: list[Any]) -> None:
+    for ref in current:
+        if ref.is_alive():
+            ref.stop()
+    store.close()
+
+
+def _fan_posted(queue: Holding, shard: Any) -> Future[range]:
+    """A hot reading posted, the Append of the request it makes held on its way."""
+    queue.hold = lambda message: True
+    reply: Future[range] = Future()
+    shard.ask(PostTelemetry(DEVICE, ((int(time.time() * 1000),
+                                      (("method", "setFan"), ("params", 3))),), reply))
+    return reply
 
 
 def test_a_request_committed_after_its_shard_restarted_is_delivered_by_the_successor(
         tmp_path: Path) -> None:
     """The successor read the open requests from the store before the commit landed: the
     request reaches it through the shard's address."""
-    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
-    runtime = RulesRuntime()
-    now = int(time.time() * 1000)
-    runtime.install(*parse(CHAIN), "file:x.json", now)
-
-    def rules(index: int) -> ShardRules:
-        return ShardRules(RuleCounters(runtime), store, now_ms=lambda: int(time.time() * 1000),
-                          new_id=lambda: str(uuid.uuid4()))
-
-    queue = Held(store)
-    current: list[pykka.ActorRef[Any]] = []
-    address = Address("shard-0", lambda: current[-1] if current else None)
-    old = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
-                           rules=rules, address=address)
-    current.append(old)
-    reply: Future[range] = Future()
-    old.ask(PostTelemetry(DEVICE, ((now, (("method", "setFan"), ("params", 3))),), reply))
-    old.stop()  # the shard goes (a crash; the supervisor starts its successor)
-    new = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
-                           rules=rules, address=address)
-    current.append(new)
-    new.ask(PassivateIdle())  # answered once its on_start has read the store
-    # the queue commits the Append now
-    append = queue.appends[0]
-    rpcs = RpcStore(store)
-    store.write(lambda txn: [rpcs.put(txn, m.request) for m in append.mutations
-                             if isinstance(m, PutRpc)])
-    append.reply.set_result(range(1, 2))
-    assert reply.result(1)  # the device's 200
-    with store.read() as txn:
-        stored = rpcs.open_requests(txn)
-    assert [r.method for r in stored] == ["setFan"]
-    poll = RecordingPoll()
-    new.ask(PollRpc(DEVICE, poll))
-    new.ask(PollRpc(DEVICE, RecordingPoll()))  # let anything told meanwhile run
-    got = list(poll.got)
-    new.stop()
-    store.close()
-    assert [g["method"] for g in got if isinstance(g, dict)] == ["setFan"], (
-        f"the stored request is not delivered by the new incarnation: the poll got {got}")
-    assert len(got) == 1
+    store, queue, start, current = shard_rig(tmp_path, CHAIN)
+    try:
+        old = start()
+        reply = _fan_posted(queue, old)
+        old.stop()  # the shard goes (a crash; the supervisor starts its successor)
+        new = start()
+        queue.commit(queue.held.pop())  # the queue commits the Append now
+        assert reply.result(1)  # the device's 200
+        with store.read() as txn:
+            assert [r.method for r in RpcStore(store).open_requests(txn)] == ["setFan"]
+        poll = RecordingPoll()
+        new.ask(PollRpc(DEVICE, poll))
+        new.ask(PollRpc(DEVICE, RecordingPoll()))  # let anything told meanwhile run
+        assert [g["method"] for g in poll.got] == ["setFan"], (
+            f"the stored request is not delivered by the new incarnation: {poll.got}")
+    finally:
+        _stopped(store, current)
 
 
 def test_a_request_told_of_again_after_the_successor_finished_it_is_not_delivered_again(
@@ -213,46 +262,27 @@ def test_a_request_told_of_again_after_the_successor_finished_it_is_not_delivere
     """The commit lands before the successor reads the store, its callback (the hand-over
     through the shard's address) after the successor delivered and finished the request: the
     late QUEUED copy is not taken again (RpcBook.add knows the finished ones)."""
-    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
-    runtime = RulesRuntime()
-    now = int(time.time() * 1000)
-    runtime.install(*parse(CHAIN), "file:x.json", now)
-
-    def rules(index: int) -> ShardRules:
-        return ShardRules(RuleCounters(runtime), store, now_ms=lambda: int(time.time() * 1000),
-                          new_id=lambda: str(uuid.uuid4()))
-
-    queue = Held(store)
-    current: list[pykka.ActorRef[Any]] = []
-    address = Address("shard-0", lambda: current[-1] if current else None)
-    old = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
-                           rules=rules, address=address)
-    current.append(old)
-    reply: Future[range] = Future()
-    old.ask(PostTelemetry(DEVICE, ((now, (("method", "setFan"), ("params", 3))),), reply))
-    old.stop()  # the shard goes (a crash; the supervisor starts its successor)
-    append = queue.appends[0]
-    rpcs = RpcStore(store)
-    store.write(lambda txn: [rpcs.put(txn, m.request) for m in append.mutations
-                             if isinstance(m, PutRpc)])  # the commit
-    new = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
-                           rules=rules, address=address)
-    current.append(new)
-    new.ask(PassivateIdle())  # on_start read it
-    first = RecordingPoll()
-    new.ask(PollRpc(DEVICE, first))
-    rid = first.got[0]["id"]
-    answered: Future[range] = Future()
-    new.ask(PostRpcResponse(DEVICE, rid, {"ok": 1}, int(time.time() * 1000), answered))
-    assert answered.result(1)
-    append.reply.set_result(range(1, 2))  # the queue's callback
-    second = RecordingPoll()
-    new.ask(PollRpc(DEVICE, second))
-    new.ask(PollRpc(DEVICE, RecordingPoll()))
-    got = list(second.got)
-    new.stop()
-    store.close()
-    assert got == [], f"answered request {rid} delivered again: {got}"
+    store, queue, start, current = shard_rig(tmp_path, CHAIN)
+    try:
+        old = start()
+        _fan_posted(queue, old)
+        old.stop()  # the shard goes (a crash; the supervisor starts its successor)
+        held = queue.held.pop()
+        queue.write(held)  # the commit, its callback not run yet
+        new = start()  # on_start reads the request
+        first = RecordingPoll()
+        new.ask(PollRpc(DEVICE, first))
+        answered: Future[range] = Future()
+        new.ask(PostRpcResponse(DEVICE, first.got[0]["id"], {"ok": 1},
+                                int(time.time() * 1000), answered))
+        assert answered.result(1)
+        held.reply.set_result(range(1, 2))  # the queue's callback: the late hand-over
+        second = RecordingPoll()
+        new.ask(PollRpc(DEVICE, second))
+        new.ask(PollRpc(DEVICE, RecordingPoll()))
+        assert second.got == [], f"the answered request was delivered again: {second.got}"
+    finally:
+        _stopped(store, current)
 
 
 ANSWERED_ON = {"ruleChain": {"name": "rpc answered on", "type": "CORE"}, "metadata": {
@@ -276,22 +306,12 @@ def test_the_answer_goes_on_by_success_and_an_expiry_by_failure(tmp_path: Path) 
     now = [T0]
     store, queue, entity, told = rig(tmp_path, now, chain=ANSWERED_ON)
     try:
-        entity.handle(PostTelemetry(DEVICE, ((T0, (("method", "setFan"), ("params", 3))),),
-                                    Future()), 0.0)
-        pump(entity, told)
-        poll = RecordingPoll()
-        entity.handle(PollRpc(DEVICE, poll), 0.0)
-        pump(entity, told)
+        post_fan(entity, told, T0)
+        poll = poll_next(entity, told)
         now[0] = T0 + 5
-        answered: Future[range] = Future()
-        entity.handle(PostRpcResponse(DEVICE, poll.got[0]["id"], {"fan": "on"}, now[0],
-                                      answered), 0.0)
-        pump(entity, told)
-        assert answered.result(0)
+        assert answer(entity, told, poll.got[0]["id"], {"fan": "on"}, now[0]).result(0)
         # a second request, never polled: it expires, and its error goes on by Failure
-        entity.handle(PostTelemetry(DEVICE, ((T0 + 1, (("method", "setFan"), ("params", 0))),),
-                                    Future()), 0.0)
-        pump(entity, told)
+        post_fan(entity, told, T0 + 1, 0)
         now[0] = T0 + 61_000
         entity.expire_due()
         pump(entity, told)
@@ -316,9 +336,7 @@ def test_the_end_of_a_request_whose_node_left_the_chain_goes_no_further(tmp_path
     now = [T0]
     store, queue, entity, told = rig(tmp_path, now, chain=ANSWERED_ON)
     try:
-        entity.handle(PostTelemetry(DEVICE, ((T0, (("method", "setFan"), ("params", 3))),),
-                                    Future()), 0.0)
-        pump(entity, told)
+        post_fan(entity, told, T0)
         assert entity.rules is not None
         renamed = copy.deepcopy(ANSWERED_ON)
         renamed["metadata"]["nodes"][0]["name"] = "Pump"  # another node: another key
@@ -345,9 +363,7 @@ def test_a_refused_run_of_an_end_is_logged_and_not_stored(tmp_path: Path) -> Non
     now = [T0]
     store, queue, entity, told = rig(tmp_path, now, chain=ANSWERED_ON)
     try:
-        entity.handle(PostTelemetry(DEVICE, ((T0, (("method", "setFan"), ("params", 3))),),
-                                    Future()), 0.0)
-        pump(entity, told)
+        post_fan(entity, told, T0)
         now[0] = T0 + 61_000
         with log_records() as records:
             entity.expire_due()  # EXPIRED committed; its end told
@@ -380,20 +396,14 @@ def test_an_answer_that_reaches_another_rpc_node_makes_its_request(tmp_path: Pat
     now = [T0]
     store, queue, entity, told = rig(tmp_path, now, chain=TWICE)
     try:
-        entity.handle(PostTelemetry(DEVICE, ((T0, (("method", "setFan"), ("params", 3))),),
-                                    Future()), 0.0)
-        pump(entity, told)
-        poll = RecordingPoll()
-        entity.handle(PollRpc(DEVICE, poll), 0.0)
-        pump(entity, told)
+        post_fan(entity, told, T0)
+        poll = poll_next(entity, told)
         first = poll.got[0]
         now[0] = T0 + 5
         entity.handle(PostRpcResponse(DEVICE, first["id"], {"method": "setPump", "params": 1},
                                       now[0], Future()), 0.0)
         pump(entity, told)
-        second = RecordingPoll()
-        entity.handle(PollRpc(DEVICE, second), 0.0)
-        pump(entity, told)
+        second = poll_next(entity, told)
         assert [(g["method"], g["params"]) for g in second.got] == [("setPump", 1)]
         assert second.got[0]["id"] != first["id"]
         made = [m.request for a in queue.appends for m in a.mutations
@@ -404,60 +414,14 @@ def test_an_answer_that_reaches_another_rpc_node_makes_its_request(tmp_path: Pat
         store.close()
 
 
-class Holding(InstantQueue):
-    """Commits at once (writing the PutRpc records), except the first Append carrying a final
-    PutRpc while ``hold_final`` is set: kept in ``held`` for the test to commit."""
-
-    def __init__(self, store: LmdbStore) -> None:
-        super().__init__()
-        self.store, self.held, self.hold_final = store, list[Append](), False
-
-    def commit(self, message: Append) -> None:
-        rpcs = RpcStore(self.store)
-        self.store.write(lambda txn: [rpcs.put(txn, m.request) for m in message.mutations
-                                      if isinstance(m, PutRpc)])
-        message.reply.set_result(range(1, 1 + max(1, len(message.events))))
-
-    def tell(self, message: Append) -> None:
-        self.appends.append(message)
-        if self.hold_final and any(isinstance(m, PutRpc) and m.request.status.final
-                                   for m in message.mutations):
-            self.hold_final = False
-            self.held.append(message)
-            return
-        self.commit(message)
-
-
 EXPIRES_AT_ONCE = copy.deepcopy(ANSWERED_ON)
 EXPIRES_AT_ONCE["metadata"]["nodes"][0]["configuration"]["timeoutInSeconds"] = 0
 
 
-def _restarting(tmp_path: Path) -> tuple[LmdbStore, Holding, Any, list[Any]]:
-    store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
-    runtime = RulesRuntime()
-    runtime.install(*parse(EXPIRES_AT_ONCE), "file:x.json", int(time.time() * 1000))
-
-    def rules(index: int) -> ShardRules:
-        return ShardRules(RuleCounters(runtime), store, now_ms=lambda: int(time.time() * 1000),
-                          new_id=lambda: str(uuid.uuid4()))
-
-    queue = Holding(store)
-    current: list[pykka.ActorRef[Any]] = []
-    address = Address("shard-0", lambda: current[-1] if current else None)
-
-    def start() -> pykka.ActorRef[Any]:
-        ref = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
-                               rules=rules, address=address)
-        current.append(ref)
-        ref.ask(PassivateIdle())  # answered after its on_start
-        return ref
-
-    return store, queue, start, current
-
-
 def _expired_on_its_way(queue: Holding, shard: Any) -> None:
     """A request made, expired at once, its EXPIRED record held on its way to the store."""
-    queue.hold_final = True
+    queue.hold = lambda message: any(isinstance(m, PutRpc) and m.request.status.final
+                                     for m in message.mutations)
     reply: Future[range] = Future()
     shard.ask(PostTelemetry(DEVICE, ((int(time.time() * 1000),
                                       (("method", "setFan"), ("params", 3))),), reply))
@@ -470,7 +434,7 @@ def test_an_end_recorded_twice_across_a_shard_restart_goes_on_once(tmp_path: Pat
     """The first EXPIRED record is on its way when the shard restarts: the successor loads the
     request open, expires it again and runs the Failure branch; the first record then lands
     and its end reaches the successor too: it does not go on a second time."""
-    store, queue, start, current = _restarting(tmp_path)
+    store, queue, start, current = shard_rig(tmp_path, EXPIRES_AT_ONCE)
     try:
         old = start()
         _expired_on_its_way(queue, old)
@@ -484,17 +448,14 @@ def test_an_end_recorded_twice_across_a_shard_restart_goes_on_once(tmp_path: Pat
         assert [e.body["values"] for a in queue.appends for e in a.events] == [
             {"error": "NO_ACTIVE_CONNECTION"}]
     finally:
-        for ref in current:
-            if ref.is_alive():
-                ref.stop()
-        store.close()
+        _stopped(store, current)
 
 
 def test_an_end_recorded_while_the_shard_is_down_is_logged_as_not_gone_on(tmp_path: Path
                                                                           ) -> None:
     """The EXPIRED record lands while no incarnation of the shard runs: its end cannot go on
     (the successor finds the request finished); one WARNING names it."""
-    store, queue, start, current = _restarting(tmp_path)
+    store, queue, start, current = shard_rig(tmp_path, EXPIRES_AT_ONCE)
     try:
         old = start()
         _expired_on_its_way(queue, old)
@@ -510,7 +471,4 @@ def test_an_end_recorded_while_the_shard_is_down_is_logged_as_not_gone_on(tmp_pa
             f"RPC {request_id} EXPIRED: its end did not go on through the rule chain: shard-0 "
             "is restarting; try again"]
     finally:
-        for ref in current:
-            if ref.is_alive():
-                ref.stop()
-        store.close()
+        _stopped(store, current)

@@ -18,37 +18,14 @@ from edge_sync.actors.shard import ShardActor
 from edge_sync.devices.rpc import RpcRequest, RpcStatus
 from edge_sync.errors import Restarting
 from tests.helpers.log_capture import log_records
+from tests.helpers.rpc_poll import RecordingPoll
 
 DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000d2")
 
 
-class Poll:
-    """A one-shot subscriber that records what it was told."""
-
-    def __init__(self, *, gone: bool = False) -> None:
-        self.state = "gone" if gone else "waiting"
-        self.got: list[Any] = []
-
-    @property
-    def live(self) -> bool:
-        return self.state == "waiting"
-
-    def claim(self) -> bool:
-        if self.state != "waiting":
-            return False
-        self.state = "claimed"
-        return True
-
-    def resolve(self, value: Any) -> None:
-        self.got.append(value)
-
-    def fail(self, exc: BaseException) -> None:
-        self.got.append(exc)
-
-
 def test_a_poll_told_to_a_shard_that_is_down_fails_at_once_with_unavailable() -> None:
     down = Address("shard-0", lambda: None)
-    poll, gone = Poll(), Poll(gone=True)
+    poll, gone = RecordingPoll(), RecordingPoll(gone=True)
     down.tell(PollRpc(DEVICE, poll))
     down.tell(PollRpc(DEVICE, gone))
     reply: Future[range] = Future()
