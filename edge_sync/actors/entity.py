@@ -436,7 +436,7 @@ class EntityActor:
             return
         saved = (PutRuleState(self.entity_id, step.record),) if step.changed else ()
         self._append_rules(planned, reply, (*planned.mutations, *saved), bool(saved),
-                           engine, step.outcomes, step.dropped)
+                           engine, step.outcomes, step.dropped, device_waits=False)
 
     def _rule_rpc_finished(self, cmd: RuleRpcFinished) -> None:
         """A request the chain made ended, its final status committed: the chain goes on from
@@ -448,6 +448,8 @@ class EntityActor:
         ``cmd.reply`` is settled when the run is committed or has nothing to do, and failed
         when it could not be run or stored (``_end_lost`` logs it)."""
         request, reply = cmd.request, cmd.reply or Future()
+        if self.session is not None:  # ended by a shard incarnation before this one: not open
+            self.session.rpc.ended(request)
         if request.request_uuid in self._rule_rpc_ends:
             _rules_log.bind(entity=str(self.entity_id), rpc_id=request.request_id,
                             status=request.status.value).debug(
@@ -529,7 +531,7 @@ class EntityActor:
     def _append_rules(self, planned: Planned, reply: Future[range] | None,
                       mutations: tuple[Any, ...], saves_state: bool,
                       engine: RuleEngine, outcomes: tuple[Outcome, ...],
-                      dropped: tuple[Dropped, ...] = ()) -> None:
+                      dropped: tuple[Dropped, ...] = (), *, device_waits: bool = True) -> None:
         """Append the outcomes; when the commit fails, the in-memory state is dropped when it
         was part of it (read again from the store next time), and ``engine`` (the one that
         ran), when a save node of it deduplicates, forgets what it decided for the
@@ -569,8 +571,9 @@ class EntityActor:
                     tell_self(SavesNotStored(eid, engine, originators))
             if isinstance(exc, Unstorable):
                 _rules_log.bind(entity=str(eid), events=len(planned.events)).error(
-                    "the rule chain's outcome cannot be stored: {}; nothing of it was kept, the "
-                    "device is answered 500", exc)
+                    "the rule chain's outcome cannot be stored: {}; nothing of it was kept{}",
+                    exc, ", the device is answered 500" if device_waits and outer is not None
+                    else "")
                 exc = InternalError(f"the rule chain's outcome cannot be stored: {exc}")
             if outer is None:
                 return
@@ -999,7 +1002,7 @@ def _no_clock() -> int:
     raise RuntimeError("this entity actor was made without a clock")
 
 
-_RULE_RPC_ENDS_KEPT = 256
+_RULE_RPC_ENDS_KEPT = 32
 """Rule-made requests per device whose end went on, remembered so a second end of one (its
 shard restarted while the first was being recorded) does not go on again."""
 

@@ -572,9 +572,11 @@ def rpc_end_msg(request: RpcRequest, now_ms: int) -> tuple[str, RuleMsg] | None:
     ``{"error": NAME}`` with the RpcError name ThingsBoard's device actor gives
     (DeviceActorMessageProcessor.processServerSideRpcTimeout): TIMEOUT for a request delivered
     and not answered in time, NO_ACTIVE_CONNECTION for one that expired before the device got
-    it; INTERNAL for one that could not be sent at all (too large for the device's MQTT
-    client: the edge's own case). None for a request that is not the chain's, or not
-    finished."""
+    it (TIMEOUT when it had expired already when made: ThingsBoard's device actor ignores such
+    a request, and its rule engine's timeout answers TIMEOUT,
+    DefaultTbRuleEngineRpcService.scheduleTimeout); INTERNAL for one that could not be sent at
+    all (too large for the device's MQTT client: the edge's own case). None for a request
+    that is not the chain's, or not finished."""
     source = request.source
     if source is None or not request.status.final:
         return None
@@ -585,7 +587,8 @@ def rpc_end_msg(request: RpcRequest, now_ms: int) -> tuple[str, RuleMsg] | None:
                      else answer)
     else:
         relation = FAILURE
-        data = {"error": _RPC_END_ERRORS[request.status]}
+        expired_when_made = request.expiration_time <= request.queued_at
+        data = {"error": "TIMEOUT" if expired_when_made else _RPC_END_ERRORS[request.status]}
     return relation, RuleMsg(source.msg_type, Originator("DEVICE", str(request.device_id)),
                              data, dict(source.metadata), now_ms)
 

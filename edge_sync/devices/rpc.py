@@ -255,6 +255,15 @@ class RpcBook:
         self._open = dict(sorted(self._open.items(), key=lambda kv: kv[1].queued_at))
         return True
 
+    def ended(self, request: RpcRequest) -> bool:
+        """``request`` (final) was recorded by another owner of this device's requests (a shard
+        incarnation before this one, whose record landed after this book loaded the request
+        open): it is open here no more, and no change of it is made again. Whether it was."""
+        if not request.status.final or request.request_uuid not in self._open:
+            return False
+        self._finish(request)
+        return True
+
     def next_deadline(self) -> int | None:
         """When ``expire_due`` has work next (ms): the earliest expirationTime of an open
         request whose delivery is not being recorded (at once for one without a method, to be FAILED),

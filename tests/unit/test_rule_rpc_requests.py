@@ -21,6 +21,7 @@ from edge_sync.actors.address import Address
 from edge_sync.actors.entity import EntityActor
 from edge_sync.actors.messages import (
     Append,
+    ExpireRpcs,
     PassivateIdle,
     PollRpc,
     PostRpcResponse,
@@ -31,8 +32,9 @@ from edge_sync.actors.messages import (
 from edge_sync.actors.rule_host import ShardRules
 from edge_sync.actors.rule_outcomes import RuleCounters
 from edge_sync.actors.shard import ShardActor
+from edge_sync.clock import SYSTEM_CLOCK, Clock
 from edge_sync.devices.rpc import RpcStatus
-from edge_sync.errors import Unavailable
+from edge_sync.errors import Unavailable, Unstorable
 from edge_sync.rules.chain import parse
 from edge_sync.rules.runtime import RulesRuntime
 from edge_sync.storage.env import LmdbStore
@@ -192,16 +194,29 @@ class Holding(InstantQueue):
         self.commit(message)
 
 
-def shard_rig(tmp_path: Path, chain: dict[str, Any]
+class SetClock:
+    """A clock the test sets (ms since the epoch)."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.ms = now_ms
+
+    def now_ms(self) -> int:
+        return self.ms
+
+    def monotonic(self) -> float:
+        return self.ms / 1000
+
+
+def shard_rig(tmp_path: Path, chain: dict[str, Any], clock: Clock = SYSTEM_CLOCK
               ) -> tuple[LmdbStore, Holding, Callable[[], Any], list[Any]]:
     """A store, a Holding queue, and ``start``: a ShardActor incarnation of shard 0 behind one
     address (as the supervisor restarts it), started and past its on_start."""
     store = LmdbStore(tmp_path / "edge", initial_map_mb=4, max_size_mb=64)
     runtime = RulesRuntime()
-    runtime.install(*parse(chain), "file:x.json", int(time.time() * 1000))
+    runtime.install(*parse(chain), "file:x.json", clock.now_ms())
 
     def rules(index: int) -> ShardRules:
-        return ShardRules(RuleCounters(runtime), store, now_ms=lambda: int(time.time() * 1000),
+        return ShardRules(RuleCounters(runtime), store, now_ms=clock.now_ms,
                           new_id=lambda: str(uuid.uuid4()))
 
     queue = Holding(store)
@@ -209,8 +224,8 @@ def shard_rig(tmp_path: Path, chain: dict[str, Any]
     address = Address("shard-0", lambda: current[-1] if current else None)
 
     def start() -> pykka.ActorRef[Any]:
-        ref = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=60.0, store=store,
-                               rules=rules, address=address)
+        ref = ShardActor.start(lambda _r: None, 0, queue, passivate_after_s=600.0, store=store,
+                               rules=rules, address=address, clock=clock)
         current.append(ref)
         ref.ask(PassivateIdle())  # answered after its on_start
         return ref
@@ -446,7 +461,7 @@ def test_an_end_recorded_twice_across_a_shard_restart_goes_on_once(tmp_path: Pat
                   if isinstance(m, PutRpc) and m.request.status.final]
         assert finals == [RpcStatus.EXPIRED, RpcStatus.EXPIRED]
         assert [e.body["values"] for a in queue.appends for e in a.events] == [
-            {"error": "NO_ACTIVE_CONNECTION"}]
+            {"error": "TIMEOUT"}]  # expired when made: ThingsBoard's rule engine timeout
     finally:
         _stopped(store, current)
 
@@ -472,3 +487,72 @@ def test_an_end_recorded_while_the_shard_is_down_is_logged_as_not_gone_on(tmp_pa
             "is restarting; try again"]
     finally:
         _stopped(store, current)
+
+
+def test_an_end_that_lands_after_the_restart_closes_the_request_in_the_successor(
+        tmp_path: Path) -> None:
+    """The device's answer (SUCCESSFUL) is on its way to the store when the shard restarts:
+    the successor loads the request DELIVERED; when the answer's record lands, its end goes on
+    by Success, and the successor no longer holds the request open (it does not time it out
+    over the answer later)."""
+    clock = SetClock(T0)
+    store, queue, start, current = shard_rig(tmp_path, ANSWERED_ON, clock)
+    try:
+        old = start()
+        reply: Future[range] = Future()
+        old.ask(PostTelemetry(DEVICE, ((T0, (("method", "setFan"), ("params", 3))),), reply))
+        assert reply.result(1)
+        poll = RecordingPoll()
+        old.ask(PollRpc(DEVICE, poll))
+        queue.hold = lambda message: any(isinstance(m, PutRpc) and m.request.status.final
+                                         for m in message.mutations)
+        clock.ms = T0 + 5
+        old.ask(PostRpcResponse(DEVICE, poll.got[0]["id"], {"fan": "on"}, T0 + 5, Future()))
+        assert len(queue.held) == 1
+        old.stop()
+        new = start()  # loads the request DELIVERED
+        queue.commit(queue.held.pop())  # SUCCESSFUL lands; its end reaches the successor
+        new.ask(PassivateIdle())
+        clock.ms = T0 + 61_000  # past its expiry
+        new.ask(ExpireRpcs())
+        new.ask(PassivateIdle())
+        finals = [m.request.status for a in queue.appends for m in a.mutations
+                  if isinstance(m, PutRpc) and m.request.status.final]
+        assert finals == [RpcStatus.SUCCESSFUL]
+        assert [e.body["values"] for a in queue.appends for e in a.events] == [{"fan": "on"}]
+    finally:
+        _stopped(store, current)
+
+
+def test_a_run_of_an_end_the_store_cannot_hold_tells_no_device_of_a_500(tmp_path: Path
+                                                                         ) -> None:
+    """The run's Append refused as Unstorable: the ERROR line says nothing was kept, and not
+    that a device is answered 500 (the device had its answer's 200); the WARNING names the
+    request."""
+    now = [T0]
+    store, queue, entity, told = rig(tmp_path, now, chain=ANSWERED_ON)
+    try:
+        post_fan(entity, told, T0)
+        poll = poll_next(entity, told)
+        commit = queue.tell
+
+        def refuse_events(message: Append) -> None:
+            if not message.events:
+                return commit(message)
+            queue.appends.append(message)
+            message.reply.set_exception(Unstorable("value cannot be stored (x)"))
+
+        queue.tell = refuse_events  # type: ignore[method-assign]
+        with log_records() as records:
+            assert answer(entity, told, poll.got[0]["id"], {"fan": "on"}, T0 + 5).result(0)
+        lines = [(r["level"].name, str(r["message"])) for r in records
+                 if r["level"].name in ("ERROR", "WARNING")]
+        rid = poll.got[0]["id"]
+        assert lines == [
+            ("ERROR", "the rule chain's outcome cannot be stored: value cannot be stored (x); "
+                      "nothing of it was kept"),
+            ("WARNING", f"RPC {rid} SUCCESSFUL: its end did not go on through the rule chain: "
+                        "the rule chain's outcome cannot be stored: value cannot be stored (x)"),
+        ]
+    finally:
+        store.close()

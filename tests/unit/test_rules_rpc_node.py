@@ -307,3 +307,13 @@ def test_an_open_or_cloud_request_does_not_go_on() -> None:
     cloud = RpcRequest(DEVICE, uuid.UUID(int=2), 7, "m", "3", False, NOW, NOW,
                        RpcStatus.SUCCESSFUL, NOW, {})
     assert (rpc_end_msg(open_one, NOW), rpc_end_msg(cloud, NOW)) == (None, None)
+
+
+def test_a_request_expired_when_made_goes_on_with_timeout() -> None:
+    """timeoutInSeconds 0, or an expirationTime already past: ThingsBoard's device actor
+    ignores such a request and its rule engine's timeout answers TIMEOUT
+    (DefaultTbRuleEngineRpcService.scheduleTimeout), not NO_ACTIVE_CONNECTION."""
+    at_once = RpcRequest(DEVICE, uuid.UUID(int=1), 7, "m", "3", False, NOW, NOW,
+                         RpcStatus.EXPIRED, NOW, None, origin=RpcOrigin.RULE, source=SOURCE)
+    end = rpc_end_msg(at_once, NOW + 1)
+    assert end is not None and (end[0], end[1].data) == ("Failure", {"error": "TIMEOUT"})
