@@ -29,6 +29,12 @@ store cannot hold (Unstorable) is the chain's fault, never the device's: it is l
 and the device is answered InternalError (500; MQTT: not acknowledged), never BadRequest. Windows close
 on the shard's deadline timer; an entity with open windows is not passivated while a chain is
 in force.
+
+A chain's RPC call request node makes requests for the device: numbered by the device
+(RuleRpcRequests), stored with the message's Append, handed to the device's shard through its
+address once committed (it may have restarted meanwhile), and never reported to the cloud.
+When one ends, its committed end goes on through the chain from that node (RuleRpcFinished),
+at most once: a run that cannot be made or stored is one WARNING.
 """
 
 from __future__ import annotations
