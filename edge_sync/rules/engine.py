@@ -63,7 +63,7 @@ from edge_sync.rules.message import (
     TO_SERVER_RPC_REQUEST,
     RuleMsg,
 )
-from edge_sync.rules.patterns import process_pattern
+from edge_sync.rules.patterns import java_json, process_pattern
 from edge_sync.rules.sandbox import (
     ScriptBlock,
     ScriptEngine,
@@ -282,27 +282,31 @@ def _substitute(text: str, msg: RuleMsg) -> str:
 _LONG = re.compile(r"[+-]?[0-9]{1,19}")
 
 
-def _meta_ts(msg: RuleMsg) -> int:
-    """ThingsBoard's ``TbMsg.getMetaDataTs``: the metadata's ``ts`` when ``Long.parseLong``
-    reads it (ASCII digits, an optional sign, within 64 bits), else msg.ts. (``str.isdigit``
-    alone takes "²", and ``int()`` refuses thousands of digits: either raised out of the
-    walk.)"""
-    ts = msg.metadata.get("ts")
-    if ts and _LONG.fullmatch(ts):
-        value = int(ts)
+def _java_long(text: str) -> int | None:
+    """Java's ``Long.parseLong``: ASCII digits, an optional sign, within 64 bits; None where it
+    throws. (``str.isdigit`` alone takes "²", and ``int()`` refuses thousands of digits:
+    either would raise out of the walk.)"""
+    if _LONG.fullmatch(text):
+        value = int(text)
         if INT64_MIN <= value <= INT64_MAX:
             return value
-    return msg.ts
+    return None
+
+
+def _meta_ts(msg: RuleMsg) -> int:
+    """ThingsBoard's ``TbMsg.getMetaDataTs``: the metadata's ``ts`` when ``Long.parseLong``
+    reads it, else msg.ts."""
+    ts = _java_long(msg.metadata.get("ts") or "")
+    return msg.ts if ts is None else ts
 
 
 def _ttl(text: str) -> int:
     """A message's metadata ``TTL``: ThingsBoard's Long.parseLong (a text it cannot read fails
     the node), within the edge's bounds (whole seconds from 0 to MAX_TTL_S; 0: the edge's
     retention, as ThingsBoard's 0 is the tenant profile's default)."""
-    if _LONG.fullmatch(text):
-        value = int(text)
-        if 0 <= value <= n.MAX_TTL_S:
-            return value
+    value = _java_long(text)
+    if value is not None and 0 <= value <= n.MAX_TTL_S:
+        return value
     raise NodeFailure(f"metadata TTL {text[:40]!r}: expected whole seconds from 0 to "
                       f"{n.MAX_TTL_S} (0: the edge's retention)")
 
@@ -394,20 +398,12 @@ def _new_uuid() -> str:
     return str(uuid.uuid4())
 
 
-_LONG_TEXT = re.compile(r"[+-]?[0-9]+\Z")
-
-
-def _json_text(value: Any) -> str:
-    """Gson's ``toJson`` of a JSON value: compact."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _rpc_text(value: Any) -> str:
     """A JSON primitive's ``getAsString`` (text as it is, a number or boolean as JSON writes
     it), else the value's JSON (TbSendRPCRequestNode.parseJsonData)."""
     if isinstance(value, str):
         return value
-    return _json_text(value)
+    return java_json(value)
 
 
 def _meta_long(msg: RuleMsg, key: str) -> int | None:
@@ -415,8 +411,9 @@ def _meta_long(msg: RuleMsg, key: str) -> int | None:
     text = msg.metadata.get(key)
     if not text:
         return None
-    if _LONG_TEXT.match(text) and INT64_MIN <= int(text) <= INT64_MAX:
-        return int(text)
+    value = _java_long(text)
+    if value is not None:
+        return value
     raise NodeFailure(f"metadata {key} {text[:40]!r} is not a whole number (Long.parseLong)")
 
 
@@ -912,7 +909,7 @@ class RuleEngine:
         has none of). An empty method fails here: the edge delivers no request without one."""
         data = msg.data
         if not isinstance(data, dict):
-            raise NodeFailure(f"the message's data is not a JSON object: {_json_text(data)[:60]}")
+            raise NodeFailure(f"the message's data is not a JSON object: {java_json(data)[:60]}")
         if msg.originator.entity_type != "DEVICE":
             raise NodeFailure("Message originator is not a device entity!")
         if "method" not in data:
@@ -921,7 +918,7 @@ class RuleEngine:
             raise NodeFailure("Params are not present in the message!")
         method = data["method"]
         if method is None or isinstance(method, dict | list):  # getAsString throws
-            raise NodeFailure(f"method {_json_text(method)[:40]} is not a text")
+            raise NodeFailure(f"method {java_json(method)[:40]} is not a text")
         if method == "":
             raise NodeFailure("the method is empty: the edge sends no request without one")
         expiration = _meta_long(msg, "expirationTime")

@@ -44,11 +44,11 @@ def process_pattern(pattern: str, data: Any, metadata: Mapping[str, str]) -> str
         return pattern
     result = pattern
     if "${*}" in result:
-        result = result.replace("${*}", _compact(dict(metadata)) if metadata else "{}")
+        result = result.replace("${*}", java_json(dict(metadata)) if metadata else "{}")
     for key, value in metadata.items():  # TbNodeUtils.processTemplate
         result = result.replace("${" + key + "}", value)
     if "$[*]" in result:
-        result = result.replace("$[*]", _compact(data))
+        result = result.replace("$[*]", java_json(data))
     if isinstance(data, dict) and "$[" in result:
         # matched in the text as it is now, each match replaced everywhere in turn, as the
         # Java loop does (its Matcher reads the string the loop started with)
@@ -115,6 +115,7 @@ def java_double(value: float) -> str:
     return f"{sign}{digits[0]}.{digits[1:] or '0'}E{exponent}"
 
 
-def _compact(value: Any) -> str:
-    """Jackson's compact JSON text (no spaces, non-ASCII as it is)."""
+def java_json(value: Any) -> str:
+    """Compact JSON text as ThingsBoard's Java writes it (Jackson, Gson's ``toJson``): no
+    spaces, non-ASCII as it is."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -99,6 +99,11 @@ def test_a_primitive_method_is_its_text(method: Any, text: str) -> None:
      "the method is empty: the edge sends no request without one"),
     ({"method": "m", "params": {}}, {"expirationTime": "soon"},
      "metadata expirationTime 'soon' is not a whole number (Long.parseLong)"),
+    # beyond 64 bits; thousands of digits, which int() refuses (it must not raise out)
+    ({"method": "m", "params": {}}, {"expirationTime": "9" * 19},
+     f"metadata expirationTime {'9' * 19!r} is not a whole number (Long.parseLong)"),
+    ({"method": "m", "params": {}}, {"expirationTime": "7" * 5000},
+     f"metadata expirationTime {'7' * 40!r} is not a whole number (Long.parseLong)"),
 ])
 def test_what_thingsboard_fails_goes_by_failure(data: Any, meta: dict[str, str],
                                                  error: str) -> None:
