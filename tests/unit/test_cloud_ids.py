@@ -12,19 +12,9 @@ import pytest
 from edge_sync.cloud.service import CloudService
 from edge_sync.cloud.store import CloudStore
 from edge_sync.common import ids
+from tests.helpers.set_clock import SetClock
 
 LOW = 0x8000_0000_0000_0000 | (0x1234 << 48) | (1 << 40) | 0xABCDEF
-
-
-class FrozenClock:
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def now_ms(self) -> int:
-        return self.ms
-
-    def monotonic(self) -> float:
-        return self.ms / 1000
 
 
 def test_the_null_uuid_is_thingsboards_and_time_based_at_unix_zero() -> None:
@@ -91,7 +81,7 @@ def test_unix_ms_refuses_ids_that_are_not_time_based() -> None:
 def test_every_id_the_cloud_creates_is_time_based_and_made_at_its_creation_time(tmp_path: Path) -> None:
     store = CloudStore(tmp_path / "cloud")
     try:
-        service = CloudService(store, clock=FrozenClock(1_700_000_000_000),
+        service = CloudService(store, clock=SetClock(1_700_000_000_000),
                                id_source=ids.TimeBasedIds())
         tenant = store.tenant_id()
         assert tenant.version == 1

@@ -37,6 +37,7 @@ from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.event_log import EventLog
 from edge_sync.storage.records import NIL_UUID, Action, Device, Lane, StoredEvent
 from tests.helpers.mqtt_gateway import held_commits
+from tests.helpers.set_clock import SetClock
 from tests.unit.test_downlink_actor import Rig, credentials_msg, device_msg, rig
 
 __all__ = ["rig"]  # the fixture, for pytest
@@ -167,26 +168,13 @@ def test_the_cli_asks_for_a_gateway_with_gateway() -> None:
 # -- the devices a gateway names: get_or_create_device ------------------------------------------
 
 
-class Clock:
-    """The service's clock, set by the test."""
-
-    def __init__(self) -> None:
-        self.ms = T0
-
-    def now_ms(self) -> int:
-        return self.ms
-
-    def monotonic(self) -> float:
-        return self.ms / 1000
-
-
 class Devices:
     """A DeviceService as the agent wires it: a real store, QueueActor and ShardActor."""
 
     def __init__(self, path: Path) -> None:
         self.store = LmdbStore(path / "store", initial_map_mb=4, max_size_mb=64)
         self.tokens = TokenCache()
-        self.clock = Clock()
+        self.clock = SetClock(T0)
         queue_ref: pykka.ActorRef[Any] = QueueActor.start(
             lambda _reason: None, self.store, policy=QueuePolicy(purge_interval_s=3600),
             metrics=Metrics(), tokens=self.tokens)

@@ -42,6 +42,7 @@ from edge_sync.storage.rpc_store import RpcStore
 from tests.helpers.instant_queue import InstantQueue
 from tests.helpers.log_capture import log_records
 from tests.helpers.rpc_poll import RecordingPoll
+from tests.helpers.set_clock import SetClock
 
 DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000e1")
 T0 = 1_700_000_000_000
@@ -192,19 +193,6 @@ class Holding(InstantQueue):
             self.held.append(message)
             return
         self.commit(message)
-
-
-class SetClock:
-    """A clock the test sets (ms since the epoch)."""
-
-    def __init__(self, now_ms: int) -> None:
-        self.ms = now_ms
-
-    def now_ms(self) -> int:
-        return self.ms
-
-    def monotonic(self) -> float:
-        return self.ms / 1000
 
 
 def shard_rig(tmp_path: Path, chain: dict[str, Any], clock: Clock = SYSTEM_CLOCK

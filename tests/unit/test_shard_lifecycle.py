@@ -19,6 +19,7 @@ from edge_sync.devices.rpc import RpcRequest, RpcStatus
 from edge_sync.errors import Restarting
 from tests.helpers.log_capture import log_records
 from tests.helpers.rpc_poll import RecordingPoll
+from tests.helpers.set_clock import SetClock
 
 DEVICE = uuid.UUID("00000000-0000-4000-8000-0000000000d2")
 
@@ -41,17 +42,6 @@ def test_a_poll_told_to_a_shard_that_is_down_fails_at_once_with_unavailable() ->
 T0 = 1_700_000_000_000
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.ms = T0
-
-    def now_ms(self) -> int:
-        return self.ms
-
-    def monotonic(self) -> float:
-        return self.ms / 1000
-
-
 class Sink:
     """A QueueActor that takes every Append and commits none."""
 
@@ -63,7 +53,7 @@ class Sink:
 
 
 def test_the_deadline_heap_holds_one_entry_per_entity_whatever_the_request_rate() -> None:
-    clock, sink = FakeClock(), Sink()
+    clock, sink = SetClock(T0), Sink()
     shard = ShardActor(lambda _reason: None, 0, sink, passivate_after_s=60.0,  # type: ignore[arg-type]
                        clock=clock)
     busy, devices = uuid.UUID(int=1), [uuid.UUID(int=100 + i) for i in range(50)]
