@@ -82,7 +82,6 @@ from edge_sync.actors.messages import (
 )
 from edge_sync.common.wire import compact_json
 from edge_sync.devices.rpc import (
-    RpcOrigin,
     RpcRequest,
     RpcStatus,
     RuleSource,
@@ -557,7 +556,6 @@ class RuleRpcRequests:
             queued = self._last_queued = max(now_ms, latest + 1, self._last_queued + 1)
             return RpcRequest(device_id, self._new_uuid(), request_id, o.method, o.params,
                               o.oneway, o.expiration_time, queued, updated_at=queued,
-                              origin=RpcOrigin.RULE,
                               source=RuleSource(o.node_key, o.msg_type,
                                                 tuple(o.metadata.items())))
 

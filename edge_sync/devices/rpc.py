@@ -46,7 +46,7 @@ PUBACK (processMqttMsg, case PUBACK); DeviceActorMessageProcessor keeps it in
 to a session that subscribes (sendPendingRequests), and processServerSideRpcTimeout makes it
 EXPIRED at its expirationTime.
 
-A request made by the edge's rule chain (an RPC call request node: ``RpcOrigin.RULE``) goes
+A request made by the edge's rule chain (an RPC call request node: one with a ``source``) goes
 through the same lifecycle; the cloud never heard of it, so none of its changes is reported to
 it (the owner makes no event of a ``Transition`` whose request is not the cloud's).
 
@@ -154,13 +154,17 @@ class RpcRequest:
     updated_at: int = 0
     response: Any = None
     error: str = ""
-    origin: RpcOrigin = RpcOrigin.CLOUD
     source: RuleSource | None = None  # a rule-made request's: where its end goes on
+
+    @property
+    def origin(self) -> RpcOrigin:
+        """Who asked: the rule chain for a request with a ``source``, else the cloud."""
+        return RpcOrigin.CLOUD if self.source is None else RpcOrigin.RULE
 
     @property
     def reported(self) -> bool:
         """Whether the cloud is told of this request's changes (it asked for it)."""
-        return self.origin is RpcOrigin.CLOUD
+        return self.source is None
 
     def device_json(self) -> dict[str, Any]:
         """What the device gets: ThingsBoard's ``{"id", "method", "params"}`` (params parsed from

@@ -58,10 +58,9 @@ class RpcStore:
         fields: tuple[object, ...] = (
             r.request_id, r.method, r.params, r.oneway, r.expiration_time, r.status.value,
             r.updated_at, r.response, r.error)
-        if r.origin is not RpcOrigin.CLOUD:
-            source = r.source or RuleSource("", "", ())
-            fields = (*fields, r.origin.value, source.node_key, source.msg_type,
-                      [list(kv) for kv in source.metadata])
+        if r.source is not None:
+            fields = (*fields, r.origin.value, r.source.node_key, r.source.msg_type,
+                      [list(kv) for kv in r.source.metadata])
         txn.put(_RPC + tail, codec.pack(fields), db=self._meta)
         txn.put(_ID + r.device_id.bytes + r.request_uuid.bytes, codec.u64(r.queued_at),
                 db=self._meta)
@@ -144,11 +143,12 @@ def _decode(tail: bytes, raw: codec.Raw) -> RpcRequest:
         raise StorageCorrupt(f"{what}: record of an unexpected shape")
     (request_id, method, params, oneway, expiration, status, updated_at, response,
      error) = value[:_FIELDS]
-    origin, source = RpcOrigin.CLOUD, None
+    source = None
     try:
         state = RpcStatus(status)
         if len(value) == _RULE_FIELDS:
-            origin = RpcOrigin(value[_FIELDS])
+            if RpcOrigin(value[_FIELDS]) is not RpcOrigin.RULE:
+                raise ValueError("a request with a source is the rule chain's")
             node_key, msg_type, metadata = value[_FIELDS + 1:]
             source = RuleSource(str(node_key), str(msg_type),
                                 tuple((str(k), str(v)) for k, v in metadata))
@@ -157,4 +157,4 @@ def _decode(tail: bytes, raw: codec.Raw) -> RpcRequest:
                              f"origin and source {value[_FIELDS:]!r}") from exc
     return RpcRequest(device_id, request_uuid, int(request_id), str(method), str(params),
                       bool(oneway), int(expiration), queued_at, state, int(updated_at), response,
-                      str(error), origin, source)
+                      str(error), source)

@@ -14,7 +14,7 @@ import pytest
 
 from edge_sync.actors.messages import PutRpc
 from edge_sync.actors.rule_outcomes import RuleCounters, RuleRpcRequests, plan, rpc_end_msg
-from edge_sync.devices.rpc import RpcOrigin, RpcRequest, RpcStatus, RuleSource, TextAnswer
+from edge_sync.devices.rpc import RpcRequest, RpcStatus, RuleSource, TextAnswer
 from edge_sync.errors import StorageCorrupt
 from edge_sync.rules import nodes as n
 from edge_sync.rules.chain import parse
@@ -178,7 +178,7 @@ def test_plan_stores_a_rule_request_queued_and_hands_it_over_after_the_commit() 
     out = plan(DEVICE, [Visited(RPC_NODE), sent("setFan", '{"speed":3}')], counters,
                NOW + 3, rpc=make)
     request = RpcRequest(DEVICE, uuid.UUID(int=1), 501, "setFan", '{"speed":3}', False,
-                         NOW + 60_000, NOW + 3, updated_at=NOW + 3, origin=RpcOrigin.RULE,
+                         NOW + 60_000, NOW + 3, updated_at=NOW + 3,
                          source=RuleSource(FAN_KEY, "POST_TELEMETRY_REQUEST", ()))
     assert out.mutations == [PutRpc(request)]
     assert out.rpc_requests == [request]
@@ -242,7 +242,7 @@ def test_a_rule_request_keeps_its_origin_and_a_cloud_one_its_earlier_record(
     source = RuleSource('["TbSendRPCRequestNode", "Fan", 1]', "POST_TELEMETRY_REQUEST",
                         (("deviceName", "fan-1"), ("ts", "5")))
     rule = RpcRequest(DEVICE, uuid.UUID(int=2), 2, "n", "1", True, NOW + 10, NOW + 1,
-                      origin=RpcOrigin.RULE, source=source)
+                      source=source)
     store.write(lambda txn: [rpc.put(txn, r) for r in (cloud, rule)])  # type: ignore[func-returns-value]
     with store.read() as txn:
         assert rpc.open_requests(txn) == [cloud, rule]
@@ -253,7 +253,7 @@ def test_a_rule_request_keeps_its_origin_and_a_cloud_one_its_earlier_record(
                                  [["deviceName", "fan-1"], ["ts", "5"]]]
     assert (rule.as_json()["origin"], cloud.as_json()["origin"]) == ("rule", "cloud")
     done = RpcRequest(DEVICE, rule.request_uuid, 2, "n", "1", True, NOW + 10, NOW + 1,
-                      RpcStatus.SUCCESSFUL, NOW + 2, {}, origin=RpcOrigin.RULE, source=source)
+                      RpcStatus.SUCCESSFUL, NOW + 2, {}, source=source)
     store.write(lambda txn: rpc.put(txn, done))
     store.close()
     readonly = LmdbStore(tmp_path / "s", readonly=True)
@@ -262,18 +262,19 @@ def test_a_rule_request_keeps_its_origin_and_a_cloud_one_its_earlier_record(
     readonly.close()
 
 
-def test_an_unknown_origin_is_a_corrupt_record(tmp_path: Path) -> None:
+@pytest.mark.parametrize("origin", ["someone", "cloud"])  # a source is the rule chain's
+def test_an_unknown_origin_is_a_corrupt_record(tmp_path: Path, origin: str) -> None:
     store = LmdbStore(tmp_path / "s", initial_map_mb=8, max_size_mb=64)
     rpc = RpcStore(store)
     rule = RpcRequest(DEVICE, uuid.UUID(int=2), 2, "n", "1", True, NOW + 10, NOW,
-                      origin=RpcOrigin.RULE)
+                      source=SOURCE)
     store.write(lambda txn: rpc.put(txn, rule))
     key = b"rpc/" + DEVICE.bytes + codec.u64(NOW) + rule.request_uuid.bytes
     store.write(lambda txn: txn.put(key, codec.pack(
-        (2, "n", "1", True, NOW + 10, "QUEUED", 0, None, "", "someone", "k", "T", [])),
+        (2, "n", "1", True, NOW + 10, "QUEUED", 0, None, "", origin, "k", "T", [])),
         db=store.dbs["meta"]))
     with store.read() as txn, pytest.raises(StorageCorrupt,
-                                            match="origin and source \\['someone', 'k'"):
+                                            match=f"origin and source \\['{origin}', 'k'"):
         rpc.open_requests(txn)
     store.close()
 
@@ -298,7 +299,7 @@ def test_a_finished_request_goes_on_as_thingsboard_s_callback_sends_it(
     """TbSendRPCRequestNode's callback: the answer (or ``{}``) by Success, ``{"error": NAME}``
     by Failure, as a message of the type and metadata of the one that made the request."""
     request = RpcRequest(DEVICE, uuid.UUID(int=1), 7, "setFan", "3", oneway, NOW, NOW - 9,
-                         status, NOW, response, origin=RpcOrigin.RULE, source=SOURCE)
+                         status, NOW, response, source=SOURCE)
     end = rpc_end_msg(request, NOW + 1)
     assert end is not None
     assert (end[0], end[1].type, end[1].originator, end[1].data, dict(end[1].metadata),
@@ -308,7 +309,7 @@ def test_a_finished_request_goes_on_as_thingsboard_s_callback_sends_it(
 
 def test_an_open_or_cloud_request_does_not_go_on() -> None:
     open_one = RpcRequest(DEVICE, uuid.UUID(int=1), 7, "m", "3", False, NOW, NOW,
-                          origin=RpcOrigin.RULE, source=SOURCE)
+                          source=SOURCE)
     cloud = RpcRequest(DEVICE, uuid.UUID(int=2), 7, "m", "3", False, NOW, NOW,
                        RpcStatus.SUCCESSFUL, NOW, {})
     assert (rpc_end_msg(open_one, NOW), rpc_end_msg(cloud, NOW)) == (None, None)
@@ -319,6 +320,6 @@ def test_a_request_expired_when_made_goes_on_with_timeout() -> None:
     ignores such a request and its rule engine's timeout answers TIMEOUT
     (DefaultTbRuleEngineRpcService.scheduleTimeout), not NO_ACTIVE_CONNECTION."""
     at_once = RpcRequest(DEVICE, uuid.UUID(int=1), 7, "m", "3", False, NOW, NOW,
-                         RpcStatus.EXPIRED, NOW, None, origin=RpcOrigin.RULE, source=SOURCE)
+                         RpcStatus.EXPIRED, NOW, None, source=SOURCE)
     end = rpc_end_msg(at_once, NOW + 1)
     assert end is not None and (end[0], end[1].data) == ("Failure", {"error": "TIMEOUT"})
