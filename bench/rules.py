@@ -39,6 +39,11 @@ counted. The chains are written by the benchmark into its temporary folder (Thin
   edge queued for the cloud, ``reduction`` = in / out. Every summary is checked exactly (count,
   sum, min, max, avg of both keys, per device and window): any difference is an error.
 
+``--floor``: each ingest run also measures two chains that do less (FLOOR_CHAINS): push to cloud
+alone, which is what the edge does without a chain, and save timeseries -> push; ``floor``
+holds their rates and ratios to the same run's no-chain rate. They tell what the engine costs
+with no node doing any work of its own, and what the local save adds.
+
 ``--breakdown``: after the runs, one more ingest measurement without and one with the chain,
 the agent's functions timed (bench/rules_breakdown.py): ``breakdown`` holds µs of thread CPU per
 entry by function, with the rates of those two timed measurements.
@@ -113,6 +118,7 @@ class Options:
     only: str = "all"
     quick: bool = False
     breakdown: bool = False
+    floor: bool = False
 
 
 # -- the chains ------------------------------------------------------------------------------------
@@ -156,6 +162,20 @@ INGEST_CHAIN = _export(
      (4, 5, "Success")],
 )
 INGEST_NODES = len(INGEST_CHAIN["metadata"]["nodes"])
+
+_PUSH = _node(_ENGINE + "edge.TbMsgPushToCloudNode", "Push to cloud", {"scope": "SERVER_SCOPE"})
+FLOOR_CHAINS: dict[str, dict[str, Any]] = {
+    "push": _export("Bench floor: push only (1 node)", [_PUSH], []),
+    "save_push": _export(
+        "Bench floor: save and push (2 nodes)",
+        [_node(_ENGINE + "telemetry.TbMsgTimeseriesNode", "Save Timeseries", {"defaultTTL": 0}),
+         _PUSH],
+        [(0, 1, "Success")]),
+}
+"""``--floor``: chains that do less than INGEST_CHAIN, measured in the same runs. ``push`` sends
+every message to the cloud as it came, which is what the edge does without a chain: its ratio
+is what the engine itself costs. ``save_push`` adds INGEST_CHAIN's local save (latest values and
+the local timeseries)."""
 
 
 def aggregate_chain(interval_s: int, max_pending: int) -> dict[str, Any]:
@@ -248,10 +268,12 @@ class IngestRun:
     errors: list[str] = field(default_factory=list)
 
 
-def measure_ingest(opts: Options, workdir: Path, chain_file: Path | None) -> IngestRun:
-    """Entries/s committed through post_entries, with ``chain_file`` in force (or none)."""
+def measure_ingest(opts: Options, workdir: Path, chain_file: Path | None, *,
+                   label: str | None = None, transformed: bool = True) -> IngestRun:
+    """Entries/s committed through post_entries, with ``chain_file`` in force (or none).
+    ``transformed``: the chain's last node pushes the transform's ``temperature_f`` (checked)."""
     out = IngestRun()
-    label = "chain" if chain_file is not None else "no chain"
+    label = label or ("chain" if chain_file is not None else "no chain")
     with chain_app(workdir, "ingest-", chain_file) as app:
         out.errors += chain_problems(app, chain_file)
         if out.errors:
@@ -267,7 +289,7 @@ def measure_ingest(opts: Options, workdir: Path, chain_file: Path | None) -> Ing
         if tail_error:
             out.errors.append(tail_error)
         else:
-            out.errors += check_ingest(app, chain_file, out.posted, before)
+            out.errors += check_ingest(app, chain_file, out.posted, before, transformed)
     out.errors = [f"{label}: {e}" for e in out.errors]
     return out
 
@@ -288,9 +310,10 @@ def drive(app: EdgeApp, opts: Options, devices: Sequence[uuid.UUID],
     return tally.committed / opts.duration, tally.posted, tail_error
 
 
-def check_ingest(app: EdgeApp, chain_file: Path | None, posted: int, before: int) -> list[str]:
-    """Every posted entry is one queued event; with the chain, every node saw every entry, none
-    failed, and the last event carries the transform's field."""
+def check_ingest(app: EdgeApp, chain_file: Path | None, posted: int, before: int,
+                 transformed: bool = True) -> list[str]:
+    """Every posted entry is one queued event; with a chain, every node saw every entry and none
+    failed, and (``transformed``) the last event carries the transform's field."""
     problems = []
     events = total_events(app) - before
     if events != posted:
@@ -301,6 +324,8 @@ def check_ingest(app: EdgeApp, chain_file: Path | None, posted: int, before: int
         if node["in"] != posted or node["failed"]:
             problems.append(f"{node['node']}: in {node['in']}, failed {node['failed']} "
                             f"({posted} entries posted)")
+    if not transformed:
+        return problems
     from edge_sync.storage.event_log import EventLog
 
     with app.store.read() as txn:
@@ -458,6 +483,10 @@ def parse_args(argv: Sequence[str]) -> Options:
                    help="after the ingest runs, one more measurement each way with the agent's "
                    "functions timed (thread CPU per entry, bench/rules_breakdown.py), reported in "
                    "'breakdown'")
+    p.add_argument("--floor", action="store_true",
+                   help="in each ingest run, also measure a 1-node chain (push only) and a "
+                   "2-node chain (save, push), reported in 'floor': what the engine and the "
+                   "local save cost on their own")
     p.add_argument("--threads", type=int, default=4, help="ingest posting threads")
     p.add_argument("--window", type=int, default=32, help="outstanding futures per thread")
     p.add_argument("--batch", type=int, default=100, help="entries per ingest post")
@@ -478,7 +507,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         agg_devices=a.agg_devices, agg_per_window=a.agg_per_window,
         agg_windows=a.agg_windows if a.agg_windows is not None else (2 if a.quick else 3),
         agg_interval_s=a.agg_interval if a.agg_interval is not None else (2 if a.quick else 5),
-        only=a.only, quick=a.quick, breakdown=a.breakdown)
+        only=a.only, quick=a.quick, breakdown=a.breakdown, floor=a.floor)
     if opts.runs < 1 or opts.duration <= 0 or opts.warmup < 0:
         p.error("--runs and --duration must be positive, --warmup at least 0")
     if min(opts.threads, opts.window, opts.batch, opts.devices, opts.agg_devices,
@@ -512,16 +541,42 @@ def breakdown(opts: Options, workdir: Path) -> dict[str, Any]:
     return out
 
 
+def _ratios(plain: Sequence[float], chain: Sequence[float]) -> list[float]:
+    """chain / no chain, run by run."""
+    return [c / p if p > 0 else math.nan for p, c in zip(plain, chain, strict=True)]
+
+
+def floor_figures(plain: Sequence[IngestRun],
+                  floor: dict[str, list[IngestRun]]) -> dict[str, Any] | None:
+    """``--floor``'s figures: per floor chain, its entries/s and its ratio to the no-chain rate
+    of the same run (medians), each run in ``samples``; None without ``--floor``."""
+    if not floor:
+        return None
+    no_chain = [r.eps for r in plain]
+    out: dict[str, Any] = {}
+    for name, runs in floor.items():
+        eps = [r.eps for r in runs]
+        ratios = _ratios(no_chain, eps)
+        out[name] = {"nodes": len(FLOOR_CHAINS[name]["metadata"]["nodes"]),
+                     "eps": rounded(median(eps), 0), "ratio": rounded(median(ratios), 3),
+                     "samples": {"eps": [rounded(v, 0) for v in eps],
+                                 "ratio": [rounded(v, 3) for v in ratios]}}
+    return out
+
+
 def result_line(opts: Options, plain: Sequence[IngestRun], chained: Sequence[IngestRun],
-                agg: AggResult | None, machine: list[dict[str, float]]) -> dict[str, Any]:
+                agg: AggResult | None, machine: list[dict[str, float]],
+                floor: dict[str, list[IngestRun]] | None = None) -> dict[str, Any]:
+    floor = floor or {}
     no_chain = [r.eps for r in plain]
     chain = [r.eps for r in chained]
-    ratios = [c / p if p > 0 else math.nan for p, c in zip(no_chain, chain, strict=True)]
+    ratios = _ratios(no_chain, chain)
     figures = {"ratio": median(ratios), "reduction": math.nan}
     a = agg or AggResult()
     if agg is not None and agg.events_out > 0:
         figures["reduction"] = agg.messages_in / agg.events_out
-    errors = [e for r in (*plain, *chained) for e in r.errors] + a.errors
+    floor_runs = [r for runs in floor.values() for r in runs]
+    errors = [e for r in (*plain, *chained, *floor_runs) for e in r.errors] + a.errors
     return {
         "bench": "rules", "quick": opts.quick, "runs": opts.runs, "only": opts.only,
         "no_chain_eps": rounded(median(no_chain), 0), "chain_eps": rounded(median(chain), 0),
@@ -541,6 +596,7 @@ def result_line(opts: Options, plain: Sequence[IngestRun], chained: Sequence[Ing
         "samples": {"no_chain_eps": [rounded(v, 0) for v in no_chain],
                     "chain_eps": [rounded(v, 0) for v in chain],
                     "ratio": [rounded(v, 3) for v in ratios]},
+        "floor": floor_figures(plain, floor),
         "targets": TARGETS,
         "met": {k: None if math.isnan(v) else v >= TARGETS[k] for k, v in figures.items()},
         "machine": machine, "cpus": os.cpu_count(), "errors": errors[:20],
@@ -548,16 +604,25 @@ def result_line(opts: Options, plain: Sequence[IngestRun], chained: Sequence[Ing
 
 
 def ingest_runs(opts: Options, workdir: Path, plain: list[IngestRun],
-                chained: list[IngestRun]) -> None:
-    """``opts.runs`` runs, each without then with the chain. After a measurement with an error
-    the remaining runs are skipped: an agent whose posts did not commit may still be busy."""
+                chained: list[IngestRun], floor: dict[str, list[IngestRun]]) -> None:
+    """``opts.runs`` runs, each without then with the chain (then, with ``--floor``, with each
+    of FLOOR_CHAINS, into ``floor``). After a measurement with an error the remaining runs are
+    skipped (the run's lists are filled up with empty results, so that they stay in step): an
+    agent whose posts did not commit may still be busy."""
     chain_file = write_chain(workdir / "ingest_chain.json", INGEST_CHAIN)
+    plan: list[tuple[str, Path | None, list[IngestRun], bool]] = [
+        ("no chain", None, plain, True), ("chain", chain_file, chained, True)]
+    if opts.floor:
+        for name, export in FLOOR_CHAINS.items():
+            into = floor.setdefault(name, [])
+            plan.append((f"floor {name}", write_chain(workdir / f"floor_{name}.json", export),
+                         into, False))
     for run in range(1, opts.runs + 1):
-        for chain, into in ((None, plain), (chain_file, chained)):
-            label = "chain" if chain else "no chain"
+        for label, chain, into, transformed in plan:
             cpu = CpuMeter(os.getpid())
             try:
-                result = measure_ingest(opts, workdir, chain)
+                result = measure_ingest(opts, workdir, chain, label=label,
+                                        transformed=transformed)
             except Exception as exc:  # reported in the JSON line
                 result = IngestRun(errors=[f"{label}: {exc!r}"])
             result.errors = [f"run {run}, {e}" for e in result.errors]
@@ -567,11 +632,12 @@ def ingest_runs(opts: Options, workdir: Path, plain: list[IngestRun],
             if result.errors:
                 progress(f"run {run}/{opts.runs}: {result.errors[0]}; the remaining ingest "
                          "measurements are skipped")
-                if chain is None:
-                    chained.append(IngestRun())
+                for _, _, others, _ in plan:
+                    others.extend(IngestRun() for _ in range(run - len(others)))
                 return
         if plain[-1].eps > 0:
-            progress(f"run {run}/{opts.runs}: ratio {chained[-1].eps / plain[-1].eps:.3f}")
+            progress(f"run {run}/{opts.runs}: ratio " + ", ".join(
+                f"{label} {into[-1].eps / plain[-1].eps:.3f}" for label, _, into, _ in plan[1:]))
 
 
 def main(argv: Sequence[str]) -> int:
@@ -584,11 +650,12 @@ def main(argv: Sequence[str]) -> int:
     machine = [machine_load()]
     plain: list[IngestRun] = []
     chained: list[IngestRun] = []
+    floor: dict[str, list[IngestRun]] = {}
     agg: AggResult | None = None
     with tempfile.TemporaryDirectory(prefix="bench-rules-") as tmp:
         workdir = Path(tmp)
         if opts.only in ("all", "ingest"):
-            ingest_runs(opts, workdir, plain, chained)
+            ingest_runs(opts, workdir, plain, chained, floor)
         if opts.only in ("all", "aggregation"):
             try:
                 agg = measure_aggregation(opts, workdir)
@@ -597,7 +664,7 @@ def main(argv: Sequence[str]) -> int:
         split = (breakdown(opts, workdir) if opts.breakdown and opts.only != "aggregation"
                  else None)
     machine.append(machine_load())
-    line = result_line(opts, plain, chained, agg, machine)
+    line = result_line(opts, plain, chained, agg, machine, floor)
     if split is not None:
         line["breakdown"] = split
         line["errors"] += [f"breakdown: {e}" for e in split.pop("errors")]

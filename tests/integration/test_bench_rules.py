@@ -1,9 +1,9 @@
-"""`scripts/bench rules --quick --runs 1` end to end (about 15 s): one ingest run without and with
-the 6-node chain (in-process agents on fresh stores), then the aggregation chain over 2 windows of
-2 s for 10 devices posting 1,000 messages each per window. The JSON line (the last line of
-stdout) has every figure; the aggregation's are exact (every summary equals what was posted,
-the benchmark checks it), the speeds are only checked to be measured (their targets are the
-benchmark's business, on a quiet machine).
+"""`scripts/bench rules --quick --runs 1 --floor` end to end (about 20 s): one ingest run without
+and with the 6-node chain, and with the two floor chains (in-process agents on fresh stores),
+then the aggregation chain over 2 windows of 2 s for 10 devices posting 1,000 messages each per
+window. The JSON line (the last line of stdout) has every figure; the aggregation's are exact
+(every summary equals what was posted, the benchmark checks it), the speeds are only checked to
+be measured (their targets are the benchmark's business, on a quiet machine).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bench.rules import INGEST_CHAIN, TARGETS
+from bench.rules import FLOOR_CHAINS, INGEST_CHAIN, TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def quick() -> dict[str, Any]:
     """The JSON line of one quick run, which must exit 0 (no error)."""
-    cmd = [sys.executable, "-m", "bench", "rules", "--quick", "--runs", "1"]
+    cmd = [sys.executable, "-m", "bench", "rules", "--quick", "--runs", "1", "--floor"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     lines = done.stdout.strip().splitlines()
     assert lines, f"exit {done.returncode}:\n{done.stderr[-4000:]}"
@@ -49,6 +49,21 @@ def test_quick_run_reports_the_ingest_figures(quick: dict[str, Any]) -> None:
     assert quick["targets"] == TARGETS == {"ratio": 0.5, "reduction": 500.0}
     assert quick["met"]["ratio"] is (quick["ratio"] >= 0.5)
     assert len(quick["machine"]) == 2 and quick["cpus"] >= 1
+
+
+def test_quick_run_reports_the_floor_chains(quick: dict[str, Any]) -> None:
+    # push only (1 node) and save -> push (2 nodes), each checked like the 6-node chain (every
+    # entry one event, every node saw every entry, none failed: errors is empty above)
+    assert list(FLOOR_CHAINS) == ["push", "save_push"]
+    floor = quick["floor"]
+    assert list(floor) == ["push", "save_push"]
+    for name, nodes in (("push", 1), ("save_push", 2)):
+        figures = floor[name]
+        assert figures["nodes"] == nodes
+        assert figures["eps"] > 0 and figures["samples"]["eps"] == [figures["eps"]]
+        assert figures["samples"]["ratio"] == [figures["ratio"]]
+        assert figures["ratio"] == pytest.approx(figures["eps"] / quick["no_chain_eps"],
+                                                 abs=0.002)
 
 
 def test_quick_run_aggregates_exactly(quick: dict[str, Any]) -> None:
