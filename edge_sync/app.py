@@ -131,7 +131,7 @@ class EdgeApp:
         self.store_open = True
         self.ports: dict[str, int] = {}
         intensity = Intensity(cfg.supervisor.max_restarts, cfg.supervisor.within_s)
-        restarted = agent_gauges.restarts(self.metrics)
+        restarted = self._on_restart(agent_gauges.restarts(self.metrics))
         self.queue = Address("queue", lambda: self._actor_ref("queue"))
         self.connection = Address("connection", lambda: self._actor_ref("connection"))
         self.downlinks = Address("downlink", lambda: self._actor_ref("downlink"))
@@ -324,6 +324,8 @@ class EdgeApp:
 
     def stop(self, *, timeout: float = 60.0) -> None:
         """Stop the tree in reverse order (everything accepted is on disk), close the store."""
+        for address in self._addresses():
+            address.stopping()
         self.supervisor.stop(timeout=timeout)
         self.store_open = False
         self.store.close()
@@ -355,6 +357,23 @@ class EdgeApp:
         return self.ports["admin-http"]
 
     # -- wiring ------------------------------------------------------------------------------
+
+    def _addresses(self) -> list[Address]:
+        return [self.queue, self.connection, self.downlinks, *self._shard_addresses]
+
+    def _on_restart(self, count: Callable[[str], None]) -> Callable[[str], None]:
+        """The supervisors' restart hook: counts the restart (``count``), and tells the
+        restarted actor's Address (every shard's, when their supervisor restarted), so that its
+        "back" line comes now rather than with the next message."""
+
+        def restarted(child_id: str) -> None:
+            count(child_id)
+            for address in self._addresses():
+                if address.name == child_id or (child_id == "shards"
+                                                 and address in self._shard_addresses):
+                    address.started()
+
+        return restarted
 
     def _actor_ref(self, *path: str) -> pykka.ActorRef[Any] | None:
         node: Any = self.supervisor

@@ -12,7 +12,10 @@ A message that reaches the target's inbox as the target stops or fails is refuse
 itself (SupervisedActor closes its inbox as it exits), so it is never left unanswered either.
 
 Each time the target is found down, one WARNING line; once it is back, one INFO line with the
-messages refused meanwhile. Nothing is logged per message.
+messages refused meanwhile: at its restart (``started``, from the supervisor's restart hook), or
+else at the first message that finds it running. Once the agent stops (``stopping``), a refusal
+says so, and its run is one INFO line: a stopping agent is not an outage. Nothing is logged per
+message.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Address:
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._refused = 0
+        self._stopping = False
 
     def tell(self, message: Any) -> None:
         """Any thread. Deliver, or fail the message's reply and subscriber with Unavailable."""
@@ -55,7 +59,8 @@ class Address:
                 if self._down_since is not None:  # (another thread found it back first)
                     self._back()
                 return
-        error = Restarting(f"{self.name} is restarting; try again")
+        error = Restarting(f"{self.name} is stopping: the edge is shutting down" if self._stopping
+                           else f"{self.name} is restarting; try again")
         answered = False
         reply: Future[Any] | None = getattr(message, "reply", None)
         if reply is not None:
@@ -67,6 +72,17 @@ class Address:
         answered = fail_subscriber(getattr(message, "subscriber", None), error) or answered
         self._count_refusal(answered)
 
+    def started(self) -> None:
+        """The target was started again (the supervisor's restart hook, any thread): a run of
+        refusals ends now with its INFO line, not at the next message, which may be long in
+        coming."""
+        self._back()
+
+    def stopping(self) -> None:
+        """The agent is stopping (any thread): what is refused from now on is refused because
+        it stops, and is told so."""
+        self._stopping = True
+
     def _count_refusal(self, answered: bool) -> None:
         """One more message not delivered (``answered``: a sender waiting on it was answered
         Unavailable; a notification nobody waits on is not counted); the first of a run is
@@ -76,6 +92,11 @@ class Address:
             if self._down_since is not None:
                 return
             self._down_since = time.monotonic()
+        if self._stopping:
+            logger.bind(actor=self.name).info(
+                "{} has stopped with the edge: messages to it are answered Unavailable",
+                self.name)
+            return
         logger.bind(actor=self.name).warning(
             "{} is not running: messages to it are answered Unavailable (HTTP 503, try again) "
             "until it is back", self.name)

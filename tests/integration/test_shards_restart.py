@@ -252,6 +252,9 @@ def test_shards_start_once_the_root_holds_their_supervisor_so_nothing_refused_me
 
         wait_until(lambda: app.supervisor.restarts("shards") == 1, timeout=DEADLINE_S,
                    what="the root holds the new shards supervisor")
+        # the run's INFO comes with the restart, before any message finds the shard back
+        wait_until(lambda: any(r["extra"].get("actor") == "shard-0" and r["level"].name == "INFO"
+                               for r in records), timeout=DEADLINE_S, what="shard-0's back line")
         status, body = http_get(app, f"/api/v1/{a.token}/rpc?timeout=5000")
         assert (status, json.loads(body) if status == 200 else body) == (
             200, {"id": 7, "method": "reboot", "params": {"delay": 1}})

@@ -108,6 +108,48 @@ def test_an_address_logs_when_its_target_is_found_down_and_when_it_is_back() -> 
                         r"Unavailable meanwhile", lines[1][1])
 
 
+def test_an_address_told_its_target_restarted_ends_the_run_at_once() -> None:
+    """The supervisor's restart hook (``started``) logs the run's INFO line when the target is
+    back, not with the next message, which may come much later; that message then logs
+    nothing more. A restart with no refusal before it logs nothing."""
+    target: list[pykka.ActorRef[Any]] = []
+    address = Address("shard-2", lambda: target[0] if target else None)
+    with log_records() as records:
+        address.started()  # no run of refusals: nothing to end
+        assert records == []
+        for _ in range(2):
+            address.tell(PostRpcResponse(DEVICE, 1, {}, 0, Future()))
+        target.append(Sleeper.start())
+        try:
+            address.started()
+            assert [(r["level"].name, r["extra"]) for r in records] == [
+                ("WARNING", {"actor": "shard-2"}), ("INFO", {"actor": "shard-2", "messages": 2})]
+            address.tell(PostRpcResponse(DEVICE, 1, {}, 0, Future()))
+            address.started()
+        finally:
+            target[0].stop()
+    assert len(records) == 2
+    assert re.fullmatch(r"shard-2 is back after \d+\.\d s: 2 requests to it were answered "
+                        r"Unavailable meanwhile", records[1]["message"])
+
+
+def test_an_address_of_a_stopping_agent_says_so_and_logs_no_outage() -> None:
+    """Once the agent stops, a message to an actor that has stopped is refused as "stopping",
+    and the run is one INFO line, not the WARNING of an outage."""
+    address = Address("shard-4", lambda: None)
+    reply = Future[range]()
+    with log_records() as records:
+        address.stopping()
+        address.tell(PostRpcResponse(DEVICE, 1, {}, 0, reply))
+        address.tell(PostRpcResponse(DEVICE, 1, {}, 0, Future()))
+    error = reply.exception()
+    assert isinstance(error, Restarting)
+    assert str(error) == "shard-4 is stopping: the edge is shutting down"
+    assert [(r["level"].name, r["message"], r["extra"]) for r in records] == [
+        ("INFO", "shard-4 has stopped with the edge: messages to it are answered Unavailable",
+         {"actor": "shard-4"})]
+
+
 def test_a_refusal_counted_after_another_thread_found_the_target_back_still_ends_its_run() -> None:
     """Two threads: one resolves the restarted target and delivers, the other had found it
     down an instant before and counts its refusal only then. The next delivery ends that run
