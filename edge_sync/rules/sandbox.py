@@ -497,6 +497,21 @@ def _proto_key(source: str, start: int, text: str) -> str:
     return text
 
 
+# in a string literal: an escape (a backslash and the character after it, kept as it is), or a
+# line break of the script's own, which MVEL keeps in the text (ParseTools.captureStringLiteral
+# stops only at the closing quote) and JavaScript refuses
+_LITERAL_LINE_BREAK = re.compile(r"\\(?:\r\n|.)|\r\n|\r|\n", re.S)
+_LINE_BREAK_ESCAPES = {"\r\n": "\\r\\n\\\r\n", "\r": "\\r\\\r", "\n": "\\n\\\n"}
+
+
+def _literal_line_break(found: re.Match[str]) -> str:
+    """A line break inside a TBEL string literal as JavaScript reads the same text: its escape,
+    then a line continuation (a backslash and the break itself, which JavaScript reads as
+    nothing), so that the script's line numbers stay its own. An escape is left as it is."""
+    text = found.group(0)
+    return _LINE_BREAK_ESCAPES.get(text, text)
+
+
 def tbel_to_js(source: str) -> str:
     """The JavaScript of a TBEL script in the supported subset; ScriptSyntaxError for the rest.
 
@@ -514,7 +529,8 @@ def tbel_to_js(source: str) -> str:
     ``globalThis``, names starting with ``__`` (the runtime's), escapes in names, async
     functions and generator functions (``_TBEL_RESERVED``); regular expression literals and
     HTML-like comments (``_split_code_and_literals``). A quoted ``"__proto__"`` key of a
-    map literal becomes a computed key (a key, not the prototype: ``_proto_key``). Comments are
+    map literal becomes a computed key (a key, not the prototype: ``_proto_key``). A line break
+    inside a string literal is part of its text, as in MVEL (``_literal_line_break``). Comments are
     made spaces first; line numbers are kept
     (and columns, but on the line of a ``def``'s ``{``, where its own variables are declared).
     Linear in the script's length.
@@ -542,7 +558,7 @@ def tbel_to_js(source: str) -> str:
             text = _TBEL_DEF_VAR.sub("var ", text)
             text = _members_to_js(source, start, text)
         elif text[:1] in "'\"":
-            text = _proto_key(source, start, text)
+            text = _LITERAL_LINE_BREAK.sub(_literal_line_break, _proto_key(source, start, text))
         parts.append(text)
     return "".join(parts)
 

@@ -108,6 +108,26 @@ def test_foreach_keeps_line_numbers_and_leaves_strings_and_comments_alone() -> N
     assert error(source, {"l": [1]}) == "TypeError: size(): text is not a list or a map"
 
 
+# -- string literals --------------------------------------------------------------------------
+
+def test_a_string_literal_may_span_lines_as_in_mvel() -> None:
+    """MVEL's ParseTools.captureStringLiteral stops only at the closing quote: a line break of
+    the script inside a string is part of its text (LF, CR LF, CR), as in ThingsBoard Edge's
+    own test chains (a TbLogNode script ``return '<LF>Incoming message:<LF>' + ...``).
+    JavaScript refuses a raw line break in a string; the script's line numbers stay its own."""
+    assert run("return 'a\nb';") == "a\nb"
+    assert run('return "cr\r\nlf" + \'c\rr\';') == "cr\r\nlfc\rr"
+    assert run("return '\nIncoming message:\n' + JSON.stringify(msg);", {"t": 25}) == (
+        '\nIncoming message:\n{"t":25}')
+    # an escape is kept as it was: \\ then n is a backslash and an n, not a line break
+    assert run("return 'a\\\\nb';") == "a\\nb"
+    assert run("var s = 'one\ntwo\nthree';\nreturn s.split('\\n').size();") == 3
+    # the error's line is the script's: line 4, after a string over three lines
+    with pytest.raises(ScriptRuntimeError) as caught:
+        run("var s = 'a\nb\nc';\nreturn s.nosuch.size();")
+    assert "at __script (script:4:17)" in str(caught.value)
+
+
 # -- maps -------------------------------------------------------------------------------------
 
 def test_map_methods_as_execution_hash_map_and_java_util_map() -> None:
