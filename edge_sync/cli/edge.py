@@ -1063,7 +1063,7 @@ def _rules_check(args: argparse.Namespace) -> int:
     from edge_sync.rules.chain import parse_file
     from edge_sync.rules.runtime import digest
     from edge_sync.rules.sandbox import ScriptLimits
-    from edge_sync.rules.validate import summary, validate
+    from edge_sync.rules.validate import notes, summary, validate
 
     limits: ScriptLimits | None = None
     if getattr(args, "config", None) is not None:  # the site's script limits, as the agent's
@@ -1088,10 +1088,12 @@ def _rules_check(args: argparse.Namespace) -> int:
                 print_json({"ok": True, "name": chain.name, "type": chain.type,
                             "nodes": len(meta.nodes), "connections": len(meta.connections),
                             "node_types": sorted({n.type for n in meta.nodes}),
-                            "digest": fingerprint})
+                            "digest": fingerprint, "notes": notes(meta)})
             else:
                 print(summary(chain, meta))
                 print(f"digest {fingerprint}")
+                for note in notes(meta):
+                    print(f"note: {note}")
             return EXIT_OK
     if args.json:
         print_json({"ok": False, "problems": problems})

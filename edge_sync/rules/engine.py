@@ -819,12 +819,22 @@ class RuleEngine:
             n.DEDUPLICATION: self._defer,
             n.AGGREGATE: self._defer,
             n.RPC_REQUEST: self._send_rpc,
+            n.DEVICE_PROFILE: self._pass_on,
         }.get(kind, self._unsupported)
 
     @staticmethod
     def _type_switch(node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                      ) -> list[tuple[str, RuleMsg]]:
         return [(TYPE_SWITCH_RELATIONS.get(msg.type, OTHER), msg)]
+
+    @staticmethod
+    def _pass_on(node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
+                 ) -> list[tuple[str, RuleMsg]]:
+        """The device profile node: the message on by Success, as ThingsBoard's
+        TbDeviceProfileNode.onMsg sends it when no alarm rule of the device's profile changed
+        an alarm (and every message of another originator, an ENTITY_UPDATED or ENTITY_DELETED).
+        The profiles' alarm rules are not evaluated on the edge (``validate.notes``)."""
+        return [(SUCCESS, msg)]
 
     def _run_script(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                     ) -> list[tuple[str, RuleMsg]]:

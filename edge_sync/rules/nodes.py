@@ -57,6 +57,9 @@ CLEAR_ALARM = _ENGINE + "action.TbClearAlarmNode"
 LOG = _ENGINE + "action.TbLogNode"
 DEDUPLICATION = _ENGINE + "deduplication.TbMsgDeduplicationNode"
 RPC_REQUEST = _ENGINE + "rpc.TbSendRPCRequestNode"
+DEVICE_PROFILE = _ENGINE + "profile.TbDeviceProfileNode"
+"""Runs as a pass-through: every message on by Success (the profiles' alarm rules are not
+evaluated on the edge: ``engine.py``, ``validate.notes``)."""
 AGGREGATE = "edge_sync.rules.AggregateNode"
 AGGREGATE_MAX_PENDING = 100_000
 AGGREGATE_DEFAULT_PENDING = 10_000
@@ -261,6 +264,11 @@ def config_flag(config: Mapping[str, Any], key: str, default: bool = False) -> b
     return flag(config[key]) is True
 
 
+def _device_profile(config: Mapping[str, Any]) -> Problems:
+    # TbDeviceProfileNodeConfiguration: two booleans, read as Jackson reads them
+    return _flags(config, "persistAlarmRulesState", "fetchAlarmRulesStateOnStart")
+
+
 def _alarm_type(config: Mapping[str, Any]) -> Problems:
     """The alarm nodes' ``alarmType``: non-blank text (a pattern, ``patterns.py``)."""
     alarm_type = config.get("alarmType")
@@ -408,6 +416,7 @@ SUPPORTED: Mapping[str, NodeSpec] = {s.type: s for s in (
     NodeSpec(DEDUPLICATION, "deduplication", _deduplication),
     NodeSpec(AGGREGATE, "aggregation (the edge's own)", _aggregate),
     NodeSpec(RPC_REQUEST, "rpc call request", _rpc_request),
+    NodeSpec(DEVICE_PROFILE, "device profile (passes messages on)", _device_profile),
 )}
 """Every node type the edge accepts; a chain with any other is refused as a whole."""
 

@@ -43,7 +43,7 @@ from edge_sync.rules.chain import (
 )
 from edge_sync.rules.runtime import ChainInForce, Refusal, RulesRuntime, digest
 from edge_sync.rules.sandbox import ScriptLimits
-from edge_sync.rules.validate import validate
+from edge_sync.rules.validate import notes, validate
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.graph_store import GraphStore
 from edge_sync.storage.rule_chains import CLOUD, FILE, KeptChain, RuleChainStore, kind_of
@@ -335,6 +335,9 @@ class ChainSource:
                       digest=result.digest, nodes=len(meta.nodes)).info(
                 "rule chain {!r} in force from {} (version {}, {} nodes, digest {})",
                 chain.name, source, result.version, len(meta.nodes), result.digest)
+            for note in notes(meta):
+                _log.bind(chain=chain.name, source=source).warning(
+                    "rule chain {!r}: {}", chain.name, note)
         if kept is None or (kept.digest, kept.version, kept.source) != \
                 (result.digest, result.version, result.source):
             self._keep(result)

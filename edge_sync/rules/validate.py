@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from edge_sync.rules.chain import RuleChain, RuleChainMetaData, RuleNode
-from edge_sync.rules.nodes import SUPPORTED, check_configuration, script_of
+from edge_sync.rules.nodes import DEVICE_PROFILE, SUPPORTED, check_configuration, script_of
 from edge_sync.rules.sandbox import ScriptEngine, ScriptError, ScriptLimits
 
 WHERE = "metadata"
@@ -193,6 +193,16 @@ def _path_back(edges: dict[int, list[int]], group: set[int], start: int) -> tupl
                     following.append(target)
         frontier = following
     raise AssertionError("a strongly connected group has a cycle through each member")
+
+
+def notes(meta: RuleChainMetaData) -> list[str]:
+    """What of a valid chain runs on the edge otherwise than on ThingsBoard, one text a node:
+    ``rules check`` prints them, and the agent logs them as WARNINGs when the chain goes in
+    force. Empty for most chains."""
+    return [f"nodes[{node.index}] {node.name!r} (TbDeviceProfileNode) passes every message on "
+            "by Success: the alarm rules of the device profiles are not evaluated on the edge "
+            "(the cloud evaluates them on what the edge pushes)"
+            for node in meta.nodes if node.type == DEVICE_PROFILE]
 
 
 def summary(chain: RuleChain, meta: RuleChainMetaData) -> str:

@@ -82,6 +82,7 @@ def test_a_valid_chain_as_json(tmp_path: Path) -> None:
         True, "Boiler telemetry", "EDGE", 11, 11)
     assert f"digest {out['digest']}\n" == digest_line(FIXTURES / "telemetry_dedup_chain.json")
     assert len(out["node_types"]) == 11
+    assert out["notes"] == []
 
 
 def test_every_problem_one_a_line_exit_1(tmp_path: Path) -> None:
@@ -157,6 +158,26 @@ def test_thingsboard_s_default_edge_root_chain_passes_with_its_rpc_node(tmp_path
         0, "'Edge Root Rule Chain' (EDGE): 8 nodes, 10 connections; node types: TbLogNode x2, "
            "TbMsgAttributesNode, TbMsgPushToCloudNode x2, TbMsgTimeseriesNode, "
            "TbMsgTypeSwitchNode, TbSendRPCRequestNode")
+
+
+def test_thingsboard_4_2_s_edge_root_chain_passes_with_a_note_on_its_device_profile_node(
+        tmp_path: Path) -> None:
+    """ThingsBoard 3.2 to 4.2's default edge root chain (4.2.1's
+    application/src/main/data/json/edge/rule_chains/edge_root_rule_chain.json, copied as is)
+    starts with a device profile node: it passes, with a note that the node passes messages on
+    and the profiles' alarm rules are not evaluated on the edge."""
+    real = FIXTURES / "thingsboard_4_2_edge_root_rule_chain.json"
+    note = ("note: nodes[0] 'Device Profile Node' (TbDeviceProfileNode) passes every message on "
+            "by Success: the alarm rules of the device profiles are not evaluated on the edge "
+            "(the cloud evaluates them on what the edge pushes)\n")
+    done = check(tmp_path, str(real))
+    assert (done.returncode, done.stdout) == (
+        0, "'Edge Root Rule Chain' (EDGE): 9 nodes, 10 connections; node types: "
+           "TbDeviceProfileNode, TbLogNode x2, TbMsgAttributesNode, TbMsgPushToCloudNode x2, "
+           "TbMsgTimeseriesNode, TbMsgTypeSwitchNode, TbSendRPCRequestNode\n"
+           + digest_line(real) + note)
+    out = json.loads(check(tmp_path, str(real), "--json").stdout)
+    assert (out["ok"], out["nodes"], out["notes"]) == (True, 9, [note[len("note: "):-1]])
 
 
 def test_a_script_the_sandbox_refuses_exits_1_naming_node_and_reason(tmp_path: Path) -> None:

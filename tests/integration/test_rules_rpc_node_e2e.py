@@ -10,7 +10,9 @@ chain made as they take a cloud's: the HTTP long poll ``GET /api/v1/$TOKEN/rpc``
   edge_root_rule_chain.json, copied as tests/fixtures/rules/thingsboard_edge_root_rule_chain
   .json), which holds an RPC Call Request node, runs as rules.file: telemetry saved on the edge
   and pushed once, client attributes pushed, exact per-node counts (the RPC node gets nothing:
-  the chain runs on telemetry and attributes only);
+  the chain runs on telemetry and attributes only); so does 4.2.1's
+  (thingsboard_4_2_edge_root_rule_chain.json), whose device profile node passes every message
+  on, with one WARNING that the profiles' alarm rules are not evaluated on the edge;
 - a chain that asks a device to run its fan above 80 degrees (tests/fixtures/rules/
   rpc_on_threshold.json): the device's poll gets exactly that one request, its answer makes the
   request SUCCESSFUL on the edge (listed with ``"origin": "rule"``), and the cloud gets the
@@ -45,6 +47,7 @@ import aiohttp
 import pytest
 
 from edge_sync.rules.nodes import (
+    DEVICE_PROFILE,
     JS_FILTER,
     MSG_TYPE_SWITCH,
     PUSH_TO_CLOUD,
@@ -77,6 +80,7 @@ pytestmark = pytest.mark.slow
 SAVE_ATTRIBUTES = "org.thingsboard.rule.engine.telemetry.TbMsgAttributesNode"
 LOG = "org.thingsboard.rule.engine.action.TbLogNode"
 ROOT_CHAIN = FIXTURES / "thingsboard_edge_root_rule_chain.json"
+ROOT_CHAIN_4_2 = FIXTURES / "thingsboard_4_2_edge_root_rule_chain.json"
 FAN_CHAIN = FIXTURES / "rpc_on_threshold.json"
 FAN_REQUEST = {"method": "setFan", "params": {"speed": 3}}
 TIMEOUT_MS = 60_000  # the fan chain's timeoutInSeconds
@@ -165,15 +169,61 @@ def check_rule_request(record: dict[str, Any], device_id: str, request_id: int, 
 
 
 def test_thingsboard_default_edge_root_chain_runs_as_the_rules_file(tmp_path, procs):
-    """The root chain every ThingsBoard Edge starts with holds an RPC Call Request node (on the
-    switch's "RPC Request to Device" connection): the edge takes it as it is. Telemetry is saved
-    on the edge and pushed to the cloud once, client attributes are saved and pushed; the RPC
-    node, the log nodes and the SERVER_SCOPE push get nothing from a device's posts."""
-    cloud, agent = start_linked(tmp_path, procs, ROOT_CHAIN)
+    """The root chain every ThingsBoard Edge of ThingsBoard 4.3 and later starts with holds an
+    RPC Call Request node (on the switch's "RPC Request to Device" connection): the edge takes
+    it as it is. Telemetry is saved on the edge and pushed to the cloud once, client attributes
+    are saved and pushed; the RPC node, the log nodes and the SERVER_SCOPE push get nothing
+    from a device's posts."""
+    agent = _runs_as_the_rules_file(tmp_path, procs, ROOT_CHAIN)
+    assert node_counts(agent) == [
+        ("nodes[0] 'Save Timeseries'", SAVE_TIMESERIES, 3, 0),
+        ("nodes[1] 'Save Client Attributes'", SAVE_ATTRIBUTES, 1, 0),
+        ("nodes[2] 'Message Type Switch'", MSG_TYPE_SWITCH, 4, 0),
+        ("nodes[3] 'Log RPC from Device'", LOG, 0, 0),
+        ("nodes[4] 'Log Other'", LOG, 0, 0),
+        ("nodes[5] 'RPC Call Request'", RPC_REQUEST, 0, 0),
+        ("nodes[6] 'Push to cloud'", PUSH_TO_CLOUD, 4, 0),
+        ("nodes[7] 'Push to cloud'", PUSH_TO_CLOUD, 0, 0),
+    ]
+    assert [r for r in agent.log_records() if "TbDeviceProfileNode" in r["message"]] == []
+
+
+def test_thingsboard_4_2_edge_root_chain_runs_its_device_profile_node_as_a_pass_through(
+        tmp_path, procs):
+    """The edge root chain of ThingsBoard 3.2 to 4.2 (a tenant made then keeps it) starts with
+    a device profile node (TbDeviceProfileNode, "Device Profile Node"; the copy is 4.2.1's): it
+    passes every message on by Success, as ThingsBoard's does when no alarm rule of the
+    device's profile changed an alarm, and the chain does what 4.3's does. The profiles' alarm
+    rules are not evaluated on the edge: one WARNING says so when the chain goes in force."""
+    agent = _runs_as_the_rules_file(tmp_path, procs, ROOT_CHAIN_4_2)
+    assert node_counts(agent) == [
+        ("nodes[0] 'Device Profile Node'", DEVICE_PROFILE, 4, 0),
+        ("nodes[1] 'Save Timeseries'", SAVE_TIMESERIES, 3, 0),
+        ("nodes[2] 'Save Client Attributes'", SAVE_ATTRIBUTES, 1, 0),
+        ("nodes[3] 'Message Type Switch'", MSG_TYPE_SWITCH, 4, 0),
+        ("nodes[4] 'Log RPC from Device'", LOG, 0, 0),
+        ("nodes[5] 'Log Other'", LOG, 0, 0),
+        ("nodes[6] 'RPC Call Request'", RPC_REQUEST, 0, 0),
+        ("nodes[7] 'Push to cloud'", PUSH_TO_CLOUD, 4, 0),
+        ("nodes[8] 'Push to cloud'", PUSH_TO_CLOUD, 0, 0),
+    ]
+    warnings = [(r["level"], r["message"]) for r in agent.log_records()
+                if "TbDeviceProfileNode" in r["message"]]
+    assert warnings == [(
+        "WARNING", "rule chain 'Edge Root Rule Chain': nodes[0] 'Device Profile Node' "
+        "(TbDeviceProfileNode) passes every message on by Success: the alarm rules of the "
+        "device profiles are not evaluated on the edge (the cloud evaluates them on what the "
+        "edge pushes)")]
+
+
+def _runs_as_the_rules_file(tmp_path: Path, procs: Any, chain: Path) -> Agent:
+    """ThingsBoard's edge root chain ``chain`` as the rules file of an edge linked to the cloud:
+    three readings and a client attribute posted, each saved on the edge and pushed to the cloud
+    once, in order; no RPC request made. The agent, for its node counts and log."""
+    cloud, agent = start_linked(tmp_path, procs, chain)
     rules = rules_of(agent)
     assert (rules["chain"], rules["source"], rules["version"], rules["last_refusal"]) == \
-        ("Edge Root Rule Chain", f"file:{ROOT_CHAIN}", 1, None)
-    assert len(rules["nodes"]) == 8
+        ("Edge Root Rule Chain", f"file:{chain}", 1, None)
     device_id, token = agent.create_device("thermo-tb-root")
 
     body = [reading(t, 20 + t) for t in range(3)]
@@ -196,17 +246,7 @@ def test_thingsboard_default_edge_root_chain_runs_as_the_rules_file(tmp_path, pr
     client = agent.device("GET", f"/api/v1/{token}/attributes?clientKeys=fw")
     assert (client.status, client.json()) == (200, {"client": {"fw": "1.2.0"}})
     assert edge_rpcs(agent, device_id) == []
-
-    assert node_counts(agent) == [
-        ("nodes[0] 'Save Timeseries'", SAVE_TIMESERIES, 3, 0),
-        ("nodes[1] 'Save Client Attributes'", SAVE_ATTRIBUTES, 1, 0),
-        ("nodes[2] 'Message Type Switch'", MSG_TYPE_SWITCH, 4, 0),
-        ("nodes[3] 'Log RPC from Device'", LOG, 0, 0),
-        ("nodes[4] 'Log Other'", LOG, 0, 0),
-        ("nodes[5] 'RPC Call Request'", RPC_REQUEST, 0, 0),
-        ("nodes[6] 'Push to cloud'", PUSH_TO_CLOUD, 4, 0),
-        ("nodes[7] 'Push to cloud'", PUSH_TO_CLOUD, 0, 0),
-    ]
+    return agent
 
 
 # -- a request made by the chain, answered by the device ----------------------------------------

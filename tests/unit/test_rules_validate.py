@@ -42,8 +42,8 @@ def test_a_deduplication_node_feeds_the_transform() -> None:
 
 def test_unknown_node_types_refuse_the_chain_naming_each() -> None:
     assert problems("unknown_node_type.json") == [
-        "metadata.nodes[0].type: org.thingsboard.rule.engine.profile.TbDeviceProfileNode "
-        "('Device Profile Node') is not a supported node type: the chain is refused "
+        "metadata.nodes[0].type: org.thingsboard.rule.engine.metadata.TbGetAttributesNode "
+        "('Originator attributes') is not a supported node type: the chain is refused "
         "(docs/rules.md)",
         "metadata.nodes[2].type: org.thingsboard.rule.engine.rest.TbRestApiCallNode "
         "('POST to MES') is not a supported node type: the chain is refused (docs/rules.md)",
@@ -231,7 +231,8 @@ def test_configuration_checks(node_type: str, config: dict[str, Any],
 
 def test_the_supported_subset() -> None:
     assert sorted(s.short for s in nodes.SUPPORTED.values()) == [
-        "AggregateNode", "TbCheckMessageNode", "TbClearAlarmNode", "TbCreateAlarmNode", "TbJsFilterNode",
+        "AggregateNode", "TbCheckMessageNode", "TbClearAlarmNode", "TbCreateAlarmNode",
+        "TbDeviceProfileNode", "TbJsFilterNode",
         "TbJsSwitchNode", "TbLogNode", "TbMsgAttributesNode", "TbMsgDeduplicationNode",
         "TbMsgPushToCloudNode", "TbMsgTimeseriesNode", "TbMsgTypeSwitchNode",
         "TbSendRPCRequestNode", "TbTransformMsgNode"]
