@@ -222,7 +222,8 @@ _TBEL_NAME = re.compile(r"[A-Za-z_$][\w$]*")
 # ``.split("regex"`` / ``.matches('regex')`` / ``.replaceAll("regex"``: a literal regular
 # expression, checked at compile
 _TBEL_REGEX_ARG = re.compile(
-    r"\.\s*(?:split|matches|replaceAll|replaceFirst)\s*\(\s*(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*')\s*[,)]")
+    r"\.\s*(?:split|matches|replaceAll|replaceFirst)\s*\(\s*(\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')\s*[,)]",
+    re.S)
 _JS_FUNCTION = re.compile(r"\bfunction\s+([A-Za-z_$][\w$]*)")
 # where a string literal or a comment starts, and where a literal ends (its closing quote, a
 # backslash escaping any one character, the line break included); a lone ``/`` and JavaScript's
@@ -497,19 +498,39 @@ def _proto_key(source: str, start: int, text: str) -> str:
     return text
 
 
-# in a string literal: an escape (a backslash and the character after it, kept as it is), or a
-# line break of the script's own, which MVEL keeps in the text (ParseTools.captureStringLiteral
-# stops only at the closing quote) and JavaScript refuses
+# in a string literal: an escape (a backslash and the character after it), or a line break of
+# the script's own, which MVEL keeps in the text (ParseTools.captureStringLiteral stops only at
+# the closing quote) and JavaScript refuses
 _LITERAL_LINE_BREAK = re.compile(r"\\(?:\r\n|.)|\r\n|\r|\n", re.S)
-_LINE_BREAK_ESCAPES = {"\r\n": "\\r\\n\\\r\n", "\r": "\\r\\\r", "\n": "\\n\\\n"}
+# a line break as JavaScript reads the same text: its escape, then (LF, CR LF) a line
+# continuation (a backslash and the break itself, which JavaScript reads as nothing), so that
+# the script's lines stay its own; a lone CR, which the edge does not count as a line, is its
+# escape alone
+_LINE_BREAK_ESCAPES = {"\r\n": "\\r\\n\\\r\n", "\r": "\\r", "\n": "\\n\\\n"}
 
 
-def _literal_line_break(found: re.Match[str]) -> str:
-    """A line break inside a TBEL string literal as JavaScript reads the same text: its escape,
-    then a line continuation (a backslash and the break itself, which JavaScript reads as
-    nothing), so that the script's line numbers stay its own. An escape is left as it is."""
-    text = found.group(0)
-    return _LINE_BREAK_ESCAPES.get(text, text)
+def _literal_to_js(source: str, start: int, text: str) -> str:
+    """A TBEL string literal (at ``start`` in ``source``) as JavaScript reads the same text: its
+    line breaks written as escapes (``_LINE_BREAK_ESCAPES``). A backslash before a line break is
+    refused, as MVEL refuses it (ParseTools.handleEscapeSequence: "illegal escape sequence");
+    JavaScript would read a line continuation and drop the break. Other escapes are kept."""
+    if "\n" not in text and "\r" not in text:
+        return text
+    out: list[str] = []
+    at = 0
+    for found in _LITERAL_LINE_BREAK.finditer(text):
+        pair = found.group(0)
+        if pair[0] == "\\":
+            if pair[1] in "\r\n":
+                line = source[:start + found.start()].count("\n") + 1
+                raise ScriptSyntaxError(
+                    f"TBEL: illegal escape sequence: a backslash before a line break in a "
+                    f"string (line {line}); see docs/rules-scripts.md")
+            continue
+        out += (text[at:found.start()], _LINE_BREAK_ESCAPES[pair])
+        at = found.end()
+    out.append(text[at:])
+    return "".join(out)
 
 
 def tbel_to_js(source: str) -> str:
@@ -530,7 +551,7 @@ def tbel_to_js(source: str) -> str:
     functions and generator functions (``_TBEL_RESERVED``); regular expression literals and
     HTML-like comments (``_split_code_and_literals``). A quoted ``"__proto__"`` key of a
     map literal becomes a computed key (a key, not the prototype: ``_proto_key``). A line break
-    inside a string literal is part of its text, as in MVEL (``_literal_line_break``). Comments are
+    inside a string literal is part of its text, as in MVEL (``_literal_to_js``). Comments are
     made spaces first; line numbers are kept
     (and columns, but on the line of a ``def``'s ``{``, where its own variables are declared).
     Linear in the script's length.
@@ -558,7 +579,7 @@ def tbel_to_js(source: str) -> str:
             text = _TBEL_DEF_VAR.sub("var ", text)
             text = _members_to_js(source, start, text)
         elif text[:1] in "'\"":
-            text = _LITERAL_LINE_BREAK.sub(_literal_line_break, _proto_key(source, start, text))
+            text = _literal_to_js(source, start, _proto_key(source, start, text))
         parts.append(text)
     return "".join(parts)
 
@@ -835,8 +856,9 @@ class ScriptEngine:
         for found in _TBEL_REGEX_ARG.finditer(source):
             if not mask[found.start()]:
                 continue
+            literal = _literal_to_js(source, found.start(1), found.group(1))
             try:
-                self._context.eval(f"__edgeRegex({found.group(1)})")
+                self._context.eval(f"__edgeRegex({literal})")
             except _quickjs.JSException as exc:
                 line = source[:found.start()].count("\n") + 1
                 text = str(exc).splitlines()[0]
@@ -856,6 +878,12 @@ class ScriptEngine:
             if _is_oom(text):
                 raise ScriptMemoryExceeded(f"compiling the script: {text}") from None
             raise ScriptSyntaxError(_locate(text, self._body_lines)) from None
+        except ValueError as exc:  # the binding takes no NUL character (a C string)
+            # the body's line: the prologue is the source's first line (as ``_locate`` counts)
+            line = self._source[:self._source.find("\0")].count("\n")
+            raise ScriptSyntaxError(
+                f"the script holds a NUL character (U+0000; line {line}), which the engine "
+                "cannot compile: write it as an escape (\\u0000)") from exc
         context.set_time_limit(self.limits.time_limit_s)
         self._context, self._run = context, context.get("__edgeRun")
         self._run_many = context.get("__edgeRunMany")

@@ -180,6 +180,21 @@ def test_thingsboard_4_2_s_edge_root_chain_passes_with_a_note_on_its_device_prof
     assert (out["ok"], out["nodes"], out["notes"]) == (True, 9, [note[len("note: "):-1]])
 
 
+def test_a_script_holding_a_nul_character_is_one_problem_not_a_traceback(
+        tmp_path: Path) -> None:
+    chain = {"ruleChain": {"name": "nul", "type": "EDGE"}, "metadata": {
+        "firstNodeIndex": 0, "connections": [], "nodes": [
+            {"type": "org.thingsboard.rule.engine.action.TbLogNode", "name": "Log",
+             "configuration": {"scriptLang": "TBEL", "tbelScript": "return 'a\u0000b';"}}]}}
+    path = tmp_path / "nul.json"
+    path.write_text(json.dumps(chain))
+    done = check(tmp_path, str(path))
+    assert (done.returncode, done.stdout, done.stderr) == (
+        1, "metadata.nodes[0].configuration.tbelScript: nodes[0] 'Log': the TBEL script is "
+           "refused: ScriptSyntaxError: the script holds a NUL character (U+0000; line 1), "
+           "which the engine cannot compile: write it as an escape (\\u0000)\n", "")
+
+
 def test_a_script_the_sandbox_refuses_exits_1_naming_node_and_reason(tmp_path: Path) -> None:
     """Every script is compiled by the sandbox that runs it: one it refuses (TBEL outside the
     subset, a JS syntax error) once passed the check and then failed every message."""

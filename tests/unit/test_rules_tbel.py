@@ -122,10 +122,50 @@ def test_a_string_literal_may_span_lines_as_in_mvel() -> None:
     # an escape is kept as it was: \\ then n is a backslash and an n, not a line break
     assert run("return 'a\\\\nb';") == "a\\nb"
     assert run("var s = 'one\ntwo\nthree';\nreturn s.split('\\n').size();") == 3
-    # the error's line is the script's: line 4, after a string over three lines
-    with pytest.raises(ScriptRuntimeError) as caught:
-        run("var s = 'a\nb\nc';\nreturn s.nosuch.size();")
-    assert "at __script (script:4:17)" in str(caught.value)
+    # the error's line is the script's: line 4, after a string over three lines (CR LF the
+    # same); a lone CR is no line of the script's, for the edge as for its error lines
+    for script in ("var s = 'a\nb\nc';\nreturn s.nosuch.size();",
+                   "var s = 'a\r\nb\r\nc';\nreturn s.nosuch.size();",
+                   "var s = 'a\rb';\n\n\nreturn s.nosuch.size();"):
+        with pytest.raises(ScriptRuntimeError) as caught:
+            run(script)
+        assert "at __script (script:4:17)" in str(caught.value), script
+
+
+@pytest.mark.parametrize("script, line", [("return 'a\\\nb';", 1),
+                                          ("var x = 1;\nreturn 'a\\\r\nb';", 2),
+                                          ("return \"a\\\rb\";", 1)])
+def test_a_backslash_before_a_line_break_in_a_string_is_refused_as_mvel_refuses_it(
+        script: str, line: int) -> None:
+    """MVEL's ParseTools.handleEscapeSequence: a backslash before a line break is an "illegal
+    escape sequence" (JavaScript would read a line continuation and drop the break)."""
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine(script, "TBEL")
+    assert str(caught.value) == (
+        f"TBEL: illegal escape sequence: a backslash before a line break in a string (line "
+        f"{line}); see docs/rules-scripts.md")
+    assert run("return 'a\\\\\nb';") == "a\\\nb"  # an escaped backslash, then a break
+
+
+def test_a_literal_regex_over_a_line_break_is_checked_at_compile() -> None:
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine("var s = 'a';\nreturn s.split('(\n').size();", "TBEL")
+    assert str(caught.value).startswith("TBEL: PatternSyntaxException: ")
+    assert "(line 2: \".split('(\\n')\")" in str(caught.value)
+    assert run("return 'a\nb'.split('\n').size();") == 2
+
+
+@pytest.mark.parametrize("lang", ["TBEL", "JS"])
+def test_a_nul_character_in_a_script_is_a_syntax_error_naming_its_line(lang: str) -> None:
+    """The engine's binding takes the source as a C string: a NUL character cannot be compiled.
+    The script is refused with its line (before, a ValueError escaped the validation)."""
+    with pytest.raises(ScriptSyntaxError) as caught:
+        ScriptEngine("var x = 1;\nreturn 'a\u0000b';", lang)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "the script holds a NUL character (U+0000; line 2), which the engine cannot compile: "
+        "write it as an escape (\\u0000)")
+    assert ScriptEngine("return 'a\\u0000b';", lang).call(  # type: ignore[arg-type]
+        {}, {}, TELEMETRY) == "a\u0000b"
 
 
 # -- maps -------------------------------------------------------------------------------------
