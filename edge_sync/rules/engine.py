@@ -831,9 +831,10 @@ class RuleEngine:
     def _pass_on(node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                  ) -> list[tuple[str, RuleMsg]]:
         """The device profile node: the message on by Success, as ThingsBoard's
-        TbDeviceProfileNode.onMsg sends it when no alarm rule of the device's profile changed
-        an alarm (and every message of another originator, an ENTITY_UPDATED or ENTITY_DELETED).
-        The profiles' alarm rules are not evaluated on the edge (``validate.notes``)."""
+        TbDeviceProfileNode.onMsg sends every message it reads (DeviceState.process ends with
+        tellSuccess). The profiles' alarm rules are not evaluated on the edge, so none of the
+        ALARM messages ThingsBoard's sends besides when a rule changes an alarm (by "Alarm
+        Created" and the like: AlarmState.pushMsg) is made (``validate.notes``)."""
         return [(SUCCESS, msg)]
 
     def _run_script(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms

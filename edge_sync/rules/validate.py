@@ -200,8 +200,9 @@ def notes(meta: RuleChainMetaData) -> list[str]:
     ``rules check`` prints them, and the agent logs them as WARNINGs when the chain goes in
     force. Empty for most chains."""
     return [f"nodes[{node.index}] {node.name!r} (TbDeviceProfileNode) passes every message on "
-            "by Success: the alarm rules of the device profiles are not evaluated on the edge "
-            "(the cloud evaluates them on what the edge pushes)"
+            "by Success and sends no alarm: the alarm rules of the device profiles are not "
+            "evaluated on the edge (a cloud whose rule chain has a device profile node "
+            "evaluates them on what the edge pushes)"
             for node in meta.nodes if node.type == DEVICE_PROFILE]
 
 

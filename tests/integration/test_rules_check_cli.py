@@ -162,14 +162,15 @@ def test_thingsboard_s_default_edge_root_chain_passes_with_its_rpc_node(tmp_path
 
 def test_thingsboard_4_2_s_edge_root_chain_passes_with_a_note_on_its_device_profile_node(
         tmp_path: Path) -> None:
-    """ThingsBoard 3.2 to 4.2's default edge root chain (4.2.1's
+    """ThingsBoard 3.3 to 4.2's default edge root chain (4.2.1's
     application/src/main/data/json/edge/rule_chains/edge_root_rule_chain.json, copied as is)
     starts with a device profile node: it passes, with a note that the node passes messages on
     and the profiles' alarm rules are not evaluated on the edge."""
     real = FIXTURES / "thingsboard_4_2_edge_root_rule_chain.json"
     note = ("note: nodes[0] 'Device Profile Node' (TbDeviceProfileNode) passes every message on "
-            "by Success: the alarm rules of the device profiles are not evaluated on the edge "
-            "(the cloud evaluates them on what the edge pushes)\n")
+            "by Success and sends no alarm: the alarm rules of the device profiles are not "
+            "evaluated on the edge (a cloud whose rule chain has a device profile node "
+            "evaluates them on what the edge pushes)\n")
     done = check(tmp_path, str(real))
     assert (done.returncode, done.stdout) == (
         0, "'Edge Root Rule Chain' (EDGE): 9 nodes, 10 connections; node types: "

@@ -190,11 +190,12 @@ def test_thingsboard_default_edge_root_chain_runs_as_the_rules_file(tmp_path, pr
 
 def test_thingsboard_4_2_edge_root_chain_runs_its_device_profile_node_as_a_pass_through(
         tmp_path, procs):
-    """The edge root chain of ThingsBoard 3.2 to 4.2 (a tenant made then keeps it) starts with
+    """The edge root chain of ThingsBoard 3.3 to 4.2 (a tenant made then keeps it) starts with
     a device profile node (TbDeviceProfileNode, "Device Profile Node"; the copy is 4.2.1's): it
-    passes every message on by Success, as ThingsBoard's does when no alarm rule of the
-    device's profile changed an alarm, and the chain does what 4.3's does. The profiles' alarm
-    rules are not evaluated on the edge: one WARNING says so when the chain goes in force."""
+    passes every message on by Success, as ThingsBoard's does, and the chain does what 4.3's
+    does. The profiles' alarm rules are not evaluated on the edge (ThingsBoard's would send an
+    ALARM message besides when one changed an alarm): one WARNING says so when the chain goes
+    in force."""
     agent = _runs_as_the_rules_file(tmp_path, procs, ROOT_CHAIN_4_2)
     assert node_counts(agent) == [
         ("nodes[0] 'Device Profile Node'", DEVICE_PROFILE, 4, 0),
@@ -211,9 +212,9 @@ def test_thingsboard_4_2_edge_root_chain_runs_its_device_profile_node_as_a_pass_
                 if "TbDeviceProfileNode" in r["message"]]
     assert warnings == [(
         "WARNING", "rule chain 'Edge Root Rule Chain': nodes[0] 'Device Profile Node' "
-        "(TbDeviceProfileNode) passes every message on by Success: the alarm rules of the "
-        "device profiles are not evaluated on the edge (the cloud evaluates them on what the "
-        "edge pushes)")]
+        "(TbDeviceProfileNode) passes every message on by Success and sends no alarm: the "
+        "alarm rules of the device profiles are not evaluated on the edge (a cloud whose rule "
+        "chain has a device profile node evaluates them on what the edge pushes)")]
 
 
 def _runs_as_the_rules_file(tmp_path: Path, procs: Any, chain: Path) -> Agent:

@@ -1,8 +1,9 @@
 """ThingsBoard's device profile node (org.thingsboard.rule.engine.profile.TbDeviceProfileNode)
-on the edge: a pass-through. ThingsBoard's onMsg sends a message on by Success when no alarm rule
-of the device's profile changed an alarm, and every message of another originator, an
-ENTITY_UPDATED or an ENTITY_DELETED; the edge evaluates no profile alarm rule, so every message
-goes on by Success, unchanged, with no outcome of its own. Its configuration
+on the edge: a pass-through. ThingsBoard's sends every message it reads on by Success
+(TbDeviceProfileNode.onMsg; DeviceState.process ends with tellSuccess), and when an alarm rule
+of the device's profile changes an alarm it sends a new ALARM message besides, by "Alarm
+Created" and the like (AlarmState.pushMsg). The edge evaluates no profile alarm rule: every
+message goes on by Success, unchanged, with no outcome of its own and no ALARM message. Its configuration
 (TbDeviceProfileNodeConfiguration: two booleans) is read as Jackson reads it, and a chain with
 the node carries a note (``validate.notes``: ``rules check`` prints it, the agent logs it)."""
 
@@ -19,8 +20,9 @@ from edge_sync.rules.message import Originator, RuleMsg
 from edge_sync.rules.validate import notes, validate
 
 NOTE = ("nodes[0] 'Device Profile Node' (TbDeviceProfileNode) passes every message on by "
-        "Success: the alarm rules of the device profiles are not evaluated on the edge (the "
-        "cloud evaluates them on what the edge pushes)")
+        "Success and sends no alarm: the alarm rules of the device profiles are not evaluated "
+        "on the edge (a cloud whose rule chain has a device profile node evaluates them on what "
+        "the edge pushes)")
 
 
 def chain_doc(config: Any) -> dict[str, Any]:
