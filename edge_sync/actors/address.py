@@ -100,6 +100,11 @@ class Address:
         logger.bind(actor=self.name).warning(
             "{} is not running: messages to it are answered Unavailable (HTTP 503, try again) "
             "until it is back", self.name)
+        # its restart may have come between this refusal's look-up and its count (``started``
+        # then found no run to end): the run ends now rather than with the next message
+        ref = self._resolve()
+        if ref is not None and ref.is_alive():
+            self._back()
 
     def _back(self) -> None:
         """The target runs again: the run of refusals ends with one line."""

@@ -338,3 +338,37 @@ def test_long_polls_open_when_the_agent_stops_get_503_with_no_line_each(tmp_path
     assert [status for status, _ in answers] == [503, 503]
     assert sorted((r["level"].name, r["extra"]["code"]) for r in records
                   if " refused with " in r["message"]) == [("DEBUG", "503")] * 2
+
+
+def test_the_queue_s_back_line_comes_with_its_restart_and_a_stopping_edge_refuses_as_stopping(
+        app: EdgeApp) -> None:
+    """The root supervisor's restart hook tells the restarted actor's Address: a run of
+    refusals of the queue ends with its INFO line at the queue's restart, with no message sent
+    after it. Once the edge stops, a message to the queue is refused as "stopping", and the
+    run is one INFO line (no outage WARNING)."""
+    with log_records() as records:
+        app.queue._count_refusal(True)  # a message refused while the queue was down
+        assert app._crash("queue")
+        wait_until(lambda: any(r["extra"].get("actor") == "queue" and r["level"].name == "INFO"
+                               for r in records), timeout=DEADLINE_S, what="the queue's back line")
+        app.stop(timeout=30)
+        reply: Future[range] = Future()
+        app.queue.tell(Waiting(reply))
+    lines = [(r["level"].name, r["message"]) for r in records if r["extra"].get("actor") == "queue"]
+    assert lines[0] == ("WARNING", "queue is not running: messages to it are answered "
+                                   "Unavailable (HTTP 503, try again) until it is back")
+    assert lines[1][0] == "INFO" and re.fullmatch(
+        r"queue is back after \d+\.\d s: 1 requests to it were answered Unavailable meanwhile",
+        lines[1][1])
+    assert lines[2:] == [("INFO", "queue has stopped with the edge: messages to it are answered "
+                                  "Unavailable")]
+    error = reply.exception()
+    assert isinstance(error, Restarting) and str(error) == (
+        "queue is stopping: the edge is shutting down")
+
+
+@dataclasses.dataclass
+class Waiting:
+    """A message its sender waits on (its ``reply``), as a device's request is."""
+
+    reply: Future[range]
