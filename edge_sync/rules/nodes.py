@@ -7,7 +7,8 @@ presence here; ``script_of`` names the script a node runs, which validation then
 (``validate.py``).
 
 The rule engine reads what a check passes: the check fields, save timeseries
-(``timeseries_settings``) and alarm nodes' configurations (``alarms.CreateAlarmConfig``,
+(``timeseries_settings``), save attributes (``attributes_strategy``) and alarm nodes'
+configurations (``alarms.CreateAlarmConfig``,
 ``alarms.ClearAlarmConfig``) once, into typed objects, when it is built. A configuration that
 would fail every message (a dynamic severity no message can make a severity) is refused here,
 not found per message.
@@ -137,14 +138,20 @@ def _scope(config: Mapping[str, Any]) -> Problems:
     return []
 
 
-# -- TbMsgTimeseriesNode's processing settings ------------------------------------------------
-# TimeseriesProcessingSettings (rule-engine-components .../telemetry/settings): the basic modes,
-# and ADVANCED's per-action ProcessingStrategy (.../telemetry/strategy)
+# -- the save nodes' processing settings -------------------------------------------------------
+# TimeseriesProcessingSettings and AttributesProcessingSettings (rule-engine-components
+# .../telemetry/settings): the basic modes, and ADVANCED's per-action ProcessingStrategy
+# (.../telemetry/strategy)
 ON_EVERY_MESSAGE, WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED, SKIP = (
     "ON_EVERY_MESSAGE", "WEBSOCKETS_ONLY", "DEDUPLICATE", "ADVANCED", "SKIP")
 SETTINGS_TYPES = (ON_EVERY_MESSAGE, WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED)
 STRATEGY_TYPES = (ON_EVERY_MESSAGE, DEDUPLICATE, SKIP)
 ADVANCED_ACTIONS = ("timeseries", "latest", "webSockets", "calculatedFields")
+"""TimeseriesProcessingSettings.Advanced's actions."""
+ATTRIBUTES_ADVANCED_ACTIONS = ("attributes", "webSockets", "calculatedFields")
+"""AttributesProcessingSettings.Advanced's actions."""
+ATTRIBUTES_SETTINGS_VERSION = 3
+"""TbMsgAttributesNode's configuration version with ``processingSettings`` (ThingsBoard 4.0)."""
 DEDUPLICATION_INTERVAL_MAX_S = 86_400
 """DeduplicateProcessingStrategy's bounds: 1 s to a day."""
 
@@ -196,16 +203,36 @@ def timeseries_settings(config: Mapping[str, Any], version: int) -> TimeseriesSe
             mode, latest = ADVANCED, NEVER
     elif settings is not None:
         mode = settings["type"]
-        if mode == WEBSOCKETS_ONLY:
-            series = latest = NEVER
-        elif mode == DEDUPLICATE:
-            series = latest = Strategy(DEDUPLICATE, settings["deduplicationIntervalSecs"])
-            shared = True
-        elif mode == ADVANCED:
-            series, latest = (Strategy(settings[action]["type"],
-                                       settings[action].get("deduplicationIntervalSecs") or 0)
-                              for action in ("timeseries", "latest"))
+        series, latest = _strategy(settings, "timeseries"), _strategy(settings, "latest")
+        shared = mode == DEDUPLICATE
     return TimeseriesSettings(mode, series, latest, shared, default_ttl, use_server_ts)
+
+
+def _strategy(settings: Mapping[str, Any], action: str) -> Strategy:
+    """What validated processing settings decide for one action: the basic modes for every
+    action alike (WEBSOCKETS_ONLY skips every action but the WebSocket updates, which the edge
+    has none of), ADVANCED the action's own strategy."""
+    mode = settings["type"]
+    if mode == ADVANCED:
+        given = settings[action]
+        return Strategy(given["type"], given.get("deduplicationIntervalSecs") or 0)
+    if mode == DEDUPLICATE:
+        return Strategy(DEDUPLICATE, settings["deduplicationIntervalSecs"])
+    return NEVER if mode == WEBSOCKETS_ONLY else EVERY
+
+
+def attributes_strategy(config: Mapping[str, Any], version: int) -> Strategy:
+    """When a validated save attributes configuration saves the attributes on the edge (its
+    ``attributes`` action; the WebSocket and calculated field actions have no counterpart on the
+    edge). A configuration of a version before 3 (``configurationVersion`` absent, 0, 1 or 2:
+    before ThingsBoard 4.0) is read as TbMsgAttributesNode.upgrade upgrades it: its
+    ``processingSettings``, if any, replaced by ON_EVERY_MESSAGE. A later configuration without
+    ``processingSettings`` is read as the class's default one (ON_EVERY_MESSAGE), as the save
+    timeseries node's is."""
+    settings = config.get("processingSettings")
+    if version < ATTRIBUTES_SETTINGS_VERSION or settings is None:
+        return EVERY
+    return _strategy(settings, "attributes")
 
 
 def _dedup_interval(where: str, given: Mapping[str, Any]) -> Problems:
@@ -217,7 +244,10 @@ def _dedup_interval(where: str, given: Mapping[str, Any]) -> Problems:
              + f": expected whole seconds from 1 to {DEDUPLICATION_INTERVAL_MAX_S} (a day)")]
 
 
-def _processing_settings(settings: Any) -> Problems:
+def _processing_settings(settings: Any, actions: tuple[str, ...]) -> Problems:
+    """What Jackson would refuse to read into the settings class (TbNodeUtils.convert: the
+    node cannot start), or DeduplicateProcessingStrategy's constructor refuses; ``actions``:
+    those of the class's ADVANCED mode."""
     where = "processingSettings"
     kind = settings.get("type") if isinstance(settings, dict) else None
     if kind not in SETTINGS_TYPES:
@@ -228,7 +258,7 @@ def _processing_settings(settings: Any) -> Problems:
     if kind != ADVANCED:
         return []
     out: Problems = []
-    for action in ADVANCED_ACTIONS:
+    for action in actions:
         given = settings.get(action)
         strategy = given.get("type") if isinstance(given, dict) else None
         if strategy not in STRATEGY_TYPES:
@@ -249,7 +279,17 @@ def _timeseries(config: Mapping[str, Any]) -> Problems:
                                   f"0: no TTL), got {ttl!r}"))
     out.extend(_flags(config, "useServerTs"))
     if config.get("processingSettings") is not None:
-        out.extend(_processing_settings(config["processingSettings"]))
+        out.extend(_processing_settings(config["processingSettings"], ADVANCED_ACTIONS))
+    return out
+
+
+def _attributes(config: Mapping[str, Any]) -> Problems:
+    """TbMsgAttributesNodeConfiguration: ``scope``, and ``processingSettings`` when given, as
+    the save timeseries node's (with AttributesProcessingSettings.Advanced's actions)."""
+    out = _scope(config)
+    if config.get("processingSettings") is not None:
+        out.extend(_processing_settings(config["processingSettings"],
+                                        ATTRIBUTES_ADVANCED_ACTIONS))
     return out
 
 
@@ -400,7 +440,7 @@ SUPPORTED: Mapping[str, NodeSpec] = {s.type: s for s in (
     NodeSpec(CHECK_MESSAGE, "check fields presence", _check_message),
     NodeSpec(TRANSFORM, "script transformation", _scripted),
     NodeSpec(SAVE_TIMESERIES, "save timeseries", _timeseries),
-    NodeSpec(SAVE_ATTRIBUTES, "save attributes", _scope),
+    NodeSpec(SAVE_ATTRIBUTES, "save attributes", _attributes),
     NodeSpec(PUSH_TO_CLOUD, "push to cloud", _scope),
     NodeSpec(CREATE_ALARM, "create alarm", _create_alarm),
     NodeSpec(CLEAR_ALARM, "clear alarm", _alarm),

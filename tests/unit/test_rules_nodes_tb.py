@@ -24,6 +24,7 @@ from edge_sync.rules.engine import (
     SaveAttributes,
     SaveTimeseries,
     Visited,
+    saved_originators,
 )
 from edge_sync.rules.message import Originator, RuleMsg
 from edge_sync.rules.validate import validate
@@ -195,6 +196,147 @@ def test_save_attributes_takes_the_messages_scope_else_the_nodes() -> None:
                                    "metadata) is not one of CLIENT_SCOPE, SERVER_SCOPE, "
                                    "SHARED_SCOPE"),
         Visited("nodes[1] 'Failed'")]
+
+
+ATTRS = "nodes[0] 'Attrs'"
+ATTRS_SUCCESS = Visited("nodes[1] 'Success'")
+ALWAYS = {"type": "ON_EVERY_MESSAGE"}
+DEDUP_60 = {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 60}
+
+
+def saving_attributes(settings: dict[str, Any] | None, *, version: int = 3,
+                      scope: str = "CLIENT_SCOPE") -> RuleEngine:
+    """A save attributes node (configurationVersion ``version``, its processingSettings
+    ``settings`` when given) whose Success and Failure go on to a node named after them."""
+    config: dict[str, Any] = {"scope": scope, "updateAttributesOnlyOnValueChange": True}
+    if settings is not None:
+        config["processingSettings"] = settings
+    return chain([(n.SAVE_ATTRIBUTES, "Attrs", config), (n.MSG_TYPE_SWITCH, "Success", {}),
+                  (n.MSG_TYPE_SWITCH, "Failure", {})],
+                 [(0, 1, "Success"), (0, 2, "Failure")], versions=[version])
+
+
+def attrs_at(ts: int, originator: str = "d1", **meta: str) -> RuleMsg:
+    return RuleMsg("POST_ATTRIBUTES_REQUEST", Originator("DEVICE", originator), {"v": ts},
+                   {"ts": str(ts), **meta}, ts=5)
+
+
+def attrs_saved(ts: int, originator: str = "d1") -> SaveAttributes:
+    return SaveAttributes(ATTRS, ("DEVICE", originator), "CLIENT_SCOPE", {"v": ts})
+
+
+@pytest.mark.parametrize(("settings", "saves"), [
+    (ALWAYS, True),
+    (None, True),  # a version 3 configuration without settings: the class's default
+    ({"type": "WEBSOCKETS_ONLY"}, False),
+    ({"type": "ADVANCED", "attributes": {"type": "SKIP"}, "webSockets": ALWAYS,
+      "calculatedFields": ALWAYS}, False),
+    ({"type": "ADVANCED", "attributes": ALWAYS, "webSockets": {"type": "SKIP"},
+      "calculatedFields": {"type": "SKIP"}}, True),
+])
+def test_save_attributes_follows_its_processing_settings(settings: dict[str, Any] | None,
+                                                         saves: bool) -> None:
+    """TbMsgAttributesNode.determineSaveStrategy: the attributes are saved when the settings'
+    attributes action says so (AttributesSaveRequest.Strategy.saveAttributes); either way the
+    message goes on by Success (the short-circuit's tellSuccess, or the save's callback)."""
+    engine = saving_attributes(settings)
+    expected = [Visited(ATTRS), *([attrs_saved(1000)] if saves else []), ATTRS_SUCCESS]
+    assert engine.run(attrs_at(1000)) == expected
+    assert engine.run_many([attrs_at(1000), attrs_at(1000)]) == [expected, expected]
+
+
+def test_save_attributes_deduplicates_per_originator_by_the_metadata_ts() -> None:
+    """DEDUPLICATE (and ADVANCED's attributes DEDUPLICATE): DeduplicateProcessingStrategy
+    .shouldProcess(msg.getMetaDataTs(), originator): an originator's first message in each
+    interval is saved, the others go on by Success unsaved; the decisions are the same in a
+    batch; an empty object has no attributes and goes on undecided (onMsg returns before
+    determineSaveStrategy)."""
+    msgs = [attrs_at(1000), attrs_at(2000), attrs_at(61_000), attrs_at(59_999),
+            attrs_at(2000, "d2"), attrs_at(119_999), attrs_at(120_000)]
+    runs = [[attrs_saved(1000)], [], [attrs_saved(61_000)], [], [attrs_saved(2000, "d2")], [],
+            [attrs_saved(120_000)]]
+    advanced = {"type": "ADVANCED", "attributes": DEDUP_60, "webSockets": ALWAYS,
+                "calculatedFields": {"type": "SKIP"}}
+    for settings in (DEDUP_60, advanced):
+        engine = saving_attributes(settings)
+        assert [effects(engine.run(m)) for m in msgs] == runs
+        assert [effects(out) for out in saving_attributes(settings).run_many(msgs)] == runs
+    engine = saving_attributes(DEDUP_60)
+    empty = RuleMsg("POST_ATTRIBUTES_REQUEST", DEV, {}, {"ts": "1000"}, ts=5)
+    assert engine.run(empty) == [Visited(ATTRS), ATTRS_SUCCESS]
+    assert effects(engine.run(attrs_at(1000))) == [attrs_saved(1000)]
+
+
+def test_attributes_not_saved_go_on_without_their_scope_looked_at() -> None:
+    """The short-circuit of TbMsgAttributesNode.onMsg comes before getScope: a scope metadata
+    AttributeScope.valueOf refuses fails the node only when the attributes are saved."""
+    bad = {"scope": "shared_scope"}
+    assert saving_attributes({"type": "WEBSOCKETS_ONLY"}).run(attrs_at(1000, **bad)) == [
+        Visited(ATTRS), ATTRS_SUCCESS]
+    engine = saving_attributes(DEDUP_60)
+    assert engine.run(attrs_at(1000, **bad)) == [
+        Visited(ATTRS),
+        Failed(ATTRS, "attribute scope 'shared_scope' (the message's scope metadata) is not "
+                      "one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE"),
+        Visited("nodes[2] 'Failure'")]
+    assert engine.run(attrs_at(2000, **bad)) == [Visited(ATTRS), ATTRS_SUCCESS]
+
+
+@pytest.mark.parametrize("version", [0, 1, 2])
+def test_an_attributes_configuration_before_version_3_saves_on_every_message(
+        version: int) -> None:
+    """TbMsgAttributesNode.upgrade from versions 0 to 2 sets processingSettings to
+    ON_EVERY_MESSAGE, whatever the configuration held."""
+    engine = saving_attributes({"type": "WEBSOCKETS_ONLY"}, version=version)
+    assert [effects(engine.run(m)) for m in (attrs_at(1000), attrs_at(1000))] == [
+        [attrs_saved(1000)], [attrs_saved(1000)]]
+    assert not engine.deduplicates
+
+
+def test_a_forgotten_originator_is_saved_again_by_a_deduplicating_attributes_node() -> None:
+    """RuleEngine.forget (the outcome of a message let through was not stored): a save
+    attributes node's DEDUPLICATE forgets that originator as a save timeseries node's does;
+    saved_originators names the originators of attribute saves too."""
+    engine = saving_attributes(DEDUP_60)
+    assert engine.deduplicates
+    out = engine.run(attrs_at(1000))
+    assert effects(out) == [attrs_saved(1000)]
+    assert saved_originators(out) == frozenset({"d1"})
+    assert effects(engine.run(attrs_at(1000, "d2"))) == [attrs_saved(1000, "d2")]
+    assert effects(engine.run(attrs_at(1000))) == []
+    engine.forget({"d1"})
+    assert effects(engine.run(attrs_at(1000))) == [attrs_saved(1000)]
+    assert effects(engine.run(attrs_at(1000))) == []
+    assert effects(engine.run(attrs_at(1000, "d2"))) == []  # another originator's decisions
+    assert not saving_attributes(ALWAYS).deduplicates
+
+
+@pytest.mark.parametrize(("config", "found"), [
+    ({"scope": "SERVER_SCOPE", "processingSettings": None}, []),
+    ({"scope": "SERVER_SCOPE", "processingSettings": {"type": "BOGUS"}}, [
+        "processingSettings: expected an object whose type is one of ON_EVERY_MESSAGE, "
+        "WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED, got {'type': 'BOGUS'}"]),
+    ({"scope": "SERVER_SCOPE", "processingSettings": {"type": "DEDUPLICATE"}}, [
+        "processingSettings.deduplicationIntervalSecs: missing: expected whole seconds from "
+        "1 to 86400 (a day)"]),
+    ({"scope": "SERVER_SCOPE", "processingSettings": {
+        "type": "ADVANCED", "attributes": {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 0},
+        "timeseries": ALWAYS, "webSockets": ALWAYS}}, [
+        "processingSettings.attributes.deduplicationIntervalSecs: got 0: expected whole "
+        "seconds from 1 to 86400 (a day)",
+        "processingSettings.calculatedFields: missing: expected an object whose type is one "
+        "of ON_EVERY_MESSAGE, DEDUPLICATE, SKIP"]),
+    ({"processingSettings": {"type": "WEBSOCKETS_ONLY"}}, [
+        "scope: missing: expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE"]),
+])
+def test_save_attributes_settings_thingsboard_cannot_read_refuse_the_chain(
+        config: dict[str, Any], found: list[str]) -> None:
+    """What Jackson would refuse to read into TbMsgAttributesNodeConfiguration's
+    AttributesProcessingSettings (an unknown type, an ADVANCED without one of its three
+    actions, a DEDUPLICATE interval DeduplicateProcessingStrategy refuses) refuses the chain,
+    the field named."""
+    assert problems((n.SAVE_ATTRIBUTES, "Attrs", config), version=3) == [
+        f"metadata.nodes[0].configuration.{p}" for p in found]
 
 
 # -- TbCheckMessageNode ----------------------------------------------------------------------
