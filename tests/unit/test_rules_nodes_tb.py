@@ -639,6 +639,51 @@ def test_save_timeseries_settings_thingsboard_cannot_read_refuse_the_chain(
         f"metadata.nodes[0].configuration.{p}" for p in found]
 
 
+# -- number fields: Jackson's int and long ----------------------------------------------------
+
+@pytest.mark.parametrize(("value", "as_int", "as_long"), [
+    # what jackson-databind 2.18.2 and 2.20.1 (JacksonUtil.OBJECT_MAPPER's defaults,
+    # treeToValue) read into a Java int and long field
+    (180, 180, 180), ("180", 180, 180), (" 180 ", 180, 180), ("+5", 5, 5), ("-5", -5, -5),
+    ("0180", 180, 180), ("\u0663", 3, 3), (180.0, 180, 180), (180.5, 180, 180),
+    (-180.5, -180, -180), (0.9999, 0, 0), (1e2, 100, 100), (None, 0, 0), ("", 0, 0),
+    ("  ", 0, 0), ("null", 0, 0),
+    ("180.0", None, None), ("180.5", None, None), ("1e2", None, None), ("0x10", None, None),
+    ("1_000", None, None), ("abc", None, None), ("true", None, None), ("NaN", None, None),
+    (True, None, None), (False, None, None), ([5], None, None), ({}, None, None),
+    (2**31 - 1, 2**31 - 1, 2**31 - 1), (2**31, None, 2**31), (-(2**31) - 1, None, -(2**31) - 1),
+    ("2147483648", None, 2**31), (2147483648.0, None, 2**31), (2147483647.5, None, 2147483647),
+    (2**63 - 1, None, 2**63 - 1), (2**63, None, None), ("9223372036854775808", None, None),
+    (1e19, None, None), (float("inf"), None, None), (float("nan"), None, None),
+])
+def test_a_number_field_is_read_as_jackson_reads_a_java_int_or_long(
+        value: Any, as_int: int | None, as_long: int | None) -> None:
+    """StdDeserializer._parseIntPrimitive / _parseLongPrimitive with Jackson's default
+    coercion (TbNodeUtils.convert -> JacksonUtil.treeToValue): the text of a number, a float
+    truncated toward zero, "" and null as 0; None where Jackson refuses (the node cannot
+    start)."""
+    assert (n.java_int(value), n.java_int(value, long=True)) == (as_int, as_long)
+
+
+def test_the_nodes_run_their_number_fields_as_jackson_reads_them() -> None:
+    """TbMsgTimeseriesNodeConfiguration's long defaultTTL and the DEDUPLICATE settings' int
+    deduplicationIntervalSecs given as text or a float (as chains built by API or script
+    hold them) are run as the numbers ThingsBoard reads."""
+    assert effects(saving({"defaultTTL": "180"}).run(telemetry({"t": 1}))) == [
+        saved(1000, {"t": 1}, 180)]
+    assert effects(saving({"defaultTTL": 180.5}).run(telemetry({"t": 1}))) == [
+        saved(1000, {"t": 1}, 180)]
+    engine = saving({"processingSettings": {"type": "DEDUPLICATE",
+                                            "deduplicationIntervalSecs": "60"}})
+    assert [len(effects(engine.run(at(ts)))) for ts in (1000, 59_999, 60_000)] == [1, 0, 1]
+    engine = saving({"processingSettings": {
+        "type": "ADVANCED", "timeseries": EVERY,
+        "latest": {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 60.9},
+        "webSockets": EVERY, "calculatedFields": EVERY}})
+    assert [effects(engine.run(at(ts))) for ts in (1000, 59_999)] == [
+        [saved(1000, {"v": 1000})], [saved(59_999, {"v": 59_999}, latest=False)]]
+
+
 # -- TbCreateAlarmNode / TbClearAlarmNode ----------------------------------------------------
 
 DETAILS = "return {t: msg.t};"
