@@ -146,6 +146,12 @@ def lane_of(msg_type: str) -> str:
 
 _PUSH_LANES: Mapping[str, str] = {t: lane_of(t) for t in PUSHABLE_TYPES}
 """A pushable message type -> its lane (one look-up a push: is it pushable, and where to)."""
+_SCOPED_PUSHES = frozenset({POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED, ATTRIBUTES_DELETED})
+"""The types whose cloud event has an attribute scope (AbstractTbMsgPushNode.buildEvent calls
+getScope for them; an activity event only with scope metadata, which is then its scope)."""
+NO_PUSH_SCOPE = ("the message has no scope metadata and the node no scope: its attributes "
+                 "cannot be pushed (ThingsBoard's cloud refuses them: No enum constant "
+                 "org.thingsboard.server.common.data.AttributeScope.)")
 
 
 @dataclass(slots=True)  # not frozen: a frozen one costs about 1 µs more a message
@@ -514,6 +520,9 @@ class RuleEngine:
                                for node in meta.nodes if node.type == n.CREATE_ALARM}
         self._clear_alarms = {node.index: a.ClearAlarmConfig.of(node.configuration)
                               for node in meta.nodes if node.type == n.CLEAR_ALARM}
+        self._push_scopes = {node.index: str(node.configuration.get("scope") or "")
+                             for node in meta.nodes if node.type == n.PUSH_TO_CLOUD}
+        """A push node's ``scope``; "" when it has none (absent, null or "")."""
         self._in_message_order = frozenset(
             [i for i, save in self._saves.items() if save.remembers]
             + [i for i, save in self._attribute_saves.items() if isinstance(save, _Deduplicate)])
@@ -910,8 +919,12 @@ class RuleEngine:
         if lane is None:
             raise NodeFailure(f"unsupported message type {msg.type} (pushes "
                               f"{', '.join(PUSHABLE_TYPES)})")
-        # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's
-        scope = msg.metadata.get("scope") or str(node.configuration["scope"])
+        # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's. None
+        # for an attribute message: ThingsBoard Edge's event then goes up without a scope,
+        # and the cloud refuses it (BaseTelemetryProcessor: AttributeScope.valueOf(""))
+        scope = msg.metadata.get("scope") or self._push_scopes[node.index]
+        if not scope and msg.type in _SCOPED_PUSHES:
+            raise NodeFailure(NO_PUSH_SCOPE)
         out.append(PushToCloud(self._where[node.index],
                                (msg.originator.entity_type, msg.originator.id), msg.type,
                                scope, lane, msg.data, msg.metadata, _meta_ts(msg)))

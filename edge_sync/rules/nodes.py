@@ -200,6 +200,17 @@ def _scope(config: Mapping[str, Any]) -> Problems:
     return []
 
 
+def _push_scope(config: Mapping[str, Any]) -> Problems:
+    """BaseTbMsgPushNodeConfiguration.scope: a plain String, not checked by
+    AbstractTbMsgPushNode.init and read only for an attribute message without scope metadata
+    (getScope). Absent, null or "": the node pushes telemetry, alarms and RPC requests, and
+    fails an attribute message without scope metadata (``engine``); otherwise one of the
+    scopes."""
+    if config.get("scope") in (None, ""):
+        return []
+    return _scope(config)
+
+
 # -- the save nodes' processing settings -------------------------------------------------------
 # TimeseriesProcessingSettings and AttributesProcessingSettings (rule-engine-components
 # .../telemetry/settings): the basic modes, and ADVANCED's per-action ProcessingStrategy
@@ -498,7 +509,7 @@ SUPPORTED: Mapping[str, NodeSpec] = {s.type: s for s in (
     NodeSpec(TRANSFORM, "script transformation", _scripted),
     NodeSpec(SAVE_TIMESERIES, "save timeseries", _timeseries),
     NodeSpec(SAVE_ATTRIBUTES, "save attributes", _attributes),
-    NodeSpec(PUSH_TO_CLOUD, "push to cloud", _scope),
+    NodeSpec(PUSH_TO_CLOUD, "push to cloud", _push_scope),
     NodeSpec(CREATE_ALARM, "create alarm", _create_alarm),
     NodeSpec(CLEAR_ALARM, "clear alarm", _alarm),
     NodeSpec(LOG, "log", _scripted),

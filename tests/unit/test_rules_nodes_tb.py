@@ -15,6 +15,7 @@ from edge_sync.rules import alarms as a
 from edge_sync.rules import nodes as n
 from edge_sync.rules.chain import parse
 from edge_sync.rules.engine import (
+    NO_PUSH_SCOPE,
     ClearAlarm,
     CreateAlarm,
     Failed,
@@ -171,6 +172,48 @@ def test_a_switch_script_naming_a_relation_twice_routes_once(lang: str) -> None:
     assert effects(engine.run(msg)) == pushed
     batch = engine.run_many([msg, msg])
     assert [effects(out) for out in batch] == [pushed, pushed]
+
+
+# -- TbMsgPushToCloudNode --------------------------------------------------------------------
+
+PUSH = "nodes[0] 'Push'"
+
+
+@pytest.mark.parametrize("config", [{}, {"scope": None}, {"scope": ""}])
+def test_a_push_node_without_a_scope_pushes_all_but_unscoped_attributes(
+        config: dict[str, Any]) -> None:
+    """AbstractTbMsgPushNode reads its configuration's scope only in getScope, for an
+    attribute message (POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED, ATTRIBUTES_DELETED)
+    without scope metadata: the chain runs, telemetry and scoped attributes are pushed, and
+    an unscoped attribute message fails the node by Failure (ThingsBoard Edge would send its
+    event up without a scope, which the cloud refuses)."""
+    assert problems((n.PUSH_TO_CLOUD, "Push", config)) == []
+    engine = chain([(n.PUSH_TO_CLOUD, "Push", config), (n.MSG_TYPE_SWITCH, "Success", {}),
+                    (n.MSG_TYPE_SWITCH, "Failure", {})],
+                   [(0, 1, "Success"), (0, 2, "Failure")])
+    success, failure = Visited("nodes[1] 'Success'"), Visited("nodes[2] 'Failure'")
+    tele = telemetry({"t": 1}, ts="40")
+    connect = RuleMsg("CONNECT_EVENT", DEV, {"a": 1}, {}, ts=40)
+    scoped = attributes({"fw": "1"}, scope="SHARED_SCOPE")
+    msgs = [tele, connect, scoped, attributes({"fw": "1"}),
+            RuleMsg("ATTRIBUTES_UPDATED", DEV, {"fw": "1"}, {"scope": ""}, ts=40),
+            RuleMsg("ATTRIBUTES_DELETED", DEV, {"attributes": ["fw"]}, {}, ts=40)]
+    unscoped = [Visited(PUSH), Failed(PUSH, NO_PUSH_SCOPE), failure]
+    expected = [
+        [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "POST_TELEMETRY_REQUEST", "", "NORMAL",
+                                    {"t": 1}, {"ts": "40"}, 40), success],
+        [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "CONNECT_EVENT", "", "NORMAL", {"a": 1}, {},
+                                    40), success],
+        [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "POST_ATTRIBUTES_REQUEST", "SHARED_SCOPE",
+                                    "NORMAL", {"fw": "1"}, {"scope": "SHARED_SCOPE"}, 1000),
+         success],
+        unscoped, unscoped, unscoped]
+    assert [engine.run(m) for m in msgs] == expected
+    assert engine.run_many(msgs) == expected
+    assert NO_PUSH_SCOPE == (
+        "the message has no scope metadata and the node no scope: its attributes cannot be "
+        "pushed (ThingsBoard's cloud refuses them: No enum constant "
+        "org.thingsboard.server.common.data.AttributeScope.)")
 
 
 # -- TbMsgAttributesNode ---------------------------------------------------------------------

@@ -131,8 +131,13 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
         ("maxRetries", "expected a whole number >= 0, got -1")]),
     (nodes.DEDUPLICATION, {"interval": 5, "strategy": "ALL", "outMsgType": "POST_TELEMETRY_REQUEST"},
      []),
-    (nodes.PUSH_TO_CLOUD, {}, [
-        ("scope", "missing: expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE")]),
+    # BaseTbMsgPushNodeConfiguration.scope: a String read only for attribute messages
+    # without scope metadata: absent, null or "" are run (such a message then fails)
+    (nodes.PUSH_TO_CLOUD, {}, []),
+    (nodes.PUSH_TO_CLOUD, {"scope": None}, []),
+    (nodes.PUSH_TO_CLOUD, {"scope": ""}, []),
+    (nodes.PUSH_TO_CLOUD, {"scope": "SERVER"}, [
+        ("scope", "got 'SERVER': expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE")]),
     (nodes.SAVE_ATTRIBUTES, {"scope": "SERVER"}, [
         ("scope", "got 'SERVER': expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE")]),
     (nodes.SAVE_TIMESERIES, {}, []),
