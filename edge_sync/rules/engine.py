@@ -4,8 +4,9 @@ attributes, push to cloud, create/clear alarm, send an RPC request to the device
 deferred). Pure: no I/O, no threads, no clock but the injected one, no ids but the injected
 ``new_id``; acting on the outcomes is the
 caller's. Its one memory of earlier messages is what ThingsBoard too keeps in memory per node: a
-save timeseries node's DEDUPLICATE strategy (the intervals it has saved in, per originator),
-gone when the engine is rebuilt (another chain, a restart), as a ThingsBoard node's on restart.
+save timeseries or save attributes node's DEDUPLICATE strategy (the intervals it has saved in,
+per originator), gone when the engine is rebuilt (another chain, a restart), as a ThingsBoard
+node's on restart.
 
 Owns: walking from ``firstNodeIndex`` (``run``) or from a node's connections of one relation
 (``resume``: a closed window's output goes on by ``Success``, a message a window refused by
@@ -33,10 +34,10 @@ outgoing message of a created/updated/cleared alarm is of type ``ALARM`` with th
 as data (``TbAbstractAlarmNode.toAlarmMsg``). Alarm types and dynamic severities are patterns
 (``patterns.py``).
 
-The configurations of the check fields, save timeseries and alarm nodes are read once, when
-the engine is built, into frozen objects (``_FieldCheck``, ``_SaveSeries``,
-``alarms.CreateAlarmConfig``, ``alarms.ClearAlarmConfig``), as ThingsBoard's nodes read theirs
-in ``init``; a message reads only those.
+The configurations of the check fields, save timeseries, save attributes and alarm nodes are
+read once, when the engine is built, into frozen objects (``_FieldCheck``, ``_SaveSeries``, a
+save attributes node's ``_strategy``, ``alarms.CreateAlarmConfig``, ``alarms.ClearAlarmConfig``),
+as ThingsBoard's nodes read theirs in ``init``; a message reads only those.
 """
 
 from __future__ import annotations
@@ -145,6 +146,12 @@ def lane_of(msg_type: str) -> str:
 
 _PUSH_LANES: Mapping[str, str] = {t: lane_of(t) for t in PUSHABLE_TYPES}
 """A pushable message type -> its lane (one look-up a push: is it pushable, and where to)."""
+_SCOPED_PUSHES = frozenset({POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED, ATTRIBUTES_DELETED})
+"""The types whose cloud event has an attribute scope (AbstractTbMsgPushNode.buildEvent calls
+getScope for them; an activity event only with scope metadata, which is then its scope)."""
+NO_PUSH_SCOPE = ("the message has no scope metadata and the node no scope: its attributes "
+                 "cannot be pushed (ThingsBoard's cloud refuses them: No enum constant "
+                 "org.thingsboard.server.common.data.AttributeScope.)")
 
 
 @dataclass(slots=True)  # not frozen: a frozen one costs about 1 µs more a message
@@ -352,6 +359,14 @@ class _Deduplicate:
             originators.discard(originator)
 
 
+def _strategy(given: n.Strategy) -> _Deduplicate | bool:
+    """One action's ProcessingStrategy as a save node runs it: True on every message, False
+    never (SKIP), or the deduplication memory that decides per message."""
+    if given.type == n.DEDUPLICATE:
+        return _Deduplicate(given.interval_s)
+    return given.type == n.ON_EVERY_MESSAGE
+
+
 @dataclass(frozen=True, slots=True)
 class _SaveSeries:
     """A save timeseries node's settings read once (``nodes.timeseries_settings``), with the
@@ -367,14 +382,8 @@ class _SaveSeries:
     @staticmethod
     def of(node: RuleNode) -> _SaveSeries:
         settings = n.timeseries_settings(node.configuration, node.configuration_version)
-
-        def strategy(given: n.Strategy) -> _Deduplicate | bool:
-            if given.type == n.DEDUPLICATE:
-                return _Deduplicate(given.interval_s)
-            return given.type == n.ON_EVERY_MESSAGE
-
-        series = strategy(settings.timeseries)
-        latest = series if settings.shared else strategy(settings.latest)
+        series = _strategy(settings.timeseries)
+        latest = series if settings.shared else _strategy(settings.latest)
         return _SaveSeries(settings.default_ttl, settings.use_server_ts,
                            series is True and latest is True, series, latest)
 
@@ -502,20 +511,29 @@ class RuleEngine:
                               for node in meta.nodes if node.type == n.CHECK_MESSAGE}
         self._saves = {node.index: _SaveSeries.of(node)
                        for node in meta.nodes if node.type == n.SAVE_TIMESERIES}
+        self._attribute_saves = {
+            node.index: _strategy(n.attributes_strategy(node.configuration,
+                                                        node.configuration_version))
+            for node in meta.nodes if node.type == n.SAVE_ATTRIBUTES}
+        """A save attributes node's ``attributes`` action: True, False or its memory."""
         self._create_alarms = {node.index: a.CreateAlarmConfig.of(node.configuration)
                                for node in meta.nodes if node.type == n.CREATE_ALARM}
         self._clear_alarms = {node.index: a.ClearAlarmConfig.of(node.configuration)
                               for node in meta.nodes if node.type == n.CLEAR_ALARM}
-        self._in_message_order = frozenset(i for i, save in self._saves.items()
-                                           if save.remembers)
+        self._push_scopes = {node.index: str(node.configuration.get("scope") or "")
+                             for node in meta.nodes if node.type == n.PUSH_TO_CLOUD}
+        """A push node's ``scope``; "" when it has none (absent, null or "")."""
+        self._in_message_order = frozenset(
+            [i for i, save in self._saves.items() if save.remembers]
+            + [i for i, save in self._attribute_saves.items() if isinstance(save, _Deduplicate)])
         """Nodes whose decisions depend on the messages before (a deduplicating save):
         ``run_many`` runs them in ``run``'s order."""
-        self._deduplicates = tuple({id(d): d for save in self._saves.values()
-                                    for d in (save.series, save.latest)
-                                    if isinstance(d, _Deduplicate)}.values())
+        self._deduplicates = tuple({id(d): d for d in (
+            *(d for save in self._saves.values() for d in (save.series, save.latest)),
+            *self._attribute_saves.values()) if isinstance(d, _Deduplicate)}.values())
         self.deduplicates = bool(self._deduplicates)
-        """A save timeseries node deduplicates: what it decided is kept in memory, and
-        forgotten (``forget``) when the outcome of a message it let through was not stored."""
+        """A save node deduplicates: what it decided is kept in memory, and forgotten
+        (``forget``) when the outcome of a message it let through was not stored."""
         self._keys = window_keys(meta.nodes)
         self._index_of = {key: i for i, key in enumerate(self._keys)}
         self._scripts = scripts
@@ -878,9 +896,23 @@ class RuleEngine:
 
     def _save_attributes(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],
                          alarms: Alarms) -> list[tuple[str, RuleMsg]]:
+        """ThingsBoard's TbMsgAttributesNode.onMsg: an object without attributes goes on by
+        Success undecided; the processing settings decide (determineSaveStrategy, the
+        metadata's ts) whether the attributes are saved: when not, the message goes on by
+        Success (the WebSocket and calculated field actions have nothing to act on at the
+        edge), its scope not looked at. ``updateAttributesOnlyOnValueChange`` is not read: an
+        unchanged value written again is the same value in the edge's store, and nothing on
+        the edge is notified of a rule chain's save."""
         if msg.type != POST_ATTRIBUTES_REQUEST:
             raise NodeFailure(f"unsupported message type {msg.type} (saves "
                               f"{POST_ATTRIBUTES_REQUEST} only)")
+        save = self._attribute_saves[node.index]
+        if save is not True:
+            if msg.data == {}:  # JsonConverter.convertToAttributes gives none: no decision
+                return [(SUCCESS, msg)]
+            if save is False or not save.should_process(_meta_ts(msg), msg.originator.id,
+                                                        self.clock()):
+                return [(SUCCESS, msg)]
         # ThingsBoard's TbMsgAttributesNode.getScope: the metadata's "scope" when it is not
         # empty (AttributeScope.valueOf: a name it does not know fails the node), else the node's
         scope = msg.metadata.get("scope") or str(node.configuration["scope"])
@@ -898,8 +930,12 @@ class RuleEngine:
         if lane is None:
             raise NodeFailure(f"unsupported message type {msg.type} (pushes "
                               f"{', '.join(PUSHABLE_TYPES)})")
-        # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's
-        scope = msg.metadata.get("scope") or str(node.configuration["scope"])
+        # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's. None
+        # for an attribute message: ThingsBoard Edge's event then goes up without a scope,
+        # and the cloud refuses it (BaseTelemetryProcessor: AttributeScope.valueOf(""))
+        scope = msg.metadata.get("scope") or self._push_scopes[node.index]
+        if not scope and msg.type in _SCOPED_PUSHES:
+            raise NodeFailure(NO_PUSH_SCOPE)
         out.append(PushToCloud(self._where[node.index],
                                (msg.originator.entity_type, msg.originator.id), msg.type,
                                scope, lane, msg.data, msg.metadata, _meta_ts(msg)))
@@ -1068,9 +1104,11 @@ def _transformed_msg(msg: RuleMsg, result: TransformResult, given: dict[str, str
 
 
 def saved_originators(outcomes: Iterable[Outcome]) -> frozenset[str]:
-    """The originators ``outcomes`` save timeseries of: those whose deduplication decisions
-    are to be forgotten (``RuleEngine.forget``) when the outcomes were not stored."""
-    return frozenset(o.originator[1] for o in outcomes if type(o) is SaveTimeseries)
+    """The originators ``outcomes`` save timeseries or attributes of: those whose
+    deduplication decisions are to be forgotten (``RuleEngine.forget``) when the outcomes were
+    not stored."""
+    return frozenset(o.originator[1] for o in outcomes
+                     if type(o) is SaveTimeseries or type(o) is SaveAttributes)
 
 
 def count_visits(outcomes: list[Outcome], visits: dict[str, int]) -> list[Outcome]:

@@ -7,7 +7,8 @@ presence here; ``script_of`` names the script a node runs, which validation then
 (``validate.py``).
 
 The rule engine reads what a check passes: the check fields, save timeseries
-(``timeseries_settings``) and alarm nodes' configurations (``alarms.CreateAlarmConfig``,
+(``timeseries_settings``), save attributes (``attributes_strategy``) and alarm nodes'
+configurations (``alarms.CreateAlarmConfig``,
 ``alarms.ClearAlarmConfig``) once, into typed objects, when it is built. A configuration that
 would fail every message (a dynamic severity no message can make a severity) is refused here,
 not found per message.
@@ -23,8 +24,12 @@ max / avg / sum / count per numeric key over a window; ``window.py``), configure
 ``outMsgType`` (default ``POST_TELEMETRY_REQUEST``).
 
 The RPC call request node (``rpc.TbSendRPCRequestNode``) takes ``timeoutInSeconds`` (whole
-seconds, 0 to MAX_INTERVAL_S, or the text of such a number; absent or null 0, as ThingsBoard's
-``int``).
+seconds, 0 to MAX_INTERVAL_S; absent or null 0, as ThingsBoard's ``int``).
+
+Every number field (``defaultTTL``, ``interval``, ``maxPendingMsgs``, ``maxRetries``,
+``timeoutInSeconds``, ``deduplicationIntervalSecs``, and the aggregation node's own) is read as
+ThingsBoard's Jackson reads a Java ``int`` or ``long`` (``java_int``): the text of a number and
+a JSON float are taken, as there.
 
 Durations have a maximum ThingsBoard does not set (its configuration classes declare ``int
 interval`` and ``long defaultTTL`` and check nothing more): a window's deadline and a point's
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_sync.rules.patterns import has_pattern
+from edge_sync.validators import INT64_MAX, INT64_MIN
 
 Problems = list[tuple[str, str]]
 """(field of the configuration, what is wrong with it)."""
@@ -118,6 +124,63 @@ def flag(value: Any) -> bool | None:
     return None
 
 
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+_JAVA_TRIMMED = "".join(map(chr, range(33)))
+"""What Java's String.trim takes off both ends: every character up to the space."""
+
+
+def java_int(value: Any, *, long: bool = False) -> int | None:
+    """A Java ``int`` configuration field (``long`` with ``long``) as ThingsBoard reads it into
+    its configuration class: TbNodeUtils.convert -> JacksonUtil.treeToValue, Jackson's default
+    coercion (StdDeserializer._parseIntPrimitive / _parseLongPrimitive), checked against
+    jackson-databind 2.18 and 2.20:
+
+    - absent or null: 0;
+    - a JSON integer within the type's range;
+    - a JSON float within it, truncated toward zero (DeserializationFeature
+      .ACCEPT_FLOAT_AS_INT, on by default): 180.0 and 180.5 are 180, -180.5 is -180;
+    - text, trimmed as String.trim does: "" and "null" are 0; else an optional sign and
+      decimal digits within the range (Integer.parseInt / Long.parseLong): "180", " 180 ",
+      "+180" and "0180" are 180; "180.0", "1e2", "0x10", "1_000" are refused.
+
+    None: what Jackson refuses (the node cannot start): a boolean, an array, an object, other
+    text, a number out of the type's range."""
+    low, high = (INT64_MIN, INT64_MAX) if long else (INT32_MIN, INT32_MAX)
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if low <= value <= high else None
+    if isinstance(value, float):
+        # ParserBase.convertNumberToInt/Long: the double against the range as a double, then
+        # Java's cast (which saturates: 2^63 as a double is Long.MAX_VALUE)
+        if float(low) <= value <= float(high):
+            return max(low, min(high, int(value)))
+        return None  # NaN and the infinities too
+    if isinstance(value, str):
+        text = value.strip(_JAVA_TRIMMED)
+        if text in ("", "null"):
+            return 0
+        digits = text[1:] if text[:1] in ("+", "-") else text
+        if not digits.isdecimal():  # Character.digit: any Unicode decimal digit, as int()
+            return None
+        try:
+            number = int(text)
+        except ValueError:  # beyond Python's digit limit: far beyond any range
+            return None
+        return number if low <= number <= high else None
+    return None
+
+
+def read_int(value: Any, *, long: bool = False) -> int:
+    """A validated number field's value (``java_int``); ValueError for one validation refuses."""
+    number = java_int(value, long=long)
+    if number is None:
+        raise ValueError(f"not a Java {'long' if long else 'int'}: {value!r}")
+    return number
+
+
 def _flags(config: Mapping[str, Any], *keys: str) -> Problems:
     return [(key, f"expected true or false, got {config[key]!r}") for key in keys
             if flag(config.get(key)) is None]
@@ -140,14 +203,31 @@ def _scope(config: Mapping[str, Any]) -> Problems:
     return []
 
 
-# -- TbMsgTimeseriesNode's processing settings ------------------------------------------------
-# TimeseriesProcessingSettings (rule-engine-components .../telemetry/settings): the basic modes,
-# and ADVANCED's per-action ProcessingStrategy (.../telemetry/strategy)
+def _push_scope(config: Mapping[str, Any]) -> Problems:
+    """BaseTbMsgPushNodeConfiguration.scope: a plain String, not checked by
+    AbstractTbMsgPushNode.init and read only for an attribute message without scope metadata
+    (getScope). Absent, null or "": the node pushes telemetry, alarms and RPC requests, and
+    fails an attribute message without scope metadata (``engine``); otherwise one of the
+    scopes."""
+    if config.get("scope") in (None, ""):
+        return []
+    return _scope(config)
+
+
+# -- the save nodes' processing settings -------------------------------------------------------
+# TimeseriesProcessingSettings and AttributesProcessingSettings (rule-engine-components
+# .../telemetry/settings): the basic modes, and ADVANCED's per-action ProcessingStrategy
+# (.../telemetry/strategy)
 ON_EVERY_MESSAGE, WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED, SKIP = (
     "ON_EVERY_MESSAGE", "WEBSOCKETS_ONLY", "DEDUPLICATE", "ADVANCED", "SKIP")
 SETTINGS_TYPES = (ON_EVERY_MESSAGE, WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED)
 STRATEGY_TYPES = (ON_EVERY_MESSAGE, DEDUPLICATE, SKIP)
 ADVANCED_ACTIONS = ("timeseries", "latest", "webSockets", "calculatedFields")
+"""TimeseriesProcessingSettings.Advanced's actions."""
+ATTRIBUTES_ADVANCED_ACTIONS = ("attributes", "webSockets", "calculatedFields")
+"""AttributesProcessingSettings.Advanced's actions."""
+ATTRIBUTES_SETTINGS_VERSION = 3
+"""TbMsgAttributesNode's configuration version with ``processingSettings`` (ThingsBoard 4.0)."""
 DEDUPLICATION_INTERVAL_MAX_S = 86_400
 """DeduplicateProcessingStrategy's bounds: 1 s to a day."""
 
@@ -188,8 +268,7 @@ def timeseries_settings(config: Mapping[str, Any], version: int) -> TimeseriesSe
     or the text) keeps the timeseries and skips the latest values, anything else saves both
     on every message; its ``processingSettings``, if any, is replaced. A later configuration
     without ``processingSettings`` is read as the class's default one (ON_EVERY_MESSAGE)."""
-    ttl = config.get("defaultTTL")
-    default_ttl = 0 if ttl is None else int(ttl)
+    default_ttl = read_int(config.get("defaultTTL"), long=True)
     use_server_ts = flag(config.get("useServerTs")) is True
     mode, series, latest, shared = ON_EVERY_MESSAGE, EVERY, EVERY, False
     settings = config.get("processingSettings")
@@ -199,16 +278,36 @@ def timeseries_settings(config: Mapping[str, Any], version: int) -> TimeseriesSe
             mode, latest = ADVANCED, NEVER
     elif settings is not None:
         mode = settings["type"]
-        if mode == WEBSOCKETS_ONLY:
-            series = latest = NEVER
-        elif mode == DEDUPLICATE:
-            series = latest = Strategy(DEDUPLICATE, settings["deduplicationIntervalSecs"])
-            shared = True
-        elif mode == ADVANCED:
-            series, latest = (Strategy(settings[action]["type"],
-                                       settings[action].get("deduplicationIntervalSecs") or 0)
-                              for action in ("timeseries", "latest"))
+        series, latest = _strategy(settings, "timeseries"), _strategy(settings, "latest")
+        shared = mode == DEDUPLICATE
     return TimeseriesSettings(mode, series, latest, shared, default_ttl, use_server_ts)
+
+
+def _strategy(settings: Mapping[str, Any], action: str) -> Strategy:
+    """What validated processing settings decide for one action: the basic modes for every
+    action alike (WEBSOCKETS_ONLY skips every action but the WebSocket updates, which the edge
+    has none of), ADVANCED the action's own strategy."""
+    mode = settings["type"]
+    if mode == ADVANCED:
+        given = settings[action]
+        return Strategy(given["type"], read_int(given.get("deduplicationIntervalSecs")))
+    if mode == DEDUPLICATE:
+        return Strategy(DEDUPLICATE, read_int(settings["deduplicationIntervalSecs"]))
+    return NEVER if mode == WEBSOCKETS_ONLY else EVERY
+
+
+def attributes_strategy(config: Mapping[str, Any], version: int) -> Strategy:
+    """When a validated save attributes configuration saves the attributes on the edge (its
+    ``attributes`` action; the WebSocket and calculated field actions have no counterpart on the
+    edge). A configuration of a version before 3 (``configurationVersion`` absent, 0, 1 or 2:
+    before ThingsBoard 4.0) is read as TbMsgAttributesNode.upgrade upgrades it: its
+    ``processingSettings``, if any, replaced by ON_EVERY_MESSAGE. A later configuration without
+    ``processingSettings`` is read as the class's default one (ON_EVERY_MESSAGE), as the save
+    timeseries node's is."""
+    settings = config.get("processingSettings")
+    if version < ATTRIBUTES_SETTINGS_VERSION or settings is None:
+        return EVERY
+    return _strategy(settings, "attributes")
 
 
 def _dedup_interval(where: str, given: Mapping[str, Any]) -> Problems:
@@ -220,7 +319,10 @@ def _dedup_interval(where: str, given: Mapping[str, Any]) -> Problems:
              + f": expected whole seconds from 1 to {DEDUPLICATION_INTERVAL_MAX_S} (a day)")]
 
 
-def _processing_settings(settings: Any) -> Problems:
+def _processing_settings(settings: Any, actions: tuple[str, ...]) -> Problems:
+    """What Jackson would refuse to read into the settings class (TbNodeUtils.convert: the
+    node cannot start), or DeduplicateProcessingStrategy's constructor refuses; ``actions``:
+    those of the class's ADVANCED mode."""
     where = "processingSettings"
     kind = settings.get("type") if isinstance(settings, dict) else None
     if kind not in SETTINGS_TYPES:
@@ -231,7 +333,7 @@ def _processing_settings(settings: Any) -> Problems:
     if kind != ADVANCED:
         return []
     out: Problems = []
-    for action in ADVANCED_ACTIONS:
+    for action in actions:
         given = settings.get(action)
         strategy = given.get("type") if isinstance(given, dict) else None
         if strategy not in STRATEGY_TYPES:
@@ -247,12 +349,22 @@ def _processing_settings(settings: Any) -> Problems:
 def _timeseries(config: Mapping[str, Any]) -> Problems:
     out: Problems = []
     ttl = config.get("defaultTTL")
-    if ttl is not None and not _whole(ttl, minimum=0, maximum=MAX_TTL_S):
+    if ttl is not None and not _whole(ttl, minimum=0, maximum=MAX_TTL_S, long=True):
         out.append(("defaultTTL", f"expected whole seconds from 0 to {MAX_TTL_S} (100 years; "
                                   f"0: no TTL), got {ttl!r}"))
     out.extend(_flags(config, "useServerTs"))
     if config.get("processingSettings") is not None:
-        out.extend(_processing_settings(config["processingSettings"]))
+        out.extend(_processing_settings(config["processingSettings"], ADVANCED_ACTIONS))
+    return out
+
+
+def _attributes(config: Mapping[str, Any]) -> Problems:
+    """TbMsgAttributesNodeConfiguration: ``scope``, and ``processingSettings`` when given, as
+    the save timeseries node's (with AttributesProcessingSettings.Advanced's actions)."""
+    out = _scope(config)
+    if config.get("processingSettings") is not None:
+        out.extend(_processing_settings(config["processingSettings"],
+                                        ATTRIBUTES_ADVANCED_ACTIONS))
     return out
 
 
@@ -356,18 +468,15 @@ def _deduplication(config: Mapping[str, Any]) -> Problems:
 
 def rpc_timeout_s(config: Mapping[str, Any]) -> int:
     """An RPC call request node's ``timeoutInSeconds`` as ThingsBoard's
-    TbSendRpcRequestNodeConfiguration reads it into its ``int``: absent or null 0, a whole
-    number or the text of one (``_rpc_request`` has checked it)."""
-    value = config.get("timeoutInSeconds")
-    return 0 if value is None else int(value)
+    TbSendRpcRequestNodeConfiguration reads it into its ``int`` (``java_int``: absent or null
+    0; ``_rpc_request`` has checked it)."""
+    return read_int(config.get("timeoutInSeconds"))
 
 
 def _rpc_request(config: Mapping[str, Any]) -> Problems:
     """``timeoutInSeconds``: whole seconds from 0 to MAX_INTERVAL_S (an expiry kept in 64-bit
     milliseconds, as a window's deadline), absent or null 0 as ThingsBoard's ``int``."""
     value = config.get("timeoutInSeconds")
-    if isinstance(value, str) and value.isascii() and value.strip().isdigit():
-        value = int(value)  # Jackson coerces the text of a number into the int field
     if value is None or _whole(value, minimum=0, maximum=MAX_INTERVAL_S):
         return []
     return [("timeoutInSeconds",
@@ -377,8 +486,7 @@ def _rpc_request(config: Mapping[str, Any]) -> Problems:
 def _aggregate(config: Mapping[str, Any]) -> Problems:
     out = _interval(config)
     pending = config.get("maxPendingMsgs")
-    if pending is not None and not (_whole(pending, minimum=1)
-                                    and pending <= AGGREGATE_MAX_PENDING):
+    if pending is not None and not _whole(pending, minimum=1, maximum=AGGREGATE_MAX_PENDING):
         out.append(("maxPendingMsgs",
                     f"expected a whole number from 1 to {AGGREGATE_MAX_PENDING}, got {pending!r}"))
     kind = config.get("outMsgType")
@@ -408,8 +516,8 @@ SUPPORTED: Mapping[str, NodeSpec] = {s.type: s for s in (
     NodeSpec(CHECK_MESSAGE, "check fields presence", _check_message),
     NodeSpec(TRANSFORM, "script transformation", _scripted),
     NodeSpec(SAVE_TIMESERIES, "save timeseries", _timeseries),
-    NodeSpec(SAVE_ATTRIBUTES, "save attributes", _scope),
-    NodeSpec(PUSH_TO_CLOUD, "push to cloud", _scope),
+    NodeSpec(SAVE_ATTRIBUTES, "save attributes", _attributes),
+    NodeSpec(PUSH_TO_CLOUD, "push to cloud", _push_scope),
     NodeSpec(CREATE_ALARM, "create alarm", _create_alarm),
     NodeSpec(CLEAR_ALARM, "clear alarm", _alarm),
     NodeSpec(LOG, "log", _scripted),
@@ -459,6 +567,8 @@ def _text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def _whole(value: Any, *, minimum: int, maximum: int | None = None) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum and (
-        maximum is None or value <= maximum)
+def _whole(value: Any, *, minimum: int, maximum: int | None = None, long: bool = False) -> bool:
+    """A number field (``java_int``: a Java ``int``, or ``long``) Jackson reads, within the
+    bounds."""
+    number = java_int(value, long=long)
+    return number is not None and number >= minimum and (maximum is None or number <= maximum)

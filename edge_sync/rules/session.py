@@ -164,14 +164,14 @@ def _build(node_type: str, config: Any, record: dict[str, Any] | None) -> Window
     empty: dict[str, Any] = {"windows": [], "closed_seq": []}
     if node_type == n.AGGREGATE:
         return AggregateWindows.from_record(
-            record or empty, int(config["interval"]),
-            int(config.get("maxPendingMsgs") or n.AGGREGATE_DEFAULT_PENDING),
+            record or empty, n.read_int(config["interval"]),
+            n.read_int(config.get("maxPendingMsgs")) or n.AGGREGATE_DEFAULT_PENDING,
             str(config.get("outMsgType") or n.AGGREGATE_DEFAULT_OUT_TYPE))
     out_type = config.get("outMsgType")
     queue = config.get("queueName")
     return DedupWindows.from_record(
-        record or empty, str(config["strategy"]), int(config["interval"]),
-        int(config.get("maxPendingMsgs") or n.DEDUPLICATION_DEFAULT_PENDING),
+        record or empty, str(config["strategy"]), n.read_int(config["interval"]),
+        n.read_int(config.get("maxPendingMsgs")) or n.DEDUPLICATION_DEFAULT_PENDING,
         str(out_type) if out_type else None, str(queue) if queue else None)
 
 

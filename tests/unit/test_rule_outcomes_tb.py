@@ -18,7 +18,7 @@ from edge_sync.metrics import Metrics
 from edge_sync.proto import edge_pb2, transport_pb2
 from edge_sync.rules import nodes as n
 from edge_sync.rules.chain import parse
-from edge_sync.rules.engine import PUSHABLE_TYPES, RuleEngine, SaveTimeseries
+from edge_sync.rules.engine import NO_PUSH_SCOPE, PUSHABLE_TYPES, RuleEngine, SaveTimeseries
 from edge_sync.rules.message import Originator, RuleMsg
 from edge_sync.rules.runtime import RulesRuntime
 from edge_sync.storage.records import NIL_UUID, Action, Lane, NewEvent, StoredEvent
@@ -70,13 +70,14 @@ PUSH_NODE = "nodes[0] 'Push'"
 MSB, LSB = uuid_halves(DEV)
 
 
-def pushed(counters: RuleCounters, msg_type: str, data: Any,
-           **meta: str) -> tuple[list[NewEvent], list[str]]:
-    """A message of ``msg_type`` through a push to cloud node (scope CLIENT_SCOPE): the events
-    its outcomes become, and the node's failures as logged."""
+def pushed(counters: RuleCounters, msg_type: str, data: Any, *,
+           config: dict[str, Any] | None = None, **meta: str) -> tuple[list[NewEvent], list[str]]:
+    """A message of ``msg_type`` through a push to cloud node (``config``, else scope
+    CLIENT_SCOPE): the events its outcomes become, and the node's failures as logged."""
     rc, chain_meta = parse({"ruleChain": {"name": "t", "type": "EDGE"}, "metadata": {
         "firstNodeIndex": 0, "connections": [], "nodes": [
-            {"type": n.PUSH_TO_CLOUD, "name": "Push", "configuration": {"scope": "CLIENT_SCOPE"}}]}})
+            {"type": n.PUSH_TO_CLOUD, "name": "Push",
+             "configuration": {"scope": "CLIENT_SCOPE"} if config is None else config}]}})
     engine = RuleEngine(rc, chain_meta, clock=lambda: NOW)
     msg = RuleMsg(msg_type, Originator("DEVICE", str(DEV)), data, meta, ts=5)
     with log_records() as records:
@@ -122,6 +123,24 @@ def test_timeseries_and_activity_without_a_scope_go_as_telemetry(counters: RuleC
         postTelemetryMsg=transport_pb2.PostTelemetryMsg(tsKvList=[transport_pb2.TsKvListProto(
             ts=40, kv=[transport_pb2.KeyValueProto(key="lastActivityTime", type=1,
                                                    long_v=7)])])))
+
+
+def test_a_push_node_without_a_scope_sends_telemetry_and_scoped_attributes(
+        counters: RuleCounters) -> None:
+    """A push node with no scope (BaseTbMsgPushNodeConfiguration.scope absent) makes the
+    same events as one with a scope, but of an attribute message without scope metadata,
+    which fails the node."""
+    events, failures = pushed(counters, "POST_TELEMETRY_REQUEST", {"t": 7}, config={}, ts="40")
+    assert (events, failures) == ([NewEvent("DEVICE", "DEVICE", DEV, Action.TIMESERIES_UPDATED,
+                                            {"ts": 40, "values": {"t": 7}}, 40, Lane.NORMAL)],
+                                  [])
+    events, failures = pushed(counters, "POST_ATTRIBUTES_REQUEST", {"fw": "1"}, config={},
+                              ts="40", scope="SERVER_SCOPE")
+    assert ([e.body for e in events], failures) == ([{"scope": "SERVER_SCOPE",
+                                                      "kv": {"fw": "1"}}], [])
+    events, failures = pushed(counters, "POST_ATTRIBUTES_REQUEST", {"fw": "1"},
+                              config={"scope": ""}, ts="40")
+    assert (events, failures) == ([], [failure(NO_PUSH_SCOPE)])
 
 
 @pytest.mark.parametrize(("msg_type", "meta", "scope"), [

@@ -15,6 +15,7 @@ from edge_sync.rules import alarms as a
 from edge_sync.rules import nodes as n
 from edge_sync.rules.chain import parse
 from edge_sync.rules.engine import (
+    NO_PUSH_SCOPE,
     ClearAlarm,
     CreateAlarm,
     Failed,
@@ -24,6 +25,7 @@ from edge_sync.rules.engine import (
     SaveAttributes,
     SaveTimeseries,
     Visited,
+    saved_originators,
 )
 from edge_sync.rules.message import Originator, RuleMsg
 from edge_sync.rules.validate import validate
@@ -172,6 +174,48 @@ def test_a_switch_script_naming_a_relation_twice_routes_once(lang: str) -> None:
     assert [effects(out) for out in batch] == [pushed, pushed]
 
 
+# -- TbMsgPushToCloudNode --------------------------------------------------------------------
+
+PUSH = "nodes[0] 'Push'"
+
+
+@pytest.mark.parametrize("config", [{}, {"scope": None}, {"scope": ""}])
+def test_a_push_node_without_a_scope_pushes_all_but_unscoped_attributes(
+        config: dict[str, Any]) -> None:
+    """AbstractTbMsgPushNode reads its configuration's scope only in getScope, for an
+    attribute message (POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED, ATTRIBUTES_DELETED)
+    without scope metadata: the chain runs, telemetry and scoped attributes are pushed, and
+    an unscoped attribute message fails the node by Failure (ThingsBoard Edge would send its
+    event up without a scope, which the cloud refuses)."""
+    assert problems((n.PUSH_TO_CLOUD, "Push", config)) == []
+    engine = chain([(n.PUSH_TO_CLOUD, "Push", config), (n.MSG_TYPE_SWITCH, "Success", {}),
+                    (n.MSG_TYPE_SWITCH, "Failure", {})],
+                   [(0, 1, "Success"), (0, 2, "Failure")])
+    success, failure = Visited("nodes[1] 'Success'"), Visited("nodes[2] 'Failure'")
+    tele = telemetry({"t": 1}, ts="40")
+    connect = RuleMsg("CONNECT_EVENT", DEV, {"a": 1}, {}, ts=40)
+    scoped = attributes({"fw": "1"}, scope="SHARED_SCOPE")
+    msgs = [tele, connect, scoped, attributes({"fw": "1"}),
+            RuleMsg("ATTRIBUTES_UPDATED", DEV, {"fw": "1"}, {"scope": ""}, ts=40),
+            RuleMsg("ATTRIBUTES_DELETED", DEV, {"attributes": ["fw"]}, {}, ts=40)]
+    unscoped = [Visited(PUSH), Failed(PUSH, NO_PUSH_SCOPE), failure]
+    expected = [
+        [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "POST_TELEMETRY_REQUEST", "", "NORMAL",
+                                    {"t": 1}, {"ts": "40"}, 40), success],
+        [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "CONNECT_EVENT", "", "NORMAL", {"a": 1}, {},
+                                    40), success],
+        [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "POST_ATTRIBUTES_REQUEST", "SHARED_SCOPE",
+                                    "NORMAL", {"fw": "1"}, {"scope": "SHARED_SCOPE"}, 1000),
+         success],
+        unscoped, unscoped, unscoped]
+    assert [engine.run(m) for m in msgs] == expected
+    assert engine.run_many(msgs) == expected
+    assert NO_PUSH_SCOPE == (
+        "the message has no scope metadata and the node no scope: its attributes cannot be "
+        "pushed (ThingsBoard's cloud refuses them: No enum constant "
+        "org.thingsboard.server.common.data.AttributeScope.)")
+
+
 # -- TbMsgAttributesNode ---------------------------------------------------------------------
 
 def attributes(data: Any, **meta: str) -> RuleMsg:
@@ -195,6 +239,147 @@ def test_save_attributes_takes_the_messages_scope_else_the_nodes() -> None:
                                    "metadata) is not one of CLIENT_SCOPE, SERVER_SCOPE, "
                                    "SHARED_SCOPE"),
         Visited("nodes[1] 'Failed'")]
+
+
+ATTRS = "nodes[0] 'Attrs'"
+ATTRS_SUCCESS = Visited("nodes[1] 'Success'")
+ALWAYS = {"type": "ON_EVERY_MESSAGE"}
+DEDUP_60 = {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 60}
+
+
+def saving_attributes(settings: dict[str, Any] | None, *, version: int = 3,
+                      scope: str = "CLIENT_SCOPE") -> RuleEngine:
+    """A save attributes node (configurationVersion ``version``, its processingSettings
+    ``settings`` when given) whose Success and Failure go on to a node named after them."""
+    config: dict[str, Any] = {"scope": scope, "updateAttributesOnlyOnValueChange": True}
+    if settings is not None:
+        config["processingSettings"] = settings
+    return chain([(n.SAVE_ATTRIBUTES, "Attrs", config), (n.MSG_TYPE_SWITCH, "Success", {}),
+                  (n.MSG_TYPE_SWITCH, "Failure", {})],
+                 [(0, 1, "Success"), (0, 2, "Failure")], versions=[version])
+
+
+def attrs_at(ts: int, originator: str = "d1", **meta: str) -> RuleMsg:
+    return RuleMsg("POST_ATTRIBUTES_REQUEST", Originator("DEVICE", originator), {"v": ts},
+                   {"ts": str(ts), **meta}, ts=5)
+
+
+def attrs_saved(ts: int, originator: str = "d1") -> SaveAttributes:
+    return SaveAttributes(ATTRS, ("DEVICE", originator), "CLIENT_SCOPE", {"v": ts})
+
+
+@pytest.mark.parametrize(("settings", "saves"), [
+    (ALWAYS, True),
+    (None, True),  # a version 3 configuration without settings: the class's default
+    ({"type": "WEBSOCKETS_ONLY"}, False),
+    ({"type": "ADVANCED", "attributes": {"type": "SKIP"}, "webSockets": ALWAYS,
+      "calculatedFields": ALWAYS}, False),
+    ({"type": "ADVANCED", "attributes": ALWAYS, "webSockets": {"type": "SKIP"},
+      "calculatedFields": {"type": "SKIP"}}, True),
+])
+def test_save_attributes_follows_its_processing_settings(settings: dict[str, Any] | None,
+                                                         saves: bool) -> None:
+    """TbMsgAttributesNode.determineSaveStrategy: the attributes are saved when the settings'
+    attributes action says so (AttributesSaveRequest.Strategy.saveAttributes); either way the
+    message goes on by Success (the short-circuit's tellSuccess, or the save's callback)."""
+    engine = saving_attributes(settings)
+    expected = [Visited(ATTRS), *([attrs_saved(1000)] if saves else []), ATTRS_SUCCESS]
+    assert engine.run(attrs_at(1000)) == expected
+    assert engine.run_many([attrs_at(1000), attrs_at(1000)]) == [expected, expected]
+
+
+def test_save_attributes_deduplicates_per_originator_by_the_metadata_ts() -> None:
+    """DEDUPLICATE (and ADVANCED's attributes DEDUPLICATE): DeduplicateProcessingStrategy
+    .shouldProcess(msg.getMetaDataTs(), originator): an originator's first message in each
+    interval is saved, the others go on by Success unsaved; the decisions are the same in a
+    batch; an empty object has no attributes and goes on undecided (onMsg returns before
+    determineSaveStrategy)."""
+    msgs = [attrs_at(1000), attrs_at(2000), attrs_at(61_000), attrs_at(59_999),
+            attrs_at(2000, "d2"), attrs_at(119_999), attrs_at(120_000)]
+    runs = [[attrs_saved(1000)], [], [attrs_saved(61_000)], [], [attrs_saved(2000, "d2")], [],
+            [attrs_saved(120_000)]]
+    advanced = {"type": "ADVANCED", "attributes": DEDUP_60, "webSockets": ALWAYS,
+                "calculatedFields": {"type": "SKIP"}}
+    for settings in (DEDUP_60, advanced):
+        engine = saving_attributes(settings)
+        assert [effects(engine.run(m)) for m in msgs] == runs
+        assert [effects(out) for out in saving_attributes(settings).run_many(msgs)] == runs
+    engine = saving_attributes(DEDUP_60)
+    empty = RuleMsg("POST_ATTRIBUTES_REQUEST", DEV, {}, {"ts": "1000"}, ts=5)
+    assert engine.run(empty) == [Visited(ATTRS), ATTRS_SUCCESS]
+    assert effects(engine.run(attrs_at(1000))) == [attrs_saved(1000)]
+
+
+def test_attributes_not_saved_go_on_without_their_scope_looked_at() -> None:
+    """The short-circuit of TbMsgAttributesNode.onMsg comes before getScope: a scope metadata
+    AttributeScope.valueOf refuses fails the node only when the attributes are saved."""
+    bad = {"scope": "shared_scope"}
+    assert saving_attributes({"type": "WEBSOCKETS_ONLY"}).run(attrs_at(1000, **bad)) == [
+        Visited(ATTRS), ATTRS_SUCCESS]
+    engine = saving_attributes(DEDUP_60)
+    assert engine.run(attrs_at(1000, **bad)) == [
+        Visited(ATTRS),
+        Failed(ATTRS, "attribute scope 'shared_scope' (the message's scope metadata) is not "
+                      "one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE"),
+        Visited("nodes[2] 'Failure'")]
+    assert engine.run(attrs_at(2000, **bad)) == [Visited(ATTRS), ATTRS_SUCCESS]
+
+
+@pytest.mark.parametrize("version", [0, 1, 2])
+def test_an_attributes_configuration_before_version_3_saves_on_every_message(
+        version: int) -> None:
+    """TbMsgAttributesNode.upgrade from versions 0 to 2 sets processingSettings to
+    ON_EVERY_MESSAGE, whatever the configuration held."""
+    engine = saving_attributes({"type": "WEBSOCKETS_ONLY"}, version=version)
+    assert [effects(engine.run(m)) for m in (attrs_at(1000), attrs_at(1000))] == [
+        [attrs_saved(1000)], [attrs_saved(1000)]]
+    assert not engine.deduplicates
+
+
+def test_a_forgotten_originator_is_saved_again_by_a_deduplicating_attributes_node() -> None:
+    """RuleEngine.forget (the outcome of a message let through was not stored): a save
+    attributes node's DEDUPLICATE forgets that originator as a save timeseries node's does;
+    saved_originators names the originators of attribute saves too."""
+    engine = saving_attributes(DEDUP_60)
+    assert engine.deduplicates
+    out = engine.run(attrs_at(1000))
+    assert effects(out) == [attrs_saved(1000)]
+    assert saved_originators(out) == frozenset({"d1"})
+    assert effects(engine.run(attrs_at(1000, "d2"))) == [attrs_saved(1000, "d2")]
+    assert effects(engine.run(attrs_at(1000))) == []
+    engine.forget({"d1"})
+    assert effects(engine.run(attrs_at(1000))) == [attrs_saved(1000)]
+    assert effects(engine.run(attrs_at(1000))) == []
+    assert effects(engine.run(attrs_at(1000, "d2"))) == []  # another originator's decisions
+    assert not saving_attributes(ALWAYS).deduplicates
+
+
+@pytest.mark.parametrize(("config", "found"), [
+    ({"scope": "SERVER_SCOPE", "processingSettings": None}, []),
+    ({"scope": "SERVER_SCOPE", "processingSettings": {"type": "BOGUS"}}, [
+        "processingSettings: expected an object whose type is one of ON_EVERY_MESSAGE, "
+        "WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED, got {'type': 'BOGUS'}"]),
+    ({"scope": "SERVER_SCOPE", "processingSettings": {"type": "DEDUPLICATE"}}, [
+        "processingSettings.deduplicationIntervalSecs: missing: expected whole seconds from "
+        "1 to 86400 (a day)"]),
+    ({"scope": "SERVER_SCOPE", "processingSettings": {
+        "type": "ADVANCED", "attributes": {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 0},
+        "timeseries": ALWAYS, "webSockets": ALWAYS}}, [
+        "processingSettings.attributes.deduplicationIntervalSecs: got 0: expected whole "
+        "seconds from 1 to 86400 (a day)",
+        "processingSettings.calculatedFields: missing: expected an object whose type is one "
+        "of ON_EVERY_MESSAGE, DEDUPLICATE, SKIP"]),
+    ({"processingSettings": {"type": "WEBSOCKETS_ONLY"}}, [
+        "scope: missing: expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE"]),
+])
+def test_save_attributes_settings_thingsboard_cannot_read_refuse_the_chain(
+        config: dict[str, Any], found: list[str]) -> None:
+    """What Jackson would refuse to read into TbMsgAttributesNodeConfiguration's
+    AttributesProcessingSettings (an unknown type, an ADVANCED without one of its three
+    actions, a DEDUPLICATE interval DeduplicateProcessingStrategy refuses) refuses the chain,
+    the field named."""
+    assert problems((n.SAVE_ATTRIBUTES, "Attrs", config), version=3) == [
+        f"metadata.nodes[0].configuration.{p}" for p in found]
 
 
 # -- TbCheckMessageNode ----------------------------------------------------------------------
@@ -495,6 +680,51 @@ def test_save_timeseries_settings_thingsboard_cannot_read_refuse_the_chain(
     not start) refuses the chain, the field named. defaultTTL null is Jackson's 0."""
     assert problems((n.SAVE_TIMESERIES, "Save", config)) == [
         f"metadata.nodes[0].configuration.{p}" for p in found]
+
+
+# -- number fields: Jackson's int and long ----------------------------------------------------
+
+@pytest.mark.parametrize(("value", "as_int", "as_long"), [
+    # what jackson-databind 2.18.2 and 2.20.1 (JacksonUtil.OBJECT_MAPPER's defaults,
+    # treeToValue) read into a Java int and long field
+    (180, 180, 180), ("180", 180, 180), (" 180 ", 180, 180), ("+5", 5, 5), ("-5", -5, -5),
+    ("0180", 180, 180), ("\u0663", 3, 3), (180.0, 180, 180), (180.5, 180, 180),
+    (-180.5, -180, -180), (0.9999, 0, 0), (1e2, 100, 100), (None, 0, 0), ("", 0, 0),
+    ("  ", 0, 0), ("null", 0, 0),
+    ("180.0", None, None), ("180.5", None, None), ("1e2", None, None), ("0x10", None, None),
+    ("1_000", None, None), ("abc", None, None), ("true", None, None), ("NaN", None, None),
+    (True, None, None), (False, None, None), ([5], None, None), ({}, None, None),
+    (2**31 - 1, 2**31 - 1, 2**31 - 1), (2**31, None, 2**31), (-(2**31) - 1, None, -(2**31) - 1),
+    ("2147483648", None, 2**31), (2147483648.0, None, 2**31), (2147483647.5, None, 2147483647),
+    (2**63 - 1, None, 2**63 - 1), (2**63, None, None), ("9223372036854775808", None, None),
+    (1e19, None, None), (float("inf"), None, None), (float("nan"), None, None),
+])
+def test_a_number_field_is_read_as_jackson_reads_a_java_int_or_long(
+        value: Any, as_int: int | None, as_long: int | None) -> None:
+    """StdDeserializer._parseIntPrimitive / _parseLongPrimitive with Jackson's default
+    coercion (TbNodeUtils.convert -> JacksonUtil.treeToValue): the text of a number, a float
+    truncated toward zero, "" and null as 0; None where Jackson refuses (the node cannot
+    start)."""
+    assert (n.java_int(value), n.java_int(value, long=True)) == (as_int, as_long)
+
+
+def test_the_nodes_run_their_number_fields_as_jackson_reads_them() -> None:
+    """TbMsgTimeseriesNodeConfiguration's long defaultTTL and the DEDUPLICATE settings' int
+    deduplicationIntervalSecs given as text or a float (as chains built by API or script
+    hold them) are run as the numbers ThingsBoard reads."""
+    assert effects(saving({"defaultTTL": "180"}).run(telemetry({"t": 1}))) == [
+        saved(1000, {"t": 1}, 180)]
+    assert effects(saving({"defaultTTL": 180.5}).run(telemetry({"t": 1}))) == [
+        saved(1000, {"t": 1}, 180)]
+    engine = saving({"processingSettings": {"type": "DEDUPLICATE",
+                                            "deduplicationIntervalSecs": "60"}})
+    assert [len(effects(engine.run(at(ts)))) for ts in (1000, 59_999, 60_000)] == [1, 0, 1]
+    engine = saving({"processingSettings": {
+        "type": "ADVANCED", "timeseries": EVERY,
+        "latest": {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 60.9},
+        "webSockets": EVERY, "calculatedFields": EVERY}})
+    assert [effects(engine.run(at(ts))) for ts in (1000, 59_999)] == [
+        [saved(1000, {"v": 1000})], [saved(59_999, {"v": 59_999}, latest=False)]]
 
 
 # -- TbCreateAlarmNode / TbClearAlarmNode ----------------------------------------------------

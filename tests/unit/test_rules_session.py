@@ -300,6 +300,32 @@ def test_a_chain_swap_keeps_the_window_of_a_node_still_there() -> None:
     assert (effects(step), step.dropped) == ([Log("nodes[0] 'Out'", "AGG 1")], ())
 
 
+def test_window_nodes_read_their_number_fields_as_jackson_reads_an_int() -> None:
+    """TbMsgDeduplicationNodeConfiguration's int interval and maxPendingMsgs (and the
+    aggregation node's, read alike) given as text or a float are the numbers Jackson reads
+    (nodes.java_int): " 10 " is 10, 2.7 is 2."""
+    eng = engine([(n.AGGREGATE, "Agg", {"interval": " 10 ", "maxPendingMsgs": 2.7}), SAVE_TS,
+                  PUSH, REFUSED], [(0, 1, "Success"), (0, 2, "Success"), (0, 3, "Failure")])
+    rules = EntityRules()
+    for v in (1, 2):
+        rules.on_message(eng, telemetry({"v": v}), T0)
+    assert effects(rules.on_message(eng, telemetry({"v": 3}), T0))[1:] == [
+        Failed("nodes[0] 'Agg'", "max limit of pending messages reached (maxPendingMsgs 2)"),
+        Log("nodes[3] 'Refused'", "refused 3")]
+    assert [o.data for o in rules.on_due(eng, T0 + 10_000).outcomes
+            if isinstance(o, SaveTimeseries)] == [
+        {"v_min": 1, "v_max": 2, "v_avg": 1.5, "v_sum": 3, "v_count": 2}]
+    dedup = engine([(n.DEDUPLICATION, "Dedup", {"interval": "5", "strategy": "FIRST",
+                                                "maxPendingMsgs": "100"}), SAVE_TS],
+                   [(0, 1, "Success")])
+    rules = EntityRules()
+    for ts in (3000, 1000):
+        rules.on_message(dedup, telemetry({"ts": ts}, ts=ts), T0)
+    assert effects(rules.on_due(dedup, T0 + 4_999)) == []
+    assert effects(rules.on_due(dedup, T0 + 5_000)) == [
+        SaveTimeseries("nodes[1] 'Save'", ORIGIN, 1000, {"ts": 1000}, 0)]
+
+
 def test_deduplication_first_goes_on_by_success() -> None:
     eng = engine([(n.DEDUPLICATION, "Dedup", {"interval": 5, "strategy": "FIRST"}), SAVE_TS],
                  [(0, 1, "Success")])

@@ -131,8 +131,13 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
         ("maxRetries", "expected a whole number >= 0, got -1")]),
     (nodes.DEDUPLICATION, {"interval": 5, "strategy": "ALL", "outMsgType": "POST_TELEMETRY_REQUEST"},
      []),
-    (nodes.PUSH_TO_CLOUD, {}, [
-        ("scope", "missing: expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE")]),
+    # BaseTbMsgPushNodeConfiguration.scope: a String read only for attribute messages
+    # without scope metadata: absent, null or "" are run (such a message then fails)
+    (nodes.PUSH_TO_CLOUD, {}, []),
+    (nodes.PUSH_TO_CLOUD, {"scope": None}, []),
+    (nodes.PUSH_TO_CLOUD, {"scope": ""}, []),
+    (nodes.PUSH_TO_CLOUD, {"scope": "SERVER"}, [
+        ("scope", "got 'SERVER': expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE")]),
     (nodes.SAVE_ATTRIBUTES, {"scope": "SERVER"}, [
         ("scope", "got 'SERVER': expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE")]),
     (nodes.SAVE_TIMESERIES, {}, []),
@@ -198,8 +203,8 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
         ("interval", "expected whole seconds from 1 to 31622400 (366 days), got 31622401")]),
     (nodes.DEDUPLICATION, {"interval": 10**30, "strategy": "LAST"}, [
         ("interval", f"expected whole seconds from 1 to 31622400 (366 days), got {10**30}")]),
-    (nodes.AGGREGATE, {"interval": 1.5, "maxPendingMsgs": 100_001, "outMsgType": " "}, [
-        ("interval", "expected whole seconds from 1 to 31622400 (366 days), got 1.5"),
+    (nodes.AGGREGATE, {"interval": "1.5", "maxPendingMsgs": 100_001, "outMsgType": " "}, [
+        ("interval", "expected whole seconds from 1 to 31622400 (366 days), got '1.5'"),
         ("maxPendingMsgs", "expected a whole number from 1 to 100000, got 100001"),
         ("outMsgType", "expected a message type, got ' '")]),
     (nodes.AGGREGATE, {"interval": 5, "maxPendingMsgs": 0}, [
@@ -220,6 +225,39 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
         ("timeoutInSeconds", "expected whole seconds from 0 to 31622400 (366 days), got 'soon'")]),
     (nodes.RPC_REQUEST, {"timeoutInSeconds": True}, [
         ("timeoutInSeconds", "expected whole seconds from 0 to 31622400 (366 days), got True")]),
+    # every number field as ThingsBoard's Jackson reads its int or long (nodes.java_int): the
+    # text of a number, a JSON float (truncated), "" and null as 0; not the text of a float,
+    # nor a number beyond the Java type
+    (nodes.SAVE_TIMESERIES, {"defaultTTL": "180"}, []),
+    (nodes.SAVE_TIMESERIES, {"defaultTTL": 180.0}, []),
+    (nodes.SAVE_TIMESERIES, {"defaultTTL": 180.5}, []),
+    (nodes.SAVE_TIMESERIES, {"defaultTTL": ""}, []),
+    (nodes.SAVE_TIMESERIES, {"defaultTTL": "180.5"}, [
+        ("defaultTTL", "expected whole seconds from 0 to 3162240000 (100 years; 0: no TTL), "
+                       "got '180.5'")]),
+    (nodes.SAVE_TIMESERIES, {"defaultTTL": 3_162_240_000.9}, []),
+    (nodes.SAVE_TIMESERIES, {"processingSettings": {"type": "DEDUPLICATE",
+                                                    "deduplicationIntervalSecs": "60"}}, []),
+    (nodes.SAVE_TIMESERIES, {"processingSettings": {"type": "DEDUPLICATE",
+                                                    "deduplicationIntervalSecs": 0.5}}, [
+        ("processingSettings.deduplicationIntervalSecs",
+         "got 0.5: expected whole seconds from 1 to 86400 (a day)")]),
+    (nodes.SAVE_ATTRIBUTES, {"scope": "SERVER_SCOPE", "processingSettings": {
+        "type": "ADVANCED", "attributes": {"type": "DEDUPLICATE",
+                                           "deduplicationIntervalSecs": " 60 "},
+        "webSockets": {"type": "SKIP"}, "calculatedFields": {"type": "SKIP"}}}, []),
+    (nodes.DEDUPLICATION, {"interval": "60", "strategy": "FIRST", "maxPendingMsgs": "100",
+                           "maxRetries": 2.0}, []),
+    (nodes.DEDUPLICATION, {"interval": "", "strategy": "FIRST", "maxPendingMsgs": "lots",
+                           "maxRetries": 2**31}, [
+        ("interval", "expected whole seconds from 1 to 31622400 (366 days), got ''"),
+        ("maxPendingMsgs", "expected a whole number >= 1, got 'lots'"),
+        ("maxRetries", f"expected a whole number >= 0, got {2**31}")]),
+    (nodes.AGGREGATE, {"interval": "+60", "maxPendingMsgs": 100_000.0}, []),
+    (nodes.RPC_REQUEST, {"timeoutInSeconds": 60.0}, []),
+    (nodes.RPC_REQUEST, {"timeoutInSeconds": "60.0"}, [
+        ("timeoutInSeconds",
+         "expected whole seconds from 0 to 31622400 (366 days), got '60.0'")]),
 ]
 
 
