@@ -1143,9 +1143,6 @@ def test_date_utc_fields_and_set_time_as_tb_date_test() -> None:
      "ConversionException: Cannot parse value [2023-09-06T01:04:05.00+045] as instant"),
     ('return new Date("Tue, 3 Jun 2023 11:05:30 GMT");',
      "ConversionException: Cannot parse value [Tue, 3 Jun 2023 11:05:30 GMT] as instant"),
-    ('return new Date(2023, 8, 6, 4, 4, 5, "Europe/Berlin");', 'TypeError: the time zone '
-     '"Europe/Berlin" is not supported here (UTC or an offset such as +02:00; see '
-     "docs/rules-scripts.md)"),
     ("return {d: new Date(0)};", "TypeError: a Date in the script's value: ThingsBoard writes its "
      "localized text, which is not made here; give toISOString() or getTime() (see "
      "docs/rules-scripts.md)"),
@@ -1166,6 +1163,132 @@ def test_a_date_method_outside_the_subset_is_refused_at_compile() -> None:
                                  "subset (line 2: '.toLocaleString('); see docs/rules-scripts.md")
     with pytest.raises(ScriptSyntaxError, match=r"new \(Java object construction\)"):
         ScriptEngine("return new Dates(0);", "TBEL")
+
+
+# TbDate(year, ..., tz): ZoneId.of(tz), then ZonedDateTime.of (its gap and overlap rules); the
+# expected instants are Java 17's
+@pytest.mark.parametrize(("zone", "expected"), [
+    # Europe/Berlin: 2024-03-31 02:30 is in the gap (02:00 to 03:00 does not exist): moved later
+    # by the gap, 03:30 +02:00; 2024-10-27 02:30 is in the overlap: the earlier offset, +02:00
+    ("Europe/Berlin", ["2024-03-31T01:30:00Z", "2024-10-27T00:30:00Z", "2024-03-10T01:30:00Z",
+                       "2024-11-03T00:30:00Z"]),
+    ("America/New_York", ["2024-03-31T06:30:00Z", "2024-10-27T06:30:00Z",
+                          "2024-03-10T07:30:00Z", "2024-11-03T05:30:00Z"]),
+    ("Asia/Kolkata", ["2024-03-30T21:00:00Z", "2024-10-26T21:00:00Z", "2024-03-09T21:00:00Z",
+                      "2024-11-02T20:00:00Z"]),
+    ("UTC+01:00", ["2024-03-31T01:30:00Z", "2024-10-27T01:30:00Z", "2024-03-10T01:30:00Z",
+                   "2024-11-03T00:30:00Z"]),
+    ("GMT-5", ["2024-03-31T07:30:00Z", "2024-10-27T07:30:00Z", "2024-03-10T07:30:00Z",
+               "2024-11-03T06:30:00Z"]),
+    ("UT+1", ["2024-03-31T01:30:00Z", "2024-10-27T01:30:00Z", "2024-03-10T01:30:00Z",
+              "2024-11-03T00:30:00Z"]),
+    ("Etc/GMT+5", ["2024-03-31T07:30:00Z", "2024-10-27T07:30:00Z", "2024-03-10T07:30:00Z",
+                   "2024-11-03T06:30:00Z"]),
+    ("GMT0", ["2024-03-31T02:30:00Z", "2024-10-27T02:30:00Z", "2024-03-10T02:30:00Z",
+              "2024-11-03T01:30:00Z"]),
+    ("Z", ["2024-03-31T02:30:00Z", "2024-10-27T02:30:00Z", "2024-03-10T02:30:00Z",
+           "2024-11-03T01:30:00Z"]),
+    ("+0530", ["2024-03-30T21:00:00Z", "2024-10-26T21:00:00Z", "2024-03-09T21:00:00Z",
+               "2024-11-02T20:00:00Z"]),
+])
+def test_new_date_in_a_zone_as_java(zone: str, expected: list[str]) -> None:
+    assert run("var z = msg.z;\n"
+               "return [new Date(2024, 3, 31, 2, 30, z).toISOString(),\n"
+               "  new Date(2024, 10, 27, 2, 30, z).toISOString(),\n"
+               "  new Date(2024, 3, 10, 2, 30, z).toISOString(),\n"
+               "  new Date(2024, 11, 3, 1, 30, z).toISOString()];", {"z": zone}) == expected
+
+
+def test_new_date_in_a_region_long_ago_and_far_ahead_as_java() -> None:
+    """Before a zone's first rule its local mean time (Berlin +00:53:28); years past the
+    database's (and datetime's 9999) by its yearly rule; the zone in text of the script, and
+    a day of another year of the same zone in the same message (each year's rules loaded once
+    and the call made again)."""
+    assert run('return [new Date(1850, 1, 1, "Europe/Berlin").toISOString(),\n'
+               '  new Date(12024, 7, 1, "Europe/Berlin").toISOString(),\n'
+               '  new Date(2023, 7, 1, "Europe/Berlin").getTime(),\n'
+               '  new Date(2024, 1, 1, 0, 0, 0, "Europe/Berlin").getTime()];') == [
+        "1849-12-31T23:06:32Z", "+12024-06-30T22:00:00Z", 1688162400000, 1704063600000]
+
+
+@pytest.mark.parametrize(("zone", "message"), [
+    ("Europe/Nowhere", "ZoneRulesException: Unknown time-zone ID: Europe/Nowhere"),
+    # Java 17's database has no EST (ZoneId.SHORT_IDS maps it, ZoneId.of does not)
+    ("EST", "ZoneRulesException: Unknown time-zone ID: EST"),
+    ("europe/berlin", "ZoneRulesException: Unknown time-zone ID: europe/berlin"),
+    ("Europe/../../etc/passwd", "ZoneRulesException: Unknown time-zone ID: Europe/../../etc/passwd"),
+    ("../../etc/passwd",
+     "DateTimeException: Invalid ID for region-based ZoneId, invalid format: ../../etc/passwd"),
+    ("/etc/passwd",
+     "DateTimeException: Invalid ID for region-based ZoneId, invalid format: /etc/passwd"),
+    ("GMT+19", "DateTimeException: Invalid ID for offset-based ZoneId: GMT+19"),
+    ("+19", "DateTimeException: Zone offset hours not in valid range: value 19 is not in the "
+            "range -18 to 18"),
+    ("+1:00", "DateTimeException: Invalid ID for ZoneOffset, non numeric characters found: "
+              "+1:00"),
+    ("x", "DateTimeException: Invalid ID for ZoneOffset, invalid format: x"),
+    ("+18:01", "DateTimeException: Zone offset not in valid range: -18:00 to +18:00"),
+    ("+01:60", "DateTimeException: Zone offset minutes not in valid range: value 60 is not in "
+               "the range -59 to 59"),
+])
+def test_new_date_in_a_zone_java_refuses_fails_with_its_text(zone: str, message: str) -> None:
+    """ZoneId.of's exceptions (ZoneRulesProvider.getProvider, ZoneRegion.checkName,
+    ZoneOffset.of), with Java 17's text."""
+    assert error("return new Date(2024, 1, 1, msg.z).getTime();", {"z": zone}) == message
+
+
+def test_a_hostile_zone_id_is_refused_before_the_database_is_asked() -> None:
+    """Control characters and a path are Java's invalid format; a very long id of valid
+    characters is unknown without a look-up; the engine's own rules function takes nothing but
+    a short region id and a year in range, and gives text (never raises)."""
+    from edge_sync.rules.tbel_zones import year_rules
+
+    long_id = "A" + "b" * 100_000
+    assert error("return new Date(2024, 1, 1, msg.z).getTime();", {"z": "a\u0000b"}) == (
+        "DateTimeException: Invalid ID for region-based ZoneId, invalid format: a\u0000b")
+    assert error("return new Date(2024, 1, 1, msg.z).getTime();", {"z": "Europe/Berlin\n"}) == (
+        "DateTimeException: Invalid ID for region-based ZoneId, invalid format: Europe/Berlin")
+    assert error("return new Date(2024, 1, 1, msg.z).getTime();", {"z": long_id}) == (
+        "ZoneRulesException: Unknown time-zone ID: " + long_id)
+    assert [json.loads(year_rules(z, y)) for z, y in (
+        ("../../etc/passwd", 2024), ("posix/Europe/Berlin", 2024), ("Europe/Berlin", 2024),
+        (long_id, 2024), ("Europe/Berlin", 10**9), ("Europe/Berlin", "2024"), (None, 1))] == [
+        "ZoneRulesException: the time zone is not a region id",
+        "ZoneRulesException: Unknown time-zone ID: posix/Europe/Berlin",
+        [3600, 7786800, 7200, 25930800, 3600],
+        "ZoneRulesException: the time zone is not a region id",
+        "ZoneRulesException: the year is out of range",
+        "ZoneRulesException: the year is out of range",
+        "ZoneRulesException: the time zone is not a region id"]
+
+
+def test_zone_rules_are_loaded_between_calls_under_the_scripts_limits() -> None:
+    """A call that needs a year of a region's rules fails inside, the engine loads the year
+    and calls again: the script's value is the same whether it caught the error or not, a
+    batch gives each item its zone, a call may load at most 16 years, and the time limit
+    still interrupts a script that uses a zone."""
+    caught = ScriptEngine('var t = -1;\ntry { t = new Date(2024, 7, 1, msg.z).getTime(); }\n'
+                          "catch (e) { t = -2; }\nreturn t;", "TBEL")
+    assert [caught.call({"z": "Asia/Tokyo"}, {}, TELEMETRY),
+            caught.call({"z": "Asia/Tokyo"}, {}, TELEMETRY)] == [1719759600000, 1719759600000]
+    batch = ScriptEngine("return new Date(2024, 7, 1, msg.z).toISOString();", "TBEL")
+    assert batch.call_many([({"z": z}, {}, TELEMETRY) for z in (
+        "Asia/Tokyo", "UTC+01:00", "America/Sao_Paulo", "Asia/Tokyo")]) == [
+        "2024-06-30T15:00:00Z", "2024-06-30T23:00:00Z", "2024-07-01T03:00:00Z",
+        "2024-06-30T15:00:00Z"]
+    years = ("var out = [];\nfor (var y = 2000; y < msg.end; y++) {\n"
+             '  out.add(new Date(y, 1, 1, "Europe/Berlin").getTime()); }\nreturn out;')
+    # (a limit no loaded machine runs over: the count of years is what is tested here)
+    limits = sandbox.ScriptLimits(time_limit_s=5, block_s=0)
+    assert len(ScriptEngine(years, "TBEL", limits).call({"end": 2016}, {}, TELEMETRY)) == 16
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine(years, "TBEL", limits).call({"end": 2017}, {}, TELEMETRY)
+    assert str(caught.value) == ("ZoneRulesException: a call may use at most 16 years of region "
+                                 "time zones (see docs/rules-scripts.md)")
+    slow = ScriptEngine('var d = new Date(2024, 7, 1, "Europe/Berlin");\nwhile (true) {}',
+                        "TBEL", sandbox.ScriptLimits(time_limit_s=0.05, block_s=0))
+    with pytest.raises(sandbox.ScriptTimeout):
+        slow.call({}, {}, TELEMETRY)
 
 
 # -- each call's state is its own ---------------------------------------------------------------
