@@ -1033,6 +1033,66 @@ var __tbelZoneLoad, __tbelZoneWant = null;
   define("toISOString", {date: function () { return isoText(this); }});
   define("toJSON", {date: function () { return isoText(this); }});
   define("setTime", {date: function (ms) { this[MS] = wholeArg("setTime()", ms); this[NS] = 0; return null; }});
+// TbDate's setters. The server's zone is UTC: setHours and setUTCHours (and so on) agree, but
+// setUTCMinutes(min, sec, ms), which TbDate makes anew with parseInstant (a year below 70 becomes
+// 20yy, below 100 19yy). Each is LocalDateTime's withYear / withMonth / withDayOfMonth /
+// withHour / withMinute / withSecond / withNano, in that order, with Java's checks
+// (DateTimeException: "Invalid value for HourOfDay (valid values 0 - 23): 24", "Invalid date
+// 'FEBRUARY 30'"); a millisecond argument is nanoseconds (ms * 1000000 as Java's int product,
+// which wraps past 2^31). Given the year or month but not the day, a day past the 28th is
+// counted from the 1st of the new month (TbDate's own rule: January 31 with month 2 is March 3
+// or 2), to the millisecond (Instant.ofEpochMilli); otherwise the nanoseconds not set are kept.
+  function intArg(name, v) {
+    wholeArg(name, v);
+    if (v < -2147483648 || v > 2147483647) { throw new TypeError(name + ": " + v + " is not an int"); }
+    return v;
+  }
+  function setAt(d, at) { d[MS] = at[0]; d[NS] = at[1]; return null; }
+  function nanoOf(d, c) { return c.ms * 1000000 + d[NS]; }
+  function setYearMonth(d, name, y, m) {
+    var c = civil(d);
+    y = y === undefined ? c.y : intArg(name, y);
+    m = m === undefined ? c.m : intArg(name, m);
+    field("Year", y, -999999999, 999999999);
+    field("MonthOfYear", m, 1, 12);
+    if (c.d > 28) {
+      d[MS] = zoned(y, m, 1, c.h, c.mi, c.s, nanoOf(d, c), 0)[0] + (c.d - 1) * 86400000;
+      d[NS] = 0;
+      return null;
+    }
+    return setAt(d, zoned(y, m, c.d, c.h, c.mi, c.s, nanoOf(d, c), 0));
+  }
+  function setDay(d, name, y, m, day) {
+    var c = civil(d);
+    return setAt(d, zoned(y === undefined ? c.y : intArg(name, y), m === undefined ? c.m : intArg(name, m), intArg(name, day), c.h, c.mi, c.s, nanoOf(d, c), 0));
+  }
+  function setTimeOfDay(d, name, h, mi, s, ms) {
+    var c = civil(d);
+    return setAt(d, zoned(c.y, c.m, c.d, h === undefined ? c.h : intArg(name, h), mi === undefined ? c.mi : intArg(name, mi),
+      s === undefined ? c.s : intArg(name, s), ms === undefined ? nanoOf(d, c) : Math.imul(intArg(name, ms), 1000000), 0));
+  }
+  ["", "UTC"].forEach(function (utc) {
+    var n = function (what) { return "set" + utc + what + "()"; };
+    define("set" + utc + "FullYear", {date: opt(1, 3, function (y, m, day) {
+      if (arguments.length === 3) { return setDay(this, n("FullYear"), y, m, day); }
+      return setYearMonth(this, n("FullYear"), intArg(n("FullYear"), y), m);
+    })});
+    define("set" + utc + "Month", {date: opt(1, 2, function (m, day) {
+      if (arguments.length === 2) { return setDay(this, n("Month"), undefined, m, day); }
+      return setYearMonth(this, n("Month"), undefined, intArg(n("Month"), m));
+    })});
+    define("set" + utc + "Date", {date: function (day) { return setDay(this, n("Date"), undefined, undefined, day); }});
+    define("set" + utc + "Hours", {date: opt(1, 4, function (h, mi, s, ms) { return setTimeOfDay(this, n("Hours"), h, mi, s, ms); })});
+    define("set" + utc + "Minutes", {date: opt(1, 3, function (mi, s, ms) {
+      if (utc && arguments.length === 3) {
+        var c = civil(this), y = c.y < 70 ? 2000 + c.y : c.y <= 99 ? 1900 + c.y : c.y;
+        return setAt(this, zoned(y, c.m, c.d, c.h, intArg(n("Minutes"), mi), intArg(n("Minutes"), s), Math.imul(intArg(n("Minutes"), ms), 1000000), 0));
+      }
+      return setTimeOfDay(this, n("Minutes"), undefined, mi, s, ms);
+    })});
+    define("set" + utc + "Seconds", {date: opt(1, 2, function (s, ms) { return setTimeOfDay(this, n("Seconds"), undefined, undefined, s, ms); })});
+    define("set" + utc + "Milliseconds", {date: function (ms) { return setTimeOfDay(this, n("Milliseconds"), undefined, undefined, undefined, ms); }});
+  });
   define("addYears", {date: function (n) { return plusMonths(this, 12 * wholeArg("addYears()", n)); }});
   define("addMonths", {date: function (n) { return plusMonths(this, wholeArg("addMonths()", n)); }});
   define("addWeeks", {date: function (n) { return plusMs(this, 604800000 * wholeArg("addWeeks()", n)); }});
@@ -1080,11 +1140,14 @@ var __tbelZoneLoad, __tbelZoneWant = null;
       }});
   });
 // MVEL reads d.time as d.getTime() (its getter rule: getTime for a property time; and so
-// d.fullYear, d.UTCHours, ...), and d.time = x is d.setTime(x)
+// d.fullYear, d.UTCHours, ...), and d.time = x is d.setTime(x) (its setter rule: the method set
+// and the property's name of one parameter; and so d.hours = x is d.setHours(x), d.fullYear = x
+// d.setFullYear(x), ...; d.day has no setter)
   Object.keys(__tbelS).forEach(function (name) {
     if (!/^get[A-Z]/.test(name) || !M[name].date) { return; }
     var get = function () { return this[__tbelS[name]](); }, set;
-    if (name === "getTime") { set = function (v) { this[__tbelS.setTime](v); }; }
+    var setter = "set" + name.slice(3);
+    if (M[setter] && M[setter].date) { set = function (v) { this[__tbelS[setter]](v); }; }
     [name[3].toLowerCase() + name.slice(4), name.slice(3)].forEach(function (prop) {
       Object.defineProperty(TbDate.prototype, prop, {configurable: true, enumerable: false, get: get, set: set});
     });

@@ -1156,13 +1156,168 @@ def test_dates_fail_as_tb_date_does_or_name_what_is_not_here(script: str, messag
 
 
 def test_a_date_method_outside_the_subset_is_refused_at_compile() -> None:
-    """TbDate's localized texts and setters are not mapped: refused at compile."""
+    """TbDate's localized texts are not mapped: refused at compile."""
     with pytest.raises(ScriptSyntaxError) as caught:
         ScriptEngine("var d = new Date(0);\nreturn d.toLocaleString();", "TBEL")
     assert str(caught.value) == ("TBEL: the method toLocaleString() is not in the supported "
                                  "subset (line 2: '.toLocaleString('); see docs/rules-scripts.md")
     with pytest.raises(ScriptSyntaxError, match=r"new \(Java object construction\)"):
         ScriptEngine("return new Dates(0);", "TBEL")
+
+
+def both(first: str, second: str) -> str:
+    """A step of TbDateTest's setter tests: a setter call on d1 and d2, their texts kept."""
+    return f"d1.{first}; d2.{second}; o1.add(d1.toISOString()); o2.add(d2.toISOString());\n"
+
+
+# TbDateTest's setter tests (TestMethodSetUTCFullYearMonthDate, TestMethodSeFullYearMonthDate,
+# TestMethodSeHoursMinutesSecondsMilliSec, TestMethodSetUTCHoursMinutesSecondsMilliSec), the
+# dates after each step as TbDate (ThingsBoard's source, the server's zone UTC) gives them
+SET_YEAR_MONTH_DATE = (
+    "var d1 = new Date(1975, 12, 31, 23, 15, 30, 567, \"-04:00\");\n"
+    "var d2 = new Date(1975, 12, 31, 23, 15, 30, 567, \"+04:00\");\n"
+    "var o1 = [d1.toISOString()], o2 = [d2.toISOString()];\n"
+    + both("setUTCFullYear(1969)", "setUTCFullYear(1969)")
+    + both("setUTCFullYear(1975, 5)", "setUTCFullYear(2023, 11)")
+    + both("setUTCFullYear(2023, 2, 28)", "setUTCFullYear(2023, 12, 31)")
+    + both("setUTCMonth(11)", "setUTCMonth(2)")
+    + both("setUTCMonth(5, 20)", "setUTCMonth(2, 8)")
+    + both("setUTCDate(6)", "setUTCDate(15)")
+    + "return [o1, o2];")
+
+
+def test_date_set_full_year_month_and_date_as_tb_date() -> None:
+    """TbDate.setUTCFullYear / setUTCMonth / setUTCDate and their overloads (TbDateTest's
+    sequences): a day past the 28th with the year or month alone is counted from the new
+    month's 1st (December 31 with month 2 is March 3); setFullYear ... setDate the same, the
+    server's zone being UTC."""
+    assert run(SET_YEAR_MONTH_DATE) == [
+        ["1976-01-01T03:15:30.567Z", "1969-01-01T03:15:30.567Z", "1975-05-01T03:15:30.567Z",
+         "2023-02-28T03:15:30.567Z", "2023-11-28T03:15:30.567Z", "2023-05-20T03:15:30.567Z",
+         "2023-05-06T03:15:30.567Z"],
+        ["1975-12-31T19:15:30.567Z", "1969-12-31T19:15:30.567Z", "2023-12-01T19:15:30.567Z",
+         "2023-12-31T19:15:30.567Z", "2023-03-03T19:15:30.567Z", "2023-02-08T19:15:30.567Z",
+         "2023-02-15T19:15:30.567Z"]]
+    assert run(SET_YEAR_MONTH_DATE.replace("setUTC", "set")) == run(SET_YEAR_MONTH_DATE)
+    assert run("var d = new Date(1975, 12, 31, 1, 15, 30, 567);\nvar out = [d.toISOString()];\n"
+               "d.setFullYear(1969); out.add(d.toISOString());\n"
+               "d.setFullYear(1975, 2); out.add(d.toISOString());\n"
+               "d.setFullYear(2023, 6, 30); out.add(d.toISOString());\n"
+               "d.setMonth(2); out.add(d.toISOString());\n"
+               "d.setMonth(1, 24); out.add(d.toISOString());\n"
+               "d.setDate(6); out.add(d.toISOString());\nreturn out;") == [
+        "1975-12-31T01:15:30.567Z", "1969-12-31T01:15:30.567Z", "1975-03-03T01:15:30.567Z",
+        "2023-06-30T01:15:30.567Z", "2023-03-02T01:15:30.567Z", "2023-01-24T01:15:30.567Z",
+        "2023-01-06T01:15:30.567Z"]
+    assert run('var a = new Date("2023-01-31T10:00:00Z"), b = new Date("2024-01-31T10:00:00Z");\n'
+               'var c = new Date("2024-02-29T10:00:00Z"), e = new Date("2024-02-29T10:00:00Z");\n'
+               "a.setMonth(2); b.setUTCMonth(2); c.setFullYear(2023); e.setUTCFullYear(2023);\n"
+               "return [a.toISOString(), b.toISOString(), c.toISOString(), e.toISOString()];") == [
+        "2023-03-03T10:00:00Z", "2024-03-02T10:00:00Z", "2023-03-01T10:00:00Z",
+        "2023-03-01T10:00:00Z"]
+
+
+SET_TIME_OF_DAY = (
+    "var d1 = new Date(1975, 12, 31, 23, 15, 30, 567, \"+02:00\");\n"
+    "var d2 = new Date(1975, 12, 31, 23, 15, 30, 567, \"-02:00\");\n"
+    "var o1 = [d1.toISOString()], o2 = [d2.toISOString()];\n"
+    + both("setHours(5)", "setHours(23)")
+    + both("setHours(23, 45)", "setHours(1, 5)")
+    + both("setHours(0, 12, 59)", "setHours(4, 45, 1)")
+    + both("setHours(2, 32, 49, 123)", "setHours(8, 45, 12, 234)")
+    + both("setMinutes(5)", "setMinutes(15)")
+    + both("setMinutes(5, 34)", "setMinutes(25, 43)")
+    + both("setMinutes(25, 14, 567)", "setMinutes(45, 3, 876)")
+    + both("setSeconds(5)", "setSeconds(23)")
+    + both("setSeconds(45, 987)", "setSeconds(54, 842)")
+    + both("setMilliseconds(675)", "setMilliseconds(923)")
+    + "return [o1, o2, d1.getMilliseconds(), d2.getUTCMilliseconds()];")
+
+
+@pytest.mark.parametrize("script", [SET_TIME_OF_DAY, SET_TIME_OF_DAY.replace(".set", ".setUTC")])
+def test_date_set_hours_minutes_seconds_milliseconds_as_tb_date(script: str) -> None:
+    """TbDate.setHours / setMinutes / setSeconds / setMilliseconds and their overloads, and
+    their setUTC... forms (TbDateTest's sequences): the fields given changed, the rest kept."""
+    assert run(script) == [
+        ["1975-12-31T21:15:30.567Z", "1975-12-31T05:15:30.567Z", "1975-12-31T23:45:30.567Z",
+         "1975-12-31T00:12:59.567Z", "1975-12-31T02:32:49.123Z", "1975-12-31T02:05:49.123Z",
+         "1975-12-31T02:05:34.123Z", "1975-12-31T02:25:14.567Z", "1975-12-31T02:25:05.567Z",
+         "1975-12-31T02:25:45.987Z", "1975-12-31T02:25:45.675Z"],
+        ["1976-01-01T01:15:30.567Z", "1976-01-01T23:15:30.567Z", "1976-01-01T01:05:30.567Z",
+         "1976-01-01T04:45:01.567Z", "1976-01-01T08:45:12.234Z", "1976-01-01T08:15:12.234Z",
+         "1976-01-01T08:25:43.234Z", "1976-01-01T08:45:03.876Z", "1976-01-01T08:45:23.876Z",
+         "1976-01-01T08:45:54.842Z", "1976-01-01T08:45:54.923Z"],
+        675, 923]
+
+
+def test_date_setters_keep_or_drop_the_nanoseconds_and_wrap_milliseconds_as_tb_date() -> None:
+    """A setter keeps the nanoseconds it does not set (ZonedDateTime.withHour), but the
+    day-past-the-28th rule's Instant.ofEpochMilli drops those below the millisecond;
+    milliseconds become nanoseconds as Java's int product (4295 * 1000000 wraps to 32704);
+    setUTCMinutes(min, sec, ms) makes the date anew with TbDate.parseInstant, a year below
+    70 becoming 20yy (setMinutes does not)."""
+    assert run("var a = new Date(1500); a.addNanos(7); a.setHours(3);\n"
+               'var b = new Date("2023-01-30T00:00:00.001Z"); b.addNanos(7); b.setMonth(3);\n'
+               'var c = new Date("2023-01-20T00:00:00.001Z"); c.addNanos(7); c.setMonth(3);\n'
+               "var e = new Date(0); e.setMilliseconds(4295);\n"
+               'var f = new Date("0050-06-15T10:20:30Z"); f.setUTCMinutes(1, 2, 3);\n'
+               'var g = new Date("0050-06-15T10:20:30Z"); g.setMinutes(1, 2, 3);\n'
+               "return [a.toISOString(), b.toISOString(), c.toISOString(), e.toISOString(),\n"
+               "  new Date(2023, 1, 1, 0, 0, 0, 4295).toISOString(), f.toISOString(),\n"
+               "  g.toISOString()];") == [
+        "1970-01-01T03:00:01.500000007Z", "2023-03-30T00:00:00.001Z",
+        "2023-03-20T00:00:00.001000007Z", "1970-01-01T00:00:00.000032704Z",
+        "2023-01-01T00:00:00.000032704Z", "2050-06-15T10:01:02.003Z", "0050-06-15T10:01:02.003Z"]
+
+
+@pytest.mark.parametrize(("script", "message"), [
+    ("new Date(0).setHours(24);", "Invalid value for HourOfDay (valid values 0 - 23): 24"),
+    ("new Date(0).setUTCHours(-1);", "Invalid value for HourOfDay (valid values 0 - 23): -1"),
+    ("new Date(0).setMinutes(60);", "Invalid value for MinuteOfHour (valid values 0 - 59): 60"),
+    ("new Date(0).setSeconds(1, 1000);",
+     "Invalid value for NanoOfSecond (valid values 0 - 999999999): 1000000000"),
+    ("new Date(0).setMilliseconds(-1);",
+     "Invalid value for NanoOfSecond (valid values 0 - 999999999): -1000000"),
+    ('new Date("2023-02-10T00:00:00Z").setDate(30);', "Invalid date 'FEBRUARY 30'"),
+    ('new Date("2023-02-10T00:00:00Z").setDate(29);',
+     "Invalid date 'February 29' as '2023' is not a leap year"),
+    ("new Date(0).setDate(32);", "Invalid value for DayOfMonth (valid values 1 - 28/31): 32"),
+    ("new Date(0).setUTCDate(0);", "Invalid value for DayOfMonth (valid values 1 - 28/31): 0"),
+    ("new Date(0).setMonth(13);", "Invalid value for MonthOfYear (valid values 1 - 12): 13"),
+    ("new Date(0).setMonth(4, 31);", "Invalid date 'APRIL 31'"),
+    ("new Date(0).setFullYear(1000000000);",
+     "Invalid value for Year (valid values -999999999 - 999999999): 1000000000"),
+    ("new Date(0).setFullYear(2023, 2, 29);",
+     "Invalid date 'February 29' as '2023' is not a leap year"),
+    # LocalDate.of before LocalTime.of: the date's error first
+    ("new Date(2023, 2, 30, 25, 0);", "Invalid date 'FEBRUARY 30'"),
+    ("new Date(2023, 1, 32);", "Invalid value for DayOfMonth (valid values 1 - 28/31): 32"),
+])
+def test_date_setters_out_of_range_fail_with_javas_text(script: str, message: str) -> None:
+    """LocalDateTime.withX / LocalDate.of's DateTimeException, as Java words it."""
+    assert error(script + "\nreturn 1;") == "DateTimeException: " + message
+
+
+def test_date_setters_take_javas_overloads_only() -> None:
+    """setHours has 1 to 4 arguments, setDate one: another count is MVEL's missing method."""
+    assert error("new Date(0).setHours(1, 2, 3, 4, 5); return 1;") == (
+        "TypeError: unable to resolve method: setHours() with 5 arguments on a Date")
+    assert error("new Date(0).setDate(); return 1;") == (
+        "TypeError: unable to resolve method: setDate() with 0 arguments on a Date")
+    assert error('[].setHours(1); return 1;') == "TypeError: setHours(): a list is not a Date"
+
+
+def test_a_dates_property_written_is_its_setter_as_mvel() -> None:
+    """MVEL's setter rule (the method set + the property's name, of one parameter): d.hours = 5
+    is d.setHours(5), d.fullYear = 2020 d.setFullYear(2020), d.UTCMonth = 3 d.setUTCMonth(3);
+    a value out of range is the setter's error."""
+    assert run('var d = new Date("2024-01-31T10:20:30Z");\n'
+               "d.hours = 5; d.fullYear = 2020; d.UTCMonth = 3; d.minutes = 7; d.seconds = 8;\n"
+               "d.milliseconds = 9; d.date = 2;\n"
+               "return [d.toISOString(), d.hours, d.month];") == [
+        "2020-03-02T05:07:08.009Z", 5, 3]
+    assert error("var d = new Date(0); d.hours = 24; return 1;") == (
+        "DateTimeException: Invalid value for HourOfDay (valid values 0 - 23): 24")
 
 
 # TbDate(year, ..., tz): ZoneId.of(tz), then ZonedDateTime.of (its gap and overlap rules); the
