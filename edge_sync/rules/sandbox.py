@@ -39,6 +39,7 @@ from edge_sync.rules.tbel_runtime import (
 )
 from edge_sync.rules.tbel_runtime import runtime as tbel_runtime
 from edge_sync.rules.tbel_runtime import runtime_names as tbel_runtime_names
+from edge_sync.rules.tbel_zones import known_zones, year_rules
 
 if TYPE_CHECKING:
     from edge_sync.config import RulesConfig
@@ -54,6 +55,8 @@ DEFAULT_BLOCK_S = 60.0
 # call_many: items per script call (bounds the batch's memory), and the share of the per-call
 # time limit a batch call may use before it leaves the remaining items to the next call
 MAX_BATCH = 256
+# TBEL: the years of region time zones' rules one message's call may load (each a call again)
+MAX_ZONE_LOADS = 16
 BATCH_BUDGET = 0.5
 # the name of ThingsBoard's script arguments, in order
 ARG_NAMES = ("msg", "metadata", "msgType")
@@ -684,16 +687,17 @@ _PROLOGUE = (
 _TBEL_USED = ("__tbelS", "__tbelG", "__tbelIter", "__tbelH", "__tbelJava")
 _TBEL_WRAPPER_NAMES = tuple(dict.fromkeys((*tbel_runtime_names(), "__parse", "__stringify",
                                            "__InternalError", "__oom", "__edgeAt", "__edgeRegex",
-                                           "__edgeLock", "__edgeRunMany", "__edgeRun")))
+                                           "__edgeLock", "__edgeRunMany", "__edgeRun",
+                                           "__edgeZoneLoad")))
 _TBEL_SHIELD = (
     "{ const __edgeT = Object.freeze([" + ", ".join(_TBEL_USED) + "]); { const "
     + ", ".join([f"{name} = __edgeT[{i}]" for i, name in enumerate(_TBEL_USED)]
                 + [f"{name} = void 0" for name in _TBEL_WRAPPER_NAMES if name not in _TBEL_USED])
     + "; ")
 _PROLOGUE_TBEL = _PROLOGUE.replace(
-    "var __edgeAt = 0,", "var __edgeRegex, __edgeLock, __edgeAt = 0,").replace(
+    "var __edgeAt = 0,", "var __edgeRegex, __edgeLock, __edgeZoneLoad, __edgeAt = 0,").replace(
     "function __script",
-    tbel_runtime() + " __edgeRegex = __tbelRegex; "
+    tbel_runtime() + " __edgeRegex = __tbelRegex; __edgeZoneLoad = __tbelZoneLoad; "
     "__edgeLock = function () { __tbelLock([__script]); }; " + _TBEL_SHIELD
     + "var __script = function __script")
 
@@ -792,7 +796,22 @@ return function (argsJson) {
 })();
 """
 
-_EPILOGUE_TBEL = _EPILOGUE.replace("\n}\n", "\n};}}\n", 1)
+# TBEL: a call that wanted a year of a region time zone's rules the runtime has not
+# (``__tbelZoneWant``: tbel_runtime.js, regionOffset) ends with ``zone``, whatever the script
+# made of its error: the engine loads that year and makes the call again (``ScriptEngine.call``);
+# in a batch, that item is called alone.
+_EPILOGUE_TBEL = _EPILOGUE.replace("\n}\n", "\n};}}\n", 1).replace(
+    "    if (text !== null) {\n",
+    "    if (__tbelZoneWant !== null) { stop = \"alone\"; break; }\n    if (text !== null) {\n", 1,
+).replace(
+    "    return __stringify(oom ? {ok: false, error: text, oom: true} : {ok: false, error: text});\n"
+    "  }\n  try {\n",
+    "    if (__tbelZoneWant !== null && !oom) { return __stringify({ok: false, error: text, zone: "
+    "__tbelZoneWant}); }\n"
+    "    return __stringify(oom ? {ok: false, error: text, oom: true} : {ok: false, error: text});\n"
+    "  }\n  if (__tbelZoneWant !== null) { return __stringify({ok: false, error: \"\", zone: "
+    "__tbelZoneWant}); }\n  try {\n", 1)
+assert _EPILOGUE_TBEL.count("__tbelZoneWant") == 5
 
 
 def _is_oom(text: str) -> bool:
@@ -846,6 +865,8 @@ class ScriptEngine:
             self._build()
             if lang == "TBEL":
                 self._check_regexes(script)
+        if lang == "TBEL" and "Date" in script:
+            known_zones()  # read once per process here, not in a call under its time limit
 
     def _check_regexes(self, script: str) -> None:
         """A literal regular expression of ``split`` / ``matches`` that Java refuses, or that
@@ -962,8 +983,11 @@ class ScriptEngine:
         self._count_error(error)
         return error
 
-    def call(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> Any:
-        """The script's return value (JSON: None for undefined) for one message."""
+    def call(self, msg: Any, metadata: dict[str, Any], msg_type: str, *, _loads: int = 0,
+             _since: float = 0.0) -> Any:
+        """The script's return value (JSON: None for undefined) for one message. (``_loads``,
+        ``_since``: the years of time-zone rules loaded for this message so far, and when the
+        first was asked for: ``_call_with_zone``.)"""
         try:
             args = json.dumps([msg, metadata, msg_type], allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -998,8 +1022,43 @@ class ScriptEngine:
                 with self._lock:
                     self._reset()
                 raise self._memory_exceeded()
+            if "zone" in result:
+                return self._call_with_zone(result["zone"], msg, metadata, msg_type, _loads,
+                                            _since)
             raise ScriptRuntimeError(_locate(result["error"], self._body_lines))
         return result.get("value")
+
+    def _call_with_zone(self, wanted: Any, msg: Any, metadata: dict[str, Any], msg_type: str,
+                        loads: int, since: float) -> Any:
+        """``call`` again once the year of a region time zone's rules it wanted (``"Europe/Berlin
+        2024"``) is loaded into the context (tbel_zones.year_rules, computed here, between
+        calls: the binding lets no script call into Python under a time limit). At most
+        ``MAX_ZONE_LOADS`` per message, and each call again only while the time since the first
+        was asked for, the loading left out, is within the time limit (else a timeout, as any:
+        each call again has the whole limit, so a script cannot multiply it by asking year
+        after year)."""
+        now = time.monotonic()
+        since = since or now
+        if now - since > self.limits.time_limit_s:
+            raise self._timeout()
+        if loads >= MAX_ZONE_LOADS:
+            raise ScriptRuntimeError(
+                f"ZoneRulesException: a call may use at most {MAX_ZONE_LOADS} years of region "
+                "time zones (see docs/rules-scripts.md)")
+        if type(wanted) is not str or len(wanted) > 100 or " " not in wanted:
+            raise ScriptRuntimeError("the runtime asked for time-zone rules it cannot have")
+        zone_id, _, year = wanted.rpartition(" ")
+        rules = year_rules(zone_id, int(year) if year.lstrip("-").isdigit() else None)
+        since += time.monotonic() - now  # (a year's rules take a few milliseconds, once)
+        with self._lock:
+            if self._run is None or self._owner != threading.get_ident():
+                self._build()
+            try:
+                self._context.get("__edgeZoneLoad")(wanted, rules)
+            except _quickjs.JSException as exc:
+                self._reset()
+                raise ScriptRuntimeError(f"loading time-zone rules: {exc}") from None
+        return self.call(msg, metadata, msg_type, _loads=loads + 1, _since=since)
 
     def call_many(self, items: Sequence[tuple[Any, dict[str, Any], str]]) -> list[Any]:
         """``call`` on each ``(msg, metadata, msg_type)``, in order, in as few script calls as

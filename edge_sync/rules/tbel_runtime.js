@@ -7,6 +7,8 @@
 // __tbelBytes: the lists whose items are Java Bytes (List<Byte> of hexToBytes, stringToBytes, ...,
 // and their copies); a list literal's numbers are Integers
 var __tbelBytes = new WeakSet(), __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate, __tbelNewDate, __tbelDateStatics;
+// a region time zone's rules: their loader, and the year a call wanted (TbDate below)
+var __tbelZoneLoad, __tbelZoneWant = null;
 (function () {
   "use strict";
   var own = Object.prototype.hasOwnProperty, M = {};
@@ -817,36 +819,110 @@ var __tbelBytes = new WeakSet(), __tbelS = {}, __tbelG = {}, __tbelIter, __TbelE
   var DOW = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
   function leap(y) { return (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0; }
   function monthDays(y, m) { return m === 2 ? (leap(y) ? 29 : 28) : [4, 6, 9, 11].indexOf(m) >= 0 ? 30 : 31; }
-  function field(name, v, lo, hi) {
-    if (!(v >= lo && v <= hi)) { throw dateError("Invalid value for " + name + " (valid values " + lo + " - " + hi + "): " + v); }
+  function field(name, v, lo, hi, range) {
+    if (!(v >= lo && v <= hi)) { throw dateError("Invalid value for " + name + " (valid values " + (range || lo + " - " + hi) + "): " + v); }
   }
-// ZonedDateTime.of(...) in a zone of a fixed offset (seconds east of UTC): its checks, its instant
-  function epochOf(y, m, d, h, mi, s, ms, offset) {
+// A region time zone's rules, one local year at a time ([offset at the year's start, second of
+// the year of a change, offset from it, ...], or the error's text): given by the engine
+// (edge_sync/rules/tbel_zones.py, year_rules) through __tbelZoneLoad, between calls. A call
+// that needs a year not here sets __tbelZoneWant ("id year") and fails; the engine loads that
+// year and makes the call again. At most ZONE_YEARS are kept (then all are dropped).
+  var zoneYears = Object.create(null), zoneYearCount = 0, ZONE_YEARS = 256, parseJson = JSON.parse;
+  __tbelZoneLoad = function (key, rulesJson) {
+    if (zoneYearCount >= ZONE_YEARS) { zoneYears = Object.create(null); zoneYearCount = 0; }
+    zoneYears[key] = parseJson(rulesJson);
+    zoneYearCount++;
+    __tbelZoneWant = null;
+  };
+  function zoneError(message) { var e = new Error(message); e.name = "ZoneRulesException"; return e; }
+// ZonedDateTime.of(year, month, day, hour, minute, second, nano, zone).toInstant(): Java's checks
+// in Java's order (LocalDate.of, then LocalTime.of), the instant as [epoch ms, nanoseconds past
+// it]; zone: a fixed offset (seconds east of UTC) or a region id ({id: ...}), whose offset at
+// that local time the engine gives (in a gap: the offset before it, the local time moved later
+// by the gap; in an overlap: the earlier offset, as ZonedDateTime.ofLocal)
+  function zoned(y, m, d, h, mi, s, nano, zone) {
+    field("Year", y, -999999999, 999999999);
     field("MonthOfYear", m, 1, 12);
-    field("DayOfMonth", d, 1, 31);
-    field("HourOfDay", h, 0, 23);
-    field("MinuteOfHour", mi, 0, 59);
-    field("SecondOfMinute", s, 0, 59);
-    field("NanoOfSecond", ms * 1000000, 0, 999999999);
+    field("DayOfMonth", d, 1, 31, "1 - 28/31");
     if (d > monthDays(y, m)) {
       throw dateError(m === 2 && d === 29 ? "Invalid date 'February 29' as '" + y + "' is not a leap year" : "Invalid date '" + MONTHS[m - 1] + " " + d + "'");
     }
+    field("HourOfDay", h, 0, 23);
+    field("MinuteOfHour", mi, 0, 59);
+    field("SecondOfMinute", s, 0, 59);
+    field("NanoOfSecond", nano, 0, 999999999);
     var t = new Date(0);
     t.setUTCFullYear(y, m - 1, d);
-    t.setUTCHours(h, mi, s, ms);
-    return t.getTime() - offset * 1000;
+    t.setUTCHours(h, mi, s, Math.floor(nano / 1000000));
+    var ms = t.getTime();
+    ms -= 1000 * (typeof zone === "number" ? zone : regionOffset(zone.id, ms));
+    if (!(Math.abs(ms) <= 8640000000000000)) {
+      throw new TypeError("a date beyond the years -271821 to 275760 is not supported here (see docs/rules-scripts.md)");
+    }
+    return [ms, nano % 1000000];
   }
-// ZoneId.of of a fixed offset (+03:00, -02, +0530, UTC, GMT, Z); region ids need the time-zone
-// database, which is not here
-  function zoneOffset(tz) {
+  function epochOf(y, m, d, h, mi, s, ms, offset) { return zoned(y, m, d, h, mi, s, ms * 1000000, offset)[0]; }
+  function regionOffset(id, localMs) {
+    var t = new Date(localMs), y = t.getUTCFullYear(), key = id + " " + y, rules = zoneYears[key];
+    if (rules === undefined) {
+      __tbelZoneWant = key;
+      throw zoneError("the rules of " + id + " in " + y + " are being loaded");
+    }
+    if (typeof rules === "string") { throw zoneError(rules.slice(rules.indexOf(": ") + 2)); }
+    t.setUTCMonth(0, 1);
+    t.setUTCHours(0, 0, 0, 0);
+    var second = Math.floor((localMs - t.getTime()) / 1000), offset = rules[0];
+    for (var i = 1; i < rules.length && second >= rules[i]; i += 2) { offset = rules[i + 1]; }
+    return offset;
+  }
+// ZoneId.of(tz) (TbDate: none or "" is the server's zone, UTC): a fixed offset (ZoneOffset.of:
+// Z, +h, +hh, +hh:mm, +hhmm, +hh:mm:ss, +hhmmss), UTC / GMT / UT alone or before an offset
+// ("UTC+01:00", "GMT-5"), else a region id ("Europe/Berlin"), each failing with Java's text
+  function offsetNumber(id, pos, colon) {
+    if (colon && id[pos - 1] !== ":") { throw dateError("Invalid ID for ZoneOffset, colon not found when expected: " + id); }
+    var a = id.charCodeAt(pos), b = id.charCodeAt(pos + 1);
+    if (!(a >= 48 && a <= 57 && b >= 48 && b <= 57)) { throw dateError("Invalid ID for ZoneOffset, non numeric characters found: " + id); }
+    return (a - 48) * 10 + (b - 48);
+  }
+  function zoneOffsetOf(id) {
+    if (id === "Z") { return 0; }
+    var h, mi = 0, s = 0;
+    switch (id.length) {
+      case 2: id = id[0] + "0" + id[1]; h = offsetNumber(id, 1, false); break;
+      case 3: h = offsetNumber(id, 1, false); break;
+      case 5: h = offsetNumber(id, 1, false); mi = offsetNumber(id, 3, false); break;
+      case 6: h = offsetNumber(id, 1, false); mi = offsetNumber(id, 4, true); break;
+      case 7: h = offsetNumber(id, 1, false); mi = offsetNumber(id, 3, false); s = offsetNumber(id, 5, false); break;
+      case 9: h = offsetNumber(id, 1, false); mi = offsetNumber(id, 4, true); s = offsetNumber(id, 7, true); break;
+      default: throw dateError("Invalid ID for ZoneOffset, invalid format: " + id);
+    }
+    if (id[0] !== "+" && id[0] !== "-") { throw dateError("Invalid ID for ZoneOffset, plus/minus not found when expected: " + id); }
+    if (id[0] === "-") { h = -h; mi = -mi; s = -s; }
+    // ZoneOffset.validate
+    if (h < -18 || h > 18) { throw dateError("Zone offset hours not in valid range: value " + h + " is not in the range -18 to 18"); }
+    if (mi < -59 || mi > 59) { throw dateError("Zone offset minutes not in valid range: value " + mi + " is not in the range -59 to 59"); }
+    if (s < -59 || s > 59) { throw dateError("Zone offset seconds not in valid range: value " + s + " is not in the range -59 to 59"); }
+    if (Math.abs(h) === 18 && (mi !== 0 || s !== 0)) { throw dateError("Zone offset not in valid range: -18:00 to +18:00"); }
+    return h * 3600 + mi * 60 + s;
+  }
+// ZoneRegion.checkName; an id longer than any of the database's is unknown without asking
+  function zoneRegion(id) {
+    if (id.length < 2 || !/^[A-Za-z][A-Za-z0-9\/~._+-]*$/.test(id)) { throw dateError("Invalid ID for region-based ZoneId, invalid format: " + id); }
+    if (id.length > 64) { throw zoneError("Unknown time-zone ID: " + id); }
+    return {id: id};
+  }
+  function zonePrefixed(id, n) {
+    if (id.length === n) { return 0; }
+    if (id[n] !== "+" && id[n] !== "-") { return zoneRegion(id); }
+    try { return zoneOffsetOf(id.slice(n)); } catch (e) { throw dateError("Invalid ID for offset-based ZoneId: " + id); }
+  }
+  function zoneOf(tz) {
     if (tz === null || tz === undefined || tz === "") { return 0; }
     if (typeof tz !== "string") { throw new TypeError("the time zone is not text"); }
-    if (/^(?:Z|UTC|GMT|UT)$/.test(tz)) { return 0; }
-    var m = /^(?:UTC|GMT|UT)?([+-])(\d{1,2})(?::?(\d{2})(?::?(\d{2}))?)?$/.exec(tz);
-    if (!m) { throw new TypeError("the time zone " + JSON.stringify(tz) + " is not supported here (UTC or an offset such as +02:00; see docs/rules-scripts.md)"); }
-    var secs = Number(m[2]) * 3600 + Number(m[3] || 0) * 60 + Number(m[4] || 0);
-    if (Number(m[2]) > 18 || secs > 18 * 3600) { throw dateError("Zone offset not in valid range: -18:00 to +18:00"); }
-    return m[1] === "-" ? -secs : secs;
+    if (tz.length <= 1 || tz[0] === "+" || tz[0] === "-") { return zoneOffsetOf(tz); }
+    if (tz.slice(0, 3) === "UTC" || tz.slice(0, 3) === "GMT") { return zonePrefixed(tz, 3); }
+    if (tz.slice(0, 2) === "UT") { return zonePrefixed(tz, 2); }
+    return zoneRegion(tz);
   }
   function offsetText(t) {
     if (t === undefined || /^[Zz]$|^GMT$|^UTC$/.test(t)) { return 0; }
@@ -910,8 +986,10 @@ var __tbelBytes = new WeakSet(), __tbelS = {}, __tbelG = {}, __tbelIter, __TbelE
     if (n > 3 && typeof a[n - 1] === "string") { tz = a.pop(); n--; }
     if (n !== 3 && n !== 5 && n !== 6 && n !== 7) { throw new TypeError("unable to resolve constructor: new Date() with " + arguments.length + " arguments"); }
     a.forEach(function (v) { wholeArg("new Date()", v); });
-    var y = a[0] < 70 ? 2000 + a[0] : a[0] <= 99 ? 1900 + a[0] : a[0];
-    return new TbDate(epochOf(y, a[1], a[2], a[3] || 0, a[4] || 0, a[5] || 0, a[6] || 0, zoneOffset(tz)), 0);
+    var zone = zoneOf(tz), y = a[0] < 70 ? 2000 + a[0] : a[0] <= 99 ? 1900 + a[0] : a[0];
+    // (milliseconds * 1000000 is Java's int product: it wraps past 2^31)
+    var at = zoned(y, a[1], a[2], a[3] || 0, a[4] || 0, a[5] || 0, Math.imul(a[6] || 0, 1000000), zone);
+    return new TbDate(at[0], at[1]);
   }
   newDate.prototype = TbDate.prototype;
   __TbelDate = TbDate;
@@ -955,6 +1033,66 @@ var __tbelBytes = new WeakSet(), __tbelS = {}, __tbelG = {}, __tbelIter, __TbelE
   define("toISOString", {date: function () { return isoText(this); }});
   define("toJSON", {date: function () { return isoText(this); }});
   define("setTime", {date: function (ms) { this[MS] = wholeArg("setTime()", ms); this[NS] = 0; return null; }});
+// TbDate's setters. The server's zone is UTC: setHours and setUTCHours (and so on) agree, but
+// setUTCMinutes(min, sec, ms), which TbDate makes anew with parseInstant (a year below 70 becomes
+// 20yy, below 100 19yy). Each is LocalDateTime's withYear / withMonth / withDayOfMonth /
+// withHour / withMinute / withSecond / withNano, in that order, with Java's checks
+// (DateTimeException: "Invalid value for HourOfDay (valid values 0 - 23): 24", "Invalid date
+// 'FEBRUARY 30'"); a millisecond argument is nanoseconds (ms * 1000000 as Java's int product,
+// which wraps past 2^31). Given the year or month but not the day, a day past the 28th is
+// counted from the 1st of the new month (TbDate's own rule: January 31 with month 2 is March 3
+// or 2), to the millisecond (Instant.ofEpochMilli); otherwise the nanoseconds not set are kept.
+  function intArg(name, v) {
+    wholeArg(name, v);
+    if (v < -2147483648 || v > 2147483647) { throw new TypeError(name + ": " + v + " is not an int"); }
+    return v;
+  }
+  function setAt(d, at) { d[MS] = at[0]; d[NS] = at[1]; return null; }
+  function nanoOf(d, c) { return c.ms * 1000000 + d[NS]; }
+  function setYearMonth(d, name, y, m) {
+    var c = civil(d);
+    y = y === undefined ? c.y : intArg(name, y);
+    m = m === undefined ? c.m : intArg(name, m);
+    field("Year", y, -999999999, 999999999);
+    field("MonthOfYear", m, 1, 12);
+    if (c.d > 28) {
+      d[MS] = zoned(y, m, 1, c.h, c.mi, c.s, nanoOf(d, c), 0)[0] + (c.d - 1) * 86400000;
+      d[NS] = 0;
+      return null;
+    }
+    return setAt(d, zoned(y, m, c.d, c.h, c.mi, c.s, nanoOf(d, c), 0));
+  }
+  function setDay(d, name, y, m, day) {
+    var c = civil(d);
+    return setAt(d, zoned(y === undefined ? c.y : intArg(name, y), m === undefined ? c.m : intArg(name, m), intArg(name, day), c.h, c.mi, c.s, nanoOf(d, c), 0));
+  }
+  function setTimeOfDay(d, name, h, mi, s, ms) {
+    var c = civil(d);
+    return setAt(d, zoned(c.y, c.m, c.d, h === undefined ? c.h : intArg(name, h), mi === undefined ? c.mi : intArg(name, mi),
+      s === undefined ? c.s : intArg(name, s), ms === undefined ? nanoOf(d, c) : Math.imul(intArg(name, ms), 1000000), 0));
+  }
+  ["", "UTC"].forEach(function (utc) {
+    var n = function (what) { return "set" + utc + what + "()"; };
+    define("set" + utc + "FullYear", {date: opt(1, 3, function (y, m, day) {
+      if (arguments.length === 3) { return setDay(this, n("FullYear"), y, m, day); }
+      return setYearMonth(this, n("FullYear"), intArg(n("FullYear"), y), m);
+    })});
+    define("set" + utc + "Month", {date: opt(1, 2, function (m, day) {
+      if (arguments.length === 2) { return setDay(this, n("Month"), undefined, m, day); }
+      return setYearMonth(this, n("Month"), undefined, intArg(n("Month"), m));
+    })});
+    define("set" + utc + "Date", {date: function (day) { return setDay(this, n("Date"), undefined, undefined, day); }});
+    define("set" + utc + "Hours", {date: opt(1, 4, function (h, mi, s, ms) { return setTimeOfDay(this, n("Hours"), h, mi, s, ms); })});
+    define("set" + utc + "Minutes", {date: opt(1, 3, function (mi, s, ms) {
+      if (utc && arguments.length === 3) {
+        var c = civil(this), y = c.y < 70 ? 2000 + c.y : c.y <= 99 ? 1900 + c.y : c.y;
+        return setAt(this, zoned(y, c.m, c.d, c.h, intArg(n("Minutes"), mi), intArg(n("Minutes"), s), Math.imul(intArg(n("Minutes"), ms), 1000000), 0));
+      }
+      return setTimeOfDay(this, n("Minutes"), undefined, mi, s, ms);
+    })});
+    define("set" + utc + "Seconds", {date: opt(1, 2, function (s, ms) { return setTimeOfDay(this, n("Seconds"), undefined, undefined, s, ms); })});
+    define("set" + utc + "Milliseconds", {date: function (ms) { return setTimeOfDay(this, n("Milliseconds"), undefined, undefined, undefined, ms); }});
+  });
   define("addYears", {date: function (n) { return plusMonths(this, 12 * wholeArg("addYears()", n)); }});
   define("addMonths", {date: function (n) { return plusMonths(this, wholeArg("addMonths()", n)); }});
   define("addWeeks", {date: function (n) { return plusMs(this, 604800000 * wholeArg("addWeeks()", n)); }});
@@ -976,7 +1114,7 @@ var __tbelBytes = new WeakSet(), __tbelS = {}, __tbelG = {}, __tbelIter, __TbelE
       var a = [year, month || 0, date || 0, hrs || 0, min || 0, sec || 0, ms || 0].map(function (v) { return wholeArg("Date.UTC()", v); });
       var y = a[0] === 0 ? 1899 : a[0];
       y = y < 70 ? 2000 + y : y <= 99 ? 1900 + y : y;
-      return epochOf(y, a[1] === 0 ? 12 : a[1], a[2] === 0 ? 31 : a[2], a[3], a[4], a[5], a[6], 0);
+      return zoned(y, a[1] === 0 ? 12 : a[1], a[2] === 0 ? 31 : a[2], a[3], a[4], a[5], Math.imul(a[6], 1000000), 0)[0];
     },
     parse: function (s) {
       if (arguments.length > 1) { throw new TypeError("Date.parse(text, format) is not supported here (see docs/rules-scripts.md)"); }
@@ -1002,11 +1140,14 @@ var __tbelBytes = new WeakSet(), __tbelS = {}, __tbelG = {}, __tbelIter, __TbelE
       }});
   });
 // MVEL reads d.time as d.getTime() (its getter rule: getTime for a property time; and so
-// d.fullYear, d.UTCHours, ...), and d.time = x is d.setTime(x)
+// d.fullYear, d.UTCHours, ...), and d.time = x is d.setTime(x) (its setter rule: the method set
+// and the property's name of one parameter; and so d.hours = x is d.setHours(x), d.fullYear = x
+// d.setFullYear(x), ...; d.day has no setter)
   Object.keys(__tbelS).forEach(function (name) {
     if (!/^get[A-Z]/.test(name) || !M[name].date) { return; }
     var get = function () { return this[__tbelS[name]](); }, set;
-    if (name === "getTime") { set = function (v) { this[__tbelS.setTime](v); }; }
+    var setter = "set" + name.slice(3);
+    if (M[setter] && M[setter].date) { set = function (v) { this[__tbelS[setter]](v); }; }
     [name[3].toLowerCase() + name.slice(4), name.slice(3)].forEach(function (prop) {
       Object.defineProperty(TbDate.prototype, prop, {configurable: true, enumerable: false, get: get, set: set});
     });

@@ -53,7 +53,10 @@ TBEL_METHODS: tuple[str, ...] = (
     "getFullYear", "getMonth", "getDate", "getDay", "getHours", "getMinutes", "getSeconds",
     "getMilliseconds", "getUTCFullYear", "getUTCMonth", "getUTCDate", "getUTCDay", "getUTCHours",
     "getUTCMinutes", "getUTCSeconds", "getUTCMilliseconds", "addYears", "addMonths", "addWeeks",
-    "addDays", "addHours", "addMinutes", "addSeconds", "addNanos",
+    "addDays", "addHours", "addMinutes", "addSeconds", "addNanos", "setFullYear", "setMonth",
+    "setDate", "setHours", "setMinutes", "setSeconds", "setMilliseconds", "setUTCFullYear",
+    "setUTCMonth", "setUTCDate", "setUTCHours", "setUTCMinutes", "setUTCSeconds",
+    "setUTCMilliseconds",
 )
 # Names whose read without a call is MVEL's call of the method with no argument (getGetter):
 # ``x.size``, ``x.empty`` / ``x.isEmpty``, ``map.keys``, ``map.values``, ...

@@ -1203,9 +1203,6 @@ def test_date_utc_fields_and_set_time_as_tb_date_test() -> None:
      "ConversionException: Cannot parse value [2023-09-06T01:04:05.00+045] as instant"),
     ('return new Date("Tue, 3 Jun 2023 11:05:30 GMT");',
      "ConversionException: Cannot parse value [Tue, 3 Jun 2023 11:05:30 GMT] as instant"),
-    ('return new Date(2023, 8, 6, 4, 4, 5, "Europe/Berlin");', 'TypeError: the time zone '
-     '"Europe/Berlin" is not supported here (UTC or an offset such as +02:00; see '
-     "docs/rules-scripts.md)"),
     ("return {d: new Date(0)};", "TypeError: a Date in the script's value: ThingsBoard writes its "
      "localized text, which is not made here; give toISOString() or getTime() (see "
      "docs/rules-scripts.md)"),
@@ -1219,13 +1216,294 @@ def test_dates_fail_as_tb_date_does_or_name_what_is_not_here(script: str, messag
 
 
 def test_a_date_method_outside_the_subset_is_refused_at_compile() -> None:
-    """TbDate's localized texts and setters are not mapped: refused at compile."""
+    """TbDate's localized texts are not mapped: refused at compile."""
     with pytest.raises(ScriptSyntaxError) as caught:
         ScriptEngine("var d = new Date(0);\nreturn d.toLocaleString();", "TBEL")
     assert str(caught.value) == ("TBEL: the method toLocaleString() is not in the supported "
                                  "subset (line 2: '.toLocaleString('); see docs/rules-scripts.md")
     with pytest.raises(ScriptSyntaxError, match=r"new \(Java object construction\)"):
         ScriptEngine("return new Dates(0);", "TBEL")
+
+
+def both(first: str, second: str) -> str:
+    """A step of TbDateTest's setter tests: a setter call on d1 and d2, their texts kept."""
+    return f"d1.{first}; d2.{second}; o1.add(d1.toISOString()); o2.add(d2.toISOString());\n"
+
+
+# TbDateTest's setter tests (TestMethodSetUTCFullYearMonthDate, TestMethodSeFullYearMonthDate,
+# TestMethodSeHoursMinutesSecondsMilliSec, TestMethodSetUTCHoursMinutesSecondsMilliSec), the
+# dates after each step as TbDate (ThingsBoard's source, the server's zone UTC) gives them
+SET_YEAR_MONTH_DATE = (
+    "var d1 = new Date(1975, 12, 31, 23, 15, 30, 567, \"-04:00\");\n"
+    "var d2 = new Date(1975, 12, 31, 23, 15, 30, 567, \"+04:00\");\n"
+    "var o1 = [d1.toISOString()], o2 = [d2.toISOString()];\n"
+    + both("setUTCFullYear(1969)", "setUTCFullYear(1969)")
+    + both("setUTCFullYear(1975, 5)", "setUTCFullYear(2023, 11)")
+    + both("setUTCFullYear(2023, 2, 28)", "setUTCFullYear(2023, 12, 31)")
+    + both("setUTCMonth(11)", "setUTCMonth(2)")
+    + both("setUTCMonth(5, 20)", "setUTCMonth(2, 8)")
+    + both("setUTCDate(6)", "setUTCDate(15)")
+    + "return [o1, o2];")
+
+
+def test_date_set_full_year_month_and_date_as_tb_date() -> None:
+    """TbDate.setUTCFullYear / setUTCMonth / setUTCDate and their overloads (TbDateTest's
+    sequences): a day past the 28th with the year or month alone is counted from the new
+    month's 1st (December 31 with month 2 is March 3); setFullYear ... setDate the same, the
+    server's zone being UTC."""
+    assert run(SET_YEAR_MONTH_DATE) == [
+        ["1976-01-01T03:15:30.567Z", "1969-01-01T03:15:30.567Z", "1975-05-01T03:15:30.567Z",
+         "2023-02-28T03:15:30.567Z", "2023-11-28T03:15:30.567Z", "2023-05-20T03:15:30.567Z",
+         "2023-05-06T03:15:30.567Z"],
+        ["1975-12-31T19:15:30.567Z", "1969-12-31T19:15:30.567Z", "2023-12-01T19:15:30.567Z",
+         "2023-12-31T19:15:30.567Z", "2023-03-03T19:15:30.567Z", "2023-02-08T19:15:30.567Z",
+         "2023-02-15T19:15:30.567Z"]]
+    assert run(SET_YEAR_MONTH_DATE.replace("setUTC", "set")) == run(SET_YEAR_MONTH_DATE)
+    assert run("var d = new Date(1975, 12, 31, 1, 15, 30, 567);\nvar out = [d.toISOString()];\n"
+               "d.setFullYear(1969); out.add(d.toISOString());\n"
+               "d.setFullYear(1975, 2); out.add(d.toISOString());\n"
+               "d.setFullYear(2023, 6, 30); out.add(d.toISOString());\n"
+               "d.setMonth(2); out.add(d.toISOString());\n"
+               "d.setMonth(1, 24); out.add(d.toISOString());\n"
+               "d.setDate(6); out.add(d.toISOString());\nreturn out;") == [
+        "1975-12-31T01:15:30.567Z", "1969-12-31T01:15:30.567Z", "1975-03-03T01:15:30.567Z",
+        "2023-06-30T01:15:30.567Z", "2023-03-02T01:15:30.567Z", "2023-01-24T01:15:30.567Z",
+        "2023-01-06T01:15:30.567Z"]
+    assert run('var a = new Date("2023-01-31T10:00:00Z"), b = new Date("2024-01-31T10:00:00Z");\n'
+               'var c = new Date("2024-02-29T10:00:00Z"), e = new Date("2024-02-29T10:00:00Z");\n'
+               "a.setMonth(2); b.setUTCMonth(2); c.setFullYear(2023); e.setUTCFullYear(2023);\n"
+               "return [a.toISOString(), b.toISOString(), c.toISOString(), e.toISOString()];") == [
+        "2023-03-03T10:00:00Z", "2024-03-02T10:00:00Z", "2023-03-01T10:00:00Z",
+        "2023-03-01T10:00:00Z"]
+
+
+SET_TIME_OF_DAY = (
+    "var d1 = new Date(1975, 12, 31, 23, 15, 30, 567, \"+02:00\");\n"
+    "var d2 = new Date(1975, 12, 31, 23, 15, 30, 567, \"-02:00\");\n"
+    "var o1 = [d1.toISOString()], o2 = [d2.toISOString()];\n"
+    + both("setHours(5)", "setHours(23)")
+    + both("setHours(23, 45)", "setHours(1, 5)")
+    + both("setHours(0, 12, 59)", "setHours(4, 45, 1)")
+    + both("setHours(2, 32, 49, 123)", "setHours(8, 45, 12, 234)")
+    + both("setMinutes(5)", "setMinutes(15)")
+    + both("setMinutes(5, 34)", "setMinutes(25, 43)")
+    + both("setMinutes(25, 14, 567)", "setMinutes(45, 3, 876)")
+    + both("setSeconds(5)", "setSeconds(23)")
+    + both("setSeconds(45, 987)", "setSeconds(54, 842)")
+    + both("setMilliseconds(675)", "setMilliseconds(923)")
+    + "return [o1, o2, d1.getMilliseconds(), d2.getUTCMilliseconds()];")
+
+
+@pytest.mark.parametrize("script", [SET_TIME_OF_DAY, SET_TIME_OF_DAY.replace(".set", ".setUTC")])
+def test_date_set_hours_minutes_seconds_milliseconds_as_tb_date(script: str) -> None:
+    """TbDate.setHours / setMinutes / setSeconds / setMilliseconds and their overloads, and
+    their setUTC... forms (TbDateTest's sequences): the fields given changed, the rest kept."""
+    assert run(script) == [
+        ["1975-12-31T21:15:30.567Z", "1975-12-31T05:15:30.567Z", "1975-12-31T23:45:30.567Z",
+         "1975-12-31T00:12:59.567Z", "1975-12-31T02:32:49.123Z", "1975-12-31T02:05:49.123Z",
+         "1975-12-31T02:05:34.123Z", "1975-12-31T02:25:14.567Z", "1975-12-31T02:25:05.567Z",
+         "1975-12-31T02:25:45.987Z", "1975-12-31T02:25:45.675Z"],
+        ["1976-01-01T01:15:30.567Z", "1976-01-01T23:15:30.567Z", "1976-01-01T01:05:30.567Z",
+         "1976-01-01T04:45:01.567Z", "1976-01-01T08:45:12.234Z", "1976-01-01T08:15:12.234Z",
+         "1976-01-01T08:25:43.234Z", "1976-01-01T08:45:03.876Z", "1976-01-01T08:45:23.876Z",
+         "1976-01-01T08:45:54.842Z", "1976-01-01T08:45:54.923Z"],
+        675, 923]
+
+
+def test_date_setters_keep_or_drop_the_nanoseconds_and_wrap_milliseconds_as_tb_date() -> None:
+    """A setter keeps the nanoseconds it does not set (ZonedDateTime.withHour), but the
+    day-past-the-28th rule's Instant.ofEpochMilli drops those below the millisecond;
+    milliseconds become nanoseconds as Java's int product (4295 * 1000000 wraps to 32704);
+    setUTCMinutes(min, sec, ms) makes the date anew with TbDate.parseInstant, a year below
+    70 becoming 20yy (setMinutes does not)."""
+    assert run("var a = new Date(1500); a.addNanos(7); a.setHours(3);\n"
+               'var b = new Date("2023-01-30T00:00:00.001Z"); b.addNanos(7); b.setMonth(3);\n'
+               'var c = new Date("2023-01-20T00:00:00.001Z"); c.addNanos(7); c.setMonth(3);\n'
+               "var e = new Date(0); e.setMilliseconds(4295);\n"
+               'var f = new Date("0050-06-15T10:20:30Z"); f.setUTCMinutes(1, 2, 3);\n'
+               'var g = new Date("0050-06-15T10:20:30Z"); g.setMinutes(1, 2, 3);\n'
+               "return [a.toISOString(), b.toISOString(), c.toISOString(), e.toISOString(),\n"
+               "  new Date(2023, 1, 1, 0, 0, 0, 4295).toISOString(), f.toISOString(),\n"
+               "  g.toISOString()];") == [
+        "1970-01-01T03:00:01.500000007Z", "2023-03-30T00:00:00.001Z",
+        "2023-03-20T00:00:00.001000007Z", "1970-01-01T00:00:00.000032704Z",
+        "2023-01-01T00:00:00.000032704Z", "2050-06-15T10:01:02.003Z", "0050-06-15T10:01:02.003Z"]
+
+
+@pytest.mark.parametrize(("script", "message"), [
+    ("new Date(0).setHours(24);", "Invalid value for HourOfDay (valid values 0 - 23): 24"),
+    ("new Date(0).setUTCHours(-1);", "Invalid value for HourOfDay (valid values 0 - 23): -1"),
+    ("new Date(0).setMinutes(60);", "Invalid value for MinuteOfHour (valid values 0 - 59): 60"),
+    ("new Date(0).setSeconds(1, 1000);",
+     "Invalid value for NanoOfSecond (valid values 0 - 999999999): 1000000000"),
+    ("new Date(0).setMilliseconds(-1);",
+     "Invalid value for NanoOfSecond (valid values 0 - 999999999): -1000000"),
+    ('new Date("2023-02-10T00:00:00Z").setDate(30);', "Invalid date 'FEBRUARY 30'"),
+    ('new Date("2023-02-10T00:00:00Z").setDate(29);',
+     "Invalid date 'February 29' as '2023' is not a leap year"),
+    ("new Date(0).setDate(32);", "Invalid value for DayOfMonth (valid values 1 - 28/31): 32"),
+    ("new Date(0).setUTCDate(0);", "Invalid value for DayOfMonth (valid values 1 - 28/31): 0"),
+    ("new Date(0).setMonth(13);", "Invalid value for MonthOfYear (valid values 1 - 12): 13"),
+    ("new Date(0).setMonth(4, 31);", "Invalid date 'APRIL 31'"),
+    ("new Date(0).setFullYear(1000000000);",
+     "Invalid value for Year (valid values -999999999 - 999999999): 1000000000"),
+    ("new Date(0).setFullYear(2023, 2, 29);",
+     "Invalid date 'February 29' as '2023' is not a leap year"),
+    # LocalDate.of before LocalTime.of: the date's error first
+    ("new Date(2023, 2, 30, 25, 0);", "Invalid date 'FEBRUARY 30'"),
+    ("new Date(2023, 1, 32);", "Invalid value for DayOfMonth (valid values 1 - 28/31): 32"),
+])
+def test_date_setters_out_of_range_fail_with_javas_text(script: str, message: str) -> None:
+    """LocalDateTime.withX / LocalDate.of's DateTimeException, as Java words it."""
+    assert error(script + "\nreturn 1;") == "DateTimeException: " + message
+
+
+def test_date_setters_take_javas_overloads_only() -> None:
+    """setHours has 1 to 4 arguments, setDate one: another count is MVEL's missing method."""
+    assert error("new Date(0).setHours(1, 2, 3, 4, 5); return 1;") == (
+        "TypeError: unable to resolve method: setHours() with 5 arguments on a Date")
+    assert error("new Date(0).setDate(); return 1;") == (
+        "TypeError: unable to resolve method: setDate() with 0 arguments on a Date")
+    assert error('[].setHours(1); return 1;') == "TypeError: setHours(): a list is not a Date"
+
+
+def test_a_dates_property_written_is_its_setter_as_mvel() -> None:
+    """MVEL's setter rule (the method set + the property's name, of one parameter): d.hours = 5
+    is d.setHours(5), d.fullYear = 2020 d.setFullYear(2020), d.UTCMonth = 3 d.setUTCMonth(3);
+    a value out of range is the setter's error."""
+    assert run('var d = new Date("2024-01-31T10:20:30Z");\n'
+               "d.hours = 5; d.fullYear = 2020; d.UTCMonth = 3; d.minutes = 7; d.seconds = 8;\n"
+               "d.milliseconds = 9; d.date = 2;\n"
+               "return [d.toISOString(), d.hours, d.month];") == [
+        "2020-03-02T05:07:08.009Z", 5, 3]
+    assert error("var d = new Date(0); d.hours = 24; return 1;") == (
+        "DateTimeException: Invalid value for HourOfDay (valid values 0 - 23): 24")
+
+
+# TbDate(year, ..., tz): ZoneId.of(tz), then ZonedDateTime.of (its gap and overlap rules); the
+# expected instants are Java 17's
+@pytest.mark.parametrize(("zone", "expected"), [
+    # Europe/Berlin: 2024-03-31 02:30 is in the gap (02:00 to 03:00 does not exist): moved later
+    # by the gap, 03:30 +02:00; 2024-10-27 02:30 is in the overlap: the earlier offset, +02:00
+    ("Europe/Berlin", ["2024-03-31T01:30:00Z", "2024-10-27T00:30:00Z", "2024-03-10T01:30:00Z",
+                       "2024-11-03T00:30:00Z"]),
+    ("America/New_York", ["2024-03-31T06:30:00Z", "2024-10-27T06:30:00Z",
+                          "2024-03-10T07:30:00Z", "2024-11-03T05:30:00Z"]),
+    ("Asia/Kolkata", ["2024-03-30T21:00:00Z", "2024-10-26T21:00:00Z", "2024-03-09T21:00:00Z",
+                      "2024-11-02T20:00:00Z"]),
+    ("UTC+01:00", ["2024-03-31T01:30:00Z", "2024-10-27T01:30:00Z", "2024-03-10T01:30:00Z",
+                   "2024-11-03T00:30:00Z"]),
+    ("GMT-5", ["2024-03-31T07:30:00Z", "2024-10-27T07:30:00Z", "2024-03-10T07:30:00Z",
+               "2024-11-03T06:30:00Z"]),
+    ("UT+1", ["2024-03-31T01:30:00Z", "2024-10-27T01:30:00Z", "2024-03-10T01:30:00Z",
+              "2024-11-03T00:30:00Z"]),
+    ("Etc/GMT+5", ["2024-03-31T07:30:00Z", "2024-10-27T07:30:00Z", "2024-03-10T07:30:00Z",
+                   "2024-11-03T06:30:00Z"]),
+    ("GMT0", ["2024-03-31T02:30:00Z", "2024-10-27T02:30:00Z", "2024-03-10T02:30:00Z",
+              "2024-11-03T01:30:00Z"]),
+    ("Z", ["2024-03-31T02:30:00Z", "2024-10-27T02:30:00Z", "2024-03-10T02:30:00Z",
+           "2024-11-03T01:30:00Z"]),
+    ("+0530", ["2024-03-30T21:00:00Z", "2024-10-26T21:00:00Z", "2024-03-09T21:00:00Z",
+               "2024-11-02T20:00:00Z"]),
+])
+def test_new_date_in_a_zone_as_java(zone: str, expected: list[str]) -> None:
+    assert run("var z = msg.z;\n"
+               "return [new Date(2024, 3, 31, 2, 30, z).toISOString(),\n"
+               "  new Date(2024, 10, 27, 2, 30, z).toISOString(),\n"
+               "  new Date(2024, 3, 10, 2, 30, z).toISOString(),\n"
+               "  new Date(2024, 11, 3, 1, 30, z).toISOString()];", {"z": zone}) == expected
+
+
+def test_new_date_in_a_region_long_ago_and_far_ahead_as_java() -> None:
+    """Before a zone's first rule its local mean time (Berlin +00:53:28); years past the
+    database's (and datetime's 9999) by its yearly rule; the zone in text of the script, and
+    a day of another year of the same zone in the same message (each year's rules loaded once
+    and the call made again)."""
+    assert run('return [new Date(1850, 1, 1, "Europe/Berlin").toISOString(),\n'
+               '  new Date(12024, 7, 1, "Europe/Berlin").toISOString(),\n'
+               '  new Date(2023, 7, 1, "Europe/Berlin").getTime(),\n'
+               '  new Date(2024, 1, 1, 0, 0, 0, "Europe/Berlin").getTime()];') == [
+        "1849-12-31T23:06:32Z", "+12024-06-30T22:00:00Z", 1688162400000, 1704063600000]
+
+
+@pytest.mark.parametrize(("zone", "message"), [
+    ("Europe/Nowhere", "ZoneRulesException: Unknown time-zone ID: Europe/Nowhere"),
+    # Java 17's database has no EST (ZoneId.SHORT_IDS maps it, ZoneId.of does not)
+    ("EST", "ZoneRulesException: Unknown time-zone ID: EST"),
+    ("europe/berlin", "ZoneRulesException: Unknown time-zone ID: europe/berlin"),
+    ("Europe/../../etc/passwd", "ZoneRulesException: Unknown time-zone ID: Europe/../../etc/passwd"),
+    ("../../etc/passwd",
+     "DateTimeException: Invalid ID for region-based ZoneId, invalid format: ../../etc/passwd"),
+    ("/etc/passwd",
+     "DateTimeException: Invalid ID for region-based ZoneId, invalid format: /etc/passwd"),
+    ("GMT+19", "DateTimeException: Invalid ID for offset-based ZoneId: GMT+19"),
+    ("+19", "DateTimeException: Zone offset hours not in valid range: value 19 is not in the "
+            "range -18 to 18"),
+    ("+1:00", "DateTimeException: Invalid ID for ZoneOffset, non numeric characters found: "
+              "+1:00"),
+    ("x", "DateTimeException: Invalid ID for ZoneOffset, invalid format: x"),
+    ("+18:01", "DateTimeException: Zone offset not in valid range: -18:00 to +18:00"),
+    ("+01:60", "DateTimeException: Zone offset minutes not in valid range: value 60 is not in "
+               "the range -59 to 59"),
+])
+def test_new_date_in_a_zone_java_refuses_fails_with_its_text(zone: str, message: str) -> None:
+    """ZoneId.of's exceptions (ZoneRulesProvider.getProvider, ZoneRegion.checkName,
+    ZoneOffset.of), with Java 17's text."""
+    assert error("return new Date(2024, 1, 1, msg.z).getTime();", {"z": zone}) == message
+
+
+def test_a_hostile_zone_id_is_refused_before_the_database_is_asked() -> None:
+    """Control characters and a path are Java's invalid format; a very long id of valid
+    characters is unknown without a look-up; the engine's own rules function takes nothing but
+    a short region id and a year in range, and gives text (never raises)."""
+    from edge_sync.rules.tbel_zones import year_rules
+
+    long_id = "A" + "b" * 100_000
+    assert error("return new Date(2024, 1, 1, msg.z).getTime();", {"z": "a\u0000b"}) == (
+        "DateTimeException: Invalid ID for region-based ZoneId, invalid format: a\u0000b")
+    assert error("return new Date(2024, 1, 1, msg.z).getTime();", {"z": "Europe/Berlin\n"}) == (
+        "DateTimeException: Invalid ID for region-based ZoneId, invalid format: Europe/Berlin")
+    assert error("return new Date(2024, 1, 1, msg.z).getTime();", {"z": long_id}) == (
+        "ZoneRulesException: Unknown time-zone ID: " + long_id)
+    assert [json.loads(year_rules(z, y)) for z, y in (
+        ("../../etc/passwd", 2024), ("posix/Europe/Berlin", 2024), ("Europe/Berlin", 2024),
+        (long_id, 2024), ("Europe/Berlin", 10**9), ("Europe/Berlin", "2024"), (None, 1))] == [
+        "ZoneRulesException: the time zone is not a region id",
+        "ZoneRulesException: Unknown time-zone ID: posix/Europe/Berlin",
+        [3600, 7786800, 7200, 25930800, 3600],
+        "ZoneRulesException: the time zone is not a region id",
+        "ZoneRulesException: the year is out of range",
+        "ZoneRulesException: the year is out of range",
+        "ZoneRulesException: the time zone is not a region id"]
+
+
+def test_zone_rules_are_loaded_between_calls_under_the_scripts_limits() -> None:
+    """A call that needs a year of a region's rules fails inside, the engine loads the year
+    and calls again: the script's value is the same whether it caught the error or not, a
+    batch gives each item its zone, a call may load at most 16 years, and the time limit
+    still interrupts a script that uses a zone."""
+    caught = ScriptEngine('var t = -1;\ntry { t = new Date(2024, 7, 1, msg.z).getTime(); }\n'
+                          "catch (e) { t = -2; }\nreturn t;", "TBEL")
+    assert [caught.call({"z": "Asia/Tokyo"}, {}, TELEMETRY),
+            caught.call({"z": "Asia/Tokyo"}, {}, TELEMETRY)] == [1719759600000, 1719759600000]
+    batch = ScriptEngine("return new Date(2024, 7, 1, msg.z).toISOString();", "TBEL")
+    assert batch.call_many([({"z": z}, {}, TELEMETRY) for z in (
+        "Asia/Tokyo", "UTC+01:00", "America/Sao_Paulo", "Asia/Tokyo")]) == [
+        "2024-06-30T15:00:00Z", "2024-06-30T23:00:00Z", "2024-07-01T03:00:00Z",
+        "2024-06-30T15:00:00Z"]
+    years = ("var out = [];\nfor (var y = 2000; y < msg.end; y++) {\n"
+             '  out.add(new Date(y, 1, 1, "Europe/Berlin").getTime()); }\nreturn out;')
+    # (a limit no loaded machine runs over: the count of years is what is tested here)
+    limits = sandbox.ScriptLimits(time_limit_s=5, block_s=0)
+    assert len(ScriptEngine(years, "TBEL", limits).call({"end": 2016}, {}, TELEMETRY)) == 16
+    with pytest.raises(ScriptRuntimeError) as caught:
+        ScriptEngine(years, "TBEL", limits).call({"end": 2017}, {}, TELEMETRY)
+    assert str(caught.value) == ("ZoneRulesException: a call may use at most 16 years of region "
+                                 "time zones (see docs/rules-scripts.md)")
+    slow = ScriptEngine('var d = new Date(2024, 7, 1, "Europe/Berlin");\nwhile (true) {}',
+                        "TBEL", sandbox.ScriptLimits(time_limit_s=0.05, block_s=0))
+    with pytest.raises(sandbox.ScriptTimeout):
+        slow.call({}, {}, TELEMETRY)
 
 
 # -- each call's state is its own ---------------------------------------------------------------
