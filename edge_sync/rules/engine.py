@@ -144,11 +144,14 @@ def lane_of(msg_type: str) -> str:
         else NORMAL
 
 
-_PUSH_LANES: Mapping[str, str] = {t: lane_of(t) for t in PUSHABLE_TYPES}
-"""A pushable message type -> its lane (one look-up a push: is it pushable, and where to)."""
 _SCOPED_PUSHES = frozenset({POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED, ATTRIBUTES_DELETED})
 """The types whose cloud event has an attribute scope (AbstractTbMsgPushNode.buildEvent calls
 getScope for them; an activity event only with scope metadata, which is then its scope)."""
+_PUSH_LANES: Mapping[str, str] = {t: lane_of(t) for t in PUSHABLE_TYPES
+                                  if t not in _SCOPED_PUSHES}
+"""A pushable message type without an attribute scope -> its lane (one look-up a push: is
+it such a type, and where to)."""
+_SCOPED_PUSH_LANES: Mapping[str, str] = {t: lane_of(t) for t in _SCOPED_PUSHES}
 NO_SAVE_SCOPE = ("the message has no scope metadata and the node's scope is empty: its "
                  "attributes cannot be saved (ThingsBoard: No enum constant "
                  "org.thingsboard.server.common.data.AttributeScope.)")
@@ -283,6 +286,17 @@ Alarms = dict[str, dict[str, Any]]
 
 class NodeFailure(Exception):
     """A node could not process the message: the message goes by ``Failure``."""
+
+
+_JAVA_WHITESPACE = frozenset("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \u1680\u2000\u2001\u2002\u2003"
+                             "\u2004\u2005\u2006\u2008\u2009\u200a\u2028\u2029\u205f"
+                             "\u3000")
+"""Java's Character.isWhitespace (no-break spaces excluded)."""
+
+
+def _java_blank(text: str) -> bool:
+    """Apache commons-lang StringUtils.isBlank for a non-null text."""
+    return all(c in _JAVA_WHITESPACE for c in text)
 
 
 def _substitute(text: str, msg: RuleMsg) -> str:
@@ -567,6 +581,10 @@ class RuleEngine:
         self._push_scopes = {node.index: str(node.configuration.get("scope") or "")
                              for node in meta.nodes if node.type == n.PUSH_TO_CLOUD}
         """A push node's ``scope``; "" when it has none (absent, null or "")."""
+        self._null_push_scopes = frozenset(
+            node.index for node in meta.nodes
+            if node.type == n.PUSH_TO_CLOUD and node.configuration.get("scope") is None)
+        """The push nodes whose ``scope`` is absent or null (not "")."""
         self._in_message_order = frozenset(
             [i for i, save in self._saves.items() if save.remembers]
             + [i for i, save in self._attribute_saves.items() if save.remembers])
@@ -984,20 +1002,37 @@ class RuleEngine:
 
     def _push_to_cloud(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],
                        alarms: Alarms) -> list[tuple[str, RuleMsg]]:
+        # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's
+        scope = msg.metadata.get("scope") or self._push_scopes[node.index]
         lane = _PUSH_LANES.get(msg.type)
         if lane is None:
-            raise NodeFailure(f"unsupported message type {msg.type} (pushes "
-                              f"{', '.join(PUSHABLE_TYPES)})")
-        # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's. None
-        # for an attribute message: ThingsBoard Edge's event then goes up without a scope,
-        # and the cloud refuses it (BaseTelemetryProcessor: AttributeScope.valueOf(""))
-        scope = msg.metadata.get("scope") or self._push_scopes[node.index]
-        if not scope and msg.type in _SCOPED_PUSHES:
-            raise NodeFailure(NO_PUSH_SCOPE)
+            lane = _SCOPED_PUSH_LANES.get(msg.type)
+            if lane is None:
+                raise NodeFailure(f"unsupported message type {msg.type} (pushes "
+                                  f"{', '.join(PUSHABLE_TYPES)})")
+            scope = self._attribute_push_scope(node, msg, scope)
         out.append(PushToCloud(self._where[node.index],
                                (msg.originator.entity_type, msg.originator.id), msg.type,
                                scope, lane, msg.data, msg.metadata, _meta_ts(msg)))
         return [(SUCCESS, msg)]
+
+    def _attribute_push_scope(self, node: RuleNode, msg: RuleMsg, scope: str) -> str:
+        """The scope an attribute message goes up with from ThingsBoard Edge. A blank one
+        (the node's "" or blank scope metadata) is SERVER_SCOPE for an attribute post or
+        update (EdgeMsgConstructorUtils.constructEntityDataMsg: getScopeOfDefault); a
+        deletion goes up with it as it is (setScope), and an empty one the cloud refuses
+        (BaseTelemetryProcessor: AttributeScope.valueOf("")), so it fails here. A node
+        without a scope (absent or null) puts a JSON null in the event body, which
+        getAsJsonPrimitive cannot read: its attributes go up without a scope, which the
+        cloud refuses, so an attribute message without scope metadata fails here."""
+        if scope and not _java_blank(scope):
+            return scope
+        if not msg.metadata.get("scope"):  # the node's scope
+            if node.index in self._null_push_scopes or msg.type == ATTRIBUTES_DELETED:
+                raise NodeFailure(NO_PUSH_SCOPE)
+        elif msg.type == ATTRIBUTES_DELETED:
+            return scope  # blank scope metadata: the cloud refuses it (rule_outcomes)
+        return "SERVER_SCOPE"
 
     def _send_rpc(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                   ) -> list[tuple[str, RuleMsg]]:

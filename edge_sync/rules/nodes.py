@@ -206,9 +206,10 @@ def _scope(config: Mapping[str, Any]) -> Problems:
 def _push_scope(config: Mapping[str, Any]) -> Problems:
     """BaseTbMsgPushNodeConfiguration.scope: a plain String, not checked by
     AbstractTbMsgPushNode.init and read only for an attribute message without scope metadata
-    (getScope). Absent, null or "": the node pushes telemetry, alarms and RPC requests, and
-    fails an attribute message without scope metadata (``engine``); otherwise one of the
-    scopes."""
+    (getScope). Absent, null or "": the node pushes telemetry, alarms and RPC requests; an
+    attribute message without scope metadata fails the node, but for "" an attribute post
+    or update, which goes up as SERVER_SCOPE (``engine``); otherwise one of the scopes. The
+    save attributes node's ``scope`` is read the same way (TbMsgAttributesNode.getScope)."""
     if config.get("scope") in (None, ""):
         return []
     return _scope(config)

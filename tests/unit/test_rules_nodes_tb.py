@@ -184,9 +184,11 @@ def test_a_push_node_without_a_scope_pushes_all_but_unscoped_attributes(
         config: dict[str, Any]) -> None:
     """AbstractTbMsgPushNode reads its configuration's scope only in getScope, for an
     attribute message (POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED, ATTRIBUTES_DELETED)
-    without scope metadata: the chain runs, telemetry and scoped attributes are pushed, and
-    an unscoped attribute message fails the node by Failure (ThingsBoard Edge would send its
-    event up without a scope, which the cloud refuses)."""
+    without scope metadata: the chain runs, telemetry and scoped attributes are pushed. An
+    unscoped attribute message of a node without a scope (absent or null) fails the node by
+    Failure (ThingsBoard Edge would send its event up without a scope, which the cloud
+    refuses); of a node whose scope is "", an attribute post or update goes up as
+    SERVER_SCOPE (EdgeMsgConstructorUtils.getScopeOfDefault), a deletion fails."""
     assert problems((n.PUSH_TO_CLOUD, "Push", config)) == []
     engine = chain([(n.PUSH_TO_CLOUD, "Push", config), (n.MSG_TYPE_SWITCH, "Success", {}),
                     (n.MSG_TYPE_SWITCH, "Failure", {})],
@@ -195,10 +197,15 @@ def test_a_push_node_without_a_scope_pushes_all_but_unscoped_attributes(
     tele = telemetry({"t": 1}, ts="40")
     connect = RuleMsg("CONNECT_EVENT", DEV, {"a": 1}, {}, ts=40)
     scoped = attributes({"fw": "1"}, scope="SHARED_SCOPE")
-    msgs = [tele, connect, scoped, attributes({"fw": "1"}),
-            RuleMsg("ATTRIBUTES_UPDATED", DEV, {"fw": "1"}, {"scope": ""}, ts=40),
+    updated = RuleMsg("ATTRIBUTES_UPDATED", DEV, {"fw": "1"}, {"scope": ""}, ts=40)
+    msgs = [tele, connect, scoped, attributes({"fw": "1"}), updated,
             RuleMsg("ATTRIBUTES_DELETED", DEV, {"attributes": ["fw"]}, {}, ts=40)]
     unscoped = [Visited(PUSH), Failed(PUSH, NO_PUSH_SCOPE), failure]
+    as_server = [
+        [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "POST_ATTRIBUTES_REQUEST", "SERVER_SCOPE",
+                                    "NORMAL", {"fw": "1"}, {}, 1000), success],
+        [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "ATTRIBUTES_UPDATED", "SERVER_SCOPE",
+                                    "NORMAL", {"fw": "1"}, {"scope": ""}, 40), success]]
     expected = [
         [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "POST_TELEMETRY_REQUEST", "", "NORMAL",
                                     {"t": 1}, {"ts": "40"}, 40), success],
@@ -207,13 +214,33 @@ def test_a_push_node_without_a_scope_pushes_all_but_unscoped_attributes(
         [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "POST_ATTRIBUTES_REQUEST", "SHARED_SCOPE",
                                     "NORMAL", {"fw": "1"}, {"scope": "SHARED_SCOPE"}, 1000),
          success],
-        unscoped, unscoped, unscoped]
+        *(as_server if config.get("scope") == "" else [unscoped, unscoped]),
+        unscoped]
     assert [engine.run(m) for m in msgs] == expected
     assert engine.run_many(msgs) == expected
     assert NO_PUSH_SCOPE == (
         "the message has no scope metadata and the node no scope: its attributes cannot be "
         "pushed (ThingsBoard's cloud refuses them: No enum constant "
         "org.thingsboard.server.common.data.AttributeScope.)")
+
+
+def test_blank_scope_metadata_pushes_attribute_posts_as_server_scope() -> None:
+    """Scope metadata that is blank but not empty is the scope AbstractTbMsgPushNode.getScope
+    puts in the event; ThingsBoard Edge's uplink sends an attribute post or update with a
+    blank scope as SERVER_SCOPE (EdgeMsgConstructorUtils.getScopeOfDefault: isNotBlank), a
+    deletion with the scope as it is (refused by the cloud, and by the edge when it makes
+    the event)."""
+    engine = chain([(n.PUSH_TO_CLOUD, "Push", {"scope": "CLIENT_SCOPE"})], [])
+    post = attributes({"fw": "1"}, scope=" \u3000")
+    deleted = RuleMsg("ATTRIBUTES_DELETED", DEV, {"attributes": ["fw"]}, {"scope": " "}, ts=40)
+    nbsp = attributes({"fw": "1"}, scope="\u00a0")  # not Java whitespace: a scope name
+    assert [effects(engine.run(m)) for m in (post, deleted, nbsp)] == [
+        [PushToCloud(PUSH, ORIGIN, "POST_ATTRIBUTES_REQUEST", "SERVER_SCOPE", "NORMAL",
+                     {"fw": "1"}, {"scope": " \u3000"}, 1000)],
+        [PushToCloud(PUSH, ORIGIN, "ATTRIBUTES_DELETED", " ", "NORMAL",
+                     {"attributes": ["fw"]}, {"scope": " "}, 40)],
+        [PushToCloud(PUSH, ORIGIN, "POST_ATTRIBUTES_REQUEST", "\u00a0", "NORMAL",
+                     {"fw": "1"}, {"scope": "\u00a0"}, 1000)]]
 
 
 # -- TbMsgAttributesNode ---------------------------------------------------------------------
