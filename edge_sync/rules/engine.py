@@ -439,8 +439,10 @@ class _SaveAttrs:
     def of(node: RuleNode) -> _SaveAttrs:
         settings = n.attributes_settings(node.configuration, node.configuration_version)
         save = _strategy(settings.attributes)
-        others = () if settings.shared else (_strategy(settings.web_sockets),
-                                             _strategy(settings.calculated_fields))
+        # with the attributes saved on every message the scope is always read: the other
+        # actions decide nothing the edge acts on (nor their intervals anything)
+        others = () if settings.shared or save is True else (
+            _strategy(settings.web_sockets), _strategy(settings.calculated_fields))
         scope = node.configuration.get("scope")
         return _SaveAttrs(save, others, None if scope is None else str(scope), save is True)
 

@@ -468,6 +468,9 @@ def test_a_forgotten_originator_is_saved_again_by_a_deduplicating_attributes_nod
     assert effects(engine.run(attrs_at(1000))) == []
     assert effects(engine.run(attrs_at(1000, "d2"))) == []  # another originator's decisions
     assert not saving_attributes(ALWAYS).deduplicates
+    assert not saving_attributes({"type": "ADVANCED", "attributes": ALWAYS,  # nothing to decide
+                                  "webSockets": DEDUP_60, "calculatedFields": DEDUP_60}
+                                 ).deduplicates
 
 
 @pytest.mark.parametrize(("config", "found"), [
