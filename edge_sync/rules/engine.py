@@ -144,11 +144,19 @@ def lane_of(msg_type: str) -> str:
         else NORMAL
 
 
-_PUSH_LANES: Mapping[str, str] = {t: lane_of(t) for t in PUSHABLE_TYPES}
-"""A pushable message type -> its lane (one look-up a push: is it pushable, and where to)."""
 _SCOPED_PUSHES = frozenset({POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED, ATTRIBUTES_DELETED})
 """The types whose cloud event has an attribute scope (AbstractTbMsgPushNode.buildEvent calls
 getScope for them; an activity event only with scope metadata, which is then its scope)."""
+_PUSH_LANES: Mapping[str, str] = {t: lane_of(t) for t in PUSHABLE_TYPES
+                                  if t not in _SCOPED_PUSHES}
+"""A pushable message type without an attribute scope -> its lane (one look-up a push: is
+it such a type, and where to)."""
+_SCOPED_PUSH_LANES: Mapping[str, str] = {t: lane_of(t) for t in _SCOPED_PUSHES}
+NO_SAVE_SCOPE = ("the message has no scope metadata and the node's scope is empty: its "
+                 "attributes cannot be saved (ThingsBoard: No enum constant "
+                 "org.thingsboard.server.common.data.AttributeScope.)")
+NO_SAVE_SCOPE_NULL = ("the message has no scope metadata and the node no scope: its attributes "
+                      "cannot be saved (ThingsBoard: Name is null)")
 NO_PUSH_SCOPE = ("the message has no scope metadata and the node no scope: its attributes "
                  "cannot be pushed (ThingsBoard's cloud refuses them: No enum constant "
                  "org.thingsboard.server.common.data.AttributeScope.)")
@@ -280,6 +288,17 @@ class NodeFailure(Exception):
     """A node could not process the message: the message goes by ``Failure``."""
 
 
+_JAVA_WHITESPACE = frozenset("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \u1680\u2000\u2001\u2002\u2003"
+                             "\u2004\u2005\u2006\u2008\u2009\u200a\u2028\u2029\u205f"
+                             "\u3000")
+"""Java's Character.isWhitespace (no-break spaces excluded)."""
+
+
+def _java_blank(text: str) -> bool:
+    """Apache commons-lang StringUtils.isBlank for a non-null text."""
+    return all(c in _JAVA_WHITESPACE for c in text)
+
+
 def _substitute(text: str, msg: RuleMsg) -> str:
     """``${key}`` from metadata, ``$[a.b]`` from the message data: ThingsBoard's
     ``TbNodeUtils.processPattern`` (``patterns.py``)."""
@@ -403,6 +422,50 @@ class _SaveSeries:
         return series, latest
 
 
+@dataclass(frozen=True, slots=True)
+class _SaveAttrs:
+    """A save attributes node's settings read once (``nodes.attributes_settings``): ``save``
+    (the attributes action), ``others`` (the WebSocket and calculated field actions, which
+    only decide whether the message's scope is looked at) and ``scope`` (the configuration's:
+    None when absent or null)."""
+
+    save: _Deduplicate | bool
+    others: tuple[_Deduplicate | bool, ...]
+    scope: str | None
+    every: bool
+    """The attributes saved on every message: nothing to decide."""
+
+    @staticmethod
+    def of(node: RuleNode) -> _SaveAttrs:
+        settings = n.attributes_settings(node.configuration, node.configuration_version)
+        save = _strategy(settings.attributes)
+        # with the attributes saved on every message the scope is always read: the other
+        # actions decide nothing the edge acts on (nor their intervals anything)
+        others = () if settings.shared or save is True else (
+            _strategy(settings.web_sockets), _strategy(settings.calculated_fields))
+        scope = node.configuration.get("scope")
+        return _SaveAttrs(save, others, None if scope is None else str(scope), save is True)
+
+    @property
+    def remembers(self) -> tuple[_Deduplicate, ...]:
+        return tuple(d for d in (self.save, *self.others) if isinstance(d, _Deduplicate))
+
+    def decide(self, ts: int, originator: str, now: int) -> tuple[bool, bool]:
+        """(save the attributes, go past the short-circuit) for this message. Every action's
+        strategy decides, as TbMsgAttributesNode.determineSaveStrategy calls shouldProcess on
+        each of ADVANCED's three (a DEDUPLICATE one takes the originator's interval even when
+        another action already says process)."""
+        save = self.save
+        saving = save.should_process(ts, originator, now) if isinstance(save, _Deduplicate) \
+            else save
+        going = saving
+        for other in self.others:
+            if other.should_process(ts, originator, now) if isinstance(other, _Deduplicate) \
+                    else other:
+                going = True
+        return saving, going
+
+
 def _new_uuid() -> str:
     return str(uuid.uuid4())
 
@@ -511,11 +574,8 @@ class RuleEngine:
                               for node in meta.nodes if node.type == n.CHECK_MESSAGE}
         self._saves = {node.index: _SaveSeries.of(node)
                        for node in meta.nodes if node.type == n.SAVE_TIMESERIES}
-        self._attribute_saves = {
-            node.index: _strategy(n.attributes_strategy(node.configuration,
-                                                        node.configuration_version))
-            for node in meta.nodes if node.type == n.SAVE_ATTRIBUTES}
-        """A save attributes node's ``attributes`` action: True, False or its memory."""
+        self._attribute_saves = {node.index: _SaveAttrs.of(node)
+                                 for node in meta.nodes if node.type == n.SAVE_ATTRIBUTES}
         self._create_alarms = {node.index: a.CreateAlarmConfig.of(node.configuration)
                                for node in meta.nodes if node.type == n.CREATE_ALARM}
         self._clear_alarms = {node.index: a.ClearAlarmConfig.of(node.configuration)
@@ -523,14 +583,19 @@ class RuleEngine:
         self._push_scopes = {node.index: str(node.configuration.get("scope") or "")
                              for node in meta.nodes if node.type == n.PUSH_TO_CLOUD}
         """A push node's ``scope``; "" when it has none (absent, null or "")."""
+        self._null_push_scopes = frozenset(
+            node.index for node in meta.nodes
+            if node.type == n.PUSH_TO_CLOUD and node.configuration.get("scope") is None)
+        """The push nodes whose ``scope`` is absent or null (not "")."""
         self._in_message_order = frozenset(
             [i for i, save in self._saves.items() if save.remembers]
-            + [i for i, save in self._attribute_saves.items() if isinstance(save, _Deduplicate)])
+            + [i for i, save in self._attribute_saves.items() if save.remembers])
         """Nodes whose decisions depend on the messages before (a deduplicating save):
         ``run_many`` runs them in ``run``'s order."""
         self._deduplicates = tuple({id(d): d for d in (
             *(d for save in self._saves.values() for d in (save.series, save.latest)),
-            *self._attribute_saves.values()) if isinstance(d, _Deduplicate)}.values())
+            *(d for save in self._attribute_saves.values() for d in save.remembers))
+            if isinstance(d, _Deduplicate)}.values())
         self.deduplicates = bool(self._deduplicates)
         """A save node deduplicates: what it decided is kept in memory, and forgotten
         (``forget``) when the outcome of a message it let through was not stored."""
@@ -896,50 +961,80 @@ class RuleEngine:
 
     def _save_attributes(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],
                          alarms: Alarms) -> list[tuple[str, RuleMsg]]:
-        """ThingsBoard's TbMsgAttributesNode.onMsg: an object without attributes goes on by
-        Success undecided; the processing settings decide (determineSaveStrategy, the
-        metadata's ts) whether the attributes are saved: when not, the message goes on by
-        Success (the WebSocket and calculated field actions have nothing to act on at the
-        edge), its scope not looked at. ``updateAttributesOnlyOnValueChange`` is not read: an
-        unchanged value written again is the same value in the edge's store, and nothing on
-        the edge is notified of a rule chain's save."""
+        """ThingsBoard's TbMsgAttributesNode.onMsg: the data converted first
+        (JsonConverter.convertToAttributes: data that is not an object, or a null value, fails
+        the node before anything is decided); an object without attributes goes on by Success
+        undecided; the processing settings decide (determineSaveStrategy, the metadata's ts)
+        each action: when none says process, the message goes on by Success, its scope not
+        looked at; else the scope is read (getScope: a name AttributeScope.valueOf does not
+        know fails the node), and the attributes are saved when their action says so (the
+        WebSocket and calculated field actions have nothing to act on at the edge).
+        ``updateAttributesOnlyOnValueChange`` is not read: an unchanged value written again is
+        the same value in the edge's store."""
         if msg.type != POST_ATTRIBUTES_REQUEST:
             raise NodeFailure(f"unsupported message type {msg.type} (saves "
                               f"{POST_ATTRIBUTES_REQUEST} only)")
+        data = msg.data
+        if not isinstance(data, dict):  # Gson's JsonElement.getAsJsonObject
+            raise NodeFailure(f"Not a JSON Object: {java_json(data)[:60]}")
+        if not data:
+            return [(SUCCESS, msg)]
+        if None in data.values():  # JsonConverter.parseValues: JsonNull is no value
+            raise NodeFailure("Can't parse value: null")
         save = self._attribute_saves[node.index]
-        if save is not True:
-            if msg.data == {}:  # JsonConverter.convertToAttributes gives none: no decision
-                return [(SUCCESS, msg)]
-            if save is False or not save.should_process(_meta_ts(msg), msg.originator.id,
-                                                        self.clock()):
+        saving = True
+        if not save.every:
+            saving, going = save.decide(_meta_ts(msg), msg.originator.id, self.clock())
+            if not going:
                 return [(SUCCESS, msg)]
         # ThingsBoard's TbMsgAttributesNode.getScope: the metadata's "scope" when it is not
-        # empty (AttributeScope.valueOf: a name it does not know fails the node), else the node's
-        scope = msg.metadata.get("scope") or str(node.configuration["scope"])
+        # empty, else the node's (AttributeScope.valueOf: null or a name it does not know
+        # fails the node)
+        scope = msg.metadata.get("scope") or save.scope
         if scope not in n.ATTRIBUTE_SCOPES:
+            if not scope:
+                raise NodeFailure(NO_SAVE_SCOPE_NULL if scope is None else NO_SAVE_SCOPE)
             raise NodeFailure(f"attribute scope {scope[:40]!r} (the message's scope metadata) "
                               f"is not one of {', '.join(n.ATTRIBUTE_SCOPES)}")
-        out.append(SaveAttributes(self._where[node.index],
-                                  (msg.originator.entity_type, msg.originator.id),
-                                  scope, msg.data))
+        if saving:
+            out.append(SaveAttributes(self._where[node.index],
+                                      (msg.originator.entity_type, msg.originator.id),
+                                      scope, data))
         return [(SUCCESS, msg)]
 
     def _push_to_cloud(self, node: RuleNode, msg: RuleMsg, out: list[Outcome],
                        alarms: Alarms) -> list[tuple[str, RuleMsg]]:
+        # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's
+        scope = msg.metadata.get("scope") or self._push_scopes[node.index]
         lane = _PUSH_LANES.get(msg.type)
         if lane is None:
-            raise NodeFailure(f"unsupported message type {msg.type} (pushes "
-                              f"{', '.join(PUSHABLE_TYPES)})")
-        # ThingsBoard's AbstractTbMsgPushNode.getScope: the message's, else the node's. None
-        # for an attribute message: ThingsBoard Edge's event then goes up without a scope,
-        # and the cloud refuses it (BaseTelemetryProcessor: AttributeScope.valueOf(""))
-        scope = msg.metadata.get("scope") or self._push_scopes[node.index]
-        if not scope and msg.type in _SCOPED_PUSHES:
-            raise NodeFailure(NO_PUSH_SCOPE)
+            lane = _SCOPED_PUSH_LANES.get(msg.type)
+            if lane is None:
+                raise NodeFailure(f"unsupported message type {msg.type} (pushes "
+                                  f"{', '.join(PUSHABLE_TYPES)})")
+            scope = self._attribute_push_scope(node, msg, scope)
         out.append(PushToCloud(self._where[node.index],
                                (msg.originator.entity_type, msg.originator.id), msg.type,
                                scope, lane, msg.data, msg.metadata, _meta_ts(msg)))
         return [(SUCCESS, msg)]
+
+    def _attribute_push_scope(self, node: RuleNode, msg: RuleMsg, scope: str) -> str:
+        """The scope an attribute message goes up with from ThingsBoard Edge. A blank one
+        (the node's "" or blank scope metadata) is SERVER_SCOPE for an attribute post or
+        update (EdgeMsgConstructorUtils.constructEntityDataMsg: getScopeOfDefault); a
+        deletion goes up with it as it is (setScope), and an empty one the cloud refuses
+        (BaseTelemetryProcessor: AttributeScope.valueOf("")), so it fails here. A node
+        without a scope (absent or null) puts a JSON null in the event body, which
+        getAsJsonPrimitive cannot read: its attributes go up without a scope, which the
+        cloud refuses, so an attribute message without scope metadata fails here."""
+        if scope and not _java_blank(scope):
+            return scope
+        if not msg.metadata.get("scope"):  # the node's scope
+            if node.index in self._null_push_scopes or msg.type == ATTRIBUTES_DELETED:
+                raise NodeFailure(NO_PUSH_SCOPE)
+        elif msg.type == ATTRIBUTES_DELETED:
+            return scope  # blank scope metadata: the cloud refuses it (rule_outcomes)
+        return "SERVER_SCOPE"
 
     def _send_rpc(self, node: RuleNode, msg: RuleMsg, out: list[Outcome], alarms: Alarms
                   ) -> list[tuple[str, RuleMsg]]:

@@ -7,7 +7,7 @@ presence here; ``script_of`` names the script a node runs, which validation then
 (``validate.py``).
 
 The rule engine reads what a check passes: the check fields, save timeseries
-(``timeseries_settings``), save attributes (``attributes_strategy``) and alarm nodes'
+(``timeseries_settings``), save attributes (``attributes_settings``) and alarm nodes'
 configurations (``alarms.CreateAlarmConfig``,
 ``alarms.ClearAlarmConfig``) once, into typed objects, when it is built. A configuration that
 would fail every message (a dynamic severity no message can make a severity) is refused here,
@@ -206,9 +206,10 @@ def _scope(config: Mapping[str, Any]) -> Problems:
 def _push_scope(config: Mapping[str, Any]) -> Problems:
     """BaseTbMsgPushNodeConfiguration.scope: a plain String, not checked by
     AbstractTbMsgPushNode.init and read only for an attribute message without scope metadata
-    (getScope). Absent, null or "": the node pushes telemetry, alarms and RPC requests, and
-    fails an attribute message without scope metadata (``engine``); otherwise one of the
-    scopes."""
+    (getScope). Absent, null or "": the node pushes telemetry, alarms and RPC requests; an
+    attribute message without scope metadata fails the node, but for "" an attribute post
+    or update, which goes up as SERVER_SCOPE (``engine``); otherwise one of the scopes. The
+    save attributes node's ``scope`` is read the same way (TbMsgAttributesNode.getScope)."""
     if config.get("scope") in (None, ""):
         return []
     return _scope(config)
@@ -266,8 +267,8 @@ def timeseries_settings(config: Mapping[str, Any], version: int) -> TimeseriesSe
     configuration (``configurationVersion`` absent or 0: before ThingsBoard 3.9) is first
     upgraded as TbMsgTimeseriesNode.upgrade does: ``skipLatestPersistence`` "true" (JSON true
     or the text) keeps the timeseries and skips the latest values, anything else saves both
-    on every message; its ``processingSettings``, if any, is replaced. A later configuration
-    without ``processingSettings`` is read as the class's default one (ON_EVERY_MESSAGE)."""
+    on every message; its ``processingSettings``, if any, is replaced. (A later configuration
+    without ``processingSettings`` is refused by validation.)"""
     default_ttl = read_int(config.get("defaultTTL"), long=True)
     use_server_ts = flag(config.get("useServerTs")) is True
     mode, series, latest, shared = ON_EVERY_MESSAGE, EVERY, EVERY, False
@@ -285,29 +286,52 @@ def timeseries_settings(config: Mapping[str, Any], version: int) -> TimeseriesSe
 
 def _strategy(settings: Mapping[str, Any], action: str) -> Strategy:
     """What validated processing settings decide for one action: the basic modes for every
-    action alike (WEBSOCKETS_ONLY skips every action but the WebSocket updates, which the edge
-    has none of), ADVANCED the action's own strategy."""
+    action alike (WEBSOCKETS_ONLY skips every action but the WebSocket updates), ADVANCED the
+    action's own strategy, whose ``deduplicationIntervalSecs`` is read only for a DEDUPLICATE
+    one (SkipProcessingStrategy and OnEveryMessageProcessingStrategy have no properties)."""
     mode = settings["type"]
     if mode == ADVANCED:
         given = settings[action]
-        return Strategy(given["type"], read_int(given.get("deduplicationIntervalSecs")))
+        if given["type"] != DEDUPLICATE:
+            return NEVER if given["type"] == SKIP else EVERY
+        return Strategy(DEDUPLICATE, read_int(given["deduplicationIntervalSecs"]))
     if mode == DEDUPLICATE:
         return Strategy(DEDUPLICATE, read_int(settings["deduplicationIntervalSecs"]))
-    return NEVER if mode == WEBSOCKETS_ONLY else EVERY
+    if mode == WEBSOCKETS_ONLY:
+        return EVERY if action == "webSockets" else NEVER
+    return EVERY
 
 
-def attributes_strategy(config: Mapping[str, Any], version: int) -> Strategy:
-    """When a validated save attributes configuration saves the attributes on the edge (its
-    ``attributes`` action; the WebSocket and calculated field actions have no counterpart on the
-    edge). A configuration of a version before 3 (``configurationVersion`` absent, 0, 1 or 2:
-    before ThingsBoard 4.0) is read as TbMsgAttributesNode.upgrade upgrades it: its
-    ``processingSettings``, if any, replaced by ON_EVERY_MESSAGE. A later configuration without
-    ``processingSettings`` is read as the class's default one (ON_EVERY_MESSAGE), as the save
-    timeseries node's is."""
+@dataclass(frozen=True, slots=True)
+class AttributesSettings:
+    """A save attributes node's three actions as ThingsBoard's TbMsgAttributesNode
+    .determineSaveStrategy decides them: ``attributes`` (the save, the one action the edge
+    takes), ``web_sockets`` and ``calculated_fields`` (nothing to act on at the edge, but
+    when either says process, the message's scope is looked at: onMsg's short-circuit
+    needs all three to say no). ``shared``: one decision for all three (basic
+    DEDUPLICATE)."""
+
+    attributes: Strategy
+    web_sockets: Strategy
+    calculated_fields: Strategy
+    shared: bool
+
+
+ALL_ATTRIBUTE_ACTIONS = AttributesSettings(EVERY, EVERY, EVERY, False)
+
+
+def attributes_settings(config: Mapping[str, Any], version: int) -> AttributesSettings:
+    """A validated save attributes configuration's processing settings. A configuration of a
+    version before 3 (``configurationVersion`` absent, 0, 1 or 2: before ThingsBoard 4.0) is
+    read as TbMsgAttributesNode.upgrade upgrades it: its ``processingSettings``, if any,
+    replaced by ON_EVERY_MESSAGE. (A later one without them is refused by validation.)"""
     settings = config.get("processingSettings")
     if version < ATTRIBUTES_SETTINGS_VERSION or settings is None:
-        return EVERY
-    return _strategy(settings, "attributes")
+        return ALL_ATTRIBUTE_ACTIONS
+    attrs = _strategy(settings, "attributes")
+    return AttributesSettings(attrs, _strategy(settings, "webSockets"),
+                              _strategy(settings, "calculatedFields"),
+                              settings["type"] == DEDUPLICATE)
 
 
 def _dedup_interval(where: str, given: Mapping[str, Any]) -> Problems:
@@ -343,28 +367,60 @@ def _processing_settings(settings: Any, actions: tuple[str, ...]) -> Problems:
                         + ", ".join(STRATEGY_TYPES)))
         elif strategy == DEDUPLICATE:
             out.extend(_dedup_interval(f"{where}.{action}", given))
+        elif "deduplicationIntervalSecs" in given:
+            # SkipProcessingStrategy and OnEveryMessageProcessingStrategy have no properties,
+            # and JacksonUtil.OBJECT_MAPPER keeps FAIL_ON_UNKNOWN_PROPERTIES:
+            # UnrecognizedPropertyException, the node cannot start
+            out.append((f"{where}.{action}.deduplicationIntervalSecs",
+                        f"not a field of a {strategy} strategy (only DEDUPLICATE has an "
+                        f"interval): remove it"))
     return out
 
 
-def _timeseries(config: Mapping[str, Any]) -> Problems:
+def _timeseries(config: Mapping[str, Any], version: int) -> Problems:
+    """TbMsgTimeseriesNodeConfiguration. ``processingSettings`` is read from version 1 on,
+    where it is required (``@NotNull``: RuleChainDataValidator.validateRuleNode refuses the
+    configuration, and determineSaveStrategy would fail every message on null). In a version
+    0 configuration TbMsgTimeseriesNode.upgrade replaces it, and none is needed; one given
+    there is still checked."""
     out: Problems = []
     ttl = config.get("defaultTTL")
     if ttl is not None and not _whole(ttl, minimum=0, maximum=MAX_TTL_S, long=True):
         out.append(("defaultTTL", f"expected whole seconds from 0 to {MAX_TTL_S} (100 years; "
                                   f"0: no TTL), got {ttl!r}"))
     out.extend(_flags(config, "useServerTs"))
-    if config.get("processingSettings") is not None:
-        out.extend(_processing_settings(config["processingSettings"], ADVANCED_ACTIONS))
+    settings = config.get("processingSettings")
+    if settings is not None:
+        out.extend(_processing_settings(settings, ADVANCED_ACTIONS))
+    elif version >= 1:
+        out.append(_settings_required(config, 1))
     return out
 
 
-def _attributes(config: Mapping[str, Any]) -> Problems:
-    """TbMsgAttributesNodeConfiguration: ``scope``, and ``processingSettings`` when given, as
-    the save timeseries node's (with AttributesProcessingSettings.Advanced's actions)."""
-    out = _scope(config)
-    if config.get("processingSettings") is not None:
-        out.extend(_processing_settings(config["processingSettings"],
-                                        ATTRIBUTES_ADVANCED_ACTIONS))
+def _settings_required(config: Mapping[str, Any], version: int) -> tuple[str, str]:
+    return ("processingSettings",
+            ("null" if "processingSettings" in config else "missing")
+            + f": required from configurationVersion {version} on "
+              "(e.g. {\"type\": \"ON_EVERY_MESSAGE\"})")
+
+
+def _attributes(config: Mapping[str, Any], version: int) -> Problems:
+    """TbMsgAttributesNodeConfiguration. ``scope`` is read only for a message without scope
+    metadata (TbMsgAttributesNode.getScope; init checks nothing): absent, null or "", the
+    node saves the messages that name their scope and fails the others (``engine``);
+    otherwise one of the scopes. ``processingSettings`` as the save timeseries node's (with
+    AttributesProcessingSettings.Advanced's actions) from version 3 on, where it is required
+    (``@NotNull``: RuleChainDataValidator.validateRuleNode refuses the configuration, and
+    determineSaveStrategy would fail every message on null); before version 3 it is not read:
+    TbMsgAttributesNode.upgrade replaces it with ON_EVERY_MESSAGE."""
+    out = _push_scope(config)
+    if version < ATTRIBUTES_SETTINGS_VERSION:
+        return out
+    settings = config.get("processingSettings")
+    if settings is None:
+        out.append(_settings_required(config, ATTRIBUTES_SETTINGS_VERSION))
+        return out
+    out.extend(_processing_settings(settings, ATTRIBUTES_ADVANCED_ACTIONS))
     return out
 
 
@@ -502,6 +558,8 @@ class NodeSpec:
     type: str
     label: str
     check: Callable[[Mapping[str, Any]], Problems]
+    versioned: Callable[[Mapping[str, Any], int], Problems] | None = None
+    """A check that reads the node's ``configurationVersion`` too (instead of ``check``)."""
 
     @property
     def short(self) -> str:
@@ -515,8 +573,8 @@ SUPPORTED: Mapping[str, NodeSpec] = {s.type: s for s in (
     NodeSpec(JS_SWITCH, "script switch", _scripted),
     NodeSpec(CHECK_MESSAGE, "check fields presence", _check_message),
     NodeSpec(TRANSFORM, "script transformation", _scripted),
-    NodeSpec(SAVE_TIMESERIES, "save timeseries", _timeseries),
-    NodeSpec(SAVE_ATTRIBUTES, "save attributes", _attributes),
+    NodeSpec(SAVE_TIMESERIES, "save timeseries", _no_fields, _timeseries),
+    NodeSpec(SAVE_ATTRIBUTES, "save attributes", _no_fields, _attributes),
     NodeSpec(PUSH_TO_CLOUD, "push to cloud", _push_scope),
     NodeSpec(CREATE_ALARM, "create alarm", _create_alarm),
     NodeSpec(CLEAR_ALARM, "clear alarm", _alarm),
@@ -558,9 +616,12 @@ def script_of(node_type: str, config: Mapping[str, Any]) -> tuple[str, str, str]
     return str(lang), field, script
 
 
-def check_configuration(node_type: str, config: Mapping[str, Any]) -> Problems:
-    """The problems of a supported node's configuration (KeyError for an unsupported type)."""
-    return SUPPORTED[node_type].check(config)
+def check_configuration(node_type: str, config: Mapping[str, Any], version: int = 0
+                        ) -> Problems:
+    """The problems of a supported node's configuration of that ``configurationVersion``
+    (KeyError for an unsupported type)."""
+    spec = SUPPORTED[node_type]
+    return spec.check(config) if spec.versioned is None else spec.versioned(config, version)
 
 
 def _text(value: Any) -> bool:

@@ -88,7 +88,8 @@ def _node_problems(node: RuleNode) -> list[Problem]:
         return [Problem(f"{where}.type", f"{node.type} ({node.name!r}) is not a supported node "
                                          "type: the chain is refused (docs/rules.md)")]
     return [Problem(f"{where}.configuration.{field}", message)
-            for field, message in check_configuration(node.type, node.configuration)]
+            for field, message in check_configuration(node.type, node.configuration,
+                                                       node.configuration_version)]
 
 
 def _compile(node: RuleNode, limits: ScriptLimits | None, chain: str

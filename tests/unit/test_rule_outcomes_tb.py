@@ -129,7 +129,9 @@ def test_a_push_node_without_a_scope_sends_telemetry_and_scoped_attributes(
         counters: RuleCounters) -> None:
     """A push node with no scope (BaseTbMsgPushNodeConfiguration.scope absent) makes the
     same events as one with a scope, but of an attribute message without scope metadata,
-    which fails the node."""
+    which fails the node. With an empty scope (""), or blank scope metadata, ThingsBoard
+    Edge's uplink sends attribute posts as SERVER_SCOPE (EdgeMsgConstructorUtils
+    .getScopeOfDefault)."""
     events, failures = pushed(counters, "POST_TELEMETRY_REQUEST", {"t": 7}, config={}, ts="40")
     assert (events, failures) == ([NewEvent("DEVICE", "DEVICE", DEV, Action.TIMESERIES_UPDATED,
                                             {"ts": 40, "values": {"t": 7}}, 40, Lane.NORMAL)],
@@ -138,9 +140,14 @@ def test_a_push_node_without_a_scope_sends_telemetry_and_scoped_attributes(
                               ts="40", scope="SERVER_SCOPE")
     assert ([e.body for e in events], failures) == ([{"scope": "SERVER_SCOPE",
                                                       "kv": {"fw": "1"}}], [])
-    events, failures = pushed(counters, "POST_ATTRIBUTES_REQUEST", {"fw": "1"},
-                              config={"scope": ""}, ts="40")
+    events, failures = pushed(counters, "POST_ATTRIBUTES_REQUEST", {"fw": "1"}, config={},
+                              ts="40")
     assert (events, failures) == ([], [failure(NO_PUSH_SCOPE)])
+    for config, meta in (({"scope": ""}, {}), ({"scope": "CLIENT_SCOPE"}, {"scope": " \t"})):
+        events, failures = pushed(counters, "POST_ATTRIBUTES_REQUEST", {"fw": "1"},
+                                  config=config, ts="40", **meta)
+        assert ([(e.action, e.body) for e in events], failures) == (
+            [(Action.ATTRIBUTES_UPDATED, {"scope": "SERVER_SCOPE", "kv": {"fw": "1"}})], [])
 
 
 @pytest.mark.parametrize(("msg_type", "meta", "scope"), [

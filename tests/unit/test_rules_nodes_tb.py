@@ -184,9 +184,11 @@ def test_a_push_node_without_a_scope_pushes_all_but_unscoped_attributes(
         config: dict[str, Any]) -> None:
     """AbstractTbMsgPushNode reads its configuration's scope only in getScope, for an
     attribute message (POST_ATTRIBUTES_REQUEST, ATTRIBUTES_UPDATED, ATTRIBUTES_DELETED)
-    without scope metadata: the chain runs, telemetry and scoped attributes are pushed, and
-    an unscoped attribute message fails the node by Failure (ThingsBoard Edge would send its
-    event up without a scope, which the cloud refuses)."""
+    without scope metadata: the chain runs, telemetry and scoped attributes are pushed. An
+    unscoped attribute message of a node without a scope (absent or null) fails the node by
+    Failure (ThingsBoard Edge would send its event up without a scope, which the cloud
+    refuses); of a node whose scope is "", an attribute post or update goes up as
+    SERVER_SCOPE (EdgeMsgConstructorUtils.getScopeOfDefault), a deletion fails."""
     assert problems((n.PUSH_TO_CLOUD, "Push", config)) == []
     engine = chain([(n.PUSH_TO_CLOUD, "Push", config), (n.MSG_TYPE_SWITCH, "Success", {}),
                     (n.MSG_TYPE_SWITCH, "Failure", {})],
@@ -195,10 +197,15 @@ def test_a_push_node_without_a_scope_pushes_all_but_unscoped_attributes(
     tele = telemetry({"t": 1}, ts="40")
     connect = RuleMsg("CONNECT_EVENT", DEV, {"a": 1}, {}, ts=40)
     scoped = attributes({"fw": "1"}, scope="SHARED_SCOPE")
-    msgs = [tele, connect, scoped, attributes({"fw": "1"}),
-            RuleMsg("ATTRIBUTES_UPDATED", DEV, {"fw": "1"}, {"scope": ""}, ts=40),
+    updated = RuleMsg("ATTRIBUTES_UPDATED", DEV, {"fw": "1"}, {"scope": ""}, ts=40)
+    msgs = [tele, connect, scoped, attributes({"fw": "1"}), updated,
             RuleMsg("ATTRIBUTES_DELETED", DEV, {"attributes": ["fw"]}, {}, ts=40)]
     unscoped = [Visited(PUSH), Failed(PUSH, NO_PUSH_SCOPE), failure]
+    as_server = [
+        [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "POST_ATTRIBUTES_REQUEST", "SERVER_SCOPE",
+                                    "NORMAL", {"fw": "1"}, {}, 1000), success],
+        [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "ATTRIBUTES_UPDATED", "SERVER_SCOPE",
+                                    "NORMAL", {"fw": "1"}, {"scope": ""}, 40), success]]
     expected = [
         [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "POST_TELEMETRY_REQUEST", "", "NORMAL",
                                     {"t": 1}, {"ts": "40"}, 40), success],
@@ -207,13 +214,33 @@ def test_a_push_node_without_a_scope_pushes_all_but_unscoped_attributes(
         [Visited(PUSH), PushToCloud(PUSH, ORIGIN, "POST_ATTRIBUTES_REQUEST", "SHARED_SCOPE",
                                     "NORMAL", {"fw": "1"}, {"scope": "SHARED_SCOPE"}, 1000),
          success],
-        unscoped, unscoped, unscoped]
+        *(as_server if config.get("scope") == "" else [unscoped, unscoped]),
+        unscoped]
     assert [engine.run(m) for m in msgs] == expected
     assert engine.run_many(msgs) == expected
     assert NO_PUSH_SCOPE == (
         "the message has no scope metadata and the node no scope: its attributes cannot be "
         "pushed (ThingsBoard's cloud refuses them: No enum constant "
         "org.thingsboard.server.common.data.AttributeScope.)")
+
+
+def test_blank_scope_metadata_pushes_attribute_posts_as_server_scope() -> None:
+    """Scope metadata that is blank but not empty is the scope AbstractTbMsgPushNode.getScope
+    puts in the event; ThingsBoard Edge's uplink sends an attribute post or update with a
+    blank scope as SERVER_SCOPE (EdgeMsgConstructorUtils.getScopeOfDefault: isNotBlank), a
+    deletion with the scope as it is (refused by the cloud, and by the edge when it makes
+    the event)."""
+    engine = chain([(n.PUSH_TO_CLOUD, "Push", {"scope": "CLIENT_SCOPE"})], [])
+    post = attributes({"fw": "1"}, scope=" \u3000")
+    deleted = RuleMsg("ATTRIBUTES_DELETED", DEV, {"attributes": ["fw"]}, {"scope": " "}, ts=40)
+    nbsp = attributes({"fw": "1"}, scope="\u00a0")  # not Java whitespace: a scope name
+    assert [effects(engine.run(m)) for m in (post, deleted, nbsp)] == [
+        [PushToCloud(PUSH, ORIGIN, "POST_ATTRIBUTES_REQUEST", "SERVER_SCOPE", "NORMAL",
+                     {"fw": "1"}, {"scope": " \u3000"}, 1000)],
+        [PushToCloud(PUSH, ORIGIN, "ATTRIBUTES_DELETED", " ", "NORMAL",
+                     {"attributes": ["fw"]}, {"scope": " "}, 40)],
+        [PushToCloud(PUSH, ORIGIN, "POST_ATTRIBUTES_REQUEST", "\u00a0", "NORMAL",
+                     {"fw": "1"}, {"scope": "\u00a0"}, 1000)]]
 
 
 # -- TbMsgAttributesNode ---------------------------------------------------------------------
@@ -270,7 +297,6 @@ def attrs_saved(ts: int, originator: str = "d1") -> SaveAttributes:
 
 @pytest.mark.parametrize(("settings", "saves"), [
     (ALWAYS, True),
-    (None, True),  # a version 3 configuration without settings: the class's default
     ({"type": "WEBSOCKETS_ONLY"}, False),
     ({"type": "ADVANCED", "attributes": {"type": "SKIP"}, "webSockets": ALWAYS,
       "calculatedFields": ALWAYS}, False),
@@ -310,19 +336,109 @@ def test_save_attributes_deduplicates_per_originator_by_the_metadata_ts() -> Non
     assert effects(engine.run(attrs_at(1000))) == [attrs_saved(1000)]
 
 
-def test_attributes_not_saved_go_on_without_their_scope_looked_at() -> None:
-    """The short-circuit of TbMsgAttributesNode.onMsg comes before getScope: a scope metadata
-    AttributeScope.valueOf refuses fails the node only when the attributes are saved."""
-    bad = {"scope": "shared_scope"}
-    assert saving_attributes({"type": "WEBSOCKETS_ONLY"}).run(attrs_at(1000, **bad)) == [
+BAD_SCOPE = {"scope": "shared_scope"}
+SCOPE_FAILED = [Visited(ATTRS),
+                Failed(ATTRS, "attribute scope 'shared_scope' (the message's scope metadata) is "
+                              "not one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE"),
+                Visited("nodes[2] 'Failure'")]
+SKIPPED = {"type": "SKIP"}
+
+
+@pytest.mark.parametrize("settings", [
+    {"type": "WEBSOCKETS_ONLY"},
+    {"type": "ADVANCED", "attributes": SKIPPED, "webSockets": ALWAYS,
+     "calculatedFields": SKIPPED},
+    {"type": "ADVANCED", "attributes": SKIPPED, "webSockets": SKIPPED,
+     "calculatedFields": ALWAYS},
+])
+def test_attributes_not_saved_still_have_their_scope_looked_at(
+        settings: dict[str, Any]) -> None:
+    """TbMsgAttributesNode.onMsg short-circuits only when the attributes, WebSocket and
+    calculated field actions all say no (AttributesSaveRequest.Strategy.WS_ONLY is
+    (false, true, false)); otherwise getScope runs, and a scope metadata
+    AttributeScope.valueOf refuses fails the node, though nothing is saved."""
+    engine = saving_attributes(settings)
+    assert engine.run(attrs_at(1000, **BAD_SCOPE)) == SCOPE_FAILED
+    assert engine.run(attrs_at(1000)) == [Visited(ATTRS), ATTRS_SUCCESS]
+    assert engine.run_many([attrs_at(1000, **BAD_SCOPE), attrs_at(1000)]) == [
+        SCOPE_FAILED, [Visited(ATTRS), ATTRS_SUCCESS]]
+
+
+def test_attributes_no_action_takes_go_on_without_their_scope_looked_at() -> None:
+    """The short-circuit of TbMsgAttributesNode.onMsg comes before getScope: when every
+    action says no (ADVANCED all SKIP, or deduplicated away) a bad scope metadata is not
+    read. Each DEDUPLICATE action decides with its own memory (determineSaveStrategy calls
+    shouldProcess on each of the three): a message the attributes action skips in its
+    interval still has its scope read when the WebSocket action's interval is new."""
+    never = {"type": "ADVANCED", "attributes": SKIPPED, "webSockets": SKIPPED,
+             "calculatedFields": SKIPPED}
+    assert saving_attributes(never).run(attrs_at(1000, **BAD_SCOPE)) == [
         Visited(ATTRS), ATTRS_SUCCESS]
     engine = saving_attributes(DEDUP_60)
-    assert engine.run(attrs_at(1000, **bad)) == [
-        Visited(ATTRS),
-        Failed(ATTRS, "attribute scope 'shared_scope' (the message's scope metadata) is not "
-                      "one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE"),
-        Visited("nodes[2] 'Failure'")]
-    assert engine.run(attrs_at(2000, **bad)) == [Visited(ATTRS), ATTRS_SUCCESS]
+    assert engine.run(attrs_at(1000, **BAD_SCOPE)) == SCOPE_FAILED
+    assert engine.run(attrs_at(2000, **BAD_SCOPE)) == [Visited(ATTRS), ATTRS_SUCCESS]
+    apart = {"type": "ADVANCED",
+             "attributes": {"type": "DEDUPLICATE", "deduplicationIntervalSecs": 120},
+             "webSockets": DEDUP_60, "calculatedFields": SKIPPED}
+    msgs = [attrs_at(1000), attrs_at(61_000, **BAD_SCOPE), attrs_at(62_000, **BAD_SCOPE),
+            attrs_at(121_000)]
+    runs = [[Visited(ATTRS), attrs_saved(1000), ATTRS_SUCCESS], SCOPE_FAILED,
+            [Visited(ATTRS), ATTRS_SUCCESS],
+            [Visited(ATTRS), attrs_saved(121_000), ATTRS_SUCCESS]]
+    engine = saving_attributes(apart)
+    assert [engine.run(m) for m in msgs] == runs
+    assert saving_attributes(apart).run_many(msgs) == runs
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    ([1, 2], "Not a JSON Object: [1,2]"),
+    ("fw", 'Not a JSON Object: "fw"'),
+    (None, "Not a JSON Object: null"),
+    ({"fw": "1", "hw": None}, "Can't parse value: null"),
+])
+def test_attribute_data_thingsboard_cannot_convert_fails_before_the_decision(
+        data: Any, error: str) -> None:
+    """TbMsgAttributesNode.onMsg converts the data first (JsonConverter.convertToAttributes:
+    Gson's getAsJsonObject, parseValues' "Can't parse value: " for a JSON null): such a
+    message fails the node by Failure whatever the settings, and a DEDUPLICATE node has not
+    decided anything for it, so the originator's next message of the interval is saved."""
+    bad = RuleMsg("POST_ATTRIBUTES_REQUEST", Originator("DEVICE", "d1"), data, {"ts": "1000"},
+                  ts=5)
+    failed = [Visited(ATTRS), Failed(ATTRS, error), Visited("nodes[2] 'Failure'")]
+    for settings in (ALWAYS, DEDUP_60):
+        engine = saving_attributes(settings)
+        assert engine.run(bad) == failed
+        assert engine.run(attrs_at(1000)) == [Visited(ATTRS), attrs_saved(1000), ATTRS_SUCCESS]
+        assert saving_attributes(settings).run_many([bad, attrs_at(1000)]) == [
+            failed, [Visited(ATTRS), attrs_saved(1000), ATTRS_SUCCESS]]
+
+
+@pytest.mark.parametrize(("scope", "error"), [
+    (None, "the message has no scope metadata and the node no scope: its attributes cannot "
+           "be saved (ThingsBoard: Name is null)"),
+    ("", "the message has no scope metadata and the node's scope is empty: its attributes "
+         "cannot be saved (ThingsBoard: No enum constant "
+         "org.thingsboard.server.common.data.AttributeScope.)"),
+])
+def test_a_save_attributes_node_without_a_scope_saves_scoped_messages(
+        scope: str | None, error: str) -> None:
+    """TbMsgAttributesNodeConfiguration.scope is read only by getScope, for a message without
+    scope metadata, and init checks nothing: the chain runs, a message naming its scope is
+    saved in it, one without fails the node by Failure (AttributeScope.valueOf of null or
+    "")."""
+    config: dict[str, Any] = {"processingSettings": ALWAYS}
+    if scope is not None:
+        config["scope"] = scope
+    assert problems((n.SAVE_ATTRIBUTES, "Attrs", config), version=3) == []
+    assert problems((n.SAVE_ATTRIBUTES, "Attrs", {**config, "scope": None}), version=3) == []
+    engine = chain([(n.SAVE_ATTRIBUTES, "Attrs", config), (n.MSG_TYPE_SWITCH, "Success", {}),
+                    (n.MSG_TYPE_SWITCH, "Failure", {})],
+                   [(0, 1, "Success"), (0, 2, "Failure")], versions=[3])
+    assert engine.run(attrs_at(1000, scope="SHARED_SCOPE")) == [
+        Visited(ATTRS), SaveAttributes(ATTRS, ORIGIN, "SHARED_SCOPE", {"v": 1000}),
+        ATTRS_SUCCESS]
+    assert engine.run(attrs_at(1000)) == [Visited(ATTRS), Failed(ATTRS, error),
+                                          Visited("nodes[2] 'Failure'")]
 
 
 @pytest.mark.parametrize("version", [0, 1, 2])
@@ -352,10 +468,26 @@ def test_a_forgotten_originator_is_saved_again_by_a_deduplicating_attributes_nod
     assert effects(engine.run(attrs_at(1000))) == []
     assert effects(engine.run(attrs_at(1000, "d2"))) == []  # another originator's decisions
     assert not saving_attributes(ALWAYS).deduplicates
+    assert not saving_attributes({"type": "ADVANCED", "attributes": ALWAYS,  # nothing to decide
+                                  "webSockets": DEDUP_60, "calculatedFields": DEDUP_60}
+                                 ).deduplicates
 
 
 @pytest.mark.parametrize(("config", "found"), [
-    ({"scope": "SERVER_SCOPE", "processingSettings": None}, []),
+    ({"scope": "SERVER_SCOPE", "processingSettings": None}, [
+        "processingSettings: null: required from configurationVersion 3 on (e.g. {\"type\": "
+        "\"ON_EVERY_MESSAGE\"})"]),
+    ({"scope": "SERVER_SCOPE"}, [
+        "processingSettings: missing: required from configurationVersion 3 on (e.g. "
+        "{\"type\": \"ON_EVERY_MESSAGE\"})"]),
+    ({"scope": "SERVER_SCOPE", "processingSettings": {
+        "type": "ADVANCED", "attributes": {"type": "SKIP", "deduplicationIntervalSecs": 60},
+        "webSockets": {"type": "ON_EVERY_MESSAGE", "deduplicationIntervalSecs": "abc"},
+        "calculatedFields": DEDUP_60}}, [
+        "processingSettings.attributes.deduplicationIntervalSecs: not a field of a SKIP "
+        "strategy (only DEDUPLICATE has an interval): remove it",
+        "processingSettings.webSockets.deduplicationIntervalSecs: not a field of a "
+        "ON_EVERY_MESSAGE strategy (only DEDUPLICATE has an interval): remove it"]),
     ({"scope": "SERVER_SCOPE", "processingSettings": {"type": "BOGUS"}}, [
         "processingSettings: expected an object whose type is one of ON_EVERY_MESSAGE, "
         "WEBSOCKETS_ONLY, DEDUPLICATE, ADVANCED, got {'type': 'BOGUS'}"]),
@@ -369,17 +501,68 @@ def test_a_forgotten_originator_is_saved_again_by_a_deduplicating_attributes_nod
         "seconds from 1 to 86400 (a day)",
         "processingSettings.calculatedFields: missing: expected an object whose type is one "
         "of ON_EVERY_MESSAGE, DEDUPLICATE, SKIP"]),
-    ({"processingSettings": {"type": "WEBSOCKETS_ONLY"}}, [
-        "scope: missing: expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE"]),
+    ({"scope": "shared", "processingSettings": {"type": "WEBSOCKETS_ONLY"}}, [
+        "scope: got 'shared': expected one of CLIENT_SCOPE, SERVER_SCOPE, SHARED_SCOPE"]),
 ])
 def test_save_attributes_settings_thingsboard_cannot_read_refuse_the_chain(
         config: dict[str, Any], found: list[str]) -> None:
     """What Jackson would refuse to read into TbMsgAttributesNodeConfiguration's
     AttributesProcessingSettings (an unknown type, an ADVANCED without one of its three
-    actions, a DEDUPLICATE interval DeduplicateProcessingStrategy refuses) refuses the chain,
-    the field named."""
+    actions, a DEDUPLICATE interval DeduplicateProcessingStrategy refuses, an interval on a
+    SKIP or ON_EVERY_MESSAGE strategy: FAIL_ON_UNKNOWN_PROPERTIES), or what
+    RuleChainDataValidator.validateRuleNode refuses (no processingSettings: @NotNull) refuses
+    the chain, the field named."""
     assert problems((n.SAVE_ATTRIBUTES, "Attrs", config), version=3) == [
         f"metadata.nodes[0].configuration.{p}" for p in found]
+
+
+@pytest.mark.parametrize("version", [0, 1, 2])
+def test_settings_before_version_3_are_not_read(version: int) -> None:
+    """TbMsgAttributesNode.upgrade from versions 0 to 2 replaces processingSettings with
+    ON_EVERY_MESSAGE before the node reads them: settings ThingsBoard could not read, or
+    none, do not refuse the chain."""
+    for settings in ({"type": "BOGUS"}, {"type": "DEDUPLICATE"}, None):
+        assert problems((n.SAVE_ATTRIBUTES, "Attrs",
+                         {"scope": "SERVER_SCOPE", "processingSettings": settings}),
+                        version=version) == []
+
+
+JUNK_INTERVAL: list[Any] = [60, "abc", True, 1e30, [1]]
+
+
+def _first_action(node_type: str, config: dict[str, Any], version: int) -> n.Strategy:
+    if node_type == n.SAVE_ATTRIBUTES:
+        return n.attributes_settings(config, version).attributes
+    return n.timeseries_settings(config, version).timeseries
+
+
+@pytest.mark.parametrize("junk", JUNK_INTERVAL)
+@pytest.mark.parametrize(("node_type", "version", "actions"), [
+    (n.SAVE_ATTRIBUTES, 3, ("attributes", "webSockets", "calculatedFields")),
+    (n.SAVE_TIMESERIES, 1, ("timeseries", "latest", "webSockets", "calculatedFields")),
+])
+def test_a_chain_that_validates_builds(node_type: str, version: int,
+                                       actions: tuple[str, ...], junk: Any) -> None:
+    """A save node whose ADVANCED settings give an interval to a SKIP or ON_EVERY_MESSAGE
+    strategy is refused (Jackson's UnrecognizedPropertyException: those strategies have no
+    properties); its interval is read only for a DEDUPLICATE one, so whatever chain validates
+    builds. The same settings without the interval validate and build."""
+    strategies = [{"type": "SKIP", "deduplicationIntervalSecs": junk},
+                  {"type": "ON_EVERY_MESSAGE", "deduplicationIntervalSecs": junk}]
+    for strategy in strategies:
+        advanced: dict[str, Any] = {"type": "ADVANCED", **{a: ALWAYS for a in actions}}
+        advanced[actions[0]] = strategy
+        config = {"scope": "SERVER_SCOPE", "processingSettings": advanced}
+        assert problems((node_type, "Save", config), version=version) == [
+            f"metadata.nodes[0].configuration.processingSettings.{actions[0]}"
+            f".deduplicationIntervalSecs: not a field of a {strategy['type']} strategy (only "
+            "DEDUPLICATE has an interval): remove it"]
+        assert _first_action(node_type, config, version) == (
+            n.NEVER if strategy["type"] == "SKIP" else n.EVERY)  # the interval is not read
+        advanced[actions[0]] = {"type": strategy["type"]}
+        advanced[actions[1]] = DEDUP_60
+        assert problems((node_type, "Save", config), version=version) == []
+        chain([(node_type, "Save", config)], [], versions=[version])  # builds
 
 
 # -- TbCheckMessageNode ----------------------------------------------------------------------
@@ -540,8 +723,9 @@ def test_a_version_0_configuration_is_read_as_thingsboard_upgrades_it(
 def test_a_later_configuration_reads_processing_settings_not_skip_latest_persistence() -> None:
     engine = saving({"skipLatestPersistence": "true", "processingSettings": EVERY})
     assert effects(engine.run(telemetry({"t": 1}))) == [saved(1000, {"t": 1})]
-    assert effects(saving({"skipLatestPersistence": "true"}).run(telemetry({"t": 1}))) == [
-        saved(1000, {"t": 1})]
+    assert problems((n.SAVE_TIMESERIES, "Save", {"skipLatestPersistence": "true"})) == [
+        "metadata.nodes[0].configuration.processingSettings: missing: required from "
+        "configurationVersion 1 on (e.g. {\"type\": \"ON_EVERY_MESSAGE\"})"]
 
 
 def at(ts: int, originator: str = "d1") -> RuleMsg:
@@ -648,9 +832,15 @@ def test_a_forgotten_originator_is_saved_again_in_its_intervals_and_only_it() ->
 
 
 @pytest.mark.parametrize(("config", "found"), [
-    ({"defaultTTL": None}, []),
-    ({"defaultTTL": None, "useServerTs": "yes"}, [
+    ({"defaultTTL": None, "processingSettings": EVERY}, []),
+    ({"defaultTTL": None, "useServerTs": "yes", "processingSettings": EVERY}, [
         "useServerTs: expected true or false, got 'yes'"]),
+    ({"defaultTTL": 0}, [
+        "processingSettings: missing: required from configurationVersion 1 on (e.g. "
+        "{\"type\": \"ON_EVERY_MESSAGE\"})"]),
+    ({"defaultTTL": 0, "processingSettings": None}, [
+        "processingSettings: null: required from configurationVersion 1 on (e.g. "
+        "{\"type\": \"ON_EVERY_MESSAGE\"})"]),
     ({"processingSettings": {"type": "ON_EVERY_MESSAGE"}, "useServerTs": "false"}, []),
     ({"processingSettings": {"type": "EVERY"}}, [
         "processingSettings: expected an object whose type is one of ON_EVERY_MESSAGE, "
@@ -677,9 +867,14 @@ def test_a_forgotten_originator_is_saved_again_in_its_intervals_and_only_it() ->
 def test_save_timeseries_settings_thingsboard_cannot_read_refuse_the_chain(
         config: dict[str, Any], found: list[str]) -> None:
     """What Jackson would refuse to read into TbMsgTimeseriesNodeConfiguration (the node could
-    not start) refuses the chain, the field named. defaultTTL null is Jackson's 0."""
+    not start), or RuleChainDataValidator.validateRuleNode refuses (no processingSettings in
+    a version 1 configuration: @NotNull), refuses the chain, the field named. defaultTTL null
+    is Jackson's 0. A version 0 configuration needs no processingSettings (upgrade sets
+    them)."""
     assert problems((n.SAVE_TIMESERIES, "Save", config)) == [
         f"metadata.nodes[0].configuration.{p}" for p in found]
+    if "processingSettings" not in config:
+        assert problems((n.SAVE_TIMESERIES, "Save", config), version=0) == []
 
 
 # -- number fields: Jackson's int and long ----------------------------------------------------
@@ -712,9 +907,9 @@ def test_the_nodes_run_their_number_fields_as_jackson_reads_them() -> None:
     """TbMsgTimeseriesNodeConfiguration's long defaultTTL and the DEDUPLICATE settings' int
     deduplicationIntervalSecs given as text or a float (as chains built by API or script
     hold them) are run as the numbers ThingsBoard reads."""
-    assert effects(saving({"defaultTTL": "180"}).run(telemetry({"t": 1}))) == [
+    assert effects(saving({"defaultTTL": "180", "processingSettings": EVERY}).run(telemetry({"t": 1}))) == [
         saved(1000, {"t": 1}, 180)]
-    assert effects(saving({"defaultTTL": 180.5}).run(telemetry({"t": 1}))) == [
+    assert effects(saving({"defaultTTL": 180.5, "processingSettings": EVERY}).run(telemetry({"t": 1}))) == [
         saved(1000, {"t": 1}, 180)]
     engine = saving({"processingSettings": {"type": "DEDUPLICATE",
                                             "deduplicationIntervalSecs": "60"}})
