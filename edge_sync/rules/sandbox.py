@@ -39,7 +39,7 @@ from edge_sync.rules.tbel_runtime import (
 )
 from edge_sync.rules.tbel_runtime import runtime as tbel_runtime
 from edge_sync.rules.tbel_runtime import runtime_names as tbel_runtime_names
-from edge_sync.rules.tbel_zones import known_zones, year_rules
+from edge_sync.rules.tbel_zones import known_zones, year_rules, zone_known
 
 if TYPE_CHECKING:
     from edge_sync.config import RulesConfig
@@ -55,8 +55,14 @@ DEFAULT_BLOCK_S = 60.0
 # call_many: items per script call (bounds the batch's memory), and the share of the per-call
 # time limit a batch call may use before it leaves the remaining items to the next call
 MAX_BATCH = 256
-# TBEL: the years of region time zones' rules one message's call may load (each a call again)
-MAX_ZONE_LOADS = 16
+# TBEL: the most times one message runs again for the region time zones it needs (each round
+# loads every id and year its run lacked; a run uses at most 16 of each: tbel_runtime.js)
+MAX_ZONE_ROUNDS = 34
+# TBEL: the ids and years of region time zones an engine keeps loaded (more: all are dropped at
+# the next message that needs one it has not)
+MAX_ZONE_KEYS = 256
+# a zone key the runtime asks for: "id year" (a year of a JavaScript Date's)
+_ZONE_YEAR = re.compile(r"-?[0-9]{1,7}")
 BATCH_BUDGET = 0.5
 # the name of ThingsBoard's script arguments, in order
 ARG_NAMES = ("msg", "metadata", "msgType")
@@ -688,7 +694,7 @@ _TBEL_USED = ("__tbelS", "__tbelG", "__tbelIter", "__tbelH", "__tbelJava")
 _TBEL_WRAPPER_NAMES = tuple(dict.fromkeys((*tbel_runtime_names(), "__parse", "__stringify",
                                            "__InternalError", "__oom", "__edgeAt", "__edgeRegex",
                                            "__edgeLock", "__edgeRunMany", "__edgeRun",
-                                           "__edgeZoneLoad")))
+                                           "__edgeZoneLoad", "__edgeZoneOut")))
 _TBEL_SHIELD = (
     "{ const __edgeT = Object.freeze([" + ", ".join(_TBEL_USED) + "]); { const "
     + ", ".join([f"{name} = __edgeT[{i}]" for i, name in enumerate(_TBEL_USED)]
@@ -796,22 +802,35 @@ return function (argsJson) {
 })();
 """
 
-# TBEL: a call that wanted a year of a region time zone's rules the runtime has not
-# (``__tbelZoneWant``: tbel_runtime.js, regionOffset) ends with ``zone``, whatever the script
-# made of its error: the engine loads that year and makes the call again (``ScriptEngine.call``);
-# in a batch, that item is called alone.
-_EPILOGUE_TBEL = _EPILOGUE.replace("\n}\n", "\n};}}\n", 1).replace(
+# TBEL: a run that lacked some region time zone's id or year (``__tbelZoneRun``: tbel_runtime.js,
+# zoneUse), set to null at each run's start, ends with ``zone``, the keys it lacked, whatever the
+# script made of the stand-ins: the engine loads them all and runs the message again
+# (``ScriptEngine.call``); one that used more zones than a run may ends with that error, whatever
+# the script made of it; in a batch, such an item is called alone.
+_EPILOGUE_TBEL = _EPILOGUE.replace(
+    "\n}\nfunction __oom",
+    "\n};}}\nfunction __edgeZoneOut() {\n"
+    "  var z = __tbelZoneRun;\n"
+    "  if (z.want.length > 0) { return __stringify({ok: false, error: \"\", zone: z.want}); }\n"
+    "  return z.over ? __stringify({ok: false, error: z.over}) : null;\n}\nfunction __oom", 1,
+).replace(
+    "    __edgeAt = i;",
+    "    __tbelZoneRun = null;\n    __edgeAt = i;", 1,
+).replace(
     "    if (text !== null) {\n",
-    "    if (__tbelZoneWant !== null) { stop = \"alone\"; break; }\n    if (text !== null) {\n", 1,
+    "    if (__tbelZoneRun !== null && __edgeZoneOut() !== null) { stop = \"alone\"; break; }\n"
+    "    if (text !== null) {\n", 1,
+).replace(
+    "  var a = __parse(argsJson);\n  var value;\n",
+    "  __tbelZoneRun = null;\n  var a = __parse(argsJson);\n  var value, z;\n", 1,
 ).replace(
     "    return __stringify(oom ? {ok: false, error: text, oom: true} : {ok: false, error: text});\n"
     "  }\n  try {\n",
-    "    if (__tbelZoneWant !== null && !oom) { return __stringify({ok: false, error: text, zone: "
-    "__tbelZoneWant}); }\n"
+    "    if (__tbelZoneRun !== null && !oom && (z = __edgeZoneOut()) !== null) { return z; }\n"
     "    return __stringify(oom ? {ok: false, error: text, oom: true} : {ok: false, error: text});\n"
-    "  }\n  if (__tbelZoneWant !== null) { return __stringify({ok: false, error: \"\", zone: "
-    "__tbelZoneWant}); }\n  try {\n", 1)
-assert _EPILOGUE_TBEL.count("__tbelZoneWant") == 5
+    "  }\n  if (__tbelZoneRun !== null && (z = __edgeZoneOut()) !== null) { return z; }\n"
+    "  try {\n", 1)
+assert _EPILOGUE_TBEL.count("__tbelZoneRun") == 6, _EPILOGUE_TBEL.count("__tbelZoneRun")
 
 
 def _is_oom(text: str) -> bool:
@@ -825,6 +844,22 @@ def _is_oom(text: str) -> bool:
 def _is_interrupt(text: str) -> bool:
     """The engine's time limit interrupted the call (an interrupt cannot be caught in JS)."""
     return text.startswith("InternalError: interrupted")
+
+
+def _zone_keys(wanted: Any) -> list[str]:
+    """The keys a run lacked, as the runtime lists them: at most 16 ids and 16 years."""
+    if (type(wanted) is not list or not 0 < len(wanted) <= 32
+            or not all(type(key) is str and 0 < len(key) <= 100 for key in wanted)):
+        raise ScriptRuntimeError("the runtime asked for time-zone rules it cannot have")
+    return wanted
+
+
+def _zone_rules(key: str) -> str:
+    """What the runtime is given for a key: whether an id is known, or a year's rules."""
+    if " " not in key:
+        return zone_known(key)
+    zone_id, _, year = key.rpartition(" ")
+    return year_rules(zone_id, int(year) if _ZONE_YEAR.fullmatch(year) else None)
 
 
 class ScriptEngine:
@@ -861,11 +896,16 @@ class ScriptEngine:
         self._run: Any = None
         self._run_many: Any = None
         self._owner = 0
+        # TBEL: the region time zones' ids and years loaded, each key's JSON as the runtime has
+        # it: loaded again into a context built anew (after a timeout, on another thread)
+        self._zone_loads: dict[str, str] = {}
         with self._lock:
             self._build()
             if lang == "TBEL":
                 self._check_regexes(script)
-        if lang == "TBEL" and "Date" in script:
+        # TBEL using Date: it may need region time zones (``_call_with_zones``)
+        self._zones = lang == "TBEL" and "Date" in script
+        if self._zones:
             known_zones()  # read once per process here, not in a call under its time limit
 
     def _check_regexes(self, script: str) -> None:
@@ -905,6 +945,11 @@ class ScriptEngine:
             raise ScriptSyntaxError(
                 f"the script holds a NUL character (U+0000; line {line}), which the engine "
                 "cannot compile: write it as an escape (\\u0000)") from exc
+        if self._zone_loads:
+            try:
+                context.get("__edgeZoneLoad")(json.dumps(list(self._zone_loads.items())), False)
+            except _quickjs.JSException:
+                self._zone_loads.clear()  # (none loaded: each is asked for again when needed)
         context.set_time_limit(self.limits.time_limit_s)
         self._context, self._run = context, context.get("__edgeRun")
         self._run_many = context.get("__edgeRunMany")
@@ -983,11 +1028,8 @@ class ScriptEngine:
         self._count_error(error)
         return error
 
-    def call(self, msg: Any, metadata: dict[str, Any], msg_type: str, *, _loads: int = 0,
-             _since: float = 0.0) -> Any:
-        """The script's return value (JSON: None for undefined) for one message. (``_loads``,
-        ``_since``: the years of time-zone rules loaded for this message so far, and when the
-        first was asked for: ``_call_with_zone``.)"""
+    def call(self, msg: Any, metadata: dict[str, Any], msg_type: str) -> Any:
+        """The script's return value (JSON: None for undefined) for one message."""
         try:
             args = json.dumps([msg, metadata, msg_type], allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -998,67 +1040,95 @@ class ScriptEngine:
                 raise blocked
             if self._run is None or self._owner != threading.get_ident():
                 self._build()
+            # (TBEL using Date: the message's time, on the engine's clock, from its first run)
+            started = time.process_time() if self._zones else 0.0
             try:
                 out = self._run(args)
             except _quickjs.JSException as exc:
-                text = str(exc).rstrip()
-                self._reset()  # the next call runs on a fresh context
-                # a timeout is the engine's interrupt alone, never a call that took long on
-                # the wall clock: its thread may have waited (for the GIL the binding releases
-                # during the call, for a CPU) while the script threw past its try (a value
-                # JSON.stringify refuses), a runtime error however long it waited
-                if _is_interrupt(text):
-                    raise self._timeout() from None
-                if _is_oom(text):
-                    raise self._memory_exceeded() from None
-                raise ScriptRuntimeError(_locate(text, self._body_lines)) from None
+                raise self._run_error(exc) from None
             # no Context.gc() per call: QuickJS collects on its own allocation threshold, and
             # the binding's gc() runs a full Python gc.collect() (milliseconds, under the GIL)
         if not isinstance(out, str):
             raise ScriptRuntimeError(f"the script's value is not JSON-able: {out!r}")
         result = json.loads(out)
         if not result["ok"]:
-            if result.get("oom"):
-                with self._lock:
-                    self._reset()
-                raise self._memory_exceeded()
             if "zone" in result:
-                return self._call_with_zone(result["zone"], msg, metadata, msg_type, _loads,
-                                            _since)
-            raise ScriptRuntimeError(_locate(result["error"], self._body_lines))
+                return self._call_with_zones(result["zone"], args, started)
+            raise self._failed(result)
         return result.get("value")
 
-    def _call_with_zone(self, wanted: Any, msg: Any, metadata: dict[str, Any], msg_type: str,
-                        loads: int, since: float) -> Any:
-        """``call`` again once the year of a region time zone's rules it wanted (``"Europe/Berlin
-        2024"``) is loaded into the context (tbel_zones.year_rules, computed here, between
-        calls: the binding lets no script call into Python under a time limit). At most
-        ``MAX_ZONE_LOADS`` per message, and each call again only while the time since the first
-        was asked for, the loading left out, is within the time limit (else a timeout, as any:
-        each call again has the whole limit, so a script cannot multiply it by asking year
-        after year)."""
-        now = time.monotonic()
-        since = since or now
-        if now - since > self.limits.time_limit_s:
-            raise self._timeout()
-        if loads >= MAX_ZONE_LOADS:
-            raise ScriptRuntimeError(
-                f"ZoneRulesException: a call may use at most {MAX_ZONE_LOADS} years of region "
-                "time zones (see docs/rules-scripts.md)")
-        if type(wanted) is not str or len(wanted) > 100 or " " not in wanted:
-            raise ScriptRuntimeError("the runtime asked for time-zone rules it cannot have")
-        zone_id, _, year = wanted.rpartition(" ")
-        rules = year_rules(zone_id, int(year) if year.lstrip("-").isdigit() else None)
-        since += time.monotonic() - now  # (a year's rules take a few milliseconds, once)
-        with self._lock:
-            if self._run is None or self._owner != threading.get_ident():
-                self._build()
-            try:
-                self._context.get("__edgeZoneLoad")(wanted, rules)
-            except _quickjs.JSException as exc:
+    def _run_error(self, exc: _quickjs.JSException) -> ScriptError:
+        """The error of a run the engine ended with an exception past the wrapper's catch."""
+        text = str(exc).rstrip()
+        self._reset()  # the next call runs on a fresh context
+        # a timeout is the engine's interrupt alone, never a call that took long on the wall
+        # clock: its thread may have waited (for the GIL the binding releases during the call,
+        # for a CPU) while the script threw past its try (a value JSON.stringify refuses), a
+        # runtime error however long it waited
+        if _is_interrupt(text):
+            return self._timeout()
+        if _is_oom(text):
+            return self._memory_exceeded()
+        return ScriptRuntimeError(_locate(text, self._body_lines))
+
+    def _failed(self, result: dict[str, Any]) -> ScriptError:
+        """The error of a run whose script threw (or blew the memory cap inside the wrapper)."""
+        if result.get("oom"):
+            with self._lock:
                 self._reset()
-                raise ScriptRuntimeError(f"loading time-zone rules: {exc}") from None
-        return self.call(msg, metadata, msg_type, _loads=loads + 1, _since=since)
+            return self._memory_exceeded()
+        return ScriptRuntimeError(_locate(result["error"], self._body_lines))
+
+    def _call_with_zones(self, wanted: Any, args: str, started: float) -> Any:
+        """The message run again once the region time zones' ids and years its run lacked
+        (``"Europe/Berlin"``, ``"Europe/Berlin 2024"``) are loaded into the context
+        (tbel_zones.zone_known and year_rules, computed here, between runs: the binding lets no
+        script call into Python under a time limit). A run that lacks some goes on with
+        stand-ins and lists every one it lacked, so a message usually runs twice at most. The
+        runs share the message's time limit: each run again has only what the runs before it
+        left (``set_time_limit``, on the engine's clock, the process's CPU time, counted from
+        the first run's start; the loading is left out), so only the engine's interrupt is a
+        timeout and the runs together stay within the limit."""
+        limit = self.limits.time_limit_s
+        started = started or time.process_time()
+        first = True  # the message's first load: the cache may be emptied then, only then
+        for _ in range(MAX_ZONE_ROUNDS):
+            loading = time.process_time()
+            loads = [(key, _zone_rules(key)) for key in _zone_keys(wanted)]
+            started += time.process_time() - loading
+            with self._lock:
+                reset = first and len(self._zone_loads) + len(loads) > MAX_ZONE_KEYS
+                if reset:
+                    self._zone_loads.clear()
+                self._zone_loads.update(loads)
+                first = False
+                if self._run is None or self._owner != threading.get_ident():
+                    self._build()  # (with all of them)
+                else:
+                    try:
+                        self._context.get("__edgeZoneLoad")(json.dumps(loads), reset)
+                    except _quickjs.JSException as exc:
+                        self._reset()
+                        raise ScriptRuntimeError(f"loading time-zone rules: {exc}") from None
+                context = self._context
+                # (at least a microsecond: none left, the engine's interrupt ends the run)
+                context.set_time_limit(max(limit - (time.process_time() - started), 1e-6))
+                try:
+                    out = self._run(args)
+                except _quickjs.JSException as exc:
+                    raise self._run_error(exc) from None
+                finally:
+                    context.set_time_limit(limit)
+            if not isinstance(out, str):
+                raise ScriptRuntimeError(f"the script's value is not JSON-able: {out!r}")
+            result = json.loads(out)
+            if result["ok"]:
+                return result.get("value")
+            if "zone" not in result:
+                raise self._failed(result)
+            wanted = result["zone"]
+        raise ScriptRuntimeError("sandbox: the region time zones the script uses did not settle "
+                                 f"in {MAX_ZONE_ROUNDS} runs")
 
     def call_many(self, items: Sequence[tuple[Any, dict[str, Any], str]]) -> list[Any]:
         """``call`` on each ``(msg, metadata, msg_type)``, in order, in as few script calls as

@@ -7,8 +7,9 @@
 // __tbelBytes: the lists whose items are Java Bytes (List<Byte> of hexToBytes, stringToBytes, ...,
 // and their copies); a list literal's numbers are Integers
 var __tbelBytes = new WeakSet(), __tbelS = {}, __tbelG = {}, __tbelIter, __TbelEntry, __tbelRegex, __TbelDate, __tbelNewDate, __tbelDateStatics;
-// a region time zone's rules: their loader, and the year a call wanted (TbDate below)
-var __tbelZoneLoad, __tbelZoneWant = null;
+// a region time zone's rules: their loader, and what one run of the script used and lacked
+// (TbDate below; the runners set it to null at each run's start)
+var __tbelZoneLoad, __tbelZoneRun = null;
 (function () {
   "use strict";
   var own = Object.prototype.hasOwnProperty, M = {};
@@ -823,18 +824,45 @@ var __tbelZoneLoad, __tbelZoneWant = null;
     if (!(v >= lo && v <= hi)) { throw dateError("Invalid value for " + name + " (valid values " + (range || lo + " - " + hi) + "): " + v); }
   }
 // A region time zone's rules, one local year at a time ([offset at the year's start, second of
-// the year of a change, offset from it, ...], or the error's text): given by the engine
-// (edge_sync/rules/tbel_zones.py, year_rules) through __tbelZoneLoad, between calls. A call
-// that needs a year not here sets __tbelZoneWant ("id year") and fails; the engine loads that
-// year and makes the call again. At most ZONE_YEARS are kept (then all are dropped).
-  var zoneYears = Object.create(null), zoneYearCount = 0, ZONE_YEARS = 256, parseJson = JSON.parse;
-  __tbelZoneLoad = function (key, rulesJson) {
-    if (zoneYearCount >= ZONE_YEARS) { zoneYears = Object.create(null); zoneYearCount = 0; }
-    zoneYears[key] = parseJson(rulesJson);
-    zoneYearCount++;
-    __tbelZoneWant = null;
+// the year of a change, offset from it, ...], or the error's text), and whether an id is known
+// (null, or the error's text): given by the engine (edge_sync/rules/tbel_zones.py) through
+// __tbelZoneLoad, between runs (the binding lets no script call into Python under a time
+// limit). A run that lacks some goes on with a stand-in (an id taken as known, an offset of 0)
+// and lists each in __tbelZoneRun.want ("id year", or "id"): the runners then discard its result,
+// whatever the script made of it, and the engine loads them all and runs the message again.
+// A run may use at most ZONE_RUN_CAP ids and ZONE_RUN_CAP years of them (counted per run, loaded
+// or not, so a message's outcome never depends on the messages before it). The engine empties
+// the cache (reset) only at the first load of a message, never in the middle of one.
+  var zoneYears = Object.create(null), zoneIds = Object.create(null), ZONE_RUN_CAP = 16, parseJson = JSON.parse;
+  __tbelZoneLoad = function (loadsJson, reset) {
+    var loads = parseJson(loadsJson);
+    if (reset) { zoneYears = Object.create(null); zoneIds = Object.create(null); }
+    for (var i = 0; i < loads.length; i++) {
+      if (loads[i][0].indexOf(" ") < 0) { zoneIds[loads[i][0]] = parseJson(loads[i][1]); } else { zoneYears[loads[i][0]] = parseJson(loads[i][1]); }
+    }
   };
   function zoneError(message) { var e = new Error(message); e.name = "ZoneRulesException"; return e; }
+  function zoneRun() {
+    return __tbelZoneRun || (__tbelZoneRun = {want: [], used: Object.create(null), ids: 0, years: 0, over: false});
+  }
+// a key this run uses for the first time: counted (past the cap, the run fails: the runners give
+// the engine's own error, whatever the script made of it), and listed when not loaded
+  function zoneUse(run, key, isId, loaded) {
+    if (run.used[key] === true) { return; }
+    if ((isId ? run.ids : run.years) >= ZONE_RUN_CAP) {
+      run.over = "sandbox: a call may use at most " + ZONE_RUN_CAP + " region time zones and " + ZONE_RUN_CAP + " years of them (see docs/rules-scripts.md)";
+      throw new Error(run.over);
+    }
+    run.used[key] = true;
+    if (isId) { run.ids++; } else { run.years++; }
+    if (!loaded) { run.want.push(key); }
+  }
+  function checkedMs(ms) {
+    if (!(Math.abs(ms) <= 8640000000000000)) {
+      throw new TypeError("a date beyond the years -271821 to 275760 is not supported here (see docs/rules-scripts.md)");
+    }
+    return ms;
+  }
 // ZonedDateTime.of(year, month, day, hour, minute, second, nano, zone).toInstant(): Java's checks
 // in Java's order (LocalDate.of, then LocalTime.of), the instant as [epoch ms, nanoseconds past
 // it]; zone: a fixed offset (seconds east of UTC) or a region id ({id: ...}), whose offset at
@@ -855,19 +883,14 @@ var __tbelZoneLoad, __tbelZoneWant = null;
     t.setUTCFullYear(y, m - 1, d);
     t.setUTCHours(h, mi, s, Math.floor(nano / 1000000));
     var ms = t.getTime();
-    ms -= 1000 * (typeof zone === "number" ? zone : regionOffset(zone.id, ms));
-    if (!(Math.abs(ms) <= 8640000000000000)) {
-      throw new TypeError("a date beyond the years -271821 to 275760 is not supported here (see docs/rules-scripts.md)");
-    }
-    return [ms, nano % 1000000];
+    ms -= 1000 * (typeof zone === "number" ? zone : regionOffset(zone.id, checkedMs(ms)));
+    return [checkedMs(ms), nano % 1000000];
   }
   function epochOf(y, m, d, h, mi, s, ms, offset) { return zoned(y, m, d, h, mi, s, ms * 1000000, offset)[0]; }
   function regionOffset(id, localMs) {
     var t = new Date(localMs), y = t.getUTCFullYear(), key = id + " " + y, rules = zoneYears[key];
-    if (rules === undefined) {
-      __tbelZoneWant = key;
-      throw zoneError("the rules of " + id + " in " + y + " are being loaded");
-    }
+    zoneUse(zoneRun(), key, false, rules !== undefined);
+    if (rules === undefined) { return 0; }
     if (typeof rules === "string") { throw zoneError(rules.slice(rules.indexOf(": ") + 2)); }
     t.setUTCMonth(0, 1);
     t.setUTCHours(0, 0, 0, 0);
@@ -909,6 +932,10 @@ var __tbelZoneLoad, __tbelZoneWant = null;
   function zoneRegion(id) {
     if (id.length < 2 || !/^[A-Za-z][A-Za-z0-9\/~._+-]*$/.test(id)) { throw dateError("Invalid ID for region-based ZoneId, invalid format: " + id); }
     if (id.length > 64) { throw zoneError("Unknown time-zone ID: " + id); }
+    // ZoneRulesProvider.getProvider: an unknown id fails here, before the date's fields are read
+    var known = zoneIds[id];
+    zoneUse(zoneRun(), id, true, known !== undefined);
+    if (typeof known === "string") { throw zoneError(known.slice(known.indexOf(": ") + 2)); }
     return {id: id};
   }
   function zonePrefixed(id, n) {
@@ -1056,7 +1083,7 @@ var __tbelZoneLoad, __tbelZoneWant = null;
     field("Year", y, -999999999, 999999999);
     field("MonthOfYear", m, 1, 12);
     if (c.d > 28) {
-      d[MS] = zoned(y, m, 1, c.h, c.mi, c.s, nanoOf(d, c), 0)[0] + (c.d - 1) * 86400000;
+      d[MS] = checkedMs(zoned(y, m, 1, c.h, c.mi, c.s, nanoOf(d, c), 0)[0] + (c.d - 1) * 86400000);
       d[NS] = 0;
       return null;
     }

@@ -2,10 +2,10 @@
 ``"Europe/Berlin"`` (``new Date(2024, 3, 31, 2, 30, "Europe/Berlin")``), a year at a time.
 
 The script runtime (tbel_runtime.js) cannot call into Python: the quickjs binding refuses a
-Python callable while a time limit is set. So a call that needs a year of a zone it has not
-fails inside, saying which; ``sandbox.ScriptEngine`` computes that year here (``year_rules``),
-hands it to the runtime between calls and makes the call again (the runtime keeps the years it
-was given).
+Python callable while a time limit is set. So a run that needs an id or a year of a zone it has not
+lists it and its result is discarded; ``sandbox.ScriptEngine`` computes each here
+(``zone_known``, ``year_rules``), hands them to the runtime between runs and runs the message
+again (the runtime keeps what it was given).
 
 The rules are the system's time-zone database (``/usr/share/zoneinfo``, Debian's ``tzdata``;
 or Python's ``tzdata`` package) read through the standard ``zoneinfo``; the ids are those Java
@@ -61,19 +61,34 @@ def year_rules(zone_id: object, year: object) -> str:
                           f"({type(exc).__name__})")
 
 
-def _year_rules(zone_id: object, year: object) -> list[int] | str:
+def zone_known(zone_id: object) -> str:
+    """Whether region ``zone_id`` is known, as JSON for the runtime: ``null``, or the error's
+    text (ZoneRulesProvider.getProvider's ``"ZoneRulesException: Unknown time-zone ID: X"``),
+    which ``ZoneId.of`` throws before the date's fields are read (TbDate's constructor)."""
+    return json.dumps(_unknown(zone_id))
+
+
+def _unknown(zone_id: object) -> str | None:
     if type(zone_id) is not str or len(zone_id) > MAX_ID or not _REGION_ID.fullmatch(zone_id):
         return "ZoneRulesException: the time zone is not a region id"
-    if type(year) is float and year.is_integer():
-        year = int(year)
-    if type(year) is not int or not -MAX_YEAR <= year <= MAX_YEAR:
-        return "ZoneRulesException: the year is out of range"
     zones = known_zones()
     if not zones:
         return ("ZoneRulesException: No time-zone data files registered (the system's time-zone "
                 "database, /usr/share/zoneinfo, is missing)")
     if zone_id not in zones:
         return f"ZoneRulesException: Unknown time-zone ID: {zone_id}"
+    return None
+
+
+def _year_rules(zone_id: object, year: object) -> list[int] | str:
+    unknown = _unknown(zone_id)
+    if unknown is not None:
+        return unknown
+    assert type(zone_id) is str
+    if type(year) is float and year.is_integer():
+        year = int(year)
+    if type(year) is not int or not -MAX_YEAR <= year <= MAX_YEAR:
+        return "ZoneRulesException: the year is out of range"
     # beyond datetime's years 1 to 9999, the year 400k years nearer: the same calendar and the
     # same rules (the first offset before a zone's history, its yearly rule after it)
     if year > 9999:

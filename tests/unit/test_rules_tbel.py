@@ -7,19 +7,26 @@ documentation (application/src/test/java/.../script/TbelInvokeDocsIoTest.java)."
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import struct
+import subprocess
+import sys
 import time
+import zoneinfo
 from typing import Any
 
 import pytest
 
 from edge_sync.rules import nodes as n
-from edge_sync.rules import sandbox
+from edge_sync.rules import sandbox, tbel_zones
 from edge_sync.rules.chain import parse
 from edge_sync.rules.engine import Failed, Outcome, RuleEngine, SaveTimeseries, Visited
 from edge_sync.rules.message import Originator, RuleMsg
 from edge_sync.rules.sandbox import (
     ScriptEngine,
+    ScriptError,
     ScriptRuntimeError,
     ScriptSyntaxError,
     TransformResult,
@@ -1452,6 +1459,81 @@ def test_new_date_in_a_zone_java_refuses_fails_with_its_text(zone: str, message:
     assert error("return new Date(2024, 1, 1, msg.z).getTime();", {"z": zone}) == message
 
 
+
+def test_an_unknown_region_fails_before_the_dates_fields_as_zone_id_of() -> None:
+    """TbDate's constructor calls ZoneId.of(tz) before ZonedDateTime.of: an unknown region is
+    its error, not the impossible date's (Java 17: ZoneRulesException), and a date past
+    JavaScript's years in a region is the same error as with an offset."""
+    assert error('return new Date(2023, 2, 30, 0, 0, "Europe/Nowhere").getTime();') == (
+        "ZoneRulesException: Unknown time-zone ID: Europe/Nowhere")
+    assert error('return new Date(2023, 2, 30, 0, 0, "Europe/Berlin").getTime();') == (
+        "DateTimeException: Invalid date 'FEBRUARY 30'")
+    beyond = ("TypeError: a date beyond the years -271821 to 275760 is not supported here "
+              "(see docs/rules-scripts.md)")
+    assert [error('return new Date(1000000, 1, 1, 0, 0, "Asia/Tokyo").getTime();'),
+            error('return new Date(1000000, 1, 1, 0, 0, "+09:00").getTime();')] == [beyond] * 2
+
+
+def test_a_setter_past_javascripts_years_fails_as_the_others() -> None:
+    """A setter's day past the 28th (counted from the 1st of the new month) is checked against
+    JavaScript's years as every other date: +275760-08-31 with month 9 (October 1st) is an error, not a
+    broken date."""
+    beyond = ("TypeError: a date beyond the years -271821 to 275760 is not supported here "
+              "(see docs/rules-scripts.md)")
+    for setter in ("d.setMonth(9)", "d.setFullYear(275760, 9)", "d.setUTCMonth(9)"):
+        assert error("var d = new Date(0);\nd.setTime(8640000000000000 - 13 * 86400000);\n"
+                     f"{setter};\nreturn d.toISOString();") == beyond
+    assert run("var d = new Date(0);\nd.setTime(8640000000000000 - 13 * 86400000);\n"
+               "var e = null;\ntry { d.setMonth(9); } catch (x) { e = x.message; }\n"
+               "return [d.toISOString(), e == null];") == ["+275760-08-31T00:00:00Z", False]
+
+
+def _local_changes(path: str) -> list[int]:
+    """The local times (seconds, fold 0: ``tbel_zones``' reading) at which a zone's offset
+    changes, from its TZif file (RFC 8536: the 64-bit block of version 2 and later; type 0
+    before the first transition)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"TZif":
+        return []
+    counts = struct.unpack(">6l", data[20:44])
+    isut, isstd, leap, times, types, chars = counts
+    if data[4] == 0:  # version 1: 32-bit times only
+        size, at = 4, 44
+    else:
+        at = 44 + times * 5 + types * 6 + chars + leap * 8 + isstd + isut
+        isut, isstd, leap, times, types, chars = struct.unpack(">6l", data[at + 20:at + 44])
+        size, at = 8, at + 44
+    moments = struct.unpack(f">{times}{'q' if size == 8 else 'l'}", data[at:at + times * size])
+    at += times * size
+    kinds = data[at:at + times]
+    at += times
+    offsets = [struct.unpack(">l", data[at + 6 * k:at + 6 * k + 4])[0] for k in range(types)]
+    out, before = [], offsets[0]
+    for moment, kind in zip(moments, kinds, strict=True):
+        after = offsets[kind]
+        if after != before:
+            out.append(moment + max(before, after))
+        before = after
+    return out
+
+
+def test_no_zone_changes_its_offset_twice_within_the_scans_step() -> None:
+    """``tbel_zones`` scans a year's local times every 3 hours and finds each change by
+    bisection: right only while no zone of the installed database changes its offset twice
+    within 3 hours of local time (today's closest: about 95 hours apart)."""
+    zones = tbel_zones.known_zones()
+    if not zones:
+        pytest.skip("the system's time-zone database (/usr/share/zoneinfo, the OS package "
+                    "tzdata) is not installed: no region zone to check")
+    close = []
+    for zone_id in sorted(zones):
+        path = next(os.path.join(root, zone_id) for root in zoneinfo.TZPATH
+                    if os.path.isfile(os.path.join(root, zone_id)))
+        changes = _local_changes(path)
+        close += [(zone_id, a) for a, b in itertools.pairwise(changes) if b - a < tbel_zones._STEP]
+    assert (len(zones) > 400, close) == (True, [])
+
 def test_a_hostile_zone_id_is_refused_before_the_database_is_asked() -> None:
     """Control characters and a path are Java's invalid format; a very long id of valid
     characters is unknown without a look-up; the engine's own rules function takes nothing but
@@ -1480,7 +1562,7 @@ def test_a_hostile_zone_id_is_refused_before_the_database_is_asked() -> None:
 def test_zone_rules_are_loaded_between_calls_under_the_scripts_limits() -> None:
     """A call that needs a year of a region's rules fails inside, the engine loads the year
     and calls again: the script's value is the same whether it caught the error or not, a
-    batch gives each item its zone, a call may load at most 16 years, and the time limit
+    batch gives each item its zone, a call may use at most 16 years, and the time limit
     still interrupts a script that uses a zone."""
     caught = ScriptEngine('var t = -1;\ntry { t = new Date(2024, 7, 1, msg.z).getTime(); }\n'
                           "catch (e) { t = -2; }\nreturn t;", "TBEL")
@@ -1498,12 +1580,136 @@ def test_zone_rules_are_loaded_between_calls_under_the_scripts_limits() -> None:
     assert len(ScriptEngine(years, "TBEL", limits).call({"end": 2016}, {}, TELEMETRY)) == 16
     with pytest.raises(ScriptRuntimeError) as caught:
         ScriptEngine(years, "TBEL", limits).call({"end": 2017}, {}, TELEMETRY)
-    assert str(caught.value) == ("ZoneRulesException: a call may use at most 16 years of region "
-                                 "time zones (see docs/rules-scripts.md)")
+    assert str(caught.value) == ZONE_CAP
     slow = ScriptEngine('var d = new Date(2024, 7, 1, "Europe/Berlin");\nwhile (true) {}',
                         "TBEL", sandbox.ScriptLimits(time_limit_s=0.05, block_s=0))
     with pytest.raises(sandbox.ScriptTimeout):
         slow.call({}, {}, TELEMETRY)
+
+
+# the sandbox's own limit on the region time zones one message uses (not a Java exception)
+ZONE_CAP = ("sandbox: a call may use at most 16 region time zones and 16 years of them "
+            "(see docs/rules-scripts.md)")
+BERLIN_YEARS = ("if (msg.end == 0) { return \"no zone\"; }\nvar out = 0;\n"
+                "for (var y = msg.start; y < msg.end; y++) {\n"
+                '  out = out + new Date(y, 1, 1, "Europe/Berlin").getTime() % 7; }\n'
+                "return msg.end - msg.start;")
+
+
+def outcome(engine: ScriptEngine, msg: Any) -> Any:
+    try:
+        return engine.call(msg, {}, TELEMETRY)
+    except ScriptError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_a_messages_zone_outcome_never_depends_on_the_messages_before_it() -> None:
+    """The cap counts the zone years a run uses, loaded or not: the same message over it fails
+    the same way every time, and a message within it succeeds the first time even when the
+    engine already holds nearly as many years as it keeps (no year it loaded for a message is
+    dropped in the middle of that message)."""
+    engine = ScriptEngine(BERLIN_YEARS, "TBEL", sandbox.ScriptLimits(time_limit_s=5, block_s=0))
+    over = {"start": 2000, "end": 2017}
+    assert [outcome(engine, over), outcome(engine, over)] == [f"ScriptRuntimeError: {ZONE_CAP}"] * 2
+    full = ScriptEngine(BERLIN_YEARS, "TBEL", sandbox.ScriptLimits(time_limit_s=5, block_s=0))
+    start = 1000
+    for _ in range(15):  # 15 x 16 years, and 10 more: 250 years and the id loaded
+        assert full.call({"start": start, "end": start + 16}, {}, TELEMETRY) == 16
+        start += 16
+    assert full.call({"start": start, "end": start + 10}, {}, TELEMETRY) == 10
+    start += 10
+    assert [full.call({"start": start, "end": start + 16}, {}, TELEMETRY),
+            full.call({"start": start, "end": start + 16}, {}, TELEMETRY)] == [16, 16]
+
+
+def test_a_message_after_a_capped_or_timed_out_one_loads_nothing_it_did_not_use(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a run used or lacked is its own: after a message over the cap, or one the time
+    limit interrupted once it used a zone, a message that uses no zone runs once, alone or in
+    a batch, and loads nothing."""
+    rounds: list[Any] = []
+    real = ScriptEngine._call_with_zones
+
+    def counted(self: ScriptEngine, wanted: Any, args: str, started: float) -> Any:
+        rounds.append(wanted)
+        return real(self, wanted, args, started)
+
+    monkeypatch.setattr(ScriptEngine, "_call_with_zones", counted)
+    engine = ScriptEngine(BERLIN_YEARS, "TBEL", sandbox.ScriptLimits(time_limit_s=5, block_s=0))
+    assert outcome(engine, {"start": 2000, "end": 2017}) == f"ScriptRuntimeError: {ZONE_CAP}"
+    assert len(rounds) == 1  # every year it lacked, in one round
+    rounds.clear()
+    assert engine.call({"end": 0}, {}, TELEMETRY) == "no zone"
+    assert engine.call_many([({"end": 0}, {}, TELEMETRY)] * 2) == ["no zone", "no zone"]
+    slow = ScriptEngine('var d = new Date(2024, 7, 1, "Asia/Tokyo");\n'
+                        "if (msg.loop) { while (true) {} }\nreturn 1;", "TBEL",
+                        sandbox.ScriptLimits(time_limit_s=0.05, block_s=0))
+    # (a run that lacks a zone goes on with a stand-in: this one to its loop)
+    assert [outcome(slow, {"loop": True}), rounds] == [
+        "ScriptTimeout: the script ran over its 0.05 s limit", []]
+    assert [engine.call({"end": 0}, {}, TELEMETRY), rounds] == ["no zone", []]
+    assert [slow.call({"loop": False}, {}, TELEMETRY), rounds] == [
+        1, [["Asia/Tokyo", "Asia/Tokyo 2024"]]]
+    rounds.clear()
+    # what was loaded is kept for the context built anew after a timeout
+    assert outcome(slow, {"loop": True}) == "ScriptTimeout: the script ran over its 0.05 s limit"
+    assert [slow.call({"loop": False}, {}, TELEMETRY), rounds] == [1, []]
+
+
+def _cpu_loop_per_second() -> int:
+    """How many turns of the scripts' loop below the engine runs in a second of CPU time."""
+    engine = ScriptEngine("var n = 0;\nfor (var i = 0; i < msg.n; i++) { n = n + 1; }\nreturn n;",
+                          "TBEL", sandbox.ScriptLimits(time_limit_s=10))
+    engine.call({"n": 1000}, {}, TELEMETRY)
+    started = time.process_time()
+    engine.call({"n": 2_000_000}, {}, TELEMETRY)
+    return int(2_000_000 / (time.process_time() - started))
+
+
+def test_a_message_and_its_runs_again_for_zones_share_one_time_limit() -> None:
+    """Each run again for a zone has only the time the runs before it left, counted from the
+    first run's start on the engine's clock (the process's CPU time): a script that takes 3/4
+    of its limit times out on a message that must run twice, its CPU time within the limit
+    (and the loading), and no longer does once the years are loaded."""
+    turns = _cpu_loop_per_second()
+    script = ("var n = 0;\nfor (var i = 0; i < msg.n; i++) { n = n + 1; }\n"
+              'return [n, new Date(2022, 7, 1, "Europe/Berlin").getTime()];')
+    engine = ScriptEngine(script, "TBEL", sandbox.ScriptLimits(time_limit_s=0.4, block_s=0))
+    msg = {"n": int(turns * 0.3)}
+    started = time.process_time()
+    assert outcome(engine, msg) == "ScriptTimeout: the script ran over its 0.4 s limit"
+    assert time.process_time() - started < 0.4 + 0.1
+    assert engine.call(msg, {}, TELEMETRY) == [msg["n"], 1656626400000]
+
+
+def test_a_busy_machine_makes_no_zone_timeout() -> None:
+    """The limit is the script's CPU time, not the wall time its runs took: on a CPU shared
+    with 2 busy processes, a message that runs twice for its zones, each run 3/10 of its limit
+    in CPU time (and more than the limit in wall time between them), succeeds."""
+    turns = _cpu_loop_per_second()
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    script = ("var n = 0;\nfor (var i = 0; i < msg.n; i++) { n = n + 1; }\n"
+              'return [n, new Date(2022, 7, 1, "Europe/Berlin").getTime(),\n'
+              '  new Date(2023, 7, 1, "Europe/Berlin").getTime(),\n'
+              '  new Date(2024, 7, 1, "Europe/Berlin").getTime()];')
+    engine = ScriptEngine(script, "TBEL", sandbox.ScriptLimits(time_limit_s=0.1, block_s=0))
+    msg = {"n": int(turns * 0.03)}
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    mask = os.sched_getaffinity(0)
+    try:
+        for hog in hogs:
+            os.sched_setaffinity(hog.pid, {cpu})
+        os.sched_setaffinity(0, {cpu})  # (this thread: the engine runs on it)
+        wall, cpu_time = time.monotonic(), time.process_time()
+        value = engine.call(msg, {}, TELEMETRY)
+        wall, cpu_time = time.monotonic() - wall, time.process_time() - cpu_time
+    finally:
+        os.sched_setaffinity(0, mask)
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert value == [msg["n"], 1656626400000, 1688162400000, 1719784800000]
+    assert (wall > 0.1, cpu_time < 0.1) == (True, True)
 
 
 # -- each call's state is its own ---------------------------------------------------------------
