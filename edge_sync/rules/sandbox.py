@@ -56,8 +56,9 @@ DEFAULT_BLOCK_S = 60.0
 # time limit a batch call may use before it leaves the remaining items to the next call
 MAX_BATCH = 256
 # TBEL: the most times one message runs again for the region time zones it needs (each round
-# loads every id and year its run lacked; a run uses at most 16 of each: tbel_runtime.js)
-MAX_ZONE_ROUNDS = 34
+# loads every id and year its run lacked, at most 16 of each: tbel_runtime.js); so at most 3
+# runs and 2 loads per message, the second load counted in the message's time limit
+MAX_ZONE_ROUNDS = 2
 # TBEL: the ids and years of region time zones an engine keeps loaded (more: all are dropped at
 # the next message that needs one it has not)
 MAX_ZONE_KEYS = 256
@@ -1084,18 +1085,28 @@ class ScriptEngine:
         (``"Europe/Berlin"``, ``"Europe/Berlin 2024"``) are loaded into the context
         (tbel_zones.zone_known and year_rules, computed here, between runs: the binding lets no
         script call into Python under a time limit). A run that lacks some goes on with
-        stand-ins and lists every one it lacked, so a message usually runs twice at most. The
-        runs share the message's time limit: each run again has only what the runs before it
-        left (``set_time_limit``, on the engine's clock, the process's CPU time, counted from
-        the first run's start; the loading is left out), so only the engine's interrupt is a
-        timeout and the runs together stay within the limit."""
+        stand-ins and lists every one it lacked, so a message usually runs twice at most, and
+        never more than ``MAX_ZONE_ROUNDS + 1`` times (then the edge's own error, not counted).
+        The runs share the message's time limit: each run again has only what the runs before
+        it left (``set_time_limit``, on the engine's clock, the process's CPU time, counted from
+        the first run's start; the first loading is left out, a later one counted), so only the
+        engine's interrupt is a timeout and a message's runs and loads together stay within the
+        limit and one loading (a script that asks for new years in each run spends no more)."""
         limit = self.limits.time_limit_s
         started = started or time.process_time()
         first = True  # the message's first load: the cache may be emptied then, only then
         for _ in range(MAX_ZONE_ROUNDS):
-            loading = time.process_time()
-            loads = [(key, _zone_rules(key)) for key in _zone_keys(wanted)]
-            started += time.process_time() - loading
+            keys = _zone_keys(wanted)
+            if first:  # (left out of the limit: an engine's once-per-year cost)
+                loading = time.process_time()
+                loads = [(key, _zone_rules(key)) for key in keys]
+                started += time.process_time() - loading
+            else:  # (counted: none past the limit, whose interrupt then ends the run)
+                loads = []
+                for key in keys:
+                    if time.process_time() - started >= limit:
+                        break
+                    loads.append((key, _zone_rules(key)))
             with self._lock:
                 reset = first and len(self._zone_loads) + len(loads) > MAX_ZONE_KEYS
                 if reset:
@@ -1127,8 +1138,9 @@ class ScriptEngine:
             if "zone" not in result:
                 raise self._failed(result)
             wanted = result["zone"]
-        raise ScriptRuntimeError("sandbox: the region time zones the script uses did not settle "
-                                 f"in {MAX_ZONE_ROUNDS} runs")
+        raise ScriptRuntimeError(
+            "sandbox: the region time zones the script uses did not settle in "
+            f"{MAX_ZONE_ROUNDS + 1} runs (see docs/rules-scripts.md)")
 
     def call_many(self, items: Sequence[tuple[Any, dict[str, Any], str]]) -> list[Any]:
         """``call`` on each ``(msg, metadata, msg_type)``, in order, in as few script calls as

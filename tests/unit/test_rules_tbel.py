@@ -1682,6 +1682,32 @@ def test_a_message_and_its_runs_again_for_zones_share_one_time_limit() -> None:
     assert engine.call(msg, {}, TELEMETRY) == [msg["n"], 1656626400000]
 
 
+def test_a_message_runs_at_most_three_times_for_its_zones() -> None:
+    """A script that asks for new zone years in each run (it can tell a stand-in from a loaded
+    year) runs 3 times at most, the second load counted in its limit: the message fails with the
+    edge's own error, not counted towards the block, its CPU time a small multiple of the limit
+    (about the limit and one load of 32 keys, which is left out of it)."""
+    script = (
+        "var probe = 0;\n"
+        "while (probe < 15) {\n"
+        '  try { new Date(2023, 2, 30, 0, 0, "Foo/P" + msg.base + "x" + probe); }\n'
+        '  catch (e) { var s = "" + e; if (!s.contains("Unknown")) { break; } }\n'
+        "  probe = probe + 1;\n}\n"
+        "var k = 0;\n"
+        "while (k < 16) {\n"
+        '  new Date(msg.base + probe * 16 + k, 7, 1, "Europe/Berlin");\n'
+        "  k = k + 1;\n}\n"
+        "return probe;")
+    engine = ScriptEngine(script, "TBEL", sandbox.ScriptLimits(time_limit_s=0.1, max_errors=1))
+    for base in (1000, 2000, 3000):
+        started = time.process_time()
+        assert outcome(engine, {"base": base}) == (
+            "ScriptRuntimeError: sandbox: the region time zones the script uses did not settle "
+            "in 3 runs (see docs/rules-scripts.md)")
+        assert time.process_time() - started < 0.1 * 3
+    assert engine.blocked() is None
+
+
 def test_a_busy_machine_makes_no_zone_timeout() -> None:
     """The limit is the script's CPU time, not the wall time its runs took: on a CPU shared
     with 2 busy processes, a message that runs twice for its zones, each run 3/10 of its limit
