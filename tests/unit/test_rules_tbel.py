@@ -1626,13 +1626,15 @@ def test_a_message_after_a_capped_or_timed_out_one_loads_nothing_it_did_not_use(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """What a run used or lacked is its own: after a message over the cap, or one the time
     limit interrupted once it used a zone, a message that uses no zone runs once, alone or in
-    a batch, and loads nothing."""
+    a batch, and loads nothing. (A run interrupted on a stand-in has what it lacked loaded,
+    and runs again: here to a real timeout.)"""
     rounds: list[Any] = []
     real = ScriptEngine._call_with_zones
 
-    def counted(self: ScriptEngine, wanted: Any, args: str, started: float) -> Any:
-        rounds.append(wanted)
-        return real(self, wanted, args, started)
+    def counted(self: ScriptEngine, lacked: dict[str, Any], args: str, started: float,
+                stopped: bool = False) -> Any:
+        rounds.append(lacked["zone"])
+        return real(self, lacked, args, started, stopped)
 
     monkeypatch.setattr(ScriptEngine, "_call_with_zones", counted)
     engine = ScriptEngine(BERLIN_YEARS, "TBEL", sandbox.ScriptLimits(time_limit_s=5, block_s=0))
@@ -1646,14 +1648,33 @@ def test_a_message_after_a_capped_or_timed_out_one_loads_nothing_it_did_not_use(
                         sandbox.ScriptLimits(time_limit_s=0.05, block_s=0))
     # (a run that lacks a zone goes on with a stand-in: this one to its loop)
     assert [outcome(slow, {"loop": True}), rounds] == [
-        "ScriptTimeout: the script ran over its 0.05 s limit", []]
-    assert [engine.call({"end": 0}, {}, TELEMETRY), rounds] == ["no zone", []]
-    assert [slow.call({"loop": False}, {}, TELEMETRY), rounds] == [
-        1, [["Asia/Tokyo", "Asia/Tokyo 2024"]]]
+        "ScriptTimeout: the script ran over its 0.05 s limit", [["Asia/Tokyo", "Asia/Tokyo 2024"]]]
     rounds.clear()
+    assert [engine.call({"end": 0}, {}, TELEMETRY), rounds] == ["no zone", []]
+    assert [slow.call({"loop": False}, {}, TELEMETRY), rounds] == [1, []]
     # what was loaded is kept for the context built anew after a timeout
     assert outcome(slow, {"loop": True}) == "ScriptTimeout: the script ran over its 0.05 s limit"
     assert [slow.call({"loop": False}, {}, TELEMETRY), rounds] == [1, []]
+
+
+def test_a_run_stopped_on_a_stand_in_runs_again_uncounted() -> None:
+    """A run on a stand-in offset may take a path the real one never takes: one the time limit
+    or the memory cap stops while it lacks a zone has what it lacked loaded, its error not
+    counted, and runs again (ThingsBoard's Java returns 23: 00:00 at +01:00 is 23:00Z), alone
+    or first of a batch."""
+    looping = ('var d = new Date(2024, 1, 1, 0, 0, "Europe/Berlin");\n'
+               "while (d.getUTCHours() == 0) { }\nreturn d.getUTCHours();")
+    engine = ScriptEngine(looping, "TBEL", sandbox.ScriptLimits(time_limit_s=0.05, max_errors=1))
+    assert [engine.call({}, {}, TELEMETRY), engine.blocked()] == [23, None]
+    batch = ScriptEngine(looping, "TBEL", sandbox.ScriptLimits(time_limit_s=0.05, max_errors=1))
+    assert [batch.call_many([({}, {}, TELEMETRY)] * 2), batch.blocked()] == [[23, 23], None]
+    growing = ('var d = new Date(2024, 1, 1, 0, 0, "Europe/Berlin");\nvar a = [];\n'
+               "if (d.getUTCHours() == 0) {\n"
+               '  while (true) { a.add("xxxxxxxxxxxxxxxxxxxxxxxxxxxx" + a.size()); }\n}\n'
+               "return d.getUTCHours();")
+    engine = ScriptEngine(growing, "TBEL", sandbox.ScriptLimits(
+        time_limit_s=5, memory_limit_bytes=8 << 20, max_errors=1))
+    assert [engine.call({}, {}, TELEMETRY), engine.blocked()] == [23, None]
 
 
 def _cpu_loop_per_second() -> int:
@@ -1706,6 +1727,31 @@ def test_a_message_runs_at_most_three_times_for_its_zones() -> None:
             "in 3 runs (see docs/rules-scripts.md)")
         assert time.process_time() - started < 0.1 * 3
     assert engine.blocked() is None
+
+
+def test_a_message_near_the_cache_drop_runs_twice_as_on_a_fresh_engine() -> None:
+    """When a message's first load drops the engine's years (256 kept), the ones its run used
+    loaded are kept: it runs twice, as on an engine that holds only them, and gives the same
+    result (a run that takes 0.4 of its limit, twice, within it; three times, over it)."""
+    turns = _cpu_loop_per_second()
+    script = ("var n = 0;\nfor (var i = 0; i < msg.n; i++) { n = n + 1; }\nvar out = [];\n"
+              "for (var k = 0; k < msg.zs.length; k++) {\n"
+              "  out.push(new Date(msg.zs[k][1], 7, 1, msg.zs[k][0]).getTime());\n}\n"
+              "return out.length;")
+    limits = sandbox.ScriptLimits(time_limit_s=0.3, block_s=0)
+    old = [["Europe/Berlin", 2000 + y] for y in range(8)]
+    msg = {"n": int(turns * 0.3 * 0.4), "zs": old + [["Europe/Berlin", 2100 + y] for y in range(8)]}
+    fresh, full = ScriptEngine(script, "TBEL", limits), ScriptEngine(script, "TBEL", limits)
+    for engine in (fresh, full):
+        assert engine.call({"n": 0, "zs": old}, {}, TELEMETRY) == 8
+    year = 1900
+    while len(full._zone_loads) < 250:
+        zones = [[zone, year] for zone in ("Asia/Tokyo", "America/New_York", "Europe/Paris",
+                                           "Africa/Cairo", "Asia/Dubai")]
+        assert full.call({"n": 0, "zs": zones}, {}, TELEMETRY) == 5
+        year += 1
+    assert [outcome(fresh, msg), outcome(full, msg)] == [16, 16]
+    assert len(full._zone_loads) == 17  # the id, its 8 years kept and 8 new
 
 
 # a process that keeps a CPU busy: it says so once running, and ends on its own a few seconds on
