@@ -1133,7 +1133,9 @@ class ScriptEngine:
         for round_ in range(MAX_ZONE_ROUNDS):
             if stopped and not given_back:
                 started, given_back = time.process_time(), True
-            keys = _zone_keys(lacked.get("zone"))
+            # (a stand-in for an id lists its year too: none read when the id is unknown)
+            keys = [key for key in _zone_keys(lacked.get("zone"))
+                    if " " not in key or zone_known(key.rpartition(" ")[0]) == "null"]
             if first:  # (left out of the limit: an engine's once-per-year cost)
                 loading = time.process_time()
                 loads = [(key, _zone_rules(key)) for key in keys]

@@ -1677,6 +1677,15 @@ def test_a_run_stopped_on_a_stand_in_runs_again_uncounted() -> None:
     assert [engine.call({}, {}, TELEMETRY), engine.blocked()] == [23, None]
 
 
+def test_an_unknown_regions_year_is_not_loaded() -> None:
+    """A stand-in for an id not loaded lists its year too: the year of an id that turns out
+    unknown is not read nor kept (the id's error comes first)."""
+    engine = ScriptEngine('return new Date(2008, 7, 1, "Europe/Nowhere").getTime();', "TBEL")
+    assert [outcome(engine, {}).splitlines()[0], list(engine._zone_loads)] == [
+        "ScriptRuntimeError: ZoneRulesException: Unknown time-zone ID: Europe/Nowhere",
+        ["Europe/Nowhere"]]
+
+
 def _cpu_loop_per_second() -> int:
     """How many turns of the scripts' loop below the engine runs in a second of CPU time."""
     engine = ScriptEngine("var n = 0;\nfor (var i = 0; i < msg.n; i++) { n = n + 1; }\nreturn n;",
