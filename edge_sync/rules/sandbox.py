@@ -1045,7 +1045,6 @@ class ScriptEngine:
             args = json.dumps([msg, metadata, msg_type], allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ScriptRuntimeError(f"the message is not JSON-able: {exc}") from None
-        lacked: dict[str, Any] | None = None
         with self._lock:
             blocked = self.blocked()
             if blocked is not None:
@@ -1061,11 +1060,12 @@ class ScriptEngine:
                 if lacked is None:
                     raise self._run_error(exc) from None
                 self._reset()
-        if lacked is not None:
-            return self._call_with_zones(lacked, args, started, stopped=True)
+                out = lacked  # (no cost on the way of a run that ends well)
             # no Context.gc() per call: QuickJS collects on its own allocation threshold, and
             # the binding's gc() runs a full Python gc.collect() (milliseconds, under the GIL)
         if not isinstance(out, str):
+            if type(out) is dict:  # a run stopped on a stand-in zone: what it lacked
+                return self._call_with_zones(out, args, started, stopped=True)
             raise ScriptRuntimeError(f"the script's value is not JSON-able: {out!r}")
         result = json.loads(out)
         if not result["ok"]:
