@@ -56,8 +56,9 @@ DEFAULT_BLOCK_S = 60.0
 # time limit a batch call may use before it leaves the remaining items to the next call
 MAX_BATCH = 256
 # TBEL: the most times one message runs again for the region time zones it needs (each round
-# loads every id and year its run lacked; a run uses at most 16 of each: tbel_runtime.js)
-MAX_ZONE_ROUNDS = 34
+# loads every id and year its run lacked, at most 16 of each: tbel_runtime.js); so at most 3
+# runs and 2 loads per message, the second load counted in the message's time limit
+MAX_ZONE_ROUNDS = 2
 # TBEL: the ids and years of region time zones an engine keeps loaded (more: all are dropped at
 # the next message that needs one it has not)
 MAX_ZONE_KEYS = 256
@@ -694,14 +695,15 @@ _TBEL_USED = ("__tbelS", "__tbelG", "__tbelIter", "__tbelH", "__tbelJava")
 _TBEL_WRAPPER_NAMES = tuple(dict.fromkeys((*tbel_runtime_names(), "__parse", "__stringify",
                                            "__InternalError", "__oom", "__edgeAt", "__edgeRegex",
                                            "__edgeLock", "__edgeRunMany", "__edgeRun",
-                                           "__edgeZoneLoad", "__edgeZoneOut")))
+                                           "__edgeZoneLoad", "__edgeZoneOut", "__edgeZoneLacked")))
 _TBEL_SHIELD = (
     "{ const __edgeT = Object.freeze([" + ", ".join(_TBEL_USED) + "]); { const "
     + ", ".join([f"{name} = __edgeT[{i}]" for i, name in enumerate(_TBEL_USED)]
                 + [f"{name} = void 0" for name in _TBEL_WRAPPER_NAMES if name not in _TBEL_USED])
     + "; ")
 _PROLOGUE_TBEL = _PROLOGUE.replace(
-    "var __edgeAt = 0,", "var __edgeRegex, __edgeLock, __edgeZoneLoad, __edgeAt = 0,").replace(
+    "var __edgeAt = 0,",
+    "var __edgeRegex, __edgeLock, __edgeZoneLoad, __edgeZoneLacked, __edgeAt = 0,").replace(
     "function __script",
     tbel_runtime() + " __edgeRegex = __tbelRegex; __edgeZoneLoad = __tbelZoneLoad; "
     "__edgeLock = function () { __tbelLock([__script]); }; " + _TBEL_SHIELD
@@ -803,16 +805,23 @@ return function (argsJson) {
 """
 
 # TBEL: a run that lacked some region time zone's id or year (``__tbelZoneRun``: tbel_runtime.js,
-# zoneUse), set to null at each run's start, ends with ``zone``, the keys it lacked, whatever the
-# script made of the stand-ins: the engine loads them all and runs the message again
-# (``ScriptEngine.call``); one that used more zones than a run may ends with that error, whatever
-# the script made of it; in a batch, such an item is called alone.
+# zoneUse), set to null at each run's start, ends with ``zone``, the keys it lacked, and ``kept``,
+# the loaded ones it used, whatever the script made of the stand-ins: the engine loads them all
+# and runs the message again (``ScriptEngine.call``); one that used more zones than a run may ends
+# with that error, whatever the script made of it; in a batch, such an item is called alone. A
+# run the engine stopped (its interrupt, a memory blow-up: rethrown past the runner) leaves that
+# result to ``__edgeZoneLacked``, which the engine calls then.
 _EPILOGUE_TBEL = _EPILOGUE.replace(
     "\n}\nfunction __oom",
     "\n};}}\nfunction __edgeZoneOut() {\n"
-    "  var z = __tbelZoneRun;\n"
-    "  if (z.want.length > 0) { return __stringify({ok: false, error: \"\", zone: z.want}); }\n"
-    "  return z.over ? __stringify({ok: false, error: z.over}) : null;\n}\nfunction __oom", 1,
+    "  var z = __tbelZoneRun, kept = [], k;\n"
+    "  if (z.want.length > 0) {\n"
+    "    for (k in z.used) { if (z.want.indexOf(k) < 0) { kept.push(k); } }\n"
+    "    return __stringify({ok: false, error: \"\", zone: z.want, kept: kept});\n  }\n"
+    "  return z.over ? __stringify({ok: false, error: z.over}) : null;\n}\n"
+    "__edgeZoneLacked = function () {\n"
+    "  return __tbelZoneRun !== null && __tbelZoneRun.want.length > 0 ? __edgeZoneOut() : null;\n"
+    "};\nfunction __oom", 1,
 ).replace(
     "    __edgeAt = i;",
     "    __tbelZoneRun = null;\n    __edgeAt = i;", 1,
@@ -826,11 +835,12 @@ _EPILOGUE_TBEL = _EPILOGUE.replace(
 ).replace(
     "    return __stringify(oom ? {ok: false, error: text, oom: true} : {ok: false, error: text});\n"
     "  }\n  try {\n",
+    "    if (__tbelZoneRun !== null && oom && __tbelZoneRun.want.length > 0) { throw e; }\n"
     "    if (__tbelZoneRun !== null && !oom && (z = __edgeZoneOut()) !== null) { return z; }\n"
     "    return __stringify(oom ? {ok: false, error: text, oom: true} : {ok: false, error: text});\n"
     "  }\n  if (__tbelZoneRun !== null && (z = __edgeZoneOut()) !== null) { return z; }\n"
     "  try {\n", 1)
-assert _EPILOGUE_TBEL.count("__tbelZoneRun") == 6, _EPILOGUE_TBEL.count("__tbelZoneRun")
+assert _EPILOGUE_TBEL.count("__tbelZoneRun") == 10, _EPILOGUE_TBEL.count("__tbelZoneRun")
 
 
 def _is_oom(text: str) -> bool:
@@ -846,9 +856,10 @@ def _is_interrupt(text: str) -> bool:
     return text.startswith("InternalError: interrupted")
 
 
-def _zone_keys(wanted: Any) -> list[str]:
-    """The keys a run lacked, as the runtime lists them: at most 16 ids and 16 years."""
-    if (type(wanted) is not list or not 0 < len(wanted) <= 32
+def _zone_keys(wanted: Any, least: int = 1) -> list[str]:
+    """The keys a run lacked (or used loaded), as the runtime lists them: at most 16 ids and 16
+    years."""
+    if (type(wanted) is not list or not least <= len(wanted) <= 32
             or not all(type(key) is str and 0 < len(key) <= 100 for key in wanted)):
         raise ScriptRuntimeError("the runtime asked for time-zone rules it cannot have")
     return wanted
@@ -1045,17 +1056,36 @@ class ScriptEngine:
             try:
                 out = self._run(args)
             except _quickjs.JSException as exc:
-                raise self._run_error(exc) from None
+                lacked = self._lacked(exc) if self._zones else None
+                if lacked is None:
+                    raise self._run_error(exc) from None
+                self._reset()
+                out = lacked  # (no cost on the way of a run that ends well)
             # no Context.gc() per call: QuickJS collects on its own allocation threshold, and
             # the binding's gc() runs a full Python gc.collect() (milliseconds, under the GIL)
         if not isinstance(out, str):
+            if type(out) is dict:  # a run stopped on a stand-in zone: what it lacked
+                return self._call_with_zones(out, args, started, stopped=True)
             raise ScriptRuntimeError(f"the script's value is not JSON-able: {out!r}")
         result = json.loads(out)
         if not result["ok"]:
             if "zone" in result:
-                return self._call_with_zones(result["zone"], args, started)
+                return self._call_with_zones(result, args, started)
             raise self._failed(result)
         return result.get("value")
+
+    def _lacked(self, exc: _quickjs.JSException) -> dict[str, Any] | None:
+        """After the engine's interrupt or a memory blow-up (under the lock, before the context
+        is dropped): what the run lacked and used, when it lacked some zone (a run on stand-ins,
+        which may take a path the real one never takes), else None (the error stands)."""
+        text = str(exc).rstrip()
+        if not (_is_interrupt(text) or _is_oom(text)):
+            return None
+        try:
+            out = self._context.get("__edgeZoneLacked")()
+        except _quickjs.JSException:
+            return None
+        return json.loads(out) if isinstance(out, str) else None
 
     def _run_error(self, exc: _quickjs.JSException) -> ScriptError:
         """The error of a run the engine ended with an exception past the wrapper's catch."""
@@ -1079,27 +1109,51 @@ class ScriptEngine:
             return self._memory_exceeded()
         return ScriptRuntimeError(_locate(result["error"], self._body_lines))
 
-    def _call_with_zones(self, wanted: Any, args: str, started: float) -> Any:
+    def _call_with_zones(self, lacked: dict[str, Any], args: str, started: float,
+                         stopped: bool = False) -> Any:
         """The message run again once the region time zones' ids and years its run lacked
-        (``"Europe/Berlin"``, ``"Europe/Berlin 2024"``) are loaded into the context
-        (tbel_zones.zone_known and year_rules, computed here, between runs: the binding lets no
-        script call into Python under a time limit). A run that lacks some goes on with
-        stand-ins and lists every one it lacked, so a message usually runs twice at most. The
-        runs share the message's time limit: each run again has only what the runs before it
-        left (``set_time_limit``, on the engine's clock, the process's CPU time, counted from
-        the first run's start; the loading is left out), so only the engine's interrupt is a
-        timeout and the runs together stay within the limit."""
+        (``lacked["zone"]``: ``"Europe/Berlin"``, ``"Europe/Berlin 2024"``) are loaded into the
+        context (tbel_zones.zone_known and year_rules, computed here, between runs: the binding
+        lets no script call into Python under a time limit). A run that lacks some goes on with
+        stand-ins and lists every one it lacked, so a message usually runs twice at most, and
+        never more than ``MAX_ZONE_ROUNDS + 1`` times (then the edge's own error, not counted).
+        The runs share the message's time limit: each run again has only what the runs before
+        it left (``set_time_limit``, on the engine's clock, the process's CPU time, counted from
+        the first run's start; the first loading is left out, a later one counted), so only the
+        engine's interrupt is a timeout and a message's runs and loads together stay within the
+        limit and one loading (a script that asks for new years in each run spends no more).
+        ``stopped``: the run was ended by the engine's interrupt or a memory blow-up while it
+        lacked some (on stand-ins, it may have taken a path the real run never takes): not
+        counted, and once per message its time is given back (the limit counted anew from the
+        next run), so a message costs at most about twice its limit and one loading."""
         limit = self.limits.time_limit_s
         started = started or time.process_time()
         first = True  # the message's first load: the cache may be emptied then, only then
-        for _ in range(MAX_ZONE_ROUNDS):
-            loading = time.process_time()
-            loads = [(key, _zone_rules(key)) for key in _zone_keys(wanted)]
-            started += time.process_time() - loading
+        given_back = False
+        for round_ in range(MAX_ZONE_ROUNDS):
+            if stopped and not given_back:
+                started, given_back = time.process_time(), True
+            # (a stand-in for an id lists its year too: none read when the id is unknown)
+            keys = [key for key in _zone_keys(lacked.get("zone"))
+                    if " " not in key or zone_known(key.rpartition(" ")[0]) == "null"]
+            if first:  # (left out of the limit: an engine's once-per-year cost)
+                loading = time.process_time()
+                loads = [(key, _zone_rules(key)) for key in keys]
+                started += time.process_time() - loading
+            else:  # (counted: none past the limit, whose interrupt then ends the run)
+                loads = []
+                for key in keys:
+                    if time.process_time() - started >= limit:
+                        break
+                    loads.append((key, _zone_rules(key)))
             with self._lock:
                 reset = first and len(self._zone_loads) + len(loads) > MAX_ZONE_KEYS
                 if reset:
-                    self._zone_loads.clear()
+                    # (the loaded keys this message's run used are kept: loaded again with the new)
+                    kept = self._zone_loads
+                    self._zone_loads = {key: kept[key] for key in
+                                        _zone_keys(lacked.get("kept", []), 0) if key in kept}
+                    loads = [*self._zone_loads.items(), *loads]
                 self._zone_loads.update(loads)
                 first = False
                 if self._run is None or self._owner != threading.get_ident():
@@ -1116,7 +1170,12 @@ class ScriptEngine:
                 try:
                     out = self._run(args)
                 except _quickjs.JSException as exc:
-                    raise self._run_error(exc) from None
+                    stop = self._lacked(exc) if round_ + 1 < MAX_ZONE_ROUNDS else None
+                    if stop is None:
+                        raise self._run_error(exc) from None
+                    self._reset()
+                    lacked, stopped = stop, True
+                    continue
                 finally:
                     context.set_time_limit(limit)
             if not isinstance(out, str):
@@ -1126,9 +1185,10 @@ class ScriptEngine:
                 return result.get("value")
             if "zone" not in result:
                 raise self._failed(result)
-            wanted = result["zone"]
-        raise ScriptRuntimeError("sandbox: the region time zones the script uses did not settle "
-                                 f"in {MAX_ZONE_ROUNDS} runs")
+            lacked = result
+        raise ScriptRuntimeError(
+            "sandbox: the region time zones the script uses did not settle in "
+            f"{MAX_ZONE_ROUNDS + 1} runs (see docs/rules-scripts.md)")
 
     def call_many(self, items: Sequence[tuple[Any, dict[str, Any], str]]) -> list[Any]:
         """``call`` on each ``(msg, metadata, msg_type)``, in order, in as few script calls as
@@ -1173,6 +1233,7 @@ class ScriptEngine:
             args = None  # some item is not JSON-able: ``call`` says which
         text: str | None = None
         at: Any = None  # the item the time limit interrupted
+        lacked: dict[str, Any] | None = None  # what it lacked, when it was the first
         if args is not None:
             with self._lock:
                 if self._run is None or self._owner != threading.get_ident():
@@ -1181,7 +1242,15 @@ class ScriptEngine:
                     text = self._run_many(args, self.limits.time_limit_s * 1000 * BATCH_BUDGET)
                 except _quickjs.JSException as exc:
                     at = self._context.get("__edgeAt") if _is_interrupt(str(exc)) else None
+                    if at == 0 and self._zones:
+                        lacked = self._lacked(exc)
                     self._reset()
+        if at == 0 and lacked is not None:  # on stand-ins: as ``call`` after its first run
+            try:
+                out[start] = self._call_with_zones(lacked, json.dumps(chunk[0]), 0.0, stopped=True)
+            except ScriptError as exc:
+                out[start] = exc
+            return start + 1
         if at == 0:  # the first item had the whole limit: it timed out
             out[start] = self._timeout()
             return start + 1
