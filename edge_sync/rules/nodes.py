@@ -264,7 +264,7 @@ class TimeseriesSettings:
 
 def timeseries_settings(config: Mapping[str, Any], version: int) -> TimeseriesSettings:
     """A validated save timeseries configuration as ThingsBoard reads it. A version 0
-    configuration (``configurationVersion`` absent or 0: before ThingsBoard 3.9) is first
+    configuration (``configurationVersion`` absent or 0: before ThingsBoard 4.0) is first
     upgraded as TbMsgTimeseriesNode.upgrade does: ``skipLatestPersistence`` "true" (JSON true
     or the text) keeps the timeseries and skips the latest values, anything else saves both
     on every message; its ``processingSettings``, if any, is replaced. (A later configuration
