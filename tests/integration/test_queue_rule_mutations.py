@@ -39,6 +39,7 @@ from edge_sync.storage.records import Action, Device, Lane, NewEvent
 from edge_sync.storage.rule_store import RuleStore
 from edge_sync.supervisor import actor_child
 from tests.helpers.log_capture import log_records
+from tests.helpers.set_clock import SetClock
 
 DEADLINE = 10.0
 T0 = 1_700_000_000_000
@@ -46,24 +47,13 @@ DAY_S = 86_400
 RETENTION_S = 3 * DAY_S
 
 
-class FakeClock:
-    def __init__(self, now_ms: int) -> None:
-        self.now = now_ms
-
-    def now_ms(self) -> int:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now / 1000
-
-
 class Queue:
     """A QueueActor on its own store with a fake clock (its purge timer never fires)."""
 
-    def __init__(self, path: Path, clock: FakeClock | None = None,
+    def __init__(self, path: Path, clock: SetClock | None = None,
                  store_class: type[LmdbStore] = LmdbStore) -> None:
         self.store = store_class(path, initial_map_mb=4, max_size_mb=64)
-        self.clock = clock or FakeClock(T0)
+        self.clock = clock or SetClock(T0)
         self.metrics = Metrics()
         self.exits: list[BaseException | None] = []
         self.exited = threading.Event()  # set once the actor reported its exit
@@ -176,24 +166,24 @@ def test_points_expire_ttl_or_retention_after_the_commit_and_purge_removes_them(
     queue.append(dev, (), PutLocalTimeseries(dev, ((skewed, (("r", 1),)),), 0)).result(DEADLINE)
     queue.append(dev, (), PutLocalTimeseries(
         dev, ((T0, (("a", 1),)), (T0 + 1, (("a", 2),))), 60)).result(DEADLINE)
-    queue.clock.now = T0 + 1000
+    queue.clock.ms = T0 + 1000
     queue.append(dev, (), PutLocalTimeseries(dev, ((T0, (("b", 1),)),), 60)).result(DEADLINE)
 
     queue.purge()
     assert queue.points() == 4
-    queue.clock.now = T0 + 60_000 - 1
+    queue.clock.ms = T0 + 60_000 - 1
     queue.purge()
     assert queue.points() == 4
-    queue.clock.now = T0 + 60_000  # "a" expires at T0 + 60 s exactly
+    queue.clock.ms = T0 + 60_000  # "a" expires at T0 + 60 s exactly
     queue.purge()
     assert queue.series(dev) == {"b": [(T0, 1)], "r": [(skewed, 1)]}
-    queue.clock.now = T0 + 61_000
+    queue.clock.ms = T0 + 61_000
     queue.purge()
     assert queue.series(dev) == {"r": [(skewed, 1)]}
-    queue.clock.now = T0 + RETENTION_S * 1000 - 1
+    queue.clock.ms = T0 + RETENTION_S * 1000 - 1
     queue.purge()
     assert queue.points() == 1
-    queue.clock.now = T0 + RETENTION_S * 1000
+    queue.clock.ms = T0 + RETENTION_S * 1000
     queue.purge()
     assert queue.points() == 0
     snapshot = queue.metrics.snapshot()
@@ -206,7 +196,7 @@ def test_purge_takes_more_than_one_batch(queue: Queue) -> None:
     queue.append(dev, (), PutLocalTimeseries(
         dev, tuple((T0 + i, (("t", i),)) for i in range(n)), 1)).result(DEADLINE)
     assert queue.points() == n
-    queue.clock.now = T0 + 1000
+    queue.clock.ms = T0 + 1000
     queue.purge()
     assert queue.points() == 0
     assert queue.metrics.snapshot()['edge_sync_rule_local_points_removed_total{reason="expired"}'] == n
@@ -255,11 +245,11 @@ def test_the_purge_passes_stale_index_listings_in_bounded_batches(
     store.write(lambda txn: rules.put_local(
         txn, device, tuple((ts, (("v", ts),)) for ts in range(12)), T0 + 9_000))
     store.close()
-    queue = Queue(path, FakeClock(T0 + 5_000))
+    queue = Queue(path, SetClock(T0 + 5_000))
     try:
         with log_records() as records:
             queue.purge()  # only stale listings due: 20, 20, 10
-            queue.clock.now = T0 + 9_000
+            queue.clock.ms = T0 + 9_000
             queue.purge()  # 12 points: 5, 5, 2
         assert [(r["message"], r["extra"]) for r in records
                 if "local timeseries" in r["message"]] == [
