@@ -37,10 +37,10 @@ from edge_sync.errors import InjectedFault, NotFound, QueueFull, StorageError
 from edge_sync.storage.env import LmdbStore
 from edge_sync.storage.rule_store import RuleStore
 from tests.helpers.metric_values import metric_total
+from tests.helpers.set_clock import SetClock
 from tests.integration.test_queue_rule_mutations import (
     DEADLINE,
     T0,
-    FakeClock,
     Queue,
     create_device,
     telemetry,
@@ -111,7 +111,7 @@ def test_every_refused_command_is_counted_also_without_events(queue: Queue) -> N
 def test_refusals_are_told_in_a_few_lines(queue: Queue, lines: list[Any]) -> None:
     a, b, c = create_device(queue, 1), create_device(queue, 2), create_device(queue, 3)
     queue.store.max_size = 0
-    queue.clock.now = T0 + 1000  # 2023-11-14T22:13:21.000Z
+    queue.clock.ms = T0 + 1000  # 2023-11-14T22:13:21.000Z
     refused(queue, a, *local_only(a, T0), events=1)
     assert [(r["level"].name, r["message"], r["extra"]) for r in lines
             if r["message"].startswith("storage full: new data")] == [
@@ -119,11 +119,11 @@ def test_refusals_are_told_in_a_few_lines(queue: Queue, lines: list[Any]) -> Non
                     "summarised every 60 s until the store accepts again",
          {"component": "queue", "entity": str(a), "events": 1, "error": FULL})]
     for n in range(7):  # b four times, a twice, c once
-        queue.clock.now = T0 + 2000 + n
+        queue.clock.ms = T0 + 2000 + n
         dev = (b, b, a, b, c, a, b)[n]
         refused(queue, dev, *local_only(dev, T0 + n))
     tick(queue)
-    queue.clock.now = T0 + 70_000
+    queue.clock.ms = T0 + 70_000
     refused(queue, c, *local_only(c, T0))
     tick(queue)
     tick(queue)  # nothing refused, nothing accepted: the run goes on, nothing to tell
@@ -132,7 +132,7 @@ def test_refusals_are_told_in_a_few_lines(queue: Queue, lines: list[Any]) -> Non
     tick(queue)  # accepted, none refused since the last tick: the run ended
     tick(queue)  # and nothing more
     queue.store.max_size = 0
-    queue.clock.now = T0 + 90_000
+    queue.clock.ms = T0 + 90_000
     refused(queue, b, *local_only(b, T0))  # a new run
     assert told(lines) == [
         ("WARNING", f"storage full: new data refused from now on ({FULL}); refusals are "
@@ -165,7 +165,7 @@ def test_refusals_are_told_in_a_few_lines(queue: Queue, lines: list[Any]) -> Non
 # -- a group that mixes what fits and what is refused ------------------------------------------
 
 
-class HeldClock(FakeClock):
+class HeldClock(SetClock):
     """A fake clock whose reads wait while it is held. The queue reads it at the start of each
     commit: while one waits, what the test tells is gathered in the next group."""
 
@@ -179,7 +179,7 @@ class HeldClock(FakeClock):
         if not self.open.is_set():
             self.waiting.set()
             assert self.open.wait(DEADLINE)
-        return self.now
+        return self.ms
 
 
 def one_group(queue: Queue, clock: HeldClock,
